@@ -1,0 +1,27 @@
+"""Limits, intervals and timeouts shared by the parts of relaysync, each with its unit and reason."""
+
+PROTOCOL_VERSION = 1  # bumped on any incompatible change to protocol/messages.py
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything larger is hostile
+CHUNK_BYTES = 1024 * 1024  # file data travels in frames of at most this many bytes
+MAX_PATH_BYTES = 4096  # Linux PATH_MAX; longer paths on the wire are refused
+MAX_NAME_BYTES = 255  # Linux NAME_MAX
+
+CONNECT_TIMEOUT_S = 10.0  # TCP connect plus TLS handshake to a peer or the master
+HANDSHAKE_TIMEOUT_S = 10.0  # the Hello exchange after TLS is up
+RECEIVE_TIMEOUT_S = 60.0  # drop a peer that sent nothing for this long (it pings every PING_INTERVAL_S)
+PING_INTERVAL_S = 10.0  # keep an idle link alive well inside the peer's RECEIVE_TIMEOUT_S
+CLOSE_TIMEOUT_S = 2.0  # shielded cleanup on cancellation
+HTTP_TIMEOUT_S = 10.0  # REST calls between agent/CLI and master
+
+RECONNECT_MIN_S = 0.2  # first retry after a lost link
+RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
+
+COMMIT_REPORT_INTERVAL_S = 0.02  # targets batch commit reports to the master at most this often
+JOB_LOG_FLUSH_INTERVAL_S = 0.5  # the master writes the job log in batches, off the change path
+FSYNC_BATCH_MAX_FILES = 256  # a receiver fsyncs and renames at most this many files per batch
+
+PERIODIC_COMPARE_S = 600.0  # source and target compare manifests this often, for convergence
+UNWATCHED_SCAN_INTERVAL_S = 30.0  # trees beyond the inotify watch limit are scanned this often
+
+TEMP_PREFIX = ".relaysync."  # temporary files on targets; scanners ignore names with this prefix

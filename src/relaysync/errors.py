@@ -1,0 +1,144 @@
+"""The error tree of relaysync: every error a user or a peer can meet.
+
+Each class's docstring is its message template, formatted with the positional arguments, and
+`exit_code` is the CLI's exit status for it.
+
+    RelaySyncError
+    ├── ConfigError                    bad configuration or command-line input
+    ├── ProtocolError                  a malformed, oversize or unexpected message
+    │   ├── FrameTooLarge
+    │   ├── IncompatibleVersion
+    │   └── PeerRefused                the peer answered with an Error message
+    ├── UnsafePath                     a path on the wire that is absolute, has .., NUL, or escapes the root
+    ├── AuthError                      identity and certificates
+    │   ├── JoinRefused                a bad or expired join token
+    │   ├── UnknownPeer                a certificate the receiver does not expect
+    │   └── TLSHandshakeFailed
+    ├── TransferError                  moving bytes between agents
+    │   ├── HashMismatch               received bytes do not match the announced hash
+    │   ├── SourceChanged              the source file changed while it was being read
+    │   └── LinkDown                   a peer could not be reached or dropped the link
+    ├── WatchError                     content monitoring
+    │   ├── WatchLimitReached          the kernel's inotify watch limit is too low
+    │   └── JournalCorrupt
+    ├── StoreError                     the master's store
+    │   └── NotFound
+    └── MasterUnreachable              the master's API or control port does not answer
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RelaySyncError(Exception):
+    """relaysync error: {}"""
+
+    exit_code = 1
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.args = args
+
+    def __str__(self) -> str:
+        template = (type(self).__doc__ or "{}").strip().splitlines()[0]
+        try:
+            return template.format(*self.args)
+        except (IndexError, KeyError, ValueError):
+            return f"{template} {self.args!r}"
+
+
+class ConfigError(RelaySyncError):
+    """Configuration error: {}"""
+
+    exit_code = 2
+
+
+class ProtocolError(RelaySyncError):
+    """Protocol error: {}"""
+
+    exit_code = 10
+
+
+class FrameTooLarge(ProtocolError):
+    """Frame of {} bytes is over the limit of {} bytes; the connection is closed."""
+
+
+class IncompatibleVersion(ProtocolError):
+    """Peer speaks protocol version {}, this node speaks {}: upgrade the older side."""
+
+
+class PeerRefused(ProtocolError):
+    """Peer refused: {} ({})."""
+
+
+class UnsafePath(RelaySyncError):
+    """Refused unsafe path {!r}: {}."""
+
+    exit_code = 11
+
+
+class AuthError(RelaySyncError):
+    """Authentication error: {}"""
+
+    exit_code = 12
+
+
+class JoinRefused(AuthError):
+    """The master refused to let this agent join: {}. Ask the operator for a fresh join token."""
+
+
+class UnknownPeer(AuthError):
+    """Connection from unknown node {} refused: it is not a peer of this node."""
+
+
+class TLSHandshakeFailed(AuthError):
+    """TLS handshake failed: {}"""
+
+
+class TransferError(RelaySyncError):
+    """Transfer error: {}"""
+
+    exit_code = 13
+
+
+class HashMismatch(TransferError):
+    """Content of {!r} does not match its announced hash; it was not committed and will be re-sent."""
+
+
+class SourceChanged(TransferError):
+    """Source file {!r} changed while it was being read; the newer version follows."""
+
+
+class LinkDown(TransferError):
+    """Link to {} is down: {}. Will retry."""
+
+
+class WatchError(RelaySyncError):
+    """Watch error: {}"""
+
+    exit_code = 14
+
+
+class WatchLimitReached(WatchError):
+    """inotify watch limit reached under {} ({} watches); scanning it every {} s instead. Raise it with: sysctl fs.inotify.max_user_watches=524288"""
+
+
+class JournalCorrupt(WatchError):
+    """Journal {} is corrupt at offset {}: {}"""
+
+
+class StoreError(RelaySyncError):
+    """Store error: {}"""
+
+    exit_code = 15
+
+
+class NotFound(StoreError):
+    """{} {!r} not found."""
+
+
+class MasterUnreachable(RelaySyncError):
+    """The master at {} does not answer: {}. Is `relaysync master` running there?"""
+
+    exit_code = 16

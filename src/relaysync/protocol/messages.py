@@ -1,0 +1,367 @@
+"""Every message that crosses a process boundary: typed, tagged, versioned, validated.
+
+Two links use them: the control link (agent <-> master) and the peer link (source agent ->
+target agent). Both start with `Hello`. Tags and field names are never reused.
+
+RESERVED tags: none yet.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import msgspec
+
+from relaysync.constants import CHUNK_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES
+from relaysync.errors import ProtocolError
+
+HASH_BYTES = 16  # xxh3-128 digests
+
+
+class ErrorCode(enum.IntEnum):
+    """Why a peer refused something; mapped to and from errors in protocol/errors.py."""
+
+    UNKNOWN = 0
+    BAD_MESSAGE = 1
+    UNSAFE_PATH = 2
+    UNKNOWN_PEER = 3
+    UNKNOWN_MAPPING = 4
+    HASH_MISMATCH = 5
+    IO_ERROR = 6
+    VERSION = 7
+    NOT_EXPECTED = 8
+    DISK_FULL = 9
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every wire message."""
+
+    def validate(self) -> None:
+        """Raise ProtocolError if the message is malformed; called right after decoding."""
+
+
+def _check_path(path: str, field: str, *, allow_root: bool = False) -> None:
+    """Shape-check a wire path (the filesystem check is transfer/paths.py)."""
+    if path == "" and allow_root:
+        return
+    if not path or len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise ProtocolError(f"{field}: empty or over {MAX_PATH_BYTES} bytes")
+
+
+def _check_hash(digest: bytes, field: str, *, optional: bool = False) -> None:
+    if optional and not digest:
+        return
+    if len(digest) != HASH_BYTES:
+        raise ProtocolError(f"{field}: hash must be {HASH_BYTES} bytes, got {len(digest)}")
+
+
+def _check_non_negative(value: int, field: str) -> None:
+    if value < 0:
+        raise ProtocolError(f"{field}: must be >= 0, got {value}")
+
+
+# --- Handshake ---
+
+
+class Hello(Message, tag="hello"):
+    protocol_version: int
+    node_id: str  # SHA-256 hex of the sender's certificate ("" for the master before join)
+    name: str
+    role: Literal["agent", "master"]
+    capabilities: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if len(self.name) > MAX_NAME_BYTES or len(self.node_id) > 64:
+            raise ProtocolError("hello: name or node id too long")
+
+
+class Error(Message, tag="error"):
+    """A refusal; the receiver of it maps `code` to an exception."""
+
+    code: ErrorCode
+    detail: str
+    seq: int = 0  # the change it concerns, 0 for the link
+
+
+class Ping(Message, tag="ping"):
+    nonce: int = 0
+
+
+class Pong(Message, tag="pong"):
+    nonce: int = 0
+
+
+# --- Control link: agent <-> master ---
+
+
+class Register(Message, tag="register"):
+    """Agent -> master, after Hello: who and where it is."""
+
+    name: str
+    region: str
+    group: str
+    peer_address: str  # host:port where its peer server listens
+
+
+class TargetSpec(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    path: str  # absolute folder on the target server
+
+
+class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
+    mapping_id: int
+    name: str
+    source_node: str
+    source_path: str  # absolute folder on the source server
+    targets: tuple[TargetSpec, ...]
+    include: tuple[str, ...] = ()  # regular expressions on the relative path; empty = all
+    exclude: tuple[str, ...] = ()
+    durability: Literal["safe", "fast"] = "safe"
+    enabled: bool = True
+
+
+class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    name: str
+    address: str  # host:port of its peer server
+
+
+class Assignment(Message, tag="assignment"):
+    """Master -> agent: every mapping it takes part in, and its peers. Versioned by epoch."""
+
+    epoch: int
+    mappings: tuple[MappingSpec, ...]
+    peers: tuple[PeerInfo, ...]
+
+
+class AssignmentAck(Message, tag="assignment_ack"):
+    epoch: int
+
+
+class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One change as applied (or refused) on one target."""
+
+    seq: int  # journal sequence on the source; 0 for catch-up work outside the journal
+    op: str
+    path: str
+    size: int = 0
+    wire_bytes: int = 0
+    ok: bool = True
+    error: str = ""
+    duration_ms: float = 0.0
+    committed_at: float = 0.0  # unix time on the target
+
+
+class CommitReport(Message, tag="commit_report"):
+    """Target -> master, at once after commits: the watermark and what was applied."""
+
+    mapping_id: int
+    source_node: str
+    target_node: str
+    watermark: int  # every seq <= watermark is committed on the target
+    records: tuple[CommitRecord, ...]
+
+
+# --- Peer link: source agent -> target agent ---
+
+
+class OpenMapping(Message, tag="open"):
+    """Source -> target: start streaming changes of this mapping."""
+
+    mapping_id: int
+    journal_id: str  # identifies the source's journal; a new one means old watermarks are void
+
+
+class MappingState(Message, tag="state"):
+    """Target -> source: where it stands."""
+
+    mapping_id: int
+    watermark: int  # highest seq committed with no gap, for this journal_id
+    root_hash: bytes  # manifest root hash of the target tree
+
+
+class DirEntry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    name: str
+    kind: Literal["f", "d", "l"]
+    hash: bytes  # file content, directory (recursive), or link target hash
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
+
+
+class DirListing(msgspec.Struct, frozen=True, kw_only=True):
+    path: str  # relative, "" for the root
+    entries: tuple[DirEntry, ...]
+    exists: bool = True
+
+
+class DigestRequest(Message, tag="digest_req"):
+    """Source -> target: send me your listings of these directories (top-down compare)."""
+
+    mapping_id: int
+    dirs: tuple[str, ...]
+
+    def validate(self) -> None:
+        for d in self.dirs:
+            _check_path(d, "digest_req.dirs", allow_root=True)
+
+
+class DigestReply(Message, tag="digest_reply"):
+    mapping_id: int
+    listings: tuple[DirListing, ...]
+
+
+class FileStart(Message, tag="file"):
+    """Source -> target: a whole file follows in FileChunk frames, then FileEnd."""
+
+    seq: int
+    path: str
+    size: int
+    mode: int
+    mtime_ns: int
+    base_hash: bytes = b""  # hash of the version it replaces ("" if none known)
+
+    def validate(self) -> None:
+        _check_path(self.path, "file.path")
+        _check_non_negative(self.size, "file.size")
+        _check_non_negative(self.seq, "file.seq")
+        _check_hash(self.base_hash, "file.base_hash", optional=True)
+
+
+class FileChunk(Message, tag="chunk"):
+    seq: int
+    offset: int
+    data: bytes
+    codec: int = 0  # protocol codec id: 0 = plain
+
+    def validate(self) -> None:
+        _check_non_negative(self.offset, "chunk.offset")
+        if len(self.data) > CHUNK_BYTES + 1024:
+            raise ProtocolError(f"chunk: {len(self.data)} bytes is over the chunk limit")
+
+
+class FileEnd(Message, tag="file_end"):
+    """The strong hash of everything sent; the target commits only if it matches."""
+
+    seq: int
+    hash: bytes
+
+    def validate(self) -> None:
+        _check_hash(self.hash, "file_end.hash")
+
+
+class FileAbort(Message, tag="file_abort"):
+    """The source gave up on this file (it changed while read); the target discards it."""
+
+    seq: int
+    reason: str
+
+
+class Delete(Message, tag="delete"):
+    """Delete a file, link or whole tree."""
+
+    seq: int
+    path: str
+
+    def validate(self) -> None:
+        _check_path(self.path, "delete.path")
+
+
+class MakeDir(Message, tag="mkdir"):
+    seq: int
+    path: str
+    mode: int = 0o755
+
+    def validate(self) -> None:
+        _check_path(self.path, "mkdir.path")
+
+
+class Symlink(Message, tag="symlink"):
+    seq: int
+    path: str
+    target: str  # stored as is; never followed by the receiver
+
+    def validate(self) -> None:
+        _check_path(self.path, "symlink.path")
+        _check_path(self.target, "symlink.target")
+
+
+class Rename(Message, tag="rename"):
+    seq: int
+    path: str
+    new_path: str
+    hash: bytes = b""  # content hash of a file being moved, to check the target holds the same
+
+    def validate(self) -> None:
+        _check_path(self.path, "rename.path")
+        _check_path(self.new_path, "rename.new_path")
+
+
+class SetAttr(Message, tag="attr"):
+    seq: int
+    path: str
+    mode: int
+    mtime_ns: int
+
+    def validate(self) -> None:
+        _check_path(self.path, "attr.path")
+
+
+class Erase(Message, tag="erase"):
+    """Remove every child of directory `path` whose name is not in `keep`."""
+
+    seq: int
+    path: str  # "" for the root
+    keep: tuple[str, ...]
+
+    def validate(self) -> None:
+        _check_path(self.path, "erase.path", allow_root=True)
+
+
+class Checkpoint(Message, tag="checkpoint"):
+    """Source -> target: everything up to `seq` has been sent (after a catch-up); commit, then ack."""
+
+    seq: int
+
+
+class Ack(Message, tag="ack"):
+    """Target -> source: all changes up to `watermark` are committed (durably, in safe mode)."""
+
+    mapping_id: int
+    watermark: int
+
+
+AnyMessage = (
+    Hello
+    | Error
+    | Ping
+    | Pong
+    | Register
+    | Assignment
+    | AssignmentAck
+    | CommitReport
+    | OpenMapping
+    | MappingState
+    | DigestRequest
+    | DigestReply
+    | FileStart
+    | FileChunk
+    | FileEnd
+    | FileAbort
+    | Delete
+    | MakeDir
+    | Symlink
+    | Rename
+    | SetAttr
+    | Erase
+    | Checkpoint
+    | Ack
+)
+
+
+# Ops that change a target tree, in the order a source streams them.
+ChangeOp = FileStart | Delete | MakeDir | Symlink | Rename | SetAttr | Erase
+
+ENCODER = msgspec.msgpack.Encoder()
+DECODER: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)  # type: ignore[arg-type]
