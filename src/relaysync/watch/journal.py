@@ -1,0 +1,390 @@
+"""The journal: a durable, segmented, append-only log of the changes of one (mapping, source).
+
+Layout of the journal directory:
+
+    journal.id                 random id, written once; a new id means a fresh journal
+    released                   highest seq every target has committed (the release watermark)
+    00000000000000000001.seg   segments, named by the first seq they hold (or will hold)
+
+Each record is framed as `u32 length | u32 crc32(payload) | msgpack(JournalRecord)`.
+
+Error handling: on open, a torn tail of the last segment (a short frame, or a bad frame that is
+the last one) is truncated away and logged; a bad frame followed by a good one is corruption and
+raises JournalCorrupt, as does any bad frame met later by `read()` in an older segment.
+
+Resource handling: the active segment stays open for appending until `close()`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import struct
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import anyio
+import msgspec
+
+from relaysync.errors import JournalCorrupt
+from relaysync.watch._coalesce_journal import coalesce_records
+from relaysync.watch.changes import JournalRecord, PendingChange
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 64 * 1024 * 1024  # segments are released whole; big enough to keep file counts low
+INDEX_EVERY_RECORDS = 64  # one (seq, offset) index point per this many records, to seek reads
+_HEADER = struct.Struct(">II")
+_SUFFIX = ".seg"
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(JournalRecord).decode
+
+
+class _TornTail(Exception):
+    """Internal: a frame at `offset` is incomplete or bad and nothing good follows it."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(offset, reason)
+        self.offset = offset
+        self.reason = reason
+
+
+def _frame(record: JournalRecord) -> bytes:
+    payload = _encode(record)
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _read_frame(f: BinaryIO, offset: int, name: str) -> tuple[JournalRecord, int] | None:
+    """Read the frame at the current position; return (record, next offset) or None at EOF.
+
+    Raises _TornTail for an incomplete or bad frame that nothing good follows, JournalCorrupt
+    for a bad frame followed by a good one.
+    """
+    header = f.read(_HEADER.size)
+    if not header:
+        return None
+    if len(header) < _HEADER.size:
+        raise _TornTail(offset, "short header")
+    length, crc = _HEADER.unpack(header)
+    payload = f.read(length)
+    if len(payload) < length:
+        raise _TornTail(offset, "short record")
+    try:
+        if zlib.crc32(payload) != crc:
+            raise ValueError("crc mismatch")
+        return _decode(payload), offset + _HEADER.size + length
+    except (ValueError, msgspec.DecodeError) as exc:
+        if _good_frame_follows(f):
+            raise JournalCorrupt(name, offset, str(exc)) from exc
+        raise _TornTail(offset, str(exc)) from exc
+
+
+def _good_frame_follows(f: BinaryIO) -> bool:
+    header = f.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return False
+    length, crc = _HEADER.unpack(header)
+    payload = f.read(length)
+    return length > 0 and len(payload) == length and zlib.crc32(payload) == crc
+
+
+def _write_atomic(path: Path, text: str, *, fsync: bool) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Journal:
+    """The durable journal of one (mapping, source).
+
+    Args:
+        directory: where the segments live; created if missing.
+        segment_bytes: start a new segment once the active one reaches this size.
+        fsync: fsync every append (group commit); False only for tests and "fast" mode.
+
+    Raises:
+        JournalCorrupt: a segment is damaged somewhere other than its torn tail.
+    """
+
+    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES, fsync: bool = True) -> None:
+        self._dir = directory
+        self._segment_bytes = segment_bytes
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._queue: list[_Waiter] = []
+        self._flushing = False
+        self.commit_count = 0  # write+fsync batches so far, to observe group commit
+        directory.mkdir(parents=True, exist_ok=True)
+        self.journal_id = self._load_id()
+        self._released = self._load_released()
+        self._segments = sorted(int(p.name[: -len(_SUFFIX)]) for p in directory.glob(f"*{_SUFFIX}"))
+        self._index: dict[int, tuple[list[int], list[int]]] = {}
+        if not self._segments:
+            self._segments = [self._released + 1]
+            self._segment_path(self._segments[0]).touch()
+            self._sync_dir()
+        self._last_seq, self._size = self._recover(self._segments[-1])
+        self._file: BinaryIO = open(self._segment_path(self._segments[-1]), "ab")
+
+    # --- opening ---
+
+    def _load_id(self) -> str:
+        path = self._dir / "journal.id"
+        if path.exists():
+            return path.read_text().strip()
+        journal_id = uuid.uuid4().hex
+        _write_atomic(path, journal_id, fsync=True)
+        logger.info("created journal %s in %s", journal_id, self._dir)
+        return journal_id
+
+    def _load_released(self) -> int:
+        path = self._dir / "released"
+        return int(path.read_text() or 0) if path.exists() else 0
+
+    def _segment_path(self, first_seq: int) -> Path:
+        return self._dir / f"{first_seq:020d}{_SUFFIX}"
+
+    def _sync_dir(self) -> None:
+        if self._fsync:
+            fd = os.open(self._dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _recover(self, first_seq: int) -> tuple[int, int]:
+        """Validate the last segment, truncate a torn tail; return (last seq, good size)."""
+        path = self._segment_path(first_seq)
+        seqs, offsets = self._index.setdefault(first_seq, ([], []))
+        last, good = first_seq - 1, 0
+        with open(path, "rb") as f:
+            try:
+                while (got := _read_frame(f, good, str(path))) is not None:
+                    record, end = got
+                    if record.seq != last + 1:
+                        raise JournalCorrupt(str(path), good, f"seq {record.seq} after {last}")
+                    if (record.seq - first_seq) % INDEX_EVERY_RECORDS == 0:
+                        seqs.append(record.seq)
+                        offsets.append(good)
+                    last, good = record.seq, end
+                    f.seek(good)
+            except _TornTail as torn:
+                logger.warning("journal %s: truncating torn tail at offset %s: %s", path, torn.offset, torn.reason)
+                os.truncate(path, torn.offset)
+        return last, good
+
+    # --- state ---
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq appended, 0 if the journal never held a record."""
+        return self._last_seq
+
+    @property
+    def first_seq(self) -> int:
+        """The lowest retained seq; last_seq + 1 if nothing is retained."""
+        with self._lock:
+            return min(max(self._segments[0], self._released + 1), self._last_seq + 1)
+
+    # --- appending ---
+
+    def append(self, changes: Sequence[PendingChange]) -> list[JournalRecord]:
+        """Append changes with consecutive seqs, durably (one write and one fsync per call).
+
+        Returns:
+            The journal records, in order.
+        """
+        if not changes:
+            return []
+        with self._lock:
+            now = time.time_ns()
+            records = [
+                JournalRecord(seq=self._last_seq + 1 + i, op=c.op, path=c.path, new_path=c.new_path,
+                              entry=c.entry, base_hash=c.base_hash, time_ns=now)
+                for i, c in enumerate(changes)
+            ]
+            if self._size >= self._segment_bytes:
+                self._rotate()
+            self._write(records)
+            return records
+
+    def _write(self, records: list[JournalRecord]) -> None:
+        frames = [_frame(r) for r in records]
+        try:
+            self._file.write(b"".join(frames))
+            self._file.flush()
+            if self._fsync:
+                os.fsync(self._file.fileno())
+        except BaseException:
+            # Leave no partial frame behind: the next append would follow garbage.
+            self._file.truncate(self._size)
+            raise
+        self._add_index_points(records, frames)
+        self._last_seq = records[-1].seq
+        self.commit_count += 1
+
+    def _add_index_points(self, records: list[JournalRecord], frames: list[bytes]) -> None:
+        first = self._segments[-1]
+        seqs, offsets = self._index.setdefault(first, ([], []))
+        for record, frame in zip(records, frames, strict=True):
+            if (record.seq - first) % INDEX_EVERY_RECORDS == 0:
+                seqs.append(record.seq)
+                offsets.append(self._size)
+            self._size += len(frame)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        first = self._last_seq + 1
+        self._segments.append(first)
+        self._file = open(self._segment_path(first), "ab")
+        self._size = 0
+        self._sync_dir()
+
+    async def append_async(self, changes: Sequence[PendingChange]) -> list[JournalRecord]:
+        """Append from async code; concurrent callers share one write and one fsync.
+
+        The first caller becomes the flusher and writes every batch queued meanwhile, shielded
+        from cancellation so that no queued caller is left without an answer. A caller cancelled
+        while waiting still gets its changes journaled.
+        """
+        waiter = _Waiter(list(changes))
+        self._queue.append(waiter)
+        if self._flushing:
+            await waiter.done.wait()
+        else:
+            self._flushing = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    while self._queue:
+                        batch, self._queue = self._queue, []
+                        await self._flush(batch)
+            finally:
+                self._flushing = False
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.records
+
+    async def _flush(self, batch: list[_Waiter]) -> None:
+        changes = [c for w in batch for c in w.changes]
+        try:
+            records = await anyio.to_thread.run_sync(self.append, changes)
+        except Exception as exc:
+            for w in batch:
+                w.error = exc
+                w.done.set()
+            return
+        start = 0
+        for w in batch:
+            w.records = records[start : start + len(w.changes)]
+            start += len(w.changes)
+            w.done.set()
+
+    # --- reading ---
+
+    def read(self, after_seq: int, limit: int = 1000) -> list[JournalRecord]:
+        """Return up to `limit` retained records with seq > after_seq, ascending.
+
+        Raises:
+            JournalCorrupt: a damaged frame was met.
+        """
+        with self._lock:
+            after_seq = max(after_seq, self._released, self._segments[0] - 1)
+            out: list[JournalRecord] = []
+            pos = max(bisect.bisect_right(self._segments, after_seq + 1) - 1, 0)
+            for first in self._segments[pos:]:
+                out.extend(self._read_segment(first, after_seq, limit - len(out)))
+                if len(out) >= limit:
+                    break
+            return out
+
+    def _read_segment(self, first: int, after_seq: int, limit: int) -> Iterator[JournalRecord]:
+        path = self._segment_path(first)
+        if first not in self._index:
+            self._build_index(first)
+        seqs, offsets = self._index[first]
+        i = bisect.bisect_right(seqs, after_seq + 1) - 1
+        offset = offsets[i] if i >= 0 else 0
+        count = 0
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while count < limit and (got := self._read_checked(f, offset, path)) is not None:
+                record, offset = got
+                if record.seq > after_seq:
+                    count += 1
+                    yield record
+
+    @staticmethod
+    def _read_checked(f: BinaryIO, offset: int, path: Path) -> tuple[JournalRecord, int] | None:
+        try:
+            got = _read_frame(f, offset, str(path))
+        except _TornTail as torn:
+            raise JournalCorrupt(str(path), torn.offset, torn.reason) from None
+        if got is not None:
+            f.seek(got[1])
+        return got
+
+    def _build_index(self, first: int) -> None:
+        seqs, offsets = self._index.setdefault(first, ([], []))
+        path = self._segment_path(first)
+        offset = 0
+        with open(path, "rb") as f:
+            while (got := self._read_checked(f, offset, path)) is not None:
+                record, end = got
+                if (record.seq - first) % INDEX_EVERY_RECORDS == 0:
+                    seqs.append(record.seq)
+                    offsets.append(offset)
+                offset = end
+
+    def read_coalesced(self, after_seq: int, limit: int = 1000) -> list[JournalRecord]:
+        """Like read(), but drop writes superseded within the range read.
+
+        A "write" record is skipped when a later "write" or "delete" of the same path is in the
+        range read and no "rename" touching that path (the path itself, an ancestor or a
+        descendant, as source or destination) comes in between; replaying the result gives the
+        same final tree as replaying every record. The last record of the range is always
+        kept, so callers can advance to the last seq returned.
+        """
+        return coalesce_records(self.read(after_seq, limit))
+
+    # --- releasing ---
+
+    def release(self, upto_seq: int) -> None:
+        """Mark every record up to `upto_seq` committed everywhere; delete segments wholly below it."""
+        with self._lock:
+            upto_seq = min(upto_seq, self._last_seq)
+            if upto_seq <= self._released:
+                return
+            self._released = upto_seq
+            _write_atomic(self._dir / "released", str(upto_seq), fsync=self._fsync)
+            if self._size > 0 and self._last_seq <= upto_seq:
+                self._rotate()
+            while len(self._segments) > 1 and self._segments[1] - 1 <= upto_seq:
+                first = self._segments.pop(0)
+                self._index.pop(first, None)
+                self._segment_path(first).unlink(missing_ok=True)
+                logger.debug("journal %s: released segment %s", self._dir, first)
+
+    def close(self) -> None:
+        """Close the active segment."""
+        with self._lock:
+            self._file.close()
+
+
+class _Waiter:
+    """One append_async caller waiting for the group commit that carries its changes."""
+
+    def __init__(self, changes: list[PendingChange]) -> None:
+        self.changes = changes
+        self.done = anyio.Event()
+        self.records: list[JournalRecord] = []
+        self.error: Exception | None = None

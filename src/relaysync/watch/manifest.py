@@ -1,0 +1,328 @@
+"""The manifest: one side's view of a mapping's tree, on disk in SQLite, with directory hashes.
+
+Directory hashes let two manifests be compared top-down: equal root hashes mean equal trees,
+and a differing directory is narrowed down by comparing its listing. They are cached in the
+`dirhash` table and invalidated up the parent chain whenever an entry changes, so an unchanged
+manifest answers `root_hash()` with one indexed read.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import xxhash
+
+from relaysync.protocol.messages import DirEntry, DirListing
+
+logger = logging.getLogger(__name__)
+
+_PAGE_ROWS = 2000  # iter_entries reads this many rows per query, so no cursor outlives the lock
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    path TEXT PRIMARY KEY, parent TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
+    hash BLOB NOT NULL, link_target TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent, name);
+CREATE TABLE IF NOT EXISTS dirhash (path TEXT PRIMARY KEY, hash BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+_COLUMNS = "path, kind, size, mtime_ns, mode, hash, link_target"
+_encode = msgspec.msgpack.Encoder().encode
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True):
+    """One file ("f"), directory ("d") or symlink ("l") of a tree.
+
+    `path` is relative and POSIX ("" is the root and is never stored); `mode` holds permission
+    bits only; `hash` is the xxh3-128 of the content (files), of the target string (links), or
+    b"" (directories).
+    """
+
+    path: str
+    kind: Literal["f", "d", "l"]
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
+    hash: bytes = b""
+    link_target: str = ""
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """Return (parent, name) of a relative POSIX path; the parent of "a" is ""."""
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
+def ancestors(path: str) -> list[str]:
+    """Return the directories above `path`, nearest first, ending with the root ""."""
+    out = []
+    while path:
+        path = split_path(path)[0]
+        out.append(path)
+    return out
+
+
+def subtree_bounds(path: str) -> tuple[str, str]:
+    """Return (low, high) so that `low <= p < high` selects the paths strictly below `path`."""
+    prefix = f"{path}/" if path else ""
+    # "0" is the character right after "/", so every "path/..." sorts between the bounds.
+    return prefix, (f"{path}0" if path else "\U0010ffff")
+
+
+def _row_to_entry(row: tuple) -> Entry:  # type: ignore[type-arg]
+    path, kind, size, mtime_ns, mode, hash_, link_target = row
+    return Entry(
+        path=path, kind=kind, size=size, mtime_ns=mtime_ns, mode=mode, hash=hash_,
+        link_target=link_target,
+    )
+
+
+def _child_record(entry: Entry, dir_hash: bytes) -> bytes:
+    name = split_path(entry.path)[1]
+    if entry.kind == "d":
+        return _encode((name, "d", dir_hash))
+    if entry.kind == "l":
+        return _encode((name, "l", entry.hash))
+    return _encode((name, "f", entry.hash, entry.size, entry.mode, entry.mtime_ns))
+
+
+class Manifest:
+    """An on-disk manifest (SQLite, WAL) of one side of a mapping.
+
+    Args:
+        db_path: the SQLite file; created with its tables if missing.
+
+    Resource handling: one connection, usable from any thread (calls are serialised by a lock);
+    `close()` releases it.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self._path = db_path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # The journal is the durable record; a manifest that lost its last commits is repaired by a scan.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- entries ---
+
+    def get(self, path: str) -> Entry | None:
+        """Return the entry at `path`, or None."""
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (path,)).fetchone()
+        return _row_to_entry(row) if row else None
+
+    def put_many(self, entries: Iterable[Entry]) -> None:
+        """Insert or replace entries in one transaction.
+
+        An entry that replaces a directory with a non-directory also drops that directory's subtree.
+        """
+        stale: set[str] = set()
+        with self._txn() as db:
+            for e in entries:
+                if not e.path:
+                    raise ValueError("the root is not stored in the manifest")
+                parent, name = split_path(e.path)
+                db.execute(
+                    "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.path, parent, name, e.kind, e.size, e.mtime_ns, e.mode, e.hash, e.link_target),
+                )
+                if e.kind != "d":
+                    self._delete_below(db, e.path)
+                    stale.add(e.path)
+                stale.update(ancestors(e.path))
+            db.executemany("DELETE FROM dirhash WHERE path = ?", ((p,) for p in stale))
+
+    def remove_tree(self, path: str) -> list[str]:
+        """Remove `path` and everything below it; return the removed paths, sorted."""
+        low, high = subtree_bounds(path)
+        with self._txn() as db:
+            removed = [r[0] for r in db.execute(
+                "SELECT path FROM entries WHERE path = ? OR (path >= ? AND path < ?) ORDER BY path",
+                (path, low, high),
+            )]
+            db.execute("DELETE FROM entries WHERE path = ?", (path,))
+            self._delete_below(db, path)
+            db.execute("DELETE FROM dirhash WHERE path = ?", (path,))
+            db.executemany("DELETE FROM dirhash WHERE path = ?", ((p,) for p in ancestors(path)))
+        return removed
+
+    def rename_tree(self, old: str, new: str) -> None:
+        """Move `old` and its subtree to `new`, replacing whatever was at `new`."""
+        if old == new or not old or not new:
+            return
+        new_parent, new_name = split_path(new)
+        with self._txn() as db:
+            if db.execute("SELECT 1 FROM entries WHERE path = ?", (old,)).fetchone() is None:
+                return
+            for table in ("entries", "dirhash"):
+                db.execute(f"DELETE FROM {table} WHERE path = ?", (new,))
+            self._delete_below(db, new)
+            db.execute(
+                "UPDATE entries SET path = ?, parent = ?, name = ? WHERE path = ?",
+                (new, new_parent, new_name, old),
+            )
+            low, high = subtree_bounds(old)
+            cut = len(old) + 1
+            db.execute(
+                "UPDATE entries SET path = ? || substr(path, ?), parent = ? || substr(parent, ?) "
+                "WHERE path >= ? AND path < ?",
+                (new, cut, new, cut, low, high),
+            )
+            # A directory's hash depends only on what is below it, so cached hashes move with it.
+            db.execute(
+                "UPDATE dirhash SET path = ? || substr(path, ?) WHERE path = ? OR (path >= ? AND path < ?)",
+                (new, cut, old, low, high),
+            )
+            stale = set(ancestors(old)) | set(ancestors(new))
+            db.executemany("DELETE FROM dirhash WHERE path = ?", ((p,) for p in stale))
+
+    @staticmethod
+    def _delete_below(db: sqlite3.Connection, path: str) -> None:
+        low, high = subtree_bounds(path)
+        for table in ("entries", "dirhash"):
+            db.execute(f"DELETE FROM {table} WHERE path >= ? AND path < ?", (low, high))
+
+    def children(self, dir_path: str) -> list[Entry]:
+        """Return the direct children of `dir_path` ("" = root), sorted by name."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE parent = ? ORDER BY name", (dir_path,)
+            ).fetchall()
+        return [_row_to_entry(r) for r in rows]
+
+    def iter_entries(self, under: str = "") -> Iterator[Entry]:
+        """Stream every entry (below `under`, if given) sorted by path, a page at a time."""
+        low, high = subtree_bounds(under)
+        after = low
+        inclusive = True
+        while True:
+            op = ">=" if inclusive else ">"
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM entries WHERE path {op} ? AND path < ? "
+                    "ORDER BY path LIMIT ?",
+                    (after, high, _PAGE_ROWS),
+                ).fetchall()
+            yield from (_row_to_entry(r) for r in rows)
+            if len(rows) < _PAGE_ROWS:
+                return
+            after, inclusive = rows[-1][0], False
+
+    def count(self) -> int:
+        """Return the number of entries."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+    # --- directory hashes ---
+
+    def dir_hash(self, dir_path: str) -> bytes:
+        """Return the recursive hash of directory `dir_path` ("" = root), from cache if valid."""
+        with self._lock:
+            cached = self._cached_hash(dir_path)
+            if cached is not None:
+                return cached
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._compute_hashes(dir_path)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return result
+
+    def root_hash(self) -> bytes:
+        """Return the hash of the whole tree."""
+        return self.dir_hash("")
+
+    def _cached_hash(self, dir_path: str) -> bytes | None:
+        row = self._db.execute("SELECT hash FROM dirhash WHERE path = ?", (dir_path,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def _compute_hashes(self, top: str) -> bytes:
+        # Post-order without recursion: trees can be deeper than Python's recursion limit.
+        stack: list[tuple[str, bool]] = [(top, False)]
+        while stack:
+            path, expanded = stack.pop()
+            if self._cached_hash(path) is not None:
+                continue
+            if expanded:
+                self._store_hash(path)
+                continue
+            stack.append((path, True))
+            stack.extend((d, False) for d in self._child_dirs(path))
+        result = self._cached_hash(top)
+        assert result is not None
+        return result
+
+    def _child_dirs(self, path: str) -> list[str]:
+        rows = self._db.execute("SELECT path FROM entries WHERE parent = ? AND kind = 'd'", (path,))
+        return [r[0] for r in rows]
+
+    def _store_hash(self, path: str) -> None:
+        hasher = xxhash.xxh3_128()
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE parent = ? ORDER BY name", (path,)
+        ).fetchall()
+        for row in rows:
+            entry = _row_to_entry(row)
+            sub = (self._cached_hash(entry.path) or b"") if entry.kind == "d" else b""
+            hasher.update(_child_record(entry, sub))
+        self._db.execute("INSERT OR REPLACE INTO dirhash VALUES (?, ?)", (path, hasher.digest()))
+
+    def dir_listing(self, dir_path: str) -> DirListing:
+        """Return the protocol listing of `dir_path`: direct children, directories with their hash."""
+        with self._lock:
+            if dir_path:
+                own = self.get(dir_path)
+                if own is None or own.kind != "d":
+                    return DirListing(path=dir_path, entries=(), exists=False)
+            entries = tuple(
+                DirEntry(
+                    name=split_path(c.path)[1], kind=c.kind,
+                    hash=self.dir_hash(c.path) if c.kind == "d" else c.hash,
+                    size=c.size, mtime_ns=c.mtime_ns, mode=c.mode,
+                )
+                for c in self.children(dir_path)
+            )
+        return DirListing(path=dir_path, entries=entries)
+
+    # --- metadata ---
+
+    def get_meta(self, key: str) -> str | None:
+        """Return the metadata value stored under `key`, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a metadata value (for example the journal id and seq this manifest reflects)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,211 @@
+"""The scanner: walks a tree, hashes what changed and diffs it against the manifest.
+
+A scan never follows symlinks and never re-hashes a file whose kind, size, mtime and mode match
+the manifest: that keeps a rescan of an unchanged 100,000-file tree close to the cost of
+`rsync --dry-run` (one lstat per entry and one indexed manifest read per directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import xxhash
+
+from relaysync.watch.changes import PendingChange
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.manifest import Entry, Manifest
+
+logger = logging.getLogger(__name__)
+
+HASH_BUFFER_BYTES = 1024 * 1024  # one read per MiB: large enough to amortise syscalls, small for RAM
+_GONE = (FileNotFoundError, NotADirectoryError)
+
+
+def hash_file(path: Path) -> bytes:
+    """Return the 16-byte xxh3-128 digest of a file's content, read in 1 MiB blocks.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+    """
+    hasher = xxhash.xxh3_128()
+    buf = bytearray(HASH_BUFFER_BYTES)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            hasher.update(view[:n])
+    return hasher.digest()
+
+
+def hash_link(target: str) -> bytes:
+    """Return the hash of a symlink: the xxh3-128 of its target string."""
+    return xxhash.xxh3_128(os.fsencode(target)).digest()
+
+
+def join(parent: str, name: str) -> str:
+    """Join a relative POSIX directory path and a name ("" is the root)."""
+    return f"{parent}/{name}" if parent else name
+
+
+def entry_from_stat(root: Path, relpath: str, st: os.stat_result, *, hash_: bytes | None = None) -> Entry | None:
+    """Build an Entry from an lstat result, hashing the content unless `hash_` is given.
+
+    Returns None for unsupported kinds (devices, sockets, FIFOs) and for paths that vanished.
+    """
+    mode = stat.S_IMODE(st.st_mode)
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            return Entry(path=relpath, kind="d", mtime_ns=st.st_mtime_ns, mode=mode)
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(root / relpath)
+            return Entry(path=relpath, kind="l", mtime_ns=st.st_mtime_ns, mode=mode,
+                         hash=hash_link(target), link_target=target)
+        if stat.S_ISREG(st.st_mode):
+            digest = hash_ if hash_ is not None else hash_file(root / relpath)
+            return Entry(path=relpath, kind="f", size=st.st_size, mtime_ns=st.st_mtime_ns,
+                         mode=mode, hash=digest)
+    except _GONE:
+        logger.debug("vanished while scanning: %s", relpath)
+    return None
+
+
+def make_entry(root: Path, relpath: str) -> Entry | None:
+    """Return the current Entry of `relpath` under `root` (lstat + hash), or None if it is gone."""
+    try:
+        st = os.lstat(root / relpath)
+    except _GONE:
+        return None
+    return entry_from_stat(root, relpath, st)
+
+
+def same_stat(old: Entry, kind: str, st: os.stat_result) -> bool:
+    """Return True if an lstat result matches the manifest entry without reading content."""
+    if old.kind != kind:
+        return False
+    if kind == "d":
+        # Directory mtimes move with every child change; only mode is replicated for them.
+        return old.mode == stat.S_IMODE(st.st_mode)
+    return (old.size, old.mtime_ns, old.mode) == (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+
+
+def _kind_of(st: os.stat_result) -> str:
+    if stat.S_ISDIR(st.st_mode):
+        return "d"
+    if stat.S_ISLNK(st.st_mode):
+        return "l"
+    return "f" if stat.S_ISREG(st.st_mode) else ""
+
+
+def diff_entry(old: Entry | None, new: Entry) -> PendingChange | None:
+    """Return the change that turns manifest state `old` into `new`, or None if they are equal."""
+    if old == new:
+        return None
+    base = old.hash if old is not None else b""
+    if new.kind == "d":
+        if old is not None and old.kind == "d":
+            return None if old.mode == new.mode else PendingChange(op="attr", path=new.path, entry=new)
+        return PendingChange(op="mkdir", path=new.path, entry=new)
+    if new.kind == "l":
+        return PendingChange(op="symlink", path=new.path, entry=new, base_hash=base)
+    if old is not None and old.kind == "f" and old.hash == new.hash:
+        return PendingChange(op="attr", path=new.path, entry=new, base_hash=base)
+    return PendingChange(op="write", path=new.path, entry=new, base_hash=base)
+
+
+def changes_for(old: Entry | None, new: Entry) -> list[PendingChange]:
+    """Like diff_entry, but first deletes `old` when the kind changed (a file became a dir...)."""
+    out = []
+    if old is not None and old.kind != new.kind:
+        out.append(PendingChange(op="delete", path=old.path, base_hash=old.hash))
+        old = None
+    change = diff_entry(old, new)
+    if change is not None:
+        out.append(change)
+    return out
+
+
+class _Scan:
+    """One scan of a subtree: a pre-order walk, merged per directory with the manifest."""
+
+    def __init__(self, root: Path, manifest: Manifest, path_filter: PathFilter) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.filter = path_filter
+        self.out: list[PendingChange] = []
+
+    def visit(self, relpath: str, st: os.stat_result, old: Entry | None) -> bool:
+        """Compare one disk entry with the manifest; return True if it is a directory to walk."""
+        kind = _kind_of(st)
+        if not kind:
+            if old is not None:
+                self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
+            return False
+        if old is not None and kind != "l" and same_stat(old, kind, st):
+            return kind == "d"
+        new = entry_from_stat(self.root, relpath, st)
+        if new is None:
+            return False
+        self.out.extend(changes_for(old, new))
+        return kind == "d"
+
+    def walk(self, top: str) -> None:
+        stack = [top]
+        while stack:
+            stack.extend(reversed(self.walk_dir(stack.pop())))
+
+    def walk_dir(self, dir_rel: str) -> list[str]:
+        """Diff one directory's children; return the child directories to walk next."""
+        known = {e.path: e for e in self.manifest.children(dir_rel)}
+        on_disk = self._list_dir(dir_rel)
+        for path in sorted(set(known) - set(on_disk)):
+            self.out.append(PendingChange(op="delete", path=path, base_hash=known[path].hash))
+        subdirs = []
+        for path in sorted(on_disk):
+            if self.visit(path, on_disk[path], known.get(path)):
+                subdirs.append(path)
+        return subdirs
+
+    def _list_dir(self, dir_rel: str) -> dict[str, os.stat_result]:
+        found: dict[str, os.stat_result] = {}
+        try:
+            with os.scandir(self.root / dir_rel) as it:
+                for de in it:
+                    relpath = join(dir_rel, de.name)
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                    except _GONE:
+                        continue
+                    if self.filter.accepts(relpath, is_dir=stat.S_ISDIR(st.st_mode)):
+                        found[relpath] = st
+        except _GONE:
+            logger.debug("directory vanished while scanning: %s", dir_rel)
+        return found
+
+
+def scan_tree(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir: str = "") -> list[PendingChange]:
+    """Diff the tree at root/subdir against the manifest, without modifying the manifest.
+
+    Returns changes in an order that replays correctly on a target: within each directory the
+    deletes of vanished children come first (one per vanished subtree), then each child in name
+    order, a directory's mkdir always before anything inside it. `subdir` may name a file, a
+    directory or a path that no longer exists.
+    """
+    scan = _Scan(root, manifest, path_filter)
+    if not subdir:
+        scan.walk("")
+        return scan.out
+    old = manifest.get(subdir)
+    try:
+        st = os.lstat(root / subdir)
+    except _GONE:
+        st = None
+    accepted = st is not None and path_filter.accepts(subdir, is_dir=stat.S_ISDIR(st.st_mode))
+    if st is None or not accepted:
+        if old is not None:
+            scan.out.append(PendingChange(op="delete", path=subdir, base_hash=old.hash))
+        return scan.out
+    if scan.visit(subdir, st, old):
+        scan.walk(subdir)
+    return scan.out

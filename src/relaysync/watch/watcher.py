@@ -1,0 +1,330 @@
+"""The watcher: recursive raw inotify that reports closed writes, paired moves and overflows.
+
+A file is reported on CLOSE_WRITE only, never while it is being written. A new directory gets
+its watch first and is then reported as "rescan", so files created in it before the watch
+existed are found by the scan. MOVED_FROM/MOVED_TO with one cookie become one "move"; a
+MOVED_FROM left alone for MOVE_PAIR_S becomes "delete", a lone MOVED_TO becomes "rescan".
+A kernel queue overflow becomes "rescan" of the whole tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from pathlib import Path
+
+import anyio
+import anyio.abc
+from asyncinotify import Event, Inotify, Mask, Watch
+
+from relaysync.constants import UNWATCHED_SCAN_INTERVAL_S
+from relaysync.errors import WatchLimitReached
+from relaysync.watch._fsevent import EventKind, FsEvent
+from relaysync.watch.buffer import coalesce
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.scanner import join
+
+__all__ = ["FsEvent", "Watcher"]
+
+logger = logging.getLogger(__name__)
+
+MOVE_PAIR_S = 0.02  # a MOVED_TO follows its MOVED_FROM within microseconds; 20 ms is generous
+INOTIFY_READ_EVENTS = 4096  # events read per read(2), so a burst is one batch
+_MASK = (
+    Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE | Mask.DELETE_SELF | Mask.MOVED_FROM
+    | Mask.MOVED_TO | Mask.MOVE_SELF | Mask.ATTRIB | Mask.ONLYDIR | Mask.DONT_FOLLOW
+)
+_SIMPLE: dict[Mask, EventKind] = {Mask.CLOSE_WRITE: "write", Mask.DELETE: "delete", Mask.ATTRIB: "attr"}
+
+
+def _under(path: str, top: str) -> bool:
+    return not top or path == top or path.startswith(top + "/")
+
+
+class _PendingFrom:
+    """A MOVED_FROM waiting for its MOVED_TO, holding its place in the batch."""
+
+    def __init__(self, path: str, is_dir: bool, accepted: bool) -> None:
+        self.path = path
+        self.is_dir = is_dir
+        self.accepted = accepted
+        self.paired = False
+
+
+class Watcher:
+    """Watches a tree with inotify and sends batches of FsEvents.
+
+    Args:
+        root: the directory to watch.
+        path_filter: events for paths it rejects (and temporary names) are not reported.
+        unwatched_scan_interval_s: how often directories beyond the inotify watch limit are
+            reported as "rescan".
+
+    Error handling: when the kernel's watch limit is reached, a warning names the fix once, and
+    the directories left unwatched are reported as "rescan" every unwatched_scan_interval_s
+    (their watches are retried then too). A queue overflow re-adds watches for the whole tree
+    and reports "rescan" of "".
+
+    Resource handling: the inotify descriptor lives as long as `serve()` and is closed on exit.
+    """
+
+    def __init__(self, root: Path, path_filter: PathFilter, *,
+                 unwatched_scan_interval_s: float = UNWATCHED_SCAN_INTERVAL_S) -> None:
+        self._root = root
+        self._filter = path_filter
+        self._interval_s = unwatched_scan_interval_s
+        self._ino: Inotify | None = None
+        self._paths: dict[int, str] = {}  # watch descriptor -> relative directory
+        self._wds: dict[str, int] = {}
+        self._watches: dict[int, Watch] = {}
+        self._unwatched: dict[str, None] = {}  # ordered set of directories beyond the watch limit
+        self._limit_warned = False
+        self._batch: list[FsEvent | _PendingFrom] = []
+        self._cookies: dict[int, _PendingFrom] = {}
+
+    @property
+    def unwatched(self) -> list[str]:
+        """Directories (with their subtrees) that have no watch because of the watch limit."""
+        return list(self._unwatched)
+
+    async def serve(self, send: anyio.abc.ObjectSendStream[list[FsEvent]], *,
+                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Watch until cancelled, sending one coalesced list of events per batch read."""
+        with Inotify(cache_size=INOTIFY_READ_EVENTS, sync_timeout=0) as ino:
+            self._ino = ino
+            try:
+                self._add_tree("")
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._scan_unwatched, send)
+                    task_status.started()
+                    await self._read_loop(send)
+            finally:
+                self._ino = None
+                self._paths.clear()
+                self._wds.clear()
+                self._watches.clear()
+
+    # --- watches ---
+
+    def _add_tree(self, top: str) -> None:
+        stack = [top]
+        while stack:
+            rel = stack.pop()
+            if self._add_watch(rel):
+                stack.extend(self._subdirs(rel))
+
+    def _subdirs(self, rel: str) -> list[str]:
+        out = []
+        try:
+            with os.scandir(self._root / rel) as it:
+                for de in it:
+                    child = join(rel, de.name)
+                    if de.is_dir(follow_symlinks=False) and self._filter.accepts(child, is_dir=True):
+                        out.append(child)
+        except OSError:
+            logger.debug("cannot list %s", rel)
+        return out
+
+    def _add_watch(self, rel: str) -> bool:
+        assert self._ino is not None
+        try:
+            watch = self._ino.add_watch(self._root / rel, _MASK)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._note_unwatched(rel)
+            elif exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                logger.warning("cannot watch %s: %s", rel, exc)
+            return False
+        old = self._paths.get(watch.wd)
+        if old is not None and old != rel:
+            self._wds.pop(old, None)
+        self._paths[watch.wd] = rel
+        self._wds[rel] = watch.wd
+        self._watches[watch.wd] = watch
+        self._unwatched.pop(rel, None)
+        return True
+
+    def _note_unwatched(self, rel: str) -> None:
+        if any(_under(rel, u) for u in self._unwatched):
+            return
+        self._unwatched[rel] = None
+        if not self._limit_warned:
+            self._limit_warned = True
+            logger.warning("%s", WatchLimitReached(rel or "/", len(self._wds), self._interval_s))
+
+    def _forget_tree(self, top: str, *, remove: bool) -> None:
+        for rel in [p for p in self._wds if _under(p, top)]:
+            wd = self._wds.pop(rel)
+            self._paths.pop(wd, None)
+            if remove and self._ino is not None:
+                watch = self._watches.pop(wd, None)
+                try:
+                    if watch is not None:
+                        self._ino.rm_watch(watch)
+                except OSError:
+                    logger.debug("watch of %s was already gone", rel)
+        for rel in [p for p in self._unwatched if _under(p, top)]:
+            del self._unwatched[rel]
+
+    def _move_tree(self, old: str, new: str) -> None:
+        for rel in [p for p in self._wds if _under(p, old)]:
+            wd = self._wds.pop(rel)
+            moved = new + rel[len(old):]
+            self._wds[moved] = wd
+            self._paths[wd] = moved
+        for rel in [p for p in self._unwatched if _under(p, old)]:
+            del self._unwatched[rel]
+            self._unwatched[new + rel[len(old):]] = None
+
+    async def _scan_unwatched(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
+        while True:
+            await anyio.sleep(self._interval_s)
+            dirs = list(self._unwatched)
+            if not dirs:
+                continue
+            self._unwatched.clear()
+            for rel in dirs:
+                self._add_tree(rel)  # the limit may have been raised meanwhile
+            await send.send([FsEvent(kind="rescan", path=rel, is_dir=True) for rel in dirs])
+
+    # --- reading ---
+
+    async def _read_loop(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
+        assert self._ino is not None
+        while True:
+            await anyio.wait_readable(self._ino.fd)
+            self._drain()
+            while self._cookies:
+                with anyio.move_on_after(MOVE_PAIR_S):
+                    await anyio.wait_readable(self._ino.fd)
+                if not self._drain():
+                    break
+            events = coalesce(self._finish_batch())
+            if events:
+                await send.send(events)
+
+    def _drain(self) -> bool:
+        """Read every queued inotify event into the batch; return False if there was none."""
+        assert self._ino is not None
+        got = False
+        while (event := self._ino.sync_get()) is not None:
+            got = True
+            self._handle(event)
+        return got
+
+    def _finish_batch(self) -> list[FsEvent]:
+        out: list[FsEvent] = []
+        for item in self._batch:
+            if isinstance(item, FsEvent):
+                out.append(item)
+            elif not item.paired:
+                self._moved_out(item, out)
+        self._batch = []
+        self._cookies.clear()
+        return out
+
+    def _moved_out(self, item: _PendingFrom, out: list[FsEvent]) -> None:
+        if item.is_dir:
+            self._forget_tree(item.path, remove=True)
+        if item.accepted:
+            out.append(FsEvent(kind="delete", path=item.path, is_dir=item.is_dir))
+
+    def _emit(self, kind: EventKind, path: str, *, is_dir: bool = False, new_path: str = "") -> None:
+        self._batch.append(FsEvent(kind=kind, path=path, new_path=new_path, is_dir=is_dir))
+
+    # --- one inotify event ---
+
+    def _handle(self, event: Event) -> None:
+        mask = event.mask
+        if Mask.Q_OVERFLOW in mask:
+            self._overflow()
+            return
+        watch = event.watch
+        if watch is None:
+            return
+        if Mask.IGNORED in mask:
+            self._drop_watch(watch.wd)
+            return
+        base = self._paths.get(watch.wd)
+        if base is None:
+            return
+        if event.name is None:
+            self._self_event(base, mask)
+            return
+        self._child_event(join(base, str(event.name)), mask, event.cookie)
+
+    def _overflow(self) -> None:
+        logger.warning("inotify queue overflowed under %s: rescanning the whole tree", self._root)
+        self._add_tree("")
+        self._emit("rescan", "", is_dir=True)
+
+    def _drop_watch(self, wd: int) -> None:
+        self._watches.pop(wd, None)
+        rel = self._paths.pop(wd, None)
+        if rel is not None and self._wds.get(rel) == wd:
+            del self._wds[rel]
+
+    def _self_event(self, base: str, mask: Mask) -> None:
+        if base == "" and mask & (Mask.DELETE_SELF | Mask.MOVE_SELF):
+            logger.warning("watched root %s was deleted or moved", self._root)
+
+    def _child_event(self, rel: str, mask: Mask, cookie: int) -> None:
+        is_dir = Mask.ISDIR in mask
+        if Mask.MOVED_FROM in mask:
+            self._moved_from(rel, is_dir, cookie)
+        elif Mask.MOVED_TO in mask:
+            self._moved_to(rel, is_dir, cookie)
+        elif not self._filter.accepts(rel, is_dir=is_dir):
+            return
+        elif Mask.CREATE in mask:
+            self._created(rel, is_dir)
+        else:
+            for bit, kind in _SIMPLE.items():
+                if bit in mask:
+                    self._emit(kind, rel, is_dir=is_dir)
+
+    def _created(self, rel: str, is_dir: bool) -> None:
+        if is_dir:
+            self._add_tree(rel)
+            self._emit("rescan", rel, is_dir=True)
+            return
+        try:
+            st = os.lstat(self._root / rel)
+        except OSError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            self._emit("symlink", rel)
+        elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            self._emit("write", rel)  # a new hard link: no CLOSE_WRITE will follow
+
+    def _moved_from(self, rel: str, is_dir: bool, cookie: int) -> None:
+        pending = _PendingFrom(rel, is_dir, self._filter.accepts(rel, is_dir=is_dir))
+        self._cookies[cookie] = pending
+        self._batch.append(pending)
+
+    def _moved_to(self, rel: str, is_dir: bool, cookie: int) -> None:
+        accepted = self._filter.accepts(rel, is_dir=is_dir)
+        pending = self._cookies.pop(cookie, None)
+        if pending is None:
+            self._arrived(rel, is_dir, accepted)
+            return
+        pending.paired = True
+        if is_dir:
+            self._move_tree(pending.path, rel)
+        if pending.accepted and accepted:
+            self._emit("move", pending.path, new_path=rel, is_dir=is_dir)
+        elif pending.accepted:
+            if is_dir:
+                self._forget_tree(rel, remove=True)
+            self._emit("delete", pending.path, is_dir=is_dir)
+        elif accepted:
+            self._arrived(rel, is_dir, accepted)
+
+    def _arrived(self, rel: str, is_dir: bool, accepted: bool) -> None:
+        if not accepted:
+            return
+        if is_dir:
+            self._add_tree(rel)
+        self._emit("rescan", rel, is_dir=is_dir)

@@ -1,0 +1,35 @@
+"""Fixtures shared by the watch tests: the anyio backend and small tree helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.manifest import Manifest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Iterator[Manifest]:
+    m = Manifest(tmp_path / "manifest.db")
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def accept_all() -> PathFilter:
+    return PathFilter()

@@ -1,0 +1,226 @@
+"""Tests for watch.journal: durability, recovery, release, group commit and coalescing."""
+
+from __future__ import annotations
+
+import struct
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relaysync.errors import JournalCorrupt
+from relaysync.watch.changes import JournalRecord, PendingChange
+from relaysync.watch.journal import Journal
+from relaysync.watch.manifest import Entry
+
+
+def w(path: str, content: bytes = b"c", base: bytes = b"") -> PendingChange:
+    return PendingChange(op="write", path=path, base_hash=base,
+                         entry=Entry(path=path, kind="f", size=len(content), hash=content))
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+def test_append_read_reopen(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j")
+    assert (j.last_seq, j.first_seq) == (0, 1)
+    records = j.append([w("a"), w("b")])
+    assert [r.seq for r in records] == [1, 2] and records[0].time_ns > 0
+    j.append([PendingChange(op="rename", path="a", new_path="c")])
+    assert [r.path for r in j.read(1)] == ["b", "a"]
+    assert j.read(0, limit=2) == records
+    journal_id = j.journal_id
+    j.close()
+    j = Journal(tmp_path / "j")
+    assert (j.journal_id, j.last_seq, j.first_seq) == (journal_id, 3, 1)
+    assert j.read(2)[0].new_path == "c"
+    assert j.append([w("d")])[0].seq == 4
+    j.close()
+    assert Journal(tmp_path / "other").journal_id != journal_id
+
+
+def test_segments_release_and_restart(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=2000, fsync=False)
+    for i in range(50):
+        j.append([w(f"f{i}", b"x" * 50) for _ in range(4)])
+    assert len(segments(tmp_path)) > 5 and j.last_seq == 200
+    assert [r.seq for r in j.read(150, limit=10)] == list(range(151, 161))
+    j.release(120)
+    assert j.first_seq == 121
+    assert j.read(0, limit=1)[0].seq == 121
+    assert all(int(p.stem) > 100 for p in segments(tmp_path)[1:])
+    j.close()
+    j = Journal(tmp_path, segment_bytes=2000, fsync=False)
+    assert (j.first_seq, j.last_seq) == (121, 200)
+    j.release(200)
+    assert (j.first_seq, j.last_seq) == (201, 200) and j.read(0) == []
+    j.close()
+    j = Journal(tmp_path, fsync=False)
+    assert (j.first_seq, j.last_seq) == (201, 200)
+    assert j.append([w("next")])[0].seq == 201
+    j.close()
+
+
+def test_torn_tail_is_truncated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    j = Journal(tmp_path)
+    j.append([w("a"), w("b")])
+    j.close()
+    [seg] = segments(tmp_path)
+    good_size = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(struct.pack(">II", 100, 0) + b"half a record")
+    j = Journal(tmp_path)
+    assert j.last_seq == 2 and seg.stat().st_size == good_size
+    assert "torn tail" in caplog.text
+    assert j.append([w("c")])[0].seq == 3
+    assert [r.path for r in j.read(0)] == ["a", "b", "c"]
+    j.close()
+
+
+def test_bad_last_record_is_a_torn_tail(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.append([w("a")])
+    j.append([w("b")])
+    j.close()
+    [seg] = segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    data[-1] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    j = Journal(tmp_path)
+    assert j.last_seq == 1
+    j.close()
+
+
+def test_corruption_in_the_middle_raises(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.append([w("first", b"AAAA"), w("second"), w("third")])
+    j.close()
+    [seg] = segments(tmp_path)
+    data = seg.read_bytes()
+    pos = data.index(b"AAAA")
+    seg.write_bytes(data[:pos] + b"AAAB" + data[pos + 4 :])
+    with pytest.raises(JournalCorrupt, match="corrupt at offset 0"):
+        Journal(tmp_path)
+
+
+def test_corruption_in_an_old_segment_raises_on_read(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=500, fsync=False)
+    for i in range(20):
+        j.append([w(f"f{i}", b"Q" * 40)])
+    j.close()
+    first = segments(tmp_path)[0]
+    data = bytearray(first.read_bytes())
+    data[data.index(b"Q" * 40)] = ord("R")
+    first.write_bytes(bytes(data))
+    j = Journal(tmp_path, segment_bytes=500, fsync=False)
+    with pytest.raises(JournalCorrupt):
+        j.read(0)
+    j.close()
+
+
+def test_ten_thousand_appends_in_batches(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    start = time.perf_counter()
+    for b in range(100):
+        j.append([w(f"dir/file{b}-{i}") for i in range(100)])
+    elapsed = time.perf_counter() - start
+    assert j.last_seq == 10_000
+    assert elapsed < 1.0, elapsed
+    assert len(j.read(0, limit=20_000)) == 10_000
+    j.close()
+
+
+@pytest.mark.anyio
+async def test_append_async_group_commit(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    results: dict[int, list[JournalRecord]] = {}
+
+    async def one(n: int) -> None:
+        results[n] = await j.append_async([w(f"p{n}-0"), w(f"p{n}-1")])
+
+    async with anyio.create_task_group() as tg:
+        for n in range(50):
+            tg.start_soon(one, n)
+    assert j.last_seq == 100
+    assert j.commit_count < 50  # several callers shared a write + fsync
+    for n, records in results.items():
+        assert [r.path for r in records] == [f"p{n}-0", f"p{n}-1"]
+        assert records[1].seq == records[0].seq + 1
+    assert sorted(r.seq for rs in results.values() for r in rs) == list(range(1, 101))
+    j.close()
+
+
+def test_read_coalesced_keeps_base_and_renames(tmp_path: Path) -> None:
+    j = Journal(tmp_path, fsync=False)
+    j.append([w("a", b"1", b"0"), w("a", b"2", b"1"), w("a", b"3", b"2")])
+    [kept] = j.read_coalesced(0)
+    assert kept.seq == 3 and kept.base_hash == b"0"
+    j.append([w("d/x", b"4"), PendingChange(op="rename", path="d", new_path="e"), w("d/x", b"5")])
+    assert [r.seq for r in j.read_coalesced(3)] == [4, 5, 6]
+    j.close()
+
+
+# --- read_coalesced replays like the full sequence (property) ---
+
+PATHS = ["a", "b", "d/a", "d/b", "e/a"]
+
+
+def apply(state: dict[str, bytes], rec: JournalRecord) -> None:
+    def drop(p: str) -> None:
+        for k in [k for k in state if k == p or k.startswith(p + "/")]:
+            del state[k]
+
+    if rec.op == "write":
+        assert rec.entry is not None
+        state[rec.path] = rec.entry.hash
+    elif rec.op == "delete":
+        drop(rec.path)
+    elif rec.op == "rename":
+        moved = {k: v for k, v in state.items() if k == rec.path or k.startswith(rec.path + "/")}
+        if moved:
+            drop(rec.path)
+            drop(rec.new_path)
+            for k, v in moved.items():
+                state[rec.new_path + k[len(rec.path):]] = v
+
+
+op_strategy = st.one_of(
+    st.tuples(st.just("write"), st.sampled_from(PATHS)),
+    st.tuples(st.just("delete"), st.sampled_from(PATHS + ["d", "e"])),
+    st.tuples(st.just("rename"), st.sampled_from(["a", "b", "d", "e", "d/a", "e/a"])),
+)
+
+
+def to_change(i: int, op: tuple[str, str]) -> PendingChange:
+    kind, path = op
+    if kind == "write":
+        return w(path, str(i).encode())
+    if kind == "delete":
+        return PendingChange(op="delete", path=path)
+    other = {"a": "b", "b": "a", "d": "e", "e": "d", "d/a": "e/a", "e/a": "d/b"}[path]
+    return PendingChange(op="rename", path=path, new_path=other)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(op_strategy, max_size=40), limit=st.integers(1, 50))
+def test_read_coalesced_replays_like_full(tmp_path_factory: pytest.TempPathFactory,
+                                          ops: list[tuple[str, str]], limit: int) -> None:
+    j = Journal(tmp_path_factory.mktemp("j"), fsync=False)
+    j.append([to_change(i, op) for i, op in enumerate(ops)])
+    full: dict[str, bytes] = {}
+    for rec in j.read(0, limit=1000):
+        apply(full, rec)
+    coalesced: dict[str, bytes] = {}
+    after = 0
+    while batch := j.read_coalesced(after, limit):
+        assert batch[-1].seq == min(after + limit, j.last_seq)
+        for rec in batch:
+            apply(coalesced, rec)
+        after = batch[-1].seq
+    assert coalesced == full
+    j.close()

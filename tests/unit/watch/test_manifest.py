@@ -1,0 +1,168 @@
+"""Tests for watch.manifest: CRUD, subtree moves and cached directory hashes."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+from relaysync.watch.manifest import Entry, Manifest
+
+
+def f(path: str, content: bytes = b"x", *, mtime_ns: int = 1, mode: int = 0o644) -> Entry:
+    return Entry(path=path, kind="f", size=len(content), mtime_ns=mtime_ns, mode=mode,
+                 hash=content.ljust(16, b"\0")[:16])
+
+
+def d(path: str) -> Entry:
+    return Entry(path=path, kind="d", mode=0o755)
+
+
+def sample() -> list[Entry]:
+    return [d("a"), f("a/x", b"1"), d("a/b"), f("a/b/y", b"2"), f("top", b"3"),
+            Entry(path="link", kind="l", hash=b"h" * 16, link_target="top")]
+
+
+def test_put_get_children_count(manifest: Manifest) -> None:
+    manifest.put_many(sample())
+    assert manifest.get("a/b/y") == f("a/b/y", b"2")
+    assert manifest.get("nope") is None
+    assert [e.path for e in manifest.children("")] == ["a", "link", "top"]
+    assert [e.path for e in manifest.children("a")] == ["a/b", "a/x"]
+    assert manifest.count() == 6
+    assert [e.path for e in manifest.iter_entries()] == sorted(e.path for e in sample())
+
+
+def test_iter_entries_pages_and_subtree(manifest: Manifest) -> None:
+    manifest.put_many([f(f"d/{i:05d}") for i in range(4500)] + [d("d"), f("e")])
+    paths = [e.path for e in manifest.iter_entries()]
+    assert paths == sorted(paths) and len(paths) == 4502
+    assert len(list(manifest.iter_entries("d"))) == 4500
+
+
+def test_remove_tree(manifest: Manifest) -> None:
+    manifest.put_many(sample() + [f("a-b"), f("ab")])
+    removed = manifest.remove_tree("a")
+    assert removed == ["a", "a/b", "a/b/y", "a/x"]
+    assert manifest.get("a-b") and manifest.get("ab") and manifest.get("top")
+    assert manifest.count() == 4
+
+
+def test_rename_tree_moves_subtree_and_overwrites(manifest: Manifest) -> None:
+    manifest.put_many(sample() + [d("z"), f("z/old")])
+    manifest.rename_tree("a", "z")
+    assert manifest.get("a") is None and manifest.get("a/x") is None
+    assert manifest.get("z/old") is None
+    assert manifest.get("z/b/y") == f("z/b/y", b"2")
+    assert [e.path for e in manifest.children("z")] == ["z/b", "z/x"]
+    assert [e.path for e in manifest.children("z/b")] == ["z/b/y"]
+
+
+def test_rename_keeps_dir_hash_of_moved_dir(manifest: Manifest) -> None:
+    manifest.put_many(sample())
+    before = manifest.dir_hash("a")
+    manifest.rename_tree("a", "q")
+    assert manifest.dir_hash("q") == before
+    fresh = Manifest(manifest._path.with_name("other.db"))
+    fresh.put_many([d("q"), f("q/x", b"1"), d("q/b"), f("q/b/y", b"2")])
+    assert fresh.dir_hash("q") == before
+    fresh.close()
+
+
+def test_dir_hash_independent_of_insertion_order(tmp_path: Path) -> None:
+    entries = sample() + [f(f"a/b/n{i}", bytes([i])) for i in range(50)]
+    hashes = []
+    for seed in range(3):
+        shuffled = entries[:]
+        random.Random(seed).shuffle(shuffled)
+        m = Manifest(tmp_path / f"m{seed}.db")
+        for e in shuffled:
+            m.put_many([e])
+        hashes.append(m.root_hash())
+        m.close()
+    assert len(set(hashes)) == 1 and len(hashes[0]) == 16
+
+
+def test_dir_hash_invalidated_up_the_chain(manifest: Manifest) -> None:
+    manifest.put_many(sample())
+    root, a, ab = manifest.root_hash(), manifest.dir_hash("a"), manifest.dir_hash("a/b")
+    manifest.put_many([f("a/b/y", b"changed")])
+    assert manifest.dir_hash("a/b") != ab
+    assert manifest.dir_hash("a") != a
+    assert manifest.root_hash() != root
+    manifest.put_many([f("a/b/y", b"2")])
+    assert manifest.root_hash() == root
+    manifest.put_many([f("a/b/y", b"2", mode=0o600)])
+    assert manifest.root_hash() != root
+    manifest.remove_tree("a/b/y")
+    assert manifest.dir_hash("a/b") == Manifest_empty_hash(manifest)
+
+
+def Manifest_empty_hash(manifest: Manifest) -> bytes:  # noqa: N802 - reads as a constant
+    manifest.put_many([d("empty-dir")])
+    value = manifest.dir_hash("empty-dir")
+    manifest.remove_tree("empty-dir")
+    return value
+
+
+def test_dir_listing(manifest: Manifest) -> None:
+    manifest.put_many(sample())
+    listing = manifest.dir_listing("a")
+    assert listing.exists and listing.path == "a"
+    assert [(e.name, e.kind) for e in listing.entries] == [("b", "d"), ("x", "f")]
+    assert listing.entries[0].hash == manifest.dir_hash("a/b")
+    assert not manifest.dir_listing("missing").exists
+    assert not manifest.dir_listing("top").exists
+    assert manifest.dir_listing("").exists
+
+
+def test_file_replacing_dir_drops_subtree(manifest: Manifest) -> None:
+    manifest.put_many(sample())
+    manifest.put_many([f("a", b"now a file")])
+    assert manifest.get("a/x") is None and manifest.count() == 3
+
+
+def test_meta_and_reopen(tmp_path: Path) -> None:
+    m = Manifest(tmp_path / "m.db")
+    m.put_many(sample())
+    m.set_meta("journal_seq", "42")
+    root = m.root_hash()
+    m.close()
+    m = Manifest(tmp_path / "m.db")
+    assert m.get_meta("journal_seq") == "42" and m.get_meta("x") is None
+    assert m.root_hash() == root
+    m.close()
+
+
+def test_usable_from_worker_threads(manifest: Manifest) -> None:
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            manifest.put_many([f(f"t{n}/{i}") for i in range(50)])
+            manifest.root_hash()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and manifest.count() == 200
+
+
+def test_root_hash_of_100k_entries_is_cached(manifest: Manifest) -> None:
+    entries = [d(f"d{i}") for i in range(100)]
+    entries += [f(f"d{i}/f{j}", str(j).encode()) for i in range(100) for j in range(1000)]
+    manifest.put_many(entries)
+    first = manifest.root_hash()
+    start = time.perf_counter()
+    assert manifest.root_hash() == first
+    assert time.perf_counter() - start < 0.05
+    manifest.put_many([f("d7/f3", b"new")])
+    start = time.perf_counter()
+    assert manifest.root_hash() != first
+    # Only d7 and the root are recomputed: a few thousand rows, not 100,000.
+    assert time.perf_counter() - start < 1.0

@@ -1,0 +1,120 @@
+"""Tests for watch.scanner: hashing, diffing against the manifest, symlinks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import xxhash
+
+from relaysync.constants import TEMP_PREFIX
+from relaysync.watch.changes import PendingChange
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.manifest import Entry, Manifest
+from relaysync.watch.scanner import hash_file, make_entry, scan_tree
+
+
+def record(manifest: Manifest, changes: list[PendingChange]) -> None:
+    for c in changes:
+        if c.op == "delete":
+            manifest.remove_tree(c.path)
+        elif c.entry is not None:
+            manifest.put_many([c.entry])
+
+
+def ops(changes: list[PendingChange]) -> list[tuple[str, str]]:
+    return [(c.op, c.path) for c in changes]
+
+
+def test_hash_file_streams_big_files(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    p = tmp_path / "big"
+    p.write_bytes(data)
+    assert hash_file(p) == xxhash.xxh3_128(data).digest()
+    assert len(hash_file(p)) == 16
+
+
+def test_first_scan_lists_parents_first(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "y").write_text("y")
+    (tree / "a" / "x").write_text("x")
+    (tree / "z").write_text("z")
+    (tree / f"{TEMP_PREFIX}partial.tmp").write_text("skip me")
+    changes = scan_tree(tree, manifest, accept_all)
+    assert ops(changes) == [("mkdir", "a"), ("write", "z"), ("mkdir", "a/b"), ("write", "a/x"),
+                            ("write", "a/b/y")]
+    assert changes[-1].entry == make_entry(tree, "a/b/y")
+    record(manifest, changes)
+    assert scan_tree(tree, manifest, accept_all) == []
+
+
+def test_unchanged_files_are_not_rehashed(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+    p = tree / "f"
+    p.write_bytes(b"aaaa")
+    record(manifest, scan_tree(tree, manifest, accept_all))
+    st = os.stat(p)
+    p.write_bytes(b"bbbb")  # same size; restore the mtime: only a re-hash could notice
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert scan_tree(tree, manifest, accept_all) == []
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    [change] = scan_tree(tree, manifest, accept_all)
+    assert change.op == "write" and change.base_hash == xxhash.xxh3_128(b"aaaa").digest()
+
+
+def test_mode_only_change_is_attr(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+    (tree / "f").write_text("x")
+    record(manifest, scan_tree(tree, manifest, accept_all))
+    os.chmod(tree / "f", 0o600)
+    [change] = scan_tree(tree, manifest, accept_all)
+    assert change.op == "attr" and change.entry is not None and change.entry.mode == 0o600
+
+
+def test_deletes_one_per_vanished_subtree(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+    (tree / "d" / "e").mkdir(parents=True)
+    for name in ("d/1", "d/e/2", "keep"):
+        (tree / name).write_text(name)
+    record(manifest, scan_tree(tree, manifest, accept_all))
+    for name in ("d/e/2", "d/1"):
+        (tree / name).unlink()
+    (tree / "d" / "e").rmdir()
+    (tree / "d").rmdir()
+    assert ops(scan_tree(tree, manifest, accept_all)) == [("delete", "d")]
+
+
+def test_kind_change_deletes_first(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+    (tree / "x").write_text("file")
+    record(manifest, scan_tree(tree, manifest, accept_all))
+    (tree / "x").unlink()
+    (tree / "x").mkdir()
+    (tree / "x" / "in").write_text("in")
+    assert ops(scan_tree(tree, manifest, accept_all)) == [("delete", "x"), ("mkdir", "x"), ("write", "x/in")]
+
+
+def test_symlinks_are_not_followed(tree: Path, tmp_path: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    os.symlink(outside, tree / "dirlink")
+    os.symlink("nowhere", tree / "dangling")
+    changes = scan_tree(tree, manifest, accept_all)
+    assert ops(changes) == [("symlink", "dangling"), ("symlink", "dirlink")]
+    entry = changes[1].entry
+    assert entry == Entry(path="dirlink", kind="l", mtime_ns=entry.mtime_ns, mode=entry.mode,
+                          hash=xxhash.xxh3_128(str(outside).encode()).digest(), link_target=str(outside))
+
+
+def test_subdir_scan_and_filter(tree: Path, manifest: Manifest) -> None:
+    (tree / "s" / "skip").mkdir(parents=True)
+    (tree / "s" / "a.html").write_text("a")
+    (tree / "s" / "a.js").write_text("a")
+    (tree / "s" / "skip" / "b.html").write_text("b")
+    (tree / "other.html").write_text("o")
+    flt = PathFilter(include=[r"\.html$"], exclude=[r"/skip$"])
+    assert ops(scan_tree(tree, manifest, flt, subdir="s")) == [("mkdir", "s"), ("write", "s/a.html")]
+    assert ops(scan_tree(tree, manifest, flt, subdir="s/a.html")) == [("write", "s/a.html")]
+    assert scan_tree(tree, manifest, flt, subdir="missing") == []
+
+
+def test_make_entry_gone(tree: Path) -> None:
+    assert make_entry(tree, "nope") is None
+    assert make_entry(tree, "nope/deeper") is None
