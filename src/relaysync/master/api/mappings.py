@@ -1,0 +1,138 @@
+"""REST resource /api/mappings: what is replicated from where to where, and how far each target is."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relaysync.master.api._context import Context
+from relaysync.master.events import EventType
+
+logger = logging.getLogger(__name__)
+
+
+class TargetIn(BaseModel):
+    server: str = Field(description="server name or node id")
+    path: str = Field(description="absolute folder on the target server")
+
+
+class MappingIn(BaseModel):
+    name: str
+    source: str = Field(description="server name or node id")
+    source_path: str = Field(description="absolute folder on the source server")
+    targets: list[TargetIn] = Field(min_length=1)
+    include: list[str] = Field(default_factory=list, description="regular expressions; empty = all")
+    exclude: list[str] = Field(default_factory=list)
+    durability: Literal["safe", "fast"] = "safe"
+    enabled: bool = True
+
+
+class MappingPatch(BaseModel):
+    name: str | None = None
+    source: str | None = None
+    source_path: str | None = None
+    targets: list[TargetIn] | None = Field(default=None, min_length=1)
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    durability: Literal["safe", "fast"] | None = None
+    enabled: bool | None = None
+
+
+class TargetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    node_id: str
+    name: str
+    path: str
+
+
+class MappingOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    source_node: str
+    source_name: str
+    source_path: str
+    targets: list[TargetOut]
+    include: list[str]
+    exclude: list[str]
+    durability: str
+    enabled: bool
+    created_at: float
+    updated_at: float
+
+
+class TargetStatusOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    target: str  # node id
+    target_name: str
+    path: str
+    watermark: int  # every seq <= this is committed, except open exceptions
+    highest_seq: int  # the source's highest seq known to the master
+    lag: int  # changes behind: highest_seq - watermark
+    open_exceptions: int
+    updated_at: float | None
+
+
+class MappingStatusOut(BaseModel):
+    mapping_id: int
+    name: str
+    source_node: str
+    targets: list[TargetStatusOut]
+
+
+def _targets(targets: list[TargetIn]) -> list[tuple[str, str]]:
+    return [(t.server, t.path) for t in targets]
+
+
+def list_mappings(context: Context) -> list[MappingOut]:
+    """Every mapping, by id."""
+    return [MappingOut.model_validate(m) for m in context.store.list_mappings()]
+
+
+def get_mapping(id_or_name: str, context: Context) -> MappingOut:
+    """One mapping, by id or name."""
+    return MappingOut.model_validate(context.store.get_mapping(id_or_name))
+
+
+def create_mapping(body: MappingIn, context: Context) -> MappingOut:
+    """Create a mapping; its agents get it with the next assignment push."""
+    fields: dict[str, Any] = body.model_dump(exclude={"targets"})
+    info = context.store.create_mapping(targets=_targets(body.targets), **fields)
+    context.changed(EventType.MAPPING_CREATED, mapping_id=info.id, name=info.name)
+    return MappingOut.model_validate(info)
+
+
+def update_mapping(id_or_name: str, body: MappingPatch, context: Context) -> MappingOut:
+    """Change some fields of a mapping."""
+    fields = body.model_dump(exclude_unset=True, exclude={"targets"})
+    if body.targets is not None:
+        fields["targets"] = _targets(body.targets)
+    if any(value is None for value in fields.values()):
+        fields = {k: v for k, v in fields.items() if v is not None}
+    info = context.store.update_mapping(id_or_name, **fields)
+    context.changed(EventType.MAPPING_CHANGED, mapping_id=info.id, name=info.name)
+    return MappingOut.model_validate(info)
+
+
+def delete_mapping(id_or_name: str, context: Context) -> None:
+    """Delete a mapping and its job log; its agents stop it with the next assignment push."""
+    info = context.store.get_mapping(id_or_name)
+    context.store.delete_mapping(info.id)
+    context.changed(EventType.MAPPING_DELETED, mapping_id=info.id, name=info.name)
+
+
+def get_mapping_status(id_or_name: str, context: Context) -> MappingStatusOut:
+    """Per target: watermark, the source's highest known seq, and the lag between them."""
+    info = context.store.get_mapping(id_or_name)
+    targets = context.store.mapping_status(info.id)
+    return MappingStatusOut(
+        mapping_id=info.id,
+        name=info.name,
+        source_node=info.source_node,
+        targets=[TargetStatusOut.model_validate(t) for t in targets],
+    )

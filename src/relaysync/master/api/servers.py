@@ -1,0 +1,35 @@
+"""REST resource /api/servers: the fleet's servers and their state."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import BaseModel, ConfigDict
+
+from relaysync.master.api._context import Context
+
+logger = logging.getLogger(__name__)
+
+
+class ServerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    node_id: str  # SHA-256 of the node's certificate
+    name: str
+    region: str
+    group: str
+    address: str  # host:port of its peer server
+    state: str  # up, down or unknown
+    last_seen: float | None  # unix time
+    capacity_weight: int
+    created_at: float
+
+
+def list_servers(context: Context) -> list[ServerOut]:
+    """Every server, by name."""
+    return [ServerOut.model_validate(s) for s in context.store.list_servers()]
+
+
+def get_server(name: str, context: Context) -> ServerOut:
+    """One server, by name or node id."""
+    return ServerOut.model_validate(context.store.get_server(name))

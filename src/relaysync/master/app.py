@@ -1,0 +1,115 @@
+"""The master's REST API application: the route table, token checks and error mapping.
+
+Error handling:
+    NotFound -> 404, ConfigError -> 422, AuthError (JoinRefused) -> 403, other StoreError -> 503,
+    always as {"detail": "..."}; a missing or unknown token -> 401.
+
+Resource handling:
+    The app owns nothing: the store, CA and event bus are the caller's, and outlive it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from relaysync import __version__
+from relaysync.auth.ca import CertificateAuthority
+from relaysync.errors import AuthError, ConfigError, NotFound, StoreError
+from relaysync.master.api import events, health, jobs, join, mappings, servers, tokens
+from relaysync.master.api._context import ApiContext, require_token
+from relaysync.master.events import EventBus
+from relaysync.master.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Route(NamedTuple):
+    path: str
+    endpoint: Callable[..., Any]
+    methods: tuple[str, ...]
+    public: bool = False  # no token needed
+    status_code: int = 200
+
+
+# fmt: off
+ROUTES: tuple[Route, ...] = (
+    Route("/api/health", health.get_health, ("GET",), public=True),
+    Route("/api/join", join.join, ("POST",), public=True),                          # {token, name, csr_pem}
+    Route("/api/servers", servers.list_servers, ("GET",)),
+    Route("/api/servers/{name}", servers.get_server, ("GET",)),                     # name or node id
+    Route("/api/mappings", mappings.list_mappings, ("GET",)),
+    Route("/api/mappings", mappings.create_mapping, ("POST",), status_code=201),    # MappingIn
+    Route("/api/mappings/{id_or_name}", mappings.get_mapping, ("GET",)),
+    Route("/api/mappings/{id_or_name}", mappings.update_mapping, ("PATCH",)),       # MappingPatch
+    Route("/api/mappings/{id_or_name}", mappings.delete_mapping, ("DELETE",), status_code=204),
+    Route("/api/mappings/{id_or_name}/status", mappings.get_mapping_status, ("GET",)),
+    Route("/api/jobs", jobs.list_jobs, ("GET",)),                                   # [mapping] [limit] [before]
+    Route("/api/exceptions", jobs.list_exceptions, ("GET",)),                       # [mapping] [limit] [open]
+    Route("/api/tokens/join", tokens.create_join_token, ("POST",), status_code=201),  # [{ttl_s}]
+    Route("/api/tokens/api", tokens.create_api_token, ("POST",), status_code=201),  # {name}
+    Route("/api/events", events.list_events, ("GET",)),                             # [since] [timeout_s] [limit]
+)
+# fmt: on
+
+ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (NotFound, 404),
+    (ConfigError, 422),
+    (AuthError, 403),
+    (StoreError, 503),
+)
+
+
+def _error_handler(status_code: int) -> Callable[[Request, Exception], Any]:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if status_code >= 500:
+            logger.error("request failed", extra={"path": request.url.path, "error": str(exc)})
+        return JSONResponse({"detail": str(exc)}, status_code=status_code)
+
+    return handle
+
+
+def create_app(
+    *,
+    store: Store,
+    ca: CertificateAuthority,
+    events: EventBus,
+    admin_token: str,
+    control_address: str,
+    on_change: Callable[[], None],
+) -> FastAPI:
+    """Build the REST API over the master's store, CA and event bus.
+
+    Args:
+        admin_token: accepted on every route, besides the API tokens in the store.
+        control_address: host:port of the control server, told to agents when they join.
+        on_change: called (on the event loop's thread) after every mutation, so that the
+            control server pushes new assignments.
+    """
+    if not admin_token:
+        raise ConfigError("the master needs a non-empty admin token")
+    app = FastAPI(title="relaysync master", version=__version__, openapi_url="/openapi.json")
+    app.state.context = ApiContext(
+        store=store,
+        ca=ca,
+        events=events,
+        admin_token=admin_token,
+        control_address=control_address,
+        on_change=on_change,
+    )
+    for route in ROUTES:
+        app.add_api_route(
+            route.path,
+            route.endpoint,
+            methods=list(route.methods),
+            status_code=route.status_code,
+            dependencies=[] if route.public else [Depends(require_token)],
+            tags=[route.path.split("/")[2]],
+        )
+    for error_type, status_code in ERROR_STATUS:
+        app.add_exception_handler(error_type, _error_handler(status_code))
+    return app

@@ -1,0 +1,126 @@
+"""The event bus: typed events with increasing ids, kept in a ring, read by id or by long-poll.
+
+The UI and API read the master's state changes from here (`GET /api/events?since=N`), not from
+logs. publish() may be called from any thread (store calls run in worker threads); waiters on any
+event loop are woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY = 10_000  # events kept in memory; a reader further behind misses the oldest
+MAX_EVENTS_PER_READ = 1_000  # one read returns at most this many events
+
+
+class EventType(enum.StrEnum):
+    """What happened; the value is what the API shows."""
+
+    SERVER_JOINED = "server_joined"
+    SERVER_UP = "server_up"
+    SERVER_DOWN = "server_down"
+    SERVER_CHANGED = "server_changed"
+    MAPPING_CREATED = "mapping_created"
+    MAPPING_CHANGED = "mapping_changed"
+    MAPPING_DELETED = "mapping_deleted"
+    ASSIGNMENT_ACKED = "assignment_acked"
+    COMMIT_FAILED = "commit_failed"
+    TARGET_CAUGHT_UP = "target_caught_up"
+    TOKEN_CREATED = "token_created"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int  # increasing from 1, never reused while the master runs
+    type: EventType
+    time: float  # unix time
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the event as the API sends it."""
+        return {"id": self.id, "type": self.type.value, "time": self.time, "data": self.data}
+
+
+class EventBus:
+    """An in-memory ring of the last `capacity` events."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError(f"event bus capacity {capacity} must be at least 1")
+        self._events: deque[Event] = deque(maxlen=capacity)
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    @property
+    def last_id(self) -> int:
+        """The id of the newest event, 0 if none."""
+        with self._lock:
+            return self._events[-1].id if self._events else 0
+
+    def publish(self, type: EventType, **data: Any) -> Event:
+        """Record an event and wake every long-poll waiter."""
+        with self._lock:
+            event = Event(next(self._ids), EventType(type), time.time(), data)
+            self._events.append(event)
+            waiters = list(self._waiters)
+        logger.debug("event", extra={"event_id": event.id, "event_type": event.type.value})
+        for loop, waiter in waiters:
+            _wake(loop, waiter)
+        return event
+
+    def since(self, event_id: int, limit: int = MAX_EVENTS_PER_READ) -> list[Event]:
+        """Return up to `limit` events with an id above `event_id`, oldest first."""
+        limit = max(1, min(limit, MAX_EVENTS_PER_READ))
+        with self._lock:
+            if not self._events or event_id >= self._events[-1].id:
+                return []
+            start = max(0, event_id - self._events[0].id + 1)  # ids in the ring are consecutive
+            return list(itertools.islice(self._events, start, start + limit))
+
+    async def wait_since(
+        self, event_id: int, timeout_s: float, limit: int = MAX_EVENTS_PER_READ
+    ) -> list[Event]:
+        """Return events after `event_id`, waiting up to `timeout_s` for one; [] on timeout."""
+        events = self.since(event_id, limit)
+        if events or timeout_s <= 0:
+            return events
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiters.add(entry)
+        try:
+            events = self.since(event_id, limit)  # one may have landed before we registered
+            if not events:
+                try:
+                    await asyncio.wait_for(entry[1].wait(), timeout_s)
+                except TimeoutError:
+                    return []
+                events = self.since(event_id, limit)
+            return events
+        finally:
+            with self._lock:
+                self._waiters.discard(entry)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Event) -> None:
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        waiter.set()
+        return
+    try:
+        loop.call_soon_threadsafe(waiter.set)
+    except RuntimeError:  # that loop has closed; its waiter is gone with it
+        pass

@@ -1,0 +1,331 @@
+"""The job log: commit reports folded into change rows, watermarks, advances, exceptions and counters.
+
+One change row per (mapping, source, seq) however many targets report it, and per (mapping,
+source, target) only a watermark, its advances and the few exceptions (DESIGN.md "Bookkeeping
+that scales"). A whole batch of reports is written in one transaction with a handful of
+statements, so that 10,000 records cost milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Insert, Table, and_, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from relaysync.master.store.models import Base, Mapping
+from relaysync.protocol.messages import CommitReport
+
+logger = logging.getLogger(__name__)
+
+CHANGES: Table = Base.metadata.tables["changes"]
+WATERMARKS: Table = Base.metadata.tables["watermarks"]
+ADVANCES: Table = Base.metadata.tables["watermark_advances"]
+EXCEPTIONS: Table = Base.metadata.tables["exceptions"]
+CATCHUP: Table = Base.metadata.tables["catchup"]
+TARGETS: Table = Base.metadata.tables["mapping_targets"]
+
+Triple = tuple[int, str, str]  # (mapping id, source node, target node)
+
+
+def path_key(path: str) -> str:
+    """Return the fixed-size key under which a path is indexed."""
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _insert(session: Session, table: Table) -> Any:
+    """INSERT with ON CONFLICT support for the session's dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+@dataclass
+class _Batch:
+    """Everything a batch of reports will write, keyed so that repeats collapse."""
+
+    now: float
+    changes: dict[tuple[int, str, int], dict[str, Any]] = field(default_factory=dict)
+    outcomes: dict[tuple[int, str, str, int, str], dict[str, Any] | None] = field(
+        default_factory=dict
+    )
+    catchup: dict[Triple, list[int]] = field(default_factory=dict)
+    watermarks: dict[Triple, int] = field(default_factory=dict)
+    advances: list[dict[str, Any]] = field(default_factory=list)
+
+
+def record(session: Session, reports: Sequence[CommitReport], now: float) -> None:
+    """Write a batch of commit reports; repeats of a report change nothing."""
+    reports = _known(session, reports)
+    if not reports:
+        return
+    batch = _Batch(now=now)
+    batch.watermarks = _current_watermarks(session, reports)
+    for report in reports:
+        _fold(batch, report)
+    _write_changes(session, batch)
+    _write_watermarks(session, batch)
+    _write_outcomes(session, batch)
+    _write_catchup(session, batch)
+
+
+def _known(session: Session, reports: Sequence[CommitReport]) -> list[CommitReport]:
+    """Drop reports of mappings that no longer exist (deleted while the report was in flight)."""
+    ids = {r.mapping_id for r in reports}
+    known = set(session.scalars(select(Mapping.id).where(Mapping.id.in_(ids))))
+    if ids - known:
+        logger.info(
+            "dropped commit reports of deleted mappings", extra={"mappings": sorted(ids - known)}
+        )
+    return [r for r in reports if r.mapping_id in known]
+
+
+def _current_watermarks(session: Session, reports: Sequence[CommitReport]) -> dict[Triple, int]:
+    triples = {(r.mapping_id, r.source_node, r.target_node) for r in reports}
+    rows = session.execute(
+        select(
+            WATERMARKS.c.mapping_id,
+            WATERMARKS.c.source_node,
+            WATERMARKS.c.target_node,
+            WATERMARKS.c.seq,
+        ).where(WATERMARKS.c.mapping_id.in_({t[0] for t in triples}))
+    )
+    current = {(m, s, t): seq for m, s, t, seq in rows if (m, s, t) in triples}
+    return current
+
+
+def _fold(batch: _Batch, report: CommitReport) -> None:
+    triple = (report.mapping_id, report.source_node, report.target_node)
+    files = wire_bytes = 0
+    duration_ms = 0.0
+    for rec in report.records:
+        outcome_key = (*triple, rec.seq, path_key(rec.path))
+        if rec.seq > 0:
+            batch.changes.setdefault(
+                (report.mapping_id, report.source_node, rec.seq),
+                {
+                    "mapping_id": report.mapping_id,
+                    "source_node": report.source_node,
+                    "seq": rec.seq,
+                    "op": rec.op,
+                    "path": rec.path,
+                    "size": rec.size,
+                    "reported_at": batch.now,
+                },
+            )
+        if not rec.ok:
+            _fold_failure(batch, outcome_key, rec.path, rec.error)
+            continue
+        batch.outcomes[outcome_key] = None
+        files += 1
+        wire_bytes += rec.wire_bytes
+        duration_ms += rec.duration_ms
+        if rec.seq == 0:
+            counters = batch.catchup.setdefault(triple, [0, 0])
+            counters[0] += 1
+            counters[1] += rec.wire_bytes
+    _fold_watermark(batch, triple, report.watermark, files, wire_bytes, duration_ms)
+
+
+def _fold_failure(
+    batch: _Batch, key: tuple[int, str, str, int, str], path: str, error: str
+) -> None:
+    previous = batch.outcomes.get(key)
+    attempts = previous["attempts"] + 1 if previous else 1
+    batch.outcomes[key] = {
+        "mapping_id": key[0],
+        "source_node": key[1],
+        "target_node": key[2],
+        "seq": key[3],
+        "path": path,
+        "path_key": key[4],
+        "error": error or "failed",
+        "at": batch.now,
+        "attempts": attempts,
+        "resolved_at": None,
+    }
+
+
+def _fold_watermark(
+    batch: _Batch, triple: Triple, watermark: int, files: int, wire_bytes: int, duration_ms: float
+) -> None:
+    current = batch.watermarks.get(triple)
+    if current is not None and watermark <= current:
+        return
+    batch.watermarks[triple] = max(watermark, 0)
+    if watermark > (current or 0):
+        batch.advances.append(
+            {
+                "mapping_id": triple[0],
+                "source_node": triple[1],
+                "target_node": triple[2],
+                "from_seq": current or 0,
+                "to_seq": watermark,
+                "at": batch.now,
+                "files": files,
+                "wire_bytes": wire_bytes,
+                "duration_ms": duration_ms,
+            }
+        )
+
+
+def _write_changes(session: Session, batch: _Batch) -> None:
+    if batch.changes:
+        stmt: Insert = _insert(session, CHANGES).on_conflict_do_nothing(
+            index_elements=["mapping_id", "source_node", "seq"]
+        )
+        session.execute(stmt, list(batch.changes.values()))
+
+
+def _write_watermarks(session: Session, batch: _Batch) -> None:
+    advanced = {(a["mapping_id"], a["source_node"], a["target_node"]) for a in batch.advances}
+    rows = [
+        {"mapping_id": m, "source_node": s, "target_node": t, "seq": seq, "updated_at": batch.now}
+        for (m, s, t), seq in batch.watermarks.items()
+    ]
+    if not rows:
+        return
+    stmt = _insert(session, WATERMARKS)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["mapping_id", "source_node", "target_node"],
+        set_={"seq": stmt.excluded.seq, "updated_at": stmt.excluded.updated_at},
+        where=WATERMARKS.c.seq
+        < stmt.excluded.seq,  # never decreases, even under concurrent batches
+    )
+    session.execute(stmt, rows)
+    if advanced:
+        session.execute(ADVANCES.insert(), batch.advances)
+
+
+def _write_outcomes(session: Session, batch: _Batch) -> None:
+    failures = [row for row in batch.outcomes.values() if row is not None]
+    if failures:
+        stmt = _insert(session, EXCEPTIONS)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["mapping_id", "source_node", "target_node", "seq", "path_key"],
+            set_={
+                "error": stmt.excluded.error,
+                "at": stmt.excluded.at,
+                "attempts": EXCEPTIONS.c.attempts + stmt.excluded.attempts,
+                "resolved_at": None,
+            },
+        )
+        session.execute(stmt, failures)
+    _resolve(session, batch)
+
+
+def _resolve(session: Session, batch: _Batch) -> None:
+    """Close the open exceptions of changes that have now committed on their target."""
+    open_triples = _open_triples(session, {k[0] for k in batch.outcomes})
+    params = [
+        {"m": k[0], "s": k[1], "t": k[2], "q": k[3], "p": k[4], "now": batch.now}
+        for k, row in batch.outcomes.items()
+        if row is None and k[:3] in open_triples
+    ]
+    if not params:
+        return
+    c = EXCEPTIONS.c
+    stmt = (
+        update(EXCEPTIONS)
+        .where(
+            and_(
+                c.mapping_id == bindparam("m"),
+                c.source_node == bindparam("s"),
+                c.target_node == bindparam("t"),
+                c.seq == bindparam("q"),
+                c.path_key == bindparam("p"),
+                c.resolved_at.is_(None),
+            )
+        )
+        .values(resolved_at=bindparam("now"))
+    )
+    session.connection().execute(stmt, params)
+
+
+def _open_triples(session: Session, mapping_ids: set[int]) -> set[Triple]:
+    if not mapping_ids:
+        return set()
+    c = EXCEPTIONS.c
+    rows = session.execute(
+        select(c.mapping_id, c.source_node, c.target_node)
+        .where(c.mapping_id.in_(mapping_ids), c.resolved_at.is_(None))
+        .distinct()
+    )
+    return set(rows)
+
+
+def _write_catchup(session: Session, batch: _Batch) -> None:
+    rows = [
+        {
+            "mapping_id": m,
+            "source_node": s,
+            "target_node": t,
+            "files": f,
+            "bytes": b,
+            "updated_at": batch.now,
+        }
+        for (m, s, t), (f, b) in batch.catchup.items()
+    ]
+    if not rows:
+        return
+    stmt = _insert(session, CATCHUP)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["mapping_id", "source_node", "target_node"],
+        set_={
+            "files": CATCHUP.c.files + stmt.excluded.files,
+            "bytes": CATCHUP.c.bytes + stmt.excluded.bytes,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    session.execute(stmt, rows)
+
+
+def committed_count() -> Any:
+    """Correlated scalar: how many current targets have committed the outer `changes` row."""
+    wm, exc, tg, ch = WATERMARKS.c, EXCEPTIONS.c, TARGETS.c, CHANGES.c
+    open_exception = (
+        select(exc.id)
+        .where(
+            exc.mapping_id == ch.mapping_id,
+            exc.source_node == ch.source_node,
+            exc.target_node == wm.target_node,
+            exc.seq == ch.seq,
+            exc.resolved_at.is_(None),
+        )
+        .exists()
+    )
+    current_target = (
+        select(tg.node_id)
+        .where(tg.mapping_id == ch.mapping_id, tg.node_id == wm.target_node)
+        .exists()
+    )
+    return (
+        select(func.count())
+        .select_from(WATERMARKS)
+        .where(
+            wm.mapping_id == ch.mapping_id,
+            wm.source_node == ch.source_node,
+            wm.seq >= ch.seq,
+            current_target,
+            ~open_exception,
+        )
+        .correlate(CHANGES)
+        .scalar_subquery()
+    )
+
+
+def target_count() -> Any:
+    """Correlated scalar: how many targets the outer `changes` row's mapping has."""
+    tg, ch = TARGETS.c, CHANGES.c
+    return (
+        select(func.count())
+        .select_from(TARGETS)
+        .where(tg.mapping_id == ch.mapping_id)
+        .correlate(CHANGES)
+        .scalar_subquery()
+    )

@@ -1,0 +1,192 @@
+"""The store's tables as typed SQLAlchemy 2 models; migrations/ creates them, these read and write them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NODE_ID = String(64)  # SHA-256 hex
+NAME = String(255)
+PATH = Text()
+BIG_ID = BigInteger().with_variant(Integer(), "sqlite")  # sqlite autoincrements INTEGER only
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class ConfigEpoch(Base):
+    """One row: the config epoch, bumped with every change agents must hear about."""
+
+    __tablename__ = "config_epoch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Server(Base):
+    __tablename__ = "servers"
+
+    node_id: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    name: Mapped[str] = mapped_column(NAME, unique=True)
+    region: Mapped[str] = mapped_column(NAME, default="")
+    group_name: Mapped[str] = mapped_column(NAME, default="")
+    address: Mapped[str] = mapped_column(NAME, default="")
+    state: Mapped[str] = mapped_column(String(16), default="unknown")
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    capacity_weight: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Mapping(Base):
+    __tablename__ = "mappings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(NAME, unique=True)
+    source_node: Mapped[str] = mapped_column(NODE_ID, ForeignKey("servers.node_id"))
+    source_path: Mapped[str] = mapped_column(PATH)
+    include: Mapped[list[str]] = mapped_column(JSON, default=list)
+    exclude: Mapped[list[str]] = mapped_column(JSON, default=list)
+    durability: Mapped[str] = mapped_column(String(16), default="safe")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class MappingTarget(Base):
+    __tablename__ = "mapping_targets"
+
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
+    node_id: Mapped[str] = mapped_column(NODE_ID, ForeignKey("servers.node_id"), primary_key=True)
+    path: Mapped[str] = mapped_column(PATH)
+
+    __table_args__ = (Index("ix_mapping_targets_node", "node_id"),)
+
+
+class JoinToken(Base):
+    __tablename__ = "join_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(NAME)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Change(Base):
+    """One row per change of a (mapping, source), however many targets report it."""
+
+    __tablename__ = "changes"
+
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
+    source_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    op: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(PATH)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    reported_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_changes_seq", "seq"),)
+
+
+class Watermark(Base):
+    """Per (mapping, source, target): the highest seq committed with no gap below it."""
+
+    __tablename__ = "watermarks"
+
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
+    source_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    target_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class WatermarkAdvance(Base):
+    """One row per report that moved a watermark: where per-target commit times come from."""
+
+    __tablename__ = "watermark_advances"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    mapping_id: Mapped[int] = mapped_column(Integer, ForeignKey("mappings.id", ondelete="CASCADE"))
+    source_node: Mapped[str] = mapped_column(NODE_ID)
+    target_node: Mapped[str] = mapped_column(NODE_ID)
+    from_seq: Mapped[int] = mapped_column(BigInteger)
+    to_seq: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[float] = mapped_column(Float)
+    files: Mapped[int] = mapped_column(Integer, default=0)
+    wire_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+    __table_args__ = (
+        Index("ix_watermark_advances_key", "mapping_id", "source_node", "target_node", "to_seq"),
+    )
+
+
+class CommitException(Base):
+    """A change that failed on a target; open until the same change commits there."""
+
+    __tablename__ = "exceptions"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    mapping_id: Mapped[int] = mapped_column(Integer, ForeignKey("mappings.id", ondelete="CASCADE"))
+    source_node: Mapped[str] = mapped_column(NODE_ID)
+    target_node: Mapped[str] = mapped_column(NODE_ID)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(PATH)
+    path_key: Mapped[str] = mapped_column(
+        String(64)
+    )  # SHA-256 of path: unique-indexable at any length
+    error: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        Index(
+            "ux_exceptions_key",
+            "mapping_id",
+            "source_node",
+            "target_node",
+            "seq",
+            "path_key",
+            unique=True,
+        ),
+    )
+
+
+class Catchup(Base):
+    """Per (mapping, source, target): work done outside the journal (seq 0), as counters."""
+
+    __tablename__ = "catchup"
+
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
+    source_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    target_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    files: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,555 @@
+"""The master's store: servers, mappings, tokens, the config epoch and the job log, on SQLite or PostgreSQL.
+
+Every method is synchronous and runs one transaction; async callers use anyio.to_thread.
+
+Error handling:
+    Bad input raises ConfigError or NotFound and changes nothing; database failures raise
+    StoreError naming the operation.
+
+Resource handling:
+    One engine (a connection pool) per Store; close() disposes of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from relaysync.auth.tokens import hash_token, new_api_token, new_join_token
+from relaysync.errors import ConfigError, NotFound
+from relaysync.master.store import _joblog, _mappings
+from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
+from relaysync.master.store.models import (
+    ApiToken,
+    Catchup,
+    Change,
+    CommitException,
+    ConfigEpoch,
+    JoinToken,
+    Mapping,
+    MappingTarget,
+    Server,
+    Watermark,
+)
+from relaysync.master.store.types import (
+    CatchupInfo,
+    ChangeLogRow,
+    ExceptionInfo,
+    MappingInfo,
+    ServerInfo,
+    TargetStatus,
+    WatermarkInfo,
+)
+from relaysync.protocol.messages import Assignment, CommitReport, PeerInfo
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SERVER_STATES = ("up", "down", "unknown")
+MAX_QUERY_LIMIT = 10_000  # rows one query may return; the API pages beyond that
+
+
+def _server_info(row: Server) -> ServerInfo:
+    return ServerInfo(
+        node_id=row.node_id,
+        name=row.name,
+        region=row.region,
+        group=row.group_name,
+        address=row.address,
+        state=row.state,  # type: ignore[arg-type]
+        last_seen=row.last_seen,
+        capacity_weight=row.capacity_weight,
+        created_at=row.created_at,
+    )
+
+
+def _bump_epoch(session: Session) -> None:
+    session.execute(
+        update(ConfigEpoch).where(ConfigEpoch.id == 1).values(epoch=ConfigEpoch.epoch + 1)
+    )
+
+
+def _read_epoch(session: Session) -> int:
+    return int(session.scalar(select(ConfigEpoch.epoch).where(ConfigEpoch.id == 1)) or 0)
+
+
+def _limit(limit: int) -> int:
+    if limit < 1 or limit > MAX_QUERY_LIMIT:
+        raise ConfigError(f"limit {limit} must be between 1 and {MAX_QUERY_LIMIT}")
+    return limit
+
+
+class Store:
+    """The master's database, by URL: `sqlite:///path.db` or `postgresql+psycopg://...`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = make_engine(url)
+        self._read_sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
+
+    # --- Lifecycle ---
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (alembic upgrade head)."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with map_db_errors("migrate"), self._engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        logger.info("store schema is up to date", extra={"dialect": self._engine.dialect.name})
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    @contextmanager
+    def _read(self, operation: str) -> Iterator[Session]:
+        with map_db_errors(operation), self._read_sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def _write(self, operation: str) -> Iterator[Session]:
+        with map_db_errors(operation), self._write_sessions.begin() as session:
+            yield session
+
+    def epoch(self) -> int:
+        """Return the config epoch: it grows with every change to mappings, targets or addresses."""
+        with self._read("epoch") as session:
+            return _read_epoch(session)
+
+    # --- Servers ---
+
+    def upsert_server(
+        self, *, node_id: str, name: str, region: str, group: str, address: str
+    ) -> ServerInfo:
+        """Add a server or update its name, region, group and address.
+
+        Raises:
+            ConfigError: another node already has this name.
+        """
+        with self._write("upsert server") as session:
+            other = session.scalars(
+                select(Server).where(Server.name == name, Server.node_id != node_id)
+            ).first()
+            if other is not None:
+                raise ConfigError(f"server name {name!r} is already used by node {other.node_id}")
+            row = session.get(Server, node_id)
+            if row is None:
+                row = Server(
+                    node_id=node_id, state="unknown", capacity_weight=1, created_at=time.time()
+                )
+                session.add(row)
+            elif row.address != address or row.name != name:
+                _bump_epoch(session)  # peers address it by name and address
+            row.name, row.region, row.group_name, row.address = name, region, group, address
+            session.flush()
+            return _server_info(row)
+
+    def set_server_state(self, node_id: str, state: str, last_seen: float) -> None:
+        """Record that a server is up, down or unknown, as last seen at `last_seen` (unix time).
+
+        Raises:
+            ConfigError: an unknown state.
+            NotFound: no such server.
+        """
+        if state not in SERVER_STATES:
+            raise ConfigError(f"server state {state!r} must be one of {', '.join(SERVER_STATES)}")
+        with self._write("set server state") as session:
+            row = session.get(Server, node_id)
+            if row is None:
+                raise NotFound("Server", node_id)
+            row.state, row.last_seen = state, last_seen
+
+    def list_servers(self) -> list[ServerInfo]:
+        """Return every server, by name."""
+        with self._read("list servers") as session:
+            return [_server_info(r) for r in session.scalars(select(Server).order_by(Server.name))]
+
+    def get_server(self, name_or_node_id: str) -> ServerInfo:
+        """Return one server by name or node id.
+
+        Raises:
+            NotFound: no such server.
+        """
+        with self._read("get server") as session:
+            return _server_info(_mappings.resolve_server(session, name_or_node_id))
+
+    # --- Mappings ---
+
+    def create_mapping(
+        self,
+        *,
+        name: str,
+        source: str,
+        source_path: str,
+        targets: Sequence[tuple[str, str]],
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        durability: str = "safe",
+        enabled: bool = True,
+    ) -> MappingInfo:
+        """Create a mapping from `source`:`source_path` to each (server, path) in `targets`.
+
+        Servers are given by name or node id.
+
+        Raises:
+            ConfigError: a bad name, path, pattern, durability or target.
+            NotFound: a server that does not exist.
+        """
+        draft = _mappings.MappingDraft(
+            name=name,
+            source=source,
+            source_path=source_path,
+            targets=tuple((str(s), str(p)) for s, p in targets),
+            include=tuple(include),
+            exclude=tuple(exclude),
+            durability=durability,
+            enabled=enabled,
+        )
+        with self._write("create mapping") as session:
+            resolved = _mappings.validate(session, draft, mapping_id=None)
+            now = time.time()
+            row = Mapping(created_at=now, updated_at=now)
+            session.add(row)
+            _mappings.apply(session, row, resolved, now)
+            _bump_epoch(session)
+            return _mappings.infos(session, [row])[0]
+
+    def update_mapping(self, mapping_id: int | str, **fields: Any) -> MappingInfo:
+        """Change some fields of a mapping (those of create_mapping, plus `enabled`).
+
+        Raises:
+            ConfigError: an unknown field or a value create_mapping would refuse.
+            NotFound: no such mapping, or a server that does not exist.
+        """
+        unknown = set(fields) - _mappings.UPDATABLE
+        if unknown:
+            raise ConfigError(
+                f"mapping fields {sorted(unknown)} cannot be changed; use {sorted(_mappings.UPDATABLE)}"
+            )
+        if "targets" in fields:
+            fields["targets"] = tuple((str(s), str(p)) for s, p in fields["targets"])
+        for key in ("include", "exclude"):
+            if key in fields:
+                fields[key] = _mappings.check_patterns(fields[key], key)
+        with self._write("update mapping") as session:
+            row = _mappings.find_mapping(session, mapping_id)
+            draft = _mappings.draft_of(session, row)
+            draft = _mappings.MappingDraft(**{**_asdict(draft), **fields})
+            resolved = _mappings.validate(session, draft, mapping_id=row.id)
+            _mappings.apply(session, row, resolved, time.time())
+            _bump_epoch(session)
+            return _mappings.infos(session, [row])[0]
+
+    def delete_mapping(self, mapping_id: int | str) -> None:
+        """Delete a mapping, its targets and its job log.
+
+        Raises:
+            NotFound: no such mapping.
+        """
+        with self._write("delete mapping") as session:
+            row = _mappings.find_mapping(session, mapping_id)
+            session.execute(delete(Mapping).where(Mapping.id == row.id))
+            _bump_epoch(session)
+
+    def list_mappings(self) -> list[MappingInfo]:
+        """Return every mapping, by id."""
+        with self._read("list mappings") as session:
+            rows = list(session.scalars(select(Mapping).order_by(Mapping.id)))
+            return _mappings.infos(session, rows)
+
+    def get_mapping(self, id_or_name: int | str) -> MappingInfo:
+        """Return one mapping by id or name.
+
+        Raises:
+            NotFound: no such mapping.
+        """
+        with self._read("get mapping") as session:
+            return _mappings.infos(session, [_mappings.find_mapping(session, id_or_name)])[0]
+
+    def assignment_for(self, node_id: str) -> Assignment:
+        """Return what `node_id` must run: every mapping it is source or target of, and its peers.
+
+        An unknown node gets an empty assignment at the current epoch.
+        """
+        with self._read("assignment") as session:
+            # The epoch is read first: a change committed meanwhile then arrives with a newer
+            # epoch in the next push, never as stale mappings labelled with the newer epoch.
+            epoch = _read_epoch(session)
+            as_target = select(MappingTarget.mapping_id).where(MappingTarget.node_id == node_id)
+            rows = list(
+                session.scalars(
+                    select(Mapping)
+                    .where(or_(Mapping.source_node == node_id, Mapping.id.in_(as_target)))
+                    .order_by(Mapping.id)
+                )
+            )
+            infos = _mappings.infos(session, rows)
+            peer_ids = {i.source_node for i in infos} | {
+                t.node_id for i in infos for t in i.targets
+            }
+            peer_ids.discard(node_id)
+            peers = session.scalars(
+                select(Server).where(Server.node_id.in_(peer_ids)).order_by(Server.node_id)
+            )
+            return Assignment(
+                epoch=epoch,
+                mappings=tuple(i.to_spec() for i in infos),
+                peers=tuple(
+                    PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers
+                ),
+            )
+
+    # --- Tokens ---
+
+    def create_join_token(self, *, ttl_s: float | None = None) -> str:
+        """Return a new join token, reusable by any number of agents until it expires."""
+        if ttl_s is not None and ttl_s <= 0:
+            raise ConfigError(f"join token ttl_s {ttl_s} must be positive")
+        token, now = new_join_token(), time.time()
+        expires_at = None if ttl_s is None else now + ttl_s
+        with self._write("create join token") as session:
+            session.add(
+                JoinToken(token_hash=hash_token(token), created_at=now, expires_at=expires_at)
+            )
+        return token
+
+    def check_join_token(self, token: str) -> bool:
+        """Return whether `token` is a join token that has not expired."""
+        with self._read("check join token") as session:
+            row = session.get(JoinToken, hash_token(token))
+            return row is not None and (row.expires_at is None or row.expires_at > time.time())
+
+    def create_api_token(self, name: str) -> str:
+        """Return a new API token labelled `name`; only its hash is kept."""
+        if not name.strip():
+            raise ConfigError("an API token needs a name")
+        token = new_api_token()
+        with self._write("create API token") as session:
+            session.add(ApiToken(name=name, token_hash=hash_token(token), created_at=time.time()))
+        return token
+
+    def check_api_token(self, token: str) -> bool:
+        """Return whether `token` is a known API token."""
+        with self._read("check API token") as session:
+            found = session.scalar(
+                select(ApiToken.id).where(ApiToken.token_hash == hash_token(token))
+            )
+            return found is not None
+
+    # --- Job log ---
+
+    def record_commit_reports(self, reports: Sequence[CommitReport]) -> None:
+        """Fold a batch of commit reports into the job log, in one transaction; repeats are harmless."""
+        if not reports:
+            return
+        with self._write("record commit reports") as session:
+            _joblog.record(session, reports, time.time())
+
+    def watermarks(self, mapping_id: int | str) -> list[WatermarkInfo]:
+        """Return the watermark of every (source, target) pair of a mapping.
+
+        Raises:
+            NotFound: no such mapping.
+        """
+        with self._read("watermarks") as session:
+            mid = _mappings.find_mapping(session, mapping_id).id
+            rows = session.scalars(
+                select(Watermark).where(Watermark.mapping_id == mid).order_by(Watermark.target_node)
+            )
+            return [
+                WatermarkInfo(
+                    mapping_id=r.mapping_id,
+                    source=r.source_node,
+                    target=r.target_node,
+                    seq=r.seq,
+                    updated_at=r.updated_at,
+                )
+                for r in rows
+            ]
+
+    def mapping_status(self, mapping_id: int | str) -> list[TargetStatus]:
+        """Return, per target of a mapping, its watermark and lag behind the source's highest seq.
+
+        Raises:
+            NotFound: no such mapping.
+        """
+        with self._read("mapping status") as session:
+            row = _mappings.find_mapping(session, mapping_id)
+            info = _mappings.infos(session, [row])[0]
+            highest = int(
+                session.scalar(
+                    select(func.max(Change.seq)).where(
+                        Change.mapping_id == row.id, Change.source_node == row.source_node
+                    )
+                )
+                or 0
+            )
+            marks = {
+                w.target_node: w
+                for w in session.scalars(
+                    select(Watermark).where(
+                        Watermark.mapping_id == row.id, Watermark.source_node == row.source_node
+                    )
+                )
+            }
+            open_counts = dict(
+                tuple(row)
+                for row in session.execute(
+                    select(CommitException.target_node, func.count())
+                    .where(
+                        CommitException.mapping_id == row.id, CommitException.resolved_at.is_(None)
+                    )
+                    .group_by(CommitException.target_node)
+                )
+            )
+            return [
+                _target_status(
+                    t.node_id, t.name, t.path, marks.get(t.node_id), highest, open_counts
+                )
+                for t in info.targets
+            ]
+
+    def job_log(
+        self,
+        *,
+        mapping_id: int | str | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> list[ChangeLogRow]:
+        """Return change rows, newest seq first, each with how many targets have committed it.
+
+        A target has committed seq s iff its watermark >= s and it has no open exception for s.
+
+        Raises:
+            NotFound: no such mapping.
+        """
+        with self._read("job log") as session:
+            ch = _joblog.CHANGES.c
+            query = select(
+                ch.mapping_id,
+                ch.source_node,
+                ch.seq,
+                ch.op,
+                ch.path,
+                ch.size,
+                ch.reported_at,
+                _joblog.committed_count(),
+                _joblog.target_count(),
+            )
+            if mapping_id is not None:
+                query = query.where(ch.mapping_id == _mappings.find_mapping(session, mapping_id).id)
+            if before_seq is not None:
+                query = query.where(ch.seq < before_seq)
+            query = query.order_by(ch.seq.desc(), ch.mapping_id, ch.source_node).limit(
+                _limit(limit)
+            )
+            return [
+                ChangeLogRow(
+                    mapping_id=m,
+                    source_node=s,
+                    seq=q,
+                    op=o,
+                    path=p,
+                    size=z,
+                    reported_at=r,
+                    committed_targets=c,
+                    total_targets=t,
+                )
+                for m, s, q, o, p, z, r, c, t in session.execute(query)
+            ]
+
+    def exceptions(
+        self, mapping_id: int | str | None = None, limit: int = 100, *, open_only: bool = False
+    ) -> list[ExceptionInfo]:
+        """Return failed changes, latest failure first.
+
+        Raises:
+            NotFound: no such mapping.
+        """
+        with self._read("exceptions") as session:
+            query = select(CommitException)
+            if mapping_id is not None:
+                mid = _mappings.find_mapping(session, mapping_id).id
+                query = query.where(CommitException.mapping_id == mid)
+            if open_only:
+                query = query.where(CommitException.resolved_at.is_(None))
+            query = query.order_by(CommitException.at.desc(), CommitException.id.desc()).limit(
+                _limit(limit)
+            )
+            return [_exception_info(r) for r in session.scalars(query)]
+
+    def catchup(self, mapping_id: int | str) -> list[CatchupInfo]:
+        """Return the catch-up counters (work outside the journal) of a mapping, per target.
+
+        Raises:
+            NotFound: no such mapping.
+        """
+        with self._read("catchup") as session:
+            mid = _mappings.find_mapping(session, mapping_id).id
+            rows = session.scalars(
+                select(Catchup).where(Catchup.mapping_id == mid).order_by(Catchup.target_node)
+            )
+            return [
+                CatchupInfo(
+                    mapping_id=r.mapping_id,
+                    source_node=r.source_node,
+                    target_node=r.target_node,
+                    files=r.files,
+                    bytes=r.bytes,
+                    updated_at=r.updated_at,
+                )
+                for r in rows
+            ]
+
+
+def _asdict(draft: _mappings.MappingDraft) -> dict[str, Any]:
+    return {name: getattr(draft, name) for name in draft.__slots__}  # type: ignore[attr-defined]
+
+
+def _target_status(
+    node_id: str,
+    name: str,
+    path: str,
+    mark: Watermark | None,
+    highest: int,
+    open_counts: dict[str, int],
+) -> TargetStatus:
+    watermark = mark.seq if mark is not None else 0
+    return TargetStatus(
+        target=node_id,
+        target_name=name,
+        path=path,
+        watermark=watermark,
+        highest_seq=highest,
+        lag=max(0, highest - watermark),
+        open_exceptions=open_counts.get(node_id, 0),
+        updated_at=mark.updated_at if mark is not None else None,
+    )
+
+
+def _exception_info(row: CommitException) -> ExceptionInfo:
+    return ExceptionInfo(
+        id=row.id,
+        mapping_id=row.mapping_id,
+        source_node=row.source_node,
+        target_node=row.target_node,
+        seq=row.seq,
+        path=row.path,
+        error=row.error,
+        at=row.at,
+        attempts=row.attempts,
+        resolved_at=row.resolved_at,
+    )

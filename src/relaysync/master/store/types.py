@@ -1,0 +1,119 @@
+"""The store's value types: frozen snapshots of rows, handed out by Store and never tied to a session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from relaysync.protocol.messages import MappingSpec, TargetSpec
+
+ServerState = Literal["up", "down", "unknown"]
+Durability = Literal["safe", "fast"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerInfo:
+    node_id: str  # SHA-256 fingerprint of the node's certificate
+    name: str
+    region: str
+    group: str
+    address: str  # host:port of its peer server, "" until it registers
+    state: ServerState
+    last_seen: float | None  # unix time
+    capacity_weight: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetInfo:
+    node_id: str
+    name: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MappingInfo:
+    id: int
+    name: str
+    source_node: str
+    source_name: str
+    source_path: str
+    targets: tuple[TargetInfo, ...]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    durability: Durability
+    enabled: bool
+    created_at: float
+    updated_at: float
+
+    def to_spec(self) -> MappingSpec:
+        """Return the mapping as the control link sends it to agents."""
+        return MappingSpec(
+            mapping_id=self.id,
+            name=self.name,
+            source_node=self.source_node,
+            source_path=self.source_path,
+            targets=tuple(TargetSpec(node_id=t.node_id, path=t.path) for t in self.targets),
+            include=self.include,
+            exclude=self.exclude,
+            durability=self.durability,
+            enabled=self.enabled,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatermarkInfo:
+    mapping_id: int
+    source: str  # node id
+    target: str  # node id
+    seq: int  # every seq <= this is committed on the target, except open exceptions
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetStatus:
+    target: str  # node id
+    target_name: str
+    path: str
+    watermark: int
+    highest_seq: int  # the highest seq of the mapping's source known to the master
+    lag: int  # highest_seq - watermark, never negative
+    open_exceptions: int
+    updated_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeLogRow:
+    mapping_id: int
+    source_node: str
+    seq: int
+    op: str
+    path: str
+    size: int
+    reported_at: float  # when the master first heard of it
+    committed_targets: int  # targets whose watermark covers it with no open exception for it
+    total_targets: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExceptionInfo:
+    id: int
+    mapping_id: int
+    source_node: str
+    target_node: str
+    seq: int  # 0 for catch-up work outside the journal
+    path: str
+    error: str
+    at: float  # last failure
+    attempts: int
+    resolved_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CatchupInfo:
+    mapping_id: int
+    source_node: str
+    target_node: str
+    files: int
+    bytes: int
+    updated_at: float

@@ -1,0 +1,115 @@
+"""Store: migrations, servers, the config epoch and tokens, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from relaysync.errors import ConfigError, NotFound
+from relaysync.master.store import Store
+
+A, B = "a" * 64, "b" * 64
+
+
+def test_migrate_from_empty_creates_every_table(store_url: str) -> None:
+    store = Store(store_url)
+    try:
+        store.migrate()
+        store.migrate()  # a second run is a no-op
+        tables = set(sa.inspect(sa.create_engine(store_url)).get_table_names())
+        assert {"servers", "mappings", "mapping_targets", "changes", "watermarks", "watermark_advances",
+                "exceptions", "catchup", "join_tokens", "api_tokens", "config_epoch",
+                "alembic_version"} <= tables
+        assert store.epoch() == 0
+    finally:
+        store.close()
+
+
+def test_upsert_and_get_server(store: Store) -> None:
+    info = store.upsert_server(node_id=A, name="web-1", region="eu", group="g1", address="10.0.0.1:7001")
+    assert (info.name, info.region, info.group, info.state, info.capacity_weight) == ("web-1", "eu", "g1", "unknown", 1)
+    assert store.get_server("web-1") == store.get_server(A) == info
+    updated = store.upsert_server(node_id=A, name="web-1", region="us", group="g2", address="10.0.0.1:7001")
+    assert (updated.region, updated.group, updated.created_at) == ("us", "g2", info.created_at)
+    assert [s.name for s in store.list_servers()] == ["web-1"]
+
+
+def test_get_unknown_server(store: Store) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        store.get_server("nope")
+
+
+def test_server_name_is_unique(store: Store) -> None:
+    store.upsert_server(node_id=A, name="web-1", region="", group="", address="")
+    with pytest.raises(ConfigError, match="already used"):
+        store.upsert_server(node_id=B, name="web-1", region="", group="", address="")
+
+
+def test_server_state(store: Store) -> None:
+    store.upsert_server(node_id=A, name="web-1", region="", group="", address="")
+    now = time.time()
+    store.set_server_state(A, "up", now)
+    info = store.get_server(A)
+    assert (info.state, info.last_seen) == ("up", pytest.approx(now))
+    with pytest.raises(ConfigError, match="state"):
+        store.set_server_state(A, "sideways", now)
+    with pytest.raises(NotFound):
+        store.set_server_state(B, "up", now)
+
+
+def test_address_change_bumps_epoch(store: Store) -> None:
+    store.upsert_server(node_id=A, name="web-1", region="", group="", address="h:1")
+    assert store.epoch() == 0
+    store.upsert_server(node_id=A, name="web-1", region="x", group="", address="h:1")
+    assert store.epoch() == 0
+    store.upsert_server(node_id=A, name="web-1", region="x", group="", address="h:2")
+    assert store.epoch() == 1
+
+
+def test_epoch_persists_across_reopen(store_url: str) -> None:
+    store = Store(store_url)
+    store.migrate()
+    store.upsert_server(node_id=A, name="a", region="", group="", address="h:1")
+    store.upsert_server(node_id=A, name="a", region="", group="", address="h:2")
+    store.close()
+    again = Store(store_url)
+    again.migrate()
+    assert again.epoch() == 1
+    again.close()
+
+
+def test_join_tokens(store: Store) -> None:
+    token = store.create_join_token()
+    assert store.check_join_token(token)
+    assert store.check_join_token(token)  # reusable: several agents join with one token
+    assert not store.check_join_token(token + "x")
+    assert not store.check_join_token("")
+
+
+def test_join_token_expires(store: Store) -> None:
+    token = store.create_join_token(ttl_s=0.05)
+    assert store.check_join_token(token)
+    time.sleep(0.1)
+    assert not store.check_join_token(token)
+    with pytest.raises(ConfigError):
+        store.create_join_token(ttl_s=0)
+
+
+def test_api_tokens(store: Store) -> None:
+    token = store.create_api_token("ci")
+    assert store.check_api_token(token)
+    assert not store.check_api_token(token[:-1])
+    with pytest.raises(ConfigError):
+        store.create_api_token(" ")
+
+
+def test_only_token_hashes_are_stored(store: Store, store_url: str) -> None:
+    join, api = store.create_join_token(), store.create_api_token("ci")
+    engine = sa.create_engine(store_url)
+    with engine.connect() as conn:
+        dump = repr(conn.execute(sa.text("select * from join_tokens")).all())
+        dump += repr(conn.execute(sa.text("select * from api_tokens")).all())
+    engine.dispose()
+    assert join not in dump and api not in dump
