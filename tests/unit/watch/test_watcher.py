@@ -1,0 +1,180 @@
+"""Tests for watch.watcher with real inotify on real files; waits poll with a bound."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from relaysync.constants import TEMP_PREFIX
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.manifest import Manifest
+from relaysync.watch.recorder import ChangeRecorder
+from relaysync.watch.watcher import FsEvent, Watcher
+
+pytestmark = pytest.mark.anyio
+WAIT_S = 10.0
+QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+    with anyio.fail_after(timeout_s):
+        while True:
+            if condition():
+                return
+            await anyio.sleep(0.005)
+
+
+@asynccontextmanager
+async def watching(root: Path, flt: PathFilter | None = None) -> AsyncIterator[list[FsEvent]]:
+    send, receive = anyio.create_memory_object_stream[list[FsEvent]](100)
+    seen: list[FsEvent] = []
+
+    async def collect() -> None:
+        async for batch in receive:
+            seen.extend(batch)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(Watcher(root, flt or PathFilter()).serve, send)
+        tg.start_soon(collect)
+        yield seen
+        tg.cancel_scope.cancel()
+
+
+def has(seen: list[FsEvent], kind: str, path: str, new_path: str = "") -> bool:
+    return any(e.kind == kind and e.path == path and e.new_path == new_path for e in seen)
+
+
+async def test_write_reported_once_after_close(tree: Path) -> None:
+    async with watching(tree) as seen:
+        fd = os.open(tree / "slow", os.O_WRONLY | os.O_CREAT)
+        for _ in range(5):
+            os.write(fd, b"x" * 1000)
+        (tree / "marker").write_text("m")  # events are ordered: any early "slow" event precedes it
+        await wait_for(lambda: has(seen, "write", "marker"))
+        assert not any(e.path == "slow" for e in seen)
+        os.close(fd)
+        await wait_for(lambda: has(seen, "write", "slow"))
+        (tree / "marker2").write_text("m")
+        await wait_for(lambda: has(seen, "write", "marker2"))
+    assert [e.kind for e in seen if e.path == "slow"] == ["write"]
+
+
+async def test_new_tree_found_by_rescan(tree: Path, manifest: Manifest) -> None:
+    recorder = ChangeRecorder(tree, manifest, PathFilter())
+    wanted = {"a/1", "a/b/2", "a/b/c/3"}
+
+    def found() -> bool:
+        return wanted <= {c.path for c in recorder.detect(list(seen)) if c.op == "write"}
+
+    async with watching(tree) as seen:
+        (tree / "a" / "b" / "c").mkdir(parents=True)
+        for p in wanted:
+            (tree / p).write_text(p)
+        await wait_for(found)
+        assert has(seen, "rescan", "a")
+        (tree / "a" / "b" / "c" / "4").write_text("later")  # the new dirs are watched too
+        await wait_for(lambda: has(seen, "write", "a/b/c/4"))
+
+
+async def test_dir_move_is_one_event_and_watches_follow(tree: Path) -> None:
+    (tree / "d" / "sub").mkdir(parents=True)
+    (tree / "d" / "sub" / "x").write_text("x")
+    async with watching(tree) as seen:
+        os.rename(tree / "d", tree / "e")
+        await wait_for(lambda: has(seen, "move", "d", "e"))
+        assert seen == [FsEvent(kind="move", path="d", new_path="e", is_dir=True)]
+        (tree / "e" / "sub" / "y").write_text("y")
+        await wait_for(lambda: has(seen, "write", "e/sub/y"))
+
+
+async def test_move_out_is_delete_and_unwatched(tree: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tree / "d").mkdir()
+    (tree / "f").write_text("f")
+    async with watching(tree) as seen:
+        os.rename(tree / "f", outside / "f")
+        os.rename(tree / "d", outside / "d")
+        await wait_for(lambda: has(seen, "delete", "d"))
+        assert has(seen, "delete", "f")
+        (outside / "d" / "z").write_text("not ours")
+        (tree / "marker").write_text("m")
+        await wait_for(lambda: has(seen, "write", "marker"))
+        assert not any("z" in e.path for e in seen)
+
+
+async def test_move_in_is_rescan(tree: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "d").mkdir(parents=True)
+    (outside / "g").write_text("g")
+    async with watching(tree) as seen:
+        os.rename(outside / "g", tree / "g")
+        os.rename(outside / "d", tree / "d")
+        await wait_for(lambda: has(seen, "rescan", "g") and has(seen, "rescan", "d"))
+        (tree / "d" / "new").write_text("n")
+        await wait_for(lambda: has(seen, "write", "d/new"))
+
+
+async def test_chmod_symlink_delete(tree: Path) -> None:
+    (tree / "f").write_text("f")
+    async with watching(tree) as seen:
+        os.chmod(tree / "f", 0o600)
+        await wait_for(lambda: has(seen, "attr", "f"))
+        os.symlink("f", tree / "link")
+        await wait_for(lambda: has(seen, "symlink", "link"))
+        (tree / "f").unlink()
+        await wait_for(lambda: has(seen, "delete", "f"))
+
+
+async def test_temp_names_and_filtered_paths_ignored(tree: Path) -> None:
+    flt = PathFilter(exclude=[r"\.log$"])
+    async with watching(tree, flt) as seen:
+        tmp = tree / f"{TEMP_PREFIX}x.tmp"
+        tmp.write_text("x")
+        (tree / "noise.log").write_text("x")
+        os.rename(tmp, tree / "x")
+        await wait_for(lambda: has(seen, "rescan", "x"))
+        assert not any(TEMP_PREFIX in e.path or e.path.endswith(".log") for e in seen)
+
+
+@pytest.fixture
+def small_queue() -> object:
+    """Lower the kernel's per-instance queue; only inotify instances created meanwhile use it."""
+    saved = QUEUE_LIMIT.read_text()
+    try:
+        QUEUE_LIMIT.write_text("64")
+    except OSError:
+        pytest.skip("cannot change fs.inotify.max_queued_events here")
+
+    def restore() -> None:
+        QUEUE_LIMIT.write_text(saved)
+
+    yield restore
+    restore()
+
+
+async def test_overflow_becomes_full_rescan(tree: Path, small_queue: Callable[[], None]) -> None:
+    send, receive = anyio.create_memory_object_stream[list[FsEvent]](0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(Watcher(tree, PathFilter()).serve, send)
+        small_queue()  # the watcher's instance keeps 64; restore the global value at once
+        (tree / "first").write_text("blocks the watcher's send: nobody reads yet")
+        for i in range(1000):
+            (tree / f"f{i}").write_text("x")
+        seen: list[FsEvent] = []
+        with anyio.fail_after(WAIT_S):
+            while not has(seen, "rescan", ""):
+                seen.extend(await receive.receive())
+        tg.cancel_scope.cancel()
+
+
+async def test_inotify_fd_closed_on_exit(tree: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    async with watching(tree):
+        assert len(os.listdir("/proc/self/fd")) > before
+    assert len(os.listdir("/proc/self/fd")) == before
