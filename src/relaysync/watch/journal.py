@@ -91,7 +91,7 @@ def _good_frame_follows(f: BinaryIO) -> bool:
         return False
     length, crc = _HEADER.unpack(header)
     payload = f.read(length)
-    return length > 0 and len(payload) == length and zlib.crc32(payload) == crc
+    return bool(length > 0 and len(payload) == length and zlib.crc32(payload) == crc)
 
 
 def _write_atomic(path: Path, text: str, *, fsync: bool) -> None:
