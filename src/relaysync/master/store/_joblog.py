@@ -297,11 +297,13 @@ def committed_count() -> Any:
             exc.seq == ch.seq,
             exc.resolved_at.is_(None),
         )
+        .correlate(CHANGES, WATERMARKS)
         .exists()
     )
     current_target = (
         select(tg.node_id)
         .where(tg.mapping_id == ch.mapping_id, tg.node_id == wm.target_node)
+        .correlate(CHANGES, WATERMARKS)
         .exists()
     )
     return (

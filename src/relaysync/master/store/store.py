@@ -21,24 +21,20 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from relaysync.auth.tokens import hash_token, new_api_token, new_join_token
 from relaysync.errors import ConfigError, NotFound
-from relaysync.master.store import _joblog, _mappings
+from relaysync.master.store import _joblog, _mappings, _queries
 from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
 from relaysync.master.store.models import (
     ApiToken,
-    Catchup,
-    Change,
-    CommitException,
     ConfigEpoch,
     JoinToken,
     Mapping,
     MappingTarget,
     Server,
-    Watermark,
 )
 from relaysync.master.store.types import (
     CatchupInfo,
@@ -365,20 +361,7 @@ class Store:
             NotFound: no such mapping.
         """
         with self._read("watermarks") as session:
-            mid = _mappings.find_mapping(session, mapping_id).id
-            rows = session.scalars(
-                select(Watermark).where(Watermark.mapping_id == mid).order_by(Watermark.target_node)
-            )
-            return [
-                WatermarkInfo(
-                    mapping_id=r.mapping_id,
-                    source=r.source_node,
-                    target=r.target_node,
-                    seq=r.seq,
-                    updated_at=r.updated_at,
-                )
-                for r in rows
-            ]
+            return _queries.watermarks(session, _mappings.find_mapping(session, mapping_id).id)
 
     def mapping_status(self, mapping_id: int | str) -> list[TargetStatus]:
         """Return, per target of a mapping, its watermark and lag behind the source's highest seq.
@@ -388,39 +371,7 @@ class Store:
         """
         with self._read("mapping status") as session:
             row = _mappings.find_mapping(session, mapping_id)
-            info = _mappings.infos(session, [row])[0]
-            highest = int(
-                session.scalar(
-                    select(func.max(Change.seq)).where(
-                        Change.mapping_id == row.id, Change.source_node == row.source_node
-                    )
-                )
-                or 0
-            )
-            marks = {
-                w.target_node: w
-                for w in session.scalars(
-                    select(Watermark).where(
-                        Watermark.mapping_id == row.id, Watermark.source_node == row.source_node
-                    )
-                )
-            }
-            open_counts = dict(
-                tuple(row)
-                for row in session.execute(
-                    select(CommitException.target_node, func.count())
-                    .where(
-                        CommitException.mapping_id == row.id, CommitException.resolved_at.is_(None)
-                    )
-                    .group_by(CommitException.target_node)
-                )
-            )
-            return [
-                _target_status(
-                    t.node_id, t.name, t.path, marks.get(t.node_id), highest, open_counts
-                )
-                for t in info.targets
-            ]
+            return _queries.mapping_status(session, row, _mappings.infos(session, [row])[0])
 
     def job_log(
         self,
@@ -437,59 +388,24 @@ class Store:
             NotFound: no such mapping.
         """
         with self._read("job log") as session:
-            ch = _joblog.CHANGES.c
-            query = select(
-                ch.mapping_id,
-                ch.source_node,
-                ch.seq,
-                ch.op,
-                ch.path,
-                ch.size,
-                ch.reported_at,
-                _joblog.committed_count(),
-                _joblog.target_count(),
+            mid = None if mapping_id is None else _mappings.find_mapping(session, mapping_id).id
+            return _queries.job_log(
+                session, mapping_id=mid, limit=_limit(limit), before_seq=before_seq
             )
-            if mapping_id is not None:
-                query = query.where(ch.mapping_id == _mappings.find_mapping(session, mapping_id).id)
-            if before_seq is not None:
-                query = query.where(ch.seq < before_seq)
-            query = query.order_by(ch.seq.desc(), ch.mapping_id, ch.source_node).limit(
-                _limit(limit)
-            )
-            return [
-                ChangeLogRow(
-                    mapping_id=m,
-                    source_node=s,
-                    seq=q,
-                    op=o,
-                    path=p,
-                    size=z,
-                    reported_at=r,
-                    committed_targets=c,
-                    total_targets=t,
-                )
-                for m, s, q, o, p, z, r, c, t in session.execute(query)
-            ]
 
     def exceptions(
         self, mapping_id: int | str | None = None, limit: int = 100, *, open_only: bool = False
     ) -> list[ExceptionInfo]:
-        """Return failed changes, latest failure first.
+        """Return failed changes, latest failure first (`open_only`: not yet committed since).
 
         Raises:
             NotFound: no such mapping.
         """
         with self._read("exceptions") as session:
-            query = select(CommitException)
-            if mapping_id is not None:
-                mid = _mappings.find_mapping(session, mapping_id).id
-                query = query.where(CommitException.mapping_id == mid)
-            if open_only:
-                query = query.where(CommitException.resolved_at.is_(None))
-            query = query.order_by(CommitException.at.desc(), CommitException.id.desc()).limit(
-                _limit(limit)
+            mid = None if mapping_id is None else _mappings.find_mapping(session, mapping_id).id
+            return _queries.exceptions(
+                session, mapping_id=mid, limit=_limit(limit), open_only=open_only
             )
-            return [_exception_info(r) for r in session.scalars(query)]
 
     def catchup(self, mapping_id: int | str) -> list[CatchupInfo]:
         """Return the catch-up counters (work outside the journal) of a mapping, per target.
@@ -498,58 +414,8 @@ class Store:
             NotFound: no such mapping.
         """
         with self._read("catchup") as session:
-            mid = _mappings.find_mapping(session, mapping_id).id
-            rows = session.scalars(
-                select(Catchup).where(Catchup.mapping_id == mid).order_by(Catchup.target_node)
-            )
-            return [
-                CatchupInfo(
-                    mapping_id=r.mapping_id,
-                    source_node=r.source_node,
-                    target_node=r.target_node,
-                    files=r.files,
-                    bytes=r.bytes,
-                    updated_at=r.updated_at,
-                )
-                for r in rows
-            ]
+            return _queries.catchup(session, _mappings.find_mapping(session, mapping_id).id)
 
 
 def _asdict(draft: _mappings.MappingDraft) -> dict[str, Any]:
     return {name: getattr(draft, name) for name in draft.__slots__}  # type: ignore[attr-defined]
-
-
-def _target_status(
-    node_id: str,
-    name: str,
-    path: str,
-    mark: Watermark | None,
-    highest: int,
-    open_counts: dict[str, int],
-) -> TargetStatus:
-    watermark = mark.seq if mark is not None else 0
-    return TargetStatus(
-        target=node_id,
-        target_name=name,
-        path=path,
-        watermark=watermark,
-        highest_seq=highest,
-        lag=max(0, highest - watermark),
-        open_exceptions=open_counts.get(node_id, 0),
-        updated_at=mark.updated_at if mark is not None else None,
-    )
-
-
-def _exception_info(row: CommitException) -> ExceptionInfo:
-    return ExceptionInfo(
-        id=row.id,
-        mapping_id=row.mapping_id,
-        source_node=row.source_node,
-        target_node=row.target_node,
-        seq=row.seq,
-        path=row.path,
-        error=row.error,
-        at=row.at,
-        attempts=row.attempts,
-        resolved_at=row.resolved_at,
-    )

@@ -1,0 +1,173 @@
+"""Read queries over the job log: watermarks, per-target status, change rows, exceptions, catch-up."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from relaysync.master.store import _joblog
+from relaysync.master.store.models import Catchup, Change, CommitException, Mapping, Watermark
+from relaysync.master.store.types import (
+    CatchupInfo,
+    ChangeLogRow,
+    ExceptionInfo,
+    MappingInfo,
+    TargetStatus,
+    WatermarkInfo,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def watermarks(session: Session, mapping_id: int) -> list[WatermarkInfo]:
+    """Every (source, target) watermark of a mapping."""
+    rows = session.scalars(
+        select(Watermark).where(Watermark.mapping_id == mapping_id).order_by(Watermark.target_node)
+    )
+    return [
+        WatermarkInfo(
+            mapping_id=r.mapping_id,
+            source=r.source_node,
+            target=r.target_node,
+            seq=r.seq,
+            updated_at=r.updated_at,
+        )
+        for r in rows
+    ]
+
+
+def mapping_status(session: Session, row: Mapping, info: MappingInfo) -> list[TargetStatus]:
+    """Per target of the mapping: watermark, the source's highest seq, lag, open exceptions."""
+    highest = session.scalar(
+        select(func.max(Change.seq)).where(
+            Change.mapping_id == row.id, Change.source_node == row.source_node
+        )
+    )
+    marks = {
+        w.target_node: w
+        for w in session.scalars(
+            select(Watermark).where(
+                Watermark.mapping_id == row.id, Watermark.source_node == row.source_node
+            )
+        )
+    }
+    open_counts = {
+        target: int(n)
+        for target, n in session.execute(
+            select(CommitException.target_node, func.count())
+            .where(CommitException.mapping_id == row.id, CommitException.resolved_at.is_(None))
+            .group_by(CommitException.target_node)
+        )
+    }
+    return [
+        _target_status(
+            t.node_id, t.name, t.path, marks.get(t.node_id), int(highest or 0), open_counts
+        )
+        for t in info.targets
+    ]
+
+
+def _target_status(
+    node_id: str,
+    name: str,
+    path: str,
+    mark: Watermark | None,
+    highest: int,
+    open_counts: dict[str, int],
+) -> TargetStatus:
+    watermark = mark.seq if mark is not None else 0
+    return TargetStatus(
+        target=node_id,
+        target_name=name,
+        path=path,
+        watermark=watermark,
+        highest_seq=highest,
+        lag=max(0, highest - watermark),
+        open_exceptions=open_counts.get(node_id, 0),
+        updated_at=mark.updated_at if mark is not None else None,
+    )
+
+
+def job_log(
+    session: Session, *, mapping_id: int | None, limit: int, before_seq: int | None
+) -> list[ChangeLogRow]:
+    """Change rows, newest seq first, each with how many targets have committed it."""
+    ch = _joblog.CHANGES.c
+    query = select(
+        ch.mapping_id,
+        ch.source_node,
+        ch.seq,
+        ch.op,
+        ch.path,
+        ch.size,
+        ch.reported_at,
+        _joblog.committed_count(),
+        _joblog.target_count(),
+    )
+    if mapping_id is not None:
+        query = query.where(ch.mapping_id == mapping_id)
+    if before_seq is not None:
+        query = query.where(ch.seq < before_seq)
+    query = query.order_by(ch.seq.desc(), ch.mapping_id, ch.source_node).limit(limit)
+    return [
+        ChangeLogRow(
+            mapping_id=m,
+            source_node=s,
+            seq=q,
+            op=o,
+            path=p,
+            size=z,
+            reported_at=r,
+            committed_targets=c,
+            total_targets=t,
+        )
+        for m, s, q, o, p, z, r, c, t in session.execute(query)
+    ]
+
+
+def exceptions(
+    session: Session, *, mapping_id: int | None, limit: int, open_only: bool
+) -> list[ExceptionInfo]:
+    """Failed changes, latest failure first."""
+    query = select(CommitException)
+    if mapping_id is not None:
+        query = query.where(CommitException.mapping_id == mapping_id)
+    if open_only:
+        query = query.where(CommitException.resolved_at.is_(None))
+    query = query.order_by(CommitException.at.desc(), CommitException.id.desc()).limit(limit)
+    return [_exception_info(r) for r in session.scalars(query)]
+
+
+def _exception_info(row: CommitException) -> ExceptionInfo:
+    return ExceptionInfo(
+        id=row.id,
+        mapping_id=row.mapping_id,
+        source_node=row.source_node,
+        target_node=row.target_node,
+        seq=row.seq,
+        path=row.path,
+        error=row.error,
+        at=row.at,
+        attempts=row.attempts,
+        resolved_at=row.resolved_at,
+    )
+
+
+def catchup(session: Session, mapping_id: int) -> list[CatchupInfo]:
+    """The catch-up counters of a mapping, per (source, target)."""
+    rows = session.scalars(
+        select(Catchup).where(Catchup.mapping_id == mapping_id).order_by(Catchup.target_node)
+    )
+    return [
+        CatchupInfo(
+            mapping_id=r.mapping_id,
+            source_node=r.source_node,
+            target_node=r.target_node,
+            files=r.files,
+            bytes=r.bytes,
+            updated_at=r.updated_at,
+        )
+        for r in rows
+    ]

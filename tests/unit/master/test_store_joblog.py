@@ -1,0 +1,153 @@
+"""Store: commit reports fold into one change row per change, watermarks, advances and exceptions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from relaysync.master.store import Store
+from relaysync.protocol.messages import CommitRecord, CommitReport
+
+SRC, T1, T2 = "a" * 64, "b" * 64, "c" * 64
+
+
+@pytest.fixture
+def mapping_id(store: Store) -> int:
+    for node, name in ((SRC, "src"), (T1, "t1"), (T2, "t2")):
+        store.upsert_server(node_id=node, name=name, region="", group="", address=f"{name}:1")
+    return store.create_mapping(name="m", source="src", source_path="/a",
+                                targets=[("t1", "/b"), ("t2", "/c")]).id
+
+
+def rec(seq: int, *, ok: bool = True, path: str | None = None, wire_bytes: int = 10) -> CommitRecord:
+    return CommitRecord(seq=seq, op="file", path=path or f"f{seq}", size=100, wire_bytes=wire_bytes,
+                        ok=ok, error="" if ok else "disk full", duration_ms=1.5, committed_at=time.time())
+
+
+def report(mid: int, target: str, watermark: int, *records: CommitRecord) -> CommitReport:
+    return CommitReport(mapping_id=mid, source_node=SRC, target_node=target, watermark=watermark,
+                        records=tuple(records))
+
+
+def count(store_url: str, table: str) -> int:
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(f"select count(*) from {table}")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_one_change_row_per_change_however_reported(store: Store, store_url: str, mapping_id: int) -> None:
+    r1 = report(mapping_id, T1, 3, rec(1), rec(2), rec(3))
+    store.record_commit_reports([r1])
+    store.record_commit_reports([r1])  # the same report again, e.g. after a restart
+    store.record_commit_reports([report(mapping_id, T2, 3, rec(1), rec(2), rec(3))])  # another target
+    assert count(store_url, "changes") == 3
+    rows = store.job_log(mapping_id=mapping_id)
+    assert [r.seq for r in rows] == [3, 2, 1]
+    assert {(r.committed_targets, r.total_targets) for r in rows} == {(2, 2)}
+    assert rows[0].path == "f3" and rows[0].op == "file" and rows[0].size == 100
+
+
+def test_watermark_never_decreases(store: Store, store_url: str, mapping_id: int) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 5, *(rec(s) for s in range(1, 6)))])
+    store.record_commit_reports([report(mapping_id, T1, 2, rec(2))])
+    marks = store.watermarks(mapping_id)
+    assert [(w.source, w.target, w.seq) for w in marks] == [(SRC, T1, 5)]
+    assert count(store_url, "watermark_advances") == 1
+    store.record_commit_reports([report(mapping_id, T1, 7, rec(6), rec(7))])
+    assert store.watermarks(mapping_id)[0].seq == 7
+    engine = sa.create_engine(store_url)
+    with engine.connect() as conn:
+        advances = conn.execute(sa.text(
+            "select from_seq, to_seq, files, wire_bytes, duration_ms from watermark_advances order by id"
+        )).all()
+    engine.dispose()
+    assert [tuple(a) for a in advances] == [(0, 5, 5, 50, 7.5), (5, 7, 2, 20, 3.0)]
+
+
+def test_batch_with_repeats_and_reordering(store: Store, mapping_id: int) -> None:
+    store.record_commit_reports([
+        report(mapping_id, T1, 4, rec(3), rec(4)),
+        report(mapping_id, T1, 2, rec(1), rec(2)),  # late, lower watermark in the same batch
+        report(mapping_id, T2, 4, rec(1), rec(2), rec(3), rec(4)),
+    ])
+    assert {w.target: w.seq for w in store.watermarks(mapping_id)} == {T1: 4, T2: 4}
+    assert len(store.job_log(mapping_id=mapping_id)) == 4
+
+
+def test_failure_is_an_exception_until_it_commits(store: Store, mapping_id: int) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 3, rec(1), rec(2, ok=False), rec(3)),
+                                 report(mapping_id, T2, 3, rec(1), rec(2), rec(3))])
+    [exc] = store.exceptions(mapping_id)
+    assert (exc.seq, exc.target_node, exc.path, exc.error, exc.attempts, exc.resolved_at) == (
+        2, T1, "f2", "disk full", 1, None)
+    log = {r.seq: r.committed_targets for r in store.job_log(mapping_id=mapping_id)}
+    assert log == {1: 2, 2: 1, 3: 2}
+    store.record_commit_reports([report(mapping_id, T1, 3, rec(2, ok=False))])
+    [exc] = store.exceptions(mapping_id)
+    assert exc.attempts == 2
+    store.record_commit_reports([report(mapping_id, T1, 3, rec(2))])
+    [exc] = store.exceptions(mapping_id)
+    assert exc.resolved_at is not None
+    assert store.exceptions(mapping_id, open_only=True) == []
+    assert {r.committed_targets for r in store.job_log(mapping_id=mapping_id)} == {2}
+
+
+def test_catchup_work_is_counted_not_logged(store: Store, store_url: str, mapping_id: int) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 0, rec(0, path="x"), rec(0, path="y"))])
+    store.record_commit_reports([report(mapping_id, T1, 0, rec(0, path="z", wire_bytes=5))])
+    assert count(store_url, "changes") == 0
+    [c] = store.catchup(mapping_id)
+    assert (c.target_node, c.files, c.bytes) == (T1, 3, 25)
+    store.record_commit_reports([report(mapping_id, T1, 0, rec(0, path="w", ok=False))])
+    assert [(e.seq, e.path) for e in store.exceptions(mapping_id)] == [(0, "w")]
+
+
+def test_reports_of_deleted_mappings_are_dropped(store: Store, mapping_id: int) -> None:
+    store.record_commit_reports([report(mapping_id + 100, T1, 3, rec(1))])
+    store.record_commit_reports([])
+    assert store.job_log() == []
+
+
+def test_job_log_paging_and_status(store: Store, mapping_id: int) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 10, *(rec(s) for s in range(1, 11))),
+                                 report(mapping_id, T2, 4, *(rec(s) for s in range(1, 5)))])
+    page = store.job_log(mapping_id="m", limit=3)
+    assert [r.seq for r in page] == [10, 9, 8]
+    assert [r.seq for r in store.job_log(limit=3, before_seq=8)] == [7, 6, 5]
+    assert [r.committed_targets for r in store.job_log(limit=10)][-5:] == [1, 2, 2, 2, 2]
+    status = {s.target: s for s in store.mapping_status(mapping_id)}
+    assert (status[T1].watermark, status[T1].highest_seq, status[T1].lag) == (10, 10, 0)
+    assert (status[T2].watermark, status[T2].lag) == (4, 6)
+
+
+def test_removed_target_no_longer_counts(store: Store, mapping_id: int) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 1, rec(1)), report(mapping_id, T2, 1, rec(1))])
+    store.update_mapping(mapping_id, targets=[("t1", "/b")])
+    [row] = store.job_log()
+    assert (row.committed_targets, row.total_targets) == (1, 1)
+
+
+def test_ten_thousand_records_in_one_call(store: Store, store_url: str, mapping_id: int) -> None:
+    records = tuple(rec(s) for s in range(1, 10_001))
+    started = time.perf_counter()
+    store.record_commit_reports([report(mapping_id, T1, 10_000, *records)])
+    elapsed_s = time.perf_counter() - started
+    store.record_commit_reports([report(mapping_id, T1, 10_000, *records)])
+    assert count(store_url, "changes") == 10_000
+    assert store.watermarks(mapping_id)[0].seq == 10_000
+    if store_url.startswith("sqlite"):
+        assert elapsed_s < 0.5, f"10,000 records took {elapsed_s:.3f} s on SQLite"
+    else:
+        assert elapsed_s < 3.0, f"10,000 records took {elapsed_s:.3f} s on PostgreSQL"
+
+
+def test_deleting_a_mapping_drops_its_job_log(store: Store, store_url: str, mapping_id: int) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 2, rec(1), rec(2, ok=False))])
+    store.delete_mapping(mapping_id)
+    for table in ("changes", "watermarks", "watermark_advances", "exceptions"):
+        assert count(store_url, table) == 0, table
