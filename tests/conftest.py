@@ -21,7 +21,9 @@ _db_numbers = itertools.count(1)
 
 
 def _pg_bin_dir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -65,7 +67,19 @@ def postgres_url() -> Iterator[str]:
     data, port = base / "data", _free_port()
     _pg_run([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"])
     options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    _pg_run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"), "-w", "start"])
+    _pg_run(
+        [
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(base / "log"),
+            "-w",
+            "start",
+        ]
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:

@@ -80,11 +80,17 @@ class EventBus:
         return event
 
     def since(self, event_id: int, limit: int = MAX_EVENTS_PER_READ) -> list[Event]:
-        """Return up to `limit` events with an id above `event_id`, oldest first."""
+        """Return up to `limit` events with an id above `event_id`, oldest first.
+
+        An id above the newest one comes from before a master restart (ids start again at 1):
+        such a reader gets everything from the oldest event kept.
+        """
         limit = max(1, min(limit, MAX_EVENTS_PER_READ))
         with self._lock:
-            if not self._events or event_id >= self._events[-1].id:
+            if not self._events or event_id == self._events[-1].id:
                 return []
+            if event_id > self._events[-1].id:
+                event_id = 0
             start = max(0, event_id - self._events[0].id + 1)  # ids in the ring are consecutive
             return list(itertools.islice(self._events, start, start + limit))
 

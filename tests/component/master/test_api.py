@@ -44,8 +44,14 @@ def ca(tmp_path: Path) -> CertificateAuthority:
 
 @pytest.fixture
 def client(store: Store, ca: CertificateAuthority, changes: Changes) -> Iterator[TestClient]:
-    app = create_app(store=store, ca=ca, events=EventBus(), admin_token=ADMIN,
-                     control_address="127.0.0.1:7000", on_change=changes)
+    app = create_app(
+        store=store,
+        ca=ca,
+        events=EventBus(),
+        admin_token=ADMIN,
+        control_address="127.0.0.1:7000",
+        on_change=changes,
+    )
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
         yield c
 
@@ -66,8 +72,17 @@ def test_health_and_openapi_need_no_token(client: TestClient) -> None:
     assert "/api/join" in spec["paths"]
 
 
-@pytest.mark.parametrize("path", ["/api/servers", "/api/mappings", "/api/jobs", "/api/exceptions",
-                                  "/api/events", "/api/servers/x"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/servers",
+        "/api/mappings",
+        "/api/jobs",
+        "/api/exceptions",
+        "/api/events",
+        "/api/servers/x",
+    ],
+)
 def test_routes_require_a_token(client: TestClient, path: str) -> None:
     anonymous = TestClient(client.app)
     resp = anonymous.get(path)
@@ -100,14 +115,23 @@ def test_join(client: TestClient, ca: CertificateAuthority) -> None:
 def test_join_refusals(client: TestClient) -> None:
     anonymous = TestClient(client.app)
     _key, csr = make_key_and_csr("n")
-    resp = anonymous.post("/api/join", json={"token": "bogus", "name": "n", "csr_pem": csr.decode()})
+    resp = anonymous.post(
+        "/api/join", json={"token": "bogus", "name": "n", "csr_pem": csr.decode()}
+    )
     assert resp.status_code == 403 and "join token" in resp.json()["detail"]
     token = client.post("/api/tokens/join", json={"ttl_s": 60}).json()["token"]
     resp = anonymous.post("/api/join", json={"token": token, "name": "n", "csr_pem": "garbage"})
     assert resp.status_code == 400 and "malformed" in resp.json()["detail"]
-    resp = anonymous.post("/api/join", json={"token": token, "name": "bad name", "csr_pem": csr.decode()})
+    resp = anonymous.post(
+        "/api/join", json={"token": token, "name": "bad name", "csr_pem": csr.decode()}
+    )
     assert resp.status_code == 400 and "node name" in resp.json()["detail"]
-    assert anonymous.post("/api/join", json={"token": token, "name": "n", "csr_pem": csr.decode()}).status_code == 200
+    assert (
+        anonymous.post(
+            "/api/join", json={"token": token, "name": "n", "csr_pem": csr.decode()}
+        ).status_code
+        == 200
+    )
     resp = anonymous.post("/api/join", json={"token": token, "name": "n", "csr_pem": csr.decode()})
     assert resp.status_code == 409 and "already used" in resp.json()["detail"]
 
@@ -121,17 +145,26 @@ def test_unknown_server_is_404(client: TestClient) -> None:
 def test_mappings_crud_calls_on_change(client: TestClient, changes: Changes) -> None:
     src, dst = join(client, "src"), join(client, "dst")
     before = changes.calls
-    body = {"name": "www", "source": "src", "source_path": "/srv", "targets": [{"server": "dst", "path": "/www"}]}
+    body = {
+        "name": "www",
+        "source": "src",
+        "source_path": "/srv",
+        "targets": [{"server": "dst", "path": "/www"}],
+    }
     resp = client.post("/api/mappings", json=body)
     assert resp.status_code == 201, resp.text
     created = resp.json()
     assert created["source_node"] == src["node_id"]
     assert created["targets"] == [{"node_id": dst["node_id"], "name": "dst", "path": "/www"}]
     assert changes.calls == before + 1
-    assert len(changes.threads) == 1  # always the event loop's thread, whichever worker ran the handler
+    assert (
+        len(changes.threads) == 1
+    )  # always the event loop's thread, whichever worker ran the handler
     assert client.get("/api/mappings").json() == [created]
     assert client.get("/api/mappings/www").json() == created
-    resp = client.patch(f"/api/mappings/{created['id']}", json={"durability": "fast", "include": [r"\.html$"]})
+    resp = client.patch(
+        f"/api/mappings/{created['id']}", json={"durability": "fast", "include": [r"\.html$"]}
+    )
     assert resp.status_code == 200 and resp.json()["durability"] == "fast"
     assert changes.calls == before + 2
     assert client.delete("/api/mappings/www").status_code == 204
@@ -143,7 +176,12 @@ def test_mapping_errors_are_clear(client: TestClient, changes: Changes) -> None:
     join(client, "src")
     join(client, "dst")
     before = changes.calls
-    bad = {"name": "m", "source": "src", "source_path": "relative", "targets": [{"server": "dst", "path": "/x"}]}
+    bad = {
+        "name": "m",
+        "source": "src",
+        "source_path": "relative",
+        "targets": [{"server": "dst", "path": "/x"}],
+    }
     resp = client.post("/api/mappings", json=bad)
     assert resp.status_code == 422 and "absolute" in resp.json()["detail"]
     resp = client.post("/api/mappings", json={**bad, "source_path": "/a", "source": "ghost"})
@@ -156,15 +194,39 @@ def test_mapping_errors_are_clear(client: TestClient, changes: Changes) -> None:
 
 def test_status_jobs_and_exceptions(client: TestClient, store: Store) -> None:
     src, dst = join(client, "src"), join(client, "dst")
-    m = client.post("/api/mappings", json={"name": "m", "source": "src", "source_path": "/a",
-                                           "targets": [{"server": "dst", "path": "/b"}]}).json()
-    records = (CommitRecord(seq=1, op="file", path="x"), CommitRecord(seq=2, op="file", path="y", ok=False, error="EIO"),
-               CommitRecord(seq=3, op="delete", path="z"))
-    store.record_commit_reports([CommitReport(mapping_id=m["id"], source_node=src["node_id"],
-                                              target_node=dst["node_id"], watermark=1, records=records)])
+    m = client.post(
+        "/api/mappings",
+        json={
+            "name": "m",
+            "source": "src",
+            "source_path": "/a",
+            "targets": [{"server": "dst", "path": "/b"}],
+        },
+    ).json()
+    records = (
+        CommitRecord(seq=1, op="file", path="x"),
+        CommitRecord(seq=2, op="file", path="y", ok=False, error="EIO"),
+        CommitRecord(seq=3, op="delete", path="z"),
+    )
+    store.record_commit_reports(
+        [
+            CommitReport(
+                mapping_id=m["id"],
+                source_node=src["node_id"],
+                target_node=dst["node_id"],
+                watermark=1,
+                records=records,
+            )
+        ]
+    )
     status = client.get(f"/api/mappings/{m['id']}/status").json()
     [target] = status["targets"]
-    assert (target["watermark"], target["highest_seq"], target["lag"], target["open_exceptions"]) == (1, 3, 2, 1)
+    assert (
+        target["watermark"],
+        target["highest_seq"],
+        target["lag"],
+        target["open_exceptions"],
+    ) == (1, 3, 2, 1)
     jobs = client.get("/api/jobs", params={"mapping": "m", "limit": 2}).json()
     assert [(j["seq"], j["committed_targets"]) for j in jobs] == [(3, 0), (2, 0)]
     assert [j["seq"] for j in client.get("/api/jobs", params={"before": 2}).json()] == [1]
@@ -196,3 +258,20 @@ def test_events_long_poll_wakes_on_publish(client: TestClient) -> None:
     assert [e["type"] for e in got] == ["server_up"]
     assert time.monotonic() - started < 5
 
+
+def test_failing_on_change_does_not_fail_the_request(
+    store: Store, ca: CertificateAuthority
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("control server gone")
+
+    app = create_app(
+        store=store,
+        ca=ca,
+        events=EventBus(),
+        admin_token=ADMIN,
+        control_address="127.0.0.1:7000",
+        on_change=broken,
+    )
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
+        assert client.post("/api/tokens/api", json={"name": "x"}).status_code == 201

@@ -66,7 +66,11 @@ def test_fingerprint_of_garbage_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "csr",
-    [b"", b"garbage", b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"],
+    [
+        b"",
+        b"garbage",
+        b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+    ],
 )
 def test_garbage_csr_is_refused(ca: CertificateAuthority, csr: bytes) -> None:
     with pytest.raises(AuthError, match="malformed"):
@@ -75,9 +79,11 @@ def test_garbage_csr_is_refused(ca: CertificateAuthority, csr: bytes) -> None:
 
 def test_csr_with_bad_signature_is_refused(ca: CertificateAuthority) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")])
-    ).sign(key, hashes.SHA256())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
+        .sign(key, hashes.SHA256())
+    )
     der = bytearray(csr.public_bytes(serialization.Encoding.DER))
     der[-5] ^= 0xFF  # inside the signature
     tampered = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
@@ -87,9 +93,11 @@ def test_csr_with_bad_signature_is_refused(ca: CertificateAuthority) -> None:
 
 def test_csr_with_rsa_key_is_refused(ca: CertificateAuthority) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    csr = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")])
-    ).sign(key, hashes.SHA256())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
+        .sign(key, hashes.SHA256())
+    )
     with pytest.raises(AuthError, match="EC key"):
         ca.sign_csr(csr.public_bytes(serialization.Encoding.PEM), name="n1")
 

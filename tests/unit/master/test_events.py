@@ -20,8 +20,12 @@ def test_ids_increase_and_since_reads_after() -> None:
     assert bus.since(1) == [second]
     assert bus.since(2) == []
     assert bus.since(0, limit=1) == [first]
-    assert second.to_dict() == {"id": 2, "type": "mapping_changed", "time": second.time,
-                                "data": {"mapping_id": 1}}
+    assert second.to_dict() == {
+        "id": 2,
+        "type": "mapping_changed",
+        "time": second.time,
+        "data": {"mapping_id": 1},
+    }
 
 
 def test_ring_keeps_the_newest() -> None:
@@ -66,3 +70,9 @@ def test_wait_since_is_woken_by_publish_in_another_thread() -> None:
     started = time.monotonic()
     assert asyncio.run(main()) == [2]
     assert time.monotonic() - started < 1.0
+
+
+def test_reader_from_before_a_restart_gets_everything() -> None:
+    bus = EventBus()
+    bus.publish(EventType.SERVER_UP)
+    assert [e.id for e in bus.since(57)] == [1]

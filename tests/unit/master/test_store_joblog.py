@@ -17,18 +17,35 @@ SRC, T1, T2 = "a" * 64, "b" * 64, "c" * 64
 def mapping_id(store: Store) -> int:
     for node, name in ((SRC, "src"), (T1, "t1"), (T2, "t2")):
         store.upsert_server(node_id=node, name=name, region="", group="", address=f"{name}:1")
-    return store.create_mapping(name="m", source="src", source_path="/a",
-                                targets=[("t1", "/b"), ("t2", "/c")]).id
+    return store.create_mapping(
+        name="m", source="src", source_path="/a", targets=[("t1", "/b"), ("t2", "/c")]
+    ).id
 
 
-def rec(seq: int, *, ok: bool = True, path: str | None = None, wire_bytes: int = 10) -> CommitRecord:
-    return CommitRecord(seq=seq, op="file", path=path or f"f{seq}", size=100, wire_bytes=wire_bytes,
-                        ok=ok, error="" if ok else "disk full", duration_ms=1.5, committed_at=time.time())
+def rec(
+    seq: int, *, ok: bool = True, path: str | None = None, wire_bytes: int = 10
+) -> CommitRecord:
+    return CommitRecord(
+        seq=seq,
+        op="file",
+        path=path or f"f{seq}",
+        size=100,
+        wire_bytes=wire_bytes,
+        ok=ok,
+        error="" if ok else "disk full",
+        duration_ms=1.5,
+        committed_at=time.time(),
+    )
 
 
 def report(mid: int, target: str, watermark: int, *records: CommitRecord) -> CommitReport:
-    return CommitReport(mapping_id=mid, source_node=SRC, target_node=target, watermark=watermark,
-                        records=tuple(records))
+    return CommitReport(
+        mapping_id=mid,
+        source_node=SRC,
+        target_node=target,
+        watermark=watermark,
+        records=tuple(records),
+    )
 
 
 def count(store_url: str, table: str) -> int:
@@ -40,11 +57,15 @@ def count(store_url: str, table: str) -> int:
         engine.dispose()
 
 
-def test_one_change_row_per_change_however_reported(store: Store, store_url: str, mapping_id: int) -> None:
+def test_one_change_row_per_change_however_reported(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
     r1 = report(mapping_id, T1, 3, rec(1), rec(2), rec(3))
     store.record_commit_reports([r1])
     store.record_commit_reports([r1])  # the same report again, e.g. after a restart
-    store.record_commit_reports([report(mapping_id, T2, 3, rec(1), rec(2), rec(3))])  # another target
+    store.record_commit_reports(
+        [report(mapping_id, T2, 3, rec(1), rec(2), rec(3))]
+    )  # another target
     assert count(store_url, "changes") == 3
     rows = store.job_log(mapping_id=mapping_id)
     assert [r.seq for r in rows] == [3, 2, 1]
@@ -62,29 +83,43 @@ def test_watermark_never_decreases(store: Store, store_url: str, mapping_id: int
     assert store.watermarks(mapping_id)[0].seq == 7
     engine = sa.create_engine(store_url)
     with engine.connect() as conn:
-        advances = conn.execute(sa.text(
-            "select from_seq, to_seq, files, wire_bytes, duration_ms from watermark_advances order by id"
-        )).all()
+        advances = conn.execute(
+            sa.text(
+                "select from_seq, to_seq, files, wire_bytes, duration_ms from watermark_advances order by id"
+            )
+        ).all()
     engine.dispose()
     assert [tuple(a) for a in advances] == [(0, 5, 5, 50, 7.5), (5, 7, 2, 20, 3.0)]
 
 
 def test_batch_with_repeats_and_reordering(store: Store, mapping_id: int) -> None:
-    store.record_commit_reports([
-        report(mapping_id, T1, 4, rec(3), rec(4)),
-        report(mapping_id, T1, 2, rec(1), rec(2)),  # late, lower watermark in the same batch
-        report(mapping_id, T2, 4, rec(1), rec(2), rec(3), rec(4)),
-    ])
+    store.record_commit_reports(
+        [
+            report(mapping_id, T1, 4, rec(3), rec(4)),
+            report(mapping_id, T1, 2, rec(1), rec(2)),  # late, lower watermark in the same batch
+            report(mapping_id, T2, 4, rec(1), rec(2), rec(3), rec(4)),
+        ]
+    )
     assert {w.target: w.seq for w in store.watermarks(mapping_id)} == {T1: 4, T2: 4}
     assert len(store.job_log(mapping_id=mapping_id)) == 4
 
 
 def test_failure_is_an_exception_until_it_commits(store: Store, mapping_id: int) -> None:
-    store.record_commit_reports([report(mapping_id, T1, 3, rec(1), rec(2, ok=False), rec(3)),
-                                 report(mapping_id, T2, 3, rec(1), rec(2), rec(3))])
+    store.record_commit_reports(
+        [
+            report(mapping_id, T1, 3, rec(1), rec(2, ok=False), rec(3)),
+            report(mapping_id, T2, 3, rec(1), rec(2), rec(3)),
+        ]
+    )
     [exc] = store.exceptions(mapping_id)
     assert (exc.seq, exc.target_node, exc.path, exc.error, exc.attempts, exc.resolved_at) == (
-        2, T1, "f2", "disk full", 1, None)
+        2,
+        T1,
+        "f2",
+        "disk full",
+        1,
+        None,
+    )
     log = {r.seq: r.committed_targets for r in store.job_log(mapping_id=mapping_id)}
     assert log == {1: 2, 2: 1, 3: 2}
     store.record_commit_reports([report(mapping_id, T1, 3, rec(2, ok=False))])
@@ -114,8 +149,12 @@ def test_reports_of_deleted_mappings_are_dropped(store: Store, mapping_id: int) 
 
 
 def test_job_log_paging_and_status(store: Store, mapping_id: int) -> None:
-    store.record_commit_reports([report(mapping_id, T1, 10, *(rec(s) for s in range(1, 11))),
-                                 report(mapping_id, T2, 4, *(rec(s) for s in range(1, 5)))])
+    store.record_commit_reports(
+        [
+            report(mapping_id, T1, 10, *(rec(s) for s in range(1, 11))),
+            report(mapping_id, T2, 4, *(rec(s) for s in range(1, 5))),
+        ]
+    )
     page = store.job_log(mapping_id="m", limit=3)
     assert [r.seq for r in page] == [10, 9, 8]
     assert [r.seq for r in store.job_log(limit=3, before_seq=8)] == [7, 6, 5]
@@ -126,7 +165,9 @@ def test_job_log_paging_and_status(store: Store, mapping_id: int) -> None:
 
 
 def test_removed_target_no_longer_counts(store: Store, mapping_id: int) -> None:
-    store.record_commit_reports([report(mapping_id, T1, 1, rec(1)), report(mapping_id, T2, 1, rec(1))])
+    store.record_commit_reports(
+        [report(mapping_id, T1, 1, rec(1)), report(mapping_id, T2, 1, rec(1))]
+    )
     store.update_mapping(mapping_id, targets=[("t1", "/b")])
     [row] = store.job_log()
     assert (row.committed_targets, row.total_targets) == (1, 1)
@@ -146,8 +187,35 @@ def test_ten_thousand_records_in_one_call(store: Store, store_url: str, mapping_
         assert elapsed_s < 3.0, f"10,000 records took {elapsed_s:.3f} s on PostgreSQL"
 
 
-def test_deleting_a_mapping_drops_its_job_log(store: Store, store_url: str, mapping_id: int) -> None:
+def test_deleting_a_mapping_drops_its_job_log(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
     store.record_commit_reports([report(mapping_id, T1, 2, rec(1), rec(2, ok=False))])
     store.delete_mapping(mapping_id)
     for table in ("changes", "watermarks", "watermark_advances", "exceptions"):
         assert count(store_url, table) == 0, table
+
+
+def test_concurrent_batches_from_threads(store: Store, store_url: str, mapping_id: int) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def send(target: str, offset: int) -> None:
+        try:
+            for start in range(1, 401, 50):
+                records = tuple(rec(s) for s in range(start, start + 50))
+                store.record_commit_reports(
+                    [report(mapping_id, target, start + 49 + offset, *records)]
+                )
+        except BaseException as exc:  # collected and re-raised by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(t, o)) for t in (T1, T2) for o in (0, -10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert count(store_url, "changes") == 400
+    assert {w.target: w.seq for w in store.watermarks(mapping_id)} == {T1: 400, T2: 400}

@@ -19,10 +19,18 @@ def fleet(store: Store) -> Store:
 
 
 def test_create_by_name_or_node_id(fleet: Store) -> None:
-    m = fleet.create_mapping(name="www", source="src", source_path="/srv/www/",
-                             targets=[("t1", "/var/www"), (C, "/data/www")], include=[r"\.html$"])
+    m = fleet.create_mapping(
+        name="www",
+        source="src",
+        source_path="/srv/www/",
+        targets=[("t1", "/var/www"), (C, "/data/www")],
+        include=[r"\.html$"],
+    )
     assert (m.source_node, m.source_name, m.source_path) == (A, "src", "/srv/www")
-    assert [(t.node_id, t.name, t.path) for t in m.targets] == [(B, "t1", "/var/www"), (C, "t2", "/data/www")]
+    assert [(t.node_id, t.name, t.path) for t in m.targets] == [
+        (B, "t1", "/var/www"),
+        (C, "t2", "/data/www"),
+    ]
     assert m.include == (r"\.html$",) and m.durability == "safe" and m.enabled
     assert fleet.get_mapping(m.id) == fleet.get_mapping("www") == fleet.get_mapping(str(m.id)) == m
     assert fleet.list_mappings() == [m]
@@ -37,7 +45,11 @@ def test_create_by_name_or_node_id(fleet: Store) -> None:
         ({"targets": [("src", "/srv")]}, ConfigError, "source folder itself"),
         ({"targets": [("t1", "/a"), ("t1", "/b")]}, ConfigError, "twice"),
         ({"targets": []}, ConfigError, "at least one target"),
-        ({"include": ["("]}, ConfigError, "include pattern '\\(' is not a valid regular expression"),
+        (
+            {"include": ["("]},
+            ConfigError,
+            "include pattern '\\(' is not a valid regular expression",
+        ),
         ({"exclude": ["[z-a]"]}, ConfigError, "exclude pattern"),
         ({"durability": "yolo"}, ConfigError, "durability"),
         ({"name": ""}, ConfigError, "mapping name"),
@@ -47,7 +59,13 @@ def test_create_by_name_or_node_id(fleet: Store) -> None:
     ],
 )
 def test_create_is_validated(fleet: Store, kwargs: dict, error: type[Exception], text: str) -> None:
-    args = {"name": "m", "source": "src", "source_path": "/srv", "targets": [("t1", "/dst")], **kwargs}
+    args = {
+        "name": "m",
+        "source": "src",
+        "source_path": "/srv",
+        "targets": [("t1", "/dst")],
+        **kwargs,
+    }
     with pytest.raises(error, match=text):
         fleet.create_mapping(**args)
     assert fleet.list_mappings() == []
@@ -80,9 +98,16 @@ def test_epoch_increments_with_every_mapping_change(fleet: Store) -> None:
 
 def test_update(fleet: Store) -> None:
     m = fleet.create_mapping(name="m", source="src", source_path="/a", targets=[("t1", "/b")])
-    u = fleet.update_mapping("m", name="m2", durability="fast", enabled=False, targets=[("t2", "/z")],
-                             exclude=["~$"])
-    assert (u.id, u.name, u.durability, u.enabled, u.exclude) == (m.id, "m2", "fast", False, ("~$",))
+    u = fleet.update_mapping(
+        "m", name="m2", durability="fast", enabled=False, targets=[("t2", "/z")], exclude=["~$"]
+    )
+    assert (u.id, u.name, u.durability, u.enabled, u.exclude) == (
+        m.id,
+        "m2",
+        "fast",
+        False,
+        ("~$",),
+    )
     assert [t.node_id for t in u.targets] == [C]
     assert u.source_path == "/a"
     with pytest.raises(ConfigError, match="cannot be changed"):
@@ -102,15 +127,19 @@ def test_delete(fleet: Store) -> None:
 
 
 def test_assignment_for(fleet: Store) -> None:
-    m1 = fleet.create_mapping(name="m1", source="src", source_path="/a", targets=[("t1", "/b"), ("t2", "/c")])
+    m1 = fleet.create_mapping(
+        name="m1", source="src", source_path="/a", targets=[("t1", "/b"), ("t2", "/c")]
+    )
     m2 = fleet.create_mapping(name="m2", source="t1", source_path="/x", targets=[("other", "/y")])
     src = fleet.assignment_for(A)
     assert src.epoch == fleet.epoch() == 2
     assert [s.mapping_id for s in src.mappings] == [m1.id]
     assert src.mappings[0].source_node == A
     assert {(t.node_id, t.path) for t in src.mappings[0].targets} == {(B, "/b"), (C, "/c")}
-    assert set(src.peers) == {PeerInfo(node_id=B, name="t1", address="t1:7001"),
-                              PeerInfo(node_id=C, name="t2", address="t2:7001")}
+    assert set(src.peers) == {
+        PeerInfo(node_id=B, name="t1", address="t1:7001"),
+        PeerInfo(node_id=C, name="t2", address="t2:7001"),
+    }
     t1 = fleet.assignment_for(B)
     assert [s.mapping_id for s in t1.mappings] == [m1.id, m2.id]
     assert {p.node_id for p in t1.peers} == {A, C, D}

@@ -19,19 +19,40 @@ def test_migrate_from_empty_creates_every_table(store_url: str) -> None:
         store.migrate()
         store.migrate()  # a second run is a no-op
         tables = set(sa.inspect(sa.create_engine(store_url)).get_table_names())
-        assert {"servers", "mappings", "mapping_targets", "changes", "watermarks", "watermark_advances",
-                "exceptions", "catchup", "join_tokens", "api_tokens", "config_epoch",
-                "alembic_version"} <= tables
+        assert {
+            "servers",
+            "mappings",
+            "mapping_targets",
+            "changes",
+            "watermarks",
+            "watermark_advances",
+            "exceptions",
+            "catchup",
+            "join_tokens",
+            "api_tokens",
+            "config_epoch",
+            "alembic_version",
+        } <= tables
         assert store.epoch() == 0
     finally:
         store.close()
 
 
 def test_upsert_and_get_server(store: Store) -> None:
-    info = store.upsert_server(node_id=A, name="web-1", region="eu", group="g1", address="10.0.0.1:7001")
-    assert (info.name, info.region, info.group, info.state, info.capacity_weight) == ("web-1", "eu", "g1", "unknown", 1)
+    info = store.upsert_server(
+        node_id=A, name="web-1", region="eu", group="g1", address="10.0.0.1:7001"
+    )
+    assert (info.name, info.region, info.group, info.state, info.capacity_weight) == (
+        "web-1",
+        "eu",
+        "g1",
+        "unknown",
+        1,
+    )
     assert store.get_server("web-1") == store.get_server(A) == info
-    updated = store.upsert_server(node_id=A, name="web-1", region="us", group="g2", address="10.0.0.1:7001")
+    updated = store.upsert_server(
+        node_id=A, name="web-1", region="us", group="g2", address="10.0.0.1:7001"
+    )
     assert (updated.region, updated.group, updated.created_at) == ("us", "g2", info.created_at)
     assert [s.name for s in store.list_servers()] == ["web-1"]
 
@@ -113,3 +134,25 @@ def test_only_token_hashes_are_stored(store: Store, store_url: str) -> None:
         dump += repr(conn.execute(sa.text("select * from api_tokens")).all())
     engine.dispose()
     assert join not in dump and api not in dump
+
+
+def test_migrations_match_the_models(store: Store, store_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from relaysync.master.store.models import Base
+
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+def test_bad_store_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="store URL"):
+        Store("mysql://nope")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import anyio.from_thread
 from fastapi import Depends, HTTPException, Request, status
@@ -39,9 +39,28 @@ class ApiContext:
         """
         self.events.publish(event_type, **data)
         try:
-            anyio.from_thread.run_sync(self.on_change)
-        except RuntimeError:  # not in a worker thread (an async handler or a direct call)
-            self.on_change()
+            _call_on_event_loop(self.on_change)
+        except Exception:  # the change is committed; a failed push must not turn it into a 500
+            logger.exception(
+                "on_change failed after a committed change", extra={"event": str(event_type)}
+            )
+
+
+def _call_on_event_loop(fn: Callable[[], None]) -> None:
+    """Call `fn` on the event loop's thread when called from an anyio worker thread, else here."""
+    called = False
+
+    def call() -> None:
+        nonlocal called
+        called = True
+        fn()
+
+    try:
+        anyio.from_thread.run_sync(call)
+    except RuntimeError:
+        if called:
+            raise
+        fn()  # on the event loop already, or in a thread anyio does not know
 
 
 def get_context(request: Request) -> ApiContext:
@@ -68,7 +87,7 @@ def require_token(
     _unauthorized("invalid token: it is neither the admin token nor a known API token")
 
 
-def _unauthorized(detail: str) -> None:
+def _unauthorized(detail: str) -> NoReturn:
     raise HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
         detail=detail,

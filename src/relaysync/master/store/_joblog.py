@@ -60,7 +60,11 @@ class _Batch:
 
 
 def record(session: Session, reports: Sequence[CommitReport], now: float) -> None:
-    """Write a batch of commit reports; repeats of a report change nothing."""
+    """Write a batch of commit reports; repeats of a report change nothing.
+
+    Rows are written in key order, so that concurrent batches on PostgreSQL take their row
+    locks in the same order and cannot deadlock.
+    """
     reports = _known(session, reports)
     if not reports:
         return
@@ -179,14 +183,14 @@ def _write_changes(session: Session, batch: _Batch) -> None:
         stmt: Insert = _insert(session, CHANGES).on_conflict_do_nothing(
             index_elements=["mapping_id", "source_node", "seq"]
         )
-        session.execute(stmt, list(batch.changes.values()))
+        session.execute(stmt, [batch.changes[k] for k in sorted(batch.changes)])
 
 
 def _write_watermarks(session: Session, batch: _Batch) -> None:
     advanced = {(a["mapping_id"], a["source_node"], a["target_node"]) for a in batch.advances}
     rows = [
         {"mapping_id": m, "source_node": s, "target_node": t, "seq": seq, "updated_at": batch.now}
-        for (m, s, t), seq in batch.watermarks.items()
+        for (m, s, t), seq in sorted(batch.watermarks.items())
     ]
     if not rows:
         return
@@ -203,7 +207,9 @@ def _write_watermarks(session: Session, batch: _Batch) -> None:
 
 
 def _write_outcomes(session: Session, batch: _Batch) -> None:
-    failures = [row for row in batch.outcomes.values() if row is not None]
+    failures = [
+        row for _, row in sorted(batch.outcomes.items(), key=lambda kv: kv[0]) if row is not None
+    ]
     if failures:
         stmt = _insert(session, EXCEPTIONS)
         stmt = stmt.on_conflict_do_update(
@@ -269,7 +275,7 @@ def _write_catchup(session: Session, batch: _Batch) -> None:
             "bytes": b,
             "updated_at": batch.now,
         }
-        for (m, s, t), (f, b) in batch.catchup.items()
+        for (m, s, t), (f, b) in sorted(batch.catchup.items())
     ]
     if not rows:
         return

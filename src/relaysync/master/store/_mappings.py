@@ -208,12 +208,12 @@ def infos(session: Session, rows: Sequence[Mapping]) -> list[MappingInfo]:
     ):
         targets[t.mapping_id].append(t)
     nodes = {row.source_node for row in rows} | {t.node_id for ts in targets.values() for t in ts}
-    names = dict(
-        tuple(row)
-        for row in session.execute(
+    names: dict[str, str] = {
+        node_id: name
+        for node_id, name in session.execute(
             select(Server.node_id, Server.name).where(Server.node_id.in_(nodes))
         )
-    )
+    }
     return [_info(row, targets[row.id], names) for row in rows]
 
 

@@ -418,4 +418,4 @@ class Store:
 
 
 def _asdict(draft: _mappings.MappingDraft) -> dict[str, Any]:
-    return {name: getattr(draft, name) for name in draft.__slots__}  # type: ignore[attr-defined]
+    return {name: getattr(draft, name) for name in draft.__slots__}
