@@ -1,0 +1,163 @@
+"""The agent's control link to the master: register, receive assignments, report commits.
+
+Error handling: any failure drops the link and it reconnects with backoff; the agent keeps
+running on its last assignment meanwhile, and commit reports wait in a bounded queue.
+Resource handling: one connection at a time; a reader and a writer task per connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from relaysync.constants import (
+    CLOSE_TIMEOUT_S,
+    COMMIT_REPORT_INTERVAL_S,
+    HANDSHAKE_TIMEOUT_S,
+    PING_INTERVAL_S,
+    PROTOCOL_VERSION,
+    RECEIVE_TIMEOUT_S,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+)
+from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError, RelaySyncError
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import (
+    Assignment,
+    AssignmentAck,
+    CommitRecord,
+    CommitReport,
+    Error,
+    Hello,
+    Ping,
+    Pong,
+    Register,
+)
+from relaysync.transfer import tls
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED_REPORTS = 100_000  # oldest reports are dropped past this (watermarks come again)
+MAX_RECORDS_PER_REPORT = 2_000
+
+
+class MasterLink:
+    """Keeps the control connection to the master."""
+
+    def __init__(self, *, control_address: str, ctx: ssl.SSLContext, node_id: str, name: str,
+                 register: Register, on_assignment: Callable[[Assignment], Awaitable[None]]) -> None:
+        self.control_address = control_address
+        self.ctx = ctx
+        self.node_id = node_id
+        self.name = name
+        self.register = register
+        self.on_assignment = on_assignment
+        self.connected = False
+        self._reports: collections.deque[CommitReport] = collections.deque(maxlen=MAX_QUEUED_REPORTS)
+        self._wake = anyio.Event()
+
+    def report(self, report: CommitReport) -> None:
+        """Queue a commit report (thread-safe from anyio worker threads via from_thread)."""
+        self._reports.append(report)
+        self._wake.set()
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        delay = RECONNECT_MIN_S
+        while True:
+            try:
+                await self._session()
+            except (RelaySyncError, OSError, anyio.EndOfStream, anyio.BrokenResourceError,
+                    anyio.ClosedResourceError, TimeoutError) as exc:
+                logger.warning("control link to master %s down, will retry in %.1f s: %s",
+                               self.control_address, delay, exc or type(exc).__name__)
+            if self.connected:
+                delay = RECONNECT_MIN_S
+            self.connected = False
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _session(self) -> None:
+        stream = await tls.connect(self.control_address, self.ctx)
+        framed = FramedStream(stream)
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+                await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=self.node_id,
+                                        name=self.name, role="agent"))
+                hello = await framed.receive()
+                if isinstance(hello, Error):
+                    raise PeerRefused(hello.detail, hello.code.name)
+                if not isinstance(hello, Hello):
+                    raise ProtocolError("expected Hello from master")
+                if hello.protocol_version != PROTOCOL_VERSION:
+                    raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
+                await framed.send(self.register)
+            self.connected = True
+            logger.info("control link to master %s up", self.control_address)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_loop, framed)
+                await self._write_loop(framed)
+        finally:
+            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await framed.aclose()
+
+    async def _read_loop(self, framed: FramedStream) -> None:
+        while True:
+            with anyio.fail_after(RECEIVE_TIMEOUT_S):
+                message = await framed.receive()
+            match message:
+                case Assignment():
+                    await self.on_assignment(message)
+                    await framed.send(AssignmentAck(epoch=message.epoch))
+                case Ping():
+                    await framed.send(Pong(nonce=message.nonce))
+                case Pong():
+                    pass
+                case Error():
+                    raise PeerRefused(message.detail, message.code.name)
+                case _:
+                    raise ProtocolError(f"unexpected {type(message).__name__} from master")
+
+    async def _write_loop(self, framed: FramedStream) -> None:
+        while True:
+            with anyio.move_on_after(PING_INTERVAL_S) as idle:
+                await self._wake.wait()
+            if idle.cancelled_caught and not self._reports:
+                await framed.send(Ping())
+                continue
+            self._wake = anyio.Event()
+            await anyio.sleep(COMMIT_REPORT_INTERVAL_S)  # let a burst gather into fewer reports
+            while self._reports:
+                batch = [self._reports.popleft() for _ in range(min(len(self._reports), 64))]
+                try:
+                    await framed.send_many(list(_merge(batch)))
+                except BaseException:
+                    self._reports.extendleft(reversed(batch))
+                    raise
+
+
+def _merge(reports: list[CommitReport]) -> list[CommitReport]:
+    """Merge consecutive reports of the same (mapping, source, target) into fewer messages."""
+    merged: list[CommitReport] = []
+    for r in reports:
+        last = merged[-1] if merged else None
+        if (last is not None and (last.mapping_id, last.source_node, last.target_node)
+                == (r.mapping_id, r.source_node, r.target_node)
+                and len(last.records) + len(r.records) <= MAX_RECORDS_PER_REPORT):
+            merged[-1] = CommitReport(mapping_id=r.mapping_id, source_node=r.source_node,
+                                      target_node=r.target_node,
+                                      watermark=max(last.watermark, r.watermark),
+                                      records=last.records + r.records)
+        else:
+            merged.append(r)
+    return merged
+
+
+def make_report(mapping_id: int, source: str, target: str, watermark: int,
+                records: tuple[CommitRecord, ...]) -> CommitReport:
+    return CommitReport(mapping_id=mapping_id, source_node=source, target_node=target,
+                        watermark=watermark, records=records)

@@ -1,0 +1,157 @@
+"""The agent's peer server: accepts sources over mutual TLS and feeds their ops to receivers.
+
+Error handling: a client that fails the TLS handshake, is not the source of the mapping it asks
+for, or sends a bad frame gets an Error (when the link still allows one) and is disconnected;
+the server goes on serving others. Nothing it sent before a complete, verified op is applied.
+Resource handling: one task per connection in the server's task group; a newer session for the
+same (mapping, source) cancels the older one.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from functools import partial
+
+import anyio
+from anyio.abc import SocketAttribute, TaskStatus
+from anyio.streams.tls import TLSListener, TLSStream
+
+from relaysync.constants import CLOSE_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, PROTOCOL_VERSION, RECEIVE_TIMEOUT_S
+from relaysync.errors import ProtocolError, RelaySyncError, UnknownPeer
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import (
+    AnyMessage,
+    Checkpoint,
+    DigestRequest,
+    Error,
+    ErrorCode,
+    FileChunk,
+    Hello,
+    MappingState,
+    OpenMapping,
+    Ping,
+    Pong,
+)
+from relaysync.transfer import tls
+from relaysync.transfer.receiver import ReceiverSession, ReportFn, TargetFolder
+
+logger = logging.getLogger(__name__)
+
+APPLY_BATCH_BYTES = 8 * 1024 * 1024  # apply what has arrived once this much data is buffered
+APPLY_BATCH_MESSAGES = 1024
+
+FolderLookup = Callable[[int], TargetFolder | None]
+ReportFactory = Callable[[TargetFolder], ReportFn]
+
+
+class PeerServer:
+    """Serves this agent's target folders to their sources."""
+
+    def __init__(self, *, host: str, port: int, ctx: ssl.SSLContext, node_id: str, name: str,
+                 folders: FolderLookup, reporter: ReportFactory) -> None:
+        self.host, self.port = host, port
+        self.ctx = ctx
+        self.node_id = node_id
+        self.name = name
+        self.folders = folders
+        self.reporter = reporter
+        self._active: dict[int, anyio.CancelScope] = {}
+        self.refused = 0
+
+    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled; reports the bound port when ready."""
+        tcp = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port, reuse_port=False)
+        listener = TLSListener(tcp, self.ctx, standard_compatible=False,
+                               handshake_timeout=HANDSHAKE_TIMEOUT_S)
+        port = tcp.extra(SocketAttribute.local_port)
+        logger.info("peer server listening on %s:%s", self.host, port)
+        task_status.started(port)
+        async with listener:
+            await listener.serve(self._handle)
+
+    async def _handle(self, stream: TLSStream) -> None:
+        framed = FramedStream(stream)
+        try:
+            await self._session(framed, tls.peer_node_id(stream), tls.peer_address(stream))
+        except (RelaySyncError, anyio.EndOfStream, anyio.BrokenResourceError,
+                anyio.ClosedResourceError, OSError, TimeoutError) as exc:
+            self.refused += isinstance(exc, ProtocolError | UnknownPeer)
+            logger.warning("peer session ended: %s: %s", type(exc).__name__, exc)
+            if isinstance(exc, RelaySyncError):
+                await _try_send_error(framed, exc)
+        finally:
+            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await framed.aclose()
+
+    async def _session(self, framed: FramedStream, peer: str, address: str) -> None:
+        with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+            hello = await framed.receive()
+            if not isinstance(hello, Hello):
+                raise ProtocolError("first frame must be Hello")
+            if hello.protocol_version != PROTOCOL_VERSION:
+                await framed.send(Error(code=ErrorCode.VERSION,
+                                        detail=f"this agent speaks protocol {PROTOCOL_VERSION}"))
+                return
+            await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=self.node_id,
+                                    name=self.name, role="agent"))
+            opened = await framed.receive()
+            if not isinstance(opened, OpenMapping):
+                raise ProtocolError("expected OpenMapping")
+        folder = self.folders(opened.mapping_id)
+        if folder is None or folder.source_node != peer:
+            raise UnknownPeer(f"{peer[:16]} for mapping {opened.mapping_id} from {address}")
+        with anyio.CancelScope() as scope:
+            previous = self._active.get(opened.mapping_id)
+            if previous is not None:
+                previous.cancel()
+            self._active[opened.mapping_id] = scope
+            try:
+                await self._receive(framed, folder, opened.journal_id)
+            finally:
+                if self._active.get(opened.mapping_id) is scope:
+                    del self._active[opened.mapping_id]
+
+    async def _receive(self, framed: FramedStream, folder: TargetFolder, journal_id: str) -> None:
+        session = await anyio.to_thread.run_sync(
+            partial(ReceiverSession, folder, journal_id, self.reporter(folder))
+        )
+        try:
+            await framed.send(MappingState(mapping_id=folder.mapping_id, watermark=session.watermark,
+                                           root_hash=b""))
+            while True:
+                batch = await self._read_batch(framed)
+                replies = await anyio.to_thread.run_sync(session.apply_batch, batch)
+                if replies:
+                    await framed.send_many(replies)
+                if any(isinstance(r, Error) for r in replies):
+                    return
+        finally:
+            await anyio.to_thread.run_sync(session.close)
+
+    async def _read_batch(self, framed: FramedStream) -> list[AnyMessage]:
+        """Read messages up to a Checkpoint, a digest request, or a size bound."""
+        batch: list[AnyMessage] = []
+        size = 0
+        while True:
+            with anyio.fail_after(RECEIVE_TIMEOUT_S):
+                message = await framed.receive()
+            if isinstance(message, Ping):
+                await framed.send(Pong(nonce=message.nonce))
+                continue
+            batch.append(message)
+            if isinstance(message, FileChunk):
+                size += len(message.data)
+            if (isinstance(message, Checkpoint | DigestRequest) or size >= APPLY_BATCH_BYTES
+                    or len(batch) >= APPLY_BATCH_MESSAGES):
+                return batch
+
+
+async def _try_send_error(framed: FramedStream, exc: RelaySyncError) -> None:
+    code = ErrorCode.UNKNOWN_PEER if isinstance(exc, UnknownPeer) else ErrorCode.BAD_MESSAGE
+    with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+        try:
+            await framed.send(Error(code=code, detail=str(exc)))
+        except Exception:  # noqa: BLE001 - the link may already be gone; the close follows
+            pass

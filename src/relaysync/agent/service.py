@@ -1,0 +1,234 @@
+"""The agent supervisor: identity, peer server, control link, and the mappings it runs.
+
+An assignment from the master (versioned by epoch) says which folders this agent is the
+source or a target of. The agent starts a SourceMapping plus one TargetLink per target for
+each source folder, and a TargetFolder for each target folder; a mapping whose spec changed
+is restarted, one that disappeared is stopped. The last assignment is kept on disk so the
+agent resumes its work at once after a restart, even while the master is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import anyio
+import httpx
+import msgspec
+from anyio.abc import TaskGroup, TaskStatus
+
+from relaysync.auth.ca import make_key_and_csr
+from relaysync.config.load import split_address
+from relaysync.config.schema import AgentConfig
+from relaysync.constants import HTTP_TIMEOUT_S
+from relaysync.errors import JoinRefused, LinkDown, MasterUnreachable
+from relaysync.protocol.messages import Assignment, CommitRecord, MappingSpec, PeerInfo, Register
+from relaysync.transfer import tls
+from relaysync.transfer.receiver import ReportFn, TargetFolder
+from relaysync.transfer.sender import TargetAddress, TargetLink
+from relaysync.transfer.staging import clean_stale_temps
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.manifest import Manifest
+from relaysync.watch.recorder import ChangeRecorder
+from relaysync.watch.watcher import FsEvent
+
+from .master_link import MasterLink, make_report
+from .peer_server import PeerServer
+from .source import SourceMapping
+
+logger = logging.getLogger(__name__)
+
+
+def join(cfg: AgentConfig, identity: tls.Identity) -> str:
+    """Join the fleet with the token: get a certificate from the master's CA.
+
+    Returns:
+        the master's control address.
+
+    Raises:
+        JoinRefused: the master refused the token or the request.
+        MasterUnreachable: the master did not answer.
+    """
+    identity.key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_pem, csr_pem = make_key_and_csr(cfg.name)
+    url = cfg.master_url.rstrip("/") + "/api/join"
+    try:
+        response = httpx.post(url, json={"token": cfg.token, "name": cfg.name,
+                                         "csr_pem": csr_pem.decode()}, timeout=HTTP_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise MasterUnreachable(cfg.master_url, exc) from exc
+    if response.status_code != 200:
+        detail = response.json().get("detail", response.text) if response.content else response.status_code
+        raise JoinRefused(detail)
+    body = response.json()
+    identity.key_path.write_bytes(key_pem)
+    identity.key_path.chmod(0o600)
+    identity.ca_path.write_bytes(body["ca_pem"].encode())
+    identity.cert_path.write_bytes(body["cert_pem"].encode())
+    (identity.key_path.parent / "master.json").write_text(
+        json.dumps({"control_address": body["control_address"], "master_url": cfg.master_url})
+    )
+    logger.info("joined the fleet as %s (node %s)", cfg.name, body["node_id"][:16])
+    return str(body["control_address"])
+
+
+@dataclass
+class _Running:
+    spec: MappingSpec
+    scope: anyio.CancelScope
+    links: list[TargetLink] = field(default_factory=list)
+
+
+class AgentService:
+    """Runs one agent until cancelled."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.data_dir = Path(cfg.data_dir)
+        self.identity = tls.Identity.in_directory(self.data_dir / "identity")
+        self.node_id = ""
+        self.sources: dict[int, _Running] = {}
+        self.targets: dict[int, TargetFolder] = {}
+        self.peers: dict[str, PeerInfo] = {}
+        self.epoch = -1
+        self.link: MasterLink | None = None
+        self._tg: TaskGroup | None = None
+        self._assign_lock = anyio.Lock()
+
+    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        control_address = await anyio.to_thread.run_sync(self._ensure_identity)
+        self.node_id = self.identity.node_id
+        host, port = split_address(self.cfg.listen)
+        server = PeerServer(host=host, port=port, ctx=tls.server_context(self.identity),
+                            node_id=self.node_id, name=self.cfg.name,
+                            folders=self.targets.get, reporter=self._reporter)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            peer_port = await tg.start(server.serve)
+            advertise = f"{self.cfg.advertise_host or host}:{peer_port}"
+            self.link = MasterLink(
+                control_address=control_address, ctx=tls.client_context(self.identity),
+                node_id=self.node_id, name=self.cfg.name,
+                register=Register(name=self.cfg.name, region=self.cfg.region, group=self.cfg.group,
+                                  peer_address=advertise),
+                on_assignment=self.apply_assignment,
+            )
+            saved = self._load_assignment()
+            if saved is not None:
+                await self.apply_assignment(saved, persist=False)
+            tg.start_soon(self.link.serve)
+            logger.info("agent %s (node %s) serving peers on %s", self.cfg.name, self.node_id[:16], advertise)
+            task_status.started(peer_port)
+
+    def _ensure_identity(self) -> str:
+        if self.identity.exists():
+            saved = json.loads((self.identity.key_path.parent / "master.json").read_text())
+            return str(saved["control_address"])
+        if not self.cfg.token:
+            raise JoinRefused("this agent has no certificate yet and no --token was given")
+        return join(self.cfg, self.identity)
+
+    # --- assignments ---
+
+    def _assignment_path(self) -> Path:
+        return self.data_dir / "assignment.msgpack"
+
+    def _load_assignment(self) -> Assignment | None:
+        try:
+            return msgspec.msgpack.decode(self._assignment_path().read_bytes(), type=Assignment)
+        except (FileNotFoundError, msgspec.DecodeError):
+            return None
+
+    async def apply_assignment(self, assignment: Assignment, *, persist: bool = True) -> None:
+        async with self._assign_lock:
+            if persist:
+                tmp = self._assignment_path().with_suffix(".tmp")
+                tmp.write_bytes(msgspec.msgpack.encode(assignment))
+                tmp.replace(self._assignment_path())
+            self.peers = {p.node_id: p for p in assignment.peers}
+            wanted_sources = {m.mapping_id: m for m in assignment.mappings
+                              if m.source_node == self.node_id and m.enabled}
+            wanted_targets = {m.mapping_id: m for m in assignment.mappings
+                              if any(t.node_id == self.node_id for t in m.targets) and m.enabled}
+            await self._apply_targets(wanted_targets)
+            await self._apply_sources(wanted_sources)
+            self.epoch = assignment.epoch
+            logger.info("running assignment epoch %s: %s source, %s target folders",
+                        assignment.epoch, len(self.sources), len(self.targets))
+
+    async def _apply_targets(self, wanted: dict[int, MappingSpec]) -> None:
+        for mapping_id in list(self.targets):
+            if mapping_id not in wanted:
+                folder = self.targets.pop(mapping_id)
+                folder.manifest.close()
+        for mapping_id, spec in wanted.items():
+            existing = self.targets.get(mapping_id)
+            path = next(t.path for t in spec.targets if t.node_id == self.node_id)
+            if existing is not None and existing.root == Path(path) and existing.source_node == spec.source_node:
+                existing.durable = spec.durability == "safe"
+                continue
+            self.targets[mapping_id] = await anyio.to_thread.run_sync(self._open_target, spec, Path(path))
+
+    def _open_target(self, spec: MappingSpec, root: Path) -> TargetFolder:
+        root.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(root)
+        state = self.data_dir / "targets" / str(spec.mapping_id)
+        state.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(state / "manifest.db")
+        recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude))
+        recorder.apply(recorder.detect([FsEvent(kind="rescan", path="")]))
+        return TargetFolder(mapping_id=spec.mapping_id, source_node=spec.source_node, root=root,
+                            manifest=manifest, durable=spec.durability == "safe")
+
+    async def _apply_sources(self, wanted: dict[int, MappingSpec]) -> None:
+        for mapping_id, running in list(self.sources.items()):
+            if wanted.get(mapping_id) != running.spec:
+                running.scope.cancel()
+                del self.sources[mapping_id]
+        assert self._tg is not None
+        for mapping_id, spec in wanted.items():
+            if mapping_id not in self.sources:
+                scope = anyio.CancelScope()
+                self.sources[mapping_id] = _Running(spec=spec, scope=scope)
+                self._tg.start_soon(self._run_source, spec, scope)
+
+    async def _run_source(self, spec: MappingSpec, scope: anyio.CancelScope) -> None:
+        with scope:
+            source = await anyio.to_thread.run_sync(
+                SourceMapping, spec, self.data_dir / "sources" / str(spec.mapping_id)
+            )
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(source.serve)
+                    for target in spec.targets:
+                        peer = self.peers.get(target.node_id)
+                        label = peer.name if peer else target.node_id[:16]
+                        address = partial(self._peer_address, target.node_id)
+                        link = TargetLink(source, TargetAddress(target.node_id, label, address),
+                                          tls.client_context(self.identity), node_id=self.node_id,
+                                          name=self.cfg.name, compare_interval_s=self.cfg.compare_interval_s)
+                        self.sources[spec.mapping_id].links.append(link)
+                        tg.start_soon(link.serve)
+            finally:
+                source.close()
+
+    def _peer_address(self, node_id: str) -> str:
+        peer = self.peers.get(node_id)
+        if peer is None or not peer.address:
+            raise LinkDown(node_id[:16], "the master has not told its address yet")
+        return peer.address
+
+    # --- reports ---
+
+    def _reporter(self, folder: TargetFolder) -> ReportFn:
+        def report(watermark: int, records: tuple[CommitRecord, ...] | list[CommitRecord]) -> None:
+            if self.link is None:
+                return
+            message = make_report(folder.mapping_id, folder.source_node, self.node_id, watermark,
+                                  tuple(records))
+            anyio.from_thread.run_sync(partial(self.link.report, message))
+
+        return report

@@ -1,0 +1,119 @@
+"""A folder this agent is the source of: watch -> detect -> journal -> links to every target.
+
+The pipeline: the Watcher's event batches go through the ChangeRecorder (stat, hash, compare
+with the manifest), are appended durably to the journal (group commit), then applied to the
+manifest, and only then are the target links woken. On start the whole tree is rescanned
+against the manifest, so whatever changed while the agent was down is journaled too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+from anyio.abc import ObjectReceiveStream, TaskStatus
+
+from relaysync.protocol.messages import MappingSpec
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.journal import Journal
+from relaysync.watch.manifest import Manifest
+from relaysync.watch.recorder import ChangeRecorder
+from relaysync.watch.watcher import FsEvent, Watcher
+
+logger = logging.getLogger(__name__)
+
+EVENT_QUEUE = 64  # event batches buffered between the watcher and the recorder
+
+
+class SourceMapping:
+    """The source side of one mapping on this agent."""
+
+    def __init__(self, spec: MappingSpec, state_dir: Path) -> None:
+        self.spec = spec
+        self.mapping_id = spec.mapping_id
+        self.root = Path(spec.source_path)
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.filter = PathFilter(spec.include, spec.exclude)
+        self.manifest = Manifest(state_dir / "manifest.db")
+        self.journal = Journal(state_dir / "journal", fsync=spec.durability == "safe")
+        self.recorder = ChangeRecorder(self.root, self.manifest, self.filter)
+        self._new_records = anyio.Event()
+        self._acks_path = state_dir / "acks.json"
+        self._acks: dict[str, int] = self._load_acks()
+        self.ready = anyio.Event()
+
+    def _load_acks(self) -> dict[str, int]:
+        try:
+            data = json.loads(self._acks_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        if data.get("journal_id") != self.journal.journal_id:
+            return {}
+        return {k: int(v) for k, v in data.get("acks", {}).items()}
+
+    # --- SourceFolder protocol (transfer/sender.py) ---
+
+    async def wait_for_records(self, after_seq: int, timeout_s: float) -> None:
+        with anyio.move_on_after(timeout_s):
+            while self.journal.last_seq <= after_seq:
+                await self._new_records.wait()
+
+    def on_ack(self, target_node: str, watermark: int) -> None:
+        self._acks[target_node] = watermark
+        self._release()
+
+    def _release(self) -> None:
+        targets = [t.node_id for t in self.spec.targets]
+        if not targets or any(t not in self._acks for t in targets):
+            return
+        upto = min(self._acks[t] for t in targets)
+        tmp = self._acks_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"journal_id": self.journal.journal_id, "acks": self._acks}))
+        os.replace(tmp, self._acks_path)
+        self.journal.release(upto)
+
+    # --- pipeline ---
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Watch, scan and journal until cancelled; started once the initial scan is journaled."""
+        if not self.root.is_dir():
+            logger.error("source folder %s does not exist; create it, then the agent picks it up",
+                         self.root)
+            self.root.mkdir(parents=True, exist_ok=True)
+        send, receive = anyio.create_memory_object_stream[list[FsEvent]](EVENT_QUEUE)
+        watcher = Watcher(self.root, self.filter)
+        async with anyio.create_task_group() as tg:
+            await tg.start(watcher.serve, send)
+            await self._record([FsEvent(kind="rescan", path="")])
+            logger.info("source %s ready: %s entries, journal at seq %s",
+                        self.root, self.manifest.count(), self.journal.last_seq)
+            self.ready.set()
+            task_status.started()
+            await self._consume(receive)
+
+    async def _consume(self, receive: ObjectReceiveStream[list[FsEvent]]) -> None:
+        async with receive:
+            async for events in receive:
+                while True:  # drain what else is queued, so one journal write covers it all
+                    try:
+                        events = events + receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        break
+                await self._record(events)
+
+    async def _record(self, events: Sequence[FsEvent]) -> None:
+        changes = await anyio.to_thread.run_sync(self.recorder.detect, events)
+        if not changes:
+            return
+        records = await self.journal.append_async(changes)
+        await anyio.to_thread.run_sync(self.recorder.apply, records)
+        event, self._new_records = self._new_records, anyio.Event()
+        event.set()
+
+    def close(self) -> None:
+        self.manifest.close()

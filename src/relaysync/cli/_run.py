@@ -1,0 +1,80 @@
+"""Running a long-lived service from the CLI: logging, signals, and errors as exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from relaysync.errors import RelaySyncError
+
+err_console = Console(stderr=True)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {"time": record.created, "level": record.levelname, "logger": record.name,
+                "message": record.getMessage()}
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def setup_logging(*, json_logs: bool, level: str = "INFO") -> None:
+    handler: logging.Handler
+    if json_logs:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def run_service(serve: Callable[..., Awaitable[Any]], on_started: Callable[[Any], None] | None = None) -> None:
+    """Run `serve` until SIGINT/SIGTERM; map relaysync errors to their exit codes."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                value = await tg.start(serve)
+                if on_started is not None:
+                    on_started(value)
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    break
+
+    try:
+        anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
+    except (RelaySyncError, BaseExceptionGroup) as exc:
+        error = _first_relaysync_error(exc)
+        if error is None:
+            raise
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(error.exit_code) from exc
+
+
+def _first_relaysync_error(exc: BaseException) -> RelaySyncError | None:
+    if isinstance(exc, RelaySyncError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_relaysync_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

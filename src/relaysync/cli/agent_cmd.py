@@ -1,0 +1,38 @@
+"""`relaysync agent`: run the daemon of one server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from relaysync.cli._run import err_console, run_service, setup_logging
+from relaysync.config.load import load
+from relaysync.config.schema import AgentConfig
+
+
+def agent(
+    master: Annotated[Optional[str], typer.Option("--master", help="Master API URL, http://host:port.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="This server's name in the fleet.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Data directory (identity, journals, manifests).")] = None,
+    token: Annotated[Optional[str], typer.Option(help="Join token from the master (first start only).")] = None,
+    region: Annotated[Optional[str], typer.Option(help="Region of this server.")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Group of this server within its region.")] = None,
+    listen: Annotated[Optional[str], typer.Option(help="Peer server host:port (port 0: any).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML configuration file.")] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="JSON logs for machines.")] = False,
+) -> None:
+    """Run an agent: watch source folders, serve target folders, report to the master."""
+    from relaysync.agent.service import AgentService
+
+    cfg = load(AgentConfig, path=config, overrides={
+        "master_url": master, "name": name, "data_dir": str(data) if data else None, "token": token,
+        "region": region, "group": group, "listen": listen, "log_json": log_json or None})
+    setup_logging(json_logs=cfg.log_json)
+    service = AgentService(cfg)
+
+    def started(port: Any) -> None:
+        err_console.print(f"relaysync agent {cfg.name} ready: peer port {port}")
+
+    run_service(service.serve, started)

@@ -1,0 +1,36 @@
+"""`relaysync master`: run the coordinator (REST API, control server, store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from relaysync.cli._run import err_console, run_service, setup_logging
+from relaysync.config.load import load
+from relaysync.config.schema import MasterConfig
+
+
+def master(
+    data: Annotated[Path, typer.Option("--data", help="Data directory (store, CA, tokens).")],
+    listen: Annotated[Optional[str], typer.Option(help="REST API host:port.")] = None,
+    control_listen: Annotated[Optional[str], typer.Option(help="Agents' control port host:port.")] = None,
+    database_url: Annotated[Optional[str], typer.Option(help="PostgreSQL URL; default SQLite in --data.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML configuration file.")] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="JSON logs for machines.")] = False,
+) -> None:
+    """Run the master: REST API, control server for agents, store and job log."""
+    from relaysync.master.service import MasterService
+
+    cfg = load(MasterConfig, path=config, overrides={
+        "data_dir": str(data), "listen": listen, "control_listen": control_listen,
+        "database_url": database_url, "log_json": log_json or None})
+    setup_logging(json_logs=cfg.log_json)
+    service = MasterService(cfg)
+
+    def started(api_url: Any) -> None:
+        err_console.print(f"relaysync master ready: api {api_url} control {service.control_address}")
+        err_console.print(f"join token: {data / 'join-token'}  admin token: {data / 'admin-token'}")
+
+    run_service(service.serve, started)

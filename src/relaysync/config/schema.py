@@ -1,0 +1,43 @@
+"""The configuration schema: one frozen Struct per process, with defaults and units.
+
+Only a process's own settings live here (listen addresses, data dir, master URL, credentials).
+Mappings, topology and policies live in the master's store. Every field is restart-required
+for now; hot reload comes with the fields that need it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class Secret(str):
+    """A string whose value is hidden in repr and logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+class MasterConfig(msgspec.Struct, frozen=True, kw_only=True):
+    data_dir: str
+    listen: str = "127.0.0.1:8470"  # REST API and console, host:port (port 0 = any free port)
+    control_listen: str = "127.0.0.1:0"  # agents' control links (TLS), host:port
+    database_url: str = ""  # empty = SQLite file in data_dir; or postgresql+psycopg://...
+    log_json: bool = False
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
+    master_url: str  # http://host:port of the master's REST API
+    name: str
+    data_dir: str
+    token: str = ""  # join token; needed only until the agent holds a certificate
+    region: str = "default"
+    group: str = "default"
+    listen: str = "127.0.0.1:0"  # peer server, host:port (port 0 = any free port)
+    advertise_host: str = ""  # address peers use to reach this agent; default: the listen host
+    compare_interval_s: float = 600.0  # manifests are compared this often, for convergence
+    log_json: bool = False
+
+
+Durability = Literal["safe", "fast"]

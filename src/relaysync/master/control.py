@@ -1,0 +1,173 @@
+"""The master's control server: agents' links over mutual TLS; assignments out, reports in.
+
+Error handling: a link that fails its handshake or sends a bad frame is closed; the agent
+reconnects. A server whose link drops is marked down at once, and up again on reconnect.
+Resource handling: one task per agent link; pushes to an agent go through its own lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import SocketAttribute, TaskStatus
+from anyio.streams.tls import TLSListener, TLSStream
+
+from relaysync.constants import CLOSE_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, PROTOCOL_VERSION, RECEIVE_TIMEOUT_S
+from relaysync.errors import ProtocolError, RelaySyncError
+from relaysync.master.events import EventBus, EventType
+from relaysync.master.joblog import JobLogWriter
+from relaysync.master.store.store import Store
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import (
+    AssignmentAck,
+    CommitReport,
+    Error,
+    ErrorCode,
+    Hello,
+    Ping,
+    Pong,
+    Register,
+)
+from relaysync.transfer import tls
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _AgentLink:
+    node_id: str
+    name: str
+    framed: FramedStream
+    epoch_sent: int = -1
+    epoch_acked: int = -1
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+
+class ControlServer:
+    """Accepts agents' control links and keeps their assignments current."""
+
+    def __init__(self, *, host: str, port: int, ctx: ssl.SSLContext, store: Store, events: EventBus,
+                 joblog: JobLogWriter) -> None:
+        self.host, self.port = host, port
+        self.ctx = ctx
+        self.store = store
+        self.events = events
+        self.joblog = joblog
+        self.links: dict[str, _AgentLink] = {}
+        self._changed = anyio.Event()
+
+    def notify_change(self) -> None:
+        """Mappings or servers changed: push fresh assignments (callable from any thread)."""
+        try:
+            anyio.from_thread.run_sync(self._changed.set)
+        except RuntimeError:
+            self._changed.set()
+
+    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        tcp = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        listener = TLSListener(tcp, self.ctx, standard_compatible=False, handshake_timeout=HANDSHAKE_TIMEOUT_S)
+        port = tcp.extra(SocketAttribute.local_port)
+        logger.info("control server listening on %s:%s", self.host, port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._push_loop)
+            task_status.started(port)
+            async with listener:
+                await listener.serve(self._handle)
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed = anyio.Event()
+            for link in list(self.links.values()):
+                try:
+                    await self._push(link)
+                except (RelaySyncError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                    logger.warning("push to %s failed: %s", link.name, exc)
+
+    async def _push(self, link: _AgentLink) -> None:
+        assignment = await anyio.to_thread.run_sync(self.store.assignment_for, link.node_id)
+        if assignment.epoch == link.epoch_sent:
+            return
+        async with link.lock:
+            await link.framed.send(assignment)
+        link.epoch_sent = assignment.epoch
+
+    async def _handle(self, stream: TLSStream) -> None:
+        framed = FramedStream(stream)
+        node_id = tls.peer_node_id(stream)
+        link: _AgentLink | None = None
+        try:
+            register = await self._handshake(framed, node_id)
+            link = _AgentLink(node_id=node_id, name=register.name, framed=framed)
+            await self._register(link, register)
+            await self._read_loop(link)
+        except (RelaySyncError, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                OSError, TimeoutError) as exc:
+            logger.warning("control link of %s ended: %s", link.name if link else node_id[:16],
+                           exc or type(exc).__name__)
+        finally:
+            if link is not None and self.links.get(node_id) is link:
+                del self.links[node_id]
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.store.set_server_state, node_id, "down", time.time())
+                self.events.publish(EventType.SERVER_DOWN, node_id=node_id, name=link.name)
+            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await framed.aclose()
+
+    async def _handshake(self, framed: FramedStream, node_id: str) -> Register:
+        with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+            hello = await framed.receive()
+            if not isinstance(hello, Hello):
+                raise ProtocolError("first frame must be Hello")
+            if hello.protocol_version != PROTOCOL_VERSION:
+                await framed.send(Error(code=ErrorCode.VERSION,
+                                        detail=f"master speaks protocol {PROTOCOL_VERSION}"))
+                raise ProtocolError(f"agent speaks protocol {hello.protocol_version}")
+            await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id="", name="master",
+                                    role="master"))
+            register = await framed.receive()
+        if not isinstance(register, Register):
+            raise ProtocolError("expected Register")
+        return register
+
+    async def _register(self, link: _AgentLink, register: Register) -> None:
+        def upsert() -> None:
+            self.store.upsert_server(node_id=link.node_id, name=register.name, region=register.region,
+                                     group=register.group, address=register.peer_address)
+            self.store.set_server_state(link.node_id, "up", time.time())
+
+        await anyio.to_thread.run_sync(upsert)
+        old = self.links.get(link.node_id)
+        self.links[link.node_id] = link
+        if old is not None:
+            await anyio.aclose_forcefully(old.framed.stream)
+        self.events.publish(EventType.SERVER_UP, node_id=link.node_id, name=register.name,
+                            address=register.peer_address)
+        await self._push(link)
+        self._changed.set()  # its address may have changed: others get fresh peers
+
+    async def _read_loop(self, link: _AgentLink) -> None:
+        last_seen = time.time()
+        while True:
+            with anyio.fail_after(RECEIVE_TIMEOUT_S):
+                message = await link.framed.receive()
+            now = time.time()
+            match message:
+                case CommitReport():
+                    self.joblog.add(message)
+                case AssignmentAck():
+                    link.epoch_acked = message.epoch
+                case Ping():
+                    async with link.lock:
+                        await link.framed.send(Pong(nonce=message.nonce))
+                case Pong():
+                    pass
+                case _:
+                    raise ProtocolError(f"unexpected {type(message).__name__} on the control link")
+            if now - last_seen > 5.0:
+                last_seen = now
+                await anyio.to_thread.run_sync(self.store.set_server_state, link.node_id, "up", now)

@@ -1,0 +1,120 @@
+"""The master process: store, CA, REST API (uvicorn), control server and job log writer.
+
+On first start it creates its data directory: the fleet CA, its own control-server
+certificate, the SQLite store (unless a database URL is given), an admin API token and a join
+token, each in a file readable by root only. `master.json` there tells local tools where the
+API and control ports are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+
+from relaysync.auth.ca import CertificateAuthority
+from relaysync.config.load import split_address
+from relaysync.config.schema import MasterConfig
+from relaysync.master.app import create_app
+from relaysync.master.control import ControlServer
+from relaysync.master.events import EventBus
+from relaysync.master.joblog import JobLogWriter
+from relaysync.master.store.store import Store
+from relaysync.transfer import tls
+
+logger = logging.getLogger(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the CLI owns signals and cancels us."""
+
+    def capture_signals(self) -> Any:
+        return nullcontext()
+
+
+def _secret_file(path: Path, make: Any) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = str(make())
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+class MasterService:
+    def __init__(self, cfg: MasterConfig) -> None:
+        self.cfg = cfg
+        self.data_dir = Path(cfg.data_dir)
+        self.api_url = ""
+        self.control_address = ""
+
+    def _prepare(self) -> tuple[Store, CertificateAuthority, tls.Identity, str, str]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        ca = CertificateAuthority.load_or_create(self.data_dir / "ca")
+        identity = tls.Identity.in_directory(self.data_dir / "control")
+        if not identity.exists():
+            identity.key_path.parent.mkdir(exist_ok=True)
+            key_pem, cert_pem = ca.issue("relaysync-master", ["127.0.0.1", "localhost", socket.gethostname()])
+            identity.key_path.write_bytes(key_pem)
+            identity.key_path.chmod(0o600)
+            identity.cert_path.write_bytes(cert_pem)
+            identity.ca_path.write_bytes(ca.ca_pem)
+        url = self.cfg.database_url or f"sqlite:///{self.data_dir / 'master.db'}"
+        store = Store(url)
+        store.migrate()
+        admin = _secret_file(self.data_dir / "admin-token", lambda: secrets.token_urlsafe(32))
+        join = _secret_file(self.data_dir / "join-token", store.create_join_token)
+        return store, ca, identity, admin, join
+
+    async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; reports the API URL once both servers listen."""
+        store, ca, identity, admin_token, _join = await anyio.to_thread.run_sync(self._prepare)
+        events = EventBus()
+        joblog = JobLogWriter(store, events)
+        chost, cport = split_address(self.cfg.control_listen)
+        control = ControlServer(host=chost, port=cport, ctx=tls.server_context(identity), store=store,
+                                events=events, joblog=joblog)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(joblog.serve)
+                control_port = await tg.start(control.serve)
+                self.control_address = f"{chost}:{control_port}"
+                app = create_app(store=store, ca=ca, events=events, admin_token=admin_token,
+                                 control_address=self.control_address, on_change=control.notify_change)
+                app.state.joblog = joblog
+                sock, self.api_url = self._bind_api()
+                server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                                 access_log=False))
+                tg.start_soon(server.serve, [sock])
+                while not server.started:
+                    await anyio.sleep(0.01)
+                self._write_state()
+                logger.info("master ready: api %s control %s", self.api_url, self.control_address)
+                task_status.started(self.api_url)
+        finally:
+            store.close()
+
+    def _bind_api(self) -> tuple[socket.socket, str]:
+        host, port = split_address(self.cfg.listen)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.set_inheritable(True)
+        return sock, f"http://{host}:{sock.getsockname()[1]}"
+
+    def _write_state(self) -> None:
+        state = {"api_url": self.api_url, "control_address": self.control_address, "pid": os.getpid()}
+        tmp = self.data_dir / "master.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.data_dir / "master.json")

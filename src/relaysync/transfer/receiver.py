@@ -1,0 +1,391 @@
+"""The receiving end of a mapping on a target: applies ops in order, commits atomically, acks.
+
+A `ReceiverSession` takes the messages of one peer connection in batches (up to a Checkpoint)
+and applies them in a worker thread. Files go through staging.py; other ops are applied
+directly, each idempotent. The watermark (every seq up to it is committed) is persisted in the
+target's manifest per source journal, after the batch is durable.
+
+Error handling: a refused op that can never succeed (an unsafe path, a malformed op) is recorded
+as failed and skipped; an op that may succeed later (hash mismatch, I/O error, full disk) stops
+the batch, keeps the watermark before it, and is reported to the source, which retries.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relaysync.errors import HashMismatch, TransferError, UnsafePath
+from relaysync.protocol.messages import (
+    Ack,
+    AnyMessage,
+    Checkpoint,
+    CommitRecord,
+    Delete,
+    DigestReply,
+    DigestRequest,
+    Erase,
+    Error,
+    ErrorCode,
+    FileAbort,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    MakeDir,
+    Rename,
+    SetAttr,
+    Symlink,
+)
+from relaysync.transfer import staging
+from relaysync.transfer.paths import check_relpath, parent_of, resolve_inside
+from relaysync.watch.manifest import Entry, Manifest
+
+logger = logging.getLogger(__name__)
+
+ReportFn = Callable[[int, Sequence[CommitRecord]], None]  # (watermark, records)
+
+
+class TransientFailure(Exception):
+    """An op failed in a way a retry may fix; the session stops at it."""
+
+    def __init__(self, seq: int, code: ErrorCode, detail: str) -> None:
+        super().__init__(detail)
+        self.seq, self.code, self.detail = seq, code, detail
+
+
+@dataclass
+class TargetFolder:
+    """A folder this agent holds as a target of a mapping."""
+
+    mapping_id: int
+    source_node: str
+    root: Path
+    manifest: Manifest
+    durable: bool
+
+    def watermark(self, journal_id: str) -> int:
+        return int(self.manifest.get_meta(f"watermark:{journal_id}") or 0)
+
+    def set_watermark(self, journal_id: str, seq: int) -> None:
+        self.manifest.set_meta(f"watermark:{journal_id}", str(seq))
+
+
+@dataclass
+class _Pending:
+    """Records and manifest entries of files staged in the current commit batch."""
+
+    entries: list[Entry] = field(default_factory=list)
+    records: list[CommitRecord] = field(default_factory=list)
+    last_seq: int = 0
+
+
+class ReceiverSession:
+    """Applies one source's stream of ops to one target folder."""
+
+    def __init__(self, folder: TargetFolder, journal_id: str, report: ReportFn) -> None:
+        self.folder = folder
+        self.journal_id = journal_id
+        self.report = report
+        self.watermark = folder.watermark(journal_id)
+        self._incoming: staging.IncomingFile | None = None
+        self._incoming_msg: FileStart | None = None
+        self._incoming_started = 0.0
+        self._incoming_wire = 0
+        self._skip_seq = -1  # chunks of a file refused at FileStart are dropped
+        self._batch = staging.CommitBatch(durable=folder.durable)
+        self._pending = _Pending()
+        self._applied: list[CommitRecord] = []
+        self._seen_seq = self.watermark
+
+    # --- batch entry point (runs in a worker thread) ---
+
+    def apply_batch(self, messages: Sequence[AnyMessage], wire_bytes: int = 0) -> list[AnyMessage]:
+        """Apply messages in order; return the replies (Ack, Error, DigestReply)."""
+        replies: list[AnyMessage] = []
+        try:
+            for message in messages:
+                reply = self._apply_one(message)
+                if reply is not None:
+                    replies.append(reply)
+        except TransientFailure as failure:
+            self._abort_incoming()
+            self._batch.discard()
+            self._pending = _Pending()
+            logger.warning(
+                "change failed on target, source will retry: seq=%s code=%s detail=%s",
+                failure.seq,
+                failure.code.name,
+                failure.detail,
+            )
+            replies.append(Error(code=failure.code, detail=failure.detail, seq=failure.seq))
+        return replies
+
+    def close(self) -> None:
+        """Discard whatever is half-received (the old files stay in place)."""
+        self._abort_incoming()
+        self._batch.discard()
+
+    # --- dispatch ---
+
+    def _apply_one(self, message: AnyMessage) -> AnyMessage | None:
+        match message:
+            case FileStart():
+                self._start_file(message)
+            case FileChunk():
+                self._write_chunk(message)
+            case FileEnd():
+                self._end_file(message)
+            case FileAbort():
+                self._abort_incoming()
+                self._note(message.seq)
+            case Checkpoint():
+                return self._checkpoint(message.seq)
+            case DigestRequest():
+                self.flush()
+                return self._digests(message)
+            case Delete() | MakeDir() | Symlink() | Rename() | SetAttr() | Erase():
+                self.flush()
+                self._apply_op(message)
+            case _:
+                raise TransientFailure(0, ErrorCode.NOT_EXPECTED, f"unexpected {type(message).__name__}")
+        return None
+
+    def _note(self, seq: int) -> None:
+        if seq > self._seen_seq:
+            self._seen_seq = seq
+
+    def _record(self, seq: int, op: str, path: str, *, size: int = 0, wire: int = 0,
+                started: float, error: str = "") -> CommitRecord:
+        now = time.time()
+        return CommitRecord(
+            seq=seq, op=op, path=path, size=size, wire_bytes=wire, ok=not error, error=error,
+            duration_ms=(time.monotonic() - started) * 1000.0, committed_at=now,
+        )
+
+    # --- files ---
+
+    def _start_file(self, msg: FileStart) -> None:
+        self._abort_incoming()
+        started = time.monotonic()
+        try:
+            final = resolve_inside(self.folder.root, msg.path)
+            self._incoming = staging.IncomingFile.open(
+                self.folder.root, final, size=msg.size, mode=msg.mode, mtime_ns=msg.mtime_ns
+            )
+        except UnsafePath as exc:
+            self._refuse(msg.seq, "write", msg.path, str(exc), started)
+            self._skip_seq = msg.seq
+            return
+        except OSError as exc:
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        self._incoming_msg = msg
+        self._incoming_started = started
+        self._incoming_wire = 0
+
+    def _write_chunk(self, msg: FileChunk) -> None:
+        if msg.seq == self._skip_seq:
+            return
+        if self._incoming is None or self._incoming_msg is None or self._incoming_msg.seq != msg.seq:
+            raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "chunk without a file start")
+        try:
+            self._incoming.write(msg.offset, msg.data)
+        except TransferError as exc:
+            raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc
+        except OSError as exc:
+            raise _transient_os(msg.seq, self._incoming_msg.path, exc) from exc
+        self._incoming_wire += len(msg.data)
+
+    def _end_file(self, msg: FileEnd) -> None:
+        if msg.seq == self._skip_seq:
+            self._note(msg.seq)
+            return
+        incoming, start = self._incoming, self._incoming_msg
+        if incoming is None or start is None or start.seq != msg.seq:
+            raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "file end without a file start")
+        self._incoming = self._incoming_msg = None
+        try:
+            incoming.finish(msg.hash)
+        except HashMismatch as exc:
+            raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
+        self._batch.add(incoming)
+        self._pending.entries.append(
+            Entry(path=start.path, kind="f", size=start.size, mtime_ns=start.mtime_ns,
+                  mode=stat.S_IMODE(start.mode), hash=msg.hash)
+        )
+        self._pending.records.append(
+            self._record(start.seq, "write", start.path, size=start.size,
+                         wire=self._incoming_wire, started=self._incoming_started)
+        )
+        self._note(msg.seq)
+        if len(self._batch) >= 256:
+            self.flush()
+
+    def _abort_incoming(self) -> None:
+        if self._incoming is not None:
+            self._incoming.discard()
+        self._incoming = self._incoming_msg = None
+
+    def flush(self) -> None:
+        """Make the staged files durable and visible, then record them in the manifest."""
+        if not len(self._batch):
+            return
+        pending, self._pending = self._pending, _Pending()
+        try:
+            self._batch.commit()
+        except OSError as exc:
+            seq = pending.records[0].seq if pending.records else 0
+            raise _transient_os(seq, "commit batch", exc) from exc
+        self.folder.manifest.put_many(pending.entries)
+        self._applied.extend(pending.records)
+
+    def _checkpoint(self, seq: int) -> Ack:
+        self.flush()
+        self._note(seq)
+        if self._seen_seq > self.watermark:
+            self.watermark = self._seen_seq
+            self.folder.set_watermark(self.journal_id, self.watermark)
+        applied, self._applied = self._applied, []
+        if applied:
+            self.report(self.watermark, applied)
+        return Ack(mapping_id=self.folder.mapping_id, watermark=self.watermark)
+
+    def _refuse(self, seq: int, op: str, path: str, detail: str, started: float) -> None:
+        logger.warning("refused op from source: seq=%s op=%s path=%r: %s", seq, op, path, detail)
+        self._applied.append(self._record(seq, op, path, started=started, error=detail))
+        self._note(seq)
+
+    # --- other ops ---
+
+    def _apply_op(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
+        started = time.monotonic()
+        op = type(msg).__name__.lower()
+        try:
+            self._apply_op_unchecked(msg)
+        except UnsafePath as exc:
+            self._refuse(msg.seq, op, msg.path, str(exc), started)
+            return
+        except FileNotFoundError as exc:
+            self._refuse(msg.seq, op, msg.path, f"not found: {exc.filename}", started)
+            return
+        except OSError as exc:
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        self._applied.append(self._record(msg.seq, op, msg.path, started=started))
+        self._note(msg.seq)
+
+    def _apply_op_unchecked(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
+        root, manifest = self.folder.root, self.folder.manifest
+        match msg:
+            case Delete():
+                staging.remove_any(resolve_inside(root, msg.path))
+                self._sync_dir(root, parent_of(msg.path))
+                manifest.remove_tree(msg.path)
+            case MakeDir():
+                self._make_dir(msg)
+            case Symlink():
+                self._make_link(msg)
+            case Rename():
+                self._rename(msg)
+            case SetAttr():
+                path = resolve_inside(root, msg.path)
+                if not path.is_symlink():
+                    os.chmod(path, stat.S_IMODE(msg.mode))
+                os.utime(path, ns=(msg.mtime_ns, msg.mtime_ns), follow_symlinks=False)
+                entry = manifest.get(msg.path)
+                if entry is not None:
+                    manifest.put_many([_with_attrs(entry, msg.mode, msg.mtime_ns)])
+            case Erase():
+                self._erase(msg)
+
+    def _sync_dir(self, root: Path, rel_dir: str) -> None:
+        if self.folder.durable:
+            directory = resolve_inside(root, rel_dir, allow_root=True)
+            if directory.is_dir():
+                staging.fsync_dir(directory)
+
+    def _make_dir(self, msg: MakeDir) -> None:
+        path = resolve_inside(self.folder.root, msg.path)
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            staging.remove_any(path)
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, stat.S_IMODE(msg.mode) or 0o755)
+        self._sync_dir(self.folder.root, parent_of(msg.path))
+        self.folder.manifest.put_many([Entry(path=msg.path, kind="d", mode=stat.S_IMODE(msg.mode))])
+
+    def _make_link(self, msg: Symlink) -> None:
+        root = self.folder.root
+        path = resolve_inside(root, msg.path)
+        staging.make_parents(root, path)
+        temp = staging.temp_name_for(path)
+        os.symlink(msg.target, temp)
+        if path.is_dir() and not path.is_symlink():
+            staging.remove_any(path)
+        os.replace(temp, path)
+        self._sync_dir(root, parent_of(msg.path))
+        import xxhash
+
+        digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
+        st = os.lstat(path)
+        self.folder.manifest.put_many(
+            [Entry(path=msg.path, kind="l", hash=digest, link_target=msg.target,
+                   mtime_ns=st.st_mtime_ns)]
+        )
+
+    def _rename(self, msg: Rename) -> None:
+        root = self.folder.root
+        source = resolve_inside(root, msg.path)
+        dest = resolve_inside(root, msg.new_path)
+        if not os.path.lexists(source):
+            if os.path.lexists(dest):
+                return  # applied before (a replay after a crash): nothing to do
+            raise FileNotFoundError(errno.ENOENT, "rename source missing", msg.path)
+        staging.make_parents(root, dest)
+        if dest.is_dir() and not dest.is_symlink() and not source.is_dir():
+            staging.remove_any(dest)
+        os.replace(source, dest) if not dest.is_dir() else _replace_dir(source, dest)
+        self._sync_dir(root, parent_of(msg.path))
+        self._sync_dir(root, parent_of(msg.new_path))
+        self.folder.manifest.rename_tree(msg.path, msg.new_path)
+
+    def _erase(self, msg: Erase) -> None:
+        directory = resolve_inside(self.folder.root, msg.path, allow_root=True)
+        keep = set(msg.keep)
+        if not directory.is_dir():
+            return
+        for child in os.scandir(directory):
+            if child.name in keep or child.name.startswith(staging.TEMP_PREFIX):
+                continue
+            rel = f"{msg.path}/{child.name}" if msg.path else child.name
+            check_relpath(rel)
+            staging.remove_any(Path(child.path))
+            self.folder.manifest.remove_tree(rel)
+        self._sync_dir(self.folder.root, msg.path)
+
+    def _digests(self, msg: DigestRequest) -> DigestReply:
+        listings = []
+        for d in msg.dirs:
+            check_relpath(d, allow_root=True)
+            listings.append(self.folder.manifest.dir_listing(d))
+        return DigestReply(mapping_id=msg.mapping_id, listings=tuple(listings))
+
+
+def _replace_dir(source: Path, dest: Path) -> None:
+    """Rename a directory over an existing one (rename(2) needs the target empty)."""
+    if source.is_dir() and not source.is_symlink():
+        staging.remove_any(dest)
+    os.replace(source, dest)
+
+
+def _with_attrs(entry: Entry, mode: int, mtime_ns: int) -> Entry:
+    return Entry(path=entry.path, kind=entry.kind, size=entry.size, mtime_ns=mtime_ns,
+                 mode=stat.S_IMODE(mode), hash=entry.hash, link_target=entry.link_target)
+
+
+def _transient_os(seq: int, path: str, exc: OSError) -> TransientFailure:
+    code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.IO_ERROR
+    return TransientFailure(seq, code, f"{path}: {exc.strerror or exc}")

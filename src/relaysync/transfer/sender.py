@@ -1,0 +1,294 @@
+"""The sending end of a mapping: one link per target, streaming the source's journal over TLS.
+
+A `TargetLink` connects to its target's peer server, learns the target's watermark for this
+source journal, catches it up (journal replay when the journal still covers the gap, otherwise
+a top-down manifest comparison), then streams new journal records as they arrive, each batch
+closed by a Checkpoint that the target acknowledges once the batch is committed.
+
+Error handling: any link, TLS or protocol failure, or a change the target could not commit, ends
+the session; the link reconnects with backoff and resumes from the target's watermark, so a
+change is never lost and re-sending one is harmless.
+Resource handling: one connection and one reader task per session, closed on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+
+from relaysync.constants import (
+    CLOSE_TIMEOUT_S,
+    HANDSHAKE_TIMEOUT_S,
+    PERIODIC_COMPARE_S,
+    PING_INTERVAL_S,
+    PROTOCOL_VERSION,
+    RECEIVE_TIMEOUT_S,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+)
+from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError, RelaySyncError
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import (
+    Ack,
+    AnyMessage,
+    Checkpoint,
+    DigestReply,
+    DigestRequest,
+    DirListing,
+    Error,
+    FileChunk,
+    Hello,
+    MappingState,
+    OpenMapping,
+    Ping,
+    Pong,
+)
+from relaysync.transfer import ops, tls
+from relaysync.transfer.compare import Work, compare_trees, iter_subtree
+from relaysync.watch.changes import JournalRecord
+from relaysync.watch.journal import Journal
+from relaysync.watch.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+BATCH_RECORDS = 256  # journal records per batch (one Checkpoint, one fsync batch on the target)
+BATCH_BYTES = 8 * 1024 * 1024  # payload per send_many; larger files stream chunk by chunk
+WINDOW_RECORDS = 8192  # records sent but not yet acknowledged before the sender waits
+
+
+class SourceFolder(Protocol):
+    """What a link needs from the source side of its mapping (agent/source.py)."""
+
+    mapping_id: int
+    root: Path
+    journal: Journal
+    manifest: Manifest
+
+    async def wait_for_records(self, after_seq: int, timeout_s: float) -> None: ...
+
+    def on_ack(self, target_node: str, watermark: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class TargetAddress:
+    node_id: str
+    name: str
+    resolve: Callable[[], str]  # the target's current peer address (it may move on restart)
+
+
+class _Session:
+    """One connected session to a target."""
+
+    def __init__(self, link: TargetLink, framed: FramedStream) -> None:
+        self.link = link
+        self.framed = framed
+        self.acked = 0
+        self.sent_upto = 0
+        self.ack_changed = anyio.Event()
+        self.replies: tuple[anyio.abc.ObjectSendStream[DigestReply],
+                            anyio.abc.ObjectReceiveStream[DigestReply]] = (
+            anyio.create_memory_object_stream[DigestReply](4)
+        )
+
+    async def read_loop(self) -> None:
+        send_replies = self.replies[0]
+        async with send_replies:
+            while True:
+                with anyio.fail_after(RECEIVE_TIMEOUT_S):
+                    message = await self.framed.receive()
+                match message:
+                    case Ack():
+                        self._on_ack(message.watermark)
+                    case DigestReply():
+                        await send_replies.send(message)
+                    case Error():
+                        raise PeerRefused(message.detail, message.code.name)
+                    case Ping():
+                        await self.framed.send(Pong(nonce=message.nonce))
+                    case Pong():
+                        pass
+                    case _:
+                        raise ProtocolError(f"unexpected {type(message).__name__} from target")
+
+    def _on_ack(self, watermark: int) -> None:
+        if watermark > self.acked:
+            self.acked = watermark
+            self.link.source.on_ack(self.link.target.node_id, watermark)
+            self.ack_changed.set()
+            self.ack_changed = anyio.Event()
+
+    async def request_listings(self, dirs: Sequence[str]) -> Sequence[DirListing]:
+        await self.framed.send(DigestRequest(mapping_id=self.link.source.mapping_id, dirs=tuple(dirs)))
+        with anyio.fail_after(RECEIVE_TIMEOUT_S):
+            reply = await self.replies[1].receive()
+        if len(reply.listings) != len(dirs):
+            raise ProtocolError("digest reply does not match the request")
+        return reply.listings
+
+
+class TargetLink:
+    """Keeps one target of one mapping up to date, reconnecting as needed."""
+
+    def __init__(self, source: SourceFolder, target: TargetAddress, ctx: ssl.SSLContext, *,
+                 node_id: str, name: str, compare_interval_s: float = PERIODIC_COMPARE_S) -> None:
+        self.source = source
+        self.target = target
+        self.ctx = ctx
+        self.node_id = node_id
+        self.name = name
+        self.compare_interval_s = compare_interval_s
+        self.connected = False
+        self.bytes_sent = 0
+        self.log = logging.LoggerAdapter(
+            logger, {"mapping": source.mapping_id, "target": target.name}
+        )
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled."""
+        task_status.started()
+        delay = RECONNECT_MIN_S
+        while True:
+            try:
+                await self._run_session()
+            except (RelaySyncError, OSError, anyio.EndOfStream, anyio.BrokenResourceError,
+                    anyio.ClosedResourceError, TimeoutError) as exc:
+                self.log.warning("link to %s down, will retry in %.1f s: %s",
+                                 self.target.name, delay, exc or type(exc).__name__)
+            self.connected = False
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _open(self) -> tuple[FramedStream, MappingState]:
+        stream = await tls.connect(self.target.resolve(), self.ctx, expected_node_id=self.target.node_id)
+        framed = FramedStream(stream)
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+                await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=self.node_id,
+                                        name=self.name, role="agent"))
+                hello = await framed.receive()
+                if isinstance(hello, Error):
+                    raise PeerRefused(hello.detail, hello.code.name)
+                if not isinstance(hello, Hello):
+                    raise ProtocolError("expected Hello")
+                if hello.protocol_version != PROTOCOL_VERSION:
+                    raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
+                await framed.send(OpenMapping(mapping_id=self.source.mapping_id,
+                                              journal_id=self.source.journal.journal_id))
+                state = await framed.receive()
+                if isinstance(state, Error):
+                    raise PeerRefused(state.detail, state.code.name)
+                if not isinstance(state, MappingState):
+                    raise ProtocolError("expected MappingState")
+        except BaseException:
+            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await framed.aclose()
+            raise
+        return framed, state
+
+    async def _run_session(self) -> None:
+        framed, state = await self._open()
+        session = _Session(self, framed)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(session.read_loop)
+                await self._stream(session, state, tg)
+        finally:
+            self.bytes_sent += framed.bytes_sent
+            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await framed.aclose()
+
+    async def _stream(self, session: _Session, state: MappingState, tg: TaskGroup) -> None:
+        journal = self.source.journal
+        session.acked = session.sent_upto = state.watermark
+        self.connected = True
+        covered = journal.first_seq <= state.watermark + 1 <= journal.last_seq + 1
+        if state.watermark == 0 or not covered:
+            await self._catch_up_by_compare(session)
+        compare_due = anyio.current_time() + (0 if covered and state.watermark else self.compare_interval_s)
+        self.log.info("streaming to %s from seq %s", self.target.name, session.sent_upto)
+        while True:
+            records = await anyio.to_thread.run_sync(journal.read, session.sent_upto, BATCH_RECORDS)
+            if records:
+                await self._wait_window(session)
+                await self._send_records(session, records)
+                continue
+            if anyio.current_time() >= compare_due and session.acked >= session.sent_upto:
+                await self._catch_up_by_compare(session)
+                compare_due = anyio.current_time() + self.compare_interval_s
+                continue
+            wait_s = min(PING_INTERVAL_S, max(0.0, compare_due - anyio.current_time()))
+            before = journal.last_seq
+            await self.source.wait_for_records(session.sent_upto, wait_s)
+            if journal.last_seq == before:
+                await session.framed.send(Ping())
+
+    async def _wait_window(self, session: _Session) -> None:
+        while session.sent_upto - session.acked > WINDOW_RECORDS:
+            event = session.ack_changed
+            with anyio.fail_after(RECEIVE_TIMEOUT_S):
+                await event.wait()
+
+    async def _send_records(self, session: _Session, records: list[JournalRecord]) -> None:
+        root = self.source.root
+        last = records[-1].seq
+
+        def produce() -> Iterator[AnyMessage]:
+            for record in records:
+                yield from ops.record_messages(root, record)
+            yield Checkpoint(seq=last)
+
+        await self._send_stream(session, produce())
+        session.sent_upto = last
+
+    async def _catch_up_by_compare(self, session: _Session) -> None:
+        """Compare manifests top-down and send the difference; then checkpoint the journal head."""
+        head = self.source.journal.last_seq
+        root, manifest = self.source.root, self.source.manifest
+
+        async def emit(work: Sequence[Work]) -> None:
+            def produce() -> Iterator[AnyMessage]:
+                for item in work:
+                    if item.message is not None:
+                        yield item.message
+                    elif item.entry is not None:
+                        yield from ops.entry_messages(root, item.entry)
+                    elif item.subtree is not None:
+                        for entry in iter_subtree(manifest, item.subtree):
+                            yield from ops.entry_messages(root, entry)
+
+            await self._send_stream(session, produce())
+
+        emitted = await compare_trees(manifest, session.request_listings, emit)
+        await session.framed.send(Checkpoint(seq=head))
+        session.sent_upto = max(session.sent_upto, head)
+        if emitted:
+            self.log.info("caught up %s by manifest comparison: %s items", self.target.name, emitted)
+
+    async def _send_stream(self, session: _Session, messages: Iterator[AnyMessage]) -> None:
+        """Pull messages from a file-reading iterator in a worker thread and send them in batches."""
+        done = False
+
+        def next_batch() -> list[AnyMessage]:
+            nonlocal done
+            batch: list[AnyMessage] = []
+            size = 0
+            for message in messages:
+                batch.append(message)
+                size += ops.message_bytes(message)
+                if size >= BATCH_BYTES or (isinstance(message, FileChunk) and size >= BATCH_BYTES // 2):
+                    return batch
+            done = True
+            return batch
+
+        while not done:
+            batch = await anyio.to_thread.run_sync(next_batch)
+            if batch:
+                await session.framed.send_many(batch)
+

@@ -1,0 +1,170 @@
+"""Staging and atomic commit on a target: temp file in the same folder, verify, fsync, rename.
+
+Nothing partial is ever visible: a file is written to `.relaysync.<name>.<rand>.tmp` beside
+its final place, its strong hash is checked, and only then renamed over the old version. In
+"safe" durability the temp files of a batch are fsynced before the renames and each touched
+directory is fsynced once after them; "fast" skips both (what rsync does by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xxhash
+
+from relaysync.constants import TEMP_PREFIX
+from relaysync.errors import HashMismatch, TransferError
+
+logger = logging.getLogger(__name__)
+
+
+def temp_name_for(final: Path) -> Path:
+    return final.with_name(f"{TEMP_PREFIX}{final.name[:200]}.{secrets.token_hex(4)}.tmp")
+
+
+def make_parents(root: Path, final: Path) -> None:
+    """Create the real directories between root and final's parent (never through links)."""
+    parent = final.parent
+    if parent == root or parent.is_dir():
+        return
+    os.makedirs(parent, exist_ok=True)
+
+
+def remove_any(path: Path) -> None:
+    """Remove a file, link or directory tree at path, never following links; missing is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class IncomingFile:
+    """One file being received into its temp file."""
+
+    final: Path
+    temp: Path
+    size: int
+    mode: int
+    mtime_ns: int
+    fd: int
+    received: int = 0
+    hasher: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
+
+    @classmethod
+    def open(cls, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int) -> IncomingFile:
+        make_parents(root, final)
+        temp = temp_name_for(final)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return cls(final=final, temp=temp, size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset != self.received:
+            raise TransferError(f"chunk at offset {offset}, expected {self.received}")
+        if self.received + len(data) > self.size:
+            raise TransferError(f"more data than the announced {self.size} bytes")
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.hasher.update(data)
+        self.received += len(data)
+
+    def finish(self, expected_hash: bytes) -> None:
+        """Check size and hash, set mode and mtime; the file stays in its temp name.
+
+        Raises:
+            HashMismatch: the bytes received are not the bytes announced.
+        """
+        if self.received != self.size or self.hasher.digest() != expected_hash:
+            self.discard()
+            raise HashMismatch(str(self.final))
+        os.fchmod(self.fd, stat.S_IMODE(self.mode))
+
+    def discard(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.temp)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class CommitBatch:
+    """Verified temp files waiting to be made durable and renamed into place together."""
+
+    def __init__(self, *, durable: bool) -> None:
+        self.durable = durable
+        self._files: list[IncomingFile] = []
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def add(self, incoming: IncomingFile) -> None:
+        self._files.append(incoming)
+
+    def commit(self) -> None:
+        """fsync every temp file, rename each into place, fsync each directory once."""
+        files, self._files = self._files, []
+        try:
+            if self.durable:
+                for f in files:
+                    os.fsync(f.fd)
+            dirs: set[Path] = set()
+            for f in files:
+                f.close()
+                os.utime(f.temp, ns=(f.mtime_ns, f.mtime_ns))
+                if f.final.is_dir() and not f.final.is_symlink():
+                    shutil.rmtree(f.final)
+                os.replace(f.temp, f.final)
+                dirs.add(f.final.parent)
+            if self.durable:
+                for d in dirs:
+                    fsync_dir(d)
+        except BaseException:
+            for f in files:
+                f.discard()
+            raise
+
+    def discard(self) -> None:
+        files, self._files = self._files, []
+        for f in files:
+            f.discard()
+
+
+def clean_stale_temps(root: Path) -> int:
+    """Remove temp files left by a crash under root; return how many were removed."""
+    removed = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if name.startswith(TEMP_PREFIX) and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    if removed:
+        logger.info("removed stale temporary files", extra={"root": str(root), "count": removed})
+    return removed

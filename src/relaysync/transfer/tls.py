@@ -1,0 +1,121 @@
+"""TLS 1.3 with mutual authentication between nodes; a node is its certificate's fingerprint.
+
+Certificates come from the master's CA. Peers are pinned by fingerprint (the node id), so
+host names are not checked. ssl errors are translated here, and only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSAttribute, TLSStream
+
+from relaysync.constants import CONNECT_TIMEOUT_S
+from relaysync.errors import LinkDown, TLSHandshakeFailed, UnknownPeer
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A node's key, certificate and the CA that signed the fleet."""
+
+    key_path: Path
+    cert_path: Path
+    ca_path: Path
+
+    @property
+    def node_id(self) -> str:
+        return fingerprint_pem(self.cert_path.read_bytes())
+
+    @classmethod
+    def in_directory(cls, directory: Path) -> Identity:
+        return cls(directory / "node.key", directory / "node.pem", directory / "ca.pem")
+
+    def exists(self) -> bool:
+        return self.key_path.exists() and self.cert_path.exists() and self.ca_path.exists()
+
+
+def fingerprint_der(der: bytes) -> str:
+    """Return the node id for a DER certificate: SHA-256, hex."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def fingerprint_pem(pem: bytes) -> str:
+    return fingerprint_der(ssl.PEM_cert_to_DER_cert(pem.decode("ascii")))
+
+
+def _context(purpose: ssl.Purpose, identity: Identity) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(purpose, cafile=str(identity.ca_path))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # peers are pinned by certificate fingerprint instead
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    return ctx
+
+
+def server_context(identity: Identity) -> ssl.SSLContext:
+    """Context for a listener that requires a client certificate from the fleet's CA."""
+    return _context(ssl.Purpose.CLIENT_AUTH, identity)
+
+
+def client_context(identity: Identity) -> ssl.SSLContext:
+    return _context(ssl.Purpose.SERVER_AUTH, identity)
+
+
+@contextmanager
+def map_tls_errors(where: str) -> Iterator[None]:
+    """Translate ssl and socket errors of a handshake into relaysync errors."""
+    try:
+        yield
+    except ssl.SSLError as exc:
+        raise TLSHandshakeFailed(f"{where}: {exc.reason or exc}") from exc
+    except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+        raise LinkDown(where, exc or type(exc).__name__) from exc
+
+
+def peer_node_id(stream: TLSStream) -> str:
+    """Return the fingerprint of the peer's certificate on an established TLS stream."""
+    der = stream.extra(TLSAttribute.peer_certificate_binary)
+    if not der:
+        raise TLSHandshakeFailed("peer sent no certificate")
+    return fingerprint_der(der)
+
+
+def peer_address(stream: TLSStream) -> str:
+    host, port = stream.extra(SocketAttribute.remote_address)[:2]
+    return f"{host}:{port}"
+
+
+async def connect(
+    address: str, ctx: ssl.SSLContext, *, expected_node_id: str | None = None
+) -> TLSStream:
+    """Open a TLS connection to host:port and check the peer is who we expect.
+
+    Raises:
+        LinkDown: cannot connect in CONNECT_TIMEOUT_S.
+        TLSHandshakeFailed: the handshake failed (wrong CA, expired certificate, ...).
+        UnknownPeer: the peer's fingerprint is not `expected_node_id`.
+    """
+    host, _, port = address.rpartition(":")
+    with map_tls_errors(f"connect {address}"):
+        with anyio.fail_after(CONNECT_TIMEOUT_S):
+            tcp = await anyio.connect_tcp(host, int(port))
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                stream = await TLSStream.wrap(
+                    tcp, ssl_context=ctx, hostname=None, standard_compatible=False
+                )
+        except BaseException:
+            await anyio.aclose_forcefully(tcp)
+            raise
+    node = peer_node_id(stream)
+    if expected_node_id is not None and node != expected_node_id:
+        await anyio.aclose_forcefully(stream)
+        raise UnknownPeer(node[:16])
+    return stream

@@ -1,0 +1,86 @@
+"""Crashes and outages: kill -9 of agents mid-burst, inotify overflow. Each test has its own fleet."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relaysync.testing.cluster import wait_until
+from tests._trees import temp_files
+from tests.integration.conftest import Fleet, start_fleet
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    f = start_fleet(tmp_path)
+    try:
+        yield f
+    finally:
+        f.cluster.stop()
+
+
+def test_target_killed_then_200_changes_converges(own_fleet: Fleet) -> None:
+    _, src, dsts = own_fleet.new_mapping()
+    (src / "before").write_text("before")
+    own_fleet.wait_converged(src, dsts)
+    own_fleet.cluster.agents["t1"].process.kill()
+    for i in range(200):
+        (src / f"f{i % 50}").write_text(f"version {i}")
+        if i % 40 == 0:
+            (src / f"d{i}").mkdir()
+    (src / "before").unlink()
+    own_fleet.cluster.start_agent("t1")
+    own_fleet.wait_converged(src, dsts)
+
+
+def test_target_killed_mid_transfer_leaves_old_or_new(own_fleet: Fleet) -> None:
+    _, src, dsts = own_fleet.new_mapping(targets=("t1",))
+    old = os.urandom(1000)
+    (src / "big.bin").write_bytes(old)
+    own_fleet.wait_converged(src, dsts)
+    new = os.urandom(64 * 1024 * 1024)
+    (src / "big.bin").write_bytes(new)
+    # kill as soon as the temp file shows up on the target: mid-transfer
+    wait_until(lambda: temp_files(dsts[0]), timeout_s=30, interval_s=0.002, what="transfer started")
+    own_fleet.cluster.agents["t1"].process.kill()
+    assert (dsts[0] / "big.bin").read_bytes() == old
+    own_fleet.cluster.start_agent("t1")
+    own_fleet.wait_converged(src, dsts)
+    assert temp_files(dsts[0]) == []
+
+
+def test_source_killed_mid_burst_converges(own_fleet: Fleet) -> None:
+    _, src, dsts = own_fleet.new_mapping()
+    for i in range(300):
+        (src / f"burst-{i}").write_bytes(os.urandom(2000))
+        if i == 150:
+            own_fleet.cluster.agents["src"].process.kill()
+    for i in range(0, 300, 7):
+        (src / f"burst-{i}").unlink()
+    own_fleet.cluster.start_agent("src")
+    own_fleet.wait_converged(src, dsts)
+
+
+def test_inotify_overflow_is_detected_and_rescanned(tmp_path: Path) -> None:
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    saved = knob.read_text()
+    knob.write_text("16\n")  # new inotify instances get this queue size
+    try:
+        fleet = start_fleet(tmp_path)
+    finally:
+        knob.write_text(saved)
+    try:
+        _, src, dsts = fleet.new_mapping()
+        for i in range(2000):
+            (src / f"o{i}").write_bytes(b"x" * (i % 100))
+        fleet.wait_converged(src, dsts, timeout_s=60)
+        log = (fleet.cluster.base / "agent-src.log").read_text()
+        assert "overflow" in log.lower()
+    finally:
+        fleet.cluster.stop()

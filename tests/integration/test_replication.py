@@ -1,0 +1,153 @@
+"""End to end: real master and agent processes, real files, real TLS sockets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests._trees import snapshot, temp_files
+from tests.integration.conftest import Fleet
+
+pytestmark = pytest.mark.integration
+
+
+def test_initial_sync_of_existing_tree(fleet: Fleet, tmp_path: Path) -> None:
+    mapping, src, dsts = fleet.new_mapping()
+    fleet.wait_converged(src, dsts)
+    (src / "a" / "b").mkdir(parents=True)
+    for i in range(50):
+        (src / "a" / "b" / f"f{i}.txt").write_text(f"content {i}\n" * i)
+    fleet.wait_converged(src, dsts)
+
+
+def test_every_op_replicates(fleet: Fleet) -> None:
+    _, src, dsts = fleet.new_mapping()
+    steps = [
+        lambda: (src / "new.txt").write_text("hello"),
+        lambda: (src / "new.txt").write_text("overwritten, longer content"),
+        lambda: (src / "new.txt").open("a").write(" appended"),
+        lambda: os.truncate(src / "new.txt", 5),
+        lambda: (src / "empty").write_bytes(b""),
+        lambda: (src / "new.txt").rename(src / "renamed.txt"),
+        lambda: (src / "dir" / "sub").mkdir(parents=True),
+        lambda: (src / "dir" / "sub" / "in.bin").write_bytes(os.urandom(300_000)),
+        lambda: (src / "dir").rename(src / "dir2"),
+        lambda: (src / "other").mkdir(),
+        lambda: (src / "dir2" / "sub" / "in.bin").rename(src / "other" / "moved.bin"),
+        lambda: (src / "renamed.txt").unlink(),
+        lambda: shutil.rmtree(src / "dir2"),
+        lambda: os.makedirs(src / "p" / "q" / "r"),
+        lambda: (src / "p" / "q" / "r" / "deep.txt").write_text("deep"),
+        lambda: (src / "ünïcødé name with spaces.txt").write_text("ü"),
+        lambda: os.symlink("other/moved.bin", src / "link"),
+        lambda: os.symlink("/etc/passwd", src / "abs-link"),
+        lambda: os.chmod(src / "other" / "moved.bin", 0o600),
+    ]
+    for i, step in enumerate(steps):
+        step()
+        fleet.wait_converged(src, dsts)
+    for d in dsts:
+        assert os.readlink(d / "abs-link") == "/etc/passwd"  # copied as a link, never followed
+
+
+def test_mkdir_p_with_files_inside_and_tree_moved_in(fleet: Fleet, tmp_path: Path) -> None:
+    _, src, dsts = fleet.new_mapping()
+    deep = src / "x" / "y" / "z"
+    deep.mkdir(parents=True)
+    for i in range(20):
+        (deep / f"{i}.txt").write_text(str(i))
+    outside = tmp_path / "outside"
+    (outside / "inner").mkdir(parents=True)
+    (outside / "inner" / "file").write_text("moved in")
+    outside.rename(src / "moved-in")
+    fleet.wait_converged(src, dsts)
+
+
+def test_slow_writer_arrives_once_complete(fleet: Fleet) -> None:
+    _, src, dsts = fleet.new_mapping()
+    chunk = os.urandom(64 * 1024)
+    partial_seen = []
+    stop = threading.Event()
+
+    def watch_targets() -> None:
+        while not stop.is_set():
+            for d in dsts:
+                p = d / "slow.bin"
+                try:
+                    size = p.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if size not in (0, len(chunk) * 20):
+                    partial_seen.append(size)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=watch_targets)
+    t.start()
+    try:
+        with open(src / "slow.bin", "wb") as f:
+            for _ in range(20):
+                f.write(chunk)
+                f.flush()
+                time.sleep(0.1)
+        fleet.wait_converged(src, dsts)
+    finally:
+        stop.set()
+        t.join()
+    assert partial_seen == []
+    jobs = fleet.cluster.api.get("/api/jobs", params={"mapping": _mapping_id(fleet, src), "limit": 100}).json()
+    writes = [j for j in jobs if j["path"] == "slow.bin"]
+    assert len(writes) == 1, writes
+
+
+def test_excluded_files_never_appear(fleet: Fleet) -> None:
+    _, src, dsts = fleet.new_mapping(exclude=[r"\.tmp$", r"^cache/"], include=[])
+    (src / "keep.txt").write_text("keep")
+    (src / "drop.tmp").write_text("drop")
+    (src / "cache").mkdir()
+    (src / "cache" / "x").write_text("x")
+    (src / "marker").write_text("last")
+    for d in dsts:
+        from relaysync.testing.cluster import wait_until
+
+        wait_until(lambda d=d: (d / "marker").exists(), timeout_s=30, what="marker")
+        assert (d / "keep.txt").read_text() == "keep"
+        assert not (d / "drop.tmp").exists()
+        assert not (d / "cache" / "x").exists()
+
+
+def test_job_log_records_each_change_once(fleet: Fleet) -> None:
+    mapping, src, dsts = fleet.new_mapping()
+    for i in range(30):
+        (src / f"f{i}").write_text(str(i))
+    fleet.wait_converged(src, dsts)
+    from relaysync.testing.cluster import wait_until
+
+    def logged() -> list[dict]:
+        rows = fleet.cluster.api.get("/api/jobs", params={"mapping": mapping["id"], "limit": 500}).json()
+        return rows if len(rows) >= 30 and all(r["committed_targets"] == 2 for r in rows) else []
+
+    rows = wait_until(logged, timeout_s=30, what="job log")
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 30
+
+
+def _mapping_id(fleet: Fleet, src: Path) -> int:
+    for m in fleet.cluster.api.get("/api/mappings").json():
+        if m["source_path"] == str(src):
+            return int(m["id"])
+    raise AssertionError("mapping not found")
+
+
+def test_no_temp_files_left(fleet: Fleet) -> None:
+    _, src, dsts = fleet.new_mapping()
+    for i in range(100):
+        (src / f"{i}.dat").write_bytes(os.urandom(1000 + i))
+    fleet.wait_converged(src, dsts)
+    for d in dsts:
+        assert temp_files(d) == []
+        assert snapshot(d) == snapshot(src)
