@@ -42,6 +42,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/join", join.join, ("POST",), public=True),                          # {token, name, csr_pem}
     Route("/api/servers", servers.list_servers, ("GET",)),
     Route("/api/servers/{name}", servers.get_server, ("GET",)),                     # name or node id
+    Route("/api/servers/{name}", servers.delete_server, ("DELETE",), status_code=204),  # unused by mappings
     Route("/api/mappings", mappings.list_mappings, ("GET",)),
     Route("/api/mappings", mappings.create_mapping, ("POST",), status_code=201),    # MappingIn
     Route("/api/mappings/{id_or_name}", mappings.get_mapping, ("GET",)),

@@ -30,6 +30,7 @@ class EventType(enum.StrEnum):
     SERVER_UP = "server_up"
     SERVER_DOWN = "server_down"
     SERVER_CHANGED = "server_changed"
+    SERVER_REMOVED = "server_removed"
     MAPPING_CREATED = "mapping_created"
     MAPPING_CHANGED = "mapping_changed"
     MAPPING_DELETED = "mapping_deleted"

@@ -133,7 +133,14 @@ def test_join_refusals(client: TestClient) -> None:
         == 200
     )
     resp = anonymous.post("/api/join", json={"token": token, "name": "n", "csr_pem": csr.decode()})
-    assert resp.status_code == 409 and "already used" in resp.json()["detail"]
+    assert resp.status_code == 409 and "DELETE /api/servers/n" in resp.json()["detail"]
+    assert client.delete("/api/servers/n").status_code == 204
+    assert (
+        anonymous.post(
+            "/api/join", json={"token": token, "name": "n", "csr_pem": csr.decode()}
+        ).status_code
+        == 200
+    )
 
 
 def test_unknown_server_is_404(client: TestClient) -> None:

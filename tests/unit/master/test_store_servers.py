@@ -156,3 +156,17 @@ def test_migrations_match_the_models(store: Store, store_url: str) -> None:
 def test_bad_store_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="store URL"):
         Store("mysql://nope")
+
+
+def test_delete_server(store: Store) -> None:
+    store.upsert_server(node_id=A, name="a", region="", group="", address="")
+    store.upsert_server(node_id=B, name="b", region="", group="", address="")
+    store.create_mapping(name="m", source="a", source_path="/x", targets=[("b", "/y")])
+    with pytest.raises(ConfigError, match="still used by mappings m"):
+        store.delete_server("b")
+    store.delete_mapping("m")
+    store.delete_server("b")
+    with pytest.raises(NotFound):
+        store.get_server("b")
+    with pytest.raises(NotFound):
+        store.delete_server("b")

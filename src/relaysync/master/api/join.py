@@ -35,7 +35,10 @@ def _check_name_free(context: Context, name: str) -> None:
         return
     raise HTTPException(
         status_code=status.HTTP_409_CONFLICT,
-        detail=f"server name {name!r} is already used by node {existing.node_id}; choose another name",
+        detail=(
+            f"server name {name!r} is already used by node {existing.node_id}; choose another "
+            f"name, or DELETE /api/servers/{name} first"
+        ),
     )
 
 

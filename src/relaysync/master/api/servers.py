@@ -7,6 +7,7 @@ import logging
 from pydantic import BaseModel, ConfigDict
 
 from relaysync.master.api._context import Context
+from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
 
@@ -33,3 +34,10 @@ def list_servers(context: Context) -> list[ServerOut]:
 def get_server(name: str, context: Context) -> ServerOut:
     """One server, by name or node id."""
     return ServerOut.model_validate(context.store.get_server(name))
+
+
+def delete_server(name: str, context: Context) -> None:
+    """Forget a server that no mapping uses, so that its name can join again."""
+    info = context.store.get_server(name)
+    context.store.delete_server(info.node_id)
+    context.changed(EventType.SERVER_REMOVED, node_id=info.node_id, name=info.name)

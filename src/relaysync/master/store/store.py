@@ -182,6 +182,35 @@ class Store:
         with self._read("get server") as session:
             return _server_info(_mappings.resolve_server(session, name_or_node_id))
 
+    def delete_server(self, name_or_node_id: str) -> None:
+        """Forget a server (e.g. one that must join again with a new key under its name).
+
+        Raises:
+            ConfigError: a mapping still uses it as source or target.
+            NotFound: no such server.
+        """
+        with self._write("delete server") as session:
+            row = _mappings.resolve_server(session, name_or_node_id)
+            used = session.scalars(
+                select(Mapping.name)
+                .where(
+                    or_(
+                        Mapping.source_node == row.node_id,
+                        Mapping.id.in_(
+                            select(MappingTarget.mapping_id).where(
+                                MappingTarget.node_id == row.node_id
+                            )
+                        ),
+                    )
+                )
+                .order_by(Mapping.name)
+            ).all()
+            if used:
+                raise ConfigError(
+                    f"server {row.name!r} is still used by mappings {', '.join(used)}; change them first"
+                )
+            session.delete(row)
+
     # --- Mappings ---
 
     def create_mapping(
