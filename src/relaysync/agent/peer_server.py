@@ -15,8 +15,8 @@ from collections.abc import Callable
 from functools import partial
 
 import anyio
-from anyio.abc import SocketAttribute, TaskStatus
-from anyio.streams.tls import TLSListener, TLSStream
+from anyio.abc import TaskStatus
+from anyio.streams.tls import TLSStream
 
 from relaysync.constants import CLOSE_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, PROTOCOL_VERSION, RECEIVE_TIMEOUT_S
 from relaysync.errors import ProtocolError, RelaySyncError, UnknownPeer
@@ -62,14 +62,10 @@ class PeerServer:
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; reports the bound port when ready."""
-        tcp = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port, reuse_port=False)
-        listener = TLSListener(tcp, self.ctx, standard_compatible=False,
-                               handshake_timeout=HANDSHAKE_TIMEOUT_S)
-        port = tcp.extra(SocketAttribute.local_port)
-        logger.info("peer server listening on %s:%s", self.host, port)
-        task_status.started(port)
-        async with listener:
-            await listener.serve(self._handle)
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(tls.serve_tls, self.host, self.port, self.ctx, self._handle)
+            logger.info("peer server listening on %s:%s", self.host, port)
+            task_status.started(port)
 
     async def _handle(self, stream: TLSStream) -> None:
         framed = FramedStream(stream)

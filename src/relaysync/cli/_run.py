@@ -33,8 +33,12 @@ def setup_logging(*, json_logs: bool, level: str = "INFO") -> None:
     if json_logs:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_JsonFormatter())
-    else:
+    elif sys.stderr.isatty():
         handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.abc import SocketAttribute, TaskStatus
-from anyio.streams.tls import TLSListener, TLSStream
+from anyio.abc import TaskStatus
+from anyio.streams.tls import TLSStream
 
 from relaysync.constants import CLOSE_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, PROTOCOL_VERSION, RECEIVE_TIMEOUT_S
 from relaysync.errors import ProtocolError, RelaySyncError
@@ -68,15 +68,11 @@ class ControlServer:
             self._changed.set()
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        tcp = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
-        listener = TLSListener(tcp, self.ctx, standard_compatible=False, handshake_timeout=HANDSHAKE_TIMEOUT_S)
-        port = tcp.extra(SocketAttribute.local_port)
-        logger.info("control server listening on %s:%s", self.host, port)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._push_loop)
+            port = await tg.start(tls.serve_tls, self.host, self.port, self.ctx, self._handle)
+            logger.info("control server listening on %s:%s", self.host, port)
             task_status.started(port)
-            async with listener:
-                await listener.serve(self._handle)
 
     async def _push_loop(self) -> None:
         while True:

@@ -17,6 +17,8 @@ import logging
 import os
 import stat
 import time
+
+import xxhash
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,7 +266,7 @@ class ReceiverSession:
 
     def _apply_op(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
         started = time.monotonic()
-        op = type(msg).__name__.lower()
+        op = _OP_NAMES[type(msg)]
         try:
             self._apply_op_unchecked(msg)
         except UnsafePath as exc:
@@ -327,8 +329,6 @@ class ReceiverSession:
             staging.remove_any(path)
         os.replace(temp, path)
         self._sync_dir(root, parent_of(msg.path))
-        import xxhash
-
         digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
         st = os.lstat(path)
         self.folder.manifest.put_many(
@@ -372,6 +372,10 @@ class ReceiverSession:
             check_relpath(d, allow_root=True)
             listings.append(self.folder.manifest.dir_listing(d))
         return DigestReply(mapping_id=msg.mapping_id, listings=tuple(listings))
+
+
+_OP_NAMES: dict[type, str] = {Delete: "delete", MakeDir: "mkdir", Symlink: "symlink", Rename: "rename",
+                              SetAttr: "attr", Erase: "erase"}
 
 
 def _replace_dir(source: Path, dest: Path) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from relaysync.constants import CONNECT_TIMEOUT_S
-from relaysync.errors import LinkDown, TLSHandshakeFailed, UnknownPeer
+from relaysync.errors import LinkDown, RelaySyncError, TLSHandshakeFailed, UnknownPeer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ async def connect(
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 stream = await TLSStream.wrap(
-                    tcp, ssl_context=ctx, hostname=None, standard_compatible=False
+                    tcp, server_side=False, ssl_context=ctx, hostname=None, standard_compatible=False
                 )
         except BaseException:
             await anyio.aclose_forcefully(tcp)
@@ -119,3 +122,31 @@ async def connect(
         await anyio.aclose_forcefully(stream)
         raise UnknownPeer(node[:16])
     return stream
+
+
+async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable[[TLSStream], Awaitable[None]],
+                    *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Listen on host:port; run `handler` for each client that completes a mutual TLS handshake.
+
+    A failed handshake (no certificate, one from another CA, an expired one, garbage) is
+    logged in one line and the connection closed; the server goes on.
+    """
+    tcp_listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    bound = tcp_listener.extra(SocketAttribute.local_port)
+
+    async def accept(tcp: anyio.abc.SocketStream) -> None:
+        remote = tcp.extra(SocketAttribute.remote_address)
+        try:
+            with map_tls_errors(f"accept from {remote[0]}:{remote[1]}"):
+                with anyio.fail_after(CONNECT_TIMEOUT_S):
+                    stream = await TLSStream.wrap(tcp, server_side=True, ssl_context=ctx,
+                                                  standard_compatible=False)
+        except RelaySyncError as exc:
+            logger.warning("refused connection: %s", exc)
+            await anyio.aclose_forcefully(tcp)
+            return
+        await handler(stream)
+
+    task_status.started(bound)
+    async with tcp_listener:
+        await tcp_listener.serve(accept)
