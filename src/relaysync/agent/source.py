@@ -46,6 +46,8 @@ class SourceMapping:
         self._acks_path = state_dir / "acks.json"
         self._acks: dict[str, int] = self._load_acks()
         self.ready = anyio.Event()
+        # The highest seq whose effect is in the manifest: a manifest comparison covers up to it.
+        self.applied_seq = self.journal.last_seq
 
     def _load_acks(self) -> dict[str, int]:
         try:
@@ -112,6 +114,7 @@ class SourceMapping:
             return
         records = await self.journal.append_async(changes)
         await anyio.to_thread.run_sync(self.recorder.apply, records)
+        self.applied_seq = records[-1].seq
         event, self._new_records = self._new_records, anyio.Event()
         event.set()
 

@@ -70,6 +70,7 @@ class SourceFolder(Protocol):
     root: Path
     journal: Journal
     manifest: Manifest
+    applied_seq: int  # journal records up to here are reflected in the manifest
 
     async def wait_for_records(self, after_seq: int, timeout_s: float) -> None: ...
 
@@ -249,7 +250,7 @@ class TargetLink:
 
     async def _catch_up_by_compare(self, session: _Session) -> None:
         """Compare manifests top-down and send the difference; then checkpoint the journal head."""
-        head = self.source.journal.last_seq
+        head = self.source.applied_seq
         root, manifest = self.source.root, self.source.manifest
 
         async def emit(work: Sequence[Work]) -> None:

@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import anyio
@@ -31,9 +32,10 @@ __all__ = ["FsEvent", "Watcher"]
 logger = logging.getLogger(__name__)
 
 MOVE_PAIR_S = 0.02  # a MOVED_TO follows its MOVED_FROM within microseconds; 20 ms is generous
+MODIFY_QUIET_S = 1.0  # a file modified without close-write (truncate) is shipped after this quiet time
 INOTIFY_READ_EVENTS = 4096  # events read per read(2), so a burst is one batch
 _MASK = (
-    Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE | Mask.DELETE_SELF | Mask.MOVED_FROM
+    Mask.CLOSE_WRITE | Mask.MODIFY | Mask.CREATE | Mask.DELETE | Mask.DELETE_SELF | Mask.MOVED_FROM
     | Mask.MOVED_TO | Mask.MOVE_SELF | Mask.ATTRIB | Mask.ONLYDIR | Mask.DONT_FOLLOW
 )
 _SIMPLE: dict[Mask, EventKind] = {Mask.CLOSE_WRITE: "write", Mask.DELETE: "delete", Mask.ATTRIB: "attr"}
@@ -83,6 +85,9 @@ class Watcher:
         self._limit_warned = False
         self._batch: list[FsEvent | _PendingFrom] = []
         self._cookies: dict[int, _PendingFrom] = {}
+        # MODIFY without a CLOSE_WRITE (truncate(2), writes through a long-open fd or mmap):
+        # path -> monotonic time of its last MODIFY, reported as "write" once quiet.
+        self._modified: dict[str, float] = {}
 
     @property
     def unwatched(self) -> list[str]:
@@ -98,6 +103,7 @@ class Watcher:
                 self._add_tree("")
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._scan_unwatched, send)
+                    tg.start_soon(self._report_quiet_modified, send)
                     task_status.started()
                     await self._read_loop(send)
             finally:
@@ -188,6 +194,17 @@ class Watcher:
             for rel in dirs:
                 self._add_tree(rel)  # the limit may have been raised meanwhile
             await send.send([FsEvent(kind="rescan", path=rel, is_dir=True) for rel in dirs])
+
+    async def _report_quiet_modified(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
+        """Report files modified without a close-write once no MODIFY came for MODIFY_QUIET_S."""
+        while True:
+            await anyio.sleep(MODIFY_QUIET_S / 2)
+            now = time.monotonic()
+            quiet = [p for p, t in self._modified.items() if now - t >= MODIFY_QUIET_S]
+            for path in quiet:
+                del self._modified[path]
+            if quiet:
+                await send.send([FsEvent(kind="write", path=p) for p in quiet])
 
     # --- reading ---
 
@@ -280,7 +297,11 @@ class Watcher:
             return
         elif Mask.CREATE in mask:
             self._created(rel, is_dir)
+        elif Mask.MODIFY in mask and not is_dir:
+            self._modified[rel] = time.monotonic()
         else:
+            if mask & (Mask.CLOSE_WRITE | Mask.DELETE):
+                self._modified.pop(rel, None)
             for bit, kind in _SIMPLE.items():
                 if bit in mask:
                     self._emit(kind, rel, is_dir=is_dir)

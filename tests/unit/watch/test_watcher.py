@@ -178,3 +178,22 @@ async def test_inotify_fd_closed_on_exit(tree: Path) -> None:
     async with watching(tree):
         assert len(os.listdir("/proc/self/fd")) > before
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_truncate_without_close_write_is_reported(tmp_path: Path) -> None:
+    """truncate(2) makes no CLOSE_WRITE; the file is reported once MODIFY events go quiet."""
+    (tmp_path / "t.txt").write_text("some content")
+
+    async def main() -> list[FsEvent]:
+        send, receive = anyio.create_memory_object_stream[list[FsEvent]](100)
+        watcher = Watcher(tmp_path, PathFilter())
+        async with anyio.create_task_group() as tg:
+            await tg.start(watcher.serve, send)
+            os.truncate(tmp_path / "t.txt", 4)
+            with anyio.fail_after(10):
+                events = await receive.receive()
+            tg.cancel_scope.cancel()
+        return events
+
+    events = anyio.run(main)
+    assert [(e.kind, e.path) for e in events] == [("write", "t.txt")]
