@@ -99,8 +99,14 @@ def test_slow_writer_arrives_once_complete(fleet: Fleet) -> None:
         stop.set()
         t.join()
     assert partial_seen == []
-    jobs = fleet.cluster.api.get("/api/jobs", params={"mapping": _mapping_id(fleet, src), "limit": 100}).json()
-    writes = [j for j in jobs if j["path"] == "slow.bin"]
+    from relaysync.testing.cluster import wait_until
+
+    def logged() -> list[dict]:
+        jobs = fleet.cluster.api.get("/api/jobs", params={"mapping": _mapping_id(fleet, src), "limit": 100}).json()
+        writes = [j for j in jobs if j["path"] == "slow.bin"]
+        return writes if writes and all(w["committed_targets"] == 2 for w in writes) else []
+
+    writes = wait_until(logged, timeout_s=30, what="job log of slow.bin")
     assert len(writes) == 1, writes
 
 

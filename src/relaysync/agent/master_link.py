@@ -24,7 +24,8 @@ from relaysync.constants import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
 )
-from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError, RelaySyncError
+from relaysync._util.aio import is_link_error, leaf_error
+from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     Assignment,
@@ -71,10 +72,12 @@ class MasterLink:
         while True:
             try:
                 await self._session()
-            except (RelaySyncError, OSError, anyio.EndOfStream, anyio.BrokenResourceError,
-                    anyio.ClosedResourceError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_link_error(exc):
+                    raise
+                err = leaf_error(exc)
                 logger.warning("control link to master %s down, will retry in %.1f s: %s",
-                               self.control_address, delay, exc or type(exc).__name__)
+                               self.control_address, delay, err or type(err).__name__)
             if self.connected:
                 delay = RECONNECT_MIN_S
             self.connected = False

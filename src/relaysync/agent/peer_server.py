@@ -19,6 +19,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSStream
 
 from relaysync.constants import CLOSE_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, PROTOCOL_VERSION, RECEIVE_TIMEOUT_S
+from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.errors import ProtocolError, RelaySyncError, UnknownPeer
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
@@ -71,10 +72,15 @@ class PeerServer:
         framed = FramedStream(stream)
         try:
             await self._session(framed, tls.peer_node_id(stream), tls.peer_address(stream))
-        except (RelaySyncError, anyio.EndOfStream, anyio.BrokenResourceError,
-                anyio.ClosedResourceError, OSError, TimeoutError) as exc:
+        except Exception as group:
+            if not is_link_error(group):
+                raise
+            exc = leaf_error(group)
             self.refused += isinstance(exc, ProtocolError | UnknownPeer)
-            logger.warning("peer session ended: %s: %s", type(exc).__name__, exc)
+            if isinstance(exc, anyio.EndOfStream):
+                logger.info("peer closed its session")
+            else:
+                logger.warning("peer session ended: %s: %s", type(exc).__name__, exc)
             if isinstance(exc, RelaySyncError):
                 await _try_send_error(framed, exc)
         finally:

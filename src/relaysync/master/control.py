@@ -17,6 +17,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSStream
 
 from relaysync.constants import CLOSE_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, PROTOCOL_VERSION, RECEIVE_TIMEOUT_S
+from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.errors import ProtocolError, RelaySyncError
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
@@ -101,8 +102,10 @@ class ControlServer:
             link = _AgentLink(node_id=node_id, name=register.name, framed=framed)
             await self._register(link, register)
             await self._read_loop(link)
-        except (RelaySyncError, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                OSError, TimeoutError) as exc:
+        except Exception as group:
+            if not is_link_error(group):
+                raise
+            exc = leaf_error(group)
             logger.warning("control link of %s ended: %s", link.name if link else node_id[:16],
                            exc or type(exc).__name__)
         finally:

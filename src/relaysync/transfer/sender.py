@@ -33,7 +33,8 @@ from relaysync.constants import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
 )
-from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError, RelaySyncError
+from relaysync._util.aio import is_link_error, leaf_error
+from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     Ack,
@@ -158,10 +159,12 @@ class TargetLink:
         while True:
             try:
                 await self._run_session()
-            except (RelaySyncError, OSError, anyio.EndOfStream, anyio.BrokenResourceError,
-                    anyio.ClosedResourceError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_link_error(exc):
+                    raise
+                err = leaf_error(exc)
                 self.log.warning("link to %s down, will retry in %.1f s: %s",
-                                 self.target.name, delay, exc or type(exc).__name__)
+                                 self.target.name, delay, err or type(err).__name__)
             self.connected = False
             await anyio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
