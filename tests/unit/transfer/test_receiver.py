@@ -1,0 +1,124 @@
+"""The receiver applied directly: atomic commit, refusals, idempotent replays."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from relaysync.protocol.messages import (
+    Ack,
+    Checkpoint,
+    CommitRecord,
+    Delete,
+    Erase,
+    Error,
+    ErrorCode,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    MakeDir,
+    Rename,
+    SetAttr,
+    Symlink,
+)
+from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.watch.manifest import Manifest
+from tests._trees import snapshot, temp_files
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> TargetFolder:
+    root = tmp_path / "root"
+    root.mkdir()
+    return TargetFolder(mapping_id=1, source_node="src", root=root,
+                        manifest=Manifest(tmp_path / "m.db"), durable=True)
+
+
+def _file(seq: int, path: str, data: bytes, *, digest: bytes | None = None) -> list:
+    msgs: list = [FileStart(seq=seq, path=path, size=len(data), mode=0o640, mtime_ns=1_700_000_000_000_000_000)]
+    for off in range(0, len(data), 1000):
+        msgs.append(FileChunk(seq=seq, offset=off, data=data[off : off + 1000]))
+    msgs.append(FileEnd(seq=seq, hash=digest or xxhash.xxh3_128(data).digest()))
+    return msgs
+
+
+def test_files_committed_with_mode_mtime_and_watermark(folder: TargetFolder) -> None:
+    reports: list[tuple[int, list[CommitRecord]]] = []
+    s = ReceiverSession(folder, "j1", lambda wm, recs: reports.append((wm, list(recs))))
+    replies = s.apply_batch(_file(1, "a/b.txt", b"x" * 2500) + _file(2, "c", b"") + [Checkpoint(seq=2)])
+    assert replies == [Ack(mapping_id=1, watermark=2)]
+    assert (folder.root / "a" / "b.txt").read_bytes() == b"x" * 2500
+    st = os.stat(folder.root / "a" / "b.txt")
+    assert st.st_mode & 0o777 == 0o640 and st.st_mtime_ns == 1_700_000_000_000_000_000
+    assert folder.watermark("j1") == 2
+    assert [r.seq for r in reports[0][1]] == [1, 2]
+    assert folder.manifest.get("a/b.txt") is not None
+
+
+def test_hash_mismatch_keeps_old_file_and_watermark(folder: TargetFolder) -> None:
+    (folder.root / "f").write_bytes(b"old")
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+    replies = s.apply_batch(_file(1, "f", b"new content", digest=b"\0" * 16) + [Checkpoint(seq=1)])
+    assert len(replies) == 1 and isinstance(replies[0], Error)
+    assert replies[0].code == ErrorCode.HASH_MISMATCH
+    assert (folder.root / "f").read_bytes() == b"old"
+    assert temp_files(folder.root) == []
+    assert folder.watermark("j1") == 0
+
+
+def test_session_closed_mid_file_leaves_old_and_no_temp(folder: TargetFolder) -> None:
+    (folder.root / "f").write_bytes(b"old")
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+    s.apply_batch(_file(1, "f", b"n" * 5000)[:3])  # start and two chunks, then the link drops
+    s.close()
+    assert (folder.root / "f").read_bytes() == b"old"
+    assert temp_files(folder.root) == []
+
+
+def test_unsafe_paths_refused_and_skipped(folder: TargetFolder) -> None:
+    reports: list = []
+    s = ReceiverSession(folder, "j1", lambda wm, recs: reports.extend(recs))
+    replies = s.apply_batch(_file(1, "../evil", b"e") + [Delete(seq=2, path="../root"),
+                            Rename(seq=3, path="x", new_path="/abs"), Checkpoint(seq=3)])
+    assert replies == [Ack(mapping_id=1, watermark=3)]
+    assert [r.ok for r in reports] == [False, False, False]
+    assert list(folder.root.iterdir()) == []
+    assert not (folder.root.parent / "evil").exists()
+
+
+def test_ops_are_idempotent(folder: TargetFolder) -> None:
+    batch = (
+        [MakeDir(seq=1, path="d", mode=0o755)]
+        + _file(2, "d/f", b"data")
+        + [Rename(seq=3, path="d/f", new_path="d/g"), Symlink(seq=4, path="l", target="d/g"),
+           SetAttr(seq=5, path="d/g", mode=0o600, mtime_ns=1_000_000_000), Checkpoint(seq=5)]
+    )
+    ReceiverSession(folder, "j1", lambda *_: None).apply_batch(batch)
+    first = snapshot(folder.root)
+    ReceiverSession(folder, "j2", lambda *_: None).apply_batch(batch)  # a replay after a crash
+    assert snapshot(folder.root) == first
+    assert os.readlink(folder.root / "l") == "d/g"
+
+
+def test_erase_keeps_listed_names_only(folder: TargetFolder) -> None:
+    for name in ("keep", "drop1"):
+        (folder.root / name).write_text(name)
+    (folder.root / "dropdir").mkdir()
+    (folder.root / "dropdir" / "x").write_text("x")
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+    s.apply_batch([Erase(seq=0, path="", keep=("keep",)), Checkpoint(seq=0)])
+    assert sorted(p.name for p in folder.root.iterdir()) == ["keep"]
+
+
+def test_file_replaces_directory_and_link(folder: TargetFolder) -> None:
+    (folder.root / "x").mkdir()
+    (folder.root / "x" / "inner").write_text("i")
+    os.symlink("/etc", folder.root / "y")
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+    s.apply_batch(_file(1, "x", b"now a file") + _file(2, "y", b"not a link") + [Checkpoint(seq=2)])
+    assert (folder.root / "x").read_bytes() == b"now a file"
+    assert not (folder.root / "y").is_symlink()
+    assert (folder.root / "y").read_bytes() == b"not a link"
