@@ -48,7 +48,7 @@ def test_every_op_replicates(fleet: Fleet) -> None:
         lambda: os.symlink("/etc/passwd", src / "abs-link"),
         lambda: os.chmod(src / "other" / "moved.bin", 0o600),
     ]
-    for i, step in enumerate(steps):
+    for step in steps:
         step()
         fleet.wait_converged(src, dsts)
     for d in dsts:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     COMMIT_REPORT_INTERVAL_S,
@@ -24,7 +25,6 @@ from relaysync.constants import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
 )
-from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (

@@ -18,8 +18,13 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSStream
 
-from relaysync.constants import CLOSE_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, PROTOCOL_VERSION, RECEIVE_TIMEOUT_S
 from relaysync._util.aio import is_link_error, leaf_error
+from relaysync.constants import (
+    CLOSE_TIMEOUT_S,
+    HANDSHAKE_TIMEOUT_S,
+    PROTOCOL_VERSION,
+    RECEIVE_TIMEOUT_S,
+)
 from relaysync.errors import ProtocolError, RelaySyncError, UnknownPeer
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -224,7 +225,7 @@ class AgentService:
     # --- reports ---
 
     def _reporter(self, folder: TargetFolder) -> ReportFn:
-        def report(watermark: int, records: tuple[CommitRecord, ...] | list[CommitRecord]) -> None:
+        def report(watermark: int, records: Sequence[CommitRecord]) -> None:
             if self.link is None:
                 return
             message = make_report(folder.mapping_id, folder.source_node, self.node_id, watermark,

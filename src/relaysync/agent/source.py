@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
-from anyio.abc import ObjectReceiveStream, TaskStatus
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from relaysync.protocol.messages import MappingSpec
 from relaysync.watch.filters import PathFilter
@@ -98,7 +99,7 @@ class SourceMapping:
             task_status.started()
             await self._consume(receive)
 
-    async def _consume(self, receive: ObjectReceiveStream[list[FsEvent]]) -> None:
+    async def _consume(self, receive: MemoryObjectReceiveStream[list[FsEvent]]) -> None:
         async with receive:
             async for events in receive:
                 while True:  # drain what else is queued, so one journal write covers it all

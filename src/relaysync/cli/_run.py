@@ -6,7 +6,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -42,7 +42,7 @@ def setup_logging(*, json_logs: bool, level: str = "INFO") -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def run_service(serve: Callable[..., Awaitable[Any]], on_started: Callable[[Any], None] | None = None) -> None:
+def run_service(serve: Callable[..., Coroutine[Any, Any, Any]], on_started: Callable[[Any], None] | None = None) -> None:
     """Run `serve` until SIGINT/SIGTERM; map relaysync errors to their exit codes."""
 
     async def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -13,14 +13,14 @@ from relaysync.config.schema import AgentConfig
 
 
 def agent(
-    master: Annotated[Optional[str], typer.Option("--master", help="Master API URL, http://host:port.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="This server's name in the fleet.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Data directory (identity, journals, manifests).")] = None,
-    token: Annotated[Optional[str], typer.Option(help="Join token from the master (first start only).")] = None,
-    region: Annotated[Optional[str], typer.Option(help="Region of this server.")] = None,
-    group: Annotated[Optional[str], typer.Option(help="Group of this server within its region.")] = None,
-    listen: Annotated[Optional[str], typer.Option(help="Peer server host:port (port 0: any).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML configuration file.")] = None,
+    master: Annotated[str | None, typer.Option("--master", help="Master API URL, http://host:port.")] = None,
+    name: Annotated[str | None, typer.Option(help="This server's name in the fleet.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Data directory (identity, journals, manifests).")] = None,
+    token: Annotated[str | None, typer.Option(help="Join token from the master (first start only).")] = None,
+    region: Annotated[str | None, typer.Option(help="Region of this server.")] = None,
+    group: Annotated[str | None, typer.Option(help="Group of this server within its region.")] = None,
+    listen: Annotated[str | None, typer.Option(help="Peer server host:port (port 0: any).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="JSON logs for machines.")] = False,
 ) -> None:
     """Run an agent: watch source folders, serve target folders, report to the master."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -14,10 +14,10 @@ from relaysync.config.schema import MasterConfig
 
 def master(
     data: Annotated[Path, typer.Option("--data", help="Data directory (store, CA, tokens).")],
-    listen: Annotated[Optional[str], typer.Option(help="REST API host:port.")] = None,
-    control_listen: Annotated[Optional[str], typer.Option(help="Agents' control port host:port.")] = None,
-    database_url: Annotated[Optional[str], typer.Option(help="PostgreSQL URL; default SQLite in --data.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML configuration file.")] = None,
+    listen: Annotated[str | None, typer.Option(help="REST API host:port.")] = None,
+    control_listen: Annotated[str | None, typer.Option(help="Agents' control port host:port.")] = None,
+    database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL; default SQLite in --data.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="JSON logs for machines.")] = False,
 ) -> None:
     """Run the master: REST API, control server for agents, store and job log."""

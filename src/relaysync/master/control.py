@@ -16,8 +16,13 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSStream
 
-from relaysync.constants import CLOSE_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, PROTOCOL_VERSION, RECEIVE_TIMEOUT_S
 from relaysync._util.aio import is_link_error, leaf_error
+from relaysync.constants import (
+    CLOSE_TIMEOUT_S,
+    HANDSHAKE_TIMEOUT_S,
+    PROTOCOL_VERSION,
+    RECEIVE_TIMEOUT_S,
+)
 from relaysync.errors import ProtocolError, RelaySyncError
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter

@@ -96,8 +96,9 @@ class MasterService:
                 server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
                                                  access_log=False))
                 tg.start_soon(server.serve, [sock])
-                while not server.started:
-                    await anyio.sleep(0.01)
+                with anyio.fail_after(30):
+                    while not server.started:  # noqa: ASYNC110 - uvicorn offers no readiness event
+                        await anyio.sleep(0.01)
                 self._write_state()
                 logger.info("master ready: api %s control %s", self.api_url, self.control_address)
                 task_status.started(self.api_url)

@@ -64,7 +64,7 @@ def _check_non_negative(value: int, field: str) -> None:
 # --- Handshake ---
 
 
-class Hello(Message, tag="hello"):
+class Hello(Message, frozen=True, tag="hello"):
     protocol_version: int
     node_id: str  # SHA-256 hex of the sender's certificate ("" for the master before join)
     name: str
@@ -76,7 +76,7 @@ class Hello(Message, tag="hello"):
             raise ProtocolError("hello: name or node id too long")
 
 
-class Error(Message, tag="error"):
+class Error(Message, frozen=True, tag="error"):
     """A refusal; the receiver of it maps `code` to an exception."""
 
     code: ErrorCode
@@ -84,18 +84,18 @@ class Error(Message, tag="error"):
     seq: int = 0  # the change it concerns, 0 for the link
 
 
-class Ping(Message, tag="ping"):
+class Ping(Message, frozen=True, tag="ping"):
     nonce: int = 0
 
 
-class Pong(Message, tag="pong"):
+class Pong(Message, frozen=True, tag="pong"):
     nonce: int = 0
 
 
 # --- Control link: agent <-> master ---
 
 
-class Register(Message, tag="register"):
+class Register(Message, frozen=True, tag="register"):
     """Agent -> master, after Hello: who and where it is."""
 
     name: str
@@ -127,7 +127,7 @@ class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):
     address: str  # host:port of its peer server
 
 
-class Assignment(Message, tag="assignment"):
+class Assignment(Message, frozen=True, tag="assignment"):
     """Master -> agent: every mapping it takes part in, and its peers. Versioned by epoch."""
 
     epoch: int
@@ -135,7 +135,7 @@ class Assignment(Message, tag="assignment"):
     peers: tuple[PeerInfo, ...]
 
 
-class AssignmentAck(Message, tag="assignment_ack"):
+class AssignmentAck(Message, frozen=True, tag="assignment_ack"):
     epoch: int
 
 
@@ -153,7 +153,7 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     committed_at: float = 0.0  # unix time on the target
 
 
-class CommitReport(Message, tag="commit_report"):
+class CommitReport(Message, frozen=True, tag="commit_report"):
     """Target -> master, at once after commits: the watermark and what was applied."""
 
     mapping_id: int
@@ -166,14 +166,14 @@ class CommitReport(Message, tag="commit_report"):
 # --- Peer link: source agent -> target agent ---
 
 
-class OpenMapping(Message, tag="open"):
+class OpenMapping(Message, frozen=True, tag="open"):
     """Source -> target: start streaming changes of this mapping."""
 
     mapping_id: int
     journal_id: str  # identifies the source's journal; a new one means old watermarks are void
 
 
-class MappingState(Message, tag="state"):
+class MappingState(Message, frozen=True, tag="state"):
     """Target -> source: where it stands."""
 
     mapping_id: int
@@ -196,7 +196,7 @@ class DirListing(msgspec.Struct, frozen=True, kw_only=True):
     exists: bool = True
 
 
-class DigestRequest(Message, tag="digest_req"):
+class DigestRequest(Message, frozen=True, tag="digest_req"):
     """Source -> target: send me your listings of these directories (top-down compare)."""
 
     mapping_id: int
@@ -207,12 +207,12 @@ class DigestRequest(Message, tag="digest_req"):
             _check_path(d, "digest_req.dirs", allow_root=True)
 
 
-class DigestReply(Message, tag="digest_reply"):
+class DigestReply(Message, frozen=True, tag="digest_reply"):
     mapping_id: int
     listings: tuple[DirListing, ...]
 
 
-class FileStart(Message, tag="file"):
+class FileStart(Message, frozen=True, tag="file"):
     """Source -> target: a whole file follows in FileChunk frames, then FileEnd."""
 
     seq: int
@@ -229,7 +229,7 @@ class FileStart(Message, tag="file"):
         _check_hash(self.base_hash, "file.base_hash", optional=True)
 
 
-class FileChunk(Message, tag="chunk"):
+class FileChunk(Message, frozen=True, tag="chunk"):
     seq: int
     offset: int
     data: bytes
@@ -241,7 +241,7 @@ class FileChunk(Message, tag="chunk"):
             raise ProtocolError(f"chunk: {len(self.data)} bytes is over the chunk limit")
 
 
-class FileEnd(Message, tag="file_end"):
+class FileEnd(Message, frozen=True, tag="file_end"):
     """The strong hash of everything sent; the target commits only if it matches."""
 
     seq: int
@@ -251,14 +251,14 @@ class FileEnd(Message, tag="file_end"):
         _check_hash(self.hash, "file_end.hash")
 
 
-class FileAbort(Message, tag="file_abort"):
+class FileAbort(Message, frozen=True, tag="file_abort"):
     """The source gave up on this file (it changed while read); the target discards it."""
 
     seq: int
     reason: str
 
 
-class Delete(Message, tag="delete"):
+class Delete(Message, frozen=True, tag="delete"):
     """Delete a file, link or whole tree."""
 
     seq: int
@@ -268,7 +268,7 @@ class Delete(Message, tag="delete"):
         _check_path(self.path, "delete.path")
 
 
-class MakeDir(Message, tag="mkdir"):
+class MakeDir(Message, frozen=True, tag="mkdir"):
     seq: int
     path: str
     mode: int = 0o755
@@ -277,7 +277,7 @@ class MakeDir(Message, tag="mkdir"):
         _check_path(self.path, "mkdir.path")
 
 
-class Symlink(Message, tag="symlink"):
+class Symlink(Message, frozen=True, tag="symlink"):
     seq: int
     path: str
     target: str  # stored as is; never followed by the receiver
@@ -287,7 +287,7 @@ class Symlink(Message, tag="symlink"):
         _check_path(self.target, "symlink.target")
 
 
-class Rename(Message, tag="rename"):
+class Rename(Message, frozen=True, tag="rename"):
     seq: int
     path: str
     new_path: str
@@ -298,7 +298,7 @@ class Rename(Message, tag="rename"):
         _check_path(self.new_path, "rename.new_path")
 
 
-class SetAttr(Message, tag="attr"):
+class SetAttr(Message, frozen=True, tag="attr"):
     seq: int
     path: str
     mode: int
@@ -308,7 +308,7 @@ class SetAttr(Message, tag="attr"):
         _check_path(self.path, "attr.path")
 
 
-class Erase(Message, tag="erase"):
+class Erase(Message, frozen=True, tag="erase"):
     """Remove every child of directory `path` whose name is not in `keep`."""
 
     seq: int
@@ -319,13 +319,13 @@ class Erase(Message, tag="erase"):
         _check_path(self.path, "erase.path", allow_root=True)
 
 
-class Checkpoint(Message, tag="checkpoint"):
+class Checkpoint(Message, frozen=True, tag="checkpoint"):
     """Source -> target: everything up to `seq` has been sent (after a catch-up); commit, then ack."""
 
     seq: int
 
 
-class Ack(Message, tag="ack"):
+class Ack(Message, frozen=True, tag="ack"):
     """Target -> source: all changes up to `watermark` are committed (durably, in safe mode)."""
 
     mapping_id: int

@@ -79,12 +79,16 @@ def iter_subtree(manifest: Manifest, path: str) -> Iterator[Entry]:
                 stack.append(child.path)
 
 
+def _listings(manifest: Manifest, dirs: Sequence[str]) -> list[DirListing]:
+    return [manifest.dir_listing(d) for d in dirs]
+
+
 async def compare_trees(manifest: Manifest, request: RequestFn, emit: EmitFn) -> int:
     """Compare top-down and emit the work, level by level; return how many items were emitted."""
     level = [""]
     emitted = 0
     while level:
-        mine = await anyio.to_thread.run_sync(lambda: [manifest.dir_listing(d) for d in level])
+        mine = await anyio.to_thread.run_sync(_listings, manifest, level)
         theirs = await request(level)
         next_level: list[str] = []
         for m, t in zip(mine, theirs, strict=True):

@@ -96,7 +96,11 @@ def entry_messages(root: Path, entry: Entry) -> Iterator[AnyMessage]:
         case "d":
             yield MakeDir(seq=0, path=entry.path, mode=entry.mode or 0o755)
         case "l":
-            yield Symlink(seq=0, path=entry.path, target=entry.link_target)
+            try:  # entries rebuilt from a directory listing carry no link target
+                target = entry.link_target or os.readlink(root / entry.path)
+            except OSError:
+                return  # gone meanwhile: a later record covers it
+            yield Symlink(seq=0, path=entry.path, target=target)
 
 
 def message_bytes(message: AnyMessage) -> int:

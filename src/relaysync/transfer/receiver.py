@@ -17,11 +17,11 @@ import logging
 import os
 import stat
 import time
-
-import xxhash
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import xxhash
 
 from relaysync.errors import HashMismatch, TransferError, UnsafePath
 from relaysync.protocol.messages import (

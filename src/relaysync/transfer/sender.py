@@ -23,6 +23,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskGroup
 
+from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
@@ -33,7 +34,6 @@ from relaysync.constants import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
 )
-from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (

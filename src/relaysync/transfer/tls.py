@@ -7,8 +7,8 @@ host names are not checked. ssl errors are translated here, and only here.
 from __future__ import annotations
 
 import hashlib
-import ssl
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,8 +91,8 @@ def peer_node_id(stream: TLSStream) -> str:
 
 
 def peer_address(stream: TLSStream) -> str:
-    host, port = stream.extra(SocketAttribute.remote_address)[:2]
-    return f"{host}:{port}"
+    remote = stream.extra(SocketAttribute.remote_address)
+    return f"{remote[0]}:{remote[1]}"
 
 
 async def connect(
