@@ -157,3 +157,29 @@ def test_no_temp_files_left(fleet: Fleet) -> None:
     for d in dsts:
         assert temp_files(d) == []
         assert snapshot(d) == snapshot(src)
+
+
+def test_burst_of_3000_changes_converges_and_is_logged_once_each(fleet: Fleet) -> None:
+    from relaysync.testing.cluster import wait_until
+
+    mapping, src, dsts = fleet.new_mapping()
+    for d in range(30):
+        (src / f"d{d}").mkdir()
+        for i in range(100):
+            (src / f"d{d}" / f"{i}.txt").write_bytes(os.urandom(64))
+    fleet.wait_converged(src, dsts, timeout_s=60)
+
+    def logged() -> list[dict]:
+        rows: list[dict] = []
+        before = None
+        for _ in range(10):
+            params = {"mapping": mapping["id"], "limit": 1000} | ({"before": before} if before else {})
+            page = fleet.cluster.api.get("/api/jobs", params=params).json()
+            if not page:
+                break
+            rows += page
+            before = page[-1]["seq"]
+        return rows if len(rows) >= 3030 and all(r["committed_targets"] == 2 for r in rows) else []
+
+    rows = wait_until(logged, timeout_s=60, what="3,030 job log rows")
+    assert len({r["seq"] for r in rows}) == len(rows) == 3030

@@ -194,6 +194,7 @@ class DirListing(msgspec.Struct, frozen=True, kw_only=True):
     path: str  # relative, "" for the root
     entries: tuple[DirEntry, ...]
     exists: bool = True
+    hash: bytes = b""  # the directory's own recursive hash (set for hashes_only requests)
 
 
 class DigestRequest(Message, frozen=True, tag="digest_req"):
@@ -201,8 +202,11 @@ class DigestRequest(Message, frozen=True, tag="digest_req"):
 
     mapping_id: int
     dirs: tuple[str, ...]
+    hashes_only: bool = False  # just each directory's hash: the cheap first step of a compare
 
     def validate(self) -> None:
+        if len(self.dirs) > 100_000:
+            raise ProtocolError("digest_req: too many directories")
         for d in self.dirs:
             _check_path(d, "digest_req.dirs", allow_root=True)
 

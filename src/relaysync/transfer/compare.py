@@ -15,7 +15,7 @@ import anyio
 from relaysync.protocol.messages import AnyMessage, Delete, DirEntry, DirListing, Erase, SetAttr
 from relaysync.watch.manifest import Entry, Manifest
 
-RequestFn = Callable[[Sequence[str]], Awaitable[Sequence[DirListing]]]
+RequestFn = Callable[[Sequence[str], bool], Awaitable[Sequence[DirListing]]]  # (dirs, hashes_only)
 EmitFn = Callable[[Sequence["Work"]], Awaitable[None]]
 
 
@@ -84,12 +84,19 @@ def _listings(manifest: Manifest, dirs: Sequence[str]) -> list[DirListing]:
 
 
 async def compare_trees(manifest: Manifest, request: RequestFn, emit: EmitFn) -> int:
-    """Compare top-down and emit the work, level by level; return how many items were emitted."""
+    """Compare top-down and emit the work, level by level; return how many items were emitted.
+
+    The first round trip carries only the root hashes, so a target in sync costs ~100 bytes.
+    """
+    mine_root = await anyio.to_thread.run_sync(manifest.root_hash)
+    (theirs_root,) = await request([""], True)
+    if theirs_root.hash == mine_root:
+        return 0
     level = [""]
     emitted = 0
     while level:
         mine = await anyio.to_thread.run_sync(_listings, manifest, level)
-        theirs = await request(level)
+        theirs = await request(level, False)
         next_level: list[str] = []
         for m, t in zip(mine, theirs, strict=True):
             work, descend = diff_listing(m, t)

@@ -32,6 +32,7 @@ from relaysync.protocol.messages import (
     Delete,
     DigestReply,
     DigestRequest,
+    DirListing,
     Erase,
     Error,
     ErrorCode,
@@ -368,9 +369,13 @@ class ReceiverSession:
 
     def _digests(self, msg: DigestRequest) -> DigestReply:
         listings = []
+        manifest = self.folder.manifest
         for d in msg.dirs:
             check_relpath(d, allow_root=True)
-            listings.append(self.folder.manifest.dir_listing(d))
+            if msg.hashes_only:
+                listings.append(DirListing(path=d, entries=(), hash=manifest.dir_hash(d)))
+            else:
+                listings.append(manifest.dir_listing(d))
         return DigestReply(mapping_id=msg.mapping_id, listings=tuple(listings))
 
 

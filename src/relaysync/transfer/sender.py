@@ -126,8 +126,9 @@ class _Session:
             self.ack_changed.set()
             self.ack_changed = anyio.Event()
 
-    async def request_listings(self, dirs: Sequence[str]) -> Sequence[DirListing]:
-        await self.framed.send(DigestRequest(mapping_id=self.link.source.mapping_id, dirs=tuple(dirs)))
+    async def request_listings(self, dirs: Sequence[str], hashes_only: bool) -> Sequence[DirListing]:
+        await self.framed.send(DigestRequest(mapping_id=self.link.source.mapping_id, dirs=tuple(dirs),
+                                             hashes_only=hashes_only))
         with anyio.fail_after(RECEIVE_TIMEOUT_S):
             reply = await self.replies[1].receive()
         if len(reply.listings) != len(dirs):
@@ -213,9 +214,10 @@ class TargetLink:
         session.acked = session.sent_upto = state.watermark
         self.connected = True
         covered = journal.first_seq <= state.watermark + 1 <= journal.last_seq + 1
-        if state.watermark == 0 or not covered:
+        if not covered:
             await self._catch_up_by_compare(session)
-        compare_due = anyio.current_time() + (0 if covered and state.watermark else self.compare_interval_s)
+        # Once replay has caught up, compare anyway: the target may have lost or gained files.
+        compare_due = anyio.current_time() if covered else anyio.current_time() + self.compare_interval_s
         self.log.info("streaming to %s from seq %s", self.target.name, session.sent_upto)
         while True:
             records = await anyio.to_thread.run_sync(journal.read, session.sent_upto, BATCH_RECORDS)
