@@ -182,4 +182,8 @@ def test_burst_of_3000_changes_converges_and_is_logged_once_each(fleet: Fleet) -
         return rows if len(rows) >= 3030 and all(r["committed_targets"] == 2 for r in rows) else []
 
     rows = wait_until(logged, timeout_s=60, what="3,030 job log rows")
+    by_path: dict[str, list[dict]] = {}
+    for r in rows:
+        by_path.setdefault(r["path"], []).append(r)
+    assert [v for v in by_path.values() if len(v) > 1] == []
     assert len({r["seq"] for r in rows}) == len(rows) == 3030

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from relaysync.protocol.messages import MappingSpec
+from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.journal import Journal
 from relaysync.watch.manifest import Manifest
@@ -28,6 +30,7 @@ from relaysync.watch.watcher import FsEvent, Watcher
 logger = logging.getLogger(__name__)
 
 EVENT_QUEUE = 64  # event batches buffered between the watcher and the recorder
+HOT_FILE_S = 1.0  # a file a scan finds modified this recently may still be open for writing
 
 
 class SourceMapping:
@@ -49,6 +52,8 @@ class SourceMapping:
         self.ready = anyio.Event()
         # The highest seq whose effect is in the manifest: a manifest comparison covers up to it.
         self.applied_seq = self.journal.last_seq
+        # Files a scan found still being written (no close-write seen): re-checked when cool.
+        self._held: dict[str, None] = {}
 
     def _load_acks(self) -> dict[str, int]:
         try:
@@ -92,6 +97,7 @@ class SourceMapping:
         watcher = Watcher(self.root, self.filter)
         async with anyio.create_task_group() as tg:
             await tg.start(watcher.serve, send)
+            tg.start_soon(self._recheck_held)
             await self._record([FsEvent(kind="rescan", path="")])
             logger.info("source %s ready: %s entries, journal at seq %s",
                         self.root, self.manifest.count(), self.journal.last_seq)
@@ -109,8 +115,35 @@ class SourceMapping:
                         break
                 await self._record(events)
 
+    async def _recheck_held(self) -> None:
+        while True:
+            await anyio.sleep(HOT_FILE_S / 2)
+            if self._held:
+                paths, self._held = list(self._held), {}
+                await self._record([FsEvent(kind="attr", path=p) for p in paths])
+
+    def _hold_hot(self, changes: list[PendingChange], closed: set[str]) -> list[PendingChange]:
+        """Keep back writes found by a scan of files modified in the last HOT_FILE_S.
+
+        A scan (initial, after an overflow, of a new directory) cannot tell a file that is
+        complete from one still being written; inotify's close-write can. A held file is
+        shipped on its close-write, or by the re-check once it has stayed untouched.
+        """
+        now_ns = time.time_ns()
+        kept: list[PendingChange] = []
+        for change in changes:
+            entry = change.entry
+            if (change.op == "write" and change.path not in closed and entry is not None
+                    and now_ns - entry.mtime_ns < HOT_FILE_S * 1e9):
+                self._held[change.path] = None
+            else:
+                kept.append(change)
+        return kept
+
     async def _record(self, events: Sequence[FsEvent]) -> None:
-        changes = await anyio.to_thread.run_sync(self.recorder.detect, events)
+        closed = {e.path for e in events if e.kind == "write"}
+        detected = await anyio.to_thread.run_sync(self.recorder.detect, events)
+        changes = self._hold_hot(detected, closed)
         if not changes:
             return
         records = await self.journal.append_async(changes)
