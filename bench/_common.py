@@ -54,7 +54,7 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "mem_gib": mem_gib,
