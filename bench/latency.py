@@ -161,7 +161,9 @@ def bench_ours(work: Path, ns: list[int], durabilities: list[str], counts: dict[
                 r = cluster.api.delete(f"/api/mappings/{m['id']}")
                 if r.status_code not in (200, 204):
                     raise BenchError(f"delete mapping: {r.status_code} {r.text}")
-                rmtree(base)
+                # The folders are left in place until the fleet is stopped: removing a source
+                # folder while its just-deleted mapping is still being torn down makes the source
+                # journal the deletion and a target agent crash (see bench/README.md).
     except Exception:
         for name, agent in cluster.agents.items():
             console.print(f"--- agent {name} log tail ---\n{agent.process.log_tail(15)}")
