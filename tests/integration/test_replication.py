@@ -187,3 +187,16 @@ def test_burst_of_3000_changes_converges_and_is_logged_once_each(fleet: Fleet) -
         by_path.setdefault(r["path"], []).append(r)
     assert [v for v in by_path.values() if len(v) > 1] == []
     assert len({r["seq"] for r in rows}) == len(rows) == 3030
+
+
+def test_large_file_updates_converge_through_deltas(fleet: Fleet) -> None:
+    _, src, dsts = fleet.new_mapping()
+    data = bytearray(os.urandom(3 * 1024 * 1024))
+    (src / "big.bin").write_bytes(data)
+    fleet.wait_converged(src, dsts)
+    for i in range(5):  # each update is sent as a delta against the version the targets hold
+        data[i * 500_000 : i * 500_000 + 1000] = os.urandom(1000)
+        (src / "big.bin").write_bytes(data)
+        fleet.wait_converged(src, dsts)
+    sigs = list((fleet.cluster.agents["src"].data_dir / "sources").glob("*/signatures/delta/*.delta"))
+    assert sigs, "updates should have gone as deltas"

@@ -34,6 +34,7 @@ from relaysync.protocol.messages import (
     CommitReport,
     Error,
     Hello,
+    MetricsReport,
     Ping,
     Pong,
     Register,
@@ -60,6 +61,13 @@ class MasterLink:
         self.connected = False
         self._reports: collections.deque[CommitReport] = collections.deque(maxlen=MAX_QUEUED_REPORTS)
         self._wake = anyio.Event()
+        self._metrics: MetricsReport | None = None  # only the newest waits; older ones are stale
+
+    def send_metrics(self, report: MetricsReport) -> None:
+        """Queue the newest figures for the master; dropped if the link is down (they go stale)."""
+        if self.connected:
+            self._metrics = report
+            self._wake.set()
 
     def report(self, report: CommitReport) -> None:
         """Queue a commit report (thread-safe from anyio worker threads via from_thread)."""
@@ -129,10 +137,13 @@ class MasterLink:
         while True:
             with anyio.move_on_after(PING_INTERVAL_S) as idle:
                 await self._wake.wait()
-            if idle.cancelled_caught and not self._reports:
+            if idle.cancelled_caught and not self._reports and self._metrics is None:
                 await framed.send(Ping())
                 continue
             self._wake = anyio.Event()
+            if self._metrics is not None:
+                metrics, self._metrics = self._metrics, None
+                await framed.send(metrics)
             await anyio.sleep(COMMIT_REPORT_INTERVAL_S)  # let a burst gather into fewer reports
             while self._reports:
                 batch = [self._reports.popleft() for _ in range(min(len(self._reports), 64))]

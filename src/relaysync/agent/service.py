@@ -26,8 +26,19 @@ from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import JoinRefused, LinkDown, MasterUnreachable
-from relaysync.protocol.messages import Assignment, CommitRecord, MappingSpec, PeerInfo, Register
+from relaysync.monitor.collectors import Collector, sample
+from relaysync.monitor.prometheus import serve_agent_metrics
+from relaysync.protocol.messages import (
+    Assignment,
+    CommitRecord,
+    MappingSpec,
+    MetricSample,
+    PeerInfo,
+    Register,
+)
 from relaysync.transfer import tls
+from relaysync.transfer.codec import codec_for_level
+from relaysync.transfer.ops import SendOptions
 from relaysync.transfer.receiver import ReportFn, TargetFolder
 from relaysync.transfer.sender import TargetAddress, TargetLink
 from relaysync.transfer.staging import clean_stale_temps
@@ -81,6 +92,7 @@ class _Running:
     spec: MappingSpec
     scope: anyio.CancelScope
     links: list[TargetLink] = field(default_factory=list)
+    source: SourceMapping | None = None
 
 
 class AgentService:
@@ -121,6 +133,7 @@ class AgentService:
             if saved is not None:
                 await self.apply_assignment(saved, persist=False)
             tg.start_soon(self.link.serve)
+            await tg.start(self._serve_monitoring)
             logger.info("agent %s (node %s) serving peers on %s", self.cfg.name, self.node_id[:16], advertise)
             task_status.started(peer_port)
 
@@ -201,6 +214,9 @@ class AgentService:
             source = await anyio.to_thread.run_sync(
                 SourceMapping, spec, self.data_dir / "sources" / str(spec.mapping_id)
             )
+            running = self.sources.get(spec.mapping_id)
+            if running is not None and running.scope is scope:
+                running.source = source
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(source.serve)
@@ -210,7 +226,9 @@ class AgentService:
                         address = partial(self._peer_address, target.node_id)
                         link = TargetLink(source, TargetAddress(target.node_id, label, address),
                                           tls.client_context(self.identity), node_id=self.node_id,
-                                          name=self.cfg.name, compare_interval_s=self.cfg.compare_interval_s)
+                                          name=self.cfg.name, compare_interval_s=self.cfg.compare_interval_s,
+                                          options=SendOptions(codec=codec_for_level(self.cfg.zstd_level),
+                                                              signatures=source.signatures))
                         self.sources[spec.mapping_id].links.append(link)
                         tg.start_soon(link.serve)
             finally:
@@ -221,6 +239,32 @@ class AgentService:
         if peer is None or not peer.address:
             raise LinkDown(node_id[:16], "the master has not told its address yet")
         return peer.address
+
+    # --- monitoring ---
+
+    async def _serve_monitoring(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        collector = Collector(folders=self._folders, own=self._own_figures)
+        assert self.link is not None
+        async with anyio.create_task_group() as tg:
+            if self.cfg.metrics_listen:
+                await tg.start(partial(serve_agent_metrics, collector, self.cfg.name, self.cfg.metrics_listen))
+            await tg.start(partial(collector.serve, self.link.send_metrics,
+                                   interval_s=self.cfg.metrics_interval_s))
+            task_status.started()
+
+    def _folders(self) -> list[str]:
+        return ([r.spec.source_path for r in self.sources.values()]
+                + [str(t.root) for t in self.targets.values()])
+
+    def _own_figures(self) -> list[MetricSample]:
+        links = [link for r in self.sources.values() for link in r.links]
+        out = [sample("links_connected", sum(link.connected for link in links)),
+               sample("links_total", len(links)),
+               sample("master_link_connected", bool(self.link and self.link.connected))]
+        for r in self.sources.values():
+            if r.source is not None:
+                out.append(sample("journal_backlog", r.source.backlog(), mapping=r.spec.name))
+        return out
 
     # --- reports ---
 

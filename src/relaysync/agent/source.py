@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from relaysync.protocol.messages import MappingSpec
+from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.journal import Journal
@@ -46,6 +47,8 @@ class SourceMapping:
         self.manifest = Manifest(state_dir / "manifest.db")
         self.journal = Journal(state_dir / "journal", fsync=spec.durability == "safe")
         self.recorder = ChangeRecorder(self.root, self.manifest, self.filter)
+        # Signatures of the versions sent, so updates of large files go as deltas.
+        self.signatures = SignatureStore(state_dir / "signatures") if SignatureStore.enabled() else None
         self._new_records = anyio.Event()
         self._acks_path = state_dir / "acks.json"
         self._acks: dict[str, int] = self._load_acks()
@@ -74,6 +77,11 @@ class SourceMapping:
     def on_ack(self, target_node: str, watermark: int) -> None:
         self._acks[target_node] = watermark
         self._release()
+
+    def backlog(self) -> int:
+        """Return how many journal records the slowest target has not acknowledged yet."""
+        acked = [self._acks.get(t.node_id, 0) for t in self.spec.targets]
+        return max(0, self.journal.last_seq - min(acked)) if acked else 0
 
     def _release(self) -> None:
         targets = [t.node_id for t in self.spec.targets]

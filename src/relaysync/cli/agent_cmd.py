@@ -20,6 +20,8 @@ def agent(
     region: Annotated[str | None, typer.Option(help="Region of this server.")] = None,
     group: Annotated[str | None, typer.Option(help="Group of this server within its region.")] = None,
     listen: Annotated[str | None, typer.Option(help="Peer server host:port (port 0: any).")] = None,
+    metrics_listen: Annotated[str | None, typer.Option(
+        help="Serve Prometheus /metrics on host:port (port 0: any); default off.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="JSON logs for machines.")] = False,
 ) -> None:
@@ -28,7 +30,8 @@ def agent(
 
     cfg = load(AgentConfig, path=config, overrides={
         "master_url": master, "name": name, "data_dir": str(data) if data else None, "token": token,
-        "region": region, "group": group, "listen": listen, "log_json": log_json or None})
+        "region": region, "group": group, "listen": listen, "log_json": log_json or None,
+        "metrics_listen": metrics_listen})
     setup_logging(json_logs=cfg.log_json)
     service = AgentService(cfg)
 

@@ -25,6 +25,9 @@ class MasterConfig(msgspec.Struct, frozen=True, kw_only=True):
     control_listen: str = "127.0.0.1:0"  # agents' control links (TLS), host:port
     database_url: str = ""  # empty = SQLite file in data_dir; or postgresql+psycopg://...
     log_json: bool = False
+    monitor_interval_s: float = 10.0  # probes, self-watch and threshold checks run this often
+    metrics_raw_retention_s: float = 86_400.0  # raw agent figures kept this long (a day)...
+    metrics_minute_retention_s: float = 30 * 86_400.0  # ...then one-minute averages this long
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,7 +40,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:0"  # peer server, host:port (port 0 = any free port)
     advertise_host: str = ""  # address peers use to reach this agent; default: the listen host
     compare_interval_s: float = 600.0  # manifests are compared this often, for convergence
+    zstd_level: int = 0  # compression of file data on this agent's links (0 = off); policies later
     log_json: bool = False
+    metrics_interval_s: float = 10.0  # server figures are sent to the master this often
+    metrics_listen: str = ""  # host:port for Prometheus /metrics of this agent; empty = off
 
 
 Durability = Literal["safe", "fast"]

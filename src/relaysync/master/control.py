@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -34,6 +35,7 @@ from relaysync.protocol.messages import (
     Error,
     ErrorCode,
     Hello,
+    MetricsReport,
     Ping,
     Pong,
     Register,
@@ -57,12 +59,14 @@ class ControlServer:
     """Accepts agents' control links and keeps their assignments current."""
 
     def __init__(self, *, host: str, port: int, ctx: ssl.SSLContext, store: Store, events: EventBus,
-                 joblog: JobLogWriter) -> None:
+                 joblog: JobLogWriter,
+                 on_metrics: Callable[[str, str, MetricsReport], None] | None = None) -> None:
         self.host, self.port = host, port
         self.ctx = ctx
         self.store = store
         self.events = events
         self.joblog = joblog
+        self.on_metrics = on_metrics  # (node_id, name, report), on the event loop's thread
         self.links: dict[str, _AgentLink] = {}
         self._changed = anyio.Event()
 
@@ -163,6 +167,9 @@ class ControlServer:
             match message:
                 case CommitReport():
                     self.joblog.add(message)
+                case MetricsReport():
+                    if self.on_metrics is not None:
+                        self.on_metrics(link.node_id, link.name, message)
                 case AssignmentAck():
                     link.epoch_acked = message.epoch
                 case Ping():

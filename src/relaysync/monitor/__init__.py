@@ -1,0 +1,1 @@
+"""Server monitoring: collectors, probes, thresholds, alerts and Prometheus exposition."""

@@ -32,6 +32,7 @@ class ErrorCode(enum.IntEnum):
     VERSION = 7
     NOT_EXPECTED = 8
     DISK_FULL = 9
+    BASE_MISMATCH = 10  # a delta's base is not what the target holds: send the whole file
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -233,6 +234,24 @@ class FileStart(Message, frozen=True, tag="file"):
         _check_hash(self.base_hash, "file.base_hash", optional=True)
 
 
+class DeltaStart(Message, frozen=True, tag="delta"):
+    """Source -> target: a delta against the target's version `base_hash` follows in FileChunk
+    frames (the delta stream), then FileEnd with the hash of the new whole file."""
+
+    seq: int
+    path: str
+    size: int  # of the new file
+    mode: int
+    mtime_ns: int
+    base_hash: bytes
+
+    def validate(self) -> None:
+        _check_path(self.path, "delta.path")
+        _check_non_negative(self.size, "delta.size")
+        _check_non_negative(self.seq, "delta.seq")
+        _check_hash(self.base_hash, "delta.base_hash")
+
+
 class FileChunk(Message, frozen=True, tag="chunk"):
     seq: int
     offset: int
@@ -336,6 +355,39 @@ class Ack(Message, frozen=True, tag="ack"):
     watermark: int
 
 
+# --- Monitoring ---
+
+MAX_METRIC_SAMPLES = 4096  # one report per agent tick; thousands of mappings is already extreme
+MAX_METRIC_NAME = 64
+
+
+class MetricSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One figure: a gauge value, with labels such as the disk path or the mapping."""
+
+    name: str  # e.g. cpu_percent, disk_used_percent, journal_backlog
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+class MetricsReport(Message, frozen=True, tag="metrics_report"):
+    """Agent -> master, every metrics_interval_s: the agent's server figures."""
+
+    at: float  # unix time on the agent when collected
+    samples: tuple[MetricSample, ...]
+
+    def validate(self) -> None:
+        if len(self.samples) > MAX_METRIC_SAMPLES:
+            raise ProtocolError(f"metrics_report: over {MAX_METRIC_SAMPLES} samples")
+        for s in self.samples:
+            if not s.name or len(s.name) > MAX_METRIC_NAME or not s.name.replace("_", "").isalnum():
+                raise ProtocolError(f"metrics_report: bad metric name {s.name[:80]!r}")
+            if s.value != s.value or s.value in (float("inf"), float("-inf")):
+                raise ProtocolError(f"metrics_report: {s.name} is not a finite number")
+            if len(s.labels) > 8 or any(len(k) > MAX_METRIC_NAME or len(v) > MAX_PATH_BYTES
+                                        for k, v in s.labels):
+                raise ProtocolError(f"metrics_report: {s.name} has too many or too long labels")
+
+
 AnyMessage = (
     Hello
     | Error
@@ -350,6 +402,7 @@ AnyMessage = (
     | DigestRequest
     | DigestReply
     | FileStart
+    | DeltaStart
     | FileChunk
     | FileEnd
     | FileAbort
@@ -361,11 +414,12 @@ AnyMessage = (
     | Erase
     | Checkpoint
     | Ack
+    | MetricsReport
 )
 
 
 # Ops that change a target tree, in the order a source streams them.
-ChangeOp = FileStart | Delete | MakeDir | Symlink | Rename | SetAttr | Erase
+ChangeOp = FileStart | DeltaStart | Delete | MakeDir | Symlink | Rename | SetAttr | Erase
 
 ENCODER = msgspec.msgpack.Encoder()
 DECODER: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)  # type: ignore[arg-type]

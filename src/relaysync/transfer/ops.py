@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
@@ -18,6 +19,7 @@ from relaysync.constants import CHUNK_BYTES
 from relaysync.protocol.messages import (
     AnyMessage,
     Delete,
+    DeltaStart,
     FileAbort,
     FileChunk,
     FileEnd,
@@ -27,15 +29,73 @@ from relaysync.protocol.messages import (
     SetAttr,
     Symlink,
 )
+from relaysync.transfer.codec import Codec, Plain, encode_chunk
+from relaysync.transfer.signatures import DELTA_MIN_BYTES, SignatureStore
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
 
 
-def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"") -> Iterator[AnyMessage]:
+@dataclass
+class SendOptions:
+    """How one link sends file data: its codec, and whether (and from where) deltas come."""
+
+    codec: Codec = field(default_factory=Plain)
+    signatures: SignatureStore | None = None  # None: whole files only
+    whole_file_seqs: set[int] = field(default_factory=set)  # the target lacked the delta's base
+    force: str = "auto"  # "auto" | "delta" | "whole"
+
+
+def _chunk(seq: int, offset: int, data: bytes, options: SendOptions) -> FileChunk:
+    codec_id, payload = encode_chunk(data, options.codec)
+    return FileChunk(seq=seq, offset=offset, data=payload, codec=codec_id)
+
+
+def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"",
+                       options: SendOptions | None = None) -> Iterator[AnyMessage]:
     """Yield FileStart, FileChunk..., FileEnd (or FileAbort) for the file as it is now on disk.
 
-    Yields nothing if the file is gone or is no longer a regular file (a later record covers it).
+    With a known base version and a kept signature of it, yield a DeltaStart and the delta
+    instead. Yields nothing if the file is gone or is no longer a regular file (a later record
+    covers it).
     """
+    options = options or SendOptions()
+    if _wants_delta(base_hash, seq, options):
+        delta = _delta_messages(root, path, seq, base_hash, options)
+        if delta is not None:
+            yield from delta
+            return
+    yield from _whole_messages(root, path, seq, base_hash, options)
+
+
+def _wants_delta(base_hash: bytes, seq: int, options: SendOptions) -> bool:
+    return (bool(base_hash) and options.signatures is not None and options.force != "whole"
+            and seq not in options.whole_file_seqs)
+
+
+def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes,
+                    options: SendOptions) -> list[AnyMessage] | None:
+    assert options.signatures is not None
+    found = options.signatures.delta(root, path, base_hash)
+    if found is None:
+        return None
+    delta_path, new_hash, st = found
+    if options.force == "auto" and delta_path.stat().st_size > st.st_size * 0.9:
+        return None  # the delta saves too little: a whole copy is simpler for the target
+    messages: list[AnyMessage] = [DeltaStart(seq=seq, path=path, size=st.st_size,
+                                             mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns,
+                                             base_hash=base_hash)]
+    with open(delta_path, "rb") as f:
+        offset = 0
+        while data := f.read(CHUNK_BYTES):
+            messages.append(_chunk(seq, offset, data, options))
+            offset += len(data)
+    messages.append(FileEnd(seq=seq, hash=new_hash))
+    options.signatures.remember(root, path, new_hash)
+    return messages
+
+
+def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes,
+                    options: SendOptions) -> Iterator[AnyMessage]:
     full = root / path
     try:
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -54,7 +114,7 @@ def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"
             if not data:
                 break
             hasher.update(data)
-            yield FileChunk(seq=seq, offset=offset, data=data)
+            yield _chunk(seq, offset, data, options)
             offset += len(data)
         after = os.fstat(fd)
         if offset != before.st_size or (after.st_size, after.st_mtime_ns) != (
@@ -62,17 +122,21 @@ def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"
         ):
             yield FileAbort(seq=seq, reason="changed while read")
             return
-        yield FileEnd(seq=seq, hash=hasher.digest())
+        digest = hasher.digest()
+        yield FileEnd(seq=seq, hash=digest)
     finally:
         os.close(fd)
+    if options.signatures is not None and before.st_size >= DELTA_MIN_BYTES:
+        options.signatures.remember(root, path, digest)
 
 
-def record_messages(root: Path, record: JournalRecord) -> Iterator[AnyMessage]:
+def record_messages(root: Path, record: JournalRecord, options: SendOptions | None = None) -> Iterator[AnyMessage]:
     """Yield the wire ops for one journal record."""
     entry = record.entry
     match record.op:
         case "write":
-            yield from iter_file_messages(root, record.path, record.seq, base_hash=record.base_hash)
+            yield from iter_file_messages(root, record.path, record.seq, base_hash=record.base_hash,
+                                          options=options)
         case "delete":
             yield Delete(seq=record.seq, path=record.path)
         case "mkdir":
@@ -88,11 +152,11 @@ def record_messages(root: Path, record: JournalRecord) -> Iterator[AnyMessage]:
                 yield SetAttr(seq=record.seq, path=record.path, mode=entry.mode, mtime_ns=entry.mtime_ns)
 
 
-def entry_messages(root: Path, entry: Entry) -> Iterator[AnyMessage]:
+def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None) -> Iterator[AnyMessage]:
     """Yield the ops that create `entry` on a target (catch-up work, seq 0)."""
     match entry.kind:
         case "f":
-            yield from iter_file_messages(root, entry.path, 0)
+            yield from iter_file_messages(root, entry.path, 0, options=options)
         case "d":
             yield MakeDir(seq=0, path=entry.path, mode=entry.mode or 0o755)
         case "l":

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import xxhash
 
-from relaysync.errors import HashMismatch, TransferError, UnsafePath
+from relaysync.errors import HashMismatch, ProtocolError, TransferError, UnsafePath
 from relaysync.protocol.messages import (
     Ack,
     AnyMessage,
     Checkpoint,
     CommitRecord,
     Delete,
+    DeltaStart,
     DigestReply,
     DigestRequest,
     DirListing,
@@ -45,7 +46,7 @@ from relaysync.protocol.messages import (
     SetAttr,
     Symlink,
 )
-from relaysync.transfer import staging
+from relaysync.transfer import codec, staging
 from relaysync.transfer.paths import check_relpath, parent_of, resolve_inside
 from relaysync.watch.manifest import Entry, Manifest
 
@@ -97,7 +98,7 @@ class ReceiverSession:
         self.report = report
         self.watermark = folder.watermark(journal_id)
         self._incoming: staging.IncomingFile | None = None
-        self._incoming_msg: FileStart | None = None
+        self._incoming_msg: FileStart | DeltaStart | None = None
         self._incoming_started = 0.0
         self._incoming_wire = 0
         self._skip_seq = -1  # chunks of a file refused at FileStart are dropped
@@ -140,6 +141,8 @@ class ReceiverSession:
         match message:
             case FileStart():
                 self._start_file(message)
+            case DeltaStart():
+                self._start_delta(message)
             case FileChunk():
                 self._write_chunk(message)
             case FileEnd():
@@ -191,14 +194,43 @@ class ReceiverSession:
         self._incoming_started = started
         self._incoming_wire = 0
 
+    def _start_delta(self, msg: DeltaStart) -> None:
+        """Receive a delta against the version we hold into a temp file; patch at FileEnd."""
+        self._abort_incoming()
+        started = time.monotonic()
+        try:
+            final = resolve_inside(self.folder.root, msg.path)
+            entry = self.folder.manifest.get(msg.path)
+            st = os.lstat(final)
+        except UnsafePath as exc:
+            self._refuse(msg.seq, "write", msg.path, str(exc), started)
+            self._skip_seq = msg.seq
+            return
+        except FileNotFoundError:
+            entry, st = None, None
+        if (entry is None or st is None or entry.hash != msg.base_hash or not stat.S_ISREG(st.st_mode)
+                or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns)):
+            raise TransientFailure(msg.seq, ErrorCode.BASE_MISMATCH,
+                                   f"{msg.path}: this target does not hold the delta's base version")
+        try:
+            delta_path = staging.temp_name_for(final).with_suffix(".delta.tmp")
+            self._incoming = staging.IncomingFile.open(self.folder.root, delta_path, size=2**62,
+                                                       mode=0o600, mtime_ns=0)
+        except OSError as exc:
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        self._incoming_msg = msg
+        self._incoming_started = started
+        self._incoming_wire = 0
+
     def _write_chunk(self, msg: FileChunk) -> None:
         if msg.seq == self._skip_seq:
             return
         if self._incoming is None or self._incoming_msg is None or self._incoming_msg.seq != msg.seq:
             raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "chunk without a file start")
         try:
-            self._incoming.write(msg.offset, msg.data)
-        except TransferError as exc:
+            data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data)
+            self._incoming.write(msg.offset, data)
+        except (TransferError, ProtocolError) as exc:
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc
         except OSError as exc:
             raise _transient_os(msg.seq, self._incoming_msg.path, exc) from exc
@@ -212,6 +244,8 @@ class ReceiverSession:
         if incoming is None or start is None or start.seq != msg.seq:
             raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "file end without a file start")
         self._incoming = self._incoming_msg = None
+        if isinstance(start, DeltaStart):
+            incoming = self._patch(start, incoming)
         try:
             incoming.finish(msg.hash)
         except HashMismatch as exc:
@@ -228,6 +262,19 @@ class ReceiverSession:
         self._note(msg.seq)
         if len(self._batch) >= 256:
             self.flush()
+
+    def _patch(self, start: DeltaStart, delta: staging.IncomingFile) -> staging.IncomingFile:
+        delta.close()
+        try:
+            return staging.IncomingFile.from_patch(
+                self.folder.root, self.folder.root / start.path, delta.temp, size=start.size,
+                mode=start.mode, mtime_ns=start.mtime_ns)
+        except OSError as exc:
+            raise _transient_os(start.seq, start.path, exc) from exc
+        except TransferError as exc:  # librsync refused the delta: corrupt on the wire
+            raise TransientFailure(start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}") from exc
+        finally:
+            delta.discard()
 
     def _abort_incoming(self) -> None:
         if self._incoming is not None:

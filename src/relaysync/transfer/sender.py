@@ -44,6 +44,7 @@ from relaysync.protocol.messages import (
     DigestRequest,
     DirListing,
     Error,
+    ErrorCode,
     FileChunk,
     Hello,
     MappingState,
@@ -111,6 +112,8 @@ class _Session:
                     case DigestReply():
                         await send_replies.send(message)
                     case Error():
+                        if message.code == ErrorCode.BASE_MISMATCH:
+                            self.link.options.whole_file_seqs.add(message.seq)
                         raise PeerRefused(message.detail, message.code.name)
                     case Ping():
                         await self.framed.send(Pong(nonce=message.nonce))
@@ -140,8 +143,10 @@ class TargetLink:
     """Keeps one target of one mapping up to date, reconnecting as needed."""
 
     def __init__(self, source: SourceFolder, target: TargetAddress, ctx: ssl.SSLContext, *,
-                 node_id: str, name: str, compare_interval_s: float = PERIODIC_COMPARE_S) -> None:
+                 node_id: str, name: str, compare_interval_s: float = PERIODIC_COMPARE_S,
+                 options: ops.SendOptions | None = None) -> None:
         self.source = source
+        self.options = options or ops.SendOptions()
         self.target = target
         self.ctx = ctx
         self.node_id = node_id
@@ -247,7 +252,7 @@ class TargetLink:
 
         def produce() -> Iterator[AnyMessage]:
             for record in records:
-                yield from ops.record_messages(root, record)
+                yield from ops.record_messages(root, record, self.options)
             yield Checkpoint(seq=last)
 
         await self._send_stream(session, produce())
@@ -264,10 +269,10 @@ class TargetLink:
                     if item.message is not None:
                         yield item.message
                     elif item.entry is not None:
-                        yield from ops.entry_messages(root, item.entry)
+                        yield from ops.entry_messages(root, item.entry, self.options)
                     elif item.subtree is not None:
                         for entry in iter_subtree(manifest, item.subtree):
-                            yield from ops.entry_messages(root, entry)
+                            yield from ops.entry_messages(root, entry, self.options)
 
             await self._send_stream(session, produce())
 

@@ -73,7 +73,7 @@ class IncomingFile:
     def open(cls, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int) -> IncomingFile:
         make_parents(root, final)
         temp = temp_name_for(final)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return cls(final=final, temp=temp, size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
 
     def write(self, offset: int, data: bytes) -> None:
@@ -105,6 +105,29 @@ class IncomingFile:
             os.unlink(self.temp)
         except FileNotFoundError:
             pass
+
+    @classmethod
+    def from_patch(cls, root: Path, final: Path, delta: Path, *, size: int, mode: int,
+                   mtime_ns: int) -> IncomingFile:
+        """Build the new version from the current file at `final` and a librsync delta.
+
+        The result sits in a temp file beside `final`, hashed, ready for `finish()`.
+        """
+        from relaysync.transfer import _librsync
+
+        incoming = cls.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns)
+        try:
+            _librsync.patch(final, delta, incoming.temp)
+            buf = bytearray(1024 * 1024)
+            view = memoryview(buf)
+            os.lseek(incoming.fd, 0, os.SEEK_SET)
+            while n := os.readv(incoming.fd, [buf]):
+                incoming.hasher.update(view[:n])
+                incoming.received += n
+        except BaseException:
+            incoming.discard()
+            raise
+        return incoming
 
     def close(self) -> None:
         if self.fd >= 0:

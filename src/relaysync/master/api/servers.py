@@ -24,6 +24,7 @@ class ServerOut(BaseModel):
     last_seen: float | None  # unix time
     capacity_weight: int
     created_at: float
+    health: str = "ok"  # ok or unhealthy (over a threshold or failing a probe: not a relay)
 
 
 def list_servers(context: Context) -> list[ServerOut]:

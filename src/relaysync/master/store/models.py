@@ -46,6 +46,7 @@ class Server(Base):
     last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
     capacity_weight: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[float] = mapped_column(Float)
+    health: Mapped[str] = mapped_column(String(16), default="ok")  # ok | unhealthy (monitoring)
 
 
 class Mapping(Base):
@@ -190,3 +191,87 @@ class Catchup(Base):
     files: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+# --- Monitoring (issue 7; migration 0003_monitoring) ---
+
+
+class MetricSampleRow(Base):
+    """One figure of one server at one time: raw (resolution_s 0) or a one-minute average (60)."""
+
+    __tablename__ = "metric_samples"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    server: Mapped[str] = mapped_column(NAME)
+    name: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[str] = mapped_column(Text, default="")  # JSON of sorted [key, value] pairs
+    value: Mapped[float] = mapped_column(Float)
+    at: Mapped[float] = mapped_column(Float)
+    resolution_s: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("ix_metric_samples_series", "server", "name", "at"),
+        Index("ix_metric_samples_age", "resolution_s", "at"),
+    )
+
+
+class ThresholdRow(Base):
+    __tablename__ = "thresholds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))  # server | group | all
+    target: Mapped[str] = mapped_column(NAME, default="")  # server or group name; "" for all
+    metric: Mapped[str] = mapped_column(String(64))
+    operator: Mapped[str] = mapped_column(String(4))
+    value: Mapped[float] = mapped_column(Float)
+    for_s: Mapped[float] = mapped_column(Float, default=0.0)
+    hysteresis: Mapped[float] = mapped_column(Float, default=0.0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ProbeRow(Base):
+    __tablename__ = "probes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(NAME, unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # tcp | ping
+    host: Mapped[str] = mapped_column(NAME)
+    port: Mapped[int] = mapped_column(Integer, default=0)
+    server: Mapped[str] = mapped_column(NAME, default="")  # whose health it feeds; "" = none
+    for_s: Mapped[float] = mapped_column(Float, default=0.0)
+    timeout_s: Mapped[float] = mapped_column(Float, default=2.0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class AlertChannelRow(Base):
+    __tablename__ = "alert_channels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(NAME, unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # email | webhook | sms | console
+    config: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class AlertRow(Base):
+    """One incident: fired once, maybe acknowledged, resolved once. The alert log."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255))  # e.g. threshold:3:web1, probe:2, heartbeat:web1
+    server: Mapped[str] = mapped_column(NAME, default="")
+    kind: Mapped[str] = mapped_column(String(16))  # threshold | probe | heartbeat
+    subject: Mapped[str] = mapped_column(NAME)  # the metric or the probe's name
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16))  # firing | acknowledged | resolved
+    fired_at: Mapped[float] = mapped_column(Float)
+    acknowledged_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    acknowledged_by: Mapped[str] = mapped_column(NAME, default="")
+    resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_alerts_key_state", "key", "state"), Index("ix_alerts_fired", "fired_at"))

@@ -28,6 +28,7 @@ from relaysync.auth.tokens import hash_token, new_api_token, new_join_token
 from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store import _joblog, _mappings, _queries
 from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
+from relaysync.master.store._monitoring import MonitoringStore
 from relaysync.master.store.models import (
     ApiToken,
     ConfigEpoch,
@@ -65,6 +66,7 @@ def _server_info(row: Server) -> ServerInfo:
         last_seen=row.last_seen,
         capacity_weight=row.capacity_weight,
         created_at=row.created_at,
+        health=row.health,  # type: ignore[arg-type]
     )
 
 
@@ -94,16 +96,17 @@ class Store:
         self._write_sessions = sessionmaker(
             self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
+        self.monitoring = MonitoringStore(self._read, self._write)  # figures, rules, alert log
 
     # --- Lifecycle ---
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision (alembic upgrade head)."""
+        """Bring the schema to the newest revision of every branch (alembic upgrade heads)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with map_db_errors("migrate"), self._engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, "heads")
         logger.info("store schema is up to date", extra={"dialect": self._engine.dialect.name})
 
     def close(self) -> None:

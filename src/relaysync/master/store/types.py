@@ -8,6 +8,7 @@ from typing import Literal
 from relaysync.protocol.messages import MappingSpec, TargetSpec
 
 ServerState = Literal["up", "down", "unknown"]
+ServerHealth = Literal["ok", "unhealthy"]
 Durability = Literal["safe", "fast"]
 
 
@@ -22,6 +23,7 @@ class ServerInfo:
     last_seen: float | None  # unix time
     capacity_weight: int
     created_at: float
+    health: ServerHealth = "ok"  # "unhealthy": over a threshold or failing a probe; no relay
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,105 @@
+"""Collectors: a server's figures (CPU, memory, disks, load, TCP sessions) and relaysync's own.
+
+Error handling: a figure that cannot be read (a folder not yet created, no permission to list
+sockets) is left out of that report, never fatal.
+Resource handling: psutil calls run in a worker thread; nothing is held between reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import anyio
+import psutil
+
+from relaysync.protocol.messages import MetricSample, MetricsReport
+
+logger = logging.getLogger(__name__)
+
+FiguresFn = Callable[[], Iterable[MetricSample]]
+
+
+def sample(name: str, value: float, **labels: str) -> MetricSample:
+    """Return one figure; labels are kept sorted so equal series compare equal."""
+    return MetricSample(name=name, value=float(value), labels=tuple(sorted(labels.items())))
+
+
+def _disk_samples(paths: Iterable[str]) -> list[MetricSample]:
+    seen: set[int] = set()
+    out: list[MetricSample] = []
+    for path in sorted(set(paths)):
+        try:
+            device = os.stat(path).st_dev
+            usage = psutil.disk_usage(path)
+        except OSError:
+            continue
+        if device in seen:  # one figure per file system, under the first folder on it
+            continue
+        seen.add(device)
+        out.append(sample("disk_used_percent", usage.percent, path=path))
+        out.append(sample("disk_free_bytes", usage.free, path=path))
+    return out
+
+
+def _tcp_connections() -> int | None:
+    try:
+        return len(psutil.net_connections(kind="tcp"))
+    except (psutil.AccessDenied, OSError):
+        return None
+
+
+def collect_system(paths: Iterable[str]) -> list[MetricSample]:
+    """Return this server's figures; `paths` are the synced folders whose disks count.
+
+    CPU percent is since the previous call (the first call in a process reads 0).
+    """
+    memory = psutil.virtual_memory()
+    out = [
+        sample("cpu_percent", psutil.cpu_percent(interval=None)),
+        sample("memory_percent", memory.percent),
+        sample("memory_used_bytes", memory.total - memory.available),
+        sample("load1", os.getloadavg()[0]),
+    ]
+    tcp = _tcp_connections()
+    if tcp is not None:
+        out.append(sample("tcp_connections", tcp))
+    out.extend(_disk_samples(paths))
+    return out
+
+
+class Collector:
+    """Builds a MetricsReport from the system figures and the caller's own figures."""
+
+    def __init__(self, *, folders: Callable[[], Sequence[str]], own: FiguresFn) -> None:
+        self.folders = folders
+        self.own = own
+        self.latest: MetricsReport | None = None
+        psutil.cpu_percent(interval=None)  # prime: the next call measures from here
+
+    async def collect(self) -> MetricsReport:
+        """Return a fresh report (also kept as `latest`, for the agent's /metrics)."""
+        folders = list(self.folders())
+        system = await anyio.to_thread.run_sync(collect_system, folders)
+        report = MetricsReport(at=time.time(), samples=tuple(system) + tuple(self.own()))
+        self.latest = report
+        return report
+
+    async def serve(self, send: Callable[[MetricsReport], Awaitable[None] | None], *,
+                    interval_s: float,
+                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Collect every `interval_s` and hand each report to `send`, until cancelled."""
+        task_status.started()
+        while True:
+            started = anyio.current_time()
+            try:
+                report = await self.collect()
+            except (OSError, psutil.Error) as exc:
+                logger.warning("collecting figures failed, will retry: %s", exc)
+            else:
+                result = send(report)
+                if result is not None:
+                    await result
+            await anyio.sleep(max(0.0, interval_s - (anyio.current_time() - started)))

@@ -1,0 +1,118 @@
+"""A small ctypes binding of librsync 2.x (Debian's librsync2): signature, delta, patch on files.
+
+PyPI's python-librsync calls the 1.x `rs_sig_begin` and fails with 2.x, hence this binding.
+Every call works file to file through libc `FILE*` streams, so memory stays flat in the file
+size, and ctypes releases the GIL while librsync runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+
+from relaysync.errors import TransferError
+
+RS_DONE = 0
+
+
+class LibrsyncError(TransferError):
+    """librsync: {} failed with result {}."""
+
+
+def _load() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
+    name = ctypes.util.find_library("rsync") or "librsync.so.2"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    lib.rs_sig_args.argtypes = [ctypes.c_longlong, ctypes.POINTER(ctypes.c_int),
+                                ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    lib.rs_sig_file.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                                ctypes.c_int, ctypes.c_void_p]
+    lib.rs_loadsig_file.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+    lib.rs_build_hash_table.argtypes = [ctypes.c_void_p]
+    lib.rs_delta_file.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.rs_patch_file.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.rs_free_sumset.argtypes = [ctypes.c_void_p]
+    lib.rs_free_sumset.restype = None
+    return lib, libc
+
+
+_LIBS = _load()
+
+
+def available() -> bool:
+    """True if librsync 2.x could be loaded (install Debian's librsync2 otherwise)."""
+    return _LIBS is not None
+
+
+def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    if _LIBS is None:
+        raise LibrsyncError("loading librsync.so.2 (apt-get install librsync2)", -1)
+    return _LIBS
+
+
+class _File:
+    """A libc FILE* opened for the duration of a with-block."""
+
+    def __init__(self, path: Path, mode: str) -> None:
+        self.path, self.mode = path, mode
+        self.ptr: int = 0
+
+    def __enter__(self) -> int:
+        _, libc = _libs()
+        ptr = libc.fopen(os.fsencode(self.path), self.mode.encode())
+        if not ptr:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(self.path))
+        self.ptr = ptr
+        return ptr
+
+    def __exit__(self, *exc: object) -> None:
+        _, libc = _libs()
+        if self.ptr:
+            libc.fclose(self.ptr)
+
+
+def _check(result: int, what: str) -> None:
+    if result != RS_DONE:
+        raise LibrsyncError(what, result)
+
+
+def signature(basis: Path, sig_out: Path) -> None:
+    """Write the signature of `basis` (rolling weak sum + strong hash per block) to sig_out."""
+    lib, _ = _libs()
+    magic = ctypes.c_int(0)
+    block_len = ctypes.c_size_t(0)
+    strong_len = ctypes.c_size_t(0)
+    _check(lib.rs_sig_args(os.path.getsize(basis), ctypes.byref(magic), ctypes.byref(block_len),
+                           ctypes.byref(strong_len)), "rs_sig_args")
+    with _File(basis, "rb") as f_in, _File(sig_out, "wb") as f_out:
+        _check(lib.rs_sig_file(f_in, f_out, block_len, strong_len, magic, None), "rs_sig_file")
+
+
+def delta(sig: Path, new: Path, delta_out: Path) -> None:
+    """Write the delta (copy/literal instructions) that turns the signed basis into `new`."""
+    lib, _ = _libs()
+    sumset = ctypes.c_void_p()
+    with _File(sig, "rb") as f_sig:
+        _check(lib.rs_loadsig_file(f_sig, ctypes.byref(sumset), None), "rs_loadsig_file")
+    try:
+        _check(lib.rs_build_hash_table(sumset), "rs_build_hash_table")
+        with _File(new, "rb") as f_new, _File(delta_out, "wb") as f_delta:
+            _check(lib.rs_delta_file(sumset, f_new, f_delta, None), "rs_delta_file")
+    finally:
+        lib.rs_free_sumset(sumset)
+
+
+def patch(basis: Path, delta_file: Path, out: Path) -> None:
+    """Apply `delta_file` to `basis`, writing the new version to `out`."""
+    lib, _ = _libs()
+    with _File(basis, "rb") as f_basis, _File(delta_file, "rb") as f_delta, _File(out, "wb") as f_out:
+        _check(lib.rs_patch_file(f_basis, f_delta, f_out, None), "rs_patch_file")

@@ -1,0 +1,148 @@
+"""Delta transfer ("different patch"): librsync signature/delta/patch, codec, and the receiver."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import xxhash
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relaysync.protocol.messages import (
+    Checkpoint,
+    DeltaStart,
+    Error,
+    ErrorCode,
+    FileChunk,
+    FileStart,
+)
+from relaysync.transfer import _librsync, codec
+from relaysync.transfer.ops import SendOptions, iter_file_messages
+from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.transfer.signatures import SignatureStore
+from relaysync.watch.manifest import Manifest
+
+
+
+def _roundtrip(tmp: Path, old: bytes, new: bytes) -> bytes:
+    (tmp / "old").write_bytes(old)
+    (tmp / "new").write_bytes(new)
+    _librsync.signature(tmp / "old", tmp / "sig")
+    _librsync.delta(tmp / "sig", tmp / "new", tmp / "delta")
+    _librsync.patch(tmp / "old", tmp / "delta", tmp / "out")
+    return (tmp / "out").read_bytes()
+
+
+edits = st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.floats(0, 1),
+                           st.binary(min_size=0, max_size=5000)), max_size=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["random", "text", "zeros"]), size=st.integers(0, 300_000), changes=edits)
+def test_patch_reproduces_new_version(tmp_path: Path, kind: str, size: int, changes: list) -> None:
+    rnd = random.Random(size)
+    if kind == "random":
+        old = rnd.randbytes(size)
+    elif kind == "text":
+        old = b"".join(f"line {i} {rnd.random()}\n".encode() for i in range(size // 30))
+    else:
+        old = bytes(size // 2) + rnd.randbytes(size // 8) + bytes(size // 2)
+    new = bytearray(old)
+    for op, where, data in changes:
+        at = int(where * len(new))
+        if op == "insert":
+            new[at:at] = data
+        elif op == "delete":
+            del new[at : at + len(data)]
+        else:
+            new[at : at + len(data)] = data
+    assert _roundtrip(tmp_path, old, bytes(new)) == bytes(new)
+
+
+def test_truncate_append_and_edits_at_both_ends(tmp_path: Path) -> None:
+    old = os.urandom(3 * 1024 * 1024 + 17)
+    for new in (old[:1000], old + os.urandom(300_000), b"X" + old[1:-1] + b"Y", b""):
+        assert _roundtrip(tmp_path, old, new) == new
+
+
+def test_codec_skips_incompressible_and_round_trips() -> None:
+    z = codec.codec_for_level(3)
+    text = b"hello world " * 10_000
+    cid, payload = codec.encode_chunk(text, z)
+    assert cid == codec.Zstd.ID and len(payload) < len(text) / 10
+    assert codec.decode_chunk(cid, payload) == text
+    noise = os.urandom(100_000)
+    assert codec.encode_chunk(noise, z) == (codec.Plain.ID, noise)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, TargetFolder, SignatureStore]:
+    src = tmp_path / "src"
+    src.mkdir()
+    root = tmp_path / "dst"
+    root.mkdir()
+    folder = TargetFolder(mapping_id=1, source_node="s", root=root, manifest=Manifest(tmp_path / "m.db"), durable=True)
+    return src, folder, SignatureStore(tmp_path / "sigs")
+
+
+def _send(src: Path, folder: TargetFolder, seq: int, base: bytes, options: SendOptions) -> tuple[list, list]:
+    msgs = list(iter_file_messages(src, "big.bin", seq, base_hash=base, options=options))
+    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(msgs + [Checkpoint(seq=seq)])
+    return msgs, replies
+
+
+def test_update_goes_as_small_delta(pair: tuple[Path, TargetFolder, SignatureStore]) -> None:
+    src, folder, sigs = pair
+    options = SendOptions(signatures=sigs)
+    v1 = os.urandom(4 * 1024 * 1024)
+    (src / "big.bin").write_bytes(v1)
+    msgs, _ = _send(src, folder, 1, b"", options)
+    assert isinstance(msgs[0], FileStart)
+    v2 = bytearray(v1)
+    v2[2_000_000:2_010_000] = os.urandom(10_000)
+    (src / "big.bin").write_bytes(v2)
+    msgs, replies = _send(src, folder, 2, xxhash.xxh3_128(v1).digest(), options)
+    assert isinstance(msgs[0], DeltaStart)
+    wire = sum(len(m.data) for m in msgs if isinstance(m, FileChunk))
+    assert wire < 60_000, wire
+    assert not any(isinstance(r, Error) for r in replies)
+    assert (folder.root / "big.bin").read_bytes() == bytes(v2)
+
+
+def test_base_mismatch_asks_for_the_whole_file(pair: tuple[Path, TargetFolder, SignatureStore]) -> None:
+    src, folder, sigs = pair
+    options = SendOptions(signatures=sigs)
+    v1 = os.urandom(200_000)
+    (src / "big.bin").write_bytes(v1)
+    _send(src, folder, 1, b"", options)
+    (folder.root / "big.bin").write_bytes(os.urandom(200_000))  # the target's copy diverged
+    folder.manifest.put_many([])
+    (src / "big.bin").write_bytes(v1[:-10] + b"0123456789")
+    _, replies = _send(src, folder, 2, xxhash.xxh3_128(v1).digest(), options)
+    assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.BASE_MISMATCH]
+    options.whole_file_seqs.add(2)
+    msgs, replies = _send(src, folder, 2, xxhash.xxh3_128(v1).digest(), options)
+    assert isinstance(msgs[0], FileStart)
+    assert (folder.root / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+
+
+def test_flipped_bit_in_delta_is_never_committed(pair: tuple[Path, TargetFolder, SignatureStore]) -> None:
+    src, folder, sigs = pair
+    options = SendOptions(signatures=sigs)
+    v1 = os.urandom(500_000)
+    (src / "big.bin").write_bytes(v1)
+    _send(src, folder, 1, b"", options)
+    v2 = v1[:250_000] + b"new bytes in the middle" + v1[250_000:]
+    (src / "big.bin").write_bytes(v2)
+    msgs = list(iter_file_messages(src, "big.bin", 2, base_hash=xxhash.xxh3_128(v1).digest(), options=options))
+    i = next(i for i, m in enumerate(msgs) if isinstance(m, FileChunk))
+    data = bytearray(msgs[i].data)
+    data[len(data) // 2] ^= 0x01
+    msgs[i] = FileChunk(seq=2, offset=msgs[i].offset, data=bytes(data), codec=msgs[i].codec)
+    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(msgs + [Checkpoint(seq=2)])
+    assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.HASH_MISMATCH]
+    assert (folder.root / "big.bin").read_bytes() == v1
+    assert [p.name for p in folder.root.iterdir()] == ["big.bin"]
