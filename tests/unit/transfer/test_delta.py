@@ -26,7 +26,6 @@ from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.manifest import Manifest
 
 
-
 def _roundtrip(tmp: Path, old: bytes, new: bytes) -> bytes:
     (tmp / "old").write_bytes(old)
     (tmp / "new").write_bytes(new)
