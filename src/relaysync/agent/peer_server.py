@@ -125,8 +125,9 @@ class PeerServer:
             partial(ReceiverSession, folder, journal_id, self.reporter(folder))
         )
         try:
+            partials = await anyio.to_thread.run_sync(folder.list_partials)
             await framed.send(MappingState(mapping_id=folder.mapping_id, watermark=session.watermark,
-                                           root_hash=b""))
+                                           root_hash=b"", partials=partials))
             while True:
                 batch = await self._read_batch(framed)
                 replies = await anyio.to_thread.run_sync(session.apply_batch, batch)

@@ -37,6 +37,7 @@ from relaysync.protocol.messages import (
     Register,
 )
 from relaysync.transfer import tls
+from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.codec import codec_for_level
 from relaysync.transfer.ops import SendOptions
 from relaysync.transfer.receiver import ReportFn, TargetFolder
@@ -188,14 +189,15 @@ class AgentService:
 
     def _open_target(self, spec: MappingSpec, root: Path) -> TargetFolder:
         root.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(root)
         state = self.data_dir / "targets" / str(spec.mapping_id)
         state.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(state / "manifest.db")
+        folder = TargetFolder(mapping_id=spec.mapping_id, source_node=spec.source_node, root=root,
+                              manifest=manifest, durable=spec.durability == "safe")
+        clean_stale_temps(root, keep=folder.partial_files())
         recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude))
         recorder.apply(recorder.detect([FsEvent(kind="rescan", path="")]))
-        return TargetFolder(mapping_id=spec.mapping_id, source_node=spec.source_node, root=root,
-                            manifest=manifest, durable=spec.durability == "safe")
+        return folder
 
     async def _apply_sources(self, wanted: dict[int, MappingSpec]) -> None:
         for mapping_id, running in list(self.sources.items()):
@@ -227,8 +229,10 @@ class AgentService:
                         link = TargetLink(source, TargetAddress(target.node_id, label, address),
                                           tls.client_context(self.identity), node_id=self.node_id,
                                           name=self.cfg.name, compare_interval_s=self.cfg.compare_interval_s,
-                                          options=SendOptions(codec=codec_for_level(self.cfg.zstd_level),
-                                                              signatures=source.signatures))
+                                          options=SendOptions(
+                                              codec=codec_for_level(self.cfg.zstd_level),
+                                              signatures=source.signatures,
+                                              bandwidth=TokenBucket.from_mbit(self.cfg.bandwidth_limit_mbit)))
                         self.sources[spec.mapping_id].links.append(link)
                         tg.start_soon(link.serve)
             finally:

@@ -41,6 +41,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     advertise_host: str = ""  # address peers use to reach this agent; default: the listen host
     compare_interval_s: float = 600.0  # manifests are compared this often, for convergence
     zstd_level: int = 0  # compression of file data on this agent's links (0 = off); policies later
+    bandwidth_limit_mbit: float = 0.0  # per outgoing link, megabits per second (0 = unlimited)
     log_json: bool = False
     metrics_interval_s: float = 10.0  # server figures are sent to the master this often
     metrics_listen: str = ""  # host:port for Prometheus /metrics of this agent; empty = off

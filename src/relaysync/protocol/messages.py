@@ -33,6 +33,7 @@ class ErrorCode(enum.IntEnum):
     NOT_EXPECTED = 8
     DISK_FULL = 9
     BASE_MISMATCH = 10  # a delta's base is not what the target holds: send the whole file
+    RESUME_LOST = 11  # the partial a resume refers to is gone: send the whole file
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -152,6 +153,7 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     duration_ms: float = 0.0
     committed_at: float = 0.0  # unix time on the target
+    new_path: str = ""  # a rename's new path: the purger refreshes it and what moved under it
 
 
 class CommitReport(Message, frozen=True, tag="commit_report"):
@@ -174,12 +176,21 @@ class OpenMapping(Message, frozen=True, tag="open"):
     journal_id: str  # identifies the source's journal; a new one means old watermarks are void
 
 
+class Partial(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A large file the target received in part before a link or process died."""
+
+    path: str
+    hash: bytes  # the content hash the source announced for it
+    size: int  # bytes held, a whole number of chunks
+
+
 class MappingState(Message, frozen=True, tag="state"):
     """Target -> source: where it stands."""
 
     mapping_id: int
     watermark: int  # highest seq committed with no gap, for this journal_id
     root_hash: bytes  # manifest root hash of the target tree
+    partials: tuple[Partial, ...] = ()  # interrupted large files it can resume
 
 
 class DirEntry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -226,12 +237,17 @@ class FileStart(Message, frozen=True, tag="file"):
     mode: int
     mtime_ns: int
     base_hash: bytes = b""  # hash of the version it replaces ("" if none known)
+    expected_hash: bytes = b""  # hash the source expects the content to have; names a resumable partial
+    offset: int = 0  # resume: the target already holds the first `offset` bytes in its partial
 
     def validate(self) -> None:
         _check_path(self.path, "file.path")
         _check_non_negative(self.size, "file.size")
         _check_non_negative(self.seq, "file.seq")
         _check_hash(self.base_hash, "file.base_hash", optional=True)
+        _check_hash(self.expected_hash, "file.expected_hash", optional=True)
+        if not 0 <= self.offset <= self.size or (self.offset and not self.expected_hash):
+            raise ProtocolError("file.offset: outside the file, or a resume without a hash")
 
 
 class DeltaStart(Message, frozen=True, tag="delta"):

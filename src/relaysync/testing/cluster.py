@@ -156,7 +156,8 @@ class Cluster:
         return self._client
 
     def start_agent(self, name: str, *, region: str = "default", group: str = "default",
-                    extra_args: Sequence[str] = (), wait: bool = True) -> Agent:
+                    extra_args: Sequence[str] = (), wait: bool = True,
+                    env: dict[str, str] | None = None) -> Agent:
         agent = self.agents.get(name)
         if agent is None:
             data = self.base / "agents" / name
@@ -165,7 +166,7 @@ class Cluster:
                     "--data", str(data), "--region", region, "--group", group, *extra_args]
             agent = Agent(name, data, Process(name, args, self.base / f"agent-{name}.log"))
             self.agents[name] = agent
-        agent.process.start(self._env())
+        agent.process.start(self._env() | (env or {}))
         if wait:
             self.wait_agent_up(name)
         return agent

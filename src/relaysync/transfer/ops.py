@@ -29,6 +29,7 @@ from relaysync.protocol.messages import (
     SetAttr,
     Symlink,
 )
+from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.codec import Codec, Plain, encode_chunk
 from relaysync.transfer.signatures import DELTA_MIN_BYTES, SignatureStore
 from relaysync.watch.changes import JournalRecord
@@ -43,6 +44,8 @@ class SendOptions:
     signatures: SignatureStore | None = None  # None: whole files only
     whole_file_seqs: set[int] = field(default_factory=set)  # the target lacked the delta's base
     force: str = "auto"  # "auto" | "delta" | "whole"
+    resume: dict[tuple[str, bytes], int] = field(default_factory=dict)  # (path, hash) -> bytes held
+    bandwidth: TokenBucket = field(default_factory=lambda: TokenBucket(0))
 
 
 def _chunk(seq: int, offset: int, data: bytes, options: SendOptions) -> FileChunk:
@@ -51,7 +54,8 @@ def _chunk(seq: int, offset: int, data: bytes, options: SendOptions) -> FileChun
 
 
 def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"",
-                       options: SendOptions | None = None) -> Iterator[AnyMessage]:
+                       expected_hash: bytes = b"", options: SendOptions | None = None
+                       ) -> Iterator[AnyMessage]:
     """Yield FileStart, FileChunk..., FileEnd (or FileAbort) for the file as it is now on disk.
 
     With a known base version and a kept signature of it, yield a DeltaStart and the delta
@@ -64,7 +68,7 @@ def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"
         if delta is not None:
             yield from delta
             return
-    yield from _whole_messages(root, path, seq, base_hash, options)
+    yield from _whole_messages(root, path, seq, base_hash, expected_hash, options)
 
 
 def _wants_delta(base_hash: bytes, seq: int, options: SendOptions) -> bool:
@@ -94,7 +98,7 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes,
     return messages
 
 
-def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes,
+def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
                     options: SendOptions) -> Iterator[AnyMessage]:
     full = root / path
     try:
@@ -105,16 +109,20 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes,
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             return
+        held = options.resume.pop((path, expected_hash), 0) if expected_hash else 0
+        held = held if held <= before.st_size and held % CHUNK_BYTES == 0 else 0
         yield FileStart(seq=seq, path=path, size=before.st_size, mode=stat.S_IMODE(before.st_mode),
-                        mtime_ns=before.st_mtime_ns, base_hash=base_hash)
+                        mtime_ns=before.st_mtime_ns, base_hash=base_hash, expected_hash=expected_hash,
+                        offset=held)
         hasher = xxhash.xxh3_128()
         offset = 0
         while offset < before.st_size:
             data = os.pread(fd, min(CHUNK_BYTES, before.st_size - offset), offset)
             if not data:
                 break
-            hasher.update(data)
-            yield _chunk(seq, offset, data, options)
+            hasher.update(data)  # the target's kept prefix is covered by the whole-file hash too
+            if offset >= held:
+                yield _chunk(seq, offset, data, options)
             offset += len(data)
         after = os.fstat(fd)
         if offset != before.st_size or (after.st_size, after.st_mtime_ns) != (
@@ -136,7 +144,7 @@ def record_messages(root: Path, record: JournalRecord, options: SendOptions | No
     match record.op:
         case "write":
             yield from iter_file_messages(root, record.path, record.seq, base_hash=record.base_hash,
-                                          options=options)
+                                          expected_hash=entry.hash if entry else b"", options=options)
         case "delete":
             yield Delete(seq=record.seq, path=record.path)
         case "mkdir":
@@ -156,7 +164,7 @@ def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None)
     """Yield the ops that create `entry` on a target (catch-up work, seq 0)."""
     match entry.kind:
         case "f":
-            yield from iter_file_messages(root, entry.path, 0, options=options)
+            yield from iter_file_messages(root, entry.path, 0, expected_hash=entry.hash, options=options)
         case "d":
             yield MakeDir(seq=0, path=entry.path, mode=entry.mode or 0o755)
         case "l":

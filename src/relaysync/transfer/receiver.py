@@ -13,6 +13,7 @@ the batch, keeps the watermark before it, and is reported to the source, which r
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -21,8 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import xxhash
 
+from relaysync.constants import CHUNK_BYTES
 from relaysync.errors import HashMismatch, ProtocolError, TransferError, UnsafePath
 from relaysync.protocol.messages import (
     Ack,
@@ -42,6 +45,7 @@ from relaysync.protocol.messages import (
     FileEnd,
     FileStart,
     MakeDir,
+    Partial,
     Rename,
     SetAttr,
     Symlink,
@@ -52,6 +56,7 @@ from relaysync.watch.manifest import Entry, Manifest
 
 logger = logging.getLogger(__name__)
 
+RESUME_MIN_BYTES = 8 * 1024 * 1024  # files this large keep a named partial that survives a crash
 ReportFn = Callable[[int, Sequence[CommitRecord]], None]  # (watermark, records)
 
 
@@ -78,6 +83,37 @@ class TargetFolder:
 
     def set_watermark(self, journal_id: str, seq: int) -> None:
         self.manifest.set_meta(f"watermark:{journal_id}", str(seq))
+
+    # Resumable partials of large files: path -> content hash (hex), kept in the manifest's meta.
+
+    def _partials(self) -> dict[str, str]:
+        return dict(json.loads(self.manifest.get_meta("partials") or "{}"))
+
+    def add_partial(self, path: str, content_hash: bytes) -> None:
+        partials = self._partials()
+        partials[path] = content_hash.hex()
+        self.manifest.set_meta("partials", json.dumps(partials))
+
+    def drop_partial(self, path: str) -> None:
+        partials = self._partials()
+        if partials.pop(path, None) is not None:
+            self.manifest.set_meta("partials", json.dumps(partials))
+
+    def partial_files(self) -> frozenset[Path]:
+        return frozenset(staging.partial_name_for(self.root / p, bytes.fromhex(h))
+                         for p, h in self._partials().items())
+
+    def list_partials(self) -> tuple[Partial, ...]:
+        """The partials still on disk, each cut to whole chunks (a torn last chunk is resent)."""
+        found = []
+        for path, digest in self._partials().items():
+            name = staging.partial_name_for(self.root / path, bytes.fromhex(digest))
+            try:
+                size = name.stat().st_size // CHUNK_BYTES * CHUNK_BYTES
+            except OSError:
+                continue
+            found.append(Partial(path=path, hash=bytes.fromhex(digest), size=size))
+        return tuple(found)
 
 
 @dataclass
@@ -131,7 +167,11 @@ class ReceiverSession:
         return replies
 
     def close(self) -> None:
-        """Discard whatever is half-received (the old files stay in place)."""
+        """Discard whatever is half-received (the old files stay in place); keep partials."""
+        incoming = self._incoming
+        if incoming is not None and incoming.temp.name.endswith(staging.PARTIAL_SUFFIX):
+            incoming.close()  # resumable: the next session continues where this one stopped
+            self._incoming = self._incoming_msg = None
         self._abort_incoming()
         self._batch.discard()
 
@@ -181,18 +221,36 @@ class ReceiverSession:
         started = time.monotonic()
         try:
             final = resolve_inside(self.folder.root, msg.path)
-            self._incoming = staging.IncomingFile.open(
-                self.folder.root, final, size=msg.size, mode=msg.mode, mtime_ns=msg.mtime_ns
-            )
+            self._incoming = self._open_incoming(msg, final)
         except UnsafePath as exc:
             self._refuse(msg.seq, "write", msg.path, str(exc), started)
             self._skip_seq = msg.seq
             return
+        except FileNotFoundError as exc:
+            if msg.offset:
+                self.folder.drop_partial(msg.path)
+                raise TransientFailure(msg.seq, ErrorCode.RESUME_LOST, f"{msg.path}: {exc.strerror}") from exc
+            raise _transient_os(msg.seq, msg.path, exc) from exc
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
+        if msg.offset:
+            logger.info("resuming %s at offset %s of %s bytes", msg.path, msg.offset, msg.size)
         self._incoming_msg = msg
         self._incoming_started = started
         self._incoming_wire = 0
+
+    def _open_incoming(self, msg: FileStart, final: Path) -> staging.IncomingFile:
+        """A temp file for the new content: a named, resumable partial for large files."""
+        root = self.folder.root
+        if msg.expected_hash and msg.size >= RESUME_MIN_BYTES:
+            incoming = staging.IncomingFile.open_partial(
+                root, final, msg.expected_hash, size=msg.size, mode=msg.mode,
+                mtime_ns=msg.mtime_ns, offset=msg.offset)
+            self.folder.add_partial(msg.path, msg.expected_hash)
+            return incoming
+        if msg.offset:
+            raise FileNotFoundError(errno.ENOENT, "no partial kept for files this small", msg.path)
+        return staging.IncomingFile.open(root, final, size=msg.size, mode=msg.mode, mtime_ns=msg.mtime_ns)
 
     def _start_delta(self, msg: DeltaStart) -> None:
         """Receive a delta against the version we hold into a temp file; patch at FileEnd."""
@@ -249,6 +307,7 @@ class ReceiverSession:
         try:
             incoming.finish(msg.hash)
         except HashMismatch as exc:
+            self.folder.drop_partial(start.path)
             raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
         self._batch.add(incoming)
         self._pending.entries.append(
@@ -279,6 +338,8 @@ class ReceiverSession:
     def _abort_incoming(self) -> None:
         if self._incoming is not None:
             self._incoming.discard()
+            if isinstance(self._incoming_msg, FileStart):
+                self.folder.drop_partial(self._incoming_msg.path)
         self._incoming = self._incoming_msg = None
 
     def flush(self) -> None:
@@ -292,6 +353,9 @@ class ReceiverSession:
             seq = pending.records[0].seq if pending.records else 0
             raise _transient_os(seq, "commit batch", exc) from exc
         self.folder.manifest.put_many(pending.entries)
+        for entry in pending.entries:
+            if entry.size >= RESUME_MIN_BYTES:
+                self.folder.drop_partial(entry.path)
         self._applied.extend(pending.records)
 
     def _checkpoint(self, seq: int) -> Ack:
@@ -325,7 +389,10 @@ class ReceiverSession:
             return
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
-        self._applied.append(self._record(msg.seq, op, msg.path, started=started))
+        record = self._record(msg.seq, op, msg.path, started=started)
+        if isinstance(msg, Rename):  # the purger needs the new name too
+            record = CommitRecord(**{**msgspec.structs.asdict(record), "new_path": msg.new_path})
+        self._applied.append(record)
         self._note(msg.seq)
 
     def _apply_op_unchecked(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:

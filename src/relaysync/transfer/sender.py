@@ -217,6 +217,7 @@ class TargetLink:
     async def _stream(self, session: _Session, state: MappingState, tg: TaskGroup) -> None:
         journal = self.source.journal
         session.acked = session.sent_upto = state.watermark
+        self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
         self.connected = True
         covered = journal.first_seq <= state.watermark + 1 <= journal.last_seq + 1
         if not covered:
@@ -286,20 +287,24 @@ class TargetLink:
         """Pull messages from a file-reading iterator in a worker thread and send them in batches."""
         done = False
 
-        def next_batch() -> list[AnyMessage]:
+        def next_batch(max_bytes: int) -> list[AnyMessage]:
             nonlocal done
             batch: list[AnyMessage] = []
             size = 0
             for message in messages:
                 batch.append(message)
                 size += ops.message_bytes(message)
-                if size >= BATCH_BYTES or (isinstance(message, FileChunk) and size >= BATCH_BYTES // 2):
+                if size >= max_bytes or (isinstance(message, FileChunk) and size >= max_bytes // 2):
                     return batch
             done = True
             return batch
 
+        limit = self.options.bandwidth
+        batch_bytes = min(BATCH_BYTES, max(65536, int(limit.rate * 0.05))) if limit.limited else BATCH_BYTES
         while not done:
-            batch = await anyio.to_thread.run_sync(next_batch)
+            batch = await anyio.to_thread.run_sync(next_batch, batch_bytes)
             if batch:
+                before = session.framed.bytes_sent
                 await session.framed.send_many(batch)
+                await limit.consume(session.framed.bytes_sent - before)
 

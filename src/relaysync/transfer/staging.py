@@ -28,6 +28,14 @@ def temp_name_for(final: Path) -> Path:
     return final.with_name(f"{TEMP_PREFIX}{final.name[:200]}.{secrets.token_hex(4)}.tmp")
 
 
+PARTIAL_SUFFIX = ".part"
+
+
+def partial_name_for(final: Path, content_hash: bytes) -> Path:
+    """The name of a resumable partial: stable for (file, content), so a restart finds it."""
+    return final.with_name(f"{TEMP_PREFIX}{final.name[:200]}.{content_hash.hex()[:16]}{PARTIAL_SUFFIX}")
+
+
 def make_parents(root: Path, final: Path) -> None:
     """Create the real directories between root and final's parent (never through links)."""
     parent = final.parent
@@ -75,6 +83,38 @@ class IncomingFile:
         temp = temp_name_for(final)
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return cls(final=final, temp=temp, size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
+
+    @classmethod
+    def open_partial(cls, root: Path, final: Path, content_hash: bytes, *, size: int, mode: int,
+                     mtime_ns: int, offset: int) -> IncomingFile:
+        """Open the resumable partial of `final` for this content, keeping its first `offset` bytes.
+
+        The kept prefix is hashed again so the whole-file check at the end covers it too.
+
+        Raises:
+            FileNotFoundError: a resume (offset > 0) of a partial that is gone or shorter.
+        """
+        make_parents(root, final)
+        temp = partial_name_for(final, content_hash)
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if offset == 0 else 0)
+        fd = os.open(temp, flags, 0o600)
+        incoming = cls(final=final, temp=temp, size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
+        try:
+            if os.fstat(fd).st_size < offset:
+                raise FileNotFoundError(2, "partial shorter than the resume offset", str(temp))
+            os.ftruncate(fd, offset)
+            buf = bytearray(1024 * 1024)
+            view = memoryview(buf)
+            while incoming.received < offset:
+                n = os.readv(fd, [view[: min(len(buf), offset - incoming.received)]])
+                if not n:
+                    raise FileNotFoundError(2, "partial ended early", str(temp))
+                incoming.hasher.update(view[:n])
+                incoming.received += n
+        except BaseException:
+            incoming.close()
+            raise
+        return incoming
 
     def write(self, offset: int, data: bytes) -> None:
         if offset != self.received:
@@ -177,12 +217,15 @@ class CommitBatch:
             f.discard()
 
 
-def clean_stale_temps(root: Path) -> int:
-    """Remove temp files left by a crash under root; return how many were removed."""
+def clean_stale_temps(root: Path, keep: frozenset[Path] = frozenset()) -> int:
+    """Remove temp files left by a crash under root, except the resumable partials in `keep`."""
     removed = 0
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
-            if name.startswith(TEMP_PREFIX) and name.endswith(".tmp"):
+            path = Path(dirpath) / name
+            if name.startswith(TEMP_PREFIX) and path not in keep and (
+                name.endswith(".tmp") or name.endswith(PARTIAL_SUFFIX)
+            ):
                 try:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1

@@ -1,0 +1,82 @@
+"""Large transfers: resume after the receiver is killed, and the per-link bandwidth limit."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relaysync.constants import CHUNK_BYTES
+from relaysync.testing.cluster import Cluster, wait_until
+from tests.integration.conftest import Fleet
+
+pytestmark = pytest.mark.integration
+
+LIMIT_MBIT = 200.0  # 25 MB/s: a 200 MiB file takes about 8 s
+
+
+@pytest.fixture
+def limited_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    cluster = Cluster(tmp_path / "fleet")
+    cluster.start_master()
+    cluster.start_agent("src", env={"RELAYSYNC_BANDWIDTH_LIMIT_MBIT": str(LIMIT_MBIT)})
+    cluster.start_agent("t1")
+    try:
+        yield Fleet(cluster, tmp_path)
+    finally:
+        cluster.stop()
+
+
+def _partials(root: Path) -> list[Path]:
+    return [p for p in root.iterdir() if p.name.endswith(".part")]
+
+
+def _write_random(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(size // CHUNK_BYTES):
+            f.write(os.urandom(CHUNK_BYTES))
+
+
+def test_receiver_killed_mid_200mib_resumes(limited_fleet: Fleet) -> None:
+    _, src, (dst,) = limited_fleet.new_mapping(targets=("t1",))
+    size = 200 * CHUNK_BYTES
+    _write_random(src / "big.bin", size)
+    part = wait_until(lambda: [p for p in _partials(dst) if p.stat().st_size > 60 * CHUNK_BYTES],
+                      timeout_s=60, interval_s=0.01, what="a partial of 60 MiB")[0]
+    limited_fleet.cluster.agents["t1"].process.kill()
+    held = part.stat().st_size
+    assert not (dst / "big.bin").exists()
+    limited_fleet.cluster.start_agent("t1")
+    limited_fleet.wait_converged(src, [dst], timeout_s=60)
+    log = (limited_fleet.cluster.base / "agent-t1.log").read_text()
+    offsets = [int(m) for m in re.findall(r"resuming big.bin at offset (\d+)", log)]
+    assert offsets, "the transfer should have resumed, not restarted"
+    sent_again = size - offsets[-1]
+    assert sent_again <= (size - held) + CHUNK_BYTES
+    assert _partials(dst) == []
+
+
+def test_bandwidth_limit_holds_within_ten_percent(limited_fleet: Fleet) -> None:
+    _, src, (dst,) = limited_fleet.new_mapping(targets=("t1",))
+    size = 120 * CHUNK_BYTES  # about 5 s at the limit
+    _write_random(src / "big.bin", size)
+    samples: list[tuple[float, int]] = []
+
+    def done() -> bool:
+        parts = _partials(dst)
+        if parts:
+            try:
+                samples.append((time.monotonic(), parts[0].stat().st_size))
+            except FileNotFoundError:
+                pass
+        return (dst / "big.bin").exists()
+
+    wait_until(done, timeout_s=60, interval_s=0.02, what="the file")
+    lo = next(s for s in samples if s[1] >= size * 0.2)
+    hi = next(s for s in samples if s[1] >= size * 0.8)
+    rate_mbit = (hi[1] - lo[1]) * 8 / (hi[0] - lo[0]) / 1e6
+    assert LIMIT_MBIT * 0.9 <= rate_mbit <= LIMIT_MBIT * 1.1, rate_mbit
