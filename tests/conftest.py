@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from relaysync.master.store import Store
+from relaysync.testing.caches import CacheFarm, start_cache_farm
 
 PG_START_TIMEOUT_S = 60  # initdb takes ~0.7 s and start ~0.1 s here; slow CI boxes get headroom
 _db_numbers = itertools.count(1)
@@ -106,6 +107,17 @@ def _drop_database(server_url: str, name: str) -> None:
     plain = server_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def cache_farm() -> Iterator[CacheFarm]:
+    """Varnish, nginx (cache-purge) and Squid on loopback ports, once per session, in front of
+    one origin web server that serves `cache_farm.docroot`."""
+    farm = start_cache_farm()
+    try:
+        yield farm
+    finally:
+        farm.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -23,6 +23,10 @@ Each class's docstring is its message template, formatted with the positional ar
     │   └── JournalCorrupt
     ├── StoreError                     the master's store
     │   └── NotFound
+    ├── PurgeError                     cache synchronization
+    │   ├── ForeignUrl                 a URL that does not belong to the site it was sent for
+    │   ├── CacheRefused               a cache refused a purge (403/405): its configuration is wrong
+    │   └── NoticeRefused              a listener notice with bad credentials, time or nonce
     └── MasterUnreachable              the master's API or control port does not answer
 """
 
@@ -136,6 +140,24 @@ class StoreError(RelaySyncError):
 
 class NotFound(StoreError):
     """{} {!r} not found."""
+
+
+class PurgeError(RelaySyncError):
+    """Purge error: {}"""
+
+    exit_code = 17
+
+
+class ForeignUrl(PurgeError):
+    """URL {!r} does not belong to site {!r}: {}."""
+
+
+class CacheRefused(PurgeError):
+    """Cache {!r} refused {} with HTTP {}: allow purges from the master in its configuration."""
+
+
+class NoticeRefused(PurgeError):
+    """Purge notice refused: {}."""
 
 
 class MasterUnreachable(RelaySyncError):

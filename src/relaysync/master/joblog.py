@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 
@@ -33,6 +34,12 @@ class JobLogWriter:
         self._wake = anyio.Event()
         self.watermarks: dict[tuple[int, str, str], int] = {}
         self.written_reports = 0
+        self._subscribers: list[Callable[[CommitReport], None]] = []
+
+    def subscribe(self, callback: Callable[[CommitReport], None]) -> None:
+        """Call `callback(report)` with every commit report as it arrives (on the loop's thread;
+        it must not block: the purger needs commits within milliseconds, not per flush)."""
+        self._subscribers.append(callback)
 
     def add(self, report: CommitReport) -> None:
         key = (report.mapping_id, report.source_node, report.target_node)
@@ -43,6 +50,11 @@ class JobLogWriter:
                 self.events.publish(EventType.COMMIT_FAILED, mapping_id=report.mapping_id,
                                     target=report.target_node, seq=record.seq, path=record.path,
                                     error=record.error)
+        for callback in self._subscribers:
+            try:
+                callback(report)
+            except Exception:  # a subscriber's bug must not lose the job log
+                logger.exception("commit report subscriber failed")
         self._queue.append(report)
         self._queued_records += len(report.records)
         if self._queued_records >= FLUSH_RECORDS:

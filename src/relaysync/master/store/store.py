@@ -29,6 +29,7 @@ from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store import _joblog, _mappings, _queries
 from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
 from relaysync.master.store._monitoring import MonitoringStore
+from relaysync.master.store._sites import SiteStore
 from relaysync.master.store.models import (
     ApiToken,
     ConfigEpoch,
@@ -86,7 +87,7 @@ def _limit(limit: int) -> int:
     return limit
 
 
-class Store:
+class Store(SiteStore):
     """The master's database, by URL: `sqlite:///path.db` or `postgresql+psycopg://...`."""
 
     def __init__(self, url: str) -> None:

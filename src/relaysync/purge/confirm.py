@@ -1,0 +1,84 @@
+"""Refresh-and-confirm: run one purge item on one cache, then prove with a GET that the cache
+serves what an origin serves (status, and the body's SHA-256 for a 200).
+
+A 200 from a purge proves nothing by itself (reference/caches/README.md); nor does an ETag
+from an origin whose ETag is mtime seconds and size, so the bodies are compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import anyio
+import httpx
+
+from relaysync.errors import PurgeError
+from relaysync.purge.drivers import Driver
+from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.urls import Url, parse_url
+
+logger = logging.getLogger(__name__)
+
+CONFIRM_ATTEMPTS = 3  # GETs before a refresh counts as failed (and is retried from the queue)
+CONFIRM_PAUSE_S = 0.02  # between those GETs: a cache may still be storing the new object
+
+
+def _fingerprint(status: int, body: bytes) -> tuple[int, str]:
+    return status, hashlib.sha256(body).hexdigest() if status == 200 else ""
+
+
+async def fetch_origin(client: httpx.AsyncClient, origins: Sequence[str], url: Url) -> tuple[int, str] | None:
+    """GET `url` straight from the first origin that answers; None if none does."""
+    for base in origins:
+        try:
+            r = await client.get(base + url.target, headers={"Host": url.host})
+        except httpx.HTTPError as exc:
+            logger.debug("origin %s did not answer: %s", base, exc)
+            continue
+        return _fingerprint(r.status_code, r.content)
+    return None
+
+
+async def confirm(driver: Driver, client: httpx.AsyncClient, origins: Sequence[str],
+                  url: Url) -> bool | None:
+    """Return True once the cache serves what an origin serves, None without an origin.
+
+    Raises:
+        PurgeError: the cache still serves something else after CONFIRM_ATTEMPTS tries.
+    """
+    if not origins:
+        return None
+    want: tuple[int, str] | None = None
+    got: tuple[int, str] = (0, "")
+    for attempt in range(CONFIRM_ATTEMPTS):
+        want = await fetch_origin(client, origins, url)
+        if want is None:
+            return None
+        reply = await driver.get(url)
+        got = _fingerprint(reply.status, reply.body)
+        if got == want:
+            return True
+        if attempt + 1 < CONFIRM_ATTEMPTS:
+            await anyio.sleep(CONFIRM_PAUSE_S)
+    assert want is not None
+    raise PurgeError(f"{driver.cache.name}: {url} serves HTTP {got[0]} {got[1][:12]}, "
+                     f"origin HTTP {want[0]} {want[1][:12]}")
+
+
+async def run_item(driver: Driver, client: httpx.AsyncClient, origins: Sequence[str],
+                   item: PurgeItem) -> tuple[str, bool | None]:
+    """Do `item` on its cache and confirm it; return (status, confirmed).
+
+    Raises:
+        CacheRefused: a configuration error; PurgeError: a failure worth retrying.
+    """
+    url = parse_url(item.url)
+    if item.action == "ban":
+        return await driver.ban(url), None
+    if item.action == "purge":
+        status = await driver.purge(url)
+    else:
+        status = await driver.refresh(url)
+    return status, await confirm(driver, client, origins, url)

@@ -1,0 +1,31 @@
+"""nginx with the cache-purge module: a GET with `X-Refresh: 1` that proxy_cache_bypass honours
+from the purger's address only, else PURGE (a separate purge location) and a warming GET.
+
+nginx's cache key here ignores the host, so every alias shares one object.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from relaysync.purge.drivers._base import Driver, Reply
+from relaysync.purge.urls import Url
+
+logger = logging.getLogger(__name__)
+
+REFRESH_HEADER = "X-Refresh"
+
+
+class Nginx(Driver):
+    name: ClassVar[str] = "nginx"
+
+    async def refresh_in_place(self, url: Url) -> Reply | None:
+        reply = await self.request("GET", url, headers={REFRESH_HEADER: "1"})
+        if reply.headers.get("x-cache-status", "").upper() not in ("BYPASS", "MISS", "EXPIRED"):
+            # proxy_cache_bypass is not set up for us: the cache answered from its copy
+            logger.warning("nginx %s ignores %s; using PURGE + GET", self.cache.name, REFRESH_HEADER)
+            self.one_request = False
+            await self.purge(url)
+            return await self.get(url)
+        return reply

@@ -1,0 +1,119 @@
+"""Commit ordering: a change is released for purging once every origin of the site that is up
+has committed it (DESIGN.md: caches are refreshed only after the origins they fetch from commit).
+
+Per (site, source, seq) the tracker keeps which origins reported the change committed. An origin
+that is not up does not hold the others back; when it later reports a change that was released
+without it (journal replay after it returns), the change is released again, so that a cache
+that fetched from it meanwhile is refreshed once more. Catch-up work outside the journal
+(seq 0) is released at once: it is that origin becoming current.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from relaysync.protocol.messages import CommitRecord
+
+logger = logging.getLogger(__name__)
+
+HOLD_MAX_S = 30.0  # an origin that is up but never commits (failing) holds a change this long
+REMEMBER_RELEASED = 100_000  # released changes remembered for origins that catch up later
+
+Key = tuple[int, str, int]  # (site id, source node, seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A change whose URLs may now be refreshed on the site's caches."""
+
+    site_id: int
+    op: str
+    path: str
+    new_path: str = ""  # for a rename
+    again: bool = False  # refreshed before, without some origin that has now caught up
+
+
+@dataclass
+class _Pending:
+    op: str
+    path: str
+    new_path: str
+    since: float
+    committed: set[str] = field(default_factory=set)
+
+
+class CommitTracker:
+    """Which origins committed which change, and when a change may be purged."""
+
+    def __init__(self, *, hold_max_s: float = HOLD_MAX_S, remember: int = REMEMBER_RELEASED) -> None:
+        self.hold_max_s = hold_max_s
+        self._remember = remember
+        self._pending: dict[Key, _Pending] = {}
+        self._released: OrderedDict[Key, set[str]] = OrderedDict()
+        self._origins: dict[Key, frozenset[str]] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def observe(self, *, site_id: int, origins: frozenset[str], source: str, target: str,
+                records: Iterable[CommitRecord], states: Mapping[str, str],
+                now: float) -> list[Released]:
+        """Fold commits reported by `target` (an origin of the site); return what is released."""
+        out: list[Released] = []
+        for record in records:
+            if not record.ok:
+                continue
+            new_path = getattr(record, "new_path", "")
+            if record.seq == 0:
+                out.append(Released(site_id, record.op, record.path, new_path, again=True))
+                continue
+            key = (site_id, source, record.seq)
+            done = self._released.get(key)
+            if done is not None:
+                if target not in done:
+                    done.add(target)
+                    out.append(Released(site_id, record.op, record.path, new_path, again=True))
+                continue
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = _Pending(record.op, record.path, new_path, now)
+                self._origins[key] = origins
+            pending.committed.add(target)
+            if self._ready(key, pending, states, now):
+                out.append(self._release(key, pending))
+        return out
+
+    def sweep(self, states: Mapping[str, str], now: float) -> list[Released]:
+        """Release what no longer waits: origins went down, or held past hold_max_s."""
+        out = []
+        for key, pending in list(self._pending.items()):
+            if self._ready(key, pending, states, now):
+                out.append(self._release(key, pending))
+        return out
+
+    def forget_site(self, site_id: int) -> None:
+        for key in [k for k in self._pending if k[0] == site_id]:
+            del self._pending[key]
+            self._origins.pop(key, None)
+
+    def _ready(self, key: Key, pending: _Pending, states: Mapping[str, str], now: float) -> bool:
+        required = {o for o in self._origins.get(key, ()) if states.get(o) == "up"}
+        if required <= pending.committed:
+            return True
+        if now - pending.since >= self.hold_max_s:
+            logger.warning("change %s of site %s released after %.0f s without origins %s",
+                           key[2], key[0], now - pending.since, sorted(required - pending.committed))
+            return True
+        return False
+
+    def _release(self, key: Key, pending: _Pending) -> Released:
+        del self._pending[key]
+        self._origins.pop(key, None)
+        self._released[key] = set(pending.committed)
+        while len(self._released) > self._remember:
+            self._released.popitem(last=False)
+        return Released(key[0], pending.op, pending.path, pending.new_path)

@@ -1,0 +1,120 @@
+"""A purger over a real store, in front of the session's real caches, fed with commit reports."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from relaysync.master.store import Store
+from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.purge.jobs import PurgeResult
+from relaysync.purge.purger import Purger
+from relaysync.purge.site import SiteSpec
+from relaysync.testing.caches import CacheFarm, http_get
+
+SOURCE, O1, O2 = "a" * 64, "b" * 64, "c" * 64
+HOST, ALIAS = "www.example.com", "cdn.example.com"
+_sites = itertools.count(1)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Harness:
+    store: Store
+    purger: Purger
+    farm: CacheFarm
+    site: SiteSpec
+    folder: Path  # the site's root on the origin (a folder of the docroot)
+    mapping_id: int
+    results: list[PurgeResult] = field(default_factory=list)
+    seqs: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def write(self, rel: str, data: bytes) -> None:
+        path = self.folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def report(self, target: str, op: str, path: str, *, seq: int, new_path: str = "") -> None:
+        extra: dict[str, Any] = {"new_path": new_path} if new_path else {}
+        record = CommitRecord(seq=seq, op=op, path=f"{self.site.root}/{path}", **extra)
+        self.purger.on_commit_report(CommitReport(
+            mapping_id=self.mapping_id, source_node=SOURCE, target_node=target, watermark=seq,
+            records=(record,)))
+
+    def commit(self, op: str, path: str, *, new_path: str = "") -> int:
+        """Report one change committed on both origins; return its seq."""
+        seq = next(self.seqs)
+        for target in (O1, O2):
+            self.report(target, op, path, seq=seq,
+                        new_path=f"{self.site.root}/{new_path}" if new_path else "")
+        return seq
+
+    def url_path(self, rel: str) -> str:
+        return f"/{self.site.root}/{rel}"
+
+    def get(self, kind: str, rel: str, host: str = HOST) -> tuple[int, bytes]:
+        status, body, _ = http_get(self.farm.caches[kind].port, self.url_path(rel), host=host)
+        return status, body
+
+    def warm(self, rel: str, hosts: tuple[str, ...] = (HOST,)) -> None:
+        for kind in self.farm.caches:
+            for host in hosts:
+                self.get(kind, rel, host)
+                self.get(kind, rel, host)
+
+    async def until_served(self, rel: str, want: tuple[int, bytes | None], *,
+                           hosts: tuple[str, ...] = (HOST,), timeout_s: float = 5.0) -> float:
+        """Poll every cache until it serves `want` (body None: any); return the seconds it took."""
+        started = time.monotonic()
+        pending = {(k, h) for k in self.farm.caches for h in hosts}
+        last: dict[tuple[str, str], tuple[int, bytes]] = {}
+        while pending and time.monotonic() - started < timeout_s:
+            for kind, host in sorted(pending):
+                got = await anyio.to_thread.run_sync(self.get, kind, rel, host)
+                last[(kind, host)] = got
+                if got[0] == want[0] and (want[1] is None or got[1] == want[1]):
+                    pending.discard((kind, host))
+            await anyio.sleep(0.01)
+        assert not pending, f"still stale after {timeout_s} s: { {k: last.get(k) for k in pending} }"
+        return time.monotonic() - started
+
+
+@pytest.fixture
+async def harness(cache_farm: CacheFarm, tmp_path: Path) -> AsyncIterator[Harness]:
+    store = Store(f"sqlite:///{tmp_path / 'master.db'}")
+    store.migrate()
+    for node, name in ((SOURCE, "src"), (O1, "o1"), (O2, "o2")):
+        store.upsert_server(node_id=node, name=name, region="r", group="g", address="127.0.0.1:1")
+        store.set_server_state(node, "up", time.time())
+    n = next(_sites)
+    mapping = store.create_mapping(name=f"m{n}", source="src", source_path="/src",
+                                   targets=[("o1", "/t1"), ("o2", "/t2")])
+    root = f"site{n}-{int(time.time() * 1000)}"
+    (cache_farm.docroot / root).mkdir()
+    site = store.create_site(
+        name=f"site{n}", provider="acme", mapping=mapping.id, root=root,
+        base_urls=[f"http://{HOST}"], aliases=[ALIAS], path_prefix=f"/{root}/",
+        caches=[{"name": kind, "driver": kind, "address": c.address}
+                for kind, c in cache_farm.caches.items()],
+        origins=[{"server": "o1", "url": cache_farm.origin.url}, {"server": "o2"}])
+    purger = Purger(store, retry_min_s=0.05, retry_max_s=0.5, hold_max_s=30.0)
+    h = Harness(store, purger, cache_farm, site, cache_farm.docroot / root, mapping.id)
+    purger.listeners.append(h.results.append)
+    async with anyio.create_task_group() as tg:
+        await tg.start(purger.serve)
+        yield h
+        tg.cancel_scope.cancel()
+    store.close()
