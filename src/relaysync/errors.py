@@ -27,6 +27,8 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── ForeignUrl                 a URL that does not belong to the site it was sent for
     │   ├── CacheRefused               a cache refused a purge (403/405): its configuration is wrong
     │   └── NoticeRefused              a listener notice with bad credentials, time or nonce
+    ├── MonitorError                   server monitoring
+    │   └── AlertDeliveryFailed        an alert channel could not deliver a notification
     └── MasterUnreachable              the master's API or control port does not answer
 """
 
@@ -164,3 +166,13 @@ class MasterUnreachable(RelaySyncError):
     """The master at {} does not answer: {}. Is `relaysync master` running there?"""
 
     exit_code = 16
+
+
+class MonitorError(RelaySyncError):
+    """Monitoring error: {}"""
+
+    exit_code = 18
+
+
+class AlertDeliveryFailed(MonitorError):
+    """Alert channel {!r} could not deliver: {}"""

@@ -20,7 +20,20 @@ from fastapi.responses import JSONResponse
 from relaysync import __version__
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.errors import AuthError, ConfigError, NotFound, StoreError
-from relaysync.master.api import events, health, jobs, join, mappings, servers, tokens
+from relaysync.master.api import (
+    alert_channels,
+    alerts,
+    events,
+    health,
+    jobs,
+    join,
+    mappings,
+    metrics,
+    probes,
+    servers,
+    thresholds,
+    tokens,
+)
 from relaysync.master.api._context import ApiContext, require_token
 from relaysync.master.events import EventBus
 from relaysync.master.store import Store
@@ -54,6 +67,19 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/tokens/join", tokens.create_join_token, ("POST",), status_code=201),  # [{ttl_s}]
     Route("/api/tokens/api", tokens.create_api_token, ("POST",), status_code=201),  # {name}
     Route("/api/events", events.list_events, ("GET",)),                             # [since] [timeout_s] [limit]
+    # --- Monitoring ---
+    Route("/api/thresholds", thresholds.list_thresholds, ("GET",)),
+    Route("/api/thresholds", thresholds.create_threshold, ("POST",), status_code=201),  # ThresholdIn
+    Route("/api/thresholds/{threshold_id}", thresholds.delete_threshold, ("DELETE",), status_code=204),
+    Route("/api/probes", probes.list_probes, ("GET",)),                             # with latest results
+    Route("/api/probes", probes.create_probe, ("POST",), status_code=201),          # ProbeIn
+    Route("/api/probes/{probe_id}", probes.delete_probe, ("DELETE",), status_code=204),
+    Route("/api/alerts", alerts.list_alerts, ("GET",)),                             # [state] [server] [open] [limit]
+    Route("/api/alerts/{alert_id}/acknowledge", alerts.acknowledge_alert, ("POST",)),  # [{by}]
+    Route("/api/alert-channels", alert_channels.list_channels, ("GET",)),
+    Route("/api/alert-channels", alert_channels.create_channel, ("POST",), status_code=201),  # ChannelIn
+    Route("/api/alert-channels/{channel_id}", alert_channels.delete_channel, ("DELETE",), status_code=204),
+    Route("/metrics", metrics.get_metrics, ("GET",)),                               # Prometheus text
 )
 # fmt: on
 
@@ -109,7 +135,7 @@ def create_app(
             methods=list(route.methods),
             status_code=route.status_code,
             dependencies=[] if route.public else [Depends(require_token)],
-            tags=[route.path.split("/")[2]],
+            tags=[route.path.split("/")[2] if route.path.startswith("/api/") else route.path.strip("/")],
         )
     for error_type, status_code in ERROR_STATUS:
         app.add_exception_handler(error_type, _error_handler(status_code))

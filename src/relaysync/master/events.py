@@ -38,6 +38,12 @@ class EventType(enum.StrEnum):
     COMMIT_FAILED = "commit_failed"
     TARGET_CAUGHT_UP = "target_caught_up"
     TOKEN_CREATED = "token_created"
+    # --- Monitoring ---
+    ALERT_FIRING = "alert_firing"
+    ALERT_RESOLVED = "alert_resolved"
+    ALERT_ACKNOWLEDGED = "alert_acknowledged"
+    ALARM = "alarm"  # a console alert channel's notice, for the web console
+    SERVER_HEALTH = "server_health"  # a server became ok or unhealthy (the planner skips those)
 
 
 @dataclass(frozen=True, slots=True)

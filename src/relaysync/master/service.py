@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ from relaysync.config.load import split_address
 from relaysync.config.schema import MasterConfig
 from relaysync.master.app import create_app
 from relaysync.master.control import ControlServer
-from relaysync.master.events import EventBus
+from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.store.store import Store
+from relaysync.monitor.engine import MonitorService
+from relaysync.monitor.self_watch import SelfWatch
 from relaysync.transfer import tls
 
 logger = logging.getLogger(__name__)
@@ -82,16 +85,19 @@ class MasterService:
         events = EventBus()
         joblog = JobLogWriter(store, events)
         chost, cport = split_address(self.cfg.control_listen)
+        monitor = self._monitor(store, events, joblog, lambda: set(control.links))
         control = ControlServer(host=chost, port=cport, ctx=tls.server_context(identity), store=store,
-                                events=events, joblog=joblog)
+                                events=events, joblog=joblog, on_metrics=monitor.on_metrics)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(joblog.serve)
+                await tg.start(monitor.serve)
                 control_port = await tg.start(control.serve)
                 self.control_address = f"{chost}:{control_port}"
                 app = create_app(store=store, ca=ca, events=events, admin_token=admin_token,
                                  control_address=self.control_address, on_change=control.notify_change)
                 app.state.joblog = joblog
+                app.state.monitor = monitor
                 sock, self.api_url = self._bind_api()
                 server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
                                                  access_log=False))
@@ -104,6 +110,15 @@ class MasterService:
                 task_status.started(self.api_url)
         finally:
             store.close()
+
+    def _monitor(self, store: Store, events: EventBus, joblog: JobLogWriter,
+                 links_up: Callable[[], set[str]]) -> MonitorService:
+        watch = SelfWatch(store_ping=store.epoch, queue_length=lambda: len(joblog._queue))
+        return MonitorService(
+            store=store, publish=lambda kind, data: events.publish(EventType(kind), **data),
+            links_up=links_up, self_figures=watch.collect, interval_s=self.cfg.monitor_interval_s,
+            raw_retention_s=self.cfg.metrics_raw_retention_s,
+            minute_retention_s=self.cfg.metrics_minute_retention_s)
 
     def _bind_api(self) -> tuple[socket.socket, str]:
         host, port = split_address(self.cfg.listen)

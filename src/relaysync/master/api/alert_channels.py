@@ -1,0 +1,52 @@
+"""REST resource /api/alert-channels: where notifications go (email, webhook, sms, console)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from relaysync.master.api._context import Context
+from relaysync.monitor.alerts import build_channel
+
+logger = logging.getLogger(__name__)
+
+SECRET_KEYS = ("password",)  # never sent back by the API
+
+
+class ChannelIn(BaseModel):
+    name: str
+    kind: str  # email | webhook | sms | console
+    config: dict[str, Any] = {}  # per kind: see relaysync.monitor.alerts.<kind>
+    enabled: bool = True
+
+
+class ChannelOut(ChannelIn):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: float
+
+
+def _out(info: Any) -> ChannelOut:
+    out = ChannelOut.model_validate(info)
+    out.config = {k: ("********" if k in SECRET_KEYS else v) for k, v in out.config.items()}
+    return out
+
+
+def list_channels(context: Context) -> list[ChannelOut]:
+    """Every alert channel, secrets hidden."""
+    return [_out(c) for c in context.store.monitoring.list_channels()]
+
+
+def create_channel(body: ChannelIn, context: Context) -> ChannelOut:
+    """Add an alert channel; its configuration is checked first (422 if wrong)."""
+    build_channel(body.kind, body.config, alarm=lambda notice: None)
+    return _out(context.store.monitoring.create_channel(name=body.name, kind=body.kind,
+                                                        config=body.config, enabled=body.enabled))
+
+
+def delete_channel(channel_id: int, context: Context) -> None:
+    """Remove an alert channel."""
+    context.store.monitoring.delete_channel(channel_id)

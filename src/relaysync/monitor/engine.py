@@ -1,0 +1,290 @@
+"""The master's monitor: keeps agents' figures, runs probes and self-watch, checks thresholds,
+keeps the alert log, notifies channels once per state change, and sets servers' health.
+
+Error handling: a failing probe or channel is logged and retried next tick; a store failure
+skips the tick (the master's own store_up figure shows it).
+Resource handling: notifications run in the service's task group, each under a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from relaysync.errors import AlertDeliveryFailed, ConfigError, StoreError
+from relaysync.monitor.alerts import Notice, build_channel
+from relaysync.monitor.probes import ProbeResult, run_probe
+from relaysync.monitor.thresholds import (
+    Conditions,
+    Transition,
+    applies_to,
+    breached,
+    cleared,
+    value_for,
+)
+from relaysync.monitor.types import MASTER_SERVER, AlertInfo, ChannelInfo, ProbeRule, ThresholdRule
+from relaysync.protocol.messages import MetricSample, MetricsReport
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_TIMEOUT_S = 30.0  # one channel delivering one notice
+STALE_AFTER_TICKS = 30  # figures older than this many ticks (or 5 min) are not judged
+DOWNSAMPLE_EVERY_S = 60.0  # retention runs this often
+
+
+class ServerView(Protocol):
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def health(self) -> str: ...
+
+
+class MonitoringTables(Protocol):
+    """What the monitor needs from the store's monitoring part (master/store/_monitoring.py)."""
+
+    def add_samples(self, batch: Sequence[tuple[str, float, Sequence[MetricSample]]]) -> int: ...
+    def downsample(self, *, now: float, raw_retention_s: float, minute_retention_s: float) -> tuple[int, int]: ...
+    def list_thresholds(self) -> list[ThresholdRule]: ...
+    def list_probes(self) -> list[ProbeRule]: ...
+    def list_channels(self) -> list[ChannelInfo]: ...
+    def fire_alert(self, *, key: str, server: str, kind: str, subject: str, value: float | None,
+                   message: str, now: float) -> tuple[AlertInfo, bool]: ...
+    def resolve_alert(self, key: str, *, now: float, value: float | None = None) -> AlertInfo | None: ...
+    def list_alerts(self, *, state: str | None = None, server: str | None = None,
+                    open_only: bool = False, limit: int = 100) -> list[AlertInfo]: ...
+    def set_health(self, name: str, health: str) -> bool: ...
+
+
+class FleetStore(Protocol):
+    @property
+    def monitoring(self) -> MonitoringTables: ...
+    def list_servers(self) -> Sequence[ServerView]: ...
+
+
+Publish = Callable[[str, dict[str, Any]], object]  # (event type value, data) onto the event bus
+
+
+@dataclass(frozen=True, slots=True)
+class _Observation:
+    key: str
+    for_s: float
+    bad: bool
+    clear: bool
+    server: str
+    kind: str
+    subject: str
+    value: float | None
+    message: str
+
+
+class MonitorService:
+    """Runs until cancelled; `on_metrics` is fed by the control server."""
+
+    def __init__(self, *, store: FleetStore, publish: Publish, links_up: Callable[[], set[str]],
+                 self_figures: Callable[[], list[MetricSample]], interval_s: float = 10.0,
+                 raw_retention_s: float = 86_400.0, minute_retention_s: float = 30 * 86_400.0) -> None:
+        self.store = store
+        self.publish = publish
+        self.links_up = links_up
+        self.self_figures = self_figures
+        self.interval_s = interval_s
+        self.raw_retention_s, self.minute_retention_s = raw_retention_s, minute_retention_s
+        self.latest: dict[str, tuple[float, tuple[MetricSample, ...]]] = {}  # server -> (received, figures)
+        self.probe_results: dict[int, ProbeResult] = {}
+        self.conditions = Conditions()
+        self.sent: dict[str, int] = {}  # channel name -> notices delivered
+        self._key_server: dict[str, str] = {}
+        self._pending: list[tuple[str, float, Sequence[MetricSample]]] = []
+        self._tg: TaskGroup | None = None
+        self._last_downsample = 0.0
+        self.ticks = 0
+
+    # --- input ---
+
+    def on_metrics(self, node_id: str, name: str, report: MetricsReport) -> None:
+        """Keep an agent's newest figures (called on the event loop's thread)."""
+        self.latest[name] = (time.time(), report.samples)
+        self._pending.append((name, report.at, report.samples))
+
+    def figures(self) -> dict[str, tuple[MetricSample, ...]]:
+        """Every server's latest figures (the master's own under MASTER_SERVER)."""
+        return {name: samples for name, (_, samples) in self.latest.items()}
+
+    # --- loop ---
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        for alert in await anyio.to_thread.run_sync(partial(self.store.monitoring.list_alerts,
+                                                            open_only=True, limit=10_000)):
+            self.conditions.get(alert.key, 0.0, firing=True)  # no second notice after a restart
+            self._key_server[alert.key] = alert.server
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            while True:
+                started = anyio.current_time()
+                try:
+                    await self.tick()
+                except StoreError as exc:
+                    logger.warning("monitor tick skipped, will retry: %s", exc)
+                await anyio.sleep(max(0.0, self.interval_s - (anyio.current_time() - started)))
+
+    async def tick(self) -> None:
+        """One round: store figures, self-watch, probes, thresholds, alerts, health."""
+        now = time.time()
+        self.latest[MASTER_SERVER] = (now, tuple(await anyio.to_thread.run_sync(self.self_figures)))
+        pending, self._pending = self._pending, []
+        servers = await anyio.to_thread.run_sync(self._store_round, pending, now)
+        probes = await anyio.to_thread.run_sync(self.store.monitoring.list_probes)
+        await self._run_probes([p for p in probes if p.enabled])
+        rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
+        judged, live = self._thresholds(rules, servers, now)
+        observations = self._heartbeats(servers) + judged + self._probes(probes)
+        await self._apply(observations, live, now)
+        await anyio.to_thread.run_sync(self._update_health, servers)
+        self.ticks += 1
+
+    def _store_round(self, pending: list[tuple[str, float, Sequence[MetricSample]]],
+                     now: float) -> Sequence[ServerView]:
+        if pending:
+            self.store.monitoring.add_samples(pending)
+        if now - self._last_downsample >= DOWNSAMPLE_EVERY_S:
+            self._last_downsample = now
+            self.store.monitoring.downsample(now=now, raw_retention_s=self.raw_retention_s,
+                                             minute_retention_s=self.minute_retention_s)
+        return self.store.list_servers()
+
+    async def _run_probes(self, probes: list[ProbeRule]) -> None:
+        async def one(rule: ProbeRule) -> None:
+            self.probe_results[rule.id] = await run_probe(rule)
+
+        async with anyio.create_task_group() as tg:
+            for rule in probes:
+                tg.start_soon(one, rule)
+
+    # --- observations ---
+
+    def _heartbeats(self, servers: Sequence[ServerView]) -> list[_Observation]:
+        up = self.links_up()
+        return [_Observation(key=f"heartbeat:{s.name}", for_s=self.interval_s, bad=s.node_id not in up,
+                             clear=s.node_id in up, server=s.name, kind="heartbeat",
+                             subject="heartbeat", value=None,
+                             message=f"agent {s.name}: control link down")
+                for s in servers]
+
+    def _thresholds(self, rules: list[ThresholdRule], servers: Sequence[ServerView],
+                    now: float) -> tuple[list[_Observation], set[str]]:
+        """Return observations of fresh figures, and every key the rules cover (judged or not)."""
+        stale_s = max(300.0, STALE_AFTER_TICKS * self.interval_s)
+        targets = [(s.name, s.group) for s in servers] + [(MASTER_SERVER, "")]
+        out: list[_Observation] = []
+        live: set[str] = set()
+        for rule in rules:
+            for name, group in targets:
+                if name == MASTER_SERVER and not (rule.scope == "server" and rule.target == MASTER_SERVER):
+                    continue
+                if not applies_to(rule, name, group):
+                    continue
+                live.add(f"threshold:{rule.id}:{name}")
+                received, samples = self.latest.get(name, (0.0, ()))
+                value = value_for(rule, samples) if now - received <= stale_s else None
+                if value is None:
+                    continue
+                out.append(_Observation(
+                    key=f"threshold:{rule.id}:{name}", for_s=rule.for_s,
+                    bad=breached(rule.operator, value, rule.value),
+                    clear=cleared(rule.operator, value, rule.value, rule.hysteresis),
+                    server=name, kind="threshold", subject=rule.metric, value=value,
+                    message=f"{rule.metric} {rule.operator} {rule.value:g} on {name}"))
+        return out, live
+
+    def _probes(self, probes: list[ProbeRule]) -> list[_Observation]:
+        out = []
+        for rule in probes:
+            result = self.probe_results.get(rule.id)
+            if not rule.enabled or result is None:
+                continue
+            where = f"{rule.host}:{rule.port}" if rule.kind == "tcp" else rule.host
+            out.append(_Observation(
+                key=f"probe:{rule.id}", for_s=rule.for_s, bad=not result.ok, clear=result.ok,
+                server=rule.server, kind="probe", subject=rule.name, value=result.latency_ms,
+                message=f"{rule.kind} probe {rule.name} ({where}): {result.detail or 'ok'}"))
+        return out
+
+    # --- transitions ---
+
+    async def _apply(self, observations: list[_Observation], live: set[str], now: float) -> None:
+        seen: dict[str, _Observation] = {}
+        for o in observations:
+            seen[o.key] = o
+            self._key_server[o.key] = o.server
+            transition = self.conditions.update(o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=now)
+            if transition is Transition.FIRE:
+                alert, new = await anyio.to_thread.run_sync(partial(
+                    self.store.monitoring.fire_alert, key=o.key, server=o.server, kind=o.kind,
+                    subject=o.subject, value=o.value, message=o.message, now=now))
+                if new:
+                    self._announce(alert, "firing", o.value, now)
+            elif transition is Transition.RESOLVE:
+                resolved = await anyio.to_thread.run_sync(partial(
+                    self.store.monitoring.resolve_alert, o.key, now=now, value=o.value))
+                if resolved is not None:
+                    self._announce(resolved, "resolved", o.value, now)
+        # Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
+        # keys whose figures are stale keep their state (the heartbeat covers a silent agent).
+        stale = self.conditions.prune(set(seen) | live)
+        for key in stale:
+            resolved = await anyio.to_thread.run_sync(partial(self.store.monitoring.resolve_alert, key, now=now))
+            if resolved is not None:
+                self.publish("alert_resolved", {"alert_id": resolved.id, "server": resolved.server,
+                                                "subject": resolved.subject, "reason": "no longer checked"})
+
+    def _announce(self, alert: AlertInfo, state: str, value: float | None, now: float) -> None:
+        notice = Notice(alert_id=alert.id, server=alert.server, metric=alert.subject, value=value,
+                        state=state, message=alert.message, at=now)
+        self.publish("alert_" + state, {"alert_id": alert.id, "server": alert.server,
+                                        "kind": alert.kind, "subject": alert.subject,
+                                        "value": value, "message": alert.message})
+        assert self._tg is not None
+        self._tg.start_soon(self._notify, notice)
+
+    async def _notify(self, notice: Notice) -> None:
+        channels = await anyio.to_thread.run_sync(self.store.monitoring.list_channels)
+        async with anyio.create_task_group() as tg:
+            for info in channels:
+                if info.enabled:
+                    tg.start_soon(self._deliver, info, notice)
+
+    async def _deliver(self, info: ChannelInfo, notice: Notice) -> None:
+        try:
+            channel = build_channel(info.kind, info.config, alarm=self._alarm)
+            with anyio.fail_after(NOTIFY_TIMEOUT_S):
+                await channel.send(notice)
+        except (AlertDeliveryFailed, ConfigError, TimeoutError) as exc:
+            logger.warning("alert %s via %s failed: %s", notice.alert_id, info.name, exc)
+            return
+        self.sent[info.name] = self.sent.get(info.name, 0) + 1
+        logger.info("alert %s (%s) sent via %s", notice.alert_id, notice.state, info.name)
+
+    def _alarm(self, notice: Notice) -> None:
+        self.publish("alarm", notice.to_json())
+
+    # --- health ---
+
+    def _update_health(self, servers: Sequence[ServerView]) -> None:
+        failing = {self._key_server.get(k, "") for k in self.conditions.firing_keys()}
+        for s in servers:
+            health = "unhealthy" if s.name in failing else "ok"
+            if s.health != health and self.store.monitoring.set_health(s.name, health):
+                logger.info("server %s is now %s", s.name, health)
+                self.publish("server_health", {"name": s.name, "node_id": s.node_id, "health": health})
