@@ -24,6 +24,7 @@ class MasterConfig(msgspec.Struct, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:8470"  # REST API and console, host:port (port 0 = any free port)
     control_listen: str = "127.0.0.1:0"  # agents' control links (TLS), host:port
     database_url: str = ""  # empty = SQLite file in data_dir; or postgresql+psycopg://...
+    purge_listen: str = ""  # host:port of the purge listener for origins outside the fleet; "" = off
     log_json: bool = False
     monitor_interval_s: float = 10.0  # probes, self-watch and threshold checks run this often
     metrics_raw_retention_s: float = 86_400.0  # raw agent figures kept this long (a day)...

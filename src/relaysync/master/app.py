@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+import relaysync.master.api.sites as sites_api
 from relaysync import __version__
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.errors import AuthError, ConfigError, NotFound, StoreError
@@ -67,6 +68,14 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/tokens/join", tokens.create_join_token, ("POST",), status_code=201),  # [{ttl_s}]
     Route("/api/tokens/api", tokens.create_api_token, ("POST",), status_code=201),  # {name}
     Route("/api/events", events.list_events, ("GET",)),                             # [since] [timeout_s] [limit]
+    # --- Cache synchronization ---
+    Route("/api/providers", sites_api.list_providers, ("GET",)),
+    Route("/api/sites", sites_api.list_sites, ("GET",)),
+    Route("/api/sites", sites_api.create_site, ("POST",), status_code=201),        # SiteIn; shows the secret once
+    Route("/api/sites/{id_or_name}", sites_api.get_site, ("GET",)),
+    Route("/api/sites/{id_or_name}", sites_api.update_site, ("PATCH",)),           # SitePatch
+    Route("/api/sites/{id_or_name}", sites_api.delete_site, ("DELETE",), status_code=204),
+    Route("/api/purges", sites_api.list_purges, ("GET",)),                         # [site] [limit] [before]
     # --- Monitoring ---
     Route("/api/thresholds", thresholds.list_thresholds, ("GET",)),
     Route("/api/thresholds", thresholds.create_threshold, ("POST",), status_code=201),  # ThresholdIn

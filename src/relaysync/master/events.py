@@ -38,6 +38,7 @@ class EventType(enum.StrEnum):
     COMMIT_FAILED = "commit_failed"
     TARGET_CAUGHT_UP = "target_caught_up"
     TOKEN_CREATED = "token_created"
+    PURGE_REFUSED = "purge_refused"  # a cache refused a purge (403/405): fix its configuration
     # --- Monitoring ---
     ALERT_FIRING = "alert_firing"
     ALERT_RESOLVED = "alert_resolved"

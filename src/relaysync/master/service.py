@@ -29,6 +29,7 @@ from relaysync.master.app import create_app
 from relaysync.master.control import ControlServer
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
+from relaysync.master.purging import PurgeService
 from relaysync.master.store.store import Store
 from relaysync.monitor.engine import MonitorService
 from relaysync.monitor.self_watch import SelfWatch
@@ -59,6 +60,7 @@ class MasterService:
         self.data_dir = Path(cfg.data_dir)
         self.api_url = ""
         self.control_address = ""
+        self.purge_address = ""  # the purge listener, if --purge-listen
 
     def _prepare(self) -> tuple[Store, CertificateAuthority, tls.Identity, str, str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +86,8 @@ class MasterService:
         store, ca, identity, admin_token, _join = await anyio.to_thread.run_sync(self._prepare)
         events = EventBus()
         joblog = JobLogWriter(store, events)
+        purging = PurgeService(store=store, events=events, joblog=joblog,
+                               listen=self.cfg.purge_listen)
         chost, cport = split_address(self.cfg.control_listen)
         monitor = self._monitor(store, events, joblog, lambda: set(control.links))
         control = ControlServer(host=chost, port=cport, ctx=tls.server_context(identity), store=store,
@@ -91,12 +95,14 @@ class MasterService:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(joblog.serve)
+                self.purge_address = await tg.start(purging.serve)
                 await tg.start(monitor.serve)
                 control_port = await tg.start(control.serve)
                 self.control_address = f"{chost}:{control_port}"
                 app = create_app(store=store, ca=ca, events=events, admin_token=admin_token,
                                  control_address=self.control_address, on_change=control.notify_change)
                 app.state.joblog = joblog
+                app.state.purger = purging.purger
                 app.state.monitor = monitor
                 sock, self.api_url = self._bind_api()
                 server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
@@ -130,7 +136,8 @@ class MasterService:
         return sock, f"http://{host}:{sock.getsockname()[1]}"
 
     def _write_state(self) -> None:
-        state = {"api_url": self.api_url, "control_address": self.control_address, "pid": os.getpid()}
+        state = {"api_url": self.api_url, "control_address": self.control_address, "pid": os.getpid(),
+                 "purge_address": self.purge_address}
         tmp = self.data_dir / "master.json.tmp"
         tmp.write_text(json.dumps(state))
         tmp.replace(self.data_dir / "master.json")

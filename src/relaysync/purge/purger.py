@@ -361,3 +361,7 @@ class Purger:
     def queued(self) -> int:
         """Purges waiting in memory (due or backing off), not counting those in flight."""
         return len(self._queue)
+
+    def site_by_name(self, name: str) -> SiteSpec | None:
+        """The site called `name`, as last loaded."""
+        return next((s for s in self._sites.values() if s.name == name), None)

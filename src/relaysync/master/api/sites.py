@@ -1,0 +1,188 @@
+"""REST resources /api/sites, /api/providers and /api/purges: which URLs of which mapping are
+cached where, and what the purger did about each change.
+
+A site's secret (the HMAC key for listener notices) is shown once, in the answer to its
+creation (or to a PATCH that sets a new one); everywhere else it reads "**********".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import Query, Request
+from pydantic import BaseModel, Field
+
+from relaysync.master.api._context import Context
+from relaysync.purge.site import SiteSpec
+
+logger = logging.getLogger(__name__)
+
+HIDDEN = "**********"
+
+
+class CacheIn(BaseModel):
+    name: str
+    driver: Literal["varnish", "nginx", "squid", "http"]
+    address: str = Field(description="host:port where the cache answers HTTP")
+    refresh: bool = Field(True, description="one-request refresh where the driver has one")
+    method: str = Field("PURGE", description="http driver: method of the purge request")
+    path_template: str = Field("{path}", description="http driver: {path} {host} {url}")
+    headers: dict[str, str] = Field(default_factory=dict, description="http driver: sent with purges")
+
+
+class OriginIn(BaseModel):
+    server: str | None = Field(None, description="fleet server name or node id")
+    url: str | None = Field(None, description="http://host:port of its web server, to confirm against")
+
+
+class SiteIn(BaseModel):
+    name: str
+    provider: str = Field(description="content provider; created if new")
+    mapping: str | None = Field(None, description="mapping id or name; none for outside origins")
+    root: str = Field("", description="folder inside the mapping that the site serves")
+    base_urls: list[str] = Field(min_length=1, description="http(s)://host[:port]")
+    aliases: list[str] = Field(default_factory=list, description="more host[:port] names")
+    path_prefix: str = "/"
+    index_files: list[str] = Field(default_factory=lambda: ["index.html"])
+    caches: list[CacheIn] = Field(default_factory=list)
+    origins: list[OriginIn] = Field(default_factory=list, description="default: the mapping's targets")
+    secret: str | None = Field(None, description="HMAC key for listener notices; generated if absent")
+
+
+class SitePatch(BaseModel):
+    name: str | None = None
+    provider: str | None = None
+    mapping: str | None = None
+    root: str | None = None
+    base_urls: list[str] | None = None
+    aliases: list[str] | None = None
+    path_prefix: str | None = None
+    index_files: list[str] | None = None
+    caches: list[CacheIn] | None = None
+    origins: list[OriginIn] | None = None
+    secret: str | None = None
+
+
+class CacheOut(BaseModel):
+    name: str
+    driver: str
+    address: str
+    refresh: bool
+    method: str
+    path_template: str
+    headers: dict[str, str]
+
+
+class OriginOut(BaseModel):
+    node_id: str
+    name: str
+    url: str
+
+
+class SiteOut(BaseModel):
+    id: int
+    name: str
+    provider: str
+    mapping_id: int | None
+    root: str
+    base_urls: list[str]
+    aliases: list[str]
+    path_prefix: str
+    index_files: list[str]
+    caches: list[CacheOut]
+    origins: list[OriginOut]
+    secret: str
+
+
+class ProviderOut(BaseModel):
+    id: int
+    name: str
+    sites: int
+
+
+class PurgeOut(BaseModel):
+    id: int
+    site_id: int
+    cache: str
+    url: str
+    action: str
+    status: str
+    confirmed: bool | None
+    attempts: int
+    at: float
+    duration_ms: float
+    detail: str
+
+
+def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
+    return SiteOut(
+        id=site.id, name=site.name, provider=site.provider, mapping_id=site.mapping_id,
+        root=site.root, base_urls=list(site.base_urls), aliases=list(site.aliases),
+        path_prefix=site.path_prefix, index_files=list(site.index_files),
+        caches=[CacheOut(name=c.name, driver=c.driver, address=c.address, refresh=c.refresh,
+                         method=c.method, path_template=c.path_template, headers=dict(c.headers))
+                for c in site.caches],
+        origins=[OriginOut(node_id=o.node_id, name=o.name, url=o.url) for o in site.origins],
+        secret=site.secret if show_secret else HIDDEN,
+    )
+
+
+def _sites_changed(request: Request) -> None:
+    """Tell the purger (if the master runs one) to re-read the sites now."""
+    purger = getattr(request.app.state, "purger", None)
+    if purger is not None:
+        purger.reload_sites()
+
+
+def _fields(body: BaseModel, *, exclude_unset: bool) -> dict[str, Any]:
+    fields = body.model_dump(exclude_unset=exclude_unset)
+    return {k: v for k, v in fields.items() if v is not None or k == "mapping"}
+
+
+def list_sites(context: Context) -> list[SiteOut]:
+    """Every site, by id (secrets hidden)."""
+    return [_out(s) for s in context.store.list_sites()]
+
+
+def get_site(id_or_name: str, context: Context) -> SiteOut:
+    """One site, by id or name (secret hidden)."""
+    return _out(context.store.get_site(id_or_name))
+
+
+def create_site(body: SiteIn, context: Context, request: Request) -> SiteOut:
+    """Create a site; the answer shows its secret, the only time it is shown."""
+    site = context.store.create_site(**_fields(body, exclude_unset=False))
+    _sites_changed(request)
+    return _out(site, show_secret=True)
+
+
+def update_site(id_or_name: str, body: SitePatch, context: Context, request: Request) -> SiteOut:
+    """Change some fields of a site."""
+    site = context.store.update_site(id_or_name, **_fields(body, exclude_unset=True))
+    _sites_changed(request)
+    return _out(site, show_secret=body.secret is not None)
+
+
+def delete_site(id_or_name: str, context: Context, request: Request) -> None:
+    """Delete a site, its queued purges and its purge log."""
+    context.store.delete_site(id_or_name)
+    _sites_changed(request)
+
+
+def list_providers(context: Context) -> list[ProviderOut]:
+    """Content providers, with how many sites each has."""
+    return [ProviderOut(id=p.id, name=p.name, sites=p.sites) for p in context.store.list_providers()]
+
+
+def list_purges(
+    context: Context,
+    site: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: int | None = None,
+) -> list[PurgeOut]:
+    """Purge outcomes per URL per cache, newest first; page on with ?before=<id>."""
+    rows = context.store.purge_log(site=site, limit=limit, before=before)
+    return [PurgeOut(id=r.id, site_id=r.site_id, cache=r.cache, url=r.url, action=r.action,
+                     status=r.status, confirmed=r.confirmed, attempts=r.attempts, at=r.at,
+                     duration_ms=r.duration_ms, detail=r.detail) for r in rows]

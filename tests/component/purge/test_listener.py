@@ -1,0 +1,107 @@
+"""The purge listener: authenticated notices refresh caches; hostile ones are refused, purge nothing."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import anyio
+import msgspec
+import pytest
+from tests.component.purge.conftest import HOST, Harness
+
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import Error, ErrorCode, PurgeAccepted
+from relaysync.purge.listener import PurgeListener, make_notice, send_notice
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def listener(harness: Harness):  # type: ignore[no-untyped-def]
+    lst = PurgeListener(host="127.0.0.1", port=0, purger=harness.purger,
+                        sites=harness.purger.site_by_name)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(lst.serve)
+        yield lst, port
+        tg.cancel_scope.cancel()
+
+
+def _secret(harness: Harness) -> str:
+    return harness.store.get_site(harness.site.id).secret
+
+
+async def test_a_signed_url_notice_refreshes_the_caches(harness: Harness, listener) -> None:  # type: ignore[no-untyped-def]
+    _, port = listener
+    harness.write("n.txt", b"old")
+    harness.warm("n.txt")
+    harness.write("n.txt", b"new")
+    url = f"http://{HOST}{harness.url_path('n.txt')}"
+    answer = await send_notice("127.0.0.1", port, make_notice(harness.site.name, _secret(harness), url))
+    assert isinstance(answer, PurgeAccepted) and answer.items == 2 * len(harness.farm.caches)
+    await harness.until_served("n.txt", (200, b"new"))
+
+
+async def test_a_signed_path_notice_refreshes_the_caches(harness: Harness, listener) -> None:  # type: ignore[no-untyped-def]
+    _, port = listener
+    harness.write("p.txt", b"old")
+    harness.warm("p.txt")
+    harness.write("p.txt", b"new")
+    answer = await send_notice("127.0.0.1", port,
+                               make_notice(harness.site.name, _secret(harness), "p.txt", "path"))
+    assert isinstance(answer, PurgeAccepted)
+    await harness.until_served("p.txt", (200, b"new"))
+
+
+HOSTILE = [
+    ("other-site URL", lambda h, s: make_notice(h.site.name, s, "http://evil.example.net/x.txt"),
+     ErrorCode.FOREIGN_URL),
+    ("outside the prefix", lambda h, s: make_notice(h.site.name, s, f"http://{HOST}/elsewhere/h.txt"),
+     ErrorCode.FOREIGN_URL),
+    ("traversal in a URL", lambda h, s: make_notice(
+        h.site.name, s, f"http://{HOST}{h.url_path('')}%2e%2e/%2e%2e/etc/passwd"), ErrorCode.UNSAFE_PATH),
+    ("traversal in a path", lambda h, s: make_notice(h.site.name, s, "../../h.txt", "path"),
+     ErrorCode.UNSAFE_PATH),
+    ("bad HMAC", lambda h, s: make_notice(h.site.name, "x" * 32, f"http://{HOST}{h.url_path('h.txt')}"),
+     ErrorCode.NOT_AUTHORIZED),
+    ("unknown site", lambda h, s: make_notice("no-such-site", s, f"http://{HOST}{h.url_path('h.txt')}"),
+     ErrorCode.NOT_AUTHORIZED),
+    ("stale time", lambda h, s: make_notice(h.site.name, s, f"http://{HOST}{h.url_path('h.txt')}",
+                                            at=time.time() - 3600), ErrorCode.NOT_AUTHORIZED),
+]
+
+
+@pytest.mark.parametrize("name,build,code", HOSTILE, ids=[h[0] for h in HOSTILE])
+async def test_hostile_notices_are_refused_and_purge_nothing(harness: Harness, listener, name, build, code) -> None:  # type: ignore[no-untyped-def]
+    lst, port = listener
+    harness.write("h.txt", b"old")
+    harness.warm("h.txt")
+    harness.write("h.txt", b"new")
+    answer = await send_notice("127.0.0.1", port, build(harness, _secret(harness)))
+    assert isinstance(answer, Error) and answer.code == code, answer
+    await anyio.sleep(0.3)
+    assert harness.store.queued_purges() == 0 and not harness.results
+    assert harness.get("varnish", "h.txt") == (200, b"old")
+
+
+async def test_a_replayed_notice_is_refused(harness: Harness, listener) -> None:  # type: ignore[no-untyped-def]
+    _, port = listener
+    notice = make_notice(harness.site.name, _secret(harness), f"http://{HOST}{harness.url_path('r.txt')}")
+    assert isinstance(await send_notice("127.0.0.1", port, notice), PurgeAccepted)
+    again = await send_notice("127.0.0.1", port, notice)
+    assert isinstance(again, Error) and again.code == ErrorCode.NOT_AUTHORIZED
+    assert "replayed" in again.detail
+
+
+async def test_an_oversize_frame_is_refused_and_closed(harness: Harness, listener) -> None:  # type: ignore[no-untyped-def]
+    _, port = listener
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    framed = FramedStream(stream)
+    payload = msgspec.msgpack.encode({"type": "purge_notice", "site": "x" * 100_000})
+    await stream.send(struct.pack(">I", len(payload)) + payload)
+    answer = await framed.receive()
+    assert isinstance(answer, Error) and answer.code == ErrorCode.BAD_MESSAGE
+    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+        await framed.receive()
+    await framed.aclose()
+    assert harness.store.queued_purges() == 0
