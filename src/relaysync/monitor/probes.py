@@ -39,7 +39,9 @@ async def tcp_probe(host: str, port: int, timeout_s: float) -> ProbeResult:
     except TimeoutError:
         return ProbeResult(ok=False, latency_ms=None, detail=f"no answer in {timeout_s:g} s", at=time.time())
     except OSError as exc:
-        return ProbeResult(ok=False, latency_ms=None, detail=exc.strerror or str(exc), at=time.time())
+        # anyio reports "All connection attempts failed"; the reason is the cause it chains.
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        return ProbeResult(ok=False, latency_ms=None, detail=cause.strerror or str(cause), at=time.time())
     return ProbeResult(ok=True, latency_ms=(time.monotonic() - started) * 1000, detail="", at=time.time())
 
 

@@ -1,0 +1,248 @@
+"""Monitoring end to end: real master and agents, real probes, real notification receivers.
+
+Each condition (a threshold, a busy CPU, a stopped agent, a closed port, a failing ping) fires one
+alert, notifies every channel once while it stays firing, and resolves once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relaysync.testing.cluster import wait_until
+from tests.integration.monitor.conftest import ALERT_TIMEOUT_S, INTERVAL_S, MonitoredFleet
+
+pytestmark = pytest.mark.integration
+
+SPIN_MAX_S = 120  # the CPU burners stop themselves after this, whatever happens to the test
+
+
+def _families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def _hold_while_firing(fleet: MonitoredFleet, alert_id: int, ticks: int = 8) -> None:
+    """Let the monitor run several ticks while the alert fires; it must not notify again."""
+    deadline = time.monotonic() + ticks * INTERVAL_S
+    while time.monotonic() < deadline:  # bounded observation window, not synchronisation
+        assert fleet.webhook_notices(alert_id).count("firing") <= 1
+        time.sleep(INTERVAL_S / 2)
+
+
+def _check_notified_once(fleet: MonitoredFleet, alert: dict, state: str) -> None:
+    wait_until(lambda: state in fleet.webhook_notices(alert["id"]), timeout_s=ALERT_TIMEOUT_S,
+               what=f"webhook {state} for alert {alert['id']}")
+    assert fleet.webhook_notices(alert["id"]).count(state) == 1
+
+
+def test_metrics_reach_the_master_and_prometheus(mfleet: MonitoredFleet) -> None:
+    api = mfleet.cluster.api
+
+    def master_has_both() -> dict | None:
+        fams = _families(api.get("/metrics").text)
+        cpu = fams.get("relaysync_cpu_percent", {})
+        servers = {dict(k).get("server") for k in cpu}
+        return fams if {"a1", "a2"} <= servers else None
+
+    fams = wait_until(master_has_both, timeout_s=ALERT_TIMEOUT_S, what="agents' figures on /metrics")
+    for name in ("relaysync_memory_percent", "relaysync_load1", "relaysync_tcp_connections",
+                 "relaysync_links_total", "relaysync_master_link_connected",
+                 "relaysync_master_process_rss_bytes", "relaysync_master_store_up",
+                 "relaysync_master_joblog_queue", "relaysync_server_up", "relaysync_server_healthy"):
+        assert name in fams, name
+    assert fams["relaysync_master_store_up"][(("server", "master"),)] == 1.0
+    assert fams["relaysync_master_link_connected"][(("server", "a1"),)] == 1.0
+    assert fams["relaysync_master_process_rss_bytes"][(("server", "master"),)] > 1e6
+    # The agent's own /metrics carries the same figures the master shows for it.
+    agent = _families(httpx.get(f"http://127.0.0.1:{mfleet.metrics_ports['a1']}/metrics").text)
+    agent_names = {n for n in agent if n.startswith("relaysync_")}
+    master_names_for_a1 = {n for n, series in fams.items() if any(("server", "a1") in k for k in series)}
+    assert agent_names and agent_names <= master_names_for_a1
+    assert agent["relaysync_links_total"] == {(("server", "a1"),): 0.0}
+    assert agent["relaysync_memory_used_bytes"][(("server", "a1"),)] > 0
+    assert api.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_threshold_marks_server_unhealthy_then_ok(mfleet: MonitoredFleet) -> None:
+    api = mfleet.cluster.api
+    r = api.post("/api/thresholds", json={"scope": "server", "target": "a1", "metric": "memory_used_bytes",
+                                          "operator": ">", "value": 0})
+    assert r.status_code == 201, r.text
+    rule = r.json()
+    alert = mfleet.wait_alert(f"threshold:{rule['id']}:a1", "firing")
+    wait_until(lambda: mfleet.health("a1") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a1 unhealthy")
+    assert mfleet.health("a2") == "ok"
+    events = api.get("/api/events", params={"since": 0, "limit": 1000}).json()
+    assert any(e["type"] == "server_health" and e["data"]["name"] == "a1"
+               and e["data"]["health"] == "unhealthy" for e in events)
+    assert any(e["type"] == "alarm" and e["data"]["alert_id"] == alert["id"] for e in events)
+    _check_notified_once(mfleet, alert, "firing")
+    _hold_while_firing(mfleet, alert["id"])
+    acked = api.post(f"/api/alerts/{alert['id']}/acknowledge", json={"by": "ops"}).json()
+    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "ops"
+    assert api.delete(f"/api/thresholds/{rule['id']}").status_code == 204
+    mfleet.wait_alert(f"threshold:{rule['id']}:a1", "resolved")
+    wait_until(lambda: mfleet.health("a1") == "ok", timeout_s=ALERT_TIMEOUT_S, what="a1 ok again")
+
+
+def test_group_threshold_fires_per_server(mfleet: MonitoredFleet) -> None:
+    api = mfleet.cluster.api
+    # links_total is 0 on both agents (no mappings), so "< 1" holds for each server of the group;
+    # removing the rule resolves both alerts.
+    rule = api.post("/api/thresholds", json={"scope": "group", "target": "g1", "metric": "links_total",
+                                             "operator": "<", "value": 1, "for_s": 0.5,
+                                             "hysteresis": 0}).json()
+    for name in ("a1", "a2"):
+        alert = mfleet.wait_alert(f"threshold:{rule['id']}:{name}", "firing")
+        _check_notified_once(mfleet, alert, "firing")
+        assert any(f"firing {name} links_total 0" in body for body in mfleet.sms_notices(name))
+    api.delete(f"/api/thresholds/{rule['id']}")
+    for name in ("a1", "a2"):
+        mfleet.wait_alert(f"threshold:{rule['id']}:{name}", "resolved")
+
+
+@pytest.fixture
+def cpu_burners() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+
+
+def test_busy_cpu_fires_and_resolves(mfleet: MonitoredFleet,
+                                     cpu_burners: list[subprocess.Popen[bytes]]) -> None:
+    api = mfleet.cluster.api
+    rule = api.post("/api/thresholds", json={"scope": "server", "target": "a1", "metric": "cpu_percent",
+                                             "operator": ">", "value": 90, "for_s": 1.0,
+                                             "hysteresis": 10}).json()
+    spin = f"import time\nend = time.monotonic() + {SPIN_MAX_S}\nwhile time.monotonic() < end: pass\n"
+    for _ in range(2 * (os.cpu_count() or 1)):
+        cpu_burners.append(subprocess.Popen([sys.executable, "-c", spin]))
+    alert = mfleet.wait_alert(f"threshold:{rule['id']}:a1", "firing", timeout_s=60)
+    assert alert["value"] > 90
+    _check_notified_once(mfleet, alert, "firing")
+    for p in cpu_burners:  # stopped by pid
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+    resolved = mfleet.wait_alert(f"threshold:{rule['id']}:a1", "resolved", timeout_s=90)
+    assert resolved["value"] <= 80
+    _check_notified_once(mfleet, alert, "resolved")
+    api.delete(f"/api/thresholds/{rule['id']}")
+
+
+def test_stopped_agent_fires_heartbeat_and_is_unhealthy(mfleet: MonitoredFleet) -> None:
+    cluster = mfleet.cluster
+    cluster.agents["a2"].process.stop()
+    alert = mfleet.wait_alert("heartbeat:a2", "firing")
+    wait_until(lambda: mfleet.health("a2") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a2 unhealthy")
+    _check_notified_once(mfleet, alert, "firing")
+    _hold_while_firing(mfleet, alert["id"])
+    wait_until(lambda: any("heartbeat" in m["data"] and "a2" in m["data"] for m in mfleet.mailbox.messages),
+               timeout_s=ALERT_TIMEOUT_S, what="e-mail about a2")
+    cluster.start_agent("a2", group="g1")
+    mfleet.wait_alert("heartbeat:a2", "resolved")
+    _check_notified_once(mfleet, alert, "resolved")
+    wait_until(lambda: mfleet.health("a2") == "ok", timeout_s=ALERT_TIMEOUT_S, what="a2 ok")
+
+
+def test_closed_port_fires_and_reopened_port_resolves(mfleet: MonitoredFleet) -> None:
+    api = mfleet.cluster.api
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    probe = api.post("/api/probes", json={"name": "svc", "kind": "tcp", "host": "127.0.0.1",
+                                          "port": port, "server": "a1"}).json()
+    wait_until(lambda: (api.get("/api/probes").json()[0].get("last") or {}).get("ok") is True,
+               timeout_s=ALERT_TIMEOUT_S, what="tcp probe ok")
+    listener.close()
+    alert = mfleet.wait_alert(f"probe:{probe['id']}", "firing")
+    assert "refused" in alert["message"].lower()
+    _check_notified_once(mfleet, alert, "firing")
+    _hold_while_firing(mfleet, alert["id"])
+    listener = socket.create_server(("127.0.0.1", port))
+    try:
+        mfleet.wait_alert(f"probe:{probe['id']}", "resolved")
+        _check_notified_once(mfleet, alert, "resolved")
+    finally:
+        listener.close()
+        api.delete(f"/api/probes/{probe['id']}")
+
+
+def test_nothing_listening_on_a_loopback_address_fails_tcp(mfleet: MonitoredFleet) -> None:
+    api = mfleet.cluster.api
+    probe = api.post("/api/probes", json={"name": "nobody", "kind": "tcp", "host": "127.0.0.77",
+                                          "port": 9, "timeout_s": 1}).json()
+    alert = mfleet.wait_alert(f"probe:{probe['id']}", "firing")
+    assert alert["server"] == ""
+    api.delete(f"/api/probes/{probe['id']}")
+    mfleet.wait_alert(f"probe:{probe['id']}", "resolved")
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def veth_peer() -> Iterator[tuple[str, str]]:
+    """A veth pair into a network namespace of our own: the peer address answers ping while its
+    end is up, and is unreachable once that end is down. Deleted afterwards."""
+    if shutil.which("ip") is None or shutil.which("ping") is None:
+        pytest.skip("needs ip (iproute2) and ping (iputils-ping): scripts/install test installs them")
+    tag = uuid.uuid4().hex[:6]
+    ns, host_end, ns_end = f"rsmon-{tag}", f"rsm{tag}a", f"rsm{tag}b"
+    octet = 1 + int(tag[:2], 16) % 250
+    host_ip, peer_ip = f"169.254.{octet}.1", f"169.254.{octet}.2"
+    try:
+        _ip("netns", "add", ns)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"cannot create a network namespace here (needs CAP_NET_ADMIN): {exc}")
+    try:
+        _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+        _ip("link", "set", ns_end, "netns", ns)
+        _ip("addr", "add", f"{host_ip}/30", "dev", host_end)
+        _ip("link", "set", host_end, "up")
+        _ip("-n", ns, "addr", "add", f"{peer_ip}/30", "dev", ns_end)
+        _ip("-n", ns, "link", "set", ns_end, "up")
+        yield ns, peer_ip
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def test_failing_ping_fires_and_resolves(mfleet: MonitoredFleet, veth_peer: tuple[str, str]) -> None:
+    api = mfleet.cluster.api
+    ns, peer_ip = veth_peer
+    ns_end = next(line.split(":")[1].strip().split("@")[0] for line in subprocess.run(
+        ["ip", "-n", ns, "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines()
+        if "rsm" in line)
+    probe = api.post("/api/probes", json={"name": "peer", "kind": "ping", "host": peer_ip,
+                                          "server": "a2", "timeout_s": 1}).json()
+    wait_until(lambda: any(p["id"] == probe["id"] and (p.get("last") or {}).get("ok")
+                           for p in api.get("/api/probes").json()),
+               timeout_s=ALERT_TIMEOUT_S, what="ping ok")
+    _ip("-n", ns, "link", "set", ns_end, "down")
+    alert = mfleet.wait_alert(f"probe:{probe['id']}", "firing")
+    wait_until(lambda: mfleet.health("a2") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a2 unhealthy")
+    _check_notified_once(mfleet, alert, "firing")
+    _hold_while_firing(mfleet, alert["id"], ticks=4)
+    _ip("-n", ns, "link", "set", ns_end, "up")
+    mfleet.wait_alert(f"probe:{probe['id']}", "resolved")
+    _check_notified_once(mfleet, alert, "resolved")
+    wait_until(lambda: mfleet.health("a2") == "ok", timeout_s=ALERT_TIMEOUT_S, what="a2 ok")
+    api.delete(f"/api/probes/{probe['id']}")
