@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from relaysync.cli._demo_cache import DemoCache, start_demo_cache
 from relaysync.testing.cluster import Cluster
 
 console = Console()
@@ -32,6 +33,7 @@ def demo(
     dir = dir.resolve()
     dir.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(dir / ".relaysync")
+    cache: DemoCache | None = None
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     try:
@@ -51,21 +53,26 @@ def demo(
         console.print(f"relaysync demo ready: master {cluster.api_url}", highlight=False)
         console.print(f"write files under {dir / 'source'}; they appear in "
                       f"{dir}/target-1..{targets}. Ctrl-C stops.", highlight=False)
-        _follow(cluster, int(mapping["id"]))
+        cache = start_demo_cache(cluster, dir, console)
+        _follow(cluster, int(mapping["id"]), cache)
     except _Stop:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         console.print("stopping...")
+        if cache is not None:
+            cache.stop()
         cluster.stop()
 
 
-def _follow(cluster: Cluster, mapping_id: int) -> None:
-    """Print every change as its targets commit it."""
+def _follow(cluster: Cluster, mapping_id: int, cache: DemoCache | None = None) -> None:
+    """Print every change as its targets commit it, and every cache refresh."""
     shown: dict[int, int] = {}
     while True:
         time.sleep(0.2)
+        if cache is not None:
+            cache.show(cluster, console)
         r = cluster.api.get("/api/jobs", params={"mapping": mapping_id, "limit": 50})
         if r.status_code != 200:
             continue

@@ -1,0 +1,58 @@
+"""End to end: a write on the source reaches the target, then Varnish in front of it serves it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relaysync.testing.caches import Cache, Origin, cache_base_dir, http_get
+from relaysync.testing.cluster import wait_until
+from tests.integration.conftest import Fleet
+
+pytestmark = pytest.mark.integration
+
+HOST = "www.example.com"
+
+
+@pytest.fixture
+def varnish_site(fleet: Fleet) -> Iterator[tuple[Path, Path, Cache, dict]]:
+    mapping, src, dsts = fleet.new_mapping(targets=("t1",))
+    base = cache_base_dir()
+    origin = Origin(dsts[0]).start()
+    cache = Cache("varnish", base / "varnish", origin.port).start()
+    try:
+        r = fleet.cluster.api.post("/api/sites", json={
+            "name": f"site-{mapping['name']}", "provider": "acme", "mapping": mapping["name"],
+            "base_urls": [f"http://{HOST}"],
+            "caches": [{"name": "varnish", "driver": "varnish", "address": cache.address}],
+            "origins": [{"server": "t1", "url": origin.url}]})
+        assert r.status_code == 201, r.text
+        yield src, dsts[0], cache, r.json()
+    finally:
+        cache.stop()
+        origin.stop()
+
+
+def test_write_on_source_is_served_by_varnish(fleet: Fleet, varnish_site) -> None:  # type: ignore[no-untyped-def]
+    src, dst, cache, site = varnish_site
+    (src / "page.txt").write_bytes(b"version 1")
+    wait_until(lambda: (dst / "page.txt").exists() and (dst / "page.txt").read_bytes() == b"version 1",
+               timeout_s=30, what="target commit")
+    wait_until(lambda: http_get(cache.port, "/page.txt", host=HOST)[1] == b"version 1",
+               timeout_s=10, what="varnish serves version 1")
+    assert http_get(cache.port, "/page.txt", host=HOST)[2].get("x-cache") == "HIT"
+    (src / "page.txt").write_bytes(b"version 2 (longer)")
+    started = time.monotonic()
+    wait_until(lambda: http_get(cache.port, "/page.txt", host=HOST)[1] == b"version 2 (longer)",
+               timeout_s=10, interval_s=0.005, what="varnish serves version 2")
+    elapsed_ms = (time.monotonic() - started) * 1000
+    print(f"close() -> varnish serves the new bytes: {elapsed_ms:.0f} ms")
+
+    def confirmed() -> bool:
+        rows = fleet.cluster.api.get("/api/purges", params={"site": site["name"]}).json()
+        return any(r["status"] == "refreshed" and r["confirmed"] for r in rows)
+
+    wait_until(confirmed, timeout_s=10, what="a confirmed refresh in /api/purges")
