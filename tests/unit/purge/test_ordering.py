@@ -1,0 +1,47 @@
+"""Commit ordering: released only when every origin that is up has committed."""
+
+from __future__ import annotations
+
+from relaysync.protocol.messages import CommitRecord
+from relaysync.purge.ordering import CommitTracker
+
+O1, O2 = "o1", "o2"
+ORIGINS = frozenset({O1, O2})
+UP = {O1: "up", O2: "up"}
+
+
+def _observe(t: CommitTracker, target: str, seq: int, states: dict[str, str] = UP, now: float = 0.0):  # type: ignore[no-untyped-def]
+    return t.observe(site_id=1, origins=ORIGINS, source="s", target=target,
+                     records=[CommitRecord(seq=seq, op="write", path="a.txt")], states=states, now=now)
+
+
+def test_waits_for_every_origin() -> None:
+    t = CommitTracker()
+    assert _observe(t, O1, 1) == []
+    released = _observe(t, O2, 1)
+    assert [(r.path, r.again) for r in released] == [("a.txt", False)]
+
+
+def test_a_down_origin_does_not_hold_back_and_is_refreshed_again_on_return() -> None:
+    t = CommitTracker()
+    states = {O1: "up", O2: "down"}
+    assert len(_observe(t, O1, 1, states)) == 1
+    again = _observe(t, O2, 1, UP)
+    assert [r.again for r in again] == [True]
+    assert _observe(t, O2, 1, UP) == []  # a repeat of the same report changes nothing
+
+
+def test_sweep_releases_when_an_origin_goes_down_or_after_hold_max() -> None:
+    t = CommitTracker(hold_max_s=5.0)
+    _observe(t, O1, 1)
+    assert t.sweep(UP, now=1.0) == []
+    assert len(t.sweep({O1: "up", O2: "down"}, now=1.0)) == 1
+    _observe(t, O1, 2)
+    assert len(t.sweep(UP, now=6.0)) == 1
+
+
+def test_failed_records_are_not_commits() -> None:
+    t = CommitTracker()
+    bad = CommitRecord(seq=1, op="write", path="a.txt", ok=False, error="disk full")
+    t.observe(site_id=1, origins=ORIGINS, source="s", target=O1, records=[bad], states=UP, now=0)
+    assert _observe(t, O2, 1) == []
