@@ -200,3 +200,15 @@ def test_large_file_updates_converge_through_deltas(fleet: Fleet) -> None:
         fleet.wait_converged(src, dsts)
     sigs = list((fleet.cluster.agents["src"].data_dir / "sources").glob("*/signatures/delta/*.delta"))
     assert sigs, "updates should have gone as deltas"
+
+
+def test_mapping_deleted_mid_stream_leaves_agents_serving(fleet: Fleet) -> None:
+    gone, src_a, _ = fleet.new_mapping()
+    _, src_b, dsts_b = fleet.new_mapping()
+    for i in range(200):
+        (src_a / f"a{i}").write_bytes(os.urandom(5000))
+    assert fleet.cluster.api.delete(f"/api/mappings/{gone['id']}").status_code == 204
+    shutil.rmtree(src_a)
+    (src_b / "after.txt").write_text("still replicating")
+    fleet.wait_converged(src_b, dsts_b)
+    assert all(agent.process.alive() for agent in fleet.cluster.agents.values())

@@ -64,6 +64,7 @@ class PeerServer:
         self.folders = folders
         self.reporter = reporter
         self._active: dict[int, anyio.CancelScope] = {}
+        self._ended: dict[int, anyio.Event] = {}  # set when the mapping's current session is over
         self.refused = 0
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -79,7 +80,9 @@ class PeerServer:
             await self._session(framed, tls.peer_node_id(stream), tls.peer_address(stream))
         except Exception as group:
             if not is_link_error(group):
-                raise
+                # A bug must cost this session, not the server that serves every other peer.
+                logger.exception("peer session failed unexpectedly; closing it")
+                return
             exc = leaf_error(group)
             self.refused += isinstance(exc, ProtocolError | UnknownPeer)
             if isinstance(exc, anyio.EndOfStream):
@@ -109,16 +112,31 @@ class PeerServer:
         folder = self.folders(opened.mapping_id)
         if folder is None or folder.source_node != peer:
             raise UnknownPeer(f"{peer[:16]} for mapping {opened.mapping_id} from {address}")
+        mapping_id = opened.mapping_id
+        await self._end_session(mapping_id)  # one session per mapping: the newer one wins
+        ended = anyio.Event()
         with anyio.CancelScope() as scope:
-            previous = self._active.get(opened.mapping_id)
-            if previous is not None:
-                previous.cancel()
-            self._active[opened.mapping_id] = scope
+            self._active[mapping_id], self._ended[mapping_id] = scope, ended
             try:
                 await self._receive(framed, folder, opened.journal_id)
             finally:
-                if self._active.get(opened.mapping_id) is scope:
-                    del self._active[opened.mapping_id]
+                if self._active.get(mapping_id) is scope:
+                    del self._active[mapping_id], self._ended[mapping_id]
+                ended.set()
+
+    async def _end_session(self, mapping_id: int) -> None:
+        """Cancel the mapping's current session, if any, and wait until it has let go."""
+        scope, ended = self._active.get(mapping_id), self._ended.get(mapping_id)
+        if scope is None or ended is None:
+            return
+        scope.cancel()
+        with anyio.move_on_after(RECEIVE_TIMEOUT_S):
+            await ended.wait()
+
+    async def retire(self, folder: TargetFolder) -> None:
+        """Stop serving a folder (mapping removed or moved): end its session, close its manifest."""
+        await self._end_session(folder.mapping_id)
+        await anyio.to_thread.run_sync(folder.manifest.close)
 
     async def _receive(self, framed: FramedStream, folder: TargetFolder, journal_id: str) -> None:
         session = await anyio.to_thread.run_sync(

@@ -110,13 +110,14 @@ class AgentService:
         self.epoch = -1
         self.link: MasterLink | None = None
         self._tg: TaskGroup | None = None
+        self._server: PeerServer | None = None
         self._assign_lock = anyio.Lock()
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         control_address = await anyio.to_thread.run_sync(self._ensure_identity)
         self.node_id = self.identity.node_id
         host, port = split_address(self.cfg.listen)
-        server = PeerServer(host=host, port=port, ctx=tls.server_context(self.identity),
+        self._server = server = PeerServer(host=host, port=port, ctx=tls.server_context(self.identity),
                             node_id=self.node_id, name=self.cfg.name,
                             folders=self.targets.get, reporter=self._reporter)
         async with anyio.create_task_group() as tg:
@@ -175,16 +176,18 @@ class AgentService:
                         assignment.epoch, len(self.sources), len(self.targets))
 
     async def _apply_targets(self, wanted: dict[int, MappingSpec]) -> None:
+        assert self._server is not None
         for mapping_id in list(self.targets):
             if mapping_id not in wanted:
-                folder = self.targets.pop(mapping_id)
-                folder.manifest.close()
+                await self._server.retire(self.targets.pop(mapping_id))
         for mapping_id, spec in wanted.items():
             existing = self.targets.get(mapping_id)
             path = next(t.path for t in spec.targets if t.node_id == self.node_id)
             if existing is not None and existing.root == Path(path) and existing.source_node == spec.source_node:
                 existing.durable = spec.durability == "safe"
                 continue
+            if existing is not None:
+                await self._server.retire(self.targets.pop(mapping_id))
             self.targets[mapping_id] = await anyio.to_thread.run_sync(self._open_target, spec, Path(path))
 
     def _open_target(self, spec: MappingSpec, root: Path) -> TargetFolder:

@@ -113,7 +113,9 @@ class ControlServer:
             await self._read_loop(link)
         except Exception as group:
             if not is_link_error(group):
-                raise
+                logger.exception("control link of %s failed unexpectedly; closing it",
+                                 link.name if link else node_id[:16])
+                return
             exc = leaf_error(group)
             logger.warning("control link of %s ended: %s", link.name if link else node_id[:16],
                            exc or type(exc).__name__)
