@@ -17,11 +17,9 @@ from functools import partial
 from pathlib import Path
 
 import anyio
-import httpx
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
-from relaysync.auth.ca import make_key_and_csr
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import HTTP_TIMEOUT_S
@@ -65,6 +63,10 @@ def join(cfg: AgentConfig, identity: tls.Identity) -> str:
         JoinRefused: the master refused the token or the request.
         MasterUnreachable: the master did not answer.
     """
+    import httpx  # only at the first start: keeps the resident agent lighter
+
+    from relaysync.auth.ca import make_key_and_csr
+
     identity.key_path.parent.mkdir(parents=True, exist_ok=True)
     key_pem, csr_pem = make_key_and_csr(cfg.name)
     url = cfg.master_url.rstrip("/") + "/api/join"

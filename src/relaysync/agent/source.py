@@ -31,6 +31,7 @@ from relaysync.watch.watcher import FsEvent, Watcher
 logger = logging.getLogger(__name__)
 
 EVENT_QUEUE = 64  # event batches buffered between the watcher and the recorder
+JOURNAL_SLICE = 2_000  # changes journaled per write when a scan finds many
 HOT_FILE_S = 1.0  # a file a scan finds modified this recently may still be open for writing
 
 
@@ -152,13 +153,15 @@ class SourceMapping:
         closed = {e.path for e in events if e.kind == "write"}
         detected = await anyio.to_thread.run_sync(self.recorder.detect, events)
         changes = self._hold_hot(detected, closed)
-        if not changes:
-            return
-        records = await self.journal.append_async(changes)
-        await anyio.to_thread.run_sync(self.recorder.apply, records)
-        self.applied_seq = records[-1].seq
-        event, self._new_records = self._new_records, anyio.Event()
-        event.set()
+        # A full scan can find 100,000 changes: journal them in slices, so the links start
+        # streaming early and the journal records of one slice at a time are alive.
+        for start in range(0, len(changes), JOURNAL_SLICE):
+            records = await self.journal.append_async(changes[start : start + JOURNAL_SLICE])
+            await anyio.to_thread.run_sync(self.recorder.apply, records)
+            self.applied_seq = records[-1].seq
+            del records
+            event, self._new_records = self._new_records, anyio.Event()
+            event.set()
 
     def close(self) -> None:
         self.manifest.close()
