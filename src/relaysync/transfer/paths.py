@@ -75,3 +75,37 @@ def resolve_inside(root: Path, path: str, *, allow_root: bool = False) -> Path:
 def parent_of(path: str) -> str:
     """Return the relative parent of `path` ("" for a top-level name)."""
     return path.rpartition("/")[0]
+
+
+class SafeResolver:
+    """`resolve_inside` for one root, remembering directories already proven real.
+
+    A receiver applying thousands of files into the same folders checks each parent once.
+    Any op that can turn a directory into something else (delete, rename, erase, symlink)
+    must call `forget()` first.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dirs: set[str] = {""}
+
+    def forget(self) -> None:
+        self._dirs = {""}
+
+    def resolve(self, path: str) -> tuple[Path, bool]:
+        """Return (root/path, whether its parent directory is known to exist).
+
+        Raises:
+            UnsafePath: as resolve_inside.
+        """
+        check_relpath(path)
+        parent = parent_of(path)
+        if parent in self._dirs:
+            return Path(f"{self.root}/{path}"), True
+        full = resolve_inside(self.root, path)
+        if os.path.isdir(full.parent) and not os.path.islink(full.parent):
+            while parent not in self._dirs:  # resolve_inside proved every ancestor a real dir
+                self._dirs.add(parent)
+                parent = parent_of(parent)
+            return full, True
+        return full, False

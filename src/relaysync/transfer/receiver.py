@@ -51,7 +51,7 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer import codec, staging
-from relaysync.transfer.paths import check_relpath, parent_of, resolve_inside
+from relaysync.transfer.paths import SafeResolver, check_relpath, parent_of, resolve_inside
 from relaysync.watch.manifest import Entry, Manifest
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ class ReceiverSession:
         self._pending = _Pending()
         self._applied: list[CommitRecord] = []
         self._seen_seq = self.watermark
+        self._paths = SafeResolver(folder.root)
 
     # --- batch entry point (runs in a worker thread) ---
 
@@ -197,6 +198,8 @@ class ReceiverSession:
                 return self._digests(message)
             case Delete() | MakeDir() | Symlink() | Rename() | SetAttr() | Erase():
                 self.flush()
+                if not isinstance(message, SetAttr | MakeDir):
+                    self._paths.forget()  # it may turn a known directory into something else
                 self._apply_op(message)
             case _:
                 raise TransientFailure(0, ErrorCode.NOT_EXPECTED, f"unexpected {type(message).__name__}")
@@ -220,8 +223,8 @@ class ReceiverSession:
         self._abort_incoming()
         started = time.monotonic()
         try:
-            final = resolve_inside(self.folder.root, msg.path)
-            self._incoming = self._open_incoming(msg, final)
+            final, parent_exists = self._paths.resolve(msg.path)
+            self._incoming = self._open_incoming(msg, final, parent_exists)
         except UnsafePath as exc:
             self._refuse(msg.seq, "write", msg.path, str(exc), started)
             self._skip_seq = msg.seq
@@ -239,7 +242,7 @@ class ReceiverSession:
         self._incoming_started = started
         self._incoming_wire = 0
 
-    def _open_incoming(self, msg: FileStart, final: Path) -> staging.IncomingFile:
+    def _open_incoming(self, msg: FileStart, final: Path, parent_exists: bool) -> staging.IncomingFile:
         """A temp file for the new content: a named, resumable partial for large files."""
         root = self.folder.root
         if msg.expected_hash and msg.size >= RESUME_MIN_BYTES:
@@ -250,7 +253,8 @@ class ReceiverSession:
             return incoming
         if msg.offset:
             raise FileNotFoundError(errno.ENOENT, "no partial kept for files this small", msg.path)
-        return staging.IncomingFile.open(root, final, size=msg.size, mode=msg.mode, mtime_ns=msg.mtime_ns)
+        return staging.IncomingFile.open(root, final, size=msg.size, mode=msg.mode, mtime_ns=msg.mtime_ns,
+                                         parent_exists=parent_exists)
 
     def _start_delta(self, msg: DeltaStart) -> None:
         """Receive a delta against the version we hold into a temp file; patch at FileEnd."""

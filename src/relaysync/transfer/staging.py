@@ -78,8 +78,10 @@ class IncomingFile:
     hasher: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
 
     @classmethod
-    def open(cls, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int) -> IncomingFile:
-        make_parents(root, final)
+    def open(cls, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int,
+             parent_exists: bool = False) -> IncomingFile:
+        if not parent_exists:
+            make_parents(root, final)
         temp = temp_name_for(final)
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return cls(final=final, temp=temp, size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
@@ -197,11 +199,15 @@ class CommitBatch:
                     os.fsync(f.fd)
             dirs: set[Path] = set()
             for f in files:
+                os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
                 f.close()
-                os.utime(f.temp, ns=(f.mtime_ns, f.mtime_ns))
-                if f.final.is_dir() and not f.final.is_symlink():
-                    shutil.rmtree(f.final)
-                os.replace(f.temp, f.final)
+                try:
+                    os.replace(f.temp, f.final)
+                except (IsADirectoryError, OSError) as exc:
+                    if not (f.final.is_dir() and not f.final.is_symlink()):
+                        raise exc
+                    shutil.rmtree(f.final)  # a directory becomes a file
+                    os.replace(f.temp, f.final)
                 dirs.add(f.final.parent)
             if self.durable:
                 for d in dirs:
