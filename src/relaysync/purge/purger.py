@@ -272,7 +272,6 @@ class Purger:
         key = (site.id, cache.name)
         driver = self._drivers.get(key)
         if driver is None or driver.cache != cache:
-            assert self._client is not None or True
             driver = self._drivers[key] = make_driver(cache, self._client or httpx.AsyncClient())
         return driver
 
