@@ -29,10 +29,12 @@ from relaysync.monitor.prometheus import serve_agent_metrics
 from relaysync.protocol.messages import (
     Assignment,
     CommitRecord,
+    LinkPolicy,
     MappingSpec,
     MetricSample,
     PeerInfo,
     Register,
+    TargetSpec,
 )
 from relaysync.transfer import tls
 from relaysync.transfer.bandwidth import TokenBucket
@@ -234,14 +236,19 @@ class AgentService:
                         link = TargetLink(source, TargetAddress(target.node_id, label, address),
                                           tls.client_context(self.identity), node_id=self.node_id,
                                           name=self.cfg.name, compare_interval_s=self.cfg.compare_interval_s,
-                                          options=SendOptions(
-                                              codec=codec_for_level(self.cfg.zstd_level),
-                                              signatures=source.signatures,
-                                              bandwidth=TokenBucket.from_mbit(self.cfg.bandwidth_limit_mbit)))
+                                          options=self._send_options(target, source))
                         self.sources[spec.mapping_id].links.append(link)
                         tg.start_soon(link.serve)
             finally:
                 source.close()
+
+    def _send_options(self, target: TargetSpec, source: SourceMapping) -> SendOptions:
+        """The link's settings: the master's policy for this pair, else this agent's defaults."""
+        policy = target.policy or LinkPolicy(zstd_level=self.cfg.zstd_level,
+                                             bandwidth_limit_mbit=self.cfg.bandwidth_limit_mbit)
+        bandwidth = policy.bandwidth_limit_mbit or self.cfg.bandwidth_limit_mbit
+        return SendOptions(codec=codec_for_level(policy.zstd_level), signatures=source.signatures,
+                           bandwidth=TokenBucket.from_mbit(bandwidth), force=policy.transfer)
 
     def _peer_address(self, node_id: str) -> str:
         peer = self.peers.get(node_id)

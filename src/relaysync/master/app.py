@@ -30,6 +30,7 @@ from relaysync.master.api import (
     join,
     mappings,
     metrics,
+    policies,
     probes,
     servers,
     thresholds,
@@ -68,6 +69,9 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/tokens/join", tokens.create_join_token, ("POST",), status_code=201),  # [{ttl_s}]
     Route("/api/tokens/api", tokens.create_api_token, ("POST",), status_code=201),  # {name}
     Route("/api/events", events.list_events, ("GET",)),                             # [since] [timeout_s] [limit]
+    Route("/api/policies", policies.list_policies, ("GET",)),
+    Route("/api/policies", policies.put_policy, ("PUT",)),                           # PolicyIn: upsert by scope/pair
+    Route("/api/policies/{policy_id}", policies.delete_policy, ("DELETE",), status_code=204),
     # --- Cache synchronization ---
     Route("/api/providers", sites_api.list_providers, ("GET",)),
     Route("/api/sites", sites_api.list_sites, ("GET",)),

@@ -108,9 +108,18 @@ class Register(Message, frozen=True, tag="register"):
     peer_address: str  # host:port where its peer server listens
 
 
+class LinkPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How a source sends to one target: the policy of their network section or server pair."""
+
+    transfer: Literal["auto", "delta", "whole"] = "auto"  # delta or dump copy; auto picks per file
+    zstd_level: int = 0  # 0 = no compression; chunks that do not shrink go plain anyway
+    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited
+
+
 class TargetSpec(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str
     path: str  # absolute folder on the target server
+    policy: LinkPolicy | None = None  # None: the agent's own defaults
 
 
 class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):

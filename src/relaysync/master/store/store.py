@@ -29,6 +29,7 @@ from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store import _joblog, _mappings, _queries
 from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
 from relaysync.master.store._monitoring import MonitoringStore
+from relaysync.master.store._policies import PolicyStore
 from relaysync.master.store._sites import SiteStore
 from relaysync.master.store.models import (
     ApiToken,
@@ -98,6 +99,8 @@ class Store(SiteStore):
             self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
         self.monitoring = MonitoringStore(self._read, self._write)  # figures, rules, alert log
+        # link policies per network section or server pair
+        self.policies = PolicyStore(self._read, self._write, _bump_epoch, _mappings.resolve_server)
 
     # --- Lifecycle ---
 
@@ -335,7 +338,7 @@ class Store(SiteStore):
             )
             return Assignment(
                 epoch=epoch,
-                mappings=tuple(i.to_spec() for i in infos),
+                mappings=tuple(self.policies.apply(session, [i.to_spec() for i in infos])),
                 peers=tuple(
                     PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers
                 ),

@@ -1,0 +1,165 @@
+"""Link policies: delta or dump copy, compression and bandwidth per network section or server pair.
+
+A section is the relation between a source and a target: the same group, the same region, or
+another region. A pair policy overrides its section's. Without a row, the section's default
+applies: no compression inside a group, zstd 1 inside a region, zstd 3 between regions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import Float, Integer, String, UniqueConstraint, delete, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from relaysync.errors import ConfigError, NotFound
+from relaysync.master.store.models import NAME, NODE_ID, Base, Server
+from relaysync.protocol.messages import LinkPolicy, MappingSpec, TargetSpec
+
+Scope = Literal["same_group", "same_region", "inter_region", "pair"]
+SCOPES: tuple[str, ...] = ("same_group", "same_region", "inter_region", "pair")
+TRANSFERS = ("auto", "delta", "whole")
+SECTION_DEFAULTS: dict[str, LinkPolicy] = {
+    "same_group": LinkPolicy(zstd_level=0),
+    "same_region": LinkPolicy(zstd_level=1),
+    "inter_region": LinkPolicy(zstd_level=3),
+}
+
+SessionFactory = Callable[[str], AbstractContextManager[Session]]
+
+
+class LinkPolicyRow(Base):
+    __tablename__ = "link_policies"
+    __table_args__ = (UniqueConstraint("scope", "source_node", "target_node", name="uq_link_policy"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    source_node: Mapped[str] = mapped_column(NODE_ID, default="")  # pair only
+    target_node: Mapped[str] = mapped_column(NODE_ID, default="")  # pair only
+    transfer: Mapped[str] = mapped_column(String(8), default="auto")
+    zstd_level: Mapped[int] = mapped_column(Integer, default=0)
+    bandwidth_limit_mbit: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[float] = mapped_column(Float)
+    note: Mapped[str] = mapped_column(NAME, default="")
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    id: int
+    scope: str
+    source: str  # node id, pair only
+    target: str
+    transfer: str
+    zstd_level: int
+    bandwidth_limit_mbit: float
+    updated_at: float
+
+
+def _info(row: LinkPolicyRow) -> PolicyInfo:
+    return PolicyInfo(id=row.id, scope=row.scope, source=row.source_node, target=row.target_node,
+                      transfer=row.transfer, zstd_level=row.zstd_level,
+                      bandwidth_limit_mbit=row.bandwidth_limit_mbit, updated_at=row.updated_at)
+
+
+def _policy(row: LinkPolicyRow) -> LinkPolicy:
+    return LinkPolicy(transfer=row.transfer, zstd_level=row.zstd_level,  # type: ignore[arg-type]
+                      bandwidth_limit_mbit=row.bandwidth_limit_mbit)
+
+
+def section_of(source: Server | None, target: Server | None) -> str:
+    if source is None or target is None or source.region != target.region:
+        return "inter_region"
+    return "same_group" if source.group_name == target.group_name else "same_region"
+
+
+def validate(scope: str, transfer: str, zstd_level: int, bandwidth_limit_mbit: float,
+             source: str | None, target: str | None) -> None:
+    if scope not in SCOPES:
+        raise ConfigError(f"policy scope {scope!r} is not one of {', '.join(SCOPES)}")
+    if transfer not in TRANSFERS:
+        raise ConfigError(f"policy transfer {transfer!r} is not one of {', '.join(TRANSFERS)}")
+    if not 0 <= zstd_level <= 19:
+        raise ConfigError(f"zstd level {zstd_level} is outside 0..19 (0 = off)")
+    if bandwidth_limit_mbit < 0:
+        raise ConfigError("bandwidth limit must be >= 0 (0 = unlimited)")
+    if (scope == "pair") != bool(source and target):
+        raise ConfigError("a pair policy names a source and a target server; a section policy names neither")
+
+
+class PolicyStore:
+    """Policies in the master's store; `apply` fills them into assignment specs."""
+
+    def __init__(self, read: SessionFactory, write: SessionFactory, bump_epoch: Callable[[Session], None],
+                 resolve_server: Callable[[Session, str], Server]) -> None:
+        self._read, self._write = read, write
+        self._bump_epoch = bump_epoch
+        self._resolve = resolve_server
+
+    def set_policy(self, *, scope: str, source: str | None = None, target: str | None = None,
+                   transfer: str = "auto", zstd_level: int = 0,
+                   bandwidth_limit_mbit: float = 0.0) -> PolicyInfo:
+        """Create or replace the policy of a section or of a server pair (servers by name or id)."""
+        validate(scope, transfer, zstd_level, bandwidth_limit_mbit, source, target)
+        with self._write("set policy") as session:
+            src = self._resolve(session, source).node_id if source else ""
+            dst = self._resolve(session, target).node_id if target else ""
+            row = session.scalar(select(LinkPolicyRow).where(
+                LinkPolicyRow.scope == scope, LinkPolicyRow.source_node == src,
+                LinkPolicyRow.target_node == dst))
+            if row is None:
+                row = LinkPolicyRow(scope=scope, source_node=src, target_node=dst, updated_at=time.time())
+                session.add(row)
+            row.transfer, row.zstd_level = transfer, zstd_level
+            row.bandwidth_limit_mbit, row.updated_at = bandwidth_limit_mbit, time.time()
+            self._bump_epoch(session)
+            session.flush()
+            return _info(row)
+
+    def list_policies(self) -> list[PolicyInfo]:
+        with self._read("list policies") as session:
+            return [_info(r) for r in session.scalars(select(LinkPolicyRow).order_by(LinkPolicyRow.id))]
+
+    def delete_policy(self, policy_id: int) -> None:
+        with self._write("delete policy") as session:
+            if session.execute(delete(LinkPolicyRow).where(LinkPolicyRow.id == policy_id)).rowcount == 0:  # type: ignore[attr-defined]
+                raise NotFound("policy", policy_id)
+            self._bump_epoch(session)
+
+    def effective(self, session: Session, source: str, target: str) -> LinkPolicy:
+        """The policy for the link source -> target: pair, else section, else section default."""
+        rows = {(r.scope, r.source_node, r.target_node): r for r in session.scalars(select(LinkPolicyRow))}
+        return _effective(rows, session.get(Server, source), session.get(Server, target), source, target)
+
+    def apply(self, session: Session, specs: Sequence[MappingSpec]) -> Iterator[MappingSpec]:
+        """Yield the specs with each target's effective policy filled in."""
+        rows = {(r.scope, r.source_node, r.target_node): r for r in session.scalars(select(LinkPolicyRow))}
+        servers: dict[str, Server | None] = {}
+
+        def server(node: str) -> Server | None:
+            if node not in servers:
+                servers[node] = session.get(Server, node)
+            return servers[node]
+
+        for spec in specs:
+            targets = tuple(
+                TargetSpec(node_id=t.node_id, path=t.path,
+                           policy=_effective(rows, server(spec.source_node), server(t.node_id),
+                                             spec.source_node, t.node_id))
+                for t in spec.targets
+            )
+            yield MappingSpec(**{f: getattr(spec, f) for f in spec.__struct_fields__ if f != "targets"},
+                              targets=targets)
+
+
+def _effective(rows: dict[tuple[str, str, str], LinkPolicyRow], src: Server | None, dst: Server | None,
+               source: str, target: str) -> LinkPolicy:
+    pair = rows.get(("pair", source, target))
+    if pair is not None:
+        return _policy(pair)
+    section = section_of(src, dst)
+    row = rows.get((section, "", ""))
+    return _policy(row) if row is not None else SECTION_DEFAULTS[section]

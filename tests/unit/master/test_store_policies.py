@@ -1,0 +1,65 @@
+"""Link policies: section defaults, section rows, pair overrides, in the agents' assignments."""
+
+from __future__ import annotations
+
+import pytest
+
+from relaysync.errors import ConfigError, NotFound
+from relaysync.master.store import Store
+from relaysync.protocol.messages import LinkPolicy
+
+
+@pytest.fixture
+def world(store: Store) -> Store:
+    layout = {"src": ("eu", "fra"), "same-group": ("eu", "fra"), "same-region": ("eu", "ams"),
+              "far": ("us", "nyc")}
+    for name, (region, group) in layout.items():
+        store.upsert_server(node_id=name * 2, name=name, region=region, group=group, address=f"{name}:1")
+    store.create_mapping(name="m", source="src", source_path="/a",
+                         targets=[(t, f"/{t}") for t in ("same-group", "same-region", "far")])
+    return store
+
+
+def _policies(store: Store) -> dict[str, LinkPolicy | None]:
+    (spec,) = store.assignment_for("srcsrc").mappings
+    return {t.node_id: t.policy for t in spec.targets}
+
+
+def test_section_defaults_without_rows(world: Store) -> None:
+    got = _policies(world)
+    assert got["same-groupsame-group"] == LinkPolicy(zstd_level=0)
+    assert got["same-regionsame-region"] == LinkPolicy(zstd_level=1)
+    assert got["farfar"] == LinkPolicy(zstd_level=3)
+
+
+def test_section_row_then_pair_override(world: Store) -> None:
+    epoch = world.epoch()
+    world.policies.set_policy(scope="inter_region", transfer="delta", zstd_level=9, bandwidth_limit_mbit=50)
+    assert world.epoch() > epoch
+    assert _policies(world)["farfar"] == LinkPolicy(transfer="delta", zstd_level=9, bandwidth_limit_mbit=50)
+    pair = world.policies.set_policy(scope="pair", source="src", target="far", transfer="whole")
+    assert _policies(world)["farfar"] == LinkPolicy(transfer="whole")
+    world.policies.set_policy(scope="pair", source="src", target="far", transfer="auto", zstd_level=2)
+    assert len(world.policies.list_policies()) == 2  # replaced, not added
+    world.policies.delete_policy(pair.id)
+    assert _policies(world)["farfar"].zstd_level == 9
+
+
+@pytest.mark.parametrize("bad", [
+    {"scope": "planet"},
+    {"scope": "pair"},
+    {"scope": "same_group", "source": "src", "target": "far"},
+    {"scope": "same_group", "zstd_level": 42},
+    {"scope": "same_group", "transfer": "carrier-pigeon"},
+    {"scope": "same_group", "bandwidth_limit_mbit": -1},
+])
+def test_bad_policies_refused(world: Store, bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        world.policies.set_policy(**bad)
+
+
+def test_unknown_server_or_policy(world: Store) -> None:
+    with pytest.raises(NotFound):
+        world.policies.set_policy(scope="pair", source="src", target="nobody")
+    with pytest.raises(NotFound):
+        world.policies.delete_policy(999)
