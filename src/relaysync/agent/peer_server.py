@@ -9,7 +9,9 @@ same (mapping, source) cancels the older one.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import ssl
 from collections.abc import Callable
 from functools import partial
@@ -29,6 +31,8 @@ from relaysync.errors import ProtocolError, RelaySyncError, UnknownPeer
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     AnyMessage,
+    AuthChallenge,
+    AuthResponse,
     Checkpoint,
     DigestRequest,
     Error,
@@ -70,14 +74,22 @@ class PeerServer:
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; reports the bound port when ready."""
         async with anyio.create_task_group() as tg:
-            port = await tg.start(tls.serve_tls, self.host, self.port, self.ctx, self._handle)
+            port = await tg.start(partial(tls.serve_tls, self.host, self.port, self.ctx, self._handle,
+                                          plain_handler=self._handle_plain))
             logger.info("peer server listening on %s:%s", self.host, port)
             task_status.started(port)
 
     async def _handle(self, stream: TLSStream) -> None:
-        framed = FramedStream(stream)
+        await self._serve_connection(FramedStream(stream), tls.peer_node_id(stream), tls.peer_address(stream))
+
+    async def _handle_plain(self, stream: anyio.abc.ByteStream) -> None:
+        remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        await self._serve_connection(FramedStream(stream), None, f"{remote[0]}:{remote[1]}")
+
+    async def _serve_connection(self, framed: FramedStream, peer: str | None, address: str) -> None:
+        """Run one session; peer is the TLS-proven node id, or None on a plain link."""
         try:
-            await self._session(framed, tls.peer_node_id(stream), tls.peer_address(stream))
+            await self._session(framed, peer, address)
         except Exception as group:
             if not is_link_error(group):
                 # A bug must cost this session, not the server that serves every other peer.
@@ -95,7 +107,7 @@ class PeerServer:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
 
-    async def _session(self, framed: FramedStream, peer: str, address: str) -> None:
+    async def _session(self, framed: FramedStream, peer: str | None, address: str) -> None:
         with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
             hello = await framed.receive()
             if not isinstance(hello, Hello):
@@ -110,7 +122,9 @@ class PeerServer:
             if not isinstance(opened, OpenMapping):
                 raise ProtocolError("expected OpenMapping")
         folder = self.folders(opened.mapping_id)
-        if folder is None or folder.source_node != peer:
+        if peer is None:
+            folder = await self._authenticate_plain(framed, hello, opened, folder, address)
+        elif folder is None or folder.source_node != peer:
             raise UnknownPeer(f"{peer[:16]} for mapping {opened.mapping_id} from {address}")
         mapping_id = opened.mapping_id
         await self._end_session(mapping_id)  # one session per mapping: the newer one wins
@@ -123,6 +137,24 @@ class PeerServer:
                 if self._active.get(mapping_id) is scope:
                     del self._active[mapping_id], self._ended[mapping_id]
                 ended.set()
+
+    async def _authenticate_plain(self, framed: FramedStream, hello: Hello, opened: OpenMapping,
+                                  folder: TargetFolder | None, address: str) -> TargetFolder:
+        """A plain link is allowed only where the policy turned TLS off, and only to the source
+        that proves it holds the link secret."""
+        claimed = hello.node_id
+        if folder is None or folder.source_node != claimed:
+            raise UnknownPeer(f"{claimed[:16]} for mapping {opened.mapping_id} from {address}")
+        if not folder.link_secret:
+            raise UnknownPeer(f"{claimed[:16]} without TLS: this link's policy requires TLS ({address})")
+        nonce = secrets.token_bytes(32)
+        with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+            await framed.send(AuthChallenge(nonce=nonce))
+            response = await framed.receive()
+        expected = tls.link_mac(folder.link_secret, nonce, opened.mapping_id, claimed, self.node_id)
+        if not isinstance(response, AuthResponse) or not hmac.compare_digest(response.mac, expected):
+            raise UnknownPeer(f"{claimed[:16]} failed plain-link authentication from {address}")
+        return folder
 
     async def _end_session(self, mapping_id: int) -> None:
         """Cancel the mapping's current session, if any, and wait until it has let go."""

@@ -189,6 +189,7 @@ class AgentService:
             path = next(t.path for t in spec.targets if t.node_id == self.node_id)
             if existing is not None and existing.root == Path(path) and existing.source_node == spec.source_node:
                 existing.durable = spec.durability == "safe"
+                existing.link_secret = _own_target(spec, self.node_id).link_secret
                 continue
             if existing is not None:
                 await self._server.retire(self.targets.pop(mapping_id))
@@ -200,7 +201,8 @@ class AgentService:
         state.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(state / "manifest.db")
         folder = TargetFolder(mapping_id=spec.mapping_id, source_node=spec.source_node, root=root,
-                              manifest=manifest, durable=spec.durability == "safe")
+                              manifest=manifest, durable=spec.durability == "safe",
+                              link_secret=_own_target(spec, self.node_id).link_secret)
         clean_stale_temps(root, keep=folder.partial_files())
         recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude))
         recorder.apply(recorder.detect([FsEvent(kind="rescan", path="")]))
@@ -248,7 +250,8 @@ class AgentService:
                                              bandwidth_limit_mbit=self.cfg.bandwidth_limit_mbit)
         bandwidth = policy.bandwidth_limit_mbit or self.cfg.bandwidth_limit_mbit
         return SendOptions(codec=codec_for_level(policy.zstd_level), signatures=source.signatures,
-                           bandwidth=TokenBucket.from_mbit(bandwidth), force=policy.transfer)
+                           bandwidth=TokenBucket.from_mbit(bandwidth), force=policy.transfer,
+                           tls=policy.tls or not target.link_secret, link_secret=target.link_secret)
 
     def _peer_address(self, node_id: str) -> str:
         peer = self.peers.get(node_id)
@@ -293,3 +296,7 @@ class AgentService:
             anyio.from_thread.run_sync(partial(self.link.report, message))
 
         return report
+
+
+def _own_target(spec: MappingSpec, node_id: str) -> TargetSpec:
+    return next(t for t in spec.targets if t.node_id == node_id)

@@ -79,6 +79,9 @@ class MasterService:
         store.migrate()
         admin = _secret_file(self.data_dir / "admin-token", lambda: secrets.token_urlsafe(32))
         join = _secret_file(self.data_dir / "join-token", store.create_join_token)
+        # plain (TLS-off) links' secrets derive from this key; stable across restarts
+        store.policies.link_key = bytes.fromhex(
+            _secret_file(self.data_dir / "link-key", lambda: secrets.token_hex(32)))
         return store, ca, identity, admin, join
 
     async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:

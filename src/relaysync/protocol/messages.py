@@ -88,6 +88,26 @@ class Error(Message, frozen=True, tag="error"):
     seq: int = 0  # the change it concerns, 0 for the link
 
 
+class AuthChallenge(Message, frozen=True, tag="auth_challenge"):
+    """Target -> source on a plain (TLS-off) link: prove you hold the link secret."""
+
+    nonce: bytes
+
+    def validate(self) -> None:
+        if len(self.nonce) != 32:
+            raise ProtocolError("auth_challenge: nonce must be 32 bytes")
+
+
+class AuthResponse(Message, frozen=True, tag="auth_response"):
+    """HMAC-SHA256(link secret, nonce | mapping id | source node | target node)."""
+
+    mac: bytes
+
+    def validate(self) -> None:
+        if len(self.mac) != 32:
+            raise ProtocolError("auth_response: mac must be 32 bytes")
+
+
 class Ping(Message, frozen=True, tag="ping"):
     nonce: int = 0
 
@@ -111,6 +131,7 @@ class Register(Message, frozen=True, tag="register"):
 class LinkPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """How a source sends to one target: the policy of their network section or server pair."""
 
+    tls: bool = True  # off only on links the operator marks trusted (then HMAC-authenticated)
     transfer: Literal["auto", "delta", "whole"] = "auto"  # delta or dump copy; auto picks per file
     zstd_level: int = 0  # 0 = no compression; chunks that do not shrink go plain anyway
     bandwidth_limit_mbit: float = 0.0  # 0 = unlimited
@@ -120,6 +141,7 @@ class TargetSpec(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str
     path: str  # absolute folder on the target server
     policy: LinkPolicy | None = None  # None: the agent's own defaults
+    link_secret: bytes = b""  # set when the policy turns TLS off: proves the source on a plain link
 
 
 class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -459,6 +481,8 @@ class PurgeAccepted(Message, frozen=True, tag="purge_accepted"):
 AnyMessage = (
     Hello
     | Error
+    | AuthChallenge
+    | AuthResponse
     | Ping
     | Pong
     | Register

@@ -46,6 +46,8 @@ class SendOptions:
     force: str = "auto"  # "auto" | "delta" | "whole"
     resume: dict[tuple[str, bytes], int] = field(default_factory=dict)  # (path, hash) -> bytes held
     bandwidth: TokenBucket = field(default_factory=lambda: TokenBucket(0))
+    tls: bool = True  # False: a plain link the operator marked trusted, authenticated by link_secret
+    link_secret: bytes = b""
 
 
 def _chunk(seq: int, offset: int, data: bytes, options: SendOptions) -> FileChunk:

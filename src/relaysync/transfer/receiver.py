@@ -77,6 +77,7 @@ class TargetFolder:
     root: Path
     manifest: Manifest
     durable: bool
+    link_secret: bytes = b""  # non-empty: the policy allows this source on a plain (TLS-off) link
 
     def watermark(self, journal_id: str) -> int:
         return int(self.manifest.get_meta(f"watermark:{journal_id}") or 0)

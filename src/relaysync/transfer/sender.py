@@ -39,6 +39,8 @@ from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     Ack,
     AnyMessage,
+    AuthChallenge,
+    AuthResponse,
     Checkpoint,
     DigestReply,
     DigestRequest,
@@ -176,7 +178,11 @@ class TargetLink:
             delay = min(delay * 2, RECONNECT_MAX_S)
 
     async def _open(self) -> tuple[FramedStream, MappingState]:
-        stream = await tls.connect(self.target.resolve(), self.ctx, expected_node_id=self.target.node_id)
+        stream: anyio.abc.ByteStream
+        if self.options.tls:
+            stream = await tls.connect(self.target.resolve(), self.ctx, expected_node_id=self.target.node_id)
+        else:
+            stream = await tls.connect_plain(self.target.resolve())
         framed = FramedStream(stream)
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
@@ -192,6 +198,11 @@ class TargetLink:
                 await framed.send(OpenMapping(mapping_id=self.source.mapping_id,
                                               journal_id=self.source.journal.journal_id))
                 state = await framed.receive()
+                if isinstance(state, AuthChallenge) and not self.options.tls:
+                    mac = tls.link_mac(self.options.link_secret, state.nonce, self.source.mapping_id,
+                                       self.node_id, self.target.node_id)
+                    await framed.send(AuthResponse(mac=mac))
+                    state = await framed.receive()
                 if isinstance(state, Error):
                     raise PeerRefused(state.detail, state.code.name)
                 if not isinstance(state, MappingState):

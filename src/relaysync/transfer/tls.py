@@ -7,12 +7,14 @@ host names are not checked. ssl errors are translated here, and only here.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import SocketAttribute
@@ -124,10 +126,16 @@ async def connect(
     return stream
 
 
+TLS_HANDSHAKE_BYTE = 0x16  # a TLS record of type handshake; our plain frames start with 0x00
+
+
 async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable[[TLSStream], Awaitable[None]],
-                    *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+                    *, plain_handler: Callable[[anyio.abc.ByteStream], Awaitable[None]] | None = None,
+                    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Listen on host:port; run `handler` for each client that completes a mutual TLS handshake.
 
+    With `plain_handler`, a client whose first byte is not a TLS handshake is handed to it
+    instead (links an operator marked trusted; the handler must authenticate them itself).
     A failed handshake (no certificate, one from another CA, an expired one, garbage) is
     logged in one line and the connection closed; the server goes on.
     """
@@ -136,17 +144,84 @@ async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable
 
     async def accept(tcp: anyio.abc.SocketStream) -> None:
         remote = tcp.extra(SocketAttribute.remote_address)
+        stream: anyio.abc.ByteStream = tcp
+        if plain_handler is not None:
+            first = await _first_bytes(tcp)
+            if not first:
+                await anyio.aclose_forcefully(tcp)
+                return
+            stream = _Prefixed(tcp, first)
+            if first[0] != TLS_HANDSHAKE_BYTE:
+                await plain_handler(stream)
+                return
         try:
             with map_tls_errors(f"accept from {remote[0]}:{remote[1]}"):
                 with anyio.fail_after(CONNECT_TIMEOUT_S):
-                    stream = await TLSStream.wrap(tcp, server_side=True, ssl_context=ctx,
-                                                  standard_compatible=False)
+                    tls_stream = await TLSStream.wrap(stream, server_side=True, ssl_context=ctx,
+                                                      standard_compatible=False)
         except RelaySyncError as exc:
             logger.warning("refused connection: %s", exc)
             await anyio.aclose_forcefully(tcp)
             return
-        await handler(stream)
+        await handler(tls_stream)
+
+    async def accept_guarded(tcp: anyio.abc.SocketStream) -> None:
+        try:
+            await accept(tcp)
+        except Exception:  # one connection's bug must not stop the listener
+            logger.exception("connection handler failed; closing the connection")
+            await anyio.aclose_forcefully(tcp)
 
     task_status.started(bound)
     async with tcp_listener:
-        await tcp_listener.serve(accept)
+        await tcp_listener.serve(accept_guarded)
+
+
+async def _first_bytes(tcp: anyio.abc.SocketStream) -> bytes:
+    """What the client sent first (b"" if nothing in time, or it closed)."""
+    with anyio.move_on_after(CONNECT_TIMEOUT_S):
+        try:
+            return await tcp.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            return b""
+    return b""
+
+
+class _Prefixed(anyio.abc.ByteStream):
+    """A byte stream that first gives back bytes already read from it (to tell TLS from plain)."""
+
+    def __init__(self, stream: anyio.abc.SocketStream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
+            return data
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
+
+
+async def connect_plain(address: str) -> anyio.abc.SocketStream:
+    """Open a plain TCP connection (a TLS-off link); the caller authenticates with `link_mac`."""
+    host, _, port = address.rpartition(":")
+    with map_tls_errors(f"connect {address}"), anyio.fail_after(CONNECT_TIMEOUT_S):
+        return await anyio.connect_tcp(host, int(port))
+
+
+def link_mac(secret: bytes, nonce: bytes, mapping_id: int, source: str, target: str) -> bytes:
+    """The proof a plain link's source gives: HMAC-SHA256 over the challenge and who talks to whom."""
+    message = nonce + f"|{mapping_id}|{source}|{target}".encode()
+    return hmac.new(secret, message, hashlib.sha256).digest()

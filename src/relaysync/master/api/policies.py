@@ -14,6 +14,7 @@ class PolicyIn(BaseModel):
     scope: Literal["same_group", "same_region", "inter_region", "pair"]
     source: str | None = Field(default=None, description="pair only: source server name or node id")
     target: str | None = Field(default=None, description="pair only: target server name or node id")
+    tls: bool = Field(default=True, description="false only on links you trust: no encryption, HMAC-authenticated")
     transfer: Literal["auto", "delta", "whole"] = "auto"
     zstd_level: int = Field(default=0, ge=0, le=19, description="0 = no compression")
     bandwidth_limit_mbit: float = Field(default=0.0, ge=0, description="0 = unlimited")
@@ -24,6 +25,7 @@ class PolicyOut(BaseModel):
     scope: str
     source: str
     target: str
+    tls: bool
     transfer: str
     zstd_level: int
     bandwidth_limit_mbit: float

@@ -7,13 +7,16 @@ applies: no compression inside a group, zstd 1 inside a region, zstd 3 between r
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Float, Integer, String, UniqueConstraint, delete, select
+from sqlalchemy import Boolean, Float, Integer, String, UniqueConstraint, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from relaysync.errors import ConfigError, NotFound
@@ -40,6 +43,7 @@ class LinkPolicyRow(Base):
     scope: Mapped[str] = mapped_column(String(16))
     source_node: Mapped[str] = mapped_column(NODE_ID, default="")  # pair only
     target_node: Mapped[str] = mapped_column(NODE_ID, default="")  # pair only
+    tls: Mapped[bool] = mapped_column(Boolean, default=True)
     transfer: Mapped[str] = mapped_column(String(8), default="auto")
     zstd_level: Mapped[int] = mapped_column(Integer, default=0)
     bandwidth_limit_mbit: Mapped[float] = mapped_column(Float, default=0.0)
@@ -53,6 +57,7 @@ class PolicyInfo:
     scope: str
     source: str  # node id, pair only
     target: str
+    tls: bool
     transfer: str
     zstd_level: int
     bandwidth_limit_mbit: float
@@ -61,12 +66,13 @@ class PolicyInfo:
 
 def _info(row: LinkPolicyRow) -> PolicyInfo:
     return PolicyInfo(id=row.id, scope=row.scope, source=row.source_node, target=row.target_node,
-                      transfer=row.transfer, zstd_level=row.zstd_level,
+                      tls=row.tls, transfer=row.transfer, zstd_level=row.zstd_level,
                       bandwidth_limit_mbit=row.bandwidth_limit_mbit, updated_at=row.updated_at)
 
 
 def _policy(row: LinkPolicyRow) -> LinkPolicy:
-    return LinkPolicy(transfer=row.transfer, zstd_level=row.zstd_level,  # type: ignore[arg-type]
+    return LinkPolicy(tls=row.tls, transfer=row.transfer,  # type: ignore[arg-type]
+                      zstd_level=row.zstd_level,
                       bandwidth_limit_mbit=row.bandwidth_limit_mbit)
 
 
@@ -97,10 +103,13 @@ class PolicyStore:
                  resolve_server: Callable[[Session, str], Server]) -> None:
         self._read, self._write = read, write
         self._bump_epoch = bump_epoch
+        # Key from which plain (TLS-off) links' secrets are derived; the master sets it from its
+        # data dir so secrets survive restarts. Random by default (tests, tools).
+        self.link_key = secrets.token_bytes(32)
         self._resolve = resolve_server
 
     def set_policy(self, *, scope: str, source: str | None = None, target: str | None = None,
-                   transfer: str = "auto", zstd_level: int = 0,
+                   tls: bool = True, transfer: str = "auto", zstd_level: int = 0,
                    bandwidth_limit_mbit: float = 0.0) -> PolicyInfo:
         """Create or replace the policy of a section or of a server pair (servers by name or id)."""
         validate(scope, transfer, zstd_level, bandwidth_limit_mbit, source, target)
@@ -113,7 +122,7 @@ class PolicyStore:
             if row is None:
                 row = LinkPolicyRow(scope=scope, source_node=src, target_node=dst, updated_at=time.time())
                 session.add(row)
-            row.transfer, row.zstd_level = transfer, zstd_level
+            row.tls, row.transfer, row.zstd_level = tls, transfer, zstd_level
             row.bandwidth_limit_mbit, row.updated_at = bandwidth_limit_mbit, time.time()
             self._bump_epoch(session)
             session.flush()
@@ -145,14 +154,18 @@ class PolicyStore:
             return servers[node]
 
         for spec in specs:
-            targets = tuple(
-                TargetSpec(node_id=t.node_id, path=t.path,
-                           policy=_effective(rows, server(spec.source_node), server(t.node_id),
-                                             spec.source_node, t.node_id))
-                for t in spec.targets
-            )
+            targets = []
+            for t in spec.targets:
+                policy = _effective(rows, server(spec.source_node), server(t.node_id), spec.source_node,
+                                    t.node_id)
+                secret = b"" if policy.tls else self.link_secret(spec.mapping_id, spec.source_node, t.node_id)
+                targets.append(TargetSpec(node_id=t.node_id, path=t.path, policy=policy, link_secret=secret))
             yield MappingSpec(**{f: getattr(spec, f) for f in spec.__struct_fields__ if f != "targets"},
-                              targets=targets)
+                              targets=tuple(targets))
+
+    def link_secret(self, mapping_id: int, source: str, target: str) -> bytes:
+        """The secret a plain link's source proves it holds; only master, source and target know it."""
+        return hmac.new(self.link_key, f"{mapping_id}:{source}:{target}".encode(), hashlib.sha256).digest()
 
 
 def _effective(rows: dict[tuple[str, str, str], LinkPolicyRow], src: Server | None, dst: Server | None,

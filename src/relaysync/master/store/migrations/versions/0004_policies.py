@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("scope", sa.String(length=16), nullable=False),
         sa.Column("source_node", sa.String(length=64), nullable=False),
         sa.Column("target_node", sa.String(length=64), nullable=False),
+        sa.Column("tls", sa.Boolean(), nullable=False),
         sa.Column("transfer", sa.String(length=8), nullable=False),
         sa.Column("zstd_level", sa.Integer(), nullable=False),
         sa.Column("bandwidth_limit_mbit", sa.Float(), nullable=False),
