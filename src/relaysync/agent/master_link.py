@@ -70,8 +70,12 @@ class MasterLink:
             self._wake.set()
 
     def report(self, report: CommitReport) -> None:
-        """Queue a commit report (thread-safe from anyio worker threads via from_thread)."""
-        self._reports.append(report)
+        """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES (call on the loop)."""
+        records = report.records
+        for start in range(0, max(len(records), 1), MAX_RECORDS_PER_REPORT):
+            self._reports.append(make_report(report.mapping_id, report.source_node, report.target_node,
+                                             report.watermark,
+                                             records[start : start + MAX_RECORDS_PER_REPORT]))
         self._wake.set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
-from relaysync.constants import HTTP_TIMEOUT_S
+from relaysync.constants import HTTP_TIMEOUT_S, RECEIVE_TIMEOUT_S
 from relaysync.errors import JoinRefused, LinkDown, MasterUnreachable
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
@@ -98,6 +98,7 @@ class _Running:
     scope: anyio.CancelScope
     links: list[TargetLink] = field(default_factory=list)
     source: SourceMapping | None = None
+    ended: anyio.Event = field(default_factory=anyio.Event)  # its journal and manifest are closed
 
 
 class AgentService:
@@ -209,18 +210,29 @@ class AgentService:
         return folder
 
     async def _apply_sources(self, wanted: dict[int, MappingSpec]) -> None:
+        stopping = []
         for mapping_id, running in list(self.sources.items()):
             if wanted.get(mapping_id) != running.spec:
                 running.scope.cancel()
+                stopping.append(running)
                 del self.sources[mapping_id]
+        for running in stopping:  # one Journal per folder at a time: wait for the old one to close
+            with anyio.move_on_after(RECEIVE_TIMEOUT_S):
+                await running.ended.wait()
         assert self._tg is not None
         for mapping_id, spec in wanted.items():
             if mapping_id not in self.sources:
-                scope = anyio.CancelScope()
-                self.sources[mapping_id] = _Running(spec=spec, scope=scope)
-                self._tg.start_soon(self._run_source, spec, scope)
+                running = _Running(spec=spec, scope=anyio.CancelScope())
+                self.sources[mapping_id] = running
+                self._tg.start_soon(self._run_source, spec, running.scope, running.ended)
 
-    async def _run_source(self, spec: MappingSpec, scope: anyio.CancelScope) -> None:
+    async def _run_source(self, spec: MappingSpec, scope: anyio.CancelScope, ended: anyio.Event) -> None:
+        try:
+            await self._run_source_inner(spec, scope)
+        finally:
+            ended.set()
+
+    async def _run_source_inner(self, spec: MappingSpec, scope: anyio.CancelScope) -> None:
         with scope:
             source = await anyio.to_thread.run_sync(
                 SourceMapping, spec, self.data_dir / "sources" / str(spec.mapping_id)

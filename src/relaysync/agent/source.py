@@ -72,7 +72,7 @@ class SourceMapping:
 
     async def wait_for_records(self, after_seq: int, timeout_s: float) -> None:
         with anyio.move_on_after(timeout_s):
-            while self.journal.last_seq <= after_seq:
+            while self.applied_seq <= after_seq:
                 await self._new_records.wait()
 
     def on_ack(self, target_node: str, watermark: int) -> None:
@@ -164,4 +164,5 @@ class SourceMapping:
             event.set()
 
     def close(self) -> None:
+        self.journal.close()
         self.manifest.close()

@@ -240,6 +240,7 @@ class DirListing(msgspec.Struct, frozen=True, kw_only=True):
     entries: tuple[DirEntry, ...]
     exists: bool = True
     hash: bytes = b""  # the directory's own recursive hash (set for hashes_only requests)
+    more: bool = False  # entries were cut to keep the reply small: ask again with after=<last name>
 
 
 class DigestRequest(Message, frozen=True, tag="digest_req"):
@@ -248,6 +249,7 @@ class DigestRequest(Message, frozen=True, tag="digest_req"):
     mapping_id: int
     dirs: tuple[str, ...]
     hashes_only: bool = False  # just each directory's hash: the cheap first step of a compare
+    after: str = ""  # continue a listing cut short: only entries named after this (one dir only)
 
     def validate(self) -> None:
         if len(self.dirs) > 100_000:

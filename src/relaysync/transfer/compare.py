@@ -15,7 +15,8 @@ import anyio
 from relaysync.protocol.messages import AnyMessage, Delete, DirEntry, DirListing, Erase, SetAttr
 from relaysync.watch.manifest import Entry, Manifest
 
-RequestFn = Callable[[Sequence[str], bool], Awaitable[Sequence[DirListing]]]  # (dirs, hashes_only)
+RequestFn = Callable[[Sequence[str], bool, str], Awaitable[Sequence[DirListing]]]  # dirs, hashes_only, after
+DIRS_PER_REQUEST = 64  # listings asked for in one round trip
 EmitFn = Callable[[Sequence["Work"]], Awaitable[None]]
 
 
@@ -79,6 +80,20 @@ def iter_subtree(manifest: Manifest, path: str) -> Iterator[Entry]:
                 stack.append(child.path)
 
 
+async def _their_listings(request: RequestFn, dirs: Sequence[str]) -> list[DirListing]:
+    """The target's listings of `dirs`, in bounded requests, following listings cut short."""
+    out: list[DirListing] = []
+    for start in range(0, len(dirs), DIRS_PER_REQUEST):
+        for listing in await request(dirs[start : start + DIRS_PER_REQUEST], False, ""):
+            entries = list(listing.entries)
+            while listing.more:
+                after = entries[-1].name if entries else ""
+                (listing,) = await request([listing.path], False, after)
+                entries.extend(listing.entries)
+            out.append(DirListing(path=listing.path, entries=tuple(entries), exists=listing.exists))
+    return out
+
+
 def _listings(manifest: Manifest, dirs: Sequence[str]) -> list[DirListing]:
     return [manifest.dir_listing(d) for d in dirs]
 
@@ -89,14 +104,14 @@ async def compare_trees(manifest: Manifest, request: RequestFn, emit: EmitFn) ->
     The first round trip carries only the root hashes, so a target in sync costs ~100 bytes.
     """
     mine_root = await anyio.to_thread.run_sync(manifest.root_hash)
-    (theirs_root,) = await request([""], True)
+    (theirs_root,) = await request([""], True, "")
     if theirs_root.hash == mine_root:
         return 0
     level = [""]
     emitted = 0
     while level:
         mine = await anyio.to_thread.run_sync(_listings, manifest, level)
-        theirs = await request(level, False)
+        theirs = await _their_listings(request, level)
         next_level: list[str] = []
         for m, t in zip(mine, theirs, strict=True):
             work, descend = diff_listing(m, t)

@@ -66,9 +66,9 @@ def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"
     """
     options = options or SendOptions()
     if _wants_delta(base_hash, seq, options):
-        delta = _delta_messages(root, path, seq, base_hash, options)
-        if delta is not None:
-            yield from delta
+        found = _usable_delta(root, path, base_hash, options)
+        if found is not None:
+            yield from _delta_messages(root, path, seq, base_hash, found, options)
             return
     yield from _whole_messages(root, path, seq, base_hash, expected_hash, options)
 
@@ -78,26 +78,32 @@ def _wants_delta(base_hash: bytes, seq: int, options: SendOptions) -> bool:
             and seq not in options.whole_file_seqs)
 
 
-def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes,
-                    options: SendOptions) -> list[AnyMessage] | None:
+def _usable_delta(root: Path, path: str, base_hash: bytes,
+                  options: SendOptions) -> tuple[Path, bytes, os.stat_result] | None:
     assert options.signatures is not None
     found = options.signatures.delta(root, path, base_hash)
     if found is None:
         return None
-    delta_path, new_hash, st = found
+    delta_path, _new_hash, st = found
     if options.force == "auto" and delta_path.stat().st_size > st.st_size * 0.9:
         return None  # the delta saves too little: a whole copy is simpler for the target
-    messages: list[AnyMessage] = [DeltaStart(seq=seq, path=path, size=st.st_size,
-                                             mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns,
-                                             base_hash=base_hash)]
+    return found
+
+
+def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes,
+                    found: tuple[Path, bytes, os.stat_result], options: SendOptions) -> Iterator[AnyMessage]:
+    """DeltaStart, the delta streamed chunk by chunk from its file, FileEnd: memory stays flat."""
+    assert options.signatures is not None
+    delta_path, new_hash, st = found
+    yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=stat.S_IMODE(st.st_mode),
+                     mtime_ns=st.st_mtime_ns, base_hash=base_hash)
     with open(delta_path, "rb") as f:
         offset = 0
         while data := f.read(CHUNK_BYTES):
-            messages.append(_chunk(seq, offset, data, options))
+            yield _chunk(seq, offset, data, options)
             offset += len(data)
-    messages.append(FileEnd(seq=seq, hash=new_hash))
+    yield FileEnd(seq=seq, hash=new_hash)
     options.signatures.remember(root, path, new_hash)
-    return messages
 
 
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,

@@ -56,6 +56,7 @@ from relaysync.watch.manifest import Entry, Manifest
 
 logger = logging.getLogger(__name__)
 
+MAX_LISTING_ENTRIES = 20_000  # directory entries per digest reply (about 1.5 MB)
 RESUME_MIN_BYTES = 8 * 1024 * 1024  # files this large keep a named partial that survives a crash
 ReportFn = Callable[[int, Sequence[CommitRecord]], None]  # (watermark, records)
 
@@ -222,6 +223,7 @@ class ReceiverSession:
 
     def _start_file(self, msg: FileStart) -> None:
         self._abort_incoming()
+        self._skip_seq = -1
         started = time.monotonic()
         try:
             final, parent_exists = self._paths.resolve(msg.path)
@@ -260,6 +262,7 @@ class ReceiverSession:
     def _start_delta(self, msg: DeltaStart) -> None:
         """Receive a delta against the version we hold into a temp file; patch at FileEnd."""
         self._abort_incoming()
+        self._skip_seq = -1
         started = time.monotonic()
         try:
             final = resolve_inside(self.folder.root, msg.path)
@@ -475,8 +478,12 @@ class ReceiverSession:
     def _erase(self, msg: Erase) -> None:
         directory = resolve_inside(self.folder.root, msg.path, allow_root=True)
         keep = set(msg.keep)
-        if not directory.is_dir():
+        try:
+            st = os.lstat(directory)
+        except FileNotFoundError:
             return
+        if not stat.S_ISDIR(st.st_mode):  # never through a symlink: it may point anywhere
+            raise UnsafePath(msg.path, "erase of something that is not a real directory")
         for child in os.scandir(directory):
             if child.name in keep or child.name.startswith(staging.TEMP_PREFIX):
                 continue
@@ -489,12 +496,18 @@ class ReceiverSession:
     def _digests(self, msg: DigestRequest) -> DigestReply:
         listings = []
         manifest = self.folder.manifest
+        budget = MAX_LISTING_ENTRIES  # per reply, so that it stays far below MAX_MESSAGE_BYTES
         for d in msg.dirs:
             check_relpath(d, allow_root=True)
             if msg.hashes_only:
                 listings.append(DirListing(path=d, entries=(), hash=manifest.dir_hash(d)))
-            else:
-                listings.append(manifest.dir_listing(d))
+                continue
+            full = manifest.dir_listing(d)
+            entries = [e for e in full.entries if e.name > msg.after] if msg.after else list(full.entries)
+            kept = entries[:budget]
+            budget -= len(kept)
+            listings.append(DirListing(path=d, entries=tuple(kept), exists=full.exists,
+                                       more=len(kept) < len(entries)))
         return DigestReply(mapping_id=msg.mapping_id, listings=tuple(listings))
 
 

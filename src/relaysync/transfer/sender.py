@@ -131,9 +131,9 @@ class _Session:
             self.ack_changed.set()
             self.ack_changed = anyio.Event()
 
-    async def request_listings(self, dirs: Sequence[str], hashes_only: bool) -> Sequence[DirListing]:
+    async def request_listings(self, dirs: Sequence[str], hashes_only: bool, after: str) -> Sequence[DirListing]:
         await self.framed.send(DigestRequest(mapping_id=self.link.source.mapping_id, dirs=tuple(dirs),
-                                             hashes_only=hashes_only))
+                                             hashes_only=hashes_only, after=after))
         with anyio.fail_after(RECEIVE_TIMEOUT_S):
             reply = await self.replies[1].receive()
         if len(reply.listings) != len(dirs):
@@ -238,6 +238,8 @@ class TargetLink:
         self.log.info("streaming to %s from seq %s", self.target.name, session.sent_upto)
         while True:
             records = await anyio.to_thread.run_sync(journal.read, session.sent_upto, BATCH_RECORDS)
+            # Only what the manifest already reflects: a compare must never miss a record sent.
+            records = [r for r in records if r.seq <= self.source.applied_seq]
             if records:
                 await self._wait_window(session)
                 await self._send_records(session, records)
@@ -246,10 +248,14 @@ class TargetLink:
                 await self._catch_up_by_compare(session)
                 compare_due = anyio.current_time() + self.compare_interval_s
                 continue
-            wait_s = min(PING_INTERVAL_S, max(0.0, compare_due - anyio.current_time()))
-            before = journal.last_seq
+            if anyio.current_time() >= compare_due:  # due, but the last batch is not acked yet
+                with anyio.move_on_after(PING_INTERVAL_S):
+                    await session.ack_changed.wait()
+                continue
+            wait_s = min(PING_INTERVAL_S, compare_due - anyio.current_time())
+            before = self.source.applied_seq
             await self.source.wait_for_records(session.sent_upto, wait_s)
-            if journal.last_seq == before:
+            if self.source.applied_seq == before:
                 await session.framed.send(Ping())
 
     async def _wait_window(self, session: _Session) -> None:

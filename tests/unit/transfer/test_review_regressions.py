@@ -1,0 +1,123 @@
+"""Defects found in review, each forced here so it stays fixed."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+from pathlib import Path
+
+import anyio
+import pytest
+
+from relaysync.agent.master_link import MasterLink, make_report
+from relaysync.constants import MAX_MESSAGE_BYTES
+from relaysync.protocol.framing import encode_frame
+from relaysync.protocol.messages import (
+    Ack,
+    Checkpoint,
+    CommitRecord,
+    DigestRequest,
+    DirListing,
+    Erase,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    Register,
+    Symlink,
+)
+from relaysync.transfer import tls
+from relaysync.transfer.compare import _their_listings
+from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.watch.manifest import Entry, Manifest
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> TargetFolder:
+    root = tmp_path / "root"
+    root.mkdir()
+    return TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "m.db"),
+                        durable=False)
+
+
+def test_erase_never_goes_through_a_symlink(folder: TargetFolder, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    (folder.root / "local-link").symlink_to(outside)  # a target admin's link where a dir was
+    s = ReceiverSession(folder, "j", lambda *_: None)
+    s.apply_batch([Symlink(seq=1, path="x", target=str(outside)), Erase(seq=2, path="x", keep=()),
+                   Erase(seq=3, path="local-link", keep=("a",)), Checkpoint(seq=3)])
+    assert (outside / "precious.txt").read_text() == "keep me"
+
+
+def test_a_refused_catch_up_file_does_not_drop_the_next_ones(folder: TargetFolder) -> None:
+    import xxhash
+
+    data = b"fine"
+    digest = xxhash.xxh3_128(data).digest()
+    msgs = [FileStart(seq=0, path="../bad", size=4, mode=0o644, mtime_ns=1),
+            FileChunk(seq=0, offset=0, data=data), FileEnd(seq=0, hash=digest),
+            FileStart(seq=0, path="ok.txt", size=4, mode=0o644, mtime_ns=1),
+            FileChunk(seq=0, offset=0, data=data), FileEnd(seq=0, hash=digest), Checkpoint(seq=7)]
+    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(msgs)
+    assert replies == [Ack(mapping_id=1, watermark=7)]
+    assert (folder.root / "ok.txt").read_bytes() == data
+
+
+def test_huge_directory_listing_is_paged_under_the_frame_cap(folder: TargetFolder) -> None:
+    folder.manifest.put_many([Entry(path="big", kind="d", mode=0o755)] + [
+        Entry(path=f"big/a-rather-long-file-name-number-{i:07d}.html", kind="f", size=i, mtime_ns=i,
+              mode=0o644, hash=i.to_bytes(16, "big")) for i in range(60_000)])
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    sizes: list[int] = []
+
+    async def request(dirs, hashes_only: bool, after: str) -> list[DirListing]:
+        (reply,) = session.apply_batch([DigestRequest(mapping_id=1, dirs=tuple(dirs), hashes_only=hashes_only,
+                                                      after=after)])
+        sizes.append(len(encode_frame(reply)))
+        return list(reply.listings)
+
+    (listing,) = anyio.run(_their_listings, request, ["big"])
+    assert len(listing.entries) == 60_000
+    assert len({e.name for e in listing.entries}) == 60_000
+    assert max(sizes) < MAX_MESSAGE_BYTES / 2
+
+
+def test_big_commit_reports_are_split_into_small_frames() -> None:
+    link = MasterLink(control_address="127.0.0.1:1", ctx=ssl.create_default_context(), node_id="n", name="n",
+                      register=Register(name="n", region="r", group="g", peer_address="x:1"),
+                      on_assignment=lambda a: None)  # type: ignore[arg-type,return-value]
+    records = tuple(CommitRecord(seq=0, op="mkdir", path=f"some/where/deep/directory-number-{i:06d}")
+                    for i in range(40_000))
+
+    async def main() -> None:
+        link.report(make_report(1, "s" * 64, "t" * 64, 5, records))
+
+    anyio.run(main)
+    frames = [encode_frame(r) for r in link._reports]
+    assert sum(len(r.records) for r in link._reports) == 40_000
+    assert max(len(f) for f in frames) < MAX_MESSAGE_BYTES / 4
+
+
+def test_a_client_that_resets_at_once_does_not_stop_the_listener() -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+
+    async def handler(stream: object) -> None:
+        pass
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(tls.serve_tls, "127.0.0.1", 0, ctx, handler)
+            for _ in range(20):
+                s = socket.create_connection(("127.0.0.1", port))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+            for _ in range(50):  # bounded: the listener must still accept
+                await anyio.sleep(0.01)
+            with anyio.fail_after(5):
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+                await stream.aclose()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
