@@ -303,3 +303,350 @@ class ConnectionBytes:
     @property
     def received(self) -> int:
         return sum(c.get("bytes_received", 0) for c in self.seen.values())
+
+
+# ------------------------------------------------------------------ delta.py / bulk.py additions
+
+
+def src_revision() -> str:
+    """The commit of the checkout under test, and whether src/ has uncommitted edits (shared tree)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return head + (" + uncommitted src/ edits" if dirty else "")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_tcp(host: str, port: int, timeout_s: float = 20.0) -> None:
+    """Bounded poll until something accepts TCP connections on host:port."""
+    import socket
+
+    def up() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    poll_until(up, timeout_s=timeout_s, interval_s=0.05, what=f"{host}:{port} accepting connections")
+
+
+def file_hash(path: Path) -> bytes:
+    """xxh3-128 of a file's content (fast enough to check 1 GiB; never timed)."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    buf = bytearray(4 * 1024 * 1024)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return h.digest()
+
+
+def overwrite_file(path: Path, data: bytes) -> None:
+    """Replace a file's content in place with one write(2) from offset 0 (no truncation to 0 first,
+    so a watcher never sees an empty or half-length file); truncate only if the new one is shorter."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        off = 0
+        while off < len(view):
+            off += os.pwrite(fd, view[off:], off)
+        if os.fstat(fd).st_size > len(data):
+            os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+_RSYNC_STAT = re.compile(r"^Total bytes (sent|received):\s*([\d,.]+)", re.M)
+
+
+def rsync_wire_bytes(stats_output: str) -> tuple[int, int]:
+    """(bytes sent, bytes received) from `rsync --stats` output (rsync protocol payload)."""
+    found = {k: int(v.replace(",", "").replace(".", "")) for k, v in _RSYNC_STAT.findall(stats_output)}
+    if "sent" not in found or "received" not in found:
+        raise BenchError(f"no 'Total bytes sent/received' in rsync --stats output:\n{stats_output[-2000:]}")
+    return found["sent"], found["received"]
+
+
+class RsyncDaemon:
+    """`rsync --daemon --no-detach` with one writable module per target dir, started and stopped by pid.
+
+    With `netns`, it runs inside that network namespace (`ip netns exec NS rsync ...`; ip execs
+    rsync in place, so the pid is rsync's).
+    """
+
+    def __init__(self, workdir: Path, modules: dict[str, Path], *, address: str = "127.0.0.1",
+                 port: int = 0, netns: str = "") -> None:
+        self.dir = workdir
+        self.modules = modules
+        self.address = address
+        self.port = port or free_port(address)
+        self.netns = netns
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def url(self, module: str) -> str:
+        return f"rsync://{self.address}:{self.port}/{module}/"
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "rsyncd.conf"
+        lines = ["use chroot = no", "uid = root", "gid = root", "read only = false",
+                 f"log file = {self.dir / 'rsyncd.log'}", ""]
+        for name, path in self.modules.items():
+            path.mkdir(parents=True, exist_ok=True)
+            lines += [f"[{name}]", f"    path = {path}", ""]
+        conf.write_text("\n".join(lines))
+        cmd = ["rsync", "--daemon", "--no-detach", "--address", self.address, "--port", str(self.port),
+               "--config", str(conf)]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        log = open(self.dir / "rsyncd.stderr", "ab")  # noqa: SIM115 - owned by the child
+        self.popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise BenchError(f"rsync daemon exited: {(self.dir / 'rsyncd.stderr').read_text()[-500:]}")
+            import socket
+
+            try:
+                with socket.create_connection((self.address, self.port), timeout=0.5) as s:
+                    s.settimeout(2)
+                    return s.recv(64).startswith(b"@RSYNCD")  # the daemon greets first
+            except OSError:
+                return False
+
+        poll_until(up, timeout_s=20, interval_s=0.05, what="rsync daemon greeting")
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+
+class ConnectionWindow:
+    """Bytes exchanged on connections to one port between start() and stop().
+
+    A baseline of the per-socket kernel counters is taken at start(); a sampler thread then reads
+    them every `interval_s` (so a connection that closes meanwhile still counts up to its last
+    sample). Result: sum over sockets of (last seen - baseline), sent and received separately.
+    """
+
+    def __init__(self, dport: int, interval_s: float = 0.1) -> None:
+        import threading
+
+        self.dport = dport
+        self.interval_s = interval_s
+        self.baseline: dict[tuple[str, str], dict[str, int]] = {}
+        self.bytes = ConnectionBytes(dport)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import threading
+
+        self.baseline = ss_connections(self.dport)
+        self.bytes.seen = {k: dict(v) for k, v in self.baseline.items()}
+
+        def run() -> None:
+            for _ in range(10_000_000):
+                if self._stop.is_set():
+                    return
+                try:
+                    self.bytes.sample()
+                except Exception:  # noqa: BLE001 - retried at the next interval
+                    pass
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> tuple[int, int, int]:
+        """Return (sent, received, connections seen)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.bytes.sample()
+        sent = received = 0
+        for key, counters in self.bytes.seen.items():
+            base = self.baseline.get(key, {})
+            sent += counters.get("bytes_sent", 0) - base.get("bytes_sent", 0)
+            received += counters.get("bytes_received", 0) - base.get("bytes_received", 0)
+        return sent, received, len(self.bytes.seen)
+
+
+# ------------------------------------------------------------------ network namespaces
+
+CLONE_NEWNET = 0x40000000
+
+
+def _run_ip(*args: str) -> None:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise BenchError(f"ip {' '.join(args)}: {r.stderr.strip() or r.returncode}")
+
+
+class NetnsPair:
+    """Two network namespaces joined by a veth pair, each end shaped by `tc ... tbf`.
+
+    Addresses (a /30) exist only inside the two namespaces; nothing is added to the root
+    namespace. `close()` deletes both namespaces (which removes the veth), also after a failure.
+    """
+
+    def __init__(self, tag: str, *, subnet: str = "10.211.77", rate: str = "100mbit",
+                 burst: str = "256kb", latency: str = "50ms") -> None:
+        tag = tag[:8]
+        self.ns_src, self.ns_tgt = f"rsb{tag}s", f"rsb{tag}t"
+        self.veth_src, self.veth_tgt = f"rsb{tag}vs", f"rsb{tag}vt"
+        self.addr_src, self.addr_tgt = f"{subnet}.1", f"{subnet}.2"
+        self.tbf = ["tbf", "rate", rate, "burst", burst, "latency", latency]
+        self.created: list[str] = []
+
+    def open(self) -> NetnsPair:
+        for ns in (self.ns_src, self.ns_tgt):
+            _run_ip("netns", "add", ns)
+            self.created.append(ns)
+        _run_ip("link", "add", self.veth_src, "type", "veth", "peer", "name", self.veth_tgt)
+        try:
+            _run_ip("link", "set", self.veth_src, "netns", self.ns_src)
+            _run_ip("link", "set", self.veth_tgt, "netns", self.ns_tgt)
+        except BenchError:
+            subprocess.run(["ip", "link", "del", self.veth_src], capture_output=True, timeout=30)
+            raise
+        for ns, dev, addr in ((self.ns_src, self.veth_src, self.addr_src),
+                              (self.ns_tgt, self.veth_tgt, self.addr_tgt)):
+            _run_ip("-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
+            _run_ip("-n", ns, "link", "set", "lo", "up")
+            _run_ip("-n", ns, "link", "set", dev, "up")
+            r = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", *self.tbf],
+                               capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                raise BenchError(f"tc qdisc add dev {dev} root {' '.join(self.tbf)} in {ns}: {r.stderr.strip()}")
+        return self
+
+    def qdisc_stats(self) -> str:
+        out = []
+        for ns, dev in ((self.ns_src, self.veth_src), (self.ns_tgt, self.veth_tgt)):
+            r = subprocess.run(["ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", dev],
+                               capture_output=True, text=True, timeout=30)
+            out.append(f"{ns}/{dev}: " + " ".join(r.stdout.split()))
+        return "\n".join(out)
+
+    def close(self) -> None:
+        for ns in reversed(self.created):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        self.created.clear()
+
+
+class InNetns:
+    """Move the *calling thread* into a named network namespace for a with-block (setns(2)).
+
+    Sockets this thread opens, and processes it starts, live in that namespace; threads it starts
+    inherit it. The thread's previous namespace is restored on exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._old = -1
+
+    def _setns(self, fd: int) -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise BenchError(f"setns({self.name}): {os.strerror(err)}")
+
+    def __enter__(self) -> InNetns:
+        self._old = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            self._setns(fd)
+        finally:
+            os.close(fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._setns(self._old)
+        finally:
+            os.close(self._old)
+
+
+def start_master_on(cluster: Any, host: str) -> None:
+    """Like Cluster.start_master, but the REST API and the control port listen on `host`."""
+    import httpx
+
+    from relaysync.constants import HTTP_TIMEOUT_S
+    from relaysync.testing.cluster import START_TIMEOUT_S, Process, wait_until
+
+    cluster.master_dir.mkdir(parents=True, exist_ok=True)
+    state = cluster.master_dir / "master.json"
+    state.unlink(missing_ok=True)
+    args = ["master", "--data", str(cluster.master_dir), "--listen", f"{host}:0",
+            "--control-listen", f"{host}:0"]
+    cluster.master = Process("master", args, cluster.base / "master.log")
+    cluster.master.start(cluster._env() | {"RELAYSYNC_CONTROL_LISTEN": f"{host}:0"})
+    info = wait_until(lambda: cluster._read_state(state), timeout_s=START_TIMEOUT_S, what="master start")
+    cluster.api_url = info["api_url"]
+    token = (cluster.master_dir / "admin-token").read_text().strip()
+    cluster._client = httpx.Client(base_url=cluster.api_url, timeout=HTTP_TIMEOUT_S,
+                                   headers={"Authorization": f"Bearer {token}"})
+
+
+def add_agent_in_netns(cluster: Any, name: str, netns: str, listen: str) -> None:
+    """Register agent `name` with the cluster so that it runs as `ip netns exec NETNS python -m
+    relaysync agent ... --listen LISTEN`; start it with cluster.start_agent(name, ...)."""
+    from dataclasses import dataclass
+
+    from relaysync.testing.cluster import Agent, Process
+
+    @dataclass
+    class NetnsProcess(Process):
+        netns: str = ""
+
+        def start(self, env: dict[str, str]) -> None:
+            log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+            self.popen = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, sys.executable, "-m", "relaysync", *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            log.close()
+
+    data = cluster.base / "agents" / name
+    data.mkdir(parents=True, exist_ok=True)
+    args = ["agent", "--master", cluster.api_url, "--token", cluster.join_token, "--name", name,
+            "--data", str(data), "--region", "default", "--group", "default", "--listen", listen]
+    cluster.agents[name] = Agent(name, data, NetnsProcess(name, args, cluster.base / f"agent-{name}.log",
+                                                          netns=netns))
+
+
+def mapping_acked(cluster: Any, mapping_id: int) -> bool:
+    r = cluster.api.get(f"/api/mappings/{mapping_id}/status")
+    if r.status_code != 200:
+        return False
+    rows = r.json()
+    rows = rows if isinstance(rows, list) else rows.get("targets", [])
+    return bool(rows) and all(int(x.get("lag", 1)) == 0 for x in rows)
+
+
+def peer_port(cluster: Any, name: str) -> int:
+    addr = cluster.api.get(f"/api/servers/{name}").json()["address"]
+    return int(addr.rsplit(":", 1)[1])
