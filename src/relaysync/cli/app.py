@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from relaysync.cli import agent_cmd, demo_cmd, master_cmd
+from relaysync.cli import (
+    agent_cmd,
+    demo_cmd,
+    log_cmd,
+    mapping_cmd,
+    master_cmd,
+    stats_cmd,
+    status_cmd,
+)
 
 app = typer.Typer(
     name="relaysync",
@@ -16,3 +24,7 @@ app = typer.Typer(
 app.command("master")(master_cmd.master)
 app.command("agent")(agent_cmd.agent)
 app.command("demo")(demo_cmd.demo)
+app.command("status")(status_cmd.status)
+app.command("log")(log_cmd.log)
+app.command("stats")(stats_cmd.stats)
+app.add_typer(mapping_cmd.app, name="mapping")

@@ -48,4 +48,12 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     metrics_listen: str = ""  # host:port for Prometheus /metrics of this agent; empty = off
 
 
+class CliConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the operator commands find the master: RELAYSYNC_MASTER, _TOKEN, _MASTER_DATA."""
+
+    master: str = ""  # http://host:port of the master's REST API; "" = read master_data's master.json
+    token: str = ""  # admin or API token; "" = master_data's admin-token
+    master_data: str = ""  # a master's data directory on this host (the local configuration)
+
+
 Durability = Literal["safe", "fast"]

@@ -33,6 +33,7 @@ from relaysync.master.api import (
     policies,
     probes,
     servers,
+    stats,
     thresholds,
     tokens,
 )
@@ -66,6 +67,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/mappings/{id_or_name}/status", mappings.get_mapping_status, ("GET",)),
     Route("/api/jobs", jobs.list_jobs, ("GET",)),                                   # [mapping] [limit] [before]
     Route("/api/exceptions", jobs.list_exceptions, ("GET",)),                       # [mapping] [limit] [open]
+    Route("/api/stats", stats.get_stats, ("GET",)),                                 # [by] [since] [until] [format=json|csv]
     Route("/api/tokens/join", tokens.create_join_token, ("POST",), status_code=201),  # [{ttl_s}]
     Route("/api/tokens/api", tokens.create_api_token, ("POST",), status_code=201),  # {name}
     Route("/api/events", events.list_events, ("GET",)),                             # [since] [timeout_s] [limit]

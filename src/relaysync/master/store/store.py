@@ -31,6 +31,7 @@ from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_err
 from relaysync.master.store._monitoring import MonitoringStore
 from relaysync.master.store._policies import PolicyStore
 from relaysync.master.store._sites import SiteStore
+from relaysync.master.store._stats import StatsStore
 from relaysync.master.store.models import (
     ApiToken,
     ConfigEpoch,
@@ -101,6 +102,7 @@ class Store(SiteStore):
         self.monitoring = MonitoringStore(self._read, self._write)  # figures, rules, alert log
         # link policies per network section or server pair
         self.policies = PolicyStore(self._read, self._write, _bump_epoch, _mappings.resolve_server)
+        self.stats = StatsStore(self._read)  # job-log statistics by server, group, region, mapping, day
 
     # --- Lifecycle ---
 

@@ -1,0 +1,256 @@
+"""The operator commands' REST client: where the master is, its token, and errors as exit codes.
+
+The master's URL is, in order: `--master URL`, the `master.json` of `--data DIR`, `RELAYSYNC_MASTER`,
+then the `master.json` of `RELAYSYNC_MASTER_DATA` (a master's data directory on this host). The
+token is `--token`, then `RELAYSYNC_TOKEN`, then that data directory's `admin-token`.
+
+Error handling:
+    Every failure surfaces as a RelaySyncError: a master that does not answer is
+    MasterUnreachable; 401/403 AuthError; 404 NotFound; 422 ConfigError; other statuses
+    StoreError or RelaySyncError, with the master's `detail`. `run_command` prints the
+    message and exits with the error's `exit_code`.
+
+Resource handling:
+    A MasterClient owns one httpx.Client; use it as a context manager.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+
+from relaysync.cli._run import err_console
+from relaysync.config.load import load
+from relaysync.config.schema import CliConfig
+from relaysync.constants import HTTP_TIMEOUT_S
+from relaysync.errors import (
+    AuthError,
+    ConfigError,
+    MasterUnreachable,
+    NotFound,
+    RelaySyncError,
+    StoreError,
+)
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0  # a master on the LAN answers a connect at once; fail fast when it is down
+T = TypeVar("T")
+
+# Options every operator command takes.
+MasterOption = Annotated[str | None, typer.Option(
+    "--master", help="Master API URL, http://host:port (default: RELAYSYNC_MASTER, then --data).")]
+TokenOption = Annotated[str | None, typer.Option(
+    "--token", help="Admin or API token (default: RELAYSYNC_TOKEN, then the data dir's admin-token).",
+    show_default=False)]
+DataOption = Annotated[Path | None, typer.Option(
+    "--data", help="A master's data directory on this host (default: RELAYSYNC_MASTER_DATA).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout, for scripts.")]
+
+
+class MissingResource(NotFound):
+    """{}: {}"""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to reach the master, and with which token."""
+
+    url: str
+    token: str
+
+
+def resolve_target(
+    *,
+    master: str | None = None,
+    token: str | None = None,
+    data: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Target:
+    """Resolve the master's URL and token from the options, the environment and a data dir.
+
+    Raises:
+        ConfigError: no master URL from any source, or an unreadable data directory.
+    """
+    cfg = load(CliConfig, environ=environ)
+    data_dir = data or (Path(cfg.master_data) if cfg.master_data else None)
+    url = master or (_url_from(data) if data else "") or cfg.master
+    if not url and data_dir is not None:
+        url = _url_from(data_dir)
+    if not url:
+        raise ConfigError(
+            "no master: give --master URL, set RELAYSYNC_MASTER, or point --data "
+            "(or RELAYSYNC_MASTER_DATA) at the master's data directory")
+    secret = token or cfg.token
+    if not secret and data_dir is not None:
+        secret = _read_text(data_dir / "admin-token")
+    return Target(url=url.rstrip("/"), token=secret)
+
+
+def _url_from(data_dir: Path) -> str:
+    raw = _read_text(data_dir / "master.json")
+    try:
+        url = json.loads(raw)["api_url"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{data_dir / 'master.json'}: no api_url ({exc})") from exc
+    return str(url)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
+
+
+class MasterClient:
+    """Synchronous calls to the master's REST API, with explicit timeouts."""
+
+    def __init__(self, target: Target, *, transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
+        self.url = target.url
+        self._http = httpx.Client(
+            base_url=target.url, headers=headers, transport=transport,
+            timeout=httpx.Timeout(HTTP_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+
+    def __enter__(self) -> MasterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET `path` with the given query params (None dropped); return the decoded JSON."""
+        return self.request("GET", path, params=params).json()
+
+    def get_text(self, path: str, **params: Any) -> str:
+        """GET `path`; return the body as text (e.g. CSV)."""
+        return self.request("GET", path, params=params).text
+
+    def post(self, path: str, body: Any) -> Any:
+        return self.request("POST", path, json=body).json()
+
+    def delete(self, path: str) -> None:
+        self.request("DELETE", path)
+
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                json: Any = None) -> httpx.Response:
+        """Send one request and return its 2xx response.
+
+        Raises:
+            MasterUnreachable, AuthError, NotFound, ConfigError, StoreError, RelaySyncError.
+        """
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.request(method, path, params=query, json=json)
+        except httpx.TransportError as exc:
+            raise MasterUnreachable(self.url, f"{method} {path}: {exc or type(exc).__name__}") from exc
+        if response.is_success:
+            return response
+        raise error_for(response, f"{method} {path}")
+
+
+def error_for(response: httpx.Response, operation: str) -> RelaySyncError:
+    """Map a non-2xx answer of the master to the relaysync error an operator can act on."""
+    detail = _detail(response)
+    status = response.status_code
+    if status == 401:
+        return AuthError(f"{operation}: {detail} (check --token or RELAYSYNC_TOKEN)")
+    if status == 403:
+        return AuthError(f"{operation}: {detail}")
+    if status == 404:
+        return MissingResource(operation, detail)
+    if status in (400, 409, 422):
+        return ConfigError(f"{operation}: {detail}")
+    if status == 503:
+        return StoreError(f"{operation}: {detail}")
+    return RelaySyncError(f"{operation}: HTTP {status}: {detail}")
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail", response.text)
+    except (ValueError, AttributeError):
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(detail, list):  # FastAPI validation errors
+        return "; ".join(f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg', '')}" for d in detail)
+    return str(detail)
+
+
+@contextmanager
+def connect(master: str | None, token: str | None, data: Path | None) -> Iterator[MasterClient]:
+    """A MasterClient for the resolved target, closed afterwards."""
+    with MasterClient(resolve_target(master=master, token=token, data=data)) as client:
+        yield client
+
+
+def run_command(body: Callable[[], T]) -> T:
+    """Run an operator command; print a relaysync error and exit with its code."""
+    try:
+        return body()
+    except RelaySyncError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(exc.exit_code) from exc
+
+
+# --- Output ---
+
+console = Console(highlight=False)
+
+
+def print_json(document: Any) -> None:
+    """Print one JSON document on stdout, plain (no colour), for scripts."""
+    typer.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Render rows as CSV with a header line; missing values are empty cells."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: "" if r.get(c) is None else r.get(c) for c in columns} for r in rows)
+    return out.getvalue()
+
+
+def format_time(unix_s: float | None, *, now_s: float | None = None) -> str:
+    """`2024-05-01 12:00:03 (4 s ago)` in local time; `never` for None."""
+    if unix_s is None:
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_s))
+    ago_s = (time.time() if now_s is None else now_s) - unix_s
+    return f"{stamp} ({format_duration(ago_s)} ago)" if ago_s >= 0 else stamp
+
+
+def format_duration(seconds: float) -> str:
+    """`42 s`, `3 min`, `5 h`, `2 d`."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def format_bytes(n: float | None) -> str:
+    """`0 B`, `1.5 KiB`, `12.0 MiB`."""
+    if n is None:
+        return ""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # unreachable: the loop returns at TiB

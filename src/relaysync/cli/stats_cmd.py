@@ -1,0 +1,81 @@
+"""`relaysync stats`: job-log statistics by server, group, region, mapping or day."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from relaysync.cli._client import (
+    DataOption,
+    JsonOption,
+    MasterOption,
+    TokenOption,
+    connect,
+    console,
+    format_bytes,
+    print_json,
+    run_command,
+)
+from relaysync.errors import ConfigError
+
+
+class GroupBy(StrEnum):
+    server = "server"
+    group = "group"
+    region = "region"
+    mapping = "mapping"
+    day = "day"
+
+
+def stats(
+    by: Annotated[GroupBy, typer.Option("--by", help="Group by target server, group, region, mapping or UTC day.")] = GroupBy.mapping,
+    since: Annotated[str | None, typer.Option(help="From this time: YYYY-MM-DD, ISO date-time or unix s.")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this time (same forms as --since).")] = None,
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+    csv: Annotated[bool, typer.Option("--csv", help="CSV with a header line, as the master exports it.")] = False,
+) -> None:
+    """Show files, bytes on the wire, failures and per-file transfer time percentiles."""
+    def body() -> None:
+        if json and csv:
+            raise ConfigError("--json and --csv exclude each other")
+        params = {"by": by.value, "since": since, "until": until}
+        with connect(master, token, data) as client:
+            if csv:
+                typer.echo(client.get_text("/api/stats", format="csv", **params), nl=False)
+                return
+            rows = client.get("/api/stats", **params)
+        if json:
+            print_json(rows)
+        else:
+            console.print(stats_table(rows, by.value))
+
+    run_command(body)
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def stats_table(rows: list[dict[str, Any]], by: str) -> Table:
+    with_changes = by in ("mapping", "day")
+    table = Table(title=f"Statistics by {by}", title_justify="left")
+    columns = [by, "files", "wire bytes", "failures", "open", "p50 ms", "p95 ms", "p99 ms"]
+    if with_changes:
+        columns[1:1] = ["changes", "change bytes"]
+    table.add_column(columns[0])
+    for column in columns[1:]:
+        table.add_column(column, justify="right")
+    for r in rows:
+        cells = [r["key"] or "(none)", str(r["files"]), format_bytes(r["wire_bytes"]),
+                 str(r["failures"]), str(r["open_failures"]),
+                 _ms(r["file_ms_p50"]), _ms(r["file_ms_p95"]), _ms(r["file_ms_p99"])]
+        if with_changes:
+            cells[1:1] = [str(r["changes"]), format_bytes(r["change_bytes"])]
+        table.add_row(*cells)
+    return table

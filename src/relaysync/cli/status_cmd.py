@@ -1,0 +1,98 @@
+"""`relaysync status`: the fleet at a glance, servers and how far behind each mapping's targets are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from relaysync.cli._client import (
+    DataOption,
+    JsonOption,
+    MasterClient,
+    MasterOption,
+    TokenOption,
+    connect,
+    console,
+    format_time,
+    print_json,
+    run_command,
+)
+
+
+def status(
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Show servers (up or down, health, last seen) and, per mapping and target, watermark and lag."""
+    run_command(lambda: _status(master, token, data, as_json=json))
+
+
+def _status(master: str | None, token: str | None, data: Path | None, *, as_json: bool) -> None:
+    with connect(master, token, data) as client:
+        document = fetch_status(client)
+    if as_json:
+        print_json(document)
+        return
+    console.print(servers_table(document["servers"]))
+    console.print(mappings_table(document["mappings"]))
+
+
+def fetch_status(client: MasterClient) -> dict[str, Any]:
+    """One document: `servers` as the API lists them, and `mappings` each with its targets' status."""
+    servers = client.get("/api/servers")
+    mappings = []
+    for mapping in client.get("/api/mappings"):
+        found = client.get(f"/api/mappings/{mapping['id']}/status")
+        targets = found["targets"]
+        mappings.append({
+            "id": mapping["id"], "name": mapping["name"], "source": mapping["source_name"],
+            "source_path": mapping["source_path"], "enabled": mapping["enabled"],
+            "lag": sum(t["lag"] for t in targets),
+            "open_exceptions": sum(t["open_exceptions"] for t in targets),
+            "targets": targets,
+        })
+    return {
+        "servers": servers,
+        "mappings": mappings,
+        "summary": {
+            "servers": len(servers),
+            "servers_up": sum(s["state"] == "up" for s in servers),
+            "mappings": len(mappings),
+            "lag": sum(m["lag"] for m in mappings),
+            "open_exceptions": sum(m["open_exceptions"] for m in mappings),
+        },
+    }
+
+
+def servers_table(servers: list[dict[str, Any]]) -> Table:
+    table = Table(title="Servers", title_justify="left")
+    for column in ("name", "region", "group", "state", "health", "last seen"):
+        table.add_column(column)
+    for s in servers:
+        state = {"up": "[green]up[/green]", "down": "[red]down[/red]"}.get(s["state"], s["state"])
+        health = s.get("health", "ok")
+        table.add_row(s["name"], s["region"], s["group"], state,
+                      health if health == "ok" else f"[yellow]{health}[/yellow]",
+                      format_time(s["last_seen"]))
+    return table
+
+
+def mappings_table(mappings: list[dict[str, Any]]) -> Table:
+    table = Table(title="Mappings", title_justify="left")
+    for column, justify in (("mapping", "left"), ("source", "left"), ("target", "left"),
+                            ("watermark", "right"), ("lag", "right"), ("open exceptions", "right"),
+                            ("updated", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for m in mappings:
+        source = f"{m['source']}:{m['source_path']}" + ("" if m["enabled"] else " (disabled)")
+        for i, t in enumerate(m["targets"]):
+            lag = f"[yellow]{t['lag']}[/yellow]" if t["lag"] else "0"
+            failed = f"[red]{t['open_exceptions']}[/red]" if t["open_exceptions"] else "0"
+            table.add_row(m["name"] if i == 0 else "", source if i == 0 else "",
+                          f"{t['target_name']}:{t['path']}", str(t["watermark"]), lag, failed,
+                          format_time(t["updated_at"]))
+    return table
