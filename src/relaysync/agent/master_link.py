@@ -38,6 +38,7 @@ from relaysync.protocol.messages import (
     Ping,
     Pong,
     Register,
+    ReleaseReport,
 )
 from relaysync.transfer import tls
 
@@ -61,6 +62,8 @@ class MasterLink:
         self.connected = False
         self._reports: collections.deque[CommitReport] = collections.deque(maxlen=MAX_QUEUED_REPORTS)
         self._wake = anyio.Event()
+        self._releases: dict[int, ReleaseReport] = {}
+        self._releases_unsent = False
         self._metrics: MetricsReport | None = None  # only the newest waits; older ones are stale
 
     def send_metrics(self, report: MetricsReport) -> None:
@@ -68,6 +71,12 @@ class MasterLink:
         if self.connected:
             self._metrics = report
             self._wake.set()
+
+    def report_release(self, report: ReleaseReport) -> None:
+        """Tell the master which journal seq a manual/reserved release covers (resent after reconnects)."""
+        self._releases[report.mapping_id] = report
+        self._releases_unsent = True
+        self._wake.set()
 
     def report(self, report: CommitReport) -> None:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES (call on the loop)."""
@@ -112,6 +121,7 @@ class MasterLink:
                     raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
                 await framed.send(self.register)
             self.connected = True
+            self._releases_unsent = bool(self._releases)
             logger.info("control link to master %s up", self.control_address)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_loop, framed)
@@ -141,6 +151,9 @@ class MasterLink:
         while True:
             with anyio.move_on_after(PING_INTERVAL_S) as idle:
                 await self._wake.wait()
+            if self._releases_unsent:
+                self._releases_unsent = False
+                await framed.send_many(list(self._releases.values()))
             if idle.cancelled_caught and not self._reports and self._metrics is None:
                 await framed.send(Ping())
                 continue

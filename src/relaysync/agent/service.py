@@ -34,6 +34,7 @@ from relaysync.protocol.messages import (
     MetricSample,
     PeerInfo,
     Register,
+    ReleaseReport,
     TargetSpec,
 )
 from relaysync.transfer import tls
@@ -212,7 +213,13 @@ class AgentService:
     async def _apply_sources(self, wanted: dict[int, MappingSpec]) -> None:
         stopping = []
         for mapping_id, running in list(self.sources.items()):
-            if wanted.get(mapping_id) != running.spec:
+            spec = wanted.get(mapping_id)
+            if spec is not None and _same_but_release(spec, running.spec):
+                running.spec = spec
+                if running.source is not None:
+                    self._release(running.source, spec.release)
+                continue
+            if spec != running.spec:
                 running.scope.cancel()
                 stopping.append(running)
                 del self.sources[mapping_id]
@@ -243,6 +250,9 @@ class AgentService:
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(source.serve)
+                    current = self.sources.get(spec.mapping_id)
+                    if not source.realtime and current is not None:
+                        self._release(source, current.spec.release)  # a send made while we were down
                     for target in spec.targets:
                         peer = self.peers.get(target.node_id)
                         label = peer.name if peer else target.node_id[:16]
@@ -255,6 +265,12 @@ class AgentService:
                         tg.start_soon(link.serve)
             finally:
                 source.close()
+
+    def _release(self, source: SourceMapping, release: int) -> None:
+        """A manual send or a reserved run reached this source: let the journal go out."""
+        if source.set_release(release) and self.link is not None:
+            self.link.report_release(ReleaseReport(mapping_id=source.mapping_id, release=release,
+                                                   upto_seq=source.send_upto))
 
     def _send_options(self, target: TargetSpec, source: SourceMapping) -> SendOptions:
         """The link's settings: the master's policy for this pair, else this agent's defaults."""
@@ -308,6 +324,10 @@ class AgentService:
             anyio.from_thread.run_sync(partial(self.link.report, message))
 
         return report
+
+
+def _same_but_release(a: MappingSpec, b: MappingSpec) -> bool:
+    return msgspec.structs.replace(a, release=0) == msgspec.structs.replace(b, release=0)
 
 
 def _own_target(spec: MappingSpec, node_id: str) -> TargetSpec:

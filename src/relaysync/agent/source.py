@@ -58,6 +58,10 @@ class SourceMapping:
         self.applied_seq = self.journal.last_seq
         # Files a scan found still being written (no close-write seen): re-checked when cool.
         self._held: dict[str, None] = {}
+        # Manual/reserved mode: only records up to send_upto go out; a release moves it to the head.
+        self.realtime = spec.mode == "realtime"
+        self._release_path = state_dir / "release.json"
+        self.release, self.send_upto = self._load_release()
 
     def _load_acks(self) -> dict[str, int]:
         try:
@@ -68,11 +72,42 @@ class SourceMapping:
             return {}
         return {k: int(v) for k, v in data.get("acks", {}).items()}
 
+    def _load_release(self) -> tuple[int, int]:
+        try:
+            data = json.loads(self._release_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return 0, 0
+        if data.get("journal_id") != self.journal.journal_id:
+            return 0, 0
+        return int(data["release"]), int(data["send_upto"])
+
+    def set_release(self, release: int) -> bool:
+        """The master says send (release counter `release`): everything journaled so far may go.
+
+        Returns True if this is a new release (the caller reports the seq it covers).
+        """
+        if release <= self.release:
+            return False
+        self.release, self.send_upto = release, self.applied_seq
+        tmp = self._release_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"journal_id": self.journal.journal_id, "release": release,
+                                   "send_upto": self.send_upto}))
+        os.replace(tmp, self._release_path)  # the pending set survives restarts
+        event, self._new_records = self._new_records, anyio.Event()
+        event.set()
+        logger.info("release %s of mapping %s: sending up to seq %s", release, self.mapping_id, self.send_upto)
+        return True
+
     # --- SourceFolder protocol (transfer/sender.py) ---
+
+    @property
+    def send_limit(self) -> int:
+        """Records up to this seq may be sent now."""
+        return self.applied_seq if self.realtime else min(self.send_upto, self.applied_seq)
 
     async def wait_for_records(self, after_seq: int, timeout_s: float) -> None:
         with anyio.move_on_after(timeout_s):
-            while self.applied_seq <= after_seq:
+            while self.send_limit <= after_seq:
                 await self._new_records.wait()
 
     def on_ack(self, target_node: str, watermark: int) -> None:
@@ -108,8 +143,8 @@ class SourceMapping:
             await tg.start(watcher.serve, send)
             tg.start_soon(self._recheck_held)
             await self._record([FsEvent(kind="rescan", path="")])
-            logger.info("source %s ready: %s entries, journal at seq %s",
-                        self.root, self.manifest.count(), self.journal.last_seq)
+            logger.info("source %s ready (%s mode): %s entries, journal at seq %s",
+                        self.root, self.spec.mode, self.manifest.count(), self.journal.last_seq)
             self.ready.set()
             task_status.started()
             await self._consume(receive)

@@ -30,6 +30,7 @@ from relaysync.master.api import (
     join,
     mappings,
     metrics,
+    modes,
     policies,
     probes,
     servers,
@@ -65,6 +66,9 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/mappings/{id_or_name}", mappings.update_mapping, ("PATCH",)),       # MappingPatch
     Route("/api/mappings/{id_or_name}", mappings.delete_mapping, ("DELETE",), status_code=204),
     Route("/api/mappings/{id_or_name}/status", mappings.get_mapping_status, ("GET",)),
+    Route("/api/mappings/{id_or_name}/mode", modes.get_mode, ("GET",)),
+    Route("/api/mappings/{id_or_name}/mode", modes.put_mode, ("PUT",)),              # ModeIn
+    Route("/api/mappings/{id_or_name}/send", modes.send_now, ("POST",)),             # manual transmission
     Route("/api/jobs", jobs.list_jobs, ("GET",)),                                   # [mapping] [limit] [before]
     Route("/api/exceptions", jobs.list_exceptions, ("GET",)),                       # [mapping] [limit] [open]
     Route("/api/stats", stats.get_stats, ("GET",)),                                 # [by] [since] [until] [format=json|csv]

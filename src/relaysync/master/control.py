@@ -39,6 +39,7 @@ from relaysync.protocol.messages import (
     Ping,
     Pong,
     Register,
+    ReleaseReport,
 )
 from relaysync.transfer import tls
 
@@ -174,6 +175,9 @@ class ControlServer:
                         self.on_metrics(link.node_id, link.name, message)
                 case AssignmentAck():
                     link.epoch_acked = message.epoch
+                case ReleaseReport():
+                    await anyio.to_thread.run_sync(self.store.modes.record_release, message.mapping_id,
+                                                   message.release, message.upto_seq)
                 case Ping():
                     async with link.lock:
                         await link.framed.send(Pong(nonce=message.nonce))

@@ -30,6 +30,7 @@ from relaysync.master.control import ControlServer
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.purging import PurgeService
+from relaysync.master.scheduler import Scheduler
 from relaysync.master.store.store import Store
 from relaysync.monitor.engine import MonitorService
 from relaysync.monitor.self_watch import SelfWatch
@@ -92,6 +93,9 @@ class MasterService:
         purging = PurgeService(store=store, events=events, joblog=joblog,
                                listen=self.cfg.purge_listen)
         chost, cport = split_address(self.cfg.control_listen)
+        saved_port = self.data_dir / "control-port"
+        if cport == 0 and saved_port.exists():
+            cport = int(saved_port.read_text())  # agents hold this address: keep it across restarts
         monitor = self._monitor(store, events, joblog, lambda: set(control.links))
         control = ControlServer(host=chost, port=cport, ctx=tls.server_context(identity), store=store,
                                 events=events, joblog=joblog, on_metrics=monitor.on_metrics)
@@ -101,7 +105,9 @@ class MasterService:
                 self.purge_address = await tg.start(purging.serve)
                 await tg.start(monitor.serve)
                 control_port = await tg.start(control.serve)
+                await tg.start(Scheduler(store, events, control.notify_change).serve)
                 self.control_address = f"{chost}:{control_port}"
+                saved_port.write_text(str(control_port))
                 app = create_app(store=store, ca=ca, events=events, admin_token=admin_token,
                                  control_address=self.control_address, on_change=control.notify_change)
                 app.state.joblog = joblog

@@ -154,6 +154,8 @@ class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     exclude: tuple[str, ...] = ()
     durability: Literal["safe", "fast"] = "safe"
     enabled: bool = True
+    mode: Literal["realtime", "manual", "reserved"] = "realtime"  # when journaled changes are sent
+    release: int = 0  # manual/reserved: bumped by the master each time the operator or schedule says send
 
 
 class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -168,6 +170,14 @@ class Assignment(Message, frozen=True, tag="assignment"):
     epoch: int
     mappings: tuple[MappingSpec, ...]
     peers: tuple[PeerInfo, ...]
+
+
+class ReleaseReport(Message, frozen=True, tag="release_report"):
+    """Source agent -> master: release `release` of a manual/reserved mapping covers seqs up to `upto_seq`."""
+
+    mapping_id: int
+    release: int
+    upto_seq: int
 
 
 class AssignmentAck(Message, frozen=True, tag="assignment_ack"):
@@ -490,6 +500,7 @@ AnyMessage = (
     | Register
     | Assignment
     | AssignmentAck
+    | ReleaseReport
     | CommitReport
     | OpenMapping
     | MappingState

@@ -75,6 +75,10 @@ class SourceFolder(Protocol):
     journal: Journal
     manifest: Manifest
     applied_seq: int  # journal records up to here are reflected in the manifest
+    realtime: bool  # False: manual/reserved, only released records go, and no compare of its own
+
+    @property
+    def send_limit(self) -> int: ...
 
     async def wait_for_records(self, after_seq: int, timeout_s: float) -> None: ...
 
@@ -231,7 +235,7 @@ class TargetLink:
         self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
         self.connected = True
         covered = journal.first_seq <= state.watermark + 1 <= journal.last_seq + 1
-        if not covered:
+        if not covered and (self.source.realtime or self.source.send_limit > state.watermark):
             await self._catch_up_by_compare(session)
         # Once replay has caught up, compare anyway: the target may have lost or gained files.
         compare_due = anyio.current_time() if covered else anyio.current_time() + self.compare_interval_s
@@ -239,11 +243,13 @@ class TargetLink:
         while True:
             records = await anyio.to_thread.run_sync(journal.read, session.sent_upto, BATCH_RECORDS)
             # Only what the manifest already reflects: a compare must never miss a record sent.
-            records = [r for r in records if r.seq <= self.source.applied_seq]
+            records = [r for r in records if r.seq <= self.source.send_limit]
             if records:
                 await self._wait_window(session)
                 await self._send_records(session, records)
                 continue
+            if not self.source.realtime:  # nothing is sent between releases, not even by a compare
+                compare_due = anyio.current_time() + self.compare_interval_s
             if anyio.current_time() >= compare_due and session.acked >= session.sent_upto:
                 await self._catch_up_by_compare(session)
                 compare_due = anyio.current_time() + self.compare_interval_s
@@ -253,9 +259,9 @@ class TargetLink:
                     await session.ack_changed.wait()
                 continue
             wait_s = min(PING_INTERVAL_S, compare_due - anyio.current_time())
-            before = self.source.applied_seq
+            before = self.source.send_limit
             await self.source.wait_for_records(session.sent_upto, wait_s)
-            if self.source.applied_seq == before:
+            if self.source.send_limit == before:
                 await session.framed.send(Ping())
 
     async def _wait_window(self, session: _Session) -> None:

@@ -28,6 +28,7 @@ from relaysync.auth.tokens import hash_token, new_api_token, new_join_token
 from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store import _joblog, _mappings, _queries
 from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
+from relaysync.master.store._modes import ModeStore
 from relaysync.master.store._monitoring import MonitoringStore
 from relaysync.master.store._policies import PolicyStore
 from relaysync.master.store._sites import SiteStore
@@ -102,6 +103,8 @@ class Store(SiteStore):
         self.monitoring = MonitoringStore(self._read, self._write)  # figures, rules, alert log
         # link policies per network section or server pair
         self.policies = PolicyStore(self._read, self._write, _bump_epoch, _mappings.resolve_server)
+        # transmission modes: real-time, manual, reserved (schedules and release counters)
+        self.modes = ModeStore(self._read, self._write, _bump_epoch)
         self.stats = StatsStore(self._read)  # job-log statistics by server, group, region, mapping, day
 
     # --- Lifecycle ---
@@ -340,7 +343,8 @@ class Store(SiteStore):
             )
             return Assignment(
                 epoch=epoch,
-                mappings=tuple(self.policies.apply(session, [i.to_spec() for i in infos])),
+                mappings=tuple(self.modes.apply(
+                    session, list(self.policies.apply(session, [i.to_spec() for i in infos])))),
                 peers=tuple(
                     PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers
                 ),

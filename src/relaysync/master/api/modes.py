@@ -1,0 +1,46 @@
+"""REST resources /api/mappings/{id}/mode and /send: real-time, manual or reserved transmission."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from relaysync.master.api._context import Context
+from relaysync.master.events import EventType
+
+
+class ModeIn(BaseModel):
+    mode: Literal["realtime", "manual", "reserved"]
+    schedule: str = Field(default="", description="reserved only: at:ISO-DATETIME, every:SECONDS or cron:EXPR")
+
+
+class ModeOut(BaseModel):
+    mapping_id: int
+    mode: str
+    schedule: str
+    release: int  # how many sends (manual or reserved runs) so far
+    released_upto: int  # the source's journal seq the last send covers (0 until it reports)
+    next_run_at: float | None
+    last_run_at: float | None
+
+
+def get_mode(id_or_name: str, context: Context) -> ModeOut:
+    mapping = context.store.get_mapping(id_or_name)
+    return ModeOut(**vars(context.store.modes.get(mapping.id)))
+
+
+def put_mode(id_or_name: str, body: ModeIn, context: Context) -> ModeOut:
+    """Switch a mapping's transmission mode; a manual or reserved mapping keeps journaling."""
+    mapping = context.store.get_mapping(id_or_name)
+    info = context.store.modes.set_mode(mapping.id, body.mode, body.schedule)
+    context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, mode=body.mode)
+    return ModeOut(**vars(info))
+
+
+def send_now(id_or_name: str, context: Context) -> ModeOut:
+    """Send what the source has journaled so far (manual transmission)."""
+    mapping = context.store.get_mapping(id_or_name)
+    info = context.store.modes.release(mapping.id)
+    context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, release=info.release)
+    return ModeOut(**vars(info))

@@ -1,0 +1,162 @@
+"""Transmission modes per mapping: real-time (default), manual, or reserved on a schedule.
+
+A manual or reserved mapping's changes are journaled on its source and sent only when the
+master bumps the mapping's release counter: the operator's "send", or a due schedule (at a
+date-time, every N seconds, or a cron expression). A run missed while the master was down
+happens once at start, not once per missed slot. The source reports which journal seq each
+release covers, so progress can be shown against the targets' watermarks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from croniter import croniter
+from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from relaysync.errors import ConfigError
+from relaysync.master.store.models import Base
+from relaysync.protocol.messages import MappingSpec
+
+MODES = ("realtime", "manual", "reserved")
+SessionFactory = Callable[[str], AbstractContextManager[Session]]
+
+
+class MappingModeRow(Base):
+    __tablename__ = "mapping_modes"
+
+    mapping_id: Mapped[int] = mapped_column(Integer, ForeignKey("mappings.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16), default="realtime")
+    schedule: Mapped[str] = mapped_column(String(255), default="")  # at:ISO | every:SECONDS | cron:EXPR
+    release: Mapped[int] = mapped_column(Integer, default=0)
+    released_upto: Mapped[int] = mapped_column(BigInteger, default=0)  # the source's seq for `release`
+    next_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+@dataclass(frozen=True)
+class ModeInfo:
+    mapping_id: int
+    mode: str
+    schedule: str
+    release: int
+    released_upto: int
+    next_run_at: float | None
+    last_run_at: float | None
+
+
+def _info(row: MappingModeRow) -> ModeInfo:
+    return ModeInfo(mapping_id=row.mapping_id, mode=row.mode, schedule=row.schedule, release=row.release,
+                    released_upto=row.released_upto, next_run_at=row.next_run_at, last_run_at=row.last_run_at)
+
+
+def next_run(schedule: str, after: float) -> float | None:
+    """The first run of `schedule` strictly after `after` (unix time); None when there is none.
+
+    Raises:
+        ConfigError: a schedule that is not at:ISO-8601, every:SECONDS or cron:EXPRESSION.
+    """
+    kind, _, value = schedule.partition(":")
+    try:
+        if kind == "at":
+            at = datetime.fromisoformat(value)
+            at = at if at.tzinfo else at.replace(tzinfo=UTC)
+            return at.timestamp() if at.timestamp() > after else None
+        if kind == "every":
+            seconds = float(value)
+            if seconds <= 0:
+                raise ValueError("interval must be positive")
+            return after + seconds
+        if kind == "cron":
+            return float(croniter(value, datetime.fromtimestamp(after, UTC)).get_next(float))
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"schedule {schedule!r}: {exc}") from exc
+    raise ConfigError(f"schedule {schedule!r} must be at:ISO-DATETIME, every:SECONDS or cron:EXPRESSION")
+
+
+class ModeStore:
+    def __init__(self, read: SessionFactory, write: SessionFactory,
+                 bump_epoch: Callable[[Session], None]) -> None:
+        self._read, self._write = read, write
+        self._bump_epoch = bump_epoch
+
+    def _row(self, session: Session, mapping_id: int) -> MappingModeRow:
+        row = session.get(MappingModeRow, mapping_id)
+        if row is None:
+            row = MappingModeRow(mapping_id=mapping_id, mode="realtime", schedule="", release=0,
+                                 released_upto=0)
+            session.add(row)
+        return row
+
+    def get(self, mapping_id: int) -> ModeInfo:
+        with self._read("mapping mode") as session:
+            row = session.get(MappingModeRow, mapping_id)
+            return _info(row) if row is not None else ModeInfo(mapping_id, "realtime", "", 0, 0, None, None)
+
+    def set_mode(self, mapping_id: int, mode: str, schedule: str = "") -> ModeInfo:
+        """Set how a mapping transmits; a reserved mapping needs a valid schedule."""
+        if mode not in MODES:
+            raise ConfigError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if (mode == "reserved") != bool(schedule):
+            raise ConfigError("a reserved mapping needs a schedule, and only a reserved one takes it")
+        now = time.time()
+        first = next_run(schedule, now) if schedule else None
+        with self._write("set mapping mode") as session:
+            row = self._row(session, mapping_id)
+            row.mode, row.schedule, row.next_run_at = mode, schedule, first
+            self._bump_epoch(session)
+            session.flush()
+            return _info(row)
+
+    def release(self, mapping_id: int) -> ModeInfo:
+        """Send what is journaled now (the operator's "send"): bump the release counter."""
+        with self._write("release mapping") as session:
+            row = self._row(session, mapping_id)
+            row.release += 1
+            row.last_run_at = time.time()
+            self._bump_epoch(session)
+            session.flush()
+            return _info(row)
+
+    def run_due(self, now: float) -> list[int]:
+        """Release every reserved mapping whose run is due; return their ids.
+
+        However many runs were missed (the master was down), each due mapping runs once, and
+        its next run is computed from now.
+        """
+        with self._write("run due schedules") as session:
+            due = list(session.scalars(select(MappingModeRow).where(
+                MappingModeRow.mode == "reserved", MappingModeRow.next_run_at.is_not(None),
+                MappingModeRow.next_run_at <= now)))
+            for row in due:
+                row.release += 1
+                row.last_run_at = now
+                row.next_run_at = next_run(row.schedule, now)
+            if due:
+                self._bump_epoch(session)
+            return [row.mapping_id for row in due]
+
+    def record_release(self, mapping_id: int, release: int, upto_seq: int) -> None:
+        with self._write("record release") as session:
+            row = session.get(MappingModeRow, mapping_id)
+            if row is not None and release == row.release and upto_seq > row.released_upto:
+                row.released_upto = upto_seq
+
+    def apply(self, session: Session, specs: Sequence[MappingSpec]) -> Iterator[MappingSpec]:
+        """Yield the specs with their mode and release counter filled in."""
+        rows = {r.mapping_id: r for r in session.scalars(
+            select(MappingModeRow).where(MappingModeRow.mapping_id.in_([s.mapping_id for s in specs])))}
+        for spec in specs:
+            row = rows.get(spec.mapping_id)
+            if row is None:
+                yield spec
+                continue
+            fields = {f: getattr(spec, f) for f in spec.__struct_fields__}
+            fields.update(mode=row.mode, release=row.release)
+            yield MappingSpec(**fields)

@@ -1,0 +1,62 @@
+"""Transmission modes: schedules, release counters, missed runs once, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from relaysync.errors import ConfigError
+from relaysync.master.store import Store
+from relaysync.master.store._modes import next_run
+
+
+def test_next_run_for_each_schedule_kind() -> None:
+    t0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC).timestamp()
+    assert next_run("every:30", t0) == t0 + 30
+    assert next_run("cron:*/15 * * * *", t0 + 1) == t0 + 15 * 60
+    assert next_run("at:2026-11-23T11:00:00+00:00", t0) == t0 + 3600
+    assert next_run("at:2026-11-23T09:00:00+00:00", t0) is None  # already past: no run
+    for bad in ("every:0", "every:x", "cron:61 * * * *", "soon", "at:yesterday"):
+        with pytest.raises(ConfigError):
+            next_run(bad, t0)
+
+
+@pytest.fixture
+def mapped(store: Store) -> tuple[Store, int]:
+    for name in ("src", "t1"):
+        store.upsert_server(node_id=name * 8, name=name, region="r", group="g", address=f"{name}:1")
+    m = store.create_mapping(name="m", source="src", source_path="/a", targets=[("t1", "/b")])
+    return store, m.id
+
+
+def test_release_counter_reaches_the_assignment(mapped: tuple[Store, int]) -> None:
+    store, mapping_id = mapped
+    store.modes.set_mode(mapping_id, "manual")
+    assert store.modes.release(mapping_id).release == 1
+    (spec,) = store.assignment_for("srcsrcsrcsrcsrcsrcsrcsrc").mappings
+    assert (spec.mode, spec.release) == ("manual", 1)
+    store.modes.record_release(mapping_id, 1, 42)
+    store.modes.record_release(mapping_id, 0, 99)  # a stale report changes nothing
+    assert store.modes.get(mapping_id).released_upto == 42
+
+
+def test_missed_runs_happen_once(mapped: tuple[Store, int]) -> None:
+    store, mapping_id = mapped
+    info = store.modes.set_mode(mapping_id, "reserved", "every:60")
+    assert info.next_run_at is not None
+    later = info.next_run_at + 10 * 60  # ten slots missed
+    assert store.modes.run_due(later) == [mapping_id]
+    assert store.modes.run_due(later) == []
+    after = store.modes.get(mapping_id)
+    assert after.release == 1 and after.next_run_at == later + 60
+
+
+def test_mode_rules(mapped: tuple[Store, int]) -> None:
+    store, mapping_id = mapped
+    with pytest.raises(ConfigError):
+        store.modes.set_mode(mapping_id, "sometimes")
+    with pytest.raises(ConfigError):
+        store.modes.set_mode(mapping_id, "reserved")
+    with pytest.raises(ConfigError):
+        store.modes.set_mode(mapping_id, "manual", "every:5")
