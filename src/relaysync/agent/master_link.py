@@ -34,6 +34,7 @@ from relaysync.protocol.messages import (
     CommitReport,
     Error,
     Hello,
+    MassDeleteHeld,
     MetricsReport,
     Ping,
     Pong,
@@ -63,6 +64,7 @@ class MasterLink:
         self._reports: collections.deque[CommitReport] = collections.deque(maxlen=MAX_QUEUED_REPORTS)
         self._wake = anyio.Event()
         self._releases: dict[int, ReleaseReport] = {}
+        self._notices: collections.deque[MassDeleteHeld] = collections.deque(maxlen=1000)
         self._releases_unsent = False
         self._metrics: MetricsReport | None = None  # only the newest waits; older ones are stale
 
@@ -71,6 +73,11 @@ class MasterLink:
         if self.connected:
             self._metrics = report
             self._wake.set()
+
+    def notify(self, message: MassDeleteHeld) -> None:
+        """Queue a one-off notice for the master (sent when the link is up)."""
+        self._notices.append(message)
+        self._wake.set()
 
     def report_release(self, report: ReleaseReport) -> None:
         """Tell the master which journal seq a manual/reserved release covers (resent after reconnects)."""
@@ -151,6 +158,9 @@ class MasterLink:
         while True:
             with anyio.move_on_after(PING_INTERVAL_S) as idle:
                 await self._wake.wait()
+            while self._notices:
+                await framed.send(self._notices[0])
+                self._notices.popleft()
             if self._releases_unsent:
                 self._releases_unsent = False
                 await framed.send_many(list(self._releases.values()))

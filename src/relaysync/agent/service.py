@@ -31,6 +31,7 @@ from relaysync.protocol.messages import (
     CommitRecord,
     LinkPolicy,
     MappingSpec,
+    MassDeleteHeld,
     MetricSample,
     PeerInfo,
     Register,
@@ -214,10 +215,12 @@ class AgentService:
         stopping = []
         for mapping_id, running in list(self.sources.items()):
             spec = wanted.get(mapping_id)
-            if spec is not None and _same_but_release(spec, running.spec):
+            if spec is not None and _same_but_counters(spec, running.spec):
                 running.spec = spec
                 if running.source is not None:
                     self._release(running.source, spec.release)
+                    if running.source.confirm_deletes(spec.delete_confirm):
+                        await running.source.rescan()
                 continue
             if spec != running.spec:
                 running.scope.cancel()
@@ -247,6 +250,7 @@ class AgentService:
             running = self.sources.get(spec.mapping_id)
             if running is not None and running.scope is scope:
                 running.source = source
+            source.on_guard = self._report_guard
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(source.serve)
@@ -265,6 +269,10 @@ class AgentService:
                         tg.start_soon(link.serve)
             finally:
                 source.close()
+
+    def _report_guard(self, held: MassDeleteHeld) -> None:
+        if self.link is not None:
+            self.link.notify(held)
 
     def _release(self, source: SourceMapping, release: int) -> None:
         """A manual send or a reserved run reached this source: let the journal go out."""
@@ -326,8 +334,10 @@ class AgentService:
         return report
 
 
-def _same_but_release(a: MappingSpec, b: MappingSpec) -> bool:
-    return msgspec.structs.replace(a, release=0) == msgspec.structs.replace(b, release=0)
+def _same_but_counters(a: MappingSpec, b: MappingSpec) -> bool:
+    """Equal but for the release and delete-confirmation counters (those need no restart)."""
+    return (msgspec.structs.replace(a, release=0, delete_confirm=0)
+            == msgspec.structs.replace(b, release=0, delete_confirm=0))
 
 
 def _own_target(spec: MappingSpec, node_id: str) -> TargetSpec:

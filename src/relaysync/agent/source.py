@@ -12,14 +12,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from relaysync.protocol.messages import MappingSpec
+from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
 from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 EVENT_QUEUE = 64  # event batches buffered between the watcher and the recorder
 JOURNAL_SLICE = 2_000  # changes journaled per write when a scan finds many
+GUARD_MIN_DELETES = 100  # the mass-delete guard never trips for fewer deleted entries than this
+GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder
+GUARD_RECHECK_S = 5.0  # held deletes are re-evaluated this often
 HOT_FILE_S = 1.0  # a file a scan finds modified this recently may still be open for writing
 
 
@@ -58,6 +61,12 @@ class SourceMapping:
         self.applied_seq = self.journal.last_seq
         # Files a scan found still being written (no close-write seen): re-checked when cool.
         self._held: dict[str, None] = {}
+        self._record_lock = anyio.Lock()
+        # Mass-delete guard: held batches, and the operator's confirmations seen so far.
+        self._guard_held = False
+        self._allow_mass_delete = False
+        self._delete_confirm = spec.delete_confirm  # confirmations made before we started count as seen
+        self.on_guard: Callable[[MassDeleteHeld], None] | None = None
         # Manual/reserved mode: only records up to send_upto go out; a release moves it to the head.
         self.realtime = spec.mode == "realtime"
         self._release_path = state_dir / "release.json"
@@ -142,6 +151,7 @@ class SourceMapping:
         async with anyio.create_task_group() as tg:
             await tg.start(watcher.serve, send)
             tg.start_soon(self._recheck_held)
+            tg.start_soon(self._recheck_guard)
             await self._record([FsEvent(kind="rescan", path="")])
             logger.info("source %s ready (%s mode): %s entries, journal at seq %s",
                         self.root, self.spec.mode, self.manifest.count(), self.journal.last_seq)
@@ -166,6 +176,58 @@ class SourceMapping:
                 paths, self._held = list(self._held), {}
                 await self._record([FsEvent(kind="attr", path=p) for p in paths])
 
+    def _guard_trips(self, changes: list[PendingChange]) -> bool:
+        """The mass-delete guard: hold a batch that would delete most of the folder.
+
+        A vanished or suddenly emptied source folder (an unmounted disk) must not wipe the
+        targets. The batch is not journaled (the manifest keeps the entries, so nothing is
+        lost); the master is told and raises an alarm; an operator's confirmation lets it go.
+        """
+        if self._allow_mass_delete:
+            self._allow_mass_delete = False
+            self._guard_held = False
+            return False
+        deletes = [c.path for c in changes if c.op == "delete"]
+        if not deletes:
+            return False
+        root_missing = not self.root.is_dir()
+        total = self.manifest.count()
+        threshold = max(GUARD_MIN_DELETES, int(total * GUARD_FRACTION))
+        affected = 0
+        for path in deletes:
+            for _ in self.manifest.iter_entries(path):
+                affected += 1
+                if affected >= threshold:
+                    break
+            if affected >= threshold:
+                break
+        if not root_missing and affected < threshold:
+            return False
+        if not self._guard_held:
+            self._guard_held = True
+            logger.error("mass-delete guard: %s would delete %s of %s entries%s; held until an operator "
+                         "confirms", self.root, affected, total, " (folder missing)" if root_missing else "")
+            if self.on_guard is not None:
+                anyio.from_thread.run_sync(self.on_guard, MassDeleteHeld(
+                    mapping_id=self.mapping_id, deletes=affected, entries=total, root_missing=root_missing))
+        return True
+
+    def confirm_deletes(self, count: int) -> bool:
+        """An operator confirmed (counter `count`): the next rescan may delete what was held."""
+        if count <= self._delete_confirm:
+            return False
+        self._delete_confirm = count
+        if self._guard_held:
+            self._allow_mass_delete = True
+        return True
+
+    async def _recheck_guard(self) -> None:
+        """While deletes are held, rescan now and then: the disk may be back, or confirmed."""
+        while True:
+            await anyio.sleep(GUARD_RECHECK_S)
+            if self._guard_held:
+                await self._record([FsEvent(kind="rescan", path="")])
+
     def _hold_hot(self, changes: list[PendingChange], closed: set[str]) -> list[PendingChange]:
         """Keep back writes found by a scan of files modified in the last HOT_FILE_S.
 
@@ -185,9 +247,16 @@ class SourceMapping:
         return kept
 
     async def _record(self, events: Sequence[FsEvent]) -> None:
+        # One batch at a time: detect reads the manifest that the previous batch's apply wrote.
+        async with self._record_lock:
+            await self._record_locked(events)
+
+    async def _record_locked(self, events: Sequence[FsEvent]) -> None:
         closed = {e.path for e in events if e.kind == "write"}
         detected = await anyio.to_thread.run_sync(self.recorder.detect, events)
         changes = self._hold_hot(detected, closed)
+        if not changes or await anyio.to_thread.run_sync(self._guard_trips, changes):
+            return
         # A full scan can find 100,000 changes: journal them in slices, so the links start
         # streaming early and the journal records of one slice at a time are alive.
         for start in range(0, len(changes), JOURNAL_SLICE):
@@ -197,6 +266,10 @@ class SourceMapping:
             del records
             event, self._new_records = self._new_records, anyio.Event()
             event.set()
+
+    async def rescan(self) -> None:
+        """Rescan the whole folder now (after an operator's confirmation)."""
+        await self._record([FsEvent(kind="rescan", path="")])
 
     def close(self) -> None:
         self.journal.close()

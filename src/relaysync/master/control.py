@@ -35,6 +35,7 @@ from relaysync.protocol.messages import (
     Error,
     ErrorCode,
     Hello,
+    MassDeleteHeld,
     MetricsReport,
     Ping,
     Pong,
@@ -175,6 +176,16 @@ class ControlServer:
                         self.on_metrics(link.node_id, link.name, message)
                 case AssignmentAck():
                     link.epoch_acked = message.epoch
+                case MassDeleteHeld():
+                    logger.error("mapping %s: source %s held back %s deletes of %s entries%s; "
+                                 "POST /api/mappings/%s/confirm-deletes to let them go",
+                                 message.mapping_id, link.name, message.deletes, message.entries,
+                                 " (its folder is missing)" if message.root_missing else "",
+                                 message.mapping_id)
+                    data = {"mapping_id": message.mapping_id, "server": link.name, "deletes": message.deletes,
+                            "entries": message.entries, "root_missing": message.root_missing}
+                    self.events.publish(EventType.MASS_DELETE_HELD, **data)
+                    self.events.publish(EventType.ALARM, reason="mass delete held", **data)
                 case ReleaseReport():
                     await anyio.to_thread.run_sync(self.store.modes.record_release, message.mapping_id,
                                                    message.release, message.upto_seq)

@@ -45,6 +45,7 @@ class EventType(enum.StrEnum):
     ALERT_ACKNOWLEDGED = "alert_acknowledged"
     ALARM = "alarm"  # a console alert channel's notice, for the web console
     SERVER_HEALTH = "server_health"  # a server became ok or unhealthy (the planner skips those)
+    MASS_DELETE_HELD = "mass_delete_held"  # a source folder vanished or emptied: deletes held for the operator
 
 
 @dataclass(frozen=True, slots=True)

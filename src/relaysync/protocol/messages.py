@@ -156,6 +156,7 @@ class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool = True
     mode: Literal["realtime", "manual", "reserved"] = "realtime"  # when journaled changes are sent
     release: int = 0  # manual/reserved: bumped by the master each time the operator or schedule says send
+    delete_confirm: int = 0  # bumped when the operator confirms a mass delete the source held back
 
 
 class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,6 +179,15 @@ class ReleaseReport(Message, frozen=True, tag="release_report"):
     mapping_id: int
     release: int
     upto_seq: int
+
+
+class MassDeleteHeld(Message, frozen=True, tag="mass_delete_held"):
+    """Source agent -> master: a scan would delete most of a folder (an unmounted disk?): held."""
+
+    mapping_id: int
+    deletes: int  # entries the held changes would remove on every target
+    entries: int  # entries the source knew before
+    root_missing: bool
 
 
 class AssignmentAck(Message, frozen=True, tag="assignment_ack"):
@@ -501,6 +511,7 @@ AnyMessage = (
     | Assignment
     | AssignmentAck
     | ReleaseReport
+    | MassDeleteHeld
     | CommitReport
     | OpenMapping
     | MappingState

@@ -32,6 +32,7 @@ __all__ = ["FsEvent", "Watcher"]
 logger = logging.getLogger(__name__)
 
 MOVE_PAIR_S = 0.02  # a MOVED_TO follows its MOVED_FROM within microseconds; 20 ms is generous
+ROOT_POLL_S = 0.5  # how often a lost root folder is looked for again
 MODIFY_QUIET_S = 1.0  # a file modified without close-write (truncate) is shipped after this quiet time
 INOTIFY_READ_EVENTS = 4096  # events read per read(2), so a burst is one batch
 _MASK = (
@@ -88,6 +89,7 @@ class Watcher:
         # MODIFY without a CLOSE_WRITE (truncate(2), writes through a long-open fd or mmap):
         # path -> monotonic time of its last MODIFY, reported as "write" once quiet.
         self._modified: dict[str, float] = {}
+        self._root_lost = False
 
     @property
     def unwatched(self) -> list[str]:
@@ -104,6 +106,7 @@ class Watcher:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._scan_unwatched, send)
                     tg.start_soon(self._report_quiet_modified, send)
+                    tg.start_soon(self._watch_root_return, send)
                     task_status.started()
                     await self._read_loop(send)
             finally:
@@ -285,7 +288,20 @@ class Watcher:
 
     def _self_event(self, base: str, mask: Mask) -> None:
         if base == "" and mask & (Mask.DELETE_SELF | Mask.MOVE_SELF):
-            logger.warning("watched root %s was deleted or moved", self._root)
+            logger.warning("watched root %s was deleted or moved (an unmounted disk?); "
+                           "rescanning, and watching again once it is back", self._root)
+            self._root_lost = True
+            self._emit("rescan", "", is_dir=True)
+
+    async def _watch_root_return(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
+        """When the root folder is replaced (remounted, recreated), watch the new one and rescan."""
+        while True:
+            await anyio.sleep(ROOT_POLL_S)
+            if self._root_lost and self._root.is_dir():
+                self._root_lost = False
+                self._add_tree("")
+                logger.warning("watched root %s is back: rescanning it", self._root)
+                await send.send([FsEvent(kind="rescan", path="", is_dir=True)])
 
     def _child_event(self, rel: str, mask: Mask, cookie: int) -> None:
         is_dir = Mask.ISDIR in mask

@@ -44,3 +44,16 @@ def send_now(id_or_name: str, context: Context) -> ModeOut:
     info = context.store.modes.release(mapping.id)
     context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, release=info.release)
     return ModeOut(**vars(info))
+
+
+class ConfirmOut(BaseModel):
+    mapping_id: int
+    delete_confirm: int
+
+
+def confirm_deletes(id_or_name: str, context: Context) -> ConfirmOut:
+    """Let the deletes the mass-delete guard held back go to the targets."""
+    mapping = context.store.get_mapping(id_or_name)
+    count = context.store.modes.confirm_deletes(mapping.id)
+    context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, delete_confirm=count)
+    return ConfirmOut(mapping_id=mapping.id, delete_confirm=count)

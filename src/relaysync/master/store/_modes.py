@@ -36,6 +36,7 @@ class MappingModeRow(Base):
     schedule: Mapped[str] = mapped_column(String(255), default="")  # at:ISO | every:SECONDS | cron:EXPR
     release: Mapped[int] = mapped_column(Integer, default=0)
     released_upto: Mapped[int] = mapped_column(BigInteger, default=0)  # the source's seq for `release`
+    delete_confirm: Mapped[int] = mapped_column(Integer, default=0)  # operator confirmations of mass deletes
     next_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -90,7 +91,7 @@ class ModeStore:
         row = session.get(MappingModeRow, mapping_id)
         if row is None:
             row = MappingModeRow(mapping_id=mapping_id, mode="realtime", schedule="", release=0,
-                                 released_upto=0)
+                                 released_upto=0, delete_confirm=0)
             session.add(row)
         return row
 
@@ -123,6 +124,15 @@ class ModeStore:
             self._bump_epoch(session)
             session.flush()
             return _info(row)
+
+    def confirm_deletes(self, mapping_id: int) -> int:
+        """The operator confirms the deletes a source held back (mass-delete guard)."""
+        with self._write("confirm deletes") as session:
+            row = self._row(session, mapping_id)
+            row.delete_confirm += 1
+            self._bump_epoch(session)
+            session.flush()
+            return row.delete_confirm
 
     def run_due(self, now: float) -> list[int]:
         """Release every reserved mapping whose run is due; return their ids.
@@ -158,5 +168,5 @@ class ModeStore:
                 yield spec
                 continue
             fields = {f: getattr(spec, f) for f in spec.__struct_fields__}
-            fields.update(mode=row.mode, release=row.release)
+            fields.update(mode=row.mode, release=row.release, delete_confirm=row.delete_confirm)
             yield MappingSpec(**fields)

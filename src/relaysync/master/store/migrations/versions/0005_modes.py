@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("schedule", sa.String(length=255), nullable=False),
         sa.Column("release", sa.Integer(), nullable=False),
         sa.Column("released_upto", sa.BigInteger(), nullable=False),
+        sa.Column("delete_confirm", sa.Integer(), nullable=False),
         sa.Column("next_run_at", sa.Float(), nullable=True),
         sa.Column("last_run_at", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(["mapping_id"], ["mappings.id"], ondelete="CASCADE"),

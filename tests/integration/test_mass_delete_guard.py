@@ -1,0 +1,62 @@
+"""The mass-delete guard: an unmounted (replaced) source folder never wipes the targets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relaysync.testing.cluster import wait_until
+from tests._trees import snapshot
+from tests.integration.conftest import Fleet, start_fleet
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    f = start_fleet(tmp_path, agents=("src", "t1"))
+    try:
+        yield f
+    finally:
+        f.cluster.stop()
+
+
+def _held_events(fleet: Fleet) -> list[dict]:
+    events = fleet.cluster.api.get("/api/events", params={"since": 0, "limit": 1000}).json()
+    rows = events["events"] if isinstance(events, dict) else events
+    return [e for e in rows if e["type"] == "mass_delete_held"]
+
+
+def test_replaced_source_folder_holds_deletes_until_confirmed(own_fleet: Fleet) -> None:
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    for d in range(4):
+        (src / f"d{d}").mkdir()
+        for i in range(60):
+            (src / f"d{d}" / f"{i}.txt").write_bytes(os.urandom(100))
+    own_fleet.wait_converged(src, [dst])
+    before = snapshot(dst)
+    # an unmount, simulated: the folder is replaced by an empty one
+    src.rename(src.with_name("source.unmounted"))
+    src.mkdir()
+    wait_until(lambda: _held_events(own_fleet), timeout_s=30, what="the mass-delete alarm")
+    assert snapshot(dst) == before  # the targets were not wiped
+    # the operator confirms: now the deletes go out
+    r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/confirm-deletes")
+    assert r.status_code == 200, r.text
+    own_fleet.wait_converged(src, [dst])
+    assert list(dst.iterdir()) == []
+
+
+def test_small_deletes_pass_the_guard(own_fleet: Fleet) -> None:
+    _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    for i in range(300):
+        (src / f"{i}.txt").write_text(str(i))
+    own_fleet.wait_converged(src, [dst])
+    for i in range(50):
+        (src / f"{i}.txt").unlink()
+    shutil.rmtree(src / "missing", ignore_errors=True)
+    own_fleet.wait_converged(src, [dst])
