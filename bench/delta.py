@@ -27,6 +27,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,36 +85,50 @@ def _text_lines(rng: random.Random, total: int) -> list[bytes]:
     return lines
 
 
-def case_versions(case: str, size: int, seed: int = 20261123) -> tuple[bytes, bytes, str]:
-    """(old, new, description) for one case; seeded, a different base per case."""
+def case_versions(case: str, size: int, seed: int = 20261123) -> tuple[bytes, Callable[[int], bytes], str]:
+    """(old, new_version(run), description) for one case; seeded, a different base per case.
+
+    Every run gets its own new version (the same kind of change, other offsets/bytes): relaysync's
+    source keeps the deltas it computed for 10 minutes keyed by (base, new), so repeating one
+    identical update would measure a cache hit, not a delta.
+    """
     rng = random.Random(f"{seed}-{case}")
     if case == "text":
         lines = _text_lines(rng, size)
         old = b"".join(lines)
-        vocab_rng = random.Random(f"{seed}-{case}-edits")
-        edited = vocab_rng.sample(range(len(lines)), max(1, len(lines) // 100))
-        for idx in edited:
-            words = ["".join(vocab_rng.choices("abcdefghijklmnopqrstuvwxyz", k=vocab_rng.randint(2, 10)))
-                     for _ in range(vocab_rng.randint(3, 16))]
-            lines[idx] = f"{idx:08d} {' '.join(words)}\n".encode()
-        new = b"".join(lines)
-        return old, new, (f"{len(old) / MIB:.1f} MiB text, {len(lines):,} lines; {len(edited):,} lines "
-                          f"(1 %) replaced by new lines of random length")
+        n_edit = max(1, len(lines) // 100)
+
+        def new_text(run: int) -> bytes:
+            erng = random.Random(f"{seed}-{case}-edits-{run}")
+            edited = list(lines)
+            for idx in erng.sample(range(len(lines)), n_edit):
+                words = ["".join(erng.choices("abcdefghijklmnopqrstuvwxyz", k=erng.randint(2, 10)))
+                         for _ in range(erng.randint(3, 16))]
+                edited[idx] = f"{idx:08d} {' '.join(words)}\n".encode()
+            return b"".join(edited)
+
+        return old, new_text, (f"{len(old) / MIB:.1f} MiB text, {len(lines):,} lines; {n_edit:,} lines (1 %) "
+                               f"replaced by new lines of random length")
     old = rng.randbytes(size)
     if case == "scattered":
-        buf = bytearray(old)
-        slot = size // 100
-        for i in range(100):
-            off = i * slot + rng.randrange(slot - 10 * 1024)
-            buf[off:off + 10 * 1024] = rng.randbytes(10 * 1024)
-        return old, bytes(buf), f"{size / MIB:.0f} MiB random; 100 edits of 10 KiB, one per 1/100 of the file"
+        def new_scattered(run: int) -> bytes:
+            erng = random.Random(f"{seed}-{case}-edits-{run}")
+            buf = bytearray(old)
+            slot = size // 100
+            for i in range(100):
+                off = i * slot + erng.randrange(slot - 10 * 1024)
+                buf[off:off + 10 * 1024] = erng.randbytes(10 * 1024)
+            return bytes(buf)
+
+        return old, new_scattered, f"{size / MIB:.0f} MiB random; 100 edits of 10 KiB, one per 1/100 of the file"
     if case == "insert":
         mid = size // 2
-        return old, old[:mid] + rng.randbytes(MIB) + old[mid:], \
+        return old, (lambda run: old[:mid] + random.Random(f"{seed}-{case}-{run}").randbytes(MIB) + old[mid:]), \
             f"{size / MIB:.0f} MiB random; 1 MiB of new random bytes inserted at {mid:,}"
     if case == "append":
         extra = size // 10
-        return old, old + rng.randbytes(extra), f"{size / MIB:.0f} MiB random; {extra:,} B (10 %) appended"
+        return old, (lambda run: old + random.Random(f"{seed}-{case}-{run}").randbytes(extra)), \
+            f"{size / MIB:.0f} MiB random; {extra:,} B (10 %) appended"
     raise ValueError(case)
 
 
@@ -205,13 +220,11 @@ def rsync_update(side: Side, name: str, old: bytes, new_digest: bytes) -> dict[s
 
 def run_case(side: Side, case: str, runs: int, results: dict[str, Any], prefix: str) -> None:
     t_gen = time.perf_counter()
-    old, new, desc = case_versions(case, 100 * MIB)
-    old_digest, new_digest = file_hash_bytes(old), file_hash_bytes(new)
+    old, new_version, desc = case_versions(case, 100 * MIB)
+    old_digest = file_hash_bytes(old)
     name = f"{case}.txt" if case == "text" else f"{case}.bin"
     console.print(f"  [bold]{case}[/bold]: {desc} (generated in {time.perf_counter() - t_gen:.1f} s)")
-    # rsync reads its own copy of the new version, so the two can run in either order.
     side.rsync_src.mkdir(parents=True, exist_ok=True)
-    overwrite_file(side.rsync_src / name, new)
 
     # The old version reaches t1 through relaysync first (whole-file copy; the source signs it).
     first = relaysync_update(side, name, old, old_digest)
@@ -223,6 +236,10 @@ def run_case(side: Side, case: str, runs: int, results: dict[str, Any], prefix: 
     for r in range(runs):
         if r > 0:  # back to the old version (itself a delta), so that the next update starts equal
             relaysync_update(side, name, old, old_digest)
+        new = new_version(r)
+        new_digest = file_hash_bytes(new)
+        # rsync reads its own copy of the new version, so the two can run in either order.
+        overwrite_file(side.rsync_src / name, new)
         for who in (("ours", "rsync") if r % 2 == 0 else ("rsync", "ours")):
             if who == "ours":
                 m = relaysync_update(side, name, new, new_digest)
@@ -269,10 +286,10 @@ def engine_breakdown(work: Path, case: str, results: dict[str, Any]) -> None:
         return
     d = work / f"engine-{case}"
     d.mkdir()
-    old, new, _ = case_versions(case, 100 * MIB)
+    old, new_version, _ = case_versions(case, 100 * MIB)
     (d / "old").write_bytes(old)
-    (d / "new").write_bytes(new)
-    del old, new
+    (d / "new").write_bytes(new_version(0))
+    del old, new_version
     t0 = time.perf_counter()
     _librsync.signature(d / "old", d / "sig")
     t1 = time.perf_counter()
