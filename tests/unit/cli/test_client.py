@@ -1,0 +1,109 @@
+"""The operator commands' client: where the master is, which token, and errors as exit codes."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from relaysync.cli._client import MasterClient, Target, error_for, resolve_target
+from relaysync.cli.app import app
+from relaysync.errors import (
+    AuthError,
+    ConfigError,
+    MasterUnreachable,
+    NotFound,
+    RelaySyncError,
+    StoreError,
+)
+
+
+def master_dir(base: Path, url: str = "http://127.0.0.1:8470", token: str = "admin-secret") -> Path:
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "master.json").write_text(json.dumps({"api_url": url, "control_address": "x:1"}))
+    (base / "admin-token").write_text(token + "\n")
+    return base
+
+
+def test_option_wins_over_environment_and_data(tmp_path: Path) -> None:
+    data = master_dir(tmp_path / "m")
+    env = {"RELAYSYNC_MASTER": "http://env:1", "RELAYSYNC_TOKEN": "env-token"}
+    got = resolve_target(master="http://opt:2/", token="opt-token", data=data, environ=env)
+    assert got == Target(url="http://opt:2", token="opt-token")
+
+
+def test_environment_then_local_data_dir(tmp_path: Path) -> None:
+    data = master_dir(tmp_path / "m", url="http://local:3")
+    env = {"RELAYSYNC_MASTER": "http://env:1", "RELAYSYNC_MASTER_DATA": str(data)}
+    assert resolve_target(environ=env) == Target(url="http://env:1", token="admin-secret")
+    env = {"RELAYSYNC_MASTER_DATA": str(data), "RELAYSYNC_TOKEN": "env-token"}
+    assert resolve_target(environ=env) == Target(url="http://local:3", token="env-token")
+
+
+def test_explicit_data_dir_wins_over_environment_master(tmp_path: Path) -> None:
+    data = master_dir(tmp_path / "m", url="http://local:3")
+    got = resolve_target(data=data, environ={"RELAYSYNC_MASTER": "http://env:1"})
+    assert got == Target(url="http://local:3", token="admin-secret")
+
+
+def test_no_master_anywhere_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--master URL"):
+        resolve_target(environ={})
+    with pytest.raises(ConfigError, match="master.json"):
+        resolve_target(data=tmp_path / "missing", environ={})
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "master.json").write_text("{}")
+    with pytest.raises(ConfigError, match="api_url"):
+        resolve_target(data=tmp_path / "bad", environ={})
+
+
+def test_token_may_be_absent_with_an_explicit_url() -> None:
+    assert resolve_target(master="http://h:1", environ={}).token == ""
+
+
+@pytest.mark.parametrize(("status", "error"), [
+    (401, AuthError), (403, AuthError), (404, NotFound), (422, ConfigError), (503, StoreError),
+    (500, RelaySyncError),
+])
+def test_http_status_maps_to_error(status: int, error: type[RelaySyncError]) -> None:
+    response = httpx.Response(status, json={"detail": "Mapping 'x' not found."})
+    found = error_for(response, "GET /api/mappings/x")
+    assert type(found) is error or isinstance(found, error)
+    assert "Mapping 'x' not found." in str(found) and "GET /api/mappings/x" in str(found)
+
+
+def test_validation_details_are_readable() -> None:
+    body = {"detail": [{"loc": ["query", "by"], "msg": "Input should be 'server'"}]}
+    found = error_for(httpx.Response(422, json=body), "GET /api/stats")
+    assert str(found) == "Configuration error: GET /api/stats: query.by: Input should be 'server'"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again when the block ends
+
+
+def test_a_master_that_does_not_answer_is_unreachable() -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    with MasterClient(Target(url=url, token="t")) as client, pytest.raises(MasterUnreachable) as info:
+        client.get("/api/servers")
+    assert url in str(info.value)
+    assert info.value.exit_code == 16
+
+
+@pytest.mark.parametrize("argv", [["status"], ["log"], ["stats"], ["mapping", "list"]])
+def test_commands_exit_with_the_error_code(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RELAYSYNC_MASTER", "RELAYSYNC_TOKEN", "RELAYSYNC_MASTER_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    runner = CliRunner()
+    result = runner.invoke(app, [*argv, "--master", f"http://127.0.0.1:{closed_port()}"])
+    assert result.exit_code == MasterUnreachable.exit_code, result.output
+    assert "does not answer" in result.output
+    result = runner.invoke(app, argv)
+    assert result.exit_code == ConfigError.exit_code
+    assert "no master" in result.output

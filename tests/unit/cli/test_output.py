@@ -1,0 +1,126 @@
+"""Operator command output: CSV, JSON, sizes and times, and the rich tables' content."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from relaysync.cli._client import format_bytes, format_duration, format_time, print_json, to_csv
+from relaysync.cli.log_cmd import CHANGE_COLUMNS, changes_table, exceptions_table, label
+from relaysync.cli.mapping_cmd import mapping_body, mappings_table, split_location
+from relaysync.cli.stats_cmd import stats_table
+from relaysync.cli.status_cmd import mappings_table as status_mappings_table
+from relaysync.cli.status_cmd import servers_table
+from relaysync.errors import ConfigError
+from relaysync.master.api.stats import StatOut, parse_time, stats_csv
+
+
+def render(table: Table) -> str:
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(table)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_csv_has_a_header_and_empty_cells_for_none() -> None:
+    text = to_csv([{"a": 1, "b": None, "c": "x,y"}, {"a": 2}], ["a", "b", "c"])
+    assert list(csv.reader(io.StringIO(text))) == [["a", "b", "c"], ["1", "", "x,y"], ["2", "", ""]]
+
+
+def test_print_json_is_one_plain_document(capsys: pytest.CaptureFixture[str]) -> None:
+    print_json({"b": [1, 2], "a": None})
+    assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1, 2]}
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"),
+                                         (5 * 1024**3, "5.0 GiB"), (None, "")])
+def test_format_bytes(n: int | None, text: str) -> None:
+    assert format_bytes(n) == text
+
+
+def test_format_time_and_duration() -> None:
+    assert format_time(None) == "never"
+    assert format_time(1000.0, now_s=1042.0).endswith("(42 s ago)")
+    assert format_duration(7200) == "2 h" and format_duration(90) == "2 min"
+
+
+def test_status_tables_show_state_lag_and_exceptions() -> None:
+    servers = [{"name": "web1", "region": "eu", "group": "g", "state": "down", "health": "unhealthy",
+                "last_seen": None}]
+    out = render(servers_table(servers))
+    assert "web1" in out and "down" in out and "unhealthy" in out and "never" in out
+    mappings = [{"name": "www", "source": "origin", "source_path": "/srv", "enabled": False,
+                 "targets": [{"target_name": "web1", "path": "/var/www", "watermark": 7, "lag": 3,
+                              "open_exceptions": 2, "updated_at": None}]}]
+    out = render(status_mappings_table(mappings))
+    assert "origin:/srv (disabled)" in out and "web1:/var/www" in out
+    assert " 7 " in out and " 3 " in out and " 2 " in out
+
+
+def change(**over: Any) -> dict[str, Any]:
+    row = {"mapping_id": 1, "source_node": "s" * 64, "seq": 9, "op": "write", "path": "a.txt",
+           "size": 2048, "reported_at": 1000.0, "committed_targets": 1, "total_targets": 2}
+    return {**row, **over}
+
+
+def test_log_rows_are_labelled_and_rendered() -> None:
+    rows = [label(change(), {1: "www"}, {})]
+    assert rows[0]["mapping"] == "www"
+    assert "a.txt" in render(changes_table(rows)) and "1/2" in render(changes_table(rows))
+    text = to_csv(rows, CHANGE_COLUMNS)
+    assert text.splitlines()[1].startswith("www,1,9,write,a.txt,2048,1000.0,1,2")
+    failure = {"id": 1, "mapping_id": 2, "source_node": "s", "target_node": "t" * 64, "seq": 3,
+               "path": "b", "error": "disk full", "at": 1.0, "attempts": 2, "resolved_at": None}
+    named = label(failure, {}, {"t" * 64: "web2"})
+    assert (named["mapping"], named["target"]) == ("#2", "web2")
+    assert "disk full" in render(exceptions_table([named])) and "open" in render(exceptions_table([named]))
+
+
+def stat(**over: Any) -> dict[str, Any]:
+    row = {"key": "www", "files": 4, "wire_bytes": 4096, "failures": 1, "failed_attempts": 2,
+           "open_failures": 0, "changes": 2, "change_bytes": 3000, "file_ms_p50": 1.25,
+           "file_ms_p95": 9.0, "file_ms_p99": None}
+    return {**row, **over}
+
+
+def test_stats_table_shows_changes_only_by_mapping_and_day() -> None:
+    out = render(stats_table([stat()], "mapping"))
+    assert "changes" in out and "4.0 KiB" in out and "1.2" in out
+    out = render(stats_table([stat(key="web1", changes=None, change_bytes=None)], "server"))
+    assert "change bytes" not in out and "web1" in out
+
+
+def test_stats_csv_export_matches_the_columns() -> None:
+    text = stats_csv([StatOut(**stat())])
+    header, line = text.splitlines()
+    assert header == ",".join(StatOut.model_fields)
+    assert line == "www,4,4096,1,2,0,2,3000,1.25,9.0,"
+
+
+def test_parse_time_forms() -> None:
+    assert parse_time(None) is None
+    assert parse_time("1700000000") == 1_700_000_000.0
+    assert parse_time("1970-01-02") == 86_400.0
+    assert parse_time("1970-01-01T01:00:00+01:00") == 0.0
+    with pytest.raises(ConfigError):
+        parse_time("yesterday")
+
+
+def test_mapping_locations_and_body() -> None:
+    assert split_location("web1:/var/www") == ("web1", "/var/www")
+    for bad in ("web1", ":/x", "web1:relative"):
+        with pytest.raises(ConfigError):
+            split_location(bad)
+    body = mapping_body("www", ("o", "/srv"), [("w1", "/a"), ("w2", "/b")], enabled=True)
+    assert body == {"name": "www", "source": "o", "source_path": "/srv", "enabled": True,
+                    "targets": [{"server": "w1", "path": "/a"}, {"server": "w2", "path": "/b"}]}
+    listed = [{"id": 1, "name": "www", "source_name": "o", "source_path": "/srv", "include": ["x"],
+               "exclude": [], "durability": "safe", "enabled": True,
+               "targets": [{"name": "w1", "path": "/a"}]}]
+    out = render(mappings_table(listed))
+    assert "o:/srv" in out and "w1:/a" in out and "+x" in out
