@@ -46,7 +46,7 @@ def test_manual_mode_holds_changes_until_sent_even_across_restarts(own_fleet: Fl
     own_fleet.wait_converged(src, [dst])
     _mode(own_fleet, mapping["id"], mode="manual")
     wait_until(lambda: "(manual mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=10, what="the source running in manual mode")
+               timeout_s=30, what="the source running in manual mode")
     (src / "held.txt").write_text("waits for the operator")
     assert _stays_absent(dst / "held.txt", 2.0)
     # the pending set survives a kill -9 of the source and a restart of the master
@@ -91,3 +91,26 @@ def test_bad_schedule_is_refused(own_fleet: Fleet) -> None:
                  {"mode": "reserved", "schedule": "cron:not a cron"}, {"mode": "manual", "schedule": "every:5"}):
         r = own_fleet.cluster.api.put(f"/api/mappings/{mapping['id']}/mode", json=body)
         assert r.status_code == 422, (body, r.text)
+
+
+def test_send_command_waits_until_every_target_has_the_release(own_fleet: Fleet) -> None:
+    import json
+    import subprocess
+    import sys
+
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    _mode(own_fleet, mapping["id"], mode="manual")
+    wait_until(lambda: "(manual mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
+               timeout_s=30, what="the source running in manual mode")
+    for i in range(20):
+        (src / f"batch-{i}.txt").write_text(f"file {i}")
+    wait_until(lambda: own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").status_code == 200,
+               timeout_s=5, what="mode")
+    token = (own_fleet.cluster.master_dir / "admin-token").read_text().strip()
+    done = subprocess.run(
+        [sys.executable, "-m", "relaysync", "send", str(mapping["id"]), "--master", own_fleet.cluster.api_url,
+         "--token", token, "--json", "--timeout", "60"], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["release"] == 1 and result["upto_seq"] >= 20
+    own_fleet.wait_converged(src, [dst], timeout_s=10)

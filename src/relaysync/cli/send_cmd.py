@@ -1,0 +1,78 @@
+"""`relaysync send MAPPING`: manual transmission, with a progress bar until every target has it."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from relaysync.cli._client import (
+    DataOption,
+    JsonOption,
+    MasterClient,
+    MasterOption,
+    TokenOption,
+    connect,
+    console,
+    print_json,
+    run_command,
+)
+from relaysync.errors import RelaySyncError
+
+POLL_S = 0.2  # progress is read from the master this often
+
+
+class SendTimedOut(RelaySyncError):
+    """Not every target of {} holds the release after {} s; `relaysync status` shows which lag."""
+
+    exit_code = 17
+
+
+def send(
+    mapping: Annotated[str, typer.Argument(help="Mapping name or id.")],
+    wait: Annotated[bool, typer.Option(help="Wait until every target has committed it.")] = True,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="Give up waiting after this many seconds.")] = 600.0,
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Send what a manual (or reserved) mapping's source has journaled so far."""
+
+    def body() -> None:
+        with connect(master, token, data) as client:
+            release = client.post(f"/api/mappings/{mapping}/send", None)
+            result: dict[str, Any] = {"mapping": mapping, "release": release["release"]}
+            if wait:
+                result |= _follow(client, mapping, int(release["release"]), timeout_s, quiet=json)
+        if json:
+            print_json(result)
+        elif not wait:
+            console.print(f"release {result['release']} of {mapping} asked for")
+
+    run_command(body)
+
+
+def _follow(client: MasterClient, mapping: str, release: int, timeout_s: float, *, quiet: bool) -> dict[str, Any]:
+    """Show the release's progress: changes committed on every target, up to the seq it covers."""
+    deadline = time.monotonic() + timeout_s
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
+        task = progress.add_task(f"sending {mapping}", total=None)
+        start: int | None = None
+        while time.monotonic() < deadline:
+            mode = client.get(f"/api/mappings/{mapping}/mode")
+            status = client.get(f"/api/mappings/{mapping}/status")
+            upto = int(mode["released_upto"]) if int(mode["release"]) == release else 0
+            marks = [int(t["watermark"]) for t in status["targets"]]
+            if upto and marks:
+                start = min(marks) if start is None else start
+                done = min(upto, min(marks))
+                progress.update(task, total=max(upto - start, 1) * len(marks),
+                                completed=sum(min(m, upto) - min(start, m) for m in marks))
+                if done >= upto:
+                    return {"upto_seq": upto, "targets": len(marks)}
+            time.sleep(POLL_S)
+    raise SendTimedOut(mapping, timeout_s)
