@@ -49,12 +49,19 @@ def test_status_log_and_stats_report_what_was_written(fleet: Fleet) -> None:
     fleet.wait_converged(src, dsts)
     expected_files, expected_bytes = len(SIZES), sum(SIZES)
 
+    seen: list[Any] = []
+
     def stats_settled() -> dict[str, Any] | None:
         rows = {r["key"]: r for r in cli_json(fleet, "stats", "--by", "mapping")}
+        seen[:] = [rows.get("cli")]
         row = rows.get("cli")
         return row if row and row["files"] >= 2 * expected_files else None
 
-    stats = wait_until(stats_settled, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.5, what="stats")
+    try:
+        stats = wait_until(stats_settled, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.5, what="stats")
+    except Exception:
+        print(f"--- last stats row: {seen}\n--- job log: {cli_json(fleet, 'log', '--mapping', 'cli')}")
+        raise
     assert stats["files"] == 2 * expected_files  # each file committed on two targets
     assert stats["changes"] == expected_files and stats["change_bytes"] == expected_bytes
     assert stats["wire_bytes"] >= 2 * expected_bytes  # random data: no delta, no compression gain
