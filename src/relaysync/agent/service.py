@@ -193,6 +193,7 @@ class AgentService:
             if existing is not None and existing.root == Path(path) and existing.source_node == spec.source_node:
                 existing.durable = spec.durability == "safe"
                 existing.link_secret = _own_target(spec, self.node_id).link_secret
+                existing.keep_versions = _versions_here(spec, self.node_id)
                 continue
             if existing is not None:
                 await self._server.retire(self.targets.pop(mapping_id))
@@ -205,7 +206,8 @@ class AgentService:
         manifest = Manifest(state / "manifest.db")
         folder = TargetFolder(mapping_id=spec.mapping_id, source_node=spec.source_node, root=root,
                               manifest=manifest, durable=spec.durability == "safe",
-                              link_secret=_own_target(spec, self.node_id).link_secret)
+                              link_secret=_own_target(spec, self.node_id).link_secret,
+                              keep_versions=_versions_here(spec, self.node_id))
         clean_stale_temps(root, keep=folder.partial_files())
         recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude))
         recorder.apply(recorder.detect([FsEvent(kind="rescan", path="")]))
@@ -338,6 +340,12 @@ def _same_but_counters(a: MappingSpec, b: MappingSpec) -> bool:
     """Equal but for the release and delete-confirmation counters (those need no restart)."""
     return (msgspec.structs.replace(a, release=0, delete_confirm=0)
             == msgspec.structs.replace(b, release=0, delete_confirm=0))
+
+
+def _versions_here(spec: MappingSpec, node_id: str) -> int:
+    """How many previous versions this target keeps (0 unless it is one of the chosen targets)."""
+    chosen = not spec.keep_versions_on or node_id in spec.keep_versions_on
+    return spec.keep_versions if chosen else 0
 
 
 def _own_target(spec: MappingSpec, node_id: str) -> TargetSpec:

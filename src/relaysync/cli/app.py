@@ -10,6 +10,7 @@ from relaysync.cli import (
     log_cmd,
     mapping_cmd,
     master_cmd,
+    restore_cmd,
     send_cmd,
     stats_cmd,
     status_cmd,
@@ -29,4 +30,5 @@ app.command("status")(status_cmd.status)
 app.command("log")(log_cmd.log)
 app.command("stats")(stats_cmd.stats)
 app.command("send")(send_cmd.send)
+app.command("restore")(restore_cmd.restore)
 app.add_typer(mapping_cmd.app, name="mapping")

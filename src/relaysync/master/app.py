@@ -70,6 +70,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/mappings/{id_or_name}/mode", modes.put_mode, ("PUT",)),              # ModeIn
     Route("/api/mappings/{id_or_name}/send", modes.send_now, ("POST",)),             # manual transmission
     Route("/api/mappings/{id_or_name}/confirm-deletes", modes.confirm_deletes, ("POST",)),  # mass-delete guard
+    Route("/api/mappings/{id_or_name}/versions", modes.put_versions, ("PUT",)),      # VersionsIn: backups
     Route("/api/jobs", jobs.list_jobs, ("GET",)),                                   # [mapping] [limit] [before]
     Route("/api/exceptions", jobs.list_exceptions, ("GET",)),                       # [mapping] [limit] [open]
     Route("/api/stats", stats.get_stats, ("GET",)),                                 # [by] [since] [until] [format=json|csv]

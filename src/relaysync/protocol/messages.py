@@ -157,6 +157,8 @@ class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     mode: Literal["realtime", "manual", "reserved"] = "realtime"  # when journaled changes are sent
     release: int = 0  # manual/reserved: bumped by the master each time the operator or schedule says send
     delete_confirm: int = 0  # bumped when the operator confirms a mass delete the source held back
+    keep_versions: int = 0  # synchronization and backup: previous versions kept on targets (0 = off)
+    keep_versions_on: tuple[str, ...] = ()  # node ids of the targets that keep them (empty = all)
 
 
 class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):

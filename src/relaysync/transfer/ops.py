@@ -47,6 +47,9 @@ class SendOptions:
     resume: dict[tuple[str, bytes], int] = field(default_factory=dict)  # (path, hash) -> bytes held
     bandwidth: TokenBucket = field(default_factory=lambda: TokenBucket(0))
     tls: bool = True  # False: a plain link the operator marked trusted, authenticated by link_secret
+    # Versions just sent whose signatures the next delta needs: signed after the batch is on the
+    # wire, so signing is never on the path of the change itself.
+    to_sign: list[tuple[str, bytes]] = field(default_factory=list)
     link_secret: bytes = b""
 
 
@@ -103,7 +106,7 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes,
             yield _chunk(seq, offset, data, options)
             offset += len(data)
     yield FileEnd(seq=seq, hash=new_hash)
-    options.signatures.remember(root, path, new_hash)
+    options.to_sign.append((path, new_hash))
 
 
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
@@ -143,7 +146,7 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
     finally:
         os.close(fd)
     if options.signatures is not None and before.st_size >= DELTA_MIN_BYTES:
-        options.signatures.remember(root, path, digest)
+        options.to_sign.append((path, digest))
 
 
 def record_messages(root: Path, record: JournalRecord, options: SendOptions | None = None) -> Iterator[AnyMessage]:

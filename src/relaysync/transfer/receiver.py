@@ -52,6 +52,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import codec, staging
 from relaysync.transfer.paths import SafeResolver, check_relpath, parent_of, resolve_inside
+from relaysync.transfer.versions import VersionKeeper
 from relaysync.watch.manifest import Entry, Manifest
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ class TargetFolder:
     manifest: Manifest
     durable: bool
     link_secret: bytes = b""  # non-empty: the policy allows this source on a plain (TLS-off) link
+    keep_versions: int = 0  # > 0: previous versions of replaced/deleted files kept beside the tree
+
+    def keeper(self) -> VersionKeeper | None:
+        return VersionKeeper(self.root, self.keep_versions) if self.keep_versions > 0 else None
 
     def watermark(self, journal_id: str) -> int:
         return int(self.manifest.get_meta(f"watermark:{journal_id}") or 0)
@@ -140,7 +145,9 @@ class ReceiverSession:
         self._incoming_started = 0.0
         self._incoming_wire = 0
         self._skip_seq = -1  # chunks of a file refused at FileStart are dropped
-        self._batch = staging.CommitBatch(durable=folder.durable)
+        self._keeper = folder.keeper()
+        self._batch = staging.CommitBatch(durable=folder.durable,
+                                          before_replace=self._keeper.save if self._keeper else None)
         self._pending = _Pending()
         self._applied: list[CommitRecord] = []
         self._seen_seq = self.watermark
@@ -407,7 +414,10 @@ class ReceiverSession:
         root, manifest = self.folder.root, self.folder.manifest
         match msg:
             case Delete():
-                staging.remove_any(resolve_inside(root, msg.path))
+                doomed = resolve_inside(root, msg.path)
+                if self._keeper is not None:
+                    self._keeper.save(doomed)
+                staging.remove_any(doomed)
                 self._sync_dir(root, parent_of(msg.path))
                 manifest.remove_tree(msg.path)
             case MakeDir():
@@ -468,6 +478,8 @@ class ReceiverSession:
                 return  # applied before (a replay after a crash): nothing to do
             raise FileNotFoundError(errno.ENOENT, "rename source missing", msg.path)
         staging.make_parents(root, dest)
+        if self._keeper is not None and os.path.lexists(dest):
+            self._keeper.save(dest)  # a rename over a file replaces it
         if dest.is_dir() and not dest.is_symlink() and not source.is_dir():
             staging.remove_any(dest)
         os.replace(source, dest) if not dest.is_dir() else _replace_dir(source, dest)
@@ -489,6 +501,8 @@ class ReceiverSession:
                 continue
             rel = f"{msg.path}/{child.name}" if msg.path else child.name
             check_relpath(rel)
+            if self._keeper is not None:
+                self._keeper.save(Path(child.path))
             staging.remove_any(Path(child.path))
             self.folder.manifest.remove_tree(rel)
         self._sync_dir(self.folder.root, msg.path)

@@ -282,6 +282,20 @@ class TargetLink:
         await self._send_stream(session, produce())
         session.sent_upto = last
 
+    async def _sign_sent(self) -> None:
+        """Sign the versions just sent (for the next delta), now that they are on the wire."""
+        signatures, pending = self.options.signatures, self.options.to_sign
+        if signatures is None or not pending:
+            return
+        self.options.to_sign = []
+        root = self.source.root
+
+        def sign_all() -> None:
+            for path, digest in pending:
+                signatures.remember(root, path, digest)
+
+        await anyio.to_thread.run_sync(sign_all)
+
     async def _catch_up_by_compare(self, session: _Session) -> None:
         """Compare manifests top-down and send the difference; then checkpoint the journal head."""
         head = self.source.applied_seq
@@ -330,4 +344,5 @@ class TargetLink:
                 before = session.framed.bytes_sent
                 await session.framed.send_many(batch)
                 await limit.consume(session.framed.bytes_sent - before)
+                await self._sign_sent()
 

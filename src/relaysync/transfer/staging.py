@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,9 +181,10 @@ class IncomingFile:
 class CommitBatch:
     """Verified temp files waiting to be made durable and renamed into place together."""
 
-    def __init__(self, *, durable: bool) -> None:
+    def __init__(self, *, durable: bool, before_replace: Callable[[Path], None] | None = None) -> None:
         self.durable = durable
         self._files: list[IncomingFile] = []
+        self.before_replace = before_replace  # keeps the old version (synchronization and backup)
 
     def __len__(self) -> int:
         return len(self._files)
@@ -201,6 +203,8 @@ class CommitBatch:
             for f in files:
                 os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
                 f.close()
+                if self.before_replace is not None:
+                    self.before_replace(f.final)
                 try:
                     os.replace(f.temp, f.final)
                 except (IsADirectoryError, OSError) as exc:

@@ -90,7 +90,16 @@ def pair(tmp_path: Path) -> tuple[Path, TargetFolder, SignatureStore]:
 def _send(src: Path, folder: TargetFolder, seq: int, base: bytes, options: SendOptions) -> tuple[list, list]:
     msgs = list(iter_file_messages(src, "big.bin", seq, base_hash=base, options=options))
     replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(msgs + [Checkpoint(seq=seq)])
+    _sign(src, options)
     return msgs, replies
+
+
+def _sign(src: Path, options: SendOptions) -> None:
+    """What the sender does once a batch is on the wire: sign the versions it sent."""
+    assert options.signatures is not None
+    for path, digest in options.to_sign:
+        options.signatures.remember(src, path, digest)
+    options.to_sign.clear()
 
 
 def test_update_goes_as_small_delta(pair: tuple[Path, TargetFolder, SignatureStore]) -> None:

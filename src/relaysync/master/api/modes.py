@@ -57,3 +57,17 @@ def confirm_deletes(id_or_name: str, context: Context) -> ConfirmOut:
     count = context.store.modes.confirm_deletes(mapping.id)
     context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, delete_confirm=count)
     return ConfirmOut(mapping_id=mapping.id, delete_confirm=count)
+
+
+class VersionsIn(BaseModel):
+    keep: int = Field(ge=0, le=1000, description="previous versions kept per file; 0 = off")
+    targets: list[str] = Field(default_factory=list, description="target servers that keep them; empty = all")
+
+
+def put_versions(id_or_name: str, body: VersionsIn, context: Context) -> dict[str, object]:
+    """Synchronization and backup: keep previous versions of replaced and deleted files on targets."""
+    mapping = context.store.get_mapping(id_or_name)
+    nodes = [context.store.get_server(t).node_id for t in body.targets]
+    context.store.modes.set_versions(mapping.id, body.keep, nodes)
+    context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, keep_versions=body.keep)
+    return {"mapping_id": mapping.id, "keep": body.keep, "targets": nodes}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from croniter import croniter
-from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, select
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from relaysync.errors import ConfigError
@@ -37,6 +37,8 @@ class MappingModeRow(Base):
     release: Mapped[int] = mapped_column(Integer, default=0)
     released_upto: Mapped[int] = mapped_column(BigInteger, default=0)  # the source's seq for `release`
     delete_confirm: Mapped[int] = mapped_column(Integer, default=0)  # operator confirmations of mass deletes
+    keep_versions: Mapped[int] = mapped_column(Integer, default=0)  # previous versions kept on targets
+    keep_versions_on: Mapped[list[str]] = mapped_column(JSON, default=list)  # node ids; empty = all
     next_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -91,7 +93,7 @@ class ModeStore:
         row = session.get(MappingModeRow, mapping_id)
         if row is None:
             row = MappingModeRow(mapping_id=mapping_id, mode="realtime", schedule="", release=0,
-                                 released_upto=0, delete_confirm=0)
+                                 released_upto=0, delete_confirm=0, keep_versions=0, keep_versions_on=[])
             session.add(row)
         return row
 
@@ -124,6 +126,15 @@ class ModeStore:
             self._bump_epoch(session)
             session.flush()
             return _info(row)
+
+    def set_versions(self, mapping_id: int, keep: int, on: Sequence[str]) -> None:
+        """Keep the previous `keep` versions on the targets `on` (node ids; empty = every target)."""
+        if not 0 <= keep <= 1000:
+            raise ConfigError(f"versions to keep {keep} is outside 0..1000")
+        with self._write("set versions") as session:
+            row = self._row(session, mapping_id)
+            row.keep_versions, row.keep_versions_on = keep, list(on)
+            self._bump_epoch(session)
 
     def confirm_deletes(self, mapping_id: int) -> int:
         """The operator confirms the deletes a source held back (mass-delete guard)."""
@@ -168,5 +179,6 @@ class ModeStore:
                 yield spec
                 continue
             fields = {f: getattr(spec, f) for f in spec.__struct_fields__}
-            fields.update(mode=row.mode, release=row.release, delete_confirm=row.delete_confirm)
+            fields.update(mode=row.mode, release=row.release, delete_confirm=row.delete_confirm,
+                          keep_versions=row.keep_versions, keep_versions_on=tuple(row.keep_versions_on or ()))
             yield MappingSpec(**fields)

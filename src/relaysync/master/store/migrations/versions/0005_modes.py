@@ -27,6 +27,8 @@ def upgrade() -> None:
         sa.Column("release", sa.Integer(), nullable=False),
         sa.Column("released_upto", sa.BigInteger(), nullable=False),
         sa.Column("delete_confirm", sa.Integer(), nullable=False),
+        sa.Column("keep_versions", sa.Integer(), nullable=False),
+        sa.Column("keep_versions_on", sa.JSON(), nullable=False),
         sa.Column("next_run_at", sa.Float(), nullable=True),
         sa.Column("last_run_at", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(["mapping_id"], ["mappings.id"], ondelete="CASCADE"),
