@@ -37,7 +37,6 @@ from relaysync.protocol.messages import (
     DigestRequest,
     Error,
     ErrorCode,
-    FileChunk,
     Hello,
     MappingState,
     OpenMapping,
@@ -199,8 +198,7 @@ class PeerServer:
                 await framed.send(Pong(nonce=message.nonce))
                 continue
             batch.append(message)
-            if isinstance(message, FileChunk):
-                size += len(message.data)
+            size += framed.last_frame_bytes  # every frame counts: a batch's memory stays bounded
             if (isinstance(message, Checkpoint | DigestRequest) or size >= APPLY_BATCH_BYTES
                     or len(batch) >= APPLY_BATCH_MESSAGES):
                 return batch

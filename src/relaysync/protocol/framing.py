@@ -49,6 +49,7 @@ class FramedStream:
         self._max = max_message_bytes
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.last_frame_bytes = 0
         self._send_lock = anyio.Lock()
 
     async def send(self, message: AnyMessage) -> None:
@@ -85,6 +86,7 @@ class FramedStream:
         if length > self._max:
             raise FrameTooLarge(length, self._max)
         await self._fill(_HEADER.size + length)
+        self.last_frame_bytes = _HEADER.size + length
         payload = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
         del self._buffer[: _HEADER.size + length]
         return decode_payload(payload)
