@@ -20,20 +20,19 @@ from relaysync.constants import (
     COMMIT_REPORT_INTERVAL_S,
     HANDSHAKE_TIMEOUT_S,
     PING_INTERVAL_S,
-    PROTOCOL_VERSION,
     RECEIVE_TIMEOUT_S,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
 )
-from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError
+from relaysync.errors import PeerRefused, ProtocolError
 from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
     Assignment,
     AssignmentAck,
     CommitRecord,
     CommitReport,
     Error,
-    Hello,
     MassDeleteHeld,
     MetricsReport,
     Ping,
@@ -117,15 +116,7 @@ class MasterLink:
         framed = FramedStream(stream)
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-                await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=self.node_id,
-                                        name=self.name, role="agent"))
-                hello = await framed.receive()
-                if isinstance(hello, Error):
-                    raise PeerRefused(hello.detail, hello.code.name)
-                if not isinstance(hello, Hello):
-                    raise ProtocolError("expected Hello from master")
-                if hello.protocol_version != PROTOCOL_VERSION:
-                    raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
+                await client_hello(framed, node_id=self.node_id, name=self.name)
                 await framed.send(self.register)
             self.connected = True
             self._releases_unsent = bool(self._releases)

@@ -24,11 +24,11 @@ from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
-    PROTOCOL_VERSION,
     RECEIVE_TIMEOUT_S,
 )
 from relaysync.errors import ProtocolError, RelaySyncError, UnknownPeer
 from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.handshake import server_hello
 from relaysync.protocol.messages import (
     AnyMessage,
     AuthChallenge,
@@ -108,15 +108,7 @@ class PeerServer:
 
     async def _session(self, framed: FramedStream, peer: str | None, address: str) -> None:
         with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-            hello = await framed.receive()
-            if not isinstance(hello, Hello):
-                raise ProtocolError("first frame must be Hello")
-            if hello.protocol_version != PROTOCOL_VERSION:
-                await framed.send(Error(code=ErrorCode.VERSION,
-                                        detail=f"this agent speaks protocol {PROTOCOL_VERSION}"))
-                return
-            await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=self.node_id,
-                                    name=self.name, role="agent"))
+            hello = await server_hello(framed, node_id=self.node_id, name=self.name, role="agent")
             opened = await framed.receive()
             if not isinstance(opened, OpenMapping):
                 raise ProtocolError("expected OpenMapping")

@@ -21,7 +21,6 @@ from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
-    PROTOCOL_VERSION,
     RECEIVE_TIMEOUT_S,
 )
 from relaysync.errors import ProtocolError, RelaySyncError
@@ -29,12 +28,10 @@ from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.store.store import Store
 from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.handshake import server_hello
 from relaysync.protocol.messages import (
     AssignmentAck,
     CommitReport,
-    Error,
-    ErrorCode,
-    Hello,
     MassDeleteHeld,
     MetricsReport,
     Ping,
@@ -132,15 +129,7 @@ class ControlServer:
 
     async def _handshake(self, framed: FramedStream, node_id: str) -> Register:
         with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-            hello = await framed.receive()
-            if not isinstance(hello, Hello):
-                raise ProtocolError("first frame must be Hello")
-            if hello.protocol_version != PROTOCOL_VERSION:
-                await framed.send(Error(code=ErrorCode.VERSION,
-                                        detail=f"master speaks protocol {PROTOCOL_VERSION}"))
-                raise ProtocolError(f"agent speaks protocol {hello.protocol_version}")
-            await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id="", name="master",
-                                    role="master"))
+            await server_hello(framed, node_id="", name="master", role="master")
             register = await framed.receive()
         if not isinstance(register, Register):
             raise ProtocolError("expected Register")

@@ -29,13 +29,13 @@ from relaysync.constants import (
     HANDSHAKE_TIMEOUT_S,
     PERIODIC_COMPARE_S,
     PING_INTERVAL_S,
-    PROTOCOL_VERSION,
     RECEIVE_TIMEOUT_S,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
 )
-from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError
+from relaysync.errors import PeerRefused, ProtocolError
 from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
     Ack,
     AnyMessage,
@@ -48,7 +48,6 @@ from relaysync.protocol.messages import (
     Error,
     ErrorCode,
     FileChunk,
-    Hello,
     MappingState,
     OpenMapping,
     Ping,
@@ -190,15 +189,7 @@ class TargetLink:
         framed = FramedStream(stream)
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-                await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=self.node_id,
-                                        name=self.name, role="agent"))
-                hello = await framed.receive()
-                if isinstance(hello, Error):
-                    raise PeerRefused(hello.detail, hello.code.name)
-                if not isinstance(hello, Hello):
-                    raise ProtocolError("expected Hello")
-                if hello.protocol_version != PROTOCOL_VERSION:
-                    raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
+                await client_hello(framed, node_id=self.node_id, name=self.name)
                 await framed.send(OpenMapping(mapping_id=self.source.mapping_id,
                                               journal_id=self.source.journal.journal_id))
                 state = await framed.receive()

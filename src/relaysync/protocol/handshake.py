@@ -1,0 +1,47 @@
+"""The Hello exchange that opens every connection, on both sides, with the version check."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from relaysync.constants import PROTOCOL_VERSION
+from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import Error, ErrorCode, Hello
+
+
+async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hello:
+    """Send our Hello and return the peer's (the caller bounds it with a timeout).
+
+    Raises:
+        PeerRefused: the peer answered with an Error.
+        IncompatibleVersion: the peer speaks another protocol version.
+        ProtocolError: anything but a Hello came back.
+    """
+    await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, name=name, role="agent"))
+    hello = await framed.receive()
+    if isinstance(hello, Error):
+        raise PeerRefused(hello.detail, hello.code.name)
+    if not isinstance(hello, Hello):
+        raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
+    if hello.protocol_version != PROTOCOL_VERSION:
+        raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
+    return hello
+
+
+async def server_hello(framed: FramedStream, *, node_id: str, name: str,
+                       role: Literal["agent", "master"]) -> Hello:
+    """Read the client's Hello, refuse another protocol version clearly, answer with ours.
+
+    Raises:
+        ProtocolError: the first frame is not a Hello.
+        IncompatibleVersion: the client speaks another version (it was told so first).
+    """
+    hello = await framed.receive()
+    if not isinstance(hello, Hello):
+        raise ProtocolError("first frame must be Hello")
+    if hello.protocol_version != PROTOCOL_VERSION:
+        await framed.send(Error(code=ErrorCode.VERSION, detail=f"this {role} speaks protocol {PROTOCOL_VERSION}"))
+        raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
+    await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, name=name, role=role))
+    return hello
