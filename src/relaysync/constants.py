@@ -17,7 +17,6 @@ HTTP_TIMEOUT_S = 10.0  # REST calls between agent/CLI and master
 RECONNECT_MIN_S = 0.2  # first retry after a lost link
 RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
 
-COMMIT_REPORT_INTERVAL_S = 0.02  # targets batch commit reports to the master at most this often
 JOB_LOG_FLUSH_INTERVAL_S = 0.5  # the master writes the job log in batches, off the change path
 FSYNC_BATCH_MAX_FILES = 256  # a receiver fsyncs and renames at most this many files per batch
 

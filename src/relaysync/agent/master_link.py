@@ -17,7 +17,6 @@ import anyio
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
     CLOSE_TIMEOUT_S,
-    COMMIT_REPORT_INTERVAL_S,
     HANDSHAKE_TIMEOUT_S,
     PING_INTERVAL_S,
     RECEIVE_TIMEOUT_S,
@@ -162,7 +161,8 @@ class MasterLink:
             if self._metrics is not None:
                 metrics, self._metrics = self._metrics, None
                 await framed.send(metrics)
-            await anyio.sleep(COMMIT_REPORT_INTERVAL_S)  # let a burst gather into fewer reports
+            # No waiting here: a lone report goes at once (the purge step waits on it), and while a
+            # send is in flight the reports of a burst gather in the queue for the next one.
             while self._reports:
                 batch = [self._reports.popleft() for _ in range(min(len(self._reports), 64))]
                 try:
