@@ -65,6 +65,8 @@ def test_manual_mode_holds_changes_until_sent_even_across_restarts(own_fleet: Fl
 def test_reserved_every_interval_sends_on_schedule(own_fleet: Fleet) -> None:
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     _mode(own_fleet, mapping["id"], mode="reserved", schedule="every:2")
+    wait_until(lambda: "(reserved mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
+               timeout_s=30, what="the source running in reserved mode")
     (src / "periodic.txt").write_text("sent by the schedule")
     own_fleet.wait_converged(src, [dst], timeout_s=20)
     info = own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").json()
@@ -73,11 +75,13 @@ def test_reserved_every_interval_sends_on_schedule(own_fleet: Fleet) -> None:
 
 def test_missed_reserved_run_happens_once_at_start(own_fleet: Fleet) -> None:
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
-    at = datetime.fromtimestamp(time.time() + 3, UTC).isoformat()
+    at = datetime.fromtimestamp(time.time() + 5, UTC).isoformat()
     _mode(own_fleet, mapping["id"], mode="reserved", schedule=f"at:{at}")
+    wait_until(lambda: "(reserved mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
+               timeout_s=30, what="the source running in reserved mode")
     (src / "missed.txt").write_text("the master was down at the reserved time")
     own_fleet.cluster.master.stop()
-    time.sleep(4)  # the reserved time passes while the master is down: this is the scenario itself
+    time.sleep(6)  # the reserved time passes while the master is down: this is the scenario itself
     own_fleet.cluster.start_master()
     own_fleet.wait_converged(src, [dst], timeout_s=30)
     info = own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").json()
