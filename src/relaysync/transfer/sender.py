@@ -33,7 +33,7 @@ from relaysync.constants import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
 )
-from relaysync.errors import PeerRefused, ProtocolError
+from relaysync.errors import PeerRefused, ProtocolError, RelaySyncError
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
@@ -283,7 +283,10 @@ class TargetLink:
 
         def sign_all() -> None:
             for path, digest in pending:
-                signatures.remember(root, path, digest)
+                try:
+                    signatures.remember(root, path, digest)
+                except (OSError, RelaySyncError) as exc:  # only the next delta is lost: a whole file goes
+                    self.log.warning("could not sign %s for the next delta: %s", path, exc)
 
         await anyio.to_thread.run_sync(sign_all)
 

@@ -69,7 +69,7 @@ class SignatureStore:
             if full.stat().st_size < DELTA_MIN_BYTES:
                 return
             sig = self._sig_path(path, content_hash)
-            tmp = sig.with_suffix(".tmp")
+            tmp = sig.with_suffix(f".{threading.get_ident()}.tmp")  # links may sign the same version at once
             _librsync.signature(full, tmp)
             if hash_path(full) != content_hash:
                 tmp.unlink(missing_ok=True)
@@ -77,6 +77,9 @@ class SignatureStore:
         except OSError:
             return
         with self._lock:
+            if sig.exists():  # another link signed this version meanwhile
+                tmp.unlink(missing_ok=True)
+                return
             for old in (self.dir / "sig").glob(f"{self._key(path)}.*.sig"):
                 old.unlink(missing_ok=True)
             os.replace(tmp, sig)

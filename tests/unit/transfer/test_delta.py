@@ -154,3 +154,31 @@ def test_flipped_bit_in_delta_is_never_committed(pair: tuple[Path, TargetFolder,
     assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.HASH_MISMATCH]
     assert (folder.root / "big.bin").read_bytes() == v1
     assert [p.name for p in folder.root.iterdir()] == ["big.bin"]
+
+
+def test_links_signing_the_same_version_at_once_do_not_fail(tmp_path: Path) -> None:
+    """Every target link signs what it sent; two at once must not trip over each other's temp file."""
+    import threading
+
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(300_000)
+    (src / "f.bin").write_bytes(data)
+    sigs = SignatureStore(tmp_path / "sigs")
+    digest = xxhash.xxh3_128(data).digest()
+    errors: list[BaseException] = []
+
+    def sign() -> None:
+        try:
+            for _ in range(20):
+                sigs.remember(src, "f.bin", digest)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sign) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sigs.has("f.bin", digest)
