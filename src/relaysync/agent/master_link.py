@@ -32,6 +32,7 @@ from relaysync.protocol.messages import (
     CommitRecord,
     CommitReport,
     Error,
+    HopFailed,
     MassDeleteHeld,
     MetricsReport,
     Ping,
@@ -62,7 +63,7 @@ class MasterLink:
         self._reports: collections.deque[CommitReport] = collections.deque(maxlen=MAX_QUEUED_REPORTS)
         self._wake = anyio.Event()
         self._releases: dict[int, ReleaseReport] = {}
-        self._notices: collections.deque[MassDeleteHeld] = collections.deque(maxlen=1000)
+        self._notices: collections.deque[MassDeleteHeld | HopFailed] = collections.deque(maxlen=1000)
         self._releases_unsent = False
         self._metrics: MetricsReport | None = None  # only the newest waits; older ones are stale
 
@@ -72,7 +73,7 @@ class MasterLink:
             self._metrics = report
             self._wake.set()
 
-    def notify(self, message: MassDeleteHeld) -> None:
+    def notify(self, message: MassDeleteHeld | HopFailed) -> None:
         """Queue a one-off notice for the master (sent when the link is up)."""
         self._notices.append(message)
         self._wake.set()
@@ -89,7 +90,7 @@ class MasterLink:
         for start in range(0, max(len(records), 1), MAX_RECORDS_PER_REPORT):
             self._reports.append(make_report(report.mapping_id, report.source_node, report.target_node,
                                              report.watermark,
-                                             records[start : start + MAX_RECORDS_PER_REPORT]))
+                                             records[start : start + MAX_RECORDS_PER_REPORT], report.route))
         self._wake.set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -190,6 +191,6 @@ def _merge(reports: list[CommitReport]) -> list[CommitReport]:
 
 
 def make_report(mapping_id: int, source: str, target: str, watermark: int,
-                records: tuple[CommitRecord, ...]) -> CommitReport:
+                records: tuple[CommitRecord, ...], route: tuple[str, ...] = ()) -> CommitReport:
     return CommitReport(mapping_id=mapping_id, source_node=source, target_node=target,
-                        watermark=watermark, records=records)
+                        watermark=watermark, records=records, route=route)

@@ -1,5 +1,10 @@
 """The agent's peer server: accepts sources over mutual TLS and feeds their ops to receivers.
 
+A session is accepted only from the node the routing table names as this folder's parent (the
+source itself when there is no table). Where this agent relays the mapping to children, the
+stream is spooled as it arrives (transfer/relay.py) and the Acks sent back up carry the
+watermarks of the targets below.
+
 Error handling: a client that fails the TLS handshake, is not the source of the mapping it asks
 for, or sends a bad frame gets an Error (when the link still allows one) and is disconnected;
 the server goes on serving others. Nothing it sent before a complete, verified op is applied.
@@ -30,6 +35,7 @@ from relaysync.errors import ProtocolError, RelaySyncError, UnknownPeer
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
 from relaysync.protocol.messages import (
+    Ack,
     AnyMessage,
     AuthChallenge,
     AuthResponse,
@@ -45,13 +51,16 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import tls
 from relaysync.transfer.receiver import ReceiverSession, ReportFn, TargetFolder
+from relaysync.transfer.relay import RelayFeed
 
 logger = logging.getLogger(__name__)
 
 APPLY_BATCH_BYTES = 8 * 1024 * 1024  # apply what has arrived once this much data is buffered
 APPLY_BATCH_MESSAGES = 1024
+RELAY_BATCH_BYTES = 1024 * 1024  # a relay spools (and so forwards) at least every chunk
 
 FolderLookup = Callable[[int], TargetFolder | None]
+RelayLookup = Callable[[int], RelayFeed | None]
 ReportFactory = Callable[[TargetFolder], ReportFn]
 
 
@@ -59,13 +68,16 @@ class PeerServer:
     """Serves this agent's target folders to their sources."""
 
     def __init__(self, *, host: str, port: int, ctx: ssl.SSLContext, node_id: str, name: str,
-                 folders: FolderLookup, reporter: ReportFactory) -> None:
+                 folders: FolderLookup, reporter: ReportFactory,
+                 relays: RelayLookup | None = None, refuse: frozenset[str] = frozenset()) -> None:
         self.host, self.port = host, port
         self.ctx = ctx
         self.node_id = node_id
         self.name = name
         self.folders = folders
         self.reporter = reporter
+        self.relays: RelayLookup = relays or (lambda _mapping_id: None)
+        self.refuse = refuse  # peer names refused outright (a firewall rule; used by tests)
         self._active: dict[int, anyio.CancelScope] = {}
         self._ended: dict[int, anyio.Event] = {}  # set when the mapping's current session is over
         self.refused = 0
@@ -112,11 +124,15 @@ class PeerServer:
             opened = await framed.receive()
             if not isinstance(opened, OpenMapping):
                 raise ProtocolError("expected OpenMapping")
+        if hello.name in self.refuse:
+            raise UnknownPeer(f"{hello.name} is refused by this agent's configuration ({address})")
         folder = self.folders(opened.mapping_id)
         if peer is None:
             folder = await self._authenticate_plain(framed, hello, opened, folder, address)
-        elif folder is None or folder.source_node != peer:
-            raise UnknownPeer(f"{peer[:16]} for mapping {opened.mapping_id} from {address}")
+        elif folder is None or peer not in folder.parents:
+            raise UnknownPeer(f"{hello.name} ({peer[:16]}) is not the parent of mapping {opened.mapping_id} "
+                              f"here, from {address}")
+        folder.route = opened.route
         mapping_id = opened.mapping_id
         await self._end_session(mapping_id)  # one session per mapping: the newer one wins
         ended = anyio.Event()
@@ -134,7 +150,7 @@ class PeerServer:
         """A plain link is allowed only where the policy turned TLS off, and only to the source
         that proves it holds the link secret."""
         claimed = hello.node_id
-        if folder is None or folder.source_node != claimed:
+        if folder is None or claimed not in folder.parents:
             raise UnknownPeer(f"{claimed[:16]} for mapping {opened.mapping_id} from {address}")
         if not folder.link_secret:
             raise UnknownPeer(f"{claimed[:16]} without TLS: this link's policy requires TLS ({address})")
@@ -165,21 +181,52 @@ class PeerServer:
         session = await anyio.to_thread.run_sync(
             partial(ReceiverSession, folder, journal_id, self.reporter(folder))
         )
+        feed = self.relays(folder.mapping_id)
         try:
-            partials = await anyio.to_thread.run_sync(folder.list_partials)
+            # A relay offers no partials: a resumed file would reach its children cut short.
+            partials = await anyio.to_thread.run_sync(folder.list_partials) if feed is None else ()
+            if feed is not None:
+                await anyio.to_thread.run_sync(feed.spool.begin, journal_id, session.watermark)
+                feed.committed = session.watermark
             await framed.send(MappingState(mapping_id=folder.mapping_id, watermark=session.watermark,
                                            root_hash=b"", partials=partials))
-            while True:
-                batch = await self._read_batch(framed)
-                replies = await anyio.to_thread.run_sync(session.apply_batch, batch)
-                if replies:
-                    await framed.send_many(replies)
-                if any(isinstance(r, Error) for r in replies):
-                    return
+            async with anyio.create_task_group() as tg:
+                if feed is not None:
+                    tg.start_soon(self._send_subtree_acks, framed, feed, session)
+                while True:
+                    batch = await self._read_batch(framed, RELAY_BATCH_BYTES if feed else APPLY_BATCH_BYTES)
+                    if feed is not None:
+                        await anyio.to_thread.run_sync(feed.spool.append, batch)
+                        feed.appended()
+                    replies = await anyio.to_thread.run_sync(session.apply_batch, batch)
+                    if feed is not None:
+                        replies = [self._relay_ack(feed, r) for r in replies]
+                    if replies:
+                        await framed.send_many(replies)
+                    if any(isinstance(r, Error) for r in replies):
+                        tg.cancel_scope.cancel()
+                        return
         finally:
             await anyio.to_thread.run_sync(session.close)
+            if feed is not None:
+                await anyio.to_thread.run_sync(feed.spool.cut_unfinished)
 
-    async def _read_batch(self, framed: FramedStream) -> list[AnyMessage]:
+    @staticmethod
+    def _relay_ack(feed: RelayFeed, reply: AnyMessage) -> AnyMessage:
+        if not isinstance(reply, Ack):
+            return reply
+        feed.set_committed(reply.watermark)
+        return Ack(mapping_id=reply.mapping_id, watermark=reply.watermark, subtree=feed.subtree())
+
+    @staticmethod
+    async def _send_subtree_acks(framed: FramedStream, feed: RelayFeed, session: ReceiverSession) -> None:
+        """Tell the parent as soon as a target below us commits more (the source releases on it)."""
+        while True:
+            await feed.marks_changed.wait()
+            await anyio.sleep(0.005)  # let a burst of child acks fold into one
+            await framed.send(Ack(mapping_id=feed.mapping_id, watermark=feed.committed, subtree=feed.subtree()))
+
+    async def _read_batch(self, framed: FramedStream, max_bytes: int = APPLY_BATCH_BYTES) -> list[AnyMessage]:
         """Read messages up to a Checkpoint, a digest request, or a size bound."""
         batch: list[AnyMessage] = []
         size = 0
@@ -191,7 +238,7 @@ class PeerServer:
                 continue
             batch.append(message)
             size += framed.last_frame_bytes  # every frame counts: a batch's memory stays bounded
-            if (isinstance(message, Checkpoint | DigestRequest) or size >= APPLY_BATCH_BYTES
+            if (isinstance(message, Checkpoint | DigestRequest) or size >= max_bytes
                     or len(batch) >= APPLY_BATCH_MESSAGES):
                 return batch
 

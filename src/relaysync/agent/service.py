@@ -1,9 +1,11 @@
 """The agent supervisor: identity, peer server, control link, and the mappings it runs.
 
 An assignment from the master (versioned by epoch) says which folders this agent is the
-source or a target of. The agent starts a SourceMapping plus one TargetLink per target for
-each source folder, and a TargetFolder for each target folder; a mapping whose spec changed
-is restarted, one that disappeared is stopped. The last assignment is kept on disk so the
+source or a target of, and each mapping's routing table. The agent starts a SourceMapping plus
+one TargetLink per child in the table for each source folder, and a TargetFolder for each
+target folder, with a RelayFeed and one RelayLink per child where the table makes it a relay.
+A re-plan (new routes or targets) changes links in place; a mapping whose spec otherwise
+changed is restarted, one that disappeared is stopped. The last assignment is kept on disk so the
 agent resumes its work at once after a restart, even while the master is down.
 """
 
@@ -29,6 +31,7 @@ from relaysync.monitor.prometheus import serve_agent_metrics
 from relaysync.protocol.messages import (
     Assignment,
     CommitRecord,
+    HopFailed,
     LinkPolicy,
     MappingSpec,
     MassDeleteHeld,
@@ -43,13 +46,16 @@ from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.codec import codec_for_level
 from relaysync.transfer.ops import SendOptions
 from relaysync.transfer.receiver import ReportFn, TargetFolder
-from relaysync.transfer.sender import TargetAddress, TargetLink
+from relaysync.transfer.relay import RelayFeed, RelayLink
+from relaysync.transfer.sender import SourceFolder, TargetAddress, TargetLink
+from relaysync.transfer.spool import Spool
 from relaysync.transfer.staging import clean_stale_temps
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent
 
+from .links import LinkSet, children_of, parents_of
 from .master_link import MasterLink, make_report
 from .peer_server import PeerServer
 from .source import SourceMapping
@@ -98,7 +104,7 @@ def join(cfg: AgentConfig, identity: tls.Identity) -> str:
 class _Running:
     spec: MappingSpec
     scope: anyio.CancelScope
-    links: list[TargetLink] = field(default_factory=list)
+    links: LinkSet | None = None
     source: SourceMapping | None = None
     ended: anyio.Event = field(default_factory=anyio.Event)  # its journal and manifest are closed
 
@@ -113,6 +119,7 @@ class AgentService:
         self.node_id = ""
         self.sources: dict[int, _Running] = {}
         self.targets: dict[int, TargetFolder] = {}
+        self.relays: dict[int, tuple[RelayFeed, LinkSet]] = {}  # mappings this agent relays on
         self.peers: dict[str, PeerInfo] = {}
         self.epoch = -1
         self.link: MasterLink | None = None
@@ -126,7 +133,8 @@ class AgentService:
         host, port = split_address(self.cfg.listen)
         self._server = server = PeerServer(host=host, port=port, ctx=tls.server_context(self.identity),
                             node_id=self.node_id, name=self.cfg.name,
-                            folders=self.targets.get, reporter=self._reporter)
+                            folders=self.targets.get, reporter=self._reporter, relays=self._relay_feed,
+                            refuse=frozenset(n.strip() for n in self.cfg.refuse_peers.split(",") if n.strip()))
         async with anyio.create_task_group() as tg:
             self._tg = tg
             peer_port = await tg.start(server.serve)
@@ -186,6 +194,7 @@ class AgentService:
         assert self._server is not None
         for mapping_id in list(self.targets):
             if mapping_id not in wanted:
+                self._stop_relay(mapping_id)
                 await self._server.retire(self.targets.pop(mapping_id))
         for mapping_id, spec in wanted.items():
             existing = self.targets.get(mapping_id)
@@ -194,10 +203,69 @@ class AgentService:
                 existing.durable = spec.durability == "safe"
                 existing.link_secret = _own_target(spec, self.node_id).link_secret
                 existing.keep_versions = _versions_here(spec, self.node_id)
+                existing.parents = parents_of(spec, self.node_id)
+                await self._apply_relay(spec, existing)
                 continue
             if existing is not None:
+                self._stop_relay(mapping_id)
                 await self._server.retire(self.targets.pop(mapping_id))
-            self.targets[mapping_id] = await anyio.to_thread.run_sync(self._open_target, spec, Path(path))
+            folder = await anyio.to_thread.run_sync(self._open_target, spec, Path(path))
+            folder.parents = parents_of(spec, self.node_id)
+            self.targets[mapping_id] = folder
+            await self._apply_relay(spec, folder)
+
+    # --- relaying ---
+
+    def _relay_feed(self, mapping_id: int) -> RelayFeed | None:
+        relay = self.relays.get(mapping_id)
+        return relay[0] if relay is not None else None
+
+    async def _apply_relay(self, spec: MappingSpec, folder: TargetFolder) -> None:
+        """Start, change or stop this agent's relay role for the mapping, per the routing table."""
+        children = children_of(spec, self.node_id)
+        relay = self.relays.get(spec.mapping_id)
+        if relay is not None and relay[0].folder is not folder:
+            self._stop_relay(spec.mapping_id)
+            relay = None
+        if not children:
+            self._stop_relay(spec.mapping_id)
+            return
+        if relay is None:
+            assert self._tg is not None
+            state = self.data_dir / "targets" / str(spec.mapping_id) / "spool"
+            spool = await anyio.to_thread.run_sync(Spool, state)
+            feed = await anyio.to_thread.run_sync(RelayFeed, folder, spool)
+            relay = (feed, LinkSet(self._tg, partial(self._make_relay_link, feed),
+                                   label=f"relay of mapping {spec.mapping_id}"))
+            self.relays[spec.mapping_id] = relay
+        feed, links = relay
+        feed.children = frozenset(children)
+        feed.marks = {n: w for n, w in feed.marks.items() if n in _subtree(spec, self.node_id)}
+        links.reconcile(children)
+
+    def _stop_relay(self, mapping_id: int) -> None:
+        relay = self.relays.pop(mapping_id, None)
+        if relay is not None:
+            relay[1].close()
+
+    def _make_relay_link(self, feed: RelayFeed, target: TargetSpec) -> TargetLink:
+        return self._make_link(feed, feed.mapping_id, target, RelayLink, signatures=False)
+
+    def _make_link(self, source: SourceFolder | RelayFeed, mapping_id: int, target: TargetSpec,
+                   kind: type[TargetLink] = TargetLink, *, signatures: bool = True) -> TargetLink:
+        peer = self.peers.get(target.node_id)
+        label = peer.name if peer else target.node_id[:16]
+        address = partial(self._peer_address, target.node_id)
+        options = self._send_options(target, source if signatures else None)
+        return kind(source, TargetAddress(target.node_id, label, address),  # type: ignore[arg-type]
+                    tls.client_context(self.identity), node_id=self.node_id, name=self.cfg.name,
+                    compare_interval_s=self.cfg.compare_interval_s, options=options,
+                    on_failure=partial(self._hop_failed, mapping_id))
+
+    def _hop_failed(self, mapping_id: int, child: str, error: str, attempts: int) -> None:
+        """Tell the master a hop of ours failed; it re-plans around it after repeated failures."""
+        if self.link is not None:
+            self.link.notify(HopFailed(mapping_id=mapping_id, child=child, error=error, attempts=attempts))
 
     def _open_target(self, spec: MappingSpec, root: Path) -> TargetFolder:
         root.mkdir(parents=True, exist_ok=True)
@@ -217,9 +285,12 @@ class AgentService:
         stopping = []
         for mapping_id, running in list(self.sources.items()):
             spec = wanted.get(mapping_id)
-            if spec is not None and _same_but_counters(spec, running.spec):
+            if spec is not None and _same_but_live(spec, running.spec):
                 running.spec = spec
+                if running.links is not None:
+                    running.links.reconcile(children_of(spec, self.node_id))
                 if running.source is not None:
+                    running.source.spec = spec
                     self._release(running.source, spec.release)
                     if running.source.confirm_deletes(spec.delete_confirm):
                         await running.source.rescan()
@@ -259,16 +330,13 @@ class AgentService:
                     current = self.sources.get(spec.mapping_id)
                     if not source.realtime and current is not None:
                         self._release(source, current.spec.release)  # a send made while we were down
-                    for target in spec.targets:
-                        peer = self.peers.get(target.node_id)
-                        label = peer.name if peer else target.node_id[:16]
-                        address = partial(self._peer_address, target.node_id)
-                        link = TargetLink(source, TargetAddress(target.node_id, label, address),
-                                          tls.client_context(self.identity), node_id=self.node_id,
-                                          name=self.cfg.name, compare_interval_s=self.cfg.compare_interval_s,
-                                          options=self._send_options(target, source))
-                        self.sources[spec.mapping_id].links.append(link)
-                        tg.start_soon(link.serve)
+                    links = LinkSet(tg, partial(self._make_link, source, spec.mapping_id),
+                                    label=f"source of mapping {spec.mapping_id}")
+                    latest = current.spec if current is not None else spec
+                    source.spec = latest
+                    if current is not None:
+                        current.links = links
+                    links.reconcile(children_of(latest, self.node_id))
             finally:
                 source.close()
 
@@ -282,12 +350,13 @@ class AgentService:
             self.link.report_release(ReleaseReport(mapping_id=source.mapping_id, release=release,
                                                    upto_seq=source.send_upto))
 
-    def _send_options(self, target: TargetSpec, source: SourceMapping) -> SendOptions:
+    def _send_options(self, target: TargetSpec, source: SourceFolder | RelayFeed | None) -> SendOptions:
         """The link's settings: the master's policy for this pair, else this agent's defaults."""
         policy = target.policy or LinkPolicy(zstd_level=self.cfg.zstd_level,
                                              bandwidth_limit_mbit=self.cfg.bandwidth_limit_mbit)
         bandwidth = policy.bandwidth_limit_mbit or self.cfg.bandwidth_limit_mbit
-        return SendOptions(codec=codec_for_level(policy.zstd_level), signatures=source.signatures,
+        signatures = source.signatures if isinstance(source, SourceMapping) else None
+        return SendOptions(codec=codec_for_level(policy.zstd_level), signatures=signatures,
                            bandwidth=TokenBucket.from_mbit(bandwidth), force=policy.transfer,
                            tls=policy.tls or not target.link_secret, link_secret=target.link_secret)
 
@@ -314,7 +383,8 @@ class AgentService:
                 + [str(t.root) for t in self.targets.values()])
 
     def _own_figures(self) -> list[MetricSample]:
-        links = [link for r in self.sources.values() for link in r.links]
+        links = [link for r in self.sources.values() if r.links for link in r.links.links]
+        links += [link for _, relay_links in self.relays.values() for link in relay_links.links]
         out = [sample("links_connected", sum(link.connected for link in links)),
                sample("links_total", len(links)),
                sample("master_link_connected", bool(self.link and self.link.connected))]
@@ -330,16 +400,29 @@ class AgentService:
             if self.link is None:
                 return
             message = make_report(folder.mapping_id, folder.source_node, self.node_id, watermark,
-                                  tuple(records))
+                                  tuple(records), folder.route)
             anyio.from_thread.run_sync(partial(self.link.report, message))
 
         return report
 
 
-def _same_but_counters(a: MappingSpec, b: MappingSpec) -> bool:
-    """Equal but for the release and delete-confirmation counters (those need no restart)."""
-    return (msgspec.structs.replace(a, release=0, delete_confirm=0)
-            == msgspec.structs.replace(b, release=0, delete_confirm=0))
+def _same_but_live(a: MappingSpec, b: MappingSpec) -> bool:
+    """Equal but for what changes in place: counters, routes and the set of targets."""
+    live = {"release": 0, "delete_confirm": 0, "routes": (), "route_epoch": 0, "targets": ()}
+    return msgspec.structs.replace(a, **live) == msgspec.structs.replace(b, **live)
+
+
+def _subtree(spec: MappingSpec, node_id: str) -> set[str]:
+    """Every node below `node_id` in the mapping's routing table."""
+    below: set[str] = set()
+    frontier = [node_id]
+    while frontier:
+        parent = frontier.pop()
+        for hop in spec.routes:
+            if hop.parent == parent and hop.child not in below:
+                below.add(hop.child)
+                frontier.append(hop.child)
+    return below
 
 
 def _versions_here(spec: MappingSpec, node_id: str) -> int:

@@ -46,6 +46,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     log_json: bool = False
     metrics_interval_s: float = 10.0  # server figures are sent to the master this often
     metrics_listen: str = ""  # host:port for Prometheus /metrics of this agent; empty = off
+    # Peer names whose sessions this agent refuses, comma-separated: a firewall rule between
+    # two servers, for drills and tests of the bypass routes. Empty in production.
+    refuse_peers: str = ""
 
 
 class CliConfig(msgspec.Struct, frozen=True, kw_only=True):

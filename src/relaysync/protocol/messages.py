@@ -144,6 +144,14 @@ class TargetSpec(msgspec.Struct, frozen=True, kw_only=True):
     link_secret: bytes = b""  # set when the policy turns TLS off: proves the source on a plain link
 
 
+class RouteHop(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One edge of a mapping's distribution tree: `parent` streams the mapping's changes to `child`."""
+
+    parent: str  # node id; the source node for a first hop
+    child: str  # node id of a target (or relay) of the mapping
+    level: str = ""  # why the planner chose it: region-entry, group-entry, in-group, bypass-..., manual
+
+
 class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     mapping_id: int
     name: str
@@ -159,6 +167,10 @@ class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     delete_confirm: int = 0  # bumped when the operator confirms a mass delete the source held back
     keep_versions: int = 0  # synchronization and backup: previous versions kept on targets (0 = off)
     keep_versions_on: tuple[str, ...] = ()  # node ids of the targets that keep them (empty = all)
+    # The distribution tree (routing/planner.py): every target's parent. Empty = a star from the
+    # source. Changes to it need no restart: links are added and dropped in place.
+    routes: tuple[RouteHop, ...] = ()
+    route_epoch: int = 0  # bumped by the master at each re-plan
 
 
 class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -219,6 +231,7 @@ class CommitReport(Message, frozen=True, tag="commit_report"):
     target_node: str
     watermark: int  # every seq <= watermark is committed on the target
     records: tuple[CommitRecord, ...]
+    route: tuple[str, ...] = ()  # names of the nodes the changes came through, source first
 
 
 # --- Peer link: source agent -> target agent ---
@@ -229,6 +242,11 @@ class OpenMapping(Message, frozen=True, tag="open"):
 
     mapping_id: int
     journal_id: str  # identifies the source's journal; a new one means old watermarks are void
+    route: tuple[str, ...] = ()  # names of the nodes the stream came through, source first
+
+    def validate(self) -> None:
+        if len(self.route) > 64 or any(len(n) > MAX_NAME_BYTES for n in self.route):
+            raise ProtocolError("open.route: over 64 hops or a name too long")
 
 
 class Partial(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -421,11 +439,35 @@ class Checkpoint(Message, frozen=True, tag="checkpoint"):
     seq: int
 
 
+class NodeMark(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    node_id: str
+    watermark: int
+
+
 class Ack(Message, frozen=True, tag="ack"):
-    """Target -> source: all changes up to `watermark` are committed (durably, in safe mode)."""
+    """Target -> source: all changes up to `watermark` are committed (durably, in safe mode).
+
+    A relay also reports the watermarks of the targets below it, so the source keeps each
+    change until every target has committed it.
+    """
 
     mapping_id: int
     watermark: int
+    subtree: tuple[NodeMark, ...] = ()
+
+    def validate(self) -> None:
+        if len(self.subtree) > 100_000:
+            raise ProtocolError("ack.subtree: too many nodes")
+
+
+class HopFailed(Message, frozen=True, tag="hop_failed"):
+    """Agent -> master: this agent could not stream mapping `mapping_id` to `child` (connect or
+    transfer error, or the child refused it). The master re-plans around the hop."""
+
+    mapping_id: int
+    child: str  # node id
+    error: str
+    attempts: int = 1  # consecutive failures so far
 
 
 # --- Monitoring ---
@@ -532,6 +574,7 @@ AnyMessage = (
     | Erase
     | Checkpoint
     | Ack
+    | HopFailed
     | PurgeNotice
     | PurgeAccepted
     | MetricsReport

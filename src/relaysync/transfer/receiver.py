@@ -81,6 +81,13 @@ class TargetFolder:
     durable: bool
     link_secret: bytes = b""  # non-empty: the policy allows this source on a plain (TLS-off) link
     keep_versions: int = 0  # > 0: previous versions of replaced/deleted files kept beside the tree
+    # Who may stream to us: our parent in the routing table (the source when there is none).
+    parents: frozenset[str] = frozenset()
+    route: tuple[str, ...] = ()  # the nodes the current session's stream came through (job log)
+
+    def __post_init__(self) -> None:
+        if not self.parents:
+            self.parents = frozenset({self.source_node})
 
     def keeper(self) -> VersionKeeper | None:
         return VersionKeeper(self.root, self.keep_versions) if self.keep_versions > 0 else None

@@ -49,6 +49,7 @@ from relaysync.protocol.messages import (
     ErrorCode,
     FileChunk,
     MappingState,
+    NodeMark,
     OpenMapping,
     Ping,
     Pong,
@@ -84,6 +85,9 @@ class SourceFolder(Protocol):
     def on_ack(self, target_node: str, watermark: int) -> None: ...
 
 
+FailureFn = Callable[[str, str, int], None]  # (child node id, error, consecutive failures)
+
+
 @dataclass(frozen=True)
 class TargetAddress:
     node_id: str
@@ -113,7 +117,7 @@ class _Session:
                     message = await self.framed.receive()
                 match message:
                     case Ack():
-                        self._on_ack(message.watermark)
+                        self._on_ack(message.watermark, message.subtree)
                     case DigestReply():
                         await send_replies.send(message)
                     case Error():
@@ -127,7 +131,9 @@ class _Session:
                     case _:
                         raise ProtocolError(f"unexpected {type(message).__name__} from target")
 
-    def _on_ack(self, watermark: int) -> None:
+    def _on_ack(self, watermark: int, subtree: Sequence[NodeMark] = ()) -> None:
+        for mark in subtree:  # a relay's targets below it: the source keeps changes until they commit
+            self.link.source.on_ack(mark.node_id, mark.watermark)
         if watermark > self.acked:
             self.acked = watermark
             self.link.source.on_ack(self.link.target.node_id, watermark)
@@ -149,7 +155,8 @@ class TargetLink:
 
     def __init__(self, source: SourceFolder, target: TargetAddress, ctx: ssl.SSLContext, *,
                  node_id: str, name: str, compare_interval_s: float = PERIODIC_COMPARE_S,
-                 options: ops.SendOptions | None = None) -> None:
+                 options: ops.SendOptions | None = None, route: tuple[str, ...] = (),
+                 on_failure: FailureFn | None = None) -> None:
         self.source = source
         self.options = options or ops.SendOptions()
         self.target = target
@@ -159,6 +166,9 @@ class TargetLink:
         self.compare_interval_s = compare_interval_s
         self.connected = False
         self.bytes_sent = 0
+        self.route = route or (name,)  # the nodes the stream comes through, this one last
+        self.on_failure = on_failure
+        self.failures = 0  # consecutive failed sessions, reported to the master (it re-plans)
         self.log = logging.LoggerAdapter(
             logger, {"mapping": source.mapping_id, "target": target.name}
         )
@@ -174,11 +184,20 @@ class TargetLink:
                 if not is_link_error(exc):
                     raise
                 err = leaf_error(exc)
+                if self.failures == 0:  # the session had opened: a fresh failure, a short wait
+                    delay = RECONNECT_MIN_S
                 self.log.warning("link to %s down, will retry in %.1f s: %s",
                                  self.target.name, delay, err or type(err).__name__)
+                self.failures += 1
+                if self.on_failure is not None:
+                    self.on_failure(self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures)
             self.connected = False
             await anyio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def current_route(self) -> tuple[str, ...]:
+        """The nodes our stream comes through, this one last (recorded in the job log)."""
+        return self.route
 
     async def _open(self) -> tuple[FramedStream, MappingState]:
         stream: anyio.abc.ByteStream
@@ -191,7 +210,8 @@ class TargetLink:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
                 await client_hello(framed, node_id=self.node_id, name=self.name)
                 await framed.send(OpenMapping(mapping_id=self.source.mapping_id,
-                                              journal_id=self.source.journal.journal_id))
+                                              journal_id=self.source.journal.journal_id,
+                                              route=self.current_route()))
                 state = await framed.receive()
                 if isinstance(state, AuthChallenge) and not self.options.tls:
                     mac = tls.link_mac(self.options.link_secret, state.nonce, self.source.mapping_id,
@@ -202,6 +222,7 @@ class TargetLink:
                     raise PeerRefused(state.detail, state.code.name)
                 if not isinstance(state, MappingState):
                     raise ProtocolError("expected MappingState")
+                self.failures = 0
         except BaseException:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()

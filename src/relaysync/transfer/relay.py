@@ -1,0 +1,220 @@
+"""Relay forwarding: a target that streams a mapping's changes on to its children in the tree.
+
+The master's routing table (MappingSpec.routes) gives each node its parent. A relay's peer
+server spools its parent's stream as it arrives (transfer/spool.py) and a `RelayLink` per child
+streams the spool on, so a child gets the first chunks of a file before the relay has the last
+ones. A child the spool does not cover (new in the tree, or far behind) first gets a manifest
+comparison against the relay's own committed tree, like a source would run.
+
+Acknowledgements flow back up: the relay's Ack to its parent carries the watermarks of every
+target below it, so the source keeps each change until every target has committed it; the
+relay keeps its spool until its own children (and itself) have committed it.
+
+A delta is forwarded as it came; a child that lacks the delta's base refuses it, and the relay
+then sends that file whole from its own tree once it has committed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from relaysync.constants import PING_INTERVAL_S, RECEIVE_TIMEOUT_S
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import (
+    AnyMessage,
+    Checkpoint,
+    DeltaStart,
+    FileEnd,
+    MappingState,
+    NodeMark,
+    Ping,
+)
+from relaysync.transfer import ops
+from relaysync.transfer.receiver import TargetFolder
+from relaysync.transfer.sender import BATCH_BYTES, TargetLink, _Session
+from relaysync.transfer.spool import Spool
+from relaysync.watch.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+WAIT_RELAY_S = 0.5  # how often a child that is ahead of this relay re-checks it
+
+
+@dataclass
+class _JournalRef:
+    """What a link needs of a journal: its id (the source's, as our parent announced it)."""
+
+    spool: Spool
+
+    @property
+    def journal_id(self) -> str:
+        return self.spool.journal_id
+
+
+class RelayFeed:
+    """One mapping's relay role on this agent: its spool, its children's acks, its committed mark.
+
+    Implements the `SourceFolder` protocol of transfer/sender.py for its RelayLinks.
+    """
+
+    realtime = True
+
+    def __init__(self, folder: TargetFolder, spool: Spool) -> None:
+        self.folder = folder
+        self.spool = spool
+        self.mapping_id = folder.mapping_id
+        self.root: Path = folder.root
+        self.manifest: Manifest = folder.manifest
+        self.journal = _JournalRef(spool)
+        self.committed = folder.watermark(spool.journal_id) if spool.journal_id else 0
+        self.children: frozenset[str] = frozenset()
+        self.marks: dict[str, int] = {}  # node id -> watermark, for every target below us
+        self._appended = anyio.Event()
+        self.marks_changed = anyio.Event()
+        self.on_marks: Callable[[], None] | None = None
+
+    # --- the parent's side (peer server) ---
+
+    def appended(self) -> None:
+        """New messages are in the spool: wake the children's links (event loop thread)."""
+        event, self._appended = self._appended, anyio.Event()
+        event.set()
+
+    def set_committed(self, watermark: int) -> None:
+        if watermark > self.committed:
+            self.committed = watermark
+            self._release()
+            self.appended()  # a child waiting for us to commit may go on
+
+    def subtree(self) -> tuple[NodeMark, ...]:
+        return tuple(NodeMark(node_id=n, watermark=w) for n, w in sorted(self.marks.items()))
+
+    # --- SourceFolder protocol (for RelayLink) ---
+
+    @property
+    def applied_seq(self) -> int:
+        """A comparison against our tree covers up to what we have committed."""
+        return self.committed
+
+    @property
+    def send_limit(self) -> int:
+        return self.spool.head
+
+    async def wait_for_records(self, after_seq: int, timeout_s: float) -> None:
+        with anyio.move_on_after(timeout_s):
+            await self._appended.wait()
+
+    def on_ack(self, target_node: str, watermark: int) -> None:
+        if watermark > self.marks.get(target_node, -1):
+            self.marks[target_node] = watermark
+            self._release()
+            event, self.marks_changed = self.marks_changed, anyio.Event()
+            event.set()
+            if self.on_marks is not None:
+                self.on_marks()
+
+    def _release(self) -> None:
+        """Keep the spool until every child (and this relay) has committed it."""
+        if not self.children or any(c not in self.marks for c in self.children):
+            return
+        upto = min([self.marks[c] for c in self.children] + [self.committed])
+        self.spool.release(upto)
+
+
+class RelayLink(TargetLink):
+    """Streams a relay's spool to one child (TargetLink's session, handshake and catch-up)."""
+
+    source: RelayFeed  # type: ignore[assignment]  # a SourceFolder but for the journal (only its id is used)
+
+    def current_route(self) -> tuple[str, ...]:
+        return (*self.source.folder.route, self.name)
+
+    async def _open(self) -> tuple[FramedStream, MappingState]:
+        # Nothing to relay before our parent has told us which source journal it streams.
+        while not self.source.spool.journal_id:
+            await self.source.wait_for_records(0, WAIT_RELAY_S)
+        return await super()._open()
+
+    async def _stream(self, session: _Session, state: MappingState, tg: TaskGroup) -> None:
+        feed, spool = self.source, self.source.spool
+        session.acked = session.sent_upto = state.watermark
+        self.options.resume = {}
+        self.connected = True
+        await self._catch_up(session, state.watermark)
+        compare_due = anyio.current_time() + self.compare_interval_s
+        position, generation = spool.start, spool.generation
+        self.log.info("relaying to %s from seq %s", self.target.name, session.sent_upto)
+        while True:
+            messages, position = await anyio.to_thread.run_sync(spool.read, position, generation, BATCH_BYTES)
+            if messages:
+                await self._forward(session, messages)
+                continue
+            # A comparison from here is only sound once our tree holds all we forwarded.
+            if (anyio.current_time() >= compare_due and session.acked >= session.sent_upto
+                    and feed.committed >= session.sent_upto):
+                await self._catch_up_by_compare(session)
+                compare_due = anyio.current_time() + self.compare_interval_s
+                continue
+            before = spool.end
+            await feed.wait_for_records(session.sent_upto, PING_INTERVAL_S)
+            if spool.end == before:
+                await session.framed.send(Ping())
+
+    async def _catch_up(self, session: _Session, watermark: int) -> None:
+        """Bring a child the spool does not cover up to our committed tree by comparison."""
+        feed, spool = self.source, self.source.spool
+        with anyio.fail_after(RECEIVE_TIMEOUT_S * 10):
+            while not spool.covers(session.sent_upto):
+                if feed.committed >= session.sent_upto and spool.base is not None and feed.committed >= spool.base:
+                    await self._catch_up_by_compare(session)
+                    return
+                # The child is ahead of what we hold (it had another parent): wait for our parent.
+                await feed.wait_for_records(session.sent_upto, WAIT_RELAY_S)
+                await session.framed.send(Ping())
+
+    async def _forward(self, session: _Session, messages: list[AnyMessage]) -> None:
+        """Send what of a spool read the child still needs; a refused delta goes as a whole file."""
+        after = session.sent_upto
+        out: list[AnyMessage] = []
+        skipping, skipped_path = -1, ""
+        for message in messages:
+            seq = int(getattr(message, "seq", 0))
+            if seq <= after:
+                continue
+            if seq == skipping:
+                if isinstance(message, FileEnd):
+                    await self._send(session, out)
+                    out = []
+                    await self._whole_from_tree(session, seq, skipped_path)
+                    skipping = -1
+                continue
+            if isinstance(message, DeltaStart) and seq in self.options.whole_file_seqs:
+                skipping, skipped_path = seq, message.path
+                continue
+            out.append(message)
+        await self._send(session, out)
+
+    async def _send(self, session: _Session, out: list[AnyMessage]) -> None:
+        if not out:
+            return
+        await self._wait_window(session)
+        await self._send_stream(session, iter(out))
+        checkpoints = [m.seq for m in out if isinstance(m, Checkpoint)]
+        if checkpoints:
+            session.sent_upto = max(session.sent_upto, checkpoints[-1])
+
+    async def _whole_from_tree(self, session: _Session, seq: int, path: str) -> None:
+        """The child lacked a delta's base: send that version whole from our tree, once committed."""
+        feed = self.source
+        with anyio.fail_after(RECEIVE_TIMEOUT_S):
+            while feed.committed < seq:
+                await feed.wait_for_records(seq, WAIT_RELAY_S)
+        self.log.info("sending %s whole to %s (it lacks the delta's base)", path, self.target.name)
+        options = ops.SendOptions(codec=self.options.codec)
+        await self._send_stream(session, ops.iter_file_messages(feed.root, path, seq, options=options))

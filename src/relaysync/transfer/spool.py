@@ -1,0 +1,272 @@
+"""A relay's spool: the change stream it received for one mapping, kept until its children have it.
+
+A relay appends every message of its parent's stream here as it arrives (before applying it
+locally), and its links to its children read the spool behind it: so a child receives the
+first chunks of a large file while the relay is still receiving the rest (streaming), and the
+relay needs no copy of the file in its tree to forward it.
+
+Layout: segment files `<n>.spool` of length-prefixed msgpack frames, in order. Positions are
+global byte offsets across segments (they only grow). The spool covers every change with a
+sequence number above `base`: a manifest comparison the parent ran with us (catch-up work with
+seq 0) is not spooled; it resets the spool, and `base` becomes the checkpoint that closes it.
+
+Error handling: a torn tail (the relay was killed mid-write) is cut back to the last
+checkpoint when the spool is opened. When the parent's stream breaks mid-batch, the tail after
+the last checkpoint is cut too and `generation` changes, so readers that had gone past it
+restart their session (their partial file is discarded; the parent resends it).
+Resource handling: one append handle; readers open segments per read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from relaysync.protocol.framing import decode_payload, encode_frame
+from relaysync.protocol.messages import AnyMessage, Checkpoint, DigestRequest
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 64 * 1024 * 1024  # a new segment starts at the first checkpoint past this size
+_LEN = 4
+
+
+class SpoolReset(Exception):
+    """The spool was cut back or restarted under a reader: its session must start again."""
+
+
+@dataclass
+class _Segment:
+    path: Path
+    start: int  # global position of its first byte
+    size: int
+    max_seq: int = 0
+
+
+def _seq_of(message: AnyMessage) -> int:
+    return int(getattr(message, "seq", 0))
+
+
+class Spool:
+    """The relay spool of one mapping (thread-safe: appends and reads run in worker threads)."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._state_path = directory / "spool.json"
+        state = self._load_state()
+        self.journal_id = str(state.get("journal_id", ""))
+        base = state.get("base")
+        self.base: int | None = base if isinstance(base, int) else None  # None: nothing until a checkpoint
+        self.head = 0  # the last checkpoint appended
+        self.generation = 0
+        self._segments: list[_Segment] = []
+        self._checkpoint_end = 0  # global position just after the last checkpoint frame
+        self._open_segments()
+
+    # --- state ---
+
+    def _load_state(self) -> dict[str, object]:
+        try:
+            return dict(json.loads(self._state_path.read_text()))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _save_state(self) -> None:
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"journal_id": self.journal_id, "base": self.base}))
+        os.replace(tmp, self._state_path)
+
+    def _open_segments(self) -> None:
+        """Index the segments on disk and cut a torn or unfinished tail back to the last checkpoint."""
+        paths = sorted(self.directory.glob("*.spool"), key=lambda p: int(p.stem))
+        position = int(paths[0].stem) if paths else 0
+        for path in paths:
+            segment = _Segment(path=path, start=int(path.stem), size=0)
+            data = path.read_bytes()
+            offset = 0
+            while offset + _LEN <= len(data):
+                length = int.from_bytes(data[offset : offset + _LEN], "big")
+                end = offset + _LEN + length
+                if end > len(data):
+                    break
+                try:
+                    message = decode_payload(data[offset + _LEN : end])
+                except Exception:  # noqa: BLE001 - a torn frame: the tail from here is dropped
+                    break
+                offset = end
+                segment.max_seq = max(segment.max_seq, _seq_of(message))
+                if isinstance(message, Checkpoint):
+                    self.head = max(self.head, message.seq)
+                    self._checkpoint_end = segment.start + offset
+            segment.size = offset
+            self._segments.append(segment)
+            position = segment.start + segment.size
+        if self._segments:
+            self._truncate(self._checkpoint_end)
+        elif position:
+            self._checkpoint_end = position
+        if self.base is not None and self.head < self.base:
+            self.head = self.base
+
+    def _truncate(self, position: int) -> None:
+        """Drop everything at and after global `position` (in the lock, or before any reader)."""
+        kept: list[_Segment] = []
+        for segment in self._segments:
+            if segment.start >= position and segment is not self._segments[0]:
+                segment.path.unlink(missing_ok=True)
+                continue
+            if segment.start + segment.size > position:
+                with open(segment.path, "r+b") as f:
+                    f.truncate(position - segment.start)
+                segment.size = position - segment.start
+            kept.append(segment)
+        self._segments = kept
+
+    # --- writing (the parent's session) ---
+
+    def begin(self, journal_id: str, watermark: int) -> None:
+        """A session from the parent starts; it streams every change above our `watermark`.
+
+        A new source journal voids what was spooled. A spool that ends before our watermark
+        (cut, or new) restarts there: what lies between was committed here without being
+        spooled, and children behind it get a comparison with us instead.
+        """
+        with self._lock:
+            if journal_id != self.journal_id or self.base is None or self.head < watermark:
+                self._reset_locked()
+                self.journal_id = journal_id
+                self.base = self.head = watermark
+                self._save_state()
+
+    def _reset_locked(self) -> None:
+        end = self.end
+        for segment in self._segments:
+            segment.path.unlink(missing_ok=True)
+        self._segments = []
+        self._checkpoint_end = end
+        self.base = None
+        self.generation += 1
+
+    def append(self, messages: Sequence[AnyMessage]) -> None:
+        """Spool a batch of the parent's stream.
+
+        Catch-up work of a manifest comparison (seq 0) is not spooled: it repaired this relay's
+        tree, and the children may lack the same things, so it resets the spool; children
+        behind the checkpoint that closes the comparison get their own comparison with us.
+        """
+        with self._lock:
+            frames: list[bytes] = []
+            max_seq = 0
+            for message in messages:
+                if isinstance(message, DigestRequest):
+                    continue
+                seq = _seq_of(message)
+                if isinstance(message, Checkpoint):
+                    if self.base is None:  # the checkpoint closing a comparison: we cover what follows
+                        self.base = self.head = seq
+                        self._checkpoint_end = self.end
+                        self._save_state()
+                        continue
+                    self.head = max(self.head, seq)
+                elif seq == 0:
+                    if self.base is not None:
+                        self._write_locked(frames, max_seq)
+                        frames, max_seq = [], 0
+                        self._reset_locked()
+                        self._save_state()
+                    continue
+                elif self.base is None:
+                    continue
+                frames.append(encode_frame(message))
+                max_seq = max(max_seq, seq)
+                if isinstance(message, Checkpoint):
+                    self._write_locked(frames, max_seq)
+                    frames, max_seq = [], 0
+                    self._checkpoint_end = self.end
+            self._write_locked(frames, max_seq)
+
+    def _write_locked(self, frames: list[bytes], max_seq: int) -> None:
+        if not frames:
+            return
+        segment = self._segments[-1] if self._segments else None
+        if segment is None or (segment.size >= self.segment_bytes and self._checkpoint_end == self.end):
+            start = self.end
+            segment = _Segment(path=self.directory / f"{start}.spool", start=start, size=0)
+            self._segments.append(segment)
+        data = b"".join(frames)
+        with open(segment.path, "ab") as f:
+            f.write(data)
+        segment.size += len(data)
+        segment.max_seq = max(segment.max_seq, max_seq)
+
+    def cut_unfinished(self) -> None:
+        """The parent's session ended: drop the tail after the last checkpoint (it is resent)."""
+        with self._lock:
+            if self.end > self._checkpoint_end:
+                self._truncate(self._checkpoint_end)
+                self.generation += 1
+
+    # --- reading (the children's links) ---
+
+    @property
+    def end(self) -> int:
+        if not self._segments:
+            return self._checkpoint_end
+        last = self._segments[-1]
+        return last.start + last.size
+
+    @property
+    def start(self) -> int:
+        return self._segments[0].start if self._segments else self._checkpoint_end
+
+    def covers(self, watermark: int) -> bool:
+        """Can a child at `watermark` be served from the spool alone?"""
+        return self.base is not None and self.base <= watermark
+
+    def read(self, position: int, generation: int, max_bytes: int) -> tuple[list[AnyMessage], int]:
+        """Return messages from `position` (at most about max_bytes) and the next position.
+
+        Raises:
+            SpoolReset: the spool was cut or restarted since the reader's `generation`.
+        """
+        with self._lock:
+            if generation != self.generation or position < self.start:
+                raise SpoolReset("the relay's spool was cut back; the session starts again")
+            segment = next((s for s in self._segments if s.start <= position < s.start + s.size), None)
+            if segment is None:
+                return [], position
+            limit = min(segment.size - (position - segment.start), max(max_bytes, 1 << 20))
+            with open(segment.path, "rb") as f:
+                f.seek(position - segment.start)
+                data = f.read(limit)
+        messages: list[AnyMessage] = []
+        offset = 0
+        while offset + _LEN <= len(data):
+            length = int.from_bytes(data[offset : offset + _LEN], "big")
+            if offset + _LEN + length > len(data):
+                if not messages:  # one frame larger than the read: read it whole
+                    return self.read(position, generation, _LEN + length)
+                break
+            messages.append(decode_payload(data[offset + _LEN : offset + _LEN + length]))
+            offset += _LEN + length
+        return messages, position + offset
+
+    def release(self, upto: int) -> None:
+        """Every child has committed up to `upto`: drop whole segments below it."""
+        with self._lock:
+            while len(self._segments) > 1 and self._segments[0].max_seq <= upto:
+                self._segments.pop(0).path.unlink(missing_ok=True)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"segments": len(self._segments), "bytes": self.end - self.start, "head": self.head,
+                    "base": -1 if self.base is None else self.base}
+

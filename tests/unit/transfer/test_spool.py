@@ -1,0 +1,124 @@
+"""The relay spool: what a relay keeps of its parent's stream for its children."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relaysync.protocol.messages import (
+    AnyMessage,
+    Checkpoint,
+    Delete,
+    DigestRequest,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    MakeDir,
+)
+from relaysync.transfer.spool import Spool, SpoolReset
+
+HASH = b"h" * 16
+
+
+def _file(seq: int, size: int = 10) -> list[AnyMessage]:
+    return [FileStart(seq=seq, path=f"f{seq}", size=size, mode=0o644, mtime_ns=1),
+            FileChunk(seq=seq, offset=0, data=b"x" * size), FileEnd(seq=seq, hash=HASH)]
+
+
+def _read_all(spool: Spool) -> list[AnyMessage]:
+    out: list[AnyMessage] = []
+    position = spool.start
+    while True:
+        messages, position = spool.read(position, spool.generation, 1 << 20)
+        if not messages:
+            return out
+        out.extend(messages)
+
+
+def test_spools_the_stream_after_the_relay_watermark(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.begin("j1", 5)
+    assert spool.covers(5) and not spool.covers(4)
+    spool.append([*_file(6), Delete(seq=7, path="old"), Checkpoint(seq=7)])
+    got = _read_all(spool)
+    assert [type(m).__name__ for m in got] == ["FileStart", "FileChunk", "FileEnd", "Delete", "Checkpoint"]
+    assert spool.head == 7
+
+
+def test_a_comparison_resets_the_spool_and_its_checkpoint_is_the_new_base(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.begin("j1", 0)
+    spool.append([*_file(1), Checkpoint(seq=1)])
+    generation = spool.generation
+    # catch-up work of a comparison: seq 0 ops, then the checkpoint of the source's head
+    spool.append([DigestRequest(mapping_id=1, dirs=("",)), MakeDir(seq=0, path="d"), *_file(0)])
+    with pytest.raises(SpoolReset):
+        spool.read(spool.start, generation, 1 << 20)
+    assert not spool.covers(1)
+    spool.append([Checkpoint(seq=40)])
+    assert spool.base == 40 and spool.covers(40) and not spool.covers(39)
+    spool.append([*_file(41), Checkpoint(seq=41)])
+    assert [m.seq for m in _read_all(spool) if isinstance(m, Checkpoint)] == [41]
+
+
+def test_a_comparison_that_found_nothing_keeps_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.begin("j1", 0)
+    spool.append([*_file(1), Checkpoint(seq=1)])
+    spool.append([DigestRequest(mapping_id=1, dirs=("",)), Checkpoint(seq=1)])
+    assert spool.covers(0)
+    assert len(_read_all(spool)) == 5
+
+
+def test_a_broken_parent_session_cuts_the_unfinished_tail(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.begin("j1", 0)
+    spool.append([*_file(1), Checkpoint(seq=1)])
+    spool.append(_file(2)[:2])  # the parent died mid-file
+    generation = spool.generation
+    spool.cut_unfinished()
+    with pytest.raises(SpoolReset):
+        spool.read(spool.start, generation, 1 << 20)
+    assert [type(m).__name__ for m in _read_all(spool)][-1] == "Checkpoint"
+
+
+def test_reopening_after_a_crash_drops_a_torn_tail(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.begin("j1", 0)
+    spool.append([*_file(1), Checkpoint(seq=1)])
+    spool.append(_file(2)[:2])
+    segment = next(tmp_path.glob("*.spool"))
+    with open(segment, "ab") as f:
+        f.write(b"\x00\x00\x10\x00partial")  # a frame header promising more than was written
+    reopened = Spool(tmp_path)
+    assert reopened.journal_id == "j1" and reopened.head == 1 and reopened.covers(0)
+    assert [type(m).__name__ for m in _read_all(reopened)] == ["FileStart", "FileChunk", "FileEnd", "Checkpoint"]
+
+
+def test_release_drops_whole_segments_the_children_have(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_bytes=100)
+    spool.begin("j1", 0)
+    for seq in range(1, 6):
+        spool.append([*_file(seq, size=200), Checkpoint(seq=seq)])
+    assert len(list(tmp_path.glob("*.spool"))) == 5
+    spool.release(3)
+    assert len(list(tmp_path.glob("*.spool"))) == 2
+    starts = [m.seq for m in _read_all(spool) if isinstance(m, FileStart)]
+    assert starts == [4, 5]
+
+
+def test_a_new_source_journal_voids_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.begin("j1", 0)
+    spool.append([*_file(1), Checkpoint(seq=1)])
+    spool.begin("j2", 0)
+    assert spool.journal_id == "j2" and _read_all(spool) == []
+
+
+def test_a_relay_behind_its_spool_restarts_it_at_its_watermark(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.begin("j1", 0)
+    spool.append([*_file(1), Checkpoint(seq=1)])
+    spool.begin("j1", 9)  # committed up to 9 without spooling 2..9 (e.g. the spool was cut)
+    assert spool.base == 9 and not spool.covers(1)
