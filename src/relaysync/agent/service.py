@@ -387,6 +387,7 @@ class AgentService:
         links += [link for _, relay_links in self.relays.values() for link in relay_links.links]
         out = [sample("links_connected", sum(link.connected for link in links)),
                sample("links_total", len(links)),
+               sample("peer_bytes_sent", sum(link.bytes_sent for link in links)),
                sample("master_link_connected", bool(self.link and self.link.connected))]
         for r in self.sources.values():
             if r.source is not None:

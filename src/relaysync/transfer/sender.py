@@ -165,7 +165,8 @@ class TargetLink:
         self.name = name
         self.compare_interval_s = compare_interval_s
         self.connected = False
-        self.bytes_sent = 0
+        self._bytes_closed = 0  # sent by sessions that have ended
+        self._framed: FramedStream | None = None
         self.route = route or (name,)  # the nodes the stream comes through, this one last
         self.on_failure = on_failure
         self.failures = 0  # consecutive failed sessions, reported to the master (it re-plans)
@@ -194,6 +195,11 @@ class TargetLink:
             self.connected = False
             await anyio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this link has put on the wire, its current session included."""
+        return self._bytes_closed + (self._framed.bytes_sent if self._framed is not None else 0)
 
     def current_route(self) -> tuple[str, ...]:
         """The nodes our stream comes through, this one last (recorded in the job log)."""
@@ -231,13 +237,15 @@ class TargetLink:
 
     async def _run_session(self) -> None:
         framed, state = await self._open()
+        self._framed = framed
         session = _Session(self, framed)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(session.read_loop)
                 await self._stream(session, state, tg)
         finally:
-            self.bytes_sent += framed.bytes_sent
+            self._bytes_closed += framed.bytes_sent
+            self._framed = None
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
 
