@@ -13,6 +13,7 @@ Each class's docstring is its message template, formatted with the positional ar
     ├── AuthError                      identity and certificates
     │   ├── JoinRefused                a bad or expired join token
     │   ├── UnknownPeer                a certificate the receiver does not expect
+    │   │   └── RoutesStale            a sender that is not our parent in our routing table's epoch
     │   └── TLSHandshakeFailed
     ├── TransferError                  moving bytes between agents
     │   ├── HashMismatch               received bytes do not match the announced hash
@@ -98,6 +99,13 @@ class UnknownPeer(AuthError):
     """Connection from unknown node {} refused: it is not a peer of this node."""
 
 
+class RoutesStale(UnknownPeer):
+    """Routing tables disagree on mapping {}: {}; the newer table reaches both nodes shortly.
+
+    Not a failed hop: the sender retries without telling the master.
+    """
+
+
 class TLSHandshakeFailed(AuthError):
     """TLS handshake failed: {}"""
 
@@ -176,3 +184,11 @@ class MonitorError(RelaySyncError):
 
 class AlertDeliveryFailed(MonitorError):
     """Alert channel {!r} could not deliver: {}"""
+
+
+class RouteError(ConfigError):
+    """Invalid manual route: {}
+
+    Raised by routing/manual.py when an operator's route cannot be used as given: an unknown
+    server, a loop, a server reached twice or not at all, or a relay that is not a target.
+    """

@@ -31,7 +31,7 @@ from relaysync.constants import (
     HANDSHAKE_TIMEOUT_S,
     RECEIVE_TIMEOUT_S,
 )
-from relaysync.errors import ProtocolError, RelaySyncError, UnknownPeer
+from relaysync.errors import ProtocolError, RelaySyncError, RoutesStale, UnknownPeer
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
 from relaysync.protocol.messages import (
@@ -129,6 +129,11 @@ class PeerServer:
         folder = self.folders(opened.mapping_id)
         if peer is None:
             folder = await self._authenticate_plain(framed, hello, opened, folder, address)
+        elif (folder is None and opened.route_epoch) or (
+                folder is not None and peer not in folder.parents and opened.route_epoch != folder.route_epoch):
+            ours = folder.route_epoch if folder is not None else "none (the mapping is not ours yet)"
+            raise RoutesStale(opened.mapping_id, f"{hello.name} runs routing epoch {opened.route_epoch}, "
+                                                 f"we run {ours}")
         elif folder is None or peer not in folder.parents:
             raise UnknownPeer(f"{hello.name} ({peer[:16]}) is not the parent of mapping {opened.mapping_id} "
                               f"here, from {address}")
@@ -244,7 +249,8 @@ class PeerServer:
 
 
 async def _try_send_error(framed: FramedStream, exc: RelaySyncError) -> None:
-    code = ErrorCode.UNKNOWN_PEER if isinstance(exc, UnknownPeer) else ErrorCode.BAD_MESSAGE
+    code = (ErrorCode.ROUTES_STALE if isinstance(exc, RoutesStale)
+            else ErrorCode.UNKNOWN_PEER if isinstance(exc, UnknownPeer) else ErrorCode.BAD_MESSAGE)
     with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
         try:
             await framed.send(Error(code=code, detail=str(exc)))

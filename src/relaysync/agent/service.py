@@ -204,6 +204,7 @@ class AgentService:
                 existing.link_secret = _own_target(spec, self.node_id).link_secret
                 existing.keep_versions = _versions_here(spec, self.node_id)
                 existing.parents = parents_of(spec, self.node_id)
+                existing.route_epoch = spec.route_epoch
                 await self._apply_relay(spec, existing)
                 continue
             if existing is not None:
@@ -211,6 +212,7 @@ class AgentService:
                 await self._server.retire(self.targets.pop(mapping_id))
             folder = await anyio.to_thread.run_sync(self._open_target, spec, Path(path))
             folder.parents = parents_of(spec, self.node_id)
+            folder.route_epoch = spec.route_epoch
             self.targets[mapping_id] = folder
             await self._apply_relay(spec, folder)
 
@@ -260,7 +262,16 @@ class AgentService:
         return kind(source, TargetAddress(target.node_id, label, address),  # type: ignore[arg-type]
                     tls.client_context(self.identity), node_id=self.node_id, name=self.cfg.name,
                     compare_interval_s=self.cfg.compare_interval_s, options=options,
-                    on_failure=partial(self._hop_failed, mapping_id))
+                    on_failure=partial(self._hop_failed, mapping_id),
+                    route_epoch=partial(self._route_epoch, mapping_id))
+
+    def _route_epoch(self, mapping_id: int) -> int:
+        """The routing epoch this agent runs for the mapping (as a source, else as a target)."""
+        running = self.sources.get(mapping_id)
+        if running is not None:
+            return running.spec.route_epoch
+        folder = self.targets.get(mapping_id)
+        return folder.route_epoch if folder is not None else 0
 
     def _hop_failed(self, mapping_id: int, child: str, error: str, attempts: int) -> None:
         """Tell the master a hop of ours failed; it re-plans around it after repeated failures."""

@@ -33,6 +33,7 @@ class ErrorCode(enum.IntEnum):
     NOT_EXPECTED = 8
     DISK_FULL = 9
     BASE_MISMATCH = 10  # a delta's base is not what the target holds: send the whole file
+    ROUTES_STALE = 12  # sender and receiver run different routing epochs: retry, not a failed hop
     RESUME_LOST = 11  # the partial a resume refers to is gone: send the whole file
     NOT_AUTHORIZED = 20  # purge listener: unknown site, bad HMAC, stale time or replayed nonce
     FOREIGN_URL = 21  # purge listener: the URL does not belong to the site
@@ -243,6 +244,7 @@ class OpenMapping(Message, frozen=True, tag="open"):
     mapping_id: int
     journal_id: str  # identifies the source's journal; a new one means old watermarks are void
     route: tuple[str, ...] = ()  # names of the nodes the stream came through, source first
+    route_epoch: int = 0  # the sender's routing table (MappingSpec.route_epoch)
 
     def validate(self) -> None:
         if len(self.route) > 64 or any(len(n) > MAX_NAME_BYTES for n in self.route):

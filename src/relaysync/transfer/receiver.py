@@ -84,6 +84,7 @@ class TargetFolder:
     # Who may stream to us: our parent in the routing table (the source when there is none).
     parents: frozenset[str] = frozenset()
     route: tuple[str, ...] = ()  # the nodes the current session's stream came through (job log)
+    route_epoch: int = 0  # of the routing table `parents` comes from
 
     def __post_init__(self) -> None:
         if not self.parents:

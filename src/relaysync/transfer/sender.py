@@ -156,7 +156,7 @@ class TargetLink:
     def __init__(self, source: SourceFolder, target: TargetAddress, ctx: ssl.SSLContext, *,
                  node_id: str, name: str, compare_interval_s: float = PERIODIC_COMPARE_S,
                  options: ops.SendOptions | None = None, route: tuple[str, ...] = (),
-                 on_failure: FailureFn | None = None) -> None:
+                 on_failure: FailureFn | None = None, route_epoch: Callable[[], int] = lambda: 0) -> None:
         self.source = source
         self.options = options or ops.SendOptions()
         self.target = target
@@ -169,6 +169,7 @@ class TargetLink:
         self._framed: FramedStream | None = None
         self.route = route or (name,)  # the nodes the stream comes through, this one last
         self.on_failure = on_failure
+        self.route_epoch = route_epoch  # of the routing table this link belongs to
         self.failures = 0  # consecutive failed sessions, reported to the master (it re-plans)
         self.log = logging.LoggerAdapter(
             logger, {"mapping": source.mapping_id, "target": target.name}
@@ -190,7 +191,7 @@ class TargetLink:
                 self.log.warning("link to %s down, will retry in %.1f s: %s",
                                  self.target.name, delay, err or type(err).__name__)
                 self.failures += 1
-                if self.on_failure is not None:
+                if self.on_failure is not None and not _is_stale_routes(err):
                     self.on_failure(self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures)
             self.connected = False
             await anyio.sleep(delay)
@@ -217,7 +218,7 @@ class TargetLink:
                 await client_hello(framed, node_id=self.node_id, name=self.name)
                 await framed.send(OpenMapping(mapping_id=self.source.mapping_id,
                                               journal_id=self.source.journal.journal_id,
-                                              route=self.current_route()))
+                                              route=self.current_route(), route_epoch=self.route_epoch()))
                 state = await framed.receive()
                 if isinstance(state, AuthChallenge) and not self.options.tls:
                     mac = tls.link_mac(self.options.link_secret, state.nonce, self.source.mapping_id,
@@ -369,3 +370,8 @@ class TargetLink:
                 await limit.consume(session.framed.bytes_sent - before)
                 await self._sign_sent()
 
+
+
+def _is_stale_routes(err: BaseException | None) -> bool:
+    """The receiver runs another routing epoch: a re-plan in flight, not a failed hop."""
+    return isinstance(err, PeerRefused) and err.args[1:2] == (ErrorCode.ROUTES_STALE.name,)
