@@ -18,7 +18,8 @@ Each class's docstring is its message template, formatted with the positional ar
     ├── TransferError                  moving bytes between agents
     │   ├── HashMismatch               received bytes do not match the announced hash
     │   ├── SourceChanged              the source file changed while it was being read
-    │   └── LinkDown                   a peer could not be reached or dropped the link
+    │   ├── LinkDown                   a peer could not be reached or dropped the link
+    │   └── SpoolReset                 a relay's parent stream broke mid-file: its children start again
     ├── WatchError                     content monitoring
     │   ├── WatchLimitReached          the kernel's inotify watch limit is too low
     │   └── JournalCorrupt
@@ -126,6 +127,10 @@ class SourceChanged(TransferError):
 
 class LinkDown(TransferError):
     """Link to {} is down: {}. Will retry."""
+
+
+class SpoolReset(TransferError):
+    """The relay's spool was cut back under a reader ({}); its session starts again."""
 
 
 class WatchError(RelaySyncError):

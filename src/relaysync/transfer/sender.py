@@ -33,7 +33,7 @@ from relaysync.constants import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
 )
-from relaysync.errors import PeerRefused, ProtocolError, RelaySyncError
+from relaysync.errors import PeerRefused, ProtocolError, RelaySyncError, SpoolReset
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
@@ -191,7 +191,7 @@ class TargetLink:
                 self.log.warning("link to %s down, will retry in %.1f s: %s",
                                  self.target.name, delay, err or type(err).__name__)
                 self.failures += 1
-                if self.on_failure is not None and not _is_stale_routes(err):
+                if self.on_failure is not None and not _not_a_failed_hop(err):
                     self.on_failure(self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures)
             self.connected = False
             await anyio.sleep(delay)
@@ -372,6 +372,9 @@ class TargetLink:
 
 
 
-def _is_stale_routes(err: BaseException | None) -> bool:
-    """The receiver runs another routing epoch: a re-plan in flight, not a failed hop."""
+def _not_a_failed_hop(err: BaseException | None) -> bool:
+    """A re-plan in flight (the receiver runs another routing epoch) or our relay's own parent
+    stream restarting: the link retries without telling the master."""
+    if isinstance(err, SpoolReset):
+        return True
     return isinstance(err, PeerRefused) and err.args[1:2] == (ErrorCode.ROUTES_STALE.name,)

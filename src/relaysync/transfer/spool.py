@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from relaysync.errors import SpoolReset
 from relaysync.protocol.framing import decode_payload, encode_frame
 from relaysync.protocol.messages import AnyMessage, Checkpoint, DigestRequest
 
@@ -34,10 +35,6 @@ logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 64 * 1024 * 1024  # a new segment starts at the first checkpoint past this size
 _LEN = 4
-
-
-class SpoolReset(Exception):
-    """The spool was cut back or restarted under a reader: its session must start again."""
 
 
 @dataclass
@@ -239,7 +236,7 @@ class Spool:
         """
         with self._lock:
             if generation != self.generation or position < self.start:
-                raise SpoolReset("the relay's spool was cut back; the session starts again")
+                raise SpoolReset("its parent's stream broke mid-file, or a comparison reset it")
             segment = next((s for s in self._segments if s.start <= position < s.start + s.size), None)
             if segment is None:
                 return [], position

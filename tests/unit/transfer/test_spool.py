@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from relaysync.errors import SpoolReset
 from relaysync.protocol.messages import (
     AnyMessage,
     Checkpoint,
@@ -16,7 +17,7 @@ from relaysync.protocol.messages import (
     FileStart,
     MakeDir,
 )
-from relaysync.transfer.spool import Spool, SpoolReset
+from relaysync.transfer.spool import Spool
 
 HASH = b"h" * 16
 
