@@ -145,6 +145,12 @@ class MasterClient:
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, json=body).json()
 
+    def put(self, path: str, body: Any) -> Any:
+        return self.request("PUT", path, json=body).json()
+
+    def patch(self, path: str, body: Any) -> Any:
+        return self.request("PATCH", path, json=body).json()
+
     def delete(self, path: str) -> None:
         self.request("DELETE", path)
 

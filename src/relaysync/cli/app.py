@@ -10,10 +10,15 @@ from relaysync.cli import (
     log_cmd,
     mapping_cmd,
     master_cmd,
+    recover_cmd,
+    recovery_cmd,
     restore_cmd,
+    routes_cmd,
     send_cmd,
+    server_cmd,
     stats_cmd,
     status_cmd,
+    topology_cmd,
 )
 
 app = typer.Typer(
@@ -31,4 +36,9 @@ app.command("log")(log_cmd.log)
 app.command("stats")(stats_cmd.stats)
 app.command("send")(send_cmd.send)
 app.command("restore")(restore_cmd.restore)
+app.command("topology")(topology_cmd.topology)
+app.command("routes")(routes_cmd.routes)
+app.command("recovery")(recovery_cmd.recovery)
+app.command("recover")(recover_cmd.recover)
 app.add_typer(mapping_cmd.app, name="mapping")
+app.add_typer(server_cmd.app, name="server")

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 import relaysync.master.api.sites as sites_api
 from relaysync import __version__
 from relaysync.auth.ca import CertificateAuthority
-from relaysync.errors import AuthError, ConfigError, NotFound, StoreError
+from relaysync.errors import AuthError, ConfigError, NotFound, RouteError, StoreError
 from relaysync.master.api import (
     alert_channels,
     alerts,
@@ -33,13 +33,16 @@ from relaysync.master.api import (
     modes,
     policies,
     probes,
+    routing,
     servers,
     stats,
     thresholds,
     tokens,
+    topology,
 )
-from relaysync.master.api._context import ApiContext, require_token
+from relaysync.master.api._context import ApiContext, call_on_event_loop, require_token
 from relaysync.master.events import EventBus
+from relaysync.master.router import Router
 from relaysync.master.store import Store
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/servers", servers.list_servers, ("GET",)),
     Route("/api/servers/{name}", servers.get_server, ("GET",)),                     # name or node id
     Route("/api/servers/{name}", servers.delete_server, ("DELETE",), status_code=204),  # unused by mappings
+    Route("/api/servers/{name}", servers.patch_server, ("PATCH",)),                 # TopologyPatch: region, group, capacity
+    Route("/api/topology", topology.get_topology, ("GET",)),                        # regions > groups > servers
     Route("/api/mappings", mappings.list_mappings, ("GET",)),
     Route("/api/mappings", mappings.create_mapping, ("POST",), status_code=201),    # MappingIn
     Route("/api/mappings/{id_or_name}", mappings.get_mapping, ("GET",)),
@@ -71,8 +76,15 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/mappings/{id_or_name}/send", modes.send_now, ("POST",)),             # manual transmission
     Route("/api/mappings/{id_or_name}/confirm-deletes", modes.confirm_deletes, ("POST",)),  # mass-delete guard
     Route("/api/mappings/{id_or_name}/versions", modes.put_versions, ("PUT",)),      # VersionsIn: backups
+    Route("/api/mappings/{id_or_name}/routing", routing.get_routing, ("GET",)),
+    Route("/api/mappings/{id_or_name}/routing", routing.put_routing, ("PUT",)),      # RoutingIn: fields left out keep their value
+    Route("/api/mappings/{id_or_name}/routes", routing.get_routes, ("GET",)),        # the current plan and failures
+    Route("/api/mappings/{id_or_name}/recover", routing.recover, ("POST",)),         # {target}: operator recovery
+    Route("/api/mappings/{id_or_name}/recoveries", routing.list_recoveries, ("GET",)),  # [limit]: recovery jobs
+    Route("/api/mappings/{id_or_name}/changes/{seq}", routing.get_change, ("GET",)),  # every target's state of one change
     Route("/api/jobs", jobs.list_jobs, ("GET",)),                                   # [mapping] [limit] [before]
     Route("/api/exceptions", jobs.list_exceptions, ("GET",)),                       # [mapping] [limit] [open]
+    Route("/api/advances", jobs.list_advances, ("GET",)),                           # [mapping] [target] [limit]: with routes
     Route("/api/stats", stats.get_stats, ("GET",)),                                 # [by] [since] [until] [format=json|csv]
     Route("/api/tokens/join", tokens.create_join_token, ("POST",), status_code=201),  # [{ttl_s}]
     Route("/api/tokens/api", tokens.create_api_token, ("POST",), status_code=201),  # {name}
@@ -106,6 +118,7 @@ ROUTES: tuple[Route, ...] = (
 
 ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NotFound, 404),
+    (RouteError, 400),  # a manual route the planner refuses: loop, unknown server, target twice
     (ConfigError, 422),
     (AuthError, 403),
     (StoreError, 503),
@@ -129,6 +142,7 @@ def create_app(
     admin_token: str,
     control_address: str,
     on_change: Callable[[], None],
+    router: Router | None = None,
 ) -> FastAPI:
     """Build the REST API over the master's store, CA and event bus.
 
@@ -137,6 +151,7 @@ def create_app(
         control_address: host:port of the control server, told to agents when they join.
         on_change: called (on the event loop's thread) after every mutation, so that the
             control server pushes new assignments.
+        router: the master's re-planner; a fresh one over `store` when not given (tests, tools).
     """
     if not admin_token:
         raise ConfigError("the master needs a non-empty admin token")
@@ -148,6 +163,7 @@ def create_app(
         admin_token=admin_token,
         control_address=control_address,
         on_change=on_change,
+        router=router or Router(store, events, on_change=lambda: call_on_event_loop(on_change)),
     )
     for route in ROUTES:
         app.add_api_route(

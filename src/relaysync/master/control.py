@@ -1,7 +1,8 @@
 """The master's control server: agents' links over mutual TLS; assignments out, reports in.
 
 Error handling: a link that fails its handshake or sends a bad frame is closed; the agent
-reconnects. A server whose link drops is marked down at once, and up again on reconnect.
+reconnects. A server whose link drops is marked down at once, and up again on reconnect; the
+router (master/router.py) re-plans around it, and around the hops agents report failed.
 Resource handling: one task per agent link; pushes to an agent go through its own lock.
 """
 
@@ -12,6 +13,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 from anyio.abc import TaskStatus
@@ -26,12 +28,15 @@ from relaysync.constants import (
 from relaysync.errors import ProtocolError, RelaySyncError
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
+from relaysync.master.router import Router
 from relaysync.master.store.store import Store
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
 from relaysync.protocol.messages import (
+    Assignment,
     AssignmentAck,
     CommitReport,
+    HopFailed,
     MassDeleteHeld,
     MetricsReport,
     Ping,
@@ -59,13 +64,15 @@ class ControlServer:
 
     def __init__(self, *, host: str, port: int, ctx: ssl.SSLContext, store: Store, events: EventBus,
                  joblog: JobLogWriter,
-                 on_metrics: Callable[[str, str, MetricsReport], None] | None = None) -> None:
+                 on_metrics: Callable[[str, str, MetricsReport], None] | None = None,
+                 router: Router | None = None) -> None:
         self.host, self.port = host, port
         self.ctx = ctx
         self.store = store
         self.events = events
         self.joblog = joblog
         self.on_metrics = on_metrics  # (node_id, name, report), on the event loop's thread
+        self.router = router  # fills in routes, drops failed targets; None: stars from the source
         self.links: dict[str, _AgentLink] = {}
         self._changed = anyio.Event()
 
@@ -93,8 +100,22 @@ class ControlServer:
                 except (RelaySyncError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                     logger.warning("push to %s failed: %s", link.name, exc)
 
+    def _assignment(self, node_id: str) -> Assignment:
+        if self.router is None:
+            return self.store.assignment_for(node_id)
+        # A re-plan bumps the config epoch, so the epoch check below still sees new routes.
+        assignment = self.store.assignment_for(node_id, self.router.relay_mappings(node_id))
+        return self.router.apply(assignment, node_id)
+
+    async def _router_call(self, method: Callable[..., None], *args: object) -> None:
+        """Tell the router (in a worker thread: it reads the store); its failure never ends a link."""
+        try:
+            await anyio.to_thread.run_sync(method, *args)
+        except RelaySyncError as exc:
+            logger.warning("router update failed, the next tick retries: %s", exc)
+
     async def _push(self, link: _AgentLink) -> None:
-        assignment = await anyio.to_thread.run_sync(self.store.assignment_for, link.node_id)
+        assignment = await anyio.to_thread.run_sync(self._assignment, link.node_id)
         if assignment.epoch == link.epoch_sent:
             return
         async with link.lock:
@@ -123,6 +144,8 @@ class ControlServer:
                 del self.links[node_id]
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.store.set_server_state, node_id, "down", time.time())
+                    if self.router is not None:
+                        await self._router_call(self.router.node_down, node_id)
                 self.events.publish(EventType.SERVER_DOWN, node_id=node_id, name=link.name)
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
@@ -148,6 +171,8 @@ class ControlServer:
             await anyio.aclose_forcefully(old.framed.stream)
         self.events.publish(EventType.SERVER_UP, node_id=link.node_id, name=register.name,
                             address=register.peer_address)
+        if self.router is not None:
+            await self._router_call(self.router.node_up, link.node_id)
         await self._push(link)
         self._changed.set()  # its address may have changed: others get fresh peers
 
@@ -178,6 +203,11 @@ class ControlServer:
                 case ReleaseReport():
                     await anyio.to_thread.run_sync(self.store.modes.record_release, message.mapping_id,
                                                    message.release, message.upto_seq)
+                case HopFailed():
+                    if self.router is not None:
+                        await self._router_call(partial(self.router.hop_failed, message.mapping_id, link.node_id,
+                                                        message.child, attempts=message.attempts,
+                                                        error=message.error))
                 case Ping():
                     async with link.lock:
                         await link.framed.send(Pong(nonce=message.nonce))

@@ -46,6 +46,12 @@ class EventType(enum.StrEnum):
     ALARM = "alarm"  # a console alert channel's notice, for the web console
     SERVER_HEALTH = "server_health"  # a server became ok or unhealthy (the planner skips those)
     MASS_DELETE_HELD = "mass_delete_held"  # a source folder vanished or emptied: deletes held for the operator
+    # --- Relay routes (master/router.py) ---
+    ROUTE_CHANGED = "route_changed"  # a mapping's distribution tree was re-planned: which hops and why
+    HOP_FAILED = "hop_failed"  # a parent could not stream to a child twice: the hop is avoided for a while
+    TARGET_FAILED = "target_failed"  # unreachable longer than fail_after_s: left out until it recovers
+    RECOVERY_STARTED = "recovery_started"  # a failed target is back in the mapping (at once, reserved, manual)
+    TARGET_RECOVERED = "target_recovered"  # its watermark caught up with the other targets'
 
 
 @dataclass(frozen=True, slots=True)

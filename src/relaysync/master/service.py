@@ -30,6 +30,7 @@ from relaysync.master.control import ControlServer
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.purging import PurgeService
+from relaysync.master.router import Router
 from relaysync.master.scheduler import Scheduler
 from relaysync.master.store.store import Store
 from relaysync.monitor.engine import MonitorService
@@ -97,19 +98,24 @@ class MasterService:
         if cport == 0 and saved_port.exists():
             cport = int(saved_port.read_text())  # agents hold this address: keep it across restarts
         monitor = self._monitor(store, events, joblog, lambda: set(control.links))
+        router = Router(store, events, links_up=lambda: set(control.links))
         control = ControlServer(host=chost, port=cport, ctx=tls.server_context(identity), store=store,
-                                events=events, joblog=joblog, on_metrics=monitor.on_metrics)
+                                events=events, joblog=joblog, on_metrics=monitor.on_metrics,
+                                router=router)
+        router.on_change = control.notify_change
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(joblog.serve)
                 self.purge_address = await tg.start(purging.serve)
                 await tg.start(monitor.serve)
+                await tg.start(router.serve)  # failure state rebuilt from the store before agents connect
                 control_port = await tg.start(control.serve)
                 await tg.start(Scheduler(store, events, control.notify_change).serve)
                 self.control_address = f"{chost}:{control_port}"
                 saved_port.write_text(str(control_port))
                 app = create_app(store=store, ca=ca, events=events, admin_token=admin_token,
-                                 control_address=self.control_address, on_change=control.notify_change)
+                                 control_address=self.control_address, on_change=control.notify_change,
+                                 router=router)
                 app.state.joblog = joblog
                 app.state.purger = purging.purger
                 app.state.monitor = monitor

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.tokens import tokens_equal
 from relaysync.master.events import EventBus, EventType
+from relaysync.master.router import Router
 from relaysync.master.store import Store
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class ApiContext:
     admin_token: str
     control_address: str
     on_change: Callable[[], None]
+    router: Router  # relay routes: re-planned on topology and routing edits
 
     def changed(self, event_type: EventType, **data: Any) -> None:
         """Publish an event and tell the control server to push new assignments.
@@ -39,14 +41,14 @@ class ApiContext:
         """
         self.events.publish(event_type, **data)
         try:
-            _call_on_event_loop(self.on_change)
+            call_on_event_loop(self.on_change)
         except Exception:  # the change is committed; a failed push must not turn it into a 500
             logger.exception(
                 "on_change failed after a committed change", extra={"event": str(event_type)}
             )
 
 
-def _call_on_event_loop(fn: Callable[[], None]) -> None:
+def call_on_event_loop(fn: Callable[[], None]) -> None:
     """Call `fn` on the event loop's thread when called from an anyio worker thread, else here."""
     called = False
 

@@ -67,3 +67,29 @@ def list_exceptions(
     """Failed changes, latest failure first; `open=true` for the unresolved only."""
     rows = context.store.exceptions(mapping, limit, open_only=open)
     return [ExceptionOut.model_validate(r) for r in rows]
+
+
+class AdvanceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    mapping_id: int
+    source_node: str
+    target_node: str
+    from_seq: int
+    to_seq: int
+    at: float
+    files: int
+    wire_bytes: int
+    route: str  # server names the changes came through, source first, the target last ("" unknown)
+
+
+def list_advances(
+    context: Context,
+    mapping: str | None = None,
+    target: str | None = None,
+    limit: Limit = 100,
+) -> list[AdvanceOut]:
+    """Watermark advances (per-target commits), newest first, with the route they came along."""
+    rows = context.store.advances(mapping_id=mapping, target=target, limit=limit)
+    return [AdvanceOut.model_validate(r) for r in rows]

@@ -18,7 +18,7 @@ from sqlalchemy import Insert, Table, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from relaysync.master.store.models import Base, Mapping
+from relaysync.master.store.models import Base, Mapping, Server
 from relaysync.protocol.messages import CommitReport
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class _Batch:
     catchup: dict[Triple, list[int]] = field(default_factory=dict)
     watermarks: dict[Triple, int] = field(default_factory=dict)
     advances: list[dict[str, Any]] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # target node id -> server name
 
 
 def record(session: Session, reports: Sequence[CommitReport], now: float) -> None:
@@ -70,6 +71,7 @@ def record(session: Session, reports: Sequence[CommitReport], now: float) -> Non
         return
     batch = _Batch(now=now)
     batch.watermarks = _current_watermarks(session, reports)
+    batch.names = _target_names(session, reports)
     for report in reports:
         _fold(batch, report)
     _write_changes(session, batch)
@@ -103,6 +105,21 @@ def _current_watermarks(session: Session, reports: Sequence[CommitReport]) -> di
     return current
 
 
+def _target_names(session: Session, reports: Sequence[CommitReport]) -> dict[str, str]:
+    nodes = {r.target_node for r in reports if r.route}
+    if not nodes:
+        return {}
+    rows = session.execute(select(Server.node_id, Server.name).where(Server.node_id.in_(nodes)))
+    return {node: name for node, name in rows}
+
+
+def _route(batch: _Batch, report: CommitReport) -> str:
+    """The route of a report as the job log keeps it: names joined by ">", the target last."""
+    if not report.route:
+        return ""  # an agent that does not say: unknown (not necessarily direct)
+    return ">".join((*report.route, batch.names.get(report.target_node, report.target_node)))
+
+
 def _fold(batch: _Batch, report: CommitReport) -> None:
     triple = (report.mapping_id, report.source_node, report.target_node)
     files = wire_bytes = 0
@@ -133,7 +150,7 @@ def _fold(batch: _Batch, report: CommitReport) -> None:
             counters = batch.catchup.setdefault(triple, [0, 0])
             counters[0] += 1
             counters[1] += rec.wire_bytes
-    _fold_watermark(batch, triple, report.watermark, files, wire_bytes, duration_ms)
+    _fold_watermark(batch, triple, report.watermark, files, wire_bytes, duration_ms, _route(batch, report))
 
 
 def _fold_failure(
@@ -156,7 +173,13 @@ def _fold_failure(
 
 
 def _fold_watermark(
-    batch: _Batch, triple: Triple, watermark: int, files: int, wire_bytes: int, duration_ms: float
+    batch: _Batch,
+    triple: Triple,
+    watermark: int,
+    files: int,
+    wire_bytes: int,
+    duration_ms: float,
+    route: str,
 ) -> None:
     current = batch.watermarks.get(triple)
     if current is not None and watermark <= current:
@@ -174,6 +197,7 @@ def _fold_watermark(
                 "files": files,
                 "wire_bytes": wire_bytes,
                 "duration_ms": duration_ms,
+                "route": route,
             }
         )
 

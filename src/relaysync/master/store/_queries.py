@@ -8,8 +8,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from relaysync.master.store import _joblog
-from relaysync.master.store.models import Catchup, Change, CommitException, Mapping, Watermark
+from relaysync.master.store.models import (
+    Catchup,
+    Change,
+    CommitException,
+    Mapping,
+    Watermark,
+    WatermarkAdvance,
+)
 from relaysync.master.store.types import (
+    AdvanceInfo,
     CatchupInfo,
     ChangeLogRow,
     ExceptionInfo,
@@ -170,4 +178,31 @@ def catchup(session: Session, mapping_id: int) -> list[CatchupInfo]:
             updated_at=r.updated_at,
         )
         for r in rows
+    ]
+
+
+def advances(
+    session: Session, *, mapping_id: int | None, target_node: str | None, limit: int
+) -> list[AdvanceInfo]:
+    """Watermark advances, newest first, each with the route its changes came through."""
+    query = select(WatermarkAdvance)
+    if mapping_id is not None:
+        query = query.where(WatermarkAdvance.mapping_id == mapping_id)
+    if target_node is not None:
+        query = query.where(WatermarkAdvance.target_node == target_node)
+    query = query.order_by(WatermarkAdvance.id.desc()).limit(limit)
+    return [
+        AdvanceInfo(
+            id=r.id,
+            mapping_id=r.mapping_id,
+            source_node=r.source_node,
+            target_node=r.target_node,
+            from_seq=r.from_seq,
+            to_seq=r.to_seq,
+            at=r.at,
+            files=r.files,
+            wire_bytes=r.wire_bytes,
+            route=r.route,
+        )
+        for r in session.scalars(query)
     ]

@@ -47,6 +47,9 @@ class Server(Base):
     capacity_weight: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[float] = mapped_column(Float)
     health: Mapped[str] = mapped_column(String(16), default="ok")  # ok | unhealthy (monitoring)
+    # Set when an operator edits region/group/capacity (migration 0006_routing): from then on the
+    # agent's Register no longer overwrites region and group.
+    topology_locked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Mapping(Base):
@@ -140,6 +143,8 @@ class WatermarkAdvance(Base):
     files: Mapped[int] = mapped_column(Integer, default=0)
     wire_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # server names the changes came through, source first, the target last (0006_routing)
+    route: Mapped[str] = mapped_column(Text, default="")
 
     __table_args__ = (
         Index("ix_watermark_advances_key", "mapping_id", "source_node", "target_node", "to_seq"),

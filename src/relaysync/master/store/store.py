@@ -31,6 +31,7 @@ from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_err
 from relaysync.master.store._modes import ModeStore
 from relaysync.master.store._monitoring import MonitoringStore
 from relaysync.master.store._policies import PolicyStore
+from relaysync.master.store._routing import RoutingStore, check_capacity, check_topology_name
 from relaysync.master.store._sites import SiteStore
 from relaysync.master.store._stats import StatsStore
 from relaysync.master.store.models import (
@@ -42,6 +43,7 @@ from relaysync.master.store.models import (
     Server,
 )
 from relaysync.master.store.types import (
+    AdvanceInfo,
     CatchupInfo,
     ChangeLogRow,
     ExceptionInfo,
@@ -71,6 +73,7 @@ def _server_info(row: Server) -> ServerInfo:
         capacity_weight=row.capacity_weight,
         created_at=row.created_at,
         health=row.health,  # type: ignore[arg-type]
+        topology_locked=row.topology_locked,
     )
 
 
@@ -106,6 +109,8 @@ class Store(SiteStore):
         # transmission modes: real-time, manual, reserved (schedules and release counters)
         self.modes = ModeStore(self._read, self._write, _bump_epoch)
         self.stats = StatsStore(self._read)  # job-log statistics by server, group, region, mapping, day
+        # relay routes: auto/manual, fan-out, recovery policies, failed targets, recovery jobs
+        self.routing = RoutingStore(self._read, self._write, _bump_epoch)
 
     # --- Lifecycle ---
 
@@ -137,12 +142,21 @@ class Store(SiteStore):
         with self._read("epoch") as session:
             return _read_epoch(session)
 
+    def bump_epoch(self) -> int:
+        """Bump the config epoch (e.g. after a re-plan, so that agents get the new routes); return it."""
+        with self._write("bump epoch") as session:
+            _bump_epoch(session)
+            return _read_epoch(session)
+
     # --- Servers ---
 
     def upsert_server(
         self, *, node_id: str, name: str, region: str, group: str, address: str
     ) -> ServerInfo:
         """Add a server or update its name, region, group and address.
+
+        Once an operator has set a server's topology (set_server_topology), the region and group
+        an agent registers with no longer replace it.
 
         Raises:
             ConfigError: another node already has this name.
@@ -161,7 +175,9 @@ class Store(SiteStore):
                 session.add(row)
             elif row.address != address or row.name != name:
                 _bump_epoch(session)  # peers address it by name and address
-            row.name, row.region, row.group_name, row.address = name, region, group, address
+            row.name, row.address = name, address
+            if not row.topology_locked:  # the router re-plans on the registration that follows
+                row.region, row.group_name = region, group
             session.flush()
             return _server_info(row)
 
@@ -179,6 +195,40 @@ class Store(SiteStore):
             if row is None:
                 raise NotFound("Server", node_id)
             row.state, row.last_seen = state, last_seen
+
+    def set_server_topology(
+        self,
+        name_or_node_id: str,
+        *,
+        region: str | None = None,
+        group: str | None = None,
+        capacity_weight: int | None = None,
+        locked: bool | None = None,
+    ) -> ServerInfo:
+        """An operator places a server: region, group, capacity weight (others keep their value).
+
+        Any edit locks the server's topology against the agent's registration, unless `locked`
+        is given: `locked=False` lets the agent's region and group apply again.
+
+        Raises:
+            ConfigError: a bad region or group name, or a capacity weight below 1.
+            NotFound: no such server.
+        """
+        if region is not None:
+            check_topology_name(region, "region")
+        if group is not None:
+            check_topology_name(group, "group")
+        if capacity_weight is not None:
+            check_capacity(capacity_weight)
+        with self._write("set server topology") as session:
+            row = _mappings.resolve_server(session, name_or_node_id)
+            row.region = region if region is not None else row.region
+            row.group_name = group if group is not None else row.group_name
+            row.capacity_weight = capacity_weight if capacity_weight is not None else row.capacity_weight
+            row.topology_locked = locked if locked is not None else True
+            _bump_epoch(session)
+            session.flush()
+            return _server_info(row)
 
     def list_servers(self) -> list[ServerInfo]:
         """Return every server, by name."""
@@ -316,9 +366,11 @@ class Store(SiteStore):
         with self._read("get mapping") as session:
             return _mappings.infos(session, [_mappings.find_mapping(session, id_or_name)])[0]
 
-    def assignment_for(self, node_id: str) -> Assignment:
+    def assignment_for(self, node_id: str, relay_for: Sequence[int] = ()) -> Assignment:
         """Return what `node_id` must run: every mapping it is source or target of, and its peers.
 
+        `relay_for` adds mappings the node only relays (a manual route through a non-target); the
+        router (master/router.py) fills in routes and drops failed targets afterwards.
         An unknown node gets an empty assignment at the current epoch.
         """
         with self._read("assignment") as session:
@@ -329,7 +381,13 @@ class Store(SiteStore):
             rows = list(
                 session.scalars(
                     select(Mapping)
-                    .where(or_(Mapping.source_node == node_id, Mapping.id.in_(as_target)))
+                    .where(
+                        or_(
+                            Mapping.source_node == node_id,
+                            Mapping.id.in_(as_target),
+                            Mapping.id.in_(list(relay_for)),
+                        )
+                    )
                     .order_by(Mapping.id)
                 )
             )
@@ -448,6 +506,19 @@ class Store(SiteStore):
             return _queries.exceptions(
                 session, mapping_id=mid, limit=_limit(limit), open_only=open_only
             )
+
+    def advances(
+        self, *, mapping_id: int | str | None = None, target: str | None = None, limit: int = 100
+    ) -> list[AdvanceInfo]:
+        """Return watermark advances, newest first, each with the route its changes came along.
+
+        Raises:
+            NotFound: no such mapping or target server.
+        """
+        with self._read("advances") as session:
+            mid = None if mapping_id is None else _mappings.find_mapping(session, mapping_id).id
+            node = None if target is None else _mappings.resolve_server(session, target).node_id
+            return _queries.advances(session, mapping_id=mid, target_node=node, limit=_limit(limit))
 
     def catchup(self, mapping_id: int | str) -> list[CatchupInfo]:
         """Return the catch-up counters (work outside the journal) of a mapping, per target.

@@ -24,6 +24,7 @@ class ServerInfo:
     capacity_weight: int
     created_at: float
     health: ServerHealth = "ok"  # "unhealthy": over a threshold or failing a probe; no relay
+    topology_locked: bool = False  # an operator set region/group: the agent's registration no longer does
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +110,20 @@ class ExceptionInfo:
     at: float  # last failure
     attempts: int
     resolved_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdvanceInfo:
+    id: int
+    mapping_id: int
+    source_node: str
+    target_node: str
+    from_seq: int
+    to_seq: int
+    at: float
+    files: int
+    wire_bytes: int
+    route: str  # server names the changes came through, source first, the target last ("" unknown)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

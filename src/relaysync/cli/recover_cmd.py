@@ -1,0 +1,39 @@
+"""`relaysync recover MAPPING TARGET`: put a failed target back now, whatever its recovery policy."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from relaysync.cli._client import (
+    DataOption,
+    JsonOption,
+    MasterOption,
+    TokenOption,
+    connect,
+    console,
+    print_json,
+    run_command,
+)
+
+
+def recover(
+    mapping: Annotated[str, typer.Argument(help="Mapping name or id.")],
+    target: Annotated[str, typer.Argument(help="The failed target's server name.")],
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Start the recovery of a failed target: it is planned back in and resynced by manifest comparison."""
+    def body() -> None:
+        with connect(master, token, data) as client:
+            job = client.post(f"/api/mappings/{mapping}/recover", {"target": target})
+        if json:
+            print_json(job)
+        else:
+            console.print(f"recovery {job['id']} of {job['target']} started: from seq {job['from_seq']} "
+                          f"to {job['goal_seq']}; `relaysync routes {mapping}` follows it")
+
+    run_command(body)

@@ -1,0 +1,67 @@
+"""`relaysync recovery MAPPING --policy ...`: how failed targets of a mapping come back."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+import typer
+
+from relaysync.cli._client import (
+    DataOption,
+    JsonOption,
+    MasterOption,
+    TokenOption,
+    connect,
+    console,
+    print_json,
+    run_command,
+)
+from relaysync.errors import ConfigError
+
+
+class Policy(enum.StrEnum):
+    at_once = "at_once"
+    reserved = "reserved"
+    manual = "manual"
+
+
+def recovery(
+    mapping: Annotated[str, typer.Argument(help="Mapping name or id.")],
+    policy: Annotated[Policy, typer.Option("--policy", help="at_once, reserved (with --schedule) or manual.")],
+    schedule: Annotated[str | None, typer.Option(
+        "--schedule", help="reserved: at:ISO-DATETIME, every:SECONDS or cron:EXPRESSION.")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Only this target (an override of the mapping's policy).")] = None,
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Set the recovery policy of a mapping, or of one of its targets."""
+    def body() -> None:
+        request = recovery_request(policy.value, schedule, target)
+        with connect(master, token, data) as client:
+            settings = client.put(f"/api/mappings/{mapping}/routing", request)
+        if json:
+            print_json(settings)
+            return
+        console.print(f"mapping {mapping}: recovery {settings['recovery_policy']} "
+                      f"{settings['recovery_schedule']}".rstrip())
+        for name, p in sorted(settings["targets"].items()):
+            console.print(f"  {name}: {p['policy']} {p['schedule']}".rstrip())
+
+    run_command(body)
+
+
+def recovery_request(policy: str, schedule: str | None, target: str | None) -> dict[str, Any]:
+    """The PUT /api/mappings/{id}/routing body.
+
+    Raises:
+        ConfigError: a schedule without reserved, or reserved without a schedule.
+    """
+    if (policy == "reserved") != bool(schedule):
+        raise ConfigError("--schedule goes with --policy reserved, and reserved needs one")
+    if target is not None:
+        return {"targets": {target: {"policy": policy, "schedule": schedule or ""}}}
+    return {"recovery_policy": policy, "recovery_schedule": schedule or ""}

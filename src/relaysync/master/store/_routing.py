@@ -1,0 +1,423 @@
+"""Routing settings per mapping (auto or manual routes, fan-out, recovery policies), failed targets and recovery jobs.
+
+The planner (routing/) is pure; what it plans from lives here: the mode and the manual hops, the
+fan-out degree, how long a target may stay unreachable (`fail_after_s`) before it is marked
+failed, and the recovery policy of the mapping with per-target overrides. A failed target is
+durable (`routing_targets.failed_at`), so a restarted master keeps leaving it out. Each recovery is
+a row in `recovery_jobs` (the job log of recoveries) with its outcome.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from relaysync.errors import ConfigError
+from relaysync.master.store import _mappings
+from relaysync.master.store._modes import next_run
+from relaysync.master.store.models import (
+    BIG_ID,
+    NODE_ID,
+    Base,
+    CommitException,
+    MappingTarget,
+    Server,
+    Watermark,
+)
+from relaysync.master.store.models import (
+    Mapping as MappingRow,
+)
+from relaysync.routing.manual import manual_plan
+from relaysync.routing.topology import Node
+
+SessionFactory = Callable[[str], AbstractContextManager[Session]]
+
+ROUTING_MODES = ("auto", "manual")
+RECOVERY_POLICIES = ("at_once", "reserved", "manual")
+DEFAULT_FANOUT = 4  # children per relay: one copy per region/group, then a bounded fan-out
+MAX_FANOUT = 64  # a relay streaming to more children than this is a star again
+DEFAULT_FAIL_AFTER_S = 120.0  # a target unreachable this long (agents retry with backoff) is failed
+MIN_FAIL_AFTER_S = 1.0
+MAX_CAPACITY_WEIGHT = 1000
+_TOPOLOGY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class MappingRoutingRow(Base):
+    __tablename__ = "mapping_routing"
+
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16), default="auto")
+    hops: Mapped[list[list[str]]] = mapped_column(JSON, default=list)  # manual: [parent, child] node ids
+    fanout: Mapped[int] = mapped_column(Integer, default=DEFAULT_FANOUT)
+    recovery_policy: Mapped[str] = mapped_column(String(16), default="at_once")
+    recovery_schedule: Mapped[str] = mapped_column(String(255), default="")  # reserved: at:|every:|cron:
+    fail_after_s: Mapped[float] = mapped_column(Float, default=DEFAULT_FAIL_AFTER_S)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class RoutingTargetRow(Base):
+    """Per (mapping, target): a recovery policy override and the durable failed state."""
+
+    __tablename__ = "routing_targets"
+
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True)
+    node_id: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    policy: Mapped[str] = mapped_column(String(16), default="")  # "" = the mapping's policy
+    schedule: Mapped[str] = mapped_column(String(255), default="")
+    failed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    next_recovery_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # reserved policy
+
+
+class RecoveryJobRow(Base):
+    __tablename__ = "recovery_jobs"
+    __table_args__ = (Index("ix_recovery_jobs_mapping", "mapping_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
+    mapping_id: Mapped[int] = mapped_column(Integer, ForeignKey("mappings.id", ondelete="CASCADE"))
+    target_node: Mapped[str] = mapped_column(NODE_ID)
+    trigger: Mapped[str] = mapped_column(String(16))  # at_once | reserved | manual
+    started_at: Mapped[float] = mapped_column(Float)
+    from_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # the target's watermark at start
+    goal_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # the other targets' best watermark
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPolicy:
+    policy: str  # at_once | reserved | manual
+    schedule: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingSettings:
+    mapping_id: int
+    mode: str = "auto"
+    hops: tuple[tuple[str, str], ...] = ()  # manual: (parent, child) node ids
+    fanout: int = DEFAULT_FANOUT
+    recovery: TargetPolicy = TargetPolicy("at_once")
+    fail_after_s: float = DEFAULT_FAIL_AFTER_S
+    targets: Mapping[str, TargetPolicy] = field(default_factory=dict)  # node id -> override
+
+    def policy_for(self, node_id: str) -> TargetPolicy:
+        """The recovery policy of one target: its override, else the mapping's."""
+        return self.targets.get(node_id, self.recovery)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedTarget:
+    mapping_id: int
+    node_id: str
+    failed_at: float
+    reason: str
+    next_recovery_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryJob:
+    id: int
+    mapping_id: int
+    target_node: str
+    trigger: str
+    started_at: float
+    from_seq: int
+    goal_seq: int
+    finished_at: float | None
+    outcome: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetChangeState:
+    node_id: str
+    name: str
+    state: str  # committed | failed | pending
+    watermark: int
+    error: str = ""
+
+
+def check_topology_name(value: str, what: str) -> str:
+    """Return a region or group name once it is valid, like a node name."""
+    if not _TOPOLOGY_NAME_RE.match(value):
+        raise ConfigError(f"{what} name {value!r} is not valid: use 1-63 characters from "
+                          "A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    return value
+
+
+def check_capacity(capacity_weight: int) -> int:
+    if not 1 <= capacity_weight <= MAX_CAPACITY_WEIGHT:
+        raise ConfigError(f"capacity weight {capacity_weight} must be between 1 and {MAX_CAPACITY_WEIGHT}")
+    return capacity_weight
+
+
+def check_policy(policy: str, schedule: str, what: str) -> TargetPolicy:
+    """Return a valid recovery policy; a reserved one needs a schedule, and only it takes one."""
+    if policy not in RECOVERY_POLICIES:
+        raise ConfigError(f"{what} recovery policy {policy!r} is not one of {', '.join(RECOVERY_POLICIES)}")
+    if (policy == "reserved") != bool(schedule):
+        raise ConfigError(f"{what}: a reserved recovery needs a schedule, and only a reserved one takes it")
+    if schedule:
+        next_run(schedule, time.time())  # raises ConfigError on a bad schedule
+    return TargetPolicy(policy, schedule)
+
+
+def node_of(server: Any) -> Node:
+    """The planner's view of a server (a Server row or a ServerInfo)."""
+    group = getattr(server, "group_name", None)
+    return Node(node_id=server.node_id, name=server.name, region=server.region,
+                group=group if group is not None else server.group, capacity=max(1, server.capacity_weight))
+
+
+def _settings(row: MappingRoutingRow | None, mapping_id: int,
+              targets: Sequence[RoutingTargetRow]) -> RoutingSettings:
+    overrides = {t.node_id: TargetPolicy(t.policy, t.schedule) for t in targets if t.policy}
+    if row is None:
+        return RoutingSettings(mapping_id=mapping_id, targets=overrides)
+    return RoutingSettings(
+        mapping_id=mapping_id, mode=row.mode, hops=tuple((p, c) for p, c in row.hops), fanout=row.fanout,
+        recovery=TargetPolicy(row.recovery_policy, row.recovery_schedule), fail_after_s=row.fail_after_s,
+        targets=overrides)
+
+
+def _pairs(session: Session, query: Any) -> dict[Any, Any]:
+    """The rows of a two-column query as a dict."""
+    return {key: value for key, value in session.execute(query)}
+
+
+def _job(row: RecoveryJobRow) -> RecoveryJob:
+    return RecoveryJob(id=row.id, mapping_id=row.mapping_id, target_node=row.target_node, trigger=row.trigger,
+                       started_at=row.started_at, from_seq=row.from_seq, goal_seq=row.goal_seq,
+                       finished_at=row.finished_at, outcome=row.outcome, detail=row.detail)
+
+
+class RoutingStore:
+    """Routing settings, failed targets and recovery jobs in the master's store."""
+
+    def __init__(self, read: SessionFactory, write: SessionFactory,
+                 bump_epoch: Callable[[Session], None]) -> None:
+        self._read, self._write = read, write
+        self._bump_epoch = bump_epoch
+
+    # --- Settings ---
+
+    def get(self, mapping_id: int) -> RoutingSettings:
+        with self._read("routing settings") as session:
+            return self._get(session, mapping_id)
+
+    def _get(self, session: Session, mapping_id: int) -> RoutingSettings:
+        targets = list(session.scalars(select(RoutingTargetRow).where(RoutingTargetRow.mapping_id == mapping_id)))
+        return _settings(session.get(MappingRoutingRow, mapping_id), mapping_id, targets)
+
+    def all(self) -> dict[int, RoutingSettings]:
+        """The settings of every mapping that has any (others use the defaults)."""
+        with self._read("all routing settings") as session:
+            targets: dict[int, list[RoutingTargetRow]] = {}
+            for t in session.scalars(select(RoutingTargetRow)):
+                targets.setdefault(t.mapping_id, []).append(t)
+            rows = {r.mapping_id: r for r in session.scalars(select(MappingRoutingRow))}
+            return {m: _settings(rows.get(m), m, targets.get(m, [])) for m in rows.keys() | targets.keys()}
+
+    def set(self, mapping_id: int, *, mode: str | None = None, hops: Sequence[tuple[str, str]] | None = None,
+            fanout: int | None = None, recovery: TargetPolicy | None = None, fail_after_s: float | None = None,
+            target_policies: Mapping[str, TargetPolicy | None] | None = None) -> RoutingSettings:
+        """Change some routing settings of a mapping; the others keep their value.
+
+        A manual route is checked by the planner against the current topology: every target
+        reached exactly once, no loop, only known servers. Hops name servers by name or node id.
+
+        Raises:
+            RouteError: a manual route the planner refuses (a ConfigError).
+            ConfigError: a bad mode, fan-out, policy, schedule or delay, or a target override
+                for a server that is not a target of the mapping.
+            NotFound: no such mapping.
+        """
+        if mode is not None and mode not in ROUTING_MODES:
+            raise ConfigError(f"routing mode {mode!r} is not one of {', '.join(ROUTING_MODES)}")
+        if fanout is not None and not 1 <= fanout <= MAX_FANOUT:
+            raise ConfigError(f"fan-out {fanout} must be between 1 and {MAX_FANOUT}")
+        if fail_after_s is not None and fail_after_s < MIN_FAIL_AFTER_S:
+            raise ConfigError(f"fail_after_s {fail_after_s} must be at least {MIN_FAIL_AFTER_S}")
+        if recovery is not None:
+            check_policy(recovery.policy, recovery.schedule, "mapping")
+        with self._write("set routing settings") as session:
+            mapping = _mappings.find_mapping(session, mapping_id)
+            row = self._row(session, mapping.id)
+            row.mode = mode or row.mode
+            if row.mode == "manual":
+                row.hops = [list(h) for h in self._checked_hops(session, mapping, hops, row, fanout)]
+            elif hops:
+                raise ConfigError("hops make a manual route: send them with mode manual")
+            else:
+                row.hops = []
+            row.fanout = fanout if fanout is not None else row.fanout
+            if recovery is not None:
+                row.recovery_policy, row.recovery_schedule = recovery.policy, recovery.schedule
+            row.fail_after_s = fail_after_s if fail_after_s is not None else row.fail_after_s
+            row.updated_at = time.time()
+            self._set_target_policies(session, mapping, target_policies or {})
+            self._bump_epoch(session)
+            session.flush()
+            return self._get(session, mapping.id)
+
+    def _row(self, session: Session, mapping_id: int) -> MappingRoutingRow:
+        row = session.get(MappingRoutingRow, mapping_id)
+        if row is None:
+            row = MappingRoutingRow(mapping_id=mapping_id, mode="auto", hops=[], fanout=DEFAULT_FANOUT,
+                                    recovery_policy="at_once", recovery_schedule="",
+                                    fail_after_s=DEFAULT_FAIL_AFTER_S, updated_at=time.time())
+            session.add(row)
+        return row
+
+    def _checked_hops(self, session: Session, mapping: MappingRow, hops: Sequence[tuple[str, str]] | None,
+                      row: MappingRoutingRow, fanout: int | None) -> list[tuple[str, str]]:
+        given = [tuple(h) for h in (hops if hops is not None else row.hops)]
+        if not given:
+            raise ConfigError("a manual route needs hops, e.g. src>a,a>b")
+        if any(len(h) != 2 for h in given):
+            raise ConfigError("every manual hop is a [parent, child] pair")
+        known = {s.node_id: node_of(s) for s in session.scalars(select(Server))}
+        targets = [known[t] for t in session.scalars(
+            select(MappingTarget.node_id).where(MappingTarget.mapping_id == mapping.id)) if t in known]
+        pairs = [(str(p), str(c)) for p, c in given]
+        manual_plan(known[mapping.source_node], targets, pairs, known,
+                    fanout=fanout if fanout is not None else row.fanout)
+        by_name = {n.name: n.node_id for n in known.values()}
+        return [(p if p in known else by_name[p], c if c in known else by_name[c]) for p, c in pairs]
+
+    def _set_target_policies(self, session: Session, mapping: MappingRow,
+                             policies: Mapping[str, TargetPolicy | None]) -> None:
+        targets = set(session.scalars(select(MappingTarget.node_id).where(MappingTarget.mapping_id == mapping.id)))
+        for ref, policy in policies.items():
+            server = _mappings.resolve_server(session, ref)
+            if server.node_id not in targets:
+                raise ConfigError(f"server {server.name!r} is not a target of mapping {mapping.name!r}")
+            if policy is not None:
+                check_policy(policy.policy, policy.schedule, f"target {server.name!r}")
+            trow = self._target_row(session, mapping.id, server.node_id)
+            trow.policy, trow.schedule = (policy.policy, policy.schedule) if policy else ("", "")
+            trow.next_recovery_at = None
+
+    def _target_row(self, session: Session, mapping_id: int, node_id: str) -> RoutingTargetRow:
+        row = session.get(RoutingTargetRow, (mapping_id, node_id))
+        if row is None:
+            row = RoutingTargetRow(mapping_id=mapping_id, node_id=node_id, policy="", schedule="", reason="")
+            session.add(row)
+        return row
+
+    # --- Failed targets ---
+
+    def failed(self) -> list[FailedTarget]:
+        """Every failed target of every mapping (the router rebuilds its state from these)."""
+        with self._read("failed targets") as session:
+            rows = session.scalars(select(RoutingTargetRow).where(RoutingTargetRow.failed_at.is_not(None))
+                                   .order_by(RoutingTargetRow.mapping_id, RoutingTargetRow.node_id))
+            return [FailedTarget(mapping_id=r.mapping_id, node_id=r.node_id, failed_at=r.failed_at or 0.0,
+                                 reason=r.reason, next_recovery_at=r.next_recovery_at) for r in rows]
+
+    def mark_failed(self, mapping_id: int, node_id: str, at: float, reason: str) -> bool:
+        """Mark a target failed (durably) and end its running recovery as failed; False if it was already."""
+        with self._write("mark target failed") as session:
+            if session.get(MappingRow, mapping_id) is None:
+                return False
+            row = self._target_row(session, mapping_id, node_id)
+            if row.failed_at is not None:
+                return False
+            row.failed_at, row.reason, row.next_recovery_at = at, reason, None
+            for job in session.scalars(select(RecoveryJobRow).where(
+                    RecoveryJobRow.mapping_id == mapping_id, RecoveryJobRow.target_node == node_id,
+                    RecoveryJobRow.outcome == "running")):
+                job.outcome, job.finished_at, job.detail = "failed", at, reason
+            self._bump_epoch(session)
+            return True
+
+    def set_next_recovery(self, mapping_id: int, node_id: str, at: float | None) -> None:
+        with self._write("set next recovery") as session:
+            row = session.get(RoutingTargetRow, (mapping_id, node_id))
+            if row is not None:
+                row.next_recovery_at = at
+
+    # --- Recovery jobs ---
+
+    def start_recovery(self, mapping_id: int, node_id: str, trigger: str, at: float) -> RecoveryJob:
+        """Put a failed target back (it is no longer failed) and open its recovery job.
+
+        The job's goal is the best watermark among the other targets: the recovery is done when
+        the returning target's watermark reaches it.
+        """
+        with self._write("start recovery") as session:
+            row = session.get(RoutingTargetRow, (mapping_id, node_id))
+            if row is not None:
+                row.failed_at, row.next_recovery_at = None, None
+            marks: dict[str, int] = _pairs(session, select(Watermark.target_node, Watermark.seq).where(
+                Watermark.mapping_id == mapping_id,
+                Watermark.source_node == select(MappingRow.source_node).where(
+                    MappingRow.id == mapping_id).scalar_subquery()))
+            own = marks.pop(node_id, 0)
+            job = RecoveryJobRow(mapping_id=mapping_id, target_node=node_id, trigger=trigger, started_at=at,
+                                 from_seq=own, goal_seq=max(marks.values(), default=0), outcome="running",
+                                 detail="")
+            session.add(job)
+            self._bump_epoch(session)
+            session.flush()
+            return _job(job)
+
+    def finish_recovery(self, job_id: int, outcome: str, at: float, detail: str = "") -> None:
+        with self._write("finish recovery") as session:
+            job = session.get(RecoveryJobRow, job_id)
+            if job is not None and job.outcome == "running":
+                job.outcome, job.finished_at, job.detail = outcome, at, detail
+
+    def running_recoveries(self) -> list[RecoveryJob]:
+        with self._read("running recoveries") as session:
+            return [_job(r) for r in session.scalars(
+                select(RecoveryJobRow).where(RecoveryJobRow.outcome == "running").order_by(RecoveryJobRow.id))]
+
+    def recoveries(self, mapping_id: int, limit: int = 100) -> list[RecoveryJob]:
+        """A mapping's recovery jobs, newest first."""
+        with self._read("recoveries") as session:
+            return [_job(r) for r in session.scalars(
+                select(RecoveryJobRow).where(RecoveryJobRow.mapping_id == mapping_id)
+                .order_by(RecoveryJobRow.id.desc()).limit(limit))]
+
+    # --- Change state ---
+
+    def change_states(self, mapping_id: int | str, seq: int) -> tuple[int, list[TargetChangeState]]:
+        """Every target's state for one change of a mapping's source: committed, failed or pending.
+
+        Committed: the target's watermark covers `seq` and no open exception names it. Failed: the
+        target is failed, or an open exception names `seq`. Pending otherwise.
+
+        Returns:
+            (mapping id, one state per target, by name)
+        """
+        with self._read("change states") as session:
+            mapping = _mappings.find_mapping(session, mapping_id)
+            info = _mappings.infos(session, [mapping])[0]
+            marks: dict[str, int] = _pairs(session, select(Watermark.target_node, Watermark.seq).where(
+                Watermark.mapping_id == mapping.id, Watermark.source_node == mapping.source_node))
+            errors: dict[str, str] = _pairs(session, select(CommitException.target_node, CommitException.error).where(
+                CommitException.mapping_id == mapping.id, CommitException.source_node == mapping.source_node,
+                CommitException.seq == seq, CommitException.resolved_at.is_(None)))
+            failed = {r.node_id: r.reason for r in session.scalars(select(RoutingTargetRow).where(
+                RoutingTargetRow.mapping_id == mapping.id, RoutingTargetRow.failed_at.is_not(None)))}
+            states = []
+            for t in sorted(info.targets, key=lambda t: t.name):
+                mark = marks.get(t.node_id, 0)
+                if t.node_id in errors or t.node_id in failed:
+                    state, error = "failed", errors.get(t.node_id) or f"target failed: {failed[t.node_id]}"
+                else:
+                    state, error = ("committed" if mark >= seq else "pending"), ""
+                states.append(TargetChangeState(node_id=t.node_id, name=t.name, state=state, watermark=mark,
+                                                error=error))
+            return mapping.id, states

@@ -1,0 +1,368 @@
+"""Relay routes on the master: topology edits, routing settings, the router's failure state machine
+(with a fake clock), recovery policies, routes in the job log, and per-change target states.
+
+Store on SQLite and PostgreSQL; the REST API through FastAPI's TestClient; no agents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from relaysync.auth.ca import CertificateAuthority
+from relaysync.master.app import create_app
+from relaysync.master.events import EventBus, EventType
+from relaysync.master.router import HOP_FAILED_TTL_S, Router
+from relaysync.master.store import Store
+from relaysync.protocol.messages import Assignment, CommitRecord, CommitReport
+
+ADMIN = "admin-secret"
+T0 = 1_000_000.0
+
+# name -> (region, group): the source's group, a second group in its region, another region
+FLEET = {
+    "src": ("r1", "g1"),
+    "a1": ("r1", "g1"),
+    "a2": ("r1", "g1"),
+    "a3": ("r1", "g1"),
+    "b1": ("r1", "g2"),
+    "b2": ("r1", "g2"),
+    "c1": ("r2", "g3"),
+    "c2": ("r2", "g3"),
+}
+
+
+def nid(name: str) -> str:
+    return (name * 64)[:64]
+
+
+@dataclass
+class Clock:
+    now: float = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Pushes:
+    calls: int = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+@dataclass
+class Env:
+    store: Store
+    router: Router
+    client: TestClient
+    events: EventBus
+    clock: Clock
+    pushes: Pushes
+    mapping_id: int
+    seen: set[int] = field(default_factory=set)
+
+    def event_types(self) -> list[EventType]:
+        """The events since the last call."""
+        new = [e for e in self.events.since(0) if e.id not in self.seen]
+        self.seen |= {e.id for e in new}
+        return [e.type for e in new]
+
+    def routes(self) -> dict:
+        resp = self.client.get(f"/api/mappings/{self.mapping_id}/routes")
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def parent_of(self, child: str) -> str | None:
+        return next((h["parent"] for h in self.routes()["hops"] if h["child"] == child), None)
+
+    def set_state(self, name: str, state: str) -> None:
+        self.store.set_server_state(nid(name), state, self.clock.now)
+        (self.router.node_up if state == "up" else self.router.node_down)(nid(name))
+
+    def tick(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.router.tick()
+
+    def targets_sent(self, node: str = "src") -> set[str]:
+        assignment = self.router.apply(self.store.assignment_for(nid(node)), nid(node))
+        (spec,) = assignment.mappings
+        return {t.node_id for t in spec.targets}
+
+    def report(self, target: str, watermark: int, route: tuple[str, ...] = (), failed_seq: int = 0) -> None:
+        records = tuple(CommitRecord(seq=s, op="file", path=f"f{s}", ok=s != failed_seq,
+                                     error="EIO" if s == failed_seq else "") for s in range(1, watermark + 2))
+        self.store.record_commit_reports([CommitReport(
+            mapping_id=self.mapping_id, source_node=nid("src"), target_node=nid(target), watermark=watermark,
+            records=records, route=route)])
+
+
+@pytest.fixture
+def env(store: Store, tmp_path: Path) -> Iterator[Env]:
+    for name, (region, group) in FLEET.items():
+        store.upsert_server(node_id=nid(name), name=name, region=region, group=group, address=f"{name}:1")
+        store.set_server_state(nid(name), "up", T0)
+    mapping = store.create_mapping(name="www", source="src", source_path="/srv",
+                                   targets=[(n, "/www") for n in FLEET if n != "src"])
+    events, clock, pushes = EventBus(), Clock(), Pushes()
+    router = Router(store, events, clock=clock, on_change=pushes)
+    app = create_app(store=store, ca=CertificateAuthority.load_or_create(tmp_path / "ca"), events=events,
+                     admin_token=ADMIN, control_address="127.0.0.1:7000", on_change=lambda: None, router=router)
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
+        e = Env(store, router, client, events, clock, pushes, mapping.id)
+        router.load()
+        router.refresh("start")
+        e.event_types()
+        yield e
+
+
+# --- Topology ---
+
+
+def test_topology_edit_wins_over_registration(env: Env) -> None:
+    resp = env.client.patch("/api/servers/a1", json={"region": "r2", "group": "g9", "capacity_weight": 3})
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["region"], resp.json()["capacity_weight"], resp.json()["topology_locked"]) == ("r2", 3, True)
+    topo = env.client.get("/api/topology").json()
+    r2 = next(r for r in topo["regions"] if r["name"] == "r2")
+    g9 = next(g for g in r2["groups"] if g["name"] == "g9")
+    assert [(s["name"], s["capacity_weight"], s["state"]) for s in g9["servers"]] == [("a1", 3, "up")]
+    # the agent registers again with its own config: the operator's placement stays
+    env.store.upsert_server(node_id=nid("a1"), name="a1", region="r1", group="g1", address="a1:2")
+    assert (env.store.get_server("a1").region, env.store.get_server("a1").address) == ("r2", "a1:2")
+    assert env.client.patch("/api/servers/a1", json={"locked": False}).status_code == 200
+    env.store.upsert_server(node_id=nid("a1"), name="a1", region="r1", group="g1", address="a1:2")
+    assert env.store.get_server("a1").group == "g1"
+
+
+def test_topology_edit_errors(env: Env) -> None:
+    assert env.client.patch("/api/servers/a1", json={"capacity_weight": 0}).status_code == 422
+    resp = env.client.patch("/api/servers/a1", json={"region": "bad name"})
+    assert resp.status_code == 422 and "region name" in resp.json()["detail"]
+    assert env.client.patch("/api/servers/ghost", json={"region": "r"}).status_code == 404
+    assert env.store.get_server("a1").region == "r1"
+
+
+# --- Routing settings ---
+
+
+@pytest.mark.parametrize(("hops", "words"), [
+    ([["src", "a1"], ["a1", "a2"], ["a2", "a1"]], "a1"),  # a loop / reached twice
+    ([["src", "ghost"]], "ghost"),  # unknown server
+    ([["src", "a1"], ["a1", "a2"], ["a1", "a3"], ["src", "b1"], ["b1", "b2"], ["src", "c1"], ["c1", "c2"],
+      ["b1", "a1"]], "a1"),  # a target reached twice
+])
+def test_manual_route_refused_with_the_planners_message(env: Env, hops: list, words: str) -> None:
+    before = env.client.get(f"/api/mappings/{env.mapping_id}/routing").json()
+    resp = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"mode": "manual", "hops": hops})
+    assert resp.status_code == 400, resp.text
+    assert "Invalid manual route" in resp.json()["detail"] and words in resp.json()["detail"]
+    assert env.client.get(f"/api/mappings/{env.mapping_id}/routing").json() == before
+
+
+def test_manual_route_and_settings(env: Env) -> None:
+    route = [["src", "a1"], ["a1", "a2"], ["a1", "a3"], ["src", "b1"], ["b1", "b2"], ["src", "c1"], ["c1", "c2"]]
+    resp = env.client.put(f"/api/mappings/{env.mapping_id}/routing",
+                          json={"mode": "manual", "hops": route, "fanout": 2, "fail_after_s": 30})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["mode"], body["fanout"], body["fail_after_s"]) == ("manual", 2, 30)
+    assert [list(h) for h in body["hops"]] == route
+    hops = env.routes()["hops"]
+    assert {(h["parent"], h["child"], h["level"]) for h in hops} == {(p, c, "manual") for p, c in route}
+    assert env.pushes.calls >= 1 and EventType.ROUTE_CHANGED in env.event_types()
+    # back to auto: the manual hops go
+    body = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"mode": "auto"}).json()
+    assert (body["mode"], body["hops"], body["fanout"]) == ("auto", [], 2)
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"recovery_policy": "reserved"}, 422, "schedule"),
+    ({"recovery_policy": "reserved", "recovery_schedule": "soon"}, 422, "schedule"),
+    ({"recovery_policy": "at_once", "recovery_schedule": "every:5"}, 422, "schedule"),
+    ({"recovery_policy": "sometimes"}, 422, ""),
+    ({"fanout": 0}, 422, ""),
+    ({"fail_after_s": 0}, 422, ""),
+    ({"targets": {"src": {"policy": "manual"}}}, 422, "not a target"),
+    ({"mode": "manual"}, 422, "needs hops"),
+])
+def test_routing_settings_errors(env: Env, body: dict, status: int, words: str) -> None:
+    resp = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json=body)
+    assert resp.status_code == status, resp.text
+    assert words in str(resp.json()["detail"])
+
+
+def test_per_target_policy_override(env: Env) -> None:
+    resp = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={
+        "recovery_policy": "manual", "targets": {"a1": {"policy": "reserved", "schedule": "every:60"}}})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["recovery_policy"] == "manual"
+    assert resp.json()["targets"] == {"a1": {"policy": "reserved", "schedule": "every:60"}}
+    body = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"targets": {"a1": None}}).json()
+    assert body["targets"] == {}
+
+
+# --- The router ---
+
+
+def test_auto_plan_crosses_each_region_once(env: Env) -> None:
+    routes = env.routes()
+    assert routes["unreachable"] == [] and len(routes["hops"]) == 7
+    from_source = [h["child"] for h in routes["hops"] if h["parent"] == "src"]
+    assert sum(FLEET[c][0] == "r2" for c in from_source) == 1
+    spec = env.router.routes_for(env.store.get_mapping(env.mapping_id).to_spec())
+    assert spec.route_epoch > 0 and len(spec.routes) == 7
+
+
+def test_hop_failed_twice_is_avoided_until_the_ttl(env: Env) -> None:
+    child = next(h for h in env.routes()["hops"] if h["parent"] != "src")
+    parent, name = child["parent"], child["child"]
+    epoch, pushes = env.store.epoch(), env.pushes.calls
+    env.router.hop_failed(env.mapping_id, nid(parent), nid(name), attempts=1, error="refused")
+    assert env.parent_of(name) == parent  # one failure: agents retry
+    env.router.hop_failed(env.mapping_id, nid(parent), nid(name), attempts=2, error="refused")
+    assert env.parent_of(name) not in (parent, None)
+    assert env.store.epoch() > epoch and env.pushes.calls > pushes
+    kinds = env.event_types()
+    assert EventType.HOP_FAILED in kinds and EventType.ROUTE_CHANGED in kinds
+    assert [(h["parent"], h["child"]) for h in env.routes()["failed_hops"]] == [(parent, name)]
+    env.tick(HOP_FAILED_TTL_S - 1)
+    assert env.parent_of(name) != parent
+    env.tick(2)
+    assert env.parent_of(name) == parent and env.routes()["failed_hops"] == []
+
+
+def test_node_down_is_routed_around_then_failed_and_dropped(env: Env) -> None:
+    env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"fail_after_s": 10})
+    relay = next(h["parent"] for h in env.routes()["hops"] if h["parent"] != "src")
+    env.set_state(relay, "down")
+    routes = env.routes()
+    assert relay not in {h["parent"] for h in routes["hops"]} | {h["child"] for h in routes["hops"]}
+    assert routes["unreachable"] == [relay] and len(routes["hops"]) == 6  # its children got a new parent
+    env.tick(9)
+    assert env.routes()["failed"] == [] and nid(relay) in env.targets_sent()
+    env.tick(2)
+    [failed] = env.routes()["failed"]
+    assert (failed["target"], failed["policy"]) == (relay, "at_once")
+    assert EventType.TARGET_FAILED in env.event_types()
+    assert nid(relay) not in env.targets_sent()  # the source stops keeping its journal for it
+    own: Assignment = env.router.apply(env.store.assignment_for(nid(relay)), nid(relay))
+    assert own.mappings == ()
+    # durable: a restarted master leaves it out too
+    fresh = Router(env.store, EventBus(), clock=env.clock)
+    spec = fresh.routes_for(env.store.get_mapping(env.mapping_id).to_spec())
+    assert nid(relay) not in {t.node_id for t in spec.targets}
+
+
+def test_targets_of_a_down_source_never_fail(env: Env) -> None:
+    env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"fail_after_s": 5})
+    env.set_state("src", "down")
+    env.tick(60)
+    assert env.routes()["failed"] == []
+
+
+def _fail(env: Env, name: str) -> None:
+    env.set_state(name, "down")
+    env.tick(11)
+    assert [f["target"] for f in env.routes()["failed"]] == [name]
+    env.event_types()
+
+
+def test_recovery_at_once(env: Env) -> None:
+    env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"fail_after_s": 10})
+    env.report("a2", 5)
+    _fail(env, "a1")
+    env.tick(30)
+    assert env.routes()["failed"]  # still down: stays failed
+    env.set_state("a1", "up")
+    env.tick(1)
+    routes = env.routes()
+    assert routes["failed"] == [] and nid("a1") in env.targets_sent()
+    [job] = routes["recoveries"]
+    assert (job["target"], job["trigger"], job["goal_seq"], job["outcome"]) == ("a1", "at_once", 5, "running")
+    assert "a1" in {h["child"] for h in routes["hops"]}
+    assert EventType.RECOVERY_STARTED in env.event_types()
+    env.tick(1)
+    assert env.routes()["recoveries"]  # not caught up yet
+    env.report("a1", 5)
+    env.tick(1)
+    assert env.routes()["recoveries"] == []
+    [done] = env.client.get(f"/api/mappings/{env.mapping_id}/recoveries").json()
+    assert (done["outcome"], done["finished_at"] is not None) == ("done", True)
+    assert EventType.TARGET_RECOVERED in env.event_types()
+
+
+def test_recovery_reserved_waits_for_the_schedule(env: Env) -> None:
+    env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={
+        "fail_after_s": 10, "targets": {"b1": {"policy": "reserved", "schedule": "every:100"}}})
+    env.report("a2", 4)
+    _fail(env, "b1")
+    env.set_state("b1", "up")
+    env.tick(1)
+    [failed] = env.routes()["failed"]
+    assert failed["policy"] == "reserved" and failed["next_recovery_at"] == pytest.approx(env.clock.now + 100)
+    env.tick(98)
+    assert env.routes()["failed"] and nid("b1") not in env.targets_sent()
+    env.tick(2)
+    routes = env.routes()
+    assert routes["failed"] == [] and [j["trigger"] for j in routes["recoveries"]] == ["reserved"]
+
+
+def test_recovery_manual_only_on_request(env: Env) -> None:
+    env.client.put(f"/api/mappings/{env.mapping_id}/routing",
+                   json={"fail_after_s": 10, "recovery_policy": "manual"})
+    _fail(env, "c1")
+    env.set_state("c1", "up")
+    env.tick(1)
+    env.tick(HOP_FAILED_TTL_S * 5)
+    assert [f["target"] for f in env.routes()["failed"]] == ["c1"]
+    resp = env.client.post(f"/api/mappings/{env.mapping_id}/recover", json={"target": "c1"})
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["target"], resp.json()["trigger"]) == ("c1", "manual")
+    assert env.routes()["failed"] == [] and nid("c1") in env.targets_sent()
+    again = env.client.post(f"/api/mappings/{env.mapping_id}/recover", json={"target": "c1"})
+    assert again.status_code == 422 and "not a failed target" in again.json()["detail"]
+
+
+def test_manual_route_bypasses_a_failed_relay(env: Env) -> None:
+    route = [["src", "a1"], ["a1", "a2"], ["a1", "a3"], ["src", "b1"], ["b1", "b2"], ["src", "c1"], ["c1", "c2"]]
+    env.client.put(f"/api/mappings/{env.mapping_id}/routing",
+                   json={"mode": "manual", "hops": route, "fail_after_s": 10})
+    _fail(env, "a1")
+    hops = {h["child"]: h for h in env.routes()["hops"]}
+    assert "a1" not in hops and hops["a2"]["parent"] != "a1" and hops["a2"]["level"].startswith("bypass")
+
+
+# --- Job log ---
+
+
+def test_route_is_recorded_in_the_job_log(env: Env) -> None:
+    env.report("a2", 3, route=("src", "a1"))
+    env.report("a1", 3, route=("src",))
+    env.report("b1", 2)  # an agent that does not say
+    advances = env.client.get("/api/advances", params={"mapping": "www", "target": "a2"}).json()
+    assert [(a["route"], a["to_seq"]) for a in advances] == [("src>a1>a2", 3)]
+    everything = {a["target_node"]: a["route"] for a in env.client.get("/api/advances").json()}
+    assert everything == {nid("a2"): "src>a1>a2", nid("a1"): "src>a1", nid("b1"): ""}
+
+
+def test_change_state_per_target(env: Env) -> None:
+    env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"fail_after_s": 10})
+    env.report("a1", 5)
+    env.report("a2", 2)
+    env.report("b1", 5, failed_seq=3)
+    _fail(env, "c1")
+    resp = env.client.get(f"/api/mappings/{env.mapping_id}/changes/3")
+    assert resp.status_code == 200, resp.text
+    states = {t["target"]: t["state"] for t in resp.json()["targets"]}
+    assert states == {"a1": "committed", "a2": "pending", "a3": "pending", "b1": "failed", "b2": "pending",
+                      "c1": "failed", "c2": "pending"}
+    errors = {t["target"]: t["error"] for t in resp.json()["targets"]}
+    assert errors["b1"] == "EIO" and "down" in errors["c1"]
+    assert env.client.get(f"/api/mappings/{env.mapping_id}/changes/0").status_code == 422
+    assert env.client.get("/api/mappings/nope/changes/1").status_code == 404
