@@ -97,8 +97,11 @@ class ControlServer:
             for link in list(self.links.values()):
                 try:
                     await self._push(link)
-                except (RelaySyncError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                except (RelaySyncError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                        anyio.EndOfStream) as exc:  # the agent went away mid-push: it gets a fresh one on reconnect
                     logger.warning("push to %s failed: %s", link.name, exc)
+                except Exception:  # a bug must cost one push, not the master and every agent's link
+                    logger.exception("push to %s failed unexpectedly", link.name)
 
     def _assignment(self, node_id: str) -> Assignment:
         if self.router is None:
