@@ -650,3 +650,94 @@ def mapping_acked(cluster: Any, mapping_id: int) -> bool:
 def peer_port(cluster: Any, name: str) -> int:
     addr = cluster.api.get(f"/api/servers/{name}").json()["address"]
     return int(addr.rsplit(":", 1)[1])
+
+
+# ------------------------------------------------------------------ fanout.py additions
+
+
+def wait_all_identical(paths: list[Path], data: bytes, t_start: float, *, bound_s: float,
+                       poll_s: float = 0.001) -> float | None:
+    """Poll every path until each holds exactly `data`; return seconds from `t_start` (a
+    time.perf_counter() value) to the moment the last one matched, or None at `bound_s`.
+
+    Cheap per poll: a stat, and the content is read only once the size matches (relaysync and
+    rsync both rename complete files into place, so a matching size is almost always final).
+    """
+    pending = list(paths)
+    size = len(data)
+    deadline = t_start + bound_s
+    last = t_start
+    for _ in range(int(bound_s / poll_s) * 4 + 1000):
+        still = []
+        for p in pending:
+            try:
+                if os.stat(p).st_size == size:
+                    with open(p, "rb") as fh:
+                        if fh.read() == data:
+                            last = time.perf_counter()
+                            continue
+            except FileNotFoundError:
+                pass
+            still.append(p)
+        pending = still
+        if not pending:
+            return last - t_start
+        if time.perf_counter() >= deadline:
+            return None
+        time.sleep(poll_s)
+    return None
+
+
+def proc_wchar(pid: int) -> int | None:
+    """`wchar` of /proc/PID/io: bytes the process passed to write(2)/send(2) and friends (sockets,
+    files, pipes alike; counted at the syscall, before the page cache or the wire)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+_PROM_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
+
+
+def prometheus_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample `name{labels...}` in Prometheus exposition text, or None."""
+    for line in text.splitlines():
+        m = _PROM_LINE.match(line)
+        if m is None or m["name"] != name:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m["labels"] or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            return float(m["value"])
+    return None
+
+
+_SS_PID = re.compile(r"\bpid=(\d+),")
+
+
+def ss_bytes_sent_by_pid(pid: int, peer_ports: set[int]) -> dict[tuple[str, str], int]:
+    """Kernel `bytes_sent` of `pid`'s established TCP sockets to any of `peer_ports` (`ss -tinpH`).
+
+    Key: (local address, peer address); the counter is cumulative for the socket's lifetime
+    (TCP payload: TLS records included, TCP/IP headers not; retransmissions included).
+    """
+    out = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True, text=True,
+                         timeout=10).stdout
+    found: dict[tuple[str, str], int] = {}
+    current: tuple[str, str] | None = None
+    for line in out.splitlines():
+        if line and not line[0].isspace():
+            current = None
+            addrs = [p for p in line.split() if ":" in p and not p.startswith("users:")]
+            pids = {int(x) for x in _SS_PID.findall(line)}
+            if len(addrs) >= 2 and pid in pids and int(addrs[1].rsplit(":", 1)[1]) in peer_ports:
+                current = (addrs[0], addrs[1])
+                found[current] = 0
+        if current is not None:
+            m = re.search(r"\bbytes_sent:(\d+)", line)
+            if m:
+                found[current] = int(m.group(1))
+    return found
