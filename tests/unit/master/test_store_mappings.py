@@ -152,3 +152,13 @@ def test_assignment_for(fleet: Store) -> None:
     again = fleet.assignment_for(A)
     assert again.epoch == 3
     assert PeerInfo(node_id=B, name="t1", address="t1:9999") in again.peers
+
+
+def test_mapping_ids_are_never_reused(fleet: Store) -> None:
+    """Agents keep journals and watermarks under the id: a new mapping must not inherit them."""
+    first = fleet.create_mapping(name="a", source="src", source_path="/srv/a", targets=[("t1", "/a")])
+    second = fleet.create_mapping(name="b", source="src", source_path="/srv/b", targets=[("t1", "/b")])
+    fleet.delete_mapping(second.id)
+    fleet.delete_mapping(first.id)
+    third = fleet.create_mapping(name="c", source="src", source_path="/srv/c", targets=[("t1", "/c")])
+    assert third.id > second.id > first.id

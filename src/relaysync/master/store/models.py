@@ -32,6 +32,8 @@ class ConfigEpoch(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The highest mapping id ever given: ids are never reused (agents key their state by them).
+    last_mapping_id: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Server(Base):

@@ -83,6 +83,15 @@ def _bump_epoch(session: Session) -> None:
     )
 
 
+def _next_mapping_id(session: Session) -> int:
+    """A mapping id never given before, even to a deleted mapping: agents keep per-mapping state
+    (journals, manifests, watermarks) under the id, so a reused id would inherit a stranger's.
+    The UPDATE locks the row, so concurrent creations get different ids."""
+    session.execute(update(ConfigEpoch).where(ConfigEpoch.id == 1)
+                    .values(last_mapping_id=ConfigEpoch.last_mapping_id + 1))
+    return int(session.scalar(select(ConfigEpoch.last_mapping_id).where(ConfigEpoch.id == 1)) or 0)
+
+
 def _read_epoch(session: Session) -> int:
     return int(session.scalar(select(ConfigEpoch.epoch).where(ConfigEpoch.id == 1)) or 0)
 
@@ -308,7 +317,7 @@ class Store(SiteStore):
         with self._write("create mapping") as session:
             resolved = _mappings.validate(session, draft, mapping_id=None)
             now = time.time()
-            row = Mapping(created_at=now, updated_at=now)
+            row = Mapping(id=_next_mapping_id(session), created_at=now, updated_at=now)
             session.add(row)
             _mappings.apply(session, row, resolved, now)
             _bump_epoch(session)
