@@ -168,6 +168,10 @@ class PeerServer:
             raise UnknownPeer(f"{claimed[:16]} failed plain-link authentication from {address}")
         return folder
 
+    async def restart_session(self, mapping_id: int) -> None:
+        """End the mapping's session (its parent reconnects at once): it starts or stops relaying."""
+        await self._end_session(mapping_id)
+
     async def _end_session(self, mapping_id: int) -> None:
         """Cancel the mapping's current session, if any, and wait until it has let go."""
         scope, ended = self._active.get(mapping_id), self._ended.get(mapping_id)

@@ -224,13 +224,16 @@ class AgentService:
 
     async def _apply_relay(self, spec: MappingSpec, folder: TargetFolder) -> None:
         """Start, change or stop this agent's relay role for the mapping, per the routing table."""
+        assert self._server is not None
         children = children_of(spec, self.node_id)
         relay = self.relays.get(spec.mapping_id)
         if relay is not None and relay[0].folder is not folder:
             self._stop_relay(spec.mapping_id)
             relay = None
         if not children:
-            self._stop_relay(spec.mapping_id)
+            if relay is not None:
+                self._stop_relay(spec.mapping_id)
+                await self._server.restart_session(spec.mapping_id)  # it must stop spooling
             return
         if relay is None:
             assert self._tg is not None
@@ -240,6 +243,7 @@ class AgentService:
             relay = (feed, LinkSet(self._tg, partial(self._make_relay_link, feed),
                                    label=f"relay of mapping {spec.mapping_id}"))
             self.relays[spec.mapping_id] = relay
+            await self._server.restart_session(spec.mapping_id)  # the next one spools for the children
         feed, links = relay
         feed.children = frozenset(children)
         feed.marks = {n: w for n, w in feed.marks.items() if n in _subtree(spec, self.node_id)}
