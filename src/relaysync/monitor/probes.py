@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -41,7 +42,9 @@ async def tcp_probe(host: str, port: int, timeout_s: float) -> ProbeResult:
     except OSError as exc:
         # anyio reports "All connection attempts failed"; the reason is the cause it chains.
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-        return ProbeResult(ok=False, latency_ms=None, detail=cause.strerror or str(cause), at=time.time())
+        # asyncio words it "Connect call failed (...)", uvloop "Connection refused": say the errno's name.
+        detail = os.strerror(cause.errno) if cause.errno else (cause.strerror or str(cause))
+        return ProbeResult(ok=False, latency_ms=None, detail=detail, at=time.time())
     return ProbeResult(ok=True, latency_ms=(time.monotonic() - started) * 1000, detail="", at=time.time())
 
 
