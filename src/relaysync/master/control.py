@@ -107,7 +107,8 @@ class ControlServer:
         if self.router is None:
             return self.store.assignment_for(node_id)
         # A re-plan bumps the config epoch, so the epoch check below still sees new routes.
-        assignment = self.store.assignment_for(node_id, self.router.relay_mappings(node_id))
+        assignment = self.store.assignment_for(node_id, self.router.relay_mappings(node_id),
+                                               route=self.router.routes_for)
         return self.router.apply(assignment, node_id)
 
     async def _router_call(self, method: Callable[..., None], *args: object) -> None:

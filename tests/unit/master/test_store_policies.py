@@ -63,3 +63,26 @@ def test_unknown_server_or_policy(world: Store) -> None:
         world.policies.set_policy(scope="pair", source="src", target="nobody")
     with pytest.raises(NotFound):
         world.policies.delete_policy(999)
+
+
+def test_a_relayed_target_gets_the_policy_of_its_hop(world: Store) -> None:
+    """Fed by a relay in another group of its region, a target's link is a same-region link,
+    though the source is in its own group."""
+    import msgspec
+
+    from relaysync.protocol.messages import MappingSpec, RouteHop
+
+    def route(spec: MappingSpec) -> MappingSpec:
+        hops = (RouteHop(parent="srcsrc", child="same-regionsame-region"),
+                RouteHop(parent="same-regionsame-region", child="same-groupsame-group"),
+                RouteHop(parent="srcsrc", child="farfar"))
+        return msgspec.structs.replace(spec, routes=hops)
+
+    assert _policies(world)["same-groupsame-group"] == LinkPolicy(zstd_level=0)  # a star: src -> target
+    (spec,) = world.assignment_for("srcsrc", route=route).mappings
+    got = {t.node_id: t.policy for t in spec.targets}
+    assert got["same-groupsame-group"] == LinkPolicy(zstd_level=1)  # the hop same-region -> same-group
+    assert got["farfar"] == LinkPolicy(zstd_level=3)
+    world.policies.set_policy(scope="pair", source="same-region", target="same-group", zstd_level=7)
+    (spec,) = world.assignment_for("srcsrc", route=route).mappings
+    assert {t.node_id: t.policy for t in spec.targets}["same-groupsame-group"] == LinkPolicy(zstd_level=7)

@@ -154,10 +154,12 @@ class PolicyStore:
             return servers[node]
 
         for spec in specs:
+            # A routed target's link is the hop from its parent: the policy of that section or pair.
+            parent_of = {h.child: h.parent for h in spec.routes}
             targets = []
             for t in spec.targets:
-                policy = _effective(rows, server(spec.source_node), server(t.node_id), spec.source_node,
-                                    t.node_id)
+                sender = parent_of.get(t.node_id, spec.source_node)
+                policy = _effective(rows, server(sender), server(t.node_id), sender, t.node_id)
                 secret = b"" if policy.tls else self.link_secret(spec.mapping_id, spec.source_node, t.node_id)
                 targets.append(TargetSpec(node_id=t.node_id, path=t.path, policy=policy, link_secret=secret))
             yield MappingSpec(**{f: getattr(spec, f) for f in spec.__struct_fields__ if f != "targets"},

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from relaysync.master.store.types import (
     TargetStatus,
     WatermarkInfo,
 )
-from relaysync.protocol.messages import Assignment, CommitReport, PeerInfo
+from relaysync.protocol.messages import Assignment, CommitReport, MappingSpec, PeerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -375,11 +375,14 @@ class Store(SiteStore):
         with self._read("get mapping") as session:
             return _mappings.infos(session, [_mappings.find_mapping(session, id_or_name)])[0]
 
-    def assignment_for(self, node_id: str, relay_for: Sequence[int] = ()) -> Assignment:
+    def assignment_for(self, node_id: str, relay_for: Sequence[int] = (),
+                       route: Callable[[MappingSpec], MappingSpec] | None = None) -> Assignment:
         """Return what `node_id` must run: every mapping it is source or target of, and its peers.
 
         `relay_for` adds mappings the node only relays (a manual route through a non-target); the
-        router (master/router.py) fills in routes and drops failed targets afterwards.
+        router (master/router.py) fills in routes and drops failed targets afterwards; given as
+        `route`, it routes each spec first, so that each target's link policy is the one of the hop
+        it is fed by (its parent's section or pair), not the source's.
         An unknown node gets an empty assignment at the current epoch.
         """
         with self._read("assignment") as session:
@@ -410,8 +413,8 @@ class Store(SiteStore):
             )
             return Assignment(
                 epoch=epoch,
-                mappings=tuple(self.modes.apply(
-                    session, list(self.policies.apply(session, [i.to_spec() for i in infos])))),
+                mappings=tuple(self.modes.apply(session, list(self.policies.apply(
+                    session, [route(s) if route else s for s in (i.to_spec() for i in infos)])))),
                 peers=tuple(
                     PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers
                 ),
