@@ -50,6 +50,7 @@ from relaysync.protocol.messages import (
     Pong,
 )
 from relaysync.transfer import tls
+from relaysync.transfer.conflicts import session_for
 from relaysync.transfer.receiver import ReceiverSession, ReportFn, TargetFolder
 from relaysync.transfer.relay import RelayFeed
 
@@ -130,7 +131,8 @@ class PeerServer:
         if peer is None:
             folder = await self._authenticate_plain(framed, hello, opened, folder, address)
         elif (folder is None and opened.route_epoch) or (
-                folder is not None and peer not in folder.parents and opened.route_epoch != folder.route_epoch):
+                folder is not None and peer not in folder.parents and peer in folder.members
+                and opened.route_epoch != folder.route_epoch):
             ours = folder.route_epoch if folder is not None else "none (the mapping is not ours yet)"
             raise RoutesStale(opened.mapping_id, f"{hello.name} runs routing epoch {opened.route_epoch}, "
                                                  f"we run {ours}")
@@ -188,7 +190,7 @@ class PeerServer:
 
     async def _receive(self, framed: FramedStream, folder: TargetFolder, journal_id: str) -> None:
         session = await anyio.to_thread.run_sync(
-            partial(ReceiverSession, folder, journal_id, self.reporter(folder))
+            partial(session_for, folder, journal_id, self.reporter(folder))
         )
         feed = self.relays(folder.mapping_id)
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import HTTP_TIMEOUT_S, RECEIVE_TIMEOUT_S
-from relaysync.errors import JoinRefused, LinkDown, MasterUnreachable
+from relaysync.errors import ConfigError, JoinRefused, LinkDown, MasterUnreachable
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
 from relaysync.protocol.messages import (
@@ -42,8 +42,9 @@ from relaysync.protocol.messages import (
     TargetSpec,
 )
 from relaysync.transfer import tls
-from relaysync.transfer.bandwidth import TokenBucket
+from relaysync.transfer.bandwidth import BandwidthSchedule, TokenBucket
 from relaysync.transfer.codec import codec_for_level
+from relaysync.transfer.conflicts import forget_missing
 from relaysync.transfer.ops import SendOptions
 from relaysync.transfer.receiver import ReportFn, TargetFolder
 from relaysync.transfer.relay import RelayFeed, RelayLink
@@ -205,14 +206,17 @@ class AgentService:
                 existing.keep_versions = _versions_here(spec, self.node_id)
                 existing.parents = parents_of(spec, self.node_id)
                 existing.route_epoch = spec.route_epoch
+                existing.members = _members(spec)
                 await self._apply_relay(spec, existing)
                 continue
             if existing is not None:
                 self._stop_relay(mapping_id)
                 await self._server.retire(self.targets.pop(mapping_id))
-            folder = await anyio.to_thread.run_sync(self._open_target, spec, Path(path))
+            siblings = [f for f in self.targets.values() if f.root == Path(path)]
+            folder = await anyio.to_thread.run_sync(self._open_target, spec, Path(path), siblings)
             folder.parents = parents_of(spec, self.node_id)
             folder.route_epoch = spec.route_epoch
+            folder.members = _members(spec)
             self.targets[mapping_id] = folder
             await self._apply_relay(spec, folder)
 
@@ -262,12 +266,36 @@ class AgentService:
         peer = self.peers.get(target.node_id)
         label = peer.name if peer else target.node_id[:16]
         address = partial(self._peer_address, target.node_id)
-        options = self._send_options(target, source if signatures else None)
+        running = self.sources.get(mapping_id) if signatures else None  # relays forward as they got it
+        override = running.spec.transfer_override if running is not None else ""
+        options = self._send_options(target, source if signatures else None, override)
         return kind(source, TargetAddress(target.node_id, label, address),  # type: ignore[arg-type]
                     tls.client_context(self.identity), node_id=self.node_id, name=self.cfg.name,
                     compare_interval_s=self.cfg.compare_interval_s, options=options,
                     on_failure=partial(self._hop_failed, mapping_id),
-                    route_epoch=partial(self._route_epoch, mapping_id))
+                    route_epoch=partial(self._route_epoch, mapping_id),
+                    erase=not self._in_job(mapping_id))
+
+    def _in_job(self, mapping_id: int) -> bool:
+        """Whether the mapping is a member of an N:M job (its targets hold other sources' files)."""
+        running = self.sources.get(mapping_id)
+        if running is not None:
+            return bool(running.spec.conflict)
+        folder = self.targets.get(mapping_id)
+        return folder is not None and bool(folder.conflict)
+
+    def _owner_of(self, folder: TargetFolder, path: str, size: int, mtime_ns: int) -> str:
+        """The source of another member of folder's N:M job whose committed version is on disk."""
+        for other in list(self.targets.values()):
+            if other is folder or other.root != folder.root or not other.conflict:
+                continue
+            try:
+                entry = other.manifest.get(path)
+            except Exception:  # noqa: BLE001 - a member being retired: its manifest is closed
+                continue
+            if entry is not None and (entry.size, entry.mtime_ns) == (size, mtime_ns):
+                return other.source_node
+        return ""
 
     def _route_epoch(self, mapping_id: int) -> int:
         """The routing epoch this agent runs for the mapping (as a source, else as a target)."""
@@ -282,7 +310,8 @@ class AgentService:
         if self.link is not None:
             self.link.notify(HopFailed(mapping_id=mapping_id, child=child, error=error, attempts=attempts))
 
-    def _open_target(self, spec: MappingSpec, root: Path) -> TargetFolder:
+    def _open_target(self, spec: MappingSpec, root: Path, siblings: Sequence[TargetFolder] = ()) -> TargetFolder:
+        """Open a target folder; members of an N:M job share the root with their siblings."""
         root.mkdir(parents=True, exist_ok=True)
         state = self.data_dir / "targets" / str(spec.mapping_id)
         state.mkdir(parents=True, exist_ok=True)
@@ -290,8 +319,14 @@ class AgentService:
         folder = TargetFolder(mapping_id=spec.mapping_id, source_node=spec.source_node, root=root,
                               manifest=manifest, durable=spec.durability == "safe",
                               link_secret=_own_target(spec, self.node_id).link_secret,
-                              keep_versions=_versions_here(spec, self.node_id))
-        clean_stale_temps(root, keep=folder.partial_files())
+                              keep_versions=_versions_here(spec, self.node_id), conflict=spec.conflict)
+        if not siblings:  # never another member's temp files while it receives
+            clean_stale_temps(root, keep=folder.partial_files())
+        if spec.conflict:
+            folder.lock = siblings[0].lock if siblings else folder.lock
+            folder.owner_of = partial(self._owner_of, folder)
+            forget_missing(folder)  # its manifest holds its own source's versions only: no rescan
+            return folder
         recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude))
         recorder.apply(recorder.detect([FsEvent(kind="rescan", path="")]))
         return folder
@@ -301,8 +336,11 @@ class AgentService:
         for mapping_id, running in list(self.sources.items()):
             spec = wanted.get(mapping_id)
             if spec is not None and _same_but_live(spec, running.spec):
+                relink = spec.transfer_override != running.spec.transfer_override
                 running.spec = spec
                 if running.links is not None:
+                    if relink:  # every link restarts with the mapping's new delta/dump choice
+                        running.links.close()
                     running.links.reconcile(children_of(spec, self.node_id))
                 if running.source is not None:
                     running.source.spec = spec
@@ -365,15 +403,29 @@ class AgentService:
             self.link.report_release(ReleaseReport(mapping_id=source.mapping_id, release=release,
                                                    upto_seq=source.send_upto))
 
-    def _send_options(self, target: TargetSpec, source: SourceFolder | RelayFeed | None) -> SendOptions:
-        """The link's settings: the master's policy for this pair, else this agent's defaults."""
+    def _send_options(self, target: TargetSpec, source: SourceFolder | RelayFeed | None,
+                      transfer_override: str = "") -> SendOptions:
+        """The link's settings: the master's policy for this pair, else this agent's defaults.
+
+        The mapping's `transfer_override` beats the policy's delta/dump choice. The bandwidth
+        limit follows the policy's time-of-day windows while the link runs.
+        """
         policy = target.policy or LinkPolicy(zstd_level=self.cfg.zstd_level,
                                              bandwidth_limit_mbit=self.cfg.bandwidth_limit_mbit)
-        bandwidth = policy.bandwidth_limit_mbit or self.cfg.bandwidth_limit_mbit
         signatures = source.signatures if isinstance(source, SourceMapping) else None
         return SendOptions(codec=codec_for_level(policy.zstd_level), signatures=signatures,
-                           bandwidth=TokenBucket.from_mbit(bandwidth), force=policy.transfer,
+                           bandwidth=TokenBucket(self._bandwidth_rate(policy, target)),
+                           force=transfer_override or policy.transfer,
                            tls=policy.tls or not target.link_secret, link_secret=target.link_secret)
+
+    def _bandwidth_rate(self, policy: LinkPolicy, target: TargetSpec) -> Callable[[], float]:
+        """Bytes per second now: the policy's window in force or base limit, else this agent's limit."""
+        try:
+            schedule = BandwidthSchedule(policy.bandwidth_limit_mbit, policy.windows, policy.timezone)
+        except ConfigError as exc:  # the master checked them; this host may lack the timezone
+            logger.error("link to %s: bandwidth windows ignored: %s", target.node_id[:16], exc)
+            schedule = BandwidthSchedule(policy.bandwidth_limit_mbit)
+        return schedule.rate(fallback_mbit=self.cfg.bandwidth_limit_mbit)
 
     def _peer_address(self, node_id: str) -> str:
         peer = self.peers.get(node_id)
@@ -423,9 +475,16 @@ class AgentService:
 
 
 def _same_but_live(a: MappingSpec, b: MappingSpec) -> bool:
-    """Equal but for what changes in place: counters, routes and the set of targets."""
-    live = {"release": 0, "delete_confirm": 0, "routes": (), "route_epoch": 0, "targets": ()}
+    """Equal but for what changes in place: counters, routes, the set of targets, the transfer override."""
+    live = {"release": 0, "delete_confirm": 0, "routes": (), "route_epoch": 0, "targets": (),
+            "transfer_override": ""}
     return msgspec.structs.replace(a, **live) == msgspec.structs.replace(b, **live)
+
+
+def _members(spec: MappingSpec) -> frozenset[str]:
+    """Every node taking part in the mapping: its source, its targets, the nodes of its routes."""
+    return frozenset({spec.source_node, *(t.node_id for t in spec.targets),
+                      *(n for h in spec.routes for n in (h.parent, h.child))})
 
 
 def _subtree(spec: MappingSpec, node_id: str) -> set[str]:

@@ -10,6 +10,7 @@ from relaysync.cli import (
     log_cmd,
     mapping_cmd,
     master_cmd,
+    nmjob_cmd,
     recover_cmd,
     recovery_cmd,
     restore_cmd,
@@ -42,3 +43,4 @@ app.command("recovery")(recovery_cmd.recovery)
 app.command("recover")(recover_cmd.recover)
 app.add_typer(mapping_cmd.app, name="mapping")
 app.add_typer(server_cmd.app, name="server")
+app.add_typer(nmjob_cmd.app, name="nmjob")

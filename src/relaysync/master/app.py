@@ -31,6 +31,7 @@ from relaysync.master.api import (
     mappings,
     metrics,
     modes,
+    nm_jobs,
     policies,
     probes,
     routing,
@@ -83,6 +84,11 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/mappings/{id_or_name}/recoveries", routing.list_recoveries, ("GET",)),  # [limit]: recovery jobs
     Route("/api/mappings/{id_or_name}/changes/{seq}", routing.get_change, ("GET",)),  # every target's state of one change
     Route("/api/jobs", jobs.list_jobs, ("GET",)),                                   # [mapping] [limit] [before]
+    Route("/api/nm-jobs", nm_jobs.list_nm_jobs, ("GET",)),                          # N:M jobs (/api/jobs is the job log)
+    Route("/api/nm-jobs", nm_jobs.create_nm_job, ("POST",), status_code=201),       # NmJobIn
+    Route("/api/nm-jobs/{id_or_name}", nm_jobs.get_nm_job, ("GET",)),
+    Route("/api/nm-jobs/{id_or_name}", nm_jobs.delete_nm_job, ("DELETE",), status_code=204),  # and its member mappings
+    Route("/api/nm-jobs/{id_or_name}/conflicts", nm_jobs.list_conflicts, ("GET",)),  # [limit]: newest first
     Route("/api/exceptions", jobs.list_exceptions, ("GET",)),                       # [mapping] [limit] [open]
     Route("/api/advances", jobs.list_advances, ("GET",)),                           # [mapping] [target] [limit]: with routes
     Route("/api/stats", stats.get_stats, ("GET",)),                                 # [by] [since] [until] [format=json|csv]

@@ -52,6 +52,10 @@ class EventType(enum.StrEnum):
     TARGET_FAILED = "target_failed"  # unreachable longer than fail_after_s: left out until it recovers
     RECOVERY_STARTED = "recovery_started"  # a failed target is back in the mapping (at once, reserved, manual)
     TARGET_RECOVERED = "target_recovered"  # its watermark caught up with the other targets'
+    # --- N:M jobs (master/store/_nmjobs.py) ---
+    NM_JOB_CREATED = "nm_job_created"
+    NM_JOB_DELETED = "nm_job_deleted"
+    CONFLICT = "conflict"  # two sources of a job wrote one path: job, path, winner and loser source
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,3 +85,17 @@ class JobLogWriter:
             self._queue.extendleft(reversed(batch))
             return
         self.written_reports += len(batch)
+        if any(rec.conflict for report in batch for rec in report.records):
+            await self._record_conflicts(batch)
+
+    async def _record_conflicts(self, batch: list[CommitReport]) -> None:
+        """Keep the N:M jobs' conflicts with their job and publish each (after the job log write)."""
+        try:
+            conflicts = await anyio.to_thread.run_sync(self.store.nm_jobs.record_conflicts, batch)
+        except StoreError as exc:  # the change rows are written; only the conflict list misses these
+            logger.warning("conflict log write failed: %s", exc)
+            return
+        for c in conflicts:
+            self.events.publish(EventType.CONFLICT, job=c.job, job_id=c.job_id, mapping_id=c.mapping_id,
+                                target=c.target_node, path=c.path, op=c.op, reason=c.reason,
+                                winner=c.winner_node, loser=c.loser_node)

@@ -172,6 +172,10 @@ class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     # source. Changes to it need no restart: links are added and dropped in place.
     routes: tuple[RouteHop, ...] = ()
     route_epoch: int = 0  # bumped by the master at each re-plan
+    # N:M jobs: the member mappings of job `job_id` write one target tree; "newest-mtime" resolves
+    # two sources writing one path (transfer/conflicts.py). "" = the source is the truth.
+    conflict: str = ""
+    job_id: int = 0
 
 
 class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -222,6 +226,10 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     duration_ms: float = 0.0
     committed_at: float = 0.0  # unix time on the target
     new_path: str = ""  # a rename's new path: the purger refreshes it and what moved under it
+    # N:M jobs (transfer/conflicts.py): why two sources' versions met here ("" = they did not),
+    # and the other source's node id; "newer": this record's version won, otherwise it lost.
+    conflict: str = ""
+    conflict_with: str = ""
 
 
 class CommitReport(Message, frozen=True, tag="commit_report"):

@@ -33,13 +33,16 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def diff_listing(mine: DirListing, theirs: DirListing) -> tuple[list[Work], list[str]]:
-    """Return the work for one directory and the child directories to descend into."""
+def diff_listing(mine: DirListing, theirs: DirListing, *, erase: bool = True) -> tuple[list[Work], list[str]]:
+    """Return the work for one directory and the child directories to descend into.
+
+    `erase=False` (a member of an N:M job): names only the target has are left alone.
+    """
     work: list[Work] = []
     descend: list[str] = []
     their_entries: dict[str, DirEntry] = {e.name: e for e in theirs.entries} if theirs.exists else {}
     my_names = {e.name for e in mine.entries}
-    if theirs.exists and set(their_entries) - my_names:
+    if erase and theirs.exists and set(their_entries) - my_names:
         work.append(Work(message=Erase(seq=0, path=mine.path, keep=tuple(sorted(my_names)))))
     for e in mine.entries:
         path = _join(mine.path, e.name)
@@ -98,7 +101,7 @@ def _listings(manifest: Manifest, dirs: Sequence[str]) -> list[DirListing]:
     return [manifest.dir_listing(d) for d in dirs]
 
 
-async def compare_trees(manifest: Manifest, request: RequestFn, emit: EmitFn) -> int:
+async def compare_trees(manifest: Manifest, request: RequestFn, emit: EmitFn, *, erase: bool = True) -> int:
     """Compare top-down and emit the work, level by level; return how many items were emitted.
 
     The first round trip carries only the root hashes, so a target in sync costs ~100 bytes.
@@ -114,7 +117,7 @@ async def compare_trees(manifest: Manifest, request: RequestFn, emit: EmitFn) ->
         theirs = await _their_listings(request, level)
         next_level: list[str] = []
         for m, t in zip(mine, theirs, strict=True):
-            work, descend = diff_listing(m, t)
+            work, descend = diff_listing(m, t, erase=erase)
             if work:
                 await emit(work)
                 emitted += len(work)

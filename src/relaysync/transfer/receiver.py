@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ class TargetFolder:
     parents: frozenset[str] = frozenset()
     route: tuple[str, ...] = ()  # the nodes the current session's stream came through (job log)
     route_epoch: int = 0  # of the routing table `parents` comes from
+    members: frozenset[str] = frozenset()  # every node of the mapping: only they may hear ROUTES_STALE
+    # A member of an N:M job (transfer/conflicts.py): "newest-mtime"; "" = the source is the truth.
+    conflict: str = ""
+    lock: threading.RLock = field(default_factory=threading.RLock)  # shared by the members on one root
+    owner_of: Callable[[str, int, int], str] | None = None  # (path, size, mtime_ns) -> other member source
 
     def __post_init__(self) -> None:
         if not self.parents:
@@ -227,11 +233,11 @@ class ReceiverSession:
             self._seen_seq = seq
 
     def _record(self, seq: int, op: str, path: str, *, size: int = 0, wire: int = 0,
-                started: float, error: str = "") -> CommitRecord:
+                started: float, error: str = "", changed_at: float = 0.0) -> CommitRecord:
         now = time.time()
         return CommitRecord(
             seq=seq, op=op, path=path, size=size, wire_bytes=wire, ok=not error, error=error,
-            duration_ms=(time.monotonic() - started) * 1000.0, committed_at=now,
+            duration_ms=(time.monotonic() - started) * 1000.0, committed_at=now, changed_at=changed_at,
         )
 
     # --- files ---
@@ -244,7 +250,7 @@ class ReceiverSession:
             final, parent_exists = self._paths.resolve(msg.path)
             self._incoming = self._open_incoming(msg, final, parent_exists)
         except UnsafePath as exc:
-            self._refuse(msg.seq, "write", msg.path, str(exc), started)
+            self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
             self._skip_seq = msg.seq
             return
         except FileNotFoundError as exc:
@@ -284,7 +290,7 @@ class ReceiverSession:
             entry = self.folder.manifest.get(msg.path)
             st = os.lstat(final)
         except UnsafePath as exc:
-            self._refuse(msg.seq, "write", msg.path, str(exc), started)
+            self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
             self._skip_seq = msg.seq
             return
         except FileNotFoundError:
@@ -339,7 +345,7 @@ class ReceiverSession:
         )
         self._pending.records.append(
             self._record(start.seq, "write", start.path, size=start.size,
-                         wire=self._incoming_wire, started=self._incoming_started)
+                         wire=self._incoming_wire, started=self._incoming_started, changed_at=start.changed_at)
         )
         self._note(msg.seq)
         if len(self._batch) >= 256:
@@ -379,7 +385,8 @@ class ReceiverSession:
         for entry in pending.entries:
             if entry.size >= RESUME_MIN_BYTES:
                 self.folder.drop_partial(entry.path)
-        self._applied.extend(pending.records)
+        now = time.time()  # visible and durable only now: the latency a reader sees ends here
+        self._applied.extend(msgspec.structs.replace(r, committed_at=now) for r in pending.records)
 
     def _checkpoint(self, seq: int) -> Ack:
         self.flush()
@@ -392,9 +399,10 @@ class ReceiverSession:
             self.report(self.watermark, applied)
         return Ack(mapping_id=self.folder.mapping_id, watermark=self.watermark)
 
-    def _refuse(self, seq: int, op: str, path: str, detail: str, started: float) -> None:
+    def _refuse(self, seq: int, op: str, path: str, detail: str, started: float,
+                changed_at: float = 0.0) -> None:
         logger.warning("refused op from source: seq=%s op=%s path=%r: %s", seq, op, path, detail)
-        self._applied.append(self._record(seq, op, path, started=started, error=detail))
+        self._applied.append(self._record(seq, op, path, started=started, error=detail, changed_at=changed_at))
         self._note(seq)
 
     # --- other ops ---
@@ -405,14 +413,14 @@ class ReceiverSession:
         try:
             self._apply_op_unchecked(msg)
         except UnsafePath as exc:
-            self._refuse(msg.seq, op, msg.path, str(exc), started)
+            self._refuse(msg.seq, op, msg.path, str(exc), started, _changed_at(msg))
             return
         except FileNotFoundError as exc:
-            self._refuse(msg.seq, op, msg.path, f"not found: {exc.filename}", started)
+            self._refuse(msg.seq, op, msg.path, f"not found: {exc.filename}", started, _changed_at(msg))
             return
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
-        record = self._record(msg.seq, op, msg.path, started=started)
+        record = self._record(msg.seq, op, msg.path, started=started, changed_at=_changed_at(msg))
         if isinstance(msg, Rename):  # the purger needs the new name too
             record = CommitRecord(**{**msgspec.structs.asdict(record), "new_path": msg.new_path})
         self._applied.append(record)
@@ -547,6 +555,10 @@ def _replace_dir(source: Path, dest: Path) -> None:
 def _with_attrs(entry: Entry, mode: int, mtime_ns: int) -> Entry:
     return Entry(path=entry.path, kind=entry.kind, size=entry.size, mtime_ns=mtime_ns,
                  mode=stat.S_IMODE(mode), hash=entry.hash, link_target=entry.link_target)
+
+
+def _changed_at(msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> float:
+    return 0.0 if isinstance(msg, Erase) else msg.changed_at  # Erase is catch-up work only
 
 
 def _transient_os(seq: int, path: str, exc: OSError) -> TransientFailure:

@@ -156,8 +156,12 @@ class TargetLink:
     def __init__(self, source: SourceFolder, target: TargetAddress, ctx: ssl.SSLContext, *,
                  node_id: str, name: str, compare_interval_s: float = PERIODIC_COMPARE_S,
                  options: ops.SendOptions | None = None, route: tuple[str, ...] = (),
-                 on_failure: FailureFn | None = None, route_epoch: Callable[[], int] = lambda: 0) -> None:
+                 on_failure: FailureFn | None = None, route_epoch: Callable[[], int] = lambda: 0,
+                 erase: bool = True) -> None:
         self.source = source
+        # False for a member of an N:M job: the target also holds other sources' files, so a
+        # comparison never erases names it does not know (deletes come from journal records).
+        self.erase = erase
         self.options = options or ops.SendOptions()
         self.target = target
         self.ctx = ctx
@@ -338,7 +342,7 @@ class TargetLink:
 
             await self._send_stream(session, produce())
 
-        emitted = await compare_trees(manifest, session.request_listings, emit)
+        emitted = await compare_trees(manifest, session.request_listings, emit, erase=self.erase)
         await session.framed.send(Checkpoint(seq=head))
         session.sent_upto = max(session.sent_upto, head)
         if emitted:

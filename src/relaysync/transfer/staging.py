@@ -192,6 +192,14 @@ class CommitBatch:
     def add(self, incoming: IncomingFile) -> None:
         self._files.append(incoming)
 
+    def files(self) -> list[IncomingFile]:
+        """The staged files, in the order they were added."""
+        return list(self._files)
+
+    def replace_files(self, files: list[IncomingFile]) -> None:
+        """Keep only `files` (a conflict rule dropped the others, already discarded)."""
+        self._files = list(files)
+
     def commit(self) -> None:
         """fsync every temp file, rename each into place, fsync each directory once."""
         files, self._files = self._files, []

@@ -30,6 +30,7 @@ from relaysync.master.store import _joblog, _mappings, _queries
 from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
 from relaysync.master.store._modes import ModeStore
 from relaysync.master.store._monitoring import MonitoringStore
+from relaysync.master.store._nmjobs import NmJobStore
 from relaysync.master.store._policies import PolicyStore
 from relaysync.master.store._routing import RoutingStore, check_capacity, check_topology_name
 from relaysync.master.store._sites import SiteStore
@@ -120,6 +121,8 @@ class Store(SiteStore):
         self.stats = StatsStore(self._read)  # job-log statistics by server, group, region, mapping, day
         # relay routes: auto/manual, fan-out, recovery policies, failed targets, recovery jobs
         self.routing = RoutingStore(self._read, self._write, _bump_epoch)
+        # N:M jobs: member mappings per source, the newest-mtime rule, conflicts reported
+        self.nm_jobs = NmJobStore(self._read, self._write, _bump_epoch, _next_mapping_id)
 
     # --- Lifecycle ---
 
@@ -413,8 +416,8 @@ class Store(SiteStore):
             )
             return Assignment(
                 epoch=epoch,
-                mappings=tuple(self.modes.apply(session, list(self.policies.apply(
-                    session, [route(s) if route else s for s in (i.to_spec() for i in infos)])))),
+                mappings=tuple(self.nm_jobs.apply(session, list(self.modes.apply(session, list(self.policies.apply(
+                    session, [route(s) if route else s for s in (i.to_spec() for i in infos)])))))),
                 peers=tuple(
                     PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers
                 ),
