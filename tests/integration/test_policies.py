@@ -1,14 +1,21 @@
-"""Link policies take effect on the wire: compression seen in the kernel's byte counts, and the dump-copy switch."""
+"""Link policies take effect on the wire: compression seen in the kernel's byte counts, bandwidth windows
+measured on the target, and delta or dump copy forced per mapping seen in the bytes an update costs."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from relaysync.constants import CHUNK_BYTES
 from relaysync.testing.cluster import wait_until
 from tests.integration.conftest import Fleet, start_fleet
 
@@ -64,3 +71,121 @@ def test_policy_refused_with_a_clear_error(own_fleet: Fleet) -> None:
     r = own_fleet.cluster.api.put("/api/policies", json={"scope": "pair", "zstd_level": 3})
     assert r.status_code == 422
     assert "pair policy names a source and a target" in r.text
+
+
+# --- Bandwidth windows and the per-mapping delta/dump override ---
+
+WINDOW_LIMIT_MBIT = 200.0  # 25 MB/s: a 120 MiB file takes about 5 s
+
+
+def _hhmm(t: datetime) -> str:
+    return t.strftime("%H:%M")
+
+
+def _windows_now(zone: str) -> tuple[dict, dict]:
+    """A window that holds now (on the day it started) and one that does not, in `zone`."""
+    now = datetime.now(ZoneInfo(zone))
+    start = now - timedelta(minutes=60)
+    active = {"days": start.strftime("%a").lower(), "start": _hhmm(start),
+              "end": _hhmm(now + timedelta(minutes=60)), "bandwidth_limit_mbit": WINDOW_LIMIT_MBIT}
+    later = {"start": _hhmm(now + timedelta(minutes=120)), "end": _hhmm(now + timedelta(minutes=180)),
+             "bandwidth_limit_mbit": 10.0}
+    return active, later
+
+
+def _transfer_rate_mbit(src: Path, dst: Path, size: int) -> float:
+    """Write `size` random bytes at the source; the rate at which its partial grows on the target
+    between 20 % and 80 %."""
+    with open(src / "big.bin", "wb") as f:
+        for _ in range(size // CHUNK_BYTES):
+            f.write(os.urandom(CHUNK_BYTES))
+    samples: list[tuple[float, int]] = []
+
+    def done() -> bool:
+        for part in (p for p in dst.iterdir() if p.name.endswith(".part")):
+            with contextlib.suppress(FileNotFoundError):
+                samples.append((time.monotonic(), part.stat().st_size))
+        return (dst / "big.bin").exists()
+
+    started = time.monotonic()
+    wait_until(done, timeout_s=60, interval_s=0.02, what="the file")
+    lo = next((s for s in samples if s[1] >= size * 0.2), None)
+    hi = next((s for s in samples if s[1] >= size * 0.8), None)
+    if lo is None or hi is None or hi[0] == lo[0]:  # too fast to sample: the whole transfer's time
+        return size * 8 / (time.monotonic() - started) / 1e6
+    return (hi[1] - lo[1]) * 8 / (hi[0] - lo[0]) / 1e6
+
+
+def test_bandwidth_window_active_now_limits_the_link(own_fleet: Fleet) -> None:
+    """Base unlimited; a window that does not hold comes first (10 Mbit/s), then one that holds
+    now in Tokyo time (200 Mbit/s): the transfer runs at the second's rate, within ±10 %."""
+    active, later = _windows_now("Asia/Tokyo")
+    r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "timezone": "Asia/Tokyo",
+                                                         "windows": [later, active]})
+    assert r.status_code == 200, r.text
+    _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    rate = _transfer_rate_mbit(src, dst, 120 * CHUNK_BYTES)
+    assert WINDOW_LIMIT_MBIT * 0.9 <= rate <= WINDOW_LIMIT_MBIT * 1.1, rate
+
+
+def test_bandwidth_window_not_active_now_does_not_limit(own_fleet: Fleet) -> None:
+    _, later = _windows_now("UTC")
+    r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "windows": [later]})
+    assert r.status_code == 200, r.text
+    _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    rate = _transfer_rate_mbit(src, dst, 64 * CHUNK_BYTES)
+    assert rate > later["bandwidth_limit_mbit"] * 5, rate  # at 10 Mbit/s this file would take 54 s
+
+
+def _links_started(fleet: Fleet, mapping_id: int) -> int:
+    log = (fleet.cluster.base / "agent-src.log").read_text()
+    return log.count(f"source of mapping {mapping_id}: links to")
+
+
+def _put_transfer(fleet: Fleet, mapping: dict, transfer: str | None) -> None:
+    """Force (or release) the mapping's delta/dump choice and wait until its links restarted with it."""
+    before = _links_started(fleet, mapping["id"])
+    r = fleet.cluster.api.put(f"/api/mappings/{mapping['id']}/transfer", json={"transfer": transfer})
+    assert r.status_code == 200, r.text
+    wait_until(lambda: _links_started(fleet, mapping["id"]) > before, timeout_s=15, what="links restarted")
+
+
+def _update_sent(fleet: Fleet, src: Path, dst: Path) -> int:
+    """Bytes on the wire to t1 for 4 KiB rewritten in the middle of src/f (8 MiB of random data)."""
+    port = int(fleet.cluster.api.get("/api/servers/t1").json()["address"].rsplit(":", 1)[1])
+    before = _bytes_to(port)
+    with open(src / "f", "r+b") as f:
+        f.seek(4 * 1024 * 1024)
+        f.write(os.urandom(4096))
+    fleet.wait_converged(src, [dst])
+    return _bytes_to(port) - before
+
+
+def _deltas_of(fleet: Fleet, mapping: dict) -> list[Path]:
+    sources = fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"])
+    return list(sources.glob("signatures/delta/*.delta"))
+
+
+def test_transfer_forced_per_mapping_beats_the_link_policy(own_fleet: Fleet) -> None:
+    size = 8 * 1024 * 1024
+    r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "transfer": "whole"})
+    assert r.status_code == 200, r.text
+    forced, fsrc, (fdst,) = own_fleet.new_mapping(targets=("t1",))
+    plain, psrc, (pdst,) = own_fleet.new_mapping(targets=("t1",))
+    _put_transfer(own_fleet, forced, "delta")
+    for src, dst in ((fsrc, fdst), (psrc, pdst)):
+        (src / "f").write_bytes(os.urandom(size))
+        own_fleet.wait_converged(src, [dst])
+    # The policy says whole: only the mapping forced to delta sends one.
+    assert _update_sent(own_fleet, fsrc, fdst) < size / 8
+    assert _update_sent(own_fleet, psrc, pdst) > size
+    assert _deltas_of(own_fleet, forced) and not _deltas_of(own_fleet, plain)
+    # Now the policy says delta: the mapping forced to whole sends the file whole, the other
+    # (released to its policy) sends deltas.
+    r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "transfer": "delta"})
+    assert r.status_code == 200, r.text
+    _put_transfer(own_fleet, plain, "whole")
+    _put_transfer(own_fleet, forced, None)
+    assert _update_sent(own_fleet, psrc, pdst) > size
+    assert not _deltas_of(own_fleet, plain)
+    assert _update_sent(own_fleet, fsrc, fdst) < size / 8

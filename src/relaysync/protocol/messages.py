@@ -129,13 +129,24 @@ class Register(Message, frozen=True, tag="register"):
     peer_address: str  # host:port where its peer server listens
 
 
+class BandwidthWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """A time-of-day bandwidth limit of a link policy (transfer/bandwidth.py `BandwidthSchedule`)."""
+
+    days: str = ""  # "mon-fri", "sat,sun", ...; "" = every day (the day the window starts on)
+    start: str = "00:00"  # HH:MM in the policy's timezone
+    end: str = "24:00"  # HH:MM; earlier than start = the window runs past midnight
+    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited
+
+
 class LinkPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """How a source sends to one target: the policy of their network section or server pair."""
 
     tls: bool = True  # off only on links the operator marks trusted (then HMAC-authenticated)
     transfer: Literal["auto", "delta", "whole"] = "auto"  # delta or dump copy; auto picks per file
     zstd_level: int = 0  # 0 = no compression; chunks that do not shrink go plain anyway
-    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited
+    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited; the limit outside every window
+    windows: tuple[BandwidthWindow, ...] = ()  # the first window that holds now sets the limit
+    timezone: str = ""  # IANA name the windows' times are in (zoneinfo); "" = UTC
 
 
 class TargetSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,6 +187,8 @@ class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     # two sources writing one path (transfer/conflicts.py). "" = the source is the truth.
     conflict: str = ""
     job_id: int = 0
+    # Delta or dump copy forced for every link of this mapping, over the links' policies; "" = per policy.
+    transfer_override: Literal["", "auto", "delta", "whole"] = ""
 
 
 class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):

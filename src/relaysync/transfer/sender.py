@@ -365,8 +365,9 @@ class TargetLink:
             return batch
 
         limit = self.options.bandwidth
-        batch_bytes = min(BATCH_BYTES, max(65536, int(limit.rate * 0.05))) if limit.limited else BATCH_BYTES
         while not done:
+            rate = limit.rate  # may change mid-file: a policy's time-of-day window
+            batch_bytes = min(BATCH_BYTES, max(65536, int(rate * 0.05))) if rate > 0 else BATCH_BYTES
             batch = await anyio.to_thread.run_sync(next_batch, batch_bytes)
             if batch:
                 before = session.framed.bytes_sent

@@ -60,3 +60,22 @@ def test_mode_rules(mapped: tuple[Store, int]) -> None:
         store.modes.set_mode(mapping_id, "reserved")
     with pytest.raises(ConfigError):
         store.modes.set_mode(mapping_id, "manual", "every:5")
+
+
+def test_transfer_override_reaches_the_assignment_and_survives_other_settings(mapped: tuple[Store, int]) -> None:
+    store, mapping_id = mapped
+    assert store.modes.get_transfer(mapping_id) is None
+    (spec,) = store.assignment_for("srcsrcsrcsrcsrcsrcsrcsrc").mappings
+    assert spec.transfer_override == ""
+    epoch = store.epoch()
+    store.modes.set_transfer(mapping_id, "whole")
+    assert store.epoch() > epoch  # agents get it with the next push
+    store.modes.set_mode(mapping_id, "manual")
+    assert store.modes.get_transfer(mapping_id) == "whole"
+    (spec,) = store.assignment_for("srcsrcsrcsrcsrcsrcsrcsrc").mappings
+    assert (spec.transfer_override, spec.mode) == ("whole", "manual")
+    store.modes.set_transfer(mapping_id, None)
+    (spec,) = store.assignment_for("t1" * 8).mappings
+    assert spec.transfer_override == ""
+    with pytest.raises(ConfigError, match="'rsync' is not one of auto, delta, whole"):
+        store.modes.set_transfer(mapping_id, "rsync")

@@ -86,3 +86,38 @@ def test_a_relayed_target_gets_the_policy_of_its_hop(world: Store) -> None:
     world.policies.set_policy(scope="pair", source="same-region", target="same-group", zstd_level=7)
     (spec,) = world.assignment_for("srcsrc", route=route).mappings
     assert {t.node_id: t.policy for t in spec.targets}["same-groupsame-group"] == LinkPolicy(zstd_level=7)
+
+
+WORKDAYS = {"days": "mon-fri", "start": "08:00", "end": "20:00", "bandwidth_limit_mbit": 50}
+NIGHTS = {"days": "", "start": "22:00", "end": "06:00", "bandwidth_limit_mbit": 0}
+
+
+def test_windows_round_trip_to_the_assignment(world: Store) -> None:
+    from relaysync.protocol.messages import BandwidthWindow
+
+    info = world.policies.set_policy(scope="inter_region", bandwidth_limit_mbit=400,
+                                     windows=[WORKDAYS, {k: v for k, v in NIGHTS.items() if k != "days"}],
+                                     timezone="Europe/Paris")
+    assert info.windows == [WORKDAYS, NIGHTS] and info.timezone == "Europe/Paris"
+    (listed,) = world.policies.list_policies()
+    assert (listed.windows, listed.timezone) == ([WORKDAYS, NIGHTS], "Europe/Paris")
+    assert _policies(world)["farfar"] == LinkPolicy(
+        bandwidth_limit_mbit=400, timezone="Europe/Paris",
+        windows=(BandwidthWindow(**WORKDAYS), BandwidthWindow(**NIGHTS)))
+    world.policies.set_policy(scope="inter_region", bandwidth_limit_mbit=400)  # replaced: windows gone
+    assert _policies(world)["farfar"] == LinkPolicy(bandwidth_limit_mbit=400)
+
+
+@pytest.mark.parametrize(("windows", "timezone", "message"), [
+    ([{**WORKDAYS, "start": "8h"}], "", "window 1: window time '8h' must be HH:MM"),
+    ([WORKDAYS, {**WORKDAYS, "days": "weekdays"}], "", "window 2: window days 'weekdays'"),
+    ([{**WORKDAYS, "strat": "08:00"}], "", "window 1: takes days .*, not strat"),
+    ([{"days": "mon", "bandwidth_limit_mbit": 1}], "", "window 1: takes days"),
+    ([{**WORKDAYS, "bandwidth_limit_mbit": "fast"}], "", "window 1: Expected `float`"),
+    ([WORKDAYS] * 25, "", "at most 24"),
+    ([WORKDAYS], "Europe/Atlantis", "timezone 'Europe/Atlantis'"),
+])
+def test_bad_windows_refused(world: Store, windows: list, timezone: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        world.policies.set_policy(scope="same_group", windows=windows, timezone=timezone)
+    assert world.policies.list_policies() == []

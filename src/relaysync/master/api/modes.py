@@ -1,4 +1,8 @@
-"""REST resources /api/mappings/{id}/mode and /send: real-time, manual or reserved transmission."""
+"""REST resources /api/mappings/{id}/mode and /send: real-time, manual or reserved transmission.
+
+Also the other per-mapping sending settings: /versions (backups) and /transfer (delta or dump
+copy forced over the link policies).
+"""
 
 from __future__ import annotations
 
@@ -71,3 +75,26 @@ def put_versions(id_or_name: str, body: VersionsIn, context: Context) -> dict[st
     context.store.modes.set_versions(mapping.id, body.keep, nodes)
     context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, keep_versions=body.keep)
     return {"mapping_id": mapping.id, "keep": body.keep, "targets": nodes}
+
+
+class TransferIn(BaseModel):
+    transfer: Literal["auto", "delta", "whole"] | None = Field(
+        description="forced on every link of the mapping, over the link policies; null = each link's policy")
+
+
+class TransferOut(BaseModel):
+    mapping_id: int
+    transfer: str | None
+
+
+def get_transfer(id_or_name: str, context: Context) -> TransferOut:
+    mapping = context.store.get_mapping(id_or_name)
+    return TransferOut(mapping_id=mapping.id, transfer=context.store.modes.get_transfer(mapping.id))
+
+
+def put_transfer(id_or_name: str, body: TransferIn, context: Context) -> TransferOut:
+    """Force delta or dump copy (or auto) for a mapping; its source's links restart with it."""
+    mapping = context.store.get_mapping(id_or_name)
+    context.store.modes.set_transfer(mapping.id, body.transfer)
+    context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, transfer=body.transfer)
+    return TransferOut(mapping_id=mapping.id, transfer=body.transfer)

@@ -24,6 +24,7 @@ from relaysync.master.store.models import Base
 from relaysync.protocol.messages import MappingSpec
 
 MODES = ("realtime", "manual", "reserved")
+TRANSFER_OVERRIDES = ("auto", "delta", "whole")
 SessionFactory = Callable[[str], AbstractContextManager[Session]]
 
 
@@ -39,6 +40,8 @@ class MappingModeRow(Base):
     delete_confirm: Mapped[int] = mapped_column(Integer, default=0)  # operator confirmations of mass deletes
     keep_versions: Mapped[int] = mapped_column(Integer, default=0)  # previous versions kept on targets
     keep_versions_on: Mapped[list[str]] = mapped_column(JSON, default=list)  # node ids; empty = all
+    # auto | delta | whole forced on every link of the mapping over the link policies; "" = per policy
+    transfer_override: Mapped[str] = mapped_column(String(8), default="")  # 0008_policy_windows
     next_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -93,7 +96,8 @@ class ModeStore:
         row = session.get(MappingModeRow, mapping_id)
         if row is None:
             row = MappingModeRow(mapping_id=mapping_id, mode="realtime", schedule="", release=0,
-                                 released_upto=0, delete_confirm=0, keep_versions=0, keep_versions_on=[])
+                                 released_upto=0, delete_confirm=0, keep_versions=0, keep_versions_on=[],
+                                 transfer_override="")
             session.add(row)
         return row
 
@@ -134,6 +138,20 @@ class ModeStore:
         with self._write("set versions") as session:
             row = self._row(session, mapping_id)
             row.keep_versions, row.keep_versions_on = keep, list(on)
+            self._bump_epoch(session)
+
+    def get_transfer(self, mapping_id: int) -> str | None:
+        """The delta/dump choice forced on the mapping's links; None: each link's policy decides."""
+        with self._read("mapping transfer") as session:
+            row = session.get(MappingModeRow, mapping_id)
+            return (row.transfer_override or None) if row is not None else None
+
+    def set_transfer(self, mapping_id: int, transfer: str | None) -> None:
+        """Force delta or dump copy (or auto) on every link of a mapping; None hands it back to the policies."""
+        if transfer is not None and transfer not in TRANSFER_OVERRIDES:
+            raise ConfigError(f"transfer {transfer!r} is not one of {', '.join(TRANSFER_OVERRIDES)} (or null)")
+        with self._write("set mapping transfer") as session:
+            self._row(session, mapping_id).transfer_override = transfer or ""
             self._bump_epoch(session)
 
     def confirm_deletes(self, mapping_id: int) -> int:
@@ -180,5 +198,6 @@ class ModeStore:
                 continue
             fields = {f: getattr(spec, f) for f in spec.__struct_fields__}
             fields.update(mode=row.mode, release=row.release, delete_confirm=row.delete_confirm,
-                          keep_versions=row.keep_versions, keep_versions_on=tuple(row.keep_versions_on or ()))
+                          keep_versions=row.keep_versions, keep_versions_on=tuple(row.keep_versions_on or ()),
+                          transfer_override=row.transfer_override or "")
             yield MappingSpec(**fields)

@@ -3,6 +3,8 @@
 A section is the relation between a source and a target: the same group, the same region, or
 another region. A pair policy overrides its section's. Without a row, the section's default
 applies: no compression inside a group, zstd 1 inside a region, zstd 3 between regions.
+A policy's bandwidth may change with the time of day: the first of its windows (days, start,
+end, limit; in UTC or its timezone) that holds sets the limit, else its base limit does.
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Boolean, Float, Integer, String, UniqueConstraint, delete, select
+import msgspec
+from sqlalchemy import JSON, Boolean, Float, Integer, String, UniqueConstraint, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store.models import NAME, NODE_ID, Base, Server
-from relaysync.protocol.messages import LinkPolicy, MappingSpec, TargetSpec
+from relaysync.protocol.messages import BandwidthWindow, LinkPolicy, MappingSpec, TargetSpec
+from relaysync.transfer.bandwidth import BandwidthSchedule
 
 Scope = Literal["same_group", "same_region", "inter_region", "pair"]
 SCOPES: tuple[str, ...] = ("same_group", "same_region", "inter_region", "pair")
@@ -49,6 +53,9 @@ class LinkPolicyRow(Base):
     bandwidth_limit_mbit: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[float] = mapped_column(Float)
     note: Mapped[str] = mapped_column(NAME, default="")
+    # [{days, start, end, bandwidth_limit_mbit}, ...] in the order they are tried (0008_policy_windows)
+    windows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    timezone: Mapped[str] = mapped_column(String(64), default="")  # the windows' zone; "" = UTC
 
 
 @dataclass(frozen=True)
@@ -62,18 +69,42 @@ class PolicyInfo:
     zstd_level: int
     bandwidth_limit_mbit: float
     updated_at: float
+    windows: list[dict[str, Any]]
+    timezone: str
 
 
 def _info(row: LinkPolicyRow) -> PolicyInfo:
     return PolicyInfo(id=row.id, scope=row.scope, source=row.source_node, target=row.target_node,
                       tls=row.tls, transfer=row.transfer, zstd_level=row.zstd_level,
-                      bandwidth_limit_mbit=row.bandwidth_limit_mbit, updated_at=row.updated_at)
+                      bandwidth_limit_mbit=row.bandwidth_limit_mbit, updated_at=row.updated_at,
+                      windows=[dict(w) for w in row.windows or ()], timezone=row.timezone or "")
 
 
 def _policy(row: LinkPolicyRow) -> LinkPolicy:
     return LinkPolicy(tls=row.tls, transfer=row.transfer,  # type: ignore[arg-type]
                       zstd_level=row.zstd_level,
-                      bandwidth_limit_mbit=row.bandwidth_limit_mbit)
+                      bandwidth_limit_mbit=row.bandwidth_limit_mbit,
+                      windows=tuple(msgspec.convert(w, BandwidthWindow) for w in row.windows or ()),
+                      timezone=row.timezone or "")
+
+
+def windows_of(windows: Sequence[Mapping[str, Any]]) -> tuple[BandwidthWindow, ...]:
+    """Windows as given to the API or the store (mappings with the BandwidthWindow fields).
+
+    Raises:
+        ConfigError: a window with unknown or mistyped fields.
+    """
+    out = []
+    for i, w in enumerate(windows):
+        unknown = sorted(set(w) - set(BandwidthWindow.__struct_fields__))
+        if unknown or not {"start", "end"} <= set(w):
+            raise ConfigError(f"window {i + 1}: takes days (optional), start, end and bandwidth_limit_mbit"
+                              + (f", not {', '.join(unknown)}" if unknown else ""))
+        try:
+            out.append(msgspec.convert(dict(w), BandwidthWindow))
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"window {i + 1}: {exc}") from exc
+    return tuple(out)
 
 
 def section_of(source: Server | None, target: Server | None) -> str:
@@ -83,7 +114,8 @@ def section_of(source: Server | None, target: Server | None) -> str:
 
 
 def validate(scope: str, transfer: str, zstd_level: int, bandwidth_limit_mbit: float,
-             source: str | None, target: str | None) -> None:
+             source: str | None, target: str | None,
+             windows: Sequence[BandwidthWindow] = (), timezone: str = "") -> None:
     if scope not in SCOPES:
         raise ConfigError(f"policy scope {scope!r} is not one of {', '.join(SCOPES)}")
     if transfer not in TRANSFERS:
@@ -94,6 +126,7 @@ def validate(scope: str, transfer: str, zstd_level: int, bandwidth_limit_mbit: f
         raise ConfigError("bandwidth limit must be >= 0 (0 = unlimited)")
     if (scope == "pair") != bool(source and target):
         raise ConfigError("a pair policy names a source and a target server; a section policy names neither")
+    BandwidthSchedule(bandwidth_limit_mbit, windows, timezone)  # raises on bad windows or timezone
 
 
 class PolicyStore:
@@ -110,9 +143,16 @@ class PolicyStore:
 
     def set_policy(self, *, scope: str, source: str | None = None, target: str | None = None,
                    tls: bool = True, transfer: str = "auto", zstd_level: int = 0,
-                   bandwidth_limit_mbit: float = 0.0) -> PolicyInfo:
-        """Create or replace the policy of a section or of a server pair (servers by name or id)."""
-        validate(scope, transfer, zstd_level, bandwidth_limit_mbit, source, target)
+                   bandwidth_limit_mbit: float = 0.0, windows: Sequence[Mapping[str, Any]] = (),
+                   timezone: str = "") -> PolicyInfo:
+        """Create or replace the policy of a section or of a server pair (servers by name or id).
+
+        `windows` are tried in order (the first that holds sets the limit), each a mapping of
+        days ("mon-fri", "" = every day), start and end ("HH:MM"; an end before the start runs
+        past midnight) and bandwidth_limit_mbit; `timezone` is their IANA zone ("" = UTC).
+        """
+        parsed = windows_of(windows)
+        validate(scope, transfer, zstd_level, bandwidth_limit_mbit, source, target, parsed, timezone)
         with self._write("set policy") as session:
             src = self._resolve(session, source).node_id if source else ""
             dst = self._resolve(session, target).node_id if target else ""
@@ -124,6 +164,7 @@ class PolicyStore:
                 session.add(row)
             row.tls, row.transfer, row.zstd_level = tls, transfer, zstd_level
             row.bandwidth_limit_mbit, row.updated_at = bandwidth_limit_mbit, time.time()
+            row.windows, row.timezone = [msgspec.to_builtins(w) for w in parsed], timezone
             self._bump_epoch(session)
             session.flush()
             return _info(row)
