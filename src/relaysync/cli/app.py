@@ -14,6 +14,7 @@ from relaysync.cli import (
     recover_cmd,
     recovery_cmd,
     restore_cmd,
+    retention_cmd,
     routes_cmd,
     send_cmd,
     server_cmd,
@@ -35,6 +36,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("status")(status_cmd.status)
 app.command("log")(log_cmd.log)
 app.command("stats")(stats_cmd.stats)
+app.command("retention")(retention_cmd.retention)
 app.command("send")(send_cmd.send)
 app.command("restore")(restore_cmd.restore)
 app.command("topology")(topology_cmd.topology)

@@ -34,6 +34,7 @@ from relaysync.master.api import (
     nm_jobs,
     policies,
     probes,
+    retention,
     routing,
     servers,
     stats,
@@ -94,6 +95,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/exceptions", jobs.list_exceptions, ("GET",)),                       # [mapping] [limit] [open]
     Route("/api/advances", jobs.list_advances, ("GET",)),                           # [mapping] [target] [limit]: with routes
     Route("/api/stats", stats.get_stats, ("GET",)),                                 # [by] [since] [until] [format=json|csv]
+    Route("/api/retention", retention.get_retention, ("GET",)),                     # days kept per kind, last prune
+    Route("/api/retention", retention.put_retention, ("PUT",)),                     # RetentionIn: fields left out keep their value
     Route("/api/tokens/join", tokens.create_join_token, ("POST",), status_code=201),  # [{ttl_s}]
     Route("/api/tokens/api", tokens.create_api_token, ("POST",), status_code=201),  # {name}
     Route("/api/events", events.list_events, ("GET",)),                             # [since] [timeout_s] [limit]

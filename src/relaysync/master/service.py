@@ -30,6 +30,7 @@ from relaysync.master.control import ControlServer
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.purging import PurgeService
+from relaysync.master.retention import RetentionPruner
 from relaysync.master.router import Router
 from relaysync.master.scheduler import Scheduler
 from relaysync.master.store.store import Store
@@ -111,6 +112,7 @@ class MasterService:
                 await tg.start(router.serve)  # failure state rebuilt from the store before agents connect
                 control_port = await tg.start(control.serve)
                 await tg.start(Scheduler(store, events, control.notify_change).serve)
+                await tg.start(RetentionPruner(store).serve)  # job-log history past its retention
                 self.control_address = f"{chost}:{control_port}"
                 saved_port.write_text(str(control_port))
                 app = create_app(store=store, ca=ca, events=events, admin_token=admin_token,

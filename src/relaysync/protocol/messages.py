@@ -66,6 +66,11 @@ def _check_non_negative(value: int, field: str) -> None:
         raise ProtocolError(f"{field}: must be >= 0, got {value}")
 
 
+def _check_changed_at(value: float, field: str) -> None:
+    if not 0.0 <= value < 1e11:  # also refuses NaN and infinities
+        raise ProtocolError(f"{field}: must be a unix time >= 0, got {value}")
+
+
 # --- Handshake ---
 
 
@@ -243,6 +248,7 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     # and the other source's node id; "newer": this record's version won, otherwise it lost.
     conflict: str = ""
     conflict_with: str = ""
+    changed_at: float = 0.0  # the op's changed_at (source clock); committed_at - changed_at = latency
 
 
 class CommitReport(Message, frozen=True, tag="commit_report"):
@@ -337,8 +343,10 @@ class FileStart(Message, frozen=True, tag="file"):
     base_hash: bytes = b""  # hash of the version it replaces ("" if none known)
     expected_hash: bytes = b""  # hash the source expects the content to have; names a resumable partial
     offset: int = 0  # resume: the target already holds the first `offset` bytes in its partial
+    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
 
     def validate(self) -> None:
+        _check_changed_at(self.changed_at, "file.changed_at")
         _check_path(self.path, "file.path")
         _check_non_negative(self.size, "file.size")
         _check_non_negative(self.seq, "file.seq")
@@ -358,8 +366,10 @@ class DeltaStart(Message, frozen=True, tag="delta"):
     mode: int
     mtime_ns: int
     base_hash: bytes
+    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
 
     def validate(self) -> None:
+        _check_changed_at(self.changed_at, "delta.changed_at")
         _check_path(self.path, "delta.path")
         _check_non_negative(self.size, "delta.size")
         _check_non_negative(self.seq, "delta.seq")
@@ -400,8 +410,10 @@ class Delete(Message, frozen=True, tag="delete"):
 
     seq: int
     path: str
+    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
 
     def validate(self) -> None:
+        _check_changed_at(self.changed_at, "delete.changed_at")
         _check_path(self.path, "delete.path")
 
 
@@ -409,8 +421,10 @@ class MakeDir(Message, frozen=True, tag="mkdir"):
     seq: int
     path: str
     mode: int = 0o755
+    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
 
     def validate(self) -> None:
+        _check_changed_at(self.changed_at, "mkdir.changed_at")
         _check_path(self.path, "mkdir.path")
 
 
@@ -418,8 +432,10 @@ class Symlink(Message, frozen=True, tag="symlink"):
     seq: int
     path: str
     target: str  # stored as is; never followed by the receiver
+    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
 
     def validate(self) -> None:
+        _check_changed_at(self.changed_at, "symlink.changed_at")
         _check_path(self.path, "symlink.path")
         _check_path(self.target, "symlink.target")
 
@@ -429,8 +445,10 @@ class Rename(Message, frozen=True, tag="rename"):
     path: str
     new_path: str
     hash: bytes = b""  # content hash of a file being moved, to check the target holds the same
+    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
 
     def validate(self) -> None:
+        _check_changed_at(self.changed_at, "rename.changed_at")
         _check_path(self.path, "rename.path")
         _check_path(self.new_path, "rename.new_path")
 
@@ -440,8 +458,10 @@ class SetAttr(Message, frozen=True, tag="attr"):
     path: str
     mode: int
     mtime_ns: int
+    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
 
     def validate(self) -> None:
+        _check_changed_at(self.changed_at, "attr.changed_at")
         _check_path(self.path, "attr.path")
 
 

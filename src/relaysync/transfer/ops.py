@@ -59,21 +59,21 @@ def _chunk(seq: int, offset: int, data: bytes, options: SendOptions) -> FileChun
 
 
 def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"",
-                       expected_hash: bytes = b"", options: SendOptions | None = None
-                       ) -> Iterator[AnyMessage]:
+                       expected_hash: bytes = b"", options: SendOptions | None = None,
+                       changed_at: float = 0.0) -> Iterator[AnyMessage]:
     """Yield FileStart, FileChunk..., FileEnd (or FileAbort) for the file as it is now on disk.
 
     With a known base version and a kept signature of it, yield a DeltaStart and the delta
     instead. Yields nothing if the file is gone or is no longer a regular file (a later record
-    covers it).
+    covers it). `changed_at` (when the source journaled the change) rides on the start message.
     """
     options = options or SendOptions()
     if _wants_delta(base_hash, seq, options):
         found = _usable_delta(root, path, base_hash, options)
         if found is not None:
-            yield from _delta_messages(root, path, seq, base_hash, found, options)
+            yield from _delta_messages(root, path, seq, base_hash, found, options, changed_at)
             return
-    yield from _whole_messages(root, path, seq, base_hash, expected_hash, options)
+    yield from _whole_messages(root, path, seq, base_hash, expected_hash, options, changed_at)
 
 
 def _wants_delta(base_hash: bytes, seq: int, options: SendOptions) -> bool:
@@ -94,12 +94,13 @@ def _usable_delta(root: Path, path: str, base_hash: bytes,
 
 
 def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes,
-                    found: tuple[Path, bytes, os.stat_result], options: SendOptions) -> Iterator[AnyMessage]:
+                    found: tuple[Path, bytes, os.stat_result], options: SendOptions,
+                    changed_at: float = 0.0) -> Iterator[AnyMessage]:
     """DeltaStart, the delta streamed chunk by chunk from its file, FileEnd: memory stays flat."""
     assert options.signatures is not None
     delta_path, new_hash, st = found
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=stat.S_IMODE(st.st_mode),
-                     mtime_ns=st.st_mtime_ns, base_hash=base_hash)
+                     mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at)
     with open(delta_path, "rb") as f:
         offset = 0
         while data := f.read(CHUNK_BYTES):
@@ -110,7 +111,7 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes,
 
 
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
-                    options: SendOptions) -> Iterator[AnyMessage]:
+                    options: SendOptions, changed_at: float = 0.0) -> Iterator[AnyMessage]:
     full = root / path
     try:
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -124,7 +125,7 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
         held = held if held <= before.st_size and held % CHUNK_BYTES == 0 else 0
         yield FileStart(seq=seq, path=path, size=before.st_size, mode=stat.S_IMODE(before.st_mode),
                         mtime_ns=before.st_mtime_ns, base_hash=base_hash, expected_hash=expected_hash,
-                        offset=held)
+                        offset=held, changed_at=changed_at)
         hasher = xxhash.xxh3_128()
         offset = 0
         while offset < before.st_size:
@@ -150,25 +151,28 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
 
 
 def record_messages(root: Path, record: JournalRecord, options: SendOptions | None = None) -> Iterator[AnyMessage]:
-    """Yield the wire ops for one journal record."""
+    """Yield the wire ops for one journal record, each carrying when the record was journaled."""
     entry = record.entry
+    at = record.time_ns / 1e9  # 0 for records of journals written before times were kept
     match record.op:
         case "write":
             yield from iter_file_messages(root, record.path, record.seq, base_hash=record.base_hash,
-                                          expected_hash=entry.hash if entry else b"", options=options)
+                                          expected_hash=entry.hash if entry else b"", options=options,
+                                          changed_at=at)
         case "delete":
-            yield Delete(seq=record.seq, path=record.path)
+            yield Delete(seq=record.seq, path=record.path, changed_at=at)
         case "mkdir":
-            yield MakeDir(seq=record.seq, path=record.path, mode=entry.mode if entry else 0o755)
+            yield MakeDir(seq=record.seq, path=record.path, mode=entry.mode if entry else 0o755, changed_at=at)
         case "symlink":
             target = entry.link_target if entry else os.readlink(root / record.path)
-            yield Symlink(seq=record.seq, path=record.path, target=target)
+            yield Symlink(seq=record.seq, path=record.path, target=target, changed_at=at)
         case "rename":
             yield Rename(seq=record.seq, path=record.path, new_path=record.new_path,
-                         hash=entry.hash if entry and entry.kind == "f" else b"")
+                         hash=entry.hash if entry and entry.kind == "f" else b"", changed_at=at)
         case "attr":
             if entry is not None:
-                yield SetAttr(seq=record.seq, path=record.path, mode=entry.mode, mtime_ns=entry.mtime_ns)
+                yield SetAttr(seq=record.seq, path=record.path, mode=entry.mode, mtime_ns=entry.mtime_ns,
+                              changed_at=at)
 
 
 def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None) -> Iterator[AnyMessage]:

@@ -182,7 +182,7 @@ class RelayLink(TargetLink):
         """Send what of a spool read the child still needs; a refused delta goes as a whole file."""
         after = session.sent_upto
         out: list[AnyMessage] = []
-        skipping, skipped_path = -1, ""
+        skipping, skipped_path, skipped_at = -1, "", 0.0
         for message in messages:
             seq = int(getattr(message, "seq", 0))
             if seq <= after:
@@ -191,11 +191,11 @@ class RelayLink(TargetLink):
                 if isinstance(message, FileEnd):
                     await self._send(session, out)
                     out = []
-                    await self._whole_from_tree(session, seq, skipped_path)
+                    await self._whole_from_tree(session, seq, skipped_path, skipped_at)
                     skipping = -1
                 continue
             if isinstance(message, DeltaStart) and seq in self.options.whole_file_seqs:
-                skipping, skipped_path = seq, message.path
+                skipping, skipped_path, skipped_at = seq, message.path, message.changed_at
                 continue
             out.append(message)
         await self._send(session, out)
@@ -209,7 +209,7 @@ class RelayLink(TargetLink):
         if checkpoints:
             session.sent_upto = max(session.sent_upto, checkpoints[-1])
 
-    async def _whole_from_tree(self, session: _Session, seq: int, path: str) -> None:
+    async def _whole_from_tree(self, session: _Session, seq: int, path: str, changed_at: float = 0.0) -> None:
         """The child lacked a delta's base: send that version whole from our tree, once committed."""
         feed = self.source
         with anyio.fail_after(RECEIVE_TIMEOUT_S):
@@ -217,4 +217,5 @@ class RelayLink(TargetLink):
                 await feed.wait_for_records(seq, WAIT_RELAY_S)
         self.log.info("sending %s whole to %s (it lacks the delta's base)", path, self.target.name)
         options = ops.SendOptions(codec=self.options.codec)
-        await self._send_stream(session, ops.iter_file_messages(feed.root, path, seq, options=options))
+        await self._send_stream(session, ops.iter_file_messages(feed.root, path, seq, options=options,
+                                                                       changed_at=changed_at))

@@ -84,13 +84,15 @@ def test_log_rows_are_labelled_and_rendered() -> None:
 def stat(**over: Any) -> dict[str, Any]:
     row = {"key": "www", "files": 4, "wire_bytes": 4096, "failures": 1, "failed_attempts": 2,
            "open_failures": 0, "changes": 2, "change_bytes": 3000, "file_ms_p50": 1.25,
-           "file_ms_p95": 9.0, "file_ms_p99": None}
+           "file_ms_p95": 9.0, "file_ms_p99": None, "latency_ms_p50": 40.5, "latency_ms_p95": 80.0,
+           "latency_ms_p99": None}
     return {**row, **over}
 
 
 def test_stats_table_shows_changes_only_by_mapping_and_day() -> None:
     out = render(stats_table([stat()], "mapping"))
     assert "changes" in out and "4.0 KiB" in out and "1.2" in out
+    assert "latency" in out and "40.5" in out and "80.0" in out
     out = render(stats_table([stat(key="web1", changes=None, change_bytes=None)], "server"))
     assert "change bytes" not in out and "web1" in out
 
@@ -99,7 +101,7 @@ def test_stats_csv_export_matches_the_columns() -> None:
     text = stats_csv([StatOut(**stat())])
     header, line = text.splitlines()
     assert header == ",".join(StatOut.model_fields)
-    assert line == "www,4,4096,1,2,0,2,3000,1.25,9.0,"
+    assert line == "www,4,4096,1,2,0,2,3000,1.25,9.0,,40.5,80.0,"
 
 
 def test_parse_time_forms() -> None:

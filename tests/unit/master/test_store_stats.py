@@ -105,3 +105,42 @@ def test_weighted_percentile() -> None:
     assert weighted_percentile([(1.0, 1), (2.0, 1), (10.0, 2)], 50) == 2.0
     assert weighted_percentile([(1.0, 1), (2.0, 1), (10.0, 2)], 75) == 10.0
     assert weighted_percentile([(5.0, 0), (3.0, 1)], 99) == 3.0
+
+
+def test_latency_is_commit_time_minus_change_time_and_kept_apart_from_transfer_time(
+        store: Store, mapping_ids: tuple[int, int]) -> None:
+    one, two = mapping_ids
+    now = time.time()
+
+    def timed(seq: int, latency_s: float, ms: float) -> CommitRecord:
+        return CommitRecord(seq=seq, op="write", path=f"f{seq}", size=1, wire_bytes=1, duration_ms=ms,
+                            committed_at=now, changed_at=now - latency_s)
+
+    store.record_commit_reports([
+        report(one, T1, 2, timed(1, 0.5, 2.0), timed(2, 1.5, 4.0)),  # mean 1000 ms over two files
+        report(one, T2, 1, timed(1, 0.25, 1.0)),
+        # catch-up work and old agents carry no change time: no latency, transfer time still counts
+        report(two, T1, 1, rec(0, ms=8.0), rec(1, ms=8.0)),
+    ])
+    servers = by_key(store, "server")
+    assert (servers["t1"]["latency_ms_p50"], servers["t1"]["latency_ms_p99"]) == (1000.0, 1000.0)
+    assert servers["t1"]["file_ms_p50"] == 3.0  # transfer time, as before: 6 ms / 2 files
+    assert servers["t2"]["latency_ms_p50"] == 250.0
+    mappings = by_key(store, "mapping")
+    assert (mappings["one"]["latency_ms_p50"], mappings["one"]["latency_ms_p95"]) == (1000.0, 1000.0)
+    assert mappings["two"]["latency_ms_p50"] is None and mappings["two"]["file_ms_p50"] == 8.0
+    with store._read("changed_at") as session:
+        from sqlalchemy import select
+
+        from relaysync.master.store._joblog import CHANGES
+
+        times = dict(session.execute(select(CHANGES.c.seq, CHANGES.c.changed_at)
+                                     .where(CHANGES.c.mapping_id == one)).all())
+    assert times == {1: pytest.approx(now - 0.5), 2: pytest.approx(now - 1.5)}
+
+
+def test_a_target_clock_behind_the_source_counts_as_zero_latency(store: Store, mapping_ids: tuple[int, int]) -> None:
+    one, _ = mapping_ids
+    skewed = CommitRecord(seq=1, op="write", path="f", committed_at=1000.0, changed_at=1002.0)
+    store.record_commit_reports([report(one, T1, 1, skewed)])
+    assert by_key(store, "server")["t1"]["latency_ms_p50"] == 0.0

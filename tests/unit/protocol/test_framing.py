@@ -58,3 +58,18 @@ def test_frames_split_across_reads() -> None:
             await framed.receive()
 
     anyio.run(main)
+
+
+def test_change_time_is_optional_on_the_wire_and_checked() -> None:
+    import msgspec
+
+    # a peer that predates changed_at sends ops without it: they decode with 0 (unknown)
+    old = msgspec.msgpack.encode({"type": "delete", "seq": 3, "path": "a"})
+    decoded = decode_payload(old)
+    assert decoded.changed_at == 0.0  # type: ignore[union-attr]
+    m = FileStart(seq=1, path="a", size=0, mode=0o644, mtime_ns=0, changed_at=1_700_000_000.25)
+    assert decode_payload(encode_frame(m)[4:]) == m
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ProtocolError, match="changed_at"):
+            decode_payload(encode_frame(FileStart(seq=1, path="a", size=0, mode=0, mtime_ns=0,
+                                                  changed_at=bad))[4:])

@@ -122,3 +122,19 @@ def test_file_replaces_directory_and_link(folder: TargetFolder) -> None:
     assert (folder.root / "x").read_bytes() == b"now a file"
     assert not (folder.root / "y").is_symlink()
     assert (folder.root / "y").read_bytes() == b"not a link"
+
+
+def test_commit_records_carry_the_change_time_and_commit_after_it(folder: TargetFolder) -> None:
+    import time
+
+    reports: list[CommitRecord] = []
+    s = ReceiverSession(folder, "j1", lambda wm, recs: reports.extend(recs))
+    changed = time.time() - 2.0
+    start = FileStart(seq=1, path="a", size=3, mode=0o644, mtime_ns=0, changed_at=changed)
+    s.apply_batch([start, FileChunk(seq=1, offset=0, data=b"abc"),
+                   FileEnd(seq=1, hash=xxhash.xxh3_128(b"abc").digest()),
+                   MakeDir(seq=2, path="d", changed_at=changed + 1), Delete(seq=3, path="a"),
+                   Checkpoint(seq=3)])
+    assert [(r.seq, r.changed_at) for r in reports] == [(1, changed), (2, changed + 1), (3, 0.0)]
+    for r in reports:
+        assert r.committed_at - r.changed_at >= r.duration_ms / 1000.0  # latency >= transfer time

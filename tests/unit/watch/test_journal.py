@@ -224,3 +224,20 @@ def test_read_coalesced_replays_like_full(tmp_path_factory: pytest.TempPathFacto
         after = batch[-1].seq
     assert coalesced == full
     j.close()
+
+
+def test_records_of_journals_without_times_still_read(tmp_path: Path) -> None:
+    """Journals written before records had time_ns: the field defaults to 0 on read."""
+    import zlib
+
+    import msgspec
+
+    directory = tmp_path / "j"
+    directory.mkdir()
+    payloads = [msgspec.msgpack.encode({"seq": s, "op": "delete", "path": f"p{s}"}) for s in (1, 2)]
+    frames = b"".join(struct.pack(">II", len(p), zlib.crc32(p)) + p for p in payloads)
+    (directory / f"{1:020d}.seg").write_bytes(frames)
+    j = Journal(directory)
+    assert [(r.seq, r.path, r.time_ns) for r in j.read(0)] == [(1, "p1", 0), (2, "p2", 0)]
+    assert j.append([w("new")])[0].time_ns > 0  # new records get a time, in the same segment
+    j.close()

@@ -32,9 +32,12 @@ class StatOut(BaseModel):
     open_failures: int  # failures not resolved since
     changes: int | None  # changes the sources reported (by mapping and day only)
     change_bytes: int | None  # their sizes
-    file_ms_p50: float | None  # transfer time per committed file, milliseconds
+    file_ms_p50: float | None  # transfer time per committed file on its target, milliseconds
     file_ms_p95: float | None
     file_ms_p99: float | None
+    latency_ms_p50: float | None  # source journaled the change -> target committed it, milliseconds
+    latency_ms_p95: float | None  # (two clocks unless source and target share a machine)
+    latency_ms_p99: float | None
 
 
 COLUMNS = tuple(StatOut.model_fields)
@@ -79,7 +82,8 @@ def get_stats(
     until: Annotated[str | None, Query(description="exclusive; same forms as since")] = None,
     format: Format = "json",
 ) -> Response:
-    """Files, bytes on the wire, failures and per-file transfer time percentiles, per group.
+    """Files, bytes on the wire, failures, per-file transfer time and source-to-target latency
+    percentiles, per group.
 
     JSON: a list of StatOut. CSV (`format=csv`): the same columns, with a header line.
     """

@@ -60,6 +60,24 @@ class _Batch:
     names: dict[str, str] = field(default_factory=dict)  # target node id -> server name
 
 
+@dataclass
+class _Latency:
+    """Source-to-target latency of the files of one report: committed_at - changed_at, summed.
+
+    Records without a change time (catch-up work, agents that predate it) are left out. The two
+    times come from different clocks when source and target are different machines: a negative
+    difference (a target clock behind the source's) counts as 0.
+    """
+
+    total_ms: float = 0.0
+    files: int = 0
+
+    def add(self, changed_at: float, committed_at: float) -> None:
+        if changed_at > 0 and committed_at > 0:
+            self.total_ms += max(0.0, committed_at - changed_at) * 1000.0
+            self.files += 1
+
+
 def record(session: Session, reports: Sequence[CommitReport], now: float) -> None:
     """Write a batch of commit reports; repeats of a report change nothing.
 
@@ -124,6 +142,7 @@ def _fold(batch: _Batch, report: CommitReport) -> None:
     triple = (report.mapping_id, report.source_node, report.target_node)
     files = wire_bytes = 0
     duration_ms = 0.0
+    latency = _Latency()
     for rec in report.records:
         outcome_key = (*triple, rec.seq, path_key(rec.path))
         if rec.seq > 0:
@@ -137,6 +156,7 @@ def _fold(batch: _Batch, report: CommitReport) -> None:
                     "path": rec.path,
                     "size": rec.size,
                     "reported_at": batch.now,
+                    "changed_at": rec.changed_at,
                 },
             )
         if not rec.ok:
@@ -146,11 +166,13 @@ def _fold(batch: _Batch, report: CommitReport) -> None:
         files += 1
         wire_bytes += rec.wire_bytes
         duration_ms += rec.duration_ms
+        latency.add(rec.changed_at, rec.committed_at)
         if rec.seq == 0:
             counters = batch.catchup.setdefault(triple, [0, 0])
             counters[0] += 1
             counters[1] += rec.wire_bytes
-    _fold_watermark(batch, triple, report.watermark, files, wire_bytes, duration_ms, _route(batch, report))
+    _fold_watermark(batch, triple, report.watermark, files, wire_bytes, duration_ms, _route(batch, report),
+                    latency)
 
 
 def _fold_failure(
@@ -180,6 +202,7 @@ def _fold_watermark(
     wire_bytes: int,
     duration_ms: float,
     route: str,
+    latency: _Latency,
 ) -> None:
     current = batch.watermarks.get(triple)
     if current is not None and watermark <= current:
@@ -198,6 +221,8 @@ def _fold_watermark(
                 "wire_bytes": wire_bytes,
                 "duration_ms": duration_ms,
                 "route": route,
+                "latency_ms": latency.total_ms,
+                "latency_files": latency.files,
             }
         )
 

@@ -1,7 +1,7 @@
 """Job-log statistics: files, bytes, failures and latency percentiles by server, group, region, mapping or day.
 
 Sources, all in the store: `watermark_advances` (per target and report: files committed, bytes on
-the wire, summed transfer durations), `exceptions` (per failed change and target: attempts) and
+the wire, summed transfer durations, summed source-to-target latencies), `exceptions` (per failed change and target: attempts) and
 `changes` (per change of a source: its size). Rows are folded in Python rather than with
 dialect-specific SQL (percentile_cont, date_trunc), so the figures are identical on SQLite and
 PostgreSQL; the `since` bound keeps the scan to the period asked for.
@@ -45,9 +45,12 @@ class StatRow:
     open_failures: int  # failures not yet resolved
     changes: int | None  # changes the sources reported (by mapping and day only)
     change_bytes: int | None  # their sizes
-    file_ms_p50: float | None  # transfer time per committed file, percentiles
+    file_ms_p50: float | None  # transfer time per committed file on its target, percentiles
     file_ms_p95: float | None
     file_ms_p99: float | None
+    latency_ms_p50: float | None = None  # source journaled -> target committed, per file, percentiles
+    latency_ms_p95: float | None = None
+    latency_ms_p99: float | None = None
 
 
 @dataclass
@@ -60,15 +63,18 @@ class _Acc:
     changes: int = 0
     change_bytes: int = 0
     durations: list[tuple[float, int]] = field(default_factory=list)  # (ms per file, files)
+    latencies: list[tuple[float, int]] = field(default_factory=list)  # (ms per file, files)
 
     def row(self, key: str, *, with_changes: bool) -> StatRow:
         p50, p95, p99 = (weighted_percentile(self.durations, p) for p in PERCENTILES)
+        l50, l95, l99 = (weighted_percentile(self.latencies, p) for p in PERCENTILES)
         return StatRow(
             key=key, files=self.files, wire_bytes=self.wire_bytes, failures=self.failures,
             failed_attempts=self.failed_attempts, open_failures=self.open_failures,
             changes=self.changes if with_changes else None,
             change_bytes=self.change_bytes if with_changes else None,
             file_ms_p50=p50, file_ms_p95=p95, file_ms_p99=p99,
+            latency_ms_p50=l50, latency_ms_p95=l95, latency_ms_p99=l99,
         )
 
 
@@ -151,14 +157,16 @@ def _bounded(query: Any, column: Any, since: float | None, until: float | None) 
 def _fold_advances(session: Session, keys: _Keys, groups: dict[str, _Acc],
                    since: float | None, until: float | None) -> None:
     a = ADVANCES.c
-    query = _bounded(select(a.mapping_id, a.target_node, a.at, a.files, a.wire_bytes, a.duration_ms),
-                     a.at, since, until)
-    for mapping_id, target, at, files, wire_bytes, duration_ms in _rows(session, query):
+    query = _bounded(select(a.mapping_id, a.target_node, a.at, a.files, a.wire_bytes, a.duration_ms,
+                            a.latency_ms, a.latency_files), a.at, since, until)
+    for mapping_id, target, at, files, wire_bytes, duration_ms, latency_ms, latency_files in _rows(session, query):
         acc = groups.setdefault(keys.of(mapping_id, target, at), _Acc())
         acc.files += int(files)
         acc.wire_bytes += int(wire_bytes)
         if files:
             acc.durations.append((float(duration_ms) / files, int(files)))
+        if latency_files:  # a report's files share its mean, like the transfer times
+            acc.latencies.append((float(latency_ms) / latency_files, int(latency_files)))
 
 
 def _fold_exceptions(session: Session, keys: _Keys, groups: dict[str, _Acc],

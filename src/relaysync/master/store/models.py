@@ -112,8 +112,10 @@ class Change(Base):
     path: Mapped[str] = mapped_column(PATH)
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     reported_at: Mapped[float] = mapped_column(Float)
+    # unix time (source clock) the source journaled it; 0 = unknown (0009_retention)
+    changed_at: Mapped[float] = mapped_column(Float, default=0.0)
 
-    __table_args__ = (Index("ix_changes_seq", "seq"),)
+    __table_args__ = (Index("ix_changes_seq", "seq"), Index("ix_changes_reported_at", "reported_at"))
 
 
 class Watermark(Base):
@@ -147,9 +149,14 @@ class WatermarkAdvance(Base):
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
     # server names the changes came through, source first, the target last (0006_routing)
     route: Mapped[str] = mapped_column(Text, default="")
+    # source-to-target latency (committed_at - changed_at) summed over the `latency_files` files
+    # whose op carried its change time (0009_retention); duration_ms is transfer time only
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_files: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
         Index("ix_watermark_advances_key", "mapping_id", "source_node", "target_node", "to_seq"),
+        Index("ix_watermark_advances_at", "at"),
     )
 
 
@@ -173,6 +180,7 @@ class CommitException(Base):
     resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (
+        Index("ix_exceptions_resolved_at", "resolved_at"),
         Index(
             "ux_exceptions_key",
             "mapping_id",

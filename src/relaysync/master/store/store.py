@@ -32,6 +32,7 @@ from relaysync.master.store._modes import ModeStore
 from relaysync.master.store._monitoring import MonitoringStore
 from relaysync.master.store._nmjobs import NmJobStore
 from relaysync.master.store._policies import PolicyStore
+from relaysync.master.store._retention import RetentionStore
 from relaysync.master.store._routing import RoutingStore, check_capacity, check_topology_name
 from relaysync.master.store._sites import SiteStore
 from relaysync.master.store._stats import StatsStore
@@ -123,6 +124,8 @@ class Store(SiteStore):
         self.routing = RoutingStore(self._read, self._write, _bump_epoch)
         # N:M jobs: member mappings per source, the newest-mtime rule, conflicts reported
         self.nm_jobs = NmJobStore(self._read, self._write, _bump_epoch, _next_mapping_id)
+        # job-log retention: days kept per kind of history, and the batched pruning
+        self.retention = RetentionStore(self._read, self._write)
 
     # --- Lifecycle ---
 
