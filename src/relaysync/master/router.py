@@ -152,7 +152,17 @@ class Router:
         self.refresh(reason)
 
     def node_up(self, node_id: str) -> None:
-        """A server's control link is up (the store already says so)."""
+        """A server's control link is up (the store already says so).
+
+        Hops into it that failed while it was down are tried again at once: they failed because
+        it was down, and its recovery should come from its group, not around it.
+        """
+        with self._lock:
+            stale = [k for k in self._failed_hops if k[2] == node_id]
+            for key in stale:
+                del self._failed_hops[key]
+            if stale:
+                self._version += 1
         self.topology_changed(f"{self._name(node_id)} up")
 
     def node_down(self, node_id: str) -> None:
@@ -178,6 +188,8 @@ class Router:
             return
         with self._lock:
             self._ensure_loaded()
+            if child in self._down:
+                return  # the child is down, not the hop: it is planned around already
             known = (mapping_id, parent, child) in self._failed_hops
             self._failed_hops[(mapping_id, parent, child)] = self._clock() + HOP_FAILED_TTL_S
             if not known:

@@ -366,3 +366,20 @@ def test_change_state_per_target(env: Env) -> None:
     assert errors["b1"] == "EIO" and "down" in errors["c1"]
     assert env.client.get(f"/api/mappings/{env.mapping_id}/changes/0").status_code == 422
     assert env.client.get("/api/mappings/nope/changes/1").status_code == 404
+
+
+def test_hops_into_a_restarted_server_are_tried_again(env: Env) -> None:
+    """A child killed mid-stream makes its parent report the hop; once it is back it is fed by
+    the same parent again (its nearest neighbour), not bypassed for the hop's TTL."""
+    child = next(h for h in env.routes()["hops"] if h["parent"] != "src")
+    parent, name = child["parent"], child["child"]
+    env.set_state(name, "down")
+    env.router.hop_failed(env.mapping_id, nid(parent), nid(name), attempts=2, error="EndOfStream")
+    assert env.routes()["failed_hops"] == []  # the child is down: the hop is not to blame
+    env.set_state(name, "up")
+    assert env.parent_of(name) == parent
+    env.router.hop_failed(env.mapping_id, nid(parent), nid(name), attempts=2, error="refused")
+    assert env.parent_of(name) != parent  # up, and still refusing: bypassed
+    env.set_state(name, "down")
+    env.set_state(name, "up")  # restarted: the hop gets a fresh chance
+    assert env.parent_of(name) == parent
