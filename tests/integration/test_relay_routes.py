@@ -382,6 +382,11 @@ def test_manual_route_refused_with_a_clear_error(grid: Fleet, hops: list[list[st
 def test_manual_route_is_followed(grid: Fleet) -> None:
     hops = [["src", "c1"], ["c1", "a1"], ["a1", "a2"]]
     mapping_id, src, dsts = _mapping(grid, targets=("a1", "a2", "c1"), mode="manual", hops=hops)
-    (src / "x.txt").write_text("manual")
-    grid.wait_converged(src, dsts)
+    # The route reaches the agents a moment after the mapping: write until a change takes it.
+    deadline = time.monotonic() + ROUTE_TIMEOUT_S
+    for i in range(200):
+        (src / f"x{i}.txt").write_text("manual")
+        grid.wait_converged(src, dsts)
+        if _latest_route(grid, mapping_id, "a2") == "src>c1>a1>a2" or time.monotonic() > deadline:
+            break
     _wait_route(grid, mapping_id, "a2", "src>c1>a1>a2")
