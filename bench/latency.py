@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     require_tools,
     rmtree,
     tool_version,
+    wait_all_identical,
 )
 
 SIZES = {"1k": 1024, "1m": 1024 * 1024}
@@ -60,29 +61,7 @@ GOAL_RATIO = 0.5
 
 def wait_identical(paths: list[Path], data: bytes, t_closed: float) -> float | None:
     """Poll every target copy until identical; return seconds since close(), or None at the bound."""
-    pending = list(paths)
-    size = len(data)
-    deadline = t_closed + BOUND_S
-    last = t_closed
-    for _ in range(int(BOUND_S / POLL_S) * 4 + 1000):
-        still = []
-        for p in pending:
-            try:
-                if os.stat(p).st_size == size:
-                    with open(p, "rb") as fh:
-                        if fh.read() == data:
-                            last = time.perf_counter()
-                            continue
-            except FileNotFoundError:
-                pass
-            still.append(p)
-        pending = still
-        if not pending:
-            return last - t_closed
-        if time.perf_counter() > deadline:
-            return None
-        time.sleep(POLL_S)
-    return None
+    return wait_all_identical(paths, data, t_closed, bound_s=BOUND_S, poll_s=POLL_S)
 
 
 def run_workload(src: Path, targets: list[Path], label: str, counts: dict[str, int],
