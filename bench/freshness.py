@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     emit_json,
     goal,
     machine_info,
+    overwrite_file,
     percentile,
     poll_until,
     print_machine,
@@ -297,16 +298,7 @@ def wait_caches(clients: dict[str, CacheClient], path: str, data: bytes, bound_s
 
 def write_source(path: Path, data: bytes) -> float:
     """Overwrite in place from offset 0 (same size: no truncation); return perf_counter after close()."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        off = 0
-        while off < len(view):
-            off += os.pwrite(fd, view[off:], off)
-        if os.fstat(fd).st_size > len(data):
-            os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
+    overwrite_file(path, data)
     return time.perf_counter()
 
 
