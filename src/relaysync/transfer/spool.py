@@ -23,11 +23,12 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from relaysync.errors import SpoolReset
+from relaysync.errors import ProtocolError, SpoolReset
 from relaysync.protocol.framing import decode_payload, encode_frame
 from relaysync.protocol.messages import AnyMessage, Checkpoint, DigestRequest
 
@@ -43,6 +44,22 @@ class _Segment:
     start: int  # global position of its first byte
     size: int
     max_seq: int = 0
+
+
+def _frames(f: BinaryIO) -> Iterator[tuple[AnyMessage, int]]:
+    """Yield each whole, valid frame of a segment and the offset just after it; stop at a torn one."""
+    offset = 0
+    while len(header := f.read(_LEN)) == _LEN:
+        length = int.from_bytes(header, "big")
+        payload = f.read(length)
+        if len(payload) != length:
+            return
+        try:
+            message = decode_payload(payload)
+        except ProtocolError:  # a torn frame: the tail from here is dropped
+            return
+        offset += _LEN + length
+        yield message, offset
 
 
 def _seq_of(message: AnyMessage) -> int:
@@ -82,34 +99,26 @@ class Spool:
         os.replace(tmp, self._state_path)
 
     def _open_segments(self) -> None:
-        """Index the segments on disk and cut a torn or unfinished tail back to the last checkpoint."""
+        """Index the segments on disk and cut a torn or unfinished tail back to the last checkpoint.
+
+        Frames are read one at a time, so opening a spool that holds a large file costs one
+        frame of memory, not the segment.
+        """
         paths = sorted(self.directory.glob("*.spool"), key=lambda p: int(p.stem))
-        position = int(paths[0].stem) if paths else 0
+        if not paths:
+            return
+        self._checkpoint_end = int(paths[0].stem)  # a segment always starts after a checkpoint
         for path in paths:
             segment = _Segment(path=path, start=int(path.stem), size=0)
-            data = path.read_bytes()
-            offset = 0
-            while offset + _LEN <= len(data):
-                length = int.from_bytes(data[offset : offset + _LEN], "big")
-                end = offset + _LEN + length
-                if end > len(data):
-                    break
-                try:
-                    message = decode_payload(data[offset + _LEN : end])
-                except Exception:  # noqa: BLE001 - a torn frame: the tail from here is dropped
-                    break
-                offset = end
-                segment.max_seq = max(segment.max_seq, _seq_of(message))
-                if isinstance(message, Checkpoint):
-                    self.head = max(self.head, message.seq)
-                    self._checkpoint_end = segment.start + offset
-            segment.size = offset
+            with open(path, "rb") as f:
+                for message, offset in _frames(f):
+                    segment.max_seq = max(segment.max_seq, _seq_of(message))
+                    if isinstance(message, Checkpoint):
+                        self.head = max(self.head, message.seq)
+                        self._checkpoint_end = segment.start + offset
+                    segment.size = offset
             self._segments.append(segment)
-            position = segment.start + segment.size
-        if self._segments:
-            self._truncate(self._checkpoint_end)
-        elif position:
-            self._checkpoint_end = position
+        self._truncate(self._checkpoint_end)
         if self.base is not None and self.head < self.base:
             self.head = self.base
 
@@ -259,8 +268,14 @@ class Spool:
     def release(self, upto: int) -> None:
         """Every child has committed up to `upto`: drop whole segments below it."""
         with self._lock:
+            dropped = 0
             while len(self._segments) > 1 and self._segments[0].max_seq <= upto:
-                self._segments.pop(0).path.unlink(missing_ok=True)
+                segment = self._segments.pop(0)
+                segment.path.unlink(missing_ok=True)
+                dropped = max(dropped, segment.max_seq)
+            if dropped and self.base is not None and dropped > self.base:
+                self.base = dropped  # what was dropped is no longer covered: a new child compares
+                self._save_state()
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -105,6 +105,7 @@ def test_release_drops_whole_segments_the_children_have(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.spool"))) == 5
     spool.release(3)
     assert len(list(tmp_path.glob("*.spool"))) == 2
+    assert spool.covers(3) and not spool.covers(2)  # a child behind what was dropped must compare
     starts = [m.seq for m in _read_all(spool) if isinstance(m, FileStart)]
     assert starts == [4, 5]
 
@@ -123,3 +124,29 @@ def test_a_relay_behind_its_spool_restarts_it_at_its_watermark(tmp_path: Path) -
     spool.append([*_file(1), Checkpoint(seq=1)])
     spool.begin("j1", 9)  # committed up to 9 without spooling 2..9 (e.g. the spool was cut)
     assert spool.base == 9 and not spool.covers(1)
+
+
+def test_reopening_after_a_release_keeps_what_the_children_still_need(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_bytes=100)
+    spool.begin("j1", 0)
+    for seq in range(1, 6):
+        spool.append([*_file(seq, size=200), Checkpoint(seq=seq)])
+    spool.release(3)  # the first segment left now starts past 0
+    reopened = Spool(tmp_path, segment_bytes=100)
+    assert reopened.head == 5
+    assert [m.seq for m in _read_all(reopened) if isinstance(m, FileStart)] == [4, 5]
+
+
+def test_reopening_a_released_spool_whose_last_file_was_cut_short(tmp_path: Path) -> None:
+    """Only a segment without a checkpoint is left (the relay died mid-file after a release)."""
+    spool = Spool(tmp_path, segment_bytes=100)
+    spool.begin("j1", 0)
+    spool.append([*_file(1, size=200), Checkpoint(seq=1)])
+    spool.append(_file(2, size=200)[:2])  # a new segment, the file cut short
+    spool.release(1)
+    assert len(list(tmp_path.glob("*.spool"))) == 1
+    reopened = Spool(tmp_path, segment_bytes=100)
+    assert reopened.head == 1 and reopened.covers(1) and not reopened.covers(0)
+    assert _read_all(reopened) == []
+    reopened.append([*_file(3), Checkpoint(seq=3)])
+    assert [m.seq for m in _read_all(reopened) if isinstance(m, FileStart)] == [3]
