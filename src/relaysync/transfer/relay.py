@@ -17,7 +17,6 @@ then sends that file whole from its own tree once it has committed it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +75,7 @@ class RelayFeed:
         self.children: frozenset[str] = frozenset()
         self.marks: dict[str, int] = {}  # node id -> watermark, for every target below us
         self._appended = anyio.Event()
-        self.marks_changed = anyio.Event()
-        self.on_marks: Callable[[], None] | None = None
+        self.marks_changed = anyio.Event()  # the parent's session sends a fresh Ack on it
 
     # --- the parent's side (peer server) ---
 
@@ -116,8 +114,6 @@ class RelayFeed:
             self._release()
             event, self.marks_changed = self.marks_changed, anyio.Event()
             event.set()
-            if self.on_marks is not None:
-                self.on_marks()
 
     def _release(self) -> None:
         """Keep the spool until every child (and this relay) has committed it."""
