@@ -204,9 +204,7 @@ class AgentService:
                 existing.durable = spec.durability == "safe"
                 existing.link_secret = _own_target(spec, self.node_id).link_secret
                 existing.keep_versions = _versions_here(spec, self.node_id)
-                existing.parents = parents_of(spec, self.node_id)
-                existing.route_epoch = spec.route_epoch
-                existing.members = _members(spec)
+                self._set_routes(existing, spec)
                 await self._apply_relay(spec, existing)
                 continue
             if existing is not None:
@@ -214,11 +212,15 @@ class AgentService:
                 await self._server.retire(self.targets.pop(mapping_id))
             siblings = [f for f in self.targets.values() if f.root == Path(path)]
             folder = await anyio.to_thread.run_sync(self._open_target, spec, Path(path), siblings)
-            folder.parents = parents_of(spec, self.node_id)
-            folder.route_epoch = spec.route_epoch
-            folder.members = _members(spec)
+            self._set_routes(folder, spec)
             self.targets[mapping_id] = folder
             await self._apply_relay(spec, folder)
+
+    def _set_routes(self, folder: TargetFolder, spec: MappingSpec) -> None:
+        """Who may stream to the folder now: its parent in this routing epoch."""
+        folder.parents = parents_of(spec, self.node_id)
+        folder.route_epoch = spec.route_epoch
+        folder.members = _members(spec)
 
     # --- relaying ---
 
