@@ -51,7 +51,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import tls
 from relaysync.transfer.conflicts import session_for
-from relaysync.transfer.receiver import ReceiverSession, ReportFn, TargetFolder
+from relaysync.transfer.receiver import ReportFn, TargetFolder
 from relaysync.transfer.relay import RelayFeed
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 APPLY_BATCH_BYTES = 8 * 1024 * 1024  # apply what has arrived once this much data is buffered
 APPLY_BATCH_MESSAGES = 1024
 RELAY_BATCH_BYTES = 1024 * 1024  # a relay spools (and so forwards) at least every chunk
+ACK_FOLD_S = 0.005  # a relay lets a burst of its children's acks fold into one Ack upstream
 
 FolderLookup = Callable[[int], TargetFolder | None]
 RelayLookup = Callable[[int], RelayFeed | None]
@@ -203,7 +204,7 @@ class PeerServer:
                                            root_hash=b"", partials=partials))
             async with anyio.create_task_group() as tg:
                 if feed is not None:
-                    tg.start_soon(self._send_subtree_acks, framed, feed, session)
+                    tg.start_soon(self._send_subtree_acks, framed, feed)
                 while True:
                     batch = await self._read_batch(framed, RELAY_BATCH_BYTES if feed else APPLY_BATCH_BYTES)
                     if feed is not None:
@@ -230,11 +231,11 @@ class PeerServer:
         return Ack(mapping_id=reply.mapping_id, watermark=reply.watermark, subtree=feed.subtree())
 
     @staticmethod
-    async def _send_subtree_acks(framed: FramedStream, feed: RelayFeed, session: ReceiverSession) -> None:
+    async def _send_subtree_acks(framed: FramedStream, feed: RelayFeed) -> None:
         """Tell the parent as soon as a target below us commits more (the source releases on it)."""
         while True:
             await feed.marks_changed.wait()
-            await anyio.sleep(0.005)  # let a burst of child acks fold into one
+            await anyio.sleep(ACK_FOLD_S)
             await framed.send(Ack(mapping_id=feed.mapping_id, watermark=feed.committed, subtree=feed.subtree()))
 
     async def _read_batch(self, framed: FramedStream, max_bytes: int = APPLY_BATCH_BYTES) -> list[AnyMessage]:
