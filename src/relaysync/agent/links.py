@@ -68,6 +68,11 @@ class LinkSet:
     def close(self) -> None:
         self.reconcile({})
 
+    def restart(self, children: dict[str, TargetSpec]) -> None:
+        """Start every link again (each opens a new session with what it announces now)."""
+        self.close()
+        self.reconcile(children)
+
     @staticmethod
     async def _run(link: TargetLink, scope: anyio.CancelScope) -> None:
         with scope:

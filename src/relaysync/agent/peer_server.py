@@ -140,7 +140,11 @@ class PeerServer:
         elif folder is None or peer not in folder.parents:
             raise UnknownPeer(f"{hello.name} ({peer[:16]}) is not the parent of mapping {opened.mapping_id} "
                               f"here, from {address}")
-        folder.route = opened.route
+        if folder.route != opened.route:
+            folder.route = opened.route
+            feed = self.relays(opened.mapping_id)
+            if feed is not None and feed.on_route_change is not None:
+                feed.on_route_change()  # the children's sessions must carry the new route (job log)
         mapping_id = opened.mapping_id
         await self._end_session(mapping_id)  # one session per mapping: the newer one wins
         ended = anyio.Event()

@@ -246,11 +246,14 @@ class AgentService:
             state = self.data_dir / "targets" / str(spec.mapping_id) / "spool"
             spool = await anyio.to_thread.run_sync(Spool, state)
             feed = await anyio.to_thread.run_sync(RelayFeed, folder, spool)
-            relay = (feed, LinkSet(self._tg, partial(self._make_relay_link, feed),
-                                   label=f"relay of mapping {spec.mapping_id}"))
+            links = LinkSet(self._tg, partial(self._make_relay_link, feed),
+                            label=f"relay of mapping {spec.mapping_id}")
+            feed.on_route_change = partial(links.restart, dict(children))
+            relay = (feed, links)
             self.relays[spec.mapping_id] = relay
             await self._server.restart_session(spec.mapping_id)  # the next one spools for the children
         feed, links = relay
+        feed.on_route_change = partial(links.restart, dict(children))
         feed.children = frozenset(children)
         feed.marks = {n: w for n, w in feed.marks.items() if n in _subtree(spec, self.node_id)}
         links.reconcile(children)

@@ -17,6 +17,7 @@ then sends that file whole from its own tree once it has committed it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,8 @@ class RelayFeed:
         self.marks: dict[str, int] = {}  # node id -> watermark, for every target below us
         self._appended = anyio.Event()
         self.marks_changed = anyio.Event()  # the parent's session sends a fresh Ack on it
+        # Our own route changed (a new parent): children's sessions name the old one, restart them.
+        self.on_route_change: Callable[[], None] | None = None
 
     # --- the parent's side (peer server) ---
 
