@@ -38,8 +38,7 @@ def _peer_address(fleet: Fleet, name: str) -> str:
 
 
 async def _session(fleet: Fleet, mapping_id: int, identity: tls.Identity, address: str) -> FramedStream:
-    stream = await tls.connect(address, tls.client_context(identity))
-    framed = FramedStream(stream)
+    framed = await tls.connect(address, tls.client_context(identity))
     await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=identity.node_id, name="evil", role="agent"))
     assert isinstance(await framed.receive(), Hello)
     await framed.send(OpenMapping(mapping_id=mapping_id, journal_id="hostile"))
@@ -152,8 +151,7 @@ def test_client_without_fleet_certificate_is_refused(fleet: Fleet, tmp_path: Pat
     address = _peer_address(fleet, "t1")
 
     async def connect() -> None:
-        stream = await tls.connect(address, tls.client_context(fake))
-        framed = FramedStream(stream)
+        framed = await tls.connect(address, tls.client_context(fake))
         await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id="x", name="evil", role="agent"))
         await framed.receive()
 

@@ -112,8 +112,7 @@ class MasterLink:
             delay = min(delay * 2, RECONNECT_MAX_S)
 
     async def _session(self) -> None:
-        stream = await tls.connect(self.control_address, self.ctx)
-        framed = FramedStream(stream)
+        framed = await tls.connect(self.control_address, self.ctx)
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
                 await client_hello(framed, node_id=self.node_id, name=self.name)

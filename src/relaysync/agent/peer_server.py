@@ -18,12 +18,11 @@ import hmac
 import logging
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.tls import TLSStream
 
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
@@ -92,12 +91,11 @@ class PeerServer:
             logger.info("peer server listening on %s:%s", self.host, port)
             task_status.started(port)
 
-    async def _handle(self, stream: TLSStream) -> None:
-        await self._serve_connection(FramedStream(stream), tls.peer_node_id(stream), tls.peer_address(stream))
+    async def _handle(self, framed: FramedStream) -> None:
+        await self._serve_connection(framed, tls.peer_node_id(framed), tls.peer_address(framed))
 
-    async def _handle_plain(self, stream: anyio.abc.ByteStream) -> None:
-        remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
-        await self._serve_connection(FramedStream(stream), None, f"{remote[0]}:{remote[1]}")
+    async def _handle_plain(self, framed: FramedStream) -> None:
+        await self._serve_connection(framed, None, tls.peer_address(framed))
 
     async def _serve_connection(self, framed: FramedStream, peer: str | None, address: str) -> None:
         """Run one session; peer is the TLS-proven node id, or None on a plain link."""
@@ -206,11 +204,12 @@ class PeerServer:
                 feed.committed = session.watermark
             await framed.send(MappingState(mapping_id=folder.mapping_id, watermark=session.watermark,
                                            root_hash=b"", partials=partials))
+            batches = _ReadAhead(framed, self._read_batch, RELAY_BATCH_BYTES if feed else APPLY_BATCH_BYTES)
             async with anyio.create_task_group() as tg:
                 if feed is not None:
                     tg.start_soon(self._send_subtree_acks, framed, feed)
-                while True:
-                    batch = await self._read_batch(framed, RELAY_BATCH_BYTES if feed else APPLY_BATCH_BYTES)
+                tg.start_soon(batches.run)
+                async for batch in batches:
                     if feed is not None:
                         await anyio.to_thread.run_sync(feed.spool.append, batch)
                         feed.appended()
@@ -222,6 +221,8 @@ class PeerServer:
                     if any(isinstance(r, Error) for r in replies):
                         tg.cancel_scope.cancel()
                         return
+                batches.raise_error()
+                tg.cancel_scope.cancel()  # unreachable in practice: a stream ends with an error
         finally:
             await anyio.to_thread.run_sync(session.close)
             if feed is not None:
@@ -243,7 +244,8 @@ class PeerServer:
             await framed.send(Ack(mapping_id=feed.mapping_id, watermark=feed.committed, subtree=feed.subtree()))
 
     async def _read_batch(self, framed: FramedStream, max_bytes: int = APPLY_BATCH_BYTES) -> list[AnyMessage]:
-        """Read messages up to a Checkpoint, a digest request, or a size bound."""
+        """Read messages up to a Checkpoint, a digest request, a size bound, or a pause in the
+        stream (nothing more has arrived yet: a delta still being computed is applied as it comes)."""
         batch: list[AnyMessage] = []
         size = 0
         while True:
@@ -255,8 +257,38 @@ class PeerServer:
             batch.append(message)
             size += framed.last_frame_bytes  # every frame counts: a batch's memory stays bounded
             if (isinstance(message, Checkpoint | DigestRequest) or size >= max_bytes
-                    or len(batch) >= APPLY_BATCH_MESSAGES):
+                    or len(batch) >= APPLY_BATCH_MESSAGES or not framed.pending()):
                 return batch
+
+
+class _ReadAhead:
+    """Reads the next batch off the connection while the previous one is applied.
+
+    Decoding (and TLS) on the event loop overlaps the disk writes in the worker thread; one
+    batch waits at most, so memory stays bounded by three batches. When the connection ends,
+    the batches already read are still applied before the error is raised.
+    """
+
+    def __init__(self, framed: FramedStream,
+                 read_batch: Callable[[FramedStream, int], Awaitable[list[AnyMessage]]], max_bytes: int) -> None:
+        self._framed, self._read_batch, self._max_bytes = framed, read_batch, max_bytes
+        self._tx, self._rx = anyio.create_memory_object_stream[list[AnyMessage]](1)
+        self._error: BaseException | None = None
+
+    async def run(self) -> None:
+        async with self._tx:
+            try:
+                while True:
+                    await self._tx.send(await self._read_batch(self._framed, self._max_bytes))
+            except Exception as exc:  # noqa: BLE001 - raised by the consumer once it has drained
+                self._error = exc
+
+    def __aiter__(self) -> AsyncIterator[list[AnyMessage]]:
+        return self._rx.__aiter__()
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 async def _try_send_error(framed: FramedStream, exc: RelaySyncError) -> None:

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from relaysync._util.memory import reuse_large_buffers
 from relaysync.errors import RelaySyncError
 
 err_console = Console(stderr=True)
@@ -55,6 +56,7 @@ def run_service(serve: Callable[..., Coroutine[Any, Any, Any]], on_started: Call
                     tg.cancel_scope.cancel()
                     break
 
+    reuse_large_buffers()
     try:
         anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
     except (RelaySyncError, BaseExceptionGroup) as exc:

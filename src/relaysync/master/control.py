@@ -17,7 +17,6 @@ from functools import partial
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.tls import TLSStream
 
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
@@ -126,9 +125,8 @@ class ControlServer:
             await link.framed.send(assignment)
         link.epoch_sent = assignment.epoch
 
-    async def _handle(self, stream: TLSStream) -> None:
-        framed = FramedStream(stream)
-        node_id = tls.peer_node_id(stream)
+    async def _handle(self, framed: FramedStream) -> None:
+        node_id = tls.peer_node_id(framed)
         link: _AgentLink | None = None
         try:
             register = await self._handshake(framed, node_id)
@@ -172,7 +170,7 @@ class ControlServer:
         old = self.links.get(link.node_id)
         self.links[link.node_id] = link
         if old is not None:
-            await anyio.aclose_forcefully(old.framed.stream)
+            old.framed.abort()
         self.events.publish(EventType.SERVER_UP, node_id=link.node_id, name=register.name,
                             address=register.peer_address)
         if self.router is not None:

@@ -1,23 +1,35 @@
-"""Length-prefixed frames of msgpack messages over a byte stream, with a size cap.
+"""Length-prefixed frames of msgpack messages over a connection, with a size cap.
 
 A frame is a 4-byte big-endian length, then that many bytes of one msgpack-encoded message.
 Frames over MAX_MESSAGE_BYTES, undecodable bytes and messages failing `validate()` raise
 ProtocolError: the caller closes the connection.
+
+The receiving side is an asyncio `BufferedProtocol` (`FrameProtocol`): the transport reads
+straight into one reused buffer and frames are decoded from it in place, so a 1 MiB chunk costs
+one copy (into its message) and no per-read allocation. On uvloop this runs plain TCP at several
+GB/s and TLS at about 1.4 GB/s on one core (reference/perf.md), three times anyio's TLS stream.
+Reading pauses while too many decoded messages wait for the consumer, so memory stays bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
+from collections import deque
+from typing import cast
 
 import anyio
 import msgspec
-from anyio.abc import ByteStream
 
 from relaysync.constants import MAX_MESSAGE_BYTES
 from relaysync.errors import FrameTooLarge, ProtocolError
 from relaysync.protocol.messages import DECODER, ENCODER, AnyMessage
 
 _HEADER = struct.Struct(">I")
+READ_BUFFER_BYTES = 256 * 1024  # the receive buffer's size; it grows only for a larger frame
+MIN_READ_BYTES = 64 * 1024  # the least free space handed to the transport per read
+PAUSE_READING_BYTES = 16 * 1024 * 1024  # decoded but unconsumed: stop reading above this
+RESUME_READING_BYTES = 4 * 1024 * 1024
 
 
 def encode_frame(message: AnyMessage) -> bytes:
@@ -40,56 +52,207 @@ def decode_payload(payload: bytes | memoryview) -> AnyMessage:
     return message
 
 
-class FramedStream:
-    """Reads and writes whole messages on a byte stream (TCP or TLS)."""
+class FrameProtocol(asyncio.BufferedProtocol):
+    """Decodes frames as bytes arrive; `FramedStream` hands them out in order."""
 
-    def __init__(self, stream: ByteStream, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
-        self.stream = stream
-        self._buffer = bytearray()
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._max = max_message_bytes
-        self.bytes_sent = 0
+        self._buf = bytearray(READ_BUFFER_BYTES)
+        self._start = 0  # first byte not yet decoded
+        self._end = 0  # one past the last byte received
+        self._ready: deque[tuple[AnyMessage, int]] = deque()  # (message, frame bytes)
+        self._ready_bytes = 0
+        self._failure: BaseException | None = None  # raised once the ready messages are taken
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.bytes_received = 0
+
+    # --- asyncio callbacks ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._start == self._end:
+            self._start = self._end = 0
+        need = self._frame_need()
+        if len(self._buf) - self._end < max(MIN_READ_BYTES, need - (self._end - self._start)):
+            pending = self._end - self._start
+            if need > len(self._buf) or pending + MIN_READ_BYTES > len(self._buf):
+                grown = bytearray(max(need, pending + MIN_READ_BYTES, READ_BUFFER_BYTES))
+                grown[:pending] = self._buf[self._start:self._end]
+                self._buf = grown  # a new object: a view the transport still holds stays valid
+            else:
+                self._buf[:pending] = self._buf[self._start:self._end]
+            self._start, self._end = 0, pending
+        return memoryview(self._buf)[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        self.bytes_received += nbytes
+        try:
+            self._decode_ready_frames()
+        except ProtocolError as exc:
+            self._fail(exc)
+            if self.transport is not None:
+                self.transport.pause_reading()  # nothing after a bad frame is read
+            return
+        if self._ready_bytes > PAUSE_READING_BYTES and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self._fail(anyio.EndOfStream())
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        failure: BaseException = anyio.EndOfStream() if exc is None else anyio.BrokenResourceError(str(exc))
+        if exc is not None:
+            failure.__cause__ = exc
+        self._fail(failure)
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # --- used by FramedStream ---
+
+    def _frame_need(self) -> int:
+        """Bytes the frame at the read position needs in all (its header only if unknown yet)."""
+        if self._end - self._start < _HEADER.size:
+            return _HEADER.size
+        (length,) = _HEADER.unpack_from(self._buf, self._start)
+        return _HEADER.size + min(length, self._max)
+
+    def _decode_ready_frames(self) -> None:
+        while self._failure is None and self._end - self._start >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buf, self._start)
+            if length > self._max:
+                raise FrameTooLarge(length, self._max)
+            total = _HEADER.size + length
+            if self._end - self._start < total:
+                return
+            with memoryview(self._buf) as view:
+                message = decode_payload(view[self._start + _HEADER.size:self._start + total])
+            self._start += total
+            self._ready.append((message, total))
+            self._ready_bytes += total
+
+    def _fail(self, failure: BaseException) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next_message(self) -> tuple[AnyMessage, int]:
+        while not self._ready:
+            if self._failure is not None:
+                raise self._failure
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message, size = self._ready.popleft()
+        self._ready_bytes -= size
+        if self._read_paused and self._ready_bytes < RESUME_READING_BYTES and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return message, size
+
+    async def drain(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise anyio.BrokenResourceError("connection closed")
+        while self._write_paused:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self.transport.is_closing() and self.closed.done():
+            raise anyio.BrokenResourceError("connection lost while sending")
+
+
+class FramedStream:
+    """Reads and writes whole messages on one connection (TCP or TLS)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: FrameProtocol) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.bytes_sent = 0
         self.last_frame_bytes = 0
-        self._send_lock = anyio.Lock()
+
+    @property
+    def bytes_received(self) -> int:
+        return self.protocol.bytes_received
+
+    def pending(self) -> int:
+        """Messages already received and decoded: `receive()` returns these without waiting."""
+        return len(self.protocol._ready)
+
+    def extra(self, name: str) -> object:
+        """The transport's extra info: "peername", "ssl_object", ..."""
+        return self.transport.get_extra_info(name)
 
     async def send(self, message: AnyMessage) -> None:
         frame = encode_frame(message)
-        async with self._send_lock:
-            await self.stream.send(frame)
+        self._write([frame])
         self.bytes_sent += len(frame)
+        await self.protocol.drain()
 
     async def send_many(self, messages: list[AnyMessage]) -> None:
         """Send several messages in one write (fewer TLS records and syscalls)."""
-        frame = b"".join(encode_frame(m) for m in messages)
-        async with self._send_lock:
-            await self.stream.send(frame)
-        self.bytes_sent += len(frame)
+        parts: list[bytes] = []
+        for message in messages:
+            payload = ENCODER.encode(message)
+            parts.append(_HEADER.pack(len(payload)))
+            parts.append(payload)
+        self._write(parts)
+        self.bytes_sent += sum(len(p) for p in parts)
+        await self.protocol.drain()
 
-    async def _fill(self, size: int) -> None:
-        while len(self._buffer) < size:
-            try:
-                data = await self.stream.receive(max(65536, size - len(self._buffer)))
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                raise
-            self._buffer += data
-            self.bytes_received += len(data)
+    def _write(self, parts: list[bytes]) -> None:
+        if self.transport.is_closing():
+            raise anyio.BrokenResourceError("connection closed")
+        self.transport.writelines(parts)
 
     async def receive(self) -> AnyMessage:
         """Return the next message.
 
         Raises:
             anyio.EndOfStream: the peer closed the connection cleanly.
+            anyio.BrokenResourceError: the connection was lost.
             FrameTooLarge, ProtocolError: a bad frame; close the connection.
         """
-        await self._fill(_HEADER.size)
-        (length,) = _HEADER.unpack_from(self._buffer)
-        if length > self._max:
-            raise FrameTooLarge(length, self._max)
-        await self._fill(_HEADER.size + length)
-        self.last_frame_bytes = _HEADER.size + length
-        payload = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
-        del self._buffer[: _HEADER.size + length]
-        return decode_payload(payload)
+        message, self.last_frame_bytes = await self.protocol.next_message()
+        return message
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
+        """Close (TLS: after close_notify) and wait for the connection to go; abort if cancelled."""
+        if not self.transport.is_closing():
+            self.transport.close()
+        try:
+            await asyncio.shield(self.protocol.closed)
+        except BaseException:
+            self.transport.abort()
+            raise
+
+    def abort(self) -> None:
+        self.transport.abort()

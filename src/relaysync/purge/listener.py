@@ -19,15 +19,17 @@ import hashlib
 import hmac
 import logging
 import secrets
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import TaskStatus
 
 from relaysync.constants import CLOSE_TIMEOUT_S
 from relaysync.errors import ForeignUrl, NoticeRefused, ProtocolError, UnsafePath
+from relaysync.protocol.connection import open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import Error, ErrorCode, PurgeAccepted, PurgeNotice
 from relaysync.purge import urls as urlmap
@@ -72,14 +74,21 @@ class PurgeListener:
         self.refused = 0
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
-        port = int(listener.extra(SocketAttribute.local_port))
-        logger.info("purge listener on %s:%s", self.host, port)
-        task_status.started(port)
-        await listener.serve(self._handle)
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve_framed, self.host, self.port, self._accept)
+            logger.info("purge listener on %s:%s", self.host, port)
+            task_status.started(port)
 
-    async def _handle(self, stream: SocketStream) -> None:
-        framed = FramedStream(stream, max_message_bytes=MAX_NOTICE_BYTES)
+    async def _accept(self, sock: socket.socket, remote: str) -> None:
+        try:
+            framed = await wrap_accepted(sock, max_message_bytes=MAX_NOTICE_BYTES)
+        except (OSError, TimeoutError) as exc:
+            logger.info("purge listener: client %s gone before it was served: %s", remote, exc)
+            sock.close()
+            return
+        await self._handle(framed)
+
+    async def _handle(self, framed: FramedStream) -> None:
         try:
             while True:
                 try:
@@ -165,8 +174,7 @@ async def send_notice(host: str, port: int, notice: PurgeNotice, *,
                       timeout_s: float = 10.0) -> Error | PurgeAccepted:
     """Send one notice to a listener and return its answer (a client for origins and tests)."""
     with anyio.fail_after(timeout_s):
-        stream = await anyio.connect_tcp(host, port)
-        framed = FramedStream(stream)
+        framed = await open_framed(host, port)
         try:
             await framed.send(notice)
             answer = await framed.receive()

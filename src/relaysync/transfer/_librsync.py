@@ -31,6 +31,8 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     libc.fopen.restype = ctypes.c_void_p
     libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
     libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.fdopen.restype = ctypes.c_void_p
+    libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
     lib.rs_sig_args.argtypes = [ctypes.c_longlong, ctypes.POINTER(ctypes.c_int),
                                 ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
     lib.rs_sig_file.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
@@ -59,17 +61,22 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
 
 
 class _File:
-    """A libc FILE* opened for the duration of a with-block."""
+    """A libc FILE* opened for the duration of a with-block (from a path, or taking over an fd)."""
 
-    def __init__(self, path: Path, mode: str) -> None:
+    def __init__(self, path: Path | int, mode: str) -> None:
         self.path, self.mode = path, mode
         self.ptr: int = 0
 
     def __enter__(self) -> int:
         _, libc = _libs()
-        ptr = libc.fopen(os.fsencode(self.path), self.mode.encode())
+        if isinstance(self.path, int):
+            ptr = libc.fdopen(self.path, self.mode.encode())
+        else:
+            ptr = libc.fopen(os.fsencode(self.path), self.mode.encode())
         if not ptr:
             err = ctypes.get_errno()
+            if isinstance(self.path, int):
+                os.close(self.path)  # taken over: closed on every path
             raise OSError(err, os.strerror(err), str(self.path))
         self.ptr = ptr
         return ptr
@@ -85,14 +92,31 @@ def _check(result: int, what: str) -> None:
         raise LibrsyncError(what, result)
 
 
+# Signatures stay on the source (it keeps the one of the version it sent), so a small block costs
+# no bytes on the wire, only memory for the delta's hash table: blocks far smaller than
+# librsync's (and rsync's) sqrt(size) default find many more matches in edited text (1 % of the
+# lines of 100 MiB: 26 MB of literal data at 2 KiB blocks, 78 MB at the default 10 KiB) at the
+# same speed, and bound the table at MAX_BLOCKS entries (a few MB) for large files.
+MIN_BLOCK_BYTES = 2048
+MAX_BLOCKS = 65536
+
+
+def block_len_for(size: int, default: int) -> int:
+    """The block length to sign a file of `size` bytes with (never above librsync's default)."""
+    wanted = max(MIN_BLOCK_BYTES, -(-size // MAX_BLOCKS // 1024) * 1024)
+    return min(wanted, default) if default > 0 else wanted
+
+
 def signature(basis: Path, sig_out: Path) -> None:
     """Write the signature of `basis` (rolling weak sum + strong hash per block) to sig_out."""
     lib, _ = _libs()
     magic = ctypes.c_int(0)
     block_len = ctypes.c_size_t(0)
     strong_len = ctypes.c_size_t(0)
-    _check(lib.rs_sig_args(os.path.getsize(basis), ctypes.byref(magic), ctypes.byref(block_len),
+    size = os.path.getsize(basis)
+    _check(lib.rs_sig_args(size, ctypes.byref(magic), ctypes.byref(block_len),
                            ctypes.byref(strong_len)), "rs_sig_args")
+    block_len = ctypes.c_size_t(block_len_for(size, block_len.value))
     with _File(basis, "rb") as f_in, _File(sig_out, "wb") as f_out:
         _check(lib.rs_sig_file(f_in, f_out, block_len, strong_len, magic, None), "rs_sig_file")
 
@@ -111,8 +135,9 @@ def delta(sig: Path, new: Path, delta_out: Path) -> None:
         lib.rs_free_sumset(sumset)
 
 
-def patch(basis: Path, delta_file: Path, out: Path) -> None:
-    """Apply `delta_file` to `basis`, writing the new version to `out`."""
+def patch(basis: Path, delta_file: Path | int, out: Path) -> None:
+    """Apply `delta_file` (a path, or a readable fd such as a pipe, which this closes) to
+    `basis`, writing the new version to `out`. The delta is read strictly in order."""
     lib, _ = _libs()
     with _File(basis, "rb") as f_basis, _File(delta_file, "rb") as f_delta, _File(out, "wb") as f_out:
         _check(lib.rs_patch_file(f_basis, f_delta, f_out, None), "rs_patch_file")

@@ -31,7 +31,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.codec import Codec, Plain, encode_chunk
-from relaysync.transfer.signatures import DELTA_MIN_BYTES, SignatureStore
+from relaysync.transfer.signatures import DELTA_MIN_BYTES, DeltaBuild, SignatureStore
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
 
@@ -58,60 +58,92 @@ def _chunk(seq: int, offset: int, data: bytes, options: SendOptions) -> FileChun
     return FileChunk(seq=seq, offset=offset, data=payload, codec=codec_id)
 
 
+class Flush:
+    """Yielded between messages when the next one is not ready yet (a delta still being
+    computed): the sender puts what it holds on the wire instead of waiting to fill a batch."""
+
+
+FLUSH = Flush()
+Outgoing = AnyMessage | Flush
+_DELTA_POLL_S = 0.002  # how often a link following a growing delta looks for more
+
+
 def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"",
                        expected_hash: bytes = b"", options: SendOptions | None = None,
-                       changed_at: float = 0.0) -> Iterator[AnyMessage]:
+                       changed_at: float = 0.0) -> Iterator[Outgoing]:
     """Yield FileStart, FileChunk..., FileEnd (or FileAbort) for the file as it is now on disk.
 
     With a known base version and a kept signature of it, yield a DeltaStart and the delta
-    instead. Yields nothing if the file is gone or is no longer a regular file (a later record
-    covers it). `changed_at` (when the source journaled the change) rides on the start message.
+    instead, streamed while librsync computes it. Yields nothing if the file is gone or is no
+    longer a regular file (a later record covers it). `changed_at` (when the source journaled
+    the change) rides on the start message.
     """
     options = options or SendOptions()
-    if _wants_delta(base_hash, seq, options):
-        found = _usable_delta(root, path, base_hash, options)
-        if found is not None:
-            yield from _delta_messages(root, path, seq, base_hash, found, options, changed_at)
+    if _wants_delta(path, base_hash, seq, options):
+        assert options.signatures is not None
+        build = options.signatures.start_delta(root, path, base_hash)
+        if build is not None:
+            yield from _delta_messages(root, path, seq, base_hash, build, options, changed_at)
             return
     yield from _whole_messages(root, path, seq, base_hash, expected_hash, options, changed_at)
 
 
-def _wants_delta(base_hash: bytes, seq: int, options: SendOptions) -> bool:
-    return (bool(base_hash) and options.signatures is not None and options.force != "whole"
-            and seq not in options.whole_file_seqs)
+def _wants_delta(path: str, base_hash: bytes, seq: int, options: SendOptions) -> bool:
+    if not base_hash or options.signatures is None or options.force == "whole" or seq in options.whole_file_seqs:
+        return False
+    return options.force == "delta" or options.signatures.delta_pays(path)
 
 
-def _usable_delta(root: Path, path: str, base_hash: bytes,
-                  options: SendOptions) -> tuple[Path, bytes, os.stat_result] | None:
-    assert options.signatures is not None
-    found = options.signatures.delta(root, path, base_hash)
-    if found is None:
-        return None
-    delta_path, _new_hash, st = found
-    if options.force == "auto" and delta_path.stat().st_size > st.st_size * 0.9:
-        return None  # the delta saves too little: a whole copy is simpler for the target
-    return found
+def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: DeltaBuild,
+                    options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
+    """DeltaStart, the delta streamed chunk by chunk as librsync writes it, FileEnd.
 
-
-def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes,
-                    found: tuple[Path, bytes, os.stat_result], options: SendOptions,
-                    changed_at: float = 0.0) -> Iterator[AnyMessage]:
-    """DeltaStart, the delta streamed chunk by chunk from its file, FileEnd: memory stays flat."""
-    assert options.signatures is not None
-    delta_path, new_hash, st = found
+    The new version's hash is computed here while librsync reads the same file; a file that
+    changed meanwhile ends in FileAbort (its newer version has its own record).
+    """
+    st = build.stat
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=stat.S_IMODE(st.st_mode),
                      mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at)
-    with open(delta_path, "rb") as f:
-        offset = 0
-        while data := f.read(CHUNK_BYTES):
-            yield _chunk(seq, offset, data, options)
-            offset += len(data)
+    new_hash = _hash_version(root / path, st)
+    offset = 0
+    with open(build.path, "rb", buffering=0) as f:
+        while True:
+            done = build.done.is_set()  # read before the file: what it wrote by then is there
+            data = f.read(CHUNK_BYTES)
+            if data:
+                yield _chunk(seq, offset, data, options)
+                offset += len(data)
+            elif done:
+                break
+            else:
+                yield FLUSH
+                build.done.wait(_DELTA_POLL_S)
+    if not build.ok or new_hash is None:
+        yield FileAbort(seq=seq, reason="changed while read")
+        return
     yield FileEnd(seq=seq, hash=new_hash)
     options.to_sign.append((path, new_hash))
 
 
+def _hash_version(full: Path, st: os.stat_result) -> bytes | None:
+    """The content hash of `full` if it is still the version `st` describes, else None."""
+    hasher = xxhash.xxh3_128()
+    buf = bytearray(CHUNK_BYTES)
+    view = memoryview(buf)
+    try:
+        with open(full, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                hasher.update(view[:n])
+            after = os.fstat(f.fileno())
+    except OSError:
+        return None
+    if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
+        return None
+    return hasher.digest()
+
+
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
-                    options: SendOptions, changed_at: float = 0.0) -> Iterator[AnyMessage]:
+                    options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
     full = root / path
     try:
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -150,7 +182,7 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
         options.to_sign.append((path, digest))
 
 
-def record_messages(root: Path, record: JournalRecord, options: SendOptions | None = None) -> Iterator[AnyMessage]:
+def record_messages(root: Path, record: JournalRecord, options: SendOptions | None = None) -> Iterator[Outgoing]:
     """Yield the wire ops for one journal record, each carrying when the record was journaled."""
     entry = record.entry
     at = record.time_ns / 1e9  # 0 for records of journals written before times were kept
@@ -175,7 +207,7 @@ def record_messages(root: Path, record: JournalRecord, options: SendOptions | No
                               changed_at=at)
 
 
-def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None) -> Iterator[AnyMessage]:
+def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None) -> Iterator[Outgoing]:
     """Yield the ops that create `entry` on a target (catch-up work, seq 0)."""
     match entry.kind:
         case "f":
@@ -190,6 +222,6 @@ def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None)
             yield Symlink(seq=0, path=entry.path, target=target)
 
 
-def message_bytes(message: AnyMessage) -> int:
+def message_bytes(message: Outgoing) -> int:
     """Approximate payload size, for batching by bytes."""
     return len(message.data) + 64 if isinstance(message, FileChunk) else 64

@@ -52,6 +52,7 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer import codec, staging
+from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.paths import SafeResolver, check_relpath, parent_of, resolve_inside
 from relaysync.transfer.versions import VersionKeeper
 from relaysync.watch.manifest import Entry, Manifest
@@ -154,7 +155,7 @@ class ReceiverSession:
         self.journal_id = journal_id
         self.report = report
         self.watermark = folder.watermark(journal_id)
-        self._incoming: staging.IncomingFile | None = None
+        self._incoming: staging.IncomingFile | StreamingPatch | None = None
         self._incoming_msg: FileStart | DeltaStart | None = None
         self._incoming_started = 0.0
         self._incoming_wire = 0
@@ -299,10 +300,9 @@ class ReceiverSession:
                 or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns)):
             raise TransientFailure(msg.seq, ErrorCode.BASE_MISMATCH,
                                    f"{msg.path}: this target does not hold the delta's base version")
-        try:
-            delta_path = staging.temp_name_for(final).with_suffix(".delta.tmp")
-            self._incoming = staging.IncomingFile.open(self.folder.root, delta_path, size=2**62,
-                                                       mode=0o600, mtime_ns=0)
+        try:  # patched as the delta arrives (patching.py)
+            self._incoming = StreamingPatch(self.folder.root, final, size=msg.size, mode=msg.mode,
+                                            mtime_ns=msg.mtime_ns)
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
         self._incoming_msg = msg
@@ -318,7 +318,9 @@ class ReceiverSession:
             data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data)
             self._incoming.write(msg.offset, data)
         except (TransferError, ProtocolError) as exc:
-            raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc
+            # A delta librsync refused is corrupt on the wire, like a whole file whose hash is wrong.
+            code = ErrorCode.HASH_MISMATCH if isinstance(self._incoming, StreamingPatch) else ErrorCode.BAD_MESSAGE
+            raise TransientFailure(msg.seq, code, str(exc)) from exc
         except OSError as exc:
             raise _transient_os(msg.seq, self._incoming_msg.path, exc) from exc
         self._incoming_wire += len(msg.data)
@@ -331,7 +333,7 @@ class ReceiverSession:
         if incoming is None or start is None or start.seq != msg.seq:
             raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "file end without a file start")
         self._incoming = self._incoming_msg = None
-        if isinstance(start, DeltaStart):
+        if isinstance(incoming, StreamingPatch):
             incoming = self._patch(start, incoming)
         try:
             incoming.finish(msg.hash)
@@ -351,18 +353,15 @@ class ReceiverSession:
         if len(self._batch) >= 256:
             self.flush()
 
-    def _patch(self, start: DeltaStart, delta: staging.IncomingFile) -> staging.IncomingFile:
-        delta.close()
+    def _patch(self, start: FileStart | DeltaStart, delta: StreamingPatch) -> staging.IncomingFile:
         try:
-            return staging.IncomingFile.from_patch(
-                self.folder.root, self.folder.root / start.path, delta.temp, size=start.size,
-                mode=start.mode, mtime_ns=start.mtime_ns)
+            return delta.finish()
         except OSError as exc:
+            delta.discard()
             raise _transient_os(start.seq, start.path, exc) from exc
         except TransferError as exc:  # librsync refused the delta: corrupt on the wire
-            raise TransientFailure(start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}") from exc
-        finally:
             delta.discard()
+            raise TransientFailure(start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}") from exc
 
     def _abort_incoming(self) -> None:
         if self._incoming is not None:

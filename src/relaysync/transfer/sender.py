@@ -211,12 +211,10 @@ class TargetLink:
         return self.route
 
     async def _open(self) -> tuple[FramedStream, MappingState]:
-        stream: anyio.abc.ByteStream
         if self.options.tls:
-            stream = await tls.connect(self.target.resolve(), self.ctx, expected_node_id=self.target.node_id)
+            framed = await tls.connect(self.target.resolve(), self.ctx, expected_node_id=self.target.node_id)
         else:
-            stream = await tls.connect_plain(self.target.resolve())
-        framed = FramedStream(stream)
+            framed = await tls.connect_plain(self.target.resolve())
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
                 await client_hello(framed, node_id=self.node_id, name=self.name)
@@ -299,7 +297,7 @@ class TargetLink:
         root = self.source.root
         last = records[-1].seq
 
-        def produce() -> Iterator[AnyMessage]:
+        def produce() -> Iterator[ops.Outgoing]:
             for record in records:
                 yield from ops.record_messages(root, record, self.options)
             yield Checkpoint(seq=last)
@@ -330,7 +328,7 @@ class TargetLink:
         root, manifest = self.source.root, self.source.manifest
 
         async def emit(work: Sequence[Work]) -> None:
-            def produce() -> Iterator[AnyMessage]:
+            def produce() -> Iterator[ops.Outgoing]:
                 for item in work:
                     if item.message is not None:
                         yield item.message
@@ -348,8 +346,12 @@ class TargetLink:
         if emitted:
             self.log.info("caught up %s by manifest comparison: %s items", self.target.name, emitted)
 
-    async def _send_stream(self, session: _Session, messages: Iterator[AnyMessage]) -> None:
-        """Pull messages from a file-reading iterator in a worker thread and send them in batches."""
+    async def _send_stream(self, session: _Session, messages: Iterator[ops.Outgoing]) -> None:
+        """Pull messages from a file-reading iterator in a worker thread and send them in batches.
+
+        The next batch is read while the previous one is on the wire (one batch of read-ahead),
+        so file I/O and the network overlap; memory stays bounded by three batches.
+        """
         done = False
 
         def next_batch(max_bytes: int) -> list[AnyMessage]:
@@ -357,6 +359,10 @@ class TargetLink:
             batch: list[AnyMessage] = []
             size = 0
             for message in messages:
+                if isinstance(message, ops.Flush):  # the next message is not ready: send these now
+                    if batch:
+                        return batch
+                    continue
                 batch.append(message)
                 size += ops.message_bytes(message)
                 if size >= max_bytes or (isinstance(message, FileChunk) and size >= max_bytes // 2):
@@ -365,16 +371,24 @@ class TargetLink:
             return batch
 
         limit = self.options.bandwidth
-        while not done:
-            rate = limit.rate  # may change mid-file: a policy's time-of-day window
-            batch_bytes = min(BATCH_BYTES, max(65536, int(rate * 0.05))) if rate > 0 else BATCH_BYTES
-            batch = await anyio.to_thread.run_sync(next_batch, batch_bytes)
-            if batch:
+        ready_tx, ready_rx = anyio.create_memory_object_stream[list[AnyMessage]](1)
+
+        async def read_ahead() -> None:
+            async with ready_tx:
+                while not done:
+                    rate = limit.rate  # may change mid-file: a policy's time-of-day window
+                    batch_bytes = min(BATCH_BYTES, max(65536, int(rate * 0.05))) if rate > 0 else BATCH_BYTES
+                    batch = await anyio.to_thread.run_sync(next_batch, batch_bytes)
+                    if batch:
+                        await ready_tx.send(batch)
+
+        async with anyio.create_task_group() as tg, ready_rx:
+            tg.start_soon(read_ahead)
+            async for batch in ready_rx:
                 before = session.framed.bytes_sent
                 await session.framed.send_many(batch)
                 await limit.consume(session.framed.bytes_sent - before)
-                await self._sign_sent()
-
+        await self._sign_sent()
 
 
 def _not_a_failed_hop(err: BaseException | None) -> bool:

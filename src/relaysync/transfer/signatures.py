@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 DELTA_MIN_BYTES = 64 * 1024  # below this a whole file costs less than signature + delta bookkeeping
 DELTA_MAX_AGE_S = 600.0  # deltas older than this are pruned (links re-create them if needed)
+DELTA_MAX_RATIO = 0.9  # "auto": after a delta this large relative to its file, send that file whole
 _READ_BYTES = 1024 * 1024
 
 
@@ -38,6 +40,16 @@ def hash_path(path: Path) -> bytes:
     return hasher.digest()
 
 
+@dataclass
+class DeltaBuild:
+    """A delta being written by librsync in a thread; readers follow the file as it grows."""
+
+    path: Path
+    stat: os.stat_result  # of the new version when the build started
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False  # set before `done`: the delta is complete and the file did not change meanwhile
+
+
 class SignatureStore:
     """Signatures keyed by (path, content hash) and deltas keyed by (path, base, new)."""
 
@@ -46,6 +58,8 @@ class SignatureStore:
         (directory / "sig").mkdir(parents=True, exist_ok=True)
         (directory / "delta").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._builds: dict[Path, DeltaBuild] = {}  # delta file -> its build (running or done)
+        self._ratios: dict[str, float] = {}  # path -> size of its last delta / size of the file
 
     @staticmethod
     def enabled() -> bool:
@@ -84,35 +98,68 @@ class SignatureStore:
                 old.unlink(missing_ok=True)
             os.replace(tmp, sig)
 
-    def delta(self, root: Path, path: str, base_hash: bytes) -> tuple[Path, bytes, os.stat_result] | None:
-        """Return (delta file, hash of the new content, its stat) for the file now on disk.
+    def start_delta(self, root: Path, path: str, base_hash: bytes) -> DeltaBuild | None:
+        """Start (or join) computing the delta from the signed `base_hash` version to the file now.
 
-        None if no signature of `base_hash` is kept or the file changed while it was read.
+        The delta file grows while librsync writes it, so links stream it as it is produced; a
+        build for the same (base, file as it is now) is shared by every link that asks.
+        None if no signature of `base_hash` is kept or the file is gone.
         """
         sig = self._sig_path(path, base_hash)
         full = root / path
-        if not sig.exists():
-            return None
         try:
-            before = full.stat()
-            new_hash = hash_path(full)
-            out = self.dir / "delta" / f"{self._key(path)}.{base_hash.hex()}.{new_hash.hex()}.delta"
-            if not out.exists():
-                tmp = out.with_suffix(f".{threading.get_ident()}.tmp")
-                _librsync.delta(sig, full, tmp)
-                os.replace(tmp, out)
-            after = full.stat()
+            if not sig.exists():
+                return None
+            st = full.stat()
         except OSError:
             return None
-        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-            return None
-        return out, new_hash, after
+        version = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
+        out = self.dir / "delta" / f"{self._key(path)}.{base_hash.hex()}.{version}.delta"
+        with self._lock:
+            build = self._builds.get(out)
+            if build is not None and (not build.done.is_set() or out.exists()):
+                return build
+            try:
+                out.write_bytes(b"")  # readers may open it before librsync does
+            except OSError as exc:  # a full state disk: the whole file goes instead
+                logger.warning("cannot start a delta of %s: %s", path, exc)
+                return None
+            build = DeltaBuild(path=out, stat=st)
+            self._builds[out] = build
+        threading.Thread(target=self._build, args=(build, sig, full, path), name=f"delta {path[-40:]}",
+                         daemon=True).start()
+        return build
+
+    def _build(self, build: DeltaBuild, sig: Path, full: Path, path: str) -> None:
+        try:
+            _librsync.delta(sig, full, build.path)
+            after = full.stat()
+            build.ok = (after.st_size, after.st_mtime_ns, after.st_ino) == (
+                build.stat.st_size, build.stat.st_mtime_ns, build.stat.st_ino)
+            if build.ok and build.stat.st_size:
+                self._ratios[path] = build.path.stat().st_size / build.stat.st_size
+        except (OSError, _librsync.LibrsyncError) as exc:
+            logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
+        finally:
+            build.done.set()
+            if not build.ok:
+                with self._lock:
+                    self._builds.pop(build.path, None)
+
+    def delta_pays(self, path: str) -> bool:
+        """False when the last delta of this file saved almost nothing (a whole copy is simpler)."""
+        return self._ratios.get(path, 0.0) <= DELTA_MAX_RATIO
 
     def prune(self, max_age_s: float = DELTA_MAX_AGE_S) -> None:
         cutoff = time.time() - max_age_s
         for f in (self.dir / "delta").iterdir():
             try:
                 if f.stat().st_mtime < cutoff:
+                    with self._lock:
+                        build = self._builds.get(f)
+                        if build is not None and not build.done.is_set():
+                            continue
+                        self._builds.pop(f, None)
                     f.unlink()
             except FileNotFoundError:
                 pass

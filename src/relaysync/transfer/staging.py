@@ -149,28 +149,16 @@ class IncomingFile:
         except FileNotFoundError:
             pass
 
-    @classmethod
-    def from_patch(cls, root: Path, final: Path, delta: Path, *, size: int, mode: int,
-                   mtime_ns: int) -> IncomingFile:
-        """Build the new version from the current file at `final` and a librsync delta.
-
-        The result sits in a temp file beside `final`, hashed, ready for `finish()`.
-        """
-        from relaysync.transfer import _librsync
-
-        incoming = cls.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns)
-        try:
-            _librsync.patch(final, delta, incoming.temp)
-            buf = bytearray(1024 * 1024)
-            view = memoryview(buf)
-            os.lseek(incoming.fd, 0, os.SEEK_SET)
-            while n := os.readv(incoming.fd, [buf]):
-                incoming.hasher.update(view[:n])
-                incoming.received += n
-        except BaseException:
-            incoming.discard()
-            raise
-        return incoming
+    def rehash(self) -> None:
+        """Hash the temp file's content as it is on disk (written by someone else, e.g. librsync)."""
+        self.hasher = xxhash.xxh3_128()
+        self.received = 0
+        buf = bytearray(1024 * 1024)
+        view = memoryview(buf)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        while n := os.readv(self.fd, [buf]):
+            self.hasher.update(view[:n])
+            self.received += n
 
     def close(self) -> None:
         if self.fd >= 0:

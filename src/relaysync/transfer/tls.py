@@ -9,19 +9,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
-from anyio.abc import SocketAttribute
-from anyio.streams.tls import TLSAttribute, TLSStream
 
-from relaysync.constants import CONNECT_TIMEOUT_S
+from relaysync.constants import MAX_MESSAGE_BYTES
 from relaysync.errors import LinkDown, RelaySyncError, TLSHandshakeFailed, UnknownPeer
+from relaysync.protocol.connection import first_byte, open_framed, serve_framed, wrap_accepted
+from relaysync.protocol.framing import FramedStream
 
 logger = logging.getLogger(__name__)
 
@@ -80,26 +80,31 @@ def map_tls_errors(where: str) -> Iterator[None]:
         yield
     except ssl.SSLError as exc:
         raise TLSHandshakeFailed(f"{where}: {exc.reason or exc}") from exc
-    except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+    except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
         raise LinkDown(where, exc or type(exc).__name__) from exc
 
 
-def peer_node_id(stream: TLSStream) -> str:
-    """Return the fingerprint of the peer's certificate on an established TLS stream."""
-    der = stream.extra(TLSAttribute.peer_certificate_binary)
+def peer_node_id(framed: FramedStream) -> str:
+    """Return the fingerprint of the peer's certificate on an established TLS connection."""
+    ssl_object = framed.extra("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket) else None
     if not der:
         raise TLSHandshakeFailed("peer sent no certificate")
     return fingerprint_der(der)
 
 
-def peer_address(stream: TLSStream) -> str:
-    remote = stream.extra(SocketAttribute.remote_address)
-    return f"{remote[0]}:{remote[1]}"
+def peer_address(framed: FramedStream) -> str:
+    remote = framed.extra("peername")
+    return f"{remote[0]}:{remote[1]}" if isinstance(remote, tuple) else str(remote)
 
 
-async def connect(
-    address: str, ctx: ssl.SSLContext, *, expected_node_id: str | None = None
-) -> TLSStream:
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+async def connect(address: str, ctx: ssl.SSLContext, *, expected_node_id: str | None = None,
+                  max_message_bytes: int = MAX_MESSAGE_BYTES) -> FramedStream:
     """Open a TLS connection to host:port and check the peer is who we expect.
 
     Raises:
@@ -107,30 +112,28 @@ async def connect(
         TLSHandshakeFailed: the handshake failed (wrong CA, expired certificate, ...).
         UnknownPeer: the peer's fingerprint is not `expected_node_id`.
     """
-    host, _, port = address.rpartition(":")
+    host, port = _split(address)
     with map_tls_errors(f"connect {address}"):
-        with anyio.fail_after(CONNECT_TIMEOUT_S):
-            tcp = await anyio.connect_tcp(host, int(port))
-        try:
-            with anyio.fail_after(CONNECT_TIMEOUT_S):
-                stream = await TLSStream.wrap(
-                    tcp, server_side=False, ssl_context=ctx, hostname=None, standard_compatible=False
-                )
-        except BaseException:
-            await anyio.aclose_forcefully(tcp)
-            raise
-    node = peer_node_id(stream)
+        framed = await open_framed(host, port, ssl_ctx=ctx, max_message_bytes=max_message_bytes)
+    node = peer_node_id(framed)
     if expected_node_id is not None and node != expected_node_id:
-        await anyio.aclose_forcefully(stream)
+        framed.abort()
         raise UnknownPeer(node[:16])
-    return stream
+    return framed
+
+
+async def connect_plain(address: str, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> FramedStream:
+    """Open a plain TCP connection (a TLS-off link); the caller authenticates with `link_mac`."""
+    host, port = _split(address)
+    with map_tls_errors(f"connect {address}"):
+        return await open_framed(host, port, max_message_bytes=max_message_bytes)
 
 
 TLS_HANDSHAKE_BYTE = 0x16  # a TLS record of type handshake; our plain frames start with 0x00
 
 
-async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable[[TLSStream], Awaitable[None]],
-                    *, plain_handler: Callable[[anyio.abc.ByteStream], Awaitable[None]] | None = None,
+async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable[[FramedStream], Awaitable[None]],
+                    *, plain_handler: Callable[[FramedStream], Awaitable[None]] | None = None,
                     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Listen on host:port; run `handler` for each client that completes a mutual TLS handshake.
 
@@ -139,86 +142,28 @@ async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable
     A failed handshake (no certificate, one from another CA, an expired one, garbage) is
     logged in one line and the connection closed; the server goes on.
     """
-    tcp_listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-    bound = tcp_listener.extra(SocketAttribute.local_port)
 
-    async def accept(tcp: anyio.abc.SocketStream) -> None:
-        remote = tcp.extra(SocketAttribute.remote_address)
-        stream: anyio.abc.ByteStream = tcp
+    async def accept(sock: socket.socket, remote: str) -> None:
+        use_tls = True
         if plain_handler is not None:
-            first = await _first_bytes(tcp)
-            if not first:
-                await anyio.aclose_forcefully(tcp)
+            first = await first_byte(sock)
+            if first is None:
+                sock.close()
                 return
-            stream = _Prefixed(tcp, first)
-            if first[0] != TLS_HANDSHAKE_BYTE:
-                await plain_handler(stream)
-                return
+            use_tls = first == TLS_HANDSHAKE_BYTE
         try:
-            with map_tls_errors(f"accept from {remote[0]}:{remote[1]}"):
-                with anyio.fail_after(CONNECT_TIMEOUT_S):
-                    tls_stream = await TLSStream.wrap(stream, server_side=True, ssl_context=ctx,
-                                                      standard_compatible=False)
+            with map_tls_errors(f"accept from {remote}"):
+                framed = await wrap_accepted(sock, ssl_ctx=ctx if use_tls else None)
         except RelaySyncError as exc:
             logger.warning("refused connection: %s", exc)
-            await anyio.aclose_forcefully(tcp)
+            sock.close()
             return
-        await handler(tls_stream)
-
-    async def accept_guarded(tcp: anyio.abc.SocketStream) -> None:
         try:
-            await accept(tcp)
-        except Exception:  # one connection's bug must not stop the listener
-            logger.exception("connection handler failed; closing the connection")
-            await anyio.aclose_forcefully(tcp)
+            await (handler if use_tls else plain_handler)(framed)  # type: ignore[misc]
+        finally:
+            framed.abort()  # the handler closed it gracefully already, or failed
 
-    task_status.started(bound)
-    async with tcp_listener:
-        await tcp_listener.serve(accept_guarded)
-
-
-async def _first_bytes(tcp: anyio.abc.SocketStream) -> bytes:
-    """What the client sent first (b"" if nothing in time, or it closed)."""
-    with anyio.move_on_after(CONNECT_TIMEOUT_S):
-        try:
-            return await tcp.receive()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            return b""
-    return b""
-
-
-class _Prefixed(anyio.abc.ByteStream):
-    """A byte stream that first gives back bytes already read from it (to tell TLS from plain)."""
-
-    def __init__(self, stream: anyio.abc.SocketStream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-            return data
-        return await self._stream.receive(max_bytes)
-
-    async def send(self, item: bytes) -> None:
-        await self._stream.send(item)
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._stream.extra_attributes
-
-
-async def connect_plain(address: str) -> anyio.abc.SocketStream:
-    """Open a plain TCP connection (a TLS-off link); the caller authenticates with `link_mac`."""
-    host, _, port = address.rpartition(":")
-    with map_tls_errors(f"connect {address}"), anyio.fail_after(CONNECT_TIMEOUT_S):
-        return await anyio.connect_tcp(host, int(port))
+    await serve_framed(host, port, accept, task_status=task_status)
 
 
 def link_mac(secret: bytes, nonce: bytes, mapping_id: int, source: str, target: str) -> bytes:

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from tests.component.purge.conftest import HOST, Harness
 
-from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.connection import open_framed
 from relaysync.protocol.messages import Error, ErrorCode, PurgeAccepted
 from relaysync.purge.listener import PurgeListener, make_notice, send_notice
 
@@ -95,10 +95,9 @@ async def test_a_replayed_notice_is_refused(harness: Harness, listener) -> None:
 
 async def test_an_oversize_frame_is_refused_and_closed(harness: Harness, listener) -> None:  # type: ignore[no-untyped-def]
     _, port = listener
-    stream = await anyio.connect_tcp("127.0.0.1", port)
-    framed = FramedStream(stream)
+    framed = await open_framed("127.0.0.1", port)
     payload = msgspec.msgpack.encode({"type": "purge_notice", "site": "x" * 100_000})
-    await stream.send(struct.pack(">I", len(payload)) + payload)
+    framed.transport.write(struct.pack(">I", len(payload)) + payload)
     answer = await framed.receive()
     assert isinstance(answer, Error) and answer.code == ErrorCode.BAD_MESSAGE
     with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):

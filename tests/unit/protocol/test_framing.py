@@ -1,11 +1,15 @@
+import asyncio
+import socket
+import ssl
 import struct
 
 import anyio
 import pytest
 
 from relaysync.errors import FrameTooLarge, ProtocolError
-from relaysync.protocol.framing import FramedStream, decode_payload, encode_frame
-from relaysync.protocol.messages import FileChunk, FileEnd, FileStart, Hello
+from relaysync.protocol.connection import open_framed, serve_framed, wrap_accepted
+from relaysync.protocol.framing import FramedStream, FrameProtocol, decode_payload, encode_frame
+from relaysync.protocol.messages import Checkpoint, FileChunk, FileEnd, FileStart, Hello
 
 
 def test_round_trip() -> None:
@@ -27,37 +31,153 @@ def test_validate_runs_after_decode() -> None:
         decode_payload(encode_frame(FileChunk(seq=1, offset=-1, data=b""))[4:])
 
 
-class _Pieces:
-    """A byte stream that yields the given pieces, then end of stream."""
+class _Transport(asyncio.Transport):
+    """Records flow control; the protocol under test is fed by hand."""
 
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.pauses = 0
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        if not self.pieces:
-            raise anyio.EndOfStream
-        return self.pieces.pop(0)
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _feed(protocol: FrameProtocol, data: bytes, piece: int) -> None:
+    """Deliver `data` the way a transport does: into the protocol's buffer, `piece` bytes at a time."""
+    i = 0
+    while i < len(data):
+        buf = protocol.get_buffer(-1)
+        part = data[i : i + min(piece, len(buf))]  # a transport reads at most what fits
+        buf[: len(part)] = part
+        protocol.buffer_updated(len(part))
+        i += len(part)
+
+
+def _protocol(max_message_bytes: int = 4 * 1024 * 1024) -> tuple[FrameProtocol, _Transport]:
+    protocol, transport = FrameProtocol(max_message_bytes), _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
 
 
 def test_oversize_frame_refused_before_reading_it() -> None:
     async def main() -> None:
-        framed = FramedStream(_Pieces([struct.pack(">I", 10_000_000)]), max_message_bytes=1024)  # type: ignore[arg-type]
+        protocol, transport = _protocol(max_message_bytes=1024)
+        _feed(protocol, struct.pack(">I", 10_000_000), 4)
+        assert transport.paused  # nothing after the bad header is read
         with pytest.raises(FrameTooLarge):
-            await framed.receive()
+            await protocol.next_message()
 
     anyio.run(main)
 
 
 def test_frames_split_across_reads() -> None:
     async def main() -> None:
+        protocol, _ = _protocol()
         frame = encode_frame(Hello(protocol_version=1, node_id="n", name="x", role="agent")) * 2
-        framed = FramedStream(_Pieces([frame[i : i + 1] for i in range(len(frame))]))  # type: ignore[arg-type]
+        _feed(protocol, frame, 1)
+        protocol.connection_lost(None)
+        framed = FramedStream(_Transport(), protocol)
         assert isinstance(await framed.receive(), Hello)
         assert isinstance(await framed.receive(), Hello)
         with pytest.raises(anyio.EndOfStream):
             await framed.receive()
 
     anyio.run(main)
+
+
+@pytest.mark.parametrize("piece", [4099, 65_536, 1_000_003])
+def test_frames_larger_than_the_buffer_arrive_whole(piece: int) -> None:
+    async def main() -> None:
+        protocol, _ = _protocol()
+        chunks = [FileChunk(seq=1, offset=i, data=bytes([i % 251]) * (1024 * 1024 - i)) for i in range(5)]
+        _feed(protocol, b"".join(encode_frame(c) for c in chunks), piece)
+        for chunk in chunks:
+            message, size = await protocol.next_message()
+            assert message == chunk and size == len(encode_frame(chunk))
+
+    anyio.run(main)
+
+
+def test_reading_pauses_while_the_consumer_lags_and_resumes() -> None:
+    async def main() -> None:
+        protocol, transport = _protocol()
+        frame = encode_frame(FileChunk(seq=1, offset=0, data=b"x" * 1024 * 1024))
+        _feed(protocol, frame * 20, len(frame))
+        assert transport.paused and transport.pauses == 1
+        for _ in range(20):
+            await protocol.next_message()
+        assert not transport.paused
+
+    anyio.run(main)
+
+
+def test_a_connection_lost_mid_frame_is_broken_not_clean() -> None:
+    async def main() -> None:
+        protocol, _ = _protocol()
+        _feed(protocol, encode_frame(FileChunk(seq=1, offset=0, data=b"y" * 1000))[:500], 100)
+        protocol.connection_lost(ConnectionResetError("reset by peer"))
+        with pytest.raises(anyio.BrokenResourceError):
+            await protocol.next_message()
+
+    anyio.run(main)
+
+
+def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    import trustme
+
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("peer").configure_cert(server)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    client.check_hostname = False
+    ca.configure_trust(client)
+    return server, client
+
+
+@pytest.mark.parametrize("use_tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_many_chunks_over_a_real_socket(use_uvloop: bool, use_tls: bool) -> None:
+    """send_many on one side, receive on the other, across a loopback socket: in order, intact."""
+    chunks = [FileChunk(seq=2, offset=i * 1_048_576, data=bytes([i]) * 1_048_576) for i in range(48)]
+    server_ctx, client_ctx = _tls_contexts() if use_tls else (None, None)
+
+    async def main() -> None:
+        received: list[object] = []
+
+        async def on_socket(sock: socket.socket, remote: str) -> None:
+            framed = await wrap_accepted(sock, ssl_ctx=server_ctx)
+            try:
+                while True:
+                    received.append(await framed.receive())
+            except anyio.EndOfStream:
+                pass
+            finally:
+                await framed.aclose()
+
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve_framed, "127.0.0.1", 0, on_socket)
+            client = await open_framed("127.0.0.1", port, ssl_ctx=client_ctx)
+            assert (client.extra("ssl_object") is not None) == use_tls
+            for i in range(0, len(chunks), 8):
+                await client.send_many(list(chunks[i : i + 8]))
+            await client.send(Checkpoint(seq=2))
+            await client.aclose()
+            with anyio.fail_after(30):
+                while len(received) < len(chunks) + 1:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        assert received == [*chunks, Checkpoint(seq=2)]
+        assert client.bytes_sent > 48 * 1_048_576
+
+    anyio.run(main, backend_options={"use_uvloop": use_uvloop})
 
 
 def test_change_time_is_optional_on_the_wire_and_checked() -> None:

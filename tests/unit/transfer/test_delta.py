@@ -20,7 +20,7 @@ from relaysync.protocol.messages import (
     FileStart,
 )
 from relaysync.transfer import _librsync, codec
-from relaysync.transfer.ops import SendOptions, iter_file_messages
+from relaysync.transfer.ops import Flush, SendOptions, iter_file_messages
 from relaysync.transfer.receiver import ReceiverSession, TargetFolder
 from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.manifest import Manifest
@@ -88,7 +88,8 @@ def pair(tmp_path: Path) -> tuple[Path, TargetFolder, SignatureStore]:
 
 
 def _send(src: Path, folder: TargetFolder, seq: int, base: bytes, options: SendOptions) -> tuple[list, list]:
-    msgs = list(iter_file_messages(src, "big.bin", seq, base_hash=base, options=options))
+    msgs = [m for m in iter_file_messages(src, "big.bin", seq, base_hash=base, options=options)
+            if not isinstance(m, Flush)]
     replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(msgs + [Checkpoint(seq=seq)])
     _sign(src, options)
     return msgs, replies
@@ -145,7 +146,8 @@ def test_flipped_bit_in_delta_is_never_committed(pair: tuple[Path, TargetFolder,
     _send(src, folder, 1, b"", options)
     v2 = v1[:250_000] + b"new bytes in the middle" + v1[250_000:]
     (src / "big.bin").write_bytes(v2)
-    msgs = list(iter_file_messages(src, "big.bin", 2, base_hash=xxhash.xxh3_128(v1).digest(), options=options))
+    msgs = [m for m in iter_file_messages(src, "big.bin", 2, base_hash=xxhash.xxh3_128(v1).digest(),
+                                          options=options) if not isinstance(m, Flush)]
     i = next(i for i, m in enumerate(msgs) if isinstance(m, FileChunk))
     data = bytearray(msgs[i].data)
     data[len(data) // 2] ^= 0x01

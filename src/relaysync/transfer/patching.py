@@ -1,0 +1,92 @@
+"""Applying a librsync delta on a target as it arrives, not after it has all arrived.
+
+The delta's chunks are written into a pipe; librsync's `rs_patch_file` reads that pipe in a
+thread of its own and writes the new version into a temp file beside the old one, so patching
+overlaps the transfer (and, on the source, the delta's computation). The result is hashed and
+checked like any received file before it is committed (staging.py).
+
+Error handling: a corrupt delta makes librsync stop; the next write then fails (the pipe is
+closed) or `finish()` raises, both as TransferError, and nothing is committed. Resource
+handling: `discard()` closes the pipe, waits for the thread and removes the temp file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+from relaysync.errors import TransferError
+from relaysync.transfer import _librsync
+from relaysync.transfer.staging import IncomingFile
+
+PIPE_BYTES = 1024 * 1024  # one chunk fits in the pipe, so a write rarely waits for librsync
+_F_SETPIPE_SZ = 1031
+
+
+class StreamingPatch:
+    """A delta being applied to the version at `final`, one chunk at a time."""
+
+    def __init__(self, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int) -> None:
+        self.final = final
+        self.output = IncomingFile.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns)
+        self.temp = self.output.temp
+        self.received = 0  # delta bytes written so far
+        self._error: BaseException | None = None
+        read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:  # over /proc/sys/fs/pipe-max-size: the default 64 KiB works, only slower
+            pass
+        self._thread = threading.Thread(target=self._run, args=(read_fd,), name=f"patch {final.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, read_fd: int) -> None:
+        try:
+            _librsync.patch(self.final, read_fd, self.output.temp)  # closes read_fd
+        except BaseException as exc:  # noqa: BLE001 - reported by write() or finish()
+            self._error = exc
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Feed the next piece of the delta (blocks while librsync catches up).
+
+        Raises:
+            TransferError: out of order, or librsync refused the delta (corrupt).
+        """
+        if offset != self.received:
+            raise TransferError(f"delta chunk at offset {offset}, expected {self.received}")
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._write_fd, view):]
+        except BrokenPipeError:
+            self._stop()
+            raise TransferError(f"{self.final.name}: librsync stopped reading the delta: {self._error}") from None
+        self.received += len(data)
+
+    def finish(self) -> IncomingFile:
+        """Wait for librsync to write the last byte; return the new version, hashed, unverified.
+
+        Raises:
+            TransferError: librsync refused the delta; OSError: reading the old version or
+            writing the new one failed.
+        """
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        self.output.rehash()
+        return self.output
+
+    def _stop(self) -> None:
+        if self._write_fd >= 0:
+            os.close(self._write_fd)  # end of the delta: librsync sees EOF
+            self._write_fd = -1
+        self._thread.join()
+
+    def discard(self) -> None:
+        self._stop()
+        self.output.discard()
+
+    close = discard  # a half-applied delta is never resumed

@@ -1,0 +1,118 @@
+"""Deltas streamed while they are computed (source) and applied while they arrive (target)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from relaysync.errors import HashMismatch, TransferError
+from relaysync.protocol.messages import DeltaStart, FileChunk, FileEnd, FileStart
+from relaysync.transfer import _librsync
+from relaysync.transfer.ops import Flush, SendOptions, iter_file_messages
+from relaysync.transfer.patching import StreamingPatch
+from relaysync.transfer.signatures import SignatureStore
+
+
+def _versions(tmp: Path, size: int = 3 * 1024 * 1024) -> tuple[Path, bytes, bytes, Path]:
+    old = os.urandom(size)
+    new = bytearray(old)
+    for at in range(0, size, size // 7):
+        new[at : at + 3000] = os.urandom(3000)
+    new[size // 2 : size // 2] = os.urandom(50_000)  # an insertion shifts the rest
+    (tmp / "old").write_bytes(old)
+    (tmp / "new").write_bytes(new)
+    _librsync.signature(tmp / "old", tmp / "sig")
+    _librsync.delta(tmp / "sig", tmp / "new", tmp / "delta")
+    return tmp / "delta", old, bytes(new), tmp / "old"
+
+
+@pytest.mark.parametrize("piece", [1, 4096, 1_000_000])
+def test_a_delta_fed_in_pieces_rebuilds_the_new_version(tmp_path: Path, piece: int) -> None:
+    delta, old, new, basis = _versions(tmp_path)
+    data = delta.read_bytes()
+    if piece == 1:
+        data, piece = data[:200_000], 1  # byte by byte is slow: a prefix, then the rest at once
+        rest = delta.read_bytes()[200_000:]
+    else:
+        rest = b""
+    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0)
+    offset = 0
+    for i in range(0, len(data), piece):
+        patch.write(offset, data[i : i + piece])
+        offset += len(data[i : i + piece])
+    if rest:
+        patch.write(offset, rest)
+    out = patch.finish()
+    out.finish(xxhash.xxh3_128(new).digest())  # size and hash checked as for any received file
+    assert out.temp.read_bytes() == new
+    out.discard()
+    assert basis.read_bytes() == old
+
+
+@pytest.mark.parametrize("where", [0, 10, "middle"])
+def test_a_corrupt_delta_is_never_taken_for_the_new_version(tmp_path: Path, where: int | str) -> None:
+    """librsync refuses it (bad magic, bad command), or the whole-file hash catches it."""
+    delta, _, new, basis = _versions(tmp_path)
+    data = bytearray(delta.read_bytes())
+    data[len(data) // 2 if where == "middle" else int(where)] ^= 0xFF
+    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0)
+    with pytest.raises((TransferError, HashMismatch)):
+        for i in range(0, len(data), 65536):
+            patch.write(i, bytes(data[i : i + 65536]))
+        patch.finish().finish(xxhash.xxh3_128(new).digest())
+    patch.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["delta", "new", "old", "sig"]
+
+
+def test_a_delta_abandoned_mid_stream_stops_its_thread(tmp_path: Path) -> None:
+    delta, _, new, basis = _versions(tmp_path)
+    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0)
+    patch.write(0, delta.read_bytes()[:100_000])
+    before = threading.active_count()
+    patch.discard()  # the session ended: EOF to librsync, thread joined, temp removed
+    assert threading.active_count() == before - 1
+    assert not patch.temp.exists()
+
+
+def _stream(src: Path, sigs: SignatureStore, base: bytes, seq: int = 2) -> list[object]:
+    return list(iter_file_messages(src, "f.bin", seq, base_hash=base, options=SendOptions(signatures=sigs)))
+
+
+def test_links_share_one_delta_build_and_stream_it(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(8 * 1024 * 1024)
+    (src / "f.bin").write_bytes(old)
+    sigs = SignatureStore(tmp_path / "sigs")
+    base = xxhash.xxh3_128(old).digest()
+    sigs.remember(src, "f.bin", base)
+    new = old[:4_000_000] + os.urandom(1_000_000) + old[5_000_000:]
+    (src / "f.bin").write_bytes(new)
+    first = sigs.start_delta(src, "f.bin", base)
+    second = sigs.start_delta(src, "f.bin", base)
+    assert first is not None and first is second  # computed once for every target
+    messages = _stream(src, sigs, base)
+    assert isinstance(messages[0], DeltaStart)
+    chunks = [m for m in messages if isinstance(m, FileChunk)]
+    assert sum(len(c.data) for c in chunks) < 1_200_000
+    end = messages[-1]
+    assert isinstance(end, FileEnd) and end.hash == xxhash.xxh3_128(new).digest()
+    assert all(isinstance(m, DeltaStart | FileChunk | FileEnd | Flush) for m in messages)
+
+
+def test_auto_sends_whole_after_a_delta_that_saved_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(1024 * 1024)
+    (src / "f.bin").write_bytes(old)
+    sigs = SignatureStore(tmp_path / "sigs")
+    base = xxhash.xxh3_128(old).digest()
+    sigs.remember(src, "f.bin", base)
+    (src / "f.bin").write_bytes(os.urandom(1024 * 1024))  # nothing in common with the old one
+    assert isinstance(_stream(src, sigs, base)[0], DeltaStart)  # first time: a delta is tried
+    assert not sigs.delta_pays("f.bin")
+    assert isinstance(_stream(src, sigs, base, seq=3)[0], FileStart)  # the ratio seen so far decides
