@@ -33,7 +33,7 @@ from relaysync.constants import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
 )
-from relaysync.errors import PeerRefused, ProtocolError, RelaySyncError, SpoolReset
+from relaysync.errors import PeerRefused, ProtocolError, SpoolReset
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
@@ -305,22 +305,14 @@ class TargetLink:
         await self._send_stream(session, produce())
         session.sent_upto = last
 
-    async def _sign_sent(self) -> None:
-        """Sign the versions just sent (for the next delta), now that they are on the wire."""
+    def _sign_sent(self) -> None:
+        """Queue the versions just sent for signing (for the next delta), off the send path."""
         signatures, pending = self.options.signatures, self.options.to_sign
         if signatures is None or not pending:
             return
         self.options.to_sign = []
-        root = self.source.root
-
-        def sign_all() -> None:
-            for path, digest in pending:
-                try:
-                    signatures.remember(root, path, digest)
-                except (OSError, RelaySyncError) as exc:  # only the next delta is lost: a whole file goes
-                    self.log.warning("could not sign %s for the next delta: %s", path, exc)
-
-        await anyio.to_thread.run_sync(sign_all)
+        for path, digest in pending:
+            signatures.sign_later(self.source.root, path, digest)
 
     async def _catch_up_by_compare(self, session: _Session) -> None:
         """Compare manifests top-down and send the difference; then checkpoint the journal head."""
@@ -388,7 +380,7 @@ class TargetLink:
                 before = session.framed.bytes_sent
                 await session.framed.send_many(batch)
                 await limit.consume(session.framed.bytes_sent - before)
-        await self._sign_sent()
+        self._sign_sent()
 
 
 def _not_a_failed_hop(err: BaseException | None) -> bool:

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 DELTA_MIN_BYTES = 64 * 1024  # below this a whole file costs less than signature + delta bookkeeping
 DELTA_MAX_AGE_S = 600.0  # deltas older than this are pruned (links re-create them if needed)
+SIGNER_NICE = 19  # the signing thread yields the CPU to transfers
+SIGN_WAIT_S = 10.0  # a delta waits this long for its base's signature, then the whole file goes
 DELTA_MAX_RATIO = 0.9  # "auto": after a delta this large relative to its file, send that file whole
 _READ_BYTES = 1024 * 1024
 
@@ -60,6 +63,47 @@ class SignatureStore:
         self._lock = threading.Lock()
         self._builds: dict[Path, DeltaBuild] = {}  # delta file -> its build (running or done)
         self._ratios: dict[str, float] = {}  # path -> size of its last delta / size of the file
+        self._queue: deque[tuple[Path, str, bytes]] = deque()  # versions sent, to sign
+        self._signing: dict[tuple[str, bytes], threading.Event] = {}  # queued or being signed
+        self._signer_running = False
+
+    def sign_later(self, root: Path, path: str, content_hash: bytes) -> None:
+        """Queue a version just sent for signing in a background thread of low CPU priority.
+
+        Signing reads the whole file (about 400 MB/s); at nice 19 it takes only what transfers
+        leave idle. A delta that needs a signature still in the queue waits for it (`start_delta`).
+        """
+        key = (path, content_hash)
+        with self._lock:
+            if key in self._signing:
+                return
+            self._signing[key] = threading.Event()
+            self._queue.append((root, path, content_hash))
+            if self._signer_running:
+                return
+            self._signer_running = True
+        threading.Thread(target=self._sign_queued, name="signer", daemon=True).start()
+
+    def _sign_queued(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SIGNER_NICE)
+        except OSError:
+            pass
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._signer_running = False
+                    return
+                root, path, content_hash = self._queue.popleft()
+            try:
+                self.remember(root, path, content_hash)
+            except (OSError, _librsync.LibrsyncError) as exc:  # only the next delta is lost
+                logger.warning("could not sign %s for the next delta: %s", path, exc)
+            finally:
+                with self._lock:
+                    done = self._signing.pop((path, content_hash), None)
+                if done is not None:
+                    done.set()
 
     @staticmethod
     def enabled() -> bool:
@@ -107,6 +151,9 @@ class SignatureStore:
         """
         sig = self._sig_path(path, base_hash)
         full = root / path
+        signing = self._signing.get((path, base_hash))
+        if signing is not None:  # the base was sent a moment ago and is still being signed
+            signing.wait(SIGN_WAIT_S)
         try:
             if not sig.exists():
                 return None

@@ -116,3 +116,16 @@ def test_auto_sends_whole_after_a_delta_that_saved_nothing(tmp_path: Path) -> No
     assert isinstance(_stream(src, sigs, base)[0], DeltaStart)  # first time: a delta is tried
     assert not sigs.delta_pays("f.bin")
     assert isinstance(_stream(src, sigs, base, seq=3)[0], FileStart)  # the ratio seen so far decides
+
+
+def test_a_delta_right_after_a_send_waits_for_the_background_signature(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(32 * 1024 * 1024)
+    (src / "f.bin").write_bytes(old)
+    sigs = SignatureStore(tmp_path / "sigs")
+    base = xxhash.xxh3_128(old).digest()
+    sigs.sign_later(src, "f.bin", base)  # what a link does once the version is on the wire
+    sigs.sign_later(src, "f.bin", base)  # a second link: queued once
+    build = sigs.start_delta(src, "f.bin", base)  # the next change: waits for the queued signature
+    assert build is not None and sigs.has("f.bin", base)
