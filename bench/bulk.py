@@ -266,18 +266,43 @@ def bench_small(work: Path, runs: int, files: int, results: dict[str, Any], time
     last_rel = last_dir.relative_to(src)
     last_count = sum(1 for _ in os.scandir(last_dir))
 
+    # Runs are interleaved (rsync --fsync, ours safe, rsync, ours fast, per round) and no
+    # destination is deleted before the end: ext4 skips inodes freed in the last seconds to
+    # minutes when it allocates new ones (`recently_deleted`, seen with perf at 30 % of the
+    # receiver's CPU), so whoever runs right after a deletion of 10,000 files pays for it.
     rs: dict[str, list[float]] = {"fsync": [], "plain": []}
-    for i in range(runs):
-        for key, flags in (("fsync", ["--fsync"]), ("plain", [])):
-            dst = work / f"small-rsync-{key}-{i}"
-            os.sync()
-            dt = timed_run(["rsync", "-a", *flags, f"{src}/", f"{dst}/"], timeout_s=timeout_s)
-            rs[key].append(dt)
-            console.print(f"    run {i + 1}/{runs} rsync -a {' '.join(flags):7} (local, fresh dir): {dt:.3f} s")
-            rmtree(dst)
+    ours: dict[str, list[float]] = {"safe": [], "fast": []}
+    done_dirs: list[Path] = []
+
+    def rsync_run(i: int, key: str) -> None:
+        flags = ["--fsync"] if key == "fsync" else []
+        dst = work / f"small-rsync-{key}-{i}"
+        os.sync()
+        dt = timed_run(["rsync", "-a", *flags, f"{src}/", f"{dst}/"], timeout_s=timeout_s)
+        rs[key].append(dt)
+        done_dirs.append(dst)
+        console.print(f"    run {i + 1}/{runs} rsync -a {' '.join(flags):7} (local, fresh dir): {dt:.3f} s")
+
+    def ours_run(i: int, durability: str) -> None:
+        dst = work / f"small-t1-{durability}-{i}"
+        os.sync()
+        t0 = time.perf_counter()
+        m = cluster.create_mapping(f"bulk-10k-{durability}-{i}", "src", src, [("t1", dst)],
+                                   durability=durability)
+        t_end = wait_tree_equal(summary, dst, dst / last_rel, last_count, timeout_s)
+        dt = t_end - t0
+        ours[durability].append(dt)
+        ok, detail = trees_equal(src, dst)
+        if not ok:
+            raise BenchError(f"target {dst} differs from the source: {detail}")
+        console.print(f"    run {i + 1}/{runs} relaysync {durability}: {dt:.3f} s "
+                      f"({files / dt:,.0f} files/s); full check: {detail}")
+        r = cluster.api.delete(f"/api/mappings/{m['id']}")
+        if r.status_code not in (200, 204):
+            raise BenchError(f"delete mapping: {r.status_code} {r.text}")
+        done_dirs.append(dst)
 
     cluster = Cluster(work / "cluster-small")
-    ours: dict[str, list[float]] = {"safe": [], "fast": []}
     try:
         cluster.start_master()
         cluster.start_agent("src", wait=False)
@@ -285,30 +310,18 @@ def bench_small(work: Path, runs: int, files: int, results: dict[str, Any], time
         cluster.wait_agent_up("src")
         cluster.wait_agent_up("t1")
         for i in range(runs):
-            for durability in ("safe", "fast"):
-                dst = work / f"small-t1-{durability}-{i}"
-                os.sync()
-                t0 = time.perf_counter()
-                m = cluster.create_mapping(f"bulk-10k-{durability}-{i}", "src", src, [("t1", dst)],
-                                           durability=durability)
-                t_end = wait_tree_equal(summary, dst, dst / last_rel, last_count, timeout_s)
-                dt = t_end - t0
-                ours[durability].append(dt)
-                ok, detail = trees_equal(src, dst)
-                if not ok:
-                    raise BenchError(f"target {dst} differs from the source: {detail}")
-                console.print(f"    run {i + 1}/{runs} relaysync {durability}: {dt:.3f} s "
-                              f"({files / dt:,.0f} files/s); full check: {detail}")
-                r = cluster.api.delete(f"/api/mappings/{m['id']}")
-                if r.status_code not in (200, 204):
-                    raise BenchError(f"delete mapping: {r.status_code} {r.text}")
-                rmtree(dst)
+            rsync_run(i, "fsync")
+            ours_run(i, "safe")
+            rsync_run(i, "plain")
+            ours_run(i, "fast")
     except Exception:
         for name, agent in cluster.agents.items():
             console.print(f"--- agent {name} log tail ---\n{agent.process.log_tail(20)}")
         raise
     finally:
         cluster.stop()
+        for d in done_dirs:
+            rmtree(d)
     results.update({
         "files_10k": files,
         "ours_10k_s_safe": round(median(ours["safe"]), 3), "ours_10k_s_fast": round(median(ours["fast"]), 3),

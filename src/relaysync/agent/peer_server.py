@@ -249,8 +249,11 @@ class PeerServer:
         batch: list[AnyMessage] = []
         size = 0
         while True:
-            with anyio.fail_after(RECEIVE_TIMEOUT_S):
+            if framed.pending():  # already decoded: no wait, so no timeout to arm
                 message = await framed.receive()
+            else:
+                with anyio.fail_after(RECEIVE_TIMEOUT_S):
+                    message = await framed.receive()
             if isinstance(message, Ping):
                 await framed.send(Pong(nonce=message.nonce))
                 continue

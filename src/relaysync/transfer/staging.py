@@ -8,6 +8,7 @@ directory is fsynced once after them; "fast" skips both (what rsync does by defa
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -25,8 +26,12 @@ from relaysync.errors import HashMismatch, TransferError
 logger = logging.getLogger(__name__)
 
 
+_TEMP_SALT = secrets.token_hex(3)  # per process; with the counter, unique without a syscall per name
+_temp_counter = itertools.count()
+
+
 def temp_name_for(final: Path) -> Path:
-    return final.with_name(f"{TEMP_PREFIX}{final.name[:200]}.{secrets.token_hex(4)}.tmp")
+    return final.with_name(f"{TEMP_PREFIX}{final.name[:200]}.{_TEMP_SALT}{next(_temp_counter):x}.tmp")
 
 
 PARTIAL_SUFFIX = ".part"
