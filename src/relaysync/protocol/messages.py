@@ -356,6 +356,9 @@ class FileStart(Message, frozen=True, tag="file"):
             raise ProtocolError("file.offset: outside the file, or a resume without a hash")
 
 
+MAX_DELTA_PARTS = 64
+
+
 class DeltaStart(Message, frozen=True, tag="delta"):
     """Source -> target: a delta against the target's version `base_hash` follows in FileChunk
     frames (the delta stream), then FileEnd with the hash of the new whole file."""
@@ -367,9 +370,14 @@ class DeltaStart(Message, frozen=True, tag="delta"):
     mtime_ns: int
     base_hash: bytes
     changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    # The delta comes in this many parts, each a complete librsync delta of a consecutive range
+    # of the new file (computed at once on several cores); each part's chunks start at offset 0.
+    parts: int = 1
 
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "delta.changed_at")
+        if not 1 <= self.parts <= MAX_DELTA_PARTS:
+            raise ProtocolError(f"delta.parts: {self.parts} is not in 1..{MAX_DELTA_PARTS}")
         _check_path(self.path, "delta.path")
         _check_non_negative(self.size, "delta.size")
         _check_non_negative(self.seq, "delta.seq")

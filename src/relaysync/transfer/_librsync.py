@@ -21,6 +21,15 @@ class LibrsyncError(TransferError):
     """librsync: {} failed with result {}."""
 
 
+_READ_FN = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_CLOSE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+
+class _CookieIO(ctypes.Structure):
+    _fields_ = [("read", _READ_FN), ("write", ctypes.c_void_p), ("seek", ctypes.c_void_p),
+                ("close", _CLOSE_FN)]
+
+
 def _load() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     name = ctypes.util.find_library("rsync") or "librsync.so.2"
     try:
@@ -33,6 +42,9 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     libc.fclose.argtypes = [ctypes.c_void_p]
     libc.fdopen.restype = ctypes.c_void_p
     libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    libc.fopencookie.restype = ctypes.c_void_p
+    libc.fopencookie.argtypes = [ctypes.c_void_p, ctypes.c_char_p, _CookieIO]
+    libc.setvbuf.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t]
     lib.rs_sig_args.argtypes = [ctypes.c_longlong, ctypes.POINTER(ctypes.c_int),
                                 ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
     lib.rs_sig_file.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
@@ -121,23 +133,84 @@ def signature(basis: Path, sig_out: Path) -> None:
         _check(lib.rs_sig_file(f_in, f_out, block_len, strong_len, magic, None), "rs_sig_file")
 
 
-def delta(sig: Path, new: Path, delta_out: Path) -> None:
-    """Write the delta (copy/literal instructions) that turns the signed basis into `new`."""
+def delta(sig: Path, new: Path, delta_out: Path, *, start: int = 0, length: int = -1) -> None:
+    """Write the delta (copy/literal instructions) that turns the signed basis into `new`.
+
+    With `start`/`length`, only that part of `new` (to its end for length -1) is described:
+    the deltas of consecutive parts, applied one after the other, rebuild the whole file, so
+    parts can be computed on several cores at once.
+    """
     lib, _ = _libs()
     sumset = ctypes.c_void_p()
     with _File(sig, "rb") as f_sig:
         _check(lib.rs_loadsig_file(f_sig, ctypes.byref(sumset), None), "rs_loadsig_file")
     try:
         _check(lib.rs_build_hash_table(sumset), "rs_build_hash_table")
-        with _File(new, "rb") as f_new, _File(delta_out, "wb") as f_delta:
+        if start == 0 and length < 0:
+            with _File(new, "rb") as f_new, _File(delta_out, "wb") as f_delta:
+                _check(lib.rs_delta_file(sumset, f_new, f_delta, None), "rs_delta_file")
+            return
+        with _RangeFile(new, start, length) as f_new, _File(delta_out, "wb") as f_delta:
             _check(lib.rs_delta_file(sumset, f_new, f_delta, None), "rs_delta_file")
     finally:
         lib.rs_free_sumset(sumset)
 
 
-def patch(basis: Path, delta_file: Path | int, out: Path) -> None:
+class _RangeFile:
+    """A read-only libc FILE* over `length` bytes of a file from `start` (to its end for -1).
+
+    Built with fopencookie: libc calls back into Python once per stdio buffer, and the bytes
+    are read with pread straight into that buffer (no pipe, no extra copy). A file that shrinks
+    just ends the range early; the caller checks that the file did not change.
+    """
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        self.path, self.offset = path, start
+        self.end = start + length if length >= 0 else None
+        self.fd = -1
+        self.ptr: int = 0
+        self._read = _READ_FN(self._on_read)  # kept alive as long as libc may call them
+        self._close = _CLOSE_FN(lambda _cookie: 0)
+
+    def _on_read(self, _cookie: int | None, buf: int, size: int) -> int:
+        want = size if self.end is None else min(size, self.end - self.offset)
+        if want <= 0:
+            return 0
+        try:
+            n = os.preadv(self.fd, [(ctypes.c_char * want).from_address(buf)], self.offset)
+        except OSError:
+            return -1
+        self.offset += n
+        return n
+
+    def __enter__(self) -> int:
+        _, libc = _libs()
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        io = _CookieIO(read=self._read, write=None, seek=None, close=self._close)
+        ptr = libc.fopencookie(None, b"r", io)
+        if not ptr:
+            os.close(self.fd)
+            raise OSError(ctypes.get_errno(), "fopencookie failed", str(self.path))
+        libc.setvbuf(ptr, None, _IOFBF, _RANGE_BUFFER_BYTES)
+        self.ptr = ptr
+        return ptr
+
+    def __exit__(self, *exc: object) -> None:
+        _, libc = _libs()
+        if self.ptr:
+            libc.fclose(self.ptr)
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+_IOFBF = 0
+_RANGE_BUFFER_BYTES = 1024 * 1024
+
+
+def patch(basis: Path, delta_file: Path | int, out: Path, *, append: bool = False) -> None:
     """Apply `delta_file` (a path, or a readable fd such as a pipe, which this closes) to
-    `basis`, writing the new version to `out`. The delta is read strictly in order."""
+    `basis`, writing the new version to `out` (after what it holds, with `append`: the next
+    part of a delta computed in parts). The delta is read strictly in order."""
     lib, _ = _libs()
-    with _File(basis, "rb") as f_basis, _File(delta_file, "rb") as f_delta, _File(out, "wb") as f_out:
+    with _File(basis, "rb") as f_basis, _File(delta_file, "rb") as f_delta, _File(out, "ab" if append else "wb") as f_out:
         _check(lib.rs_patch_file(f_basis, f_delta, f_out, None), "rs_patch_file")

@@ -103,21 +103,26 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
     """
     st = build.stat
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=stat.S_IMODE(st.st_mode),
-                     mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at)
+                     mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at,
+                     parts=len(build.parts))
     new_hash = _hash_version(root / path, st)
-    offset = 0
-    with open(build.path, "rb", buffering=0) as f:
-        while True:
-            done = build.done.is_set()  # read before the file: what it wrote by then is there
-            data = f.read(CHUNK_BYTES)
-            if data:
-                yield _chunk(seq, offset, data, options)
-                offset += len(data)
-            elif done:
-                break
-            else:
-                yield FLUSH
-                build.done.wait(_DELTA_POLL_S)
+    for part in build.parts:  # each part's chunks start again at offset 0
+        offset = 0
+        with open(part.path, "rb", buffering=0) as f:
+            while True:
+                done = part.done.is_set()  # read before the file: what it wrote by then is there
+                data = f.read(CHUNK_BYTES)
+                if data:
+                    yield _chunk(seq, offset, data, options)
+                    offset += len(data)
+                elif done:
+                    break
+                else:
+                    yield FLUSH
+                    part.done.wait(_DELTA_POLL_S)
+        if not part.ok:
+            break
+    build.done.wait()
     if not build.ok or new_hash is None:
         yield FileAbort(seq=seq, reason="changed while read")
         return

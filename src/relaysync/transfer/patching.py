@@ -28,33 +28,49 @@ _F_SETPIPE_SZ = 1031
 class StreamingPatch:
     """A delta being applied to the version at `final`, one chunk at a time."""
 
-    def __init__(self, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int) -> None:
+    def __init__(self, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int, parts: int = 1) -> None:
         self.final = final
         self.output = IncomingFile.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns)
         self.temp = self.output.temp
-        self.received = 0  # delta bytes written so far
+        self.parts = parts  # the delta comes in this many parts, applied one after the other
+        self.part = 0
+        self.received = 0  # bytes of the current part written so far
         self._error: BaseException | None = None
+        self._write_fd = -1
+        self._thread: threading.Thread | None = None
+        self._start_part()
+
+    def _start_part(self) -> None:
         read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
         try:
             fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # over /proc/sys/fs/pipe-max-size: the default 64 KiB works, only slower
             pass
-        self._thread = threading.Thread(target=self._run, args=(read_fd,), name=f"patch {final.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(read_fd, self.part > 0),
+                                        name=f"patch {self.final.name}", daemon=True)
         self._thread.start()
 
-    def _run(self, read_fd: int) -> None:
+    def _run(self, read_fd: int, append: bool) -> None:
         try:
-            _librsync.patch(self.final, read_fd, self.output.temp)  # closes read_fd
+            _librsync.patch(self.final, read_fd, self.output.temp, append=append)  # closes read_fd
         except BaseException as exc:  # noqa: BLE001 - reported by write() or finish()
             self._error = exc
 
     def write(self, offset: int, data: bytes) -> None:
-        """Feed the next piece of the delta (blocks while librsync catches up).
+        """Feed the next piece of the delta (blocks while librsync catches up); offset 0 after
+        data starts the next part.
 
         Raises:
-            TransferError: out of order, or librsync refused the delta (corrupt).
+            TransferError: out of order, more parts than announced, or librsync refused the
+            delta (corrupt).
         """
+        if offset == 0 and self.received:
+            self._end_part()
+            if self.part + 1 >= self.parts:
+                raise TransferError(f"{self.final.name}: more than the {self.parts} delta parts announced")
+            self.part += 1
+            self.received = 0
+            self._start_part()
         if offset != self.received:
             raise TransferError(f"delta chunk at offset {offset}, expected {self.received}")
         view = memoryview(data)
@@ -73,17 +89,23 @@ class StreamingPatch:
             TransferError: librsync refused the delta; OSError: reading the old version or
             writing the new one failed.
         """
+        self._end_part()
+        if self.part + 1 != self.parts:
+            raise TransferError(f"{self.final.name}: {self.part + 1} of {self.parts} delta parts arrived")
+        self.output.rehash()
+        return self.output
+
+    def _end_part(self) -> None:
         self._stop()
         if self._error is not None:
             raise self._error
-        self.output.rehash()
-        return self.output
 
     def _stop(self) -> None:
         if self._write_fd >= 0:
             os.close(self._write_fd)  # end of the delta: librsync sees EOF
             self._write_fd = -1
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def discard(self) -> None:
         self._stop()

@@ -302,7 +302,7 @@ class ReceiverSession:
                                    f"{msg.path}: this target does not hold the delta's base version")
         try:  # patched as the delta arrives (patching.py)
             self._incoming = StreamingPatch(self.folder.root, final, size=msg.size, mode=msg.mode,
-                                            mtime_ns=msg.mtime_ns)
+                                            mtime_ns=msg.mtime_ns, parts=msg.parts)
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
         self._incoming_msg = msg

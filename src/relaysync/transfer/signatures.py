@@ -29,6 +29,10 @@ DELTA_MIN_BYTES = 64 * 1024  # below this a whole file costs less than signature
 DELTA_MAX_AGE_S = 600.0  # deltas older than this are pruned (links re-create them if needed)
 SIGNER_NICE = 19  # the signing thread yields the CPU to transfers
 SIGN_WAIT_S = 10.0  # a delta waits this long for its base's signature, then the whole file goes
+# Files this large are split into parts whose deltas are computed at once, one per core (the
+# target applies them in order); a block that straddles a part boundary is sent as literal.
+PARALLEL_MIN_BYTES = 16 * 1024 * 1024
+PARALLEL_PARTS = max(1, min(2, os.cpu_count() or 1))
 DELTA_MAX_RATIO = 0.9  # "auto": after a delta this large relative to its file, send that file whole
 _READ_BYTES = 1024 * 1024
 
@@ -44,13 +48,29 @@ def hash_path(path: Path) -> bytes:
 
 
 @dataclass
-class DeltaBuild:
-    """A delta being written by librsync in a thread; readers follow the file as it grows."""
+class DeltaPart:
+    """The delta of one consecutive part of the new version, written by librsync in a thread."""
 
     path: Path
-    stat: os.stat_result  # of the new version when the build started
     done: threading.Event = field(default_factory=threading.Event)
-    ok: bool = False  # set before `done`: the delta is complete and the file did not change meanwhile
+    ok: bool = False
+
+
+@dataclass
+class DeltaBuild:
+    """A delta being computed: one part per core for large files, each a complete librsync
+    delta of its range; applied one after the other they rebuild the file. Readers follow each
+    part's file as it grows."""
+
+    key: Path
+    stat: os.stat_result  # of the new version when the build started
+    parts: list[DeltaPart]
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False  # set before `done`: every part complete and the file did not change meanwhile
+    _pending: int = 0
+
+    def exists(self) -> bool:
+        return all(part.path.exists() for part in self.parts)
 
 
 class SignatureStore:
@@ -61,7 +81,7 @@ class SignatureStore:
         (directory / "sig").mkdir(parents=True, exist_ok=True)
         (directory / "delta").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._builds: dict[Path, DeltaBuild] = {}  # delta file -> its build (running or done)
+        self._builds: dict[Path, DeltaBuild] = {}  # key of its part files -> build (running or done)
         self._ratios: dict[str, float] = {}  # path -> size of its last delta / size of the file
         self._queue: deque[tuple[Path, str, bytes]] = deque()  # versions sent, to sign
         self._signing: dict[tuple[str, bytes], threading.Event] = {}  # queued or being signed
@@ -161,37 +181,59 @@ class SignatureStore:
         except OSError:
             return None
         version = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
-        out = self.dir / "delta" / f"{self._key(path)}.{base_hash.hex()}.{version}.delta"
+        key = self.dir / "delta" / f"{self._key(path)}.{base_hash.hex()}.{version}"
+        count = PARALLEL_PARTS if st.st_size >= PARALLEL_MIN_BYTES else 1
+        bounds = [st.st_size * i // count for i in range(count + 1)]
         with self._lock:
-            build = self._builds.get(out)
-            if build is not None and (not build.done.is_set() or out.exists()):
+            build = self._builds.get(key)
+            if build is not None and (not build.done.is_set() or build.exists()):
                 return build
+            parts = [DeltaPart(key.with_name(f"{key.name}.{i}.delta")) for i in range(count)]
             try:
-                out.write_bytes(b"")  # readers may open it before librsync does
+                for part in parts:
+                    part.path.write_bytes(b"")  # readers may open it before librsync does
             except OSError as exc:  # a full state disk: the whole file goes instead
                 logger.warning("cannot start a delta of %s: %s", path, exc)
                 return None
-            build = DeltaBuild(path=out, stat=st)
-            self._builds[out] = build
-        threading.Thread(target=self._build, args=(build, sig, full, path), name=f"delta {path[-40:]}",
-                         daemon=True).start()
+            build = DeltaBuild(key=key, stat=st, parts=parts, _pending=count)
+            self._builds[key] = build
+        for i, part in enumerate(parts):
+            length = bounds[i + 1] - bounds[i] if i + 1 < count else -1
+            threading.Thread(target=self._build_part, args=(build, part, sig, full, path, bounds[i], length),
+                             name=f"delta {i} {path[-40:]}", daemon=True).start()
         return build
 
-    def _build(self, build: DeltaBuild, sig: Path, full: Path, path: str) -> None:
+    def _build_part(self, build: DeltaBuild, part: DeltaPart, sig: Path, full: Path, path: str,
+                    start: int, length: int) -> None:
         try:
-            _librsync.delta(sig, full, build.path)
-            after = full.stat()
-            build.ok = (after.st_size, after.st_mtime_ns, after.st_ino) == (
-                build.stat.st_size, build.stat.st_mtime_ns, build.stat.st_ino)
-            if build.ok and build.stat.st_size:
-                self._ratios[path] = build.path.stat().st_size / build.stat.st_size
+            _librsync.delta(sig, full, part.path, start=start, length=length)
+            part.ok = True
         except (OSError, _librsync.LibrsyncError) as exc:
             logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
+        finally:
+            part.done.set()
+            with self._lock:
+                build._pending -= 1
+                last = build._pending == 0
+            if last:
+                self._finish(build, full, path)
+
+    def _finish(self, build: DeltaBuild, full: Path, path: str) -> None:
+        try:
+            after = full.stat()
+            build.ok = all(p.ok for p in build.parts) and (after.st_size, after.st_mtime_ns, after.st_ino) == (
+                build.stat.st_size, build.stat.st_mtime_ns, build.stat.st_ino)
+            if build.ok and build.stat.st_size:
+                size = sum(p.path.stat().st_size for p in build.parts)
+                self._ratios[path] = size / build.stat.st_size
+        except OSError as exc:
+            logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
+            build.ok = False
         finally:
             build.done.set()
             if not build.ok:
                 with self._lock:
-                    self._builds.pop(build.path, None)
+                    self._builds.pop(build.key, None)
 
     def delta_pays(self, path: str) -> bool:
         """False when the last delta of this file saved almost nothing (a whole copy is simpler)."""
@@ -202,11 +244,12 @@ class SignatureStore:
         for f in (self.dir / "delta").iterdir():
             try:
                 if f.stat().st_mtime < cutoff:
+                    key = f.with_name(f.name.rsplit(".", 2)[0])  # <key>.<part>.delta
                     with self._lock:
-                        build = self._builds.get(f)
+                        build = self._builds.get(key)
                         if build is not None and not build.done.is_set():
                             continue
-                        self._builds.pop(f, None)
+                        self._builds.pop(key, None)
                     f.unlink()
             except FileNotFoundError:
                 pass

@@ -129,3 +129,72 @@ def test_a_delta_right_after_a_send_waits_for_the_background_signature(tmp_path:
     sigs.sign_later(src, "f.bin", base)  # a second link: queued once
     build = sigs.start_delta(src, "f.bin", base)  # the next change: waits for the queued signature
     assert build is not None and sigs.has("f.bin", base)
+
+
+def _parts(tmp: Path, count: int) -> tuple[list[bytes], bytes, bytes, Path]:
+    """The deltas of `count` consecutive ranges of the new version (as a source computes them)."""
+    delta, old, new, basis = _versions(tmp)
+    bounds = [len(new) * i // count for i in range(count + 1)]
+    deltas = []
+    for i in range(count):
+        out = tmp / f"part{i}"
+        length = bounds[i + 1] - bounds[i] if i + 1 < count else -1
+        _librsync.delta(tmp / "sig", tmp / "new", out, start=bounds[i], length=length)
+        deltas.append(out.read_bytes())
+    return deltas, old, new, basis
+
+
+def test_a_delta_in_parts_is_applied_part_after_part(tmp_path: Path) -> None:
+    deltas, _, new, basis = _parts(tmp_path, 3)
+    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0, parts=3)
+    for data in deltas:  # each part's chunks start again at offset 0
+        for i in range(0, len(data), 100_000):
+            patch.write(i, data[i : i + 100_000])
+    out = patch.finish()
+    out.finish(xxhash.xxh3_128(new).digest())
+    assert out.temp.read_bytes() == new
+    out.discard()
+
+
+@pytest.mark.parametrize("announced", [1, 3])
+def test_a_part_count_other_than_announced_is_refused(tmp_path: Path, announced: int) -> None:
+    deltas, _, new, basis = _parts(tmp_path, 2)
+    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0, parts=announced)
+    with pytest.raises(TransferError, match="parts"):
+        for data in deltas:
+            patch.write(0, data)
+        patch.finish()
+    patch.discard()
+    assert not patch.temp.exists()
+
+
+def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -> None:
+    from relaysync.protocol.messages import Checkpoint, Error
+    from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+    from relaysync.transfer.signatures import PARALLEL_MIN_BYTES, PARALLEL_PARTS
+    from relaysync.watch.manifest import Entry, Manifest
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    old = os.urandom(PARALLEL_MIN_BYTES + 4 * 1024 * 1024)
+    (src / "f.bin").write_bytes(old)
+    (dst / "f.bin").write_bytes(old)
+    st = os.stat(dst / "f.bin")
+    base = xxhash.xxh3_128(old).digest()
+    folder = TargetFolder(mapping_id=1, source_node="s", root=dst, manifest=Manifest(tmp_path / "m.db"), durable=False)
+    folder.manifest.put_many([Entry(path="f.bin", kind="f", size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                    mode=0o644, hash=base)])
+    sigs = SignatureStore(tmp_path / "sigs")
+    sigs.remember(src, "f.bin", base)
+    new = bytearray(old)
+    mid = len(new) // 2
+    new[mid - 3000 : mid + 3000] = os.urandom(6000)  # an edit across the parts' boundary
+    new[100:200] = os.urandom(100)
+    (src / "f.bin").write_bytes(new)
+    messages = [m for m in _stream(src, sigs, base) if not isinstance(m, Flush)]
+    assert isinstance(messages[0], DeltaStart) and messages[0].parts == PARALLEL_PARTS
+    assert sum(len(m.data) for m in messages if isinstance(m, FileChunk)) < 100_000
+    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch([*messages, Checkpoint(seq=2)])
+    assert not any(isinstance(r, Error) for r in replies), replies
+    assert (dst / "f.bin").read_bytes() == bytes(new)
