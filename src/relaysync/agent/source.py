@@ -152,12 +152,31 @@ class SourceMapping:
             await tg.start(watcher.serve, send)
             tg.start_soon(self._recheck_held)
             tg.start_soon(self._recheck_guard)
-            await self._record([FsEvent(kind="rescan", path="")])
-            logger.info("source %s ready (%s mode): %s entries, journal at seq %s",
-                        self.root, self.spec.mode, self.manifest.count(), self.journal.last_seq)
+            first_sync = await anyio.to_thread.run_sync(self.manifest.count) == 0
+            tops = await anyio.to_thread.run_sync(self._top_level_names) if first_sync else []
+            # A first scan is journaled one top-level entry at a time and the links start after
+            # the first: they stream while the rest is scanned and hashed. A final rescan (stat
+            # only, now that the manifest knows every file) catches what changed meanwhile.
+            await self._record([FsEvent(kind="rescan", path=tops[0] if tops else "")])
+            logger.info("source %s ready (%s mode): %s entries, journal at seq %s%s",
+                        self.root, self.spec.mode, self.manifest.count(), self.journal.last_seq,
+                        f"; scanning {len(tops) - 1} more top-level entries" if tops else "")
             self.ready.set()
             task_status.started()
+            if tops:
+                for name in tops[1:]:
+                    await self._record([FsEvent(kind="rescan", path=name)])
+                await self._record([FsEvent(kind="rescan", path="")])
+                logger.info("source %s scanned: %s entries, journal at seq %s",
+                            self.root, self.manifest.count(), self.journal.last_seq)
             await self._consume(receive)
+
+    def _top_level_names(self) -> list[str]:
+        """The source folder's entries, in the order a full scan visits them."""
+        try:
+            return sorted(os.listdir(self.root))
+        except OSError:
+            return []
 
     async def _consume(self, receive: MemoryObjectReceiveStream[list[FsEvent]]) -> None:
         async with receive:

@@ -22,7 +22,7 @@ from relaysync.protocol.framing import FramedStream, FrameProtocol
 
 logger = logging.getLogger(__name__)
 
-ACCEPT_BACKLOG = 128
+ACCEPT_BACKLOG = 4096  # a whole fleet reconnecting at once to the master
 
 
 def _tune(sock: socket.socket) -> None:
@@ -77,10 +77,13 @@ async def serve_framed(host: str, port: int, on_socket: Callable[[socket.socket,
                        *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Listen on host:port; run `on_socket(sock, "ip:port")` in its own task for each client.
 
-    The callback owns the socket. An exception it raises is logged and costs only that
-    connection; the listener goes on.
+    The callback owns the socket until it hands it to the loop (`wrap_accepted`); after that
+    only the transport closes it (uvloop closes the fd itself a moment later: closing the socket
+    too would close whatever reused that fd number). An exception it raises is logged and costs
+    only that connection; the listener goes on.
     """
-    listener = socket.create_server((host, port), backlog=ACCEPT_BACKLOG)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family, backlog=ACCEPT_BACKLOG)
     listener.setblocking(False)
     loop = asyncio.get_running_loop()
 
@@ -89,7 +92,6 @@ async def serve_framed(host: str, port: int, on_socket: Callable[[socket.socket,
             await on_socket(sock, remote)
         except Exception:  # one connection's bug must not stop the listener
             logger.exception("connection handler failed; closing the connection from %s", remote)
-            sock.close()
 
     try:
         async with anyio.create_task_group() as tg:

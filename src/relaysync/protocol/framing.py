@@ -29,6 +29,9 @@ _HEADER = struct.Struct(">I")
 READ_BUFFER_BYTES = 256 * 1024  # the receive buffer's size; it grows only for a larger frame
 MIN_READ_BYTES = 64 * 1024  # the least free space handed to the transport per read
 PAUSE_READING_BYTES = 16 * 1024 * 1024  # decoded but unconsumed: stop reading above this
+# What a decoded message costs beyond its frame (Python objects): 16 MiB of tiny frames must
+# not become hundreds of MB of objects before the consumer (or authentication) catches up.
+MESSAGE_OVERHEAD_BYTES = 512
 RESUME_READING_BYTES = 4 * 1024 * 1024
 
 
@@ -108,7 +111,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool | None:
         self._fail(anyio.EndOfStream())
-        return None
+        # A plain client may half-close after its request and still wait for the answer; the
+        # consumer closes. (TLS cannot stay half-open: returning True there only logs a warning.)
+        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         failure: BaseException = anyio.EndOfStream() if exc is None else anyio.BrokenResourceError(str(exc))
@@ -150,7 +155,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 message = decode_payload(view[self._start + _HEADER.size:self._start + total])
             self._start += total
             self._ready.append((message, total))
-            self._ready_bytes += total
+            self._ready_bytes += total + MESSAGE_OVERHEAD_BYTES
 
     def _fail(self, failure: BaseException) -> None:
         if self._failure is None:
@@ -171,21 +176,20 @@ class FrameProtocol(asyncio.BufferedProtocol):
             finally:
                 self._waiter = None
         message, size = self._ready.popleft()
-        self._ready_bytes -= size
+        self._ready_bytes -= size + MESSAGE_OVERHEAD_BYTES
         if self._read_paused and self._ready_bytes < RESUME_READING_BYTES and self.transport is not None:
             self._read_paused = False
             self.transport.resume_reading()
         return message, size
 
     async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high mark; any number of tasks may."""
         if self.transport is None or self.transport.is_closing():
             raise anyio.BrokenResourceError("connection closed")
         while self._write_paused:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+            if self._drain_waiter is None or self._drain_waiter.done():
+                self._drain_waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drain_waiter)  # shared: one waiter's cancellation is its own
         if self.transport.is_closing() and self.closed.done():
             raise anyio.BrokenResourceError("connection lost while sending")
 

@@ -82,9 +82,8 @@ class PurgeListener:
     async def _accept(self, sock: socket.socket, remote: str) -> None:
         try:
             framed = await wrap_accepted(sock, max_message_bytes=MAX_NOTICE_BYTES)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:  # the loop owns the socket now: it closes it
             logger.info("purge listener: client %s gone before it was served: %s", remote, exc)
-            sock.close()
             return
         await self._handle(framed)
 

@@ -80,7 +80,12 @@ class _File:
         self.ptr: int = 0
 
     def __enter__(self) -> int:
-        _, libc = _libs()
+        try:
+            _, libc = _libs()
+        except BaseException:
+            if isinstance(self.path, int):
+                os.close(self.path)  # taken over: closed on every path, so a pipe writer sees EPIPE
+            raise
         if isinstance(self.path, int):
             ptr = libc.fdopen(self.path, self.mode.encode())
         else:
@@ -129,6 +134,9 @@ def signature(basis: Path, sig_out: Path) -> None:
     _check(lib.rs_sig_args(size, ctypes.byref(magic), ctypes.byref(block_len),
                            ctypes.byref(strong_len)), "rs_sig_args")
     block_len = ctypes.c_size_t(block_len_for(size, block_len.value))
+    strong_len = ctypes.c_size_t(0)  # again, for the smaller block: more blocks want more bits
+    _check(lib.rs_sig_args(size, ctypes.byref(magic), ctypes.byref(block_len),
+                           ctypes.byref(strong_len)), "rs_sig_args")
     with _File(basis, "rb") as f_in, _File(sig_out, "wb") as f_out:
         _check(lib.rs_sig_file(f_in, f_out, block_len, strong_len, magic, None), "rs_sig_file")
 
@@ -212,5 +220,6 @@ def patch(basis: Path, delta_file: Path | int, out: Path, *, append: bool = Fals
     `basis`, writing the new version to `out` (after what it holds, with `append`: the next
     part of a delta computed in parts). The delta is read strictly in order."""
     lib, _ = _libs()
-    with _File(basis, "rb") as f_basis, _File(delta_file, "rb") as f_delta, _File(out, "ab" if append else "wb") as f_out:
+    # The delta first: an fd it is given is taken over (and closed) before anything else can fail.
+    with _File(delta_file, "rb") as f_delta, _File(basis, "rb") as f_basis, _File(out, "ab" if append else "wb") as f_out:
         _check(lib.rs_patch_file(f_basis, f_delta, f_out, None), "rs_patch_file")

@@ -31,7 +31,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.codec import Codec, Plain, encode_chunk
-from relaysync.transfer.signatures import DELTA_MIN_BYTES, DeltaBuild, SignatureStore
+from relaysync.transfer.signatures import DELTA_MIN_BYTES, DeltaBuild, SignatureStore, version_of
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
 
@@ -124,10 +124,19 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
             break
     build.done.wait()
     if not build.ok or new_hash is None:
-        yield FileAbort(seq=seq, reason="changed while read")
+        yield FileAbort(seq=seq, reason="delta failed or the file changed while read")
+        if _unchanged(root / path, build.stat):  # the delta failed, not the file: send it whole
+            yield from _whole_messages(root, path, seq, base_hash, b"", options, changed_at)
         return
     yield FileEnd(seq=seq, hash=new_hash)
     options.to_sign.append((path, new_hash))
+
+
+def _unchanged(full: Path, st: os.stat_result) -> bool:
+    try:
+        return version_of(os.stat(full)) == version_of(st)
+    except OSError:
+        return False
 
 
 def _hash_version(full: Path, st: os.stat_result) -> bytes | None:
@@ -142,7 +151,7 @@ def _hash_version(full: Path, st: os.stat_result) -> bytes | None:
             after = os.fstat(f.fileno())
     except OSError:
         return None
-    if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
+    if version_of(after) != version_of(st):
         return None
     return hasher.digest()
 

@@ -38,7 +38,11 @@ class StreamingPatch:
         self._error: BaseException | None = None
         self._write_fd = -1
         self._thread: threading.Thread | None = None
-        self._start_part()
+        try:
+            self._start_part()
+        except BaseException:
+            self.discard()
+            raise
 
     def _start_part(self) -> None:
         read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
@@ -46,9 +50,14 @@ class StreamingPatch:
             fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # over /proc/sys/fs/pipe-max-size: the default 64 KiB works, only slower
             pass
-        self._thread = threading.Thread(target=self._run, args=(read_fd, self.part > 0),
-                                        name=f"patch {self.final.name}", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, args=(read_fd, self.part > 0),
+                                  name=f"patch {self.final.name}", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            os.close(read_fd)
+            raise
+        self._thread = thread
 
     def _run(self, read_fd: int, append: bool) -> None:
         try:

@@ -51,7 +51,7 @@ from relaysync.protocol.messages import (
     SetAttr,
     Symlink,
 )
-from relaysync.transfer import codec, staging
+from relaysync.transfer import _librsync, codec, staging
 from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.paths import SafeResolver, check_relpath, parent_of, resolve_inside
 from relaysync.transfer.versions import VersionKeeper
@@ -297,7 +297,7 @@ class ReceiverSession:
         except FileNotFoundError:
             entry, st = None, None
         if (entry is None or st is None or entry.hash != msg.base_hash or not stat.S_ISREG(st.st_mode)
-                or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns)):
+                or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns) or not _librsync.available()):
             raise TransientFailure(msg.seq, ErrorCode.BASE_MISMATCH,
                                    f"{msg.path}: this target does not hold the delta's base version")
         try:  # patched as the delta arrives (patching.py)
@@ -362,6 +362,9 @@ class ReceiverSession:
         except TransferError as exc:  # librsync refused the delta: corrupt on the wire
             delta.discard()
             raise TransientFailure(start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}") from exc
+        except BaseException:
+            delta.discard()
+            raise
 
     def _abort_incoming(self) -> None:
         if self._incoming is not None:

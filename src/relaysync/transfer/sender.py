@@ -121,7 +121,8 @@ class _Session:
                     case DigestReply():
                         await send_replies.send(message)
                     case Error():
-                        if message.code == ErrorCode.BASE_MISMATCH:
+                        if message.code in (ErrorCode.BASE_MISMATCH, ErrorCode.HASH_MISMATCH):
+                            # the target lacks the base, or a delta did not rebuild the file: whole next time
                             self.link.options.whole_file_seqs.add(message.seq)
                         raise PeerRefused(message.detail, message.code.name)
                     case Ping():

@@ -28,12 +28,14 @@ logger = logging.getLogger(__name__)
 DELTA_MIN_BYTES = 64 * 1024  # below this a whole file costs less than signature + delta bookkeeping
 DELTA_MAX_AGE_S = 600.0  # deltas older than this are pruned (links re-create them if needed)
 SIGNER_NICE = 19  # the signing thread yields the CPU to transfers
-SIGN_WAIT_S = 10.0  # a delta waits this long for its base's signature, then the whole file goes
+SIGN_WAIT_S = 5.0  # a delta waits this long for its base's signature, then the whole file goes
 # Files this large are split into parts whose deltas are computed at once, one per core (the
 # target applies them in order); a block that straddles a part boundary is sent as literal.
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 PARALLEL_PARTS = max(1, min(2, os.cpu_count() or 1))
-DELTA_MAX_RATIO = 0.9  # "auto": after a delta this large relative to its file, send that file whole
+DELTA_MAX_RATIO = 0.9
+DELTA_RETRY_S = 600.0  # after a delta that saved nothing, whole copies for this long, then a delta again
+PRUNE_EVERY_S = 60.0  # "auto": after a delta this large relative to its file, send that file whole
 _READ_BYTES = 1024 * 1024
 
 
@@ -45,6 +47,11 @@ def hash_path(path: Path) -> bytes:
         while n := f.readinto(buf):
             hasher.update(view[:n])
     return hasher.digest()
+
+
+def version_of(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What identifies one version of a file without reading it (ctime catches `touch -r`)."""
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 @dataclass
@@ -82,7 +89,9 @@ class SignatureStore:
         (directory / "delta").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._builds: dict[Path, DeltaBuild] = {}  # key of its part files -> build (running or done)
-        self._ratios: dict[str, float] = {}  # path -> size of its last delta / size of the file
+        # path -> (size of its last delta / size of the file, when)
+        self._ratios: dict[str, tuple[float, float]] = {}
+        self._pruned_at = time.monotonic()
         self._queue: deque[tuple[Path, str, bytes]] = deque()  # versions sent, to sign
         self._signing: dict[tuple[str, bytes], threading.Event] = {}  # queued or being signed
         self._signer_running = False
@@ -117,7 +126,7 @@ class SignatureStore:
                 root, path, content_hash = self._queue.popleft()
             try:
                 self.remember(root, path, content_hash)
-            except (OSError, _librsync.LibrsyncError) as exc:  # only the next delta is lost
+            except Exception as exc:  # noqa: BLE001 - only the next delta is lost; the signer goes on
                 logger.warning("could not sign %s for the next delta: %s", path, exc)
             finally:
                 with self._lock:
@@ -180,7 +189,8 @@ class SignatureStore:
             st = full.stat()
         except OSError:
             return None
-        version = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
+        self._prune_now_and_then()
+        version = "-".join(str(x) for x in version_of(st))
         key = self.dir / "delta" / f"{self._key(path)}.{base_hash.hex()}.{version}"
         count = PARALLEL_PARTS if st.st_size >= PARALLEL_MIN_BYTES else 1
         bounds = [st.st_size * i // count for i in range(count + 1)]
@@ -220,12 +230,10 @@ class SignatureStore:
 
     def _finish(self, build: DeltaBuild, full: Path, path: str) -> None:
         try:
-            after = full.stat()
-            build.ok = all(p.ok for p in build.parts) and (after.st_size, after.st_mtime_ns, after.st_ino) == (
-                build.stat.st_size, build.stat.st_mtime_ns, build.stat.st_ino)
+            build.ok = all(p.ok for p in build.parts) and version_of(full.stat()) == version_of(build.stat)
             if build.ok and build.stat.st_size:
                 size = sum(p.path.stat().st_size for p in build.parts)
-                self._ratios[path] = size / build.stat.st_size
+                self._ratios[path] = (size / build.stat.st_size, time.monotonic())
         except OSError as exc:
             logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
             build.ok = False
@@ -236,8 +244,19 @@ class SignatureStore:
                     self._builds.pop(build.key, None)
 
     def delta_pays(self, path: str) -> bool:
-        """False when the last delta of this file saved almost nothing (a whole copy is simpler)."""
-        return self._ratios.get(path, 0.0) <= DELTA_MAX_RATIO
+        """False when the last delta of this file saved almost nothing (a whole copy is simpler);
+        after DELTA_RETRY_S a delta is tried again (the file may have settled)."""
+        ratio, at = self._ratios.get(path, (0.0, 0.0))
+        return ratio <= DELTA_MAX_RATIO or time.monotonic() - at > DELTA_RETRY_S
+
+    def _prune_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
+            try:
+                self.prune()
+            except OSError as exc:
+                logger.warning("could not prune old deltas in %s: %s", self.dir, exc)
 
     def prune(self, max_age_s: float = DELTA_MAX_AGE_S) -> None:
         cutoff = time.time() - max_age_s

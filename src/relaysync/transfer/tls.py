@@ -115,10 +115,13 @@ async def connect(address: str, ctx: ssl.SSLContext, *, expected_node_id: str | 
     host, port = _split(address)
     with map_tls_errors(f"connect {address}"):
         framed = await open_framed(host, port, ssl_ctx=ctx, max_message_bytes=max_message_bytes)
-    node = peer_node_id(framed)
-    if expected_node_id is not None and node != expected_node_id:
+    try:
+        node = peer_node_id(framed)
+        if expected_node_id is not None and node != expected_node_id:
+            raise UnknownPeer(node[:16])
+    except BaseException:
         framed.abort()
-        raise UnknownPeer(node[:16])
+        raise
     return framed
 
 
@@ -154,9 +157,8 @@ async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable
         try:
             with map_tls_errors(f"accept from {remote}"):
                 framed = await wrap_accepted(sock, ssl_ctx=ctx if use_tls else None)
-        except RelaySyncError as exc:
+        except RelaySyncError as exc:  # the loop owns the socket now: it closes it, never us
             logger.warning("refused connection: %s", exc)
-            sock.close()
             return
         try:
             await (handler if use_tls else plain_handler)(framed)  # type: ignore[misc]

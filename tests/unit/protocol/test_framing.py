@@ -193,3 +193,26 @@ def test_change_time_is_optional_on_the_wire_and_checked() -> None:
         with pytest.raises(ProtocolError, match="changed_at"):
             decode_payload(encode_frame(FileStart(seq=1, path="a", size=0, mode=0, mtime_ns=0,
                                                   changed_at=bad))[4:])
+
+
+def test_every_sender_waiting_on_a_full_buffer_is_woken() -> None:
+    """Several tasks send on one connection (replies, acks, pongs): a pause must not strand one."""
+
+    async def main() -> None:
+        protocol, transport = _protocol()
+        protocol.pause_writing()
+        woken: list[int] = []
+
+        async def sender(i: int) -> None:
+            await protocol.drain()
+            woken.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(sender, i)
+            await anyio.sleep(0.01)
+            assert woken == []
+            protocol.resume_writing()
+        assert sorted(woken) == [0, 1, 2]
+
+    anyio.run(main)

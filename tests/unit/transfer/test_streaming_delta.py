@@ -198,3 +198,23 @@ def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -
     replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch([*messages, Checkpoint(seq=2)])
     assert not any(isinstance(r, Error) for r in replies), replies
     assert (dst / "f.bin").read_bytes() == bytes(new)
+
+
+def test_a_delta_that_fails_on_the_source_falls_back_to_the_whole_file(tmp_path: Path) -> None:
+    """Once DeltaStart is out, a failed build must not lose the change: FileAbort, then the file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(1024 * 1024)
+    (src / "f.bin").write_bytes(old)
+    sigs = SignatureStore(tmp_path / "sigs")
+    base = xxhash.xxh3_128(old).digest()
+    sigs.remember(src, "f.bin", base)
+    for sig in (tmp_path / "sigs" / "sig").iterdir():
+        sig.write_bytes(b"not a signature")  # librsync refuses it
+    (src / "f.bin").write_bytes(old[:-10] + b"0123456789")
+    messages = [m for m in _stream(src, sigs, base) if not isinstance(m, Flush)]
+    kinds = [type(m).__name__ for m in messages]
+    assert kinds[0] == "DeltaStart" and "FileAbort" in kinds
+    assert isinstance(messages[kinds.index("FileAbort") + 1], FileStart)
+    end = messages[-1]
+    assert isinstance(end, FileEnd) and end.hash == xxhash.xxh3_128((src / "f.bin").read_bytes()).digest()
