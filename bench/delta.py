@@ -89,7 +89,7 @@ def case_versions(case: str, size: int, seed: int = 20261123) -> tuple[bytes, Ca
     """(old, new_version(run), description) for one case; seeded, a different base per case.
 
     Every run gets its own new version (the same kind of change, other offsets/bytes): relaysync's
-    source keeps the deltas it computed for 10 minutes keyed by (base, new), so repeating one
+    source keeps the deltas it computed for 10 minutes keyed by (base, new version), so repeating one
     identical update would measure a cache hit, not a delta.
     """
     rng = random.Random(f"{seed}-{case}")

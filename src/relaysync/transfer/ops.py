@@ -66,6 +66,7 @@ class Flush:
 FLUSH = Flush()
 Outgoing = AnyMessage | Flush
 _DELTA_POLL_S = 0.002  # how often a link following a growing delta looks for more
+_DELTA_MIN_CHUNK = 256 * 1024  # while a delta grows, what is sent at once at least
 
 
 def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"",
@@ -108,13 +109,17 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
     new_hash = _hash_version(root / path, st)
     for part in build.parts:  # each part's chunks start again at offset 0
         offset = 0
+        pending = bytearray()
         with open(part.path, "rb", buffering=0) as f:
             while True:
                 done = part.done.is_set()  # read before the file: what it wrote by then is there
-                data = f.read(CHUNK_BYTES)
-                if data:
-                    yield _chunk(seq, offset, data, options)
-                    offset += len(data)
+                pending += f.read(CHUNK_BYTES - len(pending))
+                # librsync writes in small pieces: while it runs, only sizeable chunks go (each
+                # chunk costs a frame and a TLS record), and the rest once it is done.
+                if len(pending) >= (CHUNK_BYTES if done else _DELTA_MIN_CHUNK) or (done and pending):
+                    yield _chunk(seq, offset, bytes(pending), options)
+                    offset += len(pending)
+                    pending.clear()
                 elif done:
                     break
                 else:
