@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from relaysync.errors import TransferError
@@ -22,11 +23,12 @@ class LibrsyncError(TransferError):
 
 
 _READ_FN = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_WRITE_FN = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 _CLOSE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 
 
 class _CookieIO(ctypes.Structure):
-    _fields_ = [("read", _READ_FN), ("write", ctypes.c_void_p), ("seek", ctypes.c_void_p),
+    _fields_ = [("read", _READ_FN), ("write", _WRITE_FN), ("seek", ctypes.c_void_p),
                 ("close", _CLOSE_FN)]
 
 
@@ -194,7 +196,7 @@ class _RangeFile:
     def __enter__(self) -> int:
         _, libc = _libs()
         self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        io = _CookieIO(read=self._read, write=None, seek=None, close=self._close)
+        io = _CookieIO(read=self._read, write=_WRITE_FN(), seek=None, close=self._close)
         ptr = libc.fopencookie(None, b"r", io)
         if not ptr:
             os.close(self.fd)
@@ -215,11 +217,62 @@ _IOFBF = 0
 _RANGE_BUFFER_BYTES = 1024 * 1024
 
 
-def patch(basis: Path, delta_file: Path | int, out: Path, *, append: bool = False) -> None:
+Sink = Callable[[memoryview], None]
+
+
+class _SinkFile:
+    """A write-only libc FILE* whose bytes go to a Python callable (which may hash and write
+    them), one stdio buffer at a time. An exception of the sink fails the write; it is kept
+    and raised by the caller instead of librsync's generic I/O error."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.error: BaseException | None = None
+        self.ptr: int = 0
+        self._write = _WRITE_FN(self._on_write)
+        self._close = _CLOSE_FN(lambda _cookie: 0)
+
+    def _on_write(self, _cookie: int | None, buf: int, size: int) -> int:
+        try:
+            self.sink(memoryview((ctypes.c_char * size).from_address(buf)).cast("B"))
+        except BaseException as exc:  # noqa: BLE001 - C cannot take it: kept for the caller
+            self.error = exc
+            return -1
+        return size
+
+    def __enter__(self) -> int:
+        _, libc = _libs()
+        io = _CookieIO(read=_READ_FN(), write=self._write, seek=None, close=self._close)
+        ptr = libc.fopencookie(None, b"w", io)
+        if not ptr:
+            raise OSError(ctypes.get_errno(), "fopencookie failed")
+        libc.setvbuf(ptr, None, _IOFBF, _RANGE_BUFFER_BYTES)
+        self.ptr = ptr
+        return ptr
+
+    def __exit__(self, *exc: object) -> None:
+        _, libc = _libs()
+        if self.ptr:
+            libc.fclose(self.ptr)  # flushes the last buffer through the sink
+
+
+def patch(basis: Path, delta_file: Path | int, out: Path | Sink, *, append: bool = False) -> None:
     """Apply `delta_file` (a path, or a readable fd such as a pipe, which this closes) to
-    `basis`, writing the new version to `out` (after what it holds, with `append`: the next
-    part of a delta computed in parts). The delta is read strictly in order."""
+    `basis`, writing the new version to `out`: a path (after what it holds, with `append`), or
+    a callable that takes the new version's bytes in order. The delta is read strictly in order.
+    """
     lib, _ = _libs()
     # The delta first: an fd it is given is taken over (and closed) before anything else can fail.
-    with _File(delta_file, "rb") as f_delta, _File(basis, "rb") as f_basis, _File(out, "ab" if append else "wb") as f_out:
-        _check(lib.rs_patch_file(f_basis, f_delta, f_out, None), "rs_patch_file")
+    with _File(delta_file, "rb") as f_delta, _File(basis, "rb") as f_basis:
+        if not callable(out):
+            with _File(out, "ab" if append else "wb") as f_out:
+                _check(lib.rs_patch_file(f_basis, f_delta, f_out, None), "rs_patch_file")
+            return
+        sink = _SinkFile(out)
+        try:
+            with sink as f_out:
+                result = lib.rs_patch_file(f_basis, f_delta, f_out, None)
+        finally:
+            if sink.error is not None:
+                raise sink.error
+        _check(result, "rs_patch_file")

@@ -50,7 +50,7 @@ class StreamingPatch:
             fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # over /proc/sys/fs/pipe-max-size: the default 64 KiB works, only slower
             pass
-        thread = threading.Thread(target=self._run, args=(read_fd, self.part > 0),
+        thread = threading.Thread(target=self._run, args=(read_fd,),
                                   name=f"patch {self.final.name}", daemon=True)
         try:
             thread.start()
@@ -59,9 +59,10 @@ class StreamingPatch:
             raise
         self._thread = thread
 
-    def _run(self, read_fd: int, append: bool) -> None:
+    def _run(self, read_fd: int) -> None:
         try:
-            _librsync.patch(self.final, read_fd, self.output.temp, append=append)  # closes read_fd
+            # Each part's output is appended and hashed as librsync writes it (no re-read at the end).
+            _librsync.patch(self.final, read_fd, self.output.append)  # closes read_fd
         except BaseException as exc:  # noqa: BLE001 - reported by write() or finish()
             self._error = exc
 
@@ -101,7 +102,6 @@ class StreamingPatch:
         self._end_part()
         if self.part + 1 != self.parts:
             raise TransferError(f"{self.final.name}: {self.part + 1} of {self.parts} delta parts arrived")
-        self.output.rehash()
         return self.output
 
     def _end_part(self) -> None:

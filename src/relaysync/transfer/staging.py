@@ -136,6 +136,16 @@ class IncomingFile:
         self.hasher.update(data)
         self.received += len(data)
 
+    def append(self, data: bytes | memoryview) -> None:
+        """Write the next bytes at the end (from a writer that knows no offsets, e.g. librsync)."""
+        if self.received + len(data) > self.size:
+            raise TransferError(f"more data than the announced {self.size} bytes")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.hasher.update(data)
+        self.received += len(data)
+
     def finish(self, expected_hash: bytes) -> None:
         """Check size and hash, set mode and mtime; the file stays in its temp name.
 
@@ -153,17 +163,6 @@ class IncomingFile:
             os.unlink(self.temp)
         except FileNotFoundError:
             pass
-
-    def rehash(self) -> None:
-        """Hash the temp file's content as it is on disk (written by someone else, e.g. librsync)."""
-        self.hasher = xxhash.xxh3_128()
-        self.received = 0
-        buf = bytearray(1024 * 1024)
-        view = memoryview(buf)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        while n := os.readv(self.fd, [buf]):
-            self.hasher.update(view[:n])
-            self.received += n
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -171,7 +171,7 @@ def test_a_part_count_other_than_announced_is_refused(tmp_path: Path, announced:
 def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -> None:
     from relaysync.protocol.messages import Checkpoint, Error
     from relaysync.transfer.receiver import ReceiverSession, TargetFolder
-    from relaysync.transfer.signatures import PARALLEL_MIN_BYTES, PARALLEL_PARTS
+    from relaysync.transfer.signatures import PARALLEL_MIN_BYTES
     from relaysync.watch.manifest import Entry, Manifest
 
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -185,7 +185,7 @@ def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -
     folder = TargetFolder(mapping_id=1, source_node="s", root=dst, manifest=Manifest(tmp_path / "m.db"), durable=False)
     folder.manifest.put_many([Entry(path="f.bin", kind="f", size=st.st_size, mtime_ns=st.st_mtime_ns,
                                     mode=0o644, hash=base)])
-    sigs = SignatureStore(tmp_path / "sigs")
+    sigs = SignatureStore(tmp_path / "sigs", parallel_parts=2)
     sigs.remember(src, "f.bin", base)
     new = bytearray(old)
     mid = len(new) // 2
@@ -193,7 +193,7 @@ def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -
     new[100:200] = os.urandom(100)
     (src / "f.bin").write_bytes(new)
     messages = [m for m in _stream(src, sigs, base) if not isinstance(m, Flush)]
-    assert isinstance(messages[0], DeltaStart) and messages[0].parts == PARALLEL_PARTS
+    assert isinstance(messages[0], DeltaStart) and messages[0].parts == 2
     assert sum(len(m.data) for m in messages if isinstance(m, FileChunk)) < 100_000
     replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch([*messages, Checkpoint(seq=2)])
     assert not any(isinstance(r, Error) for r in replies), replies
