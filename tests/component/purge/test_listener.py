@@ -104,3 +104,28 @@ async def test_an_oversize_frame_is_refused_and_closed(harness: Harness, listene
         await framed.receive()
     await framed.aclose()
     assert harness.store.queued_purges() == 0
+
+
+async def test_a_client_that_half_closes_after_its_notice_still_gets_the_answer(  # type: ignore[no-untyped-def]
+        harness: Harness, listener) -> None:
+    """Like `nc -N`: send the notice, shut down the sending side, then read the answer."""
+    import socket
+
+    from relaysync.protocol.framing import decode_payload, encode_frame
+
+    _, port = listener
+    url = f"http://{HOST}{harness.url_path('half.txt')}"
+    notice = make_notice(harness.site.name, _secret(harness), url)
+
+    def exchange() -> object:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(encode_frame(notice))
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        (length,) = struct.unpack(">I", data[:4])
+        return decode_payload(data[4 : 4 + length])
+
+    answer = await anyio.to_thread.run_sync(exchange)
+    assert isinstance(answer, PurgeAccepted)
