@@ -279,7 +279,7 @@ def file_hash_bytes(data: bytes) -> bytes:
 def engine_breakdown(work: Path, case: str, results: dict[str, Any]) -> None:
     """In-process librsync on the same data (the floor of relaysync's per-update work)."""
     from relaysync.transfer import _librsync
-    from relaysync.transfer.signatures import hash_path
+    from relaysync.watch.scanner import hash_file
 
     if not _librsync.available():
         console.print("    [yellow]librsync not available in-process: no engine breakdown[/yellow]")
@@ -297,7 +297,7 @@ def engine_breakdown(work: Path, case: str, results: dict[str, Any]) -> None:
     t2 = time.perf_counter()
     _librsync.patch(d / "old", d / "delta", d / "out")
     t3 = time.perf_counter()
-    hash_path(d / "new")
+    hash_file(d / "new")
     t4 = time.perf_counter()
     if file_hash(d / "out") != file_hash(d / "new"):
         raise BenchError(f"librsync patch of {case} does not reproduce the new version")

@@ -216,10 +216,7 @@ class FramedStream:
         return self.transport.get_extra_info(name)
 
     async def send(self, message: AnyMessage) -> None:
-        frame = encode_frame(message)
-        self._write([frame])
-        self.bytes_sent += len(frame)
-        await self.protocol.drain()
+        await self.send_many([message])
 
     async def send_many(self, messages: list[AnyMessage]) -> None:
         """Send several messages in one write (fewer TLS records and syscalls)."""

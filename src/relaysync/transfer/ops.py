@@ -34,6 +34,7 @@ from relaysync.transfer.codec import Codec, Plain, encode_chunk
 from relaysync.transfer.signatures import DELTA_MIN_BYTES, DeltaBuild, SignatureStore, version_of
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
+from relaysync.watch.scanner import hash_file
 
 
 @dataclass
@@ -146,19 +147,11 @@ def _unchanged(full: Path, st: os.stat_result) -> bool:
 
 def _hash_version(full: Path, st: os.stat_result) -> bytes | None:
     """The content hash of `full` if it is still the version `st` describes, else None."""
-    hasher = xxhash.xxh3_128()
-    buf = bytearray(CHUNK_BYTES)
-    view = memoryview(buf)
     try:
-        with open(full, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                hasher.update(view[:n])
-            after = os.fstat(f.fileno())
+        digest = hash_file(full)
     except OSError:
         return None
-    if version_of(after) != version_of(st):
-        return None
-    return hasher.digest()
+    return digest if _unchanged(full, st) else None
 
 
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,

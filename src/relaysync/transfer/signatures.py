@@ -19,9 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import xxhash
-
 from relaysync.transfer import _librsync
+from relaysync.watch.scanner import hash_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +38,6 @@ DELTA_MAX_RATIO = 0.9
 DELTA_RETRY_S = 600.0  # after a delta that saved nothing, whole copies for this long, then a delta again
 PRUNE_EVERY_S = 60.0  # "auto": after a delta this large relative to its file, send that file whole
 _READ_BYTES = 1024 * 1024
-
-
-def hash_path(path: Path) -> bytes:
-    hasher = xxhash.xxh3_128()
-    buf = bytearray(_READ_BYTES)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            hasher.update(view[:n])
-    return hasher.digest()
 
 
 def version_of(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -161,7 +150,7 @@ class SignatureStore:
             sig = self._sig_path(path, content_hash)
             tmp = sig.with_suffix(f".{threading.get_ident()}.tmp")  # links may sign the same version at once
             _librsync.signature(full, tmp)
-            if hash_path(full) != content_hash:
+            if hash_file(full) != content_hash:
                 tmp.unlink(missing_ok=True)
                 return
         except OSError:

@@ -127,14 +127,7 @@ class IncomingFile:
     def write(self, offset: int, data: bytes) -> None:
         if offset != self.received:
             raise TransferError(f"chunk at offset {offset}, expected {self.received}")
-        if self.received + len(data) > self.size:
-            raise TransferError(f"more data than the announced {self.size} bytes")
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        self.hasher.update(data)
-        self.received += len(data)
+        self.append(data)
 
     def append(self, data: bytes | memoryview) -> None:
         """Write the next bytes at the end (from a writer that knows no offsets, e.g. librsync)."""
