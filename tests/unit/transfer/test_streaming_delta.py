@@ -218,3 +218,60 @@ def test_a_delta_that_fails_on_the_source_falls_back_to_the_whole_file(tmp_path:
     assert isinstance(messages[kinds.index("FileAbort") + 1], FileStart)
     end = messages[-1]
     assert isinstance(end, FileEnd) and end.hash == xxhash.xxh3_128((src / "f.bin").read_bytes()).digest()
+
+
+def _delta_update(tmp_path: Path) -> tuple[Path, object, list[object], bytes]:
+    """A target holding v1 and the messages of a delta to v2 (source side in-process)."""
+    from relaysync.protocol.messages import Checkpoint
+    from relaysync.transfer.receiver import TargetFolder
+    from relaysync.watch.manifest import Entry, Manifest
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    old = os.urandom(2 * 1024 * 1024)
+    for root in (src, dst):
+        (root / "f.bin").write_bytes(old)
+    st = os.stat(dst / "f.bin")
+    base = xxhash.xxh3_128(old).digest()
+    folder = TargetFolder(mapping_id=1, source_node="s", root=dst, manifest=Manifest(tmp_path / "m.db"), durable=False)
+    folder.manifest.put_many([Entry(path="f.bin", kind="f", size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                    mode=0o644, hash=base)])
+    sigs = SignatureStore(tmp_path / "sigs")
+    sigs.remember(src, "f.bin", base)
+    (src / "f.bin").write_bytes(old[:1000] + b"edit" + old[1004:])
+    messages = [m for m in _stream(src, sigs, base) if not isinstance(m, Flush)]
+    assert isinstance(messages[0], DeltaStart)
+    return dst, folder, [*messages, Checkpoint(seq=2)], old
+
+
+def test_a_full_disk_while_patching_is_reported_as_such_and_commits_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from relaysync.protocol.messages import Error, ErrorCode
+    from relaysync.transfer import staging
+    from relaysync.transfer.receiver import ReceiverSession
+
+    dst, folder, messages, old = _delta_update(tmp_path)
+
+    def full(self: staging.IncomingFile, data: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(staging.IncomingFile, "append", full)
+    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(messages)  # type: ignore[arg-type]
+    assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.DISK_FULL]
+    assert (dst / "f.bin").read_bytes() == old
+    assert [p.name for p in dst.iterdir()] == ["f.bin"]
+
+
+def test_a_target_without_librsync_asks_for_the_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relaysync.protocol.messages import Error, ErrorCode
+    from relaysync.transfer import _librsync
+    from relaysync.transfer.receiver import ReceiverSession
+
+    dst, folder, messages, old = _delta_update(tmp_path)
+    monkeypatch.setattr(_librsync, "available", lambda: False)
+    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(messages)  # type: ignore[arg-type]
+    assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.BASE_MISMATCH]
+    assert (dst / "f.bin").read_bytes() == old
