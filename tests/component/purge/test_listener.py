@@ -114,6 +114,7 @@ async def test_a_client_that_half_closes_after_its_notice_still_gets_the_answer(
     from relaysync.protocol.framing import decode_payload, encode_frame
 
     _, port = listener
+    harness.write("half.txt", b"half")  # the caches refresh it from the origin: it must exist
     url = f"http://{HOST}{harness.url_path('half.txt')}"
     notice = make_notice(harness.site.name, _secret(harness), url)
 
