@@ -277,12 +277,14 @@ def file_hash_bytes(data: bytes) -> bytes:
 
 
 def engine_breakdown(work: Path, case: str, results: dict[str, Any]) -> None:
-    """In-process librsync on the same data (the floor of relaysync's per-update work)."""
+    """In-process block search and librsync patch on the same data (the floor of relaysync's
+    per-update work)."""
     from relaysync.transfer import _librsync
+    from relaysync.transfer import delta as delta_engine
     from relaysync.watch.scanner import hash_file
 
-    if not _librsync.available():
-        console.print("    [yellow]librsync not available in-process: no engine breakdown[/yellow]")
+    if not _librsync.available() or not delta_engine.available():
+        console.print("    [yellow]block search or librsync not available in-process: no engine breakdown[/yellow]")
         return
     d = work / f"engine-{case}"
     d.mkdir()
@@ -291,16 +293,16 @@ def engine_breakdown(work: Path, case: str, results: dict[str, Any]) -> None:
     (d / "new").write_bytes(new_version(0))
     del old, new_version
     t0 = time.perf_counter()
-    _librsync.signature(d / "old", d / "sig")
+    delta_engine.signature(d / "old", d / "sig")
     t1 = time.perf_counter()
-    _librsync.delta(d / "sig", d / "new", d / "delta")
+    delta_engine.delta(d / "sig", d / "new", d / "delta")
     t2 = time.perf_counter()
     _librsync.patch(d / "old", d / "delta", d / "out")
     t3 = time.perf_counter()
     hash_file(d / "new")
     t4 = time.perf_counter()
     if file_hash(d / "out") != file_hash(d / "new"):
-        raise BenchError(f"librsync patch of {case} does not reproduce the new version")
+        raise BenchError(f"the delta of {case} does not reproduce the new version")
     results[f"engine_signature_s_{case}"] = round(t1 - t0, 3)
     results[f"engine_delta_s_{case}"] = round(t2 - t1, 3)
     results[f"engine_patch_s_{case}"] = round(t3 - t2, 3)

@@ -1,6 +1,8 @@
-"""A small ctypes binding of librsync 2.x (Debian's librsync2): signature, delta, patch on files.
+"""A small ctypes binding of librsync 2.x (Debian's librsync2): applying a delta (patch).
 
 PyPI's python-librsync calls the 1.x `rs_sig_begin` and fails with 2.x, hence this binding.
+Signatures and deltas are computed by our own block search (transfer/delta.py), which writes
+librsync's delta format and measured 5-10x faster than librsync's own search.
 Every call works file to file through libc `FILE*` streams, so memory stays flat in the file
 size, and ctypes releases the GIL while librsync runs.
 """
@@ -47,16 +49,7 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     libc.fopencookie.restype = ctypes.c_void_p
     libc.fopencookie.argtypes = [ctypes.c_void_p, ctypes.c_char_p, _CookieIO]
     libc.setvbuf.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t]
-    lib.rs_sig_args.argtypes = [ctypes.c_longlong, ctypes.POINTER(ctypes.c_int),
-                                ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
-    lib.rs_sig_file.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
-                                ctypes.c_int, ctypes.c_void_p]
-    lib.rs_loadsig_file.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
-    lib.rs_build_hash_table.argtypes = [ctypes.c_void_p]
-    lib.rs_delta_file.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.rs_patch_file.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    lib.rs_free_sumset.argtypes = [ctypes.c_void_p]
-    lib.rs_free_sumset.restype = None
     return lib, libc
 
 
@@ -109,108 +102,6 @@ class _File:
 def _check(result: int, what: str) -> None:
     if result != RS_DONE:
         raise LibrsyncError(what, result)
-
-
-# Signatures stay on the source (it keeps the one of the version it sent), so a small block costs
-# no bytes on the wire, only memory for the delta's hash table: blocks far smaller than
-# librsync's (and rsync's) sqrt(size) default find many more matches in edited text (1 % of the
-# lines of 100 MiB: 26 MB of literal data at 2 KiB blocks, 78 MB at the default 10 KiB) at the
-# same speed, and bound the table at MAX_BLOCKS entries (a few MB) for large files.
-MIN_BLOCK_BYTES = 2048
-MAX_BLOCKS = 65536
-
-
-def block_len_for(size: int, default: int) -> int:
-    """The block length to sign a file of `size` bytes with (never above librsync's default)."""
-    wanted = max(MIN_BLOCK_BYTES, -(-size // MAX_BLOCKS // 1024) * 1024)
-    return min(wanted, default) if default > 0 else wanted
-
-
-def signature(basis: Path, sig_out: Path) -> None:
-    """Write the signature of `basis` (rolling weak sum + strong hash per block) to sig_out."""
-    lib, _ = _libs()
-    magic = ctypes.c_int(0)
-    block_len = ctypes.c_size_t(0)
-    strong_len = ctypes.c_size_t(0)
-    size = os.path.getsize(basis)
-    _check(lib.rs_sig_args(size, ctypes.byref(magic), ctypes.byref(block_len),
-                           ctypes.byref(strong_len)), "rs_sig_args")
-    block_len = ctypes.c_size_t(block_len_for(size, block_len.value))
-    strong_len = ctypes.c_size_t(0)  # again, for the smaller block: more blocks want more bits
-    _check(lib.rs_sig_args(size, ctypes.byref(magic), ctypes.byref(block_len),
-                           ctypes.byref(strong_len)), "rs_sig_args")
-    with _File(basis, "rb") as f_in, _File(sig_out, "wb") as f_out:
-        _check(lib.rs_sig_file(f_in, f_out, block_len, strong_len, magic, None), "rs_sig_file")
-
-
-def delta(sig: Path, new: Path, delta_out: Path, *, start: int = 0, length: int = -1) -> None:
-    """Write the delta (copy/literal instructions) that turns the signed basis into `new`.
-
-    With `start`/`length`, only that part of `new` (to its end for length -1) is described:
-    the deltas of consecutive parts, applied one after the other, rebuild the whole file, so
-    parts can be computed on several cores at once.
-    """
-    lib, _ = _libs()
-    sumset = ctypes.c_void_p()
-    with _File(sig, "rb") as f_sig:
-        _check(lib.rs_loadsig_file(f_sig, ctypes.byref(sumset), None), "rs_loadsig_file")
-    try:
-        _check(lib.rs_build_hash_table(sumset), "rs_build_hash_table")
-        if start == 0 and length < 0:
-            with _File(new, "rb") as f_new, _File(delta_out, "wb") as f_delta:
-                _check(lib.rs_delta_file(sumset, f_new, f_delta, None), "rs_delta_file")
-            return
-        with _RangeFile(new, start, length) as f_new, _File(delta_out, "wb") as f_delta:
-            _check(lib.rs_delta_file(sumset, f_new, f_delta, None), "rs_delta_file")
-    finally:
-        lib.rs_free_sumset(sumset)
-
-
-class _RangeFile:
-    """A read-only libc FILE* over `length` bytes of a file from `start` (to its end for -1).
-
-    Built with fopencookie: libc calls back into Python once per stdio buffer, and the bytes
-    are read with pread straight into that buffer (no pipe, no extra copy). A file that shrinks
-    just ends the range early; the caller checks that the file did not change.
-    """
-
-    def __init__(self, path: Path, start: int, length: int) -> None:
-        self.path, self.offset = path, start
-        self.end = start + length if length >= 0 else None
-        self.fd = -1
-        self.ptr: int = 0
-        self._read = _READ_FN(self._on_read)  # kept alive as long as libc may call them
-        self._close = _CLOSE_FN(lambda _cookie: 0)
-
-    def _on_read(self, _cookie: int | None, buf: int, size: int) -> int:
-        want = size if self.end is None else min(size, self.end - self.offset)
-        if want <= 0:
-            return 0
-        try:
-            n = os.preadv(self.fd, [(ctypes.c_char * want).from_address(buf)], self.offset)
-        except OSError:
-            return -1
-        self.offset += n
-        return n
-
-    def __enter__(self) -> int:
-        _, libc = _libs()
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        io = _CookieIO(read=self._read, write=_WRITE_FN(), seek=None, close=self._close)
-        ptr = libc.fopencookie(None, b"r", io)
-        if not ptr:
-            os.close(self.fd)
-            raise OSError(ctypes.get_errno(), "fopencookie failed", str(self.path))
-        libc.setvbuf(ptr, None, _IOFBF, _RANGE_BUFFER_BYTES)
-        self.ptr = ptr
-        return ptr
-
-    def __exit__(self, *exc: object) -> None:
-        _, libc = _libs()
-        if self.ptr:
-            libc.fclose(self.ptr)
-        if self.fd >= 0:
-            os.close(self.fd)
 
 
 _IOFBF = 0

@@ -1,4 +1,4 @@
-"""The source's signature store: librsync signatures of the last version of each large file sent.
+"""The source's signature store: block signatures of the last version of each large file sent.
 
 When a file changes, the version its targets hold is the one the source sent last; the source
 kept that version's signature, so it computes the delta itself, with no round trip to the
@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relaysync.transfer import _librsync
+from relaysync.transfer import delta
 from relaysync.watch.scanner import hash_file
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def version_of(st: os.stat_result) -> tuple[int, int, int, int]:
 
 @dataclass
 class DeltaPart:
-    """The delta of one consecutive part of the new version, written by librsync in a thread."""
+    """The delta of one consecutive part of the new version, written by the block search in a thread."""
 
     path: Path
     done: threading.Event = field(default_factory=threading.Event)
@@ -56,7 +56,7 @@ class DeltaPart:
 
 @dataclass
 class DeltaBuild:
-    """A delta being computed: one part per core for large files, each a complete librsync
+    """A delta being computed: one part per core for large files, each a complete
     delta of its range; applied one after the other they rebuild the file. Readers follow each
     part's file as it grows."""
 
@@ -91,7 +91,7 @@ class SignatureStore:
     def sign_later(self, root: Path, path: str, content_hash: bytes) -> None:
         """Queue a version just sent for signing in a background thread of low CPU priority.
 
-        Signing reads the whole file (about 400 MB/s); at nice 19 it takes only what transfers
+        Signing reads the whole file (about 5 GB/s from the page cache); at nice 19 it takes only what transfers
         leave idle. A delta that needs a signature still in the queue waits for it (`start_delta`).
         """
         key = (path, content_hash)
@@ -128,7 +128,7 @@ class SignatureStore:
 
     @staticmethod
     def enabled() -> bool:
-        return _librsync.available()
+        return delta.available()
 
     def _key(self, path: str) -> str:
         return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:32]
@@ -149,7 +149,7 @@ class SignatureStore:
                 return
             sig = self._sig_path(path, content_hash)
             tmp = sig.with_suffix(f".{threading.get_ident()}.tmp")  # links may sign the same version at once
-            _librsync.signature(full, tmp)
+            delta.signature(full, tmp)
             if hash_file(full) != content_hash:
                 tmp.unlink(missing_ok=True)
                 return
@@ -166,7 +166,7 @@ class SignatureStore:
     def start_delta(self, root: Path, path: str, base_hash: bytes) -> DeltaBuild | None:
         """Start (or join) computing the delta from the signed `base_hash` version to the file now.
 
-        The delta file grows while librsync writes it, so links stream it as it is produced; a
+        The delta file grows while the search writes it, so links stream it as it is produced; a
         build for the same (base, file as it is now) is shared by every link that asks.
         None if no signature of `base_hash` is kept or the file is gone.
         """
@@ -193,7 +193,7 @@ class SignatureStore:
             parts = [DeltaPart(key.with_name(f"{key.name}.{i}.delta")) for i in range(count)]
             try:
                 for part in parts:
-                    part.path.write_bytes(b"")  # readers may open it before librsync does
+                    part.path.write_bytes(b"")  # readers may open it before the search does
             except OSError as exc:  # a full state disk: the whole file goes instead
                 logger.warning("cannot start a delta of %s: %s", path, exc)
                 return None
@@ -208,9 +208,9 @@ class SignatureStore:
     def _build_part(self, build: DeltaBuild, part: DeltaPart, sig: Path, full: Path, path: str,
                     start: int, length: int) -> None:
         try:
-            _librsync.delta(sig, full, part.path, start=start, length=length)
+            delta.delta(sig, full, part.path, start=start, length=length)
             part.ok = True
-        except (OSError, _librsync.LibrsyncError) as exc:
+        except (OSError, delta.SignatureError) as exc:
             logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
         finally:
             part.done.set()

@@ -20,6 +20,7 @@ from relaysync.protocol.messages import (
     FileStart,
 )
 from relaysync.transfer import _librsync, codec
+from relaysync.transfer import delta as delta_engine
 from relaysync.transfer.ops import Flush, SendOptions, iter_file_messages
 from relaysync.transfer.receiver import ReceiverSession, TargetFolder
 from relaysync.transfer.signatures import SignatureStore
@@ -29,8 +30,8 @@ from relaysync.watch.manifest import Manifest
 def _roundtrip(tmp: Path, old: bytes, new: bytes) -> bytes:
     (tmp / "old").write_bytes(old)
     (tmp / "new").write_bytes(new)
-    _librsync.signature(tmp / "old", tmp / "sig")
-    _librsync.delta(tmp / "sig", tmp / "new", tmp / "delta")
+    delta_engine.signature(tmp / "old", tmp / "sig")
+    delta_engine.delta(tmp / "sig", tmp / "new", tmp / "delta")
     _librsync.patch(tmp / "old", tmp / "delta", tmp / "out")
     return (tmp / "out").read_bytes()
 
@@ -65,6 +66,78 @@ def test_truncate_append_and_edits_at_both_ends(tmp_path: Path) -> None:
     old = os.urandom(3 * 1024 * 1024 + 17)
     for new in (old[:1000], old + os.urandom(300_000), b"X" + old[1:-1] + b"Y", b""):
         assert _roundtrip(tmp_path, old, new) == new
+
+
+def _delta_of(tmp: Path, old: bytes, new: bytes) -> tuple[int, int]:
+    (tmp / "old").write_bytes(old)
+    (tmp / "new").write_bytes(new)
+    delta_engine.signature(tmp / "old", tmp / "sig")
+    return delta_engine.delta(tmp / "sig", tmp / "new", tmp / "delta")
+
+
+def test_edits_across_the_read_buffer_cost_only_their_blocks(tmp_path: Path) -> None:
+    """10 MiB (the search reads 4 MiB at a time): edits and an insertion that straddle the
+    buffer's ends are found, and what is sent is the edits plus at most a block on each side."""
+    old = os.urandom(10 * 1024 * 1024)
+    new = bytearray(old)
+    edits = [(4 * 1024 * 1024 - 5000, 10_000), (8 * 1024 * 1024 - 3, 7), (123_457, 20_000)]
+    for at, n in edits:
+        new[at : at + n] = os.urandom(n)
+    new[4 * 1024 * 1024 + 30_000 : 4 * 1024 * 1024 + 30_000] = os.urandom(150_000)  # shifts the rest
+    literal, copied = _delta_of(tmp_path, old, bytes(new))
+    block = delta_engine.block_len_for(len(old))
+    changed = sum(n for _, n in edits) + 150_000
+    assert changed <= literal <= changed + 4 * 2 * block, (literal, changed)
+    assert literal + copied == len(new)
+    _librsync.patch(tmp_path / "old", tmp_path / "delta", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == bytes(new)
+
+
+def test_the_short_last_block_matches_at_the_end(tmp_path: Path) -> None:
+    old = os.urandom(3 * 2048 + 905)
+    literal, copied = _delta_of(tmp_path, old, b"X" + old[1:])
+    assert (literal, copied) == (2048, len(old) - 2048)
+
+
+def test_repeated_blocks_and_zeros_copy_from_one_block(tmp_path: Path) -> None:
+    old = bytes(8 * 1024 * 1024)
+    new = bytearray(old)
+    new[5_000_000:5_000_100] = b"x" * 100
+    literal, copied = _delta_of(tmp_path, old, bytes(new))
+    assert literal <= 2 * 2048 and literal + copied == len(new)
+    _librsync.patch(tmp_path / "old", tmp_path / "delta", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == bytes(new)
+
+
+def test_empty_and_tiny_versions(tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    for old, new in ((b"", data), (data, b""), (b"", b""), (data, data[:10]), (data[:10], data)):
+        literal, copied = _delta_of(tmp_path, old, new)
+        assert literal + copied == len(new)
+        _librsync.patch(tmp_path / "old", tmp_path / "delta", tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == new
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "magic", "count", "block_len", "noise"])
+def test_a_damaged_signature_is_refused_not_trusted(tmp_path: Path, damage: str) -> None:
+    (tmp_path / "old").write_bytes(os.urandom(100_000))
+    delta_engine.signature(tmp_path / "old", tmp_path / "sig")
+    sig = bytearray((tmp_path / "sig").read_bytes())
+    if damage == "empty":
+        sig = bytearray()
+    elif damage == "truncated":
+        del sig[-5:]
+    elif damage == "magic":
+        sig[0:8] = b"RS\x02\x36XXXX"
+    elif damage == "count":
+        sig[24:32] = (2**40).to_bytes(8, "little")
+    elif damage == "block_len":
+        sig[8:12] = (0).to_bytes(4, "little")
+    else:
+        sig = bytearray(os.urandom(len(sig)))
+    (tmp_path / "sig").write_bytes(bytes(sig))
+    with pytest.raises(delta_engine.SignatureError, match="signature"):
+        delta_engine.delta(tmp_path / "sig", tmp_path / "old", tmp_path / "delta")
 
 
 def test_codec_skips_incompressible_and_round_trips() -> None:

@@ -12,6 +12,7 @@ import xxhash
 from relaysync.errors import HashMismatch, TransferError
 from relaysync.protocol.messages import DeltaStart, FileChunk, FileEnd, FileStart
 from relaysync.transfer import _librsync
+from relaysync.transfer import delta as delta_engine
 from relaysync.transfer.ops import Flush, SendOptions, iter_file_messages
 from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.signatures import SignatureStore
@@ -25,8 +26,8 @@ def _versions(tmp: Path, size: int = 3 * 1024 * 1024) -> tuple[Path, bytes, byte
     new[size // 2 : size // 2] = os.urandom(50_000)  # an insertion shifts the rest
     (tmp / "old").write_bytes(old)
     (tmp / "new").write_bytes(new)
-    _librsync.signature(tmp / "old", tmp / "sig")
-    _librsync.delta(tmp / "sig", tmp / "new", tmp / "delta")
+    delta_engine.signature(tmp / "old", tmp / "sig")
+    delta_engine.delta(tmp / "sig", tmp / "new", tmp / "delta")
     return tmp / "delta", old, bytes(new), tmp / "old"
 
 
@@ -139,7 +140,7 @@ def _parts(tmp: Path, count: int) -> tuple[list[bytes], bytes, bytes, Path]:
     for i in range(count):
         out = tmp / f"part{i}"
         length = bounds[i + 1] - bounds[i] if i + 1 < count else -1
-        _librsync.delta(tmp / "sig", tmp / "new", out, start=bounds[i], length=length)
+        delta_engine.delta(tmp / "sig", tmp / "new", out, start=bounds[i], length=length)
         deltas.append(out.read_bytes())
     return deltas, old, new, basis
 
@@ -267,7 +268,6 @@ def test_a_full_disk_while_patching_is_reported_as_such_and_commits_nothing(
 
 def test_a_target_without_librsync_asks_for_the_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from relaysync.protocol.messages import Error, ErrorCode
-    from relaysync.transfer import _librsync
     from relaysync.transfer.receiver import ReceiverSession
 
     dst, folder, messages, old = _delta_update(tmp_path)
