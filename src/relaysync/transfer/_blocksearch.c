@@ -99,7 +99,10 @@ static uint32_t weak_sum(const uint8_t *d, uint32_t n, const uint32_t *pw) {
 
 /* ---- signing ---- */
 
-static int do_sign(int in_fd, int out_fd, uint32_t block_len, uint64_t *size_out) {
+/* Also hashes the whole file (XXH3-128, the scanner's content hash) in the same pass, so the
+ * caller can check which version it signed without reading the file again. */
+static int do_sign(int in_fd, int out_fd, uint32_t block_len, uint64_t *size_out,
+                   XXH128_canonical_t *digest) {
     int err = 0;
     size_t cap = 1024, count = 0;
     uint64_t size = 0;
@@ -110,6 +113,8 @@ static int do_sign(int in_fd, int out_fd, uint32_t block_len, uint64_t *size_out
     uint32_t *weak = malloc(cap * sizeof(uint32_t));
     uint64_t *strong = malloc(cap * sizeof(uint64_t));
     uint32_t *pw = make_powers(block_len);
+    XXH3_state_t whole;
+    XXH3_128bits_reset(&whole);
     if (!buf || !weak || !strong || !pw) {
         err = ENOMEM;
         goto out;
@@ -117,6 +122,7 @@ static int do_sign(int in_fd, int out_fd, uint32_t block_len, uint64_t *size_out
     for (;;) {
         size_t got = 0;
         if ((err = pread_full(in_fd, buf, buf_len, size, &got))) goto out;
+        XXH3_128bits_update(&whole, buf, got);
         for (size_t at = 0; at < got; at += block_len) {
             uint32_t n = (uint32_t)((got - at) < block_len ? got - at : block_len);
             if (count == cap) {
@@ -148,6 +154,7 @@ static int do_sign(int in_fd, int out_fd, uint32_t block_len, uint64_t *size_out
     if ((err = write_all(out_fd, (const uint8_t *)weak, count * sizeof(uint32_t)))) goto out;
     if ((err = write_all(out_fd, (const uint8_t *)strong, count * sizeof(uint64_t)))) goto out;
     *size_out = size;
+    XXH128_canonicalFromHash(digest, XXH3_128bits_digest(&whole));
 out:
     free(buf);
     free(weak);
@@ -245,8 +252,8 @@ static void em_literal(emitter *e, const uint8_t *p, size_t n) {
 typedef struct {
     uint32_t block_len, tail_len;
     uint64_t count, full; /* blocks, and blocks of exactly block_len */
-    const uint32_t *weak;
-    const uint64_t *strong;
+    uint32_t *weak;   /* copied out of the signature: aligned */
+    uint64_t *strong;
     uint32_t *table; /* open addressing on the weak sum: block index + 1, 0 = empty */
     uint32_t mask, shift;
     /* A bit per hash of the weak sum, with about BITS_PER_BLOCK bits per block: most unmatched
@@ -257,6 +264,14 @@ typedef struct {
 } sumset;
 
 #define BITS_PER_BLOCK 32
+/* Bounds that keep the search linear whatever the data: a block is left out of the table (it
+ * can then only be copied as a "next block") when its slot is more than MAX_PROBE away or
+ * MAX_SAME_WEAK blocks already share its weak sum; the weak sum is linear, so a hostile file can
+ * make thousands of distinct blocks with one weak sum, and unbounded chains made the search
+ * quadratic (4 MiB: 67 s). */
+#define MAX_PROBE 32
+#define MAX_SAME_WEAK 8
+#define MAX_COUNT (1ull << 26) /* blocks in a signature: 64 TiB at the largest block */
 
 static inline uint32_t slot_of(const sumset *s, uint32_t weak) {
     return (weak * 0x9E3779B1u) >> s->shift;
@@ -286,16 +301,23 @@ static int build_table(sumset *s) {
         uint32_t b = bit_of(s, s->weak[k]);
         s->bits[b >> 6] |= (uint64_t)1 << (b & 63);
         uint32_t i = slot_of(s, s->weak[k]);
-        int dup = 0;
+        int skip = 0, probes = 0, same = 0;
         while (s->table[i]) {
             uint32_t other = s->table[i] - 1;
-            if (s->weak[other] == s->weak[k] && s->strong[other] == s->strong[k]) {
-                dup = 1; /* identical content: the first block serves every match */
+            if (s->weak[other] == s->weak[k]) {
+                /* identical content: the first block serves every match */
+                if (s->strong[other] == s->strong[k] || ++same >= MAX_SAME_WEAK) {
+                    skip = 1;
+                    break;
+                }
+            }
+            if (++probes >= MAX_PROBE) {
+                skip = 1;
                 break;
             }
             i = (i + 1) & s->mask;
         }
-        if (!dup) s->table[i] = (uint32_t)k + 1;
+        if (!skip) s->table[i] = (uint32_t)k + 1;
     }
     return 0;
 }
@@ -304,7 +326,7 @@ static int build_table(sumset *s) {
 static inline int64_t find_block(const sumset *s, uint32_t weak, const uint8_t *window,
                                  uint64_t *strong, int *have_strong) {
     uint32_t i = slot_of(s, weak);
-    while (s->table[i]) {
+    for (int probes = 0; probes < MAX_PROBE && s->table[i]; probes++) {
         uint32_t k = s->table[i] - 1;
         if (s->weak[k] == weak) {
             if (!*have_strong) {
@@ -438,49 +460,65 @@ done:
 
 static PyObject *py_sign(PyObject *self, PyObject *args) {
     int in_fd, out_fd;
-    unsigned int block_len;
-    if (!PyArg_ParseTuple(args, "iiI", &in_fd, &out_fd, &block_len)) return NULL;
+    long long block_len;
+    if (!PyArg_ParseTuple(args, "iiL", &in_fd, &out_fd, &block_len)) return NULL;
     if (block_len < 16 || block_len > MAX_BLOCK_LEN) {
-        PyErr_Format(PyExc_ValueError, "block_len %u is out of range", block_len);
+        PyErr_Format(PyExc_ValueError, "block_len %lld is out of range (16..%u)", block_len,
+                     MAX_BLOCK_LEN);
         return NULL;
     }
     uint64_t size = 0;
+    XXH128_canonical_t digest;
     int err;
     Py_BEGIN_ALLOW_THREADS
-    err = do_sign(in_fd, out_fd, block_len, &size);
+    err = do_sign(in_fd, out_fd, (uint32_t)block_len, &size, &digest);
     Py_END_ALLOW_THREADS
     if (err) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    return PyLong_FromUnsignedLongLong(size);
+    return Py_BuildValue("Ky#", (unsigned long long)size, (const char *)digest.digest,
+                         (Py_ssize_t)sizeof digest.digest);
 }
 
 static PyObject *py_delta(PyObject *self, PyObject *args) {
     Py_buffer sig;
     int in_fd, out_fd;
-    unsigned long long start;
-    long long length;
-    if (!PyArg_ParseTuple(args, "y*iKLi", &sig, &in_fd, &start, &length, &out_fd)) return NULL;
+    long long start, length;
+    if (!PyArg_ParseTuple(args, "y*iLLi", &sig, &in_fd, &start, &length, &out_fd)) return NULL;
     PyObject *result = NULL;
+    if (start < 0) {
+        PyErr_SetString(PyExc_ValueError, "start must not be negative");
+        PyBuffer_Release(&sig);
+        return NULL;
+    }
     sig_header h;
     if ((size_t)sig.len < sizeof h) goto bad;
     memcpy(&h, sig.buf, sizeof h);
     if (memcmp(h.magic, SIG_MAGIC, 8) != 0 || h.block_len < 16 || h.block_len > MAX_BLOCK_LEN ||
-        h.count > (1ull << 32) - 2 || h.tail_len > h.block_len ||
+        h.count > MAX_COUNT || h.tail_len > h.block_len || (h.count && h.tail_len == 0) ||
         (size_t)sig.len != sizeof h + h.count * (sizeof(uint32_t) + sizeof(uint64_t)))
         goto bad;
     sumset s = {.block_len = h.block_len, .tail_len = h.tail_len, .count = h.count};
     s.full = (h.count && h.tail_len < h.block_len) ? h.count - 1 : h.count;
-    s.weak = (const uint32_t *)((const uint8_t *)sig.buf + sizeof h);
-    s.strong = (const uint64_t *)((const uint8_t *)sig.buf + sizeof h + h.count * sizeof(uint32_t));
     uint64_t lit = 0, copied = 0;
-    int err;
+    int err = 0;
     Py_BEGIN_ALLOW_THREADS
-    err = build_table(&s);
-    if (!err) err = do_delta(&s, in_fd, start, length, out_fd, &lit, &copied);
+    s.weak = malloc(h.count * sizeof(uint32_t) + 1);
+    s.strong = malloc(h.count * sizeof(uint64_t) + 1);
+    if (!s.weak || !s.strong) {
+        err = ENOMEM;
+    } else {
+        const uint8_t *arrays = (const uint8_t *)sig.buf + sizeof h;
+        memcpy(s.weak, arrays, h.count * sizeof(uint32_t));
+        memcpy(s.strong, arrays + h.count * sizeof(uint32_t), h.count * sizeof(uint64_t));
+        err = build_table(&s);
+    }
+    if (!err) err = do_delta(&s, in_fd, (uint64_t)start, length, out_fd, &lit, &copied);
     free(s.table);
     free(s.bits);
+    free(s.weak);
+    free(s.strong);
     Py_END_ALLOW_THREADS
     if (err) {
         errno = err;
@@ -498,7 +536,8 @@ bad:
 
 static PyMethodDef methods[] = {
     {"sign", py_sign, METH_VARARGS,
-     "sign(in_fd, out_fd, block_len) -> size: write the block signature of in_fd to out_fd."},
+     "sign(in_fd, out_fd, block_len) -> (size, xxh3_128 digest): write the block signature of "
+     "in_fd to out_fd."},
     {"delta", py_delta, METH_VARARGS,
      "delta(signature, in_fd, start, length, out_fd) -> (literal_bytes, copied_bytes): write the "
      "librsync-format delta from the signed basis to in_fd[start:start+length] (length -1: to "

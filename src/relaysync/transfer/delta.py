@@ -24,6 +24,7 @@ except ImportError:  # not built (no compiler at install time): deltas are off, 
 # in edited text (1 % of the lines of 100 MiB: 26 MB of literal data at 2 KiB blocks, 78 MB at
 # 10 KiB), and MAX_BLOCKS bounds the table (a few MB) for large files.
 MIN_BLOCK_BYTES = 2048
+MAX_BLOCK_BYTES = 1024 * 1024  # the search's limit; files over 64 GiB get more than MAX_BLOCKS blocks
 MAX_BLOCKS = 65536
 
 
@@ -38,12 +39,13 @@ def available() -> bool:
 
 def block_len_for(size: int) -> int:
     """The block length to sign a file of `size` bytes with."""
-    return max(MIN_BLOCK_BYTES, -(-size // MAX_BLOCKS // 1024) * 1024)
+    return min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, -(-size // MAX_BLOCKS // 1024) * 1024))
 
 
-def signature(basis: Path, sig_out: Path) -> int:
+def signature(basis: Path, sig_out: Path) -> bytes:
     """Write the signature of `basis` (rolling weak sum + strong hash per block) to sig_out;
-    return the number of bytes signed."""
+    return the content hash (xxh3-128, as `scanner.hash_file`) of the version signed, from the
+    same read."""
     if _blocksearch is None:
         raise SignatureError(str(sig_out), "the block search is not built (run scripts/install)")
     fd_in = os.open(basis, os.O_RDONLY | os.O_CLOEXEC)
@@ -51,7 +53,8 @@ def signature(basis: Path, sig_out: Path) -> int:
         block_len = block_len_for(os.fstat(fd_in).st_size)
         fd_out = os.open(sig_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            return int(_blocksearch.sign(fd_in, fd_out, block_len))
+            _size, digest = _blocksearch.sign(fd_in, fd_out, block_len)
+            return digest
         finally:
             os.close(fd_out)
     finally:

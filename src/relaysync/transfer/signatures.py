@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relaysync.transfer import delta
-from relaysync.watch.scanner import hash_file
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +148,16 @@ class SignatureStore:
                 return
             sig = self._sig_path(path, content_hash)
             tmp = sig.with_suffix(f".{threading.get_ident()}.tmp")  # links may sign the same version at once
-            delta.signature(full, tmp)
-            if hash_file(full) != content_hash:
+        except OSError:
+            return
+        try:
+            if delta.signature(full, tmp) != content_hash:  # a newer version follows
                 tmp.unlink(missing_ok=True)
                 return
-        except OSError:
+        except (OSError, delta.SignatureError) as exc:
+            tmp.unlink(missing_ok=True)  # a full state disk must not keep half a signature
+            if not isinstance(exc, FileNotFoundError):
+                logger.warning("could not sign %s for the next delta: %s", path, exc)
             return
         with self._lock:
             if sig.exists():  # another link signed this version meanwhile

@@ -140,6 +140,86 @@ def test_a_damaged_signature_is_refused_not_trusted(tmp_path: Path, damage: str)
         delta_engine.delta(tmp_path / "sig", tmp_path / "old", tmp_path / "delta")
 
 
+def _same_weak_sum_blocks(count: int, rnd: random.Random) -> bytes:
+    """`count` distinct 2 KiB blocks with one Rabin-Karp weak sum: the sum is linear, so adding
+    a byte pattern whose weighted sum is 0 mod 2^32 (found by search below) keeps it."""
+    mult, width = 0x08104225, 12
+    weights = [pow(mult, width - 1 - i, 1 << 32) for i in range(width)]
+    seen: dict[int, tuple[int, int, int, int]] = {}
+    pattern = None
+    for i in range(width):
+        for j in range(i + 1, width):
+            for a in range(-63, 64):
+                for b in range(-63, 64):
+                    if a == 0 or b == 0:
+                        continue
+                    h = (a * weights[i] + b * weights[j]) & 0xFFFFFFFF
+                    other = seen.get(h)
+                    if other is not None and other[:2] != (i, j):
+                        d = [0] * width
+                        d[i] += a
+                        d[j] += b
+                        d[other[0]] -= other[2]
+                        d[other[1]] -= other[3]
+                        if any(d) and all(-128 <= x <= 127 for x in d):
+                            pattern = d
+                            break
+                    seen[h] = (i, j, a, b)
+                if pattern:
+                    break
+            if pattern:
+                break
+        if pattern:
+            break
+    assert pattern is not None
+    slots = 2048 // width
+    blocks = []
+    for _ in range(count):
+        bits = rnd.getrandbits(slots)
+        block = bytearray([128]) * 2048
+        for slot in range(slots):
+            if bits >> slot & 1:
+                for k in range(width):
+                    block[slot * width + k] += pattern[k]
+        blocks.append(bytes(block))
+    return b"".join(blocks)
+
+
+@pytest.mark.timeout(60)
+def test_blocks_sharing_one_weak_sum_do_not_make_the_search_quadratic(tmp_path: Path) -> None:
+    """16,384 distinct blocks with one weak sum, and 4 MiB of new data made of more of them:
+    with unbounded hash chains this took 67 s; bounded, well under a second."""
+    rnd = random.Random(3)
+    old = _same_weak_sum_blocks(16384, rnd)
+    new = _same_weak_sum_blocks(2048, rnd) + old[: 1024 * 1024]
+    literal, copied = _delta_of(tmp_path, old, new)
+    assert literal + copied == len(new) and copied >= 1024 * 1024
+    _librsync.patch(tmp_path / "old", tmp_path / "delta", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == new
+
+
+def test_huge_files_keep_the_block_within_the_search_limit() -> None:
+    assert delta_engine.block_len_for(0) == delta_engine.MIN_BLOCK_BYTES
+    assert delta_engine.block_len_for(100 * 1024 * 1024) == 2048
+    assert delta_engine.block_len_for(1 << 40) == delta_engine.MAX_BLOCK_BYTES
+
+
+def test_a_failed_signature_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(300_000)
+    (src / "f.bin").write_bytes(data)
+    sigs = SignatureStore(tmp_path / "sigs")
+
+    def disk_full(basis: Path, sig_out: Path) -> bytes:
+        sig_out.write_bytes(b"RSYNSIG1 half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(delta_engine, "signature", disk_full)
+    sigs.remember(src, "f.bin", xxhash.xxh3_128(data).digest())
+    assert list((tmp_path / "sigs" / "sig").iterdir()) == []
+
+
 def test_codec_skips_incompressible_and_round_trips() -> None:
     z = codec.codec_for_level(3)
     text = b"hello world " * 10_000
