@@ -1,4 +1,4 @@
-"""Process-wide memory settings for the data plane.
+"""Process-wide memory settings for services (master and agents).
 
 glibc serves allocations above 128 KiB with a fresh mmap and returns them on free, so every
 1 MiB chunk buffer page-faults anew; on these VMs that costs about 3 µs per 4 KiB page, a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 
 logger = logging.getLogger(__name__)
@@ -38,3 +39,14 @@ def reuse_large_buffers() -> bool:
     if not ok:
         logger.warning("mallopt refused the buffer-reuse settings; large copies will page-fault")
     return ok
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive now (modules, app, routes, ORM metadata) out of the collector's
+    sight, so its full collections stop re-walking them. Called once a service has started.
+
+    Measured with perf during 1 GiB transfers: the collector and its visitors took about 5 % of
+    the agents' CPU samples (each full collection walked the whole startup heap, triggered by
+    the per-chunk allocations); after the freeze they no longer show."""
+    gc.collect()
+    gc.freeze()

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from relaysync._util.memory import reuse_large_buffers
+from relaysync._util.memory import freeze_startup_heap, reuse_large_buffers
 from relaysync.errors import RelaySyncError
 
 err_console = Console(stderr=True)
@@ -50,6 +50,7 @@ def run_service(serve: Callable[..., Coroutine[Any, Any, Any]], on_started: Call
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 value = await tg.start(serve)
+                freeze_startup_heap()
                 if on_started is not None:
                     on_started(value)
                 async for _ in signals:
