@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -421,7 +422,8 @@ class AgentService:
         return SendOptions(codec=codec_for_level(policy.zstd_level), signatures=signatures,
                            bandwidth=TokenBucket(self._bandwidth_rate(policy, target)),
                            force=transfer_override or policy.transfer,
-                           tls=policy.tls or not target.link_secret, link_secret=target.link_secret)
+                           tls=policy.tls or not target.link_secret, link_secret=target.link_secret,
+                           corrupt_deltas=int(os.environ.get("RELAYSYNC_TEST_CORRUPT_DELTAS", "0") or 0))
 
     def _bandwidth_rate(self, policy: LinkPolicy, target: TargetSpec) -> Callable[[], float]:
         """Bytes per second now: the policy's window in force or base limit, else this agent's limit."""

@@ -52,6 +52,9 @@ class SendOptions:
     # wire, so signing is never on the path of the change itself.
     to_sign: list[tuple[str, bytes]] = field(default_factory=list)
     link_secret: bytes = b""
+    # Test hook (RELAYSYNC_TEST_CORRUPT_DELTAS in the source agent's environment): flip one bit
+    # in the first chunk of this many deltas, to show a corrupt delta is never committed.
+    corrupt_deltas: int = 0
 
 
 def _chunk(seq: int, offset: int, data: bytes, options: SendOptions) -> FileChunk:
@@ -98,9 +101,9 @@ def _wants_delta(path: str, base_hash: bytes, seq: int, options: SendOptions) ->
 
 def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: DeltaBuild,
                     options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
-    """DeltaStart, the delta streamed chunk by chunk as librsync writes it, FileEnd.
+    """DeltaStart, the delta streamed chunk by chunk as the search writes it, FileEnd.
 
-    The new version's hash is computed here while librsync reads the same file; a file that
+    The new version's hash is computed here while the search reads the same file; a file that
     changed meanwhile ends in FileAbort (its newer version has its own record).
     """
     st = build.stat
@@ -115,9 +118,12 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
             while True:
                 done = part.done.is_set()  # read before the file: what it wrote by then is there
                 pending += f.read(CHUNK_BYTES - len(pending))
-                # librsync writes in small pieces: while it runs, only sizeable chunks go (each
-                # chunk costs a frame and a TLS record), and the rest once it is done.
+                # while the search runs, only sizeable chunks go (each chunk costs a frame and
+                # a TLS record), and the rest once it is done.
                 if len(pending) >= (CHUNK_BYTES if done else _DELTA_MIN_CHUNK) or (done and pending):
+                    if offset == 0 and options.corrupt_deltas > 0:
+                        options.corrupt_deltas -= 1
+                        pending[len(pending) // 2] ^= 0x10
                     yield _chunk(seq, offset, bytes(pending), options)
                     offset += len(pending)
                     pending.clear()
