@@ -534,7 +534,49 @@ bad:
     return NULL;
 }
 
+/* block_sums(data, block_len) -> (weak sums, strong hashes): the signature entries of data's
+ * blocks (the last may be short), for a sender that signs what it reads as it sends it. */
+static PyObject *py_block_sums(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    long long block_len;
+    if (!PyArg_ParseTuple(args, "y*L", &data, &block_len)) return NULL;
+    if (block_len < 16 || block_len > MAX_BLOCK_LEN) {
+        PyBuffer_Release(&data);
+        PyErr_Format(PyExc_ValueError, "block_len %lld is out of range (16..%u)", block_len,
+                     MAX_BLOCK_LEN);
+        return NULL;
+    }
+    size_t B = (size_t)block_len, n = ((size_t)data.len + B - 1) / B;
+    PyObject *weak = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * sizeof(uint32_t)));
+    PyObject *strong = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * sizeof(uint64_t)));
+    uint32_t *pw = make_powers((uint32_t)B);
+    if (!weak || !strong || !pw) {
+        Py_XDECREF(weak);
+        Py_XDECREF(strong);
+        free(pw);
+        PyBuffer_Release(&data);
+        return pw ? NULL : PyErr_NoMemory();
+    }
+    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(weak), *st = (uint8_t *)PyBytes_AS_STRING(strong);
+    const uint8_t *d = data.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t i = 0, at = 0; i < n; i++, at += B) {
+        uint32_t len = (uint32_t)((size_t)data.len - at < B ? (size_t)data.len - at : B);
+        uint32_t ws = weak_sum(d + at, len, pw + (B - len));
+        uint64_t ss = XXH3_64bits(d + at, len);
+        memcpy(w + i * sizeof ws, &ws, sizeof ws);
+        memcpy(st + i * sizeof ss, &ss, sizeof ss);
+    }
+    Py_END_ALLOW_THREADS
+    free(pw);
+    PyBuffer_Release(&data);
+    return Py_BuildValue("(NN)", weak, strong);
+}
+
 static PyMethodDef methods[] = {
+    {"block_sums", py_block_sums, METH_VARARGS,
+     "block_sums(data, block_len) -> (weak, strong): packed u32 weak sums and u64 strong hashes "
+     "of data's blocks, as in a signature."},
     {"sign", py_sign, METH_VARARGS,
      "sign(in_fd, out_fd, block_len) -> (size, xxh3_128 digest): write the block signature of "
      "in_fd to out_fd."},

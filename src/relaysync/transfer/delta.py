@@ -10,6 +10,7 @@ source's own: they never leave it.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 from relaysync.errors import TransferError
@@ -38,8 +39,52 @@ def available() -> bool:
 
 
 def block_len_for(size: int) -> int:
-    """The block length to sign a file of `size` bytes with."""
-    return min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, -(-size // MAX_BLOCKS // 1024) * 1024))
+    """The block length to sign a file of `size` bytes with: a power of two (so that it divides
+    the sender's 1 MiB reads, see BlockSigner), at most MAX_BLOCKS blocks up to 64 GiB."""
+    wanted = max(MIN_BLOCK_BYTES, -(-size // MAX_BLOCKS))
+    return min(MAX_BLOCK_BYTES, 1 << (wanted - 1).bit_length())
+
+
+_HEADER = struct.Struct("=8sIIQQ")  # as sig_header in _blocksearch.c
+_MAGIC = b"RSYNSIG1"
+
+
+class BlockSigner:
+    """Signs a version block by block from the pieces a sender reads anyway to send it, so the
+    signature of what was sent needs no second read of the file.
+
+    Pieces must be consecutive; all but the last must be a multiple of the block length (the
+    sender's 1 MiB reads are, since block lengths are powers of two). A piece that breaks this
+    (a short read: the file changed) makes the signer unusable: `signature()` returns None.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.block_len = block_len_for(size)
+        self._weak = bytearray()
+        self._strong = bytearray()
+        self._size = 0
+        self._ended = False  # a short piece was seen: only the end may follow
+        self._broken = _blocksearch is None
+
+    def update(self, piece: bytes) -> None:
+        if self._broken or not piece:
+            return
+        if self._ended:
+            self._broken = True
+            return
+        weak, strong = _blocksearch.block_sums(piece, self.block_len)
+        self._weak += weak
+        self._strong += strong
+        self._size += len(piece)
+        self._ended = len(piece) % self.block_len != 0
+
+    def signature(self) -> bytes | None:
+        """The signature file's bytes, or None if the pieces did not make a signable whole."""
+        if self._broken:
+            return None
+        count = len(self._weak) // 4
+        tail = self._size - (count - 1) * self.block_len if count else 0
+        return _HEADER.pack(_MAGIC, self.block_len, tail, self._size, count) + self._weak + self._strong
 
 
 def signature(basis: Path, sig_out: Path) -> bytes:
@@ -61,9 +106,9 @@ def signature(basis: Path, sig_out: Path) -> bytes:
         os.close(fd_in)
 
 
-def delta(sig: Path, new: Path, delta_out: Path, *, start: int = 0, length: int = -1) -> tuple[int, int]:
+def delta(sig: Path | bytes, new: Path, delta_out: Path, *, start: int = 0, length: int = -1) -> tuple[int, int]:
     """Write the delta (copy/literal instructions) that turns the signed basis into `new`;
-    return (literal bytes, copied bytes).
+    return (literal bytes, copied bytes). `sig` is a signature file or its bytes.
 
     With `start`/`length`, only that part of `new` (to its end for length -1) is described: the
     deltas of consecutive parts, applied one after the other, rebuild the whole file, so parts
@@ -72,7 +117,7 @@ def delta(sig: Path, new: Path, delta_out: Path, *, start: int = 0, length: int 
     """
     if _blocksearch is None:
         raise SignatureError(str(sig), "the block search is not built (run scripts/install)")
-    sums = sig.read_bytes()
+    sums = sig if isinstance(sig, bytes) else sig.read_bytes()
     fd_in = os.open(new, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fd_out = os.open(delta_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -80,7 +125,7 @@ def delta(sig: Path, new: Path, delta_out: Path, *, start: int = 0, length: int 
             try:
                 literal, copied = _blocksearch.delta(sums, fd_in, start, length, fd_out)
             except ValueError as exc:
-                raise SignatureError(str(sig), str(exc)) from exc
+                raise SignatureError("given" if isinstance(sig, bytes) else str(sig), str(exc)) from exc
         finally:
             os.close(fd_out)
     finally:

@@ -31,10 +31,9 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.codec import Codec, Plain, encode_chunk
-from relaysync.transfer.signatures import DELTA_MIN_BYTES, DeltaBuild, SignatureStore, version_of
+from relaysync.transfer.signatures import DeltaBuild, SignatureStore, version_of
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
-from relaysync.watch.scanner import hash_file
 
 
 @dataclass
@@ -48,9 +47,6 @@ class SendOptions:
     resume: dict[tuple[str, bytes], int] = field(default_factory=dict)  # (path, hash) -> bytes held
     bandwidth: TokenBucket = field(default_factory=lambda: TokenBucket(0))
     tls: bool = True  # False: a plain link the operator marked trusted, authenticated by link_secret
-    # Versions just sent whose signatures the next delta needs: signed after the batch is on the
-    # wire, so signing is never on the path of the change itself.
-    to_sign: list[tuple[str, bytes]] = field(default_factory=list)
     link_secret: bytes = b""
     # Test hook (RELAYSYNC_TEST_CORRUPT_DELTAS in the source agent's environment): flip one bit
     # in the first chunk of this many deltas, to show a corrupt delta is never committed.
@@ -110,7 +106,9 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=stat.S_IMODE(st.st_mode),
                      mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at,
                      parts=len(build.parts))
-    new_hash = _hash_version(root / path, st)
+    assert options.signatures is not None  # where the build came from
+    # the new version is signed (for the next delta) in the same read that hashes it
+    new_hash = options.signatures.sign_version(root, path, st)
     for part in build.parts:  # each part's chunks start again at offset 0
         offset = 0
         pending = bytearray()
@@ -141,7 +139,6 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
             yield from _whole_messages(root, path, seq, base_hash, b"", options, changed_at)
         return
     yield FileEnd(seq=seq, hash=new_hash)
-    options.to_sign.append((path, new_hash))
 
 
 def _unchanged(full: Path, st: os.stat_result) -> bool:
@@ -151,15 +148,6 @@ def _unchanged(full: Path, st: os.stat_result) -> bool:
         return False
 
 
-def _hash_version(full: Path, st: os.stat_result) -> bytes | None:
-    """The content hash of `full` if it is still the version `st` describes, else None."""
-    try:
-        digest = hash_file(full)
-    except OSError:
-        return None
-    return digest if _unchanged(full, st) else None
-
-
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
                     options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
     full = root / path
@@ -167,6 +155,7 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return
+    signer = None
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
@@ -177,12 +166,17 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
                         mtime_ns=before.st_mtime_ns, base_hash=base_hash, expected_hash=expected_hash,
                         offset=held, changed_at=changed_at)
         hasher = xxhash.xxh3_128()
+        # what is read to be sent is signed too, for the next change's delta (no second read)
+        signer = (options.signatures.signer_for(path, expected_hash, before.st_size)
+                  if options.signatures is not None else None)
         offset = 0
         while offset < before.st_size:
             data = os.pread(fd, min(CHUNK_BYTES, before.st_size - offset), offset)
             if not data:
                 break
             hasher.update(data)  # the target's kept prefix is covered by the whole-file hash too
+            if signer is not None:
+                signer.update(data)
             if offset >= held:
                 yield _chunk(seq, offset, data, options)
             offset += len(data)
@@ -193,11 +187,14 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
             yield FileAbort(seq=seq, reason="changed while read")
             return
         digest = hasher.digest()
+        signature = signer.signature() if signer is not None else None
+        if signature is not None and options.signatures is not None:
+            options.signatures.keep(path, digest, signature)
         yield FileEnd(seq=seq, hash=digest)
     finally:
         os.close(fd)
-    if options.signatures is not None and before.st_size >= DELTA_MIN_BYTES:
-        options.to_sign.append((path, digest))
+        if signer is not None and options.signatures is not None:
+            options.signatures.release(path, expected_hash)
 
 
 def record_messages(root: Path, record: JournalRecord, options: SendOptions | None = None) -> Iterator[Outgoing]:

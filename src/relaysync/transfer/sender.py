@@ -306,15 +306,6 @@ class TargetLink:
         await self._send_stream(session, produce())
         session.sent_upto = last
 
-    def _sign_sent(self) -> None:
-        """Queue the versions just sent for signing (for the next delta), off the send path."""
-        signatures, pending = self.options.signatures, self.options.to_sign
-        if signatures is None or not pending:
-            return
-        self.options.to_sign = []
-        for path, digest in pending:
-            signatures.sign_later(self.source.root, path, digest)
-
     async def _catch_up_by_compare(self, session: _Session) -> None:
         """Compare manifests top-down and send the difference; then checkpoint the journal head."""
         head = self.source.applied_seq
@@ -381,7 +372,6 @@ class TargetLink:
                 before = session.framed.bytes_sent
                 await session.framed.send_many(batch)
                 await limit.consume(session.framed.bytes_sent - before)
-        self._sign_sent()
 
 
 def _not_a_failed_hop(err: BaseException | None) -> bool:

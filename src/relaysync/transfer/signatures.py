@@ -4,6 +4,11 @@ When a file changes, the version its targets hold is the one the source sent las
 kept that version's signature, so it computes the delta itself, with no round trip to the
 targets and once for all of them. Signatures and deltas live on disk in the source's state dir.
 
+A version is signed as it is sent, from the same read: a whole copy feeds what the sender reads
+to a `delta.BlockSigner`; a delta's new version is signed while the delta is computed (instead
+of only hashing it). No second read of the file, and the signature is there when the next
+change comes.
+
 Resource handling: one signature per path (replaced when a newer version is signed); deltas are
 kept while links may still need them and pruned by age.
 """
@@ -15,7 +20,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 DELTA_MIN_BYTES = 64 * 1024  # below this a whole file costs less than signature + delta bookkeeping
 DELTA_MAX_AGE_S = 600.0  # deltas older than this are pruned (links re-create them if needed)
-SIGNER_NICE = 19  # the signing thread yields the CPU to transfers
-SIGN_WAIT_S = 5.0  # a delta waits this long for its base's signature, then the whole file goes
 # Files this large are split into parts whose deltas are computed at once, one per core (the
 # target applies them in order); a block that straddles a part boundary is sent as literal.
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
@@ -83,47 +85,7 @@ class SignatureStore:
         # path -> (size of its last delta / size of the file, when)
         self._ratios: dict[str, tuple[float, float]] = {}
         self._pruned_at = time.monotonic()
-        self._queue: deque[tuple[Path, str, bytes]] = deque()  # versions sent, to sign
-        self._signing: dict[tuple[str, bytes], threading.Event] = {}  # queued or being signed
-        self._signer_running = False
-
-    def sign_later(self, root: Path, path: str, content_hash: bytes) -> None:
-        """Queue a version just sent for signing in a background thread of low CPU priority.
-
-        Signing reads the whole file (about 5 GB/s from the page cache); at nice 19 it takes only what transfers
-        leave idle. A delta that needs a signature still in the queue waits for it (`start_delta`).
-        """
-        key = (path, content_hash)
-        with self._lock:
-            if key in self._signing:
-                return
-            self._signing[key] = threading.Event()
-            self._queue.append((root, path, content_hash))
-            if self._signer_running:
-                return
-            self._signer_running = True
-        threading.Thread(target=self._sign_queued, name="signer", daemon=True).start()
-
-    def _sign_queued(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SIGNER_NICE)
-        except OSError:
-            pass
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._signer_running = False
-                    return
-                root, path, content_hash = self._queue.popleft()
-            try:
-                self.remember(root, path, content_hash)
-            except Exception as exc:  # noqa: BLE001 - only the next delta is lost; the signer goes on
-                logger.warning("could not sign %s for the next delta: %s", path, exc)
-            finally:
-                with self._lock:
-                    done = self._signing.pop((path, content_hash), None)
-                if done is not None:
-                    done.set()
+        self._signing: set[tuple[str, bytes]] = set()  # versions a sender is signing as it sends them
 
     @staticmethod
     def enabled() -> bool:
@@ -138,27 +100,73 @@ class SignatureStore:
     def has(self, path: str, content_hash: bytes) -> bool:
         return self._sig_path(path, content_hash).exists()
 
+    def signer_for(self, path: str, content_hash: bytes, size: int) -> delta.BlockSigner | None:
+        """A signer for the sender about to read this version, unless its signature is kept
+        already or another link is signing it (with many targets, one link signs). The caller
+        calls `keep` with the result or `release` if it stops."""
+        if size < DELTA_MIN_BYTES or not self.enabled() or (content_hash and self.has(path, content_hash)):
+            return None
+        with self._lock:
+            if (path, content_hash) in self._signing:
+                return None
+            self._signing.add((path, content_hash))
+        return delta.BlockSigner(size)
+
+    def release(self, path: str, content_hash: bytes) -> None:
+        with self._lock:
+            self._signing.discard((path, content_hash))
+
+    def keep(self, path: str, content_hash: bytes, signature: bytes) -> None:
+        """Keep `signature` as the one of `path`'s version `content_hash` (the version sent last),
+        replacing the older one. A full state disk loses only the next delta."""
+        if self.has(path, content_hash):
+            return
+        sig = self._sig_path(path, content_hash)
+        tmp = sig.with_suffix(f".{threading.get_ident()}.tmp")  # links may sign the same version at once
+        try:
+            tmp.write_bytes(signature)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # a full state disk must not keep half a signature
+            logger.warning("could not keep the signature of %s for the next delta: %s", path, exc)
+            return
+        self._install(path, sig, tmp)
+
+    def sign_version(self, root: Path, path: str, st: os.stat_result) -> bytes | None:
+        """Sign the file as it is now and return its content hash, if it is still the version
+        `st` describes (else None: a newer version follows). One read serves both."""
+        return self._sign(root, path, st, b"")
+
     def remember(self, root: Path, path: str, content_hash: bytes) -> None:
         """Sign the file as it is now, if it still has `content_hash` (else a newer version follows)."""
         if not self.enabled() or self.has(path, content_hash):
             return
-        full = root / path
         try:
-            if full.stat().st_size < DELTA_MIN_BYTES:
-                return
-            sig = self._sig_path(path, content_hash)
-            tmp = sig.with_suffix(f".{threading.get_ident()}.tmp")  # links may sign the same version at once
+            st = (root / path).stat()
         except OSError:
             return
+        if st.st_size >= DELTA_MIN_BYTES:
+            self._sign(root, path, st, content_hash)
+
+    def _sign(self, root: Path, path: str, st: os.stat_result, wanted: bytes) -> bytes | None:
+        full = root / path
+        tmp = self.dir / "sig" / f"{self._key(path)}.{threading.get_ident()}.signing.tmp"
         try:
-            if delta.signature(full, tmp) != content_hash:  # a newer version follows
+            digest = delta.signature(full, tmp)
+            if version_of(os.stat(full)) != version_of(st) or (wanted and digest != wanted):
                 tmp.unlink(missing_ok=True)
-                return
+                return None
         except (OSError, delta.SignatureError) as exc:
             tmp.unlink(missing_ok=True)  # a full state disk must not keep half a signature
             if not isinstance(exc, FileNotFoundError):
                 logger.warning("could not sign %s for the next delta: %s", path, exc)
-            return
+            return None
+        if self.has(path, digest):
+            tmp.unlink(missing_ok=True)
+        else:
+            self._install(path, self._sig_path(path, digest), tmp)
+        return digest
+
+    def _install(self, path: str, sig: Path, tmp: Path) -> None:
         with self._lock:
             if sig.exists():  # another link signed this version meanwhile
                 tmp.unlink(missing_ok=True)
@@ -176,9 +184,6 @@ class SignatureStore:
         """
         sig = self._sig_path(path, base_hash)
         full = root / path
-        signing = self._signing.get((path, base_hash))
-        if signing is not None:  # the base was sent a moment ago and is still being signed
-            signing.wait(SIGN_WAIT_S)
         try:
             if not sig.exists():
                 return None
@@ -196,6 +201,11 @@ class SignatureStore:
                 return build
             parts = [DeltaPart(key.with_name(f"{key.name}.{i}.delta")) for i in range(count)]
             try:
+                # read now: signing the new version (right after) replaces the base's signature
+                sums = sig.read_bytes()
+            except FileNotFoundError:
+                return None
+            try:
                 for part in parts:
                     part.path.write_bytes(b"")  # readers may open it before the search does
             except OSError as exc:  # a full state disk: the whole file goes instead
@@ -205,14 +215,14 @@ class SignatureStore:
             self._builds[key] = build
         for i, part in enumerate(parts):
             length = bounds[i + 1] - bounds[i] if i + 1 < count else -1
-            threading.Thread(target=self._build_part, args=(build, part, sig, full, path, bounds[i], length),
+            threading.Thread(target=self._build_part, args=(build, part, sums, full, path, bounds[i], length),
                              name=f"delta {i} {path[-40:]}", daemon=True).start()
         return build
 
-    def _build_part(self, build: DeltaBuild, part: DeltaPart, sig: Path, full: Path, path: str,
+    def _build_part(self, build: DeltaBuild, part: DeltaPart, sums: bytes, full: Path, path: str,
                     start: int, length: int) -> None:
         try:
-            delta.delta(sig, full, part.path, start=start, length=length)
+            delta.delta(sums, full, part.path, start=start, length=length)
             part.ok = True
         except (OSError, delta.SignatureError) as exc:
             logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)

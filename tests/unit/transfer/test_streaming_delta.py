@@ -119,17 +119,37 @@ def test_auto_sends_whole_after_a_delta_that_saved_nothing(tmp_path: Path) -> No
     assert isinstance(_stream(src, sigs, base, seq=3)[0], FileStart)  # the ratio seen so far decides
 
 
-def test_a_delta_right_after_a_send_waits_for_the_background_signature(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [64 * 1024, 3 * 1024 * 1024 + 777, 130 * 1024 * 1024 + 5])
+def test_a_version_sent_whole_is_signed_from_the_same_read(tmp_path: Path, size: int) -> None:
+    """No second read and no background signer: the signature is kept by the time FileEnd goes,
+    and it is exactly the one the file-based signer writes (block lengths 2 KiB and 4 KiB here)."""
     src = tmp_path / "src"
     src.mkdir()
-    old = os.urandom(32 * 1024 * 1024)
+    data = os.urandom(size)
+    (src / "f.bin").write_bytes(data)
+    sigs = SignatureStore(tmp_path / "sigs")
+    digest = xxhash.xxh3_128(data).digest()
+    messages = list(iter_file_messages(src, "f.bin", 1, options=SendOptions(signatures=sigs)))
+    assert isinstance(messages[0], FileStart) and isinstance(messages[-1], FileEnd)
+    assert sigs.has("f.bin", digest)
+    kept = next((tmp_path / "sigs" / "sig").glob("*.sig")).read_bytes()
+    assert delta_engine.signature(src / "f.bin", tmp_path / "reference.sig") == digest
+    assert kept == (tmp_path / "reference.sig").read_bytes()
+
+
+def test_the_new_version_of_a_delta_is_signed_for_the_next_one(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(2 * 1024 * 1024)
     (src / "f.bin").write_bytes(old)
     sigs = SignatureStore(tmp_path / "sigs")
     base = xxhash.xxh3_128(old).digest()
-    sigs.sign_later(src, "f.bin", base)  # what a link does once the version is on the wire
-    sigs.sign_later(src, "f.bin", base)  # a second link: queued once
-    build = sigs.start_delta(src, "f.bin", base)  # the next change: waits for the queued signature
-    assert build is not None and sigs.has("f.bin", base)
+    sigs.remember(src, "f.bin", base)
+    new = old[:1000] + b"changed" + old[1000:]
+    (src / "f.bin").write_bytes(new)
+    messages = _stream(src, sigs, base)
+    assert isinstance(messages[0], DeltaStart)
+    assert sigs.has("f.bin", xxhash.xxh3_128(new).digest()) and not sigs.has("f.bin", base)
 
 
 def _parts(tmp: Path, count: int) -> tuple[list[bytes], bytes, bytes, Path]:
