@@ -48,8 +48,9 @@ class Fleet:
             raise
 
 
-def start_fleet(base: Path, agents: tuple[str, ...] = ("src", "t1", "t2")) -> Fleet:
-    cluster = Cluster(base / "fleet")
+def start_fleet(base: Path, agents: tuple[str, ...] = ("src", "t1", "t2"),
+                extra_env: dict[str, str] | None = None) -> Fleet:
+    cluster = Cluster(base / "fleet", extra_env=extra_env or {})
     cluster.start_master()
     for name in agents:
         cluster.start_agent(name, wait=False)

@@ -9,24 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from relaysync.testing.cluster import Cluster, wait_until
-from tests.integration.conftest import Fleet
+from relaysync.testing.cluster import wait_until
+from tests.integration.conftest import Fleet, start_fleet
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def corrupting_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    cluster = Cluster(tmp_path / "fleet", extra_env={"RELAYSYNC_TEST_CORRUPT_DELTAS": "1"})
+    fleet = start_fleet(tmp_path, agents=("src", "t1"), extra_env={"RELAYSYNC_TEST_CORRUPT_DELTAS": "1"})
     try:
-        cluster.start_master()
-        for name in ("src", "t1"):
-            cluster.start_agent(name, wait=False)
-        for name in ("src", "t1"):
-            cluster.wait_agent_up(name)
-        yield Fleet(cluster, tmp_path)
+        yield fleet
     finally:
-        cluster.stop()
+        fleet.cluster.stop()
 
 
 def test_a_flipped_bit_in_a_delta_is_resent_whole_and_never_committed(corrupting_fleet: Fleet) -> None:
