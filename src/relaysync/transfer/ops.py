@@ -39,6 +39,7 @@ from relaysync.transfer.signatures import (
 )
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
+from relaysync.watch.scanner import hash_file
 
 
 @dataclass
@@ -112,8 +113,9 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
                      mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at,
                      parts=len(build.parts))
     assert options.signatures is not None  # where the build came from
-    # the new version is signed (for the next delta) in the same read that hashes it
-    new_hash = options.signatures.sign_version(root, path, st)
+    # the new version is signed (for the next delta) in the same read that hashes it; if it
+    # could not be signed (a full state disk), it is still hashed
+    new_hash = options.signatures.sign_version(root, path, st) or _hash_version(root / path, st)
     for part in build.parts:  # each part's chunks start again at offset 0
         offset = 0
         pending = bytearray()
@@ -151,6 +153,15 @@ def _unchanged(full: Path, st: os.stat_result) -> bool:
         return version_of(os.stat(full)) == version_of(st)
     except OSError:
         return False
+
+
+def _hash_version(full: Path, st: os.stat_result) -> bytes | None:
+    """The content hash of `full` if it is still the version `st` describes, else None."""
+    try:
+        digest = hash_file(full)
+    except OSError:
+        return None
+    return digest if _unchanged(full, st) else None
 
 
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,

@@ -10,7 +10,7 @@ import pytest
 import xxhash
 
 from relaysync.errors import HashMismatch, TransferError
-from relaysync.protocol.messages import DeltaStart, FileChunk, FileEnd, FileStart
+from relaysync.protocol.messages import DeltaStart, FileAbort, FileChunk, FileEnd, FileStart
 from relaysync.transfer import _librsync
 from relaysync.transfer import delta as delta_engine
 from relaysync.transfer.ops import Flush, SendOptions, iter_file_messages
@@ -151,6 +151,29 @@ def test_a_large_version_is_signed_in_the_background_and_a_delta_waits_for_it(tm
     assert build is not None and sigs.has("f.bin", base)
     build.done.wait(60)
     assert build.ok
+
+
+def test_a_delta_still_ends_when_the_state_disk_cannot_take_the_new_signature(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(2 * 1024 * 1024)
+    (src / "f.bin").write_bytes(old)
+    sigs = SignatureStore(tmp_path / "sigs")
+    base = xxhash.xxh3_128(old).digest()
+    sigs.remember(src, "f.bin", base)
+    new = old[:1000] + b"changed" + old[1000:]
+    (src / "f.bin").write_bytes(new)
+
+    def disk_full(basis: Path, sig_out: Path) -> bytes:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(delta_engine, "signature", disk_full)
+    messages = _stream(src, sigs, base)
+    assert isinstance(messages[0], DeltaStart)
+    end = messages[-1]
+    assert isinstance(end, FileEnd) and end.hash == xxhash.xxh3_128(new).digest()
+    assert not any(isinstance(m, FileAbort | FileStart) for m in messages)  # no abort, no whole resend
 
 
 def test_the_new_version_of_a_delta_is_signed_for_the_next_one(tmp_path: Path) -> None:
