@@ -79,18 +79,26 @@ def test_a_delta_abandoned_mid_stream_stops_its_thread(tmp_path: Path) -> None:
     assert not patch.temp.exists()
 
 
+def _source(tmp: Path, size: int, *, signed: bool = True) -> tuple[Path, SignatureStore, bytes, bytes]:
+    """A source folder holding f.bin (random, `size` bytes) and its hash; with `signed`, that
+    version's signature is kept, as after it was sent."""
+    src = tmp / "src"
+    src.mkdir()
+    old = os.urandom(size)
+    (src / "f.bin").write_bytes(old)
+    sigs = SignatureStore(tmp / "sigs")
+    base = xxhash.xxh3_128(old).digest()
+    if signed:
+        sigs.remember(src, "f.bin", base)
+    return src, sigs, old, base
+
+
 def _stream(src: Path, sigs: SignatureStore, base: bytes, seq: int = 2) -> list[object]:
     return list(iter_file_messages(src, "f.bin", seq, base_hash=base, options=SendOptions(signatures=sigs)))
 
 
 def test_links_share_one_delta_build_and_stream_it(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    old = os.urandom(8 * 1024 * 1024)
-    (src / "f.bin").write_bytes(old)
-    sigs = SignatureStore(tmp_path / "sigs")
-    base = xxhash.xxh3_128(old).digest()
-    sigs.remember(src, "f.bin", base)
+    src, sigs, old, base = _source(tmp_path, 8 * 1024 * 1024)
     new = old[:4_000_000] + os.urandom(1_000_000) + old[5_000_000:]
     (src / "f.bin").write_bytes(new)
     first = sigs.start_delta(src, "f.bin", base)
@@ -106,13 +114,7 @@ def test_links_share_one_delta_build_and_stream_it(tmp_path: Path) -> None:
 
 
 def test_auto_sends_whole_after_a_delta_that_saved_nothing(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    old = os.urandom(1024 * 1024)
-    (src / "f.bin").write_bytes(old)
-    sigs = SignatureStore(tmp_path / "sigs")
-    base = xxhash.xxh3_128(old).digest()
-    sigs.remember(src, "f.bin", base)
+    src, sigs, old, base = _source(tmp_path, 1024 * 1024)
     (src / "f.bin").write_bytes(os.urandom(1024 * 1024))  # nothing in common with the old one
     assert isinstance(_stream(src, sigs, base)[0], DeltaStart)  # first time: a delta is tried
     assert not sigs.delta_pays("f.bin")
@@ -123,12 +125,7 @@ def test_auto_sends_whole_after_a_delta_that_saved_nothing(tmp_path: Path) -> No
 def test_a_version_sent_whole_is_signed_from_the_same_read(tmp_path: Path, size: int) -> None:
     """No second read and no background signer: the signature is kept by the time FileEnd goes,
     and it is exactly the one the file-based signer writes."""
-    src = tmp_path / "src"
-    src.mkdir()
-    data = os.urandom(size)
-    (src / "f.bin").write_bytes(data)
-    sigs = SignatureStore(tmp_path / "sigs")
-    digest = xxhash.xxh3_128(data).digest()
+    src, sigs, _, digest = _source(tmp_path, size, signed=False)
     messages = list(iter_file_messages(src, "f.bin", 1, options=SendOptions(signatures=sigs)))
     assert isinstance(messages[0], FileStart) and isinstance(messages[-1], FileEnd)
     assert sigs.has("f.bin", digest)
@@ -138,12 +135,7 @@ def test_a_version_sent_whole_is_signed_from_the_same_read(tmp_path: Path, size:
 
 
 def test_a_large_version_is_signed_in_the_background_and_a_delta_waits_for_it(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    old = os.urandom(INLINE_SIGN_MAX_BYTES + 4096)
-    (src / "f.bin").write_bytes(old)
-    sigs = SignatureStore(tmp_path / "sigs")
-    base = xxhash.xxh3_128(old).digest()
+    src, sigs, _, base = _source(tmp_path, INLINE_SIGN_MAX_BYTES + 4096, signed=False)
     messages = list(iter_file_messages(src, "f.bin", 1, options=SendOptions(signatures=sigs)))
     assert isinstance(messages[-1], FileEnd) and messages[-1].hash == base
     sigs.sign_later(src, "f.bin", base)  # a second link: queued once
@@ -155,13 +147,7 @@ def test_a_large_version_is_signed_in_the_background_and_a_delta_waits_for_it(tm
 
 def test_a_delta_still_ends_when_the_state_disk_cannot_take_the_new_signature(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    old = os.urandom(2 * 1024 * 1024)
-    (src / "f.bin").write_bytes(old)
-    sigs = SignatureStore(tmp_path / "sigs")
-    base = xxhash.xxh3_128(old).digest()
-    sigs.remember(src, "f.bin", base)
+    src, sigs, old, base = _source(tmp_path, 2 * 1024 * 1024)
     new = old[:1000] + b"changed" + old[1000:]
     (src / "f.bin").write_bytes(new)
 
@@ -177,13 +163,7 @@ def test_a_delta_still_ends_when_the_state_disk_cannot_take_the_new_signature(
 
 
 def test_the_new_version_of_a_delta_is_signed_for_the_next_one(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    old = os.urandom(2 * 1024 * 1024)
-    (src / "f.bin").write_bytes(old)
-    sigs = SignatureStore(tmp_path / "sigs")
-    base = xxhash.xxh3_128(old).digest()
-    sigs.remember(src, "f.bin", base)
+    src, sigs, old, base = _source(tmp_path, 2 * 1024 * 1024)
     new = old[:1000] + b"changed" + old[1000:]
     (src / "f.bin").write_bytes(new)
     messages = _stream(src, sigs, base)
@@ -262,13 +242,7 @@ def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -
 
 def test_a_delta_that_fails_on_the_source_falls_back_to_the_whole_file(tmp_path: Path) -> None:
     """Once DeltaStart is out, a failed build must not lose the change: FileAbort, then the file."""
-    src = tmp_path / "src"
-    src.mkdir()
-    old = os.urandom(1024 * 1024)
-    (src / "f.bin").write_bytes(old)
-    sigs = SignatureStore(tmp_path / "sigs")
-    base = xxhash.xxh3_128(old).digest()
-    sigs.remember(src, "f.bin", base)
+    src, sigs, old, base = _source(tmp_path, 1024 * 1024)
     for sig in (tmp_path / "sigs" / "sig").iterdir():
         sig.write_bytes(b"not a signature")  # librsync refuses it
     (src / "f.bin").write_bytes(old[:-10] + b"0123456789")
