@@ -31,12 +31,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.codec import Codec, Plain, encode_chunk
-from relaysync.transfer.signatures import (
-    INLINE_SIGN_MAX_BYTES,
-    DeltaBuild,
-    SignatureStore,
-    version_of,
-)
+from relaysync.transfer.signatures import DeltaBuild, SignatureStore, version_of
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
 from relaysync.watch.scanner import hash_file
@@ -203,16 +198,13 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
             yield FileAbort(seq=seq, reason="changed while read")
             return
         digest = hasher.digest()
-        signature = signer.signature() if signer is not None else None
-        if signature is not None and options.signatures is not None:
-            options.signatures.keep(path, digest, signature)
+        if options.signatures is not None:
+            options.signatures.sent_whole(root, path, digest, before.st_size, signer)
         yield FileEnd(seq=seq, hash=digest)
     finally:
         os.close(fd)
         if signer is not None and options.signatures is not None:
             options.signatures.release(path, expected_hash)
-    if options.signatures is not None and before.st_size > INLINE_SIGN_MAX_BYTES:
-        options.signatures.sign_later(root, path, digest)  # off the send path, at nice 19
 
 
 def record_messages(root: Path, record: JournalRecord, options: SendOptions | None = None) -> Iterator[Outgoing]:

@@ -158,6 +158,16 @@ class SignatureStore:
             self._signing.add((path, content_hash))
         return delta.BlockSigner(size)
 
+    def sent_whole(self, root: Path, path: str, content_hash: bytes, size: int,
+                   signer: delta.BlockSigner | None) -> None:
+        """A version was read whole to be sent: keep what `signer` signed from that read, or
+        queue a version too large to sign inline for the background signer."""
+        signature = signer.signature() if signer is not None else None
+        if signature is not None:
+            self.keep(path, content_hash, signature)
+        elif size > INLINE_SIGN_MAX_BYTES:
+            self.sign_later(root, path, content_hash)  # off the send path, at nice 19
+
     def release(self, path: str, content_hash: bytes) -> None:
         with self._lock:
             self._signing.discard((path, content_hash))
