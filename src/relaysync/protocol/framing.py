@@ -33,12 +33,37 @@ PAUSE_READING_BYTES = 16 * 1024 * 1024  # decoded but unconsumed: stop reading a
 # not become hundreds of MB of objects before the consumer (or authentication) catches up.
 MESSAGE_OVERHEAD_BYTES = 512
 RESUME_READING_BYTES = 4 * 1024 * 1024
+COALESCE_BYTES = 64 * 1024  # payloads below this are joined with their neighbours before a write
 
 
 def encode_frame(message: AnyMessage) -> bytes:
     """Return the frame for `message` (header and payload)."""
     payload = ENCODER.encode(message)
     return _HEADER.pack(len(payload)) + payload
+
+
+def frames_of(messages: list[AnyMessage]) -> list[bytes | bytearray]:
+    """The frames of `messages` as few buffers: small frames joined, large payloads as they are.
+
+    A TLS transport encrypts each buffer it is given as its own record(s), so a batch of small
+    files handed over as separate headers and payloads cost two records each (measured: a third
+    of the source's CPU for 10,000 files of 4 KiB). Payloads of COALESCE_BYTES or more are not
+    copied again.
+    """
+    parts: list[bytes | bytearray] = []
+    joined = bytearray()
+    for message in messages:
+        payload = ENCODER.encode(message)
+        joined += _HEADER.pack(len(payload))
+        if len(payload) < COALESCE_BYTES:
+            joined += payload
+            continue
+        parts.append(joined)
+        parts.append(payload)
+        joined = bytearray()
+    if joined:
+        parts.append(joined)
+    return parts
 
 
 def decode_payload(payload: bytes | memoryview) -> AnyMessage:
@@ -220,16 +245,12 @@ class FramedStream:
 
     async def send_many(self, messages: list[AnyMessage]) -> None:
         """Send several messages in one write (fewer TLS records and syscalls)."""
-        parts: list[bytes] = []
-        for message in messages:
-            payload = ENCODER.encode(message)
-            parts.append(_HEADER.pack(len(payload)))
-            parts.append(payload)
+        parts = frames_of(messages)
         self._write(parts)
         self.bytes_sent += sum(len(p) for p in parts)
         await self.protocol.drain()
 
-    def _write(self, parts: list[bytes]) -> None:
+    def _write(self, parts: list[bytes | bytearray]) -> None:
         if self.transport.is_closing():
             raise anyio.BrokenResourceError("connection closed")
         self.transport.writelines(parts)

@@ -8,7 +8,14 @@ import pytest
 
 from relaysync.errors import FrameTooLarge, ProtocolError
 from relaysync.protocol.connection import open_framed, serve_framed, wrap_accepted
-from relaysync.protocol.framing import FramedStream, FrameProtocol, decode_payload, encode_frame
+from relaysync.protocol.framing import (
+    COALESCE_BYTES,
+    FramedStream,
+    FrameProtocol,
+    decode_payload,
+    encode_frame,
+    frames_of,
+)
 from relaysync.protocol.messages import Checkpoint, FileChunk, FileEnd, FileStart, Hello
 
 
@@ -29,6 +36,23 @@ def test_validate_runs_after_decode() -> None:
         decode_payload(encode_frame(bad)[4:])
     with pytest.raises(ProtocolError):
         decode_payload(encode_frame(FileChunk(seq=1, offset=-1, data=b""))[4:])
+
+
+def test_small_frames_are_joined_and_large_payloads_kept_apart() -> None:
+    big = FileChunk(seq=2, offset=0, data=b"x" * COALESCE_BYTES)
+    messages = [
+        FileStart(seq=1, path="a", size=3, mode=0o644, mtime_ns=7),
+        FileChunk(seq=1, offset=0, data=b"abc"),
+        FileEnd(seq=1, hash=b"h" * 32),
+        big,
+        FileEnd(seq=2, hash=b"g" * 32),
+    ]
+    parts = frames_of(messages)
+    # the three small frames and the big one's header in one buffer; the big payload alone; the tail
+    assert len(parts) == 3
+    assert bytes(parts[1]) == encode_frame(big)[4:]
+    assert b"".join(parts) == b"".join(encode_frame(m) for m in messages)
+    assert frames_of([]) == []
 
 
 class _Transport(asyncio.Transport):
