@@ -161,9 +161,8 @@ def _hash_version(full: Path, st: os.stat_result) -> bytes | None:
 
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
                     options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
-    full = root / path
     try:
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(f"{root}/{path}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return
     signer = None

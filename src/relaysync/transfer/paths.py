@@ -87,13 +87,14 @@ class SafeResolver:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root_name = str(root)
         self._dirs: set[str] = {""}
 
     def forget(self) -> None:
         self._dirs = {""}
 
-    def resolve(self, path: str) -> tuple[Path, bool]:
-        """Return (root/path, whether its parent directory is known to exist).
+    def resolve(self, path: str) -> tuple[str, bool]:
+        """Return (root/path as a string, whether its parent directory is known to exist).
 
         Raises:
             UnsafePath: as resolve_inside.
@@ -101,11 +102,11 @@ class SafeResolver:
         check_relpath(path)
         parent = parent_of(path)
         if parent in self._dirs:
-            return Path(f"{self.root}/{path}"), True
+            return f"{self._root_name}/{path}", True
         full = resolve_inside(self.root, path)
         if os.path.isdir(full.parent) and not os.path.islink(full.parent):
             while parent not in self._dirs:  # resolve_inside proved every ancestor a real dir
                 self._dirs.add(parent)
                 parent = parent_of(parent)
-            return full, True
-        return full, False
+            return str(full), True
+        return str(full), False

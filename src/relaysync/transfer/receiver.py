@@ -267,12 +267,12 @@ class ReceiverSession:
         self._incoming_started = started
         self._incoming_wire = 0
 
-    def _open_incoming(self, msg: FileStart, final: Path, parent_exists: bool) -> staging.IncomingFile:
+    def _open_incoming(self, msg: FileStart, final: str, parent_exists: bool) -> staging.IncomingFile:
         """A temp file for the new content: a named, resumable partial for large files."""
         root = self.folder.root
         if msg.expected_hash and msg.size >= RESUME_MIN_BYTES:
             incoming = staging.IncomingFile.open_partial(
-                root, final, msg.expected_hash, size=msg.size, mode=msg.mode,
+                root, Path(final), msg.expected_hash, size=msg.size, mode=msg.mode,
                 mtime_ns=msg.mtime_ns, offset=msg.offset)
             self.folder.add_partial(msg.path, msg.expected_hash)
             return incoming

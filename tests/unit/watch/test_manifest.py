@@ -123,6 +123,20 @@ def test_file_replacing_dir_drops_subtree(manifest: Manifest) -> None:
     assert manifest.get("a/x") is None and manifest.count() == 3
 
 
+def test_one_call_keeps_the_order_of_its_entries(manifest: Manifest) -> None:
+    """Within one put_many, a later file over a directory drops what came before below it, and
+    what comes after it stays (the same result as putting the entries one at a time)."""
+    manifest.put_many([d("a"), f("a/x"), f("a", b"file"), d("b"), f("b/y"), f("c"), d("c"), f("c/z")])
+    assert manifest.get("a") == f("a", b"file") and manifest.get("a/x") is None
+    assert manifest.get("b/y") is not None
+    assert manifest.get("c") == d("c") and manifest.get("c/z") is not None
+    one_by_one = Manifest(manifest._path.with_name("one.db"))
+    for e in [d("a"), f("a/x"), f("a", b"file"), d("b"), f("b/y"), f("c"), d("c"), f("c/z")]:
+        one_by_one.put_many([e])
+    assert list(one_by_one.iter_entries()) == list(manifest.iter_entries())
+    assert one_by_one.root_hash() == manifest.root_hash()
+
+
 def test_meta_and_reopen(tmp_path: Path) -> None:
     m = Manifest(tmp_path / "m.db")
     m.put_many(sample())
