@@ -35,8 +35,8 @@ def temp_name_for(final: Path) -> Path:
 
 
 def _temp_name(final: str) -> str:
-    folder, _, name = final.rpartition("/")
-    return f"{folder}/{TEMP_PREFIX}{name[:200]}.{_TEMP_SALT}{next(_temp_counter):x}.tmp"
+    folder, name = os.path.split(final)  # a relative final without a folder stays where it is
+    return os.path.join(folder, f"{TEMP_PREFIX}{name[:200]}.{_TEMP_SALT}{next(_temp_counter):x}.tmp")
 
 
 PARTIAL_SUFFIX = ".part"
