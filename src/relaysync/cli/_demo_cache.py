@@ -49,7 +49,7 @@ def start_demo_cache(cluster: Cluster, dir: Path, console: Console) -> DemoCache
     origin = Origin(dir / "target-1").start()
     try:
         cache = Cache("varnish", state, origin.port).start()
-    except Exception:
+    except BaseException:  # Ctrl-C while Varnish starts included
         origin.stop()
         raise
     host = f"127.0.0.1:{cache.port}"

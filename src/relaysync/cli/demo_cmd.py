@@ -7,6 +7,9 @@ group r{i}g{j}; the source in its own region "origin"), whose relay plan is prin
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -124,7 +127,12 @@ def demo(
         raise typer.BadParameter(str(exc.args[0]) if exc.args else str(exc)) from exc
     dir = dir.resolve()
     dir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(dir / ".relaysync")
+    _lock = _lock_dir(dir)  # held until this process exits
+    state = dir / ".relaysync"
+    # Each run starts a fresh fleet (master, agents, mapping); source/ and the targets' folders
+    # stay, and the new mapping's first sync brings the targets in step with the source again.
+    shutil.rmtree(state, ignore_errors=True)
+    cluster = Cluster(state)
     cache: DemoCache | None = None
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -148,6 +156,19 @@ def demo(
         if cache is not None:
             cache.stop()
         cluster.stop()
+
+
+def _lock_dir(dir: Path) -> int:
+    """Lock DIR for this demo, or stop with what to do when another demo runs there."""
+    fd = os.open(dir / ".relaysync.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        console.print(f"[red]another relaysync demo is running in {dir}[/red]: stop it (Ctrl-C) "
+                      "or give this one another --dir")
+        raise typer.Exit(2) from None
+    return fd
 
 
 def _start_fleet(cluster: Cluster, dir: Path, members: Sequence[DemoTarget], shape: Topology | None) -> int:

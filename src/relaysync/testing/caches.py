@@ -232,7 +232,11 @@ class Cache:
         self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True, cwd=self.dir)
         log.close()
-        self._wait_http()
+        try:
+            self._wait_http()
+        except BaseException:  # not up, or interrupted (Ctrl-C in the demo): never leave it running
+            self.stop()
+            raise
         return self
 
     def _fill(self, template: str) -> str:
