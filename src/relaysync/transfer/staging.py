@@ -223,7 +223,8 @@ class CommitBatch:
                         raise exc
                     shutil.rmtree(f.final_name)  # a directory becomes a file
                     os.replace(f.temp_name, f.final_name)
-                dirs.add(os.path.dirname(f.final_name))
+                if self.durable:
+                    dirs.add(os.path.dirname(f.final_name))
             if self.durable:
                 for d in dirs:
                     fsync_dir(d)

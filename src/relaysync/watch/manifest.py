@@ -158,11 +158,9 @@ class Manifest:
             parent, name = split_path(e.path)
             rows.append((e.path, parent, name, e.kind, e.size, e.mtime_ns, e.mode, e.hash, e.link_target))
             stale.update(above)
-        below = [subtree_bounds(p) for p in last_nondir]
         stale.update(last_nondir)
         with self._txn() as db:
-            for table in ("entries", "dirhash"):  # what was below a path that is now a file
-                db.executemany(f"DELETE FROM {table} WHERE path >= ? AND path < ?", below)
+            self._delete_below(db, *last_nondir)  # what was below a path that is now a file
             db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.executemany("DELETE FROM dirhash WHERE path = ?", ((p,) for p in stale))
 
@@ -211,10 +209,10 @@ class Manifest:
             db.executemany("DELETE FROM dirhash WHERE path = ?", ((p,) for p in stale))
 
     @staticmethod
-    def _delete_below(db: sqlite3.Connection, path: str) -> None:
-        low, high = subtree_bounds(path)
+    def _delete_below(db: sqlite3.Connection, *paths: str) -> None:
+        bounds = [subtree_bounds(p) for p in paths]
         for table in ("entries", "dirhash"):
-            db.execute(f"DELETE FROM {table} WHERE path >= ? AND path < ?", (low, high))
+            db.executemany(f"DELETE FROM {table} WHERE path >= ? AND path < ?", bounds)
 
     def children(self, dir_path: str) -> list[Entry]:
         """Return the direct children of `dir_path` ("" = root), sorted by name."""
