@@ -80,3 +80,25 @@ def _one_run(dir: Path, log: Path, run: int) -> None:
     finally:
         _stop(proc)
     assert proc.returncode == 0, log.read_text()
+
+
+def test_a_cache_interrupted_while_it_starts_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the demo while Varnish comes up: the half-started cache must not stay behind."""
+    from relaysync.testing.caches import Cache, Origin
+
+    base = cache_base_dir()
+    origin = Origin(base / "www").start()
+    cache = Cache("varnish", base / "varnish", origin.port)
+
+    def interrupted(self: Cache) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Cache, "_wait_http", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cache.start()
+        assert cache.popen is not None and cache.popen.poll() is not None
+        assert not _processes_mentioning(str(base))
+    finally:
+        origin.stop()
+        shutil.rmtree(base, ignore_errors=True)
