@@ -1,9 +1,10 @@
 """Limits, intervals and timeouts shared by the parts of relaysync, each with its unit and reason."""
 
-PROTOCOL_VERSION = 1  # bumped on any incompatible change to protocol/messages.py
+PROTOCOL_VERSION = 2  # bumped on any incompatible change to protocol/messages.py
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything larger is hostile
 CHUNK_BYTES = 1024 * 1024  # file data travels in frames of at most this many bytes
+SMALL_FILE_BYTES = 64 * 1024  # files up to this size travel whole in one frame (SmallFile)
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX; longer paths on the wire are refused
 MAX_NAME_BYTES = 255  # Linux NAME_MAX
 

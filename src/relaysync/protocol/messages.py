@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from relaysync.constants import CHUNK_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES
+from relaysync.constants import CHUNK_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, SMALL_FILE_BYTES
 from relaysync.errors import ProtocolError
 
 HASH_BYTES = 16  # xxh3-128 digests
@@ -406,6 +406,33 @@ class FileEnd(Message, frozen=True, tag="file_end"):
         _check_hash(self.hash, "file_end.hash")
 
 
+class SmallFile(Message, frozen=True, tag="small_file"):
+    """Source -> target: a whole file of at most SMALL_FILE_BYTES in one frame, with its strong hash.
+
+    Stands for FileStart, one FileChunk and FileEnd: for 10,000 files of 4 KiB the three
+    messages per file were a fifth of the receiver's Python time. Never a delta or a resume."""
+
+    seq: int
+    path: str
+    size: int
+    mode: int
+    mtime_ns: int
+    data: bytes
+    hash: bytes  # of the file's content (after decoding `data`); the target commits only if it matches
+    codec: int = 0  # protocol codec id of `data`: 0 = plain
+    base_hash: bytes = b""  # hash of the version it replaces ("" if none known)
+    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+
+    def validate(self) -> None:
+        _check_changed_at(self.changed_at, "small_file.changed_at")
+        _check_path(self.path, "small_file.path")
+        _check_non_negative(self.seq, "small_file.seq")
+        if not 0 <= self.size <= SMALL_FILE_BYTES or len(self.data) > SMALL_FILE_BYTES + 1024:
+            raise ProtocolError(f"small_file: {self.size} bytes is over the small-file limit")
+        _check_hash(self.hash, "small_file.hash")
+        _check_hash(self.base_hash, "small_file.base_hash", optional=True)
+
+
 class FileAbort(Message, frozen=True, tag="file_abort"):
     """The source gave up on this file (it changed while read); the target discards it."""
 
@@ -616,6 +643,7 @@ AnyMessage = (
     | DeltaStart
     | FileChunk
     | FileEnd
+    | SmallFile
     | FileAbort
     | Delete
     | MakeDir
@@ -633,7 +661,7 @@ AnyMessage = (
 
 
 # Ops that change a target tree, in the order a source streams them.
-ChangeOp = FileStart | DeltaStart | Delete | MakeDir | Symlink | Rename | SetAttr | Erase
+ChangeOp = FileStart | DeltaStart | SmallFile | Delete | MakeDir | Symlink | Rename | SetAttr | Erase
 
 ENCODER = msgspec.msgpack.Encoder()
 DECODER: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import xxhash
 
-from relaysync.constants import CHUNK_BYTES
+from relaysync.constants import CHUNK_BYTES, SMALL_FILE_BYTES
 from relaysync.protocol.messages import (
     AnyMessage,
     Delete,
@@ -27,6 +27,7 @@ from relaysync.protocol.messages import (
     MakeDir,
     Rename,
     SetAttr,
+    SmallFile,
     Symlink,
 )
 from relaysync.transfer.bandwidth import TokenBucket
@@ -172,6 +173,9 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
             return
         held = options.resume.pop((path, expected_hash), 0) if expected_hash else 0
         held = held if held <= before.st_size and held % CHUNK_BYTES == 0 else 0
+        if before.st_size <= SMALL_FILE_BYTES and not held:
+            yield _small_file(root, fd, before, path, seq, base_hash, expected_hash, options, changed_at)
+            return
         yield FileStart(seq=seq, path=path, size=before.st_size, mode=stat.S_IMODE(before.st_mode),
                         mtime_ns=before.st_mtime_ns, base_hash=base_hash, expected_hash=expected_hash,
                         offset=held, changed_at=changed_at)
@@ -204,6 +208,29 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
         os.close(fd)
         if signer is not None and options.signatures is not None:
             options.signatures.release(path, expected_hash)
+
+
+def _small_file(root: Path, fd: int, before: os.stat_result, path: str, seq: int, base_hash: bytes,
+                expected_hash: bytes, options: SendOptions, changed_at: float) -> SmallFile | FileAbort:
+    """The whole file in one message (read with one pread), or FileAbort if it changed meanwhile."""
+    data = os.pread(fd, before.st_size + 1, 0)  # one byte more shows a file that grew
+    after = os.fstat(fd)
+    if len(data) != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        return FileAbort(seq=seq, reason="changed while read")
+    digest = xxhash.xxh3_128_digest(data)
+    if options.signatures is not None:
+        signer = options.signatures.signer_for(path, expected_hash, before.st_size)
+        try:
+            if signer is not None:
+                signer.update(data)
+            options.signatures.sent_whole(root, path, digest, before.st_size, signer)
+        finally:
+            if signer is not None:
+                options.signatures.release(path, expected_hash)
+    codec_id, payload = encode_chunk(data, options.codec)
+    return SmallFile(seq=seq, path=path, size=before.st_size, mode=stat.S_IMODE(before.st_mode),
+                     mtime_ns=before.st_mtime_ns, data=payload, hash=digest, codec=codec_id,
+                     base_hash=base_hash, changed_at=changed_at)
 
 
 def record_messages(root: Path, record: JournalRecord, options: SendOptions | None = None) -> Iterator[Outgoing]:
@@ -248,4 +275,4 @@ def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None)
 
 def message_bytes(message: Outgoing) -> int:
     """Approximate payload size, for batching by bytes."""
-    return len(message.data) + 64 if isinstance(message, FileChunk) else 64
+    return len(message.data) + 64 if isinstance(message, FileChunk | SmallFile) else 64

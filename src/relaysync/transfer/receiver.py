@@ -49,6 +49,7 @@ from relaysync.protocol.messages import (
     Partial,
     Rename,
     SetAttr,
+    SmallFile,
     Symlink,
 )
 from relaysync.transfer import _librsync, codec, staging
@@ -204,6 +205,8 @@ class ReceiverSession:
 
     def _apply_one(self, message: AnyMessage) -> AnyMessage | None:
         match message:
+            case SmallFile():
+                self._small_file(message)
             case FileStart():
                 self._start_file(message)
             case DeltaStart():
@@ -340,16 +343,52 @@ class ReceiverSession:
         except HashMismatch as exc:
             self.folder.drop_partial(start.path)
             raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
+        self._stage(incoming, start, msg.hash, self._incoming_wire, self._incoming_started)
+
+    def _small_file(self, msg: SmallFile) -> None:
+        """A whole small file in one message: write, verify and stage it at once."""
+        self._abort_incoming()
+        self._skip_seq = -1
+        started = time.monotonic()
+        try:
+            final, parent_exists = self._paths.resolve(msg.path)
+        except UnsafePath as exc:
+            self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
+            return
+        try:
+            data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data)
+            incoming = staging.IncomingFile.open(self.folder.root, final, size=msg.size, mode=msg.mode,
+                                                 mtime_ns=msg.mtime_ns, parent_exists=parent_exists)
+        except ProtocolError as exc:
+            raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc
+        except OSError as exc:
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        try:
+            incoming.append(data)
+            incoming.finish(msg.hash)
+        except HashMismatch as exc:  # not the bytes the source hashed: corrupt on the wire
+            raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
+        except TransferError as exc:  # more bytes than the announced size
+            incoming.discard()
+            raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, f"{msg.path}: {exc}") from exc
+        except OSError as exc:
+            incoming.discard()
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        self._stage(incoming, msg, msg.hash, len(msg.data), started)
+
+    def _stage(self, incoming: staging.IncomingFile, start: FileStart | DeltaStart | SmallFile,
+               content_hash: bytes, wire: int, started: float) -> None:
+        """Queue a verified file for the next commit, with its manifest entry and job record."""
         self._batch.add(incoming)
         self._pending.entries.append(
             Entry(path=start.path, kind="f", size=start.size, mtime_ns=start.mtime_ns,
-                  mode=stat.S_IMODE(start.mode), hash=msg.hash)
+                  mode=stat.S_IMODE(start.mode), hash=content_hash)
         )
         self._pending.records.append(
             self._record(start.seq, "write", start.path, size=start.size,
-                         wire=self._incoming_wire, started=self._incoming_started, changed_at=start.changed_at)
+                         wire=wire, started=started, changed_at=start.changed_at)
         )
-        self._note(msg.seq)
+        self._note(start.seq)
         if len(self._batch) >= 256:
             self.flush()
 

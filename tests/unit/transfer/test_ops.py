@@ -1,11 +1,28 @@
-"""Journal records to wire ops: every op carries the time its record was journaled."""
+"""Journal records to wire ops: every op carries the time its record was journaled; small files
+travel whole in one message, larger ones as start, chunks and end."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from relaysync.protocol.messages import Delete, FileStart, MakeDir, Rename
-from relaysync.transfer.ops import record_messages
+import pytest
+import xxhash
+
+from relaysync.constants import SMALL_FILE_BYTES
+from relaysync.protocol.messages import (
+    Delete,
+    FileAbort,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    MakeDir,
+    Rename,
+    SmallFile,
+)
+from relaysync.transfer import ops as ops_module
+from relaysync.transfer.codec import Zstd, codec_for_level, decode_chunk
+from relaysync.transfer.ops import SendOptions, iter_file_messages, record_messages
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
 
@@ -20,7 +37,50 @@ def test_ops_carry_the_journal_time(tmp_path: Path) -> None:
         JournalRecord(seq=4, op="delete", path="g"),  # a journal written before times were kept
     ]
     ops = [m for r in records for m in record_messages(tmp_path, r)]
-    starts = [m for m in ops if isinstance(m, FileStart | MakeDir | Rename | Delete)]
+    starts = [m for m in ops if isinstance(m, SmallFile | MakeDir | Rename | Delete)]
     assert [(type(m).__name__, m.changed_at) for m in starts] == [
-        ("FileStart", 1_700_000_000.5), ("MakeDir", 1_700_000_000.5), ("Rename", 1_700_000_000.5),
+        ("SmallFile", 1_700_000_000.5), ("MakeDir", 1_700_000_000.5), ("Rename", 1_700_000_000.5),
         ("Delete", 0.0)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, SMALL_FILE_BYTES])
+def test_a_small_file_is_one_message_with_its_hash(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    os.chmod(tmp_path / "f", 0o640)
+    (msg,) = iter_file_messages(tmp_path, "f", 7, base_hash=b"b" * 16, changed_at=5.0)
+    assert isinstance(msg, SmallFile)
+    msg.validate()
+    assert (msg.seq, msg.path, msg.size, msg.mode, msg.data, msg.codec) == (7, "f", size, 0o640, data, 0)
+    assert msg.hash == xxhash.xxh3_128_digest(data) and msg.base_hash == b"b" * 16 and msg.changed_at == 5.0
+
+
+def test_a_file_above_the_small_limit_streams_as_start_chunks_end(tmp_path: Path) -> None:
+    data = os.urandom(SMALL_FILE_BYTES + 1)
+    (tmp_path / "f").write_bytes(data)
+    out = list(iter_file_messages(tmp_path, "f", 3))
+    assert [type(m) for m in out] == [FileStart, FileChunk, FileEnd]
+    assert out[1].data == data and out[2].hash == xxhash.xxh3_128_digest(data)
+
+
+def test_a_small_file_is_compressed_by_the_link_codec(tmp_path: Path) -> None:
+    text = b"relaysync sends small text files whole, compressed when it pays.\n" * 500
+    (tmp_path / "t.txt").write_bytes(text)
+    (msg,) = iter_file_messages(tmp_path, "t.txt", 1, options=SendOptions(codec=codec_for_level(3)))
+    assert isinstance(msg, SmallFile) and msg.codec == Zstd.ID and len(msg.data) < len(text) / 10
+    assert decode_chunk(msg.codec, msg.data) == text and msg.hash == xxhash.xxh3_128_digest(text)
+
+
+def test_a_small_file_that_grows_while_read_is_aborted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    real_pread = os.pread
+
+    def pread_then_grow(fd: int, n: int, offset: int) -> bytes:
+        with open(path, "ab") as f:  # the writer appends between the source's fstat and its read
+            f.write(b"more")
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(ops_module.os, "pread", pread_then_grow)
+    (msg,) = iter_file_messages(tmp_path, "f", 9)
+    assert isinstance(msg, FileAbort) and msg.seq == 9

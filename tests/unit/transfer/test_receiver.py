@@ -1,10 +1,11 @@
-"""The receiver applied directly: atomic commit, refusals, idempotent replays."""
+"""The receiver applied directly: atomic commit, refusals, idempotent replays; small files in one message."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 import xxhash
 
@@ -22,8 +23,10 @@ from relaysync.protocol.messages import (
     MakeDir,
     Rename,
     SetAttr,
+    SmallFile,
     Symlink,
 )
+from relaysync.transfer.codec import codec_for_level, encode_chunk
 from relaysync.transfer.receiver import ReceiverSession, TargetFolder
 from relaysync.watch.manifest import Manifest
 from tests._trees import snapshot, temp_files
@@ -138,3 +141,67 @@ def test_commit_records_carry_the_change_time_and_commit_after_it(folder: Target
     assert [(r.seq, r.changed_at) for r in reports] == [(1, changed), (2, changed + 1), (3, 0.0)]
     for r in reports:
         assert r.committed_at - r.changed_at >= r.duration_ms / 1000.0  # latency >= transfer time
+
+
+MTIME_NS = 1_700_000_000_000_000_000
+
+
+def _small(seq: int, path: str, data: bytes, **over: object) -> SmallFile:
+    msg = SmallFile(seq=seq, path=path, size=len(data), mode=0o640, mtime_ns=MTIME_NS, data=data,
+                    hash=xxhash.xxh3_128_digest(data))
+    return msgspec.structs.replace(msg, **over) if over else msg
+
+
+def test_small_files_committed_in_one_message_each(folder: TargetFolder) -> None:
+    reports: list[CommitRecord] = []
+    s = ReceiverSession(folder, "j1", lambda wm, recs: reports.extend(recs))
+    text = b"a small text file, compressed on the wire\n" * 200
+    codec_id, packed = encode_chunk(text, codec_for_level(3))
+    replies = s.apply_batch([_small(1, "a/b.bin", b"x" * 4096), _small(2, "empty", b""),
+                             _small(3, "t.txt", packed, size=len(text), hash=xxhash.xxh3_128_digest(text),
+                                    codec=codec_id),
+                             Checkpoint(seq=3)])
+    assert replies == [Ack(mapping_id=1, watermark=3)]
+    assert (folder.root / "a" / "b.bin").read_bytes() == b"x" * 4096
+    assert (folder.root / "empty").read_bytes() == b"" and (folder.root / "t.txt").read_bytes() == text
+    st = os.stat(folder.root / "a" / "b.bin")
+    assert st.st_mode & 0o777 == 0o640 and st.st_mtime_ns == MTIME_NS
+    assert [(r.seq, r.ok, r.size) for r in reports] == [(1, True, 4096), (2, True, 0), (3, True, len(text))]
+    assert reports[2].wire_bytes == len(packed)
+    entry = folder.manifest.get("a/b.bin")
+    assert entry is not None and entry.hash == xxhash.xxh3_128_digest(b"x" * 4096)
+    assert temp_files(folder.root) == []
+
+
+@pytest.mark.parametrize("bad", [
+    {"hash": b"\0" * 16},  # a bit flipped on the wire: not the bytes the source hashed
+    {"size": 3},  # more bytes than announced
+    {"codec": 3},  # not zstd data: undecodable
+    {"codec": 99},  # an unknown codec
+])
+def test_a_corrupt_small_file_is_refused_and_never_committed(folder: TargetFolder, bad: dict) -> None:
+    (folder.root / "f").write_bytes(b"old")
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+    replies = s.apply_batch([_small(1, "f", b"new content", **bad), Checkpoint(seq=1)])
+    assert len(replies) == 1 and isinstance(replies[0], Error) and replies[0].seq == 1
+    assert replies[0].code in (ErrorCode.HASH_MISMATCH, ErrorCode.BAD_MESSAGE)
+    assert (folder.root / "f").read_bytes() == b"old"
+    assert temp_files(folder.root) == [] and folder.watermark("j1") == 0
+
+
+def test_a_small_file_at_an_unsafe_path_is_refused(folder: TargetFolder) -> None:
+    reports: list[CommitRecord] = []
+    s = ReceiverSession(folder, "j1", lambda wm, recs: reports.extend(recs))
+    replies = s.apply_batch([_small(1, "../evil", b"e"), _small(2, "ok", b"fine"), Checkpoint(seq=2)])
+    assert replies == [Ack(mapping_id=1, watermark=2)]
+    assert [r.ok for r in reports] == [False, True]
+    assert not (folder.root.parent / "evil").exists() and (folder.root / "ok").read_bytes() == b"fine"
+
+
+def test_a_small_file_over_the_limit_is_refused_at_decode() -> None:
+    from relaysync.constants import SMALL_FILE_BYTES
+    from relaysync.errors import ProtocolError
+    from relaysync.protocol.framing import decode_payload, encode_frame
+    big = _small(1, "f", b"x" * (SMALL_FILE_BYTES + 1))
+    with pytest.raises(ProtocolError, match="small-file limit"):
+        decode_payload(encode_frame(big)[4:])
