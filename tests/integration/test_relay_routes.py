@@ -71,7 +71,12 @@ def _wait_plan(fleet: Fleet, mapping_id: int, check: Any, what: str) -> dict[str
         found.update(_routes(fleet, mapping_id))
         return bool(check(_parents(found)))
 
-    wait_until(planned, timeout_s=ROUTE_TIMEOUT_S, interval_s=0.1, what=what)
+    try:
+        wait_until(planned, timeout_s=ROUTE_TIMEOUT_S, interval_s=0.1, what=what)
+    except Exception:
+        print("routes:", found)
+        print("servers:", fleet.cluster.api.get("/api/servers").json())
+        raise
     return found
 
 

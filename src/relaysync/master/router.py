@@ -361,11 +361,14 @@ class Router:
         if self._links_up is None or now - self._started_at < LINK_GRACE_S:
             return
         linked = set(self._links_up())
-        stale = [n for n in self._servers if n not in self._down and n not in linked]
+        candidates = [n for n in self._servers if n not in self._down and n not in linked]
+        # Only a server last seen by an earlier master: one seen since registered with this one
+        # (its link may not be listed yet, or it dropped and its own handler marks it down).
+        stale = [n for n in candidates
+                 if self.store.set_server_state(n, "down", now, unless_seen_since=self._started_at)]
         for node_id in stale:
-            logger.warning("%s is stored up but its agent has not reconnected: marking it down",
+            logger.warning("%s is stored up but its agent has not reconnected: marked it down",
                            self._name(node_id))
-            self.store.set_server_state(node_id, "down", now)
         if stale:
             self.topology_changed("agents not reconnected after the master restarted")
 

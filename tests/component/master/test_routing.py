@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.master.app import create_app
 from relaysync.master.events import EventBus, EventType
-from relaysync.master.router import HOP_FAILED_TTL_S, Router
+from relaysync.master.router import HOP_FAILED_TTL_S, LINK_GRACE_S, Router
 from relaysync.master.store import Store
 from relaysync.protocol.messages import Assignment, CommitRecord, CommitReport
 
@@ -383,3 +383,20 @@ def test_hops_into_a_restarted_server_are_tried_again(env: Env) -> None:
     env.set_state(name, "down")
     env.set_state(name, "up")  # restarted: the hop gets a fresh chance
     assert env.parent_of(name) == parent
+
+
+def test_after_a_restart_only_servers_not_seen_since_are_taken_down(env: Env) -> None:
+    """A server stored up by the master before, whose agent is not back after the grace, goes
+    down; one that registered with this master while its link was not listed yet stays up."""
+    env.clock.now += 100
+    linked: set[str] = {nid("src")}
+    router = Router(env.store, EventBus(), clock=env.clock, links_up=lambda: linked)
+    router.load()
+    env.store.set_server_state(nid("a1"), "up", env.clock.now + 1)  # registering right now
+    router.topology_changed("a1 up")
+    env.clock.now += LINK_GRACE_S + 1
+    router.tick()
+    states = {s.name: s.state for s in env.store.list_servers()}
+    assert states["src"] == "up" and states["a1"] == "up"
+    assert {n for n, s in states.items() if s == "down"} == set(FLEET) - {"src", "a1"}
+    assert nid("a1") in {r.child for r in router.view(env.mapping_id).routes}  # still planned

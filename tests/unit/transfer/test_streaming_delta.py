@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from relaysync.constants import SMALL_FILE_BYTES
 from relaysync.errors import HashMismatch, TransferError
-from relaysync.protocol.messages import DeltaStart, FileAbort, FileChunk, FileEnd, FileStart
+from relaysync.protocol.messages import (
+    DeltaStart,
+    FileAbort,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    SmallFile,
+)
 from relaysync.transfer import _librsync
 from relaysync.transfer import delta as delta_engine
 from relaysync.transfer.ops import Flush, SendOptions, iter_file_messages
@@ -121,13 +129,17 @@ def test_auto_sends_whole_after_a_delta_that_saved_nothing(tmp_path: Path) -> No
     assert isinstance(_stream(src, sigs, base, seq=3)[0], FileStart)  # the ratio seen so far decides
 
 
-@pytest.mark.parametrize("size", [64 * 1024, 3 * 1024 * 1024 + 777])
+@pytest.mark.parametrize("size", [SMALL_FILE_BYTES, SMALL_FILE_BYTES + 1, 3 * 1024 * 1024 + 777])
 def test_a_version_sent_whole_is_signed_from_the_same_read(tmp_path: Path, size: int) -> None:
-    """No second read and no background signer: the signature is kept by the time FileEnd goes,
-    and it is exactly the one the file-based signer writes."""
+    """No second read and no background signer: the signature is kept by the time the file's
+    last message goes (one SmallFile, or FileStart ... FileEnd), and it is exactly the one the
+    file-based signer writes."""
     src, sigs, _, digest = _source(tmp_path, size, signed=False)
     messages = list(iter_file_messages(src, "f.bin", 1, options=SendOptions(signatures=sigs)))
-    assert isinstance(messages[0], FileStart) and isinstance(messages[-1], FileEnd)
+    if size <= SMALL_FILE_BYTES:
+        assert [type(m) for m in messages if not isinstance(m, Flush)] == [SmallFile]
+    else:
+        assert isinstance(messages[0], FileStart) and isinstance(messages[-1], FileEnd)
     assert sigs.has("f.bin", digest)
     kept = next((tmp_path / "sigs" / "sig").glob("*.sig")).read_bytes()
     assert delta_engine.signature(src / "f.bin", tmp_path / "reference.sig") == digest

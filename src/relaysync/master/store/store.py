@@ -196,8 +196,16 @@ class Store(SiteStore):
             session.flush()
             return _server_info(row)
 
-    def set_server_state(self, node_id: str, state: str, last_seen: float) -> None:
+    def set_server_state(self, node_id: str, state: str, last_seen: float, *,
+                         unless_seen_since: float | None = None) -> bool:
         """Record that a server is up, down or unknown, as last seen at `last_seen` (unix time).
+
+        Args:
+            unless_seen_since: leave the server as it is if it was last seen at or after this
+                time (checked in the same transaction: a registration that just wrote wins).
+
+        Returns:
+            Whether the state was written.
 
         Raises:
             ConfigError: an unknown state.
@@ -209,7 +217,10 @@ class Store(SiteStore):
             row = session.get(Server, node_id)
             if row is None:
                 raise NotFound("Server", node_id)
+            if unless_seen_since is not None and row.last_seen is not None and row.last_seen >= unless_seen_since:
+                return False
             row.state, row.last_seen = state, last_seen
+            return True
 
     def set_server_topology(
         self,
