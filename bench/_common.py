@@ -251,14 +251,16 @@ def timed_run(cmd: list[str], *, timeout_s: float = 1800) -> float:
 
 # ------------------------------------------------------------------ per-connection TCP bytes
 
-_SS_BYTES = re.compile(r"\b(bytes_sent|bytes_received|bytes_acked):(\d+)")
+_SS_BYTES = re.compile(r"\b(bytes_sent|bytes_received|bytes_acked|bytes_retrans):(\d+)")
 
 
 def ss_connections(dport: int) -> dict[tuple[str, str], dict[str, int]]:
     """Established TCP sockets whose peer port is `dport`, with their kernel byte counters.
 
     Key: (local address, peer address). Counters are cumulative for the socket's lifetime
-    (payload bytes, TCP/IP headers not included; TLS record overhead included).
+    (payload bytes, TCP/IP headers not included; TLS record overhead included). `bytes_sent`
+    counts retransmissions too: loopback retransmits when a busy receiver's queue is pruned
+    (TcpExtPruneCalled), 0-3.5 MB per GiB here, so the sent side is measured by `sent_bytes`.
     """
     out = subprocess.run(
         ["ss", "-tinH", "state", "established", f"( dport = :{dport} )"],
@@ -283,6 +285,12 @@ def ss_connections(dport: int) -> dict[tuple[str, str], dict[str, int]]:
     return conns
 
 
+def sent_bytes(counters: dict[str, int]) -> int:
+    """Payload the peer acknowledged (bytes_acked, i.e. without retransmissions; rsync's --stats
+    counts what it wrote, never a retransmission); bytes_sent where ss gives no bytes_acked."""
+    return counters.get("bytes_acked", counters.get("bytes_sent", 0))
+
+
 class ConnectionBytes:
     """Track the highest counters seen per connection to one port while polling."""
 
@@ -298,7 +306,11 @@ class ConnectionBytes:
 
     @property
     def sent(self) -> int:
-        return sum(c.get("bytes_sent", 0) for c in self.seen.values())
+        return sum(sent_bytes(c) for c in self.seen.values())
+
+    @property
+    def retransmitted(self) -> int:
+        return sum(c.get("bytes_retrans", 0) for c in self.seen.values())
 
     @property
     def received(self) -> int:
@@ -459,6 +471,7 @@ class ConnectionWindow:
         self.bytes = ConnectionBytes(dport)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.retransmitted = 0  # bytes sent again (not in `sent`), set by stop()
 
     def start(self) -> None:
         import threading
@@ -480,16 +493,18 @@ class ConnectionWindow:
         self._thread.start()
 
     def stop(self) -> tuple[int, int, int]:
-        """Return (sent, received, connections seen)."""
+        """Return (sent and acknowledged, received, connections seen); `retransmitted` is set too."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
         self.bytes.sample()
-        sent = received = 0
+        sent = received = retransmitted = 0
         for key, counters in self.bytes.seen.items():
             base = self.baseline.get(key, {})
-            sent += counters.get("bytes_sent", 0) - base.get("bytes_sent", 0)
+            sent += sent_bytes(counters) - sent_bytes(base)
             received += counters.get("bytes_received", 0) - base.get("bytes_received", 0)
+            retransmitted += counters.get("bytes_retrans", 0) - base.get("bytes_retrans", 0)
+        self.retransmitted = retransmitted
         return sent, received, len(self.bytes.seen)
 
 

@@ -166,7 +166,8 @@ def bench_big(work: Path, runs: int, results: dict[str, Any], timeout_s: float) 
             (src_dir / name).unlink()  # the delete replicates; wait so runs do not overlap
             poll_until(lambda: not target.exists(), timeout_s=60, interval_s=0.02, what="delete on t1")
             console.print(f"    relaysync {variant.replace('_', ' ')}: {dt:.3f} s ({GIB / dt / 1e6:.0f} MB/s), "
-                          f"{sent + received:,} B on the wire ({sent + received - GIB:+,} B over the payload)")
+                          f"{sent + received:,} B on the wire ({sent + received - GIB:+,} B over the payload; "
+                          f"{window.retransmitted:,} B retransmitted, not counted)")
             return dt
 
         def via_daemon(i: int) -> float:

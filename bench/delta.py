@@ -436,7 +436,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="relaysync-bench-delta-", dir=args.workdir))
     results: dict[str, Any] = {"bench": "delta", "runs": runs, "file_mib": 100,
                                **{f"machine_{k}": v for k, v in info.items()}, "src_revision": rev,
-                               "bytes_method": ("relaysync: ss -tin kernel counters (bytes_sent+bytes_received, "
+                               "bytes_method": ("relaysync: ss -tin kernel counters (bytes_acked+bytes_received, "
                                                 "TCP payload incl. TLS records and pings) of the source agent's "
                                                 "sockets to t1's peer port, from before the overwrite until "
                                                 "t1's ack; rsync: --stats total bytes sent + received"),

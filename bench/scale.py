@@ -340,7 +340,7 @@ def main() -> int:
         results["catchup_bytes_from_target"] = counter.received
         results["catchup_s"] = round(t_equal, 3)
         results["catchup_connections"] = len(counter.seen)
-        results["catchup_method"] = ("ss -tin kernel counters (bytes_sent+bytes_received, TCP payload "
+        results["catchup_method"] = ("ss -tin kernel counters (bytes_acked+bytes_received, TCP payload "
                                      "incl. TLS handshake and records) of the source agent's sockets "
                                      "to t1's new peer port, sampled every 50 ms until acked")
         console.print(f"  t1 restarted at port {port}; changed file equal after {t_equal:.3f} s; "
