@@ -36,6 +36,7 @@ GUARD_MIN_DELETES = 100  # the mass-delete guard never trips for fewer deleted e
 GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder
 GUARD_RECHECK_S = 5.0  # held deletes are re-evaluated this often
 HOT_FILE_S = 1.0  # a file a scan finds modified this recently may still be open for writing
+ACK_FLUSH_S = 0.2  # acks are persisted and the journal released at most this often, off the loop
 
 
 class SourceMapping:
@@ -56,6 +57,7 @@ class SourceMapping:
         self._new_records = anyio.Event()
         self._acks_path = state_dir / "acks.json"
         self._acks: dict[str, int] = self._load_acks()
+        self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)
         self.ready = anyio.Event()
         # The highest seq whose effect is in the manifest: a manifest comparison covers up to it.
         self.applied_seq = self.journal.last_seq
@@ -120,22 +122,40 @@ class SourceMapping:
                 await self._new_records.wait()
 
     def on_ack(self, target_node: str, watermark: int) -> None:
+        """A target committed up to `watermark`; persisted with the next flush (`_flush_acks`)."""
         self._acks[target_node] = watermark
-        self._release()
+        self._acks_changed.set()
 
     def backlog(self) -> int:
         """Return how many journal records the slowest target has not acknowledged yet."""
         acked = [self._acks.get(t.node_id, 0) for t in self.spec.targets]
         return max(0, self.journal.last_seq - min(acked)) if acked else 0
 
-    def _release(self) -> None:
+    async def _flush_acks(self) -> None:
+        """Persist the acks and release the journal up to the slowest target, at most every
+        ACK_FLUSH_S and in a worker thread: acks arrive per batch from every target, and each
+        release writes two files (and fsyncs one in safe mode), which must not stall the links
+        that share this event loop. A restart before a flush only finds older acks: the journal
+        was released no further than they say, so nothing is lost (a little is sent again)."""
+        try:
+            while True:
+                await self._acks_changed.wait()
+                await anyio.sleep(ACK_FLUSH_S)  # the acks of the other targets come meanwhile
+                self._acks_changed = anyio.Event()
+                await anyio.to_thread.run_sync(self._release, dict(self._acks))
+        finally:
+            if self._acks_changed.is_set():
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._release, dict(self._acks))
+
+    def _release(self, acks: dict[str, int]) -> None:
         targets = [t.node_id for t in self.spec.targets]
-        if not targets or any(t not in self._acks for t in targets):
+        if not targets or any(t not in acks for t in targets):
             return
-        upto = min(self._acks[t] for t in targets)
+        upto = min(acks[t] for t in targets)
         tmp = self._acks_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"journal_id": self.journal.journal_id, "acks": self._acks}))
-        os.replace(tmp, self._acks_path)
+        tmp.write_text(json.dumps({"journal_id": self.journal.journal_id, "acks": acks}))
+        os.replace(tmp, self._acks_path)  # before the release: acks never lag the journal's start
         self.journal.release(upto)
 
     # --- pipeline ---
@@ -152,6 +172,7 @@ class SourceMapping:
             await tg.start(watcher.serve, send)
             tg.start_soon(self._recheck_held)
             tg.start_soon(self._recheck_guard)
+            tg.start_soon(self._flush_acks)
             first_sync = await anyio.to_thread.run_sync(self.manifest.count) == 0
             tops = await anyio.to_thread.run_sync(self._top_level_names) if first_sync else []
             # A first scan is journaled one top-level entry at a time and the links start after

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from relaysync.constants import RECEIVE_TIMEOUT_S
 from relaysync.errors import ConfigError, RouteError, StoreError
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.store._modes import next_run
@@ -362,10 +363,12 @@ class Router:
             return
         linked = set(self._links_up())
         candidates = [n for n in self._servers if n not in self._down and n not in linked]
-        # Only a server last seen by an earlier master: one seen since registered with this one
-        # (its link may not be listed yet, or it dropped and its own handler marks it down).
+        # Only a server last seen by an earlier master, or silent for longer than a live link
+        # may be (its link dropped and the store missed the "down"): one seen since registered
+        # with this master, and its link may not be listed yet.
+        seen_since = max(self._started_at, now - RECEIVE_TIMEOUT_S)
         stale = [n for n in candidates
-                 if self.store.set_server_state(n, "down", now, unless_seen_since=self._started_at)]
+                 if self.store.set_server_state(n, "down", now, unless_seen_since=seen_since)]
         for node_id in stale:
             logger.warning("%s is stored up but its agent has not reconnected: marked it down",
                            self._name(node_id))

@@ -41,7 +41,9 @@ async def server_hello(framed: FramedStream, *, node_id: str, name: str,
     if not isinstance(hello, Hello):
         raise ProtocolError("first frame must be Hello")
     if hello.protocol_version != PROTOCOL_VERSION:
-        await framed.send(Error(code=ErrorCode.VERSION, detail=f"this {role} speaks protocol {PROTOCOL_VERSION}"))
+        await framed.send(Error(code=ErrorCode.VERSION, detail=(
+            f"this {role} speaks protocol {PROTOCOL_VERSION}, you speak {hello.protocol_version}: "
+            "upgrade the older side (the master and every agent must run the same protocol version)")))
         raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
     await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, name=name, role=role))
     return hello

@@ -429,6 +429,8 @@ class SmallFile(Message, frozen=True, tag="small_file"):
         _check_non_negative(self.seq, "small_file.seq")
         if not 0 <= self.size <= SMALL_FILE_BYTES or len(self.data) > SMALL_FILE_BYTES + 1024:
             raise ProtocolError(f"small_file: {self.size} bytes is over the small-file limit")
+        if self.codec == 0 and len(self.data) != self.size:  # malformed, not corrupt: never retried
+            raise ProtocolError(f"small_file: {len(self.data)} bytes of data for a size of {self.size}")
         _check_hash(self.hash, "small_file.hash")
         _check_hash(self.base_hash, "small_file.base_hash", optional=True)
 

@@ -355,6 +355,8 @@ class ReceiverSession:
         except UnsafePath as exc:
             self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
             return
+        except OSError as exc:  # the path could not be checked (EACCES, EIO...): as for FileStart
+            raise _transient_os(msg.seq, msg.path, exc) from exc
         try:
             data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data)
             incoming = staging.IncomingFile.open(self.folder.root, final, size=msg.size, mode=msg.mode,

@@ -30,6 +30,7 @@ from relaysync.protocol.messages import (
     AnyMessage,
     Checkpoint,
     DeltaStart,
+    FileAbort,
     FileEnd,
     MappingState,
     NodeMark,
@@ -178,7 +179,13 @@ class RelayLink(TargetLink):
                 await session.framed.send(Ping())
 
     async def _forward(self, session: _Session, messages: list[AnyMessage]) -> None:
-        """Send what of a spool read the child still needs; a refused delta goes as a whole file."""
+        """Send what of a spool read the child still needs; a refused delta goes as a whole file.
+
+        The messages of a delta the child refused are dropped up to its end: at FileEnd the
+        version goes whole from our tree; at FileAbort the source gave the delta up, and the
+        whole version it sends next (SmallFile, or FileStart ... FileEnd) is forwarded as it is.
+        A Checkpoint is never dropped.
+        """
         after = session.sent_upto
         out: list[AnyMessage] = []
         skipping, skipped_path, skipped_at = -1, "", 0.0
@@ -187,9 +194,12 @@ class RelayLink(TargetLink):
             if seq <= after:
                 continue
             if seq == skipping:
-                if isinstance(message, FileEnd):
+                if isinstance(message, FileAbort):
+                    skipping = -1
+                    continue
+                if isinstance(message, FileEnd | Checkpoint):
                     await self._send(session, out)
-                    out = []
+                    out = [message] if isinstance(message, Checkpoint) else []
                     await self._whole_from_tree(session, seq, skipped_path, skipped_at)
                     skipping = -1
                 continue

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from relaysync.auth.ca import CertificateAuthority
+from relaysync.constants import RECEIVE_TIMEOUT_S
 from relaysync.master.app import create_app
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.router import HOP_FAILED_TTL_S, LINK_GRACE_S, Router
@@ -387,16 +388,22 @@ def test_hops_into_a_restarted_server_are_tried_again(env: Env) -> None:
 
 def test_after_a_restart_only_servers_not_seen_since_are_taken_down(env: Env) -> None:
     """A server stored up by the master before, whose agent is not back after the grace, goes
-    down; one that registered with this master while its link was not listed yet stays up."""
+    down; one that registered with this master while its link was not listed yet stays up, as
+    long as it is heard from; one silent for longer than a live link can be goes down too."""
     env.clock.now += 100
     linked: set[str] = {nid("src")}
     router = Router(env.store, EventBus(), clock=env.clock, links_up=lambda: linked)
     router.load()
-    env.store.set_server_state(nid("a1"), "up", env.clock.now + 1)  # registering right now
-    router.topology_changed("a1 up")
+    for name in ("a1", "b1"):  # registering right now: their links are not listed yet
+        env.store.set_server_state(nid(name), "up", env.clock.now + 1)
+    router.topology_changed("a1, b1 up")
     env.clock.now += LINK_GRACE_S + 1
     router.tick()
     states = {s.name: s.state for s in env.store.list_servers()}
-    assert states["src"] == "up" and states["a1"] == "up"
-    assert {n for n, s in states.items() if s == "down"} == set(FLEET) - {"src", "a1"}
+    assert {n for n, s in states.items() if s == "up"} == {"src", "a1", "b1"}
     assert nid("a1") in {r.child for r in router.view(env.mapping_id).routes}  # still planned
+    env.clock.now += RECEIVE_TIMEOUT_S
+    env.store.set_server_state(nid("a1"), "up", env.clock.now)  # its heartbeat; b1 fell silent
+    router.tick()
+    states = {s.name: s.state for s in env.store.list_servers()}
+    assert {n for n, s in states.items() if s == "up"} == {"src", "a1"}

@@ -205,3 +205,29 @@ def test_a_small_file_over_the_limit_is_refused_at_decode() -> None:
     big = _small(1, "f", b"x" * (SMALL_FILE_BYTES + 1))
     with pytest.raises(ProtocolError, match="small-file limit"):
         decode_payload(encode_frame(big)[4:])
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_a_small_file_whose_data_is_not_its_size_is_malformed_at_decode(size: int) -> None:
+    from relaysync.errors import ProtocolError
+    from relaysync.protocol.framing import decode_payload, encode_frame
+    with pytest.raises(ProtocolError, match="4 bytes of data for a size of"):
+        decode_payload(encode_frame(_small(1, "f", b"data", size=size))[4:])
+
+
+@pytest.mark.parametrize("kind", ["small", "streamed"])
+def test_a_path_that_cannot_be_checked_is_a_per_file_io_error(
+        folder: TargetFolder, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO while checking the path (a disk error we cannot cause for real here): the source gets
+    IO_ERROR for that seq and retries; nothing is written."""
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+
+    def failing(path: str) -> tuple[str, bool]:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(s._paths, "resolve", failing)
+    messages = [_small(1, "f", b"data")] if kind == "small" else _file(1, "f", b"data")
+    replies = s.apply_batch([*messages, Checkpoint(seq=1)])
+    assert len(replies) == 1 and isinstance(replies[0], Error)
+    assert (replies[0].seq, replies[0].code) == (1, ErrorCode.IO_ERROR)
+    assert not (folder.root / "f").exists() and temp_files(folder.root) == []

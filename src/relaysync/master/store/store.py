@@ -214,7 +214,8 @@ class Store(SiteStore):
         if state not in SERVER_STATES:
             raise ConfigError(f"server state {state!r} must be one of {', '.join(SERVER_STATES)}")
         with self._write("set server state") as session:
-            row = session.get(Server, node_id)
+            # Locked (PostgreSQL: FOR UPDATE) so that a registration cannot slip in between.
+            row = session.get(Server, node_id, with_for_update=unless_seen_since is not None)
             if row is None:
                 raise NotFound("Server", node_id)
             if unless_seen_since is not None and row.last_seen is not None and row.last_seen >= unless_seen_since:

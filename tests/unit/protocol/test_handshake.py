@@ -1,0 +1,83 @@
+"""The Hello exchange over a real loopback socket: another protocol version is refused with an
+error that names both versions and what to do, on both sides."""
+
+from __future__ import annotations
+
+import socket
+
+import anyio
+import pytest
+
+from relaysync.constants import PROTOCOL_VERSION
+from relaysync.errors import IncompatibleVersion
+from relaysync.protocol.connection import open_framed, serve_framed, wrap_accepted
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.handshake import client_hello, server_hello
+from relaysync.protocol.messages import Error, ErrorCode, Hello
+
+OLD = PROTOCOL_VERSION - 1
+
+
+async def _with_server(serve: object, client: object) -> list[BaseException | Hello]:
+    """Run `serve(framed)` for one accepted connection and `client(framed)`; the server's outcome."""
+    outcome: list[BaseException | Hello] = []
+
+    async def on_socket(sock: socket.socket, remote: str) -> None:
+        framed = await wrap_accepted(sock)
+        try:
+            outcome.append(await serve(framed))  # type: ignore[operator]
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcome.append(exc)
+        finally:
+            await framed.aclose()
+
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_framed, "127.0.0.1", 0, on_socket)
+        framed = await open_framed("127.0.0.1", port)
+        try:
+            with anyio.fail_after(10):
+                await client(framed)  # type: ignore[operator]
+                while not outcome:
+                    await anyio.sleep(0.01)
+        finally:
+            await framed.aclose()
+            tg.cancel_scope.cancel()
+    return outcome
+
+
+def test_an_older_client_is_told_both_versions_and_what_to_do() -> None:
+    answers: list[object] = []
+
+    async def old_client(framed: FramedStream) -> None:
+        await framed.send(Hello(protocol_version=OLD, node_id="a" * 64, name="old", role="agent"))
+        answers.append(await framed.receive())
+
+    async def server(framed: FramedStream) -> Hello:
+        return await server_hello(framed, node_id="b" * 64, name="t1", role="agent")
+
+    outcome = anyio.run(_with_server, server, old_client)
+    [answer] = answers
+    assert isinstance(answer, Error) and answer.code == ErrorCode.VERSION
+    assert f"speaks protocol {PROTOCOL_VERSION}, you speak {OLD}" in answer.detail
+    assert "upgrade the older side" in answer.detail
+    [error] = outcome
+    assert isinstance(error, IncompatibleVersion) and "upgrade the older side" in str(error)
+
+
+def test_a_newer_client_refused_by_an_older_peer_raises_a_clear_error() -> None:
+    async def old_server(framed: FramedStream) -> Hello:
+        hello = await framed.receive()
+        assert isinstance(hello, Hello) and hello.protocol_version == PROTOCOL_VERSION
+        await framed.send(Hello(protocol_version=OLD, node_id="b" * 64, name="old", role="agent"))
+        return hello
+
+    errors: list[BaseException] = []
+
+    async def client(framed: FramedStream) -> None:
+        with pytest.raises(IncompatibleVersion) as caught:
+            await client_hello(framed, node_id="a" * 64, name="new")
+        errors.append(caught.value)
+
+    anyio.run(_with_server, old_server, client)
+    assert f"speaks protocol version {OLD}, this node speaks {PROTOCOL_VERSION}" in str(errors[0])
+

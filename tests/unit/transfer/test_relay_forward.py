@@ -1,0 +1,73 @@
+"""A relay's forwarding of a delta its child refused (RelayLink._forward): the version reaches the
+child whole, once, and the batch's Checkpoint always follows it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from relaysync.protocol.messages import (
+    AnyMessage,
+    Checkpoint,
+    DeltaStart,
+    FileAbort,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    SmallFile,
+)
+from relaysync.transfer import ops
+from relaysync.transfer.relay import RelayLink
+
+H = b"h" * 16
+REFUSED = 5
+
+
+class _Session:
+    sent_upto = REFUSED - 1
+
+
+def _forward(messages: list[AnyMessage]) -> list[str]:
+    """What the child gets: message type names, and "tree:<seq>" where a version goes from our tree."""
+    link: Any = object.__new__(RelayLink)  # only _forward's collaborators are needed
+    link.options = ops.SendOptions()
+    link.options.whole_file_seqs.add(REFUSED)
+    got: list[str] = []
+
+    async def send(session: object, out: list[AnyMessage]) -> None:
+        got.extend(type(m).__name__ for m in out)
+
+    async def whole_from_tree(session: object, seq: int, path: str, changed_at: float = 0.0) -> None:
+        got.append(f"tree:{seq}")
+
+    link._send, link._whole_from_tree = send, whole_from_tree
+    anyio.run(link._forward, _Session(), messages)
+    return got
+
+
+DELTA = [DeltaStart(seq=REFUSED, path="f", size=10, mode=0o644, mtime_ns=1, base_hash=H),
+         FileChunk(seq=REFUSED, offset=0, data=b"d")]
+ABORT = FileAbort(seq=REFUSED, reason="delta failed")
+
+
+@pytest.mark.parametrize(("tail", "child_gets"), [
+    pytest.param([FileEnd(seq=REFUSED, hash=H)], ["tree:5", "Checkpoint"], id="delta-ended: whole from our tree"),
+    pytest.param([ABORT, SmallFile(seq=REFUSED, path="f", size=1, mode=0o644, mtime_ns=1, data=b"x", hash=H)],
+                 ["SmallFile", "Checkpoint"], id="source fell back to a small file"),
+    pytest.param([ABORT, FileStart(seq=REFUSED, path="f", size=1, mode=0o644, mtime_ns=1),
+                  FileChunk(seq=REFUSED, offset=0, data=b"x"), FileEnd(seq=REFUSED, hash=H)],
+                 ["FileStart", "FileChunk", "FileEnd", "Checkpoint"], id="source fell back to a whole file"),
+    pytest.param([ABORT], ["Checkpoint"], id="changed while read: a later record carries it"),
+    pytest.param([], ["tree:5", "Checkpoint"], id="cut short: the checkpoint still goes, after the version"),
+])
+def test_a_refused_delta_reaches_the_child_whole_and_the_checkpoint_follows(
+        tail: list[AnyMessage], child_gets: list[str]) -> None:
+    assert _forward([*DELTA, *tail, Checkpoint(seq=REFUSED)]) == child_gets
+
+
+def test_the_next_file_in_the_batch_is_forwarded_after_the_refused_one() -> None:
+    after = SmallFile(seq=REFUSED + 1, path="b", size=1, mode=0o644, mtime_ns=1, data=b"b", hash=H)
+    got = _forward([*DELTA, FileEnd(seq=REFUSED, hash=H), after, Checkpoint(seq=REFUSED + 1)])
+    assert got == ["tree:5", "SmallFile", "Checkpoint"]
