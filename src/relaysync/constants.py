@@ -1,6 +1,11 @@
 """Limits, intervals and timeouts shared by the parts of relaysync, each with its unit and reason."""
 
-PROTOCOL_VERSION = 2  # bumped on any incompatible change to protocol/messages.py
+PROTOCOL_VERSION = 1  # bumped on any incompatible change to protocol/messages.py
+# Optional message kinds a node can take, announced in its Hello; a sender uses one only with a
+# peer that announced it, so nodes of one protocol version but different releases interoperate.
+CAP_SMALL_FILE = "small_file"  # SmallFile: a file of at most SMALL_FILE_BYTES in one message
+CAPABILITIES = (CAP_SMALL_FILE,)
+MAX_CAPABILITIES = 64  # a Hello announcing more is hostile
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything larger is hostile
 CHUNK_BYTES = 1024 * 1024  # file data travels in frames of at most this many bytes

@@ -26,6 +26,8 @@ from anyio.abc import TaskStatus
 
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
+    CAP_SMALL_FILE,
+    CAPABILITIES,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     RECEIVE_TIMEOUT_S,
@@ -47,6 +49,7 @@ from relaysync.protocol.messages import (
     OpenMapping,
     Ping,
     Pong,
+    SmallFile,
 )
 from relaysync.transfer import tls
 from relaysync.transfer.conflicts import session_for
@@ -70,7 +73,8 @@ class PeerServer:
 
     def __init__(self, *, host: str, port: int, ctx: ssl.SSLContext, node_id: str, name: str,
                  folders: FolderLookup, reporter: ReportFactory,
-                 relays: RelayLookup | None = None, refuse: frozenset[str] = frozenset()) -> None:
+                 relays: RelayLookup | None = None, refuse: frozenset[str] = frozenset(),
+                 capabilities: tuple[str, ...] = CAPABILITIES) -> None:
         self.host, self.port = host, port
         self.ctx = ctx
         self.node_id = node_id
@@ -79,6 +83,7 @@ class PeerServer:
         self.reporter = reporter
         self.relays: RelayLookup = relays or (lambda _mapping_id: None)
         self.refuse = refuse  # peer names refused outright (a firewall rule; used by tests)
+        self.capabilities = capabilities  # announced in our Hello; a peer may use only these
         self._active: dict[int, anyio.CancelScope] = {}
         self._ended: dict[int, anyio.Event] = {}  # set when the mapping's current session is over
         self.refused = 0
@@ -120,7 +125,8 @@ class PeerServer:
 
     async def _session(self, framed: FramedStream, peer: str | None, address: str) -> None:
         with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-            hello = await server_hello(framed, node_id=self.node_id, name=self.name, role="agent")
+            hello = await server_hello(framed, node_id=self.node_id, name=self.name, role="agent",
+                                       capabilities=self.capabilities)
             opened = await framed.receive()
             if not isinstance(opened, OpenMapping):
                 raise ProtocolError("expected OpenMapping")
@@ -257,6 +263,8 @@ class PeerServer:
             if isinstance(message, Ping):
                 await framed.send(Pong(nonce=message.nonce))
                 continue
+            if isinstance(message, SmallFile) and CAP_SMALL_FILE not in self.capabilities:
+                raise ProtocolError("SmallFile from a peer that was not told this agent takes it")
             batch.append(message)
             size += framed.last_frame_bytes  # every frame counts: a batch's memory stays bounded
             if (isinstance(message, Checkpoint | DigestRequest) or size >= max_bytes

@@ -29,6 +29,7 @@ from relaysync.constants import HTTP_TIMEOUT_S, RECEIVE_TIMEOUT_S
 from relaysync.errors import ConfigError, JoinRefused, LinkDown, MasterUnreachable
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
+from relaysync.protocol.handshake import announced_capabilities
 from relaysync.protocol.messages import (
     Assignment,
     CommitRecord,
@@ -136,7 +137,8 @@ class AgentService:
         self._server = server = PeerServer(host=host, port=port, ctx=tls.server_context(self.identity),
                             node_id=self.node_id, name=self.cfg.name,
                             folders=self.targets.get, reporter=self._reporter, relays=self._relay_feed,
-                            refuse=frozenset(n.strip() for n in self.cfg.refuse_peers.split(",") if n.strip()))
+                            refuse=frozenset(n.strip() for n in self.cfg.refuse_peers.split(",") if n.strip()),
+                            capabilities=announced_capabilities(self.cfg.capabilities))
         async with anyio.create_task_group() as tg:
             self._tg = tg
             peer_port = await tg.start(server.serve)

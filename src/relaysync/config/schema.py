@@ -49,6 +49,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Peer names whose sessions this agent refuses, comma-separated: a firewall rule between
     # two servers, for drills and tests of the bypass routes. Empty in production.
     refuse_peers: str = ""
+    # Optional message kinds this agent's peer server announces (constants.CAPABILITIES),
+    # comma-separated; "*" = all this release has. Fewer makes it act as an older release, for
+    # drills and tests of a fleet upgraded one server at a time. "*" in production.
+    capabilities: str = "*"
 
 
 class CliConfig(msgspec.Struct, frozen=True, kw_only=True):

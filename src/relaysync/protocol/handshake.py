@@ -4,10 +4,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from relaysync.constants import PROTOCOL_VERSION
-from relaysync.errors import IncompatibleVersion, PeerRefused, ProtocolError
+from relaysync.constants import CAPABILITIES, PROTOCOL_VERSION
+from relaysync.errors import ConfigError, IncompatibleVersion, PeerRefused, ProtocolError
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import Error, ErrorCode, Hello
+
+
+def announced_capabilities(setting: str) -> tuple[str, ...]:
+    """The capabilities a node announces for its configuration ("*" = all of this release).
+
+    Raises:
+        ConfigError: a capability this release does not have.
+    """
+    if setting.strip() == "*":
+        return CAPABILITIES
+    named = tuple(c.strip() for c in setting.split(",") if c.strip())
+    unknown = [c for c in named if c not in CAPABILITIES]
+    if unknown:
+        raise ConfigError(f"capabilities: {', '.join(unknown)} unknown; this release has "
+                          f"{', '.join(CAPABILITIES)} (or '*' for all)")
+    return named
 
 
 async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hello:
@@ -18,7 +34,8 @@ async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hell
         IncompatibleVersion: the peer speaks another protocol version.
         ProtocolError: anything but a Hello came back.
     """
-    await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, name=name, role="agent"))
+    await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, name=name, role="agent",
+                            capabilities=CAPABILITIES))
     hello = await framed.receive()
     if isinstance(hello, Error):
         raise PeerRefused(hello.detail, hello.code.name)
@@ -29,8 +46,8 @@ async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hell
     return hello
 
 
-async def server_hello(framed: FramedStream, *, node_id: str, name: str,
-                       role: Literal["agent", "master"]) -> Hello:
+async def server_hello(framed: FramedStream, *, node_id: str, name: str, role: Literal["agent", "master"],
+                       capabilities: tuple[str, ...] = CAPABILITIES) -> Hello:
     """Read the client's Hello, refuse another protocol version clearly, answer with ours.
 
     Raises:
@@ -45,5 +62,6 @@ async def server_hello(framed: FramedStream, *, node_id: str, name: str,
             f"this {role} speaks protocol {PROTOCOL_VERSION}, you speak {hello.protocol_version}: "
             "upgrade the older side (the master and every agent must run the same protocol version)")))
         raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
-    await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, name=name, role=role))
+    await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, name=name, role=role,
+                            capabilities=capabilities))
     return hello

@@ -13,7 +13,13 @@ from typing import Literal
 
 import msgspec
 
-from relaysync.constants import CHUNK_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, SMALL_FILE_BYTES
+from relaysync.constants import (
+    CHUNK_BYTES,
+    MAX_CAPABILITIES,
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+    SMALL_FILE_BYTES,
+)
 from relaysync.errors import ProtocolError
 
 HASH_BYTES = 16  # xxh3-128 digests
@@ -79,11 +85,13 @@ class Hello(Message, frozen=True, tag="hello"):
     node_id: str  # SHA-256 hex of the sender's certificate ("" for the master before join)
     name: str
     role: Literal["agent", "master"]
-    capabilities: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()  # optional message kinds it takes (constants.CAPABILITIES)
 
     def validate(self) -> None:
         if len(self.name) > MAX_NAME_BYTES or len(self.node_id) > 64:
             raise ProtocolError("hello: name or node id too long")
+        if len(self.capabilities) > MAX_CAPABILITIES or any(len(c) > 64 for c in self.capabilities):
+            raise ProtocolError("hello: too many or too long capabilities")
 
 
 class Error(Message, frozen=True, tag="error"):

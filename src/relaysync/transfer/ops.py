@@ -49,6 +49,7 @@ class SendOptions:
     resume: dict[tuple[str, bytes], int] = field(default_factory=dict)  # (path, hash) -> bytes held
     bandwidth: TokenBucket = field(default_factory=lambda: TokenBucket(0))
     tls: bool = True  # False: a plain link the operator marked trusted, authenticated by link_secret
+    small_files: bool = True  # the peer takes SmallFile (its Hello said so); else FileStart...FileEnd
     link_secret: bytes = b""
     # Test hook (RELAYSYNC_TEST_CORRUPT_DELTAS in the source agent's environment): flip one bit
     # in the first chunk of this many deltas, to show a corrupt delta is never committed.
@@ -173,7 +174,7 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
             return
         held = options.resume.pop((path, expected_hash), 0) if expected_hash else 0
         held = held if held <= before.st_size and held % CHUNK_BYTES == 0 else 0
-        if before.st_size <= SMALL_FILE_BYTES and not held:
+        if before.st_size <= SMALL_FILE_BYTES and not held and options.small_files:
             yield _small_file(root, fd, before, path, seq, base_hash, expected_hash, options, changed_at)
             return
         yield FileStart(seq=seq, path=path, size=before.st_size, mode=stat.S_IMODE(before.st_mode),
@@ -271,6 +272,15 @@ def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None)
             except OSError:
                 return  # gone meanwhile: a later record covers it
             yield Symlink(seq=0, path=entry.path, target=target)
+
+
+def as_streamed(message: SmallFile) -> list[AnyMessage]:
+    """The same file as FileStart, FileChunk, FileEnd: for a peer that does not take SmallFile
+    (an older release; a relay forwards what its parent sent to children of any release)."""
+    start = FileStart(seq=message.seq, path=message.path, size=message.size, mode=message.mode,
+                      mtime_ns=message.mtime_ns, base_hash=message.base_hash, changed_at=message.changed_at)
+    chunks = [FileChunk(seq=message.seq, offset=0, data=message.data, codec=message.codec)] if message.size else []
+    return [start, *chunks, FileEnd(seq=message.seq, hash=message.hash)]
 
 
 def message_bytes(message: Outgoing) -> int:

@@ -35,6 +35,7 @@ from relaysync.protocol.messages import (
     MappingState,
     NodeMark,
     Ping,
+    SmallFile,
 )
 from relaysync.transfer import ops
 from relaysync.transfer.receiver import TargetFolder
@@ -212,6 +213,9 @@ class RelayLink(TargetLink):
     async def _send(self, session: _Session, out: list[AnyMessage]) -> None:
         if not out:
             return
+        if not self.options.small_files:  # a child of an older release
+            out = [m for message in out
+                   for m in (ops.as_streamed(message) if isinstance(message, SmallFile) else (message,))]
         await self._wait_window(session)
         await self._send_stream(session, iter(out))
         checkpoints = [m.seq for m in out if isinstance(m, Checkpoint)]
@@ -225,6 +229,6 @@ class RelayLink(TargetLink):
             while feed.committed < seq:
                 await feed.wait_for_records(seq, WAIT_RELAY_S)
         self.log.info("sending %s whole to %s (it lacks the delta's base)", path, self.target.name)
-        options = ops.SendOptions(codec=self.options.codec)
+        options = ops.SendOptions(codec=self.options.codec, small_files=self.options.small_files)
         await self._send_stream(session, ops.iter_file_messages(feed.root, path, seq, options=options,
                                                                        changed_at=changed_at))

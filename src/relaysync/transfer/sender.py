@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup
 
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
+    CAP_SMALL_FILE,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     PERIODIC_COMPARE_S,
@@ -218,7 +219,8 @@ class TargetLink:
             framed = await tls.connect_plain(self.target.resolve())
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-                await client_hello(framed, node_id=self.node_id, name=self.name)
+                hello = await client_hello(framed, node_id=self.node_id, name=self.name)
+                self.options.small_files = CAP_SMALL_FILE in hello.capabilities  # an older release: no
                 await framed.send(OpenMapping(mapping_id=self.source.mapping_id,
                                               journal_id=self.source.journal.journal_id,
                                               route=self.current_route(), route_epoch=self.route_epoch()))

@@ -8,11 +8,11 @@ import socket
 import anyio
 import pytest
 
-from relaysync.constants import PROTOCOL_VERSION
-from relaysync.errors import IncompatibleVersion
+from relaysync.constants import CAP_SMALL_FILE, CAPABILITIES, PROTOCOL_VERSION
+from relaysync.errors import ConfigError, IncompatibleVersion
 from relaysync.protocol.connection import open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import FramedStream
-from relaysync.protocol.handshake import client_hello, server_hello
+from relaysync.protocol.handshake import announced_capabilities, client_hello, server_hello
 from relaysync.protocol.messages import Error, ErrorCode, Hello
 
 OLD = PROTOCOL_VERSION - 1
@@ -81,3 +81,34 @@ def test_a_newer_client_refused_by_an_older_peer_raises_a_clear_error() -> None:
     anyio.run(_with_server, old_server, client)
     assert f"speaks protocol version {OLD}, this node speaks {PROTOCOL_VERSION}" in str(errors[0])
 
+
+
+@pytest.mark.parametrize("announced", [CAPABILITIES, ()], ids=["this release", "an older release"])
+def test_capabilities_are_exchanged_and_an_older_release_announcing_none_is_accepted(
+        announced: tuple[str, ...]) -> None:
+    """An older release of the same protocol version sends a Hello without capabilities: it is
+    accepted, and its peer learns it must not send it SmallFile."""
+    seen_by_client: list[Hello] = []
+
+    async def server(framed: FramedStream) -> Hello:
+        return await server_hello(framed, node_id="b" * 64, name="t1", role="agent", capabilities=announced)
+
+    async def client(framed: FramedStream) -> None:
+        seen_by_client.append(await client_hello(framed, node_id="a" * 64, name="src"))
+
+    [client_seen_by_server] = anyio.run(_with_server, server, client)
+    assert isinstance(client_seen_by_server, Hello) and client_seen_by_server.capabilities == CAPABILITIES
+    assert seen_by_client[0].capabilities == announced
+    assert (CAP_SMALL_FILE in seen_by_client[0].capabilities) == bool(announced)
+
+
+@pytest.mark.parametrize(("setting", "announced"), [
+    ("*", CAPABILITIES), ("", ()), (" small_file ", (CAP_SMALL_FILE,)),
+])
+def test_announced_capabilities_from_the_configuration(setting: str, announced: tuple[str, ...]) -> None:
+    assert announced_capabilities(setting) == announced
+
+
+def test_an_unknown_capability_in_the_configuration_is_refused_with_what_exists() -> None:
+    with pytest.raises(ConfigError, match="bogus unknown; this release has small_file"):
+        announced_capabilities("small_file,bogus")

@@ -63,6 +63,15 @@ def test_a_file_above_the_small_limit_streams_as_start_chunks_end(tmp_path: Path
     assert out[1].data == data and out[2].hash == xxhash.xxh3_128_digest(data)
 
 
+def test_a_peer_that_does_not_take_small_files_gets_start_chunk_end(tmp_path: Path) -> None:
+    """An older release (no small_file in its Hello): the same file, streamed as before."""
+    data = os.urandom(4096)
+    (tmp_path / "f").write_bytes(data)
+    out = list(iter_file_messages(tmp_path, "f", 3, options=SendOptions(small_files=False)))
+    assert [type(m) for m in out] == [FileStart, FileChunk, FileEnd]
+    assert out[1].data == data and out[2].hash == xxhash.xxh3_128_digest(data)
+
+
 def test_a_small_file_is_compressed_by_the_link_codec(tmp_path: Path) -> None:
     text = b"relaysync sends small text files whole, compressed when it pays.\n" * 500
     (tmp_path / "t.txt").write_bytes(text)

@@ -27,6 +27,7 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer.codec import codec_for_level, encode_chunk
+from relaysync.transfer.ops import as_streamed
 from relaysync.transfer.receiver import ReceiverSession, TargetFolder
 from relaysync.watch.manifest import Manifest
 from tests._trees import snapshot, temp_files
@@ -231,3 +232,20 @@ def test_a_path_that_cannot_be_checked_is_a_per_file_io_error(
     assert len(replies) == 1 and isinstance(replies[0], Error)
     assert (replies[0].seq, replies[0].code) == (1, ErrorCode.IO_ERROR)
     assert not (folder.root / "f").exists() and temp_files(folder.root) == []
+
+
+def test_a_small_file_converted_for_an_older_release_commits_the_same(folder: TargetFolder) -> None:
+    """What a relay sends a child that does not take SmallFile: FileStart, FileChunk, FileEnd."""
+    text = b"compressed on the wire, as its parent sent it\n" * 100
+    codec_id, packed = encode_chunk(text, codec_for_level(3))
+    small = [_small(1, "a/b.bin", b"x" * 4096), _small(2, "empty", b""),
+             _small(3, "t.txt", packed, size=len(text), hash=xxhash.xxh3_128_digest(text), codec=codec_id)]
+    streamed = [m for msg in small for m in as_streamed(msg)]
+    assert not any(isinstance(m, SmallFile) for m in streamed)
+    for m in streamed:
+        m.validate()
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+    assert s.apply_batch([*streamed, Checkpoint(seq=3)]) == [Ack(mapping_id=1, watermark=3)]
+    assert (folder.root / "a" / "b.bin").read_bytes() == b"x" * 4096
+    assert (folder.root / "empty").read_bytes() == b"" and (folder.root / "t.txt").read_bytes() == text
+    assert os.stat(folder.root / "t.txt").st_mtime_ns == MTIME_NS

@@ -71,3 +71,21 @@ def test_the_next_file_in_the_batch_is_forwarded_after_the_refused_one() -> None
     after = SmallFile(seq=REFUSED + 1, path="b", size=1, mode=0o644, mtime_ns=1, data=b"b", hash=H)
     got = _forward([*DELTA, FileEnd(seq=REFUSED, hash=H), after, Checkpoint(seq=REFUSED + 1)])
     assert got == ["tree:5", "SmallFile", "Checkpoint"]
+
+
+def test_a_child_of_an_older_release_gets_small_files_streamed() -> None:
+    """The parent sent SmallFile (the relay takes it); the child's Hello did not offer it."""
+    link: Any = object.__new__(RelayLink)
+    link.options = ops.SendOptions(small_files=False)
+    sent: list[str] = []
+
+    async def no_window(session: object) -> None:
+        return None
+
+    async def send_stream(session: object, messages: Any) -> None:
+        sent.extend(type(m).__name__ for m in messages)
+
+    link._wait_window, link._send_stream = no_window, send_stream
+    small = SmallFile(seq=REFUSED + 1, path="b", size=1, mode=0o644, mtime_ns=1, data=b"b", hash=H)
+    anyio.run(link._send, _Session(), [small, Checkpoint(seq=REFUSED + 1)])
+    assert sent == ["FileStart", "FileChunk", "FileEnd", "Checkpoint"]
