@@ -264,7 +264,8 @@ class PeerServer:
                 await framed.send(Pong(nonce=message.nonce))
                 continue
             if isinstance(message, SmallFile) and CAP_SMALL_FILE not in self.capabilities:
-                raise ProtocolError("SmallFile from a peer that was not told this agent takes it")
+                raise ProtocolError(f"SmallFile from a peer that was not told this agent takes it "
+                                    f"(announced: {', '.join(self.capabilities) or 'nothing'})")
             batch.append(message)
             size += framed.last_frame_bytes  # every frame counts: a batch's memory stays bounded
             if (isinstance(message, Checkpoint | DigestRequest) or size >= max_bytes

@@ -131,6 +131,7 @@ class AgentService:
         self._assign_lock = anyio.Lock()
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        capabilities = announced_capabilities(self.cfg.capabilities)  # a typo stops us before joining
         control_address = await anyio.to_thread.run_sync(self._ensure_identity)
         self.node_id = self.identity.node_id
         host, port = split_address(self.cfg.listen)
@@ -138,7 +139,7 @@ class AgentService:
                             node_id=self.node_id, name=self.cfg.name,
                             folders=self.targets.get, reporter=self._reporter, relays=self._relay_feed,
                             refuse=frozenset(n.strip() for n in self.cfg.refuse_peers.split(",") if n.strip()),
-                            capabilities=announced_capabilities(self.cfg.capabilities))
+                            capabilities=capabilities)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             peer_port = await tg.start(server.serve)

@@ -49,7 +49,7 @@ class SendOptions:
     resume: dict[tuple[str, bytes], int] = field(default_factory=dict)  # (path, hash) -> bytes held
     bandwidth: TokenBucket = field(default_factory=lambda: TokenBucket(0))
     tls: bool = True  # False: a plain link the operator marked trusted, authenticated by link_secret
-    small_files: bool = True  # the peer takes SmallFile (its Hello said so); else FileStart...FileEnd
+    small_files: bool = False  # the peer takes SmallFile: set from its Hello (an older release: no)
     link_secret: bytes = b""
     # Test hook (RELAYSYNC_TEST_CORRUPT_DELTAS in the source agent's environment): flip one bit
     # in the first chunk of this many deltas, to show a corrupt delta is never committed.

@@ -15,7 +15,7 @@ from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import announced_capabilities, client_hello, server_hello
 from relaysync.protocol.messages import Error, ErrorCode, Hello
 
-OLD = PROTOCOL_VERSION - 1
+OLD = PROTOCOL_VERSION + 1  # another version (e.g. the interim protocol-2 builds of 2026-12-03)
 
 
 async def _with_server(serve: object, client: object) -> list[BaseException | Hello]:
@@ -45,7 +45,7 @@ async def _with_server(serve: object, client: object) -> list[BaseException | He
     return outcome
 
 
-def test_an_older_client_is_told_both_versions_and_what_to_do() -> None:
+def test_a_client_of_another_version_is_told_both_versions_and_what_to_do() -> None:
     answers: list[object] = []
 
     async def old_client(framed: FramedStream) -> None:
@@ -64,7 +64,7 @@ def test_an_older_client_is_told_both_versions_and_what_to_do() -> None:
     assert isinstance(error, IncompatibleVersion) and "upgrade the older side" in str(error)
 
 
-def test_a_newer_client_refused_by_an_older_peer_raises_a_clear_error() -> None:
+def test_a_peer_of_another_version_answering_raises_a_clear_error() -> None:
     async def old_server(framed: FramedStream) -> Hello:
         hello = await framed.receive()
         assert isinstance(hello, Hello) and hello.protocol_version == PROTOCOL_VERSION
@@ -80,7 +80,6 @@ def test_a_newer_client_refused_by_an_older_peer_raises_a_clear_error() -> None:
 
     anyio.run(_with_server, old_server, client)
     assert f"speaks protocol version {OLD}, this node speaks {PROTOCOL_VERSION}" in str(errors[0])
-
 
 
 @pytest.mark.parametrize("announced", [CAPABILITIES, ()], ids=["this release", "an older release"])
@@ -112,3 +111,15 @@ def test_announced_capabilities_from_the_configuration(setting: str, announced: 
 def test_an_unknown_capability_in_the_configuration_is_refused_with_what_exists() -> None:
     with pytest.raises(ConfigError, match="bogus unknown; this release has small_file"):
         announced_capabilities("small_file,bogus")
+
+
+def test_a_hello_with_too_many_or_too_long_capabilities_is_refused() -> None:
+    from relaysync.constants import MAX_CAPABILITIES
+    from relaysync.errors import ProtocolError
+    for caps in (("x",) * (MAX_CAPABILITIES + 1), ("x" * 65,)):
+        with pytest.raises(ProtocolError, match="capabilities"):
+            Hello(protocol_version=PROTOCOL_VERSION, node_id="a" * 64, name="n", role="agent",
+                  capabilities=caps).validate()
+    # a newer release's capability this one does not know is simply not used
+    Hello(protocol_version=PROTOCOL_VERSION, node_id="a" * 64, name="n", role="agent",
+          capabilities=(*CAPABILITIES, "some_future_kind")).validate()

@@ -26,6 +26,8 @@ from relaysync.transfer.ops import SendOptions, iter_file_messages, record_messa
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
 
+SMALL = SendOptions(small_files=True)  # a peer whose Hello announced small_file
+
 
 def test_ops_carry_the_journal_time(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"data")
@@ -36,7 +38,7 @@ def test_ops_carry_the_journal_time(tmp_path: Path) -> None:
         JournalRecord(seq=3, op="rename", path="f", new_path="g", time_ns=at_ns),
         JournalRecord(seq=4, op="delete", path="g"),  # a journal written before times were kept
     ]
-    ops = [m for r in records for m in record_messages(tmp_path, r)]
+    ops = [m for r in records for m in record_messages(tmp_path, r, SendOptions(small_files=True))]
     starts = [m for m in ops if isinstance(m, SmallFile | MakeDir | Rename | Delete)]
     assert [(type(m).__name__, m.changed_at) for m in starts] == [
         ("SmallFile", 1_700_000_000.5), ("MakeDir", 1_700_000_000.5), ("Rename", 1_700_000_000.5),
@@ -48,7 +50,7 @@ def test_a_small_file_is_one_message_with_its_hash(tmp_path: Path, size: int) ->
     data = os.urandom(size)
     (tmp_path / "f").write_bytes(data)
     os.chmod(tmp_path / "f", 0o640)
-    (msg,) = iter_file_messages(tmp_path, "f", 7, base_hash=b"b" * 16, changed_at=5.0)
+    (msg,) = iter_file_messages(tmp_path, "f", 7, base_hash=b"b" * 16, changed_at=5.0, options=SMALL)
     assert isinstance(msg, SmallFile)
     msg.validate()
     assert (msg.seq, msg.path, msg.size, msg.mode, msg.data, msg.codec) == (7, "f", size, 0o640, data, 0)
@@ -58,16 +60,18 @@ def test_a_small_file_is_one_message_with_its_hash(tmp_path: Path, size: int) ->
 def test_a_file_above_the_small_limit_streams_as_start_chunks_end(tmp_path: Path) -> None:
     data = os.urandom(SMALL_FILE_BYTES + 1)
     (tmp_path / "f").write_bytes(data)
-    out = list(iter_file_messages(tmp_path, "f", 3))
+    out = list(iter_file_messages(tmp_path, "f", 3, options=SMALL))
     assert [type(m) for m in out] == [FileStart, FileChunk, FileEnd]
     assert out[1].data == data and out[2].hash == xxhash.xxh3_128_digest(data)
 
 
-def test_a_peer_that_does_not_take_small_files_gets_start_chunk_end(tmp_path: Path) -> None:
-    """An older release (no small_file in its Hello): the same file, streamed as before."""
+@pytest.mark.parametrize("options", [SendOptions(small_files=False), None], ids=["older release", "no Hello"])
+def test_a_peer_that_does_not_take_small_files_gets_start_chunk_end(tmp_path: Path, options: SendOptions) -> None:
+    """An older release (no small_file in its Hello), or options never set from a Hello: the
+    same file, streamed as before."""
     data = os.urandom(4096)
     (tmp_path / "f").write_bytes(data)
-    out = list(iter_file_messages(tmp_path, "f", 3, options=SendOptions(small_files=False)))
+    out = list(iter_file_messages(tmp_path, "f", 3, options=options))
     assert [type(m) for m in out] == [FileStart, FileChunk, FileEnd]
     assert out[1].data == data and out[2].hash == xxhash.xxh3_128_digest(data)
 
@@ -75,7 +79,7 @@ def test_a_peer_that_does_not_take_small_files_gets_start_chunk_end(tmp_path: Pa
 def test_a_small_file_is_compressed_by_the_link_codec(tmp_path: Path) -> None:
     text = b"relaysync sends small text files whole, compressed when it pays.\n" * 500
     (tmp_path / "t.txt").write_bytes(text)
-    (msg,) = iter_file_messages(tmp_path, "t.txt", 1, options=SendOptions(codec=codec_for_level(3)))
+    (msg,) = iter_file_messages(tmp_path, "t.txt", 1, options=SendOptions(codec=codec_for_level(3), small_files=True))
     assert isinstance(msg, SmallFile) and msg.codec == Zstd.ID and len(msg.data) < len(text) / 10
     assert decode_chunk(msg.codec, msg.data) == text and msg.hash == xxhash.xxh3_128_digest(text)
 
@@ -91,5 +95,5 @@ def test_a_small_file_that_grows_while_read_is_aborted(tmp_path: Path, monkeypat
         return real_pread(fd, n, offset)
 
     monkeypatch.setattr(ops_module.os, "pread", pread_then_grow)
-    (msg,) = iter_file_messages(tmp_path, "f", 9)
+    (msg,) = iter_file_messages(tmp_path, "f", 9, options=SMALL)
     assert isinstance(msg, FileAbort) and msg.seq == 9

@@ -3,6 +3,8 @@ child whole, once, and the batch's Checkpoint always follows it."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -73,19 +75,53 @@ def test_the_next_file_in_the_batch_is_forwarded_after_the_refused_one() -> None
     assert got == ["tree:5", "SmallFile", "Checkpoint"]
 
 
-def test_a_child_of_an_older_release_gets_small_files_streamed() -> None:
-    """The parent sent SmallFile (the relay takes it); the child's Hello did not offer it."""
+def _sending_link(small_files: bool) -> tuple[Any, list[AnyMessage]]:
+    """A RelayLink whose child's Hello did (or did not) offer small_file; what it sends is kept."""
     link: Any = object.__new__(RelayLink)
-    link.options = ops.SendOptions(small_files=False)
-    sent: list[str] = []
+    link.options = ops.SendOptions(small_files=small_files)
+    sent: list[AnyMessage] = []
 
     async def no_window(session: object) -> None:
         return None
 
     async def send_stream(session: object, messages: Any) -> None:
-        sent.extend(type(m).__name__ for m in messages)
+        sent.extend(m for m in messages if not isinstance(m, ops.Flush))
 
     link._wait_window, link._send_stream = no_window, send_stream
+    return link, sent
+
+
+def test_a_child_of_an_older_release_gets_small_files_streamed() -> None:
+    """The parent sent SmallFile (the relay takes it); the child's Hello did not offer it."""
+    link, sent = _sending_link(small_files=False)
+    small = SmallFile(seq=REFUSED + 1, path="b", size=3, mode=0o640, mtime_ns=7, data=b"abc", hash=H,
+                      base_hash=b"b" * 16, changed_at=1.5, codec=0)
+    session = _Session()
+    anyio.run(link._send, session, [small, Checkpoint(seq=REFUSED + 1)])
+    assert sent == [FileStart(seq=REFUSED + 1, path="b", size=3, mode=0o640, mtime_ns=7, base_hash=b"b" * 16,
+                              changed_at=1.5),
+                    FileChunk(seq=REFUSED + 1, offset=0, data=b"abc", codec=0),
+                    FileEnd(seq=REFUSED + 1, hash=H), Checkpoint(seq=REFUSED + 1)]
+    assert session.sent_upto == REFUSED + 1
+
+
+def test_a_child_of_this_release_gets_small_files_as_they_came() -> None:
+    link, sent = _sending_link(small_files=True)
     small = SmallFile(seq=REFUSED + 1, path="b", size=1, mode=0o644, mtime_ns=1, data=b"b", hash=H)
     anyio.run(link._send, _Session(), [small, Checkpoint(seq=REFUSED + 1)])
-    assert sent == ["FileStart", "FileChunk", "FileEnd", "Checkpoint"]
+    assert sent == [small, Checkpoint(seq=REFUSED + 1)]
+
+
+@pytest.mark.parametrize("small_files", [True, False], ids=["this release", "older release"])
+def test_a_version_sent_from_the_relays_tree_follows_the_childs_hello(tmp_path: Path, small_files: bool) -> None:
+    (tmp_path / "f").write_bytes(b"data")
+    link, sent = _sending_link(small_files)
+
+    class Feed:
+        committed = REFUSED
+        root = tmp_path
+
+    link.source, link.target, link.log = Feed(), type("T", (), {"name": "child"})(), logging.getLogger("test")
+    anyio.run(link._whole_from_tree, _Session(), REFUSED, "f")
+    kinds = [type(m).__name__ for m in sent]
+    assert kinds == (["SmallFile"] if small_files else ["FileStart", "FileChunk", "FileEnd"])

@@ -135,7 +135,7 @@ def test_a_version_sent_whole_is_signed_from_the_same_read(tmp_path: Path, size:
     last message goes (one SmallFile, or FileStart ... FileEnd), and it is exactly the one the
     file-based signer writes."""
     src, sigs, _, digest = _source(tmp_path, size, signed=False)
-    messages = list(iter_file_messages(src, "f.bin", 1, options=SendOptions(signatures=sigs)))
+    messages = list(iter_file_messages(src, "f.bin", 1, options=SendOptions(signatures=sigs, small_files=True)))
     if size <= SMALL_FILE_BYTES:
         assert [type(m) for m in messages if not isinstance(m, Flush)] == [SmallFile]
     else:
