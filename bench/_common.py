@@ -454,6 +454,65 @@ class RsyncDaemon:
                 self.popen.wait(10)
 
 
+class SshServer:
+    """A private `sshd -D` on 127.0.0.1 for `rsync -e ssh` (an encrypted peer for our TLS links):
+    its own host key, one authorized client key, no PAM; started and stopped by pid."""
+
+    CIPHER = "aes256-gcm@openssh.com"  # what our TLS 1.3 links negotiate (TLS_AES_256_GCM_SHA384)
+
+    def __init__(self, workdir: Path, *, address: str = "127.0.0.1") -> None:
+        self.dir = workdir
+        self.address = address
+        self.port = free_port(address)
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def rsync_shell(self) -> str:
+        """The `-e` argument of rsync for this server."""
+        return (f"ssh -p {self.port} -i {self.dir / 'client_key'} -c {self.CIPHER} -o BatchMode=yes "
+                f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        for key in ("host_key", "client_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / key)],
+                           check=True, capture_output=True, timeout=30)
+        (self.dir / "authorized_keys").write_text((self.dir / "client_key.pub").read_text())
+        conf = self.dir / "sshd_config"
+        conf.write_text("\n".join([
+            f"ListenAddress {self.address}", f"Port {self.port}", f"HostKey {self.dir / 'host_key'}",
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", f"PidFile {self.dir / 'sshd.pid'}",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "UsePAM no",
+            "StrictModes no", f"Ciphers {self.CIPHER}", "Compression no", ""]))
+        log = open(self.dir / "sshd.stderr", "ab")  # noqa: SIM115 - owned by the child
+        self.popen = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise BenchError(f"sshd exited: {(self.dir / 'sshd.stderr').read_text()[-500:]}")
+            import socket
+
+            try:
+                with socket.create_connection((self.address, self.port), timeout=0.5) as s:
+                    s.settimeout(2)
+                    return s.recv(64).startswith(b"SSH-")  # the server greets first
+            except OSError:
+                return False
+
+        poll_until(up, timeout_s=20, interval_s=0.05, what="sshd greeting")
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+
 class ConnectionWindow:
     """Bytes exchanged on connections to one port between start() and stop().
 

@@ -38,6 +38,7 @@ from _common import (  # noqa: E402
     BenchError,
     ConnectionWindow,
     RsyncDaemon,
+    SshServer,
     console,
     emit_json,
     file_hash,
@@ -104,9 +105,12 @@ def bench_big(work: Path, runs: int, results: dict[str, Any], timeout_s: float) 
 
     cluster = Cluster(work / "cluster-big")
     rsyncd = RsyncDaemon(work / "rsyncd", {"mod": work / "big-rsyncd"})
+    sshd = SshServer(work / "sshd")  # rsync -e ssh: an encrypted peer, for a like-for-like TLS figure
+    ssh_dir = work / "big-ssh"
+    ssh_dir.mkdir()
     local_dir = work / "big-local"
     local_dir.mkdir()
-    times: dict[str, list[float]] = {"tls_on": [], "tls_off": [], "rsyncd": [], "local": []}
+    times: dict[str, list[float]] = {"tls_on": [], "tls_off": [], "rsyncd": [], "ssh": [], "local": []}
     wire: dict[str, list[int]] = {"tls_on": [], "tls_off": []}
     links: dict[str, tuple[Path, Path, int, int]] = {}  # variant -> (src dir, target dir, port, mapping)
     try:
@@ -116,6 +120,7 @@ def bench_big(work: Path, runs: int, results: dict[str, Any], timeout_s: float) 
         for name in ("src", "t1", "t2"):
             cluster.wait_agent_up(name)
         rsyncd.start()
+        sshd.start()
         # src -> t1 keeps the default (TLS); src -> t2 gets a pair policy with TLS off, set before
         # its mapping exists so that its first connection already follows it.
         r = cluster.api.put("/api/policies", json={"scope": "pair", "source": "src", "target": "t2", "tls": False})
@@ -198,7 +203,21 @@ def bench_big(work: Path, runs: int, results: dict[str, Any], timeout_s: float) 
             return dt
 
         variants: dict[str, Any] = {v: (lambda i, v=v: ours(v, i)) for v in links}
-        variants.update(rsyncd=via_daemon, local=local)
+        def via_ssh(i: int) -> float:
+            dst = ssh_dir / f"big-{i}.bin"
+            cmd = ["rsync", "-a", "--stats", "-e", sshd.rsync_shell(), str(big), f"root@127.0.0.1:{dst}"]
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            dt = time.perf_counter() - t0
+            if out.returncode != 0:
+                raise BenchError(f"rsync over ssh: {out.stderr.strip()[-500:]}")
+            if file_hash(dst) != digest:
+                raise BenchError(f"{dst} differs from the source")
+            dst.unlink()
+            console.print(f"    rsync over ssh ({SshServer.CIPHER}): {dt:.3f} s ({GIB / dt / 1e6:.0f} MB/s)")
+            return dt
+
+        variants.update(rsyncd=via_daemon, ssh=via_ssh, local=local)
         order = list(variants)
         # Unmeasured warm-up: the first 1 GiB written on this VM page-faults fresh guest memory
         # (about 3 us per 4 KiB page, reference/perf.md; measured 2.6 s of extra kernel time in
@@ -219,6 +238,7 @@ def bench_big(work: Path, runs: int, results: dict[str, Any], timeout_s: float) 
     finally:
         cluster.stop()
         rsyncd.stop()
+        sshd.stop()
     big.unlink()
     o, d, loc = (median(times[k]) for k in ("tls_on", "rsyncd", "local"))
     results.update({
@@ -229,6 +249,10 @@ def bench_big(work: Path, runs: int, results: dict[str, Any], timeout_s: float) 
         "ours_1gib_wire_bytes_tls_on": int(median(wire["tls_on"])),
         "time_ratio_1gib_tls_on": round(o / d, 3),
         "time_ratio_1gib_tls_on_vs_local": round(o / loc, 3),
+        "rsync_ssh_1gib_s": round(median(times["ssh"]), 3),
+        "rsync_ssh_1gib_s_runs": [round(x, 3) for x in times["ssh"]],
+        # both encrypted with AES-256-GCM: the like-for-like figure for TLS on (the goal stays vs the daemon)
+        "time_ratio_1gib_tls_on_vs_ssh": round(o / median(times["ssh"]), 3),
         "agent_src_peak_rss_mib_1gib": round(src_hwm or -1, 1),
         "agent_t1_peak_rss_mib_1gib": round(t1_hwm or -1, 1),
     })
@@ -254,7 +278,8 @@ def bench_big(work: Path, runs: int, results: dict[str, Any], timeout_s: float) 
         results.setdefault("time_ratio_1gib_tls_off_note", TLS_OFF_NOTE)
     console.print(f"  medians: relaysync TLS on {o:.3f} s"
                   + (f", TLS off {results['ours_1gib_s_tls_off']} s" if times["tls_off"] else "")
-                  + f"; rsync daemon {d:.3f} s, rsync local {loc:.3f} s; TLS-on ratio vs daemon {o / d:.2f}x, "
+                  + f"; rsync daemon {d:.3f} s, rsync over ssh {results['rsync_ssh_1gib_s']} s, rsync local "
+                  f"{loc:.3f} s; TLS-on ratio vs daemon {o / d:.2f}x, vs ssh {results['time_ratio_1gib_tls_on_vs_ssh']}x, "
                   f"vs local {o / loc:.2f}x; peak RSS src {src_hwm:.0f} MiB, t1 {t1_hwm:.0f} MiB")
 
 
@@ -360,7 +385,7 @@ def main() -> int:
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
 
-    require_tools("rsync", "ss")
+    require_tools("rsync", "ss", "ssh", "ssh-keygen", "sshd")
     info = machine_info()
     print_machine(info)
     rev = src_revision()
