@@ -102,3 +102,27 @@ def test_a_cache_interrupted_while_it_starts_is_stopped(monkeypatch: pytest.Monk
     finally:
         origin.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_cache_interrupted_while_it_becomes_a_site_is_stopped() -> None:
+    """Ctrl-C in the demo after Varnish is up but before the demo holds it (the site is being
+    created): Varnish and the origin must not stay behind (seen: an orphaned varnishd)."""
+    from rich.console import Console
+
+    from relaysync.cli._demo_cache import start_demo_cache
+
+    class _Api:
+        def post(self, *args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+    class _Cluster:
+        api = _Api()
+
+    base = cache_base_dir()
+    (base / "target-1").mkdir(parents=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            start_demo_cache(_Cluster(), base, Console(quiet=True))  # type: ignore[arg-type]
+        assert not _processes_mentioning(str(base))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -52,14 +52,17 @@ def start_demo_cache(cluster: Cluster, dir: Path, console: Console) -> DemoCache
     except BaseException:  # Ctrl-C while Varnish starts included
         origin.stop()
         raise
-    host = f"127.0.0.1:{cache.port}"
-    r = cluster.api.post("/api/sites", json={
-        "name": "demo", "provider": "demo", "mapping": "demo", "base_urls": [f"http://{host}"],
-        "caches": [{"name": "varnish", "driver": "varnish", "address": cache.address}],
-        "origins": [{"server": "target-1", "url": origin.url}]})
-    if r.status_code != 201:
-        cache.stop()
-        origin.stop()
-        raise RuntimeError(f"create demo site: {r.status_code} {r.text}")
-    console.print(f"Varnish serves target-1 at http://{host}/ (origin {origin.url})", highlight=False)
-    return DemoCache(origin, cache, "demo")
+    demo_cache = DemoCache(origin, cache, "demo")
+    try:  # until the caller holds it, Ctrl-C here must not leave Varnish behind
+        host = f"127.0.0.1:{cache.port}"
+        r = cluster.api.post("/api/sites", json={
+            "name": "demo", "provider": "demo", "mapping": "demo", "base_urls": [f"http://{host}"],
+            "caches": [{"name": "varnish", "driver": "varnish", "address": cache.address}],
+            "origins": [{"server": "target-1", "url": origin.url}]})
+        if r.status_code != 201:
+            raise RuntimeError(f"create demo site: {r.status_code} {r.text}")
+        console.print(f"Varnish serves target-1 at http://{host}/ (origin {origin.url})", highlight=False)
+    except BaseException:
+        demo_cache.stop()
+        raise
+    return demo_cache

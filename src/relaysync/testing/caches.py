@@ -9,6 +9,7 @@ Processes are started in their own session and stopped by pid only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import os
@@ -207,6 +208,21 @@ class Origin:
             self._server = None
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`, from /proc."""
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(name))
+    return members
+
+
 @dataclass
 class Cache:
     """One real cache process in `dir`, on 127.0.0.1:`port`, in front of `origin_port`."""
@@ -295,7 +311,24 @@ class Cache:
         except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(STOP_TIMEOUT_S)
+        self._wait_group_gone(self.popen.pid)
         self._wait_port_free()
+
+    @staticmethod
+    def _wait_group_gone(pgid: int) -> None:
+        """The manager may exit before its workers (Varnish's cache child, Squid's kids): wait
+        until none of its process group is left, killing the rest after STOP_TIMEOUT_S."""
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        killed = False
+        while _group_members(pgid):
+            if time.monotonic() >= deadline:
+                if killed:
+                    raise RuntimeError(f"cache process group {pgid} still running after SIGKILL: "
+                                       f"pids {_group_members(pgid)}")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                killed, deadline = True, time.monotonic() + STOP_TIMEOUT_S
+            time.sleep(0.02)
 
     def _wait_port_free(self) -> None:
         deadline = time.monotonic() + STOP_TIMEOUT_S
