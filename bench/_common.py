@@ -394,6 +394,45 @@ def rsync_wire_bytes(stats_output: str) -> tuple[int, int]:
     return found["sent"], found["received"]
 
 
+def spawn_logged(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server this script owns, in its own session, its output appended to `log_path`."""
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
+
+
+def wait_greeting(popen: subprocess.Popen[bytes], address: str, port: int, greeting: bytes,
+                  log_path: Path, what: str) -> None:
+    """Poll until the server on address:port greets with `greeting` (it speaks first)."""
+    import socket
+
+    def up() -> bool:
+        if popen.poll() is not None:
+            raise BenchError(f"{what} exited: {log_path.read_text()[-500:]}")
+        try:
+            with socket.create_connection((address, port), timeout=0.5) as s:
+                s.settimeout(2)
+                return s.recv(64).startswith(greeting)
+        except OSError:
+            return False
+
+    poll_until(up, timeout_s=20, interval_s=0.05, what=f"{what} greeting")
+
+
+def stop_child(popen: subprocess.Popen[bytes] | None, timeout_s: float = 10) -> None:
+    """SIGTERM a process this script started; SIGKILL if it has not exited within timeout_s."""
+    if popen is None or popen.poll() is not None:
+        return
+    popen.terminate()
+    try:
+        popen.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(timeout_s)
+
+
 class RsyncDaemon:
     """`rsync --daemon --no-detach` with one writable module per target dir, started and stopped by pid.
 
@@ -426,32 +465,11 @@ class RsyncDaemon:
                "--config", str(conf)]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        log = open(self.dir / "rsyncd.stderr", "ab")  # noqa: SIM115 - owned by the child
-        self.popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-        def up() -> bool:
-            if self.popen is not None and self.popen.poll() is not None:
-                raise BenchError(f"rsync daemon exited: {(self.dir / 'rsyncd.stderr').read_text()[-500:]}")
-            import socket
-
-            try:
-                with socket.create_connection((self.address, self.port), timeout=0.5) as s:
-                    s.settimeout(2)
-                    return s.recv(64).startswith(b"@RSYNCD")  # the daemon greets first
-            except OSError:
-                return False
-
-        poll_until(up, timeout_s=20, interval_s=0.05, what="rsync daemon greeting")
+        self.popen = spawn_logged(cmd, self.dir / "rsyncd.stderr")
+        wait_greeting(self.popen, self.address, self.port, b"@RSYNCD", self.dir / "rsyncd.stderr", "rsync daemon")
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
+        stop_child(self.popen)
 
 
 class SshServer:
@@ -484,33 +502,11 @@ class SshServer:
             f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", f"PidFile {self.dir / 'sshd.pid'}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no", "UsePAM no",
             "StrictModes no", f"Ciphers {self.CIPHER}", "Compression no", ""]))
-        log = open(self.dir / "sshd.stderr", "ab")  # noqa: SIM115 - owned by the child
-        self.popen = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-        def up() -> bool:
-            if self.popen is not None and self.popen.poll() is not None:
-                raise BenchError(f"sshd exited: {(self.dir / 'sshd.stderr').read_text()[-500:]}")
-            import socket
-
-            try:
-                with socket.create_connection((self.address, self.port), timeout=0.5) as s:
-                    s.settimeout(2)
-                    return s.recv(64).startswith(b"SSH-")  # the server greets first
-            except OSError:
-                return False
-
-        poll_until(up, timeout_s=20, interval_s=0.05, what="sshd greeting")
+        self.popen = spawn_logged(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], self.dir / "sshd.stderr")
+        wait_greeting(self.popen, self.address, self.port, b"SSH-", self.dir / "sshd.stderr", "sshd")
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
+        stop_child(self.popen)
 
 
 class ConnectionWindow:

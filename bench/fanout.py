@@ -57,6 +57,7 @@ from _common import (  # noqa: E402
     rmtree,
     src_revision,
     ss_bytes_sent_by_pid,
+    stop_child,
     tool_version,
     wait_all_identical,
 )
@@ -288,14 +289,7 @@ class Lsyncd:
             raise BenchError(f"lsyncd exited: {log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_child(self.proc)
 
 
 def measure_lsyncd(ls: Lsyncd, name: str, runs: Runs | None) -> None:
