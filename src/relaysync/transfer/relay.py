@@ -128,6 +128,18 @@ class RelayFeed:
         self.spool.release(upto)
 
 
+@dataclass
+class RefusedDelta:
+    """The delta a child refused (it lacks the base) whose messages a relay is dropping."""
+
+    seq: int = -1  # -1: none
+    path: str = ""
+    changed_at: float = 0.0
+
+    def clear(self) -> None:
+        self.seq, self.path, self.changed_at = -1, "", 0.0
+
+
 class RelayLink(TargetLink):
     """Streams a relay's spool to one child (TargetLink's session, handshake and catch-up)."""
 
@@ -150,11 +162,12 @@ class RelayLink(TargetLink):
         await self._catch_up(session, state.watermark)
         compare_due = anyio.current_time() + self.compare_interval_s
         position, generation = spool.start, spool.generation
+        refused = RefusedDelta()  # a refused delta's messages can span several spool reads
         self.log.info("relaying to %s from seq %s", self.target.name, session.sent_upto)
         while True:
             messages, position = await anyio.to_thread.run_sync(spool.read, position, generation, BATCH_BYTES)
             if messages:
-                await self._forward(session, messages)
+                await self._forward(session, messages, refused)
                 continue
             # A comparison from here is only sound once our tree holds all we forwarded.
             if (anyio.current_time() >= compare_due and session.acked >= session.sent_upto
@@ -179,33 +192,34 @@ class RelayLink(TargetLink):
                 await feed.wait_for_records(session.sent_upto, WAIT_RELAY_S)
                 await session.framed.send(Ping())
 
-    async def _forward(self, session: _Session, messages: list[AnyMessage]) -> None:
+    async def _forward(self, session: _Session, messages: list[AnyMessage], refused: RefusedDelta) -> None:
         """Send what of a spool read the child still needs; a refused delta goes as a whole file.
 
         The messages of a delta the child refused are dropped up to its end: at FileEnd the
         version goes whole from our tree; at FileAbort the source gave the delta up, and the
         whole version it sends next (SmallFile, or FileStart ... FileEnd) is forwarded as it is.
-        A Checkpoint is never dropped.
+        A Checkpoint is never dropped. `refused` carries the delta being dropped from one spool
+        read to the next (a 100 MiB delta spans many).
         """
         after = session.sent_upto
         out: list[AnyMessage] = []
-        skipping, skipped_path, skipped_at = -1, "", 0.0
         for message in messages:
             seq = int(getattr(message, "seq", 0))
             if seq <= after:
                 continue
-            if seq == skipping:
+            if seq == refused.seq:
                 if isinstance(message, FileAbort):
-                    skipping = -1
+                    refused.clear()
                     continue
                 if isinstance(message, FileEnd | Checkpoint):
                     await self._send(session, out)
                     out = [message] if isinstance(message, Checkpoint) else []
-                    await self._whole_from_tree(session, seq, skipped_path, skipped_at)
-                    skipping = -1
+                    path, changed_at = refused.path, refused.changed_at
+                    refused.clear()
+                    await self._whole_from_tree(session, seq, path, changed_at)
                 continue
             if isinstance(message, DeltaStart) and seq in self.options.whole_file_seqs:
-                skipping, skipped_path, skipped_at = seq, message.path, message.changed_at
+                refused.seq, refused.path, refused.changed_at = seq, message.path, message.changed_at
                 continue
             out.append(message)
         await self._send(session, out)

@@ -21,7 +21,9 @@ from relaysync.protocol.messages import (
     SmallFile,
 )
 from relaysync.transfer import ops
-from relaysync.transfer.relay import RelayLink
+from relaysync.transfer.relay import RefusedDelta, RelayLink
+from relaysync.transfer.sender import BATCH_BYTES
+from relaysync.transfer.spool import Spool
 
 H = b"h" * 16
 REFUSED = 5
@@ -31,8 +33,9 @@ class _Session:
     sent_upto = REFUSED - 1
 
 
-def _forward(messages: list[AnyMessage]) -> list[str]:
-    """What the child gets: message type names, and "tree:<seq>" where a version goes from our tree."""
+def _forward(*reads: list[AnyMessage]) -> list[str]:
+    """What the child gets from these spool reads, forwarded one by one as RelayLink._stream does:
+    message type names, and "tree:<seq>" where a version goes from our tree."""
     link: Any = object.__new__(RelayLink)  # only _forward's collaborators are needed
     link.options = ops.SendOptions()
     link.options.whole_file_seqs.add(REFUSED)
@@ -45,7 +48,13 @@ def _forward(messages: list[AnyMessage]) -> list[str]:
         got.append(f"tree:{seq}")
 
     link._send, link._whole_from_tree = send, whole_from_tree
-    anyio.run(link._forward, _Session(), messages)
+
+    async def forward_all() -> None:
+        session, refused = _Session(), RefusedDelta()
+        for messages in reads:
+            await link._forward(session, messages, refused)
+
+    anyio.run(forward_all)
     return got
 
 
@@ -73,6 +82,40 @@ def test_the_next_file_in_the_batch_is_forwarded_after_the_refused_one() -> None
     after = SmallFile(seq=REFUSED + 1, path="b", size=1, mode=0o644, mtime_ns=1, data=b"b", hash=H)
     got = _forward([*DELTA, FileEnd(seq=REFUSED, hash=H), after, Checkpoint(seq=REFUSED + 1)])
     assert got == ["tree:5", "SmallFile", "Checkpoint"]
+
+
+@pytest.mark.parametrize("split", range(1, 5))
+@pytest.mark.parametrize(("tail", "child_gets"), [
+    pytest.param([FileChunk(seq=REFUSED, offset=1, data=b"e"), FileEnd(seq=REFUSED, hash=H)],
+                 ["tree:5", "Checkpoint"], id="delta-ended"),
+    pytest.param([FileChunk(seq=REFUSED, offset=1, data=b"e"), ABORT,
+                  SmallFile(seq=REFUSED, path="f", size=1, mode=0o644, mtime_ns=1, data=b"x", hash=H)],
+                 ["SmallFile", "Checkpoint"], id="fell back to a small file"),
+])
+def test_a_refused_delta_split_over_spool_reads_is_still_dropped_whole(
+        split: int, tail: list[AnyMessage], child_gets: list[str]) -> None:
+    """A relay reads its spool BATCH_BYTES at a time: a large delta's messages span reads. The
+    drop goes on in the next read; none of its chunks reach the child without their start."""
+    messages = [*DELTA, *tail, Checkpoint(seq=REFUSED)]
+    assert _forward(messages[:split], messages[split:]) == child_gets
+
+
+def test_a_refused_delta_larger_than_one_spool_read(tmp_path: Path) -> None:
+    """Over a real spool: a 10 MiB delta comes back in two reads; the child gets it from our tree."""
+    spool = Spool(tmp_path / "spool")
+    spool.begin("journal", REFUSED - 1)
+    mib = 1024 * 1024
+    spool.append([DeltaStart(seq=REFUSED, path="big", size=10 * mib, mode=0o644, mtime_ns=1, base_hash=H),
+                  *(FileChunk(seq=REFUSED, offset=i * mib, data=bytes(mib)) for i in range(10)),
+                  FileEnd(seq=REFUSED, hash=H), Checkpoint(seq=REFUSED)])
+    reads, position = [], spool.start
+    while True:
+        messages, position = spool.read(position, spool.generation, BATCH_BYTES)
+        if not messages:
+            break
+        reads.append(messages)
+    assert len(reads) > 1
+    assert _forward(*reads) == ["tree:5", "Checkpoint"]
 
 
 def _sending_link(small_files: bool) -> tuple[Any, list[AnyMessage]]:
