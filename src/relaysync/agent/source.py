@@ -57,6 +57,7 @@ class SourceMapping:
         self._new_records = anyio.Event()
         self._acks_path = state_dir / "acks.json"
         self._acks: dict[str, int] = self._load_acks()
+        self._persisted_acks = dict(self._acks)  # what acks.json holds (written by _release)
         self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)
         self.ready = anyio.Event()
         # The highest seq whose effect is in the manifest: a manifest comparison covers up to it.
@@ -144,7 +145,9 @@ class SourceMapping:
                 self._acks_changed = anyio.Event()
                 await anyio.to_thread.run_sync(self._release, dict(self._acks))
         finally:
-            if self._acks_changed.is_set():
+            # Compared with what was persisted, not with the event: a stop while the flush above
+            # waited for a worker thread found the event already replaced.
+            if self._acks != self._persisted_acks:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self._release, dict(self._acks))
 
@@ -156,6 +159,7 @@ class SourceMapping:
         tmp = self._acks_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"journal_id": self.journal.journal_id, "acks": acks}))
         os.replace(tmp, self._acks_path)  # before the release: acks never lag the journal's start
+        self._persisted_acks = acks
         self.journal.release(upto)
 
     # --- pipeline ---

@@ -4,9 +4,12 @@ every ACK_FLUSH_S: a burst of acks costs one write, and the last one is never lo
 from __future__ import annotations
 
 import json
+import threading
+from functools import partial
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from relaysync.agent.source import ACK_FLUSH_S, SourceMapping
@@ -79,3 +82,29 @@ def test_acks_are_not_persisted_until_every_target_has_acked(source: SourceMappi
 
     anyio.run(main)
     assert _stored(source) == {} and source.journal.first_seq == 1  # t2 may still need it all
+
+
+def test_a_stop_while_the_flush_waits_for_a_worker_thread_still_writes_the_last_acks(
+        source: SourceMapping) -> None:
+    """The worker threads are shared (links read files, receivers apply batches): a stop can come
+    while the flush waits for one, after it took the acks' change signal."""
+    gate = threading.Event()
+
+    async def main() -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1  # this run's loop only
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(anyio.to_thread.run_sync, gate.wait, abandon_on_cancel=True))  # the pool is busy
+            tg.start_soon(source._flush_acks)
+            await anyio.sleep(0)
+            changed = source._acks_changed
+            source.on_ack("t1", 7)
+            source.on_ack("t2", 9)
+            with anyio.fail_after(10):
+                while source._acks_changed is changed:  # the flusher has taken the signal
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()  # the source stops
+        gate.set()
+
+    anyio.run(main)
+    assert _stored(source) == {"t1": 7, "t2": 9}
+    assert source.journal.first_seq == 8
