@@ -193,8 +193,10 @@ class PeerServer:
             await ended.wait()
 
     async def retire(self, folder: TargetFolder) -> None:
-        """Stop serving a folder (mapping removed or moved): end its session, close its manifest."""
+        """Stop serving a folder (mapping removed or moved): end its session, remove its partials
+        (nothing will resume them), close its manifest."""
         await self._end_session(folder.mapping_id)
+        await anyio.to_thread.run_sync(folder.drop_partials_under, "")
         await anyio.to_thread.run_sync(folder.manifest.close)
 
     async def _receive(self, framed: FramedStream, folder: TargetFolder, journal_id: str) -> None:

@@ -19,9 +19,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import msgspec
 import xxhash
@@ -108,31 +108,66 @@ class TargetFolder:
         self.manifest.set_meta(f"watermark:{journal_id}", str(seq))
 
     # Resumable partials of large files: path -> content hash (hex), kept in the manifest's meta.
+    # A partial's file goes with its entry: when the file commits (renamed into place), when the
+    # path is deleted, renamed or erased, when a newer version starts, when the mapping goes.
 
     def _partials(self) -> dict[str, str]:
         return dict(json.loads(self.manifest.get_meta("partials") or "{}"))
 
+    def _partial_file(self, path: str, digest_hex: str) -> Path:
+        return staging.partial_name_for(self.root / path, bytes.fromhex(digest_hex), self.mapping_id)
+
     def add_partial(self, path: str, content_hash: bytes) -> None:
         partials = self._partials()
+        older = partials.get(path)
+        if older is not None and older != content_hash.hex():
+            self._remove_partial_file(path, older)  # an older version's, never to be resumed
         partials[path] = content_hash.hex()
         self.manifest.set_meta("partials", json.dumps(partials))
 
     def drop_partial(self, path: str) -> None:
+        """Forget the partial of `path` and remove its file (already gone after a commit)."""
+        self.drop_partials([path])
+
+    def drop_partials(self, paths: Iterable[str]) -> None:
+        """`drop_partial` for many paths: one read and at most one write of the list."""
         partials = self._partials()
-        if partials.pop(path, None) is not None:
-            self.manifest.set_meta("partials", json.dumps(partials))
+        doomed = [(path, partials.pop(path)) for path in paths if path in partials]
+        self._forget(partials, doomed)
+
+    def drop_partials_under(self, path: str) -> None:
+        """Drop the partials at `path` and below it ("" = all): the path was deleted, renamed or erased."""
+        partials = self._partials()
+        prefix = f"{path}/" if path else ""
+        doomed = [(p, partials.pop(p)) for p in list(partials) if p == path or p.startswith(prefix)]
+        self._forget(partials, doomed)
+
+    def _forget(self, partials: dict[str, str], doomed: list[tuple[str, str]]) -> None:
+        if not doomed:
+            return
+        for path, digest in doomed:
+            self._remove_partial_file(path, digest)
+        self.manifest.set_meta("partials", json.dumps(partials))
+
+    def _remove_partial_file(self, path: str, digest_hex: str) -> None:
+        try:  # never through a symlink a local admin put where a directory was
+            parent = resolve_inside(self.root, path).parent
+            os.unlink(staging.partial_name_for(parent / PurePosixPath(path).name, bytes.fromhex(digest_hex),
+                                               self.mapping_id))
+        except (UnsafePath, FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:  # the space stays taken until the next start's clean-up
+            logger.warning("could not remove partial of %s: %s", path, exc)
 
     def partial_files(self) -> frozenset[Path]:
-        return frozenset(staging.partial_name_for(self.root / p, bytes.fromhex(h))
-                         for p, h in self._partials().items())
+        return frozenset(self._partial_file(p, h) for p, h in self._partials().items())
 
     def list_partials(self) -> tuple[Partial, ...]:
         """The partials still on disk, each cut to whole chunks (a torn last chunk is resent)."""
         found = []
         for path, digest in self._partials().items():
-            name = staging.partial_name_for(self.root / path, bytes.fromhex(digest))
             try:
-                size = name.stat().st_size // CHUNK_BYTES * CHUNK_BYTES
+                size = self._partial_file(path, digest).stat().st_size // CHUNK_BYTES * CHUNK_BYTES
             except OSError:
                 continue
             found.append(Partial(path=path, hash=bytes.fromhex(digest), size=size))
@@ -274,8 +309,10 @@ class ReceiverSession:
         """A temp file for the new content: a named, resumable partial for large files."""
         root = self.folder.root
         if msg.expected_hash and msg.size >= RESUME_MIN_BYTES:
+            if self._batch.holds_final(final):  # the same version twice in a batch: one partial each time
+                self.flush()
             incoming = staging.IncomingFile.open_partial(
-                root, Path(final), msg.expected_hash, size=msg.size, mode=msg.mode,
+                root, Path(final), msg.expected_hash, owner=self.folder.mapping_id, size=msg.size, mode=msg.mode,
                 mtime_ns=msg.mtime_ns, offset=msg.offset)
             self.folder.add_partial(msg.path, msg.expected_hash)
             return incoming
@@ -425,9 +462,7 @@ class ReceiverSession:
             seq = pending.records[0].seq if pending.records else 0
             raise _transient_os(seq, "commit batch", exc) from exc
         self.folder.manifest.put_many(pending.entries)
-        for entry in pending.entries:
-            if entry.size >= RESUME_MIN_BYTES:
-                self.folder.drop_partial(entry.path)
+        self.folder.drop_partials(entry.path for entry in pending.entries)  # any size: a stale one too
         now = time.time()  # visible and durable only now: the latency a reader sees ends here
         self._applied.extend(msgspec.structs.replace(r, committed_at=now) for r in pending.records)
 
@@ -453,6 +488,7 @@ class ReceiverSession:
     def _apply_op(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
         started = time.monotonic()
         op = _OP_NAMES[type(msg)]
+        self._drop_partials_of(msg)
         try:
             self._apply_op_unchecked(msg)
         except UnsafePath as exc:
@@ -468,6 +504,18 @@ class ReceiverSession:
             record = CommitRecord(**{**msgspec.structs.asdict(record), "new_path": msg.new_path})
         self._applied.append(record)
         self._note(msg.seq)
+
+    def _drop_partials_of(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
+        """A partial of what this op replaces will never be resumed: its file goes now (an erase
+        drops those of each child it removes)."""
+        match msg:
+            case Delete() | Symlink():
+                self.folder.drop_partials_under(msg.path)
+            case Rename():  # the moved file is resent under its new name if the target lacks it
+                self.folder.drop_partials_under(msg.path)
+                self.folder.drop_partials_under(msg.new_path)
+            case MakeDir():  # a file there becomes this directory; what is below it stays
+                self.folder.drop_partial(msg.path)
 
     def _apply_op_unchecked(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
         root, manifest = self.folder.root, self.folder.manifest
@@ -564,6 +612,7 @@ class ReceiverSession:
                 self._keeper.save(Path(child.path))
             staging.remove_any(Path(child.path))
             self.folder.manifest.remove_tree(rel)
+            self.folder.drop_partials_under(rel)
         self._sync_dir(self.folder.root, msg.path)
 
     def _digests(self, msg: DigestRequest) -> DigestReply:

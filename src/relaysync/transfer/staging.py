@@ -34,17 +34,34 @@ def temp_name_for(final: Path) -> Path:
     return Path(_temp_name(str(final)))
 
 
+_NAME_KEPT_BYTES = 160  # of a file's name in its temp name; with prefix and suffix under NAME_MAX
+
+
+def _short_name(name: str) -> str:
+    """`name` if short enough to carry in a temp name, else a prefix and a hash of the whole name.
+
+    Bounded in bytes (a 255-byte name of 85 CJK characters plus our prefix and suffix would pass
+    NAME_MAX), and unique: two long names that share their beginning get different temp names.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _NAME_KEPT_BYTES:
+        return name
+    head = raw[:_NAME_KEPT_BYTES - 17].decode("utf-8", "ignore")  # whole characters only
+    return f"{head}~{xxhash.xxh3_64_hexdigest(raw)}"
+
+
 def _temp_name(final: str) -> str:
     folder, name = os.path.split(final)  # a relative final without a folder stays where it is
-    return os.path.join(folder, f"{TEMP_PREFIX}{name[:200]}.{_TEMP_SALT}{next(_temp_counter):x}.tmp")
+    return os.path.join(folder, f"{TEMP_PREFIX}{_short_name(name)}.{_TEMP_SALT}{next(_temp_counter):x}.tmp")
 
 
 PARTIAL_SUFFIX = ".part"
 
 
-def partial_name_for(final: Path, content_hash: bytes) -> Path:
-    """The name of a resumable partial: stable for (file, content), so a restart finds it."""
-    return final.with_name(f"{TEMP_PREFIX}{final.name[:200]}.{content_hash.hex()[:16]}{PARTIAL_SUFFIX}")
+def partial_name_for(final: Path, content_hash: bytes, owner: int) -> Path:
+    """The name of a resumable partial: stable for (mapping, file, content), so a restart finds
+    it, and the mapping's own (members of an N:M job share a folder and may receive the same file)."""
+    return final.with_name(f"{TEMP_PREFIX}{_short_name(final.name)}.{owner}.{content_hash.hex()[:16]}{PARTIAL_SUFFIX}")
 
 
 def make_parents(root: Path, final: Path) -> None:
@@ -111,7 +128,7 @@ class IncomingFile:
         return cls(final_name=final, temp_name=temp, size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
 
     @classmethod
-    def open_partial(cls, root: Path, final: Path, content_hash: bytes, *, size: int, mode: int,
+    def open_partial(cls, root: Path, final: Path, content_hash: bytes, *, owner: int, size: int, mode: int,
                      mtime_ns: int, offset: int) -> IncomingFile:
         """Open the resumable partial of `final` for this content, keeping its first `offset` bytes.
 
@@ -121,7 +138,7 @@ class IncomingFile:
             FileNotFoundError: a resume (offset > 0) of a partial that is gone or shorter.
         """
         make_parents(root, final)
-        temp = partial_name_for(final, content_hash)
+        temp = partial_name_for(final, content_hash, owner)
         flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if offset == 0 else 0)
         fd = os.open(temp, flags, 0o600)
         incoming = cls(final_name=str(final), temp_name=str(temp), size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
@@ -194,6 +211,10 @@ class CommitBatch:
 
     def add(self, incoming: IncomingFile) -> None:
         self._files.append(incoming)
+
+    def holds_final(self, final: str) -> bool:
+        """Whether a staged file is to be renamed to `final` (a string as IncomingFile keeps it)."""
+        return any(f.final_name == final for f in self._files)
 
     def files(self) -> list[IncomingFile]:
         """The staged files, in the order they were added."""

@@ -16,9 +16,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from relaysync.constants import TEMP_PREFIX
+from relaysync.constants import MAX_NAME_BYTES, TEMP_PREFIX
 from relaysync.errors import NotFound
 from relaysync.transfer.paths import check_relpath
+from relaysync.transfer.staging import temp_name_for
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,13 @@ class VersionKeeper:
     def _save_file(self, path: Path) -> None:
         rel = path.relative_to(self.root)
         stamp = datetime.fromtimestamp(time.time(), UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        dest = self.dir / rel.parent / f"{rel.name}{SEPARATOR}{stamp}"
+        name = f"{rel.name}{SEPARATOR}{stamp}"
+        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            # Replication wins over history: failing here would block every change after this one.
+            logger.warning("no version kept of %s: its name leaves no room for a timestamp (NAME_MAX %s)",
+                           rel, MAX_NAME_BYTES)
+            return
+        dest = self.dir / rel.parent / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(path, dest)
@@ -95,7 +102,7 @@ class VersionKeeper:
         source = self.dir / f"{rel}{SEPARATOR}{chosen}"
         final = self.root / rel
         final.parent.mkdir(parents=True, exist_ok=True)
-        temp = final.with_name(f"{TEMP_PREFIX}{final.name}.restore.tmp")
+        temp = temp_name_for(final)
         shutil.copy2(source, temp)
         os.replace(temp, final)
         logger.info("restored %s from version %s", rel, chosen)

@@ -1,0 +1,193 @@
+"""Resumable partials of large files on a target: one per (mapping, file, version), never shared,
+never left behind once nothing can resume them, and temp names that always fit NAME_MAX."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from relaysync.constants import CHUNK_BYTES, MAX_NAME_BYTES, TEMP_PREFIX
+from relaysync.protocol.messages import (
+    Ack,
+    AnyMessage,
+    Checkpoint,
+    Delete,
+    Erase,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    MakeDir,
+    Rename,
+    SmallFile,
+)
+from relaysync.transfer import ops, staging
+from relaysync.transfer.conflicts import NEWEST_MTIME, ConflictSession
+from relaysync.transfer.receiver import RESUME_MIN_BYTES, ReceiverSession, TargetFolder
+from relaysync.watch.changes import JournalRecord
+from relaysync.watch.manifest import Entry, Manifest
+
+BIG = RESUME_MIN_BYTES + CHUNK_BYTES  # gets a named, resumable partial
+MTIME = 1_700_000_000_000_000_000
+
+
+def _folder(tmp_path: Path, mapping_id: int = 1, root: Path | None = None, **kw: object) -> TargetFolder:
+    if root is None:
+        root = tmp_path / "root"
+        root.mkdir(exist_ok=True)
+    return TargetFolder(mapping_id=mapping_id, source_node=f"src-{mapping_id}", root=root,
+                        manifest=Manifest(tmp_path / f"m{mapping_id}.db"), durable=False, **kw)  # type: ignore[arg-type]
+
+
+def _start(seq: int, path: str, data: bytes) -> FileStart:
+    return FileStart(seq=seq, path=path, size=len(data), mode=0o644, mtime_ns=MTIME,
+                     expected_hash=xxhash.xxh3_128(data).digest())
+
+
+def _chunks(seq: int, data: bytes, lo: int = 0, hi: int | None = None) -> list[AnyMessage]:
+    end = len(data) if hi is None else hi
+    return [FileChunk(seq=seq, offset=o, data=data[o:o + CHUNK_BYTES]) for o in range(lo, end, CHUNK_BYTES)]
+
+
+def _whole(seq: int, path: str, data: bytes) -> list[AnyMessage]:
+    return [_start(seq, path, data), *_chunks(seq, data), FileEnd(seq=seq, hash=xxhash.xxh3_128(data).digest())]
+
+
+def _temps(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX))
+
+
+def _interrupted(folder: TargetFolder, path: str, data: bytes) -> None:
+    """A large file cut off after 2 MiB: the session ends and keeps the partial (to resume)."""
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch([_start(1, path, data), *_chunks(1, data, 0, 2 * CHUNK_BYTES)]) == []
+    session.close()
+    assert [p.path for p in folder.list_partials()] == [path]
+
+
+def _after_restart(folder: TargetFolder) -> list[str]:
+    """The temp files a restart keeps (it removes every temp file but the listed partials)."""
+    staging.clean_stale_temps(folder.root, keep=folder.partial_files())
+    return _temps(folder.root)
+
+
+@pytest.mark.parametrize("op", ["delete", "rename", "small file", "directory", "erase", "newer version"])
+def test_a_partial_goes_with_the_file_it_would_have_become(tmp_path: Path, op: str) -> None:
+    folder = _folder(tmp_path)
+    (folder.root / "sub").mkdir()
+    _interrupted(folder, "sub/big.bin", os.urandom(BIG))
+    (folder.root / "sub" / "big.bin").write_bytes(b"the version the target held")
+    small = b"tiny"
+    msgs: list[AnyMessage] = {
+        "delete": [Delete(seq=2, path="sub/big.bin")],
+        "rename": [Rename(seq=2, path="sub/big.bin", new_path="moved.bin")],
+        "small file": [SmallFile(seq=2, path="sub/big.bin", size=4, mode=0o644, mtime_ns=MTIME, data=small,
+                                 hash=xxhash.xxh3_128(small).digest())],
+        "directory": [Delete(seq=2, path="sub/big.bin"), MakeDir(seq=3, path="sub/big.bin", mode=0o755)],
+        "erase": [Erase(seq=2, path="sub", keep=())],
+        "newer version": _whole(2, "sub/big.bin", os.urandom(BIG)),
+    }[op]
+    last = max(int(getattr(m, "seq", 0)) for m in msgs)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch([*msgs, Checkpoint(seq=last)]) == [Ack(mapping_id=1, watermark=last)]
+    session.close()
+    assert _temps(folder.root) == []  # at once, not only at the next start
+    assert folder.list_partials() == () and _after_restart(folder) == []
+
+
+def test_an_older_versions_partial_goes_when_a_newer_one_starts(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    _interrupted(folder, "big.bin", os.urandom(BIG))
+    newer = os.urandom(BIG)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    session.apply_batch([_start(2, "big.bin", newer), *_chunks(2, newer, 0, CHUNK_BYTES)])
+    assert len(_temps(folder.root)) == 1  # the newer one's only
+    session.close()
+
+
+def test_a_removed_mapping_leaves_no_partial(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    _interrupted(folder, "big.bin", os.urandom(BIG))
+    folder.drop_partials_under("")  # what the peer server does when it retires the folder
+    assert _temps(folder.root) == [] and folder.list_partials() == ()
+
+
+def test_the_same_version_twice_in_one_batch_commits(tmp_path: Path) -> None:
+    """A large file written V1, V2, back to V1 while the target was away: the three records go in
+    one batch (the links read the journal as it is), two of them with the same content hash."""
+    src = tmp_path / "src"
+    src.mkdir()
+    v1, v2 = os.urandom(BIG), os.urandom(BIG)
+    (src / "big.bin").write_bytes(v1)  # what the file holds when the link replays
+    h1, h2 = xxhash.xxh3_128(v1).digest(), xxhash.xxh3_128(v2).digest()
+    records = [JournalRecord(seq=s, op="write", path="big.bin",
+                             entry=Entry(path="big.bin", kind="f", size=BIG, hash=h))
+               for s, h in ((5, h1), (6, h2), (7, h1))]
+    msgs = [m for r in records for m in ops.record_messages(src, r, ops.SendOptions())]
+    folder = _folder(tmp_path)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch([*msgs, Checkpoint(seq=7)]) == [Ack(mapping_id=1, watermark=7)]
+    assert (folder.root / "big.bin").read_bytes() == v1
+    assert _temps(folder.root) == []
+
+
+def test_two_long_names_that_share_their_beginning_get_their_own_partials(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    data = os.urandom(BIG)
+    stem = "x" * 200
+    msgs = [*_whole(1, f"{stem}-a.iso", data), *_whole(2, f"{stem}-b.iso", data), Checkpoint(seq=2)]
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch(msgs) == [Ack(mapping_id=1, watermark=2)]
+    assert (folder.root / f"{stem}-a.iso").read_bytes() == data == (folder.root / f"{stem}-b.iso").read_bytes()
+
+
+@pytest.mark.parametrize("size", [100, BIG], ids=["temp file", "partial"])
+def test_a_name_of_255_bytes_in_three_byte_characters_fits_its_temp_name(tmp_path: Path, size: int) -> None:
+    name = "文" * (MAX_NAME_BYTES // 3)  # 85 characters, 255 bytes: the longest name ext4 takes
+    data = os.urandom(size)
+    msgs: list[AnyMessage] = ([SmallFile(seq=1, path=name, size=size, mode=0o644, mtime_ns=MTIME, data=data,
+                                         hash=xxhash.xxh3_128(data).digest())]
+                              if size < RESUME_MIN_BYTES else _whole(1, name, data))
+    folder = _folder(tmp_path)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch([*msgs, Checkpoint(seq=1)]) == [Ack(mapping_id=1, watermark=1)]
+    assert (folder.root / name).read_bytes() == data
+
+
+def test_two_members_of_an_nm_job_receiving_the_same_large_file_never_share_a_partial(tmp_path: Path) -> None:
+    """Members share the target folder and apply their streams concurrently (a worker thread each)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    lock = threading.RLock()
+    a = _folder(tmp_path, 1, root, conflict=NEWEST_MTIME, lock=lock)
+    b = _folder(tmp_path, 2, root, conflict=NEWEST_MTIME, lock=lock)
+    session_a, session_b = ConflictSession(a, "ja", lambda *_: None), ConflictSession(b, "jb", lambda *_: None)
+    data = os.urandom(BIG)
+    digest = xxhash.xxh3_128(data).digest()
+    # interleaved at batch boundaries, as the two worker threads may run them
+    assert session_a.apply_batch([_start(1, "same.bin", data), *_chunks(1, data, 0, 4 * CHUNK_BYTES)]) == []
+    assert session_b.apply_batch([_start(1, "same.bin", data), *_chunks(1, data, 0, CHUNK_BYTES)]) == []
+    replies = session_a.apply_batch([*_chunks(1, data, 4 * CHUNK_BYTES), FileEnd(seq=1, hash=digest),
+                                     Checkpoint(seq=1)])
+    assert replies == [Ack(mapping_id=1, watermark=1)]
+    assert (root / "same.bin").read_bytes() == data
+    session_b.close()  # b's link drops: its own partial stays for b to resume
+    assert [p.path for p in b.list_partials()] == ["same.bin"]
+    assert (root / "same.bin").read_bytes() == data
+
+
+def test_a_name_too_long_for_a_version_stamp_is_replaced_without_a_kept_version(tmp_path: Path) -> None:
+    """With version keeping on, `<name>@<stamp>` of a 250-byte name passes NAME_MAX: that version
+    is not kept (logged), and the change still commits instead of blocking the mapping."""
+    folder = _folder(tmp_path, keep_versions=3)
+    name = "v" * 250
+    (folder.root / name).write_bytes(b"old")
+    new = b"new"
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    replies = session.apply_batch([SmallFile(seq=1, path=name, size=3, mode=0o644, mtime_ns=MTIME, data=new,
+                                             hash=xxhash.xxh3_128(new).digest()), Checkpoint(seq=1)])
+    assert replies == [Ack(mapping_id=1, watermark=1)]
+    assert (folder.root / name).read_bytes() == new
