@@ -189,3 +189,37 @@ def test_transfer_forced_per_mapping_beats_the_link_policy(own_fleet: Fleet) -> 
     assert _update_sent(own_fleet, psrc, pdst) > size
     assert not _deltas_of(own_fleet, plain)
     assert _update_sent(own_fleet, fsrc, fdst) < size / 8
+
+
+# --- A batch that takes longer than the sender's receive timeout to arrive ---
+
+SCALED_RECEIVE_TIMEOUT_S = 3.0  # 60 s in production, scaled down in the agents of this test
+
+
+def test_a_batch_slower_than_the_receive_timeout_is_not_taken_for_a_dead_target(tmp_path: Path) -> None:
+    """20 files of 200 KiB at 4 Mbit/s: one batch (one Checkpoint, one Ack) takes ~8 s to arrive,
+    over the sender's receive timeout. The target pings meanwhile, so the sender does not drop the
+    session and send the batch again (which, before, it did every timeout, for ever)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import relaysync.constants as c\n"
+        f"c.RECEIVE_TIMEOUT_S = {SCALED_RECEIVE_TIMEOUT_S}\n"
+        f"c.PING_INTERVAL_S = {SCALED_RECEIVE_TIMEOUT_S / 6}\n")
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    fleet = start_fleet(tmp_path, agents=("src", "t1"), extra_env={"PYTHONPATH": path})
+    try:
+        r = fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "bandwidth_limit_mbit": 4})
+        assert r.status_code == 200, r.text
+        _, src, (dst,) = fleet.new_mapping(targets=("t1",))
+        (src / "warm").write_text("x")
+        fleet.wait_converged(src, [dst])
+        for i in range(20):
+            (src / f"f{i:02}.bin").write_bytes(os.urandom(200 * 1024))
+        started = time.monotonic()
+        fleet.wait_converged(src, [dst], timeout_s=60)
+        assert time.monotonic() - started > SCALED_RECEIVE_TIMEOUT_S  # the batch was slower than it
+        log = (fleet.cluster.base / "agent-src.log").read_text()
+        assert "link to t1 down" not in log, log[-2000:]
+    finally:
+        fleet.cluster.stop()

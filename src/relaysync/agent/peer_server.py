@@ -30,6 +30,7 @@ from relaysync.constants import (
     CAPABILITIES,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
+    PING_INTERVAL_S,
     RECEIVE_TIMEOUT_S,
 )
 from relaysync.errors import ProtocolError, RelaySyncError, RoutesStale, UnknownPeer
@@ -216,6 +217,7 @@ class PeerServer:
             async with anyio.create_task_group() as tg:
                 if feed is not None:
                     tg.start_soon(self._send_subtree_acks, framed, feed)
+                tg.start_soon(_keep_sender_waiting, framed)
                 tg.start_soon(batches.run)
                 async for batch in batches:
                     if feed is not None:
@@ -265,6 +267,8 @@ class PeerServer:
             if isinstance(message, Ping):
                 await framed.send(Pong(nonce=message.nonce))
                 continue
+            if isinstance(message, Pong):  # the sender answering _keep_sender_waiting
+                continue
             if isinstance(message, SmallFile) and CAP_SMALL_FILE not in self.capabilities:
                 raise ProtocolError(f"SmallFile from a peer that was not told this agent takes it "
                                     f"(announced: {', '.join(self.capabilities) or 'nothing'})")
@@ -273,6 +277,22 @@ class PeerServer:
             if (isinstance(message, Checkpoint | DigestRequest) or size >= max_bytes
                     or len(batch) >= APPLY_BATCH_MESSAGES or not framed.pending()):
                 return batch
+
+
+async def _keep_sender_waiting(framed: FramedStream) -> None:
+    """Ping the sender whenever we have sent it nothing for PING_INTERVAL_S.
+
+    A target answers a batch only at its Checkpoint; a batch that takes longer than the
+    sender's RECEIVE_TIMEOUT_S to arrive (a bandwidth limit, a slow link, a large file) must not
+    look like a dead target, or the sender would drop the session and send the batch again, for
+    ever. A sender of any release answers a Ping with a Pong.
+    """
+    last = framed.bytes_sent
+    while True:
+        await anyio.sleep(PING_INTERVAL_S)
+        if framed.bytes_sent == last:
+            await framed.send(Ping())
+        last = framed.bytes_sent
 
 
 class _ReadAhead:
