@@ -121,3 +121,36 @@ def test_bad_windows_refused(world: Store, windows: list, timezone: str, message
     with pytest.raises(ConfigError, match=message):
         world.policies.set_policy(scope="same_group", windows=windows, timezone=timezone)
     assert world.policies.list_policies() == []
+
+
+def _secrets(store: Store, node_id: str, route=None) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    (spec,) = store.assignment_for(node_id, route=route).mappings
+    return {t.node_id: t.link_secret for t in spec.targets}
+
+
+def test_plain_link_secrets_reach_only_the_two_ends_of_their_hop(world: Store) -> None:
+    """With TLS off on every link, a node holds its own target entry's secret and those of the
+    targets it feeds: a sibling target that held another's could pose as that one's parent."""
+    import msgspec
+
+    from relaysync.protocol.messages import MappingSpec, RouteHop
+
+    for scope in ("same_group", "same_region", "inter_region"):
+        world.policies.set_policy(scope=scope, tls=False)
+    src, relay, leaf, far = "srcsrc", "same-regionsame-region", "same-groupsame-group", "farfar"
+    star = _secrets(world, src)
+    assert all(star.values())  # the source feeds every target of a star
+    assert [n for n, s in _secrets(world, far).items() if s] == [far]
+    assert [n for n, s in _secrets(world, leaf).items() if s] == [leaf]
+
+    def route(spec: MappingSpec) -> MappingSpec:
+        return msgspec.structs.replace(spec, routes=(RouteHop(parent=src, child=relay),
+                                                     RouteHop(parent=relay, child=leaf),
+                                                     RouteHop(parent=src, child=far)))
+
+    at_source, at_relay, at_leaf = (_secrets(world, n, route) for n in (src, relay, leaf))
+    assert not at_source[leaf] and at_source[relay] and at_source[far]  # the relay feeds the leaf
+    assert at_relay[relay] and at_relay[leaf] and not at_relay[far]
+    assert [n for n, s in at_leaf.items() if s] == [leaf]
+    assert at_leaf[leaf] == at_relay[leaf]  # both ends of the hop agree
+    assert at_leaf[leaf] != star[leaf]  # per hop: the source, its parent before, cannot pass as the relay

@@ -201,14 +201,28 @@ class PolicyStore:
             for t in spec.targets:
                 sender = parent_of.get(t.node_id, spec.source_node)
                 policy = _effective(rows, server(sender), server(t.node_id), sender, t.node_id)
-                secret = b"" if policy.tls else self.link_secret(spec.mapping_id, spec.source_node, t.node_id)
+                secret = b"" if policy.tls else self.link_secret(spec.mapping_id, sender, t.node_id)
                 targets.append(TargetSpec(node_id=t.node_id, path=t.path, policy=policy, link_secret=secret))
             yield MappingSpec(**{f: getattr(spec, f) for f in spec.__struct_fields__ if f != "targets"},
                               targets=tuple(targets))
 
-    def link_secret(self, mapping_id: int, source: str, target: str) -> bytes:
-        """The secret a plain link's source proves it holds; only master, source and target know it."""
-        return hmac.new(self.link_key, f"{mapping_id}:{source}:{target}".encode(), hashlib.sha256).digest()
+    def link_secret(self, mapping_id: int, sender: str, target: str) -> bytes:
+        """The secret the sender of a plain link (the target's parent: the source, or a relay)
+        proves it holds. Per hop: only the master, that sender and that target know it (see
+        `secrets_for`), and a node that fed the target in an earlier routing epoch cannot use
+        its secret to pass as the current parent."""
+        return hmac.new(self.link_key, f"{mapping_id}:{sender}:{target}".encode(), hashlib.sha256).digest()
+
+
+def secrets_for(spec: MappingSpec, node_id: str) -> MappingSpec:
+    """`spec` as `node_id` may hold it: the link secrets of its own target entry and of the
+    targets it feeds, none of the others (a sibling target could pose as their parent)."""
+    parent_of = {h.child: h.parent for h in spec.routes}
+    targets = tuple(
+        t if not t.link_secret or t.node_id == node_id or parent_of.get(t.node_id, spec.source_node) == node_id
+        else msgspec.structs.replace(t, link_secret=b"")
+        for t in spec.targets)
+    return msgspec.structs.replace(spec, targets=targets)
 
 
 def _effective(rows: dict[tuple[str, str, str], LinkPolicyRow], src: Server | None, dst: Server | None,

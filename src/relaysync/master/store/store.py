@@ -31,7 +31,7 @@ from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_err
 from relaysync.master.store._modes import ModeStore
 from relaysync.master.store._monitoring import MonitoringStore
 from relaysync.master.store._nmjobs import NmJobStore
-from relaysync.master.store._policies import PolicyStore
+from relaysync.master.store._policies import PolicyStore, secrets_for
 from relaysync.master.store._retention import RetentionStore
 from relaysync.master.store._routing import RoutingStore, check_capacity, check_topology_name
 from relaysync.master.store._sites import SiteStore
@@ -431,8 +431,9 @@ class Store(SiteStore):
             )
             return Assignment(
                 epoch=epoch,
-                mappings=tuple(self.nm_jobs.apply(session, list(self.modes.apply(session, list(self.policies.apply(
-                    session, [route(s) if route else s for s in (i.to_spec() for i in infos)])))))),
+                mappings=tuple(secrets_for(spec, node_id) for spec in self.nm_jobs.apply(
+                    session, list(self.modes.apply(session, list(self.policies.apply(
+                        session, [route(s) if route else s for s in (i.to_spec() for i in infos)])))))),
                 peers=tuple(
                     PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers
                 ),
