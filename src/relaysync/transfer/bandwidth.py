@@ -19,6 +19,7 @@ from relaysync.errors import ConfigError
 from relaysync.protocol.messages import BandwidthWindow
 
 BURST_S = 0.25  # at most this many seconds' worth of bytes go out at once
+MIN_LIMITED_CHUNK = 16 * 1024  # file data per message under a limit, at least (framing and TLS overhead)
 MAX_WINDOWS = 24  # per policy: enough for one per hour of the day
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TIME = re.compile(r"(\d{1,2}):(\d{2})")
@@ -55,6 +56,18 @@ class TokenBucket:
     @property
     def limited(self) -> bool:
         return self.rate > 0
+
+    def chunk_bytes(self, largest: int) -> int:
+        """How much file data one message should carry: `largest` when unlimited, else about a
+        burst's worth (a power of two, at least MIN_LIMITED_CHUNK), so that a message sent at
+        line rate before its bytes are paid for never exceeds the limit by more than a burst."""
+        rate = self.rate
+        if rate <= 0:
+            return largest
+        size = MIN_LIMITED_CHUNK
+        while size * 2 <= min(largest, rate * BURST_S):
+            size *= 2
+        return min(size, largest)
 
     async def consume(self, nbytes: int) -> None:
         """Wait until `nbytes` may be sent (call after sending them: debt is paid by sleeping)."""

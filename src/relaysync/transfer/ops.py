@@ -186,7 +186,11 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
                   if options.signatures is not None else None)
         offset = 0
         while offset < before.st_size:
-            data = os.pread(fd, min(CHUNK_BYTES, before.st_size - offset), offset)
+            # Under a limit, smaller messages; asked per message, as a window may start mid-file.
+            # Each read ends on a multiple of its size (a power of two dividing CHUNK_BYTES), so a
+            # resume point, a whole number of CHUNK_BYTES, is always a message boundary.
+            step = options.bandwidth.chunk_bytes(CHUNK_BYTES)
+            data = os.pread(fd, min(step - offset % step, before.st_size - offset), offset)
             if not data:
                 break
             hasher.update(data)  # the target's kept prefix is covered by the whole-file hash too

@@ -3,15 +3,26 @@ rate changes while a stream runs, on a fake clock."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import pytest
+import xxhash
 
+from relaysync.constants import CHUNK_BYTES
 from relaysync.errors import ConfigError
-from relaysync.protocol.messages import BandwidthWindow
-from relaysync.transfer.bandwidth import BandwidthSchedule, TokenBucket, mbit_to_bytes, parse_days
+from relaysync.protocol.messages import BandwidthWindow, FileChunk
+from relaysync.transfer import ops
+from relaysync.transfer.bandwidth import (
+    BURST_S,
+    BandwidthSchedule,
+    TokenBucket,
+    mbit_to_bytes,
+    parse_days,
+)
 
 # 2026-11-23 is a Monday.
 MONDAY = datetime(2026, 11, 23, tzinfo=UTC)
@@ -159,3 +170,52 @@ def test_token_bucket_unlimited_then_limited_starts_from_one_burst() -> None:
         assert clock.now - t == pytest.approx(1.0)
 
     anyio.run(go)
+
+
+@pytest.mark.parametrize(("mbit", "chunk"), [(0, CHUNK_BYTES), (1, 16 * 1024), (4, 65536), (100, CHUNK_BYTES),
+                                             (10_000, CHUNK_BYTES)])
+def test_a_limited_link_sends_file_data_in_messages_of_about_a_burst(mbit: float, chunk: int) -> None:
+    """A message goes out at line rate before its bytes are paid for: under a limit it carries
+    about BURST_S of data (a power of two, 16 KiB at least), not a whole CHUNK_BYTES."""
+    assert TokenBucket.from_mbit(mbit).chunk_bytes(CHUNK_BYTES) == min(chunk, CHUNK_BYTES)
+
+
+def test_the_most_sent_in_any_second_under_a_low_limit_stays_near_the_limit(tmp_path: Path) -> None:
+    """1 Mbit/s, a 1 MiB file: the file's messages, paced by the bucket on a fake clock, put at
+    most the limit plus one burst on the wire in any second (before: a whole 1 MiB at once)."""
+    clock = FakeClock()
+    start = clock.now
+    bucket = TokenBucket(mbit_to_bytes(1), clock=clock, sleep=clock.sleep)
+    (tmp_path / "f").write_bytes(os.urandom(CHUNK_BYTES))
+    sent: list[tuple[float, int]] = []
+
+    async def stream() -> None:
+        for message in ops.iter_file_messages(tmp_path, "f", 1, options=ops.SendOptions(bandwidth=bucket)):
+            if isinstance(message, FileChunk):
+                sent.append((clock.now - start, len(message.data)))  # on the wire now, paid after
+                await bucket.consume(len(message.data))
+
+    anyio.run(stream)
+    most = max(sum(n for t, n in sent if s <= t < s + 1) for s, _ in sent)
+    assert most <= mbit_to_bytes(1) * (1 + BURST_S) + 16 * 1024, most
+
+
+@pytest.mark.parametrize("rates", [(4, 0), (0, 4), (1, 100)], ids=["limit lifted", "limit starts", "limit raised"])
+def test_a_resume_lands_on_a_message_boundary_whatever_the_rate_does_meanwhile(
+        tmp_path: Path, rates: tuple[float, float]) -> None:
+    """The target holds 2 MiB of a 3 MiB file; the rate changes while the kept prefix is re-read:
+    the first message sent starts exactly at the resume point."""
+    data = os.urandom(3 * CHUNK_BYTES)
+    (tmp_path / "f").write_bytes(data)
+    digest = xxhash.xxh3_128(data).digest()
+    reads = [0]
+
+    def rate() -> float:
+        reads[0] += 1
+        return mbit_to_bytes(rates[0] if reads[0] < 5 else rates[1])
+
+    options = ops.SendOptions(bandwidth=TokenBucket(rate), resume={("f", digest): 2 * CHUNK_BYTES})
+    chunks = [m for m in ops.iter_file_messages(tmp_path, "f", 1, expected_hash=digest, options=options)
+              if isinstance(m, FileChunk)]
+    assert chunks[0].offset == 2 * CHUNK_BYTES
+    assert b"".join(c.data for c in chunks) == data[2 * CHUNK_BYTES:]
