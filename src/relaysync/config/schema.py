@@ -7,7 +7,7 @@ for now; hot reload comes with the fields that need it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -41,8 +41,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:0"  # peer server, host:port (port 0 = any free port)
     advertise_host: str = ""  # address peers use to reach this agent; default: the listen host
     compare_interval_s: float = 600.0  # manifests are compared this often, for convergence
-    zstd_level: int = 0  # compression of file data on this agent's links (0 = off); policies later
-    bandwidth_limit_mbit: float = 0.0  # per outgoing link, megabits per second (0 = unlimited)
+    # compression of file data on this agent's links (0 = off; zstd's levels go to 19); a policy wins
+    zstd_level: Annotated[int, msgspec.Meta(ge=0, le=19)] = 0
+    bandwidth_limit_mbit: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # per outgoing link, Mbit/s (0 = unlimited)
     log_json: bool = False
     metrics_interval_s: float = 10.0  # server figures are sent to the master this often
     metrics_listen: str = ""  # host:port for Prometheus /metrics of this agent; empty = off
