@@ -8,6 +8,7 @@ CAPABILITIES = (CAP_SMALL_FILE,)
 MAX_CAPABILITIES = 64  # a Hello announcing more is hostile
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything larger is hostile
+PREAUTH_MAX_MESSAGE_BYTES = 64 * 1024  # a plain link's frames until it authenticated (Hello, OpenMapping)
 CHUNK_BYTES = 1024 * 1024  # file data travels in frames of at most this many bytes
 SMALL_FILE_BYTES = 64 * 1024  # files up to this size travel whole in one frame (SmallFile)
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX; longer paths on the wire are refused

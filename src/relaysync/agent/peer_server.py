@@ -30,6 +30,7 @@ from relaysync.constants import (
     CAPABILITIES,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
+    MAX_MESSAGE_BYTES,
     PING_INTERVAL_S,
     RECEIVE_TIMEOUT_S,
 )
@@ -136,6 +137,7 @@ class PeerServer:
         folder = self.folders(opened.mapping_id)
         if peer is None:
             folder = await self._authenticate_plain(framed, hello, opened, folder, address)
+            framed.allow_messages(MAX_MESSAGE_BYTES)
         elif (folder is None and opened.route_epoch) or (
                 folder is not None and peer not in folder.parents and peer in folder.members
                 and opened.route_epoch != folder.route_epoch):

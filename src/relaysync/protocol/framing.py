@@ -232,6 +232,10 @@ class FramedStream:
     def bytes_received(self) -> int:
         return self.protocol.bytes_received
 
+    def allow_messages(self, max_bytes: int) -> None:
+        """Change the frame size cap (raised once a plain link has authenticated)."""
+        self.protocol._max = max_bytes
+
     def pending(self) -> int:
         """Messages already received and decoded: `receive()` returns these without waiting."""
         return len(self.protocol._ready)

@@ -320,6 +320,9 @@ class DirListing(msgspec.Struct, frozen=True, kw_only=True):
     more: bool = False  # entries were cut to keep the reply small: ask again with after=<last name>
 
 
+MAX_DIGEST_DIRS = 4096
+
+
 class DigestRequest(Message, frozen=True, tag="digest_req"):
     """Source -> target: send me your listings of these directories (top-down compare)."""
 
@@ -329,8 +332,10 @@ class DigestRequest(Message, frozen=True, tag="digest_req"):
     after: str = ""  # continue a listing cut short: only entries named after this (one dir only)
 
     def validate(self) -> None:
-        if len(self.dirs) > 100_000:
-            raise ProtocolError("digest_req: too many directories")
+        if len(self.dirs) > MAX_DIGEST_DIRS:  # a sender asks for 64 at a time (transfer/compare.py)
+            raise ProtocolError(f"digest_req: over {MAX_DIGEST_DIRS} directories")
+        if len(set(self.dirs)) != len(self.dirs):
+            raise ProtocolError("digest_req: a directory asked for twice")
         for d in self.dirs:
             _check_path(d, "digest_req.dirs", allow_root=True)
 

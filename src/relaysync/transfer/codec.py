@@ -22,7 +22,7 @@ class Codec:
     def compress(self, data: bytes) -> bytes:
         raise NotImplementedError
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, max_bytes: int = CHUNK_BYTES) -> bytes:
         raise NotImplementedError
 
 
@@ -33,7 +33,7 @@ class Plain(Codec):
     def compress(self, data: bytes) -> bytes:
         return data
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, max_bytes: int = CHUNK_BYTES) -> bytes:
         return data
 
 
@@ -55,9 +55,17 @@ class Zstd(Codec):
     def compress(self, data: bytes) -> bytes:
         return self._contexts()[0].compress(data)
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, max_bytes: int = CHUNK_BYTES) -> bytes:
+        """The frame's content, at most `max_bytes` of it, else ProtocolError.
+
+        A frame that states its content size is checked before anything is allocated: zstd
+        ignores `max_output_size` for those, and 8 KB on the wire can announce gigabytes.
+        """
         try:
-            return self._contexts()[1].decompress(data, max_output_size=CHUNK_BYTES)
+            announced = zstandard.frame_content_size(data)
+            if announced > max_bytes:
+                raise ProtocolError(f"zstd codec: a chunk announces {announced} bytes, over {max_bytes}")
+            return self._contexts()[1].decompress(data, max_output_size=max_bytes)
         except zstandard.ZstdError as exc:
             raise ProtocolError(f"zstd codec: decompress: {exc}") from exc
 
@@ -76,16 +84,16 @@ def encode_chunk(data: bytes, codec: Codec) -> tuple[int, bytes]:
     return codec.ID, packed
 
 
-def decode_chunk(codec_id: int, payload: bytes) -> bytes:
-    """Return the original bytes of a chunk.
+def decode_chunk(codec_id: int, payload: bytes, max_bytes: int = CHUNK_BYTES) -> bytes:
+    """Return the original bytes of a chunk, refusing more than `max_bytes` of them.
 
     Raises:
-        ProtocolError: unknown codec id or corrupt payload.
+        ProtocolError: unknown codec id, corrupt payload, or more than `max_bytes` decoded.
     """
     decoder = _DECODERS.get(codec_id)
     if decoder is None:
         raise ProtocolError(f"unknown codec id {codec_id}")
-    return decoder.decompress(payload)
+    return decoder.decompress(payload, max_bytes)
 
 
 def codec_for_level(level: int) -> Codec:

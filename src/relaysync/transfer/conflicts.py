@@ -31,10 +31,13 @@ import xxhash
 from relaysync.protocol.messages import (
     CommitRecord,
     Delete,
+    DeltaStart,
     Erase,
+    FileStart,
     MakeDir,
     Rename,
     SetAttr,
+    SmallFile,
     Symlink,
 )
 from relaysync.transfer import staging
@@ -171,6 +174,21 @@ class ConflictSession(ReceiverSession):
             return ""
         return self.folder.owner_of(path, disk.size, disk.mtime_ns)
 
+    # Resolving a path and creating its temp file are one step for the members: another member's
+    # rename or link (under the same lock) cannot slip a symlink in between.
+
+    def _small_file(self, msg: SmallFile) -> None:
+        with self._lock:
+            super()._small_file(msg)
+
+    def _start_file(self, msg: FileStart) -> None:
+        with self._lock:
+            super()._start_file(msg)
+
+    def _start_delta(self, msg: DeltaStart) -> None:
+        with self._lock:
+            super()._start_delta(msg)
+
     # --- other ops ---
 
     def _record(self, *args: object, **kwargs: object) -> CommitRecord:
@@ -184,6 +202,7 @@ class ConflictSession(ReceiverSession):
         try:
             with self._lock:
                 super()._apply_op(msg)
+                self._paths.forget()  # before any member resolves again: what it proved may be gone
         finally:
             self._contest = None
 

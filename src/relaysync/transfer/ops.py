@@ -34,7 +34,7 @@ from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.codec import Codec, Plain, encode_chunk
 from relaysync.transfer.signatures import DeltaBuild, SignatureStore, version_of
 from relaysync.watch.changes import JournalRecord
-from relaysync.watch.manifest import Entry
+from relaysync.watch.manifest import Entry, permission_bits
 from relaysync.watch.scanner import hash_file
 
 
@@ -106,7 +106,7 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
     changed meanwhile ends in FileAbort (its newer version has its own record).
     """
     st = build.stat
-    yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=stat.S_IMODE(st.st_mode),
+    yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=permission_bits(st.st_mode),
                      mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at,
                      parts=len(build.parts))
     assert options.signatures is not None  # where the build came from
@@ -177,7 +177,7 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
         if before.st_size <= SMALL_FILE_BYTES and not held and options.small_files:
             yield _small_file(root, fd, before, path, seq, base_hash, expected_hash, options, changed_at)
             return
-        yield FileStart(seq=seq, path=path, size=before.st_size, mode=stat.S_IMODE(before.st_mode),
+        yield FileStart(seq=seq, path=path, size=before.st_size, mode=permission_bits(before.st_mode),
                         mtime_ns=before.st_mtime_ns, base_hash=base_hash, expected_hash=expected_hash,
                         offset=held, changed_at=changed_at)
         hasher = xxhash.xxh3_128()
@@ -233,7 +233,7 @@ def _small_file(root: Path, fd: int, before: os.stat_result, path: str, seq: int
             if signer is not None:
                 options.signatures.release(path, expected_hash)
     codec_id, payload = encode_chunk(data, options.codec)
-    return SmallFile(seq=seq, path=path, size=before.st_size, mode=stat.S_IMODE(before.st_mode),
+    return SmallFile(seq=seq, path=path, size=before.st_size, mode=permission_bits(before.st_mode),
                      mtime_ns=before.st_mtime_ns, data=payload, hash=digest, codec=codec_id,
                      base_hash=base_hash, changed_at=changed_at)
 

@@ -56,7 +56,7 @@ from relaysync.transfer import _librsync, codec, staging
 from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.paths import SafeResolver, check_relpath, parent_of, resolve_inside
 from relaysync.transfer.versions import VersionKeeper
-from relaysync.watch.manifest import Entry, Manifest
+from relaysync.watch.manifest import Entry, Manifest, permission_bits
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +93,15 @@ class TargetFolder:
     conflict: str = ""
     lock: threading.RLock = field(default_factory=threading.RLock)  # shared by the members on one root
     owner_of: Callable[[str, int, int], str] | None = None  # (path, size, mtime_ns) -> other member source
+    # Directories proven real under root: shared by the members on one root like `lock`, so that
+    # one member's rename or link there is never hidden from another member's cache.
+    resolver: SafeResolver = field(default=None)  # type: ignore[assignment]  # set in __post_init__
 
     def __post_init__(self) -> None:
         if not self.parents:
             self.parents = frozenset({self.source_node})
+        if self.resolver is None:
+            self.resolver = SafeResolver(self.root)
 
     def keeper(self) -> VersionKeeper | None:
         return VersionKeeper(self.root, self.keep_versions) if self.keep_versions > 0 else None
@@ -202,7 +207,8 @@ class ReceiverSession:
         self._pending = _Pending()
         self._applied: list[CommitRecord] = []
         self._seen_seq = self.watermark
-        self._paths = SafeResolver(folder.root)
+        self._paths = folder.resolver
+        self._paths.forget()  # proven in an earlier session is not proven now
 
     # --- batch entry point (runs in a worker thread) ---
 
@@ -395,7 +401,7 @@ class ReceiverSession:
         except OSError as exc:  # the path could not be checked (EACCES, EIO...): as for FileStart
             raise _transient_os(msg.seq, msg.path, exc) from exc
         try:
-            data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data)
+            data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data, msg.size)
             incoming = staging.IncomingFile.open(self.folder.root, final, size=msg.size, mode=msg.mode,
                                                  mtime_ns=msg.mtime_ns, parent_exists=parent_exists)
         except ProtocolError as exc:
@@ -421,7 +427,7 @@ class ReceiverSession:
         self._batch.add(incoming)
         self._pending.entries.append(
             Entry(path=start.path, kind="f", size=start.size, mtime_ns=start.mtime_ns,
-                  mode=stat.S_IMODE(start.mode), hash=content_hash)
+                  mode=permission_bits(start.mode), hash=content_hash)
         )
         self._pending.records.append(
             self._record(start.seq, "write", start.path, size=start.size,
@@ -536,7 +542,7 @@ class ReceiverSession:
             case SetAttr():
                 path = resolve_inside(root, msg.path)
                 if not path.is_symlink():
-                    os.chmod(path, stat.S_IMODE(msg.mode))
+                    os.chmod(path, permission_bits(msg.mode))
                 os.utime(path, ns=(msg.mtime_ns, msg.mtime_ns), follow_symlinks=False)
                 entry = manifest.get(msg.path)
                 if entry is not None:
@@ -555,9 +561,9 @@ class ReceiverSession:
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             staging.remove_any(path)
         path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, stat.S_IMODE(msg.mode) or 0o755)
+        os.chmod(path, permission_bits(msg.mode) or 0o755)
         self._sync_dir(self.folder.root, parent_of(msg.path))
-        self.folder.manifest.put_many([Entry(path=msg.path, kind="d", mode=stat.S_IMODE(msg.mode))])
+        self.folder.manifest.put_many([Entry(path=msg.path, kind="d", mode=permission_bits(msg.mode))])
 
     def _make_link(self, msg: Symlink) -> None:
         root = self.folder.root
@@ -580,6 +586,9 @@ class ReceiverSession:
         root = self.folder.root
         source = resolve_inside(root, msg.path)
         dest = resolve_inside(root, msg.new_path)
+        if msg.new_path.startswith(f"{msg.path}/") or msg.path.startswith(f"{msg.new_path}/"):
+            # into itself (EINVAL for ever) or over its own ancestor (which would delete it first)
+            raise UnsafePath(msg.new_path, f"a rename of {msg.path!r} into itself or over its ancestor")
         if not os.path.lexists(source):
             if os.path.lexists(dest):
                 return  # applied before (a replay after a crash): nothing to do
@@ -624,12 +633,14 @@ class ReceiverSession:
             if msg.hashes_only:
                 listings.append(DirListing(path=d, entries=(), hash=manifest.dir_hash(d)))
                 continue
-            full = manifest.dir_listing(d)
-            entries = [e for e in full.entries if e.name > msg.after] if msg.after else list(full.entries)
-            kept = entries[:budget]
+            if budget <= 0:  # the reply is full: the sender asks for this one again on its own
+                listings.append(DirListing(path=d, entries=(), more=True))
+                continue
+            page = manifest.dir_listing(d, after=msg.after, limit=budget + 1)  # one more shows a cut
+            kept = page.entries[:budget]
             budget -= len(kept)
-            listings.append(DirListing(path=d, entries=tuple(kept), exists=full.exists,
-                                       more=len(kept) < len(entries)))
+            listings.append(DirListing(path=d, entries=kept, exists=page.exists,
+                                       more=len(kept) < len(page.entries)))
         return DigestReply(mapping_id=msg.mapping_id, listings=tuple(listings))
 
 
@@ -646,7 +657,7 @@ def _replace_dir(source: Path, dest: Path) -> None:
 
 def _with_attrs(entry: Entry, mode: int, mtime_ns: int) -> Entry:
     return Entry(path=entry.path, kind=entry.kind, size=entry.size, mtime_ns=mtime_ns,
-                 mode=stat.S_IMODE(mode), hash=entry.hash, link_target=entry.link_target)
+                 mode=permission_bits(mode), hash=entry.hash, link_target=entry.link_target)
 
 
 def _changed_at(msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> float:

@@ -22,6 +22,7 @@ import xxhash
 
 from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import HashMismatch, TransferError
+from relaysync.watch.manifest import permission_bits
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class IncomingFile:
         if self.received != self.size or self.hasher.digest() != expected_hash:
             self.discard()
             raise HashMismatch(self.final_name)
-        os.fchmod(self.fd, stat.S_IMODE(self.mode))
+        os.fchmod(self.fd, permission_bits(self.mode))
 
     def discard(self) -> None:
         self.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from relaysync.constants import MAX_MESSAGE_BYTES
+from relaysync.constants import MAX_MESSAGE_BYTES, PREAUTH_MAX_MESSAGE_BYTES
 from relaysync.errors import LinkDown, RelaySyncError, TLSHandshakeFailed, UnknownPeer
 from relaysync.protocol.connection import first_byte, open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import FramedStream
@@ -156,7 +156,10 @@ async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable
             use_tls = first == TLS_HANDSHAKE_BYTE
         try:
             with map_tls_errors(f"accept from {remote}"):
-                framed = await wrap_accepted(sock, ssl_ctx=ctx if use_tls else None)
+                # A plain client has proven nothing yet: small frames only until its handler
+                # authenticates it (a 5-byte header must not make us hold 4 MiB for it).
+                framed = await wrap_accepted(sock, ssl_ctx=ctx if use_tls else None,
+                                             max_message_bytes=MAX_MESSAGE_BYTES if use_tls else PREAUTH_MAX_MESSAGE_BYTES)
         except RelaySyncError as exc:  # the loop owns the socket now: it closes it, never us
             logger.warning("refused connection: %s", exc)
             return

@@ -44,7 +44,7 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     """One file ("f"), directory ("d") or symlink ("l") of a tree.
 
     `path` is relative and POSIX ("" is the root and is never stored); `mode` holds permission
-    bits only; `hash` is the xxh3-128 of the content (files), of the target string (links), or
+    bits only (`permission_bits`: no setuid, setgid or sticky); `hash` is the xxh3-128 of the content (files), of the target string (links), or
     b"" (directories).
     """
 
@@ -55,6 +55,15 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     mode: int = 0
     hash: bytes = b""
     link_target: str = ""
+
+
+def permission_bits(st_mode: int) -> int:
+    """The part of a mode that is replicated: read, write and execute for owner, group, others.
+
+    setuid, setgid and sticky never travel, nor land on a target from the wire: a source (or a
+    peer posing as one) must not plant a setuid-root program on every server of the fleet.
+    """
+    return st_mode & 0o777
 
 
 def split_path(path: str) -> tuple[str, str]:
@@ -301,20 +310,28 @@ class Manifest:
             hasher.update(_child_record(entry, sub))
         self._db.execute("INSERT OR REPLACE INTO dirhash VALUES (?, ?)", (path, hasher.digest()))
 
-    def dir_listing(self, dir_path: str) -> DirListing:
-        """Return the protocol listing of `dir_path`: direct children, directories with their hash."""
+    def dir_listing(self, dir_path: str, *, after: str = "", limit: int = -1) -> DirListing:
+        """Return the protocol listing of `dir_path`: direct children, directories with their hash.
+
+        `after` and `limit` page it: only children named after `after`, at most `limit` of them
+        (-1: all), read that way from the index (a page of a huge directory costs the page).
+        """
         with self._lock:
             if dir_path:
                 own = self.get(dir_path)
                 if own is None or own.kind != "d":
                     return DirListing(path=dir_path, entries=(), exists=False)
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE parent = ? AND name > ? ORDER BY name LIMIT ?",
+                (dir_path, after, limit),
+            ).fetchall()
             entries = tuple(
                 DirEntry(
                     name=split_path(c.path)[1], kind=c.kind,
                     hash=self.dir_hash(c.path) if c.kind == "d" else c.hash,
                     size=c.size, mtime_ns=c.mtime_ns, mode=c.mode,
                 )
-                for c in self.children(dir_path)
+                for c in map(_row_to_entry, rows)
             )
         return DirListing(path=dir_path, entries=entries)
 

@@ -17,7 +17,7 @@ import xxhash
 
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
-from relaysync.watch.manifest import Entry, Manifest
+from relaysync.watch.manifest import Entry, Manifest, permission_bits
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def entry_from_stat(root: Path, relpath: str, st: os.stat_result, *, hash_: byte
 
     Returns None for unsupported kinds (devices, sockets, FIFOs) and for paths that vanished.
     """
-    mode = stat.S_IMODE(st.st_mode)
+    mode = permission_bits(st.st_mode)
     try:
         if stat.S_ISDIR(st.st_mode):
             return Entry(path=relpath, kind="d", mtime_ns=st.st_mtime_ns, mode=mode)
@@ -101,8 +101,8 @@ def same_stat(old: Entry, kind: str, st: os.stat_result) -> bool:
         return False
     if kind == "d":
         # Directory mtimes move with every child change; only mode is replicated for them.
-        return old.mode == stat.S_IMODE(st.st_mode)
-    return (old.size, old.mtime_ns, old.mode) == (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+        return old.mode == permission_bits(st.st_mode)
+    return (old.size, old.mtime_ns, old.mode) == (st.st_size, st.st_mtime_ns, permission_bits(st.st_mode))
 
 
 def _kind_of(st: os.stat_result) -> str:
