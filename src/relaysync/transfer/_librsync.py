@@ -124,11 +124,15 @@ class _SinkFile:
         self._close = _CLOSE_FN(lambda _cookie: 0)
 
     def _on_write(self, _cookie: int | None, buf: int, size: int) -> int:
+        # fopencookie(3): 0 on error, never a negative value (glibc then miscounts its buffer and
+        # librsync's next fwrite reads past it: a full disk crashed the agent with SIGSEGV).
+        if self.error is not None:
+            return 0
         try:
             self.sink(memoryview((ctypes.c_char * size).from_address(buf)).cast("B"))
         except BaseException as exc:  # noqa: BLE001 - C cannot take it: kept for the caller
             self.error = exc
-            return -1
+            return 0
         return size
 
     def __enter__(self) -> int:

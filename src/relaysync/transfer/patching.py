@@ -88,7 +88,9 @@ class StreamingPatch:
             while view:
                 view = view[os.write(self._write_fd, view):]
         except BrokenPipeError:
-            self._stop()
+            self._stop()  # waits for the patch thread: its error is set
+            if isinstance(self._error, OSError):  # writing the new version failed (a full disk...)
+                raise self._error from None
             raise TransferError(f"{self.final.name}: librsync stopped reading the delta: {self._error}") from None
         self.received += len(data)
 

@@ -320,3 +320,45 @@ def test_a_target_without_librsync_asks_for_the_whole_file(tmp_path: Path, monke
     replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(messages)  # type: ignore[arg-type]
     assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.BASE_MISMATCH]
     assert (dst / "f.bin").read_bytes() == old
+
+
+_FILL_AFTER = '''
+import errno, os, sys
+from pathlib import Path
+from relaysync.transfer import staging
+from relaysync.transfer.patching import StreamingPatch
+
+fail_at, tmp = int(sys.argv[1]), Path(sys.argv[2])
+real = staging.IncomingFile.append
+def append(self, data):
+    if self.received + len(data) > fail_at:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    real(self, data)
+staging.IncomingFile.append = append
+(tmp / "base").write_bytes(b"b" * 1000)
+literal = os.urandom(4 << 20)
+delta = b"rs\\x026" + bytes([0x43]) + len(literal).to_bytes(4, "big") + literal + b"\\0"  # one literal
+patch = StreamingPatch(tmp, tmp / "base", size=len(literal), mode=0o644, mtime_ns=0)
+try:
+    for off in range(0, len(delta), 1 << 20):
+        patch.write(off, delta[off:off + (1 << 20)])
+    patch.finish()
+except OSError as exc:
+    print("refused", errno.errorcode[exc.errno])
+    patch.discard()
+'''
+
+
+@pytest.mark.parametrize("fail_at", [100_000, 1_000_000, 3_000_000])
+def test_the_disk_filling_mid_delta_is_a_disk_full_error_not_a_crash(tmp_path: Path, fail_at: int) -> None:
+    """librsync writes the new version through a stdio FILE whose writer fails: it must tell
+    glibc so in the way glibc expects (a negative count made the next fwrite read past its
+    buffer: SIGSEGV, the whole agent gone). In a child process, as a crash would end pytest."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _FILL_AFTER, str(fail_at), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip() == "refused ENOSPC"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # no temp file left
