@@ -244,8 +244,6 @@ class SignatureStore:
         if queued is not None:  # the base was sent a moment ago and is still being signed
             queued.wait(SIGN_WAIT_S)
         try:
-            if not sig.exists():
-                return None
             st = full.stat()
         except OSError:
             return None
@@ -255,9 +253,13 @@ class SignatureStore:
         count = self.parallel_parts if st.st_size >= PARALLEL_MIN_BYTES else 1
         bounds = [st.st_size * i // count for i in range(count + 1)]
         with self._lock:
+            # Joined before the signature is looked for: the first link to send this version
+            # signs it, which replaces the base's signature that the other links would need.
             build = self._builds.get(key)
             if build is not None and (not build.done.is_set() or build.exists()):
                 return build
+            if not sig.exists():
+                return None
             parts = [DeltaPart(key.with_name(f"{key.name}.{i}.delta")) for i in range(count)]
             try:
                 # read now: signing the new version (right after) replaces the base's signature

@@ -121,6 +121,17 @@ def test_links_share_one_delta_build_and_stream_it(tmp_path: Path) -> None:
     assert all(isinstance(m, DeltaStart | FileChunk | FileEnd | Flush) for m in messages)
 
 
+def test_every_target_link_gets_the_delta_not_only_the_first(tmp_path: Path) -> None:
+    """The first link to stream a change signs the new version, which replaces the base's
+    signature: the next links join its delta build instead of sending the whole file."""
+    src, sigs, old, base = _source(tmp_path, 8 * 1024 * 1024)
+    (src / "f.bin").write_bytes(old[:4_000_000] + b"edit" + old[4_000_004:])
+    first, second = _stream(src, sigs, base), _stream(src, sigs, base)
+    assert isinstance(first[0], DeltaStart) and isinstance(second[0], DeltaStart)
+    assert [sum(len(m.data) for m in msgs if isinstance(m, FileChunk)) < 100_000 for msgs in (first, second)] \
+        == [True, True]
+
+
 def test_auto_sends_whole_after_a_delta_that_saved_nothing(tmp_path: Path) -> None:
     src, sigs, old, base = _source(tmp_path, 1024 * 1024)
     (src / "f.bin").write_bytes(os.urandom(1024 * 1024))  # nothing in common with the old one
