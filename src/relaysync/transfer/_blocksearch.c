@@ -340,8 +340,16 @@ static inline int64_t find_block(const sumset *s, uint32_t weak, const uint8_t *
     return -1;
 }
 
+/* Strong hashes that miss (a weak sum matched, the block did not) cost a block's hashing each.
+ * Crafted content can make that happen at every byte offset (a base block whose weak sum equals
+ * that of a run of zeros, then a new version of zeros): O(size x block). Past this many misses
+ * per block of input (plus a floor), candidates found by weak sum alone are no longer checked;
+ * the block after a match still is. The delta stays correct, only larger on such content. */
+#define MISS_FLOOR 4096
+#define MISSES_PER_BLOCK 8
+
 static int do_delta(const sumset *s, int in_fd, uint64_t start, int64_t length, int out_fd,
-                    uint64_t *lit_out, uint64_t *copy_out) {
+                    uint64_t *lit_out, uint64_t *copy_out, uint64_t *miss_out) {
     const uint32_t B = s->block_len;
     int err = 0;
     size_t cap = READ_BYTES + 2 * (size_t)B;
@@ -364,6 +372,7 @@ static int do_delta(const sumset *s, int in_fd, uint64_t start, int64_t length, 
     uint32_t h = 0;
     const uint32_t top = pw[0]; /* RK_MULT^(B-1): the weight of the byte leaving the window */
     int64_t next = -1;          /* the block after the last match: tried first by strong hash */
+    uint64_t misses = 0;        /* strong hashes of weak-sum candidates that did not match */
     int starved = 0;            /* rolled to the end of the buffer: read more before going on */
 
     for (;;) {
@@ -412,7 +421,12 @@ static int do_delta(const sumset *s, int in_fd, uint64_t start, int64_t length, 
                 h = weak_sum(buf + p, B, pw);
                 have_weak = 1;
             }
-            k = find_block(s, h, buf + p, &strong, &have_strong);
+            uint64_t consumed = (file_off - start) - (avail - p); /* input before this window */
+            if (misses <= MISS_FLOOR + consumed / B * MISSES_PER_BLOCK) {
+                int had_strong = have_strong;
+                k = find_block(s, h, buf + p, &strong, &have_strong);
+                if (k < 0 && have_strong && !had_strong) misses++;
+            }
         }
         if (k >= 0) {
             em_literal(&e, buf + lit, p - lit);
@@ -449,6 +463,7 @@ static int do_delta(const sumset *s, int in_fd, uint64_t start, int64_t length, 
     err = err ? err : e.err;
     *lit_out = e.literal_bytes;
     *copy_out = e.copied_bytes;
+    *miss_out = misses;
 done:
     free(buf);
     free(out);
@@ -501,7 +516,7 @@ static PyObject *py_delta(PyObject *self, PyObject *args) {
         goto bad;
     sumset s = {.block_len = h.block_len, .tail_len = h.tail_len, .count = h.count};
     s.full = (h.count && h.tail_len < h.block_len) ? h.count - 1 : h.count;
-    uint64_t lit = 0, copied = 0;
+    uint64_t lit = 0, copied = 0, misses = 0;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
     s.weak = malloc(h.count * sizeof(uint32_t) + 1);
@@ -514,7 +529,7 @@ static PyObject *py_delta(PyObject *self, PyObject *args) {
         memcpy(s.strong, arrays + h.count * sizeof(uint32_t), h.count * sizeof(uint64_t));
         err = build_table(&s);
     }
-    if (!err) err = do_delta(&s, in_fd, (uint64_t)start, length, out_fd, &lit, &copied);
+    if (!err) err = do_delta(&s, in_fd, (uint64_t)start, length, out_fd, &lit, &copied, &misses);
     free(s.table);
     free(s.bits);
     free(s.weak);
@@ -524,7 +539,8 @@ static PyObject *py_delta(PyObject *self, PyObject *args) {
         errno = err;
         PyErr_SetFromErrno(PyExc_OSError);
     } else {
-        result = Py_BuildValue("KK", (unsigned long long)lit, (unsigned long long)copied);
+        result = Py_BuildValue("KKK", (unsigned long long)lit, (unsigned long long)copied,
+                               (unsigned long long)misses);
     }
     PyBuffer_Release(&sig);
     return result;

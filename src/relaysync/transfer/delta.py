@@ -123,7 +123,7 @@ def delta(sig: Path | bytes, new: Path, delta_out: Path, *, start: int = 0, leng
         fd_out = os.open(delta_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             try:
-                literal, copied = _blocksearch.delta(sums, fd_in, start, length, fd_out)
+                literal, copied, _misses = _blocksearch.delta(sums, fd_in, start, length, fd_out)
             except ValueError as exc:
                 raise SignatureError("given" if isinstance(sig, bytes) else str(sig), str(exc)) from exc
         finally:
