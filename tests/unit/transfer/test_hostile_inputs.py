@@ -43,14 +43,6 @@ from relaysync.watch.scanner import scan_tree
 T0 = 1_700_000_000_000_000_000
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> TargetFolder:
-    root = tmp_path / "root"
-    root.mkdir()
-    return TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "m.db"),
-                        durable=False)
-
-
 def _small(seq: int, path: str, data: bytes, mode: int = 0o644) -> SmallFile:
     return SmallFile(seq=seq, path=path, size=len(data), mode=mode, mtime_ns=T0, data=data,
                      hash=xxhash.xxh3_128(data).digest())

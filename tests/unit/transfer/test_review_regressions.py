@@ -8,7 +8,6 @@ import struct
 from pathlib import Path
 
 import anyio
-import pytest
 
 from relaysync.agent.master_link import MasterLink, make_report
 from relaysync.constants import MAX_MESSAGE_BYTES
@@ -29,15 +28,7 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import tls
 from relaysync.transfer.compare import _their_listings
 from relaysync.transfer.receiver import ReceiverSession, TargetFolder
-from relaysync.watch.manifest import Entry, Manifest
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> TargetFolder:
-    root = tmp_path / "root"
-    root.mkdir()
-    return TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "m.db"),
-                        durable=False)
+from relaysync.watch.manifest import Entry
 
 
 def test_erase_never_goes_through_a_symlink(folder: TargetFolder, tmp_path: Path) -> None:
