@@ -283,8 +283,9 @@ class SourceMapping:
         kept: list[PendingChange] = []
         for change in changes:
             entry = change.entry
+            # a future mtime (a copy from a host whose clock is ahead) is not "being written now"
             if (change.op == "write" and change.path not in closed and entry is not None
-                    and now_ns - entry.mtime_ns < HOT_FILE_S * 1e9):
+                    and 0 <= now_ns - entry.mtime_ns < HOT_FILE_S * 1e9):
                 self._held[change.path] = None
             else:
                 kept.append(change)

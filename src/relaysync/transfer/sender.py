@@ -129,7 +129,7 @@ class _Session:
                     case Ping():
                         await self.framed.send(Pong(nonce=message.nonce))
                     case Pong():
-                        pass
+                        self.link.failures = 0  # idle and answering: a healthy session
                     case _:
                         raise ProtocolError(f"unexpected {type(message).__name__} from target")
 
@@ -137,6 +137,7 @@ class _Session:
         for mark in subtree:  # a relay's targets below it: the source keeps changes until they commit
             self.link.source.on_ack(mark.node_id, mark.watermark)
         if watermark > self.acked:
+            self.link.failures = 0  # progress
             self.acked = watermark
             self.link.source.on_ack(self.link.target.node_id, watermark)
             self.ack_changed.set()
@@ -176,7 +177,10 @@ class TargetLink:
         self.route = route or (name,)  # the nodes the stream comes through, this one last
         self.on_failure = on_failure
         self.route_epoch = route_epoch  # of the routing table this link belongs to
-        self.failures = 0  # consecutive failed sessions, reported to the master (it re-plans)
+        # Consecutive failed sessions, reported to the master (it re-plans). A session that opens
+        # and then fails (a target refusing the same change each time) counts too: only progress
+        # (an ack that advances, or an idle session answering a ping) starts the count again.
+        self.failures = 0
         self.log = logging.LoggerAdapter(
             logger, {"mapping": source.mapping_id, "target": target.name}
         )
@@ -192,7 +196,7 @@ class TargetLink:
                 if not is_link_error(exc):
                     raise
                 err = leaf_error(exc)
-                if self.failures == 0:  # the session had opened: a fresh failure, a short wait
+                if self.failures == 0:  # the session had made progress: a fresh failure, a short wait
                     delay = RECONNECT_MIN_S
                 self.log.warning("link to %s down, will retry in %.1f s: %s",
                                  self.target.name, delay, err or type(err).__name__)
@@ -234,7 +238,6 @@ class TargetLink:
                     raise PeerRefused(state.detail, state.code.name)
                 if not isinstance(state, MappingState):
                     raise ProtocolError("expected MappingState")
-                self.failures = 0
         except BaseException:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()

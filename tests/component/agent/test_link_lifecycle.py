@@ -1,0 +1,102 @@
+"""A source's link to a target over a real socket (plain link, in-process agents' parts): how it
+backs off from a target that keeps refusing, and what a scan ships."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from relaysync.agent.peer_server import PeerServer
+from relaysync.agent.source import SourceMapping
+from relaysync.protocol.messages import MappingSpec, TargetSpec
+from relaysync.transfer import ops
+from relaysync.transfer.receiver import TargetFolder
+from relaysync.transfer.sender import TargetAddress, TargetLink
+from relaysync.watch._fsevent import FsEvent
+from relaysync.watch.manifest import Manifest
+
+SECRET = b"s" * 32
+SRC, TGT = "a" * 64, "b" * 64
+
+
+def _source(tmp: Path) -> SourceMapping:
+    src = tmp / "src"
+    src.mkdir(exist_ok=True)
+    spec = MappingSpec(mapping_id=1, name="m", source_node=SRC, source_path=str(src),
+                       targets=(TargetSpec(node_id=TGT, path="/t"),), durability="fast")
+    return SourceMapping(spec, tmp / "state")
+
+
+def _folder(tmp: Path) -> TargetFolder:
+    root = tmp / "tgt"
+    root.mkdir(exist_ok=True)
+    return TargetFolder(mapping_id=1, source_node=SRC, root=root, manifest=Manifest(tmp / "tgt.db"),
+                        durable=False, link_secret=SECRET)
+
+
+def _server(folder: TargetFolder) -> PeerServer:
+    return PeerServer(host="127.0.0.1", port=0, ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), node_id=TGT,
+                      name="t", folders=lambda m: folder if m == 1 else None,
+                      reporter=lambda f: (lambda w, recs: None))
+
+
+def _link(source: SourceMapping, port: int, **kw: Any) -> TargetLink:
+    options = ops.SendOptions(tls=False, link_secret=SECRET)
+    return TargetLink(source, TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
+                      ssl.create_default_context(), node_id=SRC, name="s", options=options, **kw)
+
+
+def test_a_target_refusing_every_time_is_backed_off_from_and_reported_as_failing(tmp_path: Path) -> None:
+    """The session opens, then the target refuses the same change each time (an immutable
+    directory: even root cannot write there). Each failure counts: the master sees 1, 2, 3, 4
+    (it re-plans around the target at 2) and the waits grow, instead of a new session every
+    0.2 s reported as a first failure for ever."""
+    source = _source(tmp_path)
+    (source.root / "d").mkdir()
+    (source.root / "d" / "f").write_text("x")
+    folder = _folder(tmp_path)
+    (folder.root / "d").mkdir()
+    if subprocess.run(["chattr", "+i", str(folder.root / "d")], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    reported: list[tuple[float, int]] = []
+    try:
+        async def main() -> None:
+            await source._record([FsEvent(kind="rescan", path="")])
+            async with anyio.create_task_group() as tg:
+                port = await tg.start(_server(folder).serve)
+                link = _link(source, port, on_failure=lambda node, err, count: reported.append((time.monotonic(), count)))
+                tg.start_soon(link.serve)
+                with anyio.fail_after(30):
+                    while len(reported) < 4:
+                        await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+
+        anyio.run(main)
+    finally:
+        subprocess.run(["chattr", "-i", str(folder.root / "d")], check=False)
+    assert [count for _, count in reported[:4]] == [1, 2, 3, 4]
+    gaps = [b - a for (a, _), (b, _) in zip(reported[:3], reported[1:4], strict=True)]
+    assert gaps[-1] > gaps[0] * 2, gaps  # 0.2, 0.4, 0.8 s and so on, not 0.2 s each
+
+
+def test_a_file_with_a_future_mtime_found_by_a_scan_is_shipped(tmp_path: Path) -> None:
+    """A scan holds back files modified in the last moment (maybe still being written); a file
+    whose mtime is ahead of the clock (copied from a host whose clock is fast) is not one of them."""
+    source = _source(tmp_path)
+    (source.root / "future.html").write_text("future")
+    ahead = time.time_ns() + 3600 * 10**9
+    os.utime(source.root / "future.html", ns=(ahead, ahead))
+
+    async def main() -> None:
+        await source._record([FsEvent(kind="rescan", path="")])
+
+    anyio.run(main)
+    assert {r.path for r in source.journal.read(0, 100)} == {"future.html"}
+    assert not source._held
