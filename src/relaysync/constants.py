@@ -4,7 +4,8 @@ PROTOCOL_VERSION = 1  # bumped on any incompatible change to protocol/messages.p
 # Optional message kinds a node can take, announced in its Hello; a sender uses one only with a
 # peer that announced it, so nodes of one protocol version but different releases interoperate.
 CAP_SMALL_FILE = "small_file"  # SmallFile: a file of at most SMALL_FILE_BYTES in one message
-CAPABILITIES = (CAP_SMALL_FILE,)
+CAP_RENAME_RESEND = "rename_resend"  # a sender that resends a rename's new path whole when the target lacks its source
+CAPABILITIES = (CAP_SMALL_FILE, CAP_RENAME_RESEND)
 MAX_CAPABILITIES = 64  # a Hello announcing more is hostile
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything larger is hostile

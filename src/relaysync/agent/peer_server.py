@@ -18,7 +18,7 @@ import hmac
 import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 
 import anyio
@@ -26,6 +26,7 @@ from anyio.abc import TaskStatus
 
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
+    CAP_RENAME_RESEND,
     CAP_SMALL_FILE,
     CAPABILITIES,
     CLOSE_TIMEOUT_S,
@@ -158,7 +159,7 @@ class PeerServer:
         with anyio.CancelScope() as scope:
             self._active[mapping_id], self._ended[mapping_id] = scope, ended
             try:
-                await self._receive(framed, folder, opened.journal_id)
+                await self._receive(framed, folder, opened.journal_id, hello.capabilities)
             finally:
                 if self._active.get(mapping_id) is scope:
                     del self._active[mapping_id], self._ended[mapping_id]
@@ -202,10 +203,12 @@ class PeerServer:
         await anyio.to_thread.run_sync(folder.drop_partials_under, "")
         await anyio.to_thread.run_sync(folder.manifest.close)
 
-    async def _receive(self, framed: FramedStream, folder: TargetFolder, journal_id: str) -> None:
+    async def _receive(self, framed: FramedStream, folder: TargetFolder, journal_id: str,
+                       sender_capabilities: Sequence[str] = ()) -> None:
         session = await anyio.to_thread.run_sync(
             partial(session_for, folder, journal_id, self.reporter(folder))
         )
+        session.sender_resends_renames = CAP_RENAME_RESEND in sender_capabilities
         feed = self.relays(folder.mapping_id)
         try:
             # A relay offers no partials: a resumed file would reach its children cut short.

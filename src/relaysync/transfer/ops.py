@@ -255,6 +255,11 @@ def record_messages(root: Path, record: JournalRecord, options: SendOptions | No
             target = entry.link_target if entry else os.readlink(root / record.path)
             yield Symlink(seq=record.seq, path=record.path, target=target, changed_at=at)
         case "rename":
+            if options is not None and record.seq in options.whole_file_seqs and entry is not None \
+                    and entry.kind == "f":  # the target lacked the file to rename: the result whole
+                yield from iter_file_messages(root, record.new_path, record.seq, base_hash=record.base_hash,
+                                              expected_hash=entry.hash, options=options, changed_at=at)
+                return
             yield Rename(seq=record.seq, path=record.path, new_path=record.new_path,
                          hash=entry.hash if entry and entry.kind == "f" else b"", changed_at=at)
         case "attr":

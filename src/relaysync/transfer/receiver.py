@@ -208,6 +208,8 @@ class ReceiverSession:
         self._applied: list[CommitRecord] = []
         self._seen_seq = self.watermark
         self._paths = folder.resolver
+        # The sender resends a rename's new path whole when asked (its Hello: CAP_RENAME_RESEND).
+        self.sender_resends_renames = False
         self._paths.forget()  # proven in an earlier session is not proven now
 
     # --- batch entry point (runs in a worker thread) ---
@@ -590,8 +592,16 @@ class ReceiverSession:
             # into itself (EINVAL for ever) or over its own ancestor (which would delete it first)
             raise UnsafePath(msg.new_path, f"a rename of {msg.path!r} into itself or over its ancestor")
         if not os.path.lexists(source):
-            if os.path.lexists(dest):
+            held = self.folder.manifest.get(msg.new_path)
+            if os.path.lexists(dest) and (not msg.hash or (held is not None and held.hash == msg.hash)):
                 return  # applied before (a replay after a crash): nothing to do
+            if msg.hash and self.sender_resends_renames:
+                # Never got here (an atomic save's temp file was gone when the link read it; a
+                # compare ran meanwhile): the new path must come whole, or the old version stays.
+                raise TransientFailure(msg.seq, ErrorCode.BASE_MISMATCH,
+                                       f"{msg.path} is not here to rename: send {msg.new_path} whole")
+            if os.path.lexists(dest):
+                return  # an older sender cannot resend it: the next comparison repairs it
             raise FileNotFoundError(errno.ENOENT, "rename source missing", msg.path)
         staging.make_parents(root, dest)
         if self._keeper is not None and os.path.lexists(dest):

@@ -35,6 +35,7 @@ from relaysync.protocol.messages import (
     MappingState,
     NodeMark,
     Ping,
+    Rename,
     SmallFile,
 )
 from relaysync.transfer import ops
@@ -220,6 +221,11 @@ class RelayLink(TargetLink):
                 continue
             if isinstance(message, DeltaStart) and seq in self.options.whole_file_seqs:
                 refused.seq, refused.path, refused.changed_at = seq, message.path, message.changed_at
+                continue
+            if isinstance(message, Rename) and message.hash and seq in self.options.whole_file_seqs:
+                await self._send(session, out)  # the child lacked the file to rename: the result whole
+                out = []
+                await self._whole_from_tree(session, seq, message.new_path, message.changed_at)
                 continue
             out.append(message)
         await self._send(session, out)

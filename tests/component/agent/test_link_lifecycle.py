@@ -100,3 +100,48 @@ def test_a_file_with_a_future_mtime_found_by_a_scan_is_shipped(tmp_path: Path) -
     anyio.run(main)
     assert {r.path for r in source.journal.read(0, 100)} == {"future.html"}
     assert not source._held
+
+
+def _source_in(tmp: Path, mode: str) -> SourceMapping:
+    src = tmp / "src"
+    src.mkdir(exist_ok=True)
+    spec = MappingSpec(mapping_id=1, name="m", source_node=SRC, source_path=str(src),
+                       targets=(TargetSpec(node_id=TGT, path="/t"),), durability="fast", mode=mode)
+    return SourceMapping(spec, tmp / "state")
+
+
+def test_an_atomic_save_sent_late_reaches_the_target(tmp_path: Path) -> None:
+    """An editor's save: write index.html.tmp, rename it over index.html, journaled as two
+    records and sent after both happened (a manual release here; a link that is behind does the
+    same). The temp file is gone when the link reads it, so the target never gets it; asked to
+    rename what it lacks, the target has the source send index.html whole, instead of keeping
+    the old version (a manual mapping never compares, so nothing else would repair it)."""
+    source = _source_in(tmp_path, "manual")
+    (source.root / "index.html").write_text("version 1")
+    earlier = time.time_ns() - 10 * 10**9
+    os.utime(source.root / "index.html", ns=(earlier, earlier))  # not a file being written
+    folder = _folder(tmp_path)
+
+    async def main() -> None:
+        await source._record([FsEvent(kind="rescan", path="")])
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(_server(folder).serve)
+            tg.start_soon(_link(source, port).serve)
+            source.set_release(1)
+            with anyio.fail_after(20):
+                while not (folder.root / "index.html").exists():
+                    await anyio.sleep(0.02)
+            (source.root / "index.html.tmp").write_text("version 2")
+            await source._record([FsEvent(kind="write", path="index.html.tmp")])
+            (source.root / "index.html.tmp").rename(source.root / "index.html")
+            await source._record([FsEvent(kind="move", path="index.html.tmp", new_path="index.html")])
+            assert [r.op for r in source.journal.read(0, 100)][-2:] == ["write", "rename"]
+            source.set_release(2)
+            with anyio.fail_after(20):
+                while (folder.root / "index.html").read_text() != "version 2":
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert (folder.root / "index.html").read_text() == "version 2"
+    assert not (folder.root / "index.html.tmp").exists()

@@ -168,3 +168,12 @@ def test_a_version_sent_from_the_relays_tree_follows_the_childs_hello(tmp_path: 
     anyio.run(link._whole_from_tree, _Session(), REFUSED, "f")
     kinds = [type(m).__name__ for m in sent]
     assert kinds == (["SmallFile"] if small_files else ["FileStart", "FileChunk", "FileEnd"])
+
+
+def test_a_rename_whose_source_the_child_lacked_goes_as_the_renamed_file_from_our_tree() -> None:
+    """The child answered BASE_MISMATCH to a Rename (it never got the file: an atomic save's temp
+    file was gone when the source read it): the relay sends the new path's version whole."""
+    from relaysync.protocol.messages import Rename
+
+    rename = Rename(seq=REFUSED, path="index.html.tmp", new_path="index.html", hash=H)
+    assert _forward([rename, Checkpoint(seq=REFUSED)]) == ["tree:5", "Checkpoint"]
