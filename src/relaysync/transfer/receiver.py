@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import msgspec
 import xxhash
@@ -155,10 +155,9 @@ class TargetFolder:
         self.manifest.set_meta("partials", json.dumps(partials))
 
     def _remove_partial_file(self, path: str, digest_hex: str) -> None:
-        try:  # never through a symlink a local admin put where a directory was
-            parent = resolve_inside(self.root, path).parent
-            os.unlink(staging.partial_name_for(parent / PurePosixPath(path).name, bytes.fromhex(digest_hex),
-                                               self.mapping_id))
+        try:
+            resolve_inside(self.root, path)  # never through a symlink a local admin put where a directory was
+            os.unlink(self._partial_file(path, digest_hex))
         except (UnsafePath, FileNotFoundError, NotADirectoryError):
             pass
         except OSError as exc:  # the space stays taken until the next start's clean-up
