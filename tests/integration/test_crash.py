@@ -10,7 +10,7 @@ import pytest
 
 from relaysync.testing.cluster import wait_until
 from tests._trees import temp_files
-from tests.integration.conftest import Fleet, start_fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,42 @@ def test_source_killed_mid_burst_converges(own_fleet: Fleet) -> None:
     for i in range(0, 300, 7):
         (src / f"burst-{i}").unlink()
     own_fleet.cluster.start_agent("src")
+    own_fleet.wait_converged(src, dsts)
+
+
+def _journal_as_on_disk_before(journal: Path, head: int) -> None:
+    """What a machine crash can leave of a journal written without fsync: the disk holds it as
+    it was when its head was `head` (everything up to it released, nothing later written)."""
+    for seg in journal.glob("*.seg"):
+        seg.unlink()
+    (journal / f"{head + 1:020d}.seg").touch()
+    (journal / "released").write_text(str(head))
+
+
+def test_fast_source_losing_its_journal_tail_in_a_machine_crash_still_sends_new_changes(own_fleet: Fleet) -> None:
+    mapping, src, dsts = own_fleet.new_mapping(targets=("t1",), durability="fast")
+    for i in range(6):
+        (src / f"before-{i}").write_text(f"before {i}")
+    own_fleet.wait_converged(src, dsts)
+
+    def acked() -> bool:
+        rows = own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/status").json()["targets"]
+        return bool(rows) and all(r["lag"] == 0 and r["watermark"] >= 6 for r in rows)
+
+    wait_until(acked, timeout_s=CONVERGE_TIMEOUT_S, what="t1 acked every change")
+    agent = own_fleet.cluster.agents["src"]
+    agent.process.kill()
+    # The machine "crashes": the journal's last 5 records never reached the disk, and the
+    # journal was left open under a boot that is not this one.
+    journal = agent.data_dir / "sources" / str(mapping["id"]) / "journal"
+    _journal_as_on_disk_before(journal, head=1)
+    (journal / "boot").write_text("a-boot-before-the-crash open fast\n")
+    own_fleet.cluster.start_agent("src")
+    (src / "probe").write_text("after the restart")
+    own_fleet.wait_converged(src, dsts)
+    # Journaled after the catch-up, with seqs t1 acked before the crash under the old journal id:
+    for i in range(4):
+        (src / f"after-{i}").write_text(f"after {i}")
     own_fleet.wait_converged(src, dsts)
 
 

@@ -89,9 +89,11 @@ class SourceMapping:
             data = json.loads(self._release_path.read_text())
         except (FileNotFoundError, ValueError):
             return 0, 0
-        if data.get("journal_id") != self.journal.journal_id:
+        if data.get("journal_id") not in (self.journal.journal_id, self.journal.previous_id):
             return 0, 0
-        return int(data["release"]), int(data["send_upto"])
+        # Seqs go on across a new journal id (Journal._start_afresh), so the release still holds;
+        # records a machine crash took away are not pending any more.
+        return int(data["release"]), min(int(data["send_upto"]), self.journal.last_seq)
 
     def set_release(self, release: int) -> bool:
         """The master says send (release counter `release`): everything journaled so far may go.

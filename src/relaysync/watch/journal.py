@@ -2,8 +2,9 @@
 
 Layout of the journal directory:
 
-    journal.id                 random id, written once; a new id means a fresh journal
+    journal.id                 random id; a new id means a fresh journal
     released                   highest seq every target has committed (the release watermark)
+    boot                       "<boot id> open|closed fast|safe": how the last opener left it
     00000000000000000001.seg   segments, named by the first seq they hold (or will hold)
 
 Each record is framed as `u32 length | u32 crc32(payload) | msgpack(JournalRecord)`.
@@ -11,6 +12,13 @@ Each record is framed as `u32 length | u32 crc32(payload) | msgpack(JournalRecor
 Error handling: on open, a torn tail of the last segment (a short frame, or a bad frame that is
 the last one) is truncated away and logged; a bad frame followed by a good one is corruption and
 raises JournalCorrupt, as does any bad frame met later by `read()` in an older segment.
+
+A journal written without fsync ("fast" durability) may lose its tail when the machine itself
+crashes: the records come back with lower seqs than the targets have already acknowledged, and
+the next changes would reuse seqs the targets skip as seen. So a fast journal that was left open
+(not `close()`d) under another boot id than the current one starts a new journal id on open,
+with nothing retained: every target's watermark is void and it catches up by comparing trees.
+A process killed with -9 keeps the boot id (the page cache survives), so it keeps its journal.
 
 Resource handling: the active segment stays open for appending until `close()`.
 """
@@ -42,6 +50,7 @@ SEGMENT_BYTES = 64 * 1024 * 1024  # segments are released whole; big enough to k
 INDEX_EVERY_RECORDS = 64  # one (seq, offset) index point per this many records, to seek reads
 _HEADER = struct.Struct(">II")
 _SUFFIX = ".seg"
+_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(JournalRecord).decode
 
@@ -104,6 +113,14 @@ def _write_atomic(path: Path, text: str, *, fsync: bool) -> None:
     os.replace(tmp, path)
 
 
+def current_boot_id() -> str:
+    """The kernel's id of this boot ("" where /proc does not say)."""
+    try:
+        return _BOOT_ID_PATH.read_text().strip()
+    except OSError:
+        return ""
+
+
 class Journal:
     """The durable journal of one (mapping, source).
 
@@ -111,12 +128,15 @@ class Journal:
         directory: where the segments live; created if missing.
         segment_bytes: start a new segment once the active one reaches this size.
         fsync: fsync every append (group commit); False only for tests and "fast" mode.
+        boot_id: this boot's id (default: the kernel's); a fast journal left open under another
+            one may have lost its tail and starts a new journal id (see the module doc).
 
     Raises:
         JournalCorrupt: a segment is damaged somewhere other than its torn tail.
     """
 
-    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES, fsync: bool = True) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES, fsync: bool = True,
+                 boot_id: str | None = None) -> None:
         self._dir = directory
         self._segment_bytes = segment_bytes
         self._fsync = fsync
@@ -135,8 +155,43 @@ class Journal:
             self._sync_dir()
         self._last_seq, self._size = self._recover(self._segments[-1])
         self._file: BinaryIO = open(self._segment_path(self._segments[-1]), "ab")
+        self._boot_id = (current_boot_id() if boot_id is None else boot_id) or "-"
+        self.previous_id: str | None = None  # the id this open replaced, if the tail may be lost
+        if self._tail_may_be_lost():
+            self._start_afresh()
+        self._mark_boot("open")
 
     # --- opening ---
+
+    def _tail_may_be_lost(self) -> bool:
+        """Whether the last opener wrote without fsync and the machine restarted before it closed."""
+        try:
+            boot, state, mode = (self._dir / "boot").read_text().split()
+        except (FileNotFoundError, ValueError):
+            return False  # a new journal, or one from a release before this mark: nothing to tell
+        return state == "open" and mode == "fast" and boot != self._boot_id
+
+    def _start_afresh(self) -> None:
+        """Release everything and take a new id: no target's watermark of the old id applies."""
+        old = self.journal_id
+        self._released = max(self._released, self._last_seq)
+        _write_atomic(self._dir / "released", str(self._released), fsync=True)
+        if self._size > 0:
+            self._rotate()
+        for first in self._segments[:-1]:
+            self._index.pop(first, None)
+            self._segment_path(first).unlink(missing_ok=True)
+        self._segments = self._segments[-1:]
+        self.journal_id = uuid.uuid4().hex
+        _write_atomic(self._dir / "journal.id", self.journal_id, fsync=True)
+        self.previous_id = old
+        logger.warning("journal %s was written without fsync and the machine restarted before it was closed: "
+                       "its last records may be lost, so it continues as journal %s (was %s) from seq %s; "
+                       "targets catch up by comparing trees", self._dir, self.journal_id, old, self._last_seq + 1)
+
+    def _mark_boot(self, state: str) -> None:
+        _write_atomic(self._dir / "boot", f"{self._boot_id} {state} {'safe' if self._fsync else 'fast'}\n",
+                      fsync=True)
 
     def _load_id(self) -> str:
         path = self._dir / "journal.id"
@@ -375,9 +430,17 @@ class Journal:
                 logger.debug("journal %s: released segment %s", self._dir, first)
 
     def close(self) -> None:
-        """Close the active segment."""
+        """Close the active segment, durably: a fast journal is fsynced once here, so that a
+        machine crash after a clean stop loses nothing and needs no new id."""
         with self._lock:
+            if self._file.closed:
+                return
+            if not self._fsync:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                _write_atomic(self._dir / "released", str(self._released), fsync=True)
             self._file.close()
+            self._mark_boot("closed")
 
 
 class _Waiter:

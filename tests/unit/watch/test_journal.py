@@ -241,3 +241,55 @@ def test_records_of_journals_without_times_still_read(tmp_path: Path) -> None:
     assert [(r.seq, r.path, r.time_ns) for r in j.read(0)] == [(1, "p1", 0), (2, "p2", 0)]
     assert j.append([w("new")])[0].time_ns > 0  # new records get a time, in the same segment
     j.close()
+
+
+def _lose_last_record(directory: Path) -> None:
+    """What a machine crash does to a journal written without fsync: its last record is gone."""
+    seg = segments(directory)[-1]
+    data = seg.read_bytes()
+    offset, last = 0, 0
+    while offset < len(data):
+        last = offset
+        offset += 8 + struct.unpack(">I", data[offset:offset + 4])[0]
+    seg.write_bytes(data[:last])
+
+
+def test_fast_journal_left_open_across_a_reboot_starts_a_new_id(tmp_path: Path) -> None:
+    j = Journal(tmp_path, fsync=False, boot_id="boot-1")
+    j.append([w("a"), w("b"), w("c")])
+    old_id = j.journal_id  # the "machine crash": never closed; its last record never reached the disk
+    _lose_last_record(tmp_path)
+
+    j = Journal(tmp_path, fsync=False, boot_id="boot-2")
+    # a target acked seq 3 of the old id; the next change must not reuse seq 3 under that id
+    assert j.journal_id != old_id and j.previous_id == old_id
+    assert (j.last_seq, j.first_seq) == (2, 3) and j.read(0) == []
+    assert j.append([w("d")])[0].seq == 3
+    assert [r.path for r in j.read(0)] == ["d"]
+    assert len(segments(tmp_path)) == 1
+    j.close()
+    again = Journal(tmp_path, fsync=False, boot_id="boot-3")  # closed cleanly: nothing to distrust
+    assert (again.journal_id, again.previous_id, again.last_seq) == (j.journal_id, None, 3)
+    again.close()
+
+
+@pytest.mark.parametrize(("fsync", "closed", "boot"), [
+    (False, False, "boot-1"),  # kill -9 of the agent: the page cache survived, the tail is there
+    (False, True, "boot-2"),  # stopped cleanly, then a reboot: close() made it durable
+    (True, False, "boot-2"),  # safe: every append was fsynced
+])
+def test_journal_keeps_its_id_when_nothing_can_be_lost(tmp_path: Path, fsync: bool, closed: bool, boot: str) -> None:
+    j = Journal(tmp_path, fsync=fsync, boot_id="boot-1")
+    j.append([w("a"), w("b")])
+    if closed:
+        j.close()
+    reopened = Journal(tmp_path, fsync=False, boot_id=boot)
+    assert (reopened.journal_id, reopened.previous_id, reopened.last_seq) == (j.journal_id, None, 2)
+    reopened.close()
+
+
+def test_journal_from_before_the_boot_mark_keeps_its_id(tmp_path: Path) -> None:
+    j = Journal(tmp_path, fsync=False, boot_id="boot-1")
+    j.append([w("a")])
+    (tmp_path / "boot").unlink()  # as an older release left it
+    assert Journal(tmp_path, fsync=False, boot_id="boot-2").journal_id == j.journal_id
