@@ -5,7 +5,9 @@ through a relay authenticates hop by hop."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -13,9 +15,16 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import msgspec
 import pytest
 
+from relaysync.agent.source import SourceMapping
+from relaysync.protocol.messages import Assignment
 from relaysync.testing.cluster import wait_until
+from relaysync.transfer import ops
+from relaysync.transfer.sender import TargetAddress, TargetLink
+from relaysync.watch._fsevent import FsEvent
 from tests.integration.conftest import Fleet, start_fleet
 
 pytestmark = pytest.mark.integration
@@ -112,12 +121,14 @@ def _write_marked(src: Path, name: str) -> bytes:
     return marker
 
 
-def _set_tls(fleet: Fleet, *, tls: bool) -> None:
-    log = fleet.cluster.base / "agent-src.log"
+def _set_tls(fleet: Fleet, *, tls: bool, wait_for: str = "src") -> None:
+    """Set the group's TLS policy and wait until agent `wait_for` runs its new assignment."""
+    log = fleet.cluster.base / f"agent-{wait_for}.log"
     before = log.read_text().count("running assignment")
     r = fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "tls": tls})
     assert r.status_code == 200, r.text
-    wait_until(lambda: log.read_text().count("running assignment") > before, timeout_s=20, what="new assignment")
+    wait_until(lambda: log.read_text().count("running assignment") > before, timeout_s=20,
+               what=f"{wait_for}'s new assignment")
 
 
 def test_tls_by_default_and_plain_only_where_turned_off(fleet: Fleet, capture: LoopbackCapture) -> None:
@@ -177,3 +188,64 @@ def _latest_route(fleet: Fleet, mapping_id: int, target: str) -> str:
     assert r.status_code == 200, r.text
     rows = r.json()
     return str(rows[0]["route"]) if rows else ""
+
+
+# --- TLS back on: the target ends a plain session itself ---------------------------------
+# The operator turns TLS back on. The target learns it from its new assignment (no link secret
+# any more); a plain session opened before must not go on being accepted, whatever the sender
+# does: a source whose control link to the master is down runs its persisted assignment. The
+# stale source here is an in-process TargetLink with exactly src's credentials (its node id and
+# the link secret of its persisted assignment); the real src agent is stopped first.
+
+
+def test_a_live_plain_session_ends_when_the_target_requires_tls_again(fleet: Fleet, tmp_path: Path) -> None:
+    _set_tls(fleet, tls=False)  # the operator trusts the group's LAN
+    mapping, src, (dst,) = fleet.new_mapping(targets=("t1",))
+    (src / "before.txt").write_text("sent while the link was trusted")
+    fleet.wait_converged(src, [dst])
+
+    agent = fleet.cluster.agents["src"]
+    saved = msgspec.msgpack.decode((agent.data_dir / "assignment.msgpack").read_bytes(), type=Assignment)
+    spec = next(m for m in saved.mappings if m.mapping_id == mapping["id"])
+    (t1_spec,) = spec.targets
+    assert t1_spec.link_secret and not t1_spec.policy.tls
+    t1_node = fleet.cluster.agents["t1"].node_id
+    t1_address = fleet.cluster.api.get("/api/servers/t1").json()["address"]
+    agent.process.stop()  # the stale source below holds src's credentials
+
+    stale_root = tmp_path / "stale"
+    shutil.copytree(src, stale_root)
+    source = SourceMapping(msgspec.structs.replace(spec, source_path=str(stale_root)), tmp_path / "stale-state")
+    link = TargetLink(source, TargetAddress(node_id=t1_node, name="t1", resolve=lambda: t1_address),
+                      ssl.create_default_context(), node_id=spec.source_node, name="src",
+                      options=ops.SendOptions(tls=False, link_secret=t1_spec.link_secret), erase=False)
+    arrived = False
+
+    async def main() -> None:
+        nonlocal arrived
+        await source._record([FsEvent(kind="rescan", path="")])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(link.serve)
+            with anyio.fail_after(20):
+                while not link.connected:
+                    await anyio.sleep(0.05)
+            # The operator no longer trusts the LAN: TLS on. t1 runs the new policy.
+            await anyio.to_thread.run_sync(lambda: _set_tls(fleet, tls=True, wait_for="t1"))
+            saved_t1 = msgspec.msgpack.decode(
+                (fleet.cluster.agents["t1"].data_dir / "assignment.msgpack").read_bytes(), type=Assignment)
+            own = next(t for m in saved_t1.mappings if m.mapping_id == mapping["id"] for t in m.targets)
+            assert own.policy.tls and not own.link_secret  # t1 knows TLS is required now
+            (stale_root / "after.txt").write_text("sent in the clear after TLS was required")
+            await source._record([FsEvent(kind="write", path="after.txt")])
+            with anyio.move_on_after(10):
+                while not (dst / "after.txt").exists():
+                    await anyio.sleep(0.05)
+            arrived = (dst / "after.txt").exists()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        source.close()
+    assert not arrived, ("t1 committed a file received over a plain link after its policy required TLS "
+                         f"(link connected the whole time: {link.failures} failures)")

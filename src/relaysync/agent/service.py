@@ -206,7 +206,12 @@ class AgentService:
             path = next(t.path for t in spec.targets if t.node_id == self.node_id)
             if existing is not None and existing.root == Path(path) and existing.source_node == spec.source_node:
                 existing.durable = spec.durability == "safe"
-                existing.link_secret = _own_target(spec, self.node_id).link_secret
+                secret = _own_target(spec, self.node_id).link_secret
+                if secret != existing.link_secret:
+                    # A plain session is authenticated only when it opens: one opened under the
+                    # old secret (or while the link was trusted at all) must not outlive it.
+                    existing.link_secret = secret
+                    await self._server.restart_session(mapping_id)
                 existing.keep_versions = _versions_here(spec, self.node_id)
                 self._set_routes(existing, spec)
                 await self._apply_relay(spec, existing)
