@@ -137,6 +137,40 @@ def test_bandwidth_window_not_active_now_does_not_limit(own_fleet: Fleet) -> Non
     assert rate > later["bandwidth_limit_mbit"] * 5, rate  # at 10 Mbit/s this file would take 54 s
 
 
+PAIR_LIMIT_MBIT = 20.0
+
+
+def test_a_pair_limit_caps_the_pair_not_each_mapping(own_fleet: Fleet) -> None:
+    """Two folders (mappings) from src to t1 under a pair limit of 20 Mbit/s: the src -> t1
+    network link carries 20 Mbit/s in all (within ±10 %), not 20 per mapping."""
+    api = own_fleet.cluster.api
+    r = api.put("/api/policies", json={"scope": "pair", "source": "src", "target": "t1",
+                                       "bandwidth_limit_mbit": PAIR_LIMIT_MBIT})
+    assert r.status_code == 200, r.text
+    maps = [own_fleet.new_mapping(targets=("t1",)) for _ in range(2)]
+    for _, src, dsts in maps:
+        (src / "warm").write_text("x")
+        own_fleet.wait_converged(src, dsts)
+    port = int(api.get("/api/servers/t1").json()["address"].rsplit(":", 1)[1])
+    size = 48 * CHUNK_BYTES  # 6 MiB each: 5 s for both at the pair's limit
+    for _, src, _ in maps:
+        (src / "big.tmp").write_bytes(os.urandom(size))
+    start = _bytes_to(port)
+    for _, src, _ in maps:  # both start together
+        (src / "big.tmp").rename(src / "big.bin")
+    samples: list[tuple[float, int]] = []
+
+    def both_done() -> bool:
+        samples.append((time.monotonic(), _bytes_to(port) - start))
+        return all((dsts[0] / "big.bin").exists() for _, _, dsts in maps)
+
+    wait_until(both_done, timeout_s=60, interval_s=0.05, what="both files")
+    lo = next(s for s in samples if s[1] >= 2 * size * 0.2)
+    hi = next(s for s in samples if s[1] >= 2 * size * 0.8)
+    rate = (hi[1] - lo[1]) * 8 / (hi[0] - lo[0]) / 1e6
+    assert PAIR_LIMIT_MBIT * 0.9 <= rate <= PAIR_LIMIT_MBIT * 1.1, rate
+
+
 def _links_started(fleet: Fleet, mapping_id: int) -> int:
     log = (fleet.cluster.base / "agent-src.log").read_text()
     return log.count(f"source of mapping {mapping_id}: links to")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -124,6 +125,10 @@ class AgentService:
         self.targets: dict[int, TargetFolder] = {}
         self.relays: dict[int, tuple[RelayFeed, LinkSet]] = {}  # mappings this agent relays on
         self.peers: dict[str, PeerInfo] = {}
+        # One bucket per peer and limit: every link to a server (one per mapping, and relayed
+        # ones) shares it, so a limit caps the network link, not each folder on it. An entry
+        # lives as long as a link holds its bucket.
+        self._buckets: weakref.WeakValueDictionary[tuple[str, bytes], TokenBucket] = weakref.WeakValueDictionary()
         self.epoch = -1
         self.link: MasterLink | None = None
         self._tg: TaskGroup | None = None
@@ -429,10 +434,19 @@ class AgentService:
                                              bandwidth_limit_mbit=self.cfg.bandwidth_limit_mbit)
         signatures = source.signatures if isinstance(source, SourceMapping) else None
         return SendOptions(codec=codec_for_level(policy.zstd_level), signatures=signatures,
-                           bandwidth=TokenBucket(self._bandwidth_rate(policy, target)),
+                           bandwidth=self._bucket(policy, target),
                            force=transfer_override or policy.transfer,
                            tls=policy.tls or not target.link_secret, link_secret=target.link_secret,
                            corrupt_deltas=int(os.environ.get("RELAYSYNC_TEST_CORRUPT_DELTAS", "0") or 0))
+
+    def _bucket(self, policy: LinkPolicy, target: TargetSpec) -> TokenBucket:
+        """The token bucket of the links to `target` under this limit (shared, see `_buckets`)."""
+        key = (target.node_id, msgspec.msgpack.encode(
+            (policy.bandwidth_limit_mbit, policy.windows, policy.timezone, self.cfg.bandwidth_limit_mbit)))
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._bandwidth_rate(policy, target))
+        return bucket
 
     def _bandwidth_rate(self, policy: LinkPolicy, target: TargetSpec) -> Callable[[], float]:
         """Bytes per second now: the policy's window in force or base limit, else this agent's limit."""
