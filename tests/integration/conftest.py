@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,13 @@ from tests._trees import snapshot
 
 CONVERGE_TIMEOUT_S = 30.0
 _counter = itertools.count(1)
+
+
+def bytes_sent_to(port: int) -> int:
+    """TCP payload bytes sent so far on every established connection to 127.0.0.1:port (TLS included)."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( dport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(n) for n in re.findall(r"bytes_sent:(\d+)", out))
 
 
 @dataclass
@@ -29,6 +38,9 @@ class Fleet:
         mapping = self.cluster.create_mapping(f"m{n}", "src", src, [(t, d) for t, d in zip(targets, dsts, strict=True)], **extra)
         wait_until(lambda: all(d.is_dir() for d in dsts), timeout_s=CONVERGE_TIMEOUT_S, what="targets opened")
         return mapping, src, dsts
+
+    def peer_port(self, name: str) -> int:
+        return int(self.cluster.api.get(f"/api/servers/{name}").json()["address"].rsplit(":", 1)[1])
 
     def wait_converged(self, src: Path, dsts: list[Path], timeout_s: float = CONVERGE_TIMEOUT_S) -> None:
         def same() -> bool:

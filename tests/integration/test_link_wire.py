@@ -106,10 +106,6 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         f.cluster.stop()
 
 
-def _peer_port(fleet: Fleet, name: str) -> int:
-    return int(fleet.cluster.api.get(f"/api/servers/{name}").json()["address"].rsplit(":", 1)[1])
-
-
 def _is_tls(stream: bytes) -> bool:
     """A TLS client's first bytes: a handshake record (0x16) of version 3.x."""
     return stream[:1] == b"\x16" and stream[1:2] == b"\x03"
@@ -132,7 +128,7 @@ def _set_tls(fleet: Fleet, *, tls: bool, wait_for: str = "src") -> None:
 
 
 def test_tls_by_default_and_plain_only_where_turned_off(fleet: Fleet, capture: LoopbackCapture) -> None:
-    port = _peer_port(fleet, "t1")
+    port = fleet.peer_port("t1")
     capture.ports.add(port)
     _, src, (dst,) = fleet.new_mapping(targets=("t1",))
     marker = _write_marked(src, "secret.txt")
@@ -163,7 +159,7 @@ def test_a_plain_link_through_a_relay_authenticates_each_hop(fleet: Fleet, captu
     """src -> t1 -> t2 with TLS off: t1 proves to t2 the secret of their hop (only they and the
     master hold it); the file arrives at t2 over a plain link from t1."""
     _set_tls(fleet, tls=False)
-    port = _peer_port(fleet, "t2")
+    port = fleet.peer_port("t2")
     capture.ports.add(port)
     mapping, src, dsts = fleet.new_mapping(targets=("t1", "t2"))
     r = fleet.cluster.api.put(f"/api/mappings/{mapping['id']}/routing",

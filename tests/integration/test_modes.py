@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from relaysync.testing.cluster import wait_until
-from tests.integration.conftest import Fleet, start_fleet
+from tests.integration.conftest import Fleet, bytes_sent_to, start_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +119,33 @@ def test_send_command_waits_until_every_target_has_the_release(own_fleet: Fleet)
     result = json.loads(done.stdout)
     assert result["release"] == 1 and result["upto_seq"] >= 20
     own_fleet.wait_converged(src, [dst], timeout_s=10)
+
+
+def test_a_large_file_saved_three_times_while_held_goes_once_as_a_small_delta(own_fleet: Fleet) -> None:
+    """Three appends to an 8 MiB file while the mapping is manual: three journal records. On
+    release the first would already carry the newest version; the next two name bases never
+    sent (nor signed), so each went whole again (16 MiB for 21 bytes). Coalesced, one delta goes."""
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    (src / "big.log").write_bytes(os.urandom(8 * 1024 * 1024))
+    own_fleet.wait_converged(src, [dst])
+    signatures = own_fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "signatures" / "sig"
+    wait_until(lambda: any(signatures.glob("*.sig")), timeout_s=30, what="the first version's signature")
+    _mode(own_fleet, mapping["id"], mode="manual")
+    wait_until(lambda: "(manual mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
+               timeout_s=30, what="the source running in manual mode")
+    journal = signatures.parent.parent / "journal"
+
+    def journaled() -> int:
+        return sum(p.stat().st_size for p in journal.glob("*.seg"))
+
+    for i in range(3):  # three saves, each its own journal record
+        before = journaled()
+        with open(src / "big.log", "ab") as f:
+            f.write(f"line {i}\n".encode())
+        wait_until(lambda: journaled() > before, timeout_s=30, what=f"save {i} journaled")  # noqa: B023
+    port = own_fleet.peer_port("t1")
+    sent = bytes_sent_to(port)
+    r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
+    assert r.status_code == 200, r.text
+    own_fleet.wait_converged(src, [dst])
+    assert bytes_sent_to(port) - sent < 1024 * 1024

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -17,7 +15,7 @@ import pytest
 
 from relaysync.constants import CHUNK_BYTES
 from relaysync.testing.cluster import wait_until
-from tests.integration.conftest import Fleet, start_fleet
+from tests.integration.conftest import Fleet, bytes_sent_to, start_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -31,24 +29,17 @@ def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
         f.cluster.stop()
 
 
-def _bytes_to(port: int) -> int:
-    """TCP payload bytes sent so far on every established connection to 127.0.0.1:port (TLS included)."""
-    out = subprocess.run(["ss", "-tinH", "state", "established", f"( dport = :{port} )"],
-                         capture_output=True, text=True, check=True).stdout
-    return sum(int(n) for n in re.findall(r"bytes_sent:(\d+)", out))
-
-
 def _write_text(path: Path, mib: int) -> None:
     line = b"relaysync compresses repetitive text like this line, over and over again.\n"
     path.write_bytes(line * (mib * 1024 * 1024 // len(line)))
 
 
 def _sent_for(fleet: Fleet, src: Path, dst: Path, name: str) -> int:
-    port = int(fleet.cluster.api.get("/api/servers/t1").json()["address"].rsplit(":", 1)[1])
-    before = _bytes_to(port)
+    port = fleet.peer_port("t1")
+    before = bytes_sent_to(port)
     _write_text(src / name, 8)
     fleet.wait_converged(src, [dst])
-    return _bytes_to(port) - before
+    return bytes_sent_to(port) - before
 
 
 def test_zstd_policy_compresses_on_the_wire(own_fleet: Fleet) -> None:
@@ -151,17 +142,17 @@ def test_a_pair_limit_caps_the_pair_not_each_mapping(own_fleet: Fleet) -> None:
     for _, src, dsts in maps:
         (src / "warm").write_text("x")
         own_fleet.wait_converged(src, dsts)
-    port = int(api.get("/api/servers/t1").json()["address"].rsplit(":", 1)[1])
+    port = own_fleet.peer_port("t1")
     size = 48 * CHUNK_BYTES  # 6 MiB each: 5 s for both at the pair's limit
     for _, src, _ in maps:
         (src / "big.tmp").write_bytes(os.urandom(size))
-    start = _bytes_to(port)
+    start = bytes_sent_to(port)
     for _, src, _ in maps:  # both start together
         (src / "big.tmp").rename(src / "big.bin")
     samples: list[tuple[float, int]] = []
 
     def both_done() -> bool:
-        samples.append((time.monotonic(), _bytes_to(port) - start))
+        samples.append((time.monotonic(), bytes_sent_to(port) - start))
         return all((dsts[0] / "big.bin").exists() for _, _, dsts in maps)
 
     wait_until(both_done, timeout_s=60, interval_s=0.05, what="both files")
@@ -186,13 +177,13 @@ def _put_transfer(fleet: Fleet, mapping: dict, transfer: str | None) -> None:
 
 def _update_sent(fleet: Fleet, src: Path, dst: Path) -> int:
     """Bytes on the wire to t1 for 4 KiB rewritten in the middle of src/f (8 MiB of random data)."""
-    port = int(fleet.cluster.api.get("/api/servers/t1").json()["address"].rsplit(":", 1)[1])
-    before = _bytes_to(port)
+    port = fleet.peer_port("t1")
+    before = bytes_sent_to(port)
     with open(src / "f", "r+b") as f:
         f.seek(4 * 1024 * 1024)
         f.write(os.urandom(4096))
     fleet.wait_converged(src, [dst])
-    return _bytes_to(port) - before
+    return bytes_sent_to(port) - before
 
 
 def _deltas_of(fleet: Fleet, mapping: dict) -> list[Path]:

@@ -57,6 +57,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import ops, tls
 from relaysync.transfer.compare import Work, compare_trees, iter_subtree
+from relaysync.watch._coalesce_journal import coalesce_records
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.journal import Journal
 from relaysync.watch.manifest import Manifest
@@ -272,7 +273,10 @@ class TargetLink:
         while True:
             records = await anyio.to_thread.run_sync(journal.read, session.sent_upto, BATCH_RECORDS)
             # Only what the manifest already reflects: a compare must never miss a record sent.
-            records = [r for r in records if r.seq <= self.source.send_limit]
+            # A write that a later one in the batch supersedes is not sent: the file is read as
+            # it is now anyway, and the kept write's base is the version the target holds, so a
+            # large file written twice during a backlog goes once, as one delta.
+            records = coalesce_records([r for r in records if r.seq <= self.source.send_limit])
             if records:
                 await self._wait_window(session)
                 await self._send_records(session, records)
