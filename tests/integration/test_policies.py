@@ -4,6 +4,7 @@ measured on the target, and delta or dump copy forced per mapping seen in the by
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from relaysync.constants import CHUNK_BYTES
-from relaysync.testing.cluster import wait_until
+from relaysync.testing.cluster import Cluster, wait_until
 from tests.integration.conftest import Fleet, bytes_sent_to, start_fleet
 
 pytestmark = pytest.mark.integration
@@ -56,6 +57,54 @@ def test_zstd_policy_compresses_on_the_wire(own_fleet: Fleet) -> None:
     own_fleet.wait_converged(src, [dst])
     packed = _sent_for(own_fleet, src, dst, "b.txt")
     assert packed < plain / 20, (packed, plain)
+
+
+def _latest_route(fleet: Fleet, mapping_id: int, target: str) -> str:
+    rows = fleet.cluster.api.get("/api/advances", params={"mapping": str(mapping_id), "target": target,
+                                                          "limit": 1}).json()
+    return str(rows[0]["route"]) if rows else ""
+
+
+@pytest.fixture
+def region_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """src and t1 in one group, t2 in another region."""
+    cluster = Cluster(tmp_path / "fleet")
+    cluster.start_master()
+    try:
+        for name, region, group in (("src", "r1", "g1"), ("t1", "r1", "g1"), ("t2", "r2", "g2")):
+            cluster.start_agent(name, region=region, group=group)
+        yield Fleet(cluster, tmp_path)
+    finally:
+        cluster.stop()
+
+
+def test_a_relay_hop_compresses_at_its_own_zstd_level(region_fleet: Fleet) -> None:
+    """A relayed target's codec is the policy of its parent-to-target hop (docs/architecture.md),
+    not the codec the chunks came in with: src -> t1 plain (same group), t1 -> t2 zstd 3."""
+    fleet, api = region_fleet, region_fleet.cluster.api
+    assert api.put("/api/policies", json={"scope": "same_group", "zstd_level": 0}).status_code == 200
+    assert api.put("/api/policies", json={"scope": "inter_region", "zstd_level": 3}).status_code == 200
+    mapping, src, dsts = fleet.new_mapping(targets=("t1", "t2"))
+    mapping_id = int(mapping["id"])
+    r = api.put(f"/api/mappings/{mapping_id}/routing", json={"mode": "manual", "hops": [["src", "t1"], ["t1", "t2"]]})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 60
+    for i in itertools.count():  # each probe is a commit whose advance names the route it took
+        (src / f"probe-{i}").write_text(str(i))
+        fleet.wait_converged(src, dsts)
+        if _latest_route(fleet, mapping_id, "t2") == "src>t1>t2" or time.monotonic() > deadline:
+            break
+    assert _latest_route(fleet, mapping_id, "t2") == "src>t1>t2"
+
+    to_t1, to_t2 = fleet.peer_port("t1"), fleet.peer_port("t2")
+    before1, before2 = bytes_sent_to(to_t1), bytes_sent_to(to_t2)
+    _write_text(src / "big.txt", 8)
+    fleet.wait_converged(src, dsts)
+    assert _latest_route(fleet, mapping_id, "t2") == "src>t1>t2"
+    hop1, hop2 = bytes_sent_to(to_t1) - before1, bytes_sent_to(to_t2) - before2
+    size = 8 * 1024 * 1024
+    assert hop1 > size  # the first hop: no compression, as its policy says
+    assert hop2 < size / 20, f"t1 -> t2 (zstd 3) carried {hop2} bytes for {size} bytes of text"
 
 
 def test_policy_refused_with_a_clear_error(own_fleet: Fleet) -> None:

@@ -96,6 +96,21 @@ def decode_chunk(codec_id: int, payload: bytes, max_bytes: int = CHUNK_BYTES) ->
     return decoder.decompress(payload, max_bytes)
 
 
+def recode_chunk(codec_id: int, payload: bytes, codec: Codec, max_bytes: int = CHUNK_BYTES) -> tuple[int, bytes]:
+    """Return (codec id, payload) of a chunk for a link that runs `codec` (a relay's next hop).
+
+    A payload already in `codec` is returned as it is, without decoding. Any other is decoded
+    (at most `max_bytes`, as `decode_chunk`) and encoded again as `encode_chunk` does, so data
+    that does not shrink goes plain.
+
+    Raises:
+        ProtocolError: unknown codec id, corrupt payload, or more than `max_bytes` decoded.
+    """
+    if codec_id == codec.ID:
+        return codec_id, payload
+    return encode_chunk(decode_chunk(codec_id, payload, max_bytes), codec)
+
+
 def codec_for_level(level: int) -> Codec:
     """zstd at `level`, or plain for level 0."""
     return Zstd(level) if level > 0 else Plain()

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import xxhash
 
 from relaysync.constants import CHUNK_BYTES, SMALL_FILE_BYTES
+from relaysync.errors import ProtocolError
 from relaysync.protocol.messages import (
     AnyMessage,
     Delete,
@@ -31,7 +33,7 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer.bandwidth import TokenBucket
-from relaysync.transfer.codec import Codec, Plain, encode_chunk
+from relaysync.transfer.codec import Codec, Plain, encode_chunk, recode_chunk
 from relaysync.transfer.signatures import DeltaBuild, SignatureStore, version_of
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry, permission_bits
@@ -290,6 +292,28 @@ def as_streamed(message: SmallFile) -> list[AnyMessage]:
                       mtime_ns=message.mtime_ns, base_hash=message.base_hash, changed_at=message.changed_at)
     chunks = [FileChunk(seq=message.seq, offset=0, data=message.data, codec=message.codec)] if message.size else []
     return [start, *chunks, FileEnd(seq=message.seq, hash=message.hash)]
+
+
+def recoded(message: AnyMessage, codec: Codec) -> AnyMessage:
+    """The message with its file data in `codec`: a relay's next hop runs its own policy.
+
+    Anything but a FileChunk or SmallFile (a delta's chunks are FileChunks too), or one whose
+    data is already in `codec`, is returned as the very same object: a relay whose hops share a
+    codec decodes nothing. So a zstd chunk stays as it came whatever the two hops' levels.
+    Offsets, sizes and hashes describe the decoded data and never change. Data that does not
+    decode (corrupt, or over its limit) goes as it came: the child refuses it, as it would have
+    from our parent.
+    """
+    if not isinstance(message, FileChunk | SmallFile) or message.codec == codec.ID:
+        return message
+    max_bytes = message.size if isinstance(message, SmallFile) else CHUNK_BYTES  # the receiver's limits
+    try:
+        codec_id, data = recode_chunk(message.codec, message.data, codec, max_bytes)
+    except ProtocolError:
+        return message
+    if isinstance(message, SmallFile) and codec_id == Plain.ID and len(data) != message.size:
+        return message  # short: sent plain it would be malformed (never retried), not corrupt
+    return msgspec.structs.replace(message, data=data, codec=codec_id)
 
 
 def message_bytes(message: Outgoing) -> int:

@@ -11,13 +11,15 @@ target below it, so the source keeps each change until every target has committe
 relay keeps its spool until its own children (and itself) have committed it.
 
 A delta is forwarded as it came; a child that lacks the delta's base refuses it, and the relay
-then sends that file whole from its own tree once it has committed it.
+then sends that file whole from its own tree once it has committed it. File data (whole or delta)
+crosses each hop in that hop's codec: a chunk that came in with another one is decoded and encoded
+again on the way out, one that came in with the same one passes untouched.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,14 +235,25 @@ class RelayLink(TargetLink):
     async def _send(self, session: _Session, out: list[AnyMessage]) -> None:
         if not out:
             return
-        if not self.options.small_files:  # a child of an older release
-            out = [m for message in out
-                   for m in (ops.as_streamed(message) if isinstance(message, SmallFile) else (message,))]
         await self._wait_window(session)
-        await self._send_stream(session, iter(out))
+        await self._send_stream(session, self._outgoing(out))
         checkpoints = [m.seq for m in out if isinstance(m, Checkpoint)]
         if checkpoints:
             session.sent_upto = max(session.sent_upto, checkpoints[-1])
+
+    def _outgoing(self, out: list[AnyMessage]) -> Iterator[AnyMessage]:
+        """The spooled messages as this hop sends them: file data in this hop's codec (our parent's
+        hop may run another), a SmallFile streamed for a child of an older release.
+
+        Runs in `_send_stream`'s worker thread, where the zstd work belongs.
+        """
+        codec, small_files = self.options.codec, self.options.small_files
+        for message in out:
+            message = ops.recoded(message, codec)
+            if isinstance(message, SmallFile) and not small_files:
+                yield from ops.as_streamed(message)
+            else:
+                yield message
 
     async def _whole_from_tree(self, session: _Session, seq: int, path: str, changed_at: float = 0.0) -> None:
         """The child lacked a delta's base: send that version whole from our tree, once committed."""

@@ -1,5 +1,6 @@
 """Journal records to wire ops: every op carries the time its record was journaled; small files
-travel whole in one message, larger ones as start, chunks and end."""
+travel whole in one message, larger ones as start, chunks and end; a relay re-encodes file data
+for its next hop's codec."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from relaysync.protocol.messages import (
     SmallFile,
 )
 from relaysync.transfer import ops as ops_module
-from relaysync.transfer.codec import Zstd, codec_for_level, decode_chunk
+from relaysync.transfer.codec import Plain, Zstd, codec_for_level, decode_chunk
 from relaysync.transfer.ops import SendOptions, iter_file_messages, record_messages
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
@@ -97,3 +98,52 @@ def test_a_small_file_that_grows_while_read_is_aborted(tmp_path: Path, monkeypat
     monkeypatch.setattr(ops_module.os, "pread", pread_then_grow)
     (msg,) = iter_file_messages(tmp_path, "f", 9, options=SMALL)
     assert isinstance(msg, FileAbort) and msg.seq == 9
+
+
+# --- A relay's next hop runs its own codec (ops.recoded) ---
+
+TEXT = b"relaysync compresses repetitive text like this line, over and over again.\n" * 800
+
+
+def _small(data: bytes, codec: int, size: int | None = None) -> SmallFile:
+    return SmallFile(seq=3, path="s", size=len(TEXT) if size is None else size, mode=0o644, mtime_ns=1, data=data,
+                     hash=xxhash.xxh3_128_digest(TEXT), codec=codec, base_hash=b"b" * 16, changed_at=2.5)
+
+
+def test_a_plain_chunk_is_compressed_for_a_zstd_hop_and_keeps_its_offset() -> None:
+    chunk = FileChunk(seq=3, offset=5 * 1024 * 1024, data=TEXT)
+    out = ops_module.recoded(chunk, codec_for_level(3))
+    assert isinstance(out, FileChunk) and out.codec == Zstd.ID and len(out.data) < len(TEXT) / 20
+    assert (out.seq, out.offset) == (chunk.seq, chunk.offset) and decode_chunk(out.codec, out.data) == TEXT
+    out.validate()
+
+
+def test_a_zstd_small_file_goes_plain_on_a_level_0_hop_with_its_size_and_hash() -> None:
+    small = _small(Zstd(3).compress(TEXT), Zstd.ID)
+    out = ops_module.recoded(small, codec_for_level(0))
+    assert out == _small(TEXT, Plain.ID)
+    out.validate()
+
+
+def test_incompressible_data_goes_plain_on_a_zstd_hop() -> None:
+    data = os.urandom(64 * 1024)
+    chunk = FileChunk(seq=3, offset=0, data=data)
+    out = ops_module.recoded(chunk, codec_for_level(3))
+    assert out == chunk and out.data is data
+
+
+@pytest.mark.parametrize("level", [0, 3], ids=["plain", "zstd"])
+def test_a_message_already_in_the_hops_codec_is_the_very_same_object(level: int) -> None:
+    codec = codec_for_level(level)
+    data = TEXT if codec.ID == Plain.ID else Zstd(19).compress(TEXT)  # another level: still not decoded
+    for message in (FileChunk(seq=3, offset=0, data=data, codec=codec.ID), _small(data, codec.ID),
+                    FileEnd(seq=3, hash=b"h" * 16), Delete(seq=3, path="d")):
+        assert ops_module.recoded(message, codec) is message
+
+
+def test_data_that_does_not_decode_goes_as_it_came() -> None:
+    """Corrupt, or over the receiver's limit: the child refuses it, as it would from our parent."""
+    corrupt = FileChunk(seq=3, offset=0, data=b"\x28\xb5\x2f\xfd garbage", codec=Zstd.ID)
+    assert ops_module.recoded(corrupt, codec_for_level(0)) is corrupt
+    over = _small(Zstd(3).compress(TEXT), Zstd.ID, size=100)  # decodes to more than its size
+    assert ops_module.recoded(over, codec_for_level(0)) is over

@@ -1,5 +1,6 @@
 """A relay's forwarding of a delta its child refused (RelayLink._forward): the version reaches the
-child whole, once, and the batch's Checkpoint always follows it."""
+child whole, once, and the batch's Checkpoint always follows it. What is forwarded follows the
+child: its Hello (small files) and its hop's codec."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from relaysync.protocol.messages import (
     SmallFile,
 )
 from relaysync.transfer import ops
+from relaysync.transfer.codec import Zstd, codec_for_level, decode_chunk
 from relaysync.transfer.relay import RefusedDelta, RelayLink
 from relaysync.transfer.sender import BATCH_BYTES
 from relaysync.transfer.spool import Spool
@@ -177,3 +179,34 @@ def test_a_rename_whose_source_the_child_lacked_goes_as_the_renamed_file_from_ou
 
     rename = Rename(seq=REFUSED, path="index.html.tmp", new_path="index.html", hash=H)
     assert _forward([rename, Checkpoint(seq=REFUSED)]) == ["tree:5", "Checkpoint"]
+
+
+TEXT = b"relaysync compresses repetitive text like this line, over and over again.\n" * 800
+
+
+@pytest.mark.parametrize("small_files", [True, False], ids=["this release", "older release"])
+def test_the_child_gets_file_data_in_its_hops_codec(small_files: bool) -> None:
+    """Our parent's hop was plain, the child's is zstd: every chunk and small file is compressed
+    on the way out, whatever else goes as it came."""
+    link, sent = _sending_link(small_files)
+    link.options.codec = codec_for_level(3)
+    small = SmallFile(seq=REFUSED + 1, path="s", size=len(TEXT), mode=0o644, mtime_ns=1, data=TEXT, hash=H)
+    start = FileStart(seq=REFUSED + 2, path="b", size=2 * len(TEXT), mode=0o644, mtime_ns=1)
+    spooled = [small, start, FileChunk(seq=REFUSED + 2, offset=0, data=TEXT),
+               FileChunk(seq=REFUSED + 2, offset=len(TEXT), data=TEXT), FileEnd(seq=REFUSED + 2, hash=H),
+               Checkpoint(seq=REFUSED + 2)]
+    anyio.run(link._send, _Session(), spooled)
+    data = [m for m in sent if isinstance(m, FileChunk | SmallFile)]
+    assert len(data) == 3 and all(m.codec == Zstd.ID and decode_chunk(m.codec, m.data) == TEXT for m in data)
+    assert [m.offset for m in data if isinstance(m, FileChunk)][-2:] == [0, len(TEXT)]
+    assert [m for m in sent if not isinstance(m, FileChunk | SmallFile)][-3:] == spooled[1:2] + spooled[4:]
+
+
+def test_a_child_on_the_same_codec_gets_the_spooled_messages_themselves() -> None:
+    link, sent = _sending_link(small_files=True)
+    link.options.codec = codec_for_level(3)
+    packed = Zstd(3).compress(TEXT)
+    spooled = [SmallFile(seq=REFUSED + 1, path="s", size=len(TEXT), mode=0o644, mtime_ns=1, data=packed, hash=H,
+                         codec=Zstd.ID), Checkpoint(seq=REFUSED + 1)]
+    anyio.run(link._send, _Session(), spooled)
+    assert len(sent) == 2 and all(a is b for a, b in zip(sent, spooled, strict=True))
