@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from relaysync.testing.cluster import wait_until
-from tests.integration.conftest import Fleet, bytes_sent_to, start_fleet
+from relaysync.watch.changes import JournalRecord
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, bytes_sent_to, start_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +152,62 @@ def test_a_large_file_saved_three_times_while_held_goes_once_as_a_small_delta(ow
     assert r.status_code == 200, r.text
     own_fleet.wait_converged(src, [dst])
     assert bytes_sent_to(port) - sent < 1024 * 1024
+
+
+def _journaled(journal: Path) -> list[tuple[str, str]]:
+    """(op, path) of the records in a source's journal (read-only; a torn last frame is left out)."""
+    out = []
+    for seg in sorted(journal.glob("*.seg")):
+        data, offset = seg.read_bytes(), 0
+        while offset + 8 <= len(data):
+            end = offset + 8 + struct.unpack_from(">I", data, offset)[0]
+            if end > len(data):
+                break
+            record = msgspec.msgpack.decode(data[offset + 8:end], type=JournalRecord)
+            out.append((record.op, record.path))
+            offset = end
+    return out
+
+
+def test_a_directory_built_then_renamed_while_held_arrives_with_its_files(own_fleet: Fleet) -> None:
+    """A deploy builds `release.tmp/` and renames it into place while the mapping is held: when
+    the link sends the writes, their files are gone (moved), and the rename alone would move an
+    empty directory on the target, which would stay empty until the next release."""
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    (src / "before").write_text("realtime")
+    own_fleet.wait_converged(src, [dst])
+    _mode(own_fleet, mapping["id"], mode="manual")
+    wait_until(lambda: "(manual mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
+               timeout_s=30, what="the source running in manual mode")
+    journal = own_fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "journal"
+    (src / "release.tmp" / "static").mkdir(parents=True)
+    files = [f"release.tmp/page-{i}.html" for i in range(3)] + ["release.tmp/static/app.js"]
+    for name in files[:3]:
+        (src / name).write_text(name)
+    (src / files[3]).write_bytes(os.urandom(300_000))  # streamed, not a small file
+    wait_until(lambda: {("write", f) for f in files} <= set(_journaled(journal)), timeout_s=30,
+               what="the build journaled")
+    (src / "release.tmp").rename(src / "release-42")
+    wait_until(lambda: ("rename", "release.tmp") in _journaled(journal), timeout_s=30, what="the rename journaled")
+    r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
+    assert r.status_code == 200, r.text
+    own_fleet.wait_converged(src, [dst])
+
+
+def test_files_still_hot_when_their_directory_is_renamed_are_journaled_where_they_went(
+        own_fleet: Fleet, tmp_path: Path) -> None:
+    """A tree moved into the folder is found by a scan, its just-written files held until they
+    cool (HOT_FILE_S); renamed meanwhile, they must be re-checked at their new place, or they
+    were never journaled at all (no comparison could bring them: the source's manifest lacked them)."""
+    _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    built = tmp_path / "outside" / "release.tmp"
+    built.mkdir(parents=True)
+    for i in range(3):
+        (built / f"page-{i}.html").write_text(f"page {i}")
+    built.rename(src / "release.tmp")
+    # Its directory is journaled (and replicated) while its files are held for being hot. (If
+    # this took longer than HOT_FILE_S, they would have cooled and gone unheld: no failure.)
+    wait_until(lambda: (dst / "release.tmp").is_dir(), timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.005,
+               what="the moved-in directory on t1")
+    (src / "release.tmp").rename(src / "release-43")
+    own_fleet.wait_converged(src, [dst])

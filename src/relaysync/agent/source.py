@@ -293,6 +293,22 @@ class SourceMapping:
                 kept.append(change)
         return kept
 
+    def _follow_held(self, changes: list[PendingChange]) -> None:
+        """A held file moves with a rename of itself or of a directory above it (a deploy renames
+        `release.tmp/` into place before its files cool down), and is let go with a delete: its
+        re-check must look where it is now, or the file is never journaled."""
+        for change in changes:
+            if not self._held:
+                return
+            if change.op not in ("rename", "delete"):
+                continue
+            prefix = change.path + "/"
+            under = [p for p in self._held if p == change.path or p.startswith(prefix)]
+            for path in under:
+                del self._held[path]
+                if change.op == "rename":
+                    self._held[change.new_path + path[len(change.path):]] = None
+
     async def _record(self, events: Sequence[FsEvent]) -> None:
         # One batch at a time: detect reads the manifest that the previous batch's apply wrote.
         async with self._record_lock:
@@ -302,6 +318,7 @@ class SourceMapping:
         closed = {e.path for e in events if e.kind == "write"}
         detected = await anyio.to_thread.run_sync(self.recorder.detect, events)
         changes = self._hold_hot(detected, closed)
+        self._follow_held(detected)
         if not changes or await anyio.to_thread.run_sync(self._guard_trips, changes):
             return
         # A full scan can find 100,000 changes: journal them in slices, so the links start

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -48,19 +48,23 @@ from relaysync.protocol.messages import (
     DirListing,
     Error,
     ErrorCode,
+    FileAbort,
     FileChunk,
+    FileEnd,
     MappingState,
     NodeMark,
     OpenMapping,
     Ping,
     Pong,
+    SmallFile,
 )
 from relaysync.transfer import ops, tls
 from relaysync.transfer.compare import Work, compare_trees, iter_subtree
+from relaysync.transfer.moves import MovedAway
 from relaysync.watch._coalesce_journal import coalesce_records
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.journal import Journal
-from relaysync.watch.manifest import Manifest
+from relaysync.watch.manifest import Entry, Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +110,7 @@ class _Session:
         self.acked = 0
         self.sent_upto = 0
         self.ack_changed = anyio.Event()
+        self.moved = MovedAway()  # files found gone when sent, followed through later renames
         self.replies: tuple[anyio.abc.ObjectSendStream[DigestReply],
                             anyio.abc.ObjectReceiveStream[DigestReply]] = (
             anyio.create_memory_object_stream[DigestReply](4)
@@ -280,6 +285,8 @@ class TargetLink:
             if records:
                 await self._wait_window(session)
                 await self._send_records(session, records)
+                if session.moved.overflowed:  # too many files moved away to follow: compare instead
+                    compare_due = anyio.current_time()
                 continue
             if not self.source.realtime:  # nothing is sent between releases, not even by a compare
                 compare_due = anyio.current_time() + self.compare_interval_s
@@ -304,21 +311,62 @@ class TargetLink:
                 await event.wait()
 
     async def _send_records(self, session: _Session, records: list[JournalRecord]) -> None:
-        root = self.source.root
         last = records[-1].seq
 
         def produce() -> Iterator[ops.Outgoing]:
             for record in records:
-                yield from ops.record_messages(root, record, self.options)
+                yield from self._record_messages(session.moved, record)
             yield Checkpoint(seq=last)
 
         await self._send_stream(session, produce())
         session.sent_upto = last
 
+    def _record_messages(self, moved: MovedAway, record: JournalRecord) -> Iterator[ops.Outgoing]:
+        """A record's messages, following files that moved before they could be sent (moves.py)."""
+        root = self.source.root
+        match record.op:
+            case "write":
+                if not (yield from _sent(ops.record_messages(root, record, self.options))):
+                    moved.gone(root, record.path)
+            case "rename":
+                followed = moved.follow(record.path, record.new_path)
+                if record.new_path in followed and record.entry is not None and record.entry.kind == "f":
+                    # the file itself never reached the target: the result goes whole, no rename
+                    followed.remove(record.new_path)
+                    self.options.whole_file_seqs.add(record.seq)
+                    if not (yield from _sent(ops.record_messages(root, record, self.options))):
+                        moved.gone(root, record.new_path)
+                else:
+                    yield from ops.record_messages(root, record, self.options)
+                for path in followed:  # moved along with a directory above them
+                    yield from self._moved_file(moved, path)
+            case "delete":
+                moved.forget(record.path)
+                yield from ops.record_messages(root, record, self.options)
+            case _:
+                yield from ops.record_messages(root, record, self.options)
+
+    def _moved_file(self, moved: MovedAway, path: str) -> Iterator[ops.Outgoing]:
+        """A file a rename carried away before it was sent, whole from where it is now."""
+        entry = self.source.manifest.get(path)
+        root = self.source.root
+        if entry is None or entry.kind != "f":
+            moved.gone(root, path)  # moved on, or deleted: a later record covers it
+            return
+        if not (yield from _sent(ops.iter_file_messages(root, path, 0, expected_hash=entry.hash,
+                                                        options=self.options))):
+            moved.gone(root, path)
+
     async def _catch_up_by_compare(self, session: _Session) -> None:
         """Compare manifests top-down and send the difference; then checkpoint the journal head."""
         head = self.source.applied_seq
         root, manifest = self.source.root, self.source.manifest
+
+        session.moved = MovedAway()  # the comparison sends every file where it is now
+
+        def send_entry(entry: Entry) -> Iterator[ops.Outgoing]:
+            if not (yield from _sent(ops.entry_messages(root, entry, self.options))) and entry.kind == "f":
+                session.moved.gone(root, entry.path)  # moved during the comparison: its rename follows
 
         async def emit(work: Sequence[Work]) -> None:
             def produce() -> Iterator[ops.Outgoing]:
@@ -326,10 +374,10 @@ class TargetLink:
                     if item.message is not None:
                         yield item.message
                     elif item.entry is not None:
-                        yield from ops.entry_messages(root, item.entry, self.options)
+                        yield from send_entry(item.entry)
                     elif item.subtree is not None:
                         for entry in iter_subtree(manifest, item.subtree):
-                            yield from ops.entry_messages(root, entry, self.options)
+                            yield from send_entry(entry)
 
             await self._send_stream(session, produce())
 
@@ -381,6 +429,18 @@ class TargetLink:
                 before = session.framed.bytes_sent
                 await session.framed.send_many(batch)
                 await limit.consume(session.framed.bytes_sent - before)
+
+
+def _sent(messages: Iterator[ops.Outgoing]) -> Generator[ops.Outgoing, None, bool]:
+    """Yield `messages`; return whether they ended with a whole file sent (FileEnd or SmallFile)."""
+    complete = False
+    for message in messages:
+        if isinstance(message, FileEnd | SmallFile):
+            complete = True
+        elif isinstance(message, FileAbort):
+            complete = False
+        yield message
+    return complete
 
 
 def _not_a_failed_hop(err: BaseException | None) -> bool:
