@@ -111,6 +111,10 @@ def test_policy_refused_with_a_clear_error(own_fleet: Fleet) -> None:
     r = own_fleet.cluster.api.put("/api/policies", json={"scope": "pair", "zstd_level": 3})
     assert r.status_code == 422
     assert "pair policy names a source and a target" in r.text
+    r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "source": "src", "zstd_level": 3})
+    assert r.status_code == 422
+    assert "a section policy names no server" in r.text
+    assert own_fleet.cluster.api.get("/api/policies").json() == []
 
 
 # --- Bandwidth windows and the per-mapping delta/dump override ---

@@ -1,8 +1,9 @@
 """Link policies: delta or dump copy, compression and bandwidth per network section or server pair.
 
 A section is the relation between a source and a target: the same group, the same region, or
-another region. A pair policy overrides its section's. Without a row, the section's default
-applies: no compression inside a group, zstd 1 inside a region, zstd 3 between regions.
+another region. Each field of a row may be left out (NULL: inherited), and the link's policy is
+worked out field by field: the pair's row, else the section's row, else the section's default
+(no compression inside a group, zstd 1 inside a region, zstd 3 between regions; TLS on).
 A policy's bandwidth may change with the time of day: the first of its windows (days, start,
 end, limit; in UTC or its timezone) that holds sets the limit, else its base limit does.
 """
@@ -35,6 +36,8 @@ SECTION_DEFAULTS: dict[str, LinkPolicy] = {
     "same_region": LinkPolicy(zstd_level=1),
     "inter_region": LinkPolicy(zstd_level=3),
 }
+# The fields a row sets or leaves to its section (and a section row to its default), one by one.
+FIELDS: tuple[str, ...] = ("tls", "transfer", "zstd_level", "bandwidth_limit_mbit", "windows", "timezone")
 
 SessionFactory = Callable[[str], AbstractContextManager[Session]]
 
@@ -47,45 +50,54 @@ class LinkPolicyRow(Base):
     scope: Mapped[str] = mapped_column(String(16))
     source_node: Mapped[str] = mapped_column(NODE_ID, default="")  # pair only
     target_node: Mapped[str] = mapped_column(NODE_ID, default="")  # pair only
-    tls: Mapped[bool] = mapped_column(Boolean, default=True)
-    transfer: Mapped[str] = mapped_column(String(8), default="auto")
-    zstd_level: Mapped[int] = mapped_column(Integer, default=0)
-    bandwidth_limit_mbit: Mapped[float] = mapped_column(Float, default=0.0)
+    # FIELDS: NULL = inherited from the section (or its default); nullable since 0011_policy_inherit
+    tls: Mapped[bool | None] = mapped_column(Boolean)
+    transfer: Mapped[str | None] = mapped_column(String(8))
+    zstd_level: Mapped[int | None] = mapped_column(Integer)
+    bandwidth_limit_mbit: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     note: Mapped[str] = mapped_column(NAME, default="")
     # [{days, start, end, bandwidth_limit_mbit}, ...] in the order they are tried (0008_policy_windows)
-    windows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    timezone: Mapped[str] = mapped_column(String(64), default="")  # the windows' zone; "" = UTC
+    windows: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    timezone: Mapped[str | None] = mapped_column(String(64))  # the windows' zone; "" = UTC
 
 
 @dataclass(frozen=True)
 class PolicyInfo:
+    """A policy row: the fields it sets (None: inherited) and what its links get."""
+
     id: int
     scope: str
     source: str  # node id, pair only
     target: str
-    tls: bool
-    transfer: str
-    zstd_level: int
-    bandwidth_limit_mbit: float
+    tls: bool | None
+    transfer: str | None
+    zstd_level: int | None
+    bandwidth_limit_mbit: float | None
     updated_at: float
-    windows: list[dict[str, Any]]
-    timezone: str
+    windows: list[dict[str, Any]] | None
+    timezone: str | None
+    effective: LinkPolicy  # a pair: its link's policy; a section: that of its links without a pair row
 
 
-def _info(row: LinkPolicyRow) -> PolicyInfo:
+def _info(row: LinkPolicyRow, effective: LinkPolicy) -> PolicyInfo:
     return PolicyInfo(id=row.id, scope=row.scope, source=row.source_node, target=row.target_node,
                       tls=row.tls, transfer=row.transfer, zstd_level=row.zstd_level,
                       bandwidth_limit_mbit=row.bandwidth_limit_mbit, updated_at=row.updated_at,
-                      windows=[dict(w) for w in row.windows or ()], timezone=row.timezone or "")
+                      windows=None if row.windows is None else [dict(w) for w in row.windows],
+                      timezone=row.timezone, effective=effective)
 
 
-def _policy(row: LinkPolicyRow) -> LinkPolicy:
-    return LinkPolicy(tls=row.tls, transfer=row.transfer,  # type: ignore[arg-type]
-                      zstd_level=row.zstd_level,
-                      bandwidth_limit_mbit=row.bandwidth_limit_mbit,
-                      windows=tuple(msgspec.convert(w, BandwidthWindow) for w in row.windows or ()),
-                      timezone=row.timezone or "")
+def _combine(rows: Sequence[LinkPolicyRow | None], default: LinkPolicy) -> LinkPolicy:
+    """Each field from the first of `rows` that sets it, else from `default`."""
+    values: dict[str, Any] = {}
+    for field in FIELDS:
+        value = next((v for r in rows if r is not None and (v := getattr(r, field)) is not None), None)
+        if value is not None:
+            values[field] = value
+    if "windows" in values:
+        values["windows"] = tuple(msgspec.convert(w, BandwidthWindow) for w in values["windows"])
+    return msgspec.structs.replace(default, **values)
 
 
 def windows_of(windows: Sequence[Mapping[str, Any]]) -> tuple[BandwidthWindow, ...]:
@@ -113,20 +125,28 @@ def section_of(source: Server | None, target: Server | None) -> str:
     return "same_group" if source.group_name == target.group_name else "same_region"
 
 
-def validate(scope: str, transfer: str, zstd_level: int, bandwidth_limit_mbit: float,
+def validate(scope: str, transfer: str | None, zstd_level: int | None, bandwidth_limit_mbit: float | None,
              source: str | None, target: str | None,
-             windows: Sequence[BandwidthWindow] = (), timezone: str = "") -> None:
+             windows: Sequence[BandwidthWindow] = (), timezone: str | None = None) -> None:
+    """Check the fields a row sets (None: inherited, not checked).
+
+    Raises:
+        ConfigError: a bad value, or servers named where the scope takes none (or too few).
+    """
     if scope not in SCOPES:
         raise ConfigError(f"policy scope {scope!r} is not one of {', '.join(SCOPES)}")
-    if transfer not in TRANSFERS:
+    if transfer is not None and transfer not in TRANSFERS:
         raise ConfigError(f"policy transfer {transfer!r} is not one of {', '.join(TRANSFERS)}")
-    if not 0 <= zstd_level <= 19:
+    if zstd_level is not None and not 0 <= zstd_level <= 19:
         raise ConfigError(f"zstd level {zstd_level} is outside 0..19 (0 = off)")
-    if bandwidth_limit_mbit < 0:
+    if bandwidth_limit_mbit is not None and bandwidth_limit_mbit < 0:
         raise ConfigError("bandwidth limit must be >= 0 (0 = unlimited)")
-    if (scope == "pair") != bool(source and target):
+    if scope == "pair" and not (source and target):
         raise ConfigError("a pair policy names a source and a target server; a section policy names neither")
-    BandwidthSchedule(bandwidth_limit_mbit, windows, timezone)  # raises on bad windows or timezone
+    if scope != "pair" and (source or target):
+        # Sections are looked up without servers: such a row would apply to no link.
+        raise ConfigError("a section policy names no server; use scope 'pair' for one source and target")
+    BandwidthSchedule(bandwidth_limit_mbit or 0.0, windows, timezone or "")  # raises on bad windows or timezone
 
 
 class PolicyStore:
@@ -142,17 +162,23 @@ class PolicyStore:
         self._resolve = resolve_server
 
     def set_policy(self, *, scope: str, source: str | None = None, target: str | None = None,
-                   tls: bool = True, transfer: str = "auto", zstd_level: int = 0,
-                   bandwidth_limit_mbit: float = 0.0, windows: Sequence[Mapping[str, Any]] = (),
-                   timezone: str = "") -> PolicyInfo:
+                   tls: bool | None = None, transfer: str | None = None, zstd_level: int | None = None,
+                   bandwidth_limit_mbit: float | None = None, windows: Sequence[Mapping[str, Any]] | None = None,
+                   timezone: str | None = None) -> PolicyInfo:
         """Create or replace the policy of a section or of a server pair (servers by name or id).
 
-        `windows` are tried in order (the first that holds sets the limit), each a mapping of
-        days ("mon-fri", "" = every day), start and end ("HH:MM"; an end before the start runs
-        past midnight) and bandwidth_limit_mbit; `timezone` is their IANA zone ("" = UTC).
+        A field given as None is inherited: a pair's from its section's row, a section's from
+        the section's default. `windows` are tried in order (the first that holds sets the
+        limit), each a mapping of days ("mon-fri", "" = every day), start and end ("HH:MM"; an
+        end before the start runs past midnight) and bandwidth_limit_mbit; `timezone` is their
+        IANA zone ("" = UTC).
+
+        Raises:
+            ConfigError: a bad field, or servers where the scope takes none (or too few).
+            NotFound: a named server.
         """
-        parsed = windows_of(windows)
-        validate(scope, transfer, zstd_level, bandwidth_limit_mbit, source, target, parsed, timezone)
+        parsed = None if windows is None else windows_of(windows)
+        validate(scope, transfer, zstd_level, bandwidth_limit_mbit, source, target, parsed or (), timezone)
         with self._write("set policy") as session:
             src = self._resolve(session, source).node_id if source else ""
             dst = self._resolve(session, target).node_id if target else ""
@@ -164,14 +190,28 @@ class PolicyStore:
                 session.add(row)
             row.tls, row.transfer, row.zstd_level = tls, transfer, zstd_level
             row.bandwidth_limit_mbit, row.updated_at = bandwidth_limit_mbit, time.time()
-            row.windows, row.timezone = [msgspec.to_builtins(w) for w in parsed], timezone
+            row.windows = None if parsed is None else [msgspec.to_builtins(w) for w in parsed]
+            row.timezone = timezone
             self._bump_epoch(session)
             session.flush()
-            return _info(row)
+            return self._infos(session, [row])[0]
 
     def list_policies(self) -> list[PolicyInfo]:
+        """Every row by id, each with what it sets and what its links get."""
         with self._read("list policies") as session:
-            return [_info(r) for r in session.scalars(select(LinkPolicyRow).order_by(LinkPolicyRow.id))]
+            return self._infos(session, list(session.scalars(select(LinkPolicyRow).order_by(LinkPolicyRow.id))))
+
+    def _infos(self, session: Session, rows: Sequence[LinkPolicyRow]) -> list[PolicyInfo]:
+        every = {(r.scope, r.source_node, r.target_node): r for r in session.scalars(select(LinkPolicyRow))}
+        out = []
+        for row in rows:
+            if row.scope == "pair":
+                effective = _effective(every, session.get(Server, row.source_node),
+                                       session.get(Server, row.target_node), row.source_node, row.target_node)
+            else:
+                effective = _combine((row,), SECTION_DEFAULTS[row.scope])
+            out.append(_info(row, effective))
+        return out
 
     def delete_policy(self, policy_id: int) -> None:
         with self._write("delete policy") as session:
@@ -180,7 +220,7 @@ class PolicyStore:
             self._bump_epoch(session)
 
     def effective(self, session: Session, source: str, target: str) -> LinkPolicy:
-        """The policy for the link source -> target: pair, else section, else section default."""
+        """The policy for the link source -> target, field by field: pair, else section, else section default."""
         rows = {(r.scope, r.source_node, r.target_node): r for r in session.scalars(select(LinkPolicyRow))}
         return _effective(rows, session.get(Server, source), session.get(Server, target), source, target)
 
@@ -227,9 +267,5 @@ def secrets_for(spec: MappingSpec, node_id: str) -> MappingSpec:
 
 def _effective(rows: dict[tuple[str, str, str], LinkPolicyRow], src: Server | None, dst: Server | None,
                source: str, target: str) -> LinkPolicy:
-    pair = rows.get(("pair", source, target))
-    if pair is not None:
-        return _policy(pair)
     section = section_of(src, dst)
-    row = rows.get((section, "", ""))
-    return _policy(row) if row is not None else SECTION_DEFAULTS[section]
+    return _combine((rows.get(("pair", source, target)), rows.get((section, "", ""))), SECTION_DEFAULTS[section])
