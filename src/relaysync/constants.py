@@ -9,6 +9,10 @@ CAPABILITIES = (CAP_SMALL_FILE, CAP_RENAME_RESEND)
 MAX_CAPABILITIES = 64  # a Hello announcing more is hostile
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything larger is hostile
+# Connections to a peer server that have not authenticated yet (TLS handshake, or a plain link's
+# challenge): beyond this many at once, a new one is closed at accept. Each lasts at most about
+# CONNECT_TIMEOUT_S + 2 * HANDSHAKE_TIMEOUT_S; a fleet's sources reconnecting at once stay far below.
+MAX_UNAUTHENTICATED = 256
 PREAUTH_MAX_MESSAGE_BYTES = 64 * 1024  # a plain link's frames until it authenticated (Hello, OpenMapping)
 CHUNK_BYTES = 1024 * 1024  # file data travels in frames of at most this many bytes
 SMALL_FILE_BYTES = 64 * 1024  # files up to this size travel whole in one frame (SmallFile)

@@ -29,6 +29,7 @@ from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.router import Router
 from relaysync.master.store.store import Store
+from relaysync.protocol.connection import ACCEPT_BACKLOG
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
 from relaysync.protocol.messages import (
@@ -85,7 +86,8 @@ class ControlServer:
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._push_loop)
-            port = await tg.start(tls.serve_tls, self.host, self.port, self.ctx, self._handle)
+            port = await tg.start(partial(tls.serve_tls, self.host, self.port, self.ctx, self._handle,
+                                          max_unauthenticated=ACCEPT_BACKLOG))  # a whole fleet reconnecting
             logger.info("control server listening on %s:%s", self.host, port)
             task_status.started(port)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 import anyio
@@ -227,6 +228,7 @@ class FramedStream:
         self.protocol = protocol
         self.bytes_sent = 0
         self.last_frame_bytes = 0
+        self.on_authenticated: Callable[[], None] | None = None  # called once, by allow_messages
 
     @property
     def bytes_received(self) -> int:
@@ -235,6 +237,9 @@ class FramedStream:
     def allow_messages(self, max_bytes: int) -> None:
         """Change the frame size cap (raised once a plain link has authenticated)."""
         self.protocol._max = max_bytes
+        hook, self.on_authenticated = self.on_authenticated, None
+        if hook is not None:
+            hook()
 
     def pending(self) -> int:
         """Messages already received and decoded: `receive()` returns these without waiting."""

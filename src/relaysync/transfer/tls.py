@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from relaysync.constants import MAX_MESSAGE_BYTES, PREAUTH_MAX_MESSAGE_BYTES
+from relaysync.constants import MAX_MESSAGE_BYTES, MAX_UNAUTHENTICATED, PREAUTH_MAX_MESSAGE_BYTES
 from relaysync.errors import LinkDown, RelaySyncError, TLSHandshakeFailed, UnknownPeer
 from relaysync.protocol.connection import first_byte, open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import FramedStream
@@ -137,16 +137,34 @@ TLS_HANDSHAKE_BYTE = 0x16  # a TLS record of type handshake; our plain frames st
 
 async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable[[FramedStream], Awaitable[None]],
                     *, plain_handler: Callable[[FramedStream], Awaitable[None]] | None = None,
+                    max_unauthenticated: int = MAX_UNAUTHENTICATED,
                     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Listen on host:port; run `handler` for each client that completes a mutual TLS handshake.
 
     With `plain_handler`, a client whose first byte is not a TLS handshake is handed to it
     instead (links an operator marked trusted; the handler must authenticate them itself).
     A failed handshake (no certificate, one from another CA, an expired one, garbage) is
-    logged in one line and the connection closed; the server goes on.
+    logged in one line and the connection closed; the server goes on. At most
+    `max_unauthenticated` connections may be on their way to authenticating at once (so that
+    connections that never do cannot take every file descriptor): more are closed at accept.
     """
 
+    gate = _Gate(max_unauthenticated)
+
     async def accept(sock: socket.socket, remote: str) -> None:
+        leave = gate.enter()
+        if leave is None:
+            sock.close()
+            if gate.refused % 100 == 1:
+                logger.warning("refused a connection from %s: %s connections at once have not "
+                               "authenticated yet (%s refused so far)", remote, gate.limit, gate.refused)
+            return
+        try:
+            await _accepted(sock, remote, leave)
+        finally:
+            leave()
+
+    async def _accepted(sock: socket.socket, remote: str, authenticated: Callable[[], None]) -> None:
         use_tls = True
         if plain_handler is not None:
             first = await first_byte(sock)
@@ -163,12 +181,41 @@ async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable
         except RelaySyncError as exc:  # the loop owns the socket now: it closes it, never us
             logger.warning("refused connection: %s", exc)
             return
+        if use_tls:
+            authenticated()  # mutual TLS: the peer holds a certificate of the fleet
+        else:
+            framed.on_authenticated = authenticated  # its handler says so (FramedStream.allow_messages)
         try:
             await (handler if use_tls else plain_handler)(framed)  # type: ignore[misc]
         finally:
             framed.abort()  # the handler closed it gracefully already, or failed
 
     await serve_framed(host, port, accept, task_status=task_status)
+
+
+class _Gate:
+    """Counts the connections of a listener that have not authenticated yet."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.waiting = 0
+        self.refused = 0
+
+    def enter(self) -> Callable[[], None] | None:
+        """A slot for one more connection, as the function that gives it back (once), or None."""
+        if self.waiting >= self.limit:
+            self.refused += 1
+            return None
+        self.waiting += 1
+        given_back = False
+
+        def leave() -> None:
+            nonlocal given_back
+            if not given_back:
+                given_back = True
+                self.waiting -= 1
+
+        return leave
 
 
 def link_mac(secret: bytes, nonce: bytes, mapping_id: int, source: str, target: str) -> bytes:

@@ -112,3 +112,63 @@ def test_a_client_that_resets_at_once_does_not_stop_the_listener() -> None:
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+def _closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    """True if the server closes `sock` within `within_s`; False if it is still open then."""
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_that_never_authenticate_are_capped_not_held_without_bound() -> None:
+    """Each connection that has not authenticated holds a socket (and a task) for up to its
+    handshake timeouts: past `max_unauthenticated` of them at once, more are closed at accept,
+    and an authenticated one frees its place."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    release = anyio.Event()
+
+    async def handler(stream: object) -> None:
+        raise AssertionError("no TLS client in this test")
+
+    async def plain_handler(framed: object) -> None:
+        assert hasattr(framed, "allow_messages")
+        framed.allow_messages(MAX_MESSAGE_BYTES)  # as peer_server does once the link secret checked
+        await release.wait()
+
+    def connect(port: int, first: bytes = b"") -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if first:
+            s.sendall(first)
+        return s
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(lambda task_status: tls.serve_tls(
+                "127.0.0.1", 0, ctx, handler, plain_handler=plain_handler, max_unauthenticated=3,
+                task_status=task_status))
+            silent = [connect(port) for _ in range(3)]  # say nothing: they wait for a first byte
+            await anyio.sleep(0)  # noqa: ASYNC115 - let the listener take them
+            extra = connect(port)
+            assert await anyio.to_thread.run_sync(_closed_by_server, extra, 5.0)
+            silent.pop().close()
+            # once the server saw that one go, a plain client that authenticates gets in and,
+            # authenticated, leaves its place: two of them fit beside the two silent ones
+            with anyio.fail_after(10):
+                while True:
+                    first = connect(port, b"\x00")
+                    if not await anyio.to_thread.run_sync(_closed_by_server, first, 0.3):
+                        break
+                    first.close()
+            second = connect(port, b"\x00")
+            assert not await anyio.to_thread.run_sync(_closed_by_server, second, 0.5)
+            for s in [*silent, extra, first, second]:
+                s.close()
+            release.set()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
