@@ -8,13 +8,13 @@ that changes while it is read is sent as FileAbort: the newer version has its ow
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
 
+from relaysync._util.fs import open_regular
 from relaysync.constants import CHUNK_BYTES, SMALL_FILE_BYTES
 from relaysync.protocol.messages import (
     AnyMessage,
@@ -35,7 +35,6 @@ from relaysync.transfer.codec import Codec, Plain, encode_chunk
 from relaysync.transfer.signatures import DeltaBuild, SignatureStore, version_of
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry, permission_bits
-from relaysync.watch.scanner import hash_file
 
 
 @dataclass
@@ -79,16 +78,23 @@ def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"
 
     With a known base version and a kept signature of it, yield a DeltaStart and the delta
     instead, streamed while librsync computes it. Yields nothing if the file is gone or is no
-    longer a regular file (a later record covers it). `changed_at` (when the source journaled
-    the change) rides on the start message.
+    longer a regular file (a later record covers it): either way the file is opened once,
+    without following a symlink or blocking on a FIFO, and only that open file is read.
+    `changed_at` (when the source journaled the change) rides on the start message.
     """
     options = options or SendOptions()
     if _wants_delta(path, base_hash, seq, options):
         assert options.signatures is not None
-        build = options.signatures.start_delta(root, path, base_hash)
-        if build is not None:
-            yield from _delta_messages(root, path, seq, base_hash, build, options, changed_at)
+        opened = open_regular(f"{root}/{path}")
+        if opened is None:
             return
+        try:
+            build = options.signatures.start_delta(root, path, base_hash, opened)
+            if build is not None:
+                yield from _delta_messages(root, path, seq, base_hash, opened[0], build, options, changed_at)
+                return
+        finally:
+            os.close(opened[0])
     yield from _whole_messages(root, path, seq, base_hash, expected_hash, options, changed_at)
 
 
@@ -98,12 +104,13 @@ def _wants_delta(path: str, base_hash: bytes, seq: int, options: SendOptions) ->
     return options.force == "delta" or options.signatures.delta_pays(path)
 
 
-def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: DeltaBuild,
+def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, fd: int, build: DeltaBuild,
                     options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
     """DeltaStart, the delta streamed chunk by chunk as the search writes it, FileEnd.
 
-    The new version's hash is computed here while the search reads the same file; a file that
-    changed meanwhile ends in FileAbort (its newer version has its own record).
+    The new version's hash is computed here (from `fd`, open on the version the build reads)
+    while the search reads the same file; a file that changed meanwhile ends in FileAbort (its
+    newer version has its own record).
     """
     st = build.stat
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=permission_bits(st.st_mode),
@@ -112,7 +119,7 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
     assert options.signatures is not None  # where the build came from
     # the new version is signed (for the next delta) in the same read that hashes it; if it
     # could not be signed (a full state disk), it is still hashed
-    new_hash = options.signatures.sign_version(root, path, st) or _hash_version(root / path, st)
+    new_hash = options.signatures.sign_version(path, fd, st) or _hash_version(fd, st)
     for part in build.parts:  # each part's chunks start again at offset 0
         offset = 0
         pending = bytearray()
@@ -139,39 +146,40 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: De
     build.done.wait()
     if not build.ok or new_hash is None:
         yield FileAbort(seq=seq, reason="delta failed or the file changed while read")
-        if _unchanged(root / path, build.stat):  # the delta failed, not the file: send it whole
+        if _unchanged(fd, build.stat):  # the delta failed, not the file: send it whole
             yield from _whole_messages(root, path, seq, base_hash, b"", options, changed_at)
         return
     yield FileEnd(seq=seq, hash=new_hash)
 
 
-def _unchanged(full: Path, st: os.stat_result) -> bool:
+def _unchanged(fd: int, st: os.stat_result) -> bool:
     try:
-        return version_of(os.stat(full)) == version_of(st)
+        return version_of(os.fstat(fd)) == version_of(st)
     except OSError:
         return False
 
 
-def _hash_version(full: Path, st: os.stat_result) -> bytes | None:
-    """The content hash of `full` if it is still the version `st` describes, else None."""
+def _hash_version(fd: int, st: os.stat_result) -> bytes | None:
+    """The content hash of the file open on `fd` if it is still the version `st` describes, else None."""
+    hasher = xxhash.xxh3_128()
+    offset = 0
     try:
-        digest = hash_file(full)
+        while data := os.pread(fd, CHUNK_BYTES, offset):
+            hasher.update(data)
+            offset += len(data)
     except OSError:
         return None
-    return digest if _unchanged(full, st) else None
+    return hasher.digest() if _unchanged(fd, st) else None
 
 
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
                     options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
-    try:
-        fd = os.open(f"{root}/{path}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    opened = open_regular(f"{root}/{path}")
+    if opened is None:  # gone, or no longer a regular file: a later record covers it
         return
+    fd, before = opened
     signer = None
     try:
-        before = os.fstat(fd)
-        if not stat.S_ISREG(before.st_mode):
-            return
         held = options.resume.pop((path, expected_hash), 0) if expected_hash else 0
         held = held if held <= before.st_size and held % CHUNK_BYTES == 0 else 0
         if before.st_size <= SMALL_FILE_BYTES and not held and options.small_files:

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relaysync._util.fs import open_regular
 from relaysync.transfer import delta
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class DeltaBuild:
     key: Path
     stat: os.stat_result  # of the new version when the build started
     parts: list[DeltaPart]
+    fd: int  # the new version, open (and closed) by the build: every part reads this inode
     done: threading.Event = field(default_factory=threading.Event)
     ok: bool = False  # set before `done`: every part complete and the file did not change meanwhile
     _pending: int = 0
@@ -187,28 +189,31 @@ class SignatureStore:
             return
         self._install(path, sig, tmp)
 
-    def sign_version(self, root: Path, path: str, st: os.stat_result) -> bytes | None:
-        """Sign the file as it is now and return its content hash, if it is still the version
+    def sign_version(self, path: str, fd: int, st: os.stat_result) -> bytes | None:
+        """Sign the version open on `fd` and return its content hash, if it is still the version
         `st` describes (else None: a newer version follows). One read serves both."""
-        return self._sign(root, path, st, b"")
+        return self._sign(path, fd, st, b"")
 
     def remember(self, root: Path, path: str, content_hash: bytes) -> None:
-        """Sign the file as it is now, if it still has `content_hash` (else a newer version follows)."""
+        """Sign the file as it is now, if it is a regular file that still has `content_hash`
+        (else a newer version, or a record of what replaced it, follows)."""
         if not self.enabled() or self.has(path, content_hash):
             return
-        try:
-            st = (root / path).stat()
-        except OSError:
+        opened = open_regular(root / path)
+        if opened is None:
             return
-        if st.st_size >= DELTA_MIN_BYTES:
-            self._sign(root, path, st, content_hash)
+        fd, st = opened
+        try:
+            if st.st_size >= DELTA_MIN_BYTES:
+                self._sign(path, fd, st, content_hash)
+        finally:
+            os.close(fd)
 
-    def _sign(self, root: Path, path: str, st: os.stat_result, wanted: bytes) -> bytes | None:
-        full = root / path
+    def _sign(self, path: str, fd: int, st: os.stat_result, wanted: bytes) -> bytes | None:
         tmp = self.dir / "sig" / f"{self._key(path)}.{threading.get_ident()}.signing.tmp"
         try:
-            digest = delta.signature(full, tmp)
-            if version_of(os.stat(full)) != version_of(st) or (wanted and digest != wanted):
+            digest = delta.signature(fd, tmp)
+            if version_of(os.fstat(fd)) != version_of(st) or (wanted and digest != wanted):
                 tmp.unlink(missing_ok=True)
                 return None
         except (OSError, delta.SignatureError) as exc:
@@ -231,22 +236,34 @@ class SignatureStore:
                 old.unlink(missing_ok=True)
             os.replace(tmp, sig)
 
-    def start_delta(self, root: Path, path: str, base_hash: bytes) -> DeltaBuild | None:
+    def start_delta(self, root: Path, path: str, base_hash: bytes,
+                    opened: tuple[int, os.stat_result] | None = None) -> DeltaBuild | None:
         """Start (or join) computing the delta from the signed `base_hash` version to the file now.
 
         The delta file grows while the search writes it, so links stream it as it is produced; a
         build for the same (base, file as it is now) is shared by every link that asks.
-        None if no signature of `base_hash` is kept or the file is gone.
+
+        Args:
+            opened: the new version as `open_regular` returned it (the caller keeps its fd);
+                without it, root/path is opened that way here.
+
+        Returns:
+            the build, or None if no signature of `base_hash` is kept, or the file is gone or
+            is not a regular file.
         """
+        if opened is None:
+            opened = open_regular(root / path)
+            if opened is None:
+                return None
+            try:
+                return self.start_delta(root, path, base_hash, opened)
+            finally:
+                os.close(opened[0])
+        fd, st = opened
         sig = self._sig_path(path, base_hash)
-        full = root / path
         queued = self._queued.get((path, base_hash))
         if queued is not None:  # the base was sent a moment ago and is still being signed
             queued.wait(SIGN_WAIT_S)
-        try:
-            st = full.stat()
-        except OSError:
-            return None
         self._prune_now_and_then()
         version = "-".join(str(x) for x in version_of(st))
         key = self.dir / "delta" / f"{self._key(path)}.{base_hash.hex()}.{version}"
@@ -269,21 +286,24 @@ class SignatureStore:
             try:
                 for part in parts:
                     part.path.write_bytes(b"")  # readers may open it before the search does
+                # the build's own fd: a link that stops early closes its fd, not this one
+                build_fd = os.dup(fd)
             except OSError as exc:  # a full state disk: the whole file goes instead
                 logger.warning("cannot start a delta of %s: %s", path, exc)
                 return None
-            build = DeltaBuild(key=key, stat=st, parts=parts, _pending=count)
+            build = DeltaBuild(key=key, stat=st, parts=parts, fd=build_fd, _pending=count)
             self._builds[key] = build
         for i, part in enumerate(parts):
-            length = bounds[i + 1] - bounds[i] if i + 1 < count else -1
-            threading.Thread(target=self._build_part, args=(build, part, sums, full, path, bounds[i], length),
+            # every part ends where the version's size says: a file that grows meanwhile fails
+            # the version check in _finish, and the search never reads past that size
+            threading.Thread(target=self._build_part, args=(build, part, sums, path, bounds[i], bounds[i + 1]),
                              name=f"delta {i} {path[-40:]}", daemon=True).start()
         return build
 
-    def _build_part(self, build: DeltaBuild, part: DeltaPart, sums: bytes, full: Path, path: str,
-                    start: int, length: int) -> None:
+    def _build_part(self, build: DeltaBuild, part: DeltaPart, sums: bytes, path: str,
+                    start: int, end: int) -> None:
         try:
-            delta.delta(sums, full, part.path, start=start, length=length)
+            delta.delta(sums, build.fd, part.path, start=start, length=end - start)
             part.ok = True
         except (OSError, delta.SignatureError) as exc:
             logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
@@ -293,11 +313,11 @@ class SignatureStore:
                 build._pending -= 1
                 last = build._pending == 0
             if last:
-                self._finish(build, full, path)
+                self._finish(build, path)
 
-    def _finish(self, build: DeltaBuild, full: Path, path: str) -> None:
+    def _finish(self, build: DeltaBuild, path: str) -> None:
         try:
-            build.ok = all(p.ok for p in build.parts) and version_of(full.stat()) == version_of(build.stat)
+            build.ok = all(p.ok for p in build.parts) and version_of(os.fstat(build.fd)) == version_of(build.stat)
             if build.ok and build.stat.st_size:
                 size = sum(p.path.stat().st_size for p in build.parts)
                 self._ratios[path] = (size / build.stat.st_size, time.monotonic())
@@ -305,6 +325,7 @@ class SignatureStore:
             logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
             build.ok = False
         finally:
+            os.close(build.fd)
             build.done.set()
             if not build.ok:
                 with self._lock:
