@@ -108,18 +108,14 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, fd: int, 
                     options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
     """DeltaStart, the delta streamed chunk by chunk as the search writes it, FileEnd.
 
-    The new version's hash is computed here (from `fd`, open on the version the build reads)
-    while the search reads the same file; a file that changed meanwhile ends in FileAbort (its
-    newer version has its own record).
+    The build signs the new version (once for every link) as it computes the delta, which
+    gives its hash; a file that changed meanwhile ends in FileAbort (its newer version has its
+    own record). `fd` is open on the version the build reads.
     """
     st = build.stat
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=permission_bits(st.st_mode),
                      mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at,
                      parts=len(build.parts))
-    assert options.signatures is not None  # where the build came from
-    # the new version is signed (for the next delta) in the same read that hashes it; if it
-    # could not be signed (a full state disk), it is still hashed
-    new_hash = options.signatures.sign_version(path, fd, st) or _hash_version(fd, st)
     for part in build.parts:  # each part's chunks start again at offset 0
         offset = 0
         pending = bytearray()
@@ -144,6 +140,7 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, fd: int, 
         if not part.ok:
             break
     build.done.wait()
+    new_hash = build.new_hash
     if not build.ok or new_hash is None:
         yield FileAbort(seq=seq, reason="delta failed or the file changed while read")
         if _unchanged(fd, build.stat):  # the delta failed, not the file: send it whole
@@ -157,19 +154,6 @@ def _unchanged(fd: int, st: os.stat_result) -> bool:
         return version_of(os.fstat(fd)) == version_of(st)
     except OSError:
         return False
-
-
-def _hash_version(fd: int, st: os.stat_result) -> bytes | None:
-    """The content hash of the file open on `fd` if it is still the version `st` describes, else None."""
-    hasher = xxhash.xxh3_128()
-    offset = 0
-    try:
-        while data := os.pread(fd, CHUNK_BYTES, offset):
-            hasher.update(data)
-            offset += len(data)
-    except OSError:
-        return None
-    return hasher.digest() if _unchanged(fd, st) else None
 
 
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,

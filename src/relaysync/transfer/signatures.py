@@ -5,8 +5,8 @@ kept that version's signature, so it computes the delta itself, with no round tr
 targets and once for all of them. Signatures and deltas live on disk in the source's state dir.
 
 A version is signed as it is sent, from the same read: a whole copy up to INLINE_SIGN_MAX_BYTES
-feeds what the sender reads to a `delta.BlockSigner`; a delta's new version is signed while the
-delta is computed (instead of only hashing it). No second read, and the signature is there when
+feeds what the sender reads to a `delta.BlockSigner`; a delta's new version is signed by its
+build while the delta is computed (instead of only hashing it), once for every link. No second read, and the signature is there when
 the next change comes. Larger whole copies are signed afterwards by a background thread at nice
 19 (signing costs about 0.3 s of CPU per GiB, which measured 15-25 % slower first copies of
 1 GiB on 2 busy cores when done on the send path); a delta waits for a queued signature.
@@ -25,6 +25,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import xxhash
 
 from relaysync._util.fs import open_regular
 from relaysync.transfer import delta
@@ -53,6 +55,20 @@ def version_of(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
+def _hash_version(fd: int, st: os.stat_result) -> bytes | None:
+    """The content hash (xxh3-128) of the file open on `fd` if it is still the version `st`
+    describes, else None."""
+    hasher = xxhash.xxh3_128()
+    offset = 0
+    try:
+        while data := os.pread(fd, _READ_BYTES, offset):
+            hasher.update(data)
+            offset += len(data)
+        return hasher.digest() if version_of(os.fstat(fd)) == version_of(st) else None
+    except OSError:
+        return None
+
+
 @dataclass
 class DeltaPart:
     """The delta of one consecutive part of the new version, written by the block search in a thread."""
@@ -66,7 +82,8 @@ class DeltaPart:
 class DeltaBuild:
     """A delta being computed: one part per core for large files, each a complete
     delta of its range; applied one after the other they rebuild the file. Readers follow each
-    part's file as it grows."""
+    part's file as it grows. Beside the parts, the build signs the new version once (for the
+    next change's delta) and so learns its content hash, for every link that sends it."""
 
     key: Path
     stat: os.stat_result  # of the new version when the build started
@@ -74,6 +91,7 @@ class DeltaBuild:
     fd: int  # the new version, open (and closed) by the build: every part reads this inode
     done: threading.Event = field(default_factory=threading.Event)
     ok: bool = False  # set before `done`: every part complete and the file did not change meanwhile
+    new_hash: bytes | None = None  # set before `done`: the new version's content hash
     _pending: int = 0
 
     def exists(self) -> bool:
@@ -189,11 +207,6 @@ class SignatureStore:
             return
         self._install(path, sig, tmp)
 
-    def sign_version(self, path: str, fd: int, st: os.stat_result) -> bytes | None:
-        """Sign the version open on `fd` and return its content hash, if it is still the version
-        `st` describes (else None: a newer version follows). One read serves both."""
-        return self._sign(path, fd, st, b"")
-
     def remember(self, root: Path, path: str, content_hash: bytes) -> None:
         """Sign the file as it is now, if it is a regular file that still has `content_hash`
         (else a newer version, or a record of what replaced it, follows)."""
@@ -210,6 +223,8 @@ class SignatureStore:
             os.close(fd)
 
     def _sign(self, path: str, fd: int, st: os.stat_result, wanted: bytes) -> bytes | None:
+        """Sign the version open on `fd` and return its content hash, if it is still the version
+        `st` describes and, with `wanted`, has that hash (else None). One read serves both."""
         tmp = self.dir / "sig" / f"{self._key(path)}.{threading.get_ident()}.signing.tmp"
         try:
             digest = delta.signature(fd, tmp)
@@ -291,8 +306,10 @@ class SignatureStore:
             except OSError as exc:  # a full state disk: the whole file goes instead
                 logger.warning("cannot start a delta of %s: %s", path, exc)
                 return None
-            build = DeltaBuild(key=key, stat=st, parts=parts, fd=build_fd, _pending=count)
+            build = DeltaBuild(key=key, stat=st, parts=parts, fd=build_fd, _pending=count + 1)
             self._builds[key] = build
+        threading.Thread(target=self._sign_new_version, args=(build, path),
+                         name=f"delta sign {path[-40:]}", daemon=True).start()
         for i, part in enumerate(parts):
             # every part ends where the version's size says: a file that grows meanwhile fails
             # the version check in _finish, and the search never reads past that size
@@ -309,15 +326,27 @@ class SignatureStore:
             logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
         finally:
             part.done.set()
-            with self._lock:
-                build._pending -= 1
-                last = build._pending == 0
-            if last:
-                self._finish(build, path)
+            self._step_done(build, path)
+
+    def _sign_new_version(self, build: DeltaBuild, path: str) -> None:
+        """Sign the new version (one read gives the signature and the content hash), once for
+        every link that sends this build; if it cannot be signed (a full state disk), hash it."""
+        try:
+            build.new_hash = self._sign(path, build.fd, build.stat, b"") or _hash_version(build.fd, build.stat)
+        finally:
+            self._step_done(build, path)
+
+    def _step_done(self, build: DeltaBuild, path: str) -> None:
+        with self._lock:
+            build._pending -= 1
+            last = build._pending == 0
+        if last:
+            self._finish(build, path)
 
     def _finish(self, build: DeltaBuild, path: str) -> None:
         try:
-            build.ok = all(p.ok for p in build.parts) and version_of(os.fstat(build.fd)) == version_of(build.stat)
+            build.ok = (all(p.ok for p in build.parts) and build.new_hash is not None
+                        and version_of(os.fstat(build.fd)) == version_of(build.stat))
             if build.ok and build.stat.st_size:
                 size = sum(p.path.stat().st_size for p in build.parts)
                 self._ratios[path] = (size / build.stat.st_size, time.monotonic())
