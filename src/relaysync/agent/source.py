@@ -20,7 +20,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
-from relaysync.transfer.signatures import SignatureStore
+from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.journal import Journal
@@ -179,6 +179,7 @@ class SourceMapping:
             tg.start_soon(self._recheck_held)
             tg.start_soon(self._recheck_guard)
             tg.start_soon(self._flush_acks)
+            tg.start_soon(self._prune_deltas)
             first_sync = await anyio.to_thread.run_sync(self.manifest.count) == 0
             tops = await anyio.to_thread.run_sync(self._top_level_names) if first_sync else []
             # A first scan is journaled one top-level entry at a time and the links start after
@@ -221,6 +222,17 @@ class SourceMapping:
             if self._held:
                 paths, self._held = list(self._held), {}
                 await self._record([FsEvent(kind="attr", path=p) for p in paths])
+
+    async def _prune_deltas(self) -> None:
+        """Every PRUNE_EVERY_S, drop the deltas no link can use any more, in a worker thread:
+        not only when the next delta starts, which may be never for a quiet folder."""
+        while True:
+            await anyio.sleep(PRUNE_EVERY_S)
+            if self.signatures is not None:
+                try:
+                    await anyio.to_thread.run_sync(self.signatures.prune)
+                except OSError as exc:
+                    logger.warning("could not prune old deltas of mapping %s: %s", self.mapping_id, exc)
 
     def _guard_trips(self, changes: list[PendingChange]) -> bool:
         """The mass-delete guard: hold a batch that would delete most of the folder.

@@ -8,9 +8,10 @@ that changes while it is read is sent as FileAbort: the newer version has its ow
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import xxhash
 
@@ -83,18 +84,9 @@ def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"
     `changed_at` (when the source journaled the change) rides on the start message.
     """
     options = options or SendOptions()
-    if _wants_delta(path, base_hash, seq, options):
-        assert options.signatures is not None
-        opened = open_regular(f"{root}/{path}")
-        if opened is None:
-            return
-        try:
-            build = options.signatures.start_delta(root, path, base_hash, opened)
-            if build is not None:
-                yield from _delta_messages(root, path, seq, base_hash, opened[0], build, options, changed_at)
-                return
-        finally:
-            os.close(opened[0])
+    if _wants_delta(path, base_hash, seq, options) and (
+            yield from _delta_if_kept(root, path, seq, base_hash, options, changed_at)):
+        return
     yield from _whole_messages(root, path, seq, base_hash, expected_hash, options, changed_at)
 
 
@@ -104,39 +96,62 @@ def _wants_delta(path: str, base_hash: bytes, seq: int, options: SendOptions) ->
     return options.force == "delta" or options.signatures.delta_pays(path)
 
 
+def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, options: SendOptions,
+                   changed_at: float) -> Generator[Outgoing, None, bool]:
+    """The delta of the file from `base_hash`, if that version's signature is kept. Returns
+    False if the file must go whole instead (nothing was yielded), True if the record is dealt
+    with (the delta went, or the path is not a regular file any more: nothing to send)."""
+    assert options.signatures is not None
+    opened = open_regular(f"{root}/{path}")
+    if opened is None:
+        return True
+    try:
+        build = options.signatures.start_delta(root, path, base_hash, opened)
+        files = options.signatures.open_parts(build) if build is not None else None
+        if build is None or files is None:
+            return False
+        try:
+            yield from _delta_messages(root, path, seq, base_hash, opened[0], build, files, options, changed_at)
+        finally:
+            for f in files:
+                f.close()
+        return True
+    finally:
+        os.close(opened[0])
+
+
 def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, fd: int, build: DeltaBuild,
-                    options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
+                    files: list[BinaryIO], options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
     """DeltaStart, the delta streamed chunk by chunk as the search writes it, FileEnd.
 
     The build signs the new version (once for every link) as it computes the delta, which
     gives its hash; a file that changed meanwhile ends in FileAbort (its newer version has its
-    own record). `fd` is open on the version the build reads.
+    own record). `fd` is open on the version the build reads, `files` on its parts.
     """
     st = build.stat
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=permission_bits(st.st_mode),
                      mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at,
                      parts=len(build.parts))
-    for part in build.parts:  # each part's chunks start again at offset 0
+    for part, f in zip(build.parts, files, strict=True):  # each part's chunks start again at offset 0
         offset = 0
         pending = bytearray()
-        with open(part.path, "rb", buffering=0) as f:
-            while True:
-                done = part.done.is_set()  # read before the file: what it wrote by then is there
-                pending += f.read(CHUNK_BYTES - len(pending))
-                # while the search runs, only sizeable chunks go (each chunk costs a frame and
-                # a TLS record), and the rest once it is done.
-                if len(pending) >= (CHUNK_BYTES if done else _DELTA_MIN_CHUNK) or (done and pending):
-                    if offset == 0 and options.corrupt_deltas > 0:
-                        options.corrupt_deltas -= 1
-                        pending[len(pending) // 2] ^= 0x10
-                    yield _chunk(seq, offset, bytes(pending), options)
-                    offset += len(pending)
-                    pending.clear()
-                elif done:
-                    break
-                else:
-                    yield FLUSH
-                    part.done.wait(_DELTA_POLL_S)
+        while True:
+            done = part.done.is_set()  # read before the file: what it wrote by then is there
+            pending += f.read(CHUNK_BYTES - len(pending))
+            # while the search runs, only sizeable chunks go (each chunk costs a frame and
+            # a TLS record), and the rest once it is done.
+            if len(pending) >= (CHUNK_BYTES if done else _DELTA_MIN_CHUNK) or (done and pending):
+                if offset == 0 and options.corrupt_deltas > 0:
+                    options.corrupt_deltas -= 1
+                    pending[len(pending) // 2] ^= 0x10
+                yield _chunk(seq, offset, bytes(pending), options)
+                offset += len(pending)
+                pending.clear()
+            elif done:
+                break
+            else:
+                yield FLUSH
+                part.done.wait(_DELTA_POLL_S)
         if not part.ok:
             break
     build.done.wait()

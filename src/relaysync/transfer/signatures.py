@@ -11,8 +11,12 @@ the next change comes. Larger whole copies are signed afterwards by a background
 19 (signing costs about 0.3 s of CPU per GiB, which measured 15-25 % slower first copies of
 1 GiB on 2 busy cores when done on the send path); a delta waits for a queued signature.
 
-Resource handling: one signature per path (replaced when a newer version is signed); deltas are
-kept while links may still need them and pruned by age.
+Resource handling: one signature per path (replaced when a newer version is signed). A delta
+is kept while a link may still join it: a failed build's files go at once, a done build's
+when a build of a newer version of its path starts, the rest after DELTA_MAX_AGE_S (`prune`,
+which the source runs every PRUNE_EVERY_S), and all of them when the store is opened (no link
+can join a build of an earlier run). Links read a build's files through fds opened under the
+store's lock (`open_parts`), so unlinking never pulls a file from under a reader.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import xxhash
 
@@ -44,9 +49,9 @@ SIGN_WAIT_S = 5.0  # a delta waits this long for its base's queued signature, th
 # On 2 cores one part is faster end to end (bench/delta.py): the other core is busy receiving
 # and patching; parallel parts pay from 4 cores on.
 PARALLEL_PARTS = max(1, min(4, (os.cpu_count() or 1) // 2))
-DELTA_MAX_RATIO = 0.9
+DELTA_MAX_RATIO = 0.9  # "auto": after a delta this large relative to its file, send that file whole
 DELTA_RETRY_S = 600.0  # after a delta that saved nothing, whole copies for this long, then a delta again
-PRUNE_EVERY_S = 60.0  # "auto": after a delta this large relative to its file, send that file whole
+PRUNE_EVERY_S = 60.0  # deltas older than DELTA_MAX_AGE_S are looked for this often
 _READ_BYTES = 1024 * 1024
 
 
@@ -106,6 +111,8 @@ class SignatureStore:
         self.parallel_parts = parallel_parts
         (directory / "sig").mkdir(parents=True, exist_ok=True)
         (directory / "delta").mkdir(parents=True, exist_ok=True)
+        for stale in (directory / "delta").iterdir():  # builds of an earlier run: none can be joined
+            stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._builds: dict[Path, DeltaBuild] = {}  # key of its part files -> build (running or done)
         # path -> (size of its last delta / size of the file, when)
@@ -292,6 +299,7 @@ class SignatureStore:
                 return build
             if not sig.exists():
                 return None
+            self._drop_superseded(path, st)
             parts = [DeltaPart(key.with_name(f"{key.name}.{i}.delta")) for i in range(count)]
             try:
                 # read now: signing the new version (right after) replaces the base's signature
@@ -316,6 +324,36 @@ class SignatureStore:
             threading.Thread(target=self._build_part, args=(build, part, sums, path, bounds[i], bounds[i + 1]),
                              name=f"delta {i} {path[-40:]}", daemon=True).start()
         return build
+
+    def open_parts(self, build: DeltaBuild) -> list[BinaryIO] | None:
+        """Open every part file of `build` for reading (the caller closes them), or None if the
+        build was dropped meanwhile (a newer version's build superseded it, or it failed): the
+        file then goes whole. Opened under the lock that unlinking takes, so once a link holds
+        them nothing it reads can go away."""
+        files: list[BinaryIO] = []
+        with self._lock:
+            try:
+                for part in build.parts:
+                    files.append(open(part.path, "rb", buffering=0))  # noqa: SIM115 - the caller closes them
+            except FileNotFoundError:
+                for f in files:
+                    f.close()
+                return None
+        return files
+
+    def _drop_superseded(self, path: str, st: os.stat_result) -> None:
+        """Under the lock: unlink the done builds of `path` for another version than `st`'s (the
+        file changed since, so no link can join them; links streaming them hold their files open)."""
+        prefix = f"{self._key(path)}."
+        for key, build in list(self._builds.items()):
+            if key.name.startswith(prefix) and build.done.is_set() and version_of(build.stat) != version_of(st):
+                self._unlink_build(build)
+
+    def _unlink_build(self, build: DeltaBuild) -> None:
+        """Under the lock: forget `build` and unlink its files."""
+        self._builds.pop(build.key, None)
+        for part in build.parts:
+            part.path.unlink(missing_ok=True)
 
     def _build_part(self, build: DeltaBuild, part: DeltaPart, sums: bytes, path: str,
                     start: int, end: int) -> None:
@@ -356,9 +394,9 @@ class SignatureStore:
         finally:
             os.close(build.fd)
             build.done.set()
-            if not build.ok:
+            if not build.ok:  # the links streaming it hold its files open; no other can join it
                 with self._lock:
-                    self._builds.pop(build.key, None)
+                    self._unlink_build(build)
 
     def delta_pays(self, path: str) -> bool:
         """False when the last delta of this file saved almost nothing (a whole copy is simpler);

@@ -52,3 +52,64 @@ def test_links_sending_one_delta_sign_the_new_version_once(tmp_path: Path, monke
         assert messages[-1].hash == xxhash.xxh3_128(data).digest()
     assert len(reads) == 1, f"the new version ({SIZE} bytes) was read and signed {len(reads)} times for 3 links"
     assert sigs.has("f.bin", xxhash.xxh3_128(data).digest())  # kept for the next change's delta
+
+
+def _delta_files(tmp: Path) -> list[Path]:
+    return sorted((tmp / "sigs" / "delta").iterdir())
+
+
+def test_deltas_of_superseded_versions_do_not_stay_on_disk(tmp_path: Path) -> None:
+    """A build is keyed by the file's version: once the file changed again no link can join it,
+    so the next build of that path unlinks it (not 10 minutes later)."""
+    src, sigs, data, base = _source(tmp_path)
+    for v in range(5):  # five rewrites of a third of the file, each sent as a delta
+        at = (v * 997_331) % (SIZE - SIZE // 3)
+        data[at : at + SIZE // 3] = os.urandom(SIZE // 3)
+        (src / "f.bin").write_bytes(data)
+        messages = _stream(src, sigs, base, v + 2)
+        assert isinstance(messages[0], DeltaStart) and isinstance(messages[-1], FileEnd)
+        base = messages[-1].hash
+    deltas = _delta_files(tmp_path)
+    assert len(deltas) <= 1, f"{len(deltas)} delta files kept (file {SIZE} bytes); only the last can be joined"
+
+
+def test_a_link_streaming_a_superseded_delta_still_gets_all_of_it(tmp_path: Path) -> None:
+    """Unlinking a superseded build never pulls its files from under a link that is streaming it."""
+    src, sigs, data, base = _source(tmp_path)
+    data[100:200] = os.urandom(100)
+    (src / "f.bin").write_bytes(data)
+    slow = iter_file_messages(src, "f.bin", 2, base_hash=base, options=SendOptions(signatures=sigs))
+    first = next(slow)
+    assert isinstance(first, DeltaStart)
+    build = next(iter(sigs._builds.values()))
+    assert build.done.wait(30)
+    v1 = bytes(data)
+    v1_hash = xxhash.xxh3_128(v1).digest()
+    data[5000:6000] = os.urandom(1000)
+    (src / "f.bin").write_bytes(data)
+    newer = _stream(src, sigs, v1_hash, 3)  # a faster link: the next version, from the one just signed
+    assert isinstance(newer[0], DeltaStart) and isinstance(newer[-1], FileEnd)
+    assert not any(p.path.exists() for p in build.parts)  # superseded: unlinked
+    rest = [m for m in slow if not isinstance(m, Flush)]
+    assert isinstance(rest[-1], FileEnd) and rest[-1].hash == v1_hash
+
+
+def test_a_failed_build_leaves_no_files(tmp_path: Path) -> None:
+    src, sigs, data, base = _source(tmp_path)
+    for sig in (tmp_path / "sigs" / "sig").iterdir():
+        sig.write_bytes(b"not a signature")  # the search refuses it
+    data[-10:] = b"0123456789"
+    (src / "f.bin").write_bytes(data)
+    kinds = [type(m).__name__ for m in _stream(src, sigs, base, 2)]
+    assert kinds[0] == "DeltaStart" and "FileAbort" in kinds and kinds[-1] == "FileEnd"  # then whole
+    assert _delta_files(tmp_path) == []
+
+
+def test_deltas_of_an_earlier_run_are_removed_when_the_store_opens(tmp_path: Path) -> None:
+    src, sigs, data, base = _source(tmp_path)
+    data[:10] = b"0123456789"
+    (src / "f.bin").write_bytes(data)
+    assert isinstance(_stream(src, sigs, base, 2)[-1], FileEnd)
+    assert _delta_files(tmp_path)
+    SignatureStore(tmp_path / "sigs")  # the agent restarted: no link can join the old builds
+    assert _delta_files(tmp_path) == []
