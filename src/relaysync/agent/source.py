@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
 from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
-from relaysync.watch.changes import PendingChange
+from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.journal import Journal
 from relaysync.watch.manifest import Manifest
@@ -320,11 +320,33 @@ class SourceMapping:
         # streaming early and the journal records of one slice at a time are alive.
         for start in range(0, len(changes), JOURNAL_SLICE):
             records = await self.journal.append_async(changes[start : start + JOURNAL_SLICE])
-            await anyio.to_thread.run_sync(self.recorder.apply, records)
+            await anyio.to_thread.run_sync(self._apply, records)
             self.applied_seq = records[-1].seq
             del records
             event, self._new_records = self._new_records, anyio.Event()
             event.set()
+
+    def _apply(self, records: Sequence[JournalRecord]) -> None:
+        """Bring the manifest in step with journaled records, after the signature store: the
+        signature of a deleted file goes, a renamed file's moves to its new path (signatures
+        are kept per path, so they would otherwise stay for ever). The manifest, read before it
+        changes, names the files below a deleted or renamed directory."""
+        if self.signatures is not None:
+            for rec in records:
+                if rec.op == "delete":
+                    for path in self._files_at(rec.path):
+                        self.signatures.forget(path)
+                elif rec.op == "rename":
+                    for path in self._files_at(rec.new_path):  # what the rename replaced
+                        self.signatures.forget(path)
+                    for path in self._files_at(rec.path):
+                        self.signatures.move(path, rec.new_path + path[len(rec.path):])
+        self.recorder.apply(records)
+
+    def _files_at(self, path: str) -> Iterator[str]:
+        """`path` and every file the manifest knows below it."""
+        yield path
+        yield from (e.path for e in self.manifest.iter_entries(path) if e.kind == "f")
 
     async def rescan(self) -> None:
         """Rescan the whole folder now (after an operator's confirmation)."""

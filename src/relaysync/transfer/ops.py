@@ -32,8 +32,9 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer.bandwidth import TokenBucket
+from relaysync.transfer.builds import DeltaBuild, version_of
 from relaysync.transfer.codec import Codec, Plain, encode_chunk
-from relaysync.transfer.signatures import DeltaBuild, SignatureStore, version_of
+from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry, permission_bits
 

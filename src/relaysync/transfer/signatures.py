@@ -11,7 +11,9 @@ the next change comes. Larger whole copies are signed afterwards by a background
 19 (signing costs about 0.3 s of CPU per GiB, which measured 15-25 % slower first copies of
 1 GiB on 2 busy cores when done on the send path); a delta waits for a queued signature.
 
-Resource handling: one signature per path (replaced when a newer version is signed). A delta
+Resource handling: one signature per path (replaced when a newer version is signed), found
+through an index of the signature directory kept in memory; the source calls `forget` for a
+deleted path and `move` for a renamed one, so no signature outlives its file. A delta
 is kept while a link may still join it: a failed build's files go at once, a done build's
 when a build of a newer version of its path starts, the rest after DELTA_MAX_AGE_S (`prune`,
 which the source runs every PRUNE_EVERY_S), and all of them when the store is opened (no link
@@ -27,14 +29,12 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import xxhash
-
 from relaysync._util.fs import open_regular
 from relaysync.transfer import delta
+from relaysync.transfer.builds import DeltaBuild, DeltaPart, hash_version, version_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,55 +52,26 @@ PARALLEL_PARTS = max(1, min(4, (os.cpu_count() or 1) // 2))
 DELTA_MAX_RATIO = 0.9  # "auto": after a delta this large relative to its file, send that file whole
 DELTA_RETRY_S = 600.0  # after a delta that saved nothing, whole copies for this long, then a delta again
 PRUNE_EVERY_S = 60.0  # deltas older than DELTA_MAX_AGE_S are looked for this often
-_READ_BYTES = 1024 * 1024
 
 
-def version_of(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What identifies one version of a file without reading it (ctime catches `touch -r`)."""
-    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+def _index_signatures(sig_dir: Path) -> dict[str, str]:
+    """Path key -> the name of its signature file, keeping the newest of any two (an older one
+    is left by a store of the same dir that was closing while this one opened)."""
+    index: dict[str, str] = {}
+    for name in sorted(os.listdir(sig_dir), key=lambda n: _mtime_ns(sig_dir / n)):
+        if name.endswith(".sig"):
+            old = index.get(key := name.split(".", 1)[0])
+            if old is not None:
+                (sig_dir / old).unlink(missing_ok=True)
+            index[key] = name
+    return index
 
 
-def _hash_version(fd: int, st: os.stat_result) -> bytes | None:
-    """The content hash (xxh3-128) of the file open on `fd` if it is still the version `st`
-    describes, else None."""
-    hasher = xxhash.xxh3_128()
-    offset = 0
+def _mtime_ns(path: Path) -> int:
     try:
-        while data := os.pread(fd, _READ_BYTES, offset):
-            hasher.update(data)
-            offset += len(data)
-        return hasher.digest() if version_of(os.fstat(fd)) == version_of(st) else None
-    except OSError:
-        return None
-
-
-@dataclass
-class DeltaPart:
-    """The delta of one consecutive part of the new version, written by the block search in a thread."""
-
-    path: Path
-    done: threading.Event = field(default_factory=threading.Event)
-    ok: bool = False
-
-
-@dataclass
-class DeltaBuild:
-    """A delta being computed: one part per core for large files, each a complete
-    delta of its range; applied one after the other they rebuild the file. Readers follow each
-    part's file as it grows. Beside the parts, the build signs the new version once (for the
-    next change's delta) and so learns its content hash, for every link that sends it."""
-
-    key: Path
-    stat: os.stat_result  # of the new version when the build started
-    parts: list[DeltaPart]
-    fd: int  # the new version, open (and closed) by the build: every part reads this inode
-    done: threading.Event = field(default_factory=threading.Event)
-    ok: bool = False  # set before `done`: every part complete and the file did not change meanwhile
-    new_hash: bytes | None = None  # set before `done`: the new version's content hash
-    _pending: int = 0
-
-    def exists(self) -> bool:
-        return all(part.path.exists() for part in self.parts)
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 class SignatureStore:
@@ -119,6 +90,11 @@ class SignatureStore:
         self._ratios: dict[str, tuple[float, float]] = {}
         self._pruned_at = time.monotonic()
         self._signing: set[tuple[str, bytes]] = set()  # versions a sender is signing as it sends them
+        # path key -> the file name of its one signature: forget/move find it without listing
+        # a directory of up to one signature per large file
+        self._sig_names = _index_signatures(directory / "sig")
+        self._in_flight: dict[str, int] = {}  # path key -> signings running (a read may be under way)
+        self._dropped: set[str] = set()  # keys forgotten while a signing ran: it must not install
         self._queue: deque[tuple[Path, str, bytes]] = deque()  # large versions sent, to sign
         self._queued: dict[tuple[str, bytes], threading.Event] = {}  # queued or being signed
         self._signer_running = False
@@ -183,6 +159,7 @@ class SignatureStore:
             if (path, content_hash) in self._signing:
                 return None
             self._signing.add((path, content_hash))
+            self._begin_signing(self._key(path))
         return delta.BlockSigner(size)
 
     def sent_whole(self, root: Path, path: str, content_hash: bytes, size: int,
@@ -197,7 +174,55 @@ class SignatureStore:
 
     def release(self, path: str, content_hash: bytes) -> None:
         with self._lock:
-            self._signing.discard((path, content_hash))
+            if (path, content_hash) in self._signing:
+                self._signing.discard((path, content_hash))
+                self._end_signing(self._key(path))
+
+    def _begin_signing(self, key: str) -> None:  # under the lock; see _install
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def _end_signing(self, key: str) -> None:  # under the lock, installed or not
+        left = self._in_flight.pop(key) - 1
+        if left:
+            self._in_flight[key] = left
+        else:
+            self._dropped.discard(key)
+
+    def forget(self, path: str) -> None:
+        """The source deleted `path`: unlink its signature, which nothing can use any more (a
+        file created there later is sent whole first); a signing of it under way installs
+        nothing. Its deltas go with the next prune."""
+        key = self._key(path)
+        with self._lock:
+            self._forget_locked(key)
+        self._ratios.pop(path, None)
+
+    def move(self, path: str, new_path: str) -> None:
+        """The source renamed `path` to `new_path`: its signature is kept as `new_path`'s (it
+        is named by content hash, so a delta uses it only if the target holds that version at
+        `new_path`), replacing what `new_path` had."""
+        key, new_key = self._key(path), self._key(new_path)
+        with self._lock:
+            name = self._sig_names.pop(key, None)
+            self._forget_locked(key)
+            self._forget_locked(new_key)
+            if name is not None:
+                new_name = f"{new_key}.{name.split('.', 1)[1]}"
+                try:
+                    os.replace(self.dir / "sig" / name, self.dir / "sig" / new_name)
+                    self._sig_names[new_key] = new_name
+                except FileNotFoundError:
+                    pass
+        ratio = self._ratios.pop(path, None)
+        if ratio is not None:
+            self._ratios[new_path] = ratio
+
+    def _forget_locked(self, key: str) -> None:
+        name = self._sig_names.pop(key, None)
+        if name is not None:
+            (self.dir / "sig" / name).unlink(missing_ok=True)
+        if key in self._in_flight:
+            self._dropped.add(key)
 
     def keep(self, path: str, content_hash: bytes, signature: bytes) -> None:
         """Keep `signature` as the one of `path`'s version `content_hash` (the version sent last),
@@ -232,7 +257,17 @@ class SignatureStore:
     def _sign(self, path: str, fd: int, st: os.stat_result, wanted: bytes) -> bytes | None:
         """Sign the version open on `fd` and return its content hash, if it is still the version
         `st` describes and, with `wanted`, has that hash (else None). One read serves both."""
-        tmp = self.dir / "sig" / f"{self._key(path)}.{threading.get_ident()}.signing.tmp"
+        key = self._key(path)
+        tmp = self.dir / "sig" / f"{key}.{threading.get_ident()}.signing.tmp"
+        with self._lock:
+            self._begin_signing(key)
+        try:
+            return self._sign_into(path, fd, st, wanted, tmp)
+        finally:
+            with self._lock:
+                self._end_signing(key)
+
+    def _sign_into(self, path: str, fd: int, st: os.stat_result, wanted: bytes, tmp: Path) -> bytes | None:
         try:
             digest = delta.signature(fd, tmp)
             if version_of(os.fstat(fd)) != version_of(st) or (wanted and digest != wanted):
@@ -250,13 +285,18 @@ class SignatureStore:
         return digest
 
     def _install(self, path: str, sig: Path, tmp: Path) -> None:
+        key = self._key(path)
         with self._lock:
-            if sig.exists():  # another link signed this version meanwhile
+            # another link signed this version meanwhile, or the path was deleted or renamed
+            # away while this version was read
+            if sig.exists() or key in self._dropped:
                 tmp.unlink(missing_ok=True)
                 return
-            for old in (self.dir / "sig").glob(f"{self._key(path)}.*.sig"):
-                old.unlink(missing_ok=True)
+            old = self._sig_names.get(key)
+            if old is not None:
+                (self.dir / "sig" / old).unlink(missing_ok=True)
             os.replace(tmp, sig)
+            self._sig_names[key] = sig.name
 
     def start_delta(self, root: Path, path: str, base_hash: bytes,
                     opened: tuple[int, os.stat_result] | None = None) -> DeltaBuild | None:
@@ -370,7 +410,7 @@ class SignatureStore:
         """Sign the new version (one read gives the signature and the content hash), once for
         every link that sends this build; if it cannot be signed (a full state disk), hash it."""
         try:
-            build.new_hash = self._sign(path, build.fd, build.stat, b"") or _hash_version(build.fd, build.stat)
+            build.new_hash = self._sign(path, build.fd, build.stat, b"") or hash_version(build.fd, build.stat)
         finally:
             self._step_done(build, path)
 

@@ -113,3 +113,67 @@ def test_deltas_of_an_earlier_run_are_removed_when_the_store_opens(tmp_path: Pat
     assert _delta_files(tmp_path)
     SignatureStore(tmp_path / "sigs")  # the agent restarted: no link can join the old builds
     assert _delta_files(tmp_path) == []
+
+
+def _signatures(tmp: Path) -> list[str]:
+    return sorted(p.name for p in (tmp / "sigs" / "sig").iterdir())
+
+
+def test_a_deleted_files_signature_is_forgotten(tmp_path: Path) -> None:
+    src, sigs, _data, base = _source(tmp_path)
+    assert len(_signatures(tmp_path)) == 1
+    (src / "f.bin").unlink()
+    sigs.forget("f.bin")
+    assert _signatures(tmp_path) == [] and not sigs.has("f.bin", base)
+
+
+def test_a_renamed_files_signature_moves_so_its_next_change_is_a_delta(tmp_path: Path) -> None:
+    src, sigs, data, base = _source(tmp_path)
+    (src / "f.bin").rename(src / "g.bin")
+    sigs.move("f.bin", "g.bin")
+    assert not sigs.has("f.bin", base) and sigs.has("g.bin", base) and len(_signatures(tmp_path)) == 1
+    data[100:110] = b"0123456789"
+    (src / "g.bin").write_bytes(data)
+    messages = [m for m in iter_file_messages(src, "g.bin", 3, base_hash=base, options=SendOptions(signatures=sigs))
+                if not isinstance(m, Flush)]
+    assert isinstance(messages[0], DeltaStart) and isinstance(messages[-1], FileEnd)
+    assert messages[-1].hash == xxhash.xxh3_128(data).digest()
+    assert _signatures(tmp_path) == [f"{sigs._key('g.bin')}.{messages[-1].hash.hex()}.sig"]  # replaced, one per path
+
+
+def test_a_rename_onto_a_signed_file_replaces_that_files_signature(tmp_path: Path) -> None:
+    src, sigs, _data, base = _source(tmp_path)
+    other = os.urandom(256 * 1024)
+    (src / "g.bin").write_bytes(other)
+    sigs.remember(src, "g.bin", xxhash.xxh3_128(other).digest())
+    assert len(_signatures(tmp_path)) == 2
+    (src / "f.bin").rename(src / "g.bin")
+    sigs.move("f.bin", "g.bin")
+    assert _signatures(tmp_path) == [f"{sigs._key('g.bin')}.{base.hex()}.sig"]
+
+
+def test_a_signing_under_way_when_its_file_is_deleted_keeps_nothing(tmp_path: Path) -> None:
+    """A link reading the file to send it when the delete is journaled: its signature would
+    outlive the file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    sigs = SignatureStore(tmp_path / "sigs")
+    data = os.urandom(256 * 1024)
+    (src / "f.bin").write_bytes(data)
+    digest = xxhash.xxh3_128(data).digest()
+    signer = sigs.signer_for("f.bin", digest, len(data))
+    assert signer is not None
+    signer.update(data)
+    sigs.forget("f.bin")  # the delete is journaled while the link still sends the file
+    sigs.sent_whole(src, "f.bin", digest, len(data), signer)
+    sigs.release("f.bin", digest)
+    assert _signatures(tmp_path) == []
+    sigs.remember(src, "f.bin", digest)  # a later version of the path is signed again
+    assert sigs.has("f.bin", digest)
+
+
+def test_the_index_of_signatures_survives_a_restart(tmp_path: Path) -> None:
+    src, _sigs, _data, base = _source(tmp_path)
+    reopened = SignatureStore(tmp_path / "sigs")
+    reopened.forget("f.bin")
+    assert _signatures(tmp_path) == []
