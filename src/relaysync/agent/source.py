@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -20,8 +20,8 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
-from relaysync.transfer.signatures import SignatureStore
-from relaysync.watch.changes import PendingChange
+from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
+from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.journal import Journal
 from relaysync.watch.manifest import Manifest
@@ -179,6 +179,7 @@ class SourceMapping:
             tg.start_soon(self._recheck_held)
             tg.start_soon(self._recheck_guard)
             tg.start_soon(self._flush_acks)
+            tg.start_soon(self._prune_deltas)
             first_sync = await anyio.to_thread.run_sync(self.manifest.count) == 0
             tops = await anyio.to_thread.run_sync(self._top_level_names) if first_sync else []
             # A first scan is journaled one top-level entry at a time and the links start after
@@ -221,6 +222,17 @@ class SourceMapping:
             if self._held:
                 paths, self._held = list(self._held), {}
                 await self._record([FsEvent(kind="attr", path=p) for p in paths])
+
+    async def _prune_deltas(self) -> None:
+        """Every PRUNE_EVERY_S, drop the deltas no link can use any more, in a worker thread:
+        not only when the next delta starts, which may be never for a quiet folder."""
+        while True:
+            await anyio.sleep(PRUNE_EVERY_S)
+            if self.signatures is not None:
+                try:
+                    await anyio.to_thread.run_sync(self.signatures.prune)
+                except OSError as exc:
+                    logger.warning("could not prune old deltas of mapping %s: %s", self.mapping_id, exc)
 
     def _guard_trips(self, changes: list[PendingChange]) -> bool:
         """The mass-delete guard: hold a batch that would delete most of the folder.
@@ -325,11 +337,33 @@ class SourceMapping:
         # streaming early and the journal records of one slice at a time are alive.
         for start in range(0, len(changes), JOURNAL_SLICE):
             records = await self.journal.append_async(changes[start : start + JOURNAL_SLICE])
-            await anyio.to_thread.run_sync(self.recorder.apply, records)
+            await anyio.to_thread.run_sync(self._apply, records)
             self.applied_seq = records[-1].seq
             del records
             event, self._new_records = self._new_records, anyio.Event()
             event.set()
+
+    def _apply(self, records: Sequence[JournalRecord]) -> None:
+        """Bring the manifest in step with journaled records, after the signature store: the
+        signature of a deleted file goes, a renamed file's moves to its new path (signatures
+        are kept per path, so they would otherwise stay for ever). The manifest, read before it
+        changes, names the files below a deleted or renamed directory."""
+        if self.signatures is not None:
+            for rec in records:
+                if rec.op == "delete":
+                    for path in self._files_at(rec.path):
+                        self.signatures.forget(path)
+                elif rec.op == "rename":
+                    for path in self._files_at(rec.new_path):  # what the rename replaced
+                        self.signatures.forget(path)
+                    for path in self._files_at(rec.path):
+                        self.signatures.move(path, rec.new_path + path[len(rec.path):])
+        self.recorder.apply(records)
+
+    def _files_at(self, path: str) -> Iterator[str]:
+        """`path` and every file the manifest knows below it."""
+        yield path
+        yield from (e.path for e in self.manifest.iter_entries(path) if e.kind == "f")
 
     async def rescan(self) -> None:
         """Rescan the whole folder now (after an operator's confirmation)."""

@@ -9,10 +9,12 @@ source's own: they never leave it.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from pathlib import Path
 
+from relaysync._util.fs import open_regular
 from relaysync.errors import TransferError
 
 try:
@@ -87,13 +89,35 @@ class BlockSigner:
         return _HEADER.pack(_MAGIC, self.block_len, tail, self._size, count) + self._weak + self._strong
 
 
-def signature(basis: Path, sig_out: Path) -> bytes:
+def _open_input(source: Path | int) -> tuple[int, bool]:
+    """(fd, whether we opened it): an int is the caller's open fd; a path is opened only if it
+    is a regular file (not through a final symlink, never blocking on a FIFO)."""
+    if isinstance(source, int):
+        return source, False
+    opened = open_regular(source)
+    if opened is None:
+        raise OSError(errno.EINVAL, "gone or not a regular file", str(source))
+    return opened[0], True
+
+
+def signature(basis: Path | int, sig_out: Path) -> bytes:
     """Write the signature of `basis` (rolling weak sum + strong hash per block) to sig_out;
     return the content hash (xxh3-128, as `scanner.hash_file`) of the version signed, from the
-    same read."""
+    same read.
+
+    Args:
+        basis: an fd open on the version (read with pread, left open), or a path, which must be
+            a regular file.
+        sig_out: where the signature is written.
+
+    Raises:
+        OSError: `basis` cannot be read (a path that is not a regular file: EINVAL), or sig_out
+            cannot be written.
+        SignatureError: the block search is not built.
+    """
     if _blocksearch is None:
         raise SignatureError(str(sig_out), "the block search is not built (run scripts/install)")
-    fd_in = os.open(basis, os.O_RDONLY | os.O_CLOEXEC)
+    fd_in, owned = _open_input(basis)
     try:
         block_len = block_len_for(os.fstat(fd_in).st_size)
         fd_out = os.open(sig_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -103,12 +127,15 @@ def signature(basis: Path, sig_out: Path) -> bytes:
         finally:
             os.close(fd_out)
     finally:
-        os.close(fd_in)
+        if owned:
+            os.close(fd_in)
 
 
-def delta(sig: Path | bytes, new: Path, delta_out: Path, *, start: int = 0, length: int = -1) -> tuple[int, int]:
+def delta(sig: Path | bytes, new: Path | int, delta_out: Path, *, start: int = 0,
+          length: int = -1) -> tuple[int, int]:
     """Write the delta (copy/literal instructions) that turns the signed basis into `new`;
-    return (literal bytes, copied bytes). `sig` is a signature file or its bytes.
+    return (literal bytes, copied bytes). `sig` is a signature file or its bytes; `new` an fd
+    open on the new version (read with pread, left open) or a path, which must be a regular file.
 
     With `start`/`length`, only that part of `new` (to its end for length -1) is described: the
     deltas of consecutive parts, applied one after the other, rebuild the whole file, so parts
@@ -118,7 +145,7 @@ def delta(sig: Path | bytes, new: Path, delta_out: Path, *, start: int = 0, leng
     if _blocksearch is None:
         raise SignatureError(str(sig), "the block search is not built (run scripts/install)")
     sums = sig if isinstance(sig, bytes) else sig.read_bytes()
-    fd_in = os.open(new, os.O_RDONLY | os.O_CLOEXEC)
+    fd_in, owned = _open_input(new)
     try:
         fd_out = os.open(delta_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -129,5 +156,6 @@ def delta(sig: Path | bytes, new: Path, delta_out: Path, *, start: int = 0, leng
         finally:
             os.close(fd_out)
     finally:
-        os.close(fd_in)
+        if owned:
+            os.close(fd_in)
     return int(literal), int(copied)

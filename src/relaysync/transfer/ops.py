@@ -8,14 +8,15 @@ that changes while it is read is sent as FileAbort: the newer version has its ow
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import xxhash
 
+from relaysync._util.fs import open_regular
 from relaysync.constants import CHUNK_BYTES, SMALL_FILE_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol.messages import (
@@ -33,11 +34,11 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer.bandwidth import TokenBucket
+from relaysync.transfer.builds import DeltaBuild, version_of
 from relaysync.transfer.codec import Codec, Plain, encode_chunk, recode_chunk
-from relaysync.transfer.signatures import DeltaBuild, SignatureStore, version_of
+from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry, permission_bits
-from relaysync.watch.scanner import hash_file
 
 
 @dataclass
@@ -81,16 +82,14 @@ def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"
 
     With a known base version and a kept signature of it, yield a DeltaStart and the delta
     instead, streamed while librsync computes it. Yields nothing if the file is gone or is no
-    longer a regular file (a later record covers it). `changed_at` (when the source journaled
-    the change) rides on the start message.
+    longer a regular file (a later record covers it): either way the file is opened once,
+    without following a symlink or blocking on a FIFO, and only that open file is read.
+    `changed_at` (when the source journaled the change) rides on the start message.
     """
     options = options or SendOptions()
-    if _wants_delta(path, base_hash, seq, options):
-        assert options.signatures is not None
-        build = options.signatures.start_delta(root, path, base_hash)
-        if build is not None:
-            yield from _delta_messages(root, path, seq, base_hash, build, options, changed_at)
-            return
+    if _wants_delta(path, base_hash, seq, options) and (
+            yield from _delta_if_kept(root, path, seq, base_hash, options, changed_at)):
+        return
     yield from _whole_messages(root, path, seq, base_hash, expected_hash, options, changed_at)
 
 
@@ -100,80 +99,89 @@ def _wants_delta(path: str, base_hash: bytes, seq: int, options: SendOptions) ->
     return options.force == "delta" or options.signatures.delta_pays(path)
 
 
-def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, build: DeltaBuild,
-                    options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
+def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, options: SendOptions,
+                   changed_at: float) -> Generator[Outgoing, None, bool]:
+    """The delta of the file from `base_hash`, if that version's signature is kept. Returns
+    False if the file must go whole instead (nothing was yielded), True if the record is dealt
+    with (the delta went, or the path is not a regular file any more: nothing to send)."""
+    assert options.signatures is not None
+    opened = open_regular(f"{root}/{path}")
+    if opened is None:
+        return True
+    try:
+        build = options.signatures.start_delta(root, path, base_hash, opened)
+        files = options.signatures.open_parts(build) if build is not None else None
+        if build is None or files is None:
+            return False
+        try:
+            yield from _delta_messages(root, path, seq, base_hash, opened[0], build, files, options, changed_at)
+        finally:
+            for f in files:
+                f.close()
+        return True
+    finally:
+        os.close(opened[0])
+
+
+def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, fd: int, build: DeltaBuild,
+                    files: list[BinaryIO], options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
     """DeltaStart, the delta streamed chunk by chunk as the search writes it, FileEnd.
 
-    The new version's hash is computed here while the search reads the same file; a file that
-    changed meanwhile ends in FileAbort (its newer version has its own record).
+    The build signs the new version (once for every link) as it computes the delta, which
+    gives its hash; a file that changed meanwhile ends in FileAbort (its newer version has its
+    own record). `fd` is open on the version the build reads, `files` on its parts.
     """
     st = build.stat
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=permission_bits(st.st_mode),
                      mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at,
                      parts=len(build.parts))
-    assert options.signatures is not None  # where the build came from
-    # the new version is signed (for the next delta) in the same read that hashes it; if it
-    # could not be signed (a full state disk), it is still hashed
-    new_hash = options.signatures.sign_version(root, path, st) or _hash_version(root / path, st)
-    for part in build.parts:  # each part's chunks start again at offset 0
+    for part, f in zip(build.parts, files, strict=True):  # each part's chunks start again at offset 0
         offset = 0
         pending = bytearray()
-        with open(part.path, "rb", buffering=0) as f:
-            while True:
-                done = part.done.is_set()  # read before the file: what it wrote by then is there
-                pending += f.read(CHUNK_BYTES - len(pending))
-                # while the search runs, only sizeable chunks go (each chunk costs a frame and
-                # a TLS record), and the rest once it is done.
-                if len(pending) >= (CHUNK_BYTES if done else _DELTA_MIN_CHUNK) or (done and pending):
-                    if offset == 0 and options.corrupt_deltas > 0:
-                        options.corrupt_deltas -= 1
-                        pending[len(pending) // 2] ^= 0x10
-                    yield _chunk(seq, offset, bytes(pending), options)
-                    offset += len(pending)
-                    pending.clear()
-                elif done:
-                    break
-                else:
-                    yield FLUSH
-                    part.done.wait(_DELTA_POLL_S)
+        while True:
+            done = part.done.is_set()  # read before the file: what it wrote by then is there
+            pending += f.read(CHUNK_BYTES - len(pending))
+            # while the search runs, only sizeable chunks go (each chunk costs a frame and
+            # a TLS record), and the rest once it is done.
+            if len(pending) >= (CHUNK_BYTES if done else _DELTA_MIN_CHUNK) or (done and pending):
+                if offset == 0 and options.corrupt_deltas > 0:
+                    options.corrupt_deltas -= 1
+                    pending[len(pending) // 2] ^= 0x10
+                yield _chunk(seq, offset, bytes(pending), options)
+                offset += len(pending)
+                pending.clear()
+            elif done:
+                break
+            else:
+                yield FLUSH
+                part.done.wait(_DELTA_POLL_S)
         if not part.ok:
             break
     build.done.wait()
+    new_hash = build.new_hash
     if not build.ok or new_hash is None:
         yield FileAbort(seq=seq, reason="delta failed or the file changed while read")
-        if _unchanged(root / path, build.stat):  # the delta failed, not the file: send it whole
+        if _unchanged(fd, build.stat):  # the delta failed, not the file: send it whole
             yield from _whole_messages(root, path, seq, base_hash, b"", options, changed_at)
         return
     yield FileEnd(seq=seq, hash=new_hash)
 
 
-def _unchanged(full: Path, st: os.stat_result) -> bool:
+def _unchanged(fd: int, st: os.stat_result) -> bool:
     try:
-        return version_of(os.stat(full)) == version_of(st)
+        return version_of(os.fstat(fd)) == version_of(st)
     except OSError:
         return False
 
 
-def _hash_version(full: Path, st: os.stat_result) -> bytes | None:
-    """The content hash of `full` if it is still the version `st` describes, else None."""
-    try:
-        digest = hash_file(full)
-    except OSError:
-        return None
-    return digest if _unchanged(full, st) else None
-
-
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
                     options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
-    try:
-        fd = os.open(f"{root}/{path}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    opened = open_regular(f"{root}/{path}")
+    if opened is None:  # gone, or no longer a regular file: a later record covers it
         return
+    fd, before = opened
     signer = None
     try:
-        before = os.fstat(fd)
-        if not stat.S_ISREG(before.st_mode):
-            return
         held = options.resume.pop((path, expected_hash), 0) if expected_hash else 0
         held = held if held <= before.st_size and held % CHUNK_BYTES == 0 else 0
         if before.st_size <= SMALL_FILE_BYTES and not held and options.small_files:

@@ -5,14 +5,20 @@ kept that version's signature, so it computes the delta itself, with no round tr
 targets and once for all of them. Signatures and deltas live on disk in the source's state dir.
 
 A version is signed as it is sent, from the same read: a whole copy up to INLINE_SIGN_MAX_BYTES
-feeds what the sender reads to a `delta.BlockSigner`; a delta's new version is signed while the
-delta is computed (instead of only hashing it). No second read, and the signature is there when
+feeds what the sender reads to a `delta.BlockSigner`; a delta's new version is signed by its
+build while the delta is computed (instead of only hashing it), once for every link. No second read, and the signature is there when
 the next change comes. Larger whole copies are signed afterwards by a background thread at nice
 19 (signing costs about 0.3 s of CPU per GiB, which measured 15-25 % slower first copies of
 1 GiB on 2 busy cores when done on the send path); a delta waits for a queued signature.
 
-Resource handling: one signature per path (replaced when a newer version is signed); deltas are
-kept while links may still need them and pruned by age.
+Resource handling: one signature per path (replaced when a newer version is signed), found
+through an index of the signature directory kept in memory; the source calls `forget` for a
+deleted path and `move` for a renamed one, so no signature outlives its file. A delta
+is kept while a link may still join it: a failed build's files go at once, a done build's
+when a build of a newer version of its path starts, the rest after DELTA_MAX_AGE_S (`prune`,
+which the source runs every PRUNE_EVERY_S), and all of them when the store is opened (no link
+can join a build of an earlier run). Links read a build's files through fds opened under the
+store's lock (`open_parts`), so unlinking never pulls a file from under a reader.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from relaysync._util.fs import open_regular
 from relaysync.transfer import delta
+from relaysync.transfer.builds import DeltaBuild, DeltaPart, hash_version, version_of
 
 logger = logging.getLogger(__name__)
 
@@ -41,41 +49,29 @@ SIGN_WAIT_S = 5.0  # a delta waits this long for its base's queued signature, th
 # On 2 cores one part is faster end to end (bench/delta.py): the other core is busy receiving
 # and patching; parallel parts pay from 4 cores on.
 PARALLEL_PARTS = max(1, min(4, (os.cpu_count() or 1) // 2))
-DELTA_MAX_RATIO = 0.9
+DELTA_MAX_RATIO = 0.9  # "auto": after a delta this large relative to its file, send that file whole
 DELTA_RETRY_S = 600.0  # after a delta that saved nothing, whole copies for this long, then a delta again
-PRUNE_EVERY_S = 60.0  # "auto": after a delta this large relative to its file, send that file whole
-_READ_BYTES = 1024 * 1024
+PRUNE_EVERY_S = 60.0  # deltas older than DELTA_MAX_AGE_S are looked for this often
 
 
-def version_of(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What identifies one version of a file without reading it (ctime catches `touch -r`)."""
-    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+def _index_signatures(sig_dir: Path) -> dict[str, str]:
+    """Path key -> the name of its signature file, keeping the newest of any two (an older one
+    is left by a store of the same dir that was closing while this one opened)."""
+    index: dict[str, str] = {}
+    for name in sorted(os.listdir(sig_dir), key=lambda n: _mtime_ns(sig_dir / n)):
+        if name.endswith(".sig"):
+            old = index.get(key := name.split(".", 1)[0])
+            if old is not None:
+                (sig_dir / old).unlink(missing_ok=True)
+            index[key] = name
+    return index
 
 
-@dataclass
-class DeltaPart:
-    """The delta of one consecutive part of the new version, written by the block search in a thread."""
-
-    path: Path
-    done: threading.Event = field(default_factory=threading.Event)
-    ok: bool = False
-
-
-@dataclass
-class DeltaBuild:
-    """A delta being computed: one part per core for large files, each a complete
-    delta of its range; applied one after the other they rebuild the file. Readers follow each
-    part's file as it grows."""
-
-    key: Path
-    stat: os.stat_result  # of the new version when the build started
-    parts: list[DeltaPart]
-    done: threading.Event = field(default_factory=threading.Event)
-    ok: bool = False  # set before `done`: every part complete and the file did not change meanwhile
-    _pending: int = 0
-
-    def exists(self) -> bool:
-        return all(part.path.exists() for part in self.parts)
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 class SignatureStore:
@@ -86,12 +82,19 @@ class SignatureStore:
         self.parallel_parts = parallel_parts
         (directory / "sig").mkdir(parents=True, exist_ok=True)
         (directory / "delta").mkdir(parents=True, exist_ok=True)
+        for stale in (directory / "delta").iterdir():  # builds of an earlier run: none can be joined
+            stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._builds: dict[Path, DeltaBuild] = {}  # key of its part files -> build (running or done)
         # path -> (size of its last delta / size of the file, when)
         self._ratios: dict[str, tuple[float, float]] = {}
         self._pruned_at = time.monotonic()
         self._signing: set[tuple[str, bytes]] = set()  # versions a sender is signing as it sends them
+        # path key -> the file name of its one signature: forget/move find it without listing
+        # a directory of up to one signature per large file
+        self._sig_names = _index_signatures(directory / "sig")
+        self._in_flight: dict[str, int] = {}  # path key -> signings running (a read may be under way)
+        self._dropped: set[str] = set()  # keys forgotten while a signing ran: it must not install
         self._queue: deque[tuple[Path, str, bytes]] = deque()  # large versions sent, to sign
         self._queued: dict[tuple[str, bytes], threading.Event] = {}  # queued or being signed
         self._signer_running = False
@@ -156,6 +159,7 @@ class SignatureStore:
             if (path, content_hash) in self._signing:
                 return None
             self._signing.add((path, content_hash))
+            self._begin_signing(self._key(path))
         return delta.BlockSigner(size)
 
     def sent_whole(self, root: Path, path: str, content_hash: bytes, size: int,
@@ -170,7 +174,55 @@ class SignatureStore:
 
     def release(self, path: str, content_hash: bytes) -> None:
         with self._lock:
-            self._signing.discard((path, content_hash))
+            if (path, content_hash) in self._signing:
+                self._signing.discard((path, content_hash))
+                self._end_signing(self._key(path))
+
+    def _begin_signing(self, key: str) -> None:  # under the lock; see _install
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def _end_signing(self, key: str) -> None:  # under the lock, installed or not
+        left = self._in_flight.pop(key) - 1
+        if left:
+            self._in_flight[key] = left
+        else:
+            self._dropped.discard(key)
+
+    def forget(self, path: str) -> None:
+        """The source deleted `path`: unlink its signature, which nothing can use any more (a
+        file created there later is sent whole first); a signing of it under way installs
+        nothing. Its deltas go with the next prune."""
+        key = self._key(path)
+        with self._lock:
+            self._forget_locked(key)
+        self._ratios.pop(path, None)
+
+    def move(self, path: str, new_path: str) -> None:
+        """The source renamed `path` to `new_path`: its signature is kept as `new_path`'s (it
+        is named by content hash, so a delta uses it only if the target holds that version at
+        `new_path`), replacing what `new_path` had."""
+        key, new_key = self._key(path), self._key(new_path)
+        with self._lock:
+            name = self._sig_names.pop(key, None)
+            self._forget_locked(key)
+            self._forget_locked(new_key)
+            if name is not None:
+                new_name = f"{new_key}.{name.split('.', 1)[1]}"
+                try:
+                    os.replace(self.dir / "sig" / name, self.dir / "sig" / new_name)
+                    self._sig_names[new_key] = new_name
+                except FileNotFoundError:
+                    pass
+        ratio = self._ratios.pop(path, None)
+        if ratio is not None:
+            self._ratios[new_path] = ratio
+
+    def _forget_locked(self, key: str) -> None:
+        name = self._sig_names.pop(key, None)
+        if name is not None:
+            (self.dir / "sig" / name).unlink(missing_ok=True)
+        if key in self._in_flight:
+            self._dropped.add(key)
 
     def keep(self, path: str, content_hash: bytes, signature: bytes) -> None:
         """Keep `signature` as the one of `path`'s version `content_hash` (the version sent last),
@@ -187,28 +239,38 @@ class SignatureStore:
             return
         self._install(path, sig, tmp)
 
-    def sign_version(self, root: Path, path: str, st: os.stat_result) -> bytes | None:
-        """Sign the file as it is now and return its content hash, if it is still the version
-        `st` describes (else None: a newer version follows). One read serves both."""
-        return self._sign(root, path, st, b"")
-
     def remember(self, root: Path, path: str, content_hash: bytes) -> None:
-        """Sign the file as it is now, if it still has `content_hash` (else a newer version follows)."""
+        """Sign the file as it is now, if it is a regular file that still has `content_hash`
+        (else a newer version, or a record of what replaced it, follows)."""
         if not self.enabled() or self.has(path, content_hash):
             return
-        try:
-            st = (root / path).stat()
-        except OSError:
+        opened = open_regular(root / path)
+        if opened is None:
             return
-        if st.st_size >= DELTA_MIN_BYTES:
-            self._sign(root, path, st, content_hash)
-
-    def _sign(self, root: Path, path: str, st: os.stat_result, wanted: bytes) -> bytes | None:
-        full = root / path
-        tmp = self.dir / "sig" / f"{self._key(path)}.{threading.get_ident()}.signing.tmp"
+        fd, st = opened
         try:
-            digest = delta.signature(full, tmp)
-            if version_of(os.stat(full)) != version_of(st) or (wanted and digest != wanted):
+            if st.st_size >= DELTA_MIN_BYTES:
+                self._sign(path, fd, st, content_hash)
+        finally:
+            os.close(fd)
+
+    def _sign(self, path: str, fd: int, st: os.stat_result, wanted: bytes) -> bytes | None:
+        """Sign the version open on `fd` and return its content hash, if it is still the version
+        `st` describes and, with `wanted`, has that hash (else None). One read serves both."""
+        key = self._key(path)
+        tmp = self.dir / "sig" / f"{key}.{threading.get_ident()}.signing.tmp"
+        with self._lock:
+            self._begin_signing(key)
+        try:
+            return self._sign_into(path, fd, st, wanted, tmp)
+        finally:
+            with self._lock:
+                self._end_signing(key)
+
+    def _sign_into(self, path: str, fd: int, st: os.stat_result, wanted: bytes, tmp: Path) -> bytes | None:
+        try:
+            digest = delta.signature(fd, tmp)
+            if version_of(os.fstat(fd)) != version_of(st) or (wanted and digest != wanted):
                 tmp.unlink(missing_ok=True)
                 return None
         except (OSError, delta.SignatureError) as exc:
@@ -223,30 +285,47 @@ class SignatureStore:
         return digest
 
     def _install(self, path: str, sig: Path, tmp: Path) -> None:
+        key = self._key(path)
         with self._lock:
-            if sig.exists():  # another link signed this version meanwhile
+            # another link signed this version meanwhile, or the path was deleted or renamed
+            # away while this version was read
+            if sig.exists() or key in self._dropped:
                 tmp.unlink(missing_ok=True)
                 return
-            for old in (self.dir / "sig").glob(f"{self._key(path)}.*.sig"):
-                old.unlink(missing_ok=True)
+            old = self._sig_names.get(key)
+            if old is not None:
+                (self.dir / "sig" / old).unlink(missing_ok=True)
             os.replace(tmp, sig)
+            self._sig_names[key] = sig.name
 
-    def start_delta(self, root: Path, path: str, base_hash: bytes) -> DeltaBuild | None:
+    def start_delta(self, root: Path, path: str, base_hash: bytes,
+                    opened: tuple[int, os.stat_result] | None = None) -> DeltaBuild | None:
         """Start (or join) computing the delta from the signed `base_hash` version to the file now.
 
         The delta file grows while the search writes it, so links stream it as it is produced; a
         build for the same (base, file as it is now) is shared by every link that asks.
-        None if no signature of `base_hash` is kept or the file is gone.
+
+        Args:
+            opened: the new version as `open_regular` returned it (the caller keeps its fd);
+                without it, root/path is opened that way here.
+
+        Returns:
+            the build, or None if no signature of `base_hash` is kept, or the file is gone or
+            is not a regular file.
         """
+        if opened is None:
+            opened = open_regular(root / path)
+            if opened is None:
+                return None
+            try:
+                return self.start_delta(root, path, base_hash, opened)
+            finally:
+                os.close(opened[0])
+        fd, st = opened
         sig = self._sig_path(path, base_hash)
-        full = root / path
         queued = self._queued.get((path, base_hash))
         if queued is not None:  # the base was sent a moment ago and is still being signed
             queued.wait(SIGN_WAIT_S)
-        try:
-            st = full.stat()
-        except OSError:
-            return None
         self._prune_now_and_then()
         version = "-".join(str(x) for x in version_of(st))
         key = self.dir / "delta" / f"{self._key(path)}.{base_hash.hex()}.{version}"
@@ -260,6 +339,7 @@ class SignatureStore:
                 return build
             if not sig.exists():
                 return None
+            self._drop_superseded(path, st)
             parts = [DeltaPart(key.with_name(f"{key.name}.{i}.delta")) for i in range(count)]
             try:
                 # read now: signing the new version (right after) replaces the base's signature
@@ -269,35 +349,82 @@ class SignatureStore:
             try:
                 for part in parts:
                     part.path.write_bytes(b"")  # readers may open it before the search does
+                # the build's own fd: a link that stops early closes its fd, not this one
+                build_fd = os.dup(fd)
             except OSError as exc:  # a full state disk: the whole file goes instead
                 logger.warning("cannot start a delta of %s: %s", path, exc)
                 return None
-            build = DeltaBuild(key=key, stat=st, parts=parts, _pending=count)
+            build = DeltaBuild(key=key, stat=st, parts=parts, fd=build_fd, _pending=count + 1)
             self._builds[key] = build
+        threading.Thread(target=self._sign_new_version, args=(build, path),
+                         name=f"delta sign {path[-40:]}", daemon=True).start()
         for i, part in enumerate(parts):
-            length = bounds[i + 1] - bounds[i] if i + 1 < count else -1
-            threading.Thread(target=self._build_part, args=(build, part, sums, full, path, bounds[i], length),
+            # every part ends where the version's size says: a file that grows meanwhile fails
+            # the version check in _finish, and the search never reads past that size
+            threading.Thread(target=self._build_part, args=(build, part, sums, path, bounds[i], bounds[i + 1]),
                              name=f"delta {i} {path[-40:]}", daemon=True).start()
         return build
 
-    def _build_part(self, build: DeltaBuild, part: DeltaPart, sums: bytes, full: Path, path: str,
-                    start: int, length: int) -> None:
+    def open_parts(self, build: DeltaBuild) -> list[BinaryIO] | None:
+        """Open every part file of `build` for reading (the caller closes them), or None if the
+        build was dropped meanwhile (a newer version's build superseded it, or it failed): the
+        file then goes whole. Opened under the lock that unlinking takes, so once a link holds
+        them nothing it reads can go away."""
+        files: list[BinaryIO] = []
+        with self._lock:
+            try:
+                for part in build.parts:
+                    files.append(open(part.path, "rb", buffering=0))  # noqa: SIM115 - the caller closes them
+            except FileNotFoundError:
+                for f in files:
+                    f.close()
+                return None
+        return files
+
+    def _drop_superseded(self, path: str, st: os.stat_result) -> None:
+        """Under the lock: unlink the done builds of `path` for another version than `st`'s (the
+        file changed since, so no link can join them; links streaming them hold their files open)."""
+        prefix = f"{self._key(path)}."
+        for key, build in list(self._builds.items()):
+            if key.name.startswith(prefix) and build.done.is_set() and version_of(build.stat) != version_of(st):
+                self._unlink_build(build)
+
+    def _unlink_build(self, build: DeltaBuild) -> None:
+        """Under the lock: forget `build` and unlink its files."""
+        self._builds.pop(build.key, None)
+        for part in build.parts:
+            part.path.unlink(missing_ok=True)
+
+    def _build_part(self, build: DeltaBuild, part: DeltaPart, sums: bytes, path: str,
+                    start: int, end: int) -> None:
         try:
-            delta.delta(sums, full, part.path, start=start, length=length)
+            delta.delta(sums, build.fd, part.path, start=start, length=end - start)
             part.ok = True
         except (OSError, delta.SignatureError) as exc:
             logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
         finally:
             part.done.set()
-            with self._lock:
-                build._pending -= 1
-                last = build._pending == 0
-            if last:
-                self._finish(build, full, path)
+            self._step_done(build, path)
 
-    def _finish(self, build: DeltaBuild, full: Path, path: str) -> None:
+    def _sign_new_version(self, build: DeltaBuild, path: str) -> None:
+        """Sign the new version (one read gives the signature and the content hash), once for
+        every link that sends this build; if it cannot be signed (a full state disk), hash it."""
         try:
-            build.ok = all(p.ok for p in build.parts) and version_of(full.stat()) == version_of(build.stat)
+            build.new_hash = self._sign(path, build.fd, build.stat, b"") or hash_version(build.fd, build.stat)
+        finally:
+            self._step_done(build, path)
+
+    def _step_done(self, build: DeltaBuild, path: str) -> None:
+        with self._lock:
+            build._pending -= 1
+            last = build._pending == 0
+        if last:
+            self._finish(build, path)
+
+    def _finish(self, build: DeltaBuild, path: str) -> None:
+        try:
+            build.ok = (all(p.ok for p in build.parts) and build.new_hash is not None
+                        and version_of(os.fstat(build.fd)) == version_of(build.stat))
             if build.ok and build.stat.st_size:
                 size = sum(p.path.stat().st_size for p in build.parts)
                 self._ratios[path] = (size / build.stat.st_size, time.monotonic())
@@ -305,10 +432,11 @@ class SignatureStore:
             logger.warning("delta of %s failed, the whole file goes instead: %s", path, exc)
             build.ok = False
         finally:
+            os.close(build.fd)
             build.done.set()
-            if not build.ok:
+            if not build.ok:  # the links streaming it hold its files open; no other can join it
                 with self._lock:
-                    self._builds.pop(build.key, None)
+                    self._unlink_build(build)
 
     def delta_pays(self, path: str) -> bool:
         """False when the last delta of this file saved almost nothing (a whole copy is simpler);

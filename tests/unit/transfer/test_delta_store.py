@@ -1,0 +1,179 @@
+"""The source's delta store does each piece of work once and keeps only what a link can still use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from relaysync.protocol.messages import DeltaStart, FileEnd
+from relaysync.transfer import delta as delta_engine
+from relaysync.transfer.ops import Flush, Outgoing, SendOptions, iter_file_messages
+from relaysync.transfer.signatures import SignatureStore
+
+SIZE = 4 * 1024 * 1024
+
+
+def _source(tmp: Path) -> tuple[Path, SignatureStore, bytearray, bytes]:
+    """A source holding f.bin (random, SIZE bytes), signed as after it was sent."""
+    src = tmp / "src"
+    src.mkdir()
+    data = bytearray(os.urandom(SIZE))
+    (src / "f.bin").write_bytes(data)
+    sigs = SignatureStore(tmp / "sigs")
+    base = xxhash.xxh3_128(data).digest()
+    sigs.remember(src, "f.bin", base)
+    return src, sigs, data, base
+
+
+def _stream(src: Path, sigs: SignatureStore, base: bytes, seq: int) -> list[Outgoing]:
+    return [m for m in iter_file_messages(src, "f.bin", seq, base_hash=base, options=SendOptions(signatures=sigs))
+            if not isinstance(m, Flush)]
+
+
+def test_links_sending_one_delta_sign_the_new_version_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """architecture.md: 'When many links send one version, one of them signs it.'"""
+    src, sigs, data, base = _source(tmp_path)
+    data[1000:1010] = b"0123456789"
+    (src / "f.bin").write_bytes(data)
+    reads: list[object] = []
+    real = delta_engine.signature
+
+    def counting(basis: Path | int, sig_out: Path) -> bytes:
+        reads.append(basis)
+        return real(basis, sig_out)
+
+    monkeypatch.setattr(delta_engine, "signature", counting)
+    for _link in range(3):  # three targets of the mapping
+        messages = _stream(src, sigs, base, 2)
+        assert isinstance(messages[0], DeltaStart) and isinstance(messages[-1], FileEnd)
+        assert messages[-1].hash == xxhash.xxh3_128(data).digest()
+    assert len(reads) == 1, f"the new version ({SIZE} bytes) was read and signed {len(reads)} times for 3 links"
+    assert sigs.has("f.bin", xxhash.xxh3_128(data).digest())  # kept for the next change's delta
+
+
+def _delta_files(tmp: Path) -> list[Path]:
+    return sorted((tmp / "sigs" / "delta").iterdir())
+
+
+def test_deltas_of_superseded_versions_do_not_stay_on_disk(tmp_path: Path) -> None:
+    """A build is keyed by the file's version: once the file changed again no link can join it,
+    so the next build of that path unlinks it (not 10 minutes later)."""
+    src, sigs, data, base = _source(tmp_path)
+    for v in range(5):  # five rewrites of a third of the file, each sent as a delta
+        at = (v * 997_331) % (SIZE - SIZE // 3)
+        data[at : at + SIZE // 3] = os.urandom(SIZE // 3)
+        (src / "f.bin").write_bytes(data)
+        messages = _stream(src, sigs, base, v + 2)
+        assert isinstance(messages[0], DeltaStart) and isinstance(messages[-1], FileEnd)
+        base = messages[-1].hash
+    deltas = _delta_files(tmp_path)
+    assert len(deltas) <= 1, f"{len(deltas)} delta files kept (file {SIZE} bytes); only the last can be joined"
+
+
+def test_a_link_streaming_a_superseded_delta_still_gets_all_of_it(tmp_path: Path) -> None:
+    """Unlinking a superseded build never pulls its files from under a link that is streaming it."""
+    src, sigs, data, base = _source(tmp_path)
+    data[100:200] = os.urandom(100)
+    (src / "f.bin").write_bytes(data)
+    slow = iter_file_messages(src, "f.bin", 2, base_hash=base, options=SendOptions(signatures=sigs))
+    first = next(slow)
+    assert isinstance(first, DeltaStart)
+    build = next(iter(sigs._builds.values()))
+    assert build.done.wait(30)
+    v1 = bytes(data)
+    v1_hash = xxhash.xxh3_128(v1).digest()
+    data[5000:6000] = os.urandom(1000)
+    (src / "f.bin").write_bytes(data)
+    newer = _stream(src, sigs, v1_hash, 3)  # a faster link: the next version, from the one just signed
+    assert isinstance(newer[0], DeltaStart) and isinstance(newer[-1], FileEnd)
+    assert not any(p.path.exists() for p in build.parts)  # superseded: unlinked
+    rest = [m for m in slow if not isinstance(m, Flush)]
+    assert isinstance(rest[-1], FileEnd) and rest[-1].hash == v1_hash
+
+
+def test_a_failed_build_leaves_no_files(tmp_path: Path) -> None:
+    src, sigs, data, base = _source(tmp_path)
+    for sig in (tmp_path / "sigs" / "sig").iterdir():
+        sig.write_bytes(b"not a signature")  # the search refuses it
+    data[-10:] = b"0123456789"
+    (src / "f.bin").write_bytes(data)
+    kinds = [type(m).__name__ for m in _stream(src, sigs, base, 2)]
+    assert kinds[0] == "DeltaStart" and "FileAbort" in kinds and kinds[-1] == "FileEnd"  # then whole
+    assert _delta_files(tmp_path) == []
+
+
+def test_deltas_of_an_earlier_run_are_removed_when_the_store_opens(tmp_path: Path) -> None:
+    src, sigs, data, base = _source(tmp_path)
+    data[:10] = b"0123456789"
+    (src / "f.bin").write_bytes(data)
+    assert isinstance(_stream(src, sigs, base, 2)[-1], FileEnd)
+    assert _delta_files(tmp_path)
+    SignatureStore(tmp_path / "sigs")  # the agent restarted: no link can join the old builds
+    assert _delta_files(tmp_path) == []
+
+
+def _signatures(tmp: Path) -> list[str]:
+    return sorted(p.name for p in (tmp / "sigs" / "sig").iterdir())
+
+
+def test_a_deleted_files_signature_is_forgotten(tmp_path: Path) -> None:
+    src, sigs, _data, base = _source(tmp_path)
+    assert len(_signatures(tmp_path)) == 1
+    (src / "f.bin").unlink()
+    sigs.forget("f.bin")
+    assert _signatures(tmp_path) == [] and not sigs.has("f.bin", base)
+
+
+def test_a_renamed_files_signature_moves_so_its_next_change_is_a_delta(tmp_path: Path) -> None:
+    src, sigs, data, base = _source(tmp_path)
+    (src / "f.bin").rename(src / "g.bin")
+    sigs.move("f.bin", "g.bin")
+    assert not sigs.has("f.bin", base) and sigs.has("g.bin", base) and len(_signatures(tmp_path)) == 1
+    data[100:110] = b"0123456789"
+    (src / "g.bin").write_bytes(data)
+    messages = [m for m in iter_file_messages(src, "g.bin", 3, base_hash=base, options=SendOptions(signatures=sigs))
+                if not isinstance(m, Flush)]
+    assert isinstance(messages[0], DeltaStart) and isinstance(messages[-1], FileEnd)
+    assert messages[-1].hash == xxhash.xxh3_128(data).digest()
+    assert _signatures(tmp_path) == [f"{sigs._key('g.bin')}.{messages[-1].hash.hex()}.sig"]  # replaced, one per path
+
+
+def test_a_rename_onto_a_signed_file_replaces_that_files_signature(tmp_path: Path) -> None:
+    src, sigs, _data, base = _source(tmp_path)
+    other = os.urandom(256 * 1024)
+    (src / "g.bin").write_bytes(other)
+    sigs.remember(src, "g.bin", xxhash.xxh3_128(other).digest())
+    assert len(_signatures(tmp_path)) == 2
+    (src / "f.bin").rename(src / "g.bin")
+    sigs.move("f.bin", "g.bin")
+    assert _signatures(tmp_path) == [f"{sigs._key('g.bin')}.{base.hex()}.sig"]
+
+
+def test_a_signing_under_way_when_its_file_is_deleted_keeps_nothing(tmp_path: Path) -> None:
+    """A link reading the file to send it when the delete is journaled: its signature would
+    outlive the file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    sigs = SignatureStore(tmp_path / "sigs")
+    data = os.urandom(256 * 1024)
+    (src / "f.bin").write_bytes(data)
+    digest = xxhash.xxh3_128(data).digest()
+    signer = sigs.signer_for("f.bin", digest, len(data))
+    assert signer is not None
+    signer.update(data)
+    sigs.forget("f.bin")  # the delete is journaled while the link still sends the file
+    sigs.sent_whole(src, "f.bin", digest, len(data), signer)
+    sigs.release("f.bin", digest)
+    assert _signatures(tmp_path) == []
+    sigs.remember(src, "f.bin", digest)  # a later version of the path is signed again
+    assert sigs.has("f.bin", digest)
+
+
+def test_the_index_of_signatures_survives_a_restart(tmp_path: Path) -> None:
+    src, _sigs, _data, base = _source(tmp_path)
+    reopened = SignatureStore(tmp_path / "sigs")
+    reopened.forget("f.bin")
+    assert _signatures(tmp_path) == []
