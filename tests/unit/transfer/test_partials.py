@@ -16,7 +16,9 @@ from relaysync.protocol.messages import (
     AnyMessage,
     Checkpoint,
     Delete,
+    DeltaStart,
     Erase,
+    Error,
     FileChunk,
     FileEnd,
     FileStart,
@@ -191,3 +193,88 @@ def test_a_name_too_long_for_a_version_stamp_is_replaced_without_a_kept_version(
                                              hash=xxhash.xxh3_128(new).digest()), Checkpoint(seq=1)])
     assert replies == [Ack(mapping_id=1, watermark=1)]
     assert (folder.root / name).read_bytes() == new
+
+
+# --- a large file received whole and verified, staged but not committed when the batch ends ---
+
+STAGED = RESUME_MIN_BYTES + 8 * CHUNK_BYTES  # 16 MiB, a whole number of chunks: it resumes at its end
+
+
+def _source_files(tmp_path: Path, names: tuple[str, ...], mode: int = 0o644) -> tuple[Path, list[JournalRecord]]:
+    src = tmp_path / "src"
+    src.mkdir()
+    records = []
+    for seq, name in enumerate(names, 1):
+        data = os.urandom(STAGED)
+        (src / name).write_bytes(data)
+        os.chmod(src / name, mode)
+        records.append(JournalRecord(seq=seq, op="write", path=name,
+                                     entry=Entry(path=name, kind="f", size=STAGED, hash=xxhash.xxh3_128(data).digest())))
+    return src, records
+
+
+def _sent(src: Path, records: list[JournalRecord], folder: TargetFolder) -> list[AnyMessage]:
+    """What a link sends in a session: from the resume offsets of the target's MappingState."""
+    options = ops.SendOptions(resume={(p.path, p.hash): p.size for p in folder.list_partials()})
+    return [m for r in records for m in ops.record_messages(src, r, options) if not isinstance(m, ops.Flush)]
+
+
+def _data_bytes(msgs: list[AnyMessage], seq: int) -> int:
+    return sum(len(m.data) for m in msgs if isinstance(m, FileChunk) and m.seq == seq)
+
+
+def _end_of(msgs: list[AnyMessage], seq: int) -> int:
+    return next(i for i, m in enumerate(msgs) if isinstance(m, FileEnd) and m.seq == seq)
+
+
+@pytest.mark.parametrize("cut", ["link drops", "a later op fails"])
+def test_a_verified_large_file_staged_when_the_batch_ends_is_not_sent_again(tmp_path: Path, cut: str) -> None:
+    """a.bin arrives whole (FileEnd verified) and waits for the Checkpoint; then the link drops
+    mid b.bin, or a later op of the batch fails (a delta whose base this target lacks)."""
+    src, records = _source_files(tmp_path, ("a.bin", "b.bin"), mode=0o444)  # read-only: resumed all the same
+    folder = _folder(tmp_path)
+    first = _sent(src, records, folder)
+    end_a = _end_of(first, 1)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    if cut == "link drops":
+        assert session.apply_batch(first[:end_a + 1 + 1 + 4]) == []  # b.bin's FileStart and 4 chunks
+    else:
+        delta = DeltaStart(seq=2, path="c.txt", size=10, mode=0o644, mtime_ns=1, base_hash=b"x" * 16)
+        replies = session.apply_batch([*first[:end_a + 1], delta])
+        assert [type(r) for r in replies] == [Error]
+    session.close()
+    assert {p.path: p.size for p in folder.list_partials()}["a.bin"] == STAGED
+    assert _after_restart(folder)  # a restart keeps it too
+
+    again = _sent(src, records, folder)
+    assert _data_bytes(again, 1) == 0  # at most "not verified + one chunk": here nothing
+    assert next(m for m in again if isinstance(m, FileStart) and m.seq == 1).offset == STAGED
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch([*again, Checkpoint(seq=2)]) == [Ack(mapping_id=1, watermark=2)]
+    for name in ("a.bin", "b.bin"):
+        assert (folder.root / name).read_bytes() == (src / name).read_bytes()
+    assert folder.list_partials() == () and _temps(folder.root) == []
+
+
+def test_a_failed_commit_keeps_the_staged_partials_and_removes_the_other_temp_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    big, small = os.urandom(BIG), b"small"
+    partial = staging.IncomingFile.open_partial(root, root / "big.bin", xxhash.xxh3_128(big).digest(), owner=1,
+                                                size=BIG, mode=0o444, mtime_ns=MTIME, offset=0)
+    temp = staging.IncomingFile.open(root, root / "small.txt", size=len(small), mode=0o644, mtime_ns=MTIME)
+    for incoming, data in ((partial, big), (temp, small)):
+        incoming.append(data)
+        incoming.finish(xxhash.xxh3_128(data).digest())
+
+    def no_space(_final: Path) -> None:  # the version keeper could not save the old version
+        raise OSError(28, "No space left on device")
+
+    batch = staging.CommitBatch(durable=False, before_replace=no_space)
+    batch.add(partial)
+    batch.add(temp)
+    with pytest.raises(OSError):
+        batch.commit()
+    assert _temps(root) == [partial.temp.name]
+    assert partial.temp.stat().st_mode & 0o777 == 0o600 and partial.temp.read_bytes() == big
+    assert partial.fd == -1 and not (root / "big.bin").exists()
