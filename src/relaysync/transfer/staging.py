@@ -186,6 +186,12 @@ class IncomingFile:
             raise HashMismatch(self.final_name)
         os.fchmod(self.fd, permission_bits(self.mode))
 
+    def keep(self, length: int) -> None:
+        """Cut the temp file to its first `length` bytes (at most those received) and close it,
+        leaving it on disk: a partial the next session resumes at `length`, rehashing it."""
+        os.ftruncate(self.fd, min(length, self.received))  # a torn write may have left more
+        self.close()
+
     def discard(self) -> None:
         self.close()
         try:

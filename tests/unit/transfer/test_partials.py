@@ -4,7 +4,9 @@ never left behind once nothing can resume them, and temp names that always fit N
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from relaysync.protocol.messages import (
     DeltaStart,
     Erase,
     Error,
+    ErrorCode,
     FileChunk,
     FileEnd,
     FileStart,
@@ -26,7 +29,7 @@ from relaysync.protocol.messages import (
     Rename,
     SmallFile,
 )
-from relaysync.transfer import ops, staging
+from relaysync.transfer import ops, receiver, staging
 from relaysync.transfer.conflicts import NEWEST_MTIME, ConflictSession
 from relaysync.transfer.receiver import RESUME_MIN_BYTES, ReceiverSession, TargetFolder
 from relaysync.watch.changes import JournalRecord
@@ -278,3 +281,80 @@ def test_a_failed_commit_keeps_the_staged_partials_and_removes_the_other_temp_fi
     assert _temps(root) == [partial.temp.name]
     assert partial.temp.stat().st_mode & 0o777 == 0o600 and partial.temp.read_bytes() == big
     assert partial.fd == -1 and not (root / "big.bin").exists()
+
+
+# --- a full disk stops a large file: what was received stays, retries resend at most one chunk ---
+
+FULL = 24 * CHUNK_BYTES  # on a 12 MiB disk: about 11 MiB fit
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _attempt(src: Path, record: JournalRecord, folder: TargetFolder) -> tuple[int, list[AnyMessage]]:
+    """One session of the source's retries: the bytes of file data it sent, and the replies."""
+    msgs = _sent(src, [record], folder)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    replies = session.apply_batch([*msgs, Checkpoint(seq=1)])
+    session.close()
+    return _data_bytes(msgs, 1), replies
+
+
+def _big_on(tmp_path: Path, disk: Path) -> tuple[Path, JournalRecord, TargetFolder]:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(FULL)
+    (src / "big.bin").write_bytes(data)
+    record = JournalRecord(seq=1, op="write", path="big.bin",
+                           entry=Entry(path="big.bin", kind="f", size=FULL, hash=xxhash.xxh3_128(data).digest()))
+    root = disk / "target"
+    root.mkdir()
+    folder = TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "m.db"),
+                          durable=True)
+    return src, record, folder
+
+
+def _held(folder: TargetFolder) -> int:
+    return sum(p.size for p in folder.list_partials())
+
+
+def test_a_full_disk_keeps_the_whole_chunks_received_and_retries_resend_at_most_one_chunk(
+        tmp_path: Path, small_disk: Path) -> None:
+    src, record, folder = _big_on(tmp_path, small_disk)
+    held = 0
+    for _attempt_no in range(3):  # the source retries after each DISK_FULL
+        sent, replies = _attempt(src, record, folder)
+        assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.DISK_FULL]
+        assert sent <= FULL - held + CHUNK_BYTES  # what was not verified, plus one chunk
+        held = _held(folder)
+        assert held >= 8 * CHUNK_BYTES  # what fitted is kept, cut to whole chunks
+        assert [p.stat().st_size for p in small_disk.rglob("*.part")] == [held]
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    sent, replies = _attempt(src, record, folder)  # space is back: the rest only
+    assert replies == [Ack(mapping_id=1, watermark=1)]
+    assert sent == FULL - held
+    assert (folder.root / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert folder.list_partials() == () and _temps(folder.root) == []
+
+
+def test_a_partial_that_stops_growing_on_a_full_disk_is_dropped_after_a_while(
+        tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held for ever, its space could keep other files (another mapping's, another partial
+    waiting on this one) from ever fitting: past FULL_DISK_HOLD_S without growing, it goes."""
+    monkeypatch.setattr(receiver, "FULL_DISK_HOLD_S", 0.0)
+    src, record, folder = _big_on(tmp_path, small_disk)
+    _attempt(src, record, folder)
+    held = _held(folder)
+    assert held >= 8 * CHUNK_BYTES
+    _attempt(src, record, folder)  # no room for one more chunk: not grown, held too long: dropped
+    assert folder.list_partials() == () and _temps(folder.root) == []
+    sent, _ = _attempt(src, record, folder)  # from byte 0 again, kept again
+    assert sent == FULL and _held(folder) >= 8 * CHUNK_BYTES
