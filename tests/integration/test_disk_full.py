@@ -1,14 +1,17 @@
-"""A target whose disk fills up: clear error, old file kept, no temp left, converges once space is back."""
+"""A target whose disk fills up: clear error, old file kept, no temp left (a large file keeps
+its partial to resume), converges once space is back."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from relaysync.constants import CHUNK_BYTES
 from relaysync.testing.cluster import wait_until
 from tests._trees import temp_files
 from tests.integration.conftest import Fleet
@@ -16,15 +19,23 @@ from tests.integration.conftest import Fleet
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
+def _mounted(mount: Path, size: str) -> Iterator[Path]:
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from _mounted(tmp_path / "small", "4m")
+
+
+@pytest.fixture
+def twelve_mib_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from _mounted(tmp_path / "small12", "12m")
 
 
 def test_disk_full_on_target_is_retried_and_converges(fleet: Fleet, small_disk: Path) -> None:
@@ -45,3 +56,31 @@ def test_disk_full_on_target_is_retried_and_converges(fleet: Fleet, small_disk: 
     assert temp_files(dst) == []
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     fleet.wait_converged(src, [dst], timeout_s=60)
+
+
+def test_a_large_file_on_a_full_disk_keeps_what_fitted_and_resumes_once_space_is_back(
+        fleet: Fleet, twelve_mib_disk: Path) -> None:
+    """Above RESUME_MIN_BYTES the file has a named partial: a full disk cuts it to whole chunks
+    and keeps it, so each retry and the final transfer resend at most one chunk of what fitted."""
+    n = "diskfull-large"
+    src = fleet.base / n / "source"
+    src.mkdir(parents=True)
+    dst = twelve_mib_disk / "target"
+    fleet.cluster.create_mapping(n, "src", src, [("t1", dst)])
+    wait_until(dst.is_dir, timeout_s=30, what="target folder")
+    size = 24 * CHUNK_BYTES
+    (src / "large.bin").write_bytes(os.urandom(size))
+    log = fleet.cluster.base / "agent-t1.log"
+
+    def resumes() -> list[int]:
+        return [int(m) for m in re.findall(r"resuming large.bin at offset (\d+)", log.read_text())]
+
+    wait_until(lambda: len(resumes()) >= 2, timeout_s=30, what="two retries on the full disk")
+    held = max(p.stat().st_size for p in dst.iterdir() if p.name.endswith(".part"))
+    assert held >= 8 * CHUNK_BYTES  # about 11 MiB fit
+    assert all(size - offset <= (size - held) + CHUNK_BYTES for offset in resumes())
+    assert not (dst / "large.bin").exists()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(twelve_mib_disk)], check=True)
+    fleet.wait_converged(src, [dst], timeout_s=60)
+    assert size - resumes()[-1] <= (size - held) + CHUNK_BYTES
+    assert temp_files(dst) == []

@@ -60,6 +60,42 @@ def test_receiver_killed_mid_200mib_resumes(limited_fleet: Fleet) -> None:
     assert _partials(dst) == []
 
 
+def _partial_of(root: Path, name: str) -> int:
+    """The size of `name`'s partial (0 if there is none)."""
+    for p in _partials(root):
+        if p.name.startswith(f".relaysync.{name}."):
+            try:
+                return p.stat().st_size
+            except FileNotFoundError:
+                return 0
+    return 0
+
+
+def test_source_killed_mid_batch_keeps_the_large_file_already_verified(limited_fleet: Fleet) -> None:
+    """Two large files in one journal batch (one Checkpoint after both); the source dies while the
+    second streams. The first, received whole and verified but not yet committed, is not sent again."""
+    cluster = limited_fleet.cluster
+    _, src, (dst,) = limited_fleet.new_mapping(targets=("t1",))
+    (src / "warm").write_text("x")
+    limited_fleet.wait_converged(src, [dst])
+    cluster.agents["t1"].process.kill()  # both files written while the target is away: one replay batch
+    size = 32 * CHUNK_BYTES
+    _write_random(src / "a.bin", size)
+    _write_random(src / "b.bin", size)
+    cluster.start_agent("t1")
+    wait_until(lambda: _partial_of(dst, "a.bin") == size and _partial_of(dst, "b.bin") > 4 * CHUNK_BYTES,
+               timeout_s=60, interval_s=0.005, what="a.bin received whole, b.bin under way")
+    cluster.agents["src"].process.kill()
+    cluster.start_agent("src", env={"RELAYSYNC_BANDWIDTH_LIMIT_MBIT": str(LIMIT_MBIT)})
+    limited_fleet.wait_converged(src, [dst], timeout_s=60)
+    log = (cluster.base / "agent-t1.log").read_text()
+    offsets = [int(m) for m in re.findall(r"resuming a.bin at offset (\d+)", log)]
+    assert offsets, "a.bin should have resumed, not restarted"
+    assert size - offsets[-1] <= CHUNK_BYTES  # held whole: at most one chunk again (here none)
+    assert re.search(r"resuming b.bin at offset [1-9]", log), "b.bin, cut mid-file, resumes too"
+    assert _partials(dst) == []
+
+
 def test_bandwidth_limit_holds_within_ten_percent(limited_fleet: Fleet) -> None:
     _, src, (dst,) = limited_fleet.new_mapping(targets=("t1",))
     size = 120 * CHUNK_BYTES  # about 5 s at the limit

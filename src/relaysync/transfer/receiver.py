@@ -7,7 +7,9 @@ target's manifest per source journal, after the batch is durable.
 
 Error handling: a refused op that can never succeed (an unsafe path, a malformed op) is recorded
 as failed and skipped; an op that may succeed later (hash mismatch, I/O error, full disk) stops
-the batch, keeps the watermark before it, and is reported to the source, which retries.
+the batch, keeps the watermark before it, and is reported to the source, which retries. A
+large file's partial stays for the retry: whole when it was verified, cut to whole chunks on a
+full disk.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ logger = logging.getLogger(__name__)
 
 MAX_LISTING_ENTRIES = 20_000  # directory entries per digest reply (about 1.5 MB)
 RESUME_MIN_BYTES = 8 * 1024 * 1024  # files this large keep a named partial that survives a crash
+# A partial a full disk stopped is kept (retries resume it) while it grows; one that has not grown
+# for this long is dropped at its next full disk, so the space it holds goes to other files (of
+# any mapping on that disk) instead of being held for ever, e.g. by two partials waiting on each other.
+FULL_DISK_HOLD_S = 600.0
 ReportFn = Callable[[int, Sequence[CommitRecord]], None]  # (watermark, records)
 
 
@@ -96,6 +102,8 @@ class TargetFolder:
     # Directories proven real under root: shared by the members on one root like `lock`, so that
     # one member's rename or link there is never hidden from another member's cache.
     resolver: SafeResolver = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    # Partials a full disk stopped: path -> (bytes kept, since when (monotonic) they have not grown).
+    _full_disk: dict[str, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.parents:
@@ -152,6 +160,7 @@ class TargetFolder:
             return
         for path, digest in doomed:
             self._remove_partial_file(path, digest)
+            self._full_disk.pop(path, None)
         self.manifest.set_meta("partials", json.dumps(partials))
 
     def _remove_partial_file(self, path: str, digest_hex: str) -> None:
@@ -162,6 +171,17 @@ class TargetFolder:
             pass
         except OSError as exc:  # the space stays taken until the next start's clean-up
             logger.warning("could not remove partial of %s: %s", path, exc)
+
+    def keep_after_full_disk(self, path: str, kept: int) -> bool:
+        """Whether the partial of `path`, cut by a full disk to `kept` bytes, stays (FULL_DISK_HOLD_S)."""
+        now = time.monotonic()
+        held, since = self._full_disk.get(path, (-1, now))
+        if kept != held:  # it grew since the last full disk (or this is the first): a fresh hold
+            self._full_disk[path] = (kept, now)
+        elif now - since >= FULL_DISK_HOLD_S:
+            del self._full_disk[path]
+            return False
+        return True
 
     def partial_files(self) -> frozenset[Path]:
         return frozenset(self._partial_file(p, h) for p, h in self._partials().items())
@@ -222,6 +242,8 @@ class ReceiverSession:
                 if reply is not None:
                     replies.append(reply)
         except TransientFailure as failure:
+            if failure.code == ErrorCode.DISK_FULL:
+                self._keep_received_chunks(failure.seq)
             self._abort_incoming()
             self._batch.discard()
             self._pending = _Pending()
@@ -450,6 +472,25 @@ class ReceiverSession:
         except BaseException:
             delta.discard()
             raise
+
+    def _keep_received_chunks(self, seq: int) -> None:
+        """A full disk stopped the large file `seq`: keep its partial cut to whole chunks, so each
+        retry resends at most one chunk and the file resumes once there is space again."""
+        incoming, start = self._incoming, self._incoming_msg
+        if (not isinstance(incoming, staging.IncomingFile) or not isinstance(start, FileStart) or start.seq != seq
+                or not incoming.temp_name.endswith(staging.PARTIAL_SUFFIX)):
+            return
+        kept = incoming.received // CHUNK_BYTES * CHUNK_BYTES  # what the resume rehashes from disk
+        if not self.folder.keep_after_full_disk(start.path, kept):
+            logger.warning("full disk: dropping the partial of %s, stuck at %s bytes", start.path, kept)
+            return
+        try:
+            incoming.keep(kept)
+        except OSError as exc:
+            logger.warning("full disk: could not cut the partial of %s: %s", start.path, exc)
+            return
+        self._incoming = self._incoming_msg = None
+        logger.info("full disk: keeping %s bytes of %s to resume", kept, start.path)
 
     def _abort_incoming(self) -> None:
         if self._incoming is not None:

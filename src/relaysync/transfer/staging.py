@@ -186,6 +186,12 @@ class IncomingFile:
             raise HashMismatch(self.final_name)
         os.fchmod(self.fd, permission_bits(self.mode))
 
+    def keep(self, length: int) -> None:
+        """Cut the temp file to its first `length` bytes (at most those received) and close it,
+        leaving it on disk: a partial the next session resumes at `length`, rehashing it."""
+        os.ftruncate(self.fd, min(length, self.received))  # a torn write may have left more
+        self.close()
+
     def discard(self) -> None:
         self.close()
         try:
@@ -251,14 +257,46 @@ class CommitBatch:
                 for d in dirs:
                     fsync_dir(d)
         except BaseException:
-            for f in files:
-                f.discard()
+            _discard_keeping_partials(files)
             raise
 
     def discard(self) -> None:
+        """Drop the staged files, keeping the named partials on disk (closed) to be resumed."""
         files, self._files = self._files, []
-        for f in files:
+        _discard_keeping_partials(files)
+
+
+def _discard_keeping_partials(files: list[IncomingFile]) -> None:
+    """Remove the temp files of `files`, but close and keep the named partials among them.
+
+    A staged partial was received whole and verified: the next session's MappingState lists it
+    at its full size and the source sends none of it again. It goes by the usual rules (a commit,
+    a delete, a newer version...). Back to 0600: `finish` gave it the file's own mode, and a
+    read-only mode would keep the next session from opening it to resume.
+    """
+    for f in files:
+        if f.temp_name.endswith(PARTIAL_SUFFIX) and _writable_again(f):
+            f.close()
+        else:
             f.discard()
+
+
+def _writable_again(f: IncomingFile) -> bool:
+    """Give a staged file back the temp mode 0600 (False if that failed: not resumable as it is)."""
+    try:
+        fd = f.fd if f.fd >= 0 else os.open(f.temp_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True  # renamed into place already: nothing left to keep
+    except OSError:
+        return False
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        return False
+    finally:
+        if fd != f.fd:
+            os.close(fd)
+    return True
 
 
 def clean_stale_temps(root: Path, keep: frozenset[Path] = frozenset()) -> int:

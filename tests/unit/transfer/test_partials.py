@@ -4,7 +4,9 @@ never left behind once nothing can resume them, and temp names that always fit N
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,10 @@ from relaysync.protocol.messages import (
     AnyMessage,
     Checkpoint,
     Delete,
+    DeltaStart,
     Erase,
+    Error,
+    ErrorCode,
     FileChunk,
     FileEnd,
     FileStart,
@@ -24,7 +29,7 @@ from relaysync.protocol.messages import (
     Rename,
     SmallFile,
 )
-from relaysync.transfer import ops, staging
+from relaysync.transfer import ops, receiver, staging
 from relaysync.transfer.conflicts import NEWEST_MTIME, ConflictSession
 from relaysync.transfer.receiver import RESUME_MIN_BYTES, ReceiverSession, TargetFolder
 from relaysync.watch.changes import JournalRecord
@@ -191,3 +196,165 @@ def test_a_name_too_long_for_a_version_stamp_is_replaced_without_a_kept_version(
                                              hash=xxhash.xxh3_128(new).digest()), Checkpoint(seq=1)])
     assert replies == [Ack(mapping_id=1, watermark=1)]
     assert (folder.root / name).read_bytes() == new
+
+
+# --- a large file received whole and verified, staged but not committed when the batch ends ---
+
+STAGED = RESUME_MIN_BYTES + 8 * CHUNK_BYTES  # 16 MiB, a whole number of chunks: it resumes at its end
+
+
+def _source_files(tmp_path: Path, names: tuple[str, ...], mode: int = 0o644) -> tuple[Path, list[JournalRecord]]:
+    src = tmp_path / "src"
+    src.mkdir()
+    records = []
+    for seq, name in enumerate(names, 1):
+        data = os.urandom(STAGED)
+        (src / name).write_bytes(data)
+        os.chmod(src / name, mode)
+        records.append(JournalRecord(seq=seq, op="write", path=name,
+                                     entry=Entry(path=name, kind="f", size=STAGED, hash=xxhash.xxh3_128(data).digest())))
+    return src, records
+
+
+def _sent(src: Path, records: list[JournalRecord], folder: TargetFolder) -> list[AnyMessage]:
+    """What a link sends in a session: from the resume offsets of the target's MappingState."""
+    options = ops.SendOptions(resume={(p.path, p.hash): p.size for p in folder.list_partials()})
+    return [m for r in records for m in ops.record_messages(src, r, options) if not isinstance(m, ops.Flush)]
+
+
+def _data_bytes(msgs: list[AnyMessage], seq: int) -> int:
+    return sum(len(m.data) for m in msgs if isinstance(m, FileChunk) and m.seq == seq)
+
+
+def _end_of(msgs: list[AnyMessage], seq: int) -> int:
+    return next(i for i, m in enumerate(msgs) if isinstance(m, FileEnd) and m.seq == seq)
+
+
+@pytest.mark.parametrize("cut", ["link drops", "a later op fails"])
+def test_a_verified_large_file_staged_when_the_batch_ends_is_not_sent_again(tmp_path: Path, cut: str) -> None:
+    """a.bin arrives whole (FileEnd verified) and waits for the Checkpoint; then the link drops
+    mid b.bin, or a later op of the batch fails (a delta whose base this target lacks)."""
+    src, records = _source_files(tmp_path, ("a.bin", "b.bin"), mode=0o444)  # read-only: resumed all the same
+    folder = _folder(tmp_path)
+    first = _sent(src, records, folder)
+    end_a = _end_of(first, 1)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    if cut == "link drops":
+        assert session.apply_batch(first[:end_a + 1 + 1 + 4]) == []  # b.bin's FileStart and 4 chunks
+    else:
+        delta = DeltaStart(seq=2, path="c.txt", size=10, mode=0o644, mtime_ns=1, base_hash=b"x" * 16)
+        replies = session.apply_batch([*first[:end_a + 1], delta])
+        assert [type(r) for r in replies] == [Error]
+    session.close()
+    assert {p.path: p.size for p in folder.list_partials()}["a.bin"] == STAGED
+    assert _after_restart(folder)  # a restart keeps it too
+
+    again = _sent(src, records, folder)
+    assert _data_bytes(again, 1) == 0  # at most "not verified + one chunk": here nothing
+    assert next(m for m in again if isinstance(m, FileStart) and m.seq == 1).offset == STAGED
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch([*again, Checkpoint(seq=2)]) == [Ack(mapping_id=1, watermark=2)]
+    for name in ("a.bin", "b.bin"):
+        assert (folder.root / name).read_bytes() == (src / name).read_bytes()
+    assert folder.list_partials() == () and _temps(folder.root) == []
+
+
+def test_a_failed_commit_keeps_the_staged_partials_and_removes_the_other_temp_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    big, small = os.urandom(BIG), b"small"
+    partial = staging.IncomingFile.open_partial(root, root / "big.bin", xxhash.xxh3_128(big).digest(), owner=1,
+                                                size=BIG, mode=0o444, mtime_ns=MTIME, offset=0)
+    temp = staging.IncomingFile.open(root, root / "small.txt", size=len(small), mode=0o644, mtime_ns=MTIME)
+    for incoming, data in ((partial, big), (temp, small)):
+        incoming.append(data)
+        incoming.finish(xxhash.xxh3_128(data).digest())
+
+    def no_space(_final: Path) -> None:  # the version keeper could not save the old version
+        raise OSError(28, "No space left on device")
+
+    batch = staging.CommitBatch(durable=False, before_replace=no_space)
+    batch.add(partial)
+    batch.add(temp)
+    with pytest.raises(OSError):
+        batch.commit()
+    assert _temps(root) == [partial.temp.name]
+    assert partial.temp.stat().st_mode & 0o777 == 0o600 and partial.temp.read_bytes() == big
+    assert partial.fd == -1 and not (root / "big.bin").exists()
+
+
+# --- a full disk stops a large file: what was received stays, retries resend at most one chunk ---
+
+FULL = 24 * CHUNK_BYTES  # on a 12 MiB disk: about 11 MiB fit
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _attempt(src: Path, record: JournalRecord, folder: TargetFolder) -> tuple[int, list[AnyMessage]]:
+    """One session of the source's retries: the bytes of file data it sent, and the replies."""
+    msgs = _sent(src, [record], folder)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    replies = session.apply_batch([*msgs, Checkpoint(seq=1)])
+    session.close()
+    return _data_bytes(msgs, 1), replies
+
+
+def _big_on(tmp_path: Path, disk: Path) -> tuple[Path, JournalRecord, TargetFolder]:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(FULL)
+    (src / "big.bin").write_bytes(data)
+    record = JournalRecord(seq=1, op="write", path="big.bin",
+                           entry=Entry(path="big.bin", kind="f", size=FULL, hash=xxhash.xxh3_128(data).digest()))
+    root = disk / "target"
+    root.mkdir()
+    folder = TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "m.db"),
+                          durable=True)
+    return src, record, folder
+
+
+def _held(folder: TargetFolder) -> int:
+    return sum(p.size for p in folder.list_partials())
+
+
+def test_a_full_disk_keeps_the_whole_chunks_received_and_retries_resend_at_most_one_chunk(
+        tmp_path: Path, small_disk: Path) -> None:
+    src, record, folder = _big_on(tmp_path, small_disk)
+    held = 0
+    for _attempt_no in range(3):  # the source retries after each DISK_FULL
+        sent, replies = _attempt(src, record, folder)
+        assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.DISK_FULL]
+        assert sent <= FULL - held + CHUNK_BYTES  # what was not verified, plus one chunk
+        held = _held(folder)
+        assert held >= 8 * CHUNK_BYTES  # what fitted is kept, cut to whole chunks
+        assert [p.stat().st_size for p in small_disk.rglob("*.part")] == [held]
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    sent, replies = _attempt(src, record, folder)  # space is back: the rest only
+    assert replies == [Ack(mapping_id=1, watermark=1)]
+    assert sent == FULL - held
+    assert (folder.root / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert folder.list_partials() == () and _temps(folder.root) == []
+
+
+def test_a_partial_that_stops_growing_on_a_full_disk_is_dropped_after_a_while(
+        tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held for ever, its space could keep other files (another mapping's, another partial
+    waiting on this one) from ever fitting: past FULL_DISK_HOLD_S without growing, it goes."""
+    monkeypatch.setattr(receiver, "FULL_DISK_HOLD_S", 0.0)
+    src, record, folder = _big_on(tmp_path, small_disk)
+    _attempt(src, record, folder)
+    held = _held(folder)
+    assert held >= 8 * CHUNK_BYTES
+    _attempt(src, record, folder)  # no room for one more chunk: not grown, held too long: dropped
+    assert folder.list_partials() == () and _temps(folder.root) == []
+    sent, _ = _attempt(src, record, folder)  # from byte 0 again, kept again
+    assert sent == FULL and _held(folder) >= 8 * CHUNK_BYTES
