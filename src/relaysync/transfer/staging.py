@@ -176,7 +176,9 @@ class IncomingFile:
         self.received += len(data)
 
     def finish(self, expected_hash: bytes) -> None:
-        """Check size and hash, set mode and mtime; the file stays in its temp name.
+        """Check size and hash; the file stays in its temp name, mode 0600, until committed
+        (a kept partial of a read-only file must stay writable for its owner to resume it, even
+        after a kill -9; `CommitBatch.commit` sets mode and mtime).
 
         Raises:
             HashMismatch: the bytes received are not the bytes announced.
@@ -184,7 +186,6 @@ class IncomingFile:
         if self.received != self.size or self.hasher.digest() != expected_hash:
             self.discard()
             raise HashMismatch(self.final_name)
-        os.fchmod(self.fd, permission_bits(self.mode))
 
     def keep(self, length: int) -> None:
         """Cut the temp file to its first `length` bytes (at most those received) and close it,
@@ -232,15 +233,17 @@ class CommitBatch:
         self._files = list(files)
 
     def commit(self) -> None:
-        """fsync every temp file, rename each into place, fsync each directory once."""
+        """Set each temp file's mode and mtime (and fsync it), rename each into place, fsync
+        each directory once."""
         files, self._files = self._files, []
         try:
-            if self.durable:
-                for f in files:
+            for f in files:  # before the fsync, so that safe durability covers them too
+                os.fchmod(f.fd, permission_bits(f.mode))
+                os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
+                if self.durable:
                     os.fsync(f.fd)
             dirs: set[str] = set()
             for f in files:
-                os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
                 f.close()
                 if self.before_replace is not None:
                     self.before_replace(f.final)

@@ -358,3 +358,20 @@ def test_a_partial_that_stops_growing_on_a_full_disk_is_dropped_after_a_while(
     assert folder.list_partials() == () and _temps(folder.root) == []
     sent, _ = _attempt(src, record, folder)  # from byte 0 again, kept again
     assert sent == FULL and _held(folder) >= 8 * CHUNK_BYTES
+
+
+def test_a_staged_read_only_file_stays_writable_for_its_owner_until_committed(tmp_path: Path) -> None:
+    """A verified partial waits for its batch's commit in mode 0600: after a kill -9 there,
+    an agent that is not root must still be able to reopen it to resume (0444 would mean an
+    EACCES on every retry). The file's own mode is set at commit."""
+    data = os.urandom(CHUNK_BYTES + 1)
+    incoming = staging.IncomingFile.open_partial(tmp_path, tmp_path / "ro.bin", xxhash.xxh3_128_digest(data),
+                                                 owner=1, size=len(data), mode=0o100444, mtime_ns=10**18, offset=0)
+    incoming.append(data)
+    incoming.finish(xxhash.xxh3_128_digest(data))
+    assert os.stat(incoming.temp_name).st_mode & 0o777 == 0o600
+    batch = staging.CommitBatch(durable=True)
+    batch.add(incoming)
+    batch.commit()
+    st = os.stat(tmp_path / "ro.bin")
+    assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o444, 10**18)
