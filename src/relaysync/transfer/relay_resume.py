@@ -1,18 +1,36 @@
-"""Resume through a relay: a spooled file cut down to what a child already holds.
+"""Resume through a relay: a spooled file cut down to what a child holds, or completed from ours.
 
 A child lists its partials (path, content hash, bytes held) when a relay's link opens. When the
 spool brings that version's FileStart, the child gets it resuming at the first message that
-carries a byte it lacks, and the spooled chunks below are dropped (`ResumeCut`). The child hashes
-its kept prefix again, so its whole-file check covers what it did not receive this time.
+carries a byte it lacks, and the spooled chunks below are dropped (`ResumeCut`).
+
+A relay lists its own partials too, so its parent may resume it at offset k: the spool then
+holds that version from k only. A child holding less than k gets the bytes it lacks below k
+from the relay's own copy (`open_prefix`, `prefix_messages`): its partial while it is being
+received, or the committed file while the manifest says it is that version.
+
+Either way the child hashes its kept prefix again, so its whole-file check covers what it did
+not receive this time: bytes that are not that version (our copy replaced meanwhile) end in a
+hash mismatch, and the version then goes whole from the relay's tree, never in a corrupt commit.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgspec
 
+from relaysync.constants import CHUNK_BYTES
+from relaysync.errors import TransferError, UnsafePath
 from relaysync.protocol.messages import AnyMessage, FileAbort, FileChunk, FileEnd, FileStart
+from relaysync.transfer import staging
+from relaysync.transfer.codec import encode_chunk
+from relaysync.transfer.ops import SendOptions
+from relaysync.transfer.paths import resolve_inside
+from relaysync.transfer.receiver import TargetFolder
 
 
 @dataclass
@@ -63,3 +81,56 @@ class ResumeCut:
 
     def clear(self) -> None:
         self.start, self.pending = None, None
+
+
+def open_prefix(folder: TargetFolder, start: FileStart) -> int | None:
+    """A descriptor of our copy of `start`'s version with at least its first `start.offset` bytes.
+
+    Our partial while we receive it (the receiver keeps what is below the offset it resumed at),
+    else the committed file if our manifest says it is that version. Once open, a commit or a
+    newer version does not change what it reads. Returns None if we hold neither.
+    """
+    try:
+        final = resolve_inside(folder.root, start.path)
+    except UnsafePath:
+        return None
+    fd = _open_at_least(staging.partial_name_for(final, start.expected_hash, folder.mapping_id), start.offset)
+    if fd is None:
+        entry = folder.manifest.get(start.path)
+        if entry is not None and entry.hash == start.expected_hash:
+            fd = _open_at_least(final, start.offset)
+    return fd
+
+
+def _open_at_least(path: os.PathLike[str], size: int) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_size >= size:
+        return fd
+    os.close(fd)
+    return None
+
+
+def prefix_messages(fd: int, start: FileStart, held: int, options: SendOptions) -> Iterator[AnyMessage]:
+    """`start` resuming at `held`, then our copy's bytes from `held` up to `start.offset` in the
+    child's codec; the spooled chunks from `start.offset` on follow them. Runs in a worker thread.
+
+    Raises:
+        TransferError: our copy ended early (cut since it was opened): the session ends and that
+            version goes whole from our tree next time.
+    """
+    yield msgspec.structs.replace(start, offset=held)
+    offset = held
+    while offset < start.offset:
+        step = options.bandwidth.chunk_bytes(CHUNK_BYTES)  # a power of two, so `held` is a boundary
+        data = os.pread(fd, min(step - offset % step, start.offset - offset), offset)
+        if not data:
+            options.whole_file_seqs.add(start.seq)
+            raise TransferError(f"{start.path}: our copy ended at {offset} of the {start.offset} bytes "
+                                "a child lacks")
+        codec_id, payload = encode_chunk(data, options.codec)
+        yield FileChunk(seq=start.seq, offset=offset, data=payload, codec=codec_id)
+        offset += len(data)
