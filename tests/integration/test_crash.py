@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from relaysync.testing.cluster import wait_until
+from relaysync.constants import CHUNK_BYTES
+from relaysync.testing.cluster import Cluster, wait_until
 from tests._trees import temp_files
 from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
 
@@ -119,3 +122,92 @@ def test_inotify_overflow_is_detected_and_rescanned(tmp_path: Path) -> None:
         assert "overflow" in log.lower()
     finally:
         fleet.cluster.stop()
+
+
+RESUME_LIMIT = {"RELAYSYNC_BANDWIDTH_LIMIT_MBIT": "200"}  # 25 MB/s on every hop: slow enough to kill mid-file
+
+
+def _write_random(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(size // CHUNK_BYTES):
+            f.write(os.urandom(CHUNK_BYTES))
+
+
+def _partial_size(root: Path, name: str) -> int:
+    """Bytes in the resumable partial of `name` under root (0: none)."""
+    for p in root.iterdir():
+        if p.name.startswith(f".relaysync.{name}.") and p.name.endswith(".part"):
+            try:
+                return p.stat().st_size
+            except FileNotFoundError:
+                return 0
+    return 0
+
+
+def _resume_offsets(log: Path, name: str) -> list[int]:
+    return [int(m) for m in re.findall(rf"resuming {re.escape(name)} at offset (\d+)", log.read_text())]
+
+
+def _settled(read: Callable[[], int]) -> int:
+    """The value once it stops changing (a killed sender's last bytes are still being written)."""
+    last = -1
+    while (now := read()) != last:
+        last = now
+        time.sleep(0.3)
+    return last
+
+
+@pytest.fixture
+def relay_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """src -> relay -> child: a1 and a2 share a group, so one relays to the other."""
+    cluster = Cluster(tmp_path / "fleet")
+    cluster.start_master()
+    try:
+        cluster.start_agent("src", region="origin", group="origin", env=RESUME_LIMIT, wait=False)
+        for name in ("a1", "a2"):
+            cluster.start_agent(name, region="r1", group="r1g1", env=RESUME_LIMIT, wait=False)
+        for name in ("src", "a1", "a2"):
+            cluster.wait_agent_up(name)
+        yield Fleet(cluster, tmp_path)
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("killed", ["child", "relay", "source"])
+def test_resume_through_a_relay_hop(relay_fleet: Fleet, killed: str) -> None:
+    """kill -9 the relay, its child or the source mid-file: what each target below had received is
+    not sent to it again (at most one chunk of it). With the source killed the route stays: its
+    parent resumes the relay, and the child gets what it lacks from the relay's spool and copy."""
+    cluster = relay_fleet.cluster
+    mapping, src, dsts = relay_fleet.new_mapping(targets=("a1", "a2"))
+    mapping_id = int(mapping["id"])
+    r = cluster.api.put(f"/api/mappings/{mapping_id}/routing", json={"fail_after_s": 300})  # no re-plan
+    assert r.status_code == 200, r.text
+
+    def parents() -> dict[str, str]:
+        hops = cluster.api.get(f"/api/mappings/{mapping_id}/routes").json()["hops"]
+        return {h["child"]: h["parent"] for h in hops}
+
+    plan = wait_until(lambda: (p := parents()) and len(p) == 2 and p, timeout_s=60, interval_s=0.1, what="a plan")
+    relay = next(c for c, p in plan.items() if p == "src")
+    child = next(c for c, p in plan.items() if p == relay)
+    dir_of = dict(zip(("a1", "a2"), dsts, strict=True))
+    (src / "warm").write_text("x")
+    relay_fleet.wait_converged(src, dsts)
+    victim = {"child": child, "relay": relay, "source": "src"}[killed]
+    size = 64 * CHUNK_BYTES
+    _write_random(src / "big.bin", size)
+    watched = child if killed == "child" else relay
+    wait_until(lambda: _partial_size(dir_of[watched], "big.bin") > 24 * CHUNK_BYTES, timeout_s=60,
+               interval_s=0.005, what=f"{watched} holds 24 MiB")
+    cluster.agents[victim].process.kill()
+    held = {t: _settled(lambda t=t: _partial_size(dir_of[t], "big.bin"))
+            for t in ((child,) if killed == "child" else (relay, child))}
+    region, group = ("origin", "origin") if victim == "src" else ("r1", "r1g1")
+    cluster.start_agent(victim, region=region, group=group, env=RESUME_LIMIT)
+    relay_fleet.wait_converged(src, dsts, timeout_s=90)
+    for target, had in held.items():
+        offsets = _resume_offsets(cluster.base / f"agent-{target}.log", "big.bin")
+        sent_again = size - (offsets[-1] if offsets else 0)
+        assert sent_again <= (size - had) + CHUNK_BYTES, (
+            f"{killed} killed: {target} held {had} of {size} bytes; {sent_again} bytes were sent to it again")

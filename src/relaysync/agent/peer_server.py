@@ -211,8 +211,9 @@ class PeerServer:
         session.sender_resends_renames = CAP_RENAME_RESEND in sender_capabilities
         feed = self.relays(folder.mapping_id)
         try:
-            # A relay offers no partials: a resumed file would reach its children cut short.
-            partials = await anyio.to_thread.run_sync(folder.list_partials) if feed is None else ()
+            # A relay resumes too: its links send children the part below the resume offset from
+            # its own copy (transfer/relay_resume.py).
+            partials = await anyio.to_thread.run_sync(folder.list_partials)
             if feed is not None:
                 await anyio.to_thread.run_sync(feed.spool.begin, journal_id, session.watermark)
                 feed.committed = session.watermark

@@ -11,7 +11,10 @@ target below it, so the source keeps each change until every target has committe
 relay keeps its spool until its own children (and itself) have committed it.
 
 A delta is forwarded as it came; a child that lacks the delta's base refuses it, and the relay
-then sends that file whole from its own tree once it has committed it. File data (whole or delta)
+then sends that file whole from its own tree once it has committed it. A large file the child holds
+in part (a partial it lists when the link opens) is forwarded from the first chunk it lacks
+(transfer/relay_resume.py); where our parent resumed us, a child holding less gets the part
+below our resume offset from our own copy. File data (whole or delta)
 crosses each hop in that hop's codec: a chunk that came in with another one is decoded and encoded
 again on the way out, one that came in with the same one passes untouched.
 """
@@ -19,6 +22,7 @@ again on the way out, one that came in with the same one passes untouched.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,7 @@ from relaysync.protocol.messages import (
     DeltaStart,
     FileAbort,
     FileEnd,
+    FileStart,
     MappingState,
     NodeMark,
     Ping,
@@ -42,6 +47,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import ops
 from relaysync.transfer.receiver import TargetFolder
+from relaysync.transfer.relay_resume import ResumeCut, open_prefix, prefix_messages
 from relaysync.transfer.sender import BATCH_BYTES, TargetLink, _Session
 from relaysync.transfer.spool import Spool
 from relaysync.watch.manifest import Manifest
@@ -133,7 +139,9 @@ class RelayFeed:
 
 @dataclass
 class RefusedDelta:
-    """The delta a child refused (it lacks the base) whose messages a relay is dropping."""
+    """A version a relay sends a child whole from its tree, whose spooled messages it is dropping:
+    a delta the child refused (it lacks the base), or a file our parent resumed us on that we hold
+    no copy of below the resume offset for a child that lacks it."""
 
     seq: int = -1  # -1: none
     path: str = ""
@@ -160,17 +168,19 @@ class RelayLink(TargetLink):
     async def _stream(self, session: _Session, state: MappingState, tg: TaskGroup) -> None:
         feed, spool = self.source, self.source.spool
         session.acked = session.sent_upto = state.watermark
-        self.options.resume = {}
+        # What the child holds in part: a comparison resumes from our tree, _forward from the spool.
+        self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
         self.connected = True
         await self._catch_up(session, state.watermark)
         compare_due = anyio.current_time() + self.compare_interval_s
         position, generation = spool.start, spool.generation
         refused = RefusedDelta()  # a refused delta's messages can span several spool reads
+        cut = ResumeCut()  # so can those of a file cut to what the child lacks
         self.log.info("relaying to %s from seq %s", self.target.name, session.sent_upto)
         while True:
             messages, position = await anyio.to_thread.run_sync(spool.read, position, generation, BATCH_BYTES)
             if messages:
-                await self._forward(session, messages, refused)
+                await self._forward(session, messages, refused, cut)
                 continue
             # A comparison from here is only sound once our tree holds all we forwarded.
             if (anyio.current_time() >= compare_due and session.acked >= session.sent_upto
@@ -195,14 +205,17 @@ class RelayLink(TargetLink):
                 await feed.wait_for_records(session.sent_upto, WAIT_RELAY_S)
                 await session.framed.send(Ping())
 
-    async def _forward(self, session: _Session, messages: list[AnyMessage], refused: RefusedDelta) -> None:
+    async def _forward(self, session: _Session, messages: list[AnyMessage], refused: RefusedDelta,
+                       cut: ResumeCut) -> None:
         """Send what of a spool read the child still needs; a refused delta goes as a whole file.
 
         The messages of a delta the child refused are dropped up to its end: at FileEnd the
         version goes whole from our tree; at FileAbort the source gave the delta up, and the
         whole version it sends next (SmallFile, or FileStart ... FileEnd) is forwarded as it is.
-        A Checkpoint is never dropped. `refused` carries the delta being dropped from one spool
-        read to the next (a 100 MiB delta spans many).
+        A file the child holds in part goes from the first chunk it lacks (`cut`); one our parent
+        resumed us on goes from what the child holds, the part below our offset from our copy.
+        A Checkpoint is never dropped. `refused` and `cut` carry the file being dropped or cut
+        from one spool read to the next (a 100 MiB file spans many).
         """
         after = session.sent_upto
         out: list[AnyMessage] = []
@@ -211,15 +224,15 @@ class RelayLink(TargetLink):
             if seq <= after:
                 continue
             if seq == refused.seq:
-                if isinstance(message, FileAbort):
-                    refused.clear()
+                out = await self._drop_refused(session, message, out, refused)
+                continue
+            if cut.start is not None:
+                if seq == cut.seq:
+                    out.extend(cut.take(message))
                     continue
-                if isinstance(message, FileEnd | Checkpoint):
-                    await self._send(session, out)
-                    out = [message] if isinstance(message, Checkpoint) else []
-                    path, changed_at = refused.path, refused.changed_at
-                    refused.clear()
-                    await self._whole_from_tree(session, seq, path, changed_at)
+                out.extend(cut.flush())  # the file broke off without its end: the child sees that
+            if isinstance(message, FileStart) and message.expected_hash:
+                out = await self._start_file(session, message, out, refused, cut)
                 continue
             if isinstance(message, DeltaStart) and seq in self.options.whole_file_seqs:
                 refused.seq, refused.path, refused.changed_at = seq, message.path, message.changed_at
@@ -231,6 +244,60 @@ class RelayLink(TargetLink):
                 continue
             out.append(message)
         await self._send(session, out)
+        if cut.start is not None and not out:  # all dropped: the child hears from us all the same
+            await session.framed.send(Ping())
+
+    async def _drop_refused(self, session: _Session, message: AnyMessage, out: list[AnyMessage],
+                            refused: RefusedDelta) -> list[AnyMessage]:
+        """A message of the version the child refused: at its end the version goes from our tree.
+
+        Returns what is still to go in this read's batch.
+        """
+        if isinstance(message, FileAbort):
+            refused.clear()
+        elif isinstance(message, FileEnd | Checkpoint):
+            await self._send(session, out)
+            out = [message] if isinstance(message, Checkpoint) else []
+            seq, path, changed_at = refused.seq, refused.path, refused.changed_at
+            refused.clear()
+            await self._whole_from_tree(session, seq, path, changed_at)
+        return out
+
+    async def _start_file(self, session: _Session, start: FileStart, out: list[AnyMessage],
+                          refused: RefusedDelta, cut: ResumeCut) -> list[AnyMessage]:
+        """A version the child may hold in part: cut it to what the child lacks, or, where our
+        parent resumed us past what the child holds, complete it from our own copy.
+
+        Returns what is still to go in this read's batch.
+        """
+        held = self.options.resume.pop((start.path, start.expected_hash), 0)
+        if held > start.size or start.seq in self.options.whole_file_seqs:
+            held = 0  # not this version, or the child found what it held was not
+        if held == 0 and start.offset == 0:
+            return [*out, start]
+        if held >= start.offset:
+            cut.begin(start, held)
+            return out
+        await self._send(session, out)
+        if start.seq in self.options.whole_file_seqs or not await self._send_prefix(session, start, held):
+            # our copy is gone or was not this version: the version goes whole from our tree
+            refused.seq, refused.path, refused.changed_at = start.seq, start.path, start.changed_at
+        return []
+
+    async def _send_prefix(self, session: _Session, start: FileStart, held: int) -> bool:
+        """Send `start` resuming at `held`, and the bytes up to where the spool's chunks begin
+        from our own copy. Returns False, having sent nothing, if we hold no copy of it."""
+        fd = await anyio.to_thread.run_sync(open_prefix, self.source.folder, start)
+        if fd is None:
+            return False
+        self.log.info("sending %s to %s from byte %s: bytes up to %s from our copy", start.path,
+                      self.target.name, held, start.offset)
+        try:
+            await self._wait_window(session)
+            await self._send_stream(session, prefix_messages(fd, start, held, self.options))
+        finally:
+            os.close(fd)
+        return True
 
     async def _send(self, session: _Session, out: list[AnyMessage]) -> None:
         if not out:

@@ -24,6 +24,7 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import ops
 from relaysync.transfer.codec import Zstd, codec_for_level, decode_chunk
 from relaysync.transfer.relay import RefusedDelta, RelayLink
+from relaysync.transfer.relay_resume import ResumeCut
 from relaysync.transfer.sender import BATCH_BYTES
 from relaysync.transfer.spool import Spool
 
@@ -52,9 +53,9 @@ def _forward(*reads: list[AnyMessage]) -> list[str]:
     link._send, link._whole_from_tree = send, whole_from_tree
 
     async def forward_all() -> None:
-        session, refused = _Session(), RefusedDelta()
+        session, refused, cut = _Session(), RefusedDelta(), ResumeCut()
         for messages in reads:
-            await link._forward(session, messages, refused)
+            await link._forward(session, messages, refused, cut)
 
     anyio.run(forward_all)
     return got
