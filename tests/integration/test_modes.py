@@ -211,3 +211,47 @@ def test_files_still_hot_when_their_directory_is_renamed_are_journaled_where_the
                what="the moved-in directory on t1")
     (src / "release.tmp").rename(src / "release-43")
     own_fleet.wait_converged(src, [dst])
+
+
+def _manual(fleet: Fleet, mapping: dict) -> Path:
+    """Hold the mapping; its source's journal directory."""
+    _mode(fleet, mapping["id"], mode="manual")
+    wait_until(lambda: "(manual mode)" in (fleet.cluster.base / "agent-src.log").read_text(),
+               timeout_s=30, what="the source running in manual mode")
+    return fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "journal"
+
+
+def test_a_file_changed_then_renamed_while_held_leaves_no_old_name(own_fleet: Fleet) -> None:
+    """The rename's own file never got its new version to the target: the result goes whole
+    instead of the rename, and the old name must go too (the target holds version 1 there)."""
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    (src / "a.html").write_text("version 1")
+    own_fleet.wait_converged(src, [dst])
+    journal = _manual(own_fleet, mapping)
+    (src / "a.html").write_text("version 2")
+    wait_until(lambda: ("write", "a.html") in _journaled(journal), timeout_s=30, what="the write journaled")
+    (src / "a.html").rename(src / "b.html")
+    wait_until(lambda: ("rename", "a.html") in _journaled(journal), timeout_s=30, what="the rename journaled")
+    r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
+    assert r.status_code == 200, r.text
+    own_fleet.wait_converged(src, [dst])
+
+
+def test_a_held_fast_mapping_after_a_reboot_sends_nothing_until_the_next_release(own_fleet: Fleet) -> None:
+    """After a machine crash the fast journal starts a new id (targets catch up by comparing);
+    the comparison must wait for the operator's next send, then bring everything."""
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",), durability="fast")
+    journal = _manual(own_fleet, mapping)
+    (src / "released.txt").write_text("sent by the operator")
+    wait_until(lambda: ("write", "released.txt") in _journaled(journal), timeout_s=30, what="the write journaled")
+    assert own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send").status_code == 200
+    wait_until(lambda: (dst / "released.txt").exists(), timeout_s=CONVERGE_TIMEOUT_S, what="release 1 on t1")
+    (src / "held.txt").write_text("waits for the operator")
+    wait_until(lambda: ("write", "held.txt") in _journaled(journal), timeout_s=30, what="the held write journaled")
+    agent = own_fleet.cluster.agents["src"]
+    agent.process.kill()
+    (journal / "boot").write_text("a-boot-before-the-crash open fast\n")  # the machine rebooted
+    own_fleet.cluster.start_agent("src")
+    assert _stays_absent(dst / "held.txt", 3.0), "an unreleased change went out without a send"
+    assert own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send").status_code == 200
+    own_fleet.wait_converged(src, [dst])

@@ -36,6 +36,7 @@ GUARD_MIN_DELETES = 100  # the mass-delete guard never trips for fewer deleted e
 GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder
 GUARD_RECHECK_S = 5.0  # held deletes are re-evaluated this often
 HOT_FILE_S = 1.0  # a file a scan finds modified this recently may still be open for writing
+HELD_GONE_RECHECKS = 4  # a held file found gone is looked for this many re-checks more (moved?)
 ACK_FLUSH_S = 0.2  # acks are persisted and the journal released at most this often, off the loop
 
 
@@ -63,7 +64,8 @@ class SourceMapping:
         # The highest seq whose effect is in the manifest: a manifest comparison covers up to it.
         self.applied_seq = self.journal.last_seq
         # Files a scan found still being written (no close-write seen): re-checked when cool.
-        self._held: dict[str, None] = {}
+        # The value counts re-checks that found the path gone (see _recheck_held).
+        self._held: dict[str, int] = {}
         self._record_lock = anyio.Lock()
         # Mass-delete guard: held batches, and the operator's confirmations seen so far.
         self._guard_held = False
@@ -89,11 +91,14 @@ class SourceMapping:
             data = json.loads(self._release_path.read_text())
         except (FileNotFoundError, ValueError):
             return 0, 0
-        if data.get("journal_id") not in (self.journal.journal_id, self.journal.previous_id):
-            return 0, 0
-        # Seqs go on across a new journal id (Journal._start_afresh), so the release still holds;
-        # records a machine crash took away are not pending any more.
-        return int(data["release"]), min(int(data["send_upto"]), self.journal.last_seq)
+        if data.get("journal_id") == self.journal.journal_id:
+            return int(data["release"]), int(data["send_upto"])
+        if data.get("journal_id") == self.journal.previous_id:
+            # A new journal id after a machine crash (Journal._start_afresh): the release counter
+            # holds, but nothing is sent until the next release: targets catch up by a comparison,
+            # which would send the changes made since the last release too.
+            return int(data["release"]), 0
+        return 0, 0
 
     def set_release(self, release: int) -> bool:
         """The master says send (release counter `release`): everything journaled so far may go.
@@ -219,9 +224,23 @@ class SourceMapping:
     async def _recheck_held(self) -> None:
         while True:
             await anyio.sleep(HOT_FILE_S / 2)
-            if self._held:
-                paths, self._held = list(self._held), {}
-                await self._record([FsEvent(kind="attr", path=p) for p in paths])
+            await self.recheck_held_once()
+
+    async def recheck_held_once(self) -> None:
+        """Record the held files that cooled down (the others are held again)."""
+        if not self._held:
+            return
+        async with self._record_lock:
+            held, self._held = self._held, {}
+            await self._record_locked([FsEvent(kind="attr", path=p) for p in held])
+            # A path gone may have moved with its directory, whose rename event is still on
+            # its way (then `_follow_held` carries it): held for a few more re-checks.
+            gone = await anyio.to_thread.run_sync(self._gone, [p for p, n in held.items() if n < HELD_GONE_RECHECKS])
+            for path in gone:
+                self._held.setdefault(path, held[path] + 1)
+
+    def _gone(self, paths: list[str]) -> list[str]:
+        return [p for p in paths if not os.path.lexists(self.root / p)]
 
     async def _prune_deltas(self) -> None:
         """Every PRUNE_EVERY_S, drop the deltas no link can use any more, in a worker thread:
@@ -300,7 +319,7 @@ class SourceMapping:
             # a future mtime (a copy from a host whose clock is ahead) is not "being written now"
             if (change.op == "write" and change.path not in closed and entry is not None
                     and 0 <= now_ns - entry.mtime_ns < HOT_FILE_S * 1e9):
-                self._held[change.path] = None
+                self._held[change.path] = 0
             else:
                 kept.append(change)
         return kept
@@ -319,7 +338,7 @@ class SourceMapping:
             for path in under:
                 del self._held[path]
                 if change.op == "rename":
-                    self._held[change.new_path + path[len(change.path):]] = None
+                    self._held[change.new_path + path[len(change.path):]] = 0
 
     async def _record(self, events: Sequence[FsEvent]) -> None:
         # One batch at a time: detect reads the manifest that the previous batch's apply wrote.

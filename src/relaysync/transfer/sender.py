@@ -43,6 +43,7 @@ from relaysync.protocol.messages import (
     AuthChallenge,
     AuthResponse,
     Checkpoint,
+    Delete,
     DigestReply,
     DigestRequest,
     DirListing,
@@ -270,12 +271,19 @@ class TargetLink:
         self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
         self.connected = True
         covered = journal.first_seq <= state.watermark + 1 <= journal.last_seq + 1
-        if not covered and (self.source.realtime or self.source.send_limit > state.watermark):
+        must_compare = not covered  # the journal cannot replay what the target lacks
+        if must_compare and (self.source.realtime or self.source.send_limit > state.watermark):
             await self._catch_up_by_compare(session)
+            must_compare = False
         # Once replay has caught up, compare anyway: the target may have lost or gained files.
         compare_due = anyio.current_time() if covered else anyio.current_time() + self.compare_interval_s
         self.log.info("streaming to %s from seq %s", self.target.name, session.sent_upto)
         while True:
+            if must_compare and self.source.send_limit > session.sent_upto:
+                # held (manual/reserved) until now: the first release catches up by comparing
+                await self._catch_up_by_compare(session)
+                must_compare = False
+                continue
             records = await anyio.to_thread.run_sync(journal.read, session.sent_upto, BATCH_RECORDS)
             # Only what the manifest already reflects: a compare must never miss a record sent.
             # A write that a later one in the batch supersedes is not sent: the file is read as
@@ -328,11 +336,15 @@ class TargetLink:
             case "write":
                 if not (yield from _sent(ops.record_messages(root, record, self.options))):
                     moved.gone(root, record.path)
+                else:
+                    moved.forget(record.path)  # there after all (a name used again)
             case "rename":
                 followed = moved.follow(record.path, record.new_path)
                 if record.new_path in followed and record.entry is not None and record.entry.kind == "f":
-                    # the file itself never reached the target: the result goes whole, no rename
+                    # This version never reached the target: the result goes whole instead of the
+                    # rename, and the old name goes (the target may hold an older version there).
                     followed.remove(record.new_path)
+                    yield Delete(seq=record.seq, path=record.path, changed_at=record.time_ns / 1e9)
                     self.options.whole_file_seqs.add(record.seq)
                     if not (yield from _sent(ops.record_messages(root, record, self.options))):
                         moved.gone(root, record.new_path)

@@ -5,6 +5,7 @@ Layout of the journal directory:
     journal.id                 random id; a new id means a fresh journal
     released                   highest seq every target has committed (the release watermark)
     boot                       "<boot id> open|closed fast|safe": how the last opener left it
+    lease                      (fast journals) every seq up to this may have been handed out
     00000000000000000001.seg   segments, named by the first seq they hold (or will hold)
 
 Each record is framed as `u32 length | u32 crc32(payload) | msgpack(JournalRecord)`.
@@ -15,10 +16,13 @@ raises JournalCorrupt, as does any bad frame met later by `read()` in an older s
 
 A journal written without fsync ("fast" durability) may lose its tail when the machine itself
 crashes: the records come back with lower seqs than the targets have already acknowledged, and
-the next changes would reuse seqs the targets skip as seen. So a fast journal that was left open
-(not `close()`d) under another boot id than the current one starts a new journal id on open,
-with nothing retained: every target's watermark is void and it catches up by comparing trees.
-A process killed with -9 keeps the boot id (the page cache survives), so it keeps its journal.
+the next changes would reuse seqs the targets skip as seen (and that the master's job log and
+purge ordering key changes by). So a fast journal that was left open (not `close()`d) under
+another boot id than the current one starts a new journal id on open, with nothing retained:
+every target's watermark is void and it catches up by comparing trees. Its seqs go on above
+every seq the lost tail may have handed out: a fast journal fsyncs a `lease` of LEASE_SEQS seqs
+before it uses them (one fsync per LEASE_SEQS records). A process killed with -9 keeps the boot
+id (the page cache survives), so it keeps its journal.
 
 Resource handling: the active segment stays open for appending until `close()`.
 """
@@ -47,6 +51,7 @@ from relaysync.watch.changes import JournalRecord, PendingChange
 logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 64 * 1024 * 1024  # segments are released whole; big enough to keep file counts low
+LEASE_SEQS = 4096  # a fast journal reserves seqs durably this many at a time (see the module doc)
 INDEX_EVERY_RECORDS = 64  # one (seq, offset) index point per this many records, to seek reads
 _HEADER = struct.Struct(">II")
 _SUFFIX = ".seg"
@@ -155,6 +160,7 @@ class Journal:
             self._sync_dir()
         self._last_seq, self._size = self._recover(self._segments[-1])
         self._file: BinaryIO = open(self._segment_path(self._segments[-1]), "ab")
+        self._lease = self._load_lease()
         self._boot_id = (current_boot_id() if boot_id is None else boot_id) or "-"
         self.previous_id: str | None = None  # the id this open replaced, if the tail may be lost
         if self._tail_may_be_lost():
@@ -172,16 +178,19 @@ class Journal:
         return state == "open" and mode == "fast" and boot != self._boot_id
 
     def _start_afresh(self) -> None:
-        """Release everything and take a new id: no target's watermark of the old id applies."""
+        """Release everything, go on above every seq ever handed out, and take a new id: no
+        target's watermark of the old id applies."""
         old = self.journal_id
-        self._released = max(self._released, self._last_seq)
+        self._last_seq = self._released = max(self._released, self._last_seq, self._lease)
         _write_atomic(self._dir / "released", str(self._released), fsync=True)
-        if self._size > 0:
-            self._rotate()
-        for first in self._segments[:-1]:
+        self._file.close()
+        for first in self._segments:
             self._index.pop(first, None)
             self._segment_path(first).unlink(missing_ok=True)
-        self._segments = self._segments[-1:]
+        self._segments = [self._last_seq + 1]
+        self._file = open(self._segment_path(self._segments[0]), "ab")
+        self._size = 0
+        self._sync_dir(force=True)
         self.journal_id = uuid.uuid4().hex
         _write_atomic(self._dir / "journal.id", self.journal_id, fsync=True)
         self.previous_id = old
@@ -202,6 +211,20 @@ class Journal:
         logger.info("created journal %s in %s", journal_id, self._dir)
         return journal_id
 
+    def _load_lease(self) -> int:
+        try:
+            return int((self._dir / "lease").read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _extend_lease(self, upto_seq: int) -> None:
+        """Before a fast journal hands out seqs past its lease: reserve the next ones durably."""
+        if self._fsync or upto_seq <= self._lease:
+            return
+        lease = upto_seq + LEASE_SEQS
+        _write_atomic(self._dir / "lease", str(lease), fsync=True)
+        self._lease = lease
+
     def _load_released(self) -> int:
         path = self._dir / "released"
         return int(path.read_text() or 0) if path.exists() else 0
@@ -209,8 +232,8 @@ class Journal:
     def _segment_path(self, first_seq: int) -> Path:
         return self._dir / f"{first_seq:020d}{_SUFFIX}"
 
-    def _sync_dir(self) -> None:
-        if self._fsync:
+    def _sync_dir(self, *, force: bool = False) -> None:
+        if self._fsync or force:
             fd = os.open(self._dir, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -270,6 +293,7 @@ class Journal:
             ]
             if self._size >= self._segment_bytes:
                 self._rotate()
+            self._extend_lease(records[-1].seq)
             self._write(records)
             return records
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from relaysync.errors import JournalCorrupt
 from relaysync.watch.changes import JournalRecord, PendingChange
-from relaysync.watch.journal import Journal
+from relaysync.watch.journal import LEASE_SEQS, Journal
 from relaysync.watch.manifest import Entry
 
 
@@ -257,20 +257,33 @@ def _lose_last_record(directory: Path) -> None:
 def test_fast_journal_left_open_across_a_reboot_starts_a_new_id(tmp_path: Path) -> None:
     j = Journal(tmp_path, fsync=False, boot_id="boot-1")
     j.append([w("a"), w("b"), w("c")])
-    old_id = j.journal_id  # the "machine crash": never closed; its last record never reached the disk
+    j.release(3)  # every target acked seq 3: "released" reaches the disk (a rename) ...
+    old_id = j.journal_id  # ... the "machine crash": never closed; its last record never did
     _lose_last_record(tmp_path)
 
     j = Journal(tmp_path, fsync=False, boot_id="boot-2")
-    # a target acked seq 3 of the old id; the next change must not reuse seq 3 under that id
+    # a target acked seq 3 of the old id (the master's job log and purge ordering know the
+    # change by it): the next change gets a seq never handed out before, and is read
     assert j.journal_id != old_id and j.previous_id == old_id
-    assert (j.last_seq, j.first_seq) == (2, 3) and j.read(0) == []
-    assert j.append([w("d")])[0].seq == 3
-    assert [r.path for r in j.read(0)] == ["d"]
+    assert j.first_seq == j.last_seq + 1 and j.last_seq >= 3 and j.read(0) == []
+    [d] = j.append([w("d")])
+    assert d.seq > 3 and [r.path for r in j.read(0)] == ["d"]
     assert len(segments(tmp_path)) == 1
     j.close()
     again = Journal(tmp_path, fsync=False, boot_id="boot-3")  # closed cleanly: nothing to distrust
-    assert (again.journal_id, again.previous_id, again.last_seq) == (j.journal_id, None, 3)
+    assert (again.journal_id, again.previous_id, again.last_seq) == (j.journal_id, None, d.seq)
     again.close()
+
+
+def test_a_fast_journal_reserves_its_seqs_durably_before_it_hands_them_out(tmp_path: Path) -> None:
+    j = Journal(tmp_path, fsync=False, boot_id="boot-1")
+    for i in range(LEASE_SEQS + 10):  # past one lease: the second is taken before its first seq goes
+        j.append([w(f"f{i}")])
+    assert int((tmp_path / "lease").read_text()) >= j.last_seq
+    for seg in segments(tmp_path):  # the crash took every record
+        seg.write_bytes(b"")
+    reopened = Journal(tmp_path, fsync=False, boot_id="boot-2")
+    assert reopened.append([w("new")])[0].seq > LEASE_SEQS + 10
 
 
 @pytest.mark.parametrize(("fsync", "closed", "boot"), [
