@@ -96,6 +96,48 @@ def test_source_killed_mid_batch_keeps_the_large_file_already_verified(limited_f
     assert _partials(dst) == []
 
 
+def test_interrupted_delta_of_a_large_file_resumes(limited_fleet: Fleet) -> None:
+    """An update of a large file goes as a delta; kill -9 the target mid-delta: what it had
+    patched (a prefix of the new version, in that version's partial) is not sent again."""
+    cluster = limited_fleet.cluster
+    mapping, src, (dst,) = limited_fleet.new_mapping(targets=("t1",))
+    size = 64 * CHUNK_BYTES
+    params = {"mapping": str(mapping["id"]), "target": "t1", "limit": "1"}
+
+    def newest_advance() -> dict[str, int]:
+        rows = cluster.api.get("/api/advances", params=params).json()
+        return rows[0] if rows else {"id": 0}
+
+    _write_random(src / "big.bin", size)
+    limited_fleet.wait_converged(src, [dst], timeout_s=60)
+    first = wait_until(lambda: (a := newest_advance()).get("wire_bytes", 0) > 0 and a, timeout_s=30,
+                       what="the first copy reported")
+    _write_random(src / "big.bin", size)  # a new version of the same file: a delta against the old one
+
+    def temp_held() -> int:
+        for p in dst.iterdir():
+            if p.name.startswith(".relaysync.big.bin."):
+                try:
+                    return p.stat().st_size
+                except FileNotFoundError:
+                    return 0
+        return 0
+
+    wait_until(lambda: temp_held() > 24 * CHUNK_BYTES, timeout_s=60, interval_s=0.005, what="24 MiB patched")
+    held = temp_held()
+    cluster.agents["t1"].process.kill()
+    deltas = list((cluster.agents["src"].data_dir).rglob("delta/*.delta"))
+    assert deltas, "the source computed no delta: the update went whole"
+    cluster.start_agent("t1")
+    limited_fleet.wait_converged(src, [dst], timeout_s=60)
+    update = wait_until(lambda: (a := newest_advance())["id"] > first["id"] and a, timeout_s=30,
+                        what="the update reported")
+    sent_again = update["wire_bytes"]
+    assert sent_again <= (size - held) + CHUNK_BYTES, (
+        f"the target held {held} of {size} bytes at the kill; {sent_again} bytes were sent to it again")
+    assert _partials(dst) == []
+
+
 def test_bandwidth_limit_holds_within_ten_percent(limited_fleet: Fleet) -> None:
     _, src, (dst,) = limited_fleet.new_mapping(targets=("t1",))
     size = 120 * CHUNK_BYTES  # about 5 s at the limit

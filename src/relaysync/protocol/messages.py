@@ -386,6 +386,10 @@ class DeltaStart(Message, frozen=True, tag="delta"):
     # The delta comes in this many parts, each a complete librsync delta of a consecutive range
     # of the new file (computed at once on several cores); each part's chunks start at offset 0.
     parts: int = 1
+    # The new version's hash as the source journaled it (b"": unknown, or a peer of an older
+    # release, which leaves it out; one decoding a newer peer's ignores it): names the resumable
+    # partial the patched output goes to, a prefix of the new version however far it got.
+    expected_hash: bytes = b""
 
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "delta.changed_at")
@@ -395,6 +399,7 @@ class DeltaStart(Message, frozen=True, tag="delta"):
         _check_non_negative(self.size, "delta.size")
         _check_non_negative(self.seq, "delta.seq")
         _check_hash(self.base_hash, "delta.base_hash")
+        _check_hash(self.expected_hash, "delta.expected_hash", optional=True)
 
 
 class FileChunk(Message, frozen=True, tag="chunk"):

@@ -87,8 +87,8 @@ def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"
     `changed_at` (when the source journaled the change) rides on the start message.
     """
     options = options or SendOptions()
-    if _wants_delta(path, base_hash, seq, options) and (
-            yield from _delta_if_kept(root, path, seq, base_hash, options, changed_at)):
+    if _wants_delta(path, base_hash, seq, options) and not _resume_sends_less(root, path, expected_hash, options) \
+            and (yield from _delta_if_kept(root, path, seq, base_hash, expected_hash, options, changed_at)):
         return
     yield from _whole_messages(root, path, seq, base_hash, expected_hash, options, changed_at)
 
@@ -99,8 +99,26 @@ def _wants_delta(path: str, base_hash: bytes, seq: int, options: SendOptions) ->
     return options.force == "delta" or options.signatures.delta_pays(path)
 
 
-def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, options: SendOptions,
-                   changed_at: float) -> Generator[Outgoing, None, bool]:
+def _resume_sends_less(root: Path, path: str, expected_hash: bytes, options: SendOptions) -> bool:
+    """Whether the target's partial of this version (a whole copy's, or a delta's patched output:
+    a prefix of the version either way) is best resumed whole from its last whole chunk rather
+    than replaced by a delta: yes unless the file's last delta (most often this very version's,
+    computed for the attempt that was cut) was smaller than the rest."""
+    held = options.resume.get((path, expected_hash), 0) if expected_hash else 0
+    if held < CHUNK_BYTES:
+        return False
+    ratio = options.signatures.delta_ratio(path) if options.signatures is not None else None
+    if ratio is None:
+        return True
+    try:
+        size = os.stat(f"{root}/{path}", follow_symlinks=False).st_size
+    except OSError:
+        return True  # gone: _whole_messages sends nothing
+    return ratio * size >= size - held
+
+
+def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
+                   options: SendOptions, changed_at: float) -> Generator[Outgoing, None, bool]:
     """The delta of the file from `base_hash`, if that version's signature is kept. Returns
     False if the file must go whole instead (nothing was yielded), True if the record is dealt
     with (the delta went, or the path is not a regular file any more: nothing to send)."""
@@ -114,7 +132,8 @@ def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, options: S
         if build is None or files is None:
             return False
         try:
-            yield from _delta_messages(root, path, seq, base_hash, opened[0], build, files, options, changed_at)
+            yield from _delta_messages(root, path, seq, base_hash, expected_hash, opened[0], build, files, options,
+                                       changed_at)
         finally:
             for f in files:
                 f.close()
@@ -123,18 +142,21 @@ def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, options: S
         os.close(opened[0])
 
 
-def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, fd: int, build: DeltaBuild,
-                    files: list[BinaryIO], options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
+def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes, fd: int,
+                    build: DeltaBuild, files: list[BinaryIO], options: SendOptions,
+                    changed_at: float = 0.0) -> Iterator[Outgoing]:
     """DeltaStart, the delta streamed chunk by chunk as the search writes it, FileEnd.
 
     The build signs the new version (once for every link) as it computes the delta, which
     gives its hash; a file that changed meanwhile ends in FileAbort (its newer version has its
     own record). `fd` is open on the version the build reads, `files` on its parts.
+    `expected_hash`, the version's hash as journaled (known before the delta is), names the
+    target's partial; FileEnd's hash is what the target checks.
     """
     st = build.stat
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=permission_bits(st.st_mode),
                      mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at,
-                     parts=len(build.parts))
+                     parts=len(build.parts), expected_hash=expected_hash)
     for part, f in zip(build.parts, files, strict=True):  # each part's chunks start again at offset 0
         offset = 0
         pending = bytearray()

@@ -3,11 +3,15 @@
 The delta's chunks are written into a pipe; librsync's `rs_patch_file` reads that pipe in a
 thread of its own and writes the new version into a temp file beside the old one, so patching
 overlaps the transfer (and, on the source, the delta's computation). The result is hashed and
-checked like any received file before it is committed (staging.py).
+checked like any received file before it is committed (staging.py). For a large file whose new
+version's hash is known, that temp file is the version's named partial: librsync writes the new
+version in order, so what it holds is always a prefix of it, which the next session resumes as a
+whole file from its last whole chunk (the whole-file hash still covers that prefix).
 
 Error handling: a corrupt delta makes librsync stop; the next write then fails (the pipe is
 closed) or `finish()` raises, both as TransferError, and nothing is committed. Resource
-handling: `discard()` closes the pipe, waits for the thread and removes the temp file.
+handling: `discard()` closes the pipe, waits for the thread and removes the temp file; `close()`
+does the same but keeps a named partial on disk.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from relaysync.errors import TransferError
 from relaysync.transfer import _librsync
-from relaysync.transfer.staging import IncomingFile
+from relaysync.transfer.staging import PARTIAL_SUFFIX, IncomingFile
 
 PIPE_BYTES = 1024 * 1024  # one chunk fits in the pipe, so a write rarely waits for librsync
 _F_SETPIPE_SZ = 1031
@@ -28,9 +32,16 @@ _F_SETPIPE_SZ = 1031
 class StreamingPatch:
     """A delta being applied to the version at `final`, one chunk at a time."""
 
-    def __init__(self, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int, parts: int = 1) -> None:
+    def __init__(self, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int, parts: int = 1,
+                 partial_of: bytes = b"", owner: int = 0) -> None:
+        """With `partial_of` (the new version's hash), the output is that version's named partial
+        for mapping `owner` (staging.partial_name_for), started afresh; else a random temp file."""
         self.final = final
-        self.output = IncomingFile.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns)
+        if partial_of:
+            self.output = IncomingFile.open_partial(root, final, partial_of, owner=owner, size=size, mode=mode,
+                                                    mtime_ns=mtime_ns, offset=0)
+        else:
+            self.output = IncomingFile.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns)
         self.temp = self.output.temp
         self.parts = parts  # the delta comes in this many parts, applied one after the other
         self.part = 0
@@ -122,4 +133,16 @@ class StreamingPatch:
         self._stop()
         self.output.discard()
 
-    close = discard  # a half-applied delta is never resumed
+    @property
+    def resumable(self) -> bool:
+        """Whether the output is a named partial (kept by `close`, listed for a resume)."""
+        return self.output.temp_name.endswith(PARTIAL_SUFFIX)
+
+    def close(self) -> None:
+        """Stop patching; keep the output if it is a named partial (a prefix of the new version,
+        however far librsync got), else remove it."""
+        self._stop()
+        if self.resumable:
+            self.output.close()
+        else:
+            self.output.discard()

@@ -9,7 +9,8 @@ Error handling: a refused op that can never succeed (an unsafe path, a malformed
 as failed and skipped; an op that may succeed later (hash mismatch, I/O error, full disk) stops
 the batch, keeps the watermark before it, and is reported to the source, which retries. A
 large file's partial stays for the retry: whole when it was verified, cut to whole chunks on a
-full disk.
+full disk. A delta of a large file patches into the new version's partial, so a session that
+ends mid-delta leaves a prefix of the new version that the retry resumes as a whole file.
 """
 
 from __future__ import annotations
@@ -369,11 +370,21 @@ class ReceiverSession:
                 or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns) or not _librsync.available()):
             raise TransientFailure(msg.seq, ErrorCode.BASE_MISMATCH,
                                    f"{msg.path}: this target does not hold the delta's base version")
+        # A large new version whose hash the source sent goes to its named partial: what librsync
+        # wrote when the link or this agent dies is a prefix of it, resumed as a whole file.
+        # Not when this batch stages the path already: that file may be this very partial (the
+        # same version twice), and the delta goes against the version committed before it.
+        resumable = (bool(msg.expected_hash) and msg.size >= RESUME_MIN_BYTES
+                     and not self._batch.holds_final(str(final)))
         try:  # patched as the delta arrives (patching.py)
             self._incoming = StreamingPatch(self.folder.root, final, size=msg.size, mode=msg.mode,
-                                            mtime_ns=msg.mtime_ns, parts=msg.parts)
+                                            mtime_ns=msg.mtime_ns, parts=msg.parts,
+                                            partial_of=msg.expected_hash if resumable else b"",
+                                            owner=self.folder.mapping_id)
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
+        if resumable:
+            self.folder.add_partial(msg.path, msg.expected_hash)
         self._incoming_msg = msg
         self._incoming_started = started
         self._incoming_wire = 0
@@ -464,14 +475,19 @@ class ReceiverSession:
         try:
             return delta.finish()
         except OSError as exc:
-            delta.discard()
+            self._discard_patch(start, delta)
             raise _transient_os(start.seq, start.path, exc) from exc
         except TransferError as exc:  # librsync refused the delta: corrupt on the wire
-            delta.discard()
+            self._discard_patch(start, delta)
             raise TransientFailure(start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}") from exc
         except BaseException:
-            delta.discard()
+            self._discard_patch(start, delta)
             raise
+
+    def _discard_patch(self, start: FileStart | DeltaStart, delta: StreamingPatch) -> None:
+        delta.discard()
+        if delta.resumable:
+            self.folder.drop_partial(start.path)
 
     def _keep_received_chunks(self, seq: int) -> None:
         """A full disk stopped the large file `seq`: keep its partial cut to whole chunks, so each
@@ -493,10 +509,12 @@ class ReceiverSession:
         logger.info("full disk: keeping %s bytes of %s to resume", kept, start.path)
 
     def _abort_incoming(self) -> None:
-        if self._incoming is not None:
-            self._incoming.discard()
-            if isinstance(self._incoming_msg, FileStart):
-                self.folder.drop_partial(self._incoming_msg.path)
+        incoming, start = self._incoming, self._incoming_msg
+        if incoming is not None:
+            incoming.discard()
+            patched_partial = isinstance(incoming, StreamingPatch) and incoming.resumable
+            if start is not None and (isinstance(start, FileStart) or patched_partial):
+                self.folder.drop_partial(start.path)
         self._incoming = self._incoming_msg = None
 
     def flush(self) -> None:

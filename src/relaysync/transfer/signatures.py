@@ -438,6 +438,11 @@ class SignatureStore:
                 with self._lock:
                     self._unlink_build(build)
 
+    def delta_ratio(self, path: str) -> float | None:
+        """The size of the last delta of this file over the file's, or None if none was made."""
+        seen = self._ratios.get(path)
+        return seen[0] if seen is not None else None
+
     def delta_pays(self, path: str) -> bool:
         """False when the last delta of this file saved almost nothing (a whole copy is simpler);
         after DELTA_RETRY_S a delta is tried again (the file may have settled)."""
