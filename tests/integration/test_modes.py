@@ -44,13 +44,19 @@ def _mode(fleet: Fleet, mapping_id: int, **body: object) -> dict:
     return dict(r.json())
 
 
+def _manual(fleet: Fleet, mapping: dict) -> Path:
+    """Hold the mapping; its source's journal directory."""
+    _mode(fleet, mapping["id"], mode="manual")
+    wait_until(lambda: "(manual mode)" in (fleet.cluster.base / "agent-src.log").read_text(),
+               timeout_s=30, what="the source running in manual mode")
+    return fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "journal"
+
+
 def test_manual_mode_holds_changes_until_sent_even_across_restarts(own_fleet: Fleet) -> None:
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     (src / "before").write_text("realtime")
     own_fleet.wait_converged(src, [dst])
-    _mode(own_fleet, mapping["id"], mode="manual")
-    wait_until(lambda: "(manual mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=30, what="the source running in manual mode")
+    _manual(own_fleet, mapping)
     (src / "held.txt").write_text("waits for the operator")
     assert _stays_absent(dst / "held.txt", 2.0)
     # the pending set survives a kill -9 of the source and a restart of the master
@@ -107,9 +113,7 @@ def test_send_command_waits_until_every_target_has_the_release(own_fleet: Fleet)
     import sys
 
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
-    _mode(own_fleet, mapping["id"], mode="manual")
-    wait_until(lambda: "(manual mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=30, what="the source running in manual mode")
+    _manual(own_fleet, mapping)
     for i in range(20):
         (src / f"batch-{i}.txt").write_text(f"file {i}")
     wait_until(lambda: own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").status_code == 200,
@@ -133,10 +137,7 @@ def test_a_large_file_saved_three_times_while_held_goes_once_as_a_small_delta(ow
     own_fleet.wait_converged(src, [dst])
     signatures = own_fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "signatures" / "sig"
     wait_until(lambda: any(signatures.glob("*.sig")), timeout_s=30, what="the first version's signature")
-    _mode(own_fleet, mapping["id"], mode="manual")
-    wait_until(lambda: "(manual mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=30, what="the source running in manual mode")
-    journal = signatures.parent.parent / "journal"
+    journal = _manual(own_fleet, mapping)
 
     def journaled() -> int:
         return sum(p.stat().st_size for p in journal.glob("*.seg"))
@@ -176,10 +177,7 @@ def test_a_directory_built_then_renamed_while_held_arrives_with_its_files(own_fl
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     (src / "before").write_text("realtime")
     own_fleet.wait_converged(src, [dst])
-    _mode(own_fleet, mapping["id"], mode="manual")
-    wait_until(lambda: "(manual mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=30, what="the source running in manual mode")
-    journal = own_fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "journal"
+    journal = _manual(own_fleet, mapping)
     (src / "release.tmp" / "static").mkdir(parents=True)
     files = [f"release.tmp/page-{i}.html" for i in range(3)] + ["release.tmp/static/app.js"]
     for name in files[:3]:
@@ -211,14 +209,6 @@ def test_files_still_hot_when_their_directory_is_renamed_are_journaled_where_the
                what="the moved-in directory on t1")
     (src / "release.tmp").rename(src / "release-43")
     own_fleet.wait_converged(src, [dst])
-
-
-def _manual(fleet: Fleet, mapping: dict) -> Path:
-    """Hold the mapping; its source's journal directory."""
-    _mode(fleet, mapping["id"], mode="manual")
-    wait_until(lambda: "(manual mode)" in (fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=30, what="the source running in manual mode")
-    return fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "journal"
 
 
 def test_a_file_changed_then_renamed_while_held_leaves_no_old_name(own_fleet: Fleet) -> None:
