@@ -243,10 +243,15 @@ class ReceiverSession:
                 if reply is not None:
                     replies.append(reply)
         except TransientFailure as failure:
-            if failure.code == ErrorCode.DISK_FULL:
+            full = failure.code == ErrorCode.DISK_FULL
+            if full:
                 self._keep_received_chunks(failure.seq)
+                # The files verified in this batch would hold their space while the disk stays
+                # full (two mappings on one disk would wait for each other for ever): they go,
+                # and come again; only the file being received is kept (`FULL_DISK_HOLD_S`).
+                self.folder.drop_partials(entry.path for entry in self._pending.entries)
             self._abort_incoming()
-            self._batch.discard()
+            self._batch.discard(keep_partials=not full)
             self._pending = _Pending()
             logger.warning(
                 "change failed on target, source will retry: seq=%s code=%s detail=%s",

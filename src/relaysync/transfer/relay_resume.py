@@ -17,12 +17,12 @@ hash mismatch, and the version then goes whole from the relay's tree, never in a
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgspec
 
+from relaysync._util.fs import open_regular
 from relaysync.constants import CHUNK_BYTES
 from relaysync.errors import TransferError, UnsafePath
 from relaysync.protocol.messages import AnyMessage, FileAbort, FileChunk, FileEnd, FileStart
@@ -103,12 +103,13 @@ def open_prefix(folder: TargetFolder, start: FileStart) -> int | None:
 
 
 def _open_at_least(path: os.PathLike[str], size: int) -> int | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    """Our copy at `path` if it is a regular file of at least `size` bytes (never a link
+    followed, never a FIFO waited on: this runs in a thread that cannot be cancelled)."""
+    opened = open_regular(path)
+    if opened is None:
         return None
-    st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode) and st.st_size >= size:
+    fd, st = opened
+    if st.st_size >= size:
         return fd
     os.close(fd)
     return None

@@ -140,8 +140,14 @@ class IncomingFile:
         """
         make_parents(root, final)
         temp = partial_name_for(final, content_hash, owner)
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if offset == 0 else 0)
-        fd = os.open(temp, flags, 0o600)
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if offset == 0 else 0)
+        try:
+            fd = os.open(temp, flags, 0o600)
+        except PermissionError:
+            # Left with its file's own mode (read-only) by a kill -9 between a commit's chmod and
+            # its rename: ours, so made writable again (an agent that is not root could not resume).
+            os.chmod(temp, 0o600, follow_symlinks=False)
+            fd = os.open(temp, flags, 0o600)
         incoming = cls(final_name=str(final), temp_name=str(temp), size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
         try:
             if os.fstat(fd).st_size < offset:
@@ -263,10 +269,15 @@ class CommitBatch:
             _discard_keeping_partials(files)
             raise
 
-    def discard(self) -> None:
-        """Drop the staged files, keeping the named partials on disk (closed) to be resumed."""
+    def discard(self, *, keep_partials: bool = True) -> None:
+        """Drop the staged files, keeping the named partials on disk (closed) to be resumed,
+        unless `keep_partials` is False (a full disk: they would hold their space)."""
         files, self._files = self._files, []
-        _discard_keeping_partials(files)
+        if keep_partials:
+            _discard_keeping_partials(files)
+        else:
+            for f in files:
+                f.discard()
 
 
 def _discard_keeping_partials(files: list[IncomingFile]) -> None:

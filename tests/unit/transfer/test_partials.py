@@ -375,3 +375,134 @@ def test_a_staged_read_only_file_stays_writable_for_its_owner_until_committed(tm
     batch.commit()
     st = os.stat(tmp_path / "ro.bin")
     assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o444, 10**18)
+
+
+# Two mappings on one disk, their sessions concurrent: each has a large file received whole and
+# verified (staged, waiting for its batch's Checkpoint) when the disk fills during its second
+# file. Verified partials kept then would hold their space: neither batch could ever fit again.
+TWO_FILES = 14 * CHUNK_BYTES  # two mappings x two files; the 40 MiB disk holds one mapping's two
+
+
+@pytest.fixture
+def disk_40m(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _disk_mapping(tmp_path: Path, disk: Path, mid: int) -> tuple[Path, list[JournalRecord], TargetFolder]:
+    src = tmp_path / f"src{mid}"
+    src.mkdir()
+    records = []
+    for seq, name in enumerate(("a.bin", "b.bin"), 1):
+        data = os.urandom(TWO_FILES)
+        (src / name).write_bytes(data)
+        records.append(JournalRecord(seq=seq, op="write", path=name,
+                                     entry=Entry(path=name, kind="f", size=TWO_FILES, hash=xxhash.xxh3_128(data).digest())))
+    root = disk / f"m{mid}"
+    root.mkdir()
+    folder = TargetFolder(mapping_id=mid, source_node="src", root=root, manifest=Manifest(tmp_path / f"m{mid}.db"),
+                          durable=False)
+    return src, records, folder
+
+
+def _sent_now(src: Path, records: list[JournalRecord], folder: TargetFolder) -> list[AnyMessage]:
+    options = ops.SendOptions(resume={(p.path, p.hash): p.size for p in folder.list_partials()})
+    msgs = [m for r in records for m in ops.record_messages(src, r, options) if not isinstance(m, ops.Flush)]
+    return [*msgs, Checkpoint(seq=len(records))]
+
+
+def test_two_mappings_filling_one_disk_do_not_both_stall_for_ever(
+        tmp_path: Path, disk_40m: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(receiver, "FULL_DISK_HOLD_S", 0.0, raising=False)  # any hold has expired
+    maps = [_disk_mapping(tmp_path, disk_40m, mid) for mid in (1, 2)]
+    # Both sessions run at once: each has its a.bin verified and staged, and 2 MiB of b.bin.
+    sessions, rests = [], []
+    for src, records, folder in maps:
+        msgs = _sent_now(src, records, folder)
+        b_start = next(i for i, m in enumerate(msgs) if isinstance(m, FileStart) and m.path == "b.bin")
+        session = ReceiverSession(folder, "j", lambda *_: None)
+        assert session.apply_batch(msgs[:b_start + 3]) == []
+        sessions.append(session)
+        rests.append(msgs[b_start + 3:])
+    for session, rest in zip(sessions, rests, strict=True):  # the disk fills during both b.bin
+        session.apply_batch(rest)
+        session.close()
+    committed: dict[int, bool] = {}
+    for _round in range(8):  # each source retries in turn (its backoff), one session after the other
+        if any(all((f.root / n).exists() for n in ("a.bin", "b.bin")) for _s, _r, f in maps):
+            break  # one mapping's batch is committed: the disk holds it (the other waits for space, rightly)
+        for src, records, folder in maps:
+            session = ReceiverSession(folder, "j", lambda *_: None)
+            replies = session.apply_batch(_sent_now(src, records, folder))
+            session.close()
+            committed[folder.mapping_id] = replies == [Ack(mapping_id=folder.mapping_id, watermark=2)]
+        if any(committed.values()):
+            break
+    held = sorted((p.name[:24], p.stat().st_size // CHUNK_BYTES) for p in disk_40m.rglob("*.part"))
+    done = [f.mapping_id for _s, _r, f in maps if all((f.root / n).exists() for n in ("a.bin", "b.bin"))]
+    assert done, f"neither mapping ever commits; partials on the disk (MiB): {held}"
+
+
+# A target agent that is not root, in a forked process (uid nobody).
+NOBODY = 65534
+
+
+def _nobody_agent_step(base: Path, kill_in_fsync: bool) -> None:
+    """One session of a non-root target agent against the source's retry (in a forked process)."""
+    src, root = base / "src", base / "root"
+    folder = TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(base / "state" / "m.db"),
+                          durable=True)
+    data = (src / "big.bin").read_bytes()
+    record = JournalRecord(seq=1, op="write", path="big.bin",
+                           entry=Entry(path="big.bin", kind="f", size=len(data), hash=xxhash.xxh3_128(data).digest()))
+    options = ops.SendOptions(resume={(p.path, p.hash): p.size for p in folder.list_partials()})
+    msgs = [m for m in ops.record_messages(src, record, options) if not isinstance(m, ops.Flush)]
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    if kill_in_fsync:
+        os.fsync = lambda fd: os._exit(9)  # kill -9 while the commit fsyncs the staged files
+    replies = session.apply_batch([*msgs, Checkpoint(seq=1)])
+    session.close()
+    (base / "replies").write_text(repr(replies))
+
+
+def _as_nobody(base: Path, kill_in_fsync: bool) -> tuple[int, str]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            _nobody_agent_step(base, kill_in_fsync)
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001
+            (base / "replies").write_text(f"crash {exc!r}")
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    r = base / "replies"
+    return os.waitstatus_to_exitcode(status), r.read_text() if r.exists() else ""
+
+
+def test_a_read_only_file_killed_mid_commit_still_arrives(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """kill -9 while a commit fsyncs (safe durability), after it gave the staged partial of a
+    read-only file its own mode 0444: a target agent that is not root must still resume it."""
+    top = tmp_path_factory.getbasetemp()
+    for up in (tmp_path, *tmp_path.parents):  # let the non-root agent reach its directory
+        if up == top or top in up.parents:
+            os.chmod(up, 0o755)
+    base = tmp_path / "agent"
+    for d in ("src", "root", "state"):
+        (base / d).mkdir(parents=True)
+    (base / "src" / "big.bin").write_bytes(os.urandom(9 * 1024 * 1024))  # over RESUME_MIN_BYTES
+    os.chmod(base / "src" / "big.bin", 0o444)
+    for p in (tmp_path, base, *base.rglob("*")):
+        os.chown(p, NOBODY, NOBODY)
+    rc, _ = _as_nobody(base, kill_in_fsync=True)
+    assert rc == 9
+    part = next(p for p in (base / "root").iterdir() if p.name.endswith(".part"))
+    retries = [_as_nobody(base, kill_in_fsync=False) for _ in range(3)]
+    assert (base / "root" / "big.bin").exists(), (
+        f"never committed after 3 retries; partial mode {oct(part.stat().st_mode & 0o777)}; last: {retries[-1]}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,30 @@ def test_a_relay_holding_no_copy_sends_the_version_whole_from_its_tree(
     relay.manifest.put_many([Entry(path="big.bin", kind="f", size=1, hash=b"n" * 16)])
     sent, _ = _relay_to(folder, spooled, relay=relay)
     assert sent == [f"tree:{SEQ}", Checkpoint(seq=SEQ)]
+
+
+def test_a_fifo_in_the_relays_tree_does_not_hang_the_childs_link(tmp_path: Path) -> None:
+    data = os.urandom(10 * CHUNK_BYTES)
+    digest = xxhash.xxh3_128(data).digest()
+    relay_root, child_root = tmp_path / "relay", tmp_path / "child"
+    relay_root.mkdir(), child_root.mkdir()
+    relay = TargetFolder(mapping_id=1, source_node="src", root=relay_root, manifest=Manifest(tmp_path / "r.db"),
+                         durable=False)
+    child = TargetFolder(mapping_id=1, source_node="src", root=child_root, manifest=Manifest(tmp_path / "c.db"),
+                         durable=False)
+    # The relay committed this version (its manifest says so); then something local replaced the
+    # file by a FIFO (the source side hardened its opens against exactly this: O_NONBLOCK).
+    relay.manifest.put_many([Entry(path="big.bin", kind="f", size=len(data), hash=digest)])
+    os.mkfifo(relay_root / "big.bin")
+    spooled = [_start(data, offset=K), *_chunks(data, CHUNK_BYTES, lo=K), FileEnd(seq=SEQ, hash=digest),
+               Checkpoint(seq=SEQ)]
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(_relay_to(child, spooled, relay=relay)), daemon=True)
+    t.start()
+    t.join(5.0)
+    stuck = t.is_alive()
+    if stuck:  # release the thread: a writer on the FIFO lets its open return
+        fd = os.open(relay_root / "big.bin", os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        t.join(5.0)
+    assert not stuck, "RelayLink._send_prefix blocked for ever in open_prefix on a FIFO in the relay's tree"
