@@ -366,18 +366,25 @@ class SourceMapping:
         """Bring the manifest in step with journaled records, after the signature store: the
         signature of a deleted file goes, a renamed file's moves to its new path (signatures
         are kept per path, so they would otherwise stay for ever). The manifest, read before it
-        changes, names the files below a deleted or renamed directory."""
-        if self.signatures is not None:
-            for rec in records:
-                if rec.op == "delete":
-                    for path in self._files_at(rec.path):
-                        self.signatures.forget(path)
-                elif rec.op == "rename":
-                    for path in self._files_at(rec.new_path):  # what the rename replaced
-                        self.signatures.forget(path)
-                    for path in self._files_at(rec.path):
-                        self.signatures.move(path, rec.new_path + path[len(rec.path):])
-        self.recorder.apply(records)
+        changes, names the files below a deleted or renamed directory: it is brought up to date
+        after each rename, so that a later record of the batch finds what the rename moved
+        (`mv d tmp && rm -rf tmp`)."""
+        if self.signatures is None:
+            self.recorder.apply(records)
+            return
+        done = 0
+        for i, rec in enumerate(records):
+            if rec.op == "delete":
+                for path in self._files_at(rec.path):
+                    self.signatures.forget(path)
+            elif rec.op == "rename":
+                for path in self._files_at(rec.new_path):  # what the rename replaced
+                    self.signatures.forget(path)
+                for path in self._files_at(rec.path):
+                    self.signatures.move(path, rec.new_path + path[len(rec.path):])
+                self.recorder.apply(records[done:i + 1])
+                done = i + 1
+        self.recorder.apply(records[done:])
 
     def _files_at(self, path: str) -> Iterator[str]:
         """`path` and every file the manifest knows below it."""

@@ -81,3 +81,18 @@ def test_deletes_and_renames_take_their_signatures_along(mapping: SourceMapping)
         f"{sigs._key(p)}.{hashes[old].hex()}.sig" for p, old in
         [("b.bin", "a.bin"), ("f/z.bin", "e/z.bin"), ("kept.bin", "kept.bin")])
     assert mapping.manifest.get("b.bin") is not None and mapping.manifest.get("d/x.bin") is None
+
+
+def test_a_directory_renamed_then_deleted_or_renamed_again_in_one_batch_takes_its_signatures_along(
+        mapping: SourceMapping) -> None:
+    sigs = mapping.signatures
+    assert sigs is not None
+    hashes = _signed_tree(mapping, ["d/x.bin", "d/y.bin", "e/z.bin"])
+    mapping._apply([  # mv d tmp && rm -rf tmp; mv e f && mv f g
+        JournalRecord(seq=1, op="rename", path="d", new_path="tmp", entry=Entry(path="tmp", kind="d")),
+        JournalRecord(seq=2, op="delete", path="tmp"),
+        JournalRecord(seq=3, op="rename", path="e", new_path="f", entry=Entry(path="f", kind="d")),
+        JournalRecord(seq=4, op="rename", path="f", new_path="g", entry=Entry(path="g", kind="d")),
+    ])
+    assert sorted(p.name for p in (sigs.dir / "sig").iterdir()) == [f"{sigs._key('g/z.bin')}.{hashes['e/z.bin'].hex()}.sig"]
+    assert mapping.manifest.get("g/z.bin") is not None and mapping.manifest.get("tmp/x.bin") is None
