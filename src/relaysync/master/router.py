@@ -144,9 +144,14 @@ class Router:
         self._down = frozenset(n for n, s in servers.items() if s.state != "up")
 
     def topology_changed(self, reason: str = "topology changed") -> None:
-        """Servers changed (an edit, a registration, up or down): reload them and re-plan."""
-        servers = {s.node_id: s for s in self.store.list_servers()}
+        """Servers changed (an edit, a registration, up or down): reload them and re-plan.
+
+        Read under the lock: two agents coming up at once call this from two threads, and a
+        snapshot read before the other's "up" must not be set after it (that server would stay
+        down for the router, out of every plan, until the next change).
+        """
         with self._lock:
+            servers = {s.node_id: s for s in self.store.list_servers()}
             self._ensure_loaded()
             self._set_servers(servers)
             self._version += 1

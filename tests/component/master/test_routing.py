@@ -407,3 +407,36 @@ def test_after_a_restart_only_servers_not_seen_since_are_taken_down(env: Env) ->
     router.tick()
     states = {s.name: s.state for s in env.store.list_servers()}
     assert {n for n, s in states.items() if s == "up"} == {"src", "a1"}
+
+
+def test_two_servers_coming_up_at_once_are_both_planned(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control links of a1 and a2 come up in two threads: the snapshot of the servers one
+    thread read before the other's "up" must not be set after it (a2 stayed out of every plan)."""
+    import threading
+
+    for name in ("a1", "a2"):
+        env.set_state(name, "down")
+    assert env.parent_of("a1") is None and env.parent_of("a2") is None  # planned around
+    real = env.store.list_servers
+    inside, go = threading.Event(), threading.Event()
+
+    def slow_first_read() -> list:
+        servers = real()  # a1 up, a2 still down
+        if not inside.is_set():
+            inside.set()
+            go.wait(5)
+        return servers
+
+    monkeypatch.setattr(env.store, "list_servers", slow_first_read)
+    env.store.set_server_state(nid("a1"), "up", env.clock.now)
+    first = threading.Thread(target=env.router.node_up, args=(nid("a1"),))
+    first.start()
+    assert inside.wait(5)
+    env.store.set_server_state(nid("a2"), "up", env.clock.now)
+    second = threading.Thread(target=env.router.node_up, args=(nid("a2"),))
+    second.start()
+    second.join(0.5)  # done before the first thread's stale read is set, unless it must wait for it
+    go.set()
+    first.join(5)
+    second.join(5)
+    assert env.parent_of("a1") is not None and env.parent_of("a2") is not None

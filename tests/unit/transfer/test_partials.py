@@ -3,9 +3,14 @@ never left behind once nothing can resume them, and temp names that always fit N
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -471,37 +476,55 @@ def _nobody_agent_step(base: Path, kill_in_fsync: bool) -> None:
 
 
 def _as_nobody(base: Path, kill_in_fsync: bool) -> tuple[int, str]:
+    """Run one agent session as uid nobody in a forked child; its exit code and replies. The
+    child never returns into pytest, whatever happens in it, and is killed if it hangs."""
     pid = os.fork()
     if pid == 0:
+        code = 1
         try:
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             _nobody_agent_step(base, kill_in_fsync)
-            os._exit(0)
-        except BaseException as exc:  # noqa: BLE001
-            (base / "replies").write_text(f"crash {exc!r}")
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
+            code = 0
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                (base / "replies").write_text(f"crash {exc!r}")
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the agent session as uid nobody did not end within 60 s")
+        time.sleep(0.02)
     r = base / "replies"
-    return os.waitstatus_to_exitcode(status), r.read_text() if r.exists() else ""
+    return os.waitstatus_to_exitcode(done[1]), r.read_text() if r.exists() else ""
 
 
-def test_a_read_only_file_killed_mid_commit_still_arrives(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A directory uid nobody can reach (pytest's base temp dir is root's alone)."""
+    base = Path(tempfile.mkdtemp(prefix="relaysync-nobody-"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_read_only_file_killed_mid_commit_still_arrives(nobody_dir: Path) -> None:
     """kill -9 while a commit fsyncs (safe durability), after it gave the staged partial of a
     read-only file its own mode 0444: a target agent that is not root must still resume it."""
-    top = tmp_path_factory.getbasetemp()
-    for up in (tmp_path, *tmp_path.parents):  # let the non-root agent reach its directory
-        if up == top or top in up.parents:
-            os.chmod(up, 0o755)
-    base = tmp_path / "agent"
+    base = nobody_dir / "agent"
     for d in ("src", "root", "state"):
         (base / d).mkdir(parents=True)
     (base / "src" / "big.bin").write_bytes(os.urandom(9 * 1024 * 1024))  # over RESUME_MIN_BYTES
     os.chmod(base / "src" / "big.bin", 0o444)
-    for p in (tmp_path, base, *base.rglob("*")):
-        os.chown(p, NOBODY, NOBODY)
-    rc, _ = _as_nobody(base, kill_in_fsync=True)
-    assert rc == 9
+    for path in (base, *base.rglob("*")):
+        os.chown(path, NOBODY, NOBODY)
+    rc, replies = _as_nobody(base, kill_in_fsync=True)
+    assert rc == 9, replies
     part = next(p for p in (base / "root").iterdir() if p.name.endswith(".part"))
     retries = [_as_nobody(base, kill_in_fsync=False) for _ in range(3)]
     assert (base / "root" / "big.bin").exists(), (
