@@ -32,3 +32,43 @@ def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result] | N
         os.close(fd)
         return None
     return fd, st
+
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_regular_in(root: str | os.PathLike[str], relpath: str) -> tuple[int, os.stat_result] | None:
+    """`open_regular` of `relpath` below `root`, no component of it followed if it is a symlink.
+
+    A directory replaced by a symlink (to outside the folder) between a write's journaling and
+    its send must not be read through: each directory is opened relative to the one above it
+    (O_PATH, O_NOFOLLOW), then the file. `root` itself is the operator's and may be a link.
+
+    Returns:
+        (fd, its fstat), the caller closes fd; None if the file is gone, is not a regular file,
+        or a directory on its way is not a real directory.
+    """
+    head, _, name = relpath.rpartition("/")
+    try:
+        parent = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        for part in head.split("/") if head else ():
+            child = os.open(part, _DIR_FLAGS, dir_fd=parent)
+            os.close(parent)
+            parent = child
+        fd = os.open(name, _READ_FLAGS, dir_fd=parent)
+    except OSError:
+        return None
+    finally:
+        os.close(parent)
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import msgspec
 import xxhash
 
-from relaysync._util.fs import open_regular
+from relaysync._util.fs import open_regular_in
 from relaysync.constants import CHUNK_BYTES, SMALL_FILE_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol.messages import (
@@ -123,7 +123,7 @@ def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, expected_h
     False if the file must go whole instead (nothing was yielded), True if the record is dealt
     with (the delta went, or the path is not a regular file any more: nothing to send)."""
     assert options.signatures is not None
-    opened = open_regular(f"{root}/{path}")
+    opened = open_regular_in(root, path)
     if opened is None:
         return True
     try:
@@ -198,7 +198,7 @@ def _unchanged(fd: int, st: os.stat_result) -> bool:
 
 def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
                     options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
-    opened = open_regular(f"{root}/{path}")
+    opened = open_regular_in(root, path)
     if opened is None:  # gone, or no longer a regular file: a later record covers it
         return
     fd, before = opened

@@ -32,7 +32,7 @@ from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
-from relaysync._util.fs import open_regular
+from relaysync._util.fs import open_regular_in
 from relaysync.transfer import delta
 from relaysync.transfer.builds import DeltaBuild, DeltaPart, hash_version, version_of
 
@@ -244,7 +244,7 @@ class SignatureStore:
         (else a newer version, or a record of what replaced it, follows)."""
         if not self.enabled() or self.has(path, content_hash):
             return
-        opened = open_regular(root / path)
+        opened = open_regular_in(root, path)
         if opened is None:
             return
         fd, st = opened
@@ -314,7 +314,7 @@ class SignatureStore:
             is not a regular file.
         """
         if opened is None:
-            opened = open_regular(root / path)
+            opened = open_regular_in(root, path)
             if opened is None:
                 return None
             try:

@@ -123,3 +123,25 @@ def test_the_whole_file_path_does_not_block_on_a_fifo_either(tmp_path: Path) -> 
                 os.close(os.open(src / "f.bin", os.O_WRONLY | os.O_NONBLOCK))
             except OSError:
                 break
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_a_directory_on_the_way_replaced_by_a_symlink_out_of_the_root_ships_nothing(tmp_path: Path, delta: bool) -> None:
+    """The file is at d/f.bin when its write is journaled; then `d` becomes a symlink to a
+    directory outside the folder holding an f.bin: nothing may be read through it."""
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    (src / "d").mkdir(parents=True)
+    outside.mkdir()
+    old = os.urandom(256 * 1024)
+    (src / "d" / "f.bin").write_bytes(old)
+    base = xxhash.xxh3_128(old).digest()
+    sigs = SignatureStore(tmp_path / "sigs")
+    sigs.remember(src, "d/f.bin", base)
+    (outside / "f.bin").write_bytes(b"secret outside the source folder\n" * 8192)
+    (src / "d" / "f.bin").unlink()
+    (src / "d").rmdir()
+    (src / "d").symlink_to(outside)
+    options = SendOptions(signatures=sigs, small_files=True, force="delta" if delta else "whole")
+    sent = [m for m in iter_file_messages(src, "d/f.bin", 1, base_hash=base if delta else b"", options=options)
+            if not isinstance(m, Flush)]
+    assert sent == []
