@@ -88,6 +88,7 @@ class PeerServer:
         self.refuse = refuse  # peer names refused outright (a firewall rule; used by tests)
         self.capabilities = capabilities  # announced in our Hello; a peer may use only these
         self._active: dict[int, anyio.CancelScope] = {}
+        self._streams: dict[int, FramedStream] = {}  # the mapping's current session's stream
         self._ended: dict[int, anyio.Event] = {}  # set when the mapping's current session is over
         self.refused = 0
 
@@ -158,11 +159,12 @@ class PeerServer:
         ended = anyio.Event()
         with anyio.CancelScope() as scope:
             self._active[mapping_id], self._ended[mapping_id] = scope, ended
+            self._streams[mapping_id] = framed
             try:
                 await self._receive(framed, folder, opened.journal_id, hello.capabilities)
             finally:
                 if self._active.get(mapping_id) is scope:
-                    del self._active[mapping_id], self._ended[mapping_id]
+                    del self._active[mapping_id], self._ended[mapping_id], self._streams[mapping_id]
                 ended.set()
 
     async def _authenticate_plain(self, framed: FramedStream, hello: Hello, opened: OpenMapping,
@@ -183,8 +185,14 @@ class PeerServer:
             raise UnknownPeer(f"{claimed[:16]} failed plain-link authentication from {address}")
         return folder
 
-    async def restart_session(self, mapping_id: int) -> None:
-        """End the mapping's session (its parent reconnects at once): it starts or stops relaying."""
+    async def restart_session(self, mapping_id: int, reason: str = "this target's relay role changed") -> None:
+        """End the mapping's session (its parent reconnects at once): it starts or stops relaying,
+        or its link secret changed. The parent is told first (ROUTES_STALE), so that it retries
+        quietly instead of reporting a failed hop: two role changes without traffic in between
+        made the master plan around a healthy hop."""
+        framed = self._streams.get(mapping_id)
+        if framed is not None:
+            await _try_send_error(framed, RoutesStale(mapping_id, f"{reason}: reconnect"))
         await self._end_session(mapping_id)
 
     async def _end_session(self, mapping_id: int) -> None:

@@ -216,7 +216,7 @@ class AgentService:
                     # A plain session is authenticated only when it opens: one opened under the
                     # old secret (or while the link was trusted at all) must not outlive it.
                     existing.link_secret = secret
-                    await self._server.restart_session(mapping_id)
+                    await self._server.restart_session(mapping_id, "this link's secret changed")
                 existing.keep_versions = _versions_here(spec, self.node_id)
                 self._set_routes(existing, spec)
                 await self._apply_relay(spec, existing)

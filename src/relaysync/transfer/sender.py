@@ -208,7 +208,7 @@ class TargetLink:
                 self.log.warning("link to %s down, will retry in %.1f s: %s",
                                  self.target.name, delay, err or type(err).__name__)
                 self.failures += 1
-                if self.on_failure is not None and not _not_a_failed_hop(err):
+                if self.on_failure is not None and not any(map(_not_a_failed_hop, _leaves(exc))):
                     self.on_failure(self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures)
             self.connected = False
             await anyio.sleep(delay)
@@ -453,6 +453,15 @@ def _sent(messages: Iterator[ops.Outgoing]) -> Generator[ops.Outgoing, None, boo
             complete = False
         yield message
     return complete
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """Every non-group exception inside `exc` (a refusal may come with the EndOfStream after it)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 def _not_a_failed_hop(err: BaseException | None) -> bool:

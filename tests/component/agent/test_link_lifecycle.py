@@ -145,3 +145,33 @@ def test_an_atomic_save_sent_late_reaches_the_target(tmp_path: Path) -> None:
     anyio.run(main)
     assert (folder.root / "index.html").read_text() == "version 2"
     assert not (folder.root / "index.html.tmp").exists()
+
+
+def test_a_session_the_target_restarts_is_not_reported_as_a_failed_hop(tmp_path: Path) -> None:
+    """A target ends its session on purpose when it starts or stops relaying (or its link secret
+    changes): its parent must reconnect without telling the master the hop failed. Twice in a
+    row without traffic between made the master plan around a healthy hop."""
+    source = _source(tmp_path)
+    folder = _folder(tmp_path)
+    reported: list[int] = []
+
+    async def main() -> None:
+        await source._record([FsEvent(kind="rescan", path="")])
+        async with anyio.create_task_group() as tg:
+            server = _server(folder)
+            port = await tg.start(server.serve)
+            link = _link(source, port, on_failure=lambda node, err, count: reported.append(count))
+            tg.start_soon(link.serve)
+            for _ in range(3):
+                with anyio.fail_after(20):
+                    while not (link.connected and 1 in server._active):
+                        await anyio.sleep(0.02)
+                link.connected = False
+                await server.restart_session(1)
+            with anyio.fail_after(20):  # and it comes back each time
+                while not (link.connected and 1 in server._active):
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert reported == []
