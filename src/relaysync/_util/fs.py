@@ -23,15 +23,7 @@ def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result] | N
         fd = os.open(path, _READ_FLAGS)
     except OSError:
         return None
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        return None
-    return fd, st
+    return _if_regular(fd)
 
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -63,6 +55,11 @@ def open_regular_in(root: str | os.PathLike[str], relpath: str) -> tuple[int, os
         return None
     finally:
         os.close(parent)
+    return _if_regular(fd)
+
+
+def _if_regular(fd: int) -> tuple[int, os.stat_result] | None:
+    """(fd, its fstat) if `fd` is a regular file; else it is closed and None is returned."""
     try:
         st = os.fstat(fd)
     except OSError:

@@ -293,15 +293,21 @@ def test_a_failed_commit_keeps_the_staged_partials_and_removes_the_other_temp_fi
 FULL = 24 * CHUNK_BYTES  # on a 12 MiB disk: about 11 MiB fit
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
+@contextlib.contextmanager
+def _tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `mount` (a full disk on demand), unmounted afterwards."""
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with _tmpfs(tmp_path / "small", "12m") as mount:
+        yield mount
 
 
 def _attempt(src: Path, record: JournalRecord, folder: TargetFolder) -> tuple[int, list[AnyMessage]]:
@@ -390,13 +396,8 @@ TWO_FILES = 14 * CHUNK_BYTES  # two mappings x two files; the 40 MiB disk holds 
 
 @pytest.fixture
 def disk_40m(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], check=True)
-    try:
+    with _tmpfs(tmp_path / "disk", "40m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _disk_mapping(tmp_path: Path, disk: Path, mid: int) -> tuple[Path, list[JournalRecord], TargetFolder]:
