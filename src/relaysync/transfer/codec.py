@@ -6,7 +6,9 @@ incompressible data costs one probe per chunk and nothing on the wire.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import ClassVar
 
 import zstandard
@@ -37,23 +39,62 @@ class Plain(Codec):
         return data
 
 
+class _ContextPool:
+    """zstd contexts lent to one call at a time (they are not thread-safe), shared by every link.
+
+    A context is large (about 2.6 MB at level 3, 19 MB at level 19 for 1 MiB chunks), so one per
+    link and worker thread would grow with links x threads; the pool holds what the busiest
+    moment needed, at most `keep` idle per level.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._idle: dict[int, list[zstandard.ZstdCompressor]] = {}
+        self._decompressors: list[zstandard.ZstdDecompressor] = []
+
+    @contextlib.contextmanager
+    def compressor(self, level: int) -> Iterator[zstandard.ZstdCompressor]:
+        with self._lock:
+            idle = self._idle.setdefault(level, [])
+            ctx = idle.pop() if idle else None
+        if ctx is None:
+            ctx = zstandard.ZstdCompressor(level=level)
+        try:
+            yield ctx
+        finally:
+            with self._lock:
+                if len(idle) < self._keep:
+                    idle.append(ctx)
+
+    @contextlib.contextmanager
+    def decompressor(self) -> Iterator[zstandard.ZstdDecompressor]:
+        with self._lock:
+            ctx = self._decompressors.pop() if self._decompressors else None
+        if ctx is None:
+            ctx = zstandard.ZstdDecompressor()
+        try:
+            yield ctx
+        finally:
+            with self._lock:
+                if len(self._decompressors) < self._keep:
+                    self._decompressors.append(ctx)
+
+
+_POOL = _ContextPool()
+
+
 class Zstd(Codec):
     ID = 3
     name = "zstd"
 
-    def __init__(self, level: int = 3) -> None:
+    def __init__(self, level: int = 3, pool: _ContextPool = _POOL) -> None:
         self.level = level
-        self._local = threading.local()  # zstd contexts are not thread-safe; reuse one per thread
-
-    def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-        ctx = getattr(self._local, "ctx", None)
-        if ctx is None:
-            ctx = (zstandard.ZstdCompressor(level=self.level), zstandard.ZstdDecompressor())
-            self._local.ctx = ctx
-        return ctx
+        self._pool = pool
 
     def compress(self, data: bytes) -> bytes:
-        return self._contexts()[0].compress(data)
+        with self._pool.compressor(self.level) as ctx:
+            return ctx.compress(data)
 
     def decompress(self, data: bytes, max_bytes: int = CHUNK_BYTES) -> bytes:
         """The frame's content, at most `max_bytes` of it, else ProtocolError.
@@ -65,7 +106,8 @@ class Zstd(Codec):
             announced = zstandard.frame_content_size(data)
             if announced > max_bytes:
                 raise ProtocolError(f"zstd codec: a chunk announces {announced} bytes, over {max_bytes}")
-            return self._contexts()[1].decompress(data, max_output_size=max_bytes)
+            with self._pool.decompressor() as ctx:
+                return ctx.decompress(data, max_output_size=max_bytes)
         except zstandard.ZstdError as exc:
             raise ProtocolError(f"zstd codec: decompress: {exc}") from exc
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import struct
 
+import anyio
 import pytest
 import zstandard
 
 from relaysync.constants import CHUNK_BYTES
 from relaysync.errors import ProtocolError
+from relaysync.transfer import codec as codec_module
 from relaysync.transfer.codec import (
+    Codec,
     Plain,
     Zstd,
     codec_for_level,
@@ -54,3 +57,31 @@ def test_recoding_keeps_the_decode_limits() -> None:
         recode_chunk(Zstd.ID, terabyte, Plain())
     with pytest.raises(ProtocolError, match="unknown codec"):
         recode_chunk(7, TEXT, Zstd(3))
+
+
+def test_compression_contexts_grow_with_concurrency_not_links_times_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each link has its own codec and the send path runs in anyio's shared worker pool: contexts
+    kept per codec and thread grew to links x threads (28-38 for 8 links, 169-229 MB at level 19)."""
+    made: list[zstandard.ZstdCompressor] = []
+    real = zstandard.ZstdCompressor
+
+    def counting(*args: object, **kwargs: object) -> zstandard.ZstdCompressor:
+        made.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(codec_module.zstandard, "ZstdCompressor", counting)
+    data = os.urandom(1 << 14) * 16  # 256 KiB, compressible
+    links, batches = 8, 12
+
+    async def link(link_codec: Codec) -> None:
+        for _ in range(batches):
+            await anyio.to_thread.run_sync(encode_chunk, data, link_codec)
+            await anyio.sleep(0)  # other links' batches interleave, as on a busy agent
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(links):
+                tg.start_soon(link, codec_for_level(19))
+
+    anyio.run(main)
+    assert len(made) <= links, f"{len(made)} zstd contexts for {links} links"
