@@ -13,6 +13,13 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything l
 # challenge): beyond this many at once, a new one is closed at accept. Each lasts at most about
 # CONNECT_TIMEOUT_S + 2 * HANDSHAKE_TIMEOUT_S; a fleet's sources reconnecting at once stay far below.
 MAX_UNAUTHENTICATED = 256
+# Of those, from one source address: one host cannot take the whole cap and lock every other
+# peer out. A source with more mappings to this server reconnecting at once (after a restart)
+# gets the rest closed at accept and retries them (0.2 s, 0.4 s...) as the first ones get in.
+MAX_UNAUTHENTICATED_PER_ADDRESS = 16
+# The master's control port (4096 in all, protocol/connection.py ACCEPT_BACKLOG): a site's agents
+# behind one NAT address reconnect at once after a master restart, one connection each.
+MASTER_UNAUTHENTICATED_PER_ADDRESS = 256
 PREAUTH_MAX_MESSAGE_BYTES = 64 * 1024  # a plain link's frames until it authenticated (Hello, OpenMapping)
 CHUNK_BYTES = 1024 * 1024  # file data travels in frames of at most this many bytes
 SMALL_FILE_BYTES = 64 * 1024  # files up to this size travel whole in one frame (SmallFile)

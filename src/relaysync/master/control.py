@@ -22,6 +22,7 @@ from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
+    MASTER_UNAUTHENTICATED_PER_ADDRESS,
     RECEIVE_TIMEOUT_S,
 )
 from relaysync.errors import ProtocolError, RelaySyncError
@@ -87,7 +88,9 @@ class ControlServer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._push_loop)
             port = await tg.start(partial(tls.serve_tls, self.host, self.port, self.ctx, self._handle,
-                                          max_unauthenticated=ACCEPT_BACKLOG))  # a whole fleet reconnecting
+                                          max_unauthenticated=ACCEPT_BACKLOG,  # a whole fleet reconnecting
+                                          # agents behind one NAT address reconnect at once too
+                                          max_unauthenticated_per_address=MASTER_UNAUTHENTICATED_PER_ADDRESS))
             logger.info("control server listening on %s:%s", self.host, port)
             task_status.started(port)
 

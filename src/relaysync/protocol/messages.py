@@ -531,10 +531,33 @@ class Erase(Message, frozen=True, tag="erase"):
         _check_path(self.path, "erase.path", allow_root=True)
 
 
+class PartialRef(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A partial a target listed (MappingState.partials), named by its path and version."""
+
+    path: str
+    hash: bytes
+
+
+MAX_OBSOLETE_PARTIALS = 1024  # per Checkpoint; a sender with more sends more Checkpoints
+
+
 class Checkpoint(Message, frozen=True, tag="checkpoint"):
-    """Source -> target: everything up to `seq` has been sent (after a catch-up); commit, then ack."""
+    """Source -> target: everything up to `seq` has been sent (after a catch-up); commit, then ack.
+
+    The Checkpoint that closes a manifest comparison names the target's partials whose version
+    will never be sent (deleted, or replaced by another version, on the source): the target
+    removes each one it still holds of that very version. An older target ignores the field.
+    """
 
     seq: int
+    obsolete: tuple[PartialRef, ...] = ()
+
+    def validate(self) -> None:
+        if len(self.obsolete) > MAX_OBSOLETE_PARTIALS:
+            raise ProtocolError(f"checkpoint.obsolete: over {MAX_OBSOLETE_PARTIALS} partials")
+        for ref in self.obsolete:
+            _check_path(ref.path, "checkpoint.obsolete.path")
+            _check_hash(ref.hash, "checkpoint.obsolete.hash")
 
 
 class NodeMark(msgspec.Struct, frozen=True, kw_only=True, array_like=True):

@@ -50,6 +50,7 @@ from relaysync.protocol.messages import (
     FileStart,
     MakeDir,
     Partial,
+    PartialRef,
     Rename,
     SetAttr,
     SmallFile,
@@ -156,6 +157,16 @@ class TargetFolder:
         doomed = [(p, partials.pop(p)) for p in list(partials) if p == path or p.startswith(prefix)]
         self._forget(partials, doomed)
 
+    def drop_obsolete_partials(self, refs: Iterable[PartialRef]) -> int:
+        """Drop the partials the source will never send the version of (a comparison found it
+        deleted or replaced there): each only if it is still of that very version, never one of a
+        newer version started since it was listed. Returns how many went."""
+        partials = self._partials()
+        doomed = [(ref.path, partials.pop(ref.path)) for ref in refs
+                  if partials.get(ref.path) == ref.hash.hex()]
+        self._forget(partials, doomed)
+        return len(doomed)
+
     def _forget(self, partials: dict[str, str], doomed: list[tuple[str, str]]) -> None:
         if not doomed:
             return
@@ -183,6 +194,10 @@ class TargetFolder:
             del self._full_disk[path]
             return False
         return True
+
+    def partial_hashes(self) -> dict[str, bytes]:
+        """Path -> content hash of every partial this folder keeps."""
+        return {path: bytes.fromhex(digest) for path, digest in self._partials().items()}
 
     def partial_files(self) -> frozenset[Path]:
         return frozenset(self._partial_file(p, h) for p, h in self._partials().items())
@@ -289,7 +304,7 @@ class ReceiverSession:
                 self._abort_incoming()
                 self._note(message.seq)
             case Checkpoint():
-                return self._checkpoint(message.seq)
+                return self._checkpoint(message.seq, message.obsolete)
             case DigestRequest():
                 self.flush()
                 return self._digests(message)
@@ -537,12 +552,16 @@ class ReceiverSession:
         now = time.time()  # visible and durable only now: the latency a reader sees ends here
         self._applied.extend(msgspec.structs.replace(r, committed_at=now) for r in pending.records)
 
-    def _checkpoint(self, seq: int) -> Ack:
+    def _checkpoint(self, seq: int, obsolete: Sequence[PartialRef] = ()) -> Ack:
         self.flush()
         self._note(seq)
         if self._seen_seq > self.watermark:
             self.watermark = self._seen_seq
             self.folder.set_watermark(self.journal_id, self.watermark)
+        if obsolete:  # after the watermark: no replay of the comparison's records brings them back
+            dropped = self.folder.drop_obsolete_partials(obsolete)
+            if dropped:
+                logger.info("removed %s partials whose version the source no longer has", dropped)
         applied, self._applied = self._applied, []
         if applied:
             self.report(self.watermark, applied)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,8 @@ from relaysync.protocol.messages import (
     FileStart,
     MappingState,
     NodeMark,
+    Partial,
+    PartialRef,
     Ping,
     Rename,
     SmallFile,
@@ -170,6 +172,7 @@ class RelayLink(TargetLink):
         session.acked = session.sent_upto = state.watermark
         # What the child holds in part: a comparison resumes from our tree, _forward from the spool.
         self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
+        session.partials = state.partials
         self.connected = True
         await self._catch_up(session, state.watermark)
         compare_due = anyio.current_time() + self.compare_interval_s
@@ -204,6 +207,27 @@ class RelayLink(TargetLink):
                 # The child is ahead of what we hold (it had another parent): wait for our parent.
                 await feed.wait_for_records(session.sent_upto, WAIT_RELAY_S)
                 await session.framed.send(Ping())
+
+    def _obsolete_partials(self, partials: Sequence[Partial], head: int) -> list[PartialRef]:
+        """The child's partials whose version will never come through us (in a worker thread).
+
+        Our tree (committed up to `head`, the spool all committed) holds no such version, and we
+        receive none at that path: a version on its way to the child is on its way to us, so we
+        hold a partial of it too. While the spool holds a batch we have not committed, nothing
+        is dropped (its files may be the very versions); the next comparison looks again.
+        """
+        feed = self.source
+        if not partials or not feed.spool.settled or feed.committed < feed.spool.head:
+            return []
+        receiving = feed.folder.partial_hashes()
+        obsolete = []
+        for p in partials:
+            if p.path in receiving:
+                continue
+            entry = feed.manifest.get(p.path)
+            if entry is None or entry.kind != "f" or entry.hash != p.hash:
+                obsolete.append(PartialRef(path=p.path, hash=p.hash))
+        return obsolete
 
     async def _forward(self, session: _Session, messages: list[AnyMessage], refused: RefusedDelta,
                        cut: ResumeCut) -> None:

@@ -38,6 +38,7 @@ from relaysync.errors import PeerRefused, ProtocolError, SpoolReset
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
+    MAX_OBSOLETE_PARTIALS,
     Ack,
     AnyMessage,
     AuthChallenge,
@@ -55,6 +56,8 @@ from relaysync.protocol.messages import (
     MappingState,
     NodeMark,
     OpenMapping,
+    Partial,
+    PartialRef,
     Ping,
     Pong,
     SmallFile,
@@ -72,6 +75,10 @@ logger = logging.getLogger(__name__)
 BATCH_RECORDS = 256  # journal records per batch (one Checkpoint, one fsync batch on the target)
 BATCH_BYTES = 8 * 1024 * 1024  # payload per send_many; larger files stream chunk by chunk
 WINDOW_RECORDS = 8192  # records sent but not yet acknowledged before the sender waits
+# Records journaled since a comparison's head looked through for paths whose partials must stay;
+# past this many, the partials wait for the next comparison (a busy source, seldom).
+MAX_RECORDS_AFTER_HEAD = 65_536
+OBSOLETE_BYTES = 1024 * 1024  # of paths per Checkpoint, far below MAX_MESSAGE_BYTES
 
 
 class SourceFolder(Protocol):
@@ -112,6 +119,7 @@ class _Session:
         self.sent_upto = 0
         self.ack_changed = anyio.Event()
         self.moved = MovedAway()  # files found gone when sent, followed through later renames
+        self.partials: tuple[Partial, ...] = ()  # the target's partials, as it listed them at the start
         self.replies: tuple[anyio.abc.ObjectSendStream[DigestReply],
                             anyio.abc.ObjectReceiveStream[DigestReply]] = (
             anyio.create_memory_object_stream[DigestReply](4)
@@ -269,6 +277,7 @@ class TargetLink:
         journal = self.source.journal
         session.acked = session.sent_upto = state.watermark
         self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
+        session.partials = state.partials
         self.connected = True
         covered = journal.first_seq <= state.watermark + 1 <= journal.last_seq + 1
         must_compare = not covered  # the journal cannot replay what the target lacks
@@ -394,10 +403,42 @@ class TargetLink:
             await self._send_stream(session, produce())
 
         emitted = await compare_trees(manifest, session.request_listings, emit, erase=self.erase)
-        await session.framed.send(Checkpoint(seq=head))
+        obsolete = await anyio.to_thread.run_sync(self._obsolete_partials, session.partials, head)
+        await session.framed.send_many(_closing_checkpoints(head, obsolete))
         session.sent_upto = max(session.sent_upto, head)
+        if obsolete:
+            gone = {(ref.path, ref.hash) for ref in obsolete}
+            session.partials = tuple(p for p in session.partials if (p.path, p.hash) not in gone)
+            for key in gone:
+                self.options.resume.pop(key, None)
+            self.log.info("%s holds %s partials of versions never to be sent: removing them",
+                          self.target.name, len(obsolete))
         if emitted:
             self.log.info("caught up %s by manifest comparison: %s items", self.target.name, emitted)
+
+    def _obsolete_partials(self, partials: Sequence[Partial], head: int) -> list[PartialRef]:
+        """The target's partials whose version we will never send (runs in a worker thread).
+
+        The comparison just sent every version our manifest holds, and the target's watermark
+        will be `head`, so a version is still to come only if the manifest holds it or a record
+        journaled after `head` may send it: a partial at a path such a record writes, renames or
+        moves (a directory above it) stays, as does every one while too many records are to be
+        looked through. What is left was deleted here, or replaced by another version.
+        """
+        if not partials:
+            return []
+        touched = _paths_journaled_after(self.source.journal, head)
+        if touched is None:
+            return []
+        manifest = self.source.manifest
+        obsolete = []
+        for p in partials:
+            if any(path in touched for path in _self_and_parents(p.path)):
+                continue
+            entry = manifest.get(p.path)
+            if entry is None or entry.kind != "f" or entry.hash != p.hash:
+                obsolete.append(PartialRef(path=p.path, hash=p.hash))
+        return obsolete
 
     async def _send_stream(self, session: _Session, messages: Iterator[ops.Outgoing]) -> None:
         """Pull messages from a file-reading iterator in a worker thread and send them in batches.
@@ -441,6 +482,44 @@ class TargetLink:
                 before = session.framed.bytes_sent
                 await session.framed.send_many(batch)
                 await limit.consume(session.framed.bytes_sent - before)
+
+
+def _paths_journaled_after(journal: Journal, head: int) -> set[str] | None:
+    """Every path (old and new names) of the records after `head`; None if over MAX_RECORDS_AFTER_HEAD."""
+    touched: set[str] = set()
+    seen, after = 0, head
+    while records := journal.read(after, 4096):
+        seen += len(records)
+        if seen > MAX_RECORDS_AFTER_HEAD:
+            return None
+        for record in records:
+            touched.add(record.path)
+            if record.new_path:
+                touched.add(record.new_path)
+        after = records[-1].seq
+    return touched
+
+
+def _self_and_parents(path: str) -> Iterator[str]:
+    yield path
+    while "/" in path:
+        path = path.rsplit("/", 1)[0]
+        yield path
+
+
+def _closing_checkpoints(head: int, obsolete: Sequence[PartialRef]) -> list[AnyMessage]:
+    """The Checkpoint(s) that close a comparison, naming the obsolete partials in bounded pieces."""
+    out: list[AnyMessage] = []
+    piece: list[PartialRef] = []
+    size = 0
+    for ref in obsolete:
+        if len(piece) >= MAX_OBSOLETE_PARTIALS or size >= OBSOLETE_BYTES:
+            out.append(Checkpoint(seq=head, obsolete=tuple(piece)))
+            piece, size = [], 0
+        piece.append(ref)
+        size += len(ref.path.encode("utf-8", "surrogateescape")) + 32
+    out.append(Checkpoint(seq=head, obsolete=tuple(piece)))
+    return out
 
 
 def _sent(messages: Iterator[ops.Outgoing]) -> Generator[ops.Outgoing, None, bool]:

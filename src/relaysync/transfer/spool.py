@@ -230,6 +230,12 @@ class Spool:
         return last.start + last.size
 
     @property
+    def settled(self) -> bool:
+        """Whether the spool ends with a Checkpoint (no batch of our parent's half spooled)."""
+        with self._lock:
+            return self.end == self._checkpoint_end
+
+    @property
     def start(self) -> int:
         return self._segments[0].start if self._segments else self._checkpoint_end
 

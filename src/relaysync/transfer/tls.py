@@ -18,7 +18,12 @@ from pathlib import Path
 
 import anyio
 
-from relaysync.constants import MAX_MESSAGE_BYTES, MAX_UNAUTHENTICATED, PREAUTH_MAX_MESSAGE_BYTES
+from relaysync.constants import (
+    MAX_MESSAGE_BYTES,
+    MAX_UNAUTHENTICATED,
+    MAX_UNAUTHENTICATED_PER_ADDRESS,
+    PREAUTH_MAX_MESSAGE_BYTES,
+)
 from relaysync.errors import LinkDown, RelaySyncError, TLSHandshakeFailed, UnknownPeer
 from relaysync.protocol.connection import first_byte, open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import FramedStream
@@ -138,6 +143,7 @@ TLS_HANDSHAKE_BYTE = 0x16  # a TLS record of type handshake; our plain frames st
 async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable[[FramedStream], Awaitable[None]],
                     *, plain_handler: Callable[[FramedStream], Awaitable[None]] | None = None,
                     max_unauthenticated: int = MAX_UNAUTHENTICATED,
+                    max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS,
                     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Listen on host:port; run `handler` for each client that completes a mutual TLS handshake.
 
@@ -146,18 +152,24 @@ async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable
     A failed handshake (no certificate, one from another CA, an expired one, garbage) is
     logged in one line and the connection closed; the server goes on. At most
     `max_unauthenticated` connections may be on their way to authenticating at once (so that
-    connections that never do cannot take every file descriptor): more are closed at accept.
+    connections that never do cannot take every file descriptor), and at most
+    `max_unauthenticated_per_address` of them from one source address (so that one host cannot
+    take them all and lock the other peers out): more are closed at accept. Each one's wait is
+    bounded: CONNECT_TIMEOUT_S for its first byte and for the TLS handshake, and a plain link's
+    handler authenticates it under its own timeouts.
     """
 
-    gate = _Gate(max_unauthenticated)
+    gate = _Gate(max_unauthenticated, max_unauthenticated_per_address)
 
     async def accept(sock: socket.socket, remote: str) -> None:
-        leave = gate.enter()
+        address = remote.rpartition(":")[0]
+        leave = gate.enter(address)
         if leave is None:
             sock.close()
             if gate.refused % 100 == 1:
-                logger.warning("refused a connection from %s: %s connections at once have not "
-                               "authenticated yet (%s refused so far)", remote, gate.limit, gate.refused)
+                logger.warning("refused a connection from %s: %s connections at once (%s from one "
+                               "address) have not authenticated yet (%s refused so far)",
+                               remote, gate.limit, gate.per_address, gate.refused)
             return
         try:
             await _accepted(sock, remote, leave)
@@ -194,19 +206,25 @@ async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable
 
 
 class _Gate:
-    """Counts the connections of a listener that have not authenticated yet."""
+    """Counts the connections of a listener that have not authenticated yet, in all and per
+    source address."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_address: int) -> None:
         self.limit = limit
+        self.per_address = per_address
         self.waiting = 0
+        self.by_address: dict[str, int] = {}  # only addresses with a connection waiting
         self.refused = 0
 
-    def enter(self) -> Callable[[], None] | None:
-        """A slot for one more connection, as the function that gives it back (once), or None."""
-        if self.waiting >= self.limit:
+    def enter(self, address: str) -> Callable[[], None] | None:
+        """A slot for one more connection from `address`, as the function that gives it back
+        (once), or None."""
+        held = self.by_address.get(address, 0)
+        if self.waiting >= self.limit or held >= self.per_address:
             self.refused += 1
             return None
         self.waiting += 1
+        self.by_address[address] = held + 1
         given_back = False
 
         def leave() -> None:
@@ -214,6 +232,11 @@ class _Gate:
             if not given_back:
                 given_back = True
                 self.waiting -= 1
+                left = self.by_address[address] - 1
+                if left:
+                    self.by_address[address] = left
+                else:
+                    del self.by_address[address]
 
         return leave
 

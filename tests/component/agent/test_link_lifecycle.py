@@ -4,6 +4,7 @@ backs off from a target that keeps refusing, and what a scan ships."""
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import subprocess
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
+from relaysync.constants import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS
 from relaysync.protocol.messages import MappingSpec, TargetSpec
 from relaysync.transfer import ops
 from relaysync.transfer.receiver import TargetFolder
@@ -175,3 +177,58 @@ def test_a_session_the_target_restarts_is_not_reported_as_a_failed_hop(tmp_path:
 
     anyio.run(main)
     assert reported == []
+
+
+def _silent_from(address: str, port: int, count: int) -> list[socket.socket]:
+    """`count` connections from source `address` that never say a word (a slowloris)."""
+    out = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((address, 0))
+        s.connect(("127.0.0.1", port))
+        out.append(s)
+    return out
+
+
+def _closed(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_one_address_holding_connections_open_does_not_lock_other_peers_out(tmp_path: Path) -> None:
+    """A host opens as many connections as the peer server takes before they authenticate
+    (MAX_UNAUTHENTICATED, 256) and says nothing on them: it gets its own quota of 16, the rest
+    are closed at accept, and a source from another address still authenticates and ships a
+    file. Before the per-address quota, the 256 filled the server's cap and the source was
+    closed at accept until they timed out."""
+    source = _source(tmp_path)
+    (source.root / "index.html").write_text("served")
+    earlier = time.time_ns() - 10 * 10**9
+    os.utime(source.root / "index.html", ns=(earlier, earlier))
+    folder = _folder(tmp_path)
+    held: list[socket.socket] = []
+
+    async def main() -> None:
+        await source._record([FsEvent(kind="rescan", path="")])
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(_server(folder).serve)
+            held.extend(await anyio.to_thread.run_sync(_silent_from, "127.0.0.2", port, MAX_UNAUTHENTICATED))
+            await anyio.sleep(0.5)  # the listener has taken them all
+            tg.start_soon(_link(source, port).serve)
+            with anyio.fail_after(5):  # well inside the silent ones' 10 s first-byte timeout
+                while not (folder.root / "index.html").exists():
+                    await anyio.sleep(0.02)
+            assert sum(not _closed(s) for s in held) == MAX_UNAUTHENTICATED_PER_ADDRESS
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        for s in held:
+            s.close()
+    assert (folder.root / "index.html").read_text() == "served"

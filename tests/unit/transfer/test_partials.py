@@ -31,6 +31,7 @@ from relaysync.protocol.messages import (
     FileEnd,
     FileStart,
     MakeDir,
+    PartialRef,
     Rename,
     SmallFile,
 )
@@ -530,3 +531,26 @@ def test_a_read_only_file_killed_mid_commit_still_arrives(nobody_dir: Path) -> N
     retries = [_as_nobody(base, kill_in_fsync=False) for _ in range(3)]
     assert (base / "root" / "big.bin").exists(), (
         f"never committed after 3 retries; partial mode {oct(part.stat().st_mode & 0o777)}; last: {retries[-1]}")
+
+
+def test_a_checkpoint_naming_a_partial_obsolete_removes_only_that_version(tmp_path: Path) -> None:
+    """The Checkpoint closing a comparison names partials whose version the source will never
+    send; one the target has since started again of another version stays."""
+    folder = _folder(tmp_path)
+    old, newer, other = os.urandom(BIG), os.urandom(BIG), os.urandom(BIG)
+    _interrupted(folder, "a.bin", old)
+    held = {p.path: p.hash for p in folder.list_partials()}
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    session.apply_batch([_start(1, "b.bin", other), *_chunks(1, other, 0, CHUNK_BYTES)])
+    session.close()
+    held["b.bin"] = xxhash.xxh3_128(other).digest()
+    session = ReceiverSession(folder, "j", lambda *_: None)  # a newer version of a.bin starts meanwhile
+    session.apply_batch([_start(2, "a.bin", newer), *_chunks(2, newer, 0, CHUNK_BYTES)])
+    session.close()
+    refs = (PartialRef(path="a.bin", hash=held["a.bin"]), PartialRef(path="b.bin", hash=held["b.bin"]),
+            PartialRef(path="never.bin", hash=b"\x03" * 16))
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch([Checkpoint(seq=3, obsolete=refs)]) == [Ack(mapping_id=1, watermark=3)]
+    session.close()
+    assert [(p.path, p.hash) for p in folder.list_partials()] == [("a.bin", xxhash.xxh3_128(newer).digest())]
+    assert len(_temps(folder.root)) == 1

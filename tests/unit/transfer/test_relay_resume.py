@@ -27,13 +27,15 @@ from relaysync.protocol.messages import (
     FileChunk,
     FileEnd,
     FileStart,
+    Partial,
     Ping,
 )
 from relaysync.transfer import ops
 from relaysync.transfer.codec import Zstd, codec_for_level, decode_chunk, encode_chunk
 from relaysync.transfer.receiver import ReceiverSession, TargetFolder
-from relaysync.transfer.relay import RefusedDelta, RelayLink
+from relaysync.transfer.relay import RefusedDelta, RelayFeed, RelayLink
 from relaysync.transfer.relay_resume import ResumeCut
+from relaysync.transfer.spool import Spool
 from relaysync.watch.manifest import Entry, Manifest
 
 SEQ = 7
@@ -295,3 +297,24 @@ def test_a_fifo_in_the_relays_tree_does_not_hang_the_childs_link(tmp_path: Path)
         os.close(fd)
         t.join(5.0)
     assert not stuck, "RelayLink._send_prefix blocked for ever in open_prefix on a FIFO in the relay's tree"
+
+
+def test_a_relay_names_obsolete_only_the_childs_partials_of_versions_it_neither_holds_nor_receives(
+        tmp_path: Path, relay: TargetFolder) -> None:
+    """A child's partial of a version on its way to the relay (the relay holds a partial of its
+    own there) stays, as does one of the version the relay committed; one of a version the
+    relay has neither of goes; and nothing goes while the relay has a batch half spooled."""
+    data = _data()
+    _child_holding(relay, data, K)  # on its way to the relay too
+    committed = b"\x05" * 16
+    relay.manifest.put_many([Entry(path="done.bin", kind="f", size=1, hash=committed)])
+    spool = Spool(tmp_path / "spool")
+    spool.begin("j", 0)
+    link: Any = object.__new__(RelayLink)
+    link.source = RelayFeed(relay, spool)
+    partials = [Partial(path="big.bin", hash=xxhash.xxh3_128(data).digest(), size=K),
+                Partial(path="done.bin", hash=committed, size=K),
+                Partial(path="done.bin.old", hash=b"\x06" * 16, size=K)]
+    assert [r.path for r in link._obsolete_partials(partials, 0)] == ["done.bin.old"]
+    spool.append([_start(data)])  # a batch of our parent's, half spooled: its versions may be any
+    assert link._obsolete_partials(partials, 0) == []
