@@ -14,9 +14,10 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything l
 # CONNECT_TIMEOUT_S + 2 * HANDSHAKE_TIMEOUT_S; a fleet's sources reconnecting at once stay far below.
 MAX_UNAUTHENTICATED = 256
 # Of those, from one source address: one host cannot take the whole cap and lock every other
-# peer out. A source with more mappings to this server reconnecting at once (after a restart)
-# gets the rest closed at accept and retries them (0.2 s, 0.4 s...) as the first ones get in.
-MAX_UNAUTHENTICATED_PER_ADDRESS = 16
+# peer out. 64, not fewer: a source's links to this server (one per mapping) reconnect at once
+# after a restart, and one closed at accept twice counts as a failed hop for the master; beyond
+# 64 they are closed and retried (0.2 s, 0.4 s...) as the first ones get in.
+MAX_UNAUTHENTICATED_PER_ADDRESS = 64
 # The master's control port (4096 in all, protocol/connection.py ACCEPT_BACKLOG): a site's agents
 # behind one NAT address reconnect at once after a master restart, one connection each.
 MASTER_UNAUTHENTICATED_PER_ADDRESS = 256

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -91,8 +92,10 @@ class _ObservedLink(TargetLink):
         self.compares += 1
 
 
-def _sync_once(source: SourceMapping, folder: TargetFolder) -> _ObservedLink:
-    """Scan the source, connect its link to the target, and return once a comparison ended."""
+def _sync_once(source: SourceMapping, folder: TargetFolder,
+               settled: Callable[[], bool] = lambda: True) -> _ObservedLink:
+    """Scan the source, connect its link to the target, and return once a comparison ended, the
+    target's watermark caught up, and `settled()` holds (30 s bound for all)."""
     server = PeerServer(host="127.0.0.1", port=0, ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), node_id=TGT,
                         name="t", folders=lambda m: folder if m == 1 else None,
                         reporter=lambda f: (lambda w, recs: None))
@@ -109,9 +112,9 @@ def _sync_once(source: SourceMapping, folder: TargetFolder) -> _ObservedLink:
             links.append(link)
             tg.start_soon(link.serve)
             with anyio.fail_after(30):
-                while link.compares < 1 or folder.watermark(source.journal.journal_id) < source.applied_seq:
+                while (link.compares < 1 or folder.watermark(source.journal.journal_id) < source.applied_seq
+                       or not settled()):
                     await anyio.sleep(0.02)
-            await anyio.sleep(0.3)  # the Checkpoint that set the watermark is applied whole by then
             tg.cancel_scope.cancel()
 
     anyio.run(main)
@@ -142,7 +145,9 @@ def test_a_catch_up_comparison_removes_a_partial_whose_version_the_source_no_lon
         folder.set_watermark(source.journal.journal_id, source.applied_seq)
     assert sum(_staged_bytes(folder.root).values()) == HELD
 
-    _sync_once(source, folder)
+    # the partials go after the watermark is saved, in the same Checkpoint: wait for them to go
+    # (a bound, not a pause: without the fix, fail_after fires)
+    _sync_once(source, folder, settled=lambda: not _staged_bytes(folder.root))
 
     assert (folder.root / "keep.txt").read_text() == "the rest of the tree"
     assert _staged_bytes(folder.root) == {}
