@@ -43,6 +43,7 @@ from relaysync.protocol.messages import (
     Register,
     ReleaseReport,
     TargetSpec,
+    nodes_below,
 )
 from relaysync.transfer import tls
 from relaysync.transfer.bandwidth import BandwidthSchedule, TokenBucket
@@ -269,7 +270,8 @@ class AgentService:
         feed, links = relay
         feed.on_route_change = partial(links.restart, dict(children))
         feed.children = frozenset(children)
-        feed.marks = {n: w for n, w in feed.marks.items() if n in _subtree(spec, self.node_id)}
+        feed.routes = spec.routes
+        feed.marks = {n: w for n, w in feed.marks.items() if n in nodes_below(spec.routes, self.node_id)}
         links.reconcile(children)
 
     def _stop_relay(self, mapping_id: int) -> None:
@@ -515,19 +517,6 @@ def _members(spec: MappingSpec) -> frozenset[str]:
     """Every node taking part in the mapping: its source, its targets, the nodes of its routes."""
     return frozenset({spec.source_node, *(t.node_id for t in spec.targets),
                       *(n for h in spec.routes for n in (h.parent, h.child))})
-
-
-def _subtree(spec: MappingSpec, node_id: str) -> set[str]:
-    """Every node below `node_id` in the mapping's routing table."""
-    below: set[str] = set()
-    frontier = [node_id]
-    while frontier:
-        parent = frontier.pop()
-        for hop in spec.routes:
-            if hop.parent == parent and hop.child not in below:
-                below.add(hop.child)
-                frontier.append(hop.child)
-    return below
 
 
 def _versions_here(spec: MappingSpec, node_id: str) -> int:

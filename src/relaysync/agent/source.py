@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
+from relaysync.protocol.messages import MappingSpec, MassDeleteHeld, nodes_below
 from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter
@@ -130,9 +130,29 @@ class SourceMapping:
                 await self._new_records.wait()
 
     def on_ack(self, target_node: str, watermark: int) -> None:
-        """A target committed up to `watermark`; persisted with the next flush (`_flush_acks`)."""
-        self._acks[target_node] = watermark
-        self._acks_changed.set()
+        """A target committed up to `watermark`; persisted with the next flush (`_flush_acks`).
+
+        Acks only move forward: within a session a target's watermark never goes back, and a
+        relay's report of the targets below it may arrive late (an older report after a newer one).
+        """
+        if watermark > self._acks.get(target_node, -1):
+            self._acks[target_node] = watermark
+            self._acks_changed.set()
+
+    def on_open(self, target_node: str, watermark: int) -> None:
+        """A target's session opened at `watermark`, its own word on what it holds of this journal.
+
+        The one way an ack goes back: a target that lost its tail (a machine crash in fast
+        durability) or its data replays from there, and the journal must keep that for it. (A new
+        journal id voids every ack: `_load_acks`.)
+        """
+        if self._acks.get(target_node) != watermark:
+            self._acks[target_node] = watermark
+            self._acks_changed.set()
+
+    def below(self, child: str) -> frozenset[str]:
+        """The targets whose acks `child` relays: those below it in the routing table."""
+        return nodes_below(self.spec.routes, child)
 
     def backlog(self) -> int:
         """Return how many journal records the slowest target has not acknowledged yet."""

@@ -177,6 +177,22 @@ class RouteHop(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     level: str = ""  # why the planner chose it: region-entry, group-entry, in-group, bypass-..., manual
 
 
+def nodes_below(routes: tuple[RouteHop, ...], node_id: str) -> frozenset[str]:
+    """Every node below `node_id` in a mapping's distribution tree (none in a star).
+
+    These are the only targets whose watermarks an `Ack` from `node_id` may carry.
+    """
+    below: set[str] = set()
+    frontier = [node_id]
+    while frontier:
+        parent = frontier.pop()
+        for hop in routes:
+            if hop.parent == parent and hop.child not in below and hop.child != node_id:
+                below.add(hop.child)
+                frontier.append(hop.child)
+    return frozenset(below)
+
+
 class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     mapping_id: int
     name: str

@@ -230,7 +230,7 @@ class ConflictSession(ReceiverSession):
                     manifest.remove_tree(msg.path)
             case MakeDir() | Symlink():
                 disk = disk_version(resolve_inside(root, msg.path))
-                if disk is not None and disk.kind != "d" and not is_version(manifest.get(msg.path), disk):
+                if disk is not None and _in_the_way(msg, disk, manifest.get(msg.path)):
                     self._contest = ("kind", self._owner(msg.path, disk))
                     return
                 super()._apply_op_unchecked(msg)
@@ -272,7 +272,7 @@ class ConflictSession(ReceiverSession):
         old = disk_version(resolve_inside(root, msg.path))
         entry = manifest.get(msg.path)
         if old is not None and old.kind == "d":
-            super()._apply_op_unchecked(msg)  # a directory moves whole (see docs/architecture.md)
+            self._rename_dir(msg)
             return
         if entry is None or not is_version(entry, old):
             if old is None and entry is None and os.path.lexists(resolve_inside(root, msg.new_path)):
@@ -291,6 +291,35 @@ class ConflictSession(ReceiverSession):
         self._contest = (reason, owner)
         super()._apply_op_unchecked(Delete(seq=0, path=msg.path))
         manifest.put_many([msgspec.structs.replace(entry, path=msg.new_path)])
+
+    def _rename_dir(self, msg: Rename) -> None:
+        """A directory moves whole (see docs/architecture.md), but never over another one that
+        holds something, nor over a file or link: replacing it would remove other sources' files.
+        Then this source's files leave the old name and its next comparison sends the new one."""
+        root = self.folder.root
+        new = disk_version(resolve_inside(root, msg.new_path))
+        if new is None or (new.kind == "d" and _is_empty_dir(new.path)):
+            super()._apply_op_unchecked(msg)
+            return
+        self._delete(msg.path)
+        self._contest = ("kind", self._owner(msg.new_path, new))
+
+
+def _is_empty_dir(path: Path) -> bool:
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
+def _in_the_way(msg: MakeDir | Symlink, disk: DiskVersion, mine: Entry | None) -> bool:
+    """Whether what is on disk stays in spite of a MakeDir or Symlink of this source.
+
+    A directory is never replaced by a link, even this source's own (it may hold other sources'
+    files; this source's delete of it comes first and leaves it only if they are there). A file
+    or link stays unless it is this source's version.
+    """
+    if disk.kind == "d":
+        return isinstance(msg, Symlink)
+    return not is_version(mine, disk)
 
 
 def _contested(record: CommitRecord, reason: str, other: str) -> CommitRecord:

@@ -45,7 +45,9 @@ from relaysync.protocol.messages import (
     PartialRef,
     Ping,
     Rename,
+    RouteHop,
     SmallFile,
+    nodes_below,
 )
 from relaysync.transfer import ops
 from relaysync.transfer.receiver import TargetFolder
@@ -87,6 +89,7 @@ class RelayFeed:
         self.journal = _JournalRef(spool)
         self.committed = folder.watermark(spool.journal_id) if spool.journal_id else 0
         self.children: frozenset[str] = frozenset()
+        self.routes: tuple[RouteHop, ...] = ()  # the mapping's table: whose marks a child's Ack may carry
         self.marks: dict[str, int] = {}  # node id -> watermark, for every target below us
         self._appended = anyio.Event()
         self.marks_changed = anyio.Event()  # the parent's session sends a fresh Ack on it
@@ -124,7 +127,11 @@ class RelayFeed:
         with anyio.move_on_after(timeout_s):
             await self._appended.wait()
 
+    def below(self, child: str) -> frozenset[str]:
+        return nodes_below(self.routes, child)
+
     def on_ack(self, target_node: str, watermark: int) -> None:
+        # Forward only; `_Session._on_ack` passes only the child's own subtree (`below`).
         if watermark > self.marks.get(target_node, -1):
             self.marks[target_node] = watermark
             self._release()

@@ -98,6 +98,10 @@ class SourceFolder(Protocol):
 
     def on_ack(self, target_node: str, watermark: int) -> None: ...
 
+    def on_open(self, target_node: str, watermark: int) -> None: ...
+
+    def below(self, child: str) -> frozenset[str]: ...
+
 
 FailureFn = Callable[[str, str, int], None]  # (child node id, error, consecutive failures)
 
@@ -149,8 +153,13 @@ class _Session:
                         raise ProtocolError(f"unexpected {type(message).__name__} from target")
 
     def _on_ack(self, watermark: int, subtree: Sequence[NodeMark] = ()) -> None:
-        for mark in subtree:  # a relay's targets below it: the source keeps changes until they commit
-            self.link.source.on_ack(mark.node_id, mark.watermark)
+        # A relay's targets below it: the source keeps changes until they commit. A target speaks
+        # only for its own subtree in the routing table: a mark for any other node (a leaf naming
+        # its sibling) would let it release changes that node lacks, or hold the journal for ever.
+        below = self.link.source.below(self.link.target.node_id) if subtree else frozenset()
+        for mark in subtree:
+            if mark.node_id in below:
+                self.link.source.on_ack(mark.node_id, mark.watermark)
         if watermark > self.acked:
             self.link.failures = 0  # progress
             self.acked = watermark
@@ -276,6 +285,7 @@ class TargetLink:
     async def _stream(self, session: _Session, state: MappingState, tg: TaskGroup) -> None:
         journal = self.source.journal
         session.acked = session.sent_upto = state.watermark
+        self.source.on_open(self.target.node_id, state.watermark)  # lower too: it may have lost a tail
         self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
         session.partials = state.partials
         self.connected = True

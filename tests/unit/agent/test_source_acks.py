@@ -1,5 +1,7 @@
 """The source persists its targets' acks and releases its journal off the event loop, at most
-every ACK_FLUSH_S: a burst of acks costs one write, and the last one is never lost."""
+every ACK_FLUSH_S: a burst of acks costs one write, and the last one is never lost. A target's
+acks speak for itself and the targets below it in the routing table only, and only move forward,
+but for its own word when its session opens (it may have lost a tail)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,17 @@ import json
 import threading
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 import pytest
 
 from relaysync.agent.source import ACK_FLUSH_S, SourceMapping
-from relaysync.protocol.messages import MappingSpec, TargetSpec
+from relaysync.protocol.messages import MappingSpec, MappingState, NodeMark, RouteHop, TargetSpec
+from relaysync.transfer.sender import TargetLink, _Session
 from relaysync.watch.changes import PendingChange
 
 
@@ -108,3 +114,81 @@ def test_a_stop_while_the_flush_waits_for_a_worker_thread_still_writes_the_last_
     anyio.run(main)
     assert _stored(source) == {"t1": 7, "t2": 9}
     assert source.journal.first_seq == 8
+
+
+def _session_to(source: SourceMapping, node_id: str) -> _Session:
+    link = SimpleNamespace(source=source, target=SimpleNamespace(node_id=node_id), failures=0)
+    return _Session(link, framed=None)  # type: ignore[arg-type]
+
+
+def test_a_leaf_target_cannot_release_the_journal_another_target_still_needs(source: SourceMapping) -> None:
+    async def main() -> None:
+        # A star: t1 relays for nobody, yet claims t2 committed 100 too; t2 never acked.
+        _session_to(source, "t1")._on_ack(100, [NodeMark(node_id="t2", watermark=100)])
+
+    anyio.run(main)
+    source._release(dict(source._acks))
+    assert source._acks == {"t1": 100}
+    assert source.journal.first_seq == 1, "records t2 never acknowledged were released"
+
+
+def test_a_leaf_target_cannot_move_another_targets_ack_back(source: SourceMapping) -> None:
+    async def main() -> None:
+        _session_to(source, "t2")._on_ack(100)
+        _session_to(source, "t1")._on_ack(100, [NodeMark(node_id="t2", watermark=0)])
+
+    anyio.run(main)
+    assert source._acks["t2"] == 100
+
+
+def test_a_relay_speaks_for_the_targets_below_it_only(source: SourceMapping) -> None:
+    # s -> t1 -> t3 -> t4, and s -> t2: t1 relays for t3 and (through t3) t4, not for t2.
+    routes = (RouteHop(parent="s", child="t1"), RouteHop(parent="t1", child="t3"),
+              RouteHop(parent="t3", child="t4"), RouteHop(parent="s", child="t2"))
+    targets = tuple(TargetSpec(node_id=f"t{n}", path=f"/t{n}") for n in range(1, 5))
+    source.spec = msgspec.structs.replace(source.spec, routes=routes, targets=targets)
+    marks = [NodeMark(node_id=n, watermark=90) for n in ("t2", "t3", "t4", "t1", "s", "elsewhere")]
+
+    async def main() -> None:
+        _session_to(source, "t1")._on_ack(100, marks)
+        _session_to(source, "t3")._on_ack(95, [NodeMark(node_id="t1", watermark=100)])  # not its parent's
+
+    anyio.run(main)
+    assert source._acks == {"t1": 100, "t3": 95, "t4": 90}
+
+
+def test_acks_only_move_forward(source: SourceMapping) -> None:
+    source.on_ack("t1", 60)
+    source.on_ack("t1", 40)  # a relay's older report of t1, late
+    assert source._acks["t1"] == 60
+
+
+def test_a_target_that_lost_a_tail_keeps_the_journal_it_replays(source: SourceMapping) -> None:
+    source.on_ack("t1", 80)
+    source.on_ack("t2", 100)
+    source._release(dict(source._acks))
+    assert source.journal.first_seq == 81
+    source.on_open("t2", 90)  # t2 comes back at 90 (a machine crash in fast durability)
+    source.on_ack("t1", 100)
+    source._release(dict(source._acks))
+    assert source._acks == {"t1": 100, "t2": 90}
+    assert source.journal.first_seq == 91  # 91..100 are still there for t2's replay
+
+
+def test_a_link_takes_its_targets_watermark_when_the_session_opens() -> None:
+    opened: list[tuple[str, int]] = []
+
+    class Stop(Exception):
+        pass
+
+    def on_open(node: str, watermark: int) -> None:
+        opened.append((node, watermark))
+        raise Stop  # before the session's catch-up, which this test has no target for
+
+    link: Any = object.__new__(TargetLink)
+    link.source = SimpleNamespace(journal=None, on_open=on_open)
+    link.target = SimpleNamespace(node_id="t1")
+    session = SimpleNamespace(acked=0, sent_upto=0)
+    with pytest.raises(Stop):
+        anyio.run(link._stream, session, MappingState(mapping_id=1, watermark=42, root_hash=b""), None)
+    assert opened == [("t1", 42)] and session.acked == 42

@@ -20,7 +20,9 @@ from relaysync.protocol.messages import (
     FileChunk,
     FileEnd,
     FileStart,
+    MakeDir,
     Rename,
+    Symlink,
 )
 from relaysync.transfer.compare import diff_listing
 from relaysync.transfer.conflicts import NEWEST_MTIME, forget_missing, judge, session_for
@@ -159,6 +161,61 @@ def test_rename_onto_a_newer_file_deletes_the_old_name_only(pair: tuple[Member, 
     root = a.folder.root
     assert not (root / "old").exists() and (root / "new").read_bytes() == b"B newer"
     assert a.conflicts()[-1] == ("old", "older", "B") and a.records[-1].new_path == "new"
+
+
+def test_a_symlink_never_replaces_a_directory_holding_another_sources_files(pair: tuple[Member, Member]) -> None:
+    a, b = pair
+    a.write("d/a.txt", b"A's file", T0)
+    b.op(Symlink(seq=next(_seqs), path="d", target="elsewhere"))
+    root = a.folder.root
+    assert not os.path.islink(root / "d") and (root / "d" / "a.txt").read_bytes() == b"A's file"
+    assert b.conflicts() == [("d", "kind", "")] and b.folder.manifest.get("d") is None
+
+
+def test_a_directory_never_replaces_another_sources_file_or_link(pair: tuple[Member, Member]) -> None:
+    a, b = pair
+    a.write("f", b"A's file", T0)
+    a.op(Symlink(seq=next(_seqs), path="l", target="nowhere"))
+    b.op(MakeDir(seq=next(_seqs), path="f", mode=0o755))
+    b.op(MakeDir(seq=next(_seqs), path="l", mode=0o755))
+    root = a.folder.root
+    assert (root / "f").read_bytes() == b"A's file" and os.readlink(root / "l") == "nowhere"
+    assert b.conflicts() == [("f", "kind", "A"), ("l", "kind", "")]
+
+
+def test_a_directory_renamed_onto_another_sources_directory_leaves_its_files(pair: tuple[Member, Member]) -> None:
+    """On B's side the name was free; here A's files are there: they stay, B's leave the old name
+    and come to the new one with B's next comparison."""
+    a, b = pair
+    a.write("d2/a.txt", b"A's file", T0)
+    b.op(MakeDir(seq=next(_seqs), path="d1", mode=0o755))
+    b.write("d1/b.txt", b"B's file", T0)
+    b.op(Rename(seq=next(_seqs), path="d1", new_path="d2"))
+    root = a.folder.root
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == ["d2", "d2/a.txt"]
+    assert b.conflicts() == [("d1", "kind", "")] and b.records[-1].new_path == "d2"
+    assert not list(b.folder.manifest.iter_entries("d1")) and not list(b.folder.manifest.iter_entries("d2"))
+
+
+def test_a_directory_renamed_onto_another_sources_file_leaves_it(pair: tuple[Member, Member]) -> None:
+    a, b = pair
+    a.write("f", b"A's file", T0)
+    b.op(MakeDir(seq=next(_seqs), path="d", mode=0o755))
+    b.write("d/b.txt", b"B's file", T0)
+    b.op(Rename(seq=next(_seqs), path="d", new_path="f"))
+    root = a.folder.root
+    assert (root / "f").read_bytes() == b"A's file" and not (root / "d").exists()
+    assert b.conflicts() == [("d", "kind", "A")] and all(r.ok for r in b.records)
+
+
+def test_a_directory_renamed_onto_an_empty_one_moves_whole(pair: tuple[Member, Member]) -> None:
+    a, b = pair
+    a.op(MakeDir(seq=next(_seqs), path="d2", mode=0o755))
+    b.op(MakeDir(seq=next(_seqs), path="d1", mode=0o755))
+    b.write("d1/b.txt", b"B's file", T0)
+    b.op(Rename(seq=next(_seqs), path="d1", new_path="d2"))
+    assert (a.folder.root / "d2" / "b.txt").read_bytes() == b"B's file" and not b.conflicts()
+    assert b.folder.manifest.get("d2/b.txt") is not None
 
 
 def test_erase_never_removes_another_sources_files(pair: tuple[Member, Member]) -> None:

@@ -1,11 +1,13 @@
 """A relay's forwarding of a delta its child refused (RelayLink._forward): the version reaches the
 child whole, once, and the batch's Checkpoint always follows it. What is forwarded follows the
-child: its Hello (small files) and its hop's codec."""
+child: its Hello (small files) and its hop's codec. Acks come back from the child for itself and
+the targets below it only."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -19,14 +21,19 @@ from relaysync.protocol.messages import (
     FileChunk,
     FileEnd,
     FileStart,
+    NodeMark,
+    RouteHop,
     SmallFile,
 )
 from relaysync.transfer import ops
 from relaysync.transfer.codec import Zstd, codec_for_level, decode_chunk
-from relaysync.transfer.relay import RefusedDelta, RelayLink
+from relaysync.transfer.receiver import TargetFolder
+from relaysync.transfer.relay import RefusedDelta, RelayFeed, RelayLink
 from relaysync.transfer.relay_resume import ResumeCut
 from relaysync.transfer.sender import BATCH_BYTES
+from relaysync.transfer.sender import _Session as LinkSession
 from relaysync.transfer.spool import Spool
+from relaysync.watch.manifest import Manifest
 
 H = b"h" * 16
 REFUSED = 5
@@ -211,3 +218,24 @@ def test_a_child_on_the_same_codec_gets_the_spooled_messages_themselves() -> Non
                          codec=Zstd.ID), Checkpoint(seq=REFUSED + 1)]
     anyio.run(link._send, _Session(), spooled)
     assert len(sent) == 2 and all(a is b for a, b in zip(sent, spooled, strict=True))
+
+
+def test_a_child_acks_for_the_targets_below_it_only(tmp_path: Path) -> None:
+    """r relays to c1 and c2, c1 to g1: c1 may report g1, never its sibling c2 (a mark for c2 would
+    let the spool and the source's journal go before c2 has them), and marks never go back."""
+    (tmp_path / "root").mkdir()
+    folder = TargetFolder(mapping_id=1, source_node="s", root=tmp_path / "root",
+                          manifest=Manifest(tmp_path / "m.db"), durable=False)
+
+    async def main() -> dict[str, int]:
+        feed = RelayFeed(folder, Spool(tmp_path / "spool"))
+        feed.children = frozenset({"c1", "c2"})
+        feed.routes = (RouteHop(parent="s", child="r"), RouteHop(parent="r", child="c1"),
+                       RouteHop(parent="r", child="c2"), RouteHop(parent="c1", child="g1"))
+        c1 = LinkSession(SimpleNamespace(source=feed, target=SimpleNamespace(node_id="c1"), failures=0),
+                         framed=None)  # type: ignore[arg-type]
+        c1._on_ack(10, [NodeMark(node_id="c2", watermark=99), NodeMark(node_id="g1", watermark=7)])
+        c1._on_ack(10, [NodeMark(node_id="g1", watermark=3)])  # an older report, late
+        return feed.marks
+
+    assert anyio.run(main) == {"c1": 10, "g1": 7}
