@@ -148,12 +148,22 @@ def _resume_offsets(log: Path, name: str) -> list[int]:
     return [int(m) for m in re.findall(rf"resuming {re.escape(name)} at offset (\d+)", log.read_text())]
 
 
+SETTLE_WINDOW_S = 0.3  # unchanged over this long: the bytes in flight when the sender died are written
+SETTLE_TIMEOUT_S = 60.0
+
+
 def _settled(read: Callable[[], int]) -> int:
-    """The value once it stops changing (a killed sender's last bytes are still being written)."""
+    """The value once it stops changing (a killed sender's last bytes are still being written).
+
+    Stability over a window is the condition itself (no event marks the last byte in flight);
+    a value read too early only makes the caller's bound on what is sent again looser."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
     last = -1
     while (now := read()) != last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still changing after {SETTLE_TIMEOUT_S} s: {last} then {now} bytes")
         last = now
-        time.sleep(0.3)
+        time.sleep(SETTLE_WINDOW_S)
     return last
 
 

@@ -56,14 +56,20 @@ def test_manual_mode_holds_changes_until_sent_even_across_restarts(own_fleet: Fl
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     (src / "before").write_text("realtime")
     own_fleet.wait_converged(src, [dst])
-    _manual(own_fleet, mapping)
+    journal = _manual(own_fleet, mapping)
     (src / "held.txt").write_text("waits for the operator")
+    # the negative checks below start once the source has the change: only the mode holds it back
+    wait_until(lambda: ("write", "held.txt") in _journaled(journal), timeout_s=30, what="held.txt journaled")
     assert _stays_absent(dst / "held.txt", 2.0)
     # the pending set survives a kill -9 of the source and a restart of the master
+    log = own_fleet.cluster.base / "agent-src.log"
+    starts = log.read_text().count("(manual mode)")
     own_fleet.cluster.agents["src"].process.kill()
     own_fleet.cluster.master.stop()
     own_fleet.cluster.start_master()
     own_fleet.cluster.start_agent("src")
+    wait_until(lambda: log.read_text().count("(manual mode)") > starts, timeout_s=30,
+               what="the restarted source running (in manual mode)")
     assert _stays_absent(dst / "held.txt", 1.0)
     r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
     assert r.status_code == 200 and r.json()["release"] == 1

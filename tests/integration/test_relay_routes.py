@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from relaysync.master.router import TICK_S
 from relaysync.testing.cluster import wait_until
 from tests._trees import snapshot, temp_files
 from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
@@ -296,7 +297,7 @@ def test_replication_goes_on_while_the_master_is_down(grid: Fleet) -> None:
             round_ += 1
             (src / f"late-{round_}.txt").write_text(f"round {round_}")
             grid.wait_converged(src, dsts)
-            time.sleep(0.5)
+            time.sleep(0.5)  # pacing: changes keep arriving over the whole outage (the scenario)
     finally:
         grid.cluster.start_master()
     # the master catches up on the results
@@ -331,9 +332,12 @@ def test_target_down_for_1000_changes_recovers_per_policy(grid: Fleet, policy: s
     finally:
         _restart(grid, down)
     if policy == "manual":
-        # back and up, but nothing is sent until an operator asks
-        deadline = time.monotonic() + 4
-        while time.monotonic() < deadline:
+        # back and up (the master saw it up: _restart waited for it), but nothing is sent until
+        # an operator asks. A negative check over several router ticks (TICK_S): an automatic
+        # policy starts its recovery at the first tick after the target is up; no tick count is
+        # exposed to wait for instead.
+        deadline = time.monotonic() + 4 * TICK_S
+        while time.monotonic() < deadline:  # bounded observation window, not synchronisation
             assert snapshot(down_dir) != snapshot(src)
             time.sleep(0.2)
         r = grid.cluster.api.post(f"/api/mappings/{mapping_id}/recover", json={"target": down})

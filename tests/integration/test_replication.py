@@ -93,7 +93,7 @@ def test_slow_writer_arrives_once_complete(fleet: Fleet) -> None:
             for _ in range(20):
                 f.write(chunk)
                 f.flush()
-                time.sleep(0.1)
+                time.sleep(0.1)  # a slow writer: the pauses between its writes are the scenario
         fleet.wait_converged(src, dsts)
     finally:
         stop.set()

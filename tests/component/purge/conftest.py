@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from relaysync.purge.site import SiteSpec
 from relaysync.testing.caches import CacheFarm, http_get
 
 SOURCE, O1, O2 = "a" * 64, "b" * 64, "c" * 64
+WAIT_S = 30.0  # generous bound for polls of the purger's own bookkeeping (store rows, results)
 HOST, ALIAS = "www.example.com", "cdn.example.com"
 _sites = itertools.count(1)
 
@@ -90,6 +91,27 @@ class Harness:
             await anyio.sleep(0.01)
         assert not pending, f"still stale after {timeout_s} s: { {k: last.get(k) for k in pending} }"
         return time.monotonic() - started
+
+    async def until(self, condition: Callable[[], Any], *, what: str, timeout_s: float = WAIT_S) -> Any:
+        """Poll `condition` (run in a worker thread: it may read the store) until it is truthy;
+        return its value, or fail after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = await anyio.to_thread.run_sync(condition)
+            if value:
+                return value
+            assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+            await anyio.sleep(0.01)
+
+    async def later_change_worked(self, rel: str) -> None:
+        """A positive sync point for negative checks: commit a later change to `rel` on both
+        origins and wait until every cache has a result for it. The purger takes changes and
+        queued items in order, so whatever it was given before was worked on by then."""
+        self.write(rel, b"later")
+        self.commit("write", rel)
+        target = self.url_path(rel)
+        await self.until(lambda: {r.item.cache for r in self.results if r.item.url.endswith(target)}
+                         >= set(self.farm.caches), what=f"every cache's result for {rel}")
 
 
 @pytest.fixture

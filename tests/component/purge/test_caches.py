@@ -21,10 +21,15 @@ async def test_change_refreshes_every_cache(harness: Harness) -> None:
     assert harness.get("varnish", "a.txt") == (200, b"one")  # the caches hold the old bytes
     harness.commit("write", "a.txt")
     await harness.until_served("a.txt", (200, b"two"), timeout_s=BOUND_S)
-    await anyio.sleep(0.3)  # outcomes are flushed to the purge log
+    want = {("varnish", "refreshed", True), ("nginx", "refreshed", True), ("squid", "refreshed", True)}
+
+    def outcomes() -> set[tuple[str, str, bool | None]]:
+        return {(e.cache, e.status, e.confirmed) for e in harness.store.purge_log(site=harness.site.id)}
+
+    # the outcomes reach the purge log with the next flush (FLUSH_INTERVAL_S)
+    await harness.until(lambda: outcomes() >= want, what="the outcomes in the purge log")
     log = harness.store.purge_log(site=harness.site.id)
-    assert {(e.cache, e.status, e.confirmed) for e in log} >= {
-        ("varnish", "refreshed", True), ("nginx", "refreshed", True), ("squid", "refreshed", True)}
+    assert {(e.cache, e.status, e.confirmed) for e in log} >= want
 
 
 async def test_waits_for_every_origin_that_is_up(harness: Harness) -> None:
@@ -32,7 +37,9 @@ async def test_waits_for_every_origin_that_is_up(harness: Harness) -> None:
     harness.warm("b.txt")
     harness.write("b.txt", b"new")
     harness.report(O1, "write", "b.txt", seq=100)
-    await anyio.sleep(0.5)
+    # negative check: b.txt must not be refreshed yet. A later change committed on both origins
+    # is worked on every cache first: b.txt, released before it, would have been too.
+    await harness.later_change_worked("b-later.txt")
     for kind in harness.farm.caches:
         assert harness.get(kind, "b.txt") == (200, b"old"), kind  # o2 has not committed yet
     harness.report(O2, "write", "b.txt", seq=100)
@@ -106,7 +113,8 @@ async def test_directory_rename_purges_what_was_under_it(harness: Harness) -> No
         harness.write(f"dir1/{name}", name.encode())
         harness.commit("write", f"dir1/{name}")
     await harness.until_served("dir1/sub/y.txt", (200, b"sub/y.txt"), timeout_s=BOUND_S)
-    await anyio.sleep(0.1)
+    # every purge of the two writes is done (its queue row goes with its outcome's flush)
+    await harness.until(lambda: harness.store.queued_purges() == 0, what="the writes' purges done")
     harness.warm("dir1/x.txt")
     harness.warm("dir1/sub/y.txt")
     harness.warm("dir2/x.txt")
@@ -136,7 +144,11 @@ async def test_a_cache_down_is_refreshed_when_it_returns(harness: Harness) -> No
     await anyio.to_thread.run_sync(nginx.stop)
     try:
         harness.commit("write", "down.txt")
-        await anyio.sleep(1.0)  # the purges to nginx fail and back off meanwhile
+
+        def nginx_backing_off() -> bool:  # a purge to nginx failed and its retry is durable
+            return any(q.item.cache == "nginx" and q.attempts >= 1 for q in harness.store.pending_purges())
+
+        await harness.until(nginx_backing_off, what="a failed purge to nginx rescheduled")
         assert harness.store.queued_purges() >= 1
     finally:
         await anyio.to_thread.run_sync(nginx.start)
@@ -173,7 +185,10 @@ async def test_refused_purge_is_a_configuration_error(harness: Harness) -> None:
                 await anyio.sleep(0.02)
         assert {r.status for r in harness.results} == {"refused"}
         assert notes and notes[0][0] == "purge_refused"
-        await anyio.sleep(0.3)
+        # the flush that logs the outcomes also drops their queue rows: once it has run, a
+        # refused purge kept for a retry would still be queued
+        await harness.until(lambda: len([e for e in harness.store.purge_log(site=harness.site.id)
+                                         if e.status == "refused"]) >= 2, what="the refusals logged")
         assert harness.store.queued_purges() == 0  # not retried
     finally:
         server.shutdown()

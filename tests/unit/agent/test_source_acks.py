@@ -78,12 +78,20 @@ def test_an_ack_not_yet_flushed_is_written_when_the_source_stops(source: SourceM
     assert source.journal.first_seq == 8
 
 
-def test_acks_are_not_persisted_until_every_target_has_acked(source: SourceMapping) -> None:
+def test_acks_are_not_persisted_until_every_target_has_acked(
+        source: SourceMapping, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[dict[str, int]] = []
+    release = source._release
+    monkeypatch.setattr(source, "_release", lambda acks: (flushed.append(acks), release(acks)))
+
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(source._flush_acks)
             source.on_ack("t1", 30)
-            await anyio.sleep(ACK_FLUSH_S * 3)
+            # negative check, synchronised: the flush of that ack has run (and had to write nothing)
+            with anyio.fail_after(10):
+                while not flushed:
+                    await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
 
     anyio.run(main)

@@ -110,9 +110,12 @@ def test_join_tokens(store: Store) -> None:
 
 
 def test_join_token_expires(store: Store) -> None:
-    token = store.create_join_token(ttl_s=0.05)
+    ttl_s = 0.3  # long enough for the first check even on a busy machine
+    token = store.create_join_token(ttl_s=ttl_s)
+    created_by = time.time()  # the token's clock started no later than this
     assert store.check_join_token(token)
-    time.sleep(0.1)
+    # the TTL passing is the scenario itself: wait until it surely has, by the store's clock
+    time.sleep(max(0.0, created_by + ttl_s - time.time()) + 0.01)
     assert not store.check_join_token(token)
     with pytest.raises(ConfigError):
         store.create_join_token(ttl_s=0)

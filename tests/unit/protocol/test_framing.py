@@ -234,7 +234,7 @@ def test_every_sender_waiting_on_a_full_buffer_is_woken() -> None:
         async with anyio.create_task_group() as tg:
             for i in range(3):
                 tg.start_soon(sender, i)
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()  # every sender is parked in drain()
             assert woken == []
             protocol.resume_writing()
         assert sorted(woken) == [0, 1, 2]
