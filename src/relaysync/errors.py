@@ -22,6 +22,8 @@ Each class's docstring is its message template, formatted with the positional ar
     │   └── SpoolReset                 a relay's parent stream broke mid-file: its children start again
     ├── WatchError                     content monitoring
     │   ├── WatchLimitReached          the kernel's inotify watch limit is too low
+    │   ├── NameNotUtf8                a file or directory name that is not valid UTF-8
+    │   ├── LinkTargetNotUtf8          a symlink whose target is not valid UTF-8
     │   └── JournalCorrupt
     ├── StoreError                     the master's store
     │   └── NotFound
@@ -141,6 +143,14 @@ class WatchError(RelaySyncError):
 
 class WatchLimitReached(WatchError):
     """inotify watch limit reached under {} ({} watches); scanning it every {} s instead. Raise it with: sysctl fs.inotify.max_user_watches=524288"""
+
+
+class NameNotUtf8(WatchError):
+    """The name of {} is not valid UTF-8, so it is not replicated{}. Rename it: relaysync replicates UTF-8 names only."""
+
+
+class LinkTargetNotUtf8(WatchError):
+    """The target of symlink {} is not valid UTF-8, so the link is not replicated. Point it at a UTF-8 name: relaysync replicates UTF-8 names only."""
 
 
 class JournalCorrupt(WatchError):

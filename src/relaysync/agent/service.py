@@ -349,7 +349,7 @@ class AgentService:
             folder.owner_of = partial(self._owner_of, folder)
             forget_missing(folder)  # its manifest holds its own source's versions only: no rescan
             return folder
-        recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude))
+        recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude, root=root))
         recorder.apply(recorder.detect([FsEvent(kind="rescan", path="")]))
         return folder
 

@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from relaysync.protocol.messages import MappingSpec, MassDeleteHeld, nodes_below
 from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
 from relaysync.watch.changes import JournalRecord, PendingChange
-from relaysync.watch.filters import PathFilter
+from relaysync.watch.filters import PathFilter, encodes_utf8
 from relaysync.watch.journal import Journal
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
@@ -49,7 +49,7 @@ class SourceMapping:
         self.root = Path(spec.source_path)
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.filter = PathFilter(spec.include, spec.exclude)
+        self.filter = PathFilter(spec.include, spec.exclude, root=self.root)
         self.manifest = Manifest(state_dir / "manifest.db")
         self.journal = Journal(state_dir / "journal", fsync=spec.durability == "safe")
         self.recorder = ChangeRecorder(self.root, self.manifest, self.filter)
@@ -225,11 +225,13 @@ class SourceMapping:
             await self._consume(receive)
 
     def _top_level_names(self) -> list[str]:
-        """The source folder's entries, in the order a full scan visits them."""
+        """The source folder's entries, in the order a full scan visits them (less the names
+        that are not UTF-8: the final full scan warns about those, knowing their kind)."""
         try:
-            return sorted(os.listdir(self.root))
+            names = sorted(os.listdir(self.root))
         except OSError:
             return []
+        return [n for n in names if encodes_utf8(n)]
 
     async def _consume(self, receive: MemoryObjectReceiveStream[list[FsEvent]]) -> None:
         async with receive:
@@ -366,8 +368,10 @@ class SourceMapping:
             await self._record_locked(events)
 
     async def _record_locked(self, events: Sequence[FsEvent]) -> None:
+        events = [e for e in events if self._names_encode(e.path, e.new_path)]
         closed = {e.path for e in events if e.kind == "write"}
         detected = await anyio.to_thread.run_sync(self.recorder.detect, events)
+        detected = [c for c in detected if self._encodes(c)]
         changes = self._hold_hot(detected, closed)
         self._follow_held(detected)
         if not changes or await anyio.to_thread.run_sync(self._guard_trips, changes):
@@ -381,6 +385,20 @@ class SourceMapping:
             del records
             event, self._new_records = self._new_records, anyio.Event()
             event.set()
+
+    def _names_encode(self, *paths: str) -> bool:
+        """False (and a warning, once per path) for a path the journal and manifest cannot hold.
+
+        The filter keeps such names out of every event and scan; this is the last line, so
+        that one bad name costs its own change, never the mapping (an exception here would
+        stop the source, and the agent with it, again after every restart)."""
+        return all(self.filter.utf8_path(p) for p in paths if p)
+
+    def _encodes(self, change: PendingChange) -> bool:
+        if not self._names_encode(change.path, change.new_path):
+            return False
+        entry = change.entry
+        return entry is None or self.filter.utf8_link_target(change.path, entry.link_target)
 
     def _apply(self, records: Sequence[JournalRecord]) -> None:
         """Bring the manifest in step with journaled records, after the signature store: the

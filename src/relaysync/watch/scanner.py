@@ -162,6 +162,10 @@ class _Scan:
         new = entry_from_stat(self.root, relpath, st)
         if new is None:
             return False
+        if new.kind == "l" and not self.filter.utf8_link_target(relpath, new.link_target):
+            if old is not None:  # not replicated any more: like a link that became a FIFO
+                self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
+            return False
         self.out.extend(changes_for(old, new))
         return kind == "d"
 
@@ -211,6 +215,8 @@ def scan_tree(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir
     if not subdir:
         scan.walk("")
         return scan.out
+    if not path_filter.utf8_path(subdir):
+        return scan.out  # never in the manifest, and SQLite cannot even look it up
     old = manifest.get(subdir)
     try:
         st = os.lstat(root / subdir)

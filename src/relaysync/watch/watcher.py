@@ -2,9 +2,11 @@
 
 A file is reported on CLOSE_WRITE only, never while it is being written. A new directory gets
 its watch first and is then reported as "rescan", so files created in it before the watch
-existed are found by the scan. MOVED_FROM/MOVED_TO with one cookie become one "move"; a
-MOVED_FROM left alone for MOVE_PAIR_S becomes "delete", a lone MOVED_TO becomes "rescan".
-A kernel queue overflow becomes "rescan" of the whole tree.
+existed are found by the scan (a directory renamed before its CREATE was read is watched, and
+rescanned, under its new name when the move is read). MOVED_FROM/MOVED_TO with one cookie
+become one "move"; a MOVED_FROM left alone for MOVE_PAIR_S after it was read (whatever else
+arrives meanwhile) becomes "delete", a lone MOVED_TO becomes "rescan". A kernel queue overflow
+becomes "rescan" of the whole tree.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from asyncinotify import Event, Inotify, Mask, Watch
 
 from relaysync.constants import UNWATCHED_SCAN_INTERVAL_S
@@ -31,10 +34,13 @@ __all__ = ["FsEvent", "Watcher"]
 
 logger = logging.getLogger(__name__)
 
+MAX_VANISHED = 4096  # vanished directories remembered until their DELETE or MOVED_FROM is read
 MOVE_PAIR_S = 0.02  # a MOVED_TO follows its MOVED_FROM within microseconds; 20 ms is generous
+PAIR_BATCH_MAX_S = 0.1  # a batch waiting for MOVED_TOs goes out after this long, however busy the tree
 ROOT_POLL_S = 0.5  # how often a lost root folder is looked for again
 MODIFY_QUIET_S = 1.0  # a file modified without close-write (truncate) is shipped after this quiet time
 INOTIFY_READ_EVENTS = 4096  # events read per read(2), so a burst is one batch
+BATCH_MAX_EVENTS = 4 * INOTIFY_READ_EVENTS  # events read into one batch; the rest stay queued for the next
 _MASK = (
     Mask.CLOSE_WRITE | Mask.MODIFY | Mask.CREATE | Mask.DELETE | Mask.DELETE_SELF | Mask.MOVED_FROM
     | Mask.MOVED_TO | Mask.MOVE_SELF | Mask.ATTRIB | Mask.ONLYDIR | Mask.DONT_FOLLOW
@@ -54,6 +60,7 @@ class _PendingFrom:
         self.is_dir = is_dir
         self.accepted = accepted
         self.paired = False
+        self.read_at = time.monotonic()  # pairing is timed from here, not from the last event
 
 
 class Watcher:
@@ -83,8 +90,12 @@ class Watcher:
         self._wds: dict[str, int] = {}
         self._watches: dict[int, Watch] = {}
         self._unwatched: dict[str, None] = {}  # ordered set of directories beyond the watch limit
+        # Directories whose watch failed because they were gone (ENOENT): deleted, or renamed
+        # before their CREATE was read; the DELETE or MOVED_FROM that says which is still queued.
+        self._vanished: dict[str, None] = {}
         self._limit_warned = False
         self._batch: list[FsEvent | _PendingFrom] = []
+        self._batch_read = 0  # inotify events read into the current batch
         self._cookies: dict[int, _PendingFrom] = {}
         # MODIFY without a CLOSE_WRITE (truncate(2), writes through a long-open fd or mmap):
         # path -> monotonic time of its last MODIFY, reported as "write" once quiet.
@@ -132,7 +143,9 @@ class Watcher:
                     child = join(rel, de.name)
                     if de.is_dir(follow_symlinks=False) and self._filter.accepts(child, is_dir=True):
                         out.append(child)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                self._note_vanished(rel)  # its subdirectories are unwatched, wherever it went
             logger.debug("cannot list %s", rel)
         return out
 
@@ -143,7 +156,9 @@ class Watcher:
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 self._note_unwatched(rel)
-            elif exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                self._note_vanished(rel)
+            elif exc.errno != errno.ELOOP:
                 logger.warning("cannot watch %s: %s", rel, exc)
             return False
         old = self._paths.get(watch.wd)
@@ -163,7 +178,18 @@ class Watcher:
             self._limit_warned = True
             logger.warning("%s", WatchLimitReached(rel or "/", len(self._wds), self._interval_s))
 
+    def _note_vanished(self, rel: str) -> None:
+        if rel:
+            self._vanished[rel] = None
+            if len(self._vanished) > MAX_VANISHED:
+                del self._vanished[next(iter(self._vanished))]
+
+    def _drop_vanished(self, top: str) -> None:
+        for rel in [p for p in self._vanished if _under(p, top)]:
+            del self._vanished[rel]
+
     def _forget_tree(self, top: str, *, remove: bool) -> None:
+        self._drop_vanished(top)
         for rel in [p for p in self._wds if _under(p, top)]:
             wd = self._wds.pop(rel)
             self._paths.pop(wd, None)
@@ -213,26 +239,48 @@ class Watcher:
 
     async def _read_loop(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
         assert self._ino is not None
+        full = False
         while True:
-            await anyio.wait_readable(self._ino.fd)
-            self._drain()
-            while self._cookies:
-                with anyio.move_on_after(MOVE_PAIR_S):
+            if full:  # more may wait in asyncinotify's buffer, which the fd does not show
+                await anyio.lowlevel.checkpoint()
+            else:
+                await anyio.wait_readable(self._ino.fd)
+            started = time.monotonic()
+            full = self._drain()
+            while not full and (wait_s := self._pairing_wait_s(started)) > 0:
+                with anyio.move_on_after(wait_s):
                     await anyio.wait_readable(self._ino.fd)
-                if not self._drain():
-                    break
+                full = self._drain()
             events = coalesce(self._finish_batch())
             if events:
                 await send.send(events)
 
+    def _pairing_wait_s(self, started: float) -> float:
+        """How much longer the batch waits for the MOVED_TOs of its pending MOVED_FROMs.
+
+        Until every pending one was read MOVE_PAIR_S ago, whatever else arrives meanwhile (a
+        file moved out of a busy tree must not hold back the events around it), and never
+        past PAIR_BATCH_MAX_S (new moves out keep coming): a MOVED_FROM left unpaired is a
+        delete, and its MOVED_TO, if it comes after all, a rescan.
+        """
+        if not self._cookies:
+            return 0.0
+        newest = max(pending.read_at for pending in self._cookies.values())
+        return min(newest + MOVE_PAIR_S, started + PAIR_BATCH_MAX_S) - time.monotonic()
+
     def _drain(self) -> bool:
-        """Read every queued inotify event into the batch; return False if there was none."""
+        """Read the queued inotify events into the batch; return True if it is full.
+
+        A batch is full at BATCH_MAX_EVENTS: writers faster than this loop must not keep one
+        batch (and the event loop) to themselves for ever.
+        """
         assert self._ino is not None
-        got = False
         while (event := self._ino.sync_get()) is not None:
-            got = True
+            self._batch_read += 1
             self._handle(event)
-        return got
+            if self._batch_read >= BATCH_MAX_EVENTS:
+                return True
+        return False
 
     def _finish_batch(self) -> list[FsEvent]:
         out: list[FsEvent] = []
@@ -242,6 +290,7 @@ class Watcher:
             elif not item.paired:
                 self._moved_out(item, out)
         self._batch = []
+        self._batch_read = 0
         self._cookies.clear()
         return out
 
@@ -277,6 +326,7 @@ class Watcher:
 
     def _overflow(self) -> None:
         logger.warning("inotify queue overflowed under %s: rescanning the whole tree", self._root)
+        self._vanished.clear()
         self._add_tree("")
         self._emit("rescan", "", is_dir=True)
 
@@ -318,6 +368,8 @@ class Watcher:
         else:
             if mask & (Mask.CLOSE_WRITE | Mask.DELETE):
                 self._modified.pop(rel, None)
+            if is_dir and Mask.DELETE in mask:
+                self._drop_vanished(rel)
             for bit, kind in _SIMPLE.items():
                 if bit in mask:
                     self._emit(kind, rel, is_dir=is_dir)
@@ -352,12 +404,33 @@ class Watcher:
             self._move_tree(pending.path, rel)
         if pending.accepted and accepted:
             self._emit("move", pending.path, new_path=rel, is_dir=is_dir)
+            if is_dir:
+                self._watch_moved(pending.path, rel)
         elif pending.accepted:
             if is_dir:
                 self._forget_tree(rel, remove=True)
+                self._drop_vanished(pending.path)
             self._emit("delete", pending.path, is_dir=is_dir)
         elif accepted:
             self._arrived(rel, is_dir, accepted)
+
+    def _watch_moved(self, old: str, new: str) -> None:
+        """Watch what a directory move left unwatched (`mktemp -d; fill; mv tmp release`).
+
+        A directory renamed before its CREATE (or a CREATE inside it) was read had its watch
+        tried under the old name, already gone (`_vanished`); `_move_tree` only relabels the
+        watches that exist. Whatever was created in it before the new watch is found by the
+        rescan, as for a new directory.
+        """
+        lost = [p for p in self._vanished if _under(p, old)]
+        for path in lost:
+            del self._vanished[path]
+        tops = [new + p[len(old):] for p in lost]
+        if new not in self._wds and new not in self._unwatched and new not in tops:
+            tops.append(new)
+        for top in tops:
+            self._add_tree(top)
+            self._emit("rescan", top, is_dir=True)
 
     def _arrived(self, rel: str, is_dir: bool, accepted: bool) -> None:
         if not accepted:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import pytest
 
 from relaysync.constants import TEMP_PREFIX
@@ -41,3 +44,28 @@ def test_directories_accepted_unless_excluded() -> None:
 def test_bad_regex_names_the_pattern() -> None:
     with pytest.raises(ConfigError, match=r"\(unclosed"):
         PathFilter(exclude=["(unclosed"])
+
+
+def test_names_that_are_not_utf8_are_refused_with_one_warning_each(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="relaysync.watch.filters")
+    f = PathFilter(root="/srv/www")
+    bad = os.fsdecode(b"caf\xe9.html")  # a Latin-1 name from an old upload: a lone surrogate
+    assert not f.accepts(bad)
+    assert not f.accepts(bad)
+    assert not f.accepts(f"{bad}/x", is_dir=True)
+    assert f.accepts("café.html")  # valid UTF-8 is fine, whatever the script
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "The name of /srv/www/caf\\xe9.html is not valid UTF-8, so it is not replicated. "
+        "Rename it: relaysync replicates UTF-8 names only.",
+        "The name of /srv/www/caf\\xe9.html/x is not valid UTF-8, so it is not replicated "
+        "(nor anything below it). Rename it: relaysync replicates UTF-8 names only.",
+    ]
+
+
+def test_symlink_targets_that_are_not_utf8_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="relaysync.watch.filters")
+    f = PathFilter()
+    assert f.utf8_link_target("link", "café")
+    assert not f.utf8_link_target("link", os.fsdecode(b"caf\xe9"))
+    assert "symlink link is not valid UTF-8" in caplog.text

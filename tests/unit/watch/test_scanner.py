@@ -118,3 +118,28 @@ def test_subdir_scan_and_filter(tree: Path, manifest: Manifest) -> None:
 def test_make_entry_gone(tree: Path) -> None:
     assert make_entry(tree, "nope") is None
     assert make_entry(tree, "nope/deeper") is None
+
+
+def test_names_and_link_targets_that_are_not_utf8_are_left_out(
+    tree: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
+    (tree / "good.html").write_text("g")
+    root = os.fsencode(tree)
+    with open(root + b"/caf\xe9.html", "w") as f:
+        f.write("x")
+    os.mkdir(root + b"/old\xe9")
+    with open(root + b"/old\xe9/inside.html", "w") as f:
+        f.write("x")
+    os.symlink(b"caf\xe9.html", root + b"/link")
+    changes = scan_tree(tree, manifest, accept_all)
+    assert ops(changes) == [("write", "good.html")]
+    record(manifest, changes)  # SQLite takes them: UTF-8 only
+    assert scan_tree(tree, manifest, accept_all, subdir=os.fsdecode(b"caf\xe9.html")) == []
+
+
+def test_a_link_whose_target_stops_being_utf8_is_deleted(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+    os.symlink("café", tree / "link")
+    record(manifest, scan_tree(tree, manifest, accept_all))
+    os.unlink(tree / "link")
+    os.symlink(b"caf\xe9", os.fsencode(tree / "link"))
+    assert ops(scan_tree(tree, manifest, accept_all)) == [("delete", "link")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from relaysync.watch.watcher import FsEvent, Watcher
 
 pytestmark = pytest.mark.anyio
 WAIT_S = 10.0
+BUSY_S = 5  # how long a test keeps the tree busy waiting for a batch (one goes out within ~0.1 s)
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
 
 
@@ -90,6 +92,90 @@ async def test_dir_move_is_one_event_and_watches_follow(tree: Path) -> None:
         assert seen == [FsEvent(kind="move", path="d", new_path="e", is_dir=True)]
         (tree / "e" / "sub" / "y").write_text("y")
         await wait_for(lambda: has(seen, "write", "e/sub/y"))
+
+
+async def test_dir_created_and_renamed_before_its_create_is_read_is_watched(tree: Path) -> None:
+    # mktemp -d; fill; mv tmp release: nothing awaits in between, so the watcher reads the
+    # CREATE of release.tmp only after it is gone
+    async with watching(tree) as seen:
+        os.mkdir(tree / "release.tmp")
+        (tree / "release.tmp" / "index.html").write_text("v1")
+        os.rename(tree / "release.tmp", tree / "release")
+        await wait_for(lambda: has(seen, "move", "release.tmp", "release"))
+        assert has(seen, "rescan", "release")  # what was written before its watch existed
+        (tree / "release" / "index.html").write_text("v2")
+        await wait_for(lambda: has(seen, "write", "release/index.html"))
+
+
+async def test_dir_tree_created_and_renamed_before_its_create_is_read_is_watched(tree: Path) -> None:
+    async with watching(tree) as seen:
+        os.makedirs(tree / "up.tmp" / "a" / "b")
+        os.rename(tree / "up.tmp", tree / "up")
+        await wait_for(lambda: has(seen, "move", "up.tmp", "up"))
+        (tree / "up" / "a" / "b" / "f").write_text("new file")
+        await wait_for(lambda: has(seen, "write", "up/a/b/f"))
+
+
+async def test_subdir_created_just_before_its_parent_is_renamed_is_watched(tree: Path) -> None:
+    async with watching(tree) as seen:
+        os.mkdir(tree / "up.tmp")
+        await wait_for(lambda: has(seen, "rescan", "up.tmp"))  # watched by now
+        os.makedirs(tree / "up.tmp" / "a" / "b")  # their CREATEs are read after the rename
+        os.rename(tree / "up.tmp", tree / "up")
+        await wait_for(lambda: has(seen, "move", "up.tmp", "up"))
+        assert has(seen, "rescan", "up/a")
+        (tree / "up" / "a" / "b" / "f").write_text("new file")
+        await wait_for(lambda: has(seen, "write", "up/a/b/f"))
+
+
+async def test_a_file_moved_out_does_not_hold_back_a_busy_tree(tree: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "archive"
+    outside.mkdir()
+    (tree / "old.log").write_text("x")
+    async with watching(tree) as seen:
+        os.rename(tree / "old.log", outside / "old.log")  # a MOVED_FROM that nothing pairs
+        (tree / "first.html").write_text("must reach the targets while the tree stays busy")
+        start = time.monotonic()
+        i = 0
+        while not seen and time.monotonic() - start < BUSY_S:  # an event every 5 ms, < MOVE_PAIR_S
+            (tree / f"busy{i % 50}").write_text(str(i))
+            i += 1
+            await anyio.sleep(0.005)
+        latency_s = time.monotonic() - start
+    assert seen, f"nothing delivered in {latency_s:.1f} s of steady writes"
+    assert latency_s < BUSY_S / 2
+    assert has(seen, "delete", "old.log")
+
+
+async def test_moves_out_that_never_stop_still_let_batches_go(tree: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "archive"
+    outside.mkdir()
+    names = [f"rotated{i}" for i in range(BUSY_S * 400)]
+    for name in names:
+        (tree / name).write_text("x")
+    async with watching(tree) as seen:
+        start = time.monotonic()
+        for name in names:  # a new unpaired MOVED_FROM every 5 ms: only PAIR_BATCH_MAX_S cuts the batch
+            if seen or time.monotonic() - start > BUSY_S:
+                break
+            os.rename(tree / name, outside / name)
+            await anyio.sleep(0.005)
+        latency_s = time.monotonic() - start
+    assert seen, f"nothing delivered in {latency_s:.1f} s of moves out"
+    assert latency_s < BUSY_S / 2
+
+
+async def test_names_not_utf8_are_not_reported_until_renamed(tree: Path) -> None:
+    bad = os.fsencode(tree) + b"/caf\xe9.html"
+    async with watching(tree) as seen:
+        with open(bad, "w") as f:
+            f.write("x")
+        os.mkdir(os.fsencode(tree) + b"/old\xe9")
+        (tree / "marker").write_text("m")
+        await wait_for(lambda: has(seen, "write", "marker"))
+        assert [e.path for e in seen] == ["marker"]
+        os.rename(bad, tree / "cafe.html")  # what the warning asks for
+        await wait_for(lambda: has(seen, "rescan", "cafe.html"))
 
 
 async def test_move_out_is_delete_and_unwatched(tree: Path, tmp_path: Path) -> None:
