@@ -30,7 +30,9 @@ Each class's docstring is its message template, formatted with the positional ar
     ├── PurgeError                     cache synchronization
     │   ├── ForeignUrl                 a URL that does not belong to the site it was sent for
     │   ├── CacheRefused               a cache refused a purge (403/405): its configuration is wrong
-    │   └── NoticeRefused              a listener notice with bad credentials, time or nonce
+    │   ├── NoticeRefused              a listener notice with bad credentials, time or nonce
+    │   ├── StaleCopy                  a cache still serves other bytes than the origin after a purge
+    │   └── PrefixNotExpandable        a prefix purge on caches without bans, with no paths known under it
     ├── MonitorError                   server monitoring
     │   └── AlertDeliveryFailed        an alert channel could not deliver a notification
     └── MasterUnreachable              the master's API or control port does not answer
@@ -183,6 +185,14 @@ class CacheRefused(PurgeError):
 
 class NoticeRefused(PurgeError):
     """Purge notice refused: {}."""
+
+
+class StaleCopy(PurgeError):
+    """Cache {!r}: {} serves {}, the origin {}."""
+
+
+class PrefixNotExpandable(PurgeError):
+    """Site {!r} cannot purge the prefix {!r}: {}."""
 
 
 class MasterUnreachable(RelaySyncError):

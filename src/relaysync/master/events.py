@@ -39,6 +39,7 @@ class EventType(enum.StrEnum):
     TARGET_CAUGHT_UP = "target_caught_up"
     TOKEN_CREATED = "token_created"
     PURGE_REFUSED = "purge_refused"  # a cache refused a purge (403/405): fix its configuration
+    PURGER_FAILING = "purger_failing"  # an unexpected error (a bug) in the purger: retried with backoff
     # --- Monitoring ---
     ALERT_FIRING = "alert_firing"
     ALERT_RESOLVED = "alert_resolved"

@@ -43,6 +43,7 @@ class ErrorCode(enum.IntEnum):
     RESUME_LOST = 11  # the partial a resume refers to is gone: send the whole file
     NOT_AUTHORIZED = 20  # purge listener: unknown site, bad HMAC, stale time or replayed nonce
     FOREIGN_URL = 21  # purge listener: the URL does not belong to the site
+    PREFIX_NOT_EXPANDABLE = 22  # purge listener: a prefix no cache of the site can purge
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

@@ -2,7 +2,11 @@
 serves what an origin serves (status, and the body's SHA-256 for a 200).
 
 A 200 from a purge proves nothing by itself (reference/caches/README.md); nor does an ETag
-from an origin whose ETag is mtime seconds and size, so the bodies are compared.
+from an origin whose ETag is mtime seconds and size, so the bodies are compared. Nor does a 200
+from a one-request refresh: Squid with `reload_into_ims` or `ignore-reload`, or a VCL that turns
+REFRESH into a plain GET, answers from its old copy. When the confirm after a one-request
+refresh fails, the same attempt does PURGE + GET; if that confirms, the driver uses PURGE + GET
+from then on.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Sequence
 import anyio
 import httpx
 
-from relaysync.errors import PurgeError
+from relaysync.errors import StaleCopy
 from relaysync.purge.drivers import Driver
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.urls import Url, parse_url
@@ -46,7 +50,8 @@ async def confirm(driver: Driver, client: httpx.AsyncClient, origins: Sequence[s
     """Return True once the cache serves what an origin serves, None without an origin.
 
     Raises:
-        PurgeError: the cache still serves something else after CONFIRM_ATTEMPTS tries.
+        StaleCopy: the cache still serves something else after CONFIRM_ATTEMPTS tries.
+        PurgeError: the cache could not be reached.
     """
     if not origins:
         return None
@@ -63,8 +68,8 @@ async def confirm(driver: Driver, client: httpx.AsyncClient, origins: Sequence[s
         if attempt + 1 < CONFIRM_ATTEMPTS:
             await anyio.sleep(CONFIRM_PAUSE_S)
     assert want is not None
-    raise PurgeError(f"{driver.cache.name}: {url} serves HTTP {got[0]} {got[1][:12]}, "
-                     f"origin HTTP {want[0]} {want[1][:12]}")
+    raise StaleCopy(driver.cache.name, str(url), f"HTTP {got[0]} {got[1][:12]}",
+                    f"HTTP {want[0]} {want[1][:12]}")
 
 
 async def run_item(driver: Driver, client: httpx.AsyncClient, origins: Sequence[str],
@@ -78,7 +83,20 @@ async def run_item(driver: Driver, client: httpx.AsyncClient, origins: Sequence[
     if item.action == "ban":
         return await driver.ban(url), None
     if item.action == "purge":
-        status = await driver.purge(url)
-    else:
-        status = await driver.refresh(url)
-    return status, await confirm(driver, client, origins, url)
+        return await driver.purge(url), await confirm(driver, client, origins, url)
+    one_request = driver.one_request
+    status = await driver.refresh(url)
+    try:
+        return status, await confirm(driver, client, origins, url)
+    except StaleCopy as exc:
+        if not (one_request and driver.one_request and status == "refreshed"):
+            raise
+        stale = exc
+    status = await driver.purge(url)
+    await driver.get(url)
+    confirmed = await confirm(driver, client, origins, url)
+    if confirmed and driver.one_request:
+        logger.warning("cache %s kept its copy on a one-request refresh (%s); using PURGE + GET "
+                       "from now on", driver.cache.name, stale)
+        driver.one_request = False
+    return status, confirmed

@@ -3,7 +3,9 @@ host) tell the master that content changed, as length-prefixed msgpack `PurgeNot
 
 Each notice is authenticated with its site's secret (HMAC-SHA256 over PurgeNotice.canonical()),
 must be recent (NOTICE_SKEW_S) and carry a nonce not seen within the window, and its URL or
-path must belong to the site. Anything else gets an `Error` back and purges nothing.
+path must belong to the site. Anything else gets an `Error` back and purges nothing; so does a
+prefix that no cache of the site can purge (PREFIX_NOT_EXPANDABLE: no bans, and no mapping
+whose job log lists the paths under it), and a store error (IO_ERROR: send it again).
 
 Error handling:
     A refused notice is answered with Error(code, detail) and the connection stays open; a
@@ -28,7 +30,14 @@ import anyio
 from anyio.abc import TaskStatus
 
 from relaysync.constants import CLOSE_TIMEOUT_S
-from relaysync.errors import ForeignUrl, NoticeRefused, ProtocolError, UnsafePath
+from relaysync.errors import (
+    ForeignUrl,
+    NoticeRefused,
+    PrefixNotExpandable,
+    ProtocolError,
+    StoreError,
+    UnsafePath,
+)
 from relaysync.protocol.connection import open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import Error, ErrorCode, PurgeAccepted, PurgeNotice
@@ -120,6 +129,11 @@ class PurgeListener:
             return self._refuse(message, ErrorCode.FOREIGN_URL, str(exc))
         except UnsafePath as exc:
             return self._refuse(message, ErrorCode.UNSAFE_PATH, str(exc))
+        except PrefixNotExpandable as exc:
+            return self._refuse(message, ErrorCode.PREFIX_NOT_EXPANDABLE, str(exc))
+        except StoreError as exc:  # transient: the same notice may be sent again
+            self._nonces.pop((message.site, message.nonce), None)
+            return self._refuse(message, ErrorCode.IO_ERROR, f"try again: {exc}")
         self.accepted += 1
         return PurgeAccepted(nonce=message.nonce, items=items)
 

@@ -3,12 +3,19 @@ through a durable queue with retries, and records each outcome.
 
 Flow: JobLogWriter.add -> on_commit_report (CommitTracker: wait for every origin that is up)
 -> intake (URLs per cache, made durable in the store's purge queue) -> workers (driver
-refresh, confirm) -> purge log. A URL is worked on by one worker at a time per cache.
+refresh, confirm) -> purge log. A URL is worked on by one worker at a time per cache; queued
+items of one URL with different actions (a refresh and a ban of /docs/) run one after the
+other, oldest first, each with its own outcome.
 
 Error handling:
     A cache that refuses purges (403/405) is a configuration error: logged as an error, told
     to `notify`, recorded as "refused" and not retried. Any other failure (cache down, not yet
     serving the new bytes) is retried with exponential backoff, for as long as it takes.
+    A store error while planning (the paths under a deleted directory) leaves the change at
+    the head of the intake and retries it with the same backoff. Anything unexpected in
+    planning or in a worker is a bug: logged with its traceback, told to `notify` as
+    "purger_failing", and retried with backoff (a change that fails so goes to the back of the
+    intake, so that it does not hold up the others); it never ends serve().
 Resource handling:
     One httpx.AsyncClient (keep-alive to every cache) lives as long as serve(); the queue's
     rows are deleted only after the outcome is written.
@@ -26,11 +33,11 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
-from relaysync.errors import CacheRefused, PurgeError, StoreError
+from relaysync.errors import CacheRefused, PrefixNotExpandable, PurgeError, StoreError
 from relaysync.protocol.messages import CommitReport
 from relaysync.purge import urls as urlmap
 from relaysync.purge.confirm import run_item
-from relaysync.purge.drivers import Driver, make_driver
+from relaysync.purge.drivers import DRIVERS, Driver, make_driver
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
 from relaysync.purge.ordering import HOLD_MAX_S, CommitTracker, Released
 from relaysync.purge.site import CacheSpec, SiteSpec
@@ -62,6 +69,22 @@ class PurgeStore(Protocol):
 
 Notify = Callable[[str, dict[str, Any]], None]
 UrlKey = tuple[int, str, str]  # (site id, cache name, url)
+GroupKey = tuple[int, str, str, str]  # (site id, cache name, url, action)
+
+
+def _can_ban(cache: CacheSpec) -> bool:
+    return DRIVERS.get(cache.driver, Driver).can_ban
+
+
+def url_items(site_id: int, cache: str, urls: Sequence[str], action: Action) -> list[PurgeItem]:
+    """Return the items of `action` on `urls`, and a purge (or ban) of each URL's other forms."""
+    other: Action = "ban" if action == "ban" else "purge"
+    out: list[PurgeItem] = []
+    for url in urls:
+        out.append(PurgeItem(site_id=site_id, cache=cache, url=url, action=action))
+        out += [PurgeItem(site_id=site_id, cache=cache, url=u, action=other)
+                for u in urlmap.other_forms(url)]
+    return out
 
 
 class Purger:
@@ -119,13 +142,25 @@ class Purger:
 
     async def submit(self, site: SiteSpec, urls: Sequence[str], action: Action = "refresh") -> int:
         """Queue `urls` (normalised, of `site`) on every cache of the site; return how many items."""
-        items = [PurgeItem(site_id=site.id, cache=c.name, url=u, action=action)
-                 for c in site.caches for u in urls]
+        items = [i for c in site.caches for i in url_items(site.id, c.name, urls, action)]
         await self._enqueue(items)
         return len(items)
 
     async def submit_prefix(self, site: SiteSpec, rel_dir: str) -> int:
-        """Queue everything under directory `rel_dir` (relative to the site root)."""
+        """Queue everything under directory `rel_dir` (relative to the site root; "" is all).
+
+        Raises:
+            PrefixNotExpandable: the site has no mapping whose job log lists the paths under
+                the prefix, and a cache of it takes no bans.
+            StoreError: the paths under the prefix could not be read.
+        """
+        if site.mapping_id is None:
+            no_ban = [c.name for c in site.caches if not _can_ban(c)]
+            if no_ban:
+                raise PrefixNotExpandable(
+                    site.name, "/" + rel_dir.strip("/"),
+                    f"caches {', '.join(no_ban)} take no prefix purges and the site has no "
+                    f"mapping whose changes list the paths under it; send each URL instead")
         change = Released(site.id, "prefix", urlmap.mapping_path(site, rel_dir))
         items = await self._plan(site, change)
         await self._enqueue(items)
@@ -156,28 +191,75 @@ class Purger:
                 with anyio.CancelScope(shield=True):
                     await self._flush()
 
+    def _backoff_s(self, failures: int) -> float:
+        return min(self.retry_max_s, self.retry_min_s * 2 ** max(0, failures - 1))
+
     async def _intake_loop(self) -> None:
+        failures = 0
         while True:
-            await self._intake_wake.wait()
+            if not self._released:
+                await self._intake_wake.wait()
             self._intake_wake = anyio.Event()
-            items: list[PurgeItem] = []
-            while self._released:
-                change = self._released.popleft()
-                site = self._sites.get(change.site_id)
+            try:
+                await self._intake()
+                failures = 0
+                continue
+            except StoreError as exc:
+                failures += 1
+                logger.warning("purge planning could not read the store (attempt %d), "
+                               "will retry in %.1f s: %s", failures, self._backoff_s(failures), exc)
+            except Exception as exc:
+                failures += 1
+                self._failing("planning a change", exc, failures)
+                if self._released:  # it stays queued, behind the others
+                    self._released.rotate(-1)
+            await anyio.sleep(self._backoff_s(failures))
+
+    async def _intake(self) -> None:
+        """Plan and queue the released changes; one leaves `_released` only once it is queued.
+
+        Raises:
+            StoreError, or anything else: planning the change now at the head failed; the
+                changes planned before it are queued.
+        """
+        items: list[PurgeItem] = []
+        planned = 0
+        failure: Exception | None = None
+        for change in list(self._released):
+            site = self._sites.get(change.site_id)
+            try:
                 if site is not None:
-                    items.extend(await self._plan(site, change))
-            await self._enqueue(items)
+                    items += await self._plan(site, change)
+            except Exception as exc:  # noqa: BLE001 - queue what was planned, then re-raise
+                failure = exc
+                break
+            planned += 1
+        await self._enqueue(items)
+        for _ in range(planned):
+            self._released.popleft()
+        if failure is not None:
+            raise failure
+
+    def _failing(self, what: str, exc: Exception, failures: int) -> None:
+        """Report an unexpected exception (a bug): logged in full, and told to `notify`."""
+        logger.error("purger: unexpected error %s (attempt %d), will retry in %.1f s",
+                     what, failures, self._backoff_s(failures), exc_info=exc)
+        if self.notify is not None:
+            self.notify("purger_failing", {"what": what, "error": f"{type(exc).__name__}: {exc}",
+                                           "attempts": failures})
 
     async def _enqueue(self, items: list[PurgeItem]) -> None:
         if not items:
             return
+        failures = 0
         while True:
             try:
                 queued = await anyio.to_thread.run_sync(self.store.enqueue_purges, items)
                 break
             except StoreError as exc:
+                failures += 1
                 logger.warning("purge queue write failed, will retry: %s", exc)
-                await anyio.sleep(self.retry_min_s)
+                await anyio.sleep(self._backoff_s(failures))
         for q in queued:
             self._queue[q.id] = q
         self._work_wake.set()
@@ -241,7 +323,7 @@ class Purger:
 
     async def _paths_under(self, site: SiteSpec, change: Released,
                            prefixes: list[str]) -> dict[str, list[str]]:
-        if site.mapping_id is None or not any(not c.driver == "varnish" for c in site.caches):
+        if site.mapping_id is None or all(_can_ban(c) for c in site.caches):
             return {}
         old = await anyio.to_thread.run_sync(self.store.changed_paths_under, site.mapping_id,
                                              change.path)
@@ -253,17 +335,16 @@ class Purger:
     def _cache_items(self, site: SiteSpec, cache: CacheSpec, refresh: list[str],
                      purge: list[str], prefixes: list[str],
                      under: dict[str, list[str]]) -> list[PurgeItem]:
-        out = [PurgeItem(site_id=site.id, cache=cache.name, url=u, action="refresh") for u in refresh]
-        out += [PurgeItem(site_id=site.id, cache=cache.name, url=u, action="purge") for u in purge]
-        can_ban = self._driver(site, cache).can_ban
+        out = url_items(site.id, cache.name, refresh, "refresh")
+        out += url_items(site.id, cache.name, purge, "purge")
+        can_ban = _can_ban(cache)
         for prefix in prefixes:
             if can_ban:
-                out += [PurgeItem(site_id=site.id, cache=cache.name, url=u, action="ban")
-                        for u in urlmap.urls_for_path(site, prefix, directory=True)]
+                out += url_items(site.id, cache.name,
+                                 urlmap.urls_for_path(site, prefix, directory=True), "ban")
                 continue
             for path in under.get(prefix, ()):
-                out += [PurgeItem(site_id=site.id, cache=cache.name, url=u, action="purge")
-                        for u in urlmap.urls_for_path(site, path)]
+                out += url_items(site.id, cache.name, urlmap.urls_for_path(site, path), "purge")
         return out
 
     # --- working ---
@@ -282,21 +363,24 @@ class Purger:
     async def _work_loop(self, tg: TaskGroup) -> None:
         while True:
             now = time.time()
-            groups: dict[UrlKey, list[QueuedPurge]] = {}
+            groups: dict[GroupKey, list[QueuedPurge]] = {}
             next_at = now + 1.0
             for q in self._queue.values():
-                key = (q.item.site_id, q.item.cache, q.item.url)
-                if key in self._busy:
+                if (q.item.site_id, q.item.cache, q.item.url) in self._busy:
                     continue
                 if q.next_at <= now:
+                    key = (q.item.site_id, q.item.cache, q.item.url, q.item.action)
                     groups.setdefault(key, []).append(q)
                 else:
                     next_at = min(next_at, q.next_at)
-            for key, group in groups.items():
+            for (site_id, cache, url, _action), group in groups.items():
+                url_key = (site_id, cache, url)
+                if url_key in self._busy:  # another action on this URL started first: wait for it
+                    continue
                 for q in group:
                     del self._queue[q.id]
-                self._busy.add(key)
-                tg.start_soon(self._run, key, group)
+                self._busy.add(url_key)
+                tg.start_soon(self._run, url_key, group)
             with anyio.move_on_after(max(0.0, next_at - time.time())):
                 await self._work_wake.wait()
             self._work_wake = anyio.Event()
@@ -307,6 +391,9 @@ class Purger:
         try:
             async with self._limiter:
                 await self._run_item(item, group, attempts)
+        except Exception as exc:
+            self._failing(f"running {item.action} {item.url} on {item.cache}", exc, attempts)
+            self._retry(item, group, attempts, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._busy.discard(key)
             self._work_wake.set()

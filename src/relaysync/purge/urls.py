@@ -1,9 +1,13 @@
 """URL mapping: a changed file's path to the URLs the caches hold it under, and back.
 
 A path inside a site's root becomes one URL per base URL and host alias, under the site's path
-prefix, percent-encoded (RFC 3986 unreserved characters stay as they are). An index file is
-also reachable as its directory (`/dir/`). URLs that come from outside (the listener) are
-checked to belong to the site and normalised to the same form.
+prefix, percent-encoded the way browsers encode a path (WHATWG URL standard): sub-delims such as
+`( ) + ! ' , ; = : @ & $ *` stay literal, because Varnish and Squid key objects on the raw
+request target and browsers send them so. Where that differs from the strict RFC 3986 form
+(only unreserved characters literal), the strict form is a second URL to purge: a client or
+CDN may have normalised to it. An index file is also reachable as its directory (`/dir/`).
+URLs that come from outside (the listener) are checked to belong to the site and normalised
+to the browser form.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ForeignUrl, UnsafePath
 from relaysync.purge.site import SiteSpec
 
-SAFE_CHARS = "/-._~"  # kept as is by quote(); everything else is percent-encoded
+# What browsers leave literal in a path: every printable ASCII character but the WHATWG "path
+# percent-encode set" (space " # < > ? ` { }), % itself (a literal % in a name must be %25) and
+# the backslash (browsers turn it into / in http URLs). quote() also keeps letters, digits, -._~
+BROWSER_SAFE_CHARS = "/!$&'()*+,;=:@[]^|"
+STRICT_SAFE_CHARS = "/"  # RFC 3986 unreserved characters (quote()'s own) and / only
 MAX_URL_BYTES = 8192  # longer URLs are refused (caches cap them near 8 KiB too)
 
 
@@ -42,8 +50,27 @@ def parse_url(url: str) -> Url:
 
 
 def encode_path(path: str) -> str:
-    """Percent-encode a decoded URL path (UTF-8), keeping / and unreserved characters."""
-    return quote(path, safe=SAFE_CHARS, encoding="utf-8", errors="surrogateescape")
+    """Percent-encode a decoded URL path (UTF-8) as a browser sends it: sub-delims stay literal."""
+    return quote(path, safe=BROWSER_SAFE_CHARS, encoding="utf-8", errors="surrogateescape")
+
+
+def strict_path(path: str) -> str:
+    """Percent-encode a decoded URL path keeping only / and RFC 3986 unreserved characters."""
+    return quote(path, safe=STRICT_SAFE_CHARS, encoding="utf-8", errors="surrogateescape")
+
+
+def other_forms(url: str) -> list[str]:
+    """Return the other request targets under which a cache may hold `url` (in browser form).
+
+    That is the strict RFC 3986 form of its path, where it differs: what a client or a CDN that
+    normalises URLs sends. The query is kept as it is.
+    """
+    parts = urlsplit(url)
+    strict = strict_path(unquote(parts.path or "/", errors="surrogateescape"))
+    if strict == (parts.path or "/"):
+        return []
+    query = f"?{parts.query}" if parts.query else ""
+    return [f"{parts.scheme}://{parts.netloc}{strict}{query}"]
 
 
 def site_hosts(site: SiteSpec) -> list[tuple[str, str]]:

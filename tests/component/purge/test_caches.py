@@ -90,12 +90,59 @@ async def test_aliases_are_refreshed_too(harness: Harness) -> None:
 
 async def test_encoded_paths(harness: Harness) -> None:
     name = "a b+ü%.txt"
-    encoded = "a%20b%2B%C3%BC%25.txt"
+    as_browsers_send = "a%20b+%C3%BC%25.txt"
+    strict = "a%20b%2B%C3%BC%25.txt"  # what a client or CDN normalising to RFC 3986 sends
     harness.write(name, b"one")
-    harness.warm(encoded)
+    harness.warm(as_browsers_send)
+    harness.warm(strict)
     harness.write(name, b"two")
     harness.commit("write", name)
-    await harness.until_served(encoded, (200, b"two"), timeout_s=BOUND_S)
+    await harness.until_served(as_browsers_send, (200, b"two"), timeout_s=BOUND_S)
+    await harness.until_served(strict, (200, b"two"), timeout_s=BOUND_S)
+
+
+@pytest.mark.parametrize("name, as_browsers_send", [
+    ("photo (1).jpg", "photo%20(1).jpg"),
+    ("c++.html", "c++.html"),
+    ("it's;a=b,c!d@e&f$g*h:i.txt", "it's;a=b,c!d@e&f$g*h:i.txt"),
+])
+async def test_the_url_browsers_send_is_refreshed_and_confirmed(
+        harness: Harness, name: str, as_browsers_send: str) -> None:
+    """Varnish and Squid key on the raw request target: sub-delims must be sent literally."""
+    harness.write(name, b"one")
+    harness.warm(as_browsers_send)
+    harness.write(name, b"two")
+    harness.commit("write", name)
+    await harness.until_served(as_browsers_send, (200, b"two"), timeout_s=BOUND_S)
+    with anyio.fail_after(BOUND_S):
+        while not all(any(r.item.cache == kind and r.item.action == "refresh"
+                          and r.item.url.endswith("/" + as_browsers_send) and r.confirmed
+                          for r in harness.results) for kind in harness.farm.caches):
+            await anyio.sleep(0.02)
+
+
+async def test_a_ban_and_a_refresh_of_one_url_both_run(harness: Harness) -> None:
+    """One report: docs/index.html rewritten (refresh of /docs/), then docs deleted (ban of
+    /docs/ on Varnish): both act on the URL /docs/, and the ban must not be dropped."""
+    from relaysync.protocol.messages import CommitRecord, CommitReport
+
+    harness.write("docs/index.html", b"index")
+    harness.write("docs/other.txt", b"other")
+    _record_writes(harness, ["docs/index.html", "docs/other.txt"])
+    harness.warm("docs/other.txt")
+    harness.warm("docs/")
+    for path in ("docs/other.txt", "docs/index.html"):
+        (harness.folder / path).unlink()
+    (harness.folder / "docs").rmdir()
+    records = (CommitRecord(seq=1, op="write", path=f"{harness.site.root}/docs/index.html"),
+               CommitRecord(seq=2, op="delete", path=f"{harness.site.root}/docs"))
+    for target in (O1, O2):
+        harness.purger.on_commit_report(CommitReport(
+            mapping_id=harness.mapping_id, source_node="a" * 64, target_node=target,
+            watermark=2, records=records))
+    await harness.until_served("docs/other.txt", (404, None), timeout_s=BOUND_S)
+    await harness.until_served("docs/", (404, None), timeout_s=BOUND_S)
+    assert any(r.item.action == "ban" and r.item.url.endswith("/docs/") for r in harness.results)
 
 
 async def test_file_rename_purges_old_and_refreshes_new(harness: Harness) -> None:

@@ -134,3 +134,16 @@ async def test_a_client_that_half_closes_after_its_notice_still_gets_the_answer(
 
     answer = await anyio.to_thread.run_sync(exchange)
     assert isinstance(answer, PurgeAccepted)
+
+
+async def test_a_prefix_no_cache_can_purge_is_refused(harness: Harness, listener) -> None:  # type: ignore[no-untyped-def]
+    """A site fed only by the listener (no mapping, so no job log lists its paths) with nginx
+    and Squid, which take no bans: a prefix notice would purge nothing there."""
+    _, port = listener
+    harness.store.update_site(harness.site.id, mapping=None)
+    harness.purger.reload_sites()
+    answer = await send_notice("127.0.0.1", port,
+                               make_notice(harness.site.name, _secret(harness), "docs", "prefix"))
+    assert isinstance(answer, Error) and answer.code == ErrorCode.PREFIX_NOT_EXPANDABLE, answer
+    assert "nginx, squid" in answer.detail
+    assert harness.store.queued_purges() == 0

@@ -29,9 +29,35 @@ def test_paths_outside_the_root_have_no_urls() -> None:
     assert urls.urls_for_path(SITE, "publicity.txt") == []
 
 
-def test_percent_encoding() -> None:
+def test_percent_encoding_is_what_browsers_send() -> None:
     assert urls.urls_for_path(SITE, "public/a b/ü+%.txt")[0] == \
-        "http://example.com/static/a%20b/%C3%BC%2B%25.txt"
+        "http://example.com/static/a%20b/%C3%BC+%25.txt"
+
+
+@pytest.mark.parametrize("name, target", [
+    ("photo (1).jpg", "photo%20(1).jpg"),
+    ("it's;a=b,c!d@e&f$g*h:i+j.txt", "it's;a=b,c!d@e&f$g*h:i+j.txt"),  # sub-delims, : and @
+    ('q?"#<>`{}%.txt', "q%3F%22%23%3C%3E%60%7B%7D%25.txt"),  # WHATWG path percent-encode set and %
+    ("tab\t\x7f.txt", "tab%09%7F.txt"),  # controls
+])
+def test_browser_form(name: str, target: str) -> None:
+    assert urls.encode_path("/" + name) == "/" + target
+
+
+def test_the_strict_form_is_another_url_to_purge() -> None:
+    url = urls.urls_for_path(SITE, "public/photo (1).jpg")[0]
+    assert url == "http://example.com/static/photo%20(1).jpg"
+    assert urls.other_forms(url) == ["http://example.com/static/photo%20%281%29.jpg"]
+    assert urls.other_forms("http://example.com/static/a%20b.txt?v=(1)") == []
+    assert urls.other_forms("http://example.com/static/c++.html?v=1") == [
+        "http://example.com/static/c%2B%2B.html?v=1"]
+
+
+def test_index_file_directory_forms() -> None:
+    got = urls.urls_for_path(SITE, "public/a (b)/index.html")
+    assert "http://example.com/static/a%20(b)/" in got
+    assert urls.other_forms("http://example.com/static/a%20(b)/") == [
+        "http://example.com/static/a%20%28b%29/"]
 
 
 def test_directory_prefix() -> None:
@@ -43,6 +69,8 @@ def test_normalise_url_accepts_the_sites_own_urls() -> None:
         "http://www.example.com/static/a%20b.txt?v=1"
     assert urls.normalise_url(SITE, "http://example.com/static/a b.txt") == \
         "http://example.com/static/a%20b.txt"
+    assert urls.normalise_url(SITE, "http://example.com/static/c%2B%2B%20%281%29.html") == \
+        "http://example.com/static/c++%20(1).html"
 
 
 @pytest.mark.parametrize("url", [

@@ -270,13 +270,17 @@ class SiteStore:
             return dict(session.execute(select(Server.node_id, Server.state)).all())
 
     def changed_paths_under(self, mapping_id: int, prefix: str) -> list[str]:
-        """Return the distinct paths the job log knows under directory `prefix` of a mapping."""
-        like = prefix.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        """Return the distinct paths the job log knows under directory `prefix` of a mapping.
+
+        An empty prefix (or "/") is the mapping's root: every path.
+        """
+        query = select(Change.path).distinct().where(Change.mapping_id == mapping_id)
+        directory = prefix.strip("/")
+        if directory:  # mapping paths are relative ("a/b.html"): no leading slash to match
+            like = directory.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(Change.path.like(like + "/%", escape="\\"))
         with self._read("changed paths") as session:
-            return list(session.scalars(
-                select(Change.path).distinct()
-                .where(Change.mapping_id == mapping_id, Change.path.like(like + "/%", escape="\\"))
-                .order_by(Change.path).limit(MAX_PATHS_UNDER)))
+            return list(session.scalars(query.order_by(Change.path).limit(MAX_PATHS_UNDER)))
 
     # --- Purge queue and log ---
 

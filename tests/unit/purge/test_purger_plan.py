@@ -1,0 +1,91 @@
+"""Purge planning without caches: which items a change or a prefix queues, and what is refused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relaysync.errors import PrefixNotExpandable
+from relaysync.master.store import Store
+from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.purge.purger import Purger, url_items
+from relaysync.purge.site import SiteSpec
+
+pytestmark = pytest.mark.anyio
+SOURCE, O1 = "a" * 64, "b" * 64
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _site(store: Store, mapping: int | None, driver: str) -> SiteSpec:
+    return store.create_site(name=f"s-{driver}-{mapping}", provider="acme", mapping=mapping,
+                             root="", base_urls=["http://www.example.com"], path_prefix="/",
+                             caches=[{"name": "c1", "driver": driver, "address": "127.0.0.1:9"}],
+                             origins=[{"server": "o1"}] if mapping else [])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path / 'master.db'}")
+    s.migrate()
+    for node, name in ((SOURCE, "src"), (O1, "o1")):
+        s.upsert_server(node_id=node, name=name, region="r", group="g", address="127.0.0.1:1")
+        s.set_server_state(node, "up", time.time())
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def mapping(store: Store) -> int:
+    mapping = store.create_mapping(name="m", source="src", source_path="/src",
+                                   targets=[("o1", "/t1")])
+    store.record_commit_reports([CommitReport(
+        mapping_id=mapping.id, source_node=SOURCE, target_node=O1, watermark=2,
+        records=(CommitRecord(seq=1, op="write", path="a.html"),
+                 CommitRecord(seq=2, op="write", path="sub/b.html")))])
+    return mapping.id
+
+
+async def test_prefix_of_a_subdirectory(store: Store, mapping: int) -> None:
+    assert await Purger(store).submit_prefix(_site(store, mapping, "nginx"), "sub") == 1
+
+
+@pytest.mark.parametrize("prefix", ["", "/"])
+async def test_prefix_of_the_whole_site_is_every_known_path(store: Store, mapping: int,
+                                                            prefix: str) -> None:
+    """The site's root is the mapping's root: the prefix is empty (it was LIKE '/%')."""
+    assert store.changed_paths_under(mapping, prefix) == ["a.html", "sub/b.html"]
+    site = _site(store, mapping, "squid")
+    assert await Purger(store).submit_prefix(site, prefix.strip("/")) == 2
+
+
+@pytest.mark.parametrize("driver", ["nginx", "squid", "http"])
+async def test_prefix_on_a_listener_only_site_without_bans_is_refused(store: Store,
+                                                                      driver: str) -> None:
+    site = _site(store, None, driver)
+    with pytest.raises(PrefixNotExpandable, match="send each URL instead"):
+        await Purger(store).submit_prefix(site, "docs")
+    assert store.queued_purges() == 0
+
+
+async def test_prefix_on_a_listener_only_site_with_bans_is_a_ban(store: Store) -> None:
+    site = _site(store, None, "varnish")
+    assert await Purger(store).submit_prefix(site, "docs") == 1
+    [queued] = store.pending_purges()
+    assert (queued.item.action, queued.item.url) == ("ban", "http://www.example.com/docs/")
+
+
+def test_other_url_forms_are_purged_alongside() -> None:
+    items = url_items(1, "c1", ["http://h/a%20(1).jpg", "http://h/b.jpg"], "refresh")
+    assert [(i.action, i.url) for i in items] == [
+        ("refresh", "http://h/a%20(1).jpg"), ("purge", "http://h/a%20%281%29.jpg"),
+        ("refresh", "http://h/b.jpg")]
+    assert [i.action for i in url_items(1, "c1", ["http://h/(d)/"], "ban")] == ["ban", "ban"]
