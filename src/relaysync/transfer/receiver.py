@@ -417,9 +417,9 @@ class ReceiverSession:
         incoming, start = self._incoming, self._incoming_msg
         if incoming is None or start is None or start.seq != msg.seq:
             raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "file end without a file start")
-        self._incoming = self._incoming_msg = None
         if isinstance(incoming, StreamingPatch):
-            incoming = self._patch(start, incoming)
+            incoming = self._patch(start, incoming)  # until patched, still the file being received
+        self._incoming = self._incoming_msg = None
         try:
             incoming.finish(msg.hash)
         except HashMismatch as exc:
@@ -477,28 +477,24 @@ class ReceiverSession:
             self.flush()
 
     def _patch(self, start: FileStart | DeltaStart, delta: StreamingPatch) -> staging.IncomingFile:
+        """The new version `delta` patched. On failure `delta` stays the file being received, for
+        `apply_batch` to keep its partial (a full disk) or drop it (anything else)."""
         try:
             return delta.finish()
         except OSError as exc:
-            self._discard_patch(start, delta)
             raise _transient_os(start.seq, start.path, exc) from exc
         except TransferError as exc:  # librsync refused the delta: corrupt on the wire
-            self._discard_patch(start, delta)
             raise TransientFailure(start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}") from exc
-        except BaseException:
-            self._discard_patch(start, delta)
-            raise
-
-    def _discard_patch(self, start: FileStart | DeltaStart, delta: StreamingPatch) -> None:
-        delta.discard()
-        if delta.resumable:
-            self.folder.drop_partial(start.path)
 
     def _keep_received_chunks(self, seq: int) -> None:
         """A full disk stopped the large file `seq`: keep its partial cut to whole chunks, so each
-        retry resends at most one chunk and the file resumes once there is space again."""
+        retry resends at most one chunk and the file resumes once there is space again. A delta's
+        output is kept the same way: a prefix of the new version, resumed as a whole file."""
         incoming, start = self._incoming, self._incoming_msg
-        if (not isinstance(incoming, staging.IncomingFile) or not isinstance(start, FileStart) or start.seq != seq
+        if isinstance(incoming, StreamingPatch) and incoming.resumable:
+            incoming.stop()  # librsync writes nothing more: what its output holds is what is cut
+            incoming = incoming.output
+        if (not isinstance(incoming, staging.IncomingFile) or start is None or start.seq != seq
                 or not incoming.temp_name.endswith(staging.PARTIAL_SUFFIX)):
             return
         kept = incoming.received // CHUNK_BYTES * CHUNK_BYTES  # what the resume rehashes from disk
