@@ -69,6 +69,7 @@ RESUME_MIN_BYTES = 8 * 1024 * 1024  # files this large keep a named partial that
 # for this long is dropped at its next full disk, so the space it holds goes to other files (of
 # any mapping on that disk) instead of being held for ever, e.g. by two partials waiting on each other.
 FULL_DISK_HOLD_S = 600.0
+DELTAS_KEPT = 1024  # sizes of the deltas the latest large versions came by (TargetFolder.note_delta)
 ReportFn = Callable[[int, Sequence[CommitRecord]], None]  # (watermark, records)
 
 
@@ -105,6 +106,9 @@ class TargetFolder:
     resolver: SafeResolver = field(default=None)  # type: ignore[assignment]  # set in __post_init__
     # Partials a full disk stopped: path -> (bytes kept, since when (monotonic) they have not grown).
     _full_disk: dict[str, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)
+    # (path, version hash) -> bytes of the delta that brought that large version, for a relay to
+    # resume a child's partial of it as a source would (transfer/relay.py); in memory only.
+    _deltas: dict[tuple[str, bytes], int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.parents:
@@ -183,6 +187,17 @@ class TargetFolder:
             del self._full_disk[path]
             return False
         return True
+
+    def note_delta(self, path: str, content_hash: bytes, delta_bytes: int) -> None:
+        """Remember that this version of `path` came as a delta of `delta_bytes` (the latest DELTAS_KEPT)."""
+        self._deltas.pop((path, content_hash), None)
+        self._deltas[(path, content_hash)] = delta_bytes
+        if len(self._deltas) > DELTAS_KEPT:
+            del self._deltas[next(iter(self._deltas))]
+
+    def delta_bytes(self, path: str, content_hash: bytes) -> int | None:
+        """The size of the delta this version of `path` came by, None if unknown (whole, or long ago)."""
+        return self._deltas.get((path, content_hash))
 
     def partial_files(self) -> frozenset[Path]:
         return frozenset(self._partial_file(p, h) for p, h in self._partials().items())
@@ -425,6 +440,8 @@ class ReceiverSession:
         except HashMismatch as exc:
             self.folder.drop_partial(start.path)
             raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
+        if isinstance(start, DeltaStart) and start.expected_hash and start.size >= RESUME_MIN_BYTES:
+            self.folder.note_delta(start.path, start.expected_hash, self._incoming_wire)
         self._stage(incoming, start, msg.hash, self._incoming_wire, self._incoming_started)
 
     def _small_file(self, msg: SmallFile) -> None:

@@ -27,6 +27,7 @@ from relaysync.transfer.relay import RefusedDelta, RelayLink
 from relaysync.transfer.relay_resume import ResumeCut
 from relaysync.transfer.sender import BATCH_BYTES
 from relaysync.transfer.spool import Spool
+from relaysync.watch.manifest import Manifest
 
 H = b"h" * 16
 REFUSED = 5
@@ -166,6 +167,7 @@ def test_a_version_sent_from_the_relays_tree_follows_the_childs_hello(tmp_path: 
     class Feed:
         committed = REFUSED
         root = tmp_path
+        manifest = Manifest(tmp_path / "m.db")
 
     link.source, link.target, link.log = Feed(), type("T", (), {"name": "child"})(), logging.getLogger("test")
     anyio.run(link._whole_from_tree, _Session(), REFUSED, "f")
