@@ -339,13 +339,21 @@ class RelayLink(TargetLink):
                 yield message
 
     async def _wait_committed(self, session: _Session, seq: int) -> None:
-        """Until our tree holds `seq` (our parent may still be sending it); the child is pinged meanwhile."""
+        """Until our tree holds `seq`, pinging the child meanwhile: as long as our parent's stream
+        grows (a large file on a slow hop takes what it takes), else RECEIVE_TIMEOUT_S.
+
+        Raises:
+            TimeoutError: our parent's stream did not grow for RECEIVE_TIMEOUT_S.
+        """
         feed = self.source
-        with anyio.fail_after(RECEIVE_TIMEOUT_S):
-            while feed.committed < seq:
-                await feed.wait_for_records(seq, WAIT_RELAY_S)
-                if feed.committed < seq:
-                    await session.framed.send(Ping())
+        grown, end = anyio.current_time(), -1
+        while feed.committed < seq:
+            if feed.spool.end != end:
+                grown, end = anyio.current_time(), feed.spool.end
+            elif anyio.current_time() - grown > RECEIVE_TIMEOUT_S:
+                raise TimeoutError(f"our parent sent nothing of seq {seq} for {RECEIVE_TIMEOUT_S} s")
+            await feed.wait_for_records(seq, WAIT_RELAY_S)
+            await session.framed.send(Ping())
 
     async def _whole_from_tree(self, session: _Session, seq: int, path: str, changed_at: float = 0.0) -> None:
         """Send the version `seq` wrote to `path` whole from our tree, once committed.
