@@ -167,13 +167,11 @@ def _settled(read: Callable[[], int]) -> int:
     return last
 
 
-@pytest.fixture
-def relay_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    """src -> relay -> child: a1 and a2 share a group, so one relays to the other."""
+def _relay_fleet(tmp_path: Path, source_env: dict[str, str]) -> Iterator[Fleet]:
     cluster = Cluster(tmp_path / "fleet")
     cluster.start_master()
     try:
-        cluster.start_agent("src", region="origin", group="origin", env=RESUME_LIMIT, wait=False)
+        cluster.start_agent("src", region="origin", group="origin", env=source_env, wait=False)
         for name in ("a1", "a2"):
             cluster.start_agent(name, region="r1", group="r1g1", env=RESUME_LIMIT, wait=False)
         for name in ("src", "a1", "a2"):
@@ -183,11 +181,21 @@ def relay_fleet(tmp_path: Path) -> Iterator[Fleet]:
         cluster.stop()
 
 
-@pytest.mark.parametrize("killed", ["child", "relay", "source"])
-def test_resume_through_a_relay_hop(relay_fleet: Fleet, killed: str) -> None:
-    """kill -9 the relay, its child or the source mid-file: what each target below had received is
-    not sent to it again (at most one chunk of it). With the source killed the route stays: its
-    parent resumes the relay, and the child gets what it lacks from the relay's spool and copy."""
+@pytest.fixture
+def relay_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """src -> relay -> child: a1 and a2 share a group, so one relays to the other."""
+    yield from _relay_fleet(tmp_path, RESUME_LIMIT)
+
+
+@pytest.fixture
+def fast_source_relay_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """As relay_fleet, but the source's hop is not limited: the relay has a change whole (and
+    committed) while its child is still receiving it."""
+    yield from _relay_fleet(tmp_path, {})
+
+
+def _relayed_mapping(relay_fleet: Fleet) -> tuple[Path, list[Path], str, str]:
+    """A mapping to a1 and a2 routed src -> relay -> child: its source, targets, relay and child."""
     cluster = relay_fleet.cluster
     mapping, src, dsts = relay_fleet.new_mapping(targets=("a1", "a2"))
     mapping_id = int(mapping["id"])
@@ -201,6 +209,16 @@ def test_resume_through_a_relay_hop(relay_fleet: Fleet, killed: str) -> None:
     plan = wait_until(lambda: (p := parents()) and len(p) == 2 and p, timeout_s=60, interval_s=0.1, what="a plan")
     relay = next(c for c, p in plan.items() if p == "src")
     child = next(c for c, p in plan.items() if p == relay)
+    return src, dsts, relay, child
+
+
+@pytest.mark.parametrize("killed", ["child", "relay", "source"])
+def test_resume_through_a_relay_hop(relay_fleet: Fleet, killed: str) -> None:
+    """kill -9 the relay, its child or the source mid-file: what each target below had received is
+    not sent to it again (at most one chunk of it). With the source killed the route stays: its
+    parent resumes the relay, and the child gets what it lacks from the relay's spool and copy."""
+    cluster = relay_fleet.cluster
+    src, dsts, relay, child = _relayed_mapping(relay_fleet)
     dir_of = dict(zip(("a1", "a2"), dsts, strict=True))
     (src / "warm").write_text("x")
     relay_fleet.wait_converged(src, dsts)
@@ -221,3 +239,48 @@ def test_resume_through_a_relay_hop(relay_fleet: Fleet, killed: str) -> None:
         sent_again = size - (offsets[-1] if offsets else 0)
         assert sent_again <= (size - had) + CHUNK_BYTES, (
             f"{killed} killed: {target} held {had} of {size} bytes; {sent_again} bytes were sent to it again")
+
+
+def _receiving_size(root: Path, name: str) -> int:
+    """Bytes in the temp file `name` is being received into (a partial or not; 0: none)."""
+    sizes = []
+    for p in root.iterdir():
+        if p.name.startswith(f".relaysync.{name}."):
+            try:
+                sizes.append(p.stat().st_size)
+            except FileNotFoundError:
+                pass
+    return max(sizes, default=0)
+
+
+@pytest.mark.parametrize("case", ["the child lacks the delta's base", "the relay forwards the delta"])
+def test_a_child_killed_mid_delta_resumes_through_its_relay(fast_source_relay_fleet: Fleet, case: str) -> None:
+    """A large file changes and reaches the relay as a delta. The child either lacks the delta's
+    base (the relay sends the version whole from its own tree) or patches the forwarded delta into
+    the version's partial; kill -9 of the child midway: what it had received is not sent to it
+    again (at most one chunk of it), as when a source resumes it."""
+    fleet = fast_source_relay_fleet
+    cluster = fleet.cluster
+    src, dsts, relay, child = _relayed_mapping(fleet)
+    child_dir = dict(zip(("a1", "a2"), dsts, strict=True))[child]
+    size = 64 * CHUNK_BYTES
+    _write_random(src / "big.bin", size)
+    fleet.wait_converged(src, dsts, timeout_s=90)
+    if case == "the child lacks the delta's base":
+        with open(child_dir / "big.bin", "r+b") as f:  # not the version its source sent (nor its manifest's)
+            f.write(b"edited on the child")
+        with open(src / "big.bin", "r+b") as f:  # a small edit: a small delta
+            f.write(os.urandom(4096))
+    else:
+        _write_random(src / "big.bin", size)  # unrelated data: the delta is about the file's size
+    wait_until(lambda: _receiving_size(child_dir, "big.bin") > 24 * CHUNK_BYTES, timeout_s=60,
+               interval_s=0.005, what=f"{child} holds 24 MiB of the new version")
+    cluster.agents[child].process.kill()
+    held = _settled(lambda: _partial_size(child_dir, "big.bin"))
+    cluster.start_agent(child, region="r1", group="r1g1", env=RESUME_LIMIT)
+    fleet.wait_converged(src, dsts, timeout_s=90)
+    offsets = _resume_offsets(cluster.base / f"agent-{child}.log", "big.bin")
+    sent_again = size - (offsets[-1] if offsets else 0)
+    assert held >= 24 * CHUNK_BYTES and sent_again <= (size - held) + CHUNK_BYTES, (
+        f"{case}: the child held {held} of {size} bytes; {sent_again} bytes were sent to it again")
+    assert temp_files(child_dir) == []

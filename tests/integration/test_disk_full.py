@@ -84,3 +84,46 @@ def test_a_large_file_on_a_full_disk_keeps_what_fitted_and_resumes_once_space_is
     fleet.wait_converged(src, [dst], timeout_s=60)
     assert size - resumes()[-1] <= (size - held) + CHUNK_BYTES
     assert temp_files(dst) == []
+
+
+@pytest.fixture
+def twenty_mib_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from _mounted(tmp_path / "small20", "20m")
+
+
+def test_a_delta_on_a_full_disk_keeps_what_was_patched_and_resumes_once_space_is_back(
+        fleet: Fleet, twenty_mib_disk: Path) -> None:
+    """A large file's new version arrives as a delta into its named partial; the disk holds the
+    old version and only part of the new: the patched part is kept, cut to whole chunks, and the
+    retries resume it whole, resending at most one chunk of it."""
+    n = "diskfull-delta"
+    src = fleet.base / n / "source"
+    src.mkdir(parents=True)
+    dst = twenty_mib_disk / "target"
+    fleet.cluster.create_mapping(n, "src", src, [("t1", dst)])
+    wait_until(dst.is_dir, timeout_s=30, what="target folder")
+    size = 12 * CHUNK_BYTES
+    (src / "large.bin").write_bytes(os.urandom(size))
+    fleet.wait_converged(src, [dst], timeout_s=60)
+    log = fleet.cluster.base / "agent-t1.log"
+    start = len(log.read_text())
+    (src / "large.bin").write_bytes(os.urandom(size))  # unrelated data: a delta about its size
+
+    def events() -> list[int]:
+        """What the target logged since: -1 for a full disk, else the offset a retry resumed at."""
+        found = re.findall(r"code=(DISK_FULL)|resuming large.bin at offset (\d+)", log.read_text()[start:])
+        return [-1 if full else int(offset) for full, offset in found]
+
+    wait_until(lambda: len([e for e in events() if e >= 0]) >= 2, timeout_s=30,
+               what="a full disk during the delta, then two retries")
+    held = max((p.stat().st_size for p in dst.iterdir() if p.name.endswith(".part")), default=0)
+    assert held >= 4 * CHUNK_BYTES  # about 8 MiB of the new version fit beside the old one
+    seen = events()
+    assert seen[0] == -1 and seen[1] >= 4 * CHUNK_BYTES, (
+        f"the delta's partial was not kept: the first retry did not resume it ({seen[:3]})")
+    resumes = [e for e in seen if e >= 0]
+    assert all(size - offset <= (size - held) + CHUNK_BYTES for offset in resumes)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(twenty_mib_disk)], check=True)
+    fleet.wait_converged(src, [dst], timeout_s=60)
+    assert size - [e for e in events() if e >= 0][-1] <= (size - held) + CHUNK_BYTES
+    assert temp_files(dst) == []

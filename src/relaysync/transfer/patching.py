@@ -11,7 +11,8 @@ whole file from its last whole chunk (the whole-file hash still covers that pref
 Error handling: a corrupt delta makes librsync stop; the next write then fails (the pipe is
 closed) or `finish()` raises, both as TransferError, and nothing is committed. Resource
 handling: `discard()` closes the pipe, waits for the thread and removes the temp file; `close()`
-does the same but keeps a named partial on disk.
+does the same but keeps a named partial on disk; after `stop()` the caller keeps or drops `output`
+itself (a full disk cuts a named partial to whole chunks).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class StreamingPatch:
             while view:
                 view = view[os.write(self._write_fd, view):]
         except BrokenPipeError:
-            self._stop()  # waits for the patch thread: its error is set
+            self.stop()  # waits for the patch thread: its error is set
             if isinstance(self._error, OSError):  # writing the new version failed (a full disk...)
                 raise self._error from None
             raise TransferError(f"{self.final.name}: librsync stopped reading the delta: {self._error}") from None
@@ -118,11 +119,12 @@ class StreamingPatch:
         return self.output
 
     def _end_part(self) -> None:
-        self._stop()
+        self.stop()
         if self._error is not None:
             raise self._error
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """End the delta and wait for librsync: the output holds what it wrote, and no more comes."""
         if self._write_fd >= 0:
             os.close(self._write_fd)  # end of the delta: librsync sees EOF
             self._write_fd = -1
@@ -130,7 +132,7 @@ class StreamingPatch:
             self._thread.join()
 
     def discard(self) -> None:
-        self._stop()
+        self.stop()
         self.output.discard()
 
     @property
@@ -141,7 +143,7 @@ class StreamingPatch:
     def close(self) -> None:
         """Stop patching; keep the output if it is a named partial (a prefix of the new version,
         however far librsync got), else remove it."""
-        self._stop()
+        self.stop()
         if self.resumable:
             self.output.close()
         else:

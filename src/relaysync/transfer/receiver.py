@@ -70,6 +70,7 @@ RESUME_MIN_BYTES = 8 * 1024 * 1024  # files this large keep a named partial that
 # for this long is dropped at its next full disk, so the space it holds goes to other files (of
 # any mapping on that disk) instead of being held for ever, e.g. by two partials waiting on each other.
 FULL_DISK_HOLD_S = 600.0
+DELTAS_KEPT = 1024  # sizes of the deltas the latest large versions came by (TargetFolder.note_delta)
 ReportFn = Callable[[int, Sequence[CommitRecord]], None]  # (watermark, records)
 
 
@@ -106,6 +107,9 @@ class TargetFolder:
     resolver: SafeResolver = field(default=None)  # type: ignore[assignment]  # set in __post_init__
     # Partials a full disk stopped: path -> (bytes kept, since when (monotonic) they have not grown).
     _full_disk: dict[str, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)
+    # (path, version hash) -> bytes of the delta that brought that large version, for a relay to
+    # resume a child's partial of it as a source would (transfer/relay.py); in memory only.
+    _deltas: dict[tuple[str, bytes], int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.parents:
@@ -198,6 +202,17 @@ class TargetFolder:
     def partial_hashes(self) -> dict[str, bytes]:
         """Path -> content hash of every partial this folder keeps."""
         return {path: bytes.fromhex(digest) for path, digest in self._partials().items()}
+
+    def note_delta(self, path: str, content_hash: bytes, delta_bytes: int) -> None:
+        """Remember that this version of `path` came as a delta of `delta_bytes` (the latest DELTAS_KEPT)."""
+        self._deltas.pop((path, content_hash), None)
+        self._deltas[(path, content_hash)] = delta_bytes
+        if len(self._deltas) > DELTAS_KEPT:
+            del self._deltas[next(iter(self._deltas))]
+
+    def delta_bytes(self, path: str, content_hash: bytes) -> int | None:
+        """The size of the delta this version of `path` came by, None if unknown (whole, or long ago)."""
+        return self._deltas.get((path, content_hash))
 
     def partial_files(self) -> frozenset[Path]:
         return frozenset(self._partial_file(p, h) for p, h in self._partials().items())
@@ -432,14 +447,16 @@ class ReceiverSession:
         incoming, start = self._incoming, self._incoming_msg
         if incoming is None or start is None or start.seq != msg.seq:
             raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "file end without a file start")
-        self._incoming = self._incoming_msg = None
         if isinstance(incoming, StreamingPatch):
-            incoming = self._patch(start, incoming)
+            incoming = self._patch(start, incoming)  # until patched, still the file being received
+        self._incoming = self._incoming_msg = None
         try:
             incoming.finish(msg.hash)
         except HashMismatch as exc:
             self.folder.drop_partial(start.path)
             raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
+        if isinstance(start, DeltaStart) and start.expected_hash and start.size >= RESUME_MIN_BYTES:
+            self.folder.note_delta(start.path, start.expected_hash, self._incoming_wire)
         self._stage(incoming, start, msg.hash, self._incoming_wire, self._incoming_started)
 
     def _small_file(self, msg: SmallFile) -> None:
@@ -492,28 +509,24 @@ class ReceiverSession:
             self.flush()
 
     def _patch(self, start: FileStart | DeltaStart, delta: StreamingPatch) -> staging.IncomingFile:
+        """The new version `delta` patched. On failure `delta` stays the file being received, for
+        `apply_batch` to keep its partial (a full disk) or drop it (anything else)."""
         try:
             return delta.finish()
         except OSError as exc:
-            self._discard_patch(start, delta)
             raise _transient_os(start.seq, start.path, exc) from exc
         except TransferError as exc:  # librsync refused the delta: corrupt on the wire
-            self._discard_patch(start, delta)
             raise TransientFailure(start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}") from exc
-        except BaseException:
-            self._discard_patch(start, delta)
-            raise
-
-    def _discard_patch(self, start: FileStart | DeltaStart, delta: StreamingPatch) -> None:
-        delta.discard()
-        if delta.resumable:
-            self.folder.drop_partial(start.path)
 
     def _keep_received_chunks(self, seq: int) -> None:
         """A full disk stopped the large file `seq`: keep its partial cut to whole chunks, so each
-        retry resends at most one chunk and the file resumes once there is space again."""
+        retry resends at most one chunk and the file resumes once there is space again. A delta's
+        output is kept the same way: a prefix of the new version, resumed as a whole file."""
         incoming, start = self._incoming, self._incoming_msg
-        if (not isinstance(incoming, staging.IncomingFile) or not isinstance(start, FileStart) or start.seq != seq
+        if isinstance(incoming, StreamingPatch) and incoming.resumable:
+            incoming.stop()  # librsync writes nothing more: what its output holds is what is cut
+            incoming = incoming.output
+        if (not isinstance(incoming, staging.IncomingFile) or start is None or start.seq != seq
                 or not incoming.temp_name.endswith(staging.PARTIAL_SUFFIX)):
             return
         kept = incoming.received // CHUNK_BYTES * CHUNK_BYTES  # what the resume rehashes from disk

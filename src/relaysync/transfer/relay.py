@@ -14,7 +14,9 @@ A delta is forwarded as it came; a child that lacks the delta's base refuses it,
 then sends that file whole from its own tree once it has committed it. A large file the child holds
 in part (a partial it lists when the link opens) is forwarded from the first chunk it lacks
 (transfer/relay_resume.py); where our parent resumed us, a child holding less gets the part
-below our resume offset from our own copy. File data (whole or delta)
+below our resume offset from our own copy. A version sent whole from our tree resumes the child's
+partial of it too, and one that came as a delta goes that way instead of the delta when the child
+holds more of it than the delta would save, as a source decides. File data (whole or delta)
 crosses each hop in that hop's codec: a chunk that came in with another one is decoded and encoded
 again on the way out, one that came in with the same one passes untouched.
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from relaysync.constants import PING_INTERVAL_S, RECEIVE_TIMEOUT_S
+from relaysync.constants import CHUNK_BYTES, PING_INTERVAL_S, RECEIVE_TIMEOUT_S
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     AnyMessage,
@@ -265,7 +267,8 @@ class RelayLink(TargetLink):
             if isinstance(message, FileStart) and message.expected_hash:
                 out = await self._start_file(session, message, out, refused, cut)
                 continue
-            if isinstance(message, DeltaStart) and seq in self.options.whole_file_seqs:
+            if isinstance(message, DeltaStart) and (seq in self.options.whole_file_seqs
+                                                    or await self._resume_beats_delta(session, message)):
                 refused.seq, refused.path, refused.changed_at = seq, message.path, message.changed_at
                 continue
             if isinstance(message, Rename) and message.hash and seq in self.options.whole_file_seqs:
@@ -315,6 +318,19 @@ class RelayLink(TargetLink):
             refused.seq, refused.path, refused.changed_at = start.seq, start.path, start.changed_at
         return []
 
+    async def _resume_beats_delta(self, session: _Session, start: DeltaStart) -> bool:
+        """Whether the child's partial of the delta's new version (a prefix of it: a cut delta's
+        patched output, or a cut whole copy) is best resumed whole from our tree instead, as a
+        source decides (ops._resume_sends_less): yes unless the delta that brought us that version
+        was smaller than the rest. Waits until we have committed it, and so know that delta.
+        """
+        held = self.options.resume.get((start.path, start.expected_hash), 0) if start.expected_hash else 0
+        if held < CHUNK_BYTES:
+            return False
+        await self._wait_committed(session, start.seq)
+        delta = self.source.folder.delta_bytes(start.path, start.expected_hash)
+        return delta is None or delta >= start.size - held
+
     async def _send_prefix(self, session: _Session, start: FileStart, held: int) -> bool:
         """Send `start` resuming at `held`, and the bytes up to where the spool's chunks begin
         from our own copy. Returns False, having sent nothing, if we hold no copy of it."""
@@ -353,13 +369,35 @@ class RelayLink(TargetLink):
             else:
                 yield message
 
-    async def _whole_from_tree(self, session: _Session, seq: int, path: str, changed_at: float = 0.0) -> None:
-        """The child lacked a delta's base: send that version whole from our tree, once committed."""
+    async def _wait_committed(self, session: _Session, seq: int) -> None:
+        """Until our tree holds `seq`, pinging the child meanwhile: as long as our parent's stream
+        grows (a large file on a slow hop takes what it takes), else RECEIVE_TIMEOUT_S.
+
+        Raises:
+            TimeoutError: our parent's stream did not grow for RECEIVE_TIMEOUT_S.
+        """
         feed = self.source
-        with anyio.fail_after(RECEIVE_TIMEOUT_S):
-            while feed.committed < seq:
-                await feed.wait_for_records(seq, WAIT_RELAY_S)
-        self.log.info("sending %s whole to %s (it lacks the delta's base)", path, self.target.name)
-        options = ops.SendOptions(codec=self.options.codec, small_files=self.options.small_files)
-        await self._send_stream(session, ops.iter_file_messages(feed.root, path, seq, options=options,
-                                                                       changed_at=changed_at))
+        grown, end = anyio.current_time(), -1
+        while feed.committed < seq:
+            if feed.spool.end != end:
+                grown, end = anyio.current_time(), feed.spool.end
+            elif anyio.current_time() - grown > RECEIVE_TIMEOUT_S:
+                raise TimeoutError(f"our parent sent nothing of seq {seq} for {RECEIVE_TIMEOUT_S} s")
+            await feed.wait_for_records(seq, WAIT_RELAY_S)
+            await session.framed.send(Ping())
+
+    async def _whole_from_tree(self, session: _Session, seq: int, path: str, changed_at: float = 0.0) -> None:
+        """Send the version `seq` wrote to `path` whole from our tree, once committed.
+
+        Named by the hash our manifest holds for it, so a large one goes into the child's
+        partial of that version and resumes from what it lists of it, as from a source.
+        """
+        feed = self.source
+        await self._wait_committed(session, seq)
+        entry = feed.manifest.get(path)
+        version = entry.hash if entry is not None and entry.kind == "f" else b""
+        self.log.info("sending %s whole to %s from our tree", path, self.target.name)
+        options = ops.SendOptions(codec=self.options.codec, small_files=self.options.small_files,
+                                  resume=self.options.resume)
+        await self._send_stream(session, ops.iter_file_messages(feed.root, path, seq, expected_hash=version,
+                                                                options=options, changed_at=changed_at))

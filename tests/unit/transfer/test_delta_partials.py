@@ -142,6 +142,7 @@ def test_a_delta_smaller_than_the_rest_replaces_the_partial(tmp_path: Path) -> N
     again = _sent(src, record, folder, sigs)
     assert isinstance(again[0], DeltaStart) and _data_bytes(again) < CHUNK_BYTES
     assert _commit(folder, again) == [Ack(mapping_id=1, watermark=2)]
+    assert folder.delta_bytes("f.bin", new_hash) == _data_bytes(again)  # what a relay resumes its child by
     assert (folder.root / "f.bin").read_bytes() == (src / "f.bin").read_bytes()
     assert folder.list_partials() == () and _temps(folder.root) == []
 

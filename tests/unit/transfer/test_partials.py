@@ -38,6 +38,7 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import ops, receiver, staging
 from relaysync.transfer.conflicts import NEWEST_MTIME, ConflictSession
 from relaysync.transfer.receiver import RESUME_MIN_BYTES, ReceiverSession, TargetFolder
+from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry, Manifest
 
@@ -370,6 +371,75 @@ def test_a_partial_that_stops_growing_on_a_full_disk_is_dropped_after_a_while(
     assert folder.list_partials() == () and _temps(folder.root) == []
     sent, _ = _attempt(src, record, folder)  # from byte 0 again, kept again
     assert sent == FULL and _held(folder) >= 8 * CHUNK_BYTES
+
+
+PATCHED = RESUME_MIN_BYTES + 4 * CHUNK_BYTES  # 12 MiB, old and new version, on a disk that cannot hold both
+
+
+@pytest.fixture(params=[pytest.param("20m", id="full mid-delta"),
+                        pytest.param("23m", id="full in the delta's last MiB: seen when it ends")])
+def patch_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    with _tmpfs(tmp_path / "disk", request.param) as mount:
+        yield mount
+
+
+def _delta_on(tmp_path: Path, disk: Path) -> tuple[Path, JournalRecord, TargetFolder, SignatureStore]:
+    """The target (on `disk`) holds v1 and the source its signature; the source then writes v2
+    (unrelated data: its delta is about its size): the record of that write, sent as a delta."""
+    src, root = tmp_path / "src", disk / "target"
+    src.mkdir()
+    root.mkdir()
+    old, new = os.urandom(PATCHED), os.urandom(PATCHED)
+    (src / "big.bin").write_bytes(old)
+    (root / "big.bin").write_bytes(old)
+    st = os.stat(root / "big.bin")
+    base = xxhash.xxh3_128_digest(old)
+    folder = TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "m.db"),
+                          durable=True)
+    folder.manifest.put_many([Entry(path="big.bin", kind="f", size=PATCHED, mtime_ns=st.st_mtime_ns, mode=0o644,
+                                    hash=base)])
+    sigs = SignatureStore(tmp_path / "sigs")
+    sigs.remember(src, "big.bin", base)
+    (src / "big.bin").write_bytes(new)
+    record = JournalRecord(seq=1, op="write", path="big.bin", base_hash=base,
+                           entry=Entry(path="big.bin", kind="f", size=PATCHED, hash=xxhash.xxh3_128_digest(new)))
+    return src, record, folder, sigs
+
+
+def _delta_attempt(src: Path, record: JournalRecord, folder: TargetFolder,
+                   sigs: SignatureStore) -> tuple[list[AnyMessage], list[AnyMessage]]:
+    """One session of the source's retries of a delta: what it sent, and the replies."""
+    options = ops.SendOptions(signatures=sigs, resume={(p.path, p.hash): p.size for p in folder.list_partials()})
+    msgs = [m for m in ops.record_messages(src, record, options) if not isinstance(m, ops.Flush)]
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    replies = session.apply_batch([*msgs, Checkpoint(seq=1)])
+    session.close()
+    return msgs, replies
+
+
+def test_a_full_disk_during_a_delta_keeps_the_whole_chunks_patched_and_resumes_them(
+        tmp_path: Path, patch_disk: Path) -> None:
+    """As for a whole file: the delta's output (the new version's partial) is cut to whole chunks
+    and kept, and the retries resume it whole from there, resending at most one chunk of it."""
+    src, record, folder, sigs = _delta_on(tmp_path, patch_disk)
+    msgs, replies = _delta_attempt(src, record, folder, sigs)
+    assert isinstance(msgs[0], DeltaStart)
+    assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.DISK_FULL]
+    held = _held(folder)
+    assert held >= 4 * CHUNK_BYTES, "the delta's partial was dropped on the full disk"
+    assert [p.stat().st_size for p in patch_disk.rglob("*.part")] == [held]
+    for _attempt_no in range(2):  # the source retries after each DISK_FULL: the rest, whole
+        msgs, replies = _delta_attempt(src, record, folder, sigs)
+        assert isinstance(msgs[0], FileStart) and msgs[0].offset == held
+        assert [r.code for r in replies if isinstance(r, Error)] == [ErrorCode.DISK_FULL]
+        assert _data_bytes(msgs, 1) <= PATCHED - held  # none of what was verified again
+        assert _held(folder) == held
+    subprocess.run(["mount", "-o", "remount,size=64m", str(patch_disk)], check=True)
+    msgs, replies = _delta_attempt(src, record, folder, sigs)
+    assert replies == [Ack(mapping_id=1, watermark=1)]
+    assert _data_bytes(msgs, 1) == PATCHED - held
+    assert (folder.root / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert folder.list_partials() == () and _temps(folder.root) == []
 
 
 def test_a_staged_read_only_file_stays_writable_for_its_owner_until_committed(tmp_path: Path) -> None:

@@ -173,6 +173,7 @@ def test_a_version_sent_from_the_relays_tree_follows_the_childs_hello(tmp_path: 
     class Feed:
         committed = REFUSED
         root = tmp_path
+        manifest = Manifest(tmp_path / "m.db")
 
     link.source, link.target, link.log = Feed(), type("T", (), {"name": "child"})(), logging.getLogger("test")
     anyio.run(link._whole_from_tree, _Session(), REFUSED, "f")
@@ -239,3 +240,54 @@ def test_a_child_acks_for_the_targets_below_it_only(tmp_path: Path) -> None:
         return feed.marks
 
     assert anyio.run(main) == {"c1": 10, "g1": 7}
+
+class _GrowingFeed:
+    """A relay whose parent sends seq 5 in `steps` appends, `step_s` apart, then (if `commits`) it
+    commits it."""
+
+    def __init__(self, steps: int, step_s: float, commits: bool) -> None:
+        self.committed = REFUSED - 1
+        self.spool = type("S", (), {"end": 0})()
+        self.steps, self.step_s, self.commits = steps, step_s, commits
+
+    async def wait_for_records(self, after_seq: int, timeout_s: float) -> None:
+        await anyio.sleep(min(timeout_s, self.step_s))
+        if self.steps:
+            self.steps -= 1
+            self.spool.end += 1
+        elif self.commits:
+            self.committed = REFUSED
+
+
+class _PingedSession:
+    sent_upto = REFUSED - 1
+
+    def __init__(self) -> None:
+        self.pings = 0
+        self.framed = self
+
+    async def send(self, message: AnyMessage) -> None:
+        self.pings += 1
+
+
+@pytest.mark.parametrize(("steps", "step_s", "gives_up"), [
+    pytest.param(12, 0.05, False, id="a parent still sending after the timeout: waited for, child pinged"),
+    pytest.param(0, 0.05, True, id="a parent silent for the timeout: given up"),
+])
+def test_a_relay_waits_for_its_own_copy_as_long_as_its_parent_sends(
+        monkeypatch: pytest.MonkeyPatch, steps: int, step_s: float, gives_up: bool) -> None:
+    """Before it sends a version from its tree (or decides how a child resumes it), a relay waits
+    to have committed it: a large file on a slow hop may take longer than RECEIVE_TIMEOUT_S."""
+    from relaysync.transfer import relay
+
+    monkeypatch.setattr(relay, "RECEIVE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(relay, "WAIT_RELAY_S", 0.05)
+    link: Any = object.__new__(RelayLink)
+    link.source = _GrowingFeed(steps, step_s, commits=not gives_up)
+    session = _PingedSession()
+    if gives_up:
+        with pytest.raises(TimeoutError):
+            anyio.run(link._wait_committed, session, REFUSED)
+    else:
+        anyio.run(link._wait_committed, session, REFUSED)
+        assert link.source.committed == REFUSED and session.pings >= steps

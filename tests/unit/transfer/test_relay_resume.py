@@ -21,6 +21,7 @@ from relaysync.protocol.messages import (
     Ack,
     AnyMessage,
     Checkpoint,
+    DeltaStart,
     Error,
     ErrorCode,
     FileAbort,
@@ -97,7 +98,7 @@ def _relay_to(folder: TargetFolder, *reads: list[AnyMessage], codec: Any = None,
     link: Any = object.__new__(RelayLink)
     link.options = ops.SendOptions(codec=codec or ops.SendOptions().codec, whole_file_seqs=set(whole))
     link.options.resume = {(p.path, p.hash): p.size for p in folder.list_partials()}
-    link.source = type("Feed", (), {"folder": relay})()
+    link.source = type("Feed", (), {"folder": relay, "committed": SEQ})()  # the relay holds SEQ
     link.target, link.log = type("T", (), {"name": "child"})(), logging.getLogger("test")
     sent: list[Any] = []
 
@@ -318,3 +319,100 @@ def test_a_relay_names_obsolete_only_the_childs_partials_of_versions_it_neither_
     assert [r.path for r in link._obsolete_partials(partials, 0)] == ["done.bin.old"]
     spool.append([_start(data)])  # a batch of our parent's, half spooled: its versions may be any
     assert link._obsolete_partials(partials, 0) == []
+
+
+def _from_tree(folder: TargetFolder, relay: TargetFolder) -> list[AnyMessage]:
+    """What the relay's link sends the child when version SEQ goes whole from the relay's tree
+    (the child refused its delta, or the relay holds no copy below its resume offset), after the
+    child listed its partials as it does in MappingState."""
+    link: Any = object.__new__(RelayLink)
+    link.options = ops.SendOptions(whole_file_seqs={SEQ})  # a refused delta: the seq is noted
+    link.options.resume = {(p.path, p.hash): p.size for p in folder.list_partials()}
+    link.source = type("Feed", (), {"folder": relay, "root": relay.root, "manifest": relay.manifest,
+                                    "committed": SEQ})()
+    link.target, link.log = type("T", (), {"name": "child"})(), logging.getLogger("test")
+    sent: list[AnyMessage] = []
+
+    async def send_stream(session: object, messages: Any) -> None:
+        sent.extend(m for m in messages if not isinstance(m, ops.Flush))
+
+    link._send_stream = send_stream
+    anyio.run(link._whole_from_tree, _Session(), SEQ, "big.bin")
+    return sent
+
+
+def _committed_on(relay: TargetFolder, data: bytes) -> None:
+    (relay.root / "big.bin").write_bytes(data)
+    relay.manifest.put_many([Entry(path="big.bin", kind="f", size=len(data), hash=xxhash.xxh3_128(data).digest())])
+
+
+def test_a_version_sent_whole_from_the_relays_tree_resumes_the_childs_partial(
+        folder: TargetFolder, relay: TargetFolder) -> None:
+    """The relay's own fallback is resumable too: cut midway, the child keeps a partial of that
+    version, and the next try sends only what it lacks (at most one chunk of what it held)."""
+    data = _data()
+    _committed_on(relay, data)
+    first = _from_tree(folder, relay)
+    assert isinstance(first[0], FileStart) and first[0].offset == 0
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch(first[:4]) == []  # FileStart and 3 chunks, then the link drops
+    session.close()
+    held = sum(p.size for p in folder.list_partials())
+    assert held == 3 * CHUNK_BYTES, "the child kept nothing to resume of a version sent from the relay's tree"
+    sent = _from_tree(folder, relay)
+    assert isinstance(sent[0], FileStart) and sent[0].offset == held
+    assert _resent_bytes(sent) <= SIZE - held
+    assert _commit(folder, [*sent, Checkpoint(seq=SEQ)]) == data
+
+
+def test_a_child_holding_another_version_gets_the_relays_tree_version_all(
+        folder: TargetFolder, relay: TargetFolder) -> None:
+    data = _data()
+    _child_holding(folder, os.urandom(SIZE), 3 * CHUNK_BYTES)
+    _committed_on(relay, data)
+    sent = _from_tree(folder, relay)
+    assert isinstance(sent[0], FileStart) and sent[0].offset == 0 and _resent_bytes(sent) == SIZE
+    assert _commit(folder, [*sent, Checkpoint(seq=SEQ)]) == data
+
+
+def _spooled_delta(data: bytes, delta_bytes: int) -> list[AnyMessage]:
+    """A delta to `data` as the relay spooled it: DeltaStart naming the new version, its chunks, FileEnd."""
+    digest = xxhash.xxh3_128(data).digest()
+    start = DeltaStart(seq=SEQ, path="big.bin", size=len(data), mode=0o644, mtime_ns=MTIME, base_hash=b"b" * 16,
+                       expected_hash=digest)
+    chunks = [FileChunk(seq=SEQ, offset=o, data=os.urandom(min(CHUNK_BYTES, delta_bytes - o)))
+              for o in range(0, delta_bytes, CHUNK_BYTES)]
+    return [start, *chunks, FileEnd(seq=SEQ, hash=digest), Checkpoint(seq=SEQ)]
+
+
+@pytest.mark.parametrize(("relay_got", "child_gets"), [
+    pytest.param(SIZE, "tree", id="a delta as large as the file: the rest whole"),
+    pytest.param(SIZE - 3 * CHUNK_BYTES, "tree", id="a delta as large as the rest: the rest whole"),
+    pytest.param(None, "tree", id="the relay was sent that version whole: the rest whole"),
+    pytest.param(CHUNK_BYTES // 2, "delta", id="a delta smaller than the rest: the delta again"),
+])
+def test_a_child_holding_part_of_a_deltas_new_version_resumes_as_from_a_source(
+        folder: TargetFolder, relay: TargetFolder, relay_got: int | None, child_gets: str) -> None:
+    """The child holds a prefix of the new version (its patched output of this delta, cut): the
+    relay sends the rest whole from its tree, unless the delta it was sent was smaller than that
+    rest, which is what the source decides for a child of its own (ops._resume_sends_less)."""
+    data = _data()
+    held = 3 * CHUNK_BYTES
+    _child_holding(folder, data, held)
+    spooled = _spooled_delta(data, relay_got or SIZE)
+    if relay_got is not None:
+        relay.note_delta("big.bin", xxhash.xxh3_128(data).digest(), relay_got)
+    sent, _ = _relay_to(folder, spooled, relay=relay)
+    if child_gets == "tree":
+        assert sent == [f"tree:{SEQ}", Checkpoint(seq=SEQ)]  # resumed at `held`: see the tests above
+    else:
+        assert sent == spooled
+
+
+def test_a_child_holding_less_than_a_chunk_of_a_deltas_version_gets_the_delta(
+        folder: TargetFolder, relay: TargetFolder) -> None:
+    data = _data()
+    spooled = _spooled_delta(data, SIZE)
+    relay.note_delta("big.bin", xxhash.xxh3_128(data).digest(), SIZE)
+    sent, _ = _relay_to(folder, spooled, relay=relay)
+    assert sent == spooled
