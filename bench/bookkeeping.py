@@ -80,7 +80,7 @@ def one_run(tree: Path, work: Path) -> dict[str, float]:
     entries: list[Entry] = []
     for name in sorted(os.listdir(tree)):  # as the source agent journals a first scan
         with meter.phase("source_scan"):
-            changes = recorder.detect([FsEvent(kind="rescan", path=name)])
+            changes = recorder.detect([FsEvent(kind="rescan", path=name)]).changes
         with meter.phase("journal_append"):
             records = journal.append(changes)
         with meter.phase("source_manifest"):

@@ -68,7 +68,7 @@ def bench_scan(src: Path, work: Path, runs: int) -> dict[str, Any]:
         flt = PathFilter()
         recorder = ChangeRecorder(src, manifest, flt)
         ta = time.perf_counter()
-        changes = recorder.detect([FsEvent(kind="rescan", path="")])
+        changes = recorder.detect([FsEvent(kind="rescan", path="")]).changes
         tb = time.perf_counter()
         recorder.apply(changes)
         tc = time.perf_counter()

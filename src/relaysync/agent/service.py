@@ -349,8 +349,9 @@ class AgentService:
             folder.owner_of = partial(self._owner_of, folder)
             forget_missing(folder)  # its manifest holds its own source's versions only: no rescan
             return folder
-        recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude, root=root))
-        recorder.apply(recorder.detect([FsEvent(kind="rescan", path="")]))
+        recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude, root=root),
+                                  hard_links=False)
+        recorder.detect_and_apply([FsEvent(kind="rescan", path="")])
         return folder
 
     async def _apply_sources(self, wanted: dict[int, MappingSpec]) -> None:

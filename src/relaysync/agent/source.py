@@ -335,11 +335,16 @@ class SourceMapping:
         shipped on its close-write, or by the re-check once it has stayed untouched.
         """
         now_ns = time.time_ns()
+        # The other hard links of a file closed after writing (the recorder restats them) are
+        # that same file: closed too.
+        closed_inodes = {c.entry.ino for c in changes if c.path in closed and c.entry is not None}
+        closed_inodes.discard(0)
         kept: list[PendingChange] = []
         for change in changes:
             entry = change.entry
             # a future mtime (a copy from a host whose clock is ahead) is not "being written now"
             if (change.op == "write" and change.path not in closed and entry is not None
+                    and entry.ino not in closed_inodes
                     and 0 <= now_ns - entry.mtime_ns < HOT_FILE_S * 1e9):
                 self._held[change.path] = 0
             else:
@@ -370,12 +375,24 @@ class SourceMapping:
     async def _record_locked(self, events: Sequence[FsEvent]) -> None:
         events = [e for e in events if self._names_encode(e.path, e.new_path)]
         closed = {e.path for e in events if e.kind == "write"}
-        detected = await anyio.to_thread.run_sync(self.recorder.detect, events)
-        detected = [c for c in detected if self._encodes(c)]
+        rest = list(events)
+        while rest:
+            # detect() stops before an event that needs the manifest to hold what it found so
+            # far (`mv d e; rm e/f`): that part is journaled and applied first. Most batches go
+            # whole, in one journal write.
+            detected, rest = await anyio.to_thread.run_sync(self.recorder.detect, rest)
+            detected = [c for c in detected if self._encodes(c)]
+            if not await self._journal(detected, closed):
+                return  # held by the mass-delete guard, whose rescans find the rest too
+
+    async def _journal(self, detected: list[PendingChange], closed: set[str]) -> bool:
+        """Journal and apply detected changes; return False if the mass-delete guard held them."""
         changes = self._hold_hot(detected, closed)
         self._follow_held(detected)
-        if not changes or await anyio.to_thread.run_sync(self._guard_trips, changes):
-            return
+        if not changes:
+            return True
+        if await anyio.to_thread.run_sync(self._guard_trips, changes):
+            return False
         # A full scan can find 100,000 changes: journal them in slices, so the links start
         # streaming early and the journal records of one slice at a time are alive.
         for start in range(0, len(changes), JOURNAL_SLICE):
@@ -385,6 +402,7 @@ class SourceMapping:
             del records
             event, self._new_records = self._new_records, anyio.Event()
             event.set()
+        return True
 
     def _names_encode(self, *paths: str) -> bool:
         """False (and a warning, once per path) for a path the journal and manifest cannot hold.

@@ -29,14 +29,19 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     path TEXT PRIMARY KEY, parent TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
-    hash BLOB NOT NULL, link_target TEXT NOT NULL
+    hash BLOB NOT NULL, link_target TEXT NOT NULL, ino INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent, name);
 CREATE TABLE IF NOT EXISTS dirhash (path TEXT PRIMARY KEY, hash BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
+# Partial: rows without an inode number (directories, links, every row of a target's manifest)
+# cost the index nothing.
+_INO_INDEX = "CREATE INDEX IF NOT EXISTS entries_ino ON entries (ino) WHERE ino != 0"
+# PRAGMA user_version: 0 = no `ino` column (releases before hard links were followed), 1 = ino.
+SCHEMA_VERSION = 1
 
-_COLUMNS = "path, kind, size, mtime_ns, mode, hash, link_target"
+_COLUMNS = "path, kind, size, mtime_ns, mode, hash, link_target, ino"
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -45,7 +50,9 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
 
     `path` is relative and POSIX ("" is the root and is never stored); `mode` holds permission
     bits only (`permission_bits`: no setuid, setgid or sticky); `hash` is the xxh3-128 of the content (files), of the target string (links), or
-    b"" (directories).
+    b"" (directories). `ino` is the file's inode number on this side (0: unknown, and always
+    for directories and links): local bookkeeping that finds a file's other hard links, never
+    sent to a peer and no part of the version (`same_version`).
     """
 
     path: str
@@ -55,6 +62,14 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     mode: int = 0
     hash: bytes = b""
     link_target: str = ""
+    ino: int = 0
+
+
+def same_version(a: Entry | None, b: Entry | None) -> bool:
+    """Whether two entries describe the same replicated state: all but the inode number."""
+    if a is None or b is None:
+        return a is b
+    return a == b or (a.ino != b.ino and msgspec.structs.replace(a, ino=b.ino) == b)
 
 
 def permission_bits(st_mode: int) -> int:
@@ -89,10 +104,10 @@ def subtree_bounds(path: str) -> tuple[str, str]:
 
 
 def _row_to_entry(row: tuple) -> Entry:  # type: ignore[type-arg]
-    path, kind, size, mtime_ns, mode, hash_, link_target = row
+    path, kind, size, mtime_ns, mode, hash_, link_target, ino = row
     return Entry(
         path=path, kind=kind, size=size, mtime_ns=mtime_ns, mode=mode, hash=hash_,
-        link_target=link_target,
+        link_target=link_target, ino=ino,
     )
 
 
@@ -123,6 +138,23 @@ class Manifest:
         # The journal is the durable record; a manifest that lost its last commits is repaired by a scan.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a manifest written by an older release to SCHEMA_VERSION (PRAGMA user_version).
+
+        Version 0 lacks `ino`: the column is added with 0 (unknown) in every row, and the source's
+        start-up scan fills it in (`ChangeRecorder`, inode fixes) without journaling anything.
+        """
+        with self._txn() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                return
+            columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+            if "ino" not in columns:
+                db.execute("ALTER TABLE entries ADD COLUMN ino INTEGER NOT NULL DEFAULT 0")
+            db.execute(_INO_INDEX)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
@@ -165,13 +197,35 @@ class Manifest:
             if any(last_nondir.get(a, -1) > i for a in above):
                 continue  # a later file of this call replaces a directory above it
             parent, name = split_path(e.path)
-            rows.append((e.path, parent, name, e.kind, e.size, e.mtime_ns, e.mode, e.hash, e.link_target))
+            rows.append((e.path, parent, name, e.kind, e.size, e.mtime_ns, e.mode, e.hash, e.link_target, e.ino))
             stale.update(above)
         stale.update(last_nondir)
         with self._txn() as db:
             self._delete_below(db, *last_nondir)  # what was below a path that is now a file
-            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO entries (path, parent, name, kind, size, mtime_ns, mode, hash, "
+                "link_target, ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
+            )
             db.executemany("DELETE FROM dirhash WHERE path = ?", ((p,) for p in stale))
+
+    def set_inodes(self, inodes: Iterable[tuple[str, int]]) -> None:
+        """Record the inode numbers of existing entries, as (path, ino); missing paths are skipped.
+
+        Only the bookkeeping column changes (no directory hash does): a file replaced by an equal
+        one, or a manifest of an older release, gets its inode number without a journal record.
+        """
+        with self._txn() as db:
+            db.executemany("UPDATE entries SET ino = ? WHERE path = ?", ((i, p) for p, i in inodes))
+
+    def paths_with_inode(self, ino: int) -> list[str]:
+        """Return the paths of the entries recorded with inode number `ino` (not 0), sorted."""
+        if not ino:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path FROM entries WHERE ino = ? AND ino != 0 ORDER BY path", (ino,)
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def remove_tree(self, path: str) -> list[str]:
         """Remove `path` and everything below it; return the removed paths, sorted."""

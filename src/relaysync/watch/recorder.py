@@ -2,24 +2,46 @@
 
 The agent calls `detect()` (reads disk and manifest), appends the result to the journal, then
 calls `apply()` with the journaled records. The manifest is therefore never ahead of the
-journal: after a crash, anything the manifest lacks is found again by a scan.
+journal: after a crash, anything the manifest lacks is found again by a scan. (Inode numbers,
+local bookkeeping that is never replicated, are the exception: see `detect()`.)
+
+A batch that renames or deletes a directory and then touches what was below it (`mv d e; rm
+e/f`, `mv current old; mkdir current`) cannot be judged against the manifest, which still holds
+the old tree: `detect()` stops there and hands back the rest, to be detected once the changes
+before it are applied.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
 from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter
-from relaysync.watch.manifest import Entry, Manifest, ancestors
-from relaysync.watch.scanner import changes_for, make_entry, scan_tree
+from relaysync.watch.manifest import Entry, Manifest, ancestors, same_version
+from relaysync.watch.scanner import changes_for, entry_from_stat, make_entry, scan
 
 logger = logging.getLogger(__name__)
+
+_GONE = (FileNotFoundError, NotADirectoryError)
+
+
+class Detection(NamedTuple):
+    """What one `detect()` call decided: `changes`, and the `rest` of the events, not looked at yet."""
+
+    changes: list[PendingChange]
+    rest: list[FsEvent]
+
+
+class _Stale(Exception):
+    """An event needs state the manifest gets only once the changes detected so far are applied."""
 
 
 class ChangeRecorder:
@@ -29,26 +51,47 @@ class ChangeRecorder:
         root: the mapped directory on this side.
         manifest: this side's manifest.
         path_filter: the mapping's filter.
+        hard_links: follow hard links (a source): a file written through one of its names
+            changes its other names too, and the manifest's inode numbers find them. A target's
+            start-up scan passes False: it never watches, and its rows carry no inode numbers.
     """
 
-    def __init__(self, root: Path, manifest: Manifest, path_filter: PathFilter) -> None:
+    def __init__(self, root: Path, manifest: Manifest, path_filter: PathFilter, *,
+                 hard_links: bool = True) -> None:
         self._root = root
         self._manifest = manifest
         self._filter = path_filter
+        self._hard_links = hard_links
 
     # --- detect ---
 
-    def detect(self, events: Sequence[FsEvent]) -> list[PendingChange]:
-        """Return the changes the events stand for, in an order that replays correctly.
+    def detect(self, events: Sequence[FsEvent]) -> Detection:
+        """Return the changes the leading events stand for, in an order that replays correctly.
 
-        Reads the disk and the manifest; does not write the manifest. Within one call, the
-        changes already decided are taken into account (a path written twice is sent once).
+        Reads the disk and the manifest. Within one call, the changes already decided are taken
+        into account (a path written twice is sent once). The call stops before an event that
+        would be judged against stale manifest state: one below a path this call deleted or
+        renamed (either name), a scan of a subtree holding one, or a write of a hard-linked
+        file with another name below one. Those events come back as `rest`: apply the changes,
+        then detect the rest. The first event is always taken, so every call makes progress.
+
+        The manifest is written in one way only: inode numbers of files found unchanged but
+        with another inode (`Manifest.set_inodes`), bookkeeping the journal does not carry.
         """
         batch = _Batch(self._manifest)
-        for event in events:
+        rest: list[FsEvent] = []
+        for i, event in enumerate(events):
             handler = getattr(self, f"_on_{event.kind}")
-            handler(batch, event)
-        return batch.out
+            try:
+                handler(batch, event)
+            except _Stale:
+                if i == 0:  # unreachable: an empty batch holds nothing stale
+                    raise
+                rest = list(events[i:])
+                break
+        if batch.inodes and self._hard_links:
+            self._manifest.set_inodes(batch.inodes.items())
+        return Detection(batch.out, rest)
 
     def _on_write(self, batch: _Batch, event: FsEvent) -> None:
         self._restat(batch, event.path)
@@ -59,12 +102,44 @@ class ChangeRecorder:
     def _on_mkdir(self, batch: _Batch, event: FsEvent) -> None:
         self._on_rescan(batch, event)
 
-    def _restat(self, batch: _Batch, path: str) -> None:
-        entry = make_entry(self._root, path)
+    def _restat(self, batch: _Batch, path: str, *, follow_links: bool = True,
+                linked_to: os.stat_result | None = None, digest: bytes = b"") -> None:
+        """Diff one path with the batch. A file with other hard links has them restatted too,
+        unless `follow_links` is False; they are restatted with `linked_to`, the stat of the
+        name written, whose content hash `digest` they share while they are that file."""
+        old = batch.get(path)  # first: raises _Stale before anything is added
+        try:
+            st = os.lstat(self._root / path)
+        except _GONE:
+            return
+        same_file = linked_to is not None and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            linked_to.st_dev, linked_to.st_ino, linked_to.st_size, linked_to.st_mtime_ns)
+        entry = entry_from_stat(self._root, path, st, hash_=digest if same_file else None)
         if entry is None or not self._filter.accepts(path, is_dir=entry.kind == "d"):
             return
+        others = []
+        if follow_links and entry.kind == "f" and st.st_nlink > 1 and self._hard_links:
+            others = self._other_links(batch, entry)
         self._ensure_parents(batch, path)
-        batch.add_all(changes_for(batch.get(path), entry))
+        batch.add_all(changes_for(old, entry))
+        batch.note_inode(old, entry)
+        for other in others:
+            if not batch.below_moved(other):  # else under a directory this very change replaced
+                self._restat(batch, other, follow_links=False, linked_to=st, digest=entry.hash)
+
+    def _other_links(self, batch: _Batch, entry: Entry) -> list[str]:
+        """The other names known for a file with several hard links: the manifest's, and those
+        this batch recorded (a name renamed in the batch is known by its new path there).
+
+        inotify reports a write or chmod for the name used only, yet every name shows it.
+        Raises _Stale if a name lies below a directory this batch deleted or renamed: where it
+        is now, only the manifest knows once the batch is applied.
+        """
+        paths = set(self._manifest.paths_with_inode(entry.ino)) | batch.paths_with_inode(entry.ino)
+        paths.discard(entry.path)
+        if any(batch.below_moved(p) for p in paths):
+            raise _Stale(entry.path)
+        return sorted(paths)
 
     def _on_delete(self, batch: _Batch, event: FsEvent) -> None:
         old = batch.get(event.path)
@@ -82,8 +157,8 @@ class ChangeRecorder:
         if old is None:
             self._rescan(batch, event.new_path)
             return
-        self._ensure_parents(batch, event.new_path)
         replaced = batch.get(event.new_path)
+        self._ensure_parents(batch, event.new_path)
         moved = msgspec.structs.replace(old, path=event.new_path)
         batch.add(PendingChange(op="rename", path=event.path, new_path=event.new_path, entry=moved,
                                 base_hash=replaced.hash if replaced else b""))
@@ -92,9 +167,18 @@ class ChangeRecorder:
         self._rescan(batch, event.path)
 
     def _rescan(self, batch: _Batch, path: str) -> None:
+        batch.check_scan(path)  # the scan reads the manifest's subtree, not the batch
+        result = scan(self._root, self._manifest, self._filter, subdir=path)
+        linked = result.linked if self._hard_links else []
+        others = [self._other_links(batch, entry) for entry in linked]  # before anything is added
         if path:
             self._ensure_parents(batch, path)
-        batch.add_all(scan_tree(self._root, self._manifest, self._filter, subdir=path))
+        batch.add_scanned(result.out)
+        batch.inodes.update(result.inodes)
+        for other in (p for paths in others for p in paths):
+            # A name below a directory this scan found deleted is gone from disk too.
+            if not batch.below_moved(other):
+                self._restat(batch, other, follow_links=False)
 
     def _ensure_parents(self, batch: _Batch, path: str) -> None:
         """Emit mkdir for directories above `path` the manifest does not know yet, top first."""
@@ -103,6 +187,17 @@ class ChangeRecorder:
             entry = make_entry(self._root, parent)
             if entry is not None and entry.kind == "d":
                 batch.add(PendingChange(op="mkdir", path=parent, entry=entry))
+
+    def detect_and_apply(self, events: Sequence[FsEvent]) -> list[PendingChange]:
+        """Detect all of `events` and apply the changes, without a journal (a target's start-up
+        scan, tests, benchmarks); return the changes, in order."""
+        out: list[PendingChange] = []
+        rest = list(events)
+        while rest:
+            changes, rest = self.detect(rest)
+            self.apply(changes)
+            out.extend(changes)
+        return out
 
     # --- apply ---
 
@@ -123,26 +218,85 @@ class ChangeRecorder:
 
 
 class _Batch:
-    """The changes decided so far in one detect() call, and the state they lead to."""
+    """The changes decided so far in one detect() call, and the state they lead to.
+
+    Per path, the state is this batch's latest change, else the manifest's entry. Below a path
+    this batch deleted or renamed (either name) the manifest's entries are stale: `get` raises
+    `_Stale` there rather than answer, and so does `check_scan` for a scan that would read them.
+    """
 
     def __init__(self, manifest: Manifest) -> None:
         self._manifest = manifest
         self._state: dict[str, Entry | None] = {}
+        self._moved: set[str] = set()  # deleted, renamed from or renamed to, in this batch
+        self._moved_sorted: list[str] = []  # the same, sorted (check_scan)
         self.out: list[PendingChange] = []
+        self.inodes: dict[str, int] = {}  # inode fixes: path -> inode number (Manifest.set_inodes)
+        self._by_ino: dict[int, set[str]] = {}
+
+    def paths_with_inode(self, ino: int) -> set[str]:
+        """The paths this batch recorded a file at with inode number `ino` (maybe changed since)."""
+        return self._by_ino.get(ino, set())
+
+    def below_moved(self, path: str) -> bool:
+        """Whether a directory above `path` was deleted or renamed (either name) in this batch."""
+        return bool(self._moved) and any(a in self._moved for a in ancestors(path))
 
     def get(self, path: str) -> Entry | None:
+        # Checked before the state: a state below a moved path predates the move (after it,
+        # nothing below is looked up, so nothing below is added) and is stale too.
+        if self.below_moved(path):
+            raise _Stale(path)
         if path in self._state:
             return self._state[path]
         return self._manifest.get(path)
+
+    def check_scan(self, path: str) -> None:
+        """Raise _Stale if a scan of `path` would read manifest entries this batch moved."""
+        if not self._moved:
+            return
+        if path in self._moved or any(a in self._moved for a in ancestors(path)):
+            raise _Stale(path)
+        prefix = f"{path}/" if path else ""
+        i = bisect.bisect_left(self._moved_sorted, prefix)
+        if i < len(self._moved_sorted) and self._moved_sorted[i].startswith(prefix):
+            raise _Stale(path)
 
     def add(self, change: PendingChange) -> None:
         self.out.append(change)
         if change.op in ("delete", "rename"):
             self._state[change.path] = None
+            self._note_moved(change.path)
+        if change.op == "rename":
+            self._note_moved(change.new_path)
         target = change.new_path or change.path
         if change.entry is not None:
             self._state[target] = change.entry
+            self.inodes.pop(target, None)
+            if change.entry.ino:
+                self._by_ino.setdefault(change.entry.ino, set()).add(target)
+
+    def _note_moved(self, path: str) -> None:
+        if path not in self._moved:
+            self._moved.add(path)
+            bisect.insort(self._moved_sorted, path)
 
     def add_all(self, changes: Sequence[PendingChange]) -> None:
         for change in changes:
             self.add(change)
+
+    def add_scanned(self, changes: Sequence[PendingChange]) -> None:
+        """Add a scan's changes. A scan diffs with the manifest, so a path this batch changed
+        already comes again: skipped if the batch holds that version, else based on it."""
+        for change in changes:
+            prior = self._state.get(change.path) if change.op != "delete" else None
+            if prior is not None and change.entry is not None:
+                if same_version(prior, change.entry):
+                    continue
+                change = msgspec.structs.replace(change, base_hash=prior.hash)
+            self.add(change)
+
+    def note_inode(self, old: Entry | None, new: Entry) -> None:
+        """An unchanged file with another inode number than recorded gets an inode fix."""
+        if new.kind == "f" and old is not None and old.ino != new.ino and same_version(old, new):
+            self.inodes[new.path] = new.ino

@@ -17,7 +17,7 @@ import xxhash
 
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
-from relaysync.watch.manifest import Entry, Manifest, permission_bits
+from relaysync.watch.manifest import Entry, Manifest, permission_bits, same_version
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def entry_from_stat(root: Path, relpath: str, st: os.stat_result, *, hash_: byte
             # a string, not root / relpath: building a Path cost a fifth of a small file's scan
             digest = hash_ if hash_ is not None else hash_file(f"{root}/{relpath}")
             return Entry(path=relpath, kind="f", size=st.st_size, mtime_ns=st.st_mtime_ns,
-                         mode=mode, hash=digest)
+                         mode=mode, hash=digest, ino=st.st_ino)
     except _GONE:
         logger.debug("vanished while scanning: %s", relpath)
     return None
@@ -114,8 +114,11 @@ def _kind_of(st: os.stat_result) -> str:
 
 
 def diff_entry(old: Entry | None, new: Entry) -> PendingChange | None:
-    """Return the change that turns manifest state `old` into `new`, or None if they are equal."""
-    if old == new:
+    """Return the change that turns manifest state `old` into `new`, or None if they are equal.
+
+    The inode number is not compared: a file replaced by an equal one is no change to replicate.
+    """
+    if same_version(old, new):
         return None
     base = old.hash if old is not None else b""
     if new.kind == "d":
@@ -141,14 +144,22 @@ def changes_for(old: Entry | None, new: Entry) -> list[PendingChange]:
     return out
 
 
-class _Scan:
-    """One scan of a subtree: a pre-order walk, merged per directory with the manifest."""
+class TreeScan:
+    """One scan of a subtree: a pre-order walk, merged per directory with the manifest.
+
+    Besides the changes (`out`), it notes what the hard-link bookkeeping needs: `inodes`, the
+    (path, inode number) of files that did not change but whose manifest entry has another
+    inode number (an older manifest, or a file replaced by an equal one), and `linked`, the new
+    entries of changed files that have other hard links.
+    """
 
     def __init__(self, root: Path, manifest: Manifest, path_filter: PathFilter) -> None:
         self.root = root
         self.manifest = manifest
         self.filter = path_filter
         self.out: list[PendingChange] = []
+        self.inodes: list[tuple[str, int]] = []
+        self.linked: list[Entry] = []
 
     def visit(self, relpath: str, st: os.stat_result, old: Entry | None) -> bool:
         """Compare one disk entry with the manifest; return True if it is a directory to walk."""
@@ -158,6 +169,8 @@ class _Scan:
                 self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
             return False
         if old is not None and kind != "l" and same_stat(old, kind, st):
+            if kind == "f" and old.ino != st.st_ino:
+                self.inodes.append((relpath, st.st_ino))
             return kind == "d"
         new = entry_from_stat(self.root, relpath, st)
         if new is None:
@@ -166,7 +179,13 @@ class _Scan:
             if old is not None:  # not replicated any more: like a link that became a FIFO
                 self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
             return False
-        self.out.extend(changes_for(old, new))
+        changes = changes_for(old, new)
+        self.out.extend(changes)
+        if kind == "f":
+            if not changes and old is not None and old.ino != new.ino:
+                self.inodes.append((relpath, new.ino))
+            elif changes and st.st_nlink > 1:
+                self.linked.append(new)
         return kind == "d"
 
     def walk(self, top: str) -> None:
@@ -211,12 +230,17 @@ def scan_tree(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir
     order, a directory's mkdir always before anything inside it. `subdir` may name a file, a
     directory or a path that no longer exists.
     """
-    scan = _Scan(root, manifest, path_filter)
+    return scan(root, manifest, path_filter, subdir=subdir).out
+
+
+def scan(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir: str = "") -> TreeScan:
+    """Like scan_tree, but return the whole TreeScan: the changes and the hard-link notes."""
+    result = TreeScan(root, manifest, path_filter)
     if not subdir:
-        scan.walk("")
-        return scan.out
+        result.walk("")
+        return result
     if not path_filter.utf8_path(subdir):
-        return scan.out  # never in the manifest, and SQLite cannot even look it up
+        return result  # never in the manifest, and SQLite cannot even look it up
     old = manifest.get(subdir)
     try:
         st = os.lstat(root / subdir)
@@ -225,8 +249,8 @@ def scan_tree(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir
     accepted = st is not None and path_filter.accepts(subdir, is_dir=stat.S_ISDIR(st.st_mode))
     if st is None or not accepted:
         if old is not None:
-            scan.out.append(PendingChange(op="delete", path=subdir, base_hash=old.hash))
-        return scan.out
-    if scan.visit(subdir, st, old):
-        scan.walk(subdir)
-    return scan.out
+            result.out.append(PendingChange(op="delete", path=subdir, base_hash=old.hash))
+        return result
+    if result.visit(subdir, st, old):
+        result.walk(subdir)
+    return result

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from relaysync.watch.manifest import Entry, Manifest
+from relaysync.watch.manifest import SCHEMA_VERSION, Entry, Manifest
 
 
 def f(path: str, content: bytes = b"x", *, mtime_ns: int = 1, mode: int = 0o644) -> Entry:
@@ -180,3 +180,38 @@ def test_root_hash_of_100k_entries_is_cached(manifest: Manifest) -> None:
     assert manifest.root_hash() != first
     # Only d7 and the root are recomputed: a few thousand rows, not 100,000.
     assert time.perf_counter() - start < 1.0
+
+
+def test_manifest_of_an_older_release_is_migrated_once(tmp_path: Path) -> None:
+    """Schema version 0 had no `ino`: it is added (0 = unknown), indexed, and the version set."""
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    old = sqlite3.connect(db)
+    old.executescript("""
+        CREATE TABLE entries (path TEXT PRIMARY KEY, parent TEXT NOT NULL, name TEXT NOT NULL,
+            kind TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+            mode INTEGER NOT NULL, hash BLOB NOT NULL, link_target TEXT NOT NULL) WITHOUT ROWID;
+        INSERT INTO entries VALUES ('top', '', 'top', 'f', 1, 1, 420, x'00', '');
+    """)
+    old.commit()
+    old.close()
+    for _ in range(2):  # and a second open finds nothing to do
+        m = Manifest(db)
+        assert m.get("top") == Entry(path="top", kind="f", size=1, mtime_ns=1, mode=0o644, hash=b"\0")
+        m.put_many([Entry(path="new", kind="f", ino=7), Entry(path="also", kind="f", ino=7)])
+        assert m.paths_with_inode(7) == ["also", "new"] and m.paths_with_inode(0) == []
+        m.close()
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    plan = check.execute("EXPLAIN QUERY PLAN SELECT path FROM entries WHERE ino = 7 AND ino != 0").fetchall()
+    assert "entries_ino" in str(plan)
+    check.close()
+
+
+def test_set_inodes_changes_no_directory_hash(manifest: Manifest) -> None:
+    manifest.put_many(sample())
+    before = manifest.root_hash()
+    manifest.set_inodes([("a/x", 11), ("gone", 12)])
+    assert manifest.get("a/x").ino == 11  # type: ignore[union-attr]
+    assert manifest.root_hash() == before and manifest.get("gone") is None

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tests.unit.watch._replay import ev
 
 from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.changes import PendingChange
@@ -13,10 +14,6 @@ from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.scanner import make_entry, scan_tree
-
-
-def ev(kind: str, path: str, new_path: str = "", is_dir: bool = False) -> FsEvent:
-    return FsEvent(kind=kind, path=path, new_path=new_path, is_dir=is_dir)  # type: ignore[arg-type]
 
 
 def ops(changes: list[PendingChange]) -> list[tuple[str, str, str]]:
@@ -29,16 +26,14 @@ def rec(tree: Path, manifest: Manifest) -> ChangeRecorder:
 
 
 def settle(rec: ChangeRecorder, events: list[FsEvent]) -> list[PendingChange]:
-    changes = rec.detect(events)
-    rec.apply(changes)
-    return changes
+    return rec.detect_and_apply(events)
 
 
 def test_write_new_then_identical_then_attr(tree: Path, rec: ChangeRecorder, manifest: Manifest) -> None:
     (tree / "f").write_text("one")
     [c] = settle(rec, [ev("write", "f")])
     assert c.op == "write" and c.base_hash == b"" and manifest.get("f") == c.entry
-    assert rec.detect([ev("write", "f")]) == []
+    assert rec.detect([ev("write", "f")]).changes == []
     os.chmod(tree / "f", 0o600)
     [c] = settle(rec, [ev("write", "f")])
     assert c.op == "attr" and manifest.get("f").mode == 0o600  # type: ignore[union-attr]
@@ -49,18 +44,18 @@ def test_write_new_then_identical_then_attr(tree: Path, rec: ChangeRecorder, man
 
 
 def test_write_of_vanished_file_is_skipped(rec: ChangeRecorder) -> None:
-    assert rec.detect([ev("write", "gone")]) == []
+    assert rec.detect([ev("write", "gone")]).changes == []
 
 
 def test_write_creates_missing_parents_first(tree: Path, rec: ChangeRecorder) -> None:
     (tree / "a" / "b").mkdir(parents=True)
     (tree / "a" / "b" / "f").write_text("x")
-    assert ops(rec.detect([ev("write", "a/b/f")])) == [("mkdir", "a", ""), ("mkdir", "a/b", ""),
+    assert ops(rec.detect([ev("write", "a/b/f")]).changes) == [("mkdir", "a", ""), ("mkdir", "a/b", ""),
                                                        ("write", "a/b/f", "")]
 
 
 def test_delete_only_if_known(tree: Path, rec: ChangeRecorder, manifest: Manifest) -> None:
-    assert rec.detect([ev("delete", "nope")]) == []
+    assert rec.detect([ev("delete", "nope")]).changes == []
     (tree / "f").write_text("x")
     settle(rec, [ev("write", "f")])
     (tree / "f").unlink()
@@ -70,7 +65,7 @@ def test_delete_only_if_known(tree: Path, rec: ChangeRecorder, manifest: Manifes
 
 def test_symlink_event(tree: Path, rec: ChangeRecorder) -> None:
     os.symlink("target", tree / "l")
-    [c] = rec.detect([ev("symlink", "l")])
+    [c] = rec.detect([ev("symlink", "l")]).changes
     assert c.op == "symlink" and c.entry is not None and c.entry.link_target == "target"
 
 
@@ -89,14 +84,14 @@ def test_move_of_known_dir_is_one_rename(tree: Path, rec: ChangeRecorder, manife
 def test_move_from_unknown_or_excluded_is_rescan(tree: Path, rec: ChangeRecorder) -> None:
     (tree / "f.bak").write_text("x")
     os.rename(tree / "f.bak", tree / "f")
-    assert ops(rec.detect([ev("move", "f.bak", "f")])) == [("write", "f", "")]
+    assert ops(rec.detect([ev("move", "f.bak", "f")]).changes) == [("write", "f", "")]
 
 
 def test_move_to_excluded_is_delete(tree: Path, rec: ChangeRecorder) -> None:
     (tree / "f").write_text("x")
     settle(rec, [ev("write", "f")])
     os.rename(tree / "f", tree / "f.bak")
-    assert ops(rec.detect([ev("move", "f", "f.bak")])) == [("delete", "f", "")]
+    assert ops(rec.detect([ev("move", "f", "f.bak")]).changes) == [("delete", "f", "")]
 
 
 def test_rescan_orders_parents_first_and_deletes_dirs_once(tree: Path, rec: ChangeRecorder,
@@ -122,7 +117,7 @@ def test_apply_accepts_journal_records_and_is_idempotent(tree: Path, rec: Change
 
     (tree / "f").write_text("x")
     journal = Journal(tmp_path / "j", fsync=False)
-    records = journal.append(rec.detect([ev("write", "f")]))
+    records = journal.append(rec.detect([ev("write", "f")]).changes)
     rec.apply(records)
     rec.apply(records)
     assert manifest.get("f") == make_entry(tree, "f")

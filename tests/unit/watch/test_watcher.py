@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tests.unit.watch._replay import WAIT_S, wait_for
 
 from relaysync.constants import TEMP_PREFIX
 from relaysync.watch.filters import PathFilter
@@ -18,17 +19,8 @@ from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
 pytestmark = pytest.mark.anyio
-WAIT_S = 10.0
 BUSY_S = 5  # how long a test keeps the tree busy waiting for a batch (one goes out within ~0.1 s)
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
-
-
-async def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    with anyio.fail_after(timeout_s):
-        while True:
-            if condition():
-                return
-            await anyio.sleep(0.005)
 
 
 @asynccontextmanager
@@ -71,7 +63,7 @@ async def test_new_tree_found_by_rescan(tree: Path, manifest: Manifest) -> None:
     wanted = {"a/1", "a/b/2", "a/b/c/3"}
 
     def found() -> bool:
-        return wanted <= {c.path for c in recorder.detect(list(seen)) if c.op == "write"}
+        return wanted <= {c.path for c in recorder.detect(list(seen)).changes if c.op == "write"}
 
     async with watching(tree) as seen:
         (tree / "a" / "b" / "c").mkdir(parents=True)
