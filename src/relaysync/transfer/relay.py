@@ -30,13 +30,14 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from relaysync.constants import PING_INTERVAL_S, RECEIVE_TIMEOUT_S
+from relaysync.constants import CHUNK_BYTES, PING_INTERVAL_S, RECEIVE_TIMEOUT_S
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     AnyMessage,
     Checkpoint,
     DeltaStart,
     FileAbort,
+    FileChunk,
     FileEnd,
     FileStart,
     MappingState,
@@ -310,12 +311,17 @@ class RelayLink(TargetLink):
 
     def _outgoing(self, out: list[AnyMessage]) -> Iterator[AnyMessage]:
         """The spooled messages as this hop sends them: file data in this hop's codec (our parent's
-        hop may run another), a SmallFile streamed for a child of an older release.
+        hop may run another) and in messages no larger than this hop's limit wants (ops.split_chunk),
+        a SmallFile streamed for a child of an older release.
 
         Runs in `_send_stream`'s worker thread, where the zstd work belongs.
         """
         codec, small_files = self.options.codec, self.options.small_files
+        step = self.options.bandwidth.chunk_bytes(CHUNK_BYTES)  # this hop's limit, not our parent's
         for message in out:
+            if isinstance(message, FileChunk) and len(message.data) > step:
+                yield from ops.split_chunk(message, step, codec)  # in this hop's codec too
+                continue
             message = ops.recoded(message, codec)
             if isinstance(message, SmallFile) and not small_files:
                 yield from ops.as_streamed(message)
@@ -329,6 +335,7 @@ class RelayLink(TargetLink):
             while feed.committed < seq:
                 await feed.wait_for_records(seq, WAIT_RELAY_S)
         self.log.info("sending %s whole to %s (it lacks the delta's base)", path, self.target.name)
-        options = ops.SendOptions(codec=self.options.codec, small_files=self.options.small_files)
+        options = ops.SendOptions(codec=self.options.codec, small_files=self.options.small_files,
+                                  bandwidth=self.options.bandwidth)
         await self._send_stream(session, ops.iter_file_messages(feed.root, path, seq, options=options,
                                                                        changed_at=changed_at))
