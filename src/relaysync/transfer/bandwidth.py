@@ -2,7 +2,9 @@
 
 The rate may change while a transfer runs: a policy with time-of-day windows
 (`BandwidthSchedule`) hands the bucket a function that says the limit in force now, and the
-bucket asks it at every batch, so a link slows down at 08:00 in the middle of a big file.
+bucket asks it at every message, so a link slows down at 08:00 in the middle of a big file.
+A sender pays for a message before it sends it, and a transfer starts with little credit
+(`begin`), so over a transfer of a few seconds the bytes on the wire stay within BURST_S of it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import anyio
 from relaysync.errors import ConfigError
 from relaysync.protocol.messages import BandwidthWindow
 
-BURST_S = 0.25  # at most this many seconds' worth of bytes go out at once
+# What one message carries under a limit, and the credit a transfer starts with, in seconds'
+# worth: small, so that a 2 s transfer stays within 10% of the limit (+5%); a message of it
+# costs one frame and one sleep, nothing next to the 0.1 s of bytes it carries.
+BURST_S = 0.1
+# The credit kept while a transfer runs: a sender the event loop wakes late (a loaded host)
+# sends what it missed, up to this, instead of falling short of the limit.
+SLACK_S = 0.25
 MIN_LIMITED_CHUNK = 16 * 1024  # file data per message under a limit, at least (framing and TLS overhead)
 MAX_WINDOWS = 24  # per policy: enough for one per hour of the day
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -69,21 +77,35 @@ class TokenBucket:
             size *= 2
         return min(size, largest)
 
+    def begin(self) -> None:
+        """A transfer starts: the credit saved up while the link was idle is cut to BURST_S
+        worth, so a transfer of a few seconds stays within 10% of the limit. (A transfer that
+        runs keeps up to SLACK_S worth: the event loop woke its sender late.)"""
+        rate = self.rate
+        if rate > 0 and self._last is not None:
+            self._refill(rate)
+            self._tokens = min(self._tokens, rate * BURST_S)
+
     async def consume(self, nbytes: int) -> None:
-        """Wait until `nbytes` may be sent (call after sending them: debt is paid by sleeping)."""
+        """Wait until `nbytes` may be sent: call before sending them. What exceeds the credit is
+        paid by sleeping, so a message goes out only once its bytes are paid for; a message larger
+        than the credit (made before a limit started) waits for the rest."""
         rate = self.rate
         if rate <= 0:
             self._last = None  # unlimited for now: a later limit starts from a fresh burst
             return
-        now = self._clock()
-        if self._last is None:
-            self._last, self._tokens = now, rate * BURST_S
-        # A lower rate caps what was saved up at its own burst; a debt is paid at the new rate.
-        self._tokens = min(self._tokens + (now - self._last) * rate, rate * BURST_S)
-        self._last = now
+        self._refill(rate)
         self._tokens -= nbytes
         if self._tokens < 0:
             await self._sleep(-self._tokens / rate)
+
+    def _refill(self, rate: float) -> None:
+        now = self._clock()
+        if self._last is None:
+            self._last, self._tokens = now, rate * BURST_S
+        # A lower rate caps what was saved up at its own slack; a debt is paid at the new rate.
+        self._tokens = min(self._tokens + (now - self._last) * rate, rate * SLACK_S)
+        self._last = now
 
 
 # --- Time-of-day windows ---

@@ -35,7 +35,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.builds import DeltaBuild, version_of
-from relaysync.transfer.codec import Codec, Plain, encode_chunk, recode_chunk
+from relaysync.transfer.codec import Codec, Plain, decode_chunk, encode_chunk, recode_chunk
 from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry, permission_bits
@@ -162,15 +162,20 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
         pending = bytearray()
         while True:
             done = part.done.is_set()  # read before the file: what it wrote by then is there
-            pending += f.read(CHUNK_BYTES - len(pending))
+            step = options.bandwidth.chunk_bytes(CHUNK_BYTES)  # smaller under a limit, as whole files
+            pending += f.read(max(0, step - len(pending)))
             # while the search runs, only sizeable chunks go (each chunk costs a frame and
             # a TLS record), and the rest once it is done.
-            if len(pending) >= (CHUNK_BYTES if done else _DELTA_MIN_CHUNK) or (done and pending):
+            if len(pending) >= (step if done else min(step, _DELTA_MIN_CHUNK)) or (done and pending):
                 if offset == 0 and options.corrupt_deltas > 0:
                     options.corrupt_deltas -= 1
                     pending[len(pending) // 2] ^= 0x10
-                yield _chunk(seq, offset, bytes(pending), options)
-                offset += len(pending)
+                # more than `step` only if a limit started (or got lower) while it was read
+                pieces = [bytes(pending)] if len(pending) <= step else \
+                    [bytes(pending[i:i + step]) for i in range(0, len(pending), step)]
+                for piece in pieces:
+                    yield _chunk(seq, offset, piece, options)
+                    offset += len(piece)
                 pending.clear()
             elif done:
                 break
@@ -344,6 +349,35 @@ def recoded(message: AnyMessage, codec: Codec) -> AnyMessage:
     if isinstance(message, SmallFile) and codec_id == Plain.ID and len(data) != message.size:
         return message  # short: sent plain it would be malformed (never retried), not corrupt
     return msgspec.structs.replace(message, data=data, codec=codec_id)
+
+
+def split_chunk(message: FileChunk, max_bytes: int, codec: Codec) -> list[FileChunk]:
+    """The chunk as messages of at most `max_bytes` on the wire: a hop under a lower limit than
+    the one the chunk was made for (a relay's child, a time window that started since).
+
+    A chunk no larger is returned as it is. A larger one is decoded and cut into pieces of at
+    most `max_bytes` of data, each ending on a multiple of `max_bytes` (a power of two dividing
+    CHUNK_BYTES), so every boundary the chunk had stays one: a resume point (a whole number of
+    CHUNK_BYTES) is still a message's start. Offsets follow the data (a delta part's first
+    piece keeps offset 0, which starts the part). Nothing else describes the data per chunk:
+    the receiver checks that offsets follow each other and FileEnd's hash covers the whole
+    version, so pieces verify as the chunk would have. Each piece is encoded in `codec` as
+    `encode_chunk` does. Data that does not decode goes as it came (the peer refuses it).
+    """
+    if len(message.data) <= max_bytes:
+        return [message]
+    try:
+        data = decode_chunk(message.codec, message.data)
+    except ProtocolError:
+        return [message]
+    pieces: list[FileChunk] = []
+    start = 0
+    while start < len(data):
+        end = min(len(data), (message.offset + start) // max_bytes * max_bytes + max_bytes - message.offset)
+        codec_id, payload = encode_chunk(data[start:end], codec)
+        pieces.append(FileChunk(seq=message.seq, offset=message.offset + start, data=payload, codec=codec_id))
+        start = end
+    return pieces
 
 
 def message_bytes(message: Outgoing) -> int:

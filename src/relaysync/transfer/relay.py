@@ -39,6 +39,7 @@ from relaysync.protocol.messages import (
     Checkpoint,
     DeltaStart,
     FileAbort,
+    FileChunk,
     FileEnd,
     FileStart,
     MappingState,
@@ -357,12 +358,17 @@ class RelayLink(TargetLink):
 
     def _outgoing(self, out: list[AnyMessage]) -> Iterator[AnyMessage]:
         """The spooled messages as this hop sends them: file data in this hop's codec (our parent's
-        hop may run another), a SmallFile streamed for a child of an older release.
+        hop may run another) and in messages no larger than this hop's limit wants (ops.split_chunk),
+        a SmallFile streamed for a child of an older release.
 
         Runs in `_send_stream`'s worker thread, where the zstd work belongs.
         """
         codec, small_files = self.options.codec, self.options.small_files
+        step = self.options.bandwidth.chunk_bytes(CHUNK_BYTES)  # this hop's limit, not our parent's
         for message in out:
+            if isinstance(message, FileChunk) and len(message.data) > step:
+                yield from ops.split_chunk(message, step, codec)  # in this hop's codec too
+                continue
             message = ops.recoded(message, codec)
             if isinstance(message, SmallFile) and not small_files:
                 yield from ops.as_streamed(message)
@@ -398,6 +404,6 @@ class RelayLink(TargetLink):
         version = entry.hash if entry is not None and entry.kind == "f" else b""
         self.log.info("sending %s whole to %s from our tree", path, self.target.name)
         options = ops.SendOptions(codec=self.options.codec, small_files=self.options.small_files,
-                                  resume=self.options.resume)
+                                  resume=self.options.resume, bandwidth=self.options.bandwidth)
         await self._send_stream(session, ops.iter_file_messages(feed.root, path, seq, expected_hash=version,
                                                                 options=options, changed_at=changed_at))

@@ -65,6 +65,7 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import ops, tls
 from relaysync.transfer.compare import Work, compare_trees, iter_subtree
 from relaysync.transfer.moves import MovedAway
+from relaysync.transfer.pacing import send_paced
 from relaysync.watch._coalesce_journal import coalesce_records
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.journal import Journal
@@ -454,11 +455,14 @@ class TargetLink:
         """Pull messages from a file-reading iterator in a worker thread and send them in batches.
 
         The next batch is read while the previous one is on the wire (one batch of read-ahead),
-        so file I/O and the network overlap; memory stays bounded by three batches.
+        so file I/O and the network overlap; memory stays bounded by three batches. Under a
+        limit each message is paid for before it goes (transfer/pacing.py); unlimited, a batch
+        goes in one `send_many`.
         """
         done = False
+        limit = self.options.bandwidth
 
-        def next_batch(max_bytes: int) -> list[AnyMessage]:
+        def next_batch(max_bytes: int, rate: float) -> list[AnyMessage]:
             nonlocal done
             batch: list[AnyMessage] = []
             size = 0
@@ -469,12 +473,12 @@ class TargetLink:
                     continue
                 batch.append(message)
                 size += ops.message_bytes(message)
-                if size >= max_bytes or (isinstance(message, FileChunk) and size >= max_bytes // 2):
+                if size >= max_bytes or (isinstance(message, FileChunk) and (
+                        size >= max_bytes // 2 or limit.rate != rate)):  # a window's edge: size anew
                     return batch
             done = True
             return batch
 
-        limit = self.options.bandwidth
         ready_tx, ready_rx = anyio.create_memory_object_stream[list[AnyMessage]](1)
 
         async def read_ahead() -> None:
@@ -482,16 +486,18 @@ class TargetLink:
                 while not done:
                     rate = limit.rate  # may change mid-file: a policy's time-of-day window
                     batch_bytes = min(BATCH_BYTES, max(65536, int(rate * 0.05))) if rate > 0 else BATCH_BYTES
-                    batch = await anyio.to_thread.run_sync(next_batch, batch_bytes)
+                    batch = await anyio.to_thread.run_sync(next_batch, batch_bytes, rate)
                     if batch:
                         await ready_tx.send(batch)
 
+        limit.begin()  # what the bucket saved up while we had nothing to send is not for us
         async with anyio.create_task_group() as tg, ready_rx:
             tg.start_soon(read_ahead)
             async for batch in ready_rx:
-                before = session.framed.bytes_sent
-                await session.framed.send_many(batch)
-                await limit.consume(session.framed.bytes_sent - before)
+                if limit.limited:
+                    await send_paced(session.framed, batch, limit, self.options.codec)
+                else:
+                    await session.framed.send_many(batch)
 
 
 def _paths_journaled_after(journal: Journal, head: int) -> set[str] | None:
