@@ -27,6 +27,7 @@ from relaysync.errors import PeerRefused, ProtocolError
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
+    MAX_REPORT_RECORDS,
     Assignment,
     AssignmentAck,
     CommitRecord,
@@ -45,7 +46,6 @@ from relaysync.transfer import tls
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_REPORTS = 100_000  # oldest reports are dropped past this (watermarks come again)
-MAX_RECORDS_PER_REPORT = 2_000
 
 
 class MasterLink:
@@ -87,10 +87,10 @@ class MasterLink:
     def report(self, report: CommitReport) -> None:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES (call on the loop)."""
         records = report.records
-        for start in range(0, max(len(records), 1), MAX_RECORDS_PER_REPORT):
+        for start in range(0, max(len(records), 1), MAX_REPORT_RECORDS):
             self._reports.append(make_report(report.mapping_id, report.source_node, report.target_node,
                                              report.watermark,
-                                             records[start : start + MAX_RECORDS_PER_REPORT], report.route))
+                                             records[start : start + MAX_REPORT_RECORDS], report.route))
         self._wake.set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -179,7 +179,7 @@ def _merge(reports: list[CommitReport]) -> list[CommitReport]:
         last = merged[-1] if merged else None
         if (last is not None and (last.mapping_id, last.source_node, last.target_node)
                 == (r.mapping_id, r.source_node, r.target_node)
-                and len(last.records) + len(r.records) <= MAX_RECORDS_PER_REPORT):
+                and len(last.records) + len(r.records) <= MAX_REPORT_RECORDS):
             merged[-1] = CommitReport(mapping_id=r.mapping_id, source_node=r.source_node,
                                       target_node=r.target_node,
                                       watermark=max(last.watermark, r.watermark),

@@ -33,6 +33,9 @@ PAUSE_READING_BYTES = 16 * 1024 * 1024  # decoded but unconsumed: stop reading a
 # What a decoded message costs beyond its frame (Python objects): 16 MiB of tiny frames must
 # not become hundreds of MB of objects before the consumer (or authentication) catches up.
 MESSAGE_OVERHEAD_BYTES = 512
+# And each element of its collections (`Message.decoded_items`): a 2-byte name is 3 bytes on the
+# wire and ~60 bytes of str, a DirEntry or NodeMark 9 bytes and ~90, a CommitRecord 16 and ~220.
+ITEM_OVERHEAD_BYTES = 128
 RESUME_READING_BYTES = 4 * 1024 * 1024
 COALESCE_BYTES = 64 * 1024  # payloads below this are joined with their neighbours before a write
 
@@ -89,9 +92,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._buf = bytearray(READ_BUFFER_BYTES)
         self._start = 0  # first byte not yet decoded
         self._end = 0  # one past the last byte received
-        self._ready: deque[tuple[AnyMessage, int]] = deque()  # (message, frame bytes)
+        self._ready: deque[tuple[AnyMessage, int, int]] = deque()  # (message, frame bytes, cost)
         self._ready_bytes = 0
         self._failure: BaseException | None = None  # raised once the ready messages are taken
+        self._corrupt = False  # a bad frame was read: nothing after it is decoded
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -123,12 +127,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
         self.bytes_received += nbytes
-        try:
-            self._decode_ready_frames()
-        except ProtocolError as exc:
-            self._fail(exc)
-            if self.transport is not None:
-                self.transport.pause_reading()  # nothing after a bad frame is read
+        if not self._decode_buffered():
             return
         if self._ready_bytes > PAUSE_READING_BYTES and not self._read_paused and self.transport is not None:
             self._read_paused = True
@@ -169,8 +168,23 @@ class FrameProtocol(asyncio.BufferedProtocol):
         (length,) = _HEADER.unpack_from(self._buf, self._start)
         return _HEADER.size + min(length, self._max)
 
+    def _decode_buffered(self) -> bool:
+        """Decode the whole frames received; False (and the failure recorded) on a bad one."""
+        try:
+            self._decode_ready_frames()
+        except ProtocolError as exc:
+            self._corrupt = True
+            self._fail(exc)
+            if self.transport is not None:
+                self.transport.pause_reading()  # nothing after a bad frame is read
+            return False
+        return True
+
     def _decode_ready_frames(self) -> None:
-        while self._failure is None and self._end - self._start >= _HEADER.size:
+        # Not past the pause bound: one large read of tiny frames waits in the buffer, undecoded
+        # (a few bytes each), until the consumer has taken what was decoded (`next_message`).
+        while (not self._corrupt and self._ready_bytes <= PAUSE_READING_BYTES
+               and self._end - self._start >= _HEADER.size):
             (length,) = _HEADER.unpack_from(self._buf, self._start)
             if length > self._max:
                 raise FrameTooLarge(length, self._max)
@@ -180,8 +194,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
             with memoryview(self._buf) as view:
                 message = decode_payload(view[self._start + _HEADER.size:self._start + total])
             self._start += total
-            self._ready.append((message, total))
-            self._ready_bytes += total + MESSAGE_OVERHEAD_BYTES
+            cost = total + MESSAGE_OVERHEAD_BYTES + message.decoded_items() * ITEM_OVERHEAD_BYTES
+            self._ready.append((message, total, cost))
+            self._ready_bytes += cost
 
     def _fail(self, failure: BaseException) -> None:
         if self._failure is None:
@@ -194,6 +209,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     async def next_message(self) -> tuple[AnyMessage, int]:
         while not self._ready:
+            if self._end > self._start and not self._corrupt and self._decode_buffered() and self._ready:
+                break  # frames left in the buffer while the decoded ones waited (even after EOF)
             if self._failure is not None:
                 raise self._failure
             self._waiter = asyncio.get_running_loop().create_future()
@@ -201,8 +218,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 await self._waiter
             finally:
                 self._waiter = None
-        message, size = self._ready.popleft()
-        self._ready_bytes -= size + MESSAGE_OVERHEAD_BYTES
+        message, size, cost = self._ready.popleft()
+        self._ready_bytes -= cost
         if self._read_paused and self._ready_bytes < RESUME_READING_BYTES and self.transport is not None:
             self._read_paused = False
             self.transport.resume_reading()

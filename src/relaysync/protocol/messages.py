@@ -9,7 +9,7 @@ RESERVED tags: none yet.
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -23,6 +23,26 @@ from relaysync.constants import (
 from relaysync.errors import ProtocolError
 
 HASH_BYTES = 16  # xxh3-128 digests
+# Integers a target stores (manifest, watermarks) and the master's job log keeps go into signed
+# 64-bit SQL columns; msgpack carries up to 2**64 - 1, so larger ones are refused on decode.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# Collections on the wire carry at most this many elements, enforced while decoding
+# (msgspec.Meta(max_length)), so one frame never becomes more objects than an honest sender
+# makes; framing.py counts each element against its memory bound as well (`decoded_items`).
+# Each bound is that of the code that builds the collection, which keeps to it:
+MAX_ERASE_KEEP = 8192  # transfer/compare.py: a larger directory gets a Delete per name instead;
+#                        8192 names of NAME_MAX bytes fit half of MAX_MESSAGE_BYTES
+MAX_LISTING_ENTRIES = 20_000  # transfer/receiver.py: directory entries per digest reply
+MAX_DIGEST_DIRS = 4096  # transfer/compare.py asks for 64 at a time; a reply has one listing each
+MAX_PARTIALS = 1024  # transfer/receiver.py `list_partials`: resumable files a target lists
+MAX_REPORT_RECORDS = 2000  # agent/master_link.py splits commit reports at this many records
+MAX_SUBTREE_NODES = 65_536  # targets below a relay; a frame holds ~55,000 node ids anyway
+MAX_ROUTE_NODES = 64  # nodes a stream comes through (source, relays)
+
+
+def _upto(n: int) -> msgspec.Meta:
+    return msgspec.Meta(max_length=n)
 
 
 class ErrorCode(enum.IntEnum):
@@ -52,6 +72,11 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     def validate(self) -> None:
         """Raise ProtocolError if the message is malformed; called right after decoding."""
 
+    def decoded_items(self) -> int:
+        """Elements of the collections it holds: framing.py counts each one's Python objects
+        against its memory bound, beyond the frame's bytes (2-byte names cost 20 times that)."""
+        return 0
+
 
 def _check_path(path: str, field: str, *, allow_root: bool = False) -> None:
     """Shape-check a wire path (the filesystem check is transfer/paths.py)."""
@@ -69,8 +94,14 @@ def _check_hash(digest: bytes, field: str, *, optional: bool = False) -> None:
 
 
 def _check_non_negative(value: int, field: str) -> None:
-    if value < 0:
-        raise ProtocolError(f"{field}: must be >= 0, got {value}")
+    if not 0 <= value <= INT64_MAX:
+        raise ProtocolError(f"{field}: must be in 0..2**63-1, got {value}")
+
+
+def _check_int64(value: int, field: str) -> None:
+    """A value the target stores in a signed 64-bit column (mtime_ns: negative before 1970)."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ProtocolError(f"{field}: outside the signed 64-bit range, got {value}")
 
 
 def _check_changed_at(value: float, field: str) -> None:
@@ -86,13 +117,17 @@ class Hello(Message, frozen=True, tag="hello"):
     node_id: str  # SHA-256 hex of the sender's certificate ("" for the master before join)
     name: str
     role: Literal["agent", "master"]
-    capabilities: tuple[str, ...] = ()  # optional message kinds it takes (constants.CAPABILITIES)
+    # optional message kinds it takes (constants.CAPABILITIES)
+    capabilities: Annotated[tuple[str, ...], _upto(MAX_CAPABILITIES)] = ()
 
     def validate(self) -> None:
         if len(self.name) > MAX_NAME_BYTES or len(self.node_id) > 64:
             raise ProtocolError("hello: name or node id too long")
         if len(self.capabilities) > MAX_CAPABILITIES or any(len(c) > 64 for c in self.capabilities):
             raise ProtocolError("hello: too many or too long capabilities")
+
+    def decoded_items(self) -> int:
+        return len(self.capabilities)
 
 
 class Error(Message, frozen=True, tag="error"):
@@ -234,6 +269,10 @@ class Assignment(Message, frozen=True, tag="assignment"):
     mappings: tuple[MappingSpec, ...]
     peers: tuple[PeerInfo, ...]
 
+    def decoded_items(self) -> int:
+        return len(self.mappings) + len(self.peers) + sum(
+            len(m.targets) + len(m.routes) + len(m.include) + len(m.exclude) for m in self.mappings)
+
 
 class ReleaseReport(Message, frozen=True, tag="release_report"):
     """Source agent -> master: release `release` of a manual/reserved mapping covers seqs up to `upto_seq`."""
@@ -283,8 +322,12 @@ class CommitReport(Message, frozen=True, tag="commit_report"):
     source_node: str
     target_node: str
     watermark: int  # every seq <= watermark is committed on the target
-    records: tuple[CommitRecord, ...]
-    route: tuple[str, ...] = ()  # names of the nodes the changes came through, source first
+    records: Annotated[tuple[CommitRecord, ...], _upto(MAX_REPORT_RECORDS)]
+    # names of the nodes the changes came through, source first
+    route: Annotated[tuple[str, ...], _upto(MAX_ROUTE_NODES)] = ()
+
+    def decoded_items(self) -> int:
+        return len(self.records) + len(self.route)
 
 
 # --- Peer link: source agent -> target agent ---
@@ -295,12 +338,16 @@ class OpenMapping(Message, frozen=True, tag="open"):
 
     mapping_id: int
     journal_id: str  # identifies the source's journal; a new one means old watermarks are void
-    route: tuple[str, ...] = ()  # names of the nodes the stream came through, source first
+    # names of the nodes the stream came through, source first
+    route: Annotated[tuple[str, ...], _upto(MAX_ROUTE_NODES)] = ()
     route_epoch: int = 0  # the sender's routing table (MappingSpec.route_epoch)
 
     def validate(self) -> None:
-        if len(self.route) > 64 or any(len(n) > MAX_NAME_BYTES for n in self.route):
-            raise ProtocolError("open.route: over 64 hops or a name too long")
+        if len(self.route) > MAX_ROUTE_NODES or any(len(n) > MAX_NAME_BYTES for n in self.route):
+            raise ProtocolError(f"open.route: over {MAX_ROUTE_NODES} hops or a name too long")
+
+    def decoded_items(self) -> int:
+        return len(self.route)
 
 
 class Partial(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -317,7 +364,11 @@ class MappingState(Message, frozen=True, tag="state"):
     mapping_id: int
     watermark: int  # highest seq committed with no gap, for this journal_id
     root_hash: bytes  # manifest root hash of the target tree
-    partials: tuple[Partial, ...] = ()  # interrupted large files it can resume
+    # interrupted large files it can resume
+    partials: Annotated[tuple[Partial, ...], _upto(MAX_PARTIALS)] = ()
+
+    def decoded_items(self) -> int:
+        return len(self.partials)
 
 
 class DirEntry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -331,20 +382,17 @@ class DirEntry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 
 class DirListing(msgspec.Struct, frozen=True, kw_only=True):
     path: str  # relative, "" for the root
-    entries: tuple[DirEntry, ...]
+    entries: Annotated[tuple[DirEntry, ...], _upto(MAX_LISTING_ENTRIES)]
     exists: bool = True
     hash: bytes = b""  # the directory's own recursive hash (set for hashes_only requests)
     more: bool = False  # entries were cut to keep the reply small: ask again with after=<last name>
-
-
-MAX_DIGEST_DIRS = 4096
 
 
 class DigestRequest(Message, frozen=True, tag="digest_req"):
     """Source -> target: send me your listings of these directories (top-down compare)."""
 
     mapping_id: int
-    dirs: tuple[str, ...]
+    dirs: Annotated[tuple[str, ...], _upto(MAX_DIGEST_DIRS)]
     hashes_only: bool = False  # just each directory's hash: the cheap first step of a compare
     after: str = ""  # continue a listing cut short: only entries named after this (one dir only)
 
@@ -356,10 +404,20 @@ class DigestRequest(Message, frozen=True, tag="digest_req"):
         for d in self.dirs:
             _check_path(d, "digest_req.dirs", allow_root=True)
 
+    def decoded_items(self) -> int:
+        return len(self.dirs)
+
 
 class DigestReply(Message, frozen=True, tag="digest_reply"):
     mapping_id: int
-    listings: tuple[DirListing, ...]
+    listings: Annotated[tuple[DirListing, ...], _upto(MAX_DIGEST_DIRS)]  # one per directory asked for
+
+    def validate(self) -> None:
+        if sum(len(listing.entries) for listing in self.listings) > MAX_LISTING_ENTRIES:
+            raise ProtocolError(f"digest_reply: over {MAX_LISTING_ENTRIES} entries")
+
+    def decoded_items(self) -> int:
+        return len(self.listings) + sum(len(listing.entries) for listing in self.listings)
 
 
 class FileStart(Message, frozen=True, tag="file"):
@@ -379,6 +437,7 @@ class FileStart(Message, frozen=True, tag="file"):
         _check_changed_at(self.changed_at, "file.changed_at")
         _check_path(self.path, "file.path")
         _check_non_negative(self.size, "file.size")
+        _check_int64(self.mtime_ns, "file.mtime_ns")
         _check_non_negative(self.seq, "file.seq")
         _check_hash(self.base_hash, "file.base_hash", optional=True)
         _check_hash(self.expected_hash, "file.expected_hash", optional=True)
@@ -414,6 +473,7 @@ class DeltaStart(Message, frozen=True, tag="delta"):
             raise ProtocolError(f"delta.parts: {self.parts} is not in 1..{MAX_DELTA_PARTS}")
         _check_path(self.path, "delta.path")
         _check_non_negative(self.size, "delta.size")
+        _check_int64(self.mtime_ns, "delta.mtime_ns")
         _check_non_negative(self.seq, "delta.seq")
         _check_hash(self.base_hash, "delta.base_hash")
         _check_hash(self.expected_hash, "delta.expected_hash", optional=True)
@@ -462,6 +522,7 @@ class SmallFile(Message, frozen=True, tag="small_file"):
         _check_changed_at(self.changed_at, "small_file.changed_at")
         _check_path(self.path, "small_file.path")
         _check_non_negative(self.seq, "small_file.seq")
+        _check_int64(self.mtime_ns, "small_file.mtime_ns")
         if not 0 <= self.size <= SMALL_FILE_BYTES or len(self.data) > SMALL_FILE_BYTES + 1024:
             raise ProtocolError(f"small_file: {self.size} bytes is over the small-file limit")
         if self.codec == 0 and len(self.data) != self.size:  # malformed, not corrupt: never retried
@@ -535,6 +596,7 @@ class SetAttr(Message, frozen=True, tag="attr"):
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "attr.changed_at")
         _check_path(self.path, "attr.path")
+        _check_int64(self.mtime_ns, "attr.mtime_ns")
 
 
 class Erase(Message, frozen=True, tag="erase"):
@@ -542,10 +604,15 @@ class Erase(Message, frozen=True, tag="erase"):
 
     seq: int
     path: str  # "" for the root
-    keep: tuple[str, ...]
+    keep: Annotated[tuple[str, ...], _upto(MAX_ERASE_KEEP)]
 
     def validate(self) -> None:
         _check_path(self.path, "erase.path", allow_root=True)
+        if len(self.keep) > MAX_ERASE_KEEP:
+            raise ProtocolError(f"erase.keep: over {MAX_ERASE_KEEP} names")
+
+    def decoded_items(self) -> int:
+        return len(self.keep)
 
 
 class PartialRef(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -591,11 +658,14 @@ class Ack(Message, frozen=True, tag="ack"):
 
     mapping_id: int
     watermark: int
-    subtree: tuple[NodeMark, ...] = ()
+    subtree: Annotated[tuple[NodeMark, ...], _upto(MAX_SUBTREE_NODES)] = ()
 
     def validate(self) -> None:
-        if len(self.subtree) > 100_000:
+        if len(self.subtree) > MAX_SUBTREE_NODES:
             raise ProtocolError("ack.subtree: too many nodes")
+
+    def decoded_items(self) -> int:
+        return len(self.subtree)
 
 
 class HopFailed(Message, frozen=True, tag="hop_failed"):
@@ -612,6 +682,7 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
 
 MAX_METRIC_SAMPLES = 4096  # one report per agent tick; thousands of mappings is already extreme
 MAX_METRIC_NAME = 64
+MAX_METRIC_LABELS = 8  # e.g. the disk path or the mapping of one figure
 
 
 class MetricSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -619,14 +690,17 @@ class MetricSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 
     name: str  # e.g. cpu_percent, disk_used_percent, journal_backlog
     value: float
-    labels: tuple[tuple[str, str], ...] = ()
+    labels: Annotated[tuple[tuple[str, str], ...], _upto(MAX_METRIC_LABELS)] = ()
 
 
 class MetricsReport(Message, frozen=True, tag="metrics_report"):
     """Agent -> master, every metrics_interval_s: the agent's server figures."""
 
     at: float  # unix time on the agent when collected
-    samples: tuple[MetricSample, ...]
+    samples: Annotated[tuple[MetricSample, ...], _upto(MAX_METRIC_SAMPLES)]
+
+    def decoded_items(self) -> int:
+        return len(self.samples) + sum(len(s.labels) for s in self.samples)
 
     def validate(self) -> None:
         if len(self.samples) > MAX_METRIC_SAMPLES:
@@ -636,7 +710,7 @@ class MetricsReport(Message, frozen=True, tag="metrics_report"):
                 raise ProtocolError(f"metrics_report: bad metric name {s.name[:80]!r}")
             if s.value != s.value or s.value in (float("inf"), float("-inf")):
                 raise ProtocolError(f"metrics_report: {s.name} is not a finite number")
-            if len(s.labels) > 8 or any(len(k) > MAX_METRIC_NAME or len(v) > MAX_PATH_BYTES
+            if len(s.labels) > MAX_METRIC_LABELS or any(len(k) > MAX_METRIC_NAME or len(v) > MAX_PATH_BYTES
                                         for k, v in s.labels):
                 raise ProtocolError(f"metrics_report: {s.name} has too many or too long labels")
 

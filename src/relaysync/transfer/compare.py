@@ -12,11 +12,26 @@ from dataclasses import dataclass
 
 import anyio
 
-from relaysync.protocol.messages import AnyMessage, Delete, DirEntry, DirListing, Erase, SetAttr
+from relaysync.errors import ProtocolError
+from relaysync.protocol.messages import (
+    MAX_ERASE_KEEP,
+    AnyMessage,
+    Delete,
+    DirEntry,
+    DirListing,
+    Erase,
+    SetAttr,
+)
 from relaysync.watch.manifest import Entry, Manifest
 
 RequestFn = Callable[[Sequence[str], bool, str], Awaitable[Sequence[DirListing]]]  # dirs, hashes_only, after
 DIRS_PER_REQUEST = 64  # listings asked for in one round trip
+# A target lists a directory in pages (transfer/receiver.py: at most 20,000 entries and 2 MiB a
+# page, so 7,000 names of NAME_MAX bytes): a directory of a million files is 50 to 150 pages. A
+# target that pages on past these bounds for one directory is hostile or broken: the session
+# ends (ProtocolError). Its pages are compared as they come and never held together.
+MAX_DIR_PAGES = 65_536
+MAX_DIR_ENTRIES = 16 * 1024 * 1024
 EmitFn = Callable[[Sequence["Work"]], Awaitable[None]]
 
 
@@ -33,20 +48,74 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def diff_listing(mine: DirListing, theirs: DirListing, *, erase: bool = True) -> tuple[list[Work], list[str]]:
-    """Return the work for one directory and the child directories to descend into.
+class _DirDiff:
+    """The comparison of one directory: the target's listing is fed a page at a time, checked,
+    and compared with ours as it comes, so only our own listing is held, never all of theirs.
 
     `erase=False` (a member of an N:M job): names only the target has are left alone.
     """
-    work: list[Work] = []
-    descend: list[str] = []
-    their_entries: dict[str, DirEntry] = {e.name: e for e in theirs.entries} if theirs.exists else {}
-    my_names = {e.name for e in mine.entries}
-    if erase and theirs.exists and set(their_entries) - my_names:
-        work.append(Work(message=Erase(seq=0, path=mine.path, keep=tuple(sorted(my_names)))))
-    for e in mine.entries:
-        path = _join(mine.path, e.name)
-        other = their_entries.get(e.name)
+
+    def __init__(self, mine: DirListing, *, erase: bool) -> None:
+        self.mine = mine
+        self.descend: list[str] = []  # child directories whose hashes differ
+        self.last = ""  # the target's last name so far: the next page starts after it
+        self.pages = 0
+        self._erase = erase
+        self._exists = True
+        self._entries = 0
+        self._mine = {e.name: e for e in mine.entries}
+        self._matched: set[str] = set()
+        self._erase_all = False  # names only the target has, to go in one Erase at the end
+
+    def page(self, theirs: DirListing) -> list[Work]:
+        """Return the work for the names of one page of the target's listing.
+
+        Raises:
+            ProtocolError: names not in strictly increasing order past the previous page, a
+                continuation that brings nothing but asks for more, or over the per-directory bounds.
+        """
+        self.pages += 1
+        self._entries += len(theirs.entries)
+        if self.pages > MAX_DIR_PAGES or self._entries > MAX_DIR_ENTRIES:
+            raise ProtocolError(f"listing of {self.mine.path!r}: over {MAX_DIR_PAGES} pages or "
+                                f"{MAX_DIR_ENTRIES} entries")
+        if self.pages == 1:
+            self._exists = theirs.exists
+        elif theirs.more and not theirs.entries:
+            raise ProtocolError(f"listing of {self.mine.path!r}: a page of no entries that asks for more")
+        if not self._exists:
+            return []
+        work: list[Work] = []
+        for e in theirs.entries:
+            if e.name <= self.last:
+                raise ProtocolError(f"listing of {self.mine.path!r}: {e.name[:80]!r} not after {self.last[:80]!r}")
+            self.last = e.name
+            mine = self._mine.get(e.name)
+            if mine is not None:
+                self._matched.add(e.name)
+                work.extend(self._compare(mine, e))
+            elif not self._erase:
+                continue
+            elif len(self._mine) <= MAX_ERASE_KEEP:
+                self._erase_all = True
+            else:  # our names would not fit one Erase: each of theirs goes on its own
+                work.append(Work(message=Delete(seq=0, path=_join(self.mine.path, e.name))))
+        return work
+
+    def finish(self) -> list[Work]:
+        """Return the rest of the work, once the target's last page is in: the Erase of the
+        names only it has, and what it lacks."""
+        work: list[Work] = []
+        if self._erase_all:
+            work.append(Work(message=Erase(seq=0, path=self.mine.path, keep=tuple(sorted(self._mine)))))
+        for e in self.mine.entries:
+            if e.name not in self._matched:
+                work.extend(self._compare(e, None))
+        return work
+
+    def _compare(self, e: DirEntry, other: DirEntry | None) -> list[Work]:
+        path = _join(self.mine.path, e.name)
+        work: list[Work] = []
         if other is not None and other.kind != e.kind:
             work.append(Work(message=Delete(seq=0, path=path)))
             other = None
@@ -54,12 +123,26 @@ def diff_listing(mine: DirListing, theirs: DirListing, *, erase: bool = True) ->
             if other is None:
                 work.append(Work(subtree=path))
             elif other.hash != e.hash:
-                descend.append(path)
+                self.descend.append(path)
         elif other is None or other.hash != e.hash or other.size != e.size:
             work.append(Work(entry=_entry(path, e)))
         elif (other.mode, other.mtime_ns) != (e.mode, e.mtime_ns):
             work.append(Work(message=SetAttr(seq=0, path=path, mode=e.mode, mtime_ns=e.mtime_ns)))
-    return work, descend
+        return work
+
+
+def diff_listing(mine: DirListing, theirs: DirListing, *, erase: bool = True) -> tuple[list[Work], list[str]]:
+    """Return the work for one directory, given the target's whole listing of it, and the child
+    directories to descend into.
+
+    `erase=False` (a member of an N:M job): names only the target has are left alone.
+
+    Raises:
+        ProtocolError: the target's names are not in strictly increasing order.
+    """
+    diff = _DirDiff(mine, erase=erase)
+    work = diff.page(theirs)
+    return work + diff.finish(), diff.descend
 
 
 def _entry(path: str, e: DirEntry) -> Entry:
@@ -83,18 +166,36 @@ def iter_subtree(manifest: Manifest, path: str) -> Iterator[Entry]:
                 stack.append(child.path)
 
 
-async def _their_listings(request: RequestFn, dirs: Sequence[str]) -> list[DirListing]:
-    """The target's listings of `dirs`, in bounded requests, following listings cut short."""
-    out: list[DirListing] = []
-    for start in range(0, len(dirs), DIRS_PER_REQUEST):
-        for listing in await request(dirs[start : start + DIRS_PER_REQUEST], False, ""):
-            entries = list(listing.entries)
-            while listing.more:
-                after = entries[-1].name if entries else ""
-                (listing,) = await request([listing.path], False, after)
-                entries.extend(listing.entries)
-            out.append(DirListing(path=listing.path, entries=tuple(entries), exists=listing.exists))
-    return out
+async def _ask(request: RequestFn, dirs: Sequence[str], hashes_only: bool, after: str) -> Sequence[DirListing]:
+    """The target's listings of `dirs`, checked to be those asked for."""
+    listings = await request(dirs, hashes_only, after)
+    if [listing.path for listing in listings] != list(dirs):
+        raise ProtocolError("digest reply: not the directories asked for")
+    return listings
+
+
+async def _compare_dirs(manifest: Manifest, request: RequestFn, emit: EmitFn, dirs: Sequence[str], *,
+                        erase: bool) -> tuple[int, list[str]]:
+    """Compare `dirs` (at most DIRS_PER_REQUEST), following listings the target cut short, and
+    emit the work; return how many items were emitted and the directories to descend into."""
+    mine = await anyio.to_thread.run_sync(_listings, manifest, dirs)
+    emitted, descend = 0, []
+    for m, page in zip(mine, await _ask(request, dirs, False, ""), strict=True):
+        diff = _DirDiff(m, erase=erase)
+        while True:
+            work = diff.page(page)
+            if work:
+                await emit(work)
+                emitted += len(work)
+            if not (page.more and page.exists):
+                break
+            (page,) = await _ask(request, [m.path], False, diff.last)
+        work = diff.finish()
+        if work:
+            await emit(work)
+            emitted += len(work)
+        descend.extend(diff.descend)
+    return emitted, descend
 
 
 def _listings(manifest: Manifest, dirs: Sequence[str]) -> list[DirListing]:
@@ -107,20 +208,17 @@ async def compare_trees(manifest: Manifest, request: RequestFn, emit: EmitFn, *,
     The first round trip carries only the root hashes, so a target in sync costs ~100 bytes.
     """
     mine_root = await anyio.to_thread.run_sync(manifest.root_hash)
-    (theirs_root,) = await request([""], True, "")
+    (theirs_root,) = await _ask(request, [""], True, "")
     if theirs_root.hash == mine_root:
         return 0
     level = [""]
     emitted = 0
     while level:
-        mine = await anyio.to_thread.run_sync(_listings, manifest, level)
-        theirs = await _their_listings(request, level)
         next_level: list[str] = []
-        for m, t in zip(mine, theirs, strict=True):
-            work, descend = diff_listing(m, t, erase=erase)
-            if work:
-                await emit(work)
-                emitted += len(work)
+        for start in range(0, len(level), DIRS_PER_REQUEST):
+            count, descend = await _compare_dirs(manifest, request, emit, level[start : start + DIRS_PER_REQUEST],
+                                                 erase=erase)
+            emitted += count
             next_level.extend(descend)
         level = next_level
     return emitted

@@ -29,9 +29,13 @@ from pathlib import Path
 import msgspec
 import xxhash
 
-from relaysync.constants import CHUNK_BYTES
+from relaysync.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from relaysync.errors import HashMismatch, ProtocolError, TransferError, UnsafePath
 from relaysync.protocol.messages import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_LISTING_ENTRIES,
+    MAX_PARTIALS,
     Ack,
     AnyMessage,
     Checkpoint,
@@ -64,7 +68,11 @@ from relaysync.watch.manifest import Entry, Manifest, permission_bits
 
 logger = logging.getLogger(__name__)
 
-MAX_LISTING_ENTRIES = 20_000  # directory entries per digest reply (about 1.5 MB)
+# A digest reply holds at most MAX_LISTING_ENTRIES entries and about this many bytes of them
+# (20,000 names of NAME_MAX bytes would be 6 MB, over MAX_MESSAGE_BYTES).
+LISTING_REPLY_BYTES = MAX_MESSAGE_BYTES // 2
+ENTRY_WIRE_BYTES = 48  # a DirEntry on the wire besides its name: kind, hash, size, mtime, mode
+PARTIALS_BYTES = MAX_MESSAGE_BYTES // 4  # MappingState lists partials up to this many bytes of paths
 RESUME_MIN_BYTES = 8 * 1024 * 1024  # files this large keep a named partial that survives a crash
 # A partial a full disk stopped is kept (retries resume it) while it grows; one that has not grown
 # for this long is dropped at its next full disk, so the space it holds goes to other files (of
@@ -219,12 +227,16 @@ class TargetFolder:
 
     def list_partials(self) -> tuple[Partial, ...]:
         """The partials still on disk, each cut to whole chunks (a torn last chunk is resent)."""
-        found = []
+        found: list[Partial] = []
+        room = PARTIALS_BYTES  # more are not listed: they are sent whole (and their files go at commit)
         for path, digest in self._partials().items():
             try:
                 size = self._partial_file(path, digest).stat().st_size // CHUNK_BYTES * CHUNK_BYTES
             except OSError:
                 continue
+            room -= len(path.encode("utf-8", "surrogateescape")) + 32
+            if room < 0 or len(found) >= MAX_PARTIALS:
+                break
             found.append(Partial(path=path, hash=bytes.fromhex(digest), size=size))
         return tuple(found)
 
@@ -495,6 +507,14 @@ class ReceiverSession:
     def _stage(self, incoming: staging.IncomingFile, start: FileStart | DeltaStart | SmallFile,
                content_hash: bytes, wire: int, started: float) -> None:
         """Queue a verified file for the next commit, with its manifest entry and job record."""
+        if not (INT64_MIN <= start.mtime_ns <= INT64_MAX and 0 <= start.size <= INT64_MAX):
+            # validate() refuses these off the wire. Committed, it would be visible on disk and
+            # then fail the manifest's write (SQLite INTEGER): the batch would come again for ever.
+            incoming.discard()
+            self.folder.drop_partial(start.path)
+            self._refuse(start.seq, "write", start.path, "size or mtime outside the signed 64-bit range",
+                         started, start.changed_at)
+            return
         self._batch.add(incoming)
         self._pending.entries.append(
             Entry(path=start.path, kind="f", size=start.size, mtime_ns=start.mtime_ns,
@@ -602,6 +622,11 @@ class ReceiverSession:
             return
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
+        except (OverflowError, ValueError) as exc:
+            # A value the target cannot apply or store (an mtime past what utime or SQLite take):
+            # the same op would fail again at every retry, so it is refused, not the session.
+            self._refuse(msg.seq, op, msg.path, f"cannot apply: {exc}", started, _changed_at(msg))
+            return
         record = self._record(msg.seq, op, msg.path, started=started, changed_at=_changed_at(msg))
         if isinstance(msg, Rename):  # the purger needs the new name too
             record = CommitRecord(**{**msgspec.structs.asdict(record), "new_path": msg.new_path})
@@ -732,17 +757,23 @@ class ReceiverSession:
     def _digests(self, msg: DigestRequest) -> DigestReply:
         listings = []
         manifest = self.folder.manifest
-        budget = MAX_LISTING_ENTRIES  # per reply, so that it stays far below MAX_MESSAGE_BYTES
+        # per reply, so that it stays far below MAX_MESSAGE_BYTES and the sender's decode bounds
+        budget, room = MAX_LISTING_ENTRIES, LISTING_REPLY_BYTES
         for d in msg.dirs:
             check_relpath(d, allow_root=True)
             if msg.hashes_only:
                 listings.append(DirListing(path=d, entries=(), hash=manifest.dir_hash(d)))
                 continue
-            if budget <= 0:  # the reply is full: the sender asks for this one again on its own
+            if budget <= 0 or room <= 0:  # the reply is full: the sender asks for this one again on its own
                 listings.append(DirListing(path=d, entries=(), more=True))
                 continue
             page = manifest.dir_listing(d, after=msg.after, limit=budget + 1)  # one more shows a cut
             kept = page.entries[:budget]
+            for i, entry in enumerate(kept):
+                room -= len(entry.name.encode("utf-8", "surrogateescape")) + ENTRY_WIRE_BYTES
+                if room < 0 and i:  # a page alone always holds one entry: the sender makes progress
+                    kept = kept[:i]
+                    break
             budget -= len(kept)
             listings.append(DirListing(path=d, entries=kept, exists=page.exists,
                                        more=len(kept) < len(page.entries)))

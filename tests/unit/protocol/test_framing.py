@@ -1,22 +1,49 @@
 import asyncio
+import itertools
 import socket
 import ssl
+import string
 import struct
+import sys
 
 import anyio
 import pytest
 
+from relaysync.constants import PREAUTH_MAX_MESSAGE_BYTES
 from relaysync.errors import FrameTooLarge, ProtocolError
 from relaysync.protocol.connection import open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import (
     COALESCE_BYTES,
+    PAUSE_READING_BYTES,
     FramedStream,
     FrameProtocol,
     decode_payload,
     encode_frame,
     frames_of,
 )
-from relaysync.protocol.messages import Checkpoint, FileChunk, FileEnd, FileStart, Hello
+from relaysync.protocol.messages import (
+    MAX_ERASE_KEEP,
+    MAX_LISTING_ENTRIES,
+    MAX_PARTIALS,
+    MAX_REPORT_RECORDS,
+    MAX_SUBTREE_NODES,
+    Ack,
+    AnyMessage,
+    Checkpoint,
+    CommitRecord,
+    CommitReport,
+    DigestReply,
+    DirEntry,
+    DirListing,
+    Erase,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    Hello,
+    MappingState,
+    NodeMark,
+    Partial,
+)
 
 
 def test_round_trip() -> None:
@@ -152,6 +179,75 @@ def test_a_connection_lost_mid_frame_is_broken_not_clean() -> None:
             await protocol.next_message()
 
     anyio.run(main)
+
+
+def _held_bytes(messages: list[Erase]) -> int:
+    """The Python objects the decoded messages hold (each distinct object once)."""
+    seen: set[int] = set()
+    total = 0
+    for m in messages:
+        for obj in (m, m.keep, *m.keep):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                total += sys.getsizeof(obj)
+    return total
+
+
+def _tiny_names(n: int) -> tuple[str, ...]:
+    names = ["".join(p) for p in itertools.product(string.ascii_letters, repeat=2)]
+    return tuple(names[i % len(names)] for i in range(n))
+
+
+def test_decoded_messages_waiting_for_the_consumer_stay_near_the_pause_bound() -> None:
+    # Was: a frame counted as its wire bytes, but an Erase of 2-character names is ~20 times that
+    # in objects: 300 MB held for one connection before reading paused (frames a plain link
+    # accepts before it has authenticated, and nobody consuming them).
+    frame = encode_frame(Erase(seq=1, path="", keep=_tiny_names(MAX_ERASE_KEEP)))
+    assert len(frame) <= PREAUTH_MAX_MESSAGE_BYTES
+
+    async def main() -> int:
+        protocol, transport = _protocol(PREAUTH_MAX_MESSAGE_BYTES)
+        while not transport.paused:  # the peer keeps sending; nobody consumes
+            _feed(protocol, frame, len(frame))
+        return _held_bytes([m for m, _, _ in protocol._ready])  # type: ignore[misc]
+
+    held = anyio.run(main)
+    assert held < 2 * PAUSE_READING_BYTES, f"{held / 2**20:.0f} MiB of objects held for one connection"
+
+
+def test_one_read_of_many_small_frames_decodes_up_to_the_bound_and_delivers_them_all() -> None:
+    frame = encode_frame(Erase(seq=1, path="", keep=_tiny_names(1000)))
+    count = 20 * 1024 * 1024 // len(frame)  # far more than the bound in one read
+
+    async def main() -> None:
+        protocol, transport = _protocol()
+        _feed(protocol, frame * count, len(frame) * count)
+        assert transport.paused and len(protocol._ready) < count / 4  # the rest waits undecoded
+        protocol.connection_lost(None)  # the peer is gone: what it sent still arrives, in order
+        for _ in range(count):
+            message, size = await protocol.next_message()
+            assert isinstance(message, Erase) and size == len(frame)
+        with pytest.raises(anyio.EndOfStream):
+            await protocol.next_message()
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("message", [
+    Erase(seq=1, path="", keep=("a",) * (MAX_ERASE_KEEP + 1)),
+    Ack(mapping_id=1, watermark=1, subtree=(NodeMark(node_id="", watermark=0),) * (MAX_SUBTREE_NODES + 1)),
+    MappingState(mapping_id=1, watermark=0, root_hash=b"",
+                 partials=(Partial(path="p", hash=b"", size=0),) * (MAX_PARTIALS + 1)),
+    CommitReport(mapping_id=1, source_node="s", target_node="t", watermark=0,
+                 records=(CommitRecord(seq=0, op="", path=""),) * (MAX_REPORT_RECORDS + 1)),
+    DigestReply(mapping_id=1, listings=(DirListing(
+        path="", entries=(DirEntry(name="", kind="f", hash=b""),) * (MAX_LISTING_ENTRIES + 1)),)),
+    DigestReply(mapping_id=1, listings=(DirListing(
+        path="", entries=(DirEntry(name="", kind="f", hash=b""),) * (MAX_LISTING_ENTRIES // 2 + 1)),) * 2),
+], ids=["erase", "ack", "state", "report", "listing", "reply"])
+def test_collections_longer_than_any_honest_sender_makes_are_refused(message: AnyMessage) -> None:
+    with pytest.raises(ProtocolError):
+        decode_payload(encode_frame(message)[4:])
 
 
 def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 import xxhash
 import zstandard
@@ -20,9 +21,13 @@ import zstandard
 from relaysync.constants import MAX_MESSAGE_BYTES, PREAUTH_MAX_MESSAGE_BYTES
 from relaysync.errors import FrameTooLarge, ProtocolError
 from relaysync.protocol.connection import wrap_accepted
+from relaysync.protocol.framing import ENCODER, decode_payload
 from relaysync.protocol.messages import (
+    MAX_LISTING_ENTRIES,
     Ack,
+    AnyMessage,
     Checkpoint,
+    DeltaStart,
     DigestRequest,
     Error,
     ErrorCode,
@@ -35,7 +40,7 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer.conflicts import NEWEST_MTIME, session_for
-from relaysync.transfer.receiver import MAX_LISTING_ENTRIES, ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession, TargetFolder
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest
 from relaysync.watch.scanner import scan_tree
@@ -43,8 +48,8 @@ from relaysync.watch.scanner import scan_tree
 T0 = 1_700_000_000_000_000_000
 
 
-def _small(seq: int, path: str, data: bytes, mode: int = 0o644) -> SmallFile:
-    return SmallFile(seq=seq, path=path, size=len(data), mode=mode, mtime_ns=T0, data=data,
+def _small(seq: int, path: str, data: bytes, mode: int = 0o644, mtime_ns: int = T0) -> SmallFile:
+    return SmallFile(seq=seq, path=path, size=len(data), mode=mode, mtime_ns=mtime_ns, data=data,
                      hash=xxhash.xxh3_128(data).digest())
 
 
@@ -99,6 +104,35 @@ def test_a_digest_request_costs_at_most_one_reply_of_listing(folder: TargetFolde
     assert small.entries == () and small.more  # not listed at all: asked for again on its own
     (reply,) = session.apply_batch([DigestRequest(mapping_id=1, dirs=("big",), after=big.entries[-1].name)])
     assert len(reply.listings[0].entries) == 10 and not reply.listings[0].more
+
+
+TOO_LATE_NS = 2**63  # msgpack carries it (up to 2**64 - 1); SQLite INTEGER does not
+
+
+@pytest.mark.parametrize("message", [
+    FileStart(seq=1, path="f", size=1, mode=0o644, mtime_ns=TOO_LATE_NS),
+    DeltaStart(seq=1, path="f", size=1, mode=0o644, mtime_ns=TOO_LATE_NS + 5, base_hash=b"b" * 16),
+    SmallFile(seq=1, path="f", size=1, mode=0o644, mtime_ns=2**64 - 1, data=b"x", hash=b"h" * 16),
+    SetAttr(seq=1, path="f", mode=0o644, mtime_ns=TOO_LATE_NS),
+], ids=lambda m: type(m).__name__)
+def test_an_mtime_a_target_cannot_store_is_refused_off_the_wire(message: AnyMessage) -> None:
+    with pytest.raises(ProtocolError, match="mtime_ns"):
+        decode_payload(ENCODER.encode(message))
+    before_1970 = msgspec.structs.replace(message, mtime_ns=-1)  # type: ignore[type-var]
+    assert decode_payload(ENCODER.encode(before_1970)) == before_1970
+
+
+def test_an_unstorable_mtime_that_got_past_the_wire_is_refused_not_half_committed(folder: TargetFolder) -> None:
+    # Was: the files renamed into place, then the manifest write raised OverflowError: visible
+    # files the manifest did not know, no Ack and no Error, the same batch resent for ever.
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    replies = session.apply_batch([_small(1, "ok", b"ok"), _small(2, "poison", b"p", mtime_ns=TOO_LATE_NS),
+                                   Checkpoint(seq=2)])
+    assert replies == [Ack(mapping_id=1, watermark=2)]
+    assert sorted(os.listdir(folder.root)) == ["ok"] and folder.manifest.get("ok") is not None
+    replies = session.apply_batch([SetAttr(seq=3, path="ok", mode=0o600, mtime_ns=TOO_LATE_NS), Checkpoint(seq=3)])
+    assert replies == [Ack(mapping_id=1, watermark=3)]  # refused and recorded, the session goes on
+    assert folder.manifest.get("ok").mtime_ns == T0  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("path", "new_path"), [("d", "d/sub"), ("d/sub", "d")])

@@ -16,8 +16,6 @@ from relaysync.protocol.messages import (
     Ack,
     Checkpoint,
     CommitRecord,
-    DigestRequest,
-    DirListing,
     Erase,
     FileChunk,
     FileEnd,
@@ -26,9 +24,7 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer import tls
-from relaysync.transfer.compare import _their_listings
 from relaysync.transfer.receiver import ReceiverSession, TargetFolder
-from relaysync.watch.manifest import Entry
 
 
 def test_erase_never_goes_through_a_symlink(folder: TargetFolder, tmp_path: Path) -> None:
@@ -54,25 +50,6 @@ def test_a_refused_catch_up_file_does_not_drop_the_next_ones(folder: TargetFolde
     replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(msgs)
     assert replies == [Ack(mapping_id=1, watermark=7)]
     assert (folder.root / "ok.txt").read_bytes() == data
-
-
-def test_huge_directory_listing_is_paged_under_the_frame_cap(folder: TargetFolder) -> None:
-    folder.manifest.put_many([Entry(path="big", kind="d", mode=0o755)] + [
-        Entry(path=f"big/a-rather-long-file-name-number-{i:07d}.html", kind="f", size=i, mtime_ns=i,
-              mode=0o644, hash=i.to_bytes(16, "big")) for i in range(60_000)])
-    session = ReceiverSession(folder, "j", lambda *_: None)
-    sizes: list[int] = []
-
-    async def request(dirs, hashes_only: bool, after: str) -> list[DirListing]:
-        (reply,) = session.apply_batch([DigestRequest(mapping_id=1, dirs=tuple(dirs), hashes_only=hashes_only,
-                                                      after=after)])
-        sizes.append(len(encode_frame(reply)))
-        return list(reply.listings)
-
-    (listing,) = anyio.run(_their_listings, request, ["big"])
-    assert len(listing.entries) == 60_000
-    assert len({e.name for e in listing.entries}) == 60_000
-    assert max(sizes) < MAX_MESSAGE_BYTES / 2
 
 
 def test_big_commit_reports_are_split_into_small_frames() -> None:
