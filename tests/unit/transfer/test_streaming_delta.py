@@ -263,15 +263,29 @@ def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -
     assert (dst / "f.bin").read_bytes() == bytes(new)
 
 
-def test_a_delta_that_fails_on_the_source_falls_back_to_the_whole_file(tmp_path: Path) -> None:
-    """Once DeltaStart is out, a failed build must not lose the change: FileAbort, then the file."""
+def test_a_delta_that_fails_on_the_source_falls_back_to_the_whole_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once DeltaStart is out, a failed build must not lose the change: FileAbort, then the file.
+
+    The build fails only once DeltaStart is out (a corrupt signature fails at once, and then the
+    file may go whole before any DeltaStart: both are right, but only this order tests the abort).
+    """
     src, sigs, old, base = _source(tmp_path, 1024 * 1024)
-    for sig in (tmp_path / "sigs" / "sig").iterdir():
-        sig.write_bytes(b"not a signature")  # librsync refuses it
+    delta_start_out = threading.Event()
+
+    def fails_midway(*args: object, **kwargs: object) -> None:
+        delta_start_out.wait(30)
+        raise delta_engine.SignatureError("given", "not a relaysync block signature (or truncated)")
+
+    monkeypatch.setattr(delta_engine, "delta", fails_midway)
     (src / "f.bin").write_bytes(old[:-10] + b"0123456789")
-    messages = [m for m in _stream(src, sigs, base) if not isinstance(m, Flush)]
+    stream = iter_file_messages(src, "f.bin", 2, base_hash=base, options=SendOptions(signatures=sigs))
+    first = next(stream)
+    assert isinstance(first, DeltaStart)
+    delta_start_out.set()
+    messages = [first, *(m for m in stream if not isinstance(m, Flush))]
     kinds = [type(m).__name__ for m in messages]
-    assert kinds[0] == "DeltaStart" and "FileAbort" in kinds
+    assert "FileAbort" in kinds and kinds.count("DeltaStart") == 1
     assert isinstance(messages[kinds.index("FileAbort") + 1], FileStart)
     end = messages[-1]
     assert isinstance(end, FileEnd) and end.hash == xxhash.xxh3_128((src / "f.bin").read_bytes()).digest()
