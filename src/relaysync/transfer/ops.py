@@ -38,7 +38,7 @@ from relaysync.transfer.builds import DeltaBuild, version_of
 from relaysync.transfer.codec import Codec, Plain, decode_chunk, encode_chunk, recode_chunk
 from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.changes import JournalRecord
-from relaysync.watch.manifest import Entry, permission_bits
+from relaysync.watch.manifest import Entry, mtime_ns_of, permission_bits
 
 
 @dataclass
@@ -155,7 +155,7 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
     """
     st = build.stat
     yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=permission_bits(st.st_mode),
-                     mtime_ns=st.st_mtime_ns, base_hash=base_hash, changed_at=changed_at,
+                     mtime_ns=mtime_ns_of(st), base_hash=base_hash, changed_at=changed_at,
                      parts=len(build.parts), expected_hash=expected_hash)
     for part, f in zip(build.parts, files, strict=True):  # each part's chunks start again at offset 0
         offset = 0
@@ -215,7 +215,7 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
             yield _small_file(root, fd, before, path, seq, base_hash, expected_hash, options, changed_at)
             return
         yield FileStart(seq=seq, path=path, size=before.st_size, mode=permission_bits(before.st_mode),
-                        mtime_ns=before.st_mtime_ns, base_hash=base_hash, expected_hash=expected_hash,
+                        mtime_ns=mtime_ns_of(before), base_hash=base_hash, expected_hash=expected_hash,
                         offset=held, changed_at=changed_at)
         hasher = xxhash.xxh3_128()
         # what is read to be sent is signed too, for the next change's delta (no second read)
@@ -271,7 +271,7 @@ def _small_file(root: Path, fd: int, before: os.stat_result, path: str, seq: int
                 options.signatures.release(path, expected_hash)
     codec_id, payload = encode_chunk(data, options.codec)
     return SmallFile(seq=seq, path=path, size=before.st_size, mode=permission_bits(before.st_mode),
-                     mtime_ns=before.st_mtime_ns, data=payload, hash=digest, codec=codec_id,
+                     mtime_ns=mtime_ns_of(before), data=payload, hash=digest, codec=codec_id,
                      base_hash=base_hash, changed_at=changed_at)
 
 

@@ -64,7 +64,7 @@ from relaysync.transfer import _librsync, codec, staging
 from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.paths import SafeResolver, check_relpath, parent_of, resolve_inside
 from relaysync.transfer.versions import VersionKeeper
-from relaysync.watch.manifest import Entry, Manifest, permission_bits
+from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits
 
 logger = logging.getLogger(__name__)
 
@@ -701,7 +701,7 @@ class ReceiverSession:
         st = os.lstat(path)
         self.folder.manifest.put_many(
             [Entry(path=msg.path, kind="l", hash=digest, link_target=msg.target,
-                   mtime_ns=st.st_mtime_ns)]
+                   mtime_ns=mtime_ns_of(st))]
         )
 
     def _rename(self, msg: Rename) -> None:

@@ -9,6 +9,7 @@ manifest answers `root_hash()` with one indexed read.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -70,6 +71,16 @@ def same_version(a: Entry | None, b: Entry | None) -> bool:
     if a is None or b is None:
         return a is b
     return a == b or (a.ino != b.ino and msgspec.structs.replace(a, ino=b.ino) == b)
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def mtime_ns_of(st: os.stat_result) -> int:
+    """st_mtime_ns as the manifest (a signed 64-bit column) and the wire hold it: a date after
+    2262-04-11 (or before 1677-09-21), which `touch -d 2300-01-01` makes, is clamped to the
+    nearest one they can hold, so one such file neither stops its mapping nor is refused."""
+    return min(max(st.st_mtime_ns, _INT64_MIN), _INT64_MAX)
 
 
 def permission_bits(st_mode: int) -> int:

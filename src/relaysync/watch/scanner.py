@@ -17,7 +17,7 @@ import xxhash
 
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
-from relaysync.watch.manifest import Entry, Manifest, permission_bits, same_version
+from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits, same_version
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +71,15 @@ def entry_from_stat(root: Path, relpath: str, st: os.stat_result, *, hash_: byte
     mode = permission_bits(st.st_mode)
     try:
         if stat.S_ISDIR(st.st_mode):
-            return Entry(path=relpath, kind="d", mtime_ns=st.st_mtime_ns, mode=mode)
+            return Entry(path=relpath, kind="d", mtime_ns=mtime_ns_of(st), mode=mode)
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(root / relpath)
-            return Entry(path=relpath, kind="l", mtime_ns=st.st_mtime_ns, mode=mode,
+            return Entry(path=relpath, kind="l", mtime_ns=mtime_ns_of(st), mode=mode,
                          hash=hash_link(target), link_target=target)
         if stat.S_ISREG(st.st_mode):
             # a string, not root / relpath: building a Path cost a fifth of a small file's scan
             digest = hash_ if hash_ is not None else hash_file(f"{root}/{relpath}")
-            return Entry(path=relpath, kind="f", size=st.st_size, mtime_ns=st.st_mtime_ns,
+            return Entry(path=relpath, kind="f", size=st.st_size, mtime_ns=mtime_ns_of(st),
                          mode=mode, hash=digest, ino=st.st_ino)
     except _GONE:
         logger.debug("vanished while scanning: %s", relpath)
@@ -102,7 +102,7 @@ def same_stat(old: Entry, kind: str, st: os.stat_result) -> bool:
     if kind == "d":
         # Directory mtimes move with every child change; only mode is replicated for them.
         return old.mode == permission_bits(st.st_mode)
-    return (old.size, old.mtime_ns, old.mode) == (st.st_size, st.st_mtime_ns, permission_bits(st.st_mode))
+    return (old.size, old.mtime_ns, old.mode) == (st.st_size, mtime_ns_of(st), permission_bits(st.st_mode))
 
 
 def _kind_of(st: os.stat_result) -> str:

@@ -143,3 +143,24 @@ def test_a_link_whose_target_stops_being_utf8_is_deleted(tree: Path, manifest: M
     os.unlink(tree / "link")
     os.symlink(b"caf\xe9", os.fsencode(tree / "link"))
     assert ops(scan_tree(tree, manifest, accept_all)) == [("delete", "link")]
+
+
+def test_a_date_past_2262_is_clamped_to_what_the_manifest_and_the_wire_hold(
+        tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+    """`touch -d 2300-01-01`: st_mtime_ns is past 2**63 - 1, which SQLite's integer column and the
+    wire's check refuse (the manifest write raised OverflowError and stopped the mapping)."""
+    from relaysync.protocol.messages import INT64_MAX, FileStart
+    from relaysync.transfer.ops import SendOptions, iter_file_messages
+
+    future = 10**19  # 2286-11-20
+    (tree / "future.html").write_text("from the future")
+    os.utime(tree / "future.html", ns=(future, future))
+    changes = scan_tree(tree, manifest, accept_all)
+    manifest.put_many([c.entry for c in changes if c.entry is not None])
+    entry = manifest.get("future.html")
+    assert entry is not None and entry.mtime_ns == INT64_MAX
+    assert not [c for c in scan_tree(tree, manifest, accept_all) if c.path == "future.html"]  # stable
+    message = next(iter_file_messages(tree, "future.html", 1, options=SendOptions()))
+    assert isinstance(message, FileStart)
+    message.validate()
+    assert message.mtime_ns == INT64_MAX
