@@ -5,6 +5,7 @@ Each class's docstring is its message template, formatted with the positional ar
 
     RelaySyncError
     ├── ConfigError                    bad configuration or command-line input
+    │   └── FolderRefused              an agent refuses a folder it was assigned (system, its data, not allowed)
     ├── ProtocolError                  a malformed, oversize or unexpected message
     │   ├── FrameTooLarge
     │   ├── IncompatibleVersion
@@ -64,6 +65,10 @@ class ConfigError(RelaySyncError):
     """Configuration error: {}"""
 
     exit_code = 2
+
+
+class FolderRefused(ConfigError):
+    """{} folder {} of mapping {} is refused by this agent: {}."""
 
 
 class ProtocolError(RelaySyncError):

@@ -35,7 +35,7 @@ from relaysync.constants import (
     PING_INTERVAL_S,
     RECEIVE_TIMEOUT_S,
 )
-from relaysync.errors import ProtocolError, RelaySyncError, RoutesStale, UnknownPeer
+from relaysync.errors import FolderRefused, ProtocolError, RelaySyncError, RoutesStale, UnknownPeer
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
 from relaysync.protocol.messages import (
@@ -67,6 +67,8 @@ RELAY_BATCH_BYTES = 1024 * 1024  # a relay spools (and so forwards) at least eve
 ACK_FOLD_S = 0.005  # a relay lets a burst of its children's acks fold into one Ack upstream
 
 FolderLookup = Callable[[int], TargetFolder | None]
+# A target folder this agent refused (agent/guard.py), and the parents that may be told why.
+RefusalLookup = Callable[[int], tuple[FolderRefused, frozenset[str]] | None]
 RelayLookup = Callable[[int], RelayFeed | None]
 ReportFactory = Callable[[TargetFolder], ReportFn]
 
@@ -77,7 +79,8 @@ class PeerServer:
     def __init__(self, *, host: str, port: int, ctx: ssl.SSLContext, node_id: str, name: str,
                  folders: FolderLookup, reporter: ReportFactory,
                  relays: RelayLookup | None = None, refuse: frozenset[str] = frozenset(),
-                 capabilities: tuple[str, ...] = CAPABILITIES) -> None:
+                 capabilities: tuple[str, ...] = CAPABILITIES,
+                 refusals: RefusalLookup | None = None) -> None:
         self.host, self.port = host, port
         self.ctx = ctx
         self.node_id = node_id
@@ -87,6 +90,7 @@ class PeerServer:
         self.relays: RelayLookup = relays or (lambda _mapping_id: None)
         self.refuse = refuse  # peer names refused outright (a firewall rule; used by tests)
         self.capabilities = capabilities  # announced in our Hello; a peer may use only these
+        self.refusals: RefusalLookup = refusals or (lambda _mapping_id: None)
         self._active: dict[int, anyio.CancelScope] = {}
         self._streams: dict[int, FramedStream] = {}  # the mapping's current session's stream
         self._ended: dict[int, anyio.Event] = {}  # set when the mapping's current session is over
@@ -137,6 +141,9 @@ class PeerServer:
         if hello.name in self.refuse:
             raise UnknownPeer(f"{hello.name} is refused by this agent's configuration ({address})")
         folder = self.folders(opened.mapping_id)
+        refusal = self.refusals(opened.mapping_id) if folder is None else None
+        if refusal is not None and peer is not None and peer in refusal[1]:
+            raise refusal[0]  # the source reports it to the master (HopFailed), naming the rule
         if peer is None:
             folder = await self._authenticate_plain(framed, hello, opened, folder, address)
             framed.allow_messages(MAX_MESSAGE_BYTES)
@@ -341,7 +348,8 @@ class _ReadAhead:
 
 async def _try_send_error(framed: FramedStream, exc: RelaySyncError) -> None:
     code = (ErrorCode.ROUTES_STALE if isinstance(exc, RoutesStale)
-            else ErrorCode.UNKNOWN_PEER if isinstance(exc, UnknownPeer) else ErrorCode.BAD_MESSAGE)
+            else ErrorCode.UNKNOWN_PEER if isinstance(exc, UnknownPeer)
+            else ErrorCode.UNKNOWN_MAPPING if isinstance(exc, FolderRefused) else ErrorCode.BAD_MESSAGE)
     with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
         try:
             await framed.send(Error(code=code, detail=str(exc)))

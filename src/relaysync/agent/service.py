@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import HTTP_TIMEOUT_S, RECEIVE_TIMEOUT_S
-from relaysync.errors import ConfigError, JoinRefused, LinkDown, MasterUnreachable
+from relaysync.errors import ConfigError, FolderRefused, JoinRefused, LinkDown, MasterUnreachable
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
 from relaysync.protocol.handshake import announced_capabilities
@@ -60,6 +60,7 @@ from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent
 
+from .guard import check_folder, parse_roots
 from .links import LinkSet, children_of, parents_of
 from .master_link import MasterLink, make_report
 from .peer_server import PeerServer
@@ -121,10 +122,14 @@ class AgentService:
         self.cfg = cfg
         self.data_dir = Path(cfg.data_dir)
         self.identity = tls.Identity.in_directory(self.data_dir / "identity")
+        self.allowed_roots = parse_roots(cfg.allowed_roots)  # a typo stops the agent at start
         self.node_id = ""
         self.sources: dict[int, _Running] = {}
         self.targets: dict[int, TargetFolder] = {}
         self.relays: dict[int, tuple[RelayFeed, LinkSet]] = {}  # mappings this agent relays on
+        # Folders agent/guard.py refused, with the parents that may hear why (peer_server.py).
+        self.refused: dict[int, tuple[FolderRefused, frozenset[str]]] = {}
+        self._refusals_logged: dict[tuple[int, str], str] = {}  # (mapping, role) -> why
         self.peers: dict[str, PeerInfo] = {}
         # One bucket per peer and limit: every link to a server (one per mapping, and relayed
         # ones) shares it, so a limit caps the network link, not each folder on it. An entry
@@ -145,7 +150,7 @@ class AgentService:
                             node_id=self.node_id, name=self.cfg.name,
                             folders=self.targets.get, reporter=self._reporter, relays=self._relay_feed,
                             refuse=frozenset(n.strip() for n in self.cfg.refuse_peers.split(",") if n.strip()),
-                            capabilities=capabilities)
+                            capabilities=capabilities, refusals=self.refused.get)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             peer_port = await tg.start(server.serve)
@@ -195,6 +200,8 @@ class AgentService:
                               if m.source_node == self.node_id and m.enabled}
             wanted_targets = {m.mapping_id: m for m in assignment.mappings
                               if any(t.node_id == self.node_id for t in m.targets) and m.enabled}
+            self._refusals_logged = {k: v for k, v in self._refusals_logged.items()
+                                     if k[0] in (wanted_targets if k[1] == "target" else wanted_sources)}
             await self._apply_targets(wanted_targets)
             await self._apply_sources(wanted_sources)
             self.epoch = assignment.epoch
@@ -203,6 +210,8 @@ class AgentService:
 
     async def _apply_targets(self, wanted: dict[int, MappingSpec]) -> None:
         assert self._server is not None
+        for gone in [m for m in self.refused if m not in wanted]:
+            del self.refused[gone]  # in place: the peer server holds self.refused.get
         for mapping_id in list(self.targets):
             if mapping_id not in wanted:
                 self._stop_relay(mapping_id)
@@ -225,6 +234,8 @@ class AgentService:
             if existing is not None:
                 self._stop_relay(mapping_id)
                 await self._server.retire(self.targets.pop(mapping_id))
+            if self._refuse(spec, path, "target"):
+                continue
             siblings = [f for f in self.targets.values() if f.root == Path(path)]
             folder = await anyio.to_thread.run_sync(self._open_target, spec, Path(path), siblings)
             self._set_routes(folder, spec)
@@ -331,6 +342,24 @@ class AgentService:
         if self.link is not None:
             self.link.notify(HopFailed(mapping_id=mapping_id, child=child, error=error, attempts=attempts))
 
+    def _refuse(self, spec: MappingSpec, path: str, role: str) -> bool:
+        """Whether agent/guard.py refuses the folder; a refused target tells its parents why
+        when they connect (the source reports it to the master as a failed hop)."""
+        try:
+            check_folder(path, role=role, mapping_id=spec.mapping_id, data_dir=self.data_dir,
+                         allowed_roots=self.allowed_roots)
+        except FolderRefused as exc:
+            if self._refusals_logged.get((spec.mapping_id, role)) != str(exc):
+                logger.error("%s", exc)  # once per folder and reason, not at every assignment
+            self._refusals_logged[(spec.mapping_id, role)] = str(exc)
+            if role == "target":
+                self.refused[spec.mapping_id] = (exc, frozenset(parents_of(spec, self.node_id)))
+            return True
+        self._refusals_logged.pop((spec.mapping_id, role), None)
+        if role == "target":
+            self.refused.pop(spec.mapping_id, None)
+        return False
+
     def _open_target(self, spec: MappingSpec, root: Path, siblings: Sequence[TargetFolder] = ()) -> TargetFolder:
         """Open a target folder; members of an N:M job share the root with their siblings."""
         root.mkdir(parents=True, exist_ok=True)
@@ -380,7 +409,7 @@ class AgentService:
                 await running.ended.wait()
         assert self._tg is not None
         for mapping_id, spec in wanted.items():
-            if mapping_id not in self.sources:
+            if mapping_id not in self.sources and not self._refuse(spec, spec.source_path, "source"):
                 running = _Running(spec=spec, scope=anyio.CancelScope())
                 self.sources[mapping_id] = running
                 self._tg.start_soon(self._run_source, spec, running.scope, running.ended)

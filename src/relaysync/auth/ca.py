@@ -135,13 +135,25 @@ class CertificateAuthority:
     def load_or_create(cls, directory: Path, *, name: str = "relaysync CA") -> CertificateAuthority:
         """Load the CA from `directory`, or create it there on first use.
 
+        A new CA is made only when both files are absent: with one of them missing (a partial
+        restore, a deleted ca.pem) a new CA would overwrite the key that every node's certificate
+        chains to, and lock the whole fleet out.
+
         Raises:
-            AuthError: the files exist but cannot be read as a key and certificate.
+            AuthError: the files exist but cannot be read as a key and certificate, or only one
+                of them exists.
         """
         directory = Path(directory)
         key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
         if key_path.exists() and cert_path.exists():
             return cls._load(key_path, cert_path)
+        if key_path.exists() or cert_path.exists():
+            present, missing = (key_path, cert_path) if key_path.exists() else (cert_path, key_path)
+            raise AuthError(
+                f"CA file {missing} is missing but {present} exists: restore {missing.name} from "
+                f"the backup of {directory} (a new CA would lock out every node it certified). To "
+                f"start a new CA on purpose, move both files away and join every agent again"
+            )
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         ca = cls._create(name)
         _write_private(key_path, _key_pem(ca._key))

@@ -54,6 +54,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     # comma-separated; "*" = all this release has. Fewer makes it act as an older release, for
     # drills and tests of a fleet upgraded one server at a time. "*" in production.
     capabilities: str = "*"
+    # Folders under which this agent accepts source and target folders, comma-separated
+    # (e.g. "/srv,/var/www"); "" = anywhere but system folders and its own data directory
+    # (agent/guard.py). A folder outside them is refused, whatever the master assigns.
+    allowed_roots: str = ""
 
 
 class CliConfig(msgspec.Struct, frozen=True, kw_only=True):

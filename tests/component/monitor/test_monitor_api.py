@@ -70,6 +70,35 @@ def test_channels_hide_secrets_and_check_config(client: tuple[TestClient, Monito
     assert c.post("/api/alert-channels", json={"name": "x", "kind": "fax"}).status_code == 422
 
 
+@pytest.mark.parametrize(("kind", "config"), [
+    ("webhook", {"url": "https://hooks.example/alert", "headers": {"Authorization": "Bearer hook-SECRET"}}),
+    ("sms", {"url": "https://sms.example/send", "headers": {"X-Api-Key": "sms-SECRET"}, "body_template": "x"}),
+    ("webhook", {"url": "https://bot:url-SECRET@hooks.example/a?token=q-SECRET&channel=ops"}),
+    ("sms", {"url": "https://sms.example/send?key=q-SECRET", "api_key": "k-SECRET", "body_template": "x"}),
+])
+def test_channels_hide_every_credential(client: tuple[TestClient, MonitorService], kind: str, config: dict) -> None:
+    """Headers (Authorization, API keys), secret-looking keys and a URL's userinfo and query
+    values never come back: every API token may list the channels."""
+    c, _ = client
+    created = c.post("/api/alert-channels", json={"name": "c", "kind": kind, "config": config})
+    assert created.status_code == 201, created.text
+    for body in (created.text, c.get("/api/alert-channels").text):
+        assert "SECRET" not in body, body
+    shown = created.json()["config"]
+    assert shown["url"].startswith("https://") and shown["url"].split("?")[0].endswith(("/alert", "/send", "/a"))
+    assert all(v == "********" for v in shown.get("headers", {}).values())
+
+
+def test_a_channel_posted_back_with_its_masks_is_refused(client: tuple[TestClient, MonitorService]) -> None:
+    """A listing sent back would store the mask in place of the secret and fail at the first alert."""
+    c, _ = client
+    config = {"url": "https://hooks.example/alert", "headers": {"Authorization": "Bearer real"}}
+    listed = c.post("/api/alert-channels", json={"name": "c", "kind": "webhook", "config": config}).json()
+    r = c.post("/api/alert-channels", json={"name": "copy", "kind": "webhook", "config": listed["config"]})
+    assert r.status_code == 422 and "mask" in r.json()["detail"]
+    assert [ch["name"] for ch in c.get("/api/alert-channels").json()] == ["c"]
+
+
 def test_alerts_list_and_acknowledge(client: tuple[TestClient, MonitorService], store: Store) -> None:
     c, _ = client
     alert, _ = store.monitoring.fire_alert(key="probe:1", server="web1", kind="probe", subject="p",

@@ -1,4 +1,8 @@
-"""REST resource /api/alert-channels: where notifications go (email, webhook, sms, console)."""
+"""REST resource /api/alert-channels: where notifications go (email, webhook, sms, console).
+
+A channel's secrets (every header value, keys such as password, token or api_key, a URL's
+userinfo and query values) are never sent back: they read "********" (master/api/_secrets.py).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._secrets import mask, refuse_masked
 from relaysync.monitor.alerts import build_channel
 
 logger = logging.getLogger(__name__)
-
-SECRET_KEYS = ("password",)  # never sent back by the API
 
 
 class ChannelIn(BaseModel):
@@ -31,7 +34,7 @@ class ChannelOut(ChannelIn):
 
 def _out(info: Any) -> ChannelOut:
     out = ChannelOut.model_validate(info)
-    out.config = {k: ("********" if k in SECRET_KEYS else v) for k, v in out.config.items()}
+    out.config = mask(out.config)
     return out
 
 
@@ -41,7 +44,9 @@ def list_channels(context: Context) -> list[ChannelOut]:
 
 
 def create_channel(body: ChannelIn, context: Context) -> ChannelOut:
-    """Add an alert channel; its configuration is checked first (422 if wrong)."""
+    """Add an alert channel; its configuration is checked first (422 if wrong, or if it holds
+    the mask of a hidden secret, as a listing posted back would)."""
+    refuse_masked(body.config, f"alert channel {body.name!r} config")
     build_channel(body.kind, body.config, alarm=lambda notice: None)
     return _out(context.store.monitoring.create_channel(name=body.name, kind=body.kind,
                                                         config=body.config, enabled=body.enabled))

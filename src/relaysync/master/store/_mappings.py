@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -11,8 +10,10 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from relaysync._util.folders import normalise
 from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ConfigError, NotFound
+from relaysync.master.store import _folders
 from relaysync.master.store.models import Mapping, MappingTarget, Server
 from relaysync.master.store.types import MappingInfo, TargetInfo
 
@@ -75,7 +76,7 @@ def check_path(path: str, what: str) -> str:
         raise ConfigError(f"{what} {path!r} has a NUL byte or is over {MAX_PATH_BYTES} bytes")
     if ".." in path.split("/"):
         raise ConfigError(f"{what} {path!r} must not contain '..'")
-    return posixpath.normpath(path)
+    return normalise(path)
 
 
 def check_patterns(patterns: Iterable[str], what: str) -> tuple[str, ...]:
@@ -124,8 +125,12 @@ def _resolve_targets(
 def validate(session: Session, draft: MappingDraft, *, mapping_id: int | None) -> ResolvedMapping:
     """Check a draft against the rules and the servers it names.
 
+    Folder rules (master/store/_folders.py): no system folder, and on one server no two folders
+    (of this mapping or another) that contain each other where one is a target.
+
     Raises:
-        ConfigError: a bad name, path, pattern, durability or target, or a name already used.
+        ConfigError: a bad name, path, pattern, durability or target, a folder that breaks the
+            folder rules, or a name already used.
         NotFound: a source or target server that does not exist.
     """
     _check_scalars(draft)
@@ -134,11 +139,14 @@ def validate(session: Session, draft: MappingDraft, *, mapping_id: int | None) -
         raise ConfigError(f"mapping name {draft.name!r} is already used by mapping {clash}")
     source = resolve_server(session, draft.source)
     source_path = check_path(draft.source_path, "source path")
+    targets = _resolve_targets(session, draft, source.node_id, source_path)
+    _folders.check(session, name=draft.name, source=(source.node_id, source_path), targets=targets,
+                   mapping_id=mapping_id)
     return ResolvedMapping(
         name=draft.name,
         source_node=source.node_id,
         source_path=source_path,
-        targets=_resolve_targets(session, draft, source.node_id, source_path),
+        targets=targets,
         include=check_patterns(draft.include, "include"),
         exclude=check_patterns(draft.exclude, "exclude"),
         durability=draft.durability,

@@ -1,0 +1,48 @@
+"""An agent refuses a target folder outside its allowed_roots, tells the master why (through the
+source's failed-hop report), and keeps running its other mappings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relaysync.testing.cluster import Cluster, wait_until
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def confined(tmp_path: Path) -> Iterator[Fleet]:
+    cluster = Cluster(tmp_path / "fleet")
+    cluster.start_master()
+    cluster.start_agent("src")
+    cluster.start_agent("t1", env={"RELAYSYNC_ALLOWED_ROOTS": str(tmp_path / "allowed")})
+    try:
+        yield Fleet(cluster, tmp_path)
+    finally:
+        cluster.stop()
+
+
+def _hop_failures(fleet: Fleet) -> list[dict]:
+    events = fleet.cluster.api.get("/api/events", params={"since": 0, "limit": 1000}).json()
+    rows = events["events"] if isinstance(events, dict) else events
+    return [e["data"] for e in rows if e["type"] == "hop_failed"]
+
+
+def test_a_target_outside_allowed_roots_is_refused_and_reported(confined: Fleet) -> None:
+    base = confined.base
+    for name in ("a", "b"):
+        (base / name).mkdir()
+        (base / name / "f.txt").write_text(name)
+    refused = confined.cluster.create_mapping("out", "src", base / "a", [("t1", base / "elsewhere")])
+    confined.cluster.create_mapping("in", "src", base / "b", [("t1", base / "allowed" / "b")])
+    wait_until(lambda: (base / "allowed" / "b" / "f.txt").exists(), timeout_s=CONVERGE_TIMEOUT_S,
+               what="the allowed mapping replicated")
+    wait_until(lambda: any(e["mapping_id"] == refused["id"] for e in _hop_failures(confined)),
+               timeout_s=CONVERGE_TIMEOUT_S, what="the refusal reported to the master")
+    error = next(e["error"] for e in _hop_failures(confined) if e["mapping_id"] == refused["id"])
+    assert "is refused by this agent" in error and "outside allowed_roots" in error, error
+    assert not (base / "elsewhere").exists()
