@@ -76,7 +76,7 @@ def test_huge_directory_listing_is_paged_under_the_frame_cap(folder: TargetFolde
 
 
 def test_big_commit_reports_are_split_into_small_frames() -> None:
-    link = MasterLink(control_address="127.0.0.1:1", ctx=ssl.create_default_context(), node_id="n", name="n",
+    link = MasterLink(control_address="127.0.0.1:1", ctx=ssl.create_default_context(), master_node_id=None, node_id="n", name="n",
                       register=Register(name="n", region="r", group="g", peer_address="x:1"),
                       on_assignment=lambda a: None)  # type: ignore[arg-type,return-value]
     records = tuple(CommitRecord(seq=0, op="mkdir", path=f"some/where/deep/directory-number-{i:06d}")
