@@ -36,6 +36,12 @@ HTTP_TIMEOUT_S = 10.0  # REST calls between agent/CLI and master
 
 RECONNECT_MIN_S = 0.2  # first retry after a lost link
 RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
+REFUSED_RETRY_S = 300.0  # an agent the master refused (removed from the fleet) asks again this seldom
+
+# The common name of the master's control certificate. No agent may join under it (auth/ca.py),
+# so an agent whose master.json predates the pinned `master_node_id` can tell the master from
+# another agent of the fleet on its first contact, and pins its fingerprint from then on.
+MASTER_NODE_NAME = "relaysync-master"
 
 JOB_LOG_FLUSH_INTERVAL_S = 0.5  # the master writes the job log in batches, off the change path
 FSYNC_BATCH_MAX_FILES = 256  # a receiver fsyncs and renames at most this many files per batch

@@ -15,6 +15,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── JoinRefused                a bad or expired join token
     │   ├── UnknownPeer                a certificate the receiver does not expect
     │   │   └── RoutesStale            a sender that is not our parent in our routing table's epoch
+    │   ├── NodeRemoved                a node the master does not know, or removed from the fleet
     │   └── TLSHandshakeFailed
     ├── TransferError                  moving bytes between agents
     │   ├── HashMismatch               received bytes do not match the announced hash
@@ -114,6 +115,10 @@ class RoutesStale(UnknownPeer):
 
     Not a failed hop: the sender retries without telling the master.
     """
+
+
+class NodeRemoved(AuthError):
+    """Node {} is not in the fleet ({}): it must join again with a new join token."""
 
 
 class TLSHandshakeFailed(AuthError):

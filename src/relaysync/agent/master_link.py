@@ -1,7 +1,14 @@
 """The agent's control link to the master: register, receive assignments, report commits.
 
+The master is pinned: the link talks only to the control server whose certificate has the
+master's node id (from the join reply), or, for an agent that joined before joins returned it,
+to the first one whose certificate is named MASTER_NODE_NAME, whose node id it pins from then
+on (agent/enrollment.py). Any other fleet certificate is refused before anything is sent.
+
 Error handling: any failure drops the link and it reconnects with backoff; the agent keeps
-running on its last assignment meanwhile, and commit reports wait in a bounded queue.
+running on its last assignment meanwhile, and commit reports wait in a bounded queue. A master
+that refuses this node (removed from the fleet) is logged as an error and asked again only
+every REFUSED_RETRY_S: the node must join again with a new token.
 Resource handling: one connection at a time; a reader and a writer task per connection.
 """
 
@@ -18,12 +25,14 @@ from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
+    MASTER_NODE_NAME,
     PING_INTERVAL_S,
     RECEIVE_TIMEOUT_S,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
+    REFUSED_RETRY_S,
 )
-from relaysync.errors import PeerRefused, ProtocolError
+from relaysync.errors import PeerRefused, ProtocolError, UnknownPeer
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
@@ -33,6 +42,7 @@ from relaysync.protocol.messages import (
     CommitRecord,
     CommitReport,
     Error,
+    ErrorCode,
     HopFailed,
     MassDeleteHeld,
     MetricsReport,
@@ -51,10 +61,23 @@ MAX_QUEUED_REPORTS = 100_000  # oldest reports are dropped past this (watermarks
 class MasterLink:
     """Keeps the control connection to the master."""
 
-    def __init__(self, *, control_address: str, ctx: ssl.SSLContext, node_id: str, name: str,
-                 register: Register, on_assignment: Callable[[Assignment], Awaitable[None]]) -> None:
+    def __init__(self, *, control_address: str, ctx: ssl.SSLContext, master_node_id: str | None,
+                 node_id: str, name: str, register: Register,
+                 on_assignment: Callable[[Assignment], Awaitable[None]],
+                 on_master_pinned: Callable[[str], None] | None = None,
+                 identity_dir: str = "the agent's identity directory") -> None:
+        """
+        Args:
+            master_node_id: the fingerprint of the master's control certificate; None for an
+                agent that joined before joins told it: the first control server named
+                MASTER_NODE_NAME is taken, and `on_master_pinned(node_id)` saves its id.
+            identity_dir: named in the error that tells how to join again.
+        """
         self.control_address = control_address
         self.ctx = ctx
+        self.master_node_id = master_node_id
+        self.on_master_pinned = on_master_pinned
+        self.identity_dir = identity_dir
         self.node_id = node_id
         self.name = name
         self.register = register
@@ -97,22 +120,57 @@ class MasterLink:
         task_status.started()
         delay = RECONNECT_MIN_S
         while True:
+            refused = False
             try:
                 await self._session()
             except Exception as exc:
                 if not is_link_error(exc):
                     raise
                 err = leaf_error(exc)
-                logger.warning("control link to master %s down, will retry in %.1f s: %s",
-                               self.control_address, delay, err or type(err).__name__)
+                refused = isinstance(err, PeerRefused) and err.args[1:] == (ErrorCode.UNKNOWN_PEER.name,)
+                if refused:
+                    logger.error("the master refused this agent: %s. To join the fleet again, stop it, "
+                                 "delete %s and start it with --token <a new join token>; asking "
+                                 "again in %.0f s", err.args[0], self.identity_dir, REFUSED_RETRY_S)
+                elif isinstance(err, UnknownPeer):
+                    logger.error("control address %s answers with a certificate that is not the master's: "
+                                 "%s; refused, will retry in %.1f s (if the master's control certificate "
+                                 "was replaced, remove master_node_id from %s/master.json)",
+                                 self.control_address, err, delay, self.identity_dir)
+                else:
+                    logger.warning("control link to master %s down, will retry in %.1f s: %s",
+                                   self.control_address, delay, err or type(err).__name__)
             if self.connected:
                 delay = RECONNECT_MIN_S
             self.connected = False
-            await anyio.sleep(delay)
+            await anyio.sleep(REFUSED_RETRY_S if refused else delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
 
+    async def _connect(self) -> FramedStream:
+        """Connect to the master, and only to the master.
+
+        Raises:
+            UnknownPeer: the control address answers with another certificate of the fleet.
+        """
+        framed = await tls.connect(self.control_address, self.ctx, expected_node_id=self.master_node_id)
+        if self.master_node_id is not None:
+            return framed
+        node, name = tls.peer_node_id(framed), tls.peer_common_name(framed)
+        if name != MASTER_NODE_NAME:
+            framed.abort()
+            raise UnknownPeer(f"{node[:16]} (named {name!r}, not the master)")
+        self.master_node_id = node
+        logger.warning("pinned the master's node id %s (master.json had none: joined with an older "
+                       "release); the control link connects to no other from now on", node[:16])
+        if self.on_master_pinned is not None:
+            try:
+                self.on_master_pinned(node)
+            except OSError as exc:  # pinned for this run only: the next start pins by name again
+                logger.warning("could not save the master's node id: %s", exc)
+        return framed
+
     async def _session(self) -> None:
-        framed = await tls.connect(self.control_address, self.ctx)
+        framed = await self._connect()
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
                 await client_hello(framed, node_id=self.node_id, name=self.name)

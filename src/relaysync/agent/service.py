@@ -11,7 +11,6 @@ agent resumes its work at once after a restart, even while the master is down.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import weakref
@@ -26,8 +25,8 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
-from relaysync.constants import HTTP_TIMEOUT_S, RECEIVE_TIMEOUT_S
-from relaysync.errors import ConfigError, FolderRefused, JoinRefused, LinkDown, MasterUnreachable
+from relaysync.constants import RECEIVE_TIMEOUT_S
+from relaysync.errors import ConfigError, FolderRefused, JoinRefused, LinkDown
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
 from relaysync.protocol.handshake import announced_capabilities
@@ -60,6 +59,7 @@ from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent
 
+from .enrollment import MasterPin, join, pin_master, read_master_file
 from .guard import check_folder, parse_roots
 from .links import LinkSet, children_of, parents_of
 from .master_link import MasterLink, make_report
@@ -67,43 +67,6 @@ from .peer_server import PeerServer
 from .source import SourceMapping
 
 logger = logging.getLogger(__name__)
-
-
-def join(cfg: AgentConfig, identity: tls.Identity) -> str:
-    """Join the fleet with the token: get a certificate from the master's CA.
-
-    Returns:
-        the master's control address.
-
-    Raises:
-        JoinRefused: the master refused the token or the request.
-        MasterUnreachable: the master did not answer.
-    """
-    import httpx  # only at the first start: keeps the resident agent lighter
-
-    from relaysync.auth.ca import make_key_and_csr
-
-    identity.key_path.parent.mkdir(parents=True, exist_ok=True)
-    key_pem, csr_pem = make_key_and_csr(cfg.name)
-    url = cfg.master_url.rstrip("/") + "/api/join"
-    try:
-        response = httpx.post(url, json={"token": cfg.token, "name": cfg.name,
-                                         "csr_pem": csr_pem.decode()}, timeout=HTTP_TIMEOUT_S)
-    except httpx.HTTPError as exc:
-        raise MasterUnreachable(cfg.master_url, exc) from exc
-    if response.status_code != 200:
-        detail = response.json().get("detail", response.text) if response.content else response.status_code
-        raise JoinRefused(detail)
-    body = response.json()
-    identity.key_path.write_bytes(key_pem)
-    identity.key_path.chmod(0o600)
-    identity.ca_path.write_bytes(body["ca_pem"].encode())
-    identity.cert_path.write_bytes(body["cert_pem"].encode())
-    (identity.key_path.parent / "master.json").write_text(
-        json.dumps({"control_address": body["control_address"], "master_url": cfg.master_url})
-    )
-    logger.info("joined the fleet as %s (node %s)", cfg.name, body["node_id"][:16])
-    return str(body["control_address"])
 
 
 @dataclass
@@ -143,7 +106,7 @@ class AgentService:
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         capabilities = announced_capabilities(self.cfg.capabilities)  # a typo stops us before joining
-        control_address = await anyio.to_thread.run_sync(self._ensure_identity)
+        pin = await anyio.to_thread.run_sync(self._ensure_identity)
         self.node_id = self.identity.node_id
         host, port = split_address(self.cfg.listen)
         self._server = server = PeerServer(host=host, port=port, ctx=tls.server_context(self.identity),
@@ -156,7 +119,9 @@ class AgentService:
             peer_port = await tg.start(server.serve)
             advertise = f"{self.cfg.advertise_host or host}:{peer_port}"
             self.link = MasterLink(
-                control_address=control_address, ctx=tls.client_context(self.identity),
+                control_address=pin.control_address, ctx=tls.client_context(self.identity),
+                master_node_id=pin.node_id, on_master_pinned=partial(pin_master, self.identity),
+                identity_dir=str(self.identity.key_path.parent),
                 node_id=self.node_id, name=self.cfg.name,
                 register=Register(name=self.cfg.name, region=self.cfg.region, group=self.cfg.group,
                                   peer_address=advertise),
@@ -170,10 +135,9 @@ class AgentService:
             logger.info("agent %s (node %s) serving peers on %s", self.cfg.name, self.node_id[:16], advertise)
             task_status.started(peer_port)
 
-    def _ensure_identity(self) -> str:
+    def _ensure_identity(self) -> MasterPin:
         if self.identity.exists():
-            saved = json.loads((self.identity.key_path.parent / "master.json").read_text())
-            return str(saved["control_address"])
+            return read_master_file(self.identity)
         if not self.cfg.token:
             raise JoinRefused("this agent has no certificate yet and no --token was given")
         return join(self.cfg, self.identity)

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from relaysync.constants import MASTER_NODE_NAME
 from relaysync.errors import AuthError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -50,16 +51,24 @@ def _subject(name: str) -> x509.Name:
 
 
 def check_node_name(name: str) -> None:
-    """Refuse a node name that cannot be a certificate's DNS name.
+    """Refuse a node name that cannot be a certificate's DNS name, or that is the master's.
 
     Raises:
-        ConfigError: the name is empty, too long or has characters other than A-Z a-z 0-9 . _ -
+        ConfigError: the name is empty, too long, has characters other than A-Z a-z 0-9 . _ -,
+            or is MASTER_NODE_NAME (in any case): agents tell the master by that name.
     """
     if not _NAME_RE.match(name):
         raise ConfigError(
             f"node name {name!r} is not valid: use 1-63 characters from A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit"
         )
+    if is_master_name(name):
+        raise ConfigError(f"node name {name!r} is reserved for the master's own certificate: choose another")
+
+
+def is_master_name(name: str) -> bool:
+    """True for the master's reserved name (DNS names are case-insensitive, so in any case)."""
+    return name.lower() == MASTER_NODE_NAME
 
 
 def _general_names(hosts: Sequence[str]) -> list[x509.GeneralName]:

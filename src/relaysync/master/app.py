@@ -154,6 +154,7 @@ def create_app(
     control_address: str,
     on_change: Callable[[], None],
     router: Router | None = None,
+    master_node_id: str = "",
 ) -> FastAPI:
     """Build the REST API over the master's store, CA and event bus.
 
@@ -163,6 +164,8 @@ def create_app(
         on_change: called (on the event loop's thread) after every mutation, so that the
             control server pushes new assignments.
         router: the master's re-planner; a fresh one over `store` when not given (tests, tools).
+        master_node_id: fingerprint of the control server's certificate, told to agents when they
+            join so that they connect to no other; "" without a control server (tests, tools).
     """
     if not admin_token:
         raise ConfigError("the master needs a non-empty admin token")
@@ -173,6 +176,7 @@ def create_app(
         events=events,
         admin_token=admin_token,
         control_address=control_address,
+        master_node_id=master_node_id,
         on_change=on_change,
         router=router or Router(store, events, on_change=lambda: call_on_event_loop(on_change)),
     )

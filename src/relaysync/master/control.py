@@ -1,13 +1,25 @@
 """The master's control server: agents' links over mutual TLS; assignments out, reports in.
 
+A link is its certificate: the node id is the certificate's fingerprint, and the node must have
+joined (a row in the store) and not have been removed (revoked); its name is the one it joined
+with, whatever its Register says. What a link reports is believed only for the node itself:
+a CommitReport for its own target folders (target_node is the link's node, a target of the
+mapping, and the mapping's source is the report's source); ReleaseReport and MassDeleteHeld
+from the mapping's source; HopFailed from a source or target of the mapping about one of its
+targets. Anything else is dropped, counted in `refused` and logged (a report naming another
+target is also an `alarm` event: no agent sends one).
+
 Error handling: a link that fails its handshake or sends a bad frame is closed; the agent
-reconnects. A server whose link drops is marked down at once, and up again on reconnect; the
-router (master/router.py) re-plans around it, and around the hops agents report failed.
+reconnects. A node that is unknown or removed is told so (`Error(UNKNOWN_PEER)`) and closed.
+A server whose link drops is marked down at once, and up again on reconnect; the router
+(master/router.py) re-plans around it, and around the hops agents report failed. A server
+removed by an operator (a `server_removed` event) has its link closed at once.
 Resource handling: one task per agent link; pushes to an agent go through its own lock.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import ssl
 import time
@@ -19,13 +31,14 @@ import anyio
 from anyio.abc import TaskStatus
 
 from relaysync._util.aio import is_link_error, leaf_error
+from relaysync.auth.ca import is_master_name
 from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     MASTER_UNAUTHENTICATED_PER_ADDRESS,
     RECEIVE_TIMEOUT_S,
 )
-from relaysync.errors import ProtocolError, RelaySyncError
+from relaysync.errors import NodeRemoved, NotFound, ProtocolError, RelaySyncError
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.router import Router
@@ -37,6 +50,8 @@ from relaysync.protocol.messages import (
     Assignment,
     AssignmentAck,
     CommitReport,
+    Error,
+    ErrorCode,
     HopFailed,
     MassDeleteHeld,
     MetricsReport,
@@ -48,6 +63,9 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import tls
 
 logger = logging.getLogger(__name__)
+
+REMOVED_WAIT_S = 60.0  # the removal watcher's long poll on the event bus
+_Members = tuple[str, frozenset[str]]  # a mapping's source node and target nodes
 
 
 @dataclass
@@ -75,7 +93,10 @@ class ControlServer:
         self.on_metrics = on_metrics  # (node_id, name, report), on the event loop's thread
         self.router = router  # fills in routes, drops failed targets; None: stars from the source
         self.links: dict[str, _AgentLink] = {}
+        self.refused: collections.Counter[str] = collections.Counter()  # dropped messages, by kind
         self._changed = anyio.Event()
+        # (config epoch, members by mapping id): whom a mapping's reports may come from
+        self._members: tuple[int, dict[int, _Members]] | None = None
 
     def notify_change(self) -> None:
         """Mappings or servers changed: push fresh assignments (callable from any thread)."""
@@ -87,6 +108,7 @@ class ControlServer:
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._push_loop)
+            tg.start_soon(self._removal_loop)
             port = await tg.start(partial(tls.serve_tls, self.host, self.port, self.ctx, self._handle,
                                           max_unauthenticated=ACCEPT_BACKLOG,  # a whole fleet reconnecting
                                           # agents behind one NAT address reconnect at once too
@@ -106,6 +128,27 @@ class ControlServer:
                     logger.warning("push to %s failed: %s", link.name, exc)
                 except Exception:  # a bug must cost one push, not the master and every agent's link
                     logger.exception("push to %s failed unexpectedly", link.name)
+
+    async def _removal_loop(self) -> None:
+        """Close the link of every server an operator removes, as the event bus tells it."""
+        seen = self.events.last_id
+        while True:
+            events = await self.events.wait_since(seen, REMOVED_WAIT_S)
+            for event in events:
+                seen = event.id
+                if event.type is EventType.SERVER_REMOVED:
+                    await self.drop_link(str(event.data.get("node_id", "")))
+
+    async def drop_link(self, node_id: str) -> bool:
+        """Close a node's control link at once (it was removed from the fleet); False if it has none."""
+        link = self.links.pop(node_id, None)
+        if link is None:
+            return False
+        logger.warning("closing the control link of %s: it was removed from the fleet", link.name)
+        link.framed.abort()
+        if self.router is not None:
+            await self._router_call(self.router.node_down, node_id)
+        return True
 
     def _assignment(self, node_id: str) -> Assignment:
         if self.router is None:
@@ -135,9 +178,12 @@ class ControlServer:
         link: _AgentLink | None = None
         try:
             register = await self._handshake(framed, node_id)
-            link = _AgentLink(node_id=node_id, name=register.name, framed=framed)
+            link = await self._admit(framed, node_id, register)
             await self._register(link, register)
             await self._read_loop(link)
+        except NodeRemoved as removed:
+            self.refused["removed_node"] += 1
+            logger.warning("refused the control link of node %s: %s", node_id[:16], removed)
         except Exception as group:
             if not is_link_error(group):
                 logger.exception("control link of %s failed unexpectedly; closing it",
@@ -150,7 +196,7 @@ class ControlServer:
             if link is not None and self.links.get(node_id) is link:
                 del self.links[node_id]
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self.store.set_server_state, node_id, "down", time.time())
+                    await anyio.to_thread.run_sync(self._mark_down, node_id)
                     if self.router is not None:
                         await self._router_call(self.router.node_down, node_id)
                 self.events.publish(EventType.SERVER_DOWN, node_id=node_id, name=link.name)
@@ -165,18 +211,42 @@ class ControlServer:
             raise ProtocolError("expected Register")
         return register
 
-    async def _register(self, link: _AgentLink, register: Register) -> None:
-        def upsert() -> None:
-            self.store.upsert_server(node_id=link.node_id, name=register.name, region=register.region,
-                                     group=register.group, address=register.peer_address)
-            self.store.set_server_state(link.node_id, "up", time.time())
+    def _mark_down(self, node_id: str) -> None:
+        try:
+            self.store.set_server_state(node_id, "down", time.time())
+        except NotFound:  # removed meanwhile: nothing to mark
+            pass
 
-        await anyio.to_thread.run_sync(upsert)
+    async def _admit(self, framed: FramedStream, node_id: str, register: Register) -> _AgentLink:
+        """Note a joined node's registration in the store; refuse one that is unknown or removed.
+
+        Raises:
+            NodeRemoved: the node did not join this master, was removed, or holds the master's
+                name (joined before that name was reserved); it was told so.
+        """
+        try:
+            if is_master_name(tls.peer_common_name(framed)):
+                raise NodeRemoved(node_id[:16], "its certificate has the name reserved for the master: "
+                                  "DELETE /api/servers/<its name> and join it again under another name")
+            info = await anyio.to_thread.run_sync(partial(
+                self.store.register_server, node_id, region=register.region, group=register.group,
+                address=register.peer_address))
+        except NodeRemoved as exc:
+            with anyio.move_on_after(CLOSE_TIMEOUT_S):
+                await framed.send(Error(code=ErrorCode.UNKNOWN_PEER, detail=str(exc)))
+            raise
+        if register.name != info.name:
+            logger.warning("node %s registers as %r but joined as %r: it keeps the name it joined with "
+                           "(to rename a server, delete it and join it again)", node_id[:16], register.name,
+                           info.name)
+        return _AgentLink(node_id=node_id, name=info.name, framed=framed)
+
+    async def _register(self, link: _AgentLink, register: Register) -> None:
         old = self.links.get(link.node_id)
         self.links[link.node_id] = link
         if old is not None:
             old.framed.abort()
-        self.events.publish(EventType.SERVER_UP, node_id=link.node_id, name=register.name,
+        self.events.publish(EventType.SERVER_UP, node_id=link.node_id, name=link.name,
                             address=register.peer_address)
         if self.router is not None:
             await self._router_call(self.router.node_up, link.node_id)
@@ -189,39 +259,100 @@ class ControlServer:
             with anyio.fail_after(RECEIVE_TIMEOUT_S):
                 message = await link.framed.receive()
             now = time.time()
-            match message:
-                case CommitReport():
-                    self.joblog.add(message)
-                case MetricsReport():
-                    if self.on_metrics is not None:
-                        self.on_metrics(link.node_id, link.name, message)
-                case AssignmentAck():
-                    link.epoch_acked = message.epoch
-                case MassDeleteHeld():
-                    logger.error("mapping %s: source %s held back %s deletes of %s entries%s; "
-                                 "POST /api/mappings/%s/confirm-deletes to let them go",
-                                 message.mapping_id, link.name, message.deletes, message.entries,
-                                 " (its folder is missing)" if message.root_missing else "",
-                                 message.mapping_id)
-                    data = {"mapping_id": message.mapping_id, "server": link.name, "deletes": message.deletes,
-                            "entries": message.entries, "root_missing": message.root_missing}
-                    self.events.publish(EventType.MASS_DELETE_HELD, **data)
-                    self.events.publish(EventType.ALARM, reason="mass delete held", **data)
-                case ReleaseReport():
-                    await anyio.to_thread.run_sync(self.store.modes.record_release, message.mapping_id,
-                                                   message.release, message.upto_seq)
-                case HopFailed():
-                    if self.router is not None:
-                        await self._router_call(partial(self.router.hop_failed, message.mapping_id, link.node_id,
-                                                        message.child, attempts=message.attempts,
-                                                        error=message.error))
-                case Ping():
-                    async with link.lock:
-                        await link.framed.send(Pong(nonce=message.nonce))
-                case Pong():
-                    pass
-                case _:
-                    raise ProtocolError(f"unexpected {type(message).__name__} on the control link")
+            if await self._believed(link, message):
+                await self._handle_message(link, message)
             if now - last_seen > 5.0:
                 last_seen = now
                 await anyio.to_thread.run_sync(self.store.set_server_state, link.node_id, "up", now)
+
+    async def _handle_message(self, link: _AgentLink, message: object) -> None:
+        """Act on one message the link is believed for."""
+        match message:
+            case CommitReport():
+                self.joblog.add(message)
+            case MetricsReport():
+                if self.on_metrics is not None:
+                    self.on_metrics(link.node_id, link.name, message)
+            case AssignmentAck():
+                link.epoch_acked = message.epoch
+            case MassDeleteHeld():
+                logger.error("mapping %s: source %s held back %s deletes of %s entries%s; "
+                             "POST /api/mappings/%s/confirm-deletes to let them go",
+                             message.mapping_id, link.name, message.deletes, message.entries,
+                             " (its folder is missing)" if message.root_missing else "",
+                             message.mapping_id)
+                data = {"mapping_id": message.mapping_id, "server": link.name, "deletes": message.deletes,
+                        "entries": message.entries, "root_missing": message.root_missing}
+                self.events.publish(EventType.MASS_DELETE_HELD, **data)
+                self.events.publish(EventType.ALARM, reason="mass delete held", **data)
+            case ReleaseReport():
+                await anyio.to_thread.run_sync(self.store.modes.record_release, message.mapping_id,
+                                               message.release, message.upto_seq)
+            case HopFailed():
+                if self.router is not None:
+                    await self._router_call(partial(self.router.hop_failed, message.mapping_id, link.node_id,
+                                                    message.child, attempts=message.attempts,
+                                                    error=message.error))
+            case Ping():
+                async with link.lock:
+                    await link.framed.send(Pong(nonce=message.nonce))
+            case Pong():
+                pass
+            case _:
+                raise ProtocolError(f"unexpected {type(message).__name__} on the control link")
+
+    async def _believed(self, link: _AgentLink, message: object) -> bool:
+        """Whether the link's node may say this (a report on its own part in the mapping);
+        if not, the message is counted, logged and dropped."""
+        match message:
+            case CommitReport():
+                if message.target_node != link.node_id:  # agents report their own commits only
+                    self._refuse(link, "forged_commit_report", message.mapping_id,
+                                 f"a commit report for target {message.target_node[:16]}", alarm=True)
+                    return False
+                kind = "commit_report"
+                ok = await self._member(message.mapping_id,
+                                        lambda m: m[0] == message.source_node and link.node_id in m[1])
+            case ReleaseReport() | MassDeleteHeld():
+                kind = "release_report" if isinstance(message, ReleaseReport) else "mass_delete_held"
+                ok = await self._member(message.mapping_id, lambda m: m[0] == link.node_id)
+            case HopFailed():
+                kind = "hop_failed"
+                ok = await self._member(message.mapping_id, lambda m: (
+                    message.child in m[1] and (link.node_id == m[0] or link.node_id in m[1])))
+            case _:
+                return True
+        if not ok:
+            self._refuse(link, kind, message.mapping_id, f"a {type(message).__name__} it has no part in")
+        return ok
+
+    async def _member(self, mapping_id: int, allowed: Callable[[_Members], bool]) -> bool:
+        """Whether `allowed` holds for the mapping's members; on a miss, the members are read
+        again if the config epoch moved since (a mapping created or edited meanwhile)."""
+        cached = self._members
+        found = cached[1].get(mapping_id) if cached is not None else None
+        if found is not None and allowed(found):
+            return True
+        members = await anyio.to_thread.run_sync(self._read_members)
+        found = members.get(mapping_id)
+        return found is not None and allowed(found)
+
+    def _read_members(self) -> dict[int, _Members]:
+        """The mappings' members as of the store's config epoch (in a worker thread)."""
+        epoch = self.store.epoch()  # read first: members read after it are at least that new
+        cached = self._members
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        members = self.store.mapping_members()
+        self._members = (epoch, members)
+        return members
+
+    def _refuse(self, link: _AgentLink, kind: str, mapping_id: int, what: str, *, alarm: bool = False) -> None:
+        self.refused[kind] += 1
+        count = self.refused[kind]
+        if count == 1 or count % 1000 == 0 or alarm:
+            logger.warning("dropped %s from %s on mapping %s (%s %s dropped so far)",
+                           what, link.name, mapping_id, count, kind)
+        if alarm:
+            self.events.publish(EventType.ALARM, reason="forged control message", server=link.name,
+                                node_id=link.node_id, mapping_id=mapping_id, detail=what)

@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.config.load import split_address
 from relaysync.config.schema import MasterConfig
+from relaysync.constants import MASTER_NODE_NAME
 from relaysync.master.app import create_app
 from relaysync.master.control import ControlServer
 from relaysync.master.events import EventBus, EventType
@@ -72,7 +73,7 @@ class MasterService:
         identity = tls.Identity.in_directory(self.data_dir / "control")
         if not identity.exists():
             identity.key_path.parent.mkdir(exist_ok=True)
-            key_pem, cert_pem = ca.issue("relaysync-master", ["127.0.0.1", "localhost", socket.gethostname()])
+            key_pem, cert_pem = ca.issue(MASTER_NODE_NAME, ["127.0.0.1", "localhost", socket.gethostname()])
             identity.key_path.write_bytes(key_pem)
             identity.key_path.chmod(0o600)
             identity.cert_path.write_bytes(cert_pem)
@@ -117,7 +118,7 @@ class MasterService:
                 saved_port.write_text(str(control_port))
                 app = create_app(store=store, ca=ca, events=events, admin_token=admin_token,
                                  control_address=self.control_address, on_change=control.notify_change,
-                                 router=router)
+                                 router=router, master_node_id=identity.node_id)
                 app.state.joblog = joblog
                 app.state.purger = purging.purger
                 app.state.monitor = monitor

@@ -98,6 +98,22 @@ def peer_node_id(framed: FramedStream) -> str:
     return fingerprint_der(der)
 
 
+def peer_common_name(framed: FramedStream) -> str:
+    """Return the subject common name of the peer's certificate ("" if it has none).
+
+    Only meaningful for a certificate the context verified against the fleet's CA.
+    """
+    ssl_object = framed.extra("ssl_object")
+    cert = ssl_object.getpeercert() if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket) else None
+    subject = cert.get("subject") if cert else None
+    if isinstance(subject, tuple):
+        for rdn in subject:
+            for attribute in rdn:
+                if isinstance(attribute, tuple) and attribute[0] == "commonName":
+                    return str(attribute[1])
+    return ""
+
+
 def peer_address(framed: FramedStream) -> str:
     remote = framed.extra("peername")
     return f"{remote[0]}:{remote[1]}" if isinstance(remote, tuple) else str(remote)

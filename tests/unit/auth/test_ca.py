@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from relaysync.auth.ca import CertificateAuthority, fingerprint, make_key_and_csr
+from relaysync.auth.ca import CertificateAuthority, fingerprint, is_master_name, make_key_and_csr
 from relaysync.errors import AuthError, ConfigError
 
 
@@ -130,3 +130,12 @@ def test_issue_for_master_control_server(ca: CertificateAuthority) -> None:
     assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert cert.public_key() == key.public_key()
+
+
+@pytest.mark.parametrize("name", ["relaysync-master", "RelaySync-Master"])
+def test_the_masters_name_is_reserved(ca: CertificateAuthority, name: str) -> None:
+    """Agents that joined before the master's node id was pinned tell the master by this name."""
+    _key, csr = make_key_and_csr(name)
+    with pytest.raises(ConfigError, match="reserved for the master"):
+        ca.sign_csr(csr, name=name)
+    assert not is_master_name("relaysync-master-2")

@@ -7,7 +7,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from relaysync.errors import ConfigError, NotFound
+from relaysync.errors import ConfigError, NodeRemoved, NotFound
 from relaysync.master.store import Store
 
 A, B = "a" * 64, "b" * 64
@@ -31,6 +31,7 @@ def test_migrate_from_empty_creates_every_table(store_url: str) -> None:
             "join_tokens",
             "api_tokens",
             "config_epoch",
+            "revoked_nodes",
             "alembic_version",
         } <= tables
         assert store.epoch() == 0
@@ -173,3 +174,52 @@ def test_delete_server(store: Store) -> None:
         store.get_server("b")
     with pytest.raises(NotFound):
         store.delete_server("b")
+
+
+def test_a_deleted_server_is_revoked_and_its_name_joins_again(store: Store, store_url: str) -> None:
+    store.upsert_server(node_id=A, name="web-1", region="", group="", address="")
+    assert not store.is_revoked(A)
+    store.delete_server("web-1")
+    assert store.is_revoked(A)
+    with pytest.raises(NodeRemoved, match="server 'web-1' was removed from the fleet"):
+        store.register_server(A, region="", group="", address="127.0.0.1:9")
+    with pytest.raises(NodeRemoved):  # nothing puts it back, not even a join's upsert
+        store.upsert_server(node_id=A, name="web-1", region="", group="", address="")
+    with pytest.raises(NotFound):
+        store.get_server(A)
+    store.upsert_server(node_id=B, name="web-1", region="", group="", address="")  # re-added: a new key
+    assert store.register_server(B, region="eu", group="g", address="10.0.0.2:7001").state == "up"
+    reopened = Store(store_url)  # the revocation is durable
+    try:
+        assert reopened.is_revoked(A) and not reopened.is_revoked(B)
+    finally:
+        reopened.close()
+
+
+def test_register_updates_a_joined_server_and_keeps_its_name(store: Store) -> None:
+    store.upsert_server(node_id=A, name="web-1", region="", group="", address="")
+    epoch = store.epoch()
+    info = store.register_server(A, region="eu", group="g1", address="10.0.0.1:7001")
+    assert (info.name, info.region, info.group, info.address, info.state) == (
+        "web-1", "eu", "g1", "10.0.0.1:7001", "up")
+    assert info.last_seen is not None
+    assert store.epoch() == epoch + 1  # peers address it by its address
+    store.register_server(A, region="eu", group="g1", address="10.0.0.1:7001")
+    assert store.epoch() == epoch + 1
+    store.set_server_topology("web-1", region="us", group="g2")
+    locked = store.register_server(A, region="eu", group="g1", address="10.0.0.1:7001")
+    assert (locked.region, locked.group) == ("us", "g2")
+
+
+def test_register_refuses_a_node_that_never_joined(store: Store) -> None:
+    with pytest.raises(NodeRemoved, match="does not know it"):
+        store.register_server(A, region="", group="", address="127.0.0.1:9")
+    assert store.list_servers() == []
+
+
+def test_mapping_members(store: Store) -> None:
+    for node, name in ((A, "a"), (B, "b"), ("c" * 64, "c")):
+        store.upsert_server(node_id=node, name=name, region="", group="", address="")
+    m = store.create_mapping(name="m", source="a", source_path="/x", targets=[("b", "/y"), ("c", "/z")])
+    n = store.create_mapping(name="n", source="b", source_path="/x", targets=[("a", "/y")])
+    assert store.mapping_members() == {m.id: (A, frozenset({B, "c" * 64})), n.id: (B, frozenset({A}))}

@@ -53,7 +53,7 @@ def test_a_refused_catch_up_file_does_not_drop_the_next_ones(folder: TargetFolde
 
 
 def test_big_commit_reports_are_split_into_small_frames() -> None:
-    link = MasterLink(control_address="127.0.0.1:1", ctx=ssl.create_default_context(), node_id="n", name="n",
+    link = MasterLink(control_address="127.0.0.1:1", ctx=ssl.create_default_context(), master_node_id=None, node_id="n", name="n",
                       register=Register(name="n", region="r", group="g", peer_address="x:1"),
                       on_assignment=lambda a: None)  # type: ignore[arg-type,return-value]
     records = tuple(CommitRecord(seq=0, op="mkdir", path=f"some/where/deep/directory-number-{i:06d}")

@@ -31,6 +31,7 @@ class ApiContext:
     events: EventBus
     admin_token: str
     control_address: str
+    master_node_id: str  # the control certificate's fingerprint, pinned by agents that join
     on_change: Callable[[], None]
     router: Router  # relay routes: re-planned on topology and routing edits
 

@@ -26,6 +26,9 @@ class JoinOut(BaseModel):
     cert_pem: str
     ca_pem: str
     control_address: str  # host:port of the master's control server
+    # SHA-256 of the master's control certificate: the agent connects to no other ("" from an
+    # app without a control server: such agents pin the master by its reserved name on first contact)
+    master_node_id: str = ""
 
 
 def _check_name_free(context: Context, name: str) -> None:
@@ -61,4 +64,5 @@ def join(body: JoinIn, context: Context) -> JoinOut:
         cert_pem=cert_pem.decode(),
         ca_pem=context.ca.ca_pem.decode(),
         control_address=context.control_address,
+        master_node_id=context.master_node_id,
     )

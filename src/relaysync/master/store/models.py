@@ -54,6 +54,17 @@ class Server(Base):
     topology_locked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class RevokedNode(Base):
+    """A node removed from the fleet (migration 0012_revoked_nodes): its certificate stays valid
+    for years and there is no CRL, so the control server refuses it by node id from then on."""
+
+    __tablename__ = "revoked_nodes"
+
+    node_id: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    name: Mapped[str] = mapped_column(NAME)  # its name when removed; the name itself may join again
+    revoked_at: Mapped[float] = mapped_column(Float)
+
+
 class Mapping(Base):
     __tablename__ = "mappings"
 

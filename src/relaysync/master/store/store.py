@@ -25,8 +25,8 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from relaysync.auth.tokens import hash_token, new_api_token, new_join_token
-from relaysync.errors import ConfigError, NotFound
-from relaysync.master.store import _joblog, _mappings, _queries
+from relaysync.errors import ConfigError, NodeRemoved, NotFound
+from relaysync.master.store import _joblog, _mappings, _queries, _servers
 from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
 from relaysync.master.store._modes import ModeStore
 from relaysync.master.store._monitoring import MonitoringStore
@@ -175,8 +175,10 @@ class Store(SiteStore):
 
         Raises:
             ConfigError: another node already has this name.
+            NodeRemoved: the node was removed from the fleet.
         """
         with self._write("upsert server") as session:
+            _servers.check_not_revoked(session, node_id)
             other = session.scalars(
                 select(Server).where(Server.name == name, Server.node_id != node_id)
             ).first()
@@ -195,6 +197,32 @@ class Store(SiteStore):
                 row.region, row.group_name = region, group
             session.flush()
             return _server_info(row)
+
+    def register_server(self, node_id: str, *, region: str, group: str, address: str) -> ServerInfo:
+        """A joined node's control link is up: record its address (and region and group, unless
+        an operator placed it) and mark it up. Its name is the one it joined with.
+
+        Raises:
+            NodeRemoved: the node was removed from the fleet, or never joined.
+        """
+        with self._write("register server") as session:
+            row = _servers.register(session, node_id, region=region, group=group, address=address,
+                                    now=time.time(), bump_epoch=_bump_epoch)
+            return _server_info(row)
+
+    def is_revoked(self, node_id: str) -> bool:
+        """Whether the node was removed from the fleet (DELETE /api/servers)."""
+        with self._read("is revoked") as session:
+            try:
+                _servers.check_not_revoked(session, node_id)
+            except NodeRemoved:
+                return True
+            return False
+
+    def mapping_members(self) -> dict[int, tuple[str, frozenset[str]]]:
+        """Every mapping's (source node, target nodes), by mapping id: whom its reports may come from."""
+        with self._read("mapping members") as session:
+            return _servers.mapping_members(session)
 
     def set_server_state(self, node_id: str, state: str, last_seen: float, *,
                          unless_seen_since: float | None = None) -> bool:
@@ -272,7 +300,8 @@ class Store(SiteStore):
             return _server_info(_mappings.resolve_server(session, name_or_node_id))
 
     def delete_server(self, name_or_node_id: str) -> None:
-        """Forget a server (e.g. one that must join again with a new key under its name).
+        """Forget a server and revoke its certificate (it may join again, with a new key, under
+        its name).
 
         Raises:
             ConfigError: a mapping still uses it as source or target.
@@ -298,7 +327,7 @@ class Store(SiteStore):
                 raise ConfigError(
                     f"server {row.name!r} is still used by mappings {', '.join(used)}; change them first"
                 )
-            session.delete(row)
+            _servers.revoke(session, row, time.time())
 
     # --- Mappings ---
 

@@ -1,0 +1,63 @@
+"""Which nodes may hold a control link: registration of known servers, and revocation.
+
+A node joins through POST /api/join (a row in `servers` from then on); its control link only
+updates that row. A server removed by an operator is recorded in `revoked_nodes`, so its
+certificate, still valid for years, is refused from then on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from relaysync.errors import NodeRemoved
+from relaysync.master.store.models import Mapping, MappingTarget, RevokedNode, Server
+
+
+def check_not_revoked(session: Session, node_id: str) -> None:
+    """Raise NodeRemoved if `node_id` was removed from the fleet."""
+    revoked = session.get(RevokedNode, node_id)
+    if revoked is not None:
+        raise NodeRemoved(node_id[:16], f"server {revoked.name!r} was removed from the fleet")
+
+
+def register(session: Session, node_id: str, *, region: str, group: str, address: str, now: float,
+             bump_epoch: Callable[[Session], None]) -> Server:
+    """A known node's control link is up: note its address (and region and group, unless an
+    operator placed it), and mark it up.
+
+    Raises:
+        NodeRemoved: the node was removed from the fleet, or never joined this master.
+    """
+    check_not_revoked(session, node_id)
+    # Locked (PostgreSQL: FOR UPDATE) so that a deletion cannot slip in between.
+    row = session.get(Server, node_id, with_for_update=True)
+    if row is None:
+        raise NodeRemoved(node_id[:16], "this master does not know it: removed, or joined another master")
+    if row.address != address:
+        bump_epoch(session)  # peers address it by its address
+    row.address = address
+    if not row.topology_locked:  # the router re-plans on the registration that follows
+        row.region, row.group_name = region, group
+    row.state, row.last_seen = "up", now
+    session.flush()
+    return row
+
+
+def revoke(session: Session, row: Server, now: float) -> None:
+    """Forget a server and refuse its certificate from now on (its name may join again)."""
+    session.merge(RevokedNode(node_id=row.node_id, name=row.name, revoked_at=now))
+    session.delete(row)
+
+
+def mapping_members(session: Session) -> dict[int, tuple[str, frozenset[str]]]:
+    """Every mapping's source node and target nodes, by mapping id."""
+    targets: dict[int, set[str]] = {}
+    for mapping_id, node_id in session.execute(select(MappingTarget.mapping_id, MappingTarget.node_id)):
+        targets.setdefault(mapping_id, set()).add(node_id)
+    return {
+        mapping_id: (source, frozenset(targets.get(mapping_id, ())))
+        for mapping_id, source in session.execute(select(Mapping.id, Mapping.source_node))
+    }

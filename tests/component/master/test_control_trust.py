@@ -1,0 +1,234 @@
+"""The master's control server over a real store, CA and TLS: a link is believed for what its
+certificate proves, not for what its messages say."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from tests._fleet import Fleet, agent_link, roundtrip
+
+from relaysync.errors import NotFound
+from relaysync.master.events import EventType
+from relaysync.master.store import Store
+from relaysync.protocol.messages import (
+    CommitRecord,
+    CommitReport,
+    Error,
+    ErrorCode,
+    HopFailed,
+    MassDeleteHeld,
+    ReleaseReport,
+)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
+    f = Fleet(tmp_path, store)
+    yield f
+    f.close()
+
+
+def _mapping(fleet: Fleet, source: str, *targets: str) -> int:
+    resp = fleet.client.post("/api/mappings", json={
+        "name": "docs", "source": source, "source_path": "/srv/docs",
+        "targets": [{"server": t, "path": "/srv/docs"} for t in targets],
+    })
+    assert resp.status_code == 201, resp.text
+    return int(resp.json()["id"])
+
+
+def _report(mapping_id: int, source: str, target: str, seq: int) -> CommitReport:
+    return CommitReport(mapping_id=mapping_id, source_node=source, target_node=target, watermark=seq,
+                        records=(CommitRecord(seq=seq, op="write", path="index.html"),))
+
+
+async def _refused(framed: object) -> Error:
+    """The master's answer to a Register it refuses, then the end of the link."""
+    with anyio.fail_after(10):
+        message = await framed.receive()  # type: ignore[attr-defined]
+        assert isinstance(message, Error), message
+        with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+            await framed.receive()  # type: ignore[attr-defined]
+    return message
+
+
+def test_an_agent_cannot_report_commits_for_another_target(fleet: Fleet) -> None:
+    """Agents only report their own commits (AgentService._reporter, also on relays): a report
+    for web-b on web-a's link would advance web-b's watermark, write its job log and feed the
+    purger before the origin has the content. It is dropped and raises an alarm; web-a's own
+    report goes through."""
+    src, a, b = fleet.join("src"), fleet.join("web-a"), fleet.join("web-b")
+    m = _mapping(fleet, "src", "web-a", "web-b")
+    seen: list[CommitReport] = []
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            control.joblog.subscribe(seen.append)
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(_report(m, src.node_id, b.node_id, 1000))
+                await framed.send(_report(m, src.node_id, a.node_id, 3))
+                await roundtrip(framed)
+            assert control.joblog.watermarks == {(m, src.node_id, a.node_id): 3}
+            assert control.refused["forged_commit_report"] == 1
+
+    anyio.run(main)
+    assert [r.target_node for r in seen] == [a.node_id]
+    alarms = [e.data for e in fleet.events.since(0) if e.type is EventType.ALARM]
+    assert [(d["reason"], d["server"]) for d in alarms] == [("forged control message", "web-a")]
+
+
+def test_reports_are_believed_only_for_the_nodes_part_in_the_mapping(fleet: Fleet) -> None:
+    """A commit report of a node that is not a target, or with another source than the
+    mapping's; a release report or a held mass delete from a target: dropped."""
+    src, a, other = fleet.join("src"), fleet.join("web-a"), fleet.join("other")
+    m = _mapping(fleet, "src", "web-a")
+    fleet.store.modes.set_mode(m, "manual")
+    fleet.store.modes.release(m)
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, other, "other") as framed:
+                await framed.send(_report(m, src.node_id, other.node_id, 5))  # not a target
+                await framed.send(_report(m + 100, src.node_id, other.node_id, 5))  # no such mapping
+                await roundtrip(framed)
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(_report(m, other.node_id, a.node_id, 5))  # not the mapping's source
+                await framed.send(ReleaseReport(mapping_id=m, release=1, upto_seq=50))
+                await framed.send(MassDeleteHeld(mapping_id=m, deletes=9, entries=10, root_missing=False))
+                await roundtrip(framed)
+            async with agent_link(port, other, "other") as framed:  # not in the mapping: no hops
+                await framed.send(HopFailed(mapping_id=m, child=a.node_id, error="x", attempts=5))
+                await roundtrip(framed)
+            assert control.joblog.watermarks == {}
+            assert fleet.store.modes.get(m).released_upto == 0
+            async with agent_link(port, src, "src") as framed:  # the source's own go through
+                await framed.send(ReleaseReport(mapping_id=m, release=1, upto_seq=7))
+                await framed.send(MassDeleteHeld(mapping_id=m, deletes=9, entries=10, root_missing=False))
+                await roundtrip(framed)
+            assert fleet.store.modes.get(m).released_upto == 7
+            assert dict(control.refused) == {"commit_report": 3, "release_report": 1, "mass_delete_held": 1,
+                                             "hop_failed": 1}
+
+    anyio.run(main)
+    held = [e.data["server"] for e in fleet.events.since(0) if e.type is EventType.MASS_DELETE_HELD]
+    assert held == ["src"]
+
+
+def test_a_mapping_created_after_the_link_came_up_is_believed(fleet: Fleet) -> None:
+    """The control server caches who is in which mapping; a report for a mapping it has not
+    seen yet reads the store again instead of being dropped."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, a, "web-a") as framed:
+                first = _mapping(fleet, "src", "web-a")
+                await framed.send(_report(first, src.node_id, a.node_id, 1))
+                await roundtrip(framed)
+                fleet.client.post("/api/mappings", json={
+                    "name": "more", "source": "src", "source_path": "/srv/more",
+                    "targets": [{"server": "web-a", "path": "/srv/more"}]})
+                second = fleet.store.get_mapping("more").id
+                await framed.send(_report(second, src.node_id, a.node_id, 2))
+                await roundtrip(framed)
+            assert control.joblog.watermarks == {(first, src.node_id, a.node_id): 1,
+                                                 (second, src.node_id, a.node_id): 2}
+
+    anyio.run(main)
+
+
+def test_a_removed_server_does_not_come_back_by_reconnecting(fleet: Fleet) -> None:
+    """DELETE /api/servers/{name} revokes the node: its certificate (825 days, no CRL) is refused
+    on the control port, the agent is told why, and its Register re-creates nothing."""
+    old = fleet.join("web-1")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            assert fleet.client.delete("/api/servers/web-1").status_code == 204
+            async with agent_link(port, old, "web-1") as framed:
+                error = await _refused(framed)
+            assert error.code is ErrorCode.UNKNOWN_PEER
+            assert "server 'web-1' was removed from the fleet" in error.detail
+            assert "join again with a new join token" in error.detail
+            with pytest.raises(NotFound):
+                fleet.store.get_server(old.node_id)
+            assert old.node_id not in control.links
+            assert control.refused["removed_node"] == 1
+
+    anyio.run(main)
+
+
+def test_a_node_that_never_joined_is_refused(fleet: Fleet) -> None:
+    """A certificate of the fleet's CA whose node is not in the store (removed before revocation
+    was recorded, or never joined) gets no link; one named like the master neither."""
+    stranger, impostor = fleet.issue("stranger"), fleet.issue("relaysync-master")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, stranger, "stranger") as framed:
+                assert "this master does not know it" in (await _refused(framed)).detail
+            async with agent_link(port, impostor, "x") as framed:
+                assert "name reserved for the master" in (await _refused(framed)).detail
+            assert control.links == {}
+
+    anyio.run(main)
+    assert fleet.store.list_servers() == []
+
+
+def test_deleting_a_server_drops_its_live_control_link(fleet: Fleet) -> None:
+    old = fleet.join("web-1")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, old, "web-1") as framed:
+                await roundtrip(framed)
+                assert old.node_id in control.links
+                assert fleet.client.delete("/api/servers/web-1").status_code == 204
+                # At once: not at the link's next state write (every 5 s), which finds no server.
+                with anyio.fail_after(2), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                    while True:  # a Ping sent as the removal lands may still be answered
+                        await roundtrip(framed)
+                assert old.node_id not in control.links
+                with pytest.raises(NotFound):
+                    fleet.store.get_server(old.node_id)  # the link's state writes re-create nothing
+
+    anyio.run(main)
+
+
+def test_a_deleted_servers_name_joins_again_with_a_fresh_token(fleet: Fleet) -> None:
+    """An operator re-adds a machine: a new key under the old name registers as usual."""
+    old = fleet.join("web-1")
+    assert fleet.client.delete("/api/servers/web-1").status_code == 204
+    new = fleet.join("web-1")
+    assert new.node_id != old.node_id
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, new, "web-1") as framed:
+                await roundtrip(framed)
+                assert control.links[new.node_id].name == "web-1"
+            async with agent_link(port, old, "web-1") as framed:
+                await _refused(framed)
+
+    anyio.run(main)
+    assert fleet.store.get_server("web-1").node_id == new.node_id
+
+
+def test_an_agent_cannot_register_under_another_name_than_it_joined_with(fleet: Fleet) -> None:
+    """The name comes from the join (the certificate the CA signed), not from Register: web-a
+    cannot take the name db-1 (e.g. of a server just deleted, that mappings are then made for)."""
+    a = fleet.join("web-a")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, a, "db-1") as framed:
+                await roundtrip(framed)
+                assert control.links[a.node_id].name == "web-a"
+
+    anyio.run(main)
+    assert fleet.store.get_server(a.node_id).name == "web-a"
+    with pytest.raises(NotFound):
+        fleet.store.get_server("db-1")
