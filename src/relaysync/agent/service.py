@@ -12,9 +12,7 @@ agent resumes its work at once after a restart, even while the master is down.
 from __future__ import annotations
 
 import logging
-import os
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,7 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import RECEIVE_TIMEOUT_S
-from relaysync.errors import ConfigError, FolderRefused, JoinRefused, LinkDown
+from relaysync.errors import FolderRefused, JoinRefused, LinkDown
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
 from relaysync.protocol.handshake import announced_capabilities
@@ -34,7 +32,6 @@ from relaysync.protocol.messages import (
     Assignment,
     CommitRecord,
     HopFailed,
-    LinkPolicy,
     MappingSpec,
     MassDeleteHeld,
     MetricSample,
@@ -45,10 +42,7 @@ from relaysync.protocol.messages import (
     nodes_below,
 )
 from relaysync.transfer import tls
-from relaysync.transfer.bandwidth import BandwidthSchedule, TokenBucket
-from relaysync.transfer.codec import codec_for_level
 from relaysync.transfer.conflicts import forget_missing
-from relaysync.transfer.ops import SendOptions
 from relaysync.transfer.receiver import ReportFn, TargetFolder
 from relaysync.transfer.relay import RelayFeed, RelayLink
 from relaysync.transfer.sender import SourceFolder, TargetAddress, TargetLink
@@ -61,6 +55,7 @@ from relaysync.watch.watcher import FsEvent
 
 from .enrollment import MasterPin, join, pin_master, read_master_file
 from .guard import check_folder, parse_roots
+from .link_options import LinkOptions
 from .links import LinkSet, children_of, parents_of
 from .master_link import MasterLink, make_report
 from .peer_server import PeerServer
@@ -94,10 +89,7 @@ class AgentService:
         self.refused: dict[int, tuple[FolderRefused, frozenset[str]]] = {}
         self._refusals_logged: dict[tuple[int, str], str] = {}  # (mapping, role) -> why
         self.peers: dict[str, PeerInfo] = {}
-        # One bucket per peer and limit: every link to a server (one per mapping, and relayed
-        # ones) shares it, so a limit caps the network link, not each folder on it. An entry
-        # lives as long as a link holds its bucket.
-        self._buckets: weakref.WeakValueDictionary[tuple[str, bytes], TokenBucket] = weakref.WeakValueDictionary()
+        self._link_options = LinkOptions(cfg)
         self.epoch = -1
         self.link: MasterLink | None = None
         self._tg: TaskGroup | None = None
@@ -264,7 +256,8 @@ class AgentService:
         address = partial(self._peer_address, target.node_id)
         running = self.sources.get(mapping_id) if signatures else None  # relays forward as they got it
         override = running.spec.transfer_override if running is not None else ""
-        options = self._send_options(target, source if signatures else None, override)
+        options = self._link_options.for_target(
+            target, source.signatures if signatures and isinstance(source, SourceMapping) else None, override)
         return kind(source, TargetAddress(target.node_id, label, address),  # type: ignore[arg-type]
                     tls.client_context(self.identity), node_id=self.node_id, name=self.cfg.name,
                     compare_interval_s=self.cfg.compare_interval_s, options=options,
@@ -418,40 +411,6 @@ class AgentService:
         if source.set_release(release) and self.link is not None:
             self.link.report_release(ReleaseReport(mapping_id=source.mapping_id, release=release,
                                                    upto_seq=source.send_upto))
-
-    def _send_options(self, target: TargetSpec, source: SourceFolder | RelayFeed | None,
-                      transfer_override: str = "") -> SendOptions:
-        """The link's settings: the master's policy for this pair, else this agent's defaults.
-
-        The mapping's `transfer_override` beats the policy's delta/dump choice. The bandwidth
-        limit follows the policy's time-of-day windows while the link runs.
-        """
-        policy = target.policy or LinkPolicy(zstd_level=self.cfg.zstd_level,
-                                             bandwidth_limit_mbit=self.cfg.bandwidth_limit_mbit)
-        signatures = source.signatures if isinstance(source, SourceMapping) else None
-        return SendOptions(codec=codec_for_level(policy.zstd_level), signatures=signatures,
-                           bandwidth=self._bucket(policy, target),
-                           force=transfer_override or policy.transfer,
-                           tls=policy.tls or not target.link_secret, link_secret=target.link_secret,
-                           corrupt_deltas=int(os.environ.get("RELAYSYNC_TEST_CORRUPT_DELTAS", "0") or 0))
-
-    def _bucket(self, policy: LinkPolicy, target: TargetSpec) -> TokenBucket:
-        """The token bucket of the links to `target` under this limit (shared, see `_buckets`)."""
-        key = (target.node_id, msgspec.msgpack.encode(
-            (policy.bandwidth_limit_mbit, policy.windows, policy.timezone, self.cfg.bandwidth_limit_mbit)))
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self._bandwidth_rate(policy, target))
-        return bucket
-
-    def _bandwidth_rate(self, policy: LinkPolicy, target: TargetSpec) -> Callable[[], float]:
-        """Bytes per second now: the policy's window in force or base limit, else this agent's limit."""
-        try:
-            schedule = BandwidthSchedule(policy.bandwidth_limit_mbit, policy.windows, policy.timezone)
-        except ConfigError as exc:  # the master checked them; this host may lack the timezone
-            logger.error("link to %s: bandwidth windows ignored: %s", target.node_id[:16], exc)
-            schedule = BandwidthSchedule(policy.bandwidth_limit_mbit)
-        return schedule.rate(fallback_mbit=self.cfg.bandwidth_limit_mbit)
 
     def _peer_address(self, node_id: str) -> str:
         peer = self.peers.get(node_id)
