@@ -24,10 +24,10 @@ from alembic.config import Config
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from relaysync.auth.tokens import hash_token, new_api_token, new_join_token
 from relaysync.errors import ConfigError, NodeRemoved, NotFound
-from relaysync.master.store import _joblog, _mappings, _queries, _servers
+from relaysync.master.store import _mappings, _servers
 from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
+from relaysync.master.store._joblog_store import JobLogStore
 from relaysync.master.store._modes import ModeStore
 from relaysync.master.store._monitoring import MonitoringStore
 from relaysync.master.store._nmjobs import NmJobStore
@@ -36,31 +36,23 @@ from relaysync.master.store._retention import RetentionStore
 from relaysync.master.store._routing import RoutingStore, check_capacity, check_topology_name
 from relaysync.master.store._sites import SiteStore
 from relaysync.master.store._stats import StatsStore
+from relaysync.master.store._tokens import TokenStore
 from relaysync.master.store.models import (
-    ApiToken,
     ConfigEpoch,
-    JoinToken,
     Mapping,
     MappingTarget,
     Server,
 )
 from relaysync.master.store.types import (
-    AdvanceInfo,
-    CatchupInfo,
-    ChangeLogRow,
-    ExceptionInfo,
     MappingInfo,
     ServerInfo,
-    TargetStatus,
-    WatermarkInfo,
 )
-from relaysync.protocol.messages import Assignment, CommitReport, MappingSpec, PeerInfo
+from relaysync.protocol.messages import Assignment, MappingSpec, PeerInfo
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SERVER_STATES = ("up", "down", "unknown")
-MAX_QUERY_LIMIT = 10_000  # rows one query may return; the API pages beyond that
 
 
 def _server_info(row: Server) -> ServerInfo:
@@ -98,13 +90,7 @@ def _read_epoch(session: Session) -> int:
     return int(session.scalar(select(ConfigEpoch.epoch).where(ConfigEpoch.id == 1)) or 0)
 
 
-def _limit(limit: int) -> int:
-    if limit < 1 or limit > MAX_QUERY_LIMIT:
-        raise ConfigError(f"limit {limit} must be between 1 and {MAX_QUERY_LIMIT}")
-    return limit
-
-
-class Store(SiteStore):
+class Store(SiteStore, TokenStore, JobLogStore):
     """The master's database, by URL: `sqlite:///path.db` or `postgresql+psycopg://...`."""
 
     def __init__(self, url: str) -> None:
@@ -467,127 +453,6 @@ class Store(SiteStore):
                     PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers
                 ),
             )
-
-    # --- Tokens ---
-
-    def create_join_token(self, *, ttl_s: float | None = None) -> str:
-        """Return a new join token, reusable by any number of agents until it expires."""
-        if ttl_s is not None and ttl_s <= 0:
-            raise ConfigError(f"join token ttl_s {ttl_s} must be positive")
-        token, now = new_join_token(), time.time()
-        expires_at = None if ttl_s is None else now + ttl_s
-        with self._write("create join token") as session:
-            session.add(
-                JoinToken(token_hash=hash_token(token), created_at=now, expires_at=expires_at)
-            )
-        return token
-
-    def check_join_token(self, token: str) -> bool:
-        """Return whether `token` is a join token that has not expired."""
-        with self._read("check join token") as session:
-            row = session.get(JoinToken, hash_token(token))
-            return row is not None and (row.expires_at is None or row.expires_at > time.time())
-
-    def create_api_token(self, name: str) -> str:
-        """Return a new API token labelled `name`; only its hash is kept."""
-        if not name.strip():
-            raise ConfigError("an API token needs a name")
-        token = new_api_token()
-        with self._write("create API token") as session:
-            session.add(ApiToken(name=name, token_hash=hash_token(token), created_at=time.time()))
-        return token
-
-    def check_api_token(self, token: str) -> bool:
-        """Return whether `token` is a known API token."""
-        with self._read("check API token") as session:
-            found = session.scalar(
-                select(ApiToken.id).where(ApiToken.token_hash == hash_token(token))
-            )
-            return found is not None
-
-    # --- Job log ---
-
-    def record_commit_reports(self, reports: Sequence[CommitReport]) -> None:
-        """Fold a batch of commit reports into the job log, in one transaction; repeats are harmless."""
-        if not reports:
-            return
-        with self._write("record commit reports") as session:
-            _joblog.record(session, reports, time.time())
-
-    def watermarks(self, mapping_id: int | str) -> list[WatermarkInfo]:
-        """Return the watermark of every (source, target) pair of a mapping.
-
-        Raises:
-            NotFound: no such mapping.
-        """
-        with self._read("watermarks") as session:
-            return _queries.watermarks(session, _mappings.find_mapping(session, mapping_id).id)
-
-    def mapping_status(self, mapping_id: int | str) -> list[TargetStatus]:
-        """Return, per target of a mapping, its watermark and lag behind the source's highest seq.
-
-        Raises:
-            NotFound: no such mapping.
-        """
-        with self._read("mapping status") as session:
-            row = _mappings.find_mapping(session, mapping_id)
-            return _queries.mapping_status(session, row, _mappings.infos(session, [row])[0])
-
-    def job_log(
-        self,
-        *,
-        mapping_id: int | str | None = None,
-        limit: int = 100,
-        before_seq: int | None = None,
-    ) -> list[ChangeLogRow]:
-        """Return change rows, newest seq first, each with how many targets have committed it.
-
-        A target has committed seq s iff its watermark >= s and it has no open exception for s.
-
-        Raises:
-            NotFound: no such mapping.
-        """
-        with self._read("job log") as session:
-            mid = None if mapping_id is None else _mappings.find_mapping(session, mapping_id).id
-            return _queries.job_log(
-                session, mapping_id=mid, limit=_limit(limit), before_seq=before_seq
-            )
-
-    def exceptions(
-        self, mapping_id: int | str | None = None, limit: int = 100, *, open_only: bool = False
-    ) -> list[ExceptionInfo]:
-        """Return failed changes, latest failure first (`open_only`: not yet committed since).
-
-        Raises:
-            NotFound: no such mapping.
-        """
-        with self._read("exceptions") as session:
-            mid = None if mapping_id is None else _mappings.find_mapping(session, mapping_id).id
-            return _queries.exceptions(
-                session, mapping_id=mid, limit=_limit(limit), open_only=open_only
-            )
-
-    def advances(
-        self, *, mapping_id: int | str | None = None, target: str | None = None, limit: int = 100
-    ) -> list[AdvanceInfo]:
-        """Return watermark advances, newest first, each with the route its changes came along.
-
-        Raises:
-            NotFound: no such mapping or target server.
-        """
-        with self._read("advances") as session:
-            mid = None if mapping_id is None else _mappings.find_mapping(session, mapping_id).id
-            node = None if target is None else _mappings.resolve_server(session, target).node_id
-            return _queries.advances(session, mapping_id=mid, target_node=node, limit=_limit(limit))
-
-    def catchup(self, mapping_id: int | str) -> list[CatchupInfo]:
-        """Return the catch-up counters (work outside the journal) of a mapping, per target.
-
-        Raises:
-            NotFound: no such mapping.
-        """
-        with self._read("catchup") as session:
-            return _queries.catchup(session, _mappings.find_mapping(session, mapping_id).id)
 
 
 def _asdict(draft: _mappings.MappingDraft) -> dict[str, Any]:
