@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anyio
 
 from relaysync.errors import RelaySyncError
@@ -11,6 +13,15 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (
     RelaySyncError, OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError,
     anyio.ClosedResourceError,
 )
+
+
+def error_leaves(exc: BaseException) -> Iterator[BaseException]:
+    """Every non-group exception inside nested exception groups (or exc itself)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from error_leaves(inner)
+    else:
+        yield exc
 
 
 def leaf_error(exc: BaseException) -> BaseException:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,7 +23,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from relaysync._util.aio import is_link_error, leaf_error
+from relaysync._util.aio import error_leaves, is_link_error, leaf_error
 from relaysync.constants import (
     CAP_SMALL_FILE,
     CLOSE_TIMEOUT_S,
@@ -38,7 +38,6 @@ from relaysync.errors import PeerRefused, ProtocolError, SpoolReset
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
-    MAX_OBSOLETE_PARTIALS,
     Ack,
     AnyMessage,
     AuthChallenge,
@@ -50,9 +49,7 @@ from relaysync.protocol.messages import (
     DirListing,
     Error,
     ErrorCode,
-    FileAbort,
     FileChunk,
-    FileEnd,
     MappingState,
     NodeMark,
     OpenMapping,
@@ -60,11 +57,11 @@ from relaysync.protocol.messages import (
     PartialRef,
     Ping,
     Pong,
-    SmallFile,
 )
 from relaysync.transfer import ops, tls
 from relaysync.transfer.compare import Work, compare_trees, iter_subtree
 from relaysync.transfer.moves import MovedAway
+from relaysync.transfer.obsolete import closing_checkpoints, obsolete_partials
 from relaysync.transfer.pacing import send_paced
 from relaysync.watch._coalesce_journal import coalesce_records
 from relaysync.watch.changes import JournalRecord
@@ -76,10 +73,6 @@ logger = logging.getLogger(__name__)
 BATCH_RECORDS = 256  # journal records per batch (one Checkpoint, one fsync batch on the target)
 BATCH_BYTES = 8 * 1024 * 1024  # payload per send_many; larger files stream chunk by chunk
 WINDOW_RECORDS = 8192  # records sent but not yet acknowledged before the sender waits
-# Records journaled since a comparison's head looked through for paths whose partials must stay;
-# past this many, the partials wait for the next comparison (a busy source, seldom).
-MAX_RECORDS_AFTER_HEAD = 65_536
-OBSOLETE_BYTES = 1024 * 1024  # of paths per Checkpoint, far below MAX_MESSAGE_BYTES
 
 
 class SourceFolder(Protocol):
@@ -226,7 +219,7 @@ class TargetLink:
                 self.log.warning("link to %s down, will retry in %.1f s: %s",
                                  self.target.name, delay, err or type(err).__name__)
                 self.failures += 1
-                if self.on_failure is not None and not any(map(_not_a_failed_hop, _leaves(exc))):
+                if self.on_failure is not None and not any(map(_not_a_failed_hop, error_leaves(exc))):
                     self.on_failure(self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures)
             self.connected = False
             await anyio.sleep(delay)
@@ -354,7 +347,7 @@ class TargetLink:
         root = self.source.root
         match record.op:
             case "write":
-                if not (yield from _sent(ops.record_messages(root, record, self.options))):
+                if not (yield from ops.whole_sent(ops.record_messages(root, record, self.options))):
                     moved.gone(root, record.path)
                 else:
                     moved.forget(record.path)  # there after all (a name used again)
@@ -366,7 +359,7 @@ class TargetLink:
                     followed.remove(record.new_path)
                     yield Delete(seq=record.seq, path=record.path, changed_at=record.time_ns / 1e9)
                     self.options.whole_file_seqs.add(record.seq)
-                    if not (yield from _sent(ops.record_messages(root, record, self.options))):
+                    if not (yield from ops.whole_sent(ops.record_messages(root, record, self.options))):
                         moved.gone(root, record.new_path)
                 else:
                     yield from ops.record_messages(root, record, self.options)
@@ -385,7 +378,7 @@ class TargetLink:
         if entry is None or entry.kind != "f":
             moved.gone(root, path)  # moved on, or deleted: a later record covers it
             return
-        if not (yield from _sent(ops.iter_file_messages(root, path, 0, expected_hash=entry.hash,
+        if not (yield from ops.whole_sent(ops.iter_file_messages(root, path, 0, expected_hash=entry.hash,
                                                         options=self.options))):
             moved.gone(root, path)
 
@@ -397,7 +390,7 @@ class TargetLink:
         session.moved = MovedAway()  # the comparison sends every file where it is now
 
         def send_entry(entry: Entry) -> Iterator[ops.Outgoing]:
-            if not (yield from _sent(ops.entry_messages(root, entry, self.options))) and entry.kind == "f":
+            if not (yield from ops.whole_sent(ops.entry_messages(root, entry, self.options))) and entry.kind == "f":
                 session.moved.gone(root, entry.path)  # moved during the comparison: its rename follows
 
         async def emit(work: Sequence[Work]) -> None:
@@ -415,7 +408,7 @@ class TargetLink:
 
         emitted = await compare_trees(manifest, session.request_listings, emit, erase=self.erase)
         obsolete = await anyio.to_thread.run_sync(self._obsolete_partials, session.partials, head)
-        await session.framed.send_many(_closing_checkpoints(head, obsolete))
+        await session.framed.send_many(closing_checkpoints(head, obsolete))
         session.sent_upto = max(session.sent_upto, head)
         if obsolete:
             gone = {(ref.path, ref.hash) for ref in obsolete}
@@ -436,20 +429,7 @@ class TargetLink:
         moves (a directory above it) stays, as does every one while too many records are to be
         looked through. What is left was deleted here, or replaced by another version.
         """
-        if not partials:
-            return []
-        touched = _paths_journaled_after(self.source.journal, head)
-        if touched is None:
-            return []
-        manifest = self.source.manifest
-        obsolete = []
-        for p in partials:
-            if any(path in touched for path in _self_and_parents(p.path)):
-                continue
-            entry = manifest.get(p.path)
-            if entry is None or entry.kind != "f" or entry.hash != p.hash:
-                obsolete.append(PartialRef(path=p.path, hash=p.hash))
-        return obsolete
+        return obsolete_partials(self.source.journal, self.source.manifest, partials, head)
 
     async def _send_stream(self, session: _Session, messages: Iterator[ops.Outgoing]) -> None:
         """Pull messages from a file-reading iterator in a worker thread and send them in batches.
@@ -498,65 +478,6 @@ class TargetLink:
                     await send_paced(session.framed, batch, limit, self.options.codec)
                 else:
                     await session.framed.send_many(batch)
-
-
-def _paths_journaled_after(journal: Journal, head: int) -> set[str] | None:
-    """Every path (old and new names) of the records after `head`; None if over MAX_RECORDS_AFTER_HEAD."""
-    touched: set[str] = set()
-    seen, after = 0, head
-    while records := journal.read(after, 4096):
-        seen += len(records)
-        if seen > MAX_RECORDS_AFTER_HEAD:
-            return None
-        for record in records:
-            touched.add(record.path)
-            if record.new_path:
-                touched.add(record.new_path)
-        after = records[-1].seq
-    return touched
-
-
-def _self_and_parents(path: str) -> Iterator[str]:
-    yield path
-    while "/" in path:
-        path = path.rsplit("/", 1)[0]
-        yield path
-
-
-def _closing_checkpoints(head: int, obsolete: Sequence[PartialRef]) -> list[AnyMessage]:
-    """The Checkpoint(s) that close a comparison, naming the obsolete partials in bounded pieces."""
-    out: list[AnyMessage] = []
-    piece: list[PartialRef] = []
-    size = 0
-    for ref in obsolete:
-        if len(piece) >= MAX_OBSOLETE_PARTIALS or size >= OBSOLETE_BYTES:
-            out.append(Checkpoint(seq=head, obsolete=tuple(piece)))
-            piece, size = [], 0
-        piece.append(ref)
-        size += len(ref.path.encode("utf-8", "surrogateescape")) + 32
-    out.append(Checkpoint(seq=head, obsolete=tuple(piece)))
-    return out
-
-
-def _sent(messages: Iterator[ops.Outgoing]) -> Generator[ops.Outgoing, None, bool]:
-    """Yield `messages`; return whether they ended with a whole file sent (FileEnd or SmallFile)."""
-    complete = False
-    for message in messages:
-        if isinstance(message, FileEnd | SmallFile):
-            complete = True
-        elif isinstance(message, FileAbort):
-            complete = False
-        yield message
-    return complete
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """Every non-group exception inside `exc` (a refusal may come with the EndOfStream after it)."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 def _not_a_failed_hop(err: BaseException | None) -> bool:
