@@ -99,7 +99,11 @@ class ControlServer:
         self._members: tuple[int, dict[int, _Members]] | None = None
 
     def notify_change(self) -> None:
-        """Mappings or servers changed: push fresh assignments (callable from any thread)."""
+        """Mappings or servers changed: push fresh assignments (callable from any thread).
+
+        The members cached for `_believed` go too: a positive answer is not checked against the
+        epoch, so a target removed from a mapping would otherwise still be believed."""
+        self._members = None
         try:
             anyio.from_thread.run_sync(self._changed.set)
         except RuntimeError:

@@ -209,8 +209,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     async def next_message(self) -> tuple[AnyMessage, int]:
         while not self._ready:
-            if self._end > self._start and not self._corrupt and self._decode_buffered() and self._ready:
-                break  # frames left in the buffer while the decoded ones waited (even after EOF)
+            if self._end > self._start and not self._corrupt:
+                self._decode_buffered()  # frames left in the buffer while the decoded ones waited
+                if self._ready:  # (even after EOF, or before a bad frame: those go first)
+                    break
             if self._failure is not None:
                 raise self._failure
             self._waiter = asyncio.get_running_loop().create_future()

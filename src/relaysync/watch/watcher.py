@@ -247,10 +247,13 @@ class Watcher:
                 await anyio.wait_readable(self._ino.fd)
             started = time.monotonic()
             full = self._drain()
-            while not full and (wait_s := self._pairing_wait_s(started)) > 0:
-                with anyio.move_on_after(wait_s):
-                    await anyio.wait_readable(self._ino.fd)
-                full = self._drain()
+            while (wait_s := self._pairing_wait_s(started)) > 0:
+                if not full:
+                    with anyio.move_on_after(wait_s):
+                        await anyio.wait_readable(self._ino.fd)
+                # a full batch still reads on for its pending MOVED_FROMs' MOVED_TOs: cut between
+                # them, `mv d e` would reach the targets as a delete of d and a rescan of e
+                full = self._drain(pairing=True)
             events = coalesce(self._finish_batch())
             if events:
                 await send.send(events)
@@ -268,17 +271,19 @@ class Watcher:
         newest = max(pending.read_at for pending in self._cookies.values())
         return min(newest + MOVE_PAIR_S, started + PAIR_BATCH_MAX_S) - time.monotonic()
 
-    def _drain(self) -> bool:
-        """Read the queued inotify events into the batch; return True if it is full.
+    def _drain(self, *, pairing: bool = False) -> bool:
+        """Read the queued inotify events into the batch; return True if it stopped full (more
+        may be queued), False once none is left.
 
         A batch is full at BATCH_MAX_EVENTS: writers faster than this loop must not keep one
-        batch (and the event loop) to themselves for ever.
+        batch (and the event loop) to themselves for ever. With `pairing`, a full batch reads on
+        while a MOVED_FROM of it waits for its MOVED_TO (bounded by the caller's pairing wait).
         """
         assert self._ino is not None
         while (event := self._ino.sync_get()) is not None:
             self._batch_read += 1
             self._handle(event)
-            if self._batch_read >= BATCH_MAX_EVENTS:
+            if self._batch_read >= BATCH_MAX_EVENTS and not (pairing and self._cookies):
                 return True
         return False
 

@@ -232,3 +232,27 @@ def test_an_agent_cannot_register_under_another_name_than_it_joined_with(fleet: 
     assert fleet.store.get_server(a.node_id).name == "web-a"
     with pytest.raises(NotFound):
         fleet.store.get_server("db-1")
+
+
+def test_a_target_removed_from_a_mapping_is_no_longer_believed(fleet: Fleet) -> None:
+    """A positive answer was served from the members cache without looking at the config epoch:
+    web-b, taken out of the mapping, could still advance its watermark and feed the purger.
+    Every config change calls notify_change (the API's and the router's on_change)."""
+    src, a, b = fleet.join("src"), fleet.join("web-a"), fleet.join("web-b")
+    m = _mapping(fleet, "src", "web-a", "web-b")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, b, "web-b") as framed:
+                await framed.send(_report(m, src.node_id, b.node_id, 1))
+                await roundtrip(framed)
+                resp = fleet.client.patch(f"/api/mappings/{m}", json={
+                    "targets": [{"server": "web-a", "path": "/srv/docs"}]})
+                assert resp.status_code == 200, resp.text
+                control.notify_change()
+                await framed.send(_report(m, src.node_id, b.node_id, 2))
+                await roundtrip(framed)
+            assert control.joblog.watermarks == {(m, src.node_id, b.node_id): 1}
+            assert control.refused["commit_report"] == 1
+
+    anyio.run(main)

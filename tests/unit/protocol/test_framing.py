@@ -233,6 +233,26 @@ def test_one_read_of_many_small_frames_decodes_up_to_the_bound_and_delivers_them
     anyio.run(main)
 
 
+def test_good_frames_left_undecoded_before_a_bad_one_are_delivered_first() -> None:
+    # Was: the frames decoded in next_message (left in the buffer at the pause bound) were not
+    # handed out when a bad frame followed them: it raised at once, losing a last Ack or Error.
+    frame = encode_frame(Erase(seq=1, path="", keep=_tiny_names(1000)))
+    count = 20 * 1024 * 1024 // len(frame)
+    bad = b"\x00\x00\x00\x03\xc1\xc1\xc1"
+
+    async def main() -> None:
+        protocol, transport = _protocol()
+        _feed(protocol, frame * count + bad, len(frame) * count + len(bad))
+        assert transport.paused and len(protocol._ready) < count / 4  # the rest waits undecoded
+        for _ in range(count):
+            message, _ = await protocol.next_message()
+            assert isinstance(message, Erase)
+        with pytest.raises(ProtocolError):
+            await protocol.next_message()
+
+    anyio.run(main)
+
+
 @pytest.mark.parametrize("message", [
     Erase(seq=1, path="", keep=("a",) * (MAX_ERASE_KEEP + 1)),
     Ack(mapping_id=1, watermark=1, subtree=(NodeMark(node_id="", watermark=0),) * (MAX_SUBTREE_NODES + 1)),

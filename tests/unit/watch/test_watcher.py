@@ -275,3 +275,19 @@ def test_truncate_without_close_write_is_reported(tmp_path: Path) -> None:
 
     events = anyio.run(main)
     assert [(e.kind, e.path) for e in events] == [("write", "t.txt")]
+
+
+async def test_a_dir_rename_at_a_full_batchs_edge_stays_a_move(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CREATE x, CLOSE_WRITE x, MOVED_FROM d | MOVED_TO e: with the batch full after the
+    MOVED_FROM, the batch was cut there, d became a delete and e a rescan (every target deleted
+    the directory and got it all again; a large one tripped the mass-delete guard)."""
+    from relaysync.watch import watcher
+
+    (tree / "d").mkdir()
+    (tree / "d" / "f").write_bytes(b"x")
+    monkeypatch.setattr(watcher, "BATCH_MAX_EVENTS", 3)
+    async with watching(tree) as seen:
+        (tree / "x").write_bytes(b"")  # all queued in the kernel before the watcher reads
+        (tree / "d").rename(tree / "e")
+        await wait_for(lambda: any("e" in (ev.path, ev.new_path) for ev in seen))
+    assert has(seen, "move", "d", "e") and not has(seen, "delete", "d"), seen
