@@ -238,7 +238,8 @@ def test_a_target_removed_from_a_mapping_is_no_longer_believed(fleet: Fleet) -> 
     """A positive answer was served from the members cache without looking at the config epoch:
     web-b, taken out of the mapping, could still advance its watermark and feed the purger.
     Every config change calls notify_change (the API's and the router's on_change)."""
-    src, a, b = fleet.join("src"), fleet.join("web-a"), fleet.join("web-b")
+    src, b = fleet.join("src"), fleet.join("web-b")
+    fleet.join("web-a")
     m = _mapping(fleet, "src", "web-a", "web-b")
 
     async def main() -> None:
