@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 CONFIRM_ATTEMPTS = 3  # GETs before a refresh counts as failed (and is retried from the queue)
 CONFIRM_PAUSE_S = 0.02  # between those GETs: a cache may still be storing the new object
+STALE_REFRESHES_TO_SWITCH = 3  # one-request refreshes a cache ignored before it gets PURGE + GET
 
 
 def _fingerprint(status: int, body: bytes) -> tuple[int, str]:
@@ -87,16 +88,23 @@ async def run_item(driver: Driver, client: httpx.AsyncClient, origins: Sequence[
     one_request = driver.one_request
     status = await driver.refresh(url)
     try:
-        return status, await confirm(driver, client, origins, url)
+        confirmed = await confirm(driver, client, origins, url)
     except StaleCopy as exc:
-        if not (one_request and driver.one_request and status == "refreshed"):
+        if not (one_request and status == "refreshed"):  # (another item may have switched it since)
             raise
         stale = exc
+    else:
+        return status, confirmed
+    # The cache served its old copy after a one-request refresh: PURGE + GET now. Only after
+    # STALE_REFRESHES_TO_SWITCH such refreshes does the cache get PURGE + GET for good (one may
+    # be a confirm racing the cache storing the new object).
     status = await driver.purge(url)
     await driver.get(url)
     confirmed = await confirm(driver, client, origins, url)
     if confirmed and driver.one_request:
-        logger.warning("cache %s kept its copy on a one-request refresh (%s); using PURGE + GET "
-                       "from now on", driver.cache.name, stale)
-        driver.one_request = False
+        driver.stale_refreshes += 1
+        if driver.stale_refreshes >= STALE_REFRESHES_TO_SWITCH:
+            logger.warning("cache %s kept its copy on %s one-request refreshes (last: %s); "
+                           "using PURGE + GET from now on", driver.cache.name, driver.stale_refreshes, stale)
+            driver.one_request = False
     return status, confirmed

@@ -72,14 +72,15 @@ async def test_an_unexpected_error_in_a_worker_is_retried_and_reported(
 async def test_a_refresh_that_the_cache_ignores_falls_back_to_purge(harness: Harness) -> None:
     """Varnish ignores a client's `Cache-Control: no-cache`, as Squid does with ignore-reload
     or reload_into_ims: with the Squid driver's one-request refresh it answers 200 from its old
-    copy. The purger must notice at the confirm, PURGE + GET, and keep to that afterwards."""
+    copy. The purger must notice at the confirm, PURGE + GET, and keep to that once it has
+    seen it STALE_REFRESHES_TO_SWITCH times (once may be a confirm racing the cache)."""
     varnish = harness.farm.caches["varnish"]
     harness.store.update_site(harness.site.id, caches=[
         {"name": "ignores-reload", "driver": "squid", "address": varnish.address}])
     harness.purger.reload_sites()
     harness.write("ims.txt", b"one")
     harness.get("varnish", "ims.txt")
-    for body in (b"two", b"three"):
+    for body in (b"two", b"three", b"four"):
         harness.write("ims.txt", body)
         assert harness.get("varnish", "ims.txt") != (200, body)
         harness.commit("write", "ims.txt")
@@ -88,7 +89,7 @@ async def test_a_refresh_that_the_cache_ignores_falls_back_to_purge(harness: Har
                 await anyio.sleep(0.02)
     with anyio.fail_after(BOUND_S):
         while sum(r.item.url.endswith("/ims.txt") and r.confirmed is True
-                  for r in harness.results) < 4:  # two hosts, two rounds
+                  for r in harness.results) < 6:  # two hosts, three rounds
             await anyio.sleep(0.02)
     site = harness.purger.site_by_name(harness.site.name)
     assert site is not None

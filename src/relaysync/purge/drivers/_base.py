@@ -48,6 +48,7 @@ class Driver:
         self.client = client
         self.base = f"http://{cache.address}"
         self.one_request = cache.refresh  # cleared when the cache turns out not to support it
+        self.stale_refreshes = 0  # one-request refreshes the cache ignored (confirm.py)
 
     async def request(self, method: str, url: Url, *, target: str | None = None,
                       headers: dict[str, str] | None = None) -> Reply:
