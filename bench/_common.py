@@ -65,9 +65,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def print_machine(info: dict[str, Any]) -> None:
-    console.print(f"[bold]machine[/bold]: {info['nproc']} CPUs, {info['cpu']}, {info['mem_gib']} GiB, "
-                  f"kernel {info['kernel']}, Python {info['python']}, "
-                  f"load {info['loadavg_at_start']}, date {info['date']}")
+    console.print(
+        f"[bold]machine[/bold]: {info['nproc']} CPUs, {info['cpu']}, {info['mem_gib']} GiB, "
+        f"kernel {info['kernel']}, Python {info['python']}, "
+        f"load {info['loadavg_at_start']}, date {info['date']}"
+    )
 
 
 def require_tools(*names: str) -> dict[str, str]:
@@ -81,9 +83,11 @@ def require_tools(*names: str) -> dict[str, str]:
         else:
             found[name] = path
     if missing:
-        console.print(f"[red]error: required comparison tool(s) not installed: {', '.join(missing)}. "
-                      f"Install them (Debian: apt-get install {' '.join(missing)}); this benchmark "
-                      f"never skips a comparison.[/red]")
+        console.print(
+            f"[red]error: required comparison tool(s) not installed: {', '.join(missing)}. "
+            f"Install them (Debian: apt-get install {' '.join(missing)}); this benchmark "
+            f"never skips a comparison.[/red]"
+        )
         sys.exit(2)
     return found
 
@@ -125,8 +129,14 @@ def percentile(xs: list[float], p: float) -> float:
 # ------------------------------------------------------------------ waiting
 
 
-def poll_until(condition: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.02,
-               what: str = "condition", max_iterations: int = 10_000_000) -> Any:
+def poll_until(
+    condition: Callable[[], Any],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.02,
+    what: str = "condition",
+    max_iterations: int = 10_000_000,
+) -> Any:
     """Poll until truthy; bounded in time and count. Raises BenchError on timeout."""
     deadline = time.monotonic() + timeout_s
     for _ in range(max_iterations):
@@ -142,8 +152,9 @@ def poll_until(condition: Callable[[], Any], *, timeout_s: float, interval_s: fl
 # ------------------------------------------------------------------ trees
 
 
-def make_tree(root: Path, files: int, *, top: int = 10, sub: int = 100, max_size: int = 8192,
-              seed: int = 1234) -> tuple[int, int, int]:
+def make_tree(
+    root: Path, files: int, *, top: int = 10, sub: int = 100, max_size: int = 8192, seed: int = 1234
+) -> tuple[int, int, int]:
     """Build `files` files of 0..max_size bytes (seeded) spread over top x sub folders.
 
     Returns (files, dirs, bytes). Content comes from one seeded random pool, sliced at random
@@ -158,7 +169,7 @@ def make_tree(root: Path, files: int, *, top: int = 10, sub: int = 100, max_size
     for i in range(files):
         size = rng.randint(0, max_size)
         off = rng.randrange(0, len(pool) - max_size)
-        data = pool[off:off + size]
+        data = pool[off : off + size]
         with open(dirs[i % len(dirs)] / f"f{i:06d}.bin", "wb") as fh:
             fh.write(data)
         total += size
@@ -201,7 +212,9 @@ def tree_digest(root: Path) -> dict[str, str]:
             if os.path.islink(p):
                 continue
             with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.blake2b(fh.read(), digest_size=16).hexdigest()
+                out[os.path.relpath(p, root)] = hashlib.blake2b(
+                    fh.read(), digest_size=16
+                ).hexdigest()
     return out
 
 
@@ -264,7 +277,9 @@ def ss_connections(dport: int) -> dict[tuple[str, str], dict[str, int]]:
     """
     out = subprocess.run(
         ["ss", "-tinH", "state", "established", f"( dport = :{dport} )"],
-        capture_output=True, text=True, timeout=10,
+        capture_output=True,
+        text=True,
+        timeout=10,
     ).stdout
     conns: dict[tuple[str, str], dict[str, int]] = {}
     current: tuple[str, str] | None = None
@@ -324,10 +339,18 @@ def src_revision() -> str:
     """The commit of the checkout under test, and whether src/ has uncommitted edits (shared tree)."""
     repo = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     return head + (" + uncommitted src/ edits" if dirty else "")
@@ -352,7 +375,9 @@ def wait_tcp(host: str, port: int, timeout_s: float = 20.0) -> None:
         except OSError:
             return False
 
-    poll_until(up, timeout_s=timeout_s, interval_s=0.05, what=f"{host}:{port} accepting connections")
+    poll_until(
+        up, timeout_s=timeout_s, interval_s=0.05, what=f"{host}:{port} accepting connections"
+    )
 
 
 def file_hash(path: Path) -> bytes:
@@ -388,9 +413,13 @@ _RSYNC_STAT = re.compile(r"^Total bytes (sent|received):\s*([\d,.]+)", re.M)
 
 def rsync_wire_bytes(stats_output: str) -> tuple[int, int]:
     """(bytes sent, bytes received) from `rsync --stats` output (rsync protocol payload)."""
-    found = {k: int(v.replace(",", "").replace(".", "")) for k, v in _RSYNC_STAT.findall(stats_output)}
+    found = {
+        k: int(v.replace(",", "").replace(".", "")) for k, v in _RSYNC_STAT.findall(stats_output)
+    }
     if "sent" not in found or "received" not in found:
-        raise BenchError(f"no 'Total bytes sent/received' in rsync --stats output:\n{stats_output[-2000:]}")
+        raise BenchError(
+            f"no 'Total bytes sent/received' in rsync --stats output:\n{stats_output[-2000:]}"
+        )
     return found["sent"], found["received"]
 
 
@@ -403,8 +432,14 @@ def spawn_logged(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def wait_greeting(popen: subprocess.Popen[bytes], address: str, port: int, greeting: bytes,
-                  log_path: Path, what: str) -> None:
+def wait_greeting(
+    popen: subprocess.Popen[bytes],
+    address: str,
+    port: int,
+    greeting: bytes,
+    log_path: Path,
+    what: str,
+) -> None:
     """Poll until the server on address:port greets with `greeting` (it speaks first)."""
     import socket
 
@@ -440,8 +475,15 @@ class RsyncDaemon:
     rsync in place, so the pid is rsync's).
     """
 
-    def __init__(self, workdir: Path, modules: dict[str, Path], *, address: str = "127.0.0.1",
-                 port: int = 0, netns: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        modules: dict[str, Path],
+        *,
+        address: str = "127.0.0.1",
+        port: int = 0,
+        netns: str = "",
+    ) -> None:
         self.dir = workdir
         self.modules = modules
         self.address = address
@@ -455,18 +497,40 @@ class RsyncDaemon:
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "rsyncd.conf"
-        lines = ["use chroot = no", "uid = root", "gid = root", "read only = false",
-                 f"log file = {self.dir / 'rsyncd.log'}", ""]
+        lines = [
+            "use chroot = no",
+            "uid = root",
+            "gid = root",
+            "read only = false",
+            f"log file = {self.dir / 'rsyncd.log'}",
+            "",
+        ]
         for name, path in self.modules.items():
             path.mkdir(parents=True, exist_ok=True)
             lines += [f"[{name}]", f"    path = {path}", ""]
         conf.write_text("\n".join(lines))
-        cmd = ["rsync", "--daemon", "--no-detach", "--address", self.address, "--port", str(self.port),
-               "--config", str(conf)]
+        cmd = [
+            "rsync",
+            "--daemon",
+            "--no-detach",
+            "--address",
+            self.address,
+            "--port",
+            str(self.port),
+            "--config",
+            str(conf),
+        ]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.popen = spawn_logged(cmd, self.dir / "rsyncd.stderr")
-        wait_greeting(self.popen, self.address, self.port, b"@RSYNCD", self.dir / "rsyncd.stderr", "rsync daemon")
+        wait_greeting(
+            self.popen,
+            self.address,
+            self.port,
+            b"@RSYNCD",
+            self.dir / "rsyncd.stderr",
+            "rsync daemon",
+        )
 
     def stop(self) -> None:
         stop_child(self.popen)
@@ -486,24 +550,47 @@ class SshServer:
 
     def rsync_shell(self) -> str:
         """The `-e` argument of rsync for this server."""
-        return (f"ssh -p {self.port} -i {self.dir / 'client_key'} -c {self.CIPHER} -o BatchMode=yes "
-                f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+        return (
+            f"ssh -p {self.port} -i {self.dir / 'client_key'} -c {self.CIPHER} -o BatchMode=yes "
+            f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        )
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
         for key in ("host_key", "client_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / key)],
-                           check=True, capture_output=True, timeout=30)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / key)],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
         (self.dir / "authorized_keys").write_text((self.dir / "client_key.pub").read_text())
         conf = self.dir / "sshd_config"
-        conf.write_text("\n".join([
-            f"ListenAddress {self.address}", f"Port {self.port}", f"HostKey {self.dir / 'host_key'}",
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", f"PidFile {self.dir / 'sshd.pid'}",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "UsePAM no",
-            "StrictModes no", f"Ciphers {self.CIPHER}", "Compression no", ""]))
-        self.popen = spawn_logged(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], self.dir / "sshd.stderr")
-        wait_greeting(self.popen, self.address, self.port, b"SSH-", self.dir / "sshd.stderr", "sshd")
+        conf.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {self.address}",
+                    f"Port {self.port}",
+                    f"HostKey {self.dir / 'host_key'}",
+                    f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+                    f"PidFile {self.dir / 'sshd.pid'}",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    f"Ciphers {self.CIPHER}",
+                    "Compression no",
+                    "",
+                ]
+            )
+        )
+        self.popen = spawn_logged(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], self.dir / "sshd.stderr"
+        )
+        wait_greeting(
+            self.popen, self.address, self.port, b"SSH-", self.dir / "sshd.stderr", "sshd"
+        )
 
     def stop(self) -> None:
         stop_child(self.popen)
@@ -581,8 +668,15 @@ class NetnsPair:
     namespace. `close()` deletes both namespaces (which removes the veth), also after a failure.
     """
 
-    def __init__(self, tag: str, *, subnet: str = "10.211.77", rate: str = "100mbit",
-                 burst: str = "256kb", latency: str = "50ms") -> None:
+    def __init__(
+        self,
+        tag: str,
+        *,
+        subnet: str = "10.211.77",
+        rate: str = "100mbit",
+        burst: str = "256kb",
+        latency: str = "50ms",
+    ) -> None:
         tag = tag[:8]
         self.ns_src, self.ns_tgt = f"rsb{tag}s", f"rsb{tag}t"
         self.veth_src, self.veth_tgt = f"rsb{tag}vs", f"rsb{tag}vt"
@@ -601,22 +695,34 @@ class NetnsPair:
         except BenchError:
             subprocess.run(["ip", "link", "del", self.veth_src], capture_output=True, timeout=30)
             raise
-        for ns, dev, addr in ((self.ns_src, self.veth_src, self.addr_src),
-                              (self.ns_tgt, self.veth_tgt, self.addr_tgt)):
+        for ns, dev, addr in (
+            (self.ns_src, self.veth_src, self.addr_src),
+            (self.ns_tgt, self.veth_tgt, self.addr_tgt),
+        ):
             _run_ip("-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
             _run_ip("-n", ns, "link", "set", "lo", "up")
             _run_ip("-n", ns, "link", "set", dev, "up")
-            r = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", *self.tbf],
-                               capture_output=True, text=True, timeout=30)
+            r = subprocess.run(
+                ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", *self.tbf],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if r.returncode != 0:
-                raise BenchError(f"tc qdisc add dev {dev} root {' '.join(self.tbf)} in {ns}: {r.stderr.strip()}")
+                raise BenchError(
+                    f"tc qdisc add dev {dev} root {' '.join(self.tbf)} in {ns}: {r.stderr.strip()}"
+                )
         return self
 
     def qdisc_stats(self) -> str:
         out = []
         for ns, dev in ((self.ns_src, self.veth_src), (self.ns_tgt, self.veth_tgt)):
-            r = subprocess.run(["ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", dev],
-                               capture_output=True, text=True, timeout=30)
+            r = subprocess.run(
+                ["ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", dev],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             out.append(f"{ns}/{dev}: " + " ".join(r.stdout.split()))
         return "\n".join(out)
 
@@ -671,15 +777,27 @@ def start_master_on(cluster: Any, host: str) -> None:
     cluster.master_dir.mkdir(parents=True, exist_ok=True)
     state = cluster.master_dir / "master.json"
     state.unlink(missing_ok=True)
-    args = ["master", "--data", str(cluster.master_dir), "--listen", f"{host}:0",
-            "--control-listen", f"{host}:0"]
+    args = [
+        "master",
+        "--data",
+        str(cluster.master_dir),
+        "--listen",
+        f"{host}:0",
+        "--control-listen",
+        f"{host}:0",
+    ]
     cluster.master = Process("master", args, cluster.base / "master.log")
     cluster.master.start(cluster._env() | {"RELAYSYNC_CONTROL_LISTEN": f"{host}:0"})
-    info = wait_until(lambda: cluster._read_state(state), timeout_s=START_TIMEOUT_S, what="master start")
+    info = wait_until(
+        lambda: cluster._read_state(state), timeout_s=START_TIMEOUT_S, what="master start"
+    )
     cluster.api_url = info["api_url"]
     token = (cluster.master_dir / "admin-token").read_text().strip()
-    cluster._client = httpx.Client(base_url=cluster.api_url, timeout=HTTP_TIMEOUT_S,
-                                   headers={"Authorization": f"Bearer {token}"})
+    cluster._client = httpx.Client(
+        base_url=cluster.api_url,
+        timeout=HTTP_TIMEOUT_S,
+        headers={"Authorization": f"Bearer {token}"},
+    )
 
 
 def add_agent_in_netns(cluster: Any, name: str, netns: str, listen: str) -> None:
@@ -697,15 +815,35 @@ def add_agent_in_netns(cluster: Any, name: str, netns: str, listen: str) -> None
             log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
             self.popen = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, sys.executable, "-m", "relaysync", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
             log.close()
 
     data = cluster.base / "agents" / name
     data.mkdir(parents=True, exist_ok=True)
-    args = ["agent", "--master", cluster.api_url, "--token", cluster.join_token, "--name", name,
-            "--data", str(data), "--region", "default", "--group", "default", "--listen", listen]
-    cluster.agents[name] = Agent(name, data, NetnsProcess(name, args, cluster.base / f"agent-{name}.log",
-                                                          netns=netns))
+    args = [
+        "agent",
+        "--master",
+        cluster.api_url,
+        "--token",
+        cluster.join_token,
+        "--name",
+        name,
+        "--data",
+        str(data),
+        "--region",
+        "default",
+        "--group",
+        "default",
+        "--listen",
+        listen,
+    ]
+    cluster.agents[name] = Agent(
+        name, data, NetnsProcess(name, args, cluster.base / f"agent-{name}.log", netns=netns)
+    )
 
 
 def mapping_acked(cluster: Any, mapping_id: int) -> bool:
@@ -725,8 +863,9 @@ def peer_port(cluster: Any, name: str) -> int:
 # ------------------------------------------------------------------ fanout.py additions
 
 
-def wait_all_identical(paths: list[Path], data: bytes, t_start: float, *, bound_s: float,
-                       poll_s: float = 0.001) -> float | None:
+def wait_all_identical(
+    paths: list[Path], data: bytes, t_start: float, *, bound_s: float, poll_s: float = 0.001
+) -> float | None:
     """Poll every path until each holds exactly `data`; return seconds from `t_start` (a
     time.perf_counter() value) to the moment the last one matched, or None at `bound_s`.
 
@@ -770,7 +909,9 @@ def proc_wchar(pid: int) -> int | None:
     return None
 
 
-_PROM_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
+_PROM_LINE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)"
+)
 
 
 def prometheus_value(text: str, name: str, **labels: str) -> float | None:
@@ -794,8 +935,9 @@ def ss_bytes_sent_by_pid(pid: int, peer_ports: set[int]) -> dict[tuple[str, str]
     Key: (local address, peer address); the counter is cumulative for the socket's lifetime
     (TCP payload: TLS records included, TCP/IP headers not; retransmissions included).
     """
-    out = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True, text=True,
-                         timeout=10).stdout
+    out = subprocess.run(
+        ["ss", "-tinpH", "state", "established"], capture_output=True, text=True, timeout=10
+    ).stdout
     found: dict[tuple[str, str], int] = {}
     current: tuple[str, str] | None = None
     for line in out.splitlines():

@@ -94,7 +94,10 @@ def one_run(tree: Path, work: Path) -> dict[str, float]:
     manifest.close()
 
     target = Manifest(work / "target.db")
-    batches = [entries[i:i + FSYNC_BATCH_MAX_FILES] for i in range(0, len(entries), FSYNC_BATCH_MAX_FILES)]
+    batches = [
+        entries[i : i + FSYNC_BATCH_MAX_FILES]
+        for i in range(0, len(entries), FSYNC_BATCH_MAX_FILES)
+    ]
     for batch in batches:
         with meter.phase("target_manifest"):
             target.put_many(batch)
@@ -105,20 +108,41 @@ def one_run(tree: Path, work: Path) -> dict[str, float]:
     source_node, target_node = "a" * 64, "b" * 64
     store.upsert_server(node_id=source_node, name="src", region="r", group="g", address="src:1")
     store.upsert_server(node_id=target_node, name="t1", region="r", group="g", address="t1:1")
-    mapping = store.create_mapping(name="bench", source="src", source_path=str(tree), targets=[("t1", "/srv/t1")])
+    mapping = store.create_mapping(
+        name="bench", source="src", source_path=str(tree), targets=[("t1", "/srv/t1")]
+    )
     now = time.time()
     reports, seq = [], 0
     for batch in batches:  # one report per checkpoint, as a target sends them
-        records_ = tuple(CommitRecord(seq=seq + i + 1, op="write", path=e.path, size=e.size, wire_bytes=e.size + 80,
-                                      duration_ms=0.1, committed_at=now, changed_at=now - 0.01)
-                         for i, e in enumerate(batch))
+        records_ = tuple(
+            CommitRecord(
+                seq=seq + i + 1,
+                op="write",
+                path=e.path,
+                size=e.size,
+                wire_bytes=e.size + 80,
+                duration_ms=0.1,
+                committed_at=now,
+                changed_at=now - 0.01,
+            )
+            for i, e in enumerate(batch)
+        )
         seq += len(batch)
-        reports.append(CommitReport(mapping_id=mapping.id, source_node=source_node, target_node=target_node,
-                                    watermark=seq, records=records_))
-    per_write = max(1, FLUSH_RECORDS // FSYNC_BATCH_MAX_FILES)  # the writer takes what queued meanwhile
+        reports.append(
+            CommitReport(
+                mapping_id=mapping.id,
+                source_node=source_node,
+                target_node=target_node,
+                watermark=seq,
+                records=records_,
+            )
+        )
+    per_write = max(
+        1, FLUSH_RECORDS // FSYNC_BATCH_MAX_FILES
+    )  # the writer takes what queued meanwhile
     for i in range(0, len(reports), per_write):
         with meter.phase("master_job_log"):
-            store.record_commit_reports(reports[i:i + per_write])
+            store.record_commit_reports(reports[i : i + per_write])
     store.close()
     return meter.seconds
 
@@ -134,15 +158,24 @@ def rsync_cpu(tree: Path, dest: Path) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (default /tmp)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="parent of the temp dir (default /tmp)"
+    )
     args = parser.parse_args()
     require_tools("rsync")
     info = machine_info()
     print_machine(info)
-    results: dict[str, object] = {"bench": "bookkeeping", "files": args.files, "runs": args.runs, **info}
+    results: dict[str, object] = {
+        "bench": "bookkeeping",
+        "files": args.files,
+        "runs": args.runs,
+        **info,
+    }
     work = Path(tempfile.mkdtemp(prefix="relaysync-bookkeeping-", dir=args.workdir))
     try:
         tree = work / "tree"
@@ -152,7 +185,9 @@ def main() -> None:
         rsync_walls: list[float] = []
         rsync_cpus: list[float] = []
         rsync_users: list[float] = []
-        for run in range(args.runs):  # round-robin: ours, then rsync, so both see the same machine state
+        for run in range(
+            args.runs
+        ):  # round-robin: ours, then rsync, so both see the same machine state
             seconds = one_run(tree, work / f"state{run}")
             for phase, s in seconds.items():
                 phases.setdefault(phase, []).append(s)
@@ -161,27 +196,33 @@ def main() -> None:
             rsync_cpus.append(user + system)
             rsync_users.append(user)
             state = sum(seconds[p] for p in STATE)
-            console.print(f"  run {run + 1}: state {state:.3f} CPU-s ("
-                          + ", ".join(f"{p} {seconds[p]:.3f}" for p in STATE)
-                          + f"); scan {seconds['source_scan']:.3f}; rsync -a {wall:.3f} s wall, "
-                          f"{user:.3f} user + {system:.3f} system CPU-s")
+            console.print(
+                f"  run {run + 1}: state {state:.3f} CPU-s ("
+                + ", ".join(f"{p} {seconds[p]:.3f}" for p in STATE)
+                + f"); scan {seconds['source_scan']:.3f}; rsync -a {wall:.3f} s wall, "
+                f"{user:.3f} user + {system:.3f} system CPU-s"
+            )
         for phase, values in phases.items():
             results[f"cpu_s_{phase}"] = round(median(values), 3)
         state_runs = [sum(phases[p][i] for p in STATE) for i in range(args.runs)]
         state_s, rsync_s = median(state_runs), median(rsync_cpus)
-        results.update({
-            "cpu_s_state": round(state_s, 3),
-            "cpu_s_state_runs": [round(s, 3) for s in state_runs],
-            "state_us_per_file": round(state_s / args.files * 1e6, 1),
-            "rsync_cpu_s": round(rsync_s, 3),
-            "rsync_wall_s": round(median(rsync_walls), 3),
-            "rsync_cpu_s_runs": [round(s, 3) for s in rsync_cpus],
-            "rsync_user_cpu_s": round(median(rsync_users), 3),
-            "state_cpu_ratio_to_rsync_cpu": round(state_s / rsync_s, 3) if rsync_s else None,
-        })
-        console.print(f"per-file state: {state_s:.3f} CPU-s ({state_s / args.files * 1e6:.1f} µs a file) = "
-                      f"{state_s / rsync_s:.2f}x the CPU of the whole rsync -a ({rsync_s:.3f} CPU-s, of which "
-                      f"{median(rsync_users):.3f} user; its system time swings with the file system's state)")
+        results.update(
+            {
+                "cpu_s_state": round(state_s, 3),
+                "cpu_s_state_runs": [round(s, 3) for s in state_runs],
+                "state_us_per_file": round(state_s / args.files * 1e6, 1),
+                "rsync_cpu_s": round(rsync_s, 3),
+                "rsync_wall_s": round(median(rsync_walls), 3),
+                "rsync_cpu_s_runs": [round(s, 3) for s in rsync_cpus],
+                "rsync_user_cpu_s": round(median(rsync_users), 3),
+                "state_cpu_ratio_to_rsync_cpu": round(state_s / rsync_s, 3) if rsync_s else None,
+            }
+        )
+        console.print(
+            f"per-file state: {state_s:.3f} CPU-s ({state_s / args.files * 1e6:.1f} µs a file) = "
+            f"{state_s / rsync_s:.2f}x the CPU of the whole rsync -a ({rsync_s:.3f} CPU-s, of which "
+            f"{median(rsync_users):.3f} user; its system time swings with the file system's state)"
+        )
     finally:
         rmtree(work)
     emit_json(results)

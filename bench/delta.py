@@ -73,7 +73,10 @@ OLD_MTIME = 1_600_000_000  # the rsync target's old copy: an mtime clearly older
 
 
 def _text_lines(rng: random.Random, total: int) -> list[bytes]:
-    vocab = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10))) for _ in range(4000)]
+    vocab = [
+        "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10)))
+        for _ in range(4000)
+    ]
     lines: list[bytes] = []
     size = 0
     i = 0
@@ -85,7 +88,9 @@ def _text_lines(rng: random.Random, total: int) -> list[bytes]:
     return lines
 
 
-def case_versions(case: str, size: int, seed: int = 20261123) -> tuple[bytes, Callable[[int], bytes], str]:
+def case_versions(
+    case: str, size: int, seed: int = 20261123
+) -> tuple[bytes, Callable[[int], bytes], str]:
     """(old, new_version(run), description) for one case; seeded, a different base per case.
 
     Every run gets its own new version (the same kind of change, other offsets/bytes): relaysync's
@@ -102,33 +107,56 @@ def case_versions(case: str, size: int, seed: int = 20261123) -> tuple[bytes, Ca
             erng = random.Random(f"{seed}-{case}-edits-{run}")
             edited = list(lines)
             for idx in erng.sample(range(len(lines)), n_edit):
-                words = ["".join(erng.choices("abcdefghijklmnopqrstuvwxyz", k=erng.randint(2, 10)))
-                         for _ in range(erng.randint(3, 16))]
+                words = [
+                    "".join(erng.choices("abcdefghijklmnopqrstuvwxyz", k=erng.randint(2, 10)))
+                    for _ in range(erng.randint(3, 16))
+                ]
                 edited[idx] = f"{idx:08d} {' '.join(words)}\n".encode()
             return b"".join(edited)
 
-        return old, new_text, (f"{len(old) / MIB:.1f} MiB text, {len(lines):,} lines; {n_edit:,} lines (1 %) "
-                               f"replaced by new lines of random length")
+        return (
+            old,
+            new_text,
+            (
+                f"{len(old) / MIB:.1f} MiB text, {len(lines):,} lines; {n_edit:,} lines (1 %) "
+                f"replaced by new lines of random length"
+            ),
+        )
     old = rng.randbytes(size)
     if case == "scattered":
+
         def new_scattered(run: int) -> bytes:
             erng = random.Random(f"{seed}-{case}-edits-{run}")
             buf = bytearray(old)
             slot = size // 100
             for i in range(100):
                 off = i * slot + erng.randrange(slot - 10 * 1024)
-                buf[off:off + 10 * 1024] = erng.randbytes(10 * 1024)
+                buf[off : off + 10 * 1024] = erng.randbytes(10 * 1024)
             return bytes(buf)
 
-        return old, new_scattered, f"{size / MIB:.0f} MiB random; 100 edits of 10 KiB, one per 1/100 of the file"
+        return (
+            old,
+            new_scattered,
+            f"{size / MIB:.0f} MiB random; 100 edits of 10 KiB, one per 1/100 of the file",
+        )
     if case == "insert":
         mid = size // 2
-        return old, (lambda run: old[:mid] + random.Random(f"{seed}-{case}-{run}").randbytes(MIB) + old[mid:]), \
-            f"{size / MIB:.0f} MiB random; 1 MiB of new random bytes inserted at {mid:,}"
+        return (
+            old,
+            (
+                lambda run: (
+                    old[:mid] + random.Random(f"{seed}-{case}-{run}").randbytes(MIB) + old[mid:]
+                )
+            ),
+            f"{size / MIB:.0f} MiB random; 1 MiB of new random bytes inserted at {mid:,}",
+        )
     if case == "append":
         extra = size // 10
-        return old, (lambda run: old + random.Random(f"{seed}-{case}-{run}").randbytes(extra)), \
-            f"{size / MIB:.0f} MiB random; {extra:,} B (10 %) appended"
+        return (
+            old,
+            (lambda run: old + random.Random(f"{seed}-{case}-{run}").randbytes(extra)),
+            f"{size / MIB:.0f} MiB random; {extra:,} B (10 %) appended",
+        )
     raise ValueError(case)
 
 
@@ -187,8 +215,12 @@ def relaysync_update(side: Side, name: str, data: bytes, digest: bytes) -> dict[
     t0 = time.perf_counter()
     t1 = wait_target(side, name, len(data), digest, old_ino)
     try:
-        poll_until(lambda: mapping_acked(side.cluster, side.mapping_id), timeout_s=60, interval_s=0.05,
-                   what="the target's ack")
+        poll_until(
+            lambda: mapping_acked(side.cluster, side.mapping_id),
+            timeout_s=60,
+            interval_s=0.05,
+            what="the target's ack",
+        )
     except BenchError as exc:
         console.print(f"    [yellow]note: {exc}; bytes counted so far[/yellow]")
     sent, received, conns = window.stop()
@@ -202,7 +234,14 @@ def rsync_update(side: Side, name: str, old: bytes, new_digest: bytes) -> dict[s
     dst = side.rsync_dst / name
     overwrite_file(dst, old)
     os.utime(dst, (OLD_MTIME, OLD_MTIME))
-    cmd = ["rsync", "-a", "--no-whole-file", "--stats", str(side.rsync_src / name), side.rsyncd.url("mod")]
+    cmd = [
+        "rsync",
+        "-a",
+        "--no-whole-file",
+        "--stats",
+        str(side.rsync_src / name),
+        side.rsyncd.url("mod"),
+    ]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=side.timeout_s)
     dt = time.perf_counter() - t0
@@ -223,13 +262,17 @@ def run_case(side: Side, case: str, runs: int, results: dict[str, Any], prefix: 
     old, new_version, desc = case_versions(case, 100 * MIB)
     old_digest = file_hash_bytes(old)
     name = f"{case}.txt" if case == "text" else f"{case}.bin"
-    console.print(f"  [bold]{case}[/bold]: {desc} (generated in {time.perf_counter() - t_gen:.1f} s)")
+    console.print(
+        f"  [bold]{case}[/bold]: {desc} (generated in {time.perf_counter() - t_gen:.1f} s)"
+    )
     side.rsync_src.mkdir(parents=True, exist_ok=True)
 
     # The old version reaches t1 through relaysync first (whole-file copy; the source signs it).
     first = relaysync_update(side, name, old, old_digest)
-    console.print(f"    old version replicated (whole copy): {first['s']:.2f} s, "
-                  f"{(first['sent'] + first['received']) / MIB:.1f} MiB on the wire")
+    console.print(
+        f"    old version replicated (whole copy): {first['s']:.2f} s, "
+        f"{(first['sent'] + first['received']) / MIB:.1f} MiB on the wire"
+    )
     results[f"{prefix}first_copy_s_{case}"] = round(first["s"], 3)
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
@@ -240,17 +283,21 @@ def run_case(side: Side, case: str, runs: int, results: dict[str, Any], prefix: 
         new_digest = file_hash_bytes(new)
         # rsync reads its own copy of the new version, so the two can run in either order.
         overwrite_file(side.rsync_src / name, new)
-        for who in (("ours", "rsync") if r % 2 == 0 else ("rsync", "ours")):
+        for who in ("ours", "rsync") if r % 2 == 0 else ("rsync", "ours"):
             if who == "ours":
                 m = relaysync_update(side, name, new, new_digest)
                 ours.append(m)
-                console.print(f"    run {r + 1}/{runs} relaysync: {m['s']:.3f} s, {m['sent']:,} B to t1 + "
-                              f"{m['received']:,} B back ({m['conns']} connection(s))")
+                console.print(
+                    f"    run {r + 1}/{runs} relaysync: {m['s']:.3f} s, {m['sent']:,} B to t1 + "
+                    f"{m['received']:,} B back ({m['conns']} connection(s))"
+                )
             else:
                 m = rsync_update(side, name, old, new_digest)
                 theirs.append(m)
-                console.print(f"    run {r + 1}/{runs} rsync daemon: {m['s']:.3f} s, {m['sent']:,} B sent + "
-                              f"{m['received']:,} B received ({m['detail']})")
+                console.print(
+                    f"    run {r + 1}/{runs} rsync daemon: {m['s']:.3f} s, {m['sent']:,} B sent + "
+                    f"{m['received']:,} B received ({m['detail']})"
+                )
     o_s = median(m["s"] for m in ours)
     r_s = median(m["s"] for m in theirs)
     o_b = int(median(m["sent"] + m["received"] for m in ours))
@@ -264,8 +311,10 @@ def run_case(side: Side, case: str, runs: int, results: dict[str, Any], prefix: 
     results[f"{prefix}rsync_s_runs_{case}"] = [round(m["s"], 3) for m in theirs]
     results[f"{prefix}bytes_ratio_{case}"] = round(o_b / r_b, 3)
     results[f"{prefix}time_ratio_{case}"] = round(o_s / r_s, 3)
-    console.print(f"    => {side.label}: relaysync {o_s:.3f} s / {o_b:,} B vs rsync {r_s:.3f} s / {r_b:,} B: "
-                  f"time {o_s / r_s:.2f}x, bytes {o_b / r_b:.3f}x (medians of {runs})")
+    console.print(
+        f"    => {side.label}: relaysync {o_s:.3f} s / {o_b:,} B vs rsync {r_s:.3f} s / {r_b:,} B: "
+        f"time {o_s / r_s:.2f}x, bytes {o_b / r_b:.3f}x (medians of {runs})"
+    )
     (side.src_dir / name).unlink()
     (side.rsync_src / name).unlink()
 
@@ -284,7 +333,9 @@ def engine_breakdown(work: Path, case: str, results: dict[str, Any]) -> None:
     from relaysync.watch.scanner import hash_file
 
     if not _librsync.available() or not delta_engine.available():
-        console.print("    [yellow]block search or librsync not available in-process: no engine breakdown[/yellow]")
+        console.print(
+            "    [yellow]block search or librsync not available in-process: no engine breakdown[/yellow]"
+        )
         return
     d = work / f"engine-{case}"
     d.mkdir()
@@ -309,15 +360,19 @@ def engine_breakdown(work: Path, case: str, results: dict[str, Any]) -> None:
     results[f"engine_hash_s_{case}"] = round(t4 - t3, 3)
     results[f"delta_file_bytes_{case}"] = (d / "delta").stat().st_size
     results[f"signature_file_bytes_{case}"] = (d / "sig").stat().st_size
-    console.print(f"    {case}: signature {t1 - t0:.3f} s ({(d / 'sig').stat().st_size:,} B), delta {t2 - t1:.3f} s "
-                  f"({(d / 'delta').stat().st_size:,} B), patch {t3 - t2:.3f} s, xxh3 hash {t4 - t3:.3f} s")
+    console.print(
+        f"    {case}: signature {t1 - t0:.3f} s ({(d / 'sig').stat().st_size:,} B), delta {t2 - t1:.3f} s "
+        f"({(d / 'delta').stat().st_size:,} B), patch {t3 - t2:.3f} s, xxh3 hash {t4 - t3:.3f} s"
+    )
     rmtree(d)
 
 
 # ------------------------------------------------------------------ phases
 
 
-def phase_loopback(work: Path, runs: int, cases: tuple[str, ...], results: dict[str, Any], timeout_s: float) -> None:
+def phase_loopback(
+    work: Path, runs: int, cases: tuple[str, ...], results: dict[str, Any], timeout_s: float
+) -> None:
     from relaysync.testing.cluster import Cluster
 
     base = work / "loopback"
@@ -334,12 +389,28 @@ def phase_loopback(work: Path, runs: int, cases: tuple[str, ...], results: dict[
         src_dir.mkdir()
         m = cluster.create_mapping("delta-lo", "src", src_dir, [("t1", tgt_dir)], durability="fast")
         mid = int(m["id"])
-        poll_until(lambda: tgt_dir.is_dir() and mapping_acked(cluster, mid), timeout_s=60, interval_s=0.05,
-                   what="the empty mapping to be live")
-        side = Side("loopback", cluster, mid, src_dir, tgt_dir, rsyncd, base / "rsync-src",
-                    base / "rsync-dst", peer_port(cluster, "t1"), timeout_s)
-        console.print(f"  fleet up on 127.0.0.1 (master {cluster.api_url}, t1 peer port {side.t1_port}); "
-                      f"rsync daemon on port {rsyncd.port}")
+        poll_until(
+            lambda: tgt_dir.is_dir() and mapping_acked(cluster, mid),
+            timeout_s=60,
+            interval_s=0.05,
+            what="the empty mapping to be live",
+        )
+        side = Side(
+            "loopback",
+            cluster,
+            mid,
+            src_dir,
+            tgt_dir,
+            rsyncd,
+            base / "rsync-src",
+            base / "rsync-dst",
+            peer_port(cluster, "t1"),
+            timeout_s,
+        )
+        console.print(
+            f"  fleet up on 127.0.0.1 (master {cluster.api_url}, t1 peer port {side.t1_port}); "
+            f"rsync daemon on port {rsyncd.port}"
+        )
         for case in cases:
             run_case(side, case, runs, results, "")
     except Exception:
@@ -351,19 +422,28 @@ def phase_loopback(work: Path, runs: int, cases: tuple[str, ...], results: dict[
         rsyncd.stop()
 
 
-def phase_limited(work: Path, runs: int, cases: tuple[str, ...], results: dict[str, Any], timeout_s: float) -> None:
+def phase_limited(
+    work: Path, runs: int, cases: tuple[str, ...], results: dict[str, Any], timeout_s: float
+) -> None:
     from relaysync.testing.cluster import Cluster
 
     base = work / "limited"
     net = NetnsPair(str(os.getpid()))
     cluster = Cluster(base / "cluster")
-    rsyncd = RsyncDaemon(base / "rsyncd", {"mod": base / "rsync-dst"}, address=net.addr_tgt, port=8873,
-                         netns=net.ns_tgt)
+    rsyncd = RsyncDaemon(
+        base / "rsyncd",
+        {"mod": base / "rsync-dst"},
+        address=net.addr_tgt,
+        port=8873,
+        netns=net.ns_tgt,
+    )
     try:
         net.open()
-        console.print(f"  namespaces {net.ns_src} ({net.addr_src}/30: master, agent src, rsync client) and "
-                      f"{net.ns_tgt} ({net.addr_tgt}/30: agent t1, rsync daemon), veth {net.veth_src}<->"
-                      f"{net.veth_tgt}, tc qdisc {' '.join(net.tbf)} on both ends")
+        console.print(
+            f"  namespaces {net.ns_src} ({net.addr_src}/30: master, agent src, rsync client) and "
+            f"{net.ns_tgt} ({net.addr_tgt}/30: agent t1, rsync daemon), veth {net.veth_src}<->"
+            f"{net.veth_tgt}, tc qdisc {' '.join(net.tbf)} on both ends"
+        )
         # This thread (API calls, `ss`, the rsync client, and the master and src it starts) joins
         # the source namespace; t1 and the rsync daemon are started with `ip netns exec NS_TGT`.
         with InNetns(net.ns_src):
@@ -377,17 +457,35 @@ def phase_limited(work: Path, runs: int, cases: tuple[str, ...], results: dict[s
                 rsyncd.start()
                 src_dir, tgt_dir = base / "src", base / "t1"
                 src_dir.mkdir()
-                m = cluster.create_mapping("delta-lim", "src", src_dir, [("t1", tgt_dir)], durability="fast")
+                m = cluster.create_mapping(
+                    "delta-lim", "src", src_dir, [("t1", tgt_dir)], durability="fast"
+                )
                 mid = int(m["id"])
-                poll_until(lambda: tgt_dir.is_dir() and mapping_acked(cluster, mid), timeout_s=60,
-                           interval_s=0.05, what="the empty mapping to be live")
+                poll_until(
+                    lambda: tgt_dir.is_dir() and mapping_acked(cluster, mid),
+                    timeout_s=60,
+                    interval_s=0.05,
+                    what="the empty mapping to be live",
+                )
                 addr = cluster.api.get("/api/servers/t1").json()["address"]
                 if not addr.startswith(net.addr_tgt + ":"):
                     raise BenchError(f"t1 advertises {addr}, not an address in {net.ns_tgt}")
-                side = Side("100 Mbit/s link", cluster, mid, src_dir, tgt_dir, rsyncd,
-                            base / "rsync-src", base / "rsync-dst", peer_port(cluster, "t1"), timeout_s)
-                console.print(f"  fleet up: master {cluster.api_url}, t1 at {addr}; rsync daemon "
-                              f"{rsyncd.url('mod')}")
+                side = Side(
+                    "100 Mbit/s link",
+                    cluster,
+                    mid,
+                    src_dir,
+                    tgt_dir,
+                    rsyncd,
+                    base / "rsync-src",
+                    base / "rsync-dst",
+                    peer_port(cluster, "t1"),
+                    timeout_s,
+                )
+                console.print(
+                    f"  fleet up: master {cluster.api_url}, t1 at {addr}; rsync daemon "
+                    f"{rsyncd.url('mod')}"
+                )
                 for case in cases:
                     run_case(side, case, runs, results, "limited_")
                 console.print("  tc counters:\n" + net.qdisc_stats())
@@ -406,12 +504,22 @@ def phase_limited(work: Path, runs: int, cases: tuple[str, ...], results: dict[s
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3, help="updates per case and side (median reported)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--runs", type=int, default=3, help="updates per case and side (median reported)"
+    )
     ap.add_argument("--quick", action="store_true", help="one run per case")
-    ap.add_argument("--no-limited", action="store_true", help="skip the 100 Mbit/s part (reported as MISS)")
-    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
-    ap.add_argument("--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)")
+    ap.add_argument(
+        "--no-limited", action="store_true", help="skip the 100 Mbit/s part (reported as MISS)"
+    )
+    ap.add_argument(
+        "--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES)
+    )
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (for debugging)")
     ap.add_argument("--timeout", type=float, default=600.0, help="bound for each wait, s")
     args = ap.parse_args()
@@ -422,25 +530,36 @@ def main() -> int:
 
     require_tools("rsync", "ss", "ip", "tc")
     if os.geteuid() != 0 and not args.no_limited:
-        console.print("[red]error: the limited-link part needs root (ip netns, tc); run as root or pass "
-                      "--no-limited (it is then reported as MISS)[/red]")
+        console.print(
+            "[red]error: the limited-link part needs root (ip netns, tc); run as root or pass "
+            "--no-limited (it is then reported as MISS)[/red]"
+        )
         return 2
     info = machine_info()
     print_machine(info)
     rev = src_revision()
     console.print(f"rsync: {tool_version('rsync')}; relaysync checkout {rev}")
-    console.print("durability: relaysync mapping 'fast' vs plain rsync (neither fsyncs); zstd off on the "
-                  "relaysync link (default zstd_level 0) and no -z for rsync; warm page cache; "
-                  "source and targets on the same filesystem")
+    console.print(
+        "durability: relaysync mapping 'fast' vs plain rsync (neither fsyncs); zstd off on the "
+        "relaysync link (default zstd_level 0) and no -z for rsync; warm page cache; "
+        "source and targets on the same filesystem"
+    )
 
     work = Path(tempfile.mkdtemp(prefix="relaysync-bench-delta-", dir=args.workdir))
-    results: dict[str, Any] = {"bench": "delta", "runs": runs, "file_mib": 100,
-                               **{f"machine_{k}": v for k, v in info.items()}, "src_revision": rev,
-                               "bytes_method": ("relaysync: ss -tin kernel counters (bytes_acked+bytes_received, "
-                                                "TCP payload incl. TLS records and pings) of the source agent's "
-                                                "sockets to t1's peer port, from before the overwrite until "
-                                                "t1's ack; rsync: --stats total bytes sent + received"),
-                               "text_file": "generated lines, ~100 MiB, 1 % of lines replaced"}
+    results: dict[str, Any] = {
+        "bench": "delta",
+        "runs": runs,
+        "file_mib": 100,
+        **{f"machine_{k}": v for k, v in info.items()},
+        "src_revision": rev,
+        "bytes_method": (
+            "relaysync: ss -tin kernel counters (bytes_acked+bytes_received, "
+            "TCP payload incl. TLS records and pings) of the source agent's "
+            "sockets to t1's peer port, from before the overwrite until "
+            "t1's ack; rsync: --stats total bytes sent + received"
+        ),
+        "text_file": "generated lines, ~100 MiB, 1 % of lines replaced",
+    }
     rc = 0
     try:
         console.rule("librsync engine alone, in-process (diagnosis)")
@@ -471,23 +590,33 @@ def main() -> int:
         b, t = results.get(f"bytes_ratio_{case}"), results.get(f"time_ratio_{case}")
         lt = results.get(f"limited_time_ratio_{case}")
         if b is not None:
-            results[f"goal_bytes_{case}"] = goal(f"{case}: bytes <= {GOAL_BYTES}x rsync", b <= GOAL_BYTES,
-                                                 f"{results[f'ours_bytes_{case}']:,} B vs "
-                                                 f"{results[f'rsync_bytes_{case}']:,} B = {b}x")
+            results[f"goal_bytes_{case}"] = goal(
+                f"{case}: bytes <= {GOAL_BYTES}x rsync",
+                b <= GOAL_BYTES,
+                f"{results[f'ours_bytes_{case}']:,} B vs "
+                f"{results[f'rsync_bytes_{case}']:,} B = {b}x",
+            )
         if t is not None:
             results[f"goal_time_{case}"] = goal(
                 f"{case}: loopback time <= {GOAL_TIME}x rsync (floor {FLOOR_TIME}x: "
-                f"{'within' if t <= FLOOR_TIME else 'ABOVE'})", t <= GOAL_TIME,
-                f"{results[f'ours_s_{case}']} s vs {results[f'rsync_s_{case}']} s = {t}x")
+                f"{'within' if t <= FLOOR_TIME else 'ABOVE'})",
+                t <= GOAL_TIME,
+                f"{results[f'ours_s_{case}']} s vs {results[f'rsync_s_{case}']} s = {t}x",
+            )
             results[f"goal_time_floor_{case}"] = t <= FLOOR_TIME
         if lt is not None:
             results[f"goal_limited_time_{case}"] = goal(
-                f"{case}: 100 Mbit/s time <= {GOAL_LIMITED_TIME}x rsync", lt <= GOAL_LIMITED_TIME,
-                f"{results[f'limited_ours_s_{case}']} s vs {results[f'limited_rsync_s_{case}']} s = {lt}x")
+                f"{case}: 100 Mbit/s time <= {GOAL_LIMITED_TIME}x rsync",
+                lt <= GOAL_LIMITED_TIME,
+                f"{results[f'limited_ours_s_{case}']} s vs {results[f'limited_rsync_s_{case}']} s = {lt}x",
+            )
         else:
             results[f"goal_limited_time_{case}"] = None
-            goal(f"{case}: 100 Mbit/s time <= {GOAL_LIMITED_TIME}x rsync", False,
-                 f"not measured: {results.get('limited_error', 'loopback part failed first')}")
+            goal(
+                f"{case}: 100 Mbit/s time <= {GOAL_LIMITED_TIME}x rsync",
+                False,
+                f"not measured: {results.get('limited_error', 'loopback part failed first')}",
+            )
     results["machine_loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.keep:
         console.print(f"kept {work}")

@@ -139,8 +139,13 @@ class Fleet:
     def start(self) -> None:
         c = self.cluster
         c.start_master()
-        c.start_agent("src", region="origin", group="origin", wait=False,
-                      env={"RELAYSYNC_METRICS_INTERVAL_S": str(METRICS_INTERVAL_S)})
+        c.start_agent(
+            "src",
+            region="origin",
+            group="origin",
+            wait=False,
+            env={"RELAYSYNC_METRICS_INTERVAL_S": str(METRICS_INTERVAL_S)},
+        )
         for k in range(1, MAX_TARGETS + 1):
             region, group = place_of(k)
             c.start_agent(target_name(k), region=region, group=group, wait=False)
@@ -148,9 +153,13 @@ class Fleet:
             c.wait_agent_up(name)
         for name in c.agents:
             if name != "src":
-                self.peer_ports.add(int(c.api.get(f"/api/servers/{name}").json()["address"].rsplit(":", 1)[1]))
-        console.print(f"  fleet up: master {c.api_url}, src (origin) + {MAX_TARGETS} targets over "
-                      f"{', '.join(g for _, g in GROUPS)}")
+                self.peer_ports.add(
+                    int(c.api.get(f"/api/servers/{name}").json()["address"].rsplit(":", 1)[1])
+                )
+        console.print(
+            f"  fleet up: master {c.api_url}, src (origin) + {MAX_TARGETS} targets over "
+            f"{', '.join(g for _, g in GROUPS)}"
+        )
 
     @property
     def src_pid(self) -> int:
@@ -162,18 +171,26 @@ class Fleet:
         src.mkdir(parents=True)
         names = [target_name(k) for k in range(1, n + 1)]
         targets = [base / name for name in names]
-        m = self.cluster.create_mapping(f"fanout-{mode}-n{n}", "src", src, list(zip(names, targets, strict=True)),
-                                        durability=self.durability)
+        m = self.cluster.create_mapping(
+            f"fanout-{mode}-n{n}",
+            "src",
+            src,
+            list(zip(names, targets, strict=True)),
+            durability=self.durability,
+        )
         mid = int(m["id"])
         if mode == "star":
-            r = self.cluster.api.put(f"/api/mappings/{mid}/routing",
-                                     json={"mode": "manual", "hops": [["src", name] for name in names]})
+            r = self.cluster.api.put(
+                f"/api/mappings/{mid}/routing",
+                json={"mode": "manual", "hops": [["src", name] for name in names]},
+            )
             if r.status_code != 200:
                 raise BenchError(f"PUT routing (star) for N={n}: {r.status_code} {r.text}")
         return OursMapping(mode, mid, src, targets, names)
 
     def wait_plan(self, m: OursMapping) -> dict[str, Any]:
         """Bounded wait until the master's plan places every target (and is a star for the star)."""
+
         def planned() -> dict[str, Any] | None:
             r = self.cluster.api.get(f"/api/mappings/{m.mapping_id}/routes")
             if r.status_code != 200:
@@ -182,12 +199,20 @@ class Fleet:
             hops = routes.get("hops", [])
             if {h["child"] for h in hops} != set(m.names) or routes.get("unreachable"):
                 return None
-            if m.mode == "star" and (routes.get("mode") != "manual" or any(h["parent"] != "src" for h in hops)):
+            if m.mode == "star" and (
+                routes.get("mode") != "manual" or any(h["parent"] != "src" for h in hops)
+            ):
                 return None
             return routes
 
-        return dict(poll_until(planned, timeout_s=SETUP_TIMEOUT_S, interval_s=0.1,
-                               what=f"the master's {m.mode} plan for N={len(m.names)}"))
+        return dict(
+            poll_until(
+                planned,
+                timeout_s=SETUP_TIMEOUT_S,
+                interval_s=0.1,
+                what=f"the master's {m.mode} plan for N={len(m.names)}",
+            )
+        )
 
     def settled_bytes(self, *, differ_from: float | None = None) -> Snapshot:
         """The source's peer_bytes_sent once STABLE_READS reads in a row agree (and, with
@@ -197,24 +222,40 @@ class Fleet:
 
         def settled() -> Snapshot | None:
             r = self.cluster.api.get("/metrics")
-            value = prometheus_value(r.text, "relaysync_peer_bytes_sent", server="src") if r.status_code == 200 else None
+            value = (
+                prometheus_value(r.text, "relaysync_peer_bytes_sent", server="src")
+                if r.status_code == 200
+                else None
+            )
             if value is None:
                 return None
             seen.append(value)
             tail = seen[-STABLE_READS:]
             if len(tail) == STABLE_READS and len(set(tail)) == 1 and value != differ_from:
-                return Snapshot(value, proc_wchar(self.src_pid) or 0, ss_bytes_sent_by_pid(self.src_pid, self.peer_ports))
+                return Snapshot(
+                    value,
+                    proc_wchar(self.src_pid) or 0,
+                    ss_bytes_sent_by_pid(self.src_pid, self.peer_ports),
+                )
             return None
 
-        return poll_until(settled, timeout_s=BOUND_S, interval_s=METRICS_INTERVAL_S * 1.2,
-                          what="the source's peer_bytes_sent to settle")
+        return poll_until(
+            settled,
+            timeout_s=BOUND_S,
+            interval_s=METRICS_INTERVAL_S * 1.2,
+            what="the source's peer_bytes_sent to settle",
+        )
 
     def route_summary(self, m: OursMapping) -> tuple[int, dict[str, str]]:
         """From the job log: the route of each target's latest advance; (targets fed by src, routes)."""
         routes: dict[str, str] = {}
-        r = self.cluster.api.get("/api/advances", params={"mapping": m.mapping_id, "limit": 10 * len(m.names)})
+        r = self.cluster.api.get(
+            "/api/advances", params={"mapping": m.mapping_id, "limit": 10 * len(m.names)}
+        )
         if r.status_code == 200:
-            by_node = {a.get("node_id"): a["name"] for a in self.cluster.api.get("/api/servers").json()}
+            by_node = {
+                a.get("node_id"): a["name"] for a in self.cluster.api.get("/api/servers").json()
+            }
             for row in r.json():  # newest first
                 name = by_node.get(row["target_node"], row["target_node"])
                 routes.setdefault(name, row.get("route", ""))
@@ -236,8 +277,16 @@ def probe(src: Path, targets: list[Path], what: str) -> None:
         with open(src / f"probe-{attempt}.bin", "wb") as fh:
             fh.write(data)
         t0 = time.perf_counter()
-        if wait_all_identical([t / f"probe-{attempt}.bin" for t in targets], data, t0,
-                              bound_s=SETUP_TIMEOUT_S / 3, poll_s=0.01) is not None:
+        if (
+            wait_all_identical(
+                [t / f"probe-{attempt}.bin" for t in targets],
+                data,
+                t0,
+                bound_s=SETUP_TIMEOUT_S / 3,
+                poll_s=0.01,
+            )
+            is not None
+        ):
             return
     raise BenchError(f"{what}: probe file never reached all targets")
 
@@ -276,14 +325,23 @@ class Lsyncd:
         for t in self.targets:
             t.mkdir()
         extra = '_extra = { "--fsync" }, ' if self.durability == "safe" else ""
-        blocks = "".join(f'sync {{ default.rsync, source = "{self.src}", target = "{t}/", delay = 0, '
-                         f'rsync = {{ archive = true, {extra}}} }}\n' for t in self.targets)
+        blocks = "".join(
+            f'sync {{ default.rsync, source = "{self.src}", target = "{t}/", delay = 0, '
+            f"rsync = {{ archive = true, {extra}}} }}\n"
+            for t in self.targets
+        )
         log = self.base / "lsyncd.log"
         cfg = self.base / "lsyncd.lua"
-        cfg.write_text(f'settings {{ nodaemon = true, insist = true, logfile = "{log}", '
-                       f'statusFile = "{self.base}/lsyncd.status" }}\n' + blocks)
-        self.proc = subprocess.Popen(["lsyncd", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        cfg.write_text(
+            f'settings {{ nodaemon = true, insist = true, logfile = "{log}", '
+            f'statusFile = "{self.base}/lsyncd.status" }}\n' + blocks
+        )
+        self.proc = subprocess.Popen(
+            ["lsyncd", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         probe(self.src, self.targets, f"lsyncd N={len(self.targets)}")
         if self.proc.poll() is not None:
             raise BenchError(f"lsyncd exited: {log.read_text()[-2000:]}")
@@ -294,7 +352,9 @@ class Lsyncd:
 
 def measure_lsyncd(ls: Lsyncd, name: str, runs: Runs | None) -> None:
     data, t0 = write_new(ls.src, name)
-    dt = wait_all_identical([t / name for t in ls.targets], data, t0, bound_s=BOUND_S, poll_s=POLL_S)
+    dt = wait_all_identical(
+        [t / name for t in ls.targets], data, t0, bound_s=BOUND_S, poll_s=POLL_S
+    )
     if runs is None:
         return
     if dt is None:
@@ -306,7 +366,9 @@ def measure_lsyncd(ls: Lsyncd, name: str, runs: Runs | None) -> None:
 # ------------------------------------------------------------------ one N
 
 
-def bench_n(fleet: Fleet, work: Path, n: int, repeats: int, results: dict[str, Any]) -> dict[str, Runs]:
+def bench_n(
+    fleet: Fleet, work: Path, n: int, repeats: int, results: dict[str, Any]
+) -> dict[str, Runs]:
     maps = {mode: fleet.create(n, mode) for mode in ("tree", "star")}
     ls = Lsyncd(work / f"lsyncd-n{n}", n, fleet.durability)
     try:
@@ -315,14 +377,16 @@ def bench_n(fleet: Fleet, work: Path, n: int, repeats: int, results: dict[str, A
             levels: dict[str, int] = {}
             for h in routes["hops"]:
                 levels[h["level"]] = levels.get(h["level"], 0) + 1
-            console.print(f"  N={n} {mode}: plan {len(routes['hops'])} hops "
-                          f"({', '.join(f'{v} {k}' for k, v in levels.items())}), "
-                          f"{sum(h['parent'] == 'src' for h in routes['hops'])} from src")
+            console.print(
+                f"  N={n} {mode}: plan {len(routes['hops'])} hops "
+                f"({', '.join(f'{v} {k}' for k, v in levels.items())}), "
+                f"{sum(h['parent'] == 'src' for h in routes['hops'])} from src"
+            )
             probe(m.src, m.targets, f"relaysync {mode} N={n}")
         ls.start()
         runs = {v: Runs() for v in VARIANTS}
         for i in range(-WARMUP, repeats):
-            order = VARIANTS[i % 3:] + VARIANTS[:i % 3]
+            order = VARIANTS[i % 3 :] + VARIANTS[: i % 3]
             for variant in order:
                 name = f"f{i + WARMUP:03d}.bin"
                 keep = runs[variant] if i >= 0 else None
@@ -333,8 +397,10 @@ def bench_n(fleet: Fleet, work: Path, n: int, repeats: int, results: dict[str, A
         for mode, m in maps.items():
             direct, routes_seen = fleet.route_summary(m)
             results[f"fed_by_source_{'' if mode == 'tree' else 'star_'}n{n}"] = direct
-            console.print(f"  N={n} {mode}: job log routes of the last change: {direct} target(s) fed by src; "
-                          + " ".join(sorted(set(routes_seen.values())))[:400])
+            console.print(
+                f"  N={n} {mode}: job log routes of the last change: {direct} target(s) fed by src; "
+                + " ".join(sorted(set(routes_seen.values())))[:400]
+            )
         return runs
     finally:
         ls.stop()
@@ -367,15 +433,33 @@ def record(results: dict[str, Any], n: int, runs: dict[str, Runs]) -> None:
 
 def print_table(results: dict[str, Any], ns: list[int]) -> None:
     table = Table(title=f"one {FILE_BYTES // 1024} KiB new file to N targets (medians)")
-    for col in ("N", "regions", "src copies tree", "src copies star", "kernel tree / star",
-                "tree ms", "star ms", "lsyncd ms", "tree/lsyncd", "star/lsyncd"):
+    for col in (
+        "N",
+        "regions",
+        "src copies tree",
+        "src copies star",
+        "kernel tree / star",
+        "tree ms",
+        "star ms",
+        "lsyncd ms",
+        "tree/lsyncd",
+        "star/lsyncd",
+    ):
         table.add_column(col, justify="right")
     for n in ns:
         r = {k[: -len(f"_n{n}")]: v for k, v in results.items() if k.endswith(f"_n{n}")}.__getitem__
-        table.add_row(str(n), str(r("regions")), f"{r('source_copies'):.2f}", f"{r('source_copies_star'):.2f}",
-                      f"{r('source_copies_kernel'):.2f} / {r('source_copies_kernel_star'):.2f}",
-                      f"{r('time_ms'):.1f}", f"{r('time_ms_star'):.1f}", f"{r('time_ms_lsyncd'):.1f}",
-                      f"{r('time_ratio_vs_lsyncd'):.2f}x", f"{r('time_ratio_star_vs_lsyncd'):.2f}x")
+        table.add_row(
+            str(n),
+            str(r("regions")),
+            f"{r('source_copies'):.2f}",
+            f"{r('source_copies_star'):.2f}",
+            f"{r('source_copies_kernel'):.2f} / {r('source_copies_kernel_star'):.2f}",
+            f"{r('time_ms'):.1f}",
+            f"{r('time_ms_star'):.1f}",
+            f"{r('time_ms_lsyncd'):.1f}",
+            f"{r('time_ratio_vs_lsyncd'):.2f}x",
+            f"{r('time_ratio_star_vs_lsyncd'):.2f}x",
+        )
     Console(width=140, highlight=False).print(table)  # wider than a pipe's default 80 columns
 
 
@@ -384,13 +468,18 @@ def evaluate(results: dict[str, Any], ns: list[int]) -> None:
     copies_ok = time_ok = True
     for n in ns:
         limit = regions_of(n) * (1 + COPIES_SLACK)
-        copies_ok &= goal(f"N={n}: source sends at most one copy per region ({regions_of(n)})",
-                          results[f"source_copies_n{n}"] <= limit,
-                          f"{results[f'source_copies_n{n}']} copies (limit {limit:.2f}; star "
-                          f"{results[f'source_copies_star_n{n}']})")
-        time_ok &= goal(f"N={n}: time to all targets <= lsyncd's", results[f"time_ratio_vs_lsyncd_n{n}"] <= 1.0,
-                        f"{results[f'time_ms_n{n}']} / {results[f'time_ms_lsyncd_n{n}']} ms = "
-                        f"{results[f'time_ratio_vs_lsyncd_n{n}']}x")
+        copies_ok &= goal(
+            f"N={n}: source sends at most one copy per region ({regions_of(n)})",
+            results[f"source_copies_n{n}"] <= limit,
+            f"{results[f'source_copies_n{n}']} copies (limit {limit:.2f}; star "
+            f"{results[f'source_copies_star_n{n}']})",
+        )
+        time_ok &= goal(
+            f"N={n}: time to all targets <= lsyncd's",
+            results[f"time_ratio_vs_lsyncd_n{n}"] <= 1.0,
+            f"{results[f'time_ms_n{n}']} / {results[f'time_ms_lsyncd_n{n}']} ms = "
+            f"{results[f'time_ratio_vs_lsyncd_n{n}']}x",
+        )
     results["goal_source_copies"] = copies_ok
     results["goal_time_vs_lsyncd"] = time_ok
 
@@ -399,13 +488,25 @@ def evaluate(results: dict[str, Any], ns: list[int]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"{REPEATS_QUICK} repeats instead of {REPEATS_FULL}")
-    ap.add_argument("--ns", default=",".join(map(str, NS)), help=f"target counts (1..{MAX_TARGETS})")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help=f"{REPEATS_QUICK} repeats instead of {REPEATS_FULL}"
+    )
+    ap.add_argument(
+        "--ns", default=",".join(map(str, NS)), help=f"target counts (1..{MAX_TARGETS})"
+    )
     ap.add_argument("--repeats", type=int, default=None, help="measured writes per variant and N")
-    ap.add_argument("--durability", choices=["safe", "fast"], default="safe",
-                    help="relaysync durability (safe pairs with rsync --fsync, fast with plain rsync)")
-    ap.add_argument("--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)")
+    ap.add_argument(
+        "--durability",
+        choices=["safe", "fast"],
+        default="safe",
+        help="relaysync durability (safe pairs with rsync --fsync, fast with plain rsync)",
+    )
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)"
+    )
     args = ap.parse_args()
     ns = [int(x) for x in args.ns.split(",")]
     if any(n < 1 or n > MAX_TARGETS for n in ns):
@@ -415,15 +516,25 @@ def main() -> int:
     require_tools("lsyncd", "rsync")
     info = machine_info()
     print_machine(info)
-    console.print(f"relaysync {src_revision()}; lsyncd: {tool_version('lsyncd')}; rsync: {tool_version('rsync')}")
-    console.print(f"per N: {WARMUP} warm-up + {repeats} measured new {FILE_BYTES // 1024} KiB files per variant "
-                  f"(tree, star, lsyncd in rotating order); durability {args.durability} vs rsync"
-                  f"{' --fsync' if args.durability == 'safe' else ''}; poll {POLL_S * 1000:g} ms, bound {BOUND_S:g} s")
+    console.print(
+        f"relaysync {src_revision()}; lsyncd: {tool_version('lsyncd')}; rsync: {tool_version('rsync')}"
+    )
+    console.print(
+        f"per N: {WARMUP} warm-up + {repeats} measured new {FILE_BYTES // 1024} KiB files per variant "
+        f"(tree, star, lsyncd in rotating order); durability {args.durability} vs rsync"
+        f"{' --fsync' if args.durability == 'safe' else ''}; poll {POLL_S * 1000:g} ms, bound {BOUND_S:g} s"
+    )
 
     work = Path(tempfile.mkdtemp(prefix="relaysync-bench-fanout-", dir=args.workdir))
-    results: dict[str, Any] = {"bench": "fanout", "ns": ns, "repeats": repeats, "durability": args.durability,
-                               "file_bytes": FILE_BYTES, "bytes_method": "peer_bytes_sent",
-                               **{f"machine_{k}": v for k, v in info.items()}}
+    results: dict[str, Any] = {
+        "bench": "fanout",
+        "ns": ns,
+        "repeats": repeats,
+        "durability": args.durability,
+        "file_bytes": FILE_BYTES,
+        "bytes_method": "peer_bytes_sent",
+        **{f"machine_{k}": v for k, v in info.items()},
+    }
     rc = 0
     fleet = Fleet(work, args.durability)
     t_start = time.monotonic()
@@ -433,9 +544,11 @@ def main() -> int:
         for n in ns:
             console.rule(f"N = {n}")
             record(results, n, bench_n(fleet, work, n, repeats, results))
-            console.print(f"  tree {results[f'time_ms_n{n}']} ms, {results[f'source_copies_n{n}']} copies · "
-                          f"star {results[f'time_ms_star_n{n}']} ms, {results[f'source_copies_star_n{n}']} copies · "
-                          f"lsyncd {results[f'time_ms_lsyncd_n{n}']} ms")
+            console.print(
+                f"  tree {results[f'time_ms_n{n}']} ms, {results[f'source_copies_n{n}']} copies · "
+                f"star {results[f'time_ms_star_n{n}']} ms, {results[f'source_copies_star_n{n}']} copies · "
+                f"lsyncd {results[f'time_ms_lsyncd_n{n}']} ms"
+            )
         print_table(results, ns)
         evaluate(results, ns)
     except Exception as exc:

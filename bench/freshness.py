@@ -104,12 +104,18 @@ def require_caches() -> dict[str, str]:
         missing.append(str(PURGE_MODULE))
     if missing:
         pkgs = [packages.get(m, "libnginx-mod-http-cache-purge") for m in missing]
-        console.print(f"[red]error: required cache server(s) not installed: {', '.join(missing)}. "
-                      f"Install them (Debian: apt-get install {' '.join(pkgs)}); this benchmark "
-                      f"measures the real servers and never skips one.[/red]")
+        console.print(
+            f"[red]error: required cache server(s) not installed: {', '.join(missing)}. "
+            f"Install them (Debian: apt-get install {' '.join(pkgs)}); this benchmark "
+            f"measures the real servers and never skips one.[/red]"
+        )
         sys.exit(2)
     versions = {}
-    for name, argv in (("varnish", ["varnishd", "-V"]), ("nginx", ["nginx", "-v"]), ("squid", ["squid", "-v"])):
+    for name, argv in (
+        ("varnish", ["varnishd", "-V"]),
+        ("nginx", ["nginx", "-v"]),
+        ("squid", ["squid", "-v"]),
+    ):
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
             text = (out.stdout + out.stderr).strip().splitlines()
@@ -151,8 +157,18 @@ class OriginProcess:
 
     def start(self) -> OriginProcess:
         self.popen = subprocess.Popen(
-            [sys.executable, "-c", ORIGIN_SCRIPT, str(self.root), str(self.port), str(self.max_age)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-c",
+                ORIGIN_SCRIPT,
+                str(self.root),
+                str(self.port),
+                str(self.max_age),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
         def up() -> bool:
             if self.popen is not None and self.popen.poll() is not None:
@@ -185,10 +201,14 @@ def make_ttl_cache_class() -> type:
 
     replacements = {
         "varnish": [("set beresp.ttl = 1h;", "set beresp.ttl = @TTL@s;")],
-        "nginx": [("proxy_cache_valid 200 301 302 404 1h;", "proxy_cache_valid 200 301 302 404 @TTL@s;")],
+        "nginx": [
+            ("proxy_cache_valid 200 301 302 404 1h;", "proxy_cache_valid 200 301 302 404 @TTL@s;")
+        ],
         # Squid's refresh_pattern counts whole minutes: the origin's max-age sets the lifetime.
-        "squid": [("refresh_pattern . 60 20% 1440 override-lastmod", "refresh_pattern . 0 20% 1"),
-                  ("negative_ttl 1 hour", "negative_ttl @TTL@ seconds")],
+        "squid": [
+            ("refresh_pattern . 60 20% 1440 override-lastmod", "refresh_pattern . 0 20% 1"),
+            ("negative_ttl 1 hour", "negative_ttl @TTL@ seconds"),
+        ],
     }
 
     @dc
@@ -200,8 +220,10 @@ def make_ttl_cache_class() -> type:
             if self.ttl_s:
                 for old, new in replacements[self.kind]:
                     if old not in text:
-                        raise BenchError(f"{self.kind} configuration in relaysync.testing.caches changed: "
-                                         f"{old!r} not found; update bench/freshness.py")
+                        raise BenchError(
+                            f"{self.kind} configuration in relaysync.testing.caches changed: "
+                            f"{old!r} not found; update bench/freshness.py"
+                        )
                     text = text.replace(old, new.replace("@TTL@", str(self.ttl_s)))
             return text
 
@@ -276,7 +298,9 @@ class CommitWatch:
         self._thread.join(self.bound_s + 5)
 
 
-def wait_caches(clients: dict[str, CacheClient], path: str, data: bytes, bound_s: float) -> dict[str, float | None]:
+def wait_caches(
+    clients: dict[str, CacheClient], path: str, data: bytes, bound_s: float
+) -> dict[str, float | None]:
     """GET `path` from every cache every ~POLL_S until each serves `data`; perf_counter per cache."""
     seen: dict[str, float | None] = {k: None for k in clients}
     pending = list(clients)
@@ -320,7 +344,9 @@ def summarise(name: str, xs_ms: list[float], results: dict[str, Any], key: str) 
     results[f"{key}p50_ms"] = round(p50, 2)
     results[f"{key}p99_ms"] = round(p99, 2)
     results[f"{key}max_ms"] = round(max(xs_ms), 2)
-    console.print(f"  {name:44} n={len(xs_ms):4}  p50 {p50:9.2f} ms  p99 {p99:9.2f} ms  max {max(xs_ms):9.2f} ms")
+    console.print(
+        f"  {name:44} n={len(xs_ms):4}  p50 {p50:9.2f} ms  p99 {p99:9.2f} ms  max {max(xs_ms):9.2f} ms"
+    )
 
 
 # ------------------------------------------------------------------ phases
@@ -352,8 +378,14 @@ def wait_target_tree(src: Path, dst: Path, names: list[str], timeout_s: float) -
     poll_until(same, timeout_s=timeout_s, interval_s=0.05, what=f"{len(names)} files on the target")
 
 
-def purge_phase(cluster: Any, work: Path, cache_base: Path, n_changes: int, results: dict[str, Any],
-                rng: random.Random) -> None:
+def purge_phase(
+    cluster: Any,
+    work: Path,
+    cache_base: Path,
+    n_changes: int,
+    results: dict[str, Any],
+    rng: random.Random,
+) -> None:
     src, dst = work / "purge-src", work / "purge-t1"
     src.mkdir()
     dst.mkdir()
@@ -365,19 +397,35 @@ def purge_phase(cluster: Any, work: Path, cache_base: Path, n_changes: int, resu
         (src / n).write_bytes(os.urandom(sizes[n]))
     m = cluster.create_mapping("fresh-purge", "src", src, [("t1", dst)])
     wait_target_tree(src, dst, names, 60)
-    console.print(f"  mapping {m['name']} (durability {m.get('durability', 'default')}): {FILES} files on t1")
+    console.print(
+        f"  mapping {m['name']} (durability {m.get('durability', 'default')}): {FILES} files on t1"
+    )
 
     origin = OriginProcess(dst).start()
     caches: dict[str, Any] = {}
     clients: dict[str, CacheClient] = {}
     try:
         caches = start_caches(cache_base / "purge", origin.port, ttl_s=0)
-        console.print("  origin " + origin.url + "; caches " +
-                      ", ".join(f"{k} {c.address}" for k, c in caches.items()) + " (TTL 1 h, testing/caches.py)")
-        r = cluster.api.post("/api/sites", json={
-            "name": "fresh", "provider": "bench", "mapping": m["name"], "base_urls": [f"http://{HOST}"],
-            "caches": [{"name": k, "driver": k, "address": c.address} for k, c in caches.items()],
-            "origins": [{"server": "t1", "url": origin.url}]})
+        console.print(
+            "  origin "
+            + origin.url
+            + "; caches "
+            + ", ".join(f"{k} {c.address}" for k, c in caches.items())
+            + " (TTL 1 h, testing/caches.py)"
+        )
+        r = cluster.api.post(
+            "/api/sites",
+            json={
+                "name": "fresh",
+                "provider": "bench",
+                "mapping": m["name"],
+                "base_urls": [f"http://{HOST}"],
+                "caches": [
+                    {"name": k, "driver": k, "address": c.address} for k, c in caches.items()
+                ],
+                "origins": [{"server": "t1", "url": origin.url}],
+            },
+        )
         if r.status_code != 201:
             raise BenchError(f"create site: {r.status_code} {r.text}")
         clients = {k: CacheClient(c.port) for k, c in caches.items()}
@@ -393,7 +441,9 @@ def purge_phase(cluster: Any, work: Path, cache_base: Path, n_changes: int, resu
             data = os.urandom(sizes[rel])
             t_close = write_source(src / rel, data)
             watch = CommitWatch(dst / rel, data, BOUND_S)
-            t_cache = wait_caches(clients, "/" + rel, data, BOUND_S - (time.perf_counter() - t_close))
+            t_cache = wait_caches(
+                clients, "/" + rel, data, BOUND_S - (time.perf_counter() - t_close)
+            )
             watch.join()
             if watch.seen is None:
                 raise BenchError(f"change {i}: {rel} never reached t1 within {BOUND_S} s")
@@ -402,8 +452,10 @@ def purge_phase(cluster: Any, work: Path, cache_base: Path, n_changes: int, resu
             ch = Change(rel, t_close, watch.seen, watch.seen_wall, t_cache)
             if ch.last_cache() is None:
                 timeouts += 1
-                console.print(f"  [red]change {i}: {rel} not served by "
-                              f"{[k for k, v in t_cache.items() if v is None]} within {BOUND_S} s[/red]")
+                console.print(
+                    f"  [red]change {i}: {rel} not served by "
+                    f"{[k for k, v in t_cache.items() if v is None]} within {BOUND_S} s[/red]"
+                )
             changes.append(ch)
             if (i + 1) % 50 == 0:
                 console.print(f"  ... {i + 1} changes")
@@ -414,7 +466,9 @@ def purge_phase(cluster: Any, work: Path, cache_base: Path, n_changes: int, resu
         from_close = [ms(c.last_cache(), c.t_close) for c in changes]
         from_commit = [ms(c.last_cache(), c.t_commit) for c in changes]
         sync = [ms(c.t_commit, c.t_close) for c in changes]
-        console.print(f"  {len(changes)} changes measured ({WARMUP} warm-up), {timeouts} timed out at {BOUND_S} s")
+        console.print(
+            f"  {len(changes)} changes measured ({WARMUP} warm-up), {timeouts} timed out at {BOUND_S} s"
+        )
         summarise("close() -> new bytes in the target file", sync, results, "sync_")
         summarise("close() -> every cache serves them", from_close, results, "from_close_")
         results["p99_ms_from_close"] = results.pop("from_close_p99_ms")
@@ -422,8 +476,12 @@ def purge_phase(cluster: Any, work: Path, cache_base: Path, n_changes: int, resu
         results["max_ms_from_close"] = results.pop("from_close_max_ms")
         summarise("target commit -> every cache serves them", from_commit, results, "")
         for kind in KINDS:
-            summarise(f"target commit -> {kind} serves them",
-                      [ms(c.t_cache[kind], c.t_commit) for c in changes], results, f"{kind}_")
+            summarise(
+                f"target commit -> {kind} serves them",
+                [ms(c.t_cache[kind], c.t_commit) for c in changes],
+                results,
+                f"{kind}_",
+            )
         results["changes"] = len(changes)
         results["timeouts"] = timeouts
         purge_log_breakdown(cluster, changes, results)
@@ -437,6 +495,7 @@ def purge_phase(cluster: Any, work: Path, cache_base: Path, n_changes: int, resu
 
 def purge_log_breakdown(cluster: Any, changes: list[Change], results: dict[str, Any]) -> None:
     """From /api/purges: per cache, commit -> the purger starts the item, and the item's duration."""
+
     def settled() -> list[dict[str, Any]] | None:
         rows: list[dict[str, Any]] = []
         before = None
@@ -451,11 +510,18 @@ def purge_log_breakdown(cluster: Any, changes: list[Change], results: dict[str, 
             before = page[-1]["id"]
         # the purger writes outcomes every 0.1 s: wait until the last change's are there
         last = changes[-1]
-        mine = [r for r in rows if r["url"].endswith("/" + last.rel) and last.commit_wall is not None
-                and r["at"] >= last.commit_wall]
+        mine = [
+            r
+            for r in rows
+            if r["url"].endswith("/" + last.rel)
+            and last.commit_wall is not None
+            and r["at"] >= last.commit_wall
+        ]
         return rows if len(mine) >= len(KINDS) else None
 
-    rows = poll_until(settled, timeout_s=15, interval_s=0.1, what="the last change's purges in /api/purges")
+    rows = poll_until(
+        settled, timeout_s=15, interval_s=0.1, what="the last change's purges in /api/purges"
+    )
     statuses: dict[str, int] = {}
     retried = 0
     for r in rows:
@@ -469,7 +535,10 @@ def purge_log_breakdown(cluster: Any, changes: list[Change], results: dict[str, 
     for idx, ch in enumerate(changes):
         if ch.commit_wall is None:
             continue
-        nxt = next((c.commit_wall for c in changes[idx + 1:] if c.rel == ch.rel and c.commit_wall), float("inf"))
+        nxt = next(
+            (c.commit_wall for c in changes[idx + 1 :] if c.rel == ch.rel and c.commit_wall),
+            float("inf"),
+        )
         for r in by_url.get("/" + ch.rel, []):
             started = r["at"] - r["duration_ms"] / 1000
             if ch.commit_wall - 0.05 <= started < nxt and r["action"] == "refresh":
@@ -477,17 +546,34 @@ def purge_log_breakdown(cluster: Any, changes: list[Change], results: dict[str, 
                 duration[r["cache"]].append(r["duration_ms"])
     results["purge_log_statuses"] = statuses
     results["purge_log_retried"] = retried
-    console.print(f"  purge log: {len(rows)} rows, statuses {statuses}, {retried} needed more than one attempt")
+    console.print(
+        f"  purge log: {len(rows)} rows, statuses {statuses}, {retried} needed more than one attempt"
+    )
     for kind in KINDS:
         if start_delay[kind]:
-            summarise(f"{kind}: target commit -> purger starts the item", start_delay[kind], results,
-                      f"{kind}_commit_to_purge_start_")
-            summarise(f"{kind}: refresh + confirm (purge log duration)", duration[kind], results,
-                      f"{kind}_purge_duration_")
+            summarise(
+                f"{kind}: target commit -> purger starts the item",
+                start_delay[kind],
+                results,
+                f"{kind}_commit_to_purge_start_",
+            )
+            summarise(
+                f"{kind}: refresh + confirm (purge log duration)",
+                duration[kind],
+                results,
+                f"{kind}_purge_duration_",
+            )
 
 
-def ttl_phase(cluster: Any, work: Path, cache_base: Path, ttl_s: int, n_changes: int,
-              results: dict[str, Any], rng: random.Random) -> None:
+def ttl_phase(
+    cluster: Any,
+    work: Path,
+    cache_base: Path,
+    ttl_s: int,
+    n_changes: int,
+    results: dict[str, Any],
+    rng: random.Random,
+) -> None:
     src, dst = work / "ttl-src", work / "ttl-t1"
     src.mkdir()
     dst.mkdir()
@@ -502,8 +588,12 @@ def ttl_phase(cluster: Any, work: Path, cache_base: Path, ttl_s: int, n_changes:
     clients: dict[str, CacheClient] = {}
     try:
         caches = start_caches(cache_base / "ttl", origin.port, ttl_s=ttl_s)
-        console.print(f"  mapping {m['name']} with NO site; origin {origin.url} (Cache-Control: max-age={ttl_s}); "
-                      "caches " + ", ".join(f"{k} {c.address}" for k, c in caches.items()) + f" (TTL {ttl_s} s)")
+        console.print(
+            f"  mapping {m['name']} with NO site; origin {origin.url} (Cache-Control: max-age={ttl_s}); "
+            "caches "
+            + ", ".join(f"{k} {c.address}" for k, c in caches.items())
+            + f" (TTL {ttl_s} s)"
+        )
         clients = {k: CacheClient(c.port) for k, c in caches.items()}
         bound = ttl_s + TTL_MARGIN_S
         seen = wait_caches(clients, "/" + rel, data, bound)
@@ -530,8 +620,10 @@ def ttl_phase(cluster: Any, work: Path, cache_base: Path, ttl_s: int, n_changes:
                 windows.append((max(got) - watch.seen) * 1000)
             for k, v in t_cache.items():
                 per[k].append(bound * 1000 if v is None else (v - watch.seen) * 1000)
-            console.print(f"  TTL change {i + 1}/{n_changes}: stale for {windows[-1]:8.1f} ms after the commit "
-                          f"({', '.join(f'{k} {per[k][-1]:.0f}' for k in KINDS)})")
+            console.print(
+                f"  TTL change {i + 1}/{n_changes}: stale for {windows[-1]:8.1f} ms after the commit "
+                f"({', '.join(f'{k} {per[k][-1]:.0f}' for k in KINDS)})"
+            )
         summarise(f"TTL-only ({ttl_s} s): commit -> every cache", windows, results, "ttl_only_")
         for kind in KINDS:
             summarise(f"TTL-only: commit -> {kind}", per[kind], results, f"ttl_only_{kind}_")
@@ -551,14 +643,36 @@ def ttl_phase(cluster: Any, work: Path, cache_base: Path, ttl_s: int, n_changes:
 
 def main() -> int:
     global POLL_S
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK_CHANGES} changes, {QUICK_TTL_CHANGES} TTL-only")
-    ap.add_argument("--changes", type=int, default=None, help=f"changes with purging (default {CHANGES})")
-    ap.add_argument("--ttl", type=int, default=TTL_S, help=f"cache TTL of the TTL-only setup, s (default {TTL_S})")
-    ap.add_argument("--ttl-changes", type=int, default=None, help=f"TTL-only changes (default {TTL_CHANGES})")
-    ap.add_argument("--poll-ms", type=float, default=POLL_S * 1000, help="cache GET poll interval, ms (default 1)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_CHANGES} changes, {QUICK_TTL_CHANGES} TTL-only",
+    )
+    ap.add_argument(
+        "--changes", type=int, default=None, help=f"changes with purging (default {CHANGES})"
+    )
+    ap.add_argument(
+        "--ttl",
+        type=int,
+        default=TTL_S,
+        help=f"cache TTL of the TTL-only setup, s (default {TTL_S})",
+    )
+    ap.add_argument(
+        "--ttl-changes", type=int, default=None, help=f"TTL-only changes (default {TTL_CHANGES})"
+    )
+    ap.add_argument(
+        "--poll-ms",
+        type=float,
+        default=POLL_S * 1000,
+        help="cache GET poll interval, ms (default 1)",
+    )
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)"
+    )
     args = ap.parse_args()
     POLL_S = args.poll_ms / 1000
     n_changes = args.changes or (QUICK_CHANGES if args.quick else CHANGES)
@@ -571,12 +685,16 @@ def main() -> int:
     print_machine(info)
     console.print(f"CPU pressure (/proc/pressure/cpu some avg60): {cpu_pressure()} %")
     console.print("caches: " + "; ".join(f"{k}: {v}" for k, v in versions.items()))
-    console.print(f"workload: {n_changes} overwrites of {FILES} files ({'/'.join(str(s) for s in SIZES)} B, "
-                  f"same size each time) one at a time, {WARMUP} warm-up; cache GET every {POLL_S * 1000:.0f} ms, "
-                  f"target file stat every {FILE_POLL_S * 1000:.1f} ms, bound {BOUND_S:.0f} s. TTL-only: "
-                  f"{n_ttl} changes, TTL {args.ttl} s")
-    console.print("commit time = the moment the new bytes are visible in t1's file (polled; the job log and "
-                  "the purge log carry no per-target commit time)")
+    console.print(
+        f"workload: {n_changes} overwrites of {FILES} files ({'/'.join(str(s) for s in SIZES)} B, "
+        f"same size each time) one at a time, {WARMUP} warm-up; cache GET every {POLL_S * 1000:.0f} ms, "
+        f"target file stat every {FILE_POLL_S * 1000:.1f} ms, bound {BOUND_S:.0f} s. TTL-only: "
+        f"{n_ttl} changes, TTL {args.ttl} s"
+    )
+    console.print(
+        "commit time = the moment the new bytes are visible in t1's file (polled; the job log and "
+        "the purge log carry no per-target commit time)"
+    )
 
     from relaysync.testing.caches import cache_base_dir
     from relaysync.testing.cluster import Cluster
@@ -585,12 +703,16 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="relaysync-bench-freshness-", dir=args.workdir))
     os.chmod(work, 0o755)
     cache_base = cache_base_dir()
-    results: dict[str, Any] = {"bench": "freshness", "changes": n_changes,
-                               **{f"machine_{k}": v for k, v in info.items()},
-                               "machine_cpu_pressure_some_avg60_at_start": cpu_pressure(),
-                               "cache_versions": versions, "poll_ms": args.poll_ms,
-                               "commit_time_method": "new bytes visible in the target (origin) file, "
-                                                     f"stat polled every {FILE_POLL_S * 1000:.1f} ms in a thread"}
+    results: dict[str, Any] = {
+        "bench": "freshness",
+        "changes": n_changes,
+        **{f"machine_{k}": v for k, v in info.items()},
+        "machine_cpu_pressure_some_avg60_at_start": cpu_pressure(),
+        "cache_versions": versions,
+        "poll_ms": args.poll_ms,
+        "commit_time_method": "new bytes visible in the target (origin) file, "
+        f"stat polled every {FILE_POLL_S * 1000:.1f} ms in a thread",
+    }
     rc = 0
     cluster = Cluster(work / "cluster")
     try:
@@ -606,13 +728,17 @@ def main() -> int:
         ttl_phase(cluster, work, cache_base, args.ttl, n_ttl, results, rng)
 
         console.rule("goals")
-        results["goal_p99"] = goal(f"p99 < {GOAL_P99_MS:.0f} ms from the commit on the origin to every cache",
-                                   results["p99_ms"] < GOAL_P99_MS,
-                                   f"{results['p99_ms']} ms (p50 {results['p50_ms']} ms; from close() "
-                                   f"p99 {results['p99_ms_from_close']} ms)")
-        console.print(f"  beside it, TTL-only ({args.ttl} s): p50 {results['ttl_only_p50_ms']} ms, "
-                      f"p99 {results['ttl_only_p99_ms']} ms stale after the commit (the testing caches' own "
-                      "TTL is 1 h: a TTL-only setup with it would serve stale bytes for up to an hour)")
+        results["goal_p99"] = goal(
+            f"p99 < {GOAL_P99_MS:.0f} ms from the commit on the origin to every cache",
+            results["p99_ms"] < GOAL_P99_MS,
+            f"{results['p99_ms']} ms (p50 {results['p50_ms']} ms; from close() "
+            f"p99 {results['p99_ms_from_close']} ms)",
+        )
+        console.print(
+            f"  beside it, TTL-only ({args.ttl} s): p50 {results['ttl_only_p50_ms']} ms, "
+            f"p99 {results['ttl_only_p99_ms']} ms stale after the commit (the testing caches' own "
+            "TTL is 1 h: a TTL-only setup with it would serve stale bytes for up to an hour)"
+        )
     except Exception as exc:
         console.print(f"[red]benchmark failed: {type(exc).__name__}: {exc}[/red]")
         for name, agent in cluster.agents.items():

@@ -64,8 +64,14 @@ def wait_identical(paths: list[Path], data: bytes, t_closed: float) -> float | N
     return wait_all_identical(paths, data, t_closed, bound_s=BOUND_S, poll_s=POLL_S)
 
 
-def run_workload(src: Path, targets: list[Path], label: str, counts: dict[str, int],
-                 results: dict[str, Any], prefix: str) -> None:
+def run_workload(
+    src: Path,
+    targets: list[Path],
+    label: str,
+    counts: dict[str, int],
+    results: dict[str, Any],
+    prefix: str,
+) -> None:
     for size_key, size in SIZES.items():
         n = counts[size_key]
         lat: list[float] = []
@@ -90,9 +96,11 @@ def run_workload(src: Path, targets: list[Path], label: str, counts: dict[str, i
         results[f"{prefix}max_ms_{key}"] = round(max(lat), 2)
         if timeouts:
             results[f"{prefix}timeouts_{key}"] = timeouts
-        console.print(f"  {label:28} N={len(targets)} {size_key}: {n} writes  p50 {p50:8.2f} ms  "
-                      f"p99 {p99:8.2f} ms  max {max(lat):8.2f} ms"
-                      + (f"  [red]{timeouts} timed out at {BOUND_S} s[/red]" if timeouts else ""))
+        console.print(
+            f"  {label:28} N={len(targets)} {size_key}: {n} writes  p50 {p50:8.2f} ms  "
+            f"p99 {p99:8.2f} ms  max {max(lat):8.2f} ms"
+            + (f"  [red]{timeouts} timed out at {BOUND_S} s[/red]" if timeouts else "")
+        )
 
 
 def wait_probe(src: Path, targets: list[Path], timeout_s: float, what: str) -> None:
@@ -112,8 +120,13 @@ def wait_probe(src: Path, targets: list[Path], timeout_s: float, what: str) -> N
 # ------------------------------------------------------------------ relaysync
 
 
-def bench_ours(work: Path, ns: list[int], durabilities: list[str], counts: dict[str, int],
-               results: dict[str, Any]) -> None:
+def bench_ours(
+    work: Path,
+    ns: list[int],
+    durabilities: list[str],
+    counts: dict[str, int],
+    results: dict[str, Any],
+) -> None:
     from relaysync.testing.cluster import Cluster
 
     cluster = Cluster(work / "cluster")
@@ -132,9 +145,13 @@ def bench_ours(work: Path, ns: list[int], durabilities: list[str], counts: dict[
                 src = base / "src"
                 src.mkdir(parents=True)
                 targets = [base / f"t{i}" for i in range(1, n + 1)]
-                m = cluster.create_mapping(f"lat-{durability}-n{n}", "src", src,
-                                           [(f"t{i}", targets[i - 1]) for i in range(1, n + 1)],
-                                           durability=durability)
+                m = cluster.create_mapping(
+                    f"lat-{durability}-n{n}",
+                    "src",
+                    src,
+                    [(f"t{i}", targets[i - 1]) for i in range(1, n + 1)],
+                    durability=durability,
+                )
                 wait_probe(src, targets, 60, f"relaysync mapping {m['name']}")
                 run_workload(src, targets, f"relaysync {durability}", counts, results, prefix)
                 r = cluster.api.delete(f"/api/mappings/{m['id']}")
@@ -171,8 +188,13 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
         proc.wait(timeout_s)
 
 
-def bench_lsyncd(work: Path, ns: list[int], durabilities: list[str], counts: dict[str, int],
-                 results: dict[str, Any]) -> None:
+def bench_lsyncd(
+    work: Path,
+    ns: list[int],
+    durabilities: list[str],
+    counts: dict[str, int],
+    results: dict[str, Any],
+) -> None:
     base = work / "lsyncd"
     base.mkdir()
     port = free_port()
@@ -184,12 +206,19 @@ def bench_lsyncd(work: Path, ns: list[int], durabilities: list[str], counts: dic
                 d.mkdir(parents=True)
                 modules.append(f"[{durability}n{n}t{i}]\n    path = {d}\n")
     conf = base / "rsyncd.conf"
-    conf.write_text("use chroot = no\nread only = false\nuid = root\ngid = root\n"
-                    f"pid file = {base / 'rsyncd.pid'}\nlog file = {base / 'rsyncd.log'}\n\n"
-                    + "\n".join(modules))
-    daemon = subprocess.Popen(["rsync", "--daemon", "--no-detach", "--port", str(port), "--config", str(conf)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    conf.write_text(
+        "use chroot = no\nread only = false\nuid = root\ngid = root\n"
+        f"pid file = {base / 'rsyncd.pid'}\nlog file = {base / 'rsyncd.log'}\n\n"
+        + "\n".join(modules)
+    )
+    daemon = subprocess.Popen(
+        ["rsync", "--daemon", "--no-detach", "--port", str(port), "--config", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
+
         def listening() -> bool:
             if daemon.poll() is not None:
                 raise BenchError(f"rsync daemon exited with {daemon.returncode}")
@@ -200,7 +229,9 @@ def bench_lsyncd(work: Path, ns: list[int], durabilities: list[str], counts: dic
                 return False
 
         poll_until(listening, timeout_s=15, interval_s=0.02, what="rsync daemon listening")
-        console.print(f"  rsync daemon pid {daemon.pid} on 127.0.0.1:{port}, {len(modules)} modules")
+        console.print(
+            f"  rsync daemon pid {daemon.pid} on 127.0.0.1:{port}, {len(modules)} modules"
+        )
         for durability in durabilities:
             prefix = "lsyncd_" if durability == "safe" else "lsyncd_plain_"
             extra = '_extra = { "--fsync" }, ' if durability == "safe" else ""
@@ -211,14 +242,21 @@ def bench_lsyncd(work: Path, ns: list[int], durabilities: list[str], counts: dic
                 blocks = "".join(
                     f'sync {{ default.rsync, source = "{src}", '
                     f'target = "rsync://127.0.0.1:{port}/{durability}n{n}t{i}/", delay = 0, '
-                    f'rsync = {{ archive = true, {extra}}} }}\n'
-                    for i in range(1, n + 1))
+                    f"rsync = {{ archive = true, {extra}}} }}\n"
+                    for i in range(1, n + 1)
+                )
                 cfg = base / f"lsyncd-{durability}-n{n}.lua"
                 log = base / f"lsyncd-{durability}-n{n}.log"
-                cfg.write_text(f'settings {{ nodaemon = true, insist = true, logfile = "{log}", '
-                               f'statusFile = "{base}/lsyncd-{durability}-n{n}.status" }}\n' + blocks)
-                proc = subprocess.Popen(["lsyncd", str(cfg)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                cfg.write_text(
+                    f'settings {{ nodaemon = true, insist = true, logfile = "{log}", '
+                    f'statusFile = "{base}/lsyncd-{durability}-n{n}.status" }}\n' + blocks
+                )
+                proc = subprocess.Popen(
+                    ["lsyncd", str(cfg)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
                 try:
                     wait_probe(src, targets, 60, f"lsyncd {durability} N={n}")
                     if proc.poll() is not None:
@@ -236,14 +274,22 @@ def bench_lsyncd(work: Path, ns: list[int], durabilities: list[str], counts: dic
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="divide the write counts by 4")
     ap.add_argument("--ns", default="1,2,8", help="target counts (max 8)")
     ap.add_argument("--durability", default="safe,fast", help="relaysync durabilities to measure")
-    ap.add_argument("--only", choices=["ours", "lsyncd"], default=None,
-                    help="debugging: run one side only (no comparison, so no goals)")
+    ap.add_argument(
+        "--only",
+        choices=["ours", "lsyncd"],
+        default=None,
+        help="debugging: run one side only (no comparison, so no goals)",
+    )
     ap.add_argument("--count-divisor", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)"
+    )
     args = ap.parse_args()
     ns = [int(x) for x in args.ns.split(",")]
     durabilities = [d for d in args.durability.split(",") if d]
@@ -256,12 +302,18 @@ def main() -> int:
     info = machine_info()
     print_machine(info)
     console.print(f"lsyncd: {tool_version('lsyncd')}; rsync: {tool_version('rsync')}")
-    console.print(f"workload per N: {counts['1k']} x 1 KiB and {counts['1m']} x 1 MiB new files, one at a time, "
-                  f"{WARMUP} warm-up writes each; poll {POLL_S * 1000} ms, bound {BOUND_S} s")
+    console.print(
+        f"workload per N: {counts['1k']} x 1 KiB and {counts['1m']} x 1 MiB new files, one at a time, "
+        f"{WARMUP} warm-up writes each; poll {POLL_S * 1000} ms, bound {BOUND_S} s"
+    )
 
     work = Path(tempfile.mkdtemp(prefix="relaysync-bench-latency-", dir=args.workdir))
-    results: dict[str, Any] = {"bench": "latency", "counts": counts, "ns": ns,
-                               **{f"machine_{k}": v for k, v in info.items()}}
+    results: dict[str, Any] = {
+        "bench": "latency",
+        "counts": counts,
+        "ns": ns,
+        **{f"machine_{k}": v for k, v in info.items()},
+    }
     rc = 0
     try:
         if args.only != "lsyncd":
@@ -281,20 +333,32 @@ def main() -> int:
             results["p99_ms"] = results[f"p99_ms_{key}"]
             results["lsyncd_p99_ms"] = results[f"lsyncd_p99_ms_{key}"]
             results["p99_ratio_vs_lsyncd"] = round(results["p99_ms"] / results["lsyncd_p99_ms"], 3)
-            results["goal_p99"] = goal(f"p99 < {GOAL_P99_MS:.0f} ms to {top} targets (safe, 1 KiB)",
-                                       results["p99_ms"] < GOAL_P99_MS, f"{results['p99_ms']} ms")
+            results["goal_p99"] = goal(
+                f"p99 < {GOAL_P99_MS:.0f} ms to {top} targets (safe, 1 KiB)",
+                results["p99_ms"] < GOAL_P99_MS,
+                f"{results['p99_ms']} ms",
+            )
             results["goal_vs_lsyncd"] = goal(
-                "p99 <= 0.5x lsyncd (safe vs rsync --fsync)", results["p99_ratio_vs_lsyncd"] <= GOAL_RATIO,
-                f"{results['p99_ms']} / {results['lsyncd_p99_ms']} ms = {results['p99_ratio_vs_lsyncd']}x")
+                "p99 <= 0.5x lsyncd (safe vs rsync --fsync)",
+                results["p99_ratio_vs_lsyncd"] <= GOAL_RATIO,
+                f"{results['p99_ms']} / {results['lsyncd_p99_ms']} ms = {results['p99_ratio_vs_lsyncd']}x",
+            )
         if "fast" in durabilities:
             results["fast_p99_ms"] = results[f"fast_p99_ms_{key}"]
             results["lsyncd_plain_p99_ms"] = results[f"lsyncd_plain_p99_ms_{key}"]
-            results["p99_ratio_vs_lsyncd_fast"] = round(results["fast_p99_ms"] / results["lsyncd_plain_p99_ms"], 3)
-            results["goal_p99_fast"] = goal(f"p99 < {GOAL_P99_MS:.0f} ms to {top} targets (fast, 1 KiB)",
-                                            results["fast_p99_ms"] < GOAL_P99_MS, f"{results['fast_p99_ms']} ms")
+            results["p99_ratio_vs_lsyncd_fast"] = round(
+                results["fast_p99_ms"] / results["lsyncd_plain_p99_ms"], 3
+            )
+            results["goal_p99_fast"] = goal(
+                f"p99 < {GOAL_P99_MS:.0f} ms to {top} targets (fast, 1 KiB)",
+                results["fast_p99_ms"] < GOAL_P99_MS,
+                f"{results['fast_p99_ms']} ms",
+            )
             results["goal_vs_lsyncd_fast"] = goal(
-                "p99 <= 0.5x lsyncd (fast vs plain rsync)", results["p99_ratio_vs_lsyncd_fast"] <= GOAL_RATIO,
-                f"{results['fast_p99_ms']} / {results['lsyncd_plain_p99_ms']} ms = {results['p99_ratio_vs_lsyncd_fast']}x")
+                "p99 <= 0.5x lsyncd (fast vs plain rsync)",
+                results["p99_ratio_vs_lsyncd_fast"] <= GOAL_RATIO,
+                f"{results['fast_p99_ms']} / {results['lsyncd_plain_p99_ms']} ms = {results['p99_ratio_vs_lsyncd_fast']}x",
+            )
     except Exception as exc:
         console.print(f"[red]benchmark failed: {type(exc).__name__}: {exc}[/red]")
         results["error"] = f"{type(exc).__name__}: {exc}"

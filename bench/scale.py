@@ -72,9 +72,11 @@ def bench_scan(src: Path, work: Path, runs: int) -> dict[str, Any]:
         tb = time.perf_counter()
         recorder.apply(changes)
         tc = time.perf_counter()
-        console.print(f"  first full scan (stat+hash every file): detect {tb - ta:.3f} s, "
-                      f"apply to manifest {tc - tb:.3f} s, {len(changes)} changes, "
-                      f"manifest {manifest.count()} entries")
+        console.print(
+            f"  first full scan (stat+hash every file): detect {tb - ta:.3f} s, "
+            f"apply to manifest {tc - tb:.3f} s, {len(changes)} changes, "
+            f"manifest {manifest.count()} entries"
+        )
         times = []
         for i in range(runs):
             t0 = time.perf_counter()
@@ -82,8 +84,9 @@ def bench_scan(src: Path, work: Path, runs: int) -> dict[str, Any]:
             dt = time.perf_counter() - t0
             times.append(dt)
             if out:
-                raise BenchError(f"rescan of an unchanged tree reported {len(out)} changes "
-                                 f"(first: {out[0]})")
+                raise BenchError(
+                    f"rescan of an unchanged tree reported {len(out)} changes (first: {out[0]})"
+                )
             console.print(f"  rescan {i + 1}/{runs}: {dt:.3f} s (0 changes)")
     finally:
         manifest.close()
@@ -113,20 +116,24 @@ def bench_rsync_copy(src: Path, work: Path, runs: int) -> dict[str, Any]:
             dst = work / f"rsync-{key}-{i}"
             dt = timed_run(["rsync", "-a", *flags, f"{src}/", f"{dst}/"])
             times[key].append(dt)
-            console.print(f"  run {i + 1}/{runs} rsync -a {' '.join(flags):7} SRC/ DST/ (fresh empty DST): {dt:.3f} s")
+            console.print(
+                f"  run {i + 1}/{runs} rsync -a {' '.join(flags):7} SRC/ DST/ (fresh empty DST): {dt:.3f} s"
+            )
     out: dict[str, Any] = {k: median(v) for k, v in times.items()}
     out.update({f"{k}_runs": [round(x, 3) for x in v] for k, v in times.items()})
     return out
 
 
-def wait_tree_equal(src_summary: tuple[int, int], dst: Path, last_dir: Path, last_dir_count: int,
-                    timeout_s: float) -> float:
+def wait_tree_equal(
+    src_summary: tuple[int, int], dst: Path, last_dir: Path, last_dir_count: int, timeout_s: float
+) -> float:
     """Poll until dst has the same file count and total size as the source; return the time.
 
     Gate: a scandir of the last folder in name order (which the initial sync writes last) is
     polled every 20 ms; only when it is complete is the whole target summarised, so polling does
     not steal CPU from the two agents on a small machine.
     """
+
     def last_dir_complete() -> bool:
         try:
             with os.scandir(last_dir) as it:
@@ -142,7 +149,9 @@ def wait_tree_equal(src_summary: tuple[int, int], dst: Path, last_dir: Path, las
     return time.perf_counter()
 
 
-def source_ready_at(log_path: Path, src: Path, after: float, *, marker: str = "ready") -> float | None:
+def source_ready_at(
+    log_path: Path, src: Path, after: float, *, marker: str = "ready"
+) -> float | None:
     """Wall time of the source agent's 'source <root> <marker>' log line after `after` (diagnosis)."""
     import datetime as dt
 
@@ -163,10 +172,16 @@ def source_ready_at(log_path: Path, src: Path, after: float, *, marker: str = "r
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--files", type=int, default=None, help="number of files (default 100,000; --quick 10,000)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--files", type=int, default=None, help="number of files (default 100,000; --quick 10,000)"
+    )
     ap.add_argument("--quick", action="store_true", help="10,000 files unless --files is given")
-    ap.add_argument("--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="parent for the temp dir (default /tmp)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (for debugging)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="bound for each sync wait, s")
     args = ap.parse_args()
@@ -176,10 +191,16 @@ def main() -> int:
     info = machine_info()
     print_machine(info)
     console.print(f"rsync: {tool_version('rsync')}")
-    console.print("caches: warm page cache for every run (nothing dropped); same disk for source and targets")
+    console.print(
+        "caches: warm page cache for every run (nothing dropped); same disk for source and targets"
+    )
 
     work = Path(tempfile.mkdtemp(prefix="relaysync-bench-scale-", dir=args.workdir))
-    results: dict[str, Any] = {"bench": "scale", "files": files, **{f"machine_{k}": v for k, v in info.items()}}
+    results: dict[str, Any] = {
+        "bench": "scale",
+        "files": files,
+        **{f"machine_{k}": v for k, v in info.items()},
+    }
     cluster = None
     rc = 0
     try:
@@ -187,8 +208,10 @@ def main() -> int:
         console.rule("source tree")
         t0 = time.perf_counter()
         n, ndirs, nbytes = make_tree(src, files)
-        console.print(f"  {n} files (0-8 KiB, seeded), {nbytes / 1e6:.1f} MB in 10 top x 100 sub "
-                      f"folders ({ndirs} dirs), built in {time.perf_counter() - t0:.1f} s under {work}")
+        console.print(
+            f"  {n} files (0-8 KiB, seeded), {nbytes / 1e6:.1f} MB in 10 top x 100 sub "
+            f"folders ({ndirs} dirs), built in {time.perf_counter() - t0:.1f} s under {work}"
+        )
         results.update(tree_layout="10 top x 100 sub folders", tree_bytes=nbytes)
         src_summary = tree_summary(src)
         last_dir = sorted(p for p in (src / sorted(os.listdir(src))[-1]).iterdir())[-1]
@@ -201,13 +224,17 @@ def main() -> int:
         results["rsync_dry_run_s"] = round(scan["rsync_dry_run_s"], 4)
         results["first_scan_s"] = round(scan["first_scan_s"], 3)
         results["scan_ratio"] = round(scan["scan_s"] / scan["rsync_dry_run_s"], 3)
-        console.print(f"  scan_s {results['scan_s']} (median of {SCAN_RUNS}) vs rsync_dry_run_s "
-                      f"{results['rsync_dry_run_s']}: ratio {results['scan_ratio']}")
+        console.print(
+            f"  scan_s {results['scan_s']} (median of {SCAN_RUNS}) vs rsync_dry_run_s "
+            f"{results['rsync_dry_run_s']}: ratio {results['scan_ratio']}"
+        )
 
         console.rule("first full replication: rsync (local)")
         rs = bench_rsync_copy(src, work, 1 if args.quick else 3)
         results.update({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rs.items()})
-        console.print(f"  median: rsync --fsync {results['rsync_fsync_s']} s, rsync {results['rsync_s']} s")
+        console.print(
+            f"  median: rsync --fsync {results['rsync_fsync_s']} s, rsync {results['rsync_s']} s"
+        )
 
         console.rule("first full replication: relaysync (master + agents src, t1 as processes)")
         from relaysync.testing.cluster import Cluster
@@ -219,33 +246,44 @@ def main() -> int:
         cluster.wait_agent_up("src")
         cluster.wait_agent_up("t1")
         src_pid = cluster.agents["src"].process.pid
-        console.print(f"  fleet up: master {cluster.api_url}, src pid {src_pid}, "
-                      f"t1 pid {cluster.agents['t1'].process.pid}; "
-                      f"src agent RSS before any mapping {rss_mib(src_pid):.1f} MiB")
+        console.print(
+            f"  fleet up: master {cluster.api_url}, src pid {src_pid}, "
+            f"t1 pid {cluster.agents['t1'].process.pid}; "
+            f"src agent RSS before any mapping {rss_mib(src_pid):.1f} MiB"
+        )
 
         mapping_ids: dict[str, int] = {}
         for durability in ("safe", "fast"):
             dst = work / f"t1-{durability}"
             t0 = time.perf_counter()
             wall0 = time.time()
-            m = cluster.create_mapping(f"scale-{durability}", "src", src, [("t1", dst)],
-                                       durability=durability)
+            m = cluster.create_mapping(
+                f"scale-{durability}", "src", src, [("t1", dst)], durability=durability
+            )
             t_end = wait_tree_equal(src_summary, dst, dst / last_rel, last_count, args.timeout)
             dt = t_end - t0
             mapping_ids[durability] = int(m["id"])
             results[f"first_sync_s_{durability}"] = round(dt, 3)
-            console.print(f"  durability={durability}: {dt:.3f} s from mapping creation to equal "
-                          f"count+size ({files / dt:,.0f} files/s)")
+            console.print(
+                f"  durability={durability}: {dt:.3f} s from mapping creation to equal "
+                f"count+size ({files / dt:,.0f} files/s)"
+            )
             ready = source_ready_at(cluster.agents["src"].process.log_path, src, wall0)
             if ready is not None:
                 results[f"source_ready_s_{durability}"] = round(ready - wall0, 3)
-                console.print(f"    source ready to stream (agent log 'source ... ready', after the first "
-                              f"top-level entry is scanned and journaled): {ready - wall0:.3f} s")
-            scanned = source_ready_at(cluster.agents["src"].process.log_path, src, wall0, marker="scanned")
+                console.print(
+                    f"    source ready to stream (agent log 'source ... ready', after the first "
+                    f"top-level entry is scanned and journaled): {ready - wall0:.3f} s"
+                )
+            scanned = source_ready_at(
+                cluster.agents["src"].process.log_path, src, wall0, marker="scanned"
+            )
             if scanned is not None:
                 results[f"source_scanned_s_{durability}"] = round(scanned - wall0, 3)
-                console.print(f"    source initial scan+hash+journal complete (agent log 'source ... "
-                              f"scanned', overlapped with streaming): {scanned - wall0:.3f} s")
+                console.print(
+                    f"    source initial scan+hash+journal complete (agent log 'source ... "
+                    f"scanned', overlapped with streaming): {scanned - wall0:.3f} s"
+                )
             ok, detail = trees_equal(src, dst)
             if not ok:
                 raise BenchError(f"target {dst} differs from the source after sync: {detail}")
@@ -256,16 +294,22 @@ def main() -> int:
                 if r.status_code not in (200, 204):
                     raise BenchError(f"delete mapping: {r.status_code} {r.text}")
                 # dst stays until the end: deleting it would slow the next variant's inode allocation
-        results["first_sync_ratio_safe"] = round(results["first_sync_s_safe"] / results["rsync_fsync_s"], 3)
-        results["first_sync_ratio_fast"] = round(results["first_sync_s_fast"] / results["rsync_s"], 3)
+        results["first_sync_ratio_safe"] = round(
+            results["first_sync_s_safe"] / results["rsync_fsync_s"], 3
+        )
+        results["first_sync_ratio_fast"] = round(
+            results["first_sync_s_fast"] / results["rsync_s"], 3
+        )
 
         console.rule("agent memory")
         hwm = peak_rss_mib(src_pid)
         now = rss_mib(src_pid)
         results["agent_rss_mib"] = round(hwm or -1, 1)
         results["agent_rss_now_mib"] = round(now or -1, 1)
-        console.print(f"  source agent: peak RSS (VmHWM since start, includes both first syncs) "
-                      f"{hwm:.1f} MiB, current RSS while tracking {now:.1f} MiB")
+        console.print(
+            f"  source agent: peak RSS (VmHWM since start, includes both first syncs) "
+            f"{hwm:.1f} MiB, current RSS while tracking {now:.1f} MiB"
+        )
 
         console.rule("catch-up of one changed 4 KiB file after kill -9 of the target")
         dst = work / "t1-fast"
@@ -290,7 +334,9 @@ def main() -> int:
                 return int(body["address"].rsplit(":", 1)[1])
             return None
 
-        port = poll_until(new_port, timeout_s=60, interval_s=0.01, what="t1 back up at a new address")
+        port = poll_until(
+            new_port, timeout_s=60, interval_s=0.01, what="t1 back up at a new address"
+        )
         counter = ConnectionBytes(port)
         stop = threading.Event()
 
@@ -326,7 +372,9 @@ def main() -> int:
             return bool(rows) and all(int(x.get("lag", 1)) == 0 for x in rows)
 
         try:
-            poll_until(acked, timeout_s=30, interval_s=0.05, what="the target's ack reaching the master")
+            poll_until(
+                acked, timeout_s=30, interval_s=0.05, what="the target's ack reaching the master"
+            )
         except BenchError as exc:
             console.print(f"  [yellow]note: {exc}; counting bytes so far[/yellow]")
         counter.sample()
@@ -340,31 +388,48 @@ def main() -> int:
         results["catchup_bytes_from_target"] = counter.received
         results["catchup_s"] = round(t_equal, 3)
         results["catchup_connections"] = len(counter.seen)
-        results["catchup_method"] = ("ss -tin kernel counters (bytes_acked+bytes_received, TCP payload "
-                                     "incl. TLS handshake and records) of the source agent's sockets "
-                                     "to t1's new peer port, sampled every 50 ms until acked")
-        console.print(f"  t1 restarted at port {port}; changed file equal after {t_equal:.3f} s; "
-                      f"{len(counter.seen)} connection(s): {counter.sent} B to target + "
-                      f"{counter.received} B from target = {results['catchup_bytes_one_change']} B; "
-                      f"full check: {detail}")
+        results["catchup_method"] = (
+            "ss -tin kernel counters (bytes_acked+bytes_received, TCP payload "
+            "incl. TLS handshake and records) of the source agent's sockets "
+            "to t1's new peer port, sampled every 50 ms until acked"
+        )
+        console.print(
+            f"  t1 restarted at port {port}; changed file equal after {t_equal:.3f} s; "
+            f"{len(counter.seen)} connection(s): {counter.sent} B to target + "
+            f"{counter.received} B from target = {results['catchup_bytes_one_change']} B; "
+            f"full check: {detail}"
+        )
         console.print(f"  method: {results['catchup_method']}")
 
         hwm = peak_rss_mib(src_pid)
         results["agent_rss_mib"] = round(hwm or -1, 1)
 
         console.rule("goals")
-        results["goal_scan"] = goal("scan within 1.5x rsync dry run", results["scan_ratio"] <= GOAL_SCAN_RATIO,
-                                    f"{results['scan_s']} s vs {results['rsync_dry_run_s']} s = {results['scan_ratio']}x")
+        results["goal_scan"] = goal(
+            "scan within 1.5x rsync dry run",
+            results["scan_ratio"] <= GOAL_SCAN_RATIO,
+            f"{results['scan_s']} s vs {results['rsync_dry_run_s']} s = {results['scan_ratio']}x",
+        )
         results["goal_first_sync_safe"] = goal(
-            "first sync (safe) <= 1.0x rsync --fsync", results["first_sync_ratio_safe"] <= GOAL_SYNC_RATIO,
-            f"{results['first_sync_s_safe']} s vs {results['rsync_fsync_s']} s = {results['first_sync_ratio_safe']}x")
+            "first sync (safe) <= 1.0x rsync --fsync",
+            results["first_sync_ratio_safe"] <= GOAL_SYNC_RATIO,
+            f"{results['first_sync_s_safe']} s vs {results['rsync_fsync_s']} s = {results['first_sync_ratio_safe']}x",
+        )
         results["goal_first_sync_fast"] = goal(
-            "first sync (fast) <= 1.0x rsync", results["first_sync_ratio_fast"] <= GOAL_SYNC_RATIO,
-            f"{results['first_sync_s_fast']} s vs {results['rsync_s']} s = {results['first_sync_ratio_fast']}x")
-        results["goal_catchup"] = goal("catch-up < 64 KiB", results["catchup_bytes_one_change"] < GOAL_CATCHUP_BYTES,
-                                       f"{results['catchup_bytes_one_change']} B")
-        results["goal_agent_rss"] = goal("agent < 100 MiB", results["agent_rss_mib"] < GOAL_RSS_MIB,
-                                         f"{results['agent_rss_mib']} MiB peak")
+            "first sync (fast) <= 1.0x rsync",
+            results["first_sync_ratio_fast"] <= GOAL_SYNC_RATIO,
+            f"{results['first_sync_s_fast']} s vs {results['rsync_s']} s = {results['first_sync_ratio_fast']}x",
+        )
+        results["goal_catchup"] = goal(
+            "catch-up < 64 KiB",
+            results["catchup_bytes_one_change"] < GOAL_CATCHUP_BYTES,
+            f"{results['catchup_bytes_one_change']} B",
+        )
+        results["goal_agent_rss"] = goal(
+            "agent < 100 MiB",
+            results["agent_rss_mib"] < GOAL_RSS_MIB,
+            f"{results['agent_rss_mib']} MiB peak",
+        )
     except Exception as exc:
         console.print(f"[red]benchmark failed: {type(exc).__name__}: {exc}[/red]")
         if cluster is not None:

@@ -45,9 +45,15 @@ class Fleet:
         self.events = EventBus()
         key, cert = self.ca.issue(MASTER_NODE_NAME, ["127.0.0.1", "localhost"])
         self.master = write_identity(tmp / "master", key, cert, self.ca.ca_pem)
-        app = create_app(store=store, ca=self.ca, events=self.events, admin_token=ADMIN,
-                         control_address="127.0.0.1:1", on_change=lambda: None,
-                         master_node_id=self.master.node_id)
+        app = create_app(
+            store=store,
+            ca=self.ca,
+            events=self.events,
+            admin_token=ADMIN,
+            control_address="127.0.0.1:1",
+            on_change=lambda: None,
+            master_node_id=self.master.node_id,
+        )
         self.client = TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"})
         self.joined: dict[str, dict[str, str]] = {}  # name -> join reply
 
@@ -55,12 +61,18 @@ class Fleet:
         """Join an agent through POST /api/join with a fresh token."""
         token = self.client.post("/api/tokens/join", json={}).json()["token"]
         key, csr = make_key_and_csr(name)
-        resp = self.client.post("/api/join", json={"token": token, "name": name, "csr_pem": csr.decode()})
+        resp = self.client.post(
+            "/api/join", json={"token": token, "name": name, "csr_pem": csr.decode()}
+        )
         assert resp.status_code == 200, resp.text
         body = resp.json()
         self.joined[name] = body
-        return write_identity(self.tmp / "agents" / name / body["node_id"][:8], key, body["cert_pem"].encode(),
-                              body["ca_pem"].encode())
+        return write_identity(
+            self.tmp / "agents" / name / body["node_id"][:8],
+            key,
+            body["cert_pem"].encode(),
+            body["ca_pem"].encode(),
+        )
 
     def issue(self, name: str) -> tls.Identity:
         """An identity from the fleet's CA that never joined (or joined before names were checked)."""
@@ -73,9 +85,14 @@ class Fleet:
     @asynccontextmanager
     async def control_server(self) -> AsyncIterator[tuple[ControlServer, int]]:
         """The master's real ControlServer on a loopback port, over this fleet's store and events."""
-        control = ControlServer(host="127.0.0.1", port=0, ctx=tls.server_context(self.master),
-                                store=self.store, events=self.events,
-                                joblog=JobLogWriter(self.store, self.events))
+        control = ControlServer(
+            host="127.0.0.1",
+            port=0,
+            ctx=tls.server_context(self.master),
+            store=self.store,
+            events=self.events,
+            joblog=JobLogWriter(self.store, self.events),
+        )
         async with anyio.create_task_group() as tg:
             port = await tg.start(control.serve)
             try:

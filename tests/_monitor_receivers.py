@@ -34,8 +34,13 @@ class Mailbox:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
         with self.lock:
-            self.messages.append({"from": envelope.mail_from, "to": list(envelope.rcpt_tos),
-                                  "data": envelope.content.decode(errors="replace")})
+            self.messages.append(
+                {
+                    "from": envelope.mail_from,
+                    "to": list(envelope.rcpt_tos),
+                    "data": envelope.content.decode(errors="replace"),
+                }
+            )
             self.tls_sessions.append(session.ssl is not None)
         return "250 OK"
 
@@ -47,16 +52,29 @@ def smtp_server(ca: trustme.CA) -> Iterator[tuple[Mailbox, int]]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
 
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
         box.auth_mechanisms.append(mechanism)
-        ok = (isinstance(data, LoginPassword) and data.login == SMTP_USER.encode()
-              and data.password == SMTP_PASSWORD.encode())
+        ok = (
+            isinstance(data, LoginPassword)
+            and data.login == SMTP_USER.encode()
+            and data.password == SMTP_PASSWORD.encode()
+        )
         return AuthResult(success=ok, handled=False)
 
     port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
-                            authenticator=authenticator, auth_required=True, auth_require_tls=True,
-                            auth_exclude_mechanism=["PLAIN"])
+    controller = Controller(
+        box,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=ctx,
+        require_starttls=True,
+        authenticator=authenticator,
+        auth_required=True,
+        auth_require_tls=True,
+        auth_exclude_mechanism=["PLAIN"],
+    )
     controller.start()
     try:
         yield box, port
@@ -80,8 +98,14 @@ def http_receiver() -> Iterator[tuple[list[Recorded], str]]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def _record(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            log.append(Recorded(self.command, self.path, dict(self.headers.items()),
-                                self.rfile.read(length) if length else b""))
+            log.append(
+                Recorded(
+                    self.command,
+                    self.path,
+                    dict(self.headers.items()),
+                    self.rfile.read(length) if length else b"",
+                )
+            )
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()

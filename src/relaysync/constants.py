@@ -21,7 +21,9 @@ MAX_UNAUTHENTICATED_PER_ADDRESS = 64
 # The master's control port (4096 in all, protocol/connection.py ACCEPT_BACKLOG): a site's agents
 # behind one NAT address reconnect at once after a master restart, one connection each.
 MASTER_UNAUTHENTICATED_PER_ADDRESS = 256
-PREAUTH_MAX_MESSAGE_BYTES = 64 * 1024  # a plain link's frames until it authenticated (Hello, OpenMapping)
+PREAUTH_MAX_MESSAGE_BYTES = (
+    64 * 1024
+)  # a plain link's frames until it authenticated (Hello, OpenMapping)
 CHUNK_BYTES = 1024 * 1024  # file data travels in frames of at most this many bytes
 SMALL_FILE_BYTES = 64 * 1024  # files up to this size travel whole in one frame (SmallFile)
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX; longer paths on the wire are refused
@@ -29,14 +31,18 @@ MAX_NAME_BYTES = 255  # Linux NAME_MAX
 
 CONNECT_TIMEOUT_S = 10.0  # TCP connect plus TLS handshake to a peer or the master
 HANDSHAKE_TIMEOUT_S = 10.0  # the Hello exchange after TLS is up
-RECEIVE_TIMEOUT_S = 60.0  # drop a peer that sent nothing for this long (it pings every PING_INTERVAL_S)
+RECEIVE_TIMEOUT_S = (
+    60.0  # drop a peer that sent nothing for this long (it pings every PING_INTERVAL_S)
+)
 PING_INTERVAL_S = 10.0  # keep an idle link alive well inside the peer's RECEIVE_TIMEOUT_S
 CLOSE_TIMEOUT_S = 2.0  # shielded cleanup on cancellation
 HTTP_TIMEOUT_S = 10.0  # REST calls between agent/CLI and master
 
 RECONNECT_MIN_S = 0.2  # first retry after a lost link
 RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
-REFUSED_RETRY_S = 300.0  # an agent the master refused (removed from the fleet) asks again this seldom
+REFUSED_RETRY_S = (
+    300.0  # an agent the master refused (removed from the fleet) asks again this seldom
+)
 
 # The common name of the master's control certificate. No agent may join under it (auth/ca.py),
 # so an agent whose master.json predates the pinned `master_node_id` can tell the master from

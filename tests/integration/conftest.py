@@ -20,8 +20,12 @@ _counter = itertools.count(1)
 
 def bytes_sent_to(port: int) -> int:
     """TCP payload bytes sent so far on every established connection to 127.0.0.1:port (TLS included)."""
-    out = subprocess.run(["ss", "-tinH", "state", "established", f"( dport = :{port} )"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ss", "-tinH", "state", "established", f"( dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sum(int(n) for n in re.findall(r"bytes_sent:(\d+)", out))
 
 
@@ -30,19 +34,29 @@ class Fleet:
     cluster: Cluster
     base: Path
 
-    def new_mapping(self, *, targets: tuple[str, ...] = ("t1", "t2"), **extra: object) -> tuple[dict, Path, list[Path]]:
+    def new_mapping(
+        self, *, targets: tuple[str, ...] = ("t1", "t2"), **extra: object
+    ) -> tuple[dict, Path, list[Path]]:
         n = next(_counter)
         src = self.base / f"m{n}" / "source"
         src.mkdir(parents=True)
         dsts = [self.base / f"m{n}" / f"target-{t}" for t in targets]
-        mapping = self.cluster.create_mapping(f"m{n}", "src", src, [(t, d) for t, d in zip(targets, dsts, strict=True)], **extra)
-        wait_until(lambda: all(d.is_dir() for d in dsts), timeout_s=CONVERGE_TIMEOUT_S, what="targets opened")
+        mapping = self.cluster.create_mapping(
+            f"m{n}", "src", src, [(t, d) for t, d in zip(targets, dsts, strict=True)], **extra
+        )
+        wait_until(
+            lambda: all(d.is_dir() for d in dsts),
+            timeout_s=CONVERGE_TIMEOUT_S,
+            what="targets opened",
+        )
         return mapping, src, dsts
 
     def peer_port(self, name: str) -> int:
         return int(self.cluster.api.get(f"/api/servers/{name}").json()["address"].rsplit(":", 1)[1])
 
-    def wait_converged(self, src: Path, dsts: list[Path], timeout_s: float = CONVERGE_TIMEOUT_S) -> None:
+    def wait_converged(
+        self, src: Path, dsts: list[Path], timeout_s: float = CONVERGE_TIMEOUT_S
+    ) -> None:
         def same() -> bool:
             want = snapshot(src)
             return all(snapshot(d) == want for d in dsts)
@@ -53,15 +67,22 @@ class Fleet:
             want = snapshot(src)
             for d in dsts:
                 got = snapshot(d)
-                diff = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
+                diff = {
+                    k: (want.get(k), got.get(k))
+                    for k in set(want) | set(got)
+                    if want.get(k) != got.get(k)
+                }
                 print(f"--- {d}: {len(diff)} differences, e.g. {list(diff.items())[:5]}")
             for agent in self.cluster.agents.values():
                 print(f"--- log of {agent.name}\n{agent.process.log_tail(30)}")
             raise
 
 
-def start_fleet(base: Path, agents: tuple[str, ...] = ("src", "t1", "t2"),
-                extra_env: dict[str, str] | None = None) -> Fleet:
+def start_fleet(
+    base: Path,
+    agents: tuple[str, ...] = ("src", "t1", "t2"),
+    extra_env: dict[str, str] | None = None,
+) -> Fleet:
     cluster = Cluster(base / "fleet", extra_env=extra_env or {})
     cluster.start_master()
     for name in agents:

@@ -17,21 +17,27 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def corrupting_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = start_fleet(tmp_path, agents=("src", "t1"), extra_env={"RELAYSYNC_TEST_CORRUPT_DELTAS": "1"})
+    fleet = start_fleet(
+        tmp_path, agents=("src", "t1"), extra_env={"RELAYSYNC_TEST_CORRUPT_DELTAS": "1"}
+    )
     try:
         yield fleet
     finally:
         fleet.cluster.stop()
 
 
-def test_a_flipped_bit_in_a_delta_is_resent_whole_and_never_committed(corrupting_fleet: Fleet) -> None:
+def test_a_flipped_bit_in_a_delta_is_resent_whole_and_never_committed(
+    corrupting_fleet: Fleet,
+) -> None:
     fleet = corrupting_fleet
     _, src, (dst,) = fleet.new_mapping(targets=("t1",))
     v1 = bytearray(os.urandom(3 * 1024 * 1024))
     (src / "big.bin").write_bytes(v1)
     fleet.wait_converged(src, [dst])
     sig_dir = next((fleet.cluster.agents["src"].data_dir / "sources").glob("*/signatures/sig"))
-    wait_until(lambda: any(sig_dir.glob("*.sig")), timeout_s=30, what="the first version's signature")
+    wait_until(
+        lambda: any(sig_dir.glob("*.sig")), timeout_s=30, what="the first version's signature"
+    )
 
     v2 = bytearray(v1)
     v2[1_000_000:1_010_000] = os.urandom(10_000)

@@ -78,7 +78,9 @@ def _journal_as_on_disk_before(journal: Path, head: int) -> None:
     (journal / "released").write_text(str(head))
 
 
-def test_fast_source_losing_its_journal_tail_in_a_machine_crash_still_sends_new_changes(own_fleet: Fleet) -> None:
+def test_fast_source_losing_its_journal_tail_in_a_machine_crash_still_sends_new_changes(
+    own_fleet: Fleet,
+) -> None:
     mapping, src, dsts = own_fleet.new_mapping(targets=("t1",), durability="fast")
     for i in range(6):
         (src / f"before-{i}").write_text(f"before {i}")
@@ -124,7 +126,9 @@ def test_inotify_overflow_is_detected_and_rescanned(tmp_path: Path) -> None:
         fleet.cluster.stop()
 
 
-RESUME_LIMIT = {"RELAYSYNC_BANDWIDTH_LIMIT_MBIT": "200"}  # 25 MB/s on every hop: slow enough to kill mid-file
+RESUME_LIMIT = {
+    "RELAYSYNC_BANDWIDTH_LIMIT_MBIT": "200"
+}  # 25 MB/s on every hop: slow enough to kill mid-file
 
 
 def _write_random(path: Path, size: int) -> None:
@@ -145,10 +149,14 @@ def _partial_size(root: Path, name: str) -> int:
 
 
 def _resume_offsets(log: Path, name: str) -> list[int]:
-    return [int(m) for m in re.findall(rf"resuming {re.escape(name)} at offset (\d+)", log.read_text())]
+    return [
+        int(m) for m in re.findall(rf"resuming {re.escape(name)} at offset (\d+)", log.read_text())
+    ]
 
 
-SETTLE_WINDOW_S = 0.3  # unchanged over this long: the bytes in flight when the sender died are written
+SETTLE_WINDOW_S = (
+    0.3  # unchanged over this long: the bytes in flight when the sender died are written
+)
 SETTLE_TIMEOUT_S = 60.0
 
 
@@ -161,7 +169,9 @@ def _settled(read: Callable[[], int]) -> int:
     last = -1
     while (now := read()) != last:
         if time.monotonic() > deadline:
-            raise AssertionError(f"still changing after {SETTLE_TIMEOUT_S} s: {last} then {now} bytes")
+            raise AssertionError(
+                f"still changing after {SETTLE_TIMEOUT_S} s: {last} then {now} bytes"
+            )
         last = now
         time.sleep(SETTLE_WINDOW_S)
     return last
@@ -199,14 +209,18 @@ def _relayed_mapping(relay_fleet: Fleet) -> tuple[Path, list[Path], str, str]:
     cluster = relay_fleet.cluster
     mapping, src, dsts = relay_fleet.new_mapping(targets=("a1", "a2"))
     mapping_id = int(mapping["id"])
-    r = cluster.api.put(f"/api/mappings/{mapping_id}/routing", json={"fail_after_s": 300})  # no re-plan
+    r = cluster.api.put(
+        f"/api/mappings/{mapping_id}/routing", json={"fail_after_s": 300}
+    )  # no re-plan
     assert r.status_code == 200, r.text
 
     def parents() -> dict[str, str]:
         hops = cluster.api.get(f"/api/mappings/{mapping_id}/routes").json()["hops"]
         return {h["child"]: h["parent"] for h in hops}
 
-    plan = wait_until(lambda: (p := parents()) and len(p) == 2 and p, timeout_s=60, interval_s=0.1, what="a plan")
+    plan = wait_until(
+        lambda: (p := parents()) and len(p) == 2 and p, timeout_s=60, interval_s=0.1, what="a plan"
+    )
     relay = next(c for c, p in plan.items() if p == "src")
     child = next(c for c, p in plan.items() if p == relay)
     return src, dsts, relay, child
@@ -226,11 +240,17 @@ def test_resume_through_a_relay_hop(relay_fleet: Fleet, killed: str) -> None:
     size = 64 * CHUNK_BYTES
     _write_random(src / "big.bin", size)
     watched = child if killed == "child" else relay
-    wait_until(lambda: _partial_size(dir_of[watched], "big.bin") > 24 * CHUNK_BYTES, timeout_s=60,
-               interval_s=0.005, what=f"{watched} holds 24 MiB")
+    wait_until(
+        lambda: _partial_size(dir_of[watched], "big.bin") > 24 * CHUNK_BYTES,
+        timeout_s=60,
+        interval_s=0.005,
+        what=f"{watched} holds 24 MiB",
+    )
     cluster.agents[victim].process.kill()
-    held = {t: _settled(lambda t=t: _partial_size(dir_of[t], "big.bin"))
-            for t in ((child,) if killed == "child" else (relay, child))}
+    held = {
+        t: _settled(lambda t=t: _partial_size(dir_of[t], "big.bin"))
+        for t in ((child,) if killed == "child" else (relay, child))
+    }
     region, group = ("origin", "origin") if victim == "src" else ("r1", "r1g1")
     cluster.start_agent(victim, region=region, group=group, env=RESUME_LIMIT)
     relay_fleet.wait_converged(src, dsts, timeout_s=90)
@@ -238,7 +258,8 @@ def test_resume_through_a_relay_hop(relay_fleet: Fleet, killed: str) -> None:
         offsets = _resume_offsets(cluster.base / f"agent-{target}.log", "big.bin")
         sent_again = size - (offsets[-1] if offsets else 0)
         assert sent_again <= (size - had) + CHUNK_BYTES, (
-            f"{killed} killed: {target} held {had} of {size} bytes; {sent_again} bytes were sent to it again")
+            f"{killed} killed: {target} held {had} of {size} bytes; {sent_again} bytes were sent to it again"
+        )
 
 
 def _receiving_size(root: Path, name: str) -> int:
@@ -253,8 +274,12 @@ def _receiving_size(root: Path, name: str) -> int:
     return max(sizes, default=0)
 
 
-@pytest.mark.parametrize("case", ["the child lacks the delta's base", "the relay forwards the delta"])
-def test_a_child_killed_mid_delta_resumes_through_its_relay(fast_source_relay_fleet: Fleet, case: str) -> None:
+@pytest.mark.parametrize(
+    "case", ["the child lacks the delta's base", "the relay forwards the delta"]
+)
+def test_a_child_killed_mid_delta_resumes_through_its_relay(
+    fast_source_relay_fleet: Fleet, case: str
+) -> None:
     """A large file changes and reaches the relay as a delta. The child either lacks the delta's
     base (the relay sends the version whole from its own tree) or patches the forwarded delta into
     the version's partial; kill -9 of the child midway: what it had received is not sent to it
@@ -267,14 +292,20 @@ def test_a_child_killed_mid_delta_resumes_through_its_relay(fast_source_relay_fl
     _write_random(src / "big.bin", size)
     fleet.wait_converged(src, dsts, timeout_s=90)
     if case == "the child lacks the delta's base":
-        with open(child_dir / "big.bin", "r+b") as f:  # not the version its source sent (nor its manifest's)
+        with open(
+            child_dir / "big.bin", "r+b"
+        ) as f:  # not the version its source sent (nor its manifest's)
             f.write(b"edited on the child")
         with open(src / "big.bin", "r+b") as f:  # a small edit: a small delta
             f.write(os.urandom(4096))
     else:
         _write_random(src / "big.bin", size)  # unrelated data: the delta is about the file's size
-    wait_until(lambda: _receiving_size(child_dir, "big.bin") > 24 * CHUNK_BYTES, timeout_s=60,
-               interval_s=0.005, what=f"{child} holds 24 MiB of the new version")
+    wait_until(
+        lambda: _receiving_size(child_dir, "big.bin") > 24 * CHUNK_BYTES,
+        timeout_s=60,
+        interval_s=0.005,
+        what=f"{child} holds 24 MiB of the new version",
+    )
     cluster.agents[child].process.kill()
     held = _settled(lambda: _partial_size(child_dir, "big.bin"))
     cluster.start_agent(child, region="r1", group="r1g1", env=RESUME_LIMIT)
@@ -282,5 +313,6 @@ def test_a_child_killed_mid_delta_resumes_through_its_relay(fast_source_relay_fl
     offsets = _resume_offsets(cluster.base / f"agent-{child}.log", "big.bin")
     sent_again = size - (offsets[-1] if offsets else 0)
     assert held >= 24 * CHUNK_BYTES and sent_again <= (size - held) + CHUNK_BYTES, (
-        f"{case}: the child held {held} of {size} bytes; {sent_again} bytes were sent to it again")
+        f"{case}: the child held {held} of {size} bytes; {sent_again} bytes were sent to it again"
+    )
     assert temp_files(child_dir) == []

@@ -23,8 +23,12 @@ STOP_TIMEOUT_S = 60.0
 def _start(dir: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSYNC_")}
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "relaysync", "demo", "--dir", str(dir), "--targets", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env | {"COLUMNS": "200"})
+        return subprocess.Popen(
+            [sys.executable, "-m", "relaysync", "demo", "--dir", str(dir), "--targets", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env | {"COLUMNS": "200"},
+        )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -37,7 +41,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(STOP_TIMEOUT_S)
 
 
-def test_the_demo_runs_again_in_the_same_folder_and_refuses_a_second_at_once(tmp_path: Path) -> None:
+def test_the_demo_runs_again_in_the_same_folder_and_refuses_a_second_at_once(
+    tmp_path: Path,
+) -> None:
     base = cache_base_dir()  # Varnish (target-1's cache) drops root: its folder must be traversable
     dir = base / "demo"
     try:
@@ -53,7 +59,12 @@ def _processes_mentioning(text: str) -> list[str]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (
+                Path(f"/proc/{pid}/cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
         except OSError:
             continue
         if text in cmdline:
@@ -64,18 +75,30 @@ def _processes_mentioning(text: str) -> list[str]:
 def _one_run(dir: Path, log: Path, run: int) -> None:
     proc = _start(dir, log)
     try:
-        wait_until(lambda: "demo ready" in log.read_text() or proc.poll() is not None,
-                   timeout_s=START_TIMEOUT_S, interval_s=0.2, what="demo start")
+        wait_until(
+            lambda: "demo ready" in log.read_text() or proc.poll() is not None,
+            timeout_s=START_TIMEOUT_S,
+            interval_s=0.2,
+            what="demo start",
+        )
         assert proc.poll() is None, log.read_text()
         if run == 1:  # while one runs, a second in the same folder stops with what to do
-            other = subprocess.run([sys.executable, "-m", "relaysync", "demo", "--dir", str(dir)],
-                                   capture_output=True, text=True, timeout=STOP_TIMEOUT_S)
+            other = subprocess.run(
+                [sys.executable, "-m", "relaysync", "demo", "--dir", str(dir)],
+                capture_output=True,
+                text=True,
+                timeout=STOP_TIMEOUT_S,
+            )
             assert other.returncode == 2 and "another relaysync demo is running" in other.stdout
         data = os.urandom(100_000 + run)
         (dir / "source" / f"f{run}.bin").write_bytes(data)
         target = dir / "target-1" / f"f{run}.bin"
-        wait_until(lambda: target.exists() and target.read_bytes() == data,
-                   timeout_s=START_TIMEOUT_S, interval_s=0.05, what="file replicated")
+        wait_until(
+            lambda: target.exists() and target.read_bytes() == data,
+            timeout_s=START_TIMEOUT_S,
+            interval_s=0.05,
+            what="file replicated",
+        )
         assert (dir / "target-1" / "f0.bin").exists()  # the first run's file is kept by the second
     finally:
         _stop(proc)

@@ -52,14 +52,17 @@ def test_disk_full_on_target_is_retried_and_converges(fleet: Fleet, small_disk: 
     log = fleet.cluster.base / "agent-src.log"
     wait_until(lambda: "DISK_FULL" in log.read_text(), timeout_s=30, what="a disk-full refusal")
     assert not (dst / "big.bin").exists()
-    assert (dst / "small.txt").read_text() == "old"  # nothing after the failed change is applied out of order
+    assert (
+        dst / "small.txt"
+    ).read_text() == "old"  # nothing after the failed change is applied out of order
     assert temp_files(dst) == []
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     fleet.wait_converged(src, [dst], timeout_s=60)
 
 
 def test_a_large_file_on_a_full_disk_keeps_what_fitted_and_resumes_once_space_is_back(
-        fleet: Fleet, twelve_mib_disk: Path) -> None:
+    fleet: Fleet, twelve_mib_disk: Path
+) -> None:
     """Above RESUME_MIN_BYTES the file has a named partial: a full disk cuts it to whole chunks
     and keeps it, so each retry and the final transfer resend at most one chunk of what fitted."""
     n = "diskfull-large"
@@ -92,7 +95,8 @@ def twenty_mib_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_delta_on_a_full_disk_keeps_what_was_patched_and_resumes_once_space_is_back(
-        fleet: Fleet, twenty_mib_disk: Path) -> None:
+    fleet: Fleet, twenty_mib_disk: Path
+) -> None:
     """A large file's new version arrives as a delta into its named partial; the disk holds the
     old version and only part of the new: the patched part is kept, cut to whole chunks, and the
     retries resume it whole, resending at most one chunk of it."""
@@ -111,16 +115,22 @@ def test_a_delta_on_a_full_disk_keeps_what_was_patched_and_resumes_once_space_is
 
     def events() -> list[int]:
         """What the target logged since: -1 for a full disk, else the offset a retry resumed at."""
-        found = re.findall(r"code=(DISK_FULL)|resuming large.bin at offset (\d+)", log.read_text()[start:])
+        found = re.findall(
+            r"code=(DISK_FULL)|resuming large.bin at offset (\d+)", log.read_text()[start:]
+        )
         return [-1 if full else int(offset) for full, offset in found]
 
-    wait_until(lambda: len([e for e in events() if e >= 0]) >= 2, timeout_s=30,
-               what="a full disk during the delta, then two retries")
+    wait_until(
+        lambda: len([e for e in events() if e >= 0]) >= 2,
+        timeout_s=30,
+        what="a full disk during the delta, then two retries",
+    )
     held = max((p.stat().st_size for p in dst.iterdir() if p.name.endswith(".part")), default=0)
     assert held >= 4 * CHUNK_BYTES  # about 8 MiB of the new version fit beside the old one
     seen = events()
     assert seen[0] == -1 and seen[1] >= 4 * CHUNK_BYTES, (
-        f"the delta's partial was not kept: the first retry did not resume it ({seen[:3]})")
+        f"the delta's partial was not kept: the first retry did not resume it ({seen[:3]})"
+    )
     resumes = [e for e in seen if e >= 0]
     assert all(size - offset <= (size - held) + CHUNK_BYTES for offset in resumes)
     subprocess.run(["mount", "-o", "remount,size=64m", str(twenty_mib_disk)], check=True)

@@ -37,12 +37,20 @@ def test_a_target_outside_allowed_roots_is_refused_and_reported(confined: Fleet)
     for name in ("a", "b"):
         (base / name).mkdir()
         (base / name / "f.txt").write_text(name)
-    refused = confined.cluster.create_mapping("out", "src", base / "a", [("t1", base / "elsewhere")])
+    refused = confined.cluster.create_mapping(
+        "out", "src", base / "a", [("t1", base / "elsewhere")]
+    )
     confined.cluster.create_mapping("in", "src", base / "b", [("t1", base / "allowed" / "b")])
-    wait_until(lambda: (base / "allowed" / "b" / "f.txt").exists(), timeout_s=CONVERGE_TIMEOUT_S,
-               what="the allowed mapping replicated")
-    wait_until(lambda: any(e["mapping_id"] == refused["id"] for e in _hop_failures(confined)),
-               timeout_s=CONVERGE_TIMEOUT_S, what="the refusal reported to the master")
+    wait_until(
+        lambda: (base / "allowed" / "b" / "f.txt").exists(),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the allowed mapping replicated",
+    )
+    wait_until(
+        lambda: any(e["mapping_id"] == refused["id"] for e in _hop_failures(confined)),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the refusal reported to the master",
+    )
     error = next(e["error"] for e in _hop_failures(confined) if e["mapping_id"] == refused["id"])
     assert "is refused by this agent" in error and "outside allowed_roots" in error, error
     assert not (base / "elsewhere").exists()

@@ -37,9 +37,15 @@ def _peer_address(fleet: Fleet, name: str) -> str:
     return str(fleet.cluster.api.get(f"/api/servers/{name}").json()["address"])
 
 
-async def _session(fleet: Fleet, mapping_id: int, identity: tls.Identity, address: str) -> FramedStream:
+async def _session(
+    fleet: Fleet, mapping_id: int, identity: tls.Identity, address: str
+) -> FramedStream:
     framed = await tls.connect(address, tls.client_context(identity))
-    await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=identity.node_id, name="evil", role="agent"))
+    await framed.send(
+        Hello(
+            protocol_version=PROTOCOL_VERSION, node_id=identity.node_id, name="evil", role="agent"
+        )
+    )
     assert isinstance(await framed.receive(), Hello)
     await framed.send(OpenMapping(mapping_id=mapping_id, journal_id="hostile"))
     return framed
@@ -62,17 +68,23 @@ def test_traversal_absolute_and_link_escape_refused(fleet: Fleet, tmp_path: Path
         data = b"evil"
         digest = xxhash.xxh3_128(data).digest()
         replies: list[object] = []
-        for seq, path in enumerate(["../evil", "/etc/evil", "a/../../evil", "x\x00y", ".relaysync.x.tmp"], start=1):
-            await framed.send_many([
-                FileStart(seq=seq, path=path, size=4, mode=0o644, mtime_ns=0),
-                FileChunk(seq=seq, offset=0, data=data),
-                FileEnd(seq=seq, hash=digest),
-                Checkpoint(seq=seq),
-            ])
+        for seq, path in enumerate(
+            ["../evil", "/etc/evil", "a/../../evil", "x\x00y", ".relaysync.x.tmp"], start=1
+        ):
+            await framed.send_many(
+                [
+                    FileStart(seq=seq, path=path, size=4, mode=0o644, mtime_ns=0),
+                    FileChunk(seq=seq, offset=0, data=data),
+                    FileEnd(seq=seq, hash=digest),
+                    Checkpoint(seq=seq),
+                ]
+            )
             replies.append(await framed.receive())
         await framed.send_many([Delete(seq=10, path="../" + dsts[0].name), Checkpoint(seq=10)])
         replies.append(await framed.receive())
-        await framed.send_many([Rename(seq=11, path="ok.txt", new_path="../stolen"), Checkpoint(seq=11)])
+        await framed.send_many(
+            [Rename(seq=11, path="ok.txt", new_path="../stolen"), Checkpoint(seq=11)]
+        )
         replies.append(await framed.receive())
         await framed.aclose()
         return replies
@@ -110,11 +122,14 @@ def _raw_tls(fleet: Fleet, address: str) -> ssl.SSLSocket:
     return tls.client_context(identity).wrap_socket(raw)
 
 
-@pytest.mark.parametrize("payload", [
-    struct.pack(">I", 512 * 1024 * 1024) + b"x" * 100,  # oversize frame
-    b"\x00\x00\x00\x05garbage-not-msgpack" * 10,  # garbage
-    struct.pack(">I", 3) + b"\xc1\xc1\xc1",  # undecodable
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        struct.pack(">I", 512 * 1024 * 1024) + b"x" * 100,  # oversize frame
+        b"\x00\x00\x00\x05garbage-not-msgpack" * 10,  # garbage
+        struct.pack(">I", 3) + b"\xc1\xc1\xc1",  # undecodable
+    ],
+)
 def test_bad_frames_close_the_connection(fleet: Fleet, payload: bytes) -> None:
     mapping, src, dsts = fleet.new_mapping(targets=("t1",))
     before = snapshot(dsts[0])
@@ -152,7 +167,9 @@ def test_client_without_fleet_certificate_is_refused(fleet: Fleet, tmp_path: Pat
 
     async def connect() -> None:
         framed = await tls.connect(address, tls.client_context(fake))
-        await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id="x", name="evil", role="agent"))
+        await framed.send(
+            Hello(protocol_version=PROTOCOL_VERSION, node_id="x", name="evil", role="agent")
+        )
         await framed.receive()
 
     with pytest.raises((TLSHandshakeFailed, Exception)) as info:

@@ -30,14 +30,18 @@ def _write_and_time_arrival(src: Any, dst: Any, name: str, data: bytes) -> float
         except FileNotFoundError:
             return False
 
-    wait_until(arrived, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.005, what=f"{name} on the target")
+    wait_until(
+        arrived, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.005, what=f"{name} on the target"
+    )
     return time.time() - written
 
 
 def test_latency_percentiles_lie_between_transfer_time_and_wall_time(fleet: Fleet) -> None:
     mapping, src, (dst,) = fleet.new_mapping(targets=("t1",))
-    walls_ms = [1000 * _write_and_time_arrival(src, dst, f"f{i}", os.urandom(size))
-                for i, size in enumerate(SIZES)]
+    walls_ms = [
+        1000 * _write_and_time_arrival(src, dst, f"f{i}", os.urandom(size))
+        for i, size in enumerate(SIZES)
+    ]
     api = fleet.cluster.api
 
     def settled() -> dict[str, Any] | None:
@@ -51,7 +55,9 @@ def test_latency_percentiles_lie_between_transfer_time_and_wall_time(fleet: Flee
     transfers = [row[f"file_ms_p{p}"] for p in (50, 95, 99)]
     print(f"wall ms {walls_ms}, latency percentiles {latencies}, transfer percentiles {transfers}")
     assert all(lat is not None and lat > 0 for lat in latencies)
-    assert latencies[2] <= max(walls_ms) + ROUNDING_MS  # journaled after the write, committed before seen
+    assert (
+        latencies[2] <= max(walls_ms) + ROUNDING_MS
+    )  # journaled after the write, committed before seen
     assert all(lat + ROUNDING_MS >= xfer for lat, xfer in zip(latencies, transfers, strict=True))
     by_server = {r["key"]: r for r in api.get("/api/stats", params={"by": "server"}).json()}
     assert by_server["t1"]["latency_ms_p50"] is not None
@@ -61,5 +67,9 @@ def test_retention_command_shows_and_sets_the_days(fleet: Fleet) -> None:
     shown = cli_json(fleet, "retention")
     assert (shown["changes_days"], shown["advances_days"]) == (30, 90)
     changed = cli_json(fleet, "retention", "--changes-days", "14", "--recovery-jobs-days", "0")
-    assert (changed["changes_days"], changed["advances_days"], changed["recovery_jobs_days"]) == (14, 90, 0)
+    assert (changed["changes_days"], changed["advances_days"], changed["recovery_jobs_days"]) == (
+        14,
+        90,
+        0,
+    )
     assert cli_json(fleet, "retention")["changes_days"] == 14

@@ -71,7 +71,7 @@ class LoopbackCapture:
             return
         tcp = ip[header:total]
         sport, dport, seq = struct.unpack_from(">HHI", tcp, 0)
-        payload = tcp[(tcp[12] >> 4) * 4:]
+        payload = tcp[(tcp[12] >> 4) * 4 :]
         if payload and dport in self.ports:
             with self._lock:
                 self.streams.setdefault((dport, sport), {})[seq] = payload
@@ -79,8 +79,11 @@ class LoopbackCapture:
     def to_port(self, port: int) -> list[bytes]:
         """Each connection's client-to-server bytes to `port`, joined in sequence order."""
         with self._lock:
-            return [b"".join(seg for _, seg in sorted(segs.items()))
-                    for (dport, _), segs in self.streams.items() if dport == port]
+            return [
+                b"".join(seg for _, seg in sorted(segs.items()))
+                for (dport, _), segs in self.streams.items()
+                if dport == port
+            ]
 
     def close(self) -> None:
         self._stop.set()
@@ -123,11 +126,16 @@ def _set_tls(fleet: Fleet, *, tls: bool, wait_for: str = "src") -> None:
     before = log.read_text().count("running assignment")
     r = fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "tls": tls})
     assert r.status_code == 200, r.text
-    wait_until(lambda: log.read_text().count("running assignment") > before, timeout_s=20,
-               what=f"{wait_for}'s new assignment")
+    wait_until(
+        lambda: log.read_text().count("running assignment") > before,
+        timeout_s=20,
+        what=f"{wait_for}'s new assignment",
+    )
 
 
-def test_tls_by_default_and_plain_only_where_turned_off(fleet: Fleet, capture: LoopbackCapture) -> None:
+def test_tls_by_default_and_plain_only_where_turned_off(
+    fleet: Fleet, capture: LoopbackCapture
+) -> None:
     port = fleet.peer_port("t1")
     capture.ports.add(port)
     _, src, (dst,) = fleet.new_mapping(targets=("t1",))
@@ -141,8 +149,11 @@ def test_tls_by_default_and_plain_only_where_turned_off(fleet: Fleet, capture: L
     seen = len(streams)
     marker = _write_marked(src, "open.txt")
     fleet.wait_converged(src, [dst])
-    wait_until(lambda: any(marker in s for s in capture.to_port(port)[seen:]), timeout_s=10,
-               what="the file's bytes on the plain link")
+    wait_until(
+        lambda: any(marker in s for s in capture.to_port(port)[seen:]),
+        timeout_s=10,
+        what="the file's bytes on the plain link",
+    )
     plain = [s for s in capture.to_port(port)[seen:] if marker in s]
     assert not _is_tls(plain[0]) and b"hello" in plain[0][:64]  # our Hello frame, in the clear
 
@@ -155,32 +166,43 @@ def test_tls_by_default_and_plain_only_where_turned_off(fleet: Fleet, capture: L
     assert not any(marker in s for s in capture.to_port(port))
 
 
-def test_a_plain_link_through_a_relay_authenticates_each_hop(fleet: Fleet, capture: LoopbackCapture) -> None:
+def test_a_plain_link_through_a_relay_authenticates_each_hop(
+    fleet: Fleet, capture: LoopbackCapture
+) -> None:
     """src -> t1 -> t2 with TLS off: t1 proves to t2 the secret of their hop (only they and the
     master hold it); the file arrives at t2 over a plain link from t1."""
     _set_tls(fleet, tls=False)
     port = fleet.peer_port("t2")
     capture.ports.add(port)
     mapping, src, dsts = fleet.new_mapping(targets=("t1", "t2"))
-    r = fleet.cluster.api.put(f"/api/mappings/{mapping['id']}/routing",
-                              json={"mode": "manual", "hops": [["src", "t1"], ["t1", "t2"]]})
+    r = fleet.cluster.api.put(
+        f"/api/mappings/{mapping['id']}/routing",
+        json={"mode": "manual", "hops": [["src", "t1"], ["t1", "t2"]]},
+    )
     assert r.status_code == 200, r.text
     deadline = time.monotonic() + ROUTE_TIMEOUT_S
     marker = b""
     for i in range(200):  # the route reaches the agents a moment after it is set
         marker = _write_marked(src, f"relayed-{i}.txt")
         fleet.wait_converged(src, dsts)
-        if _latest_route(fleet, int(mapping["id"]), "t2") == "src>t1>t2" or time.monotonic() > deadline:
+        if (
+            _latest_route(fleet, int(mapping["id"]), "t2") == "src>t1>t2"
+            or time.monotonic() > deadline
+        ):
             break
     assert _latest_route(fleet, int(mapping["id"]), "t2") == "src>t1>t2"
     relayed = [s for s in capture.to_port(port) if marker in s]
-    assert relayed and not _is_tls(relayed[-1]), "the relayed file did not reach t2 over a plain link"
+    assert relayed and not _is_tls(relayed[-1]), (
+        "the relayed file did not reach t2 over a plain link"
+    )
     log = (fleet.cluster.base / "agent-t2.log").read_text()
     assert "failed plain-link authentication" not in log, log[-2000:]
 
 
 def _latest_route(fleet: Fleet, mapping_id: int, target: str) -> str:
-    r = fleet.cluster.api.get("/api/advances", params={"mapping": str(mapping_id), "target": target, "limit": 1})
+    r = fleet.cluster.api.get(
+        "/api/advances", params={"mapping": str(mapping_id), "target": target, "limit": 1}
+    )
     assert r.status_code == 200, r.text
     rows = r.json()
     return str(rows[0]["route"]) if rows else ""
@@ -194,14 +216,18 @@ def _latest_route(fleet: Fleet, mapping_id: int, target: str) -> str:
 # the link secret of its persisted assignment); the real src agent is stopped first.
 
 
-def test_a_live_plain_session_ends_when_the_target_requires_tls_again(fleet: Fleet, tmp_path: Path) -> None:
+def test_a_live_plain_session_ends_when_the_target_requires_tls_again(
+    fleet: Fleet, tmp_path: Path
+) -> None:
     _set_tls(fleet, tls=False)  # the operator trusts the group's LAN
     mapping, src, (dst,) = fleet.new_mapping(targets=("t1",))
     (src / "before.txt").write_text("sent while the link was trusted")
     fleet.wait_converged(src, [dst])
 
     agent = fleet.cluster.agents["src"]
-    saved = msgspec.msgpack.decode((agent.data_dir / "assignment.msgpack").read_bytes(), type=Assignment)
+    saved = msgspec.msgpack.decode(
+        (agent.data_dir / "assignment.msgpack").read_bytes(), type=Assignment
+    )
     spec = next(m for m in saved.mappings if m.mapping_id == mapping["id"])
     (t1_spec,) = spec.targets
     assert t1_spec.link_secret and not t1_spec.policy.tls
@@ -211,10 +237,18 @@ def test_a_live_plain_session_ends_when_the_target_requires_tls_again(fleet: Fle
 
     stale_root = tmp_path / "stale"
     shutil.copytree(src, stale_root)
-    source = SourceMapping(msgspec.structs.replace(spec, source_path=str(stale_root)), tmp_path / "stale-state")
-    link = TargetLink(source, TargetAddress(node_id=t1_node, name="t1", resolve=lambda: t1_address),
-                      ssl.create_default_context(), node_id=spec.source_node, name="src",
-                      options=ops.SendOptions(tls=False, link_secret=t1_spec.link_secret), erase=False)
+    source = SourceMapping(
+        msgspec.structs.replace(spec, source_path=str(stale_root)), tmp_path / "stale-state"
+    )
+    link = TargetLink(
+        source,
+        TargetAddress(node_id=t1_node, name="t1", resolve=lambda: t1_address),
+        ssl.create_default_context(),
+        node_id=spec.source_node,
+        name="src",
+        options=ops.SendOptions(tls=False, link_secret=t1_spec.link_secret),
+        erase=False,
+    )
     arrived = False
 
     async def main() -> None:
@@ -228,8 +262,12 @@ def test_a_live_plain_session_ends_when_the_target_requires_tls_again(fleet: Fle
             # The operator no longer trusts the LAN: TLS on. t1 runs the new policy.
             await anyio.to_thread.run_sync(lambda: _set_tls(fleet, tls=True, wait_for="t1"))
             saved_t1 = msgspec.msgpack.decode(
-                (fleet.cluster.agents["t1"].data_dir / "assignment.msgpack").read_bytes(), type=Assignment)
-            own = next(t for m in saved_t1.mappings if m.mapping_id == mapping["id"] for t in m.targets)
+                (fleet.cluster.agents["t1"].data_dir / "assignment.msgpack").read_bytes(),
+                type=Assignment,
+            )
+            own = next(
+                t for m in saved_t1.mappings if m.mapping_id == mapping["id"] for t in m.targets
+            )
             assert own.policy.tls and not own.link_secret  # t1 knows TLS is required now
             (stale_root / "after.txt").write_text("sent in the clear after TLS was required")
             await source._record([FsEvent(kind="write", path="after.txt")])
@@ -243,5 +281,7 @@ def test_a_live_plain_session_ends_when_the_target_requires_tls_again(fleet: Fle
         anyio.run(main)
     finally:
         source.close()
-    assert not arrived, ("t1 committed a file received over a plain link after its policy required TLS "
-                         f"(link connected the whole time: {link.failures} failures)")
+    assert not arrived, (
+        "t1 committed a file received over a plain link after its policy required TLS "
+        f"(link connected the whole time: {link.failures} failures)"
+    )

@@ -53,14 +53,17 @@ def test_an_older_release_gets_small_files_streamed_from_the_source(mixed: Fleet
 
 def test_a_relay_converts_what_it_was_sent_as_small_files_for_an_older_child(mixed: Fleet) -> None:
     mapping, src, dsts = mixed.new_mapping(targets=("new", "old"))
-    r = mixed.cluster.api.put(f"/api/mappings/{mapping['id']}/routing",
-                              json={"mode": "manual", "hops": [["src", "new"], ["new", "old"]]})
+    r = mixed.cluster.api.put(
+        f"/api/mappings/{mapping['id']}/routing",
+        json={"mode": "manual", "hops": [["src", "new"], ["new", "old"]]},
+    )
     assert r.status_code == 200, r.text
     (src / "d").mkdir()
 
     def via_relay() -> bool:
-        rows = mixed.cluster.api.get("/api/advances", params={"mapping": str(mapping["id"]), "target": "old",
-                                                              "limit": 1}).json()
+        rows = mixed.cluster.api.get(
+            "/api/advances", params={"mapping": str(mapping["id"]), "target": "old", "limit": 1}
+        ).json()
         return bool(rows) and rows[0]["route"] == "src>new>old"
 
     # The route reaches the agents a moment after it is set: write until a change takes it.
@@ -70,7 +73,9 @@ def test_a_relay_converts_what_it_was_sent_as_small_files_for_an_older_child(mix
         mixed.wait_converged(src, dsts)
         if via_relay() or time.monotonic() > deadline:
             break
-    wait_until(via_relay, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.1, what="old served through the relay")
+    wait_until(
+        via_relay, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.1, what="old served through the relay"
+    )
     _write(src, "b")
     mixed.wait_converged(src, dsts)
     assert via_relay()

@@ -47,8 +47,11 @@ def _mode(fleet: Fleet, mapping_id: int, **body: object) -> dict:
 def _manual(fleet: Fleet, mapping: dict) -> Path:
     """Hold the mapping; its source's journal directory."""
     _mode(fleet, mapping["id"], mode="manual")
-    wait_until(lambda: "(manual mode)" in (fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=30, what="the source running in manual mode")
+    wait_until(
+        lambda: "(manual mode)" in (fleet.cluster.base / "agent-src.log").read_text(),
+        timeout_s=30,
+        what="the source running in manual mode",
+    )
     return fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "journal"
 
 
@@ -59,7 +62,11 @@ def test_manual_mode_holds_changes_until_sent_even_across_restarts(own_fleet: Fl
     journal = _manual(own_fleet, mapping)
     (src / "held.txt").write_text("waits for the operator")
     # the negative checks below start once the source has the change: only the mode holds it back
-    wait_until(lambda: ("write", "held.txt") in _journaled(journal), timeout_s=30, what="held.txt journaled")
+    wait_until(
+        lambda: ("write", "held.txt") in _journaled(journal),
+        timeout_s=30,
+        what="held.txt journaled",
+    )
     assert _stays_absent(dst / "held.txt", 2.0)
     # the pending set survives a kill -9 of the source and a restart of the master
     log = own_fleet.cluster.base / "agent-src.log"
@@ -68,21 +75,33 @@ def test_manual_mode_holds_changes_until_sent_even_across_restarts(own_fleet: Fl
     own_fleet.cluster.master.stop()
     own_fleet.cluster.start_master()
     own_fleet.cluster.start_agent("src")
-    wait_until(lambda: log.read_text().count("(manual mode)") > starts, timeout_s=30,
-               what="the restarted source running (in manual mode)")
+    wait_until(
+        lambda: log.read_text().count("(manual mode)") > starts,
+        timeout_s=30,
+        what="the restarted source running (in manual mode)",
+    )
     assert _stays_absent(dst / "held.txt", 1.0)
     r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
     assert r.status_code == 200 and r.json()["release"] == 1
     own_fleet.wait_converged(src, [dst])
-    wait_until(lambda: own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").json()["released_upto"] > 0,
-               timeout_s=10, what="release reported")
+    wait_until(
+        lambda: (
+            own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").json()["released_upto"]
+            > 0
+        ),
+        timeout_s=10,
+        what="release reported",
+    )
 
 
 def test_reserved_every_interval_sends_on_schedule(own_fleet: Fleet) -> None:
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     _mode(own_fleet, mapping["id"], mode="reserved", schedule="every:2")
-    wait_until(lambda: "(reserved mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=30, what="the source running in reserved mode")
+    wait_until(
+        lambda: "(reserved mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
+        timeout_s=30,
+        what="the source running in reserved mode",
+    )
     (src / "periodic.txt").write_text("sent by the schedule")
     own_fleet.wait_converged(src, [dst], timeout_s=20)
     info = own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").json()
@@ -93,8 +112,11 @@ def test_missed_reserved_run_happens_once_at_start(own_fleet: Fleet) -> None:
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     at = datetime.fromtimestamp(time.time() + 5, UTC).isoformat()
     _mode(own_fleet, mapping["id"], mode="reserved", schedule=f"at:{at}")
-    wait_until(lambda: "(reserved mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=30, what="the source running in reserved mode")
+    wait_until(
+        lambda: "(reserved mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
+        timeout_s=30,
+        what="the source running in reserved mode",
+    )
     (src / "missed.txt").write_text("the master was down at the reserved time")
     own_fleet.cluster.master.stop()
     time.sleep(6)  # the reserved time passes while the master is down: this is the scenario itself
@@ -107,8 +129,12 @@ def test_missed_reserved_run_happens_once_at_start(own_fleet: Fleet) -> None:
 
 def test_bad_schedule_is_refused(own_fleet: Fleet) -> None:
     mapping, _, _ = own_fleet.new_mapping(targets=("t1",))
-    for body in ({"mode": "reserved", "schedule": "sometimes"}, {"mode": "reserved"},
-                 {"mode": "reserved", "schedule": "cron:not a cron"}, {"mode": "manual", "schedule": "every:5"}):
+    for body in (
+        {"mode": "reserved", "schedule": "sometimes"},
+        {"mode": "reserved"},
+        {"mode": "reserved", "schedule": "cron:not a cron"},
+        {"mode": "manual", "schedule": "every:5"},
+    ):
         r = own_fleet.cluster.api.put(f"/api/mappings/{mapping['id']}/mode", json=body)
         assert r.status_code == 422, (body, r.text)
 
@@ -122,27 +148,56 @@ def test_send_command_waits_until_every_target_has_the_release(own_fleet: Fleet)
     _manual(own_fleet, mapping)
     for i in range(20):
         (src / f"batch-{i}.txt").write_text(f"file {i}")
-    wait_until(lambda: own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").status_code == 200,
-               timeout_s=5, what="mode")
+    wait_until(
+        lambda: own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").status_code == 200,
+        timeout_s=5,
+        what="mode",
+    )
     token = (own_fleet.cluster.master_dir / "admin-token").read_text().strip()
     done = subprocess.run(
-        [sys.executable, "-m", "relaysync", "send", str(mapping["id"]), "--master", own_fleet.cluster.api_url,
-         "--token", token, "--json", "--timeout", "60"], capture_output=True, text=True, timeout=90)
+        [
+            sys.executable,
+            "-m",
+            "relaysync",
+            "send",
+            str(mapping["id"]),
+            "--master",
+            own_fleet.cluster.api_url,
+            "--token",
+            token,
+            "--json",
+            "--timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["release"] == 1 and result["upto_seq"] >= 20
     own_fleet.wait_converged(src, [dst], timeout_s=10)
 
 
-def test_a_large_file_saved_three_times_while_held_goes_once_as_a_small_delta(own_fleet: Fleet) -> None:
+def test_a_large_file_saved_three_times_while_held_goes_once_as_a_small_delta(
+    own_fleet: Fleet,
+) -> None:
     """Three appends to an 8 MiB file while the mapping is manual: three journal records. On
     release the first would already carry the newest version; the next two name bases never
     sent (nor signed), so each went whole again (16 MiB for 21 bytes). Coalesced, one delta goes."""
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     (src / "big.log").write_bytes(os.urandom(8 * 1024 * 1024))
     own_fleet.wait_converged(src, [dst])
-    signatures = own_fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "signatures" / "sig"
-    wait_until(lambda: any(signatures.glob("*.sig")), timeout_s=30, what="the first version's signature")
+    signatures = (
+        own_fleet.cluster.agents["src"].data_dir
+        / "sources"
+        / str(mapping["id"])
+        / "signatures"
+        / "sig"
+    )
+    wait_until(
+        lambda: any(signatures.glob("*.sig")), timeout_s=30, what="the first version's signature"
+    )
     journal = _manual(own_fleet, mapping)
 
     def journaled() -> int:
@@ -170,7 +225,7 @@ def _journaled(journal: Path) -> list[tuple[str, str]]:
             end = offset + 8 + struct.unpack_from(">I", data, offset)[0]
             if end > len(data):
                 break
-            record = msgspec.msgpack.decode(data[offset + 8:end], type=JournalRecord)
+            record = msgspec.msgpack.decode(data[offset + 8 : end], type=JournalRecord)
             out.append((record.op, record.path))
             offset = end
     return out
@@ -189,17 +244,25 @@ def test_a_directory_built_then_renamed_while_held_arrives_with_its_files(own_fl
     for name in files[:3]:
         (src / name).write_text(name)
     (src / files[3]).write_bytes(os.urandom(300_000))  # streamed, not a small file
-    wait_until(lambda: {("write", f) for f in files} <= set(_journaled(journal)), timeout_s=30,
-               what="the build journaled")
+    wait_until(
+        lambda: {("write", f) for f in files} <= set(_journaled(journal)),
+        timeout_s=30,
+        what="the build journaled",
+    )
     (src / "release.tmp").rename(src / "release-42")
-    wait_until(lambda: ("rename", "release.tmp") in _journaled(journal), timeout_s=30, what="the rename journaled")
+    wait_until(
+        lambda: ("rename", "release.tmp") in _journaled(journal),
+        timeout_s=30,
+        what="the rename journaled",
+    )
     r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
     assert r.status_code == 200, r.text
     own_fleet.wait_converged(src, [dst])
 
 
 def test_files_still_hot_when_their_directory_is_renamed_are_journaled_where_they_went(
-        own_fleet: Fleet, tmp_path: Path) -> None:
+    own_fleet: Fleet, tmp_path: Path
+) -> None:
     """A tree moved into the folder is found by a scan, its just-written files held until they
     cool (HOT_FILE_S); renamed meanwhile, they must be re-checked at their new place, or they
     were never journaled at all (no comparison could bring them: the source's manifest lacked them)."""
@@ -211,8 +274,12 @@ def test_files_still_hot_when_their_directory_is_renamed_are_journaled_where_the
     built.rename(src / "release.tmp")
     # Its directory is journaled (and replicated) while its files are held for being hot. (If
     # this took longer than HOT_FILE_S, they would have cooled and gone unheld: no failure.)
-    wait_until(lambda: (dst / "release.tmp").is_dir(), timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.005,
-               what="the moved-in directory on t1")
+    wait_until(
+        lambda: (dst / "release.tmp").is_dir(),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        interval_s=0.005,
+        what="the moved-in directory on t1",
+    )
     (src / "release.tmp").rename(src / "release-43")
     own_fleet.wait_converged(src, [dst])
 
@@ -225,25 +292,45 @@ def test_a_file_changed_then_renamed_while_held_leaves_no_old_name(own_fleet: Fl
     own_fleet.wait_converged(src, [dst])
     journal = _manual(own_fleet, mapping)
     (src / "a.html").write_text("version 2")
-    wait_until(lambda: ("write", "a.html") in _journaled(journal), timeout_s=30, what="the write journaled")
+    wait_until(
+        lambda: ("write", "a.html") in _journaled(journal), timeout_s=30, what="the write journaled"
+    )
     (src / "a.html").rename(src / "b.html")
-    wait_until(lambda: ("rename", "a.html") in _journaled(journal), timeout_s=30, what="the rename journaled")
+    wait_until(
+        lambda: ("rename", "a.html") in _journaled(journal),
+        timeout_s=30,
+        what="the rename journaled",
+    )
     r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
     assert r.status_code == 200, r.text
     own_fleet.wait_converged(src, [dst])
 
 
-def test_a_held_fast_mapping_after_a_reboot_sends_nothing_until_the_next_release(own_fleet: Fleet) -> None:
+def test_a_held_fast_mapping_after_a_reboot_sends_nothing_until_the_next_release(
+    own_fleet: Fleet,
+) -> None:
     """After a machine crash the fast journal starts a new id (targets catch up by comparing);
     the comparison must wait for the operator's next send, then bring everything."""
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",), durability="fast")
     journal = _manual(own_fleet, mapping)
     (src / "released.txt").write_text("sent by the operator")
-    wait_until(lambda: ("write", "released.txt") in _journaled(journal), timeout_s=30, what="the write journaled")
+    wait_until(
+        lambda: ("write", "released.txt") in _journaled(journal),
+        timeout_s=30,
+        what="the write journaled",
+    )
     assert own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send").status_code == 200
-    wait_until(lambda: (dst / "released.txt").exists(), timeout_s=CONVERGE_TIMEOUT_S, what="release 1 on t1")
+    wait_until(
+        lambda: (dst / "released.txt").exists(),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="release 1 on t1",
+    )
     (src / "held.txt").write_text("waits for the operator")
-    wait_until(lambda: ("write", "held.txt") in _journaled(journal), timeout_s=30, what="the held write journaled")
+    wait_until(
+        lambda: ("write", "held.txt") in _journaled(journal),
+        timeout_s=30,
+        what="the held write journaled",
+    )
     agent = own_fleet.cluster.agents["src"]
     agent.process.kill()
     (journal / "boot").write_text("a-boot-before-the-crash open fast\n")  # the machine rebooted

@@ -51,8 +51,11 @@ def test_zstd_policy_compresses_on_the_wire(own_fleet: Fleet) -> None:
     assert plain > 8 * 1024 * 1024  # same group, default policy: no compression
     r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "zstd_level": 3})
     assert r.status_code == 200, r.text
-    wait_until(lambda: "running assignment" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-               timeout_s=10, what="new assignment")
+    wait_until(
+        lambda: "running assignment" in (own_fleet.cluster.base / "agent-src.log").read_text(),
+        timeout_s=10,
+        what="new assignment",
+    )
     (src / "probe").write_text("after the policy")
     own_fleet.wait_converged(src, [dst])
     packed = _sent_for(own_fleet, src, dst, "b.txt")
@@ -60,8 +63,9 @@ def test_zstd_policy_compresses_on_the_wire(own_fleet: Fleet) -> None:
 
 
 def _latest_route(fleet: Fleet, mapping_id: int, target: str) -> str:
-    rows = fleet.cluster.api.get("/api/advances", params={"mapping": str(mapping_id), "target": target,
-                                                          "limit": 1}).json()
+    rows = fleet.cluster.api.get(
+        "/api/advances", params={"mapping": str(mapping_id), "target": target, "limit": 1}
+    ).json()
     return str(rows[0]["route"]) if rows else ""
 
 
@@ -82,11 +86,18 @@ def test_a_relay_hop_compresses_at_its_own_zstd_level(region_fleet: Fleet) -> No
     """A relayed target's codec is the policy of its parent-to-target hop (docs/architecture.md),
     not the codec the chunks came in with: src -> t1 plain (same group), t1 -> t2 zstd 3."""
     fleet, api = region_fleet, region_fleet.cluster.api
-    assert api.put("/api/policies", json={"scope": "same_group", "zstd_level": 0}).status_code == 200
-    assert api.put("/api/policies", json={"scope": "inter_region", "zstd_level": 3}).status_code == 200
+    assert (
+        api.put("/api/policies", json={"scope": "same_group", "zstd_level": 0}).status_code == 200
+    )
+    assert (
+        api.put("/api/policies", json={"scope": "inter_region", "zstd_level": 3}).status_code == 200
+    )
     mapping, src, dsts = fleet.new_mapping(targets=("t1", "t2"))
     mapping_id = int(mapping["id"])
-    r = api.put(f"/api/mappings/{mapping_id}/routing", json={"mode": "manual", "hops": [["src", "t1"], ["t1", "t2"]]})
+    r = api.put(
+        f"/api/mappings/{mapping_id}/routing",
+        json={"mode": "manual", "hops": [["src", "t1"], ["t1", "t2"]]},
+    )
     assert r.status_code == 200, r.text
     deadline = time.monotonic() + 60
     for i in itertools.count():  # each probe is a commit whose advance names the route it took
@@ -111,7 +122,9 @@ def test_policy_refused_with_a_clear_error(own_fleet: Fleet) -> None:
     r = own_fleet.cluster.api.put("/api/policies", json={"scope": "pair", "zstd_level": 3})
     assert r.status_code == 422
     assert "pair policy names a source and a target" in r.text
-    r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "source": "src", "zstd_level": 3})
+    r = own_fleet.cluster.api.put(
+        "/api/policies", json={"scope": "same_group", "source": "src", "zstd_level": 3}
+    )
     assert r.status_code == 422
     assert "a section policy names no server" in r.text
     assert own_fleet.cluster.api.get("/api/policies").json() == []
@@ -130,10 +143,17 @@ def _windows_now(zone: str) -> tuple[dict, dict]:
     """A window that holds now (on the day it started) and one that does not, in `zone`."""
     now = datetime.now(ZoneInfo(zone))
     start = now - timedelta(minutes=60)
-    active = {"days": start.strftime("%a").lower(), "start": _hhmm(start),
-              "end": _hhmm(now + timedelta(minutes=60)), "bandwidth_limit_mbit": WINDOW_LIMIT_MBIT}
-    later = {"start": _hhmm(now + timedelta(minutes=120)), "end": _hhmm(now + timedelta(minutes=180)),
-             "bandwidth_limit_mbit": 10.0}
+    active = {
+        "days": start.strftime("%a").lower(),
+        "start": _hhmm(start),
+        "end": _hhmm(now + timedelta(minutes=60)),
+        "bandwidth_limit_mbit": WINDOW_LIMIT_MBIT,
+    }
+    later = {
+        "start": _hhmm(now + timedelta(minutes=120)),
+        "end": _hhmm(now + timedelta(minutes=180)),
+        "bandwidth_limit_mbit": 10.0,
+    }
     return active, later
 
 
@@ -164,8 +184,10 @@ def test_bandwidth_window_active_now_limits_the_link(own_fleet: Fleet) -> None:
     """Base unlimited; a window that does not hold comes first (10 Mbit/s), then one that holds
     now in Tokyo time (200 Mbit/s): the transfer runs at the second's rate, within ±10 %."""
     active, later = _windows_now("Asia/Tokyo")
-    r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "timezone": "Asia/Tokyo",
-                                                         "windows": [later, active]})
+    r = own_fleet.cluster.api.put(
+        "/api/policies",
+        json={"scope": "same_group", "timezone": "Asia/Tokyo", "windows": [later, active]},
+    )
     assert r.status_code == 200, r.text
     _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     rate = _transfer_rate_mbit(src, dst, 120 * CHUNK_BYTES)
@@ -188,8 +210,15 @@ def test_a_pair_limit_caps_the_pair_not_each_mapping(own_fleet: Fleet) -> None:
     """Two folders (mappings) from src to t1 under a pair limit of 20 Mbit/s: the src -> t1
     network link carries 20 Mbit/s in all (within ±10 %), not 20 per mapping."""
     api = own_fleet.cluster.api
-    r = api.put("/api/policies", json={"scope": "pair", "source": "src", "target": "t1",
-                                       "bandwidth_limit_mbit": PAIR_LIMIT_MBIT})
+    r = api.put(
+        "/api/policies",
+        json={
+            "scope": "pair",
+            "source": "src",
+            "target": "t1",
+            "bandwidth_limit_mbit": PAIR_LIMIT_MBIT,
+        },
+    )
     assert r.status_code == 200, r.text
     maps = [own_fleet.new_mapping(targets=("t1",)) for _ in range(2)]
     for _, src, dsts in maps:
@@ -223,9 +252,13 @@ def _links_started(fleet: Fleet, mapping_id: int) -> int:
 def _put_transfer(fleet: Fleet, mapping: dict, transfer: str | None) -> None:
     """Force (or release) the mapping's delta/dump choice and wait until its links restarted with it."""
     before = _links_started(fleet, mapping["id"])
-    r = fleet.cluster.api.put(f"/api/mappings/{mapping['id']}/transfer", json={"transfer": transfer})
+    r = fleet.cluster.api.put(
+        f"/api/mappings/{mapping['id']}/transfer", json={"transfer": transfer}
+    )
     assert r.status_code == 200, r.text
-    wait_until(lambda: _links_started(fleet, mapping["id"]) > before, timeout_s=15, what="links restarted")
+    wait_until(
+        lambda: _links_started(fleet, mapping["id"]) > before, timeout_s=15, what="links restarted"
+    )
 
 
 def _update_sent(fleet: Fleet, src: Path, dst: Path) -> int:
@@ -246,7 +279,9 @@ def _deltas_of(fleet: Fleet, mapping: dict) -> list[Path]:
 
 def test_transfer_forced_per_mapping_beats_the_link_policy(own_fleet: Fleet) -> None:
     size = 8 * 1024 * 1024
-    r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "transfer": "whole"})
+    r = own_fleet.cluster.api.put(
+        "/api/policies", json={"scope": "same_group", "transfer": "whole"}
+    )
     assert r.status_code == 200, r.text
     forced, fsrc, (fdst,) = own_fleet.new_mapping(targets=("t1",))
     plain, psrc, (pdst,) = own_fleet.new_mapping(targets=("t1",))
@@ -260,7 +295,9 @@ def test_transfer_forced_per_mapping_beats_the_link_policy(own_fleet: Fleet) -> 
     assert _deltas_of(own_fleet, forced) and not _deltas_of(own_fleet, plain)
     # Now the policy says delta: the mapping forced to whole sends the file whole, the other
     # (released to its policy) sends deltas.
-    r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "transfer": "delta"})
+    r = own_fleet.cluster.api.put(
+        "/api/policies", json={"scope": "same_group", "transfer": "delta"}
+    )
     assert r.status_code == 200, r.text
     _put_transfer(own_fleet, plain, "whole")
     _put_transfer(own_fleet, forced, None)
@@ -274,7 +311,9 @@ def test_transfer_forced_per_mapping_beats_the_link_policy(own_fleet: Fleet) -> 
 SCALED_RECEIVE_TIMEOUT_S = 3.0  # 60 s in production, scaled down in the agents of this test
 
 
-def test_a_batch_slower_than_the_receive_timeout_is_not_taken_for_a_dead_target(tmp_path: Path) -> None:
+def test_a_batch_slower_than_the_receive_timeout_is_not_taken_for_a_dead_target(
+    tmp_path: Path,
+) -> None:
     """20 files of 200 KiB at 4 Mbit/s: one batch (one Checkpoint, one Ack) takes ~8 s to arrive,
     over the sender's receive timeout. The target pings meanwhile, so the sender does not drop the
     session and send the batch again (which, before, it did every timeout, for ever)."""
@@ -283,11 +322,14 @@ def test_a_batch_slower_than_the_receive_timeout_is_not_taken_for_a_dead_target(
     (site / "sitecustomize.py").write_text(
         "import relaysync.constants as c\n"
         f"c.RECEIVE_TIMEOUT_S = {SCALED_RECEIVE_TIMEOUT_S}\n"
-        f"c.PING_INTERVAL_S = {SCALED_RECEIVE_TIMEOUT_S / 6}\n")
+        f"c.PING_INTERVAL_S = {SCALED_RECEIVE_TIMEOUT_S / 6}\n"
+    )
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     fleet = start_fleet(tmp_path, agents=("src", "t1"), extra_env={"PYTHONPATH": path})
     try:
-        r = fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "bandwidth_limit_mbit": 4})
+        r = fleet.cluster.api.put(
+            "/api/policies", json={"scope": "same_group", "bandwidth_limit_mbit": 4}
+        )
         assert r.status_code == 200, r.text
         _, src, (dst,) = fleet.new_mapping(targets=("t1",))
         (src / "warm").write_text("x")

@@ -26,16 +26,22 @@ def test_replication_with_postgres_store(postgres_url: str, tmp_path: Path) -> N
         mapping = cluster.create_mapping("pg", "src", src, [("t1", dst)])
         for i in range(100):
             (src / f"f{i}").write_bytes(os.urandom(100))
-        wait_until(lambda: snapshot(dst) == snapshot(src), timeout_s=30, what="target equal to source")
+        wait_until(
+            lambda: snapshot(dst) == snapshot(src), timeout_s=30, what="target equal to source"
+        )
 
         def logged() -> bool:
-            rows = cluster.api.get("/api/jobs", params={"mapping": mapping["id"], "limit": 500}).json()
+            rows = cluster.api.get(
+                "/api/jobs", params={"mapping": mapping["id"], "limit": 500}
+            ).json()
             return len(rows) == 100 and all(r["committed_targets"] == 1 for r in rows)
 
         try:
             wait_until(logged, timeout_s=30, what="job log on PostgreSQL")
         except Exception:
-            print(cluster.api.get("/api/jobs", params={"mapping": mapping["id"], "limit": 5}).json())
+            print(
+                cluster.api.get("/api/jobs", params={"mapping": mapping["id"], "limit": 5}).json()
+            )
             print(cluster.api.get(f"/api/mappings/{mapping['id']}/status").json())
             raise
     finally:

@@ -24,11 +24,17 @@ def varnish_site(fleet: Fleet) -> Iterator[tuple[Path, Path, Cache, dict]]:
     origin = Origin(dsts[0]).start()
     cache = Cache("varnish", base / "varnish", origin.port).start()
     try:
-        r = fleet.cluster.api.post("/api/sites", json={
-            "name": f"site-{mapping['name']}", "provider": "acme", "mapping": mapping["name"],
-            "base_urls": [f"http://{HOST}"],
-            "caches": [{"name": "varnish", "driver": "varnish", "address": cache.address}],
-            "origins": [{"server": "t1", "url": origin.url}]})
+        r = fleet.cluster.api.post(
+            "/api/sites",
+            json={
+                "name": f"site-{mapping['name']}",
+                "provider": "acme",
+                "mapping": mapping["name"],
+                "base_urls": [f"http://{HOST}"],
+                "caches": [{"name": "varnish", "driver": "varnish", "address": cache.address}],
+                "origins": [{"server": "t1", "url": origin.url}],
+            },
+        )
         assert r.status_code == 201, r.text
         yield src, dsts[0], cache, r.json()
     finally:
@@ -39,15 +45,25 @@ def varnish_site(fleet: Fleet) -> Iterator[tuple[Path, Path, Cache, dict]]:
 def test_write_on_source_is_served_by_varnish(fleet: Fleet, varnish_site) -> None:  # type: ignore[no-untyped-def]
     src, dst, cache, site = varnish_site
     (src / "page.txt").write_bytes(b"version 1")
-    wait_until(lambda: (dst / "page.txt").exists() and (dst / "page.txt").read_bytes() == b"version 1",
-               timeout_s=30, what="target commit")
-    wait_until(lambda: http_get(cache.port, "/page.txt", host=HOST)[1] == b"version 1",
-               timeout_s=10, what="varnish serves version 1")
+    wait_until(
+        lambda: (dst / "page.txt").exists() and (dst / "page.txt").read_bytes() == b"version 1",
+        timeout_s=30,
+        what="target commit",
+    )
+    wait_until(
+        lambda: http_get(cache.port, "/page.txt", host=HOST)[1] == b"version 1",
+        timeout_s=10,
+        what="varnish serves version 1",
+    )
     assert http_get(cache.port, "/page.txt", host=HOST)[2].get("x-cache") == "HIT"
     (src / "page.txt").write_bytes(b"version 2 (longer)")
     started = time.monotonic()
-    wait_until(lambda: http_get(cache.port, "/page.txt", host=HOST)[1] == b"version 2 (longer)",
-               timeout_s=10, interval_s=0.005, what="varnish serves version 2")
+    wait_until(
+        lambda: http_get(cache.port, "/page.txt", host=HOST)[1] == b"version 2 (longer)",
+        timeout_s=10,
+        interval_s=0.005,
+        what="varnish serves version 2",
+    )
     elapsed_ms = (time.monotonic() - started) * 1000
     print(f"close() -> varnish serves the new bytes: {elapsed_ms:.0f} ms")
 
@@ -61,29 +77,49 @@ def test_write_on_source_is_served_by_varnish(fleet: Fleet, varnish_site) -> Non
 
 
 def test_names_with_sub_delims_are_refreshed_as_browsers_send_them(  # type: ignore[no-untyped-def]
-        fleet: Fleet, cache_farm) -> None:
+    fleet: Fleet, cache_farm
+) -> None:
     """`photo (1).jpg` is requested as /photo%20(1).jpg: Varnish and Squid key on that raw
     target, so that is the URL to refresh and to confirm (the session's caches, all three)."""
     mapping, src, dsts = fleet.new_mapping(targets=("t1",))
     prefix = f"/{mapping['name']}-forms/"
     (cache_farm.docroot / prefix.strip("/")).symlink_to(dsts[0])  # the origin serves the target
-    r = fleet.cluster.api.post("/api/sites", json={
-        "name": f"site-{mapping['name']}-forms", "provider": "acme", "mapping": mapping["name"],
-        "base_urls": [f"http://{HOST}"], "path_prefix": prefix,
-        "caches": [{"name": kind, "driver": kind, "address": c.address}
-                   for kind, c in cache_farm.caches.items()],
-        "origins": [{"server": "t1", "url": cache_farm.origin.url}]})
+    r = fleet.cluster.api.post(
+        "/api/sites",
+        json={
+            "name": f"site-{mapping['name']}-forms",
+            "provider": "acme",
+            "mapping": mapping["name"],
+            "base_urls": [f"http://{HOST}"],
+            "path_prefix": prefix,
+            "caches": [
+                {"name": kind, "driver": kind, "address": c.address}
+                for kind, c in cache_farm.caches.items()
+            ],
+            "origins": [{"server": "t1", "url": cache_farm.origin.url}],
+        },
+    )
     assert r.status_code == 201, r.text
     names = {"photo (1).jpg": "photo%20(1).jpg", "c++.html": "c++.html"}
     for name in names:
         (src / name).write_bytes(b"version 1")
     for name, target in names.items():
         for cache in cache_farm.caches.values():
-            wait_until(lambda c=cache, t=target: http_get(c.port, prefix + t, host=HOST)[1] == b"version 1",
-                       timeout_s=30, what=f"{cache.kind} serves version 1 of {name}")
+            wait_until(
+                lambda c=cache, t=target: (
+                    http_get(c.port, prefix + t, host=HOST)[1] == b"version 1"
+                ),
+                timeout_s=30,
+                what=f"{cache.kind} serves version 1 of {name}",
+            )
     for name in names:
         (src / name).write_bytes(b"version 2")
     for name, target in names.items():
         for cache in cache_farm.caches.values():
-            wait_until(lambda c=cache, t=target: http_get(c.port, prefix + t, host=HOST)[1] == b"version 2",
-                       timeout_s=10, what=f"{cache.kind} serves version 2 of {name}")
+            wait_until(
+                lambda c=cache, t=target: (
+                    http_get(c.port, prefix + t, host=HOST)[1] == b"version 2"
+                ),
+                timeout_s=10,
+                what=f"{cache.kind} serves version 2 of {name}",
+            )

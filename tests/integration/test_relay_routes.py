@@ -22,8 +22,16 @@ from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 
 pytestmark = pytest.mark.integration
 
-GRID = {"a1": ("r1", "r1g1"), "a2": ("r1", "r1g1"), "b1": ("r1", "r1g2"), "b2": ("r1", "r1g2"),
-        "c1": ("r2", "r2g1"), "c2": ("r2", "r2g1"), "d1": ("r2", "r2g2"), "d2": ("r2", "r2g2")}
+GRID = {
+    "a1": ("r1", "r1g1"),
+    "a2": ("r1", "r1g1"),
+    "b1": ("r1", "r1g2"),
+    "b2": ("r1", "r1g2"),
+    "c1": ("r2", "r2g1"),
+    "c2": ("r2", "r2g1"),
+    "d1": ("r2", "r2g2"),
+    "d2": ("r2", "r2g2"),
+}
 TARGETS = tuple(GRID)
 ROUTE_TIMEOUT_S = 60.0
 FAIL_AFTER_S = 2.0
@@ -82,7 +90,9 @@ def _wait_plan(fleet: Fleet, mapping_id: int, check: Any, what: str) -> dict[str
 
 
 def _latest_route(fleet: Fleet, mapping_id: int, target: str) -> str:
-    r = fleet.cluster.api.get("/api/advances", params={"mapping": str(mapping_id), "target": target, "limit": 1})
+    r = fleet.cluster.api.get(
+        "/api/advances", params={"mapping": str(mapping_id), "target": target, "limit": 1}
+    )
     assert r.status_code == 200, r.text
     rows = r.json()
     return str(rows[0]["route"]) if rows else ""
@@ -90,8 +100,12 @@ def _latest_route(fleet: Fleet, mapping_id: int, target: str) -> str:
 
 def _wait_route(fleet: Fleet, mapping_id: int, target: str, want: str) -> None:
     try:
-        wait_until(lambda: _latest_route(fleet, mapping_id, target) == want, timeout_s=ROUTE_TIMEOUT_S,
-                   interval_s=0.1, what=f"{target} served along {want}")
+        wait_until(
+            lambda: _latest_route(fleet, mapping_id, target) == want,
+            timeout_s=ROUTE_TIMEOUT_S,
+            interval_s=0.1,
+            what=f"{target} served along {want}",
+        )
     except Exception:
         r = fleet.cluster.api.get("/api/advances", params={"mapping": str(mapping_id), "limit": 50})
         print("advances:", r.json())
@@ -110,7 +124,9 @@ def _drop_mappings(grid: Fleet) -> Iterator[None]:
         grid.cluster.api.delete(f"/api/mappings/{_created.pop()}")
 
 
-def _mapping(fleet: Fleet, targets: tuple[str, ...] = TARGETS, **routing: Any) -> tuple[int, Path, list[Path]]:
+def _mapping(
+    fleet: Fleet, targets: tuple[str, ...] = TARGETS, **routing: Any
+) -> tuple[int, Path, list[Path]]:
     mapping, src, dsts = fleet.new_mapping(targets=targets)
     mapping_id = int(mapping["id"])
     _created.append(mapping_id)
@@ -152,12 +168,18 @@ class _NoPartials:
 
 def test_default_tree_sends_one_copy_into_each_region_and_group(grid: Fleet) -> None:
     mapping_id, src, dsts = _mapping(grid)
-    routes = _wait_plan(grid, mapping_id, lambda p: len(p) == len(TARGETS), "a plan covering every target")
+    routes = _wait_plan(
+        grid, mapping_id, lambda p: len(p) == len(TARGETS), "a plan covering every target"
+    )
     parents = _parents(routes)
     from_source = [c for c, (p, _) in parents.items() if p == "src"]
     assert sorted(GRID[c][0] for c in from_source) == ["r1", "r2"], parents
     for group in {g for _, g in GRID.values()}:
-        entering = [c for c, (p, _) in parents.items() if GRID[c][1] == group and GRID.get(p, ("", ""))[1] != group]
+        entering = [
+            c
+            for c, (p, _) in parents.items()
+            if GRID[c][1] == group and GRID.get(p, ("", ""))[1] != group
+        ]
         assert len(entering) == 1, (group, parents)
     for i in range(20):
         (src / f"f{i}.txt").write_text(f"file {i}\n" * 100)
@@ -173,7 +195,9 @@ def test_default_tree_sends_one_copy_into_each_region_and_group(grid: Fleet) -> 
 
 def test_region_relay_killed_mid_transfer_and_mid_burst(grid: Fleet) -> None:
     mapping_id, src, dsts = _mapping(grid, fail_after_s=120)
-    parents = _parents(_wait_plan(grid, mapping_id, lambda p: len(p) == len(TARGETS), "a full plan"))
+    parents = _parents(
+        _wait_plan(grid, mapping_id, lambda p: len(p) == len(TARGETS), "a full plan")
+    )
     relays = {GRID[c][0]: c for c, (p, _) in parents.items() if p == "src"}
     size = 50 * 1024 * 1024
     try:
@@ -181,8 +205,12 @@ def test_region_relay_killed_mid_transfer_and_mid_burst(grid: Fleet) -> None:
             (src / "big.bin").write_bytes(os.urandom(size))
             relay = relays["r1"]
             relay_dir = dsts[TARGETS.index(relay)]
-            wait_until(lambda: temp_files(relay_dir), timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.005,
-                       what="the 50 MiB transfer reached the relay")
+            wait_until(
+                lambda: temp_files(relay_dir),
+                timeout_s=CONVERGE_TIMEOUT_S,
+                interval_s=0.005,
+                what="the 50 MiB transfer reached the relay",
+            )
             grid.cluster.agents[relay].process.kill()
             others = [d for t, d in zip(TARGETS, dsts, strict=True) if t != relay]
             grid.wait_converged(src, others, timeout_s=90)  # re-planned around the dead relay
@@ -214,14 +242,18 @@ def _entry_of_b_group(parents: dict[str, tuple[str, str]]) -> tuple[str, str, st
     return entry, *parents[entry]
 
 
-@pytest.mark.parametrize(("refusing", "refused", "level"), [
-    # b1 will not take the stream from a1 (the region entry): its group mate b2 enters the group
-    (("b1",), "a1", "bypass-same-group"),
-    # neither b1 nor b2 takes it from a1: the group is exhausted, a2 of the same region serves it
-    (("b1", "b2"), "a1", "bypass-same-region"),
-    # no server of region r1 reaches group r1g2: it is served from the other region
-    (("b1", "b2"), "a1,a2", "bypass-other-region"),
-], ids=["same-group", "same-region", "other-region"])
+@pytest.mark.parametrize(
+    ("refusing", "refused", "level"),
+    [
+        # b1 will not take the stream from a1 (the region entry): its group mate b2 enters the group
+        (("b1",), "a1", "bypass-same-group"),
+        # neither b1 nor b2 takes it from a1: the group is exhausted, a2 of the same region serves it
+        (("b1", "b2"), "a1", "bypass-same-region"),
+        # no server of region r1 reaches group r1g2: it is served from the other region
+        (("b1", "b2"), "a1,a2", "bypass-other-region"),
+    ],
+    ids=["same-group", "same-region", "other-region"],
+)
 def test_bypass_order(grid: Fleet, refusing: tuple[str, ...], refused: str, level: str) -> None:
     try:
         for name in refusing:
@@ -253,8 +285,10 @@ def test_streaming_relay_forwards_before_it_has_the_whole_file(grid: Fleet) -> N
     mapping_id, src, dsts = _mapping(grid, targets=("a1", "a2"))
     parents = _parents(_wait_plan(grid, mapping_id, lambda p: len(p) == 2, "a plan"))
     relay, child = ("a1", "a2") if parents["a2"][0] == "a1" else ("a2", "a1")
-    r = grid.cluster.api.put("/api/policies", json={"scope": "pair", "source": "src", "target": relay,
-                                                     "bandwidth_limit_mbit": 40})
+    r = grid.cluster.api.put(
+        "/api/policies",
+        json={"scope": "pair", "source": "src", "target": relay, "bandwidth_limit_mbit": 40},
+    )
     assert r.status_code in (200, 201), r.text
     policy_id = r.json()["id"]
     try:
@@ -266,15 +300,25 @@ def test_streaming_relay_forwards_before_it_has_the_whole_file(grid: Fleet) -> N
         seen: list[tuple[int, bool]] = []
 
         def child_has_bytes_first() -> bool:
-            held = sum((child_dir / t).stat().st_size for t in temp_files(child_dir) if (child_dir / t).exists())
+            held = sum(
+                (child_dir / t).stat().st_size
+                for t in temp_files(child_dir)
+                if (child_dir / t).exists()
+            )
             relay_done = (relay_dir / "large.bin").exists()
             seen.append((held, relay_done))
             if relay_done:
-                raise AssertionError(f"the relay had the whole file before its child got a byte: {seen[-5:]}")
+                raise AssertionError(
+                    f"the relay had the whole file before its child got a byte: {seen[-5:]}"
+                )
             return held > 0
 
-        wait_until(child_has_bytes_first, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.01,
-                   what="the child receiving while the relay still receives")
+        wait_until(
+            child_has_bytes_first,
+            timeout_s=CONVERGE_TIMEOUT_S,
+            interval_s=0.01,
+            what="the child receiving while the relay still receives",
+        )
         grid.wait_converged(src, dsts, timeout_s=60)
     finally:
         grid.cluster.api.delete(f"/api/policies/{policy_id}")
@@ -306,7 +350,9 @@ def test_replication_goes_on_while_the_master_is_down(grid: Fleet) -> None:
 
     def recorded() -> bool:
         rows = grid.cluster.api.get(f"/api/mappings/{mapping_id}/status").json()["targets"]
-        return len(rows) == len(TARGETS) and all(r["lag"] == 0 and r["watermark"] > 100 for r in rows)
+        return len(rows) == len(TARGETS) and all(
+            r["lag"] == 0 and r["watermark"] > 100 for r in rows
+        )
 
     wait_until(recorded, timeout_s=ROUTE_TIMEOUT_S, what="the master has every target's watermark")
 
@@ -327,8 +373,12 @@ def test_target_down_for_1000_changes_recovers_per_policy(grid: Fleet, policy: s
         for i in range(1000):
             (src / f"c{i % 400}.dat").write_bytes(f"change {i}".encode() * 10)
         grid.wait_converged(src, others, timeout_s=90)
-        wait_until(lambda: any(f["target"] == down for f in _routes(grid, mapping_id)["failed"]),
-                   timeout_s=ROUTE_TIMEOUT_S, interval_s=0.1, what=f"{down} marked failed")
+        wait_until(
+            lambda: any(f["target"] == down for f in _routes(grid, mapping_id)["failed"]),
+            timeout_s=ROUTE_TIMEOUT_S,
+            interval_s=0.1,
+            what=f"{down} marked failed",
+        )
     finally:
         _restart(grid, down)
     if policy == "manual":
@@ -346,9 +396,18 @@ def test_target_down_for_1000_changes_recovers_per_policy(grid: Fleet, policy: s
     jobs = grid.cluster.api.get(f"/api/mappings/{mapping_id}/recoveries").json()
     job = next(j for j in jobs if j["target"] == down)
     assert job["trigger"] == policy
-    wait_until(lambda: next(j for j in grid.cluster.api.get(f"/api/mappings/{mapping_id}/recoveries").json()
-                            if j["target"] == down)["outcome"] == "done",
-               timeout_s=ROUTE_TIMEOUT_S, what="the recovery job recorded as done")
+    wait_until(
+        lambda: (
+            next(
+                j
+                for j in grid.cluster.api.get(f"/api/mappings/{mapping_id}/recoveries").json()
+                if j["target"] == down
+            )["outcome"]
+            == "done"
+        ),
+        timeout_s=ROUTE_TIMEOUT_S,
+        what="the recovery job recorded as done",
+    )
     # served by its nearest up-to-date neighbour: its group mate, not the source
     route = _latest_route(grid, mapping_id, down)
     assert route.split(">")[-2] == "d1", route
@@ -366,24 +425,35 @@ def test_master_killed_mid_burst_nothing_committed_twice(grid: Fleet) -> None:
         grid.cluster.start_master()
     grid.wait_converged(src, dsts, timeout_s=90)
     for target in TARGETS:
-        rows = grid.cluster.api.get("/api/advances", params={"mapping": str(mapping_id), "target": target,
-                                                              "limit": 1000}).json()
+        rows = grid.cluster.api.get(
+            "/api/advances", params={"mapping": str(mapping_id), "target": target, "limit": 1000}
+        ).json()
         spans = sorted((r["from_seq"], r["to_seq"]) for r in rows)
         for (_, prev_to), (next_from, _) in zip(spans, spans[1:], strict=False):
             assert next_from >= prev_to, (target, spans)  # no seq committed twice
-    jobs = grid.cluster.api.get("/api/jobs", params={"mapping": str(mapping_id), "limit": 1000}).json()
+    jobs = grid.cluster.api.get(
+        "/api/jobs", params={"mapping": str(mapping_id), "limit": 1000}
+    ).json()
     seqs = [j["seq"] for j in jobs]
     assert len(seqs) == len(set(seqs))
 
 
-@pytest.mark.parametrize(("hops", "message"), [
-    ([["src", "a1"], ["a2", "b1"], ["b1", "a2"]], "loop"),
-    ([["src", "a1"], ["a1", "nosuch"]], "nosuch"),
-    ([["src", "a1"], ["src", "a2"], ["a1", "a2"]], "a2"),
-], ids=["loop", "unknown-server", "reached-twice"])
-def test_manual_route_refused_with_a_clear_error(grid: Fleet, hops: list[list[str]], message: str) -> None:
+@pytest.mark.parametrize(
+    ("hops", "message"),
+    [
+        ([["src", "a1"], ["a2", "b1"], ["b1", "a2"]], "loop"),
+        ([["src", "a1"], ["a1", "nosuch"]], "nosuch"),
+        ([["src", "a1"], ["src", "a2"], ["a1", "a2"]], "a2"),
+    ],
+    ids=["loop", "unknown-server", "reached-twice"],
+)
+def test_manual_route_refused_with_a_clear_error(
+    grid: Fleet, hops: list[list[str]], message: str
+) -> None:
     mapping_id, _, _ = _mapping(grid, targets=("a1", "a2", "b1"))
-    r = grid.cluster.api.put(f"/api/mappings/{mapping_id}/routing", json={"mode": "manual", "hops": hops})
+    r = grid.cluster.api.put(
+        f"/api/mappings/{mapping_id}/routing", json={"mode": "manual", "hops": hops}
+    )
     assert r.status_code == 400, r.text
     assert message in r.json()["detail"], r.text
 
@@ -407,8 +477,10 @@ def test_source_killed_while_a_relay_streams_on(grid: Fleet) -> None:
     mapping_id, src, dsts = _mapping(grid, targets=("a1", "a2"))
     parents = _parents(_wait_plan(grid, mapping_id, lambda p: len(p) == 2, "a plan"))
     relay, child = ("a1", "a2") if parents["a2"][0] == "a1" else ("a2", "a1")
-    r = grid.cluster.api.put("/api/policies", json={"scope": "pair", "source": "src", "target": relay,
-                                                     "bandwidth_limit_mbit": 40})
+    r = grid.cluster.api.put(
+        "/api/policies",
+        json={"scope": "pair", "source": "src", "target": relay, "bandwidth_limit_mbit": 40},
+    )
     assert r.status_code in (200, 201), r.text
     policy_id = r.json()["id"]
     size = 24 * 1024 * 1024
@@ -418,9 +490,15 @@ def test_source_killed_while_a_relay_streams_on(grid: Fleet) -> None:
         child_dir = dsts[("a1", "a2").index(child)]
         with _NoPartials(dsts, "large.bin", size) as watch:
             (src / "large.bin").write_bytes(os.urandom(size))
-            wait_until(lambda: any((child_dir / t).exists() and (child_dir / t).stat().st_size > 0
-                                   for t in temp_files(child_dir)),
-                       timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.01, what="the child receiving through the relay")
+            wait_until(
+                lambda: any(
+                    (child_dir / t).exists() and (child_dir / t).stat().st_size > 0
+                    for t in temp_files(child_dir)
+                ),
+                timeout_s=CONVERGE_TIMEOUT_S,
+                interval_s=0.01,
+                what="the child receiving through the relay",
+            )
             grid.cluster.agents["src"].process.kill()
             _restart(grid, "src")
             grid.wait_converged(src, dsts, timeout_s=90)

@@ -102,7 +102,9 @@ def test_slow_writer_arrives_once_complete(fleet: Fleet) -> None:
     from relaysync.testing.cluster import wait_until
 
     def logged() -> list[dict]:
-        jobs = fleet.cluster.api.get("/api/jobs", params={"mapping": _mapping_id(fleet, src), "limit": 100}).json()
+        jobs = fleet.cluster.api.get(
+            "/api/jobs", params={"mapping": _mapping_id(fleet, src), "limit": 100}
+        ).json()
         writes = [j for j in jobs if j["path"] == "slow.bin"]
         return writes if writes and all(w["committed_targets"] == 2 for w in writes) else []
 
@@ -121,8 +123,11 @@ def test_excluded_files_never_appear(fleet: Fleet) -> None:
         from relaysync.testing.cluster import wait_until
 
         # a file the mapping's first scan finds still fresh is held a moment: it may come after the marker
-        wait_until(lambda d=d: (d / "marker").exists() and (d / "keep.txt").exists(), timeout_s=30,
-                   what="marker and keep.txt")
+        wait_until(
+            lambda d=d: (d / "marker").exists() and (d / "keep.txt").exists(),
+            timeout_s=30,
+            what="marker and keep.txt",
+        )
         assert (d / "keep.txt").read_text() == "keep"
         assert not (d / "drop.tmp").exists()
         assert not (d / "cache" / "x").exists()
@@ -136,7 +141,9 @@ def test_job_log_records_each_change_once(fleet: Fleet) -> None:
     from relaysync.testing.cluster import wait_until
 
     def logged() -> list[dict]:
-        rows = fleet.cluster.api.get("/api/jobs", params={"mapping": mapping["id"], "limit": 500}).json()
+        rows = fleet.cluster.api.get(
+            "/api/jobs", params={"mapping": mapping["id"], "limit": 500}
+        ).json()
         return rows if len(rows) >= 30 and all(r["committed_targets"] == 2 for r in rows) else []
 
     rows = wait_until(logged, timeout_s=30, what="job log")
@@ -175,7 +182,9 @@ def test_burst_of_3000_changes_converges_and_is_logged_once_each(fleet: Fleet) -
         rows: list[dict] = []
         before = None
         for _ in range(10):
-            params = {"mapping": mapping["id"], "limit": 1000} | ({"before": before} if before else {})
+            params = {"mapping": mapping["id"], "limit": 1000} | (
+                {"before": before} if before else {}
+            )
             page = fleet.cluster.api.get("/api/jobs", params=params).json()
             if not page:
                 break
@@ -200,7 +209,9 @@ def test_large_file_updates_converge_through_deltas(fleet: Fleet) -> None:
         data[i * 500_000 : i * 500_000 + 1000] = os.urandom(1000)
         (src / "big.bin").write_bytes(data)
         fleet.wait_converged(src, dsts)
-    sigs = list((fleet.cluster.agents["src"].data_dir / "sources").glob("*/signatures/delta/*.delta"))
+    sigs = list(
+        (fleet.cluster.agents["src"].data_dir / "sources").glob("*/signatures/delta/*.delta")
+    )
     assert sigs, "updates should have gone as deltas"
 
 

@@ -21,7 +21,10 @@ def test_deleting_and_renaming_files_leaves_no_signatures_behind(tmp_path: Path)
         api = fleet.cluster.api
 
         def wire_so_far() -> int:
-            return sum(a["wire_bytes"] for a in api.get("/api/advances", params={"mapping": mapping["name"]}).json())
+            return sum(
+                a["wire_bytes"]
+                for a in api.get("/api/advances", params={"mapping": mapping["name"]}).json()
+            )
 
         for i in range(5):
             (src / f"upload-{i}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
@@ -32,8 +35,14 @@ def test_deleting_and_renaming_files_leaves_no_signatures_behind(tmp_path: Path)
             (src / f"upload-{i}.bin").unlink()  # deleted: nothing can ever use its signature
         (src / "upload-4.bin").rename(src / "kept.bin")  # the signature moves to the new name
         fleet.wait_converged(src, [dst])
-        wait_until(lambda: len(list(sig_dir.iterdir())) == 1, timeout_s=10, what="one signature left")
-        wait_until(lambda: wire_so_far() >= 15 * 1024 * 1024, timeout_s=30, what="the copies in the job log")
+        wait_until(
+            lambda: len(list(sig_dir.iterdir())) == 1, timeout_s=10, what="one signature left"
+        )
+        wait_until(
+            lambda: wire_so_far() >= 15 * 1024 * 1024,
+            timeout_s=30,
+            what="the copies in the job log",
+        )
         before = wire_so_far()
         data = bytearray((src / "kept.bin").read_bytes())
         data[1000:1010] = b"0123456789"
@@ -41,6 +50,8 @@ def test_deleting_and_renaming_files_leaves_no_signatures_behind(tmp_path: Path)
         fleet.wait_converged(src, [dst])
         wait_until(lambda: wire_so_far() > before, timeout_s=30, what="the change in the job log")
         assert wire_so_far() - before < 256 * 1024, "the renamed file's change went whole"
-        wait_until(lambda: len(list(sig_dir.iterdir())) == 1, timeout_s=10, what="still one signature")
+        wait_until(
+            lambda: len(list(sig_dir.iterdir())) == 1, timeout_s=10, what="still one signature"
+        )
     finally:
         fleet.cluster.stop()

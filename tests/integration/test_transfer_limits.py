@@ -45,8 +45,12 @@ def test_receiver_killed_mid_200mib_resumes(limited_fleet: Fleet) -> None:
     _, src, (dst,) = limited_fleet.new_mapping(targets=("t1",))
     size = 200 * CHUNK_BYTES
     _write_random(src / "big.bin", size)
-    part = wait_until(lambda: [p for p in _partials(dst) if p.stat().st_size > 60 * CHUNK_BYTES],
-                      timeout_s=60, interval_s=0.01, what="a partial of 60 MiB")[0]
+    part = wait_until(
+        lambda: [p for p in _partials(dst) if p.stat().st_size > 60 * CHUNK_BYTES],
+        timeout_s=60,
+        interval_s=0.01,
+        what="a partial of 60 MiB",
+    )[0]
     limited_fleet.cluster.agents["t1"].process.kill()
     held = part.stat().st_size
     assert not (dst / "big.bin").exists()
@@ -71,20 +75,28 @@ def _partial_of(root: Path, name: str) -> int:
     return 0
 
 
-def test_source_killed_mid_batch_keeps_the_large_file_already_verified(limited_fleet: Fleet) -> None:
+def test_source_killed_mid_batch_keeps_the_large_file_already_verified(
+    limited_fleet: Fleet,
+) -> None:
     """Two large files in one journal batch (one Checkpoint after both); the source dies while the
     second streams. The first, received whole and verified but not yet committed, is not sent again."""
     cluster = limited_fleet.cluster
     _, src, (dst,) = limited_fleet.new_mapping(targets=("t1",))
     (src / "warm").write_text("x")
     limited_fleet.wait_converged(src, [dst])
-    cluster.agents["t1"].process.kill()  # both files written while the target is away: one replay batch
+    cluster.agents[
+        "t1"
+    ].process.kill()  # both files written while the target is away: one replay batch
     size = 32 * CHUNK_BYTES
     _write_random(src / "a.bin", size)
     _write_random(src / "b.bin", size)
     cluster.start_agent("t1")
-    wait_until(lambda: _partial_of(dst, "a.bin") == size and _partial_of(dst, "b.bin") > 4 * CHUNK_BYTES,
-               timeout_s=60, interval_s=0.005, what="a.bin received whole, b.bin under way")
+    wait_until(
+        lambda: _partial_of(dst, "a.bin") == size and _partial_of(dst, "b.bin") > 4 * CHUNK_BYTES,
+        timeout_s=60,
+        interval_s=0.005,
+        what="a.bin received whole, b.bin under way",
+    )
     cluster.agents["src"].process.kill()
     cluster.start_agent("src", env={"RELAYSYNC_BANDWIDTH_LIMIT_MBIT": str(LIMIT_MBIT)})
     limited_fleet.wait_converged(src, [dst], timeout_s=60)
@@ -110,9 +122,14 @@ def test_interrupted_delta_of_a_large_file_resumes(limited_fleet: Fleet) -> None
 
     _write_random(src / "big.bin", size)
     limited_fleet.wait_converged(src, [dst], timeout_s=60)
-    first = wait_until(lambda: (a := newest_advance()).get("wire_bytes", 0) > 0 and a, timeout_s=30,
-                       what="the first copy reported")
-    _write_random(src / "big.bin", size)  # a new version of the same file: a delta against the old one
+    first = wait_until(
+        lambda: (a := newest_advance()).get("wire_bytes", 0) > 0 and a,
+        timeout_s=30,
+        what="the first copy reported",
+    )
+    _write_random(
+        src / "big.bin", size
+    )  # a new version of the same file: a delta against the old one
 
     def temp_held() -> int:
         for p in dst.iterdir():
@@ -123,18 +140,27 @@ def test_interrupted_delta_of_a_large_file_resumes(limited_fleet: Fleet) -> None
                     return 0
         return 0
 
-    wait_until(lambda: temp_held() > 24 * CHUNK_BYTES, timeout_s=60, interval_s=0.005, what="24 MiB patched")
+    wait_until(
+        lambda: temp_held() > 24 * CHUNK_BYTES,
+        timeout_s=60,
+        interval_s=0.005,
+        what="24 MiB patched",
+    )
     held = temp_held()
     cluster.agents["t1"].process.kill()
     deltas = list((cluster.agents["src"].data_dir).rglob("delta/*.delta"))
     assert deltas, "the source computed no delta: the update went whole"
     cluster.start_agent("t1")
     limited_fleet.wait_converged(src, [dst], timeout_s=60)
-    update = wait_until(lambda: (a := newest_advance())["id"] > first["id"] and a, timeout_s=30,
-                        what="the update reported")
+    update = wait_until(
+        lambda: (a := newest_advance())["id"] > first["id"] and a,
+        timeout_s=30,
+        what="the update reported",
+    )
     sent_again = update["wire_bytes"]
     assert sent_again <= (size - held) + CHUNK_BYTES, (
-        f"the target held {held} of {size} bytes at the kill; {sent_again} bytes were sent to it again")
+        f"the target held {held} of {size} bytes at the kill; {sent_again} bytes were sent to it again"
+    )
     assert _partials(dst) == []
 
 

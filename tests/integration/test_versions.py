@@ -28,10 +28,15 @@ def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 def test_versions_kept_on_chosen_target_and_restored(own_fleet: Fleet) -> None:
     mapping, src, (d1, d2) = own_fleet.new_mapping(targets=("t1", "t2"))
-    r = own_fleet.cluster.api.put(f"/api/mappings/{mapping['id']}/versions", json={"keep": 2, "targets": ["t1"]})
+    r = own_fleet.cluster.api.put(
+        f"/api/mappings/{mapping['id']}/versions", json={"keep": 2, "targets": ["t1"]}
+    )
     assert r.status_code == 200, r.text
-    wait_until(lambda: "running assignment" in (own_fleet.cluster.base / "agent-t1.log").read_text(),
-               timeout_s=10, what="assignment")
+    wait_until(
+        lambda: "running assignment" in (own_fleet.cluster.base / "agent-t1.log").read_text(),
+        timeout_s=10,
+        what="assignment",
+    )
     (src / "probe").write_text("x")
     own_fleet.wait_converged(src, [d1, d2])
     for v in range(4):
@@ -43,9 +48,23 @@ def test_versions_kept_on_chosen_target_and_restored(own_fleet: Fleet) -> None:
     assert len(kept) == 2  # the retention rule: the newest two
     assert not versions_dir_for(d2).exists()  # only the chosen target keeps versions
     assert not (d1 / "page.html").exists()
-    out = subprocess.run([sys.executable, "-m", "relaysync", "restore", "page.html", "--mapping", str(mapping["id"]),
-                          "--data", str(own_fleet.cluster.agents["t1"].data_dir), "--json"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relaysync",
+            "restore",
+            "page.html",
+            "--mapping",
+            str(mapping["id"]),
+            "--data",
+            str(own_fleet.cluster.agents["t1"].data_dir),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["restored"]
     assert (d1 / "page.html").read_text() == "version 3"  # the version the delete replaced

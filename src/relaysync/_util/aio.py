@@ -10,7 +10,11 @@ from relaysync.errors import RelaySyncError
 
 # What a network session may end with; the link logs it and reconnects.
 LINK_ERRORS: tuple[type[BaseException], ...] = (
-    RelaySyncError, OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError,
+    RelaySyncError,
+    OSError,
+    TimeoutError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
     anyio.ClosedResourceError,
 )
 

@@ -12,20 +12,47 @@ import posixpath
 
 # Refused as the folder itself: the root and the trees the system runs from. A folder below them
 # may be mapped (/etc/nginx/sites, /usr/local/www, /var/www).
-SYSTEM_FOLDERS = frozenset({
-    "/", "/bin", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/root", "/run", "/sbin",
-    "/usr", "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libexec",
-    "/usr/sbin", "/usr/share", "/var", "/var/lib",
-})
+SYSTEM_FOLDERS = frozenset(
+    {
+        "/",
+        "/bin",
+        "/etc",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/root",
+        "/run",
+        "/sbin",
+        "/usr",
+        "/usr/bin",
+        "/usr/include",
+        "/usr/lib",
+        "/usr/lib32",
+        "/usr/lib64",
+        "/usr/libexec",
+        "/usr/sbin",
+        "/usr/share",
+        "/var",
+        "/var/lib",
+    }
+)
 # Refused with everything below them: kernel file systems, the boot loader's files, and the data
 # directories README.md suggests for the master and an agent (journals, manifests, keys).
 SYSTEM_TREES = (
-    "/boot", "/dev", "/proc", "/sys", "/var/lib/relaysync", "/var/lib/relaysync-agent",
+    "/boot",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/var/lib/relaysync",
+    "/var/lib/relaysync-agent",
 )
 RULE = (
     "relaysync never replicates from or into / or a system folder ("
     + " ".join(sorted(SYSTEM_FOLDERS - {"/"}))
-    + ", nor anything below " + " ".join(SYSTEM_TREES) + "); map a folder of its own"
+    + ", nor anything below "
+    + " ".join(SYSTEM_TREES)
+    + "); map a folder of its own"
 )
 
 

@@ -29,7 +29,9 @@ def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result] | N
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def open_regular_in(root: str | os.PathLike[str], relpath: str) -> tuple[int, os.stat_result] | None:
+def open_regular_in(
+    root: str | os.PathLike[str], relpath: str
+) -> tuple[int, os.stat_result] | None:
     """`open_regular` of `relpath` below `root`, no component of it followed if it is a symlink.
 
     A directory replaced by a symlink (to outside the folder) between a write's journaling and

@@ -29,7 +29,9 @@ class MasterPin:
     """Where the master's control server is, and who it must be."""
 
     control_address: str
-    node_id: str | None  # its certificate's fingerprint; None: not known yet (joined before pinning)
+    node_id: (
+        str | None
+    )  # its certificate's fingerprint; None: not known yet (joined before pinning)
 
 
 def join(cfg: AgentConfig, identity: tls.Identity) -> MasterPin:
@@ -50,21 +52,36 @@ def join(cfg: AgentConfig, identity: tls.Identity) -> MasterPin:
     key_pem, csr_pem = make_key_and_csr(cfg.name)
     url = cfg.master_url.rstrip("/") + "/api/join"
     try:
-        response = httpx.post(url, json={"token": cfg.token, "name": cfg.name,
-                                         "csr_pem": csr_pem.decode()}, timeout=HTTP_TIMEOUT_S)
+        response = httpx.post(
+            url,
+            json={"token": cfg.token, "name": cfg.name, "csr_pem": csr_pem.decode()},
+            timeout=HTTP_TIMEOUT_S,
+        )
     except httpx.HTTPError as exc:
         raise MasterUnreachable(cfg.master_url, exc) from exc
     if response.status_code != 200:
-        detail = response.json().get("detail", response.text) if response.content else response.status_code
+        detail = (
+            response.json().get("detail", response.text)
+            if response.content
+            else response.status_code
+        )
         raise JoinRefused(detail)
     body = response.json()
     identity.key_path.write_bytes(key_pem)
     identity.key_path.chmod(0o600)
     identity.ca_path.write_bytes(body["ca_pem"].encode())
     identity.cert_path.write_bytes(body["cert_pem"].encode())
-    pin = MasterPin(control_address=str(body["control_address"]), node_id=body.get("master_node_id") or None)
-    _write_master_file(identity, {"control_address": pin.control_address, "master_url": cfg.master_url,
-                                  "master_node_id": pin.node_id})
+    pin = MasterPin(
+        control_address=str(body["control_address"]), node_id=body.get("master_node_id") or None
+    )
+    _write_master_file(
+        identity,
+        {
+            "control_address": pin.control_address,
+            "master_url": cfg.master_url,
+            "master_node_id": pin.node_id,
+        },
+    )
     logger.info("joined the fleet as %s (node %s)", cfg.name, body["node_id"][:16])
     return pin
 
@@ -78,7 +95,9 @@ def _write_master_file(identity: tls.Identity, saved: dict[str, object]) -> None
 
 def read_master_file(identity: tls.Identity) -> MasterPin:
     saved = json.loads((identity.key_path.parent / MASTER_FILE).read_text())
-    return MasterPin(control_address=str(saved["control_address"]), node_id=saved.get("master_node_id") or None)
+    return MasterPin(
+        control_address=str(saved["control_address"]), node_id=saved.get("master_node_id") or None
+    )
 
 
 def pin_master(identity: tls.Identity, node_id: str) -> None:

@@ -32,8 +32,9 @@ def parse_roots(text: str) -> tuple[str, ...]:
     return tuple(normalise(r) for r in roots)
 
 
-def check_folder(path: str, *, role: str, mapping_id: int, data_dir: Path,
-                 allowed_roots: tuple[str, ...] = ()) -> None:
+def check_folder(
+    path: str, *, role: str, mapping_id: int, data_dir: Path, allowed_roots: tuple[str, ...] = ()
+) -> None:
     """Refuse a folder this agent must not replicate from or into.
 
     Args:
@@ -51,8 +52,16 @@ def check_folder(path: str, *, role: str, mapping_id: int, data_dir: Path,
         if reason:
             raise FolderRefused(role, path, mapping_id, reason)
         if overlap(candidate, data):
-            raise FolderRefused(role, path, mapping_id,
-                                f"{candidate} and this agent's data directory {data} contain each other")
+            raise FolderRefused(
+                role,
+                path,
+                mapping_id,
+                f"{candidate} and this agent's data directory {data} contain each other",
+            )
         if allowed_roots and not any(within(candidate, root) for root in allowed_roots):
-            raise FolderRefused(role, path, mapping_id,
-                                f"{candidate} is outside allowed_roots ({', '.join(allowed_roots)})")
+            raise FolderRefused(
+                role,
+                path,
+                mapping_id,
+                f"{candidate} is outside allowed_roots ({', '.join(allowed_roots)})",
+            )

@@ -29,7 +29,9 @@ def children_of(spec: MappingSpec, node_id: str) -> dict[str, TargetSpec]:
     targets = {t.node_id: t for t in spec.targets}
     if not spec.routes:
         return dict(targets) if node_id == spec.source_node else {}
-    return {h.child: targets[h.child] for h in spec.routes if h.parent == node_id and h.child in targets}
+    return {
+        h.child: targets[h.child] for h in spec.routes if h.parent == node_id and h.child in targets
+    }
 
 
 def parents_of(spec: MappingSpec, node_id: str) -> frozenset[str]:
@@ -63,7 +65,9 @@ class LinkSet:
             self._links[child] = (children[child], link, scope)
             self._tg.start_soon(self._run, link, scope)
         if added:
-            logger.info("%s: links to %s", self._label, ", ".join(link.target.name for link in self.links))
+            logger.info(
+                "%s: links to %s", self._label, ", ".join(link.target.name for link in self.links)
+            )
 
     def close(self) -> None:
         self.reconcile({})

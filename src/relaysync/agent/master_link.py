@@ -61,11 +61,19 @@ MAX_QUEUED_REPORTS = 100_000  # oldest reports are dropped past this (watermarks
 class MasterLink:
     """Keeps the control connection to the master."""
 
-    def __init__(self, *, control_address: str, ctx: ssl.SSLContext, master_node_id: str | None,
-                 node_id: str, name: str, register: Register,
-                 on_assignment: Callable[[Assignment], Awaitable[None]],
-                 on_master_pinned: Callable[[str], None] | None = None,
-                 identity_dir: str = "the agent's identity directory") -> None:
+    def __init__(
+        self,
+        *,
+        control_address: str,
+        ctx: ssl.SSLContext,
+        master_node_id: str | None,
+        node_id: str,
+        name: str,
+        register: Register,
+        on_assignment: Callable[[Assignment], Awaitable[None]],
+        on_master_pinned: Callable[[str], None] | None = None,
+        identity_dir: str = "the agent's identity directory",
+    ) -> None:
         """
         Args:
             master_node_id: the fingerprint of the master's control certificate; None for an
@@ -83,10 +91,14 @@ class MasterLink:
         self.register = register
         self.on_assignment = on_assignment
         self.connected = False
-        self._reports: collections.deque[CommitReport] = collections.deque(maxlen=MAX_QUEUED_REPORTS)
+        self._reports: collections.deque[CommitReport] = collections.deque(
+            maxlen=MAX_QUEUED_REPORTS
+        )
         self._wake = anyio.Event()
         self._releases: dict[int, ReleaseReport] = {}
-        self._notices: collections.deque[MassDeleteHeld | HopFailed] = collections.deque(maxlen=1000)
+        self._notices: collections.deque[MassDeleteHeld | HopFailed] = collections.deque(
+            maxlen=1000
+        )
         self._releases_unsent = False
         self._metrics: MetricsReport | None = None  # only the newest waits; older ones are stale
 
@@ -111,12 +123,21 @@ class MasterLink:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES (call on the loop)."""
         records = report.records
         for start in range(0, max(len(records), 1), MAX_REPORT_RECORDS):
-            self._reports.append(make_report(report.mapping_id, report.source_node, report.target_node,
-                                             report.watermark,
-                                             records[start : start + MAX_REPORT_RECORDS], report.route))
+            self._reports.append(
+                make_report(
+                    report.mapping_id,
+                    report.source_node,
+                    report.target_node,
+                    report.watermark,
+                    records[start : start + MAX_REPORT_RECORDS],
+                    report.route,
+                )
+            )
         self._wake.set()
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         delay = RECONNECT_MIN_S
         while True:
@@ -127,19 +148,35 @@ class MasterLink:
                 if not is_link_error(exc):
                     raise
                 err = leaf_error(exc)
-                refused = isinstance(err, PeerRefused) and err.args[1:] == (ErrorCode.UNKNOWN_PEER.name,)
+                refused = isinstance(err, PeerRefused) and err.args[1:] == (
+                    ErrorCode.UNKNOWN_PEER.name,
+                )
                 if refused:
-                    logger.error("the master refused this agent: %s. To join the fleet again, stop it, "
-                                 "delete %s and start it with --token <a new join token>; asking "
-                                 "again in %.0f s", err.args[0], self.identity_dir, REFUSED_RETRY_S)
+                    logger.error(
+                        "the master refused this agent: %s. To join the fleet again, stop it, "
+                        "delete %s and start it with --token <a new join token>; asking "
+                        "again in %.0f s",
+                        err.args[0],
+                        self.identity_dir,
+                        REFUSED_RETRY_S,
+                    )
                 elif isinstance(err, UnknownPeer):
-                    logger.error("control address %s answers with a certificate that is not the master's: "
-                                 "%s; refused, will retry in %.1f s (if the master's control certificate "
-                                 "was replaced, remove master_node_id from %s/master.json)",
-                                 self.control_address, err, delay, self.identity_dir)
+                    logger.error(
+                        "control address %s answers with a certificate that is not the master's: "
+                        "%s; refused, will retry in %.1f s (if the master's control certificate "
+                        "was replaced, remove master_node_id from %s/master.json)",
+                        self.control_address,
+                        err,
+                        delay,
+                        self.identity_dir,
+                    )
                 else:
-                    logger.warning("control link to master %s down, will retry in %.1f s: %s",
-                                   self.control_address, delay, err or type(err).__name__)
+                    logger.warning(
+                        "control link to master %s down, will retry in %.1f s: %s",
+                        self.control_address,
+                        delay,
+                        err or type(err).__name__,
+                    )
             if self.connected:
                 delay = RECONNECT_MIN_S
             self.connected = False
@@ -152,7 +189,9 @@ class MasterLink:
         Raises:
             UnknownPeer: the control address answers with another certificate of the fleet.
         """
-        framed = await tls.connect(self.control_address, self.ctx, expected_node_id=self.master_node_id)
+        framed = await tls.connect(
+            self.control_address, self.ctx, expected_node_id=self.master_node_id
+        )
         if self.master_node_id is not None:
             return framed
         node, name = tls.peer_node_id(framed), tls.peer_common_name(framed)
@@ -160,8 +199,11 @@ class MasterLink:
             framed.abort()
             raise UnknownPeer(f"{node[:16]} (named {name!r}, not the master)")
         self.master_node_id = node
-        logger.warning("pinned the master's node id %s (master.json had none: joined with an older "
-                       "release); the control link connects to no other from now on", node[:16])
+        logger.warning(
+            "pinned the master's node id %s (master.json had none: joined with an older "
+            "release); the control link connects to no other from now on",
+            node[:16],
+        )
         if self.on_master_pinned is not None:
             try:
                 self.on_master_pinned(node)
@@ -235,19 +277,37 @@ def _merge(reports: list[CommitReport]) -> list[CommitReport]:
     merged: list[CommitReport] = []
     for r in reports:
         last = merged[-1] if merged else None
-        if (last is not None and (last.mapping_id, last.source_node, last.target_node)
-                == (r.mapping_id, r.source_node, r.target_node)
-                and len(last.records) + len(r.records) <= MAX_REPORT_RECORDS):
-            merged[-1] = CommitReport(mapping_id=r.mapping_id, source_node=r.source_node,
-                                      target_node=r.target_node,
-                                      watermark=max(last.watermark, r.watermark),
-                                      records=last.records + r.records)
+        if (
+            last is not None
+            and (last.mapping_id, last.source_node, last.target_node)
+            == (r.mapping_id, r.source_node, r.target_node)
+            and len(last.records) + len(r.records) <= MAX_REPORT_RECORDS
+        ):
+            merged[-1] = CommitReport(
+                mapping_id=r.mapping_id,
+                source_node=r.source_node,
+                target_node=r.target_node,
+                watermark=max(last.watermark, r.watermark),
+                records=last.records + r.records,
+            )
         else:
             merged.append(r)
     return merged
 
 
-def make_report(mapping_id: int, source: str, target: str, watermark: int,
-                records: tuple[CommitRecord, ...], route: tuple[str, ...] = ()) -> CommitReport:
-    return CommitReport(mapping_id=mapping_id, source_node=source, target_node=target,
-                        watermark=watermark, records=records, route=route)
+def make_report(
+    mapping_id: int,
+    source: str,
+    target: str,
+    watermark: int,
+    records: tuple[CommitRecord, ...],
+    route: tuple[str, ...] = (),
+) -> CommitReport:
+    return CommitReport(
+        mapping_id=mapping_id,
+        source_node=source,
+        target_node=target,
+        watermark=watermark,
+        records=records,
+        route=route,
+    )

@@ -76,11 +76,21 @@ ReportFactory = Callable[[TargetFolder], ReportFn]
 class PeerServer:
     """Serves this agent's target folders to their sources."""
 
-    def __init__(self, *, host: str, port: int, ctx: ssl.SSLContext, node_id: str, name: str,
-                 folders: FolderLookup, reporter: ReportFactory,
-                 relays: RelayLookup | None = None, refuse: frozenset[str] = frozenset(),
-                 capabilities: tuple[str, ...] = CAPABILITIES,
-                 refusals: RefusalLookup | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        ctx: ssl.SSLContext,
+        node_id: str,
+        name: str,
+        folders: FolderLookup,
+        reporter: ReportFactory,
+        relays: RelayLookup | None = None,
+        refuse: frozenset[str] = frozenset(),
+        capabilities: tuple[str, ...] = CAPABILITIES,
+        refusals: RefusalLookup | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self.ctx = ctx
         self.node_id = node_id
@@ -99,8 +109,16 @@ class PeerServer:
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; reports the bound port when ready."""
         async with anyio.create_task_group() as tg:
-            port = await tg.start(partial(tls.serve_tls, self.host, self.port, self.ctx, self._handle,
-                                          plain_handler=self._handle_plain))
+            port = await tg.start(
+                partial(
+                    tls.serve_tls,
+                    self.host,
+                    self.port,
+                    self.ctx,
+                    self._handle,
+                    plain_handler=self._handle_plain,
+                )
+            )
             logger.info("peer server listening on %s:%s", self.host, port)
             task_status.started(port)
 
@@ -133,8 +151,13 @@ class PeerServer:
 
     async def _session(self, framed: FramedStream, peer: str | None, address: str) -> None:
         with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-            hello = await server_hello(framed, node_id=self.node_id, name=self.name, role="agent",
-                                       capabilities=self.capabilities)
+            hello = await server_hello(
+                framed,
+                node_id=self.node_id,
+                name=self.name,
+                role="agent",
+                capabilities=self.capabilities,
+            )
             opened = await framed.receive()
             if not isinstance(opened, OpenMapping):
                 raise ProtocolError("expected OpenMapping")
@@ -148,14 +171,23 @@ class PeerServer:
             folder = await self._authenticate_plain(framed, hello, opened, folder, address)
             framed.allow_messages(MAX_MESSAGE_BYTES)
         elif (folder is None and opened.route_epoch) or (
-                folder is not None and peer not in folder.parents and peer in folder.members
-                and opened.route_epoch != folder.route_epoch):
-            ours = folder.route_epoch if folder is not None else "none (the mapping is not ours yet)"
-            raise RoutesStale(opened.mapping_id, f"{hello.name} runs routing epoch {opened.route_epoch}, "
-                                                 f"we run {ours}")
+            folder is not None
+            and peer not in folder.parents
+            and peer in folder.members
+            and opened.route_epoch != folder.route_epoch
+        ):
+            ours = (
+                folder.route_epoch if folder is not None else "none (the mapping is not ours yet)"
+            )
+            raise RoutesStale(
+                opened.mapping_id,
+                f"{hello.name} runs routing epoch {opened.route_epoch}, we run {ours}",
+            )
         elif folder is None or peer not in folder.parents:
-            raise UnknownPeer(f"{hello.name} ({peer[:16]}) is not the parent of mapping {opened.mapping_id} "
-                              f"here, from {address}")
+            raise UnknownPeer(
+                f"{hello.name} ({peer[:16]}) is not the parent of mapping {opened.mapping_id} "
+                f"here, from {address}"
+            )
         if folder.route != opened.route:
             folder.route = opened.route
             feed = self.relays(opened.mapping_id)
@@ -174,25 +206,37 @@ class PeerServer:
                     del self._active[mapping_id], self._ended[mapping_id], self._streams[mapping_id]
                 ended.set()
 
-    async def _authenticate_plain(self, framed: FramedStream, hello: Hello, opened: OpenMapping,
-                                  folder: TargetFolder | None, address: str) -> TargetFolder:
+    async def _authenticate_plain(
+        self,
+        framed: FramedStream,
+        hello: Hello,
+        opened: OpenMapping,
+        folder: TargetFolder | None,
+        address: str,
+    ) -> TargetFolder:
         """A plain link is allowed only where the policy turned TLS off, and only to the source
         that proves it holds the link secret."""
         claimed = hello.node_id
         if folder is None or claimed not in folder.parents:
             raise UnknownPeer(f"{claimed[:16]} for mapping {opened.mapping_id} from {address}")
         if not folder.link_secret:
-            raise UnknownPeer(f"{claimed[:16]} without TLS: this link's policy requires TLS ({address})")
+            raise UnknownPeer(
+                f"{claimed[:16]} without TLS: this link's policy requires TLS ({address})"
+            )
         nonce = secrets.token_bytes(32)
         with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
             await framed.send(AuthChallenge(nonce=nonce))
             response = await framed.receive()
         expected = tls.link_mac(folder.link_secret, nonce, opened.mapping_id, claimed, self.node_id)
-        if not isinstance(response, AuthResponse) or not hmac.compare_digest(response.mac, expected):
+        if not isinstance(response, AuthResponse) or not hmac.compare_digest(
+            response.mac, expected
+        ):
             raise UnknownPeer(f"{claimed[:16]} failed plain-link authentication from {address}")
         return folder
 
-    async def restart_session(self, mapping_id: int, reason: str = "this target's relay role changed") -> None:
+    async def restart_session(
+        self, mapping_id: int, reason: str = "this target's relay role changed"
+    ) -> None:
         """End the mapping's session (its parent reconnects at once): it starts or stops relaying,
         or its link secret changed. The parent is told first (ROUTES_STALE), so that it retries
         quietly instead of reporting a failed hop: two role changes without traffic in between
@@ -218,8 +262,13 @@ class PeerServer:
         await anyio.to_thread.run_sync(folder.drop_partials_under, "")
         await anyio.to_thread.run_sync(folder.manifest.close)
 
-    async def _receive(self, framed: FramedStream, folder: TargetFolder, journal_id: str,
-                       sender_capabilities: Sequence[str] = ()) -> None:
+    async def _receive(
+        self,
+        framed: FramedStream,
+        folder: TargetFolder,
+        journal_id: str,
+        sender_capabilities: Sequence[str] = (),
+    ) -> None:
         session = await anyio.to_thread.run_sync(
             partial(session_for, folder, journal_id, self.reporter(folder))
         )
@@ -232,9 +281,17 @@ class PeerServer:
             if feed is not None:
                 await anyio.to_thread.run_sync(feed.spool.begin, journal_id, session.watermark)
                 feed.committed = session.watermark
-            await framed.send(MappingState(mapping_id=folder.mapping_id, watermark=session.watermark,
-                                           root_hash=b"", partials=partials))
-            batches = _ReadAhead(framed, self._read_batch, RELAY_BATCH_BYTES if feed else APPLY_BATCH_BYTES)
+            await framed.send(
+                MappingState(
+                    mapping_id=folder.mapping_id,
+                    watermark=session.watermark,
+                    root_hash=b"",
+                    partials=partials,
+                )
+            )
+            batches = _ReadAhead(
+                framed, self._read_batch, RELAY_BATCH_BYTES if feed else APPLY_BATCH_BYTES
+            )
             async with anyio.create_task_group() as tg:
                 if feed is not None:
                     tg.start_soon(self._send_subtree_acks, framed, feed)
@@ -272,9 +329,13 @@ class PeerServer:
         while True:
             await feed.marks_changed.wait()
             await anyio.sleep(ACK_FOLD_S)
-            await framed.send(Ack(mapping_id=feed.mapping_id, watermark=feed.committed, subtree=feed.subtree()))
+            await framed.send(
+                Ack(mapping_id=feed.mapping_id, watermark=feed.committed, subtree=feed.subtree())
+            )
 
-    async def _read_batch(self, framed: FramedStream, max_bytes: int = APPLY_BATCH_BYTES) -> list[AnyMessage]:
+    async def _read_batch(
+        self, framed: FramedStream, max_bytes: int = APPLY_BATCH_BYTES
+    ) -> list[AnyMessage]:
         """Read messages up to a Checkpoint, a digest request, a size bound, or a pause in the
         stream (nothing more has arrived yet: a delta still being computed is applied as it comes)."""
         batch: list[AnyMessage] = []
@@ -291,12 +352,18 @@ class PeerServer:
             if isinstance(message, Pong):  # the sender answering _keep_sender_waiting
                 continue
             if isinstance(message, SmallFile) and CAP_SMALL_FILE not in self.capabilities:
-                raise ProtocolError(f"SmallFile from a peer that was not told this agent takes it "
-                                    f"(announced: {', '.join(self.capabilities) or 'nothing'})")
+                raise ProtocolError(
+                    f"SmallFile from a peer that was not told this agent takes it "
+                    f"(announced: {', '.join(self.capabilities) or 'nothing'})"
+                )
             batch.append(message)
             size += framed.last_frame_bytes  # every frame counts: a batch's memory stays bounded
-            if (isinstance(message, Checkpoint | DigestRequest) or size >= max_bytes
-                    or len(batch) >= APPLY_BATCH_MESSAGES or not framed.pending()):
+            if (
+                isinstance(message, Checkpoint | DigestRequest)
+                or size >= max_bytes
+                or len(batch) >= APPLY_BATCH_MESSAGES
+                or not framed.pending()
+            ):
                 return batch
 
 
@@ -324,8 +391,12 @@ class _ReadAhead:
     the batches already read are still applied before the error is raised.
     """
 
-    def __init__(self, framed: FramedStream,
-                 read_batch: Callable[[FramedStream, int], Awaitable[list[AnyMessage]]], max_bytes: int) -> None:
+    def __init__(
+        self,
+        framed: FramedStream,
+        read_batch: Callable[[FramedStream, int], Awaitable[list[AnyMessage]]],
+        max_bytes: int,
+    ) -> None:
         self._framed, self._read_batch, self._max_bytes = framed, read_batch, max_bytes
         self._tx, self._rx = anyio.create_memory_object_stream[list[AnyMessage]](1)
         self._error: BaseException | None = None
@@ -347,9 +418,15 @@ class _ReadAhead:
 
 
 async def _try_send_error(framed: FramedStream, exc: RelaySyncError) -> None:
-    code = (ErrorCode.ROUTES_STALE if isinstance(exc, RoutesStale)
-            else ErrorCode.UNKNOWN_PEER if isinstance(exc, UnknownPeer)
-            else ErrorCode.UNKNOWN_MAPPING if isinstance(exc, FolderRefused) else ErrorCode.BAD_MESSAGE)
+    code = (
+        ErrorCode.ROUTES_STALE
+        if isinstance(exc, RoutesStale)
+        else ErrorCode.UNKNOWN_PEER
+        if isinstance(exc, UnknownPeer)
+        else ErrorCode.UNKNOWN_MAPPING
+        if isinstance(exc, FolderRefused)
+        else ErrorCode.BAD_MESSAGE
+    )
     with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
         try:
             await framed.send(Error(code=code, detail=str(exc)))

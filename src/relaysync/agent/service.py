@@ -97,26 +97,43 @@ class AgentService:
         self._assign_lock = anyio.Lock()
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        capabilities = announced_capabilities(self.cfg.capabilities)  # a typo stops us before joining
+        capabilities = announced_capabilities(
+            self.cfg.capabilities
+        )  # a typo stops us before joining
         pin = await anyio.to_thread.run_sync(self._ensure_identity)
         self.node_id = self.identity.node_id
         host, port = split_address(self.cfg.listen)
-        self._server = server = PeerServer(host=host, port=port, ctx=tls.server_context(self.identity),
-                            node_id=self.node_id, name=self.cfg.name,
-                            folders=self.targets.get, reporter=self._reporter, relays=self._relay_feed,
-                            refuse=frozenset(n.strip() for n in self.cfg.refuse_peers.split(",") if n.strip()),
-                            capabilities=capabilities, refusals=self.refused.get)
+        self._server = server = PeerServer(
+            host=host,
+            port=port,
+            ctx=tls.server_context(self.identity),
+            node_id=self.node_id,
+            name=self.cfg.name,
+            folders=self.targets.get,
+            reporter=self._reporter,
+            relays=self._relay_feed,
+            refuse=frozenset(n.strip() for n in self.cfg.refuse_peers.split(",") if n.strip()),
+            capabilities=capabilities,
+            refusals=self.refused.get,
+        )
         async with anyio.create_task_group() as tg:
             self._tg = tg
             peer_port = await tg.start(server.serve)
             advertise = f"{self.cfg.advertise_host or host}:{peer_port}"
             self.link = MasterLink(
-                control_address=pin.control_address, ctx=tls.client_context(self.identity),
-                master_node_id=pin.node_id, on_master_pinned=partial(pin_master, self.identity),
+                control_address=pin.control_address,
+                ctx=tls.client_context(self.identity),
+                master_node_id=pin.node_id,
+                on_master_pinned=partial(pin_master, self.identity),
                 identity_dir=str(self.identity.key_path.parent),
-                node_id=self.node_id, name=self.cfg.name,
-                register=Register(name=self.cfg.name, region=self.cfg.region, group=self.cfg.group,
-                                  peer_address=advertise),
+                node_id=self.node_id,
+                name=self.cfg.name,
+                register=Register(
+                    name=self.cfg.name,
+                    region=self.cfg.region,
+                    group=self.cfg.group,
+                    peer_address=advertise,
+                ),
                 on_assignment=self.apply_assignment,
             )
             saved = self._load_assignment()
@@ -124,7 +141,12 @@ class AgentService:
                 await self.apply_assignment(saved, persist=False)
             tg.start_soon(self.link.serve)
             await tg.start(self._serve_monitoring)
-            logger.info("agent %s (node %s) serving peers on %s", self.cfg.name, self.node_id[:16], advertise)
+            logger.info(
+                "agent %s (node %s) serving peers on %s",
+                self.cfg.name,
+                self.node_id[:16],
+                advertise,
+            )
             task_status.started(peer_port)
 
     def _ensure_identity(self) -> MasterPin:
@@ -152,17 +174,30 @@ class AgentService:
                 tmp.write_bytes(msgspec.msgpack.encode(assignment))
                 tmp.replace(self._assignment_path())
             self.peers = {p.node_id: p for p in assignment.peers}
-            wanted_sources = {m.mapping_id: m for m in assignment.mappings
-                              if m.source_node == self.node_id and m.enabled}
-            wanted_targets = {m.mapping_id: m for m in assignment.mappings
-                              if any(t.node_id == self.node_id for t in m.targets) and m.enabled}
-            self._refusals_logged = {k: v for k, v in self._refusals_logged.items()
-                                     if k[0] in (wanted_targets if k[1] == "target" else wanted_sources)}
+            wanted_sources = {
+                m.mapping_id: m
+                for m in assignment.mappings
+                if m.source_node == self.node_id and m.enabled
+            }
+            wanted_targets = {
+                m.mapping_id: m
+                for m in assignment.mappings
+                if any(t.node_id == self.node_id for t in m.targets) and m.enabled
+            }
+            self._refusals_logged = {
+                k: v
+                for k, v in self._refusals_logged.items()
+                if k[0] in (wanted_targets if k[1] == "target" else wanted_sources)
+            }
             await self._apply_targets(wanted_targets)
             await self._apply_sources(wanted_sources)
             self.epoch = assignment.epoch
-            logger.info("running assignment epoch %s: %s source, %s target folders",
-                        assignment.epoch, len(self.sources), len(self.targets))
+            logger.info(
+                "running assignment epoch %s: %s source, %s target folders",
+                assignment.epoch,
+                len(self.sources),
+                len(self.targets),
+            )
 
     async def _apply_targets(self, wanted: dict[int, MappingSpec]) -> None:
         assert self._server is not None
@@ -175,7 +210,11 @@ class AgentService:
         for mapping_id, spec in wanted.items():
             existing = self.targets.get(mapping_id)
             path = next(t.path for t in spec.targets if t.node_id == self.node_id)
-            if existing is not None and existing.root == Path(path) and existing.source_node == spec.source_node:
+            if (
+                existing is not None
+                and existing.root == Path(path)
+                and existing.source_node == spec.source_node
+            ):
                 existing.durable = spec.durability == "safe"
                 secret = _own_target(spec, self.node_id).link_secret
                 if secret != existing.link_secret:
@@ -228,17 +267,24 @@ class AgentService:
             state = self.data_dir / "targets" / str(spec.mapping_id) / "spool"
             spool = await anyio.to_thread.run_sync(Spool, state)
             feed = await anyio.to_thread.run_sync(RelayFeed, folder, spool)
-            links = LinkSet(self._tg, partial(self._make_relay_link, feed),
-                            label=f"relay of mapping {spec.mapping_id}")
+            links = LinkSet(
+                self._tg,
+                partial(self._make_relay_link, feed),
+                label=f"relay of mapping {spec.mapping_id}",
+            )
             feed.on_route_change = partial(links.restart, dict(children))
             relay = (feed, links)
             self.relays[spec.mapping_id] = relay
-            await self._server.restart_session(spec.mapping_id)  # the next one spools for the children
+            await self._server.restart_session(
+                spec.mapping_id
+            )  # the next one spools for the children
         feed, links = relay
         feed.on_route_change = partial(links.restart, dict(children))
         feed.children = frozenset(children)
         feed.routes = spec.routes
-        feed.marks = {n: w for n, w in feed.marks.items() if n in nodes_below(spec.routes, self.node_id)}
+        feed.marks = {
+            n: w for n, w in feed.marks.items() if n in nodes_below(spec.routes, self.node_id)
+        }
         links.reconcile(children)
 
     def _stop_relay(self, mapping_id: int) -> None:
@@ -249,21 +295,39 @@ class AgentService:
     def _make_relay_link(self, feed: RelayFeed, target: TargetSpec) -> TargetLink:
         return self._make_link(feed, feed.mapping_id, target, RelayLink, signatures=False)
 
-    def _make_link(self, source: SourceFolder | RelayFeed, mapping_id: int, target: TargetSpec,
-                   kind: type[TargetLink] = TargetLink, *, signatures: bool = True) -> TargetLink:
+    def _make_link(
+        self,
+        source: SourceFolder | RelayFeed,
+        mapping_id: int,
+        target: TargetSpec,
+        kind: type[TargetLink] = TargetLink,
+        *,
+        signatures: bool = True,
+    ) -> TargetLink:
         peer = self.peers.get(target.node_id)
         label = peer.name if peer else target.node_id[:16]
         address = partial(self._peer_address, target.node_id)
-        running = self.sources.get(mapping_id) if signatures else None  # relays forward as they got it
+        running = (
+            self.sources.get(mapping_id) if signatures else None
+        )  # relays forward as they got it
         override = running.spec.transfer_override if running is not None else ""
         options = self._link_options.for_target(
-            target, source.signatures if signatures and isinstance(source, SourceMapping) else None, override)
-        return kind(source, TargetAddress(target.node_id, label, address),  # type: ignore[arg-type]
-                    tls.client_context(self.identity), node_id=self.node_id, name=self.cfg.name,
-                    compare_interval_s=self.cfg.compare_interval_s, options=options,
-                    on_failure=partial(self._hop_failed, mapping_id),
-                    route_epoch=partial(self._route_epoch, mapping_id),
-                    erase=not self._in_job(mapping_id))
+            target,
+            source.signatures if signatures and isinstance(source, SourceMapping) else None,
+            override,
+        )
+        return kind(
+            source,  # type: ignore[arg-type]
+            TargetAddress(target.node_id, label, address),
+            tls.client_context(self.identity),
+            node_id=self.node_id,
+            name=self.cfg.name,
+            compare_interval_s=self.cfg.compare_interval_s,
+            options=options,
+            on_failure=partial(self._hop_failed, mapping_id),
+            route_epoch=partial(self._route_epoch, mapping_id),
+            erase=not self._in_job(mapping_id),
+        )
 
     def _in_job(self, mapping_id: int) -> bool:
         """Whether the mapping is a member of an N:M job (its targets hold other sources' files)."""
@@ -297,14 +361,21 @@ class AgentService:
     def _hop_failed(self, mapping_id: int, child: str, error: str, attempts: int) -> None:
         """Tell the master a hop of ours failed; it re-plans around it after repeated failures."""
         if self.link is not None:
-            self.link.notify(HopFailed(mapping_id=mapping_id, child=child, error=error, attempts=attempts))
+            self.link.notify(
+                HopFailed(mapping_id=mapping_id, child=child, error=error, attempts=attempts)
+            )
 
     def _refuse(self, spec: MappingSpec, path: str, role: str) -> bool:
         """Whether agent/guard.py refuses the folder; a refused target tells its parents why
         when they connect (the source reports it to the master as a failed hop)."""
         try:
-            check_folder(path, role=role, mapping_id=spec.mapping_id, data_dir=self.data_dir,
-                         allowed_roots=self.allowed_roots)
+            check_folder(
+                path,
+                role=role,
+                mapping_id=spec.mapping_id,
+                data_dir=self.data_dir,
+                allowed_roots=self.allowed_roots,
+            )
         except FolderRefused as exc:
             if self._refusals_logged.get((spec.mapping_id, role)) != str(exc):
                 logger.error("%s", exc)  # once per folder and reason, not at every assignment
@@ -317,16 +388,24 @@ class AgentService:
             self.refused.pop(spec.mapping_id, None)
         return False
 
-    def _open_target(self, spec: MappingSpec, root: Path, siblings: Sequence[TargetFolder] = ()) -> TargetFolder:
+    def _open_target(
+        self, spec: MappingSpec, root: Path, siblings: Sequence[TargetFolder] = ()
+    ) -> TargetFolder:
         """Open a target folder; members of an N:M job share the root with their siblings."""
         root.mkdir(parents=True, exist_ok=True)
         state = self.data_dir / "targets" / str(spec.mapping_id)
         state.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(state / "manifest.db")
-        folder = TargetFolder(mapping_id=spec.mapping_id, source_node=spec.source_node, root=root,
-                              manifest=manifest, durable=spec.durability == "safe",
-                              link_secret=_own_target(spec, self.node_id).link_secret,
-                              keep_versions=_versions_here(spec, self.node_id), conflict=spec.conflict)
+        folder = TargetFolder(
+            mapping_id=spec.mapping_id,
+            source_node=spec.source_node,
+            root=root,
+            manifest=manifest,
+            durable=spec.durability == "safe",
+            link_secret=_own_target(spec, self.node_id).link_secret,
+            keep_versions=_versions_here(spec, self.node_id),
+            conflict=spec.conflict,
+        )
         if not siblings:  # never another member's temp files while it receives
             clean_stale_temps(root, keep=folder.partial_files())
         if spec.conflict:
@@ -335,8 +414,9 @@ class AgentService:
             folder.owner_of = partial(self._owner_of, folder)
             forget_missing(folder)  # its manifest holds its own source's versions only: no rescan
             return folder
-        recorder = ChangeRecorder(root, manifest, PathFilter(spec.include, spec.exclude, root=root),
-                                  hard_links=False)
+        recorder = ChangeRecorder(
+            root, manifest, PathFilter(spec.include, spec.exclude, root=root), hard_links=False
+        )
         recorder.detect_and_apply([FsEvent(kind="rescan", path="")])
         return folder
 
@@ -366,12 +446,16 @@ class AgentService:
                 await running.ended.wait()
         assert self._tg is not None
         for mapping_id, spec in wanted.items():
-            if mapping_id not in self.sources and not self._refuse(spec, spec.source_path, "source"):
+            if mapping_id not in self.sources and not self._refuse(
+                spec, spec.source_path, "source"
+            ):
                 running = _Running(spec=spec, scope=anyio.CancelScope())
                 self.sources[mapping_id] = running
                 self._tg.start_soon(self._run_source, spec, running.scope, running.ended)
 
-    async def _run_source(self, spec: MappingSpec, scope: anyio.CancelScope, ended: anyio.Event) -> None:
+    async def _run_source(
+        self, spec: MappingSpec, scope: anyio.CancelScope, ended: anyio.Event
+    ) -> None:
         try:
             await self._run_source_inner(spec, scope)
         finally:
@@ -391,9 +475,14 @@ class AgentService:
                     await tg.start(source.serve)
                     current = self.sources.get(spec.mapping_id)
                     if not source.realtime and current is not None:
-                        self._release(source, current.spec.release)  # a send made while we were down
-                    links = LinkSet(tg, partial(self._make_link, source, spec.mapping_id),
-                                    label=f"source of mapping {spec.mapping_id}")
+                        self._release(
+                            source, current.spec.release
+                        )  # a send made while we were down
+                    links = LinkSet(
+                        tg,
+                        partial(self._make_link, source, spec.mapping_id),
+                        label=f"source of mapping {spec.mapping_id}",
+                    )
                     latest = current.spec if current is not None else spec
                     source.spec = latest
                     if current is not None:
@@ -409,8 +498,11 @@ class AgentService:
     def _release(self, source: SourceMapping, release: int) -> None:
         """A manual send or a reserved run reached this source: let the journal go out."""
         if source.set_release(release) and self.link is not None:
-            self.link.report_release(ReleaseReport(mapping_id=source.mapping_id, release=release,
-                                                   upto_seq=source.send_upto))
+            self.link.report_release(
+                ReleaseReport(
+                    mapping_id=source.mapping_id, release=release, upto_seq=source.send_upto
+                )
+            )
 
     def _peer_address(self, node_id: str) -> str:
         peer = self.peers.get(node_id)
@@ -420,27 +512,37 @@ class AgentService:
 
     # --- monitoring ---
 
-    async def _serve_monitoring(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def _serve_monitoring(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         collector = Collector(folders=self._folders, own=self._own_figures)
         assert self.link is not None
         async with anyio.create_task_group() as tg:
             if self.cfg.metrics_listen:
-                await tg.start(partial(serve_agent_metrics, collector, self.cfg.name, self.cfg.metrics_listen))
-            await tg.start(partial(collector.serve, self.link.send_metrics,
-                                   interval_s=self.cfg.metrics_interval_s))
+                await tg.start(
+                    partial(serve_agent_metrics, collector, self.cfg.name, self.cfg.metrics_listen)
+                )
+            await tg.start(
+                partial(
+                    collector.serve, self.link.send_metrics, interval_s=self.cfg.metrics_interval_s
+                )
+            )
             task_status.started()
 
     def _folders(self) -> list[str]:
-        return ([r.spec.source_path for r in self.sources.values()]
-                + [str(t.root) for t in self.targets.values()])
+        return [r.spec.source_path for r in self.sources.values()] + [
+            str(t.root) for t in self.targets.values()
+        ]
 
     def _own_figures(self) -> list[MetricSample]:
         links = [link for r in self.sources.values() if r.links for link in r.links.links]
         links += [link for _, relay_links in self.relays.values() for link in relay_links.links]
-        out = [sample("links_connected", sum(link.connected for link in links)),
-               sample("links_total", len(links)),
-               sample("peer_bytes_sent", sum(link.bytes_sent for link in links)),
-               sample("master_link_connected", bool(self.link and self.link.connected))]
+        out = [
+            sample("links_connected", sum(link.connected for link in links)),
+            sample("links_total", len(links)),
+            sample("peer_bytes_sent", sum(link.bytes_sent for link in links)),
+            sample("master_link_connected", bool(self.link and self.link.connected)),
+        ]
         for r in self.sources.values():
             if r.source is not None:
                 out.append(sample("journal_backlog", r.source.backlog(), mapping=r.spec.name))
@@ -452,8 +554,14 @@ class AgentService:
         def report(watermark: int, records: Sequence[CommitRecord]) -> None:
             if self.link is None:
                 return
-            message = make_report(folder.mapping_id, folder.source_node, self.node_id, watermark,
-                                  tuple(records), folder.route)
+            message = make_report(
+                folder.mapping_id,
+                folder.source_node,
+                self.node_id,
+                watermark,
+                tuple(records),
+                folder.route,
+            )
             anyio.from_thread.run_sync(partial(self.link.report, message))
 
         return report
@@ -461,15 +569,26 @@ class AgentService:
 
 def _same_but_live(a: MappingSpec, b: MappingSpec) -> bool:
     """Equal but for what changes in place: counters, routes, the set of targets, the transfer override."""
-    live = {"release": 0, "delete_confirm": 0, "routes": (), "route_epoch": 0, "targets": (),
-            "transfer_override": ""}
+    live = {
+        "release": 0,
+        "delete_confirm": 0,
+        "routes": (),
+        "route_epoch": 0,
+        "targets": (),
+        "transfer_override": "",
+    }
     return msgspec.structs.replace(a, **live) == msgspec.structs.replace(b, **live)
 
 
 def _members(spec: MappingSpec) -> frozenset[str]:
     """Every node taking part in the mapping: its source, its targets, the nodes of its routes."""
-    return frozenset({spec.source_node, *(t.node_id for t in spec.targets),
-                      *(n for h in spec.routes for n in (h.parent, h.child))})
+    return frozenset(
+        {
+            spec.source_node,
+            *(t.node_id for t in spec.targets),
+            *(n for h in spec.routes for n in (h.parent, h.child)),
+        }
+    )
 
 
 def _versions_here(spec: MappingSpec, node_id: str) -> int:

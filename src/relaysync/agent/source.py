@@ -54,7 +54,9 @@ class SourceMapping:
         self.journal = Journal(state_dir / "journal", fsync=spec.durability == "safe")
         self.recorder = ChangeRecorder(self.root, self.manifest, self.filter)
         # Signatures of the versions sent, so updates of large files go as deltas.
-        self.signatures = SignatureStore(state_dir / "signatures") if SignatureStore.enabled() else None
+        self.signatures = (
+            SignatureStore(state_dir / "signatures") if SignatureStore.enabled() else None
+        )
         self._new_records = anyio.Event()
         self._acks_path = state_dir / "acks.json"
         self._acks: dict[str, int] = self._load_acks()
@@ -70,7 +72,9 @@ class SourceMapping:
         # Mass-delete guard: held batches, and the operator's confirmations seen so far.
         self._guard_held = False
         self._allow_mass_delete = False
-        self._delete_confirm = spec.delete_confirm  # confirmations made before we started count as seen
+        self._delete_confirm = (
+            spec.delete_confirm
+        )  # confirmations made before we started count as seen
         self.on_guard: Callable[[MassDeleteHeld], None] | None = None
         # Manual/reserved mode: only records up to send_upto go out; a release moves it to the head.
         self.realtime = spec.mode == "realtime"
@@ -109,12 +113,24 @@ class SourceMapping:
             return False
         self.release, self.send_upto = release, self.applied_seq
         tmp = self._release_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"journal_id": self.journal.journal_id, "release": release,
-                                   "send_upto": self.send_upto}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "journal_id": self.journal.journal_id,
+                    "release": release,
+                    "send_upto": self.send_upto,
+                }
+            )
+        )
         os.replace(tmp, self._release_path)  # the pending set survives restarts
         event, self._new_records = self._new_records, anyio.Event()
         event.set()
-        logger.info("release %s of mapping %s: sending up to seq %s", release, self.mapping_id, self.send_upto)
+        logger.info(
+            "release %s of mapping %s: sending up to seq %s",
+            release,
+            self.mapping_id,
+            self.send_upto,
+        )
         return True
 
     # --- SourceFolder protocol (transfer/sender.py) ---
@@ -194,8 +210,9 @@ class SourceMapping:
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch, scan and journal until cancelled; started once the initial scan is journaled."""
         if not self.root.is_dir():
-            logger.error("source folder %s does not exist; create it, then the agent picks it up",
-                         self.root)
+            logger.error(
+                "source folder %s does not exist; create it, then the agent picks it up", self.root
+            )
             self.root.mkdir(parents=True, exist_ok=True)
         send, receive = anyio.create_memory_object_stream[list[FsEvent]](EVENT_QUEUE)
         watcher = Watcher(self.root, self.filter)
@@ -211,17 +228,26 @@ class SourceMapping:
             # the first: they stream while the rest is scanned and hashed. A final rescan (stat
             # only, now that the manifest knows every file) catches what changed meanwhile.
             await self._record([FsEvent(kind="rescan", path=tops[0] if tops else "")])
-            logger.info("source %s ready (%s mode): %s entries, journal at seq %s%s",
-                        self.root, self.spec.mode, self.manifest.count(), self.journal.last_seq,
-                        f"; scanning {len(tops) - 1} more top-level entries" if tops else "")
+            logger.info(
+                "source %s ready (%s mode): %s entries, journal at seq %s%s",
+                self.root,
+                self.spec.mode,
+                self.manifest.count(),
+                self.journal.last_seq,
+                f"; scanning {len(tops) - 1} more top-level entries" if tops else "",
+            )
             self.ready.set()
             task_status.started()
             if tops:
                 for name in tops[1:]:
                     await self._record([FsEvent(kind="rescan", path=name)])
                 await self._record([FsEvent(kind="rescan", path="")])
-                logger.info("source %s scanned: %s entries, journal at seq %s",
-                            self.root, self.manifest.count(), self.journal.last_seq)
+                logger.info(
+                    "source %s scanned: %s entries, journal at seq %s",
+                    self.root,
+                    self.manifest.count(),
+                    self.journal.last_seq,
+                )
             await self._consume(receive)
 
     def _top_level_names(self) -> list[str]:
@@ -257,7 +283,9 @@ class SourceMapping:
             await self._record_locked([FsEvent(kind="attr", path=p) for p in held])
             # A path gone may have moved with its directory, whose rename event is still on
             # its way (then `_follow_held` carries it): held for a few more re-checks.
-            gone = await anyio.to_thread.run_sync(self._gone, [p for p, n in held.items() if n < HELD_GONE_RECHECKS])
+            gone = await anyio.to_thread.run_sync(
+                self._gone, [p for p, n in held.items() if n < HELD_GONE_RECHECKS]
+            )
             for path in gone:
                 self._held.setdefault(path, held[path] + 1)
 
@@ -273,7 +301,9 @@ class SourceMapping:
                 try:
                     await anyio.to_thread.run_sync(self.signatures.prune)
                 except OSError as exc:
-                    logger.warning("could not prune old deltas of mapping %s: %s", self.mapping_id, exc)
+                    logger.warning(
+                        "could not prune old deltas of mapping %s: %s", self.mapping_id, exc
+                    )
 
     def _guard_trips(self, changes: list[PendingChange]) -> bool:
         """The mass-delete guard: hold a batch that would delete most of the folder.
@@ -304,11 +334,24 @@ class SourceMapping:
             return False
         if not self._guard_held:
             self._guard_held = True
-            logger.error("mass-delete guard: %s would delete %s of %s entries%s; held until an operator "
-                         "confirms", self.root, affected, total, " (folder missing)" if root_missing else "")
+            logger.error(
+                "mass-delete guard: %s would delete %s of %s entries%s; held until an operator "
+                "confirms",
+                self.root,
+                affected,
+                total,
+                " (folder missing)" if root_missing else "",
+            )
             if self.on_guard is not None:
-                anyio.from_thread.run_sync(self.on_guard, MassDeleteHeld(
-                    mapping_id=self.mapping_id, deletes=affected, entries=total, root_missing=root_missing))
+                anyio.from_thread.run_sync(
+                    self.on_guard,
+                    MassDeleteHeld(
+                        mapping_id=self.mapping_id,
+                        deletes=affected,
+                        entries=total,
+                        root_missing=root_missing,
+                    ),
+                )
         return True
 
     def confirm_deletes(self, count: int) -> bool:
@@ -343,9 +386,13 @@ class SourceMapping:
         for change in changes:
             entry = change.entry
             # a future mtime (a copy from a host whose clock is ahead) is not "being written now"
-            if (change.op == "write" and change.path not in closed and entry is not None
-                    and entry.ino not in closed_inodes
-                    and 0 <= now_ns - entry.mtime_ns < HOT_FILE_S * 1e9):
+            if (
+                change.op == "write"
+                and change.path not in closed
+                and entry is not None
+                and entry.ino not in closed_inodes
+                and 0 <= now_ns - entry.mtime_ns < HOT_FILE_S * 1e9
+            ):
                 self._held[change.path] = 0
             else:
                 kept.append(change)
@@ -365,7 +412,7 @@ class SourceMapping:
             for path in under:
                 del self._held[path]
                 if change.op == "rename":
-                    self._held[change.new_path + path[len(change.path):]] = 0
+                    self._held[change.new_path + path[len(change.path) :]] = 0
 
     async def _record(self, events: Sequence[FsEvent]) -> None:
         # One batch at a time: detect reads the manifest that the previous batch's apply wrote.
@@ -437,8 +484,8 @@ class SourceMapping:
                 for path in self._files_at(rec.new_path):  # what the rename replaced
                     self.signatures.forget(path)
                 for path in self._files_at(rec.path):
-                    self.signatures.move(path, rec.new_path + path[len(rec.path):])
-                self.recorder.apply(records[done:i + 1])
+                    self.signatures.move(path, rec.new_path + path[len(rec.path) :])
+                self.recorder.apply(records[done : i + 1])
                 done = i + 1
         self.recorder.apply(records[done:])
 

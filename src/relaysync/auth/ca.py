@@ -63,7 +63,9 @@ def check_node_name(name: str) -> None:
             "starting with a letter or digit"
         )
     if is_master_name(name):
-        raise ConfigError(f"node name {name!r} is reserved for the master's own certificate: choose another")
+        raise ConfigError(
+            f"node name {name!r} is reserved for the master's own certificate: choose another"
+        )
 
 
 def is_master_name(name: str) -> bool:

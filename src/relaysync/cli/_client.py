@@ -50,14 +50,30 @@ CONNECT_TIMEOUT_S = 5.0  # a master on the LAN answers a connect at once; fail f
 T = TypeVar("T")
 
 # Options every operator command takes.
-MasterOption = Annotated[str | None, typer.Option(
-    "--master", help="Master API URL, http://host:port (default: RELAYSYNC_MASTER, then --data).")]
-TokenOption = Annotated[str | None, typer.Option(
-    "--token", help="Admin or API token (default: RELAYSYNC_TOKEN, then the data dir's admin-token).",
-    show_default=False)]
-DataOption = Annotated[Path | None, typer.Option(
-    "--data", help="A master's data directory on this host (default: RELAYSYNC_MASTER_DATA).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout, for scripts.")]
+MasterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--master",
+        help="Master API URL, http://host:port (default: RELAYSYNC_MASTER, then --data).",
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="Admin or API token (default: RELAYSYNC_TOKEN, then the data dir's admin-token).",
+        show_default=False,
+    ),
+]
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", help="A master's data directory on this host (default: RELAYSYNC_MASTER_DATA)."
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="One JSON document on stdout, for scripts.")
+]
 
 
 class MissingResource(NotFound):
@@ -92,7 +108,8 @@ def resolve_target(
     if not url:
         raise ConfigError(
             "no master: give --master URL, set RELAYSYNC_MASTER, or point --data "
-            "(or RELAYSYNC_MASTER_DATA) at the master's data directory")
+            "(or RELAYSYNC_MASTER_DATA) at the master's data directory"
+        )
     secret = token or cfg.token
     if not secret and data_dir is not None:
         secret = _read_text(data_dir / "admin-token")
@@ -122,8 +139,11 @@ class MasterClient:
         headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
         self.url = target.url
         self._http = httpx.Client(
-            base_url=target.url, headers=headers, transport=transport,
-            timeout=httpx.Timeout(HTTP_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+            base_url=target.url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(HTTP_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        )
 
     def __enter__(self) -> MasterClient:
         return self
@@ -154,8 +174,9 @@ class MasterClient:
     def delete(self, path: str) -> None:
         self.request("DELETE", path)
 
-    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                json: Any = None) -> httpx.Response:
+    def request(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None
+    ) -> httpx.Response:
         """Send one request and return its 2xx response.
 
         Raises:
@@ -165,7 +186,9 @@ class MasterClient:
         try:
             response = self._http.request(method, path, params=query, json=json)
         except httpx.TransportError as exc:
-            raise MasterUnreachable(self.url, f"{method} {path}: {exc or type(exc).__name__}") from exc
+            raise MasterUnreachable(
+                self.url, f"{method} {path}: {exc or type(exc).__name__}"
+            ) from exc
         if response.is_success:
             return response
         raise error_for(response, f"{method} {path}")
@@ -194,7 +217,9 @@ def _detail(response: httpx.Response) -> str:
     except (ValueError, AttributeError):
         return response.text.strip()[:500] or response.reason_phrase
     if isinstance(detail, list):  # FastAPI validation errors
-        return "; ".join(f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg', '')}" for d in detail)
+        return "; ".join(
+            f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg', '')}" for d in detail
+        )
     return str(detail)
 
 
@@ -227,7 +252,9 @@ def print_json(document: Any) -> None:
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """Render rows as CSV with a header line; missing values are empty cells."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows({c: "" if r.get(c) is None else r.get(c) for c in columns} for r in rows)
     return out.getvalue()

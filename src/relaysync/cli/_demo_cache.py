@@ -30,10 +30,16 @@ class DemoCache:
                 continue
             self.shown = row["id"]
             how = "confirmed" if row["confirmed"] else "not confirmed"
-            verb = {"refreshed": "refreshed", "purged": "purged", "not_cached": "purged (was not cached)",
-                    "banned": "banned"}.get(row["status"], row["status"])
-            console.print(f"{verb} {row['url']} in {row['cache']} ({how}, "
-                          f"{row['duration_ms']:.0f} ms)", highlight=False)
+            verb = {
+                "refreshed": "refreshed",
+                "purged": "purged",
+                "not_cached": "purged (was not cached)",
+                "banned": "banned",
+            }.get(row["status"], row["status"])
+            console.print(
+                f"{verb} {row['url']} in {row['cache']} ({how}, {row['duration_ms']:.0f} ms)",
+                highlight=False,
+            )
 
     def stop(self) -> None:
         self.cache.stop()
@@ -43,7 +49,9 @@ class DemoCache:
 def start_demo_cache(cluster: Cluster, dir: Path, console: Console) -> DemoCache | None:
     """Start Varnish in front of DIR/target-1 and make it a site; None without varnishd."""
     if shutil.which("varnishd") is None:
-        console.print("varnishd not found (scripts/install demo installs it): no cache in this demo")
+        console.print(
+            "varnishd not found (scripts/install demo installs it): no cache in this demo"
+        )
         return None
     state = dir / ".relaysync" / "varnish"
     origin = Origin(dir / "target-1").start()
@@ -55,13 +63,22 @@ def start_demo_cache(cluster: Cluster, dir: Path, console: Console) -> DemoCache
     demo_cache = DemoCache(origin, cache, "demo")
     try:  # until the caller holds it, Ctrl-C here must not leave Varnish behind
         host = f"127.0.0.1:{cache.port}"
-        r = cluster.api.post("/api/sites", json={
-            "name": "demo", "provider": "demo", "mapping": "demo", "base_urls": [f"http://{host}"],
-            "caches": [{"name": "varnish", "driver": "varnish", "address": cache.address}],
-            "origins": [{"server": "target-1", "url": origin.url}]})
+        r = cluster.api.post(
+            "/api/sites",
+            json={
+                "name": "demo",
+                "provider": "demo",
+                "mapping": "demo",
+                "base_urls": [f"http://{host}"],
+                "caches": [{"name": "varnish", "driver": "varnish", "address": cache.address}],
+                "origins": [{"server": "target-1", "url": origin.url}],
+            },
+        )
         if r.status_code != 201:
             raise RuntimeError(f"create demo site: {r.status_code} {r.text}")
-        console.print(f"Varnish serves target-1 at http://{host}/ (origin {origin.url})", highlight=False)
+        console.print(
+            f"Varnish serves target-1 at http://{host}/ (origin {origin.url})", highlight=False
+        )
     except BaseException:
         demo_cache.stop()
         raise

@@ -22,8 +22,12 @@ err_console = Console(stderr=True)
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data = {"time": record.created, "level": record.levelname, "logger": record.name,
-                "message": record.getMessage()}
+        data = {
+            "time": record.created,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data)
@@ -43,7 +47,9 @@ def setup_logging(*, json_logs: bool, level: str = "INFO") -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def run_service(serve: Callable[..., Coroutine[Any, Any, Any]], on_started: Callable[[Any], None] | None = None) -> None:
+def run_service(
+    serve: Callable[..., Coroutine[Any, Any, Any]], on_started: Callable[[Any], None] | None = None
+) -> None:
     """Run `serve` until SIGINT/SIGTERM; map relaysync errors to their exit codes."""
 
     async def main() -> None:

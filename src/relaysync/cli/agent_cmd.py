@@ -13,25 +13,46 @@ from relaysync.config.schema import AgentConfig
 
 
 def agent(
-    master: Annotated[str | None, typer.Option("--master", help="Master API URL, http://host:port.")] = None,
+    master: Annotated[
+        str | None, typer.Option("--master", help="Master API URL, http://host:port.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="This server's name in the fleet.")] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="Data directory (identity, journals, manifests).")] = None,
-    token: Annotated[str | None, typer.Option(help="Join token from the master (first start only).")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Data directory (identity, journals, manifests).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Join token from the master (first start only).")
+    ] = None,
     region: Annotated[str | None, typer.Option(help="Region of this server.")] = None,
-    group: Annotated[str | None, typer.Option(help="Group of this server within its region.")] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Group of this server within its region.")
+    ] = None,
     listen: Annotated[str | None, typer.Option(help="Peer server host:port (port 0: any).")] = None,
-    metrics_listen: Annotated[str | None, typer.Option(
-        help="Serve Prometheus /metrics on host:port (port 0: any); default off.")] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(help="Serve Prometheus /metrics on host:port (port 0: any); default off."),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="JSON logs for machines.")] = False,
 ) -> None:
     """Run an agent: watch source folders, serve target folders, report to the master."""
     from relaysync.agent.service import AgentService
 
-    cfg = load(AgentConfig, path=config, overrides={
-        "master_url": master, "name": name, "data_dir": str(data) if data else None, "token": token,
-        "region": region, "group": group, "listen": listen, "log_json": log_json or None,
-        "metrics_listen": metrics_listen})
+    cfg = load(
+        AgentConfig,
+        path=config,
+        overrides={
+            "master_url": master,
+            "name": name,
+            "data_dir": str(data) if data else None,
+            "token": token,
+            "region": region,
+            "group": group,
+            "listen": listen,
+            "log_json": log_json or None,
+            "metrics_listen": metrics_listen,
+        },
+    )
     setup_logging(json_logs=cfg.log_json)
     service = AgentService(cfg)
 

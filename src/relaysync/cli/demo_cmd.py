@@ -71,7 +71,9 @@ class Topology:
         for i in range(1, self.regions + 1):
             for j in range(1, self.groups + 1):
                 group = f"r{i}g{j}"
-                out += [DemoTarget(f"{group}s{k}", f"r{i}", group) for k in range(1, self.servers + 1)]
+                out += [
+                    DemoTarget(f"{group}s{k}", f"r{i}", group) for k in range(1, self.servers + 1)
+                ]
         return out
 
 
@@ -85,17 +87,25 @@ def parse_topology(spec: str) -> Topology:
     if len(parts) != 3:
         raise ConfigError(f"--topology {spec!r}: expected R:G:S, e.g. 2:2:2")
     values = []
-    for what, text in zip(("regions", "groups per region", "servers per group"), parts, strict=True):
+    for what, text in zip(
+        ("regions", "groups per region", "servers per group"), parts, strict=True
+    ):
         if not text.strip().isdigit() or int(text) < 1:
-            raise ConfigError(f"--topology {spec!r}: {what} must be a positive integer, not {text!r}")
+            raise ConfigError(
+                f"--topology {spec!r}: {what} must be a positive integer, not {text!r}"
+            )
         values.append(int(text))
     topology = Topology(*values)
     if topology.total > MAX_DEMO_SERVERS:
-        raise ConfigError(f"--topology {spec!r}: {topology.total} servers, at most {MAX_DEMO_SERVERS}")
+        raise ConfigError(
+            f"--topology {spec!r}: {topology.total} servers, at most {MAX_DEMO_SERVERS}"
+        )
     return topology
 
 
-def demo_targets(targets: int | None, topology: str | None) -> tuple[list[DemoTarget], Topology | None]:
+def demo_targets(
+    targets: int | None, topology: str | None
+) -> tuple[list[DemoTarget], Topology | None]:
     """The target agents to start, from `--targets` or `--topology` (at most one of them).
 
     Raises:
@@ -111,14 +121,30 @@ def demo_targets(targets: int | None, topology: str | None) -> tuple[list[DemoTa
 
 
 def demo(
-    dir: Annotated[Path, typer.Option("--dir", help="Folder for source/, the targets' folders and the processes' state.")],
-    targets: Annotated[int | None, typer.Option(
-        "--targets", min=1, max=MAX_DEMO_SERVERS,
-        help=f"Number of target agents, in one group (default {DEFAULT_TARGETS}).")] = None,
-    topology: Annotated[str | None, typer.Option(
-        "--topology", metavar="R:G:S",
-        help="Regions, groups per region, servers per group (e.g. 2:2:2): agents r{i}g{j}s{k}; "
-             "prints the relay plan.")] = None,
+    dir: Annotated[
+        Path,
+        typer.Option(
+            "--dir", help="Folder for source/, the targets' folders and the processes' state."
+        ),
+    ],
+    targets: Annotated[
+        int | None,
+        typer.Option(
+            "--targets",
+            min=1,
+            max=MAX_DEMO_SERVERS,
+            help=f"Number of target agents, in one group (default {DEFAULT_TARGETS}).",
+        ),
+    ] = None,
+    topology: Annotated[
+        str | None,
+        typer.Option(
+            "--topology",
+            metavar="R:G:S",
+            help="Regions, groups per region, servers per group (e.g. 2:2:2): agents r{i}g{j}s{k}; "
+            "prints the relay plan.",
+        ),
+    ] = None,
 ) -> None:
     """Start a master and 1 + N agents on loopback and replicate DIR/source to every target."""
     try:
@@ -140,8 +166,10 @@ def demo(
         mapping_id = _start_fleet(cluster, dir, members, shape)
         console.print(f"relaysync demo ready: master {cluster.api_url}", highlight=False)
         where = f"{dir}/target-1..{len(members)}" if shape is None else f"{dir}/r*g*s*"
-        console.print(f"write files under {dir / SOURCE}; they appear in {where}. Ctrl-C stops.",
-                      highlight=False)
+        console.print(
+            f"write files under {dir / SOURCE}; they appear in {where}. Ctrl-C stops.",
+            highlight=False,
+        )
         if shape is None:
             cache = start_demo_cache(cluster, dir, console)  # it serves target-1
         else:
@@ -165,13 +193,17 @@ def _lock_dir(dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        console.print(f"[red]another relaysync demo is running in {dir}[/red]: stop it (Ctrl-C) "
-                      "or give this one another --dir")
+        console.print(
+            f"[red]another relaysync demo is running in {dir}[/red]: stop it (Ctrl-C) "
+            "or give this one another --dir"
+        )
         raise typer.Exit(2) from None
     return fd
 
 
-def _start_fleet(cluster: Cluster, dir: Path, members: Sequence[DemoTarget], shape: Topology | None) -> int:
+def _start_fleet(
+    cluster: Cluster, dir: Path, members: Sequence[DemoTarget], shape: Topology | None
+) -> int:
     """Start the master, the source and the targets; create the mapping; return its id."""
     place = "default" if shape is None else SOURCE_REGION
     with console.status("starting master and agents...") as status:
@@ -185,7 +217,9 @@ def _start_fleet(cluster: Cluster, dir: Path, members: Sequence[DemoTarget], sha
             status.update(f"waiting for agent {name}...")
             cluster.wait_agent_up(name)
         (dir / SOURCE).mkdir(exist_ok=True)
-        mapping = cluster.create_mapping("demo", SOURCE, dir / SOURCE, [(t.name, dir / t.name) for t in members])
+        mapping = cluster.create_mapping(
+            "demo", SOURCE, dir / SOURCE, [(t.name, dir / t.name) for t in members]
+        )
     return int(mapping["id"])
 
 
@@ -208,8 +242,10 @@ def _show_plan(cluster: Cluster, mapping_id: int, members: Sequence[DemoTarget])
         console.print(f"the master did not answer with a plan within {PLAN_TIMEOUT_S:.0f} s")
         return
     if not plan_complete(routes, wanted):
-        console.print(f"[yellow]the plan did not place every target within {PLAN_TIMEOUT_S:.0f} s; "
-                      f"as it stands:[/yellow]")
+        console.print(
+            f"[yellow]the plan did not place every target within {PLAN_TIMEOUT_S:.0f} s; "
+            f"as it stands:[/yellow]"
+        )
     console.print(plan_tree(routes, {t.name: t for t in members}))
 
 
@@ -232,8 +268,10 @@ def plan_tree(routes: dict[str, Any], members: dict[str, DemoTarget]) -> Tree:
     children: dict[str, list[dict[str, Any]]] = {}
     for hop in hops:
         children.setdefault(hop["parent"], []).append(hop)
-    root = Tree(f"[bold]{source}[/bold] (source, region {SOURCE_REGION}) · {routes.get('mode', '?')} routing, "
-                f"{len(hops)} hops")
+    root = Tree(
+        f"[bold]{source}[/bold] (source, region {SOURCE_REGION}) · {routes.get('mode', '?')} routing, "
+        f"{len(hops)} hops"
+    )
     stack: list[tuple[Tree, str, int]] = [(root, source, 0)]
     seen = {source}
     while stack:  # bounded: each node is expanded once
@@ -245,7 +283,9 @@ def plan_tree(routes: dict[str, Any], members: dict[str, DemoTarget]) -> Tree:
             seen.add(child)
             t = members.get(child)
             where = f"{t.region}/{t.group}" if t is not None else "?"
-            node = branch.add(f"{child} [dim]{where} · {hop.get('level', '?')} · level {depth + 1}[/dim]")
+            node = branch.add(
+                f"{child} [dim]{where} · {hop.get('level', '?')} · level {depth + 1}[/dim]"
+            )
             stack.append((node, child, depth + 1))
     for name in routes.get("unreachable", []):
         root.add(f"[red]{name} unreachable[/red]")
@@ -267,5 +307,7 @@ def _follow(cluster: Cluster, mapping_id: int, cache: DemoCache | None = None) -
             if shown.get(seq) == done:
                 continue
             shown[seq] = done
-            console.print(f"seq {seq:>6} {row['op']:<7} {row['path']}  committed on {done} target(s)",
-                          highlight=False)
+            console.print(
+                f"seq {seq:>6} {row['op']:<7} {row['path']}  committed on {done} target(s)",
+                highlight=False,
+            )

@@ -23,24 +23,53 @@ from relaysync.cli._client import (
 from relaysync.errors import ConfigError
 
 MAX_LIMIT = 1000  # the API's page size
-CHANGE_COLUMNS = ("mapping", "mapping_id", "seq", "op", "path", "size", "reported_at",
-                  "committed_targets", "total_targets")
-EXCEPTION_COLUMNS = ("id", "mapping", "mapping_id", "target", "target_node", "seq", "path", "error",
-                     "at", "attempts", "resolved_at")
+CHANGE_COLUMNS = (
+    "mapping",
+    "mapping_id",
+    "seq",
+    "op",
+    "path",
+    "size",
+    "reported_at",
+    "committed_targets",
+    "total_targets",
+)
+EXCEPTION_COLUMNS = (
+    "id",
+    "mapping",
+    "mapping_id",
+    "target",
+    "target_node",
+    "seq",
+    "path",
+    "error",
+    "at",
+    "attempts",
+    "resolved_at",
+)
 
 
 def log(
-    mapping: Annotated[str | None, typer.Option("--mapping", "-m", help="Only this mapping (name or id).")] = None,
+    mapping: Annotated[
+        str | None, typer.Option("--mapping", "-m", help="Only this mapping (name or id).")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="Newest rows to show.")] = 50,
-    failed: Annotated[bool, typer.Option("--failed", help="Failures (exceptions) instead of changes.")] = False,
-    open_only: Annotated[bool, typer.Option("--open", help="With --failed: unresolved ones only.")] = False,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Failures (exceptions) instead of changes.")
+    ] = False,
+    open_only: Annotated[
+        bool, typer.Option("--open", help="With --failed: unresolved ones only.")
+    ] = False,
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
     json: JsonOption = False,
-    csv: Annotated[bool, typer.Option("--csv", help="CSV with a header line, for spreadsheets.")] = False,
+    csv: Annotated[
+        bool, typer.Option("--csv", help="CSV with a header line, for spreadsheets.")
+    ] = False,
 ) -> None:
     """Show the job log: the newest changes and how many targets have committed each."""
+
     def body() -> None:
         if json and csv:
             raise ConfigError("--json and --csv exclude each other")
@@ -48,7 +77,9 @@ def log(
             names = {m["id"]: m["name"] for m in client.get("/api/mappings")}
             servers = {s["node_id"]: s["name"] for s in client.get("/api/servers")}
             if failed:
-                rows = client.get("/api/exceptions", mapping=mapping, limit=limit, open=open_only or None)
+                rows = client.get(
+                    "/api/exceptions", mapping=mapping, limit=limit, open=open_only or None
+                )
             else:
                 rows = client.get("/api/jobs", mapping=mapping, limit=limit)
         rows = [label(r, names, servers) for r in rows]
@@ -72,23 +103,54 @@ def label(row: dict[str, Any], mappings: dict[int, str], servers: dict[str, str]
 
 def changes_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="Job log", title_justify="left")
-    for column, justify in (("mapping", "left"), ("seq", "right"), ("op", "left"), ("path", "left"),
-                            ("size", "right"), ("targets", "right"), ("reported", "left")):
+    for column, justify in (
+        ("mapping", "left"),
+        ("seq", "right"),
+        ("op", "left"),
+        ("path", "left"),
+        ("size", "right"),
+        ("targets", "right"),
+        ("reported", "left"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for r in rows:
         done = r["committed_targets"] >= r["total_targets"]
         targets = f"{r['committed_targets']}/{r['total_targets']}"
-        table.add_row(r["mapping"], str(r["seq"]), r["op"], r["path"], format_bytes(r["size"]),
-                      targets if done else f"[yellow]{targets}[/yellow]", format_time(r["reported_at"]))
+        table.add_row(
+            r["mapping"],
+            str(r["seq"]),
+            r["op"],
+            r["path"],
+            format_bytes(r["size"]),
+            targets if done else f"[yellow]{targets}[/yellow]",
+            format_time(r["reported_at"]),
+        )
     return table
 
 
 def exceptions_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="Failures", title_justify="left")
-    for column in ("mapping", "target", "seq", "path", "error", "attempts", "last failure", "resolved"):
+    for column in (
+        "mapping",
+        "target",
+        "seq",
+        "path",
+        "error",
+        "attempts",
+        "last failure",
+        "resolved",
+    ):
         table.add_column(column)
     for r in rows:
         resolved = format_time(r["resolved_at"]) if r["resolved_at"] else "[red]open[/red]"
-        table.add_row(r["mapping"], r["target"], str(r["seq"]), r["path"], r["error"],
-                      str(r["attempts"]), format_time(r["at"]), resolved)
+        table.add_row(
+            r["mapping"],
+            r["target"],
+            str(r["seq"]),
+            r["path"],
+            r["error"],
+            str(r["attempts"]),
+            format_time(r["at"]),
+            resolved,
+        )
     return table

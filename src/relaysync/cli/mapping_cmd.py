@@ -30,6 +30,7 @@ def list_mappings(
     json: JsonOption = False,
 ) -> None:
     """List every mapping: source folder, target folders, filters."""
+
     def body() -> None:
         with connect(master, token, data) as client:
             mappings = client.get("/api/mappings")
@@ -45,9 +46,15 @@ def list_mappings(
 def add_mapping(
     name: Annotated[str, typer.Argument(help="The mapping's name.")],
     source: Annotated[str, typer.Option(help="SERVER:/folder to replicate from.")],
-    target: Annotated[list[str], typer.Option(help="SERVER:/folder to replicate to; repeat for more.")],
-    include: Annotated[list[str] | None, typer.Option(help="Regular expression of paths to include; repeatable.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Regular expression of paths to exclude; repeatable.")] = None,
+    target: Annotated[
+        list[str], typer.Option(help="SERVER:/folder to replicate to; repeat for more.")
+    ],
+    include: Annotated[
+        list[str] | None, typer.Option(help="Regular expression of paths to include; repeatable.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Regular expression of paths to exclude; repeatable.")
+    ] = None,
     durability: Annotated[str, typer.Option(help="safe (fsync before commit) or fast.")] = "safe",
     disabled: Annotated[bool, typer.Option("--disabled", help="Create it paused.")] = False,
     master: MasterOption = None,
@@ -56,11 +63,18 @@ def add_mapping(
     json: JsonOption = False,
 ) -> None:
     """Map a source folder to target folders; the agents start on it with the next push."""
+
     def body() -> None:
         src_server, src_path = split_location(source)
-        request = mapping_body(name, (src_server, src_path), [split_location(t) for t in target],
-                               include=include or [], exclude=exclude or [],
-                               durability=durability, enabled=not disabled)
+        request = mapping_body(
+            name,
+            (src_server, src_path),
+            [split_location(t) for t in target],
+            include=include or [],
+            exclude=exclude or [],
+            durability=durability,
+            enabled=not disabled,
+        )
         with connect(master, token, data) as client:
             created = client.post("/api/mappings", request)
         if json:
@@ -80,6 +94,7 @@ def remove_mapping(
     json: JsonOption = False,
 ) -> None:
     """Delete a mapping and its job log; files already on the targets stay."""
+
     def body() -> None:
         with connect(master, token, data) as client:
             found = client.get(f"/api/mappings/{name}")
@@ -104,11 +119,17 @@ def split_location(location: str) -> tuple[str, str]:
     return server, path
 
 
-def mapping_body(name: str, source: tuple[str, str], targets: list[tuple[str, str]],
-                 **fields: Any) -> dict[str, Any]:
+def mapping_body(
+    name: str, source: tuple[str, str], targets: list[tuple[str, str]], **fields: Any
+) -> dict[str, Any]:
     """The POST /api/mappings body (MappingIn)."""
-    return {"name": name, "source": source[0], "source_path": source[1],
-            "targets": [{"server": s, "path": p} for s, p in targets], **fields}
+    return {
+        "name": name,
+        "source": source[0],
+        "source_path": source[1],
+        "targets": [{"server": s, "path": p} for s, p in targets],
+        **fields,
+    }
 
 
 def mappings_table(mappings: list[dict[str, Any]]) -> Table:
@@ -117,7 +138,13 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
         table.add_column(column)
     for m in mappings:
         filters = [f"+{p}" for p in m["include"]] + [f"-{p}" for p in m["exclude"]]
-        table.add_row(str(m["id"]), m["name"], f"{m['source_name']}:{m['source_path']}",
-                      "\n".join(f"{t['name']}:{t['path']}" for t in m["targets"]),
-                      " ".join(filters), m["durability"], "yes" if m["enabled"] else "[yellow]no[/yellow]")
+        table.add_row(
+            str(m["id"]),
+            m["name"],
+            f"{m['source_name']}:{m['source_path']}",
+            "\n".join(f"{t['name']}:{t['path']}" for t in m["targets"]),
+            " ".join(filters),
+            m["durability"],
+            "yes" if m["enabled"] else "[yellow]no[/yellow]",
+        )
     return table

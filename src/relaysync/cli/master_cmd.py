@@ -15,24 +15,40 @@ from relaysync.config.schema import MasterConfig
 def master(
     data: Annotated[Path, typer.Option("--data", help="Data directory (store, CA, tokens).")],
     listen: Annotated[str | None, typer.Option(help="REST API host:port.")] = None,
-    control_listen: Annotated[str | None, typer.Option(help="Agents' control port host:port.")] = None,
-    database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL; default SQLite in --data.")] = None,
+    control_listen: Annotated[
+        str | None, typer.Option(help="Agents' control port host:port.")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="PostgreSQL URL; default SQLite in --data.")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="JSON logs for machines.")] = False,
-    purge_listen: Annotated[str | None, typer.Option(help="Purge listener host:port (origins outside the fleet).")] = None,
+    purge_listen: Annotated[
+        str | None, typer.Option(help="Purge listener host:port (origins outside the fleet).")
+    ] = None,
 ) -> None:
     """Run the master: REST API, control server for agents, store and job log."""
     from relaysync.master.service import MasterService
 
-    cfg = load(MasterConfig, path=config, overrides={
-        "data_dir": str(data), "listen": listen, "control_listen": control_listen,
-        "database_url": database_url, "log_json": log_json or None,
-        "purge_listen": purge_listen})
+    cfg = load(
+        MasterConfig,
+        path=config,
+        overrides={
+            "data_dir": str(data),
+            "listen": listen,
+            "control_listen": control_listen,
+            "database_url": database_url,
+            "log_json": log_json or None,
+            "purge_listen": purge_listen,
+        },
+    )
     setup_logging(json_logs=cfg.log_json)
     service = MasterService(cfg)
 
     def started(api_url: Any) -> None:
-        err_console.print(f"relaysync master ready: api {api_url} control {service.control_address}")
+        err_console.print(
+            f"relaysync master ready: api {api_url} control {service.control_address}"
+        )
         err_console.print(f"join token: {data / 'join-token'}  admin token: {data / 'admin-token'}")
 
     run_service(service.serve, started)

@@ -19,17 +19,27 @@ from relaysync.cli._client import (
 )
 from relaysync.cli.mapping_cmd import split_location
 
-app = typer.Typer(help="Create, list, show and delete N:M jobs (several sources to several targets).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Create, list, show and delete N:M jobs (several sources to several targets).",
+    no_args_is_help=True,
+)
 
 
 @app.command("create")
 def create(
     name: Annotated[str, typer.Argument(help="The job's name; members are named NAME@SOURCE.")],
-    source: Annotated[list[str], typer.Option(help="SERVER:/folder to replicate from; repeat for more.")],
-    target: Annotated[list[str], typer.Option(help="SERVER:/folder to replicate to; repeat for more.")],
-    include: Annotated[list[str] | None, typer.Option(help="Regular expression of paths to include; repeatable.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Regular expression of paths to exclude; repeatable.")] = None,
+    source: Annotated[
+        list[str], typer.Option(help="SERVER:/folder to replicate from; repeat for more.")
+    ],
+    target: Annotated[
+        list[str], typer.Option(help="SERVER:/folder to replicate to; repeat for more.")
+    ],
+    include: Annotated[
+        list[str] | None, typer.Option(help="Regular expression of paths to include; repeatable.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Regular expression of paths to exclude; repeatable.")
+    ] = None,
     durability: Annotated[str, typer.Option(help="safe (fsync before commit) or fast.")] = "safe",
     master: MasterOption = None,
     token: TokenOption = None,
@@ -37,24 +47,38 @@ def create(
     json: JsonOption = False,
 ) -> None:
     """Create a job: every source's changes go to every target; newest mtime wins a conflict."""
+
     def body() -> None:
-        request = {"name": name, "durability": durability, "include": include or [], "exclude": exclude or [],
-                   "sources": [_location(s) for s in source], "targets": [_location(t) for t in target]}
+        request = {
+            "name": name,
+            "durability": durability,
+            "include": include or [],
+            "exclude": exclude or [],
+            "sources": [_location(s) for s in source],
+            "targets": [_location(t) for t in target],
+        }
         with connect(master, token, data) as client:
             created = client.post("/api/nm-jobs", request)
         if json:
             print_json(created)
         else:
-            console.print(f"N:M job {created['name']!r} created (id {created['id']}), "
-                          f"{len(created['members'])} member mappings")
+            console.print(
+                f"N:M job {created['name']!r} created (id {created['id']}), "
+                f"{len(created['members'])} member mappings"
+            )
 
     run_command(body)
 
 
 @app.command("list")
-def list_jobs(master: MasterOption = None, token: TokenOption = None, data: DataOption = None,
-              json: JsonOption = False) -> None:
+def list_jobs(
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
     """List every N:M job: sources, targets, rule."""
+
     def body() -> None:
         with connect(master, token, data) as client:
             jobs = client.get("/api/nm-jobs")
@@ -76,6 +100,7 @@ def show(
     json: JsonOption = False,
 ) -> None:
     """Show one job: its member mappings and its latest conflicts."""
+
     def body() -> None:
         with connect(master, token, data) as client:
             job = client.get(f"/api/nm-jobs/{name}")
@@ -98,6 +123,7 @@ def delete(
     json: JsonOption = False,
 ) -> None:
     """Delete a job and its member mappings; files already on the targets stay."""
+
     def body() -> None:
         with connect(master, token, data) as client:
             job = client.get(f"/api/nm-jobs/{name}")
@@ -105,7 +131,9 @@ def delete(
         if json:
             print_json({"removed": job})
         else:
-            console.print(f"N:M job {job['name']!r} removed with {len(job['members'])} member mappings")
+            console.print(
+                f"N:M job {job['name']!r} removed with {len(job['members'])} member mappings"
+            )
 
     run_command(body)
 
@@ -126,9 +154,16 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     for column in ("id", "name", "sources (member mapping)", "targets", "rule", "durability"):
         table.add_column(column)
     for j in jobs:
-        table.add_row(str(j["id"]), j["name"],
-                      "\n".join(f"{m['source_name']}:{m['source_path']} ({m['mapping_id']})" for m in j["members"]),
-                      "\n".join(f"{t['name']}:{t['path']}" for t in j["targets"]), j["conflict"], j["durability"])
+        table.add_row(
+            str(j["id"]),
+            j["name"],
+            "\n".join(
+                f"{m['source_name']}:{m['source_path']} ({m['mapping_id']})" for m in j["members"]
+            ),
+            "\n".join(f"{t['name']}:{t['path']}" for t in j["targets"]),
+            j["conflict"],
+            j["durability"],
+        )
     return table
 
 
@@ -137,7 +172,12 @@ def conflicts_table(conflicts: list[dict[str, Any]], names: dict[str, str]) -> T
     for column in ("path", "op", "target", "winner", "loser", "reason"):
         table.add_column(column)
     for c in conflicts:
-        table.add_row(c["path"], c["op"], names.get(c["target_node"], c["target_node"][:12]),
-                      names.get(c["winner_node"], c["winner_node"][:12] or "?"),
-                      names.get(c["loser_node"], c["loser_node"][:12] or "?"), c["reason"])
+        table.add_row(
+            c["path"],
+            c["op"],
+            names.get(c["target_node"], c["target_node"][:12]),
+            names.get(c["winner_node"], c["winner_node"][:12] or "?"),
+            names.get(c["loser_node"], c["loser_node"][:12] or "?"),
+            c["reason"],
+        )
     return table

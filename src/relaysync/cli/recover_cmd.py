@@ -27,13 +27,16 @@ def recover(
     json: JsonOption = False,
 ) -> None:
     """Start the recovery of a failed target: it is planned back in and resynced by manifest comparison."""
+
     def body() -> None:
         with connect(master, token, data) as client:
             job = client.post(f"/api/mappings/{mapping}/recover", {"target": target})
         if json:
             print_json(job)
         else:
-            console.print(f"recovery {job['id']} of {job['target']} started: from seq {job['from_seq']} "
-                          f"to {job['goal_seq']}; `relaysync routes {mapping}` follows it")
+            console.print(
+                f"recovery {job['id']} of {job['target']} started: from seq {job['from_seq']} "
+                f"to {job['goal_seq']}; `relaysync routes {mapping}` follows it"
+            )
 
     run_command(body)

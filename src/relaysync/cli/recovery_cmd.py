@@ -28,17 +28,26 @@ class Policy(enum.StrEnum):
 
 def recovery(
     mapping: Annotated[str, typer.Argument(help="Mapping name or id.")],
-    policy: Annotated[Policy, typer.Option("--policy", help="at_once, reserved (with --schedule) or manual.")],
-    schedule: Annotated[str | None, typer.Option(
-        "--schedule", help="reserved: at:ISO-DATETIME, every:SECONDS or cron:EXPRESSION.")] = None,
-    target: Annotated[str | None, typer.Option(
-        "--target", help="Only this target (an override of the mapping's policy).")] = None,
+    policy: Annotated[
+        Policy, typer.Option("--policy", help="at_once, reserved (with --schedule) or manual.")
+    ],
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--schedule", help="reserved: at:ISO-DATETIME, every:SECONDS or cron:EXPRESSION."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="Only this target (an override of the mapping's policy)."),
+    ] = None,
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
     json: JsonOption = False,
 ) -> None:
     """Set the recovery policy of a mapping, or of one of its targets."""
+
     def body() -> None:
         request = recovery_request(policy.value, schedule, target)
         with connect(master, token, data) as client:
@@ -46,8 +55,10 @@ def recovery(
         if json:
             print_json(settings)
             return
-        console.print(f"mapping {mapping}: recovery {settings['recovery_policy']} "
-                      f"{settings['recovery_schedule']}".rstrip())
+        console.print(
+            f"mapping {mapping}: recovery {settings['recovery_policy']} "
+            f"{settings['recovery_schedule']}".rstrip()
+        )
         for name, p in sorted(settings["targets"].items()):
             console.print(f"  {name}: {p['policy']} {p['schedule']}".rstrip())
 

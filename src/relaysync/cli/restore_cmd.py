@@ -18,8 +18,12 @@ def restore(
     path: Annotated[str, typer.Argument(help="The file, relative to the mapped folder.")],
     mapping: Annotated[str, typer.Option("--mapping", "-m", help="Mapping name or id.")],
     data: Annotated[Path, typer.Option("--data", help="This target agent's data directory.")],
-    version: Annotated[str | None, typer.Option(help="Time stamp of the version (default: newest).")] = None,
-    list_only: Annotated[bool, typer.Option("--list", help="List the kept versions, restore nothing.")] = False,
+    version: Annotated[
+        str | None, typer.Option(help="Time stamp of the version (default: newest).")
+    ] = None,
+    list_only: Annotated[
+        bool, typer.Option("--list", help="List the kept versions, restore nothing.")
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Restore a previous version of a replaced or deleted file kept on this target."""
@@ -47,9 +51,13 @@ def restore(
 def _target_root(data: Path, mapping: str) -> Path:
     """The folder this agent holds as a target of `mapping`, from its last assignment."""
     try:
-        assignment = msgspec.msgpack.decode((data / "assignment.msgpack").read_bytes(), type=Assignment)
+        assignment = msgspec.msgpack.decode(
+            (data / "assignment.msgpack").read_bytes(), type=Assignment
+        )
     except (OSError, msgspec.DecodeError) as exc:
-        raise ConfigError(f"{data} holds no agent assignment ({exc}); pass the target agent's --data") from exc
+        raise ConfigError(
+            f"{data} holds no agent assignment ({exc}); pass the target agent's --data"
+        ) from exc
     node_id = _node_id(data)
     for spec in assignment.mappings:
         if mapping in (spec.name, str(spec.mapping_id)):

@@ -33,8 +33,12 @@ def _days_option(what: str) -> Any:
 
 def retention(
     changes_days: Annotated[int | None, _days_option("change rows")] = None,
-    advances_days: Annotated[int | None, _days_option("watermark advances (commit times, routes, latency)")] = None,
-    exceptions_days: Annotated[int | None, _days_option("resolved exceptions (open ones are always kept)")] = None,
+    advances_days: Annotated[
+        int | None, _days_option("watermark advances (commit times, routes, latency)")
+    ] = None,
+    exceptions_days: Annotated[
+        int | None, _days_option("resolved exceptions (open ones are always kept)")
+    ] = None,
     recovery_jobs_days: Annotated[int | None, _days_option("finished recovery jobs")] = None,
     master: MasterOption = None,
     token: TokenOption = None,
@@ -42,11 +46,18 @@ def retention(
     json: JsonOption = False,
 ) -> None:
     """Show the job-log retention settings and the last prune; with options, change them first."""
+
     def body() -> None:
-        request = retention_request(changes=changes_days, advances=advances_days,
-                                    exceptions=exceptions_days, recovery_jobs=recovery_jobs_days)
+        request = retention_request(
+            changes=changes_days,
+            advances=advances_days,
+            exceptions=exceptions_days,
+            recovery_jobs=recovery_jobs_days,
+        )
         with connect(master, token, data) as client:
-            settings = client.put("/api/retention", request) if request else client.get("/api/retention")
+            settings = (
+                client.put("/api/retention", request) if request else client.get("/api/retention")
+            )
         if json:
             print_json(settings)
         else:

@@ -24,16 +24,25 @@ from relaysync.errors import ConfigError
 
 def routes(
     mapping: Annotated[str, typer.Argument(help="Mapping name or id.")],
-    manual: Annotated[str | None, typer.Option(
-        "--manual", help='Set a manual route: hops "src>a,a>b,a>c" (chains like "src>a>b" too).')] = None,
-    auto: Annotated[bool, typer.Option("--auto", help="Plan the route automatically (the default).")] = False,
-    fanout: Annotated[int | None, typer.Option("--fanout", min=1, help="Children per relay.")] = None,
+    manual: Annotated[
+        str | None,
+        typer.Option(
+            "--manual", help='Set a manual route: hops "src>a,a>b,a>c" (chains like "src>a>b" too).'
+        ),
+    ] = None,
+    auto: Annotated[
+        bool, typer.Option("--auto", help="Plan the route automatically (the default).")
+    ] = False,
+    fanout: Annotated[
+        int | None, typer.Option("--fanout", min=1, help="Children per relay.")
+    ] = None,
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
     json: JsonOption = False,
 ) -> None:
     """Show the distribution tree of a mapping, what it cannot reach and what failed."""
+
     def body() -> None:
         request = routing_request(manual=manual, auto=auto, fanout=fanout)
         with connect(master, token, data) as client:
@@ -83,7 +92,9 @@ def routing_request(*, manual: str | None, auto: bool, fanout: int | None) -> di
 
 def routes_view(document: dict[str, Any]) -> Group:
     """The GET /api/mappings/{id}/routes document as a tree plus its failures."""
-    tree = Tree(f"[bold]{document['source']}[/bold]  ({document['mode']}, route epoch {document['route_epoch']})")
+    tree = Tree(
+        f"[bold]{document['source']}[/bold]  ({document['mode']}, route epoch {document['route_epoch']})"
+    )
     branches: dict[str, Tree] = {document["source"]: tree}
     for hop in document["hops"]:  # parents come before their children
         parent = branches.get(hop["parent"], tree)
@@ -94,11 +105,17 @@ def routes_view(document: dict[str, Any]) -> Group:
     for name in document["unreachable"]:
         parts.append(f"[yellow]unreachable[/yellow] {name}")
     for f in document["failed"]:
-        parts.append(f"[red]failed[/red] {f['target']} since {format_time(f['failed_at'])}: {f['reason']} "
-                     f"(recovery {f['policy']})")
+        parts.append(
+            f"[red]failed[/red] {f['target']} since {format_time(f['failed_at'])}: {f['reason']} "
+            f"(recovery {f['policy']})"
+        )
     for h in document["failed_hops"]:
-        parts.append(f"[yellow]avoided hop[/yellow] {h['parent']}>{h['child']} until {format_time(h['until'])}")
+        parts.append(
+            f"[yellow]avoided hop[/yellow] {h['parent']}>{h['child']} until {format_time(h['until'])}"
+        )
     for r in document["recoveries"]:
-        parts.append(f"[cyan]recovering[/cyan] {r['target']} ({r['trigger']}) from seq {r['from_seq']} "
-                     f"to {r['goal_seq']}")
+        parts.append(
+            f"[cyan]recovering[/cyan] {r['target']} ({r['trigger']}) from seq {r['from_seq']} "
+            f"to {r['goal_seq']}"
+        )
     return Group(*parts)

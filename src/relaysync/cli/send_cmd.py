@@ -33,7 +33,9 @@ class SendTimedOut(RelaySyncError):
 def send(
     mapping: Annotated[str, typer.Argument(help="Mapping name or id.")],
     wait: Annotated[bool, typer.Option(help="Wait until every target has committed it.")] = True,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="Give up waiting after this many seconds.")] = 600.0,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", help="Give up waiting after this many seconds.")
+    ] = 600.0,
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
@@ -55,10 +57,17 @@ def send(
     run_command(body)
 
 
-def _follow(client: MasterClient, mapping: str, release: int, timeout_s: float, *, quiet: bool) -> dict[str, Any]:
+def _follow(
+    client: MasterClient, mapping: str, release: int, timeout_s: float, *, quiet: bool
+) -> dict[str, Any]:
     """Show the release's progress: changes committed on every target, up to the seq it covers."""
     deadline = time.monotonic() + timeout_s
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
         task = progress.add_task(f"sending {mapping}", total=None)
         start: int | None = None
@@ -70,8 +79,11 @@ def _follow(client: MasterClient, mapping: str, release: int, timeout_s: float, 
             if upto and marks:
                 start = min(marks) if start is None else start
                 done = min(upto, min(marks))
-                progress.update(task, total=max(upto - start, 1) * len(marks),
-                                completed=sum(min(m, upto) - min(start, m) for m in marks))
+                progress.update(
+                    task,
+                    total=max(upto - start, 1) * len(marks),
+                    completed=sum(min(m, upto) - min(start, m) for m in marks),
+                )
                 if done >= upto:
                     return {"upto_seq": upto, "targets": len(marks)}
             time.sleep(POLL_S)

@@ -25,16 +25,23 @@ app = typer.Typer(help="Edit servers: their place in the topology.", no_args_is_
 def set_server(
     name: Annotated[str, typer.Argument(help="Server name or node id.")],
     region: Annotated[str | None, typer.Option("--region", help="Region name.")] = None,
-    group: Annotated[str | None, typer.Option("--group", help="Group name within the region.")] = None,
-    capacity: Annotated[int | None, typer.Option("--capacity", min=1,
-                                                 help="Capacity weight (>= 1): its share of relaying.")] = None,
-    unlock: Annotated[bool, typer.Option("--unlock", help="Let the agent's own region and group apply again.")] = False,
+    group: Annotated[
+        str | None, typer.Option("--group", help="Group name within the region.")
+    ] = None,
+    capacity: Annotated[
+        int | None,
+        typer.Option("--capacity", min=1, help="Capacity weight (>= 1): its share of relaying."),
+    ] = None,
+    unlock: Annotated[
+        bool, typer.Option("--unlock", help="Let the agent's own region and group apply again.")
+    ] = False,
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
     json: JsonOption = False,
 ) -> None:
     """Set a server's region, group or capacity; it wins over what its agent registers with."""
+
     def body() -> None:
         request = server_patch(region=region, group=group, capacity=capacity, unlock=unlock)
         with connect(master, token, data) as client:
@@ -42,22 +49,27 @@ def set_server(
         if json:
             print_json(server)
         else:
-            console.print(f"server {server['name']!r}: region {server['region']!r}, group {server['group']!r}, "
-                          f"capacity {server['capacity_weight']}")
+            console.print(
+                f"server {server['name']!r}: region {server['region']!r}, group {server['group']!r}, "
+                f"capacity {server['capacity_weight']}"
+            )
 
     run_command(body)
 
 
-def server_patch(*, region: str | None, group: str | None, capacity: int | None,
-                 unlock: bool = False) -> dict[str, object]:
+def server_patch(
+    *, region: str | None, group: str | None, capacity: int | None, unlock: bool = False
+) -> dict[str, object]:
     """The PATCH /api/servers/{name} body (TopologyPatch).
 
     Raises:
         ConfigError: nothing to change.
     """
-    request: dict[str, object] = {k: v for k, v in
-                                  (("region", region), ("group", group), ("capacity_weight", capacity))
-                                  if v is not None}
+    request: dict[str, object] = {
+        k: v
+        for k, v in (("region", region), ("group", group), ("capacity_weight", capacity))
+        if v is not None
+    }
     if unlock:
         request["locked"] = False
     if not request:

@@ -31,16 +31,26 @@ class GroupBy(StrEnum):
 
 
 def stats(
-    by: Annotated[GroupBy, typer.Option("--by", help="Group by target server, group, region, mapping or UTC day.")] = GroupBy.mapping,
-    since: Annotated[str | None, typer.Option(help="From this time: YYYY-MM-DD, ISO date-time or unix s.")] = None,
-    until: Annotated[str | None, typer.Option(help="Before this time (same forms as --since).")] = None,
+    by: Annotated[
+        GroupBy,
+        typer.Option("--by", help="Group by target server, group, region, mapping or UTC day."),
+    ] = GroupBy.mapping,
+    since: Annotated[
+        str | None, typer.Option(help="From this time: YYYY-MM-DD, ISO date-time or unix s.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Before this time (same forms as --since).")
+    ] = None,
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
     json: JsonOption = False,
-    csv: Annotated[bool, typer.Option("--csv", help="CSV with a header line, as the master exports it.")] = False,
+    csv: Annotated[
+        bool, typer.Option("--csv", help="CSV with a header line, as the master exports it.")
+    ] = False,
 ) -> None:
     """Show files, bytes on the wire, failures, transfer time and source-to-target latency percentiles."""
+
     def body() -> None:
         if json and csv:
             raise ConfigError("--json and --csv exclude each other")
@@ -65,18 +75,38 @@ def _ms(value: float | None) -> str:
 def stats_table(rows: list[dict[str, Any]], by: str) -> Table:
     with_changes = by in ("mapping", "day")
     table = Table(title=f"Statistics by {by}", title_justify="left")
-    columns = [by, "files", "wire bytes", "failures", "open", "xfer p50 ms", "xfer p95 ms", "xfer p99 ms",
-               "latency p50 ms", "latency p95 ms", "latency p99 ms"]
+    columns = [
+        by,
+        "files",
+        "wire bytes",
+        "failures",
+        "open",
+        "xfer p50 ms",
+        "xfer p95 ms",
+        "xfer p99 ms",
+        "latency p50 ms",
+        "latency p95 ms",
+        "latency p99 ms",
+    ]
     if with_changes:
         columns[1:1] = ["changes", "change bytes"]
     table.add_column(columns[0])
     for column in columns[1:]:
         table.add_column(column, justify="right")
     for r in rows:
-        cells = [r["key"] or "(none)", str(r["files"]), format_bytes(r["wire_bytes"]),
-                 str(r["failures"]), str(r["open_failures"]),
-                 _ms(r["file_ms_p50"]), _ms(r["file_ms_p95"]), _ms(r["file_ms_p99"]),
-                 _ms(r.get("latency_ms_p50")), _ms(r.get("latency_ms_p95")), _ms(r.get("latency_ms_p99"))]
+        cells = [
+            r["key"] or "(none)",
+            str(r["files"]),
+            format_bytes(r["wire_bytes"]),
+            str(r["failures"]),
+            str(r["open_failures"]),
+            _ms(r["file_ms_p50"]),
+            _ms(r["file_ms_p95"]),
+            _ms(r["file_ms_p99"]),
+            _ms(r.get("latency_ms_p50")),
+            _ms(r.get("latency_ms_p95")),
+            _ms(r.get("latency_ms_p99")),
+        ]
         if with_changes:
             cells[1:1] = [str(r["changes"]), format_bytes(r["change_bytes"])]
         table.add_row(*cells)

@@ -48,13 +48,18 @@ def fetch_status(client: MasterClient) -> dict[str, Any]:
     for mapping in client.get("/api/mappings"):
         found = client.get(f"/api/mappings/{mapping['id']}/status")
         targets = found["targets"]
-        mappings.append({
-            "id": mapping["id"], "name": mapping["name"], "source": mapping["source_name"],
-            "source_path": mapping["source_path"], "enabled": mapping["enabled"],
-            "lag": sum(t["lag"] for t in targets),
-            "open_exceptions": sum(t["open_exceptions"] for t in targets),
-            "targets": targets,
-        })
+        mappings.append(
+            {
+                "id": mapping["id"],
+                "name": mapping["name"],
+                "source": mapping["source_name"],
+                "source_path": mapping["source_path"],
+                "enabled": mapping["enabled"],
+                "lag": sum(t["lag"] for t in targets),
+                "open_exceptions": sum(t["open_exceptions"] for t in targets),
+                "targets": targets,
+            }
+        )
     return {
         "servers": servers,
         "mappings": mappings,
@@ -75,24 +80,41 @@ def servers_table(servers: list[dict[str, Any]]) -> Table:
     for s in servers:
         state = {"up": "[green]up[/green]", "down": "[red]down[/red]"}.get(s["state"], s["state"])
         health = s.get("health", "ok")
-        table.add_row(s["name"], s["region"], s["group"], state,
-                      health if health == "ok" else f"[yellow]{health}[/yellow]",
-                      format_time(s["last_seen"]))
+        table.add_row(
+            s["name"],
+            s["region"],
+            s["group"],
+            state,
+            health if health == "ok" else f"[yellow]{health}[/yellow]",
+            format_time(s["last_seen"]),
+        )
     return table
 
 
 def mappings_table(mappings: list[dict[str, Any]]) -> Table:
     table = Table(title="Mappings", title_justify="left")
-    for column, justify in (("mapping", "left"), ("source", "left"), ("target", "left"),
-                            ("watermark", "right"), ("lag", "right"), ("open exceptions", "right"),
-                            ("updated", "left")):
+    for column, justify in (
+        ("mapping", "left"),
+        ("source", "left"),
+        ("target", "left"),
+        ("watermark", "right"),
+        ("lag", "right"),
+        ("open exceptions", "right"),
+        ("updated", "left"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for m in mappings:
         source = f"{m['source']}:{m['source_path']}" + ("" if m["enabled"] else " (disabled)")
         for i, t in enumerate(m["targets"]):
             lag = f"[yellow]{t['lag']}[/yellow]" if t["lag"] else "0"
             failed = f"[red]{t['open_exceptions']}[/red]" if t["open_exceptions"] else "0"
-            table.add_row(m["name"] if i == 0 else "", source if i == 0 else "",
-                          f"{t['target_name']}:{t['path']}", str(t["watermark"]), lag, failed,
-                          format_time(t["updated_at"]))
+            table.add_row(
+                m["name"] if i == 0 else "",
+                source if i == 0 else "",
+                f"{t['target_name']}:{t['path']}",
+                str(t["watermark"]),
+                lag,
+                failed,
+                format_time(t["updated_at"]),
+            )
     return table

@@ -27,6 +27,7 @@ def topology(
     json: JsonOption = False,
 ) -> None:
     """Show regions, their groups and servers (capacity weight, up or down); edit with `server set`."""
+
     def body() -> None:
         with connect(master, token, data) as client:
             document = client.get("/api/topology")
@@ -49,6 +50,8 @@ def topology_tree(document: dict[str, Any]) -> Tree:
                 style = STATE_STYLE.get(s["state"], "yellow")
                 extra = " [dim](set by operator)[/dim]" if s["topology_locked"] else ""
                 unhealthy = " [yellow]unhealthy[/yellow]" if s["health"] != "ok" else ""
-                leaf.add(f"{s['name']}  capacity {s['capacity_weight']}  "
-                         f"[{style}]{s['state']}[/{style}]{unhealthy}{extra}")
+                leaf.add(
+                    f"{s['name']}  capacity {s['capacity_weight']}  "
+                    f"[{style}]{s['state']}[/{style}]{unhealthy}{extra}"
+                )
     return root

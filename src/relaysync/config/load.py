@@ -17,8 +17,13 @@ T = TypeVar("T", bound=msgspec.Struct)
 ENV_PREFIX = "RELAYSYNC_"
 
 
-def load(kind: type[T], *, path: Path | None = None, overrides: Mapping[str, Any] | None = None,
-         environ: Mapping[str, str] | None = None) -> T:
+def load(
+    kind: type[T],
+    *,
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> T:
     """Build a config of `kind` from a TOML file, the environment and explicit overrides.
 
     Precedence, lowest first: defaults, the file, RELAYSYNC_<FIELD> variables, overrides

@@ -24,7 +24,9 @@ class MasterConfig(msgspec.Struct, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:8470"  # REST API and console, host:port (port 0 = any free port)
     control_listen: str = "127.0.0.1:0"  # agents' control links (TLS), host:port
     database_url: str = ""  # empty = SQLite file in data_dir; or postgresql+psycopg://...
-    purge_listen: str = ""  # host:port of the purge listener for origins outside the fleet; "" = off
+    purge_listen: str = (
+        ""  # host:port of the purge listener for origins outside the fleet; "" = off
+    )
     log_json: bool = False
     monitor_interval_s: float = 10.0  # probes, self-watch and threshold checks run this often
     metrics_raw_retention_s: float = 86_400.0  # raw agent figures kept this long (a day)...
@@ -43,7 +45,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     compare_interval_s: float = 600.0  # manifests are compared this often, for convergence
     # compression of file data on this agent's links (0 = off; zstd's levels go to 19); a policy wins
     zstd_level: Annotated[int, msgspec.Meta(ge=0, le=19)] = 0
-    bandwidth_limit_mbit: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # per outgoing link, Mbit/s (0 = unlimited)
+    bandwidth_limit_mbit: Annotated[float, msgspec.Meta(ge=0)] = (
+        0.0  # per outgoing link, Mbit/s (0 = unlimited)
+    )
     log_json: bool = False
     metrics_interval_s: float = 10.0  # server figures are sent to the master this often
     metrics_listen: str = ""  # host:port for Prometheus /metrics of this agent; empty = off
@@ -63,7 +67,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
 class CliConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Where the operator commands find the master: RELAYSYNC_MASTER, _TOKEN, _MASTER_DATA."""
 
-    master: str = ""  # http://host:port of the master's REST API; "" = read master_data's master.json
+    master: str = (
+        ""  # http://host:port of the master's REST API; "" = read master_data's master.json
+    )
     token: str = ""  # admin or API token; "" = master_data's admin-token
     master_data: str = ""  # a master's data directory on this host (the local configuration)
 

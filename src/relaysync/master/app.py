@@ -187,7 +187,11 @@ def create_app(
             methods=list(route.methods),
             status_code=route.status_code,
             dependencies=[] if route.public else [Depends(require_token)],
-            tags=[route.path.split("/")[2] if route.path.startswith("/api/") else route.path.strip("/")],
+            tags=[
+                route.path.split("/")[2]
+                if route.path.startswith("/api/")
+                else route.path.strip("/")
+            ],
         )
     for error_type, status_code in ERROR_STATUS:
         app.add_exception_handler(error_type, _error_handler(status_code))

@@ -81,10 +81,18 @@ class _AgentLink:
 class ControlServer:
     """Accepts agents' control links and keeps their assignments current."""
 
-    def __init__(self, *, host: str, port: int, ctx: ssl.SSLContext, store: Store, events: EventBus,
-                 joblog: JobLogWriter,
-                 on_metrics: Callable[[str, str, MetricsReport], None] | None = None,
-                 router: Router | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        ctx: ssl.SSLContext,
+        store: Store,
+        events: EventBus,
+        joblog: JobLogWriter,
+        on_metrics: Callable[[str, str, MetricsReport], None] | None = None,
+        router: Router | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self.ctx = ctx
         self.store = store
@@ -113,10 +121,18 @@ class ControlServer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._push_loop)
             tg.start_soon(self._removal_loop)
-            port = await tg.start(partial(tls.serve_tls, self.host, self.port, self.ctx, self._handle,
-                                          max_unauthenticated=ACCEPT_BACKLOG,  # a whole fleet reconnecting
-                                          # agents behind one NAT address reconnect at once too
-                                          max_unauthenticated_per_address=MASTER_UNAUTHENTICATED_PER_ADDRESS))
+            port = await tg.start(
+                partial(
+                    tls.serve_tls,
+                    self.host,
+                    self.port,
+                    self.ctx,
+                    self._handle,
+                    max_unauthenticated=ACCEPT_BACKLOG,  # a whole fleet reconnecting
+                    # agents behind one NAT address reconnect at once too
+                    max_unauthenticated_per_address=MASTER_UNAUTHENTICATED_PER_ADDRESS,
+                )
+            )
             logger.info("control server listening on %s:%s", self.host, port)
             task_status.started(port)
 
@@ -127,8 +143,13 @@ class ControlServer:
             for link in list(self.links.values()):
                 try:
                     await self._push(link)
-                except (RelaySyncError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                        anyio.EndOfStream) as exc:  # the agent went away mid-push: it gets a fresh one on reconnect
+                except (
+                    RelaySyncError,
+                    OSError,
+                    anyio.BrokenResourceError,
+                    anyio.ClosedResourceError,
+                    anyio.EndOfStream,
+                ) as exc:  # the agent went away mid-push: it gets a fresh one on reconnect
                     logger.warning("push to %s failed: %s", link.name, exc)
                 except Exception:  # a bug must cost one push, not the master and every agent's link
                     logger.exception("push to %s failed unexpectedly", link.name)
@@ -158,8 +179,9 @@ class ControlServer:
         if self.router is None:
             return self.store.assignment_for(node_id)
         # A re-plan bumps the config epoch, so the epoch check below still sees new routes.
-        assignment = self.store.assignment_for(node_id, self.router.relay_mappings(node_id),
-                                               route=self.router.routes_for)
+        assignment = self.store.assignment_for(
+            node_id, self.router.relay_mappings(node_id), route=self.router.routes_for
+        )
         return self.router.apply(assignment, node_id)
 
     async def _router_call(self, method: Callable[..., None], *args: object) -> None:
@@ -190,12 +212,17 @@ class ControlServer:
             logger.warning("refused the control link of node %s: %s", node_id[:16], removed)
         except Exception as group:
             if not is_link_error(group):
-                logger.exception("control link of %s failed unexpectedly; closing it",
-                                 link.name if link else node_id[:16])
+                logger.exception(
+                    "control link of %s failed unexpectedly; closing it",
+                    link.name if link else node_id[:16],
+                )
                 return
             exc = leaf_error(group)
-            logger.warning("control link of %s ended: %s", link.name if link else node_id[:16],
-                           exc or type(exc).__name__)
+            logger.warning(
+                "control link of %s ended: %s",
+                link.name if link else node_id[:16],
+                exc or type(exc).__name__,
+            )
         finally:
             if link is not None and self.links.get(node_id) is link:
                 del self.links[node_id]
@@ -230,19 +257,32 @@ class ControlServer:
         """
         try:
             if is_master_name(tls.peer_common_name(framed)):
-                raise NodeRemoved(node_id[:16], "its certificate has the name reserved for the master: "
-                                  "DELETE /api/servers/<its name> and join it again under another name")
-            info = await anyio.to_thread.run_sync(partial(
-                self.store.register_server, node_id, region=register.region, group=register.group,
-                address=register.peer_address))
+                raise NodeRemoved(
+                    node_id[:16],
+                    "its certificate has the name reserved for the master: "
+                    "DELETE /api/servers/<its name> and join it again under another name",
+                )
+            info = await anyio.to_thread.run_sync(
+                partial(
+                    self.store.register_server,
+                    node_id,
+                    region=register.region,
+                    group=register.group,
+                    address=register.peer_address,
+                )
+            )
         except NodeRemoved as exc:
             with anyio.move_on_after(CLOSE_TIMEOUT_S):
                 await framed.send(Error(code=ErrorCode.UNKNOWN_PEER, detail=str(exc)))
             raise
         if register.name != info.name:
-            logger.warning("node %s registers as %r but joined as %r: it keeps the name it joined with "
-                           "(to rename a server, delete it and join it again)", node_id[:16], register.name,
-                           info.name)
+            logger.warning(
+                "node %s registers as %r but joined as %r: it keeps the name it joined with "
+                "(to rename a server, delete it and join it again)",
+                node_id[:16],
+                register.name,
+                info.name,
+            )
         return _AgentLink(node_id=node_id, name=info.name, framed=framed)
 
     async def _register(self, link: _AgentLink, register: Register) -> None:
@@ -250,8 +290,9 @@ class ControlServer:
         self.links[link.node_id] = link
         if old is not None:
             old.framed.abort()
-        self.events.publish(EventType.SERVER_UP, node_id=link.node_id, name=link.name,
-                            address=register.peer_address)
+        self.events.publish(
+            EventType.SERVER_UP, node_id=link.node_id, name=link.name, address=register.peer_address
+        )
         if self.router is not None:
             await self._router_call(self.router.node_up, link.node_id)
         await self._push(link)
@@ -280,23 +321,44 @@ class ControlServer:
             case AssignmentAck():
                 link.epoch_acked = message.epoch
             case MassDeleteHeld():
-                logger.error("mapping %s: source %s held back %s deletes of %s entries%s; "
-                             "POST /api/mappings/%s/confirm-deletes to let them go",
-                             message.mapping_id, link.name, message.deletes, message.entries,
-                             " (its folder is missing)" if message.root_missing else "",
-                             message.mapping_id)
-                data = {"mapping_id": message.mapping_id, "server": link.name, "deletes": message.deletes,
-                        "entries": message.entries, "root_missing": message.root_missing}
+                logger.error(
+                    "mapping %s: source %s held back %s deletes of %s entries%s; "
+                    "POST /api/mappings/%s/confirm-deletes to let them go",
+                    message.mapping_id,
+                    link.name,
+                    message.deletes,
+                    message.entries,
+                    " (its folder is missing)" if message.root_missing else "",
+                    message.mapping_id,
+                )
+                data = {
+                    "mapping_id": message.mapping_id,
+                    "server": link.name,
+                    "deletes": message.deletes,
+                    "entries": message.entries,
+                    "root_missing": message.root_missing,
+                }
                 self.events.publish(EventType.MASS_DELETE_HELD, **data)
                 self.events.publish(EventType.ALARM, reason="mass delete held", **data)
             case ReleaseReport():
-                await anyio.to_thread.run_sync(self.store.modes.record_release, message.mapping_id,
-                                               message.release, message.upto_seq)
+                await anyio.to_thread.run_sync(
+                    self.store.modes.record_release,
+                    message.mapping_id,
+                    message.release,
+                    message.upto_seq,
+                )
             case HopFailed():
                 if self.router is not None:
-                    await self._router_call(partial(self.router.hop_failed, message.mapping_id, link.node_id,
-                                                    message.child, attempts=message.attempts,
-                                                    error=message.error))
+                    await self._router_call(
+                        partial(
+                            self.router.hop_failed,
+                            message.mapping_id,
+                            link.node_id,
+                            message.child,
+                            attempts=message.attempts,
+                            error=message.error,
+                        )
+                    )
             case Ping():
                 async with link.lock:
                     await link.framed.send(Pong(nonce=message.nonce))
@@ -311,23 +373,38 @@ class ControlServer:
         match message:
             case CommitReport():
                 if message.target_node != link.node_id:  # agents report their own commits only
-                    self._refuse(link, "forged_commit_report", message.mapping_id,
-                                 f"a commit report for target {message.target_node[:16]}", alarm=True)
+                    self._refuse(
+                        link,
+                        "forged_commit_report",
+                        message.mapping_id,
+                        f"a commit report for target {message.target_node[:16]}",
+                        alarm=True,
+                    )
                     return False
                 kind = "commit_report"
-                ok = await self._member(message.mapping_id,
-                                        lambda m: m[0] == message.source_node and link.node_id in m[1])
+                ok = await self._member(
+                    message.mapping_id,
+                    lambda m: m[0] == message.source_node and link.node_id in m[1],
+                )
             case ReleaseReport() | MassDeleteHeld():
-                kind = "release_report" if isinstance(message, ReleaseReport) else "mass_delete_held"
+                kind = (
+                    "release_report" if isinstance(message, ReleaseReport) else "mass_delete_held"
+                )
                 ok = await self._member(message.mapping_id, lambda m: m[0] == link.node_id)
             case HopFailed():
                 kind = "hop_failed"
-                ok = await self._member(message.mapping_id, lambda m: (
-                    message.child in m[1] and (link.node_id == m[0] or link.node_id in m[1])))
+                ok = await self._member(
+                    message.mapping_id,
+                    lambda m: (
+                        message.child in m[1] and (link.node_id == m[0] or link.node_id in m[1])
+                    ),
+                )
             case _:
                 return True
         if not ok:
-            self._refuse(link, kind, message.mapping_id, f"a {type(message).__name__} it has no part in")
+            self._refuse(
+                link, kind, message.mapping_id, f"a {type(message).__name__} it has no part in"
+            )
         return ok
 
     async def _member(self, mapping_id: int, allowed: Callable[[_Members], bool]) -> bool:
@@ -351,12 +428,26 @@ class ControlServer:
         self._members = (epoch, members)
         return members
 
-    def _refuse(self, link: _AgentLink, kind: str, mapping_id: int, what: str, *, alarm: bool = False) -> None:
+    def _refuse(
+        self, link: _AgentLink, kind: str, mapping_id: int, what: str, *, alarm: bool = False
+    ) -> None:
         self.refused[kind] += 1
         count = self.refused[kind]
         if count == 1 or count % 1000 == 0 or alarm:
-            logger.warning("dropped %s from %s on mapping %s (%s %s dropped so far)",
-                           what, link.name, mapping_id, count, kind)
+            logger.warning(
+                "dropped %s from %s on mapping %s (%s %s dropped so far)",
+                what,
+                link.name,
+                mapping_id,
+                count,
+                kind,
+            )
         if alarm:
-            self.events.publish(EventType.ALARM, reason="forged control message", server=link.name,
-                                node_id=link.node_id, mapping_id=mapping_id, detail=what)
+            self.events.publish(
+                EventType.ALARM,
+                reason="forged control message",
+                server=link.name,
+                node_id=link.node_id,
+                mapping_id=mapping_id,
+                detail=what,
+            )

@@ -39,19 +39,31 @@ class EventType(enum.StrEnum):
     TARGET_CAUGHT_UP = "target_caught_up"
     TOKEN_CREATED = "token_created"
     PURGE_REFUSED = "purge_refused"  # a cache refused a purge (403/405): fix its configuration
-    PURGER_FAILING = "purger_failing"  # an unexpected error (a bug) in the purger: retried with backoff
+    PURGER_FAILING = (
+        "purger_failing"  # an unexpected error (a bug) in the purger: retried with backoff
+    )
     # --- Monitoring ---
     ALERT_FIRING = "alert_firing"
     ALERT_RESOLVED = "alert_resolved"
     ALERT_ACKNOWLEDGED = "alert_acknowledged"
     ALARM = "alarm"  # a console alert channel's notice, for the web console
     SERVER_HEALTH = "server_health"  # a server became ok or unhealthy (the planner skips those)
-    MASS_DELETE_HELD = "mass_delete_held"  # a source folder vanished or emptied: deletes held for the operator
+    MASS_DELETE_HELD = (
+        "mass_delete_held"  # a source folder vanished or emptied: deletes held for the operator
+    )
     # --- Relay routes (master/router.py) ---
-    ROUTE_CHANGED = "route_changed"  # a mapping's distribution tree was re-planned: which hops and why
-    HOP_FAILED = "hop_failed"  # a parent could not stream to a child twice: the hop is avoided for a while
-    TARGET_FAILED = "target_failed"  # unreachable longer than fail_after_s: left out until it recovers
-    RECOVERY_STARTED = "recovery_started"  # a failed target is back in the mapping (at once, reserved, manual)
+    ROUTE_CHANGED = (
+        "route_changed"  # a mapping's distribution tree was re-planned: which hops and why
+    )
+    HOP_FAILED = (
+        "hop_failed"  # a parent could not stream to a child twice: the hop is avoided for a while
+    )
+    TARGET_FAILED = (
+        "target_failed"  # unreachable longer than fail_after_s: left out until it recovers
+    )
+    RECOVERY_STARTED = (
+        "recovery_started"  # a failed target is back in the mapping (at once, reserved, manual)
+    )
     TARGET_RECOVERED = "target_recovered"  # its watermark caught up with the other targets'
     # --- N:M jobs (master/store/_nmjobs.py) ---
     NM_JOB_CREATED = "nm_job_created"

@@ -47,9 +47,14 @@ class JobLogWriter:
             self.watermarks[key] = report.watermark
         for record in report.records:
             if not record.ok:
-                self.events.publish(EventType.COMMIT_FAILED, mapping_id=report.mapping_id,
-                                    target=report.target_node, seq=record.seq, path=record.path,
-                                    error=record.error)
+                self.events.publish(
+                    EventType.COMMIT_FAILED,
+                    mapping_id=report.mapping_id,
+                    target=report.target_node,
+                    seq=record.seq,
+                    path=record.path,
+                    error=record.error,
+                )
         for callback in self._subscribers:
             try:
                 callback(report)
@@ -60,7 +65,9 @@ class JobLogWriter:
         if self._queued_records >= FLUSH_RECORDS:
             self._wake.set()
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         try:
             while True:
@@ -92,10 +99,21 @@ class JobLogWriter:
         """Keep the N:M jobs' conflicts with their job and publish each (after the job log write)."""
         try:
             conflicts = await anyio.to_thread.run_sync(self.store.nm_jobs.record_conflicts, batch)
-        except StoreError as exc:  # the change rows are written; only the conflict list misses these
+        except (
+            StoreError
+        ) as exc:  # the change rows are written; only the conflict list misses these
             logger.warning("conflict log write failed: %s", exc)
             return
         for c in conflicts:
-            self.events.publish(EventType.CONFLICT, job=c.job, job_id=c.job_id, mapping_id=c.mapping_id,
-                                target=c.target_node, path=c.path, op=c.op, reason=c.reason,
-                                winner=c.winner_node, loser=c.loser_node)
+            self.events.publish(
+                EventType.CONFLICT,
+                job=c.job,
+                job_id=c.job_id,
+                mapping_id=c.mapping_id,
+                target=c.target_node,
+                path=c.path,
+                op=c.op,
+                reason=c.reason,
+                winner=c.winner_node,
+                loser=c.loser_node,
+            )

@@ -24,15 +24,18 @@ logger = logging.getLogger(__name__)
 class PurgeService:
     """Owns the purger and, when `listen` is host:port, the purge listener."""
 
-    def __init__(self, *, store: Store, events: EventBus, joblog: JobLogWriter, listen: str) -> None:
+    def __init__(
+        self, *, store: Store, events: EventBus, joblog: JobLogWriter, listen: str
+    ) -> None:
         self.events = events
         self.purger = Purger(store, notify=self._notify)
         joblog.subscribe(self.purger.on_commit_report)
         self.listener: PurgeListener | None = None
         if listen:
             host, port = split_address(listen)
-            self.listener = PurgeListener(host=host, port=port, purger=self.purger,
-                                          sites=self.purger.site_by_name)
+            self.listener = PurgeListener(
+                host=host, port=port, purger=self.purger, sites=self.purger.site_by_name
+            )
         self.address = ""  # host:port of the listener once it listens
 
     def _notify(self, kind: str, data: dict[str, Any]) -> None:

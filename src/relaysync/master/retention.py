@@ -30,8 +30,14 @@ BATCH_PAUSE_S = 0.05  # between batches: the other writers take the store's lock
 class RetentionPruner:
     """Owns no resources; `serve` runs until cancelled."""
 
-    def __init__(self, store: Store, *, interval_s: float = PRUNE_INTERVAL_S,
-                 first_after_s: float = FIRST_PRUNE_AFTER_S, batch_rows: int = PRUNE_BATCH_ROWS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval_s: float = PRUNE_INTERVAL_S,
+        first_after_s: float = FIRST_PRUNE_AFTER_S,
+        batch_rows: int = PRUNE_BATCH_ROWS,
+    ) -> None:
         self.store = store
         self.interval_s = interval_s
         self.first_after_s = first_after_s
@@ -54,14 +60,20 @@ class RetentionPruner:
         deleted = dict.fromkeys(KINDS, 0)
         for kind, cutoff in settings.cutoffs(now).items():
             while True:
-                n = await anyio.to_thread.run_sync(self.store.retention.prune_batch, kind, cutoff,
-                                                   self.batch_rows)
+                n = await anyio.to_thread.run_sync(
+                    self.store.retention.prune_batch, kind, cutoff, self.batch_rows
+                )
                 deleted[kind] += n
                 if n < self.batch_rows:
                     break
                 await anyio.sleep(BATCH_PAUSE_S)
         await anyio.to_thread.run_sync(self.store.retention.record_prune, now, deleted)
         self.runs += 1
-        logger.info("retention prune: changes=%s advances=%s exceptions=%s recovery_jobs=%s rows deleted",
-                    deleted["changes"], deleted["advances"], deleted["exceptions"], deleted["recovery_jobs"])
+        logger.info(
+            "retention prune: changes=%s advances=%s exceptions=%s recovery_jobs=%s rows deleted",
+            deleted["changes"],
+            deleted["advances"],
+            deleted["exceptions"],
+            deleted["recovery_jobs"],
+        )
         return deleted

@@ -52,7 +52,9 @@ logger = logging.getLogger(__name__)
 HOP_FAILED_TTL_S = 60.0  # a failed hop is avoided this long, then tried again
 HOP_FAILED_ATTEMPTS = 2  # consecutive failed attempts of a hop before the master re-plans around it
 TICK_S = 1.0  # failures, schedules and recoveries are checked this often
-LINK_GRACE_S = 30.0  # after a master restart, a server stored "up" whose agent is not back by then is down
+LINK_GRACE_S = (
+    30.0  # after a master restart, a server stored "up" whose agent is not back by then is down
+)
 
 HopKey = tuple[int, str, str]  # (mapping id, parent node, child node)
 TargetKey = tuple[int, str]  # (mapping id, target node)
@@ -85,9 +87,15 @@ class RouteView:
 class Router:
     """The master's failure state and the cache of every mapping's plan."""
 
-    def __init__(self, store: Store, events: EventBus, *, clock: Callable[[], float] = time.time,
-                 on_change: Callable[[], None] | None = None,
-                 links_up: Callable[[], Collection[str]] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        events: EventBus,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] | None = None,
+        links_up: Callable[[], Collection[str]] | None = None,
+    ) -> None:
         """
         Args:
             clock: unix time; tests pass a fake one.
@@ -186,10 +194,18 @@ class Router:
 
     # --- Reports from agents ---
 
-    def hop_failed(self, mapping_id: int, parent: str, child: str, *, attempts: int, error: str) -> None:
+    def hop_failed(
+        self, mapping_id: int, parent: str, child: str, *, attempts: int, error: str
+    ) -> None:
         """`parent` could not stream mapping `mapping_id` to `child`; from the 2nd attempt, avoid the hop."""
-        logger.warning("mapping %s: hop %s > %s failed (attempt %s): %s", mapping_id, self._name(parent),
-                       self._name(child), attempts, error)
+        logger.warning(
+            "mapping %s: hop %s > %s failed (attempt %s): %s",
+            mapping_id,
+            self._name(parent),
+            self._name(child),
+            attempts,
+            error,
+        )
         if attempts < HOP_FAILED_ATTEMPTS:
             return
         with self._lock:
@@ -201,8 +217,14 @@ class Router:
             if not known:
                 self._version += 1
         if not known:
-            self.events.publish(EventType.HOP_FAILED, mapping_id=mapping_id, parent=self._name(parent),
-                                child=self._name(child), attempts=attempts, error=error)
+            self.events.publish(
+                EventType.HOP_FAILED,
+                mapping_id=mapping_id,
+                parent=self._name(parent),
+                child=self._name(child),
+                attempts=attempts,
+                error=error,
+            )
             self.refresh(f"hop {self._name(parent)}>{self._name(child)} failed: {error}")
 
     # --- Plans ---
@@ -214,15 +236,21 @@ class Router:
             cached, _changed = self._plan(spec)
             failed = self._failed.get(spec.mapping_id, {})
             fields = {f: getattr(spec, f) for f in spec.__struct_fields__}
-            fields.update(targets=tuple(t for t in spec.targets if t.node_id not in failed),
-                          routes=cached.routes, route_epoch=cached.route_epoch)
+            fields.update(
+                targets=tuple(t for t in spec.targets if t.node_id not in failed),
+                routes=cached.routes,
+                route_epoch=cached.route_epoch,
+            )
             return MappingSpec(**fields)
 
     def relay_mappings(self, node_id: str) -> list[int]:
         """Mappings whose cached routes pass through `node_id` (it may relay without being a target)."""
         with self._lock:
-            return [m for m, c in self._plans.items()
-                    if any(node_id in (h.parent, h.child) for h in c.routes)]
+            return [
+                m
+                for m, c in self._plans.items()
+                if any(node_id in (h.parent, h.child) for h in c.routes)
+            ]
 
     def apply(self, assignment: Assignment, node_id: str) -> Assignment:
         """Route every mapping of one node's assignment; drop those it no longer takes part in."""
@@ -230,16 +258,22 @@ class Router:
         for spec in assignment.mappings:
             routed = self.routes_for(spec)
             hop_nodes = {n for h in routed.routes for n in (h.parent, h.child)}
-            if node_id != routed.source_node and node_id not in hop_nodes and \
-                    all(t.node_id != node_id for t in routed.targets):
+            if (
+                node_id != routed.source_node
+                and node_id not in hop_nodes
+                and all(t.node_id != node_id for t in routed.targets)
+            ):
                 continue  # a failed target: out of the mapping until it recovers
             specs.append(routed)
             for n in hop_nodes - peers.keys() - {node_id}:
                 server = self._servers.get(n)
                 if server is not None:
                     peers[n] = PeerInfo(node_id=n, name=server.name, address=server.address)
-        return Assignment(epoch=assignment.epoch, mappings=tuple(specs),
-                          peers=tuple(sorted(peers.values(), key=lambda p: p.node_id)))
+        return Assignment(
+            epoch=assignment.epoch,
+            mappings=tuple(specs),
+            peers=tuple(sorted(peers.values(), key=lambda p: p.node_id)),
+        )
 
     def _plan(self, spec: MappingSpec) -> tuple[_Cached, bool]:
         """The cached plan of a spec, planned again if its inputs changed; (plan, routes changed)."""
@@ -250,7 +284,9 @@ class Router:
         if cached is not None and cached.key == key:
             return cached, False
         plan = self._compute(spec.mapping_id, spec.source_node, targets, frozenset(failed))
-        routes = tuple(RouteHop(parent=h.parent, child=h.child, level=str(h.level)) for h in plan.hops)
+        routes = tuple(
+            RouteHop(parent=h.parent, child=h.child, level=str(h.level)) for h in plan.hops
+        )
         changed = cached is None or cached.routes != routes
         if changed:
             self._route_seq += 1
@@ -258,7 +294,9 @@ class Router:
         self._plans[spec.mapping_id] = _Cached(key, plan, routes, epoch)
         return self._plans[spec.mapping_id], changed and cached is not None
 
-    def _compute(self, mapping_id: int, source: str, targets: tuple[str, ...], failed: frozenset[str]) -> Plan:
+    def _compute(
+        self, mapping_id: int, source: str, targets: tuple[str, ...], failed: frozenset[str]
+    ) -> Plan:
         settings = self._settings.get(mapping_id) or RoutingSettings(mapping_id=mapping_id)
         hops = frozenset((p, c) for (m, p, c) in self._failed_hops if m == mapping_id)
         nodes = [self._node(t) for t in targets]
@@ -266,14 +304,28 @@ class Router:
             # The route names failed targets too: plan them as down, so their children are bypassed.
             known = {n: node_of(s) for n, s in self._servers.items()}
             try:
-                plan = manual_plan(self._node(source), [*nodes, *map(self._node, failed)], settings.hops, known,
-                                   down=self._down | failed, failed_hops=hops, fanout=settings.fanout)
-                return Plan(plan.source, plan.hops, tuple(n for n in plan.unreachable if n not in failed))
+                plan = manual_plan(
+                    self._node(source),
+                    [*nodes, *map(self._node, failed)],
+                    settings.hops,
+                    known,
+                    down=self._down | failed,
+                    failed_hops=hops,
+                    fanout=settings.fanout,
+                )
+                return Plan(
+                    plan.source, plan.hops, tuple(n for n in plan.unreachable if n not in failed)
+                )
             except RouteError as exc:  # servers or targets changed since the route was set
-                logger.error("mapping %s: its manual route no longer holds (%s); planning it "
-                             "automatically until it is fixed", mapping_id, exc)
-        return plan_tree(self._node(source), nodes, fanout=settings.fanout, down=self._down,
-                         failed_hops=hops)
+                logger.error(
+                    "mapping %s: its manual route no longer holds (%s); planning it "
+                    "automatically until it is fixed",
+                    mapping_id,
+                    exc,
+                )
+        return plan_tree(
+            self._node(source), nodes, fanout=settings.fanout, down=self._down, failed_hops=hops
+        )
 
     def _node(self, node_id: str) -> Node:
         server = self._servers.get(node_id)
@@ -319,25 +371,44 @@ class Router:
         if not spec.enabled or spec.source_node in self._down:
             return set()  # nothing to send: its targets are not at fault
         failed = self._failed.get(spec.mapping_id, {})
-        bad = {t.node_id for t in spec.targets if t.node_id not in failed and
-               (t.node_id in self._down or t.node_id in plan.unreachable)}
+        bad = {
+            t.node_id
+            for t in spec.targets
+            if t.node_id not in failed
+            and (t.node_id in self._down or t.node_id in plan.unreachable)
+        }
         keys = {(spec.mapping_id, t) for t in bad}
         for key in keys:
             self._unreachable_since.setdefault(key, now)
         return keys
 
-    def _announce(self, spec: MappingSpec, before: tuple[RouteHop, ...], cached: _Cached, reason: str) -> None:
+    def _announce(
+        self, spec: MappingSpec, before: tuple[RouteHop, ...], cached: _Cached, reason: str
+    ) -> None:
         def label(h: RouteHop) -> str:
             return f"{self._name(h.parent)}>{self._name(h.child)}"
 
         added = sorted(label(h) for h in set(cached.routes) - set(before))
         removed = sorted(label(h) for h in set(before) - set(cached.routes))
-        logger.info("mapping %s re-planned (%s): route epoch %s, added %s, removed %s, unreachable %s",
-                    spec.name, reason, cached.route_epoch, added, removed,
-                    [self._name(n) for n in cached.plan.unreachable])
-        self.events.publish(EventType.ROUTE_CHANGED, mapping_id=spec.mapping_id, mapping=spec.name,
-                            route_epoch=cached.route_epoch, reason=reason, added=added, removed=removed,
-                            unreachable=[self._name(n) for n in cached.plan.unreachable])
+        logger.info(
+            "mapping %s re-planned (%s): route epoch %s, added %s, removed %s, unreachable %s",
+            spec.name,
+            reason,
+            cached.route_epoch,
+            added,
+            removed,
+            [self._name(n) for n in cached.plan.unreachable],
+        )
+        self.events.publish(
+            EventType.ROUTE_CHANGED,
+            mapping_id=spec.mapping_id,
+            mapping=spec.name,
+            route_epoch=cached.route_epoch,
+            reason=reason,
+            added=added,
+            removed=removed,
+            unreachable=[self._name(n) for n in cached.plan.unreachable],
+        )
 
     # --- The clock: expiries, failures, recoveries ---
 
@@ -360,8 +431,10 @@ class Router:
             if expired:
                 self._version += 1
         if expired:
-            logger.info("failed hops expired, trying them again: %s",
-                        [f"{self._name(p)}>{self._name(c)}" for _, p, c in expired])
+            logger.info(
+                "failed hops expired, trying them again: %s",
+                [f"{self._name(p)}>{self._name(c)}" for _, p, c in expired],
+            )
 
     def _check_links(self, now: float) -> None:
         if self._links_up is None or now - self._started_at < LINK_GRACE_S:
@@ -372,26 +445,43 @@ class Router:
         # may be (its link dropped and the store missed the "down"): one seen since registered
         # with this master, and its link may not be listed yet.
         seen_since = max(self._started_at, now - RECEIVE_TIMEOUT_S)
-        stale = [n for n in candidates
-                 if self.store.set_server_state(n, "down", now, unless_seen_since=seen_since)]
+        stale = [
+            n
+            for n in candidates
+            if self.store.set_server_state(n, "down", now, unless_seen_since=seen_since)
+        ]
         for node_id in stale:
-            logger.warning("%s is stored up but its agent has not reconnected: marked it down",
-                           self._name(node_id))
+            logger.warning(
+                "%s is stored up but its agent has not reconnected: marked it down",
+                self._name(node_id),
+            )
         if stale:
             self.topology_changed("agents not reconnected after the master restarted")
 
     def _fail_unreachable(self, now: float) -> None:
         with self._lock:
-            due = [(key, since) for key, since in self._unreachable_since.items()
-                   if now - since >= self._fail_after(key[0])]
+            due = [
+                (key, since)
+                for key, since in self._unreachable_since.items()
+                if now - since >= self._fail_after(key[0])
+            ]
         for (mapping_id, node_id), since in due:
             reason = "down" if node_id in self._down else "unreachable"
             reason = f"{reason} for {now - since:.0f} s"
             if self.store.routing.mark_failed(mapping_id, node_id, now, reason):
-                logger.error("mapping %s: target %s failed (%s); it is left out until it recovers",
-                             mapping_id, self._name(node_id), reason)
-                self.events.publish(EventType.TARGET_FAILED, mapping_id=mapping_id, node_id=node_id,
-                                    target=self._name(node_id), reason=reason)
+                logger.error(
+                    "mapping %s: target %s failed (%s); it is left out until it recovers",
+                    mapping_id,
+                    self._name(node_id),
+                    reason,
+                )
+                self.events.publish(
+                    EventType.TARGET_FAILED,
+                    mapping_id=mapping_id,
+                    node_id=node_id,
+                    target=self._name(node_id),
+                    reason=reason,
+                )
         if due:
             self._reload_failed()
             self.refresh("targets failed", push=True)
@@ -407,8 +497,9 @@ class Router:
         running = {j.id: j for j in self.store.routing.running_recoveries()}
         with self._lock:
             self._failed, self._recoveries = failed, running
-            self._unreachable_since = {k: v for k, v in self._unreachable_since.items()
-                                       if k[1] not in failed.get(k[0], {})}
+            self._unreachable_since = {
+                k: v for k, v in self._unreachable_since.items() if k[1] not in failed.get(k[0], {})
+            }
             self._version += 1
 
     def _recover_due(self, now: float) -> None:
@@ -437,7 +528,10 @@ class Router:
         failure (e.g. hops that failed while it stayed up) older than HOP_FAILED_TTL_S."""
         if f.node_id in self._down:
             return False
-        return self._up_since.get(f.node_id, -1.0) >= f.failed_at or now - f.failed_at >= HOP_FAILED_TTL_S
+        return (
+            self._up_since.get(f.node_id, -1.0) >= f.failed_at
+            or now - f.failed_at >= HOP_FAILED_TTL_S
+        )
 
     def _reserved_due(self, f: FailedTarget, schedule: str, now: float) -> bool:
         if f.next_recovery_at is not None:
@@ -445,14 +539,20 @@ class Router:
         try:
             at = next_run(schedule, now)
         except ConfigError as exc:
-            logger.error("mapping %s: recovery schedule of %s: %s", f.mapping_id, self._name(f.node_id), exc)
+            logger.error(
+                "mapping %s: recovery schedule of %s: %s", f.mapping_id, self._name(f.node_id), exc
+            )
             return False
         if at is None:  # an at: time already past: it is due
             return True
         self.store.routing.set_next_recovery(f.mapping_id, f.node_id, at)
         self._reload_failed()
-        logger.info("mapping %s: %s is back; its recovery is reserved for %s", f.mapping_id,
-                    self._name(f.node_id), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)))
+        logger.info(
+            "mapping %s: %s is back; its recovery is reserved for %s",
+            f.mapping_id,
+            self._name(f.node_id),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)),
+        )
         return False
 
     def recover(self, mapping_id: int, node_id: str) -> RecoveryJob:
@@ -464,18 +564,33 @@ class Router:
         self._ensure_loaded()
         with self._lock:
             if node_id not in self._failed.get(mapping_id, {}):
-                raise ConfigError(f"{self._name(node_id)} is not a failed target of mapping {mapping_id}")
+                raise ConfigError(
+                    f"{self._name(node_id)} is not a failed target of mapping {mapping_id}"
+                )
         job = self._start(mapping_id, node_id, "manual", self._clock())
         self.refresh("operator recovery", push=True)
         return job
 
     def _start(self, mapping_id: int, node_id: str, trigger: str, now: float) -> RecoveryJob:
         job = self.store.routing.start_recovery(mapping_id, node_id, trigger, now)
-        logger.info("mapping %s: recovery of %s started (%s), from seq %s to %s", mapping_id,
-                    self._name(node_id), trigger, job.from_seq, job.goal_seq)
-        self.events.publish(EventType.RECOVERY_STARTED, mapping_id=mapping_id, node_id=node_id,
-                            target=self._name(node_id), trigger=trigger, job_id=job.id,
-                            from_seq=job.from_seq, goal_seq=job.goal_seq)
+        logger.info(
+            "mapping %s: recovery of %s started (%s), from seq %s to %s",
+            mapping_id,
+            self._name(node_id),
+            trigger,
+            job.from_seq,
+            job.goal_seq,
+        )
+        self.events.publish(
+            EventType.RECOVERY_STARTED,
+            mapping_id=mapping_id,
+            node_id=node_id,
+            target=self._name(node_id),
+            trigger=trigger,
+            job_id=job.id,
+            from_seq=job.from_seq,
+            goal_seq=job.goal_seq,
+        )
         self._reload_failed()
         return job
 
@@ -484,17 +599,30 @@ class Router:
             running = list(self._recoveries.values())
         finished = False
         for job in running:
-            marks = {w.target: w.seq for w in self.store.watermarks(job.mapping_id)
-                     if w.source == self._source_of(job.mapping_id)}
+            marks = {
+                w.target: w.seq
+                for w in self.store.watermarks(job.mapping_id)
+                if w.source == self._source_of(job.mapping_id)
+            }
             mark = marks.get(job.target_node, 0)
             if mark < job.goal_seq:
                 continue
             self.store.routing.finish_recovery(job.id, "done", now, f"watermark {mark}")
-            logger.info("mapping %s: %s recovered (watermark %s)", job.mapping_id,
-                        self._name(job.target_node), mark)
-            self.events.publish(EventType.TARGET_RECOVERED, mapping_id=job.mapping_id, node_id=job.target_node,
-                                target=self._name(job.target_node), job_id=job.id, watermark=mark,
-                                duration_s=now - job.started_at)
+            logger.info(
+                "mapping %s: %s recovered (watermark %s)",
+                job.mapping_id,
+                self._name(job.target_node),
+                mark,
+            )
+            self.events.publish(
+                EventType.TARGET_RECOVERED,
+                mapping_id=job.mapping_id,
+                node_id=job.target_node,
+                target=self._name(job.target_node),
+                job_id=job.id,
+                watermark=mark,
+                duration_s=now - job.started_at,
+            )
             finished = True
         if finished:
             self._reload_failed()
@@ -518,16 +646,27 @@ class Router:
             return RouteView(
                 mapping_id=mapping_id,
                 settings=self._settings.get(mapping_id) or RoutingSettings(mapping_id=mapping_id),
-                route_epoch=cached.route_epoch, source=spec.source_node, routes=cached.routes,
+                route_epoch=cached.route_epoch,
+                source=spec.source_node,
+                routes=cached.routes,
                 unreachable=tuple(cached.plan.unreachable),
-                unreachable_since={t: s for (m, t), s in self._unreachable_since.items() if m == mapping_id},
+                unreachable_since={
+                    t: s for (m, t), s in self._unreachable_since.items() if m == mapping_id
+                },
                 failed=tuple(self._failed.get(mapping_id, {}).values()),
-                failed_hops=tuple((p, c, u) for (m, p, c), u in self._failed_hops.items() if m == mapping_id),
-                recoveries=tuple(j for j in self._recoveries.values() if j.mapping_id == mapping_id))
+                failed_hops=tuple(
+                    (p, c, u) for (m, p, c), u in self._failed_hops.items() if m == mapping_id
+                ),
+                recoveries=tuple(
+                    j for j in self._recoveries.values() if j.mapping_id == mapping_id
+                ),
+            )
 
     # --- Lifetime ---
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Load the state, then tick every TICK_S until cancelled; a store outage is retried."""
         await anyio.to_thread.run_sync(self.load)
         task_status.started()

@@ -28,7 +28,9 @@ class Scheduler:
         self.events = events
         self.on_change = on_change
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         while True:
             try:
@@ -38,7 +40,9 @@ class Scheduler:
                 due = []
             for mapping_id in due:
                 logger.info("reserved run of mapping %s", mapping_id)
-                self.events.publish(EventType.MAPPING_CHANGED, mapping_id=mapping_id, release="reserved")
+                self.events.publish(
+                    EventType.MAPPING_CHANGED, mapping_id=mapping_id, release="reserved"
+                )
             if due:
                 self.on_change()
             await anyio.sleep(TICK_S)

@@ -73,7 +73,9 @@ class MasterService:
         identity = tls.Identity.in_directory(self.data_dir / "control")
         if not identity.exists():
             identity.key_path.parent.mkdir(exist_ok=True)
-            key_pem, cert_pem = ca.issue(MASTER_NODE_NAME, ["127.0.0.1", "localhost", socket.gethostname()])
+            key_pem, cert_pem = ca.issue(
+                MASTER_NODE_NAME, ["127.0.0.1", "localhost", socket.gethostname()]
+            )
             identity.key_path.write_bytes(key_pem)
             identity.key_path.chmod(0o600)
             identity.cert_path.write_bytes(cert_pem)
@@ -85,7 +87,8 @@ class MasterService:
         join = _secret_file(self.data_dir / "join-token", store.create_join_token)
         # plain (TLS-off) links' secrets derive from this key; stable across restarts
         store.policies.link_key = bytes.fromhex(
-            _secret_file(self.data_dir / "link-key", lambda: secrets.token_hex(32)))
+            _secret_file(self.data_dir / "link-key", lambda: secrets.token_hex(32))
+        )
         return store, ca, identity, admin, join
 
     async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -93,38 +96,56 @@ class MasterService:
         store, ca, identity, admin_token, _join = await anyio.to_thread.run_sync(self._prepare)
         events = EventBus()
         joblog = JobLogWriter(store, events)
-        purging = PurgeService(store=store, events=events, joblog=joblog,
-                               listen=self.cfg.purge_listen)
+        purging = PurgeService(
+            store=store, events=events, joblog=joblog, listen=self.cfg.purge_listen
+        )
         chost, cport = split_address(self.cfg.control_listen)
         saved_port = self.data_dir / "control-port"
         if cport == 0 and saved_port.exists():
             cport = int(saved_port.read_text())  # agents hold this address: keep it across restarts
         monitor = self._monitor(store, events, joblog, lambda: set(control.links))
         router = Router(store, events, links_up=lambda: set(control.links))
-        control = ControlServer(host=chost, port=cport, ctx=tls.server_context(identity), store=store,
-                                events=events, joblog=joblog, on_metrics=monitor.on_metrics,
-                                router=router)
+        control = ControlServer(
+            host=chost,
+            port=cport,
+            ctx=tls.server_context(identity),
+            store=store,
+            events=events,
+            joblog=joblog,
+            on_metrics=monitor.on_metrics,
+            router=router,
+        )
         router.on_change = control.notify_change
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(joblog.serve)
                 self.purge_address = await tg.start(purging.serve)
                 await tg.start(monitor.serve)
-                await tg.start(router.serve)  # failure state rebuilt from the store before agents connect
+                await tg.start(
+                    router.serve
+                )  # failure state rebuilt from the store before agents connect
                 control_port = await tg.start(control.serve)
                 await tg.start(Scheduler(store, events, control.notify_change).serve)
                 await tg.start(RetentionPruner(store).serve)  # job-log history past its retention
                 self.control_address = f"{chost}:{control_port}"
                 saved_port.write_text(str(control_port))
-                app = create_app(store=store, ca=ca, events=events, admin_token=admin_token,
-                                 control_address=self.control_address, on_change=control.notify_change,
-                                 router=router, master_node_id=identity.node_id)
+                app = create_app(
+                    store=store,
+                    ca=ca,
+                    events=events,
+                    admin_token=admin_token,
+                    control_address=self.control_address,
+                    on_change=control.notify_change,
+                    router=router,
+                    master_node_id=identity.node_id,
+                )
                 app.state.joblog = joblog
                 app.state.purger = purging.purger
                 app.state.monitor = monitor
                 sock, self.api_url = self._bind_api()
-                server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off",
-                                                 access_log=False))
+                server = _Uvicorn(
+                    uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+                )
                 tg.start_soon(server.serve, [sock])
                 with anyio.fail_after(30):
                     while not server.started:  # noqa: ASYNC110 - uvicorn offers no readiness event
@@ -135,14 +156,19 @@ class MasterService:
         finally:
             store.close()
 
-    def _monitor(self, store: Store, events: EventBus, joblog: JobLogWriter,
-                 links_up: Callable[[], set[str]]) -> MonitorService:
+    def _monitor(
+        self, store: Store, events: EventBus, joblog: JobLogWriter, links_up: Callable[[], set[str]]
+    ) -> MonitorService:
         watch = SelfWatch(store_ping=store.epoch, queue_length=lambda: len(joblog._queue))
         return MonitorService(
-            store=store, publish=lambda kind, data: events.publish(EventType(kind), **data),
-            links_up=links_up, self_figures=watch.collect, interval_s=self.cfg.monitor_interval_s,
+            store=store,
+            publish=lambda kind, data: events.publish(EventType(kind), **data),
+            links_up=links_up,
+            self_figures=watch.collect,
+            interval_s=self.cfg.monitor_interval_s,
             raw_retention_s=self.cfg.metrics_raw_retention_s,
-            minute_retention_s=self.cfg.metrics_minute_retention_s)
+            minute_retention_s=self.cfg.metrics_minute_retention_s,
+        )
 
     def _bind_api(self) -> tuple[socket.socket, str]:
         host, port = split_address(self.cfg.listen)
@@ -154,8 +180,12 @@ class MasterService:
         return sock, f"http://{host}:{sock.getsockname()[1]}"
 
     def _write_state(self) -> None:
-        state = {"api_url": self.api_url, "control_address": self.control_address, "pid": os.getpid(),
-                 "purge_address": self.purge_address}
+        state = {
+            "api_url": self.api_url,
+            "control_address": self.control_address,
+            "pid": os.getpid(),
+            "purge_address": self.purge_address,
+        }
         tmp = self.data_dir / "master.json.tmp"
         tmp.write_text(json.dumps(state))
         tmp.replace(self.data_dir / "master.json")

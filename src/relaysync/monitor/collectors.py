@@ -87,9 +87,13 @@ class Collector:
         self.latest = report
         return report
 
-    async def serve(self, send: Callable[[MetricsReport], Awaitable[None] | None], *,
-                    interval_s: float,
-                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        send: Callable[[MetricsReport], Awaitable[None] | None],
+        *,
+        interval_s: float,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Collect every `interval_s` and hand each report to `send`, until cancelled."""
         task_status.started()
         while True:

@@ -54,15 +54,34 @@ class MonitoringTables(Protocol):
     """What the monitor needs from the store's monitoring part (master/store/_monitoring.py)."""
 
     def add_samples(self, batch: Sequence[tuple[str, float, Sequence[MetricSample]]]) -> int: ...
-    def downsample(self, *, now: float, raw_retention_s: float, minute_retention_s: float) -> tuple[int, int]: ...
+    def downsample(
+        self, *, now: float, raw_retention_s: float, minute_retention_s: float
+    ) -> tuple[int, int]: ...
     def list_thresholds(self) -> list[ThresholdRule]: ...
     def list_probes(self) -> list[ProbeRule]: ...
     def list_channels(self) -> list[ChannelInfo]: ...
-    def fire_alert(self, *, key: str, server: str, kind: str, subject: str, value: float | None,
-                   message: str, now: float) -> tuple[AlertInfo, bool]: ...
-    def resolve_alert(self, key: str, *, now: float, value: float | None = None) -> AlertInfo | None: ...
-    def list_alerts(self, *, state: str | None = None, server: str | None = None,
-                    open_only: bool = False, limit: int = 100) -> list[AlertInfo]: ...
+    def fire_alert(
+        self,
+        *,
+        key: str,
+        server: str,
+        kind: str,
+        subject: str,
+        value: float | None,
+        message: str,
+        now: float,
+    ) -> tuple[AlertInfo, bool]: ...
+    def resolve_alert(
+        self, key: str, *, now: float, value: float | None = None
+    ) -> AlertInfo | None: ...
+    def list_alerts(
+        self,
+        *,
+        state: str | None = None,
+        server: str | None = None,
+        open_only: bool = False,
+        limit: int = 100,
+    ) -> list[AlertInfo]: ...
     def set_health(self, name: str, health: str) -> bool: ...
 
 
@@ -91,16 +110,26 @@ class _Observation:
 class MonitorService:
     """Runs until cancelled; `on_metrics` is fed by the control server."""
 
-    def __init__(self, *, store: FleetStore, publish: Publish, links_up: Callable[[], set[str]],
-                 self_figures: Callable[[], list[MetricSample]], interval_s: float = 10.0,
-                 raw_retention_s: float = 86_400.0, minute_retention_s: float = 30 * 86_400.0) -> None:
+    def __init__(
+        self,
+        *,
+        store: FleetStore,
+        publish: Publish,
+        links_up: Callable[[], set[str]],
+        self_figures: Callable[[], list[MetricSample]],
+        interval_s: float = 10.0,
+        raw_retention_s: float = 86_400.0,
+        minute_retention_s: float = 30 * 86_400.0,
+    ) -> None:
         self.store = store
         self.publish = publish
         self.links_up = links_up
         self.self_figures = self_figures
         self.interval_s = interval_s
         self.raw_retention_s, self.minute_retention_s = raw_retention_s, minute_retention_s
-        self.latest: dict[str, tuple[float, tuple[MetricSample, ...]]] = {}  # server -> (received, figures)
+        self.latest: dict[
+            str, tuple[float, tuple[MetricSample, ...]]
+        ] = {}  # server -> (received, figures)
         self.probe_results: dict[int, ProbeResult] = {}
         self.conditions = Conditions()
         self.sent: dict[str, int] = {}  # channel name -> notices delivered
@@ -124,8 +153,9 @@ class MonitorService:
     # --- loop ---
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        for alert in await anyio.to_thread.run_sync(partial(self.store.monitoring.list_alerts,
-                                                            open_only=True, limit=10_000)):
+        for alert in await anyio.to_thread.run_sync(
+            partial(self.store.monitoring.list_alerts, open_only=True, limit=10_000)
+        ):
             self.conditions.get(alert.key, 0.0, firing=True)  # no second notice after a restart
             self._key_server[alert.key] = alert.server
         async with anyio.create_task_group() as tg:
@@ -154,14 +184,18 @@ class MonitorService:
         await anyio.to_thread.run_sync(self._update_health, servers)
         self.ticks += 1
 
-    def _store_round(self, pending: list[tuple[str, float, Sequence[MetricSample]]],
-                     now: float) -> Sequence[ServerView]:
+    def _store_round(
+        self, pending: list[tuple[str, float, Sequence[MetricSample]]], now: float
+    ) -> Sequence[ServerView]:
         if pending:
             self.store.monitoring.add_samples(pending)
         if now - self._last_downsample >= DOWNSAMPLE_EVERY_S:
             self._last_downsample = now
-            self.store.monitoring.downsample(now=now, raw_retention_s=self.raw_retention_s,
-                                             minute_retention_s=self.minute_retention_s)
+            self.store.monitoring.downsample(
+                now=now,
+                raw_retention_s=self.raw_retention_s,
+                minute_retention_s=self.minute_retention_s,
+            )
         return self.store.list_servers()
 
     async def _run_probes(self, probes: list[ProbeRule]) -> None:
@@ -176,14 +210,24 @@ class MonitorService:
 
     def _heartbeats(self, servers: Sequence[ServerView]) -> list[_Observation]:
         up = self.links_up()
-        return [_Observation(key=f"heartbeat:{s.name}", for_s=self.interval_s, bad=s.node_id not in up,
-                             clear=s.node_id in up, server=s.name, kind="heartbeat",
-                             subject="heartbeat", value=None,
-                             message=f"agent {s.name}: control link down")
-                for s in servers]
+        return [
+            _Observation(
+                key=f"heartbeat:{s.name}",
+                for_s=self.interval_s,
+                bad=s.node_id not in up,
+                clear=s.node_id in up,
+                server=s.name,
+                kind="heartbeat",
+                subject="heartbeat",
+                value=None,
+                message=f"agent {s.name}: control link down",
+            )
+            for s in servers
+        ]
 
-    def _thresholds(self, rules: list[ThresholdRule], servers: Sequence[ServerView],
-                    now: float) -> tuple[list[_Observation], set[str]]:
+    def _thresholds(
+        self, rules: list[ThresholdRule], servers: Sequence[ServerView], now: float
+    ) -> tuple[list[_Observation], set[str]]:
         """Return observations of fresh figures, and every key the rules cover (judged or not)."""
         stale_s = max(300.0, STALE_AFTER_TICKS * self.interval_s)
         targets = [(s.name, s.group) for s in servers] + [(MASTER_SERVER, "")]
@@ -191,7 +235,9 @@ class MonitorService:
         live: set[str] = set()
         for rule in rules:
             for name, group in targets:
-                if name == MASTER_SERVER and not (rule.scope == "server" and rule.target == MASTER_SERVER):
+                if name == MASTER_SERVER and not (
+                    rule.scope == "server" and rule.target == MASTER_SERVER
+                ):
                     continue
                 if not applies_to(rule, name, group):
                     continue
@@ -200,12 +246,19 @@ class MonitorService:
                 value = value_for(rule, samples) if now - received <= stale_s else None
                 if value is None:
                     continue
-                out.append(_Observation(
-                    key=f"threshold:{rule.id}:{name}", for_s=rule.for_s,
-                    bad=breached(rule.operator, value, rule.value),
-                    clear=cleared(rule.operator, value, rule.value, rule.hysteresis),
-                    server=name, kind="threshold", subject=rule.metric, value=value,
-                    message=f"{rule.metric} {rule.operator} {rule.value:g} on {name}"))
+                out.append(
+                    _Observation(
+                        key=f"threshold:{rule.id}:{name}",
+                        for_s=rule.for_s,
+                        bad=breached(rule.operator, value, rule.value),
+                        clear=cleared(rule.operator, value, rule.value, rule.hysteresis),
+                        server=name,
+                        kind="threshold",
+                        subject=rule.metric,
+                        value=value,
+                        message=f"{rule.metric} {rule.operator} {rule.value:g} on {name}",
+                    )
+                )
         return out, live
 
     def _probes(self, probes: list[ProbeRule]) -> list[_Observation]:
@@ -215,10 +268,19 @@ class MonitorService:
             if not rule.enabled or result is None:
                 continue
             where = f"{rule.host}:{rule.port}" if rule.kind == "tcp" else rule.host
-            out.append(_Observation(
-                key=f"probe:{rule.id}", for_s=rule.for_s, bad=not result.ok, clear=result.ok,
-                server=rule.server, kind="probe", subject=rule.name, value=result.latency_ms,
-                message=f"{rule.kind} probe {rule.name} ({where}): {result.detail or 'ok'}"))
+            out.append(
+                _Observation(
+                    key=f"probe:{rule.id}",
+                    for_s=rule.for_s,
+                    bad=not result.ok,
+                    clear=result.ok,
+                    server=rule.server,
+                    kind="probe",
+                    subject=rule.name,
+                    value=result.latency_ms,
+                    message=f"{rule.kind} probe {rule.name} ({where}): {result.detail or 'ok'}",
+                )
+            )
         return out
 
     # --- transitions ---
@@ -228,33 +290,69 @@ class MonitorService:
         for o in observations:
             seen[o.key] = o
             self._key_server[o.key] = o.server
-            transition = self.conditions.update(o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=now)
+            transition = self.conditions.update(
+                o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=now
+            )
             if transition is Transition.FIRE:
-                alert, new = await anyio.to_thread.run_sync(partial(
-                    self.store.monitoring.fire_alert, key=o.key, server=o.server, kind=o.kind,
-                    subject=o.subject, value=o.value, message=o.message, now=now))
+                alert, new = await anyio.to_thread.run_sync(
+                    partial(
+                        self.store.monitoring.fire_alert,
+                        key=o.key,
+                        server=o.server,
+                        kind=o.kind,
+                        subject=o.subject,
+                        value=o.value,
+                        message=o.message,
+                        now=now,
+                    )
+                )
                 if new:
                     self._announce(alert, "firing", o.value, now)
             elif transition is Transition.RESOLVE:
-                resolved = await anyio.to_thread.run_sync(partial(
-                    self.store.monitoring.resolve_alert, o.key, now=now, value=o.value))
+                resolved = await anyio.to_thread.run_sync(
+                    partial(self.store.monitoring.resolve_alert, o.key, now=now, value=o.value)
+                )
                 if resolved is not None:
                     self._announce(resolved, "resolved", o.value, now)
         # Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
         # keys whose figures are stale keep their state (the heartbeat covers a silent agent).
         stale = self.conditions.prune(set(seen) | live)
         for key in stale:
-            resolved = await anyio.to_thread.run_sync(partial(self.store.monitoring.resolve_alert, key, now=now))
+            resolved = await anyio.to_thread.run_sync(
+                partial(self.store.monitoring.resolve_alert, key, now=now)
+            )
             if resolved is not None:
-                self.publish("alert_resolved", {"alert_id": resolved.id, "server": resolved.server,
-                                                "subject": resolved.subject, "reason": "no longer checked"})
+                self.publish(
+                    "alert_resolved",
+                    {
+                        "alert_id": resolved.id,
+                        "server": resolved.server,
+                        "subject": resolved.subject,
+                        "reason": "no longer checked",
+                    },
+                )
 
     def _announce(self, alert: AlertInfo, state: str, value: float | None, now: float) -> None:
-        notice = Notice(alert_id=alert.id, server=alert.server, metric=alert.subject, value=value,
-                        state=state, message=alert.message, at=now)
-        self.publish("alert_" + state, {"alert_id": alert.id, "server": alert.server,
-                                        "kind": alert.kind, "subject": alert.subject,
-                                        "value": value, "message": alert.message})
+        notice = Notice(
+            alert_id=alert.id,
+            server=alert.server,
+            metric=alert.subject,
+            value=value,
+            state=state,
+            message=alert.message,
+            at=now,
+        )
+        self.publish(
+            "alert_" + state,
+            {
+                "alert_id": alert.id,
+                "server": alert.server,
+                "kind": alert.kind,
+                "subject": alert.subject,
+                "value": value,
+                "message": alert.message,
+            },
+        )
         assert self._tg is not None
         self._tg.start_soon(self._notify, notice)
 
@@ -287,4 +385,6 @@ class MonitorService:
             health = "unhealthy" if s.name in failing else "ok"
             if s.health != health and self.store.monitoring.set_health(s.name, health):
                 logger.info("server %s is now %s", s.name, health)
-                self.publish("server_health", {"name": s.name, "node_id": s.node_id, "health": health})
+                self.publish(
+                    "server_health", {"name": s.name, "node_id": s.node_id, "health": health}
+                )

@@ -38,34 +38,50 @@ async def tcp_probe(host: str, port: int, timeout_s: float) -> ProbeResult:
             stream = await anyio.connect_tcp(host, port)
         await stream.aclose()
     except TimeoutError:
-        return ProbeResult(ok=False, latency_ms=None, detail=f"no answer in {timeout_s:g} s", at=time.time())
+        return ProbeResult(
+            ok=False, latency_ms=None, detail=f"no answer in {timeout_s:g} s", at=time.time()
+        )
     except OSError as exc:
         # anyio reports "All connection attempts failed"; the reason is the cause it chains.
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         # asyncio words it "Connect call failed (...)", uvloop "Connection refused": say the errno's name.
         detail = os.strerror(cause.errno) if cause.errno else (cause.strerror or str(cause))
         return ProbeResult(ok=False, latency_ms=None, detail=detail, at=time.time())
-    return ProbeResult(ok=True, latency_ms=(time.monotonic() - started) * 1000, detail="", at=time.time())
+    return ProbeResult(
+        ok=True, latency_ms=(time.monotonic() - started) * 1000, detail="", at=time.time()
+    )
 
 
 async def ping_probe(host: str, timeout_s: float) -> ProbeResult:
     """Return whether `host` answers one ICMP echo within timeout_s (the system ping binary)."""
     ping = shutil.which("ping")
     if ping is None:
-        return ProbeResult(ok=False, latency_ms=None, at=time.time(),
-                           detail="no ping binary: install iputils-ping (scripts/install does)")
+        return ProbeResult(
+            ok=False,
+            latency_ms=None,
+            at=time.time(),
+            detail="no ping binary: install iputils-ping (scripts/install does)",
+        )
     wait_s = max(1, math.ceil(timeout_s))  # ping -W takes whole seconds on older iputils
     started = time.monotonic()
     with anyio.move_on_after(timeout_s + 1):
-        result = await anyio.run_process([ping, "-n", "-c", "1", "-W", str(wait_s), "--", host],
-                                         check=False)
+        result = await anyio.run_process(
+            [ping, "-n", "-c", "1", "-W", str(wait_s), "--", host], check=False
+        )
         if result.returncode == 0:
-            return ProbeResult(ok=True, latency_ms=(time.monotonic() - started) * 1000, detail="",
-                               at=time.time())
+            return ProbeResult(
+                ok=True, latency_ms=(time.monotonic() - started) * 1000, detail="", at=time.time()
+            )
         out = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
-        return ProbeResult(ok=False, latency_ms=None, at=time.time(),
-                           detail=out[-1] if out else f"ping exited {result.returncode}")
-    return ProbeResult(ok=False, latency_ms=None, detail=f"no answer in {timeout_s:g} s", at=time.time())
+        return ProbeResult(
+            ok=False,
+            latency_ms=None,
+            at=time.time(),
+            detail=out[-1] if out else f"ping exited {result.returncode}",
+        )
+    return ProbeResult(
+        ok=False, latency_ms=None, detail=f"no answer in {timeout_s:g} s", at=time.time()
+    )
 
 
 async def run_probe(rule: ProbeRule) -> ProbeResult:

@@ -28,7 +28,9 @@ PREFIX = "relaysync_"
 SamplesBySource = Callable[[], Mapping[str, Sequence[MetricSample]]]
 
 
-def families(by_server: Mapping[str, Sequence[MetricSample]], *, prefix: str = PREFIX) -> list[Metric]:
+def families(
+    by_server: Mapping[str, Sequence[MetricSample]], *, prefix: str = PREFIX
+) -> list[Metric]:
     """Turn {server: samples} into gauge families, one per metric name, labelled server=NAME."""
     grouped: dict[str, list[tuple[str, MetricSample]]] = {}
     for server, samples in by_server.items():
@@ -37,8 +39,9 @@ def families(by_server: Mapping[str, Sequence[MetricSample]], *, prefix: str = P
     out: list[Metric] = []
     for name in sorted(grouped):
         label_names = sorted({k for _, s in grouped[name] for k, _ in s.labels})
-        family = GaugeMetricFamily(prefix + name, f"relaysync figure {name}",
-                                   labels=["server", *label_names])
+        family = GaugeMetricFamily(
+            prefix + name, f"relaysync figure {name}", labels=["server", *label_names]
+        )
         for server, s in grouped[name]:
             labels = dict(s.labels)
             family.add_metric([server, *(labels.get(k, "") for k in label_names)], s.value)
@@ -77,7 +80,9 @@ class MetricsHttpServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> int:
-        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        self._server, self._thread = start_http_server(
+            self.port, addr=self.host, registry=self.registry
+        )
         port = int(self._server.server_address[1])
         logger.info("prometheus /metrics on %s:%s", self.host, port)
         return port
@@ -90,14 +95,19 @@ class MetricsHttpServer:
             self._thread.join(5)
 
 
-
 class _LatestReport(Protocol):
     latest: MetricsReport | None
 
 
-async def serve_agent_metrics(collector: _LatestReport, name: str, listen: str, *,
-                              task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+async def serve_agent_metrics(
+    collector: _LatestReport,
+    name: str,
+    listen: str,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve the agent's own latest figures at http://listen/metrics until cancelled."""
+
     def latest() -> dict[str, Sequence[MetricSample]]:
         report = collector.latest
         return {name: report.samples} if report is not None else {}

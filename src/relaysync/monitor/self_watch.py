@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 class SelfWatch:
     """Collects the master's own figures; collect() blocks (it touches the store): run it in a thread."""
 
-    def __init__(self, *, store_ping: Callable[[], object], queue_length: Callable[[], int]) -> None:
+    def __init__(
+        self, *, store_ping: Callable[[], object], queue_length: Callable[[], int]
+    ) -> None:
         self.store_ping = store_ping
         self.queue_length = queue_length
         self.process = psutil.Process()
@@ -25,9 +27,11 @@ class SelfWatch:
 
     def collect(self) -> list[MetricSample]:
         with self.process.oneshot():
-            out = [sample("process_rss_bytes", self.process.memory_info().rss),
-                   sample("process_cpu_percent", self.process.cpu_percent(interval=None)),
-                   sample("process_threads", self.process.num_threads())]
+            out = [
+                sample("process_rss_bytes", self.process.memory_info().rss),
+                sample("process_cpu_percent", self.process.cpu_percent(interval=None)),
+                sample("process_threads", self.process.num_threads()),
+            ]
         started = time.monotonic()
         try:
             self.store_ping()

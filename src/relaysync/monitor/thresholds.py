@@ -43,9 +43,13 @@ def cleared(operator: Operator, value: float, limit: float, hysteresis: float) -
     """Return whether `value` is back past the limit by the hysteresis band (to resolve)."""
     match operator:
         case ">" | ">=":
-            return value <= limit - hysteresis if hysteresis else not breached(operator, value, limit)
+            return (
+                value <= limit - hysteresis if hysteresis else not breached(operator, value, limit)
+            )
         case "<" | "<=":
-            return value >= limit + hysteresis if hysteresis else not breached(operator, value, limit)
+            return (
+                value >= limit + hysteresis if hysteresis else not breached(operator, value, limit)
+            )
     return not breached(operator, value, limit)
 
 
@@ -115,7 +119,9 @@ class Conditions:
         cond.for_s = for_s
         return cond
 
-    def update(self, key: str, *, for_s: float, bad: bool, clear: bool, now: float) -> Transition | None:
+    def update(
+        self, key: str, *, for_s: float, bad: bool, clear: bool, now: float
+    ) -> Transition | None:
         return self.get(key, for_s).update(bad=bad, clear=clear, now=now)
 
     def firing_keys(self) -> set[str]:

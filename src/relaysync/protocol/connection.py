@@ -29,8 +29,13 @@ def _tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def open_framed(host: str, port: int, *, ssl_ctx: ssl.SSLContext | None = None,
-                      max_message_bytes: int = MAX_MESSAGE_BYTES) -> FramedStream:
+async def open_framed(
+    host: str,
+    port: int,
+    *,
+    ssl_ctx: ssl.SSLContext | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> FramedStream:
     """Connect (and with `ssl_ctx`, complete the TLS handshake) within CONNECT_TIMEOUT_S.
 
     Raises:
@@ -40,24 +45,35 @@ async def open_framed(host: str, port: int, *, ssl_ctx: ssl.SSLContext | None = 
     protocol = FrameProtocol(max_message_bytes)  # uvloop returns its SSL protocol, not ours
     with anyio.fail_after(CONNECT_TIMEOUT_S):
         transport, _ = await loop.create_connection(
-            lambda: protocol, host, port, ssl=ssl_ctx,
+            lambda: protocol,
+            host,
+            port,
+            ssl=ssl_ctx,
             server_hostname="" if ssl_ctx is not None else None,  # peers are pinned by fingerprint
-            ssl_handshake_timeout=CONNECT_TIMEOUT_S if ssl_ctx is not None else None)
+            ssl_handshake_timeout=CONNECT_TIMEOUT_S if ssl_ctx is not None else None,
+        )
     raw = transport.get_extra_info("socket")
     if raw is not None:
         _tune(raw)
     return FramedStream(cast(asyncio.Transport, transport), protocol)
 
 
-async def wrap_accepted(sock: socket.socket, *, ssl_ctx: ssl.SSLContext | None = None,
-                        max_message_bytes: int = MAX_MESSAGE_BYTES) -> FramedStream:
+async def wrap_accepted(
+    sock: socket.socket,
+    *,
+    ssl_ctx: ssl.SSLContext | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> FramedStream:
     """Take over an accepted socket (TLS server side when `ssl_ctx` is given)."""
     loop = asyncio.get_running_loop()
     protocol = FrameProtocol(max_message_bytes)  # uvloop returns its SSL protocol, not ours
     with anyio.fail_after(CONNECT_TIMEOUT_S):
         transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol, sock, ssl=ssl_ctx,
-            ssl_handshake_timeout=CONNECT_TIMEOUT_S if ssl_ctx is not None else None)
+            lambda: protocol,
+            sock,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=CONNECT_TIMEOUT_S if ssl_ctx is not None else None,
+        )
     return FramedStream(cast(asyncio.Transport, transport), protocol)
 
 
@@ -73,8 +89,13 @@ async def first_byte(sock: socket.socket) -> int | None:
     return None
 
 
-async def serve_framed(host: str, port: int, on_socket: Callable[[socket.socket, str], Awaitable[None]],
-                       *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+async def serve_framed(
+    host: str,
+    port: int,
+    on_socket: Callable[[socket.socket, str], Awaitable[None]],
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """Listen on host:port; run `on_socket(sock, "ip:port")` in its own task for each client.
 
     The callback owns the socket until it hands it to the loop (`wrap_accepted`); after that

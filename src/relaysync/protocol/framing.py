@@ -117,19 +117,23 @@ class FrameProtocol(asyncio.BufferedProtocol):
             pending = self._end - self._start
             if need > len(self._buf) or pending + MIN_READ_BYTES > len(self._buf):
                 grown = bytearray(max(need, pending + MIN_READ_BYTES, READ_BUFFER_BYTES))
-                grown[:pending] = self._buf[self._start:self._end]
+                grown[:pending] = self._buf[self._start : self._end]
                 self._buf = grown  # a new object: a view the transport still holds stays valid
             else:
-                self._buf[:pending] = self._buf[self._start:self._end]
+                self._buf[:pending] = self._buf[self._start : self._end]
             self._start, self._end = 0, pending
-        return memoryview(self._buf)[self._end:]
+        return memoryview(self._buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
         self.bytes_received += nbytes
         if not self._decode_buffered():
             return
-        if self._ready_bytes > PAUSE_READING_BYTES and not self._read_paused and self.transport is not None:
+        if (
+            self._ready_bytes > PAUSE_READING_BYTES
+            and not self._read_paused
+            and self.transport is not None
+        ):
             self._read_paused = True
             self.transport.pause_reading()
         self._wake()
@@ -141,7 +145,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
         return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        failure: BaseException = anyio.EndOfStream() if exc is None else anyio.BrokenResourceError(str(exc))
+        failure: BaseException = (
+            anyio.EndOfStream() if exc is None else anyio.BrokenResourceError(str(exc))
+        )
         if exc is not None:
             failure.__cause__ = exc
         self._fail(failure)
@@ -183,8 +189,11 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def _decode_ready_frames(self) -> None:
         # Not past the pause bound: one large read of tiny frames waits in the buffer, undecoded
         # (a few bytes each), until the consumer has taken what was decoded (`next_message`).
-        while (not self._corrupt and self._ready_bytes <= PAUSE_READING_BYTES
-               and self._end - self._start >= _HEADER.size):
+        while (
+            not self._corrupt
+            and self._ready_bytes <= PAUSE_READING_BYTES
+            and self._end - self._start >= _HEADER.size
+        ):
             (length,) = _HEADER.unpack_from(self._buf, self._start)
             if length > self._max:
                 raise FrameTooLarge(length, self._max)
@@ -192,7 +201,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
             if self._end - self._start < total:
                 return
             with memoryview(self._buf) as view:
-                message = decode_payload(view[self._start + _HEADER.size:self._start + total])
+                message = decode_payload(view[self._start + _HEADER.size : self._start + total])
             self._start += total
             cost = total + MESSAGE_OVERHEAD_BYTES + message.decoded_items() * ITEM_OVERHEAD_BYTES
             self._ready.append((message, total, cost))
@@ -222,7 +231,11 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 self._waiter = None
         message, size, cost = self._ready.popleft()
         self._ready_bytes -= cost
-        if self._read_paused and self._ready_bytes < RESUME_READING_BYTES and self.transport is not None:
+        if (
+            self._read_paused
+            and self._ready_bytes < RESUME_READING_BYTES
+            and self.transport is not None
+        ):
             self._read_paused = False
             self.transport.resume_reading()
         return message, size

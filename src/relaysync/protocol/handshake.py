@@ -21,8 +21,10 @@ def announced_capabilities(setting: str) -> tuple[str, ...]:
     named = tuple(c.strip() for c in setting.split(",") if c.strip())
     unknown = [c for c in named if c not in CAPABILITIES]
     if unknown:
-        raise ConfigError(f"capabilities: {', '.join(unknown)} unknown; this release has "
-                          f"{', '.join(CAPABILITIES)} (or '*' for all)")
+        raise ConfigError(
+            f"capabilities: {', '.join(unknown)} unknown; this release has "
+            f"{', '.join(CAPABILITIES)} (or '*' for all)"
+        )
     return named
 
 
@@ -34,8 +36,15 @@ async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hell
         IncompatibleVersion: the peer speaks another protocol version.
         ProtocolError: anything but a Hello came back.
     """
-    await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, name=name, role="agent",
-                            capabilities=CAPABILITIES))
+    await framed.send(
+        Hello(
+            protocol_version=PROTOCOL_VERSION,
+            node_id=node_id,
+            name=name,
+            role="agent",
+            capabilities=CAPABILITIES,
+        )
+    )
     hello = await framed.receive()
     if isinstance(hello, Error):
         raise PeerRefused(hello.detail, hello.code.name)
@@ -46,8 +55,14 @@ async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hell
     return hello
 
 
-async def server_hello(framed: FramedStream, *, node_id: str, name: str, role: Literal["agent", "master"],
-                       capabilities: tuple[str, ...] = CAPABILITIES) -> Hello:
+async def server_hello(
+    framed: FramedStream,
+    *,
+    node_id: str,
+    name: str,
+    role: Literal["agent", "master"],
+    capabilities: tuple[str, ...] = CAPABILITIES,
+) -> Hello:
     """Read the client's Hello, refuse another protocol version clearly, answer with ours.
 
     Raises:
@@ -58,10 +73,23 @@ async def server_hello(framed: FramedStream, *, node_id: str, name: str, role: L
     if not isinstance(hello, Hello):
         raise ProtocolError("first frame must be Hello")
     if hello.protocol_version != PROTOCOL_VERSION:
-        await framed.send(Error(code=ErrorCode.VERSION, detail=(
-            f"this {role} speaks protocol {PROTOCOL_VERSION}, you speak {hello.protocol_version}: "
-            "upgrade the older side (the master and every agent must run the same protocol version)")))
+        await framed.send(
+            Error(
+                code=ErrorCode.VERSION,
+                detail=(
+                    f"this {role} speaks protocol {PROTOCOL_VERSION}, you speak {hello.protocol_version}: "
+                    "upgrade the older side (the master and every agent must run the same protocol version)"
+                ),
+            )
+        )
         raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
-    await framed.send(Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, name=name, role=role,
-                            capabilities=capabilities))
+    await framed.send(
+        Hello(
+            protocol_version=PROTOCOL_VERSION,
+            node_id=node_id,
+            name=name,
+            role=role,
+            capabilities=capabilities,
+        )
+    )
     return hello

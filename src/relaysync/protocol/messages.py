@@ -210,7 +210,9 @@ class RouteHop(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 
     parent: str  # node id; the source node for a first hop
     child: str  # node id of a target (or relay) of the mapping
-    level: str = ""  # why the planner chose it: region-entry, group-entry, in-group, bypass-..., manual
+    level: str = (
+        ""  # why the planner chose it: region-entry, group-entry, in-group, bypass-..., manual
+    )
 
 
 def nodes_below(routes: tuple[RouteHop, ...], node_id: str) -> frozenset[str]:
@@ -240,9 +242,13 @@ class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     durability: Literal["safe", "fast"] = "safe"
     enabled: bool = True
     mode: Literal["realtime", "manual", "reserved"] = "realtime"  # when journaled changes are sent
-    release: int = 0  # manual/reserved: bumped by the master each time the operator or schedule says send
+    release: int = (
+        0  # manual/reserved: bumped by the master each time the operator or schedule says send
+    )
     delete_confirm: int = 0  # bumped when the operator confirms a mass delete the source held back
-    keep_versions: int = 0  # synchronization and backup: previous versions kept on targets (0 = off)
+    keep_versions: int = (
+        0  # synchronization and backup: previous versions kept on targets (0 = off)
+    )
     keep_versions_on: tuple[str, ...] = ()  # node ids of the targets that keep them (empty = all)
     # The distribution tree (routing/planner.py): every target's parent. Empty = a star from the
     # source. Changes to it need no restart: links are added and dropped in place.
@@ -270,8 +276,14 @@ class Assignment(Message, frozen=True, tag="assignment"):
     peers: tuple[PeerInfo, ...]
 
     def decoded_items(self) -> int:
-        return len(self.mappings) + len(self.peers) + sum(
-            len(m.targets) + len(m.routes) + len(m.include) + len(m.exclude) for m in self.mappings)
+        return (
+            len(self.mappings)
+            + len(self.peers)
+            + sum(
+                len(m.targets) + len(m.routes) + len(m.include) + len(m.exclude)
+                for m in self.mappings
+            )
+        )
 
 
 class ReleaseReport(Message, frozen=True, tag="release_report"):
@@ -312,7 +324,9 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     # and the other source's node id; "newer": this record's version won, otherwise it lost.
     conflict: str = ""
     conflict_with: str = ""
-    changed_at: float = 0.0  # the op's changed_at (source clock); committed_at - changed_at = latency
+    changed_at: float = (
+        0.0  # the op's changed_at (source clock); committed_at - changed_at = latency
+    )
 
 
 class CommitReport(Message, frozen=True, tag="commit_report"):
@@ -410,7 +424,9 @@ class DigestRequest(Message, frozen=True, tag="digest_req"):
 
 class DigestReply(Message, frozen=True, tag="digest_reply"):
     mapping_id: int
-    listings: Annotated[tuple[DirListing, ...], _upto(MAX_DIGEST_DIRS)]  # one per directory asked for
+    listings: Annotated[
+        tuple[DirListing, ...], _upto(MAX_DIGEST_DIRS)
+    ]  # one per directory asked for
 
     def validate(self) -> None:
         if sum(len(listing.entries) for listing in self.listings) > MAX_LISTING_ENTRIES:
@@ -429,9 +445,13 @@ class FileStart(Message, frozen=True, tag="file"):
     mode: int
     mtime_ns: int
     base_hash: bytes = b""  # hash of the version it replaces ("" if none known)
-    expected_hash: bytes = b""  # hash the source expects the content to have; names a resumable partial
+    expected_hash: bytes = (
+        b""  # hash the source expects the content to have; names a resumable partial
+    )
     offset: int = 0  # resume: the target already holds the first `offset` bytes in its partial
-    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    changed_at: float = (
+        0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    )
 
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "file.changed_at")
@@ -458,7 +478,9 @@ class DeltaStart(Message, frozen=True, tag="delta"):
     mode: int
     mtime_ns: int
     base_hash: bytes
-    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    changed_at: float = (
+        0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    )
     # The delta comes in this many parts, each a complete librsync delta of a consecutive range
     # of the new file (computed at once on several cores); each part's chunks start at offset 0.
     parts: int = 1
@@ -516,7 +538,9 @@ class SmallFile(Message, frozen=True, tag="small_file"):
     hash: bytes  # of the file's content (after decoding `data`); the target commits only if it matches
     codec: int = 0  # protocol codec id of `data`: 0 = plain
     base_hash: bytes = b""  # hash of the version it replaces ("" if none known)
-    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    changed_at: float = (
+        0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    )
 
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "small_file.changed_at")
@@ -526,7 +550,9 @@ class SmallFile(Message, frozen=True, tag="small_file"):
         if not 0 <= self.size <= SMALL_FILE_BYTES or len(self.data) > SMALL_FILE_BYTES + 1024:
             raise ProtocolError(f"small_file: {self.size} bytes is over the small-file limit")
         if self.codec == 0 and len(self.data) != self.size:  # malformed, not corrupt: never retried
-            raise ProtocolError(f"small_file: {len(self.data)} bytes of data for a size of {self.size}")
+            raise ProtocolError(
+                f"small_file: {len(self.data)} bytes of data for a size of {self.size}"
+            )
         _check_hash(self.hash, "small_file.hash")
         _check_hash(self.base_hash, "small_file.base_hash", optional=True)
 
@@ -543,7 +569,9 @@ class Delete(Message, frozen=True, tag="delete"):
 
     seq: int
     path: str
-    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    changed_at: float = (
+        0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    )
 
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "delete.changed_at")
@@ -554,7 +582,9 @@ class MakeDir(Message, frozen=True, tag="mkdir"):
     seq: int
     path: str
     mode: int = 0o755
-    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    changed_at: float = (
+        0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    )
 
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "mkdir.changed_at")
@@ -565,7 +595,9 @@ class Symlink(Message, frozen=True, tag="symlink"):
     seq: int
     path: str
     target: str  # stored as is; never followed by the receiver
-    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    changed_at: float = (
+        0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    )
 
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "symlink.changed_at")
@@ -578,7 +610,9 @@ class Rename(Message, frozen=True, tag="rename"):
     path: str
     new_path: str
     hash: bytes = b""  # content hash of a file being moved, to check the target holds the same
-    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    changed_at: float = (
+        0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    )
 
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "rename.changed_at")
@@ -591,7 +625,9 @@ class SetAttr(Message, frozen=True, tag="attr"):
     path: str
     mode: int
     mtime_ns: int
-    changed_at: float = 0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    changed_at: float = (
+        0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
+    )
 
     def validate(self) -> None:
         _check_changed_at(self.changed_at, "attr.changed_at")
@@ -710,8 +746,9 @@ class MetricsReport(Message, frozen=True, tag="metrics_report"):
                 raise ProtocolError(f"metrics_report: bad metric name {s.name[:80]!r}")
             if s.value != s.value or s.value in (float("inf"), float("-inf")):
                 raise ProtocolError(f"metrics_report: {s.name} is not a finite number")
-            if len(s.labels) > MAX_METRIC_LABELS or any(len(k) > MAX_METRIC_NAME or len(v) > MAX_PATH_BYTES
-                                        for k, v in s.labels):
+            if len(s.labels) > MAX_METRIC_LABELS or any(
+                len(k) > MAX_METRIC_NAME or len(v) > MAX_PATH_BYTES for k, v in s.labels
+            ):
                 raise ProtocolError(f"metrics_report: {s.name} has too many or too long labels")
 
 
@@ -738,15 +775,23 @@ class PurgeNotice(Message, frozen=True, tag="purge_notice"):
         """The bytes the HMAC covers: every field but the HMAC, unambiguously joined."""
         fields = (self.site, self.kind, self.url_or_path, self.nonce, repr(float(self.time)))
         return PURGE_NOTICE_CONTEXT + b"".join(
-            b"\n" + str(len(f.encode())).encode() + b":" + f.encode() for f in fields)
+            b"\n" + str(len(f.encode())).encode() + b":" + f.encode() for f in fields
+        )
 
     def validate(self) -> None:
         if not self.site or len(self.site) > MAX_NAME_BYTES:
             raise ProtocolError("purge_notice: site name empty or too long")
-        if not self.url_or_path or len(self.url_or_path.encode("utf-8", "surrogateescape")) > MAX_NOTICE_URL_BYTES:
-            raise ProtocolError(f"purge_notice: url_or_path empty or over {MAX_NOTICE_URL_BYTES} bytes")
+        if (
+            not self.url_or_path
+            or len(self.url_or_path.encode("utf-8", "surrogateescape")) > MAX_NOTICE_URL_BYTES
+        ):
+            raise ProtocolError(
+                f"purge_notice: url_or_path empty or over {MAX_NOTICE_URL_BYTES} bytes"
+            )
         if not 8 <= len(self.nonce) <= 64 or len(self.hmac) != 64:
-            raise ProtocolError("purge_notice: nonce must be 8-64 characters and hmac 64 hex digits")
+            raise ProtocolError(
+                "purge_notice: nonce must be 8-64 characters and hmac 64 hex digits"
+            )
 
 
 class PurgeAccepted(Message, frozen=True, tag="purge_accepted"):
@@ -795,7 +840,9 @@ AnyMessage = (
 
 
 # Ops that change a target tree, in the order a source streams them.
-ChangeOp = FileStart | DeltaStart | SmallFile | Delete | MakeDir | Symlink | Rename | SetAttr | Erase
+ChangeOp = (
+    FileStart | DeltaStart | SmallFile | Delete | MakeDir | Symlink | Rename | SetAttr | Erase
+)
 
 ENCODER = msgspec.msgpack.Encoder()
 DECODER: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)  # type: ignore[arg-type]

@@ -34,7 +34,9 @@ def _fingerprint(status: int, body: bytes) -> tuple[int, str]:
     return status, hashlib.sha256(body).hexdigest() if status == 200 else ""
 
 
-async def fetch_origin(client: httpx.AsyncClient, origins: Sequence[str], url: Url) -> tuple[int, str] | None:
+async def fetch_origin(
+    client: httpx.AsyncClient, origins: Sequence[str], url: Url
+) -> tuple[int, str] | None:
     """GET `url` straight from the first origin that answers; None if none does."""
     for base in origins:
         try:
@@ -46,8 +48,9 @@ async def fetch_origin(client: httpx.AsyncClient, origins: Sequence[str], url: U
     return None
 
 
-async def confirm(driver: Driver, client: httpx.AsyncClient, origins: Sequence[str],
-                  url: Url) -> bool | None:
+async def confirm(
+    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], url: Url
+) -> bool | None:
     """Return True once the cache serves what an origin serves, None without an origin.
 
     Raises:
@@ -69,12 +72,17 @@ async def confirm(driver: Driver, client: httpx.AsyncClient, origins: Sequence[s
         if attempt + 1 < CONFIRM_ATTEMPTS:
             await anyio.sleep(CONFIRM_PAUSE_S)
     assert want is not None
-    raise StaleCopy(driver.cache.name, str(url), f"HTTP {got[0]} {got[1][:12]}",
-                    f"HTTP {want[0]} {want[1][:12]}")
+    raise StaleCopy(
+        driver.cache.name,
+        str(url),
+        f"HTTP {got[0]} {got[1][:12]}",
+        f"HTTP {want[0]} {want[1][:12]}",
+    )
 
 
-async def run_item(driver: Driver, client: httpx.AsyncClient, origins: Sequence[str],
-                   item: PurgeItem) -> tuple[str, bool | None]:
+async def run_item(
+    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], item: PurgeItem
+) -> tuple[str, bool | None]:
     """Do `item` on its cache and confirm it; return (status, confirmed).
 
     Raises:
@@ -104,7 +112,12 @@ async def run_item(driver: Driver, client: httpx.AsyncClient, origins: Sequence[
     if confirmed and driver.one_request:
         driver.stale_refreshes += 1
         if driver.stale_refreshes >= STALE_REFRESHES_TO_SWITCH:
-            logger.warning("cache %s kept its copy on %s one-request refreshes (last: %s); "
-                           "using PURGE + GET from now on", driver.cache.name, driver.stale_refreshes, stale)
+            logger.warning(
+                "cache %s kept its copy on %s one-request refreshes (last: %s); "
+                "using PURGE + GET from now on",
+                driver.cache.name,
+                driver.stale_refreshes,
+                stale,
+            )
             driver.one_request = False
     return status, confirmed

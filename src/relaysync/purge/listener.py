@@ -58,22 +58,46 @@ def sign(notice: PurgeNotice, secret: str) -> str:
     return hmac.new(secret.encode(), notice.canonical(), hashlib.sha256).hexdigest()
 
 
-def make_notice(site: str, secret: str, url_or_path: str, kind: str = "url", *,
-                at: float | None = None, nonce: str | None = None) -> PurgeNotice:
+def make_notice(
+    site: str,
+    secret: str,
+    url_or_path: str,
+    kind: str = "url",
+    *,
+    at: float | None = None,
+    nonce: str | None = None,
+) -> PurgeNotice:
     """Return a signed notice (what an origin's agent or CMS hook sends)."""
-    unsigned = PurgeNotice(site=site, url_or_path=url_or_path, kind=kind,  # type: ignore[arg-type]
-                           nonce=nonce or secrets.token_hex(16),
-                           time=time.time() if at is None else at, hmac="0" * 64)
-    return PurgeNotice(site=unsigned.site, url_or_path=unsigned.url_or_path, kind=unsigned.kind,
-                       nonce=unsigned.nonce, time=unsigned.time, hmac=sign(unsigned, secret))
+    unsigned = PurgeNotice(
+        site=site,
+        url_or_path=url_or_path,
+        kind=kind,  # type: ignore[arg-type]
+        nonce=nonce or secrets.token_hex(16),
+        time=time.time() if at is None else at,
+        hmac="0" * 64,
+    )
+    return PurgeNotice(
+        site=unsigned.site,
+        url_or_path=unsigned.url_or_path,
+        kind=unsigned.kind,
+        nonce=unsigned.nonce,
+        time=unsigned.time,
+        hmac=sign(unsigned, secret),
+    )
 
 
 class PurgeListener:
     """Accepts purge notices and hands the URLs they name to the purger."""
 
-    def __init__(self, *, host: str, port: int, purger: Purger,
-                 sites: Callable[[str], SiteSpec | None],
-                 skew_s: float = NOTICE_SKEW_S) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        purger: Purger,
+        sites: Callable[[str], SiteSpec | None],
+        skew_s: float = NOTICE_SKEW_S,
+    ) -> None:
         self.host, self.port = host, port
         self.purger = purger
         self.sites = sites
@@ -108,8 +132,13 @@ class PurgeListener:
                     await framed.send(Error(code=ErrorCode.BAD_MESSAGE, detail=str(exc)))
                     return
                 await framed.send(await self._answer(message))
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                TimeoutError, OSError):
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            TimeoutError,
+            OSError,
+        ):
             return
         finally:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
@@ -118,8 +147,10 @@ class PurgeListener:
     async def _answer(self, message: object) -> Error | PurgeAccepted:
         if not isinstance(message, PurgeNotice):
             self.refused += 1
-            return Error(code=ErrorCode.NOT_EXPECTED,
-                         detail=f"expected purge_notice, got {type(message).__name__}")
+            return Error(
+                code=ErrorCode.NOT_EXPECTED,
+                detail=f"expected purge_notice, got {type(message).__name__}",
+            )
         try:
             site = self._authenticate(message)
             items = await self._submit(site, message)
@@ -139,8 +170,9 @@ class PurgeListener:
 
     def _refuse(self, notice: PurgeNotice, code: ErrorCode, detail: str) -> Error:
         self.refused += 1
-        logger.warning("purge notice refused: site=%s code=%s: %s", notice.site[:64], code.name,
-                       detail)
+        logger.warning(
+            "purge notice refused: site=%s code=%s: %s", notice.site[:64], code.name, detail
+        )
         return Error(code=code, detail=detail)
 
     def _authenticate(self, notice: PurgeNotice) -> SiteSpec:
@@ -155,8 +187,10 @@ class PurgeListener:
             raise NoticeRefused(f"bad credentials for site {notice.site[:64]!r}")
         now = time.time()
         if abs(now - notice.time) > self.skew_s:
-            raise NoticeRefused(f"signed {now - notice.time:+.0f} s from the master's clock "
-                                f"(allowed: {self.skew_s:.0f} s)")
+            raise NoticeRefused(
+                f"signed {now - notice.time:+.0f} s from the master's clock "
+                f"(allowed: {self.skew_s:.0f} s)"
+            )
         key = (site.name, notice.nonce)
         self._expire_nonces(now)
         if key in self._nonces:
@@ -180,11 +214,13 @@ class PurgeListener:
         if notice.kind == "prefix":
             return await self.purger.submit_prefix(site, rel)
         return await self.purger.submit(
-            site, urlmap.urls_for_path(site, urlmap.mapping_path(site, rel)))
+            site, urlmap.urls_for_path(site, urlmap.mapping_path(site, rel))
+        )
 
 
-async def send_notice(host: str, port: int, notice: PurgeNotice, *,
-                      timeout_s: float = 10.0) -> Error | PurgeAccepted:
+async def send_notice(
+    host: str, port: int, notice: PurgeNotice, *, timeout_s: float = 10.0
+) -> Error | PurgeAccepted:
     """Send one notice to a listener and return its answer (a client for origins and tests)."""
     with anyio.fail_after(timeout_s):
         framed = await open_framed(host, port)

@@ -48,7 +48,9 @@ class _Pending:
 class CommitTracker:
     """Which origins committed which change, and when a change may be purged."""
 
-    def __init__(self, *, hold_max_s: float = HOLD_MAX_S, remember: int = REMEMBER_RELEASED) -> None:
+    def __init__(
+        self, *, hold_max_s: float = HOLD_MAX_S, remember: int = REMEMBER_RELEASED
+    ) -> None:
         self.hold_max_s = hold_max_s
         self._remember = remember
         self._pending: dict[Key, _Pending] = {}
@@ -59,9 +61,17 @@ class CommitTracker:
     def pending(self) -> int:
         return len(self._pending)
 
-    def observe(self, *, site_id: int, origins: frozenset[str], source: str, target: str,
-                records: Iterable[CommitRecord], states: Mapping[str, str],
-                now: float) -> list[Released]:
+    def observe(
+        self,
+        *,
+        site_id: int,
+        origins: frozenset[str],
+        source: str,
+        target: str,
+        records: Iterable[CommitRecord],
+        states: Mapping[str, str],
+        now: float,
+    ) -> list[Released]:
         """Fold commits reported by `target` (an origin of the site); return what is released."""
         out: list[Released] = []
         for record in records:
@@ -105,8 +115,13 @@ class CommitTracker:
         if required <= pending.committed:
             return True
         if now - pending.since >= self.hold_max_s:
-            logger.warning("change %s of site %s released after %.0f s without origins %s",
-                           key[2], key[0], now - pending.since, sorted(required - pending.committed))
+            logger.warning(
+                "change %s of site %s released after %.0f s without origins %s",
+                key[2],
+                key[0],
+                now - pending.since,
+                sorted(required - pending.committed),
+            )
             return True
         return False
 

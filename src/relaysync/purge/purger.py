@@ -63,8 +63,9 @@ class PurgeStore(Protocol):
     def changed_paths_under(self, mapping_id: int, prefix: str) -> list[str]: ...
     def enqueue_purges(self, items: Sequence[PurgeItem]) -> list[QueuedPurge]: ...
     def pending_purges(self) -> list[QueuedPurge]: ...
-    def finish_purges(self, done: Sequence[int], results: Sequence[PurgeResult],
-                      retries: Sequence[Retry]) -> None: ...
+    def finish_purges(
+        self, done: Sequence[int], results: Sequence[PurgeResult], retries: Sequence[Retry]
+    ) -> None: ...
 
 
 Notify = Callable[[str, dict[str, Any]], None]
@@ -82,15 +83,24 @@ def url_items(site_id: int, cache: str, urls: Sequence[str], action: Action) -> 
     out: list[PurgeItem] = []
     for url in urls:
         out.append(PurgeItem(site_id=site_id, cache=cache, url=url, action=action))
-        out += [PurgeItem(site_id=site_id, cache=cache, url=u, action=other)
-                for u in urlmap.other_forms(url)]
+        out += [
+            PurgeItem(site_id=site_id, cache=cache, url=u, action=other)
+            for u in urlmap.other_forms(url)
+        ]
     return out
 
 
 class Purger:
-    def __init__(self, store: PurgeStore, *, notify: Notify | None = None,
-                 hold_max_s: float = HOLD_MAX_S, retry_min_s: float = RETRY_MIN_S,
-                 retry_max_s: float = RETRY_MAX_S, concurrency: int = CONCURRENCY) -> None:
+    def __init__(
+        self,
+        store: PurgeStore,
+        *,
+        notify: Notify | None = None,
+        hold_max_s: float = HOLD_MAX_S,
+        retry_min_s: float = RETRY_MIN_S,
+        retry_max_s: float = RETRY_MAX_S,
+        concurrency: int = CONCURRENCY,
+    ) -> None:
         self.store = store
         self.notify = notify
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
@@ -123,8 +133,11 @@ class Purger:
         for gone in set(self._sites) - set(sites):
             self.tracker.forget_site(gone)
         self._sites, self._by_mapping = sites, by_mapping
-        self._drivers = {k: d for k, d in self._drivers.items()
-                         if k[0] in sites and d.cache in sites[k[0]].caches}
+        self._drivers = {
+            k: d
+            for k, d in self._drivers.items()
+            if k[0] in sites and d.cache in sites[k[0]].caches
+        }
 
     def on_commit_report(self, report: CommitReport) -> None:
         """JobLogWriter subscription: fold a target's commits (on the event loop's thread)."""
@@ -134,8 +147,14 @@ class Purger:
             if report.target_node not in origins:
                 continue
             released = self.tracker.observe(
-                site_id=site.id, origins=origins, source=report.source_node,
-                target=report.target_node, records=report.records, states=self._states, now=now)
+                site_id=site.id,
+                origins=origins,
+                source=report.source_node,
+                target=report.target_node,
+                records=report.records,
+                states=self._states,
+                now=now,
+            )
             if released:
                 self._released.extend(released)
                 self._intake_wake.set()
@@ -158,9 +177,11 @@ class Purger:
             no_ban = [c.name for c in site.caches if not _can_ban(c)]
             if no_ban:
                 raise PrefixNotExpandable(
-                    site.name, "/" + rel_dir.strip("/"),
+                    site.name,
+                    "/" + rel_dir.strip("/"),
                     f"caches {', '.join(no_ban)} take no prefix purges and the site has no "
-                    f"mapping whose changes list the paths under it; send each URL instead")
+                    f"mapping whose changes list the paths under it; send each URL instead",
+                )
         change = Released(site.id, "prefix", urlmap.mapping_path(site, rel_dir))
         items = await self._plan(site, change)
         await self._enqueue(items)
@@ -184,8 +205,11 @@ class Purger:
                     tg.start_soon(self._state_loop)
                     tg.start_soon(self._flush_loop)
                     tg.start_soon(self._work_loop, tg)
-                    logger.info("purger running: %d sites, %d queued purges",
-                                len(self._sites), len(self._queue))
+                    logger.info(
+                        "purger running: %d sites, %d queued purges",
+                        len(self._sites),
+                        len(self._queue),
+                    )
                     task_status.started()
             finally:
                 with anyio.CancelScope(shield=True):
@@ -206,8 +230,13 @@ class Purger:
                 continue
             except StoreError as exc:
                 failures += 1
-                logger.warning("purge planning could not read the store (attempt %d), "
-                               "will retry in %.1f s: %s", failures, self._backoff_s(failures), exc)
+                logger.warning(
+                    "purge planning could not read the store (attempt %d), "
+                    "will retry in %.1f s: %s",
+                    failures,
+                    self._backoff_s(failures),
+                    exc,
+                )
             except Exception as exc:
                 failures += 1
                 self._failing("planning a change", exc, failures)
@@ -242,11 +271,18 @@ class Purger:
 
     def _failing(self, what: str, exc: Exception, failures: int) -> None:
         """Report an unexpected exception (a bug): logged in full, and told to `notify`."""
-        logger.error("purger: unexpected error %s (attempt %d), will retry in %.1f s",
-                     what, failures, self._backoff_s(failures), exc_info=exc)
+        logger.error(
+            "purger: unexpected error %s (attempt %d), will retry in %.1f s",
+            what,
+            failures,
+            self._backoff_s(failures),
+            exc_info=exc,
+        )
         if self.notify is not None:
-            self.notify("purger_failing", {"what": what, "error": f"{type(exc).__name__}: {exc}",
-                                           "attempts": failures})
+            self.notify(
+                "purger_failing",
+                {"what": what, "error": f"{type(exc).__name__}: {exc}", "attempts": failures},
+            )
 
     async def _enqueue(self, items: list[PurgeItem]) -> None:
         if not items:
@@ -321,27 +357,36 @@ class Purger:
             items += self._cache_items(site, cache, refresh, purge, prefixes, under)
         return items
 
-    async def _paths_under(self, site: SiteSpec, change: Released,
-                           prefixes: list[str]) -> dict[str, list[str]]:
+    async def _paths_under(
+        self, site: SiteSpec, change: Released, prefixes: list[str]
+    ) -> dict[str, list[str]]:
         if site.mapping_id is None or all(_can_ban(c) for c in site.caches):
             return {}
-        old = await anyio.to_thread.run_sync(self.store.changed_paths_under, site.mapping_id,
-                                             change.path)
+        old = await anyio.to_thread.run_sync(
+            self.store.changed_paths_under, site.mapping_id, change.path
+        )
         under = {change.path: old}
         if change.new_path:
-            under[change.new_path] = [change.new_path + p[len(change.path):] for p in old]
+            under[change.new_path] = [change.new_path + p[len(change.path) :] for p in old]
         return under
 
-    def _cache_items(self, site: SiteSpec, cache: CacheSpec, refresh: list[str],
-                     purge: list[str], prefixes: list[str],
-                     under: dict[str, list[str]]) -> list[PurgeItem]:
+    def _cache_items(
+        self,
+        site: SiteSpec,
+        cache: CacheSpec,
+        refresh: list[str],
+        purge: list[str],
+        prefixes: list[str],
+        under: dict[str, list[str]],
+    ) -> list[PurgeItem]:
         out = url_items(site.id, cache.name, refresh, "refresh")
         out += url_items(site.id, cache.name, purge, "purge")
         can_ban = _can_ban(cache)
         for prefix in prefixes:
             if can_ban:
-                out += url_items(site.id, cache.name,
-                                 urlmap.urls_for_path(site, prefix, directory=True), "ban")
+                out += url_items(
+                    site.id, cache.name, urlmap.urls_for_path(site, prefix, directory=True), "ban"
+                )
                 continue
             for path in under.get(prefix, ()):
                 out += url_items(site.id, cache.name, urlmap.urls_for_path(site, path), "purge")
@@ -357,8 +402,11 @@ class Purger:
         return driver
 
     def _origin_urls(self, site: SiteSpec) -> list[str]:
-        return [o.url for o in site.origins
-                if o.url and (not o.node_id or self._states.get(o.node_id) == "up")]
+        return [
+            o.url
+            for o in site.origins
+            if o.url and (not o.node_id or self._states.get(o.node_id) == "up")
+        ]
 
     async def _work_loop(self, tg: TaskGroup) -> None:
         while True:
@@ -407,25 +455,42 @@ class Purger:
         started = time.perf_counter()
         try:
             with anyio.fail_after(ITEM_TIMEOUT_S):
-                status, confirmed = await run_item(self._driver(site, cache), self._client,
-                                                   self._origin_urls(site), item)
+                status, confirmed = await run_item(
+                    self._driver(site, cache), self._client, self._origin_urls(site), item
+                )
         except CacheRefused as exc:
             logger.error("purge refused, giving up: %s", exc)
             self._finish(item, group, attempts, started, "refused", None, str(exc))
             if self.notify is not None:
-                self.notify("purge_refused", {"site": site.name, "cache": cache.name,
-                                              "url": item.url, "error": str(exc)})
+                self.notify(
+                    "purge_refused",
+                    {"site": site.name, "cache": cache.name, "url": item.url, "error": str(exc)},
+                )
             return
         except (PurgeError, TimeoutError) as exc:
             self._retry(item, group, attempts, str(exc) or "timed out")
             return
         self._finish(item, group, attempts, started, status, confirmed, "")
 
-    def _finish(self, item: PurgeItem, group: list[QueuedPurge], attempts: int, started: float,
-                status: str, confirmed: bool | None, detail: str) -> None:
-        result = PurgeResult(item=item, status=status, confirmed=confirmed, attempts=attempts,
-                             at=time.time(), duration_ms=(time.perf_counter() - started) * 1000.0,
-                             detail=detail)
+    def _finish(
+        self,
+        item: PurgeItem,
+        group: list[QueuedPurge],
+        attempts: int,
+        started: float,
+        status: str,
+        confirmed: bool | None,
+        detail: str,
+    ) -> None:
+        result = PurgeResult(
+            item=item,
+            status=status,
+            confirmed=confirmed,
+            attempts=attempts,
+            at=time.time(),
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+            detail=detail,
+        )
         self._done += [q.id for q in group]
         self._results.append(result)
         logger.debug("purge %s %s on %s: %s", item.action, item.url, item.cache, status)
@@ -435,11 +500,21 @@ class Purger:
     def _retry(self, item: PurgeItem, group: list[QueuedPurge], attempts: int, error: str) -> None:
         delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempts - 1))
         level = logging.INFO if attempts == 1 else logging.WARNING
-        logger.log(level, "purge %s %s on %s failed (attempt %d), retry in %.1f s: %s",
-                   item.action, item.url, item.cache, attempts, delay, error)
+        logger.log(
+            level,
+            "purge %s %s on %s failed (attempt %d), retry in %.1f s: %s",
+            item.action,
+            item.url,
+            item.cache,
+            attempts,
+            delay,
+            error,
+        )
         next_at = time.time() + delay
         for q in group:
-            self._queue[q.id] = QueuedPurge(id=q.id, item=q.item, attempts=attempts, next_at=next_at)
+            self._queue[q.id] = QueuedPurge(
+                id=q.id, item=q.item, attempts=attempts, next_at=next_at
+            )
             self._retries.append(Retry(id=q.id, attempts=attempts, next_at=next_at, error=error))
         self._work_wake.set()
 

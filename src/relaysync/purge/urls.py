@@ -121,7 +121,9 @@ def urls_for_path(site: SiteSpec, path: str, *, directory: bool = False) -> list
     if rel is None:
         return []
     paths = url_paths(site, rel, directory=directory)
-    return [f"{scheme}://{host}{encode_path(p)}" for scheme, host in site_hosts(site) for p in paths]
+    return [
+        f"{scheme}://{host}{encode_path(p)}" for scheme, host in site_hosts(site) for p in paths
+    ]
 
 
 def _check_segments(decoded: str, original: str) -> None:

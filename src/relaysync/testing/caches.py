@@ -163,8 +163,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_get(port: int, path: str = "/", *, host: str = "", headers: dict[str, str] | None = None,
-             method: str = "GET", timeout_s: float = 5.0) -> tuple[int, bytes, dict[str, str]]:
+def http_get(
+    port: int,
+    path: str = "/",
+    *,
+    host: str = "",
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    timeout_s: float = 5.0,
+) -> tuple[int, bytes, dict[str, str]]:
     """One request to 127.0.0.1:port; returns (status, body, headers)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
@@ -245,8 +252,9 @@ class Cache:
         os.chmod(self.dir, 0o755)  # Varnish and Squid drop root and must traverse it
         argv = getattr(self, f"_prepare_{self.kind}")()
         log = open(self.dir / "stdout.log", "ab")  # noqa: SIM115 - the child owns it
-        self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True, cwd=self.dir)
+        self.popen = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir
+        )
         log.close()
         try:
             self._wait_http()
@@ -256,24 +264,47 @@ class Cache:
         return self
 
     def _fill(self, template: str) -> str:
-        return (template.replace("@PORT@", str(self.port)).replace("@ORIGIN@", str(self.origin_port))
-                .replace("@DIR@", str(self.dir)))
+        return (
+            template.replace("@PORT@", str(self.port))
+            .replace("@ORIGIN@", str(self.origin_port))
+            .replace("@DIR@", str(self.dir))
+        )
 
     def _prepare_varnish(self) -> list[str]:
         (self.dir / "varnish.vcl").write_text(self._fill(VARNISH_VCL))
         work = self.dir / "wd"
         shutil.rmtree(work, ignore_errors=True)
-        return ["varnishd", "-F", "-a", f"127.0.0.1:{self.port}", "-T", "none",
-                "-f", str(self.dir / "varnish.vcl"), "-n", str(work), "-s", "malloc,64m",
-                "-p", "default_grace=0"]
+        return [
+            "varnishd",
+            "-F",
+            "-a",
+            f"127.0.0.1:{self.port}",
+            "-T",
+            "none",
+            "-f",
+            str(self.dir / "varnish.vcl"),
+            "-n",
+            str(work),
+            "-s",
+            "malloc,64m",
+            "-p",
+            "default_grace=0",
+        ]
 
     def _prepare_nginx(self) -> list[str]:
         for sub in ("logs", "tmp", "cache"):
             (self.dir / sub).mkdir(exist_ok=True)
             os.chmod(self.dir / sub, 0o777)  # the worker runs as nobody when started as root
         (self.dir / "nginx.conf").write_text(self._fill(NGINX_CONF))
-        return ["nginx", "-p", f"{self.dir}/", "-c", str(self.dir / "nginx.conf"),
-                "-e", str(self.dir / "logs" / "error.log")]
+        return [
+            "nginx",
+            "-p",
+            f"{self.dir}/",
+            "-c",
+            str(self.dir / "nginx.conf"),
+            "-e",
+            str(self.dir / "logs" / "error.log"),
+        ]
 
     def _prepare_squid(self) -> list[str]:
         (self.dir / "squid.conf").write_text(self._fill(SQUID_CONF))
@@ -323,8 +354,10 @@ class Cache:
         while _group_members(pgid):
             if time.monotonic() >= deadline:
                 if killed:
-                    raise RuntimeError(f"cache process group {pgid} still running after SIGKILL: "
-                                       f"pids {_group_members(pgid)}")
+                    raise RuntimeError(
+                        f"cache process group {pgid} still running after SIGKILL: "
+                        f"pids {_group_members(pgid)}"
+                    )
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, signal.SIGKILL)
                 killed, deadline = True, time.monotonic() + STOP_TIMEOUT_S

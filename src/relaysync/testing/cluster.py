@@ -29,8 +29,13 @@ class ClusterError(RelaySyncError):
     """Test fleet: {}"""
 
 
-def wait_until(condition: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.02,
-               what: str = "condition") -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.02,
+    what: str = "condition",
+) -> Any:
     """Poll `condition` until it returns a truthy value; raise ClusterError after timeout_s."""
     deadline = time.monotonic() + timeout_s
     last_exc: Exception | None = None
@@ -43,7 +48,10 @@ def wait_until(condition: Callable[[], Any], *, timeout_s: float, interval_s: fl
         if value:
             return value
         time.sleep(interval_s)
-    raise ClusterError(f"timed out after {timeout_s} s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise ClusterError(
+        f"timed out after {timeout_s} s waiting for {what}"
+        + (f" (last error: {last_exc})" if last_exc else "")
+    )
 
 
 @dataclass
@@ -61,8 +69,11 @@ class Process:
     def start(self, env: dict[str, str]) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "relaysync", *self.args], stdout=log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
+            [sys.executable, "-m", "relaysync", *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         log.close()
 
@@ -131,11 +142,16 @@ class Cluster:
             args += ["--database-url", database_url]
         self.master = Process("master", args, self.base / "master.log")
         self.master.start(self._env())
-        info = wait_until(lambda: self._read_state(state), timeout_s=START_TIMEOUT_S, what="master start")
+        info = wait_until(
+            lambda: self._read_state(state), timeout_s=START_TIMEOUT_S, what="master start"
+        )
         self.api_url = info["api_url"]
         token = (self.master_dir / "admin-token").read_text().strip()
-        self._client = httpx.Client(base_url=self.api_url, timeout=HTTP_TIMEOUT_S,
-                                    headers={"Authorization": f"Bearer {token}"})
+        self._client = httpx.Client(
+            base_url=self.api_url,
+            timeout=HTTP_TIMEOUT_S,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def _read_state(self, path: Path) -> dict[str, Any] | None:
         if self.master is not None and not self.master.alive():
@@ -155,15 +171,36 @@ class Cluster:
             raise ClusterError("master not started")
         return self._client
 
-    def start_agent(self, name: str, *, region: str = "default", group: str = "default",
-                    extra_args: Sequence[str] = (), wait: bool = True,
-                    env: dict[str, str] | None = None) -> Agent:
+    def start_agent(
+        self,
+        name: str,
+        *,
+        region: str = "default",
+        group: str = "default",
+        extra_args: Sequence[str] = (),
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Agent:
         agent = self.agents.get(name)
         if agent is None:
             data = self.base / "agents" / name
             data.mkdir(parents=True, exist_ok=True)
-            args = ["agent", "--master", self.api_url, "--token", self.join_token, "--name", name,
-                    "--data", str(data), "--region", region, "--group", group, *extra_args]
+            args = [
+                "agent",
+                "--master",
+                self.api_url,
+                "--token",
+                self.join_token,
+                "--name",
+                name,
+                "--data",
+                str(data),
+                "--region",
+                region,
+                "--group",
+                group,
+                *extra_args,
+            ]
             agent = Agent(name, data, Process(name, args, self.base / f"agent-{name}.log"))
             self.agents[name] = agent
         agent.process.start(self._env() | (env or {}))
@@ -185,10 +222,21 @@ class Cluster:
 
         wait_until(up, timeout_s=timeout_s, what=f"agent {name} up")
 
-    def create_mapping(self, name: str, source: str, source_path: Path,
-                       targets: Sequence[tuple[str, Path]], **extra: Any) -> dict[str, Any]:
-        body = {"name": name, "source": source, "source_path": str(source_path),
-                "targets": [{"server": t, "path": str(p)} for t, p in targets], **extra}
+    def create_mapping(
+        self,
+        name: str,
+        source: str,
+        source_path: Path,
+        targets: Sequence[tuple[str, Path]],
+        **extra: Any,
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "source": source,
+            "source_path": str(source_path),
+            "targets": [{"server": t, "path": str(p)} for t, p in targets],
+            **extra,
+        }
         r = self.api.post("/api/mappings", json=body)
         if r.status_code not in (200, 201):
             raise ClusterError(f"create mapping: {r.status_code} {r.text}")

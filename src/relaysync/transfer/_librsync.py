@@ -30,8 +30,12 @@ _CLOSE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 
 
 class _CookieIO(ctypes.Structure):
-    _fields_ = [("read", _READ_FN), ("write", _WRITE_FN), ("seek", ctypes.c_void_p),
-                ("close", _CLOSE_FN)]
+    _fields_ = [
+        ("read", _READ_FN),
+        ("write", _WRITE_FN),
+        ("seek", ctypes.c_void_p),
+        ("close", _CLOSE_FN),
+    ]
 
 
 def _load() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
@@ -49,7 +53,12 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     libc.fopencookie.restype = ctypes.c_void_p
     libc.fopencookie.argtypes = [ctypes.c_void_p, ctypes.c_char_p, _CookieIO]
     libc.setvbuf.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t]
-    lib.rs_patch_file.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.rs_patch_file.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     return lib, libc
 
 

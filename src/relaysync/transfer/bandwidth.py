@@ -27,7 +27,9 @@ BURST_S = 0.1
 # The credit kept while a transfer runs: a sender the event loop wakes late (a loaded host)
 # sends what it missed, up to this, instead of falling short of the limit.
 SLACK_S = 0.25
-MIN_LIMITED_CHUNK = 16 * 1024  # file data per message under a limit, at least (framing and TLS overhead)
+MIN_LIMITED_CHUNK = (
+    16 * 1024
+)  # file data per message under a limit, at least (framing and TLS overhead)
 MAX_WINDOWS = 24  # per policy: enough for one per hour of the day
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TIME = re.compile(r"(\d{1,2}):(\d{2})")
@@ -44,8 +46,13 @@ class TokenBucket:
     """Paces a byte stream to a rate in bytes per second (a number, or a function asked at every
     `consume`); 0 means unlimited. `clock` and `sleep` are anyio's unless a test passes its own."""
 
-    def __init__(self, rate_bytes_per_s: float | Rate, *, clock: Callable[[], float] | None = None,
-                 sleep: Callable[[float], Awaitable[object]] | None = None) -> None:
+    def __init__(
+        self,
+        rate_bytes_per_s: float | Rate,
+        *,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[object]] | None = None,
+    ) -> None:
         self._rate = rate_bytes_per_s
         self._clock = clock or anyio.current_time
         self._sleep = sleep or anyio.sleep
@@ -127,7 +134,7 @@ class _Window:
 
 
 def parse_days(text: str) -> frozenset[int]:
-    """"mon-fri", "sat,sun", "fri-mon" (wraps), "" or "*" (every day) -> weekday numbers (Monday = 0).
+    """ "mon-fri", "sat,sun", "fri-mon" (wraps), "" or "*" (every day) -> weekday numbers (Monday = 0).
 
     Raises:
         ConfigError: an unknown day name or a malformed range.
@@ -146,12 +153,14 @@ def parse_days(text: str) -> frozenset[int]:
 def _day(name: str, text: str) -> int:
     name = name.strip()[:3]
     if name not in DAYS:
-        raise ConfigError(f"window days {text!r}: {name!r} is not a day (mon, tue, ... sun, or a range mon-fri)")
+        raise ConfigError(
+            f"window days {text!r}: {name!r} is not a day (mon, tue, ... sun, or a range mon-fri)"
+        )
     return DAYS.index(name)
 
 
 def parse_minute(text: str, *, end: bool = False) -> int:
-    """"HH:MM" -> minutes after midnight; "24:00" only as an end.
+    """ "HH:MM" -> minutes after midnight; "24:00" only as an end.
 
     Raises:
         ConfigError: not HH:MM, or out of range.
@@ -176,7 +185,9 @@ def zone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"timezone {name!r} is not an IANA name zoneinfo knows (e.g. Europe/Paris)") from exc
+        raise ConfigError(
+            f"timezone {name!r} is not an IANA name zoneinfo knows (e.g. Europe/Paris)"
+        ) from exc
 
 
 def _window(w: BandwidthWindow, index: int) -> _Window:
@@ -186,7 +197,9 @@ def _window(w: BandwidthWindow, index: int) -> _Window:
     except ConfigError as exc:
         raise ConfigError(f"window {index + 1}: {exc.args[0]}") from exc
     if start == end:
-        raise ConfigError(f"window {index + 1}: {w.start}-{w.end} is empty (00:00-24:00 is a whole day)")
+        raise ConfigError(
+            f"window {index + 1}: {w.start}-{w.end} is empty (00:00-24:00 is a whole day)"
+        )
     if w.bandwidth_limit_mbit < 0:
         raise ConfigError(f"window {index + 1}: bandwidth limit must be >= 0 (0 = unlimited)")
     return _Window(days=days, start_min=start, end_min=end, limit_mbit=w.bandwidth_limit_mbit)
@@ -199,9 +212,13 @@ class BandwidthSchedule:
         ConfigError: (constructor) a malformed window, too many, or an unknown timezone.
     """
 
-    def __init__(self, base_mbit: float, windows: Sequence[BandwidthWindow] = (), timezone: str = "") -> None:
+    def __init__(
+        self, base_mbit: float, windows: Sequence[BandwidthWindow] = (), timezone: str = ""
+    ) -> None:
         if len(windows) > MAX_WINDOWS:
-            raise ConfigError(f"a policy has at most {MAX_WINDOWS} bandwidth windows, got {len(windows)}")
+            raise ConfigError(
+                f"a policy has at most {MAX_WINDOWS} bandwidth windows, got {len(windows)}"
+            )
         self.base_mbit = base_mbit
         self._windows = [_window(w, i) for i, w in enumerate(windows)]
         self._zone = zone(timezone)
@@ -211,9 +228,13 @@ class BandwidthSchedule:
         local = at.astimezone(self._zone)
         minute = local.hour * 60 + local.minute
         weekday = local.weekday()
-        return next((w.limit_mbit for w in self._windows if w.holds(weekday, minute)), self.base_mbit)
+        return next(
+            (w.limit_mbit for w in self._windows if w.holds(weekday, minute)), self.base_mbit
+        )
 
-    def rate(self, *, fallback_mbit: float = 0.0, now: Callable[[], datetime] | None = None) -> Rate:
+    def rate(
+        self, *, fallback_mbit: float = 0.0, now: Callable[[], datetime] | None = None
+    ) -> Rate:
         """A `TokenBucket` rate: bytes per second now.
 
         A limit of 0 (from a window or the base) means "no limit from the policy": `fallback_mbit`
@@ -224,15 +245,22 @@ class BandwidthSchedule:
         if not self._windows:
             constant = mbit_to_bytes(self.base_mbit or fallback_mbit)
             return lambda: constant
-        cached = [0.0, -1.0, 0.0]  # the minute it holds for, as [from, until) unix times, and the rate
+        cached = [
+            0.0,
+            -1.0,
+            0.0,
+        ]  # the minute it holds for, as [from, until) unix times, and the rate
 
         def current() -> float:
             at = clock()
             stamp = at.timestamp()
             if not cached[0] <= stamp < cached[1]:
                 minute = at.replace(second=0, microsecond=0)
-                cached[:] = [minute.timestamp(), (minute + timedelta(minutes=1)).timestamp(),
-                             mbit_to_bytes(self.limit_mbit(at) or fallback_mbit)]
+                cached[:] = [
+                    minute.timestamp(),
+                    (minute + timedelta(minutes=1)).timestamp(),
+                    mbit_to_bytes(self.limit_mbit(at) or fallback_mbit),
+                ]
             return cached[2]
 
         return current

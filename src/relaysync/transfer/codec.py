@@ -105,7 +105,9 @@ class Zstd(Codec):
         try:
             announced = zstandard.frame_content_size(data)
             if announced > max_bytes:
-                raise ProtocolError(f"zstd codec: a chunk announces {announced} bytes, over {max_bytes}")
+                raise ProtocolError(
+                    f"zstd codec: a chunk announces {announced} bytes, over {max_bytes}"
+                )
             with self._pool.decompressor() as ctx:
                 return ctx.decompress(data, max_output_size=max_bytes)
         except zstandard.ZstdError as exc:
@@ -138,7 +140,9 @@ def decode_chunk(codec_id: int, payload: bytes, max_bytes: int = CHUNK_BYTES) ->
     return decoder.decompress(payload, max_bytes)
 
 
-def recode_chunk(codec_id: int, payload: bytes, codec: Codec, max_bytes: int = CHUNK_BYTES) -> tuple[int, bytes]:
+def recode_chunk(
+    codec_id: int, payload: bytes, codec: Codec, max_bytes: int = CHUNK_BYTES
+) -> tuple[int, bytes]:
     """Return (codec id, payload) of a chunk for a link that runs `codec` (a relay's next hop).
 
     A payload already in `codec` is returned as it is, without decoding. Any other is decoded

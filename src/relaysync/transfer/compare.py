@@ -24,7 +24,9 @@ from relaysync.protocol.messages import (
 )
 from relaysync.watch.manifest import Entry, Manifest
 
-RequestFn = Callable[[Sequence[str], bool, str], Awaitable[Sequence[DirListing]]]  # dirs, hashes_only, after
+RequestFn = Callable[
+    [Sequence[str], bool, str], Awaitable[Sequence[DirListing]]
+]  # dirs, hashes_only, after
 DIRS_PER_REQUEST = 64  # listings asked for in one round trip
 # A target lists a directory in pages (transfer/receiver.py: at most 20,000 entries and 2 MiB a
 # page, so 7,000 names of NAME_MAX bytes): a directory of a million files is 50 to 150 pages. A
@@ -77,18 +79,24 @@ class _DirDiff:
         self.pages += 1
         self._entries += len(theirs.entries)
         if self.pages > MAX_DIR_PAGES or self._entries > MAX_DIR_ENTRIES:
-            raise ProtocolError(f"listing of {self.mine.path!r}: over {MAX_DIR_PAGES} pages or "
-                                f"{MAX_DIR_ENTRIES} entries")
+            raise ProtocolError(
+                f"listing of {self.mine.path!r}: over {MAX_DIR_PAGES} pages or "
+                f"{MAX_DIR_ENTRIES} entries"
+            )
         if self.pages == 1:
             self._exists = theirs.exists
         elif theirs.more and not theirs.entries:
-            raise ProtocolError(f"listing of {self.mine.path!r}: a page of no entries that asks for more")
+            raise ProtocolError(
+                f"listing of {self.mine.path!r}: a page of no entries that asks for more"
+            )
         if not self._exists:
             return []
         work: list[Work] = []
         for e in theirs.entries:
             if e.name <= self.last:
-                raise ProtocolError(f"listing of {self.mine.path!r}: {e.name[:80]!r} not after {self.last[:80]!r}")
+                raise ProtocolError(
+                    f"listing of {self.mine.path!r}: {e.name[:80]!r} not after {self.last[:80]!r}"
+                )
             self.last = e.name
             mine = self._mine.get(e.name)
             if mine is not None:
@@ -107,7 +115,9 @@ class _DirDiff:
         names only it has, and what it lacks."""
         work: list[Work] = []
         if self._erase_all:
-            work.append(Work(message=Erase(seq=0, path=self.mine.path, keep=tuple(sorted(self._mine)))))
+            work.append(
+                Work(message=Erase(seq=0, path=self.mine.path, keep=tuple(sorted(self._mine))))
+            )
         for e in self.mine.entries:
             if e.name not in self._matched:
                 work.extend(self._compare(e, None))
@@ -131,7 +141,9 @@ class _DirDiff:
         return work
 
 
-def diff_listing(mine: DirListing, theirs: DirListing, *, erase: bool = True) -> tuple[list[Work], list[str]]:
+def diff_listing(
+    mine: DirListing, theirs: DirListing, *, erase: bool = True
+) -> tuple[list[Work], list[str]]:
     """Return the work for one directory, given the target's whole listing of it, and the child
     directories to descend into.
 
@@ -166,7 +178,9 @@ def iter_subtree(manifest: Manifest, path: str) -> Iterator[Entry]:
                 stack.append(child.path)
 
 
-async def _ask(request: RequestFn, dirs: Sequence[str], hashes_only: bool, after: str) -> Sequence[DirListing]:
+async def _ask(
+    request: RequestFn, dirs: Sequence[str], hashes_only: bool, after: str
+) -> Sequence[DirListing]:
     """The target's listings of `dirs`, checked to be those asked for."""
     listings = await request(dirs, hashes_only, after)
     if [listing.path for listing in listings] != list(dirs):
@@ -174,8 +188,9 @@ async def _ask(request: RequestFn, dirs: Sequence[str], hashes_only: bool, after
     return listings
 
 
-async def _compare_dirs(manifest: Manifest, request: RequestFn, emit: EmitFn, dirs: Sequence[str], *,
-                        erase: bool) -> tuple[int, list[str]]:
+async def _compare_dirs(
+    manifest: Manifest, request: RequestFn, emit: EmitFn, dirs: Sequence[str], *, erase: bool
+) -> tuple[int, list[str]]:
     """Compare `dirs` (at most DIRS_PER_REQUEST), following listings the target cut short, and
     emit the work; return how many items were emitted and the directories to descend into."""
     mine = await anyio.to_thread.run_sync(_listings, manifest, dirs)
@@ -202,7 +217,9 @@ def _listings(manifest: Manifest, dirs: Sequence[str]) -> list[DirListing]:
     return [manifest.dir_listing(d) for d in dirs]
 
 
-async def compare_trees(manifest: Manifest, request: RequestFn, emit: EmitFn, *, erase: bool = True) -> int:
+async def compare_trees(
+    manifest: Manifest, request: RequestFn, emit: EmitFn, *, erase: bool = True
+) -> int:
     """Compare top-down and emit the work, level by level; return how many items were emitted.
 
     The first round trip carries only the root hashes, so a target in sync costs ~100 bytes.
@@ -216,8 +233,9 @@ async def compare_trees(manifest: Manifest, request: RequestFn, emit: EmitFn, *,
     while level:
         next_level: list[str] = []
         for start in range(0, len(level), DIRS_PER_REQUEST):
-            count, descend = await _compare_dirs(manifest, request, emit, level[start : start + DIRS_PER_REQUEST],
-                                                 erase=erase)
+            count, descend = await _compare_dirs(
+                manifest, request, emit, level[start : start + DIRS_PER_REQUEST], erase=erase
+            )
             emitted += count
             next_level.extend(descend)
         level = next_level

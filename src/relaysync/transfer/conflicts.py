@@ -48,7 +48,9 @@ from relaysync.watch.manifest import Entry
 NEWEST_MTIME = "newest-mtime"  # MappingSpec.conflict of an N:M job's members
 CONFLICT_RULES = ("", NEWEST_MTIME)  # "": the source is the truth (a plain mapping)
 HASH_BLOCK_BYTES = 1024 * 1024
-OwnerFn = Callable[[str, int, int], str]  # (path, size, mtime_ns) -> node id of the source holding it
+OwnerFn = Callable[
+    [str, int, int], str
+]  # (path, size, mtime_ns) -> node id of the source holding it
 
 
 def session_for(folder: TargetFolder, journal_id: str, report: ReportFn) -> ReceiverSession:
@@ -80,8 +82,15 @@ def disk_version(path: Path) -> DiskVersion | None:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    kind = ("f" if stat.S_ISREG(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode)
-            else "d" if stat.S_ISDIR(st.st_mode) else "?")
+    kind = (
+        "f"
+        if stat.S_ISREG(st.st_mode)
+        else "l"
+        if stat.S_ISLNK(st.st_mode)
+        else "d"
+        if stat.S_ISDIR(st.st_mode)
+        else "?"
+    )
     return DiskVersion(path=path, kind=kind, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
@@ -132,7 +141,9 @@ class ConflictSession(ReceiverSession):
     def __init__(self, folder: TargetFolder, journal_id: str, report: ReportFn) -> None:
         super().__init__(folder, journal_id, report)
         self._lock: threading.RLock = folder.lock
-        self._contest: tuple[str, str] | None = None  # (reason, other source) of the op being applied
+        self._contest: tuple[str, str] | None = (
+            None  # (reason, other source) of the op being applied
+        )
 
     # --- files ---
 
@@ -147,8 +158,9 @@ class ConflictSession(ReceiverSession):
         """Drop the staged files that lose to the version on disk; annotate the contested ones."""
         pending = self._pending
         kept_files, kept_entries, losers = [], [], []
-        for incoming, entry, i in zip(self._batch.files(), pending.entries, range(len(pending.records)),
-                                      strict=True):
+        for incoming, entry, i in zip(
+            self._batch.files(), pending.entries, range(len(pending.records)), strict=True
+        ):
             disk = disk_version(incoming.final)
             owner = self._owner(entry.path, disk)
             reason = judge(entry.mtime_ns, entry.hash, disk)
@@ -157,14 +169,20 @@ class ConflictSession(ReceiverSession):
                 losers.append(entry)
                 pending.records[i] = _contested(pending.records[i], reason, owner)
                 continue
-            if owner and disk is not None and not (disk.mtime_ns == entry.mtime_ns and disk.hash() == entry.hash):
+            if (
+                owner
+                and disk is not None
+                and not (disk.mtime_ns == entry.mtime_ns and disk.hash() == entry.hash)
+            ):
                 pending.records[i] = _contested(pending.records[i], "newer", owner)
             kept_files.append(incoming)
             kept_entries.append(entry)
         if losers:
             self._batch.replace_files(kept_files)
             self._applied.extend(r for r in pending.records if r.conflict and r.conflict != "newer")
-            pending.records = [r for r in pending.records if not r.conflict or r.conflict == "newer"]
+            pending.records = [
+                r for r in pending.records if not r.conflict or r.conflict == "newer"
+            ]
             pending.entries = kept_entries
         return losers
 
@@ -206,7 +224,9 @@ class ConflictSession(ReceiverSession):
         finally:
             self._contest = None
 
-    def _apply_op_unchecked(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
+    def _apply_op_unchecked(
+        self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase
+    ) -> None:
         root, manifest = self.folder.root, self.folder.manifest
         match msg:
             case Erase():
@@ -275,7 +295,11 @@ class ConflictSession(ReceiverSession):
             self._rename_dir(msg)
             return
         if entry is None or not is_version(entry, old):
-            if old is None and entry is None and os.path.lexists(resolve_inside(root, msg.new_path)):
+            if (
+                old is None
+                and entry is None
+                and os.path.lexists(resolve_inside(root, msg.new_path))
+            ):
                 return  # applied before (a replay)
             self._contest = ("rewritten", self._owner(msg.path, old))
             manifest.remove_tree(msg.path)  # the new name arrives whole with the next comparison

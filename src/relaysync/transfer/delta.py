@@ -27,7 +27,9 @@ except ImportError:  # not built (no compiler at install time): deltas are off, 
 # in edited text (1 % of the lines of 100 MiB: 26 MB of literal data at 2 KiB blocks, 78 MB at
 # 10 KiB), and MAX_BLOCKS bounds the table (a few MB) for large files.
 MIN_BLOCK_BYTES = 2048
-MAX_BLOCK_BYTES = 1024 * 1024  # the search's limit; files over 64 GiB get more than MAX_BLOCKS blocks
+MAX_BLOCK_BYTES = (
+    1024 * 1024
+)  # the search's limit; files over 64 GiB get more than MAX_BLOCKS blocks
 MAX_BLOCKS = 65536
 
 
@@ -86,7 +88,11 @@ class BlockSigner:
             return None
         count = len(self._weak) // 4
         tail = self._size - (count - 1) * self.block_len if count else 0
-        return _HEADER.pack(_MAGIC, self.block_len, tail, self._size, count) + self._weak + self._strong
+        return (
+            _HEADER.pack(_MAGIC, self.block_len, tail, self._size, count)
+            + self._weak
+            + self._strong
+        )
 
 
 def _open_input(source: Path | int) -> tuple[int, bool]:
@@ -131,8 +137,9 @@ def signature(basis: Path | int, sig_out: Path) -> bytes:
             os.close(fd_in)
 
 
-def delta(sig: Path | bytes, new: Path | int, delta_out: Path, *, start: int = 0,
-          length: int = -1) -> tuple[int, int]:
+def delta(
+    sig: Path | bytes, new: Path | int, delta_out: Path, *, start: int = 0, length: int = -1
+) -> tuple[int, int]:
     """Write the delta (copy/literal instructions) that turns the signed basis into `new`;
     return (literal bytes, copied bytes). `sig` is a signature file or its bytes; `new` an fd
     open on the new version (read with pread, left open) or a path, which must be a regular file.
@@ -152,7 +159,9 @@ def delta(sig: Path | bytes, new: Path | int, delta_out: Path, *, start: int = 0
             try:
                 literal, copied, _misses = _blocksearch.delta(sums, fd_in, start, length, fd_out)
             except ValueError as exc:
-                raise SignatureError("given" if isinstance(sig, bytes) else str(sig), str(exc)) from exc
+                raise SignatureError(
+                    "given" if isinstance(sig, bytes) else str(sig), str(exc)
+                ) from exc
         finally:
             os.close(fd_out)
     finally:

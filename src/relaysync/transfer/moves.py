@@ -57,4 +57,4 @@ class MovedAway:
         prefix = path + "/"
         moved = [p for p in self._paths if p == path or p.startswith(prefix)]
         self._paths.difference_update(moved)
-        return [new_path + p[len(path):] for p in moved]
+        return [new_path + p[len(path) :] for p in moved]

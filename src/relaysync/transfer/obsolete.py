@@ -24,7 +24,9 @@ MAX_RECORDS_AFTER_HEAD = 65_536
 OBSOLETE_BYTES = 1024 * 1024  # of paths per Checkpoint, far below MAX_MESSAGE_BYTES
 
 
-def obsolete_partials(journal: Journal, manifest: Manifest, partials: Sequence[Partial], head: int) -> list[PartialRef]:
+def obsolete_partials(
+    journal: Journal, manifest: Manifest, partials: Sequence[Partial], head: int
+) -> list[PartialRef]:
     """The target's partials whose version we will never send (call in a worker thread).
 
     The comparison just sent every version `manifest` holds, and the target's watermark will be
@@ -46,7 +48,6 @@ def obsolete_partials(journal: Journal, manifest: Manifest, partials: Sequence[P
         if entry is None or entry.kind != "f" or entry.hash != p.hash:
             obsolete.append(PartialRef(path=p.path, hash=p.hash))
     return obsolete
-
 
 
 def _paths_journaled_after(journal: Journal, head: int) -> set[str] | None:

@@ -51,7 +51,9 @@ class SendOptions:
     force: str = "auto"  # "auto" | "delta" | "whole"
     resume: dict[tuple[str, bytes], int] = field(default_factory=dict)  # (path, hash) -> bytes held
     bandwidth: TokenBucket = field(default_factory=lambda: TokenBucket(0))
-    tls: bool = True  # False: a plain link the operator marked trusted, authenticated by link_secret
+    tls: bool = (
+        True  # False: a plain link the operator marked trusted, authenticated by link_secret
+    )
     small_files: bool = False  # the peer takes SmallFile: set from its Hello (an older release: no)
     link_secret: bytes = b""
     # Test hook (RELAYSYNC_TEST_CORRUPT_DELTAS in the source agent's environment): flip one bit
@@ -75,9 +77,16 @@ _DELTA_POLL_S = 0.002  # how often a link following a growing delta looks for mo
 _DELTA_MIN_CHUNK = 256 * 1024  # while a delta grows, what is sent at once at least
 
 
-def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"",
-                       expected_hash: bytes = b"", options: SendOptions | None = None,
-                       changed_at: float = 0.0) -> Iterator[Outgoing]:
+def iter_file_messages(
+    root: Path,
+    path: str,
+    seq: int,
+    *,
+    base_hash: bytes = b"",
+    expected_hash: bytes = b"",
+    options: SendOptions | None = None,
+    changed_at: float = 0.0,
+) -> Iterator[Outgoing]:
     """Yield FileStart, FileChunk..., FileEnd (or FileAbort) for the file as it is now on disk.
 
     With a known base version and a kept signature of it, yield a DeltaStart and the delta
@@ -87,14 +96,26 @@ def iter_file_messages(root: Path, path: str, seq: int, *, base_hash: bytes = b"
     `changed_at` (when the source journaled the change) rides on the start message.
     """
     options = options or SendOptions()
-    if _wants_delta(path, base_hash, seq, options) and not _resume_sends_less(root, path, expected_hash, options) \
-            and (yield from _delta_if_kept(root, path, seq, base_hash, expected_hash, options, changed_at)):
+    if (
+        _wants_delta(path, base_hash, seq, options)
+        and not _resume_sends_less(root, path, expected_hash, options)
+        and (
+            yield from _delta_if_kept(
+                root, path, seq, base_hash, expected_hash, options, changed_at
+            )
+        )
+    ):
         return
     yield from _whole_messages(root, path, seq, base_hash, expected_hash, options, changed_at)
 
 
 def _wants_delta(path: str, base_hash: bytes, seq: int, options: SendOptions) -> bool:
-    if not base_hash or options.signatures is None or options.force == "whole" or seq in options.whole_file_seqs:
+    if (
+        not base_hash
+        or options.signatures is None
+        or options.force == "whole"
+        or seq in options.whole_file_seqs
+    ):
         return False
     return options.force == "delta" or options.signatures.delta_pays(path)
 
@@ -117,8 +138,15 @@ def _resume_sends_less(root: Path, path: str, expected_hash: bytes, options: Sen
     return ratio * size >= size - held
 
 
-def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
-                   options: SendOptions, changed_at: float) -> Generator[Outgoing, None, bool]:
+def _delta_if_kept(
+    root: Path,
+    path: str,
+    seq: int,
+    base_hash: bytes,
+    expected_hash: bytes,
+    options: SendOptions,
+    changed_at: float,
+) -> Generator[Outgoing, None, bool]:
     """The delta of the file from `base_hash`, if that version's signature is kept. Returns
     False if the file must go whole instead (nothing was yielded), True if the record is dealt
     with (the delta went, or the path is not a regular file any more: nothing to send)."""
@@ -132,8 +160,18 @@ def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, expected_h
         if build is None or files is None:
             return False
         try:
-            yield from _delta_messages(root, path, seq, base_hash, expected_hash, opened[0], build, files, options,
-                                       changed_at)
+            yield from _delta_messages(
+                root,
+                path,
+                seq,
+                base_hash,
+                expected_hash,
+                opened[0],
+                build,
+                files,
+                options,
+                changed_at,
+            )
         finally:
             for f in files:
                 f.close()
@@ -142,9 +180,18 @@ def _delta_if_kept(root: Path, path: str, seq: int, base_hash: bytes, expected_h
         os.close(opened[0])
 
 
-def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes, fd: int,
-                    build: DeltaBuild, files: list[BinaryIO], options: SendOptions,
-                    changed_at: float = 0.0) -> Iterator[Outgoing]:
+def _delta_messages(
+    root: Path,
+    path: str,
+    seq: int,
+    base_hash: bytes,
+    expected_hash: bytes,
+    fd: int,
+    build: DeltaBuild,
+    files: list[BinaryIO],
+    options: SendOptions,
+    changed_at: float = 0.0,
+) -> Iterator[Outgoing]:
     """DeltaStart, the delta streamed chunk by chunk as the search writes it, FileEnd.
 
     The build signs the new version (once for every link) as it computes the delta, which
@@ -154,25 +201,42 @@ def _delta_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
     target's partial; FileEnd's hash is what the target checks.
     """
     st = build.stat
-    yield DeltaStart(seq=seq, path=path, size=st.st_size, mode=permission_bits(st.st_mode),
-                     mtime_ns=mtime_ns_of(st), base_hash=base_hash, changed_at=changed_at,
-                     parts=len(build.parts), expected_hash=expected_hash)
-    for part, f in zip(build.parts, files, strict=True):  # each part's chunks start again at offset 0
+    yield DeltaStart(
+        seq=seq,
+        path=path,
+        size=st.st_size,
+        mode=permission_bits(st.st_mode),
+        mtime_ns=mtime_ns_of(st),
+        base_hash=base_hash,
+        changed_at=changed_at,
+        parts=len(build.parts),
+        expected_hash=expected_hash,
+    )
+    for part, f in zip(
+        build.parts, files, strict=True
+    ):  # each part's chunks start again at offset 0
         offset = 0
         pending = bytearray()
         while True:
             done = part.done.is_set()  # read before the file: what it wrote by then is there
-            step = options.bandwidth.chunk_bytes(CHUNK_BYTES)  # smaller under a limit, as whole files
+            step = options.bandwidth.chunk_bytes(
+                CHUNK_BYTES
+            )  # smaller under a limit, as whole files
             pending += f.read(max(0, step - len(pending)))
             # while the search runs, only sizeable chunks go (each chunk costs a frame and
             # a TLS record), and the rest once it is done.
-            if len(pending) >= (step if done else min(step, _DELTA_MIN_CHUNK)) or (done and pending):
+            if len(pending) >= (step if done else min(step, _DELTA_MIN_CHUNK)) or (
+                done and pending
+            ):
                 if offset == 0 and options.corrupt_deltas > 0:
                     options.corrupt_deltas -= 1
                     pending[len(pending) // 2] ^= 0x10
                 # more than `step` only if a limit started (or got lower) while it was read
-                pieces = [bytes(pending)] if len(pending) <= step else \
-                    [bytes(pending[i:i + step]) for i in range(0, len(pending), step)]
+                pieces = (
+                    [bytes(pending)]
+                    if len(pending) <= step
+                    else [bytes(pending[i : i + step]) for i in range(0, len(pending), step)]
+                )
                 for piece in pieces:
                     yield _chunk(seq, offset, piece, options)
                     offset += len(piece)
@@ -201,8 +265,15 @@ def _unchanged(fd: int, st: os.stat_result) -> bool:
         return False
 
 
-def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_hash: bytes,
-                    options: SendOptions, changed_at: float = 0.0) -> Iterator[Outgoing]:
+def _whole_messages(
+    root: Path,
+    path: str,
+    seq: int,
+    base_hash: bytes,
+    expected_hash: bytes,
+    options: SendOptions,
+    changed_at: float = 0.0,
+) -> Iterator[Outgoing]:
     opened = open_regular_in(root, path)
     if opened is None:  # gone, or no longer a regular file: a later record covers it
         return
@@ -212,15 +283,28 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
         held = options.resume.pop((path, expected_hash), 0) if expected_hash else 0
         held = held if held <= before.st_size and held % CHUNK_BYTES == 0 else 0
         if before.st_size <= SMALL_FILE_BYTES and not held and options.small_files:
-            yield _small_file(root, fd, before, path, seq, base_hash, expected_hash, options, changed_at)
+            yield _small_file(
+                root, fd, before, path, seq, base_hash, expected_hash, options, changed_at
+            )
             return
-        yield FileStart(seq=seq, path=path, size=before.st_size, mode=permission_bits(before.st_mode),
-                        mtime_ns=mtime_ns_of(before), base_hash=base_hash, expected_hash=expected_hash,
-                        offset=held, changed_at=changed_at)
+        yield FileStart(
+            seq=seq,
+            path=path,
+            size=before.st_size,
+            mode=permission_bits(before.st_mode),
+            mtime_ns=mtime_ns_of(before),
+            base_hash=base_hash,
+            expected_hash=expected_hash,
+            offset=held,
+            changed_at=changed_at,
+        )
         hasher = xxhash.xxh3_128()
         # what is read to be sent is signed too, for the next change's delta (no second read)
-        signer = (options.signatures.signer_for(path, expected_hash, before.st_size)
-                  if options.signatures is not None else None)
+        signer = (
+            options.signatures.signer_for(path, expected_hash, before.st_size)
+            if options.signatures is not None
+            else None
+        )
         offset = 0
         while offset < before.st_size:
             # Under a limit, smaller messages; asked per message, as a window may start mid-file.
@@ -238,7 +322,8 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
             offset += len(data)
         after = os.fstat(fd)
         if offset != before.st_size or (after.st_size, after.st_mtime_ns) != (
-            before.st_size, before.st_mtime_ns
+            before.st_size,
+            before.st_mtime_ns,
         ):
             yield FileAbort(seq=seq, reason="changed while read")
             return
@@ -252,12 +337,24 @@ def _whole_messages(root: Path, path: str, seq: int, base_hash: bytes, expected_
             options.signatures.release(path, expected_hash)
 
 
-def _small_file(root: Path, fd: int, before: os.stat_result, path: str, seq: int, base_hash: bytes,
-                expected_hash: bytes, options: SendOptions, changed_at: float) -> SmallFile | FileAbort:
+def _small_file(
+    root: Path,
+    fd: int,
+    before: os.stat_result,
+    path: str,
+    seq: int,
+    base_hash: bytes,
+    expected_hash: bytes,
+    options: SendOptions,
+    changed_at: float,
+) -> SmallFile | FileAbort:
     """The whole file in one message (read with one pread), or FileAbort if it changed meanwhile."""
     data = os.pread(fd, before.st_size + 1, 0)  # one byte more shows a file that grew
     after = os.fstat(fd)
-    if len(data) != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+    if len(data) != before.st_size or (after.st_size, after.st_mtime_ns) != (
+        before.st_size,
+        before.st_mtime_ns,
+    ):
         return FileAbort(seq=seq, reason="changed while read")
     digest = xxhash.xxh3_128_digest(data)
     if options.signatures is not None:
@@ -270,46 +367,90 @@ def _small_file(root: Path, fd: int, before: os.stat_result, path: str, seq: int
             if signer is not None:
                 options.signatures.release(path, expected_hash)
     codec_id, payload = encode_chunk(data, options.codec)
-    return SmallFile(seq=seq, path=path, size=before.st_size, mode=permission_bits(before.st_mode),
-                     mtime_ns=mtime_ns_of(before), data=payload, hash=digest, codec=codec_id,
-                     base_hash=base_hash, changed_at=changed_at)
+    return SmallFile(
+        seq=seq,
+        path=path,
+        size=before.st_size,
+        mode=permission_bits(before.st_mode),
+        mtime_ns=mtime_ns_of(before),
+        data=payload,
+        hash=digest,
+        codec=codec_id,
+        base_hash=base_hash,
+        changed_at=changed_at,
+    )
 
 
-def record_messages(root: Path, record: JournalRecord, options: SendOptions | None = None) -> Iterator[Outgoing]:
+def record_messages(
+    root: Path, record: JournalRecord, options: SendOptions | None = None
+) -> Iterator[Outgoing]:
     """Yield the wire ops for one journal record, each carrying when the record was journaled."""
     entry = record.entry
     at = record.time_ns / 1e9  # 0 for records of journals written before times were kept
     match record.op:
         case "write":
-            yield from iter_file_messages(root, record.path, record.seq, base_hash=record.base_hash,
-                                          expected_hash=entry.hash if entry else b"", options=options,
-                                          changed_at=at)
+            yield from iter_file_messages(
+                root,
+                record.path,
+                record.seq,
+                base_hash=record.base_hash,
+                expected_hash=entry.hash if entry else b"",
+                options=options,
+                changed_at=at,
+            )
         case "delete":
             yield Delete(seq=record.seq, path=record.path, changed_at=at)
         case "mkdir":
-            yield MakeDir(seq=record.seq, path=record.path, mode=entry.mode if entry else 0o755, changed_at=at)
+            yield MakeDir(
+                seq=record.seq, path=record.path, mode=entry.mode if entry else 0o755, changed_at=at
+            )
         case "symlink":
             target = entry.link_target if entry else os.readlink(root / record.path)
             yield Symlink(seq=record.seq, path=record.path, target=target, changed_at=at)
         case "rename":
-            if options is not None and record.seq in options.whole_file_seqs and entry is not None \
-                    and entry.kind == "f":  # the target lacked the file to rename: the result whole
-                yield from iter_file_messages(root, record.new_path, record.seq, base_hash=record.base_hash,
-                                              expected_hash=entry.hash, options=options, changed_at=at)
+            if (
+                options is not None
+                and record.seq in options.whole_file_seqs
+                and entry is not None
+                and entry.kind == "f"
+            ):  # the target lacked the file to rename: the result whole
+                yield from iter_file_messages(
+                    root,
+                    record.new_path,
+                    record.seq,
+                    base_hash=record.base_hash,
+                    expected_hash=entry.hash,
+                    options=options,
+                    changed_at=at,
+                )
                 return
-            yield Rename(seq=record.seq, path=record.path, new_path=record.new_path,
-                         hash=entry.hash if entry and entry.kind == "f" else b"", changed_at=at)
+            yield Rename(
+                seq=record.seq,
+                path=record.path,
+                new_path=record.new_path,
+                hash=entry.hash if entry and entry.kind == "f" else b"",
+                changed_at=at,
+            )
         case "attr":
             if entry is not None:
-                yield SetAttr(seq=record.seq, path=record.path, mode=entry.mode, mtime_ns=entry.mtime_ns,
-                              changed_at=at)
+                yield SetAttr(
+                    seq=record.seq,
+                    path=record.path,
+                    mode=entry.mode,
+                    mtime_ns=entry.mtime_ns,
+                    changed_at=at,
+                )
 
 
-def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None) -> Iterator[Outgoing]:
+def entry_messages(
+    root: Path, entry: Entry, options: SendOptions | None = None
+) -> Iterator[Outgoing]:
     """Yield the ops that create `entry` on a target (catch-up work, seq 0)."""
     match entry.kind:
         case "f":
-            yield from iter_file_messages(root, entry.path, 0, expected_hash=entry.hash, options=options)
+            yield from iter_file_messages(
+                root, entry.path, 0, expected_hash=entry.hash, options=options
+            )
         case "d":
             yield MakeDir(seq=0, path=entry.path, mode=entry.mode or 0o755)
         case "l":
@@ -323,9 +464,20 @@ def entry_messages(root: Path, entry: Entry, options: SendOptions | None = None)
 def as_streamed(message: SmallFile) -> list[AnyMessage]:
     """The same file as FileStart, FileChunk, FileEnd: for a peer that does not take SmallFile
     (an older release; a relay forwards what its parent sent to children of any release)."""
-    start = FileStart(seq=message.seq, path=message.path, size=message.size, mode=message.mode,
-                      mtime_ns=message.mtime_ns, base_hash=message.base_hash, changed_at=message.changed_at)
-    chunks = [FileChunk(seq=message.seq, offset=0, data=message.data, codec=message.codec)] if message.size else []
+    start = FileStart(
+        seq=message.seq,
+        path=message.path,
+        size=message.size,
+        mode=message.mode,
+        mtime_ns=message.mtime_ns,
+        base_hash=message.base_hash,
+        changed_at=message.changed_at,
+    )
+    chunks = (
+        [FileChunk(seq=message.seq, offset=0, data=message.data, codec=message.codec)]
+        if message.size
+        else []
+    )
     return [start, *chunks, FileEnd(seq=message.seq, hash=message.hash)]
 
 
@@ -341,7 +493,9 @@ def recoded(message: AnyMessage, codec: Codec) -> AnyMessage:
     """
     if not isinstance(message, FileChunk | SmallFile) or message.codec == codec.ID:
         return message
-    max_bytes = message.size if isinstance(message, SmallFile) else CHUNK_BYTES  # the receiver's limits
+    max_bytes = (
+        message.size if isinstance(message, SmallFile) else CHUNK_BYTES
+    )  # the receiver's limits
     try:
         codec_id, data = recode_chunk(message.codec, message.data, codec, max_bytes)
     except ProtocolError:
@@ -373,9 +527,14 @@ def split_chunk(message: FileChunk, max_bytes: int, codec: Codec) -> list[FileCh
     pieces: list[FileChunk] = []
     start = 0
     while start < len(data):
-        end = min(len(data), (message.offset + start) // max_bytes * max_bytes + max_bytes - message.offset)
+        end = min(
+            len(data),
+            (message.offset + start) // max_bytes * max_bytes + max_bytes - message.offset,
+        )
         codec_id, payload = encode_chunk(data[start:end], codec)
-        pieces.append(FileChunk(seq=message.seq, offset=message.offset + start, data=payload, codec=codec_id))
+        pieces.append(
+            FileChunk(seq=message.seq, offset=message.offset + start, data=payload, codec=codec_id)
+        )
         start = end
     return pieces
 

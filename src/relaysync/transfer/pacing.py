@@ -64,5 +64,8 @@ def _groups(batch: list[AnyMessage], max_bytes: int) -> Iterator[tuple[list[AnyM
 
 
 def _split_chunks(batch: list[AnyMessage], step: int, codec: Codec) -> list[AnyMessage]:
-    return [piece for m in batch
-            for piece in (ops.split_chunk(m, step, codec) if isinstance(m, FileChunk) else (m,))]
+    return [
+        piece
+        for m in batch
+        for piece in (ops.split_chunk(m, step, codec) if isinstance(m, FileChunk) else (m,))
+    ]

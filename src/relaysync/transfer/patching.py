@@ -33,14 +33,32 @@ _F_SETPIPE_SZ = 1031
 class StreamingPatch:
     """A delta being applied to the version at `final`, one chunk at a time."""
 
-    def __init__(self, root: Path, final: Path, *, size: int, mode: int, mtime_ns: int, parts: int = 1,
-                 partial_of: bytes = b"", owner: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        final: Path,
+        *,
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        parts: int = 1,
+        partial_of: bytes = b"",
+        owner: int = 0,
+    ) -> None:
         """With `partial_of` (the new version's hash), the output is that version's named partial
         for mapping `owner` (staging.partial_name_for), started afresh; else a random temp file."""
         self.final = final
         if partial_of:
-            self.output = IncomingFile.open_partial(root, final, partial_of, owner=owner, size=size, mode=mode,
-                                                    mtime_ns=mtime_ns, offset=0)
+            self.output = IncomingFile.open_partial(
+                root,
+                final,
+                partial_of,
+                owner=owner,
+                size=size,
+                mode=mode,
+                mtime_ns=mtime_ns,
+                offset=0,
+            )
         else:
             self.output = IncomingFile.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns)
         self.temp = self.output.temp
@@ -62,8 +80,9 @@ class StreamingPatch:
             fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # over /proc/sys/fs/pipe-max-size: the default 64 KiB works, only slower
             pass
-        thread = threading.Thread(target=self._run, args=(read_fd,),
-                                  name=f"patch {self.final.name}", daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(read_fd,), name=f"patch {self.final.name}", daemon=True
+        )
         try:
             thread.start()
         except BaseException:
@@ -89,7 +108,9 @@ class StreamingPatch:
         if offset == 0 and self.received:
             self._end_part()
             if self.part + 1 >= self.parts:
-                raise TransferError(f"{self.final.name}: more than the {self.parts} delta parts announced")
+                raise TransferError(
+                    f"{self.final.name}: more than the {self.parts} delta parts announced"
+                )
             self.part += 1
             self.received = 0
             self._start_part()
@@ -98,12 +119,14 @@ class StreamingPatch:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self._write_fd, view):]
+                view = view[os.write(self._write_fd, view) :]
         except BrokenPipeError:
             self.stop()  # waits for the patch thread: its error is set
             if isinstance(self._error, OSError):  # writing the new version failed (a full disk...)
                 raise self._error from None
-            raise TransferError(f"{self.final.name}: librsync stopped reading the delta: {self._error}") from None
+            raise TransferError(
+                f"{self.final.name}: librsync stopped reading the delta: {self._error}"
+            ) from None
         self.received += len(data)
 
     def finish(self) -> IncomingFile:
@@ -115,7 +138,9 @@ class StreamingPatch:
         """
         self._end_part()
         if self.part + 1 != self.parts:
-            raise TransferError(f"{self.final.name}: {self.part + 1} of {self.parts} delta parts arrived")
+            raise TransferError(
+                f"{self.final.name}: {self.part + 1} of {self.parts} delta parts arrived"
+            )
         return self.output
 
     def _end_part(self) -> None:

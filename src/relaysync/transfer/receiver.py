@@ -72,13 +72,17 @@ logger = logging.getLogger(__name__)
 # (20,000 names of NAME_MAX bytes would be 6 MB, over MAX_MESSAGE_BYTES).
 LISTING_REPLY_BYTES = MAX_MESSAGE_BYTES // 2
 ENTRY_WIRE_BYTES = 48  # a DirEntry on the wire besides its name: kind, hash, size, mtime, mode
-PARTIALS_BYTES = MAX_MESSAGE_BYTES // 4  # MappingState lists partials up to this many bytes of paths
+PARTIALS_BYTES = (
+    MAX_MESSAGE_BYTES // 4
+)  # MappingState lists partials up to this many bytes of paths
 RESUME_MIN_BYTES = 8 * 1024 * 1024  # files this large keep a named partial that survives a crash
 # A partial a full disk stopped is kept (retries resume it) while it grows; one that has not grown
 # for this long is dropped at its next full disk, so the space it holds goes to other files (of
 # any mapping on that disk) instead of being held for ever, e.g. by two partials waiting on each other.
 FULL_DISK_HOLD_S = 600.0
-DELTAS_KEPT = 1024  # sizes of the deltas the latest large versions came by (TargetFolder.note_delta)
+DELTAS_KEPT = (
+    1024  # sizes of the deltas the latest large versions came by (TargetFolder.note_delta)
+)
 ReportFn = Callable[[int, Sequence[CommitRecord]], None]  # (watermark, records)
 
 
@@ -105,11 +109,17 @@ class TargetFolder:
     parents: frozenset[str] = frozenset()
     route: tuple[str, ...] = ()  # the nodes the current session's stream came through (job log)
     route_epoch: int = 0  # of the routing table `parents` comes from
-    members: frozenset[str] = frozenset()  # every node of the mapping: only they may hear ROUTES_STALE
+    members: frozenset[str] = (
+        frozenset()
+    )  # every node of the mapping: only they may hear ROUTES_STALE
     # A member of an N:M job (transfer/conflicts.py): "newest-mtime"; "" = the source is the truth.
     conflict: str = ""
-    lock: threading.RLock = field(default_factory=threading.RLock)  # shared by the members on one root
-    owner_of: Callable[[str, int, int], str] | None = None  # (path, size, mtime_ns) -> other member source
+    lock: threading.RLock = field(
+        default_factory=threading.RLock
+    )  # shared by the members on one root
+    owner_of: Callable[[str, int, int], str] | None = (
+        None  # (path, size, mtime_ns) -> other member source
+    )
     # Directories proven real under root: shared by the members on one root like `lock`, so that
     # one member's rename or link there is never hidden from another member's cache.
     resolver: SafeResolver = field(default=None)  # type: ignore[assignment]  # set in __post_init__
@@ -142,7 +152,9 @@ class TargetFolder:
         return dict(json.loads(self.manifest.get_meta("partials") or "{}"))
 
     def _partial_file(self, path: str, digest_hex: str) -> Path:
-        return staging.partial_name_for(self.root / path, bytes.fromhex(digest_hex), self.mapping_id)
+        return staging.partial_name_for(
+            self.root / path, bytes.fromhex(digest_hex), self.mapping_id
+        )
 
     def add_partial(self, path: str, content_hash: bytes) -> None:
         partials = self._partials()
@@ -174,8 +186,11 @@ class TargetFolder:
         deleted or replaced there): each only if it is still of that very version, never one of a
         newer version started since it was listed. Returns how many went."""
         partials = self._partials()
-        doomed = [(ref.path, partials.pop(ref.path)) for ref in refs
-                  if partials.get(ref.path) == ref.hash.hex()]
+        doomed = [
+            (ref.path, partials.pop(ref.path))
+            for ref in refs
+            if partials.get(ref.path) == ref.hash.hex()
+        ]
         self._forget(partials, doomed)
         return len(doomed)
 
@@ -189,7 +204,9 @@ class TargetFolder:
 
     def _remove_partial_file(self, path: str, digest_hex: str) -> None:
         try:
-            resolve_inside(self.root, path)  # never through a symlink a local admin put where a directory was
+            resolve_inside(
+                self.root, path
+            )  # never through a symlink a local admin put where a directory was
             os.unlink(self._partial_file(path, digest_hex))
         except (UnsafePath, FileNotFoundError, NotADirectoryError):
             pass
@@ -264,8 +281,9 @@ class ReceiverSession:
         self._incoming_wire = 0
         self._skip_seq = -1  # chunks of a file refused at FileStart are dropped
         self._keeper = folder.keeper()
-        self._batch = staging.CommitBatch(durable=folder.durable,
-                                          before_replace=self._keeper.save if self._keeper else None)
+        self._batch = staging.CommitBatch(
+            durable=folder.durable, before_replace=self._keeper.save if self._keeper else None
+        )
         self._pending = _Pending()
         self._applied: list[CommitRecord] = []
         self._seen_seq = self.watermark
@@ -341,19 +359,39 @@ class ReceiverSession:
                     self._paths.forget()  # it may turn a known directory into something else
                 self._apply_op(message)
             case _:
-                raise TransientFailure(0, ErrorCode.NOT_EXPECTED, f"unexpected {type(message).__name__}")
+                raise TransientFailure(
+                    0, ErrorCode.NOT_EXPECTED, f"unexpected {type(message).__name__}"
+                )
         return None
 
     def _note(self, seq: int) -> None:
         if seq > self._seen_seq:
             self._seen_seq = seq
 
-    def _record(self, seq: int, op: str, path: str, *, size: int = 0, wire: int = 0,
-                started: float, error: str = "", changed_at: float = 0.0) -> CommitRecord:
+    def _record(
+        self,
+        seq: int,
+        op: str,
+        path: str,
+        *,
+        size: int = 0,
+        wire: int = 0,
+        started: float,
+        error: str = "",
+        changed_at: float = 0.0,
+    ) -> CommitRecord:
         now = time.time()
         return CommitRecord(
-            seq=seq, op=op, path=path, size=size, wire_bytes=wire, ok=not error, error=error,
-            duration_ms=(time.monotonic() - started) * 1000.0, committed_at=now, changed_at=changed_at,
+            seq=seq,
+            op=op,
+            path=path,
+            size=size,
+            wire_bytes=wire,
+            ok=not error,
+            error=error,
+            duration_ms=(time.monotonic() - started) * 1000.0,
+            committed_at=now,
+            changed_at=changed_at,
         )
 
     # --- files ---
@@ -372,7 +410,9 @@ class ReceiverSession:
         except FileNotFoundError as exc:
             if msg.offset:
                 self.folder.drop_partial(msg.path)
-                raise TransientFailure(msg.seq, ErrorCode.RESUME_LOST, f"{msg.path}: {exc.strerror}") from exc
+                raise TransientFailure(
+                    msg.seq, ErrorCode.RESUME_LOST, f"{msg.path}: {exc.strerror}"
+                ) from exc
             raise _transient_os(msg.seq, msg.path, exc) from exc
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
@@ -382,21 +422,38 @@ class ReceiverSession:
         self._incoming_started = started
         self._incoming_wire = 0
 
-    def _open_incoming(self, msg: FileStart, final: str, parent_exists: bool) -> staging.IncomingFile:
+    def _open_incoming(
+        self, msg: FileStart, final: str, parent_exists: bool
+    ) -> staging.IncomingFile:
         """A temp file for the new content: a named, resumable partial for large files."""
         root = self.folder.root
         if msg.expected_hash and msg.size >= RESUME_MIN_BYTES:
-            if self._batch.holds_final(final):  # the same version twice in a batch: one partial each time
+            if self._batch.holds_final(
+                final
+            ):  # the same version twice in a batch: one partial each time
                 self.flush()
             incoming = staging.IncomingFile.open_partial(
-                root, Path(final), msg.expected_hash, owner=self.folder.mapping_id, size=msg.size, mode=msg.mode,
-                mtime_ns=msg.mtime_ns, offset=msg.offset)
+                root,
+                Path(final),
+                msg.expected_hash,
+                owner=self.folder.mapping_id,
+                size=msg.size,
+                mode=msg.mode,
+                mtime_ns=msg.mtime_ns,
+                offset=msg.offset,
+            )
             self.folder.add_partial(msg.path, msg.expected_hash)
             return incoming
         if msg.offset:
             raise FileNotFoundError(errno.ENOENT, "no partial kept for files this small", msg.path)
-        return staging.IncomingFile.open(root, final, size=msg.size, mode=msg.mode, mtime_ns=msg.mtime_ns,
-                                         parent_exists=parent_exists)
+        return staging.IncomingFile.open(
+            root,
+            final,
+            size=msg.size,
+            mode=msg.mode,
+            mtime_ns=msg.mtime_ns,
+            parent_exists=parent_exists,
+        )
 
     def _start_delta(self, msg: DeltaStart) -> None:
         """Receive a delta against the version we hold into a temp file; patch at FileEnd."""
@@ -413,21 +470,39 @@ class ReceiverSession:
             return
         except FileNotFoundError:
             entry, st = None, None
-        if (entry is None or st is None or entry.hash != msg.base_hash or not stat.S_ISREG(st.st_mode)
-                or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns) or not _librsync.available()):
-            raise TransientFailure(msg.seq, ErrorCode.BASE_MISMATCH,
-                                   f"{msg.path}: this target does not hold the delta's base version")
+        if (
+            entry is None
+            or st is None
+            or entry.hash != msg.base_hash
+            or not stat.S_ISREG(st.st_mode)
+            or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns)
+            or not _librsync.available()
+        ):
+            raise TransientFailure(
+                msg.seq,
+                ErrorCode.BASE_MISMATCH,
+                f"{msg.path}: this target does not hold the delta's base version",
+            )
         # A large new version whose hash the source sent goes to its named partial: what librsync
         # wrote when the link or this agent dies is a prefix of it, resumed as a whole file.
         # Not when this batch stages the path already: that file may be this very partial (the
         # same version twice), and the delta goes against the version committed before it.
-        resumable = (bool(msg.expected_hash) and msg.size >= RESUME_MIN_BYTES
-                     and not self._batch.holds_final(str(final)))
+        resumable = (
+            bool(msg.expected_hash)
+            and msg.size >= RESUME_MIN_BYTES
+            and not self._batch.holds_final(str(final))
+        )
         try:  # patched as the delta arrives (patching.py)
-            self._incoming = StreamingPatch(self.folder.root, final, size=msg.size, mode=msg.mode,
-                                            mtime_ns=msg.mtime_ns, parts=msg.parts,
-                                            partial_of=msg.expected_hash if resumable else b"",
-                                            owner=self.folder.mapping_id)
+            self._incoming = StreamingPatch(
+                self.folder.root,
+                final,
+                size=msg.size,
+                mode=msg.mode,
+                mtime_ns=msg.mtime_ns,
+                parts=msg.parts,
+                partial_of=msg.expected_hash if resumable else b"",
+                owner=self.folder.mapping_id,
+            )
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
         if resumable:
@@ -439,14 +514,22 @@ class ReceiverSession:
     def _write_chunk(self, msg: FileChunk) -> None:
         if msg.seq == self._skip_seq:
             return
-        if self._incoming is None or self._incoming_msg is None or self._incoming_msg.seq != msg.seq:
+        if (
+            self._incoming is None
+            or self._incoming_msg is None
+            or self._incoming_msg.seq != msg.seq
+        ):
             raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "chunk without a file start")
         try:
             data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data)
             self._incoming.write(msg.offset, data)
         except (TransferError, ProtocolError) as exc:
             # A delta librsync refused is corrupt on the wire, like a whole file whose hash is wrong.
-            code = ErrorCode.HASH_MISMATCH if isinstance(self._incoming, StreamingPatch) else ErrorCode.BAD_MESSAGE
+            code = (
+                ErrorCode.HASH_MISMATCH
+                if isinstance(self._incoming, StreamingPatch)
+                else ErrorCode.BAD_MESSAGE
+            )
             raise TransientFailure(msg.seq, code, str(exc)) from exc
         except OSError as exc:
             raise _transient_os(msg.seq, self._incoming_msg.path, exc) from exc
@@ -485,8 +568,14 @@ class ReceiverSession:
             raise _transient_os(msg.seq, msg.path, exc) from exc
         try:
             data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data, msg.size)
-            incoming = staging.IncomingFile.open(self.folder.root, final, size=msg.size, mode=msg.mode,
-                                                 mtime_ns=msg.mtime_ns, parent_exists=parent_exists)
+            incoming = staging.IncomingFile.open(
+                self.folder.root,
+                final,
+                size=msg.size,
+                mode=msg.mode,
+                mtime_ns=msg.mtime_ns,
+                parent_exists=parent_exists,
+            )
         except ProtocolError as exc:
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc
         except OSError as exc:
@@ -504,25 +593,50 @@ class ReceiverSession:
             raise _transient_os(msg.seq, msg.path, exc) from exc
         self._stage(incoming, msg, msg.hash, len(msg.data), started)
 
-    def _stage(self, incoming: staging.IncomingFile, start: FileStart | DeltaStart | SmallFile,
-               content_hash: bytes, wire: int, started: float) -> None:
+    def _stage(
+        self,
+        incoming: staging.IncomingFile,
+        start: FileStart | DeltaStart | SmallFile,
+        content_hash: bytes,
+        wire: int,
+        started: float,
+    ) -> None:
         """Queue a verified file for the next commit, with its manifest entry and job record."""
         if not (INT64_MIN <= start.mtime_ns <= INT64_MAX and 0 <= start.size <= INT64_MAX):
             # validate() refuses these off the wire. Committed, it would be visible on disk and
             # then fail the manifest's write (SQLite INTEGER): the batch would come again for ever.
             incoming.discard()
             self.folder.drop_partial(start.path)
-            self._refuse(start.seq, "write", start.path, "size or mtime outside the signed 64-bit range",
-                         started, start.changed_at)
+            self._refuse(
+                start.seq,
+                "write",
+                start.path,
+                "size or mtime outside the signed 64-bit range",
+                started,
+                start.changed_at,
+            )
             return
         self._batch.add(incoming)
         self._pending.entries.append(
-            Entry(path=start.path, kind="f", size=start.size, mtime_ns=start.mtime_ns,
-                  mode=permission_bits(start.mode), hash=content_hash)
+            Entry(
+                path=start.path,
+                kind="f",
+                size=start.size,
+                mtime_ns=start.mtime_ns,
+                mode=permission_bits(start.mode),
+                hash=content_hash,
+            )
         )
         self._pending.records.append(
-            self._record(start.seq, "write", start.path, size=start.size,
-                         wire=wire, started=started, changed_at=start.changed_at)
+            self._record(
+                start.seq,
+                "write",
+                start.path,
+                size=start.size,
+                wire=wire,
+                started=started,
+                changed_at=start.changed_at,
+            )
         )
         self._note(start.seq)
         if len(self._batch) >= 256:
@@ -536,7 +650,9 @@ class ReceiverSession:
         except OSError as exc:
             raise _transient_os(start.seq, start.path, exc) from exc
         except TransferError as exc:  # librsync refused the delta: corrupt on the wire
-            raise TransientFailure(start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}") from exc
+            raise TransientFailure(
+                start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}"
+            ) from exc
 
     def _keep_received_chunks(self, seq: int) -> None:
         """A full disk stopped the large file `seq`: keep its partial cut to whole chunks, so each
@@ -546,12 +662,18 @@ class ReceiverSession:
         if isinstance(incoming, StreamingPatch) and incoming.resumable:
             incoming.stop()  # librsync writes nothing more: what its output holds is what is cut
             incoming = incoming.output
-        if (not isinstance(incoming, staging.IncomingFile) or start is None or start.seq != seq
-                or not incoming.temp_name.endswith(staging.PARTIAL_SUFFIX)):
+        if (
+            not isinstance(incoming, staging.IncomingFile)
+            or start is None
+            or start.seq != seq
+            or not incoming.temp_name.endswith(staging.PARTIAL_SUFFIX)
+        ):
             return
         kept = incoming.received // CHUNK_BYTES * CHUNK_BYTES  # what the resume rehashes from disk
         if not self.folder.keep_after_full_disk(start.path, kept):
-            logger.warning("full disk: dropping the partial of %s, stuck at %s bytes", start.path, kept)
+            logger.warning(
+                "full disk: dropping the partial of %s, stuck at %s bytes", start.path, kept
+            )
             return
         try:
             incoming.keep(kept)
@@ -581,7 +703,9 @@ class ReceiverSession:
             seq = pending.records[0].seq if pending.records else 0
             raise _transient_os(seq, "commit batch", exc) from exc
         self.folder.manifest.put_many(pending.entries)
-        self.folder.drop_partials(entry.path for entry in pending.entries)  # any size: a stale one too
+        self.folder.drop_partials(
+            entry.path for entry in pending.entries
+        )  # any size: a stale one too
         now = time.time()  # visible and durable only now: the latency a reader sees ends here
         self._applied.extend(msgspec.structs.replace(r, committed_at=now) for r in pending.records)
 
@@ -600,10 +724,13 @@ class ReceiverSession:
             self.report(self.watermark, applied)
         return Ack(mapping_id=self.folder.mapping_id, watermark=self.watermark)
 
-    def _refuse(self, seq: int, op: str, path: str, detail: str, started: float,
-                changed_at: float = 0.0) -> None:
+    def _refuse(
+        self, seq: int, op: str, path: str, detail: str, started: float, changed_at: float = 0.0
+    ) -> None:
         logger.warning("refused op from source: seq=%s op=%s path=%r: %s", seq, op, path, detail)
-        self._applied.append(self._record(seq, op, path, started=started, error=detail, changed_at=changed_at))
+        self._applied.append(
+            self._record(seq, op, path, started=started, error=detail, changed_at=changed_at)
+        )
         self._note(seq)
 
     # --- other ops ---
@@ -618,7 +745,9 @@ class ReceiverSession:
             self._refuse(msg.seq, op, msg.path, str(exc), started, _changed_at(msg))
             return
         except FileNotFoundError as exc:
-            self._refuse(msg.seq, op, msg.path, f"not found: {exc.filename}", started, _changed_at(msg))
+            self._refuse(
+                msg.seq, op, msg.path, f"not found: {exc.filename}", started, _changed_at(msg)
+            )
             return
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
@@ -645,7 +774,9 @@ class ReceiverSession:
             case MakeDir():  # a file there becomes this directory; what is below it stays
                 self.folder.drop_partial(msg.path)
 
-    def _apply_op_unchecked(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
+    def _apply_op_unchecked(
+        self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase
+    ) -> None:
         root, manifest = self.folder.root, self.folder.manifest
         match msg:
             case Delete():
@@ -685,7 +816,9 @@ class ReceiverSession:
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, permission_bits(msg.mode) or 0o755)
         self._sync_dir(self.folder.root, parent_of(msg.path))
-        self.folder.manifest.put_many([Entry(path=msg.path, kind="d", mode=permission_bits(msg.mode))])
+        self.folder.manifest.put_many(
+            [Entry(path=msg.path, kind="d", mode=permission_bits(msg.mode))]
+        )
 
     def _make_link(self, msg: Symlink) -> None:
         root = self.folder.root
@@ -700,8 +833,15 @@ class ReceiverSession:
         digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
         st = os.lstat(path)
         self.folder.manifest.put_many(
-            [Entry(path=msg.path, kind="l", hash=digest, link_target=msg.target,
-                   mtime_ns=mtime_ns_of(st))]
+            [
+                Entry(
+                    path=msg.path,
+                    kind="l",
+                    hash=digest,
+                    link_target=msg.target,
+                    mtime_ns=mtime_ns_of(st),
+                )
+            ]
         )
 
     def _rename(self, msg: Rename) -> None:
@@ -710,16 +850,23 @@ class ReceiverSession:
         dest = resolve_inside(root, msg.new_path)
         if msg.new_path.startswith(f"{msg.path}/") or msg.path.startswith(f"{msg.new_path}/"):
             # into itself (EINVAL for ever) or over its own ancestor (which would delete it first)
-            raise UnsafePath(msg.new_path, f"a rename of {msg.path!r} into itself or over its ancestor")
+            raise UnsafePath(
+                msg.new_path, f"a rename of {msg.path!r} into itself or over its ancestor"
+            )
         if not os.path.lexists(source):
             held = self.folder.manifest.get(msg.new_path)
-            if os.path.lexists(dest) and (not msg.hash or (held is not None and held.hash == msg.hash)):
+            if os.path.lexists(dest) and (
+                not msg.hash or (held is not None and held.hash == msg.hash)
+            ):
                 return  # applied before (a replay after a crash): nothing to do
             if msg.hash and self.sender_resends_renames:
                 # Never got here (an atomic save's temp file was gone when the link read it; a
                 # compare ran meanwhile): the new path must come whole, or the old version stays.
-                raise TransientFailure(msg.seq, ErrorCode.BASE_MISMATCH,
-                                       f"{msg.path} is not here to rename: send {msg.new_path} whole")
+                raise TransientFailure(
+                    msg.seq,
+                    ErrorCode.BASE_MISMATCH,
+                    f"{msg.path} is not here to rename: send {msg.new_path} whole",
+                )
             if os.path.lexists(dest):
                 return  # an older sender cannot resend it: the next comparison repairs it
             raise FileNotFoundError(errno.ENOENT, "rename source missing", msg.path)
@@ -764,10 +911,14 @@ class ReceiverSession:
             if msg.hashes_only:
                 listings.append(DirListing(path=d, entries=(), hash=manifest.dir_hash(d)))
                 continue
-            if budget <= 0 or room <= 0:  # the reply is full: the sender asks for this one again on its own
+            if (
+                budget <= 0 or room <= 0
+            ):  # the reply is full: the sender asks for this one again on its own
                 listings.append(DirListing(path=d, entries=(), more=True))
                 continue
-            page = manifest.dir_listing(d, after=msg.after, limit=budget + 1)  # one more shows a cut
+            page = manifest.dir_listing(
+                d, after=msg.after, limit=budget + 1
+            )  # one more shows a cut
             kept = page.entries[:budget]
             for i, entry in enumerate(kept):
                 room -= len(entry.name.encode("utf-8", "surrogateescape")) + ENTRY_WIRE_BYTES
@@ -775,13 +926,22 @@ class ReceiverSession:
                     kept = kept[:i]
                     break
             budget -= len(kept)
-            listings.append(DirListing(path=d, entries=kept, exists=page.exists,
-                                       more=len(kept) < len(page.entries)))
+            listings.append(
+                DirListing(
+                    path=d, entries=kept, exists=page.exists, more=len(kept) < len(page.entries)
+                )
+            )
         return DigestReply(mapping_id=msg.mapping_id, listings=tuple(listings))
 
 
-_OP_NAMES: dict[type, str] = {Delete: "delete", MakeDir: "mkdir", Symlink: "symlink", Rename: "rename",
-                              SetAttr: "attr", Erase: "erase"}
+_OP_NAMES: dict[type, str] = {
+    Delete: "delete",
+    MakeDir: "mkdir",
+    Symlink: "symlink",
+    Rename: "rename",
+    SetAttr: "attr",
+    Erase: "erase",
+}
 
 
 def _replace_dir(source: Path, dest: Path) -> None:
@@ -792,8 +952,15 @@ def _replace_dir(source: Path, dest: Path) -> None:
 
 
 def _with_attrs(entry: Entry, mode: int, mtime_ns: int) -> Entry:
-    return Entry(path=entry.path, kind=entry.kind, size=entry.size, mtime_ns=mtime_ns,
-                 mode=permission_bits(mode), hash=entry.hash, link_target=entry.link_target)
+    return Entry(
+        path=entry.path,
+        kind=entry.kind,
+        size=entry.size,
+        mtime_ns=mtime_ns,
+        mode=permission_bits(mode),
+        hash=entry.hash,
+        link_target=entry.link_target,
+    )
 
 
 def _changed_at(msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> float:

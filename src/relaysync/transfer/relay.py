@@ -92,7 +92,9 @@ class RelayFeed:
         self.journal = _JournalRef(spool)
         self.committed = folder.watermark(spool.journal_id) if spool.journal_id else 0
         self.children: frozenset[str] = frozenset()
-        self.routes: tuple[RouteHop, ...] = ()  # the mapping's table: whose marks a child's Ack may carry
+        self.routes: tuple[
+            RouteHop, ...
+        ] = ()  # the mapping's table: whose marks a child's Ack may carry
         self.marks: dict[str, int] = {}  # node id -> watermark, for every target below us
         self._appended = anyio.Event()
         self.marks_changed = anyio.Event()  # the parent's session sends a fresh Ack on it
@@ -191,13 +193,18 @@ class RelayLink(TargetLink):
         cut = ResumeCut()  # so can those of a file cut to what the child lacks
         self.log.info("relaying to %s from seq %s", self.target.name, session.sent_upto)
         while True:
-            messages, position = await anyio.to_thread.run_sync(spool.read, position, generation, BATCH_BYTES)
+            messages, position = await anyio.to_thread.run_sync(
+                spool.read, position, generation, BATCH_BYTES
+            )
             if messages:
                 await self._forward(session, messages, refused, cut)
                 continue
             # A comparison from here is only sound once our tree holds all we forwarded.
-            if (anyio.current_time() >= compare_due and session.acked >= session.sent_upto
-                    and feed.committed >= session.sent_upto):
+            if (
+                anyio.current_time() >= compare_due
+                and session.acked >= session.sent_upto
+                and feed.committed >= session.sent_upto
+            ):
                 await self._catch_up_by_compare(session)
                 compare_due = anyio.current_time() + self.compare_interval_s
                 continue
@@ -211,7 +218,11 @@ class RelayLink(TargetLink):
         feed, spool = self.source, self.source.spool
         with anyio.fail_after(RECEIVE_TIMEOUT_S * 10):
             while not spool.covers(session.sent_upto):
-                if feed.committed >= session.sent_upto and spool.base is not None and feed.committed >= spool.base:
+                if (
+                    feed.committed >= session.sent_upto
+                    and spool.base is not None
+                    and feed.committed >= spool.base
+                ):
                     await self._catch_up_by_compare(session)
                     return
                 # The child is ahead of what we hold (it had another parent): wait for our parent.
@@ -239,8 +250,9 @@ class RelayLink(TargetLink):
                 obsolete.append(PartialRef(path=p.path, hash=p.hash))
         return obsolete
 
-    async def _forward(self, session: _Session, messages: list[AnyMessage], refused: RefusedDelta,
-                       cut: ResumeCut) -> None:
+    async def _forward(
+        self, session: _Session, messages: list[AnyMessage], refused: RefusedDelta, cut: ResumeCut
+    ) -> None:
         """Send what of a spool read the child still needs; a refused delta goes as a whole file.
 
         The messages of a delta the child refused are dropped up to its end: at FileEnd the
@@ -268,12 +280,20 @@ class RelayLink(TargetLink):
             if isinstance(message, FileStart) and message.expected_hash:
                 out = await self._start_file(session, message, out, refused, cut)
                 continue
-            if isinstance(message, DeltaStart) and (seq in self.options.whole_file_seqs
-                                                    or await self._resume_beats_delta(session, message)):
-                refused.seq, refused.path, refused.changed_at = seq, message.path, message.changed_at
+            if isinstance(message, DeltaStart) and (
+                seq in self.options.whole_file_seqs
+                or await self._resume_beats_delta(session, message)
+            ):
+                refused.seq, refused.path, refused.changed_at = (
+                    seq,
+                    message.path,
+                    message.changed_at,
+                )
                 continue
             if isinstance(message, Rename) and message.hash and seq in self.options.whole_file_seqs:
-                await self._send(session, out)  # the child lacked the file to rename: the result whole
+                await self._send(
+                    session, out
+                )  # the child lacked the file to rename: the result whole
                 out = []
                 await self._whole_from_tree(session, seq, message.new_path, message.changed_at)
                 continue
@@ -282,8 +302,9 @@ class RelayLink(TargetLink):
         if cut.start is not None and not out:  # all dropped: the child hears from us all the same
             await session.framed.send(Ping())
 
-    async def _drop_refused(self, session: _Session, message: AnyMessage, out: list[AnyMessage],
-                            refused: RefusedDelta) -> list[AnyMessage]:
+    async def _drop_refused(
+        self, session: _Session, message: AnyMessage, out: list[AnyMessage], refused: RefusedDelta
+    ) -> list[AnyMessage]:
         """A message of the version the child refused: at its end the version goes from our tree.
 
         Returns what is still to go in this read's batch.
@@ -298,8 +319,14 @@ class RelayLink(TargetLink):
             await self._whole_from_tree(session, seq, path, changed_at)
         return out
 
-    async def _start_file(self, session: _Session, start: FileStart, out: list[AnyMessage],
-                          refused: RefusedDelta, cut: ResumeCut) -> list[AnyMessage]:
+    async def _start_file(
+        self,
+        session: _Session,
+        start: FileStart,
+        out: list[AnyMessage],
+        refused: RefusedDelta,
+        cut: ResumeCut,
+    ) -> list[AnyMessage]:
         """A version the child may hold in part: cut it to what the child lacks, or, where our
         parent resumed us past what the child holds, complete it from our own copy.
 
@@ -314,7 +341,9 @@ class RelayLink(TargetLink):
             cut.begin(start, held)
             return out
         await self._send(session, out)
-        if start.seq in self.options.whole_file_seqs or not await self._send_prefix(session, start, held):
+        if start.seq in self.options.whole_file_seqs or not await self._send_prefix(
+            session, start, held
+        ):
             # our copy is gone or was not this version: the version goes whole from our tree
             refused.seq, refused.path, refused.changed_at = start.seq, start.path, start.changed_at
         return []
@@ -325,7 +354,11 @@ class RelayLink(TargetLink):
         source decides (ops._resume_sends_less): yes unless the delta that brought us that version
         was smaller than the rest. Waits until we have committed it, and so know that delta.
         """
-        held = self.options.resume.get((start.path, start.expected_hash), 0) if start.expected_hash else 0
+        held = (
+            self.options.resume.get((start.path, start.expected_hash), 0)
+            if start.expected_hash
+            else 0
+        )
         if held < CHUNK_BYTES:
             return False
         await self._wait_committed(session, start.seq)
@@ -338,8 +371,13 @@ class RelayLink(TargetLink):
         fd = await anyio.to_thread.run_sync(open_prefix, self.source.folder, start)
         if fd is None:
             return False
-        self.log.info("sending %s to %s from byte %s: bytes up to %s from our copy", start.path,
-                      self.target.name, held, start.offset)
+        self.log.info(
+            "sending %s to %s from byte %s: bytes up to %s from our copy",
+            start.path,
+            self.target.name,
+            held,
+            start.offset,
+        )
         try:
             await self._wait_window(session)
             await self._send_stream(session, prefix_messages(fd, start, held, self.options))
@@ -388,11 +426,15 @@ class RelayLink(TargetLink):
             if feed.spool.end != end:
                 grown, end = anyio.current_time(), feed.spool.end
             elif anyio.current_time() - grown > RECEIVE_TIMEOUT_S:
-                raise TimeoutError(f"our parent sent nothing of seq {seq} for {RECEIVE_TIMEOUT_S} s")
+                raise TimeoutError(
+                    f"our parent sent nothing of seq {seq} for {RECEIVE_TIMEOUT_S} s"
+                )
             await feed.wait_for_records(seq, WAIT_RELAY_S)
             await session.framed.send(Ping())
 
-    async def _whole_from_tree(self, session: _Session, seq: int, path: str, changed_at: float = 0.0) -> None:
+    async def _whole_from_tree(
+        self, session: _Session, seq: int, path: str, changed_at: float = 0.0
+    ) -> None:
         """Send the version `seq` wrote to `path` whole from our tree, once committed.
 
         Named by the hash our manifest holds for it, so a large one goes into the child's
@@ -403,7 +445,15 @@ class RelayLink(TargetLink):
         entry = feed.manifest.get(path)
         version = entry.hash if entry is not None and entry.kind == "f" else b""
         self.log.info("sending %s whole to %s from our tree", path, self.target.name)
-        options = ops.SendOptions(codec=self.options.codec, small_files=self.options.small_files,
-                                  resume=self.options.resume, bandwidth=self.options.bandwidth)
-        await self._send_stream(session, ops.iter_file_messages(feed.root, path, seq, expected_hash=version,
-                                                                options=options, changed_at=changed_at))
+        options = ops.SendOptions(
+            codec=self.options.codec,
+            small_files=self.options.small_files,
+            resume=self.options.resume,
+            bandwidth=self.options.bandwidth,
+        )
+        await self._send_stream(
+            session,
+            ops.iter_file_messages(
+                feed.root, path, seq, expected_hash=version, options=options, changed_at=changed_at
+            ),
+        )

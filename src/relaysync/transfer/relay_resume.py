@@ -55,14 +55,24 @@ class ResumeCut:
         return self.start.seq if self.start is not None else -1
 
     def begin(self, start: FileStart, held: int) -> None:
-        self.start, self.held, self.pending, self.at = start, min(held, start.size), None, start.offset
+        self.start, self.held, self.pending, self.at = (
+            start,
+            min(held, start.size),
+            None,
+            start.offset,
+        )
 
     def take(self, message: AnyMessage) -> list[AnyMessage]:
         """What to send now of `message`, one of the file being cut (its seq)."""
         if isinstance(message, FileChunk) and message.offset <= self.held:
-            self.pending, self.at = message, message.offset  # the one before ended at or below `held`
+            self.pending, self.at = (
+                message,
+                message.offset,
+            )  # the one before ended at or below `held`
             return []
-        if isinstance(message, FileAbort):  # the version is gone; the child's partial stays for nothing
+        if isinstance(
+            message, FileAbort
+        ):  # the version is gone; the child's partial stays for nothing
             self.clear()
             return [message]
         if isinstance(message, FileEnd) and self.start is not None and self.start.size <= self.held:
@@ -94,7 +104,9 @@ def open_prefix(folder: TargetFolder, start: FileStart) -> int | None:
         final = resolve_inside(folder.root, start.path)
     except UnsafePath:
         return None
-    fd = _open_at_least(staging.partial_name_for(final, start.expected_hash, folder.mapping_id), start.offset)
+    fd = _open_at_least(
+        staging.partial_name_for(final, start.expected_hash, folder.mapping_id), start.offset
+    )
     if fd is None:
         entry = folder.manifest.get(start.path)
         if entry is not None and entry.hash == start.expected_hash:
@@ -115,7 +127,9 @@ def _open_at_least(path: os.PathLike[str], size: int) -> int | None:
     return None
 
 
-def prefix_messages(fd: int, start: FileStart, held: int, options: SendOptions) -> Iterator[AnyMessage]:
+def prefix_messages(
+    fd: int, start: FileStart, held: int, options: SendOptions
+) -> Iterator[AnyMessage]:
     """`start` resuming at `held`, then our copy's bytes from `held` up to `start.offset` in the
     child's codec; the spooled chunks from `start.offset` on follow them. Runs in a worker thread.
 
@@ -130,8 +144,10 @@ def prefix_messages(fd: int, start: FileStart, held: int, options: SendOptions) 
         data = os.pread(fd, min(step - offset % step, start.offset - offset), offset)
         if not data:
             options.whole_file_seqs.add(start.seq)
-            raise TransferError(f"{start.path}: our copy ended at {offset} of the {start.offset} bytes "
-                                "a child lacks")
+            raise TransferError(
+                f"{start.path}: our copy ended at {offset} of the {start.offset} bytes "
+                "a child lacks"
+            )
         codec_id, payload = encode_chunk(data, options.codec)
         yield FileChunk(seq=start.seq, offset=offset, data=payload, codec=codec_id)
         offset += len(data)

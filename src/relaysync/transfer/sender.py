@@ -117,11 +117,12 @@ class _Session:
         self.sent_upto = 0
         self.ack_changed = anyio.Event()
         self.moved = MovedAway()  # files found gone when sent, followed through later renames
-        self.partials: tuple[Partial, ...] = ()  # the target's partials, as it listed them at the start
-        self.replies: tuple[anyio.abc.ObjectSendStream[DigestReply],
-                            anyio.abc.ObjectReceiveStream[DigestReply]] = (
-            anyio.create_memory_object_stream[DigestReply](4)
-        )
+        self.partials: tuple[
+            Partial, ...
+        ] = ()  # the target's partials, as it listed them at the start
+        self.replies: tuple[
+            anyio.abc.ObjectSendStream[DigestReply], anyio.abc.ObjectReceiveStream[DigestReply]
+        ] = anyio.create_memory_object_stream[DigestReply](4)
 
     async def read_loop(self) -> None:
         send_replies = self.replies[0]
@@ -161,9 +162,17 @@ class _Session:
             self.ack_changed.set()
             self.ack_changed = anyio.Event()
 
-    async def request_listings(self, dirs: Sequence[str], hashes_only: bool, after: str) -> Sequence[DirListing]:
-        await self.framed.send(DigestRequest(mapping_id=self.link.source.mapping_id, dirs=tuple(dirs),
-                                             hashes_only=hashes_only, after=after))
+    async def request_listings(
+        self, dirs: Sequence[str], hashes_only: bool, after: str
+    ) -> Sequence[DirListing]:
+        await self.framed.send(
+            DigestRequest(
+                mapping_id=self.link.source.mapping_id,
+                dirs=tuple(dirs),
+                hashes_only=hashes_only,
+                after=after,
+            )
+        )
         with anyio.fail_after(RECEIVE_TIMEOUT_S):
             reply = await self.replies[1].receive()
         if len(reply.listings) != len(dirs):
@@ -174,11 +183,21 @@ class _Session:
 class TargetLink:
     """Keeps one target of one mapping up to date, reconnecting as needed."""
 
-    def __init__(self, source: SourceFolder, target: TargetAddress, ctx: ssl.SSLContext, *,
-                 node_id: str, name: str, compare_interval_s: float = PERIODIC_COMPARE_S,
-                 options: ops.SendOptions | None = None, route: tuple[str, ...] = (),
-                 on_failure: FailureFn | None = None, route_epoch: Callable[[], int] = lambda: 0,
-                 erase: bool = True) -> None:
+    def __init__(
+        self,
+        source: SourceFolder,
+        target: TargetAddress,
+        ctx: ssl.SSLContext,
+        *,
+        node_id: str,
+        name: str,
+        compare_interval_s: float = PERIODIC_COMPARE_S,
+        options: ops.SendOptions | None = None,
+        route: tuple[str, ...] = (),
+        on_failure: FailureFn | None = None,
+        route_epoch: Callable[[], int] = lambda: 0,
+        erase: bool = True,
+    ) -> None:
         self.source = source
         # False for a member of an N:M job: the target also holds other sources' files, so a
         # comparison never erases names it does not know (deletes come from journal records).
@@ -203,7 +222,9 @@ class TargetLink:
             logger, {"mapping": source.mapping_id, "target": target.name}
         )
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled."""
         task_status.started()
         delay = RECONNECT_MIN_S
@@ -214,13 +235,23 @@ class TargetLink:
                 if not is_link_error(exc):
                     raise
                 err = leaf_error(exc)
-                if self.failures == 0:  # the session had made progress: a fresh failure, a short wait
+                if (
+                    self.failures == 0
+                ):  # the session had made progress: a fresh failure, a short wait
                     delay = RECONNECT_MIN_S
-                self.log.warning("link to %s down, will retry in %.1f s: %s",
-                                 self.target.name, delay, err or type(err).__name__)
+                self.log.warning(
+                    "link to %s down, will retry in %.1f s: %s",
+                    self.target.name,
+                    delay,
+                    err or type(err).__name__,
+                )
                 self.failures += 1
-                if self.on_failure is not None and not any(map(_not_a_failed_hop, error_leaves(exc))):
-                    self.on_failure(self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures)
+                if self.on_failure is not None and not any(
+                    map(_not_a_failed_hop, error_leaves(exc))
+                ):
+                    self.on_failure(
+                        self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures
+                    )
             self.connected = False
             await anyio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
@@ -236,20 +267,34 @@ class TargetLink:
 
     async def _open(self) -> tuple[FramedStream, MappingState]:
         if self.options.tls:
-            framed = await tls.connect(self.target.resolve(), self.ctx, expected_node_id=self.target.node_id)
+            framed = await tls.connect(
+                self.target.resolve(), self.ctx, expected_node_id=self.target.node_id
+            )
         else:
             framed = await tls.connect_plain(self.target.resolve())
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
                 hello = await client_hello(framed, node_id=self.node_id, name=self.name)
-                self.options.small_files = CAP_SMALL_FILE in hello.capabilities  # an older release: no
-                await framed.send(OpenMapping(mapping_id=self.source.mapping_id,
-                                              journal_id=self.source.journal.journal_id,
-                                              route=self.current_route(), route_epoch=self.route_epoch()))
+                self.options.small_files = (
+                    CAP_SMALL_FILE in hello.capabilities
+                )  # an older release: no
+                await framed.send(
+                    OpenMapping(
+                        mapping_id=self.source.mapping_id,
+                        journal_id=self.source.journal.journal_id,
+                        route=self.current_route(),
+                        route_epoch=self.route_epoch(),
+                    )
+                )
                 state = await framed.receive()
                 if isinstance(state, AuthChallenge) and not self.options.tls:
-                    mac = tls.link_mac(self.options.link_secret, state.nonce, self.source.mapping_id,
-                                       self.node_id, self.target.node_id)
+                    mac = tls.link_mac(
+                        self.options.link_secret,
+                        state.nonce,
+                        self.source.mapping_id,
+                        self.node_id,
+                        self.target.node_id,
+                    )
                     await framed.send(AuthResponse(mac=mac))
                     state = await framed.receive()
                 if isinstance(state, Error):
@@ -279,7 +324,9 @@ class TargetLink:
     async def _stream(self, session: _Session, state: MappingState, tg: TaskGroup) -> None:
         journal = self.source.journal
         session.acked = session.sent_upto = state.watermark
-        self.source.on_open(self.target.node_id, state.watermark)  # lower too: it may have lost a tail
+        self.source.on_open(
+            self.target.node_id, state.watermark
+        )  # lower too: it may have lost a tail
         self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
         session.partials = state.partials
         self.connected = True
@@ -289,7 +336,9 @@ class TargetLink:
             await self._catch_up_by_compare(session)
             must_compare = False
         # Once replay has caught up, compare anyway: the target may have lost or gained files.
-        compare_due = anyio.current_time() if covered else anyio.current_time() + self.compare_interval_s
+        compare_due = (
+            anyio.current_time() if covered else anyio.current_time() + self.compare_interval_s
+        )
         self.log.info("streaming to %s from seq %s", self.target.name, session.sent_upto)
         while True:
             if must_compare and self.source.send_limit > session.sent_upto:
@@ -353,13 +402,19 @@ class TargetLink:
                     moved.forget(record.path)  # there after all (a name used again)
             case "rename":
                 followed = moved.follow(record.path, record.new_path)
-                if record.new_path in followed and record.entry is not None and record.entry.kind == "f":
+                if (
+                    record.new_path in followed
+                    and record.entry is not None
+                    and record.entry.kind == "f"
+                ):
                     # This version never reached the target: the result goes whole instead of the
                     # rename, and the old name goes (the target may hold an older version there).
                     followed.remove(record.new_path)
                     yield Delete(seq=record.seq, path=record.path, changed_at=record.time_ns / 1e9)
                     self.options.whole_file_seqs.add(record.seq)
-                    if not (yield from ops.whole_sent(ops.record_messages(root, record, self.options))):
+                    if not (
+                        yield from ops.whole_sent(ops.record_messages(root, record, self.options))
+                    ):
                         moved.gone(root, record.new_path)
                 else:
                     yield from ops.record_messages(root, record, self.options)
@@ -378,8 +433,13 @@ class TargetLink:
         if entry is None or entry.kind != "f":
             moved.gone(root, path)  # moved on, or deleted: a later record covers it
             return
-        if not (yield from ops.whole_sent(ops.iter_file_messages(root, path, 0, expected_hash=entry.hash,
-                                                        options=self.options))):
+        if not (
+            yield from ops.whole_sent(
+                ops.iter_file_messages(
+                    root, path, 0, expected_hash=entry.hash, options=self.options
+                )
+            )
+        ):
             moved.gone(root, path)
 
     async def _catch_up_by_compare(self, session: _Session) -> None:
@@ -390,8 +450,13 @@ class TargetLink:
         session.moved = MovedAway()  # the comparison sends every file where it is now
 
         def send_entry(entry: Entry) -> Iterator[ops.Outgoing]:
-            if not (yield from ops.whole_sent(ops.entry_messages(root, entry, self.options))) and entry.kind == "f":
-                session.moved.gone(root, entry.path)  # moved during the comparison: its rename follows
+            if (
+                not (yield from ops.whole_sent(ops.entry_messages(root, entry, self.options)))
+                and entry.kind == "f"
+            ):
+                session.moved.gone(
+                    root, entry.path
+                )  # moved during the comparison: its rename follows
 
         async def emit(work: Sequence[Work]) -> None:
             def produce() -> Iterator[ops.Outgoing]:
@@ -415,10 +480,15 @@ class TargetLink:
             session.partials = tuple(p for p in session.partials if (p.path, p.hash) not in gone)
             for key in gone:
                 self.options.resume.pop(key, None)
-            self.log.info("%s holds %s partials of versions never to be sent: removing them",
-                          self.target.name, len(obsolete))
+            self.log.info(
+                "%s holds %s partials of versions never to be sent: removing them",
+                self.target.name,
+                len(obsolete),
+            )
         if emitted:
-            self.log.info("caught up %s by manifest comparison: %s items", self.target.name, emitted)
+            self.log.info(
+                "caught up %s by manifest comparison: %s items", self.target.name, emitted
+            )
 
     def _obsolete_partials(self, partials: Sequence[Partial], head: int) -> list[PartialRef]:
         """The target's partials whose version we will never send (runs in a worker thread).
@@ -453,8 +523,10 @@ class TargetLink:
                     continue
                 batch.append(message)
                 size += ops.message_bytes(message)
-                if size >= max_bytes or (isinstance(message, FileChunk) and (
-                        size >= max_bytes // 2 or limit.rate != rate)):  # a window's edge: size anew
+                if size >= max_bytes or (
+                    isinstance(message, FileChunk)
+                    and (size >= max_bytes // 2 or limit.rate != rate)
+                ):  # a window's edge: size anew
                     return batch
             done = True
             return batch
@@ -465,7 +537,9 @@ class TargetLink:
             async with ready_tx:
                 while not done:
                     rate = limit.rate  # may change mid-file: a policy's time-of-day window
-                    batch_bytes = min(BATCH_BYTES, max(65536, int(rate * 0.05))) if rate > 0 else BATCH_BYTES
+                    batch_bytes = (
+                        min(BATCH_BYTES, max(65536, int(rate * 0.05))) if rate > 0 else BATCH_BYTES
+                    )
                     batch = await anyio.to_thread.run_sync(next_batch, batch_bytes, rate)
                     if batch:
                         await ready_tx.send(batch)

@@ -45,12 +45,16 @@ DELTA_MAX_AGE_S = 600.0  # deltas older than this are pruned (links re-create th
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 INLINE_SIGN_MAX_BYTES = 64 * 1024 * 1024  # whole copies up to this size are signed as they are read
 SIGNER_NICE = 19  # the background signer yields the CPU to transfers
-SIGN_WAIT_S = 5.0  # a delta waits this long for its base's queued signature, then the whole file goes
+SIGN_WAIT_S = (
+    5.0  # a delta waits this long for its base's queued signature, then the whole file goes
+)
 # On 2 cores one part is faster end to end (bench/delta.py): the other core is busy receiving
 # and patching; parallel parts pay from 4 cores on.
 PARALLEL_PARTS = max(1, min(4, (os.cpu_count() or 1) // 2))
 DELTA_MAX_RATIO = 0.9  # "auto": after a delta this large relative to its file, send that file whole
-DELTA_RETRY_S = 600.0  # after a delta that saved nothing, whole copies for this long, then a delta again
+DELTA_RETRY_S = (
+    600.0  # after a delta that saved nothing, whole copies for this long, then a delta again
+)
 PRUNE_EVERY_S = 60.0  # deltas older than DELTA_MAX_AGE_S are looked for this often
 
 
@@ -82,18 +86,26 @@ class SignatureStore:
         self.parallel_parts = parallel_parts
         (directory / "sig").mkdir(parents=True, exist_ok=True)
         (directory / "delta").mkdir(parents=True, exist_ok=True)
-        for stale in (directory / "delta").iterdir():  # builds of an earlier run: none can be joined
+        for stale in (
+            directory / "delta"
+        ).iterdir():  # builds of an earlier run: none can be joined
             stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
-        self._builds: dict[Path, DeltaBuild] = {}  # key of its part files -> build (running or done)
+        self._builds: dict[
+            Path, DeltaBuild
+        ] = {}  # key of its part files -> build (running or done)
         # path -> (size of its last delta / size of the file, when)
         self._ratios: dict[str, tuple[float, float]] = {}
         self._pruned_at = time.monotonic()
-        self._signing: set[tuple[str, bytes]] = set()  # versions a sender is signing as it sends them
+        self._signing: set[tuple[str, bytes]] = (
+            set()
+        )  # versions a sender is signing as it sends them
         # path key -> the file name of its one signature: forget/move find it without listing
         # a directory of up to one signature per large file
         self._sig_names = _index_signatures(directory / "sig")
-        self._in_flight: dict[str, int] = {}  # path key -> signings running (a read may be under way)
+        self._in_flight: dict[
+            str, int
+        ] = {}  # path key -> signings running (a read may be under way)
         self._dropped: set[str] = set()  # keys forgotten while a signing ran: it must not install
         self._queue: deque[tuple[Path, str, bytes]] = deque()  # large versions sent, to sign
         self._queued: dict[tuple[str, bytes], threading.Event] = {}  # queued or being signed
@@ -152,8 +164,11 @@ class SignatureStore:
         """A signer for the sender about to read this version, unless its signature is kept
         already or another link is signing it (with many targets, one link signs). The caller
         calls `keep` with the result or `release` if it stops."""
-        if not DELTA_MIN_BYTES <= size <= INLINE_SIGN_MAX_BYTES or not self.enabled() or (
-                content_hash and self.has(path, content_hash)):
+        if (
+            not DELTA_MIN_BYTES <= size <= INLINE_SIGN_MAX_BYTES
+            or not self.enabled()
+            or (content_hash and self.has(path, content_hash))
+        ):
             return None
         with self._lock:
             if (path, content_hash) in self._signing:
@@ -162,8 +177,14 @@ class SignatureStore:
             self._begin_signing(self._key(path))
         return delta.BlockSigner(size)
 
-    def sent_whole(self, root: Path, path: str, content_hash: bytes, size: int,
-                   signer: delta.BlockSigner | None) -> None:
+    def sent_whole(
+        self,
+        root: Path,
+        path: str,
+        content_hash: bytes,
+        size: int,
+        signer: delta.BlockSigner | None,
+    ) -> None:
         """A version was read whole to be sent: keep what `signer` signed from that read, or
         queue a version too large to sign inline for the background signer."""
         signature = signer.signature() if signer is not None else None
@@ -230,7 +251,9 @@ class SignatureStore:
         if self.has(path, content_hash):
             return
         sig = self._sig_path(path, content_hash)
-        tmp = sig.with_suffix(f".{threading.get_ident()}.tmp")  # links may sign the same version at once
+        tmp = sig.with_suffix(
+            f".{threading.get_ident()}.tmp"
+        )  # links may sign the same version at once
         try:
             tmp.write_bytes(signature)
         except OSError as exc:
@@ -267,7 +290,9 @@ class SignatureStore:
             with self._lock:
                 self._end_signing(key)
 
-    def _sign_into(self, path: str, fd: int, st: os.stat_result, wanted: bytes, tmp: Path) -> bytes | None:
+    def _sign_into(
+        self, path: str, fd: int, st: os.stat_result, wanted: bytes, tmp: Path
+    ) -> bytes | None:
         try:
             digest = delta.signature(fd, tmp)
             if version_of(os.fstat(fd)) != version_of(st) or (wanted and digest != wanted):
@@ -298,8 +323,13 @@ class SignatureStore:
             os.replace(tmp, sig)
             self._sig_names[key] = sig.name
 
-    def start_delta(self, root: Path, path: str, base_hash: bytes,
-                    opened: tuple[int, os.stat_result] | None = None) -> DeltaBuild | None:
+    def start_delta(
+        self,
+        root: Path,
+        path: str,
+        base_hash: bytes,
+        opened: tuple[int, os.stat_result] | None = None,
+    ) -> DeltaBuild | None:
         """Start (or join) computing the delta from the signed `base_hash` version to the file now.
 
         The delta file grows while the search writes it, so links stream it as it is produced; a
@@ -356,13 +386,21 @@ class SignatureStore:
                 return None
             build = DeltaBuild(key=key, stat=st, parts=parts, fd=build_fd, _pending=count + 1)
             self._builds[key] = build
-        threading.Thread(target=self._sign_new_version, args=(build, path),
-                         name=f"delta sign {path[-40:]}", daemon=True).start()
+        threading.Thread(
+            target=self._sign_new_version,
+            args=(build, path),
+            name=f"delta sign {path[-40:]}",
+            daemon=True,
+        ).start()
         for i, part in enumerate(parts):
             # every part ends where the version's size says: a file that grows meanwhile fails
             # the version check in _finish, and the search never reads past that size
-            threading.Thread(target=self._build_part, args=(build, part, sums, path, bounds[i], bounds[i + 1]),
-                             name=f"delta {i} {path[-40:]}", daemon=True).start()
+            threading.Thread(
+                target=self._build_part,
+                args=(build, part, sums, path, bounds[i], bounds[i + 1]),
+                name=f"delta {i} {path[-40:]}",
+                daemon=True,
+            ).start()
         return build
 
     def open_parts(self, build: DeltaBuild) -> list[BinaryIO] | None:
@@ -386,7 +424,11 @@ class SignatureStore:
         file changed since, so no link can join them; links streaming them hold their files open)."""
         prefix = f"{self._key(path)}."
         for key, build in list(self._builds.items()):
-            if key.name.startswith(prefix) and build.done.is_set() and version_of(build.stat) != version_of(st):
+            if (
+                key.name.startswith(prefix)
+                and build.done.is_set()
+                and version_of(build.stat) != version_of(st)
+            ):
                 self._unlink_build(build)
 
     def _unlink_build(self, build: DeltaBuild) -> None:
@@ -395,8 +437,9 @@ class SignatureStore:
         for part in build.parts:
             part.path.unlink(missing_ok=True)
 
-    def _build_part(self, build: DeltaBuild, part: DeltaPart, sums: bytes, path: str,
-                    start: int, end: int) -> None:
+    def _build_part(
+        self, build: DeltaBuild, part: DeltaPart, sums: bytes, path: str, start: int, end: int
+    ) -> None:
         try:
             delta.delta(sums, build.fd, part.path, start=start, length=end - start)
             part.ok = True
@@ -410,7 +453,9 @@ class SignatureStore:
         """Sign the new version (one read gives the signature and the content hash), once for
         every link that sends this build; if it cannot be signed (a full state disk), hash it."""
         try:
-            build.new_hash = self._sign(path, build.fd, build.stat, b"") or hash_version(build.fd, build.stat)
+            build.new_hash = self._sign(path, build.fd, build.stat, b"") or hash_version(
+                build.fd, build.stat
+            )
         finally:
             self._step_done(build, path)
 
@@ -423,8 +468,11 @@ class SignatureStore:
 
     def _finish(self, build: DeltaBuild, path: str) -> None:
         try:
-            build.ok = (all(p.ok for p in build.parts) and build.new_hash is not None
-                        and version_of(os.fstat(build.fd)) == version_of(build.stat))
+            build.ok = (
+                all(p.ok for p in build.parts)
+                and build.new_hash is not None
+                and version_of(os.fstat(build.fd)) == version_of(build.stat)
+            )
             if build.ok and build.stat.st_size:
                 size = sum(p.path.stat().st_size for p in build.parts)
                 self._ratios[path] = (size / build.stat.st_size, time.monotonic())

@@ -78,7 +78,9 @@ class Spool:
         state = self._load_state()
         self.journal_id = str(state.get("journal_id", ""))
         base = state.get("base")
-        self.base: int | None = base if isinstance(base, int) else None  # None: nothing until a checkpoint
+        self.base: int | None = (
+            base if isinstance(base, int) else None
+        )  # None: nothing until a checkpoint
         self.head = 0  # the last checkpoint appended
         self.generation = 0
         self._segments: list[_Segment] = []
@@ -176,7 +178,9 @@ class Spool:
                     continue
                 seq = _seq_of(message)
                 if isinstance(message, Checkpoint):
-                    if self.base is None:  # the checkpoint closing a comparison: we cover what follows
+                    if (
+                        self.base is None
+                    ):  # the checkpoint closing a comparison: we cover what follows
                         self.base = self.head = seq
                         self._checkpoint_end = self.end
                         self._save_state()
@@ -203,7 +207,9 @@ class Spool:
         if not frames:
             return
         segment = self._segments[-1] if self._segments else None
-        if segment is None or (segment.size >= self.segment_bytes and self._checkpoint_end == self.end):
+        if segment is None or (
+            segment.size >= self.segment_bytes and self._checkpoint_end == self.end
+        ):
             start = self.end
             segment = _Segment(path=self.directory / f"{start}.spool", start=start, size=0)
             self._segments.append(segment)
@@ -252,7 +258,9 @@ class Spool:
         with self._lock:
             if generation != self.generation or position < self.start:
                 raise SpoolReset("its parent's stream broke mid-file, or a comparison reset it")
-            segment = next((s for s in self._segments if s.start <= position < s.start + s.size), None)
+            segment = next(
+                (s for s in self._segments if s.start <= position < s.start + s.size), None
+            )
             if segment is None:
                 return [], position
             limit = min(segment.size - (position - segment.start), max(max_bytes, 1 << 20))
@@ -285,6 +293,9 @@ class Spool:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"segments": len(self._segments), "bytes": self.end - self.start, "head": self.head,
-                    "base": -1 if self.base is None else self.base}
-
+            return {
+                "segments": len(self._segments),
+                "bytes": self.end - self.start,
+                "head": self.head,
+                "base": -1 if self.base is None else self.base,
+            }

@@ -27,7 +27,9 @@ from relaysync.watch.manifest import permission_bits
 logger = logging.getLogger(__name__)
 
 
-_TEMP_SALT = secrets.token_hex(3)  # per process; with the counter, unique without a syscall per name
+_TEMP_SALT = secrets.token_hex(
+    3
+)  # per process; with the counter, unique without a syscall per name
 _temp_counter = itertools.count()
 
 
@@ -47,13 +49,15 @@ def _short_name(name: str) -> str:
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) <= _NAME_KEPT_BYTES:
         return name
-    head = raw[:_NAME_KEPT_BYTES - 17].decode("utf-8", "ignore")  # whole characters only
+    head = raw[: _NAME_KEPT_BYTES - 17].decode("utf-8", "ignore")  # whole characters only
     return f"{head}~{xxhash.xxh3_64_hexdigest(raw)}"
 
 
 def _temp_name(final: str) -> str:
     folder, name = os.path.split(final)  # a relative final without a folder stays where it is
-    return os.path.join(folder, f"{TEMP_PREFIX}{_short_name(name)}.{_TEMP_SALT}{next(_temp_counter):x}.tmp")
+    return os.path.join(
+        folder, f"{TEMP_PREFIX}{_short_name(name)}.{_TEMP_SALT}{next(_temp_counter):x}.tmp"
+    )
 
 
 PARTIAL_SUFFIX = ".part"
@@ -62,7 +66,9 @@ PARTIAL_SUFFIX = ".part"
 def partial_name_for(final: Path, content_hash: bytes, owner: int) -> Path:
     """The name of a resumable partial: stable for (mapping, file, content), so a restart finds
     it, and the mapping's own (members of an N:M job share a folder and may receive the same file)."""
-    return final.with_name(f"{TEMP_PREFIX}{_short_name(final.name)}.{owner}.{content_hash.hex()[:16]}{PARTIAL_SUFFIX}")
+    return final.with_name(
+        f"{TEMP_PREFIX}{_short_name(final.name)}.{owner}.{content_hash.hex()[:16]}{PARTIAL_SUFFIX}"
+    )
 
 
 def make_parents(root: Path, final: Path) -> None:
@@ -119,8 +125,16 @@ class IncomingFile:
         return Path(self.temp_name)
 
     @classmethod
-    def open(cls, root: Path, final: Path | str, *, size: int, mode: int, mtime_ns: int,
-             parent_exists: bool = False) -> IncomingFile:
+    def open(
+        cls,
+        root: Path,
+        final: Path | str,
+        *,
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        parent_exists: bool = False,
+    ) -> IncomingFile:
         final = os.fspath(final)
         if not parent_exists:
             make_parents(root, Path(final))
@@ -129,8 +143,18 @@ class IncomingFile:
         return cls(final_name=final, temp_name=temp, size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
 
     @classmethod
-    def open_partial(cls, root: Path, final: Path, content_hash: bytes, *, owner: int, size: int, mode: int,
-                     mtime_ns: int, offset: int) -> IncomingFile:
+    def open_partial(
+        cls,
+        root: Path,
+        final: Path,
+        content_hash: bytes,
+        *,
+        owner: int,
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        offset: int,
+    ) -> IncomingFile:
         """Open the resumable partial of `final` for this content, keeping its first `offset` bytes.
 
         The kept prefix is hashed again so the whole-file check at the end covers it too.
@@ -148,7 +172,14 @@ class IncomingFile:
             # its rename: ours, so made writable again (an agent that is not root could not resume).
             os.chmod(temp, 0o600, follow_symlinks=False)
             fd = os.open(temp, flags, 0o600)
-        incoming = cls(final_name=str(final), temp_name=str(temp), size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
+        incoming = cls(
+            final_name=str(final),
+            temp_name=str(temp),
+            size=size,
+            mode=mode,
+            mtime_ns=mtime_ns,
+            fd=fd,
+        )
         try:
             if os.fstat(fd).st_size < offset:
                 raise FileNotFoundError(2, "partial shorter than the resume offset", str(temp))
@@ -177,7 +208,7 @@ class IncomingFile:
             raise TransferError(f"more data than the announced {self.size} bytes")
         view = memoryview(data)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
         self.hasher.update(data)
         self.received += len(data)
 
@@ -215,7 +246,9 @@ class IncomingFile:
 class CommitBatch:
     """Verified temp files waiting to be made durable and renamed into place together."""
 
-    def __init__(self, *, durable: bool, before_replace: Callable[[Path], None] | None = None) -> None:
+    def __init__(
+        self, *, durable: bool, before_replace: Callable[[Path], None] | None = None
+    ) -> None:
         self.durable = durable
         self._files: list[IncomingFile] = []
         self.before_replace = before_replace  # keeps the old version (synchronization and backup)
@@ -319,8 +352,10 @@ def clean_stale_temps(root: Path, keep: frozenset[Path] = frozenset()) -> int:
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             path = Path(dirpath) / name
-            if name.startswith(TEMP_PREFIX) and path not in keep and (
-                name.endswith(".tmp") or name.endswith(PARTIAL_SUFFIX)
+            if (
+                name.startswith(TEMP_PREFIX)
+                and path not in keep
+                and (name.endswith(".tmp") or name.endswith(PARTIAL_SUFFIX))
             ):
                 try:
                     os.unlink(os.path.join(dirpath, name))

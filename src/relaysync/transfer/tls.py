@@ -92,7 +92,11 @@ def map_tls_errors(where: str) -> Iterator[None]:
 def peer_node_id(framed: FramedStream) -> str:
     """Return the fingerprint of the peer's certificate on an established TLS connection."""
     ssl_object = framed.extra("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket) else None
+    der = (
+        ssl_object.getpeercert(binary_form=True)
+        if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket)
+        else None
+    )
     if not der:
         raise TLSHandshakeFailed("peer sent no certificate")
     return fingerprint_der(der)
@@ -104,7 +108,9 @@ def peer_common_name(framed: FramedStream) -> str:
     Only meaningful for a certificate the context verified against the fleet's CA.
     """
     ssl_object = framed.extra("ssl_object")
-    cert = ssl_object.getpeercert() if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket) else None
+    cert = (
+        ssl_object.getpeercert() if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket) else None
+    )
     subject = cert.get("subject") if cert else None
     if isinstance(subject, tuple):
         for rdn in subject:
@@ -124,8 +130,13 @@ def _split(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def connect(address: str, ctx: ssl.SSLContext, *, expected_node_id: str | None = None,
-                  max_message_bytes: int = MAX_MESSAGE_BYTES) -> FramedStream:
+async def connect(
+    address: str,
+    ctx: ssl.SSLContext,
+    *,
+    expected_node_id: str | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> FramedStream:
     """Open a TLS connection to host:port and check the peer is who we expect.
 
     Raises:
@@ -146,7 +157,9 @@ async def connect(address: str, ctx: ssl.SSLContext, *, expected_node_id: str | 
     return framed
 
 
-async def connect_plain(address: str, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> FramedStream:
+async def connect_plain(
+    address: str, *, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> FramedStream:
     """Open a plain TCP connection (a TLS-off link); the caller authenticates with `link_mac`."""
     host, port = _split(address)
     with map_tls_errors(f"connect {address}"):
@@ -156,11 +169,17 @@ async def connect_plain(address: str, *, max_message_bytes: int = MAX_MESSAGE_BY
 TLS_HANDSHAKE_BYTE = 0x16  # a TLS record of type handshake; our plain frames start with 0x00
 
 
-async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable[[FramedStream], Awaitable[None]],
-                    *, plain_handler: Callable[[FramedStream], Awaitable[None]] | None = None,
-                    max_unauthenticated: int = MAX_UNAUTHENTICATED,
-                    max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS,
-                    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+async def serve_tls(
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    handler: Callable[[FramedStream], Awaitable[None]],
+    *,
+    plain_handler: Callable[[FramedStream], Awaitable[None]] | None = None,
+    max_unauthenticated: int = MAX_UNAUTHENTICATED,
+    max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """Listen on host:port; run `handler` for each client that completes a mutual TLS handshake.
 
     With `plain_handler`, a client whose first byte is not a TLS handshake is handed to it
@@ -183,16 +202,23 @@ async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable
         if leave is None:
             sock.close()
             if gate.refused % 100 == 1:
-                logger.warning("refused a connection from %s: %s connections at once (%s from one "
-                               "address) have not authenticated yet (%s refused so far)",
-                               remote, gate.limit, gate.per_address, gate.refused)
+                logger.warning(
+                    "refused a connection from %s: %s connections at once (%s from one "
+                    "address) have not authenticated yet (%s refused so far)",
+                    remote,
+                    gate.limit,
+                    gate.per_address,
+                    gate.refused,
+                )
             return
         try:
             await _accepted(sock, remote, leave)
         finally:
             leave()
 
-    async def _accepted(sock: socket.socket, remote: str, authenticated: Callable[[], None]) -> None:
+    async def _accepted(
+        sock: socket.socket, remote: str, authenticated: Callable[[], None]
+    ) -> None:
         use_tls = True
         if plain_handler is not None:
             first = await first_byte(sock)
@@ -204,15 +230,20 @@ async def serve_tls(host: str, port: int, ctx: ssl.SSLContext, handler: Callable
             with map_tls_errors(f"accept from {remote}"):
                 # A plain client has proven nothing yet: small frames only until its handler
                 # authenticates it (a 5-byte header must not make us hold 4 MiB for it).
-                framed = await wrap_accepted(sock, ssl_ctx=ctx if use_tls else None,
-                                             max_message_bytes=MAX_MESSAGE_BYTES if use_tls else PREAUTH_MAX_MESSAGE_BYTES)
+                framed = await wrap_accepted(
+                    sock,
+                    ssl_ctx=ctx if use_tls else None,
+                    max_message_bytes=MAX_MESSAGE_BYTES if use_tls else PREAUTH_MAX_MESSAGE_BYTES,
+                )
         except RelaySyncError as exc:  # the loop owns the socket now: it closes it, never us
             logger.warning("refused connection: %s", exc)
             return
         if use_tls:
             authenticated()  # mutual TLS: the peer holds a certificate of the fleet
         else:
-            framed.on_authenticated = authenticated  # its handler says so (FramedStream.allow_messages)
+            framed.on_authenticated = (
+                authenticated  # its handler says so (FramedStream.allow_messages)
+            )
         try:
             await (handler if use_tls else plain_handler)(framed)  # type: ignore[misc]
         finally:

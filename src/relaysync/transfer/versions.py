@@ -57,8 +57,11 @@ class VersionKeeper:
         name = f"{rel.name}{SEPARATOR}{stamp}"
         if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
             # Replication wins over history: failing here would block every change after this one.
-            logger.warning("no version kept of %s: its name leaves no room for a timestamp (NAME_MAX %s)",
-                           rel, MAX_NAME_BYTES)
+            logger.warning(
+                "no version kept of %s: its name leaves no room for a timestamp (NAME_MAX %s)",
+                rel,
+                MAX_NAME_BYTES,
+            )
             return
         dest = self.dir / rel.parent / name
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,9 @@ def _superseded(records: Sequence[JournalRecord]) -> set[int]:
     for i in range(len(records) - 1, -1, -1):
         rec = records[i]
         if rec.op == "rename":
-            covered = {p for p in covered if not (_related(p, rec.path) or _related(p, rec.new_path))}
+            covered = {
+                p for p in covered if not (_related(p, rec.path) or _related(p, rec.new_path))
+            }
         elif rec.op == "write":
             if rec.path in covered:
                 dropped.add(i)

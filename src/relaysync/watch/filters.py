@@ -13,7 +13,9 @@ from relaysync.errors import ConfigError, LinkTargetNotUtf8, NameNotUtf8
 
 logger = logging.getLogger(__name__)
 
-MAX_NAME_WARNINGS = 100  # names warned about one by one per filter; a tree full of them says so once
+MAX_NAME_WARNINGS = (
+    100  # names warned about one by one per filter; a tree full of them says so once
+)
 
 
 def _compile(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
@@ -70,8 +72,9 @@ class PathFilter:
         ConfigError: a pattern is not a valid regular expression.
     """
 
-    def __init__(self, include: Sequence[str] = (), exclude: Sequence[str] = (), *,
-                 root: Path | str = "") -> None:
+    def __init__(
+        self, include: Sequence[str] = (), exclude: Sequence[str] = (), *, root: Path | str = ""
+    ) -> None:
         self._include = _compile(include)
         self._exclude = _compile(exclude)
         self._root = str(root)
@@ -121,7 +124,10 @@ class PathFilter:
         if count <= MAX_NAME_WARNINGS:
             logger.warning("%s", problem)
         if count == MAX_NAME_WARNINGS:
-            logger.warning("%s names under %s are not valid UTF-8; further ones are logged at debug level",
-                           count, printable(self._root or "."))
+            logger.warning(
+                "%s names under %s are not valid UTF-8; further ones are logged at debug level",
+                count,
+                printable(self._root or "."),
+            )
         elif count > MAX_NAME_WARNINGS:
             logger.debug("%s", problem)

@@ -140,8 +140,14 @@ class Journal:
         JournalCorrupt: a segment is damaged somewhere other than its torn tail.
     """
 
-    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES, fsync: bool = True,
-                 boot_id: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = SEGMENT_BYTES,
+        fsync: bool = True,
+        boot_id: str | None = None,
+    ) -> None:
         self._dir = directory
         self._segment_bytes = segment_bytes
         self._fsync = fsync
@@ -194,13 +200,22 @@ class Journal:
         self.journal_id = uuid.uuid4().hex
         _write_atomic(self._dir / "journal.id", self.journal_id, fsync=True)
         self.previous_id = old
-        logger.warning("journal %s was written without fsync and the machine restarted before it was closed: "
-                       "its last records may be lost, so it continues as journal %s (was %s) from seq %s; "
-                       "targets catch up by comparing trees", self._dir, self.journal_id, old, self._last_seq + 1)
+        logger.warning(
+            "journal %s was written without fsync and the machine restarted before it was closed: "
+            "its last records may be lost, so it continues as journal %s (was %s) from seq %s; "
+            "targets catch up by comparing trees",
+            self._dir,
+            self.journal_id,
+            old,
+            self._last_seq + 1,
+        )
 
     def _mark_boot(self, state: str) -> None:
-        _write_atomic(self._dir / "boot", f"{self._boot_id} {state} {'safe' if self._fsync else 'fast'}\n",
-                      fsync=True)
+        _write_atomic(
+            self._dir / "boot",
+            f"{self._boot_id} {state} {'safe' if self._fsync else 'fast'}\n",
+            fsync=True,
+        )
 
     def _load_id(self) -> str:
         path = self._dir / "journal.id"
@@ -257,7 +272,12 @@ class Journal:
                     last, good = record.seq, end
                     f.seek(good)
             except _TornTail as torn:
-                logger.warning("journal %s: truncating torn tail at offset %s: %s", path, torn.offset, torn.reason)
+                logger.warning(
+                    "journal %s: truncating torn tail at offset %s: %s",
+                    path,
+                    torn.offset,
+                    torn.reason,
+                )
                 os.truncate(path, torn.offset)
         return last, good
 
@@ -287,8 +307,15 @@ class Journal:
         with self._lock:
             now = time.time_ns()
             records = [
-                JournalRecord(seq=self._last_seq + 1 + i, op=c.op, path=c.path, new_path=c.new_path,
-                              entry=c.entry, base_hash=c.base_hash, time_ns=now)
+                JournalRecord(
+                    seq=self._last_seq + 1 + i,
+                    op=c.op,
+                    path=c.path,
+                    new_path=c.new_path,
+                    entry=c.entry,
+                    base_hash=c.base_hash,
+                    time_ns=now,
+                )
                 for i, c in enumerate(changes)
             ]
             if self._size >= self._segment_bytes:

@@ -117,8 +117,14 @@ def subtree_bounds(path: str) -> tuple[str, str]:
 def _row_to_entry(row: tuple) -> Entry:  # type: ignore[type-arg]
     path, kind, size, mtime_ns, mode, hash_, link_target, ino = row
     return Entry(
-        path=path, kind=kind, size=size, mtime_ns=mtime_ns, mode=mode, hash=hash_,
-        link_target=link_target, ino=ino,
+        path=path,
+        kind=kind,
+        size=size,
+        mtime_ns=mtime_ns,
+        mode=mode,
+        hash=hash_,
+        link_target=link_target,
+        ino=ino,
     )
 
 
@@ -183,7 +189,9 @@ class Manifest:
     def get(self, path: str) -> Entry | None:
         """Return the entry at `path`, or None."""
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (path,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (path,)
+            ).fetchone()
         return _row_to_entry(row) if row else None
 
     def put_many(self, entries: Iterable[Entry]) -> None:
@@ -208,14 +216,28 @@ class Manifest:
             if any(last_nondir.get(a, -1) > i for a in above):
                 continue  # a later file of this call replaces a directory above it
             parent, name = split_path(e.path)
-            rows.append((e.path, parent, name, e.kind, e.size, e.mtime_ns, e.mode, e.hash, e.link_target, e.ino))
+            rows.append(
+                (
+                    e.path,
+                    parent,
+                    name,
+                    e.kind,
+                    e.size,
+                    e.mtime_ns,
+                    e.mode,
+                    e.hash,
+                    e.link_target,
+                    e.ino,
+                )
+            )
             stale.update(above)
         stale.update(last_nondir)
         with self._txn() as db:
             self._delete_below(db, *last_nondir)  # what was below a path that is now a file
             db.executemany(
                 "INSERT OR REPLACE INTO entries (path, parent, name, kind, size, mtime_ns, mode, hash, "
-                "link_target, ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
+                "link_target, ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
             db.executemany("DELETE FROM dirhash WHERE path = ?", ((p,) for p in stale))
 
@@ -242,10 +264,13 @@ class Manifest:
         """Remove `path` and everything below it; return the removed paths, sorted."""
         low, high = subtree_bounds(path)
         with self._txn() as db:
-            removed = [r[0] for r in db.execute(
-                "SELECT path FROM entries WHERE path = ? OR (path >= ? AND path < ?) ORDER BY path",
-                (path, low, high),
-            )]
+            removed = [
+                r[0]
+                for r in db.execute(
+                    "SELECT path FROM entries WHERE path = ? OR (path >= ? AND path < ?) ORDER BY path",
+                    (path, low, high),
+                )
+            ]
             db.execute("DELETE FROM entries WHERE path = ?", (path,))
             self._delete_below(db, path)
             db.execute("DELETE FROM dirhash WHERE path = ?", (path,))
@@ -392,9 +417,12 @@ class Manifest:
             ).fetchall()
             entries = tuple(
                 DirEntry(
-                    name=split_path(c.path)[1], kind=c.kind,
+                    name=split_path(c.path)[1],
+                    kind=c.kind,
                     hash=self.dir_hash(c.path) if c.kind == "d" else c.hash,
-                    size=c.size, mtime_ns=c.mtime_ns, mode=c.mode,
+                    size=c.size,
+                    mtime_ns=c.mtime_ns,
+                    mode=c.mode,
                 )
                 for c in map(_row_to_entry, rows)
             )

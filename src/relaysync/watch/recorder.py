@@ -56,8 +56,9 @@ class ChangeRecorder:
             start-up scan passes False: it never watches, and its rows carry no inode numbers.
     """
 
-    def __init__(self, root: Path, manifest: Manifest, path_filter: PathFilter, *,
-                 hard_links: bool = True) -> None:
+    def __init__(
+        self, root: Path, manifest: Manifest, path_filter: PathFilter, *, hard_links: bool = True
+    ) -> None:
         self._root = root
         self._manifest = manifest
         self._filter = path_filter
@@ -102,8 +103,15 @@ class ChangeRecorder:
     def _on_mkdir(self, batch: _Batch, event: FsEvent) -> None:
         self._on_rescan(batch, event)
 
-    def _restat(self, batch: _Batch, path: str, *, follow_links: bool = True,
-                linked_to: os.stat_result | None = None, digest: bytes = b"") -> None:
+    def _restat(
+        self,
+        batch: _Batch,
+        path: str,
+        *,
+        follow_links: bool = True,
+        linked_to: os.stat_result | None = None,
+        digest: bytes = b"",
+    ) -> None:
         """Diff one path with the batch. A file with other hard links has them restatted too,
         unless `follow_links` is False; they are restatted with `linked_to`, the stat of the
         name written, whose content hash `digest` they share while they are that file."""
@@ -112,8 +120,12 @@ class ChangeRecorder:
             st = os.lstat(self._root / path)
         except _GONE:
             return
-        same_file = linked_to is not None and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
-            linked_to.st_dev, linked_to.st_ino, linked_to.st_size, linked_to.st_mtime_ns)
+        same_file = linked_to is not None and (
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+        ) == (linked_to.st_dev, linked_to.st_ino, linked_to.st_size, linked_to.st_mtime_ns)
         entry = entry_from_stat(self._root, path, st, hash_=digest if same_file else None)
         if entry is None or not self._filter.accepts(path, is_dir=entry.kind == "d"):
             return
@@ -160,8 +172,15 @@ class ChangeRecorder:
         replaced = batch.get(event.new_path)
         self._ensure_parents(batch, event.new_path)
         moved = msgspec.structs.replace(old, path=event.new_path)
-        batch.add(PendingChange(op="rename", path=event.path, new_path=event.new_path, entry=moved,
-                                base_hash=replaced.hash if replaced else b""))
+        batch.add(
+            PendingChange(
+                op="rename",
+                path=event.path,
+                new_path=event.new_path,
+                entry=moved,
+                base_hash=replaced.hash if replaced else b"",
+            )
+        )
 
     def _on_rescan(self, batch: _Batch, event: FsEvent) -> None:
         self._rescan(batch, event.path)

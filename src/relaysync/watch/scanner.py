@@ -21,7 +21,9 @@ from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bi
 
 logger = logging.getLogger(__name__)
 
-HASH_BUFFER_BYTES = 1024 * 1024  # one read per MiB: large enough to amortise syscalls, small for RAM
+HASH_BUFFER_BYTES = (
+    1024 * 1024
+)  # one read per MiB: large enough to amortise syscalls, small for RAM
 _GONE = (FileNotFoundError, NotADirectoryError)
 
 
@@ -63,7 +65,9 @@ def join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def entry_from_stat(root: Path, relpath: str, st: os.stat_result, *, hash_: bytes | None = None) -> Entry | None:
+def entry_from_stat(
+    root: Path, relpath: str, st: os.stat_result, *, hash_: bytes | None = None
+) -> Entry | None:
     """Build an Entry from an lstat result, hashing the content unless `hash_` is given.
 
     Returns None for unsupported kinds (devices, sockets, FIFOs) and for paths that vanished.
@@ -74,13 +78,26 @@ def entry_from_stat(root: Path, relpath: str, st: os.stat_result, *, hash_: byte
             return Entry(path=relpath, kind="d", mtime_ns=mtime_ns_of(st), mode=mode)
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(root / relpath)
-            return Entry(path=relpath, kind="l", mtime_ns=mtime_ns_of(st), mode=mode,
-                         hash=hash_link(target), link_target=target)
+            return Entry(
+                path=relpath,
+                kind="l",
+                mtime_ns=mtime_ns_of(st),
+                mode=mode,
+                hash=hash_link(target),
+                link_target=target,
+            )
         if stat.S_ISREG(st.st_mode):
             # a string, not root / relpath: building a Path cost a fifth of a small file's scan
             digest = hash_ if hash_ is not None else hash_file(f"{root}/{relpath}")
-            return Entry(path=relpath, kind="f", size=st.st_size, mtime_ns=mtime_ns_of(st),
-                         mode=mode, hash=digest, ino=st.st_ino)
+            return Entry(
+                path=relpath,
+                kind="f",
+                size=st.st_size,
+                mtime_ns=mtime_ns_of(st),
+                mode=mode,
+                hash=digest,
+                ino=st.st_ino,
+            )
     except _GONE:
         logger.debug("vanished while scanning: %s", relpath)
     return None
@@ -102,7 +119,11 @@ def same_stat(old: Entry, kind: str, st: os.stat_result) -> bool:
     if kind == "d":
         # Directory mtimes move with every child change; only mode is replicated for them.
         return old.mode == permission_bits(st.st_mode)
-    return (old.size, old.mtime_ns, old.mode) == (st.st_size, mtime_ns_of(st), permission_bits(st.st_mode))
+    return (old.size, old.mtime_ns, old.mode) == (
+        st.st_size,
+        mtime_ns_of(st),
+        permission_bits(st.st_mode),
+    )
 
 
 def _kind_of(st: os.stat_result) -> str:
@@ -123,7 +144,9 @@ def diff_entry(old: Entry | None, new: Entry) -> PendingChange | None:
     base = old.hash if old is not None else b""
     if new.kind == "d":
         if old is not None and old.kind == "d":
-            return None if old.mode == new.mode else PendingChange(op="attr", path=new.path, entry=new)
+            return (
+                None if old.mode == new.mode else PendingChange(op="attr", path=new.path, entry=new)
+            )
         return PendingChange(op="mkdir", path=new.path, entry=new)
     if new.kind == "l":
         return PendingChange(op="symlink", path=new.path, entry=new, base_hash=base)
@@ -222,7 +245,9 @@ class TreeScan:
         return found
 
 
-def scan_tree(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir: str = "") -> list[PendingChange]:
+def scan_tree(
+    root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir: str = ""
+) -> list[PendingChange]:
     """Diff the tree at root/subdir against the manifest, without modifying the manifest.
 
     Returns changes in an order that replays correctly on a target: within each directory the

@@ -36,16 +36,35 @@ logger = logging.getLogger(__name__)
 
 MAX_VANISHED = 4096  # vanished directories remembered until their DELETE or MOVED_FROM is read
 MOVE_PAIR_S = 0.02  # a MOVED_TO follows its MOVED_FROM within microseconds; 20 ms is generous
-PAIR_BATCH_MAX_S = 0.1  # a batch waiting for MOVED_TOs goes out after this long, however busy the tree
-ROOT_POLL_S = 0.5  # how often a lost root folder is looked for again
-MODIFY_QUIET_S = 1.0  # a file modified without close-write (truncate) is shipped after this quiet time
-INOTIFY_READ_EVENTS = 4096  # events read per read(2), so a burst is one batch
-BATCH_MAX_EVENTS = 4 * INOTIFY_READ_EVENTS  # events read into one batch; the rest stay queued for the next
-_MASK = (
-    Mask.CLOSE_WRITE | Mask.MODIFY | Mask.CREATE | Mask.DELETE | Mask.DELETE_SELF | Mask.MOVED_FROM
-    | Mask.MOVED_TO | Mask.MOVE_SELF | Mask.ATTRIB | Mask.ONLYDIR | Mask.DONT_FOLLOW
+PAIR_BATCH_MAX_S = (
+    0.1  # a batch waiting for MOVED_TOs goes out after this long, however busy the tree
 )
-_SIMPLE: dict[Mask, EventKind] = {Mask.CLOSE_WRITE: "write", Mask.DELETE: "delete", Mask.ATTRIB: "attr"}
+ROOT_POLL_S = 0.5  # how often a lost root folder is looked for again
+MODIFY_QUIET_S = (
+    1.0  # a file modified without close-write (truncate) is shipped after this quiet time
+)
+INOTIFY_READ_EVENTS = 4096  # events read per read(2), so a burst is one batch
+BATCH_MAX_EVENTS = (
+    4 * INOTIFY_READ_EVENTS
+)  # events read into one batch; the rest stay queued for the next
+_MASK = (
+    Mask.CLOSE_WRITE
+    | Mask.MODIFY
+    | Mask.CREATE
+    | Mask.DELETE
+    | Mask.DELETE_SELF
+    | Mask.MOVED_FROM
+    | Mask.MOVED_TO
+    | Mask.MOVE_SELF
+    | Mask.ATTRIB
+    | Mask.ONLYDIR
+    | Mask.DONT_FOLLOW
+)
+_SIMPLE: dict[Mask, EventKind] = {
+    Mask.CLOSE_WRITE: "write",
+    Mask.DELETE: "delete",
+    Mask.ATTRIB: "attr",
+}
 
 
 def _under(path: str, top: str) -> bool:
@@ -80,8 +99,13 @@ class Watcher:
     Resource handling: the inotify descriptor lives as long as `serve()` and is closed on exit.
     """
 
-    def __init__(self, root: Path, path_filter: PathFilter, *,
-                 unwatched_scan_interval_s: float = UNWATCHED_SCAN_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        root: Path,
+        path_filter: PathFilter,
+        *,
+        unwatched_scan_interval_s: float = UNWATCHED_SCAN_INTERVAL_S,
+    ) -> None:
         self._root = root
         self._filter = path_filter
         self._interval_s = unwatched_scan_interval_s
@@ -107,8 +131,12 @@ class Watcher:
         """Directories (with their subtrees) that have no watch because of the watch limit."""
         return list(self._unwatched)
 
-    async def serve(self, send: anyio.abc.ObjectSendStream[list[FsEvent]], *,
-                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        send: anyio.abc.ObjectSendStream[list[FsEvent]],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Watch until cancelled, sending one coalesced list of events per batch read."""
         with Inotify(cache_size=INOTIFY_READ_EVENTS, sync_timeout=0) as ino:
             self._ino = ino
@@ -141,7 +169,9 @@ class Watcher:
             with os.scandir(self._root / rel) as it:
                 for de in it:
                     child = join(rel, de.name)
-                    if de.is_dir(follow_symlinks=False) and self._filter.accepts(child, is_dir=True):
+                    if de.is_dir(follow_symlinks=False) and self._filter.accepts(
+                        child, is_dir=True
+                    ):
                         out.append(child)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
@@ -206,12 +236,12 @@ class Watcher:
     def _move_tree(self, old: str, new: str) -> None:
         for rel in [p for p in self._wds if _under(p, old)]:
             wd = self._wds.pop(rel)
-            moved = new + rel[len(old):]
+            moved = new + rel[len(old) :]
             self._wds[moved] = wd
             self._paths[wd] = moved
         for rel in [p for p in self._unwatched if _under(p, old)]:
             del self._unwatched[rel]
-            self._unwatched[new + rel[len(old):]] = None
+            self._unwatched[new + rel[len(old) :]] = None
 
     async def _scan_unwatched(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
         while True:
@@ -305,7 +335,9 @@ class Watcher:
         if item.accepted:
             out.append(FsEvent(kind="delete", path=item.path, is_dir=item.is_dir))
 
-    def _emit(self, kind: EventKind, path: str, *, is_dir: bool = False, new_path: str = "") -> None:
+    def _emit(
+        self, kind: EventKind, path: str, *, is_dir: bool = False, new_path: str = ""
+    ) -> None:
         self._batch.append(FsEvent(kind=kind, path=path, new_path=new_path, is_dir=is_dir))
 
     # --- one inotify event ---
@@ -343,8 +375,11 @@ class Watcher:
 
     def _self_event(self, base: str, mask: Mask) -> None:
         if base == "" and mask & (Mask.DELETE_SELF | Mask.MOVE_SELF):
-            logger.warning("watched root %s was deleted or moved (an unmounted disk?); "
-                           "rescanning, and watching again once it is back", self._root)
+            logger.warning(
+                "watched root %s was deleted or moved (an unmounted disk?); "
+                "rescanning, and watching again once it is back",
+                self._root,
+            )
             self._root_lost = True
             self._emit("rescan", "", is_dir=True)
 
@@ -430,7 +465,7 @@ class Watcher:
         lost = [p for p in self._vanished if _under(p, old)]
         for path in lost:
             del self._vanished[path]
-        tops = [new + p[len(old):] for p in lost]
+        tops = [new + p[len(old) :] for p in lost]
         if new not in self._wds and new not in self._unwatched and new not in tops:
             tops.append(new)
         for top in tops:

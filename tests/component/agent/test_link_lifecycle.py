@@ -31,31 +31,58 @@ SRC, TGT = "a" * 64, "b" * 64
 def _source(tmp: Path) -> SourceMapping:
     src = tmp / "src"
     src.mkdir(exist_ok=True)
-    spec = MappingSpec(mapping_id=1, name="m", source_node=SRC, source_path=str(src),
-                       targets=(TargetSpec(node_id=TGT, path="/t"),), durability="fast")
+    spec = MappingSpec(
+        mapping_id=1,
+        name="m",
+        source_node=SRC,
+        source_path=str(src),
+        targets=(TargetSpec(node_id=TGT, path="/t"),),
+        durability="fast",
+    )
     return SourceMapping(spec, tmp / "state")
 
 
 def _folder(tmp: Path) -> TargetFolder:
     root = tmp / "tgt"
     root.mkdir(exist_ok=True)
-    return TargetFolder(mapping_id=1, source_node=SRC, root=root, manifest=Manifest(tmp / "tgt.db"),
-                        durable=False, link_secret=SECRET)
+    return TargetFolder(
+        mapping_id=1,
+        source_node=SRC,
+        root=root,
+        manifest=Manifest(tmp / "tgt.db"),
+        durable=False,
+        link_secret=SECRET,
+    )
 
 
 def _server(folder: TargetFolder) -> PeerServer:
-    return PeerServer(host="127.0.0.1", port=0, ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), node_id=TGT,
-                      name="t", folders=lambda m: folder if m == 1 else None,
-                      reporter=lambda f: (lambda w, recs: None))
+    return PeerServer(
+        host="127.0.0.1",
+        port=0,
+        ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+        node_id=TGT,
+        name="t",
+        folders=lambda m: folder if m == 1 else None,
+        reporter=lambda f: lambda w, recs: None,
+    )
 
 
 def _link(source: SourceMapping, port: int, **kw: Any) -> TargetLink:
     options = ops.SendOptions(tls=False, link_secret=SECRET)
-    return TargetLink(source, TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
-                      ssl.create_default_context(), node_id=SRC, name="s", options=options, **kw)
+    return TargetLink(
+        source,
+        TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
+        ssl.create_default_context(),
+        node_id=SRC,
+        name="s",
+        options=options,
+        **kw,
+    )
 
 
-def test_a_target_refusing_every_time_is_backed_off_from_and_reported_as_failing(tmp_path: Path) -> None:
+def test_a_target_refusing_every_time_is_backed_off_from_and_reported_as_failing(
+    tmp_path: Path,
+) -> None:
     """The session opens, then the target refuses the same change each time (an immutable
     directory: even root cannot write there). Each failure counts: the master sees 1, 2, 3, 4
     (it re-plans around the target at 2) and the waits grow, instead of a new session every
@@ -65,15 +92,23 @@ def test_a_target_refusing_every_time_is_backed_off_from_and_reported_as_failing
     (source.root / "d" / "f").write_text("x")
     folder = _folder(tmp_path)
     (folder.root / "d").mkdir()
-    if subprocess.run(["chattr", "+i", str(folder.root / "d")], capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["chattr", "+i", str(folder.root / "d")], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("chattr +i is not available on this file system")
     reported: list[tuple[float, int]] = []
     try:
+
         async def main() -> None:
             await source._record([FsEvent(kind="rescan", path="")])
             async with anyio.create_task_group() as tg:
                 port = await tg.start(_server(folder).serve)
-                link = _link(source, port, on_failure=lambda node, err, count: reported.append((time.monotonic(), count)))
+                link = _link(
+                    source,
+                    port,
+                    on_failure=lambda node, err, count: reported.append((time.monotonic(), count)),
+                )
                 tg.start_soon(link.serve)
                 with anyio.fail_after(30):
                     while len(reported) < 4:
@@ -107,8 +142,15 @@ def test_a_file_with_a_future_mtime_found_by_a_scan_is_shipped(tmp_path: Path) -
 def _source_in(tmp: Path, mode: str) -> SourceMapping:
     src = tmp / "src"
     src.mkdir(exist_ok=True)
-    spec = MappingSpec(mapping_id=1, name="m", source_node=SRC, source_path=str(src),
-                       targets=(TargetSpec(node_id=TGT, path="/t"),), durability="fast", mode=mode)
+    spec = MappingSpec(
+        mapping_id=1,
+        name="m",
+        source_node=SRC,
+        source_path=str(src),
+        targets=(TargetSpec(node_id=TGT, path="/t"),),
+        durability="fast",
+        mode=mode,
+    )
     return SourceMapping(spec, tmp / "state")
 
 
@@ -136,7 +178,9 @@ def test_an_atomic_save_sent_late_reaches_the_target(tmp_path: Path) -> None:
             (source.root / "index.html.tmp").write_text("version 2")
             await source._record([FsEvent(kind="write", path="index.html.tmp")])
             (source.root / "index.html.tmp").rename(source.root / "index.html")
-            await source._record([FsEvent(kind="move", path="index.html.tmp", new_path="index.html")])
+            await source._record(
+                [FsEvent(kind="move", path="index.html.tmp", new_path="index.html")]
+            )
             assert [r.op for r in source.journal.read(0, 100)][-2:] == ["write", "rename"]
             source.set_release(2)
             with anyio.fail_after(20):
@@ -217,9 +261,14 @@ def test_one_address_holding_connections_open_does_not_lock_other_peers_out(tmp_
         await source._record([FsEvent(kind="rescan", path="")])
         async with anyio.create_task_group() as tg:
             port = await tg.start(_server(folder).serve)
-            held.extend(await anyio.to_thread.run_sync(_silent_from, "127.0.0.2", port, MAX_UNAUTHENTICATED))
+            held.extend(
+                await anyio.to_thread.run_sync(_silent_from, "127.0.0.2", port, MAX_UNAUTHENTICATED)
+            )
             with anyio.fail_after(10):  # the listener has taken them all: the rest are closed
-                while sum(_closed(s) for s in held) < MAX_UNAUTHENTICATED - MAX_UNAUTHENTICATED_PER_ADDRESS:
+                while (
+                    sum(_closed(s) for s in held)
+                    < MAX_UNAUTHENTICATED - MAX_UNAUTHENTICATED_PER_ADDRESS
+                ):
                     await anyio.sleep(0.02)
             tg.start_soon(_link(source, port).serve)
             with anyio.fail_after(5):  # well inside the silent ones' 10 s first-byte timeout

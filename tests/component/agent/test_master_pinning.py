@@ -27,18 +27,31 @@ def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
     f.close()
 
 
-def _link(address: str, ident: tls.Identity, master_node_id: str | None, assignments: list[Assignment],
-          pinned: list[str] | None = None) -> MasterLink:
+def _link(
+    address: str,
+    ident: tls.Identity,
+    master_node_id: str | None,
+    assignments: list[Assignment],
+    pinned: list[str] | None = None,
+) -> MasterLink:
     async def on_assignment(a: Assignment) -> None:
         assignments.append(a)
 
-    return MasterLink(control_address=address, ctx=tls.client_context(ident), master_node_id=master_node_id,
-                      node_id=ident.node_id, name="web-1",
-                      register=Register(name="web-1", region="", group="", peer_address="127.0.0.1:9"),
-                      on_assignment=on_assignment, on_master_pinned=None if pinned is None else pinned.append)
+    return MasterLink(
+        control_address=address,
+        ctx=tls.client_context(ident),
+        master_node_id=master_node_id,
+        node_id=ident.node_id,
+        name="web-1",
+        register=Register(name="web-1", region="", group="", peer_address="127.0.0.1:9"),
+        on_assignment=on_assignment,
+        on_master_pinned=None if pinned is None else pinned.append,
+    )
 
 
-async def _against_rogue(rogue: tls.Identity, link_for: object) -> tuple[list[object], BaseException | None]:
+async def _against_rogue(
+    rogue: tls.Identity, link_for: object
+) -> tuple[list[object], BaseException | None]:
     """Run one control session of the link made by `link_for(address)` against a control server
     holding `rogue`'s certificate; return what that server received, and how the session ended."""
     got: list[object] = []
@@ -54,7 +67,9 @@ async def _against_rogue(rogue: tls.Identity, link_for: object) -> tuple[list[ob
 
     error: BaseException | None = None
     async with anyio.create_task_group() as tg:
-        port = await tg.start(tls.serve_tls, "127.0.0.1", 0, tls.server_context(rogue), rogue_master)
+        port = await tg.start(
+            tls.serve_tls, "127.0.0.1", 0, tls.server_context(rogue), rogue_master
+        )
         link = link_for(f"127.0.0.1:{port}")  # type: ignore[operator]
         with anyio.fail_after(20):
             try:
@@ -75,20 +90,26 @@ def test_a_pinned_agent_refuses_a_control_server_that_is_another_agent(fleet: Fl
     get the agent's Register and send it Assignments (mappings with any path, run as root)."""
     victim, rogue = fleet.join("web-1"), fleet.join("rogue")
     assignments: list[Assignment] = []
-    got, error = anyio.run(_against_rogue, rogue,
-                           lambda address: _link(address, victim, fleet.master.node_id, assignments))
+    got, error = anyio.run(
+        _against_rogue,
+        rogue,
+        lambda address: _link(address, victim, fleet.master.node_id, assignments),
+    )
     assert got == [] and assignments == []
     assert isinstance(error, UnknownPeer)
 
 
-def test_an_agent_joined_before_pinning_takes_only_a_server_named_like_the_master(fleet: Fleet) -> None:
+def test_an_agent_joined_before_pinning_takes_only_a_server_named_like_the_master(
+    fleet: Fleet,
+) -> None:
     """master.json without master_node_id (an older release's join): a server whose certificate
     is not named relaysync-master (no agent may join under that name) is refused."""
     victim, rogue = fleet.join("web-1"), fleet.join("rogue")
     assignments: list[Assignment] = []
     pinned: list[str] = []
-    got, error = anyio.run(_against_rogue, rogue,
-                           lambda address: _link(address, victim, None, assignments, pinned))
+    got, error = anyio.run(
+        _against_rogue, rogue, lambda address: _link(address, victim, None, assignments, pinned)
+    )
     assert got == [] and assignments == [] and pinned == []
     assert isinstance(error, UnknownPeer) and "not the master" in str(error)
 
@@ -115,13 +136,17 @@ def test_an_agent_joined_before_pinning_pins_the_master_on_first_contact(fleet: 
     assert link_holder[0].master_node_id == fleet.master.node_id
     # From then on the pinned id is all it takes: a rogue named like the master is refused too.
     impostor = fleet.issue("relaysync-master")
-    got, error = anyio.run(_against_rogue, impostor,
-                           lambda address: _link(address, victim, link_holder[0].master_node_id, []))
+    got, error = anyio.run(
+        _against_rogue,
+        impostor,
+        lambda address: _link(address, victim, link_holder[0].master_node_id, []),
+    )
     assert got == [] and isinstance(error, UnknownPeer)
 
 
 def test_a_removed_agent_says_how_to_join_again_and_stops_asking_often(
-        fleet: Fleet, caplog: pytest.LogCaptureFixture) -> None:
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
     victim = fleet.join("web-1")
     assert fleet.client.delete("/api/servers/web-1").status_code == 204
 
@@ -139,5 +164,9 @@ def test_a_removed_agent_says_how_to_join_again_and_stops_asking_often(
 
     assert anyio.run(main) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert any("the master refused this agent" in e and "was removed from the fleet" in e
-               and "--token <a new join token>" in e for e in errors), errors
+    assert any(
+        "the master refused this agent" in e
+        and "was removed from the fleet" in e
+        and "--token <a new join token>" in e
+        for e in errors
+    ), errors

@@ -40,25 +40,45 @@ HELD = 4 * CHUNK_BYTES  # what the target kept of it when its link went
 def _source(tmp: Path) -> SourceMapping:
     src = tmp / "src"
     src.mkdir(exist_ok=True)
-    spec = MappingSpec(mapping_id=1, name="m", source_node=SRC, source_path=str(src),
-                       targets=(TargetSpec(node_id=TGT, path="/t"),), durability="fast")
+    spec = MappingSpec(
+        mapping_id=1,
+        name="m",
+        source_node=SRC,
+        source_path=str(src),
+        targets=(TargetSpec(node_id=TGT, path="/t"),),
+        durability="fast",
+    )
     return SourceMapping(spec, tmp / "state")
 
 
 def _folder(tmp: Path) -> TargetFolder:
     root = tmp / "tgt"
     root.mkdir(exist_ok=True)
-    return TargetFolder(mapping_id=1, source_node=SRC, root=root, manifest=Manifest(tmp / "tgt.db"),
-                        durable=False, link_secret=SECRET)
+    return TargetFolder(
+        mapping_id=1,
+        source_node=SRC,
+        root=root,
+        manifest=Manifest(tmp / "tgt.db"),
+        durable=False,
+        link_secret=SECRET,
+    )
 
 
 def _cut_off(folder: TargetFolder, path: str, data: bytes) -> None:
     """`data` was being received at `path` (from an earlier journal of the source) when the link
     went: the target keeps the first HELD bytes, to resume."""
-    start = FileStart(seq=7, path=path, size=len(data), mode=0o644, mtime_ns=1,
-                      expected_hash=xxhash.xxh3_128(data).digest())
-    chunks: list[AnyMessage] = [FileChunk(seq=7, offset=o, data=data[o:o + CHUNK_BYTES])
-                                for o in range(0, HELD, CHUNK_BYTES)]
+    start = FileStart(
+        seq=7,
+        path=path,
+        size=len(data),
+        mode=0o644,
+        mtime_ns=1,
+        expected_hash=xxhash.xxh3_128(data).digest(),
+    )
+    chunks: list[AnyMessage] = [
+        FileChunk(seq=7, offset=o, data=data[o : o + CHUNK_BYTES])
+        for o in range(0, HELD, CHUNK_BYTES)
+    ]
     session = ReceiverSession(folder, "an-older-journal", lambda *_: None)
     assert session.apply_batch([start, *chunks]) == []
     session.close()
@@ -67,7 +87,11 @@ def _cut_off(folder: TargetFolder, path: str, data: bytes) -> None:
 
 def _staged_bytes(root: Path) -> dict[str, int]:
     """The temp files (partials) under root and their sizes: what they hold of the disk."""
-    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)}
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for p in root.rglob("*")
+        if p.name.startswith(TEMP_PREFIX)
+    }
 
 
 def _scan(source: SourceMapping) -> None:
@@ -92,13 +116,20 @@ class _ObservedLink(TargetLink):
         self.compares += 1
 
 
-def _sync_once(source: SourceMapping, folder: TargetFolder,
-               settled: Callable[[], bool] = lambda: True) -> _ObservedLink:
+def _sync_once(
+    source: SourceMapping, folder: TargetFolder, settled: Callable[[], bool] = lambda: True
+) -> _ObservedLink:
     """Scan the source, connect its link to the target, and return once a comparison ended, the
     target's watermark caught up, and `settled()` holds (30 s bound for all)."""
-    server = PeerServer(host="127.0.0.1", port=0, ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), node_id=TGT,
-                        name="t", folders=lambda m: folder if m == 1 else None,
-                        reporter=lambda f: (lambda w, recs: None))
+    server = PeerServer(
+        host="127.0.0.1",
+        port=0,
+        ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+        node_id=TGT,
+        name="t",
+        folders=lambda m: folder if m == 1 else None,
+        reporter=lambda f: lambda w, recs: None,
+    )
     links: list[_ObservedLink] = []
 
     _scan(source)
@@ -106,14 +137,22 @@ def _sync_once(source: SourceMapping, folder: TargetFolder,
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             port = await tg.start(server.serve)
-            link = _ObservedLink(source, TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
-                                 ssl.create_default_context(), node_id=SRC, name="s",
-                                 options=ops.SendOptions(tls=False, link_secret=SECRET))
+            link = _ObservedLink(
+                source,
+                TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
+                ssl.create_default_context(),
+                node_id=SRC,
+                name="s",
+                options=ops.SendOptions(tls=False, link_secret=SECRET),
+            )
             links.append(link)
             tg.start_soon(link.serve)
             with anyio.fail_after(30):
-                while (link.compares < 1 or folder.watermark(source.journal.journal_id) < source.applied_seq
-                       or not settled()):
+                while (
+                    link.compares < 1
+                    or folder.watermark(source.journal.journal_id) < source.applied_seq
+                    or not settled()
+                ):
                     await anyio.sleep(0.02)
             tg.cancel_scope.cancel()
 
@@ -121,16 +160,22 @@ def _sync_once(source: SourceMapping, folder: TargetFolder,
     return links[0]
 
 
-@pytest.mark.parametrize("case", ["file deleted", "directory deleted", "replaced by the version held"])
+@pytest.mark.parametrize(
+    "case", ["file deleted", "directory deleted", "replaced by the version held"]
+)
 def test_a_catch_up_comparison_removes_a_partial_whose_version_the_source_no_longer_has(
-        tmp_path: Path, case: str) -> None:
+    tmp_path: Path, case: str
+) -> None:
     """Nothing else would ever remove it: the comparison finds the trees equal (or the path on
     neither side), so no op for that path reaches the target, and a restart keeps every partial
     the target lists. Before the fix, 4 MiB stayed per such file, for ever."""
     source, folder = _source(tmp_path), _folder(tmp_path)
     (source.root / "keep.txt").write_text("the rest of the tree")
-    path = {"file deleted": "big.bin", "directory deleted": "gone/deeper/big.bin",
-            "replaced by the version held": "big.bin"}[case]
+    path = {
+        "file deleted": "big.bin",
+        "directory deleted": "gone/deeper/big.bin",
+        "replaced by the version held": "big.bin",
+    }[case]
     _cut_off(folder, path, os.urandom(BIG))
     if case == "replaced by the version held":
         # The source went back to the version the target holds, and the target has every record
@@ -174,10 +219,20 @@ def test_a_partial_at_a_path_journaled_after_the_comparisons_head_stays(tmp_path
     source = _source(tmp_path)
     (source.root / "big.bin").write_bytes(b"now small")
     _scan(source)
-    link = TargetLink(source, TargetAddress(node_id=TGT, name="t", resolve=lambda: "127.0.0.1:1"),
-                      ssl.create_default_context(), node_id=SRC, name="s")
-    partials = [Partial(path="big.bin", hash=b"\x01" * 16, size=HELD),
-                Partial(path="elsewhere/big.bin", hash=b"\x02" * 16, size=HELD)]
+    link = TargetLink(
+        source,
+        TargetAddress(node_id=TGT, name="t", resolve=lambda: "127.0.0.1:1"),
+        ssl.create_default_context(),
+        node_id=SRC,
+        name="s",
+    )
+    partials = [
+        Partial(path="big.bin", hash=b"\x01" * 16, size=HELD),
+        Partial(path="elsewhere/big.bin", hash=b"\x02" * 16, size=HELD),
+    ]
     head = source.applied_seq
-    assert [r.path for r in link._obsolete_partials(partials, head)] == ["big.bin", "elsewhere/big.bin"]
+    assert [r.path for r in link._obsolete_partials(partials, head)] == [
+        "big.bin",
+        "elsewhere/big.bin",
+    ]
     assert [r.path for r in link._obsolete_partials(partials, head - 1)] == ["elsewhere/big.bin"]

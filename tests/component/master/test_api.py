@@ -199,23 +199,46 @@ def test_mapping_errors_are_clear(client: TestClient, changes: Changes) -> None:
     assert changes.calls == before
 
 
-@pytest.mark.parametrize(("source_path", "target", "target_path", "rule"), [
-    ("/srv/docs", "src", "/srv/docs/mirror", "contain each other"),  # the copy replicates itself
-    ("/srv/docs", "src", "/srv", "contain each other"),  # the target erases /srv/* but docs
-    ("/srv/docs", "dst", "/", "system folder"),  # a comparison erases what the source lacks there
-    ("/srv/docs", "dst", "/etc", "system folder"),
-    ("/srv/docs", "dst", "/usr", "system folder"),
-    ("/srv/docs", "dst", "/boot", "system folder"),
-    ("/", "dst", "/backup", "system folder"),  # a source of / sends /proc, /sys and /dev
-])
+@pytest.mark.parametrize(
+    ("source_path", "target", "target_path", "rule"),
+    [
+        (
+            "/srv/docs",
+            "src",
+            "/srv/docs/mirror",
+            "contain each other",
+        ),  # the copy replicates itself
+        ("/srv/docs", "src", "/srv", "contain each other"),  # the target erases /srv/* but docs
+        (
+            "/srv/docs",
+            "dst",
+            "/",
+            "system folder",
+        ),  # a comparison erases what the source lacks there
+        ("/srv/docs", "dst", "/etc", "system folder"),
+        ("/srv/docs", "dst", "/usr", "system folder"),
+        ("/srv/docs", "dst", "/boot", "system folder"),
+        ("/", "dst", "/backup", "system folder"),  # a source of / sends /proc, /sys and /dev
+    ],
+)
 def test_mapping_folders_that_would_wreck_a_server_are_refused(
-        client: TestClient, changes: Changes, source_path: str, target: str, target_path: str, rule: str) -> None:
+    client: TestClient, changes: Changes, source_path: str, target: str, target_path: str, rule: str
+) -> None:
     join(client, "src")
     join(client, "dst")
     before = changes.calls
-    resp = client.post("/api/mappings", json={"name": "m", "source": "src", "source_path": source_path,
-                                              "targets": [{"server": target, "path": target_path}]})
-    assert resp.status_code == 422, f"{source_path} -> {target}:{target_path}: {resp.status_code} {resp.text}"
+    resp = client.post(
+        "/api/mappings",
+        json={
+            "name": "m",
+            "source": "src",
+            "source_path": source_path,
+            "targets": [{"server": target, "path": target_path}],
+        },
+    )
+    assert resp.status_code == 422, (
+        f"{source_path} -> {target}:{target_path}: {resp.status_code} {resp.text}"
+    )
     assert rule in resp.json()["detail"]
     assert client.get("/api/mappings").json() == [] and changes.calls == before
 

@@ -32,17 +32,27 @@ def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
 
 
 def _mapping(fleet: Fleet, source: str, *targets: str) -> int:
-    resp = fleet.client.post("/api/mappings", json={
-        "name": "docs", "source": source, "source_path": "/srv/docs",
-        "targets": [{"server": t, "path": "/srv/docs"} for t in targets],
-    })
+    resp = fleet.client.post(
+        "/api/mappings",
+        json={
+            "name": "docs",
+            "source": source,
+            "source_path": "/srv/docs",
+            "targets": [{"server": t, "path": "/srv/docs"} for t in targets],
+        },
+    )
     assert resp.status_code == 201, resp.text
     return int(resp.json()["id"])
 
 
 def _report(mapping_id: int, source: str, target: str, seq: int) -> CommitReport:
-    return CommitReport(mapping_id=mapping_id, source_node=source, target_node=target, watermark=seq,
-                        records=(CommitRecord(seq=seq, op="write", path="index.html"),))
+    return CommitReport(
+        mapping_id=mapping_id,
+        source_node=source,
+        target_node=target,
+        watermark=seq,
+        records=(CommitRecord(seq=seq, op="write", path="index.html"),),
+    )
 
 
 async def _refused(framed: object) -> Error:
@@ -92,12 +102,18 @@ def test_reports_are_believed_only_for_the_nodes_part_in_the_mapping(fleet: Flee
         async with fleet.control_server() as (control, port):
             async with agent_link(port, other, "other") as framed:
                 await framed.send(_report(m, src.node_id, other.node_id, 5))  # not a target
-                await framed.send(_report(m + 100, src.node_id, other.node_id, 5))  # no such mapping
+                await framed.send(
+                    _report(m + 100, src.node_id, other.node_id, 5)
+                )  # no such mapping
                 await roundtrip(framed)
             async with agent_link(port, a, "web-a") as framed:
-                await framed.send(_report(m, other.node_id, a.node_id, 5))  # not the mapping's source
+                await framed.send(
+                    _report(m, other.node_id, a.node_id, 5)
+                )  # not the mapping's source
                 await framed.send(ReleaseReport(mapping_id=m, release=1, upto_seq=50))
-                await framed.send(MassDeleteHeld(mapping_id=m, deletes=9, entries=10, root_missing=False))
+                await framed.send(
+                    MassDeleteHeld(mapping_id=m, deletes=9, entries=10, root_missing=False)
+                )
                 await roundtrip(framed)
             async with agent_link(port, other, "other") as framed:  # not in the mapping: no hops
                 await framed.send(HopFailed(mapping_id=m, child=a.node_id, error="x", attempts=5))
@@ -106,11 +122,17 @@ def test_reports_are_believed_only_for_the_nodes_part_in_the_mapping(fleet: Flee
             assert fleet.store.modes.get(m).released_upto == 0
             async with agent_link(port, src, "src") as framed:  # the source's own go through
                 await framed.send(ReleaseReport(mapping_id=m, release=1, upto_seq=7))
-                await framed.send(MassDeleteHeld(mapping_id=m, deletes=9, entries=10, root_missing=False))
+                await framed.send(
+                    MassDeleteHeld(mapping_id=m, deletes=9, entries=10, root_missing=False)
+                )
                 await roundtrip(framed)
             assert fleet.store.modes.get(m).released_upto == 7
-            assert dict(control.refused) == {"commit_report": 3, "release_report": 1, "mass_delete_held": 1,
-                                             "hop_failed": 1}
+            assert dict(control.refused) == {
+                "commit_report": 3,
+                "release_report": 1,
+                "mass_delete_held": 1,
+                "hop_failed": 1,
+            }
 
     anyio.run(main)
     held = [e.data["server"] for e in fleet.events.since(0) if e.type is EventType.MASS_DELETE_HELD]
@@ -128,14 +150,22 @@ def test_a_mapping_created_after_the_link_came_up_is_believed(fleet: Fleet) -> N
                 first = _mapping(fleet, "src", "web-a")
                 await framed.send(_report(first, src.node_id, a.node_id, 1))
                 await roundtrip(framed)
-                fleet.client.post("/api/mappings", json={
-                    "name": "more", "source": "src", "source_path": "/srv/more",
-                    "targets": [{"server": "web-a", "path": "/srv/more"}]})
+                fleet.client.post(
+                    "/api/mappings",
+                    json={
+                        "name": "more",
+                        "source": "src",
+                        "source_path": "/srv/more",
+                        "targets": [{"server": "web-a", "path": "/srv/more"}],
+                    },
+                )
                 second = fleet.store.get_mapping("more").id
                 await framed.send(_report(second, src.node_id, a.node_id, 2))
                 await roundtrip(framed)
-            assert control.joblog.watermarks == {(first, src.node_id, a.node_id): 1,
-                                                 (second, src.node_id, a.node_id): 2}
+            assert control.joblog.watermarks == {
+                (first, src.node_id, a.node_id): 1,
+                (second, src.node_id, a.node_id): 2,
+            }
 
     anyio.run(main)
 
@@ -188,7 +218,10 @@ def test_deleting_a_server_drops_its_live_control_link(fleet: Fleet) -> None:
                 assert old.node_id in control.links
                 assert fleet.client.delete("/api/servers/web-1").status_code == 204
                 # At once: not at the link's next state write (every 5 s), which finds no server.
-                with anyio.fail_after(2), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                with (
+                    anyio.fail_after(2),
+                    pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)),
+                ):
                     while True:  # a Ping sent as the removal lands may still be answered
                         await roundtrip(framed)
                 assert old.node_id not in control.links
@@ -247,8 +280,10 @@ def test_a_target_removed_from_a_mapping_is_no_longer_believed(fleet: Fleet) -> 
             async with agent_link(port, b, "web-b") as framed:
                 await framed.send(_report(m, src.node_id, b.node_id, 1))
                 await roundtrip(framed)
-                resp = fleet.client.patch(f"/api/mappings/{m}", json={
-                    "targets": [{"server": "web-a", "path": "/srv/docs"}]})
+                resp = fleet.client.patch(
+                    f"/api/mappings/{m}",
+                    json={"targets": [{"server": "web-a", "path": "/srv/docs"}]},
+                )
                 assert resp.status_code == 200, resp.text
                 control.notify_change()
                 await framed.send(_report(m, src.node_id, b.node_id, 2))

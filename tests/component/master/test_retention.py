@@ -24,25 +24,45 @@ SRC, TGT = "a" * 64, "b" * 64
 
 @pytest.fixture
 def client(store: Store, tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(store=store, ca=CertificateAuthority.load_or_create(tmp_path / "ca"), events=EventBus(),
-                     admin_token=ADMIN, control_address="127.0.0.1:7000", on_change=lambda: None)
+    app = create_app(
+        store=store,
+        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
+        events=EventBus(),
+        admin_token=ADMIN,
+        control_address="127.0.0.1:7000",
+        on_change=lambda: None,
+    )
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
         yield c
 
 
 def test_get_put_round_trip(client: TestClient) -> None:
     got = client.get("/api/retention").json()
-    assert {k: got[k] for k in ("changes_days", "advances_days", "exceptions_days", "recovery_jobs_days")} == {
-        "changes_days": 30, "advances_days": 90, "exceptions_days": 90, "recovery_jobs_days": 90}
+    assert {
+        k: got[k]
+        for k in ("changes_days", "advances_days", "exceptions_days", "recovery_jobs_days")
+    } == {"changes_days": 30, "advances_days": 90, "exceptions_days": 90, "recovery_jobs_days": 90}
     assert got["updated_at"] is None and got["last_pruned_at"] is None
     put = client.put("/api/retention", json={"changes_days": 7, "recovery_jobs_days": 0})
     assert put.status_code == 200, put.text
-    assert (put.json()["changes_days"], put.json()["advances_days"], put.json()["recovery_jobs_days"]) == (7, 90, 0)
+    assert (
+        put.json()["changes_days"],
+        put.json()["advances_days"],
+        put.json()["recovery_jobs_days"],
+    ) == (7, 90, 0)
     assert client.get("/api/retention").json() == put.json()
 
 
-@pytest.mark.parametrize("body", [{"changes_days": -1}, {"changes_days": 36_501}, {"changes_days": 1.5},
-                                  {"changes_days": "soon"}, {"metrics_days": 3}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"changes_days": -1},
+        {"changes_days": 36_501},
+        {"changes_days": 1.5},
+        {"changes_days": "soon"},
+        {"metrics_days": 3},
+    ],
+)
 def test_bad_values_are_422_and_change_nothing(client: TestClient, body: dict[str, object]) -> None:
     before = client.get("/api/retention").json()
     resp = client.put("/api/retention", json={"advances_days": 1, **body})
@@ -61,8 +81,13 @@ def test_the_prune_task_runs_and_records_what_it_deleted(store: Store) -> None:
     mid = store.create_mapping(name="m", source="src", source_path="/a", targets=[("tgt", "/b")]).id
     old = time.time() - 40 * DAY_S
     for seq in (1, 2, 3):  # three reports 40 days old, each one advance and one change row
-        report = CommitReport(mapping_id=mid, source_node=SRC, target_node=TGT, watermark=seq,
-                              records=(CommitRecord(seq=seq, op="write", path=f"f{seq}"),))
+        report = CommitReport(
+            mapping_id=mid,
+            source_node=SRC,
+            target_node=TGT,
+            watermark=seq,
+            records=(CommitRecord(seq=seq, op="write", path=f"f{seq}"),),
+        )
         with store._write("old report") as session:
             _joblog.record(session, [report], old)
     store.retention.set({"advances": 30})

@@ -95,25 +95,57 @@ class Env:
         (spec,) = assignment.mappings
         return {t.node_id for t in spec.targets}
 
-    def report(self, target: str, watermark: int, route: tuple[str, ...] = (), failed_seq: int = 0) -> None:
-        records = tuple(CommitRecord(seq=s, op="file", path=f"f{s}", ok=s != failed_seq,
-                                     error="EIO" if s == failed_seq else "") for s in range(1, watermark + 2))
-        self.store.record_commit_reports([CommitReport(
-            mapping_id=self.mapping_id, source_node=nid("src"), target_node=nid(target), watermark=watermark,
-            records=records, route=route)])
+    def report(
+        self, target: str, watermark: int, route: tuple[str, ...] = (), failed_seq: int = 0
+    ) -> None:
+        records = tuple(
+            CommitRecord(
+                seq=s,
+                op="file",
+                path=f"f{s}",
+                ok=s != failed_seq,
+                error="EIO" if s == failed_seq else "",
+            )
+            for s in range(1, watermark + 2)
+        )
+        self.store.record_commit_reports(
+            [
+                CommitReport(
+                    mapping_id=self.mapping_id,
+                    source_node=nid("src"),
+                    target_node=nid(target),
+                    watermark=watermark,
+                    records=records,
+                    route=route,
+                )
+            ]
+        )
 
 
 @pytest.fixture
 def env(store: Store, tmp_path: Path) -> Iterator[Env]:
     for name, (region, group) in FLEET.items():
-        store.upsert_server(node_id=nid(name), name=name, region=region, group=group, address=f"{name}:1")
+        store.upsert_server(
+            node_id=nid(name), name=name, region=region, group=group, address=f"{name}:1"
+        )
         store.set_server_state(nid(name), "up", T0)
-    mapping = store.create_mapping(name="www", source="src", source_path="/srv",
-                                   targets=[(n, "/www") for n in FLEET if n != "src"])
+    mapping = store.create_mapping(
+        name="www",
+        source="src",
+        source_path="/srv",
+        targets=[(n, "/www") for n in FLEET if n != "src"],
+    )
     events, clock, pushes = EventBus(), Clock(), Pushes()
     router = Router(store, events, clock=clock, on_change=pushes)
-    app = create_app(store=store, ca=CertificateAuthority.load_or_create(tmp_path / "ca"), events=events,
-                     admin_token=ADMIN, control_address="127.0.0.1:7000", on_change=lambda: None, router=router)
+    app = create_app(
+        store=store,
+        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
+        events=events,
+        admin_token=ADMIN,
+        control_address="127.0.0.1:7000",
+        on_change=lambda: None,
+        router=router,
+    )
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
         e = Env(store, router, client, events, clock, pushes, mapping.id)
         router.load()
@@ -126,13 +158,21 @@ def env(store: Store, tmp_path: Path) -> Iterator[Env]:
 
 
 def test_topology_edit_wins_over_registration(env: Env) -> None:
-    resp = env.client.patch("/api/servers/a1", json={"region": "r2", "group": "g9", "capacity_weight": 3})
+    resp = env.client.patch(
+        "/api/servers/a1", json={"region": "r2", "group": "g9", "capacity_weight": 3}
+    )
     assert resp.status_code == 200, resp.text
-    assert (resp.json()["region"], resp.json()["capacity_weight"], resp.json()["topology_locked"]) == ("r2", 3, True)
+    assert (
+        resp.json()["region"],
+        resp.json()["capacity_weight"],
+        resp.json()["topology_locked"],
+    ) == ("r2", 3, True)
     topo = env.client.get("/api/topology").json()
     r2 = next(r for r in topo["regions"] if r["name"] == "r2")
     g9 = next(g for g in r2["groups"] if g["name"] == "g9")
-    assert [(s["name"], s["capacity_weight"], s["state"]) for s in g9["servers"]] == [("a1", 3, "up")]
+    assert [(s["name"], s["capacity_weight"], s["state"]) for s in g9["servers"]] == [
+        ("a1", 3, "up")
+    ]
     # the agent registers again with its own config: the operator's placement stays
     env.store.upsert_server(node_id=nid("a1"), name="a1", region="r1", group="g1", address="a1:2")
     assert (env.store.get_server("a1").region, env.store.get_server("a1").address) == ("r2", "a1:2")
@@ -152,46 +192,77 @@ def test_topology_edit_errors(env: Env) -> None:
 # --- Routing settings ---
 
 
-@pytest.mark.parametrize(("hops", "words"), [
-    ([["src", "a1"], ["a1", "a2"], ["a2", "a1"]], "a1"),  # a loop / reached twice
-    ([["src", "ghost"]], "ghost"),  # unknown server
-    ([["src", "a1"], ["a1", "a2"], ["a1", "a3"], ["src", "b1"], ["b1", "b2"], ["src", "c1"], ["c1", "c2"],
-      ["b1", "a1"]], "a1"),  # a target reached twice
-])
+@pytest.mark.parametrize(
+    ("hops", "words"),
+    [
+        ([["src", "a1"], ["a1", "a2"], ["a2", "a1"]], "a1"),  # a loop / reached twice
+        ([["src", "ghost"]], "ghost"),  # unknown server
+        (
+            [
+                ["src", "a1"],
+                ["a1", "a2"],
+                ["a1", "a3"],
+                ["src", "b1"],
+                ["b1", "b2"],
+                ["src", "c1"],
+                ["c1", "c2"],
+                ["b1", "a1"],
+            ],
+            "a1",
+        ),  # a target reached twice
+    ],
+)
 def test_manual_route_refused_with_the_planners_message(env: Env, hops: list, words: str) -> None:
     before = env.client.get(f"/api/mappings/{env.mapping_id}/routing").json()
-    resp = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"mode": "manual", "hops": hops})
+    resp = env.client.put(
+        f"/api/mappings/{env.mapping_id}/routing", json={"mode": "manual", "hops": hops}
+    )
     assert resp.status_code == 400, resp.text
     assert "Invalid manual route" in resp.json()["detail"] and words in resp.json()["detail"]
     assert env.client.get(f"/api/mappings/{env.mapping_id}/routing").json() == before
 
 
 def test_manual_route_and_settings(env: Env) -> None:
-    route = [["src", "a1"], ["a1", "a2"], ["a1", "a3"], ["src", "b1"], ["b1", "b2"], ["src", "c1"], ["c1", "c2"]]
-    resp = env.client.put(f"/api/mappings/{env.mapping_id}/routing",
-                          json={"mode": "manual", "hops": route, "fanout": 2, "fail_after_s": 30})
+    route = [
+        ["src", "a1"],
+        ["a1", "a2"],
+        ["a1", "a3"],
+        ["src", "b1"],
+        ["b1", "b2"],
+        ["src", "c1"],
+        ["c1", "c2"],
+    ]
+    resp = env.client.put(
+        f"/api/mappings/{env.mapping_id}/routing",
+        json={"mode": "manual", "hops": route, "fanout": 2, "fail_after_s": 30},
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert (body["mode"], body["fanout"], body["fail_after_s"]) == ("manual", 2, 30)
     assert [list(h) for h in body["hops"]] == route
     hops = env.routes()["hops"]
-    assert {(h["parent"], h["child"], h["level"]) for h in hops} == {(p, c, "manual") for p, c in route}
+    assert {(h["parent"], h["child"], h["level"]) for h in hops} == {
+        (p, c, "manual") for p, c in route
+    }
     assert env.pushes.calls >= 1 and EventType.ROUTE_CHANGED in env.event_types()
     # back to auto: the manual hops go
     body = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"mode": "auto"}).json()
     assert (body["mode"], body["hops"], body["fanout"]) == ("auto", [], 2)
 
 
-@pytest.mark.parametrize(("body", "status", "words"), [
-    ({"recovery_policy": "reserved"}, 422, "schedule"),
-    ({"recovery_policy": "reserved", "recovery_schedule": "soon"}, 422, "schedule"),
-    ({"recovery_policy": "at_once", "recovery_schedule": "every:5"}, 422, "schedule"),
-    ({"recovery_policy": "sometimes"}, 422, ""),
-    ({"fanout": 0}, 422, ""),
-    ({"fail_after_s": 0}, 422, ""),
-    ({"targets": {"src": {"policy": "manual"}}}, 422, "not a target"),
-    ({"mode": "manual"}, 422, "needs hops"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"recovery_policy": "reserved"}, 422, "schedule"),
+        ({"recovery_policy": "reserved", "recovery_schedule": "soon"}, 422, "schedule"),
+        ({"recovery_policy": "at_once", "recovery_schedule": "every:5"}, 422, "schedule"),
+        ({"recovery_policy": "sometimes"}, 422, ""),
+        ({"fanout": 0}, 422, ""),
+        ({"fail_after_s": 0}, 422, ""),
+        ({"targets": {"src": {"policy": "manual"}}}, 422, "not a target"),
+        ({"mode": "manual"}, 422, "needs hops"),
+    ],
+)
 def test_routing_settings_errors(env: Env, body: dict, status: int, words: str) -> None:
     resp = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json=body)
     assert resp.status_code == status, resp.text
@@ -199,12 +270,19 @@ def test_routing_settings_errors(env: Env, body: dict, status: int, words: str) 
 
 
 def test_per_target_policy_override(env: Env) -> None:
-    resp = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={
-        "recovery_policy": "manual", "targets": {"a1": {"policy": "reserved", "schedule": "every:60"}}})
+    resp = env.client.put(
+        f"/api/mappings/{env.mapping_id}/routing",
+        json={
+            "recovery_policy": "manual",
+            "targets": {"a1": {"policy": "reserved", "schedule": "every:60"}},
+        },
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["recovery_policy"] == "manual"
     assert resp.json()["targets"] == {"a1": {"policy": "reserved", "schedule": "every:60"}}
-    body = env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"targets": {"a1": None}}).json()
+    body = env.client.put(
+        f"/api/mappings/{env.mapping_id}/routing", json={"targets": {"a1": None}}
+    ).json()
     assert body["targets"] == {}
 
 
@@ -244,7 +322,9 @@ def test_node_down_is_routed_around_then_failed_and_dropped(env: Env) -> None:
     env.set_state(relay, "down")
     routes = env.routes()
     assert relay not in {h["parent"] for h in routes["hops"]} | {h["child"] for h in routes["hops"]}
-    assert routes["unreachable"] == [relay] and len(routes["hops"]) == 6  # its children got a new parent
+    assert (
+        routes["unreachable"] == [relay] and len(routes["hops"]) == 6
+    )  # its children got a new parent
     env.tick(9)
     assert env.routes()["failed"] == [] and nid(relay) in env.targets_sent()
     env.tick(2)
@@ -285,7 +365,12 @@ def test_recovery_at_once(env: Env) -> None:
     routes = env.routes()
     assert routes["failed"] == [] and nid("a1") in env.targets_sent()
     [job] = routes["recoveries"]
-    assert (job["target"], job["trigger"], job["goal_seq"], job["outcome"]) == ("a1", "at_once", 5, "running")
+    assert (job["target"], job["trigger"], job["goal_seq"], job["outcome"]) == (
+        "a1",
+        "at_once",
+        5,
+        "running",
+    )
     assert "a1" in {h["child"] for h in routes["hops"]}
     assert EventType.RECOVERY_STARTED in env.event_types()
     env.tick(1)
@@ -299,14 +384,21 @@ def test_recovery_at_once(env: Env) -> None:
 
 
 def test_recovery_reserved_waits_for_the_schedule(env: Env) -> None:
-    env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={
-        "fail_after_s": 10, "targets": {"b1": {"policy": "reserved", "schedule": "every:100"}}})
+    env.client.put(
+        f"/api/mappings/{env.mapping_id}/routing",
+        json={
+            "fail_after_s": 10,
+            "targets": {"b1": {"policy": "reserved", "schedule": "every:100"}},
+        },
+    )
     env.report("a2", 4)
     _fail(env, "b1")
     env.set_state("b1", "up")
     env.tick(1)
     [failed] = env.routes()["failed"]
-    assert failed["policy"] == "reserved" and failed["next_recovery_at"] == pytest.approx(env.clock.now + 100)
+    assert failed["policy"] == "reserved" and failed["next_recovery_at"] == pytest.approx(
+        env.clock.now + 100
+    )
     env.tick(98)
     assert env.routes()["failed"] and nid("b1") not in env.targets_sent()
     env.tick(2)
@@ -315,8 +407,10 @@ def test_recovery_reserved_waits_for_the_schedule(env: Env) -> None:
 
 
 def test_recovery_manual_only_on_request(env: Env) -> None:
-    env.client.put(f"/api/mappings/{env.mapping_id}/routing",
-                   json={"fail_after_s": 10, "recovery_policy": "manual"})
+    env.client.put(
+        f"/api/mappings/{env.mapping_id}/routing",
+        json={"fail_after_s": 10, "recovery_policy": "manual"},
+    )
     _fail(env, "c1")
     env.set_state("c1", "up")
     env.tick(1)
@@ -331,12 +425,26 @@ def test_recovery_manual_only_on_request(env: Env) -> None:
 
 
 def test_manual_route_bypasses_a_failed_relay(env: Env) -> None:
-    route = [["src", "a1"], ["a1", "a2"], ["a1", "a3"], ["src", "b1"], ["b1", "b2"], ["src", "c1"], ["c1", "c2"]]
-    env.client.put(f"/api/mappings/{env.mapping_id}/routing",
-                   json={"mode": "manual", "hops": route, "fail_after_s": 10})
+    route = [
+        ["src", "a1"],
+        ["a1", "a2"],
+        ["a1", "a3"],
+        ["src", "b1"],
+        ["b1", "b2"],
+        ["src", "c1"],
+        ["c1", "c2"],
+    ]
+    env.client.put(
+        f"/api/mappings/{env.mapping_id}/routing",
+        json={"mode": "manual", "hops": route, "fail_after_s": 10},
+    )
     _fail(env, "a1")
     hops = {h["child"]: h for h in env.routes()["hops"]}
-    assert "a1" not in hops and hops["a2"]["parent"] != "a1" and hops["a2"]["level"].startswith("bypass")
+    assert (
+        "a1" not in hops
+        and hops["a2"]["parent"] != "a1"
+        and hops["a2"]["level"].startswith("bypass")
+    )
 
 
 # --- Job log ---
@@ -361,8 +469,15 @@ def test_change_state_per_target(env: Env) -> None:
     resp = env.client.get(f"/api/mappings/{env.mapping_id}/changes/3")
     assert resp.status_code == 200, resp.text
     states = {t["target"]: t["state"] for t in resp.json()["targets"]}
-    assert states == {"a1": "committed", "a2": "pending", "a3": "pending", "b1": "failed", "b2": "pending",
-                      "c1": "failed", "c2": "pending"}
+    assert states == {
+        "a1": "committed",
+        "a2": "pending",
+        "a3": "pending",
+        "b1": "failed",
+        "b2": "pending",
+        "c1": "failed",
+        "c2": "pending",
+    }
     errors = {t["target"]: t["error"] for t in resp.json()["targets"]}
     assert errors["b1"] == "EIO" and "down" in errors["c1"]
     assert env.client.get(f"/api/mappings/{env.mapping_id}/changes/0").status_code == 422
@@ -409,7 +524,9 @@ def test_after_a_restart_only_servers_not_seen_since_are_taken_down(env: Env) ->
     assert {n for n, s in states.items() if s == "up"} == {"src", "a1"}
 
 
-def test_two_servers_coming_up_at_once_are_both_planned(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_servers_coming_up_at_once_are_both_planned(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The control links of a1 and a2 come up in two threads: the snapshot of the servers one
     thread read before the other's "up" must not be set after it (a2 stayed out of every plan)."""
     import threading

@@ -12,8 +12,15 @@ from tests._monitor_receivers import SMTP_PASSWORD, SMTP_USER, free_port, http_r
 from relaysync.errors import AlertDeliveryFailed, ConfigError
 from relaysync.monitor.alerts import Notice, build_channel
 
-NOTICE = Notice(alert_id=7, server="web1", metric="cpu_percent", value=97.5, state="firing",
-                message="cpu_percent > 90 on web1", at=1_700_000_000.0)
+NOTICE = Notice(
+    alert_id=7,
+    server="web1",
+    metric="cpu_percent",
+    value=97.5,
+    state="firing",
+    message="cpu_percent > 90 on web1",
+    at=1_700_000_000.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +29,17 @@ def ca() -> trustme.CA:
 
 
 def _email_config(ca: trustme.CA, port: int, **extra: object) -> dict[str, object]:
-    return {"host": "127.0.0.1", "port": port, "starttls": True, "username": SMTP_USER,
-            "password": SMTP_PASSWORD, "sender": "relaysync@example.test",
-            "recipients": ["ops@example.test"], "ca_pem": ca.cert_pem.bytes().decode(), **extra}
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "starttls": True,
+        "username": SMTP_USER,
+        "password": SMTP_PASSWORD,
+        "sender": "relaysync@example.test",
+        "recipients": ["ops@example.test"],
+        "ca_pem": ca.cert_pem.bytes().decode(),
+        **extra,
+    }
 
 
 def test_email_over_starttls_with_login(ca: trustme.CA) -> None:
@@ -68,9 +83,15 @@ def test_webhook_posts_json() -> None:
 def test_sms_gateway_template_filled_in() -> None:
     template = '{"to": "+15550100", "text": "{state}: {server} {metric}={value}"}'
     with http_receiver() as (log, url):
-        channel = build_channel("sms", {"url": url + "/send?from=relaysync&srv={server}", "method": "POST",
-                                        "body_template": template,
-                                        "content_type": "application/json"})
+        channel = build_channel(
+            "sms",
+            {
+                "url": url + "/send?from=relaysync&srv={server}",
+                "method": "POST",
+                "body_template": template,
+                "content_type": "application/json",
+            },
+        )
         anyio.run(channel.send, NOTICE)
     [req] = log
     assert req.path == "/send?from=relaysync&srv=web1"
@@ -79,10 +100,13 @@ def test_sms_gateway_template_filled_in() -> None:
 
 
 def test_sms_url_values_are_encoded() -> None:
-    notice = Notice(alert_id=1, server="a b&c", metric="m", value=None, state="resolved", message="",
-                    at=0.0)
+    notice = Notice(
+        alert_id=1, server="a b&c", metric="m", value=None, state="resolved", message="", at=0.0
+    )
     with http_receiver() as (log, url):
-        channel = build_channel("sms", {"url": url + "/s?to=1&msg={server}+{state}", "method": "GET"})
+        channel = build_channel(
+            "sms", {"url": url + "/s?to=1&msg={server}+{state}", "method": "GET"}
+        )
         anyio.run(channel.send, notice)
     assert log[0].path == "/s?to=1&msg=a%20b%26c+resolved" and log[0].method == "GET"
 
@@ -100,13 +124,16 @@ def test_console_raises_an_alarm() -> None:
     assert got == [NOTICE]
 
 
-@pytest.mark.parametrize(("kind", "config", "match"), [
-    ("pager", {}, "kind"),
-    ("email", {"host": "h", "sender": "s@x"}, "recipients"),
-    ("email", {"host": "h", "sender": "s@x", "recipients": ["nobody"]}, "recipients"),
-    ("webhook", {"url": "ftp://x"}, "http"),
-    ("sms", {"url": "http://x", "method": "DELETE"}, "method"),
-])
+@pytest.mark.parametrize(
+    ("kind", "config", "match"),
+    [
+        ("pager", {}, "kind"),
+        ("email", {"host": "h", "sender": "s@x"}, "recipients"),
+        ("email", {"host": "h", "sender": "s@x", "recipients": ["nobody"]}, "recipients"),
+        ("webhook", {"url": "ftp://x"}, "http"),
+        ("sms", {"url": "http://x", "method": "DELETE"}, "method"),
+    ],
+)
 def test_bad_configs_are_refused(kind: str, config: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         build_channel(kind, config, alarm=lambda n: None)

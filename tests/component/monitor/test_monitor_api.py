@@ -25,11 +25,20 @@ NODE = "c" * 64
 @pytest.fixture
 def client(store: Store, tmp_path: Path) -> Iterator[tuple[TestClient, MonitorService]]:
     store.upsert_server(node_id=NODE, name="web1", region="r", group="g", address="127.0.0.1:1")
-    app = create_app(store=store, ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
-                     events=EventBus(), admin_token=ADMIN, control_address="127.0.0.1:7000",
-                     on_change=lambda: None)
-    monitor = MonitorService(store=store, publish=lambda kind, data: None, links_up=set,
-                             self_figures=lambda: [sample("process_rss_bytes", 123)])
+    app = create_app(
+        store=store,
+        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
+        events=EventBus(),
+        admin_token=ADMIN,
+        control_address="127.0.0.1:7000",
+        on_change=lambda: None,
+    )
+    monitor = MonitorService(
+        store=store,
+        publish=lambda kind, data: None,
+        links_up=set,
+        self_figures=lambda: [sample("process_rss_bytes", 123)],
+    )
     app.state.monitor = monitor
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
         yield c, monitor
@@ -37,13 +46,32 @@ def client(store: Store, tmp_path: Path) -> Iterator[tuple[TestClient, MonitorSe
 
 def test_thresholds_crud_and_validation(client: tuple[TestClient, MonitorService]) -> None:
     c, _ = client
-    r = c.post("/api/thresholds", json={"scope": "group", "target": "g", "metric": "cpu_percent",
-                                        "operator": ">=", "value": 90, "for_s": 30, "hysteresis": 5})
+    r = c.post(
+        "/api/thresholds",
+        json={
+            "scope": "group",
+            "target": "g",
+            "metric": "cpu_percent",
+            "operator": ">=",
+            "value": 90,
+            "for_s": 30,
+            "hysteresis": 5,
+        },
+    )
     assert r.status_code == 201 and r.json()["id"] >= 1
-    assert c.post("/api/thresholds", json={"metric": "x", "operator": "~", "value": 1}).status_code == 422
-    assert c.post("/api/thresholds", json={"metric": "x", "value": 1, "for_s": -1}).status_code == 422
-    assert c.post("/api/thresholds", json={"scope": "server", "target": "nope", "metric": "x",
-                                           "value": 1}).status_code == 404
+    assert (
+        c.post("/api/thresholds", json={"metric": "x", "operator": "~", "value": 1}).status_code
+        == 422
+    )
+    assert (
+        c.post("/api/thresholds", json={"metric": "x", "value": 1, "for_s": -1}).status_code == 422
+    )
+    assert (
+        c.post(
+            "/api/thresholds", json={"scope": "server", "target": "nope", "metric": "x", "value": 1}
+        ).status_code
+        == 404
+    )
     assert [t["metric"] for t in c.get("/api/thresholds").json()] == ["cpu_percent"]
     assert c.delete(f"/api/thresholds/{r.json()['id']}").status_code == 204
     assert c.delete(f"/api/thresholds/{r.json()['id']}").status_code == 404
@@ -51,32 +79,71 @@ def test_thresholds_crud_and_validation(client: tuple[TestClient, MonitorService
 
 def test_probes_refuse_option_like_hosts(client: tuple[TestClient, MonitorService]) -> None:
     c, _ = client
-    assert c.post("/api/probes", json={"name": "p", "kind": "ping", "host": "-f"}).status_code == 422
-    assert c.post("/api/probes", json={"name": "p", "kind": "tcp", "host": "127.0.0.1"}).status_code == 422
-    r = c.post("/api/probes", json={"name": "p", "kind": "tcp", "host": "127.0.0.1", "port": 9,
-                                    "server": "web1"})
+    assert (
+        c.post("/api/probes", json={"name": "p", "kind": "ping", "host": "-f"}).status_code == 422
+    )
+    assert (
+        c.post("/api/probes", json={"name": "p", "kind": "tcp", "host": "127.0.0.1"}).status_code
+        == 422
+    )
+    r = c.post(
+        "/api/probes",
+        json={"name": "p", "kind": "tcp", "host": "127.0.0.1", "port": 9, "server": "web1"},
+    )
     assert r.status_code == 201 and r.json()["last"] is None
 
 
 def test_channels_hide_secrets_and_check_config(client: tuple[TestClient, MonitorService]) -> None:
     c, _ = client
-    body = {"name": "mail", "kind": "email", "config": {"host": "h", "sender": "a@b",
-                                                        "recipients": ["c@d"], "password": "pw"}}
+    body = {
+        "name": "mail",
+        "kind": "email",
+        "config": {"host": "h", "sender": "a@b", "recipients": ["c@d"], "password": "pw"},
+    }
     r = c.post("/api/alert-channels", json=body)
     assert r.status_code == 201 and r.json()["config"]["password"] == "********"
     assert "pw" not in c.get("/api/alert-channels").text
-    assert c.post("/api/alert-channels", json={"name": "x", "kind": "webhook",
-                                               "config": {}}).status_code == 422
+    assert (
+        c.post(
+            "/api/alert-channels", json={"name": "x", "kind": "webhook", "config": {}}
+        ).status_code
+        == 422
+    )
     assert c.post("/api/alert-channels", json={"name": "x", "kind": "fax"}).status_code == 422
 
 
-@pytest.mark.parametrize(("kind", "config"), [
-    ("webhook", {"url": "https://hooks.example/alert", "headers": {"Authorization": "Bearer hook-SECRET"}}),
-    ("sms", {"url": "https://sms.example/send", "headers": {"X-Api-Key": "sms-SECRET"}, "body_template": "x"}),
-    ("webhook", {"url": "https://bot:url-SECRET@hooks.example/a?token=q-SECRET&channel=ops"}),
-    ("sms", {"url": "https://sms.example/send?key=q-SECRET", "api_key": "k-SECRET", "body_template": "x"}),
-])
-def test_channels_hide_every_credential(client: tuple[TestClient, MonitorService], kind: str, config: dict) -> None:
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [
+        (
+            "webhook",
+            {
+                "url": "https://hooks.example/alert",
+                "headers": {"Authorization": "Bearer hook-SECRET"},
+            },
+        ),
+        (
+            "sms",
+            {
+                "url": "https://sms.example/send",
+                "headers": {"X-Api-Key": "sms-SECRET"},
+                "body_template": "x",
+            },
+        ),
+        ("webhook", {"url": "https://bot:url-SECRET@hooks.example/a?token=q-SECRET&channel=ops"}),
+        (
+            "sms",
+            {
+                "url": "https://sms.example/send?key=q-SECRET",
+                "api_key": "k-SECRET",
+                "body_template": "x",
+            },
+        ),
+    ],
+)
+def test_channels_hide_every_credential(
+    client: tuple[TestClient, MonitorService], kind: str, config: dict
+) -> None:
     """Headers (Authorization, API keys), secret-looking keys and a URL's userinfo and query
     values never come back: every API token may list the channels."""
     c, _ = client
@@ -85,24 +152,41 @@ def test_channels_hide_every_credential(client: tuple[TestClient, MonitorService
     for body in (created.text, c.get("/api/alert-channels").text):
         assert "SECRET" not in body, body
     shown = created.json()["config"]
-    assert shown["url"].startswith("https://") and shown["url"].split("?")[0].endswith(("/alert", "/send", "/a"))
+    assert shown["url"].startswith("https://") and shown["url"].split("?")[0].endswith(
+        ("/alert", "/send", "/a")
+    )
     assert all(v == "********" for v in shown.get("headers", {}).values())
 
 
-def test_a_channel_posted_back_with_its_masks_is_refused(client: tuple[TestClient, MonitorService]) -> None:
+def test_a_channel_posted_back_with_its_masks_is_refused(
+    client: tuple[TestClient, MonitorService],
+) -> None:
     """A listing sent back would store the mask in place of the secret and fail at the first alert."""
     c, _ = client
     config = {"url": "https://hooks.example/alert", "headers": {"Authorization": "Bearer real"}}
-    listed = c.post("/api/alert-channels", json={"name": "c", "kind": "webhook", "config": config}).json()
-    r = c.post("/api/alert-channels", json={"name": "copy", "kind": "webhook", "config": listed["config"]})
+    listed = c.post(
+        "/api/alert-channels", json={"name": "c", "kind": "webhook", "config": config}
+    ).json()
+    r = c.post(
+        "/api/alert-channels", json={"name": "copy", "kind": "webhook", "config": listed["config"]}
+    )
     assert r.status_code == 422 and "mask" in r.json()["detail"]
     assert [ch["name"] for ch in c.get("/api/alert-channels").json()] == ["c"]
 
 
-def test_alerts_list_and_acknowledge(client: tuple[TestClient, MonitorService], store: Store) -> None:
+def test_alerts_list_and_acknowledge(
+    client: tuple[TestClient, MonitorService], store: Store
+) -> None:
     c, _ = client
-    alert, _ = store.monitoring.fire_alert(key="probe:1", server="web1", kind="probe", subject="p",
-                                           value=None, message="down", now=time.time())
+    alert, _ = store.monitoring.fire_alert(
+        key="probe:1",
+        server="web1",
+        kind="probe",
+        subject="p",
+        value=None,
+        message="down",
+        now=time.time(),
+    )
     assert [a["id"] for a in c.get("/api/alerts", params={"open": True}).json()] == [alert.id]
     r = c.post(f"/api/alerts/{alert.id}/acknowledge", json={"by": "ops"})
     assert r.status_code == 200 and r.json()["state"] == "acknowledged"
@@ -110,14 +194,28 @@ def test_alerts_list_and_acknowledge(client: tuple[TestClient, MonitorService], 
     assert c.get("/api/alerts", params={"state": "bogus"}).status_code == 422
 
 
-def test_metrics_exposition_parses_and_carries_the_figures(client: tuple[TestClient, MonitorService]) -> None:
+def test_metrics_exposition_parses_and_carries_the_figures(
+    client: tuple[TestClient, MonitorService],
+) -> None:
     c, monitor = client
-    monitor.on_metrics(NODE, "web1", MetricsReport(at=time.time(), samples=(
-        sample("cpu_percent", 42.5), sample("disk_used_percent", 61.0, path="/srv/www"),
-        sample("journal_backlog", 7, mapping="site"))))
+    monitor.on_metrics(
+        NODE,
+        "web1",
+        MetricsReport(
+            at=time.time(),
+            samples=(
+                sample("cpu_percent", 42.5),
+                sample("disk_used_percent", 61.0, path="/srv/www"),
+                sample("journal_backlog", 7, mapping="site"),
+            ),
+        ),
+    )
     text = c.get("/metrics").text
-    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
-           for f in text_string_to_metric_families(text) for s in f.samples}
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
     assert got[("relaysync_cpu_percent", (("server", "web1"),))] == 42.5
     assert got[("relaysync_disk_used_percent", (("path", "/srv/www"), ("server", "web1")))] == 61.0
     assert got[("relaysync_journal_backlog", (("mapping", "site"), ("server", "web1")))] == 7

@@ -51,16 +51,27 @@ class Harness:
     def report(self, target: str, op: str, path: str, *, seq: int, new_path: str = "") -> None:
         extra: dict[str, Any] = {"new_path": new_path} if new_path else {}
         record = CommitRecord(seq=seq, op=op, path=f"{self.site.root}/{path}", **extra)
-        self.purger.on_commit_report(CommitReport(
-            mapping_id=self.mapping_id, source_node=SOURCE, target_node=target, watermark=seq,
-            records=(record,)))
+        self.purger.on_commit_report(
+            CommitReport(
+                mapping_id=self.mapping_id,
+                source_node=SOURCE,
+                target_node=target,
+                watermark=seq,
+                records=(record,),
+            )
+        )
 
     def commit(self, op: str, path: str, *, new_path: str = "") -> int:
         """Report one change committed on both origins; return its seq."""
         seq = next(self.seqs)
         for target in (O1, O2):
-            self.report(target, op, path, seq=seq,
-                        new_path=f"{self.site.root}/{new_path}" if new_path else "")
+            self.report(
+                target,
+                op,
+                path,
+                seq=seq,
+                new_path=f"{self.site.root}/{new_path}" if new_path else "",
+            )
         return seq
 
     def url_path(self, rel: str) -> str:
@@ -76,8 +87,14 @@ class Harness:
                 self.get(kind, rel, host)
                 self.get(kind, rel, host)
 
-    async def until_served(self, rel: str, want: tuple[int, bytes | None], *,
-                           hosts: tuple[str, ...] = (HOST,), timeout_s: float = 5.0) -> float:
+    async def until_served(
+        self,
+        rel: str,
+        want: tuple[int, bytes | None],
+        *,
+        hosts: tuple[str, ...] = (HOST,),
+        timeout_s: float = 5.0,
+    ) -> float:
         """Poll every cache until it serves `want` (body None: any); return the seconds it took."""
         started = time.monotonic()
         pending = {(k, h) for k in self.farm.caches for h in hosts}
@@ -89,10 +106,14 @@ class Harness:
                 if got[0] == want[0] and (want[1] is None or got[1] == want[1]):
                     pending.discard((kind, host))
             await anyio.sleep(0.01)
-        assert not pending, f"still stale after {timeout_s} s: { {k: last.get(k) for k in pending} }"
+        assert not pending, (
+            f"still stale after {timeout_s} s: { {k: last.get(k) for k in pending} }"
+        )
         return time.monotonic() - started
 
-    async def until(self, condition: Callable[[], Any], *, what: str, timeout_s: float = WAIT_S) -> Any:
+    async def until(
+        self, condition: Callable[[], Any], *, what: str, timeout_s: float = WAIT_S
+    ) -> Any:
         """Poll `condition` (run in a worker thread: it may read the store) until it is truthy;
         return its value, or fail after timeout_s."""
         deadline = time.monotonic() + timeout_s
@@ -110,8 +131,13 @@ class Harness:
         self.write(rel, b"later")
         self.commit("write", rel)
         target = self.url_path(rel)
-        await self.until(lambda: {r.item.cache for r in self.results if r.item.url.endswith(target)}
-                         >= set(self.farm.caches), what=f"every cache's result for {rel}")
+        await self.until(
+            lambda: (
+                {r.item.cache for r in self.results if r.item.url.endswith(target)}
+                >= set(self.farm.caches)
+            ),
+            what=f"every cache's result for {rel}",
+        )
 
 
 @pytest.fixture
@@ -122,16 +148,25 @@ async def harness(cache_farm: CacheFarm, tmp_path: Path) -> AsyncIterator[Harnes
         store.upsert_server(node_id=node, name=name, region="r", group="g", address="127.0.0.1:1")
         store.set_server_state(node, "up", time.time())
     n = next(_sites)
-    mapping = store.create_mapping(name=f"m{n}", source="src", source_path="/src",
-                                   targets=[("o1", "/t1"), ("o2", "/t2")])
+    mapping = store.create_mapping(
+        name=f"m{n}", source="src", source_path="/src", targets=[("o1", "/t1"), ("o2", "/t2")]
+    )
     root = f"site{n}-{int(time.time() * 1000)}"
     (cache_farm.docroot / root).mkdir()
     site = store.create_site(
-        name=f"site{n}", provider="acme", mapping=mapping.id, root=root,
-        base_urls=[f"http://{HOST}"], aliases=[ALIAS], path_prefix=f"/{root}/",
-        caches=[{"name": kind, "driver": kind, "address": c.address}
-                for kind, c in cache_farm.caches.items()],
-        origins=[{"server": "o1", "url": cache_farm.origin.url}, {"server": "o2"}])
+        name=f"site{n}",
+        provider="acme",
+        mapping=mapping.id,
+        root=root,
+        base_urls=[f"http://{HOST}"],
+        aliases=[ALIAS],
+        path_prefix=f"/{root}/",
+        caches=[
+            {"name": kind, "driver": kind, "address": c.address}
+            for kind, c in cache_farm.caches.items()
+        ],
+        origins=[{"server": "o1", "url": cache_farm.origin.url}, {"server": "o2"}],
+    )
     purger = Purger(store, retry_min_s=0.05, retry_max_s=0.5, hold_max_s=30.0)
     h = Harness(store, purger, cache_farm, site, cache_farm.docroot / root, mapping.id)
     purger.listeners.append(h.results.append)

@@ -21,10 +21,16 @@ async def test_change_refreshes_every_cache(harness: Harness) -> None:
     assert harness.get("varnish", "a.txt") == (200, b"one")  # the caches hold the old bytes
     harness.commit("write", "a.txt")
     await harness.until_served("a.txt", (200, b"two"), timeout_s=BOUND_S)
-    want = {("varnish", "refreshed", True), ("nginx", "refreshed", True), ("squid", "refreshed", True)}
+    want = {
+        ("varnish", "refreshed", True),
+        ("nginx", "refreshed", True),
+        ("squid", "refreshed", True),
+    }
 
     def outcomes() -> set[tuple[str, str, bool | None]]:
-        return {(e.cache, e.status, e.confirmed) for e in harness.store.purge_log(site=harness.site.id)}
+        return {
+            (e.cache, e.status, e.confirmed) for e in harness.store.purge_log(site=harness.site.id)
+        }
 
     # the outcomes reach the purge log with the next flush (FLUSH_INTERVAL_S)
     await harness.until(lambda: outcomes() >= want, what="the outcomes in the purge log")
@@ -101,13 +107,17 @@ async def test_encoded_paths(harness: Harness) -> None:
     await harness.until_served(strict, (200, b"two"), timeout_s=BOUND_S)
 
 
-@pytest.mark.parametrize("name, as_browsers_send", [
-    ("photo (1).jpg", "photo%20(1).jpg"),
-    ("c++.html", "c++.html"),
-    ("it's;a=b,c!d@e&f$g*h:i.txt", "it's;a=b,c!d@e&f$g*h:i.txt"),
-])
+@pytest.mark.parametrize(
+    "name, as_browsers_send",
+    [
+        ("photo (1).jpg", "photo%20(1).jpg"),
+        ("c++.html", "c++.html"),
+        ("it's;a=b,c!d@e&f$g*h:i.txt", "it's;a=b,c!d@e&f$g*h:i.txt"),
+    ],
+)
 async def test_the_url_browsers_send_is_refreshed_and_confirmed(
-        harness: Harness, name: str, as_browsers_send: str) -> None:
+    harness: Harness, name: str, as_browsers_send: str
+) -> None:
     """Varnish and Squid key on the raw request target: sub-delims must be sent literally."""
     harness.write(name, b"one")
     harness.warm(as_browsers_send)
@@ -115,9 +125,16 @@ async def test_the_url_browsers_send_is_refreshed_and_confirmed(
     harness.commit("write", name)
     await harness.until_served(as_browsers_send, (200, b"two"), timeout_s=BOUND_S)
     with anyio.fail_after(BOUND_S):
-        while not all(any(r.item.cache == kind and r.item.action == "refresh"
-                          and r.item.url.endswith("/" + as_browsers_send) and r.confirmed
-                          for r in harness.results) for kind in harness.farm.caches):
+        while not all(
+            any(
+                r.item.cache == kind
+                and r.item.action == "refresh"
+                and r.item.url.endswith("/" + as_browsers_send)
+                and r.confirmed
+                for r in harness.results
+            )
+            for kind in harness.farm.caches
+        ):
             await anyio.sleep(0.02)
 
 
@@ -134,12 +151,20 @@ async def test_a_ban_and_a_refresh_of_one_url_both_run(harness: Harness) -> None
     for path in ("docs/other.txt", "docs/index.html"):
         (harness.folder / path).unlink()
     (harness.folder / "docs").rmdir()
-    records = (CommitRecord(seq=1, op="write", path=f"{harness.site.root}/docs/index.html"),
-               CommitRecord(seq=2, op="delete", path=f"{harness.site.root}/docs"))
+    records = (
+        CommitRecord(seq=1, op="write", path=f"{harness.site.root}/docs/index.html"),
+        CommitRecord(seq=2, op="delete", path=f"{harness.site.root}/docs"),
+    )
     for target in (O1, O2):
-        harness.purger.on_commit_report(CommitReport(
-            mapping_id=harness.mapping_id, source_node="a" * 64, target_node=target,
-            watermark=2, records=records))
+        harness.purger.on_commit_report(
+            CommitReport(
+                mapping_id=harness.mapping_id,
+                source_node="a" * 64,
+                target_node=target,
+                watermark=2,
+                records=records,
+            )
+        )
     await harness.until_served("docs/other.txt", (404, None), timeout_s=BOUND_S)
     await harness.until_served("docs/", (404, None), timeout_s=BOUND_S)
     assert any(r.item.action == "ban" and r.item.url.endswith("/docs/") for r in harness.results)
@@ -176,11 +201,21 @@ async def test_directory_rename_purges_what_was_under_it(harness: Harness) -> No
 def _record_writes(harness: Harness, paths: list[str]) -> None:
     from relaysync.protocol.messages import CommitRecord, CommitReport
 
-    records = tuple(CommitRecord(seq=900 + i, op="write", path=f"{harness.site.root}/{p}")
-                    for i, p in enumerate(paths))
-    harness.store.record_commit_reports([CommitReport(
-        mapping_id=harness.mapping_id, source_node="a" * 64, target_node=O1,
-        watermark=0, records=records)])
+    records = tuple(
+        CommitRecord(seq=900 + i, op="write", path=f"{harness.site.root}/{p}")
+        for i, p in enumerate(paths)
+    )
+    harness.store.record_commit_reports(
+        [
+            CommitReport(
+                mapping_id=harness.mapping_id,
+                source_node="a" * 64,
+                target_node=O1,
+                watermark=0,
+                records=records,
+            )
+        ]
+    )
 
 
 async def test_a_cache_down_is_refreshed_when_it_returns(harness: Harness) -> None:
@@ -193,7 +228,9 @@ async def test_a_cache_down_is_refreshed_when_it_returns(harness: Harness) -> No
         harness.commit("write", "down.txt")
 
         def nginx_backing_off() -> bool:  # a purge to nginx failed and its retry is durable
-            return any(q.item.cache == "nginx" and q.attempts >= 1 for q in harness.store.pending_purges())
+            return any(
+                q.item.cache == "nginx" and q.attempts >= 1 for q in harness.store.pending_purges()
+            )
 
         await harness.until(nginx_backing_off, what="a failed purge to nginx rescheduled")
         assert harness.store.queued_purges() >= 1
@@ -219,9 +256,19 @@ async def test_refused_purge_is_a_configuration_error(harness: Harness) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingCache)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        harness.store.update_site(harness.site.id, caches=[
-            {"name": "acl-wrong", "driver": "http", "address": f"127.0.0.1:{server.server_address[1]}",
-             "method": "PURGE", "path_template": "/purge{path}", "refresh": False}])
+        harness.store.update_site(
+            harness.site.id,
+            caches=[
+                {
+                    "name": "acl-wrong",
+                    "driver": "http",
+                    "address": f"127.0.0.1:{server.server_address[1]}",
+                    "method": "PURGE",
+                    "path_template": "/purge{path}",
+                    "refresh": False,
+                }
+            ],
+        )
         harness.purger.reload_sites()
         notes: list[tuple[str, dict[str, object]]] = []
         harness.purger.notify = lambda kind, data: notes.append((kind, data))
@@ -234,8 +281,19 @@ async def test_refused_purge_is_a_configuration_error(harness: Harness) -> None:
         assert notes and notes[0][0] == "purge_refused"
         # the flush that logs the outcomes also drops their queue rows: once it has run, a
         # refused purge kept for a retry would still be queued
-        await harness.until(lambda: len([e for e in harness.store.purge_log(site=harness.site.id)
-                                         if e.status == "refused"]) >= 2, what="the refusals logged")
+        await harness.until(
+            lambda: (
+                len(
+                    [
+                        e
+                        for e in harness.store.purge_log(site=harness.site.id)
+                        if e.status == "refused"
+                    ]
+                )
+                >= 2
+            ),
+            what="the refusals logged",
+        )
         assert harness.store.queued_purges() == 0  # not retried
     finally:
         server.shutdown()

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def listener(harness: Harness):  # type: ignore[no-untyped-def]
-    lst = PurgeListener(host="127.0.0.1", port=0, purger=harness.purger,
-                        sites=harness.purger.site_by_name)
+    lst = PurgeListener(
+        host="127.0.0.1", port=0, purger=harness.purger, sites=harness.purger.site_by_name
+    )
     async with anyio.create_task_group() as tg:
         port = await tg.start(lst.serve)
         yield lst, port
@@ -37,7 +38,9 @@ async def test_a_signed_url_notice_refreshes_the_caches(harness: Harness, listen
     harness.warm("n.txt")
     harness.write("n.txt", b"new")
     url = f"http://{HOST}{harness.url_path('n.txt')}"
-    answer = await send_notice("127.0.0.1", port, make_notice(harness.site.name, _secret(harness), url))
+    answer = await send_notice(
+        "127.0.0.1", port, make_notice(harness.site.name, _secret(harness), url)
+    )
     assert isinstance(answer, PurgeAccepted) and answer.items == 2 * len(harness.farm.caches)
     await harness.until_served("n.txt", (200, b"new"))
 
@@ -47,32 +50,60 @@ async def test_a_signed_path_notice_refreshes_the_caches(harness: Harness, liste
     harness.write("p.txt", b"old")
     harness.warm("p.txt")
     harness.write("p.txt", b"new")
-    answer = await send_notice("127.0.0.1", port,
-                               make_notice(harness.site.name, _secret(harness), "p.txt", "path"))
+    answer = await send_notice(
+        "127.0.0.1", port, make_notice(harness.site.name, _secret(harness), "p.txt", "path")
+    )
     assert isinstance(answer, PurgeAccepted)
     await harness.until_served("p.txt", (200, b"new"))
 
 
 HOSTILE = [
-    ("other-site URL", lambda h, s: make_notice(h.site.name, s, "http://evil.example.net/x.txt"),
-     ErrorCode.FOREIGN_URL),
-    ("outside the prefix", lambda h, s: make_notice(h.site.name, s, f"http://{HOST}/elsewhere/h.txt"),
-     ErrorCode.FOREIGN_URL),
-    ("traversal in a URL", lambda h, s: make_notice(
-        h.site.name, s, f"http://{HOST}{h.url_path('')}%2e%2e/%2e%2e/etc/passwd"), ErrorCode.UNSAFE_PATH),
-    ("traversal in a path", lambda h, s: make_notice(h.site.name, s, "../../h.txt", "path"),
-     ErrorCode.UNSAFE_PATH),
-    ("bad HMAC", lambda h, s: make_notice(h.site.name, "x" * 32, f"http://{HOST}{h.url_path('h.txt')}"),
-     ErrorCode.NOT_AUTHORIZED),
-    ("unknown site", lambda h, s: make_notice("no-such-site", s, f"http://{HOST}{h.url_path('h.txt')}"),
-     ErrorCode.NOT_AUTHORIZED),
-    ("stale time", lambda h, s: make_notice(h.site.name, s, f"http://{HOST}{h.url_path('h.txt')}",
-                                            at=time.time() - 3600), ErrorCode.NOT_AUTHORIZED),
+    (
+        "other-site URL",
+        lambda h, s: make_notice(h.site.name, s, "http://evil.example.net/x.txt"),
+        ErrorCode.FOREIGN_URL,
+    ),
+    (
+        "outside the prefix",
+        lambda h, s: make_notice(h.site.name, s, f"http://{HOST}/elsewhere/h.txt"),
+        ErrorCode.FOREIGN_URL,
+    ),
+    (
+        "traversal in a URL",
+        lambda h, s: make_notice(
+            h.site.name, s, f"http://{HOST}{h.url_path('')}%2e%2e/%2e%2e/etc/passwd"
+        ),
+        ErrorCode.UNSAFE_PATH,
+    ),
+    (
+        "traversal in a path",
+        lambda h, s: make_notice(h.site.name, s, "../../h.txt", "path"),
+        ErrorCode.UNSAFE_PATH,
+    ),
+    (
+        "bad HMAC",
+        lambda h, s: make_notice(h.site.name, "x" * 32, f"http://{HOST}{h.url_path('h.txt')}"),
+        ErrorCode.NOT_AUTHORIZED,
+    ),
+    (
+        "unknown site",
+        lambda h, s: make_notice("no-such-site", s, f"http://{HOST}{h.url_path('h.txt')}"),
+        ErrorCode.NOT_AUTHORIZED,
+    ),
+    (
+        "stale time",
+        lambda h, s: make_notice(
+            h.site.name, s, f"http://{HOST}{h.url_path('h.txt')}", at=time.time() - 3600
+        ),
+        ErrorCode.NOT_AUTHORIZED,
+    ),
 ]
 
 
 @pytest.mark.parametrize("name,build,code", HOSTILE, ids=[h[0] for h in HOSTILE])
-async def test_hostile_notices_are_refused_and_purge_nothing(harness: Harness, listener, name, build, code) -> None:  # type: ignore[no-untyped-def]
+async def test_hostile_notices_are_refused_and_purge_nothing(
+    harness: Harness, listener, name, build, code
+) -> None:  # type: ignore[no-untyped-def]
     lst, port = listener
     harness.write("h.txt", b"old")
     harness.warm("h.txt")
@@ -90,7 +121,9 @@ async def test_hostile_notices_are_refused_and_purge_nothing(harness: Harness, l
 
 async def test_a_replayed_notice_is_refused(harness: Harness, listener) -> None:  # type: ignore[no-untyped-def]
     _, port = listener
-    notice = make_notice(harness.site.name, _secret(harness), f"http://{HOST}{harness.url_path('r.txt')}")
+    notice = make_notice(
+        harness.site.name, _secret(harness), f"http://{HOST}{harness.url_path('r.txt')}"
+    )
     assert isinstance(await send_notice("127.0.0.1", port, notice), PurgeAccepted)
     again = await send_notice("127.0.0.1", port, notice)
     assert isinstance(again, Error) and again.code == ErrorCode.NOT_AUTHORIZED
@@ -111,7 +144,8 @@ async def test_an_oversize_frame_is_refused_and_closed(harness: Harness, listene
 
 
 async def test_a_client_that_half_closes_after_its_notice_still_gets_the_answer(  # type: ignore[no-untyped-def]
-        harness: Harness, listener) -> None:
+    harness: Harness, listener
+) -> None:
     """Like `nc -N`: send the notice, shut down the sending side, then read the answer."""
     import socket
 
@@ -142,8 +176,9 @@ async def test_a_prefix_no_cache_can_purge_is_refused(harness: Harness, listener
     _, port = listener
     harness.store.update_site(harness.site.id, mapping=None)
     harness.purger.reload_sites()
-    answer = await send_notice("127.0.0.1", port,
-                               make_notice(harness.site.name, _secret(harness), "docs", "prefix"))
+    answer = await send_notice(
+        "127.0.0.1", port, make_notice(harness.site.name, _secret(harness), "docs", "prefix")
+    )
     assert isinstance(answer, Error) and answer.code == ErrorCode.PREFIX_NOT_EXPANDABLE, answer
     assert "nginx, squid" in answer.detail
     assert harness.store.queued_purges() == 0

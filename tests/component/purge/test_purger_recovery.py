@@ -15,14 +15,23 @@ pytestmark = pytest.mark.anyio
 BOUND_S = 5.0
 
 
-async def test_a_store_error_while_planning_is_retried(harness: Harness,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_store_error_while_planning_is_retried(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A directory delete needs the paths under it (nginx and Squid take no bans); the first
     read fails. The purger must live on, and the delete must still be purged."""
     harness.write("old/a.css", b"old")
-    harness.store.record_commit_reports([CommitReport(
-        mapping_id=harness.mapping_id, source_node="a" * 64, target_node=O1, watermark=0,
-        records=(CommitRecord(seq=900, op="write", path=f"{harness.site.root}/old/a.css"),))])
+    harness.store.record_commit_reports(
+        [
+            CommitReport(
+                mapping_id=harness.mapping_id,
+                source_node="a" * 64,
+                target_node=O1,
+                watermark=0,
+                records=(CommitRecord(seq=900, op="write", path=f"{harness.site.root}/old/a.css"),),
+            )
+        ]
+    )
     harness.warm("old/a.css")
     real = harness.store.changed_paths_under
     calls: list[str] = []
@@ -46,7 +55,8 @@ async def test_a_store_error_while_planning_is_retried(harness: Harness,
 
 
 async def test_an_unexpected_error_in_a_worker_is_retried_and_reported(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from relaysync.purge import purger as purger_module
 
     notes: list[tuple[str, dict[str, object]]] = []
@@ -75,8 +85,10 @@ async def test_a_refresh_that_the_cache_ignores_falls_back_to_purge(harness: Har
     copy. The purger must notice at the confirm, PURGE + GET, and keep to that once it has
     seen it STALE_REFRESHES_TO_SWITCH times (once may be a confirm racing the cache)."""
     varnish = harness.farm.caches["varnish"]
-    harness.store.update_site(harness.site.id, caches=[
-        {"name": "ignores-reload", "driver": "squid", "address": varnish.address}])
+    harness.store.update_site(
+        harness.site.id,
+        caches=[{"name": "ignores-reload", "driver": "squid", "address": varnish.address}],
+    )
     harness.purger.reload_sites()
     harness.write("ims.txt", b"one")
     harness.get("varnish", "ims.txt")
@@ -88,8 +100,10 @@ async def test_a_refresh_that_the_cache_ignores_falls_back_to_purge(harness: Har
             while harness.get("varnish", "ims.txt") != (200, body):
                 await anyio.sleep(0.02)
     with anyio.fail_after(BOUND_S):
-        while sum(r.item.url.endswith("/ims.txt") and r.confirmed is True
-                  for r in harness.results) < 6:  # two hosts, three rounds
+        while (
+            sum(r.item.url.endswith("/ims.txt") and r.confirmed is True for r in harness.results)
+            < 6
+        ):  # two hosts, three rounds
             await anyio.sleep(0.02)
     site = harness.purger.site_by_name(harness.site.name)
     assert site is not None

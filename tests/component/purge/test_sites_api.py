@@ -22,21 +22,39 @@ ADMIN = "admin-secret"
 def client(store: Store, tmp_path: Path) -> Iterator[TestClient]:
     for node, name in (("a" * 64, "src"), ("b" * 64, "t1"), ("c" * 64, "t2")):
         store.upsert_server(node_id=node, name=name, region="r", group="g", address="127.0.0.1:1")
-    store.create_mapping(name="web", source="src", source_path="/s",
-                         targets=[("t1", "/t"), ("t2", "/t")])
-    app = create_app(store=store, ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
-                     events=EventBus(), admin_token=ADMIN, control_address="127.0.0.1:1",
-                     on_change=lambda: None)
+    store.create_mapping(
+        name="web", source="src", source_path="/s", targets=[("t1", "/t"), ("t2", "/t")]
+    )
+    app = create_app(
+        store=store,
+        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
+        events=EventBus(),
+        admin_token=ADMIN,
+        control_address="127.0.0.1:1",
+        on_change=lambda: None,
+    )
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
         yield c
 
 
 SITE = {
-    "name": "www", "provider": "acme", "mapping": "web", "base_urls": ["http://example.com"],
-    "aliases": ["www.example.com"], "path_prefix": "/static/",
-    "caches": [{"name": "v1", "driver": "varnish", "address": "127.0.0.1:6081"},
-               {"name": "cdn", "driver": "http", "address": "127.0.0.1:9000", "method": "BAN",
-                "path_template": "/purge?u={url}", "headers": {"X-Key": "k"}}],
+    "name": "www",
+    "provider": "acme",
+    "mapping": "web",
+    "base_urls": ["http://example.com"],
+    "aliases": ["www.example.com"],
+    "path_prefix": "/static/",
+    "caches": [
+        {"name": "v1", "driver": "varnish", "address": "127.0.0.1:6081"},
+        {
+            "name": "cdn",
+            "driver": "http",
+            "address": "127.0.0.1:9000",
+            "method": "BAN",
+            "path_template": "/purge?u={url}",
+            "headers": {"X-Key": "k"},
+        },
+    ],
 }
 
 
@@ -50,24 +68,34 @@ def test_site_crud_hides_the_secret(client: TestClient) -> None:
     assert got["secret"] == "**********" and got["caches"][1]["headers"] == {"X-Key": "k"}
     assert [s["name"] for s in client.get("/api/sites").json()] == ["www"]
     assert client.get("/api/providers").json() == [{"id": 1, "name": "acme", "sites": 1}]
-    r = client.patch("/api/sites/www", json={"aliases": [], "origins": [{"server": "t1", "url": "http://127.0.0.1:8080"}]})
+    r = client.patch(
+        "/api/sites/www",
+        json={"aliases": [], "origins": [{"server": "t1", "url": "http://127.0.0.1:8080"}]},
+    )
     assert r.status_code == 200 and r.json()["aliases"] == [] and r.json()["secret"] == "**********"
     assert [o["name"] for o in r.json()["origins"]] == ["t1"]
     assert client.delete("/api/sites/www").status_code == 204
     assert client.get("/api/sites/www").status_code == 404
 
 
-@pytest.mark.parametrize("bad", [
-    {"base_urls": ["ftp://example.com"]},
-    {"base_urls": ["http://example.com/path"]},
-    {"caches": [{"name": "x", "driver": "varnish", "address": "nowhere"}]},
-    {"caches": [{"name": "x", "driver": "varnish", "address": "127.0.0.1:1"},
-                {"name": "x", "driver": "nginx", "address": "127.0.0.1:2"}]},
-    {"mapping": "no-such-mapping"},
-    {"origins": [{"server": "no-such-server"}]},
-    {"secret": "short"},
-    {"root": "../etc"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"base_urls": ["ftp://example.com"]},
+        {"base_urls": ["http://example.com/path"]},
+        {"caches": [{"name": "x", "driver": "varnish", "address": "nowhere"}]},
+        {
+            "caches": [
+                {"name": "x", "driver": "varnish", "address": "127.0.0.1:1"},
+                {"name": "x", "driver": "nginx", "address": "127.0.0.1:2"},
+            ]
+        },
+        {"mapping": "no-such-mapping"},
+        {"origins": [{"server": "no-such-server"}]},
+        {"secret": "short"},
+        {"root": "../etc"},
+    ],
+)
 def test_bad_sites_are_refused(client: TestClient, bad: dict) -> None:
     r = client.post("/api/sites", json={**SITE, **bad})
     assert r.status_code in (404, 422), r.text
@@ -78,9 +106,22 @@ def test_purge_log(client: TestClient, store: Store) -> None:
     site = client.post("/api/sites", json=SITE).json()
     item = PurgeItem(site_id=site["id"], cache="v1", url="http://example.com/static/a.txt")
     queued = store.enqueue_purges([item])
-    store.finish_purges([q.id for q in queued], [PurgeResult(
-        item=item, status="refreshed", confirmed=True, attempts=1, at=time.time(), duration_ms=1.5)], [])
+    store.finish_purges(
+        [q.id for q in queued],
+        [
+            PurgeResult(
+                item=item,
+                status="refreshed",
+                confirmed=True,
+                attempts=1,
+                at=time.time(),
+                duration_ms=1.5,
+            )
+        ],
+        [],
+    )
     rows = client.get("/api/purges", params={"site": "www"}).json()
     assert [(r["url"], r["cache"], r["status"], r["confirmed"]) for r in rows] == [
-        ("http://example.com/static/a.txt", "v1", "refreshed", True)]
+        ("http://example.com/static/a.txt", "v1", "refreshed", True)
+    ]
     assert store.queued_purges() == 0

@@ -41,18 +41,25 @@ class MonitoredFleet:
         r.raise_for_status()
         return list(r.json())
 
-    def wait_alert(self, key: str, state: str, timeout_s: float = ALERT_TIMEOUT_S) -> dict[str, Any]:
+    def wait_alert(
+        self, key: str, state: str, timeout_s: float = ALERT_TIMEOUT_S
+    ) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
             for a in self.alerts(limit=1000):
                 if a["key"] == key and a["state"] == state:
                     return a
             return None
 
-        return dict(wait_until(found, timeout_s=timeout_s, interval_s=0.1, what=f"alert {key} {state}"))
+        return dict(
+            wait_until(found, timeout_s=timeout_s, interval_s=0.1, what=f"alert {key} {state}")
+        )
 
     def webhook_notices(self, alert_id: int) -> list[str]:
-        return [json.loads(r.body)["state"] for r in list(self.hooks)
-                if r.path == "/hook" and json.loads(r.body)["alert_id"] == alert_id]
+        return [
+            json.loads(r.body)["state"]
+            for r in list(self.hooks)
+            if r.path == "/hook" and json.loads(r.body)["alert_id"] == alert_id
+        ]
 
     def sms_notices(self, server: str) -> list[str]:
         return [r.body.decode() for r in list(self.sms) if server in r.body.decode()]
@@ -65,7 +72,10 @@ class MonitoredFleet:
 def mfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitoredFleet]:
     ca = trustme.CA()
     base = tmp_path_factory.mktemp("monitored")
-    env = {"RELAYSYNC_MONITOR_INTERVAL_S": str(INTERVAL_S), "RELAYSYNC_METRICS_INTERVAL_S": str(INTERVAL_S)}
+    env = {
+        "RELAYSYNC_MONITOR_INTERVAL_S": str(INTERVAL_S),
+        "RELAYSYNC_METRICS_INTERVAL_S": str(INTERVAL_S),
+    }
     cluster = Cluster(base / "fleet", extra_env=env)
     with smtp_server(ca) as (box, smtp_port), http_receiver() as (log, url):
         try:
@@ -73,7 +83,9 @@ def mfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitoredFleet]
             ports = {}
             for name in ("a1", "a2"):
                 ports[name] = free_port()
-                cluster.start_agent(name, group="g1", extra_args=["--metrics-listen", f"127.0.0.1:{ports[name]}"])
+                cluster.start_agent(
+                    name, group="g1", extra_args=["--metrics-listen", f"127.0.0.1:{ports[name]}"]
+                )
             _channels(cluster, url, smtp_port, ca)
             yield MonitoredFleet(cluster, ports, log, log, box)
         finally:
@@ -83,12 +95,29 @@ def mfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitoredFleet]
 def _channels(cluster: Cluster, url: str, smtp_port: int, ca: trustme.CA) -> None:
     channels = [
         {"name": "hook", "kind": "webhook", "config": {"url": url + "/hook"}},
-        {"name": "sms", "kind": "sms", "config": {"url": url + "/sms?srv={server}", "method": "POST",
-                                                  "body_template": SMS_TEMPLATE}},
-        {"name": "mail", "kind": "email", "config": {
-            "host": "127.0.0.1", "port": smtp_port, "starttls": True, "username": SMTP_USER,
-            "password": SMTP_PASSWORD, "sender": "relaysync@example.test",
-            "recipients": ["ops@example.test"], "ca_pem": ca.cert_pem.bytes().decode()}},
+        {
+            "name": "sms",
+            "kind": "sms",
+            "config": {
+                "url": url + "/sms?srv={server}",
+                "method": "POST",
+                "body_template": SMS_TEMPLATE,
+            },
+        },
+        {
+            "name": "mail",
+            "kind": "email",
+            "config": {
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "starttls": True,
+                "username": SMTP_USER,
+                "password": SMTP_PASSWORD,
+                "sender": "relaysync@example.test",
+                "recipients": ["ops@example.test"],
+                "ca_pem": ca.cert_pem.bytes().decode(),
+            },
+        },
         {"name": "console", "kind": "console", "config": {}},
     ]
     for body in channels:

@@ -45,8 +45,11 @@ def _hold_while_firing(fleet: MonitoredFleet, alert_id: int, ticks: int = 8) -> 
 
 
 def _check_notified_once(fleet: MonitoredFleet, alert: dict, state: str) -> None:
-    wait_until(lambda: state in fleet.webhook_notices(alert["id"]), timeout_s=ALERT_TIMEOUT_S,
-               what=f"webhook {state} for alert {alert['id']}")
+    wait_until(
+        lambda: state in fleet.webhook_notices(alert["id"]),
+        timeout_s=ALERT_TIMEOUT_S,
+        what=f"webhook {state} for alert {alert['id']}",
+    )
     assert fleet.webhook_notices(alert["id"]).count(state) == 1
 
 
@@ -59,11 +62,21 @@ def test_metrics_reach_the_master_and_prometheus(mfleet: MonitoredFleet) -> None
         servers = {dict(k).get("server") for k in cpu}
         return fams if {"a1", "a2"} <= servers else None
 
-    fams = wait_until(master_has_both, timeout_s=ALERT_TIMEOUT_S, what="agents' figures on /metrics")
-    for name in ("relaysync_memory_percent", "relaysync_load1", "relaysync_tcp_connections",
-                 "relaysync_links_total", "relaysync_master_link_connected",
-                 "relaysync_master_process_rss_bytes", "relaysync_master_store_up",
-                 "relaysync_master_joblog_queue", "relaysync_server_up", "relaysync_server_healthy"):
+    fams = wait_until(
+        master_has_both, timeout_s=ALERT_TIMEOUT_S, what="agents' figures on /metrics"
+    )
+    for name in (
+        "relaysync_memory_percent",
+        "relaysync_load1",
+        "relaysync_tcp_connections",
+        "relaysync_links_total",
+        "relaysync_master_link_connected",
+        "relaysync_master_process_rss_bytes",
+        "relaysync_master_store_up",
+        "relaysync_master_joblog_queue",
+        "relaysync_server_up",
+        "relaysync_server_healthy",
+    ):
         assert name in fams, name
     assert fams["relaysync_master_store_up"][(("server", "master"),)] == 1.0
     assert fams["relaysync_master_link_connected"][(("server", "a1"),)] == 1.0
@@ -71,7 +84,9 @@ def test_metrics_reach_the_master_and_prometheus(mfleet: MonitoredFleet) -> None
     # The agent's own /metrics carries the same figures the master shows for it.
     agent = _families(httpx.get(f"http://127.0.0.1:{mfleet.metrics_ports['a1']}/metrics").text)
     agent_names = {n for n in agent if n.startswith("relaysync_")}
-    master_names_for_a1 = {n for n, series in fams.items() if any(("server", "a1") in k for k in series)}
+    master_names_for_a1 = {
+        n for n, series in fams.items() if any(("server", "a1") in k for k in series)
+    }
     assert agent_names and agent_names <= master_names_for_a1
     assert agent["relaysync_links_total"] == {(("server", "a1"),): 0.0}
     assert agent["relaysync_memory_used_bytes"][(("server", "a1"),)] > 0
@@ -80,16 +95,30 @@ def test_metrics_reach_the_master_and_prometheus(mfleet: MonitoredFleet) -> None
 
 def test_threshold_marks_server_unhealthy_then_ok(mfleet: MonitoredFleet) -> None:
     api = mfleet.cluster.api
-    r = api.post("/api/thresholds", json={"scope": "server", "target": "a1", "metric": "memory_used_bytes",
-                                          "operator": ">", "value": 0})
+    r = api.post(
+        "/api/thresholds",
+        json={
+            "scope": "server",
+            "target": "a1",
+            "metric": "memory_used_bytes",
+            "operator": ">",
+            "value": 0,
+        },
+    )
     assert r.status_code == 201, r.text
     rule = r.json()
     alert = mfleet.wait_alert(f"threshold:{rule['id']}:a1", "firing")
-    wait_until(lambda: mfleet.health("a1") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a1 unhealthy")
+    wait_until(
+        lambda: mfleet.health("a1") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a1 unhealthy"
+    )
     assert mfleet.health("a2") == "ok"
     events = api.get("/api/events", params={"since": 0, "limit": 1000}).json()
-    assert any(e["type"] == "server_health" and e["data"]["name"] == "a1"
-               and e["data"]["health"] == "unhealthy" for e in events)
+    assert any(
+        e["type"] == "server_health"
+        and e["data"]["name"] == "a1"
+        and e["data"]["health"] == "unhealthy"
+        for e in events
+    )
     assert any(e["type"] == "alarm" and e["data"]["alert_id"] == alert["id"] for e in events)
     _check_notified_once(mfleet, alert, "firing")
     _hold_while_firing(mfleet, alert["id"])
@@ -104,9 +133,18 @@ def test_group_threshold_fires_per_server(mfleet: MonitoredFleet) -> None:
     api = mfleet.cluster.api
     # links_total is 0 on both agents (no mappings), so "< 1" holds for each server of the group;
     # removing the rule resolves both alerts.
-    rule = api.post("/api/thresholds", json={"scope": "group", "target": "g1", "metric": "links_total",
-                                             "operator": "<", "value": 1, "for_s": 0.5,
-                                             "hysteresis": 0}).json()
+    rule = api.post(
+        "/api/thresholds",
+        json={
+            "scope": "group",
+            "target": "g1",
+            "metric": "links_total",
+            "operator": "<",
+            "value": 1,
+            "for_s": 0.5,
+            "hysteresis": 0,
+        },
+    ).json()
     for name in ("a1", "a2"):
         alert = mfleet.wait_alert(f"threshold:{rule['id']}:{name}", "firing")
         _check_notified_once(mfleet, alert, "firing")
@@ -126,13 +164,25 @@ def cpu_burners() -> Iterator[list[subprocess.Popen[bytes]]]:
         p.wait(10)
 
 
-def test_busy_cpu_fires_and_resolves(mfleet: MonitoredFleet,
-                                     cpu_burners: list[subprocess.Popen[bytes]]) -> None:
+def test_busy_cpu_fires_and_resolves(
+    mfleet: MonitoredFleet, cpu_burners: list[subprocess.Popen[bytes]]
+) -> None:
     api = mfleet.cluster.api
-    rule = api.post("/api/thresholds", json={"scope": "server", "target": "a1", "metric": "cpu_percent",
-                                             "operator": ">", "value": 90, "for_s": 1.0,
-                                             "hysteresis": 10}).json()
-    spin = f"import time\nend = time.monotonic() + {SPIN_MAX_S}\nwhile time.monotonic() < end: pass\n"
+    rule = api.post(
+        "/api/thresholds",
+        json={
+            "scope": "server",
+            "target": "a1",
+            "metric": "cpu_percent",
+            "operator": ">",
+            "value": 90,
+            "for_s": 1.0,
+            "hysteresis": 10,
+        },
+    ).json()
+    spin = (
+        f"import time\nend = time.monotonic() + {SPIN_MAX_S}\nwhile time.monotonic() < end: pass\n"
+    )
     for _ in range(2 * (os.cpu_count() or 1)):
         cpu_burners.append(subprocess.Popen([sys.executable, "-c", spin]))
     alert = mfleet.wait_alert(f"threshold:{rule['id']}:a1", "firing", timeout_s=60)
@@ -151,11 +201,18 @@ def test_stopped_agent_fires_heartbeat_and_is_unhealthy(mfleet: MonitoredFleet) 
     cluster = mfleet.cluster
     cluster.agents["a2"].process.stop()
     alert = mfleet.wait_alert("heartbeat:a2", "firing")
-    wait_until(lambda: mfleet.health("a2") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a2 unhealthy")
+    wait_until(
+        lambda: mfleet.health("a2") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a2 unhealthy"
+    )
     _check_notified_once(mfleet, alert, "firing")
     _hold_while_firing(mfleet, alert["id"])
-    wait_until(lambda: any("heartbeat" in m["data"] and "a2" in m["data"] for m in mfleet.mailbox.messages),
-               timeout_s=ALERT_TIMEOUT_S, what="e-mail about a2")
+    wait_until(
+        lambda: any(
+            "heartbeat" in m["data"] and "a2" in m["data"] for m in mfleet.mailbox.messages
+        ),
+        timeout_s=ALERT_TIMEOUT_S,
+        what="e-mail about a2",
+    )
     cluster.start_agent("a2", group="g1")
     mfleet.wait_alert("heartbeat:a2", "resolved")
     _check_notified_once(mfleet, alert, "resolved")
@@ -166,10 +223,15 @@ def test_closed_port_fires_and_reopened_port_resolves(mfleet: MonitoredFleet) ->
     api = mfleet.cluster.api
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    probe = api.post("/api/probes", json={"name": "svc", "kind": "tcp", "host": "127.0.0.1",
-                                          "port": port, "server": "a1"}).json()
-    wait_until(lambda: (api.get("/api/probes").json()[0].get("last") or {}).get("ok") is True,
-               timeout_s=ALERT_TIMEOUT_S, what="tcp probe ok")
+    probe = api.post(
+        "/api/probes",
+        json={"name": "svc", "kind": "tcp", "host": "127.0.0.1", "port": port, "server": "a1"},
+    ).json()
+    wait_until(
+        lambda: (api.get("/api/probes").json()[0].get("last") or {}).get("ok") is True,
+        timeout_s=ALERT_TIMEOUT_S,
+        what="tcp probe ok",
+    )
     listener.close()
     alert = mfleet.wait_alert(f"probe:{probe['id']}", "firing")
     assert "refused" in alert["message"].lower()
@@ -186,8 +248,10 @@ def test_closed_port_fires_and_reopened_port_resolves(mfleet: MonitoredFleet) ->
 
 def test_nothing_listening_on_a_loopback_address_fails_tcp(mfleet: MonitoredFleet) -> None:
     api = mfleet.cluster.api
-    probe = api.post("/api/probes", json={"name": "nobody", "kind": "tcp", "host": "127.0.0.77",
-                                          "port": 9, "timeout_s": 1}).json()
+    probe = api.post(
+        "/api/probes",
+        json={"name": "nobody", "kind": "tcp", "host": "127.0.0.77", "port": 9, "timeout_s": 1},
+    ).json()
     alert = mfleet.wait_alert(f"probe:{probe['id']}", "firing")
     assert alert["server"] == ""
     api.delete(f"/api/probes/{probe['id']}")
@@ -203,7 +267,9 @@ def veth_peer() -> Iterator[tuple[str, str]]:
     """A veth pair into a network namespace of our own: the peer address answers ping while its
     end is up, and is unreachable once that end is down. Deleted afterwards."""
     if shutil.which("ip") is None or shutil.which("ping") is None:
-        pytest.skip("needs ip (iproute2) and ping (iputils-ping): scripts/install test installs them")
+        pytest.skip(
+            "needs ip (iproute2) and ping (iputils-ping): scripts/install test installs them"
+        )
     tag = uuid.uuid4().hex[:6]
     ns, host_end, ns_end = f"rsmon-{tag}", f"rsm{tag}a", f"rsm{tag}b"
     octet = 1 + int(tag[:2], 16) % 250
@@ -225,20 +291,35 @@ def veth_peer() -> Iterator[tuple[str, str]]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
-def test_failing_ping_fires_and_resolves(mfleet: MonitoredFleet, veth_peer: tuple[str, str]) -> None:
+def test_failing_ping_fires_and_resolves(
+    mfleet: MonitoredFleet, veth_peer: tuple[str, str]
+) -> None:
     api = mfleet.cluster.api
     ns, peer_ip = veth_peer
-    ns_end = next(line.split(":")[1].strip().split("@")[0] for line in subprocess.run(
-        ["ip", "-n", ns, "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines()
-        if "rsm" in line)
-    probe = api.post("/api/probes", json={"name": "peer", "kind": "ping", "host": peer_ip,
-                                          "server": "a2", "timeout_s": 1}).json()
-    wait_until(lambda: any(p["id"] == probe["id"] and (p.get("last") or {}).get("ok")
-                           for p in api.get("/api/probes").json()),
-               timeout_s=ALERT_TIMEOUT_S, what="ping ok")
+    ns_end = next(
+        line.split(":")[1].strip().split("@")[0]
+        for line in subprocess.run(
+            ["ip", "-n", ns, "-o", "link"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        if "rsm" in line
+    )
+    probe = api.post(
+        "/api/probes",
+        json={"name": "peer", "kind": "ping", "host": peer_ip, "server": "a2", "timeout_s": 1},
+    ).json()
+    wait_until(
+        lambda: any(
+            p["id"] == probe["id"] and (p.get("last") or {}).get("ok")
+            for p in api.get("/api/probes").json()
+        ),
+        timeout_s=ALERT_TIMEOUT_S,
+        what="ping ok",
+    )
     _ip("-n", ns, "link", "set", ns_end, "down")
     alert = mfleet.wait_alert(f"probe:{probe['id']}", "firing")
-    wait_until(lambda: mfleet.health("a2") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a2 unhealthy")
+    wait_until(
+        lambda: mfleet.health("a2") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a2 unhealthy"
+    )
     _check_notified_once(mfleet, alert, "firing")
     _hold_while_firing(mfleet, alert["id"], ticks=4)
     _ip("-n", ns, "link", "set", ns_end, "up")

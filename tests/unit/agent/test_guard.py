@@ -10,9 +10,13 @@ from relaysync.agent.guard import check_folder, parse_roots
 from relaysync.errors import ConfigError, FolderRefused
 
 
-@pytest.mark.parametrize("path", ["/", "/etc", "/usr/", "//usr", "/boot/efi", "/proc/self", "/var/lib"])
+@pytest.mark.parametrize(
+    "path", ["/", "/etc", "/usr/", "//usr", "/boot/efi", "/proc/self", "/var/lib"]
+)
 def test_system_folders_are_refused(tmp_path: Path, path: str) -> None:
-    with pytest.raises(FolderRefused, match=f"target folder {path} of mapping 7 is refused by this agent: .*system"):
+    with pytest.raises(
+        FolderRefused, match=f"target folder {path} of mapping 7 is refused by this agent: .*system"
+    ):
         check_folder(path, role="target", mapping_id=7, data_dir=tmp_path / "data")
 
 
@@ -22,7 +26,9 @@ def test_a_symlink_to_a_system_folder_is_refused(tmp_path: Path) -> None:
         check_folder(str(tmp_path / "www"), role="target", mapping_id=1, data_dir=tmp_path / "data")
     (tmp_path / "deep").symlink_to("/usr")
     with pytest.raises(FolderRefused, match="/usr is a system folder"):
-        check_folder(str(tmp_path / "deep" / "." ), role="source", mapping_id=1, data_dir=tmp_path / "data")
+        check_folder(
+            str(tmp_path / "deep" / "."), role="source", mapping_id=1, data_dir=tmp_path / "data"
+        )
 
 
 @pytest.mark.parametrize("folder", [".", "data", "data/targets/3"])
@@ -37,18 +43,39 @@ def test_a_folder_overlapping_the_data_directory_is_refused(tmp_path: Path, fold
 
 def test_allowed_roots_confine_the_folders(tmp_path: Path) -> None:
     roots = parse_roots(f" {tmp_path}/www , {tmp_path}/shared/")
-    check_folder(str(tmp_path / "www"), role="target", mapping_id=1, data_dir=tmp_path / "d", allowed_roots=roots)
-    check_folder(str(tmp_path / "shared/a/b"), role="source", mapping_id=1, data_dir=tmp_path / "d",
-                 allowed_roots=roots)
+    check_folder(
+        str(tmp_path / "www"),
+        role="target",
+        mapping_id=1,
+        data_dir=tmp_path / "d",
+        allowed_roots=roots,
+    )
+    check_folder(
+        str(tmp_path / "shared/a/b"),
+        role="source",
+        mapping_id=1,
+        data_dir=tmp_path / "d",
+        allowed_roots=roots,
+    )
     for outside in ("wwwx", "other", "www/../other"):
         with pytest.raises(FolderRefused, match="is outside allowed_roots"):
-            check_folder(str(tmp_path / outside), role="target", mapping_id=1, data_dir=tmp_path / "d",
-                         allowed_roots=roots)
+            check_folder(
+                str(tmp_path / outside),
+                role="target",
+                mapping_id=1,
+                data_dir=tmp_path / "d",
+                allowed_roots=roots,
+            )
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "escape").symlink_to(tmp_path / "other")
     with pytest.raises(FolderRefused, match="outside allowed_roots"):
-        check_folder(str(tmp_path / "www" / "escape"), role="target", mapping_id=1, data_dir=tmp_path / "d",
-                     allowed_roots=roots)
+        check_folder(
+            str(tmp_path / "www" / "escape"),
+            role="target",
+            mapping_id=1,
+            data_dir=tmp_path / "d",
+            allowed_roots=roots,
+        )
 
 
 def test_ordinary_folders_pass_without_allowed_roots(tmp_path: Path) -> None:

@@ -15,15 +15,29 @@ from relaysync.errors import ProtocolError
 from relaysync.protocol.connection import open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.messages import Checkpoint, SmallFile
 
-SMALL = SmallFile(seq=1, path="f", size=4, mode=0o644, mtime_ns=1, data=b"data",
-                  hash=xxhash.xxh3_128_digest(b"data"))
+SMALL = SmallFile(
+    seq=1,
+    path="f",
+    size=4,
+    mode=0o644,
+    mtime_ns=1,
+    data=b"data",
+    hash=xxhash.xxh3_128_digest(b"data"),
+)
 
 
 def _read_one_batch(capabilities: tuple[str, ...]) -> Any:
     """What the peer server's batch reader makes of [SmallFile, Checkpoint]: the batch or the error."""
-    server: Any = PeerServer(host="127.0.0.1", port=0, ctx=None, node_id="b" * 64, name="t1",  # type: ignore[arg-type]
-                             folders=lambda _m: None, reporter=lambda _f: None,  # type: ignore[arg-type,return-value]
-                             capabilities=capabilities)
+    server: Any = PeerServer(
+        host="127.0.0.1",
+        port=0,
+        ctx=None,
+        node_id="b" * 64,
+        name="t1",  # type: ignore[arg-type]
+        folders=lambda _m: None,
+        reporter=lambda _f: None,  # type: ignore[arg-type,return-value]
+        capabilities=capabilities,
+    )
     outcome: list[Any] = []
 
     async def main() -> None:

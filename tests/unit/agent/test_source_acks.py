@@ -26,9 +26,14 @@ from relaysync.watch.changes import PendingChange
 @pytest.fixture
 def source(tmp_path: Path) -> SourceMapping:
     (tmp_path / "src").mkdir()
-    spec = MappingSpec(mapping_id=1, name="m", source_node="s", source_path=str(tmp_path / "src"),
-                       targets=(TargetSpec(node_id="t1", path="/t1"), TargetSpec(node_id="t2", path="/t2")),
-                       durability="fast")
+    spec = MappingSpec(
+        mapping_id=1,
+        name="m",
+        source_node="s",
+        source_path=str(tmp_path / "src"),
+        targets=(TargetSpec(node_id="t1", path="/t1"), TargetSpec(node_id="t2", path="/t2")),
+        durability="fast",
+    )
     mapping = SourceMapping(spec, tmp_path / "state")
     mapping.journal.append([PendingChange(op="delete", path=f"f{i}") for i in range(100)])
     return mapping
@@ -42,7 +47,8 @@ def _stored(mapping: SourceMapping) -> dict[str, int]:
 
 
 def test_a_burst_of_acks_is_persisted_once_then_the_journal_released(
-        source: SourceMapping, monkeypatch: pytest.MonkeyPatch) -> None:
+    source: SourceMapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writes: list[dict[str, int]] = []
     release = source._release
     monkeypatch.setattr(source, "_release", lambda acks: (writes.append(acks), release(acks)))
@@ -79,7 +85,8 @@ def test_an_ack_not_yet_flushed_is_written_when_the_source_stops(source: SourceM
 
 
 def test_acks_are_not_persisted_until_every_target_has_acked(
-        source: SourceMapping, monkeypatch: pytest.MonkeyPatch) -> None:
+    source: SourceMapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
     flushed: list[dict[str, int]] = []
     release = source._release
     monkeypatch.setattr(source, "_release", lambda acks: (flushed.append(acks), release(acks)))
@@ -99,7 +106,8 @@ def test_acks_are_not_persisted_until_every_target_has_acked(
 
 
 def test_a_stop_while_the_flush_waits_for_a_worker_thread_still_writes_the_last_acks(
-        source: SourceMapping) -> None:
+    source: SourceMapping,
+) -> None:
     """The worker threads are shared (links read files, receivers apply batches): a stop can come
     while the flush waits for one, after it took the acks' change signal."""
     gate = threading.Event()
@@ -107,7 +115,9 @@ def test_a_stop_while_the_flush_waits_for_a_worker_thread_still_writes_the_last_
     async def main() -> None:
         anyio.to_thread.current_default_thread_limiter().total_tokens = 1  # this run's loop only
         async with anyio.create_task_group() as tg:
-            tg.start_soon(partial(anyio.to_thread.run_sync, gate.wait, abandon_on_cancel=True))  # the pool is busy
+            tg.start_soon(
+                partial(anyio.to_thread.run_sync, gate.wait, abandon_on_cancel=True)
+            )  # the pool is busy
             tg.start_soon(source._flush_acks)
             await anyio.sleep(0)
             changed = source._acks_changed
@@ -129,7 +139,9 @@ def _session_to(source: SourceMapping, node_id: str) -> _Session:
     return _Session(link, framed=None)  # type: ignore[arg-type]
 
 
-def test_a_leaf_target_cannot_release_the_journal_another_target_still_needs(source: SourceMapping) -> None:
+def test_a_leaf_target_cannot_release_the_journal_another_target_still_needs(
+    source: SourceMapping,
+) -> None:
     async def main() -> None:
         # A star: t1 relays for nobody, yet claims t2 committed 100 too; t2 never acked.
         _session_to(source, "t1")._on_ack(100, [NodeMark(node_id="t2", watermark=100)])
@@ -151,15 +163,21 @@ def test_a_leaf_target_cannot_move_another_targets_ack_back(source: SourceMappin
 
 def test_a_relay_speaks_for_the_targets_below_it_only(source: SourceMapping) -> None:
     # s -> t1 -> t3 -> t4, and s -> t2: t1 relays for t3 and (through t3) t4, not for t2.
-    routes = (RouteHop(parent="s", child="t1"), RouteHop(parent="t1", child="t3"),
-              RouteHop(parent="t3", child="t4"), RouteHop(parent="s", child="t2"))
+    routes = (
+        RouteHop(parent="s", child="t1"),
+        RouteHop(parent="t1", child="t3"),
+        RouteHop(parent="t3", child="t4"),
+        RouteHop(parent="s", child="t2"),
+    )
     targets = tuple(TargetSpec(node_id=f"t{n}", path=f"/t{n}") for n in range(1, 5))
     source.spec = msgspec.structs.replace(source.spec, routes=routes, targets=targets)
     marks = [NodeMark(node_id=n, watermark=90) for n in ("t2", "t3", "t4", "t1", "s", "elsewhere")]
 
     async def main() -> None:
         _session_to(source, "t1")._on_ack(100, marks)
-        _session_to(source, "t3")._on_ack(95, [NodeMark(node_id="t1", watermark=100)])  # not its parent's
+        _session_to(source, "t3")._on_ack(
+            95, [NodeMark(node_id="t1", watermark=100)]
+        )  # not its parent's
 
     anyio.run(main)
     assert source._acks == {"t1": 100, "t3": 95, "t4": 90}
@@ -198,5 +216,7 @@ def test_a_link_takes_its_targets_watermark_when_the_session_opens() -> None:
     link.target = SimpleNamespace(node_id="t1")
     session = SimpleNamespace(acked=0, sent_upto=0)
     with pytest.raises(Stop):
-        anyio.run(link._stream, session, MappingState(mapping_id=1, watermark=42, root_hash=b""), None)
+        anyio.run(
+            link._stream, session, MappingState(mapping_id=1, watermark=42, root_hash=b""), None
+        )
     assert opened == [("t1", 42)] and session.acked == 42

@@ -39,7 +39,9 @@ def _ops(mapping: SourceMapping, after: int) -> list[tuple[str, str, str]]:
     return [(r.op, r.path, r.new_path) for r in mapping.journal.read(after)]
 
 
-def test_rename_of_a_directory_then_a_delete_below_it_is_journaled_in_two_writes(tmp_path: Path) -> None:
+def test_rename_of_a_directory_then_a_delete_below_it_is_journaled_in_two_writes(
+    tmp_path: Path,
+) -> None:
     mapping, root, appends = _mapping(tmp_path)
 
     async def main() -> None:
@@ -48,8 +50,12 @@ def test_rename_of_a_directory_then_a_delete_below_it_is_journaled_in_two_writes
         appends.clear()
         os.rename(root / "d", root / "e")
         os.unlink(root / "e" / "f")
-        await mapping._record([FsEvent(kind="move", path="d", new_path="e", is_dir=True),
-                               FsEvent(kind="delete", path="e/f")])
+        await mapping._record(
+            [
+                FsEvent(kind="move", path="d", new_path="e", is_dir=True),
+                FsEvent(kind="delete", path="e/f"),
+            ]
+        )
         assert _ops(mapping, head) == [("rename", "d", "e"), ("delete", "e/f", "")]
         assert appends == [1, 1]
         assert mapping.applied_seq == mapping.journal.last_seq
@@ -70,8 +76,13 @@ def test_a_batch_without_directory_moves_is_one_journal_write(tmp_path: Path) ->
         (root / "d" / "f").write_text("f2")
         os.unlink(root / "d" / "g")
         os.link(root / "d" / "f", root / "d" / "l")
-        await mapping._record([FsEvent(kind="write", path="d/f"), FsEvent(kind="delete", path="d/g"),
-                               FsEvent(kind="write", path="d/l")])
+        await mapping._record(
+            [
+                FsEvent(kind="write", path="d/f"),
+                FsEvent(kind="delete", path="d/g"),
+                FsEvent(kind="write", path="d/l"),
+            ]
+        )
         assert appends == [3]  # a hard link's write after a delete too (its names are known)
 
     try:

@@ -23,7 +23,9 @@ def _writes(mapping: SourceMapping) -> list[str]:
     return [r.path for r in mapping.journal.read(0) if r.op == "write"]
 
 
-def test_a_held_file_whose_directory_moved_before_its_recheck_is_journaled_where_it_went(tmp_path: Path) -> None:
+def test_a_held_file_whose_directory_moved_before_its_recheck_is_journaled_where_it_went(
+    tmp_path: Path,
+) -> None:
     mapping, root = _mapping(tmp_path)
     (root / "release.tmp").mkdir()
     (root / "release.tmp" / "page.html").write_text("just written: a scan holds it")
@@ -35,7 +37,9 @@ def test_a_held_file_whose_directory_moved_before_its_recheck_is_journaled_where
         # re-check looks for the file
         (root / "release.tmp").rename(root / "release-1")
         await mapping.recheck_held_once()
-        await mapping._record([FsEvent(kind="move", path="release.tmp", new_path="release-1", is_dir=True)])
+        await mapping._record(
+            [FsEvent(kind="move", path="release.tmp", new_path="release-1", is_dir=True)]
+        )
         deadline = time.monotonic() + 10 * HOT_FILE_S
         while not _writes(mapping) and time.monotonic() < deadline:  # cools down, bounded
             await anyio.sleep(HOT_FILE_S / 4)

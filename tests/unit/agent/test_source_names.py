@@ -65,7 +65,9 @@ def test_a_name_that_is_not_utf8_is_left_out_of_scans_and_events(
         assert sorted(_paths(mapping)) == ["good.html", "marker", "old"]
     finally:
         mapping.close()
-    assert f"{root}/caf\\xe9.html is not valid UTF-8, so it is not replicated. Rename" in caplog.text
+    assert (
+        f"{root}/caf\\xe9.html is not valid UTF-8, so it is not replicated. Rename" in caplog.text
+    )
     assert f"{root}/new\\xe9.html is not valid UTF-8" in caplog.text
 
 
@@ -74,8 +76,12 @@ def test_a_change_that_cannot_be_journaled_costs_itself_only(tmp_path: Path) -> 
     _write_old(root / "good.html", "g")
     _write_old(root / BAD, "x")
     os.symlink(os.fsencode(BAD), os.fsencode(root / "link"))  # a target the journal cannot hold
-    events = [FsEvent(kind="write", path=BAD), FsEvent(kind="symlink", path="link"),
-              FsEvent(kind="move", path="good.html", new_path=BAD), FsEvent(kind="write", path="good.html")]
+    events = [
+        FsEvent(kind="write", path=BAD),
+        FsEvent(kind="symlink", path="link"),
+        FsEvent(kind="move", path="good.html", new_path=BAD),
+        FsEvent(kind="write", path="good.html"),
+    ]
 
     async def main() -> None:
         await mapping._record(events)

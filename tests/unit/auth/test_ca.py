@@ -37,13 +37,17 @@ def test_reload_gives_the_same_ca(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("lost", "kept"), [("ca.pem", "ca.key"), ("ca.key", "ca.pem")])
-def test_a_ca_with_one_file_missing_is_refused_not_replaced(tmp_path: Path, lost: str, kept: str) -> None:
+def test_a_ca_with_one_file_missing_is_refused_not_replaced(
+    tmp_path: Path, lost: str, kept: str
+) -> None:
     """A partial restore (or a deleted ca.pem) must not make a new CA: it would overwrite the key
     every node's certificate chains to and lock the whole fleet out."""
     CertificateAuthority.load_or_create(tmp_path / "ca")
     before = (tmp_path / "ca" / kept).read_bytes()
     (tmp_path / "ca" / lost).unlink()
-    with pytest.raises(AuthError, match=f"CA file .*{lost} is missing but .*{kept} exists: restore {lost}"):
+    with pytest.raises(
+        AuthError, match=f"CA file .*{lost} is missing but .*{kept} exists: restore {lost}"
+    ):
         CertificateAuthority.load_or_create(tmp_path / "ca")
     assert (tmp_path / "ca" / kept).read_bytes() == before
     assert not (tmp_path / "ca" / lost).exists()

@@ -65,10 +65,17 @@ def test_token_may_be_absent_with_an_explicit_url() -> None:
     assert resolve_target(master="http://h:1", environ={}).token == ""
 
 
-@pytest.mark.parametrize(("status", "error"), [
-    (401, AuthError), (403, AuthError), (404, NotFound), (422, ConfigError), (503, StoreError),
-    (500, RelaySyncError),
-])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (401, AuthError),
+        (403, AuthError),
+        (404, NotFound),
+        (422, ConfigError),
+        (503, StoreError),
+        (500, RelaySyncError),
+    ],
+)
 def test_http_status_maps_to_error(status: int, error: type[RelaySyncError]) -> None:
     response = httpx.Response(status, json={"detail": "Mapping 'x' not found."})
     found = error_for(response, "GET /api/mappings/x")
@@ -90,14 +97,19 @@ def closed_port() -> int:
 
 def test_a_master_that_does_not_answer_is_unreachable() -> None:
     url = f"http://127.0.0.1:{closed_port()}"
-    with MasterClient(Target(url=url, token="t")) as client, pytest.raises(MasterUnreachable) as info:
+    with (
+        MasterClient(Target(url=url, token="t")) as client,
+        pytest.raises(MasterUnreachable) as info,
+    ):
         client.get("/api/servers")
     assert url in str(info.value)
     assert info.value.exit_code == 16
 
 
 @pytest.mark.parametrize("argv", [["status"], ["log"], ["stats"], ["mapping", "list"]])
-def test_commands_exit_with_the_error_code(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commands_exit_with_the_error_code(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("RELAYSYNC_MASTER", "RELAYSYNC_TOKEN", "RELAYSYNC_MASTER_DATA"):
         monkeypatch.delenv(name, raising=False)
     runner = CliRunner()

@@ -37,8 +37,10 @@ def test_print_json_is_one_plain_document(capsys: pytest.CaptureFixture[str]) ->
     assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1, 2]}
 
 
-@pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"),
-                                         (5 * 1024**3, "5.0 GiB"), (None, "")])
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (5 * 1024**3, "5.0 GiB"), (None, "")],
+)
 def test_format_bytes(n: int | None, text: str) -> None:
     assert format_bytes(n) == text
 
@@ -50,21 +52,53 @@ def test_format_time_and_duration() -> None:
 
 
 def test_status_tables_show_state_lag_and_exceptions() -> None:
-    servers = [{"name": "web1", "region": "eu", "group": "g", "state": "down", "health": "unhealthy",
-                "last_seen": None}]
+    servers = [
+        {
+            "name": "web1",
+            "region": "eu",
+            "group": "g",
+            "state": "down",
+            "health": "unhealthy",
+            "last_seen": None,
+        }
+    ]
     out = render(servers_table(servers))
     assert "web1" in out and "down" in out and "unhealthy" in out and "never" in out
-    mappings = [{"name": "www", "source": "origin", "source_path": "/srv", "enabled": False,
-                 "targets": [{"target_name": "web1", "path": "/var/www", "watermark": 7, "lag": 3,
-                              "open_exceptions": 2, "updated_at": None}]}]
+    mappings = [
+        {
+            "name": "www",
+            "source": "origin",
+            "source_path": "/srv",
+            "enabled": False,
+            "targets": [
+                {
+                    "target_name": "web1",
+                    "path": "/var/www",
+                    "watermark": 7,
+                    "lag": 3,
+                    "open_exceptions": 2,
+                    "updated_at": None,
+                }
+            ],
+        }
+    ]
     out = render(status_mappings_table(mappings))
     assert "origin:/srv (disabled)" in out and "web1:/var/www" in out
     assert " 7 " in out and " 3 " in out and " 2 " in out
 
 
 def change(**over: Any) -> dict[str, Any]:
-    row = {"mapping_id": 1, "source_node": "s" * 64, "seq": 9, "op": "write", "path": "a.txt",
-           "size": 2048, "reported_at": 1000.0, "committed_targets": 1, "total_targets": 2}
+    row = {
+        "mapping_id": 1,
+        "source_node": "s" * 64,
+        "seq": 9,
+        "op": "write",
+        "path": "a.txt",
+        "size": 2048,
+        "reported_at": 1000.0,
+        "committed_targets": 1,
+        "total_targets": 2,
+    }
     return {**row, **over}
 
 
@@ -74,18 +108,42 @@ def test_log_rows_are_labelled_and_rendered() -> None:
     assert "a.txt" in render(changes_table(rows)) and "1/2" in render(changes_table(rows))
     text = to_csv(rows, CHANGE_COLUMNS)
     assert text.splitlines()[1].startswith("www,1,9,write,a.txt,2048,1000.0,1,2")
-    failure = {"id": 1, "mapping_id": 2, "source_node": "s", "target_node": "t" * 64, "seq": 3,
-               "path": "b", "error": "disk full", "at": 1.0, "attempts": 2, "resolved_at": None}
+    failure = {
+        "id": 1,
+        "mapping_id": 2,
+        "source_node": "s",
+        "target_node": "t" * 64,
+        "seq": 3,
+        "path": "b",
+        "error": "disk full",
+        "at": 1.0,
+        "attempts": 2,
+        "resolved_at": None,
+    }
     named = label(failure, {}, {"t" * 64: "web2"})
     assert (named["mapping"], named["target"]) == ("#2", "web2")
-    assert "disk full" in render(exceptions_table([named])) and "open" in render(exceptions_table([named]))
+    assert "disk full" in render(exceptions_table([named])) and "open" in render(
+        exceptions_table([named])
+    )
 
 
 def stat(**over: Any) -> dict[str, Any]:
-    row = {"key": "www", "files": 4, "wire_bytes": 4096, "failures": 1, "failed_attempts": 2,
-           "open_failures": 0, "changes": 2, "change_bytes": 3000, "file_ms_p50": 1.25,
-           "file_ms_p95": 9.0, "file_ms_p99": None, "latency_ms_p50": 40.5, "latency_ms_p95": 80.0,
-           "latency_ms_p99": None}
+    row = {
+        "key": "www",
+        "files": 4,
+        "wire_bytes": 4096,
+        "failures": 1,
+        "failed_attempts": 2,
+        "open_failures": 0,
+        "changes": 2,
+        "change_bytes": 3000,
+        "file_ms_p50": 1.25,
+        "file_ms_p95": 9.0,
+        "file_ms_p99": None,
+        "latency_ms_p50": 40.5,
+        "latency_ms_p95": 80.0,
+        "latency_ms_p99": None,
+    }
     return {**row, **over}
 
 
@@ -119,10 +177,25 @@ def test_mapping_locations_and_body() -> None:
         with pytest.raises(ConfigError):
             split_location(bad)
     body = mapping_body("www", ("o", "/srv"), [("w1", "/a"), ("w2", "/b")], enabled=True)
-    assert body == {"name": "www", "source": "o", "source_path": "/srv", "enabled": True,
-                    "targets": [{"server": "w1", "path": "/a"}, {"server": "w2", "path": "/b"}]}
-    listed = [{"id": 1, "name": "www", "source_name": "o", "source_path": "/srv", "include": ["x"],
-               "exclude": [], "durability": "safe", "enabled": True,
-               "targets": [{"name": "w1", "path": "/a"}]}]
+    assert body == {
+        "name": "www",
+        "source": "o",
+        "source_path": "/srv",
+        "enabled": True,
+        "targets": [{"server": "w1", "path": "/a"}, {"server": "w2", "path": "/b"}],
+    }
+    listed = [
+        {
+            "id": 1,
+            "name": "www",
+            "source_name": "o",
+            "source_path": "/srv",
+            "include": ["x"],
+            "exclude": [],
+            "durability": "safe",
+            "enabled": True,
+            "targets": [{"name": "w1", "path": "/a"}],
+        }
+    ]
     out = render(mappings_table(listed))
     assert "o:/srv" in out and "w1:/a" in out and "+x" in out

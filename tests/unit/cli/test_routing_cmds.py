@@ -20,16 +20,23 @@ def test_parse_route() -> None:
 
 def test_routing_request() -> None:
     assert routing_request(manual=None, auto=False, fanout=None) == {}
-    assert routing_request(manual="s>a", auto=False, fanout=None) == {"mode": "manual", "hops": [("s", "a")]}
+    assert routing_request(manual="s>a", auto=False, fanout=None) == {
+        "mode": "manual",
+        "hops": [("s", "a")],
+    }
     assert routing_request(manual=None, auto=True, fanout=3) == {"mode": "auto", "fanout": 3}
     with pytest.raises(ConfigError, match="exclude"):
         routing_request(manual="s>a", auto=True, fanout=None)
 
 
 def test_recovery_request() -> None:
-    assert recovery_request("at_once", None, None) == {"recovery_policy": "at_once", "recovery_schedule": ""}
+    assert recovery_request("at_once", None, None) == {
+        "recovery_policy": "at_once",
+        "recovery_schedule": "",
+    }
     assert recovery_request("reserved", "every:60", "b1") == {
-        "targets": {"b1": {"policy": "reserved", "schedule": "every:60"}}}
+        "targets": {"b1": {"policy": "reserved", "schedule": "every:60"}}
+    }
     for policy, schedule in (("reserved", None), ("manual", "every:5")):
         with pytest.raises(ConfigError, match="schedule"):
             recovery_request(policy, schedule, None)

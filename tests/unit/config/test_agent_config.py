@@ -12,12 +12,18 @@ from relaysync.errors import ConfigError
 BASE = {"master_url": "http://127.0.0.1:8470", "name": "a1", "data_dir": "/tmp/a1"}
 
 
-@pytest.mark.parametrize(("field", "value"), [("zstd_level", 23), ("zstd_level", -1), ("bandwidth_limit_mbit", -5)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("zstd_level", 23), ("zstd_level", -1), ("bandwidth_limit_mbit", -5)]
+)
 def test_out_of_range_link_settings_are_refused_by_name(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=field):
         load(AgentConfig, overrides={**BASE, field: value}, environ={})
 
 
 def test_in_range_settings_load_from_the_environment() -> None:
-    cfg = load(AgentConfig, overrides=BASE, environ={"RELAYSYNC_ZSTD_LEVEL": "19", "RELAYSYNC_BANDWIDTH_LIMIT_MBIT": "2.5"})
+    cfg = load(
+        AgentConfig,
+        overrides=BASE,
+        environ={"RELAYSYNC_ZSTD_LEVEL": "19", "RELAYSYNC_BANDWIDTH_LIMIT_MBIT": "2.5"},
+    )
     assert (cfg.zstd_level, cfg.bandwidth_limit_mbit) == (19, 2.5)

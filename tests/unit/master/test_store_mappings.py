@@ -157,98 +157,195 @@ def test_assignment_for(fleet: Store) -> None:
 
 def test_mapping_ids_are_never_reused(fleet: Store) -> None:
     """Agents keep journals and watermarks under the id: a new mapping must not inherit them."""
-    first = fleet.create_mapping(name="a", source="src", source_path="/srv/a", targets=[("t1", "/a")])
-    second = fleet.create_mapping(name="b", source="src", source_path="/srv/b", targets=[("t1", "/b")])
+    first = fleet.create_mapping(
+        name="a", source="src", source_path="/srv/a", targets=[("t1", "/a")]
+    )
+    second = fleet.create_mapping(
+        name="b", source="src", source_path="/srv/b", targets=[("t1", "/b")]
+    )
     fleet.delete_mapping(second.id)
     fleet.delete_mapping(first.id)
-    third = fleet.create_mapping(name="c", source="src", source_path="/srv/c", targets=[("t1", "/c")])
+    third = fleet.create_mapping(
+        name="c", source="src", source_path="/srv/c", targets=[("t1", "/c")]
+    )
     assert third.id > second.id > first.id
 
 
 # --- Folder rules: a target is made identical to its source, erasing what the source lacks ---
 
 
-@pytest.mark.parametrize("path", ["/", "//", "/etc", "/etc/", "//etc", "/usr", "/boot", "/boot/grub",
-                                  "/var", "/var/lib", "/proc/1", "/sys", "/dev/shm", "/run"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "//",
+        "/etc",
+        "/etc/",
+        "//etc",
+        "/usr",
+        "/boot",
+        "/boot/grub",
+        "/var",
+        "/var/lib",
+        "/proc/1",
+        "/sys",
+        "/dev/shm",
+        "/run",
+    ],
+)
 @pytest.mark.parametrize("role", ["source", "target"])
 def test_system_folders_are_refused(fleet: Store, path: str, role: str) -> None:
     args = {"source_path": path} if role == "source" else {"targets": [("t1", path)]}
-    with pytest.raises(ConfigError, match=f"{role} folder .* is (a system folder|in the system tree)"):
-        fleet.create_mapping(**{"name": "m", "source": "src", "source_path": "/srv", "targets": [("t1", "/dst")],
-                                **args})
+    with pytest.raises(
+        ConfigError, match=f"{role} folder .* is (a system folder|in the system tree)"
+    ):
+        fleet.create_mapping(
+            **{
+                "name": "m",
+                "source": "src",
+                "source_path": "/srv",
+                "targets": [("t1", "/dst")],
+                **args,
+            }
+        )
     assert fleet.list_mappings() == [] and fleet.epoch() == 0
 
 
-@pytest.mark.parametrize("path", ["/etc/nginx/sites", "/usr/local/www", "/var/www", "/srv", "/home/web"])
+@pytest.mark.parametrize(
+    "path", ["/etc/nginx/sites", "/usr/local/www", "/var/www", "/srv", "/home/web"]
+)
 def test_folders_below_system_folders_are_allowed(fleet: Store, path: str) -> None:
     fleet.create_mapping(name="m", source="src", source_path="/data/site", targets=[("t1", path)])
 
 
-@pytest.mark.parametrize(("source_path", "target_path"), [
-    ("/srv/docs", "/srv/docs/mirror"),  # the copy lands in the watched tree: it replicates itself
-    ("/srv/docs", "/srv"),  # the target's comparison erases /srv/* but the source's own names
-])
+@pytest.mark.parametrize(
+    ("source_path", "target_path"),
+    [
+        (
+            "/srv/docs",
+            "/srv/docs/mirror",
+        ),  # the copy lands in the watched tree: it replicates itself
+        ("/srv/docs", "/srv"),  # the target's comparison erases /srv/* but the source's own names
+    ],
+)
 def test_one_server_source_and_target_that_contain_each_other_are_refused(
-        fleet: Store, source_path: str, target_path: str) -> None:
+    fleet: Store, source_path: str, target_path: str
+) -> None:
     with pytest.raises(ConfigError, match="on one server and contain each other"):
-        fleet.create_mapping(name="m", source="src", source_path=source_path, targets=[("src", target_path)])
+        fleet.create_mapping(
+            name="m", source="src", source_path=source_path, targets=[("src", target_path)]
+        )
     assert fleet.list_mappings() == []
 
 
-@pytest.mark.parametrize(("first", "second"), [
-    # (server, path, role) of an existing mapping, then of the new one: every pair with a target
-    (("t1", "/srv/www", "target"), ("t1", "/srv", "target")),
-    (("t1", "/srv", "target"), ("t1", "/srv/www", "target")),
-    (("t1", "/srv/www", "target"), ("t1", "/srv/www", "target")),  # two sources fighting over one tree
-    (("t1", "/srv/www", "target"), ("t1", "/srv/www/assets", "source")),
-    (("t1", "/srv/www", "target"), ("t1", "/srv", "source")),
-    (("t1", "/srv/www", "target"), ("t1", "/srv/www", "source")),  # a chain: use a relay route instead
-    (("t1", "/srv/www", "source"), ("t1", "/srv", "target")),  # would erase the other mapping's source
-    (("t1", "/srv/www", "source"), ("t1", "/srv/www/copy", "target")),
-])
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # (server, path, role) of an existing mapping, then of the new one: every pair with a target
+        (("t1", "/srv/www", "target"), ("t1", "/srv", "target")),
+        (("t1", "/srv", "target"), ("t1", "/srv/www", "target")),
+        (
+            ("t1", "/srv/www", "target"),
+            ("t1", "/srv/www", "target"),
+        ),  # two sources fighting over one tree
+        (("t1", "/srv/www", "target"), ("t1", "/srv/www/assets", "source")),
+        (("t1", "/srv/www", "target"), ("t1", "/srv", "source")),
+        (
+            ("t1", "/srv/www", "target"),
+            ("t1", "/srv/www", "source"),
+        ),  # a chain: use a relay route instead
+        (
+            ("t1", "/srv/www", "source"),
+            ("t1", "/srv", "target"),
+        ),  # would erase the other mapping's source
+        (("t1", "/srv/www", "source"), ("t1", "/srv/www/copy", "target")),
+    ],
+)
 def test_folders_of_two_mappings_that_contain_each_other_on_one_server_are_refused(
-        fleet: Store, first: tuple[str, str, str], second: tuple[str, str, str]) -> None:
+    fleet: Store, first: tuple[str, str, str], second: tuple[str, str, str]
+) -> None:
     def mapping(name: str, server: str, path: str, role: str) -> dict:
         if role == "source":
-            return {"name": name, "source": server, "source_path": path, "targets": [("other", f"/{name}")]}
-        return {"name": name, "source": "other", "source_path": f"/{name}", "targets": [(server, path)]}
+            return {
+                "name": name,
+                "source": server,
+                "source_path": path,
+                "targets": [("other", f"/{name}")],
+            }
+        return {
+            "name": name,
+            "source": "other",
+            "source_path": f"/{name}",
+            "targets": [(server, path)],
+        }
 
     fleet.create_mapping(**mapping("old", *first))
-    with pytest.raises(ConfigError, match=r"of mapping 'new' and the \w+ folder /srv\S* of mapping 'old' "
-                                          r"are on one server and contain each other"):
+    with pytest.raises(
+        ConfigError,
+        match=r"of mapping 'new' and the \w+ folder /srv\S* of mapping 'old' "
+        r"are on one server and contain each other",
+    ):
         fleet.create_mapping(**mapping("new", *second))
     # ...and the same through an update of a mapping that did not clash before
     fleet.create_mapping(**mapping("new", "t2", second[1], second[2]))
-    fields = ({"source": second[0], "source_path": second[1]} if second[2] == "source"
-              else {"targets": [(second[0], second[1])]})
+    fields = (
+        {"source": second[0], "source_path": second[1]}
+        if second[2] == "source"
+        else {"targets": [(second[0], second[1])]}
+    )
     with pytest.raises(ConfigError, match="contain each other"):
         fleet.update_mapping("new", **fields)
 
 
 def test_sources_may_nest_and_other_servers_may_use_any_folder(fleet: Store) -> None:
-    fleet.create_mapping(name="all", source="src", source_path="/srv", targets=[("t1", "/mirror/all")])
-    fleet.create_mapping(name="www", source="src", source_path="/srv/www", targets=[("t1", "/mirror/www")])
-    fleet.create_mapping(name="back", source="t2", source_path="/srv", targets=[("src", "/backup/t2")])
-    fleet.create_mapping(name="same", source="t2", source_path="/mirror", targets=[("other", "/mirror")])
+    fleet.create_mapping(
+        name="all", source="src", source_path="/srv", targets=[("t1", "/mirror/all")]
+    )
+    fleet.create_mapping(
+        name="www", source="src", source_path="/srv/www", targets=[("t1", "/mirror/www")]
+    )
+    fleet.create_mapping(
+        name="back", source="t2", source_path="/srv", targets=[("src", "/backup/t2")]
+    )
+    fleet.create_mapping(
+        name="same", source="t2", source_path="/mirror", targets=[("other", "/mirror")]
+    )
     assert len(fleet.list_mappings()) == 4
 
 
 def test_members_of_one_nm_job_share_their_target_folder(fleet: Store) -> None:
-    job = fleet.nm_jobs.create(name="dc", sources=[("src", "/a"), ("t2", "/b")], targets=[("t1", "/union")])
+    job = fleet.nm_jobs.create(
+        name="dc", sources=[("src", "/a"), ("t2", "/b")], targets=[("t1", "/union")]
+    )
     members = fleet.nm_jobs.get(job.id).members
     for member in members:  # an update of one member keeps the folder it shares
         fleet.update_mapping(member.mapping_id, exclude=["~$"])
     with pytest.raises(ConfigError, match="contain each other"):  # a second job may not write there
         fleet.nm_jobs.create(name="dc2", sources=[("src", "/c")], targets=[("t1", "/union")])
     with pytest.raises(ConfigError, match="contain each other"):  # nor a plain mapping
-        fleet.create_mapping(name="m", source="other", source_path="/c", targets=[("t1", "/union/c")])
+        fleet.create_mapping(
+            name="m", source="other", source_path="/c", targets=[("t1", "/union/c")]
+        )
 
 
 def test_a_mapping_stored_before_the_rules_can_still_be_changed_but_not_moved_onto_bad_folders(
-        fleet: Store) -> None:
+    fleet: Store,
+) -> None:
     with fleet._write("a mapping from an older release") as session:
-        session.add(Mapping(id=1, name="old", source_node=A, source_path="/srv", include=[], exclude=[],
-                            durability="safe", enabled=True, created_at=0.0, updated_at=0.0))
+        session.add(
+            Mapping(
+                id=1,
+                name="old",
+                source_node=A,
+                source_path="/srv",
+                include=[],
+                exclude=[],
+                durability="safe",
+                enabled=True,
+                created_at=0.0,
+                updated_at=0.0,
+            )
+        )
         session.flush()
         session.add(MappingTarget(mapping_id=1, node_id=B, path="/etc"))
     assert fleet.update_mapping("old", enabled=False).enabled is False  # it can be stopped

@@ -62,7 +62,9 @@ def test_mode_rules(mapped: tuple[Store, int]) -> None:
         store.modes.set_mode(mapping_id, "manual", "every:5")
 
 
-def test_transfer_override_reaches_the_assignment_and_survives_other_settings(mapped: tuple[Store, int]) -> None:
+def test_transfer_override_reaches_the_assignment_and_survives_other_settings(
+    mapped: tuple[Store, int],
+) -> None:
     store, mapping_id = mapped
     assert store.modes.get_transfer(mapping_id) is None
     (spec,) = store.assignment_for("srcsrcsrcsrcsrcsrcsrcsrc").mappings

@@ -19,8 +19,12 @@ def fleet(store: Store) -> Store:
 
 
 def _create(store: Store, name: str = "dc1") -> int:
-    job = store.nm_jobs.create(name=name, sources=[("src1", "/a"), ("src2", "/b")],
-                               targets=[("t1", "/x"), ("t2", "/y")], include=[r"\.html$"])
+    job = store.nm_jobs.create(
+        name=name,
+        sources=[("src1", "/a"), ("src2", "/b")],
+        targets=[("t1", "/x"), ("t2", "/y")],
+        include=[r"\.html$"],
+    )
     return job.id
 
 
@@ -48,18 +52,25 @@ def test_delete_removes_the_member_mappings(fleet: Store) -> None:
     _create(fleet)  # the names are free again
 
 
-@pytest.mark.parametrize(("sources", "targets", "match"), [
-    ([], [("t1", "/x")], "at least one source"),
-    ([("src1", "/a")], [], "at least one source"),
-    ([("src1", "/a"), ("t1", "/b")], [("t1", "/x")], "both a source and a target"),
-    ([("src1", "/a"), ("src1", "/b")], [("t1", "/x")], "twice"),
-    ([("src1", "relative")], [("t1", "/x")], "absolute"),
-])
-def test_bad_jobs_are_refused_and_change_nothing(fleet: Store, sources: list, targets: list, match: str) -> None:
+@pytest.mark.parametrize(
+    ("sources", "targets", "match"),
+    [
+        ([], [("t1", "/x")], "at least one source"),
+        ([("src1", "/a")], [], "at least one source"),
+        ([("src1", "/a"), ("t1", "/b")], [("t1", "/x")], "both a source and a target"),
+        ([("src1", "/a"), ("src1", "/b")], [("t1", "/x")], "twice"),
+        ([("src1", "relative")], [("t1", "/x")], "absolute"),
+    ],
+)
+def test_bad_jobs_are_refused_and_change_nothing(
+    fleet: Store, sources: list, targets: list, match: str
+) -> None:
     epoch = fleet.epoch()
     with pytest.raises(ConfigError, match=match):
         fleet.nm_jobs.create(name="bad", sources=sources, targets=targets)
-    assert fleet.list_mappings() == [] and fleet.nm_jobs.list_jobs() == [] and fleet.epoch() == epoch
+    assert (
+        fleet.list_mappings() == [] and fleet.nm_jobs.list_jobs() == [] and fleet.epoch() == epoch
+    )
 
 
 def test_bad_names_and_unknown_servers(fleet: Store) -> None:
@@ -76,21 +87,50 @@ def test_bad_names_and_unknown_servers(fleet: Store) -> None:
 def test_conflicts_are_recorded_once_with_winner_and_loser(fleet: Store) -> None:
     job = fleet.nm_jobs.get(_create(fleet))
     m1, m2 = job.members
-    lost = CommitRecord(seq=3, op="write", path="x", committed_at=1000.5, conflict="older",
-                        conflict_with=NODES["src2"])
-    won = CommitRecord(seq=4, op="write", path="y", committed_at=1001.0, conflict="newer",
-                       conflict_with=NODES["src1"])
+    lost = CommitRecord(
+        seq=3,
+        op="write",
+        path="x",
+        committed_at=1000.5,
+        conflict="older",
+        conflict_with=NODES["src2"],
+    )
+    won = CommitRecord(
+        seq=4,
+        op="write",
+        path="y",
+        committed_at=1001.0,
+        conflict="newer",
+        conflict_with=NODES["src1"],
+    )
     reports = [
-        CommitReport(mapping_id=m1.mapping_id, source_node=NODES["src1"], target_node=NODES["t1"],
-                     watermark=3, records=(lost, CommitRecord(seq=2, op="write", path="plain"))),
-        CommitReport(mapping_id=m2.mapping_id, source_node=NODES["src2"], target_node=NODES["t2"],
-                     watermark=4, records=(won,)),
+        CommitReport(
+            mapping_id=m1.mapping_id,
+            source_node=NODES["src1"],
+            target_node=NODES["t1"],
+            watermark=3,
+            records=(lost, CommitRecord(seq=2, op="write", path="plain")),
+        ),
+        CommitReport(
+            mapping_id=m2.mapping_id,
+            source_node=NODES["src2"],
+            target_node=NODES["t2"],
+            watermark=4,
+            records=(won,),
+        ),
     ]
     fleet.record_commit_reports(reports)
     out = fleet.nm_jobs.record_conflicts(reports)
     assert {(c.path, c.winner_node, c.loser_node) for c in out} == {
-        ("x", NODES["src2"], NODES["src1"]), ("y", NODES["src2"], NODES["src1"])}
+        ("x", NODES["src2"], NODES["src1"]),
+        ("y", NODES["src2"], NODES["src1"]),
+    }
     fleet.nm_jobs.record_conflicts(reports)  # a repeated report adds nothing
     kept = fleet.nm_jobs.conflicts("dc1")
-    assert [(c.path, c.reason, c.job) for c in kept] == [("y", "newer", "dc1"), ("x", "older", "dc1")]
-    assert len(fleet.job_log(mapping_id=m1.mapping_id)) == 2  # the job log has its change rows as usual
+    assert [(c.path, c.reason, c.job) for c in kept] == [
+        ("y", "newer", "dc1"),
+        ("x", "older", "dc1"),
+    ]
+    assert (
+        len(fleet.job_log(mapping_id=m1.mapping_id)) == 2
+    )  # the job log has its change rows as usual

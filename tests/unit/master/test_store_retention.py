@@ -15,13 +15,25 @@ BASE = 1_700_000_000.0  # the fake "now" every row is written at, plus some days
 
 
 def rec(seq: int, *, ok: bool = True) -> CommitRecord:
-    return CommitRecord(seq=seq, op="write", path=f"f{seq}", size=10, wire_bytes=10, ok=ok,
-                        error="" if ok else "disk full", duration_ms=1.0, committed_at=BASE)
+    return CommitRecord(
+        seq=seq,
+        op="write",
+        path=f"f{seq}",
+        size=10,
+        wire_bytes=10,
+        ok=ok,
+        error="" if ok else "disk full",
+        duration_ms=1.0,
+        committed_at=BASE,
+    )
 
 
-def record_at(store: Store, at: float, mid: int, target: str, watermark: int, *records: CommitRecord) -> None:
-    report = CommitReport(mapping_id=mid, source_node=SRC, target_node=target, watermark=watermark,
-                          records=records)
+def record_at(
+    store: Store, at: float, mid: int, target: str, watermark: int, *records: CommitRecord
+) -> None:
+    report = CommitReport(
+        mapping_id=mid, source_node=SRC, target_node=target, watermark=watermark, records=records
+    )
     with store._write("test report") as session:
         _joblog.record(session, [report], at)
 
@@ -43,11 +55,17 @@ def history(store: Store) -> tuple[int, int, int]:
     """Two mappings' job log written over 50 fake days; returns (mapping one, two, running job id)."""
     for node, name in ((SRC, "src"), (T1, "t1"), (T2, "t2")):
         store.upsert_server(node_id=node, name=name, region="", group="", address=f"{name}:1")
-    one = store.create_mapping(name="one", source="src", source_path="/a", targets=[("t1", "/b"), ("t2", "/c")]).id
-    two = store.create_mapping(name="two", source="src", source_path="/d", targets=[("t1", "/e")]).id
+    one = store.create_mapping(
+        name="one", source="src", source_path="/a", targets=[("t1", "/b"), ("t2", "/c")]
+    ).id
+    two = store.create_mapping(
+        name="two", source="src", source_path="/d", targets=[("t1", "/e")]
+    ).id
     record_at(store, BASE, one, T1, 3, rec(1), rec(2), rec(3))
     record_at(store, BASE, one, T2, 1, rec(1), rec(2, ok=False), rec(3, ok=False))  # two exceptions
-    record_at(store, BASE + 10 * DAY_S, one, T2, 2, rec(2))  # resolves the first, the other stays open
+    record_at(
+        store, BASE + 10 * DAY_S, one, T2, 2, rec(2)
+    )  # resolves the first, the other stays open
     record_at(store, BASE + 50 * DAY_S, one, T1, 4, rec(4))
     record_at(store, BASE, two, T1, 1, rec(1))  # mapping two's only change: never pruned
     done = store.routing.start_recovery(one, T2, "at_once", BASE)
@@ -58,8 +76,12 @@ def history(store: Store) -> tuple[int, int, int]:
 
 def test_fresh_store_has_the_defaults(store: Store) -> None:
     got = store.retention.get()
-    assert {k: got.days(k) for k in DEFAULT_DAYS} == {"changes": 30, "advances": 90, "exceptions": 90,
-                                                       "recovery_jobs": 90}
+    assert {k: got.days(k) for k in DEFAULT_DAYS} == {
+        "changes": 30,
+        "advances": 90,
+        "exceptions": 90,
+        "recovery_jobs": 90,
+    }
     assert got.updated_at is None and got.last_pruned_at is None and got.last_pruned == {}
 
 
@@ -70,8 +92,17 @@ def test_set_changes_only_the_kinds_given(store: Store) -> None:
     assert store.retention.get() == got and got.updated_at is not None
 
 
-@pytest.mark.parametrize("bad", [{"changes": -1}, {"changes": MAX_DAYS + 1}, {"changes": 1.5},
-                                 {"changes": True}, {"changes": "7"}, {"metrics": 3}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"changes": -1},
+        {"changes": MAX_DAYS + 1},
+        {"changes": 1.5},
+        {"changes": True},
+        {"changes": "7"},
+        {"metrics": 3},
+    ],
+)
 def test_bad_settings_change_nothing(store: Store, bad: dict[str, object]) -> None:
     store.retention.set({"advances": 5})
     with pytest.raises(ConfigError):
@@ -80,7 +111,8 @@ def test_bad_settings_change_nothing(store: Store, bad: dict[str, object]) -> No
 
 
 def test_prune_by_age_keeps_open_exceptions_running_jobs_watermarks_and_each_newest_change(
-        store: Store, history: tuple[int, int, int]) -> None:
+    store: Store, history: tuple[int, int, int]
+) -> None:
     one, two, running = history
     assert count(store, "changes") == 5 and count(store, "watermark_advances") == 5
     # Day 45: change rows older than 30 days go (seqs 1-3 of mapping one); the rest is younger
@@ -100,7 +132,10 @@ def test_prune_by_age_keeps_open_exceptions_running_jobs_watermarks_and_each_new
     assert [j.id for j in store.routing.running_recoveries()] == [running]
     assert {(w.target, w.seq) for w in store.watermarks(one)} == {(T1, 4), (T2, 2)}
     # the newest change row is where the head comes from: the lag stays right after a prune
-    assert {(s.target, s.highest_seq, s.lag) for s in store.mapping_status(one)} == {(T1, 4, 0), (T2, 4, 2)}
+    assert {(s.target, s.highest_seq, s.lag) for s in store.mapping_status(one)} == {
+        (T1, 4, 0),
+        (T2, 4, 2),
+    }
     got = store.retention.get()
     assert got.last_pruned_at == BASE + 200 * DAY_S and got.last_pruned["advances"] == 5
 

@@ -187,7 +187,9 @@ def test_a_deleted_server_is_revoked_and_its_name_joins_again(store: Store, stor
         store.upsert_server(node_id=A, name="web-1", region="", group="", address="")
     with pytest.raises(NotFound):
         store.get_server(A)
-    store.upsert_server(node_id=B, name="web-1", region="", group="", address="")  # re-added: a new key
+    store.upsert_server(
+        node_id=B, name="web-1", region="", group="", address=""
+    )  # re-added: a new key
     assert store.register_server(B, region="eu", group="g", address="10.0.0.2:7001").state == "up"
     reopened = Store(store_url)  # the revocation is durable
     try:
@@ -201,7 +203,12 @@ def test_register_updates_a_joined_server_and_keeps_its_name(store: Store) -> No
     epoch = store.epoch()
     info = store.register_server(A, region="eu", group="g1", address="10.0.0.1:7001")
     assert (info.name, info.region, info.group, info.address, info.state) == (
-        "web-1", "eu", "g1", "10.0.0.1:7001", "up")
+        "web-1",
+        "eu",
+        "g1",
+        "10.0.0.1:7001",
+        "up",
+    )
     assert info.last_seen is not None
     assert store.epoch() == epoch + 1  # peers address it by its address
     store.register_server(A, region="eu", group="g1", address="10.0.0.1:7001")
@@ -220,6 +227,11 @@ def test_register_refuses_a_node_that_never_joined(store: Store) -> None:
 def test_mapping_members(store: Store) -> None:
     for node, name in ((A, "a"), (B, "b"), ("c" * 64, "c")):
         store.upsert_server(node_id=node, name=name, region="", group="", address="")
-    m = store.create_mapping(name="m", source="a", source_path="/x", targets=[("b", "/y"), ("c", "/z")])
+    m = store.create_mapping(
+        name="m", source="a", source_path="/x", targets=[("b", "/y"), ("c", "/z")]
+    )
     n = store.create_mapping(name="n", source="b", source_path="/x", targets=[("a", "/y")])
-    assert store.mapping_members() == {m.id: (A, frozenset({B, "c" * 64})), n.id: (B, frozenset({A}))}
+    assert store.mapping_members() == {
+        m.id: (A, frozenset({B, "c" * 64})),
+        n.id: (B, frozenset({A})),
+    }

@@ -18,8 +18,14 @@ from relaysync.monitor.types import ThresholdRule
 
 
 def _rule(**kw: object) -> ThresholdRule:
-    base: dict[str, object] = {"id": 1, "scope": "all", "target": "", "metric": "cpu_percent",
-                               "operator": ">", "value": 80.0}
+    base: dict[str, object] = {
+        "id": 1,
+        "scope": "all",
+        "target": "",
+        "metric": "cpu_percent",
+        "operator": ">",
+        "value": 80.0,
+    }
     base.update(kw)
     return ThresholdRule(**base)  # type: ignore[arg-type]
 
@@ -44,19 +50,23 @@ def test_a_blip_shorter_than_for_s_does_not_fire() -> None:
     assert c.update(bad=True, clear=False, now=9.0) is Transition.FIRE
 
 
-@pytest.mark.parametrize(("op", "value", "limit", "hyst", "bad", "clear"), [
-    (">", 85, 80, 5, True, False),
-    (">", 78, 80, 5, False, False),  # inside the band: neither fires nor resolves
-    (">", 75, 80, 5, False, True),
-    (">=", 80, 80, 0, True, False),
-    ("<", 5, 10, 2, True, False),
-    ("<", 11, 10, 2, False, False),
-    ("<", 12, 10, 2, False, True),
-    ("==", 0, 0, 0, True, False),
-    ("!=", 1, 0, 0, True, False),
-])
-def test_operators_and_hysteresis(op: str, value: float, limit: float, hyst: float,
-                                  bad: bool, clear: bool) -> None:
+@pytest.mark.parametrize(
+    ("op", "value", "limit", "hyst", "bad", "clear"),
+    [
+        (">", 85, 80, 5, True, False),
+        (">", 78, 80, 5, False, False),  # inside the band: neither fires nor resolves
+        (">", 75, 80, 5, False, True),
+        (">=", 80, 80, 0, True, False),
+        ("<", 5, 10, 2, True, False),
+        ("<", 11, 10, 2, False, False),
+        ("<", 12, 10, 2, False, True),
+        ("==", 0, 0, 0, True, False),
+        ("!=", 1, 0, 0, True, False),
+    ],
+)
+def test_operators_and_hysteresis(
+    op: str, value: float, limit: float, hyst: float, bad: bool, clear: bool
+) -> None:
     assert breached(op, value, limit) is bad  # type: ignore[arg-type]
     assert cleared(op, value, limit, hyst) is clear  # type: ignore[arg-type]
 
@@ -66,14 +76,22 @@ def test_hysteresis_keeps_an_alert_firing_inside_the_band() -> None:
     conds = Conditions()
     seq = [(90, Transition.FIRE), (79, None), (75, None), (71, None), (70, Transition.RESOLVE)]
     for i, (v, want) in enumerate(seq):
-        got = conds.update("k", for_s=0, bad=breached(">", v, rule.value),
-                           clear=cleared(">", v, rule.value, rule.hysteresis), now=float(i))
+        got = conds.update(
+            "k",
+            for_s=0,
+            bad=breached(">", v, rule.value),
+            clear=cleared(">", v, rule.value, rule.hysteresis),
+            now=float(i),
+        )
         assert got is want, (v, got)
 
 
 def test_worst_of_labelled_series() -> None:
-    samples = [sample("disk_used_percent", 40, path="/a"), sample("disk_used_percent", 95, path="/b"),
-               sample("cpu_percent", 10)]
+    samples = [
+        sample("disk_used_percent", 40, path="/a"),
+        sample("disk_used_percent", 95, path="/b"),
+        sample("cpu_percent", 10),
+    ]
     assert value_for(_rule(metric="disk_used_percent"), samples) == 95
     assert value_for(_rule(metric="disk_used_percent", operator="<"), samples) == 40
     assert value_for(_rule(metric="absent"), samples) is None

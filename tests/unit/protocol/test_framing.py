@@ -148,7 +148,9 @@ def test_frames_split_across_reads() -> None:
 def test_frames_larger_than_the_buffer_arrive_whole(piece: int) -> None:
     async def main() -> None:
         protocol, _ = _protocol()
-        chunks = [FileChunk(seq=1, offset=i, data=bytes([i % 251]) * (1024 * 1024 - i)) for i in range(5)]
+        chunks = [
+            FileChunk(seq=1, offset=i, data=bytes([i % 251]) * (1024 * 1024 - i)) for i in range(5)
+        ]
         _feed(protocol, b"".join(encode_frame(c) for c in chunks), piece)
         for chunk in chunks:
             message, size = await protocol.next_message()
@@ -212,7 +214,9 @@ def test_decoded_messages_waiting_for_the_consumer_stay_near_the_pause_bound() -
         return _held_bytes([m for m, _, _ in protocol._ready])  # type: ignore[misc]
 
     held = anyio.run(main)
-    assert held < 2 * PAUSE_READING_BYTES, f"{held / 2**20:.0f} MiB of objects held for one connection"
+    assert held < 2 * PAUSE_READING_BYTES, (
+        f"{held / 2**20:.0f} MiB of objects held for one connection"
+    )
 
 
 def test_one_read_of_many_small_frames_decodes_up_to_the_bound_and_delivers_them_all() -> None:
@@ -253,18 +257,51 @@ def test_good_frames_left_undecoded_before_a_bad_one_are_delivered_first() -> No
     anyio.run(main)
 
 
-@pytest.mark.parametrize("message", [
-    Erase(seq=1, path="", keep=("a",) * (MAX_ERASE_KEEP + 1)),
-    Ack(mapping_id=1, watermark=1, subtree=(NodeMark(node_id="", watermark=0),) * (MAX_SUBTREE_NODES + 1)),
-    MappingState(mapping_id=1, watermark=0, root_hash=b"",
-                 partials=(Partial(path="p", hash=b"", size=0),) * (MAX_PARTIALS + 1)),
-    CommitReport(mapping_id=1, source_node="s", target_node="t", watermark=0,
-                 records=(CommitRecord(seq=0, op="", path=""),) * (MAX_REPORT_RECORDS + 1)),
-    DigestReply(mapping_id=1, listings=(DirListing(
-        path="", entries=(DirEntry(name="", kind="f", hash=b""),) * (MAX_LISTING_ENTRIES + 1)),)),
-    DigestReply(mapping_id=1, listings=(DirListing(
-        path="", entries=(DirEntry(name="", kind="f", hash=b""),) * (MAX_LISTING_ENTRIES // 2 + 1)),) * 2),
-], ids=["erase", "ack", "state", "report", "listing", "reply"])
+@pytest.mark.parametrize(
+    "message",
+    [
+        Erase(seq=1, path="", keep=("a",) * (MAX_ERASE_KEEP + 1)),
+        Ack(
+            mapping_id=1,
+            watermark=1,
+            subtree=(NodeMark(node_id="", watermark=0),) * (MAX_SUBTREE_NODES + 1),
+        ),
+        MappingState(
+            mapping_id=1,
+            watermark=0,
+            root_hash=b"",
+            partials=(Partial(path="p", hash=b"", size=0),) * (MAX_PARTIALS + 1),
+        ),
+        CommitReport(
+            mapping_id=1,
+            source_node="s",
+            target_node="t",
+            watermark=0,
+            records=(CommitRecord(seq=0, op="", path=""),) * (MAX_REPORT_RECORDS + 1),
+        ),
+        DigestReply(
+            mapping_id=1,
+            listings=(
+                DirListing(
+                    path="",
+                    entries=(DirEntry(name="", kind="f", hash=b""),) * (MAX_LISTING_ENTRIES + 1),
+                ),
+            ),
+        ),
+        DigestReply(
+            mapping_id=1,
+            listings=(
+                DirListing(
+                    path="",
+                    entries=(DirEntry(name="", kind="f", hash=b""),)
+                    * (MAX_LISTING_ENTRIES // 2 + 1),
+                ),
+            )
+            * 2,
+        ),
+    ],
+    ids=["erase", "ack", "state", "report", "listing", "reply"],
+)
 def test_collections_longer_than_any_honest_sender_makes_are_refused(message: AnyMessage) -> None:
     with pytest.raises(ProtocolError):
         decode_payload(encode_frame(message)[4:])
@@ -286,7 +323,9 @@ def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
 @pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
 def test_many_chunks_over_a_real_socket(use_uvloop: bool, use_tls: bool) -> None:
     """send_many on one side, receive on the other, across a loopback socket: in order, intact."""
-    chunks = [FileChunk(seq=2, offset=i * 1_048_576, data=bytes([i]) * 1_048_576) for i in range(48)]
+    chunks = [
+        FileChunk(seq=2, offset=i * 1_048_576, data=bytes([i]) * 1_048_576) for i in range(48)
+    ]
     server_ctx, client_ctx = _tls_contexts() if use_tls else (None, None)
 
     async def main() -> None:
@@ -331,8 +370,11 @@ def test_change_time_is_optional_on_the_wire_and_checked() -> None:
     assert decode_payload(encode_frame(m)[4:]) == m
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ProtocolError, match="changed_at"):
-            decode_payload(encode_frame(FileStart(seq=1, path="a", size=0, mode=0, mtime_ns=0,
-                                                  changed_at=bad))[4:])
+            decode_payload(
+                encode_frame(
+                    FileStart(seq=1, path="a", size=0, mode=0, mtime_ns=0, changed_at=bad)
+                )[4:]
+            )
 
 
 def test_every_sender_waiting_on_a_full_buffer_is_woken() -> None:

@@ -84,27 +84,40 @@ def test_a_peer_of_another_version_answering_raises_a_clear_error() -> None:
 
 @pytest.mark.parametrize("announced", [CAPABILITIES, ()], ids=["this release", "an older release"])
 def test_capabilities_are_exchanged_and_an_older_release_announcing_none_is_accepted(
-        announced: tuple[str, ...]) -> None:
+    announced: tuple[str, ...],
+) -> None:
     """An older release of the same protocol version sends a Hello without capabilities: it is
     accepted, and its peer learns it must not send it SmallFile."""
     seen_by_client: list[Hello] = []
 
     async def server(framed: FramedStream) -> Hello:
-        return await server_hello(framed, node_id="b" * 64, name="t1", role="agent", capabilities=announced)
+        return await server_hello(
+            framed, node_id="b" * 64, name="t1", role="agent", capabilities=announced
+        )
 
     async def client(framed: FramedStream) -> None:
         seen_by_client.append(await client_hello(framed, node_id="a" * 64, name="src"))
 
     [client_seen_by_server] = anyio.run(_with_server, server, client)
-    assert isinstance(client_seen_by_server, Hello) and client_seen_by_server.capabilities == CAPABILITIES
+    assert (
+        isinstance(client_seen_by_server, Hello)
+        and client_seen_by_server.capabilities == CAPABILITIES
+    )
     assert seen_by_client[0].capabilities == announced
     assert (CAP_SMALL_FILE in seen_by_client[0].capabilities) == bool(announced)
 
 
-@pytest.mark.parametrize(("setting", "announced"), [
-    ("*", CAPABILITIES), ("", ()), (" small_file ", (CAP_SMALL_FILE,)),
-])
-def test_announced_capabilities_from_the_configuration(setting: str, announced: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("setting", "announced"),
+    [
+        ("*", CAPABILITIES),
+        ("", ()),
+        (" small_file ", (CAP_SMALL_FILE,)),
+    ],
+)
+def test_announced_capabilities_from_the_configuration(
+    setting: str, announced: tuple[str, ...]
+) -> None:
     assert announced_capabilities(setting) == announced
 
 
@@ -116,10 +129,21 @@ def test_an_unknown_capability_in_the_configuration_is_refused_with_what_exists(
 def test_a_hello_with_too_many_or_too_long_capabilities_is_refused() -> None:
     from relaysync.constants import MAX_CAPABILITIES
     from relaysync.errors import ProtocolError
+
     for caps in (("x",) * (MAX_CAPABILITIES + 1), ("x" * 65,)):
         with pytest.raises(ProtocolError, match="capabilities"):
-            Hello(protocol_version=PROTOCOL_VERSION, node_id="a" * 64, name="n", role="agent",
-                  capabilities=caps).validate()
+            Hello(
+                protocol_version=PROTOCOL_VERSION,
+                node_id="a" * 64,
+                name="n",
+                role="agent",
+                capabilities=caps,
+            ).validate()
     # a newer release's capability this one does not know is simply not used
-    Hello(protocol_version=PROTOCOL_VERSION, node_id="a" * 64, name="n", role="agent",
-          capabilities=(*CAPABILITIES, "some_future_kind")).validate()
+    Hello(
+        protocol_version=PROTOCOL_VERSION,
+        node_id="a" * 64,
+        name="n",
+        role="agent",
+        capabilities=(*CAPABILITIES, "some_future_kind"),
+    ).validate()

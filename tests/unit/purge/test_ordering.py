@@ -10,9 +10,18 @@ ORIGINS = frozenset({O1, O2})
 UP = {O1: "up", O2: "up"}
 
 
-def _observe(t: CommitTracker, target: str, seq: int, states: dict[str, str] = UP, now: float = 0.0):  # type: ignore[no-untyped-def]
-    return t.observe(site_id=1, origins=ORIGINS, source="s", target=target,
-                     records=[CommitRecord(seq=seq, op="write", path="a.txt")], states=states, now=now)
+def _observe(
+    t: CommitTracker, target: str, seq: int, states: dict[str, str] = UP, now: float = 0.0
+):  # type: ignore[no-untyped-def]
+    return t.observe(
+        site_id=1,
+        origins=ORIGINS,
+        source="s",
+        target=target,
+        records=[CommitRecord(seq=seq, op="write", path="a.txt")],
+        states=states,
+        now=now,
+    )
 
 
 def test_waits_for_every_origin() -> None:

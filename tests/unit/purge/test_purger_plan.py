@@ -24,10 +24,16 @@ def anyio_backend() -> str:
 
 
 def _site(store: Store, mapping: int | None, driver: str) -> SiteSpec:
-    return store.create_site(name=f"s-{driver}-{mapping}", provider="acme", mapping=mapping,
-                             root="", base_urls=["http://www.example.com"], path_prefix="/",
-                             caches=[{"name": "c1", "driver": driver, "address": "127.0.0.1:9"}],
-                             origins=[{"server": "o1"}] if mapping else [])
+    return store.create_site(
+        name=f"s-{driver}-{mapping}",
+        provider="acme",
+        mapping=mapping,
+        root="",
+        base_urls=["http://www.example.com"],
+        path_prefix="/",
+        caches=[{"name": "c1", "driver": driver, "address": "127.0.0.1:9"}],
+        origins=[{"server": "o1"}] if mapping else [],
+    )
 
 
 @pytest.fixture
@@ -45,12 +51,23 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def mapping(store: Store) -> int:
-    mapping = store.create_mapping(name="m", source="src", source_path="/src",
-                                   targets=[("o1", "/t1")])
-    store.record_commit_reports([CommitReport(
-        mapping_id=mapping.id, source_node=SOURCE, target_node=O1, watermark=2,
-        records=(CommitRecord(seq=1, op="write", path="a.html"),
-                 CommitRecord(seq=2, op="write", path="sub/b.html")))])
+    mapping = store.create_mapping(
+        name="m", source="src", source_path="/src", targets=[("o1", "/t1")]
+    )
+    store.record_commit_reports(
+        [
+            CommitReport(
+                mapping_id=mapping.id,
+                source_node=SOURCE,
+                target_node=O1,
+                watermark=2,
+                records=(
+                    CommitRecord(seq=1, op="write", path="a.html"),
+                    CommitRecord(seq=2, op="write", path="sub/b.html"),
+                ),
+            )
+        ]
+    )
     return mapping.id
 
 
@@ -59,8 +76,9 @@ async def test_prefix_of_a_subdirectory(store: Store, mapping: int) -> None:
 
 
 @pytest.mark.parametrize("prefix", ["", "/"])
-async def test_prefix_of_the_whole_site_is_every_known_path(store: Store, mapping: int,
-                                                            prefix: str) -> None:
+async def test_prefix_of_the_whole_site_is_every_known_path(
+    store: Store, mapping: int, prefix: str
+) -> None:
     """The site's root is the mapping's root: the prefix is empty (it was LIKE '/%')."""
     assert store.changed_paths_under(mapping, prefix) == ["a.html", "sub/b.html"]
     site = _site(store, mapping, "squid")
@@ -68,8 +86,9 @@ async def test_prefix_of_the_whole_site_is_every_known_path(store: Store, mappin
 
 
 @pytest.mark.parametrize("driver", ["nginx", "squid", "http"])
-async def test_prefix_on_a_listener_only_site_without_bans_is_refused(store: Store,
-                                                                      driver: str) -> None:
+async def test_prefix_on_a_listener_only_site_without_bans_is_refused(
+    store: Store, driver: str
+) -> None:
     site = _site(store, None, driver)
     with pytest.raises(PrefixNotExpandable, match="send each URL instead"):
         await Purger(store).submit_prefix(site, "docs")
@@ -86,6 +105,8 @@ async def test_prefix_on_a_listener_only_site_with_bans_is_a_ban(store: Store) -
 def test_other_url_forms_are_purged_alongside() -> None:
     items = url_items(1, "c1", ["http://h/a%20(1).jpg", "http://h/b.jpg"], "refresh")
     assert [(i.action, i.url) for i in items] == [
-        ("refresh", "http://h/a%20(1).jpg"), ("purge", "http://h/a%20%281%29.jpg"),
-        ("refresh", "http://h/b.jpg")]
+        ("refresh", "http://h/a%20(1).jpg"),
+        ("purge", "http://h/a%20%281%29.jpg"),
+        ("refresh", "http://h/b.jpg"),
+    ]
     assert [i.action for i in url_items(1, "c1", ["http://h/(d)/"], "ban")] == ["ban", "ban"]

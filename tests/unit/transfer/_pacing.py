@@ -55,9 +55,17 @@ class FakeFramed:
 def make_link(options: ops.SendOptions, root: Path, kind: type[TargetLink] = TargetLink) -> Any:
     """A link of mapping 1 (a TargetLink, or a RelayLink whose tree has committed everything,
     its manifest knowing no version) on `root`."""
-    source = SimpleNamespace(mapping_id=1, root=root, committed=10**9, manifest=SimpleNamespace(get=lambda path: None))
-    return kind(source, TargetAddress("n" * 64, "child", lambda: ""), None,  # type: ignore[arg-type]
-                node_id="m" * 64, name="me", options=options)
+    source = SimpleNamespace(
+        mapping_id=1, root=root, committed=10**9, manifest=SimpleNamespace(get=lambda path: None)
+    )
+    return kind(
+        source,
+        TargetAddress("n" * 64, "child", lambda: ""),
+        None,  # type: ignore[arg-type]
+        node_id="m" * 64,
+        name="me",
+        options=options,
+    )
 
 
 def session(link: TargetLink, framed: FakeFramed) -> _Session:

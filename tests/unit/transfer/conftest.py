@@ -15,5 +15,10 @@ def folder(tmp_path: Path) -> TargetFolder:
     """An empty target folder of mapping 1 fed by "src", durability fast (a module may override)."""
     root = tmp_path / "root"
     root.mkdir()
-    return TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "m.db"),
-                        durable=False)
+    return TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=root,
+        manifest=Manifest(tmp_path / "m.db"),
+        durable=False,
+    )

@@ -40,7 +40,9 @@ def at(day: int, hh: int, mm: int = 0) -> datetime:
     return MONDAY + timedelta(days=day, hours=hh, minutes=mm)
 
 
-def window(days: str = "", start: str = "08:00", end: str = "20:00", mbit: float = 50.0) -> BandwidthWindow:
+def window(
+    days: str = "", start: str = "08:00", end: str = "20:00", mbit: float = 50.0
+) -> BandwidthWindow:
     return BandwidthWindow(days=days, start=start, end=end, bandwidth_limit_mbit=mbit)
 
 
@@ -65,28 +67,35 @@ def test_window_past_midnight_belongs_to_the_day_it_starts() -> None:
     assert s.limit_mbit(at(4, 3)) == 100  # friday early morning: thursday had no window
 
 
-@pytest.mark.parametrize(("text", "days"), [
-    ("", set(range(7))),
-    ("*", set(range(7))),
-    ("mon-fri", {0, 1, 2, 3, 4}),
-    ("sat,sun", {5, 6}),
-    ("fri-mon", {4, 5, 6, 0}),  # a range wraps over the week's end
-    ("Mon, Wed-Thu", {0, 2, 3}),
-    ("sunday", {6}),
-])
+@pytest.mark.parametrize(
+    ("text", "days"),
+    [
+        ("", set(range(7))),
+        ("*", set(range(7))),
+        ("mon-fri", {0, 1, 2, 3, 4}),
+        ("sat,sun", {5, 6}),
+        ("fri-mon", {4, 5, 6, 0}),  # a range wraps over the week's end
+        ("Mon, Wed-Thu", {0, 2, 3}),
+        ("sunday", {6}),
+    ],
+)
 def test_day_specs(text: str, days: set[int]) -> None:
     assert parse_days(text) == days
 
 
 def test_first_matching_window_wins_overlaps_allowed() -> None:
-    s = BandwidthSchedule(5.0, [window("mon", "09:00", "10:00", 1), window("", "00:00", "24:00", 20)])
+    s = BandwidthSchedule(
+        5.0, [window("mon", "09:00", "10:00", 1), window("", "00:00", "24:00", 20)]
+    )
     assert s.limit_mbit(at(0, 9, 30)) == 1
     assert s.limit_mbit(at(0, 11)) == 20
     assert s.limit_mbit(at(3, 9, 30)) == 20
 
 
 def test_times_are_in_the_policy_timezone() -> None:
-    s = BandwidthSchedule(0.0, [window("mon-fri", "08:00", "20:00", 50)], timezone="Asia/Tokyo")  # UTC+9
+    s = BandwidthSchedule(
+        0.0, [window("mon-fri", "08:00", "20:00", 50)], timezone="Asia/Tokyo"
+    )  # UTC+9
     assert s.limit_mbit(at(0, 0)) == 50  # 09:00 monday in Tokyo
     assert s.limit_mbit(at(0, 11, 30)) == 0  # 20:30 in Tokyo
     assert s.limit_mbit(at(4, 23)) == 0  # 08:00 saturday in Tokyo (friday in UTC)
@@ -97,25 +106,42 @@ def test_times_are_in_the_policy_timezone() -> None:
     assert paris.limit_mbit(datetime(2026, 1, 7, 6, 30, tzinfo=UTC)) == 0
 
 
-@pytest.mark.parametrize(("windows", "timezone", "message"), [
-    ([window(start="8:60")], "", "window 1: window time '8:60' must be HH:MM"),
-    ([window(start="24:00")], "", "between 00:00 and 23:59"),
-    ([window(end="25:00")], "", "between 00:00 and 24:00"),
-    ([window(start="noon")], "", "must be HH:MM"),
-    ([window(), window(days="mon-frx")], "", "window 2: window days 'mon-frx': 'frx' is not a day"),
-    ([window(start="10:00", end="10:00")], "", "is empty (00:00-24:00 is a whole day)"),
-    ([window(mbit=-1)], "", "bandwidth limit must be >= 0"),
-    ([window()] * 25, "", "at most 24 bandwidth windows"),
-    ([window()], "Mars/Olympus_Mons", "timezone 'Mars/Olympus_Mons' is not an IANA name"),
-])
-def test_bad_windows_refused_clearly(windows: list[BandwidthWindow], timezone: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("windows", "timezone", "message"),
+    [
+        ([window(start="8:60")], "", "window 1: window time '8:60' must be HH:MM"),
+        ([window(start="24:00")], "", "between 00:00 and 23:59"),
+        ([window(end="25:00")], "", "between 00:00 and 24:00"),
+        ([window(start="noon")], "", "must be HH:MM"),
+        (
+            [window(), window(days="mon-frx")],
+            "",
+            "window 2: window days 'mon-frx': 'frx' is not a day",
+        ),
+        ([window(start="10:00", end="10:00")], "", "is empty (00:00-24:00 is a whole day)"),
+        ([window(mbit=-1)], "", "bandwidth limit must be >= 0"),
+        ([window()] * 25, "", "at most 24 bandwidth windows"),
+        ([window()], "Mars/Olympus_Mons", "timezone 'Mars/Olympus_Mons' is not an IANA name"),
+    ],
+)
+def test_bad_windows_refused_clearly(
+    windows: list[BandwidthWindow], timezone: str, message: str
+) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         BandwidthSchedule(0.0, windows, timezone)
 
 
 def test_rate_follows_the_clock_and_falls_back_to_the_agent_limit() -> None:
-    now = [at(0, 7, 59, )]
-    rate = BandwidthSchedule(0.0, [window("mon-fri", mbit=80)]).rate(fallback_mbit=400, now=lambda: now[0])
+    now = [
+        at(
+            0,
+            7,
+            59,
+        )
+    ]
+    rate = BandwidthSchedule(0.0, [window("mon-fri", mbit=80)]).rate(
+        fallback_mbit=400, now=lambda: now[0]
+    )
     assert rate() == mbit_to_bytes(400)  # no limit from the policy: the agent's own
     now[0] = at(0, 8, 0)
     assert rate() == mbit_to_bytes(80)  # the cached minute does not outlive its minute
@@ -129,7 +155,9 @@ def test_token_bucket_rate_changes_mid_stream() -> None:
     """1 MB/s until t=10 s, then 4 MB/s: the bytes per second of a steady stream follow."""
     clock = FakeClock()
     start = clock.now
-    bucket = TokenBucket(lambda: 1e6 if clock.now < start + 10 else 4e6, clock=clock, sleep=clock.sleep)
+    bucket = TokenBucket(
+        lambda: 1e6 if clock.now < start + 10 else 4e6, clock=clock, sleep=clock.sleep
+    )
     sent_at: list[tuple[float, int]] = []
 
     async def stream() -> None:
@@ -192,9 +220,20 @@ def test_a_transfer_starts_with_little_credit_and_a_sender_woken_late_catches_up
     anyio.run(go)
 
 
-@pytest.mark.parametrize(("mbit", "chunk"), [(0, CHUNK_BYTES), (1, 16 * 1024), (4, 32768), (10, 65536),
-                                             (100, CHUNK_BYTES), (10_000, CHUNK_BYTES)])
-def test_a_limited_link_sends_file_data_in_messages_of_about_a_burst(mbit: float, chunk: int) -> None:
+@pytest.mark.parametrize(
+    ("mbit", "chunk"),
+    [
+        (0, CHUNK_BYTES),
+        (1, 16 * 1024),
+        (4, 32768),
+        (10, 65536),
+        (100, CHUNK_BYTES),
+        (10_000, CHUNK_BYTES),
+    ],
+)
+def test_a_limited_link_sends_file_data_in_messages_of_about_a_burst(
+    mbit: float, chunk: int
+) -> None:
     """A message goes out at line rate before its bytes are paid for: under a limit it carries
     about BURST_S of data (a power of two, 16 KiB at least), not a whole CHUNK_BYTES."""
     assert TokenBucket.from_mbit(mbit).chunk_bytes(CHUNK_BYTES) == min(chunk, CHUNK_BYTES)
@@ -210,7 +249,9 @@ def test_the_most_sent_in_any_second_under_a_low_limit_stays_near_the_limit(tmp_
     sent: list[tuple[float, int]] = []
 
     async def stream() -> None:
-        for message in ops.iter_file_messages(tmp_path, "f", 1, options=ops.SendOptions(bandwidth=bucket)):
+        for message in ops.iter_file_messages(
+            tmp_path, "f", 1, options=ops.SendOptions(bandwidth=bucket)
+        ):
             if isinstance(message, FileChunk):
                 await bucket.consume(len(message.data))
                 sent.append((clock.now - start, len(message.data)))  # paid for: on the wire now
@@ -220,9 +261,12 @@ def test_the_most_sent_in_any_second_under_a_low_limit_stays_near_the_limit(tmp_
     assert most <= mbit_to_bytes(1) * (1 + BURST_S), most
 
 
-@pytest.mark.parametrize("rates", [(4, 0), (0, 4), (1, 100)], ids=["limit lifted", "limit starts", "limit raised"])
+@pytest.mark.parametrize(
+    "rates", [(4, 0), (0, 4), (1, 100)], ids=["limit lifted", "limit starts", "limit raised"]
+)
 def test_a_resume_lands_on_a_message_boundary_whatever_the_rate_does_meanwhile(
-        tmp_path: Path, rates: tuple[float, float]) -> None:
+    tmp_path: Path, rates: tuple[float, float]
+) -> None:
     """The target holds 2 MiB of a 3 MiB file; the rate changes while the kept prefix is re-read:
     the first message sent starts exactly at the resume point."""
     data = os.urandom(3 * CHUNK_BYTES)
@@ -235,16 +279,21 @@ def test_a_resume_lands_on_a_message_boundary_whatever_the_rate_does_meanwhile(
         return mbit_to_bytes(rates[0] if reads[0] < 5 else rates[1])
 
     options = ops.SendOptions(bandwidth=TokenBucket(rate), resume={("f", digest): 2 * CHUNK_BYTES})
-    chunks = [m for m in ops.iter_file_messages(tmp_path, "f", 1, expected_hash=digest, options=options)
-              if isinstance(m, FileChunk)]
+    chunks = [
+        m
+        for m in ops.iter_file_messages(tmp_path, "f", 1, expected_hash=digest, options=options)
+        if isinstance(m, FileChunk)
+    ]
     assert chunks[0].offset == 2 * CHUNK_BYTES
-    assert b"".join(c.data for c in chunks) == data[2 * CHUNK_BYTES:]
+    assert b"".join(c.data for c in chunks) == data[2 * CHUNK_BYTES :]
 
 
 # --- The sender's pacing (TargetLink._send_stream) ---
 
 
-def _send_file(tmp_path: Path, size: int, rate: float | Callable[[FakeFramed], Rate]) -> tuple[FakeFramed, float]:
+def _send_file(
+    tmp_path: Path, size: int, rate: float | Callable[[FakeFramed], Rate]
+) -> tuple[FakeFramed, float]:
     """Send a file of `size` random bytes over a link limited to `rate` (a number or a function
     of the framed stream), on a fake clock from 1000.0; returns the stream and the clock at the end."""
     (tmp_path / "f").write_bytes(os.urandom(size))
@@ -253,14 +302,19 @@ def _send_file(tmp_path: Path, size: int, rate: float | Callable[[FakeFramed], R
     bucket = TokenBucket(rate(framed) if callable(rate) else rate, clock=clock, sleep=clock.sleep)
     options = ops.SendOptions(bandwidth=bucket)
     link = make_link(options, tmp_path)
-    anyio.run(link._send_stream, session(link, framed), ops.iter_file_messages(tmp_path, "f", 1, options=options))
+    anyio.run(
+        link._send_stream,
+        session(link, framed),
+        ops.iter_file_messages(tmp_path, "f", 1, options=options),
+    )
     return framed, clock.now
 
 
 @pytest.mark.parametrize("mbit", [1, 10, 100])
 @pytest.mark.parametrize("seconds", [2, 3])
 def test_a_transfer_of_a_few_seconds_stays_within_ten_percent_of_the_limit(
-        tmp_path: Path, mbit: float, seconds: float) -> None:
+    tmp_path: Path, mbit: float, seconds: float
+) -> None:
     """From its first frame to its last, over an idle link (a full credit): the credit and the
     messages are small enough for +-10% (before: a 0.25 s credit and the last message's debt
     unpaid made a 2 s transfer +14%)."""
@@ -289,10 +343,12 @@ def test_a_window_starting_mid_file_slows_the_link_at_once(tmp_path: Path) -> No
         return now
 
     framed, end = _send_file(tmp_path, 40 * CHUNK_BYTES, rate)
-    after = framed.sent[edge[0]:]
+    after = framed.sent[edge[0] :]
     t0 = after[0][0]
     first_second = sum(n for t, n, _ in after if t < t0 + 1)
-    assert first_second <= limit * (1 + BURST_S), f"{first_second / 1e6:.2f} MB in the window's first second"
+    assert first_second <= limit * (1 + BURST_S), (
+        f"{first_second / 1e6:.2f} MB in the window's first second"
+    )
     assert max(n for _, n, _ in after) <= TokenBucket(limit).chunk_bytes(CHUNK_BYTES) + 1024
     assert sum(n for _, n, _ in after) / (end - t0) == pytest.approx(limit, rel=0.02)
 
@@ -314,15 +370,24 @@ def test_a_deltas_chunks_follow_the_limit(tmp_path: Path) -> None:
     part.done.set()
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
-        build = DeltaBuild(key=delta_file, stat=os.fstat(fd), parts=[part], fd=fd, ok=True, new_hash=b"h" * 16)
+        build = DeltaBuild(
+            key=delta_file, stat=os.fstat(fd), parts=[part], fd=fd, ok=True, new_hash=b"h" * 16
+        )
         build.done.set()
         options = ops.SendOptions(bandwidth=TokenBucket.from_mbit(1))
         with open(delta_file, "rb") as f:
-            chunks = [m for m in ops._delta_messages(tmp_path, "f", 1, b"b" * 16, b"", fd, build, [f], options)
-                      if isinstance(m, FileChunk)]
+            chunks = [
+                m
+                for m in ops._delta_messages(
+                    tmp_path, "f", 1, b"b" * 16, b"", fd, build, [f], options
+                )
+                if isinstance(m, FileChunk)
+            ]
     finally:
         os.close(fd)
-    assert max(len(c.data) for c in chunks) <= options.bandwidth.chunk_bytes(CHUNK_BYTES) == 16 * 1024
+    assert (
+        max(len(c.data) for c in chunks) <= options.bandwidth.chunk_bytes(CHUNK_BYTES) == 16 * 1024
+    )
     assert [c.offset for c in chunks] == list(range(0, len(delta), 16 * 1024))
     assert b"".join(c.data for c in chunks) == delta
 
@@ -330,21 +395,31 @@ def test_a_deltas_chunks_follow_the_limit(tmp_path: Path) -> None:
 # --- Cutting a chunk for a hop under a lower limit (ops.split_chunk) ---
 
 
-@pytest.mark.parametrize(("offset", "size"), [(0, CHUNK_BYTES), (3 * CHUNK_BYTES, CHUNK_BYTES),
-                                              (300_000, 200_000), (0, 70_000)],
-                         ids=["whole chunk", "resume point", "a delta's, unaligned", "a delta part's first"])
+@pytest.mark.parametrize(
+    ("offset", "size"),
+    [(0, CHUNK_BYTES), (3 * CHUNK_BYTES, CHUNK_BYTES), (300_000, 200_000), (0, 70_000)],
+    ids=["whole chunk", "resume point", "a delta's, unaligned", "a delta part's first"],
+)
 @pytest.mark.parametrize("codec", [Plain(), Zstd(3)], ids=["plain", "zstd"])
-def test_a_cut_chunk_keeps_its_data_offsets_and_boundaries(offset: int, size: int, codec: Codec) -> None:
+def test_a_cut_chunk_keeps_its_data_offsets_and_boundaries(
+    offset: int, size: int, codec: Codec
+) -> None:
     """The pieces carry the same bytes at the offsets that follow each other (what the receiver
     checks), start where the chunk did (a delta part's 0 included), end on multiples of the
     piece size (so every CHUNK_BYTES boundary, a resume point, stays one), in `codec`."""
     data = os.urandom(size).translate(bytes(i & 0x0F for i in range(256)))  # zstd halves it
-    codec_id, payload = encode_chunk(data, Zstd(1))  # a parent hop's zstd: more than a piece on the wire
-    pieces = ops.split_chunk(FileChunk(seq=1, offset=offset, data=payload, codec=codec_id), 16 * 1024, codec)
+    codec_id, payload = encode_chunk(
+        data, Zstd(1)
+    )  # a parent hop's zstd: more than a piece on the wire
+    pieces = ops.split_chunk(
+        FileChunk(seq=1, offset=offset, data=payload, codec=codec_id), 16 * 1024, codec
+    )
     assert b"".join(decode_chunk(p.codec, p.data) for p in pieces) == data
     assert pieces[0].offset == offset and all(len(p.data) <= 16 * 1024 for p in pieces)
     ends = [p.offset + len(decode_chunk(p.codec, p.data)) for p in pieces]
-    assert [p.offset for p in pieces[1:]] == ends[:-1] and all(e % (16 * 1024) == 0 for e in ends[:-1])
+    assert [p.offset for p in pieces[1:]] == ends[:-1] and all(
+        e % (16 * 1024) == 0 for e in ends[:-1]
+    )
     assert {p.codec for p in pieces} == {codec.ID}
 
 

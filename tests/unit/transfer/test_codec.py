@@ -52,14 +52,18 @@ def test_recoding_keeps_the_decode_limits() -> None:
     bomb = zstandard.ZstdCompressor(level=19).compress(bytes(CHUNK_BYTES + 1))
     with pytest.raises(ProtocolError, match="announces"):
         recode_chunk(Zstd.ID, bomb, Plain())
-    terabyte = b"\x28\xb5\x2f\xfd" + bytes([0xC0, 0x00]) + struct.pack("<Q", 1 << 40) + b"\x01\x00\x00"
+    terabyte = (
+        b"\x28\xb5\x2f\xfd" + bytes([0xC0, 0x00]) + struct.pack("<Q", 1 << 40) + b"\x01\x00\x00"
+    )
     with pytest.raises(ProtocolError, match="announces"):
         recode_chunk(Zstd.ID, terabyte, Plain())
     with pytest.raises(ProtocolError, match="unknown codec"):
         recode_chunk(7, TEXT, Zstd(3))
 
 
-def test_compression_contexts_grow_with_concurrency_not_links_times_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compression_contexts_grow_with_concurrency_not_links_times_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Each link has its own codec and the send path runs in anyio's shared worker pool: contexts
     kept per codec and thread grew to links x threads (28-38 for 8 links, 169-229 MB at level 19)."""
     made: list[zstandard.ZstdCompressor] = []

@@ -42,8 +42,9 @@ def _target(folder: TargetFolder, sizes: list[int]) -> RequestFn:
     session = ReceiverSession(folder, "j", lambda *_: None)
 
     async def request(dirs: Sequence[str], hashes_only: bool, after: str) -> Sequence[DirListing]:
-        (reply,) = session.apply_batch([DigestRequest(mapping_id=1, dirs=tuple(dirs), hashes_only=hashes_only,
-                                                      after=after)])
+        (reply,) = session.apply_batch(
+            [DigestRequest(mapping_id=1, dirs=tuple(dirs), hashes_only=hashes_only, after=after)]
+        )
         frame = encode_frame(reply)
         sizes.append(len(frame))
         return decode_payload(frame[4:]).listings  # type: ignore[union-attr]
@@ -65,13 +66,20 @@ def _messages(work: list[Work]) -> list[AnyMessage]:
     return [w.message for w in work if w.message is not None]
 
 
-def test_a_huge_directory_is_compared_page_by_page_under_the_frame_cap(folder: TargetFolder,
-                                                                        tmp_path: Path) -> None:
+def test_a_huge_directory_is_compared_page_by_page_under_the_frame_cap(
+    folder: TargetFolder, tmp_path: Path
+) -> None:
     names = [f"big/a-rather-long-file-name-number-{i:07d}.html" for i in range(60_000)]
-    folder.manifest.put_many([Entry(path="big", kind="d", mode=0o755)]
-                             + [_file(n, i) for i, n in enumerate(names)] + [_file("big/zz-only-there", 1)])
-    source = _source(tmp_path, [Entry(path="big", kind="d", mode=0o755)]
-                     + [_file(n, i + (i == 45_000)) for i, n in enumerate(names)])
+    folder.manifest.put_many(
+        [Entry(path="big", kind="d", mode=0o755)]
+        + [_file(n, i) for i, n in enumerate(names)]
+        + [_file("big/zz-only-there", 1)]
+    )
+    source = _source(
+        tmp_path,
+        [Entry(path="big", kind="d", mode=0o755)]
+        + [_file(n, i + (i == 45_000)) for i, n in enumerate(names)],
+    )
     sizes: list[int] = []
     work = _compare(source, _target(folder, sizes))
     assert [w.entry.path for w in work if w.entry is not None] == [names[45_000]]
@@ -80,33 +88,45 @@ def test_a_huge_directory_is_compared_page_by_page_under_the_frame_cap(folder: T
     assert max(sizes) < MAX_MESSAGE_BYTES / 2
 
 
-def test_a_small_directory_still_erases_in_one_message(folder: TargetFolder, tmp_path: Path) -> None:
+def test_a_small_directory_still_erases_in_one_message(
+    folder: TargetFolder, tmp_path: Path
+) -> None:
     folder.manifest.put_many([_file("a", 1), _file("b", 2), _file("c", 3)])
     work = _compare(_source(tmp_path, [_file("a", 1), _file("c", 3)]), _target(folder, []))
     assert _messages(work) == [Erase(seq=0, path="", keep=("a", "c"))]
 
 
-def test_pages_of_names_at_the_name_limit_stay_under_the_frame_cap(folder: TargetFolder, tmp_path: Path) -> None:
+def test_pages_of_names_at_the_name_limit_stay_under_the_frame_cap(
+    folder: TargetFolder, tmp_path: Path
+) -> None:
     names = [f"{i:07d}".ljust(255, "x") for i in range(21_000)]  # 20,000 of them would be 5.8 MB
     folder.manifest.put_many([_file(n, 1) for n in names])
     sizes: list[int] = []
-    work = _compare(_source(tmp_path, [_file(n, 1) for n in names[:-1]] + [_file(names[-1], 2)]),
-                    _target(folder, sizes))
+    work = _compare(
+        _source(tmp_path, [_file(n, 1) for n in names[:-1]] + [_file(names[-1], 2)]),
+        _target(folder, sizes),
+    )
     assert [w.entry.path for w in work if w.entry is not None] == [names[-1]]
     assert len(sizes) >= 4 and max(sizes) < MAX_MESSAGE_BYTES * 0.6
 
 
-def _hostile(pages: list[list[str]], *, more: bool = True, path: str | None = None) -> tuple[RequestFn, list[str]]:
+def _hostile(
+    pages: list[list[str]], *, more: bool = True, path: str | None = None
+) -> tuple[RequestFn, list[str]]:
     """A target whose root differs, then answers listings with `pages` in turn (the last again)."""
     asked: list[str] = []
 
     async def request(dirs: Sequence[str], hashes_only: bool, after: str) -> list[DirListing]:
         if hashes_only:
-            return [DirListing(path=d, entries=(), hash=b"x" * 16) for d in dirs]  # differs: descend
+            return [
+                DirListing(path=d, entries=(), hash=b"x" * 16) for d in dirs
+            ]  # differs: descend
         asked.append(after)
         names = pages[min(len(asked), len(pages)) - 1]
         entries = tuple(DirEntry(name=n, kind="f", hash=b"") for n in names)
-        return [DirListing(path=d if path is None else path, entries=entries, more=more) for d in dirs]
+        return [
+            DirListing(path=d if path is None else path, entries=entries, more=more) for d in dirs
+        ]
 
     return request, asked
 
@@ -151,14 +171,18 @@ def test_a_listing_of_another_directory_is_refused(tmp_path: Path) -> None:
         _run_against(tmp_path, request)
 
 
-def test_a_target_paging_on_for_ever_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_target_paging_on_for_ever_is_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(compare, "MAX_DIR_PAGES", 50)
     counter = iter(range(10**9))
 
     async def request(dirs: Sequence[str], hashes_only: bool, after: str) -> list[DirListing]:
         if hashes_only:
             return [DirListing(path=d, entries=(), hash=b"x" * 16) for d in dirs]
-        names = tuple(DirEntry(name=f"n{next(counter):09d}", kind="f", hash=b"") for _ in range(100))
+        names = tuple(
+            DirEntry(name=f"n{next(counter):09d}", kind="f", hash=b"") for _ in range(100)
+        )
         return [DirListing(path=d, entries=names, more=True) for d in dirs]  # new names each time
 
     with pytest.raises(ProtocolError, match="over 50 pages"):
@@ -166,10 +190,14 @@ def test_a_target_paging_on_for_ever_is_cut_off(tmp_path: Path, monkeypatch: pyt
     assert next(counter) == 51 * 100  # the 51st page was refused: nothing more was asked for
 
 
-def test_erase_keep_is_bounded_for_any_directory_the_source_holds(tmp_path: Path, folder: TargetFolder) -> None:
+def test_erase_keep_is_bounded_for_any_directory_the_source_holds(
+    tmp_path: Path, folder: TargetFolder
+) -> None:
     names = [f"f{i:05d}" for i in range(MAX_ERASE_KEEP + 1)]
     folder.manifest.put_many([_file(n, 1) for n in names[:MAX_ERASE_KEEP]] + [_file("x-extra", 1)])
-    work = _compare(_source(tmp_path, [_file(n, 1) for n in names[: MAX_ERASE_KEEP]]), _target(folder, []))
+    work = _compare(
+        _source(tmp_path, [_file(n, 1) for n in names[:MAX_ERASE_KEEP]]), _target(folder, [])
+    )
     (erase,) = _messages(work)
     assert isinstance(erase, Erase) and len(erase.keep) == MAX_ERASE_KEEP
     decode_payload(encode_frame(erase)[4:])  # the target takes it

@@ -36,16 +36,30 @@ _seqs = itertools.count(1)
 class Member:
     """One member mapping's TargetFolder on the shared root, with its reported records."""
 
-    def __init__(self, root: Path, state: Path, source: str, mapping_id: int, lock: threading.RLock,
-                 members: list[Member]) -> None:
-        self.folder = TargetFolder(mapping_id=mapping_id, source_node=source, root=root,
-                                   manifest=Manifest(state / f"{source}.db"), durable=False,
-                                   conflict=NEWEST_MTIME, lock=lock)
+    def __init__(
+        self,
+        root: Path,
+        state: Path,
+        source: str,
+        mapping_id: int,
+        lock: threading.RLock,
+        members: list[Member],
+    ) -> None:
+        self.folder = TargetFolder(
+            mapping_id=mapping_id,
+            source_node=source,
+            root=root,
+            manifest=Manifest(state / f"{source}.db"),
+            durable=False,
+            conflict=NEWEST_MTIME,
+            lock=lock,
+        )
         self.folder.owner_of = self._owner_of
         self.members = members
         self.records: list[CommitRecord] = []
-        self.session = session_for(self.folder, f"journal-{source}",
-                                   lambda _wm, recs: self.records.extend(recs))
+        self.session = session_for(
+            self.folder, f"journal-{source}", lambda _wm, recs: self.records.extend(recs)
+        )
 
     def _owner_of(self, path: str, size: int, mtime_ns: int) -> str:
         for m in self.members:
@@ -56,11 +70,14 @@ class Member:
 
     def write(self, path: str, data: bytes, mtime_ns: int) -> None:
         seq = next(_seqs)
-        self.session.apply_batch([
-            FileStart(seq=seq, path=path, size=len(data), mode=0o644, mtime_ns=mtime_ns),
-            FileChunk(seq=seq, offset=0, data=data),
-            FileEnd(seq=seq, hash=xxhash.xxh3_128(data).digest()),
-            Checkpoint(seq=seq)])
+        self.session.apply_batch(
+            [
+                FileStart(seq=seq, path=path, size=len(data), mode=0o644, mtime_ns=mtime_ns),
+                FileChunk(seq=seq, offset=0, data=data),
+                FileEnd(seq=seq, hash=xxhash.xxh3_128(data).digest()),
+                Checkpoint(seq=seq),
+            ]
+        )
 
     def op(self, message: object) -> None:
         self.session.apply_batch([message, Checkpoint(seq=message.seq)])  # type: ignore[attr-defined,list-item]
@@ -88,7 +105,10 @@ def _on_disk(root: Path, path: str) -> tuple[bytes, int]:
 @pytest.mark.parametrize("first", ["A", "B"])
 def test_newer_mtime_wins_in_either_order(pair: tuple[Member, Member], first: str) -> None:
     a, b = pair
-    writes = {"A": lambda: a.write("x", b"from A, older", T0), "B": lambda: b.write("x", b"from B, newer", T0 + 5)}
+    writes = {
+        "A": lambda: a.write("x", b"from A, older", T0),
+        "B": lambda: b.write("x", b"from B, newer", T0 + 5),
+    }
     writes[first]()
     writes["B" if first == "A" else "A"]()
     assert _on_disk(a.folder.root, "x") == (b"from B, newer", T0 + 5)
@@ -110,7 +130,9 @@ def test_older_write_is_skipped_and_not_resent_forever(pair: tuple[Member, Membe
 
 
 @pytest.mark.parametrize("order", [("A", "B"), ("B", "A")])
-def test_equal_mtimes_tie_break_by_hash_is_order_independent(tmp_path: Path, order: tuple[str, str]) -> None:
+def test_equal_mtimes_tie_break_by_hash_is_order_independent(
+    tmp_path: Path, order: tuple[str, str]
+) -> None:
     results = []
     for n in range(2):  # two targets, each receiving in the given order
         base = tmp_path / f"t{n}-{order[0]}"
@@ -163,7 +185,9 @@ def test_rename_onto_a_newer_file_deletes_the_old_name_only(pair: tuple[Member, 
     assert a.conflicts()[-1] == ("old", "older", "B") and a.records[-1].new_path == "new"
 
 
-def test_a_symlink_never_replaces_a_directory_holding_another_sources_files(pair: tuple[Member, Member]) -> None:
+def test_a_symlink_never_replaces_a_directory_holding_another_sources_files(
+    pair: tuple[Member, Member],
+) -> None:
     a, b = pair
     a.write("d/a.txt", b"A's file", T0)
     b.op(Symlink(seq=next(_seqs), path="d", target="elsewhere"))
@@ -172,7 +196,9 @@ def test_a_symlink_never_replaces_a_directory_holding_another_sources_files(pair
     assert b.conflicts() == [("d", "kind", "")] and b.folder.manifest.get("d") is None
 
 
-def test_a_directory_never_replaces_another_sources_file_or_link(pair: tuple[Member, Member]) -> None:
+def test_a_directory_never_replaces_another_sources_file_or_link(
+    pair: tuple[Member, Member],
+) -> None:
     a, b = pair
     a.write("f", b"A's file", T0)
     a.op(Symlink(seq=next(_seqs), path="l", target="nowhere"))
@@ -183,7 +209,9 @@ def test_a_directory_never_replaces_another_sources_file_or_link(pair: tuple[Mem
     assert b.conflicts() == [("f", "kind", "A"), ("l", "kind", "")]
 
 
-def test_a_directory_renamed_onto_another_sources_directory_leaves_its_files(pair: tuple[Member, Member]) -> None:
+def test_a_directory_renamed_onto_another_sources_directory_leaves_its_files(
+    pair: tuple[Member, Member],
+) -> None:
     """On B's side the name was free; here A's files are there: they stay, B's leave the old name
     and come to the new one with B's next comparison."""
     a, b = pair
@@ -194,10 +222,14 @@ def test_a_directory_renamed_onto_another_sources_directory_leaves_its_files(pai
     root = a.folder.root
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == ["d2", "d2/a.txt"]
     assert b.conflicts() == [("d1", "kind", "")] and b.records[-1].new_path == "d2"
-    assert not list(b.folder.manifest.iter_entries("d1")) and not list(b.folder.manifest.iter_entries("d2"))
+    assert not list(b.folder.manifest.iter_entries("d1")) and not list(
+        b.folder.manifest.iter_entries("d2")
+    )
 
 
-def test_a_directory_renamed_onto_another_sources_file_leaves_it(pair: tuple[Member, Member]) -> None:
+def test_a_directory_renamed_onto_another_sources_file_leaves_it(
+    pair: tuple[Member, Member],
+) -> None:
     a, b = pair
     a.write("f", b"A's file", T0)
     b.op(MakeDir(seq=next(_seqs), path="d", mode=0o755))

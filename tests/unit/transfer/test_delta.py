@@ -36,12 +36,22 @@ def _roundtrip(tmp: Path, old: bytes, new: bytes) -> bytes:
     return (tmp / "out").read_bytes()
 
 
-edits = st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.floats(0, 1),
-                           st.binary(min_size=0, max_size=5000)), max_size=6)
+edits = st.lists(
+    st.tuples(
+        st.sampled_from(["insert", "delete", "replace"]),
+        st.floats(0, 1),
+        st.binary(min_size=0, max_size=5000),
+    ),
+    max_size=6,
+)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["random", "text", "zeros"]), size=st.integers(0, 300_000), changes=edits)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(["random", "text", "zeros"]), size=st.integers(0, 300_000), changes=edits
+)
 def test_patch_reproduces_new_version(tmp_path: Path, kind: str, size: int, changes: list) -> None:
     rnd = random.Random(size)
     if kind == "random":
@@ -83,7 +93,9 @@ def test_edits_across_the_read_buffer_cost_only_their_blocks(tmp_path: Path) -> 
     edits = [(4 * 1024 * 1024 - 5000, 10_000), (8 * 1024 * 1024 - 3, 7), (123_457, 20_000)]
     for at, n in edits:
         new[at : at + n] = os.urandom(n)
-    new[4 * 1024 * 1024 + 30_000 : 4 * 1024 * 1024 + 30_000] = os.urandom(150_000)  # shifts the rest
+    new[4 * 1024 * 1024 + 30_000 : 4 * 1024 * 1024 + 30_000] = os.urandom(
+        150_000
+    )  # shifts the rest
     literal, copied = _delta_of(tmp_path, old, bytes(new))
     block = delta_engine.block_len_for(len(old))
     changed = sum(n for _, n in edits) + 150_000
@@ -95,7 +107,9 @@ def test_edits_across_the_read_buffer_cost_only_their_blocks(tmp_path: Path) -> 
 
 def test_the_short_last_block_matches_at_the_end(tmp_path: Path) -> None:
     old = os.urandom(3 * 2048 + 905)
-    literal, copied = _delta_of(tmp_path, old, bytes([old[0] ^ 0xFF]) + old[1:])  # first block differs
+    literal, copied = _delta_of(
+        tmp_path, old, bytes([old[0] ^ 0xFF]) + old[1:]
+    )  # first block differs
     assert (literal, copied) == (2048, len(old) - 2048)
 
 
@@ -203,7 +217,9 @@ def test_blocks_sharing_one_weak_sum_do_not_make_the_search_quadratic(tmp_path: 
 _ZERO_WEAK_BLOCK = {174: 75, 721: 200, 1001: 70, 1057: 37, 1857: 198, 1877: 72}
 
 
-def test_content_crafted_to_miss_at_every_byte_costs_a_bounded_number_of_strong_hashes(tmp_path: Path) -> None:
+def test_content_crafted_to_miss_at_every_byte_costs_a_bounded_number_of_strong_hashes(
+    tmp_path: Path,
+) -> None:
     """A new version of zeros against a base holding that block: unbounded, the search hashed a
     whole block at every byte (0.4 s CPU for 4 MiB, ~13 min for 1 GiB); the misses are capped
     per block of input, and the delta still rebuilds the new version."""
@@ -214,14 +230,19 @@ def test_content_crafted_to_miss_at_every_byte_costs_a_bounded_number_of_strong_
     block = bytearray(block_len)
     for i, v in _ZERO_WEAK_BLOCK.items():
         block[i] = v
-    assert _blocksearch.block_sums(bytes(block), block_len)[0] == _blocksearch.block_sums(bytes(block_len), block_len)[0]
+    assert (
+        _blocksearch.block_sums(bytes(block), block_len)[0]
+        == _blocksearch.block_sums(bytes(block_len), block_len)[0]
+    )
     base = bytearray(os.urandom(size))
     base[:block_len] = block
     (tmp_path / "old").write_bytes(base)
     (tmp_path / "new").write_bytes(bytes(size))
     delta_engine.signature(tmp_path / "old", tmp_path / "sig")
     with open(tmp_path / "new", "rb") as new, open(tmp_path / "delta", "wb") as out:
-        literal, copied, misses = _blocksearch.delta((tmp_path / "sig").read_bytes(), new.fileno(), 0, -1, out.fileno())
+        literal, copied, misses = _blocksearch.delta(
+            (tmp_path / "sig").read_bytes(), new.fileno(), 0, -1, out.fileno()
+        )
     assert literal + copied == size
     assert misses <= 4096 + size // block_len * 8  # not one per byte (4 million)
     _librsync.patch(tmp_path / "old", tmp_path / "delta", tmp_path / "out")
@@ -234,7 +255,9 @@ def test_huge_files_keep_the_block_within_the_search_limit() -> None:
     assert delta_engine.block_len_for(1 << 40) == delta_engine.MAX_BLOCK_BYTES
 
 
-def test_a_failed_signature_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_signature_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = tmp_path / "src"
     src.mkdir()
     data = os.urandom(300_000)
@@ -266,14 +289,23 @@ def pair(tmp_path: Path) -> tuple[Path, TargetFolder, SignatureStore]:
     src.mkdir()
     root = tmp_path / "dst"
     root.mkdir()
-    folder = TargetFolder(mapping_id=1, source_node="s", root=root, manifest=Manifest(tmp_path / "m.db"), durable=True)
+    folder = TargetFolder(
+        mapping_id=1, source_node="s", root=root, manifest=Manifest(tmp_path / "m.db"), durable=True
+    )
     return src, folder, SignatureStore(tmp_path / "sigs")
 
 
-def _send(src: Path, folder: TargetFolder, seq: int, base: bytes, options: SendOptions) -> tuple[list, list]:
-    msgs = [m for m in iter_file_messages(src, "big.bin", seq, base_hash=base, options=options)
-            if not isinstance(m, Flush)]
-    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(msgs + [Checkpoint(seq=seq)])
+def _send(
+    src: Path, folder: TargetFolder, seq: int, base: bytes, options: SendOptions
+) -> tuple[list, list]:
+    msgs = [
+        m
+        for m in iter_file_messages(src, "big.bin", seq, base_hash=base, options=options)
+        if not isinstance(m, Flush)
+    ]
+    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(
+        msgs + [Checkpoint(seq=seq)]
+    )
     return msgs, replies
 
 
@@ -295,7 +327,9 @@ def test_update_goes_as_small_delta(pair: tuple[Path, TargetFolder, SignatureSto
     assert (folder.root / "big.bin").read_bytes() == bytes(v2)
 
 
-def test_base_mismatch_asks_for_the_whole_file(pair: tuple[Path, TargetFolder, SignatureStore]) -> None:
+def test_base_mismatch_asks_for_the_whole_file(
+    pair: tuple[Path, TargetFolder, SignatureStore],
+) -> None:
     src, folder, sigs = pair
     options = SendOptions(signatures=sigs)
     v1 = os.urandom(200_000)
@@ -312,7 +346,9 @@ def test_base_mismatch_asks_for_the_whole_file(pair: tuple[Path, TargetFolder, S
     assert (folder.root / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
 
 
-def test_flipped_bit_in_delta_is_never_committed(pair: tuple[Path, TargetFolder, SignatureStore]) -> None:
+def test_flipped_bit_in_delta_is_never_committed(
+    pair: tuple[Path, TargetFolder, SignatureStore],
+) -> None:
     src, folder, sigs = pair
     options = SendOptions(signatures=sigs)
     v1 = os.urandom(500_000)
@@ -320,8 +356,13 @@ def test_flipped_bit_in_delta_is_never_committed(pair: tuple[Path, TargetFolder,
     _send(src, folder, 1, b"", options)
     v2 = v1[:250_000] + b"new bytes in the middle" + v1[250_000:]
     (src / "big.bin").write_bytes(v2)
-    msgs = [m for m in iter_file_messages(src, "big.bin", 2, base_hash=xxhash.xxh3_128(v1).digest(),
-                                          options=options) if not isinstance(m, Flush)]
+    msgs = [
+        m
+        for m in iter_file_messages(
+            src, "big.bin", 2, base_hash=xxhash.xxh3_128(v1).digest(), options=options
+        )
+        if not isinstance(m, Flush)
+    ]
     i = next(i for i, m in enumerate(msgs) if isinstance(m, FileChunk))
     data = bytearray(msgs[i].data)
     data[len(data) // 2] ^= 0x01

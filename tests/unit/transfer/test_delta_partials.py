@@ -31,7 +31,9 @@ from relaysync.watch.manifest import Entry, Manifest
 SIZE = RESUME_MIN_BYTES + 4 * CHUNK_BYTES  # 12 MiB: large enough for a named partial
 
 
-def _update(tmp_path: Path, *, edit: bool = False) -> tuple[Path, TargetFolder, SignatureStore, JournalRecord]:
+def _update(
+    tmp_path: Path, *, edit: bool = False
+) -> tuple[Path, TargetFolder, SignatureStore, JournalRecord]:
     """Source and target hold v1 (its signature kept on the source); the source then writes v2
     (random, or with `edit` v1 with 1000 bytes changed): the record of that write, a delta."""
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -42,22 +44,39 @@ def _update(tmp_path: Path, *, edit: bool = False) -> tuple[Path, TargetFolder, 
         (root / "f.bin").write_bytes(old)
     st = os.stat(dst / "f.bin")
     base = xxhash.xxh3_128_digest(old)
-    folder = TargetFolder(mapping_id=1, source_node="src", root=dst, manifest=Manifest(tmp_path / "m.db"),
-                          durable=False)
-    folder.manifest.put_many([Entry(path="f.bin", kind="f", size=SIZE, mtime_ns=st.st_mtime_ns, mode=0o644,
-                                    hash=base)])
+    folder = TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=dst,
+        manifest=Manifest(tmp_path / "m.db"),
+        durable=False,
+    )
+    folder.manifest.put_many(
+        [Entry(path="f.bin", kind="f", size=SIZE, mtime_ns=st.st_mtime_ns, mode=0o644, hash=base)]
+    )
     sigs = SignatureStore(tmp_path / "sigs")
     sigs.remember(src, "f.bin", base)
-    data = old[:SIZE // 2] + os.urandom(1000) + old[SIZE // 2 + 1000:] if edit else os.urandom(SIZE)
+    data = (
+        old[: SIZE // 2] + os.urandom(1000) + old[SIZE // 2 + 1000 :] if edit else os.urandom(SIZE)
+    )
     (src / "f.bin").write_bytes(data)
-    record = JournalRecord(seq=2, op="write", path="f.bin", base_hash=base,
-                           entry=Entry(path="f.bin", kind="f", size=SIZE, hash=xxhash.xxh3_128_digest(data)))
+    record = JournalRecord(
+        seq=2,
+        op="write",
+        path="f.bin",
+        base_hash=base,
+        entry=Entry(path="f.bin", kind="f", size=SIZE, hash=xxhash.xxh3_128_digest(data)),
+    )
     return src, folder, sigs, record
 
 
-def _sent(src: Path, record: JournalRecord, folder: TargetFolder, sigs: SignatureStore) -> list[AnyMessage]:
+def _sent(
+    src: Path, record: JournalRecord, folder: TargetFolder, sigs: SignatureStore
+) -> list[AnyMessage]:
     """What a link sends in a session, from the partials of the target's MappingState."""
-    options = ops.SendOptions(signatures=sigs, resume={(p.path, p.hash): p.size for p in folder.list_partials()})
+    options = ops.SendOptions(
+        signatures=sigs, resume={(p.path, p.hash): p.size for p in folder.list_partials()}
+    )
     return [m for m in ops.record_messages(src, record, options) if not isinstance(m, ops.Flush)]
 
 
@@ -65,7 +84,9 @@ def _data_bytes(msgs: list[AnyMessage]) -> int:
     return sum(len(m.data) for m in msgs if isinstance(m, FileChunk))
 
 
-def _cut_mid_delta(src: Path, record: JournalRecord, folder: TargetFolder, sigs: SignatureStore) -> int:
+def _cut_mid_delta(
+    src: Path, record: JournalRecord, folder: TargetFolder, sigs: SignatureStore
+) -> int:
     """A first session that ends (link dropped) after about half the delta: returns what is listed."""
     first = _sent(src, record, folder, sigs)
     start = first[0]
@@ -137,12 +158,16 @@ def test_a_delta_smaller_than_the_rest_replaces_the_partial(tmp_path: Path) -> N
     assert isinstance(_sent(src, record, folder, sigs)[0], DeltaStart)  # the attempt that was cut
     new_hash = record.entry.hash  # type: ignore[union-attr]
     part = staging.partial_name_for(folder.root / "f.bin", new_hash, 1)
-    part.write_bytes(os.urandom(RESUME_MIN_BYTES // 2))  # held: less than the rest, more than the delta
+    part.write_bytes(
+        os.urandom(RESUME_MIN_BYTES // 2)
+    )  # held: less than the rest, more than the delta
     folder.add_partial("f.bin", new_hash)
     again = _sent(src, record, folder, sigs)
     assert isinstance(again[0], DeltaStart) and _data_bytes(again) < CHUNK_BYTES
     assert _commit(folder, again) == [Ack(mapping_id=1, watermark=2)]
-    assert folder.delta_bytes("f.bin", new_hash) == _data_bytes(again)  # what a relay resumes its child by
+    assert folder.delta_bytes("f.bin", new_hash) == _data_bytes(
+        again
+    )  # what a relay resumes its child by
     assert (folder.root / "f.bin").read_bytes() == (src / "f.bin").read_bytes()
     assert folder.list_partials() == () and _temps(folder.root) == []
 
@@ -173,7 +198,15 @@ class _OldDeltaStart(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
 
 def test_delta_start_decodes_both_ways_across_releases() -> None:
     """No capability needed: an older peer ignores expected_hash, and one it omits is b""."""
-    new = DeltaStart(seq=1, path="f", size=1, mode=0o644, mtime_ns=1, base_hash=b"b" * 16, expected_hash=b"e" * 16)
+    new = DeltaStart(
+        seq=1,
+        path="f",
+        size=1,
+        mode=0o644,
+        mtime_ns=1,
+        base_hash=b"b" * 16,
+        expected_hash=b"e" * 16,
+    )
     old = msgspec.msgpack.decode(ENCODER.encode(new), type=_OldDeltaStart)
     assert (old.path, old.base_hash) == ("f", b"b" * 16)
     got = decode_payload(ENCODER.encode(old))

@@ -30,9 +30,21 @@ def _setup(tmp: Path) -> tuple[Path, Path, TargetFolder, SignatureStore, bytes]:
         (root / "f.bin").write_bytes(old)
     st = os.stat(dst / "f.bin")
     base = xxhash.xxh3_128(old).digest()
-    folder = TargetFolder(mapping_id=1, source_node="s", root=dst, manifest=Manifest(tmp / "m.db"), durable=False)
-    folder.manifest.put_many([Entry(path="f.bin", kind="f", size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                    mode=0o644, hash=base)])
+    folder = TargetFolder(
+        mapping_id=1, source_node="s", root=dst, manifest=Manifest(tmp / "m.db"), durable=False
+    )
+    folder.manifest.put_many(
+        [
+            Entry(
+                path="f.bin",
+                kind="f",
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                mode=0o644,
+                hash=base,
+            )
+        ]
+    )
     sigs = SignatureStore(tmp / "sigs")
     sigs.remember(src, "f.bin", base)  # as after that version was sent
     assert sigs.has("f.bin", base)
@@ -53,7 +65,9 @@ def _send_bounded(src: Path, sigs: SignatureStore, base: bytes) -> list[Outgoing
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
     thread.join(BOUND_S)
-    assert not thread.is_alive(), f"the sender is still busy after {BOUND_S} s: {[type(m).__name__ for m in out[:5]]}"
+    assert not thread.is_alive(), (
+        f"the sender is still busy after {BOUND_S} s: {[type(m).__name__ for m in out[:5]]}"
+    )
     return [m for m in out if not isinstance(m, Flush)]
 
 
@@ -111,7 +125,9 @@ def test_the_whole_file_path_does_not_block_on_a_fifo_either(tmp_path: Path) -> 
     src.mkdir()
     os.mkfifo(src / "f.bin")
     out: list[Outgoing] = []
-    thread = threading.Thread(target=lambda: out.extend(iter_file_messages(src, "f.bin", 1)), daemon=True)
+    thread = threading.Thread(
+        target=lambda: out.extend(iter_file_messages(src, "f.bin", 1)), daemon=True
+    )
     thread.start()
     thread.join(BOUND_S)
     try:
@@ -126,7 +142,9 @@ def test_the_whole_file_path_does_not_block_on_a_fifo_either(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("delta", [False, True])
-def test_a_directory_on_the_way_replaced_by_a_symlink_out_of_the_root_ships_nothing(tmp_path: Path, delta: bool) -> None:
+def test_a_directory_on_the_way_replaced_by_a_symlink_out_of_the_root_ships_nothing(
+    tmp_path: Path, delta: bool
+) -> None:
     """The file is at d/f.bin when its write is journaled; then `d` becomes a symlink to a
     directory outside the folder holding an f.bin: nothing may be read through it."""
     src, outside = tmp_path / "src", tmp_path / "outside"
@@ -142,6 +160,11 @@ def test_a_directory_on_the_way_replaced_by_a_symlink_out_of_the_root_ships_noth
     (src / "d").rmdir()
     (src / "d").symlink_to(outside)
     options = SendOptions(signatures=sigs, small_files=True, force="delta" if delta else "whole")
-    sent = [m for m in iter_file_messages(src, "d/f.bin", 1, base_hash=base if delta else b"", options=options)
-            if not isinstance(m, Flush)]
+    sent = [
+        m
+        for m in iter_file_messages(
+            src, "d/f.bin", 1, base_hash=base if delta else b"", options=options
+        )
+        if not isinstance(m, Flush)
+    ]
     assert sent == []

@@ -29,11 +29,18 @@ def _source(tmp: Path) -> tuple[Path, SignatureStore, bytearray, bytes]:
 
 
 def _stream(src: Path, sigs: SignatureStore, base: bytes, seq: int) -> list[Outgoing]:
-    return [m for m in iter_file_messages(src, "f.bin", seq, base_hash=base, options=SendOptions(signatures=sigs))
-            if not isinstance(m, Flush)]
+    return [
+        m
+        for m in iter_file_messages(
+            src, "f.bin", seq, base_hash=base, options=SendOptions(signatures=sigs)
+        )
+        if not isinstance(m, Flush)
+    ]
 
 
-def test_links_sending_one_delta_sign_the_new_version_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_links_sending_one_delta_sign_the_new_version_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """architecture.md: 'When many links send one version, one of them signs it.'"""
     src, sigs, data, base = _source(tmp_path)
     data[1000:1010] = b"0123456789"
@@ -50,7 +57,9 @@ def test_links_sending_one_delta_sign_the_new_version_once(tmp_path: Path, monke
         messages = _stream(src, sigs, base, 2)
         assert isinstance(messages[0], DeltaStart) and isinstance(messages[-1], FileEnd)
         assert messages[-1].hash == xxhash.xxh3_128(data).digest()
-    assert len(reads) == 1, f"the new version ({SIZE} bytes) was read and signed {len(reads)} times for 3 links"
+    assert len(reads) == 1, (
+        f"the new version ({SIZE} bytes) was read and signed {len(reads)} times for 3 links"
+    )
     assert sigs.has("f.bin", xxhash.xxh3_128(data).digest())  # kept for the next change's delta
 
 
@@ -70,7 +79,9 @@ def test_deltas_of_superseded_versions_do_not_stay_on_disk(tmp_path: Path) -> No
         assert isinstance(messages[0], DeltaStart) and isinstance(messages[-1], FileEnd)
         base = messages[-1].hash
     deltas = _delta_files(tmp_path)
-    assert len(deltas) <= 1, f"{len(deltas)} delta files kept (file {SIZE} bytes); only the last can be joined"
+    assert len(deltas) <= 1, (
+        f"{len(deltas)} delta files kept (file {SIZE} bytes); only the last can be joined"
+    )
 
 
 def test_a_link_streaming_a_superseded_delta_still_gets_all_of_it(tmp_path: Path) -> None:
@@ -87,7 +98,9 @@ def test_a_link_streaming_a_superseded_delta_still_gets_all_of_it(tmp_path: Path
     v1_hash = xxhash.xxh3_128(v1).digest()
     data[5000:6000] = os.urandom(1000)
     (src / "f.bin").write_bytes(data)
-    newer = _stream(src, sigs, v1_hash, 3)  # a faster link: the next version, from the one just signed
+    newer = _stream(
+        src, sigs, v1_hash, 3
+    )  # a faster link: the next version, from the one just signed
     assert isinstance(newer[0], DeltaStart) and isinstance(newer[-1], FileEnd)
     assert not any(p.path.exists() for p in build.parts)  # superseded: unlinked
     rest = [m for m in slow if not isinstance(m, Flush)]
@@ -101,7 +114,9 @@ def test_a_failed_build_leaves_no_files(tmp_path: Path) -> None:
     data[-10:] = b"0123456789"
     (src / "f.bin").write_bytes(data)
     kinds = [type(m).__name__ for m in _stream(src, sigs, base, 2)]
-    assert kinds[0] == "DeltaStart" and "FileAbort" in kinds and kinds[-1] == "FileEnd"  # then whole
+    assert (
+        kinds[0] == "DeltaStart" and "FileAbort" in kinds and kinds[-1] == "FileEnd"
+    )  # then whole
     assert _delta_files(tmp_path) == []
 
 
@@ -131,14 +146,23 @@ def test_a_renamed_files_signature_moves_so_its_next_change_is_a_delta(tmp_path:
     src, sigs, data, base = _source(tmp_path)
     (src / "f.bin").rename(src / "g.bin")
     sigs.move("f.bin", "g.bin")
-    assert not sigs.has("f.bin", base) and sigs.has("g.bin", base) and len(_signatures(tmp_path)) == 1
+    assert (
+        not sigs.has("f.bin", base) and sigs.has("g.bin", base) and len(_signatures(tmp_path)) == 1
+    )
     data[100:110] = b"0123456789"
     (src / "g.bin").write_bytes(data)
-    messages = [m for m in iter_file_messages(src, "g.bin", 3, base_hash=base, options=SendOptions(signatures=sigs))
-                if not isinstance(m, Flush)]
+    messages = [
+        m
+        for m in iter_file_messages(
+            src, "g.bin", 3, base_hash=base, options=SendOptions(signatures=sigs)
+        )
+        if not isinstance(m, Flush)
+    ]
     assert isinstance(messages[0], DeltaStart) and isinstance(messages[-1], FileEnd)
     assert messages[-1].hash == xxhash.xxh3_128(data).digest()
-    assert _signatures(tmp_path) == [f"{sigs._key('g.bin')}.{messages[-1].hash.hex()}.sig"]  # replaced, one per path
+    assert _signatures(tmp_path) == [
+        f"{sigs._key('g.bin')}.{messages[-1].hash.hex()}.sig"
+    ]  # replaced, one per path
 
 
 def test_a_rename_onto_a_signed_file_replaces_that_files_signature(tmp_path: Path) -> None:

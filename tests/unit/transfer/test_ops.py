@@ -35,15 +35,20 @@ def test_ops_carry_the_journal_time(tmp_path: Path) -> None:
     at_ns = 1_700_000_000_500_000_000
     records = [
         JournalRecord(seq=1, op="write", path="f", time_ns=at_ns),
-        JournalRecord(seq=2, op="mkdir", path="d", entry=Entry(path="d", kind="d", mode=0o755), time_ns=at_ns),
+        JournalRecord(
+            seq=2, op="mkdir", path="d", entry=Entry(path="d", kind="d", mode=0o755), time_ns=at_ns
+        ),
         JournalRecord(seq=3, op="rename", path="f", new_path="g", time_ns=at_ns),
         JournalRecord(seq=4, op="delete", path="g"),  # a journal written before times were kept
     ]
     ops = [m for r in records for m in record_messages(tmp_path, r, SendOptions(small_files=True))]
     starts = [m for m in ops if isinstance(m, SmallFile | MakeDir | Rename | Delete)]
     assert [(type(m).__name__, m.changed_at) for m in starts] == [
-        ("SmallFile", 1_700_000_000.5), ("MakeDir", 1_700_000_000.5), ("Rename", 1_700_000_000.5),
-        ("Delete", 0.0)]
+        ("SmallFile", 1_700_000_000.5),
+        ("MakeDir", 1_700_000_000.5),
+        ("Rename", 1_700_000_000.5),
+        ("Delete", 0.0),
+    ]
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096, SMALL_FILE_BYTES])
@@ -51,11 +56,24 @@ def test_a_small_file_is_one_message_with_its_hash(tmp_path: Path, size: int) ->
     data = os.urandom(size)
     (tmp_path / "f").write_bytes(data)
     os.chmod(tmp_path / "f", 0o640)
-    (msg,) = iter_file_messages(tmp_path, "f", 7, base_hash=b"b" * 16, changed_at=5.0, options=SMALL)
+    (msg,) = iter_file_messages(
+        tmp_path, "f", 7, base_hash=b"b" * 16, changed_at=5.0, options=SMALL
+    )
     assert isinstance(msg, SmallFile)
     msg.validate()
-    assert (msg.seq, msg.path, msg.size, msg.mode, msg.data, msg.codec) == (7, "f", size, 0o640, data, 0)
-    assert msg.hash == xxhash.xxh3_128_digest(data) and msg.base_hash == b"b" * 16 and msg.changed_at == 5.0
+    assert (msg.seq, msg.path, msg.size, msg.mode, msg.data, msg.codec) == (
+        7,
+        "f",
+        size,
+        0o640,
+        data,
+        0,
+    )
+    assert (
+        msg.hash == xxhash.xxh3_128_digest(data)
+        and msg.base_hash == b"b" * 16
+        and msg.changed_at == 5.0
+    )
 
 
 def test_a_file_above_the_small_limit_streams_as_start_chunks_end(tmp_path: Path) -> None:
@@ -66,8 +84,12 @@ def test_a_file_above_the_small_limit_streams_as_start_chunks_end(tmp_path: Path
     assert out[1].data == data and out[2].hash == xxhash.xxh3_128_digest(data)
 
 
-@pytest.mark.parametrize("options", [SendOptions(small_files=False), None], ids=["older release", "no Hello"])
-def test_a_peer_that_does_not_take_small_files_gets_start_chunk_end(tmp_path: Path, options: SendOptions) -> None:
+@pytest.mark.parametrize(
+    "options", [SendOptions(small_files=False), None], ids=["older release", "no Hello"]
+)
+def test_a_peer_that_does_not_take_small_files_gets_start_chunk_end(
+    tmp_path: Path, options: SendOptions
+) -> None:
     """An older release (no small_file in its Hello), or options never set from a Hello: the
     same file, streamed as before."""
     data = os.urandom(4096)
@@ -80,12 +102,16 @@ def test_a_peer_that_does_not_take_small_files_gets_start_chunk_end(tmp_path: Pa
 def test_a_small_file_is_compressed_by_the_link_codec(tmp_path: Path) -> None:
     text = b"relaysync sends small text files whole, compressed when it pays.\n" * 500
     (tmp_path / "t.txt").write_bytes(text)
-    (msg,) = iter_file_messages(tmp_path, "t.txt", 1, options=SendOptions(codec=codec_for_level(3), small_files=True))
+    (msg,) = iter_file_messages(
+        tmp_path, "t.txt", 1, options=SendOptions(codec=codec_for_level(3), small_files=True)
+    )
     assert isinstance(msg, SmallFile) and msg.codec == Zstd.ID and len(msg.data) < len(text) / 10
     assert decode_chunk(msg.codec, msg.data) == text and msg.hash == xxhash.xxh3_128_digest(text)
 
 
-def test_a_small_file_that_grows_while_read_is_aborted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_small_file_that_grows_while_read_is_aborted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x" * 100)
     real_pread = os.pread
@@ -106,15 +132,27 @@ TEXT = b"relaysync compresses repetitive text like this line, over and over agai
 
 
 def _small(data: bytes, codec: int, size: int | None = None) -> SmallFile:
-    return SmallFile(seq=3, path="s", size=len(TEXT) if size is None else size, mode=0o644, mtime_ns=1, data=data,
-                     hash=xxhash.xxh3_128_digest(TEXT), codec=codec, base_hash=b"b" * 16, changed_at=2.5)
+    return SmallFile(
+        seq=3,
+        path="s",
+        size=len(TEXT) if size is None else size,
+        mode=0o644,
+        mtime_ns=1,
+        data=data,
+        hash=xxhash.xxh3_128_digest(TEXT),
+        codec=codec,
+        base_hash=b"b" * 16,
+        changed_at=2.5,
+    )
 
 
 def test_a_plain_chunk_is_compressed_for_a_zstd_hop_and_keeps_its_offset() -> None:
     chunk = FileChunk(seq=3, offset=5 * 1024 * 1024, data=TEXT)
     out = ops_module.recoded(chunk, codec_for_level(3))
     assert isinstance(out, FileChunk) and out.codec == Zstd.ID and len(out.data) < len(TEXT) / 20
-    assert (out.seq, out.offset) == (chunk.seq, chunk.offset) and decode_chunk(out.codec, out.data) == TEXT
+    assert (out.seq, out.offset) == (chunk.seq, chunk.offset) and decode_chunk(
+        out.codec, out.data
+    ) == TEXT
     out.validate()
 
 
@@ -135,9 +173,15 @@ def test_incompressible_data_goes_plain_on_a_zstd_hop() -> None:
 @pytest.mark.parametrize("level", [0, 3], ids=["plain", "zstd"])
 def test_a_message_already_in_the_hops_codec_is_the_very_same_object(level: int) -> None:
     codec = codec_for_level(level)
-    data = TEXT if codec.ID == Plain.ID else Zstd(19).compress(TEXT)  # another level: still not decoded
-    for message in (FileChunk(seq=3, offset=0, data=data, codec=codec.ID), _small(data, codec.ID),
-                    FileEnd(seq=3, hash=b"h" * 16), Delete(seq=3, path="d")):
+    data = (
+        TEXT if codec.ID == Plain.ID else Zstd(19).compress(TEXT)
+    )  # another level: still not decoded
+    for message in (
+        FileChunk(seq=3, offset=0, data=data, codec=codec.ID),
+        _small(data, codec.ID),
+        FileEnd(seq=3, hash=b"h" * 16),
+        Delete(seq=3, path="d"),
+    ):
         assert ops_module.recoded(message, codec) is message
 
 

@@ -46,30 +46,53 @@ BIG = RESUME_MIN_BYTES + CHUNK_BYTES  # gets a named, resumable partial
 MTIME = 1_700_000_000_000_000_000
 
 
-def _folder(tmp_path: Path, mapping_id: int = 1, root: Path | None = None, **kw: object) -> TargetFolder:
+def _folder(
+    tmp_path: Path, mapping_id: int = 1, root: Path | None = None, **kw: object
+) -> TargetFolder:
     if root is None:
         root = tmp_path / "root"
         root.mkdir(exist_ok=True)
-    return TargetFolder(mapping_id=mapping_id, source_node=f"src-{mapping_id}", root=root,
-                        manifest=Manifest(tmp_path / f"m{mapping_id}.db"), durable=False, **kw)  # type: ignore[arg-type]
+    return TargetFolder(
+        mapping_id=mapping_id,
+        source_node=f"src-{mapping_id}",
+        root=root,
+        manifest=Manifest(tmp_path / f"m{mapping_id}.db"),
+        durable=False,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def _start(seq: int, path: str, data: bytes) -> FileStart:
-    return FileStart(seq=seq, path=path, size=len(data), mode=0o644, mtime_ns=MTIME,
-                     expected_hash=xxhash.xxh3_128(data).digest())
+    return FileStart(
+        seq=seq,
+        path=path,
+        size=len(data),
+        mode=0o644,
+        mtime_ns=MTIME,
+        expected_hash=xxhash.xxh3_128(data).digest(),
+    )
 
 
 def _chunks(seq: int, data: bytes, lo: int = 0, hi: int | None = None) -> list[AnyMessage]:
     end = len(data) if hi is None else hi
-    return [FileChunk(seq=seq, offset=o, data=data[o:o + CHUNK_BYTES]) for o in range(lo, end, CHUNK_BYTES)]
+    return [
+        FileChunk(seq=seq, offset=o, data=data[o : o + CHUNK_BYTES])
+        for o in range(lo, end, CHUNK_BYTES)
+    ]
 
 
 def _whole(seq: int, path: str, data: bytes) -> list[AnyMessage]:
-    return [_start(seq, path, data), *_chunks(seq, data), FileEnd(seq=seq, hash=xxhash.xxh3_128(data).digest())]
+    return [
+        _start(seq, path, data),
+        *_chunks(seq, data),
+        FileEnd(seq=seq, hash=xxhash.xxh3_128(data).digest()),
+    ]
 
 
 def _temps(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX))
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)
+    )
 
 
 def _interrupted(folder: TargetFolder, path: str, data: bytes) -> None:
@@ -86,7 +109,9 @@ def _after_restart(folder: TargetFolder) -> list[str]:
     return _temps(folder.root)
 
 
-@pytest.mark.parametrize("op", ["delete", "rename", "small file", "directory", "erase", "newer version"])
+@pytest.mark.parametrize(
+    "op", ["delete", "rename", "small file", "directory", "erase", "newer version"]
+)
 def test_a_partial_goes_with_the_file_it_would_have_become(tmp_path: Path, op: str) -> None:
     folder = _folder(tmp_path)
     (folder.root / "sub").mkdir()
@@ -96,9 +121,21 @@ def test_a_partial_goes_with_the_file_it_would_have_become(tmp_path: Path, op: s
     msgs: list[AnyMessage] = {
         "delete": [Delete(seq=2, path="sub/big.bin")],
         "rename": [Rename(seq=2, path="sub/big.bin", new_path="moved.bin")],
-        "small file": [SmallFile(seq=2, path="sub/big.bin", size=4, mode=0o644, mtime_ns=MTIME, data=small,
-                                 hash=xxhash.xxh3_128(small).digest())],
-        "directory": [Delete(seq=2, path="sub/big.bin"), MakeDir(seq=3, path="sub/big.bin", mode=0o755)],
+        "small file": [
+            SmallFile(
+                seq=2,
+                path="sub/big.bin",
+                size=4,
+                mode=0o644,
+                mtime_ns=MTIME,
+                data=small,
+                hash=xxhash.xxh3_128(small).digest(),
+            )
+        ],
+        "directory": [
+            Delete(seq=2, path="sub/big.bin"),
+            MakeDir(seq=3, path="sub/big.bin", mode=0o755),
+        ],
         "erase": [Erase(seq=2, path="sub", keep=())],
         "newer version": _whole(2, "sub/big.bin", os.urandom(BIG)),
     }[op]
@@ -135,9 +172,15 @@ def test_the_same_version_twice_in_one_batch_commits(tmp_path: Path) -> None:
     v1, v2 = os.urandom(BIG), os.urandom(BIG)
     (src / "big.bin").write_bytes(v1)  # what the file holds when the link replays
     h1, h2 = xxhash.xxh3_128(v1).digest(), xxhash.xxh3_128(v2).digest()
-    records = [JournalRecord(seq=s, op="write", path="big.bin",
-                             entry=Entry(path="big.bin", kind="f", size=BIG, hash=h))
-               for s, h in ((5, h1), (6, h2), (7, h1))]
+    records = [
+        JournalRecord(
+            seq=s,
+            op="write",
+            path="big.bin",
+            entry=Entry(path="big.bin", kind="f", size=BIG, hash=h),
+        )
+        for s, h in ((5, h1), (6, h2), (7, h1))
+    ]
     msgs = [m for r in records for m in ops.record_messages(src, r, ops.SendOptions())]
     folder = _folder(tmp_path)
     session = ReceiverSession(folder, "j", lambda *_: None)
@@ -153,37 +196,67 @@ def test_two_long_names_that_share_their_beginning_get_their_own_partials(tmp_pa
     msgs = [*_whole(1, f"{stem}-a.iso", data), *_whole(2, f"{stem}-b.iso", data), Checkpoint(seq=2)]
     session = ReceiverSession(folder, "j", lambda *_: None)
     assert session.apply_batch(msgs) == [Ack(mapping_id=1, watermark=2)]
-    assert (folder.root / f"{stem}-a.iso").read_bytes() == data == (folder.root / f"{stem}-b.iso").read_bytes()
+    assert (
+        (folder.root / f"{stem}-a.iso").read_bytes()
+        == data
+        == (folder.root / f"{stem}-b.iso").read_bytes()
+    )
 
 
 @pytest.mark.parametrize("size", [100, BIG], ids=["temp file", "partial"])
-def test_a_name_of_255_bytes_in_three_byte_characters_fits_its_temp_name(tmp_path: Path, size: int) -> None:
+def test_a_name_of_255_bytes_in_three_byte_characters_fits_its_temp_name(
+    tmp_path: Path, size: int
+) -> None:
     name = "文" * (MAX_NAME_BYTES // 3)  # 85 characters, 255 bytes: the longest name ext4 takes
     data = os.urandom(size)
-    msgs: list[AnyMessage] = ([SmallFile(seq=1, path=name, size=size, mode=0o644, mtime_ns=MTIME, data=data,
-                                         hash=xxhash.xxh3_128(data).digest())]
-                              if size < RESUME_MIN_BYTES else _whole(1, name, data))
+    msgs: list[AnyMessage] = (
+        [
+            SmallFile(
+                seq=1,
+                path=name,
+                size=size,
+                mode=0o644,
+                mtime_ns=MTIME,
+                data=data,
+                hash=xxhash.xxh3_128(data).digest(),
+            )
+        ]
+        if size < RESUME_MIN_BYTES
+        else _whole(1, name, data)
+    )
     folder = _folder(tmp_path)
     session = ReceiverSession(folder, "j", lambda *_: None)
     assert session.apply_batch([*msgs, Checkpoint(seq=1)]) == [Ack(mapping_id=1, watermark=1)]
     assert (folder.root / name).read_bytes() == data
 
 
-def test_two_members_of_an_nm_job_receiving_the_same_large_file_never_share_a_partial(tmp_path: Path) -> None:
+def test_two_members_of_an_nm_job_receiving_the_same_large_file_never_share_a_partial(
+    tmp_path: Path,
+) -> None:
     """Members share the target folder and apply their streams concurrently (a worker thread each)."""
     root = tmp_path / "root"
     root.mkdir()
     lock = threading.RLock()
     a = _folder(tmp_path, 1, root, conflict=NEWEST_MTIME, lock=lock)
     b = _folder(tmp_path, 2, root, conflict=NEWEST_MTIME, lock=lock)
-    session_a, session_b = ConflictSession(a, "ja", lambda *_: None), ConflictSession(b, "jb", lambda *_: None)
+    session_a, session_b = (
+        ConflictSession(a, "ja", lambda *_: None),
+        ConflictSession(b, "jb", lambda *_: None),
+    )
     data = os.urandom(BIG)
     digest = xxhash.xxh3_128(data).digest()
     # interleaved at batch boundaries, as the two worker threads may run them
-    assert session_a.apply_batch([_start(1, "same.bin", data), *_chunks(1, data, 0, 4 * CHUNK_BYTES)]) == []
-    assert session_b.apply_batch([_start(1, "same.bin", data), *_chunks(1, data, 0, CHUNK_BYTES)]) == []
-    replies = session_a.apply_batch([*_chunks(1, data, 4 * CHUNK_BYTES), FileEnd(seq=1, hash=digest),
-                                     Checkpoint(seq=1)])
+    assert (
+        session_a.apply_batch([_start(1, "same.bin", data), *_chunks(1, data, 0, 4 * CHUNK_BYTES)])
+        == []
+    )
+    assert (
+        session_b.apply_batch([_start(1, "same.bin", data), *_chunks(1, data, 0, CHUNK_BYTES)])
+        == []
+    )
+    replies = session_a.apply_batch(
+        [*_chunks(1, data, 4 * CHUNK_BYTES), FileEnd(seq=1, hash=digest), Checkpoint(seq=1)]
+    )
     assert replies == [Ack(mapping_id=1, watermark=1)]
     assert (root / "same.bin").read_bytes() == data
     session_b.close()  # b's link drops: its own partial stays for b to resume
@@ -191,7 +264,9 @@ def test_two_members_of_an_nm_job_receiving_the_same_large_file_never_share_a_pa
     assert (root / "same.bin").read_bytes() == data
 
 
-def test_a_name_too_long_for_a_version_stamp_is_replaced_without_a_kept_version(tmp_path: Path) -> None:
+def test_a_name_too_long_for_a_version_stamp_is_replaced_without_a_kept_version(
+    tmp_path: Path,
+) -> None:
     """With version keeping on, `<name>@<stamp>` of a 250-byte name passes NAME_MAX: that version
     is not kept (logged), and the change still commits instead of blocking the mapping."""
     folder = _folder(tmp_path, keep_versions=3)
@@ -199,18 +274,34 @@ def test_a_name_too_long_for_a_version_stamp_is_replaced_without_a_kept_version(
     (folder.root / name).write_bytes(b"old")
     new = b"new"
     session = ReceiverSession(folder, "j", lambda *_: None)
-    replies = session.apply_batch([SmallFile(seq=1, path=name, size=3, mode=0o644, mtime_ns=MTIME, data=new,
-                                             hash=xxhash.xxh3_128(new).digest()), Checkpoint(seq=1)])
+    replies = session.apply_batch(
+        [
+            SmallFile(
+                seq=1,
+                path=name,
+                size=3,
+                mode=0o644,
+                mtime_ns=MTIME,
+                data=new,
+                hash=xxhash.xxh3_128(new).digest(),
+            ),
+            Checkpoint(seq=1),
+        ]
+    )
     assert replies == [Ack(mapping_id=1, watermark=1)]
     assert (folder.root / name).read_bytes() == new
 
 
 # --- a large file received whole and verified, staged but not committed when the batch ends ---
 
-STAGED = RESUME_MIN_BYTES + 8 * CHUNK_BYTES  # 16 MiB, a whole number of chunks: it resumes at its end
+STAGED = (
+    RESUME_MIN_BYTES + 8 * CHUNK_BYTES
+)  # 16 MiB, a whole number of chunks: it resumes at its end
 
 
-def _source_files(tmp_path: Path, names: tuple[str, ...], mode: int = 0o644) -> tuple[Path, list[JournalRecord]]:
+def _source_files(
+    tmp_path: Path, names: tuple[str, ...], mode: int = 0o644
+) -> tuple[Path, list[JournalRecord]]:
     src = tmp_path / "src"
     src.mkdir()
     records = []
@@ -218,15 +309,26 @@ def _source_files(tmp_path: Path, names: tuple[str, ...], mode: int = 0o644) -> 
         data = os.urandom(STAGED)
         (src / name).write_bytes(data)
         os.chmod(src / name, mode)
-        records.append(JournalRecord(seq=seq, op="write", path=name,
-                                     entry=Entry(path=name, kind="f", size=STAGED, hash=xxhash.xxh3_128(data).digest())))
+        records.append(
+            JournalRecord(
+                seq=seq,
+                op="write",
+                path=name,
+                entry=Entry(path=name, kind="f", size=STAGED, hash=xxhash.xxh3_128(data).digest()),
+            )
+        )
     return src, records
 
 
 def _sent(src: Path, records: list[JournalRecord], folder: TargetFolder) -> list[AnyMessage]:
     """What a link sends in a session: from the resume offsets of the target's MappingState."""
     options = ops.SendOptions(resume={(p.path, p.hash): p.size for p in folder.list_partials()})
-    return [m for r in records for m in ops.record_messages(src, r, options) if not isinstance(m, ops.Flush)]
+    return [
+        m
+        for r in records
+        for m in ops.record_messages(src, r, options)
+        if not isinstance(m, ops.Flush)
+    ]
 
 
 def _data_bytes(msgs: list[AnyMessage], seq: int) -> int:
@@ -238,19 +340,27 @@ def _end_of(msgs: list[AnyMessage], seq: int) -> int:
 
 
 @pytest.mark.parametrize("cut", ["link drops", "a later op fails"])
-def test_a_verified_large_file_staged_when_the_batch_ends_is_not_sent_again(tmp_path: Path, cut: str) -> None:
+def test_a_verified_large_file_staged_when_the_batch_ends_is_not_sent_again(
+    tmp_path: Path, cut: str
+) -> None:
     """a.bin arrives whole (FileEnd verified) and waits for the Checkpoint; then the link drops
     mid b.bin, or a later op of the batch fails (a delta whose base this target lacks)."""
-    src, records = _source_files(tmp_path, ("a.bin", "b.bin"), mode=0o444)  # read-only: resumed all the same
+    src, records = _source_files(
+        tmp_path, ("a.bin", "b.bin"), mode=0o444
+    )  # read-only: resumed all the same
     folder = _folder(tmp_path)
     first = _sent(src, records, folder)
     end_a = _end_of(first, 1)
     session = ReceiverSession(folder, "j", lambda *_: None)
     if cut == "link drops":
-        assert session.apply_batch(first[:end_a + 1 + 1 + 4]) == []  # b.bin's FileStart and 4 chunks
+        assert (
+            session.apply_batch(first[: end_a + 1 + 1 + 4]) == []
+        )  # b.bin's FileStart and 4 chunks
     else:
-        delta = DeltaStart(seq=2, path="c.txt", size=10, mode=0o644, mtime_ns=1, base_hash=b"x" * 16)
-        replies = session.apply_batch([*first[:end_a + 1], delta])
+        delta = DeltaStart(
+            seq=2, path="c.txt", size=10, mode=0o644, mtime_ns=1, base_hash=b"x" * 16
+        )
+        replies = session.apply_batch([*first[: end_a + 1], delta])
         assert [type(r) for r in replies] == [Error]
     session.close()
     assert {p.path: p.size for p in folder.list_partials()}["a.bin"] == STAGED
@@ -266,13 +376,25 @@ def test_a_verified_large_file_staged_when_the_batch_ends_is_not_sent_again(tmp_
     assert folder.list_partials() == () and _temps(folder.root) == []
 
 
-def test_a_failed_commit_keeps_the_staged_partials_and_removes_the_other_temp_files(tmp_path: Path) -> None:
+def test_a_failed_commit_keeps_the_staged_partials_and_removes_the_other_temp_files(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "root"
     root.mkdir()
     big, small = os.urandom(BIG), b"small"
-    partial = staging.IncomingFile.open_partial(root, root / "big.bin", xxhash.xxh3_128(big).digest(), owner=1,
-                                                size=BIG, mode=0o444, mtime_ns=MTIME, offset=0)
-    temp = staging.IncomingFile.open(root, root / "small.txt", size=len(small), mode=0o644, mtime_ns=MTIME)
+    partial = staging.IncomingFile.open_partial(
+        root,
+        root / "big.bin",
+        xxhash.xxh3_128(big).digest(),
+        owner=1,
+        size=BIG,
+        mode=0o444,
+        mtime_ns=MTIME,
+        offset=0,
+    )
+    temp = staging.IncomingFile.open(
+        root, root / "small.txt", size=len(small), mode=0o644, mtime_ns=MTIME
+    )
     for incoming, data in ((partial, big), (temp, small)):
         incoming.append(data)
         incoming.finish(xxhash.xxh3_128(data).digest())
@@ -312,7 +434,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
-def _attempt(src: Path, record: JournalRecord, folder: TargetFolder) -> tuple[int, list[AnyMessage]]:
+def _attempt(
+    src: Path, record: JournalRecord, folder: TargetFolder
+) -> tuple[int, list[AnyMessage]]:
     """One session of the source's retries: the bytes of file data it sent, and the replies."""
     msgs = _sent(src, [record], folder)
     session = ReceiverSession(folder, "j", lambda *_: None)
@@ -326,12 +450,21 @@ def _big_on(tmp_path: Path, disk: Path) -> tuple[Path, JournalRecord, TargetFold
     src.mkdir()
     data = os.urandom(FULL)
     (src / "big.bin").write_bytes(data)
-    record = JournalRecord(seq=1, op="write", path="big.bin",
-                           entry=Entry(path="big.bin", kind="f", size=FULL, hash=xxhash.xxh3_128(data).digest()))
+    record = JournalRecord(
+        seq=1,
+        op="write",
+        path="big.bin",
+        entry=Entry(path="big.bin", kind="f", size=FULL, hash=xxhash.xxh3_128(data).digest()),
+    )
     root = disk / "target"
     root.mkdir()
-    folder = TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "m.db"),
-                          durable=True)
+    folder = TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=root,
+        manifest=Manifest(tmp_path / "m.db"),
+        durable=True,
+    )
     return src, record, folder
 
 
@@ -340,7 +473,8 @@ def _held(folder: TargetFolder) -> int:
 
 
 def test_a_full_disk_keeps_the_whole_chunks_received_and_retries_resend_at_most_one_chunk(
-        tmp_path: Path, small_disk: Path) -> None:
+    tmp_path: Path, small_disk: Path
+) -> None:
     src, record, folder = _big_on(tmp_path, small_disk)
     held = 0
     for _attempt_no in range(3):  # the source retries after each DISK_FULL
@@ -359,7 +493,8 @@ def test_a_full_disk_keeps_the_whole_chunks_received_and_retries_resend_at_most_
 
 
 def test_a_partial_that_stops_growing_on_a_full_disk_is_dropped_after_a_while(
-        tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Held for ever, its space could keep other files (another mapping's, another partial
     waiting on this one) from ever fitting: past FULL_DISK_HOLD_S without growing, it goes."""
     monkeypatch.setattr(receiver, "FULL_DISK_HOLD_S", 0.0)
@@ -373,17 +508,25 @@ def test_a_partial_that_stops_growing_on_a_full_disk_is_dropped_after_a_while(
     assert sent == FULL and _held(folder) >= 8 * CHUNK_BYTES
 
 
-PATCHED = RESUME_MIN_BYTES + 4 * CHUNK_BYTES  # 12 MiB, old and new version, on a disk that cannot hold both
+PATCHED = (
+    RESUME_MIN_BYTES + 4 * CHUNK_BYTES
+)  # 12 MiB, old and new version, on a disk that cannot hold both
 
 
-@pytest.fixture(params=[pytest.param("20m", id="full mid-delta"),
-                        pytest.param("23m", id="full in the delta's last MiB: seen when it ends")])
+@pytest.fixture(
+    params=[
+        pytest.param("20m", id="full mid-delta"),
+        pytest.param("23m", id="full in the delta's last MiB: seen when it ends"),
+    ]
+)
 def patch_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     with _tmpfs(tmp_path / "disk", request.param) as mount:
         yield mount
 
 
-def _delta_on(tmp_path: Path, disk: Path) -> tuple[Path, JournalRecord, TargetFolder, SignatureStore]:
+def _delta_on(
+    tmp_path: Path, disk: Path
+) -> tuple[Path, JournalRecord, TargetFolder, SignatureStore]:
     """The target (on `disk`) holds v1 and the source its signature; the source then writes v2
     (unrelated data: its delta is about its size): the record of that write, sent as a delta."""
     src, root = tmp_path / "src", disk / "target"
@@ -394,22 +537,45 @@ def _delta_on(tmp_path: Path, disk: Path) -> tuple[Path, JournalRecord, TargetFo
     (root / "big.bin").write_bytes(old)
     st = os.stat(root / "big.bin")
     base = xxhash.xxh3_128_digest(old)
-    folder = TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "m.db"),
-                          durable=True)
-    folder.manifest.put_many([Entry(path="big.bin", kind="f", size=PATCHED, mtime_ns=st.st_mtime_ns, mode=0o644,
-                                    hash=base)])
+    folder = TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=root,
+        manifest=Manifest(tmp_path / "m.db"),
+        durable=True,
+    )
+    folder.manifest.put_many(
+        [
+            Entry(
+                path="big.bin",
+                kind="f",
+                size=PATCHED,
+                mtime_ns=st.st_mtime_ns,
+                mode=0o644,
+                hash=base,
+            )
+        ]
+    )
     sigs = SignatureStore(tmp_path / "sigs")
     sigs.remember(src, "big.bin", base)
     (src / "big.bin").write_bytes(new)
-    record = JournalRecord(seq=1, op="write", path="big.bin", base_hash=base,
-                           entry=Entry(path="big.bin", kind="f", size=PATCHED, hash=xxhash.xxh3_128_digest(new)))
+    record = JournalRecord(
+        seq=1,
+        op="write",
+        path="big.bin",
+        base_hash=base,
+        entry=Entry(path="big.bin", kind="f", size=PATCHED, hash=xxhash.xxh3_128_digest(new)),
+    )
     return src, record, folder, sigs
 
 
-def _delta_attempt(src: Path, record: JournalRecord, folder: TargetFolder,
-                   sigs: SignatureStore) -> tuple[list[AnyMessage], list[AnyMessage]]:
+def _delta_attempt(
+    src: Path, record: JournalRecord, folder: TargetFolder, sigs: SignatureStore
+) -> tuple[list[AnyMessage], list[AnyMessage]]:
     """One session of the source's retries of a delta: what it sent, and the replies."""
-    options = ops.SendOptions(signatures=sigs, resume={(p.path, p.hash): p.size for p in folder.list_partials()})
+    options = ops.SendOptions(
+        signatures=sigs, resume={(p.path, p.hash): p.size for p in folder.list_partials()}
+    )
     msgs = [m for m in ops.record_messages(src, record, options) if not isinstance(m, ops.Flush)]
     session = ReceiverSession(folder, "j", lambda *_: None)
     replies = session.apply_batch([*msgs, Checkpoint(seq=1)])
@@ -418,7 +584,8 @@ def _delta_attempt(src: Path, record: JournalRecord, folder: TargetFolder,
 
 
 def test_a_full_disk_during_a_delta_keeps_the_whole_chunks_patched_and_resumes_them(
-        tmp_path: Path, patch_disk: Path) -> None:
+    tmp_path: Path, patch_disk: Path
+) -> None:
     """As for a whole file: the delta's output (the new version's partial) is cut to whole chunks
     and kept, and the retries resume it whole from there, resending at most one chunk of it."""
     src, record, folder, sigs = _delta_on(tmp_path, patch_disk)
@@ -442,13 +609,23 @@ def test_a_full_disk_during_a_delta_keeps_the_whole_chunks_patched_and_resumes_t
     assert folder.list_partials() == () and _temps(folder.root) == []
 
 
-def test_a_staged_read_only_file_stays_writable_for_its_owner_until_committed(tmp_path: Path) -> None:
+def test_a_staged_read_only_file_stays_writable_for_its_owner_until_committed(
+    tmp_path: Path,
+) -> None:
     """A verified partial waits for its batch's commit in mode 0600: after a kill -9 there,
     an agent that is not root must still be able to reopen it to resume (0444 would mean an
     EACCES on every retry). The file's own mode is set at commit."""
     data = os.urandom(CHUNK_BYTES + 1)
-    incoming = staging.IncomingFile.open_partial(tmp_path, tmp_path / "ro.bin", xxhash.xxh3_128_digest(data),
-                                                 owner=1, size=len(data), mode=0o100444, mtime_ns=10**18, offset=0)
+    incoming = staging.IncomingFile.open_partial(
+        tmp_path,
+        tmp_path / "ro.bin",
+        xxhash.xxh3_128_digest(data),
+        owner=1,
+        size=len(data),
+        mode=0o100444,
+        mtime_ns=10**18,
+        offset=0,
+    )
     incoming.append(data)
     incoming.finish(xxhash.xxh3_128_digest(data))
     assert os.stat(incoming.temp_name).st_mode & 0o777 == 0o600
@@ -471,57 +648,86 @@ def disk_40m(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
-def _disk_mapping(tmp_path: Path, disk: Path, mid: int) -> tuple[Path, list[JournalRecord], TargetFolder]:
+def _disk_mapping(
+    tmp_path: Path, disk: Path, mid: int
+) -> tuple[Path, list[JournalRecord], TargetFolder]:
     src = tmp_path / f"src{mid}"
     src.mkdir()
     records = []
     for seq, name in enumerate(("a.bin", "b.bin"), 1):
         data = os.urandom(TWO_FILES)
         (src / name).write_bytes(data)
-        records.append(JournalRecord(seq=seq, op="write", path=name,
-                                     entry=Entry(path=name, kind="f", size=TWO_FILES, hash=xxhash.xxh3_128(data).digest())))
+        records.append(
+            JournalRecord(
+                seq=seq,
+                op="write",
+                path=name,
+                entry=Entry(
+                    path=name, kind="f", size=TWO_FILES, hash=xxhash.xxh3_128(data).digest()
+                ),
+            )
+        )
     root = disk / f"m{mid}"
     root.mkdir()
-    folder = TargetFolder(mapping_id=mid, source_node="src", root=root, manifest=Manifest(tmp_path / f"m{mid}.db"),
-                          durable=False)
+    folder = TargetFolder(
+        mapping_id=mid,
+        source_node="src",
+        root=root,
+        manifest=Manifest(tmp_path / f"m{mid}.db"),
+        durable=False,
+    )
     return src, records, folder
 
 
 def _sent_now(src: Path, records: list[JournalRecord], folder: TargetFolder) -> list[AnyMessage]:
     options = ops.SendOptions(resume={(p.path, p.hash): p.size for p in folder.list_partials()})
-    msgs = [m for r in records for m in ops.record_messages(src, r, options) if not isinstance(m, ops.Flush)]
+    msgs = [
+        m
+        for r in records
+        for m in ops.record_messages(src, r, options)
+        if not isinstance(m, ops.Flush)
+    ]
     return [*msgs, Checkpoint(seq=len(records))]
 
 
 def test_two_mappings_filling_one_disk_do_not_both_stall_for_ever(
-        tmp_path: Path, disk_40m: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, disk_40m: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(receiver, "FULL_DISK_HOLD_S", 0.0, raising=False)  # any hold has expired
     maps = [_disk_mapping(tmp_path, disk_40m, mid) for mid in (1, 2)]
     # Both sessions run at once: each has its a.bin verified and staged, and 2 MiB of b.bin.
     sessions, rests = [], []
     for src, records, folder in maps:
         msgs = _sent_now(src, records, folder)
-        b_start = next(i for i, m in enumerate(msgs) if isinstance(m, FileStart) and m.path == "b.bin")
+        b_start = next(
+            i for i, m in enumerate(msgs) if isinstance(m, FileStart) and m.path == "b.bin"
+        )
         session = ReceiverSession(folder, "j", lambda *_: None)
-        assert session.apply_batch(msgs[:b_start + 3]) == []
+        assert session.apply_batch(msgs[: b_start + 3]) == []
         sessions.append(session)
-        rests.append(msgs[b_start + 3:])
+        rests.append(msgs[b_start + 3 :])
     for session, rest in zip(sessions, rests, strict=True):  # the disk fills during both b.bin
         session.apply_batch(rest)
         session.close()
     committed: dict[int, bool] = {}
-    for _round in range(8):  # each source retries in turn (its backoff), one session after the other
+    for _round in range(
+        8
+    ):  # each source retries in turn (its backoff), one session after the other
         if any(all((f.root / n).exists() for n in ("a.bin", "b.bin")) for _s, _r, f in maps):
             break  # one mapping's batch is committed: the disk holds it (the other waits for space, rightly)
         for src, records, folder in maps:
             session = ReceiverSession(folder, "j", lambda *_: None)
             replies = session.apply_batch(_sent_now(src, records, folder))
             session.close()
-            committed[folder.mapping_id] = replies == [Ack(mapping_id=folder.mapping_id, watermark=2)]
+            committed[folder.mapping_id] = replies == [
+                Ack(mapping_id=folder.mapping_id, watermark=2)
+            ]
         if any(committed.values()):
             break
     held = sorted((p.name[:24], p.stat().st_size // CHUNK_BYTES) for p in disk_40m.rglob("*.part"))
-    done = [f.mapping_id for _s, _r, f in maps if all((f.root / n).exists() for n in ("a.bin", "b.bin"))]
+    done = [
+        f.mapping_id for _s, _r, f in maps if all((f.root / n).exists() for n in ("a.bin", "b.bin"))
+    ]
     assert done, f"neither mapping ever commits; partials on the disk (MiB): {held}"
 
 
@@ -532,11 +738,20 @@ NOBODY = 65534
 def _nobody_agent_step(base: Path, kill_in_fsync: bool) -> None:
     """One session of a non-root target agent against the source's retry (in a forked process)."""
     src, root = base / "src", base / "root"
-    folder = TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(base / "state" / "m.db"),
-                          durable=True)
+    folder = TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=root,
+        manifest=Manifest(base / "state" / "m.db"),
+        durable=True,
+    )
     data = (src / "big.bin").read_bytes()
-    record = JournalRecord(seq=1, op="write", path="big.bin",
-                           entry=Entry(path="big.bin", kind="f", size=len(data), hash=xxhash.xxh3_128(data).digest()))
+    record = JournalRecord(
+        seq=1,
+        op="write",
+        path="big.bin",
+        entry=Entry(path="big.bin", kind="f", size=len(data), hash=xxhash.xxh3_128(data).digest()),
+    )
     options = ops.SendOptions(resume={(p.path, p.hash): p.size for p in folder.list_partials()})
     msgs = [m for m in ops.record_messages(src, record, options) if not isinstance(m, ops.Flush)]
     session = ReceiverSession(folder, "j", lambda *_: None)
@@ -600,7 +815,8 @@ def test_a_read_only_file_killed_mid_commit_still_arrives(nobody_dir: Path) -> N
     part = next(p for p in (base / "root").iterdir() if p.name.endswith(".part"))
     retries = [_as_nobody(base, kill_in_fsync=False) for _ in range(3)]
     assert (base / "root" / "big.bin").exists(), (
-        f"never committed after 3 retries; partial mode {oct(part.stat().st_mode & 0o777)}; last: {retries[-1]}")
+        f"never committed after 3 retries; partial mode {oct(part.stat().st_mode & 0o777)}; last: {retries[-1]}"
+    )
 
 
 def test_a_checkpoint_naming_a_partial_obsolete_removes_only_that_version(tmp_path: Path) -> None:
@@ -614,13 +830,22 @@ def test_a_checkpoint_naming_a_partial_obsolete_removes_only_that_version(tmp_pa
     session.apply_batch([_start(1, "b.bin", other), *_chunks(1, other, 0, CHUNK_BYTES)])
     session.close()
     held["b.bin"] = xxhash.xxh3_128(other).digest()
-    session = ReceiverSession(folder, "j", lambda *_: None)  # a newer version of a.bin starts meanwhile
+    session = ReceiverSession(
+        folder, "j", lambda *_: None
+    )  # a newer version of a.bin starts meanwhile
     session.apply_batch([_start(2, "a.bin", newer), *_chunks(2, newer, 0, CHUNK_BYTES)])
     session.close()
-    refs = (PartialRef(path="a.bin", hash=held["a.bin"]), PartialRef(path="b.bin", hash=held["b.bin"]),
-            PartialRef(path="never.bin", hash=b"\x03" * 16))
+    refs = (
+        PartialRef(path="a.bin", hash=held["a.bin"]),
+        PartialRef(path="b.bin", hash=held["b.bin"]),
+        PartialRef(path="never.bin", hash=b"\x03" * 16),
+    )
     session = ReceiverSession(folder, "j", lambda *_: None)
-    assert session.apply_batch([Checkpoint(seq=3, obsolete=refs)]) == [Ack(mapping_id=1, watermark=3)]
+    assert session.apply_batch([Checkpoint(seq=3, obsolete=refs)]) == [
+        Ack(mapping_id=1, watermark=3)
+    ]
     session.close()
-    assert [(p.path, p.hash) for p in folder.list_partials()] == [("a.bin", xxhash.xxh3_128(newer).digest())]
+    assert [(p.path, p.hash) for p in folder.list_partials()] == [
+        ("a.bin", xxhash.xxh3_128(newer).digest())
+    ]
     assert len(_temps(folder.root)) == 1

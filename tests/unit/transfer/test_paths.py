@@ -6,8 +6,22 @@ from relaysync.errors import UnsafePath
 from relaysync.transfer.paths import check_relpath, resolve_inside
 
 
-@pytest.mark.parametrize("bad", ["", "/abs", "../x", "a/../b", "a//b", "./a", "a/.", "x\x00y",
-                                 "a/.relaysync.f.tmp", "n" * 300, "a/" * 3000])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "/abs",
+        "../x",
+        "a/../b",
+        "a//b",
+        "./a",
+        "a/.",
+        "x\x00y",
+        "a/.relaysync.f.tmp",
+        "n" * 300,
+        "a/" * 3000,
+    ],
+)
 def test_unsafe_paths_refused(bad: str) -> None:
     with pytest.raises(UnsafePath):
         check_relpath(bad)

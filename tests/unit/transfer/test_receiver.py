@@ -37,12 +37,21 @@ from tests._trees import snapshot, temp_files
 def folder(tmp_path: Path) -> TargetFolder:
     root = tmp_path / "root"
     root.mkdir()
-    return TargetFolder(mapping_id=1, source_node="src", root=root,
-                        manifest=Manifest(tmp_path / "m.db"), durable=True)
+    return TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=root,
+        manifest=Manifest(tmp_path / "m.db"),
+        durable=True,
+    )
 
 
 def _file(seq: int, path: str, data: bytes, *, digest: bytes | None = None) -> list:
-    msgs: list = [FileStart(seq=seq, path=path, size=len(data), mode=0o640, mtime_ns=1_700_000_000_000_000_000)]
+    msgs: list = [
+        FileStart(
+            seq=seq, path=path, size=len(data), mode=0o640, mtime_ns=1_700_000_000_000_000_000
+        )
+    ]
     for off in range(0, len(data), 1000):
         msgs.append(FileChunk(seq=seq, offset=off, data=data[off : off + 1000]))
     msgs.append(FileEnd(seq=seq, hash=digest or xxhash.xxh3_128(data).digest()))
@@ -52,7 +61,9 @@ def _file(seq: int, path: str, data: bytes, *, digest: bytes | None = None) -> l
 def test_files_committed_with_mode_mtime_and_watermark(folder: TargetFolder) -> None:
     reports: list[tuple[int, list[CommitRecord]]] = []
     s = ReceiverSession(folder, "j1", lambda wm, recs: reports.append((wm, list(recs))))
-    replies = s.apply_batch(_file(1, "a/b.txt", b"x" * 2500) + _file(2, "c", b"") + [Checkpoint(seq=2)])
+    replies = s.apply_batch(
+        _file(1, "a/b.txt", b"x" * 2500) + _file(2, "c", b"") + [Checkpoint(seq=2)]
+    )
     assert replies == [Ack(mapping_id=1, watermark=2)]
     assert (folder.root / "a" / "b.txt").read_bytes() == b"x" * 2500
     st = os.stat(folder.root / "a" / "b.txt")
@@ -85,8 +96,14 @@ def test_session_closed_mid_file_leaves_old_and_no_temp(folder: TargetFolder) ->
 def test_unsafe_paths_refused_and_skipped(folder: TargetFolder) -> None:
     reports: list = []
     s = ReceiverSession(folder, "j1", lambda wm, recs: reports.extend(recs))
-    replies = s.apply_batch(_file(1, "../evil", b"e") + [Delete(seq=2, path="../root"),
-                            Rename(seq=3, path="x", new_path="/abs"), Checkpoint(seq=3)])
+    replies = s.apply_batch(
+        _file(1, "../evil", b"e")
+        + [
+            Delete(seq=2, path="../root"),
+            Rename(seq=3, path="x", new_path="/abs"),
+            Checkpoint(seq=3),
+        ]
+    )
     assert replies == [Ack(mapping_id=1, watermark=3)]
     assert [r.ok for r in reports] == [False, False, False]
     assert list(folder.root.iterdir()) == []
@@ -97,8 +114,12 @@ def test_ops_are_idempotent(folder: TargetFolder) -> None:
     batch = (
         [MakeDir(seq=1, path="d", mode=0o755)]
         + _file(2, "d/f", b"data")
-        + [Rename(seq=3, path="d/f", new_path="d/g"), Symlink(seq=4, path="l", target="d/g"),
-           SetAttr(seq=5, path="d/g", mode=0o600, mtime_ns=1_000_000_000), Checkpoint(seq=5)]
+        + [
+            Rename(seq=3, path="d/f", new_path="d/g"),
+            Symlink(seq=4, path="l", target="d/g"),
+            SetAttr(seq=5, path="d/g", mode=0o600, mtime_ns=1_000_000_000),
+            Checkpoint(seq=5),
+        ]
     )
     ReceiverSession(folder, "j1", lambda *_: None).apply_batch(batch)
     first = snapshot(folder.root)
@@ -135,10 +156,16 @@ def test_commit_records_carry_the_change_time_and_commit_after_it(folder: Target
     s = ReceiverSession(folder, "j1", lambda wm, recs: reports.extend(recs))
     changed = time.time() - 2.0
     start = FileStart(seq=1, path="a", size=3, mode=0o644, mtime_ns=0, changed_at=changed)
-    s.apply_batch([start, FileChunk(seq=1, offset=0, data=b"abc"),
-                   FileEnd(seq=1, hash=xxhash.xxh3_128(b"abc").digest()),
-                   MakeDir(seq=2, path="d", changed_at=changed + 1), Delete(seq=3, path="a"),
-                   Checkpoint(seq=3)])
+    s.apply_batch(
+        [
+            start,
+            FileChunk(seq=1, offset=0, data=b"abc"),
+            FileEnd(seq=1, hash=xxhash.xxh3_128(b"abc").digest()),
+            MakeDir(seq=2, path="d", changed_at=changed + 1),
+            Delete(seq=3, path="a"),
+            Checkpoint(seq=3),
+        ]
+    )
     assert [(r.seq, r.changed_at) for r in reports] == [(1, changed), (2, changed + 1), (3, 0.0)]
     for r in reports:
         assert r.committed_at - r.changed_at >= r.duration_ms / 1000.0  # latency >= transfer time
@@ -148,8 +175,15 @@ MTIME_NS = 1_700_000_000_000_000_000
 
 
 def _small(seq: int, path: str, data: bytes, **over: object) -> SmallFile:
-    msg = SmallFile(seq=seq, path=path, size=len(data), mode=0o640, mtime_ns=MTIME_NS, data=data,
-                    hash=xxhash.xxh3_128_digest(data))
+    msg = SmallFile(
+        seq=seq,
+        path=path,
+        size=len(data),
+        mode=0o640,
+        mtime_ns=MTIME_NS,
+        data=data,
+        hash=xxhash.xxh3_128_digest(data),
+    )
     return msgspec.structs.replace(msg, **over) if over else msg
 
 
@@ -158,29 +192,51 @@ def test_small_files_committed_in_one_message_each(folder: TargetFolder) -> None
     s = ReceiverSession(folder, "j1", lambda wm, recs: reports.extend(recs))
     text = b"a small text file, compressed on the wire\n" * 200
     codec_id, packed = encode_chunk(text, codec_for_level(3))
-    replies = s.apply_batch([_small(1, "a/b.bin", b"x" * 4096), _small(2, "empty", b""),
-                             _small(3, "t.txt", packed, size=len(text), hash=xxhash.xxh3_128_digest(text),
-                                    codec=codec_id),
-                             Checkpoint(seq=3)])
+    replies = s.apply_batch(
+        [
+            _small(1, "a/b.bin", b"x" * 4096),
+            _small(2, "empty", b""),
+            _small(
+                3,
+                "t.txt",
+                packed,
+                size=len(text),
+                hash=xxhash.xxh3_128_digest(text),
+                codec=codec_id,
+            ),
+            Checkpoint(seq=3),
+        ]
+    )
     assert replies == [Ack(mapping_id=1, watermark=3)]
     assert (folder.root / "a" / "b.bin").read_bytes() == b"x" * 4096
-    assert (folder.root / "empty").read_bytes() == b"" and (folder.root / "t.txt").read_bytes() == text
+    assert (folder.root / "empty").read_bytes() == b"" and (
+        folder.root / "t.txt"
+    ).read_bytes() == text
     st = os.stat(folder.root / "a" / "b.bin")
     assert st.st_mode & 0o777 == 0o640 and st.st_mtime_ns == MTIME_NS
-    assert [(r.seq, r.ok, r.size) for r in reports] == [(1, True, 4096), (2, True, 0), (3, True, len(text))]
+    assert [(r.seq, r.ok, r.size) for r in reports] == [
+        (1, True, 4096),
+        (2, True, 0),
+        (3, True, len(text)),
+    ]
     assert reports[2].wire_bytes == len(packed)
     entry = folder.manifest.get("a/b.bin")
     assert entry is not None and entry.hash == xxhash.xxh3_128_digest(b"x" * 4096)
     assert temp_files(folder.root) == []
 
 
-@pytest.mark.parametrize("bad", [
-    {"hash": b"\0" * 16},  # a bit flipped on the wire: not the bytes the source hashed
-    {"size": 3},  # more bytes than announced
-    {"codec": 3},  # not zstd data: undecodable
-    {"codec": 99},  # an unknown codec
-])
-def test_a_corrupt_small_file_is_refused_and_never_committed(folder: TargetFolder, bad: dict) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"hash": b"\0" * 16},  # a bit flipped on the wire: not the bytes the source hashed
+        {"size": 3},  # more bytes than announced
+        {"codec": 3},  # not zstd data: undecodable
+        {"codec": 99},  # an unknown codec
+    ],
+)
+def test_a_corrupt_small_file_is_refused_and_never_committed(
+    folder: TargetFolder, bad: dict
+) -> None:
     (folder.root / "f").write_bytes(b"old")
     s = ReceiverSession(folder, "j1", lambda *_: None)
     replies = s.apply_batch([_small(1, "f", b"new content", **bad), Checkpoint(seq=1)])
@@ -193,16 +249,21 @@ def test_a_corrupt_small_file_is_refused_and_never_committed(folder: TargetFolde
 def test_a_small_file_at_an_unsafe_path_is_refused(folder: TargetFolder) -> None:
     reports: list[CommitRecord] = []
     s = ReceiverSession(folder, "j1", lambda wm, recs: reports.extend(recs))
-    replies = s.apply_batch([_small(1, "../evil", b"e"), _small(2, "ok", b"fine"), Checkpoint(seq=2)])
+    replies = s.apply_batch(
+        [_small(1, "../evil", b"e"), _small(2, "ok", b"fine"), Checkpoint(seq=2)]
+    )
     assert replies == [Ack(mapping_id=1, watermark=2)]
     assert [r.ok for r in reports] == [False, True]
-    assert not (folder.root.parent / "evil").exists() and (folder.root / "ok").read_bytes() == b"fine"
+    assert (
+        not (folder.root.parent / "evil").exists() and (folder.root / "ok").read_bytes() == b"fine"
+    )
 
 
 def test_a_small_file_over_the_limit_is_refused_at_decode() -> None:
     from relaysync.constants import SMALL_FILE_BYTES
     from relaysync.errors import ProtocolError
     from relaysync.protocol.framing import decode_payload, encode_frame
+
     big = _small(1, "f", b"x" * (SMALL_FILE_BYTES + 1))
     with pytest.raises(ProtocolError, match="small-file limit"):
         decode_payload(encode_frame(big)[4:])
@@ -212,13 +273,15 @@ def test_a_small_file_over_the_limit_is_refused_at_decode() -> None:
 def test_a_small_file_whose_data_is_not_its_size_is_malformed_at_decode(size: int) -> None:
     from relaysync.errors import ProtocolError
     from relaysync.protocol.framing import decode_payload, encode_frame
+
     with pytest.raises(ProtocolError, match="4 bytes of data for a size of"):
         decode_payload(encode_frame(_small(1, "f", b"data", size=size))[4:])
 
 
 @pytest.mark.parametrize("kind", ["small", "streamed"])
 def test_a_path_that_cannot_be_checked_is_a_per_file_io_error(
-        folder: TargetFolder, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder: TargetFolder, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """EIO while checking the path (a disk error we cannot cause for real here): the source gets
     IO_ERROR for that seq and retries; nothing is written."""
     s = ReceiverSession(folder, "j1", lambda *_: None)
@@ -238,8 +301,13 @@ def test_a_small_file_converted_for_an_older_release_commits_the_same(folder: Ta
     """What a relay sends a child that does not take SmallFile: FileStart, FileChunk, FileEnd."""
     text = b"compressed on the wire, as its parent sent it\n" * 100
     codec_id, packed = encode_chunk(text, codec_for_level(3))
-    small = [_small(1, "a/b.bin", b"x" * 4096), _small(2, "empty", b""),
-             _small(3, "t.txt", packed, size=len(text), hash=xxhash.xxh3_128_digest(text), codec=codec_id)]
+    small = [
+        _small(1, "a/b.bin", b"x" * 4096),
+        _small(2, "empty", b""),
+        _small(
+            3, "t.txt", packed, size=len(text), hash=xxhash.xxh3_128_digest(text), codec=codec_id
+        ),
+    ]
     streamed = [m for msg in small for m in as_streamed(msg)]
     assert not any(isinstance(m, SmallFile) for m in streamed)
     for m in streamed:
@@ -247,5 +315,7 @@ def test_a_small_file_converted_for_an_older_release_commits_the_same(folder: Ta
     s = ReceiverSession(folder, "j1", lambda *_: None)
     assert s.apply_batch([*streamed, Checkpoint(seq=3)]) == [Ack(mapping_id=1, watermark=3)]
     assert (folder.root / "a" / "b.bin").read_bytes() == b"x" * 4096
-    assert (folder.root / "empty").read_bytes() == b"" and (folder.root / "t.txt").read_bytes() == text
+    assert (folder.root / "empty").read_bytes() == b"" and (
+        folder.root / "t.txt"
+    ).read_bytes() == text
     assert os.stat(folder.root / "t.txt").st_mtime_ns == MTIME_NS

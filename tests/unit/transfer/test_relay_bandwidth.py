@@ -35,7 +35,9 @@ SEQ = 5
 
 def _relay(tmp_path: Path, codec: Codec | None = None) -> tuple[RelayLink, FakeFramed]:
     clock = FakeClock()
-    options = ops.SendOptions(bandwidth=TokenBucket(LIMIT, clock=clock, sleep=clock.sleep), codec=codec or Plain())
+    options = ops.SendOptions(
+        bandwidth=TokenBucket(LIMIT, clock=clock, sleep=clock.sleep), codec=codec or Plain()
+    )
     link: RelayLink = make_link(options, tmp_path, RelayLink)
     return link, FakeFramed(clock)
 
@@ -49,11 +51,25 @@ def _spooled(data: bytes, codec: Codec | None = None) -> list[AnyMessage]:
     """A version as the relay's parent sent it, unlimited: 1 MiB chunks, maybe in zstd."""
     chunks = []
     for o in range(0, len(data), CHUNK_BYTES):
-        codec_id, payload = encode_chunk(data[o:o + CHUNK_BYTES], codec) if codec else (0, data[o:o + CHUNK_BYTES])
+        codec_id, payload = (
+            encode_chunk(data[o : o + CHUNK_BYTES], codec)
+            if codec
+            else (0, data[o : o + CHUNK_BYTES])
+        )
         chunks.append(FileChunk(seq=SEQ, offset=o, data=payload, codec=codec_id))
-    return [FileStart(seq=SEQ, path="big.bin", size=len(data), mode=0o644, mtime_ns=1,
-                      expected_hash=xxhash.xxh3_128_digest(data)),
-            *chunks, FileEnd(seq=SEQ, hash=xxhash.xxh3_128_digest(data)), Checkpoint(seq=SEQ)]
+    return [
+        FileStart(
+            seq=SEQ,
+            path="big.bin",
+            size=len(data),
+            mode=0o644,
+            mtime_ns=1,
+            expected_hash=xxhash.xxh3_128_digest(data),
+        ),
+        *chunks,
+        FileEnd(seq=SEQ, hash=xxhash.xxh3_128_digest(data)),
+        Checkpoint(seq=SEQ),
+    ]
 
 
 def test_a_version_resent_whole_from_the_relays_tree_keeps_the_hops_limit(tmp_path: Path) -> None:
@@ -64,13 +80,20 @@ def test_a_version_resent_whole_from_the_relays_tree_keeps_the_hops_limit(tmp_pa
     assert most_in_any_second(framed.sent) <= LIMIT * (1 + BURST_S)
 
 
-@pytest.mark.parametrize(("parent", "hop"), [(None, None), (Zstd(1), Zstd(3)), (Zstd(1), None), (None, Zstd(3))],
-                         ids=["plain", "zstd both hops", "zstd then plain", "plain then zstd"])
-def test_forwarded_chunks_keep_the_hops_limit(tmp_path: Path, parent: Codec | None, hop: Codec | None) -> None:
+@pytest.mark.parametrize(
+    ("parent", "hop"),
+    [(None, None), (Zstd(1), Zstd(3)), (Zstd(1), None), (None, Zstd(3))],
+    ids=["plain", "zstd both hops", "zstd then plain", "plain then zstd"],
+)
+def test_forwarded_chunks_keep_the_hops_limit(
+    tmp_path: Path, parent: Codec | None, hop: Codec | None
+) -> None:
     """Before: each 1 MiB spooled chunk went at once, 8 s worth of the hop's limit."""
     data = _compressible(4 * CHUNK_BYTES)
     link, framed = _relay(tmp_path, hop)
-    anyio.run(link._forward, session(link, framed), _spooled(data, parent), RefusedDelta(), ResumeCut())
+    anyio.run(
+        link._forward, session(link, framed), _spooled(data, parent), RefusedDelta(), ResumeCut()
+    )
     chunks = [m for _, _, m in framed.sent if isinstance(m, FileChunk)]
     assert all(len(c.data) <= PIECE for c in chunks)
     assert {c.codec for c in chunks} == {(hop or Plain()).ID}
@@ -80,7 +103,8 @@ def test_forwarded_chunks_keep_the_hops_limit(tmp_path: Path, parent: Codec | No
 @pytest.mark.parametrize("held", [3 * CHUNK_BYTES, 4 * CHUNK_BYTES])
 @pytest.mark.parametrize("parent", [None, Zstd(1)], ids=["plain", "zstd"])
 def test_a_child_holding_part_of_a_file_resumes_and_commits_through_a_slower_hop(
-        tmp_path: Path, folder: TargetFolder, held: int, parent: Codec | None) -> None:
+    tmp_path: Path, folder: TargetFolder, held: int, parent: Codec | None
+) -> None:
     """The cut to what the child lacks works on the spool's chunks, the pieces follow it: the
     child resumes at a chunk's start at or below what it holds and commits the source's bytes."""
     data = _compressible(10 * CHUNK_BYTES)  # over RESUME_MIN_BYTES: the child keeps a named partial

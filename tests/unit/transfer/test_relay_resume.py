@@ -66,43 +66,68 @@ def _data() -> bytes:
 
 
 def _start(data: bytes, offset: int = 0) -> FileStart:
-    return FileStart(seq=SEQ, path="big.bin", size=len(data), mode=0o644, mtime_ns=MTIME,
-                     expected_hash=xxhash.xxh3_128(data).digest(), offset=offset)
+    return FileStart(
+        seq=SEQ,
+        path="big.bin",
+        size=len(data),
+        mode=0o644,
+        mtime_ns=MTIME,
+        expected_hash=xxhash.xxh3_128(data).digest(),
+        offset=offset,
+    )
 
 
 def _chunks(data: bytes, step: int, lo: int = 0, codec: Any = None) -> list[AnyMessage]:
     out: list[AnyMessage] = []
     for o in range(lo, len(data), step):
-        codec_id, payload = encode_chunk(data[o:o + step], codec) if codec else (0, data[o:o + step])
+        codec_id, payload = (
+            encode_chunk(data[o : o + step], codec) if codec else (0, data[o : o + step])
+        )
         out.append(FileChunk(seq=SEQ, offset=o, data=payload, codec=codec_id))
     return out
 
 
 def _spooled(data: bytes, step: int = CHUNK_BYTES, codec: Any = None) -> list[AnyMessage]:
-    return [_start(data), *_chunks(data, step, codec=codec), FileEnd(seq=SEQ, hash=xxhash.xxh3_128(data).digest()),
-            Checkpoint(seq=SEQ)]
+    return [
+        _start(data),
+        *_chunks(data, step, codec=codec),
+        FileEnd(seq=SEQ, hash=xxhash.xxh3_128(data).digest()),
+        Checkpoint(seq=SEQ),
+    ]
 
 
 def _child_holding(folder: TargetFolder, data: bytes, held: int) -> None:
     """The child received the first `held` bytes, then its link (or its process) died."""
     session = ReceiverSession(folder, "j", lambda *_: None)
-    assert session.apply_batch([_start(data), *_chunks(data, CHUNK_BYTES)[: held // CHUNK_BYTES]]) == []
+    assert (
+        session.apply_batch([_start(data), *_chunks(data, CHUNK_BYTES)[: held // CHUNK_BYTES]])
+        == []
+    )
     session.close()
 
 
-def _relay_to(folder: TargetFolder, *reads: list[AnyMessage], codec: Any = None,
-              relay: TargetFolder | None = None, whole: set[int] = frozenset()) -> tuple[list[AnyMessage], int]:
+def _relay_to(
+    folder: TargetFolder,
+    *reads: list[AnyMessage],
+    codec: Any = None,
+    relay: TargetFolder | None = None,
+    whole: set[int] = frozenset(),
+) -> tuple[list[AnyMessage], int]:
     """What the relay's link sends the child for these spool reads, after the child listed its
     partials as it does in MappingState; and how many pings went while nothing else could.
     "tree:<seq>" stands where a version goes whole from the relay's tree."""
     link: Any = object.__new__(RelayLink)
-    link.options = ops.SendOptions(codec=codec or ops.SendOptions().codec, whole_file_seqs=set(whole))
+    link.options = ops.SendOptions(
+        codec=codec or ops.SendOptions().codec, whole_file_seqs=set(whole)
+    )
     link.options.resume = {(p.path, p.hash): p.size for p in folder.list_partials()}
     link.source = type("Feed", (), {"folder": relay, "committed": SEQ})()  # the relay holds SEQ
     link.target, link.log = type("T", (), {"name": "child"})(), logging.getLogger("test")
     sent: list[Any] = []
 
-    async def whole_from_tree(session: object, seq: int, path: str, changed_at: float = 0.0) -> None:
+    async def whole_from_tree(
+        session: object, seq: int, path: str, changed_at: float = 0.0
+    ) -> None:
         sent.append(f"tree:{seq}")
 
     async def no_window(session: object) -> None:
@@ -111,7 +136,11 @@ def _relay_to(folder: TargetFolder, *reads: list[AnyMessage], codec: Any = None,
     async def send_stream(session: object, messages: Any) -> None:
         sent.extend(m for m in messages if not isinstance(m, ops.Flush))
 
-    link._wait_window, link._send_stream, link._whole_from_tree = no_window, send_stream, whole_from_tree
+    link._wait_window, link._send_stream, link._whole_from_tree = (
+        no_window,
+        send_stream,
+        whole_from_tree,
+    )
     session = _Session()
 
     async def forward_all() -> None:
@@ -135,14 +164,18 @@ def _commit(folder: TargetFolder, sent: list[AnyMessage]) -> bytes:
 
 
 @pytest.mark.parametrize("split", ["one read", "a read per message"])
-@pytest.mark.parametrize(("step", "codec"), [
-    pytest.param(CHUNK_BYTES, None, id="whole chunks"),
-    pytest.param(640 * KIB, None, id="a chunk straddles what the child holds"),
-    pytest.param(256 * KIB, None, id="chunks of a bandwidth limit"),
-    pytest.param(640 * KIB, Zstd(3), id="zstd chunks: encoded sizes say nothing"),
-])
+@pytest.mark.parametrize(
+    ("step", "codec"),
+    [
+        pytest.param(CHUNK_BYTES, None, id="whole chunks"),
+        pytest.param(640 * KIB, None, id="a chunk straddles what the child holds"),
+        pytest.param(256 * KIB, None, id="chunks of a bandwidth limit"),
+        pytest.param(640 * KIB, Zstd(3), id="zstd chunks: encoded sizes say nothing"),
+    ],
+)
 def test_a_child_holding_part_of_a_file_gets_only_what_it_lacks(
-        folder: TargetFolder, step: int, codec: Any, split: str) -> None:
+    folder: TargetFolder, step: int, codec: Any, split: str
+) -> None:
     data = _data()
     held = 3 * CHUNK_BYTES
     _child_holding(folder, data, held)
@@ -155,7 +188,9 @@ def test_a_child_holding_part_of_a_file_gets_only_what_it_lacks(
     assert _commit(folder, sent) == data
 
 
-def test_the_child_gets_the_chunks_in_its_hops_codec_from_where_it_resumes(folder: TargetFolder) -> None:
+def test_the_child_gets_the_chunks_in_its_hops_codec_from_where_it_resumes(
+    folder: TargetFolder,
+) -> None:
     data = b"compressible " * (SIZE // 13) + b"x" * (SIZE % 13)
     _child_holding(folder, data, 4 * CHUNK_BYTES)
     sent, _ = _relay_to(folder, _spooled(data), codec=codec_for_level(3))
@@ -184,8 +219,12 @@ def test_while_the_held_part_is_dropped_the_child_is_pinged(folder: TargetFolder
 def test_a_version_given_up_mid_cut_reaches_the_child_as_given_up(folder: TargetFolder) -> None:
     data = _data()
     _child_holding(folder, data, 3 * CHUNK_BYTES)
-    spooled = [_start(data), *_chunks(data, CHUNK_BYTES)[:2], FileAbort(seq=SEQ, reason="changed while read"),
-               Checkpoint(seq=SEQ)]
+    spooled = [
+        _start(data),
+        *_chunks(data, CHUNK_BYTES)[:2],
+        FileAbort(seq=SEQ, reason="changed while read"),
+        Checkpoint(seq=SEQ),
+    ]
     sent, _ = _relay_to(folder, spooled)
     assert [type(m).__name__ for m in sent] == ["FileAbort", "Checkpoint"]
 
@@ -217,25 +256,37 @@ def relay(tmp_path: Path) -> TargetFolder:
     """The relay's own target folder (mapping 1, like the child's)."""
     root = tmp_path / "relay"
     root.mkdir()
-    return TargetFolder(mapping_id=1, source_node="src", root=root, manifest=Manifest(tmp_path / "relay.db"),
-                        durable=False)
+    return TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=root,
+        manifest=Manifest(tmp_path / "relay.db"),
+        durable=False,
+    )
 
 
 def _resumed_relay(relay: TargetFolder, data: bytes) -> list[AnyMessage]:
     """The relay held K bytes of `data` and its parent resumed it there: what its spool holds."""
     _child_holding(relay, data, K)
     assert relay.list_partials()[0].size == K
-    return [_start(data, offset=K), *_chunks(data, CHUNK_BYTES, lo=K),
-            FileEnd(seq=SEQ, hash=xxhash.xxh3_128(data).digest()), Checkpoint(seq=SEQ)]
+    return [
+        _start(data, offset=K),
+        *_chunks(data, CHUNK_BYTES, lo=K),
+        FileEnd(seq=SEQ, hash=xxhash.xxh3_128(data).digest()),
+        Checkpoint(seq=SEQ),
+    ]
 
 
 @pytest.mark.parametrize("child_held", [0, 2 * CHUNK_BYTES, K, 7 * CHUNK_BYTES])
 @pytest.mark.parametrize("relay_state", ["receiving", "committed"])
 def test_a_child_of_a_resumed_relay_gets_what_it_lacks_from_the_relays_copy(
-        folder: TargetFolder, relay: TargetFolder, child_held: int, relay_state: str) -> None:
+    folder: TargetFolder, relay: TargetFolder, child_held: int, relay_state: str
+) -> None:
     data = _data()
     spooled = _resumed_relay(relay, data)
-    if relay_state == "committed":  # the relay's session applied the rest before the child's link read it
+    if (
+        relay_state == "committed"
+    ):  # the relay's session applied the rest before the child's link read it
         replies = ReceiverSession(relay, "j", lambda *_: None).apply_batch(spooled)
         assert replies == [Ack(mapping_id=1, watermark=SEQ)] and not relay.list_partials()
     if child_held:
@@ -247,7 +298,8 @@ def test_a_child_of_a_resumed_relay_gets_what_it_lacks_from_the_relays_copy(
 
 
 def test_a_relay_copy_that_is_not_that_version_ends_in_a_whole_resend(
-        folder: TargetFolder, relay: TargetFolder) -> None:
+    folder: TargetFolder, relay: TargetFolder
+) -> None:
     """The relay's copy was replaced (or was never right): the child's whole-file check refuses
     it, and when the link comes back the version goes whole from the relay's tree."""
     data = _data()
@@ -259,12 +311,15 @@ def test_a_relay_copy_that_is_not_that_version_ends_in_a_whole_resend(
     replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(sent)
     assert [type(r) for r in replies] == [Error] and replies[0].code == ErrorCode.HASH_MISMATCH  # type: ignore[attr-defined]
     assert not (folder.root / "big.bin").exists() and not folder.list_partials()
-    sent, _ = _relay_to(folder, spooled, relay=relay, whole={SEQ})  # the link's read loop noted the seq
+    sent, _ = _relay_to(
+        folder, spooled, relay=relay, whole={SEQ}
+    )  # the link's read loop noted the seq
     assert sent == [f"tree:{SEQ}", Checkpoint(seq=SEQ)]
 
 
 def test_a_relay_holding_no_copy_sends_the_version_whole_from_its_tree(
-        folder: TargetFolder, relay: TargetFolder) -> None:
+    folder: TargetFolder, relay: TargetFolder
+) -> None:
     data = _data()
     spooled = _resumed_relay(relay, data)
     relay.drop_partial("big.bin")  # a newer version started, say
@@ -278,18 +333,34 @@ def test_a_fifo_in_the_relays_tree_does_not_hang_the_childs_link(tmp_path: Path)
     digest = xxhash.xxh3_128(data).digest()
     relay_root, child_root = tmp_path / "relay", tmp_path / "child"
     relay_root.mkdir(), child_root.mkdir()
-    relay = TargetFolder(mapping_id=1, source_node="src", root=relay_root, manifest=Manifest(tmp_path / "r.db"),
-                         durable=False)
-    child = TargetFolder(mapping_id=1, source_node="src", root=child_root, manifest=Manifest(tmp_path / "c.db"),
-                         durable=False)
+    relay = TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=relay_root,
+        manifest=Manifest(tmp_path / "r.db"),
+        durable=False,
+    )
+    child = TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=child_root,
+        manifest=Manifest(tmp_path / "c.db"),
+        durable=False,
+    )
     # The relay committed this version (its manifest says so); then something local replaced the
     # file by a FIFO (the source side hardened its opens against exactly this: O_NONBLOCK).
     relay.manifest.put_many([Entry(path="big.bin", kind="f", size=len(data), hash=digest)])
     os.mkfifo(relay_root / "big.bin")
-    spooled = [_start(data, offset=K), *_chunks(data, CHUNK_BYTES, lo=K), FileEnd(seq=SEQ, hash=digest),
-               Checkpoint(seq=SEQ)]
+    spooled = [
+        _start(data, offset=K),
+        *_chunks(data, CHUNK_BYTES, lo=K),
+        FileEnd(seq=SEQ, hash=digest),
+        Checkpoint(seq=SEQ),
+    ]
     result: list[object] = []
-    t = threading.Thread(target=lambda: result.append(_relay_to(child, spooled, relay=relay)), daemon=True)
+    t = threading.Thread(
+        target=lambda: result.append(_relay_to(child, spooled, relay=relay)), daemon=True
+    )
     t.start()
     t.join(5.0)
     stuck = t.is_alive()
@@ -297,11 +368,14 @@ def test_a_fifo_in_the_relays_tree_does_not_hang_the_childs_link(tmp_path: Path)
         fd = os.open(relay_root / "big.bin", os.O_WRONLY | os.O_NONBLOCK)
         os.close(fd)
         t.join(5.0)
-    assert not stuck, "RelayLink._send_prefix blocked for ever in open_prefix on a FIFO in the relay's tree"
+    assert not stuck, (
+        "RelayLink._send_prefix blocked for ever in open_prefix on a FIFO in the relay's tree"
+    )
 
 
 def test_a_relay_names_obsolete_only_the_childs_partials_of_versions_it_neither_holds_nor_receives(
-        tmp_path: Path, relay: TargetFolder) -> None:
+    tmp_path: Path, relay: TargetFolder
+) -> None:
     """A child's partial of a version on its way to the relay (the relay holds a partial of its
     own there) stays, as does one of the version the relay committed; one of a version the
     relay has neither of goes; and nothing goes while the relay has a batch half spooled."""
@@ -313,9 +387,11 @@ def test_a_relay_names_obsolete_only_the_childs_partials_of_versions_it_neither_
     spool.begin("j", 0)
     link: Any = object.__new__(RelayLink)
     link.source = RelayFeed(relay, spool)
-    partials = [Partial(path="big.bin", hash=xxhash.xxh3_128(data).digest(), size=K),
-                Partial(path="done.bin", hash=committed, size=K),
-                Partial(path="done.bin.old", hash=b"\x06" * 16, size=K)]
+    partials = [
+        Partial(path="big.bin", hash=xxhash.xxh3_128(data).digest(), size=K),
+        Partial(path="done.bin", hash=committed, size=K),
+        Partial(path="done.bin.old", hash=b"\x06" * 16, size=K),
+    ]
     assert [r.path for r in link._obsolete_partials(partials, 0)] == ["done.bin.old"]
     spool.append([_start(data)])  # a batch of our parent's, half spooled: its versions may be any
     assert link._obsolete_partials(partials, 0) == []
@@ -328,8 +404,11 @@ def _from_tree(folder: TargetFolder, relay: TargetFolder) -> list[AnyMessage]:
     link: Any = object.__new__(RelayLink)
     link.options = ops.SendOptions(whole_file_seqs={SEQ})  # a refused delta: the seq is noted
     link.options.resume = {(p.path, p.hash): p.size for p in folder.list_partials()}
-    link.source = type("Feed", (), {"folder": relay, "root": relay.root, "manifest": relay.manifest,
-                                    "committed": SEQ})()
+    link.source = type(
+        "Feed",
+        (),
+        {"folder": relay, "root": relay.root, "manifest": relay.manifest, "committed": SEQ},
+    )()
     link.target, link.log = type("T", (), {"name": "child"})(), logging.getLogger("test")
     sent: list[AnyMessage] = []
 
@@ -343,11 +422,14 @@ def _from_tree(folder: TargetFolder, relay: TargetFolder) -> list[AnyMessage]:
 
 def _committed_on(relay: TargetFolder, data: bytes) -> None:
     (relay.root / "big.bin").write_bytes(data)
-    relay.manifest.put_many([Entry(path="big.bin", kind="f", size=len(data), hash=xxhash.xxh3_128(data).digest())])
+    relay.manifest.put_many(
+        [Entry(path="big.bin", kind="f", size=len(data), hash=xxhash.xxh3_128(data).digest())]
+    )
 
 
 def test_a_version_sent_whole_from_the_relays_tree_resumes_the_childs_partial(
-        folder: TargetFolder, relay: TargetFolder) -> None:
+    folder: TargetFolder, relay: TargetFolder
+) -> None:
     """The relay's own fallback is resumable too: cut midway, the child keeps a partial of that
     version, and the next try sends only what it lacks (at most one chunk of what it held)."""
     data = _data()
@@ -358,7 +440,9 @@ def test_a_version_sent_whole_from_the_relays_tree_resumes_the_childs_partial(
     assert session.apply_batch(first[:4]) == []  # FileStart and 3 chunks, then the link drops
     session.close()
     held = sum(p.size for p in folder.list_partials())
-    assert held == 3 * CHUNK_BYTES, "the child kept nothing to resume of a version sent from the relay's tree"
+    assert held == 3 * CHUNK_BYTES, (
+        "the child kept nothing to resume of a version sent from the relay's tree"
+    )
     sent = _from_tree(folder, relay)
     assert isinstance(sent[0], FileStart) and sent[0].offset == held
     assert _resent_bytes(sent) <= SIZE - held
@@ -366,7 +450,8 @@ def test_a_version_sent_whole_from_the_relays_tree_resumes_the_childs_partial(
 
 
 def test_a_child_holding_another_version_gets_the_relays_tree_version_all(
-        folder: TargetFolder, relay: TargetFolder) -> None:
+    folder: TargetFolder, relay: TargetFolder
+) -> None:
     data = _data()
     _child_holding(folder, os.urandom(SIZE), 3 * CHUNK_BYTES)
     _committed_on(relay, data)
@@ -378,21 +463,38 @@ def test_a_child_holding_another_version_gets_the_relays_tree_version_all(
 def _spooled_delta(data: bytes, delta_bytes: int) -> list[AnyMessage]:
     """A delta to `data` as the relay spooled it: DeltaStart naming the new version, its chunks, FileEnd."""
     digest = xxhash.xxh3_128(data).digest()
-    start = DeltaStart(seq=SEQ, path="big.bin", size=len(data), mode=0o644, mtime_ns=MTIME, base_hash=b"b" * 16,
-                       expected_hash=digest)
-    chunks = [FileChunk(seq=SEQ, offset=o, data=os.urandom(min(CHUNK_BYTES, delta_bytes - o)))
-              for o in range(0, delta_bytes, CHUNK_BYTES)]
+    start = DeltaStart(
+        seq=SEQ,
+        path="big.bin",
+        size=len(data),
+        mode=0o644,
+        mtime_ns=MTIME,
+        base_hash=b"b" * 16,
+        expected_hash=digest,
+    )
+    chunks = [
+        FileChunk(seq=SEQ, offset=o, data=os.urandom(min(CHUNK_BYTES, delta_bytes - o)))
+        for o in range(0, delta_bytes, CHUNK_BYTES)
+    ]
     return [start, *chunks, FileEnd(seq=SEQ, hash=digest), Checkpoint(seq=SEQ)]
 
 
-@pytest.mark.parametrize(("relay_got", "child_gets"), [
-    pytest.param(SIZE, "tree", id="a delta as large as the file: the rest whole"),
-    pytest.param(SIZE - 3 * CHUNK_BYTES, "tree", id="a delta as large as the rest: the rest whole"),
-    pytest.param(None, "tree", id="the relay was sent that version whole: the rest whole"),
-    pytest.param(CHUNK_BYTES // 2, "delta", id="a delta smaller than the rest: the delta again"),
-])
+@pytest.mark.parametrize(
+    ("relay_got", "child_gets"),
+    [
+        pytest.param(SIZE, "tree", id="a delta as large as the file: the rest whole"),
+        pytest.param(
+            SIZE - 3 * CHUNK_BYTES, "tree", id="a delta as large as the rest: the rest whole"
+        ),
+        pytest.param(None, "tree", id="the relay was sent that version whole: the rest whole"),
+        pytest.param(
+            CHUNK_BYTES // 2, "delta", id="a delta smaller than the rest: the delta again"
+        ),
+    ],
+)
 def test_a_child_holding_part_of_a_deltas_new_version_resumes_as_from_a_source(
-        folder: TargetFolder, relay: TargetFolder, relay_got: int | None, child_gets: str) -> None:
+    folder: TargetFolder, relay: TargetFolder, relay_got: int | None, child_gets: str
+) -> None:
     """The child holds a prefix of the new version (its patched output of this delta, cut): the
     relay sends the rest whole from its tree, unless the delta it was sent was smaller than that
     rest, which is what the source decides for a child of its own (ops._resume_sends_less)."""
@@ -404,13 +506,17 @@ def test_a_child_holding_part_of_a_deltas_new_version_resumes_as_from_a_source(
         relay.note_delta("big.bin", xxhash.xxh3_128(data).digest(), relay_got)
     sent, _ = _relay_to(folder, spooled, relay=relay)
     if child_gets == "tree":
-        assert sent == [f"tree:{SEQ}", Checkpoint(seq=SEQ)]  # resumed at `held`: see the tests above
+        assert sent == [
+            f"tree:{SEQ}",
+            Checkpoint(seq=SEQ),
+        ]  # resumed at `held`: see the tests above
     else:
         assert sent == spooled
 
 
 def test_a_child_holding_less_than_a_chunk_of_a_deltas_version_gets_the_delta(
-        folder: TargetFolder, relay: TargetFolder) -> None:
+    folder: TargetFolder, relay: TargetFolder
+) -> None:
     data = _data()
     spooled = _spooled_delta(data, SIZE)
     relay.note_delta("big.bin", xxhash.xxh3_128(data).digest(), SIZE)

@@ -33,8 +33,14 @@ def test_erase_never_goes_through_a_symlink(folder: TargetFolder, tmp_path: Path
     (outside / "precious.txt").write_text("keep me")
     (folder.root / "local-link").symlink_to(outside)  # a target admin's link where a dir was
     s = ReceiverSession(folder, "j", lambda *_: None)
-    s.apply_batch([Symlink(seq=1, path="x", target=str(outside)), Erase(seq=2, path="x", keep=()),
-                   Erase(seq=3, path="local-link", keep=("a",)), Checkpoint(seq=3)])
+    s.apply_batch(
+        [
+            Symlink(seq=1, path="x", target=str(outside)),
+            Erase(seq=2, path="x", keep=()),
+            Erase(seq=3, path="local-link", keep=("a",)),
+            Checkpoint(seq=3),
+        ]
+    )
     assert (outside / "precious.txt").read_text() == "keep me"
 
 
@@ -43,21 +49,34 @@ def test_a_refused_catch_up_file_does_not_drop_the_next_ones(folder: TargetFolde
 
     data = b"fine"
     digest = xxhash.xxh3_128(data).digest()
-    msgs = [FileStart(seq=0, path="../bad", size=4, mode=0o644, mtime_ns=1),
-            FileChunk(seq=0, offset=0, data=data), FileEnd(seq=0, hash=digest),
-            FileStart(seq=0, path="ok.txt", size=4, mode=0o644, mtime_ns=1),
-            FileChunk(seq=0, offset=0, data=data), FileEnd(seq=0, hash=digest), Checkpoint(seq=7)]
+    msgs = [
+        FileStart(seq=0, path="../bad", size=4, mode=0o644, mtime_ns=1),
+        FileChunk(seq=0, offset=0, data=data),
+        FileEnd(seq=0, hash=digest),
+        FileStart(seq=0, path="ok.txt", size=4, mode=0o644, mtime_ns=1),
+        FileChunk(seq=0, offset=0, data=data),
+        FileEnd(seq=0, hash=digest),
+        Checkpoint(seq=7),
+    ]
     replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(msgs)
     assert replies == [Ack(mapping_id=1, watermark=7)]
     assert (folder.root / "ok.txt").read_bytes() == data
 
 
 def test_big_commit_reports_are_split_into_small_frames() -> None:
-    link = MasterLink(control_address="127.0.0.1:1", ctx=ssl.create_default_context(), master_node_id=None, node_id="n", name="n",
-                      register=Register(name="n", region="r", group="g", peer_address="x:1"),
-                      on_assignment=lambda a: None)  # type: ignore[arg-type,return-value]
-    records = tuple(CommitRecord(seq=0, op="mkdir", path=f"some/where/deep/directory-number-{i:06d}")
-                    for i in range(40_000))
+    link = MasterLink(
+        control_address="127.0.0.1:1",
+        ctx=ssl.create_default_context(),
+        master_node_id=None,
+        node_id="n",
+        name="n",
+        register=Register(name="n", region="r", group="g", peer_address="x:1"),
+        on_assignment=lambda a: None,
+    )  # type: ignore[arg-type,return-value]
+    records = tuple(
+        CommitRecord(seq=0, op="mkdir", path=f"some/where/deep/directory-number-{i:06d}")
+        for i in range(40_000)
+    )
 
     async def main() -> None:
         link.report(make_report(1, "s" * 64, "t" * 64, 5, records))
@@ -125,9 +144,17 @@ def test_connections_that_never_authenticate_are_capped_not_held_without_bound()
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            port = await tg.start(lambda task_status: tls.serve_tls(
-                "127.0.0.1", 0, ctx, handler, plain_handler=plain_handler, max_unauthenticated=3,
-                task_status=task_status))
+            port = await tg.start(
+                lambda task_status: tls.serve_tls(
+                    "127.0.0.1",
+                    0,
+                    ctx,
+                    handler,
+                    plain_handler=plain_handler,
+                    max_unauthenticated=3,
+                    task_status=task_status,
+                )
+            )
             silent = [connect(port) for _ in range(3)]  # say nothing: they wait for a first byte
             await anyio.sleep(0)  # noqa: ASYNC115 - let the listener take them
             extra = connect(port)

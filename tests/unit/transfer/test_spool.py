@@ -23,8 +23,11 @@ HASH = b"h" * 16
 
 
 def _file(seq: int, size: int = 10) -> list[AnyMessage]:
-    return [FileStart(seq=seq, path=f"f{seq}", size=size, mode=0o644, mtime_ns=1),
-            FileChunk(seq=seq, offset=0, data=b"x" * size), FileEnd(seq=seq, hash=HASH)]
+    return [
+        FileStart(seq=seq, path=f"f{seq}", size=size, mode=0o644, mtime_ns=1),
+        FileChunk(seq=seq, offset=0, data=b"x" * size),
+        FileEnd(seq=seq, hash=HASH),
+    ]
 
 
 def _read_all(spool: Spool) -> list[AnyMessage]:
@@ -43,7 +46,13 @@ def test_spools_the_stream_after_the_relay_watermark(tmp_path: Path) -> None:
     assert spool.covers(5) and not spool.covers(4)
     spool.append([*_file(6), Delete(seq=7, path="old"), Checkpoint(seq=7)])
     got = _read_all(spool)
-    assert [type(m).__name__ for m in got] == ["FileStart", "FileChunk", "FileEnd", "Delete", "Checkpoint"]
+    assert [type(m).__name__ for m in got] == [
+        "FileStart",
+        "FileChunk",
+        "FileEnd",
+        "Delete",
+        "Checkpoint",
+    ]
     assert spool.head == 7
 
 
@@ -94,7 +103,12 @@ def test_reopening_after_a_crash_drops_a_torn_tail(tmp_path: Path) -> None:
         f.write(b"\x00\x00\x10\x00partial")  # a frame header promising more than was written
     reopened = Spool(tmp_path)
     assert reopened.journal_id == "j1" and reopened.head == 1 and reopened.covers(0)
-    assert [type(m).__name__ for m in _read_all(reopened)] == ["FileStart", "FileChunk", "FileEnd", "Checkpoint"]
+    assert [type(m).__name__ for m in _read_all(reopened)] == [
+        "FileStart",
+        "FileChunk",
+        "FileEnd",
+        "Checkpoint",
+    ]
 
 
 def test_release_drops_whole_segments_the_children_have(tmp_path: Path) -> None:

@@ -63,7 +63,9 @@ def test_a_delta_fed_in_pieces_rebuilds_the_new_version(tmp_path: Path, piece: i
 
 
 @pytest.mark.parametrize("where", [0, 10, "middle"])
-def test_a_corrupt_delta_is_never_taken_for_the_new_version(tmp_path: Path, where: int | str) -> None:
+def test_a_corrupt_delta_is_never_taken_for_the_new_version(
+    tmp_path: Path, where: int | str
+) -> None:
     """librsync refuses it (bad magic, bad command), or the whole-file hash catches it."""
     delta, _, new, basis = _versions(tmp_path)
     data = bytearray(delta.read_bytes())
@@ -87,7 +89,9 @@ def test_a_delta_abandoned_mid_stream_stops_its_thread(tmp_path: Path) -> None:
     assert not patch.temp.exists()
 
 
-def _source(tmp: Path, size: int, *, signed: bool = True) -> tuple[Path, SignatureStore, bytes, bytes]:
+def _source(
+    tmp: Path, size: int, *, signed: bool = True
+) -> tuple[Path, SignatureStore, bytes, bytes]:
     """A source folder holding f.bin (random, `size` bytes) and its hash; with `signed`, that
     version's signature is kept, as after it was sent."""
     src = tmp / "src"
@@ -102,7 +106,9 @@ def _source(tmp: Path, size: int, *, signed: bool = True) -> tuple[Path, Signatu
 
 
 def _stream(src: Path, sigs: SignatureStore, base: bytes, seq: int = 2) -> list[object]:
-    return list(iter_file_messages(src, "f.bin", seq, base_hash=base, options=SendOptions(signatures=sigs)))
+    return list(
+        iter_file_messages(src, "f.bin", seq, base_hash=base, options=SendOptions(signatures=sigs))
+    )
 
 
 def test_links_share_one_delta_build_and_stream_it(tmp_path: Path) -> None:
@@ -128,8 +134,10 @@ def test_every_target_link_gets_the_delta_not_only_the_first(tmp_path: Path) -> 
     (src / "f.bin").write_bytes(old[:4_000_000] + b"edit" + old[4_000_004:])
     first, second = _stream(src, sigs, base), _stream(src, sigs, base)
     assert isinstance(first[0], DeltaStart) and isinstance(second[0], DeltaStart)
-    assert [sum(len(m.data) for m in msgs if isinstance(m, FileChunk)) < 100_000 for msgs in (first, second)] \
-        == [True, True]
+    assert [
+        sum(len(m.data) for m in msgs if isinstance(m, FileChunk)) < 100_000
+        for msgs in (first, second)
+    ] == [True, True]
 
 
 def test_auto_sends_whole_after_a_delta_that_saved_nothing(tmp_path: Path) -> None:
@@ -137,7 +145,9 @@ def test_auto_sends_whole_after_a_delta_that_saved_nothing(tmp_path: Path) -> No
     (src / "f.bin").write_bytes(os.urandom(1024 * 1024))  # nothing in common with the old one
     assert isinstance(_stream(src, sigs, base)[0], DeltaStart)  # first time: a delta is tried
     assert not sigs.delta_pays("f.bin")
-    assert isinstance(_stream(src, sigs, base, seq=3)[0], FileStart)  # the ratio seen so far decides
+    assert isinstance(
+        _stream(src, sigs, base, seq=3)[0], FileStart
+    )  # the ratio seen so far decides
 
 
 @pytest.mark.parametrize("size", [SMALL_FILE_BYTES, SMALL_FILE_BYTES + 1, 3 * 1024 * 1024 + 777])
@@ -146,7 +156,9 @@ def test_a_version_sent_whole_is_signed_from_the_same_read(tmp_path: Path, size:
     last message goes (one SmallFile, or FileStart ... FileEnd), and it is exactly the one the
     file-based signer writes."""
     src, sigs, _, digest = _source(tmp_path, size, signed=False)
-    messages = list(iter_file_messages(src, "f.bin", 1, options=SendOptions(signatures=sigs, small_files=True)))
+    messages = list(
+        iter_file_messages(src, "f.bin", 1, options=SendOptions(signatures=sigs, small_files=True))
+    )
     if size <= SMALL_FILE_BYTES:
         assert [type(m) for m in messages if not isinstance(m, Flush)] == [SmallFile]
     else:
@@ -157,7 +169,9 @@ def test_a_version_sent_whole_is_signed_from_the_same_read(tmp_path: Path, size:
     assert kept == (tmp_path / "reference.sig").read_bytes()
 
 
-def test_a_large_version_is_signed_in_the_background_and_a_delta_waits_for_it(tmp_path: Path) -> None:
+def test_a_large_version_is_signed_in_the_background_and_a_delta_waits_for_it(
+    tmp_path: Path,
+) -> None:
     src, sigs, _, base = _source(tmp_path, INLINE_SIGN_MAX_BYTES + 4096, signed=False)
     messages = list(iter_file_messages(src, "f.bin", 1, options=SendOptions(signatures=sigs)))
     assert isinstance(messages[-1], FileEnd) and messages[-1].hash == base
@@ -169,7 +183,8 @@ def test_a_large_version_is_signed_in_the_background_and_a_delta_waits_for_it(tm
 
 
 def test_a_delta_still_ends_when_the_state_disk_cannot_take_the_new_signature(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src, sigs, old, base = _source(tmp_path, 2 * 1024 * 1024)
     new = old[:1000] + b"changed" + old[1000:]
     (src / "f.bin").write_bytes(new)
@@ -182,7 +197,9 @@ def test_a_delta_still_ends_when_the_state_disk_cannot_take_the_new_signature(
     assert isinstance(messages[0], DeltaStart)
     end = messages[-1]
     assert isinstance(end, FileEnd) and end.hash == xxhash.xxh3_128(new).digest()
-    assert not any(isinstance(m, FileAbort | FileStart) for m in messages)  # no abort, no whole resend
+    assert not any(
+        isinstance(m, FileAbort | FileStart) for m in messages
+    )  # no abort, no whole resend
 
 
 def test_the_new_version_of_a_delta_is_signed_for_the_next_one(tmp_path: Path) -> None:
@@ -245,9 +262,21 @@ def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -
     (dst / "f.bin").write_bytes(old)
     st = os.stat(dst / "f.bin")
     base = xxhash.xxh3_128(old).digest()
-    folder = TargetFolder(mapping_id=1, source_node="s", root=dst, manifest=Manifest(tmp_path / "m.db"), durable=False)
-    folder.manifest.put_many([Entry(path="f.bin", kind="f", size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                    mode=0o644, hash=base)])
+    folder = TargetFolder(
+        mapping_id=1, source_node="s", root=dst, manifest=Manifest(tmp_path / "m.db"), durable=False
+    )
+    folder.manifest.put_many(
+        [
+            Entry(
+                path="f.bin",
+                kind="f",
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                mode=0o644,
+                hash=base,
+            )
+        ]
+    )
     sigs = SignatureStore(tmp_path / "sigs", parallel_parts=2)
     sigs.remember(src, "f.bin", base)
     new = bytearray(old)
@@ -258,13 +287,16 @@ def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -
     messages = [m for m in _stream(src, sigs, base) if not isinstance(m, Flush)]
     assert isinstance(messages[0], DeltaStart) and messages[0].parts == 2
     assert sum(len(m.data) for m in messages if isinstance(m, FileChunk)) < 100_000
-    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch([*messages, Checkpoint(seq=2)])
+    replies = ReceiverSession(folder, "j", lambda *_: None).apply_batch(
+        [*messages, Checkpoint(seq=2)]
+    )
     assert not any(isinstance(r, Error) for r in replies), replies
     assert (dst / "f.bin").read_bytes() == bytes(new)
 
 
 def test_a_delta_that_fails_on_the_source_falls_back_to_the_whole_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Once DeltaStart is out, a failed build must not lose the change: FileAbort, then the file.
 
     The build fails only once DeltaStart is out (a corrupt signature fails at once, and then the
@@ -279,7 +311,9 @@ def test_a_delta_that_fails_on_the_source_falls_back_to_the_whole_file(
 
     monkeypatch.setattr(delta_engine, "delta", fails_midway)
     (src / "f.bin").write_bytes(old[:-10] + b"0123456789")
-    stream = iter_file_messages(src, "f.bin", 2, base_hash=base, options=SendOptions(signatures=sigs))
+    stream = iter_file_messages(
+        src, "f.bin", 2, base_hash=base, options=SendOptions(signatures=sigs)
+    )
     first = next(stream)
     assert isinstance(first, DeltaStart)
     delta_start_out.set()
@@ -288,7 +322,10 @@ def test_a_delta_that_fails_on_the_source_falls_back_to_the_whole_file(
     assert "FileAbort" in kinds and kinds.count("DeltaStart") == 1
     assert isinstance(messages[kinds.index("FileAbort") + 1], FileStart)
     end = messages[-1]
-    assert isinstance(end, FileEnd) and end.hash == xxhash.xxh3_128((src / "f.bin").read_bytes()).digest()
+    assert (
+        isinstance(end, FileEnd)
+        and end.hash == xxhash.xxh3_128((src / "f.bin").read_bytes()).digest()
+    )
 
 
 def _delta_update(tmp_path: Path) -> tuple[Path, object, list[object], bytes]:
@@ -305,9 +342,21 @@ def _delta_update(tmp_path: Path) -> tuple[Path, object, list[object], bytes]:
         (root / "f.bin").write_bytes(old)
     st = os.stat(dst / "f.bin")
     base = xxhash.xxh3_128(old).digest()
-    folder = TargetFolder(mapping_id=1, source_node="s", root=dst, manifest=Manifest(tmp_path / "m.db"), durable=False)
-    folder.manifest.put_many([Entry(path="f.bin", kind="f", size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                    mode=0o644, hash=base)])
+    folder = TargetFolder(
+        mapping_id=1, source_node="s", root=dst, manifest=Manifest(tmp_path / "m.db"), durable=False
+    )
+    folder.manifest.put_many(
+        [
+            Entry(
+                path="f.bin",
+                kind="f",
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                mode=0o644,
+                hash=base,
+            )
+        ]
+    )
     sigs = SignatureStore(tmp_path / "sigs")
     sigs.remember(src, "f.bin", base)
     (src / "f.bin").write_bytes(old[:1000] + b"edit" + old[1004:])
@@ -317,7 +366,8 @@ def _delta_update(tmp_path: Path) -> tuple[Path, object, list[object], bytes]:
 
 
 def test_a_full_disk_while_patching_is_reported_as_such_and_commits_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import errno
 
     from relaysync.protocol.messages import Error, ErrorCode
@@ -336,7 +386,9 @@ def test_a_full_disk_while_patching_is_reported_as_such_and_commits_nothing(
     assert [p.name for p in dst.iterdir()] == ["f.bin"]
 
 
-def test_a_target_without_librsync_asks_for_the_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_target_without_librsync_asks_for_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from relaysync.protocol.messages import Error, ErrorCode
     from relaysync.transfer.receiver import ReceiverSession
 
@@ -347,7 +399,7 @@ def test_a_target_without_librsync_asks_for_the_whole_file(tmp_path: Path, monke
     assert (dst / "f.bin").read_bytes() == old
 
 
-_FILL_AFTER = '''
+_FILL_AFTER = """
 import errno, os, sys
 from pathlib import Path
 from relaysync.transfer import staging
@@ -371,19 +423,25 @@ try:
 except OSError as exc:
     print("refused", errno.errorcode[exc.errno])
     patch.discard()
-'''
+"""
 
 
 @pytest.mark.parametrize("fail_at", [100_000, 1_000_000, 3_000_000])
-def test_the_disk_filling_mid_delta_is_a_disk_full_error_not_a_crash(tmp_path: Path, fail_at: int) -> None:
+def test_the_disk_filling_mid_delta_is_a_disk_full_error_not_a_crash(
+    tmp_path: Path, fail_at: int
+) -> None:
     """librsync writes the new version through a stdio FILE whose writer fails: it must tell
     glibc so in the way glibc expects (a negative count made the next fwrite read past its
     buffer: SIGSEGV, the whole agent gone). In a child process, as a crash would end pytest."""
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _FILL_AFTER, str(fail_at), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FILL_AFTER, str(fail_at), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert proc.stdout.strip() == "refused ENOSPC"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # no temp file left

@@ -62,7 +62,7 @@ class ModelTarget:
                 moved = self._take(c.path)
                 self._take(c.new_path)
                 for p, v in moved.items():
-                    self.state[c.new_path + p[len(c.path):]] = v
+                    self.state[c.new_path + p[len(c.path) :]] = v
             else:
                 assert c.entry is not None
                 self.state[c.path] = (c.entry.kind, c.entry.hash)

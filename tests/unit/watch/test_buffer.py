@@ -23,8 +23,13 @@ def test_delete_and_move_end_the_cover() -> None:
 
 
 def test_rescan_covers_later_events_below_it() -> None:
-    events = [ev("rescan", "d"), ev("write", "d/x"), ev("rescan", "d/e"), ev("write", "e"),
-              ev("rescan", "d")]
+    events = [
+        ev("rescan", "d"),
+        ev("write", "d/x"),
+        ev("rescan", "d/e"),
+        ev("write", "e"),
+        ev("rescan", "d"),
+    ]
     assert coalesce(events) == [ev("rescan", "d"), ev("write", "e")]
     assert coalesce([ev("rescan", ""), ev("write", "a/b")]) == [ev("rescan", "")]
 

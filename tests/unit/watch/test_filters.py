@@ -46,7 +46,9 @@ def test_bad_regex_names_the_pattern() -> None:
         PathFilter(exclude=["(unclosed"])
 
 
-def test_names_that_are_not_utf8_are_refused_with_one_warning_each(caplog: pytest.LogCaptureFixture) -> None:
+def test_names_that_are_not_utf8_are_refused_with_one_warning_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING, logger="relaysync.watch.filters")
     f = PathFilter(root="/srv/www")
     bad = os.fsdecode(b"caf\xe9.html")  # a Latin-1 name from an old upload: a lone surrogate

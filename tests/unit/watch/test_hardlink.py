@@ -36,7 +36,9 @@ def _append(path: Path, text: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_write_through_hard_link_updates_other_names_real_watcher(tree: Path, manifest: Manifest) -> None:
+async def test_write_through_hard_link_updates_other_names_real_watcher(
+    tree: Path, manifest: Manifest
+) -> None:
     rec, target = _linked(tree, manifest)
     async with watching(tree) as batches:
         _append(tree / "a", "v2")
@@ -53,7 +55,11 @@ def test_write_through_one_name_sends_every_name(tree: Path, manifest: Manifest)
     rec, target = _linked(tree, manifest)
     _append(tree / "sub" / "c", "v2")
     changes = settle(rec, target, [ev("write", "sub/c")])
-    assert sorted((c.op, c.path) for c in changes) == [("write", "a"), ("write", "b"), ("write", "sub/c")]
+    assert sorted((c.op, c.path) for c in changes) == [
+        ("write", "a"),
+        ("write", "b"),
+        ("write", "sub/c"),
+    ]
     assert_in_step(tree, manifest, target)
 
 
@@ -61,7 +67,11 @@ def test_chmod_through_one_name_updates_every_name(tree: Path, manifest: Manifes
     rec, target = _linked(tree, manifest)
     os.chmod(tree / "b", 0o600)
     changes = settle(rec, target, [ev("attr", "b")])
-    assert sorted((c.op, c.path) for c in changes) == [("attr", "a"), ("attr", "b"), ("attr", "sub/c")]
+    assert sorted((c.op, c.path) for c in changes) == [
+        ("attr", "a"),
+        ("attr", "b"),
+        ("attr", "sub/c"),
+    ]
     assert manifest.get("sub/c").mode == 0o600  # type: ignore[union-attr]
 
 
@@ -86,13 +96,19 @@ def test_name_renamed_in_the_same_batch_is_updated(tree: Path, manifest: Manifes
     detection = rec.detect([ev("move", "b", "r"), ev("write", "a")])
     assert detection.rest == []
     assert sorted((c.op, c.path) for c in detection.changes) == [
-        ("rename", "b"), ("write", "a"), ("write", "r"), ("write", "sub/c")]
+        ("rename", "b"),
+        ("write", "a"),
+        ("write", "r"),
+        ("write", "sub/c"),
+    ]
     rec.apply(detection.changes)
     target.apply(detection.changes)
     assert_in_step(tree, manifest, target)
 
 
-def test_name_in_a_directory_renamed_in_the_same_batch_is_updated(tree: Path, manifest: Manifest) -> None:
+def test_name_in_a_directory_renamed_in_the_same_batch_is_updated(
+    tree: Path, manifest: Manifest
+) -> None:
     """`mv sub s2; echo >> a`: where sub/c is now, the manifest says once the rename is applied."""
     rec, target = _linked(tree, manifest)
     os.rename(tree / "sub", tree / "s2")
@@ -104,7 +120,9 @@ def test_name_in_a_directory_renamed_in_the_same_batch_is_updated(tree: Path, ma
     assert_in_step(tree, manifest, target)
 
 
-def test_scan_that_finds_a_changed_linked_file_updates_its_other_names(tree: Path, manifest: Manifest) -> None:
+def test_scan_that_finds_a_changed_linked_file_updates_its_other_names(
+    tree: Path, manifest: Manifest
+) -> None:
     """A scan (an unwatched directory, an overflow) that finds sub/c changed restats a and b."""
     rec, target = _linked(tree, manifest)
     _append(tree / "sub" / "c", "v2")
@@ -112,8 +130,9 @@ def test_scan_that_finds_a_changed_linked_file_updates_its_other_names(tree: Pat
     assert_in_step(tree, manifest, target)
 
 
-def test_file_replaced_by_an_equal_one_is_no_change_but_its_inode_is_kept(tree: Path, manifest: Manifest,
-                                                                          tmp_path: Path) -> None:
+def test_file_replaced_by_an_equal_one_is_no_change_but_its_inode_is_kept(
+    tree: Path, manifest: Manifest, tmp_path: Path
+) -> None:
     """`tar x` over a tree: every file a new inode, most of them equal; only the inode is noted."""
     rec, target = _linked(tree, manifest)
     shutil.copy2(tree / "a", tmp_path / "a")
@@ -128,7 +147,9 @@ def test_file_replaced_by_an_equal_one_is_no_change_but_its_inode_is_kept(tree: 
     assert_in_step(tree, manifest, target)
 
 
-def test_manifest_of_an_older_release_learns_inodes_from_the_start_up_scan(tree: Path, tmp_path: Path) -> None:
+def test_manifest_of_an_older_release_learns_inodes_from_the_start_up_scan(
+    tree: Path, tmp_path: Path
+) -> None:
     """A manifest without the `ino` column is migrated; the start-up scan fills the numbers in
     without a change to journal, and writes through a link are followed from then on."""
     (tree / "a").write_text("v1")
@@ -144,8 +165,10 @@ def test_manifest_of_an_older_release_learns_inodes_from_the_start_up_scan(tree:
     fresh = Manifest(tmp_path / "fresh.db")
     ChangeRecorder(tree, fresh, PathFilter()).detect_and_apply([ev("rescan", "")])
     for e in fresh.iter_entries():
-        old.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (e.path, "", e.path, e.kind, e.size, e.mtime_ns, e.mode, e.hash, e.link_target))
+        old.execute(
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.path, "", e.path, e.kind, e.size, e.mtime_ns, e.mode, e.hash, e.link_target),
+        )
     old.commit()
     old.close()
     fresh.close()

@@ -18,8 +18,12 @@ from relaysync.watch.manifest import Entry
 
 
 def w(path: str, content: bytes = b"c", base: bytes = b"") -> PendingChange:
-    return PendingChange(op="write", path=path, base_hash=base,
-                         entry=Entry(path=path, kind="f", size=len(content), hash=content))
+    return PendingChange(
+        op="write",
+        path=path,
+        base_hash=base,
+        entry=Entry(path=path, kind="f", size=len(content), hash=content),
+    )
 
 
 def segments(directory: Path) -> list[Path]:
@@ -186,7 +190,7 @@ def apply(state: dict[str, bytes], rec: JournalRecord) -> None:
             drop(rec.path)
             drop(rec.new_path)
             for k, v in moved.items():
-                state[rec.new_path + k[len(rec.path):]] = v
+                state[rec.new_path + k[len(rec.path) :]] = v
 
 
 op_strategy = st.one_of(
@@ -208,8 +212,9 @@ def to_change(i: int, op: tuple[str, str]) -> PendingChange:
 
 @settings(max_examples=300, deadline=None)
 @given(ops=st.lists(op_strategy, max_size=40), limit=st.integers(1, 50))
-def test_read_coalesced_replays_like_full(tmp_path_factory: pytest.TempPathFactory,
-                                          ops: list[tuple[str, str]], limit: int) -> None:
+def test_read_coalesced_replays_like_full(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str]], limit: int
+) -> None:
     j = Journal(tmp_path_factory.mktemp("j"), fsync=False)
     j.append([to_change(i, op) for i, op in enumerate(ops)])
     full: dict[str, bytes] = {}
@@ -250,7 +255,7 @@ def _lose_last_record(directory: Path) -> None:
     offset, last = 0, 0
     while offset < len(data):
         last = offset
-        offset += 8 + struct.unpack(">I", data[offset:offset + 4])[0]
+        offset += 8 + struct.unpack(">I", data[offset : offset + 4])[0]
     seg.write_bytes(data[:last])
 
 
@@ -277,7 +282,9 @@ def test_fast_journal_left_open_across_a_reboot_starts_a_new_id(tmp_path: Path) 
 
 def test_a_fast_journal_reserves_its_seqs_durably_before_it_hands_them_out(tmp_path: Path) -> None:
     j = Journal(tmp_path, fsync=False, boot_id="boot-1")
-    for i in range(LEASE_SEQS + 10):  # past one lease: the second is taken before its first seq goes
+    for i in range(
+        LEASE_SEQS + 10
+    ):  # past one lease: the second is taken before its first seq goes
         j.append([w(f"f{i}")])
     assert int((tmp_path / "lease").read_text()) >= j.last_seq
     for seg in segments(tmp_path):  # the crash took every record
@@ -286,12 +293,21 @@ def test_a_fast_journal_reserves_its_seqs_durably_before_it_hands_them_out(tmp_p
     assert reopened.append([w("new")])[0].seq > LEASE_SEQS + 10
 
 
-@pytest.mark.parametrize(("fsync", "closed", "boot"), [
-    (False, False, "boot-1"),  # kill -9 of the agent: the page cache survived, the tail is there
-    (False, True, "boot-2"),  # stopped cleanly, then a reboot: close() made it durable
-    (True, False, "boot-2"),  # safe: every append was fsynced
-])
-def test_journal_keeps_its_id_when_nothing_can_be_lost(tmp_path: Path, fsync: bool, closed: bool, boot: str) -> None:
+@pytest.mark.parametrize(
+    ("fsync", "closed", "boot"),
+    [
+        (
+            False,
+            False,
+            "boot-1",
+        ),  # kill -9 of the agent: the page cache survived, the tail is there
+        (False, True, "boot-2"),  # stopped cleanly, then a reboot: close() made it durable
+        (True, False, "boot-2"),  # safe: every append was fsynced
+    ],
+)
+def test_journal_keeps_its_id_when_nothing_can_be_lost(
+    tmp_path: Path, fsync: bool, closed: bool, boot: str
+) -> None:
     j = Journal(tmp_path, fsync=fsync, boot_id="boot-1")
     j.append([w("a"), w("b")])
     if closed:

@@ -11,8 +11,14 @@ from relaysync.watch.manifest import SCHEMA_VERSION, Entry, Manifest
 
 
 def f(path: str, content: bytes = b"x", *, mtime_ns: int = 1, mode: int = 0o644) -> Entry:
-    return Entry(path=path, kind="f", size=len(content), mtime_ns=mtime_ns, mode=mode,
-                 hash=content.ljust(16, b"\0")[:16])
+    return Entry(
+        path=path,
+        kind="f",
+        size=len(content),
+        mtime_ns=mtime_ns,
+        mode=mode,
+        hash=content.ljust(16, b"\0")[:16],
+    )
 
 
 def d(path: str) -> Entry:
@@ -20,8 +26,14 @@ def d(path: str) -> Entry:
 
 
 def sample() -> list[Entry]:
-    return [d("a"), f("a/x", b"1"), d("a/b"), f("a/b/y", b"2"), f("top", b"3"),
-            Entry(path="link", kind="l", hash=b"h" * 16, link_target="top")]
+    return [
+        d("a"),
+        f("a/x", b"1"),
+        d("a/b"),
+        f("a/b/y", b"2"),
+        f("top", b"3"),
+        Entry(path="link", kind="l", hash=b"h" * 16, link_target="top"),
+    ]
 
 
 def test_put_get_children_count(manifest: Manifest) -> None:
@@ -126,7 +138,9 @@ def test_file_replacing_dir_drops_subtree(manifest: Manifest) -> None:
 def test_one_call_keeps_the_order_of_its_entries(manifest: Manifest) -> None:
     """Within one put_many, a later file over a directory drops what came before below it, and
     what comes after it stays (the same result as putting the entries one at a time)."""
-    manifest.put_many([d("a"), f("a/x"), f("a", b"file"), d("b"), f("b/y"), f("c"), d("c"), f("c/z")])
+    manifest.put_many(
+        [d("a"), f("a/x"), f("a", b"file"), d("b"), f("b/y"), f("c"), d("c"), f("c/z")]
+    )
     assert manifest.get("a") == f("a", b"file") and manifest.get("a/x") is None
     assert manifest.get("b/y") is not None
     assert manifest.get("c") == d("c") and manifest.get("c/z") is not None
@@ -198,13 +212,17 @@ def test_manifest_of_an_older_release_is_migrated_once(tmp_path: Path) -> None:
     old.close()
     for _ in range(2):  # and a second open finds nothing to do
         m = Manifest(db)
-        assert m.get("top") == Entry(path="top", kind="f", size=1, mtime_ns=1, mode=0o644, hash=b"\0")
+        assert m.get("top") == Entry(
+            path="top", kind="f", size=1, mtime_ns=1, mode=0o644, hash=b"\0"
+        )
         m.put_many([Entry(path="new", kind="f", ino=7), Entry(path="also", kind="f", ino=7)])
         assert m.paths_with_inode(7) == ["also", "new"] and m.paths_with_inode(0) == []
         m.close()
     check = sqlite3.connect(db)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    plan = check.execute("EXPLAIN QUERY PLAN SELECT path FROM entries WHERE ino = 7 AND ino != 0").fetchall()
+    plan = check.execute(
+        "EXPLAIN QUERY PLAN SELECT path FROM entries WHERE ino = 7 AND ino != 0"
+    ).fetchall()
     assert "entries_ino" in str(plan)
     check.close()
 

@@ -29,7 +29,9 @@ def settle(rec: ChangeRecorder, events: list[FsEvent]) -> list[PendingChange]:
     return rec.detect_and_apply(events)
 
 
-def test_write_new_then_identical_then_attr(tree: Path, rec: ChangeRecorder, manifest: Manifest) -> None:
+def test_write_new_then_identical_then_attr(
+    tree: Path, rec: ChangeRecorder, manifest: Manifest
+) -> None:
     (tree / "f").write_text("one")
     [c] = settle(rec, [ev("write", "f")])
     assert c.op == "write" and c.base_hash == b"" and manifest.get("f") == c.entry
@@ -50,8 +52,11 @@ def test_write_of_vanished_file_is_skipped(rec: ChangeRecorder) -> None:
 def test_write_creates_missing_parents_first(tree: Path, rec: ChangeRecorder) -> None:
     (tree / "a" / "b").mkdir(parents=True)
     (tree / "a" / "b" / "f").write_text("x")
-    assert ops(rec.detect([ev("write", "a/b/f")]).changes) == [("mkdir", "a", ""), ("mkdir", "a/b", ""),
-                                                       ("write", "a/b/f", "")]
+    assert ops(rec.detect([ev("write", "a/b/f")]).changes) == [
+        ("mkdir", "a", ""),
+        ("mkdir", "a/b", ""),
+        ("write", "a/b/f", ""),
+    ]
 
 
 def test_delete_only_if_known(tree: Path, rec: ChangeRecorder, manifest: Manifest) -> None:
@@ -69,7 +74,9 @@ def test_symlink_event(tree: Path, rec: ChangeRecorder) -> None:
     assert c.op == "symlink" and c.entry is not None and c.entry.link_target == "target"
 
 
-def test_move_of_known_dir_is_one_rename(tree: Path, rec: ChangeRecorder, manifest: Manifest) -> None:
+def test_move_of_known_dir_is_one_rename(
+    tree: Path, rec: ChangeRecorder, manifest: Manifest
+) -> None:
     (tree / "d").mkdir()
     (tree / "d" / "x").write_text("x")
     settle(rec, [ev("rescan", "")])
@@ -94,8 +101,9 @@ def test_move_to_excluded_is_delete(tree: Path, rec: ChangeRecorder) -> None:
     assert ops(rec.detect([ev("move", "f", "f.bak")]).changes) == [("delete", "f", "")]
 
 
-def test_rescan_orders_parents_first_and_deletes_dirs_once(tree: Path, rec: ChangeRecorder,
-                                                          manifest: Manifest) -> None:
+def test_rescan_orders_parents_first_and_deletes_dirs_once(
+    tree: Path, rec: ChangeRecorder, manifest: Manifest
+) -> None:
     (tree / "old" / "sub").mkdir(parents=True)
     (tree / "old" / "sub" / "f").write_text("x")
     settle(rec, [ev("rescan", "")])
@@ -106,13 +114,18 @@ def test_rescan_orders_parents_first_and_deletes_dirs_once(tree: Path, rec: Chan
     (tree / "new" / "deep").mkdir(parents=True)
     (tree / "new" / "deep" / "g").write_text("g")
     changes = settle(rec, [ev("rescan", "")])
-    assert ops(changes) == [("delete", "old", ""), ("mkdir", "new", ""), ("mkdir", "new/deep", ""),
-                            ("write", "new/deep/g", "")]
+    assert ops(changes) == [
+        ("delete", "old", ""),
+        ("mkdir", "new", ""),
+        ("mkdir", "new/deep", ""),
+        ("write", "new/deep/g", ""),
+    ]
     assert manifest.count() == 3
 
 
-def test_apply_accepts_journal_records_and_is_idempotent(tree: Path, rec: ChangeRecorder,
-                                                         manifest: Manifest, tmp_path: Path) -> None:
+def test_apply_accepts_journal_records_and_is_idempotent(
+    tree: Path, rec: ChangeRecorder, manifest: Manifest, tmp_path: Path
+) -> None:
     from relaysync.watch.journal import Journal
 
     (tree / "f").write_text("x")

@@ -87,7 +87,10 @@ def test_rename_dir_then_rename_child(tree: Path, manifest: Manifest) -> None:
     os.rename(tree / "d", tree / "e")
     os.rename(tree / "e" / "f", tree / "e" / "h")
     changes = settle(rec, target, [ev("move", "d", "e", is_dir=True), ev("move", "e/f", "e/h")])
-    assert [(c.op, c.path, c.new_path) for c in changes] == [("rename", "d", "e"), ("rename", "e/f", "e/h")]
+    assert [(c.op, c.path, c.new_path) for c in changes] == [
+        ("rename", "d", "e"),
+        ("rename", "e/f", "e/h"),
+    ]
     assert_in_step(tree, manifest, target)
 
 
@@ -97,14 +100,19 @@ def test_delete_dir_then_copy_back(tree: Path, manifest: Manifest, tmp_path: Pat
     shutil.copytree(tree / "d", tmp_path / "backup")
     shutil.rmtree(tree / "d")
     shutil.copytree(tmp_path / "backup", tree / "d")
-    events = [ev("delete", "d/f"), ev("delete", "d/g"), ev("delete", "d", is_dir=True),
-              ev("rescan", "d", is_dir=True)]
+    events = [
+        ev("delete", "d/f"),
+        ev("delete", "d/g"),
+        ev("delete", "d", is_dir=True),
+        ev("rescan", "d", is_dir=True),
+    ]
     settle(rec, target, events)
     assert_in_step(tree, manifest, target)
 
 
-def test_file_deleted_then_back_with_same_stat_before_a_full_rescan(tree: Path, manifest: Manifest,
-                                                                    tmp_path: Path) -> None:
+def test_file_deleted_then_back_with_same_stat_before_a_full_rescan(
+    tree: Path, manifest: Manifest, tmp_path: Path
+) -> None:
     """`rm d/f && cp -p saved d/f`, then a queue overflow (rescan of everything) in one batch."""
     rec, target = _setup(tree, manifest)
     shutil.copy2(tree / "d" / "f", tmp_path / "saved")
@@ -127,9 +135,16 @@ def test_common_batches_are_detected_in_one_call(tree: Path, manifest: Manifest)
     os.rename(tree / "d" / "g", tree / "d" / "h")
     (tree / "d" / "h").write_text("g3")
     shutil.rmtree(tree / "x")
-    events = [ev("write", "d/g"), ev("move", "d/g", "d/h"), ev("write", "d/h"),
-              ev("delete", "x/y/1"), ev("delete", "x/y", is_dir=True), ev("delete", "x/z/2"),
-              ev("delete", "x/z", is_dir=True), ev("delete", "x", is_dir=True)]
+    events = [
+        ev("write", "d/g"),
+        ev("move", "d/g", "d/h"),
+        ev("write", "d/h"),
+        ev("delete", "x/y/1"),
+        ev("delete", "x/y", is_dir=True),
+        ev("delete", "x/z/2"),
+        ev("delete", "x/z", is_dir=True),
+        ev("delete", "x", is_dir=True),
+    ]
     detection = rec.detect(events)
     assert detection.rest == []
     rec.apply(detection.changes)

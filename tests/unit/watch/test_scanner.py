@@ -34,21 +34,30 @@ def test_hash_file_streams_big_files(tmp_path: Path) -> None:
     assert len(hash_file(p)) == 16
 
 
-def test_first_scan_lists_parents_first(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+def test_first_scan_lists_parents_first(
+    tree: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
     (tree / "a" / "b").mkdir(parents=True)
     (tree / "a" / "b" / "y").write_text("y")
     (tree / "a" / "x").write_text("x")
     (tree / "z").write_text("z")
     (tree / f"{TEMP_PREFIX}partial.tmp").write_text("skip me")
     changes = scan_tree(tree, manifest, accept_all)
-    assert ops(changes) == [("mkdir", "a"), ("write", "z"), ("mkdir", "a/b"), ("write", "a/x"),
-                            ("write", "a/b/y")]
+    assert ops(changes) == [
+        ("mkdir", "a"),
+        ("write", "z"),
+        ("mkdir", "a/b"),
+        ("write", "a/x"),
+        ("write", "a/b/y"),
+    ]
     assert changes[-1].entry == make_entry(tree, "a/b/y")
     record(manifest, changes)
     assert scan_tree(tree, manifest, accept_all) == []
 
 
-def test_unchanged_files_are_not_rehashed(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+def test_unchanged_files_are_not_rehashed(
+    tree: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
     p = tree / "f"
     p.write_bytes(b"aaaa")
     record(manifest, scan_tree(tree, manifest, accept_all))
@@ -69,7 +78,9 @@ def test_mode_only_change_is_attr(tree: Path, manifest: Manifest, accept_all: Pa
     assert change.op == "attr" and change.entry is not None and change.entry.mode == 0o600
 
 
-def test_deletes_one_per_vanished_subtree(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+def test_deletes_one_per_vanished_subtree(
+    tree: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
     (tree / "d" / "e").mkdir(parents=True)
     for name in ("d/1", "d/e/2", "keep"):
         (tree / name).write_text(name)
@@ -87,10 +98,16 @@ def test_kind_change_deletes_first(tree: Path, manifest: Manifest, accept_all: P
     (tree / "x").unlink()
     (tree / "x").mkdir()
     (tree / "x" / "in").write_text("in")
-    assert ops(scan_tree(tree, manifest, accept_all)) == [("delete", "x"), ("mkdir", "x"), ("write", "x/in")]
+    assert ops(scan_tree(tree, manifest, accept_all)) == [
+        ("delete", "x"),
+        ("mkdir", "x"),
+        ("write", "x/in"),
+    ]
 
 
-def test_symlinks_are_not_followed(tree: Path, tmp_path: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+def test_symlinks_are_not_followed(
+    tree: Path, tmp_path: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_text("s")
@@ -99,8 +116,14 @@ def test_symlinks_are_not_followed(tree: Path, tmp_path: Path, manifest: Manifes
     changes = scan_tree(tree, manifest, accept_all)
     assert ops(changes) == [("symlink", "dangling"), ("symlink", "dirlink")]
     entry = changes[1].entry
-    assert entry == Entry(path="dirlink", kind="l", mtime_ns=entry.mtime_ns, mode=entry.mode,
-                          hash=xxhash.xxh3_128(str(outside).encode()).digest(), link_target=str(outside))
+    assert entry == Entry(
+        path="dirlink",
+        kind="l",
+        mtime_ns=entry.mtime_ns,
+        mode=entry.mode,
+        hash=xxhash.xxh3_128(str(outside).encode()).digest(),
+        link_target=str(outside),
+    )
 
 
 def test_subdir_scan_and_filter(tree: Path, manifest: Manifest) -> None:
@@ -110,7 +133,10 @@ def test_subdir_scan_and_filter(tree: Path, manifest: Manifest) -> None:
     (tree / "s" / "skip" / "b.html").write_text("b")
     (tree / "other.html").write_text("o")
     flt = PathFilter(include=[r"\.html$"], exclude=[r"/skip$"])
-    assert ops(scan_tree(tree, manifest, flt, subdir="s")) == [("mkdir", "s"), ("write", "s/a.html")]
+    assert ops(scan_tree(tree, manifest, flt, subdir="s")) == [
+        ("mkdir", "s"),
+        ("write", "s/a.html"),
+    ]
     assert ops(scan_tree(tree, manifest, flt, subdir="s/a.html")) == [("write", "s/a.html")]
     assert scan_tree(tree, manifest, flt, subdir="missing") == []
 
@@ -137,7 +163,9 @@ def test_names_and_link_targets_that_are_not_utf8_are_left_out(
     assert scan_tree(tree, manifest, accept_all, subdir=os.fsdecode(b"caf\xe9.html")) == []
 
 
-def test_a_link_whose_target_stops_being_utf8_is_deleted(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+def test_a_link_whose_target_stops_being_utf8_is_deleted(
+    tree: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
     os.symlink("café", tree / "link")
     record(manifest, scan_tree(tree, manifest, accept_all))
     os.unlink(tree / "link")
@@ -146,7 +174,8 @@ def test_a_link_whose_target_stops_being_utf8_is_deleted(tree: Path, manifest: M
 
 
 def test_a_date_past_2262_is_clamped_to_what_the_manifest_and_the_wire_hold(
-        tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
+    tree: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
     """`touch -d 2300-01-01`: st_mtime_ns is past 2**63 - 1, which SQLite's integer column and the
     wire's check refuse (the manifest write raised OverflowError and stopped the mapping)."""
     from relaysync.protocol.messages import INT64_MAX, FileStart
@@ -159,7 +188,9 @@ def test_a_date_past_2262_is_clamped_to_what_the_manifest_and_the_wire_hold(
     manifest.put_many([c.entry for c in changes if c.entry is not None])
     entry = manifest.get("future.html")
     assert entry is not None and entry.mtime_ns == INT64_MAX
-    assert not [c for c in scan_tree(tree, manifest, accept_all) if c.path == "future.html"]  # stable
+    assert not [
+        c for c in scan_tree(tree, manifest, accept_all) if c.path == "future.html"
+    ]  # stable
     message = next(iter_file_messages(tree, "future.html", 1, options=SendOptions()))
     assert isinstance(message, FileStart)
     message.validate()

@@ -99,7 +99,9 @@ async def test_dir_created_and_renamed_before_its_create_is_read_is_watched(tree
         await wait_for(lambda: has(seen, "write", "release/index.html"))
 
 
-async def test_dir_tree_created_and_renamed_before_its_create_is_read_is_watched(tree: Path) -> None:
+async def test_dir_tree_created_and_renamed_before_its_create_is_read_is_watched(
+    tree: Path,
+) -> None:
     async with watching(tree) as seen:
         os.makedirs(tree / "up.tmp" / "a" / "b")
         os.rename(tree / "up.tmp", tree / "up")
@@ -147,7 +149,9 @@ async def test_moves_out_that_never_stop_still_let_batches_go(tree: Path, tmp_pa
         (tree / name).write_text("x")
     async with watching(tree) as seen:
         start = time.monotonic()
-        for name in names:  # a new unpaired MOVED_FROM every 5 ms: only PAIR_BATCH_MAX_S cuts the batch
+        for (
+            name
+        ) in names:  # a new unpaired MOVED_FROM every 5 ms: only PAIR_BATCH_MAX_S cuts the batch
             if seen or time.monotonic() - start > BUSY_S:
                 break
             os.rename(tree / name, outside / name)
@@ -277,7 +281,9 @@ def test_truncate_without_close_write_is_reported(tmp_path: Path) -> None:
     assert [(e.kind, e.path) for e in events] == [("write", "t.txt")]
 
 
-async def test_a_dir_rename_at_a_full_batchs_edge_stays_a_move(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_dir_rename_at_a_full_batchs_edge_stays_a_move(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """CREATE x, CLOSE_WRITE x, MOVED_FROM d | MOVED_TO e: with the batch full after the
     MOVED_FROM, the batch was cut there, d became a delete and e a rescan (every target deleted
     the directory and got it all again; a large one tripped the mass-delete guard)."""

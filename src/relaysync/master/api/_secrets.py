@@ -44,10 +44,14 @@ def mask_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{HIDDEN}@{netloc.rpartition('@')[2]}"
-    query = "&".join(
-        f"{item.partition('=')[0]}={HIDDEN}" if "=" in item else (HIDDEN if item else item)
-        for item in parts.query.split("&")
-    ) if parts.query else ""
+    query = (
+        "&".join(
+            f"{item.partition('=')[0]}={HIDDEN}" if "=" in item else (HIDDEN if item else item)
+            for item in parts.query.split("&")
+        )
+        if parts.query
+        else ""
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -64,5 +68,7 @@ def refuse_masked(value: Any, what: str) -> None:
         for v in value:
             refuse_masked(v, what)
     elif isinstance(value, str) and HIDDEN in value:
-        raise ConfigError(f"{what} holds {HIDDEN!r}, the mask the API shows for a hidden value: "
-                          f"give the real value (secrets are never sent back)")
+        raise ConfigError(
+            f"{what} holds {HIDDEN!r}, the mask the API shows for a hidden value: "
+            f"give the real value (secrets are never sent back)"
+        )

@@ -48,8 +48,11 @@ def create_channel(body: ChannelIn, context: Context) -> ChannelOut:
     the mask of a hidden secret, as a listing posted back would)."""
     refuse_masked(body.config, f"alert channel {body.name!r} config")
     build_channel(body.kind, body.config, alarm=lambda notice: None)
-    return _out(context.store.monitoring.create_channel(name=body.name, kind=body.kind,
-                                                        config=body.config, enabled=body.enabled))
+    return _out(
+        context.store.monitoring.create_channel(
+            name=body.name, kind=body.kind, config=body.config, enabled=body.enabled
+        )
+    )
 
 
 def delete_channel(channel_id: int, context: Context) -> None:

@@ -36,11 +36,20 @@ class AckIn(BaseModel):
     by: str = "api"  # who acknowledges it
 
 
-def list_alerts(context: Context, state: str | None = None, server: str | None = None,
-                open: bool = False, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AlertOut]:
+def list_alerts(
+    context: Context,
+    state: str | None = None,
+    server: str | None = None,
+    open: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AlertOut]:
     """Alerts, newest first; `open` keeps only firing and acknowledged ones."""
-    return [AlertOut.model_validate(a) for a in context.store.monitoring.list_alerts(
-        state=state, server=server, open_only=open, limit=limit)]
+    return [
+        AlertOut.model_validate(a)
+        for a in context.store.monitoring.list_alerts(
+            state=state, server=server, open_only=open, limit=limit
+        )
+    ]
 
 
 def acknowledge_alert(alert_id: int, context: Context, body: AckIn | None = None) -> AlertOut:
@@ -48,5 +57,7 @@ def acknowledge_alert(alert_id: int, context: Context, body: AckIn | None = None
     but it is marked as seen."""
     by = body.by if body is not None else "api"
     alert = context.store.monitoring.acknowledge_alert(alert_id, by=by, now=time.time())
-    context.events.publish(EventType.ALERT_ACKNOWLEDGED, alert_id=alert.id, server=alert.server, by=by)
+    context.events.publish(
+        EventType.ALERT_ACKNOWLEDGED, alert_id=alert.id, server=alert.server, by=by
+    )
     return AlertOut.model_validate(alert)

@@ -25,13 +25,19 @@ class _FleetCollector(Collector):
         self.context = context
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("relaysync_server_up", "control link up (1) or not (0)", labels=["server"])
-        healthy = GaugeMetricFamily("relaysync_server_healthy", "1 ok, 0 unhealthy", labels=["server"])
+        up = GaugeMetricFamily(
+            "relaysync_server_up", "control link up (1) or not (0)", labels=["server"]
+        )
+        healthy = GaugeMetricFamily(
+            "relaysync_server_healthy", "1 ok, 0 unhealthy", labels=["server"]
+        )
         for s in self.context.store.list_servers():
             up.add_metric([s.name], 1.0 if s.state == "up" else 0.0)
             healthy.add_metric([s.name], 1.0 if s.health == "ok" else 0.0)
         firing = GaugeMetricFamily("relaysync_alerts_open", "alerts firing or acknowledged")
-        firing.add_metric([], len(self.context.store.monitoring.list_alerts(open_only=True, limit=10_000)))
+        firing.add_metric(
+            [], len(self.context.store.monitoring.list_alerts(open_only=True, limit=10_000))
+        )
         yield from (up, healthy, firing)
 
 
@@ -47,6 +53,9 @@ def get_metrics(request: Request, context: Context) -> Response:
     def master() -> Mapping[str, Sequence[MetricSample]]:
         return {k: v for k, v in figures.items() if k == MASTER_SERVER}
 
-    registry = registry_of(SamplesCollector(agents), SamplesCollector(master, prefix="relaysync_master_"),
-                           _FleetCollector(context))
+    registry = registry_of(
+        SamplesCollector(agents),
+        SamplesCollector(master, prefix="relaysync_master_"),
+        _FleetCollector(context),
+    )
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

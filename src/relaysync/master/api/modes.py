@@ -16,7 +16,9 @@ from relaysync.master.events import EventType
 
 class ModeIn(BaseModel):
     mode: Literal["realtime", "manual", "reserved"]
-    schedule: str = Field(default="", description="reserved only: at:ISO-DATETIME, every:SECONDS or cron:EXPR")
+    schedule: str = Field(
+        default="", description="reserved only: at:ISO-DATETIME, every:SECONDS or cron:EXPR"
+    )
 
 
 class ModeOut(BaseModel):
@@ -65,7 +67,9 @@ def confirm_deletes(id_or_name: str, context: Context) -> ConfirmOut:
 
 class VersionsIn(BaseModel):
     keep: int = Field(ge=0, le=1000, description="previous versions kept per file; 0 = off")
-    targets: list[str] = Field(default_factory=list, description="target servers that keep them; empty = all")
+    targets: list[str] = Field(
+        default_factory=list, description="target servers that keep them; empty = all"
+    )
 
 
 def put_versions(id_or_name: str, body: VersionsIn, context: Context) -> dict[str, object]:
@@ -79,7 +83,8 @@ def put_versions(id_or_name: str, body: VersionsIn, context: Context) -> dict[st
 
 class TransferIn(BaseModel):
     transfer: Literal["auto", "delta", "whole"] | None = Field(
-        description="forced on every link of the mapping, over the link policies; null = each link's policy")
+        description="forced on every link of the mapping, over the link policies; null = each link's policy"
+    )
 
 
 class TransferOut(BaseModel):

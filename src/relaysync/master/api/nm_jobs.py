@@ -66,16 +66,33 @@ class ConflictOut(BaseModel):
 
 
 def _out(info: NmJobInfo) -> NmJobOut:
-    return NmJobOut(id=info.id, name=info.name, conflict=info.conflict,
-                    targets=[JobTargetOut(node_id=n, name=s, path=p) for n, s, p in info.targets],
-                    include=list(info.include), exclude=list(info.exclude), durability=info.durability,
-                    members=[MemberOut(**vars(m)) for m in info.members], created_at=info.created_at)
+    return NmJobOut(
+        id=info.id,
+        name=info.name,
+        conflict=info.conflict,
+        targets=[JobTargetOut(node_id=n, name=s, path=p) for n, s, p in info.targets],
+        include=list(info.include),
+        exclude=list(info.exclude),
+        durability=info.durability,
+        members=[MemberOut(**vars(m)) for m in info.members],
+        created_at=info.created_at,
+    )
 
 
 def _conflict(c: ConflictInfo) -> ConflictOut:
-    return ConflictOut(id=c.id, job=c.job, mapping_id=c.mapping_id, target_node=c.target_node, seq=c.seq,
-                       op=c.op, path=c.path, reason=c.reason, winner_node=c.winner_node,
-                       loser_node=c.loser_node, at=c.at)
+    return ConflictOut(
+        id=c.id,
+        job=c.job,
+        mapping_id=c.mapping_id,
+        target_node=c.target_node,
+        seq=c.seq,
+        op=c.op,
+        path=c.path,
+        reason=c.reason,
+        winner_node=c.winner_node,
+        loser_node=c.loser_node,
+        at=c.at,
+    )
 
 
 def list_nm_jobs(context: Context) -> list[NmJobOut]:
@@ -90,19 +107,31 @@ def get_nm_job(id_or_name: str, context: Context) -> NmJobOut:
 def create_nm_job(body: NmJobIn, context: Context) -> NmJobOut:
     """Create a job: one member mapping per source, each to every target; agents get them with the next push."""
     info = context.store.nm_jobs.create(
-        name=body.name, sources=[(s.server, s.path) for s in body.sources],
-        targets=[(t.server, t.path) for t in body.targets], include=body.include, exclude=body.exclude,
-        durability=body.durability)
-    context.changed(EventType.NM_JOB_CREATED, job_id=info.id, name=info.name,
-                    mappings=[m.mapping_id for m in info.members])
+        name=body.name,
+        sources=[(s.server, s.path) for s in body.sources],
+        targets=[(t.server, t.path) for t in body.targets],
+        include=body.include,
+        exclude=body.exclude,
+        durability=body.durability,
+    )
+    context.changed(
+        EventType.NM_JOB_CREATED,
+        job_id=info.id,
+        name=info.name,
+        mappings=[m.mapping_id for m in info.members],
+    )
     return _out(info)
 
 
 def delete_nm_job(id_or_name: str, context: Context) -> None:
     """Delete a job and its member mappings; files already on the targets stay."""
     info = context.store.nm_jobs.delete(id_or_name)
-    context.changed(EventType.NM_JOB_DELETED, job_id=info.id, name=info.name,
-                    mappings=[m.mapping_id for m in info.members])
+    context.changed(
+        EventType.NM_JOB_DELETED,
+        job_id=info.id,
+        name=info.name,
+        mappings=[m.mapping_id for m in info.members],
+    )
 
 
 def list_conflicts(id_or_name: str, context: Context, limit: int = 100) -> list[ConflictOut]:

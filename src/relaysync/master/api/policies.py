@@ -24,12 +24,19 @@ INHERIT = " (left out or null: inherited from the section, or the section's defa
 class WindowIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    days: str = Field(default="", description='"mon-fri", "sat,sun", "fri-mon"; empty = every day '
-                                              "(a window past midnight belongs to the day it starts)")
+    days: str = Field(
+        default="",
+        description='"mon-fri", "sat,sun", "fri-mon"; empty = every day '
+        "(a window past midnight belongs to the day it starts)",
+    )
     start: str = Field(description="HH:MM in the policy's timezone", examples=["08:00"])
-    end: str = Field(description="HH:MM (24:00 = midnight); before start = runs past midnight",
-                     examples=["20:00"])
-    bandwidth_limit_mbit: float = Field(ge=0, description="the limit while the window holds; 0 = unlimited")
+    end: str = Field(
+        description="HH:MM (24:00 = midnight); before start = runs past midnight",
+        examples=["20:00"],
+    )
+    bandwidth_limit_mbit: float = Field(
+        ge=0, description="the limit while the window holds; 0 = unlimited"
+    )
 
 
 class WindowOut(BaseModel):
@@ -45,17 +52,31 @@ class PolicyIn(BaseModel):
     scope: Literal["same_group", "same_region", "inter_region", "pair"]
     source: str | None = Field(default=None, description="pair only: source server name or node id")
     target: str | None = Field(default=None, description="pair only: target server name or node id")
-    tls: bool | None = Field(default=None, description="false only on links you trust: no encryption, "
-                                                       "HMAC-authenticated; the default is true" + INHERIT)
-    transfer: Literal["auto", "delta", "whole"] | None = Field(default=None, description="default auto" + INHERIT)
-    zstd_level: int | None = Field(default=None, ge=0, le=19, description="0 = no compression; the default is "
-                                   "0 in a group, 1 in a region, 3 between regions" + INHERIT)
-    bandwidth_limit_mbit: float | None = Field(default=None, ge=0, description="0 = unlimited; the limit outside "
-                                               "every window" + INHERIT)
-    windows: list[WindowIn] | None = Field(default=None, description="time-of-day limits, first match wins; "
-                                           "at most 24" + INHERIT)
-    timezone: str | None = Field(default=None, description='IANA zone of the windows\' times, e.g. "Europe/Paris"; '
-                                 "empty = UTC" + INHERIT)
+    tls: bool | None = Field(
+        default=None,
+        description="false only on links you trust: no encryption, "
+        "HMAC-authenticated; the default is true" + INHERIT,
+    )
+    transfer: Literal["auto", "delta", "whole"] | None = Field(
+        default=None, description="default auto" + INHERIT
+    )
+    zstd_level: int | None = Field(
+        default=None,
+        ge=0,
+        le=19,
+        description="0 = no compression; the default is "
+        "0 in a group, 1 in a region, 3 between regions" + INHERIT,
+    )
+    bandwidth_limit_mbit: float | None = Field(
+        default=None, ge=0, description="0 = unlimited; the limit outside every window" + INHERIT
+    )
+    windows: list[WindowIn] | None = Field(
+        default=None, description="time-of-day limits, first match wins; at most 24" + INHERIT
+    )
+    timezone: str | None = Field(
+        default=None,
+        description='IANA zone of the windows\' times, e.g. "Europe/Paris"; empty = UTC' + INHERIT,
+    )
 
 
 class EffectiveOut(BaseModel):

@@ -37,8 +37,12 @@ def _with_result(request: Request, probe: Any) -> ProbeOut:
     monitor = getattr(request.app.state, "monitor", None)
     result = monitor.probe_results.get(probe.id) if monitor is not None else None
     if result is not None:
-        out.last = {"ok": result.ok, "latency_ms": result.latency_ms, "detail": result.detail,
-                    "at": result.at}
+        out.last = {
+            "ok": result.ok,
+            "latency_ms": result.latency_ms,
+            "detail": result.detail,
+            "at": result.at,
+        }
     return out
 
 

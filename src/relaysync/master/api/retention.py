@@ -7,7 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from relaysync.master.api._context import Context
 from relaysync.master.store._retention import MAX_DAYS
 
-Days = Field(default=None, ge=0, le=MAX_DAYS, description=f"whole days, 0 = keep forever, at most {MAX_DAYS}")
+Days = Field(
+    default=None, ge=0, le=MAX_DAYS, description=f"whole days, 0 = keep forever, at most {MAX_DAYS}"
+)
 
 
 class RetentionIn(BaseModel):
@@ -16,7 +18,9 @@ class RetentionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     changes_days: int | None = Days  # change rows (default 30)
-    advances_days: int | None = Days  # watermark advances: per-target commit times, routes, latency (90)
+    advances_days: int | None = (
+        Days  # watermark advances: per-target commit times, routes, latency (90)
+    )
     exceptions_days: int | None = Days  # resolved exceptions; open ones are never pruned (90)
     recovery_jobs_days: int | None = Days  # finished recovery jobs (90)
 
@@ -40,6 +44,10 @@ def get_retention(context: Context) -> RetentionOut:
 
 def put_retention(body: RetentionIn, context: Context) -> RetentionOut:
     """Change how many days of some kinds of history are kept; the next prune applies it."""
-    days = {name.removesuffix("_days"): value for name, value in body.model_dump().items() if value is not None}
+    days = {
+        name.removesuffix("_days"): value
+        for name, value in body.model_dump().items()
+        if value is not None
+    }
     settings = context.store.retention.set(days)
     return RetentionOut.model_validate(settings)

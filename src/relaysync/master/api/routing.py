@@ -23,7 +23,9 @@ Policy = Literal["at_once", "reserved", "manual"]
 
 class TargetPolicyIO(BaseModel):
     policy: Policy
-    schedule: str = Field(default="", description="reserved only: at:ISO-DATETIME, every:SECONDS or cron:EXPR")
+    schedule: str = Field(
+        default="", description="reserved only: at:ISO-DATETIME, every:SECONDS or cron:EXPR"
+    )
 
 
 class RoutingIn(BaseModel):
@@ -31,14 +33,21 @@ class RoutingIn(BaseModel):
 
     mode: Literal["auto", "manual"] | None = None
     hops: list[tuple[str, str]] | None = Field(
-        default=None, description="manual: [parent, child] server names (or node ids), the source first")
+        default=None,
+        description="manual: [parent, child] server names (or node ids), the source first",
+    )
     fanout: int | None = Field(default=None, ge=1, le=MAX_FANOUT, description="children per relay")
     recovery_policy: Policy | None = None
     recovery_schedule: str | None = Field(default=None, description="with recovery_policy reserved")
-    fail_after_s: float | None = Field(default=None, ge=MIN_FAIL_AFTER_S,
-                                       description="unreachable this long -> the target is failed")
+    fail_after_s: float | None = Field(
+        default=None,
+        ge=MIN_FAIL_AFTER_S,
+        description="unreachable this long -> the target is failed",
+    )
     targets: dict[str, TargetPolicyIO | None] | None = Field(
-        default=None, description="per-target recovery policy by server name; null drops the override")
+        default=None,
+        description="per-target recovery policy by server name; null drops the override",
+    )
 
 
 class RoutingOut(BaseModel):
@@ -126,12 +135,18 @@ def _names(context: Context) -> dict[str, str]:
 
 def _routing_out(settings: RoutingSettings, names: dict[str, str]) -> RoutingOut:
     return RoutingOut(
-        mapping_id=settings.mapping_id, mode=settings.mode,
-        hops=[(names.get(p, p), names.get(c, c)) for p, c in settings.hops], fanout=settings.fanout,
-        recovery_policy=settings.recovery.policy, recovery_schedule=settings.recovery.schedule,
+        mapping_id=settings.mapping_id,
+        mode=settings.mode,
+        hops=[(names.get(p, p), names.get(c, c)) for p, c in settings.hops],
+        fanout=settings.fanout,
+        recovery_policy=settings.recovery.policy,
+        recovery_schedule=settings.recovery.schedule,
         fail_after_s=settings.fail_after_s,
-        targets={names.get(n, n): TargetPolicyIO(policy=p.policy, schedule=p.schedule)  # type: ignore[arg-type]
-                 for n, p in settings.targets.items()})
+        targets={
+            names.get(n, n): TargetPolicyIO(policy=p.policy, schedule=p.schedule)  # type: ignore[arg-type]
+            for n, p in settings.targets.items()
+        },
+    )
 
 
 def _recovery_out(job: RecoveryJob, names: dict[str, str]) -> RecoveryOut:
@@ -150,12 +165,26 @@ def put_routing(id_or_name: str, body: RoutingIn, context: Context) -> RoutingOu
     recovery = None
     if body.recovery_policy is not None or body.recovery_schedule is not None:
         current = context.store.routing.get(mapping.id).recovery
-        recovery = TargetPolicy(body.recovery_policy or current.policy, body.recovery_schedule or "")
-    targets = None if body.targets is None else {
-        name: None if p is None else TargetPolicy(p.policy, p.schedule) for name, p in body.targets.items()}
+        recovery = TargetPolicy(
+            body.recovery_policy or current.policy, body.recovery_schedule or ""
+        )
+    targets = (
+        None
+        if body.targets is None
+        else {
+            name: None if p is None else TargetPolicy(p.policy, p.schedule)
+            for name, p in body.targets.items()
+        }
+    )
     settings = context.store.routing.set(
-        mapping.id, mode=body.mode, hops=body.hops, fanout=body.fanout, recovery=recovery,
-        fail_after_s=body.fail_after_s, target_policies=targets)
+        mapping.id,
+        mode=body.mode,
+        hops=body.hops,
+        fanout=body.fanout,
+        recovery=recovery,
+        fail_after_s=body.fail_after_s,
+        target_policies=targets,
+    )
     context.router.settings_changed()
     context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, routing=settings.mode)
     return _routing_out(settings, _names(context))
@@ -171,16 +200,38 @@ def get_routes(id_or_name: str, context: Context) -> RoutesOut:
         return names.get(node_id, node_id)
 
     return RoutesOut(
-        mapping_id=mapping.id, mode=view.settings.mode, route_epoch=view.route_epoch, source=name(view.source),
-        hops=[HopOut(parent=name(h.parent), child=name(h.child), parent_node=h.parent, child_node=h.child,
-                     level=h.level) for h in view.routes],
+        mapping_id=mapping.id,
+        mode=view.settings.mode,
+        route_epoch=view.route_epoch,
+        source=name(view.source),
+        hops=[
+            HopOut(
+                parent=name(h.parent),
+                child=name(h.child),
+                parent_node=h.parent,
+                child_node=h.child,
+                level=h.level,
+            )
+            for h in view.routes
+        ],
         unreachable=[name(n) for n in view.unreachable],
         unreachable_since={name(n): t for n, t in view.unreachable_since.items()},
-        failed=[FailedOut(target=name(f.node_id), node_id=f.node_id, failed_at=f.failed_at, reason=f.reason,
-                          policy=view.settings.policy_for(f.node_id).policy,
-                          next_recovery_at=f.next_recovery_at) for f in view.failed],
-        failed_hops=[FailedHopOut(parent=name(p), child=name(c), until=u) for p, c, u in view.failed_hops],
-        recoveries=[_recovery_out(j, names) for j in view.recoveries])
+        failed=[
+            FailedOut(
+                target=name(f.node_id),
+                node_id=f.node_id,
+                failed_at=f.failed_at,
+                reason=f.reason,
+                policy=view.settings.policy_for(f.node_id).policy,
+                next_recovery_at=f.next_recovery_at,
+            )
+            for f in view.failed
+        ],
+        failed_hops=[
+            FailedHopOut(parent=name(p), child=name(c), until=u) for p, c, u in view.failed_hops
+        ],
+        recoveries=[_recovery_out(j, names) for j in view.recoveries],
+    )
 
 
 def recover(id_or_name: str, body: RecoverIn, context: Context) -> RecoveryOut:
@@ -192,17 +243,31 @@ def recover(id_or_name: str, body: RecoverIn, context: Context) -> RecoveryOut:
     return _recovery_out(job, _names(context))
 
 
-def list_recoveries(id_or_name: str, context: Context,
-                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[RecoveryOut]:
+def list_recoveries(
+    id_or_name: str, context: Context, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[RecoveryOut]:
     """A mapping's recovery jobs, newest first, with their outcome."""
     mapping = context.store.get_mapping(id_or_name)
     names = _names(context)
     return [_recovery_out(j, names) for j in context.store.routing.recoveries(mapping.id, limit)]
 
 
-def get_change(id_or_name: str, seq: Annotated[int, Path(ge=1)], context: Context) -> ChangeStateOut:
+def get_change(
+    id_or_name: str, seq: Annotated[int, Path(ge=1)], context: Context
+) -> ChangeStateOut:
     """For one change (its source's seq): every target's state, committed, failed or pending."""
     mapping_id, states = context.store.routing.change_states(id_or_name, seq)
-    return ChangeStateOut(mapping_id=mapping_id, seq=seq, targets=[
-        TargetStateOut(target=s.name, node_id=s.node_id, state=s.state,  # type: ignore[arg-type]
-                       watermark=s.watermark, error=s.error) for s in states])
+    return ChangeStateOut(
+        mapping_id=mapping_id,
+        seq=seq,
+        targets=[
+            TargetStateOut(
+                target=s.name,
+                node_id=s.node_id,
+                state=s.state,  # type: ignore[arg-type]
+                watermark=s.watermark,
+                error=s.error,
+            )
+            for s in states
+        ],
+    )

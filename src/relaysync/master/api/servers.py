@@ -25,7 +25,9 @@ class ServerOut(BaseModel):
     capacity_weight: int
     created_at: float
     health: str = "ok"  # ok or unhealthy (over a threshold or failing a probe: not a relay)
-    topology_locked: bool = False  # set by an operator's edit: the agent's registration no longer moves it
+    topology_locked: bool = (
+        False  # set by an operator's edit: the agent's registration no longer moves it
+    )
 
 
 def list_servers(context: Context) -> list[ServerOut]:
@@ -48,15 +50,30 @@ def delete_server(name: str, context: Context) -> None:
 class TopologyPatch(BaseModel):
     region: str | None = Field(default=None, description="region name (A-Z a-z 0-9 . _ -)")
     group: str | None = Field(default=None, description="group name within the region")
-    capacity_weight: int | None = Field(default=None, ge=1, description="relative share of relaying, >= 1")
-    locked: bool | None = Field(default=None, description="false: the agent's registered region/group apply again")
+    capacity_weight: int | None = Field(
+        default=None, ge=1, description="relative share of relaying, >= 1"
+    )
+    locked: bool | None = Field(
+        default=None, description="false: the agent's registered region/group apply again"
+    )
 
 
 def patch_server(name: str, body: TopologyPatch, context: Context) -> ServerOut:
     """Place a server in the topology; it wins over the region and group its agent registers with."""
-    info = context.store.set_server_topology(name, region=body.region, group=body.group,
-                                             capacity_weight=body.capacity_weight, locked=body.locked)
+    info = context.store.set_server_topology(
+        name,
+        region=body.region,
+        group=body.group,
+        capacity_weight=body.capacity_weight,
+        locked=body.locked,
+    )
     context.router.topology_changed(f"{info.name} moved by an operator")
-    context.changed(EventType.SERVER_CHANGED, node_id=info.node_id, name=info.name, region=info.region,
-                    group=info.group, capacity_weight=info.capacity_weight)
+    context.changed(
+        EventType.SERVER_CHANGED,
+        node_id=info.node_id,
+        name=info.name,
+        region=info.region,
+        group=info.group,
+        capacity_weight=info.capacity_weight,
+    )
     return ServerOut.model_validate(info)

@@ -28,12 +28,16 @@ class CacheIn(BaseModel):
     refresh: bool = Field(True, description="one-request refresh where the driver has one")
     method: str = Field("PURGE", description="http driver: method of the purge request")
     path_template: str = Field("{path}", description="http driver: {path} {host} {url}")
-    headers: dict[str, str] = Field(default_factory=dict, description="http driver: sent with purges")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="http driver: sent with purges"
+    )
 
 
 class OriginIn(BaseModel):
     server: str | None = Field(None, description="fleet server name or node id")
-    url: str | None = Field(None, description="http://host:port of its web server, to confirm against")
+    url: str | None = Field(
+        None, description="http://host:port of its web server, to confirm against"
+    )
 
 
 class SiteIn(BaseModel):
@@ -46,8 +50,12 @@ class SiteIn(BaseModel):
     path_prefix: str = "/"
     index_files: list[str] = Field(default_factory=lambda: ["index.html"])
     caches: list[CacheIn] = Field(default_factory=list)
-    origins: list[OriginIn] = Field(default_factory=list, description="default: the mapping's targets")
-    secret: str | None = Field(None, description="HMAC key for listener notices; generated if absent")
+    origins: list[OriginIn] = Field(
+        default_factory=list, description="default: the mapping's targets"
+    )
+    secret: str | None = Field(
+        None, description="HMAC key for listener notices; generated if absent"
+    )
 
 
 class SitePatch(BaseModel):
@@ -117,12 +125,27 @@ class PurgeOut(BaseModel):
 
 def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
     return SiteOut(
-        id=site.id, name=site.name, provider=site.provider, mapping_id=site.mapping_id,
-        root=site.root, base_urls=list(site.base_urls), aliases=list(site.aliases),
-        path_prefix=site.path_prefix, index_files=list(site.index_files),
-        caches=[CacheOut(name=c.name, driver=c.driver, address=c.address, refresh=c.refresh,
-                         method=c.method, path_template=c.path_template, headers=dict(c.headers))
-                for c in site.caches],
+        id=site.id,
+        name=site.name,
+        provider=site.provider,
+        mapping_id=site.mapping_id,
+        root=site.root,
+        base_urls=list(site.base_urls),
+        aliases=list(site.aliases),
+        path_prefix=site.path_prefix,
+        index_files=list(site.index_files),
+        caches=[
+            CacheOut(
+                name=c.name,
+                driver=c.driver,
+                address=c.address,
+                refresh=c.refresh,
+                method=c.method,
+                path_template=c.path_template,
+                headers=dict(c.headers),
+            )
+            for c in site.caches
+        ],
         origins=[OriginOut(node_id=o.node_id, name=o.name, url=o.url) for o in site.origins],
         secret=site.secret if show_secret else HIDDEN,
     )
@@ -172,7 +195,9 @@ def delete_site(id_or_name: str, context: Context, request: Request) -> None:
 
 def list_providers(context: Context) -> list[ProviderOut]:
     """Content providers, with how many sites each has."""
-    return [ProviderOut(id=p.id, name=p.name, sites=p.sites) for p in context.store.list_providers()]
+    return [
+        ProviderOut(id=p.id, name=p.name, sites=p.sites) for p in context.store.list_providers()
+    ]
 
 
 def list_purges(
@@ -183,6 +208,19 @@ def list_purges(
 ) -> list[PurgeOut]:
     """Purge outcomes per URL per cache, newest first; page on with ?before=<id>."""
     rows = context.store.purge_log(site=site, limit=limit, before=before)
-    return [PurgeOut(id=r.id, site_id=r.site_id, cache=r.cache, url=r.url, action=r.action,
-                     status=r.status, confirmed=r.confirmed, attempts=r.attempts, at=r.at,
-                     duration_ms=r.duration_ms, detail=r.detail) for r in rows]
+    return [
+        PurgeOut(
+            id=r.id,
+            site_id=r.site_id,
+            cache=r.cache,
+            url=r.url,
+            action=r.action,
+            status=r.status,
+            confirmed=r.confirmed,
+            attempts=r.attempts,
+            at=r.at,
+            duration_ms=r.duration_ms,
+            detail=r.detail,
+        )
+        for r in rows
+    ]

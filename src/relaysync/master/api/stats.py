@@ -59,7 +59,9 @@ def parse_time(value: str | None) -> float | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise ConfigError(f"time {value!r}: use YYYY-MM-DD, an ISO date-time or unix seconds") from exc
+        raise ConfigError(
+            f"time {value!r}: use YYYY-MM-DD, an ISO date-time or unix seconds"
+        ) from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
@@ -90,6 +92,9 @@ def get_stats(
     found = context.store.stats.stats(by=by, since=parse_time(since), until=parse_time(until))
     rows = [StatOut.model_validate(r) for r in found]
     if format == "csv":
-        return Response(stats_csv(rows), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="stats-by-{by}.csv"'})
+        return Response(
+            stats_csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="stats-by-{by}.csv"'},
+        )
     return JSONResponse(_rows_json.dump_python(rows, mode="json"))

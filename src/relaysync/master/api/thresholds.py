@@ -36,7 +36,9 @@ def list_thresholds(context: Context) -> list[ThresholdOut]:
 
 def create_threshold(body: ThresholdIn, context: Context) -> ThresholdOut:
     """Add a threshold; it is checked from the monitor's next tick on."""
-    return ThresholdOut.model_validate(context.store.monitoring.create_threshold(**body.model_dump()))
+    return ThresholdOut.model_validate(
+        context.store.monitoring.create_threshold(**body.model_dump())
+    )
 
 
 def delete_threshold(threshold_id: int, context: Context) -> None:

@@ -34,10 +34,24 @@ def get_topology(context: Context) -> TopologyOut:
     """Every server, by region, group and name."""
     tree: dict[str, dict[str, list[TopologyServer]]] = {}
     for s in context.store.list_servers():
-        tree.setdefault(s.region, {}).setdefault(s.group, []).append(TopologyServer(
-            name=s.name, node_id=s.node_id, capacity_weight=s.capacity_weight, state=s.state,
-            health=s.health, topology_locked=s.topology_locked))
-    return TopologyOut(regions=[
-        TopologyRegion(name=region, groups=[TopologyGroup(name=g, servers=servers)
-                                            for g, servers in sorted(groups.items())])
-        for region, groups in sorted(tree.items())])
+        tree.setdefault(s.region, {}).setdefault(s.group, []).append(
+            TopologyServer(
+                name=s.name,
+                node_id=s.node_id,
+                capacity_weight=s.capacity_weight,
+                state=s.state,
+                health=s.health,
+                topology_locked=s.topology_locked,
+            )
+        )
+    return TopologyOut(
+        regions=[
+            TopologyRegion(
+                name=region,
+                groups=[
+                    TopologyGroup(name=g, servers=servers) for g, servers in sorted(groups.items())
+                ],
+            )
+            for region, groups in sorted(tree.items())
+        ]
+    )

@@ -44,8 +44,14 @@ class Folder:
     mapping_name: str = ""
 
 
-def check(session: Session, *, name: str, source: tuple[str, str], targets: Sequence[tuple[str, str]],
-          mapping_id: int | None) -> None:
+def check(
+    session: Session,
+    *,
+    name: str,
+    source: tuple[str, str],
+    targets: Sequence[tuple[str, str]],
+    mapping_id: int | None,
+) -> None:
     """Refuse system folders and same-server folders that contain each other.
 
     Args:
@@ -65,14 +71,18 @@ def check(session: Session, *, name: str, source: tuple[str, str], targets: Sequ
     for folder in new:
         reason = system_folder(folder.path)
         if reason:
-            raise ConfigError(f"{folder.role} folder {names[folder.node]}:{folder.path} of mapping "
-                              f"{name!r}: {reason}")
+            raise ConfigError(
+                f"{folder.role} folder {names[folder.node]}:{folder.path} of mapping "
+                f"{name!r}: {reason}"
+            )
     for folder in new:
         for other in own:
             if other is not folder and _clash(folder, other, same_job=False):
-                raise ConfigError(f"{folder.role} {names[folder.node]}:{folder.path} and the {other.role} "
-                                  f"folder {other.path} of mapping {name!r} are on one server and "
-                                  f"contain each other: {NESTING_RULE}")
+                raise ConfigError(
+                    f"{folder.role} {names[folder.node]}:{folder.path} and the {other.role} "
+                    f"folder {other.path} of mapping {name!r} are on one server and "
+                    f"contain each other: {NESTING_RULE}"
+                )
     others = _others(session, {f.node for f in new}, mapping_id)
     ids: set[int | None] = {o.mapping_id for o in others} | {mapping_id}
     jobs = _jobs(session, ids)
@@ -81,10 +91,12 @@ def check(session: Session, *, name: str, source: tuple[str, str], targets: Sequ
         for other in others:
             same_job = own_job is not None and jobs.get(other.mapping_id) == own_job
             if _clash(folder, other, same_job=same_job):
-                raise ConfigError(f"{folder.role} {names[folder.node]}:{folder.path} of mapping {name!r} "
-                                  f"and the {other.role} folder {other.path} of mapping "
-                                  f"{other.mapping_name!r} are on one server and contain each other: "
-                                  f"{NESTING_RULE}")
+                raise ConfigError(
+                    f"{folder.role} {names[folder.node]}:{folder.path} of mapping {name!r} "
+                    f"and the {other.role} folder {other.path} of mapping "
+                    f"{other.mapping_name!r} are on one server and contain each other: "
+                    f"{NESTING_RULE}"
+                )
 
 
 def _clash(a: Folder, b: Folder, *, same_job: bool) -> bool:
@@ -100,7 +112,9 @@ def _stored(session: Session, mapping_id: int | None) -> set[tuple[str, str, str
     row = session.get(Mapping, mapping_id)
     folders = {(row.source_node, row.source_path, "source")} if row is not None else set()
     for node, path in session.execute(
-        select(MappingTarget.node_id, MappingTarget.path).where(MappingTarget.mapping_id == mapping_id)
+        select(MappingTarget.node_id, MappingTarget.path).where(
+            MappingTarget.mapping_id == mapping_id
+        )
     ):
         folders.add((node, path, "target"))
     return folders
@@ -110,8 +124,9 @@ def _others(session: Session, nodes: set[str], mapping_id: int | None) -> list[F
     """Every folder of the other mappings on these servers."""
     skip = -1 if mapping_id is None else mapping_id
     sources = session.execute(
-        select(Mapping.id, Mapping.name, Mapping.source_node, Mapping.source_path)
-        .where(Mapping.source_node.in_(nodes), Mapping.id != skip)
+        select(Mapping.id, Mapping.name, Mapping.source_node, Mapping.source_path).where(
+            Mapping.source_node.in_(nodes), Mapping.id != skip
+        )
     )
     targets = session.execute(
         select(Mapping.id, Mapping.name, MappingTarget.node_id, MappingTarget.path)
@@ -129,7 +144,9 @@ def _jobs(session: Session, mapping_ids: set[int | None]) -> dict[int | None, in
     if not ids:
         return {}
     rows = session.execute(
-        select(_JOB_MEMBERS.c.mapping_id, _JOB_MEMBERS.c.job_id).where(_JOB_MEMBERS.c.mapping_id.in_(ids))
+        select(_JOB_MEMBERS.c.mapping_id, _JOB_MEMBERS.c.job_id).where(
+            _JOB_MEMBERS.c.mapping_id.in_(ids)
+        )
     )
     return {int(m): int(j) for m, j in rows}
 

@@ -171,8 +171,16 @@ def _fold(batch: _Batch, report: CommitReport) -> None:
             counters = batch.catchup.setdefault(triple, [0, 0])
             counters[0] += 1
             counters[1] += rec.wire_bytes
-    _fold_watermark(batch, triple, report.watermark, files, wire_bytes, duration_ms, _route(batch, report),
-                    latency)
+    _fold_watermark(
+        batch,
+        triple,
+        report.watermark,
+        files,
+        wire_bytes,
+        duration_ms,
+        _route(batch, report),
+        latency,
+    )
 
 
 def _fold_failure(
@@ -239,17 +247,23 @@ def _write_changes(session: Session, batch: _Batch) -> None:
         session.execute(stmt, [batch.changes[k] for k in new])
 
 
-def _unknown_changes(session: Session, changes: dict[tuple[int, str, int], dict[str, Any]]
-                     ) -> list[tuple[int, str, int]]:
+def _unknown_changes(
+    session: Session, changes: dict[tuple[int, str, int], dict[str, Any]]
+) -> list[tuple[int, str, int]]:
     spans: dict[tuple[int, str], tuple[int, int]] = {}
     for mapping_id, source, seq in changes:
         low, high = spans.get((mapping_id, source), (seq, seq))
         spans[(mapping_id, source)] = (min(low, seq), max(high, seq))
     known: set[tuple[int, str, int]] = set()
     for (mapping_id, source), (low, high) in spans.items():
-        rows = session.execute(select(CHANGES.c.seq).where(
-            CHANGES.c.mapping_id == mapping_id, CHANGES.c.source_node == source,
-            CHANGES.c.seq >= low, CHANGES.c.seq <= high))
+        rows = session.execute(
+            select(CHANGES.c.seq).where(
+                CHANGES.c.mapping_id == mapping_id,
+                CHANGES.c.source_node == source,
+                CHANGES.c.seq >= low,
+                CHANGES.c.seq <= high,
+            )
+        )
         known.update((mapping_id, source, seq) for (seq,) in rows)
     return sorted(k for k in changes if k not in known)
 

@@ -140,8 +140,13 @@ def validate(session: Session, draft: MappingDraft, *, mapping_id: int | None) -
     source = resolve_server(session, draft.source)
     source_path = check_path(draft.source_path, "source path")
     targets = _resolve_targets(session, draft, source.node_id, source_path)
-    _folders.check(session, name=draft.name, source=(source.node_id, source_path), targets=targets,
-                   mapping_id=mapping_id)
+    _folders.check(
+        session,
+        name=draft.name,
+        source=(source.node_id, source_path),
+        targets=targets,
+        mapping_id=mapping_id,
+    )
     return ResolvedMapping(
         name=draft.name,
         source_node=source.node_id,

@@ -31,14 +31,23 @@ SessionFactory = Callable[[str], AbstractContextManager[Session]]
 class MappingModeRow(Base):
     __tablename__ = "mapping_modes"
 
-    mapping_id: Mapped[int] = mapped_column(Integer, ForeignKey("mappings.id", ondelete="CASCADE"),
-                                            primary_key=True)
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
     mode: Mapped[str] = mapped_column(String(16), default="realtime")
-    schedule: Mapped[str] = mapped_column(String(255), default="")  # at:ISO | every:SECONDS | cron:EXPR
+    schedule: Mapped[str] = mapped_column(
+        String(255), default=""
+    )  # at:ISO | every:SECONDS | cron:EXPR
     release: Mapped[int] = mapped_column(Integer, default=0)
-    released_upto: Mapped[int] = mapped_column(BigInteger, default=0)  # the source's seq for `release`
-    delete_confirm: Mapped[int] = mapped_column(Integer, default=0)  # operator confirmations of mass deletes
-    keep_versions: Mapped[int] = mapped_column(Integer, default=0)  # previous versions kept on targets
+    released_upto: Mapped[int] = mapped_column(
+        BigInteger, default=0
+    )  # the source's seq for `release`
+    delete_confirm: Mapped[int] = mapped_column(
+        Integer, default=0
+    )  # operator confirmations of mass deletes
+    keep_versions: Mapped[int] = mapped_column(
+        Integer, default=0
+    )  # previous versions kept on targets
     keep_versions_on: Mapped[list[str]] = mapped_column(JSON, default=list)  # node ids; empty = all
     # auto | delta | whole forced on every link of the mapping over the link policies; "" = per policy
     transfer_override: Mapped[str] = mapped_column(String(8), default="")  # 0008_policy_windows
@@ -58,8 +67,15 @@ class ModeInfo:
 
 
 def _info(row: MappingModeRow) -> ModeInfo:
-    return ModeInfo(mapping_id=row.mapping_id, mode=row.mode, schedule=row.schedule, release=row.release,
-                    released_upto=row.released_upto, next_run_at=row.next_run_at, last_run_at=row.last_run_at)
+    return ModeInfo(
+        mapping_id=row.mapping_id,
+        mode=row.mode,
+        schedule=row.schedule,
+        release=row.release,
+        released_upto=row.released_upto,
+        next_run_at=row.next_run_at,
+        last_run_at=row.last_run_at,
+    )
 
 
 def next_run(schedule: str, after: float) -> float | None:
@@ -83,35 +99,52 @@ def next_run(schedule: str, after: float) -> float | None:
             return float(croniter(value, datetime.fromtimestamp(after, UTC)).get_next(float))
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"schedule {schedule!r}: {exc}") from exc
-    raise ConfigError(f"schedule {schedule!r} must be at:ISO-DATETIME, every:SECONDS or cron:EXPRESSION")
+    raise ConfigError(
+        f"schedule {schedule!r} must be at:ISO-DATETIME, every:SECONDS or cron:EXPRESSION"
+    )
 
 
 class ModeStore:
-    def __init__(self, read: SessionFactory, write: SessionFactory,
-                 bump_epoch: Callable[[Session], None]) -> None:
+    def __init__(
+        self, read: SessionFactory, write: SessionFactory, bump_epoch: Callable[[Session], None]
+    ) -> None:
         self._read, self._write = read, write
         self._bump_epoch = bump_epoch
 
     def _row(self, session: Session, mapping_id: int) -> MappingModeRow:
         row = session.get(MappingModeRow, mapping_id)
         if row is None:
-            row = MappingModeRow(mapping_id=mapping_id, mode="realtime", schedule="", release=0,
-                                 released_upto=0, delete_confirm=0, keep_versions=0, keep_versions_on=[],
-                                 transfer_override="")
+            row = MappingModeRow(
+                mapping_id=mapping_id,
+                mode="realtime",
+                schedule="",
+                release=0,
+                released_upto=0,
+                delete_confirm=0,
+                keep_versions=0,
+                keep_versions_on=[],
+                transfer_override="",
+            )
             session.add(row)
         return row
 
     def get(self, mapping_id: int) -> ModeInfo:
         with self._read("mapping mode") as session:
             row = session.get(MappingModeRow, mapping_id)
-            return _info(row) if row is not None else ModeInfo(mapping_id, "realtime", "", 0, 0, None, None)
+            return (
+                _info(row)
+                if row is not None
+                else ModeInfo(mapping_id, "realtime", "", 0, 0, None, None)
+            )
 
     def set_mode(self, mapping_id: int, mode: str, schedule: str = "") -> ModeInfo:
         """Set how a mapping transmits; a reserved mapping needs a valid schedule."""
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         if (mode == "reserved") != bool(schedule):
-            raise ConfigError("a reserved mapping needs a schedule, and only a reserved one takes it")
+            raise ConfigError(
+                "a reserved mapping needs a schedule, and only a reserved one takes it"
+            )
         now = time.time()
         first = next_run(schedule, now) if schedule else None
         with self._write("set mapping mode") as session:
@@ -149,7 +182,9 @@ class ModeStore:
     def set_transfer(self, mapping_id: int, transfer: str | None) -> None:
         """Force delta or dump copy (or auto) on every link of a mapping; None hands it back to the policies."""
         if transfer is not None and transfer not in TRANSFER_OVERRIDES:
-            raise ConfigError(f"transfer {transfer!r} is not one of {', '.join(TRANSFER_OVERRIDES)} (or null)")
+            raise ConfigError(
+                f"transfer {transfer!r} is not one of {', '.join(TRANSFER_OVERRIDES)} (or null)"
+            )
         with self._write("set mapping transfer") as session:
             self._row(session, mapping_id).transfer_override = transfer or ""
             self._bump_epoch(session)
@@ -170,9 +205,15 @@ class ModeStore:
         its next run is computed from now.
         """
         with self._write("run due schedules") as session:
-            due = list(session.scalars(select(MappingModeRow).where(
-                MappingModeRow.mode == "reserved", MappingModeRow.next_run_at.is_not(None),
-                MappingModeRow.next_run_at <= now)))
+            due = list(
+                session.scalars(
+                    select(MappingModeRow).where(
+                        MappingModeRow.mode == "reserved",
+                        MappingModeRow.next_run_at.is_not(None),
+                        MappingModeRow.next_run_at <= now,
+                    )
+                )
+            )
             for row in due:
                 row.release += 1
                 row.last_run_at = now
@@ -189,15 +230,26 @@ class ModeStore:
 
     def apply(self, session: Session, specs: Sequence[MappingSpec]) -> Iterator[MappingSpec]:
         """Yield the specs with their mode and release counter filled in."""
-        rows = {r.mapping_id: r for r in session.scalars(
-            select(MappingModeRow).where(MappingModeRow.mapping_id.in_([s.mapping_id for s in specs])))}
+        rows = {
+            r.mapping_id: r
+            for r in session.scalars(
+                select(MappingModeRow).where(
+                    MappingModeRow.mapping_id.in_([s.mapping_id for s in specs])
+                )
+            )
+        }
         for spec in specs:
             row = rows.get(spec.mapping_id)
             if row is None:
                 yield spec
                 continue
             fields = {f: getattr(spec, f) for f in spec.__struct_fields__}
-            fields.update(mode=row.mode, release=row.release, delete_confirm=row.delete_confirm,
-                          keep_versions=row.keep_versions, keep_versions_on=tuple(row.keep_versions_on or ()),
-                          transfer_override=row.transfer_override or "")
+            fields.update(
+                mode=row.mode,
+                release=row.release,
+                delete_confirm=row.delete_confirm,
+                keep_versions=row.keep_versions,
+                keep_versions_on=tuple(row.keep_versions_on or ()),
+                transfer_override=row.transfer_override or "",
+            )
             yield MappingSpec(**fields)

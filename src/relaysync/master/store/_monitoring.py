@@ -53,28 +53,61 @@ def _labels_of(key: str) -> tuple[tuple[str, str], ...]:
 
 
 def _threshold(r: ThresholdRow) -> ThresholdRule:
-    return ThresholdRule(id=r.id, scope=r.scope, target=r.target, metric=r.metric,  # type: ignore[arg-type]
-                         operator=r.operator, value=r.value, for_s=r.for_s,  # type: ignore[arg-type]
-                         hysteresis=r.hysteresis, enabled=r.enabled, created_at=r.created_at)
+    return ThresholdRule(
+        id=r.id,
+        scope=r.scope,  # type: ignore[arg-type]
+        target=r.target,
+        metric=r.metric,  # type: ignore[arg-type]
+        operator=r.operator,  # type: ignore[arg-type]
+        value=r.value,
+        for_s=r.for_s,  # type: ignore[arg-type]
+        hysteresis=r.hysteresis,
+        enabled=r.enabled,
+        created_at=r.created_at,
+    )
 
 
 def _probe(r: ProbeRow) -> ProbeRule:
-    return ProbeRule(id=r.id, name=r.name, kind=r.kind, host=r.host, port=r.port,  # type: ignore[arg-type]
-                     server=r.server, for_s=r.for_s, timeout_s=r.timeout_s, enabled=r.enabled,
-                     created_at=r.created_at)
+    return ProbeRule(
+        id=r.id,
+        name=r.name,
+        kind=r.kind,  # type: ignore[arg-type]
+        host=r.host,
+        port=r.port,  # type: ignore[arg-type]
+        server=r.server,
+        for_s=r.for_s,
+        timeout_s=r.timeout_s,
+        enabled=r.enabled,
+        created_at=r.created_at,
+    )
 
 
 def _channel(r: AlertChannelRow) -> ChannelInfo:
-    return ChannelInfo(id=r.id, name=r.name, kind=r.kind, config=dict(r.config),  # type: ignore[arg-type]
-                       enabled=r.enabled, created_at=r.created_at)
+    return ChannelInfo(
+        id=r.id,
+        name=r.name,
+        kind=r.kind,  # type: ignore[arg-type]
+        config=dict(r.config),  # type: ignore[arg-type]
+        enabled=r.enabled,
+        created_at=r.created_at,
+    )
 
 
 def _alert(r: AlertRow) -> AlertInfo:
-    return AlertInfo(id=r.id, key=r.key, server=r.server, kind=r.kind,  # type: ignore[arg-type]
-                     subject=r.subject, value=r.value, message=r.message,
-                     state=r.state, fired_at=r.fired_at,  # type: ignore[arg-type]
-                     acknowledged_at=r.acknowledged_at, acknowledged_by=r.acknowledged_by,
-                     resolved_at=r.resolved_at)
+    return AlertInfo(
+        id=r.id,
+        key=r.key,
+        server=r.server,
+        kind=r.kind,  # type: ignore[arg-type]
+        subject=r.subject,
+        value=r.value,
+        message=r.message,
+        state=r.state,  # type: ignore[arg-type]
+        fired_at=r.fired_at,  # type: ignore[arg-type]
+        acknowledged_at=r.acknowledged_at,
+        acknowledged_by=r.acknowledged_by,
+        resolved_at=r.resolved_at,
+    )
 
 
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
@@ -98,57 +131,107 @@ class MonitoringStore:
 
     def add_samples(self, batch: Sequence[tuple[str, float, Sequence[MetricSample]]]) -> int:
         """Store raw figures: (server, unix time, samples) per report. Returns rows written."""
-        rows = [MetricSampleRow(server=server, name=s.name, labels=_labels_key(s.labels),
-                                value=s.value, at=at, resolution_s=0)
-                for server, at, samples in batch for s in samples]
+        rows = [
+            MetricSampleRow(
+                server=server,
+                name=s.name,
+                labels=_labels_key(s.labels),
+                value=s.value,
+                at=at,
+                resolution_s=0,
+            )
+            for server, at, samples in batch
+            for s in samples
+        ]
         if rows:
             with self._write("add samples") as session:
                 session.add_all(rows)
         return len(rows)
 
-    def samples(self, *, server: str, name: str, since: float = 0.0,
-                limit: int = 10_000) -> list[StoredSample]:
+    def samples(
+        self, *, server: str, name: str, since: float = 0.0, limit: int = 10_000
+    ) -> list[StoredSample]:
         """Return a series' figures since `since`, oldest first, raw and downsampled alike."""
         with self._read("samples") as session:
             rows = session.scalars(
                 select(MetricSampleRow)
-                .where(MetricSampleRow.server == server, MetricSampleRow.name == name,
-                       MetricSampleRow.at >= since)
-                .order_by(MetricSampleRow.at, MetricSampleRow.id).limit(limit))
-            return [StoredSample(server=r.server, name=r.name, labels=_labels_of(r.labels),
-                                 value=r.value, at=r.at, resolution_s=r.resolution_s) for r in rows]
+                .where(
+                    MetricSampleRow.server == server,
+                    MetricSampleRow.name == name,
+                    MetricSampleRow.at >= since,
+                )
+                .order_by(MetricSampleRow.at, MetricSampleRow.id)
+                .limit(limit)
+            )
+            return [
+                StoredSample(
+                    server=r.server,
+                    name=r.name,
+                    labels=_labels_of(r.labels),
+                    value=r.value,
+                    at=r.at,
+                    resolution_s=r.resolution_s,
+                )
+                for r in rows
+            ]
 
-    def downsample(self, *, now: float, raw_retention_s: float,
-                   minute_retention_s: float) -> tuple[int, int]:
+    def downsample(
+        self, *, now: float, raw_retention_s: float, minute_retention_s: float
+    ) -> tuple[int, int]:
         """Fold raw figures older than raw_retention_s into one-minute averages; drop averages
         older than minute_retention_s. Returns (raw rows folded, averages dropped).
         """
         raw_cutoff = now - raw_retention_s
         with self._write("downsample") as session:
-            raw = list(session.scalars(
-                select(MetricSampleRow)
-                .where(MetricSampleRow.resolution_s == 0, MetricSampleRow.at < raw_cutoff)
-                .order_by(MetricSampleRow.id).limit(DOWNSAMPLE_BATCH)))
+            raw = list(
+                session.scalars(
+                    select(MetricSampleRow)
+                    .where(MetricSampleRow.resolution_s == 0, MetricSampleRow.at < raw_cutoff)
+                    .order_by(MetricSampleRow.id)
+                    .limit(DOWNSAMPLE_BATCH)
+                )
+            )
             groups: dict[tuple[str, str, str, int], list[float]] = {}
             for r in raw:
                 minute = int(r.at // MINUTE_S) * MINUTE_S
                 groups.setdefault((r.server, r.name, r.labels, minute), []).append(r.value)
-            session.add_all(MetricSampleRow(server=k[0], name=k[1], labels=k[2], at=float(k[3]),
-                                            value=sum(v) / len(v), resolution_s=MINUTE_S)
-                            for k, v in groups.items())
+            session.add_all(
+                MetricSampleRow(
+                    server=k[0],
+                    name=k[1],
+                    labels=k[2],
+                    at=float(k[3]),
+                    value=sum(v) / len(v),
+                    resolution_s=MINUTE_S,
+                )
+                for k, v in groups.items()
+            )
             if raw:
-                session.execute(delete(MetricSampleRow).where(
-                    MetricSampleRow.id.in_([r.id for r in raw])))
-            dropped = session.execute(delete(MetricSampleRow).where(
-                MetricSampleRow.resolution_s == MINUTE_S,
-                MetricSampleRow.at < now - minute_retention_s))
+                session.execute(
+                    delete(MetricSampleRow).where(MetricSampleRow.id.in_([r.id for r in raw]))
+                )
+            dropped = session.execute(
+                delete(MetricSampleRow).where(
+                    MetricSampleRow.resolution_s == MINUTE_S,
+                    MetricSampleRow.at < now - minute_retention_s,
+                )
+            )
             return len(raw), int(dropped.rowcount or 0)  # type: ignore[attr-defined]
 
     # --- thresholds ---
 
-    def create_threshold(self, *, scope: str, target: str = "", metric: str, operator: str,
-                         value: float, for_s: float = 0.0, hysteresis: float = 0.0,
-                         enabled: bool = True) -> ThresholdRule:
+    def create_threshold(
+        self,
+        *,
+        scope: str,
+        target: str = "",
+        metric: str,
+        operator: str,
+        value: float,
+        for_s: float = 0.0,
+        hysteresis: float = 0.0,
+        enabled: bool = True,
+    ) -> ThresholdRule:
         """Add a threshold.
 
         Raises:
@@ -164,19 +247,33 @@ class MonitoringStore:
         if scope != "all" and not target:
             raise ConfigError(f"a threshold of scope {scope} needs a target name")
         with self._write("create threshold") as session:
-            if scope == "server" and target != "master" and session.scalar(
-                    select(Server.name).where(Server.name == target)) is None:
+            if (
+                scope == "server"
+                and target != "master"
+                and session.scalar(select(Server.name).where(Server.name == target)) is None
+            ):
                 raise NotFound("Server", target)
-            row = ThresholdRow(scope=scope, target="" if scope == "all" else target, metric=metric,
-                               operator=operator, value=float(value), for_s=float(for_s),
-                               hysteresis=float(hysteresis), enabled=enabled, created_at=time.time())
+            row = ThresholdRow(
+                scope=scope,
+                target="" if scope == "all" else target,
+                metric=metric,
+                operator=operator,
+                value=float(value),
+                for_s=float(for_s),
+                hysteresis=float(hysteresis),
+                enabled=enabled,
+                created_at=time.time(),
+            )
             session.add(row)
             session.flush()
             return _threshold(row)
 
     def list_thresholds(self) -> list[ThresholdRule]:
         with self._read("list thresholds") as session:
-            return [_threshold(r) for r in session.scalars(select(ThresholdRow).order_by(ThresholdRow.id))]
+            return [
+                _threshold(r)
+                for r in session.scalars(select(ThresholdRow).order_by(ThresholdRow.id))
+            ]
 
     def delete_threshold(self, threshold_id: int) -> None:
         """Raises: NotFound."""
@@ -188,8 +285,18 @@ class MonitoringStore:
 
     # --- probes ---
 
-    def create_probe(self, *, name: str, kind: str, host: str, port: int = 0, server: str = "",
-                     for_s: float = 0.0, timeout_s: float = 2.0, enabled: bool = True) -> ProbeRule:
+    def create_probe(
+        self,
+        *,
+        name: str,
+        kind: str,
+        host: str,
+        port: int = 0,
+        server: str = "",
+        for_s: float = 0.0,
+        timeout_s: float = 2.0,
+        enabled: bool = True,
+    ) -> ProbeRule:
         """Add a probe.
 
         Raises:
@@ -209,9 +316,17 @@ class MonitoringStore:
                 raise ConfigError(f"a probe named {name!r} exists already")
             if server and session.scalar(select(Server.name).where(Server.name == server)) is None:
                 raise NotFound("Server", server)
-            row = ProbeRow(name=name, kind=kind, host=host, port=port if kind == "tcp" else 0,
-                           server=server, for_s=float(for_s), timeout_s=float(timeout_s),
-                           enabled=enabled, created_at=time.time())
+            row = ProbeRow(
+                name=name,
+                kind=kind,
+                host=host,
+                port=port if kind == "tcp" else 0,
+                server=server,
+                for_s=float(for_s),
+                timeout_s=float(timeout_s),
+                enabled=enabled,
+                created_at=time.time(),
+            )
             session.add(row)
             session.flush()
             return _probe(row)
@@ -230,8 +345,9 @@ class MonitoringStore:
 
     # --- alert channels ---
 
-    def create_channel(self, *, name: str, kind: str, config: dict[str, Any],
-                       enabled: bool = True) -> ChannelInfo:
+    def create_channel(
+        self, *, name: str, kind: str, config: dict[str, Any], enabled: bool = True
+    ) -> ChannelInfo:
         """Add a notification channel (its config is checked by monitor/alerts before this).
 
         Raises:
@@ -243,15 +359,19 @@ class MonitoringStore:
         with self._write("create alert channel") as session:
             if session.scalar(select(AlertChannelRow.id).where(AlertChannelRow.name == name)):
                 raise ConfigError(f"an alert channel named {name!r} exists already")
-            row = AlertChannelRow(name=name, kind=kind, config=dict(config), enabled=enabled,
-                                  created_at=time.time())
+            row = AlertChannelRow(
+                name=name, kind=kind, config=dict(config), enabled=enabled, created_at=time.time()
+            )
             session.add(row)
             session.flush()
             return _channel(row)
 
     def list_channels(self) -> list[ChannelInfo]:
         with self._read("list alert channels") as session:
-            return [_channel(r) for r in session.scalars(select(AlertChannelRow).order_by(AlertChannelRow.id))]
+            return [
+                _channel(r)
+                for r in session.scalars(select(AlertChannelRow).order_by(AlertChannelRow.id))
+            ]
 
     def delete_channel(self, channel_id: int) -> None:
         """Raises: NotFound."""
@@ -263,25 +383,51 @@ class MonitoringStore:
 
     # --- alert log ---
 
-    def fire_alert(self, *, key: str, server: str, kind: str, subject: str, value: float | None,
-                   message: str, now: float) -> tuple[AlertInfo, bool]:
+    def fire_alert(
+        self,
+        *,
+        key: str,
+        server: str,
+        kind: str,
+        subject: str,
+        value: float | None,
+        message: str,
+        now: float,
+    ) -> tuple[AlertInfo, bool]:
         """Open an incident for `key` unless one is open. Returns (the open alert, whether new)."""
         with self._write("fire alert") as session:
-            open_row = session.scalars(select(AlertRow).where(
-                AlertRow.key == key, AlertRow.state != "resolved").order_by(AlertRow.id)).first()
+            open_row = session.scalars(
+                select(AlertRow)
+                .where(AlertRow.key == key, AlertRow.state != "resolved")
+                .order_by(AlertRow.id)
+            ).first()
             if open_row is not None:
                 return _alert(open_row), False
-            row = AlertRow(key=key, server=server, kind=kind, subject=subject, value=value,
-                           message=message, state="firing", fired_at=now, acknowledged_by="")
+            row = AlertRow(
+                key=key,
+                server=server,
+                kind=kind,
+                subject=subject,
+                value=value,
+                message=message,
+                state="firing",
+                fired_at=now,
+                acknowledged_by="",
+            )
             session.add(row)
             session.flush()
             return _alert(row), True
 
-    def resolve_alert(self, key: str, *, now: float, value: float | None = None) -> AlertInfo | None:
+    def resolve_alert(
+        self, key: str, *, now: float, value: float | None = None
+    ) -> AlertInfo | None:
         """Close the open incident of `key`; returns it, or None if none was open."""
         with self._write("resolve alert") as session:
-            row = session.scalars(select(AlertRow).where(
-                AlertRow.key == key, AlertRow.state != "resolved").order_by(AlertRow.id)).first()
+            row = session.scalars(
+                select(AlertRow)
+                .where(AlertRow.key == key, AlertRow.state != "resolved")
+                .order_by(AlertRow.id)
+            ).first()
             if row is None:
                 return None
             row.state, row.resolved_at = "resolved", now
@@ -306,8 +452,14 @@ class MonitoringStore:
                 row.state, row.acknowledged_at, row.acknowledged_by = "acknowledged", now, by
             return _alert(row)
 
-    def list_alerts(self, *, state: str | None = None, server: str | None = None,
-                    open_only: bool = False, limit: int = 100) -> list[AlertInfo]:
+    def list_alerts(
+        self,
+        *,
+        state: str | None = None,
+        server: str | None = None,
+        open_only: bool = False,
+        limit: int = 100,
+    ) -> list[AlertInfo]:
         """Return incidents, newest first."""
         if state is not None:
             _check_choice(state, ALERT_STATES, "alert state")

@@ -54,18 +54,26 @@ class NmJobRow(Base):
 class NmJobMemberRow(Base):
     __tablename__ = "nm_job_members"
 
-    mapping_id: Mapped[int] = mapped_column(Integer, ForeignKey("mappings.id", ondelete="CASCADE"),
-                                            primary_key=True)
-    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("nm_jobs.id", ondelete="CASCADE"), index=True)
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("nm_jobs.id", ondelete="CASCADE"), index=True
+    )
 
 
 class NmConflictRow(Base):
     __tablename__ = "nm_conflicts"
-    __table_args__ = (UniqueConstraint("mapping_id", "target_node", "seq", "path_key", "at",
-                                       name="uq_nm_conflict"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "mapping_id", "target_node", "seq", "path_key", "at", name="uq_nm_conflict"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
-    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("nm_jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("nm_jobs.id", ondelete="CASCADE"), index=True
+    )
     mapping_id: Mapped[int] = mapped_column(Integer)
     target_node: Mapped[str] = mapped_column(NODE_ID)
     seq: Mapped[int] = mapped_column(BIG_ID)
@@ -73,7 +81,9 @@ class NmConflictRow(Base):
     path: Mapped[str] = mapped_column(PATH)
     path_key: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(16))
-    winner_node: Mapped[str] = mapped_column(NODE_ID, default="")  # "" = not known (not a member's version)
+    winner_node: Mapped[str] = mapped_column(
+        NODE_ID, default=""
+    )  # "" = not known (not a member's version)
     loser_node: Mapped[str] = mapped_column(NODE_ID, default="")
     at: Mapped[float] = mapped_column(Float)  # committed_at on the target
 
@@ -118,20 +128,35 @@ class ConflictInfo:
 
 def check_job_name(name: str) -> None:
     if not name.strip() or len(name) > 200 or name.isdigit() or "@" in name or "/" in name:
-        raise ConfigError(f"job name {name!r} must be 1-200 characters, not all digits, without '@' or '/'")
+        raise ConfigError(
+            f"job name {name!r} must be 1-200 characters, not all digits, without '@' or '/'"
+        )
 
 
 class NmJobStore:
     """The N:M jobs, their member mappings, and the conflicts their targets report."""
 
-    def __init__(self, read: SessionFactory, write: SessionFactory, bump_epoch: Callable[[Session], None],
-                 next_mapping_id: Callable[[Session], int]) -> None:
+    def __init__(
+        self,
+        read: SessionFactory,
+        write: SessionFactory,
+        bump_epoch: Callable[[Session], None],
+        next_mapping_id: Callable[[Session], int],
+    ) -> None:
         self._read, self._write = read, write
         self._bump_epoch = bump_epoch
         self._next_mapping_id = next_mapping_id
 
-    def create(self, *, name: str, sources: Sequence[tuple[str, str]], targets: Sequence[tuple[str, str]],
-               include: Sequence[str] = (), exclude: Sequence[str] = (), durability: str = "safe") -> NmJobInfo:
+    def create(
+        self,
+        *,
+        name: str,
+        sources: Sequence[tuple[str, str]],
+        targets: Sequence[tuple[str, str]],
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        durability: str = "safe",
+    ) -> NmJobInfo:
         """Create a job and one member mapping per source, in one transaction.
 
         Raises:
@@ -150,18 +175,35 @@ class NmJobStore:
             seen: set[str] = set()
             for server in servers:
                 if server.node_id in target_nodes:
-                    raise ConfigError(f"server {server.name!r} is both a source and a target of job {name!r}")
+                    raise ConfigError(
+                        f"server {server.name!r} is both a source and a target of job {name!r}"
+                    )
                 if server.node_id in seen:
                     raise ConfigError(f"server {server.name!r} is a source of job {name!r} twice")
                 seen.add(server.node_id)
             now = time.time()
-            drafts = [_mappings.MappingDraft(name=f"{name}@{server.name}", source=server.node_id,
-                                             source_path=path, targets=tuple((str(t), str(p)) for t, p in targets),
-                                             include=tuple(include), exclude=tuple(exclude), durability=durability)
-                      for server, (_, path) in zip(servers, sources, strict=True)]
+            drafts = [
+                _mappings.MappingDraft(
+                    name=f"{name}@{server.name}",
+                    source=server.node_id,
+                    source_path=path,
+                    targets=tuple((str(t), str(p)) for t, p in targets),
+                    include=tuple(include),
+                    exclude=tuple(exclude),
+                    durability=durability,
+                )
+                for server, (_, path) in zip(servers, sources, strict=True)
+            ]
             resolved = [_mappings.validate(session, d, mapping_id=None) for d in drafts]
-            job = NmJobRow(name=name, targets=[list(t) for t in resolved[0].targets], include=list(include),
-                           exclude=list(exclude), durability=durability, conflict=CONFLICT_RULE, created_at=now)
+            job = NmJobRow(
+                name=name,
+                targets=[list(t) for t in resolved[0].targets],
+                include=list(include),
+                exclude=list(exclude),
+                durability=durability,
+                conflict=CONFLICT_RULE,
+                created_at=now,
+            )
             session.add(job)
             session.flush()
             for r in resolved:
@@ -175,7 +217,10 @@ class NmJobStore:
 
     def list_jobs(self) -> list[NmJobInfo]:
         with self._read("list N:M jobs") as session:
-            return [_info(session, row) for row in session.scalars(select(NmJobRow).order_by(NmJobRow.id))]
+            return [
+                _info(session, row)
+                for row in session.scalars(select(NmJobRow).order_by(NmJobRow.id))
+            ]
 
     def get(self, id_or_name: int | str) -> NmJobInfo:
         """Raises: NotFound: no such job."""
@@ -202,9 +247,13 @@ class NmJobStore:
 
     def apply(self, session: Session, specs: Sequence[MappingSpec]) -> Iterator[MappingSpec]:
         """Yield the specs, members of a job with its conflict rule and id filled in."""
-        members: dict[int, int] = dict(session.execute(  # type: ignore[arg-type]
-            select(NmJobMemberRow.mapping_id, NmJobMemberRow.job_id)
-            .where(NmJobMemberRow.mapping_id.in_([s.mapping_id for s in specs]))).all())
+        members: dict[int, int] = dict(
+            session.execute(  # type: ignore[arg-type]
+                select(NmJobMemberRow.mapping_id, NmJobMemberRow.job_id).where(
+                    NmJobMemberRow.mapping_id.in_([s.mapping_id for s in specs])
+                )
+            ).all()
+        )
         for spec in specs:
             job_id = members.get(spec.mapping_id)
             yield spec if job_id is None else _with_job(spec, job_id)
@@ -218,9 +267,13 @@ class NmJobStore:
         if not contested:
             return []
         with self._write("record conflicts") as session:
-            jobs: dict[int, int] = dict(session.execute(  # type: ignore[arg-type]
-                select(NmJobMemberRow.mapping_id, NmJobMemberRow.job_id)
-                .where(NmJobMemberRow.mapping_id.in_({r.mapping_id for r, _ in contested}))).all())
+            jobs: dict[int, int] = dict(
+                session.execute(  # type: ignore[arg-type]
+                    select(NmJobMemberRow.mapping_id, NmJobMemberRow.job_id).where(
+                        NmJobMemberRow.mapping_id.in_({r.mapping_id for r, _ in contested})
+                    )
+                ).all()
+            )
             names: dict[int, str] = dict(session.execute(select(NmJobRow.id, NmJobRow.name)).all())  # type: ignore[arg-type]
             rows: list[dict[str, Any]] = []
             for report, rec in contested:
@@ -228,16 +281,35 @@ class NmJobStore:
                 if job_id is None:
                     continue
                 won = rec.conflict == "newer"
-                rows.append({"job_id": job_id, "mapping_id": report.mapping_id, "target_node": report.target_node,
-                             "seq": rec.seq, "op": rec.op[:16], "path": rec.new_path or rec.path,
-                             "path_key": path_key(rec.new_path or rec.path),
-                             "reason": rec.conflict[:16], "at": rec.committed_at,
-                             "winner_node": report.source_node if won else rec.conflict_with,
-                             "loser_node": rec.conflict_with if won else report.source_node})
+                rows.append(
+                    {
+                        "job_id": job_id,
+                        "mapping_id": report.mapping_id,
+                        "target_node": report.target_node,
+                        "seq": rec.seq,
+                        "op": rec.op[:16],
+                        "path": rec.new_path or rec.path,
+                        "path_key": path_key(rec.new_path or rec.path),
+                        "reason": rec.conflict[:16],
+                        "at": rec.committed_at,
+                        "winner_node": report.source_node if won else rec.conflict_with,
+                        "loser_node": rec.conflict_with if won else report.source_node,
+                    }
+                )
             if rows:
-                session.execute(_insert(session, Base.metadata.tables["nm_conflicts"]).values(rows).on_conflict_do_nothing())
-            return [ConflictInfo(id=0, job=names.get(int(r["job_id"]), ""),
-                                 **{k: v for k, v in r.items() if k != "path_key"}) for r in rows]
+                session.execute(
+                    _insert(session, Base.metadata.tables["nm_conflicts"])
+                    .values(rows)
+                    .on_conflict_do_nothing()
+                )
+            return [
+                ConflictInfo(
+                    id=0,
+                    job=names.get(int(r["job_id"]), ""),
+                    **{k: v for k, v in r.items() if k != "path_key"},
+                )
+                for r in rows
+            ]
 
     def conflicts(self, id_or_name: int | str, limit: int = 100) -> list[ConflictInfo]:
         """The job's conflicts, newest first.
@@ -247,11 +319,29 @@ class NmJobStore:
         """
         with self._read("N:M job conflicts") as session:
             job = _find(session, id_or_name)
-            rows = session.scalars(select(NmConflictRow).where(NmConflictRow.job_id == job.id)
-                                   .order_by(NmConflictRow.at.desc(), NmConflictRow.id.desc()).limit(limit))
-            return [ConflictInfo(id=r.id, job_id=r.job_id, job=job.name, mapping_id=r.mapping_id,
-                                 target_node=r.target_node, seq=r.seq, op=r.op, path=r.path, reason=r.reason,
-                                 winner_node=r.winner_node, loser_node=r.loser_node, at=r.at) for r in rows]
+            rows = session.scalars(
+                select(NmConflictRow)
+                .where(NmConflictRow.job_id == job.id)
+                .order_by(NmConflictRow.at.desc(), NmConflictRow.id.desc())
+                .limit(limit)
+            )
+            return [
+                ConflictInfo(
+                    id=r.id,
+                    job_id=r.job_id,
+                    job=job.name,
+                    mapping_id=r.mapping_id,
+                    target_node=r.target_node,
+                    seq=r.seq,
+                    op=r.op,
+                    path=r.path,
+                    reason=r.reason,
+                    winner_node=r.winner_node,
+                    loser_node=r.loser_node,
+                    at=r.at,
+                )
+                for r in rows
+            ]
 
 
 def _with_job(spec: MappingSpec, job_id: int) -> MappingSpec:
@@ -270,15 +360,34 @@ def _find(session: Session, id_or_name: int | str) -> NmJobRow:
 
 
 def _info(session: Session, job: NmJobRow) -> NmJobInfo:
-    ids = list(session.scalars(select(NmJobMemberRow.mapping_id).where(NmJobMemberRow.job_id == job.id)))
+    ids = list(
+        session.scalars(select(NmJobMemberRow.mapping_id).where(NmJobMemberRow.job_id == job.id))
+    )
     rows = list(session.scalars(select(Mapping).where(Mapping.id.in_(ids)).order_by(Mapping.id)))
     nodes = {r.source_node for r in rows} | {t[0] for t in job.targets}
-    names: dict[str, str] = dict(session.execute(  # type: ignore[arg-type]
-        select(Server.node_id, Server.name).where(Server.node_id.in_(nodes))).all())
-    members = tuple(MemberInfo(mapping_id=r.id, name=r.name, source_node=r.source_node,
-                               source_name=names.get(r.source_node, ""), source_path=r.source_path) for r in rows)
-    return NmJobInfo(id=job.id, name=job.name, conflict=job.conflict,
-                     targets=tuple((t[0], names.get(t[0], ""), t[1]) for t in job.targets),
-                     include=tuple(job.include), exclude=tuple(job.exclude), durability=job.durability,
-                     members=members, created_at=job.created_at)
-
+    names: dict[str, str] = dict(
+        session.execute(  # type: ignore[arg-type]
+            select(Server.node_id, Server.name).where(Server.node_id.in_(nodes))
+        ).all()
+    )
+    members = tuple(
+        MemberInfo(
+            mapping_id=r.id,
+            name=r.name,
+            source_node=r.source_node,
+            source_name=names.get(r.source_node, ""),
+            source_path=r.source_path,
+        )
+        for r in rows
+    )
+    return NmJobInfo(
+        id=job.id,
+        name=job.name,
+        conflict=job.conflict,
+        targets=tuple((t[0], names.get(t[0], ""), t[1]) for t in job.targets),
+        include=tuple(job.include),
+        exclude=tuple(job.exclude),
+        durability=job.durability,
+        members=members,
+        created_at=job.created_at,
+    )

@@ -37,14 +37,23 @@ SECTION_DEFAULTS: dict[str, LinkPolicy] = {
     "inter_region": LinkPolicy(zstd_level=3),
 }
 # The fields a row sets or leaves to its section (and a section row to its default), one by one.
-FIELDS: tuple[str, ...] = ("tls", "transfer", "zstd_level", "bandwidth_limit_mbit", "windows", "timezone")
+FIELDS: tuple[str, ...] = (
+    "tls",
+    "transfer",
+    "zstd_level",
+    "bandwidth_limit_mbit",
+    "windows",
+    "timezone",
+)
 
 SessionFactory = Callable[[str], AbstractContextManager[Session]]
 
 
 class LinkPolicyRow(Base):
     __tablename__ = "link_policies"
-    __table_args__ = (UniqueConstraint("scope", "source_node", "target_node", name="uq_link_policy"),)
+    __table_args__ = (
+        UniqueConstraint("scope", "source_node", "target_node", name="uq_link_policy"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     scope: Mapped[str] = mapped_column(String(16))
@@ -77,22 +86,35 @@ class PolicyInfo:
     updated_at: float
     windows: list[dict[str, Any]] | None
     timezone: str | None
-    effective: LinkPolicy  # a pair: its link's policy; a section: that of its links without a pair row
+    effective: (
+        LinkPolicy  # a pair: its link's policy; a section: that of its links without a pair row
+    )
 
 
 def _info(row: LinkPolicyRow, effective: LinkPolicy) -> PolicyInfo:
-    return PolicyInfo(id=row.id, scope=row.scope, source=row.source_node, target=row.target_node,
-                      tls=row.tls, transfer=row.transfer, zstd_level=row.zstd_level,
-                      bandwidth_limit_mbit=row.bandwidth_limit_mbit, updated_at=row.updated_at,
-                      windows=None if row.windows is None else [dict(w) for w in row.windows],
-                      timezone=row.timezone, effective=effective)
+    return PolicyInfo(
+        id=row.id,
+        scope=row.scope,
+        source=row.source_node,
+        target=row.target_node,
+        tls=row.tls,
+        transfer=row.transfer,
+        zstd_level=row.zstd_level,
+        bandwidth_limit_mbit=row.bandwidth_limit_mbit,
+        updated_at=row.updated_at,
+        windows=None if row.windows is None else [dict(w) for w in row.windows],
+        timezone=row.timezone,
+        effective=effective,
+    )
 
 
 def _combine(rows: Sequence[LinkPolicyRow | None], default: LinkPolicy) -> LinkPolicy:
     """Each field from the first of `rows` that sets it, else from `default`."""
     values: dict[str, Any] = {}
     for field in FIELDS:
-        value = next((v for r in rows if r is not None and (v := getattr(r, field)) is not None), None)
+        value = next(
+            (v for r in rows if r is not None and (v := getattr(r, field)) is not None), None
+        )
         if value is not None:
             values[field] = value
     if "windows" in values:
@@ -110,8 +132,10 @@ def windows_of(windows: Sequence[Mapping[str, Any]]) -> tuple[BandwidthWindow, .
     for i, w in enumerate(windows):
         unknown = sorted(set(w) - set(BandwidthWindow.__struct_fields__))
         if unknown or not {"start", "end"} <= set(w):
-            raise ConfigError(f"window {i + 1}: takes days (optional), start, end and bandwidth_limit_mbit"
-                              + (f", not {', '.join(unknown)}" if unknown else ""))
+            raise ConfigError(
+                f"window {i + 1}: takes days (optional), start, end and bandwidth_limit_mbit"
+                + (f", not {', '.join(unknown)}" if unknown else "")
+            )
         try:
             out.append(msgspec.convert(dict(w), BandwidthWindow))
         except msgspec.ValidationError as exc:
@@ -125,9 +149,16 @@ def section_of(source: Server | None, target: Server | None) -> str:
     return "same_group" if source.group_name == target.group_name else "same_region"
 
 
-def validate(scope: str, transfer: str | None, zstd_level: int | None, bandwidth_limit_mbit: float | None,
-             source: str | None, target: str | None,
-             windows: Sequence[BandwidthWindow] = (), timezone: str | None = None) -> None:
+def validate(
+    scope: str,
+    transfer: str | None,
+    zstd_level: int | None,
+    bandwidth_limit_mbit: float | None,
+    source: str | None,
+    target: str | None,
+    windows: Sequence[BandwidthWindow] = (),
+    timezone: str | None = None,
+) -> None:
     """Check the fields a row sets (None: inherited, not checked).
 
     Raises:
@@ -142,18 +173,29 @@ def validate(scope: str, transfer: str | None, zstd_level: int | None, bandwidth
     if bandwidth_limit_mbit is not None and bandwidth_limit_mbit < 0:
         raise ConfigError("bandwidth limit must be >= 0 (0 = unlimited)")
     if scope == "pair" and not (source and target):
-        raise ConfigError("a pair policy names a source and a target server; a section policy names neither")
+        raise ConfigError(
+            "a pair policy names a source and a target server; a section policy names neither"
+        )
     if scope != "pair" and (source or target):
         # Sections are looked up without servers: such a row would apply to no link.
-        raise ConfigError("a section policy names no server; use scope 'pair' for one source and target")
-    BandwidthSchedule(bandwidth_limit_mbit or 0.0, windows, timezone or "")  # raises on bad windows or timezone
+        raise ConfigError(
+            "a section policy names no server; use scope 'pair' for one source and target"
+        )
+    BandwidthSchedule(
+        bandwidth_limit_mbit or 0.0, windows, timezone or ""
+    )  # raises on bad windows or timezone
 
 
 class PolicyStore:
     """Policies in the master's store; `apply` fills them into assignment specs."""
 
-    def __init__(self, read: SessionFactory, write: SessionFactory, bump_epoch: Callable[[Session], None],
-                 resolve_server: Callable[[Session, str], Server]) -> None:
+    def __init__(
+        self,
+        read: SessionFactory,
+        write: SessionFactory,
+        bump_epoch: Callable[[Session], None],
+        resolve_server: Callable[[Session, str], Server],
+    ) -> None:
         self._read, self._write = read, write
         self._bump_epoch = bump_epoch
         # Key from which plain (TLS-off) links' secrets are derived; the master sets it from its
@@ -161,10 +203,19 @@ class PolicyStore:
         self.link_key = secrets.token_bytes(32)
         self._resolve = resolve_server
 
-    def set_policy(self, *, scope: str, source: str | None = None, target: str | None = None,
-                   tls: bool | None = None, transfer: str | None = None, zstd_level: int | None = None,
-                   bandwidth_limit_mbit: float | None = None, windows: Sequence[Mapping[str, Any]] | None = None,
-                   timezone: str | None = None) -> PolicyInfo:
+    def set_policy(
+        self,
+        *,
+        scope: str,
+        source: str | None = None,
+        target: str | None = None,
+        tls: bool | None = None,
+        transfer: str | None = None,
+        zstd_level: int | None = None,
+        bandwidth_limit_mbit: float | None = None,
+        windows: Sequence[Mapping[str, Any]] | None = None,
+        timezone: str | None = None,
+    ) -> PolicyInfo:
         """Create or replace the policy of a section or of a server pair (servers by name or id).
 
         A field given as None is inherited: a pair's from its section's row, a section's from
@@ -178,15 +229,30 @@ class PolicyStore:
             NotFound: a named server.
         """
         parsed = None if windows is None else windows_of(windows)
-        validate(scope, transfer, zstd_level, bandwidth_limit_mbit, source, target, parsed or (), timezone)
+        validate(
+            scope,
+            transfer,
+            zstd_level,
+            bandwidth_limit_mbit,
+            source,
+            target,
+            parsed or (),
+            timezone,
+        )
         with self._write("set policy") as session:
             src = self._resolve(session, source).node_id if source else ""
             dst = self._resolve(session, target).node_id if target else ""
-            row = session.scalar(select(LinkPolicyRow).where(
-                LinkPolicyRow.scope == scope, LinkPolicyRow.source_node == src,
-                LinkPolicyRow.target_node == dst))
+            row = session.scalar(
+                select(LinkPolicyRow).where(
+                    LinkPolicyRow.scope == scope,
+                    LinkPolicyRow.source_node == src,
+                    LinkPolicyRow.target_node == dst,
+                )
+            )
             if row is None:
-                row = LinkPolicyRow(scope=scope, source_node=src, target_node=dst, updated_at=time.time())
+                row = LinkPolicyRow(
+                    scope=scope, source_node=src, target_node=dst, updated_at=time.time()
+                )
                 session.add(row)
             row.tls, row.transfer, row.zstd_level = tls, transfer, zstd_level
             row.bandwidth_limit_mbit, row.updated_at = bandwidth_limit_mbit, time.time()
@@ -199,15 +265,25 @@ class PolicyStore:
     def list_policies(self) -> list[PolicyInfo]:
         """Every row by id, each with what it sets and what its links get."""
         with self._read("list policies") as session:
-            return self._infos(session, list(session.scalars(select(LinkPolicyRow).order_by(LinkPolicyRow.id))))
+            return self._infos(
+                session, list(session.scalars(select(LinkPolicyRow).order_by(LinkPolicyRow.id)))
+            )
 
     def _infos(self, session: Session, rows: Sequence[LinkPolicyRow]) -> list[PolicyInfo]:
-        every = {(r.scope, r.source_node, r.target_node): r for r in session.scalars(select(LinkPolicyRow))}
+        every = {
+            (r.scope, r.source_node, r.target_node): r
+            for r in session.scalars(select(LinkPolicyRow))
+        }
         out = []
         for row in rows:
             if row.scope == "pair":
-                effective = _effective(every, session.get(Server, row.source_node),
-                                       session.get(Server, row.target_node), row.source_node, row.target_node)
+                effective = _effective(
+                    every,
+                    session.get(Server, row.source_node),
+                    session.get(Server, row.target_node),
+                    row.source_node,
+                    row.target_node,
+                )
             else:
                 effective = _combine((row,), SECTION_DEFAULTS[row.scope])
             out.append(_info(row, effective))
@@ -215,18 +291,29 @@ class PolicyStore:
 
     def delete_policy(self, policy_id: int) -> None:
         with self._write("delete policy") as session:
-            if session.execute(delete(LinkPolicyRow).where(LinkPolicyRow.id == policy_id)).rowcount == 0:  # type: ignore[attr-defined]
+            if (
+                session.execute(delete(LinkPolicyRow).where(LinkPolicyRow.id == policy_id)).rowcount  # type: ignore[attr-defined]
+                == 0
+            ):
                 raise NotFound("policy", policy_id)
             self._bump_epoch(session)
 
     def effective(self, session: Session, source: str, target: str) -> LinkPolicy:
         """The policy for the link source -> target, field by field: pair, else section, else section default."""
-        rows = {(r.scope, r.source_node, r.target_node): r for r in session.scalars(select(LinkPolicyRow))}
-        return _effective(rows, session.get(Server, source), session.get(Server, target), source, target)
+        rows = {
+            (r.scope, r.source_node, r.target_node): r
+            for r in session.scalars(select(LinkPolicyRow))
+        }
+        return _effective(
+            rows, session.get(Server, source), session.get(Server, target), source, target
+        )
 
     def apply(self, session: Session, specs: Sequence[MappingSpec]) -> Iterator[MappingSpec]:
         """Yield the specs with each target's effective policy filled in."""
-        rows = {(r.scope, r.source_node, r.target_node): r for r in session.scalars(select(LinkPolicyRow))}
+        rows = {
+            (r.scope, r.source_node, r.target_node): r
+            for r in session.scalars(select(LinkPolicyRow))
+        }
         servers: dict[str, Server | None] = {}
 
         def server(node: str) -> Server | None:
@@ -242,16 +329,22 @@ class PolicyStore:
                 sender = parent_of.get(t.node_id, spec.source_node)
                 policy = _effective(rows, server(sender), server(t.node_id), sender, t.node_id)
                 secret = b"" if policy.tls else self.link_secret(spec.mapping_id, sender, t.node_id)
-                targets.append(TargetSpec(node_id=t.node_id, path=t.path, policy=policy, link_secret=secret))
-            yield MappingSpec(**{f: getattr(spec, f) for f in spec.__struct_fields__ if f != "targets"},
-                              targets=tuple(targets))
+                targets.append(
+                    TargetSpec(node_id=t.node_id, path=t.path, policy=policy, link_secret=secret)
+                )
+            yield MappingSpec(
+                **{f: getattr(spec, f) for f in spec.__struct_fields__ if f != "targets"},
+                targets=tuple(targets),
+            )
 
     def link_secret(self, mapping_id: int, sender: str, target: str) -> bytes:
         """The secret the sender of a plain link (the target's parent: the source, or a relay)
         proves it holds. Per hop: only the master, that sender and that target know it (see
         `secrets_for`), and a node that fed the target in an earlier routing epoch cannot use
         its secret to pass as the current parent."""
-        return hmac.new(self.link_key, f"{mapping_id}:{sender}:{target}".encode(), hashlib.sha256).digest()
+        return hmac.new(
+            self.link_key, f"{mapping_id}:{sender}:{target}".encode(), hashlib.sha256
+        ).digest()
 
 
 def secrets_for(spec: MappingSpec, node_id: str) -> MappingSpec:
@@ -259,13 +352,24 @@ def secrets_for(spec: MappingSpec, node_id: str) -> MappingSpec:
     targets it feeds, none of the others (a sibling target could pose as their parent)."""
     parent_of = {h.child: h.parent for h in spec.routes}
     targets = tuple(
-        t if not t.link_secret or t.node_id == node_id or parent_of.get(t.node_id, spec.source_node) == node_id
+        t
+        if not t.link_secret
+        or t.node_id == node_id
+        or parent_of.get(t.node_id, spec.source_node) == node_id
         else msgspec.structs.replace(t, link_secret=b"")
-        for t in spec.targets)
+        for t in spec.targets
+    )
     return msgspec.structs.replace(spec, targets=targets)
 
 
-def _effective(rows: dict[tuple[str, str, str], LinkPolicyRow], src: Server | None, dst: Server | None,
-               source: str, target: str) -> LinkPolicy:
+def _effective(
+    rows: dict[tuple[str, str, str], LinkPolicyRow],
+    src: Server | None,
+    dst: Server | None,
+    source: str,
+    target: str,
+) -> LinkPolicy:
     section = section_of(src, dst)
-    return _combine((rows.get(("pair", source, target)), rows.get((section, "", ""))), SECTION_DEFAULTS[section])
+    return _combine(
+        (rows.get(("pair", source, target)), rows.get((section, "", ""))), SECTION_DEFAULTS[section]
+    )

@@ -36,7 +36,12 @@ DAY_S = 86_400
 MAX_DAYS = 36_500  # a hundred years: anything longer is "keep forever", which is 0
 PRUNE_BATCH_ROWS = 5_000  # rows deleted per transaction
 # kind -> days kept by default; 0 means keep forever
-DEFAULT_DAYS: dict[str, int] = {"changes": 30, "advances": 90, "exceptions": 90, "recovery_jobs": 90}
+DEFAULT_DAYS: dict[str, int] = {
+    "changes": 30,
+    "advances": 90,
+    "exceptions": 90,
+    "recovery_jobs": 90,
+}
 KINDS = tuple(DEFAULT_DAYS)
 RECOVERY_JOBS: Table = RecoveryJobRow.__table__  # type: ignore[assignment]
 
@@ -78,13 +83,21 @@ class RetentionSettings:
 
 def _settings(row: RetentionRow | None) -> RetentionSettings:
     if row is None:
-        return RetentionSettings(**{f"{k}_days": d for k, d in DEFAULT_DAYS.items()},
-                                 updated_at=None, last_pruned_at=None, last_pruned={})
+        return RetentionSettings(
+            **{f"{k}_days": d for k, d in DEFAULT_DAYS.items()},
+            updated_at=None,
+            last_pruned_at=None,
+            last_pruned={},
+        )
     return RetentionSettings(
-        changes_days=row.changes_days, advances_days=row.advances_days,
-        exceptions_days=row.exceptions_days, recovery_jobs_days=row.recovery_jobs_days,
-        updated_at=row.updated_at, last_pruned_at=row.last_pruned_at,
-        last_pruned={str(k): int(v) for k, v in (row.last_pruned or {}).items()})
+        changes_days=row.changes_days,
+        advances_days=row.advances_days,
+        exceptions_days=row.exceptions_days,
+        recovery_jobs_days=row.recovery_jobs_days,
+        updated_at=row.updated_at,
+        last_pruned_at=row.last_pruned_at,
+        last_pruned={str(k): int(v) for k, v in (row.last_pruned or {}).items()},
+    )
 
 
 def check_days(kind: str, days: Any) -> int:
@@ -96,15 +109,21 @@ def check_days(kind: str, days: Any) -> int:
     if kind not in KINDS:
         raise ConfigError(f"retention of {kind!r}: use one of {', '.join(KINDS)}")
     if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= MAX_DAYS:
-        raise ConfigError(f"{kind} retention {days!r}: whole days from 0 (keep forever) to {MAX_DAYS}")
+        raise ConfigError(
+            f"{kind} retention {days!r}: whole days from 0 (keep forever) to {MAX_DAYS}"
+        )
     return days
 
 
 def _get_row(session: Session) -> RetentionRow:
     row = session.get(RetentionRow, 1)
     if row is None:  # created on first write; reads of a fresh store see the defaults
-        row = RetentionRow(id=1, updated_at=time.time(), last_pruned={},
-                           **{f"{k}_days": d for k, d in DEFAULT_DAYS.items()})
+        row = RetentionRow(
+            id=1,
+            updated_at=time.time(),
+            last_pruned={},
+            **{f"{k}_days": d for k, d in DEFAULT_DAYS.items()},
+        )
         session.add(row)
     return row
 
@@ -142,12 +161,25 @@ class RetentionStore:
                 return _prune_changes(session, cutoff, limit)
             table, column, extra = {
                 "advances": (ADVANCES, ADVANCES.c.at, ()),
-                "exceptions": (EXCEPTIONS, EXCEPTIONS.c.resolved_at, (EXCEPTIONS.c.resolved_at.is_not(None),)),
-                "recovery_jobs": (RECOVERY_JOBS, RECOVERY_JOBS.c.finished_at,
-                                  (RECOVERY_JOBS.c.finished_at.is_not(None),)),
+                "exceptions": (
+                    EXCEPTIONS,
+                    EXCEPTIONS.c.resolved_at,
+                    (EXCEPTIONS.c.resolved_at.is_not(None),),
+                ),
+                "recovery_jobs": (
+                    RECOVERY_JOBS,
+                    RECOVERY_JOBS.c.finished_at,
+                    (RECOVERY_JOBS.c.finished_at.is_not(None),),
+                ),
             }[kind]
-            ids = list(session.scalars(select(table.c.id).where(column < cutoff, *extra)
-                                       .order_by(table.c.id).limit(limit)))
+            ids = list(
+                session.scalars(
+                    select(table.c.id)
+                    .where(column < cutoff, *extra)
+                    .order_by(table.c.id)
+                    .limit(limit)
+                )
+            )
             if ids:
                 session.execute(delete(table).where(table.c.id.in_(ids)))
             return len(ids)
@@ -174,13 +206,20 @@ def _prune_changes(session: Session, cutoff: float, limit: int) -> int:
     """Old change rows, except the newest of each (mapping, source): its seq is the mapping's head."""
     c = CHANGES.c
     newer = aliased(CHANGES)
-    newest = (select(func.max(newer.c.seq))
-              .where(newer.c.mapping_id == c.mapping_id, newer.c.source_node == c.source_node)
-              .scalar_subquery())
-    keys = [tuple(k) for k in session.execute(
-        select(c.mapping_id, c.source_node, c.seq)
-        .where(c.reported_at < cutoff, c.seq < newest)
-        .order_by(c.reported_at).limit(limit))]
+    newest = (
+        select(func.max(newer.c.seq))
+        .where(newer.c.mapping_id == c.mapping_id, newer.c.source_node == c.source_node)
+        .scalar_subquery()
+    )
+    keys = [
+        tuple(k)
+        for k in session.execute(
+            select(c.mapping_id, c.source_node, c.seq)
+            .where(c.reported_at < cutoff, c.seq < newest)
+            .order_by(c.reported_at)
+            .limit(limit)
+        )
+    ]
     if keys:
         session.execute(delete(CHANGES).where(tuple_(c.mapping_id, c.source_node, c.seq).in_(keys)))
     return len(keys)

@@ -53,12 +53,17 @@ class MappingRoutingRow(Base):
     __tablename__ = "mapping_routing"
 
     mapping_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True)
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
     mode: Mapped[str] = mapped_column(String(16), default="auto")
-    hops: Mapped[list[list[str]]] = mapped_column(JSON, default=list)  # manual: [parent, child] node ids
+    hops: Mapped[list[list[str]]] = mapped_column(
+        JSON, default=list
+    )  # manual: [parent, child] node ids
     fanout: Mapped[int] = mapped_column(Integer, default=DEFAULT_FANOUT)
     recovery_policy: Mapped[str] = mapped_column(String(16), default="at_once")
-    recovery_schedule: Mapped[str] = mapped_column(String(255), default="")  # reserved: at:|every:|cron:
+    recovery_schedule: Mapped[str] = mapped_column(
+        String(255), default=""
+    )  # reserved: at:|every:|cron:
     fail_after_s: Mapped[float] = mapped_column(Float, default=DEFAULT_FAIL_AFTER_S)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -69,7 +74,8 @@ class RoutingTargetRow(Base):
     __tablename__ = "routing_targets"
 
     mapping_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True)
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
     node_id: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
     policy: Mapped[str] = mapped_column(String(16), default="")  # "" = the mapping's policy
     schedule: Mapped[str] = mapped_column(String(255), default="")
@@ -88,7 +94,9 @@ class RecoveryJobRow(Base):
     trigger: Mapped[str] = mapped_column(String(16))  # at_once | reserved | manual
     started_at: Mapped[float] = mapped_column(Float)
     from_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # the target's watermark at start
-    goal_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # the other targets' best watermark
+    goal_seq: Mapped[int] = mapped_column(
+        BigInteger, default=0
+    )  # the other targets' best watermark
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     outcome: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
     detail: Mapped[str] = mapped_column(Text, default="")
@@ -150,23 +158,31 @@ class TargetChangeState:
 def check_topology_name(value: str, what: str) -> str:
     """Return a region or group name once it is valid, like a node name."""
     if not _TOPOLOGY_NAME_RE.match(value):
-        raise ConfigError(f"{what} name {value!r} is not valid: use 1-63 characters from "
-                          "A-Z a-z 0-9 . _ -, starting with a letter or digit")
+        raise ConfigError(
+            f"{what} name {value!r} is not valid: use 1-63 characters from "
+            "A-Z a-z 0-9 . _ -, starting with a letter or digit"
+        )
     return value
 
 
 def check_capacity(capacity_weight: int) -> int:
     if not 1 <= capacity_weight <= MAX_CAPACITY_WEIGHT:
-        raise ConfigError(f"capacity weight {capacity_weight} must be between 1 and {MAX_CAPACITY_WEIGHT}")
+        raise ConfigError(
+            f"capacity weight {capacity_weight} must be between 1 and {MAX_CAPACITY_WEIGHT}"
+        )
     return capacity_weight
 
 
 def check_policy(policy: str, schedule: str, what: str) -> TargetPolicy:
     """Return a valid recovery policy; a reserved one needs a schedule, and only it takes one."""
     if policy not in RECOVERY_POLICIES:
-        raise ConfigError(f"{what} recovery policy {policy!r} is not one of {', '.join(RECOVERY_POLICIES)}")
+        raise ConfigError(
+            f"{what} recovery policy {policy!r} is not one of {', '.join(RECOVERY_POLICIES)}"
+        )
     if (policy == "reserved") != bool(schedule):
-        raise ConfigError(f"{what}: a reserved recovery needs a schedule, and only a reserved one takes it")
+        raise ConfigError(
+            f"{what}: a reserved recovery needs a schedule, and only a reserved one takes it"
+        )
     if schedule:
         next_run(schedule, time.time())  # raises ConfigError on a bad schedule
     return TargetPolicy(policy, schedule)
@@ -175,19 +191,30 @@ def check_policy(policy: str, schedule: str, what: str) -> TargetPolicy:
 def node_of(server: Any) -> Node:
     """The planner's view of a server (a Server row or a ServerInfo)."""
     group = getattr(server, "group_name", None)
-    return Node(node_id=server.node_id, name=server.name, region=server.region,
-                group=group if group is not None else server.group, capacity=max(1, server.capacity_weight))
+    return Node(
+        node_id=server.node_id,
+        name=server.name,
+        region=server.region,
+        group=group if group is not None else server.group,
+        capacity=max(1, server.capacity_weight),
+    )
 
 
-def _settings(row: MappingRoutingRow | None, mapping_id: int,
-              targets: Sequence[RoutingTargetRow]) -> RoutingSettings:
+def _settings(
+    row: MappingRoutingRow | None, mapping_id: int, targets: Sequence[RoutingTargetRow]
+) -> RoutingSettings:
     overrides = {t.node_id: TargetPolicy(t.policy, t.schedule) for t in targets if t.policy}
     if row is None:
         return RoutingSettings(mapping_id=mapping_id, targets=overrides)
     return RoutingSettings(
-        mapping_id=mapping_id, mode=row.mode, hops=tuple((p, c) for p, c in row.hops), fanout=row.fanout,
-        recovery=TargetPolicy(row.recovery_policy, row.recovery_schedule), fail_after_s=row.fail_after_s,
-        targets=overrides)
+        mapping_id=mapping_id,
+        mode=row.mode,
+        hops=tuple((p, c) for p, c in row.hops),
+        fanout=row.fanout,
+        recovery=TargetPolicy(row.recovery_policy, row.recovery_schedule),
+        fail_after_s=row.fail_after_s,
+        targets=overrides,
+    )
 
 
 def _pairs(session: Session, query: Any) -> dict[Any, Any]:
@@ -196,16 +223,26 @@ def _pairs(session: Session, query: Any) -> dict[Any, Any]:
 
 
 def _job(row: RecoveryJobRow) -> RecoveryJob:
-    return RecoveryJob(id=row.id, mapping_id=row.mapping_id, target_node=row.target_node, trigger=row.trigger,
-                       started_at=row.started_at, from_seq=row.from_seq, goal_seq=row.goal_seq,
-                       finished_at=row.finished_at, outcome=row.outcome, detail=row.detail)
+    return RecoveryJob(
+        id=row.id,
+        mapping_id=row.mapping_id,
+        target_node=row.target_node,
+        trigger=row.trigger,
+        started_at=row.started_at,
+        from_seq=row.from_seq,
+        goal_seq=row.goal_seq,
+        finished_at=row.finished_at,
+        outcome=row.outcome,
+        detail=row.detail,
+    )
 
 
 class RoutingStore:
     """Routing settings, failed targets and recovery jobs in the master's store."""
 
-    def __init__(self, read: SessionFactory, write: SessionFactory,
-                 bump_epoch: Callable[[Session], None]) -> None:
+    def __init__(
+        self, read: SessionFactory, write: SessionFactory, bump_epoch: Callable[[Session], None]
+    ) -> None:
         self._read, self._write = read, write
         self._bump_epoch = bump_epoch
 
@@ -216,7 +253,11 @@ class RoutingStore:
             return self._get(session, mapping_id)
 
     def _get(self, session: Session, mapping_id: int) -> RoutingSettings:
-        targets = list(session.scalars(select(RoutingTargetRow).where(RoutingTargetRow.mapping_id == mapping_id)))
+        targets = list(
+            session.scalars(
+                select(RoutingTargetRow).where(RoutingTargetRow.mapping_id == mapping_id)
+            )
+        )
         return _settings(session.get(MappingRoutingRow, mapping_id), mapping_id, targets)
 
     def all(self) -> dict[int, RoutingSettings]:
@@ -226,11 +267,22 @@ class RoutingStore:
             for t in session.scalars(select(RoutingTargetRow)):
                 targets.setdefault(t.mapping_id, []).append(t)
             rows = {r.mapping_id: r for r in session.scalars(select(MappingRoutingRow))}
-            return {m: _settings(rows.get(m), m, targets.get(m, [])) for m in rows.keys() | targets.keys()}
+            return {
+                m: _settings(rows.get(m), m, targets.get(m, []))
+                for m in rows.keys() | targets.keys()
+            }
 
-    def set(self, mapping_id: int, *, mode: str | None = None, hops: Sequence[tuple[str, str]] | None = None,
-            fanout: int | None = None, recovery: TargetPolicy | None = None, fail_after_s: float | None = None,
-            target_policies: Mapping[str, TargetPolicy | None] | None = None) -> RoutingSettings:
+    def set(
+        self,
+        mapping_id: int,
+        *,
+        mode: str | None = None,
+        hops: Sequence[tuple[str, str]] | None = None,
+        fanout: int | None = None,
+        recovery: TargetPolicy | None = None,
+        fail_after_s: float | None = None,
+        target_policies: Mapping[str, TargetPolicy | None] | None = None,
+    ) -> RoutingSettings:
         """Change some routing settings of a mapping; the others keep their value.
 
         A manual route is checked by the planner against the current topology: every target
@@ -255,7 +307,9 @@ class RoutingStore:
             row = self._row(session, mapping.id)
             row.mode = mode or row.mode
             if row.mode == "manual":
-                row.hops = [list(h) for h in self._checked_hops(session, mapping, hops, row, fanout)]
+                row.hops = [
+                    list(h) for h in self._checked_hops(session, mapping, hops, row, fanout)
+                ]
             elif hops:
                 raise ConfigError("hops make a manual route: send them with mode manual")
             else:
@@ -273,35 +327,67 @@ class RoutingStore:
     def _row(self, session: Session, mapping_id: int) -> MappingRoutingRow:
         row = session.get(MappingRoutingRow, mapping_id)
         if row is None:
-            row = MappingRoutingRow(mapping_id=mapping_id, mode="auto", hops=[], fanout=DEFAULT_FANOUT,
-                                    recovery_policy="at_once", recovery_schedule="",
-                                    fail_after_s=DEFAULT_FAIL_AFTER_S, updated_at=time.time())
+            row = MappingRoutingRow(
+                mapping_id=mapping_id,
+                mode="auto",
+                hops=[],
+                fanout=DEFAULT_FANOUT,
+                recovery_policy="at_once",
+                recovery_schedule="",
+                fail_after_s=DEFAULT_FAIL_AFTER_S,
+                updated_at=time.time(),
+            )
             session.add(row)
         return row
 
-    def _checked_hops(self, session: Session, mapping: MappingRow, hops: Sequence[tuple[str, str]] | None,
-                      row: MappingRoutingRow, fanout: int | None) -> list[tuple[str, str]]:
+    def _checked_hops(
+        self,
+        session: Session,
+        mapping: MappingRow,
+        hops: Sequence[tuple[str, str]] | None,
+        row: MappingRoutingRow,
+        fanout: int | None,
+    ) -> list[tuple[str, str]]:
         given = [tuple(h) for h in (hops if hops is not None else row.hops)]
         if not given:
             raise ConfigError("a manual route needs hops, e.g. src>a,a>b")
         if any(len(h) != 2 for h in given):
             raise ConfigError("every manual hop is a [parent, child] pair")
         known = {s.node_id: node_of(s) for s in session.scalars(select(Server))}
-        targets = [known[t] for t in session.scalars(
-            select(MappingTarget.node_id).where(MappingTarget.mapping_id == mapping.id)) if t in known]
+        targets = [
+            known[t]
+            for t in session.scalars(
+                select(MappingTarget.node_id).where(MappingTarget.mapping_id == mapping.id)
+            )
+            if t in known
+        ]
         pairs = [(str(p), str(c)) for p, c in given]
-        manual_plan(known[mapping.source_node], targets, pairs, known,
-                    fanout=fanout if fanout is not None else row.fanout)
+        manual_plan(
+            known[mapping.source_node],
+            targets,
+            pairs,
+            known,
+            fanout=fanout if fanout is not None else row.fanout,
+        )
         by_name = {n.name: n.node_id for n in known.values()}
-        return [(p if p in known else by_name[p], c if c in known else by_name[c]) for p, c in pairs]
+        return [
+            (p if p in known else by_name[p], c if c in known else by_name[c]) for p, c in pairs
+        ]
 
-    def _set_target_policies(self, session: Session, mapping: MappingRow,
-                             policies: Mapping[str, TargetPolicy | None]) -> None:
-        targets = set(session.scalars(select(MappingTarget.node_id).where(MappingTarget.mapping_id == mapping.id)))
+    def _set_target_policies(
+        self, session: Session, mapping: MappingRow, policies: Mapping[str, TargetPolicy | None]
+    ) -> None:
+        targets = set(
+            session.scalars(
+                select(MappingTarget.node_id).where(MappingTarget.mapping_id == mapping.id)
+            )
+        )
         for ref, policy in policies.items():
             server = _mappings.resolve_server(session, ref)
             if server.node_id not in targets:
-                raise ConfigError(f"server {server.name!r} is not a target of mapping {mapping.name!r}")
+                raise ConfigError(
+                    f"server {server.name!r} is not a target of mapping {mapping.name!r}"
+                )
             if policy is not None:
                 check_policy(policy.policy, policy.schedule, f"target {server.name!r}")
             trow = self._target_row(session, mapping.id, server.node_id)
@@ -311,7 +397,9 @@ class RoutingStore:
     def _target_row(self, session: Session, mapping_id: int, node_id: str) -> RoutingTargetRow:
         row = session.get(RoutingTargetRow, (mapping_id, node_id))
         if row is None:
-            row = RoutingTargetRow(mapping_id=mapping_id, node_id=node_id, policy="", schedule="", reason="")
+            row = RoutingTargetRow(
+                mapping_id=mapping_id, node_id=node_id, policy="", schedule="", reason=""
+            )
             session.add(row)
         return row
 
@@ -320,10 +408,21 @@ class RoutingStore:
     def failed(self) -> list[FailedTarget]:
         """Every failed target of every mapping (the router rebuilds its state from these)."""
         with self._read("failed targets") as session:
-            rows = session.scalars(select(RoutingTargetRow).where(RoutingTargetRow.failed_at.is_not(None))
-                                   .order_by(RoutingTargetRow.mapping_id, RoutingTargetRow.node_id))
-            return [FailedTarget(mapping_id=r.mapping_id, node_id=r.node_id, failed_at=r.failed_at or 0.0,
-                                 reason=r.reason, next_recovery_at=r.next_recovery_at) for r in rows]
+            rows = session.scalars(
+                select(RoutingTargetRow)
+                .where(RoutingTargetRow.failed_at.is_not(None))
+                .order_by(RoutingTargetRow.mapping_id, RoutingTargetRow.node_id)
+            )
+            return [
+                FailedTarget(
+                    mapping_id=r.mapping_id,
+                    node_id=r.node_id,
+                    failed_at=r.failed_at or 0.0,
+                    reason=r.reason,
+                    next_recovery_at=r.next_recovery_at,
+                )
+                for r in rows
+            ]
 
     def mark_failed(self, mapping_id: int, node_id: str, at: float, reason: str) -> bool:
         """Mark a target failed (durably) and end its running recovery as failed; False if it was already."""
@@ -334,9 +433,13 @@ class RoutingStore:
             if row.failed_at is not None:
                 return False
             row.failed_at, row.reason, row.next_recovery_at = at, reason, None
-            for job in session.scalars(select(RecoveryJobRow).where(
-                    RecoveryJobRow.mapping_id == mapping_id, RecoveryJobRow.target_node == node_id,
-                    RecoveryJobRow.outcome == "running")):
+            for job in session.scalars(
+                select(RecoveryJobRow).where(
+                    RecoveryJobRow.mapping_id == mapping_id,
+                    RecoveryJobRow.target_node == node_id,
+                    RecoveryJobRow.outcome == "running",
+                )
+            ):
                 job.outcome, job.finished_at, job.detail = "failed", at, reason
             self._bump_epoch(session)
             return True
@@ -359,14 +462,27 @@ class RoutingStore:
             row = session.get(RoutingTargetRow, (mapping_id, node_id))
             if row is not None:
                 row.failed_at, row.next_recovery_at = None, None
-            marks: dict[str, int] = _pairs(session, select(Watermark.target_node, Watermark.seq).where(
-                Watermark.mapping_id == mapping_id,
-                Watermark.source_node == select(MappingRow.source_node).where(
-                    MappingRow.id == mapping_id).scalar_subquery()))
+            marks: dict[str, int] = _pairs(
+                session,
+                select(Watermark.target_node, Watermark.seq).where(
+                    Watermark.mapping_id == mapping_id,
+                    Watermark.source_node
+                    == select(MappingRow.source_node)
+                    .where(MappingRow.id == mapping_id)
+                    .scalar_subquery(),
+                ),
+            )
             own = marks.pop(node_id, 0)
-            job = RecoveryJobRow(mapping_id=mapping_id, target_node=node_id, trigger=trigger, started_at=at,
-                                 from_seq=own, goal_seq=max(marks.values(), default=0), outcome="running",
-                                 detail="")
+            job = RecoveryJobRow(
+                mapping_id=mapping_id,
+                target_node=node_id,
+                trigger=trigger,
+                started_at=at,
+                from_seq=own,
+                goal_seq=max(marks.values(), default=0),
+                outcome="running",
+                detail="",
+            )
             session.add(job)
             self._bump_epoch(session)
             session.flush()
@@ -380,15 +496,27 @@ class RoutingStore:
 
     def running_recoveries(self) -> list[RecoveryJob]:
         with self._read("running recoveries") as session:
-            return [_job(r) for r in session.scalars(
-                select(RecoveryJobRow).where(RecoveryJobRow.outcome == "running").order_by(RecoveryJobRow.id))]
+            return [
+                _job(r)
+                for r in session.scalars(
+                    select(RecoveryJobRow)
+                    .where(RecoveryJobRow.outcome == "running")
+                    .order_by(RecoveryJobRow.id)
+                )
+            ]
 
     def recoveries(self, mapping_id: int, limit: int = 100) -> list[RecoveryJob]:
         """A mapping's recovery jobs, newest first."""
         with self._read("recoveries") as session:
-            return [_job(r) for r in session.scalars(
-                select(RecoveryJobRow).where(RecoveryJobRow.mapping_id == mapping_id)
-                .order_by(RecoveryJobRow.id.desc()).limit(limit))]
+            return [
+                _job(r)
+                for r in session.scalars(
+                    select(RecoveryJobRow)
+                    .where(RecoveryJobRow.mapping_id == mapping_id)
+                    .order_by(RecoveryJobRow.id.desc())
+                    .limit(limit)
+                )
+            ]
 
     # --- Change state ---
 
@@ -404,20 +532,43 @@ class RoutingStore:
         with self._read("change states") as session:
             mapping = _mappings.find_mapping(session, mapping_id)
             info = _mappings.infos(session, [mapping])[0]
-            marks: dict[str, int] = _pairs(session, select(Watermark.target_node, Watermark.seq).where(
-                Watermark.mapping_id == mapping.id, Watermark.source_node == mapping.source_node))
-            errors: dict[str, str] = _pairs(session, select(CommitException.target_node, CommitException.error).where(
-                CommitException.mapping_id == mapping.id, CommitException.source_node == mapping.source_node,
-                CommitException.seq == seq, CommitException.resolved_at.is_(None)))
-            failed = {r.node_id: r.reason for r in session.scalars(select(RoutingTargetRow).where(
-                RoutingTargetRow.mapping_id == mapping.id, RoutingTargetRow.failed_at.is_not(None)))}
+            marks: dict[str, int] = _pairs(
+                session,
+                select(Watermark.target_node, Watermark.seq).where(
+                    Watermark.mapping_id == mapping.id, Watermark.source_node == mapping.source_node
+                ),
+            )
+            errors: dict[str, str] = _pairs(
+                session,
+                select(CommitException.target_node, CommitException.error).where(
+                    CommitException.mapping_id == mapping.id,
+                    CommitException.source_node == mapping.source_node,
+                    CommitException.seq == seq,
+                    CommitException.resolved_at.is_(None),
+                ),
+            )
+            failed = {
+                r.node_id: r.reason
+                for r in session.scalars(
+                    select(RoutingTargetRow).where(
+                        RoutingTargetRow.mapping_id == mapping.id,
+                        RoutingTargetRow.failed_at.is_not(None),
+                    )
+                )
+            }
             states = []
             for t in sorted(info.targets, key=lambda t: t.name):
                 mark = marks.get(t.node_id, 0)
                 if t.node_id in errors or t.node_id in failed:
-                    state, error = "failed", errors.get(t.node_id) or f"target failed: {failed[t.node_id]}"
+                    state, error = (
+                        "failed",
+                        errors.get(t.node_id) or f"target failed: {failed[t.node_id]}",
+                    )
                 else:
                     state, error = ("committed" if mark >= seq else "pending"), ""
-                states.append(TargetChangeState(node_id=t.node_id, name=t.name, state=state, watermark=mark,
-                                                error=error))
+                states.append(
+                    TargetChangeState(
+                        node_id=t.node_id, name=t.name, state=state, watermark=mark, error=error
+                    )
+                )
             return mapping.id, states

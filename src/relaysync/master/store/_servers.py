@@ -23,8 +23,16 @@ def check_not_revoked(session: Session, node_id: str) -> None:
         raise NodeRemoved(node_id[:16], f"server {revoked.name!r} was removed from the fleet")
 
 
-def register(session: Session, node_id: str, *, region: str, group: str, address: str, now: float,
-             bump_epoch: Callable[[Session], None]) -> Server:
+def register(
+    session: Session,
+    node_id: str,
+    *,
+    region: str,
+    group: str,
+    address: str,
+    now: float,
+    bump_epoch: Callable[[Session], None],
+) -> Server:
     """A known node's control link is up: note its address (and region and group, unless an
     operator placed it), and mark it up.
 
@@ -35,7 +43,9 @@ def register(session: Session, node_id: str, *, region: str, group: str, address
     # Locked (PostgreSQL: FOR UPDATE) so that a deletion cannot slip in between.
     row = session.get(Server, node_id, with_for_update=True)
     if row is None:
-        raise NodeRemoved(node_id[:16], "this master does not know it: removed, or joined another master")
+        raise NodeRemoved(
+            node_id[:16], "this master does not know it: removed, or joined another master"
+        )
     if row.address != address:
         bump_epoch(session)  # peers address it by its address
     row.address = address
@@ -55,7 +65,9 @@ def revoke(session: Session, row: Server, now: float) -> None:
 def mapping_members(session: Session) -> dict[int, tuple[str, frozenset[str]]]:
     """Every mapping's source node and target nodes, by mapping id."""
     targets: dict[int, set[str]] = {}
-    for mapping_id, node_id in session.execute(select(MappingTarget.mapping_id, MappingTarget.node_id)):
+    for mapping_id, node_id in session.execute(
+        select(MappingTarget.mapping_id, MappingTarget.node_id)
+    ):
         targets.setdefault(mapping_id, set()).add(node_id)
     return {
         mapping_id: (source, frozenset(targets.get(mapping_id, ())))

@@ -74,8 +74,12 @@ class PurgeLogRow(Base):
     cache: Mapped[str] = mapped_column(NAME)
     url: Mapped[str] = mapped_column(Text)
     action: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(32))  # refreshed purged not_cached banned refused failed
-    confirmed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # None: no origin to compare
+    status: Mapped[str] = mapped_column(
+        String(32)
+    )  # refreshed purged not_cached banned refused failed
+    confirmed: Mapped[bool | None] = mapped_column(
+        Boolean, nullable=True
+    )  # None: no origin to compare
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     at: Mapped[float] = mapped_column(Float)
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)

@@ -28,8 +28,21 @@ from relaysync.purge.site import DRIVER_NAMES, CacheSpec, OriginSpec, SiteSpec
 
 logger = logging.getLogger(__name__)
 
-SITE_FIELDS = frozenset({"name", "provider", "mapping", "root", "base_urls", "aliases",
-                         "path_prefix", "index_files", "caches", "origins", "secret"})
+SITE_FIELDS = frozenset(
+    {
+        "name",
+        "provider",
+        "mapping",
+        "root",
+        "base_urls",
+        "aliases",
+        "path_prefix",
+        "index_files",
+        "caches",
+        "origins",
+        "secret",
+    }
+)
 MIN_SECRET_CHARS = 16  # an HMAC key shorter than this is guessable
 MAX_PATHS_UNDER = 10_000  # a directory rename purges at most this many known paths one by one
 _HOST = re.compile(r"^[A-Za-z0-9._-]+(:[0-9]{1,5})?$")
@@ -77,19 +90,27 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
     name = _check_name(raw.get("name"), "cache name")
     driver = raw.get("driver")
     if driver not in DRIVER_NAMES:
-        raise ConfigError(f"cache {name!r}: driver {driver!r} must be one of {', '.join(DRIVER_NAMES)}")
+        raise ConfigError(
+            f"cache {name!r}: driver {driver!r} must be one of {', '.join(DRIVER_NAMES)}"
+        )
     split_address(str(raw.get("address", "")))
     method = str(raw.get("method") or "PURGE").upper()
     if not _METHOD.match(method):
         raise ConfigError(f"cache {name!r}: method {method!r} is not an HTTP method")
     headers = raw.get("headers") or {}
-    if not isinstance(headers, dict) or any("\n" in f"{k}{v}" or "\r" in f"{k}{v}"
-                                            for k, v in headers.items()):
+    if not isinstance(headers, dict) or any(
+        "\n" in f"{k}{v}" or "\r" in f"{k}{v}" for k, v in headers.items()
+    ):
         raise ConfigError(f"cache {name!r}: headers must be a name -> value object, one line each")
-    return {"name": name, "driver": driver, "address": str(raw["address"]),
-            "refresh": bool(raw.get("refresh", True)), "method": method,
-            "path_template": str(raw.get("path_template") or "{path}"),
-            "headers": {str(k): str(v) for k, v in headers.items()}}
+    return {
+        "name": name,
+        "driver": driver,
+        "address": str(raw["address"]),
+        "refresh": bool(raw.get("refresh", True)),
+        "method": method,
+        "path_template": str(raw.get("path_template") or "{path}"),
+        "headers": {str(k): str(v) for k, v in headers.items()},
+    }
 
 
 def _check_origin(session: Session, raw: dict[str, Any]) -> dict[str, str]:
@@ -156,24 +177,44 @@ def find_site(session: Session, ref: int | str) -> Site:
 
 
 def _spec(session: Session, row: Site, names: dict[str, str]) -> SiteSpec:
-    origins = [OriginSpec(node_id=o.get("node_id", ""), name=names.get(o.get("node_id", ""), ""),
-                          url=o.get("url", "")) for o in row.origins]
+    origins = [
+        OriginSpec(
+            node_id=o.get("node_id", ""),
+            name=names.get(o.get("node_id", ""), ""),
+            url=o.get("url", ""),
+        )
+        for o in row.origins
+    ]
     if row.mapping_id is not None and not any(o.node_id for o in origins):
-        targets = session.scalars(select(MappingTarget.node_id)
-                                  .where(MappingTarget.mapping_id == row.mapping_id))
+        targets = session.scalars(
+            select(MappingTarget.node_id).where(MappingTarget.mapping_id == row.mapping_id)
+        )
         origins += [OriginSpec(node_id=t, name=names.get(t, "")) for t in targets]
     provider = session.get(Provider, row.provider_id)
     return SiteSpec(
-        id=row.id, name=row.name, provider=provider.name if provider else "",
-        mapping_id=row.mapping_id, root=row.root, base_urls=tuple(row.base_urls),
-        aliases=tuple(row.aliases), path_prefix=row.path_prefix,
+        id=row.id,
+        name=row.name,
+        provider=provider.name if provider else "",
+        mapping_id=row.mapping_id,
+        root=row.root,
+        base_urls=tuple(row.base_urls),
+        aliases=tuple(row.aliases),
+        path_prefix=row.path_prefix,
         index_files=tuple(row.index_files),
-        caches=tuple(CacheSpec(name=c["name"], driver=c["driver"], address=c["address"],
-                               refresh=c["refresh"], method=c["method"],
-                               path_template=c["path_template"],
-                               headers=tuple(sorted(c["headers"].items())))
-                     for c in row.caches),
-        origins=tuple(origins), secret=row.secret,
+        caches=tuple(
+            CacheSpec(
+                name=c["name"],
+                driver=c["driver"],
+                address=c["address"],
+                refresh=c["refresh"],
+                method=c["method"],
+                path_template=c["path_template"],
+                headers=tuple(sorted(c["headers"].items())),
+            )
+            for c in row.caches
+        ),
+        origins=tuple(origins),
+        secret=row.secret,
     )
 
 
@@ -208,8 +249,13 @@ class SiteStore:
         with self._write("create site") as session:
             v = _validate(session, fields, None)
             now = time.time()
-            row = Site(provider_id=_provider(session, fields["provider"]).id, secret=secret,
-                       created_at=now, updated_at=now, **v)
+            row = Site(
+                provider_id=_provider(session, fields["provider"]).id,
+                secret=secret,
+                created_at=now,
+                updated_at=now,
+                **v,
+            )
             session.add(row)
             session.flush()
             return _specs(session, [row])[0]
@@ -221,12 +267,18 @@ class SiteStore:
             raise ConfigError(f"site fields {sorted(unknown)} cannot be changed")
         with self._write("update site") as session:
             row = find_site(session, ref)
-            merged = {"name": row.name, "mapping": row.mapping_id, "root": row.root,
-                      "base_urls": row.base_urls, "aliases": row.aliases,
-                      "path_prefix": row.path_prefix, "index_files": row.index_files,
-                      "caches": row.caches,
-                      "origins": [{"server": o.get("node_id"), "url": o.get("url")}
-                                  for o in row.origins], **fields}
+            merged = {
+                "name": row.name,
+                "mapping": row.mapping_id,
+                "root": row.root,
+                "base_urls": row.base_urls,
+                "aliases": row.aliases,
+                "path_prefix": row.path_prefix,
+                "index_files": row.index_files,
+                "caches": row.caches,
+                "origins": [{"server": o.get("node_id"), "url": o.get("url")} for o in row.origins],
+                **fields,
+            }
             for key, value in _validate(session, merged, row.id).items():
                 setattr(row, key, value)
             if "provider" in fields:
@@ -259,10 +311,15 @@ class SiteStore:
 
     def list_providers(self) -> list[ProviderInfo]:
         with self._read("list providers") as session:
-            counts = dict(session.execute(select(Site.provider_id, func.count())
-                                          .group_by(Site.provider_id)).all())
-            return [ProviderInfo(id=p.id, name=p.name, sites=counts.get(p.id, 0))
-                    for p in session.scalars(select(Provider).order_by(Provider.name))]
+            counts = dict(
+                session.execute(
+                    select(Site.provider_id, func.count()).group_by(Site.provider_id)
+                ).all()
+            )
+            return [
+                ProviderInfo(id=p.id, name=p.name, sites=counts.get(p.id, 0))
+                for p in session.scalars(select(Provider).order_by(Provider.name))
+            ]
 
     def server_states(self) -> dict[str, str]:
         """Return node id -> up | down | unknown for every server."""
@@ -288,52 +345,112 @@ class SiteStore:
         """Make purges durable; return them with their queue ids."""
         now = time.time()
         with self._write("enqueue purges") as session:
-            rows = [PurgeQueueRow(site_id=i.site_id, cache=i.cache, url=i.url, action=i.action,
-                                  attempts=0, next_at=now, created_at=now, last_error="")
-                    for i in items]
+            rows = [
+                PurgeQueueRow(
+                    site_id=i.site_id,
+                    cache=i.cache,
+                    url=i.url,
+                    action=i.action,
+                    attempts=0,
+                    next_at=now,
+                    created_at=now,
+                    last_error="",
+                )
+                for i in items
+            ]
             session.add_all(rows)
             session.flush()
-            return [QueuedPurge(id=r.id, item=i, attempts=0, next_at=now)
-                    for r, i in zip(rows, items, strict=True)]
+            return [
+                QueuedPurge(id=r.id, item=i, attempts=0, next_at=now)
+                for r, i in zip(rows, items, strict=True)
+            ]
 
     def pending_purges(self) -> list[QueuedPurge]:
         """Return every queued purge (after a restart), oldest first."""
         with self._read("pending purges") as session:
-            return [QueuedPurge(id=r.id, attempts=r.attempts, next_at=r.next_at,
-                                item=PurgeItem(site_id=r.site_id, cache=r.cache, url=r.url,
-                                               action=r.action if r.action in ACTIONS else "refresh"))  # type: ignore[arg-type]
-                    for r in session.scalars(select(PurgeQueueRow).order_by(PurgeQueueRow.id))]
+            return [
+                QueuedPurge(
+                    id=r.id,
+                    attempts=r.attempts,
+                    next_at=r.next_at,
+                    item=PurgeItem(
+                        site_id=r.site_id,
+                        cache=r.cache,
+                        url=r.url,
+                        action=r.action if r.action in ACTIONS else "refresh",  # type: ignore[arg-type]
+                    ),
+                )
+                for r in session.scalars(select(PurgeQueueRow).order_by(PurgeQueueRow.id))
+            ]
 
-    def finish_purges(self, done: Sequence[int], results: Sequence[PurgeResult],
-                      retries: Sequence[Retry]) -> None:
+    def finish_purges(
+        self, done: Sequence[int], results: Sequence[PurgeResult], retries: Sequence[Retry]
+    ) -> None:
         """In one transaction: drop finished purges, log results, reschedule retries."""
         with self._write("finish purges") as session:
             if done:
                 session.execute(delete(PurgeQueueRow).where(PurgeQueueRow.id.in_(list(done))))
             sites = {r.item.site_id for r in results}
-            alive = set(session.scalars(select(Site.id).where(Site.id.in_(sites)))) if sites else set()
-            session.add_all(PurgeLogRow(
-                site_id=r.item.site_id, cache=r.item.cache, url=r.item.url, action=r.item.action,
-                status=r.status, confirmed=r.confirmed, attempts=r.attempts, at=r.at,
-                duration_ms=r.duration_ms, detail=r.detail[:2000])
-                for r in results if r.item.site_id in alive)
+            alive = (
+                set(session.scalars(select(Site.id).where(Site.id.in_(sites)))) if sites else set()
+            )
+            session.add_all(
+                PurgeLogRow(
+                    site_id=r.item.site_id,
+                    cache=r.item.cache,
+                    url=r.item.url,
+                    action=r.item.action,
+                    status=r.status,
+                    confirmed=r.confirmed,
+                    attempts=r.attempts,
+                    at=r.at,
+                    duration_ms=r.duration_ms,
+                    detail=r.detail[:2000],
+                )
+                for r in results
+                if r.item.site_id in alive
+            )
             for retry in retries:
-                session.execute(update(PurgeQueueRow).where(PurgeQueueRow.id == retry.id).values(
-                    attempts=retry.attempts, next_at=retry.next_at, last_error=retry.error[:2000]))
+                session.execute(
+                    update(PurgeQueueRow)
+                    .where(PurgeQueueRow.id == retry.id)
+                    .values(
+                        attempts=retry.attempts,
+                        next_at=retry.next_at,
+                        last_error=retry.error[:2000],
+                    )
+                )
 
-    def purge_log(self, *, site: int | str | None = None, limit: int = 100,
-                  before: int | None = None) -> list[PurgeLogEntry]:
+    def purge_log(
+        self, *, site: int | str | None = None, limit: int = 100, before: int | None = None
+    ) -> list[PurgeLogEntry]:
         """Return purge outcomes, newest first."""
         with self._read("purge log") as session:
-            q = select(PurgeLogRow).order_by(PurgeLogRow.id.desc()).limit(max(1, min(limit, 10_000)))
+            q = (
+                select(PurgeLogRow)
+                .order_by(PurgeLogRow.id.desc())
+                .limit(max(1, min(limit, 10_000)))
+            )
             if site is not None:
                 q = q.where(PurgeLogRow.site_id == find_site(session, site).id)
             if before is not None:
                 q = q.where(PurgeLogRow.id < before)
-            return [PurgeLogEntry(id=r.id, site_id=r.site_id, cache=r.cache, url=r.url,
-                                  action=r.action, status=r.status, confirmed=r.confirmed,
-                                  attempts=r.attempts, at=r.at, duration_ms=r.duration_ms,
-                                  detail=r.detail) for r in session.scalars(q)]
+            return [
+                PurgeLogEntry(
+                    id=r.id,
+                    site_id=r.site_id,
+                    cache=r.cache,
+                    url=r.url,
+                    action=r.action,
+                    status=r.status,
+                    confirmed=r.confirmed,
+                    attempts=r.attempts,
+                    at=r.at,
+                    duration_ms=r.duration_ms,
+                    detail=r.detail,
+                )
+                for r in session.scalars(q)
+            ]
 
     def queued_purges(self) -> int:
         with self._read("queued purges") as session:

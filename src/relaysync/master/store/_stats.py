@@ -48,7 +48,9 @@ class StatRow:
     file_ms_p50: float | None  # transfer time per committed file on its target, percentiles
     file_ms_p95: float | None
     file_ms_p99: float | None
-    latency_ms_p50: float | None = None  # source journaled -> target committed, per file, percentiles
+    latency_ms_p50: float | None = (
+        None  # source journaled -> target committed, per file, percentiles
+    )
     latency_ms_p95: float | None = None
     latency_ms_p99: float | None = None
 
@@ -69,12 +71,20 @@ class _Acc:
         p50, p95, p99 = (weighted_percentile(self.durations, p) for p in PERCENTILES)
         l50, l95, l99 = (weighted_percentile(self.latencies, p) for p in PERCENTILES)
         return StatRow(
-            key=key, files=self.files, wire_bytes=self.wire_bytes, failures=self.failures,
-            failed_attempts=self.failed_attempts, open_failures=self.open_failures,
+            key=key,
+            files=self.files,
+            wire_bytes=self.wire_bytes,
+            failures=self.failures,
+            failed_attempts=self.failed_attempts,
+            open_failures=self.open_failures,
             changes=self.changes if with_changes else None,
             change_bytes=self.change_bytes if with_changes else None,
-            file_ms_p50=p50, file_ms_p95=p95, file_ms_p99=p99,
-            latency_ms_p50=l50, latency_ms_p95=l95, latency_ms_p99=l99,
+            file_ms_p50=p50,
+            file_ms_p95=p95,
+            file_ms_p99=p99,
+            latency_ms_p50=l50,
+            latency_ms_p95=l95,
+            latency_ms_p99=l99,
         )
 
 
@@ -104,8 +114,9 @@ class StatsStore:
     def __init__(self, read: SessionFn) -> None:
         self._read = read
 
-    def stats(self, *, by: str = "mapping", since: float | None = None,
-              until: float | None = None) -> list[StatRow]:
+    def stats(
+        self, *, by: str = "mapping", since: float | None = None, until: float | None = None
+    ) -> list[StatRow]:
         """Return the figures per `by` group over [since, until), sorted by key.
 
         Args:
@@ -133,7 +144,9 @@ class _Keys:
     def __init__(self, session: Session, by: str) -> None:
         self.by = by
         self._servers = {s.node_id: s for s in session.scalars(select(Server))}
-        self._mappings: dict[int, str] = {i: n for i, n in session.execute(select(Mapping.id, Mapping.name))}
+        self._mappings: dict[int, str] = {
+            i: n for i, n in session.execute(select(Mapping.id, Mapping.name))
+        }
 
     def of(self, mapping_id: int, target_node: str | None, at: float) -> str:
         if self.by == "day":
@@ -154,12 +167,28 @@ def _bounded(query: Any, column: Any, since: float | None, until: float | None) 
     return query
 
 
-def _fold_advances(session: Session, keys: _Keys, groups: dict[str, _Acc],
-                   since: float | None, until: float | None) -> None:
+def _fold_advances(
+    session: Session, keys: _Keys, groups: dict[str, _Acc], since: float | None, until: float | None
+) -> None:
     a = ADVANCES.c
-    query = _bounded(select(a.mapping_id, a.target_node, a.at, a.files, a.wire_bytes, a.duration_ms,
-                            a.latency_ms, a.latency_files), a.at, since, until)
-    for mapping_id, target, at, files, wire_bytes, duration_ms, latency_ms, latency_files in _rows(session, query):
+    query = _bounded(
+        select(
+            a.mapping_id,
+            a.target_node,
+            a.at,
+            a.files,
+            a.wire_bytes,
+            a.duration_ms,
+            a.latency_ms,
+            a.latency_files,
+        ),
+        a.at,
+        since,
+        until,
+    )
+    for mapping_id, target, at, files, wire_bytes, duration_ms, latency_ms, latency_files in _rows(
+        session, query
+    ):
         acc = groups.setdefault(keys.of(mapping_id, target, at), _Acc())
         acc.files += int(files)
         acc.wire_bytes += int(wire_bytes)
@@ -169,11 +198,13 @@ def _fold_advances(session: Session, keys: _Keys, groups: dict[str, _Acc],
             acc.latencies.append((float(latency_ms) / latency_files, int(latency_files)))
 
 
-def _fold_exceptions(session: Session, keys: _Keys, groups: dict[str, _Acc],
-                     since: float | None, until: float | None) -> None:
+def _fold_exceptions(
+    session: Session, keys: _Keys, groups: dict[str, _Acc], since: float | None, until: float | None
+) -> None:
     e = EXCEPTIONS.c
-    query = _bounded(select(e.mapping_id, e.target_node, e.at, e.attempts, e.resolved_at),
-                     e.at, since, until)
+    query = _bounded(
+        select(e.mapping_id, e.target_node, e.at, e.attempts, e.resolved_at), e.at, since, until
+    )
     for mapping_id, target, at, attempts, resolved_at in _rows(session, query):
         acc = groups.setdefault(keys.of(mapping_id, target, at), _Acc())
         acc.failures += 1
@@ -181,8 +212,9 @@ def _fold_exceptions(session: Session, keys: _Keys, groups: dict[str, _Acc],
         acc.open_failures += resolved_at is None
 
 
-def _fold_changes(session: Session, keys: _Keys, groups: dict[str, _Acc],
-                  since: float | None, until: float | None) -> None:
+def _fold_changes(
+    session: Session, keys: _Keys, groups: dict[str, _Acc], since: float | None, until: float | None
+) -> None:
     c = CHANGES.c
     query = _bounded(select(c.mapping_id, c.reported_at, c.size), c.reported_at, since, until)
     for mapping_id, reported_at, size in _rows(session, query):

@@ -59,4 +59,3 @@ class TokenStore:
                 select(ApiToken.id).where(ApiToken.token_hash == hash_token(token))
             )
             return found is not None
-

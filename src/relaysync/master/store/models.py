@@ -126,7 +126,10 @@ class Change(Base):
     # unix time (source clock) the source journaled it; 0 = unknown (0009_retention)
     changed_at: Mapped[float] = mapped_column(Float, default=0.0)
 
-    __table_args__ = (Index("ix_changes_seq", "seq"), Index("ix_changes_reported_at", "reported_at"))
+    __table_args__ = (
+        Index("ix_changes_seq", "seq"),
+        Index("ix_changes_reported_at", "reported_at"),
+    )
 
 
 class Watermark(Base):
@@ -300,4 +303,7 @@ class AlertRow(Base):
     acknowledged_by: Mapped[str] = mapped_column(NAME, default="")
     resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
-    __table_args__ = (Index("ix_alerts_key_state", "key", "state"), Index("ix_alerts_fired", "fired_at"))
+    __table_args__ = (
+        Index("ix_alerts_key_state", "key", "state"),
+        Index("ix_alerts_fired", "fired_at"),
+    )

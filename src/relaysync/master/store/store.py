@@ -81,8 +81,11 @@ def _next_mapping_id(session: Session) -> int:
     """A mapping id never given before, even to a deleted mapping: agents keep per-mapping state
     (journals, manifests, watermarks) under the id, so a reused id would inherit a stranger's.
     The UPDATE locks the row, so concurrent creations get different ids."""
-    session.execute(update(ConfigEpoch).where(ConfigEpoch.id == 1)
-                    .values(last_mapping_id=ConfigEpoch.last_mapping_id + 1))
+    session.execute(
+        update(ConfigEpoch)
+        .where(ConfigEpoch.id == 1)
+        .values(last_mapping_id=ConfigEpoch.last_mapping_id + 1)
+    )
     return int(session.scalar(select(ConfigEpoch.last_mapping_id).where(ConfigEpoch.id == 1)) or 0)
 
 
@@ -105,7 +108,9 @@ class Store(SiteStore, TokenStore, JobLogStore):
         self.policies = PolicyStore(self._read, self._write, _bump_epoch, _mappings.resolve_server)
         # transmission modes: real-time, manual, reserved (schedules and release counters)
         self.modes = ModeStore(self._read, self._write, _bump_epoch)
-        self.stats = StatsStore(self._read)  # job-log statistics by server, group, region, mapping, day
+        self.stats = StatsStore(
+            self._read
+        )  # job-log statistics by server, group, region, mapping, day
         # relay routes: auto/manual, fan-out, recovery policies, failed targets, recovery jobs
         self.routing = RoutingStore(self._read, self._write, _bump_epoch)
         # N:M jobs: member mappings per source, the newest-mtime rule, conflicts reported
@@ -192,8 +197,15 @@ class Store(SiteStore, TokenStore, JobLogStore):
             NodeRemoved: the node was removed from the fleet, or never joined.
         """
         with self._write("register server") as session:
-            row = _servers.register(session, node_id, region=region, group=group, address=address,
-                                    now=time.time(), bump_epoch=_bump_epoch)
+            row = _servers.register(
+                session,
+                node_id,
+                region=region,
+                group=group,
+                address=address,
+                now=time.time(),
+                bump_epoch=_bump_epoch,
+            )
             return _server_info(row)
 
     def is_revoked(self, node_id: str) -> bool:
@@ -210,8 +222,9 @@ class Store(SiteStore, TokenStore, JobLogStore):
         with self._read("mapping members") as session:
             return _servers.mapping_members(session)
 
-    def set_server_state(self, node_id: str, state: str, last_seen: float, *,
-                         unless_seen_since: float | None = None) -> bool:
+    def set_server_state(
+        self, node_id: str, state: str, last_seen: float, *, unless_seen_since: float | None = None
+    ) -> bool:
         """Record that a server is up, down or unknown, as last seen at `last_seen` (unix time).
 
         Args:
@@ -232,7 +245,11 @@ class Store(SiteStore, TokenStore, JobLogStore):
             row = session.get(Server, node_id, with_for_update=unless_seen_since is not None)
             if row is None:
                 raise NotFound("Server", node_id)
-            if unless_seen_since is not None and row.last_seen is not None and row.last_seen >= unless_seen_since:
+            if (
+                unless_seen_since is not None
+                and row.last_seen is not None
+                and row.last_seen >= unless_seen_since
+            ):
                 return False
             row.state, row.last_seen = state, last_seen
             return True
@@ -265,7 +282,9 @@ class Store(SiteStore, TokenStore, JobLogStore):
             row = _mappings.resolve_server(session, name_or_node_id)
             row.region = region if region is not None else row.region
             row.group_name = group if group is not None else row.group_name
-            row.capacity_weight = capacity_weight if capacity_weight is not None else row.capacity_weight
+            row.capacity_weight = (
+                capacity_weight if capacity_weight is not None else row.capacity_weight
+            )
             row.topology_locked = locked if locked is not None else True
             _bump_epoch(session)
             session.flush()
@@ -408,8 +427,12 @@ class Store(SiteStore, TokenStore, JobLogStore):
         with self._read("get mapping") as session:
             return _mappings.infos(session, [_mappings.find_mapping(session, id_or_name)])[0]
 
-    def assignment_for(self, node_id: str, relay_for: Sequence[int] = (),
-                       route: Callable[[MappingSpec], MappingSpec] | None = None) -> Assignment:
+    def assignment_for(
+        self,
+        node_id: str,
+        relay_for: Sequence[int] = (),
+        route: Callable[[MappingSpec], MappingSpec] | None = None,
+    ) -> Assignment:
         """Return what `node_id` must run: every mapping it is source or target of, and its peers.
 
         `relay_for` adds mappings the node only relays (a manual route through a non-target); the
@@ -446,9 +469,26 @@ class Store(SiteStore, TokenStore, JobLogStore):
             )
             return Assignment(
                 epoch=epoch,
-                mappings=tuple(secrets_for(spec, node_id) for spec in self.nm_jobs.apply(
-                    session, list(self.modes.apply(session, list(self.policies.apply(
-                        session, [route(s) if route else s for s in (i.to_spec() for i in infos)])))))),
+                mappings=tuple(
+                    secrets_for(spec, node_id)
+                    for spec in self.nm_jobs.apply(
+                        session,
+                        list(
+                            self.modes.apply(
+                                session,
+                                list(
+                                    self.policies.apply(
+                                        session,
+                                        [
+                                            route(s) if route else s
+                                            for s in (i.to_spec() for i in infos)
+                                        ],
+                                    )
+                                ),
+                            )
+                        ),
+                    )
+                ),
                 peers=tuple(
                     PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers
                 ),

@@ -24,7 +24,9 @@ class ServerInfo:
     capacity_weight: int
     created_at: float
     health: ServerHealth = "ok"  # "unhealthy": over a threshold or failing a probe; no relay
-    topology_locked: bool = False  # an operator set region/group: the agent's registration no longer does
+    topology_locked: bool = (
+        False  # an operator set region/group: the agent's registration no longer does
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

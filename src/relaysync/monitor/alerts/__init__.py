@@ -21,8 +21,9 @@ CHANNELS: dict[str, type[Channel]] = {
 }
 
 
-def build_channel(kind: str, config: dict[str, Any], *,
-                  alarm: Callable[[Notice], None] | None = None) -> Channel:
+def build_channel(
+    kind: str, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None
+) -> Channel:
     """Return a channel of `kind` from its stored configuration.
 
     Args:
@@ -33,7 +34,9 @@ def build_channel(kind: str, config: dict[str, Any], *,
     """
     cls = CHANNELS.get(kind)
     if cls is None:
-        raise ConfigError(f"alert channel kind {kind!r} must be one of {', '.join(sorted(CHANNELS))}")
+        raise ConfigError(
+            f"alert channel kind {kind!r} must be one of {', '.join(sorted(CHANNELS))}"
+        )
     return cls.from_config(config, alarm=alarm)
 
 

@@ -25,19 +25,34 @@ class Notice:
     def fields(self) -> dict[str, str]:
         """The placeholders a template may use, as text."""
         value = "" if self.value is None else f"{self.value:g}"
-        return {"alert_id": str(self.alert_id), "server": self.server, "metric": self.metric,
-                "value": value, "state": self.state, "message": self.message}
+        return {
+            "alert_id": str(self.alert_id),
+            "server": self.server,
+            "metric": self.metric,
+            "value": value,
+            "state": self.state,
+            "message": self.message,
+        }
 
     def subject(self) -> str:
         return f"[relaysync] {self.state.upper()}: {self.server} {self.metric}"
 
     def text(self) -> str:
         value = "" if self.value is None else f" (value {self.value:g})"
-        return f"{self.state}: {self.message}{value}\nserver: {self.server}\nalert: {self.alert_id}\n"
+        return (
+            f"{self.state}: {self.message}{value}\nserver: {self.server}\nalert: {self.alert_id}\n"
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"alert_id": self.alert_id, "server": self.server, "metric": self.metric,
-                "value": self.value, "state": self.state, "message": self.message, "at": self.at}
+        return {
+            "alert_id": self.alert_id,
+            "server": self.server,
+            "metric": self.metric,
+            "value": self.value,
+            "state": self.state,
+            "message": self.message,
+            "at": self.at,
+        }
 
 
 _PLACEHOLDER = re.compile(r"\{(alert_id|server|metric|value|state|message)\}")
@@ -63,7 +78,9 @@ class Channel:
     kind: ClassVar[str] = ""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None) -> Channel:
+    def from_config(
+        cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None
+    ) -> Channel:
         raise NotImplementedError
 
     async def send(self, notice: Notice) -> None:

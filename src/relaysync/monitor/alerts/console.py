@@ -18,7 +18,9 @@ class ConsoleChannel(Channel):
         self.alarm = alarm
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None) -> Channel:
+    def from_config(
+        cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None
+    ) -> Channel:
         if alarm is None:
             raise ConfigError("console alert channel: no console to raise alarms on")
         return cls(alarm)

@@ -24,11 +24,20 @@ class SmsChannel(Channel):
 
     kind = "sms"
 
-    def __init__(self, *, url: str, method: str, body_template: str, headers: dict[str, str]) -> None:
-        self.url, self.method, self.body_template, self.headers = url, method, body_template, headers
+    def __init__(
+        self, *, url: str, method: str, body_template: str, headers: dict[str, str]
+    ) -> None:
+        self.url, self.method, self.body_template, self.headers = (
+            url,
+            method,
+            body_template,
+            headers,
+        )
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None) -> Channel:
+    def from_config(
+        cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None
+    ) -> Channel:
         url = str(require(config, "url", "sms"))
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"sms alert channel: url {url!r} must be http(s)")
@@ -41,8 +50,12 @@ class SmsChannel(Channel):
         headers = {str(k): str(v) for k, v in headers.items()}
         if config.get("content_type"):
             headers["Content-Type"] = str(config["content_type"])
-        return cls(url=url, method=method, body_template=str(config.get("body_template", "")),
-                   headers=headers)
+        return cls(
+            url=url,
+            method=method,
+            body_template=str(config.get("body_template", "")),
+            headers=headers,
+        )
 
     def request_of(self, notice: Notice) -> tuple[str, str, dict[str, str], str]:
         """Return (method, url, headers, body) with the template filled in."""
@@ -54,8 +67,9 @@ class SmsChannel(Channel):
         method, url, headers, body = self.request_of(notice)
         try:
             async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
-                response = await client.request(method, url, headers=headers,
-                                                content=body.encode() if body else None)
+                response = await client.request(
+                    method, url, headers=headers, content=body.encode() if body else None
+                )
         except httpx.HTTPError as exc:
             raise AlertDeliveryFailed(f"sms gateway {self.url}", exc) from exc
         if response.status_code >= 300:

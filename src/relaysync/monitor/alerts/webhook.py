@@ -21,7 +21,9 @@ class WebhookChannel(Channel):
         self.url, self.headers = url, headers
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None) -> Channel:
+    def from_config(
+        cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None
+    ) -> Channel:
         url = str(require(config, "url", "webhook"))
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"webhook alert channel: url {url!r} must be http(s)")

@@ -24,8 +24,10 @@ def make_driver(cache: CacheSpec, client: httpx.AsyncClient) -> Driver:
     try:
         return DRIVERS[cache.driver](cache, client)
     except KeyError:
-        raise ConfigError(f"cache {cache.name!r}: unknown driver {cache.driver!r}; "
-                          f"use one of {', '.join(sorted(DRIVERS))}") from None
+        raise ConfigError(
+            f"cache {cache.name!r}: unknown driver {cache.driver!r}; "
+            f"use one of {', '.join(sorted(DRIVERS))}"
+        ) from None
 
 
 __all__ = ["DRIVERS", "Driver", "GenericHttp", "Nginx", "Reply", "Squid", "Varnish", "make_driver"]

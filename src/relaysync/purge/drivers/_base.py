@@ -50,8 +50,14 @@ class Driver:
         self.one_request = cache.refresh  # cleared when the cache turns out not to support it
         self.stale_refreshes = 0  # one-request refreshes the cache ignored (confirm.py)
 
-    async def request(self, method: str, url: Url, *, target: str | None = None,
-                      headers: dict[str, str] | None = None) -> Reply:
+    async def request(
+        self,
+        method: str,
+        url: Url,
+        *,
+        target: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
         """Send one request to the cache for `url` and read the whole answer.
 
         Raises:
@@ -61,7 +67,9 @@ class Driver:
         try:
             r = await self.client.request(method, self.base + (target or url.target), headers=sent)
         except httpx.HTTPError as exc:
-            raise PurgeError(f"{self.cache.name}: {method} {url}: {type(exc).__name__}: {exc}") from exc
+            raise PurgeError(
+                f"{self.cache.name}: {method} {url}: {type(exc).__name__}: {exc}"
+            ) from exc
         return Reply(r.status_code, r.content, r.headers)
 
     async def get(self, url: Url) -> Reply:
@@ -97,8 +105,9 @@ class Driver:
                 if reply.status < 500:
                     return "refreshed"
                 if reply.status == 501:  # the cache does not know the refresh request
-                    logger.warning("cache %s has no one-request refresh; using PURGE + GET",
-                                   self.cache.name)
+                    logger.warning(
+                        "cache %s has no one-request refresh; using PURGE + GET", self.cache.name
+                    )
                     self.one_request = False
                 else:
                     raise PurgeError(f"{self.cache.name}: refresh {url}: HTTP {reply.status}")

@@ -24,8 +24,11 @@ def _query_value(value: str) -> str:
 
 
 def _fill(template: str, url: Url, escape: Callable[[str], str]) -> str:
-    return (template.replace("{path}", escape(url.target)).replace("{host}", escape(url.host))
-            .replace("{url}", escape(str(url))))
+    return (
+        template.replace("{path}", escape(url.target))
+        .replace("{host}", escape(url.host))
+        .replace("{url}", escape(str(url)))
+    )
 
 
 class GenericHttp(Driver):

@@ -24,7 +24,9 @@ class Nginx(Driver):
         reply = await self.request("GET", url, headers={REFRESH_HEADER: "1"})
         if reply.headers.get("x-cache-status", "").upper() not in ("BYPASS", "MISS", "EXPIRED"):
             # proxy_cache_bypass is not set up for us: the cache answered from its copy
-            logger.warning("nginx %s ignores %s; using PURGE + GET", self.cache.name, REFRESH_HEADER)
+            logger.warning(
+                "nginx %s ignores %s; using PURGE + GET", self.cache.name, REFRESH_HEADER
+            )
             self.one_request = False
             await self.purge(url)
             return await self.get(url)

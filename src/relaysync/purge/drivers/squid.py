@@ -14,5 +14,6 @@ class Squid(Driver):
     name: ClassVar[str] = "squid"
 
     async def refresh_in_place(self, url: Url) -> Reply | None:
-        return await self.request("GET", url, headers={"Cache-Control": "no-cache",
-                                                       "Pragma": "no-cache"})
+        return await self.request(
+            "GET", url, headers={"Cache-Control": "no-cache", "Pragma": "no-cache"}
+        )

@@ -33,8 +33,12 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("provider_id", sa.Integer(), sa.ForeignKey("providers.id"), nullable=False),
-        sa.Column("mapping_id", sa.Integer(), sa.ForeignKey("mappings.id", ondelete="SET NULL"),
-                  nullable=True),
+        sa.Column(
+            "mapping_id",
+            sa.Integer(),
+            sa.ForeignKey("mappings.id", ondelete="SET NULL"),
+            nullable=True,
+        ),
         sa.Column("root", sa.Text(), nullable=False),
         sa.Column("base_urls", sa.JSON(), nullable=False),
         sa.Column("aliases", sa.JSON(), nullable=False),
@@ -51,8 +55,9 @@ def upgrade() -> None:
     op.create_table(
         "purge_queue",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
-        sa.Column("site_id", sa.Integer(), sa.ForeignKey("sites.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "site_id", sa.Integer(), sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("cache", sa.String(length=255), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
         sa.Column("action", sa.String(length=16), nullable=False),
@@ -65,8 +70,9 @@ def upgrade() -> None:
     op.create_table(
         "purge_log",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
-        sa.Column("site_id", sa.Integer(), sa.ForeignKey("sites.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "site_id", sa.Integer(), sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("cache", sa.String(length=255), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
         sa.Column("action", sa.String(length=16), nullable=False),

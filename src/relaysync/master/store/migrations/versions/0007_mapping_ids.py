@@ -22,9 +22,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("config_epoch", sa.Column("last_mapping_id", sa.BigInteger(), nullable=False,
-                                            server_default="0"))
-    op.execute("UPDATE config_epoch SET last_mapping_id = (SELECT COALESCE(MAX(id), 0) FROM mappings)")
+    op.add_column(
+        "config_epoch",
+        sa.Column("last_mapping_id", sa.BigInteger(), nullable=False, server_default="0"),
+    )
+    op.execute(
+        "UPDATE config_epoch SET last_mapping_id = (SELECT COALESCE(MAX(id), 0) FROM mappings)"
+    )
 
 
 def downgrade() -> None:

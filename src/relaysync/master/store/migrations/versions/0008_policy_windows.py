@@ -24,11 +24,17 @@ depends_on: str | Sequence[str] | None = ("0004_policies", "0005_modes")
 
 
 def upgrade() -> None:
-    op.add_column("link_policies", sa.Column("windows", sa.JSON(), nullable=False, server_default="[]"))
-    op.add_column("link_policies", sa.Column("timezone", sa.String(length=64), nullable=False,
-                                             server_default=""))
-    op.add_column("mapping_modes", sa.Column("transfer_override", sa.String(length=8), nullable=False,
-                                             server_default=""))
+    op.add_column(
+        "link_policies", sa.Column("windows", sa.JSON(), nullable=False, server_default="[]")
+    )
+    op.add_column(
+        "link_policies",
+        sa.Column("timezone", sa.String(length=64), nullable=False, server_default=""),
+    )
+    op.add_column(
+        "mapping_modes",
+        sa.Column("transfer_override", sa.String(length=8), nullable=False, server_default=""),
+    )
 
 
 def downgrade() -> None:

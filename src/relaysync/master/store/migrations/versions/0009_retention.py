@@ -37,11 +37,17 @@ def upgrade() -> None:
         sa.Column("last_pruned", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.add_column("changes", sa.Column("changed_at", sa.Float(), nullable=False, server_default="0"))
-    op.add_column("watermark_advances",
-                  sa.Column("latency_ms", sa.Float(), nullable=False, server_default="0"))
-    op.add_column("watermark_advances",
-                  sa.Column("latency_files", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column(
+        "changes", sa.Column("changed_at", sa.Float(), nullable=False, server_default="0")
+    )
+    op.add_column(
+        "watermark_advances",
+        sa.Column("latency_ms", sa.Float(), nullable=False, server_default="0"),
+    )
+    op.add_column(
+        "watermark_advances",
+        sa.Column("latency_files", sa.Integer(), nullable=False, server_default="0"),
+    )
     op.create_index("ix_changes_reported_at", "changes", ["reported_at"])
     op.create_index("ix_watermark_advances_at", "watermark_advances", ["at"])
     op.create_index("ix_exceptions_resolved_at", "exceptions", ["resolved_at"])

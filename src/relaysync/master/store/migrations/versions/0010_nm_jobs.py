@@ -59,7 +59,9 @@ def upgrade() -> None:
         sa.Column("at", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(["job_id"], ["nm_jobs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("mapping_id", "target_node", "seq", "path_key", "at", name="uq_nm_conflict"),
+        sa.UniqueConstraint(
+            "mapping_id", "target_node", "seq", "path_key", "at", name="uq_nm_conflict"
+        ),
     )
     op.create_index("ix_nm_conflicts_job_id", "nm_conflicts", ["job_id"])
 

@@ -24,7 +24,13 @@ revision: str = "0011_policy_inherit"
 down_revision: str | None = "0008_policy_windows"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = (
-    "0002_sites", "0003_monitoring", "0006_routing", "0007_mapping_ids", "0009_retention", "0010_nm_jobs")
+    "0002_sites",
+    "0003_monitoring",
+    "0006_routing",
+    "0007_mapping_ids",
+    "0009_retention",
+    "0010_nm_jobs",
+)
 
 # column, type, the value a NULL took before this revision (what PUT stored for a field left out)
 COLUMNS: tuple[tuple[str, sa.types.TypeEngine[Any], str], ...] = (
@@ -51,5 +57,6 @@ def downgrade() -> None:
         op.execute(f"UPDATE link_policies SET {name} = {old} WHERE {name} IS NULL")
     with op.batch_alter_table("link_policies") as batch:
         for name, type_, _ in COLUMNS:
-            batch.alter_column(name, existing_type=type_, nullable=False,
-                               server_default=SERVER_DEFAULTS.get(name))
+            batch.alter_column(
+                name, existing_type=type_, nullable=False, server_default=SERVER_DEFAULTS.get(name)
+            )
