@@ -54,3 +54,31 @@ def test_a_target_outside_allowed_roots_is_refused_and_reported(confined: Fleet)
     error = next(e["error"] for e in _hop_failures(confined) if e["mapping_id"] == refused["id"])
     assert "is refused by this agent" in error and "outside allowed_roots" in error, error
     assert not (base / "elsewhere").exists()
+
+
+def test_a_target_that_cannot_be_opened_costs_its_own_mapping_only(confined: Fleet) -> None:
+    """A target folder that cannot be made (here a file where a directory should be; permission
+    denied or a full disk alike) failed the agent's whole assignment: its control link dropped
+    and came back in a loop, and none of its other mappings ran."""
+    base = confined.base
+    for name in ("a", "b"):
+        (base / name).mkdir()
+        (base / name / "f.txt").write_text(name)
+    (base / "allowed").mkdir()
+    (base / "allowed" / "blocker").write_text("a file, not a directory")
+    broken = confined.cluster.create_mapping(
+        "broken", "src", base / "a", [("t1", base / "allowed" / "blocker" / "a")]
+    )
+    confined.cluster.create_mapping("in", "src", base / "b", [("t1", base / "allowed" / "b")])
+    wait_until(
+        lambda: (base / "allowed" / "b" / "f.txt").exists(),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the other mapping replicated",
+    )
+    wait_until(
+        lambda: any(e["mapping_id"] == broken["id"] for e in _hop_failures(confined)),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the failure reported to the master",
+    )
+    error = next(e["error"] for e in _hop_failures(confined) if e["mapping_id"] == broken["id"])
+    assert "cannot open it" in error, error

@@ -232,7 +232,14 @@ class AgentService:
             if self._refuse(spec, path, "target"):
                 continue
             siblings = [f for f in self.targets.values() if f.root == Path(path)]
-            folder = await anyio.to_thread.run_sync(self._open_target, spec, Path(path), siblings)
+            try:
+                folder = await anyio.to_thread.run_sync(
+                    self._open_target, spec, Path(path), siblings
+                )
+            except OSError as exc:  # this mapping only: the agent's others go on
+                why = f"cannot open it: {exc.strerror or exc} (fix it; the next assignment retries)"
+                self._refused_target(spec, FolderRefused("target", path, mapping_id, why))
+                continue
             self._set_routes(folder, spec)
             self.targets[mapping_id] = folder
             await self._apply_relay(spec, folder)
@@ -377,16 +384,25 @@ class AgentService:
                 allowed_roots=self.allowed_roots,
             )
         except FolderRefused as exc:
-            if self._refusals_logged.get((spec.mapping_id, role)) != str(exc):
-                logger.error("%s", exc)  # once per folder and reason, not at every assignment
-            self._refusals_logged[(spec.mapping_id, role)] = str(exc)
             if role == "target":
-                self.refused[spec.mapping_id] = (exc, frozenset(parents_of(spec, self.node_id)))
+                self._refused_target(spec, exc)
+            else:
+                self._log_refusal(spec, role, exc)
             return True
         self._refusals_logged.pop((spec.mapping_id, role), None)
         if role == "target":
             self.refused.pop(spec.mapping_id, None)
         return False
+
+    def _log_refusal(self, spec: MappingSpec, role: str, exc: FolderRefused) -> None:
+        if self._refusals_logged.get((spec.mapping_id, role)) != str(exc):
+            logger.error("%s", exc)  # once per folder and reason, not at every assignment
+        self._refusals_logged[(spec.mapping_id, role)] = str(exc)
+
+    def _refused_target(self, spec: MappingSpec, exc: FolderRefused) -> None:
+        """Log the refusal once; the target's parents hear why when they connect."""
+        self._log_refusal(spec, "target", exc)
+        self.refused[spec.mapping_id] = (exc, frozenset(parents_of(spec, self.node_id)))
 
     def _open_target(
         self, spec: MappingSpec, root: Path, siblings: Sequence[TargetFolder] = ()
