@@ -65,7 +65,7 @@ def test_site_crud_hides_the_secret(client: TestClient) -> None:
     assert len(created["secret"]) >= 32  # shown once
     assert {o["name"] for o in created["origins"]} == {"t1", "t2"}  # default: the mapping's targets
     got = client.get("/api/sites/www").json()
-    assert got["secret"] == "**********" and got["caches"][1]["headers"] == {"X-Key": "k"}
+    assert got["secret"] == "**********" and got["caches"][1]["headers"] == {"X-Key": "********"}
     assert [s["name"] for s in client.get("/api/sites").json()] == ["www"]
     assert client.get("/api/providers").json() == [{"id": 1, "name": "acme", "sites": 1}]
     r = client.patch(
@@ -76,6 +76,28 @@ def test_site_crud_hides_the_secret(client: TestClient) -> None:
     assert [o["name"] for o in r.json()["origins"]] == ["t1"]
     assert client.delete("/api/sites/www").status_code == 204
     assert client.get("/api/sites/www").status_code == 404
+
+
+def test_cache_headers_are_never_sent_back_and_a_listing_sent_back_keeps_them(
+    client: TestClient, store: Store
+) -> None:
+    """An http cache's headers carry the purge API's token: GET showed them in clear. A PATCH of
+    the caches as listed (headers masked) keeps the stored values; the mask where nothing is
+    stored, or in a new site, is refused (it would become the token)."""
+    assert client.post("/api/sites", json=SITE).status_code == 201
+    listed = client.get("/api/sites/www").json()["caches"]
+    assert listed[1]["headers"] == {"X-Key": "********"}
+    listed[1]["address"] = "127.0.0.1:9001"
+    r = client.patch("/api/sites/www", json={"caches": listed})
+    assert r.status_code == 200, r.text
+    cdn = store.get_site("www").caches[1]
+    assert dict(cdn.headers) == {"X-Key": "k"} and cdn.address == "127.0.0.1:9001"
+    listed[1]["headers"] = {"X-Key": "********", "X-Other": "********"}
+    assert client.patch("/api/sites/www", json={"caches": listed}).status_code == 422
+    other = {**SITE, "name": "www2", "base_urls": ["http://other.example.com"], "aliases": []}
+    other["caches"] = [{**SITE["caches"][1], "headers": {"X-Key": "********"}}]
+    assert client.post("/api/sites", json=other).status_code == 422
+    assert dict(store.get_site("www").caches[1].headers) == {"X-Key": "k"}
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ from fastapi import Query, Request
 from pydantic import BaseModel, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._secrets import HIDDEN as MASK
+from relaysync.master.api._secrets import refuse_masked
 from relaysync.purge.site import SiteSpec
 
 logger = logging.getLogger(__name__)
@@ -142,13 +144,26 @@ def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
                 refresh=c.refresh,
                 method=c.method,
                 path_template=c.path_template,
-                headers=dict(c.headers),
+                headers={k: MASK for k in dict(c.headers)},  # purge API tokens: never sent back
             )
             for c in site.caches
         ],
         origins=[OriginOut(node_id=o.node_id, name=o.name, url=o.url) for o in site.origins],
         secret=site.secret if show_secret else HIDDEN,
     )
+
+
+def _keep_hidden_headers(caches: list[dict[str, Any]], current: SiteSpec) -> None:
+    """A header sent back as the mask (a listing edited and sent back) keeps its stored value,
+    from the cache of the same name; the mask anywhere else is refused (it would replace it)."""
+    stored = {c.name: dict(c.headers) for c in current.caches}
+    for cache in caches:
+        headers = cache.get("headers") or {}
+        old = stored.get(cache.get("name", ""), {})
+        for key, value in headers.items():
+            if value == MASK and key in old:
+                headers[key] = old[key]
+        refuse_masked(headers, f"cache {cache.get('name', '')!r}'s headers")
 
 
 def _sites_changed(request: Request) -> None:
@@ -175,14 +190,19 @@ def get_site(id_or_name: str, context: Context) -> SiteOut:
 
 def create_site(body: SiteIn, context: Context, request: Request) -> SiteOut:
     """Create a site; the answer shows its secret, the only time it is shown."""
-    site = context.store.create_site(**_fields(body, exclude_unset=False))
+    fields = _fields(body, exclude_unset=False)
+    refuse_masked([c.get("headers", {}) for c in fields.get("caches", [])], "a cache's headers")
+    site = context.store.create_site(**fields)
     _sites_changed(request)
     return _out(site, show_secret=True)
 
 
 def update_site(id_or_name: str, body: SitePatch, context: Context, request: Request) -> SiteOut:
     """Change some fields of a site."""
-    site = context.store.update_site(id_or_name, **_fields(body, exclude_unset=True))
+    fields = _fields(body, exclude_unset=True)
+    if "caches" in fields:
+        _keep_hidden_headers(fields["caches"], context.store.get_site(id_or_name))
+    site = context.store.update_site(id_or_name, **fields)
     _sites_changed(request)
     return _out(site, show_secret=body.secret is not None)
 
