@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from tests.component.agent._pair import SECRET, SRC, TGT, source_mapping, target_folder
 
 from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
@@ -22,37 +23,6 @@ from relaysync.transfer import ops
 from relaysync.transfer.receiver import TargetFolder
 from relaysync.transfer.sender import TargetAddress, TargetLink
 from relaysync.watch._fsevent import FsEvent
-from relaysync.watch.manifest import Manifest
-
-SECRET = b"s" * 32
-SRC, TGT = "a" * 64, "b" * 64
-
-
-def _source(tmp: Path) -> SourceMapping:
-    src = tmp / "src"
-    src.mkdir(exist_ok=True)
-    spec = MappingSpec(
-        mapping_id=1,
-        name="m",
-        source_node=SRC,
-        source_path=str(src),
-        targets=(TargetSpec(node_id=TGT, path="/t"),),
-        durability="fast",
-    )
-    return SourceMapping(spec, tmp / "state")
-
-
-def _folder(tmp: Path) -> TargetFolder:
-    root = tmp / "tgt"
-    root.mkdir(exist_ok=True)
-    return TargetFolder(
-        mapping_id=1,
-        source_node=SRC,
-        root=root,
-        manifest=Manifest(tmp / "tgt.db"),
-        durable=False,
-        link_secret=SECRET,
-    )
 
 
 def _server(folder: TargetFolder) -> PeerServer:
@@ -87,10 +57,10 @@ def test_a_target_refusing_every_time_is_backed_off_from_and_reported_as_failing
     directory: even root cannot write there). Each failure counts: the master sees 1, 2, 3, 4
     (it re-plans around the target at 2) and the waits grow, instead of a new session every
     0.2 s reported as a first failure for ever."""
-    source = _source(tmp_path)
+    source = source_mapping(tmp_path)
     (source.root / "d").mkdir()
     (source.root / "d" / "f").write_text("x")
-    folder = _folder(tmp_path)
+    folder = target_folder(tmp_path)
     (folder.root / "d").mkdir()
     if (
         subprocess.run(["chattr", "+i", str(folder.root / "d")], capture_output=True).returncode
@@ -126,7 +96,7 @@ def test_a_target_refusing_every_time_is_backed_off_from_and_reported_as_failing
 def test_a_file_with_a_future_mtime_found_by_a_scan_is_shipped(tmp_path: Path) -> None:
     """A scan holds back files modified in the last moment (maybe still being written); a file
     whose mtime is ahead of the clock (copied from a host whose clock is fast) is not one of them."""
-    source = _source(tmp_path)
+    source = source_mapping(tmp_path)
     (source.root / "future.html").write_text("future")
     ahead = time.time_ns() + 3600 * 10**9
     os.utime(source.root / "future.html", ns=(ahead, ahead))
@@ -164,7 +134,7 @@ def test_an_atomic_save_sent_late_reaches_the_target(tmp_path: Path) -> None:
     (source.root / "index.html").write_text("version 1")
     earlier = time.time_ns() - 10 * 10**9
     os.utime(source.root / "index.html", ns=(earlier, earlier))  # not a file being written
-    folder = _folder(tmp_path)
+    folder = target_folder(tmp_path)
 
     async def main() -> None:
         await source._record([FsEvent(kind="rescan", path="")])
@@ -197,8 +167,8 @@ def test_a_session_the_target_restarts_is_not_reported_as_a_failed_hop(tmp_path:
     """A target ends its session on purpose when it starts or stops relaying (or its link secret
     changes): its parent must reconnect without telling the master the hop failed. Twice in a
     row without traffic between made the master plan around a healthy hop."""
-    source = _source(tmp_path)
-    folder = _folder(tmp_path)
+    source = source_mapping(tmp_path)
+    folder = target_folder(tmp_path)
     reported: list[int] = []
 
     async def main() -> None:
@@ -250,11 +220,11 @@ def test_one_address_holding_connections_open_does_not_lock_other_peers_out(tmp_
     are closed at accept, and a source from another address still authenticates and ships a
     file. Before the per-address quota, the 256 filled the server's cap and the source was
     closed at accept until they timed out."""
-    source = _source(tmp_path)
+    source = source_mapping(tmp_path)
     (source.root / "index.html").write_text("served")
     earlier = time.time_ns() - 10 * 10**9
     os.utime(source.root / "index.html", ns=(earlier, earlier))
-    folder = _folder(tmp_path)
+    folder = target_folder(tmp_path)
     held: list[socket.socket] = []
 
     async def main() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 import xxhash
+from tests.component.agent._pair import SECRET, SRC, TGT, source_mapping, target_folder
 
 from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
@@ -21,47 +22,15 @@ from relaysync.protocol.messages import (
     AnyMessage,
     FileChunk,
     FileStart,
-    MappingSpec,
     Partial,
-    TargetSpec,
 )
 from relaysync.transfer import ops
 from relaysync.transfer.receiver import RESUME_MIN_BYTES, ReceiverSession, TargetFolder
 from relaysync.transfer.sender import TargetAddress, TargetLink, _Session
 from relaysync.watch._fsevent import FsEvent
-from relaysync.watch.manifest import Manifest
 
-SECRET = b"s" * 32
-SRC, TGT = "a" * 64, "b" * 64
 BIG = RESUME_MIN_BYTES + CHUNK_BYTES  # gets a named, resumable partial
 HELD = 4 * CHUNK_BYTES  # what the target kept of it when its link went
-
-
-def _source(tmp: Path) -> SourceMapping:
-    src = tmp / "src"
-    src.mkdir(exist_ok=True)
-    spec = MappingSpec(
-        mapping_id=1,
-        name="m",
-        source_node=SRC,
-        source_path=str(src),
-        targets=(TargetSpec(node_id=TGT, path="/t"),),
-        durability="fast",
-    )
-    return SourceMapping(spec, tmp / "state")
-
-
-def _folder(tmp: Path) -> TargetFolder:
-    root = tmp / "tgt"
-    root.mkdir(exist_ok=True)
-    return TargetFolder(
-        mapping_id=1,
-        source_node=SRC,
-        root=root,
-        manifest=Manifest(tmp / "tgt.db"),
-        durable=False,
-        link_secret=SECRET,
-    )
 
 
 def _cut_off(folder: TargetFolder, path: str, data: bytes) -> None:
@@ -169,7 +138,7 @@ def test_a_catch_up_comparison_removes_a_partial_whose_version_the_source_no_lon
     """Nothing else would ever remove it: the comparison finds the trees equal (or the path on
     neither side), so no op for that path reaches the target, and a restart keeps every partial
     the target lists. Before the fix, 4 MiB stayed per such file, for ever."""
-    source, folder = _source(tmp_path), _folder(tmp_path)
+    source, folder = source_mapping(tmp_path), target_folder(tmp_path)
     (source.root / "keep.txt").write_text("the rest of the tree")
     path = {
         "file deleted": "big.bin",
@@ -200,7 +169,7 @@ def test_a_catch_up_comparison_removes_a_partial_whose_version_the_source_no_lon
 
 
 def test_a_partial_of_the_version_the_source_has_is_resumed_not_removed(tmp_path: Path) -> None:
-    source, folder = _source(tmp_path), _folder(tmp_path)
+    source, folder = source_mapping(tmp_path), target_folder(tmp_path)
     data = os.urandom(BIG)
     (source.root / "big.bin").write_bytes(data)
     _cut_off(folder, "big.bin", data)
@@ -216,7 +185,7 @@ def test_a_partial_at_a_path_journaled_after_the_comparisons_head_stays(tmp_path
     """A record after the head may still send that version (read from disk when it goes): its
     partial is the one that record resumes, so it is not named obsolete; the next comparison,
     once the record is sent, decides."""
-    source = _source(tmp_path)
+    source = source_mapping(tmp_path)
     (source.root / "big.bin").write_bytes(b"now small")
     _scan(source)
     link = TargetLink(
