@@ -56,8 +56,9 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import tls
 from relaysync.transfer.conflicts import session_for
-from relaysync.transfer.receiver import ReportFn, TargetFolder
+from relaysync.transfer.receiver import ReportFn
 from relaysync.transfer.relay import RelayFeed
+from relaysync.transfer.target_folder import TargetFolder
 
 logger = logging.getLogger(__name__)
 

@@ -43,11 +43,12 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import tls
 from relaysync.transfer.conflicts import forget_missing
-from relaysync.transfer.receiver import ReportFn, TargetFolder
+from relaysync.transfer.receiver import ReportFn
 from relaysync.transfer.relay import RelayFeed, RelayLink
 from relaysync.transfer.sender import SourceFolder, TargetAddress, TargetLink
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.staging import clean_stale_temps
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder

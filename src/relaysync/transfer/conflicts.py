@@ -41,8 +41,10 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer import staging
+from relaysync.transfer._tree_ops import _with_attrs
 from relaysync.transfer.paths import parent_of, resolve_inside
-from relaysync.transfer.receiver import ReceiverSession, ReportFn, TargetFolder, _with_attrs
+from relaysync.transfer.receiver import ReceiverSession, ReportFn
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Entry
 
 NEWEST_MTIME = "newest-mtime"  # MappingSpec.conflict of an N:M job's members

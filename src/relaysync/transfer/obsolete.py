@@ -1,7 +1,7 @@
 """Obsolete partials: a target's kept partials of versions a source will never send again.
 
 After a catch-up comparison the source names them in the closing Checkpoint(s), and the target
-removes each one that is still that exact version (receiver.py `drop_obsolete_partials`).
+removes each one that is still that exact version (target_folder.py `drop_obsolete_partials`).
 """
 
 from __future__ import annotations

@@ -53,10 +53,10 @@ from relaysync.protocol.messages import (
     nodes_below,
 )
 from relaysync.transfer import ops
-from relaysync.transfer.receiver import TargetFolder
 from relaysync.transfer.relay_resume import ResumeCut, open_prefix, prefix_messages
 from relaysync.transfer.sender import BATCH_BYTES, TargetLink, _Session
 from relaysync.transfer.spool import Spool
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
 
 logger = logging.getLogger(__name__)

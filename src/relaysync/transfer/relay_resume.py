@@ -30,7 +30,7 @@ from relaysync.transfer import staging
 from relaysync.transfer.codec import encode_chunk
 from relaysync.transfer.ops import SendOptions
 from relaysync.transfer.paths import resolve_inside
-from relaysync.transfer.receiver import TargetFolder
+from relaysync.transfer.target_folder import TargetFolder
 
 
 @dataclass

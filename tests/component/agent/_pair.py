@@ -6,7 +6,7 @@ from pathlib import Path
 
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec, TargetSpec
-from relaysync.transfer.receiver import TargetFolder
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
 
 SECRET = b"s" * 32

@@ -25,8 +25,9 @@ from relaysync.protocol.messages import (
     Partial,
 )
 from relaysync.transfer import ops
-from relaysync.transfer.receiver import RESUME_MIN_BYTES, ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.sender import TargetAddress, TargetLink, _Session
+from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
 from relaysync.watch._fsevent import FsEvent
 
 BIG = RESUME_MIN_BYTES + CHUNK_BYTES  # gets a named, resumable partial

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relaysync.transfer.receiver import TargetFolder
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
 
 

@@ -23,7 +23,8 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import compare
 from relaysync.transfer.compare import RequestFn, Work, compare_trees
-from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Entry, Manifest
 
 

@@ -26,7 +26,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer.compare import diff_listing
 from relaysync.transfer.conflicts import NEWEST_MTIME, forget_missing, judge, session_for
-from relaysync.transfer.receiver import TargetFolder
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
 
 T0 = 1_700_000_000_000_000_000

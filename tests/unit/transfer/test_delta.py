@@ -22,8 +22,9 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import _librsync, codec
 from relaysync.transfer import delta as delta_engine
 from relaysync.transfer.ops import Flush, SendOptions, iter_file_messages
-from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.signatures import SignatureStore
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
 
 

@@ -23,8 +23,9 @@ from relaysync.protocol.messages import (
     FileStart,
 )
 from relaysync.transfer import ops, staging
-from relaysync.transfer.receiver import RESUME_MIN_BYTES, ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.signatures import SignatureStore
+from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry, Manifest
 

@@ -13,8 +13,9 @@ import xxhash
 
 from relaysync.protocol.messages import Checkpoint
 from relaysync.transfer.ops import Flush, Outgoing, SendOptions, iter_file_messages
-from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.signatures import SignatureStore
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Entry, Manifest
 
 BOUND_S = 10.0  # a sender thread still busy after this is hung (the real work takes milliseconds)

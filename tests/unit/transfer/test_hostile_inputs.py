@@ -40,7 +40,8 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer.conflicts import NEWEST_MTIME, session_for
-from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest
 from relaysync.watch.scanner import scan_tree

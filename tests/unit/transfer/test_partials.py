@@ -35,10 +35,11 @@ from relaysync.protocol.messages import (
     Rename,
     SmallFile,
 )
-from relaysync.transfer import ops, receiver, staging
+from relaysync.transfer import ops, staging, target_folder
 from relaysync.transfer.conflicts import NEWEST_MTIME, ConflictSession
-from relaysync.transfer.receiver import RESUME_MIN_BYTES, ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.signatures import SignatureStore
+from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry, Manifest
 
@@ -497,7 +498,7 @@ def test_a_partial_that_stops_growing_on_a_full_disk_is_dropped_after_a_while(
 ) -> None:
     """Held for ever, its space could keep other files (another mapping's, another partial
     waiting on this one) from ever fitting: past FULL_DISK_HOLD_S without growing, it goes."""
-    monkeypatch.setattr(receiver, "FULL_DISK_HOLD_S", 0.0)
+    monkeypatch.setattr(target_folder, "FULL_DISK_HOLD_S", 0.0)
     src, record, folder = _big_on(tmp_path, small_disk)
     _attempt(src, record, folder)
     held = _held(folder)
@@ -693,7 +694,8 @@ def _sent_now(src: Path, records: list[JournalRecord], folder: TargetFolder) -> 
 def test_two_mappings_filling_one_disk_do_not_both_stall_for_ever(
     tmp_path: Path, disk_40m: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(receiver, "FULL_DISK_HOLD_S", 0.0, raising=False)  # any hold has expired
+    # any hold has expired
+    monkeypatch.setattr(target_folder, "FULL_DISK_HOLD_S", 0.0, raising=False)
     maps = [_disk_mapping(tmp_path, disk_40m, mid) for mid in (1, 2)]
     # Both sessions run at once: each has its a.bin verified and staged, and 2 MiB of b.bin.
     sessions, rests = [], []

@@ -17,9 +17,10 @@ from relaysync.protocol.messages import Ack, AnyMessage, Checkpoint, FileChunk, 
 from relaysync.transfer import ops
 from relaysync.transfer.bandwidth import BURST_S, TokenBucket, mbit_to_bytes
 from relaysync.transfer.codec import Codec, Plain, Zstd, encode_chunk
-from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.relay import RefusedDelta, RelayLink
 from relaysync.transfer.relay_resume import ResumeCut
+from relaysync.transfer.target_folder import TargetFolder
 from tests.unit.transfer._pacing import (
     FakeClock,
     FakeFramed,

@@ -33,10 +33,11 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import ops
 from relaysync.transfer.codec import Zstd, codec_for_level, decode_chunk, encode_chunk
-from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.relay import RefusedDelta, RelayFeed, RelayLink
 from relaysync.transfer.relay_resume import ResumeCut
 from relaysync.transfer.spool import Spool
+from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Entry, Manifest
 
 SEQ = 7

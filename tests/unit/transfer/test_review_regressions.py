@@ -24,7 +24,8 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer import tls
-from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+from relaysync.transfer.receiver import ReceiverSession
+from relaysync.transfer.target_folder import TargetFolder
 
 
 def test_erase_never_goes_through_a_symlink(folder: TargetFolder, tmp_path: Path) -> None:

@@ -250,8 +250,9 @@ def test_a_part_count_other_than_announced_is_refused(tmp_path: Path, announced:
 
 def test_a_large_file_goes_as_parallel_parts_and_arrives_whole(tmp_path: Path) -> None:
     from relaysync.protocol.messages import Checkpoint, Error
-    from relaysync.transfer.receiver import ReceiverSession, TargetFolder
+    from relaysync.transfer.receiver import ReceiverSession
     from relaysync.transfer.signatures import PARALLEL_MIN_BYTES
+    from relaysync.transfer.target_folder import TargetFolder
     from relaysync.watch.manifest import Entry, Manifest
 
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -331,7 +332,7 @@ def test_a_delta_that_fails_on_the_source_falls_back_to_the_whole_file(
 def _delta_update(tmp_path: Path) -> tuple[Path, object, list[object], bytes]:
     """A target holding v1 and the messages of a delta to v2 (source side in-process)."""
     from relaysync.protocol.messages import Checkpoint
-    from relaysync.transfer.receiver import TargetFolder
+    from relaysync.transfer.target_folder import TargetFolder
     from relaysync.watch.manifest import Entry, Manifest
 
     src, dst = tmp_path / "src", tmp_path / "dst"

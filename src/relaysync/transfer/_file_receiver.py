@@ -1,0 +1,376 @@
+"""The receiving of files on a target: whole files, deltas and small files, verified and staged."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from relaysync.constants import CHUNK_BYTES
+from relaysync.errors import HashMismatch, ProtocolError, TransferError, UnsafePath
+from relaysync.protocol.messages import (
+    INT64_MAX,
+    INT64_MIN,
+    CommitRecord,
+    DeltaStart,
+    ErrorCode,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    SmallFile,
+)
+from relaysync.transfer import _librsync, codec, staging
+from relaysync.transfer._failures import TransientFailure, _transient_os
+from relaysync.transfer.patching import StreamingPatch
+from relaysync.transfer.paths import SafeResolver, resolve_inside
+from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
+from relaysync.watch.manifest import Entry, permission_bits
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    """Records and manifest entries of files staged in the current commit batch."""
+
+    entries: list[Entry] = field(default_factory=list)
+    records: list[CommitRecord] = field(default_factory=list)
+    last_seq: int = 0
+
+
+class FileReceiver:
+    """The file ops of a `ReceiverSession` (a mixin: the session holds the state they use)."""
+
+    folder: TargetFolder
+    _batch: staging.CommitBatch
+    _pending: _Pending
+    _paths: SafeResolver
+    _incoming: staging.IncomingFile | StreamingPatch | None
+    _incoming_msg: FileStart | DeltaStart | None
+    _incoming_started: float
+    _incoming_wire: int
+    _skip_seq: int
+
+    if TYPE_CHECKING:  # defined by ReceiverSession
+
+        def flush(self) -> None: ...
+
+        def _note(self, seq: int) -> None: ...
+
+        def _record(
+            self,
+            seq: int,
+            op: str,
+            path: str,
+            *,
+            size: int = 0,
+            wire: int = 0,
+            started: float,
+            error: str = "",
+            changed_at: float = 0.0,
+        ) -> CommitRecord: ...
+
+        def _refuse(
+            self, seq: int, op: str, path: str, detail: str, started: float, changed_at: float = 0.0
+        ) -> None: ...
+
+    def _start_file(self, msg: FileStart) -> None:
+        self._abort_incoming()
+        self._skip_seq = -1
+        started = time.monotonic()
+        try:
+            final, parent_exists = self._paths.resolve(msg.path)
+            self._incoming = self._open_incoming(msg, final, parent_exists)
+        except UnsafePath as exc:
+            self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
+            self._skip_seq = msg.seq
+            return
+        except FileNotFoundError as exc:
+            if msg.offset:
+                self.folder.drop_partial(msg.path)
+                raise TransientFailure(
+                    msg.seq, ErrorCode.RESUME_LOST, f"{msg.path}: {exc.strerror}"
+                ) from exc
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        except OSError as exc:
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        if msg.offset:
+            logger.info("resuming %s at offset %s of %s bytes", msg.path, msg.offset, msg.size)
+        self._incoming_msg = msg
+        self._incoming_started = started
+        self._incoming_wire = 0
+
+    def _open_incoming(
+        self, msg: FileStart, final: str, parent_exists: bool
+    ) -> staging.IncomingFile:
+        """A temp file for the new content: a named, resumable partial for large files."""
+        root = self.folder.root
+        if msg.expected_hash and msg.size >= RESUME_MIN_BYTES:
+            if self._batch.holds_final(
+                final
+            ):  # the same version twice in a batch: one partial each time
+                self.flush()
+            incoming = staging.IncomingFile.open_partial(
+                root,
+                Path(final),
+                msg.expected_hash,
+                owner=self.folder.mapping_id,
+                size=msg.size,
+                mode=msg.mode,
+                mtime_ns=msg.mtime_ns,
+                offset=msg.offset,
+            )
+            self.folder.add_partial(msg.path, msg.expected_hash)
+            return incoming
+        if msg.offset:
+            raise FileNotFoundError(errno.ENOENT, "no partial kept for files this small", msg.path)
+        return staging.IncomingFile.open(
+            root,
+            final,
+            size=msg.size,
+            mode=msg.mode,
+            mtime_ns=msg.mtime_ns,
+            parent_exists=parent_exists,
+        )
+
+    def _start_delta(self, msg: DeltaStart) -> None:
+        """Receive a delta against the version we hold into a temp file; patch at FileEnd."""
+        self._abort_incoming()
+        self._skip_seq = -1
+        started = time.monotonic()
+        try:
+            final = resolve_inside(self.folder.root, msg.path)
+            entry = self.folder.manifest.get(msg.path)
+            st = os.lstat(final)
+        except UnsafePath as exc:
+            self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
+            self._skip_seq = msg.seq
+            return
+        except FileNotFoundError:
+            entry, st = None, None
+        if (
+            entry is None
+            or st is None
+            or entry.hash != msg.base_hash
+            or not stat.S_ISREG(st.st_mode)
+            or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns)
+            or not _librsync.available()
+        ):
+            raise TransientFailure(
+                msg.seq,
+                ErrorCode.BASE_MISMATCH,
+                f"{msg.path}: this target does not hold the delta's base version",
+            )
+        # A large new version whose hash the source sent goes to its named partial: what librsync
+        # wrote when the link or this agent dies is a prefix of it, resumed as a whole file.
+        # Not when this batch stages the path already: that file may be this very partial (the
+        # same version twice), and the delta goes against the version committed before it.
+        resumable = (
+            bool(msg.expected_hash)
+            and msg.size >= RESUME_MIN_BYTES
+            and not self._batch.holds_final(str(final))
+        )
+        try:  # patched as the delta arrives (patching.py)
+            self._incoming = StreamingPatch(
+                self.folder.root,
+                final,
+                size=msg.size,
+                mode=msg.mode,
+                mtime_ns=msg.mtime_ns,
+                parts=msg.parts,
+                partial_of=msg.expected_hash if resumable else b"",
+                owner=self.folder.mapping_id,
+            )
+        except OSError as exc:
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        if resumable:
+            self.folder.add_partial(msg.path, msg.expected_hash)
+        self._incoming_msg = msg
+        self._incoming_started = started
+        self._incoming_wire = 0
+
+    def _write_chunk(self, msg: FileChunk) -> None:
+        if msg.seq == self._skip_seq:
+            return
+        if (
+            self._incoming is None
+            or self._incoming_msg is None
+            or self._incoming_msg.seq != msg.seq
+        ):
+            raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "chunk without a file start")
+        try:
+            data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data)
+            self._incoming.write(msg.offset, data)
+        except (TransferError, ProtocolError) as exc:
+            # A delta librsync refused is corrupt on the wire, like a whole file whose hash is wrong.
+            code = (
+                ErrorCode.HASH_MISMATCH
+                if isinstance(self._incoming, StreamingPatch)
+                else ErrorCode.BAD_MESSAGE
+            )
+            raise TransientFailure(msg.seq, code, str(exc)) from exc
+        except OSError as exc:
+            raise _transient_os(msg.seq, self._incoming_msg.path, exc) from exc
+        self._incoming_wire += len(msg.data)
+
+    def _end_file(self, msg: FileEnd) -> None:
+        if msg.seq == self._skip_seq:
+            self._note(msg.seq)
+            return
+        incoming, start = self._incoming, self._incoming_msg
+        if incoming is None or start is None or start.seq != msg.seq:
+            raise TransientFailure(msg.seq, ErrorCode.NOT_EXPECTED, "file end without a file start")
+        if isinstance(incoming, StreamingPatch):
+            incoming = self._patch(start, incoming)  # until patched, still the file being received
+        self._incoming = self._incoming_msg = None
+        try:
+            incoming.finish(msg.hash)
+        except HashMismatch as exc:
+            self.folder.drop_partial(start.path)
+            raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
+        if isinstance(start, DeltaStart) and start.expected_hash and start.size >= RESUME_MIN_BYTES:
+            self.folder.note_delta(start.path, start.expected_hash, self._incoming_wire)
+        self._stage(incoming, start, msg.hash, self._incoming_wire, self._incoming_started)
+
+    def _small_file(self, msg: SmallFile) -> None:
+        """A whole small file in one message: write, verify and stage it at once."""
+        self._abort_incoming()
+        self._skip_seq = -1
+        started = time.monotonic()
+        try:
+            final, parent_exists = self._paths.resolve(msg.path)
+        except UnsafePath as exc:
+            self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
+            return
+        except OSError as exc:  # the path could not be checked (EACCES, EIO...): as for FileStart
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        try:
+            data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data, msg.size)
+            incoming = staging.IncomingFile.open(
+                self.folder.root,
+                final,
+                size=msg.size,
+                mode=msg.mode,
+                mtime_ns=msg.mtime_ns,
+                parent_exists=parent_exists,
+            )
+        except ProtocolError as exc:
+            raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc
+        except OSError as exc:
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        try:
+            incoming.append(data)
+            incoming.finish(msg.hash)
+        except HashMismatch as exc:  # not the bytes the source hashed: corrupt on the wire
+            raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
+        except TransferError as exc:  # more bytes than the announced size
+            incoming.discard()
+            raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, f"{msg.path}: {exc}") from exc
+        except OSError as exc:
+            incoming.discard()
+            raise _transient_os(msg.seq, msg.path, exc) from exc
+        self._stage(incoming, msg, msg.hash, len(msg.data), started)
+
+    def _stage(
+        self,
+        incoming: staging.IncomingFile,
+        start: FileStart | DeltaStart | SmallFile,
+        content_hash: bytes,
+        wire: int,
+        started: float,
+    ) -> None:
+        """Queue a verified file for the next commit, with its manifest entry and job record."""
+        if not (INT64_MIN <= start.mtime_ns <= INT64_MAX and 0 <= start.size <= INT64_MAX):
+            # validate() refuses these off the wire. Committed, it would be visible on disk and
+            # then fail the manifest's write (SQLite INTEGER): the batch would come again for ever.
+            incoming.discard()
+            self.folder.drop_partial(start.path)
+            self._refuse(
+                start.seq,
+                "write",
+                start.path,
+                "size or mtime outside the signed 64-bit range",
+                started,
+                start.changed_at,
+            )
+            return
+        self._batch.add(incoming)
+        self._pending.entries.append(
+            Entry(
+                path=start.path,
+                kind="f",
+                size=start.size,
+                mtime_ns=start.mtime_ns,
+                mode=permission_bits(start.mode),
+                hash=content_hash,
+            )
+        )
+        self._pending.records.append(
+            self._record(
+                start.seq,
+                "write",
+                start.path,
+                size=start.size,
+                wire=wire,
+                started=started,
+                changed_at=start.changed_at,
+            )
+        )
+        self._note(start.seq)
+        if len(self._batch) >= 256:
+            self.flush()
+
+    def _patch(self, start: FileStart | DeltaStart, delta: StreamingPatch) -> staging.IncomingFile:
+        """The new version `delta` patched. On failure `delta` stays the file being received, for
+        `apply_batch` to keep its partial (a full disk) or drop it (anything else)."""
+        try:
+            return delta.finish()
+        except OSError as exc:
+            raise _transient_os(start.seq, start.path, exc) from exc
+        except TransferError as exc:  # librsync refused the delta: corrupt on the wire
+            raise TransientFailure(
+                start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}"
+            ) from exc
+
+    def _keep_received_chunks(self, seq: int) -> None:
+        """A full disk stopped the large file `seq`: keep its partial cut to whole chunks, so each
+        retry resends at most one chunk and the file resumes once there is space again. A delta's
+        output is kept the same way: a prefix of the new version, resumed as a whole file."""
+        incoming, start = self._incoming, self._incoming_msg
+        if isinstance(incoming, StreamingPatch) and incoming.resumable:
+            incoming.stop()  # librsync writes nothing more: what its output holds is what is cut
+            incoming = incoming.output
+        if (
+            not isinstance(incoming, staging.IncomingFile)
+            or start is None
+            or start.seq != seq
+            or not incoming.temp_name.endswith(staging.PARTIAL_SUFFIX)
+        ):
+            return
+        kept = incoming.received // CHUNK_BYTES * CHUNK_BYTES  # what the resume rehashes from disk
+        if not self.folder.keep_after_full_disk(start.path, kept):
+            logger.warning(
+                "full disk: dropping the partial of %s, stuck at %s bytes", start.path, kept
+            )
+            return
+        try:
+            incoming.keep(kept)
+        except OSError as exc:
+            logger.warning("full disk: could not cut the partial of %s: %s", start.path, exc)
+            return
+        self._incoming = self._incoming_msg = None
+        logger.info("full disk: keeping %s bytes of %s to resume", kept, start.path)
+
+    def _abort_incoming(self) -> None:
+        incoming, start = self._incoming, self._incoming_msg
+        if incoming is not None:
+            incoming.discard()
+            patched_partial = isinstance(incoming, StreamingPatch) and incoming.resumable
+            if start is not None and (isinstance(start, FileStart) or patched_partial):
+                self.folder.drop_partial(start.path)
+        self._incoming = self._incoming_msg = None
