@@ -28,19 +28,18 @@ from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
+from ._mass_delete_guard import MassDeleteGuard
+
 logger = logging.getLogger(__name__)
 
 EVENT_QUEUE = 64  # event batches buffered between the watcher and the recorder
 JOURNAL_SLICE = 2_000  # changes journaled per write when a scan finds many
-GUARD_MIN_DELETES = 100  # the mass-delete guard never trips for fewer deleted entries than this
-GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder
-GUARD_RECHECK_S = 5.0  # held deletes are re-evaluated this often
 HOT_FILE_S = 1.0  # a file a scan finds modified this recently may still be open for writing
 HELD_GONE_RECHECKS = 4  # a held file found gone is looked for this many re-checks more (moved?)
 ACK_FLUSH_S = 0.2  # acks are persisted and the journal released at most this often, off the loop
 
 
-class SourceMapping:
+class SourceMapping(MassDeleteGuard):
     """The source side of one mapping on this agent."""
 
     def __init__(self, spec: MappingSpec, state_dir: Path) -> None:
@@ -304,71 +303,6 @@ class SourceMapping:
                     logger.warning(
                         "could not prune old deltas of mapping %s: %s", self.mapping_id, exc
                     )
-
-    def _guard_trips(self, changes: list[PendingChange]) -> bool:
-        """The mass-delete guard: hold a batch that would delete most of the folder.
-
-        A vanished or suddenly emptied source folder (an unmounted disk) must not wipe the
-        targets. The batch is not journaled (the manifest keeps the entries, so nothing is
-        lost); the master is told and raises an alarm; an operator's confirmation lets it go.
-        """
-        if self._allow_mass_delete:
-            self._allow_mass_delete = False
-            self._guard_held = False
-            return False
-        deletes = [c.path for c in changes if c.op == "delete"]
-        if not deletes:
-            return False
-        root_missing = not self.root.is_dir()
-        total = self.manifest.count()
-        threshold = max(GUARD_MIN_DELETES, int(total * GUARD_FRACTION))
-        affected = 0
-        for path in deletes:
-            for _ in self.manifest.iter_entries(path):
-                affected += 1
-                if affected >= threshold:
-                    break
-            if affected >= threshold:
-                break
-        if not root_missing and affected < threshold:
-            return False
-        if not self._guard_held:
-            self._guard_held = True
-            logger.error(
-                "mass-delete guard: %s would delete %s of %s entries%s; held until an operator "
-                "confirms",
-                self.root,
-                affected,
-                total,
-                " (folder missing)" if root_missing else "",
-            )
-            if self.on_guard is not None:
-                anyio.from_thread.run_sync(
-                    self.on_guard,
-                    MassDeleteHeld(
-                        mapping_id=self.mapping_id,
-                        deletes=affected,
-                        entries=total,
-                        root_missing=root_missing,
-                    ),
-                )
-        return True
-
-    def confirm_deletes(self, count: int) -> bool:
-        """An operator confirmed (counter `count`): the next rescan may delete what was held."""
-        if count <= self._delete_confirm:
-            return False
-        self._delete_confirm = count
-        if self._guard_held:
-            self._allow_mass_delete = True
-        return True
-
-    async def _recheck_guard(self) -> None:
-        """While deletes are held, rescan now and then: the disk may be back, or confirmed."""
-        while True:
-            await anyio.sleep(GUARD_RECHECK_S)
-            if self._guard_held:
-                await self._record([FsEvent(kind="rescan", path="")])
 
     def _hold_hot(self, changes: list[PendingChange], closed: set[str]) -> list[PendingChange]:
         """Keep back writes found by a scan of files modified in the last HOT_FILE_S.

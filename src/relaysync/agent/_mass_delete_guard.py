@@ -1,0 +1,106 @@
+"""The mass-delete guard: a source's batch that would delete most of its folder waits for an operator.
+
+SourceMapping (agent/source.py) inherits it and owns the state: the attributes declared below
+are set in its __init__.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from relaysync.protocol.messages import MassDeleteHeld
+from relaysync.watch.changes import PendingChange
+from relaysync.watch.manifest import Manifest
+from relaysync.watch.watcher import FsEvent
+
+logger = logging.getLogger(__name__)
+
+GUARD_MIN_DELETES = 100  # the mass-delete guard never trips for fewer deleted entries than this
+GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder
+GUARD_RECHECK_S = 5.0  # held deletes are re-evaluated this often
+
+
+class MassDeleteGuard:
+    """The mass-delete guard of SourceMapping (a mixin: SourceMapping.__init__ sets its state)."""
+
+    root: Path
+    mapping_id: int
+    manifest: Manifest
+    on_guard: Callable[[MassDeleteHeld], None] | None
+    _guard_held: bool
+    _allow_mass_delete: bool
+    _delete_confirm: int
+
+    if TYPE_CHECKING:  # SourceMapping's, which journals what the rescan finds
+
+        async def _record(self, events: Sequence[FsEvent]) -> None: ...
+
+    def _guard_trips(self, changes: list[PendingChange]) -> bool:
+        """The mass-delete guard: hold a batch that would delete most of the folder.
+
+        A vanished or suddenly emptied source folder (an unmounted disk) must not wipe the
+        targets. The batch is not journaled (the manifest keeps the entries, so nothing is
+        lost); the master is told and raises an alarm; an operator's confirmation lets it go.
+        """
+        if self._allow_mass_delete:
+            self._allow_mass_delete = False
+            self._guard_held = False
+            return False
+        deletes = [c.path for c in changes if c.op == "delete"]
+        if not deletes:
+            return False
+        root_missing = not self.root.is_dir()
+        total = self.manifest.count()
+        threshold = max(GUARD_MIN_DELETES, int(total * GUARD_FRACTION))
+        affected = 0
+        for path in deletes:
+            for _ in self.manifest.iter_entries(path):
+                affected += 1
+                if affected >= threshold:
+                    break
+            if affected >= threshold:
+                break
+        if not root_missing and affected < threshold:
+            return False
+        if not self._guard_held:
+            self._guard_held = True
+            logger.error(
+                "mass-delete guard: %s would delete %s of %s entries%s; held until an operator "
+                "confirms",
+                self.root,
+                affected,
+                total,
+                " (folder missing)" if root_missing else "",
+            )
+            if self.on_guard is not None:
+                anyio.from_thread.run_sync(
+                    self.on_guard,
+                    MassDeleteHeld(
+                        mapping_id=self.mapping_id,
+                        deletes=affected,
+                        entries=total,
+                        root_missing=root_missing,
+                    ),
+                )
+        return True
+
+    def confirm_deletes(self, count: int) -> bool:
+        """An operator confirmed (counter `count`): the next rescan may delete what was held."""
+        if count <= self._delete_confirm:
+            return False
+        self._delete_confirm = count
+        if self._guard_held:
+            self._allow_mass_delete = True
+        return True
+
+    async def _recheck_guard(self) -> None:
+        """While deletes are held, rescan now and then: the disk may be back, or confirmed."""
+        while True:
+            await anyio.sleep(GUARD_RECHECK_S)
+            if self._guard_held:
+                await self._record([FsEvent(kind="rescan", path="")])

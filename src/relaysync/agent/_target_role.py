@@ -1,0 +1,266 @@
+"""The agent's target role: the folders it receives into, the relays on them, those it refuses.
+
+AgentService (agent/service.py) inherits it and owns the state: the attributes declared below
+are set in its __init__ and serve().
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskGroup
+
+from relaysync.errors import FolderRefused
+from relaysync.protocol.messages import MappingSpec, TargetSpec, nodes_below
+from relaysync.transfer.conflicts import forget_missing
+from relaysync.transfer.relay import RelayFeed, RelayLink
+from relaysync.transfer.sender import SourceFolder, TargetLink
+from relaysync.transfer.spool import Spool
+from relaysync.transfer.staging import clean_stale_temps
+from relaysync.transfer.target_folder import TargetFolder
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.manifest import Manifest
+from relaysync.watch.recorder import ChangeRecorder
+from relaysync.watch.watcher import FsEvent
+
+from .guard import check_folder
+from .links import LinkSet, children_of, parents_of
+from .peer_server import PeerServer
+
+logger = logging.getLogger(__name__)
+
+
+class TargetRole:
+    """The target folders, relays and refusals of AgentService (a mixin: AgentService sets its state)."""
+
+    data_dir: Path
+    allowed_roots: tuple[str, ...]
+    node_id: str
+    targets: dict[int, TargetFolder]
+    relays: dict[int, tuple[RelayFeed, LinkSet]]
+    refused: dict[int, tuple[FolderRefused, frozenset[str]]]
+    _refusals_logged: dict[tuple[int, str], str]
+    _tg: TaskGroup | None
+    _server: PeerServer | None
+
+    if TYPE_CHECKING:  # AgentService's, which also makes the source's links
+
+        def _make_link(
+            self,
+            source: SourceFolder | RelayFeed,
+            mapping_id: int,
+            target: TargetSpec,
+            kind: type[TargetLink] = TargetLink,
+            *,
+            signatures: bool = True,
+        ) -> TargetLink: ...
+
+    # --- target folders ---
+
+    async def _apply_targets(self, wanted: dict[int, MappingSpec]) -> None:
+        assert self._server is not None
+        for gone in [m for m in self.refused if m not in wanted]:
+            del self.refused[gone]  # in place: the peer server holds self.refused.get
+        for mapping_id in list(self.targets):
+            if mapping_id not in wanted:
+                self._stop_relay(mapping_id)
+                await self._server.retire(self.targets.pop(mapping_id))
+        for mapping_id, spec in wanted.items():
+            existing = self.targets.get(mapping_id)
+            path = next(t.path for t in spec.targets if t.node_id == self.node_id)
+            if (
+                existing is not None
+                and existing.root == Path(path)
+                and existing.source_node == spec.source_node
+            ):
+                existing.durable = spec.durability == "safe"
+                secret = _own_target(spec, self.node_id).link_secret
+                if secret != existing.link_secret:
+                    # A plain session is authenticated only when it opens: one opened under the
+                    # old secret (or while the link was trusted at all) must not outlive it.
+                    existing.link_secret = secret
+                    await self._server.restart_session(mapping_id, "this link's secret changed")
+                existing.keep_versions = _versions_here(spec, self.node_id)
+                self._set_routes(existing, spec)
+                await self._apply_relay(spec, existing)
+                continue
+            if existing is not None:
+                self._stop_relay(mapping_id)
+                await self._server.retire(self.targets.pop(mapping_id))
+            if self._refuse(spec, path, "target"):
+                continue
+            siblings = [f for f in self.targets.values() if f.root == Path(path)]
+            try:
+                folder = await anyio.to_thread.run_sync(
+                    self._open_target, spec, Path(path), siblings
+                )
+            except OSError as exc:  # this mapping only: the agent's others go on
+                why = f"cannot open it: {exc.strerror or exc} (fix it; the next assignment retries)"
+                self._refused_target(spec, FolderRefused("target", path, mapping_id, why))
+                continue
+            self._set_routes(folder, spec)
+            self.targets[mapping_id] = folder
+            await self._apply_relay(spec, folder)
+
+    def _set_routes(self, folder: TargetFolder, spec: MappingSpec) -> None:
+        """Who may stream to the folder now: its parent in this routing epoch."""
+        folder.parents = parents_of(spec, self.node_id)
+        folder.route_epoch = spec.route_epoch
+        folder.members = _members(spec)
+
+    def _open_target(
+        self, spec: MappingSpec, root: Path, siblings: Sequence[TargetFolder] = ()
+    ) -> TargetFolder:
+        """Open a target folder; members of an N:M job share the root with their siblings."""
+        root.mkdir(parents=True, exist_ok=True)
+        state = self.data_dir / "targets" / str(spec.mapping_id)
+        state.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(state / "manifest.db")
+        folder = TargetFolder(
+            mapping_id=spec.mapping_id,
+            source_node=spec.source_node,
+            root=root,
+            manifest=manifest,
+            durable=spec.durability == "safe",
+            link_secret=_own_target(spec, self.node_id).link_secret,
+            keep_versions=_versions_here(spec, self.node_id),
+            conflict=spec.conflict,
+        )
+        if not siblings:  # never another member's temp files while it receives
+            clean_stale_temps(root, keep=folder.partial_files())
+        if spec.conflict:
+            folder.lock = siblings[0].lock if siblings else folder.lock
+            folder.resolver = siblings[0].resolver if siblings else folder.resolver
+            folder.owner_of = partial(self._owner_of, folder)
+            forget_missing(folder)  # its manifest holds its own source's versions only: no rescan
+            return folder
+        recorder = ChangeRecorder(
+            root, manifest, PathFilter(spec.include, spec.exclude, root=root), hard_links=False
+        )
+        recorder.detect_and_apply([FsEvent(kind="rescan", path="")])
+        return folder
+
+    def _owner_of(self, folder: TargetFolder, path: str, size: int, mtime_ns: int) -> str:
+        """The source of another member of folder's N:M job whose committed version is on disk."""
+        for other in list(self.targets.values()):
+            if other is folder or other.root != folder.root or not other.conflict:
+                continue
+            try:
+                entry = other.manifest.get(path)
+            except Exception:  # noqa: BLE001 - a member being retired: its manifest is closed
+                continue
+            if entry is not None and (entry.size, entry.mtime_ns) == (size, mtime_ns):
+                return other.source_node
+        return ""
+
+    # --- refusals ---
+
+    def _refuse(self, spec: MappingSpec, path: str, role: str) -> bool:
+        """Whether agent/guard.py refuses the folder; a refused target tells its parents why
+        when they connect (the source reports it to the master as a failed hop)."""
+        try:
+            check_folder(
+                path,
+                role=role,
+                mapping_id=spec.mapping_id,
+                data_dir=self.data_dir,
+                allowed_roots=self.allowed_roots,
+            )
+        except FolderRefused as exc:
+            if role == "target":
+                self._refused_target(spec, exc)
+            else:
+                self._log_refusal(spec, role, exc)
+            return True
+        self._refusals_logged.pop((spec.mapping_id, role), None)
+        if role == "target":
+            self.refused.pop(spec.mapping_id, None)
+        return False
+
+    def _log_refusal(self, spec: MappingSpec, role: str, exc: FolderRefused) -> None:
+        if self._refusals_logged.get((spec.mapping_id, role)) != str(exc):
+            logger.error("%s", exc)  # once per folder and reason, not at every assignment
+        self._refusals_logged[(spec.mapping_id, role)] = str(exc)
+
+    def _refused_target(self, spec: MappingSpec, exc: FolderRefused) -> None:
+        """Log the refusal once; the target's parents hear why when they connect."""
+        self._log_refusal(spec, "target", exc)
+        self.refused[spec.mapping_id] = (exc, frozenset(parents_of(spec, self.node_id)))
+
+    # --- relaying ---
+
+    def _relay_feed(self, mapping_id: int) -> RelayFeed | None:
+        relay = self.relays.get(mapping_id)
+        return relay[0] if relay is not None else None
+
+    async def _apply_relay(self, spec: MappingSpec, folder: TargetFolder) -> None:
+        """Start, change or stop this agent's relay role for the mapping, per the routing table."""
+        assert self._server is not None
+        children = children_of(spec, self.node_id)
+        relay = self.relays.get(spec.mapping_id)
+        if relay is not None and relay[0].folder is not folder:
+            self._stop_relay(spec.mapping_id)
+            relay = None
+        if not children:
+            if relay is not None:
+                self._stop_relay(spec.mapping_id)
+                await self._server.restart_session(spec.mapping_id)  # it must stop spooling
+            return
+        if relay is None:
+            assert self._tg is not None
+            state = self.data_dir / "targets" / str(spec.mapping_id) / "spool"
+            spool = await anyio.to_thread.run_sync(Spool, state)
+            feed = await anyio.to_thread.run_sync(RelayFeed, folder, spool)
+            links = LinkSet(
+                self._tg,
+                partial(self._make_relay_link, feed),
+                label=f"relay of mapping {spec.mapping_id}",
+            )
+            feed.on_route_change = partial(links.restart, dict(children))
+            relay = (feed, links)
+            self.relays[spec.mapping_id] = relay
+            await self._server.restart_session(
+                spec.mapping_id
+            )  # the next one spools for the children
+        feed, links = relay
+        feed.on_route_change = partial(links.restart, dict(children))
+        feed.children = frozenset(children)
+        feed.routes = spec.routes
+        feed.marks = {
+            n: w for n, w in feed.marks.items() if n in nodes_below(spec.routes, self.node_id)
+        }
+        links.reconcile(children)
+
+    def _stop_relay(self, mapping_id: int) -> None:
+        relay = self.relays.pop(mapping_id, None)
+        if relay is not None:
+            relay[1].close()
+
+    def _make_relay_link(self, feed: RelayFeed, target: TargetSpec) -> TargetLink:
+        return self._make_link(feed, feed.mapping_id, target, RelayLink, signatures=False)
+
+
+def _members(spec: MappingSpec) -> frozenset[str]:
+    """Every node taking part in the mapping: its source, its targets, the nodes of its routes."""
+    return frozenset(
+        {
+            spec.source_node,
+            *(t.node_id for t in spec.targets),
+            *(n for h in spec.routes for n in (h.parent, h.child)),
+        }
+    )
+
+
+def _versions_here(spec: MappingSpec, node_id: str) -> int:
+    """How many previous versions this target keeps (0 unless it is one of the chosen targets)."""
+    chosen = not spec.keep_versions_on or node_id in spec.keep_versions_on
+    return spec.keep_versions if chosen else 0
+
+
+def _own_target(spec: MappingSpec, node_id: str) -> TargetSpec:
+    return next(t for t in spec.targets if t.node_id == node_id)
