@@ -1,6 +1,7 @@
 """Limits, intervals and timeouts shared by the parts of relaysync, each with its unit and reason."""
 
-PROTOCOL_VERSION = 1  # bumped on any incompatible change to protocol/messages.py
+# Bumped on any incompatible change to the wire messages (protocol/messages.py and what it imports).
+PROTOCOL_VERSION = 1
 # Optional message kinds a node can take, announced in its Hello; a sender uses one only with a
 # peer that announced it, so nodes of one protocol version but different releases interoperate.
 CAP_SMALL_FILE = "small_file"  # SmallFile: a file of at most SMALL_FILE_BYTES in one message

@@ -8,7 +8,8 @@ Layout of the journal directory:
     lease                      (fast journals) every seq up to this may have been handed out
     00000000000000000001.seg   segments, named by the first seq they hold (or will hold)
 
-Each record is framed as `u32 length | u32 crc32(payload) | msgpack(JournalRecord)`.
+Each record is framed as `u32 length | u32 crc32(payload) | msgpack(JournalRecord)`
+(_journal_frame.py).
 
 Error handling: on open, a torn tail of the last segment (a short frame, or a bad frame that is
 the last one) is truncated away and logged; a bad frame followed by a good one is corruption and
@@ -32,20 +33,18 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import anyio
-import msgspec
 
 from relaysync.errors import JournalCorrupt
 from relaysync.watch._coalesce_journal import coalesce_records
+from relaysync.watch._journal_frame import _frame, _read_frame, _TornTail
 from relaysync.watch.changes import JournalRecord, PendingChange
 
 logger = logging.getLogger(__name__)
@@ -53,59 +52,8 @@ logger = logging.getLogger(__name__)
 SEGMENT_BYTES = 64 * 1024 * 1024  # segments are released whole; big enough to keep file counts low
 LEASE_SEQS = 4096  # a fast journal reserves seqs durably this many at a time (see the module doc)
 INDEX_EVERY_RECORDS = 64  # one (seq, offset) index point per this many records, to seek reads
-_HEADER = struct.Struct(">II")
 _SUFFIX = ".seg"
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(JournalRecord).decode
-
-
-class _TornTail(Exception):
-    """Internal: a frame at `offset` is incomplete or bad and nothing good follows it."""
-
-    def __init__(self, offset: int, reason: str) -> None:
-        super().__init__(offset, reason)
-        self.offset = offset
-        self.reason = reason
-
-
-def _frame(record: JournalRecord) -> bytes:
-    payload = _encode(record)
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _read_frame(f: BinaryIO, offset: int, name: str) -> tuple[JournalRecord, int] | None:
-    """Read the frame at the current position; return (record, next offset) or None at EOF.
-
-    Raises _TornTail for an incomplete or bad frame that nothing good follows, JournalCorrupt
-    for a bad frame followed by a good one.
-    """
-    header = f.read(_HEADER.size)
-    if not header:
-        return None
-    if len(header) < _HEADER.size:
-        raise _TornTail(offset, "short header")
-    length, crc = _HEADER.unpack(header)
-    payload = f.read(length)
-    if len(payload) < length:
-        raise _TornTail(offset, "short record")
-    try:
-        if zlib.crc32(payload) != crc:
-            raise ValueError("crc mismatch")
-        return _decode(payload), offset + _HEADER.size + length
-    except (ValueError, msgspec.DecodeError) as exc:
-        if _good_frame_follows(f):
-            raise JournalCorrupt(name, offset, str(exc)) from exc
-        raise _TornTail(offset, str(exc)) from exc
-
-
-def _good_frame_follows(f: BinaryIO) -> bool:
-    header = f.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return False
-    length, crc = _HEADER.unpack(header)
-    payload = f.read(length)
-    return bool(length > 0 and len(payload) == length and zlib.crc32(payload) == crc)
 
 
 def _write_atomic(path: Path, text: str, *, fsync: bool) -> None:

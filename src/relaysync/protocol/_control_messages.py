@@ -1,0 +1,241 @@
+"""Control-link messages (agent <-> master): assignments, reports, hop failures and metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from relaysync.constants import MAX_PATH_BYTES
+from relaysync.errors import ProtocolError
+from relaysync.protocol._message_base import (
+    MAX_REPORT_RECORDS,
+    MAX_ROUTE_NODES,
+    Message,
+    _upto,
+)
+
+# --- Control link: agent <-> master ---
+
+
+class Register(Message, frozen=True, tag="register"):
+    """Agent -> master, after Hello: who and where it is."""
+
+    name: str
+    region: str
+    group: str
+    peer_address: str  # host:port where its peer server listens
+
+
+class BandwidthWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """A time-of-day bandwidth limit of a link policy (transfer/bandwidth.py `BandwidthSchedule`)."""
+
+    days: str = ""  # "mon-fri", "sat,sun", ...; "" = every day (the day the window starts on)
+    start: str = "00:00"  # HH:MM in the policy's timezone
+    end: str = "24:00"  # HH:MM; earlier than start = the window runs past midnight
+    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited
+
+
+class LinkPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How a source sends to one target: the policy of their network section or server pair."""
+
+    tls: bool = True  # off only on links the operator marks trusted (then HMAC-authenticated)
+    transfer: Literal["auto", "delta", "whole"] = "auto"  # delta or dump copy; auto picks per file
+    zstd_level: int = 0  # 0 = no compression; chunks that do not shrink go plain anyway
+    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited; the limit outside every window
+    windows: tuple[BandwidthWindow, ...] = ()  # the first window that holds now sets the limit
+    timezone: str = ""  # IANA name the windows' times are in (zoneinfo); "" = UTC
+
+
+class TargetSpec(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    path: str  # absolute folder on the target server
+    policy: LinkPolicy | None = None  # None: the agent's own defaults
+    link_secret: bytes = b""  # set when the policy turns TLS off: proves the source on a plain link
+
+
+class RouteHop(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One edge of a mapping's distribution tree: `parent` streams the mapping's changes to `child`."""
+
+    parent: str  # node id; the source node for a first hop
+    child: str  # node id of a target (or relay) of the mapping
+    level: str = (
+        ""  # why the planner chose it: region-entry, group-entry, in-group, bypass-..., manual
+    )
+
+
+def nodes_below(routes: tuple[RouteHop, ...], node_id: str) -> frozenset[str]:
+    """Every node below `node_id` in a mapping's distribution tree (none in a star).
+
+    These are the only targets whose watermarks an `Ack` from `node_id` may carry.
+    """
+    below: set[str] = set()
+    frontier = [node_id]
+    while frontier:
+        parent = frontier.pop()
+        for hop in routes:
+            if hop.parent == parent and hop.child not in below and hop.child != node_id:
+                below.add(hop.child)
+                frontier.append(hop.child)
+    return frozenset(below)
+
+
+class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
+    mapping_id: int
+    name: str
+    source_node: str
+    source_path: str  # absolute folder on the source server
+    targets: tuple[TargetSpec, ...]
+    include: tuple[str, ...] = ()  # regular expressions on the relative path; empty = all
+    exclude: tuple[str, ...] = ()
+    durability: Literal["safe", "fast"] = "safe"
+    enabled: bool = True
+    mode: Literal["realtime", "manual", "reserved"] = "realtime"  # when journaled changes are sent
+    release: int = (
+        0  # manual/reserved: bumped by the master each time the operator or schedule says send
+    )
+    delete_confirm: int = 0  # bumped when the operator confirms a mass delete the source held back
+    keep_versions: int = (
+        0  # synchronization and backup: previous versions kept on targets (0 = off)
+    )
+    keep_versions_on: tuple[str, ...] = ()  # node ids of the targets that keep them (empty = all)
+    # The distribution tree (routing/planner.py): every target's parent. Empty = a star from the
+    # source. Changes to it need no restart: links are added and dropped in place.
+    routes: tuple[RouteHop, ...] = ()
+    route_epoch: int = 0  # bumped by the master at each re-plan
+    # N:M jobs: the member mappings of job `job_id` write one target tree; "newest-mtime" resolves
+    # two sources writing one path (transfer/conflicts.py). "" = the source is the truth.
+    conflict: str = ""
+    job_id: int = 0
+    # Delta or dump copy forced for every link of this mapping, over the links' policies; "" = per policy.
+    transfer_override: Literal["", "auto", "delta", "whole"] = ""
+
+
+class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    name: str
+    address: str  # host:port of its peer server
+
+
+class Assignment(Message, frozen=True, tag="assignment"):
+    """Master -> agent: every mapping it takes part in, and its peers. Versioned by epoch."""
+
+    epoch: int
+    mappings: tuple[MappingSpec, ...]
+    peers: tuple[PeerInfo, ...]
+
+    def decoded_items(self) -> int:
+        return (
+            len(self.mappings)
+            + len(self.peers)
+            + sum(
+                len(m.targets) + len(m.routes) + len(m.include) + len(m.exclude)
+                for m in self.mappings
+            )
+        )
+
+
+class ReleaseReport(Message, frozen=True, tag="release_report"):
+    """Source agent -> master: release `release` of a manual/reserved mapping covers seqs up to `upto_seq`."""
+
+    mapping_id: int
+    release: int
+    upto_seq: int
+
+
+class MassDeleteHeld(Message, frozen=True, tag="mass_delete_held"):
+    """Source agent -> master: a scan would delete most of a folder (an unmounted disk?): held."""
+
+    mapping_id: int
+    deletes: int  # entries the held changes would remove on every target
+    entries: int  # entries the source knew before
+    root_missing: bool
+
+
+class AssignmentAck(Message, frozen=True, tag="assignment_ack"):
+    epoch: int
+
+
+class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One change as applied (or refused) on one target."""
+
+    seq: int  # journal sequence on the source; 0 for catch-up work outside the journal
+    op: str
+    path: str
+    size: int = 0
+    wire_bytes: int = 0
+    ok: bool = True
+    error: str = ""
+    duration_ms: float = 0.0
+    committed_at: float = 0.0  # unix time on the target
+    new_path: str = ""  # a rename's new path: the purger refreshes it and what moved under it
+    # N:M jobs (transfer/conflicts.py): why two sources' versions met here ("" = they did not),
+    # and the other source's node id; "newer": this record's version won, otherwise it lost.
+    conflict: str = ""
+    conflict_with: str = ""
+    changed_at: float = (
+        0.0  # the op's changed_at (source clock); committed_at - changed_at = latency
+    )
+
+
+class CommitReport(Message, frozen=True, tag="commit_report"):
+    """Target -> master, at once after commits: the watermark and what was applied."""
+
+    mapping_id: int
+    source_node: str
+    target_node: str
+    watermark: int  # every seq <= watermark is committed on the target
+    records: Annotated[tuple[CommitRecord, ...], _upto(MAX_REPORT_RECORDS)]
+    # names of the nodes the changes came through, source first
+    route: Annotated[tuple[str, ...], _upto(MAX_ROUTE_NODES)] = ()
+
+    def decoded_items(self) -> int:
+        return len(self.records) + len(self.route)
+
+
+class HopFailed(Message, frozen=True, tag="hop_failed"):
+    """Agent -> master: this agent could not stream mapping `mapping_id` to `child` (connect or
+    transfer error, or the child refused it). The master re-plans around the hop."""
+
+    mapping_id: int
+    child: str  # node id
+    error: str
+    attempts: int = 1  # consecutive failures so far
+
+
+# --- Monitoring ---
+
+MAX_METRIC_SAMPLES = 4096  # one report per agent tick; thousands of mappings is already extreme
+MAX_METRIC_NAME = 64
+MAX_METRIC_LABELS = 8  # e.g. the disk path or the mapping of one figure
+
+
+class MetricSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One figure: a gauge value, with labels such as the disk path or the mapping."""
+
+    name: str  # e.g. cpu_percent, disk_used_percent, journal_backlog
+    value: float
+    labels: Annotated[tuple[tuple[str, str], ...], _upto(MAX_METRIC_LABELS)] = ()
+
+
+class MetricsReport(Message, frozen=True, tag="metrics_report"):
+    """Agent -> master, every metrics_interval_s: the agent's server figures."""
+
+    at: float  # unix time on the agent when collected
+    samples: Annotated[tuple[MetricSample, ...], _upto(MAX_METRIC_SAMPLES)]
+
+    def decoded_items(self) -> int:
+        return len(self.samples) + sum(len(s.labels) for s in self.samples)
+
+    def validate(self) -> None:
+        if len(self.samples) > MAX_METRIC_SAMPLES:
+            raise ProtocolError(f"metrics_report: over {MAX_METRIC_SAMPLES} samples")
+        for s in self.samples:
+            if not s.name or len(s.name) > MAX_METRIC_NAME or not s.name.replace("_", "").isalnum():
+                raise ProtocolError(f"metrics_report: bad metric name {s.name[:80]!r}")
+            if s.value != s.value or s.value in (float("inf"), float("-inf")):
+                raise ProtocolError(f"metrics_report: {s.name} is not a finite number")
+            if len(s.labels) > MAX_METRIC_LABELS or any(
+                len(k) > MAX_METRIC_NAME or len(v) > MAX_PATH_BYTES for k, v in s.labels
+            ):
+                raise ProtocolError(f"metrics_report: {s.name} has too many or too long labels")
