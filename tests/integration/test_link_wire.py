@@ -23,7 +23,8 @@ from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import Assignment
 from relaysync.testing.cluster import wait_until
 from relaysync.transfer import ops
-from relaysync.transfer.sender import TargetAddress, TargetLink
+from relaysync.transfer.link_ends import TargetAddress
+from relaysync.transfer.sender import TargetLink
 from relaysync.watch._fsevent import FsEvent
 from tests.integration.conftest import Fleet, start_fleet
 

@@ -18,8 +18,9 @@ from anyio.abc import TaskGroup
 from relaysync.errors import FolderRefused
 from relaysync.protocol.messages import MappingSpec, TargetSpec, nodes_below
 from relaysync.transfer.conflicts import forget_missing
+from relaysync.transfer.link_ends import SourceFolder
 from relaysync.transfer.relay import RelayFeed, RelayLink
-from relaysync.transfer.sender import SourceFolder, TargetLink
+from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.staging import clean_stale_temps
 from relaysync.transfer.target_folder import TargetFolder

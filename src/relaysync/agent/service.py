@@ -41,9 +41,10 @@ from relaysync.protocol.messages import (
     TargetSpec,
 )
 from relaysync.transfer import tls
+from relaysync.transfer.link_ends import SourceFolder, TargetAddress
 from relaysync.transfer.receiver import ReportFn
 from relaysync.transfer.relay import RelayFeed
-from relaysync.transfer.sender import SourceFolder, TargetAddress, TargetLink
+from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 
 from ._target_role import TargetRole

@@ -132,7 +132,7 @@ class SourceMapping(MassDeleteGuard):
         )
         return True
 
-    # --- SourceFolder protocol (transfer/sender.py) ---
+    # --- SourceFolder protocol (transfer/link_ends.py) ---
 
     @property
     def send_limit(self) -> int:

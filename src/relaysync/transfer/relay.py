@@ -53,8 +53,9 @@ from relaysync.protocol.messages import (
     nodes_below,
 )
 from relaysync.transfer import ops
+from relaysync.transfer._link_session import _Session
 from relaysync.transfer.relay_resume import ResumeCut, open_prefix, prefix_messages
-from relaysync.transfer.sender import BATCH_BYTES, TargetLink, _Session
+from relaysync.transfer.sender import BATCH_BYTES, TargetLink
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
@@ -78,7 +79,7 @@ class _JournalRef:
 class RelayFeed:
     """One mapping's relay role on this agent: its spool, its children's acks, its committed mark.
 
-    Implements the `SourceFolder` protocol of transfer/sender.py for its RelayLinks.
+    Implements the `SourceFolder` protocol of transfer/link_ends.py for its RelayLinks.
     """
 
     realtime = True

@@ -16,9 +16,6 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -38,146 +35,36 @@ from relaysync.errors import PeerRefused, ProtocolError, SpoolReset
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
-    Ack,
     AnyMessage,
     AuthChallenge,
     AuthResponse,
     Checkpoint,
     Delete,
-    DigestReply,
-    DigestRequest,
-    DirListing,
     Error,
     ErrorCode,
     FileChunk,
     MappingState,
-    NodeMark,
     OpenMapping,
     Partial,
     PartialRef,
     Ping,
-    Pong,
 )
 from relaysync.transfer import ops, tls
+from relaysync.transfer._link_session import _Session
 from relaysync.transfer.compare import Work, compare_trees, iter_subtree
+from relaysync.transfer.link_ends import FailureFn, SourceFolder, TargetAddress
 from relaysync.transfer.moves import MovedAway
 from relaysync.transfer.obsolete import closing_checkpoints, obsolete_partials
 from relaysync.transfer.pacing import send_paced
 from relaysync.watch._coalesce_journal import coalesce_records
 from relaysync.watch.changes import JournalRecord
-from relaysync.watch.journal import Journal
-from relaysync.watch.manifest import Entry, Manifest
+from relaysync.watch.manifest import Entry
 
 logger = logging.getLogger(__name__)
 
 BATCH_RECORDS = 256  # journal records per batch (one Checkpoint, one fsync batch on the target)
 BATCH_BYTES = 8 * 1024 * 1024  # payload per send_many; larger files stream chunk by chunk
 WINDOW_RECORDS = 8192  # records sent but not yet acknowledged before the sender waits
-
-
-class SourceFolder(Protocol):
-    """What a link needs from the source side of its mapping (agent/source.py)."""
-
-    mapping_id: int
-    root: Path
-    journal: Journal
-    manifest: Manifest
-    applied_seq: int  # journal records up to here are reflected in the manifest
-    realtime: bool  # False: manual/reserved, only released records go, and no compare of its own
-
-    @property
-    def send_limit(self) -> int: ...
-
-    async def wait_for_records(self, after_seq: int, timeout_s: float) -> None: ...
-
-    def on_ack(self, target_node: str, watermark: int) -> None: ...
-
-    def on_open(self, target_node: str, watermark: int) -> None: ...
-
-    def below(self, child: str) -> frozenset[str]: ...
-
-
-FailureFn = Callable[[str, str, int], None]  # (child node id, error, consecutive failures)
-
-
-@dataclass(frozen=True)
-class TargetAddress:
-    node_id: str
-    name: str
-    resolve: Callable[[], str]  # the target's current peer address (it may move on restart)
-
-
-class _Session:
-    """One connected session to a target."""
-
-    def __init__(self, link: TargetLink, framed: FramedStream) -> None:
-        self.link = link
-        self.framed = framed
-        self.acked = 0
-        self.sent_upto = 0
-        self.ack_changed = anyio.Event()
-        self.moved = MovedAway()  # files found gone when sent, followed through later renames
-        self.partials: tuple[
-            Partial, ...
-        ] = ()  # the target's partials, as it listed them at the start
-        self.replies: tuple[
-            anyio.abc.ObjectSendStream[DigestReply], anyio.abc.ObjectReceiveStream[DigestReply]
-        ] = anyio.create_memory_object_stream[DigestReply](4)
-
-    async def read_loop(self) -> None:
-        send_replies = self.replies[0]
-        async with send_replies:
-            while True:
-                with anyio.fail_after(RECEIVE_TIMEOUT_S):
-                    message = await self.framed.receive()
-                match message:
-                    case Ack():
-                        self._on_ack(message.watermark, message.subtree)
-                    case DigestReply():
-                        await send_replies.send(message)
-                    case Error():
-                        if message.code in (ErrorCode.BASE_MISMATCH, ErrorCode.HASH_MISMATCH):
-                            # the target lacks the base, or a delta did not rebuild the file: whole next time
-                            self.link.options.whole_file_seqs.add(message.seq)
-                        raise PeerRefused(message.detail, message.code.name)
-                    case Ping():
-                        await self.framed.send(Pong(nonce=message.nonce))
-                    case Pong():
-                        self.link.failures = 0  # idle and answering: a healthy session
-                    case _:
-                        raise ProtocolError(f"unexpected {type(message).__name__} from target")
-
-    def _on_ack(self, watermark: int, subtree: Sequence[NodeMark] = ()) -> None:
-        # A relay's targets below it: the source keeps changes until they commit. A target speaks
-        # only for its own subtree in the routing table: a mark for any other node (a leaf naming
-        # its sibling) would let it release changes that node lacks, or hold the journal for ever.
-        below = self.link.source.below(self.link.target.node_id) if subtree else frozenset()
-        for mark in subtree:
-            if mark.node_id in below:
-                self.link.source.on_ack(mark.node_id, mark.watermark)
-        if watermark > self.acked:
-            self.link.failures = 0  # progress
-            self.acked = watermark
-            self.link.source.on_ack(self.link.target.node_id, watermark)
-            self.ack_changed.set()
-            self.ack_changed = anyio.Event()
-
-    async def request_listings(
-        self, dirs: Sequence[str], hashes_only: bool, after: str
-    ) -> Sequence[DirListing]:
-        await self.framed.send(
-            DigestRequest(
-                mapping_id=self.link.source.mapping_id,
-                dirs=tuple(dirs),
-                hashes_only=hashes_only,
-                after=after,
-            )
-        )
-        with anyio.fail_after(RECEIVE_TIMEOUT_S):
-            reply = await self.replies[1].receive()
-        if len(reply.listings) != len(dirs):
-            raise ProtocolError("digest reply does not match the request")
-        return reply.listings
 
 
 class TargetLink:

@@ -20,7 +20,8 @@ from relaysync.agent.source import SourceMapping
 from relaysync.constants import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS
 from relaysync.protocol.messages import MappingSpec, TargetSpec
 from relaysync.transfer import ops
-from relaysync.transfer.sender import TargetAddress, TargetLink
+from relaysync.transfer.link_ends import TargetAddress
+from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch._fsevent import FsEvent
 

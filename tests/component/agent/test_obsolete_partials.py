@@ -25,8 +25,10 @@ from relaysync.protocol.messages import (
     Partial,
 )
 from relaysync.transfer import ops
+from relaysync.transfer._link_session import _Session
+from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.receiver import ReceiverSession
-from relaysync.transfer.sender import TargetAddress, TargetLink, _Session
+from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
 from relaysync.watch._fsevent import FsEvent
 

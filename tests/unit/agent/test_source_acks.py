@@ -19,7 +19,8 @@ import pytest
 
 from relaysync.agent.source import ACK_FLUSH_S, SourceMapping
 from relaysync.protocol.messages import MappingSpec, MappingState, NodeMark, RouteHop, TargetSpec
-from relaysync.transfer.sender import TargetLink, _Session
+from relaysync.transfer._link_session import _Session
+from relaysync.transfer.sender import TargetLink
 from relaysync.watch.changes import PendingChange
 
 

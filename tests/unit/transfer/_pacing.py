@@ -13,7 +13,9 @@ import anyio
 from relaysync.protocol.framing import encode_frame
 from relaysync.protocol.messages import AnyMessage
 from relaysync.transfer import ops
-from relaysync.transfer.sender import TargetAddress, TargetLink, _Session
+from relaysync.transfer._link_session import _Session
+from relaysync.transfer.link_ends import TargetAddress
+from relaysync.transfer.sender import TargetLink
 
 Sent = list[tuple[float, int, AnyMessage]]  # (time on the fake clock, frame bytes, message)
 

@@ -1,0 +1,101 @@
+"""The link session: one connected session of a `TargetLink`, reading the target's acks and replies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+
+from relaysync.constants import RECEIVE_TIMEOUT_S
+from relaysync.errors import PeerRefused, ProtocolError
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import (
+    Ack,
+    DigestReply,
+    DigestRequest,
+    DirListing,
+    Error,
+    ErrorCode,
+    NodeMark,
+    Partial,
+    Ping,
+    Pong,
+)
+from relaysync.transfer.moves import MovedAway
+
+if TYPE_CHECKING:
+    from relaysync.transfer.sender import TargetLink
+
+
+class _Session:
+    """One connected session to a target."""
+
+    def __init__(self, link: TargetLink, framed: FramedStream) -> None:
+        self.link = link
+        self.framed = framed
+        self.acked = 0
+        self.sent_upto = 0
+        self.ack_changed = anyio.Event()
+        self.moved = MovedAway()  # files found gone when sent, followed through later renames
+        self.partials: tuple[
+            Partial, ...
+        ] = ()  # the target's partials, as it listed them at the start
+        self.replies: tuple[
+            anyio.abc.ObjectSendStream[DigestReply], anyio.abc.ObjectReceiveStream[DigestReply]
+        ] = anyio.create_memory_object_stream[DigestReply](4)
+
+    async def read_loop(self) -> None:
+        send_replies = self.replies[0]
+        async with send_replies:
+            while True:
+                with anyio.fail_after(RECEIVE_TIMEOUT_S):
+                    message = await self.framed.receive()
+                match message:
+                    case Ack():
+                        self._on_ack(message.watermark, message.subtree)
+                    case DigestReply():
+                        await send_replies.send(message)
+                    case Error():
+                        if message.code in (ErrorCode.BASE_MISMATCH, ErrorCode.HASH_MISMATCH):
+                            # the target lacks the base, or a delta did not rebuild the file: whole next time
+                            self.link.options.whole_file_seqs.add(message.seq)
+                        raise PeerRefused(message.detail, message.code.name)
+                    case Ping():
+                        await self.framed.send(Pong(nonce=message.nonce))
+                    case Pong():
+                        self.link.failures = 0  # idle and answering: a healthy session
+                    case _:
+                        raise ProtocolError(f"unexpected {type(message).__name__} from target")
+
+    def _on_ack(self, watermark: int, subtree: Sequence[NodeMark] = ()) -> None:
+        # A relay's targets below it: the source keeps changes until they commit. A target speaks
+        # only for its own subtree in the routing table: a mark for any other node (a leaf naming
+        # its sibling) would let it release changes that node lacks, or hold the journal for ever.
+        below = self.link.source.below(self.link.target.node_id) if subtree else frozenset()
+        for mark in subtree:
+            if mark.node_id in below:
+                self.link.source.on_ack(mark.node_id, mark.watermark)
+        if watermark > self.acked:
+            self.link.failures = 0  # progress
+            self.acked = watermark
+            self.link.source.on_ack(self.link.target.node_id, watermark)
+            self.ack_changed.set()
+            self.ack_changed = anyio.Event()
+
+    async def request_listings(
+        self, dirs: Sequence[str], hashes_only: bool, after: str
+    ) -> Sequence[DirListing]:
+        await self.framed.send(
+            DigestRequest(
+                mapping_id=self.link.source.mapping_id,
+                dirs=tuple(dirs),
+                hashes_only=hashes_only,
+                after=after,
+            )
+        )
+        with anyio.fail_after(RECEIVE_TIMEOUT_S):
+            reply = await self.replies[1].receive()
+        if len(reply.listings) != len(dirs):
+            raise ProtocolError("digest reply does not match the request")
+        return reply.listings

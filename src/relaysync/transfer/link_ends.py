@@ -1,0 +1,43 @@
+"""Link ends: what the agent gives a target link (its source folder, target address, failure hook)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from relaysync.watch.journal import Journal
+from relaysync.watch.manifest import Manifest
+
+
+class SourceFolder(Protocol):
+    """What a link needs from the source side of its mapping (agent/source.py)."""
+
+    mapping_id: int
+    root: Path
+    journal: Journal
+    manifest: Manifest
+    applied_seq: int  # journal records up to here are reflected in the manifest
+    realtime: bool  # False: manual/reserved, only released records go, and no compare of its own
+
+    @property
+    def send_limit(self) -> int: ...
+
+    async def wait_for_records(self, after_seq: int, timeout_s: float) -> None: ...
+
+    def on_ack(self, target_node: str, watermark: int) -> None: ...
+
+    def on_open(self, target_node: str, watermark: int) -> None: ...
+
+    def below(self, child: str) -> frozenset[str]: ...
+
+
+FailureFn = Callable[[str, str, int], None]  # (child node id, error, consecutive failures)
+
+
+@dataclass(frozen=True)
+class TargetAddress:
+    node_id: str
+    name: str
+    resolve: Callable[[], str]  # the target's current peer address (it may move on restart)
