@@ -3,7 +3,7 @@
 A message goes out at line rate once it is on the socket, so it is paid for before it goes
 (`TokenBucket.consume`), and no message is larger than the limit's message size
 (`TokenBucket.chunk_bytes`): a chunk made for a higher limit (read ahead before a time window
-started, or forwarded by a relay from a faster hop) is cut first (`ops.split_chunk`).
+started, or forwarded by a relay from a faster hop) is cut first (`recoding.split_chunk`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import anyio
 
 from relaysync.constants import CHUNK_BYTES
 from relaysync.protocol.messages import AnyMessage, FileChunk
-from relaysync.transfer import ops
+from relaysync.transfer import ops, recoding
 from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.codec import Codec
 
@@ -67,5 +67,5 @@ def _split_chunks(batch: list[AnyMessage], step: int, codec: Codec) -> list[AnyM
     return [
         piece
         for m in batch
-        for piece in (ops.split_chunk(m, step, codec) if isinstance(m, FileChunk) else (m,))
+        for piece in (recoding.split_chunk(m, step, codec) if isinstance(m, FileChunk) else (m,))
     ]

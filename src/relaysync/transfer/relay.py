@@ -52,7 +52,7 @@ from relaysync.protocol.messages import (
     SmallFile,
     nodes_below,
 )
-from relaysync.transfer import ops
+from relaysync.transfer import ops, recoding
 from relaysync.transfer._link_session import _Session
 from relaysync.transfer.relay_resume import ResumeCut, open_prefix, prefix_messages
 from relaysync.transfer.sender import BATCH_BYTES, TargetLink
@@ -397,7 +397,7 @@ class RelayLink(TargetLink):
 
     def _outgoing(self, out: list[AnyMessage]) -> Iterator[AnyMessage]:
         """The spooled messages as this hop sends them: file data in this hop's codec (our parent's
-        hop may run another) and in messages no larger than this hop's limit wants (ops.split_chunk),
+        hop may run another) and in messages no larger than this hop's limit wants (recoding.split_chunk),
         a SmallFile streamed for a child of an older release.
 
         Runs in `_send_stream`'s worker thread, where the zstd work belongs.
@@ -406,11 +406,11 @@ class RelayLink(TargetLink):
         step = self.options.bandwidth.chunk_bytes(CHUNK_BYTES)  # this hop's limit, not our parent's
         for message in out:
             if isinstance(message, FileChunk) and len(message.data) > step:
-                yield from ops.split_chunk(message, step, codec)  # in this hop's codec too
+                yield from recoding.split_chunk(message, step, codec)  # in this hop's codec too
                 continue
-            message = ops.recoded(message, codec)
+            message = recoding.recoded(message, codec)
             if isinstance(message, SmallFile) and not small_files:
-                yield from ops.as_streamed(message)
+                yield from recoding.as_streamed(message)
             else:
                 yield message
 

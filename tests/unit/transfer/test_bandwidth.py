@@ -16,7 +16,7 @@ import xxhash
 from relaysync.constants import CHUNK_BYTES
 from relaysync.errors import ConfigError
 from relaysync.protocol.messages import BandwidthWindow, FileChunk
-from relaysync.transfer import ops
+from relaysync.transfer import ops, recoding
 from relaysync.transfer.bandwidth import (
     BURST_S,
     SLACK_S,
@@ -392,7 +392,7 @@ def test_a_deltas_chunks_follow_the_limit(tmp_path: Path) -> None:
     assert b"".join(c.data for c in chunks) == delta
 
 
-# --- Cutting a chunk for a hop under a lower limit (ops.split_chunk) ---
+# --- Cutting a chunk for a hop under a lower limit (recoding.split_chunk) ---
 
 
 @pytest.mark.parametrize(
@@ -411,7 +411,7 @@ def test_a_cut_chunk_keeps_its_data_offsets_and_boundaries(
     codec_id, payload = encode_chunk(
         data, Zstd(1)
     )  # a parent hop's zstd: more than a piece on the wire
-    pieces = ops.split_chunk(
+    pieces = recoding.split_chunk(
         FileChunk(seq=1, offset=offset, data=payload, codec=codec_id), 16 * 1024, codec
     )
     assert b"".join(decode_chunk(p.codec, p.data) for p in pieces) == data
@@ -426,5 +426,5 @@ def test_a_cut_chunk_keeps_its_data_offsets_and_boundaries(
 def test_a_chunk_that_fits_or_does_not_decode_goes_as_it_came() -> None:
     small = FileChunk(seq=1, offset=0, data=b"x" * 100)
     corrupt = FileChunk(seq=1, offset=0, data=b"not zstd" * 10_000, codec=Zstd.ID)
-    assert ops.split_chunk(small, 16 * 1024, Plain())[0] is small
-    assert ops.split_chunk(corrupt, 16 * 1024, Plain())[0] is corrupt
+    assert recoding.split_chunk(small, 16 * 1024, Plain())[0] is small
+    assert recoding.split_chunk(corrupt, 16 * 1024, Plain())[0] is corrupt

@@ -22,6 +22,7 @@ from relaysync.protocol.messages import (
     SmallFile,
 )
 from relaysync.transfer import ops as ops_module
+from relaysync.transfer import recoding
 from relaysync.transfer.codec import Plain, Zstd, codec_for_level, decode_chunk
 from relaysync.transfer.ops import SendOptions, iter_file_messages, record_messages
 from relaysync.watch.changes import JournalRecord
@@ -126,7 +127,7 @@ def test_a_small_file_that_grows_while_read_is_aborted(
     assert isinstance(msg, FileAbort) and msg.seq == 9
 
 
-# --- A relay's next hop runs its own codec (ops.recoded) ---
+# --- A relay's next hop runs its own codec (recoding.recoded) ---
 
 TEXT = b"relaysync compresses repetitive text like this line, over and over again.\n" * 800
 
@@ -148,7 +149,7 @@ def _small(data: bytes, codec: int, size: int | None = None) -> SmallFile:
 
 def test_a_plain_chunk_is_compressed_for_a_zstd_hop_and_keeps_its_offset() -> None:
     chunk = FileChunk(seq=3, offset=5 * 1024 * 1024, data=TEXT)
-    out = ops_module.recoded(chunk, codec_for_level(3))
+    out = recoding.recoded(chunk, codec_for_level(3))
     assert isinstance(out, FileChunk) and out.codec == Zstd.ID and len(out.data) < len(TEXT) / 20
     assert (out.seq, out.offset) == (chunk.seq, chunk.offset) and decode_chunk(
         out.codec, out.data
@@ -158,7 +159,7 @@ def test_a_plain_chunk_is_compressed_for_a_zstd_hop_and_keeps_its_offset() -> No
 
 def test_a_zstd_small_file_goes_plain_on_a_level_0_hop_with_its_size_and_hash() -> None:
     small = _small(Zstd(3).compress(TEXT), Zstd.ID)
-    out = ops_module.recoded(small, codec_for_level(0))
+    out = recoding.recoded(small, codec_for_level(0))
     assert out == _small(TEXT, Plain.ID)
     out.validate()
 
@@ -166,7 +167,7 @@ def test_a_zstd_small_file_goes_plain_on_a_level_0_hop_with_its_size_and_hash() 
 def test_incompressible_data_goes_plain_on_a_zstd_hop() -> None:
     data = os.urandom(64 * 1024)
     chunk = FileChunk(seq=3, offset=0, data=data)
-    out = ops_module.recoded(chunk, codec_for_level(3))
+    out = recoding.recoded(chunk, codec_for_level(3))
     assert out == chunk and out.data is data
 
 
@@ -182,12 +183,12 @@ def test_a_message_already_in_the_hops_codec_is_the_very_same_object(level: int)
         FileEnd(seq=3, hash=b"h" * 16),
         Delete(seq=3, path="d"),
     ):
-        assert ops_module.recoded(message, codec) is message
+        assert recoding.recoded(message, codec) is message
 
 
 def test_data_that_does_not_decode_goes_as_it_came() -> None:
     """Corrupt, or over the receiver's limit: the child refuses it, as it would from our parent."""
     corrupt = FileChunk(seq=3, offset=0, data=b"\x28\xb5\x2f\xfd garbage", codec=Zstd.ID)
-    assert ops_module.recoded(corrupt, codec_for_level(0)) is corrupt
+    assert recoding.recoded(corrupt, codec_for_level(0)) is corrupt
     over = _small(Zstd(3).compress(TEXT), Zstd.ID, size=100)  # decodes to more than its size
-    assert ops_module.recoded(over, codec_for_level(0)) is over
+    assert recoding.recoded(over, codec_for_level(0)) is over

@@ -27,8 +27,8 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer.codec import codec_for_level, encode_chunk
-from relaysync.transfer.ops import as_streamed
 from relaysync.transfer.receiver import ReceiverSession
+from relaysync.transfer.recoding import as_streamed
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
 from tests._trees import snapshot, temp_files
