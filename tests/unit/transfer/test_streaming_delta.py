@@ -23,7 +23,8 @@ from relaysync.transfer import _librsync
 from relaysync.transfer import delta as delta_engine
 from relaysync.transfer.ops import Flush, SendOptions, iter_file_messages
 from relaysync.transfer.patching import StreamingPatch
-from relaysync.transfer.signatures import INLINE_SIGN_MAX_BYTES, SignatureStore
+from relaysync.transfer.signatures import SignatureStore
+from relaysync.transfer.signing import INLINE_SIGN_MAX_BYTES
 
 
 def _versions(tmp: Path, size: int = 3 * 1024 * 1024) -> tuple[Path, bytes, bytes, Path]:
