@@ -39,7 +39,8 @@ from relaysync.constants import RECEIVE_TIMEOUT_S
 from relaysync.errors import ConfigError, RouteError, StoreError
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.store._modes import next_run
-from relaysync.master.store._routing import FailedTarget, RecoveryJob, RoutingSettings, node_of
+from relaysync.master.store._recovery import FailedTarget, RecoveryJob
+from relaysync.master.store._routing import RoutingSettings, node_of
 from relaysync.master.store.store import Store
 from relaysync.master.store.types import ServerInfo
 from relaysync.protocol.messages import Assignment, MappingSpec, PeerInfo, RouteHop
