@@ -2,10 +2,10 @@
 through a durable queue with retries, and records each outcome.
 
 Flow: JobLogWriter.add -> on_commit_report (CommitTracker: wait for every origin that is up)
--> intake (URLs per cache, made durable in the store's purge queue) -> workers (driver
-refresh, confirm) -> purge log. A URL is worked on by one worker at a time per cache; queued
-items of one URL with different actions (a refresh and a ban of /docs/) run one after the
-other, oldest first, each with its own outcome.
+-> intake (URLs per cache, planned by purge/planner.py, made durable in the store's purge
+queue) -> workers (driver refresh, confirm) -> purge log. A URL is worked on by one worker at a
+time per cache; queued items of one URL with different actions (a refresh and a ban of /docs/)
+run one after the other, oldest first, each with its own outcome.
 
 Error handling:
     A cache that refuses purges (403/405) is a configuration error: logged as an error, told
@@ -27,7 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import httpx
@@ -37,9 +37,10 @@ from relaysync.errors import CacheRefused, PrefixNotExpandable, PurgeError, Stor
 from relaysync.protocol.messages import CommitReport
 from relaysync.purge import urls as urlmap
 from relaysync.purge.confirm import run_item
-from relaysync.purge.drivers import DRIVERS, Driver, make_driver
+from relaysync.purge.drivers import Driver, make_driver
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
 from relaysync.purge.ordering import HOLD_MAX_S, CommitTracker, Released
+from relaysync.purge.planner import PurgePlanner, PurgeStore, _can_ban, url_items
 from relaysync.purge.site import CacheSpec, SiteSpec
 
 logger = logging.getLogger(__name__)
@@ -55,42 +56,12 @@ SITES_RELOAD_S = 5.0  # sites are re-read this often besides on every API change
 CONCURRENCY = 64  # purge requests in flight at once, over every cache
 
 
-class PurgeStore(Protocol):
-    """What the purger needs from the master's store."""
-
-    def list_sites(self) -> list[SiteSpec]: ...
-    def server_states(self) -> dict[str, str]: ...
-    def changed_paths_under(self, mapping_id: int, prefix: str) -> list[str]: ...
-    def enqueue_purges(self, items: Sequence[PurgeItem]) -> list[QueuedPurge]: ...
-    def pending_purges(self) -> list[QueuedPurge]: ...
-    def finish_purges(
-        self, done: Sequence[int], results: Sequence[PurgeResult], retries: Sequence[Retry]
-    ) -> None: ...
-
-
 Notify = Callable[[str, dict[str, Any]], None]
 UrlKey = tuple[int, str, str]  # (site id, cache name, url)
 GroupKey = tuple[int, str, str, str]  # (site id, cache name, url, action)
 
 
-def _can_ban(cache: CacheSpec) -> bool:
-    return DRIVERS.get(cache.driver, Driver).can_ban
-
-
-def url_items(site_id: int, cache: str, urls: Sequence[str], action: Action) -> list[PurgeItem]:
-    """Return the items of `action` on `urls`, and a purge (or ban) of each URL's other forms."""
-    other: Action = "ban" if action == "ban" else "purge"
-    out: list[PurgeItem] = []
-    for url in urls:
-        out.append(PurgeItem(site_id=site_id, cache=cache, url=url, action=action))
-        out += [
-            PurgeItem(site_id=site_id, cache=cache, url=u, action=other)
-            for u in urlmap.other_forms(url)
-        ]
-    return out
-
-
-class Purger:
+class Purger(PurgePlanner):
     def __init__(
         self,
         store: PurgeStore,
@@ -332,65 +303,6 @@ class Purger:
         except StoreError as exc:
             logger.warning("purge log write failed, will retry: %s", exc)
             self._done[:0], self._results[:0], self._retries[:0] = done, results, retries
-
-    # --- planning ---
-
-    async def _plan(self, site: SiteSpec, change: Released) -> list[PurgeItem]:
-        """Return the purge items of one change on every cache of the site."""
-        refresh: list[str] = []
-        purge: list[str] = []
-        prefixes: list[str] = []
-        if change.op in ("write", "symlink"):
-            refresh += urlmap.urls_for_path(site, change.path)
-        elif change.op == "delete":
-            purge += urlmap.urls_for_path(site, change.path)
-            prefixes.append(change.path)
-        elif change.op == "rename":
-            purge += urlmap.urls_for_path(site, change.path)
-            refresh += urlmap.urls_for_path(site, change.new_path) if change.new_path else []
-            prefixes += [change.path, change.new_path] if change.new_path else [change.path]
-        elif change.op == "prefix":
-            prefixes.append(change.path)
-        under = await self._paths_under(site, change, prefixes) if prefixes else {}
-        items: list[PurgeItem] = []
-        for cache in site.caches:
-            items += self._cache_items(site, cache, refresh, purge, prefixes, under)
-        return items
-
-    async def _paths_under(
-        self, site: SiteSpec, change: Released, prefixes: list[str]
-    ) -> dict[str, list[str]]:
-        if site.mapping_id is None or all(_can_ban(c) for c in site.caches):
-            return {}
-        old = await anyio.to_thread.run_sync(
-            self.store.changed_paths_under, site.mapping_id, change.path
-        )
-        under = {change.path: old}
-        if change.new_path:
-            under[change.new_path] = [change.new_path + p[len(change.path) :] for p in old]
-        return under
-
-    def _cache_items(
-        self,
-        site: SiteSpec,
-        cache: CacheSpec,
-        refresh: list[str],
-        purge: list[str],
-        prefixes: list[str],
-        under: dict[str, list[str]],
-    ) -> list[PurgeItem]:
-        out = url_items(site.id, cache.name, refresh, "refresh")
-        out += url_items(site.id, cache.name, purge, "purge")
-        can_ban = _can_ban(cache)
-        for prefix in prefixes:
-            if can_ban:
-                out += url_items(
-                    site.id, cache.name, urlmap.urls_for_path(site, prefix, directory=True), "ban"
-                )
-                continue
-            for path in under.get(prefix, ()):
-                out += url_items(site.id, cache.name, urlmap.urls_for_path(site, path), "purge")
-        return out
 
     # --- working ---
 

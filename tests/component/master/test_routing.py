@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.constants import RECEIVE_TIMEOUT_S
+from relaysync.master._router_clock import HOP_FAILED_TTL_S, LINK_GRACE_S
 from relaysync.master.app import create_app
 from relaysync.master.events import EventBus, EventType
-from relaysync.master.router import HOP_FAILED_TTL_S, LINK_GRACE_S, Router
+from relaysync.master.router import Router
 from relaysync.master.store import Store
 from relaysync.protocol.messages import Assignment, CommitRecord, CommitReport
 

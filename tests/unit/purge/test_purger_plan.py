@@ -11,7 +11,8 @@ import pytest
 from relaysync.errors import PrefixNotExpandable
 from relaysync.master.store import Store
 from relaysync.protocol.messages import CommitRecord, CommitReport
-from relaysync.purge.purger import Purger, url_items
+from relaysync.purge.planner import url_items
+from relaysync.purge.purger import Purger
 from relaysync.purge.site import SiteSpec
 
 pytestmark = pytest.mark.anyio

@@ -10,10 +10,10 @@ from pydantic import BaseModel, Field
 
 from relaysync.master.api._context import Context
 from relaysync.master.events import EventType
+from relaysync.master.store._recovery import RecoveryJob
 from relaysync.master.store._routing import (
     MAX_FANOUT,
     MIN_FAIL_AFTER_S,
-    RecoveryJob,
     RoutingSettings,
     TargetPolicy,
 )

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from relaysync.errors import ConfigError
 from relaysync.master.store._joblog import ADVANCES, CHANGES, EXCEPTIONS
-from relaysync.master.store._routing import RecoveryJobRow
+from relaysync.master.store._routing_tables import RecoveryJobRow
 from relaysync.master.store.models import Base
 
 SessionFn = Callable[[str], AbstractContextManager[Session]]

@@ -4,7 +4,8 @@ The planner (routing/) is pure; what it plans from lives here: the mode and the 
 fan-out degree, how long a target may stay unreachable (`fail_after_s`) before it is marked
 failed, and the recovery policy of the mapping with per-target overrides. A failed target is
 durable (`routing_targets.failed_at`), so a restarted master keeps leaving it out. Each recovery is
-a row in `recovery_jobs` (the job log of recoveries) with its outcome.
+a row in `recovery_jobs` (the job log of recoveries) with its outcome. Those two live in
+_recovery.py (mixed into RoutingStore), the tables in _routing_tables.py.
 """
 
 from __future__ import annotations
@@ -12,20 +13,23 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from relaysync.errors import ConfigError
 from relaysync.master.store import _mappings
 from relaysync.master.store._modes import next_run
+from relaysync.master.store._recovery import RecoveryStore, SessionFactory, _pairs
+from relaysync.master.store._routing_tables import (
+    DEFAULT_FAIL_AFTER_S,
+    DEFAULT_FANOUT,
+    MappingRoutingRow,
+    RoutingTargetRow,
+)
 from relaysync.master.store.models import (
-    BIG_ID,
-    NODE_ID,
-    Base,
     CommitException,
     MappingTarget,
     Server,
@@ -37,69 +41,12 @@ from relaysync.master.store.models import (
 from relaysync.routing.manual import manual_plan
 from relaysync.routing.topology import Node
 
-SessionFactory = Callable[[str], AbstractContextManager[Session]]
-
 ROUTING_MODES = ("auto", "manual")
 RECOVERY_POLICIES = ("at_once", "reserved", "manual")
-DEFAULT_FANOUT = 4  # children per relay: one copy per region/group, then a bounded fan-out
 MAX_FANOUT = 64  # a relay streaming to more children than this is a star again
-DEFAULT_FAIL_AFTER_S = 120.0  # a target unreachable this long (agents retry with backoff) is failed
 MIN_FAIL_AFTER_S = 1.0
 MAX_CAPACITY_WEIGHT = 1000
 _TOPOLOGY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-class MappingRoutingRow(Base):
-    __tablename__ = "mapping_routing"
-
-    mapping_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
-    )
-    mode: Mapped[str] = mapped_column(String(16), default="auto")
-    hops: Mapped[list[list[str]]] = mapped_column(
-        JSON, default=list
-    )  # manual: [parent, child] node ids
-    fanout: Mapped[int] = mapped_column(Integer, default=DEFAULT_FANOUT)
-    recovery_policy: Mapped[str] = mapped_column(String(16), default="at_once")
-    recovery_schedule: Mapped[str] = mapped_column(
-        String(255), default=""
-    )  # reserved: at:|every:|cron:
-    fail_after_s: Mapped[float] = mapped_column(Float, default=DEFAULT_FAIL_AFTER_S)
-    updated_at: Mapped[float] = mapped_column(Float)
-
-
-class RoutingTargetRow(Base):
-    """Per (mapping, target): a recovery policy override and the durable failed state."""
-
-    __tablename__ = "routing_targets"
-
-    mapping_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
-    )
-    node_id: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
-    policy: Mapped[str] = mapped_column(String(16), default="")  # "" = the mapping's policy
-    schedule: Mapped[str] = mapped_column(String(255), default="")
-    failed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    reason: Mapped[str] = mapped_column(Text, default="")
-    next_recovery_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # reserved policy
-
-
-class RecoveryJobRow(Base):
-    __tablename__ = "recovery_jobs"
-    __table_args__ = (Index("ix_recovery_jobs_mapping", "mapping_id", "started_at"),)
-
-    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
-    mapping_id: Mapped[int] = mapped_column(Integer, ForeignKey("mappings.id", ondelete="CASCADE"))
-    target_node: Mapped[str] = mapped_column(NODE_ID)
-    trigger: Mapped[str] = mapped_column(String(16))  # at_once | reserved | manual
-    started_at: Mapped[float] = mapped_column(Float)
-    from_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # the target's watermark at start
-    goal_seq: Mapped[int] = mapped_column(
-        BigInteger, default=0
-    )  # the other targets' best watermark
-    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    outcome: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
-    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,29 +68,6 @@ class RoutingSettings:
     def policy_for(self, node_id: str) -> TargetPolicy:
         """The recovery policy of one target: its override, else the mapping's."""
         return self.targets.get(node_id, self.recovery)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FailedTarget:
-    mapping_id: int
-    node_id: str
-    failed_at: float
-    reason: str
-    next_recovery_at: float | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RecoveryJob:
-    id: int
-    mapping_id: int
-    target_node: str
-    trigger: str
-    started_at: float
-    from_seq: int
-    goal_seq: int
-    finished_at: float | None
-    outcome: str
-    detail: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,27 +141,7 @@ def _settings(
     )
 
 
-def _pairs(session: Session, query: Any) -> dict[Any, Any]:
-    """The rows of a two-column query as a dict."""
-    return {key: value for key, value in session.execute(query)}
-
-
-def _job(row: RecoveryJobRow) -> RecoveryJob:
-    return RecoveryJob(
-        id=row.id,
-        mapping_id=row.mapping_id,
-        target_node=row.target_node,
-        trigger=row.trigger,
-        started_at=row.started_at,
-        from_seq=row.from_seq,
-        goal_seq=row.goal_seq,
-        finished_at=row.finished_at,
-        outcome=row.outcome,
-        detail=row.detail,
-    )
-
-
-class RoutingStore:
+class RoutingStore(RecoveryStore):
     """Routing settings, failed targets and recovery jobs in the master's store."""
 
     def __init__(
@@ -393,130 +297,6 @@ class RoutingStore:
             trow = self._target_row(session, mapping.id, server.node_id)
             trow.policy, trow.schedule = (policy.policy, policy.schedule) if policy else ("", "")
             trow.next_recovery_at = None
-
-    def _target_row(self, session: Session, mapping_id: int, node_id: str) -> RoutingTargetRow:
-        row = session.get(RoutingTargetRow, (mapping_id, node_id))
-        if row is None:
-            row = RoutingTargetRow(
-                mapping_id=mapping_id, node_id=node_id, policy="", schedule="", reason=""
-            )
-            session.add(row)
-        return row
-
-    # --- Failed targets ---
-
-    def failed(self) -> list[FailedTarget]:
-        """Every failed target of every mapping (the router rebuilds its state from these)."""
-        with self._read("failed targets") as session:
-            rows = session.scalars(
-                select(RoutingTargetRow)
-                .where(RoutingTargetRow.failed_at.is_not(None))
-                .order_by(RoutingTargetRow.mapping_id, RoutingTargetRow.node_id)
-            )
-            return [
-                FailedTarget(
-                    mapping_id=r.mapping_id,
-                    node_id=r.node_id,
-                    failed_at=r.failed_at or 0.0,
-                    reason=r.reason,
-                    next_recovery_at=r.next_recovery_at,
-                )
-                for r in rows
-            ]
-
-    def mark_failed(self, mapping_id: int, node_id: str, at: float, reason: str) -> bool:
-        """Mark a target failed (durably) and end its running recovery as failed; False if it was already."""
-        with self._write("mark target failed") as session:
-            if session.get(MappingRow, mapping_id) is None:
-                return False
-            row = self._target_row(session, mapping_id, node_id)
-            if row.failed_at is not None:
-                return False
-            row.failed_at, row.reason, row.next_recovery_at = at, reason, None
-            for job in session.scalars(
-                select(RecoveryJobRow).where(
-                    RecoveryJobRow.mapping_id == mapping_id,
-                    RecoveryJobRow.target_node == node_id,
-                    RecoveryJobRow.outcome == "running",
-                )
-            ):
-                job.outcome, job.finished_at, job.detail = "failed", at, reason
-            self._bump_epoch(session)
-            return True
-
-    def set_next_recovery(self, mapping_id: int, node_id: str, at: float | None) -> None:
-        with self._write("set next recovery") as session:
-            row = session.get(RoutingTargetRow, (mapping_id, node_id))
-            if row is not None:
-                row.next_recovery_at = at
-
-    # --- Recovery jobs ---
-
-    def start_recovery(self, mapping_id: int, node_id: str, trigger: str, at: float) -> RecoveryJob:
-        """Put a failed target back (it is no longer failed) and open its recovery job.
-
-        The job's goal is the best watermark among the other targets: the recovery is done when
-        the returning target's watermark reaches it.
-        """
-        with self._write("start recovery") as session:
-            row = session.get(RoutingTargetRow, (mapping_id, node_id))
-            if row is not None:
-                row.failed_at, row.next_recovery_at = None, None
-            marks: dict[str, int] = _pairs(
-                session,
-                select(Watermark.target_node, Watermark.seq).where(
-                    Watermark.mapping_id == mapping_id,
-                    Watermark.source_node
-                    == select(MappingRow.source_node)
-                    .where(MappingRow.id == mapping_id)
-                    .scalar_subquery(),
-                ),
-            )
-            own = marks.pop(node_id, 0)
-            job = RecoveryJobRow(
-                mapping_id=mapping_id,
-                target_node=node_id,
-                trigger=trigger,
-                started_at=at,
-                from_seq=own,
-                goal_seq=max(marks.values(), default=0),
-                outcome="running",
-                detail="",
-            )
-            session.add(job)
-            self._bump_epoch(session)
-            session.flush()
-            return _job(job)
-
-    def finish_recovery(self, job_id: int, outcome: str, at: float, detail: str = "") -> None:
-        with self._write("finish recovery") as session:
-            job = session.get(RecoveryJobRow, job_id)
-            if job is not None and job.outcome == "running":
-                job.outcome, job.finished_at, job.detail = outcome, at, detail
-
-    def running_recoveries(self) -> list[RecoveryJob]:
-        with self._read("running recoveries") as session:
-            return [
-                _job(r)
-                for r in session.scalars(
-                    select(RecoveryJobRow)
-                    .where(RecoveryJobRow.outcome == "running")
-                    .order_by(RecoveryJobRow.id)
-                )
-            ]
-
-    def recoveries(self, mapping_id: int, limit: int = 100) -> list[RecoveryJob]:
-        """A mapping's recovery jobs, newest first."""
-        with self._read("recoveries") as session:
-            return [
-                _job(r)
-                for r in session.scalars(
-                    select(RecoveryJobRow)
-                    .where(RecoveryJobRow.mapping_id == mapping_id)
-                    .order_by(RecoveryJobRow.id.desc())
-                    .limit(limit)
-                )
-            ]
 
     # --- Change state ---
 

@@ -1,0 +1,113 @@
+"""The purge planner: the purge items one change makes on every cache of a site.
+
+A write refreshes the path's URLs, a delete purges them and what lies under them, a rename does
+both; a cache that takes bans bans a prefix, the others get a purge of every path the job log
+knows under it (`PurgeStore.changed_paths_under`). `PurgePlanner` is mixed into Purger
+(purge/purger.py); `PurgeStore` is what the purger needs from the master's store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import anyio
+
+from relaysync.purge import urls as urlmap
+from relaysync.purge.drivers import DRIVERS, Driver
+from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
+from relaysync.purge.ordering import Released
+from relaysync.purge.site import CacheSpec, SiteSpec
+
+
+class PurgeStore(Protocol):
+    """What the purger needs from the master's store."""
+
+    def list_sites(self) -> list[SiteSpec]: ...
+    def server_states(self) -> dict[str, str]: ...
+    def changed_paths_under(self, mapping_id: int, prefix: str) -> list[str]: ...
+    def enqueue_purges(self, items: Sequence[PurgeItem]) -> list[QueuedPurge]: ...
+    def pending_purges(self) -> list[QueuedPurge]: ...
+    def finish_purges(
+        self, done: Sequence[int], results: Sequence[PurgeResult], retries: Sequence[Retry]
+    ) -> None: ...
+
+
+def _can_ban(cache: CacheSpec) -> bool:
+    return DRIVERS.get(cache.driver, Driver).can_ban
+
+
+def url_items(site_id: int, cache: str, urls: Sequence[str], action: Action) -> list[PurgeItem]:
+    """Return the items of `action` on `urls`, and a purge (or ban) of each URL's other forms."""
+    other: Action = "ban" if action == "ban" else "purge"
+    out: list[PurgeItem] = []
+    for url in urls:
+        out.append(PurgeItem(site_id=site_id, cache=cache, url=url, action=action))
+        out += [
+            PurgeItem(site_id=site_id, cache=cache, url=u, action=other)
+            for u in urlmap.other_forms(url)
+        ]
+    return out
+
+
+class PurgePlanner:
+    """Purger methods for planning (mixed into Purger)."""
+
+    store: PurgeStore
+
+    async def _plan(self, site: SiteSpec, change: Released) -> list[PurgeItem]:
+        """Return the purge items of one change on every cache of the site."""
+        refresh: list[str] = []
+        purge: list[str] = []
+        prefixes: list[str] = []
+        if change.op in ("write", "symlink"):
+            refresh += urlmap.urls_for_path(site, change.path)
+        elif change.op == "delete":
+            purge += urlmap.urls_for_path(site, change.path)
+            prefixes.append(change.path)
+        elif change.op == "rename":
+            purge += urlmap.urls_for_path(site, change.path)
+            refresh += urlmap.urls_for_path(site, change.new_path) if change.new_path else []
+            prefixes += [change.path, change.new_path] if change.new_path else [change.path]
+        elif change.op == "prefix":
+            prefixes.append(change.path)
+        under = await self._paths_under(site, change, prefixes) if prefixes else {}
+        items: list[PurgeItem] = []
+        for cache in site.caches:
+            items += self._cache_items(site, cache, refresh, purge, prefixes, under)
+        return items
+
+    async def _paths_under(
+        self, site: SiteSpec, change: Released, prefixes: list[str]
+    ) -> dict[str, list[str]]:
+        if site.mapping_id is None or all(_can_ban(c) for c in site.caches):
+            return {}
+        old = await anyio.to_thread.run_sync(
+            self.store.changed_paths_under, site.mapping_id, change.path
+        )
+        under = {change.path: old}
+        if change.new_path:
+            under[change.new_path] = [change.new_path + p[len(change.path) :] for p in old]
+        return under
+
+    def _cache_items(
+        self,
+        site: SiteSpec,
+        cache: CacheSpec,
+        refresh: list[str],
+        purge: list[str],
+        prefixes: list[str],
+        under: dict[str, list[str]],
+    ) -> list[PurgeItem]:
+        out = url_items(site.id, cache.name, refresh, "refresh")
+        out += url_items(site.id, cache.name, purge, "purge")
+        can_ban = _can_ban(cache)
+        for prefix in prefixes:
+            if can_ban:
+                out += url_items(
+                    site.id, cache.name, urlmap.urls_for_path(site, prefix, directory=True), "ban"
+                )
+                continue
+            for path in under.get(prefix, ()):
+                out += url_items(site.id, cache.name, urlmap.urls_for_path(site, path), "purge")
+        return out
