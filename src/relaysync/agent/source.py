@@ -430,7 +430,9 @@ class SourceMapping(MassDeleteGuard):
 
     async def rescan(self) -> None:
         """Rescan the whole folder now (after an operator's confirmation)."""
-        await self._record([FsEvent(kind="rescan", path="")])
+        async with self._record_lock:
+            await self._record_locked([FsEvent(kind="rescan", path="")])
+            self._drop_unused_confirmation()
 
     def close(self) -> None:
         self.journal.close()
