@@ -44,6 +44,8 @@ RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
 REFUSED_RETRY_S = (
     300.0  # an agent the master refused (removed from the fleet) asks again this seldom
 )
+SOURCE_RETRY_MIN_S = 1.0  # first restart of a source mapping that failed (its folder, its state)
+SOURCE_RETRY_MAX_S = 60.0  # backoff ceiling: each restart opens its state and rescans its folder
 
 # The common name of the master's control certificate. No agent may join under it (auth/ca.py),
 # so an agent whose master.json predates the pinned `master_node_id` can tell the master from

@@ -1,5 +1,6 @@
 """An agent refuses a target folder outside its allowed_roots, tells the master why (through the
-source's failed-hop report), and keeps running its other mappings."""
+source's failed-hop report), and keeps running its other mappings; a source that cannot start is
+retried with backoff while the others run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from relaysync.constants import SOURCE_RETRY_MAX_S
 from relaysync.testing.cluster import Cluster, wait_until
 from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 
@@ -82,3 +84,39 @@ def test_a_target_that_cannot_be_opened_costs_its_own_mapping_only(confined: Fle
     )
     error = next(e["error"] for e in _hop_failures(confined) if e["mapping_id"] == broken["id"])
     assert "cannot open it" in error, error
+
+
+def test_a_source_that_cannot_start_costs_its_own_mapping_only_and_is_retried(
+    confined: Fleet,
+) -> None:
+    """A source folder that cannot be made (here a file where a directory should be; permission
+    denied or a full state disk alike) stopped the whole agent, and again at every start (the
+    saved assignment names it). Now the mapping is retried with backoff, the others run."""
+    base, src = confined.base, confined.cluster.agents["src"]
+    (base / "b").mkdir()
+    (base / "b" / "f.txt").write_text("b")
+    (base / "blocker").write_text("a file, not a directory")
+    confined.cluster.create_mapping(
+        "broken", "src", base / "blocker" / "a", [("t1", base / "allowed" / "a")]
+    )
+    confined.cluster.create_mapping("in", "src", base / "b", [("t1", base / "allowed" / "b")])
+    wait_until(
+        lambda: (base / "allowed" / "b" / "f.txt").exists(),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the other mapping replicated",
+    )
+    wait_until(
+        lambda: "stopped or cannot start, will retry" in src.process.log_tail(200),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the failure logged",
+    )
+    assert src.process.alive(), src.process.log_tail()
+    (base / "blocker").unlink()  # the operator fixes it: the next retry starts the source
+    (base / "blocker" / "a").mkdir(parents=True)
+    (base / "blocker" / "a" / "f.txt").write_text("a")
+    wait_until(
+        lambda: (base / "allowed" / "a" / "f.txt").exists(),
+        timeout_s=SOURCE_RETRY_MAX_S + CONVERGE_TIMEOUT_S,
+        what="the source started by a retry",
+    )
+    assert src.process.alive()

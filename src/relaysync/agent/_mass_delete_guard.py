@@ -46,11 +46,9 @@ class MassDeleteGuard:
         A vanished or suddenly emptied source folder (an unmounted disk) must not wipe the
         targets. The batch is not journaled (the manifest keeps the entries, so nothing is
         lost); the master is told and raises an alarm; an operator's confirmation lets it go.
+        Only a batch that trips the guard uses the confirmation up: a write journaled between
+        the confirmation and its rescan must not, or the deletes are held (and alarmed) again.
         """
-        if self._allow_mass_delete:
-            self._allow_mass_delete = False
-            self._guard_held = False
-            return False
         deletes = [c.path for c in changes if c.op == "delete"]
         if not deletes:
             return False
@@ -67,27 +65,35 @@ class MassDeleteGuard:
                 break
         if not root_missing and affected < threshold:
             return False
+        if self._allow_mass_delete:  # confirmed by an operator: this batch goes, once
+            self._allow_mass_delete = False
+            self._guard_held = False
+            return False
         if not self._guard_held:
             self._guard_held = True
-            logger.error(
-                "mass-delete guard: %s would delete %s of %s entries%s; held until an operator "
-                "confirms",
-                self.root,
-                affected,
-                total,
-                " (folder missing)" if root_missing else "",
-            )
-            if self.on_guard is not None:
-                anyio.from_thread.run_sync(
-                    self.on_guard,
-                    MassDeleteHeld(
-                        mapping_id=self.mapping_id,
-                        deletes=affected,
-                        entries=total,
-                        root_missing=root_missing,
-                    ),
-                )
+            self._alarm(affected, total, root_missing)
         return True
+
+    def _alarm(self, affected: int, total: int, root_missing: bool) -> None:
+        """Log the held batch and tell the master (once per hold), from a worker thread."""
+        logger.error(
+            "mass-delete guard: %s would delete %s of %s entries%s; held until an operator "
+            "confirms",
+            self.root,
+            affected,
+            total,
+            " (folder missing)" if root_missing else "",
+        )
+        if self.on_guard is not None:
+            anyio.from_thread.run_sync(
+                self.on_guard,
+                MassDeleteHeld(
+                    mapping_id=self.mapping_id,
+                    deletes=affected,
+                    entries=total,
+                    root_missing=root_missing,
+                ),
+            )
 
     def confirm_deletes(self, count: int) -> bool:
         """An operator confirmed (counter `count`): the next rescan may delete what was held."""
@@ -97,6 +103,14 @@ class MassDeleteGuard:
         if self._guard_held:
             self._allow_mass_delete = True
         return True
+
+    def _drop_unused_confirmation(self) -> None:
+        """After a confirmation's rescan (under the record lock): a confirmation that no batch
+        used found the held deletes gone (the disk came back), and ends the hold; kept, it would
+        let a later mass delete go unasked."""
+        if self._allow_mass_delete:
+            self._allow_mass_delete = False
+            self._guard_held = False
 
     async def _recheck_guard(self) -> None:
         """While deletes are held, rescan now and then: the disk may be back, or confirmed."""

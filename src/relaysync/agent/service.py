@@ -12,6 +12,7 @@ agent resumes its work at once after a restart, even while the master is down.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,9 +22,10 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
+from relaysync._util.aio import leaf_error
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
-from relaysync.constants import RECEIVE_TIMEOUT_S
+from relaysync.constants import RECEIVE_TIMEOUT_S, SOURCE_RETRY_MAX_S, SOURCE_RETRY_MIN_S
 from relaysync.errors import FolderRefused, JoinRefused, LinkDown
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
@@ -287,40 +289,59 @@ class AgentService(TargetRole):
     async def _run_source(
         self, spec: MappingSpec, scope: anyio.CancelScope, ended: anyio.Event
     ) -> None:
+        """Run the mapping's source until its scope is cancelled. One that cannot start or
+        fails (its folder, its state directory, its watcher) costs its own mapping only: it is
+        logged and started again with backoff, while the agent and its other mappings go on."""
+        delay_s = SOURCE_RETRY_MIN_S
         try:
-            await self._run_source_inner(spec, scope)
+            with scope:
+                while True:
+                    began = time.monotonic()
+                    try:
+                        await self._run_source_inner(spec, scope)
+                    except Exception as exc:  # cancellation is no Exception: it ends the loop
+                        if time.monotonic() - began >= SOURCE_RETRY_MAX_S:
+                            delay_s = SOURCE_RETRY_MIN_S  # it ran a while: a new failure
+                        _log_source_failure(spec.mapping_id, exc, delay_s)
+                    await anyio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, SOURCE_RETRY_MAX_S)
+                    running = self._running_source(spec.mapping_id, scope)
+                    spec = running.spec if running is not None else spec
         finally:
             ended.set()
 
+    def _running_source(self, mapping_id: int, scope: anyio.CancelScope) -> _Running | None:
+        """The mapping's entry while `scope` is still the one running it."""
+        running = self.sources.get(mapping_id)
+        return running if running is not None and running.scope is scope else None
+
     async def _run_source_inner(self, spec: MappingSpec, scope: anyio.CancelScope) -> None:
-        with scope:
-            source = await anyio.to_thread.run_sync(
-                SourceMapping, spec, self.data_dir / "sources" / str(spec.mapping_id)
-            )
-            running = self.sources.get(spec.mapping_id)
-            if running is not None and running.scope is scope:
-                running.source = source
-            source.on_guard = self._report_guard
-            try:
-                async with anyio.create_task_group() as tg:
-                    await tg.start(source.serve)
-                    current = self.sources.get(spec.mapping_id)
-                    if not source.realtime and current is not None:
-                        self._release(
-                            source, current.spec.release
-                        )  # a send made while we were down
-                    links = LinkSet(
-                        tg,
-                        partial(self._make_link, source, spec.mapping_id),
-                        label=f"source of mapping {spec.mapping_id}",
-                    )
-                    latest = current.spec if current is not None else spec
-                    source.spec = latest
-                    if current is not None:
-                        current.links = links
-                    links.reconcile(children_of(latest, self.node_id))
-            finally:
-                source.close()
+        source = await anyio.to_thread.run_sync(
+            SourceMapping, spec, self.data_dir / "sources" / str(spec.mapping_id)
+        )
+        running = self._running_source(spec.mapping_id, scope)
+        if running is not None:
+            running.source = source
+        source.on_guard = self._report_guard
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(source.serve)
+                if not source.realtime and running is not None:
+                    self._release(source, running.spec.release)  # a send made while we were down
+                links = LinkSet(
+                    tg,
+                    partial(self._make_link, source, spec.mapping_id),
+                    label=f"source of mapping {spec.mapping_id}",
+                )
+                latest = running.spec if running is not None else spec
+                source.spec = latest
+                if running is not None:
+                    running.links = links
+                links.reconcile(children_of(latest, self.node_id))
+        finally:
+            if running is not None:  # until a retry starts it again, nothing to change in place
+                running.source = running.links = None
+            source.close()
 
     def _report_guard(self, held: MassDeleteHeld) -> None:
         if self.link is not None:
@@ -396,6 +417,18 @@ class AgentService(TargetRole):
             anyio.from_thread.run_sync(partial(self.link.report, message))
 
         return report
+
+
+def _log_source_failure(mapping_id: int, exc: Exception, delay_s: float) -> None:
+    err = leaf_error(exc)
+    logger.warning(
+        "source of mapping %s stopped or cannot start, will retry in %.0f s: %s: %s",
+        mapping_id,
+        delay_s,
+        type(err).__name__,
+        err,
+        exc_info=not isinstance(err, OSError),  # not the disk or the folder: keep the traceback
+    )
 
 
 def _same_but_live(a: MappingSpec, b: MappingSpec) -> bool:

@@ -49,16 +49,23 @@ class SourceMapping(MassDeleteGuard):
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.filter = PathFilter(spec.include, spec.exclude, root=self.root)
-        self.manifest = Manifest(state_dir / "manifest.db")
-        self.journal = Journal(state_dir / "journal", fsync=spec.durability == "safe")
-        self.recorder = ChangeRecorder(self.root, self.manifest, self.filter)
-        # Signatures of the versions sent, so updates of large files go as deltas.
-        self.signatures = (
-            SignatureStore(state_dir / "signatures") if SignatureStore.enabled() else None
-        )
-        self._new_records = anyio.Event()
         self._acks_path = state_dir / "acks.json"
-        self._acks: dict[str, int] = self._load_acks()
+        self._release_path = state_dir / "release.json"
+        self.manifest = Manifest(state_dir / "manifest.db")
+        try:
+            self.journal = Journal(state_dir / "journal", fsync=spec.durability == "safe")
+            # Signatures of the versions sent, so updates of large files go as deltas.
+            self.signatures = (
+                SignatureStore(state_dir / "signatures") if SignatureStore.enabled() else None
+            )
+            self._acks: dict[str, int] = self._load_acks()
+            # Manual/reserved mode: only records up to send_upto go out; a release moves it on.
+            self.release, self.send_upto = self._load_release()
+        except BaseException:  # the agent retries a source that cannot start: nothing stays open
+            self.close()
+            raise
+        self.recorder = ChangeRecorder(self.root, self.manifest, self.filter)
+        self._new_records = anyio.Event()
         self._persisted_acks = dict(self._acks)  # what acks.json holds (written by _release)
         self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)
         self.ready = anyio.Event()
@@ -75,10 +82,7 @@ class SourceMapping(MassDeleteGuard):
             spec.delete_confirm
         )  # confirmations made before we started count as seen
         self.on_guard: Callable[[MassDeleteHeld], None] | None = None
-        # Manual/reserved mode: only records up to send_upto go out; a release moves it to the head.
         self.realtime = spec.mode == "realtime"
-        self._release_path = state_dir / "release.json"
-        self.release, self.send_upto = self._load_release()
 
     def _load_acks(self) -> dict[str, int]:
         try:
@@ -430,8 +434,11 @@ class SourceMapping(MassDeleteGuard):
 
     async def rescan(self) -> None:
         """Rescan the whole folder now (after an operator's confirmation)."""
-        await self._record([FsEvent(kind="rescan", path="")])
+        async with self._record_lock:
+            await self._record_locked([FsEvent(kind="rescan", path="")])
+            self._drop_unused_confirmation()
 
     def close(self) -> None:
-        self.journal.close()
+        if hasattr(self, "journal"):  # not when its opening failed (__init__ closes the rest)
+            self.journal.close()
         self.manifest.close()

@@ -153,6 +153,8 @@ class FileReceiver:
             return
         except FileNotFoundError:
             entry, st = None, None
+        except OSError as exc:  # the path could not be checked (EACCES, EIO...): as for FileStart
+            raise _transient_os(msg.seq, msg.path, exc) from exc
         if (
             entry is None
             or st is None

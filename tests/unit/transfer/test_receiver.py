@@ -14,6 +14,7 @@ from relaysync.protocol.messages import (
     Checkpoint,
     CommitRecord,
     Delete,
+    DeltaStart,
     Erase,
     Error,
     ErrorCode,
@@ -296,6 +297,31 @@ def test_a_path_that_cannot_be_checked_is_a_per_file_io_error(
     assert len(replies) == 1 and isinstance(replies[0], Error)
     assert (replies[0].seq, replies[0].code) == (1, ErrorCode.IO_ERROR)
     assert not (folder.root / "f").exists() and temp_files(folder.root) == []
+
+
+@pytest.mark.parametrize("kind", ["small", "streamed", "delta"])
+def test_a_path_too_long_for_the_target_is_a_per_file_io_error_for_every_op(
+    folder: TargetFolder, kind: str
+) -> None:
+    """A relative path within MAX_PATH_BYTES that is over PATH_MAX below this target's root:
+    the OS refuses it (ENAMETOOLONG, for real). Every kind of write reports it for its own seq
+    (a delta's start let any OSError but FileNotFoundError escape apply_batch)."""
+    path = "/".join(["n" * 255] * 16)  # 4095 bytes: within the wire's limit, not below a root
+    assert len(f"{folder.root}/{path}".encode()) > 4096
+    delta = DeltaStart(
+        seq=1, path=path, size=4, mode=0o644, mtime_ns=MTIME_NS, base_hash=b"\1" * 16
+    )
+    messages = {
+        "small": [_small(1, path, b"data")],
+        "streamed": _file(1, path, b"data"),
+        "delta": [delta, FileChunk(seq=1, offset=0, data=b"rs"), FileEnd(seq=1, hash=b"\2" * 16)],
+    }[kind]
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+    replies = s.apply_batch([*messages, Checkpoint(seq=1)])
+    assert len(replies) == 1 and isinstance(replies[0], Error), replies
+    assert (replies[0].seq, replies[0].code) == (1, ErrorCode.IO_ERROR)
+    assert "File name too long" in replies[0].detail
+    assert folder.watermark("j1") == 0 and temp_files(folder.root) == []
 
 
 def test_a_small_file_converted_for_an_older_release_commits_the_same(folder: TargetFolder) -> None:

@@ -1,0 +1,137 @@
+"""SourceMapping's mass-delete guard: an operator's confirmation lets the held deletes go."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import anyio
+import pytest
+
+from relaysync.agent.source import SourceMapping
+from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
+from relaysync.watch.watcher import FsEvent
+
+OLD_NS = 10**18  # long cooled down: a scan journals such a file at once
+DIRS, FILES = 8, 60  # 488 entries: removing 5 directories trips the guard, 3 do not
+
+
+def _mapping(tmp_path: Path) -> tuple[SourceMapping, Path, list[MassDeleteHeld]]:
+    root = tmp_path / "src"
+    root.mkdir()
+    for d in range(DIRS):
+        (root / f"d{d}").mkdir()
+        for i in range(FILES):
+            (root / f"d{d}" / f"{i}.txt").write_text(str(i))
+            os.utime(root / f"d{d}" / f"{i}.txt", ns=(OLD_NS, OLD_NS))
+    spec = MappingSpec(mapping_id=1, name="m", source_node="n", source_path=str(root), targets=())
+    mapping = SourceMapping(spec, tmp_path / "state")
+    alarms: list[MassDeleteHeld] = []
+    mapping.on_guard = alarms.append
+    return mapping, root, alarms
+
+
+def _remove(root: Path, dirs: range) -> None:
+    for d in dirs:
+        shutil.rmtree(root / f"d{d}")
+
+
+def _ops(mapping: SourceMapping, after: int) -> list[tuple[str, str]]:
+    return [(r.op, r.path) for r in mapping.journal.read(after)]
+
+
+async def _other_batch_first(mapping: SourceMapping, root: Path, kind: str) -> None:
+    """A batch that takes the record lock between the confirmation and the service's rescan."""
+    (root / "new.txt").write_text("written meanwhile")
+    if kind == "watched write":
+        os.utime(root / "new.txt", ns=(OLD_NS, OLD_NS))
+        await mapping._record([FsEvent(kind="write", path="new.txt")])
+        return
+    await mapping._record([FsEvent(kind="rescan", path="new.txt")])  # just written: held
+    assert "new.txt" in mapping._held
+    os.utime(root / "new.txt", ns=(OLD_NS, OLD_NS))  # cooled down
+    await mapping.recheck_held_once()
+
+
+@pytest.mark.parametrize("kind", ["watched write", "held file re-checked"])
+def test_a_confirmation_is_used_by_the_held_deletes_not_by_another_batch(
+    tmp_path: Path, kind: str
+) -> None:
+    """A write journaled after confirm-deletes and before the rescan used the confirmation up:
+    the mass delete was held again and the alarm raised again."""
+    mapping, root, alarms = _mapping(tmp_path)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        _remove(root, range(DIRS))
+        await mapping.rescan()
+        assert len(alarms) == 1 and _ops(mapping, head) == []  # held
+        assert mapping.confirm_deletes(1)
+        await _other_batch_first(mapping, root, kind)
+        assert _ops(mapping, head) == [("write", "new.txt")]
+        await mapping.rescan()  # what the service runs after a confirmation
+
+    try:
+        anyio.run(main)
+        ops = _ops(mapping, 0)
+        assert sorted(p for op, p in ops if op == "delete") == [f"d{d}" for d in range(DIRS)]
+        assert len(alarms) == 1, alarms
+    finally:
+        mapping.close()
+
+
+def test_a_confirmation_lets_go_only_once(tmp_path: Path) -> None:
+    """After the confirmed deletes went, a new mass delete is held again."""
+    mapping, root, alarms = _mapping(tmp_path)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        _remove(root, range(5))
+        await mapping.rescan()
+        assert mapping.confirm_deletes(1)
+        await mapping.rescan()
+        head = mapping.journal.last_seq
+        _remove(root, range(5, DIRS))
+        await mapping.rescan()
+        assert _ops(mapping, head) == []
+
+    try:
+        anyio.run(main)
+        assert len(alarms) == 2, alarms
+    finally:
+        mapping.close()
+
+
+def test_a_confirmation_whose_deletes_are_gone_lets_no_later_mass_delete_go(
+    tmp_path: Path,
+) -> None:
+    """The disk came back before the operator confirmed: the confirmation's rescan finds nothing
+    to delete, and a mass delete weeks later is held and alarmed like the first."""
+    mapping, root, alarms = _mapping(tmp_path)
+    away = tmp_path / "unmounted"
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        root.rename(away)
+        root.mkdir()
+        await mapping.rescan()
+        assert len(alarms) == 1
+        root.rmdir()
+        away.rename(root)  # mounted again
+        assert mapping.confirm_deletes(1)
+        await mapping.rescan()
+        (root / "new.txt").write_text("a write")
+        os.utime(root / "new.txt", ns=(OLD_NS, OLD_NS))
+        await mapping._record([FsEvent(kind="write", path="new.txt")])
+        _remove(root, range(DIRS))
+        await mapping.rescan()
+        assert _ops(mapping, head) == [("write", "new.txt")]
+
+    try:
+        anyio.run(main)
+        assert len(alarms) == 2, alarms
+    finally:
+        mapping.close()
