@@ -371,6 +371,9 @@ class MonitorService:
         except (AlertDeliveryFailed, ConfigError, TimeoutError) as exc:
             logger.warning("alert %s via %s failed: %s", notice.alert_id, info.name, exc)
             return
+        except Exception:  # a channel's bug must not end the monitor (and the master with it)
+            logger.exception("alert %s via %s failed unexpectedly", notice.alert_id, info.name)
+            return
         self.sent[info.name] = self.sent.get(info.name, 0) + 1
         logger.info("alert %s (%s) sent via %s", notice.alert_id, notice.state, info.name)
 

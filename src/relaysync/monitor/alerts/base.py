@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import httpx
+
 from relaysync.errors import ConfigError
 
 
@@ -70,6 +72,24 @@ def require(config: dict[str, Any], key: str, kind: str) -> Any:
     if value in (None, "", []):
         raise ConfigError(f"{kind} alert channel needs {key!r}")
     return value
+
+
+def check_url(url: str, kind: str) -> str:
+    """Return `url` if an HTTP client can send to it: http(s), a host, a port in 1..65535.
+
+    Raises:
+        ConfigError: naming the channel kind and what is wrong.
+    """
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ConfigError(f"{kind} alert channel: url {url!r}: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise ConfigError(f"{kind} alert channel: url {url!r} must be http(s)")
+    if not parsed.host or (port is not None and not 0 < port < 65536):
+        raise ConfigError(f"{kind} alert channel: url {url!r} needs a host and a port in 1..65535")
+    return url
 
 
 class Channel:

@@ -9,7 +9,7 @@ import httpx
 
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import AlertDeliveryFailed, ConfigError
-from relaysync.monitor.alerts.base import Channel, Notice, require
+from relaysync.monitor.alerts.base import Channel, Notice, check_url, require
 
 
 class WebhookChannel(Channel):
@@ -24,9 +24,7 @@ class WebhookChannel(Channel):
     def from_config(
         cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None
     ) -> Channel:
-        url = str(require(config, "url", "webhook"))
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"webhook alert channel: url {url!r} must be http(s)")
+        url = check_url(str(require(config, "url", "webhook")), "webhook")
         headers = config.get("headers", {})
         if not isinstance(headers, dict):
             raise ConfigError("webhook alert channel: headers must be an object")
