@@ -4,6 +4,7 @@ what happens when a channel cannot deliver."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 
 import anyio
@@ -82,3 +83,32 @@ def test_a_channel_that_breaks_does_not_stop_the_monitor(
     monitor = _monitor(store)
     assert _run_until(monitor, lambda: bool(log))
     assert json.loads(log[0].body)["state"] == "firing"
+
+
+def test_a_failed_delivery_does_not_log_the_urls_secrets(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning about a webhook or SMS gateway that does not answer names it without the
+    credentials in its URL (userinfo, query values)."""
+    closed = free_port()
+    store.monitoring.create_channel(
+        name="hook",
+        kind="webhook",
+        config={"url": f"http://bot:pw-SECRET@127.0.0.1:{closed}/hook?token=q-SECRET"},
+    )
+    store.monitoring.create_channel(
+        name="sms",
+        kind="sms",
+        config={"url": f"http://127.0.0.1:{closed}/send?key=k-SECRET&to={{server}}"},
+    )
+    _closed_port_probe(store)
+    caplog.set_level(logging.WARNING, logger="relaysync.monitor.engine")
+
+    def warned() -> bool:
+        return (
+            sum("via hook" in r.getMessage() or "via sms" in r.getMessage() for r in caplog.records)
+            >= 2
+        )
+
+    assert _run_until(_monitor(store), warned)
+    assert "127.0.0.1" in caplog.text and "SECRET" not in caplog.text, caplog.text

@@ -9,7 +9,7 @@ import httpx
 
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import AlertDeliveryFailed, ConfigError
-from relaysync.monitor.alerts.base import Channel, Notice, check_url, require
+from relaysync.monitor.alerts.base import Channel, Notice, check_url, hide_url, require
 
 
 class WebhookChannel(Channel):
@@ -35,6 +35,8 @@ class WebhookChannel(Channel):
             async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
                 response = await client.post(self.url, json=notice.to_json(), headers=self.headers)
         except httpx.HTTPError as exc:
-            raise AlertDeliveryFailed(f"webhook {self.url}", exc) from exc
+            raise AlertDeliveryFailed(f"webhook {hide_url(self.url)}", exc) from exc
         if response.status_code >= 300:
-            raise AlertDeliveryFailed(f"webhook {self.url}", f"HTTP {response.status_code}")
+            raise AlertDeliveryFailed(
+                f"webhook {hide_url(self.url)}", f"HTTP {response.status_code}"
+            )
