@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 
 import anyio
 import pytest
+import trustme
 from tests._monitor_receivers import (
+    SMTP_PASSWORD,
+    SMTP_USER,
+    Mailbox,
     Recorded,
     free_port,
     http_receiver,
+    smtp_server,
 )
 
 from relaysync.master.store import Store
@@ -112,3 +118,42 @@ def test_a_failed_delivery_does_not_log_the_urls_secrets(
 
     assert _run_until(_monitor(store), warned)
     assert "127.0.0.1" in caplog.text and "SECRET" not in caplog.text, caplog.text
+
+
+def test_an_email_is_delivered_once_the_smtp_server_is_back(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SMTP down when the alert fires: the notice is retried, not lost."""
+    ca, port = trustme.CA(), free_port()
+    store.monitoring.create_channel(
+        name="mail",
+        kind="email",
+        config={
+            "host": "127.0.0.1",
+            "port": port,
+            "username": SMTP_USER,
+            "password": SMTP_PASSWORD,
+            "sender": "relaysync@example.test",
+            "recipients": ["ops@example.test"],
+            "ca_pem": ca.cert_pem.bytes().decode(),
+        },
+    )
+    _closed_port_probe(store)
+    boxes: list[Mailbox] = []
+    with ExitStack() as stack:
+
+        def start_smtp() -> None:  # after the first attempt, which nothing answered
+            box, _ = stack.enter_context(smtp_server(ca, port=port))
+            boxes.append(box)
+
+        def refused() -> bool:
+            return any("via mail" in r.getMessage() for r in caplog.records)
+
+        caplog.set_level(logging.WARNING, logger="relaysync.monitor.engine")
+        assert _run_until(
+            _monitor(store),
+            lambda: bool(boxes and boxes[0].messages),
+            first=refused,
+            between=start_smtp,
+        )
+    assert "FIRING" in boxes[0].messages[0]["data"]
