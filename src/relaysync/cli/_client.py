@@ -5,8 +5,8 @@ then the `master.json` of `RELAYSYNC_MASTER_DATA` (a master's data directory on 
 token is `--token`, then `RELAYSYNC_TOKEN`, then that data directory's `admin-token`.
 
 Error handling:
-    Every failure surfaces as a RelaySyncError: a master that does not answer is
-    MasterUnreachable; 401/403 AuthError; 404 NotFound; 422 ConfigError; other statuses
+    Every failure surfaces as a RelaySyncError: a master that does not answer, or a server that
+    answers with something other than JSON (not the master's API), is MasterUnreachable; 401/403 AuthError; 404 NotFound; 422 ConfigError; other statuses
     StoreError or RelaySyncError, with the master's `detail`. `run_command` prints the
     message and exits with the error's `exit_code`.
 
@@ -156,23 +156,39 @@ class MasterClient:
 
     def get(self, path: str, **params: Any) -> Any:
         """GET `path` with the given query params (None dropped); return the decoded JSON."""
-        return self.request("GET", path, params=params).json()
+        return self._json(self.request("GET", path, params=params))
 
     def get_text(self, path: str, **params: Any) -> str:
         """GET `path`; return the body as text (e.g. CSV)."""
         return self.request("GET", path, params=params).text
 
     def post(self, path: str, body: Any) -> Any:
-        return self.request("POST", path, json=body).json()
+        return self._json(self.request("POST", path, json=body))
 
     def put(self, path: str, body: Any) -> Any:
-        return self.request("PUT", path, json=body).json()
+        return self._json(self.request("PUT", path, json=body))
 
     def patch(self, path: str, body: Any) -> Any:
-        return self.request("PATCH", path, json=body).json()
+        return self._json(self.request("PATCH", path, json=body))
 
     def delete(self, path: str) -> None:
         self.request("DELETE", path)
+
+    def _json(self, response: httpx.Response) -> Any:
+        """Decode a 2xx answer; one that is not JSON comes from something that is not the master.
+
+        Raises:
+            MasterUnreachable: naming the URL and what answered.
+        """
+        try:
+            return response.json()
+        except ValueError as exc:
+            what = response.headers.get("content-type") or "no content type"
+            raise MasterUnreachable(
+                self.url,
+                f"{response.request.method} {response.request.url.path}: the answer is not JSON "
+                f"({what}), so this is not the master's API URL",
+            ) from exc
 
     def request(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -119,3 +124,41 @@ def test_commands_exit_with_the_error_code(
     result = runner.invoke(app, argv)
     assert result.exit_code == ConfigError.exit_code
     assert "no master" in result.output
+
+
+@contextmanager
+def not_a_master(status: int = 200) -> Iterator[str]:
+    """A real web server on 127.0.0.1 that answers every GET with an HTML page (what --master
+    pointing at the wrong port reaches); yields its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b"<!DOCTYPE html><html><body>It works!</body></html>"
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("argv", [["status"], ["log"], ["stats"], ["mapping", "list"]])
+def test_a_server_that_is_not_the_master_is_a_clear_error(argv: list[str]) -> None:
+    """200 with an HTML page: an error naming the URL and an exit code, not a JSON traceback."""
+    with not_a_master() as url:
+        result = CliRunner().invoke(app, [*argv, "--master", url, "--token", "t"])
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == MasterUnreachable.exit_code, result.output
+    assert url in result.output and "not JSON" in result.output
