@@ -30,6 +30,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from relaysync.cli._run import err_console
 from relaysync.config.load import load
@@ -251,7 +252,7 @@ def run_command(body: Callable[[], T]) -> T:
     try:
         return body()
     except RelaySyncError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(exc.exit_code) from exc
 
 

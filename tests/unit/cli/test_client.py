@@ -127,18 +127,19 @@ def test_commands_exit_with_the_error_code(
 
 
 @contextmanager
-def not_a_master(status: int = 200) -> Iterator[str]:
-    """A real web server on 127.0.0.1 that answers every GET with an HTML page (what --master
-    pointing at the wrong port reaches); yields its URL."""
+def a_server(status: int, body: bytes, content_type: str) -> Iterator[str]:
+    """A real web server on 127.0.0.1 that answers every request with `status` and `body`;
+    yields its URL."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            body = b"<!DOCTYPE html><html><body>It works!</body></html>"
+        def _answer(self) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = _answer  # noqa: N815 - http.server's names
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -157,8 +158,19 @@ def not_a_master(status: int = 200) -> Iterator[str]:
 @pytest.mark.parametrize("argv", [["status"], ["log"], ["stats"], ["mapping", "list"]])
 def test_a_server_that_is_not_the_master_is_a_clear_error(argv: list[str]) -> None:
     """200 with an HTML page: an error naming the URL and an exit code, not a JSON traceback."""
-    with not_a_master() as url:
+    page = b"<!DOCTYPE html><html><body>It works!</body></html>"  # --master at the wrong port
+    with a_server(200, page, "text/html") as url:
         result = CliRunner().invoke(app, [*argv, "--master", url, "--token", "t"])
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == MasterUnreachable.exit_code, result.output
     assert url in result.output and "not JSON" in result.output
+
+
+def test_an_error_naming_a_bracketed_path_is_printed_as_it_is() -> None:
+    """The master's 404 detail names what the operator asked for, brackets and all."""
+    detail = "Mapping 'www[/old]' not found."
+    with a_server(404, json.dumps({"detail": detail}).encode(), "application/json") as url:
+        result = CliRunner().invoke(app, ["mapping", "remove", "www[/old]", "--master", url])
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == NotFound.exit_code
+    assert detail in result.output.replace("\n", " ")
