@@ -99,7 +99,8 @@ def resolve_target(
     """Resolve the master's URL and token from the options, the environment and a data dir.
 
     Raises:
-        ConfigError: no master URL from any source, or an unreadable data directory.
+        ConfigError: no master URL from any source, an unreadable data directory, or a token
+            that cannot be sent in an HTTP header.
     """
     cfg = load(CliConfig, environ=environ)
     data_dir = data or (Path(cfg.master_data) if cfg.master_data else None)
@@ -114,6 +115,11 @@ def resolve_target(
     secret = token or cfg.token
     if not secret and data_dir is not None:
         secret = _read_text(data_dir / "admin-token")
+    if not (secret.isascii() and secret.isprintable()):
+        raise ConfigError(
+            "the token holds a character no relaysync token has (not printable ASCII): "
+            "check --token, RELAYSYNC_TOKEN or the admin-token file"
+        )
     return Target(url=url.rstrip("/"), token=secret)
 
 

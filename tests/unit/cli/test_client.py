@@ -174,3 +174,12 @@ def test_an_error_naming_a_bracketed_path_is_printed_as_it_is() -> None:
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == NotFound.exit_code
     assert detail in result.output.replace("\n", " ")
+
+
+def test_a_token_with_characters_no_token_has_is_a_clear_error() -> None:
+    """A token pasted with a typographic character or a line break cannot be an HTTP header."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    for token in ("admin-sécret", "admin\nsecret"):
+        result = CliRunner().invoke(app, ["status", "--master", url, "--token", token])
+        assert isinstance(result.exception, SystemExit), result.exception
+        assert result.exit_code == ConfigError.exit_code and "token" in result.output
