@@ -46,8 +46,9 @@ class Mailbox:
 
 
 @contextmanager
-def smtp_server(ca: trustme.CA) -> Iterator[tuple[Mailbox, int]]:
-    """An SMTP server requiring STARTTLS before AUTH LOGIN, with a certificate from `ca`."""
+def smtp_server(ca: trustme.CA, port: int = 0) -> Iterator[tuple[Mailbox, int]]:
+    """An SMTP server requiring STARTTLS before AUTH LOGIN, with a certificate from `ca`, on
+    `port` (a free one if 0)."""
     box = Mailbox()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
@@ -63,7 +64,7 @@ def smtp_server(ca: trustme.CA) -> Iterator[tuple[Mailbox, int]]:
         )
         return AuthResult(success=ok, handled=False)
 
-    port = free_port()
+    port = port or free_port()
     controller = Controller(
         box,
         hostname="127.0.0.1",

@@ -5,8 +5,8 @@ then the `master.json` of `RELAYSYNC_MASTER_DATA` (a master's data directory on 
 token is `--token`, then `RELAYSYNC_TOKEN`, then that data directory's `admin-token`.
 
 Error handling:
-    Every failure surfaces as a RelaySyncError: a master that does not answer is
-    MasterUnreachable; 401/403 AuthError; 404 NotFound; 422 ConfigError; other statuses
+    Every failure surfaces as a RelaySyncError: a master that does not answer, or a server that
+    answers with something other than JSON (not the master's API), is MasterUnreachable; 401/403 AuthError; 404 NotFound; 422 ConfigError; other statuses
     StoreError or RelaySyncError, with the master's `detail`. `run_command` prints the
     message and exits with the error's `exit_code`.
 
@@ -30,6 +30,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from relaysync.cli._run import err_console
 from relaysync.config.load import load
@@ -98,7 +99,8 @@ def resolve_target(
     """Resolve the master's URL and token from the options, the environment and a data dir.
 
     Raises:
-        ConfigError: no master URL from any source, or an unreadable data directory.
+        ConfigError: no master URL from any source, an unreadable data directory, or a token
+            that cannot be sent in an HTTP header.
     """
     cfg = load(CliConfig, environ=environ)
     data_dir = data or (Path(cfg.master_data) if cfg.master_data else None)
@@ -113,6 +115,11 @@ def resolve_target(
     secret = token or cfg.token
     if not secret and data_dir is not None:
         secret = _read_text(data_dir / "admin-token")
+    if not (secret.isascii() and secret.isprintable()):
+        raise ConfigError(
+            "the token holds a character no relaysync token has (not printable ASCII): "
+            "check --token, RELAYSYNC_TOKEN or the admin-token file"
+        )
     return Target(url=url.rstrip("/"), token=secret)
 
 
@@ -156,23 +163,39 @@ class MasterClient:
 
     def get(self, path: str, **params: Any) -> Any:
         """GET `path` with the given query params (None dropped); return the decoded JSON."""
-        return self.request("GET", path, params=params).json()
+        return self._json(self.request("GET", path, params=params))
 
     def get_text(self, path: str, **params: Any) -> str:
         """GET `path`; return the body as text (e.g. CSV)."""
         return self.request("GET", path, params=params).text
 
     def post(self, path: str, body: Any) -> Any:
-        return self.request("POST", path, json=body).json()
+        return self._json(self.request("POST", path, json=body))
 
     def put(self, path: str, body: Any) -> Any:
-        return self.request("PUT", path, json=body).json()
+        return self._json(self.request("PUT", path, json=body))
 
     def patch(self, path: str, body: Any) -> Any:
-        return self.request("PATCH", path, json=body).json()
+        return self._json(self.request("PATCH", path, json=body))
 
     def delete(self, path: str) -> None:
         self.request("DELETE", path)
+
+    def _json(self, response: httpx.Response) -> Any:
+        """Decode a 2xx answer; one that is not JSON comes from something that is not the master.
+
+        Raises:
+            MasterUnreachable: naming the URL and what answered.
+        """
+        try:
+            return response.json()
+        except ValueError as exc:
+            what = response.headers.get("content-type") or "no content type"
+            raise MasterUnreachable(
+                self.url,
+                f"{response.request.method} {response.request.url.path}: the answer is not JSON "
+                f"({what}), so this is not the master's API URL",
+            ) from exc
 
     def request(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None
@@ -235,7 +258,7 @@ def run_command(body: Callable[[], T]) -> T:
     try:
         return body()
     except RelaySyncError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(exc.exit_code) from exc
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
@@ -117,10 +118,10 @@ def changes_table(rows: list[dict[str, Any]]) -> Table:
         done = r["committed_targets"] >= r["total_targets"]
         targets = f"{r['committed_targets']}/{r['total_targets']}"
         table.add_row(
-            r["mapping"],
+            escape(r["mapping"]),
             str(r["seq"]),
-            r["op"],
-            r["path"],
+            escape(r["op"]),
+            escape(r["path"]),
             format_bytes(r["size"]),
             targets if done else f"[yellow]{targets}[/yellow]",
             format_time(r["reported_at"]),
@@ -144,11 +145,11 @@ def exceptions_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         resolved = format_time(r["resolved_at"]) if r["resolved_at"] else "[red]open[/red]"
         table.add_row(
-            r["mapping"],
-            r["target"],
+            escape(r["mapping"]),
+            escape(r["target"]),
             str(r["seq"]),
-            r["path"],
-            r["error"],
+            escape(r["path"]),
+            escape(r["error"]),
             str(r["attempts"]),
             format_time(r["at"]),
             resolved,

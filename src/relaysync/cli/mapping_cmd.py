@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
@@ -80,7 +81,7 @@ def add_mapping(
         if json:
             print_json(created)
         else:
-            console.print(f"mapping {created['name']!r} created (id {created['id']})")
+            console.print(f"mapping {created['name']!r} created (id {created['id']})", markup=False)
 
     run_command(body)
 
@@ -102,7 +103,7 @@ def remove_mapping(
         if json:
             print_json({"removed": found})
         else:
-            console.print(f"mapping {found['name']!r} removed (id {found['id']})")
+            console.print(f"mapping {found['name']!r} removed (id {found['id']})", markup=False)
 
     run_command(body)
 
@@ -140,11 +141,11 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
         filters = [f"+{p}" for p in m["include"]] + [f"-{p}" for p in m["exclude"]]
         table.add_row(
             str(m["id"]),
-            m["name"],
-            f"{m['source_name']}:{m['source_path']}",
-            "\n".join(f"{t['name']}:{t['path']}" for t in m["targets"]),
-            " ".join(filters),
-            m["durability"],
+            escape(m["name"]),
+            escape(f"{m['source_name']}:{m['source_path']}"),
+            escape("\n".join(f"{t['name']}:{t['path']}" for t in m["targets"])),
+            escape(" ".join(filters)),
+            escape(m["durability"]),
             "yes" if m["enabled"] else "[yellow]no[/yellow]",
         )
     return table

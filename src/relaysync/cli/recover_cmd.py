@@ -36,7 +36,8 @@ def recover(
         else:
             console.print(
                 f"recovery {job['id']} of {job['target']} started: from seq {job['from_seq']} "
-                f"to {job['goal_seq']}; `relaysync routes {mapping}` follows it"
+                f"to {job['goal_seq']}; `relaysync routes {mapping}` follows it",
+                markup=False,
             )
 
     run_command(body)

@@ -37,13 +37,13 @@ def restore(
                 print_json({"path": path, "versions": kept})
             else:
                 for v in kept:
-                    console.print(v)
+                    console.print(v, markup=False)
             return
         chosen = keeper.restore(path, version)
         if json:
             print_json({"path": path, "restored": chosen})
         else:
-            console.print(f"restored {path} from version {chosen}")
+            console.print(f"restored {path} from version {chosen}", markup=False)
 
     run_command(body)
 

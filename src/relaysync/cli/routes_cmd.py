@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Group
+from rich.markup import escape
 from rich.tree import Tree
 
 from relaysync.cli._client import (
@@ -93,29 +94,32 @@ def routing_request(*, manual: str | None, auto: bool, fanout: int | None) -> di
 def routes_view(document: dict[str, Any]) -> Group:
     """The GET /api/mappings/{id}/routes document as a tree plus its failures."""
     tree = Tree(
-        f"[bold]{document['source']}[/bold]  ({document['mode']}, route epoch {document['route_epoch']})"
+        f"[bold]{escape(document['source'])}[/bold]  ({document['mode']}, route epoch {document['route_epoch']})"
     )
     branches: dict[str, Tree] = {document["source"]: tree}
     for hop in document["hops"]:  # parents come before their children
         parent = branches.get(hop["parent"], tree)
-        branches[hop["child"]] = parent.add(f"{hop['child']}  [dim]{hop['level']}[/dim]")
+        branches[hop["child"]] = parent.add(
+            f"{escape(hop['child'])}  [dim]{escape(str(hop['level']))}[/dim]"
+        )
     parts: list[Any] = [tree]
     if not document["hops"]:
         parts.append("no relays: a star from the source")
     for name in document["unreachable"]:
-        parts.append(f"[yellow]unreachable[/yellow] {name}")
+        parts.append(f"[yellow]unreachable[/yellow] {escape(name)}")
     for f in document["failed"]:
         parts.append(
-            f"[red]failed[/red] {f['target']} since {format_time(f['failed_at'])}: {f['reason']} "
+            f"[red]failed[/red] {escape(f['target'])} since {format_time(f['failed_at'])}: "
+            f"{escape(f['reason'])} "
             f"(recovery {f['policy']})"
         )
     for h in document["failed_hops"]:
         parts.append(
-            f"[yellow]avoided hop[/yellow] {h['parent']}>{h['child']} until {format_time(h['until'])}"
+            f"[yellow]avoided hop[/yellow] {escape(h['parent'])}>{escape(h['child'])} until {format_time(h['until'])}"
         )
     for r in document["recoveries"]:
         parts.append(
-            f"[cyan]recovering[/cyan] {r['target']} ({r['trigger']}) from seq {r['from_seq']} "
+            f"[cyan]recovering[/cyan] {escape(r['target'])} ({escape(r['trigger'])}) from seq {r['from_seq']} "
             f"to {r['goal_seq']}"
         )
     return Group(*parts)

@@ -6,6 +6,7 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from relaysync.cli._client import (
@@ -52,7 +53,7 @@ def send(
         if json:
             print_json(result)
         elif not wait:
-            console.print(f"release {result['release']} of {mapping} asked for")
+            console.print(f"release {result['release']} of {mapping} asked for", markup=False)
 
     run_command(body)
 
@@ -69,7 +70,7 @@ def _follow(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
-        task = progress.add_task(f"sending {mapping}", total=None)
+        task = progress.add_task(escape(f"sending {mapping}"), total=None)
         start: int | None = None
         while time.monotonic() < deadline:
             mode = client.get(f"/api/mappings/{mapping}/mode")

@@ -51,7 +51,8 @@ def set_server(
         else:
             console.print(
                 f"server {server['name']!r}: region {server['region']!r}, group {server['group']!r}, "
-                f"capacity {server['capacity_weight']}"
+                f"capacity {server['capacity_weight']}",
+                markup=False,
             )
 
     run_command(body)

@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
@@ -95,7 +96,7 @@ def stats_table(rows: list[dict[str, Any]], by: str) -> Table:
         table.add_column(column, justify="right")
     for r in rows:
         cells = [
-            r["key"] or "(none)",
+            escape(str(r["key"])) if r["key"] else "(none)",
             str(r["files"]),
             format_bytes(r["wire_bytes"]),
             str(r["failures"]),

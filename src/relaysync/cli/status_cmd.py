@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
@@ -78,12 +79,14 @@ def servers_table(servers: list[dict[str, Any]]) -> Table:
     for column in ("name", "region", "group", "state", "health", "last seen"):
         table.add_column(column)
     for s in servers:
-        state = {"up": "[green]up[/green]", "down": "[red]down[/red]"}.get(s["state"], s["state"])
-        health = s.get("health", "ok")
+        state = {"up": "[green]up[/green]", "down": "[red]down[/red]"}.get(
+            s["state"], escape(s["state"])
+        )
+        health = escape(s.get("health", "ok"))
         table.add_row(
-            s["name"],
-            s["region"],
-            s["group"],
+            escape(s["name"]),
+            escape(s["region"]),
+            escape(s["group"]),
             state,
             health if health == "ok" else f"[yellow]{health}[/yellow]",
             format_time(s["last_seen"]),
@@ -104,14 +107,16 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for m in mappings:
-        source = f"{m['source']}:{m['source_path']}" + ("" if m["enabled"] else " (disabled)")
+        source = escape(f"{m['source']}:{m['source_path']}") + (
+            "" if m["enabled"] else " (disabled)"
+        )
         for i, t in enumerate(m["targets"]):
             lag = f"[yellow]{t['lag']}[/yellow]" if t["lag"] else "0"
             failed = f"[red]{t['open_exceptions']}[/red]" if t["open_exceptions"] else "0"
             table.add_row(
-                m["name"] if i == 0 else "",
+                escape(m["name"]) if i == 0 else "",
                 source if i == 0 else "",
-                f"{t['target_name']}:{t['path']}",
+                escape(f"{t['target_name']}:{t['path']}"),
                 str(t["watermark"]),
                 lag,
                 failed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.tree import Tree
 
 from relaysync.cli._client import (
@@ -43,15 +44,15 @@ def topology_tree(document: dict[str, Any]) -> Tree:
     """The GET /api/topology document as a rich tree."""
     root = Tree("[bold]topology[/bold]")
     for region in document["regions"]:
-        branch = root.add(f"region [bold]{region['name'] or '(none)'}[/bold]")
+        branch = root.add(f"region [bold]{escape(region['name']) or '(none)'}[/bold]")
         for group in region["groups"]:
-            leaf = branch.add(f"group [bold]{group['name'] or '(none)'}[/bold]")
+            leaf = branch.add(f"group [bold]{escape(group['name']) or '(none)'}[/bold]")
             for s in group["servers"]:
                 style = STATE_STYLE.get(s["state"], "yellow")
                 extra = " [dim](set by operator)[/dim]" if s["topology_locked"] else ""
                 unhealthy = " [yellow]unhealthy[/yellow]" if s["health"] != "ok" else ""
                 leaf.add(
-                    f"{s['name']}  capacity {s['capacity_weight']}  "
+                    f"{escape(s['name'])}  capacity {s['capacity_weight']}  "
                     f"[{style}]{s['state']}[/{style}]{unhealthy}{extra}"
                 )
     return root

@@ -1,8 +1,9 @@
 """The master's monitor: keeps agents' figures, runs probes and self-watch, checks thresholds,
 keeps the alert log, notifies channels once per state change, and sets servers' health.
 
-Error handling: a failing probe or channel is logged and retried next tick; a store failure
-skips the tick (the master's own store_up figure shows it).
+Error handling: a failing probe is logged and retried next tick; a failed delivery is retried
+with backoff for NOTIFY_GIVE_UP_S; a store failure skips the tick (the master's own store_up
+figure shows it).
 Resource handling: notifications run in the service's task group, each under a timeout.
 """
 
@@ -19,7 +20,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync.errors import AlertDeliveryFailed, ConfigError, StoreError
-from relaysync.monitor.alerts import Notice, build_channel
+from relaysync.monitor.alerts import Channel, Notice, build_channel
 from relaysync.monitor.probes import ProbeResult, run_probe
 from relaysync.monitor.thresholds import (
     Conditions,
@@ -35,6 +36,11 @@ from relaysync.protocol.messages import MetricSample, MetricsReport
 logger = logging.getLogger(__name__)
 
 NOTIFY_TIMEOUT_S = 30.0  # one channel delivering one notice
+NOTIFY_RETRY_FIRST_S = 1.0  # the wait after a failed delivery; it doubles with each failure
+NOTIFY_RETRY_MAX_S = 60.0  # the longest wait between two attempts
+NOTIFY_GIVE_UP_S = (
+    3_600.0  # a notice no attempt delivered within this is dropped, logged as an error
+)
 STALE_AFTER_TICKS = 30  # figures older than this many ticks (or 5 min) are not judged
 DOWNSAMPLE_EVERY_S = 60.0  # retention runs this often
 
@@ -364,15 +370,43 @@ class MonitorService:
                     tg.start_soon(self._deliver, info, notice)
 
     async def _deliver(self, info: ChannelInfo, notice: Notice) -> None:
+        """Send one notice through one channel, retrying a failed delivery with backoff."""
         try:
             channel = build_channel(info.kind, info.config, alarm=self._alarm)
-            with anyio.fail_after(NOTIFY_TIMEOUT_S):
-                await channel.send(notice)
-        except (AlertDeliveryFailed, ConfigError, TimeoutError) as exc:
-            logger.warning("alert %s via %s failed: %s", notice.alert_id, info.name, exc)
+        except ConfigError as exc:
+            logger.error("alert %s via %s not sent: %s", notice.alert_id, info.name, exc)
             return
+        delay_s, give_up_at = NOTIFY_RETRY_FIRST_S, anyio.current_time() + NOTIFY_GIVE_UP_S
+        while not await self._attempt(channel, info, notice):
+            if anyio.current_time() + delay_s > give_up_at:
+                logger.error(
+                    "alert %s via %s: gave up after %g s",
+                    notice.alert_id,
+                    info.name,
+                    NOTIFY_GIVE_UP_S,
+                )
+                return
+            await anyio.sleep(delay_s)
+            delay_s = min(2 * delay_s, NOTIFY_RETRY_MAX_S)
         self.sent[info.name] = self.sent.get(info.name, 0) + 1
         logger.info("alert %s (%s) sent via %s", notice.alert_id, notice.state, info.name)
+
+    async def _attempt(self, channel: Channel, info: ChannelInfo, notice: Notice) -> bool:
+        """Return whether the notice is done with: sent, or failed in a way a retry cannot fix."""
+        try:
+            with anyio.fail_after(NOTIFY_TIMEOUT_S):
+                await channel.send(notice)
+        except (AlertDeliveryFailed, TimeoutError) as exc:
+            logger.warning(
+                "alert %s via %s failed, will retry: %s",
+                notice.alert_id,
+                info.name,
+                exc or "timeout",
+            )
+            return False
+        except Exception:  # a channel's bug must not end the monitor (and the master with it)
+            logger.exception("alert %s via %s failed unexpectedly", notice.alert_id, info.name)
+        return True
 
     def _alarm(self, notice: Notice) -> None:
         self.publish("alarm", notice.to_json())

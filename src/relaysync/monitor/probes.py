@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 
@@ -44,8 +45,10 @@ async def tcp_probe(host: str, port: int, timeout_s: float) -> ProbeResult:
     except OSError as exc:
         # anyio reports "All connection attempts failed"; the reason is the cause it chains.
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-        # asyncio words it "Connect call failed (...)", uvloop "Connection refused": say the errno's name.
-        detail = os.strerror(cause.errno) if cause.errno else (cause.strerror or str(cause))
+        # asyncio words it "Connect call failed (...)", uvloop "Connection refused": say the errno's
+        # name. A resolver error's code is an EAI_* value, not an errno: its own text says it.
+        code = 0 if isinstance(cause, socket.gaierror) else max(cause.errno or 0, 0)
+        detail = os.strerror(code) if code else (cause.strerror or str(cause))
         return ProbeResult(ok=False, latency_ms=None, detail=detail, at=time.time())
     return ProbeResult(
         ok=True, latency_ms=(time.monotonic() - started) * 1000, detail="", at=time.time()

@@ -131,6 +131,9 @@ def test_console_raises_an_alarm() -> None:
         ("email", {"host": "h", "sender": "s@x"}, "recipients"),
         ("email", {"host": "h", "sender": "s@x", "recipients": ["nobody"]}, "recipients"),
         ("webhook", {"url": "ftp://x"}, "http"),
+        ("webhook", {"url": "http://127.0.0.1:99999/hook"}, "port"),
+        ("webhook", {"url": "http://[::1/hook"}, "port"),
+        ("sms", {"url": "http://gw.example/s?x\x00"}, "url"),
         ("sms", {"url": "http://x", "method": "DELETE"}, "method"),
     ],
 )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -119,3 +124,62 @@ def test_commands_exit_with_the_error_code(
     result = runner.invoke(app, argv)
     assert result.exit_code == ConfigError.exit_code
     assert "no master" in result.output
+
+
+@contextmanager
+def a_server(status: int, body: bytes, content_type: str) -> Iterator[str]:
+    """A real web server on 127.0.0.1 that answers every request with `status` and `body`;
+    yields its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = _answer  # noqa: N815 - http.server's names
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("argv", [["status"], ["log"], ["stats"], ["mapping", "list"]])
+def test_a_server_that_is_not_the_master_is_a_clear_error(argv: list[str]) -> None:
+    """200 with an HTML page: an error naming the URL and an exit code, not a JSON traceback."""
+    page = b"<!DOCTYPE html><html><body>It works!</body></html>"  # --master at the wrong port
+    with a_server(200, page, "text/html") as url:
+        result = CliRunner().invoke(app, [*argv, "--master", url, "--token", "t"])
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == MasterUnreachable.exit_code, result.output
+    assert url in result.output and "not JSON" in result.output
+
+
+def test_an_error_naming_a_bracketed_path_is_printed_as_it_is() -> None:
+    """The master's 404 detail names what the operator asked for, brackets and all."""
+    detail = "Mapping 'www[/old]' not found."
+    with a_server(404, json.dumps({"detail": detail}).encode(), "application/json") as url:
+        result = CliRunner().invoke(app, ["mapping", "remove", "www[/old]", "--master", url])
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == NotFound.exit_code
+    assert detail in result.output.replace("\n", " ")
+
+
+def test_a_token_with_characters_no_token_has_is_a_clear_error() -> None:
+    """A token pasted with a typographic character or a line break cannot be an HTTP header."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    for token in ("admin-sécret", "admin\nsecret"):
+        result = CliRunner().invoke(app, ["status", "--master", url, "--token", token])
+        assert isinstance(result.exception, SystemExit), result.exception
+        assert result.exit_code == ConfigError.exit_code and "token" in result.output

@@ -127,6 +127,30 @@ def test_log_rows_are_labelled_and_rendered() -> None:
     )
 
 
+# File names and paths hold brackets ("[draft] notes.txt", "img[1].jpg"); rich would read
+# "[draft]" as a style tag and drop it, and "[/x]" as a closing tag and raise MarkupError.
+BRACKETED = ("[draft] notes.txt", "old[/x]/a.txt", "[bold]b")
+
+
+@pytest.mark.parametrize("path", BRACKETED)
+def test_paths_with_brackets_are_shown_as_they_are(path: str) -> None:
+    wide = Console(file=io.StringIO(), width=400, color_system=None)
+
+    def shown(renderable: Any) -> str:
+        wide.print(renderable)
+        return wide.file.getvalue()  # type: ignore[attr-defined]
+
+    assert path in shown(changes_table([label(change(path=path), {1: "www"}, {})]))
+    failure = {**change(path=path), "id": 1, "target_node": "t", "error": f"cannot write {path}"}
+    failure |= {"at": 1.0, "attempts": 1, "resolved_at": None}
+    assert f"cannot write {path}" in shown(exceptions_table([label(failure, {1: "www"}, {})]))
+    target = {"target_name": "web1", "path": path, "watermark": 1, "lag": 0}
+    target |= {"open_exceptions": 0, "updated_at": None}
+    status = {"name": "www", "source": "origin", "source_path": path, "enabled": True}
+    assert f"origin:{path}" in shown(status_mappings_table([{**status, "targets": [target]}]))
+    assert f"web1:{path}" in shown(status_mappings_table([{**status, "targets": [target]}]))
+
+
 def stat(**over: Any) -> dict[str, Any]:
     row = {
         "key": "www",

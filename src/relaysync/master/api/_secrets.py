@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from relaysync.errors import ConfigError
+from relaysync.monitor.alerts.base import hide_url
 
 HIDDEN = "********"
 # Keys whose values are credentials: password, passwd, secret, token, api_key, X-Api-Key, auth...
@@ -37,22 +37,7 @@ def mask(value: Any, key: str = "") -> Any:
 
 def mask_url(url: str) -> str:
     """Hide a URL's userinfo (user:password@) and the value of each query parameter."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return HIDDEN  # not a URL we can take apart: it may hold anything
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{HIDDEN}@{netloc.rpartition('@')[2]}"
-    query = (
-        "&".join(
-            f"{item.partition('=')[0]}={HIDDEN}" if "=" in item else (HIDDEN if item else item)
-            for item in parts.query.split("&")
-        )
-        if parts.query
-        else ""
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return hide_url(url, HIDDEN)
 
 
 def refuse_masked(value: Any, what: str) -> None:

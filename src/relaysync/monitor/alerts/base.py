@@ -6,6 +6,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
 
 from relaysync.errors import ConfigError
 
@@ -70,6 +73,43 @@ def require(config: dict[str, Any], key: str, kind: str) -> Any:
     if value in (None, "", []):
         raise ConfigError(f"{kind} alert channel needs {key!r}")
     return value
+
+
+def check_url(url: str, kind: str) -> str:
+    """Return `url` if an HTTP client can send to it: http(s), a host, a port in 1..65535.
+
+    Raises:
+        ConfigError: naming the channel kind and what is wrong.
+    """
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ConfigError(f"{kind} alert channel: url {url!r}: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise ConfigError(f"{kind} alert channel: url {url!r} must be http(s)")
+    if not parsed.host or (port is not None and not 0 < port < 65536):
+        raise ConfigError(f"{kind} alert channel: url {url!r} needs a host and a port in 1..65535")
+    return url
+
+
+def hide_url(url: str, mask: str = "********") -> str:
+    """Return `url` with its userinfo (user:password@) and each query value replaced by `mask`,
+    to name a channel in logs and answers without its credentials."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return mask  # not a URL we can take apart: it may hold anything
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{mask}@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        f"{item.partition('=')[0]}={mask}" if "=" in item else (mask if item else item)
+        for item in parts.query.split("&")
+    )
+    return urlunsplit(
+        (parts.scheme, netloc, parts.path, query if parts.query else "", parts.fragment)
+    )
 
 
 class Channel:

@@ -14,7 +14,7 @@ import httpx
 
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import AlertDeliveryFailed, ConfigError
-from relaysync.monitor.alerts.base import Channel, Notice, fill, require
+from relaysync.monitor.alerts.base import Channel, Notice, check_url, fill, hide_url, require
 
 METHODS = ("GET", "POST", "PUT")
 
@@ -38,9 +38,7 @@ class SmsChannel(Channel):
     def from_config(
         cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None
     ) -> Channel:
-        url = str(require(config, "url", "sms"))
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"sms alert channel: url {url!r} must be http(s)")
+        url = check_url(str(require(config, "url", "sms")), "sms")
         method = str(config.get("method", "POST")).upper()
         if method not in METHODS:
             raise ConfigError(f"sms alert channel: method must be one of {', '.join(METHODS)}")
@@ -71,6 +69,8 @@ class SmsChannel(Channel):
                     method, url, headers=headers, content=body.encode() if body else None
                 )
         except httpx.HTTPError as exc:
-            raise AlertDeliveryFailed(f"sms gateway {self.url}", exc) from exc
+            raise AlertDeliveryFailed(f"sms gateway {hide_url(self.url)}", exc) from exc
         if response.status_code >= 300:
-            raise AlertDeliveryFailed(f"sms gateway {self.url}", f"HTTP {response.status_code}")
+            raise AlertDeliveryFailed(
+                f"sms gateway {hide_url(self.url)}", f"HTTP {response.status_code}"
+            )

@@ -9,7 +9,7 @@ import httpx
 
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import AlertDeliveryFailed, ConfigError
-from relaysync.monitor.alerts.base import Channel, Notice, require
+from relaysync.monitor.alerts.base import Channel, Notice, check_url, hide_url, require
 
 
 class WebhookChannel(Channel):
@@ -24,9 +24,7 @@ class WebhookChannel(Channel):
     def from_config(
         cls, config: dict[str, Any], *, alarm: Callable[[Notice], None] | None = None
     ) -> Channel:
-        url = str(require(config, "url", "webhook"))
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"webhook alert channel: url {url!r} must be http(s)")
+        url = check_url(str(require(config, "url", "webhook")), "webhook")
         headers = config.get("headers", {})
         if not isinstance(headers, dict):
             raise ConfigError("webhook alert channel: headers must be an object")
@@ -37,6 +35,8 @@ class WebhookChannel(Channel):
             async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
                 response = await client.post(self.url, json=notice.to_json(), headers=self.headers)
         except httpx.HTTPError as exc:
-            raise AlertDeliveryFailed(f"webhook {self.url}", exc) from exc
+            raise AlertDeliveryFailed(f"webhook {hide_url(self.url)}", exc) from exc
         if response.status_code >= 300:
-            raise AlertDeliveryFailed(f"webhook {self.url}", f"HTTP {response.status_code}")
+            raise AlertDeliveryFailed(
+                f"webhook {hide_url(self.url)}", f"HTTP {response.status_code}"
+            )
