@@ -79,6 +79,10 @@ class _Session:
         if watermark > self.acked:
             self.link.failures = 0  # progress
             self.acked = watermark
+            # committed: sent again only to a target that lost it, which then refuses it again.
+            # A copy to look through: the link's worker thread adds to it while it reads records.
+            whole = self.link.options.whole_file_seqs
+            whole.difference_update([seq for seq in whole.copy() if seq <= watermark])
             self.link.source.on_ack(self.link.target.node_id, watermark)
             self.ack_changed.set()
             self.ack_changed = anyio.Event()

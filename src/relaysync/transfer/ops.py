@@ -45,7 +45,8 @@ class SendOptions:
 
     codec: Codec = field(default_factory=Plain)
     signatures: SignatureStore | None = None  # None: whole files only
-    whole_file_seqs: set[int] = field(default_factory=set)  # the target lacked the delta's base
+    # the target lacked the delta's base (or a rename's file): whole next time; dropped once acked
+    whole_file_seqs: set[int] = field(default_factory=set)
     force: str = "auto"  # "auto" | "delta" | "whole"
     resume: dict[tuple[str, bytes], int] = field(default_factory=dict)  # (path, hash) -> bytes held
     bandwidth: TokenBucket = field(default_factory=lambda: TokenBucket(0))

@@ -18,7 +18,8 @@ is kept while a link may still join it: a failed build's files go at once, a don
 when a build of a newer version of its path starts, the rest after DELTA_MAX_AGE_S (`prune`,
 which the source runs every PRUNE_EVERY_S), and all of them when the store is opened (no link
 can join a build of an earlier run). Links read a build's files through fds opened under the
-store's lock (`open_parts`), so unlinking never pulls a file from under a reader.
+store's lock (`open_parts`), and every unlink decides and unlinks under that lock too, so
+unlinking never pulls a file from under a reader, nor a new build's file from under the build.
 """
 
 from __future__ import annotations
@@ -238,16 +239,23 @@ class SignatureStore(SignatureKeeper):
                 logger.warning("could not prune old deltas in %s: %s", self.dir, exc)
 
     def prune(self, max_age_s: float = DELTA_MAX_AGE_S) -> None:
+        """Unlink the delta files older than `max_age_s`, unless their build is still running.
+
+        Looked at and unlinked under the lock that `start_delta` creates a build's files under:
+        a build of the same key started meanwhile (its base's signature is still kept when the
+        new version could not be signed) has fresh files, which are left to it.
+        """
         cutoff = time.time() - max_age_s
         for f in (self.dir / "delta").iterdir():
-            try:
-                if f.stat().st_mtime < cutoff:
-                    key = f.with_name(f.name.rsplit(".", 2)[0])  # <key>.<part>.delta
-                    with self._lock:
-                        build = self._builds.get(key)
-                        if build is not None and not build.done.is_set():
-                            continue
-                        self._builds.pop(key, None)
-                    f.unlink()
-            except FileNotFoundError:
-                pass
+            key = f.with_name(f.name.rsplit(".", 2)[0])  # <key>.<part>.delta
+            with self._lock:
+                try:
+                    if f.stat().st_mtime >= cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue
+                build = self._builds.get(key)
+                if build is None:
+                    f.unlink(missing_ok=True)
+                elif build.done.is_set():
+                    self._unlink_build(build)

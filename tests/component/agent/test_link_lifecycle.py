@@ -254,3 +254,44 @@ def test_one_address_holding_connections_open_does_not_lock_other_peers_out(tmp_
         for s in held:
             s.close()
     assert (folder.root / "index.html").read_text() == "served"
+
+
+def test_the_seqs_sent_whole_are_forgotten_once_acknowledged(tmp_path: Path) -> None:
+    """Each atomic save sent after its rename has the result go whole, noted by seq in
+    `SendOptions.whole_file_seqs` (so a resend of that record goes whole too). Once the target
+    acknowledged a seq it is never sent again: the note goes, so a link that lives for months
+    does not keep one per atomic save."""
+    saves = 30
+    source = _source_in(tmp_path, "manual")
+    index, tmp = source.root / "index.html", source.root / "index.html.tmp"
+    index.write_text("version 0")
+    earlier = time.time_ns() - 10 * 10**9
+    os.utime(index, ns=(earlier, earlier))  # not a file being written
+    folder = target_folder(tmp_path)
+    noted: list[int] = []
+
+    async def main() -> None:
+        await source._record([FsEvent(kind="rescan", path="")])
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(_server(folder).serve)
+            link = _link(source, port)
+            tg.start_soon(link.serve)
+            for v in range(saves + 1):
+                if v:  # an editor's save, released once both records are journaled
+                    tmp.write_text(f"version {v}")
+                    await source._record([FsEvent(kind="write", path="index.html.tmp")])
+                    tmp.rename(index)
+                    await source._record(
+                        [FsEvent(kind="move", path="index.html.tmp", new_path="index.html")]
+                    )
+                last = source.journal.last_seq
+                source.set_release(last)
+                with anyio.fail_after(20):  # committed and acknowledged
+                    while source._acks.get(TGT, -1) < last:
+                        await anyio.sleep(0.02)
+                assert (folder.root / "index.html").read_text() == f"version {v}"
+                noted.append(len(link.options.whole_file_seqs))
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert max(noted) == 0, f"seqs noted to go whole, after each of {saves} saves: {noted}"

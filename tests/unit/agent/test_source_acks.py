@@ -20,6 +20,7 @@ import pytest
 from relaysync.agent.source import ACK_FLUSH_S, SourceMapping
 from relaysync.protocol.messages import MappingSpec, MappingState, NodeMark, RouteHop, TargetSpec
 from relaysync.transfer._link_session import _Session
+from relaysync.transfer.ops import SendOptions
 from relaysync.transfer.sender import TargetLink
 from relaysync.watch.changes import PendingChange
 
@@ -136,7 +137,12 @@ def test_a_stop_while_the_flush_waits_for_a_worker_thread_still_writes_the_last_
 
 
 def _session_to(source: SourceMapping, node_id: str) -> _Session:
-    link = SimpleNamespace(source=source, target=SimpleNamespace(node_id=node_id), failures=0)
+    link = SimpleNamespace(
+        source=source,
+        target=SimpleNamespace(node_id=node_id),
+        failures=0,
+        options=SendOptions(),
+    )
     return _Session(link, framed=None)  # type: ignore[arg-type]
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import xxhash
 
 from relaysync.protocol.messages import DeltaStart, FileEnd
+from relaysync.transfer import _librsync
 from relaysync.transfer import delta as delta_engine
+from relaysync.transfer.builds import DeltaBuild
 from relaysync.transfer.ops import Flush, Outgoing, SendOptions, iter_file_messages
-from relaysync.transfer.signatures import SignatureStore
+from relaysync.transfer.signatures import DELTA_MAX_AGE_S, SignatureStore
 
 SIZE = 4 * 1024 * 1024
 
@@ -201,3 +207,73 @@ def test_the_index_of_signatures_survives_a_restart(tmp_path: Path) -> None:
     reopened = SignatureStore(tmp_path / "sigs")
     reopened.forget("f.bin")
     assert _signatures(tmp_path) == []
+
+
+class _LockWithGap:
+    """The store's lock, running `gap` once right after the thread that armed it next releases
+    it: another thread getting in between two steps of that thread, forced, not left to timing."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._armed_by = 0
+        self._gap: Callable[[], None] | None = None
+
+    def arm(self, gap: Callable[[], None]) -> None:
+        self._armed_by, self._gap = threading.get_ident(), gap
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        if self._gap is not None and threading.get_ident() == self._armed_by:
+            gap, self._gap = self._gap, None
+            gap()
+
+
+def test_prune_never_unlinks_a_build_started_while_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """signatures.py: 'unlinking never pulls a file from under a reader'. A build of a version
+    whose signature the state disk could not take keeps its base's signature, so a link that
+    comes back after DELTA_MAX_AGE_S rebuilds the same key; prune must not unlink that new build
+    between its lookup and its unlink (a link would find its parts gone: the file goes whole)."""
+    src, sigs, data, base = _source(tmp_path)
+    original = bytes(data)
+    data[1000:1010] = b"0123456789"
+    (src / "f.bin").write_bytes(data)
+
+    def disk_full(basis: Path | int, sig_out: Path) -> bytes:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(delta_engine, "signature", disk_full)
+    old = sigs.start_delta(src, "f.bin", base)
+    assert old is not None and old.done.wait(30) and old.ok
+    assert sigs.has("f.bin", base)  # the new version could not be signed: the base's stays
+    long_ago = time.time() - 2 * DELTA_MAX_AGE_S
+    for part in old.parts:
+        os.utime(part.path, (long_ago, long_ago))
+    joined: list[DeltaBuild] = []
+
+    def link_asks_again() -> None:  # a link sending this version again, right then
+        build = sigs.start_delta(src, "f.bin", base)
+        assert build is not None and build is not old and build.done.wait(30) and build.ok
+        joined.append(build)
+
+    gapped = _LockWithGap(sigs._lock)
+    sigs._lock = gapped  # type: ignore[assignment]
+    gapped.arm(link_asks_again)  # fires when prune leaves the lock after its lookup
+    sigs.prune()
+    assert joined, "prune took the store's lock only once: the gap never came"
+    files = sigs.open_parts(joined[0])
+    assert files is not None, "prune unlinked the parts of a build a link had just joined"
+    try:
+        delta_bytes = b"".join(f.read() for f in files)
+    finally:
+        for f in files:
+            f.close()
+    basis, new, out = tmp_path / "basis", tmp_path / "delta", tmp_path / "out"
+    basis.write_bytes(original)
+    new.write_bytes(delta_bytes)
+    _librsync.patch(basis, new, out)
+    assert out.read_bytes() == bytes(data)

@@ -338,7 +338,12 @@ def test_a_child_acks_for_the_targets_below_it_only(tmp_path: Path) -> None:
             RouteHop(parent="c1", child="g1"),
         )
         c1 = LinkSession(
-            SimpleNamespace(source=feed, target=SimpleNamespace(node_id="c1"), failures=0),
+            SimpleNamespace(
+                source=feed,
+                target=SimpleNamespace(node_id="c1"),
+                failures=0,
+                options=ops.SendOptions(),
+            ),
             framed=None,
         )  # type: ignore[arg-type]
         c1._on_ack(10, [NodeMark(node_id="c2", watermark=99), NodeMark(node_id="g1", watermark=7)])
