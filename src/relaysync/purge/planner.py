@@ -2,12 +2,14 @@
 
 A write refreshes the path's URLs, a delete purges them and what lies under them, a rename does
 both; a cache that takes bans bans a prefix, the others get a purge of every path the job log
-knows under it (`PurgeStore.changed_paths_under`). `PurgePlanner` is mixed into Purger
-(purge/purger.py); `PurgeStore` is what the purger needs from the master's store.
+knows under it (`PurgeStore.changed_paths_under`), however many: one left out would be served
+stale. `PurgePlanner` is mixed into Purger (purge/purger.py); `PurgeStore` is what the purger
+needs from the master's store.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -18,6 +20,10 @@ from relaysync.purge.drivers import DRIVERS, Driver
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
 from relaysync.purge.ordering import Released
 from relaysync.purge.site import CacheSpec, SiteSpec
+
+logger = logging.getLogger(__name__)
+
+MANY_PATHS_UNDER = 10_000  # a prefix with more known paths is logged: its purges take a while
 
 
 class PurgeStore(Protocol):
@@ -85,6 +91,15 @@ class PurgePlanner:
         old = await anyio.to_thread.run_sync(
             self.store.changed_paths_under, site.mapping_id, change.path
         )
+        if len(old) > MANY_PATHS_UNDER:
+            logger.info(
+                "site %s: %s %s has %d known paths under it, purged one by one on caches %s",
+                site.name,
+                change.op,
+                change.path,
+                len(old),
+                ", ".join(c.name for c in site.caches if not _can_ban(c)),
+            )
         under = {change.path: old}
         if change.new_path:
             under[change.new_path] = [change.new_path + p[len(change.path) :] for p in old]

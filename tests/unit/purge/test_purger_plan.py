@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,33 @@ async def test_prefix_of_the_whole_site_is_every_known_path(
     assert store.changed_paths_under(mapping, prefix) == ["a.html", "sub/b.html"]
     site = _site(store, mapping, "squid")
     assert await Purger(store).submit_prefix(site, prefix.strip("/")) == 2
+
+
+async def test_a_prefix_is_expanded_to_every_known_path_past_ten_thousand(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store gave at most 10,000 paths under a prefix; nginx and Squid kept the rest."""
+    mapping = store.create_mapping(
+        name="big", source="src", source_path="/big", targets=[("o1", "/big1")]
+    )
+    paths = [f"big/p{i:05}.html" for i in range(10_001)]
+    store.record_commit_reports(
+        [
+            CommitReport(
+                mapping_id=mapping.id,
+                source_node=SOURCE,
+                target_node=O1,
+                watermark=0,
+                records=tuple(
+                    CommitRecord(seq=i + 1, op="write", path=p) for i, p in enumerate(paths)
+                ),
+            )
+        ]
+    )
+    assert store.changed_paths_under(mapping.id, "big") == paths
+    caplog.set_level(logging.INFO, logger="relaysync.purge.planner")
+    assert await Purger(store).submit_prefix(_site(store, mapping.id, "nginx"), "big") == len(paths)
+    assert f"has {len(paths)} known paths under it" in caplog.text
 
 
 @pytest.mark.parametrize("driver", ["nginx", "squid", "http"])

@@ -44,7 +44,6 @@ SITE_FIELDS = frozenset(
     }
 )
 MIN_SECRET_CHARS = 16  # an HMAC key shorter than this is guessable
-MAX_PATHS_UNDER = 10_000  # a directory rename purges at most this many known paths one by one
 _HOST = re.compile(r"^[A-Za-z0-9._-]+(:[0-9]{1,5})?$")
 _METHOD = re.compile(r"^[A-Z]{1,20}$")
 
@@ -329,7 +328,9 @@ class SiteStore:
     def changed_paths_under(self, mapping_id: int, prefix: str) -> list[str]:
         """Return the distinct paths the job log knows under directory `prefix` of a mapping.
 
-        An empty prefix (or "/") is the mapping's root: every path.
+        An empty prefix (or "/") is the mapping's root: every path. All of them, however many:
+        the purger purges them one by one on caches without bans, which would keep serving
+        any path left out.
         """
         query = select(Change.path).distinct().where(Change.mapping_id == mapping_id)
         directory = prefix.strip("/")
@@ -337,7 +338,7 @@ class SiteStore:
             like = directory.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             query = query.where(Change.path.like(like + "/%", escape="\\"))
         with self._read("changed paths") as session:
-            return list(session.scalars(query.order_by(Change.path).limit(MAX_PATHS_UNDER)))
+            return list(session.scalars(query.order_by(Change.path)))
 
     # --- Purge queue and log ---
 
