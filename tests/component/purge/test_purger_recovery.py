@@ -99,12 +99,13 @@ async def test_a_refresh_that_the_cache_ignores_falls_back_to_purge(harness: Har
         with anyio.fail_after(BOUND_S):
             while harness.get("varnish", "ims.txt") != (200, body):
                 await anyio.sleep(0.02)
-    with anyio.fail_after(BOUND_S):
-        while (
-            sum(r.item.url.endswith("/ims.txt") and r.confirmed is True for r in harness.results)
-            < 6
-        ):  # two hosts, three rounds
-            await anyio.sleep(0.02)
+    # Wait for the switch itself, not for a count of results: a round's item for the second
+    # host may still be backing off when the next write comes, and then both go as one item
+    # (two hosts, three rounds make 4 to 6 results, each a stale refresh, so at least 3).
     site = harness.purger.site_by_name(harness.site.name)
     assert site is not None
-    assert harness.purger._driver(site, site.caches[0]).one_request is False
+    with anyio.fail_after(BOUND_S):
+        while harness.purger._driver(site, site.caches[0]).one_request:
+            await anyio.sleep(0.02)
+    confirmed = [r for r in harness.results if r.item.url.endswith("/ims.txt") and r.confirmed]
+    assert len(confirmed) >= 3
