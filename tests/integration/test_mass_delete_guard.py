@@ -60,3 +60,17 @@ def test_small_deletes_pass_the_guard(own_fleet: Fleet) -> None:
         (src / f"{i}.txt").unlink()
     shutil.rmtree(src / "missing", ignore_errors=True)
     own_fleet.wait_converged(src, [dst])
+
+
+def test_replaced_flat_source_folder_holds_its_file_deletes(own_fleet: Fleet) -> None:
+    """Found in review: deleted plain files counted for nothing, so a flat folder that vanished
+    (200 files, no directory) was wiped on the targets without an alarm."""
+    _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    for i in range(200):
+        (src / f"{i}.txt").write_bytes(os.urandom(100))
+    own_fleet.wait_converged(src, [dst])
+    before = snapshot(dst)
+    src.rename(src.with_name("source.unmounted"))
+    src.mkdir()
+    wait_until(lambda: _held_events(own_fleet), timeout_s=30, what="the mass-delete alarm")
+    assert snapshot(dst) == before

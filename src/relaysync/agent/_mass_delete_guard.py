@@ -7,7 +7,7 @@ are set in its __init__.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +15,7 @@ import anyio
 
 from relaysync.protocol.messages import MassDeleteHeld
 from relaysync.watch.changes import PendingChange
-from relaysync.watch.manifest import Manifest
+from relaysync.watch.manifest import Manifest, ancestors
 from relaysync.watch.watcher import FsEvent
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 GUARD_MIN_DELETES = 100  # the mass-delete guard never trips for fewer deleted entries than this
 GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder
 GUARD_RECHECK_S = 5.0  # held deletes are re-evaluated this often
+
+
+def _outermost(paths: Iterable[str]) -> list[str]:
+    """The paths below none of the others, sorted: `rm -rf d` may report d/f and d, one tree."""
+    given = set(paths)
+    return sorted(p for p in given if not any(a in given for a in ancestors(p)))
 
 
 class MassDeleteGuard:
@@ -49,20 +55,18 @@ class MassDeleteGuard:
         Only a batch that trips the guard uses the confirmation up: a write journaled between
         the confirmation and its rescan must not, or the deletes are held (and alarmed) again.
         """
-        deletes = [c.path for c in changes if c.op == "delete"]
+        deletes = _outermost(c.path for c in changes if c.op == "delete")
         if not deletes:
             return False
         root_missing = not self.root.is_dir()
+        # A deleted path removes itself and what is below it. The few deletes of most batches
+        # are told apart without counting the whole folder.
+        few = self.manifest.count_trees(deletes, limit=GUARD_MIN_DELETES) < GUARD_MIN_DELETES
+        if few and not root_missing:
+            return False
         total = self.manifest.count()
         threshold = max(GUARD_MIN_DELETES, int(total * GUARD_FRACTION))
-        affected = 0
-        for path in deletes:
-            for _ in self.manifest.iter_entries(path):
-                affected += 1
-                if affected >= threshold:
-                    break
-            if affected >= threshold:
-                break
+        affected = self.manifest.count_trees(deletes, limit=threshold)
         if not root_missing and affected < threshold:
             return False
         if self._allow_mass_delete:  # confirmed by an operator: this batch goes, once

@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -25,6 +25,7 @@ from relaysync.protocol.messages import DirEntry, DirListing
 logger = logging.getLogger(__name__)
 
 _PAGE_ROWS = 2000  # iter_entries reads this many rows per query, so no cursor outlives the lock
+_COUNT_CHUNK = 500  # count_trees looks up this many paths per query (SQLite allows 32,766 params)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -343,6 +344,36 @@ class Manifest:
         """Return the number of entries."""
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+    def count_trees(self, paths: Sequence[str], *, limit: int = -1) -> int:
+        """Return how many entries `paths` and everything below them hold (paths must not nest).
+
+        With `limit` >= 0 the count stops there: up to _COUNT_CHUNK paths are looked up per
+        query, and only a directory's subtree is counted, as a bounded walk of the primary key.
+        """
+        total = 0
+        for start in range(0, len(paths), _COUNT_CHUNK):
+            chunk = paths[start : start + _COUNT_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT path, kind FROM entries WHERE path IN ({marks})", chunk
+                ).fetchall()
+            total += len(rows)
+            for path in (p for p, kind in rows if kind == "d"):
+                if 0 <= limit <= total:
+                    return limit
+                low, high = subtree_bounds(path)
+                with self._lock:
+                    row = self._db.execute(
+                        "SELECT count(*) FROM (SELECT 1 FROM entries WHERE path >= ? AND path < ? "
+                        "LIMIT ?)",
+                        (low, high, -1 if limit < 0 else limit - total),
+                    ).fetchone()
+                total += int(row[0])
+            if 0 <= limit <= total:
+                return limit
+        return total
 
     # --- directory hashes ---
 

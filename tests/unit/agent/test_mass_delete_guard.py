@@ -32,6 +32,20 @@ def _mapping(tmp_path: Path) -> tuple[SourceMapping, Path, list[MassDeleteHeld]]
     return mapping, root, alarms
 
 
+def _flat_mapping(tmp_path: Path, files: int) -> tuple[SourceMapping, Path, list[MassDeleteHeld]]:
+    """A source folder of `files` plain files and no directory."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(files):
+        (root / f"{i}.txt").write_text(str(i))
+        os.utime(root / f"{i}.txt", ns=(OLD_NS, OLD_NS))
+    spec = MappingSpec(mapping_id=1, name="m", source_node="n", source_path=str(root), targets=())
+    mapping = SourceMapping(spec, tmp_path / "state")
+    alarms: list[MassDeleteHeld] = []
+    mapping.on_guard = alarms.append
+    return mapping, root, alarms
+
+
 def _remove(root: Path, dirs: range) -> None:
     for d in dirs:
         shutil.rmtree(root / f"d{d}")
@@ -133,5 +147,67 @@ def test_a_confirmation_whose_deletes_are_gone_lets_no_later_mass_delete_go(
     try:
         anyio.run(main)
         assert len(alarms) == 2, alarms
+    finally:
+        mapping.close()
+
+
+@pytest.mark.parametrize("seen_by", ["rescan", "watched deletes"])
+def test_deleting_every_file_of_a_flat_folder_is_held(tmp_path: Path, seen_by: str) -> None:
+    """Found in review: only entries below a deleted path were counted, so deleting all 200
+    plain files of a flat folder counted 0, raised no alarm, and the deletes went out."""
+    mapping, root, alarms = _flat_mapping(tmp_path, 200)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        for i in range(200):
+            (root / f"{i}.txt").unlink()
+        if seen_by == "rescan":
+            await mapping.rescan()
+        else:
+            await mapping._record([FsEvent(kind="delete", path=f"{i}.txt") for i in range(200)])
+        assert _ops(mapping, head) == []  # held: nothing goes to the targets
+
+    try:
+        anyio.run(main)
+        assert len(alarms) == 1 and alarms[0].entries == 200, alarms
+    finally:
+        mapping.close()
+
+
+def test_a_deleted_directory_counts_itself(tmp_path: Path) -> None:
+    """Found in review: a deleted directory did not count, only what was below it. Removing 4
+    of the 8 directories removes 4 + 240 = 244 of 488 entries, half the folder: held."""
+    mapping, root, alarms = _mapping(tmp_path)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        _remove(root, range(4))
+        await mapping.rescan()
+        assert _ops(mapping, head) == []
+
+    try:
+        anyio.run(main)
+        assert len(alarms) == 1, alarms
+    finally:
+        mapping.close()
+
+
+def test_a_few_deletes_pass(tmp_path: Path) -> None:
+    """Fewer than GUARD_MIN_DELETES entries go at once: no hold, even in a small folder."""
+    mapping, root, alarms = _flat_mapping(tmp_path, 150)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        for i in range(99):
+            (root / f"{i}.txt").unlink()
+        await mapping.rescan()
+        assert len(_ops(mapping, head)) == 99
+
+    try:
+        anyio.run(main)
+        assert alarms == []
     finally:
         mapping.close()

@@ -61,6 +61,34 @@ def test_remove_tree(manifest: Manifest) -> None:
     assert manifest.count() == 4
 
 
+def test_count_trees_counts_each_path_and_what_is_below_it(manifest: Manifest) -> None:
+    manifest.put_many(sample() + [f("a-b"), f("ab")])
+    assert manifest.count_trees(["a"]) == 4  # a, a/b, a/b/y, a/x; not a-b nor ab
+    assert manifest.count_trees(["a", "top", "link", "gone"]) == 6
+    assert manifest.count_trees([]) == 0
+
+
+def test_count_trees_stops_at_its_limit(manifest: Manifest) -> None:
+    """The guard asks only whether a threshold is reached: a bounded walk of the primary key,
+    however big the subtree, and per chunk of plain files (one query for 500 of them)."""
+    manifest.put_many([d("big")] + [f(f"big/{i:06d}") for i in range(20_000)])
+    manifest.put_many([f(f"flat{i:05d}") for i in range(3000)])
+    assert manifest.count_trees(["big"]) == 20_001
+    assert manifest.count_trees(["big"], limit=100) == 100
+    flat = [f"flat{i:05d}" for i in range(3000)]
+    assert manifest.count_trees(flat) == 3000
+    assert manifest.count_trees(flat, limit=700) == 700
+    queries: list[str] = []
+    manifest._db.set_trace_callback(queries.append)
+    try:
+        assert manifest.count_trees(["big", *flat], limit=1000) == 1000
+    finally:
+        manifest._db.set_trace_callback(None)
+    assert len(queries) <= 2, queries
+    plans = [row[-1] for q in queries for row in manifest._db.execute(f"EXPLAIN QUERY PLAN {q}")]
+    assert not any(plan.startswith("SCAN entries") for plan in plans), plans
+
+
 def test_rename_tree_moves_subtree_and_overwrites(manifest: Manifest) -> None:
     manifest.put_many(sample() + [d("z"), f("z/old")])
     manifest.rename_tree("a", "z")
