@@ -72,5 +72,6 @@ def test_replaced_flat_source_folder_holds_its_file_deletes(own_fleet: Fleet) ->
     before = snapshot(dst)
     src.rename(src.with_name("source.unmounted"))
     src.mkdir()
-    wait_until(lambda: _held_events(own_fleet), timeout_s=30, what="the mass-delete alarm")
+    held = wait_until(lambda: _held_events(own_fleet), timeout_s=30, what="the mass-delete alarm")
+    assert [(e["data"]["deletes"], e["data"]["entries"]) for e in held] == [(200, 200)]
     assert snapshot(dst) == before

@@ -75,7 +75,10 @@ class MassDeleteGuard:
             return False
         if not self._guard_held:
             self._guard_held = True
-            self._alarm(affected, total, root_missing)
+            # The exact figure, once per hold: counting went no further than the threshold,
+            # and this full count costs less than the deletes would (one query per 500 paths,
+            # as many rows as they remove).
+            self._alarm(self.manifest.count_trees(deletes), total, root_missing)
         return True
 
     def _alarm(self, affected: int, total: int, root_missing: bool) -> None:

@@ -211,3 +211,51 @@ def test_a_few_deletes_pass(tmp_path: Path) -> None:
         assert alarms == []
     finally:
         mapping.close()
+
+
+def _watched_rmtree(root: Path, dirs: range) -> list[FsEvent]:
+    """What the watcher reports for `rm -rf`: each file, then its directory."""
+    events = []
+    for d in dirs:
+        events += [FsEvent(kind="delete", path=f"d{d}/{i}.txt") for i in range(FILES)]
+        events.append(FsEvent(kind="delete", path=f"d{d}", is_dir=True))
+    _remove(root, dirs)
+    return events
+
+
+@pytest.mark.parametrize("seen_by", ["rescan", "watched deletes"])
+def test_the_alarm_counts_every_held_delete(tmp_path: Path, seen_by: str) -> None:
+    """Found in review: counting stopped at the threshold (half the folder), so the alarm said
+    244 of 488 whatever went. 5 directories of 60 files are 305 entries; the watcher reports
+    each file and its directory, which must count once."""
+    mapping, root, alarms = _mapping(tmp_path)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        if seen_by == "rescan":
+            _remove(root, range(5))
+            await mapping.rescan()
+        else:
+            await mapping._record(_watched_rmtree(root, range(5)))
+
+    try:
+        anyio.run(main)
+        assert [(a.deletes, a.entries) for a in alarms] == [(5 + 5 * FILES, DIRS + DIRS * FILES)]
+    finally:
+        mapping.close()
+
+
+def test_the_alarm_counts_every_file_of_a_flat_folder(tmp_path: Path) -> None:
+    mapping, root, alarms = _flat_mapping(tmp_path, 200)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        for i in range(200):
+            (root / f"{i}.txt").unlink()
+        await mapping.rescan()
+
+    try:
+        anyio.run(main)
+        assert [(a.deletes, a.entries, a.root_missing) for a in alarms] == [(200, 200, False)]
+    finally:
+        mapping.close()
