@@ -7,6 +7,7 @@ are set in its __init__.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,9 @@ logger = logging.getLogger(__name__)
 
 GUARD_MIN_DELETES = 100  # the mass-delete guard never trips for fewer deleted entries than this
 GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder
-GUARD_RECHECK_S = 5.0  # held deletes are re-evaluated this often
+GUARD_RECHECK_S = 5.0  # a hold looks this often whether some of its held paths are back
+GUARD_RECHECK_MAX_S = 300.0  # ... and rescans the whole folder at least this often (5 s doubling)
+GUARD_PROBE_PATHS = 64  # held paths a recheck looks for: one back brings the full rescan forward
 
 
 def _outermost(paths: Iterable[str]) -> list[str]:
@@ -39,6 +42,9 @@ class MassDeleteGuard:
     manifest: Manifest
     on_guard: Callable[[MassDeleteHeld], None] | None
     _guard_held: bool
+    _guard_probe: list[str]  # some of the held paths (of the last batch held)
+    _guard_backoff_s: float  # the wait between full rescans of the hold, doubling
+    _guard_due_s: float  # until the next full rescan
     _allow_mass_delete: bool
     _delete_confirm: int
 
@@ -73,8 +79,10 @@ class MassDeleteGuard:
             self._allow_mass_delete = False
             self._guard_held = False
             return False
+        self._guard_probe = deletes[:GUARD_PROBE_PATHS]
         if not self._guard_held:
             self._guard_held = True
+            self._guard_backoff_s = self._guard_due_s = GUARD_RECHECK_S
             # The exact figure, once per hold: counting went no further than the threshold,
             # and this full count costs less than the deletes would (one query per 500 paths,
             # as many rows as they remove).
@@ -111,17 +119,38 @@ class MassDeleteGuard:
             self._allow_mass_delete = True
         return True
 
-    def _drop_unused_confirmation(self) -> None:
-        """After a confirmation's rescan (under the record lock): a confirmation that no batch
-        used found the held deletes gone (the disk came back), and ends the hold; kept, it would
-        let a later mass delete go unasked."""
-        if self._allow_mass_delete:
-            self._allow_mass_delete = False
-            self._guard_held = False
+    def _guard_rescanned(self) -> None:
+        """A whole-folder rescan found no mass delete (under the record lock): the held deletes
+        are gone (the disk came back, the files were put back), and so is the hold, with any
+        confirmation no batch used: kept, it would let a later mass delete go unasked."""
+        if self._guard_held:
+            logger.warning(
+                "mass-delete guard: %s no longer would delete most of its entries (the folder "
+                "is back); hold ended, nothing deleted",
+                self.root,
+            )
+        self._guard_held = False
+        self._allow_mass_delete = False
 
     async def _recheck_guard(self) -> None:
-        """While deletes are held, rescan now and then: the disk may be back, or confirmed."""
+        """While deletes are held, look now and then whether they still are."""
         while True:
             await anyio.sleep(GUARD_RECHECK_S)
             if self._guard_held:
-                await self._record([FsEvent(kind="rescan", path="")])
+                await self._recheck_hold()
+
+    async def _recheck_hold(self) -> None:
+        """Rescan the whole folder (whose end, found gone, ends the hold: `_guard_rescanned`)
+        when a held path is back, else only when the backoff is due: for a big folder a full
+        rescan is a walk of millions of files, while the disk stays away for hours."""
+        self._guard_due_s -= GUARD_RECHECK_S
+        if self._guard_due_s > 0 and not await anyio.to_thread.run_sync(self._guard_probe_back):
+            return
+        await self._record([FsEvent(kind="rescan", path="")])
+        if self._guard_held:  # still pending
+            self._guard_backoff_s = min(2 * self._guard_backoff_s, GUARD_RECHECK_MAX_S)
+            self._guard_due_s = self._guard_backoff_s
+
+    def _guard_probe_back(self) -> bool:
+        """Whether one of the held paths looked for (GUARD_PROBE_PATHS of them) is back."""
+        return self.root.is_dir() and any(os.path.lexists(self.root / p) for p in self._guard_probe)

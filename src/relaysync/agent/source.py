@@ -77,6 +77,8 @@ class SourceMapping(MassDeleteGuard):
         self._record_lock = anyio.Lock()
         # Mass-delete guard: held batches, and the operator's confirmations seen so far.
         self._guard_held = False
+        self._guard_probe: list[str] = []
+        self._guard_backoff_s = self._guard_due_s = 0.0
         self._allow_mass_delete = False
         self._delete_confirm = (
             spec.delete_confirm
@@ -369,6 +371,8 @@ class SourceMapping(MassDeleteGuard):
             detected = [c for c in detected if self._encodes(c)]
             if not await self._journal(detected, closed):
                 return  # held by the mass-delete guard, whose rescans find the rest too
+        if any(e.kind == "rescan" and not e.path for e in events):
+            self._guard_rescanned()  # the whole folder, and no mass delete in it: a hold ends
 
     async def _journal(self, detected: list[PendingChange], closed: set[str]) -> bool:
         """Journal and apply detected changes; return False if the mass-delete guard held them."""
@@ -434,9 +438,7 @@ class SourceMapping(MassDeleteGuard):
 
     async def rescan(self) -> None:
         """Rescan the whole folder now (after an operator's confirmation)."""
-        async with self._record_lock:
-            await self._record_locked([FsEvent(kind="rescan", path="")])
-            self._drop_unused_confirmation()
+        await self._record([FsEvent(kind="rescan", path="")])
 
     def close(self) -> None:
         if hasattr(self, "journal"):  # not when its opening failed (__init__ closes the rest)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
+from relaysync.agent import _mass_delete_guard
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
 from relaysync.watch.watcher import FsEvent
@@ -257,5 +260,122 @@ def test_the_alarm_counts_every_file_of_a_flat_folder(tmp_path: Path) -> None:
     try:
         anyio.run(main)
         assert [(a.deletes, a.entries, a.root_missing) for a in alarms] == [(200, 200, False)]
+    finally:
+        mapping.close()
+
+
+class _Clock:
+    """Stands in for `anyio` in the guard module: its sleep advances a clock of its own, as far
+    as the test lets it (`run_until`), so an hour of rechecks takes what their work takes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._limit = 0.0
+        self._moved = anyio.Event()
+        self._parked = anyio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        while self.now + seconds > self._limit:
+            self._parked.set()
+            await self._moved.wait()
+        self.now += seconds
+
+    async def run_until(self, limit: float) -> None:
+        """Let the sleepers run until each waits to sleep past `limit`."""
+        self._limit, self._parked = limit, anyio.Event()
+        moved, self._moved = self._moved, anyio.Event()
+        moved.set()
+        with anyio.fail_after(60):
+            await self._parked.wait()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(anyio, name)
+
+
+def _count_full_rescans(mapping: SourceMapping, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    scans: list[float] = []
+    detect = mapping.recorder.detect
+
+    def counting(events: Sequence[FsEvent]) -> Any:
+        scans.extend(1.0 for e in events if e.kind == "rescan" and not e.path)
+        return detect(events)
+
+    monkeypatch.setattr(mapping.recorder, "detect", counting)
+    return scans
+
+
+async def _unmount(mapping: SourceMapping, root: Path, away: Path) -> None:
+    """The disk goes: an empty mount point, which the rescan the watcher then runs finds."""
+    root.rename(away)
+    root.mkdir()
+    await mapping._record([FsEvent(kind="rescan", path="")])
+
+
+def test_rechecks_of_a_hold_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: a hold rescanned the whole folder every GUARD_RECHECK_S (5 s) for as
+    long as it lasted, 240 scans in 20 minutes, however big the folder. Now each full rescan
+    that finds the deletes still pending doubles the wait for the next (5 s, 10 s, ... up to
+    5 minutes); between them a recheck only looks for a few of the held paths."""
+    mapping, root, alarms = _mapping(tmp_path)
+    clock = _Clock()
+    monkeypatch.setattr(_mass_delete_guard, "anyio", clock)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        await _unmount(mapping, root, tmp_path / "unmounted")
+        assert len(alarms) == 1
+        scans = _count_full_rescans(mapping, monkeypatch)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mapping._recheck_guard)
+            for minute in range(1, 21):
+                await clock.run_until(60.0 * minute)
+                if len(scans) > 10:
+                    break
+            tg.cancel_scope.cancel()
+        assert len(scans) <= 10, f"{len(scans)} full rescans in {clock.now:.0f} s"
+        assert clock.now >= 1200
+
+    try:
+        anyio.run(main)
+        assert len(alarms) == 1
+    finally:
+        mapping.close()
+
+
+def test_a_hold_ends_when_a_recheck_finds_the_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a hold never ended on its own. The disk came back and nobody
+    confirmed: the guard stayed held, rescanning every 5 s for ever, and a real mass delete
+    later raised no alarm (one was raised already). Now the first recheck after the folder is
+    back finds the deletes gone and ends the hold; then the rechecks stop."""
+    mapping, root, alarms = _mapping(tmp_path)
+    clock = _Clock()
+    monkeypatch.setattr(_mass_delete_guard, "anyio", clock)
+    away = tmp_path / "unmounted"
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        await _unmount(mapping, root, away)
+        scans = _count_full_rescans(mapping, monkeypatch)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mapping._recheck_guard)
+            await clock.run_until(600.0)
+            root.rmdir()
+            away.rename(root)  # mounted again
+            await clock.run_until(clock.now + 2 * _mass_delete_guard.GUARD_RECHECK_S)
+            ended = len(scans)
+            await clock.run_until(clock.now + 900.0)
+            assert len(scans) == ended, "the rechecks went on after the folder came back"
+            tg.cancel_scope.cancel()
+        assert _ops(mapping, head) == []  # nothing was deleted meanwhile
+        _remove(root, range(DIRS))  # weeks later, a real mass delete
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        assert _ops(mapping, head) == []
+
+    try:
+        anyio.run(main)
+        assert len(alarms) == 2, alarms
     finally:
         mapping.close()
