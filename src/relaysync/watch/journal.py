@@ -13,7 +13,9 @@ Each record is framed as `u32 length | u32 crc32(payload) | msgpack(JournalRecor
 
 Error handling: on open, a torn tail of the last segment (a short frame, or a bad frame that is
 the last one) is truncated away and logged; a bad frame followed by a good one is corruption and
-raises JournalCorrupt, as does any bad frame met later by `read()` in an older segment.
+raises JournalCorrupt, as does any bad frame met later by `read()` in an older segment. A
+`released` file that holds no seq (left torn by a crash) is read as 0 and logged: the retained
+records are sent again rather than skipped.
 
 A journal written without fsync ("fast" durability) may lose its tail when the machine itself
 crashes: the records come back with lower seqs than the targets have already acknowledged, and
@@ -189,8 +191,26 @@ class Journal:
         self._lease = lease
 
     def _load_released(self) -> int:
-        path = self._dir / "released"
-        return int(path.read_text() or 0) if path.exists() else 0
+        """The release watermark; 0 if the file is missing or unreadable.
+
+        A crash can leave `released` empty, zero-filled or cut short where the filesystem does
+        not order a rename after its data (and a fast journal writes it without fsync). 0 is
+        the safe reading: every retained record is read again (sent twice, never skipped), and
+        the next release writes it afresh. A larger value would skip records a target may lack.
+        """
+        try:
+            text = (self._dir / "released").read_bytes().decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            return 0
+        if text.isdigit():
+            return int(text)
+        logger.warning(
+            "journal %s: its released file holds %r, not a seq (torn by a crash?): "
+            "reading it as 0, so the records it keeps are sent again",
+            self._dir,
+            text[:40],
+        )
+        return 0
 
     def _segment_path(self, first_seq: int) -> Path:
         return self._dir / f"{first_seq:020d}{_SUFFIX}"

@@ -322,3 +322,34 @@ def test_journal_from_before_the_boot_mark_keeps_its_id(tmp_path: Path) -> None:
     j.append([w("a")])
     (tmp_path / "boot").unlink()  # as an older release left it
     assert Journal(tmp_path, fsync=False, boot_id="boot-2").journal_id == j.journal_id
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"", b"\0\0\0\0", b"3\0\0", b" \n", b"-7", b"\xff\xfe"],
+    ids=["empty", "zeros", "digit-then-zeros", "blank", "negative", "not-utf8"],
+)
+def test_a_torn_released_file_resends_rather_than_stopping_the_journal(
+    tmp_path: Path, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a crash can leave of `released` on a filesystem that does not order the rename after
+    the data (zero-filled, cut short) reads as lost: every retained record is read again (a
+    target gets it twice, never not at all). Was: ValueError from Journal(), so the source
+    mapping could not be built, at every retry (it used to stop the whole agent)."""
+    j = Journal(tmp_path, segment_bytes=2000)
+    for i in range(20):
+        j.append([w(f"f{i}", b"x" * 50) for _ in range(4)])
+    j.release(30)
+    retained = int(segments(tmp_path)[0].stem)
+    assert 1 < retained <= j.first_seq == 31
+    j.close()
+    (tmp_path / "released").write_bytes(garbage)
+
+    j = Journal(tmp_path, segment_bytes=2000)
+    assert j.first_seq == retained  # not past any record a target may lack
+    assert [r.seq for r in j.read(0, limit=1000)] == list(range(retained, 81))
+    assert j.append([w("g")])[0].seq == 81
+    assert "released" in caplog.text
+    j.release(40)
+    j.close()
+    assert Journal(tmp_path, segment_bytes=2000).first_seq == 41
