@@ -24,8 +24,12 @@ purge ordering key changes by). So a fast journal that was left open (not `close
 another boot id than the current one starts a new journal id on open, with nothing retained:
 every target's watermark is void and it catches up by comparing trees. Its seqs go on above
 every seq the lost tail may have handed out: a fast journal fsyncs a `lease` of LEASE_SEQS seqs
-before it uses them (one fsync per LEASE_SEQS records). A process killed with -9 keeps the boot
-id (the page cache survives), so it keeps its journal.
+before it uses them (the file and its directory once per LEASE_SEQS records). A process killed
+with -9 keeps the boot id (the page cache survives), so it keeps its journal.
+
+State files (journal.id, boot, lease, and released in safe mode) are replaced durably: written
+to a temp file, fsynced, renamed, and the directory fsynced. A fast journal writes `released`
+without either fsync, on purpose: a lost one only means records are sent again.
 
 Resource handling: the active segment stays open for appending until `close()`.
 """
@@ -58,7 +62,18 @@ _SUFFIX = ".seg"
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomic(path: Path, text: str, *, fsync: bool) -> None:
+    """Replace `path` with `text` atomically; with `fsync`, durably: the data before the rename,
+    and the directory after it (the rename is a write of the directory, lost in a power cut
+    until that is fsynced)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -66,6 +81,8 @@ def _write_atomic(path: Path, text: str, *, fsync: bool) -> None:
         if fsync:
             os.fsync(f.fileno())
     os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(path.parent)
 
 
 def current_boot_id() -> str:
@@ -217,11 +234,7 @@ class Journal:
 
     def _sync_dir(self, *, force: bool = False) -> None:
         if self._fsync or force:
-            fd = os.open(self._dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_dir(self._dir)
 
     def _recover(self, first_seq: int) -> tuple[int, int]:
         """Validate the last segment, truncate a torn tail; return (last seq, good size)."""
