@@ -11,7 +11,9 @@ from relaysync.errors import ProtocolError
 from relaysync.protocol._message_base import (
     MAX_REPORT_RECORDS,
     MAX_ROUTE_NODES,
+    Int64,
     Message,
+    UInt63,
     _upto,
 )
 
@@ -41,7 +43,7 @@ class LinkPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     tls: bool = True  # off only on links the operator marks trusted (then HMAC-authenticated)
     transfer: Literal["auto", "delta", "whole"] = "auto"  # delta or dump copy; auto picks per file
-    zstd_level: int = 0  # 0 = no compression; chunks that do not shrink go plain anyway
+    zstd_level: Int64 = 0  # 0 = no compression; chunks that do not shrink go plain anyway
     bandwidth_limit_mbit: float = 0.0  # 0 = unlimited; the limit outside every window
     windows: tuple[BandwidthWindow, ...] = ()  # the first window that holds now sets the limit
     timezone: str = ""  # IANA name the windows' times are in (zoneinfo); "" = UTC
@@ -81,7 +83,7 @@ def nodes_below(routes: tuple[RouteHop, ...], node_id: str) -> frozenset[str]:
 
 
 class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
-    mapping_id: int
+    mapping_id: UInt63
     name: str
     source_node: str
     source_path: str  # absolute folder on the source server
@@ -91,22 +93,24 @@ class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     durability: Literal["safe", "fast"] = "safe"
     enabled: bool = True
     mode: Literal["realtime", "manual", "reserved"] = "realtime"  # when journaled changes are sent
-    release: int = (
+    release: UInt63 = (
         0  # manual/reserved: bumped by the master each time the operator or schedule says send
     )
-    delete_confirm: int = 0  # bumped when the operator confirms a mass delete the source held back
-    keep_versions: int = (
+    delete_confirm: UInt63 = (
+        0  # bumped when the operator confirms a mass delete the source held back
+    )
+    keep_versions: UInt63 = (
         0  # synchronization and backup: previous versions kept on targets (0 = off)
     )
     keep_versions_on: tuple[str, ...] = ()  # node ids of the targets that keep them (empty = all)
     # The distribution tree (routing/planner.py): every target's parent. Empty = a star from the
     # source. Changes to it need no restart: links are added and dropped in place.
     routes: tuple[RouteHop, ...] = ()
-    route_epoch: int = 0  # bumped by the master at each re-plan
+    route_epoch: UInt63 = 0  # bumped by the master at each re-plan
     # N:M jobs: the member mappings of job `job_id` write one target tree; "newest-mtime" resolves
     # two sources writing one path (transfer/conflicts.py). "" = the source is the truth.
     conflict: str = ""
-    job_id: int = 0
+    job_id: UInt63 = 0
     # Delta or dump copy forced for every link of this mapping, over the links' policies; "" = per policy.
     transfer_override: Literal["", "auto", "delta", "whole"] = ""
 
@@ -120,7 +124,7 @@ class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):
 class Assignment(Message, frozen=True, tag="assignment"):
     """Master -> agent: every mapping it takes part in, and its peers. Versioned by epoch."""
 
-    epoch: int
+    epoch: UInt63
     mappings: tuple[MappingSpec, ...]
     peers: tuple[PeerInfo, ...]
 
@@ -138,32 +142,32 @@ class Assignment(Message, frozen=True, tag="assignment"):
 class ReleaseReport(Message, frozen=True, tag="release_report"):
     """Source agent -> master: release `release` of a manual/reserved mapping covers seqs up to `upto_seq`."""
 
-    mapping_id: int
-    release: int
-    upto_seq: int
+    mapping_id: UInt63
+    release: UInt63
+    upto_seq: UInt63
 
 
 class MassDeleteHeld(Message, frozen=True, tag="mass_delete_held"):
     """Source agent -> master: a scan would delete most of a folder (an unmounted disk?): held."""
 
-    mapping_id: int
-    deletes: int  # entries the held changes would remove on every target
-    entries: int  # entries the source knew before
+    mapping_id: UInt63
+    deletes: UInt63  # entries the held changes would remove on every target
+    entries: UInt63  # entries the source knew before
     root_missing: bool
 
 
 class AssignmentAck(Message, frozen=True, tag="assignment_ack"):
-    epoch: int
+    epoch: UInt63
 
 
 class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One change as applied (or refused) on one target."""
 
-    seq: int  # journal sequence on the source; 0 for catch-up work outside the journal
+    seq: UInt63  # journal sequence on the source; 0 for catch-up work outside the journal
     op: str
     path: str
-    size: int = 0
-    wire_bytes: int = 0
+    size: UInt63 = 0
+    wire_bytes: UInt63 = 0
     ok: bool = True
     error: str = ""
     duration_ms: float = 0.0
@@ -181,10 +185,10 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
 class CommitReport(Message, frozen=True, tag="commit_report"):
     """Target -> master, at once after commits: the watermark and what was applied."""
 
-    mapping_id: int
+    mapping_id: UInt63
     source_node: str
     target_node: str
-    watermark: int  # every seq <= watermark is committed on the target
+    watermark: UInt63  # every seq <= watermark is committed on the target
     records: Annotated[tuple[CommitRecord, ...], _upto(MAX_REPORT_RECORDS)]
     # names of the nodes the changes came through, source first
     route: Annotated[tuple[str, ...], _upto(MAX_ROUTE_NODES)] = ()
@@ -197,10 +201,10 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
     """Agent -> master: this agent could not stream mapping `mapping_id` to `child` (connect or
     transfer error, or the child refused it). The master re-plans around the hop."""
 
-    mapping_id: int
+    mapping_id: UInt63
     child: str  # node id
     error: str
-    attempts: int = 1  # consecutive failures so far
+    attempts: UInt63 = 1  # consecutive failures so far
 
 
 # --- Monitoring ---

@@ -15,7 +15,9 @@ from relaysync.protocol._message_base import (
     MAX_PARTIALS,
     MAX_ROUTE_NODES,
     MAX_SUBTREE_NODES,
+    Int64,
     Message,
+    UInt63,
     _check_changed_at,
     _check_hash,
     _check_int64,
@@ -30,11 +32,11 @@ from relaysync.protocol._message_base import (
 class OpenMapping(Message, frozen=True, tag="open"):
     """Source -> target: start streaming changes of this mapping."""
 
-    mapping_id: int
+    mapping_id: UInt63
     journal_id: str  # identifies the source's journal; a new one means old watermarks are void
     # names of the nodes the stream came through, source first
     route: Annotated[tuple[str, ...], _upto(MAX_ROUTE_NODES)] = ()
-    route_epoch: int = 0  # the sender's routing table (MappingSpec.route_epoch)
+    route_epoch: UInt63 = 0  # the sender's routing table (MappingSpec.route_epoch)
 
     def validate(self) -> None:
         if len(self.route) > MAX_ROUTE_NODES or any(len(n) > MAX_NAME_BYTES for n in self.route):
@@ -49,14 +51,14 @@ class Partial(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 
     path: str
     hash: bytes  # the content hash the source announced for it
-    size: int  # bytes held, a whole number of chunks
+    size: UInt63  # bytes held, a whole number of chunks
 
 
 class MappingState(Message, frozen=True, tag="state"):
     """Target -> source: where it stands."""
 
-    mapping_id: int
-    watermark: int  # highest seq committed with no gap, for this journal_id
+    mapping_id: UInt63
+    watermark: UInt63  # highest seq committed with no gap, for this journal_id
     root_hash: bytes  # manifest root hash of the target tree
     # interrupted large files it can resume
     partials: Annotated[tuple[Partial, ...], _upto(MAX_PARTIALS)] = ()
@@ -69,9 +71,9 @@ class DirEntry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     name: str
     kind: Literal["f", "d", "l"]
     hash: bytes  # file content, directory (recursive), or link target hash
-    size: int = 0
-    mtime_ns: int = 0
-    mode: int = 0
+    size: UInt63 = 0
+    mtime_ns: Int64 = 0
+    mode: UInt63 = 0
 
 
 class DirListing(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,7 +87,7 @@ class DirListing(msgspec.Struct, frozen=True, kw_only=True):
 class DigestRequest(Message, frozen=True, tag="digest_req"):
     """Source -> target: send me your listings of these directories (top-down compare)."""
 
-    mapping_id: int
+    mapping_id: UInt63
     dirs: Annotated[tuple[str, ...], _upto(MAX_DIGEST_DIRS)]
     hashes_only: bool = False  # just each directory's hash: the cheap first step of a compare
     after: str = ""  # continue a listing cut short: only entries named after this (one dir only)
@@ -103,7 +105,7 @@ class DigestRequest(Message, frozen=True, tag="digest_req"):
 
 
 class DigestReply(Message, frozen=True, tag="digest_reply"):
-    mapping_id: int
+    mapping_id: UInt63
     listings: Annotated[
         tuple[DirListing, ...], _upto(MAX_DIGEST_DIRS)
     ]  # one per directory asked for
@@ -119,16 +121,16 @@ class DigestReply(Message, frozen=True, tag="digest_reply"):
 class FileStart(Message, frozen=True, tag="file"):
     """Source -> target: a whole file follows in FileChunk frames, then FileEnd."""
 
-    seq: int
+    seq: UInt63
     path: str
-    size: int
-    mode: int
-    mtime_ns: int
+    size: UInt63
+    mode: UInt63
+    mtime_ns: Int64
     base_hash: bytes = b""  # hash of the version it replaces ("" if none known)
     expected_hash: bytes = (
         b""  # hash the source expects the content to have; names a resumable partial
     )
-    offset: int = 0  # resume: the target already holds the first `offset` bytes in its partial
+    offset: UInt63 = 0  # resume: the target already holds the first `offset` bytes in its partial
     changed_at: float = (
         0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
     )
@@ -152,18 +154,18 @@ class DeltaStart(Message, frozen=True, tag="delta"):
     """Source -> target: a delta against the target's version `base_hash` follows in FileChunk
     frames (the delta stream), then FileEnd with the hash of the new whole file."""
 
-    seq: int
+    seq: UInt63
     path: str
-    size: int  # of the new file
-    mode: int
-    mtime_ns: int
+    size: UInt63  # of the new file
+    mode: UInt63
+    mtime_ns: Int64
     base_hash: bytes
     changed_at: float = (
         0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
     )
     # The delta comes in this many parts, each a complete librsync delta of a consecutive range
     # of the new file (computed at once on several cores); each part's chunks start at offset 0.
-    parts: int = 1
+    parts: UInt63 = 1
     # The new version's hash as the source journaled it (b"": unknown, or a peer of an older
     # release, which leaves it out; one decoding a newer peer's ignores it): names the resumable
     # partial the patched output goes to, a prefix of the new version however far it got.
@@ -182,10 +184,10 @@ class DeltaStart(Message, frozen=True, tag="delta"):
 
 
 class FileChunk(Message, frozen=True, tag="chunk"):
-    seq: int
-    offset: int
+    seq: UInt63
+    offset: UInt63
     data: bytes
-    codec: int = 0  # protocol codec id: 0 = plain
+    codec: UInt63 = 0  # protocol codec id: 0 = plain
 
     def validate(self) -> None:
         _check_non_negative(self.offset, "chunk.offset")
@@ -196,7 +198,7 @@ class FileChunk(Message, frozen=True, tag="chunk"):
 class FileEnd(Message, frozen=True, tag="file_end"):
     """The strong hash of everything sent; the target commits only if it matches."""
 
-    seq: int
+    seq: UInt63
     hash: bytes
 
     def validate(self) -> None:
@@ -209,14 +211,14 @@ class SmallFile(Message, frozen=True, tag="small_file"):
     Stands for FileStart, one FileChunk and FileEnd: for 10,000 files of 4 KiB the three
     messages per file were a fifth of the receiver's Python time. Never a delta or a resume."""
 
-    seq: int
+    seq: UInt63
     path: str
-    size: int
-    mode: int
-    mtime_ns: int
+    size: UInt63
+    mode: UInt63
+    mtime_ns: Int64
     data: bytes
     hash: bytes  # of the file's content (after decoding `data`); the target commits only if it matches
-    codec: int = 0  # protocol codec id of `data`: 0 = plain
+    codec: UInt63 = 0  # protocol codec id of `data`: 0 = plain
     base_hash: bytes = b""  # hash of the version it replaces ("" if none known)
     changed_at: float = (
         0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
@@ -240,14 +242,14 @@ class SmallFile(Message, frozen=True, tag="small_file"):
 class FileAbort(Message, frozen=True, tag="file_abort"):
     """The source gave up on this file (it changed while read); the target discards it."""
 
-    seq: int
+    seq: UInt63
     reason: str
 
 
 class Delete(Message, frozen=True, tag="delete"):
     """Delete a file, link or whole tree."""
 
-    seq: int
+    seq: UInt63
     path: str
     changed_at: float = (
         0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
@@ -259,9 +261,9 @@ class Delete(Message, frozen=True, tag="delete"):
 
 
 class MakeDir(Message, frozen=True, tag="mkdir"):
-    seq: int
+    seq: UInt63
     path: str
-    mode: int = 0o755
+    mode: UInt63 = 0o755
     changed_at: float = (
         0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
     )
@@ -272,7 +274,7 @@ class MakeDir(Message, frozen=True, tag="mkdir"):
 
 
 class Symlink(Message, frozen=True, tag="symlink"):
-    seq: int
+    seq: UInt63
     path: str
     target: str  # stored as is; never followed by the receiver
     changed_at: float = (
@@ -286,7 +288,7 @@ class Symlink(Message, frozen=True, tag="symlink"):
 
 
 class Rename(Message, frozen=True, tag="rename"):
-    seq: int
+    seq: UInt63
     path: str
     new_path: str
     hash: bytes = b""  # content hash of a file being moved, to check the target holds the same
@@ -301,10 +303,10 @@ class Rename(Message, frozen=True, tag="rename"):
 
 
 class SetAttr(Message, frozen=True, tag="attr"):
-    seq: int
+    seq: UInt63
     path: str
-    mode: int
-    mtime_ns: int
+    mode: UInt63
+    mtime_ns: Int64
     changed_at: float = (
         0.0  # unix time the source journaled the change; 0 = unknown (catch-up work)
     )
@@ -318,7 +320,7 @@ class SetAttr(Message, frozen=True, tag="attr"):
 class Erase(Message, frozen=True, tag="erase"):
     """Remove every child of directory `path` whose name is not in `keep`."""
 
-    seq: int
+    seq: UInt63
     path: str  # "" for the root
     keep: Annotated[tuple[str, ...], _upto(MAX_ERASE_KEEP)]
 
@@ -349,7 +351,7 @@ class Checkpoint(Message, frozen=True, tag="checkpoint"):
     removes each one it still holds of that very version. An older target ignores the field.
     """
 
-    seq: int
+    seq: UInt63
     obsolete: tuple[PartialRef, ...] = ()
 
     def validate(self) -> None:
@@ -362,7 +364,7 @@ class Checkpoint(Message, frozen=True, tag="checkpoint"):
 
 class NodeMark(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     node_id: str
-    watermark: int
+    watermark: UInt63
 
 
 class Ack(Message, frozen=True, tag="ack"):
@@ -372,8 +374,8 @@ class Ack(Message, frozen=True, tag="ack"):
     change until every target has committed it.
     """
 
-    mapping_id: int
-    watermark: int
+    mapping_id: UInt63
+    watermark: UInt63
     subtree: Annotated[tuple[NodeMark, ...], _upto(MAX_SUBTREE_NODES)] = ()
 
     def validate(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Annotated
 
 import msgspec
 
@@ -13,6 +14,13 @@ HASH_BYTES = 16  # xxh3-128 digests
 # Integers a target stores (manifest, watermarks) and the master's job log keeps go into signed
 # 64-bit SQL columns; msgpack carries up to 2**64 - 1, so larger ones are refused on decode.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Every integer field on the wire is one of these, checked while decoding (msgspec.Meta) like
+# the collection bounds below: a value out of range is an undecodable frame (ProtocolError) and
+# never reaches a handler, a SQL BIGINT column, a watermark or a journal. Seqs, watermarks,
+# sizes, offsets, ids, epochs, counts and modes are never negative; a time in ns may be (before
+# 1970), and so may an echoed nonce or a zstd level. The bound changes no valid message's bytes.
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+UInt63 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 
 # Collections on the wire carry at most this many elements, enforced while decoding
 # (msgspec.Meta(max_length)), so one frame never becomes more objects than an honest sender

@@ -6,7 +6,7 @@ from typing import Literal
 
 from relaysync.constants import MAX_NAME_BYTES
 from relaysync.errors import ProtocolError
-from relaysync.protocol._message_base import Message
+from relaysync.protocol._message_base import Message, UInt63
 
 # --- Purge listener ---
 
@@ -54,4 +54,4 @@ class PurgeAccepted(Message, frozen=True, tag="purge_accepted"):
     """Listener -> origin: the notice was checked and `items` purges are queued."""
 
     nonce: str
-    items: int
+    items: UInt63

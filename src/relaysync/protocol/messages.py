@@ -79,7 +79,9 @@ from relaysync.protocol._message_base import (
     MAX_ROUTE_NODES,
     MAX_SUBTREE_NODES,
     ErrorCode,
+    Int64,
     Message,
+    UInt63,
     _upto,
 )
 from relaysync.protocol._purge_messages import (
@@ -121,6 +123,7 @@ __all__ = [
     "HopFailed",
     "INT64_MAX",
     "INT64_MIN",
+    "Int64",
     "LinkPolicy",
     "MAX_DELTA_PARTS",
     "MAX_DIGEST_DIRS",
@@ -160,6 +163,7 @@ __all__ = [
     "SmallFile",
     "Symlink",
     "TargetSpec",
+    "UInt63",
     "nodes_below",
 ]
 
@@ -168,7 +172,7 @@ __all__ = [
 
 
 class Hello(Message, frozen=True, tag="hello"):
-    protocol_version: int
+    protocol_version: UInt63
     node_id: str  # SHA-256 hex of the sender's certificate ("" for the master before join)
     name: str
     role: Literal["agent", "master"]
@@ -190,7 +194,7 @@ class Error(Message, frozen=True, tag="error"):
 
     code: ErrorCode
     detail: str
-    seq: int = 0  # the change it concerns, 0 for the link
+    seq: UInt63 = 0  # the change it concerns, 0 for the link
 
 
 class AuthChallenge(Message, frozen=True, tag="auth_challenge"):
@@ -214,11 +218,11 @@ class AuthResponse(Message, frozen=True, tag="auth_response"):
 
 
 class Ping(Message, frozen=True, tag="ping"):
-    nonce: int = 0
+    nonce: Int64 = 0
 
 
 class Pong(Message, frozen=True, tag="pong"):
-    nonce: int = 0
+    nonce: Int64 = 0
 
 
 AnyMessage = (

@@ -13,7 +13,9 @@ Each record is framed as `u32 length | u32 crc32(payload) | msgpack(JournalRecor
 
 Error handling: on open, a torn tail of the last segment (a short frame, or a bad frame that is
 the last one) is truncated away and logged; a bad frame followed by a good one is corruption and
-raises JournalCorrupt, as does any bad frame met later by `read()` in an older segment.
+raises JournalCorrupt, as does any bad frame met later by `read()` in an older segment. A
+`released` file that holds no seq (left torn by a crash) is read as 0 and logged: the retained
+records are sent again rather than skipped.
 
 A journal written without fsync ("fast" durability) may lose its tail when the machine itself
 crashes: the records come back with lower seqs than the targets have already acknowledged, and
@@ -22,8 +24,12 @@ purge ordering key changes by). So a fast journal that was left open (not `close
 another boot id than the current one starts a new journal id on open, with nothing retained:
 every target's watermark is void and it catches up by comparing trees. Its seqs go on above
 every seq the lost tail may have handed out: a fast journal fsyncs a `lease` of LEASE_SEQS seqs
-before it uses them (one fsync per LEASE_SEQS records). A process killed with -9 keeps the boot
-id (the page cache survives), so it keeps its journal.
+before it uses them (the file and its directory once per LEASE_SEQS records). A process killed
+with -9 keeps the boot id (the page cache survives), so it keeps its journal.
+
+State files (journal.id, boot, lease, and released in safe mode) are replaced durably: written
+to a temp file, fsynced, renamed, and the directory fsynced. A fast journal writes `released`
+without either fsync, on purpose: a lost one only means records are sent again.
 
 Resource handling: the active segment stays open for appending until `close()`.
 """
@@ -56,7 +62,18 @@ _SUFFIX = ".seg"
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomic(path: Path, text: str, *, fsync: bool) -> None:
+    """Replace `path` with `text` atomically; with `fsync`, durably: the data before the rename,
+    and the directory after it (the rename is a write of the directory, lost in a power cut
+    until that is fsynced)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -64,6 +81,8 @@ def _write_atomic(path: Path, text: str, *, fsync: bool) -> None:
         if fsync:
             os.fsync(f.fileno())
     os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(path.parent)
 
 
 def current_boot_id() -> str:
@@ -189,19 +208,33 @@ class Journal:
         self._lease = lease
 
     def _load_released(self) -> int:
-        path = self._dir / "released"
-        return int(path.read_text() or 0) if path.exists() else 0
+        """The release watermark; 0 if the file is missing or unreadable.
+
+        A crash can leave `released` empty, zero-filled or cut short where the filesystem does
+        not order a rename after its data (and a fast journal writes it without fsync). 0 is
+        the safe reading: every retained record is read again (sent twice, never skipped), and
+        the next release writes it afresh. A larger value would skip records a target may lack.
+        """
+        try:
+            text = (self._dir / "released").read_bytes().decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            return 0
+        if text.isdigit():
+            return int(text)
+        logger.warning(
+            "journal %s: its released file holds %r, not a seq (torn by a crash?): "
+            "reading it as 0, so the records it keeps are sent again",
+            self._dir,
+            text[:40],
+        )
+        return 0
 
     def _segment_path(self, first_seq: int) -> Path:
         return self._dir / f"{first_seq:020d}{_SUFFIX}"
 
     def _sync_dir(self, *, force: bool = False) -> None:
         if self._fsync or force:
-            fd = os.open(self._dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_dir(self._dir)
 
     def _recover(self, first_seq: int) -> tuple[int, int]:
         """Validate the last segment, truncate a torn tail; return (last seq, good size)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from pathlib import Path
@@ -322,3 +323,95 @@ def test_journal_from_before_the_boot_mark_keeps_its_id(tmp_path: Path) -> None:
     j.append([w("a")])
     (tmp_path / "boot").unlink()  # as an older release left it
     assert Journal(tmp_path, fsync=False, boot_id="boot-2").journal_id == j.journal_id
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"", b"\0\0\0\0", b"3\0\0", b" \n", b"-7", b"\xff\xfe"],
+    ids=["empty", "zeros", "digit-then-zeros", "blank", "negative", "not-utf8"],
+)
+def test_a_torn_released_file_resends_rather_than_stopping_the_journal(
+    tmp_path: Path, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a crash can leave of `released` on a filesystem that does not order the rename after
+    the data (zero-filled, cut short) reads as lost: every retained record is read again (a
+    target gets it twice, never not at all). Was: ValueError from Journal(), so the source
+    mapping could not be built, at every retry (it used to stop the whole agent)."""
+    j = Journal(tmp_path, segment_bytes=2000)
+    for i in range(20):
+        j.append([w(f"f{i}", b"x" * 50) for _ in range(4)])
+    j.release(30)
+    retained = int(segments(tmp_path)[0].stem)
+    assert 1 < retained <= j.first_seq == 31
+    j.close()
+    (tmp_path / "released").write_bytes(garbage)
+
+    j = Journal(tmp_path, segment_bytes=2000)
+    assert j.first_seq == retained  # not past any record a target may lack
+    assert [r.seq for r in j.read(0, limit=1000)] == list(range(retained, 81))
+    assert j.append([w("g")])[0].seq == 81
+    assert "released" in caplog.text
+    j.release(40)
+    j.close()
+    assert Journal(tmp_path, segment_bytes=2000).first_seq == 41
+
+
+@pytest.fixture
+def disk_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """What the journal makes durable, in order: ("fsync", path of a file or directory) and
+    ("replace", destination). A power cut cannot be run in a test: this spy on os.fsync and
+    os.replace (both still do their work) is the one seam."""
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        real_replace(src, dst)
+        calls.append(("replace", os.path.realpath(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def test_state_a_journal_keeps_durable_survives_a_power_cut_after_its_rename(
+    tmp_path: Path, disk_writes: list[tuple[str, str]]
+) -> None:
+    """journal.id, boot, lease (fast journals too) and released (safe ones) are written to a
+    temp file, fsynced, and renamed over the old one; the rename is a write of the directory.
+    Was: never fsynced, so after a power cut the directory could still name the old file: a
+    `boot` mark of "closed" lets a fast journal that lost its tail keep its id, and an old
+    `lease` lets it hand out again seqs that targets have acknowledged."""
+    safe = Journal(tmp_path / "safe", boot_id="boot-1")
+    safe.append([w("a"), w("b")])
+    safe.release(1)
+    safe.close()
+    fast = Journal(tmp_path / "fast", fsync=False, boot_id="boot-1")
+    fast.append([w("a")])  # takes a lease
+    fast.close()
+
+    renamed = [(i, dst) for i, (op, dst) in enumerate(disk_writes) if op == "replace"]
+    assert {(Path(d).parent.name, Path(d).name) for _, d in renamed} >= {
+        (journal, name)
+        for journal in ("safe", "fast")
+        for name in ("journal.id", "boot", "released")
+    } | {("fast", "lease")}
+    for i, dst in renamed:
+        after = disk_writes[i + 1 :]
+        until_next = next((j for j, (op, _) in enumerate(after) if op == "replace"), len(after))
+        assert ("fsync", str(Path(dst).parent)) in after[:until_next], f"{dst}: rename not durable"
+
+
+def test_a_fast_journal_releases_without_an_fsync(
+    tmp_path: Path, disk_writes: list[tuple[str, str]]
+) -> None:
+    """Fast durability writes `released` without fsync, on purpose: a lost one only resends."""
+    fast = Journal(tmp_path, fsync=False, boot_id="boot-1")
+    fast.append([w("a"), w("b")])
+    disk_writes.clear()
+    fast.release(1)
+    assert disk_writes == [("replace", os.path.realpath(tmp_path / "released"))]
+    fast.close()
