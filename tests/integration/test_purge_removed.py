@@ -87,7 +87,6 @@ def _purge_rows(fleet: Fleet, site: str) -> list[dict[str, Any]]:
     return list(rows)
 
 
-@pytest.mark.xfail(strict=True, reason="the master purges only the paths its job log knows")
 @pytest.mark.parametrize("how", ["directory", "file"])
 def test_a_directory_removed_after_a_rename_into_it_is_not_served_from_any_cache(
     fleet: Fleet, cache_farm: CacheFarm, how: str
@@ -140,7 +139,6 @@ def _bans_added(cache: Cache) -> int:
     return int(out.split()[1])
 
 
-@pytest.mark.xfail(strict=True, reason="the master bans a prefix for every delete")
 def test_file_deletes_ban_nothing_on_varnish(fleet: Fleet, own_varnish: Any) -> None:
     _, src, dst, cache, site = own_varnish
     for i in range(FILE_DELETES):
