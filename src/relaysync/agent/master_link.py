@@ -36,6 +36,7 @@ from relaysync.errors import PeerRefused, ProtocolError, UnknownPeer
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
+    MAX_REMOVED_BYTES,
     MAX_REPORT_RECORDS,
     Assignment,
     AssignmentAck,
@@ -52,6 +53,7 @@ from relaysync.protocol.messages import (
     ReleaseReport,
 )
 from relaysync.transfer import tls
+from relaysync.transfer.removal import removed_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -121,15 +123,14 @@ class MasterLink:
 
     def report(self, report: CommitReport) -> None:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES (call on the loop)."""
-        records = report.records
-        for start in range(0, max(len(records), 1), MAX_REPORT_RECORDS):
+        for records in _runs(report.records):
             self._reports.append(
                 make_report(
                     report.mapping_id,
                     report.source_node,
                     report.target_node,
                     report.watermark,
-                    records[start : start + MAX_REPORT_RECORDS],
+                    records,
                     report.route,
                 )
             )
@@ -282,6 +283,7 @@ def _merge(reports: list[CommitReport]) -> list[CommitReport]:
             and (last.mapping_id, last.source_node, last.target_node)
             == (r.mapping_id, r.source_node, r.target_node)
             and len(last.records) + len(r.records) <= MAX_REPORT_RECORDS
+            and _removed(last) + _removed(r) <= MAX_REMOVED_BYTES
         ):
             merged[-1] = CommitReport(
                 mapping_id=r.mapping_id,
@@ -293,6 +295,25 @@ def _merge(reports: list[CommitReport]) -> list[CommitReport]:
         else:
             merged.append(r)
     return merged
+
+
+def _runs(records: tuple[CommitRecord, ...]) -> list[tuple[CommitRecord, ...]]:
+    """The records in runs of one report each: at most MAX_REPORT_RECORDS records and
+    MAX_REMOVED_BYTES of removed paths (a record with that many goes alone); one run if none."""
+    runs: list[tuple[CommitRecord, ...]] = []
+    start = weight = 0
+    for i, record in enumerate(records):
+        size = removed_bytes(record)
+        if i > start and (i - start >= MAX_REPORT_RECORDS or weight + size > MAX_REMOVED_BYTES):
+            runs.append(records[start:i])
+            start, weight = i, 0
+        weight += size
+    runs.append(records[start:])
+    return runs
+
+
+def _removed(report: CommitReport) -> int:
+    return sum(removed_bytes(r) for r in report.records if r.removed)
 
 
 def make_report(

@@ -9,6 +9,7 @@ import msgspec
 from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol._message_base import (
+    MAX_REMOVED_PATHS,
     MAX_REPORT_RECORDS,
     MAX_ROUTE_NODES,
     Int64,
@@ -180,6 +181,13 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     changed_at: float = (
         0.0  # the op's changed_at (source clock); committed_at - changed_at = latency
     )
+    # A delete, rename or erase (transfer/removal.py): what `path` was on the target before the
+    # op ("f" file, "d" directory, "l" symlink; "" unknown: an older agent, or nothing there)
+    # and the files and links that were under it (a rename's: their old paths), at most
+    # MAX_REMOVED_PATHS; `removed_truncated` when there were more. The purger purges them.
+    kind: Literal["", "f", "d", "l"] = ""
+    removed: Annotated[tuple[str, ...], _upto(MAX_REMOVED_PATHS)] = ()
+    removed_truncated: bool = False
 
 
 class CommitReport(Message, frozen=True, tag="commit_report"):
@@ -194,7 +202,7 @@ class CommitReport(Message, frozen=True, tag="commit_report"):
     route: Annotated[tuple[str, ...], _upto(MAX_ROUTE_NODES)] = ()
 
     def decoded_items(self) -> int:
-        return len(self.records) + len(self.route)
+        return len(self.records) + len(self.route) + sum(len(r.removed) for r in self.records)
 
 
 class HopFailed(Message, frozen=True, tag="hop_failed"):

@@ -32,6 +32,8 @@ MAX_LISTING_ENTRIES = 20_000  # transfer/receiver.py: directory entries per dige
 MAX_DIGEST_DIRS = 4096  # transfer/compare.py asks for 64 at a time; a reply has one listing each
 MAX_PARTIALS = 1024  # transfer/receiver.py `list_partials`: resumable files a target lists
 MAX_REPORT_RECORDS = 2000  # agent/master_link.py splits commit reports at this many records
+MAX_REMOVED_PATHS = 10_000  # transfer/removal.py: files under a directory an op removed, per record
+MAX_REMOVED_BYTES = 1024 * 1024  # ...and their bytes, per record and per report (master_link.py)
 MAX_SUBTREE_NODES = 65_536  # targets below a relay; a frame holds ~55,000 node ids anyway
 MAX_ROUTE_NODES = 64  # nodes a stream comes through (source, relays)
 

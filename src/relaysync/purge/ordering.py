@@ -5,7 +5,8 @@ Per (site, source, seq) the tracker keeps which origins reported the change comm
 that is not up does not hold the others back; when it later reports a change that was released
 without it (journal replay after it returns), the change is released again, so that a cache
 that fetched from it meanwhile is refreshed once more. Catch-up work outside the journal
-(seq 0) is released at once: it is that origin becoming current.
+(seq 0) is released at once: it is that origin becoming current. What the origins report a
+delete, rename or erase removed (the path's kind, the files under it) is merged over them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class Released:
     path: str
     new_path: str = ""  # for a rename
     again: bool = False  # refreshed before, without some origin that has now caught up
+    # A delete, rename or erase: what the path was on the origins ("d" if on any, "" if any
+    # did not say), the files and links they removed under it, and whether one listed only part.
+    kind: str = ""
+    removed: tuple[str, ...] = ()
+    removed_truncated: bool = False
 
 
 @dataclass
@@ -43,6 +49,34 @@ class _Pending:
     new_path: str
     since: float
     committed: set[str] = field(default_factory=set)
+    kind: str | None = None  # None: no origin reported yet
+    removed: set[str] = field(default_factory=set)
+    removed_truncated: bool = False
+
+    def add(self, record: CommitRecord) -> None:
+        self.kind = record.kind if self.kind is None else merge_kinds(self.kind, record.kind)
+        self.removed.update(record.removed)
+        self.removed_truncated |= record.removed_truncated
+
+
+def merge_kinds(a: str, b: str) -> str:
+    """The kind two origins' reports of one path make: unknown, else a directory, else either."""
+    if "" in (a, b):
+        return ""
+    return "d" if "d" in (a, b) else a
+
+
+def _released(site_id: int, record: CommitRecord, *, again: bool) -> Released:
+    return Released(
+        site_id,
+        record.op,
+        record.path,
+        record.new_path,
+        again=again,
+        kind=record.kind,
+        removed=record.removed,
+        removed_truncated=record.removed_truncated,
+    )
 
 
 class CommitTracker:
@@ -77,21 +111,24 @@ class CommitTracker:
         for record in records:
             if not record.ok:
                 continue
-            new_path = getattr(record, "new_path", "")
             if record.seq == 0:
-                out.append(Released(site_id, record.op, record.path, new_path, again=True))
+                out.append(_released(site_id, record, again=True))
                 continue
             key = (site_id, source, record.seq)
             done = self._released.get(key)
             if done is not None:
                 if target not in done:
                     done.add(target)
-                    out.append(Released(site_id, record.op, record.path, new_path, again=True))
+                    out.append(_released(site_id, record, again=True))
                 continue
             pending = self._pending.get(key)
             if pending is None:
-                pending = self._pending[key] = _Pending(record.op, record.path, new_path, now)
+                pending = self._pending[key] = _Pending(
+                    record.op, record.path, record.new_path, now
+                )
                 self._origins[key] = origins
+            if target not in pending.committed:
+                pending.add(record)
             pending.committed.add(target)
             if self._ready(key, pending, states, now):
                 out.append(self._release(key, pending))
@@ -131,4 +168,12 @@ class CommitTracker:
         self._released[key] = set(pending.committed)
         while len(self._released) > self._remember:
             self._released.popitem(last=False)
-        return Released(key[0], pending.op, pending.path, pending.new_path)
+        return Released(
+            key[0],
+            pending.op,
+            pending.path,
+            pending.new_path,
+            kind=pending.kind or "",
+            removed=tuple(sorted(pending.removed)),
+            removed_truncated=pending.removed_truncated,
+        )

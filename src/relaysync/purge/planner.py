@@ -1,9 +1,11 @@
 """The purge planner: the purge items one change makes on every cache of a site.
 
 A write refreshes the path's URLs, a delete purges them and what lies under them, a rename does
-both; a cache that takes bans bans a prefix, the others get a purge of every path the job log
-knows under it (`PurgeStore.changed_paths_under`), however many: one left out would be served
-stale. `PurgePlanner` is mixed into Purger (purge/purger.py); `PurgeStore` is what the purger
+both. Under a directory, a cache that takes bans bans a prefix; the others get a purge of every
+path the origins reported removed (`CommitRecord.removed`) and every path the job log knows
+under it (`PurgeStore.changed_paths_under`), however many: one left out would be served stale.
+A path the origins reported to be a file or a link has nothing under it: no prefix. An erase
+(catch-up) purges what the origins removed, and bans its directory only if a list was cut. `PurgePlanner` is mixed into Purger (purge/purger.py); `PurgeStore` is what the purger
 needs from the master's store.
 """
 
@@ -43,6 +45,40 @@ def _can_ban(cache: CacheSpec) -> bool:
     return DRIVERS.get(cache.driver, Driver).can_ban
 
 
+def _maybe_dir(change: Released) -> bool:
+    """Whether a deleted or renamed path may have been a directory: the origins said so, or one
+    did not say (an older agent). A file or link needs no prefix purge."""
+    return change.kind not in ("f", "l")
+
+
+def _reported_under(change: Released) -> list[str]:
+    """The removed paths the origins reported that lie under the change's path (no others:
+    a target names only what it removed, and the master purges no more on its word)."""
+    if not change.path:
+        return list(change.removed)
+    return [p for p in change.removed if p.startswith(change.path + "/")]
+
+
+def _log_paths_under(site: SiteSpec, change: Released, count: int) -> None:
+    if change.removed_truncated:
+        logger.info(
+            "site %s: %s %s: an origin listed only part of what it removed under it; "
+            "the paths the job log knows are purged too",
+            site.name,
+            change.op,
+            change.path,
+        )
+    if count > MANY_PATHS_UNDER:
+        logger.info(
+            "site %s: %s %s has %d known paths under it, purged one by one on caches %s",
+            site.name,
+            change.op,
+            change.path,
+            count,
+            ", ".join(c.name for c in site.caches if not _can_ban(c)),
+        )
+
+
 def url_items(site_id: int, cache: str, urls: Sequence[str], action: Action) -> list[PurgeItem]:
     """Return the items of `action` on `urls`, and a purge (or ban) of each URL's other forms."""
     other: Action = "ban" if action == "ban" else "purge"
@@ -70,11 +106,16 @@ class PurgePlanner:
             refresh += urlmap.urls_for_path(site, change.path)
         elif change.op == "delete":
             purge += urlmap.urls_for_path(site, change.path)
-            prefixes.append(change.path)
+            prefixes += [change.path] if _maybe_dir(change) else []
         elif change.op == "rename":
             purge += urlmap.urls_for_path(site, change.path)
             refresh += urlmap.urls_for_path(site, change.new_path) if change.new_path else []
-            prefixes += [change.path, change.new_path] if change.new_path else [change.path]
+            if _maybe_dir(change):
+                prefixes += [change.path, change.new_path] if change.new_path else [change.path]
+        elif change.op == "erase":  # the directory stays: only what the origins removed goes
+            for path in _reported_under(change):
+                purge += urlmap.urls_for_path(site, path)
+            prefixes += [change.path] if change.removed_truncated else []
         elif change.op == "prefix":
             prefixes.append(change.path)
         under = await self._paths_under(site, change, prefixes) if prefixes else {}
@@ -86,20 +127,17 @@ class PurgePlanner:
     async def _paths_under(
         self, site: SiteSpec, change: Released, prefixes: list[str]
     ) -> dict[str, list[str]]:
-        if site.mapping_id is None or all(_can_ban(c) for c in site.caches):
+        """The paths under the change's directory (and its new name) to purge on caches without
+        bans: those the origins reported removed, and those the job log knows."""
+        if all(_can_ban(c) for c in site.caches):
             return {}
-        old = await anyio.to_thread.run_sync(
-            self.store.changed_paths_under, site.mapping_id, change.path
-        )
-        if len(old) > MANY_PATHS_UNDER:
-            logger.info(
-                "site %s: %s %s has %d known paths under it, purged one by one on caches %s",
-                site.name,
-                change.op,
-                change.path,
-                len(old),
-                ", ".join(c.name for c in site.caches if not _can_ban(c)),
+        known: list[str] = []
+        if site.mapping_id is not None:
+            known = await anyio.to_thread.run_sync(
+                self.store.changed_paths_under, site.mapping_id, change.path
             )
+        old = sorted(set(known).union(_reported_under(change)))
+        _log_paths_under(site, change, len(old))
         under = {change.path: old}
         if change.new_path:
             under[change.new_path] = [change.new_path + p[len(change.path) :] for p in old]

@@ -7,7 +7,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import xxhash
@@ -26,6 +26,7 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import staging
 from relaysync.transfer._failures import TransientFailure, _transient_os
 from relaysync.transfer.paths import check_relpath, parent_of, resolve_inside
+from relaysync.transfer.removal import RemovalSurvey
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.transfer.versions import VersionKeeper
 from relaysync.watch.manifest import Entry, mtime_ns_of, permission_bits
@@ -67,7 +68,7 @@ class TreeOps:
         op = _OP_NAMES[type(msg)]
         self._drop_partials_of(msg)
         try:
-            self._apply_op_unchecked(msg)
+            extra = self._apply_op_unchecked(msg)
         except UnsafePath as exc:
             self._refuse(msg.seq, op, msg.path, str(exc), started, _changed_at(msg))
             return
@@ -85,8 +86,9 @@ class TreeOps:
             return
         record = self._record(msg.seq, op, msg.path, started=started, changed_at=_changed_at(msg))
         if isinstance(msg, Rename):  # the purger needs the new name too
-            record = CommitRecord(**{**msgspec.structs.asdict(record), "new_path": msg.new_path})
-        self._applied.append(record)
+            extra = {**extra, "new_path": msg.new_path}
+        # ...and what a delete, rename or erase removed (transfer/removal.py)
+        self._applied.append(msgspec.structs.replace(record, **extra) if extra else record)
         self._note(msg.seq)
 
     def _drop_partials_of(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
@@ -103,22 +105,26 @@ class TreeOps:
 
     def _apply_op_unchecked(
         self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Apply the op; return the fields its commit record gets besides the common ones."""
         root, manifest = self.folder.root, self.folder.manifest
         match msg:
             case Delete():
                 doomed = resolve_inside(root, msg.path)
+                survey = RemovalSurvey()
+                kind = survey.tree(doomed, msg.path, itself=False)  # before the keeper takes it
                 if self._keeper is not None:
                     self._keeper.save(doomed)
                 staging.remove_any(doomed)
                 self._sync_dir(root, parent_of(msg.path))
                 manifest.remove_tree(msg.path)
+                return survey.record_fields(kind)
             case MakeDir():
                 self._make_dir(msg)
             case Symlink():
                 self._make_link(msg)
             case Rename():
-                self._rename(msg)
+                return self._rename(msg)
             case SetAttr():
                 path = resolve_inside(root, msg.path)
                 if not path.is_symlink():
@@ -128,7 +134,8 @@ class TreeOps:
                 if entry is not None:
                     manifest.put_many([_with_attrs(entry, msg.mode, msg.mtime_ns)])
             case Erase():
-                self._erase(msg)
+                return self._erase(msg)
+        return {}
 
     def _sync_dir(self, root: Path, rel_dir: str) -> None:
         if self.folder.durable:
@@ -171,7 +178,8 @@ class TreeOps:
             ]
         )
 
-    def _rename(self, msg: Rename) -> None:
+    def _rename(self, msg: Rename) -> dict[str, Any]:
+        """Move the path (and what is under it); return what moved away from its old name."""
         root = self.folder.root
         source = resolve_inside(root, msg.path)
         dest = resolve_inside(root, msg.new_path)
@@ -185,7 +193,7 @@ class TreeOps:
             if os.path.lexists(dest) and (
                 not msg.hash or (held is not None and held.hash == msg.hash)
             ):
-                return  # applied before (a replay after a crash): nothing to do
+                return {}  # applied before (a replay after a crash): nothing to do
             if msg.hash and self.sender_resends_renames:
                 # Never got here (an atomic save's temp file was gone when the link read it; a
                 # compare ran meanwhile): the new path must come whole, or the old version stays.
@@ -195,38 +203,45 @@ class TreeOps:
                     f"{msg.path} is not here to rename: send {msg.new_path} whole",
                 )
             if os.path.lexists(dest):
-                return  # an older sender cannot resend it: the next comparison repairs it
+                return {}  # an older sender cannot resend it: the next comparison repairs it
             raise FileNotFoundError(errno.ENOENT, "rename source missing", msg.path)
         staging.make_parents(root, dest)
         if self._keeper is not None and os.path.lexists(dest):
             self._keeper.save(dest)  # a rename over a file replaces it
+        survey = RemovalSurvey()
+        kind = survey.tree(source, msg.path, itself=False)
         if dest.is_dir() and not dest.is_symlink() and not source.is_dir():
             staging.remove_any(dest)
         os.replace(source, dest) if not dest.is_dir() else _replace_dir(source, dest)
         self._sync_dir(root, parent_of(msg.path))
         self._sync_dir(root, parent_of(msg.new_path))
         self.folder.manifest.rename_tree(msg.path, msg.new_path)
+        return survey.record_fields(kind)
 
-    def _erase(self, msg: Erase) -> None:
+    def _erase(self, msg: Erase) -> dict[str, Any]:
+        """Remove the directory's children not in `keep`; return the files and links removed."""
         directory = resolve_inside(self.folder.root, msg.path, allow_root=True)
         keep = set(msg.keep)
         try:
             st = os.lstat(directory)
         except FileNotFoundError:
-            return
+            return {}
         if not stat.S_ISDIR(st.st_mode):  # never through a symlink: it may point anywhere
             raise UnsafePath(msg.path, "erase of something that is not a real directory")
+        survey = RemovalSurvey()
         for child in os.scandir(directory):
             if child.name in keep or child.name.startswith(staging.TEMP_PREFIX):
                 continue
             rel = f"{msg.path}/{child.name}" if msg.path else child.name
             check_relpath(rel)
+            survey.tree(Path(child.path), rel)
             if self._keeper is not None:
                 self._keeper.save(Path(child.path))
             staging.remove_any(Path(child.path))
             self.folder.manifest.remove_tree(rel)
             self.folder.drop_partials_under(rel)
         self._sync_dir(self.folder.root, msg.path)
+        return survey.record_fields("d")
 
 
 _OP_NAMES: dict[type, str] = {

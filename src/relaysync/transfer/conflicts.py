@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import xxhash
@@ -228,11 +229,13 @@ class ConflictSession(ReceiverSession):
 
     def _apply_op_unchecked(
         self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Apply the op by the job's rules. What a delete or rename removed is not surveyed
+        here ({}): the purger takes the path for a possible directory, as from an older agent."""
         root, manifest = self.folder.root, self.folder.manifest
         match msg:
             case Erase():
-                return  # extra names may be other sources' files: deletes come from journal records only
+                return {}  # extra names may be other sources' files: deletes come from journal records only
             case Delete():
                 self._delete(msg.path)
             case Rename():
@@ -241,11 +244,10 @@ class ConflictSession(ReceiverSession):
                 disk = disk_version(resolve_inside(root, msg.path))
                 entry = manifest.get(msg.path)
                 if disk is None or is_version(entry, disk):
-                    super()._apply_op_unchecked(msg)
-                    return
+                    return super()._apply_op_unchecked(msg)
                 self._contest = ("rewritten", self._owner(msg.path, disk))
                 if entry is None:
-                    return
+                    return {}
                 if judge(msg.mtime_ns, entry.hash, disk):
                     manifest.put_many([_with_attrs(entry, msg.mode, msg.mtime_ns)])
                 else:  # ours is newer, but its content is not here: the next comparison sends it
@@ -254,8 +256,9 @@ class ConflictSession(ReceiverSession):
                 disk = disk_version(resolve_inside(root, msg.path))
                 if disk is not None and _in_the_way(msg, disk, manifest.get(msg.path)):
                     self._contest = ("kind", self._owner(msg.path, disk))
-                    return
-                super()._apply_op_unchecked(msg)
+                    return {}
+                return super()._apply_op_unchecked(msg)
+        return {}
 
     def _delete(self, path: str) -> None:
         """Remove what this source committed at `path` and under it, and nothing else."""

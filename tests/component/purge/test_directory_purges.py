@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from tests.component.purge.conftest import O1, Harness
+from tests.component.purge.conftest import O1, O2, Harness
 
 from relaysync.master.store import _sites
 from relaysync.protocol.messages import CommitRecord, CommitReport
@@ -74,3 +74,53 @@ async def test_a_renamed_directory_is_purged_whole_past_the_cap(
         await harness.until_served(
             path.replace("old/", "new/", 1), (200, path.encode()), timeout_s=BOUND_S
         )
+
+
+def _commit_removal(harness: Harness, op: str, path: str, removed: list[str]) -> None:
+    """Report on both origins an op that removed `removed` under `path` (site-relative)."""
+    root = harness.site.root
+    seq = 0 if op == "erase" else next(harness.seqs)
+    record = CommitRecord(
+        seq=seq,
+        op=op,
+        path=f"{root}/{path}" if path else root,
+        kind="d",
+        removed=tuple(f"{root}/{p}" for p in removed),
+    )
+    for target in (O1, O2):
+        harness.purger.on_commit_report(
+            CommitReport(
+                mapping_id=harness.mapping_id,
+                source_node="a" * 64,
+                target_node=target,
+                watermark=seq,
+                records=(record,),
+            )
+        )
+
+
+async def test_a_deleted_directory_the_job_log_does_not_know_is_purged_as_the_origins_say(
+    harness: Harness,
+) -> None:
+    """Files that reached the origins by a rename or a comparison have no job log row under the
+    directory: nginx and Squid kept them until the origins said what they removed."""
+    paths = [f"gone/p{i}.html" for i in range(3)] + ["gone/sub/index.html"]
+    for path in paths:
+        harness.write(path, path.encode())
+        harness.warm(path)
+    harness.warm("gone/sub/")
+    shutil.rmtree(harness.folder / "gone")
+    _commit_removal(harness, "delete", "gone", paths)
+    for path in [*paths, "gone/sub/"]:
+        await harness.until_served(path, (404, None), timeout_s=BOUND_S)
+
+
+async def test_what_a_comparison_erased_is_purged(harness: Harness) -> None:
+    harness.write("kept.html", b"kept")
+    harness.write("stray/x.html", b"stray")
+    for path in ("kept.html", "stray/x.html"):
+        harness.warm(path)
+    shutil.rmtree(harness.folder / "stray")
+    _commit_removal(harness, "erase", "", ["stray/x.html"])
+    await harness.until_served("stray/x.html", (404, None), timeout_s=BOUND_S)
+    assert {harness.get(kind, "kept.html") for kind in harness.farm.caches} == {(200, b"kept")}

@@ -54,3 +54,30 @@ def test_failed_records_are_not_commits() -> None:
     bad = CommitRecord(seq=1, op="write", path="a.txt", ok=False, error="disk full")
     t.observe(site_id=1, origins=ORIGINS, source="s", target=O1, records=[bad], states=UP, now=0)
     assert _observe(t, O2, 1) == []
+
+
+def _removal(t: CommitTracker, target: str, kind: str, removed: tuple[str, ...], **kw: object):  # type: ignore[no-untyped-def]
+    record = CommitRecord(seq=1, op="delete", path="d", kind=kind, removed=removed, **kw)  # type: ignore[arg-type]
+    return t.observe(
+        site_id=1, origins=ORIGINS, source="s", target=target, records=[record], states=UP, now=0
+    )
+
+
+def test_what_the_origins_removed_is_merged_over_them() -> None:
+    t = CommitTracker()
+    assert _removal(t, O1, "d", ("d/a",)) == []
+    [released] = _removal(t, O2, "f", ("d/b",), removed_truncated=True)
+    assert (released.kind, released.removed, released.removed_truncated) == (
+        "d",
+        ("d/a", "d/b"),
+        True,
+    )
+
+
+def test_a_file_on_every_origin_stays_a_file_and_one_silent_origin_makes_it_unknown() -> None:
+    t = CommitTracker()
+    _removal(t, O1, "f", ())
+    assert _removal(t, O2, "f", ())[0].kind == "f"
+    t = CommitTracker()
+    _removal(t, O1, "d", ("d/a",))
+    assert _removal(t, O2, "", ())[0].kind == ""  # an older agent: planned as before

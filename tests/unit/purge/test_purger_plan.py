@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ import pytest
 from relaysync.errors import PrefixNotExpandable
 from relaysync.master.store import Store
 from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.purge.ordering import Released
 from relaysync.purge.planner import url_items
 from relaysync.purge.purger import Purger
 from relaysync.purge.site import SiteSpec
@@ -139,3 +142,92 @@ def test_other_url_forms_are_purged_alongside() -> None:
         ("refresh", "http://h/b.jpg"),
     ]
     assert [i.action for i in url_items(1, "c1", ["http://h/(d)/"], "ban")] == ["ban", "ban"]
+
+
+# --- what the origins reported removed (CommitRecord.kind / removed) ---
+
+URL = "http://www.example.com/"
+_names = itertools.count(1)
+
+
+async def _planned(store: Store, mapping: int, driver: str, change: Released) -> set[tuple]:
+    site = store.create_site(
+        name=f"r{next(_names)}",
+        provider="acme",
+        mapping=mapping,
+        root="",
+        base_urls=[URL.rstrip("/")],
+        caches=[{"name": "c1", "driver": driver, "address": "127.0.0.1:9"}],
+        origins=[{"server": "o1"}],
+    )
+    items = await Purger(store)._plan(site, dataclasses.replace(change, site_id=site.id))
+    return {(i.action, i.url.removeprefix(URL)) for i in items}
+
+
+@pytest.mark.parametrize("kind", ["f", "l"])
+async def test_a_file_or_link_delete_bans_nothing(store: Store, mapping: int, kind: str) -> None:
+    """Each file delete was also a ban of /a.html/ (two with the strict form): Varnish's ban
+    list grew by the deletes, and nginx and Squid purged what the job log knew under a file."""
+    change = Released(0, "delete", "sub", kind=kind)
+    assert await _planned(store, mapping, "varnish", change) == {("purge", "sub")}
+    assert await _planned(store, mapping, "nginx", change) == {("purge", "sub")}
+
+
+async def test_a_directory_delete_purges_what_the_origins_removed_and_the_job_log_knows(
+    store: Store, mapping: int
+) -> None:
+    change = Released(0, "delete", "sub", kind="d", removed=("sub/new.html", "elsewhere.html"))
+    assert await _planned(store, mapping, "nginx", change) == {
+        ("purge", "sub"),
+        ("purge", "sub/b.html"),  # the job log's
+        ("purge", "sub/new.html"),  # the origin's (not under sub/: ignored)
+    }
+    assert await _planned(store, mapping, "varnish", change) == {("purge", "sub"), ("ban", "sub/")}
+
+
+async def test_a_delete_of_unknown_kind_is_planned_as_a_directory(
+    store: Store, mapping: int
+) -> None:
+    """An older agent says nothing of what it removed: ban, and the job log's paths."""
+    change = Released(0, "delete", "sub")
+    assert await _planned(store, mapping, "varnish", change) == {("purge", "sub"), ("ban", "sub/")}
+    assert await _planned(store, mapping, "squid", change) == {
+        ("purge", "sub"),
+        ("purge", "sub/b.html"),
+    }
+
+
+async def test_a_directory_rename_purges_the_moved_files_under_both_names(
+    store: Store, mapping: int
+) -> None:
+    change = Released(0, "rename", "sub", "new", kind="d", removed=("sub/moved.html",))
+    assert await _planned(store, mapping, "nginx", change) == {
+        ("purge", "sub"),
+        ("refresh", "new"),
+        ("purge", "sub/b.html"),
+        ("purge", "sub/moved.html"),
+        ("purge", "new/b.html"),
+        ("purge", "new/moved.html"),
+    }
+    file = Released(0, "rename", "a.html", "b.html", kind="f")
+    assert await _planned(store, mapping, "varnish", file) == {
+        ("purge", "a.html"),
+        ("refresh", "b.html"),
+    }
+
+
+async def test_an_erase_purges_what_was_removed_and_bans_only_a_cut_list(
+    store: Store, mapping: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An erase (catch-up) was not purged at all: what it removed stayed cached everywhere."""
+    change = Released(0, "erase", "sub", kind="d", removed=("sub/stray.html",))
+    for driver in ("varnish", "nginx"):
+        assert await _planned(store, mapping, driver, change) == {("purge", "sub/stray.html")}
+    cut = dataclasses.replace(change, removed_truncated=True)
+    caplog.set_level(logging.INFO, logger="relaysync.purge.planner")
+    assert await _planned(store, mapping, "varnish", cut) == {
+        ("purge", "sub/stray.html"),
+        ("ban", "sub/"),
+    }
+    assert ("purge", "sub/b.html") in await _planned(store, mapping, "squid", cut)
+    assert "listed only part of what it removed" in caplog.text

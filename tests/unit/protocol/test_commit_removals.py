@@ -1,0 +1,88 @@
+"""What a commit record says a delete removed: optional on the wire both ways (older agents and
+older masters), bounded on decode, and kept under the frame cap by the agent's report split."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+import pytest
+
+from relaysync.agent.master_link import _merge, _runs, make_report
+from relaysync.constants import MAX_MESSAGE_BYTES
+from relaysync.errors import ProtocolError
+from relaysync.protocol.framing import decode_payload, encode_frame
+from relaysync.protocol.messages import (
+    MAX_REMOVED_BYTES,
+    MAX_REMOVED_PATHS,
+    MAX_REPORT_RECORDS,
+    CommitRecord,
+    CommitReport,
+)
+from relaysync.transfer.removal import removed_bytes
+
+
+class OldRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A CommitRecord as releases before `kind`/`removed` define it."""
+
+    seq: int
+    op: str
+    path: str
+    new_path: str = ""
+
+
+class OldReport(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="commit_report"):
+    mapping_id: int
+    source_node: str
+    target_node: str
+    watermark: int
+    records: tuple[OldRecord, ...]
+    route: Annotated[tuple[str, ...], msgspec.Meta(max_length=64)] = ()
+
+
+def _report(*records: CommitRecord) -> CommitReport:
+    return make_report(1, "s", "t", 5, records)
+
+
+def test_an_older_agents_record_decodes_as_unknown_kind() -> None:
+    old = OldReport(
+        mapping_id=1,
+        source_node="s",
+        target_node="t",
+        watermark=5,
+        records=(OldRecord(seq=5, op="delete", path="d"),),
+    )
+    report = decode_payload(msgspec.msgpack.encode(old))
+    assert isinstance(report, CommitReport)
+    assert (report.records[0].kind, report.records[0].removed) == ("", ())
+
+
+def test_an_older_master_ignores_the_new_fields() -> None:
+    new = _report(CommitRecord(seq=5, op="delete", path="d", kind="d", removed=("d/a",)))
+    old = msgspec.msgpack.decode(encode_frame(new)[4:], type=OldReport)
+    assert old.records == (OldRecord(seq=5, op="delete", path="d"),)
+
+
+def test_more_removed_paths_than_the_bound_or_an_unknown_kind_are_refused_on_decode() -> None:
+    over = CommitRecord(seq=1, op="delete", path="d", removed=("d/x",) * (MAX_REMOVED_PATHS + 1))
+    with pytest.raises(ProtocolError):
+        decode_payload(encode_frame(_report(over))[4:])
+    odd = CommitRecord(seq=1, op="delete", path="d", kind="x")  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError):
+        decode_payload(encode_frame(_report(odd))[4:])
+
+
+def test_reports_are_split_so_removed_paths_stay_under_the_frame_cap() -> None:
+    path = "d/" + "n" * 1000
+    per_record = MAX_REMOVED_BYTES // len(path)  # as many as one record may carry
+    big = CommitRecord(seq=1, op="delete", path="d", kind="d", removed=(path,) * per_record)
+    assert removed_bytes(big) <= MAX_REMOVED_BYTES
+    small = CommitRecord(seq=2, op="write", path="a")
+    runs = _runs((big, small, big, big, *(small,) * (MAX_REPORT_RECORDS + 1)))
+    assert [len(r) for r in runs] == [2, 1, MAX_REPORT_RECORDS, 2]
+    for run in runs:
+        assert len(encode_frame(_report(*run))) < MAX_MESSAGE_BYTES
+    merged = _merge([_report(*run) for run in runs])
+    assert all(sum(removed_bytes(r) for r in m.records) <= MAX_REMOVED_BYTES for m in merged)
+    assert [r.seq for m in merged for r in m.records] == [r.seq for run in runs for r in run]
+    assert _runs(()) == [()]  # a report of the watermark alone still goes
