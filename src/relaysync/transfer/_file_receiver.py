@@ -9,7 +9,6 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from relaysync.constants import CHUNK_BYTES
 from relaysync.errors import HashMismatch, ProtocolError, TransferError, UnsafePath
@@ -26,6 +25,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import _librsync, codec, staging
 from relaysync.transfer._failures import TransientFailure, _transient_os
+from relaysync.transfer._session_hooks import SessionHooks
 from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.paths import SafeResolver, resolve_inside
 from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
@@ -43,7 +43,7 @@ class _Pending:
     last_seq: int = 0
 
 
-class FileReceiver:
+class FileReceiver(SessionHooks):
     """The file ops of a `ReceiverSession` (a mixin: the session holds the state they use)."""
 
     folder: TargetFolder
@@ -55,29 +55,6 @@ class FileReceiver:
     _incoming_started: float
     _incoming_wire: int
     _skip_seq: int
-
-    if TYPE_CHECKING:  # defined by ReceiverSession
-
-        def flush(self) -> None: ...
-
-        def _note(self, seq: int) -> None: ...
-
-        def _record(
-            self,
-            seq: int,
-            op: str,
-            path: str,
-            *,
-            size: int = 0,
-            wire: int = 0,
-            started: float,
-            error: str = "",
-            changed_at: float = 0.0,
-        ) -> CommitRecord: ...
-
-        def _refuse(
-            self, seq: int, op: str, path: str, detail: str, started: float, changed_at: float = 0.0
-        ) -> None: ...
 
     def _start_file(self, msg: FileStart) -> None:
         self._abort_incoming()

@@ -7,7 +7,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import xxhash
@@ -25,6 +25,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import staging
 from relaysync.transfer._failures import TransientFailure, _transient_os
+from relaysync.transfer._session_hooks import SessionHooks
 from relaysync.transfer.paths import check_relpath, parent_of, resolve_inside
 from relaysync.transfer.removal import RemovalSurvey
 from relaysync.transfer.target_folder import TargetFolder
@@ -32,36 +33,13 @@ from relaysync.transfer.versions import VersionKeeper
 from relaysync.watch.manifest import Entry, mtime_ns_of, permission_bits
 
 
-class TreeOps:
+class TreeOps(SessionHooks):
     """The non-file ops of a `ReceiverSession` (a mixin: the session holds the state they use)."""
 
     folder: TargetFolder
     _keeper: VersionKeeper | None
     _applied: list[CommitRecord]
     sender_resends_renames: bool
-
-    if TYPE_CHECKING:  # defined by ReceiverSession
-
-        def flush(self) -> None: ...
-
-        def _note(self, seq: int) -> None: ...
-
-        def _record(
-            self,
-            seq: int,
-            op: str,
-            path: str,
-            *,
-            size: int = 0,
-            wire: int = 0,
-            started: float,
-            error: str = "",
-            changed_at: float = 0.0,
-        ) -> CommitRecord: ...
-
-        def _refuse(
-            self, seq: int, op: str, path: str, detail: str, started: float, changed_at: float = 0.0
-        ) -> None: ...
 
     def _apply_op(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
         started = time.monotonic()
