@@ -274,14 +274,14 @@ class MasterLink:
 
 
 def _merge(reports: list[CommitReport]) -> list[CommitReport]:
-    """Merge consecutive reports of the same (mapping, source, target) into fewer messages."""
+    """Merge consecutive reports of the same (mapping, source, target, route) into fewer messages."""
     merged: list[CommitReport] = []
     for r in reports:
         last = merged[-1] if merged else None
         if (
             last is not None
-            and (last.mapping_id, last.source_node, last.target_node)
-            == (r.mapping_id, r.source_node, r.target_node)
+            and (last.mapping_id, last.source_node, last.target_node, last.route)
+            == (r.mapping_id, r.source_node, r.target_node, r.route)
             and len(last.records) + len(r.records) <= MAX_REPORT_RECORDS
             and _removed(last) + _removed(r) <= MAX_REMOVED_BYTES
         ):
@@ -291,6 +291,7 @@ def _merge(reports: list[CommitReport]) -> list[CommitReport]:
                 target_node=r.target_node,
                 watermark=max(last.watermark, r.watermark),
                 records=last.records + r.records,
+                route=r.route,
             )
         else:
             merged.append(r)

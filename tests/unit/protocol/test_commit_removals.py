@@ -86,3 +86,27 @@ def test_reports_are_split_so_removed_paths_stay_under_the_frame_cap() -> None:
     assert all(sum(removed_bytes(r) for r in m.records) <= MAX_REMOVED_BYTES for m in merged)
     assert [r.seq for m in merged for r in m.records] == [r.seq for run in runs for r in run]
     assert _runs(()) == [()]  # a report of the watermark alone still goes
+
+
+def test_merged_reports_keep_their_route_and_routes_never_mix() -> None:
+    """The job log shows the route a change took: merging consecutive reports must keep it, and
+    reports that came by different routes (a re-plan between them) stay apart."""
+
+    def report(seq: int, route: tuple[str, ...]) -> CommitReport:
+        rec = CommitRecord(seq=seq, op="write", path=f"f{seq}")
+        return CommitReport(
+            mapping_id=1,
+            source_node="s",
+            target_node="t",
+            watermark=seq,
+            records=(rec,),
+            route=route,
+        )
+
+    via_r = ("s", "r", "t")
+    merged = _merge([report(1, via_r), report(2, via_r), report(3, ("s", "t")), report(4, via_r)])
+    assert [(m.route, [r.seq for r in m.records]) for m in merged] == [
+        (via_r, [1, 2]),
+        (("s", "t"), [3]),
+        (via_r, [4]),
+    ]
