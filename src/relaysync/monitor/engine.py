@@ -2,7 +2,7 @@
 keeps the alert log, notifies channels once per state change, and sets servers' health.
 
 Error handling: a failing probe is logged and retried next tick; a failed delivery is retried
-with backoff for NOTIFY_GIVE_UP_S; a store failure skips the tick (the master's own store_up
+with backoff (monitor/notifier.py); a store failure skips the tick (the master's own store_up
 figure shows it).
 Resource handling: notifications run in the service's task group, each under a timeout.
 """
@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from relaysync.errors import AlertDeliveryFailed, ConfigError, StoreError
-from relaysync.monitor.alerts import Channel, Notice, build_channel
+from relaysync.errors import StoreError
+from relaysync.monitor.alerts import Notice
+from relaysync.monitor.notifier import Notifier
 from relaysync.monitor.probes import ProbeResult, run_probe
 from relaysync.monitor.thresholds import (
     Conditions,
@@ -35,12 +36,6 @@ from relaysync.protocol.messages import MetricSample, MetricsReport
 
 logger = logging.getLogger(__name__)
 
-NOTIFY_TIMEOUT_S = 30.0  # one channel delivering one notice
-NOTIFY_RETRY_FIRST_S = 1.0  # the wait after a failed delivery; it doubles with each failure
-NOTIFY_RETRY_MAX_S = 60.0  # the longest wait between two attempts
-NOTIFY_GIVE_UP_S = (
-    3_600.0  # a notice no attempt delivered within this is dropped, logged as an error
-)
 STALE_AFTER_TICKS = 30  # figures older than this many ticks (or 5 min) are not judged
 DOWNSAMPLE_EVERY_S = 60.0  # retention runs this often
 
@@ -138,7 +133,7 @@ class MonitorService:
         ] = {}  # server -> (received, figures)
         self.probe_results: dict[int, ProbeResult] = {}
         self.conditions = Conditions()
-        self.sent: dict[str, int] = {}  # channel name -> notices delivered
+        self.notifier = Notifier(list_channels=store.monitoring.list_channels, alarm=self._alarm)
         self._key_server: dict[str, str] = {}
         self._pending: list[tuple[str, float, Sequence[MetricSample]]] = []
         self._tg: TaskGroup | None = None
@@ -360,53 +355,7 @@ class MonitorService:
             },
         )
         assert self._tg is not None
-        self._tg.start_soon(self._notify, notice)
-
-    async def _notify(self, notice: Notice) -> None:
-        channels = await anyio.to_thread.run_sync(self.store.monitoring.list_channels)
-        async with anyio.create_task_group() as tg:
-            for info in channels:
-                if info.enabled:
-                    tg.start_soon(self._deliver, info, notice)
-
-    async def _deliver(self, info: ChannelInfo, notice: Notice) -> None:
-        """Send one notice through one channel, retrying a failed delivery with backoff."""
-        try:
-            channel = build_channel(info.kind, info.config, alarm=self._alarm)
-        except ConfigError as exc:
-            logger.error("alert %s via %s not sent: %s", notice.alert_id, info.name, exc)
-            return
-        delay_s, give_up_at = NOTIFY_RETRY_FIRST_S, anyio.current_time() + NOTIFY_GIVE_UP_S
-        while not await self._attempt(channel, info, notice):
-            if anyio.current_time() + delay_s > give_up_at:
-                logger.error(
-                    "alert %s via %s: gave up after %g s",
-                    notice.alert_id,
-                    info.name,
-                    NOTIFY_GIVE_UP_S,
-                )
-                return
-            await anyio.sleep(delay_s)
-            delay_s = min(2 * delay_s, NOTIFY_RETRY_MAX_S)
-        self.sent[info.name] = self.sent.get(info.name, 0) + 1
-        logger.info("alert %s (%s) sent via %s", notice.alert_id, notice.state, info.name)
-
-    async def _attempt(self, channel: Channel, info: ChannelInfo, notice: Notice) -> bool:
-        """Return whether the notice is done with: sent, or failed in a way a retry cannot fix."""
-        try:
-            with anyio.fail_after(NOTIFY_TIMEOUT_S):
-                await channel.send(notice)
-        except (AlertDeliveryFailed, TimeoutError) as exc:
-            logger.warning(
-                "alert %s via %s failed, will retry: %s",
-                notice.alert_id,
-                info.name,
-                exc or "timeout",
-            )
-            return False
-        except Exception:  # a channel's bug must not end the monitor (and the master with it)
-            logger.exception("alert %s via %s failed unexpectedly", notice.alert_id, info.name)
-        return True
+        self.notifier.start(self._tg, notice)
 
     def _alarm(self, notice: Notice) -> None:
         self.publish("alarm", notice.to_json())
