@@ -132,6 +132,7 @@ class MonitorService:
             str, tuple[float, tuple[MetricSample, ...]]
         ] = {}  # server -> (received, figures)
         self.probe_results: dict[int, ProbeResult] = {}
+        self._probing: set[int] = set()  # probes running now
         self.conditions = Conditions()
         self.notifier = Notifier(list_channels=store.monitoring.list_channels, alarm=self._alarm)
         self._key_server: dict[str, str] = {}
@@ -177,7 +178,7 @@ class MonitorService:
         pending, self._pending = self._pending, []
         servers = await anyio.to_thread.run_sync(self._store_round, pending, now)
         probes = await anyio.to_thread.run_sync(self.store.monitoring.list_probes)
-        await self._run_probes([p for p in probes if p.enabled])
+        self._start_probes([p for p in probes if p.enabled])
         rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
         judged, live = self._thresholds(rules, servers, now)
         observations = self._heartbeats(servers) + judged + self._probes(probes)
@@ -199,13 +200,22 @@ class MonitorService:
             )
         return self.store.list_servers()
 
-    async def _run_probes(self, probes: list[ProbeRule]) -> None:
-        async def one(rule: ProbeRule) -> None:
-            self.probe_results[rule.id] = await run_probe(rule)
+    def _start_probes(self, probes: list[ProbeRule]) -> None:
+        """Start each probe that is not still running, in the background: a probe waits up to its
+        own timeout (60 s at most) and must not hold up the tick; its result is judged at the
+        first tick after it ends."""
+        assert self._tg is not None
+        for rule in probes:
+            if rule.id not in self._probing:
+                self._probing.add(rule.id)
+                self._tg.start_soon(self._probe, rule)
 
-        async with anyio.create_task_group() as tg:
-            for rule in probes:
-                tg.start_soon(one, rule)
+    async def _probe(self, rule: ProbeRule) -> None:
+        logger.debug("probe %s started", rule.name)
+        try:
+            self.probe_results[rule.id] = await run_probe(rule)
+        finally:
+            self._probing.discard(rule.id)
 
     # --- observations ---
 
