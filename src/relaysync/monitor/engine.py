@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from relaysync.constants import METRICS_INTERVAL_S
 from relaysync.errors import StoreError
 from relaysync.monitor.alerts import Notice
 from relaysync.monitor.notifier import Notifier
+from relaysync.monitor.observations import Observation, ReportClock
 from relaysync.monitor.probes import ProbeResult, run_probe
 from relaysync.monitor.thresholds import (
     Conditions,
@@ -95,19 +96,6 @@ class FleetStore(Protocol):
 Publish = Callable[[str, dict[str, Any]], object]  # (event type value, data) onto the event bus
 
 
-@dataclass(frozen=True, slots=True)
-class _Observation:
-    key: str
-    for_s: float
-    bad: bool
-    clear: bool
-    server: str
-    kind: str
-    subject: str
-    value: float | None
-    message: str
-
-
 class MonitorService:
     """Runs until cancelled; `on_metrics` is fed by the control server."""
 
@@ -119,6 +107,7 @@ class MonitorService:
         links_up: Callable[[], set[str]],
         self_figures: Callable[[], list[MetricSample]],
         interval_s: float = 10.0,
+        report_interval_s: float = METRICS_INTERVAL_S,
         raw_retention_s: float = 86_400.0,
         minute_retention_s: float = 30 * 86_400.0,
     ) -> None:
@@ -127,6 +116,8 @@ class MonitorService:
         self.links_up = links_up
         self.self_figures = self_figures
         self.interval_s = interval_s
+        self.report_interval_s = report_interval_s  # how often agents send figures
+        self.reports = ReportClock()
         self.raw_retention_s, self.minute_retention_s = raw_retention_s, minute_retention_s
         self.latest: dict[
             str, tuple[float, tuple[MetricSample, ...]]
@@ -145,7 +136,9 @@ class MonitorService:
 
     def on_metrics(self, node_id: str, name: str, report: MetricsReport) -> None:
         """Keep an agent's newest figures (called on the event loop's thread)."""
-        self.latest[name] = (time.time(), report.samples)
+        received = time.time()
+        self.latest[name] = (received, report.samples)
+        self.reports.reported(name, received)
         self._pending.append((name, report.at, report.samples))
 
     def figures(self) -> dict[str, tuple[MetricSample, ...]]:
@@ -181,7 +174,10 @@ class MonitorService:
         self._start_probes([p for p in probes if p.enabled])
         rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
         judged, live = self._thresholds(rules, servers, now)
-        observations = self._heartbeats(servers) + judged + self._probes(probes)
+        up = self.links_up()
+        observations = (
+            self._heartbeats(servers, up) + self._silences(servers, up, now) + judged
+        ) + self._probes(probes)
         await self._apply(observations, live, now)
         await anyio.to_thread.run_sync(self._update_health, servers)
         self.ticks += 1
@@ -219,10 +215,9 @@ class MonitorService:
 
     # --- observations ---
 
-    def _heartbeats(self, servers: Sequence[ServerView]) -> list[_Observation]:
-        up = self.links_up()
+    def _heartbeats(self, servers: Sequence[ServerView], up: set[str]) -> list[Observation]:
         return [
-            _Observation(
+            Observation(
                 key=f"heartbeat:{s.name}",
                 for_s=self.interval_s,
                 bad=s.node_id not in up,
@@ -236,13 +231,24 @@ class MonitorService:
             for s in servers
         ]
 
+    def _silences(
+        self, servers: Sequence[ServerView], up: set[str], now: float
+    ) -> list[Observation]:
+        """A "no data" observation per server: its link is up but its figures stopped."""
+        return [
+            self.reports.observe(
+                s.name, up=s.node_id in up, now=now, interval_s=self.report_interval_s
+            )
+            for s in servers
+        ]
+
     def _thresholds(
         self, rules: list[ThresholdRule], servers: Sequence[ServerView], now: float
-    ) -> tuple[list[_Observation], set[str]]:
+    ) -> tuple[list[Observation], set[str]]:
         """Return observations of fresh figures, and every key the rules cover (judged or not)."""
         stale_s = max(300.0, STALE_AFTER_TICKS * self.interval_s)
         targets = [(s.name, s.group) for s in servers] + [(MASTER_SERVER, "")]
-        out: list[_Observation] = []
+        out: list[Observation] = []
         live: set[str] = set()
         for rule in rules:
             for name, group in targets:
@@ -258,7 +264,7 @@ class MonitorService:
                 if value is None:
                     continue
                 out.append(
-                    _Observation(
+                    Observation(
                         key=f"threshold:{rule.id}:{name}",
                         for_s=rule.for_s,
                         bad=breached(rule.operator, value, rule.value),
@@ -272,7 +278,7 @@ class MonitorService:
                 )
         return out, live
 
-    def _probes(self, probes: list[ProbeRule]) -> list[_Observation]:
+    def _probes(self, probes: list[ProbeRule]) -> list[Observation]:
         out = []
         for rule in probes:
             result = self.probe_results.get(rule.id)
@@ -280,7 +286,7 @@ class MonitorService:
                 continue
             where = f"{rule.host}:{rule.port}" if rule.kind == "tcp" else rule.host
             out.append(
-                _Observation(
+                Observation(
                     key=f"probe:{rule.id}",
                     for_s=rule.for_s,
                     bad=not result.ok,
@@ -296,8 +302,8 @@ class MonitorService:
 
     # --- transitions ---
 
-    async def _apply(self, observations: list[_Observation], live: set[str], now: float) -> None:
-        seen: dict[str, _Observation] = {}
+    async def _apply(self, observations: list[Observation], live: set[str], now: float) -> None:
+        seen: dict[str, Observation] = {}
         for o in observations:
             seen[o.key] = o
             self._key_server[o.key] = o.server
@@ -326,7 +332,8 @@ class MonitorService:
                 if resolved is not None:
                     self._announce(resolved, "resolved", o.value, now)
         # Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
-        # keys whose figures are stale keep their state (the heartbeat covers a silent agent).
+        # keys whose figures are stale keep their state (heartbeat and no_data cover a silent
+        # agent).
         stale = self.conditions.prune(set(seen) | live)
         for key in stale:
             resolved = await anyio.to_thread.run_sync(

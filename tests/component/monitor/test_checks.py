@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -12,7 +13,10 @@ import anyio
 import pytest
 
 from relaysync.master.store import Store
+from relaysync.monitor.collectors import sample
 from relaysync.monitor.engine import MonitorService
+from relaysync.monitor.types import AlertInfo
+from relaysync.protocol.messages import MetricsReport
 
 INTERVAL_S = 0.1
 WAIT_S = 20.0  # generous, yet well below the hanging probe's 60 s timeout
@@ -83,3 +87,52 @@ def test_a_hanging_probe_does_not_hold_up_the_other_checks(
         ), f"after {monitor.ticks} ticks: {monitor.conditions.firing_keys()}"
     started = [r for r in caplog.records if r.getMessage() == f"probe {probe.name} started"]
     assert len(started) == 1, [r.getMessage() for r in caplog.records]
+
+
+REPORT_S = 0.5  # the agents' report interval the master expects, for these tests
+
+
+def _report(monitor: MonitorService, **figures: float) -> None:
+    samples = tuple(sample(name, value) for name, value in figures.items())
+    monitor.on_metrics(NODE, "web1", MetricsReport(at=time.time(), samples=samples))
+
+
+def _alerts(store: Store, key: str) -> list[AlertInfo]:
+    return [a for a in store.monitoring.list_alerts(server="web1") if a.key == key]
+
+
+def _health(store: Store) -> str:
+    return next(s.health for s in store.list_servers() if s.name == "web1")
+
+
+def test_an_agent_whose_figures_stop_is_alerted_until_they_return(store: Store) -> None:
+    """The control link stays up but the reports stop (the collector died): a "no data" alert
+    fires after three report intervals, and resolves once figures come back."""
+    store.upsert_server(node_id=NODE, name="web1", region="r", group="g", address="127.0.0.1:1")
+    monitor = _monitor(store, links_up=lambda: {NODE})
+    monitor.report_interval_s = REPORT_S
+    key = "no_data:web1"
+
+    async def feed_for(seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            while True:
+                _report(monitor, cpu_percent=5)
+                await anyio.sleep(REPORT_S / 5)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.serve)
+            await feed_for(4 * REPORT_S * 3)  # reporting: no alert
+            assert _alerts(store, key) == []
+            with anyio.fail_after(WAIT_S):  # silent from here
+                while [a.state for a in _alerts(store, key)] != ["firing"] or _health(
+                    store
+                ) == "ok":
+                    await anyio.sleep(0.05)
+            with anyio.fail_after(WAIT_S):  # reporting again
+                while [a.state for a in _alerts(store, key)] != ["resolved"]:
+                    _report(monitor, cpu_percent=5)
+                    await anyio.sleep(REPORT_S / 5)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)

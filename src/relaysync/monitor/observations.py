@@ -1,0 +1,61 @@
+"""Observations: what one tick saw of one alert key, and the report clock that tells when an
+agent whose link is up has stopped sending figures ("no data")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# An agent whose control link is up but that sent no figures for this many report intervals is
+# "no data": its collector died, or the figures are lost on the way.
+NO_DATA_AFTER_REPORTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    key: str
+    for_s: float
+    bad: bool
+    clear: bool
+    server: str
+    kind: str
+    subject: str
+    value: float | None
+    message: str
+
+
+class ReportClock:
+    """When each server last reported, how far apart its last two reports were, and since when
+    its link is up (a server that never reported counts from then)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._gap_s: dict[str, float] = {}
+        self._up_since: dict[str, float] = {}
+
+    def reported(self, name: str, at: float) -> None:
+        """Note a report received at `at` (the master's clock)."""
+        last = self._last.get(name)
+        if last is not None:
+            self._gap_s[name] = at - last
+        self._last[name] = at
+
+    def observe(self, name: str, *, up: bool, now: float, interval_s: float) -> Observation:
+        """Return the "no data" observation of `name`: bad once silent for NO_DATA_AFTER_REPORTS
+        report intervals (`interval_s`, or its own last gap if longer) while its link is up,
+        clear once a report is that fresh. A down link holds the state: the heartbeat says it."""
+        limit_s = NO_DATA_AFTER_REPORTS * max(interval_s, self._gap_s.get(name, 0.0))
+        if not up:
+            self._up_since.pop(name, None)
+        since = self._up_since.setdefault(name, now) if up else now
+        last = self._last.get(name, 0.0)
+        return Observation(
+            key=f"no_data:{name}",
+            for_s=0.0,
+            bad=up and now - max(last, since) > limit_s,
+            clear=up and now - last <= limit_s,
+            server=name,
+            kind="no_data",
+            subject="no data",
+            value=None,
+            message=f"agent {name}: link up but no figures for {limit_s:g} s (collector stopped?)",
+        )
