@@ -74,7 +74,7 @@ class MonitoringTables(Protocol):
         now: float,
     ) -> tuple[AlertInfo, bool]: ...
     def resolve_alert(
-        self, key: str, *, now: float, value: float | None = None
+        self, key: str, *, now: float, value: float | None = None, note: str = ""
     ) -> AlertInfo | None: ...
     def list_alerts(
         self,
@@ -138,7 +138,7 @@ class MonitorService:
         """Keep an agent's newest figures (called on the event loop's thread)."""
         received = time.time()
         self.latest[name] = (received, report.samples)
-        self.reports.reported(name, received)
+        self.reports.reported(name, received, (s.name for s in report.samples))
         self._pending.append((name, report.at, report.samples))
 
     def figures(self) -> dict[str, tuple[MetricSample, ...]]:
@@ -167,7 +167,9 @@ class MonitorService:
     async def tick(self) -> None:
         """One round: store figures, self-watch, probes, thresholds, alerts, health."""
         now = time.time()
-        self.latest[MASTER_SERVER] = (now, tuple(await anyio.to_thread.run_sync(self.self_figures)))
+        own = tuple(await anyio.to_thread.run_sync(self.self_figures))
+        self.latest[MASTER_SERVER] = (now, own)
+        self.reports.reported(MASTER_SERVER, now, (s.name for s in own))
         pending, self._pending = self._pending, []
         servers = await anyio.to_thread.run_sync(self._store_round, pending, now)
         probes = await anyio.to_thread.run_sync(self.store.monitoring.list_probes)
@@ -246,37 +248,41 @@ class MonitorService:
         self, rules: list[ThresholdRule], servers: Sequence[ServerView], now: float
     ) -> tuple[list[Observation], set[str]]:
         """Return observations of fresh figures, and every key the rules cover (judged or not)."""
-        stale_s = max(300.0, STALE_AFTER_TICKS * self.interval_s)
         targets = [(s.name, s.group) for s in servers] + [(MASTER_SERVER, "")]
         out: list[Observation] = []
         live: set[str] = set()
         for rule in rules:
             for name, group in targets:
-                if name == MASTER_SERVER and not (
-                    rule.scope == "server" and rule.target == MASTER_SERVER
-                ):
-                    continue
-                if not applies_to(rule, name, group):
+                if not _covers(rule, name, group):
                     continue
                 live.add(f"threshold:{rule.id}:{name}")
-                received, samples = self.latest.get(name, (0.0, ()))
-                value = value_for(rule, samples) if now - received <= stale_s else None
-                if value is None:
-                    continue
-                out.append(
-                    Observation(
-                        key=f"threshold:{rule.id}:{name}",
-                        for_s=rule.for_s,
-                        bad=breached(rule.operator, value, rule.value),
-                        clear=cleared(rule.operator, value, rule.value, rule.hysteresis),
-                        server=name,
-                        kind="threshold",
-                        subject=rule.metric,
-                        value=value,
-                        message=f"{rule.metric} {rule.operator} {rule.value:g} on {name}",
-                    )
-                )
+                observation = self._judge(rule, name, now)
+                if observation is not None:
+                    out.append(observation)
         return out, live
+
+    def _judge(self, rule: ThresholdRule, name: str, now: float) -> Observation | None:
+        """Observe one rule on one server: its figure, its series gone, or None (stale figures)."""
+        received, samples = self.latest.get(name, (0.0, ()))
+        if now - received > max(300.0, STALE_AFTER_TICKS * self.interval_s):
+            return None
+        value = value_for(rule, samples)
+        if value is None and not self.reports.series_gone(
+            name, rule.metric, now=now, interval_s=self.report_interval_s
+        ):
+            return None
+        return Observation(
+            key=f"threshold:{rule.id}:{name}",
+            for_s=rule.for_s,
+            bad=value is not None and breached(rule.operator, value, rule.value),
+            clear=value is None or cleared(rule.operator, value, rule.value, rule.hysteresis),
+            server=name,
+            kind="threshold",
+            subject=rule.metric,
+            value=value,
+            message=f"{rule.metric} {rule.operator} {rule.value:g} on {name}",
+            note="series gone" if value is None else "",
+        )
 
     def _probes(self, probes: list[ProbeRule]) -> list[Observation]:
         out = []
@@ -327,7 +333,13 @@ class MonitorService:
                     self._announce(alert, "firing", o.value, now)
             elif transition is Transition.RESOLVE:
                 resolved = await anyio.to_thread.run_sync(
-                    partial(self.store.monitoring.resolve_alert, o.key, now=now, value=o.value)
+                    partial(
+                        self.store.monitoring.resolve_alert,
+                        o.key,
+                        now=now,
+                        value=o.value,
+                        note=o.note,
+                    )
                 )
                 if resolved is not None:
                     self._announce(resolved, "resolved", o.value, now)
@@ -388,3 +400,10 @@ class MonitorService:
                 self.publish(
                     "server_health", {"name": s.name, "node_id": s.node_id, "health": health}
                 )
+
+
+def _covers(rule: ThresholdRule, name: str, group: str) -> bool:
+    """Return whether `rule` checks server `name`; the master's own figures only by name."""
+    if name == MASTER_SERVER and not (rule.scope == "server" and rule.target == MASTER_SERVER):
+        return False
+    return applies_to(rule, name, group)

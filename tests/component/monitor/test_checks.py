@@ -136,3 +136,33 @@ def test_an_agent_whose_figures_stop_is_alerted_until_they_return(store: Store) 
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+def test_a_threshold_whose_series_is_gone_resolves_saying_so(store: Store) -> None:
+    """A disk-usage alert for a filesystem that is no longer reported (unmounted) while the
+    agent goes on reporting its other figures resolves, with "series gone" in its message."""
+    store.upsert_server(node_id=NODE, name="web1", region="r", group="g", address="127.0.0.1:1")
+    rule = store.monitoring.create_threshold(
+        scope="server", target="web1", metric="disk_used_percent", operator=">", value=90
+    )
+    monitor = _monitor(store, links_up=lambda: {NODE})
+    monitor.report_interval_s = REPORT_S
+    key = f"threshold:{rule.id}:web1"
+
+    async def report_until(states: list[str], **figures: float) -> None:
+        with anyio.fail_after(WAIT_S):
+            while [a.state for a in _alerts(store, key)] != states:
+                _report(monitor, **figures)
+                await anyio.sleep(REPORT_S / 5)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.serve)
+            await report_until(["firing"], cpu_percent=5, disk_used_percent=95)
+            await report_until(["resolved"], cpu_percent=5)  # the filesystem is unmounted
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    (alert,) = _alerts(store, key)
+    assert "series gone" in alert.message, alert.message
+    assert [a.state for a in _alerts(store, "no_data:web1")] == []
