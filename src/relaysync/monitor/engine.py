@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from relaysync.constants import METRICS_INTERVAL_S
 from relaysync.errors import StoreError
 from relaysync.monitor.alerts import Notice
+from relaysync.monitor.flapping import NOTICE_WINDOW_S, NOTICES_PER_WINDOW, NoticeLimiter
 from relaysync.monitor.notifier import Notifier
 from relaysync.monitor.observations import Observation, ReportClock
 from relaysync.monitor.probes import ProbeResult, run_probe
@@ -108,6 +109,7 @@ class MonitorService:
         self_figures: Callable[[], list[MetricSample]],
         interval_s: float = 10.0,
         report_interval_s: float = METRICS_INTERVAL_S,
+        notice_window_s: float = NOTICE_WINDOW_S,
         raw_retention_s: float = 86_400.0,
         minute_retention_s: float = 30 * 86_400.0,
     ) -> None:
@@ -118,6 +120,7 @@ class MonitorService:
         self.interval_s = interval_s
         self.report_interval_s = report_interval_s  # how often agents send figures
         self.reports = ReportClock()
+        self.limiter = NoticeLimiter(notice_window_s)
         self.raw_retention_s, self.minute_retention_s = raw_retention_s, minute_retention_s
         self.latest: dict[
             str, tuple[float, tuple[MetricSample, ...]]
@@ -182,6 +185,9 @@ class MonitorService:
         ) + self._probes(probes)
         await self._apply(observations, live, now)
         await anyio.to_thread.run_sync(self._update_health, servers)
+        for notice in self.limiter.due(now):
+            assert self._tg is not None
+            self.notifier.start(self._tg, notice)
         self.ticks += 1
 
     def _store_round(
@@ -282,6 +288,7 @@ class MonitorService:
             value=value,
             message=f"{rule.metric} {rule.operator} {rule.value:g} on {name}",
             note="series gone" if value is None else "",
+            rule_since=rule.created_at,
         )
 
     def _probes(self, probes: list[ProbeRule]) -> list[Observation]:
@@ -302,6 +309,7 @@ class MonitorService:
                     subject=rule.name,
                     value=result.latency_ms,
                     message=f"{rule.kind} probe {rule.name} ({where}): {result.detail or 'ok'}",
+                    rule_since=rule.created_at,
                 )
             )
         return out
@@ -330,7 +338,7 @@ class MonitorService:
                     )
                 )
                 if new:
-                    self._announce(alert, "firing", o.value, now)
+                    self._announce(alert, "firing", o, now)
             elif transition is Transition.RESOLVE:
                 resolved = await anyio.to_thread.run_sync(
                     partial(
@@ -342,11 +350,12 @@ class MonitorService:
                     )
                 )
                 if resolved is not None:
-                    self._announce(resolved, "resolved", o.value, now)
+                    self._announce(resolved, "resolved", o, now)
         # Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
         # keys whose figures are stale keep their state (heartbeat and no_data cover a silent
         # agent).
         stale = self.conditions.prune(set(seen) | live)
+        self.limiter.retain(set(seen) | live)
         for key in stale:
             resolved = await anyio.to_thread.run_sync(
                 partial(self.store.monitoring.resolve_alert, key, now=now)
@@ -362,12 +371,12 @@ class MonitorService:
                     },
                 )
 
-    def _announce(self, alert: AlertInfo, state: str, value: float | None, now: float) -> None:
+    def _announce(self, alert: AlertInfo, state: str, o: Observation, now: float) -> None:
         notice = Notice(
             alert_id=alert.id,
             server=alert.server,
             metric=alert.subject,
-            value=value,
+            value=o.value,
             state=state,
             message=alert.message,
             at=now,
@@ -379,12 +388,26 @@ class MonitorService:
                 "server": alert.server,
                 "kind": alert.kind,
                 "subject": alert.subject,
-                "value": value,
+                "value": o.value,
                 "message": alert.message,
             },
         )
+        self._notify(alert.key, notice, o.rule_since, now)
+
+    def _notify(self, key: str, notice: Notice, rule_since: float, now: float) -> None:
+        """Send the notice unless its key used up its notices for now (flapping)."""
+        admitted = self.limiter.admit(key, notice, now, rule_since=rule_since)
+        if admitted is None:
+            logger.info(
+                "alert %s (%s) held back: flapping, %s notices per %g s at most",
+                notice.alert_id,
+                notice.state,
+                NOTICES_PER_WINDOW,
+                self.limiter.window_s,
+            )
+            return
         assert self._tg is not None
-        self.notifier.start(self._tg, notice)
+        self.notifier.start(self._tg, admitted)
 
     def _alarm(self, notice: Notice) -> None:
         self.publish("alarm", notice.to_json())

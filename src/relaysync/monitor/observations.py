@@ -24,6 +24,7 @@ class Observation:
     value: float | None
     message: str
     note: str = ""  # why it resolves, when that is not the figure (kept in the alert's message)
+    rule_since: float = 0.0  # the rule's or probe's created_at: tells it from a deleted one's key
 
 
 class ReportClock:
