@@ -317,46 +317,46 @@ class MonitorService:
     # --- transitions ---
 
     async def _apply(self, observations: list[Observation], live: set[str], now: float) -> None:
-        seen: dict[str, Observation] = {}
         for o in observations:
-            seen[o.key] = o
             self._key_server[o.key] = o.server
             transition = self.conditions.update(
                 o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=now
             )
             if transition is Transition.FIRE:
-                alert, new = await anyio.to_thread.run_sync(
-                    partial(
-                        self.store.monitoring.fire_alert,
-                        key=o.key,
-                        server=o.server,
-                        kind=o.kind,
-                        subject=o.subject,
-                        value=o.value,
-                        message=o.message,
-                        now=now,
-                    )
-                )
-                if new:
-                    self._announce(alert, "firing", o, now)
+                await self._fire(o, now)
             elif transition is Transition.RESOLVE:
-                resolved = await anyio.to_thread.run_sync(
-                    partial(
-                        self.store.monitoring.resolve_alert,
-                        o.key,
-                        now=now,
-                        value=o.value,
-                        note=o.note,
-                    )
-                )
-                if resolved is not None:
-                    self._announce(resolved, "resolved", o, now)
-        # Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
-        # keys whose figures are stale keep their state (heartbeat and no_data cover a silent
-        # agent).
-        stale = self.conditions.prune(set(seen) | live)
-        self.limiter.retain(set(seen) | live)
-        for key in stale:
+                await self._resolve(o, now)
+        await self._forget({o.key for o in observations} | live, now)
+
+    async def _fire(self, o: Observation, now: float) -> None:
+        alert, new = await anyio.to_thread.run_sync(
+            partial(
+                self.store.monitoring.fire_alert,
+                key=o.key,
+                server=o.server,
+                kind=o.kind,
+                subject=o.subject,
+                value=o.value,
+                message=o.message,
+                now=now,
+            )
+        )
+        if new:
+            self._announce(alert, "firing", o, now)
+
+    async def _resolve(self, o: Observation, now: float) -> None:
+        resolved = await anyio.to_thread.run_sync(
+            partial(self.store.monitoring.resolve_alert, o.key, now=now, value=o.value, note=o.note)
+        )
+        if resolved is not None:
+            self._announce(resolved, "resolved", o, now)
+
+    async def _forget(self, keep: set[str], now: float) -> None:
+        """Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
+        keys whose figures are stale keep their state (heartbeat and no_data cover a silent
+        agent)."""
+        self.limiter.retain(keep)
+        for key in self.conditions.prune(keep):
             resolved = await anyio.to_thread.run_sync(
                 partial(self.store.monitoring.resolve_alert, key, now=now)
             )
