@@ -38,6 +38,9 @@ RECEIVE_TIMEOUT_S = (
 PING_INTERVAL_S = 10.0  # keep an idle link alive well inside the peer's RECEIVE_TIMEOUT_S
 CLOSE_TIMEOUT_S = 2.0  # shielded cleanup on cancellation
 HTTP_TIMEOUT_S = 10.0  # REST calls between agent/CLI and master
+# An agent sends its server figures this often (AgentConfig.metrics_interval_s's default); the
+# master raises "no data" for an agent silent for NO_DATA_AFTER_REPORTS times this or its own gap.
+METRICS_INTERVAL_S = 10.0
 
 RECONNECT_MIN_S = 0.2  # first retry after a lost link
 RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from relaysync.constants import METRICS_INTERVAL_S
+
 
 class Secret(str):
     """A string whose value is hidden in repr and logs."""
@@ -49,7 +51,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
         0.0  # per outgoing link, Mbit/s (0 = unlimited)
     )
     log_json: bool = False
-    metrics_interval_s: float = 10.0  # server figures are sent to the master this often
+    metrics_interval_s: float = (
+        METRICS_INTERVAL_S  # server figures are sent to the master this often
+    )
     metrics_listen: str = ""  # host:port for Prometheus /metrics of this agent; empty = off
     # Peer names whose sessions this agent refuses, comma-separated: a firewall rule between
     # two servers, for drills and tests of the bypass routes. Empty in production.

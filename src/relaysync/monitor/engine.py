@@ -2,7 +2,7 @@
 keeps the alert log, notifies channels once per state change, and sets servers' health.
 
 Error handling: a failing probe is logged and retried next tick; a failed delivery is retried
-with backoff for NOTIFY_GIVE_UP_S; a store failure skips the tick (the master's own store_up
+with backoff (monitor/notifier.py); a store failure skips the tick (the master's own store_up
 figure shows it).
 Resource handling: notifications run in the service's task group, each under a timeout.
 """
@@ -12,15 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from relaysync.errors import AlertDeliveryFailed, ConfigError, StoreError
-from relaysync.monitor.alerts import Channel, Notice, build_channel
+from relaysync.constants import METRICS_INTERVAL_S
+from relaysync.errors import StoreError
+from relaysync.monitor.alerts import Notice
+from relaysync.monitor.flapping import NOTICE_WINDOW_S, NOTICES_PER_WINDOW, NoticeLimiter
+from relaysync.monitor.notifier import Notifier
+from relaysync.monitor.observations import Observation, ReportClock
 from relaysync.monitor.probes import ProbeResult, run_probe
 from relaysync.monitor.thresholds import (
     Conditions,
@@ -35,12 +38,6 @@ from relaysync.protocol.messages import MetricSample, MetricsReport
 
 logger = logging.getLogger(__name__)
 
-NOTIFY_TIMEOUT_S = 30.0  # one channel delivering one notice
-NOTIFY_RETRY_FIRST_S = 1.0  # the wait after a failed delivery; it doubles with each failure
-NOTIFY_RETRY_MAX_S = 60.0  # the longest wait between two attempts
-NOTIFY_GIVE_UP_S = (
-    3_600.0  # a notice no attempt delivered within this is dropped, logged as an error
-)
 STALE_AFTER_TICKS = 30  # figures older than this many ticks (or 5 min) are not judged
 DOWNSAMPLE_EVERY_S = 60.0  # retention runs this often
 
@@ -78,7 +75,7 @@ class MonitoringTables(Protocol):
         now: float,
     ) -> tuple[AlertInfo, bool]: ...
     def resolve_alert(
-        self, key: str, *, now: float, value: float | None = None
+        self, key: str, *, now: float, value: float | None = None, note: str = ""
     ) -> AlertInfo | None: ...
     def list_alerts(
         self,
@@ -100,19 +97,6 @@ class FleetStore(Protocol):
 Publish = Callable[[str, dict[str, Any]], object]  # (event type value, data) onto the event bus
 
 
-@dataclass(frozen=True, slots=True)
-class _Observation:
-    key: str
-    for_s: float
-    bad: bool
-    clear: bool
-    server: str
-    kind: str
-    subject: str
-    value: float | None
-    message: str
-
-
 class MonitorService:
     """Runs until cancelled; `on_metrics` is fed by the control server."""
 
@@ -124,6 +108,8 @@ class MonitorService:
         links_up: Callable[[], set[str]],
         self_figures: Callable[[], list[MetricSample]],
         interval_s: float = 10.0,
+        report_interval_s: float = METRICS_INTERVAL_S,
+        notice_window_s: float = NOTICE_WINDOW_S,
         raw_retention_s: float = 86_400.0,
         minute_retention_s: float = 30 * 86_400.0,
     ) -> None:
@@ -132,13 +118,17 @@ class MonitorService:
         self.links_up = links_up
         self.self_figures = self_figures
         self.interval_s = interval_s
+        self.report_interval_s = report_interval_s  # how often agents send figures
+        self.reports = ReportClock()
+        self.limiter = NoticeLimiter(notice_window_s)
         self.raw_retention_s, self.minute_retention_s = raw_retention_s, minute_retention_s
         self.latest: dict[
             str, tuple[float, tuple[MetricSample, ...]]
         ] = {}  # server -> (received, figures)
         self.probe_results: dict[int, ProbeResult] = {}
+        self._probing: set[int] = set()  # probes running now
         self.conditions = Conditions()
-        self.sent: dict[str, int] = {}  # channel name -> notices delivered
+        self.notifier = Notifier(list_channels=store.monitoring.list_channels, alarm=self._alarm)
         self._key_server: dict[str, str] = {}
         self._pending: list[tuple[str, float, Sequence[MetricSample]]] = []
         self._tg: TaskGroup | None = None
@@ -149,7 +139,9 @@ class MonitorService:
 
     def on_metrics(self, node_id: str, name: str, report: MetricsReport) -> None:
         """Keep an agent's newest figures (called on the event loop's thread)."""
-        self.latest[name] = (time.time(), report.samples)
+        received = time.time()
+        self.latest[name] = (received, report.samples)
+        self.reports.reported(name, received, (s.name for s in report.samples))
         self._pending.append((name, report.at, report.samples))
 
     def figures(self) -> dict[str, tuple[MetricSample, ...]]:
@@ -178,16 +170,24 @@ class MonitorService:
     async def tick(self) -> None:
         """One round: store figures, self-watch, probes, thresholds, alerts, health."""
         now = time.time()
-        self.latest[MASTER_SERVER] = (now, tuple(await anyio.to_thread.run_sync(self.self_figures)))
+        own = tuple(await anyio.to_thread.run_sync(self.self_figures))
+        self.latest[MASTER_SERVER] = (now, own)
+        self.reports.reported(MASTER_SERVER, now, (s.name for s in own))
         pending, self._pending = self._pending, []
         servers = await anyio.to_thread.run_sync(self._store_round, pending, now)
         probes = await anyio.to_thread.run_sync(self.store.monitoring.list_probes)
-        await self._run_probes([p for p in probes if p.enabled])
+        self._start_probes([p for p in probes if p.enabled])
         rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
         judged, live = self._thresholds(rules, servers, now)
-        observations = self._heartbeats(servers) + judged + self._probes(probes)
+        up = self.links_up()
+        observations = (
+            self._heartbeats(servers, up) + self._silences(servers, up, now) + judged
+        ) + self._probes(probes)
         await self._apply(observations, live, now)
         await anyio.to_thread.run_sync(self._update_health, servers)
+        for notice in self.limiter.due(now):
+            assert self._tg is not None
+            self.notifier.start(self._tg, notice)
         self.ticks += 1
 
     def _store_round(
@@ -204,20 +204,28 @@ class MonitorService:
             )
         return self.store.list_servers()
 
-    async def _run_probes(self, probes: list[ProbeRule]) -> None:
-        async def one(rule: ProbeRule) -> None:
-            self.probe_results[rule.id] = await run_probe(rule)
+    def _start_probes(self, probes: list[ProbeRule]) -> None:
+        """Start each probe that is not still running, in the background: a probe waits up to its
+        own timeout (60 s at most) and must not hold up the tick; its result is judged at the
+        first tick after it ends."""
+        assert self._tg is not None
+        for rule in probes:
+            if rule.id not in self._probing:
+                self._probing.add(rule.id)
+                self._tg.start_soon(self._probe, rule)
 
-        async with anyio.create_task_group() as tg:
-            for rule in probes:
-                tg.start_soon(one, rule)
+    async def _probe(self, rule: ProbeRule) -> None:
+        logger.debug("probe %s started", rule.name)
+        try:
+            self.probe_results[rule.id] = await run_probe(rule)
+        finally:
+            self._probing.discard(rule.id)
 
     # --- observations ---
 
-    def _heartbeats(self, servers: Sequence[ServerView]) -> list[_Observation]:
-        up = self.links_up()
+    def _heartbeats(self, servers: Sequence[ServerView], up: set[str]) -> list[Observation]:
         return [
-            _Observation(
+            Observation(
                 key=f"heartbeat:{s.name}",
                 for_s=self.interval_s,
                 bad=s.node_id not in up,
@@ -231,43 +239,59 @@ class MonitorService:
             for s in servers
         ]
 
+    def _silences(
+        self, servers: Sequence[ServerView], up: set[str], now: float
+    ) -> list[Observation]:
+        """A "no data" observation per server: its link is up but its figures stopped."""
+        return [
+            self.reports.observe(
+                s.name, up=s.node_id in up, now=now, interval_s=self.report_interval_s
+            )
+            for s in servers
+        ]
+
     def _thresholds(
         self, rules: list[ThresholdRule], servers: Sequence[ServerView], now: float
-    ) -> tuple[list[_Observation], set[str]]:
+    ) -> tuple[list[Observation], set[str]]:
         """Return observations of fresh figures, and every key the rules cover (judged or not)."""
-        stale_s = max(300.0, STALE_AFTER_TICKS * self.interval_s)
         targets = [(s.name, s.group) for s in servers] + [(MASTER_SERVER, "")]
-        out: list[_Observation] = []
+        out: list[Observation] = []
         live: set[str] = set()
         for rule in rules:
             for name, group in targets:
-                if name == MASTER_SERVER and not (
-                    rule.scope == "server" and rule.target == MASTER_SERVER
-                ):
-                    continue
-                if not applies_to(rule, name, group):
+                if not _covers(rule, name, group):
                     continue
                 live.add(f"threshold:{rule.id}:{name}")
-                received, samples = self.latest.get(name, (0.0, ()))
-                value = value_for(rule, samples) if now - received <= stale_s else None
-                if value is None:
-                    continue
-                out.append(
-                    _Observation(
-                        key=f"threshold:{rule.id}:{name}",
-                        for_s=rule.for_s,
-                        bad=breached(rule.operator, value, rule.value),
-                        clear=cleared(rule.operator, value, rule.value, rule.hysteresis),
-                        server=name,
-                        kind="threshold",
-                        subject=rule.metric,
-                        value=value,
-                        message=f"{rule.metric} {rule.operator} {rule.value:g} on {name}",
-                    )
-                )
+                observation = self._judge(rule, name, now)
+                if observation is not None:
+                    out.append(observation)
         return out, live
 
-    def _probes(self, probes: list[ProbeRule]) -> list[_Observation]:
+    def _judge(self, rule: ThresholdRule, name: str, now: float) -> Observation | None:
+        """Observe one rule on one server: its figure, its series gone, or None (stale figures)."""
+        received, samples = self.latest.get(name, (0.0, ()))
+        if now - received > max(300.0, STALE_AFTER_TICKS * self.interval_s):
+            return None
+        value = value_for(rule, samples)
+        if value is None and not self.reports.series_gone(
+            name, rule.metric, now=now, interval_s=self.report_interval_s
+        ):
+            return None
+        return Observation(
+            key=f"threshold:{rule.id}:{name}",
+            for_s=rule.for_s,
+            bad=value is not None and breached(rule.operator, value, rule.value),
+            clear=value is None or cleared(rule.operator, value, rule.value, rule.hysteresis),
+            server=name,
+            kind="threshold",
+            subject=rule.metric,
+            value=value,
+            message=f"{rule.metric} {rule.operator} {rule.value:g} on {name}",
+            note="series gone" if value is None else "",
+            rule_since=rule.created_at,
+        )
+
+    def _probes(self, probes: list[ProbeRule]) -> list[Observation]:
         out = []
         for rule in probes:
             result = self.probe_results.get(rule.id)
@@ -275,7 +299,7 @@ class MonitorService:
                 continue
             where = f"{rule.host}:{rule.port}" if rule.kind == "tcp" else rule.host
             out.append(
-                _Observation(
+                Observation(
                     key=f"probe:{rule.id}",
                     for_s=rule.for_s,
                     bad=not result.ok,
@@ -285,45 +309,54 @@ class MonitorService:
                     subject=rule.name,
                     value=result.latency_ms,
                     message=f"{rule.kind} probe {rule.name} ({where}): {result.detail or 'ok'}",
+                    rule_since=rule.created_at,
                 )
             )
         return out
 
     # --- transitions ---
 
-    async def _apply(self, observations: list[_Observation], live: set[str], now: float) -> None:
-        seen: dict[str, _Observation] = {}
+    async def _apply(self, observations: list[Observation], live: set[str], now: float) -> None:
         for o in observations:
-            seen[o.key] = o
             self._key_server[o.key] = o.server
             transition = self.conditions.update(
                 o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=now
             )
             if transition is Transition.FIRE:
-                alert, new = await anyio.to_thread.run_sync(
-                    partial(
-                        self.store.monitoring.fire_alert,
-                        key=o.key,
-                        server=o.server,
-                        kind=o.kind,
-                        subject=o.subject,
-                        value=o.value,
-                        message=o.message,
-                        now=now,
-                    )
-                )
-                if new:
-                    self._announce(alert, "firing", o.value, now)
+                await self._fire(o, now)
             elif transition is Transition.RESOLVE:
-                resolved = await anyio.to_thread.run_sync(
-                    partial(self.store.monitoring.resolve_alert, o.key, now=now, value=o.value)
-                )
-                if resolved is not None:
-                    self._announce(resolved, "resolved", o.value, now)
-        # Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
-        # keys whose figures are stale keep their state (the heartbeat covers a silent agent).
-        stale = self.conditions.prune(set(seen) | live)
-        for key in stale:
+                await self._resolve(o, now)
+        await self._forget({o.key for o in observations} | live, now)
+
+    async def _fire(self, o: Observation, now: float) -> None:
+        alert, new = await anyio.to_thread.run_sync(
+            partial(
+                self.store.monitoring.fire_alert,
+                key=o.key,
+                server=o.server,
+                kind=o.kind,
+                subject=o.subject,
+                value=o.value,
+                message=o.message,
+                now=now,
+            )
+        )
+        if new:
+            self._announce(alert, "firing", o, now)
+
+    async def _resolve(self, o: Observation, now: float) -> None:
+        resolved = await anyio.to_thread.run_sync(
+            partial(self.store.monitoring.resolve_alert, o.key, now=now, value=o.value, note=o.note)
+        )
+        if resolved is not None:
+            self._announce(resolved, "resolved", o, now)
+
+    async def _forget(self, keep: set[str], now: float) -> None:
+        """Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
+        keys whose figures are stale keep their state (heartbeat and no_data cover a silent
+        agent)."""
+        self.limiter.retain(keep)
+        for key in self.conditions.prune(keep):
             resolved = await anyio.to_thread.run_sync(
                 partial(self.store.monitoring.resolve_alert, key, now=now)
             )
@@ -338,12 +371,12 @@ class MonitorService:
                     },
                 )
 
-    def _announce(self, alert: AlertInfo, state: str, value: float | None, now: float) -> None:
+    def _announce(self, alert: AlertInfo, state: str, o: Observation, now: float) -> None:
         notice = Notice(
             alert_id=alert.id,
             server=alert.server,
             metric=alert.subject,
-            value=value,
+            value=o.value,
             state=state,
             message=alert.message,
             at=now,
@@ -355,58 +388,26 @@ class MonitorService:
                 "server": alert.server,
                 "kind": alert.kind,
                 "subject": alert.subject,
-                "value": value,
+                "value": o.value,
                 "message": alert.message,
             },
         )
-        assert self._tg is not None
-        self._tg.start_soon(self._notify, notice)
+        self._notify(alert.key, notice, o.rule_since, now)
 
-    async def _notify(self, notice: Notice) -> None:
-        channels = await anyio.to_thread.run_sync(self.store.monitoring.list_channels)
-        async with anyio.create_task_group() as tg:
-            for info in channels:
-                if info.enabled:
-                    tg.start_soon(self._deliver, info, notice)
-
-    async def _deliver(self, info: ChannelInfo, notice: Notice) -> None:
-        """Send one notice through one channel, retrying a failed delivery with backoff."""
-        try:
-            channel = build_channel(info.kind, info.config, alarm=self._alarm)
-        except ConfigError as exc:
-            logger.error("alert %s via %s not sent: %s", notice.alert_id, info.name, exc)
-            return
-        delay_s, give_up_at = NOTIFY_RETRY_FIRST_S, anyio.current_time() + NOTIFY_GIVE_UP_S
-        while not await self._attempt(channel, info, notice):
-            if anyio.current_time() + delay_s > give_up_at:
-                logger.error(
-                    "alert %s via %s: gave up after %g s",
-                    notice.alert_id,
-                    info.name,
-                    NOTIFY_GIVE_UP_S,
-                )
-                return
-            await anyio.sleep(delay_s)
-            delay_s = min(2 * delay_s, NOTIFY_RETRY_MAX_S)
-        self.sent[info.name] = self.sent.get(info.name, 0) + 1
-        logger.info("alert %s (%s) sent via %s", notice.alert_id, notice.state, info.name)
-
-    async def _attempt(self, channel: Channel, info: ChannelInfo, notice: Notice) -> bool:
-        """Return whether the notice is done with: sent, or failed in a way a retry cannot fix."""
-        try:
-            with anyio.fail_after(NOTIFY_TIMEOUT_S):
-                await channel.send(notice)
-        except (AlertDeliveryFailed, TimeoutError) as exc:
-            logger.warning(
-                "alert %s via %s failed, will retry: %s",
+    def _notify(self, key: str, notice: Notice, rule_since: float, now: float) -> None:
+        """Send the notice unless its key used up its notices for now (flapping)."""
+        admitted = self.limiter.admit(key, notice, now, rule_since=rule_since)
+        if admitted is None:
+            logger.info(
+                "alert %s (%s) held back: flapping, %s notices per %g s at most",
                 notice.alert_id,
-                info.name,
-                exc or "timeout",
+                notice.state,
+                NOTICES_PER_WINDOW,
+                self.limiter.window_s,
             )
-            return False
-        except Exception:  # a channel's bug must not end the monitor (and the master with it)
-            logger.exception("alert %s via %s failed unexpectedly", notice.alert_id, info.name)
-        return True
+            return
+        assert self._tg is not None
+        self.notifier.start(self._tg, admitted)
 
     def _alarm(self, notice: Notice) -> None:
         self.publish("alarm", notice.to_json())
@@ -422,3 +423,10 @@ class MonitorService:
                 self.publish(
                     "server_health", {"name": s.name, "node_id": s.node_id, "health": health}
                 )
+
+
+def _covers(rule: ThresholdRule, name: str, group: str) -> bool:
+    """Return whether `rule` checks server `name`; the master's own figures only by name."""
+    if name == MASTER_SERVER and not (rule.scope == "server" and rule.target == MASTER_SERVER):
+        return False
+    return applies_to(rule, name, group)

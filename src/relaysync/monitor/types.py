@@ -10,7 +10,7 @@ Operator = Literal[">", ">=", "<", "<=", "==", "!="]
 ProbeKind = Literal["tcp", "ping"]
 ChannelKind = Literal["email", "webhook", "sms", "console"]
 AlertState = Literal["firing", "acknowledged", "resolved"]
-AlertKind = Literal["threshold", "probe", "heartbeat"]
+AlertKind = Literal["threshold", "probe", "heartbeat", "no_data"]
 
 SCOPES: tuple[Scope, ...] = ("server", "group", "all")
 OPERATORS: tuple[Operator, ...] = (">", ">=", "<", "<=", "==", "!=")
@@ -67,7 +67,7 @@ class AlertInfo:
     """One incident of the alert log."""
 
     id: int
-    key: str  # identifies the condition: threshold:ID:SERVER, probe:ID, heartbeat:SERVER
+    key: str  # the condition: threshold:ID:SERVER, probe:ID, heartbeat:SERVER, no_data:SERVER
     server: str
     kind: AlertKind
     subject: str  # the metric or the probe's name

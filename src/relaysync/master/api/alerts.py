@@ -21,7 +21,7 @@ class AlertOut(BaseModel):
     id: int
     key: str  # threshold:ID:SERVER, probe:ID or heartbeat:SERVER
     server: str
-    kind: str  # threshold | probe | heartbeat
+    kind: str  # threshold | probe | heartbeat | no_data
     subject: str  # the metric or the probe's name
     value: float | None
     message: str

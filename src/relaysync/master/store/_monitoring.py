@@ -419,9 +419,10 @@ class MonitoringStore:
             return _alert(row), True
 
     def resolve_alert(
-        self, key: str, *, now: float, value: float | None = None
+        self, key: str, *, now: float, value: float | None = None, note: str = ""
     ) -> AlertInfo | None:
-        """Close the open incident of `key`; returns it, or None if none was open."""
+        """Close the open incident of `key`, adding `note` (why) to its message; returns it, or
+        None if none was open."""
         with self._write("resolve alert") as session:
             row = session.scalars(
                 select(AlertRow)
@@ -433,6 +434,8 @@ class MonitoringStore:
             row.state, row.resolved_at = "resolved", now
             if value is not None:
                 row.value = value
+            if note:
+                row.message = f"{row.message} ({note})"
             return _alert(row)
 
     def acknowledge_alert(self, alert_id: int, *, by: str, now: float) -> AlertInfo:

@@ -1,0 +1,168 @@
+"""The monitor's checks over a real store and real sockets: probes that hang, agents that stop
+reporting, series that disappear."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+import anyio
+import pytest
+
+from relaysync.master.store import Store
+from relaysync.monitor.collectors import sample
+from relaysync.monitor.engine import MonitorService
+from relaysync.monitor.types import AlertInfo
+from relaysync.protocol.messages import MetricsReport
+
+INTERVAL_S = 0.1
+WAIT_S = 20.0  # generous, yet well below the hanging probe's 60 s timeout
+NODE = "d" * 64
+
+
+@contextmanager
+def blackhole() -> Iterator[int]:
+    """A loopback port that never answers a connect: its accept queue is full, so the kernel
+    drops every new SYN, like a firewall dropping packets to a server that is down."""
+    with ExitStack() as stack:
+        server = stack.enter_context(socket.socket())
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = int(server.getsockname()[1])
+        for _ in range(16):  # fill the queue until a connect hangs
+            client = stack.enter_context(socket.socket())
+            client.settimeout(0.5)
+            try:
+                client.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+        else:
+            pytest.skip("this kernel accepts connects beyond a full listen backlog")
+        yield port
+
+
+def _monitor(store: Store, links_up: Callable[[], set[str]] = set) -> MonitorService:
+    return MonitorService(
+        store=store,
+        publish=lambda kind, data: None,
+        links_up=links_up,
+        self_figures=list,
+        interval_s=INTERVAL_S,
+    )
+
+
+def _run_until(monitor: MonitorService, done: Callable[[], bool]) -> bool:
+    """Run the monitor until `done()` holds or WAIT_S pass; returns whether it held."""
+
+    async def main() -> bool:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.serve)
+            with anyio.move_on_after(WAIT_S):
+                while not done():
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+        return done()
+
+    return anyio.run(main)
+
+
+def test_a_hanging_probe_does_not_hold_up_the_other_checks(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TCP probe that waits its whole 60 s timeout: the heartbeat of a server whose link is
+    down still fires within a few ticks, and the probe is not started again while it runs."""
+    store.upsert_server(node_id=NODE, name="web1", region="r", group="g", address="127.0.0.1:1")
+    caplog.set_level(logging.DEBUG, logger="relaysync.monitor.engine")
+    with blackhole() as port:
+        probe = store.monitoring.create_probe(
+            name="slow", kind="tcp", host="127.0.0.1", port=port, timeout_s=60
+        )
+        monitor = _monitor(store)
+        assert _run_until(
+            monitor,
+            lambda: "heartbeat:web1" in monitor.conditions.firing_keys() and monitor.ticks >= 20,
+        ), f"after {monitor.ticks} ticks: {monitor.conditions.firing_keys()}"
+    started = [r for r in caplog.records if r.getMessage() == f"probe {probe.name} started"]
+    assert len(started) == 1, [r.getMessage() for r in caplog.records]
+
+
+REPORT_S = 0.5  # the agents' report interval the master expects, for these tests
+
+
+def _report(monitor: MonitorService, **figures: float) -> None:
+    samples = tuple(sample(name, value) for name, value in figures.items())
+    monitor.on_metrics(NODE, "web1", MetricsReport(at=time.time(), samples=samples))
+
+
+def _alerts(store: Store, key: str) -> list[AlertInfo]:
+    return [a for a in store.monitoring.list_alerts(server="web1") if a.key == key]
+
+
+def _health(store: Store) -> str:
+    return next(s.health for s in store.list_servers() if s.name == "web1")
+
+
+def test_an_agent_whose_figures_stop_is_alerted_until_they_return(store: Store) -> None:
+    """The control link stays up but the reports stop (the collector died): a "no data" alert
+    fires after three report intervals, and resolves once figures come back."""
+    store.upsert_server(node_id=NODE, name="web1", region="r", group="g", address="127.0.0.1:1")
+    monitor = _monitor(store, links_up=lambda: {NODE})
+    monitor.report_interval_s = REPORT_S
+    key = "no_data:web1"
+
+    async def feed_for(seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            while True:
+                _report(monitor, cpu_percent=5)
+                await anyio.sleep(REPORT_S / 5)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.serve)
+            await feed_for(4 * REPORT_S * 3)  # reporting: no alert
+            assert _alerts(store, key) == []
+            with anyio.fail_after(WAIT_S):  # silent from here
+                while [a.state for a in _alerts(store, key)] != ["firing"] or _health(
+                    store
+                ) == "ok":
+                    await anyio.sleep(0.05)
+            with anyio.fail_after(WAIT_S):  # reporting again
+                while [a.state for a in _alerts(store, key)] != ["resolved"]:
+                    _report(monitor, cpu_percent=5)
+                    await anyio.sleep(REPORT_S / 5)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def test_a_threshold_whose_series_is_gone_resolves_saying_so(store: Store) -> None:
+    """A disk-usage alert for a filesystem that is no longer reported (unmounted) while the
+    agent goes on reporting its other figures resolves, with "series gone" in its message."""
+    store.upsert_server(node_id=NODE, name="web1", region="r", group="g", address="127.0.0.1:1")
+    rule = store.monitoring.create_threshold(
+        scope="server", target="web1", metric="disk_used_percent", operator=">", value=90
+    )
+    monitor = _monitor(store, links_up=lambda: {NODE})
+    monitor.report_interval_s = REPORT_S
+    key = f"threshold:{rule.id}:web1"
+
+    async def report_until(states: list[str], **figures: float) -> None:
+        with anyio.fail_after(WAIT_S):
+            while [a.state for a in _alerts(store, key)] != states:
+                _report(monitor, **figures)
+                await anyio.sleep(REPORT_S / 5)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.serve)
+            await report_until(["firing"], cpu_percent=5, disk_used_percent=95)
+            await report_until(["resolved"], cpu_percent=5)  # the filesystem is unmounted
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    (alert,) = _alerts(store, key)
+    assert "series gone" in alert.message, alert.message
+    assert [a.state for a in _alerts(store, "no_data:web1")] == []
