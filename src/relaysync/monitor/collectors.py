@@ -102,6 +102,8 @@ class Collector:
                 report = await self.collect()
             except (OSError, psutil.Error) as exc:
                 logger.warning("collecting figures failed, will retry: %s", exc)
+            except Exception:  # a bug in one figure costs this report, not the agent
+                logger.exception("building the figures report failed, will retry")
             else:
                 result = send(report)
                 if result is not None:

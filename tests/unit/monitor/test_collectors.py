@@ -1,0 +1,43 @@
+"""The agent's collector: a failure to build one report (a bug in a figure, an odd /proc) costs
+that report only; the agent's monitoring, and the agent with it, go on."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from relaysync.monitor.collectors import Collector, sample
+from relaysync.protocol.messages import MetricSample, MetricsReport
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_a_report_that_fails_to_build_is_skipped_and_the_next_one_goes(tmp_path) -> None:
+    calls = 0
+
+    def own() -> list[MetricSample]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("a bug in one figure")
+        return [sample("links_total", 1)]
+
+    sent: list[MetricsReport] = []
+    collector = Collector(folders=lambda: [str(tmp_path)], own=own)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                lambda task_status: collector.serve(
+                    sent.append, interval_s=0.01, task_status=task_status
+                )
+            )
+            while not sent:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert calls >= 2
+    assert any(s.name == "links_total" for s in sent[0].samples)
