@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from relaysync.protocol.messages import MassDeleteHeld
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.manifest import Manifest, ancestors
-from relaysync.watch.watcher import FsEvent
+from relaysync.watch.watcher import FsEvent, Watcher
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class MassDeleteGuard:
     _allow_mass_delete: bool
     _delete_confirm: int
     _guard_recent: deque[tuple[float, int]]  # (monotonic time, entries) of deletes journaled
+    watcher: Watcher | None  # the source's, which knows whether the folder was unmounted
 
     if TYPE_CHECKING:  # SourceMapping's, which journals what the rescan finds
 
@@ -72,6 +73,7 @@ class MassDeleteGuard:
         self._delete_confirm = delete_confirm  # those count as seen
         self._guard_recent = deque()
         self.on_guard = None
+        self.watcher = None
 
     def _guard_verdict(self, changes: list[PendingChange], *, settle: bool) -> Verdict:
         """The mass-delete guard: hold a batch that would delete most of the folder.
@@ -87,7 +89,10 @@ class MassDeleteGuard:
         deletes = _outermost(c.path for c in changes if c.op == "delete")
         if not deletes:
             return "pass"
-        root_missing = not self.root.is_dir()
+        # Unmounted, the folder's path shows the mount point's own directory (empty, most often).
+        root_missing = not self.root.is_dir() or (
+            self.watcher is not None and self.watcher.root_lost
+        )
         if not root_missing:
             verdict = self._judge_window(deletes, settle=settle)
             if verdict != "hold":

@@ -214,7 +214,7 @@ class SourceMapping(MassDeleteGuard):
             )
             self.root.mkdir(parents=True, exist_ok=True)
         send, receive = anyio.create_memory_object_stream[list[FsEvent]](EVENT_QUEUE)
-        watcher = Watcher(self.root, self.filter)
+        self.watcher = watcher = Watcher(self.root, self.filter)
         async with anyio.create_task_group() as tg:
             await tg.start(watcher.serve, send)
             tg.start_soon(self._recheck_held)
