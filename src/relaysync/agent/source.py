@@ -8,18 +8,19 @@ against the manifest, so whatever changed while the agent was down is journaled 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from relaysync.protocol.messages import MappingSpec, MassDeleteHeld, nodes_below
+from relaysync.protocol.messages import MappingSpec, nodes_below
 from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter, encodes_utf8
@@ -28,7 +29,7 @@ from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
-from ._mass_delete_guard import MassDeleteGuard
+from ._mass_delete_guard import MassDeleteGuard, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +76,8 @@ class SourceMapping(MassDeleteGuard):
         # The value counts re-checks that found the path gone (see _recheck_held).
         self._held: dict[str, int] = {}
         self._record_lock = anyio.Lock()
-        # Mass-delete guard: held batches, and the operator's confirmations seen so far.
-        self._guard_held = False
-        self._guard_probe: list[str] = []
-        self._guard_backoff_s = self._guard_due_s = 0.0
-        self._allow_mass_delete = False
-        self._delete_confirm = (
-            spec.delete_confirm
-        )  # confirmations made before we started count as seen
-        self.on_guard: Callable[[MassDeleteHeld], None] | None = None
+        # Mass-delete guard: held batches, recent deletes, the operator's confirmations seen.
+        self._init_guard(spec.delete_confirm)
         self.realtime = spec.mode == "realtime"
 
     def _load_acks(self) -> dict[str, int]:
@@ -220,7 +214,7 @@ class SourceMapping(MassDeleteGuard):
             )
             self.root.mkdir(parents=True, exist_ok=True)
         send, receive = anyio.create_memory_object_stream[list[FsEvent]](EVENT_QUEUE)
-        watcher = Watcher(self.root, self.filter)
+        self.watcher = watcher = Watcher(self.root, self.filter)
         async with anyio.create_task_group() as tg:
             await tg.start(watcher.serve, send)
             tg.start_soon(self._recheck_held)
@@ -272,7 +266,8 @@ class SourceMapping(MassDeleteGuard):
                         events = events + receive.receive_nowait()
                     except anyio.WouldBlock:
                         break
-                await self._record(events)
+                if not await self._record(events, settle=True):  # many deletes: more coming?
+                    await self._record(await self._settle(events, receive))
 
     async def _recheck_held(self) -> None:
         while True:
@@ -354,12 +349,14 @@ class SourceMapping(MassDeleteGuard):
                 if change.op == "rename":
                     self._held[change.new_path + path[len(change.path) :]] = 0
 
-    async def _record(self, events: Sequence[FsEvent]) -> None:
+    async def _record(self, events: Sequence[FsEvent], *, settle: bool = False) -> bool:
+        """Detect and journal `events`; False if, with `settle`, the mass-delete guard wants to
+        see what follows before it judges their deletes (then nothing past them is journaled)."""
         # One batch at a time: detect reads the manifest that the previous batch's apply wrote.
         async with self._record_lock:
-            await self._record_locked(events)
+            return await self._record_locked(events, settle=settle)
 
-    async def _record_locked(self, events: Sequence[FsEvent]) -> None:
+    async def _record_locked(self, events: Sequence[FsEvent], *, settle: bool = False) -> bool:
         events = [e for e in events if self._names_encode(e.path, e.new_path)]
         closed = {e.path for e in events if e.kind == "write"}
         rest = list(events)
@@ -369,19 +366,26 @@ class SourceMapping(MassDeleteGuard):
             # whole, in one journal write.
             detected, rest = await anyio.to_thread.run_sync(self.recorder.detect, rest)
             detected = [c for c in detected if self._encodes(c)]
-            if not await self._journal(detected, closed):
-                return  # held by the mass-delete guard, whose rescans find the rest too
+            verdict = await self._journal(detected, closed, settle)
+            if verdict != "pass":  # held: the guard's rescans find the rest too
+                return verdict == "hold"
         if any(e.kind == "rescan" and not e.path for e in events):
             self._guard_rescanned()  # the whole folder, and no mass delete in it: a hold ends
+        return True
 
-    async def _journal(self, detected: list[PendingChange], closed: set[str]) -> bool:
-        """Journal and apply detected changes; return False if the mass-delete guard held them."""
+    async def _journal(
+        self, detected: list[PendingChange], closed: set[str], settle: bool
+    ) -> Verdict:
+        """Journal and apply detected changes unless the mass-delete guard says otherwise."""
         changes = self._hold_hot(detected, closed)
         self._follow_held(detected)
         if not changes:
-            return True
-        if await anyio.to_thread.run_sync(self._guard_trips, changes):
-            return False
+            return "pass"
+        verdict = await anyio.to_thread.run_sync(
+            functools.partial(self._guard_verdict, changes, settle=settle)
+        )
+        if verdict != "pass":
+            return verdict
         # A full scan can find 100,000 changes: journal them in slices, so the links start
         # streaming early and the journal records of one slice at a time are alive.
         for start in range(0, len(changes), JOURNAL_SLICE):
@@ -391,7 +395,7 @@ class SourceMapping(MassDeleteGuard):
             del records
             event, self._new_records = self._new_records, anyio.Event()
             event.set()
-        return True
+        return "pass"
 
     def _names_encode(self, *paths: str) -> bool:
         """False (and a warning, once per path) for a path the journal and manifest cannot hold.

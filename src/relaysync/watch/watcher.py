@@ -6,7 +6,8 @@ existed are found by the scan (a directory renamed before its CREATE was read is
 rescanned, under its new name when the move is read). MOVED_FROM/MOVED_TO with one cookie
 become one "move"; a MOVED_FROM left alone for MOVE_PAIR_S after it was read (whatever else
 arrives meanwhile) becomes "delete", a lone MOVED_TO becomes "rescan". A kernel queue overflow
-becomes "rescan" of the whole tree.
+becomes "rescan" of the whole tree. A root deleted, moved away or unmounted is lost (`root_lost`,
+"rescan" of it) until a directory is back at its path (`_root.RootPresence`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from asyncinotify import Event, Inotify, Mask, Watch
 from relaysync.constants import UNWATCHED_SCAN_INTERVAL_S
 from relaysync.errors import WatchLimitReached
 from relaysync.watch._fsevent import EventKind, FsEvent
+from relaysync.watch._pending_move import PendingFrom
+from relaysync.watch._root import RootPresence
 from relaysync.watch.buffer import coalesce
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.scanner import join
@@ -36,17 +39,11 @@ logger = logging.getLogger(__name__)
 
 MAX_VANISHED = 4096  # vanished directories remembered until their DELETE or MOVED_FROM is read
 MOVE_PAIR_S = 0.02  # a MOVED_TO follows its MOVED_FROM within microseconds; 20 ms is generous
-PAIR_BATCH_MAX_S = (
-    0.1  # a batch waiting for MOVED_TOs goes out after this long, however busy the tree
-)
+PAIR_BATCH_MAX_S = 0.1  # a batch waiting for MOVED_TOs goes out then, however busy the tree
 ROOT_POLL_S = 0.5  # how often a lost root folder is looked for again
-MODIFY_QUIET_S = (
-    1.0  # a file modified without close-write (truncate) is shipped after this quiet time
-)
+MODIFY_QUIET_S = 1.0  # a file modified without close-write (truncate) goes after this quiet
 INOTIFY_READ_EVENTS = 4096  # events read per read(2), so a burst is one batch
-BATCH_MAX_EVENTS = (
-    4 * INOTIFY_READ_EVENTS
-)  # events read into one batch; the rest stay queued for the next
+BATCH_MAX_EVENTS = 4 * INOTIFY_READ_EVENTS  # read into one batch; the rest wait for the next
 _MASK = (
     Mask.CLOSE_WRITE
     | Mask.MODIFY
@@ -71,17 +68,6 @@ def _under(path: str, top: str) -> bool:
     return not top or path == top or path.startswith(top + "/")
 
 
-class _PendingFrom:
-    """A MOVED_FROM waiting for its MOVED_TO, holding its place in the batch."""
-
-    def __init__(self, path: str, is_dir: bool, accepted: bool) -> None:
-        self.path = path
-        self.is_dir = is_dir
-        self.accepted = accepted
-        self.paired = False
-        self.read_at = time.monotonic()  # pairing is timed from here, not from the last event
-
-
 class Watcher:
     """Watches a tree with inotify and sends batches of FsEvents.
 
@@ -94,7 +80,10 @@ class Watcher:
     Error handling: when the kernel's watch limit is reached, a warning names the fix once, and
     the directories left unwatched are reported as "rescan" every unwatched_scan_interval_s
     (their watches are retried then too). A queue overflow re-adds watches for the whole tree
-    and reports "rescan" of "".
+    and reports "rescan" of "". A root deleted, moved away or unmounted (IN_DELETE_SELF,
+    IN_MOVE_SELF, IN_UNMOUNT, or its watch IN_IGNORED) is lost: its watches go, "rescan" of ""
+    is reported, and every ROOT_POLL_S it is looked for; once back, it is watched and rescanned.
+    A file system unmounted below the root has its directory rescanned and watched again.
 
     Resource handling: the inotify descriptor lives as long as `serve()` and is closed on exit.
     """
@@ -118,18 +107,23 @@ class Watcher:
         # before their CREATE was read; the DELETE or MOVED_FROM that says which is still queued.
         self._vanished: dict[str, None] = {}
         self._limit_warned = False
-        self._batch: list[FsEvent | _PendingFrom] = []
+        self._batch: list[FsEvent | PendingFrom] = []
         self._batch_read = 0  # inotify events read into the current batch
-        self._cookies: dict[int, _PendingFrom] = {}
+        self._cookies: dict[int, PendingFrom] = {}
         # MODIFY without a CLOSE_WRITE (truncate(2), writes through a long-open fd or mmap):
         # path -> monotonic time of its last MODIFY, reported as "write" once quiet.
         self._modified: dict[str, float] = {}
-        self._root_lost = False
+        self._presence = RootPresence(root)
 
     @property
     def unwatched(self) -> list[str]:
         """Directories (with their subtrees) that have no watch because of the watch limit."""
         return list(self._unwatched)
+
+    @property
+    def root_lost(self) -> bool:
+        """Whether the root folder is gone (deleted, moved away, unmounted) and not back yet."""
+        return self._presence.lost
 
     async def serve(
         self,
@@ -198,6 +192,8 @@ class Watcher:
         self._wds[rel] = watch.wd
         self._watches[watch.wd] = watch
         self._unwatched.pop(rel, None)
+        if not rel:
+            self._presence.watched()
         return True
 
     def _note_unwatched(self, rel: str) -> None:
@@ -329,7 +325,7 @@ class Watcher:
         self._cookies.clear()
         return out
 
-    def _moved_out(self, item: _PendingFrom, out: list[FsEvent]) -> None:
+    def _moved_out(self, item: PendingFrom, out: list[FsEvent]) -> None:
         if item.is_dir:
             self._forget_tree(item.path, remove=True)
         if item.accepted:
@@ -351,12 +347,16 @@ class Watcher:
         if watch is None:
             return
         if Mask.IGNORED in mask:
+            if self._paths.get(watch.wd) == "":  # not removed by us: its file system went
+                self._lose_root(unmounted=True)
             self._drop_watch(watch.wd)
             return
         base = self._paths.get(watch.wd)
         if base is None:
             return
-        if event.name is None:
+        if Mask.UNMOUNT in mask:
+            self._unmounted(base)
+        elif event.name is None:
             self._self_event(base, mask)
             return
         self._child_event(join(base, str(event.name)), mask, event.cookie)
@@ -364,7 +364,8 @@ class Watcher:
     def _overflow(self) -> None:
         logger.warning("inotify queue overflowed under %s: rescanning the whole tree", self._root)
         self._vanished.clear()
-        self._add_tree("")
+        if not self._presence.lost:
+            self._add_tree("")
         self._emit("rescan", "", is_dir=True)
 
     def _drop_watch(self, wd: int) -> None:
@@ -375,20 +376,36 @@ class Watcher:
 
     def _self_event(self, base: str, mask: Mask) -> None:
         if base == "" and mask & (Mask.DELETE_SELF | Mask.MOVE_SELF):
-            logger.warning(
-                "watched root %s was deleted or moved (an unmounted disk?); "
-                "rescanning, and watching again once it is back",
-                self._root,
-            )
-            self._root_lost = True
-            self._emit("rescan", "", is_dir=True)
+            self._lose_root(unmounted=False)
+
+    def _unmounted(self, base: str) -> None:
+        """IN_UNMOUNT: the file system of the watch on `base` went (every watch on it is
+        IN_IGNORED next), the root's or one mounted below it, which shows its mount point now."""
+        if not base or self._presence.moved_off():
+            self._lose_root(unmounted=True)
+        else:
+            self._add_tree(base)
+            self._emit("rescan", base, is_dir=True)
+
+    def _lose_root(self, *, unmounted: bool) -> None:
+        """The root is gone: forget its watches (a moved root's would report what happens to
+        it elsewhere) and rescan, which finds it empty or missing (the source's mass-delete
+        guard holds that); `_watch_root_return` watches it again once it is back."""
+        if not self._presence.lose(unmounted=unmounted):
+            return
+        logger.warning(
+            "watched root %s was %s; rescanning, and watching again once it is back",
+            self._root,
+            "unmounted" if unmounted else "deleted or moved (an unmounted disk?)",
+        )
+        self._forget_tree("", remove=True)
+        self._emit("rescan", "", is_dir=True)
 
     async def _watch_root_return(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
-        """When the root folder is replaced (remounted, recreated), watch the new one and rescan."""
+        """When the root folder is back (remounted, made again), watch it and rescan it."""
         while True:
             await anyio.sleep(ROOT_POLL_S)
-            if self._root_lost and self._root.is_dir():
-                self._root_lost = False
+            if self._presence.back():
                 self._add_tree("")
                 logger.warning("watched root %s is back: rescanning it", self._root)
                 await send.send([FsEvent(kind="rescan", path="", is_dir=True)])
@@ -429,7 +446,7 @@ class Watcher:
             self._emit("write", rel)  # a new hard link: no CLOSE_WRITE will follow
 
     def _moved_from(self, rel: str, is_dir: bool, cookie: int) -> None:
-        pending = _PendingFrom(rel, is_dir, self._filter.accepts(rel, is_dir=is_dir))
+        pending = PendingFrom(rel, is_dir, self._filter.accepts(rel, is_dir=is_dir))
         self._cookies[cookie] = pending
         self._batch.append(pending)
 

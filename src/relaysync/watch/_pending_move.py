@@ -1,0 +1,18 @@
+"""A pending move: a MOVED_FROM the watcher read, waiting for its MOVED_TO."""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["PendingFrom"]
+
+
+class PendingFrom:
+    """A MOVED_FROM waiting for its MOVED_TO, holding its place in the batch."""
+
+    def __init__(self, path: str, is_dir: bool, accepted: bool) -> None:
+        self.path = path
+        self.is_dir = is_dir
+        self.accepted = accepted
+        self.paired = False
+        self.read_at = time.monotonic()  # pairing is timed from here, not from the last event

@@ -1,0 +1,77 @@
+"""SourceMapping: an unmounted source folder holds the deletes a rescan finds, and the source
+journals again once the disk is back (real tmpfs mounts; skipped where mount is refused)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from relaysync.agent.source import SourceMapping
+from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
+from relaysync.watch.watcher import FsEvent
+from tests._tmpfs import mount_tmpfs, remount_copy, umount, unmounted_at_exit
+
+OLD_NS = 10**18  # long cooled down: a scan journals such a file at once
+WAIT_S = 30.0  # bound of every poll: the test machine is shared and loaded
+
+
+async def _wait(condition: Callable[[], object]) -> None:
+    with anyio.fail_after(WAIT_S):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def _fill(root: Path) -> None:
+    """A small folder, fewer entries than GUARD_MIN_DELETES: held only as a missing folder."""
+    for d in range(2):
+        (root / f"d{d}").mkdir()
+        for i in range(20):
+            (root / f"d{d}" / f"{i}.txt").write_text(str(i))
+            os.utime(root / f"d{d}" / f"{i}.txt", ns=(OLD_NS, OLD_NS))
+        os.utime(root / f"d{d}", ns=(OLD_NS, OLD_NS))
+
+
+def test_an_unmounted_source_holds_its_deletes_and_journals_again_once_remounted(
+    tmp_path: Path,
+) -> None:
+    """Found in review: after `umount` of the source's disk nothing happened (no event, no
+    rescan, no alarm), and after mounting it again a new file was never journaled: every watch
+    had been dropped silently. Now the unmount is the guard's "folder missing" (the rescan's
+    deletes are held and alarmed), and once the disk is back the hold ends and files are
+    journaled again."""
+    root, staging, backup = tmp_path / "disk", tmp_path / "staging", tmp_path / "backup"
+    alarms: list[MassDeleteHeld] = []
+
+    async def main(mapping: SourceMapping) -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])  # what serve() starts with
+        head = mapping.journal.last_seq
+        async with anyio.create_task_group() as tg:
+            await tg.start(mapping.serve)
+            umount(root)
+            await _wait(lambda: alarms)
+            assert [(a.deletes, a.root_missing) for a in alarms] == [(42, True)]
+            assert list(mapping.journal.read(head)) == []  # no delete goes to the targets
+            remount_copy(backup, root, staging)
+            await _wait(lambda: not mapping._guard_held)
+            (root / "d0" / "new.txt").write_text("after the remount")
+            await _wait(lambda: [r.path for r in mapping.journal.read(head)] == ["d0/new.txt"])
+            tg.cancel_scope.cancel()
+
+    with unmounted_at_exit(root, staging):
+        mount_tmpfs(root)
+        _fill(root)
+        shutil.copytree(root, backup)
+        spec = MappingSpec(
+            mapping_id=1, name="m", source_node="n", source_path=str(root), targets=()
+        )
+        mapping = SourceMapping(spec, tmp_path / "state")
+        mapping.on_guard = alarms.append
+        try:
+            anyio.run(main, mapping)
+        finally:
+            mapping.close()
+    assert len(alarms) == 1
