@@ -1,6 +1,7 @@
 """An agent's task that fails unexpectedly costs that task only, with real agent processes: a
 node of the fleet that registers a peer address nobody can use (hostile, or a broken release)
-must not stop its parents' other links, nor end the relay that feeds it."""
+must not stop its parents' other links, nor end the relay that feeds it; a target folder whose
+state is broken costs that mapping, not the agent's assignment nor the agent."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _node_with_address(cluster: Cluster, base: Path, name: str, address: str) ->
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     base = tmp_path_factory.mktemp("supervision")
-    f = start_fleet(base, agents=("src", "t1"))
+    f = start_fleet(base, agents=("src", "t1", "t2"))
     try:
         with _node_with_address(f.cluster, base / "evil", "evil", BAD_ADDRESS):
             yield f
@@ -119,3 +120,86 @@ def test_a_relay_whose_child_has_an_unusable_address_keeps_running(fleet: Fleet)
     (src / "h.txt").write_text("after a restart")
     fleet.wait_converged(src, [dst])
     assert t1.process.alive(), t1.process.log_tail(60)
+
+
+def _next_mapping_id(fleet: Fleet) -> int:
+    return 1 + max((int(m["id"]) for m in fleet.cluster.api.get("/api/mappings").json()), default=0)
+
+
+def _healthy_mapping(fleet: Fleet) -> tuple[Path, Path]:
+    n = next(_counter)
+    src, dst = fleet.base / f"m{n}" / "source", fleet.base / f"m{n}" / "t1"
+    src.mkdir(parents=True)
+    fleet.cluster.create_mapping(f"m{n}", "src", src, [("t1", dst)])
+    (src / "f.txt").write_text("healthy")
+    fleet.wait_converged(src, [dst])
+    return src, dst
+
+
+def _wait_refused(fleet: Fleet, name: str, mapping_id: int) -> None:
+    agent = fleet.cluster.agents[name]
+    wait_until(
+        lambda: (
+            f"of mapping {mapping_id} is refused" in _log(fleet, name) or not agent.process.alive()
+        ),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what=f"{name} refusing mapping {mapping_id}",
+    )
+    assert agent.process.alive(), agent.process.log_tail(60)
+
+
+def _still_serving(fleet: Fleet, src: Path, dst: Path, name: str) -> None:
+    """The agent's other mapping goes on, and the agent starts again (its saved assignment
+    names the broken mapping)."""
+    (src / "g.txt").write_text("after")
+    fleet.wait_converged(src, [dst])
+    agent = fleet.cluster.agents[name]
+    agent.process.stop()
+    fleet.cluster.start_agent(name)
+    (src / "h.txt").write_text("after a restart")
+    fleet.wait_converged(src, [dst])
+    assert agent.process.alive(), agent.process.log_tail(60)
+
+
+def test_a_target_whose_manifest_is_corrupt_is_refused_and_the_agent_goes_on(fleet: Fleet) -> None:
+    """sqlite3.DatabaseError is no OSError: before, it failed the assignment out of the
+    control link and ended the agent, again at every start."""
+    healthy_src, healthy_dst = _healthy_mapping(fleet)
+    mapping_id = _next_mapping_id(fleet)
+    state = fleet.cluster.agents["t1"].data_dir / "targets" / str(mapping_id)
+    state.mkdir(parents=True)
+    (state / "manifest.db").write_bytes(b"not a database" * 512)
+    n = next(_counter)
+    src = fleet.base / f"m{n}" / "source"
+    src.mkdir(parents=True)
+    made = fleet.cluster.create_mapping(f"m{n}", "src", src, [("t1", fleet.base / f"m{n}" / "t1")])
+    assert made["id"] == mapping_id
+    _wait_refused(fleet, "t1", mapping_id)
+    _still_serving(fleet, healthy_src, healthy_dst, "t1")
+
+
+def test_a_relay_whose_spool_cannot_be_made_is_refused_and_its_child_fed_around_it(
+    fleet: Fleet,
+) -> None:
+    """Before, the OSError failed the whole assignment (the control link dropped and came back
+    in a loop) and, once saved, ended the agent at every start."""
+    healthy_src, healthy_dst = _healthy_mapping(fleet)
+    mapping_id = _next_mapping_id(fleet)
+    state = fleet.cluster.agents["t1"].data_dir / "targets" / str(mapping_id)
+    state.mkdir(parents=True)
+    (state / "spool").write_text("a file where the relay's spool goes")
+    n = next(_counter)
+    src = fleet.base / f"m{n}" / "source"
+    src.mkdir(parents=True)
+    (src / "f.txt").write_text("relayed")
+    dsts = [fleet.base / f"m{n}" / t for t in ("t1", "t2")]
+    made = fleet.cluster.create_mapping(f"m{n}", "src", src, [("t1", dsts[0]), ("t2", dsts[1])])
+    assert made["id"] == mapping_id
+    r = fleet.cluster.api.put(
+        f"/api/mappings/{mapping_id}/routing",
+        json={"mode": "manual", "hops": [["src", "t1"], ["t1", "t2"]]},
+    )
+    assert r.status_code == 200, r.text
+    _wait_refused(fleet, "t1", mapping_id)
+    fleet.wait_converged(src, [dsts[1]])  # the master re-plans t2 around the refused relay
+    _still_serving(fleet, healthy_src, healthy_dst, "t1")

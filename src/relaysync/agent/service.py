@@ -257,23 +257,15 @@ class AgentService(TargetRole):
         stopping = []
         for mapping_id, running in list(self.sources.items()):
             spec = wanted.get(mapping_id)
-            if spec is not None and _same_but_live(spec, running.spec):
-                relink = spec.transfer_override != running.spec.transfer_override
-                running.spec = spec
-                if running.links is not None:
-                    if relink:  # every link restarts with the mapping's new delta/dump choice
-                        running.links.close()
-                    running.links.reconcile(children_of(spec, self.node_id))
-                if running.source is not None:
-                    running.source.spec = spec
-                    self._release(running.source, spec.release)
-                    if running.source.confirm_deletes(spec.delete_confirm):
-                        await running.source.rescan()
+            if (
+                spec is not None
+                and _same_but_live(spec, running.spec)
+                and await self._change_source(running, spec)
+            ):
                 continue
-            if spec != running.spec:
-                running.scope.cancel()
-                stopping.append(running)
-                del self.sources[mapping_id]
+            running.scope.cancel()  # gone, changed otherwise, or its change failed: restart
+            stopping.append(running)
+            del self.sources[mapping_id]
         for running in stopping:  # one Journal per folder at a time: wait for the old one to close
             with anyio.move_on_after(RECEIVE_TIMEOUT_S):
                 await running.ended.wait()
@@ -285,6 +277,28 @@ class AgentService(TargetRole):
                 running = _Running(spec=spec, scope=anyio.CancelScope())
                 self.sources[mapping_id] = running
                 self._tg.start_soon(self._run_source, spec, running.scope, running.ended)
+
+    async def _change_source(self, running: _Running, spec: MappingSpec) -> bool:
+        """Change a running source in place (routes, targets, counters); False if that failed
+        (a bug, its journal): then the mapping is restarted with the new spec, the others go on."""
+        relink = spec.transfer_override != running.spec.transfer_override
+        running.spec = spec
+        try:
+            if running.links is not None:
+                if relink:  # every link restarts with the mapping's new delta/dump choice
+                    running.links.close()
+                running.links.reconcile(children_of(spec, self.node_id))
+            if running.source is not None:
+                running.source.spec = spec
+                self._release(running.source, spec.release)
+                if running.source.confirm_deletes(spec.delete_confirm):
+                    await running.source.rescan()
+        except Exception:  # cancellation is no Exception: it goes through
+            logger.exception(
+                "source of mapping %s: changing it failed; restarting it", spec.mapping_id
+            )
+            return False
+        return True
 
     async def _run_source(
         self, spec: MappingSpec, scope: anyio.CancelScope, ended: anyio.Event
