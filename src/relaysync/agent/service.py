@@ -23,9 +23,16 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync._util.aio import leaf_error
+from relaysync._util.supervise import Serve, supervise
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
-from relaysync.constants import RECEIVE_TIMEOUT_S, SOURCE_RETRY_MAX_S, SOURCE_RETRY_MIN_S
+from relaysync.constants import (
+    RECEIVE_TIMEOUT_S,
+    SOURCE_RETRY_MAX_S,
+    SOURCE_RETRY_MIN_S,
+    TASK_RETRY_MAX_S,
+    TASK_RETRY_MIN_S,
+)
 from relaysync.errors import FolderRefused, JoinRefused, LinkDown
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
@@ -133,11 +140,9 @@ class AgentService(TargetRole):
                 ),
                 on_assignment=self.apply_assignment,
             )
-            saved = self._load_assignment()
-            if saved is not None:
-                await self.apply_assignment(saved, persist=False)
-            tg.start_soon(self.link.serve)
-            await tg.start(self._serve_monitoring)
+            await self._apply_saved()
+            tg.start_soon(self._supervised, self.link.serve, "control link to the master")
+            await tg.start(self._supervised, self._serve_monitoring, "monitoring")
             logger.info(
                 "agent %s (node %s) serving peers on %s",
                 self.cfg.name,
@@ -153,7 +158,32 @@ class AgentService(TargetRole):
             raise JoinRefused("this agent has no certificate yet and no --token was given")
         return join(self.cfg, self.identity)
 
+    @staticmethod
+    async def _supervised(
+        serve: Serve, name: str, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """A side task: a failure after it started is logged and it starts again with backoff,
+        so it costs that task a while, never the agent (fatal only before it is ready)."""
+        await supervise(
+            serve,
+            name=name,
+            min_delay_s=TASK_RETRY_MIN_S,
+            max_delay_s=TASK_RETRY_MAX_S,
+            task_status=task_status,
+        )
+
     # --- assignments ---
+
+    async def _apply_saved(self) -> None:
+        """Resume the last assignment at once; one that cannot be applied (a bug) is logged and
+        the master's next one replaces it, instead of ending the agent at every start."""
+        saved = self._load_assignment()
+        if saved is None:
+            return
+        try:
+            await self.apply_assignment(saved, persist=False)
+        except Exception:  # cancellation is no Exception: it goes through
+            logger.exception("the saved assignment could not be applied; waiting for the master's")
 
     def _assignment_path(self) -> Path:
         return self.data_dir / "assignment.msgpack"
