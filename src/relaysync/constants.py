@@ -49,6 +49,10 @@ REFUSED_RETRY_S = (
 )
 SOURCE_RETRY_MIN_S = 1.0  # first restart of a source mapping that failed (its folder, its state)
 SOURCE_RETRY_MAX_S = 60.0  # backoff ceiling: each restart opens its state and rescans its folder
+# An agent task that failed unexpectedly (a bug, not a lost link: those reconnect by themselves) is
+# started again after this, doubling up to the ceiling; a run as long as the ceiling was healthy.
+TASK_RETRY_MIN_S = 1.0
+TASK_RETRY_MAX_S = 60.0  # a bug that recurs at once logs one traceback a minute, not a flood
 
 # The common name of the master's control certificate. No agent may join under it (auth/ca.py),
 # so an agent whose master.json predates the pinned `master_node_id` can tell the master from

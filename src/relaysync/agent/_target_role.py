@@ -64,49 +64,78 @@ class TargetRole:
     # --- target folders ---
 
     async def _apply_targets(self, wanted: dict[int, MappingSpec]) -> None:
+        """Open, change or retire target folders. One that fails, for any reason, is refused
+        (its parents hear why) and tried again at the next assignment: it costs that mapping,
+        never the rest of the assignment, nor the agent (a saved assignment is applied again at
+        every start)."""
         assert self._server is not None
         for gone in [m for m in self.refused if m not in wanted]:
             del self.refused[gone]  # in place: the peer server holds self.refused.get
         for mapping_id in list(self.targets):
             if mapping_id not in wanted:
-                self._stop_relay(mapping_id)
-                await self._server.retire(self.targets.pop(mapping_id))
+                await self._retire_target(mapping_id)
         for mapping_id, spec in wanted.items():
-            existing = self.targets.get(mapping_id)
-            path = next(t.path for t in spec.targets if t.node_id == self.node_id)
-            if (
-                existing is not None
-                and existing.root == Path(path)
-                and existing.source_node == spec.source_node
-            ):
-                existing.durable = spec.durability == "safe"
-                secret = _own_target(spec, self.node_id).link_secret
-                if secret != existing.link_secret:
-                    # A plain session is authenticated only when it opens: one opened under the
-                    # old secret (or while the link was trusted at all) must not outlive it.
-                    existing.link_secret = secret
-                    await self._server.restart_session(mapping_id, "this link's secret changed")
-                existing.keep_versions = _versions_here(spec, self.node_id)
-                self._set_routes(existing, spec)
-                await self._apply_relay(spec, existing)
-                continue
-            if existing is not None:
-                self._stop_relay(mapping_id)
-                await self._server.retire(self.targets.pop(mapping_id))
-            if self._refuse(spec, path, "target"):
-                continue
-            siblings = [f for f in self.targets.values() if f.root == Path(path)]
             try:
-                folder = await anyio.to_thread.run_sync(
-                    self._open_target, spec, Path(path), siblings
-                )
-            except OSError as exc:  # this mapping only: the agent's others go on
-                why = f"cannot open it: {exc.strerror or exc} (fix it; the next assignment retries)"
-                self._refused_target(spec, FolderRefused("target", path, mapping_id, why))
-                continue
-            self._set_routes(folder, spec)
-            self.targets[mapping_id] = folder
-            await self._apply_relay(spec, folder)
+                await self._apply_target(mapping_id, spec)
+            except Exception as exc:  # cancellation is no Exception: it goes through
+                await self._target_failed(spec, exc)
+
+    async def _apply_target(self, mapping_id: int, spec: MappingSpec) -> None:
+        assert self._server is not None
+        existing = self.targets.get(mapping_id)
+        path = _own_target(spec, self.node_id).path
+        if (
+            existing is not None
+            and existing.root == Path(path)
+            and existing.source_node == spec.source_node
+        ):
+            existing.durable = spec.durability == "safe"
+            secret = _own_target(spec, self.node_id).link_secret
+            if secret != existing.link_secret:
+                # A plain session is authenticated only when it opens: one opened under the
+                # old secret (or while the link was trusted at all) must not outlive it.
+                existing.link_secret = secret
+                await self._server.restart_session(mapping_id, "this link's secret changed")
+            existing.keep_versions = _versions_here(spec, self.node_id)
+            self._set_routes(existing, spec)
+            await self._apply_relay(spec, existing)
+            return
+        if existing is not None:
+            await self._retire_target(mapping_id)
+        if self._refuse(spec, path, "target"):
+            return
+        siblings = [f for f in self.targets.values() if f.root == Path(path)]
+        folder = await anyio.to_thread.run_sync(self._open_target, spec, Path(path), siblings)
+        self._set_routes(folder, spec)
+        self.targets[mapping_id] = folder
+        await self._apply_relay(spec, folder)
+
+    async def _retire_target(self, mapping_id: int) -> None:
+        """Stop the mapping's relay and stop serving its folder; a failure to let go of it (its
+        partials, its manifest) is logged: the folder is out of service either way."""
+        assert self._server is not None
+        self._stop_relay(mapping_id)
+        folder = self.targets.pop(mapping_id, None)
+        if folder is None:
+            return
+        try:
+            await self._server.retire(folder)
+        except Exception:  # cancellation is no Exception: it goes through
+            logger.exception("target of mapping %s: retiring it failed", mapping_id)
+
+    async def _target_failed(self, spec: MappingSpec, exc: Exception) -> None:
+        """Refuse a target that could not be opened or changed (a full disk, a corrupt manifest,
+        a spool in the way, a bug): out of service, its parents hear why, the next assignment
+        tries it again."""
+        await self._retire_target(spec.mapping_id)
+        if isinstance(exc, OSError):
+            why = f"cannot open it: {exc.strerror or exc} (fix it; the next assignment retries)"
+        else:  # not the disk: keep the traceback, once per reason like the refusal
+            why = f"cannot open it: {type(exc).__name__}: {exc} (the next assignment retries)"
+            if self._refusals_logged.get((spec.mapping_id, "target")) != why:
+                logger.error("target of mapping %s failed", spec.mapping_id, exc_info=exc)
+        path = next((t.path for t in spec.targets if t.node_id == self.node_id), "")
+        self._refused_target(spec, FolderRefused("target", path, spec.mapping_id, why))
 
     def _set_routes(self, folder: TargetFolder, spec: MappingSpec) -> None:
         """Who may stream to the folder now: its parent in this routing epoch."""
@@ -172,11 +201,16 @@ class TargetRole:
                 data_dir=self.data_dir,
                 allowed_roots=self.allowed_roots,
             )
-        except FolderRefused as exc:
+        except (FolderRefused, ValueError) as exc:  # ValueError: a NUL byte the master let by
+            refusal = (
+                exc
+                if isinstance(exc, FolderRefused)
+                else FolderRefused(role, path, spec.mapping_id, f"not a usable path: {exc}")
+            )
             if role == "target":
-                self._refused_target(spec, exc)
+                self._refused_target(spec, refusal)
             else:
-                self._log_refusal(spec, role, exc)
+                self._log_refusal(spec, role, refusal)
             return True
         self._refusals_logged.pop((spec.mapping_id, role), None)
         if role == "target":

@@ -3,6 +3,11 @@
 A re-plan by the master changes a node's children without restarting anything else: links to
 children that left are cancelled, links to new children start, and a child whose spec (policy,
 link secret) changed gets a fresh link.
+
+Error handling: a link reconnects by itself after a link failure; anything else it raises (a
+bug, a peer address it cannot use) is logged and the link started again with backoff
+(_util/supervise.py): it costs that child only, never the mapping's other links, nor the agent
+(a relay's links run in the agent's own task group).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskGroup
 
+from relaysync._util.supervise import supervise
+from relaysync.constants import TASK_RETRY_MAX_S, TASK_RETRY_MIN_S
 from relaysync.protocol.messages import MappingSpec, TargetSpec
 from relaysync.transfer.sender import TargetLink
 
@@ -63,7 +70,9 @@ class LinkSet:
             link = self._make(children[child])
             scope = anyio.CancelScope()
             self._links[child] = (children[child], link, scope)
-            self._tg.start_soon(self._run, link, scope)
+            self._tg.start_soon(
+                self._run, link, scope, f"{self._label}: link to {link.target.name}"
+            )
         if added:
             logger.info(
                 "%s: links to %s", self._label, ", ".join(link.target.name for link in self.links)
@@ -78,6 +87,8 @@ class LinkSet:
         self.reconcile(children)
 
     @staticmethod
-    async def _run(link: TargetLink, scope: anyio.CancelScope) -> None:
+    async def _run(link: TargetLink, scope: anyio.CancelScope, name: str) -> None:
         with scope:
-            await link.serve()
+            await supervise(
+                link.serve, name=name, min_delay_s=TASK_RETRY_MIN_S, max_delay_s=TASK_RETRY_MAX_S
+            )

@@ -23,9 +23,16 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync._util.aio import leaf_error
+from relaysync._util.supervise import Serve, supervise
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
-from relaysync.constants import RECEIVE_TIMEOUT_S, SOURCE_RETRY_MAX_S, SOURCE_RETRY_MIN_S
+from relaysync.constants import (
+    RECEIVE_TIMEOUT_S,
+    SOURCE_RETRY_MAX_S,
+    SOURCE_RETRY_MIN_S,
+    TASK_RETRY_MAX_S,
+    TASK_RETRY_MIN_S,
+)
 from relaysync.errors import FolderRefused, JoinRefused, LinkDown
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
@@ -133,11 +140,9 @@ class AgentService(TargetRole):
                 ),
                 on_assignment=self.apply_assignment,
             )
-            saved = self._load_assignment()
-            if saved is not None:
-                await self.apply_assignment(saved, persist=False)
-            tg.start_soon(self.link.serve)
-            await tg.start(self._serve_monitoring)
+            await self._apply_saved()
+            tg.start_soon(self._supervised, self.link.serve, "control link to the master")
+            await tg.start(self._supervised, self._serve_monitoring, "monitoring")
             logger.info(
                 "agent %s (node %s) serving peers on %s",
                 self.cfg.name,
@@ -153,7 +158,32 @@ class AgentService(TargetRole):
             raise JoinRefused("this agent has no certificate yet and no --token was given")
         return join(self.cfg, self.identity)
 
+    @staticmethod
+    async def _supervised(
+        serve: Serve, name: str, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """A side task: a failure after it started is logged and it starts again with backoff,
+        so it costs that task a while, never the agent (fatal only before it is ready)."""
+        await supervise(
+            serve,
+            name=name,
+            min_delay_s=TASK_RETRY_MIN_S,
+            max_delay_s=TASK_RETRY_MAX_S,
+            task_status=task_status,
+        )
+
     # --- assignments ---
+
+    async def _apply_saved(self) -> None:
+        """Resume the last assignment at once; one that cannot be applied (a bug) is logged and
+        the master's next one replaces it, instead of ending the agent at every start."""
+        saved = self._load_assignment()
+        if saved is None:
+            return
+        try:
+            await self.apply_assignment(saved, persist=False)
+        except Exception:  # cancellation is no Exception: it goes through
+            logger.exception("the saved assignment could not be applied; waiting for the master's")
 
     def _assignment_path(self) -> Path:
         return self.data_dir / "assignment.msgpack"
@@ -257,23 +287,15 @@ class AgentService(TargetRole):
         stopping = []
         for mapping_id, running in list(self.sources.items()):
             spec = wanted.get(mapping_id)
-            if spec is not None and _same_but_live(spec, running.spec):
-                relink = spec.transfer_override != running.spec.transfer_override
-                running.spec = spec
-                if running.links is not None:
-                    if relink:  # every link restarts with the mapping's new delta/dump choice
-                        running.links.close()
-                    running.links.reconcile(children_of(spec, self.node_id))
-                if running.source is not None:
-                    running.source.spec = spec
-                    self._release(running.source, spec.release)
-                    if running.source.confirm_deletes(spec.delete_confirm):
-                        await running.source.rescan()
+            if (
+                spec is not None
+                and _same_but_live(spec, running.spec)
+                and await self._change_source(running, spec)
+            ):
                 continue
-            if spec != running.spec:
-                running.scope.cancel()
-                stopping.append(running)
-                del self.sources[mapping_id]
+            running.scope.cancel()  # gone, changed otherwise, or its change failed: restart
+            stopping.append(running)
+            del self.sources[mapping_id]
         for running in stopping:  # one Journal per folder at a time: wait for the old one to close
             with anyio.move_on_after(RECEIVE_TIMEOUT_S):
                 await running.ended.wait()
@@ -285,6 +307,28 @@ class AgentService(TargetRole):
                 running = _Running(spec=spec, scope=anyio.CancelScope())
                 self.sources[mapping_id] = running
                 self._tg.start_soon(self._run_source, spec, running.scope, running.ended)
+
+    async def _change_source(self, running: _Running, spec: MappingSpec) -> bool:
+        """Change a running source in place (routes, targets, counters); False if that failed
+        (a bug, its journal): then the mapping is restarted with the new spec, the others go on."""
+        relink = spec.transfer_override != running.spec.transfer_override
+        running.spec = spec
+        try:
+            if running.links is not None:
+                if relink:  # every link restarts with the mapping's new delta/dump choice
+                    running.links.close()
+                running.links.reconcile(children_of(spec, self.node_id))
+            if running.source is not None:
+                running.source.spec = spec
+                self._release(running.source, spec.release)
+                if running.source.confirm_deletes(spec.delete_confirm):
+                    await running.source.rescan()
+        except Exception:  # cancellation is no Exception: it goes through
+            logger.exception(
+                "source of mapping %s: changing it failed; restarting it", spec.mapping_id
+            )
+            return False
+        return True
 
     async def _run_source(
         self, spec: MappingSpec, scope: anyio.CancelScope, ended: anyio.Event

@@ -126,7 +126,15 @@ def peer_address(framed: FramedStream) -> str:
 
 
 def _split(address: str) -> tuple[str, int]:
+    """host:port of a peer (as the master passed on what the peer registered).
+
+    Raises:
+        LinkDown: not host:port with a port in 1-65535 (a link failure like any other: the
+            link retries and the master hears of the failed hop, instead of a ValueError).
+    """
     host, _, port = address.rpartition(":")
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LinkDown(address, "not a host:port this agent can connect to")
     return host, int(port)
 
 

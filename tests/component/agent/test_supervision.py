@@ -1,0 +1,96 @@
+"""An in-process agent against the master's real control server: a bug in handling an
+assignment costs the control link a while (it is started again with backoff), never the agent;
+a saved assignment that cannot be applied does not stop the agent from starting."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+from tests._fleet import Fleet
+
+from relaysync.agent.enrollment import MASTER_FILE
+from relaysync.agent.service import AgentService
+from relaysync.config.schema import AgentConfig
+from relaysync.master.store import Store
+from relaysync.protocol.messages import Assignment
+
+TIMEOUT_S = 20
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
+    f = Fleet(tmp_path, store)
+    yield f
+    f.close()
+
+
+def _agent(fleet: Fleet, port: int) -> AgentService:
+    """web-1, joined through the real /api/join, its identity where `relaysync agent` keeps it."""
+    joined = fleet.join("web-1")
+    data = fleet.tmp / "web-1"
+    shutil.copytree(joined.key_path.parent, data / "identity")
+    (data / "identity" / MASTER_FILE).write_text(
+        msgspec.json.encode(
+            {"control_address": f"127.0.0.1:{port}", "master_node_id": fleet.master.node_id}
+        ).decode()
+    )
+    return AgentService(
+        AgentConfig(master_url="http://127.0.0.1:1", name="web-1", data_dir=str(data))
+    )
+
+
+def _failing_first(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[Assignment]:
+    """apply_assignment raises a bug `failures` times, then applies (the seam: no real input
+    makes it fail now that each mapping's failure is contained)."""
+    real = AgentService.apply_assignment
+    calls: list[Assignment] = []
+
+    async def apply(self: AgentService, assignment: Assignment, **kw: Any) -> None:
+        calls.append(assignment)
+        if len(calls) <= failures:
+            raise RuntimeError("a bug in applying an assignment")
+        await real(self, assignment, **kw)
+
+    monkeypatch.setattr(AgentService, "apply_assignment", apply)
+    return calls
+
+
+async def _run_until_applied(fleet: Fleet, agent_for: Any) -> AgentService:
+    async with fleet.control_server() as (_control, port):
+        agent = agent_for(port)
+        async with anyio.create_task_group() as tg:
+            await tg.start(agent.serve)
+            with anyio.fail_after(TIMEOUT_S):
+                while agent.epoch < 0:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    return agent
+
+
+def test_a_bug_in_applying_an_assignment_restarts_the_control_link_only(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _failing_first(monkeypatch, failures=1)
+    agent = anyio.run(_run_until_applied, fleet, lambda port: _agent(fleet, port))
+    assert len(calls) == 2 and agent.epoch >= 0  # the link came back and got it again
+
+
+def test_a_saved_assignment_that_cannot_be_applied_does_not_stop_the_start(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _failing_first(monkeypatch, failures=1)
+
+    def agent_for(port: int) -> AgentService:
+        agent = _agent(fleet, port)
+        saved = Assignment(epoch=7, mappings=(), peers=())
+        agent._assignment_path().write_bytes(msgspec.msgpack.encode(saved))
+        return agent
+
+    agent = anyio.run(_run_until_applied, fleet, agent_for)
+    assert calls[0].epoch == 7 and agent.epoch >= 0  # then the master's own
