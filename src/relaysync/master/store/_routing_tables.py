@@ -51,7 +51,10 @@ class RoutingTargetRow(Base):
 
 class RecoveryJobRow(Base):
     __tablename__ = "recovery_jobs"
-    __table_args__ = (Index("ix_recovery_jobs_mapping", "mapping_id", "started_at"),)
+    __table_args__ = (
+        Index("ix_recovery_jobs_mapping", "mapping_id", "started_at"),
+        {"sqlite_autoincrement": True},  # ids are never reused (0013_sqlite_ids)
+    )
 
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     mapping_id: Mapped[int] = mapped_column(Integer, ForeignKey("mappings.id", ondelete="CASCADE"))

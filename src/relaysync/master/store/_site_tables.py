@@ -27,6 +27,7 @@ class Site(Base):
     """A mapping (or an origin outside the fleet) served under base URLs, through caches."""
 
     __tablename__ = "sites"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused (0013_sqlite_ids)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(NAME, unique=True)
@@ -52,6 +53,7 @@ class PurgeQueueRow(Base):
     """A purge not yet done: kept until the cache confirms it, retried with backoff."""
 
     __tablename__ = "purge_queue"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused (0013_sqlite_ids)
 
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     site_id: Mapped[int] = mapped_column(Integer, ForeignKey("sites.id", ondelete="CASCADE"))

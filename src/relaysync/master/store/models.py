@@ -246,6 +246,7 @@ class MetricSampleRow(Base):
 
 class ThresholdRow(Base):
     __tablename__ = "thresholds"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused (0013_sqlite_ids)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     scope: Mapped[str] = mapped_column(String(16))  # server | group | all
@@ -261,6 +262,7 @@ class ThresholdRow(Base):
 
 class ProbeRow(Base):
     __tablename__ = "probes"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused (0013_sqlite_ids)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(NAME, unique=True)
@@ -276,6 +278,7 @@ class ProbeRow(Base):
 
 class AlertChannelRow(Base):
     __tablename__ = "alert_channels"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused (0013_sqlite_ids)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(NAME, unique=True)
@@ -306,4 +309,5 @@ class AlertRow(Base):
     __table_args__ = (
         Index("ix_alerts_key_state", "key", "state"),
         Index("ix_alerts_fired", "fired_at"),
+        {"sqlite_autoincrement": True},  # ids are never reused (0013_sqlite_ids)
     )
