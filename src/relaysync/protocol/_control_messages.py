@@ -6,9 +6,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from relaysync.constants import MAX_PATH_BYTES
+from relaysync.constants import MAX_NAME_BYTES, MAX_PATH_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol._message_base import (
+    MAX_NODE_ID,
     MAX_REPORT_RECORDS,
     MAX_ROUTE_NODES,
     Int64,
@@ -17,16 +18,26 @@ from relaysync.protocol._message_base import (
     _upto,
 )
 
+# Strings the master keeps in bounded columns (master/store/models.py) are bounded on decode
+# too, like the integers: a longer one is a malformed frame, never a failed store write (on
+# PostgreSQL, a job log flush that failed for everyone). The bounds change no valid message's bytes.
+# The receiver's op names (write, delete, mkdir, symlink, rename, attr, erase) and whatever a
+# newer agent adds: a shape, not a list, so that a new op never ends an older master's link.
+OpName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}\Z")]  # changes.op: VARCHAR(32)
+ConflictReason = Annotated[str, msgspec.Meta(max_length=16)]  # nm_conflicts.reason: VARCHAR(16)
+NodeId = Annotated[str, msgspec.Meta(max_length=MAX_NODE_ID)]  # the tables' node id columns
+ServerName = Annotated[str, msgspec.Meta(max_length=MAX_NAME_BYTES)]  # servers' VARCHAR(255)
+
 # --- Control link: agent <-> master ---
 
 
 class Register(Message, frozen=True, tag="register"):
     """Agent -> master, after Hello: who and where it is."""
 
-    name: str
-    region: str
-    group: str
-    peer_address: str  # host:port where its peer server listens
+    name: ServerName
+    region: ServerName
+    group: ServerName
+    peer_address: ServerName  # host:port where its peer server listens
 
 
 class BandwidthWindow(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,7 +175,7 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One change as applied (or refused) on one target."""
 
     seq: UInt63  # journal sequence on the source; 0 for catch-up work outside the journal
-    op: str
+    op: OpName
     path: str
     size: UInt63 = 0
     wire_bytes: UInt63 = 0
@@ -175,8 +186,8 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     new_path: str = ""  # a rename's new path: the purger refreshes it and what moved under it
     # N:M jobs (transfer/conflicts.py): why two sources' versions met here ("" = they did not),
     # and the other source's node id; "newer": this record's version won, otherwise it lost.
-    conflict: str = ""
-    conflict_with: str = ""
+    conflict: ConflictReason = ""
+    conflict_with: NodeId = ""
     changed_at: float = (
         0.0  # the op's changed_at (source clock); committed_at - changed_at = latency
     )
@@ -186,12 +197,12 @@ class CommitReport(Message, frozen=True, tag="commit_report"):
     """Target -> master, at once after commits: the watermark and what was applied."""
 
     mapping_id: UInt63
-    source_node: str
-    target_node: str
+    source_node: NodeId
+    target_node: NodeId
     watermark: UInt63  # every seq <= watermark is committed on the target
     records: Annotated[tuple[CommitRecord, ...], _upto(MAX_REPORT_RECORDS)]
     # names of the nodes the changes came through, source first
-    route: Annotated[tuple[str, ...], _upto(MAX_ROUTE_NODES)] = ()
+    route: Annotated[tuple[ServerName, ...], _upto(MAX_ROUTE_NODES)] = ()
 
     def decoded_items(self) -> int:
         return len(self.records) + len(self.route)
@@ -202,7 +213,7 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
     transfer error, or the child refused it). The master re-plans around the hop."""
 
     mapping_id: UInt63
-    child: str  # node id
+    child: NodeId
     error: str
     attempts: UInt63 = 1  # consecutive failures so far
 

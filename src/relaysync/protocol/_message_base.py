@@ -11,6 +11,7 @@ from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ProtocolError
 
 HASH_BYTES = 16  # xxh3-128 digests
+MAX_NODE_ID = 64  # a node id is the SHA-256 hex of its certificate
 # Integers a target stores (manifest, watermarks) and the master's job log keeps go into signed
 # 64-bit SQL columns; msgpack carries up to 2**64 - 1, so larger ones are refused on decode.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -260,3 +260,29 @@ def _unbounded(info: Any, where: str) -> Iterator[str]:
 def test_every_integer_field_on_the_wire_declares_its_bounds() -> None:
     """A new integer field is bounded like the others: 0..2**63-1, or signed 64-bit for these."""
     assert sorted(set(_unbounded(mi.type_info(AnyMessage), "AnyMessage"))) == []
+
+
+def _report(**record: Any) -> bytes:
+    fields = {"seq": 1, "op": "write", "path": "a", **record}
+    return ENCODER.encode(
+        CommitReport(
+            mapping_id=1,
+            source_node="s" * 64,
+            target_node="t" * 64,
+            watermark=1,
+            records=(CommitRecord(**fields),),
+        )
+    )
+
+
+@pytest.mark.parametrize("op", ["write", "delete", "mkdir", "symlink", "rename", "attr", "erase"])
+def test_the_receivers_op_names_decode(op: str) -> None:
+    report = decode_payload(_report(op=op))
+    assert isinstance(report, CommitReport) and report.records[0].op == op
+
+
+@pytest.mark.parametrize("op", ["", "x" * 33, "Write", "write\n", "wr ite", "é"])
+def test_an_op_name_no_receiver_makes_is_a_malformed_message(op: str) -> None:
+    """changes.op is VARCHAR(32): a longer op failed every job log flush on PostgreSQL."""
+    with pytest.raises(ProtocolError, match=r"\$\.records\[0\]\.op"):
+        decode_payload(_report(op=op))
