@@ -12,9 +12,13 @@ from relaysync.protocol._message_base import (
     MAX_NODE_ID,
     MAX_REPORT_RECORDS,
     MAX_ROUTE_NODES,
+    DurationMs,
+    Finite,
     Int64,
     Message,
+    NonNegative,
     UInt63,
+    UnixTime,
     _upto,
 )
 
@@ -46,7 +50,7 @@ class BandwidthWindow(msgspec.Struct, frozen=True, kw_only=True):
     days: str = ""  # "mon-fri", "sat,sun", ...; "" = every day (the day the window starts on)
     start: str = "00:00"  # HH:MM in the policy's timezone
     end: str = "24:00"  # HH:MM; earlier than start = the window runs past midnight
-    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited
+    bandwidth_limit_mbit: NonNegative = 0.0  # 0 = unlimited
 
 
 class LinkPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,7 +59,7 @@ class LinkPolicy(msgspec.Struct, frozen=True, kw_only=True):
     tls: bool = True  # off only on links the operator marks trusted (then HMAC-authenticated)
     transfer: Literal["auto", "delta", "whole"] = "auto"  # delta or dump copy; auto picks per file
     zstd_level: Int64 = 0  # 0 = no compression; chunks that do not shrink go plain anyway
-    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited; the limit outside every window
+    bandwidth_limit_mbit: NonNegative = 0.0  # 0 = unlimited; the limit outside every window
     windows: tuple[BandwidthWindow, ...] = ()  # the first window that holds now sets the limit
     timezone: str = ""  # IANA name the windows' times are in (zoneinfo); "" = UTC
 
@@ -181,14 +185,14 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     wire_bytes: UInt63 = 0
     ok: bool = True
     error: str = ""
-    duration_ms: float = 0.0
-    committed_at: float = 0.0  # unix time on the target
+    duration_ms: DurationMs = 0.0
+    committed_at: UnixTime = 0.0  # unix time on the target
     new_path: str = ""  # a rename's new path: the purger refreshes it and what moved under it
     # N:M jobs (transfer/conflicts.py): why two sources' versions met here ("" = they did not),
     # and the other source's node id; "newer": this record's version won, otherwise it lost.
     conflict: ConflictReason = ""
     conflict_with: NodeId = ""
-    changed_at: float = (
+    changed_at: UnixTime = (
         0.0  # the op's changed_at (source clock); committed_at - changed_at = latency
     )
 
@@ -229,14 +233,14 @@ class MetricSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """One figure: a gauge value, with labels such as the disk path or the mapping."""
 
     name: str  # e.g. cpu_percent, disk_used_percent, journal_backlog
-    value: float
+    value: Finite
     labels: Annotated[tuple[tuple[str, str], ...], _upto(MAX_METRIC_LABELS)] = ()
 
 
 class MetricsReport(Message, frozen=True, tag="metrics_report"):
     """Agent -> master, every metrics_interval_s: the agent's server figures."""
 
-    at: float  # unix time on the agent when collected
+    at: UnixTime  # unix time on the agent when collected
     samples: Annotated[tuple[MetricSample, ...], _upto(MAX_METRIC_SAMPLES)]
 
     def decoded_items(self) -> int:
@@ -248,8 +252,6 @@ class MetricsReport(Message, frozen=True, tag="metrics_report"):
         for s in self.samples:
             if not s.name or len(s.name) > MAX_METRIC_NAME or not s.name.replace("_", "").isalnum():
                 raise ProtocolError(f"metrics_report: bad metric name {s.name[:80]!r}")
-            if s.value != s.value or s.value in (float("inf"), float("-inf")):
-                raise ProtocolError(f"metrics_report: {s.name} is not a finite number")
             if len(s.labels) > MAX_METRIC_LABELS or any(
                 len(k) > MAX_METRIC_NAME or len(v) > MAX_PATH_BYTES for k, v in s.labels
             ):

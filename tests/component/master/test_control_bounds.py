@@ -18,6 +18,8 @@ from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
     CommitRecord,
     CommitReport,
+    MetricSample,
+    MetricsReport,
     Ping,
     Pong,
     Register,
@@ -211,4 +213,71 @@ def test_a_register_string_too_long_for_its_column_is_refused(
     (server,) = fleet.store.list_servers()
     assert (server.region, server.group, server.address) == ("", "", "")
     assert not [r for r in caplog.records if r.getMessage() == "store operation failed"]
+    _no_unexpected_failure(caplog)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("committed_at", NAN),
+        ("committed_at", INF),
+        ("changed_at", NAN),
+        ("changed_at", -1.0),
+        ("duration_ms", INF),
+        ("duration_ms", -5.0),
+    ],
+)
+def test_a_commit_report_time_no_agent_makes_is_refused(
+    fleet: Fleet, field: str, value: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: NaN and the infinities were stored as they came, into the change rows (a NaN
+    changed_at is never old enough for retention) and the advances' latency and transfer
+    times, which every percentile of GET /api/stats is computed from."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    record = CommitRecord(
+        **{"seq": 1, "op": "write", "path": "a.html", "changed_at": 1.0, field: value}
+    )
+    bad = CommitReport(
+        mapping_id=m,
+        source_node=src.node_id,
+        target_node=a.node_id,
+        watermark=1,
+        records=(record,),
+    )
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(bad)
+                await _ends_without_answering(framed)
+            await control.joblog.flush()
+
+    anyio.run(main)
+    assert fleet.store.job_log(mapping_id=m) == []
+    assert fleet.store.advances(mapping_id=m) == []
+    _no_unexpected_failure(caplog)
+
+
+@pytest.mark.parametrize("at", [NAN, INF, -1.0])
+def test_a_metrics_report_time_no_agent_makes_is_refused(
+    fleet: Fleet, at: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: stored as the samples' time; a NaN one is never old enough to be folded or pruned."""
+    a = fleet.join("web-a")
+    got: list[MetricsReport] = []
+    sample = MetricSample(name="cpu_percent", value=1.0)
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            control.on_metrics = lambda node_id, name, report: got.append(report)
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(MetricsReport(at=at, samples=(sample,)))
+                await _ends_without_answering(framed)
+
+    anyio.run(main)
+    assert got == []
     _no_unexpected_failure(caplog)
