@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -227,6 +228,10 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
 MAX_METRIC_SAMPLES = 4096  # one report per agent tick; thousands of mappings is already extreme
 MAX_METRIC_NAME = 64
 MAX_METRIC_LABELS = 8  # e.g. the disk path or the mapping of one figure
+# Prometheus's own name rules, in ASCII: its client rewrites other characters to "_", so two
+# names would become one series; an empty label name is unparsable; "__" names are its own.
+_METRIC_NAME = re.compile(rf"[a-zA-Z0-9_]{{1,{MAX_METRIC_NAME}}}")  # after "relaysync_"
+_LABEL_NAME = re.compile(rf"(?!__)[a-zA-Z_][a-zA-Z0-9_]{{0,{MAX_METRIC_NAME - 1}}}")
 
 
 class MetricSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -250,9 +255,11 @@ class MetricsReport(Message, frozen=True, tag="metrics_report"):
         if len(self.samples) > MAX_METRIC_SAMPLES:
             raise ProtocolError(f"metrics_report: over {MAX_METRIC_SAMPLES} samples")
         for s in self.samples:
-            if not s.name or len(s.name) > MAX_METRIC_NAME or not s.name.replace("_", "").isalnum():
+            if not _METRIC_NAME.fullmatch(s.name):
                 raise ProtocolError(f"metrics_report: bad metric name {s.name[:80]!r}")
             if len(s.labels) > MAX_METRIC_LABELS or any(
-                len(k) > MAX_METRIC_NAME or len(v) > MAX_PATH_BYTES for k, v in s.labels
+                len(v) > MAX_PATH_BYTES for _, v in s.labels
             ):
                 raise ProtocolError(f"metrics_report: {s.name} has too many or too long labels")
+            if not all(_LABEL_NAME.fullmatch(k) for k, _ in s.labels):
+                raise ProtocolError(f"metrics_report: {s.name} has a bad label name")
