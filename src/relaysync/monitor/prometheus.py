@@ -38,14 +38,29 @@ def families(
             grouped.setdefault(s.name, []).append((server, s))
     out: list[Metric] = []
     for name in sorted(grouped):
-        label_names = sorted({k for _, s in grouped[name] for k, _ in s.labels})
+        labelled = [(server, _exported(s.labels), s.value) for server, s in grouped[name]]
+        label_names = sorted({k for _, labels, _ in labelled for k in labels})
         family = GaugeMetricFamily(
             prefix + name, f"relaysync figure {name}", labels=["server", *label_names]
         )
-        for server, s in grouped[name]:
-            labels = dict(s.labels)
-            family.add_metric([server, *(labels.get(k, "") for k in label_names)], s.value)
+        for server, labels, value in labelled:
+            family.add_metric([server, *(labels.get(k, "") for k in label_names)], value)
         out.append(family)
+    return out
+
+
+def _exported(labels: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """A sample's labels, its own `server` renamed `exported_server` (`exported_exported_server`
+    if that is taken, ...) as Prometheus does with honor_labels false: the server a figure is
+    labelled with is the one whose link it came over, never what the agent says."""
+    own = {k for k, _ in labels}
+    out: dict[str, str] = {}
+    for key, value in labels:
+        if key == "server":
+            key = "exported_server"
+            while key in own:
+                key = "exported_" + key
+        out[key] = value
     return out
 
 

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
 
-from relaysync.constants import MAX_PATH_BYTES
+from relaysync.constants import MAX_NAME_BYTES, MAX_PATH_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol._message_base import (
+    MAX_NODE_ID,
     MAX_REMOVED_PATHS,
     MAX_REPORT_RECORDS,
     MAX_ROUTE_NODES,
+    DurationMs,
+    Finite,
     Int64,
     Message,
+    NonNegative,
     UInt63,
+    UnixTime,
     _upto,
 )
+
+# Strings the master keeps in bounded columns (master/store/models.py) are bounded on decode
+# too, like the integers: a longer one is a malformed frame, never a failed store write (on
+# PostgreSQL, a job log flush that failed for everyone). The bounds change no valid message's bytes.
+# The receiver's op names (write, delete, mkdir, symlink, rename, attr, erase) and whatever a
+# newer agent adds: a shape, not a list, so that a new op never ends an older master's link.
+OpName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}\Z")]  # changes.op: VARCHAR(32)
+ConflictReason = Annotated[str, msgspec.Meta(max_length=16)]  # nm_conflicts.reason: VARCHAR(16)
+NodeId = Annotated[str, msgspec.Meta(max_length=MAX_NODE_ID)]  # the tables' node id columns
+ServerName = Annotated[str, msgspec.Meta(max_length=MAX_NAME_BYTES)]  # servers' VARCHAR(255)
 
 # --- Control link: agent <-> master ---
 
@@ -24,10 +40,10 @@ from relaysync.protocol._message_base import (
 class Register(Message, frozen=True, tag="register"):
     """Agent -> master, after Hello: who and where it is."""
 
-    name: str
-    region: str
-    group: str
-    peer_address: str  # host:port where its peer server listens
+    name: ServerName
+    region: ServerName
+    group: ServerName
+    peer_address: ServerName  # host:port where its peer server listens
 
 
 class BandwidthWindow(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,7 +52,7 @@ class BandwidthWindow(msgspec.Struct, frozen=True, kw_only=True):
     days: str = ""  # "mon-fri", "sat,sun", ...; "" = every day (the day the window starts on)
     start: str = "00:00"  # HH:MM in the policy's timezone
     end: str = "24:00"  # HH:MM; earlier than start = the window runs past midnight
-    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited
+    bandwidth_limit_mbit: NonNegative = 0.0  # 0 = unlimited
 
 
 class LinkPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,7 +61,7 @@ class LinkPolicy(msgspec.Struct, frozen=True, kw_only=True):
     tls: bool = True  # off only on links the operator marks trusted (then HMAC-authenticated)
     transfer: Literal["auto", "delta", "whole"] = "auto"  # delta or dump copy; auto picks per file
     zstd_level: Int64 = 0  # 0 = no compression; chunks that do not shrink go plain anyway
-    bandwidth_limit_mbit: float = 0.0  # 0 = unlimited; the limit outside every window
+    bandwidth_limit_mbit: NonNegative = 0.0  # 0 = unlimited; the limit outside every window
     windows: tuple[BandwidthWindow, ...] = ()  # the first window that holds now sets the limit
     timezone: str = ""  # IANA name the windows' times are in (zoneinfo); "" = UTC
 
@@ -165,20 +181,20 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One change as applied (or refused) on one target."""
 
     seq: UInt63  # journal sequence on the source; 0 for catch-up work outside the journal
-    op: str
+    op: OpName
     path: str
     size: UInt63 = 0
     wire_bytes: UInt63 = 0
     ok: bool = True
     error: str = ""
-    duration_ms: float = 0.0
-    committed_at: float = 0.0  # unix time on the target
+    duration_ms: DurationMs = 0.0
+    committed_at: UnixTime = 0.0  # unix time on the target
     new_path: str = ""  # a rename's new path: the purger refreshes it and what moved under it
     # N:M jobs (transfer/conflicts.py): why two sources' versions met here ("" = they did not),
     # and the other source's node id; "newer": this record's version won, otherwise it lost.
-    conflict: str = ""
-    conflict_with: str = ""
-    changed_at: float = (
+    conflict: ConflictReason = ""
+    conflict_with: NodeId = ""
+    changed_at: UnixTime = (
         0.0  # the op's changed_at (source clock); committed_at - changed_at = latency
     )
     # A delete, rename or erase (transfer/removal.py): what `path` was on the target before the
@@ -194,12 +210,12 @@ class CommitReport(Message, frozen=True, tag="commit_report"):
     """Target -> master, at once after commits: the watermark and what was applied."""
 
     mapping_id: UInt63
-    source_node: str
-    target_node: str
+    source_node: NodeId
+    target_node: NodeId
     watermark: UInt63  # every seq <= watermark is committed on the target
     records: Annotated[tuple[CommitRecord, ...], _upto(MAX_REPORT_RECORDS)]
     # names of the nodes the changes came through, source first
-    route: Annotated[tuple[str, ...], _upto(MAX_ROUTE_NODES)] = ()
+    route: Annotated[tuple[ServerName, ...], _upto(MAX_ROUTE_NODES)] = ()
 
     def decoded_items(self) -> int:
         return len(self.records) + len(self.route) + sum(len(r.removed) for r in self.records)
@@ -210,7 +226,7 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
     transfer error, or the child refused it). The master re-plans around the hop."""
 
     mapping_id: UInt63
-    child: str  # node id
+    child: NodeId
     error: str
     attempts: UInt63 = 1  # consecutive failures so far
 
@@ -220,20 +236,24 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
 MAX_METRIC_SAMPLES = 4096  # one report per agent tick; thousands of mappings is already extreme
 MAX_METRIC_NAME = 64
 MAX_METRIC_LABELS = 8  # e.g. the disk path or the mapping of one figure
+# Prometheus's own name rules, in ASCII: its client rewrites other characters to "_", so two
+# names would become one series; an empty label name is unparsable; "__" names are its own.
+_METRIC_NAME = re.compile(rf"[a-zA-Z0-9_]{{1,{MAX_METRIC_NAME}}}")  # after "relaysync_"
+_LABEL_NAME = re.compile(rf"(?!__)[a-zA-Z_][a-zA-Z0-9_]{{0,{MAX_METRIC_NAME - 1}}}")
 
 
 class MetricSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """One figure: a gauge value, with labels such as the disk path or the mapping."""
 
     name: str  # e.g. cpu_percent, disk_used_percent, journal_backlog
-    value: float
+    value: Finite
     labels: Annotated[tuple[tuple[str, str], ...], _upto(MAX_METRIC_LABELS)] = ()
 
 
 class MetricsReport(Message, frozen=True, tag="metrics_report"):
     """Agent -> master, every metrics_interval_s: the agent's server figures."""
 
-    at: float  # unix time on the agent when collected
+    at: UnixTime  # unix time on the agent when collected
     samples: Annotated[tuple[MetricSample, ...], _upto(MAX_METRIC_SAMPLES)]
 
     def decoded_items(self) -> int:
@@ -243,11 +263,11 @@ class MetricsReport(Message, frozen=True, tag="metrics_report"):
         if len(self.samples) > MAX_METRIC_SAMPLES:
             raise ProtocolError(f"metrics_report: over {MAX_METRIC_SAMPLES} samples")
         for s in self.samples:
-            if not s.name or len(s.name) > MAX_METRIC_NAME or not s.name.replace("_", "").isalnum():
+            if not _METRIC_NAME.fullmatch(s.name):
                 raise ProtocolError(f"metrics_report: bad metric name {s.name[:80]!r}")
-            if s.value != s.value or s.value in (float("inf"), float("-inf")):
-                raise ProtocolError(f"metrics_report: {s.name} is not a finite number")
             if len(s.labels) > MAX_METRIC_LABELS or any(
-                len(k) > MAX_METRIC_NAME or len(v) > MAX_PATH_BYTES for k, v in s.labels
+                len(v) > MAX_PATH_BYTES for _, v in s.labels
             ):
                 raise ProtocolError(f"metrics_report: {s.name} has too many or too long labels")
+            if not all(_LABEL_NAME.fullmatch(k) for k, _ in s.labels):
+                raise ProtocolError(f"metrics_report: {s.name} has a bad label name")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 from typing import Annotated
 
 import msgspec
@@ -11,6 +12,7 @@ from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ProtocolError
 
 HASH_BYTES = 16  # xxh3-128 digests
+MAX_NODE_ID = 64  # a node id is the SHA-256 hex of its certificate
 # Integers a target stores (manifest, watermarks) and the master's job log keeps go into signed
 # 64-bit SQL columns; msgpack carries up to 2**64 - 1, so larger ones are refused on decode.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -21,6 +23,16 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # 1970), and so may an echoed nonce or a zstd level. The bound changes no valid message's bytes.
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 UInt63 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+# Floats likewise: msgpack carries NaN and the infinities, which no sender makes, which compare
+# false with everything (a NaN time is never old enough to prune; `abs(now - nan) > skew` never
+# holds) and which poison every sum and percentile they enter. Every float field of the control
+# and purge messages is one of these (the peer link's `changed_at` is checked in validate()).
+MAX_UNIX_TIME_S = 1e11  # the year 5138: a clock past it is wrong, not early
+MAX_DURATION_MS = 1e12  # 31 years: what one file's transfer may take, summed 2,000 to a report
+UnixTime = Annotated[float, msgspec.Meta(ge=0.0, lt=MAX_UNIX_TIME_S)]  # seconds; 0 = unknown
+DurationMs = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_DURATION_MS)]
+Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
 
 # Collections on the wire carry at most this many elements, enforced while decoding
 # (msgspec.Meta(max_length)), so one frame never becomes more objects than an honest sender
@@ -102,5 +114,5 @@ def _check_int64(value: int, field: str) -> None:
 
 
 def _check_changed_at(value: float, field: str) -> None:
-    if not 0.0 <= value < 1e11:  # also refuses NaN and infinities
+    if not 0.0 <= value < MAX_UNIX_TIME_S:  # also refuses NaN and infinities
         raise ProtocolError(f"{field}: must be a unix time >= 0, got {value}")

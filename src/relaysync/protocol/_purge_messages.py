@@ -6,7 +6,7 @@ from typing import Literal
 
 from relaysync.constants import MAX_NAME_BYTES
 from relaysync.errors import ProtocolError
-from relaysync.protocol._message_base import Message, UInt63
+from relaysync.protocol._message_base import Message, UInt63, UnixTime
 
 # --- Purge listener ---
 
@@ -24,7 +24,7 @@ class PurgeNotice(Message, frozen=True, tag="purge_notice"):
     url_or_path: str
     kind: Literal["url", "path", "prefix"]  # a full URL; a path under the site root; a directory
     nonce: str  # unique per notice; a repeat within the time window is refused
-    time: float  # unix time when signed
+    time: UnixTime  # unix time when signed
     hmac: str
 
     def canonical(self) -> bytes:

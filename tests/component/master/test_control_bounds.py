@@ -1,5 +1,6 @@
-"""The master's control server given integers no agent makes (over 2**63 - 1, which msgpack
-carries and a SQL BIGINT does not): the frame is malformed, the link ends, nothing is stored."""
+"""The master's control server given values no agent makes: integers over 2**63 - 1 (which
+msgpack carries and a SQL BIGINT does not), strings longer than the column they go to: the
+frame is malformed, the link ends, nothing is stored, and other agents' reports still are."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ from tests._fleet import TIMEOUT_S, Fleet, agent_link, roundtrip
 
 from relaysync.master.store import Store
 from relaysync.protocol.framing import FramedStream
-from relaysync.protocol.messages import CommitRecord, CommitReport, Ping, Pong, ReleaseReport
+from relaysync.protocol.handshake import client_hello
+from relaysync.protocol.messages import (
+    CommitRecord,
+    CommitReport,
+    MetricSample,
+    MetricsReport,
+    Ping,
+    Pong,
+    Register,
+    ReleaseReport,
+)
+from relaysync.transfer import tls
 
 OVER_INT64 = 2**63
 
@@ -25,11 +37,11 @@ def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
     f.close()
 
 
-def _mapping(fleet: Fleet, source: str, target: str) -> int:
+def _mapping(fleet: Fleet, source: str, target: str, name: str = "docs") -> int:
     resp = fleet.client.post(
         "/api/mappings",
         json={
-            "name": "docs",
+            "name": name,
             "source": source,
             "source_path": "/srv/docs",
             "targets": [{"server": target, "path": "/srv/docs"}],
@@ -121,4 +133,151 @@ def test_a_release_report_over_int64_is_a_malformed_message(
 
     anyio.run(main)
     assert fleet.store.modes.get(m).released_upto == 7
+    _no_unexpected_failure(caplog)
+
+
+LONG_STRINGS = {  # a field of a commit report, and a value longer than its column or its kind
+    "op": {"op": "x" * 40},  # changes.op is VARCHAR(32)
+    "conflict": {"conflict": "x" * 17},  # nm_conflicts.reason is VARCHAR(16)
+    "conflict_with": {"conflict_with": "c" * 65},  # nm_conflicts.winner_node: a node id
+    "route": {"route": ("r" * 256,)},  # a server name (OpenMapping.route's bound)
+}
+
+
+@pytest.mark.parametrize("field", sorted(LONG_STRINGS))
+def test_a_commit_report_string_too_long_for_its_column_is_refused(
+    fleet: Fleet, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: a 40-character op was queued and, on PostgreSQL, every job log flush failed
+    (value too long for VARCHAR(32)) with the batch put back in front: no agent's commits
+    were written again. Now the frame is malformed: its link ends, another agent's report lands."""
+    src, a, b = fleet.join("src"), fleet.join("web-a"), fleet.join("web-b")
+    ma = _mapping(fleet, "src", "web-a", "docs-a")
+    mb = _mapping(fleet, "src", "web-b", "docs-b")
+    bad_value = LONG_STRINGS[field]
+    record_fields = {k: v for k, v in bad_value.items() if k != "route"}
+    bad = CommitReport(
+        mapping_id=ma,
+        source_node=src.node_id,
+        target_node=a.node_id,
+        watermark=1,
+        records=(CommitRecord(**{"seq": 1, "op": "write", "path": "a.html", **record_fields}),),
+        route=bad_value.get("route", ()),
+    )
+    good = CommitReport(
+        mapping_id=mb,
+        source_node=src.node_id,
+        target_node=b.node_id,
+        watermark=2,
+        records=(CommitRecord(seq=2, op="write", path="b.html"),),
+    )
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(bad)
+                await _ends_without_answering(framed)
+            async with agent_link(port, b, "web-b") as framed:
+                await framed.send(good)
+                await roundtrip(framed)
+            await control.joblog.flush()
+            assert not control.joblog._queue  # written, nothing left to retry for ever
+
+    anyio.run(main)
+    assert fleet.store.job_log(mapping_id=ma) == []
+    assert [(r.seq, r.op) for r in fleet.store.job_log(mapping_id=mb)] == [(2, "write")]
+    _no_unexpected_failure(caplog)
+
+
+@pytest.mark.parametrize("field", ["name", "region", "group", "peer_address"])
+def test_a_register_string_too_long_for_its_column_is_refused(
+    fleet: Fleet, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: a 256-character region was stored as it was (SQLite) or failed the registration
+    with a store error logged as an unexpected failure (PostgreSQL: VARCHAR(255))."""
+    a = fleet.join("web-a")
+    fields = {"name": "web-a", "region": "", "group": "", "peer_address": "127.0.0.1:9"}
+
+    async def main() -> None:
+        async with fleet.control_server() as (_, port):
+            framed = await tls.connect(f"127.0.0.1:{port}", tls.client_context(a))
+            try:
+                with anyio.fail_after(TIMEOUT_S):
+                    await client_hello(framed, node_id=a.node_id, name="web-a")
+                    await framed.send(Register(**{**fields, field: "x" * 256}))
+                await _ends_without_answering(framed)
+            finally:
+                framed.abort()
+
+    anyio.run(main)
+    (server,) = fleet.store.list_servers()
+    assert (server.region, server.group, server.address) == ("", "", "")
+    assert not [r for r in caplog.records if r.getMessage() == "store operation failed"]
+    _no_unexpected_failure(caplog)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("committed_at", NAN),
+        ("committed_at", INF),
+        ("changed_at", NAN),
+        ("changed_at", -1.0),
+        ("duration_ms", INF),
+        ("duration_ms", -5.0),
+    ],
+)
+def test_a_commit_report_time_no_agent_makes_is_refused(
+    fleet: Fleet, field: str, value: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: NaN and the infinities were stored as they came, into the change rows (a NaN
+    changed_at is never old enough for retention) and the advances' latency and transfer
+    times, which every percentile of GET /api/stats is computed from."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    record = CommitRecord(
+        **{"seq": 1, "op": "write", "path": "a.html", "changed_at": 1.0, field: value}
+    )
+    bad = CommitReport(
+        mapping_id=m,
+        source_node=src.node_id,
+        target_node=a.node_id,
+        watermark=1,
+        records=(record,),
+    )
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(bad)
+                await _ends_without_answering(framed)
+            await control.joblog.flush()
+
+    anyio.run(main)
+    assert fleet.store.job_log(mapping_id=m) == []
+    assert fleet.store.advances(mapping_id=m) == []
+    _no_unexpected_failure(caplog)
+
+
+@pytest.mark.parametrize("at", [NAN, INF, -1.0])
+def test_a_metrics_report_time_no_agent_makes_is_refused(
+    fleet: Fleet, at: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: stored as the samples' time; a NaN one is never old enough to be folded or pruned."""
+    a = fleet.join("web-a")
+    got: list[MetricsReport] = []
+    sample = MetricSample(name="cpu_percent", value=1.0)
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            control.on_metrics = lambda node_id, name, report: got.append(report)
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(MetricsReport(at=at, samples=(sample,)))
+                await _ends_without_answering(framed)
+
+    anyio.run(main)
+    assert got == []
     _no_unexpected_failure(caplog)

@@ -77,6 +77,12 @@ def test_section_row_then_pair_override(world: Store) -> None:
         {"scope": "same_group", "zstd_level": 42},
         {"scope": "same_group", "transfer": "carrier-pigeon"},
         {"scope": "same_group", "bandwidth_limit_mbit": -1},
+        {"scope": "same_group", "bandwidth_limit_mbit": float("nan")},
+        {"scope": "same_group", "bandwidth_limit_mbit": float("inf")},
+        {
+            "scope": "same_group",
+            "windows": [{"start": "08:00", "end": "20:00", "bandwidth_limit_mbit": float("nan")}],
+        },
         {"scope": "same_group", "source": "src", "zstd_level": 7},
         {"scope": "inter_region", "target": "far"},
         {"scope": "pair", "source": "src"},

@@ -155,6 +155,7 @@ SAMPLES: list[AnyMessage] = [
     MetricsReport(at=1.0, samples=(MetricSample(name="cpu", value=1.0, labels=(("k", "v"),)),)),
 ]
 # sha256 of the samples' encodings, joined, as the release before the integer bounds sent them.
+NAN, INF = float("nan"), float("inf")
 SAMPLES_SHA256 = "02254030b2d294e13c02942b7097e82a4da6ebc6dae3af0c1ec4da0a070f1aee"
 # One of them in full: a map of type, seq (uint64 0x7fff...), path and changed_at (float64 0).
 DELETE_HEX = (
@@ -175,7 +176,7 @@ def _int_paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ..
         yield path
 
 
-def _with(builtins: Any, path: tuple[Any, ...], value: int) -> bytes:
+def _with(builtins: Any, path: tuple[Any, ...], value: float) -> bytes:
     copy = msgspec.msgpack.decode(msgspec.msgpack.encode(builtins))
     node = copy
     for key in path[:-1]:
@@ -260,3 +261,78 @@ def _unbounded(info: Any, where: str) -> Iterator[str]:
 def test_every_integer_field_on_the_wire_declares_its_bounds() -> None:
     """A new integer field is bounded like the others: 0..2**63-1, or signed 64-bit for these."""
     assert sorted(set(_unbounded(mi.type_info(AnyMessage), "AnyMessage"))) == []
+
+
+def _report(**record: Any) -> bytes:
+    fields = {"seq": 1, "op": "write", "path": "a", **record}
+    return ENCODER.encode(
+        CommitReport(
+            mapping_id=1,
+            source_node="s" * 64,
+            target_node="t" * 64,
+            watermark=1,
+            records=(CommitRecord(**fields),),
+        )
+    )
+
+
+@pytest.mark.parametrize("op", ["write", "delete", "mkdir", "symlink", "rename", "attr", "erase"])
+def test_the_receivers_op_names_decode(op: str) -> None:
+    report = decode_payload(_report(op=op))
+    assert isinstance(report, CommitReport) and report.records[0].op == op
+
+
+@pytest.mark.parametrize("op", ["", "x" * 33, "Write", "write\n", "wr ite", "é"])
+def test_an_op_name_no_receiver_makes_is_a_malformed_message(op: str) -> None:
+    """changes.op is VARCHAR(32): a longer op failed every job log flush on PostgreSQL."""
+    with pytest.raises(ProtocolError, match=r"\$\.records\[0\]\.op"):
+        decode_payload(_report(op=op))
+
+
+def _unbounded_floats(info: Any, where: str) -> Iterator[str]:
+    if isinstance(info, mi.FloatType):
+        if info.ge is None and info.gt is None or info.le is None and info.lt is None:
+            yield where
+    elif isinstance(info, mi.StructType):
+        for f in info.fields:
+            yield from _unbounded_floats(f.type, f"{info.cls.__name__}.{f.name}")
+    elif isinstance(info, (mi.VarTupleType, mi.ListType)):
+        yield from _unbounded_floats(info.item_type, where)
+    elif isinstance(info, mi.UnionType):
+        for t in info.types:
+            yield from _unbounded_floats(t, where)
+
+
+CHECKED_IN_VALIDATE = {"changed_at"}  # the peer link's ops: `_check_changed_at`
+
+
+def test_every_float_field_on_the_wire_declares_its_bounds() -> None:
+    """NaN and the infinities, which msgpack carries, are refused on decode: a NaN time is never
+    old enough to prune and a NaN latency or duration poisons every statistic it is summed in."""
+    found = set(_unbounded_floats(mi.type_info(AnyMessage), "AnyMessage"))
+    assert sorted(f for f in found if f.rsplit(".", 1)[-1] not in CHECKED_IN_VALIDATE) == []
+
+
+FLOAT_CASES = [
+    (CommitReport, ("records", 0, "duration_ms"), [-1.0, NAN, INF]),
+    (CommitReport, ("records", 0, "committed_at"), [-1.0, NAN, INF, 1e11]),
+    (CommitReport, ("records", 0, "changed_at"), [-1.0, NAN, INF, 1e11]),
+    (MetricsReport, ("at",), [-1.0, NAN, INF]),
+    (MetricsReport, ("samples", 0, 1), [NAN, INF, -INF]),
+    (PurgeNotice, ("time",), [-1.0, NAN, INF]),
+    (Assignment, ("mappings", 0, "targets", 0, "policy", "bandwidth_limit_mbit"), [-1.0, NAN]),
+]
+
+
+def _float_cases() -> Iterator[Any]:
+    for kind, path, values in FLOAT_CASES:
+        (message,) = [m for m in SAMPLES if type(m) is kind]
+        builtins = msgspec.msgpack.decode(ENCODER.encode(message))
+        for value in values:
+            yield pytest.param(_with(builtins, path, value), id=f"{kind.__name__}.{path}={value}")
+
+
+@pytest.mark.parametrize("payload", list(_float_cases()))
+def test_a_float_no_sender_makes_is_a_malformed_message(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_payload(payload)

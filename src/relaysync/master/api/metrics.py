@@ -17,6 +17,8 @@ from relaysync.protocol.messages import MetricSample
 
 logger = logging.getLogger(__name__)
 
+FLEET_FIGURES = {"server_up", "server_healthy", "alerts_open"}  # _FleetCollector's, unprefixed
+
 
 class _FleetCollector(Collector):
     """Servers' health and state, read from the store at scrape time."""
@@ -47,8 +49,16 @@ def get_metrics(request: Request, context: Context) -> Response:
     monitor = getattr(request.app.state, "monitor", None)
     figures: Mapping[str, Sequence[MetricSample]] = monitor.figures() if monitor is not None else {}
 
+    # An agent's figure named like one of the master's families would be a second family of
+    # that name, which is invalid exposition: the whole scrape would fail. It is left out.
+    masters = {f"master_{s.name}" for s in figures.get(MASTER_SERVER, ())} | FLEET_FIGURES
+
     def agents() -> Mapping[str, Sequence[MetricSample]]:
-        return {k: v for k, v in figures.items() if k != MASTER_SERVER}
+        return {
+            k: [s for s in v if s.name not in masters]
+            for k, v in figures.items()
+            if k != MASTER_SERVER
+        }
 
     def master() -> Mapping[str, Sequence[MetricSample]]:
         return {k: v for k, v in figures.items() if k == MASTER_SERVER}

@@ -1,5 +1,6 @@
 """The master's store: servers, mappings, tokens, the config epoch and the job log."""
 
+from relaysync.master.store._engine import store_unavailable
 from relaysync.master.store.store import Store
 from relaysync.master.store.types import (
     CatchupInfo,
@@ -22,4 +23,5 @@ __all__ = [
     "TargetInfo",
     "TargetStatus",
     "WatermarkInfo",
+    "store_unavailable",
 ]

@@ -8,7 +8,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from relaysync.errors import ConfigError, StoreError
 
@@ -65,3 +71,10 @@ def map_db_errors(operation: str) -> Iterator[None]:
     except SQLAlchemyError as exc:
         logger.warning("store operation failed", extra={"operation": operation})
         raise StoreError(f"{operation}: {exc}") from exc
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether a failure is the database's (down, locked, disk full, a deadlock, the pool
+    exhausted) rather than the data's: the same write may succeed later, as it is."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    return isinstance(cause, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -170,8 +171,8 @@ def validate(
         raise ConfigError(f"policy transfer {transfer!r} is not one of {', '.join(TRANSFERS)}")
     if zstd_level is not None and not 0 <= zstd_level <= 19:
         raise ConfigError(f"zstd level {zstd_level} is outside 0..19 (0 = off)")
-    if bandwidth_limit_mbit is not None and bandwidth_limit_mbit < 0:
-        raise ConfigError("bandwidth limit must be >= 0 (0 = unlimited)")
+    if bandwidth_limit_mbit is not None and not 0 <= bandwidth_limit_mbit <= sys.float_info.max:
+        raise ConfigError("bandwidth limit must be a number >= 0 (0 = unlimited)")
     if scope == "pair" and not (source and target):
         raise ConfigError(
             "a pair policy names a source and a target server; a section policy names neither"
