@@ -213,10 +213,10 @@ class SignatureStore(SignatureKeeper):
             build.ok = False
         finally:
             os.close(build.fd)
-            build.done.set()
             if not build.ok:  # the links streaming it hold its files open; no other can join it
                 with self._lock:
                     self._unlink_build(build)
+            build.done.set()  # after the unlink: a link that sees the failure finds no files left
 
     def delta_ratio(self, path: str) -> float | None:
         """The size of the last delta of this file over the file's, or None if none was made."""
