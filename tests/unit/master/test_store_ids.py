@@ -35,10 +35,10 @@ def _migrate_to(store_url: str, revision: str, *, down: bool = False) -> None:
 
 
 @pytest.fixture
-def old_store(store_url: str) -> Iterator[Store]:
+def old_store(empty_store_url: str) -> Iterator[Store]:
     """A Store on a database at the revision before 0013_sqlite_ids."""
-    _migrate_to(store_url, BEFORE)
-    store = Store(store_url)
+    _migrate_to(empty_store_url, BEFORE)
+    store = Store(empty_store_url)
     try:
         yield store
     finally:
@@ -96,7 +96,7 @@ def _snapshot(store: Store, mapping_id: int) -> dict[str, Any]:
 
 
 def test_the_migration_keeps_rows_and_ids_and_new_ids_are_never_reused(
-    old_store: Store, store_url: str
+    old_store: Store, empty_store_url: str
 ) -> None:
     mapping_id = _populate(old_store)
     before = _snapshot(old_store, mapping_id)
@@ -134,7 +134,7 @@ def test_the_migration_keeps_rows_and_ids_and_new_ids_are_never_reused(
     )
     assert m2.id > mapping_id  # mappings: config_epoch.last_mapping_id (0007_mapping_ids)
     assert old_store.routing.start_recovery(m2.id, T1, "manual", time.time()).id > newest
-    engine = sa.create_engine(store_url)
+    engine = sa.create_engine(empty_store_url)
     try:
         with engine.begin() as conn:
             newest = conn.execute(sa.text("SELECT MAX(id) FROM alerts")).scalar_one()
@@ -147,9 +147,9 @@ def test_the_migration_keeps_rows_and_ids_and_new_ids_are_never_reused(
     assert alert.id > newest
 
 
-def test_the_migration_goes_back_keeping_rows(old_store: Store, store_url: str) -> None:
+def test_the_migration_goes_back_keeping_rows(old_store: Store, empty_store_url: str) -> None:
     mapping_id = _populate(old_store)
     old_store.migrate()
     after = _snapshot(old_store, mapping_id)
-    _migrate_to(store_url, BEFORE, down=True)
+    _migrate_to(empty_store_url, BEFORE, down=True)
     assert _snapshot(old_store, mapping_id) == after

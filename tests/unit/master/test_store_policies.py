@@ -282,7 +282,7 @@ def test_plain_link_secrets_reach_only_the_two_ends_of_their_hop(world: Store) -
     )  # per hop: the source, its parent before, cannot pass as the relay
 
 
-def test_a_database_from_before_inheritance_keeps_its_full_rows(store_url: str) -> None:
+def test_a_database_from_before_inheritance_keeps_its_full_rows(empty_store_url: str) -> None:
     """Rows written when every field was stored (before 0011_policy_inherit) still set every
     field, so they override their section whole, as they did; new rows may leave fields out."""
     import sqlalchemy as sa
@@ -319,7 +319,7 @@ def test_a_database_from_before_inheritance_keeps_its_full_rows(store_url: str) 
         sa.column("timezone"),
     )
     full = {"updated_at": 1.0, "note": "", "windows": [], "timezone": ""}
-    engine = sa.create_engine(store_url)
+    engine = sa.create_engine(empty_store_url)
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
@@ -353,7 +353,7 @@ def test_a_database_from_before_inheritance_keeps_its_full_rows(store_url: str) 
             )
     finally:
         engine.dispose()
-    store = Store(store_url)
+    store = Store(empty_store_url)
     try:
         store.migrate()
         world = _populate(store)

@@ -13,12 +13,12 @@ from relaysync.master.store import Store
 A, B = "a" * 64, "b" * 64
 
 
-def test_migrate_from_empty_creates_every_table(store_url: str) -> None:
-    store = Store(store_url)
+def test_migrate_from_empty_creates_every_table(empty_store_url: str) -> None:
+    store = Store(empty_store_url)
     try:
         store.migrate()
         store.migrate()  # a second run is a no-op
-        tables = set(sa.inspect(sa.create_engine(store_url)).get_table_names())
+        tables = set(sa.inspect(sa.create_engine(empty_store_url)).get_table_names())
         assert {
             "servers",
             "mappings",
