@@ -107,6 +107,7 @@ def test_fast_source_losing_its_journal_tail_in_a_machine_crash_still_sends_new_
     own_fleet.wait_converged(src, dsts)
 
 
+@pytest.mark.serial
 def test_inotify_overflow_is_detected_and_rescanned(tmp_path: Path) -> None:
     knob = Path("/proc/sys/fs/inotify/max_queued_events")
     saved = knob.read_text()

@@ -180,6 +180,7 @@ def _transfer_rate_mbit(src: Path, dst: Path, size: int) -> float:
     return (hi[1] - lo[1]) * 8 / (hi[0] - lo[0]) / 1e6
 
 
+@pytest.mark.serial
 def test_bandwidth_window_active_now_limits_the_link(own_fleet: Fleet) -> None:
     """Base unlimited; a window that does not hold comes first (10 Mbit/s), then one that holds
     now in Tokyo time (200 Mbit/s): the transfer runs at the second's rate, within ±10 %."""
@@ -206,6 +207,7 @@ def test_bandwidth_window_not_active_now_does_not_limit(own_fleet: Fleet) -> Non
 PAIR_LIMIT_MBIT = 20.0
 
 
+@pytest.mark.serial
 def test_a_pair_limit_caps_the_pair_not_each_mapping(own_fleet: Fleet) -> None:
     """Two folders (mappings) from src to t1 under a pair limit of 20 Mbit/s: the src -> t1
     network link carries 20 Mbit/s in all (within ±10 %), not 20 per mapping."""

@@ -164,6 +164,7 @@ def test_interrupted_delta_of_a_large_file_resumes(limited_fleet: Fleet) -> None
     assert _partials(dst) == []
 
 
+@pytest.mark.serial
 def test_bandwidth_limit_holds_within_ten_percent(limited_fleet: Fleet) -> None:
     _, src, (dst,) = limited_fleet.new_mapping(targets=("t1",))
     size = 120 * CHUNK_BYTES  # about 5 s at the limit

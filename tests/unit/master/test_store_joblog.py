@@ -173,6 +173,7 @@ def test_removed_target_no_longer_counts(store: Store, mapping_id: int) -> None:
     assert (row.committed_targets, row.total_targets) == (1, 1)
 
 
+@pytest.mark.serial
 def test_ten_thousand_records_in_one_call(store: Store, store_url: str, mapping_id: int) -> None:
     records = tuple(rec(s) for s in range(1, 10_001))
     started = time.perf_counter()

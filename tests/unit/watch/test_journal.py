@@ -128,6 +128,7 @@ def test_corruption_in_an_old_segment_raises_on_read(tmp_path: Path) -> None:
     j.close()
 
 
+@pytest.mark.serial
 def test_ten_thousand_appends_in_batches(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     start = time.perf_counter()

@@ -26,6 +26,7 @@ def _watches_in_use() -> int:
     return count
 
 
+@pytest.mark.serial
 def test_watch_limit_is_reported_and_unwatched_dirs_are_scanned(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

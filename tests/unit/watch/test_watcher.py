@@ -240,6 +240,7 @@ def small_queue() -> object:
     restore()
 
 
+@pytest.mark.serial
 async def test_overflow_becomes_full_rescan(tree: Path, small_queue: Callable[[], None]) -> None:
     send, receive = anyio.create_memory_object_stream[list[FsEvent]](0)
     async with anyio.create_task_group() as tg:
