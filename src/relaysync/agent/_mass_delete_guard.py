@@ -52,6 +52,7 @@ class MassDeleteGuard:
     manifest: Manifest
     on_guard: Callable[[MassDeleteHeld], None] | None
     _guard_held: bool
+    _guard_held_deletes: int  # the entries the hold keeps (as alarmed)
     _guard_probe: list[str]  # some of the held paths (of the last batch held)
     _guard_backoff_s: float  # the wait between full rescans of the hold, doubling
     _guard_due_s: float  # until the next full rescan
@@ -67,6 +68,7 @@ class MassDeleteGuard:
     def _init_guard(self, delete_confirm: int) -> None:
         """The guard's state; `delete_confirm`: the confirmations made before we started."""
         self._guard_held = False
+        self._guard_held_deletes = 0
         self._guard_probe = []
         self._guard_backoff_s = self._guard_due_s = 0.0
         self._allow_mass_delete = False
@@ -110,7 +112,8 @@ class MassDeleteGuard:
             # and this full count costs less than the deletes would (one query per 500 paths,
             # as many rows as they remove).
             total = self.manifest.count() + self._recent_deletes(time.monotonic())
-            self._alarm(self.manifest.count_trees(deletes), total, root_missing)
+            self._guard_held_deletes = self.manifest.count_trees(deletes)
+            self._alarm(self._guard_held_deletes, total, root_missing)
         return "hold"
 
     def _judge_window(self, deletes: list[str], *, settle: bool) -> Verdict:
@@ -179,6 +182,11 @@ class MassDeleteGuard:
                     root_missing=root_missing,
                 ),
             )
+
+    @property
+    def deletes_held(self) -> int:
+        """The entries whose deletes are held for an operator now; 0 when nothing is held."""
+        return self._guard_held_deletes if self._guard_held else 0
 
     def confirm_deletes(self, count: int) -> bool:
         """An operator confirmed (counter `count`): the next rescan may delete what was held."""

@@ -75,6 +75,7 @@ class _Running:
     links: LinkSet | None = None
     source: SourceMapping | None = None
     ended: anyio.Event = field(default_factory=anyio.Event)  # its journal and manifest are closed
+    failing: bool = False  # its last run failed or could not start: waiting for a retry
 
 
 class AgentService(TargetRole):
@@ -347,6 +348,8 @@ class AgentService(TargetRole):
                         if time.monotonic() - began >= SOURCE_RETRY_MAX_S:
                             delay_s = SOURCE_RETRY_MIN_S  # it ran a while: a new failure
                         _log_source_failure(spec.mapping_id, exc, delay_s)
+                        if (failed := self._running_source(spec.mapping_id, scope)) is not None:
+                            failed.failing = True  # the master sees it in source_failing
                     await anyio.sleep(delay_s)
                     delay_s = min(delay_s * 2, SOURCE_RETRY_MAX_S)
                     running = self._running_source(spec.mapping_id, scope)
@@ -370,6 +373,8 @@ class AgentService(TargetRole):
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(source.serve)
+                if running is not None:
+                    running.failing = False
                 if not source.realtime and running is not None:
                     self._release(source, running.spec.release)  # a send made while we were down
                 links = LinkSet(
@@ -440,8 +445,13 @@ class AgentService(TargetRole):
             sample("master_link_connected", bool(self.link and self.link.connected)),
         ]
         for r in self.sources.values():
+            # 1 while the mapping's source cannot run (its folder, its state): an operator's
+            # threshold on it alerts, and resolves when a retry starts the source
+            out.append(sample("source_failing", r.failing, mapping=r.spec.name))
             if r.source is not None:
                 out.append(sample("journal_backlog", r.source.backlog(), mapping=r.spec.name))
+                # the entries whose deletes the mass-delete guard holds for an operator (0: none)
+                out.append(sample("deletes_held", r.source.deletes_held, mapping=r.spec.name))
         return out
 
     # --- reports ---

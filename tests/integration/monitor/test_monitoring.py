@@ -15,11 +15,13 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relaysync.constants import SOURCE_RETRY_MAX_S
 from relaysync.testing.cluster import wait_until
 from tests.integration.monitor.conftest import ALERT_TIMEOUT_S, INTERVAL_S, MonitoredFleet
 
@@ -327,3 +329,54 @@ def test_failing_ping_fires_and_resolves(
     _check_notified_once(mfleet, alert, "resolved")
     wait_until(lambda: mfleet.health("a2") == "ok", timeout_s=ALERT_TIMEOUT_S, what="a2 ok")
     api.delete(f"/api/probes/{probe['id']}")
+
+
+def test_a_source_that_cannot_run_is_alerted_until_a_retry_starts_it(
+    mfleet: MonitoredFleet, tmp_path: Path
+) -> None:
+    """A mapping whose source folder cannot be opened was only logged on its agent: the master,
+    the console and the operator's alerts never heard of it. Its agent now reports
+    source_failing{mapping} = 1 until a retry starts the source, so a threshold on it alerts
+    and resolves by itself (and the mass-delete guard's deletes_held the same way)."""
+    api = mfleet.cluster.api
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the source folder should be")
+    mapping = mfleet.cluster.create_mapping(
+        "unreadable-source", "a1", blocker / "site", [("a2", tmp_path / "copy")]
+    )
+    rule = api.post(
+        "/api/thresholds",
+        json={
+            "scope": "server",
+            "target": "a1",
+            "metric": "source_failing",
+            "operator": ">",
+            "value": 0,
+        },
+    ).json()
+    try:
+        alert = mfleet.wait_alert(f"threshold:{rule['id']}:a1", "firing")
+        _check_notified_once(mfleet, alert, "firing")
+        series = _families(api.get("/metrics").text)["relaysync_source_failing"]
+        assert series[(("mapping", "unreadable-source"), ("server", "a1"))] == 1.0
+        held = _families(api.get("/metrics").text).get("relaysync_deletes_held", {})
+        assert (("mapping", "unreadable-source"), ("server", "a1")) not in held  # never ran
+        blocker.unlink()  # the operator fixes it: the next retry (backoff from 1 s) starts it
+        (blocker / "site").mkdir(parents=True)
+        (blocker / "site" / "index.html").write_text("up")
+        mfleet.wait_alert(
+            f"threshold:{rule['id']}:a1", "resolved", timeout_s=SOURCE_RETRY_MAX_S + ALERT_TIMEOUT_S
+        )
+        _check_notified_once(mfleet, alert, "resolved")
+        wait_until(
+            lambda: (tmp_path / "copy" / "index.html").exists(),
+            timeout_s=ALERT_TIMEOUT_S,
+            what="the source replicating",
+        )
+        series = _families(api.get("/metrics").text)
+        key = (("mapping", "unreadable-source"), ("server", "a1"))
+        assert series["relaysync_source_failing"][key] == 0.0
+        assert series["relaysync_deletes_held"][key] == 0.0
+    finally:
+        api.delete(f"/api/thresholds/{rule['id']}")
+        api.delete(f"/api/mappings/{mapping['id']}")

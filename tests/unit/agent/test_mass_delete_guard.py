@@ -85,10 +85,14 @@ def test_a_confirmation_is_used_by_the_held_deletes_not_by_another_batch(
         _remove(root, range(DIRS))
         await mapping.rescan()
         assert len(alarms) == 1 and _ops(mapping, head) == []  # held
+        assert (
+            mapping.deletes_held == alarms[0].deletes == DIRS * (FILES + 1)
+        )  # what the master sees
         assert mapping.confirm_deletes(1)
         await _other_batch_first(mapping, root, kind)
         assert _ops(mapping, head) == [("write", "new.txt")]
         await mapping.rescan()  # what the service runs after a confirmation
+        assert mapping.deletes_held == 0  # they went: the master's alert on it resolves
 
     try:
         anyio.run(main)
@@ -364,7 +368,9 @@ def test_a_hold_ends_when_a_recheck_finds_the_folder_back(
             await clock.run_until(600.0)
             root.rmdir()
             away.rename(root)  # mounted again
+            assert mapping.deletes_held == DIRS * (FILES + 1)
             await clock.run_until(clock.now + 2 * _mass_delete_guard.GUARD_RECHECK_S)
+            assert mapping.deletes_held == 0  # the hold ended by itself: so does the alert
             ended = len(scans)
             await clock.run_until(clock.now + 900.0)
             assert len(scans) == ended, "the rechecks went on after the folder came back"
