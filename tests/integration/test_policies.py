@@ -227,7 +227,9 @@ def test_a_pair_limit_caps_the_pair_not_each_mapping(own_fleet: Fleet) -> None:
         (src / "warm").write_text("x")
         own_fleet.wait_converged(src, dsts)
     port = own_fleet.peer_port("t1")
-    size = 6 * 1024 * 1024  # 6 MiB each: 5 s for both at the pair's limit (48 chunks was 96 MiB, 40 s)
+    size = (
+        6 * 1024 * 1024
+    )  # 6 MiB each: 5 s for both at the pair's limit (48 chunks was 96 MiB, 40 s)
     for _, src, _ in maps:
         (src / "big.tmp").write_bytes(os.urandom(size))
     start = bytes_sent_to(port)
