@@ -1,4 +1,5 @@
-"""Real tmpfs mounts for tests of an unmounted folder (root only: a test skips without them)."""
+"""Real tmpfs mounts for tests of an unmounted folder or a full disk (root only: a test skips
+without them)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 import pytest
 
 
-def mount_tmpfs(where: Path) -> None:
-    """Mount a fresh tmpfs at `where` (made if missing); skip the test if that is not permitted."""
+def mount_tmpfs(where: Path, size: str = "64m") -> None:
+    """Mount a fresh tmpfs of `size` at `where` (made if missing); skip the test if that is not
+    permitted."""
     where.mkdir(exist_ok=True)
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
         capture_output=True,
         text=True,
         check=False,

@@ -5,20 +5,32 @@ flushes it every JOB_LOG_FLUSH_INTERVAL_S (or sooner when it grows) in one trans
 worker thread. Failed records also go to the event bus. Live watermarks are kept in memory for
 the API (lag figures) as reports arrive.
 
+Bounded memory: past `max_queued_records` in memory (the store down or behind), reports go to a
+spool on disk (master/joblog_spool.py), and every later one too until it is drained, so that
+they are written in the order they came: the queue, then the spool in batches of FLUSH_RECORDS.
+A task of its own moves them to disk, so memory stays bounded while a store write hangs too. A
+previous run's spool is written first; on stop, what is in memory goes to the spool (the queue
+in front), so nothing is lost. Watermarks, events and subscribers see every report at once.
+
 Error handling: a batch that fails goes back in front of the queue and is retried with the next
 flush; after MAX_BATCH_ATTEMPTS failures in a row it is written in pieces (halves, down to single
 reports, then single records), so that a record the store refuses for what it holds is dropped
 alone, with an error naming it, and every other agent's commits are written. The store itself
 failing (down, locked, disk full: `store_unavailable`) drops nothing: what is left is retried as
 it is. Any exception counts as a failure (a bug is logged with its traceback): the writer's task
-never ends but by cancellation, which would end the master's task group with it.
+never ends but by cancellation, which would end the master's task group with it. A spool that
+cannot be written (a full disk) is logged as an error and its reports stay in memory, over the
+bound, rather than be lost.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import msgspec
@@ -26,6 +38,7 @@ import msgspec
 from relaysync.constants import JOB_LOG_FLUSH_INTERVAL_S
 from relaysync.errors import StoreError
 from relaysync.master.events import EventBus, EventType
+from relaysync.master.joblog_spool import JobLogSpool
 from relaysync.master.store import store_unavailable
 from relaysync.master.store.store import Store
 from relaysync.protocol.messages import CommitReport
@@ -36,20 +49,60 @@ FLUSH_RECORDS = 5_000  # flush early when this many records are waiting
 # Flushes in a row a batch may fail (JOB_LOG_FLUSH_INTERVAL_S apart) before it is written in
 # pieces: a lock or a restart of the database passes within them, a value it refuses does not.
 MAX_BATCH_ATTEMPTS = 3
+# Records in memory while the store is behind, the rest on disk. A decoded record is 0.5-0.9 KB
+# (tracemalloc: reports of 100 records, of 1), so 100-170 MB; 10 M records (a 10-minute outage,
+# 1,000 changes/s to 16 targets) were 5-9 GB. On disk a record takes 210-450 bytes.
+MAX_QUEUED_RECORDS = 200_000
 
 
 class JobLogWriter:
-    def __init__(self, store: Store, events: EventBus) -> None:
+    """Commit reports, queued at once and written in batches; see the module's docstring.
+
+    Args:
+        spool_dir: where reports past `max_queued_records` wait on disk; None: no bound.
+        max_queued_records: records kept in memory before the spool takes the rest.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        events: EventBus,
+        *,
+        spool_dir: Path | None = None,
+        max_queued_records: int = MAX_QUEUED_RECORDS,
+    ) -> None:
         self.store = store
         self.events = events
         self._queue: deque[CommitReport] = deque()
         self._queued_records = 0
+        self._writing_records = 0  # taken from the queue by the write in progress
         self._wake = anyio.Event()
         self.watermarks: dict[tuple[int, str, str], int] = {}
         self.written_reports = 0
         self.dropped_records = 0  # refused by the store for what they hold (logged as errors)
         self._failures = 0  # flushes in a row the batch at the head of the queue failed
         self._subscribers: list[Callable[[CommitReport], None]] = []
+        self._spool = JobLogSpool(spool_dir) if spool_dir is not None else None
+        self.max_queued_records = max_queued_records
+        self._spooling: _Spooling | None = None  # from the bound passed until the spool is drained
+        self._tail: list[CommitReport] = []  # reports taken while spooling, not yet on disk
+        self._tail_records = 0
+        self._appending_records = 0  # the tail being appended to the spool
+        self._spool_wake = anyio.Event()
+        self._spool_lock = anyio.Lock()  # one spool call at a time (each in a worker thread)
+        self._loaded = False  # the queue holds reports read back from the spool, not released
+
+    @property
+    def spooled_records(self) -> int:
+        """Records waiting in the spool: on disk, or on their way there."""
+        on_disk = self._spool.records if self._spool is not None else 0
+        return on_disk + self._appending_records + self._tail_records
+
+    @property
+    def queued_records(self) -> int:
+        """Records queued in memory or being written. With `spooled_records`, what is not yet
+        in the store (a batch read back from the spool and not yet written counts in both)."""
+        return self._queued_records + self._writing_records
 
     def subscribe(self, callback: Callable[[CommitReport], None]) -> None:
         """Call `callback(report)` with every commit report as it arrives (on the loop's thread;
@@ -75,32 +128,108 @@ class JobLogWriter:
                 callback(report)
             except Exception:  # a subscriber's bug must not lose the job log
                 logger.exception("commit report subscriber failed")
+        self._enqueue(report)
+
+    def _enqueue(self, report: CommitReport) -> None:
+        records = len(report.records)
+        if self._spooling is not None or self._over_bound(records):
+            if self._spooling is None:
+                self._start_spooling()
+            self._tail.append(report)
+            self._tail_records += records
+            if self._tail_records >= FLUSH_RECORDS:
+                self._spool_wake.set()
+            return
         self._queue.append(report)
-        self._queued_records += len(report.records)
+        self._queued_records += records
         if self._queued_records >= FLUSH_RECORDS:
             self._wake.set()
+
+    def _over_bound(self, records: int) -> bool:
+        held = self._queued_records + self._writing_records + records
+        return self._spool is not None and held > self.max_queued_records
+
+    def _start_spooling(self, replayed: int = 0) -> None:
+        assert self._spool is not None
+        self._spooling = _Spooling(started=time.monotonic(), replayed=replayed)
+        if replayed:
+            logger.warning(
+                "job log: %s records spooled to %s by the last run, writing them first",
+                replayed,
+                self._spool.directory,
+            )
+            return
+        logger.warning(
+            "job log: the store is behind, spooling to %s (%s records queued)",
+            self._spool.directory,
+            self._queued_records + self._writing_records,
+        )
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        await self._open_spool()
         task_status.started()
         try:
-            while True:
-                with anyio.move_on_after(JOB_LOG_FLUSH_INTERVAL_S):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
-                await self.flush()
+            async with anyio.create_task_group() as tg:
+                if self._spool is not None:
+                    tg.start_soon(self._spool_loop)
+                await self._flush_loop()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.flush()
+                await self._persist()
+
+    async def _open_spool(self) -> None:
+        """Take up a previous run's spool (before any report is queued: they come after it)."""
+        if self._spool is None:
+            return
+        try:
+            replayed = await anyio.to_thread.run_sync(self._spool.open)
+        except Exception as exc:  # the job log goes on, in memory only; the files stay
+            _log_spool_failure(
+                logging.ERROR,
+                exc,
+                "job log: cannot open the spool %s, queueing in memory only: %s",
+                self._spool.directory,
+            )
+            self._spool = None
+            return
+        if replayed:
+            self._start_spooling(replayed)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with anyio.move_on_after(JOB_LOG_FLUSH_INTERVAL_S):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            await self.flush()
+
+    async def _spool_loop(self) -> None:
+        """Move the reports taken while spooling to disk, apart from the flushes: a store
+        write that hangs must not hold them in memory."""
+        while True:
+            with anyio.move_on_after(JOB_LOG_FLUSH_INTERVAL_S):
+                await self._spool_wake.wait()
+            self._spool_wake = anyio.Event()
+            await self._spool_tail()
 
     async def flush(self) -> None:
-        """Write what is queued; never raises but on cancellation (see the module's docstring)."""
+        """Write what is queued, or else the next batch of the spool; never raises but on
+        cancellation (see the module's docstring)."""
+        if not self._queue and self._spooling is not None:
+            await self._load()
+        await self._flush_queue()
+        if self._loaded and not self._queue:
+            await self._release()
+
+    async def _flush_queue(self) -> None:
         if not self._queue:
             return
         batch = list(self._queue)
         self._queue.clear()
-        self._queued_records = 0
+        self._writing_records, self._queued_records = self._queued_records, 0
+        written = self.written_reports
         try:
             await self._write(batch)
         except Exception as exc:
@@ -114,7 +243,140 @@ class JobLogWriter:
             self._failures = 0
             self._requeue(await self._write_in_pieces(batch, exc))
             return
+        except BaseException:  # cancelled (a stop): unless written, the stop's flush keeps it
+            if self.written_reports == written:
+                self._requeue(batch)
+            raise
+        finally:
+            self._writing_records = 0
         self._failures = 0
+
+    # --- The spool ---
+
+    async def _spool_tail(self) -> None:
+        """Append the reports taken while spooling to the spool; on failure (a full disk) they
+        stay in memory, in order, and are tried again."""
+        assert self._spool is not None
+        async with self._spool_lock:
+            if not self._tail:
+                return
+            tail, records = self._tail, self._tail_records
+            self._tail, self._tail_records = [], 0
+            self._appending_records = records
+            try:
+                with anyio.CancelScope(shield=True):  # on disk or back in memory, never neither
+                    await anyio.to_thread.run_sync(self._spool.append, tail)
+            except Exception as exc:  # a full disk (OSError) or a bug: keep them, try again
+                self._tail[:0] = tail
+                self._tail_records += records
+                self._spool_failed(exc)
+                return
+            finally:
+                self._appending_records = 0
+        if self._spooling is not None:
+            self._spooling.spooled += records
+            if self._spooling.failing:
+                self._spooling.failing = False
+                logger.warning("job log: writing to the spool %s again", self._spool.directory)
+
+    def _spool_failed(self, exc: Exception) -> None:
+        assert self._spool is not None and self._spooling is not None
+        if not self._spooling.failing:  # once per run of failures: they come every flush
+            self._spooling.failing = True
+            _log_spool_failure(
+                logging.ERROR,
+                exc,
+                "job log: cannot write to the spool %s, keeping its reports in memory "
+                "(%s records, over the bound of %s): %s",
+                self._spool.directory,
+                self.queued_records + self._tail_records,
+                self.max_queued_records,
+            )
+
+    async def _load(self) -> None:
+        """Queue the next batch of the spool; once it is empty, what could not go to disk."""
+        assert self._spool is not None
+        async with self._spool_lock:
+            try:
+                with anyio.CancelScope(shield=True):
+                    batch = await anyio.to_thread.run_sync(self._spool.read, FLUSH_RECORDS)
+            except Exception as exc:  # read errors are the spool's to handle: a bug
+                logger.error(
+                    "job log: reading the spool failed, will retry: %r", exc, exc_info=True
+                )
+                return
+            if batch:
+                self._loaded = True
+            elif not self._loaded:  # the disk part is drained: the tail is the oldest left
+                batch, self._tail, self._tail_records = self._tail, [], 0
+            self._queue.extend(batch)
+            self._queued_records += sum(len(r.records) for r in batch)
+        self._end_spooling_if_drained()
+
+    async def _release(self) -> None:
+        """The batch read back is written: the spool forgets it."""
+        assert self._spool is not None
+        async with self._spool_lock:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._spool.release)
+            except Exception as exc:  # tried again after the next batch; a stop repeats them
+                _log_spool_failure(
+                    logging.WARNING,
+                    exc,
+                    "job log: releasing written reports from the spool failed, will retry: %s",
+                )
+                return
+            self._loaded = False
+        if self._spooling is not None:
+            self._wake.set()  # more to write: no pause between batches
+        self._end_spooling_if_drained()
+
+    def _end_spooling_if_drained(self) -> None:
+        spooling, spool = self._spooling, self._spool
+        if spooling is None or spool is None or spool.records or self._tail or self._loaded:
+            return
+        self._spooling = None
+        logger.warning(
+            "job log: the spool %s is drained: %s records went through it in %.0f s "
+            "(%s from the last run)",
+            spool.directory,
+            spooling.spooled + spooling.replayed,
+            time.monotonic() - spooling.started,
+            spooling.replayed,
+        )
+
+    async def _persist(self) -> None:
+        """On stop: put what is still in memory in the spool, the queue in front (it is older)
+        unless it was read back from there, so that the next run writes it."""
+        if self._spool is None:
+            return
+        spool = self._spool
+        queue = [] if self._loaded else list(self._queue)
+        for save, reports in ((spool.prepend, queue), (spool.append, self._tail)):
+            try:
+                await anyio.to_thread.run_sync(save, reports)
+            except Exception as exc:
+                _log_spool_failure(
+                    logging.ERROR,
+                    exc,
+                    "job log: %s records lost: cannot write them to the spool %s: %s",
+                    sum(len(r.records) for r in reports),
+                    spool.directory,
+                )
+        self._queue.clear()
+        self._queued_records = 0
+        self._tail, self._tail_records = [], 0
+        try:
+            await anyio.to_thread.run_sync(spool.close)
+        except OSError as exc:
+            logger.error("job log: closing the spool %s failed: %s", spool.directory, exc)
+        if spool.records:
+            logger.warning(
+                "job log: %s records not yet in the store wait in the spool %s",
+                spool.records,
+                spool.directory,
+            )
 
     async def _write(self, reports: list[CommitReport]) -> None:
         await anyio.to_thread.run_sync(self.store.record_commit_reports, reports)
@@ -145,6 +407,9 @@ class JobLogWriter:
                     _log_failure(failure, "job log write failed, will retry: %s")
                     return [r for p in (piece, *reversed(pending)) for r in p]
                 self._split_or_drop(piece, failure, pending)
+            except BaseException:  # cancelled: what is left stays queued for the stop
+                self._requeue([r for p in (piece, *reversed(pending)) for r in p])
+                raise
         return []
 
     def _split_or_drop(
@@ -195,10 +460,26 @@ class JobLogWriter:
             )
 
 
+@dataclass
+class _Spooling:
+    """A run of the spool, from the bound passed (or a start with a spool left) to drained."""
+
+    started: float  # time.monotonic()
+    replayed: int = 0  # records left by the last run
+    spooled: int = 0  # records appended since
+    failing: bool = False  # the last append failed (logged once)
+
+
 def _log_failure(exc: Exception, message: str, *args: object) -> None:
     """A store failure as a warning; anything else (a bug) with its traceback."""
     expected = isinstance(exc, StoreError)
     logger.warning(message, *args, exc if expected else repr(exc), exc_info=not expected)
+
+
+def _log_spool_failure(level: int, exc: Exception, message: str, *args: object) -> None:
+    """A disk failure (OSError) as it is; anything else (a bug) with its traceback."""
+    expected = isinstance(exc, OSError)
+    logger.log(level, message, *args, exc if expected else repr(exc), exc_info=not expected)
 
 
 def _halves(piece: list[CommitReport]) -> list[list[CommitReport]] | None:

@@ -95,7 +95,8 @@ class MasterService:
         """Run until cancelled; reports the API URL once both servers listen."""
         store, ca, identity, admin_token, _join = await anyio.to_thread.run_sync(self._prepare)
         events = EventBus()
-        joblog = JobLogWriter(store, events)
+        # reports past the writer's memory bound wait here while the store is behind
+        joblog = JobLogWriter(store, events, spool_dir=self.data_dir / "joblog-spool")
         purging = PurgeService(
             store=store, events=events, joblog=joblog, listen=self.cfg.purge_listen
         )
@@ -159,7 +160,11 @@ class MasterService:
     def _monitor(
         self, store: Store, events: EventBus, joblog: JobLogWriter, links_up: Callable[[], set[str]]
     ) -> MonitorService:
-        watch = SelfWatch(store_ping=store.epoch, queue_length=lambda: len(joblog._queue))
+        watch = SelfWatch(
+            store_ping=store.epoch,
+            queue_length=lambda: len(joblog._queue),
+            spooled_records=lambda: joblog.spooled_records,
+        )
         return MonitorService(
             store=store,
             publish=lambda kind, data: events.publish(EventType(kind), **data),

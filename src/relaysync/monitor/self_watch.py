@@ -18,10 +18,15 @@ class SelfWatch:
     """Collects the master's own figures; collect() blocks (it touches the store): run it in a thread."""
 
     def __init__(
-        self, *, store_ping: Callable[[], object], queue_length: Callable[[], int]
+        self,
+        *,
+        store_ping: Callable[[], object],
+        queue_length: Callable[[], int],
+        spooled_records: Callable[[], int] = lambda: 0,
     ) -> None:
         self.store_ping = store_ping
         self.queue_length = queue_length
+        self.spooled_records = spooled_records  # the job log's, on disk while the store is behind
         self.process = psutil.Process()
         self.process.cpu_percent(interval=None)  # prime: the next call measures from here
 
@@ -42,4 +47,5 @@ class SelfWatch:
             out.append(sample("store_up", 1))
             out.append(sample("store_latency_ms", (time.monotonic() - started) * 1000))
         out.append(sample("joblog_queue", self.queue_length()))
+        out.append(sample("joblog_spooled_records", self.spooled_records()))
         return out

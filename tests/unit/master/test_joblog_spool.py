@@ -1,0 +1,178 @@
+"""The job log spool on real files: order across segments, restarts, torn and bad frames."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from relaysync.master.joblog_spool import JobLogSpool
+from relaysync.protocol.messages import CommitRecord, CommitReport
+
+SRC, TGT = "a" * 64, "b" * 64
+SEGMENT_BYTES = 4096  # four reports each, so that every test crosses segments
+HEADER = struct.Struct(">III")  # the frame header: payload bytes, records, CRC-32 of the payload
+
+
+def _report(n: int, records: int = 3) -> CommitReport:
+    recs = tuple(
+        CommitRecord(seq=n * records + k, op="write", path=f"dir/file-{n}-{k}.html")
+        for k in range(1, records + 1)
+    )
+    return CommitReport(
+        mapping_id=1, source_node=SRC, target_node=TGT, watermark=(n + 1) * records, records=recs
+    )
+
+
+def _spool(directory: Path) -> JobLogSpool:
+    spool = JobLogSpool(directory, segment_bytes=SEGMENT_BYTES)
+    spool.open()
+    return spool
+
+
+def _drain(spool: JobLogSpool, batch_records: int = 7) -> list[int]:
+    """Read and release everything, batch by batch; returns the reports' numbers in order."""
+    seen: list[int] = []
+    while batch := spool.read(batch_records):
+        seen += [r.watermark // 3 - 1 for r in batch]
+        spool.release()
+    return seen
+
+
+def _segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.spool"))
+
+
+def test_reports_come_back_in_order_across_segments_and_leave_nothing(tmp_path: Path) -> None:
+    spool = _spool(tmp_path / "spool")
+    for first in range(0, 40, 8):
+        spool.append([_report(n) for n in range(first, first + 8)])
+    assert len(_segments(tmp_path / "spool")) > 3
+    assert spool.records == 40 * 3
+    batch = spool.read(7)
+    assert [len(r.records) for r in batch] == [3, 3, 3]  # whole reports, up to the 7th record
+    assert spool.records == 120  # read is not released
+    spool.release()
+    assert spool.records == 111
+    assert _drain(spool) == list(range(3, 40))
+    assert spool.records == 0
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_restart_reads_from_what_was_released(tmp_path: Path) -> None:
+    """Released reports never come back; read but unreleased ones do (the store may not have
+    them); none is lost."""
+    spool = _spool(tmp_path / "spool")
+    spool.append([_report(n) for n in range(20)])
+    spool.read(12)
+    spool.release()  # 0..3 are in the store
+    spool.read(9)  # 4..6 read, then the master is killed before they are written
+    again = _spool(tmp_path / "spool")
+    assert again.records == 16 * 3
+    assert _drain(again) == list(range(4, 20))
+
+
+def test_appends_after_a_restart_go_after_what_was_left(tmp_path: Path) -> None:
+    spool = _spool(tmp_path / "spool")
+    spool.append([_report(n) for n in range(5)])
+    spool.close()
+    again = _spool(tmp_path / "spool")
+    again.append([_report(n) for n in range(5, 9)])
+    assert _drain(again) == list(range(9))
+
+
+def test_prepend_goes_before_everything_spooled(tmp_path: Path) -> None:
+    """A stopping writer's memory queue is older than its spool: it is read first, next run."""
+    spool = _spool(tmp_path / "spool")
+    spool.append([_report(n) for n in range(10, 20)])
+    spool.prepend([_report(n) for n in range(10)])
+    spool.close()
+    assert _drain(_spool(tmp_path / "spool")) == list(range(20))
+
+
+def test_a_torn_last_frame_is_cut_off_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kill mid-append: the last frame's length says more than the file holds."""
+    spool = _spool(tmp_path / "spool")
+    spool.append([_report(n) for n in range(6)])
+    spool.close()
+    last = _segments(tmp_path / "spool")[-1]
+    size = last.stat().st_size
+    with last.open("r+b") as f:
+        f.truncate(size - 5)
+    again = _spool(tmp_path / "spool")
+    assert "torn last frame" in caplog.text
+    assert _drain(again) == list(range(5))
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_zero_filled_tail_is_cut_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A power cut can leave the file longer than what was written, filled with zeros."""
+    spool = _spool(tmp_path / "spool")
+    spool.append([_report(n) for n in range(2)])
+    spool.close()
+    last = _segments(tmp_path / "spool")[-1]
+    with last.open("ab") as f:
+        f.write(bytes(300))
+    again = _spool(tmp_path / "spool")
+    assert "torn last frame" in caplog.text
+    assert _drain(again) == [0, 1]
+
+
+def test_a_bad_frame_in_the_middle_keeps_the_segment_as_bad_and_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk error inside a segment: what precedes it and every later segment are read, and
+    the segment is kept for the operator instead of being deleted."""
+    spool = _spool(tmp_path / "spool")
+    for n in range(12):
+        spool.append([_report(n)])
+    spool.close()
+    first = _segments(tmp_path / "spool")[0]
+    frames = _frames(first)
+    assert len(frames) >= 3
+    _rewrite(first, frames[1][0] + HEADER.size + 5, b"\xff")  # the 2nd report's payload
+    caplog.clear()
+    again = _spool(tmp_path / "spool")
+    assert "unreadable frame" in caplog.text
+    assert _drain(again) == [0, *range(len(frames), 12)]
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [first.name + ".bad"]
+
+
+def test_an_undecodable_frame_is_skipped_alone_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame intact on disk that does not decode (written by another version, say)."""
+    spool = _spool(tmp_path / "spool")
+    spool.append([_report(n) for n in range(3)])
+    spool.close()
+    (segment,) = _segments(tmp_path / "spool")
+    offset, length = _frames(segment)[1]
+    payload = (
+        b"\xc1" + segment.read_bytes()[offset + HEADER.size + 1 : offset + HEADER.size + length]
+    )
+    _rewrite(segment, offset, HEADER.pack(length, 3, zlib.crc32(payload)) + payload)
+    again = _spool(tmp_path / "spool")
+    assert _drain(again) == [0, 2]
+    assert "cannot be decoded" in caplog.text
+    assert again.lost_records == 3 and again.records == 0
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [segment.name + ".bad"]
+
+
+def _frames(path: Path) -> list[tuple[int, int]]:
+    """(offset, payload bytes) of each frame of a segment."""
+    data, out, offset = path.read_bytes(), [], 0
+    while offset < len(data):
+        length = HEADER.unpack_from(data, offset)[0]
+        out.append((offset, length))
+        offset += HEADER.size + length
+    return out
+
+
+def _rewrite(path: Path, offset: int, data: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
