@@ -48,6 +48,9 @@ class SiteSpec:
     caches: tuple[CacheSpec, ...]
     origins: tuple[OriginSpec, ...]
     secret: str = field(default="", repr=False)  # HMAC key for listener notices
+    # The web server lists directories without an index file (nginx `autoindex on;`, Apache
+    # mod_autoindex): a change in a directory refreshes its listing page (purge/listings.py).
+    listings: bool = False
 
     def origin_nodes(self) -> frozenset[str]:
         """Node ids of the fleet servers among the origins."""

@@ -100,6 +100,19 @@ def test_cache_headers_are_never_sent_back_and_a_listing_sent_back_keeps_them(
     assert dict(store.get_site("www").caches[1].headers) == {"X-Key": "k"}
 
 
+def test_listings_are_off_unless_set(client: TestClient, store: Store) -> None:
+    """A site whose web server lists directories (autoindex) says so; others pay nothing."""
+    assert client.post("/api/sites", json=SITE).json()["listings"] is False
+    r = client.patch("/api/sites/www", json={"listings": True})
+    assert r.status_code == 200 and r.json()["listings"] is True, r.text
+    assert store.get_site("www").listings is True
+    r = client.patch("/api/sites/www", json={"aliases": []})  # other fields leave it as it is
+    assert r.json()["listings"] is True
+    other = {**SITE, "name": "www2", "base_urls": ["http://other.example.com"], "listings": True}
+    assert client.post("/api/sites", json=other).json()["listings"] is True
+    assert [s["listings"] for s in client.get("/api/sites").json()] == [True, True]
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -116,6 +129,7 @@ def test_cache_headers_are_never_sent_back_and_a_listing_sent_back_keeps_them(
         {"origins": [{"server": "no-such-server"}]},
         {"secret": "short"},
         {"root": "../etc"},
+        {"listings": "sometimes"},
     ],
 )
 def test_bad_sites_are_refused(client: TestClient, bad: dict) -> None:

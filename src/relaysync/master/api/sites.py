@@ -51,6 +51,11 @@ class SiteIn(BaseModel):
     aliases: list[str] = Field(default_factory=list, description="more host[:port] names")
     path_prefix: str = "/"
     index_files: list[str] = Field(default_factory=lambda: ["index.html"])
+    listings: bool = Field(
+        False,
+        description="the web server lists directories (autoindex): a change in a directory "
+        "refreshes its listing page /dir/",
+    )
     caches: list[CacheIn] = Field(default_factory=list)
     origins: list[OriginIn] = Field(
         default_factory=list, description="default: the mapping's targets"
@@ -69,6 +74,7 @@ class SitePatch(BaseModel):
     aliases: list[str] | None = None
     path_prefix: str | None = None
     index_files: list[str] | None = None
+    listings: bool | None = None
     caches: list[CacheIn] | None = None
     origins: list[OriginIn] | None = None
     secret: str | None = None
@@ -100,6 +106,7 @@ class SiteOut(BaseModel):
     aliases: list[str]
     path_prefix: str
     index_files: list[str]
+    listings: bool
     caches: list[CacheOut]
     origins: list[OriginOut]
     secret: str
@@ -136,6 +143,7 @@ def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
         aliases=list(site.aliases),
         path_prefix=site.path_prefix,
         index_files=list(site.index_files),
+        listings=site.listings,
         caches=[
             CacheOut(
                 name=c.name,

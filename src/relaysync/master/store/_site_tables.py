@@ -1,6 +1,7 @@
 """The store's tables for cache synchronization: providers, sites, the purge queue and purge log.
 
-They live beside models.py on the same declarative Base; migration 0002_sites creates them.
+They live beside models.py on the same declarative Base; migration 0002_sites creates them
+(0014_site_listings adds `sites.listings`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Site(Base):
     aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
     path_prefix: Mapped[str] = mapped_column(Text, default="/")
     index_files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The web server lists directories (autoindex): changes refresh `/dir/` (0014_site_listings)
+    listings: Mapped[bool] = mapped_column(Boolean, default=False)
     caches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     origins: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     # The listener must verify HMACs with it, so the secret itself is kept (the API never shows it

@@ -38,6 +38,7 @@ SITE_FIELDS = frozenset(
         "aliases",
         "path_prefix",
         "index_files",
+        "listings",
         "caches",
         "origins",
         "secret",
@@ -146,6 +147,10 @@ def _validate(session: Session, fields: dict[str, Any], site_id: int | None) -> 
         raise ConfigError(f"path prefix {prefix!r} must start with / and have no '..'")
     v["path_prefix"] = prefix
     v["index_files"] = [str(i) for i in fields.get("index_files", ["index.html"])]
+    listings = fields.get("listings", False)
+    if not isinstance(listings, bool):
+        raise ConfigError(f"site {v['name']!r}: listings must be true or false, not {listings!r}")
+    v["listings"] = listings
     caches = [_check_cache(dict(c)) for c in fields.get("caches") or ()]
     if len({c["name"] for c in caches}) != len(caches):
         raise ConfigError(f"site {v['name']!r}: two caches have the same name")
@@ -200,6 +205,7 @@ def _spec(session: Session, row: Site, names: dict[str, str]) -> SiteSpec:
         aliases=tuple(row.aliases),
         path_prefix=row.path_prefix,
         index_files=tuple(row.index_files),
+        listings=row.listings,
         caches=tuple(
             CacheSpec(
                 name=c["name"],
@@ -274,6 +280,7 @@ class SiteStore:
                 "aliases": row.aliases,
                 "path_prefix": row.path_prefix,
                 "index_files": row.index_files,
+                "listings": row.listings,
                 "caches": row.caches,
                 "origins": [{"server": o.get("node_id"), "url": o.get("url")} for o in row.origins],
                 **fields,
