@@ -70,6 +70,7 @@ def start_demo_cache(cluster: Cluster, dir: Path, console: Console) -> DemoCache
                 "provider": "demo",
                 "mapping": "demo",
                 "base_urls": [f"http://{host}"],
+                "listings": True,  # the origin (http.server) lists directories
                 "caches": [{"name": "varnish", "driver": "varnish", "address": cache.address}],
                 "origins": [{"server": "target-1", "url": origin.url}],
             },

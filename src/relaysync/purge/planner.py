@@ -5,8 +5,12 @@ both. Under a directory, a cache that takes bans bans a prefix; the others get a
 path the origins reported removed (`CommitRecord.removed`) and every path the job log knows
 under it (`PurgeStore.changed_paths_under`), however many: one left out would be served stale.
 A path the origins reported to be a file or a link has nothing under it: no prefix. An erase
-(catch-up) purges what the origins removed, and bans its directory only if a list was cut. `PurgePlanner` is mixed into Purger (purge/purger.py); `PurgeStore` is what the purger
-needs from the master's store.
+(catch-up) purges what the origins removed, and bans its directory only if a list was cut.
+On a site with `listings` (purge/listings.py), the listing pages of the directories a change
+took away are purged with the paths under them; those of the directories that gain or lose a
+name are refreshed once per batch (`ListingRefreshes`, fed by the purger's intake).
+`PurgePlanner` is mixed into Purger (purge/purger.py); `PurgeStore` is what the purger needs
+from the master's store.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import anyio
 from relaysync.purge import urls as urlmap
 from relaysync.purge.drivers import DRIVERS, Driver
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
+from relaysync.purge.listings import gone_listings, listing_urls
 from relaysync.purge.ordering import Released
 from relaysync.purge.site import CacheSpec, SiteSpec
 
@@ -115,6 +120,9 @@ class PurgePlanner:
         elif change.op == "erase":  # the directory stays: only what the origins removed goes
             for path in _reported_under(change):
                 purge += urlmap.urls_for_path(site, path)
+            if site.listings:  # and the directories it removed (its own listing is refreshed)
+                gone = gone_listings(change.path, _reported_under(change), itself=False)
+                purge += listing_urls(site, gone)
             prefixes += [change.path] if change.removed_truncated else []
         elif change.op == "prefix":
             prefixes.append(change.path)
@@ -163,4 +171,7 @@ class PurgePlanner:
                 continue
             for path in under.get(prefix, ()):
                 out += url_items(site.id, cache.name, urlmap.urls_for_path(site, path), "purge")
+            if site.listings:
+                gone = listing_urls(site, gone_listings(prefix, under.get(prefix, ())))
+                out += url_items(site.id, cache.name, gone, "purge")
         return out

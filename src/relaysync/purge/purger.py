@@ -39,6 +39,7 @@ from relaysync.purge import urls as urlmap
 from relaysync.purge.confirm import run_item
 from relaysync.purge.drivers import Driver, make_driver
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
+from relaysync.purge.listings import ListingRefreshes
 from relaysync.purge.ordering import HOLD_MAX_S, CommitTracker, Released
 from relaysync.purge.planner import PurgePlanner, PurgeStore, _can_ban, url_items
 from relaysync.purge.site import CacheSpec, SiteSpec
@@ -217,12 +218,14 @@ class Purger(PurgePlanner):
 
     async def _intake(self) -> None:
         """Plan and queue the released changes; one leaves `_released` only once it is queued.
+        The directory listings they alter are refreshed after them, each once.
 
         Raises:
             StoreError, or anything else: planning the change now at the head failed; the
                 changes planned before it are queued.
         """
         items: list[PurgeItem] = []
+        listings = ListingRefreshes()
         planned = 0
         failure: Exception | None = None
         for change in list(self._released):
@@ -230,10 +233,13 @@ class Purger(PurgePlanner):
             try:
                 if site is not None:
                     items += await self._plan(site, change)
+                    listings.add(site, change)
             except Exception as exc:  # noqa: BLE001 - queue what was planned, then re-raise
                 failure = exc
                 break
             planned += 1
+        for site, urls in listings.urls():
+            items += [i for c in site.caches for i in url_items(site.id, c.name, urls, "refresh")]
         await self._enqueue(items)
         for _ in range(planned):
             self._released.popleft()

@@ -1,0 +1,121 @@
+"""End to end: on a site with `listings`, a directory's listing page (the origin lists directories
+without an index file, as nginx's autoindex does) follows what the agents replicate into it, on
+every cache: a new file, a new directory, a file moved in from another directory, a delete; and
+a burst of new files in one directory refreshes its listing far fewer times than it has files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relaysync.testing.caches import CacheFarm, http_get
+from relaysync.testing.cluster import wait_until
+from tests.integration.conftest import Fleet
+
+pytestmark = pytest.mark.integration
+
+HOST = "www.example.com"
+REFRESHED_S = 30.0  # generous: replication and the refresh take milliseconds
+BURST = 200  # new files in one directory at once
+
+
+def _listing_site(fleet: Fleet, farm: CacheFarm) -> tuple[Path, str, str]:
+    """A mapping and its site on the session's caches, with listings; (source, URL prefix, site)."""
+    mapping, src, dsts = fleet.new_mapping(targets=("t1",))
+    prefix = f"/{mapping['name']}-listings/"
+    (farm.docroot / prefix.strip("/")).symlink_to(dsts[0])
+    name = f"site-{mapping['name']}"
+    r = fleet.cluster.api.post(
+        "/api/sites",
+        json={
+            "name": name,
+            "provider": "acme",
+            "mapping": mapping["name"],
+            "base_urls": [f"http://{HOST}"],
+            "path_prefix": prefix,
+            "listings": True,
+            "caches": [
+                {"name": kind, "driver": kind, "address": c.address}
+                for kind, c in farm.caches.items()
+            ],
+            "origins": [{"server": "t1", "url": farm.origin.url}],
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["listings"] is True
+    return src, prefix, name
+
+
+def _listed(farm: CacheFarm, url: str, name: str, *, listed: bool = True) -> bool:
+    """Every cache serves the listing at `url` with (or without) a link to `name`."""
+    link = f'href="{name}"'.encode()
+    for cache in farm.caches.values():
+        status, body, _ = http_get(cache.port, url, host=HOST)
+        if status != 200 or (link in body) != listed:
+            return False
+    return True
+
+
+def _until_listed(farm: CacheFarm, url: str, name: str, *, listed: bool = True) -> None:
+    wait_until(
+        lambda: _listed(farm, url, name, listed=listed),
+        timeout_s=REFRESHED_S,
+        what=f"every cache's listing of {url} {'with' if listed else 'without'} {name}",
+    )
+
+
+def _listing_refreshes(fleet: Fleet, site: str, url: str) -> dict[str, int]:
+    rows: list[dict[str, Any]] = fleet.cluster.api.get(
+        "/api/purges", params={"site": site, "limit": 1000}
+    ).json()
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row["url"] == url and row["action"] == "refresh":
+            counts[row["cache"]] = counts.get(row["cache"], 0) + 1
+    return counts
+
+
+def test_listings_follow_what_is_replicated_into_a_directory(
+    fleet: Fleet, cache_farm: CacheFarm
+) -> None:
+    src, prefix, _ = _listing_site(fleet, cache_farm)
+    (src / "pub").mkdir()
+    (src / "pub" / "v1.tar.gz").write_text("v1\n")
+    (src / "incoming").mkdir()
+    (src / "incoming" / "r.iso").write_text("iso\n")
+    pub = f"{prefix}pub/"
+    _until_listed(cache_farm, pub, "v1.tar.gz")  # replicated, and cached by every cache
+    (src / "pub" / "v2.tar.gz").write_text("v2\n")
+    _until_listed(cache_farm, pub, "v2.tar.gz")
+    (src / "pub" / "2027").mkdir()
+    _until_listed(cache_farm, pub, "2027/")
+    (src / "incoming" / "r.iso").rename(src / "pub" / "r.iso")
+    _until_listed(cache_farm, pub, "r.iso")
+    _until_listed(cache_farm, f"{prefix}incoming/", "r.iso", listed=False)
+    (src / "pub" / "v1.tar.gz").unlink()
+    _until_listed(cache_farm, pub, "v1.tar.gz", listed=False)
+
+
+def test_a_burst_of_new_files_refreshes_the_listing_a_few_times(
+    fleet: Fleet, cache_farm: CacheFarm
+) -> None:
+    src, prefix, site = _listing_site(fleet, cache_farm)
+    (src / "burst").mkdir()
+    (src / "burst" / "first").write_text("0\n")
+    url = f"{prefix}burst/"
+    _until_listed(cache_farm, url, "first")
+    before = _listing_refreshes(fleet, site, f"http://{HOST}{url}")
+    for i in range(BURST):
+        (src / "burst" / f"f{i:03}").write_text(f"{i}\n")
+    _until_listed(cache_farm, url, f"f{BURST - 1:03}")
+    wait_until(
+        lambda: all(_listed(cache_farm, url, f"f{i:03}") for i in range(0, BURST, 17)),
+        timeout_s=REFRESHED_S,
+        what="the whole burst listed",
+    )
+    after = _listing_refreshes(fleet, site, f"http://{HOST}{url}")
+    made = {kind: after.get(kind, 0) - before.get(kind, 0) for kind in cache_farm.caches}
+    print(f"listing refreshes for {BURST} new files: {made}")
+    assert all(1 <= n <= BURST // 10 for n in made.values()), made  # once per batch, not per file

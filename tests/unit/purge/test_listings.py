@@ -1,0 +1,185 @@
+"""Directory listings: which listing pages a change alters, and what a batch of changes queues
+for them on a site with `listings` (once per directory) and without (nothing)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from relaysync.master.store import Store
+from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.listings import changed_listings, gone_listings, listing_urls
+from relaysync.purge.ordering import Released
+from relaysync.purge.purger import Purger
+from relaysync.purge.site import SiteSpec
+
+pytestmark = pytest.mark.anyio
+URL = "http://www.example.com"
+KINDS = ("varnish", "nginx", "squid")
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path / 'master.db'}")
+    s.migrate()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _site(store: Store, *, listings: bool, root: str = "", path_prefix: str = "/") -> SiteSpec:
+    return store.create_site(
+        name=f"s{next(_names)}",
+        provider="acme",
+        mapping=None,
+        root=root,
+        base_urls=[URL],
+        path_prefix=path_prefix,
+        listings=listings,
+        caches=[{"name": k, "driver": k, "address": "127.0.0.1:9"} for k in KINDS],
+    )
+
+
+async def _queued(store: Store, site: SiteSpec, changes: Sequence[Released]) -> list[PurgeItem]:
+    """Release `changes` to a purger as one batch; return the items its intake queued."""
+    purger = Purger(store)
+    purger.reload_sites()
+    purger._released.extend(
+        Released(site.id, c.op, c.path, c.new_path, kind=c.kind, removed=c.removed) for c in changes
+    )
+    await purger._intake()
+    assert not purger._released
+    return [q.item for q in store.pending_purges()]
+
+
+def _on(items: list[PurgeItem], cache: str) -> set[tuple[str, str]]:
+    return {(i.action, i.url.removeprefix(URL)) for i in items if i.cache == cache}
+
+
+@pytest.mark.parametrize(
+    "change, dirs",
+    [
+        (Released(0, "write", "pub/a.tar.gz"), ["pub"]),  # new or rewritten: a record cannot tell
+        (Released(0, "write", "top.html"), [""]),
+        (Released(0, "symlink", "pub/latest"), ["pub"]),
+        (Released(0, "attr", "pub/a.tar.gz"), ["pub"]),  # the listing shows the mtime
+        (Released(0, "delete", "pub/a/b"), ["pub/a"]),
+        (Released(0, "mkdir", "pub/2026"), ["pub", "pub/2026"]),  # its own: a cached 404
+        (Released(0, "rename", "in/r.iso", "pub/r.iso"), ["in", "pub"]),
+        (Released(0, "erase", "pub"), ["pub"]),
+        (Released(0, "prefix", "pub"), []),  # an operator's purge of a prefix: no name changed
+    ],
+)
+def test_the_listings_a_change_alters(change: Released, dirs: list[str]) -> None:
+    assert changed_listings(change) == dirs
+
+
+def test_the_listings_a_removal_takes_away() -> None:
+    paths = ["d/x", "d/a/y", "d/a/b/z", "d/a/b/w", "dx/no", "elsewhere"]
+    assert gone_listings("d", paths) == ["d", "d/a", "d/a/b"]
+    assert gone_listings("d", paths, itself=False) == ["d/a", "d/a/b"]
+    assert gone_listings("", ["a/b/c", "d"]) == ["", "a/b", "a"]
+
+
+def test_listing_urls_honour_the_root_and_the_path_prefix(store: Store) -> None:
+    site = _site(store, listings=True, root="www", path_prefix="/static/")
+    assert listing_urls(site, ["www/pub", "www", "other", ""]) == [
+        f"{URL}/static/pub/",
+        f"{URL}/static/",  # the site root; the mapping's root and other folders are not served
+    ]
+    spaced = listing_urls(site, ["www/my files"])
+    assert spaced == [f"{URL}/static/my%20files/"]
+
+
+async def test_a_thousand_new_files_in_one_directory_refresh_its_listing_once(
+    store: Store,
+) -> None:
+    site = _site(store, listings=True)
+    writes = [Released(0, "write", f"pub/f{i:04}.tar.gz") for i in range(1000)]
+    items = await _queued(store, site, [*writes, Released(0, "write", "top.html")])
+    for cache in KINDS:
+        listing = Counter(i.url for i in items if i.cache == cache and i.url.endswith("/"))
+        assert listing == {f"{URL}/pub/": 1, f"{URL}/": 1}, cache
+        assert all(i.action == "refresh" for i in items if i.url.endswith("/"))
+    assert len(items) == 3 * (1000 + 1 + 2)  # each file's own refresh, and the two listings
+
+
+async def test_a_site_without_listings_queues_no_listing(store: Store) -> None:
+    site = _site(store, listings=False)
+    changes = [
+        Released(0, "write", "pub/new.tar.gz"),
+        Released(0, "mkdir", "pub/2026"),
+        Released(0, "delete", "pub/old", kind="d", removed=("pub/old/sub/x",)),
+        Released(0, "rename", "in/r.iso", "pub/r.iso", kind="f"),
+        Released(0, "erase", "pub", kind="d", removed=("pub/stray/y",)),
+    ]
+    items = await _queued(store, site, changes)
+    assert not [i for i in items if i.url.endswith("/") and i.action != "ban"], items
+    assert _on(items, "nginx") == {
+        ("refresh", "/pub/new.tar.gz"),
+        ("purge", "/pub/old"),
+        ("purge", "/pub/old/sub/x"),
+        ("purge", "/in/r.iso"),
+        ("refresh", "/pub/r.iso"),
+        ("purge", "/pub/stray/y"),
+    }
+
+
+async def test_a_rename_refreshes_both_directories_listings(store: Store) -> None:
+    site = _site(store, listings=True)
+    items = await _queued(store, site, [Released(0, "rename", "in/r.iso", "pub/r.iso", kind="f")])
+    for cache in KINDS:
+        assert _on(items, cache) == {
+            ("purge", "/in/r.iso"),
+            ("refresh", "/pub/r.iso"),
+            ("refresh", "/in/"),
+            ("refresh", "/pub/"),
+        }
+
+
+async def test_a_deleted_directorys_listings_are_purged_where_no_ban_takes_them(
+    store: Store,
+) -> None:
+    site = _site(store, listings=True)
+    removed = ("pub/old/x", "pub/old/sub/y")
+    items = await _queued(
+        store, site, [Released(0, "delete", "pub/old", kind="d", removed=removed)]
+    )
+    assert _on(items, "varnish") == {
+        ("purge", "/pub/old"),
+        ("ban", "/pub/old/"),  # takes its listing and those under it
+        ("refresh", "/pub/"),
+    }
+    for cache in ("nginx", "squid"):
+        assert _on(items, cache) == {
+            ("purge", "/pub/old"),
+            ("purge", "/pub/old/x"),
+            ("purge", "/pub/old/sub/y"),
+            ("purge", "/pub/old/"),
+            ("purge", "/pub/old/sub/"),
+            ("refresh", "/pub/"),
+        }
+
+
+async def test_an_erase_refreshes_its_listing_and_purges_those_it_removed(store: Store) -> None:
+    site = _site(store, listings=True)
+    change = Released(0, "erase", "pub", kind="d", removed=("pub/stray/y", "pub/z"))
+    items = await _queued(store, site, [change])
+    for cache in KINDS:
+        assert _on(items, cache) == {
+            ("purge", "/pub/stray/y"),
+            ("purge", "/pub/z"),
+            ("purge", "/pub/stray/"),
+            ("refresh", "/pub/"),
+        }
