@@ -1,4 +1,4 @@
-"""Operator CLI end to end: `python -m relaysync status|log|stats|mapping` against a real fleet."""
+"""Operator CLI end to end: `python -m relaysync status|log|stats|mapping|token` against a real fleet."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from relaysync.testing.cluster import wait_until
+from relaysync.auth.ca import make_key_and_csr
+from relaysync.auth.tokens import hash_token
+from relaysync.testing.cluster import Cluster, wait_until
 from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 
 pytestmark = pytest.mark.integration
@@ -20,9 +24,11 @@ SIZES = (0, 1, 1000, 65_536, 300_000)  # bytes of each file the test writes
 
 
 def cli(
-    fleet: Fleet, *args: str, env: dict[str, str] | None = None
+    fleet: Fleet | Cluster, *args: str, env: dict[str, str] | None = None, token: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    token = (fleet.cluster.master_dir / "admin-token").read_text().strip()
+    """Run `python -m relaysync ARGS` against the fleet's master, with the admin token by default."""
+    cluster = fleet.cluster if isinstance(fleet, Fleet) else fleet
+    token = token or (cluster.master_dir / "admin-token").read_text().strip()
     base = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSYNC_")}
     return subprocess.run(
         [
@@ -31,7 +37,7 @@ def cli(
             "relaysync",
             *args,
             "--master",
-            fleet.cluster.api_url,
+            cluster.api_url,
             "--token",
             token,
         ],
@@ -42,7 +48,7 @@ def cli(
     )
 
 
-def cli_json(fleet: Fleet, *args: str) -> Any:
+def cli_json(fleet: Fleet | Cluster, *args: str) -> Any:
     result = cli(fleet, *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -163,3 +169,60 @@ def test_master_found_from_its_data_dir(fleet: Fleet) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["summary"]["servers_up"] == 3
+
+
+def join_status(cluster: Cluster, token: str, name: str) -> int:
+    """POST /api/join as an agent does; the HTTP status."""
+    _key, csr = make_key_and_csr(name)
+    body = {"token": token, "name": name, "csr_pem": csr.decode()}
+    return httpx.post(f"{cluster.api_url}/api/join", json=body, timeout=CLI_TIMEOUT_S).status_code
+
+
+def test_tokens_are_listed_and_revoked_and_the_default_join_token_stays_revoked(
+    tmp_path: Path,
+) -> None:
+    """A master alone: tokens made, listed and revoked with `relaysync token`; the revoked default
+    join token is not made valid again by a restart, which warns about it."""
+    cluster = Cluster(tmp_path / "tokens")
+    cluster.start_master()
+    try:
+        default = cluster.join_token
+        joiner = cli(cluster, "token", "create-join", "--ttl-s", "3600")
+        assert joiner.returncode == 0, joiner.stderr
+        join_token = joiner.stdout.strip()  # the token alone on stdout, for scripts
+        assert join_token.startswith("rsj_") and "shown only this once" in joiner.stderr
+        api = cli_json(cluster, "token", "create-api", "departed colleague")
+
+        listed = cli_json(cluster, "token", "list")
+        join_ids = [t["id"] for t in listed["join"]]
+        assert join_ids == [hash_token(default)[:12], hash_token(join_token)[:12]]
+        assert [(t["id"], t["name"]) for t in listed["api"]] == [(api["id"], "departed colleague")]
+        table = cli(cluster, "token", "list", env={"COLUMNS": "200"})  # rows unwrapped
+        assert table.returncode == 0 and all(i in table.stdout for i in join_ids)
+        assert "departed colleague" in table.stdout and "admin-token" in table.stdout
+        for secret in (default, join_token, api["token"]):
+            assert secret not in table.stdout + json.dumps(listed)
+
+        assert join_status(cluster, join_token, "web-1") == 200
+        assert cli(cluster, "token", "revoke", "join", join_ids[1]).returncode == 0
+        assert join_status(cluster, join_token, "web-2") == 403
+        assert join_status(cluster, default, "web-2") == 200  # the other one still joins
+
+        assert cli(cluster, "status", token=api["token"]).returncode == 0
+        assert cli(cluster, "token", "revoke", "api", str(api["id"])).returncode == 0
+        refused = cli(cluster, "status", token=api["token"])
+        assert refused.returncode == 12 and "invalid token" in refused.stderr
+        unknown = cli(cluster, "token", "revoke", "api", str(api["id"]))
+        assert unknown.returncode == 15 and "not found" in unknown.stderr
+
+        assert cli(cluster, "token", "revoke", "join", join_ids[0]).returncode == 0
+        assert cluster.master is not None
+        cluster.master.stop()
+        cluster.start_master()
+        assert cluster.join_token == default  # kept in its file, not replaced by a valid one
+        assert join_status(cluster, default, "web-3") == 403
+        log = (tmp_path / "tokens" / "master.log").read_text()
+        assert "default join token" in log and "revoked" in log
+        assert cli_json(cluster, "token", "list")["join"] == []
+    finally:
+        cluster.stop()

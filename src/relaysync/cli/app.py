@@ -20,6 +20,7 @@ from relaysync.cli import (
     server_cmd,
     stats_cmd,
     status_cmd,
+    token_cmd,
     topology_cmd,
 )
 
@@ -46,3 +47,4 @@ app.command("recover")(recover_cmd.recover)
 app.add_typer(mapping_cmd.app, name="mapping")
 app.add_typer(server_cmd.app, name="server")
 app.add_typer(nmjob_cmd.app, name="nmjob")
+app.add_typer(token_cmd.app, name="token")

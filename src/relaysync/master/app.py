@@ -97,8 +97,12 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/stats", stats.get_stats, ("GET",)),                                 # [by] [since] [until] [format=json|csv]
     Route("/api/retention", retention.get_retention, ("GET",)),                     # days kept per kind, last prune
     Route("/api/retention", retention.put_retention, ("PUT",)),                     # RetentionIn: fields left out keep their value
+    Route("/api/tokens/join", tokens.list_join_tokens, ("GET",)),                  # ids, never tokens; expired too
     Route("/api/tokens/join", tokens.create_join_token, ("POST",), status_code=201),  # [{ttl_s}]
+    Route("/api/tokens/join/{token_id}", tokens.revoke_join_token, ("DELETE",), status_code=204),  # hash prefix
+    Route("/api/tokens/api", tokens.list_api_tokens, ("GET",)),                    # not the admin token
     Route("/api/tokens/api", tokens.create_api_token, ("POST",), status_code=201),  # {name}
+    Route("/api/tokens/api/{token_id}", tokens.revoke_api_token, ("DELETE",), status_code=204),  # even its own
     Route("/api/events", events.list_events, ("GET",)),                             # [since] [timeout_s] [limit]
     Route("/api/policies", policies.list_policies, ("GET",)),
     Route("/api/policies", policies.put_policy, ("PUT",)),                           # PolicyIn: upsert by scope/pair

@@ -38,6 +38,7 @@ class EventType(enum.StrEnum):
     COMMIT_FAILED = "commit_failed"
     TARGET_CAUGHT_UP = "target_caught_up"
     TOKEN_CREATED = "token_created"
+    TOKEN_REVOKED = "token_revoked"  # kind and id (a hash prefix or row id), never the token
     PURGE_REFUSED = "purge_refused"  # a cache refused a purge (403/405): fix its configuration
     PURGER_FAILING = (
         "purger_failing"  # an unexpected error (a bug) in the purger: retried with backoff

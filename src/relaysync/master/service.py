@@ -2,8 +2,9 @@
 
 On first start it creates its data directory: the fleet CA, its own control-server
 certificate, the SQLite store (unless a database URL is given), an admin API token and a join
-token, each in a file readable by root only. `master.json` there tells local tools where the
-API and control ports are.
+token, each in a file readable by root only and made only while its file is absent: a default
+join token an operator revoked stays in its file, refused, and every start warns about it.
+`master.json` there tells local tools where the API and control ports are.
 """
 
 from __future__ import annotations
@@ -58,6 +59,23 @@ def _secret_file(path: Path, make: Any) -> str:
     return value
 
 
+def _default_join_token(path: Path, store: Store) -> str:
+    """The join token in `path`, made (never expiring) only when the file is absent.
+
+    A token the store refuses (revoked, or issued by another database) stays in the file and
+    invalid, with a warning at every start: recreating it would undo the revocation.
+    """
+    token = _secret_file(path, store.create_join_token)
+    if not store.check_join_token(token):
+        logger.warning(
+            "the default join token in %s is revoked (or unknown to this database): agents "
+            "cannot join with it; give them one from `relaysync token create-join --ttl-s N`, "
+            "or delete the file and restart the master for a new default one that never expires",
+            path,
+        )
+    return token
+
+
 class MasterService:
     def __init__(self, cfg: MasterConfig) -> None:
         self.cfg = cfg
@@ -84,7 +102,7 @@ class MasterService:
         store = Store(url)
         store.migrate()
         admin = _secret_file(self.data_dir / "admin-token", lambda: secrets.token_urlsafe(32))
-        join = _secret_file(self.data_dir / "join-token", store.create_join_token)
+        join = _default_join_token(self.data_dir / "join-token", store)
         # plain (TLS-off) links' secrets derive from this key; stable across restarts
         store.policies.link_key = bytes.fromhex(
             _secret_file(self.data_dir / "link-key", lambda: secrets.token_hex(32))

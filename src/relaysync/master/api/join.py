@@ -48,7 +48,7 @@ def _check_name_free(context: Context, name: str) -> None:
 def join(body: JoinIn, context: Context) -> JoinOut:
     """Sign the agent's CSR if its join token is good; the server is listed from now on."""
     if not context.store.check_join_token(body.token):
-        raise JoinRefused("the join token is unknown or expired")
+        raise JoinRefused("the join token is unknown (never issued here, or revoked) or expired")
     try:
         check_node_name(body.name)
         _check_name_free(context, body.name)

@@ -1,11 +1,18 @@
-"""REST resource /api/tokens: new join tokens (for agents) and API tokens (for clients)."""
+"""REST resource /api/tokens: join tokens (for agents) and API tokens (for clients of this API).
+
+Tokens are shown once, when created; listings show ids only (a join token's is the beginning
+of its SHA-256, an API token's its row number), since only hashes are kept. Revoking deletes a
+token: it is refused from the next request on. An API token may revoke itself. The admin token
+(the master's data_dir/admin-token file) is not in the store, so it is neither listed nor
+revocable here and a revocation can never lock the operator out.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from relaysync.master.api._context import Context
 from relaysync.master.events import EventType
@@ -21,7 +28,17 @@ class JoinTokenIn(BaseModel):
 
 class JoinTokenOut(BaseModel):
     token: str  # shown once: only its hash is kept
+    id: str  # what the listing shows and DELETE /api/tokens/join/{id} takes
     expires_at: float | None  # unix time
+
+
+class JoinTokenListed(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str  # the first 12 hex characters of the token's SHA-256 (more if two share them)
+    created_at: float
+    expires_at: float | None  # unix time; none = never
+    expired: bool  # kept, and refused, until revoked
 
 
 class ApiTokenIn(BaseModel):
@@ -30,19 +47,59 @@ class ApiTokenIn(BaseModel):
 
 class ApiTokenOut(BaseModel):
     token: str  # shown once: only its hash is kept
+    id: int  # what the listing shows and DELETE /api/tokens/api/{id} takes
     name: str
 
 
+class ApiTokenListed(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    created_at: float
+
+
 def create_join_token(context: Context, body: JoinTokenIn | None = None) -> JoinTokenOut:
-    """A join token, reusable by any number of agents until it expires."""
+    """A join token, reusable by any number of agents until it expires or is revoked."""
     ttl_s = body.ttl_s if body is not None else None
     token = context.store.create_join_token(ttl_s=ttl_s)
-    context.changed(EventType.TOKEN_CREATED, kind="join", ttl_s=ttl_s)
-    return JoinTokenOut(token=token, expires_at=None if ttl_s is None else time.time() + ttl_s)
+    token_id = context.store.join_token_id(token)
+    context.changed(EventType.TOKEN_CREATED, kind="join", id=token_id, ttl_s=ttl_s)
+    return JoinTokenOut(
+        token=token,
+        id=token_id,
+        expires_at=None if ttl_s is None else time.time() + ttl_s,
+    )
+
+
+def list_join_tokens(context: Context) -> list[JoinTokenListed]:
+    """Every join token, oldest first, expired ones included; never the token itself."""
+    return [JoinTokenListed.model_validate(t) for t in context.store.list_join_tokens()]
+
+
+def revoke_join_token(token_id: str, context: Context) -> None:
+    """Revoke a join token: no agent can join with it any more; joined agents stay."""
+    revoked = context.store.revoke_join_token(token_id)
+    logger.info("join token revoked", extra={"token_id": revoked.id})
+    # no assignment depends on a token: publish only, nothing to push to agents
+    context.events.publish(EventType.TOKEN_REVOKED, kind="join", id=revoked.id)
 
 
 def create_api_token(body: ApiTokenIn, context: Context) -> ApiTokenOut:
     """An API token for a client of this API."""
     token = context.store.create_api_token(body.name)
-    context.changed(EventType.TOKEN_CREATED, kind="api", name=body.name)
-    return ApiTokenOut(token=token, name=body.name)
+    token_id = context.store.api_token_id(token)
+    context.changed(EventType.TOKEN_CREATED, kind="api", id=token_id, name=body.name)
+    return ApiTokenOut(token=token, id=token_id, name=body.name)
+
+
+def list_api_tokens(context: Context) -> list[ApiTokenListed]:
+    """Every API token, by id; never the token itself. The admin token is not one of them."""
+    return [ApiTokenListed.model_validate(t) for t in context.store.list_api_tokens()]
+
+
+def revoke_api_token(token_id: int, context: Context) -> None:
+    """Revoke an API token, even the one this request bears: it gets 401 from now on."""
+    revoked = context.store.revoke_api_token(token_id)
+    logger.info("API token revoked", extra={"token_id": revoked.id, "token_name": revoked.name})
+    context.events.publish(EventType.TOKEN_REVOKED, kind="api", id=revoked.id, name=revoked.name)

@@ -3,9 +3,11 @@
 from relaysync.master.store._engine import store_unavailable
 from relaysync.master.store.store import Store
 from relaysync.master.store.types import (
+    ApiTokenInfo,
     CatchupInfo,
     ChangeLogRow,
     ExceptionInfo,
+    JoinTokenInfo,
     MappingInfo,
     ServerInfo,
     TargetInfo,
@@ -14,9 +16,11 @@ from relaysync.master.store.types import (
 )
 
 __all__ = [
+    "ApiTokenInfo",
     "CatchupInfo",
     "ChangeLogRow",
     "ExceptionInfo",
+    "JoinTokenInfo",
     "MappingInfo",
     "ServerInfo",
     "Store",

@@ -102,6 +102,8 @@ class JoinToken(Base):
 
 class ApiToken(Base):
     __tablename__ = "api_tokens"
+    # revoked by id, so an id is never given again (0014_api_token_ids)
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(NAME)

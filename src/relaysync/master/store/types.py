@@ -136,3 +136,18 @@ class CatchupInfo:
     files: int
     bytes: int
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinTokenInfo:
+    id: str  # the first 12 hex characters of its SHA-256, more where two tokens share them
+    created_at: float
+    expires_at: float | None  # unix time; None = never
+    expired: bool  # kept and listed until revoked, but refused by check_join_token
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiTokenInfo:
+    id: int
+    name: str  # who or what uses it
+    created_at: float

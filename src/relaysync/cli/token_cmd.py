@@ -1,0 +1,152 @@
+"""`relaysync token list|create-join|create-api|revoke`: join and API tokens over /api/tokens."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from relaysync.cli._client import (
+    DataOption,
+    JsonOption,
+    MasterOption,
+    TokenOption,
+    connect,
+    console,
+    format_time,
+    print_json,
+    run_command,
+)
+from relaysync.cli._run import err_console
+
+app = typer.Typer(
+    help="List, create and revoke join tokens (agents) and API tokens (clients).",
+    no_args_is_help=True,
+)
+
+ADMIN_NOTE = (
+    "The admin token (the master's data_dir/admin-token) is not in this list and cannot be "
+    "revoked: replace that file and restart the master to change it."
+)
+
+
+class Kind(StrEnum):
+    JOIN = "join"  # upper case: a member named `join` would hide str.join
+    API = "api"
+
+
+@app.command("list")
+def list_tokens(
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
+    """List join and API tokens by id; the tokens themselves are never shown again."""
+
+    def body() -> None:
+        with connect(master, token, data) as client:
+            listed = {"join": client.get("/api/tokens/join"), "api": client.get("/api/tokens/api")}
+        if json:
+            print_json(listed)
+        else:
+            console.print(tokens_table(listed["join"], listed["api"]))
+
+    run_command(body)
+
+
+@app.command("create-join")
+def create_join(
+    ttl_s: Annotated[
+        float | None,
+        typer.Option("--ttl-s", min=0.001, help="Lifetime in seconds (default: never expires)."),
+    ] = None,
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Create a join token for agents (`relaysync agent --token`); it is printed only once."""
+
+    def body() -> None:
+        with connect(master, token, data) as client:
+            created = client.post("/api/tokens/join", {"ttl_s": ttl_s})
+        expires = format_time(created["expires_at"]) if created["expires_at"] else "never"
+        _print_created(created, f"join token {created['id']} (expires: {expires})", json=json)
+
+    run_command(body)
+
+
+@app.command("create-api")
+def create_api(
+    name: Annotated[str, typer.Argument(help="Who or what uses it, e.g. ci or alice.")],
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Create an API token for a client of the master (`--token`); it is printed only once."""
+
+    def body() -> None:
+        with connect(master, token, data) as client:
+            created = client.post("/api/tokens/api", {"name": name})
+        _print_created(created, f"API token {created['id']} ({created['name']})", json=json)
+
+    run_command(body)
+
+
+@app.command("revoke")
+def revoke(
+    kind: Annotated[Kind, typer.Argument(help="join or api.")],
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The id `token list` shows.")],
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Revoke a token at once: a join token joins no more agents, an API token gets 401."""
+
+    def body() -> None:
+        with connect(master, token, data) as client:
+            client.delete(f"/api/tokens/{kind.value}/{quote(token_id, safe='')}")
+        if json:
+            print_json({"revoked": {"kind": kind.value, "id": token_id}})
+        else:
+            console.print(f"{kind.value} token {token_id} revoked", markup=False)
+
+    run_command(body)
+
+
+def _print_created(created: dict[str, Any], what: str, *, json: bool) -> None:
+    """The token alone on stdout (`TOKEN=$(relaysync token create-join)`), the rest on stderr."""
+    if json:
+        print_json(created)
+        return
+    err_console.print(
+        f"{what}; it is shown only this once:", markup=False, highlight=False, soft_wrap=True
+    )
+    console.print(created["token"], markup=False, soft_wrap=True)
+
+
+def tokens_table(join: list[dict[str, Any]], api: list[dict[str, Any]]) -> Table:
+    table = Table(title="Tokens", title_justify="left", caption=ADMIN_NOTE, caption_justify="left")
+    for column in ("kind", "id", "name", "created", "expires", "state"):
+        table.add_column(column)
+    for t in join:
+        table.add_row(
+            "join",
+            t["id"],
+            "",
+            format_time(t["created_at"]),
+            format_time(t["expires_at"]) if t["expires_at"] is not None else "never",
+            "[red]expired[/red]" if t["expired"] else "valid",
+        )
+    for t in api:
+        table.add_row(
+            "api", str(t["id"]), escape(t["name"]), format_time(t["created_at"]), "never", "valid"
+        )
+    return table
