@@ -103,7 +103,7 @@ def test_a_revoked_api_tokens_id_is_never_given_again(store: Store) -> None:
 
 
 def test_the_api_token_ids_migration_keeps_tokens(empty_store_url: str) -> None:
-    """0014_api_token_ids rebuilds api_tokens on SQLite (AUTOINCREMENT): rows, ids and hashes kept."""
+    """0015_api_token_ids rebuilds api_tokens on SQLite (AUTOINCREMENT): rows, ids and hashes kept."""
     _migrate_to(empty_store_url, "0013_sqlite_ids")
     store = Store(empty_store_url)
     try:

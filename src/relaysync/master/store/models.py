@@ -102,7 +102,7 @@ class JoinToken(Base):
 
 class ApiToken(Base):
     __tablename__ = "api_tokens"
-    # revoked by id, so an id is never given again (0014_api_token_ids)
+    # revoked by id, so an id is never given again (0015_api_token_ids)
     __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -6,8 +6,8 @@ and a revocation retried or typed from an old listing revoked the new token inst
 the event log showed two tokens under one id. Rows, ids and hashes are kept; PostgreSQL
 sequences never give an id twice: there this revision does nothing.
 
-Revision ID: 0014_api_token_ids
-Revises: 0013_sqlite_ids
+Revision ID: 0015_api_token_ids
+Revises: 0014_site_listings
 Create Date: 2026-12-05 10:00:00
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0014_api_token_ids"
-down_revision: str | None = "0013_sqlite_ids"
+revision: str = "0015_api_token_ids"
+down_revision: str | None = "0014_site_listings"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
