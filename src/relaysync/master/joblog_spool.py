@@ -120,6 +120,10 @@ class JobLogSpool:
         except OSError:
             with contextlib.suppress(OSError):  # the disk is failing already: cut what we can
                 os.ftruncate(fd, segment.size)
+                if segment.size == 0:  # a new segment nothing went to: no file left behind
+                    self._close_fd()
+                    self._segments.remove(segment)
+                    segment.path.unlink()
             raise
         segment.size += len(data)
         segment.records += records

@@ -176,3 +176,25 @@ def _rewrite(path: Path, offset: int, data: bytes) -> None:
     with path.open("r+b") as f:
         f.seek(offset)
         f.write(data)
+
+
+def test_a_failed_append_to_a_new_segment_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk full at a new segment's first write: the segment's empty file was left behind
+    (found under load: the tail then went to the store straight from memory, nothing read from
+    the spool was released, and the spool never forgot the empty segment)."""
+    from relaysync.master import joblog_spool
+
+    spool = _spool(tmp_path / "spool")
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(joblog_spool, "_write_all", full)
+    with pytest.raises(OSError):
+        spool.append([_report(0)])
+    assert _segments(tmp_path / "spool") == [] and spool.records == 0
+    monkeypatch.undo()
+    spool.append([_report(1)])  # the disk has room again: a segment as usual
+    assert _drain(spool) == [1] and _segments(tmp_path / "spool") == []
