@@ -116,7 +116,7 @@ class JobLogSpool:
             return
         segment, fd = self._tail(len(data))
         try:
-            _write_all(fd, data)
+            _write_all(fd, data, segment.size)
         except OSError:
             with contextlib.suppress(OSError):  # the disk is failing already: cut what we can
                 os.ftruncate(fd, segment.size)
@@ -277,10 +277,13 @@ def _encode(reports: Sequence[CommitReport]) -> tuple[bytes, int]:
     return b"".join(parts), records
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """Write `data` at `offset`: by position, not at the descriptor's, which a write cut short
+    by a full disk leaves past the end that the ftruncate after it restores."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _saved_offset(path: Path) -> int:

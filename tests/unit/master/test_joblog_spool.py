@@ -10,6 +10,7 @@ import pytest
 
 from relaysync.master.joblog_spool import JobLogSpool
 from relaysync.protocol.messages import CommitRecord, CommitReport
+from tests._tmpfs import mount_tmpfs, unmounted_at_exit
 
 SRC, TGT = "a" * 64, "b" * 64
 SEGMENT_BYTES = 4096  # four reports each, so that every test crosses segments
@@ -188,7 +189,7 @@ def test_a_failed_append_to_a_new_segment_leaves_no_file(
 
     spool = _spool(tmp_path / "spool")
 
-    def full(fd: int, data: bytes) -> None:
+    def full(fd: int, data: bytes, offset: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(joblog_spool, "_write_all", full)
@@ -198,3 +199,21 @@ def test_a_failed_append_to_a_new_segment_leaves_no_file(
     monkeypatch.undo()
     spool.append([_report(1)])  # the disk has room again: a segment as usual
     assert _drain(spool) == [1] and _segments(tmp_path / "spool") == []
+
+
+def test_an_append_cut_short_by_a_full_disk_does_not_spoil_the_next_one(tmp_path: Path) -> None:
+    """Found in review: a write that filled the disk part-way left the descriptor past the end
+    the ftruncate restored; the next append (once a drained segment freed room) landed after a
+    hole of zeros, and the reports read back were lost. Appends now write at the segment's end."""
+    where = tmp_path / "spool"
+    with unmounted_at_exit(where):
+        mount_tmpfs(where, size="8k")  # two pages
+        spool = JobLogSpool(where, segment_bytes=1 << 20)  # one segment: appends share its fd
+        spool.open()
+        spool.append([_report(n) for n in range(3)])  # ~2.5 KB: the first page
+        with pytest.raises(OSError):  # ~10 KB: fills the second page, then ENOSPC
+            spool.append([_report(n) for n in range(100, 112)])
+        (segment,) = _segments(where)
+        assert segment.stat().st_size == spool._segments[0].size  # cut back
+        spool.append([_report(200)])  # room again
+        assert _drain(spool) == [0, 1, 2, 200] and spool.lost_records == 0
