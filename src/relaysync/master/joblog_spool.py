@@ -168,10 +168,14 @@ class JobLogSpool:
                 break
             if segment.read_to < segment.size:
                 wanted -= self._read_segment(segment, wanted, out)
+        if not out and self._read_records:  # only lost records were left: nothing to write
+            self.release()
         return out
 
     def _read_segment(self, segment: _Segment, wanted: int, out: list[CommitReport]) -> int:
-        """Read reports of `segment` into `out` until `wanted` records; returns the records read."""
+        """Read reports of `segment` into `out` until `wanted` records; returns the records read
+        (lost ones, undecodable or unreadable, are consumed but do not count: a batch that met
+        only those must not look like the end of the spool while more follows)."""
         records = 0
         try:
             with segment.path.open("rb") as f:
@@ -188,7 +192,7 @@ class JobLogSpool:
                 exc,
             )
             self.lost_records += segment.records
-            records += self._consume(segment, segment.size, segment.records)
+            self._consume(segment, segment.size, segment.records)
             segment.bad = True
         return records
 
@@ -209,6 +213,8 @@ class JobLogSpool:
             )
             segment.bad = True
             self.lost_records += count
+            self._consume(segment, segment.read_to + _HEADER.size + length, count)
+            return 0
         return self._consume(segment, segment.read_to + _HEADER.size + length, count)
 
     def _consume(self, segment: _Segment, to: int, records: int) -> int:

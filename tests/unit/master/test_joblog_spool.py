@@ -6,8 +6,12 @@ import struct
 import zlib
 from pathlib import Path
 
+import anyio
 import pytest
 
+from relaysync.master import joblog
+from relaysync.master.events import EventBus
+from relaysync.master.joblog import JobLogWriter
 from relaysync.master.joblog_spool import JobLogSpool
 from relaysync.protocol.messages import CommitRecord, CommitReport
 from tests._tmpfs import mount_tmpfs, unmounted_at_exit
@@ -217,3 +221,59 @@ def test_an_append_cut_short_by_a_full_disk_does_not_spoil_the_next_one(tmp_path
         assert segment.stat().st_size == spool._segments[0].size  # cut back
         spool.append([_report(200)])  # room again
         assert _drain(spool) == [0, 1, 2, 200] and spool.lost_records == 0
+
+
+def _one(n: int) -> CommitReport:
+    return CommitReport(
+        mapping_id=1,
+        source_node=SRC,
+        target_node=TGT,
+        watermark=n,
+        records=(CommitRecord(seq=n, op="write", path=f"f{n}"),),
+    )
+
+
+class _ListStore:
+    def __init__(self) -> None:
+        self.written: list[int] = []
+
+    def record_commit_reports(self, reports: list[CommitReport]) -> None:
+        self.written += [r.watermark for r in reports]
+
+
+def test_older_spooled_reports_go_before_newer_ones_after_an_undecodable_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a batch that read back empty because its only frame could not be
+    decoded was taken for the end of the spool, and the reports that came since were written
+    before the older ones still on disk (and the lost frame's segment was never released)."""
+    monkeypatch.setattr(joblog, "FLUSH_RECORDS", 10)
+    monkeypatch.setattr(joblog, "JOB_LOG_FLUSH_INTERVAL_S", 0.05)
+    spool_dir = tmp_path / "spool"
+    spool = JobLogSpool(spool_dir)
+    spool.open()
+    spool.append([_one(1)])  # a placeholder, replaced below by a bad frame of 10 records
+    spool.append([_one(n) for n in (2, 3, 4)])  # older than anything that comes next
+    spool.close()
+    (seg,) = sorted(spool_dir.glob("*.spool"))
+    good = seg.read_bytes()
+    first_len = HEADER.unpack(good[:12])[0]
+    bad_payload = b"\xc0"  # msgpack nil: CRC-valid, not a CommitReport
+    bad = HEADER.pack(len(bad_payload), 10, zlib.crc32(bad_payload)) + bad_payload
+    seg.write_bytes(bad + good[12 + first_len :])
+
+    store = _ListStore()
+    writer = JobLogWriter(store, EventBus(), spool_dir=spool_dir)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(writer.serve)
+            writer.add(_one(100))  # arrives after the master restarted
+            with anyio.fail_after(10):
+                while len(store.written) < 4:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert store.written == [2, 3, 4, 100]
+    assert list(spool_dir.glob("*.spool")) == [] and writer.spooled_records == 0
