@@ -106,13 +106,14 @@ class MassDeleteGuard:
             return "pass"
         self._guard_probe = deletes[:GUARD_PROBE_PATHS]
         if not self._guard_held:
-            self._guard_held = True
-            self._guard_backoff_s = self._guard_due_s = GUARD_RECHECK_S
             # The exact figure, once per hold: counting went no further than the threshold,
             # and this full count costs less than the deletes would (one query per 500 paths,
-            # as many rows as they remove).
+            # as many rows as they remove). Counted before the hold is set: `deletes_held`,
+            # read on the event loop meanwhile, never shows a hold with another hold's count.
             total = self.manifest.count() + self._recent_deletes(time.monotonic())
             self._guard_held_deletes = self.manifest.count_trees(deletes)
+            self._guard_held = True
+            self._guard_backoff_s = self._guard_due_s = GUARD_RECHECK_S
             self._alarm(self._guard_held_deletes, total, root_missing)
         return "hold"
 

@@ -88,6 +88,7 @@ class AgentService(TargetRole):
         self.allowed_roots = parse_roots(cfg.allowed_roots)  # a typo stops the agent at start
         self.node_id = ""
         self.sources: dict[int, _Running] = {}
+        self.refused_sources: dict[int, str] = {}  # mapping id -> name: a source folder refused
         self.targets: dict[int, TargetFolder] = {}
         self.relays: dict[int, tuple[RelayFeed, LinkSet]] = {}  # mappings this agent relays on
         # Folders agent/guard.py refused, with the parents that may hear why (peer_server.py).
@@ -301,13 +302,17 @@ class AgentService(TargetRole):
             with anyio.move_on_after(RECEIVE_TIMEOUT_S):
                 await running.ended.wait()
         assert self._tg is not None
+        refused: dict[int, str] = {}
         for mapping_id, spec in wanted.items():
-            if mapping_id not in self.sources and not self._refuse(
-                spec, spec.source_path, "source"
-            ):
-                running = _Running(spec=spec, scope=anyio.CancelScope())
-                self.sources[mapping_id] = running
-                self._tg.start_soon(self._run_source, spec, running.scope, running.ended)
+            if mapping_id in self.sources:
+                continue
+            if self._refuse(spec, spec.source_path, "source"):
+                refused[mapping_id] = spec.name  # never runs: source_failing says so
+                continue
+            running = _Running(spec=spec, scope=anyio.CancelScope())
+            self.sources[mapping_id] = running
+            self._tg.start_soon(self._run_source, spec, running.scope, running.ended)
+        self.refused_sources = refused
 
     async def _change_source(self, running: _Running, spec: MappingSpec) -> bool:
         """Change a running source in place (routes, targets, counters); False if that failed
@@ -444,6 +449,8 @@ class AgentService(TargetRole):
             sample("peer_bytes_sent", sum(link.bytes_sent for link in links)),
             sample("master_link_connected", bool(self.link and self.link.connected)),
         ]
+        for name in self.refused_sources.values():  # its folder refused by agent/guard.py
+            out.append(sample("source_failing", 1, mapping=name))
         for r in self.sources.values():
             # 1 while the mapping's source cannot run (its folder, its state): an operator's
             # threshold on it alerts, and resolves when a retry starts the source

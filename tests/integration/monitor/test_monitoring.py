@@ -380,3 +380,33 @@ def test_a_source_that_cannot_run_is_alerted_until_a_retry_starts_it(
     finally:
         api.delete(f"/api/thresholds/{rule['id']}")
         api.delete(f"/api/mappings/{mapping['id']}")
+
+
+def test_a_source_folder_the_agent_refuses_counts_as_failing(
+    mfleet: MonitoredFleet, tmp_path: Path
+) -> None:
+    """Found in review: a source folder agent/guard.py refuses (here inside the agent's own
+    data directory, which the master cannot know) never ran, so it never counted in
+    source_failing either: log-only again."""
+    api = mfleet.cluster.api
+    inside = mfleet.cluster.agents["a1"].data_dir / "not-a-site"
+    mapping = mfleet.cluster.create_mapping(
+        "refused-source", "a1", inside, [("a2", tmp_path / "c")]
+    )
+    key = (("mapping", "refused-source"), ("server", "a1"))
+    try:
+        wait_until(
+            lambda: (
+                _families(api.get("/metrics").text).get("relaysync_source_failing", {}).get(key)
+                == 1.0
+            ),
+            timeout_s=ALERT_TIMEOUT_S,
+            what="source_failing of the refused source on /metrics",
+        )
+    finally:
+        api.delete(f"/api/mappings/{mapping['id']}")
+    wait_until(
+        lambda: key not in _families(api.get("/metrics").text).get("relaysync_source_failing", {}),
+        timeout_s=ALERT_TIMEOUT_S,
+        what="the series gone with its mapping",
+    )
