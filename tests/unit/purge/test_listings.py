@@ -265,3 +265,26 @@ async def test_an_erase_purges_the_listing_of_an_empty_directory_it_removed(
             ("purge", "/pub/stray/"),
             ("refresh", "/pub/"),  # its own listing stays: refreshed
         }, cache
+
+
+async def test_an_index_file_write_refreshes_its_directory_once(store: Store) -> None:
+    """A write of `pub/index.html` on a site with listings queued the refresh of `/pub/` twice
+    in one batch, on every cache: once as the index file's directory URL, once as the listing."""
+    site = _site(store, listings=True)
+    items = await _queued(store, site, [Released(0, "write", "pub/index.html")])
+    for cache in KINDS:
+        urls = Counter((i.action, i.url) for i in items if i.cache == cache)
+        assert urls == {("refresh", f"{URL}/pub/index.html"): 1, ("refresh", f"{URL}/pub/"): 1}
+
+
+async def test_a_listing_purged_earlier_in_its_batch_is_still_refreshed(store: Store) -> None:
+    """Only a refresh planned last makes the listing's own refresh redundant: after a delete of
+    the index file purged `/pub/`, the listing that the web server now shows there is warmed."""
+    site = _site(store, listings=True)
+    items = await _queued(store, site, [Released(0, "delete", "pub/index.html", kind="f")])
+    for cache in KINDS:
+        assert [(i.action, i.url) for i in items if i.cache == cache] == [
+            ("purge", f"{URL}/pub/index.html"),
+            ("purge", f"{URL}/pub/"),
+            ("refresh", f"{URL}/pub/"),  # after the purge: the queue runs a URL's items in order
+        ], cache
