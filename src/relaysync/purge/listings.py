@@ -8,7 +8,9 @@ default listings show each file's size and modification time anyway, so every wr
 attribute change (the mtime), refreshes its directory's listing too. A listing still exists after
 the change, so it is refreshed (`ListingRefreshes`: once per directory per batch of changes,
 however many changes it has). The listings of directories that a delete, rename or erase took
-away (`gone_listings`) are purged with the paths under them.
+away (`gone_listings`) are purged with the paths under them: those that the paths under them
+name, and those the job log saw made (an empty directory is named by no path, and the origins
+report files and links only).
 """
 
 from __future__ import annotations
@@ -35,14 +37,18 @@ def changed_listings(change: Released) -> list[str]:
     return []
 
 
-def gone_listings(top: str, paths: Iterable[str], *, itself: bool = True) -> list[str]:
-    """Return `top` (unless not `itself`) and every directory between it and `paths` under it."""
+def gone_listings(
+    top: str, paths: Iterable[str], *, itself: bool = True, dirs_made: Iterable[str] = ()
+) -> list[str]:
+    """Return `top` (unless not `itself`), every directory between it and `paths` under it, and
+    `dirs_made` (directories under it, made by a mkdir: an empty one is named by no path)."""
     dirs = dict.fromkeys([top] if itself else [])
     for path in paths:
         head = posixpath.dirname(path)
         while head and head != top and head.startswith(top + "/" if top else ""):
             dirs[head] = None
             head = posixpath.dirname(head)
+    dirs.update(dict.fromkeys(dirs_made))
     return list(dirs)
 
 

@@ -7,8 +7,10 @@ under it (`PurgeStore.changed_paths_under`), however many: one left out would be
 A path the origins reported to be a file or a link has nothing under it: no prefix. An erase
 (catch-up) purges what the origins removed, and bans its directory only if a list was cut.
 On a site with `listings` (purge/listings.py), the listing pages of the directories a change
-took away are purged with the paths under them; those of the directories that gain or lose a
-name are refreshed once per batch (`ListingRefreshes`, fed by the purger's intake).
+took away are purged with the paths under them, with those of the directories the job log saw
+made under it (`PurgeStore.made_dirs_under`: an empty one is named by no path); those of the
+directories that gain or lose a name are refreshed once per batch (`ListingRefreshes`, fed by
+the purger's intake).
 `PurgePlanner` is mixed into Purger (purge/purger.py); `PurgeStore` is what the purger needs
 from the master's store.
 """
@@ -39,6 +41,7 @@ class PurgeStore(Protocol):
     def list_sites(self) -> list[SiteSpec]: ...
     def server_states(self) -> dict[str, str]: ...
     def changed_paths_under(self, mapping_id: int, prefix: str) -> list[str]: ...
+    def made_dirs_under(self, mapping_id: int, prefix: str) -> list[str]: ...
     def enqueue_purges(self, items: Sequence[PurgeItem]) -> list[QueuedPurge]: ...
     def pending_purges(self) -> list[QueuedPurge]: ...
     def finish_purges(
@@ -121,24 +124,34 @@ class PurgePlanner:
             for path in _reported_under(change):
                 purge += urlmap.urls_for_path(site, path)
             if site.listings:  # and the directories it removed (its own listing is refreshed)
-                gone = gone_listings(change.path, _reported_under(change), itself=False)
-                purge += listing_urls(site, gone)
+                made = await self._made_dirs(site, change.path)
+                dirs = gone_listings(
+                    change.path, _reported_under(change), itself=False, dirs_made=made
+                )
+                purge += listing_urls(site, dirs)
             prefixes += [change.path] if change.removed_truncated else []
         elif change.op == "prefix":
             prefixes.append(change.path)
-        under = await self._paths_under(site, change, prefixes) if prefixes else {}
+        under, gone = await self._paths_under(site, change) if prefixes else ({}, {})
         items: list[PurgeItem] = []
         for cache in site.caches:
-            items += self._cache_items(site, cache, refresh, purge, prefixes, under)
+            items += self._cache_items(site, cache, refresh, purge, prefixes, under, gone)
         return items
 
+    async def _made_dirs(self, site: SiteSpec, path: str) -> list[str]:
+        """The directories the job log saw made under `path` (none on a site without listings)."""
+        if not site.listings or site.mapping_id is None:
+            return []
+        return await anyio.to_thread.run_sync(self.store.made_dirs_under, site.mapping_id, path)
+
     async def _paths_under(
-        self, site: SiteSpec, change: Released, prefixes: list[str]
-    ) -> dict[str, list[str]]:
+        self, site: SiteSpec, change: Released
+    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """The paths under the change's directory (and its new name) to purge on caches without
-        bans: those the origins reported removed, and those the job log knows."""
+        bans: those the origins reported removed, and those the job log knows; and the
+        directories whose listings go with them (on a site with listings)."""
         if all(_can_ban(c) for c in site.caches):
-            return {}
+            return {}, {}
         known: list[str] = []
         if site.mapping_id is not None:
             known = await anyio.to_thread.run_sync(
@@ -146,10 +159,16 @@ class PurgePlanner:
             )
         old = sorted(set(known).union(_reported_under(change)))
         _log_paths_under(site, change, len(old))
+        made = await self._made_dirs(site, change.path)
         under = {change.path: old}
+        gone = {change.path: gone_listings(change.path, old, dirs_made=made)}
         if change.new_path:
-            under[change.new_path] = [change.new_path + p[len(change.path) :] for p in old]
-        return under
+            new = change.new_path
+            under[new] = [new + p[len(change.path) :] for p in old]
+            gone[new] = gone_listings(
+                new, under[new], dirs_made=[new + d[len(change.path) :] for d in made]
+            )
+        return under, (gone if site.listings else {})
 
     def _cache_items(
         self,
@@ -159,6 +178,7 @@ class PurgePlanner:
         purge: list[str],
         prefixes: list[str],
         under: dict[str, list[str]],
+        gone: dict[str, list[str]],
     ) -> list[PurgeItem]:
         out = url_items(site.id, cache.name, refresh, "refresh")
         out += url_items(site.id, cache.name, purge, "purge")
@@ -171,7 +191,6 @@ class PurgePlanner:
                 continue
             for path in under.get(prefix, ()):
                 out += url_items(site.id, cache.name, urlmap.urls_for_path(site, path), "purge")
-            if site.listings:
-                gone = listing_urls(site, gone_listings(prefix, under.get(prefix, ())))
-                out += url_items(site.id, cache.name, gone, "purge")
+            listings = listing_urls(site, gone.get(prefix, ()))
+            out += url_items(site.id, cache.name, listings, "purge")
         return out

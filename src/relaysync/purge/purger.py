@@ -62,6 +62,18 @@ UrlKey = tuple[int, str, str]  # (site id, cache name, url)
 GroupKey = tuple[int, str, str, str]  # (site id, cache name, url, action)
 
 
+def _listing_items(planned: list[PurgeItem], listings: ListingRefreshes) -> list[PurgeItem]:
+    """The refreshes of a batch's listings, but for a URL whose last item planned in the batch
+    is a refresh already (`/dir/` of a written index file): it would be refreshed twice."""
+    last: dict[UrlKey, Action] = {(i.site_id, i.cache, i.url): i.action for i in planned}
+    out: list[PurgeItem] = []
+    for site, urls in listings.urls():
+        for cache in site.caches:
+            fresh = [u for u in urls if last.get((site.id, cache.name, u)) != "refresh"]
+            out += url_items(site.id, cache.name, fresh, "refresh")
+    return out
+
+
 class Purger(PurgePlanner):
     def __init__(
         self,
@@ -238,8 +250,7 @@ class Purger(PurgePlanner):
                 failure = exc
                 break
             planned += 1
-        for site, urls in listings.urls():
-            items += [i for c in site.caches for i in url_items(site.id, c.name, urls, "refresh")]
+        items += _listing_items(items, listings)
         await self._enqueue(items)
         for _ in range(planned):
             self._released.popleft()

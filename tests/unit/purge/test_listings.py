@@ -4,6 +4,7 @@ for them on a site with `listings` (once per directory) and without (nothing).""
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from relaysync.master.store import Store
+from relaysync.protocol.messages import CommitRecord, CommitReport
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.listings import changed_listings, gone_listings, listing_urls
 from relaysync.purge.ordering import Released
@@ -19,6 +21,7 @@ from relaysync.purge.site import SiteSpec
 
 pytestmark = pytest.mark.anyio
 URL = "http://www.example.com"
+SOURCE, O1 = "a" * 64, "b" * 64
 KINDS = ("varnish", "nginx", "squid")
 _names = itertools.count(1)
 
@@ -32,35 +35,64 @@ def anyio_backend() -> str:
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(f"sqlite:///{tmp_path / 'master.db'}")
     s.migrate()
+    for node, name in ((SOURCE, "src"), (O1, "o1")):
+        s.upsert_server(node_id=node, name=name, region="r", group="g", address="127.0.0.1:1")
+        s.set_server_state(node, "up", time.time())
     try:
         yield s
     finally:
         s.close()
 
 
-def _site(store: Store, *, listings: bool, root: str = "", path_prefix: str = "/") -> SiteSpec:
+def _site(
+    store: Store,
+    *,
+    listings: bool,
+    root: str = "",
+    path_prefix: str = "/",
+    mapping: int | None = None,
+) -> SiteSpec:
     return store.create_site(
         name=f"s{next(_names)}",
         provider="acme",
-        mapping=None,
+        mapping=mapping,
         root=root,
         base_urls=[URL],
         path_prefix=path_prefix,
         listings=listings,
         caches=[{"name": k, "driver": k, "address": "127.0.0.1:9"} for k in KINDS],
+        origins=[{"server": "o1"}] if mapping is not None else [],
     )
+
+
+def _mapping_with(store: Store, records: Sequence[tuple[str, str]]) -> int:
+    """A mapping whose job log holds `records` (op, path), committed on its one origin."""
+    mapping = store.create_mapping(
+        name=f"m{next(_names)}", source="src", source_path="/src", targets=[("o1", "/t")]
+    )
+    rows = tuple(CommitRecord(seq=i, op=op, path=p) for i, (op, p) in enumerate(records, 1))
+    report = CommitReport(
+        mapping_id=mapping.id,
+        source_node=SOURCE,
+        target_node=O1,
+        watermark=len(rows),
+        records=rows,
+    )
+    store.record_commit_reports([report])
+    return mapping.id
 
 
 async def _queued(store: Store, site: SiteSpec, changes: Sequence[Released]) -> list[PurgeItem]:
     """Release `changes` to a purger as one batch; return the items its intake queued."""
     purger = Purger(store)
     purger.reload_sites()
+    before = {q.id for q in store.pending_purges()}
     purger._released.extend(
         Released(site.id, c.op, c.path, c.new_path, kind=c.kind, removed=c.removed) for c in changes
     )
     await purger._intake()
     assert not purger._released
-    return [q.item for q in store.pending_purges()]
+    return [q.item for q in store.pending_purges() if q.id not in before]
 
 
 def _on(items: list[PurgeItem], cache: str) -> set[tuple[str, str]]:
@@ -90,6 +122,8 @@ def test_the_listings_a_removal_takes_away() -> None:
     assert gone_listings("d", paths) == ["d", "d/a", "d/a/b"]
     assert gone_listings("d", paths, itself=False) == ["d/a", "d/a/b"]
     assert gone_listings("", ["a/b/c", "d"]) == ["", "a/b", "a"]
+    made = ["d/a", "d/empty"]  # the job log's mkdirs: an empty directory is named by no path
+    assert gone_listings("d", paths, dirs_made=made) == ["d", "d/a", "d/a/b", "d/empty"]
 
 
 def test_listing_urls_honour_the_root_and_the_path_prefix(store: Store) -> None:
@@ -183,3 +217,74 @@ async def test_an_erase_refreshes_its_listing_and_purges_those_it_removed(store:
             ("purge", "/pub/stray/"),
             ("refresh", "/pub/"),
         }
+
+
+@pytest.mark.parametrize(
+    "change, gone",
+    [
+        (Released(0, "delete", "pub/old", kind="d", removed=("pub/old/x",)), set()),
+        (
+            Released(0, "rename", "pub/old", "pub/new", kind="d", removed=("pub/old/x",)),
+            {("purge", "/pub/new/empty/")},  # a 404 at the new name may be cached as well
+        ),
+    ],
+    ids=["delete", "rename"],
+)
+async def test_an_empty_subdirectorys_listing_goes_with_its_directory_where_no_ban_takes_it(
+    store: Store, change: Released, gone: set[tuple[str, str]]
+) -> None:
+    """The listings purged under a deleted or renamed directory were only those of directories
+    that a file path names, and the origins report files and links only: on nginx and Squid the
+    listing of an empty subdirectory (`/pub/old/empty/`) stayed cached, although the purger
+    itself had refreshed it at its mkdir. The job log's mkdir rows name such directories."""
+    mapping = _mapping_with(store, [("write", "pub/old/x"), ("mkdir", "pub/old/empty")])
+    site = _site(store, listings=True, mapping=mapping)
+    warmed = await _queued(store, site, [Released(0, "mkdir", "pub/old/empty")])
+    assert ("refresh", "/pub/old/empty/") in _on(warmed, "nginx")
+    items = await _queued(store, site, [change])
+    assert ("ban", "/pub/old/") in _on(items, "varnish")  # takes the empty one's listing too
+    assert not [i for i in items if i.cache == "varnish" and i.url.endswith("/empty/")]
+    for cache in ("nginx", "squid"):
+        expected = {("purge", "/pub/old/"), ("purge", "/pub/old/empty/"), *gone}
+        assert expected <= _on(items, cache), cache
+
+
+async def test_an_erase_purges_the_listing_of_an_empty_directory_it_removed(
+    store: Store,
+) -> None:
+    """An erase purged the listings of the directories its reported files name, and the origins
+    report files and links only: an empty directory it removed (`pub/stray`, made by a mkdir the
+    purger refreshed) kept its listing cached, on every cache (an erase bans nothing unless its
+    list was cut). The directories the job log made under the erased one are purged now."""
+    mapping = _mapping_with(store, [("mkdir", "pub/stray"), ("write", "pub/keep.txt")])
+    site = _site(store, listings=True, mapping=mapping)
+    items = await _queued(store, site, [Released(0, "erase", "pub", kind="d", removed=("pub/z",))])
+    for cache in KINDS:
+        assert _on(items, cache) == {
+            ("purge", "/pub/z"),
+            ("purge", "/pub/stray/"),
+            ("refresh", "/pub/"),  # its own listing stays: refreshed
+        }, cache
+
+
+async def test_an_index_file_write_refreshes_its_directory_once(store: Store) -> None:
+    """A write of `pub/index.html` on a site with listings queued the refresh of `/pub/` twice
+    in one batch, on every cache: once as the index file's directory URL, once as the listing."""
+    site = _site(store, listings=True)
+    items = await _queued(store, site, [Released(0, "write", "pub/index.html")])
+    for cache in KINDS:
+        urls = Counter((i.action, i.url) for i in items if i.cache == cache)
+        assert urls == {("refresh", f"{URL}/pub/index.html"): 1, ("refresh", f"{URL}/pub/"): 1}
+
+
+async def test_a_listing_purged_earlier_in_its_batch_is_still_refreshed(store: Store) -> None:
+    """Only a refresh planned last makes the listing's own refresh redundant: after a delete of
+    the index file purged `/pub/`, the listing that the web server now shows there is warmed."""
+    site = _site(store, listings=True)
+    items = await _queued(store, site, [Released(0, "delete", "pub/index.html", kind="f")])
+    for cache in KINDS:
+        assert [(i.action, i.url) for i in items if i.cache == cache] == [
+            ("purge", f"{URL}/pub/index.html"),
+            ("purge", f"{URL}/pub/"),
+            ("refresh", f"{URL}/pub/"),  # after the purge: the queue runs a URL's items in order
+        ], cache

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from relaysync.config.load import split_address
@@ -223,6 +223,16 @@ def _spec(session: Session, row: Site, names: dict[str, str]) -> SiteSpec:
     )
 
 
+def _under(query: Select[str], prefix: str) -> Select[str]:
+    """`query` of job-log paths restricted to those under directory `prefix` ("" or "/": all)."""
+    directory = prefix.strip("/")
+    if not directory:
+        return query
+    # mapping paths are relative ("a/b.html"): no leading slash to match
+    like = directory.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return query.where(Change.path.like(like + "/%", escape="\\"))
+
+
 def _specs(session: Session, rows: Sequence[Site]) -> list[SiteSpec]:
     names = dict(session.execute(select(Server.node_id, Server.name)).all())
     return [_spec(session, r, names) for r in rows]
@@ -340,11 +350,16 @@ class SiteStore:
         any path left out.
         """
         query = select(Change.path).distinct().where(Change.mapping_id == mapping_id)
-        directory = prefix.strip("/")
-        if directory:  # mapping paths are relative ("a/b.html"): no leading slash to match
-            like = directory.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(Change.path.like(like + "/%", escape="\\"))
         with self._read("changed paths") as session:
+            return list(session.scalars(_under(query, prefix).order_by(Change.path)))
+
+    def made_dirs_under(self, mapping_id: int, prefix: str) -> list[str]:
+        """Return the distinct directories the job log saw made (mkdir) under `prefix` of a
+        mapping, "" its root: the purger purges their listings when the prefix goes, an empty
+        one being named by no file path."""
+        query = select(Change.path).distinct().where(Change.mapping_id == mapping_id)
+        query = _under(query.where(Change.op == "mkdir"), prefix)
+        with self._read("made directories") as session:
             return list(session.scalars(query.order_by(Change.path)))
 
     # --- Purge queue and log ---
