@@ -4,10 +4,8 @@ for them on a site with `listings` (once per directory) and without (nothing).""
 from __future__ import annotations
 
 import itertools
-import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
@@ -18,30 +16,12 @@ from relaysync.purge.listings import changed_listings, gone_listings, listing_ur
 from relaysync.purge.ordering import Released
 from relaysync.purge.purger import Purger
 from relaysync.purge.site import SiteSpec
+from tests.unit.purge.conftest import O1, SOURCE
 
 pytestmark = pytest.mark.anyio
 URL = "http://www.example.com"
-SOURCE, O1 = "a" * 64, "b" * 64
 KINDS = ("varnish", "nginx", "squid")
 _names = itertools.count(1)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'master.db'}")
-    s.migrate()
-    for node, name in ((SOURCE, "src"), (O1, "o1")):
-        s.upsert_server(node_id=node, name=name, region="r", group="g", address="127.0.0.1:1")
-        s.set_server_state(node, "up", time.time())
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _site(

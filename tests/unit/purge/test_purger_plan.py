@@ -5,9 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,14 +15,9 @@ from relaysync.purge.ordering import Released
 from relaysync.purge.planner import url_items
 from relaysync.purge.purger import Purger
 from relaysync.purge.site import SiteSpec
+from tests.unit.purge.conftest import O1, SOURCE
 
 pytestmark = pytest.mark.anyio
-SOURCE, O1 = "a" * 64, "b" * 64
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def _site(store: Store, mapping: int | None, driver: str) -> SiteSpec:
@@ -39,19 +31,6 @@ def _site(store: Store, mapping: int | None, driver: str) -> SiteSpec:
         caches=[{"name": "c1", "driver": driver, "address": "127.0.0.1:9"}],
         origins=[{"server": "o1"}] if mapping else [],
     )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'master.db'}")
-    s.migrate()
-    for node, name in ((SOURCE, "src"), (O1, "o1")):
-        s.upsert_server(node_id=node, name=name, region="r", group="g", address="127.0.0.1:1")
-        s.set_server_state(node, "up", time.time())
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture
