@@ -9,39 +9,21 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from tests.component.monitor._api_client import monitored_api
 
-from relaysync.auth.ca import CertificateAuthority
-from relaysync.master.app import create_app
-from relaysync.master.events import EventBus
 from relaysync.master.store import Store
 from relaysync.monitor.collectors import sample
 from relaysync.monitor.engine import MonitorService
 from relaysync.protocol.messages import MetricsReport
 
-ADMIN = "admin-secret"
 NODE = "c" * 64
 
 
 @pytest.fixture
 def client(store: Store, tmp_path: Path) -> Iterator[tuple[TestClient, MonitorService]]:
     store.upsert_server(node_id=NODE, name="web1", region="r", group="g", address="127.0.0.1:1")
-    app = create_app(
-        store=store,
-        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
-        events=EventBus(),
-        admin_token=ADMIN,
-        control_address="127.0.0.1:7000",
-        on_change=lambda: None,
-    )
-    monitor = MonitorService(
-        store=store,
-        publish=lambda kind, data: None,
-        links_up=set,
-        self_figures=lambda: [sample("process_rss_bytes", 123)],
-    )
-    app.state.monitor = monitor
-    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
-        yield c, monitor
+    with monitored_api(store, tmp_path) as pair:
+        yield pair
 
 
 def test_thresholds_crud_and_validation(client: tuple[TestClient, MonitorService]) -> None:

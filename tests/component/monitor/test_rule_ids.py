@@ -10,39 +10,19 @@ from pathlib import Path
 import anyio
 import pytest
 from fastapi.testclient import TestClient
+from tests.component.monitor._api_client import monitored_api
 
-from relaysync.auth.ca import CertificateAuthority
-from relaysync.master.app import create_app
-from relaysync.master.events import EventBus
 from relaysync.master.store import Store
-from relaysync.monitor.collectors import sample
 from relaysync.monitor.engine import MonitorService
 
-ADMIN = "admin-secret"
 INTERVAL_S = 0.1
 WAIT_S = 20.0
 
 
 @pytest.fixture
 def client(store: Store, tmp_path: Path) -> Iterator[tuple[TestClient, MonitorService]]:
-    app = create_app(
-        store=store,
-        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
-        events=EventBus(),
-        admin_token=ADMIN,
-        control_address="127.0.0.1:7000",
-        on_change=lambda: None,
-    )
-    monitor = MonitorService(
-        store=store,
-        publish=lambda kind, data: None,
-        links_up=set,
-        self_figures=lambda: [sample("process_rss_bytes", 123)],
-        interval_s=INTERVAL_S,
-    )
-    app.state.monitor = monitor
-    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
-        yield c, monitor
+    with monitored_api(store, tmp_path, interval_s=INTERVAL_S) as pair:
+        yield pair
 
 
 def _run_until(monitor: MonitorService, done: Callable[[], bool]) -> None:
