@@ -34,6 +34,9 @@ ETH_P_ALL = 0x0003
 ROUTE_TIMEOUT_S = 60.0
 
 
+SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; Python's socket module does not name it
+
+
 class LoopbackCapture:
     """TCP payloads sent to some ports on `lo`, per connection (client port), in arrival order.
 
@@ -48,6 +51,9 @@ class LoopbackCapture:
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self._sock.bind(("lo", 0))
+        # Every test running beside this one uses `lo` too: a deep queue, so that the kernel
+        # drops none of the packets while this thread filters them in Python (root may force it).
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 * 1024 * 1024)
         self._sock.settimeout(0.1)
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
         self._thread.start()
@@ -162,8 +168,10 @@ def test_tls_by_default_and_plain_only_where_turned_off(
     _set_tls(fleet, tls=True)  # and back: the link reconnects with TLS
     marker = _write_marked(src, "closed.txt")
     fleet.wait_converged(src, [dst])
-    later = capture.to_port(port)[seen:]
-    assert later and all(_is_tls(s) for s in later), [s[:8] for s in later]
+    later = wait_until(
+        lambda: capture.to_port(port)[seen:], timeout_s=10, what="the new connection's bytes"
+    )
+    assert all(_is_tls(s) for s in later), [s[:8] for s in later]
     assert not any(marker in s for s in capture.to_port(port))
 
 
@@ -192,10 +200,14 @@ def test_a_plain_link_through_a_relay_authenticates_each_hop(
         ):
             break
     assert _latest_route(fleet, int(mapping["id"]), "t2") == "src>t1>t2"
-    relayed = [s for s in capture.to_port(port) if marker in s]
-    assert relayed and not _is_tls(relayed[-1]), (
-        "the relayed file did not reach t2 over a plain link"
+    # The capture thread reads every loopback packet of the machine (other tests' too): it may
+    # lag behind the link, so its view of the last file is waited for, bounded.
+    relayed = wait_until(
+        lambda: [s for s in capture.to_port(port) if marker in s],
+        timeout_s=10,
+        what="the relayed file's bytes on the link to t2",
     )
+    assert not _is_tls(relayed[-1]), "the relayed file did not reach t2 over a plain link"
     log = (fleet.cluster.base / "agent-t2.log").read_text()
     assert "failed plain-link authentication" not in log, log[-2000:]
 

@@ -154,8 +154,12 @@ def delta(
     sums = sig if isinstance(sig, bytes) else sig.read_bytes()
     fd_in, owned = _open_input(new)
     try:
-        fd_out = os.open(delta_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        # No O_TRUNC on the empty part a build creates first: on ext4 a file truncated to 0 is
+        # written back whole when it is closed (auto_da_alloc), and the build waits for that.
+        fd_out = os.open(delta_out, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            if os.fstat(fd_out).st_size:
+                os.ftruncate(fd_out, 0)
             try:
                 literal, copied, _misses = _blocksearch.delta(sums, fd_in, start, length, fd_out)
             except ValueError as exc:

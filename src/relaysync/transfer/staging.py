@@ -8,6 +8,7 @@ directory is fsynced once after them; "fast" skips both (what rsync does by defa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -255,15 +256,18 @@ class IncomingFile:
 
 
 def _emptied(fd: int, temp: Path, flags: int) -> int:
-    """`fd` if its file is empty, else a descriptor of a new empty file in its place.
+    """`fd` if it is an empty regular file, else a descriptor of a new empty file in its place
+    (anything else there, a FIFO planted under the partial's name included, is removed).
 
     Not a truncate to 0: on ext4 (auto_da_alloc) a file truncated to 0 writes all its new data
     back when it is closed, which made every large copy's commit wait 0.55 s per GiB.
     """
     try:
-        if not os.fstat(fd).st_size:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and not st.st_size:
             return fd
-        os.unlink(temp)
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile: created anew below
+            os.unlink(temp)
     except BaseException:
         os.close(fd)
         raise

@@ -4,6 +4,7 @@ still has is resumed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import time
@@ -58,12 +59,14 @@ def _cut_off(folder: TargetFolder, path: str, data: bytes) -> None:
 
 
 def _staged_bytes(root: Path) -> dict[str, int]:
-    """The temp files (partials) under root and their sizes: what they hold of the disk."""
-    return {
-        str(p.relative_to(root)): p.stat().st_size
-        for p in root.rglob("*")
-        if p.name.startswith(TEMP_PREFIX)
-    }
+    """The temp files (partials) under root and their sizes: what they hold of the disk (a
+    file removed or replaced by the receiver between the listing and its stat is left out)."""
+    sizes = {}
+    for p in root.rglob("*"):
+        if p.name.startswith(TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                sizes[str(p.relative_to(root))] = p.stat().st_size
+    return sizes
 
 
 def _scan(source: SourceMapping) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -858,7 +859,7 @@ def test_a_fresh_start_over_an_old_partial_is_a_new_file_not_a_truncate_to_zero(
 ) -> None:
     """On ext4 a file truncated to 0 writes all its new data back when it is closed
     (auto_da_alloc): measured, 0.55 s per GiB at every large commit. A start at offset 0 over a
-    leftover partial takes a new inode; a resume cuts only what is past its offset."""
+    leftover partial takes a new file; a resume cuts only what is past its offset."""
     root = tmp_path / "root"
     root.mkdir()
     final = root / "big.bin"
@@ -873,9 +874,14 @@ def test_a_fresh_start_over_an_old_partial_is_a_new_file_not_a_truncate_to_zero(
     fresh = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
     fresh.append(b"a" * CHUNK_BYTES + b"b" * 100)
     fresh.keep(CHUNK_BYTES + 100)  # a torn chunk's bytes past the whole chunk stay for now
-
-    again = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
-    assert os.fstat(again.fd).st_size == 0 and again.received == 0
+    old = os.open(fresh.temp_name, os.O_RDONLY)  # held open: its inode number cannot be reused
+    try:
+        again = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
+        assert os.fstat(again.fd).st_size == 0 and again.received == 0
+        assert os.fstat(again.fd).st_ino != os.fstat(old).st_ino
+        assert os.pread(old, CHUNK_BYTES + 100, 0) == b"a" * CHUNK_BYTES + b"b" * 100
+    finally:
+        os.close(old)
     assert 0 not in truncated
     again.append(b"c" * CHUNK_BYTES + b"d" * 100)
     again.keep(CHUNK_BYTES + 100)
@@ -883,8 +889,29 @@ def test_a_fresh_start_over_an_old_partial_is_a_new_file_not_a_truncate_to_zero(
     resumed = staging.IncomingFile.open_partial(root, final, digest, offset=CHUNK_BYTES, **kw)
     assert truncated[-1] == CHUNK_BYTES  # only the torn bytes go
     assert resumed.received == CHUNK_BYTES and os.fstat(resumed.fd).st_size == CHUNK_BYTES
+    assert resumed.hasher.digest() == xxhash.xxh3_128_digest(b"c" * CHUNK_BYTES)
     resumed.discard()
     assert 0 not in truncated
+
+
+def test_a_fifo_planted_under_a_partials_name_is_replaced_not_written_into(
+    tmp_path: Path,
+) -> None:
+    """Whoever can write into the target folder could put a FIFO where a partial will be opened:
+    writing into it would block the receiver for ever. It is replaced by a new regular file."""
+    root = tmp_path / "root"
+    root.mkdir()
+    final = root / "big.bin"
+    digest = b"\x02" * 16
+    os.mkfifo(staging.partial_name_for(final, digest, 1))
+    incoming = staging.IncomingFile.open_partial(
+        root, final, digest, offset=0, owner=1, size=CHUNK_BYTES, mode=0o644, mtime_ns=MTIME
+    )
+    try:
+        assert stat.S_ISREG(os.fstat(incoming.fd).st_mode)
+        incoming.append(b"x" * CHUNK_BYTES)  # would block on a FIFO with no reader
+    finally:
+        incoming.discard()
 
 
 def test_received_data_reaches_the_file_in_small_writes(
