@@ -309,6 +309,7 @@ class CommitBatch:
         files, self._files = self._files, []
         try:
             for f in files:  # before the fsync, so that safe durability covers them too
+                _check_still_named(f)
                 os.fchmod(f.fd, permission_bits(f.mode))
                 os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
                 if self.durable:
@@ -343,6 +344,26 @@ class CommitBatch:
         else:
             for f in files:
                 f.discard()
+
+
+def _check_still_named(f: IncomingFile) -> None:
+    """Raise TransferError if a partial's name no longer leads to the file this session wrote.
+
+    A session that outlived its link (its successor started the same version afresh, which
+    puts a new file under the name) would otherwise rename the successor's half-written file
+    into place. Temp files of small files have names of their own; only partials are shared.
+    """
+    if not f.temp_name.endswith(PARTIAL_SUFFIX):
+        return
+    mine = os.fstat(f.fd)
+    try:
+        named = os.lstat(f.temp_name)
+    except FileNotFoundError:
+        return  # removed: the rename fails as it always did
+    if (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
+        raise TransferError(
+            f"{f.final_name}: another session took over its partial; this one commits nothing"
+        )
 
 
 def _discard_keeping_partials(files: list[IncomingFile]) -> None:

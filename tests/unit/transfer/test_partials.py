@@ -936,3 +936,26 @@ def test_received_data_reaches_the_file_in_small_writes(
     assert max(sizes) <= staging.WRITE_PIECE_BYTES < CHUNK_BYTES
     assert Path(incoming.temp_name).read_bytes() == data
     os.unlink(incoming.temp_name)
+
+
+def test_a_session_whose_partial_was_taken_over_commits_nothing(tmp_path: Path) -> None:
+    """A session that outlived its link still holds its partial open when its successor starts
+    the same version afresh (a new file under the same name). Its commit must not rename the
+    successor's half-written file into place: it fails, and the successor's file stays."""
+    root = tmp_path / "root"
+    root.mkdir()
+    final = root / "big.bin"
+    digest = xxhash.xxh3_128_digest(b"o" * CHUNK_BYTES)
+    kw = {"owner": 1, "size": CHUNK_BYTES, "mode": 0o644, "mtime_ns": MTIME}
+    old = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
+    old.append(b"o" * CHUNK_BYTES)
+    old.finish(digest)
+    successor = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
+    successor.append(b"n" * 100)  # half-written
+    batch = staging.CommitBatch(durable=False)
+    batch.add(old)
+    with pytest.raises(staging.TransferError, match="another session"):
+        batch.commit()
+    assert not final.exists()
+    assert Path(successor.temp_name).read_bytes() == b"n" * 100
+    successor.discard()
