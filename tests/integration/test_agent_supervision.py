@@ -6,6 +6,7 @@ state is broken costs that mapping, not the agent's assignment nor the agent."""
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +31,10 @@ _counter = itertools.count(1)
 
 @contextmanager
 def _node_with_address(cluster: Cluster, base: Path, name: str, address: str) -> Iterator[None]:
-    """A node joined with the fleet's token whose control link registers `address` as its
-    peer address (the master passes it on to every agent that links to it)."""
+    """A node joined with the fleet's token whose peer address in the master's store is
+    `address` (the master passes it on to every agent that links to it). The master refuses
+    such an address in a Register now, so the node registers a usable one and its row is then
+    changed in the database: a row an older master wrote, or an operator's edit."""
     cfg = AgentConfig(
         master_url=cluster.api_url, name=name, data_dir=str(base), token=cluster.join_token
     )
@@ -47,7 +50,7 @@ def _node_with_address(cluster: Cluster, base: Path, name: str, address: str) ->
         master_node_id=pin.node_id,
         node_id=identity.node_id,
         name=name,
-        register=Register(name=name, region="default", group="default", peer_address=address),
+        register=Register(name=name, region="default", group="default", peer_address="127.0.0.1:9"),
         on_assignment=ignore,
     )
     with start_blocking_portal() as portal:
@@ -58,6 +61,8 @@ def _node_with_address(cluster: Cluster, base: Path, name: str, address: str) ->
                 timeout_s=CONVERGE_TIMEOUT_S,
                 what=f"{name} up",
             )
+            with sqlite3.connect(cluster.master_dir / "master.db") as db:
+                db.execute("UPDATE servers SET address = ? WHERE name = ?", (address, name))
             yield
         finally:
             running.cancel()

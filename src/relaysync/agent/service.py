@@ -22,6 +22,12 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
+from relaysync._util.addresses import (
+    address_problem,
+    is_unspecified,
+    join_address,
+    local_address_towards,
+)
 from relaysync._util.aio import leaf_error
 from relaysync._util.supervise import Serve, supervise
 from relaysync.config.load import split_address
@@ -33,7 +39,7 @@ from relaysync.constants import (
     TASK_RETRY_MAX_S,
     TASK_RETRY_MIN_S,
 )
-from relaysync.errors import FolderRefused, JoinRefused, LinkDown
+from relaysync.errors import ConfigError, FolderRefused, JoinRefused, LinkDown
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
 from relaysync.protocol.handshake import announced_capabilities
@@ -106,6 +112,8 @@ class AgentService(TargetRole):
         capabilities = announced_capabilities(
             self.cfg.capabilities
         )  # a typo stops us before joining
+        if self.cfg.advertise_host and not is_unspecified(self.cfg.advertise_host):
+            _check_advertised(join_address(self.cfg.advertise_host, 1))  # before joining
         pin = await anyio.to_thread.run_sync(self._ensure_identity)
         self.node_id = self.identity.node_id
         host, port = split_address(self.cfg.listen)
@@ -125,7 +133,7 @@ class AgentService(TargetRole):
         async with anyio.create_task_group() as tg:
             self._tg = tg
             peer_port = await tg.start(server.serve)
-            advertise = f"{self.cfg.advertise_host or host}:{peer_port}"
+            advertise = await self._advertised_address(host, peer_port, pin.control_address)
             self.link = MasterLink(
                 control_address=pin.control_address,
                 ctx=tls.client_context(self.identity),
@@ -410,6 +418,35 @@ class AgentService(TargetRole):
                 )
             )
 
+    async def _advertised_address(self, host: str, port: int, control_address: str) -> str:
+        """Where other servers reach this agent's peer server: advertise_host, else the listen
+        host, else (listening on every interface) this host's address on the route to the master.
+
+        Raises:
+            ConfigError: that is no address a peer can connect to.
+        """
+        chosen = self.cfg.advertise_host or host
+        if is_unspecified(chosen):
+            master_host, master_port = split_address(control_address)
+            try:
+                chosen = await anyio.to_thread.run_sync(
+                    local_address_towards, master_host, master_port
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"listening on every interface ({host}), this agent found no address of its "
+                    f"own on the route to the master {control_address} ({exc}); set "
+                    "advertise_host (--advertise-host) to the address other servers reach it at"
+                ) from exc
+            logger.info(
+                "advertising %s to peers (the address on the route to the master; "
+                "advertise_host overrides it)",
+                chosen,
+            )
+        advertise = join_address(chosen, port)
+        _check_advertised(advertise)
+        return advertise
+
     def _peer_address(self, node_id: str) -> str:
         peer = self.peers.get(node_id)
         if peer is None or not peer.address:
@@ -503,3 +540,12 @@ def _same_but_live(a: MappingSpec, b: MappingSpec) -> bool:
         "transfer_override": "",
     }
     return msgspec.structs.replace(a, **live) == msgspec.structs.replace(b, **live)
+
+
+def _check_advertised(address: str) -> None:
+    """Raise ConfigError if peers could not connect to `address`."""
+    if why := address_problem(address):
+        raise ConfigError(
+            f"peer address {address!r} is not usable: {why}; set advertise_host "
+            "(--advertise-host) to an address the other servers can connect to"
+        )

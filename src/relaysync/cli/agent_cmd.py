@@ -28,6 +28,13 @@ def agent(
         str | None, typer.Option(help="Group of this server within its region.")
     ] = None,
     listen: Annotated[str | None, typer.Option(help="Peer server host:port (port 0: any).")] = None,
+    advertise_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address other servers reach this agent at; default: the listen host, or "
+            "with 0.0.0.0 this host's address on the route to the master."
+        ),
+    ] = None,
     metrics_listen: Annotated[
         str | None,
         typer.Option(help="Serve Prometheus /metrics on host:port (port 0: any); default off."),
@@ -49,6 +56,7 @@ def agent(
             "region": region,
             "group": group,
             "listen": listen,
+            "advertise_host": advertise_host,
             "log_json": log_json or None,
             "metrics_listen": metrics_listen,
         },

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from relaysync._util.addresses import address_problem
 from relaysync.constants import MAX_NAME_BYTES, MAX_PATH_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol._message_base import (
@@ -44,6 +45,10 @@ class Register(Message, frozen=True, tag="register"):
     region: ServerName
     group: ServerName
     peer_address: ServerName  # host:port where its peer server listens
+
+    def validate(self) -> None:
+        if why := address_problem(self.peer_address):
+            raise ProtocolError(f"register: peer address {self.peer_address[:80]!r}: {why}")
 
 
 class BandwidthWindow(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,56 @@
+"""Where peers reach an agent, with real processes: an agent listening on every interface
+advertises its address on the route to the master, not 0.0.0.0 (a peer connecting there
+reaches its own machine); an advertised address nobody can use stops the agent at start, with
+the setting to change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from relaysync.testing.cluster import Cluster, wait_until
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    f = start_fleet(tmp_path_factory.mktemp("advertise"), agents=("src",))
+    try:
+        yield f
+    finally:
+        f.cluster.stop()
+
+
+def _address(cluster: Cluster, name: str) -> str:
+    return str(cluster.api.get(f"/api/servers/{name}").json().get("address", ""))
+
+
+def test_an_agent_listening_on_every_interface_advertises_its_route_to_the_master(
+    fleet: Fleet,
+) -> None:
+    agent = fleet.cluster.start_agent("wide", extra_args=["--listen", "0.0.0.0:0"])
+    address = wait_until(
+        lambda: _address(fleet.cluster, "wide"), timeout_s=CONVERGE_TIMEOUT_S, what="wide's address"
+    )
+    assert address.startswith("127.0.0.1:"), address  # the master is on 127.0.0.1
+    assert "advertising 127.0.0.1 to peers" in agent.process.log_tail(200)
+    # and it is reachable there: a file replicates to it
+    _, src, (dst,) = fleet.new_mapping(targets=("wide",))
+    (src / "f.txt").write_text("reached over the advertised address")
+    fleet.wait_converged(src, [dst])
+
+
+def test_an_unusable_advertised_address_stops_the_agent_with_what_to_change(
+    fleet: Fleet,
+) -> None:
+    agent = fleet.cluster.start_agent(
+        "typo", extra_args=["--advertise-host", "web 1.example.com"], wait=False
+    )
+    wait_until(lambda: not agent.process.alive(), timeout_s=CONVERGE_TIMEOUT_S, what="typo to exit")
+    log = " ".join(agent.process.log_tail(60).split())  # the console folds long lines
+    assert "is not usable" in log and "advertise_host (--advertise-host)" in log, log
+    assert "joined the fleet" not in log  # refused before it joined
+    assert agent.process.popen is not None and agent.process.popen.returncode != 0
