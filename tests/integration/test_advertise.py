@@ -6,6 +6,7 @@ the setting to change."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,37 @@ def test_an_agent_listening_on_every_interface_advertises_its_route_to_the_maste
     _, src, (dst,) = fleet.new_mapping(targets=("wide",))
     (src / "f.txt").write_text("reached over the advertised address")
     fleet.wait_converged(src, [dst])
+
+
+def test_the_readme_fleet_every_interface_for_the_master_and_the_agents(
+    tmp_path: Path,
+) -> None:
+    """The README's fleet: the master's control server and every agent listen on 0.0.0.0. The
+    master reports its control address as 0.0.0.0:P; agents reach it at their master URL's host,
+    and peers reach each other at their addresses on the route to the master."""
+    cluster = Cluster(tmp_path / "fleet")
+    try:
+        cluster.start_master(extra_args=["--control-listen", "0.0.0.0:0"])
+        for name in ("a", "b"):
+            cluster.start_agent(name, extra_args=["--listen", "0.0.0.0:0"])
+        for name in ("a", "b"):
+            assert _address(cluster, name).startswith("127.0.0.1:")
+            # 0.0.0.0 would reach the master too on one machine, not across a network
+            log = cluster.agents[name].process.log_tail(200)
+            assert "control link to master 127.0.0.1:" in log, log
+        src, dst = tmp_path / "src", tmp_path / "dst"
+        src.mkdir()
+        cluster.create_mapping("m", "a", src, [("b", dst)])
+        (src / "f.txt").write_text("over every interface")
+        wait_until(
+            lambda: (
+                (dst / "f.txt").is_file() and (dst / "f.txt").read_text() == "over every interface"
+            ),
+            timeout_s=CONVERGE_TIMEOUT_S,
+            what="f.txt on b",
+        )
+    finally:
+        cluster.stop()
 
 
 def test_an_unusable_advertised_address_stops_the_agent_with_what_to_change(

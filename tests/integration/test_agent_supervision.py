@@ -5,6 +5,7 @@ state is broken costs that mapping, not the agent's assignment nor the agent."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import Iterator
@@ -32,8 +33,8 @@ _counter = itertools.count(1)
 @contextmanager
 def _node_with_address(cluster: Cluster, base: Path, name: str, address: str) -> Iterator[None]:
     """A node joined with the fleet's token whose peer address in the master's store is
-    `address` (the master passes it on to every agent that links to it). The master refuses
-    such an address in a Register now, so the node registers a usable one and its row is then
+    `address` (the master passes it on to every agent that links to it). The master stores no
+    such address from a Register now, so the node registers a usable one and its row is then
     changed in the database: a row an older master wrote, or an operator's edit."""
     cfg = AgentConfig(
         master_url=cluster.api_url, name=name, data_dir=str(base), token=cluster.join_token
@@ -61,7 +62,7 @@ def _node_with_address(cluster: Cluster, base: Path, name: str, address: str) ->
                 timeout_s=CONVERGE_TIMEOUT_S,
                 what=f"{name} up",
             )
-            with sqlite3.connect(cluster.master_dir / "master.db") as db:
+            with contextlib.closing(sqlite3.connect(cluster.master_dir / "master.db")) as db, db:
                 db.execute("UPDATE servers SET address = ? WHERE name = ?", (address, name))
             yield
         finally:

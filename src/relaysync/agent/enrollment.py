@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from relaysync._util.addresses import is_unspecified, join_address
+from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import JoinRefused, MasterUnreachable
@@ -84,6 +87,17 @@ def join(cfg: AgentConfig, identity: tls.Identity) -> MasterPin:
     )
     logger.info("joined the fleet as %s (node %s)", cfg.name, body["node_id"][:16])
     return pin
+
+
+def reachable_control_address(control_address: str, master_url: str) -> str:
+    """The master's control address as this agent can reach it: a master whose control server
+    listens on every interface (0.0.0.0) reports that; the agent then uses the host it reaches
+    the master's API at."""
+    host, port = split_address(control_address)
+    api_host = urlsplit(master_url).hostname
+    if is_unspecified(host) and api_host:
+        return join_address(api_host, port)
+    return control_address
 
 
 def _write_master_file(identity: tls.Identity, saved: dict[str, object]) -> None:

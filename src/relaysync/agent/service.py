@@ -63,7 +63,7 @@ from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 
 from ._target_role import TargetRole
-from .enrollment import MasterPin, join, pin_master, read_master_file
+from .enrollment import MasterPin, join, pin_master, reachable_control_address, read_master_file
 from .guard import parse_roots
 from .link_options import LinkOptions
 from .links import LinkSet, children_of
@@ -133,9 +133,10 @@ class AgentService(TargetRole):
         async with anyio.create_task_group() as tg:
             self._tg = tg
             peer_port = await tg.start(server.serve)
-            advertise = await self._advertised_address(host, peer_port, pin.control_address)
+            control = reachable_control_address(pin.control_address, self.cfg.master_url)
+            advertise = await self._advertised_address(host, peer_port, control)
             self.link = MasterLink(
-                control_address=pin.control_address,
+                control_address=control,
                 ctx=tls.client_context(self.identity),
                 master_node_id=pin.node_id,
                 on_master_pinned=partial(pin_master, self.identity),

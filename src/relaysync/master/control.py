@@ -30,6 +30,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskStatus
 
+from relaysync._util.addresses import address_problem
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.auth.ca import is_master_name
 from relaysync.constants import (
@@ -262,13 +263,25 @@ class ControlServer:
                     "its certificate has the name reserved for the master: "
                     "DELETE /api/servers/<its name> and join it again under another name",
                 )
+            address = register.peer_address
+            if why := address_problem(address):
+                # An older agent listening on 0.0.0.0, or a hostile one: its control link stays
+                # (it may be a source), but no agent is sent where it cannot connect.
+                logger.warning(
+                    "node %s registers peer address %r, which no peer can connect to (%s): "
+                    "links to it stay down until it registers a usable one (advertise_host)",
+                    node_id[:16],
+                    address[:80],
+                    why,
+                )
+                address = ""
             info = await anyio.to_thread.run_sync(
                 partial(
                     self.store.register_server,
                     node_id,
                     region=register.region,
                     group=register.group,
-                    address=register.peer_address,
+                    address=address,
                 )
             )
         except NodeRemoved as exc:

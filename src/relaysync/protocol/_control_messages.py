@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from relaysync._util.addresses import address_problem
 from relaysync.constants import MAX_NAME_BYTES, MAX_PATH_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol._message_base import (
@@ -44,11 +43,7 @@ class Register(Message, frozen=True, tag="register"):
     name: ServerName
     region: ServerName
     group: ServerName
-    peer_address: ServerName  # host:port where its peer server listens
-
-    def validate(self) -> None:
-        if why := address_problem(self.peer_address):
-            raise ProtocolError(f"register: peer address {self.peer_address[:80]!r}: {why}")
+    peer_address: ServerName  # host:port where its peer server listens (master checks it)
 
 
 class BandwidthWindow(msgspec.Struct, frozen=True, kw_only=True):

@@ -132,7 +132,7 @@ class Cluster:
         env.update(self.extra_env)
         return env
 
-    def start_master(self, *, database_url: str = "") -> None:
+    def start_master(self, *, database_url: str = "", extra_args: Sequence[str] = ()) -> None:
         self.master_dir.mkdir(parents=True, exist_ok=True)
         state = self.master_dir / "master.json"
         state.unlink(missing_ok=True)
@@ -140,6 +140,7 @@ class Cluster:
         args = ["master", "--data", str(self.master_dir), "--listen", listen]
         if database_url:
             args += ["--database-url", database_url]
+        args += extra_args
         self.master = Process("master", args, self.base / "master.log")
         self.master.start(self._env())
         info = wait_until(

@@ -316,13 +316,19 @@ class CommitBatch:
                     os.fsync(f.fd)
             dirs: set[str] = set()
             for f in files:
+                _check_still_named(f)  # again: the fsyncs above may have taken a while
                 f.close()
                 if self.before_replace is not None:
                     self.before_replace(f.final)
                 try:
                     os.replace(f.temp_name, f.final_name)
                 except (IsADirectoryError, OSError) as exc:
-                    if not (os.path.isdir(f.final_name) and not os.path.islink(f.final_name)):
+                    # a directory in the way is removed, but only for a temp file still there
+                    if not (
+                        os.path.lexists(f.temp_name)
+                        and os.path.isdir(f.final_name)
+                        and not os.path.islink(f.final_name)
+                    ):
                         raise exc
                     shutil.rmtree(f.final_name)  # a directory becomes a file
                     os.replace(f.temp_name, f.final_name)

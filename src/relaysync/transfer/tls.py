@@ -135,7 +135,7 @@ def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
         raise LinkDown(address, "not a host:port this agent can connect to")
-    return host, int(port)
+    return host.removeprefix("[").removesuffix("]"), int(port)  # [IPv6]:port
 
 
 async def connect(

@@ -281,3 +281,34 @@ def test_a_metrics_report_time_no_agent_makes_is_refused(
     anyio.run(main)
     assert got == []
     _no_unexpected_failure(caplog)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8471", "127.0.0.1:http", "a b:1", "::1:8471"])
+def test_a_register_with_a_peer_address_nobody_can_use_keeps_its_link_but_no_address(
+    fleet: Fleet, address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The master hands a node's peer address to every agent that links to it. One nobody can
+    connect to (an older agent listening on 0.0.0.0, or a hostile one) is not stored: links to
+    that node stay down with "no address yet", and its own control link (it may be a source)
+    stays up, so it does not reconnect in a loop."""
+    a = fleet.join("web-a")
+
+    async def main() -> None:
+        async with fleet.control_server() as (_, port):
+            framed = await tls.connect(f"127.0.0.1:{port}", tls.client_context(a))
+            try:
+                with anyio.fail_after(TIMEOUT_S):
+                    await client_hello(framed, node_id=a.node_id, name="web-a")
+                    await framed.send(
+                        Register(name="web-a", region="r", group="g", peer_address=address)
+                    )
+                await roundtrip(framed)  # answered: the link is up
+            finally:
+                framed.abort()
+
+    with caplog.at_level(logging.WARNING):
+        anyio.run(main)
+    (server,) = fleet.store.list_servers()
+    assert (server.region, server.group, server.address) == ("r", "g", "")
+    assert any("which no peer can connect to" in r.getMessage() for r in caplog.records)
+    _no_unexpected_failure(caplog)

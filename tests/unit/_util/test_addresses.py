@@ -11,6 +11,7 @@ from relaysync._util.addresses import (
     join_address,
     local_address_towards,
 )
+from relaysync.agent.enrollment import reachable_control_address
 
 
 @pytest.mark.parametrize(
@@ -56,3 +57,11 @@ def test_the_local_address_towards_a_host_is_the_one_its_route_uses() -> None:
     assert local_address_towards("127.0.0.1", 9) == "127.0.0.1"
     with pytest.raises(OSError):
         local_address_towards("no-such-host.invalid", 9)
+
+
+def test_a_control_address_on_every_interface_is_reached_at_the_master_urls_host() -> None:
+    assert reachable_control_address("0.0.0.0:8472", "http://master.example:8470") == (
+        "master.example:8472"
+    )
+    assert reachable_control_address("[::]:8472", "http://[fd00::1]:8470") == "[fd00::1]:8472"
+    assert reachable_control_address("10.0.0.5:8472", "http://master:8470") == "10.0.0.5:8472"

@@ -959,3 +959,28 @@ def test_a_session_whose_partial_was_taken_over_commits_nothing(tmp_path: Path) 
     assert not final.exists()
     assert Path(successor.temp_name).read_bytes() == b"n" * 100
     successor.discard()
+
+
+def test_a_commit_whose_temp_file_is_gone_leaves_a_directory_at_its_name_alone(
+    tmp_path: Path,
+) -> None:
+    """A directory in the way of a file is removed so the file can take its place, but only
+    when there is a file to take it: a partial removed meanwhile (by another session) used to
+    cost the directory and everything in it, and the rename failed anyway."""
+    root = tmp_path / "root"
+    root.mkdir()
+    final = root / "big.bin"
+    digest = xxhash.xxh3_128_digest(b"o" * CHUNK_BYTES)
+    mine = staging.IncomingFile.open_partial(
+        root, final, digest, offset=0, owner=1, size=CHUNK_BYTES, mode=0o644, mtime_ns=MTIME
+    )
+    mine.append(b"o" * CHUNK_BYTES)
+    mine.finish(digest)
+    os.unlink(mine.temp_name)
+    final.mkdir()
+    (final / "kept.txt").write_text("someone's file")
+    batch = staging.CommitBatch(durable=False)
+    batch.add(mine)
+    with pytest.raises(FileNotFoundError):
+        batch.commit()
+    assert (final / "kept.txt").read_text() == "someone's file"
