@@ -86,3 +86,14 @@ def test_an_unusable_advertised_address_stops_the_agent_with_what_to_change(
     assert "is not usable" in log and "advertise_host (--advertise-host)" in log, log
     assert "joined the fleet" not in log  # refused before it joined
     assert agent.process.popen is not None and agent.process.popen.returncode != 0
+
+
+def test_an_agent_on_ipv6_is_reached_at_its_bracketed_address(fleet: Fleet) -> None:
+    fleet.cluster.start_agent("six", extra_args=["--listen", "[::1]:0"])
+    address = wait_until(
+        lambda: _address(fleet.cluster, "six"), timeout_s=CONVERGE_TIMEOUT_S, what="six's address"
+    )
+    assert address.startswith("[::1]:"), address
+    _, src, (dst,) = fleet.new_mapping(targets=("six",))
+    (src / "f.txt").write_text("over IPv6")
+    fleet.wait_converged(src, [dst])
