@@ -102,13 +102,18 @@ class Fleet:
 
 
 @asynccontextmanager
-async def agent_link(port: int, ident: tls.Identity, name: str) -> AsyncIterator[FramedStream]:
-    """An agent's control link by hand: Hello and Register, then the test speaks."""
+async def agent_link(
+    port: int, ident: tls.Identity, name: str, register: Register | None = None
+) -> AsyncIterator[FramedStream]:
+    """An agent's control link by hand: Hello and Register (`register`, or a plain one), then
+    the test speaks."""
     framed = await tls.connect(f"127.0.0.1:{port}", tls.client_context(ident))
     try:
         with anyio.fail_after(TIMEOUT_S):
             await client_hello(framed, node_id=ident.node_id, name=name)
-            await framed.send(Register(name=name, region="", group="", peer_address="127.0.0.1:9"))
+            await framed.send(
+                register or Register(name=name, region="", group="", peer_address="127.0.0.1:9")
+            )
         yield framed
     finally:
         framed.abort()

@@ -14,7 +14,6 @@ from tests._fleet import TIMEOUT_S, Fleet, agent_link, roundtrip
 
 from relaysync.master.store import Store
 from relaysync.protocol.framing import FramedStream
-from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
     CommitRecord,
     CommitReport,
@@ -25,7 +24,6 @@ from relaysync.protocol.messages import (
     Register,
     ReleaseReport,
 )
-from relaysync.transfer import tls
 
 OVER_INT64 = 2**63
 
@@ -200,14 +198,9 @@ def test_a_register_string_too_long_for_its_column_is_refused(
 
     async def main() -> None:
         async with fleet.control_server() as (_, port):
-            framed = await tls.connect(f"127.0.0.1:{port}", tls.client_context(a))
-            try:
-                with anyio.fail_after(TIMEOUT_S):
-                    await client_hello(framed, node_id=a.node_id, name="web-a")
-                    await framed.send(Register(**{**fields, field: "x" * 256}))
+            register = Register(**{**fields, field: "x" * 256})
+            async with agent_link(port, a, "web-a", register) as framed:
                 await _ends_without_answering(framed)
-            finally:
-                framed.abort()
 
     anyio.run(main)
     (server,) = fleet.store.list_servers()
@@ -295,16 +288,9 @@ def test_a_register_with_a_peer_address_nobody_can_use_keeps_its_link_but_no_add
 
     async def main() -> None:
         async with fleet.control_server() as (_, port):
-            framed = await tls.connect(f"127.0.0.1:{port}", tls.client_context(a))
-            try:
-                with anyio.fail_after(TIMEOUT_S):
-                    await client_hello(framed, node_id=a.node_id, name="web-a")
-                    await framed.send(
-                        Register(name="web-a", region="r", group="g", peer_address=address)
-                    )
+            register = Register(name="web-a", region="r", group="g", peer_address=address)
+            async with agent_link(port, a, "web-a", register) as framed:
                 await roundtrip(framed)  # answered: the link is up
-            finally:
-                framed.abort()
 
     with caplog.at_level(logging.WARNING):
         anyio.run(main)
