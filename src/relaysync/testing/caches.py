@@ -170,7 +170,7 @@ def http_get(
     host: str = "",
     headers: dict[str, str] | None = None,
     method: str = "GET",
-    timeout_s: float = 5.0,
+    timeout_s: float = 15.0,  # generous: a loaded CI machine runs three test workers
 ) -> tuple[int, bytes, dict[str, str]]:
     """One request to 127.0.0.1:port; returns (status, body, headers)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
