@@ -313,9 +313,13 @@ class PeerServer:
                 batches.raise_error()
                 tg.cancel_scope.cancel()  # unreachable in practice: a stream ends with an error
         finally:
-            await anyio.to_thread.run_sync(session.close)
-            if feed is not None:
-                await anyio.to_thread.run_sync(feed.spool.cut_unfinished)
+            # Shielded: a session ended by a newer one (or a restart) is cancelled, and an
+            # unshielded await here raised at once: its half-received and staged files stayed
+            # open for the life of the process.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close)
+                if feed is not None:
+                    await anyio.to_thread.run_sync(feed.spool.cut_unfinished)
 
     @staticmethod
     def _relay_ack(feed: RelayFeed, reply: AnyMessage) -> AnyMessage:

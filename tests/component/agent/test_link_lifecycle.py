@@ -21,6 +21,7 @@ from relaysync.constants import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADD
 from relaysync.protocol.messages import MappingSpec, TargetSpec
 from relaysync.transfer import ops
 from relaysync.transfer.link_ends import TargetAddress
+from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch._fsevent import FsEvent
@@ -295,3 +296,37 @@ def test_the_seqs_sent_whole_are_forgotten_once_acknowledged(tmp_path: Path) -> 
 
     anyio.run(main)
     assert max(noted) == 0, f"seqs noted to go whole, after each of {saves} saves: {noted}"
+
+
+def test_a_session_the_target_ends_closes_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session ended by the target (a newer session of the mapping, a restart, a retirement)
+    is cancelled. Its cleanup, which closes the half-received file and the staged ones, awaited
+    a worker thread unshielded and so never ran: the files stayed open for the life of the
+    process (found when a lock on partials stayed held for minutes)."""
+    closed: list[int] = []
+    real_close = ReceiverSession.close
+    monkeypatch.setattr(
+        ReceiverSession, "close", lambda self: (closed.append(1), real_close(self))[1]
+    )
+    source = source_mapping(tmp_path)
+    folder = target_folder(tmp_path)
+
+    async def main() -> None:
+        await source._record([FsEvent(kind="rescan", path="")])
+        async with anyio.create_task_group() as tg:
+            server = _server(folder)
+            port = await tg.start(server.serve)
+            tg.start_soon(_link(source, port).serve)
+            with anyio.fail_after(20):
+                while 1 not in server._active:
+                    await anyio.sleep(0.02)
+            await server.restart_session(1)
+            with anyio.fail_after(20):
+                while not closed:
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert closed
