@@ -102,7 +102,11 @@ class FileReceiver(SessionHooks):
                 mtime_ns=msg.mtime_ns,
                 offset=msg.offset,
             )
-            self.folder.add_partial(msg.path, msg.expected_hash)
+            try:
+                self.folder.add_partial(msg.path, msg.expected_hash)
+            except BaseException:
+                incoming.close()  # kept on disk, as a partial is; its fd is not
+                raise
             return incoming
         if msg.offset:
             raise FileNotFoundError(errno.ENOENT, "no partial kept for files this small", msg.path)

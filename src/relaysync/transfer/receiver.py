@@ -125,8 +125,10 @@ class ReceiverSession(FileReceiver, TreeOps):
         if incoming is not None and incoming.temp.name.endswith(staging.PARTIAL_SUFFIX):
             incoming.close()  # resumable: the next session continues where this one stopped
             self._incoming = self._incoming_msg = None
-        self._abort_incoming()
-        self._batch.discard()
+        try:
+            self._abort_incoming()
+        finally:  # a failed state write must not leave the staged files open
+            self._batch.discard()
 
     # --- dispatch ---
 

@@ -984,3 +984,33 @@ def test_a_commit_whose_temp_file_is_gone_leaves_a_directory_at_its_name_alone(
     with pytest.raises(FileNotFoundError):
         batch.commit()
     assert (final / "kept.txt").read_text() == "someone's file"
+
+
+def _open_below(root: Path) -> list[str]:
+    """The files this process holds open below `root`."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith(f"{root}/"):
+                found.append(target)
+    return found
+
+
+def test_a_partial_whose_state_write_fails_is_not_left_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partial is opened, then listed in the folder's state: a failed state write (a locked
+    or full manifest) left its descriptor open for the life of the process."""
+    folder = _folder(tmp_path)
+    data = os.urandom(BIG)
+
+    def failing(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(folder, "add_partial", failing)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    replies = session.apply_batch([_start(1, "big.bin", data)])
+    assert replies and isinstance(replies[0], Error)
+    assert _open_below(folder.root) == []
+    session.close()
+    assert _open_below(folder.root) == []
