@@ -67,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 REMOVED_WAIT_S = 60.0  # the removal watcher's long poll on the event bus
 _Members = tuple[str, frozenset[str]]  # a mapping's source node and target nodes
+MAX_REFUSED_FIGURES_LOGGED = 100  # per link: a hostile agent cannot grow the log or the set
 
 
 @dataclass
@@ -77,6 +78,7 @@ class _AgentLink:
     epoch_sent: int = -1
     epoch_acked: int = -1
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+    refused_figures: set[str] = field(default_factory=set)  # each is logged once per link
 
 
 class ControlServer:
@@ -329,8 +331,19 @@ class ControlServer:
             case CommitReport():
                 self.joblog.add(message)
             case MetricsReport():
+                report, refused = message.usable()
+                for why in sorted(set(refused) - link.refused_figures):
+                    if len(link.refused_figures) >= MAX_REFUSED_FIGURES_LOGGED:
+                        break
+                    link.refused_figures.add(why)
+                    logger.warning(
+                        "agent %s: figure left out of /metrics and alerts (%s); "
+                        "its agent is likely newer than this master, or broken",
+                        link.name,
+                        why,
+                    )
                 if self.on_metrics is not None:
-                    self.on_metrics(link.node_id, link.name, message)
+                    self.on_metrics(link.node_id, link.name, report)
             case AssignmentAck():
                 link.epoch_acked = message.epoch
             case MassDeleteHeld():

@@ -263,11 +263,30 @@ class MetricsReport(Message, frozen=True, tag="metrics_report"):
         if len(self.samples) > MAX_METRIC_SAMPLES:
             raise ProtocolError(f"metrics_report: over {MAX_METRIC_SAMPLES} samples")
         for s in self.samples:
-            if not _METRIC_NAME.fullmatch(s.name):
-                raise ProtocolError(f"metrics_report: bad metric name {s.name[:80]!r}")
             if len(s.labels) > MAX_METRIC_LABELS or any(
                 len(v) > MAX_PATH_BYTES for _, v in s.labels
             ):
-                raise ProtocolError(f"metrics_report: {s.name} has too many or too long labels")
-            if not all(_LABEL_NAME.fullmatch(k) for k, _ in s.labels):
-                raise ProtocolError(f"metrics_report: {s.name} has a bad label name")
+                raise ProtocolError(
+                    f"metrics_report: {s.name[:80]!r} has too many or too long labels"
+                )
+
+    def usable(self) -> tuple[MetricsReport, list[str]]:
+        """This report without the samples whose names Prometheus would rewrite or refuse, and
+        why each left out one was: such a figure costs only itself, not the agent's link (an
+        agent newer than the master may name a figure in a way this master does not take)."""
+        problems = [(s, sample_problem(s)) for s in self.samples]
+        refused = [why for _, why in problems if why]
+        if not refused:
+            return self, []
+        kept = tuple(s for s, why in problems if not why)
+        return msgspec.structs.replace(self, samples=kept), refused
+
+
+def sample_problem(sample: MetricSample) -> str:
+    """Why `sample` cannot become a Prometheus series as it is named, or "" if it can."""
+    if not _METRIC_NAME.fullmatch(sample.name):
+        return f"bad metric name {sample.name[:80]!r}"
+    bad = [k for k, _ in sample.labels if not _LABEL_NAME.fullmatch(k)]
+    if bad:
+        return f"{sample.name}: bad label name {bad[0][:80]!r}"
+    return ""

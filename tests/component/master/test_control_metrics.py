@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests._fleet import TIMEOUT_S, Fleet, agent_link
 
+from relaysync.master.control import MAX_REFUSED_FIGURES_LOGGED
 from relaysync.master.store import Store
 from relaysync.monitor.engine import MonitorService
 from relaysync.monitor.types import MASTER_SERVER
@@ -111,26 +112,57 @@ def test_an_agents_server_label_never_replaces_its_own(
     ],
     ids=["non-ascii", "dash", "empty-label", "space-label", "non-ascii-label", "digit-label", "__"],
 )
-def test_a_name_prometheus_would_rewrite_or_refuse_is_a_malformed_report(
-    fleet: Fleet, monitor: MonitorService, sample: MetricSample
+def test_a_name_prometheus_would_rewrite_or_refuse_is_left_out_and_the_link_stays(
+    fleet: Fleet, monitor: MonitorService, sample: MetricSample, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Was: `isalnum()` took non-ASCII letters, which Prometheus's client rewrites to `_` (so
     cpü_percent and cp__percent became one series), and label names were not checked at all: an
-    empty one made the whole exposition unparsable, for every agent."""
+    empty one made the whole exposition unparsable, for every agent. Then such a name ended the
+    agent's control link, again at every report: one figure cost the agent its assignments."""
+    caplog.set_level(logging.WARNING, logger="relaysync.master.control")
+    good = MetricSample(name="load1", value=3.0)
     took = _send(
         fleet,
         monitor,
-        {"web-a": _report(sample), "web-b": _report(MetricSample(name="cp__percent", value=2.0))},
+        {
+            "web-a": _report(sample, good),
+            "web-b": _report(MetricSample(name="cp__percent", value=2.0)),
+        },
     )
-    assert took == {"web-b"}
+    assert took == {"web-a", "web-b"}
     assert _series(fleet) == {
         ("relaysync_cp__percent", (("server", "web-b"),)): 2.0,
+        ("relaysync_load1", (("server", "web-a"),)): 3.0,
         ("relaysync_server_up", (("server", "web-a"),)): 0.0,
         ("relaysync_server_up", (("server", "web-b"),)): 0.0,
         ("relaysync_server_healthy", (("server", "web-a"),)): 1.0,
         ("relaysync_server_healthy", (("server", "web-b"),)): 1.0,
         ("relaysync_alerts_open", ()): 0.0,
     }
+    warned = [r.getMessage() for r in caplog.records if "left out of /metrics" in r.getMessage()]
+    assert len(warned) == 1 and "agent web-a:" in warned[0], warned
+
+
+def test_a_refused_figure_is_logged_once_per_link_and_at_most_a_bounded_number_of_times(
+    fleet: Fleet, monitor: MonitorService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent repeating a bad figure every report, or sending thousands of distinct bad
+    names, writes a bounded number of warnings."""
+    caplog.set_level(logging.WARNING, logger="relaysync.master.control")
+    many = _report(*(MetricSample(name=f"bad-{i}", value=1.0) for i in range(500)))
+    ident = fleet.join("web-a")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            control.on_metrics = monitor.on_metrics
+            async with agent_link(port, ident, "web-a") as framed:
+                for _ in range(3):
+                    await framed.send(many)
+                assert await _answers(framed)
+
+    anyio.run(main)
+    warned = [r for r in caplog.records if "left out of /metrics" in r.getMessage()]
+    assert len(warned) == MAX_REFUSED_FIGURES_LOGGED
 
 
 @pytest.mark.parametrize("name", ["server_up", "alerts_open", "master_store_up"])
