@@ -10,15 +10,12 @@ import logging
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import TaskGroup
 
 from relaysync.errors import FolderRefused
 from relaysync.protocol.messages import MappingSpec, TargetSpec, nodes_below
 from relaysync.transfer.conflicts import forget_missing
-from relaysync.transfer.link_ends import SourceFolder
 from relaysync.transfer.relay import RelayFeed, RelayLink
 from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.spool import Spool
@@ -29,6 +26,7 @@ from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent
 
+from ._role import AgentRole
 from .guard import check_folder
 from .links import LinkSet, children_of, parents_of
 from .peer_server import PeerServer
@@ -36,30 +34,15 @@ from .peer_server import PeerServer
 logger = logging.getLogger(__name__)
 
 
-class TargetRole:
+class TargetRole(AgentRole):
     """The target folders, relays and refusals of AgentService (a mixin: AgentService sets its state)."""
 
-    data_dir: Path
     allowed_roots: tuple[str, ...]
-    node_id: str
     targets: dict[int, TargetFolder]
     relays: dict[int, tuple[RelayFeed, LinkSet]]
     refused: dict[int, tuple[FolderRefused, frozenset[str]]]
     _refusals_logged: dict[tuple[int, str], str]
-    _tg: TaskGroup | None
     _server: PeerServer | None
-
-    if TYPE_CHECKING:  # AgentService's, which also makes the source's links
-
-        def _make_link(
-            self,
-            source: SourceFolder | RelayFeed,
-            mapping_id: int,
-            target: TargetSpec,
-            kind: type[TargetLink] = TargetLink,
-            *,
-            signatures: bool = True,
-        ) -> TargetLink: ...
 
     # --- target folders ---
 

@@ -20,6 +20,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 import anyio
+import msgspec
 
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
@@ -55,6 +56,8 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import tls
 from relaysync.transfer.removal import removed_bytes
 
+from .advertise import route_address
+
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_REPORTS = 100_000  # oldest reports are dropped past this (watermarks come again)
@@ -75,6 +78,7 @@ class MasterLink:
         on_assignment: Callable[[Assignment], Awaitable[None]],
         on_master_pinned: Callable[[str], None] | None = None,
         identity_dir: str = "the agent's identity directory",
+        advertise_route_port: int | None = None,
     ) -> None:
         """
         Args:
@@ -82,6 +86,10 @@ class MasterLink:
                 agent that joined before joins told it: the first control server named
                 MASTER_NODE_NAME is taken, and `on_master_pinned(node_id)` saves its id.
             identity_dir: named in the error that tells how to join again.
+            advertise_route_port: the peer server's port when the agent advertises its address
+                on the route to the master (it listens on every interface, no advertise_host):
+                each session registers the address its own connection goes out from, so an
+                address changed by DHCP or a failover reaches the master at the next reconnect.
         """
         self.control_address = control_address
         self.ctx = ctx
@@ -91,6 +99,7 @@ class MasterLink:
         self.node_id = node_id
         self.name = name
         self.register = register
+        self.advertise_route_port = advertise_route_port
         self.on_assignment = on_assignment
         self.connected = False
         self._reports: collections.deque[CommitReport] = collections.deque(
@@ -217,6 +226,7 @@ class MasterLink:
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
                 await client_hello(framed, node_id=self.node_id, name=self.name)
+                self._advertise_route(framed)
                 await framed.send(self.register)
             self.connected = True
             self._releases_unsent = bool(self._releases)
@@ -227,6 +237,22 @@ class MasterLink:
         finally:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
+
+    def _advertise_route(self, framed: FramedStream) -> None:
+        """Register the address this session's connection goes out from, if peers are told that
+        one (see `advertise_route_port`) and it changed."""
+        if self.advertise_route_port is None:
+            return
+        address = route_address(framed.extra("sockname"), self.advertise_route_port)
+        if not address or address == self.register.peer_address:
+            return
+        logger.warning(
+            "this agent's address on the route to the master is now %s (was %s); "
+            "advertising it to peers (advertise_host fixes one)",
+            address,
+            self.register.peer_address,
+        )
+        self.register = msgspec.structs.replace(self.register, peer_address=address)
 
     async def _read_loop(self, framed: FramedStream) -> None:
         while True:

@@ -12,9 +12,7 @@ agent resumes its work at once after a restart, even while the master is down.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -23,23 +21,17 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync._util.addresses import (
-    address_problem,
     is_unspecified,
     join_address,
-    local_address_towards,
 )
-from relaysync._util.aio import leaf_error
 from relaysync._util.supervise import Serve, supervise
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import (
-    RECEIVE_TIMEOUT_S,
-    SOURCE_RETRY_MAX_S,
-    SOURCE_RETRY_MIN_S,
     TASK_RETRY_MAX_S,
     TASK_RETRY_MIN_S,
 )
-from relaysync.errors import ConfigError, FolderRefused, JoinRefused, LinkDown
+from relaysync.errors import FolderRefused, JoinRefused, LinkDown
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
 from relaysync.protocol.handshake import announced_capabilities
@@ -47,12 +39,9 @@ from relaysync.protocol.messages import (
     Assignment,
     CommitRecord,
     HopFailed,
-    MappingSpec,
-    MassDeleteHeld,
     MetricSample,
     PeerInfo,
     Register,
-    ReleaseReport,
     TargetSpec,
 )
 from relaysync.transfer import tls
@@ -62,11 +51,13 @@ from relaysync.transfer.relay import RelayFeed
 from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 
+from ._source_role import SourceRole, _Running
 from ._target_role import TargetRole
+from .advertise import advertised_address, check_advertised, follows_route
 from .enrollment import MasterPin, join, pin_master, reachable_control_address, read_master_file
 from .guard import parse_roots
 from .link_options import LinkOptions
-from .links import LinkSet, children_of
+from .links import LinkSet
 from .master_link import MasterLink, make_report
 from .peer_server import PeerServer
 from .source import SourceMapping
@@ -74,17 +65,7 @@ from .source import SourceMapping
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Running:
-    spec: MappingSpec
-    scope: anyio.CancelScope
-    links: LinkSet | None = None
-    source: SourceMapping | None = None
-    ended: anyio.Event = field(default_factory=anyio.Event)  # its journal and manifest are closed
-    failing: bool = False  # its last run failed or could not start: waiting for a retry
-
-
-class AgentService(TargetRole):
+class AgentService(SourceRole, TargetRole):
     """Runs one agent until cancelled."""
 
     def __init__(self, cfg: AgentConfig) -> None:
@@ -113,7 +94,7 @@ class AgentService(TargetRole):
             self.cfg.capabilities
         )  # a typo stops us before joining
         if self.cfg.advertise_host and not is_unspecified(self.cfg.advertise_host):
-            _check_advertised(join_address(self.cfg.advertise_host, 1))  # before joining
+            check_advertised(join_address(self.cfg.advertise_host, 1))  # before joining
         pin = await anyio.to_thread.run_sync(self._ensure_identity)
         self.node_id = self.identity.node_id
         host, port = split_address(self.cfg.listen)
@@ -134,7 +115,7 @@ class AgentService(TargetRole):
             self._tg = tg
             peer_port = await tg.start(server.serve)
             control = reachable_control_address(pin.control_address, self.cfg.master_url)
-            advertise = await self._advertised_address(host, peer_port, control)
+            advertise = await advertised_address(self.cfg.advertise_host, host, peer_port, control)
             self.link = MasterLink(
                 control_address=control,
                 ctx=tls.client_context(self.identity),
@@ -150,6 +131,9 @@ class AgentService(TargetRole):
                     peer_address=advertise,
                 ),
                 on_assignment=self.apply_assignment,
+                advertise_route_port=peer_port
+                if follows_route(self.cfg.advertise_host, host)
+                else None,
             )
             await self._apply_saved()
             tg.start_soon(self._supervised, self.link.serve, "control link to the master")
@@ -294,160 +278,6 @@ class AgentService(TargetRole):
                 HopFailed(mapping_id=mapping_id, child=child, error=error, attempts=attempts)
             )
 
-    async def _apply_sources(self, wanted: dict[int, MappingSpec]) -> None:
-        stopping = []
-        for mapping_id, running in list(self.sources.items()):
-            spec = wanted.get(mapping_id)
-            if (
-                spec is not None
-                and _same_but_live(spec, running.spec)
-                and await self._change_source(running, spec)
-            ):
-                continue
-            running.scope.cancel()  # gone, changed otherwise, or its change failed: restart
-            stopping.append(running)
-            del self.sources[mapping_id]
-        for running in stopping:  # one Journal per folder at a time: wait for the old one to close
-            with anyio.move_on_after(RECEIVE_TIMEOUT_S):
-                await running.ended.wait()
-        assert self._tg is not None
-        refused: dict[int, str] = {}
-        for mapping_id, spec in wanted.items():
-            if mapping_id in self.sources:
-                continue
-            if self._refuse(spec, spec.source_path, "source"):
-                refused[mapping_id] = spec.name  # never runs: source_failing says so
-                continue
-            running = _Running(spec=spec, scope=anyio.CancelScope())
-            self.sources[mapping_id] = running
-            self._tg.start_soon(self._run_source, spec, running.scope, running.ended)
-        self.refused_sources = refused
-
-    async def _change_source(self, running: _Running, spec: MappingSpec) -> bool:
-        """Change a running source in place (routes, targets, counters); False if that failed
-        (a bug, its journal): then the mapping is restarted with the new spec, the others go on."""
-        relink = spec.transfer_override != running.spec.transfer_override
-        running.spec = spec
-        try:
-            if running.links is not None:
-                if relink:  # every link restarts with the mapping's new delta/dump choice
-                    running.links.close()
-                running.links.reconcile(children_of(spec, self.node_id))
-            if running.source is not None:
-                running.source.spec = spec
-                self._release(running.source, spec.release)
-                if running.source.confirm_deletes(spec.delete_confirm):
-                    await running.source.rescan()
-        except Exception:  # cancellation is no Exception: it goes through
-            logger.exception(
-                "source of mapping %s: changing it failed; restarting it", spec.mapping_id
-            )
-            return False
-        return True
-
-    async def _run_source(
-        self, spec: MappingSpec, scope: anyio.CancelScope, ended: anyio.Event
-    ) -> None:
-        """Run the mapping's source until its scope is cancelled. One that cannot start or
-        fails (its folder, its state directory, its watcher) costs its own mapping only: it is
-        logged and started again with backoff, while the agent and its other mappings go on."""
-        delay_s = SOURCE_RETRY_MIN_S
-        try:
-            with scope:
-                while True:
-                    began = time.monotonic()
-                    try:
-                        await self._run_source_inner(spec, scope)
-                    except Exception as exc:  # cancellation is no Exception: it ends the loop
-                        if time.monotonic() - began >= SOURCE_RETRY_MAX_S:
-                            delay_s = SOURCE_RETRY_MIN_S  # it ran a while: a new failure
-                        _log_source_failure(spec.mapping_id, exc, delay_s)
-                        if (failed := self._running_source(spec.mapping_id, scope)) is not None:
-                            failed.failing = True  # the master sees it in source_failing
-                    await anyio.sleep(delay_s)
-                    delay_s = min(delay_s * 2, SOURCE_RETRY_MAX_S)
-                    running = self._running_source(spec.mapping_id, scope)
-                    spec = running.spec if running is not None else spec
-        finally:
-            ended.set()
-
-    def _running_source(self, mapping_id: int, scope: anyio.CancelScope) -> _Running | None:
-        """The mapping's entry while `scope` is still the one running it."""
-        running = self.sources.get(mapping_id)
-        return running if running is not None and running.scope is scope else None
-
-    async def _run_source_inner(self, spec: MappingSpec, scope: anyio.CancelScope) -> None:
-        source = await anyio.to_thread.run_sync(
-            SourceMapping, spec, self.data_dir / "sources" / str(spec.mapping_id)
-        )
-        running = self._running_source(spec.mapping_id, scope)
-        if running is not None:
-            running.source = source
-        source.on_guard = self._report_guard
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(source.serve)
-                if running is not None:
-                    running.failing = False
-                if not source.realtime and running is not None:
-                    self._release(source, running.spec.release)  # a send made while we were down
-                links = LinkSet(
-                    tg,
-                    partial(self._make_link, source, spec.mapping_id),
-                    label=f"source of mapping {spec.mapping_id}",
-                )
-                latest = running.spec if running is not None else spec
-                source.spec = latest
-                if running is not None:
-                    running.links = links
-                links.reconcile(children_of(latest, self.node_id))
-        finally:
-            if running is not None:  # until a retry starts it again, nothing to change in place
-                running.source = running.links = None
-            source.close()
-
-    def _report_guard(self, held: MassDeleteHeld) -> None:
-        if self.link is not None:
-            self.link.notify(held)
-
-    def _release(self, source: SourceMapping, release: int) -> None:
-        """A manual send or a reserved run reached this source: let the journal go out."""
-        if source.set_release(release) and self.link is not None:
-            self.link.report_release(
-                ReleaseReport(
-                    mapping_id=source.mapping_id, release=release, upto_seq=source.send_upto
-                )
-            )
-
-    async def _advertised_address(self, host: str, port: int, control_address: str) -> str:
-        """Where other servers reach this agent's peer server: advertise_host, else the listen
-        host, else (listening on every interface) this host's address on the route to the master.
-
-        Raises:
-            ConfigError: that is no address a peer can connect to.
-        """
-        chosen = self.cfg.advertise_host or host
-        if is_unspecified(chosen):
-            master_host, master_port = split_address(control_address)
-            try:
-                chosen = await anyio.to_thread.run_sync(
-                    local_address_towards, master_host, master_port
-                )
-            except OSError as exc:
-                raise ConfigError(
-                    f"listening on every interface ({host}), this agent found no address of its "
-                    f"own on the route to the master {control_address} ({exc}); set "
-                    "advertise_host (--advertise-host) to the address other servers reach it at"
-                ) from exc
-            logger.info(
-                "advertising %s to peers (the address on the route to the master; "
-                "advertise_host overrides it)",
-                chosen,
-            )
-        advertise = join_address(chosen, port)
-        _check_advertised(advertise)
-        return advertise
-
     def _peer_address(self, node_id: str) -> str:
         peer = self.peers.get(node_id)
         if peer is None or not peer.address:
@@ -516,37 +346,3 @@ class AgentService(TargetRole):
             anyio.from_thread.run_sync(partial(self.link.report, message))
 
         return report
-
-
-def _log_source_failure(mapping_id: int, exc: Exception, delay_s: float) -> None:
-    err = leaf_error(exc)
-    logger.warning(
-        "source of mapping %s stopped or cannot start, will retry in %.0f s: %s: %s",
-        mapping_id,
-        delay_s,
-        type(err).__name__,
-        err,
-        exc_info=not isinstance(err, OSError),  # not the disk or the folder: keep the traceback
-    )
-
-
-def _same_but_live(a: MappingSpec, b: MappingSpec) -> bool:
-    """Equal but for what changes in place: counters, routes, the set of targets, the transfer override."""
-    live = {
-        "release": 0,
-        "delete_confirm": 0,
-        "routes": (),
-        "route_epoch": 0,
-        "targets": (),
-        "transfer_override": "",
-    }
-    return msgspec.structs.replace(a, **live) == msgspec.structs.replace(b, **live)
-
-
-def _check_advertised(address: str) -> None:
-    """Raise ConfigError if peers could not connect to `address`."""
-    if why := address_problem(address):
-        raise ConfigError(
-            f"peer address {address!r} is not usable: {why}; set advertise_host "
-            "(--advertise-host) to an address the other servers can connect to"
-        )
