@@ -1,5 +1,5 @@
-"""Real tmpfs mounts for tests of an unmounted folder or a full disk (root only: a test skips
-without them)."""
+"""Real tmpfs and bind mounts for tests of an unmounted folder or a full disk (root only: a test
+skips without them)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ def mount_tmpfs(where: Path, size: str = "64m") -> None:
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+def bind_mount(source: Path, where: Path) -> None:
+    """Bind-mount the directory `source` at `where` (made if missing); skip the test if that is
+    not permitted."""
+    where.mkdir(exist_ok=True)
+    done = subprocess.run(
+        ["mount", "--bind", str(source), str(where)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
 
 
 def umount(where: Path) -> None:

@@ -225,3 +225,34 @@ def test_mapping_deleted_mid_stream_leaves_agents_serving(fleet: Fleet) -> None:
     (src_b / "after.txt").write_text("still replicating")
     fleet.wait_converged(src_b, dsts_b)
     assert all(agent.process.alive() for agent in fleet.cluster.agents.values())
+
+
+def test_a_source_folder_that_is_a_release_symlink_replicates_and_follows_each_deploy(
+    fleet: Fleet,
+) -> None:
+    """Deploys that switch `current` -> releases/N atomically (Capistrano and the like). Was:
+    a source folder given as a symlink had no watch at all, so nothing written after the
+    first sync replicated until the next compare (600 s), and a switch to a new release was
+    never noticed."""
+    base = fleet.base / "deploy"
+    first, second = base / "releases" / "1", base / "releases" / "2"
+    for release, version in ((first, "v1"), (second, "v2")):
+        (release / "assets").mkdir(parents=True)
+        (release / "index.html").write_text(version)
+        (release / "assets" / f"app-{version}.js").write_text(f"app {version}")
+    (first / "only-in-v1.txt").write_text("removed by the deploy")
+    current, target = base / "current", base / "t1"
+    current.symlink_to(first)
+    fleet.cluster.create_mapping("deploy", "src", current, [("t1", target)])
+    fleet.wait_converged(current, [target])
+    (current / "uploads").mkdir()
+    (current / "uploads" / "live.txt").write_text("written in place, in real time")
+    fleet.wait_converged(current, [target])
+    switch = base / "current.next"
+    switch.symlink_to(second)
+    switch.rename(current)  # the deploy: one atomic rename over the link
+    fleet.wait_converged(current, [target])
+    assert (target / "index.html").read_text() == "v2"
+    assert not (target / "only-in-v1.txt").exists()
+    (current / "index.html").write_text("v2, hot-fixed")
+    fleet.wait_converged(current, [target])

@@ -1,14 +1,48 @@
-"""The watched root folder's presence: lost (deleted, moved away, unmounted) and back again."""
+"""The watched root folder: lost (deleted, moved away, unmounted) and back again, or replaced at
+its path (a symlink switched, a file system mounted over it). `RootPresence` tells which from
+the path; `RootWatching` is the Watcher's part that acts on it."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-__all__ = ["RootPresence"]
+import anyio
+import anyio.abc
+from asyncinotify import Mask
+
+from relaysync.watch._fsevent import EventKind, FsEvent
+
+__all__ = ["RootPresence", "RootWatching", "mount_points"]
+
+logger = logging.getLogger(__name__)
+
+ROOT_POLL_S = 0.5  # how often a lost root folder is looked for again, or a replaced one
 
 Identity = tuple[int, int]  # (st_dev, st_ino) of a directory
+Change = Literal["", "replaced", "unmounted", "gone", "back"]
+MOUNTINFO = "/proc/self/mountinfo"
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def mount_points(mountinfo: str = MOUNTINFO) -> set[str]:
+    """The paths where something is mounted, bind mounts included (`os.path.ismount` misses a
+    bind mount of a directory of the same file system); empty if the table cannot be read."""
+    try:
+        with open(mountinfo, "rb") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return set()
+    # field 5 is the mount point, with space, tab, newline and backslash as octal escapes
+    return {
+        os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m[1], 8)]), fields[4]))
+        for fields in (line.split(b" ") for line in lines)
+        if len(fields) > 4
+    }
 
 
 def _identity(path: Path) -> Identity | None:
@@ -33,11 +67,40 @@ class RootPresence:
         self._root = root
         self.lost = False
         self._watched: Identity | None = None  # the directory the root's watch is on
+        self._watched_mounted = False  # whether something was mounted at its path then
         self._gone: Identity | None = None  # what the path showed when the root was lost
 
     def watched(self) -> None:
         """The root's watch was added: remember which directory it is on."""
         self._watched = _identity(self._root)
+        self._watched_mounted = self._is_mount_point()
+
+    def _is_mount_point(self) -> bool:
+        return os.path.ismount(self._root) or os.path.realpath(self._root) in mount_points()
+
+    def poll(self) -> Change:
+        """What became of the root since the last look: "back" once lost and back again, else
+        what `changed` says."""
+        return "back" if self.back() else self.changed()
+
+    def changed(self) -> Change:
+        """How the root's path differs from the directory watched, if it is not lost.
+
+        "" if it shows that directory; "gone" if it shows none (deleted, moved, a symlink
+        removed, which no watch tells); "unmounted" if what was mounted there went and the
+        mount point's own directory shows (a bind mount, or a file system unmounted without
+        IN_UNMOUNT, which the kernel sends only when the file system itself goes); "replaced"
+        if another directory is there (a symlink switched to another release, a file system
+        mounted over it).
+        """
+        now = _identity(self._root)
+        if self.lost or self._watched is None or now == self._watched:
+            return ""
+        if now is None:  # its DELETE_SELF may be on its way; a symlink's removal sends none
+            return "gone"
+        if self._watched_mounted and not self._is_mount_point():
+            return "unmounted"
+        return "replaced"
 
     def moved_off(self) -> bool:
         """Whether the root's path no longer shows the directory watched (its file system was
@@ -63,3 +126,77 @@ class RootPresence:
             return False
         self.lost = False
         return True
+
+
+class RootWatching:
+    """The root's part of the Watcher (a mixin: the Watcher sets this state and owns the
+    watches): the root lost, back, or replaced at its path."""
+
+    _root: Path
+    _presence: RootPresence
+
+    if TYPE_CHECKING:  # the Watcher's
+
+        def _add_tree(self, top: str) -> None: ...
+
+        def _forget_tree(self, top: str, *, remove: bool) -> None: ...
+
+        def _emit(
+            self, kind: EventKind, path: str, *, is_dir: bool = False, new_path: str = ""
+        ) -> None: ...
+
+    @property
+    def root_lost(self) -> bool:
+        """Whether the root folder is gone (deleted, moved away, unmounted) and not back yet."""
+        return self._presence.lost
+
+    def _self_event(self, base: str, mask: Mask) -> None:
+        if base == "" and mask & (Mask.DELETE_SELF | Mask.MOVE_SELF):
+            self._lose_root(unmounted=False)
+
+    def _unmounted(self, base: str) -> None:
+        """IN_UNMOUNT: the file system of the watch on `base` went (every watch on it is
+        IN_IGNORED next), the root's or one mounted below it, which shows its mount point now."""
+        if not base or self._presence.moved_off():
+            self._lose_root(unmounted=True)
+        else:
+            self._add_tree(base)
+            self._emit("rescan", base, is_dir=True)
+
+    def _lose_root(self, *, unmounted: bool) -> None:
+        """The root is gone: forget its watches (a moved root's would report what happens to
+        it elsewhere) and rescan, which finds it empty or missing (the source's mass-delete
+        guard holds that); `_watch_root_return` watches it again once it is back."""
+        if self._forget_root(unmounted=unmounted):
+            self._emit("rescan", "", is_dir=True)
+
+    def _forget_root(self, *, unmounted: bool) -> bool:
+        """Mark the root lost and forget its watches; False if it already was lost."""
+        if not self._presence.lose(unmounted=unmounted):
+            return False
+        logger.warning(
+            "watched root %s was %s; rescanning, and watching again once it is back",
+            self._root,
+            "unmounted" if unmounted else "deleted or moved (an unmounted disk?)",
+        )
+        self._forget_tree("", remove=True)
+        return True
+
+    async def _watch_root_return(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
+        """Watch the root again, and rescan it, once it is back (remounted, made again) or
+        replaced at its path, which no inotify event tells (a symlink switched to another
+        release, a file system mounted over it). A root whose bind mount went, or whose path
+        shows nothing (a symlink removed), is lost as if unmounted or deleted
+        (`RootPresence.poll`)."""
+        while True:
+            await anyio.sleep(ROOT_POLL_S)
+            change = self._presence.poll()
+            if change in ("replaced", "back"):
+                logger.warning("watched root %s is %s: rescanning it", self._root, change)
+                self._forget_tree("", remove=True)
+                self._add_tree("")
+            elif change not in ("unmounted", "gone") or not self._forget_root(
+                unmounted=change == "unmounted"
+            ):
+                continue
+            await send.send([FsEvent(kind="rescan", path="", is_dir=True)])

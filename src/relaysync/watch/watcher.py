@@ -7,7 +7,8 @@ rescanned, under its new name when the move is read). MOVED_FROM/MOVED_TO with o
 become one "move"; a MOVED_FROM left alone for MOVE_PAIR_S after it was read (whatever else
 arrives meanwhile) becomes "delete", a lone MOVED_TO becomes "rescan". A kernel queue overflow
 becomes "rescan" of the whole tree. A root deleted, moved away or unmounted is lost (`root_lost`,
-"rescan" of it) until a directory is back at its path (`_root.RootPresence`).
+"rescan" of it) until a directory is back at its path; one replaced at its path (a symlink
+switched) is watched again and rescanned (`_root.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from relaysync.constants import UNWATCHED_SCAN_INTERVAL_S
 from relaysync.errors import WatchLimitReached
 from relaysync.watch._fsevent import EventKind, FsEvent
 from relaysync.watch._pending_move import PendingFrom
-from relaysync.watch._root import RootPresence
+from relaysync.watch._root import RootPresence, RootWatching
 from relaysync.watch.buffer import coalesce
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.scanner import join
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 MAX_VANISHED = 4096  # vanished directories remembered until their DELETE or MOVED_FROM is read
 MOVE_PAIR_S = 0.02  # a MOVED_TO follows its MOVED_FROM within microseconds; 20 ms is generous
 PAIR_BATCH_MAX_S = 0.1  # a batch waiting for MOVED_TOs goes out then, however busy the tree
-ROOT_POLL_S = 0.5  # how often a lost root folder is looked for again
 MODIFY_QUIET_S = 1.0  # a file modified without close-write (truncate) goes after this quiet
 INOTIFY_READ_EVENTS = 4096  # events read per read(2), so a burst is one batch
 BATCH_MAX_EVENTS = 4 * INOTIFY_READ_EVENTS  # read into one batch; the rest wait for the next
@@ -57,6 +57,7 @@ _MASK = (
     | Mask.ONLYDIR
     | Mask.DONT_FOLLOW
 )
+_ROOT_MASK = _MASK & ~Mask.DONT_FOLLOW
 _SIMPLE: dict[Mask, EventKind] = {
     Mask.CLOSE_WRITE: "write",
     Mask.DELETE: "delete",
@@ -68,7 +69,7 @@ def _under(path: str, top: str) -> bool:
     return not top or path == top or path.startswith(top + "/")
 
 
-class Watcher:
+class Watcher(RootWatching):
     """Watches a tree with inotify and sends batches of FsEvents.
 
     Args:
@@ -83,7 +84,9 @@ class Watcher:
     and reports "rescan" of "". A root deleted, moved away or unmounted (IN_DELETE_SELF,
     IN_MOVE_SELF, IN_UNMOUNT, or its watch IN_IGNORED) is lost: its watches go, "rescan" of ""
     is reported, and every ROOT_POLL_S it is looked for; once back, it is watched and rescanned.
-    A file system unmounted below the root has its directory rescanned and watched again.
+    So is a root whose path shows another directory (a symlink switched, a file system mounted
+    over it); one whose bind mount went is lost (`_root.RootWatching`). A file system unmounted
+    below the root has its directory rescanned and watched again.
 
     Resource handling: the inotify descriptor lives as long as `serve()` and is closed on exit.
     """
@@ -119,11 +122,6 @@ class Watcher:
     def unwatched(self) -> list[str]:
         """Directories (with their subtrees) that have no watch because of the watch limit."""
         return list(self._unwatched)
-
-    @property
-    def root_lost(self) -> bool:
-        """Whether the root folder is gone (deleted, moved away, unmounted) and not back yet."""
-        return self._presence.lost
 
     async def serve(
         self,
@@ -176,7 +174,9 @@ class Watcher:
     def _add_watch(self, rel: str) -> bool:
         assert self._ino is not None
         try:
-            watch = self._ino.add_watch(self._root / rel, _MASK)
+            # The root itself may be a symlink (`current` -> a release): it is followed, as a
+            # scan follows it; links below it are entries, never watched through.
+            watch = self._ino.add_watch(self._root / rel, _MASK if rel else _ROOT_MASK)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 self._note_unwatched(rel)
@@ -373,42 +373,6 @@ class Watcher:
         rel = self._paths.pop(wd, None)
         if rel is not None and self._wds.get(rel) == wd:
             del self._wds[rel]
-
-    def _self_event(self, base: str, mask: Mask) -> None:
-        if base == "" and mask & (Mask.DELETE_SELF | Mask.MOVE_SELF):
-            self._lose_root(unmounted=False)
-
-    def _unmounted(self, base: str) -> None:
-        """IN_UNMOUNT: the file system of the watch on `base` went (every watch on it is
-        IN_IGNORED next), the root's or one mounted below it, which shows its mount point now."""
-        if not base or self._presence.moved_off():
-            self._lose_root(unmounted=True)
-        else:
-            self._add_tree(base)
-            self._emit("rescan", base, is_dir=True)
-
-    def _lose_root(self, *, unmounted: bool) -> None:
-        """The root is gone: forget its watches (a moved root's would report what happens to
-        it elsewhere) and rescan, which finds it empty or missing (the source's mass-delete
-        guard holds that); `_watch_root_return` watches it again once it is back."""
-        if not self._presence.lose(unmounted=unmounted):
-            return
-        logger.warning(
-            "watched root %s was %s; rescanning, and watching again once it is back",
-            self._root,
-            "unmounted" if unmounted else "deleted or moved (an unmounted disk?)",
-        )
-        self._forget_tree("", remove=True)
-        self._emit("rescan", "", is_dir=True)
-
-    async def _watch_root_return(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
-        """When the root folder is back (remounted, made again), watch it and rescan it."""
-        while True:
-            await anyio.sleep(ROOT_POLL_S)
-            if self._presence.back():
-                self._add_tree("")
-                logger.warning("watched root %s is back: rescanning it", self._root)
-                await send.send([FsEvent(kind="rescan", path="", is_dir=True)])
 
     def _child_event(self, rel: str, mask: Mask, cookie: int) -> None:
         is_dir = Mask.ISDIR in mask

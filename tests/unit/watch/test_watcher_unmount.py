@@ -1,5 +1,7 @@
 """Watcher: a root folder whose file system is unmounted is reported lost, and watched again
-once a file system is mounted there again (real tmpfs mounts; skipped where mount is refused)."""
+once a file system is mounted there again; one replaced at its path (a symlink switched, a file
+system mounted over it) is watched as it now is (real tmpfs and bind mounts; skipped where
+mount is refused)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from tests._tmpfs import mount_tmpfs, remount_copy, umount, unmounted_at_exit
+from tests._tmpfs import bind_mount, mount_tmpfs, remount_copy, umount, unmounted_at_exit
 from tests.unit.watch._replay import wait_for
 
+from relaysync.watch._root import mount_points
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.watcher import FsEvent, Watcher
 
@@ -77,3 +80,100 @@ async def test_a_file_system_unmounted_below_the_root_is_rescanned(tmp_path: Pat
             (root / "media" / "b.txt").write_text("b")
             await wait_for(lambda: any(e.path == "media/b.txt" for e in seen))
             assert not watcher.root_lost
+
+
+@pytest.mark.parametrize("device", ["same", "tmpfs"])
+async def test_a_root_whose_bind_mount_goes_is_lost_and_watched_again_once_bound(
+    tmp_path: Path, device: str
+) -> None:
+    """Was: unmounting a bind mount sends no IN_UNMOUNT (its file system stays mounted where it
+    came from), so nothing was noticed: the watcher went on reporting the writes made in the
+    bound directory, which was no longer at the root's path, and never those made at the path.
+    A bind mount of a directory of the same file system is no mount point to os.path.ismount."""
+    root, real = tmp_path / "root", tmp_path / "real"
+    with unmounted_at_exit(root, real):
+        if device == "tmpfs":
+            mount_tmpfs(real)
+        else:
+            real.mkdir()
+        (real / "a.txt").write_text("a")
+        bind_mount(real, root)
+        async with watching(root) as (watcher, seen):
+            umount(root)
+            await wait_for(lambda: watcher.root_lost)
+            await wait_for(lambda: _rescans_of_root(seen) == 1)
+            (real / "elsewhere.txt").write_text("no longer under the root's path")
+            (root / "on-the-mount-point.txt").write_text("not the folder")
+            bind_mount(real, root)
+            await wait_for(lambda: not watcher.root_lost)
+            await wait_for(lambda: _rescans_of_root(seen) == 2)
+            (root / "new.txt").write_text("new")
+            await wait_for(lambda: any(e.path == "new.txt" for e in seen))
+        paths = {e.path for e in seen}
+        assert "elsewhere.txt" not in paths and "on-the-mount-point.txt" not in paths
+
+
+async def test_a_root_symlink_switched_to_another_release_is_watched_there(
+    tmp_path: Path,
+) -> None:
+    """A deploy that switches `current` to a new release (`ln -sfn`, or a rename over the link)
+    was never noticed: the watches stayed on the old release, whose writes were reported, and
+    the new release's were not."""
+    old, new, root = tmp_path / "release-1", tmp_path / "release-2", tmp_path / "current"
+    for release in (old, new):
+        (release / "sub").mkdir(parents=True)
+    root.symlink_to(old)
+    async with watching(root) as (watcher, seen):
+        (tmp_path / "next").symlink_to(new)
+        (tmp_path / "next").rename(root)
+        await wait_for(lambda: _rescans_of_root(seen) == 1)
+        (old / "sub" / "stale.txt").write_text("the old release")
+        (new / "sub" / "fresh.txt").write_text("the new release")
+        await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
+        assert not watcher.root_lost
+    assert not any(e.path == "sub/stale.txt" for e in seen)
+
+
+async def test_a_root_that_is_a_symlink_is_watched_through_it_and_lost_with_it(
+    tmp_path: Path,
+) -> None:
+    """Was: the root's watch did not follow links (IN_DONT_FOLLOW), so a source folder given
+    as `current` -> a release had no watch at all: nothing under it was reported, ever."""
+    release, root = tmp_path / "release-1", tmp_path / "current"
+    (release / "sub").mkdir(parents=True)
+    root.symlink_to(release)
+    async with watching(root) as (watcher, seen):
+        (root / "sub" / "a.txt").write_text("a")
+        await wait_for(lambda: any(e.path == "sub/a.txt" for e in seen))
+        root.unlink()  # no event tells this: the watch is on the release
+        await wait_for(lambda: watcher.root_lost)
+        await wait_for(lambda: _rescans_of_root(seen) == 1)
+        root.symlink_to(release)
+        await wait_for(lambda: not watcher.root_lost)
+        (root / "sub" / "b.txt").write_text("b")
+        await wait_for(lambda: any(e.path == "sub/b.txt" for e in seen))
+
+
+async def test_a_file_system_mounted_over_the_root_is_watched(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "under.txt").write_text("covered by the mount")
+    with unmounted_at_exit(root):
+        async with watching(root) as (watcher, seen):
+            mount_tmpfs(root)
+            await wait_for(lambda: _rescans_of_root(seen) == 1)
+            (root / "on-the-new-disk.txt").write_text("x")
+            await wait_for(lambda: any(e.path == "on-the-new-disk.txt" for e in seen))
+            assert not watcher.root_lost
+
+
+def test_mount_points_are_read_with_their_escapes(tmp_path: Path) -> None:
+    table = tmp_path / "mountinfo"
+    table.write_bytes(
+        b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        b"90 22 8:1 /srv/a /var/www/my\\040site rw - ext4 /dev/sda1 rw\n"
+        b"91 22 0:5 / /mnt/caf\xc3\xa9\\134x rw - tmpfs tmpfs rw\n"
+        b"short line\n"
+    )
+    assert mount_points(str(table)) == {"/", "/var/www/my site", "/mnt/caf\u00e9\\x"}
+    assert mount_points(str(tmp_path / "missing")) == set()
