@@ -97,3 +97,18 @@ def test_an_agent_on_ipv6_is_reached_at_its_bracketed_address(fleet: Fleet) -> N
     _, src, (dst,) = fleet.new_mapping(targets=("six",))
     (src / "f.txt").write_text("over IPv6")
     fleet.wait_converged(src, [dst])
+
+
+def test_an_agent_on_every_ipv6_interface_is_reached_over_ipv4_too(fleet: Fleet) -> None:
+    """`[::]` is every interface: the agent advertises its IPv4 route to the master (127.0.0.1),
+    so its peer server must take IPv4 there (it listened on IPv6 only: peers were refused)."""
+    fleet.cluster.start_agent("wide6", extra_args=["--listen", "[::]:0"])
+    address = wait_until(
+        lambda: _address(fleet.cluster, "wide6"),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="wide6's address",
+    )
+    assert address.startswith("127.0.0.1:"), address
+    _, src, (dst,) = fleet.new_mapping(targets=("wide6",))
+    (src / "f.txt").write_text("over IPv4 to an agent on [::]")
+    fleet.wait_converged(src, [dst])

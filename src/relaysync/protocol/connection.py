@@ -104,7 +104,12 @@ async def serve_framed(
     only that connection; the listener goes on.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.create_server((host, port), family=family, backlog=ACCEPT_BACKLOG)
+    # "::" is every interface, IPv4 too: an agent there advertises its IPv4 route to the master
+    # as readily as an IPv6 one (create_server makes an IPv6 socket IPv6-only otherwise).
+    dualstack = host == "::" and socket.has_dualstack_ipv6()
+    listener = socket.create_server(
+        (host, port), family=family, backlog=ACCEPT_BACKLOG, dualstack_ipv6=dualstack
+    )
     listener.setblocking(False)
     loop = asyncio.get_running_loop()
 
