@@ -69,6 +69,7 @@ class RootPresence:
         self._watched: Identity | None = None  # the directory the root's watch is on
         self._watched_mounted = False  # whether something was mounted at its path then
         self._gone: Identity | None = None  # what the path showed when the root was lost
+        self.changes = 0  # how often `poll` found the root lost, back or replaced
 
     def watched(self) -> None:
         """The root's watch was added: remember which directory it is on."""
@@ -81,7 +82,10 @@ class RootPresence:
     def poll(self) -> Change:
         """What became of the root since the last look: "back" once lost and back again, else
         what `changed` says."""
-        return "back" if self.back() else self.changed()
+        change: Change = "back" if self.back() else self.changed()
+        if change:
+            self.changes += 1
+        return change
 
     def changed(self) -> Change:
         """How the root's path differs from the directory watched, if it is not lost.
@@ -182,21 +186,27 @@ class RootWatching:
         self._forget_tree("", remove=True)
         return True
 
+    def _check_root(self) -> bool:
+        """Act on what the root's path shows now (`RootPresence.poll`): watch it again, back or
+        replaced, or forget it, lost. True if so: a rescan of "" is due, and what was read from
+        its watches before is stale (it tells of a directory no longer at the root's path)."""
+        change = self._presence.poll()
+        if change in ("replaced", "back"):
+            logger.warning("watched root %s is %s: rescanning it", self._root, change)
+            self._forget_tree("", remove=True)
+            self._add_tree("")
+            return True
+        return change in ("unmounted", "gone") and self._forget_root(
+            unmounted=change == "unmounted"
+        )
+
     async def _watch_root_return(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
         """Watch the root again, and rescan it, once it is back (remounted, made again) or
         replaced at its path, which no inotify event tells (a symlink switched to another
         release, a file system mounted over it). A root whose bind mount went, or whose path
         shows nothing (a symlink removed), is lost as if unmounted or deleted
-        (`RootPresence.poll`)."""
+        (`RootPresence.poll`). The read loop checks too, after each batch (`_check_root`)."""
         while True:
             await anyio.sleep(ROOT_POLL_S)
-            change = self._presence.poll()
-            if change in ("replaced", "back"):
-                logger.warning("watched root %s is %s: rescanning it", self._root, change)
-                self._forget_tree("", remove=True)
-                self._add_tree("")
-            elif change not in ("unmounted", "gone") or not self._forget_root(
-                unmounted=change == "unmounted"
-            ):
-                continue
-            await send.send([FsEvent(kind="rescan", path="", is_dir=True)])
+            if self._check_root():
+                await send.send([FsEvent(kind="rescan", path="", is_dir=True)])

@@ -272,6 +272,7 @@ class Watcher(RootWatching):
             else:
                 await anyio.wait_readable(self._ino.fd)
             started = time.monotonic()
+            root_changes = self._presence.changes
             full = self._drain()
             while (wait_s := self._pairing_wait_s(started)) > 0:
                 if not full:
@@ -280,7 +281,7 @@ class Watcher(RootWatching):
                 # a full batch still reads on for its pending MOVED_FROMs' MOVED_TOs: cut between
                 # them, `mv d e` would reach the targets as a delete of d and a rescan of e
                 full = self._drain(pairing=True)
-            events = coalesce(self._finish_batch())
+            events = self._batch_events(root_changes)
             if events:
                 await send.send(events)
 
@@ -313,6 +314,24 @@ class Watcher(RootWatching):
                 return True
         return False
 
+    def _batch_events(self, root_changes: int) -> list[FsEvent]:
+        """The batch read, coalesced; none if the root's path showed another directory meanwhile
+        (a switched `current` link: the batch may be the old release's `rm -rf`), only the
+        rescan of "" that the change is due (`_check_root`; `_watch_root_return` sent it if it
+        found the change while the batch waited for MOVED_TOs)."""
+        if self._check_root():
+            self._drop_batch()
+            return [FsEvent(kind="rescan", path="", is_dir=True)]
+        if self._presence.changes != root_changes:
+            self._drop_batch()
+            return []
+        return coalesce(self._finish_batch())
+
+    def _drop_batch(self) -> None:
+        self._batch = []
+        self._batch_read = 0
+        self._cookies.clear()
+
     def _finish_batch(self) -> list[FsEvent]:
         out: list[FsEvent] = []
         for item in self._batch:
@@ -320,9 +339,7 @@ class Watcher(RootWatching):
                 out.append(item)
             elif not item.paired:
                 self._moved_out(item, out)
-        self._batch = []
-        self._batch_read = 0
-        self._cookies.clear()
+        self._drop_batch()
         return out
 
     def _moved_out(self, item: PendingFrom, out: list[FsEvent]) -> None:

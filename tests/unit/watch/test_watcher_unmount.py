@@ -5,6 +5,7 @@ mount is refused)."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 from tests._tmpfs import bind_mount, mount_tmpfs, remount_copy, umount, unmounted_at_exit
 from tests.unit.watch._replay import wait_for
 
+from relaysync.watch import _root
+from relaysync.watch import watcher as watcher_module
 from relaysync.watch._root import mount_points
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.watcher import FsEvent, Watcher
@@ -177,3 +180,57 @@ def test_mount_points_are_read_with_their_escapes(tmp_path: Path) -> None:
     )
     assert mount_points(str(table)) == {"/", "/var/www/my site", "/mnt/caf\u00e9\\x"}
     assert mount_points(str(tmp_path / "missing")) == set()
+
+
+def _release(where: Path, version: str) -> Path:
+    (where / "sub").mkdir(parents=True)
+    (where / "index.html").write_text(version)
+    (where / "sub" / "app.js").write_text(version)
+    return where
+
+
+async def test_what_the_old_release_does_after_a_switch_is_never_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback (Capistrano's `deploy:rollback`: switch `current` back, then `rm -rf` the
+    release rolled back) removed the old release through watches still on it until the next
+    poll, up to ROOT_POLL_S later: its DELETEs were reported as the root's, and the targets
+    deleted index.html and sub/app.js, which the release now current has. The poll is pushed out
+    of reach here: what the watcher reads tells the switch."""
+    monkeypatch.setattr(_root, "ROOT_POLL_S", 3600.0)
+    old, new = _release(tmp_path / "r2", "v2"), _release(tmp_path / "r1", "v1")
+    root = tmp_path / "current"
+    root.symlink_to(old)
+    async with watching(root) as (watcher, seen):
+        (tmp_path / "next").symlink_to(new)
+        (tmp_path / "next").rename(root)
+        shutil.rmtree(old)
+        await wait_for(lambda: _rescans_of_root(seen) == 1)
+        assert [e for e in seen if e.kind in ("delete", "move")] == []
+        (new / "sub" / "fresh.txt").write_text("the release now current")
+        await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
+        assert not watcher.root_lost
+
+
+async def test_a_move_out_of_the_old_release_read_as_the_root_is_switched_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch waiting for a MOVED_TO while the poll found the root switched went out after the
+    poll's rescan: its lone MOVED_FROM of the old release's sub/ became a delete of sub (which
+    the new release has), and dropped the watch of the new release's sub/, whose files were
+    then never reported. The pairing wait is stretched here so that the poll falls inside it."""
+    monkeypatch.setattr(_root, "ROOT_POLL_S", 0.05)
+    monkeypatch.setattr(watcher_module, "MOVE_PAIR_S", 1.0)
+    monkeypatch.setattr(watcher_module, "PAIR_BATCH_MAX_S", 1.0)
+    old, new = _release(tmp_path / "r2", "v2"), _release(tmp_path / "r1", "v1")
+    root = tmp_path / "current"
+    root.symlink_to(old)
+    async with watching(root) as (watcher, seen):
+        (tmp_path / "next").symlink_to(new)
+        (tmp_path / "next").rename(root)
+        (old / "sub").rename(tmp_path / "archived")
+        await wait_for(lambda: _rescans_of_root(seen) == 1)
+        await anyio.sleep(1.5)  # past the stretched pairing wait of the move's batch
+        assert [e for e in seen if e.kind in ("delete", "move")] == []
+        (new / "sub" / "fresh.txt").write_text("the release now current")
+        await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
