@@ -83,10 +83,12 @@ class Fleet:
         self.client.close()
 
     @asynccontextmanager
-    async def control_server(self) -> AsyncIterator[tuple[ControlServer, int]]:
+    async def control_server(
+        self, host: str = "127.0.0.1"
+    ) -> AsyncIterator[tuple[ControlServer, int]]:
         """The master's real ControlServer on a loopback port, over this fleet's store and events."""
         control = ControlServer(
-            host="127.0.0.1",
+            host=host,
             port=0,
             ctx=tls.server_context(self.master),
             store=self.store,

@@ -112,3 +112,23 @@ def test_an_agent_on_every_ipv6_interface_is_reached_over_ipv4_too(fleet: Fleet)
     _, src, (dst,) = fleet.new_mapping(targets=("wide6",))
     (src / "f.txt").write_text("over IPv4 to an agent on [::]")
     fleet.wait_converged(src, [dst])
+
+
+def test_an_agent_on_every_ipv4_interface_never_advertises_an_ipv6_route(tmp_path: Path) -> None:
+    """Listening on 0.0.0.0 (IPv4 only) with its master reached over IPv6 only, the agent
+    advertised [::1]:P, where its peer server does not listen: peers were refused. With no IPv4
+    route to the master it stops at start, saying what to set."""
+    cluster = Cluster(tmp_path / "fleet")
+    try:
+        cluster.start_master(extra_args=["--control-listen", "[::1]:0"])
+        agent = cluster.start_agent("wide4", extra_args=["--listen", "0.0.0.0:0"], wait=False)
+        wait_until(
+            lambda: not agent.process.alive() or _address(cluster, "wide4"),
+            timeout_s=CONVERGE_TIMEOUT_S,
+            what="wide4 to register or exit",
+        )
+        assert _address(cluster, "wide4") == ""
+        log = " ".join(agent.process.log_tail(60).split())
+        assert "an IPv4 one is needed" in log and "advertise_host (--advertise-host)" in log, log
+    finally:
+        cluster.stop()

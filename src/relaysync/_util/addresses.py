@@ -56,14 +56,14 @@ def address_problem(address: str) -> str:
     return ""
 
 
-def local_address_towards(host: str, port: int) -> str:
+def local_address_towards(host: str, port: int, family: int = socket.AF_UNSPEC) -> str:
     """The address of this machine that its routes use to reach host:port (no packet is sent:
-    a UDP socket's connect only picks the route).
+    a UDP socket's connect only picks the route), of `family` if given.
 
     Raises:
-        OSError: the host does not resolve, or no route leads to it.
+        OSError: the host does not resolve (to `family`), or no route leads to it.
     """
-    family, kind, proto, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    with socket.socket(family, kind, proto) as probe:
+    found, kind, proto, _, target = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0]
+    with socket.socket(found, kind, proto) as probe:
         probe.connect(target)
         return str(probe.getsockname()[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import socket
 
 import anyio
 
@@ -31,6 +32,12 @@ def follows_route(advertise_host: str, host: str) -> bool:
     return not advertise_host and is_unspecified(host)
 
 
+def listens_ipv4_only(host: str) -> bool:
+    """Whether a peer server on `host` takes IPv4 only (0.0.0.0, an IPv4 address or name): an
+    IPv6 address on the route to the master is then no address peers reach it at."""
+    return ":" not in host
+
+
 async def advertised_address(
     advertise_host: str, host: str, port: int, control_address: str
 ) -> str:
@@ -43,12 +50,16 @@ async def advertised_address(
     chosen = advertise_host or host
     if is_unspecified(chosen):
         master_host, master_port = split_address(control_address)
+        family = socket.AF_INET if listens_ipv4_only(host) else socket.AF_UNSPEC
         try:
-            chosen = await anyio.to_thread.run_sync(local_address_towards, master_host, master_port)
+            chosen = await anyio.to_thread.run_sync(
+                local_address_towards, master_host, master_port, family
+            )
         except OSError as exc:
             raise ConfigError(
                 f"listening on every interface ({host}), this agent found no address of its "
-                f"own on the route to the master {control_address} ({exc}); set "
+                f"own on the route to the master {control_address} ({exc}"
+                f"{'; an IPv4 one is needed: listen on [::] for IPv6' if family else ''}); set "
                 "advertise_host (--advertise-host) to the address other servers reach it at"
             ) from exc
         logger.info(
@@ -70,13 +81,16 @@ def check_advertised(address: str) -> None:
         )
 
 
-def route_address(sockname: object, port: int) -> str:
+def route_address(sockname: object, port: int, *, ipv4_only: bool = False) -> str:
     """The peer address for a control connection whose local end is `sockname` (the address its
-    route to the master goes out from), or "" if that is no usable address."""
+    route to the master goes out from), or "" if that is no usable address (an IPv6 one for a
+    peer server that takes IPv4 only: `ipv4_only`)."""
     if not isinstance(sockname, tuple) or not sockname:
         return ""
     host = str(sockname[0])
     with contextlib.suppress(ValueError):  # an IPv4 peer on a dual-stack socket: ::ffff:a.b.c.d
         host = str(ipaddress.IPv6Address(host).ipv4_mapped or host)
+    if ipv4_only and ":" in host:
+        return ""
     address = join_address(host, port)
     return "" if address_problem(address) else address

@@ -79,6 +79,7 @@ class MasterLink:
         on_master_pinned: Callable[[str], None] | None = None,
         identity_dir: str = "the agent's identity directory",
         advertise_route_port: int | None = None,
+        advertise_route_ipv4_only: bool = False,
     ) -> None:
         """
         Args:
@@ -90,6 +91,8 @@ class MasterLink:
                 on the route to the master (it listens on every interface, no advertise_host):
                 each session registers the address its own connection goes out from, so an
                 address changed by DHCP or a failover reaches the master at the next reconnect.
+            advertise_route_ipv4_only: the peer server takes IPv4 only (0.0.0.0): a session
+                that goes out over IPv6 keeps the address registered before.
         """
         self.control_address = control_address
         self.ctx = ctx
@@ -100,6 +103,7 @@ class MasterLink:
         self.name = name
         self.register = register
         self.advertise_route_port = advertise_route_port
+        self.advertise_route_ipv4_only = advertise_route_ipv4_only
         self.on_assignment = on_assignment
         self.connected = False
         self._reports: collections.deque[CommitReport] = collections.deque(
@@ -243,7 +247,11 @@ class MasterLink:
         one (see `advertise_route_port`) and it changed."""
         if self.advertise_route_port is None:
             return
-        address = route_address(framed.extra("sockname"), self.advertise_route_port)
+        address = route_address(
+            framed.extra("sockname"),
+            self.advertise_route_port,
+            ipv4_only=self.advertise_route_ipv4_only,
+        )
         if not address or address == self.register.peer_address:
             return
         logger.warning(

@@ -53,7 +53,7 @@ from relaysync.transfer.target_folder import TargetFolder
 
 from ._source_role import SourceRole, _Running
 from ._target_role import TargetRole
-from .advertise import advertised_address, check_advertised, follows_route
+from .advertise import advertised_address, check_advertised, follows_route, listens_ipv4_only
 from .enrollment import MasterPin, join, pin_master, reachable_control_address, read_master_file
 from .guard import parse_roots
 from .link_options import LinkOptions
@@ -134,6 +134,7 @@ class AgentService(SourceRole, TargetRole):
                 advertise_route_port=peer_port
                 if follows_route(self.cfg.advertise_host, host)
                 else None,
+                advertise_route_ipv4_only=listens_ipv4_only(host),
             )
             await self._apply_saved()
             tg.start_soon(self._supervised, self.link.serve, "control link to the master")
