@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 def follows_route(advertise_host: str, host: str) -> bool:
-    """Whether the advertised address is the one on the route to the master (nothing chosen)."""
-    return not advertise_host and is_unspecified(host)
+    """Whether the advertised address is the one on the route to the master (nothing chosen:
+    `advertised_address` takes an advertise_host of every interface as none)."""
+    return is_unspecified(advertise_host or host)
 
 
 def listens_ipv4_only(host: str) -> bool:

@@ -118,3 +118,9 @@ def test_only_an_agent_on_every_interface_with_no_address_set_follows_the_route(
     assert follows_route("", "0.0.0.0") and follows_route("", "::")
     assert not follows_route("web-1.example.com", "0.0.0.0")
     assert not follows_route("", "127.0.0.1")
+
+
+def test_an_advertise_host_of_every_interface_follows_the_route_at_every_session() -> None:
+    """--advertise-host 0.0.0.0 advertises the route to the master at start (nothing chosen),
+    so the sessions must follow it too; they kept the start's address."""
+    assert follows_route("0.0.0.0", "0.0.0.0") and follows_route("::", "127.0.0.1")
