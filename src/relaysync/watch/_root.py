@@ -17,32 +17,46 @@ from asyncinotify import Mask
 
 from relaysync.watch._fsevent import EventKind, FsEvent
 
-__all__ = ["RootPresence", "RootWatching", "mount_points"]
+__all__ = ["RootPresence", "RootWatching", "mount_of", "mount_table"]
 
 logger = logging.getLogger(__name__)
 
 ROOT_POLL_S = 0.5  # how often a lost root folder is looked for again, or a replaced one
 
 Identity = tuple[int, int]  # (st_dev, st_ino) of a directory
+Mount = tuple[str, str]  # (mount ID, mount point) of a line of /proc/self/mountinfo
 Change = Literal["", "replaced", "unmounted", "gone", "back"]
 MOUNTINFO = "/proc/self/mountinfo"
 _OCTAL = re.compile(rb"\\([0-7]{3})")
 
 
-def mount_points(mountinfo: str = MOUNTINFO) -> set[str]:
-    """The paths where something is mounted, bind mounts included (`os.path.ismount` misses a
-    bind mount of a directory of the same file system); empty if the table cannot be read."""
+def mount_table(mountinfo: str = MOUNTINFO) -> dict[Mount, str]:
+    """Every mount, bind mounts included (`os.path.ismount` misses a bind mount of a directory
+    of the same file system), with its parent's mount ID; empty if the table cannot be read."""
     try:
         with open(mountinfo, "rb") as table:
             lines = table.read().splitlines()
     except OSError:
-        return set()
-    # field 5 is the mount point, with space, tab, newline and backslash as octal escapes
-    return {
-        os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m[1], 8)]), fields[4]))
-        for fields in (line.split(b" ") for line in lines)
-        if len(fields) > 4
-    }
+        return {}
+    mounts: dict[Mount, str] = {}
+    for fields in (line.split(b" ") for line in lines):
+        if len(fields) > 4:  # mount ID, parent's ID, device, root, mount point, ...
+            # the mount point has space, tab, newline and backslash as octal escapes
+            point = _OCTAL.sub(lambda m: bytes([int(m[1], 8)]), fields[4])
+            mounts[(os.fsdecode(fields[0]), os.fsdecode(point))] = os.fsdecode(fields[1])
+    return mounts
+
+
+def mount_of(path: str, table: dict[Mount, str]) -> Mount | None:
+    """The mount `path` (an absolute path, links resolved) is on: of those at the longest mount
+    point above it, the one on top (no other there is mounted on it); None if none is."""
+    above = [m for m in table if m[1] == "/" or path == m[1] or path.startswith(m[1] + "/")]
+    if not above:
+        return None
+    point = max((m[1] for m in above), key=len)
+    stacked = [m for m in above if m[1] == point]
+    parents = {table[m] for m in stacked}
+    return next((m for m in stacked if m[0] not in parents), stacked[-1])
 
 
 def _identity(path: Path) -> Identity | None:
@@ -67,17 +81,16 @@ class RootPresence:
         self._root = root
         self.lost = False
         self._watched: Identity | None = None  # the directory the root's watch is on
-        self._watched_mounted = False  # whether something was mounted at its path then
+        self._real = ""  # the root's path, links resolved, then
+        self._mount: Mount | None = None  # the mount that directory is on
         self._gone: Identity | None = None  # what the path showed when the root was lost
         self.changes = 0  # how often `poll` found the root lost, back or replaced
 
     def watched(self) -> None:
         """The root's watch was added: remember which directory it is on."""
         self._watched = _identity(self._root)
-        self._watched_mounted = self._is_mount_point()
-
-    def _is_mount_point(self) -> bool:
-        return os.path.ismount(self._root) or os.path.realpath(self._root) in mount_points()
+        self._real = os.path.realpath(self._root)
+        self._mount = mount_of(self._real, mount_table())
 
     def poll(self) -> Change:
         """What became of the root since the last look: "back" once lost and back again, else
@@ -91,18 +104,22 @@ class RootPresence:
         """How the root's path differs from the directory watched, if it is not lost.
 
         "" if it shows that directory; "gone" if it shows none (deleted, moved, a symlink
-        removed, which no watch tells); "unmounted" if what was mounted there went and the
-        mount point's own directory shows (a bind mount, or a file system unmounted without
-        IN_UNMOUNT, which the kernel sends only when the file system itself goes); "replaced"
-        if another directory is there (a symlink switched to another release, a file system
-        mounted over it).
+        removed, which no watch tells); "unmounted" if the mount that directory was on went,
+        at the root or above it, and what was below shows (a bind mount, or a file system
+        unmounted without IN_UNMOUNT, which the kernel sends only when the file system itself
+        goes); "replaced" if another directory is there (a symlink switched to another
+        release, a file system mounted over it).
         """
         now = _identity(self._root)
         if self.lost or self._watched is None or now == self._watched:
             return ""
         if now is None:  # its DELETE_SELF may be on its way; a symlink's removal sends none
             return "gone"
-        if self._watched_mounted and not self._is_mount_point():
+        if (
+            self._mount is not None
+            and os.path.realpath(self._root) == self._real  # not a symlink switched
+            and self._mount not in mount_table()
+        ):
             return "unmounted"
         return "replaced"
 

@@ -106,3 +106,19 @@ def test_a_source_whose_bind_mount_goes_holds_its_deletes_and_journals_again_onc
             root, tmp_path / "state", lambda: umount(root), lambda: bind_mount(real, root)
         )
     assert len(alarms) == 1
+
+
+def test_a_source_inside_a_bind_mount_that_goes_holds_its_deletes(tmp_path: Path) -> None:
+    """The source folder is `data/www`, `data` a bind mount, and `data/www` exists below it
+    too (empty): unbound (no IN_UNMOUNT), the path showed that empty directory, taken for the
+    folder replaced, and its 42 deletes, under the guard's threshold, went to the targets."""
+    disk, data = tmp_path / "disk", tmp_path / "data"
+    (disk / "www").mkdir(parents=True)
+    _fill(disk / "www")
+    (data / "www").mkdir(parents=True)
+    with unmounted_at_exit(data):
+        bind_mount(disk, data)
+        alarms = _unmount_and_back(
+            data / "www", tmp_path / "state", lambda: umount(data), lambda: bind_mount(disk, data)
+        )
+    assert len(alarms) == 1

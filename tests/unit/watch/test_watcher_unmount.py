@@ -17,7 +17,7 @@ from tests.unit.watch._replay import wait_for
 
 from relaysync.watch import _root
 from relaysync.watch import watcher as watcher_module
-from relaysync.watch._root import mount_points
+from relaysync.watch._root import mount_of, mount_table
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.watcher import FsEvent, Watcher
 
@@ -170,7 +170,7 @@ async def test_a_file_system_mounted_over_the_root_is_watched(tmp_path: Path) ->
             assert not watcher.root_lost
 
 
-def test_mount_points_are_read_with_their_escapes(tmp_path: Path) -> None:
+def test_mounts_are_read_with_their_escapes(tmp_path: Path) -> None:
     table = tmp_path / "mountinfo"
     table.write_bytes(
         b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
@@ -178,8 +178,24 @@ def test_mount_points_are_read_with_their_escapes(tmp_path: Path) -> None:
         b"91 22 0:5 / /mnt/caf\xc3\xa9\\134x rw - tmpfs tmpfs rw\n"
         b"short line\n"
     )
-    assert mount_points(str(table)) == {"/", "/var/www/my site", "/mnt/caf\u00e9\\x"}
-    assert mount_points(str(tmp_path / "missing")) == set()
+    assert mount_table(str(table)) == {
+        ("22", "/"): "1",
+        ("90", "/var/www/my site"): "22",
+        ("91", "/mnt/caf\u00e9\\x"): "22",
+    }
+    assert mount_table(str(tmp_path / "missing")) == {}
+
+
+def test_the_mount_of_a_path_is_the_top_one_at_the_longest_mount_point_above_it() -> None:
+    # 40 was mounted on /srv/data first, 41 over it, and 30, mounted before both, moved on top
+    table = {("1", "/"): "0", ("40", "/srv/data"): "1", ("30", "/srv/data"): "41"}
+    table[("41", "/srv/data")] = "40"
+    table[("50", "/srv/database")] = "1"
+    assert mount_of("/srv/data/www", table) == ("30", "/srv/data")
+    assert mount_of("/srv/data", table) == ("30", "/srv/data")
+    assert mount_of("/srv/databases", table) == ("1", "/")
+    assert mount_of("/srv/database/x", table) == ("50", "/srv/database")
+    assert mount_of("/x", {}) is None
 
 
 def _release(where: Path, version: str) -> Path:
@@ -234,3 +250,49 @@ async def test_a_move_out_of_the_old_release_read_as_the_root_is_switched_is_dro
         assert [e for e in seen if e.kind in ("delete", "move")] == []
         (new / "sub" / "fresh.txt").write_text("the release now current")
         await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
+
+
+async def test_a_root_below_a_bind_mount_that_goes_is_lost_not_replaced(tmp_path: Path) -> None:
+    """The root inside a mount, not at it (`/data/www`, the disk on `/data`), whose mount goes
+    without IN_UNMOUNT (a bind mount, a lazy unmount of a busy disk, a disk also mounted in a
+    container): the path showed the directory below the mount point (made before the mount, by
+    hand or by the agent), and as the root was no mount point itself that was "replaced": it was
+    watched and rescanned as the folder, and its emptiness reached the targets as deletes."""
+    disk, data = tmp_path / "disk", tmp_path / "data"
+    (disk / "www").mkdir(parents=True)
+    (disk / "www" / "a.txt").write_text("a")
+    (data / "www").mkdir(parents=True)  # the mount point's own www, empty
+    root = data / "www"
+    with unmounted_at_exit(data):
+        bind_mount(disk, data)
+        async with watching(root) as (watcher, seen):
+            umount(data)
+            await wait_for(lambda: _rescans_of_root(seen) == 1)
+            assert watcher.root_lost
+            (root / "below-the-mount.txt").write_text("not the folder")
+            bind_mount(disk, data)
+            await wait_for(lambda: not watcher.root_lost)
+            (root / "new.txt").write_text("new")
+            await wait_for(lambda: any(e.path == "new.txt" for e in seen))
+        assert not any(e.path == "below-the-mount.txt" for e in seen)
+
+
+async def test_a_root_symlink_switched_from_a_mount_point_to_a_directory_is_watched_there(
+    tmp_path: Path,
+) -> None:
+    """`current` -> a disk's mount point, switched to a plain directory: the root had been on a
+    mount point and the path no longer was one, so the switch was taken for an unmount, and the
+    new release (taken for the mount point's own directory) was never watched: lost for good."""
+    disk, plain, root = tmp_path / "disk", tmp_path / "release-2", tmp_path / "current"
+    (plain / "sub").mkdir(parents=True)
+    with unmounted_at_exit(disk):
+        mount_tmpfs(disk)
+        (disk / "sub").mkdir()
+        root.symlink_to(disk)
+        async with watching(root) as (watcher, seen):
+            (tmp_path / "next").symlink_to(plain)
+            (tmp_path / "next").rename(root)
+            await wait_for(lambda: _rescans_of_root(seen) == 1)
+            assert not watcher.root_lost
+            (plain / "sub" / "fresh.txt").write_text("the new release")
+            await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
