@@ -5,7 +5,10 @@ mount is refused)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -296,3 +299,57 @@ async def test_a_root_symlink_switched_from_a_mount_point_to_a_directory_is_watc
             assert not watcher.root_lost
             (plain / "sub" / "fresh.txt").write_text("the new release")
             await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
+
+
+_SWITCH_TO_AN_UNWATCHABLE_RELEASE = """
+import logging, os, sys
+from pathlib import Path
+import anyio
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.watcher import FsEvent, Watcher
+
+async def main(base: Path) -> None:
+    old, new, root = base / "release-1", base / "release-2", base / "current"
+    old.mkdir()
+    new.mkdir(mode=0o100)  # searchable, not readable: inotify refuses a watch (EACCES)
+    root.symlink_to(old)
+    send, receive = anyio.create_memory_object_stream[list[FsEvent]](100)
+    rescans = 0
+    async with anyio.create_task_group() as tg:
+        await tg.start(Watcher(root, PathFilter()).serve, send)
+        (base / "next").symlink_to(new)
+        (base / "next").rename(root)
+        with anyio.fail_after(10):
+            while not rescans:
+                rescans += sum(e.path == "" for e in await receive.receive())
+        with anyio.move_on_after(2.5):  # five polls
+            while True:
+                rescans += sum(e.path == "" for e in await receive.receive())
+        tg.cancel_scope.cancel()
+    print(rescans)
+
+logging.basicConfig(level=logging.WARNING)
+anyio.run(main, Path(sys.argv[1]))
+"""
+
+
+def test_a_root_switched_to_a_directory_it_cannot_watch_is_rescanned_once(tmp_path: Path) -> None:
+    """A release the agent may not read (or the watch limit reached as it is switched in) gets
+    no watch: the directory watched stayed the old one, so every poll found the root "replaced"
+    again: two warnings and a rescan of the whole tree every 0.5 s, for ever. Run without the
+    capabilities that let root read any directory, as an agent's user would."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the capability to read any directory")
+    script = tmp_path / "switch.py"
+    script.write_text(_SWITCH_TO_AN_UNWATCHABLE_RELEASE)
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        + [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]
+    assert done.stderr.count("Permission denied") == 1
