@@ -25,6 +25,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         f.cluster.stop()
 
 
+def _wait_logged(cluster: Cluster, name: str, text: str) -> None:
+    log_tail = cluster.agents[name].process.log_tail
+    wait_until(
+        lambda: text in log_tail(200),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what=f"{text!r} in {name}'s log",
+    )
+
+
 def _address(cluster: Cluster, name: str) -> str:
     return str(cluster.api.get(f"/api/servers/{name}").json().get("address", ""))
 
@@ -57,9 +66,9 @@ def test_the_readme_fleet_every_interface_for_the_master_and_the_agents(
             cluster.start_agent(name, extra_args=["--listen", "0.0.0.0:0"])
         for name in ("a", "b"):
             assert _address(cluster, name).startswith("127.0.0.1:")
-            # 0.0.0.0 would reach the master too on one machine, not across a network
-            log = cluster.agents[name].process.log_tail(200)
-            assert "control link to master 127.0.0.1:" in log, log
+            # 0.0.0.0 would reach the master too on one machine, not across a network; the
+            # line may be written a moment after the master shows the agent up
+            _wait_logged(cluster, name, "control link to master 127.0.0.1:")
         src, dst = tmp_path / "src", tmp_path / "dst"
         src.mkdir()
         cluster.create_mapping("m", "a", src, [("b", dst)])

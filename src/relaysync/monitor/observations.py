@@ -10,6 +10,9 @@ from dataclasses import dataclass
 # An agent whose control link is up but that sent no figures for this many report intervals is
 # "no data": its collector died, or the figures are lost on the way.
 NO_DATA_AFTER_REPORTS = 3
+# Metric names remembered per server (when each was last reported): an agent sending ever new
+# names must not grow the master without bound; past this, the least recently reported go.
+MAX_METRICS_PER_SERVER = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,7 @@ class ReportClock:
         self._gap_s: dict[str, float] = {}
         self._up_since: dict[str, float] = {}
         self._first: dict[str, float] = {}
-        self._seen: dict[tuple[str, str], float] = {}  # (server, metric) -> last report with it
+        self._seen: dict[str, dict[str, float]] = {}  # server -> metric -> last report with it
 
     def reported(self, name: str, at: float, metrics: Iterable[str]) -> None:
         """Note a report of `metrics` received at `at` (the master's clock)."""
@@ -45,8 +48,12 @@ class ReportClock:
             self._gap_s[name] = at - last
         self._last[name] = at
         self._first.setdefault(name, at)
+        seen = self._seen.setdefault(name, {})
         for metric in metrics:
-            self._seen[name, metric] = at
+            seen.pop(metric, None)  # to the end: the dict stays in order of last report
+            seen[metric] = at
+        while len(seen) > MAX_METRICS_PER_SERVER:  # the least recently reported: "gone" anyway
+            del seen[next(iter(seen))]
 
     def limit_s(self, name: str, interval_s: float) -> float:
         """How long `name` may go without a report (or a series) before it counts as gone."""
@@ -58,7 +65,7 @@ class ReportClock:
         limit_s, last = self.limit_s(name, interval_s), self._last.get(name)
         if last is None or now - last > limit_s:
             return False
-        return now - self._seen.get((name, metric), self._first[name]) > limit_s
+        return now - self._seen.get(name, {}).get(metric, self._first[name]) > limit_s
 
     def observe(self, name: str, *, up: bool, now: float, interval_s: float) -> Observation:
         """Return the "no data" observation of `name`: bad once silent for NO_DATA_AFTER_REPORTS

@@ -262,13 +262,8 @@ class MetricsReport(Message, frozen=True, tag="metrics_report"):
     def validate(self) -> None:
         if len(self.samples) > MAX_METRIC_SAMPLES:
             raise ProtocolError(f"metrics_report: over {MAX_METRIC_SAMPLES} samples")
-        for s in self.samples:
-            if len(s.labels) > MAX_METRIC_LABELS or any(
-                len(v) > MAX_PATH_BYTES for _, v in s.labels
-            ):
-                raise ProtocolError(
-                    f"metrics_report: {s.name[:80]!r} has too many or too long labels"
-                )
+        if any(len(s.labels) > MAX_METRIC_LABELS for s in self.samples):
+            raise ProtocolError(f"metrics_report: a sample has over {MAX_METRIC_LABELS} labels")
 
     def usable(self) -> tuple[MetricsReport, list[str]]:
         """This report without the samples whose names Prometheus would rewrite or refuse, and
@@ -289,4 +284,6 @@ def sample_problem(sample: MetricSample) -> str:
     bad = [k for k, _ in sample.labels if not _LABEL_NAME.fullmatch(k)]
     if bad:
         return f"{sample.name}: bad label name {bad[0][:80]!r}"
+    if any(len(v) > MAX_PATH_BYTES for _, v in sample.labels):
+        return f"{sample.name}: a label value over {MAX_PATH_BYTES} characters"
     return ""

@@ -109,8 +109,18 @@ def test_an_agents_server_label_never_replaces_its_own(
         MetricSample(name="cpu_percent", value=1.0, labels=(("pâth", "x"),)),
         MetricSample(name="cpu_percent", value=1.0, labels=(("1path", "x"),)),
         MetricSample(name="cpu_percent", value=1.0, labels=(("__name__", "x"),)),  # reserved
+        MetricSample(name="disk_used_percent", value=1.0, labels=(("path", "/x" * 3000),)),
     ],
-    ids=["non-ascii", "dash", "empty-label", "space-label", "non-ascii-label", "digit-label", "__"],
+    ids=[
+        "non-ascii",
+        "dash",
+        "empty-label",
+        "space-label",
+        "non-ascii-label",
+        "digit-label",
+        "__",
+        "long-label-value",
+    ],
 )
 def test_a_name_prometheus_would_rewrite_or_refuse_is_left_out_and_the_link_stays(
     fleet: Fleet, monitor: MonitorService, sample: MetricSample, caplog: pytest.LogCaptureFixture
