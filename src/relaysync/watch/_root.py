@@ -35,7 +35,7 @@ def mount_table(mountinfo: str = MOUNTINFO) -> dict[Mount, str]:
     of the same file system), with its parent's mount ID; empty if the table cannot be read."""
     try:
         with open(mountinfo, "rb") as table:
-            lines = table.read().splitlines()
+            lines = table.read().split(b"\n")  # not splitlines(): a mount point may hold a \r
     except OSError:
         return {}
     mounts: dict[Mount, str] = {}

@@ -179,12 +179,14 @@ def test_mounts_are_read_with_their_escapes(tmp_path: Path) -> None:
         b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
         b"90 22 8:1 /srv/a /var/www/my\\040site rw - ext4 /dev/sda1 rw\n"
         b"91 22 0:5 / /mnt/caf\xc3\xa9\\134x rw - tmpfs tmpfs rw\n"
+        b"92 22 0:6 / /mnt/a\rb\x0bc rw - tmpfs tmpfs rw\n"  # the kernel escapes no \r, \v
         b"short line\n"
     )
     assert mount_table(str(table)) == {
         ("22", "/"): "1",
         ("90", "/var/www/my site"): "22",
         ("91", "/mnt/caf\u00e9\\x"): "22",
+        ("92", "/mnt/a\rb\x0bc"): "22",
     }
     assert mount_table(str(tmp_path / "missing")) == {}
 
