@@ -22,6 +22,7 @@ __all__ = ["RootPresence", "RootWatching", "mount_of", "mount_table"]
 logger = logging.getLogger(__name__)
 
 ROOT_POLL_S = 0.5  # how often a lost root folder is looked for again, or a replaced one
+ROOT_STAT_TIMEOUT_S = 5.0  # a root not answering a stat in this time is taken as hung
 
 Identity = tuple[int, int]  # (st_dev, st_ino) of a directory
 Mount = tuple[str, str]  # (mount ID, mount point) of a line of /proc/self/mountinfo
@@ -57,6 +58,14 @@ def mount_of(path: str, table: dict[Mount, str]) -> Mount | None:
     stacked = [m for m in above if m[1] == point]
     parents = {table[m] for m in stacked}
     return next((m for m in stacked if m[0] not in parents), stacked[-1])
+
+
+def _probe(path: Path) -> None:
+    """Stat `path`, whatever the answer (only whether it comes matters)."""
+    try:
+        os.stat(path)
+    except OSError:
+        pass
 
 
 def _identity(path: Path) -> Identity | None:
@@ -156,6 +165,8 @@ class RootWatching:
 
     _root: Path
     _presence: RootPresence
+    _root_hung = False
+    _probe_pending = False  # a probe's thread has not returned yet (`_root_answers`)
 
     if TYPE_CHECKING:  # the Watcher's
 
@@ -221,6 +232,36 @@ class RootWatching:
             unmounted=change == "unmounted"
         )
 
+    async def _root_answers(self) -> bool:
+        """Whether the root's path answers a stat within ROOT_STAT_TIMEOUT_S, asked from a worker
+        thread. On a hung network mount (an NFS hard mount, FUSE) the stats of `_check_root`
+        would freeze the event loop, and with it the agent's control link and its other
+        mappings: the root is only checked once it answers. One probe at a time: while a hung
+        one's thread has not returned, no other is started."""
+        if not self._probe_pending:
+            self._probe_pending = True
+
+            def probe() -> None:
+                try:
+                    _probe(self._root)
+                finally:
+                    self._probe_pending = False
+
+            with anyio.move_on_after(ROOT_STAT_TIMEOUT_S):
+                await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
+                if self._root_hung:
+                    self._root_hung = False
+                    logger.warning("watched root %s answers again", self._root)
+                return True
+        if not self._root_hung:
+            self._root_hung = True
+            logger.warning(
+                "watched root %s does not answer (a hung network mount?); its changes wait "
+                "until it does, the agent's other work goes on",
+                self._root,
+            )
+        return False
+
     async def _watch_root_return(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
         """Watch the root again, and rescan it, once it is back (remounted, made again) or
         replaced at its path, which no inotify event tells (a symlink switched to another
@@ -229,5 +270,5 @@ class RootWatching:
         (`RootPresence.poll`). The read loop checks too, after each batch (`_check_root`)."""
         while True:
             await anyio.sleep(ROOT_POLL_S)
-            if self._check_root():
+            if await self._root_answers() and self._check_root():
                 await send.send([FsEvent(kind="rescan", path="", is_dir=True)])

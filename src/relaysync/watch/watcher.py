@@ -281,7 +281,7 @@ class Watcher(RootWatching):
                 # a full batch still reads on for its pending MOVED_FROMs' MOVED_TOs: cut between
                 # them, `mv d e` would reach the targets as a delete of d and a rescan of e
                 full = self._drain(pairing=True)
-            events = self._batch_events(root_changes)
+            events = self._batch_events(root_changes, checked=await self._root_answers())
             if events:
                 await send.send(events)
 
@@ -314,12 +314,12 @@ class Watcher(RootWatching):
                 return True
         return False
 
-    def _batch_events(self, root_changes: int) -> list[FsEvent]:
+    def _batch_events(self, root_changes: int, *, checked: bool = True) -> list[FsEvent]:
         """The batch read, coalesced; none if the root's path showed another directory meanwhile
         (a switched `current` link: the batch may be the old release's `rm -rf`), only the
         rescan of "" that the change is due (`_check_root`; `_watch_root_return` sent it if it
         found the change while the batch waited for MOVED_TOs)."""
-        if self._check_root():
+        if checked and self._check_root():
             self._drop_batch()
             return [FsEvent(kind="rescan", path="", is_dir=True)]
         if self._presence.changes != root_changes:

@@ -1,0 +1,64 @@
+"""Watcher: a root on a hung network mount (an NFS hard mount, FUSE) must not freeze the event
+loop, which the agent's control link and its other mappings share. The hang is simulated: the
+root's probe blocks until the test lets it go (no hanging mount can be made here)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from tests.unit.watch._replay import wait_for
+from tests.unit.watch.test_watcher_unmount import watching
+
+from relaysync.watch import _root
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_root_that_does_not_answer_leaves_the_event_loop_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: every 0.5 s, and after every batch, the root was stat'ed on the event loop: on a
+    hung mount that call never returns, and the whole agent stopped with it."""
+    caplog.set_level(logging.WARNING, logger="relaysync.watch._root")
+    monkeypatch.setattr(_root, "ROOT_POLL_S", 0.05)
+    monkeypatch.setattr(_root, "ROOT_STAT_TIMEOUT_S", 0.2, raising=False)
+    hung, probes = threading.Event(), []
+    hung.set()
+    answer = threading.Event()
+
+    def probe(path: Path) -> None:
+        probes.append(path)
+        if hung.is_set():
+            answer.wait(8)
+
+    identity = _root._identity
+
+    def stat_of(path: Path) -> tuple[int, int] | None:  # a stat on the hung mount hangs too
+        if hung.is_set():
+            answer.wait(8)
+        return identity(path)
+
+    root = tmp_path / "root"
+    root.mkdir()
+    async with watching(root) as (watcher, seen):
+        monkeypatch.setattr(_root, "_probe", probe, raising=False)
+        monkeypatch.setattr(_root, "_identity", stat_of)
+        began = time.monotonic()
+        for _ in range(20):  # the loop is free: 20 ticks of 50 ms come in about 1 s
+            await anyio.sleep(0.05)
+        assert time.monotonic() - began < 5, "the event loop was blocked"
+        await wait_for(lambda: "does not answer" in caplog.text)
+        assert caplog.text.count("does not answer") == 1  # once, not at every look
+        assert len(probes) == 1  # the hung probe is not joined by more threads
+        (root / "a.txt").write_text("written while the root hung")
+        await anyio.sleep(0.3)
+        hung.clear()
+        answer.set()
+        await wait_for(lambda: any(e.path == "a.txt" for e in seen))
+        await wait_for(lambda: "answers again" in caplog.text)
+        assert not watcher.root_lost
