@@ -96,8 +96,10 @@ class RootPresence:
         self.changes = 0  # how often `poll` found the root lost, back or replaced
 
     def watched(self) -> None:
-        """The root's watch was added, or tried: remember which directory it is on. A root gone
-        meanwhile keeps the one before, so that the next look finds it gone."""
+        """The root's watch is about to be added, or tried: remember which directory it will be
+        on (taken before the watch, a link switched in between is seen switched at the next
+        look, never missed). A root gone meanwhile keeps the one before: the next look finds
+        it gone."""
         self._watched = _identity(self._root) or self._watched
         self._real = os.path.realpath(self._root)
         self._mount = mount_of(self._real, mount_table())
@@ -223,10 +225,10 @@ class RootWatching:
         if change in ("replaced", "back"):
             logger.warning("watched root %s is %s: rescanning it", self._root, change)
             self._forget_tree("", remove=True)
-            self._add_tree("")
-            # also where no watch could be added (no read permission, the watch limit, which
+            # `_add_watch` records the directory (`RootPresence.watched`) before it adds the
+            # watch, also where none can be added (no read permission, the watch limit, which
             # `_scan_unwatched` retries): it is not "replaced" again at every look
-            self._presence.watched()
+            self._add_tree("")
             return True
         return change in ("unmounted", "gone") and self._forget_root(
             unmounted=change == "unmounted"

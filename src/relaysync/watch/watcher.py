@@ -173,6 +173,8 @@ class Watcher(RootWatching):
 
     def _add_watch(self, rel: str) -> bool:
         assert self._ino is not None
+        if not rel:  # first: a link switched after the watch is added is then seen switched
+            self._presence.watched()
         try:
             # The root itself may be a symlink (`current` -> a release): it is followed, as a
             # scan follows it; links below it are entries, never watched through.
@@ -192,8 +194,6 @@ class Watcher(RootWatching):
         self._wds[rel] = watch.wd
         self._watches[watch.wd] = watch
         self._unwatched.pop(rel, None)
-        if not rel:
-            self._presence.watched()
         return True
 
     def _note_unwatched(self, rel: str) -> None:

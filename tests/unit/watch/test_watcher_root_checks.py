@@ -1,6 +1,7 @@
-"""Watcher: a root on a hung network mount (an NFS hard mount, FUSE) must not freeze the event
-loop, which the agent's control link and its other mappings share. The hang is simulated: the
-root's probe blocks until the test lets it go (no hanging mount can be made here)."""
+"""Watcher, how it checks the root's path: a root on a hung network mount (an NFS hard mount,
+FUSE) must not freeze the event loop, which the agent's control link and its other mappings
+share (the hang is simulated: no hanging mount can be made here); a link switched just as the
+root's watch is added is not missed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from asyncinotify import Inotify, Mask, Watch
 from tests.unit.watch._replay import wait_for
 from tests.unit.watch.test_watcher_unmount import watching
 
@@ -62,3 +64,29 @@ async def test_a_root_that_does_not_answer_leaves_the_event_loop_free(
         await wait_for(lambda: any(e.path == "a.txt" for e in seen))
         await wait_for(lambda: "answers again" in caplog.text)
         assert not watcher.root_lost
+
+
+async def test_a_root_link_switched_just_after_its_watch_is_added_is_seen_switched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the directory the root's watch is on was taken after the watch was
+    added; a link switched in between left the watch on the old release and the new one
+    recorded as watched, so the switch was never noticed."""
+    old, new, root = tmp_path / "release-1", tmp_path / "release-2", tmp_path / "current"
+    old.mkdir()
+    new.mkdir()
+    root.symlink_to(old)
+    add_watch = Inotify.add_watch
+
+    def add_then_switch(self: Inotify, path: Path, mask: Mask) -> Watch:
+        watch = add_watch(self, path, mask)
+        if path == root and root.resolve() == old:
+            (tmp_path / "next").symlink_to(new)
+            (tmp_path / "next").rename(root)
+        return watch
+
+    monkeypatch.setattr(Inotify, "add_watch", add_then_switch)
+    async with watching(root) as (_, seen):
+        await wait_for(lambda: any(e.kind == "rescan" and e.path == "" for e in seen))
+        (new / "fresh.txt").write_text("the release now at the root's path")
+        await wait_for(lambda: any(e.path == "fresh.txt" for e in seen))
