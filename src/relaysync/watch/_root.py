@@ -168,7 +168,8 @@ class RootWatching:
     _root: Path
     _presence: RootPresence
     _root_hung = False
-    _probe_pending = False  # a probe's thread has not returned yet (`_root_answers`)
+    _probe_pending = False  # a probe's thread has not returned yet (`_probe_root`)
+    _probe_done: anyio.Event | None = None  # set once the probe a look waits for answered
 
     if TYPE_CHECKING:  # the Watcher's
 
@@ -238,31 +239,47 @@ class RootWatching:
         """Whether the root's path answers a stat within ROOT_STAT_TIMEOUT_S, asked from a worker
         thread. On a hung network mount (an NFS hard mount, FUSE) the stats of `_check_root`
         would freeze the event loop, and with it the agent's control link and its other
-        mappings: the root is only checked once it answers. One probe at a time: while a hung
-        one's thread has not returned, no other is started."""
-        if not self._probe_pending:
-            self._probe_pending = True
-
-            def probe() -> None:
-                try:
-                    _probe(self._root)
-                finally:
-                    self._probe_pending = False
-
-            with anyio.move_on_after(ROOT_STAT_TIMEOUT_S):
-                await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
-                if self._root_hung:
-                    self._root_hung = False
-                    logger.warning("watched root %s answers again", self._root)
-                return True
-        if not self._root_hung:
+        mappings: the root is only checked once it answers."""
+        answered = False
+        with anyio.move_on_after(ROOT_STAT_TIMEOUT_S):
+            answered = await self._probe_root()
+        if answered and self._root_hung:
+            self._root_hung = False
+            logger.warning("watched root %s answers again", self._root)
+        elif not answered and not self._root_hung:
             self._root_hung = True
             logger.warning(
                 "watched root %s does not answer (a hung network mount?); its changes wait "
                 "until it does, the agent's other work goes on",
                 self._root,
             )
-        return False
+        return answered
+
+    async def _probe_root(self) -> bool:
+        """Probe the root's path from a worker thread; True once it answered. One probe at a
+        time: a look made while another look's probe is on its way waits for that one's
+        answer (the read loop's and the poll's meet); while a probe given up on (hung) has not
+        returned, False at once and no other thread is started."""
+        if self._probe_pending:
+            if self._probe_done is None:
+                return False
+            await self._probe_done.wait()
+            return True
+        self._probe_pending = True
+        self._probe_done = done = anyio.Event()
+
+        def probe() -> None:
+            try:
+                _probe(self._root)
+            finally:
+                self._probe_pending = False
+
+        try:
+            await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
+        finally:
+            self._probe_done = None  # given up on (cancelled), its waiters time out
+        done.set()
+        return True
 
     async def _watch_root_return(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
         """Watch the root again, and rescan it, once it is back (remounted, made again) or

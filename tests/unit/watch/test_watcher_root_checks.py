@@ -17,6 +17,8 @@ from tests.unit.watch._replay import wait_for
 from tests.unit.watch.test_watcher_unmount import watching
 
 from relaysync.watch import _root
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.watcher import Watcher
 
 pytestmark = pytest.mark.anyio
 
@@ -90,3 +92,24 @@ async def test_a_root_link_switched_just_after_its_watch_is_added_is_seen_switch
         await wait_for(lambda: any(e.kind == "rescan" and e.path == "" for e in seen))
         (new / "fresh.txt").write_text("the release now at the root's path")
         await wait_for(lambda: any(e.path == "fresh.txt" for e in seen))
+
+
+async def test_a_look_while_another_probes_waits_for_that_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: a look (the read loop's after a batch, or the 0.5 s poll's) made while
+    the other's probe was on its way took the root as hung at once, however fast it answered:
+    a "does not answer" warning, then "answers again", and the root left unchecked."""
+    caplog.set_level(logging.WARNING, logger="relaysync.watch._root")
+    monkeypatch.setattr(_root, "_probe", lambda path: time.sleep(0.05))  # slow, not hung
+    watcher = Watcher(tmp_path, PathFilter())
+    answers: list[bool] = []
+
+    async def look() -> None:
+        answers.append(await watcher._root_answers())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(look)
+        tg.start_soon(look)
+    assert answers == [True, True]
+    assert "does not answer" not in caplog.text
