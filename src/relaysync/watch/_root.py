@@ -123,8 +123,10 @@ class RootPresence:
         release, a file system mounted over it).
         """
         now = _identity(self._root)
-        if self.lost or self._watched is None or now == self._watched:
+        if self.lost or now == self._watched:
             return ""
+        if self._watched is None:  # none there when it was to be watched; one is now
+            return "replaced"
         if now is None:  # its DELETE_SELF may be on its way; a symlink's removal sends none
             return "gone"
         if (

@@ -113,3 +113,18 @@ async def test_a_look_while_another_probes_waits_for_that_probe(
         tg.start_soon(look)
     assert answers == [True, True]
     assert "does not answer" not in caplog.text
+
+
+async def test_a_root_missing_when_watching_starts_is_watched_once_it_is_made(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a root that was not there when its watch was to be added was never
+    looked at again (nothing was recorded as watched), so a folder made a moment later was
+    never watched."""
+    root = tmp_path / "not-yet"
+    async with watching(root) as (watcher, seen):
+        root.mkdir()
+        await wait_for(lambda: any(e.kind == "rescan" and e.path == "" for e in seen))
+        (root / "a.txt").write_text("made after the watcher started")
+        await wait_for(lambda: any(e.path == "a.txt" for e in seen))
+        assert not watcher.root_lost
