@@ -316,15 +316,13 @@ class Watcher(RootWatching):
 
     def _batch_events(self, root_changes: int, *, checked: bool = True) -> list[FsEvent]:
         """The batch read, coalesced; none if the root's path showed another directory meanwhile
-        (a switched `current` link: the batch may be the old release's `rm -rf`), only the
-        rescan of "" that the change is due (`_check_root`; `_watch_root_return` sent it if it
-        found the change while the batch waited for MOVED_TOs)."""
-        if checked and self._check_root():
+        (a switched `current` link: the batch may be the old release's `rm -rf`), only a
+        rescan of "" (the one the change is due, or once more if `_watch_root_return` or
+        `_overflow` acted on the change while the batch was read: a rescan costs a scan, a
+        batch lost would cost changes)."""
+        if (checked and self._check_root()) or self._presence.changes != root_changes:
             self._drop_batch()
             return [FsEvent(kind="rescan", path="", is_dir=True)]
-        if self._presence.changes != root_changes:
-            self._drop_batch()
-            return []
         return coalesce(self._finish_batch())
 
     def _drop_batch(self) -> None:
@@ -381,7 +379,9 @@ class Watcher(RootWatching):
     def _overflow(self) -> None:
         logger.warning("inotify queue overflowed under %s: rescanning the whole tree", self._root)
         self._vanished.clear()
-        if not self._presence.lost:
+        # a root switched since the last look is watched anew (`_check_root`), or the old
+        # release's watches would stay and the root's be added on the new one beside them
+        if not self._check_root() and not self._presence.lost:
             self._add_tree("")
         self._emit("rescan", "", is_dir=True)
 
