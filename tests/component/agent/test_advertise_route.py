@@ -5,8 +5,6 @@ master at the next reconnect, without a restart (it was computed once, at start)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -15,18 +13,10 @@ from tests._fleet import TIMEOUT_S, Fleet
 from relaysync._util.addresses import join_address
 from relaysync.agent.advertise import follows_route, listens_ipv4_only, route_address
 from relaysync.agent.master_link import MasterLink
-from relaysync.master.store import Store
 from relaysync.protocol.messages import Assignment, Register
 from relaysync.transfer import tls
 
 STALE = "10.255.255.1:8471"  # the address the agent had when it started
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, store)
-    yield f
-    f.close()
 
 
 def _registered_address(

@@ -4,27 +4,16 @@ first contact. Every agent certificate may serve TLS (peers), so the CA alone pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import anyio
 import pytest
 from tests._fleet import Fleet
 
 from relaysync.agent.master_link import MasterLink
 from relaysync.errors import UnknownPeer
-from relaysync.master.store import Store
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
 from relaysync.protocol.messages import Assignment, Register
 from relaysync.transfer import tls
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, store)
-    yield f
-    f.close()
 
 
 def _link(

@@ -5,8 +5,6 @@ a saved assignment that cannot be applied does not stop the agent from starting.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,17 +15,9 @@ from tests._fleet import Fleet
 from relaysync.agent.enrollment import MASTER_FILE
 from relaysync.agent.service import AgentService
 from relaysync.config.schema import AgentConfig
-from relaysync.master.store import Store
 from relaysync.protocol.messages import Assignment
 
 TIMEOUT_S = 20
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, store)
-    yield f
-    f.close()
 
 
 def _agent(fleet: Fleet, port: int) -> AgentService:

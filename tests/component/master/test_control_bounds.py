@@ -5,14 +5,11 @@ frame is malformed, the link ends, nothing is stored, and other agents' reports 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
 from tests._fleet import TIMEOUT_S, Fleet, agent_link, roundtrip
 
-from relaysync.master.store import Store
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     CommitRecord,
@@ -26,13 +23,6 @@ from relaysync.protocol.messages import (
 )
 
 OVER_INT64 = 2**63
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, store)
-    yield f
-    f.close()
 
 
 def _mapping(fleet: Fleet, source: str, target: str, name: str = "docs") -> int:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -14,18 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests._fleet import TIMEOUT_S, Fleet, agent_link
 
 from relaysync.master.control import MAX_REFUSED_FIGURES_LOGGED
-from relaysync.master.store import Store
 from relaysync.monitor.engine import MonitorService
 from relaysync.monitor.types import MASTER_SERVER
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import MetricSample, MetricsReport, Ping, Pong
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, store)
-    yield f
-    f.close()
 
 
 @pytest.fixture

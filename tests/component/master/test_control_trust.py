@@ -3,16 +3,12 @@ certificate proves, not for what its messages say."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import anyio
 import pytest
 from tests._fleet import Fleet, agent_link, roundtrip
 
 from relaysync.errors import NotFound
 from relaysync.master.events import EventType
-from relaysync.master.store import Store
 from relaysync.protocol.messages import (
     CommitRecord,
     CommitReport,
@@ -22,13 +18,6 @@ from relaysync.protocol.messages import (
     MassDeleteHeld,
     ReleaseReport,
 )
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, store)
-    yield f
-    f.close()
 
 
 def _mapping(fleet: Fleet, source: str, *targets: str) -> int:

@@ -4,8 +4,7 @@ only that record is lost, every other agent's commits are written, and the write
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import anyio
 import pytest
@@ -14,17 +13,9 @@ from tests._fleet import TIMEOUT_S, Fleet, agent_link, roundtrip
 
 from relaysync.errors import StoreError
 from relaysync.master.control import ControlServer
-from relaysync.master.store import Store
 from relaysync.protocol.messages import CommitRecord, CommitReport
 
 POISON = "poison.html"
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, store)
-    yield f
-    f.close()
 
 
 def _mapping(fleet: Fleet, target: str) -> int:

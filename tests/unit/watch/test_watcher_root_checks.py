@@ -14,7 +14,7 @@ import anyio
 import pytest
 from asyncinotify import Inotify, Mask, Watch
 from tests.unit.watch._replay import wait_for
-from tests.unit.watch.test_watcher_unmount import watching
+from tests.unit.watch.test_watcher_unmount import releases, switch, watching
 
 from relaysync.watch import _root
 from relaysync.watch.filters import PathFilter
@@ -74,17 +74,13 @@ async def test_a_root_link_switched_just_after_its_watch_is_added_is_seen_switch
     """Found in review: the directory the root's watch is on was taken after the watch was
     added; a link switched in between left the watch on the old release and the new one
     recorded as watched, so the switch was never noticed."""
-    old, new, root = tmp_path / "release-1", tmp_path / "release-2", tmp_path / "current"
-    old.mkdir()
-    new.mkdir()
-    root.symlink_to(old)
+    old, new, root = releases(tmp_path)
     add_watch = Inotify.add_watch
 
     def add_then_switch(self: Inotify, path: Path, mask: Mask) -> Watch:
         watch = add_watch(self, path, mask)
         if path == root and root.resolve() == old:
-            (tmp_path / "next").symlink_to(new)
-            (tmp_path / "next").rename(root)
+            switch(root, new)
         return watch
 
     monkeypatch.setattr(Inotify, "add_watch", add_then_switch)
@@ -137,13 +133,9 @@ async def test_an_overflow_after_an_unnoticed_switch_drops_the_old_releases_watc
     re-added the root's watch on the new release and took it as the one watched, while the old
     release's watches stayed: its changes (a rollback's `rm -rf`) were reported as the root's."""
     monkeypatch.setattr(_root, "ROOT_POLL_S", 3600.0)  # only the overflow may notice the switch
-    old, new, root = tmp_path / "release-1", tmp_path / "release-2", tmp_path / "current"
-    for release in (old, new):
-        (release / "sub").mkdir(parents=True)
-    root.symlink_to(old)
+    old, new, root = releases(tmp_path)
     async with watching(root) as (watcher, seen):
-        (tmp_path / "next").symlink_to(new)
-        (tmp_path / "next").rename(root)
+        switch(root, new)
         watcher._overflow()  # as if IN_Q_OVERFLOW had just been read
         # the rescan goes out with the next batch (the removed watches' IN_IGNORED); events
         # read with it are folded into it, so write only once it is out

@@ -125,13 +125,9 @@ async def test_a_root_symlink_switched_to_another_release_is_watched_there(
     """A deploy that switches `current` to a new release (`ln -sfn`, or a rename over the link)
     was never noticed: the watches stayed on the old release, whose writes were reported, and
     the new release's were not."""
-    old, new, root = tmp_path / "release-1", tmp_path / "release-2", tmp_path / "current"
-    for release in (old, new):
-        (release / "sub").mkdir(parents=True)
-    root.symlink_to(old)
+    old, new, root = releases(tmp_path)
     async with watching(root) as (watcher, seen):
-        (tmp_path / "next").symlink_to(new)
-        (tmp_path / "next").rename(root)
+        switch(root, new)
         await wait_for(lambda: _rescans_of_root(seen) == 1)
         (old / "sub" / "stale.txt").write_text("the old release")
         (new / "sub" / "fresh.txt").write_text("the new release")
@@ -210,6 +206,20 @@ def _release(where: Path, version: str) -> Path:
     return where
 
 
+def releases(base: Path) -> tuple[Path, Path, Path]:
+    """An old and a new release under `base`, and `current` there pointing at the old one."""
+    old, new = _release(base / "r2", "v2"), _release(base / "r1", "v1")
+    root = base / "current"
+    root.symlink_to(old)
+    return old, new, root
+
+
+def switch(root: Path, to: Path) -> None:
+    """Point the `current` link `root` at `to` in one rename, as deploy tools do."""
+    (root.parent / "next").symlink_to(to)
+    (root.parent / "next").rename(root)
+
+
 async def test_what_the_old_release_does_after_a_switch_is_never_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,12 +229,9 @@ async def test_what_the_old_release_does_after_a_switch_is_never_reported(
     deleted index.html and sub/app.js, which the release now current has. The poll is pushed out
     of reach here: what the watcher reads tells the switch."""
     monkeypatch.setattr(_root, "ROOT_POLL_S", 3600.0)
-    old, new = _release(tmp_path / "r2", "v2"), _release(tmp_path / "r1", "v1")
-    root = tmp_path / "current"
-    root.symlink_to(old)
+    old, new, root = releases(tmp_path)
     async with watching(root) as (watcher, seen):
-        (tmp_path / "next").symlink_to(new)
-        (tmp_path / "next").rename(root)
+        switch(root, new)
         shutil.rmtree(old)
         await wait_for(lambda: _rescans_of_root(seen) == 1)
         assert [e for e in seen if e.kind in ("delete", "move")] == []
@@ -243,12 +250,9 @@ async def test_a_move_out_of_the_old_release_read_as_the_root_is_switched_is_dro
     monkeypatch.setattr(_root, "ROOT_POLL_S", 0.05)
     monkeypatch.setattr(watcher_module, "MOVE_PAIR_S", 1.0)
     monkeypatch.setattr(watcher_module, "PAIR_BATCH_MAX_S", 1.0)
-    old, new = _release(tmp_path / "r2", "v2"), _release(tmp_path / "r1", "v1")
-    root = tmp_path / "current"
-    root.symlink_to(old)
+    old, new, root = releases(tmp_path)
     async with watching(root) as (watcher, seen):
-        (tmp_path / "next").symlink_to(new)
-        (tmp_path / "next").rename(root)
+        switch(root, new)
         (old / "sub").rename(tmp_path / "archived")
         await wait_for(lambda: _rescans_of_root(seen) == 1)
         await anyio.sleep(1.5)  # past the stretched pairing wait of the move's batch
