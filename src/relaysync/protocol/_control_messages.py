@@ -188,7 +188,7 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool = True
     error: str = ""
     duration_ms: DurationMs = 0.0
-    committed_at: UnixTime = 0.0  # unix time on the target
+    committed_at: UnixTime = 0.0  # unix time on the target (a file: just before its rename)
     new_path: str = ""  # a rename's new path: the purger refreshes it and what moved under it
     # N:M jobs (transfer/conflicts.py): why two sources' versions met here ("" = they did not),
     # and the other source's node id; "newer": this record's version won, otherwise it lost.

@@ -199,7 +199,7 @@ class ReceiverSession(FileReceiver, TreeOps):
             return
         pending, self._pending = self._pending, _Pending()
         try:
-            self._batch.commit()
+            visible_at = self._batch.commit()
         except OSError as exc:
             seq = pending.records[0].seq if pending.records else 0
             raise _transient_os(seq, "commit batch", exc) from exc
@@ -207,8 +207,11 @@ class ReceiverSession(FileReceiver, TreeOps):
         self.folder.drop_partials(
             entry.path for entry in pending.entries
         )  # any size: a stale one too
-        now = time.time()  # visible and durable only now: the latency a reader sees ends here
-        self._applied.extend(msgspec.structs.replace(r, committed_at=now) for r in pending.records)
+        # the latency a reader sees ends at the rename, not after the manifest's write: that one
+        # can take tens of milliseconds on a busy disk, and the file is served meanwhile
+        self._applied.extend(
+            msgspec.structs.replace(r, committed_at=visible_at) for r in pending.records
+        )
 
     def _checkpoint(self, seq: int, obsolete: Sequence[PartialRef] = ()) -> Ack:
         self.flush()

@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,10 +304,12 @@ class CommitBatch:
         """Keep only `files` (a conflict rule dropped the others, already discarded)."""
         self._files = list(files)
 
-    def commit(self) -> None:
+    def commit(self) -> float:
         """Set each temp file's mode and mtime (and fsync it), rename each into place, fsync
-        each directory once."""
+        each directory once. Return the unix time just before the last rename: no reader saw
+        any of the files before it, and each one has been visible since shortly after."""
         files, self._files = self._files, []
+        visible_at = time.time()
         try:
             for f in files:  # before the fsync, so that safe durability covers them too
                 _check_still_named(f)
@@ -320,6 +323,7 @@ class CommitBatch:
                 f.close()
                 if self.before_replace is not None:
                     self.before_replace(f.final)
+                visible_at = time.time()
                 try:
                     os.replace(f.temp_name, f.final_name)
                 except (IsADirectoryError, OSError) as exc:
@@ -340,6 +344,7 @@ class CommitBatch:
         except BaseException:
             _discard_keeping_partials(files)
             raise
+        return visible_at
 
     def discard(self, *, keep_partials: bool = True) -> None:
         """Drop the staged files, keeping the named partials on disk (closed) to be resumed,

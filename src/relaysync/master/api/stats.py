@@ -35,7 +35,7 @@ class StatOut(BaseModel):
     file_ms_p50: float | None  # transfer time per committed file on its target, milliseconds
     file_ms_p95: float | None
     file_ms_p99: float | None
-    latency_ms_p50: float | None  # source journaled the change -> target committed it, milliseconds
+    latency_ms_p50: float | None  # source journaled it -> readers on the target see it, ms
     latency_ms_p95: float | None  # (two clocks unless source and target share a machine)
     latency_ms_p99: float | None
 
