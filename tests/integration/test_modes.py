@@ -110,18 +110,34 @@ def test_reserved_every_interval_sends_on_schedule(own_fleet: Fleet) -> None:
 
 def test_missed_reserved_run_happens_once_at_start(own_fleet: Fleet) -> None:
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
-    at = datetime.fromtimestamp(time.time() + 5, UTC).isoformat()
-    _mode(own_fleet, mapping["id"], mode="reserved", schedule=f"at:{at}")
+    # Held first under a run far ahead, so that however long the agent takes to hold and journal,
+    # the run whose time passes while the master is down is set only just before it is stopped.
+    far = datetime.fromtimestamp(time.time() + 3600, UTC).isoformat()
+    _mode(own_fleet, mapping["id"], mode="reserved", schedule=f"at:{far}")
     wait_until(
         lambda: "(reserved mode)" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-        timeout_s=30,
+        timeout_s=CONVERGE_TIMEOUT_S,
         what="the source running in reserved mode",
     )
     (src / "missed.txt").write_text("the master was down at the reserved time")
+    journal = own_fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "journal"
+    wait_until(
+        lambda: ("write", "missed.txt") in _journaled(journal),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="missed.txt journaled",
+    )
+    at_s = time.time() + 10
+    _mode(
+        own_fleet,
+        mapping["id"],
+        mode="reserved",
+        schedule=f"at:{datetime.fromtimestamp(at_s, UTC).isoformat()}",
+    )
     own_fleet.cluster.master.stop()
-    time.sleep(6)  # the reserved time passes while the master is down: this is the scenario itself
+    # the reserved time passes while the master is down: this is the scenario itself
+    time.sleep(max(0.0, at_s - time.time()) + 1)
     own_fleet.cluster.start_master()
-    own_fleet.wait_converged(src, [dst], timeout_s=30)
+    own_fleet.wait_converged(src, [dst])
     info = own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").json()
     assert info["release"] == 1  # once, not once per missed slot
     assert info["next_run_at"] is None
