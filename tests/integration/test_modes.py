@@ -161,13 +161,14 @@ def test_send_command_waits_until_every_target_has_the_release(own_fleet: Fleet)
     import sys
 
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
-    _manual(own_fleet, mapping)
+    journal = _manual(own_fleet, mapping)
     for i in range(20):
         (src / f"batch-{i}.txt").write_text(f"file {i}")
+    # the send covers what the source journaled before it: all 20, once the watcher saw them
     wait_until(
-        lambda: own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").status_code == 200,
-        timeout_s=5,
-        what="mode",
+        lambda: {("write", f"batch-{i}.txt") for i in range(20)} <= set(_journaled(journal)),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the 20 files journaled",
     )
     token = (own_fleet.cluster.master_dir / "admin-token").read_text().strip()
     done = subprocess.run(
@@ -192,7 +193,7 @@ def test_send_command_waits_until_every_target_has_the_release(own_fleet: Fleet)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["release"] == 1 and result["upto_seq"] >= 20
-    own_fleet.wait_converged(src, [dst], timeout_s=10)
+    own_fleet.wait_converged(src, [dst])
 
 
 def test_a_large_file_saved_three_times_while_held_goes_once_as_a_small_delta(
