@@ -89,7 +89,7 @@ def test_manual_mode_holds_changes_until_sent_even_across_restarts(own_fleet: Fl
             own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").json()["released_upto"]
             > 0
         ),
-        timeout_s=10,
+        timeout_s=CONVERGE_TIMEOUT_S,
         what="release reported",
     )
 
@@ -103,7 +103,7 @@ def test_reserved_every_interval_sends_on_schedule(own_fleet: Fleet) -> None:
         what="the source running in reserved mode",
     )
     (src / "periodic.txt").write_text("sent by the schedule")
-    own_fleet.wait_converged(src, [dst], timeout_s=20)
+    own_fleet.wait_converged(src, [dst])
     info = own_fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/mode").json()
     assert info["release"] >= 1 and info["last_run_at"] is not None
 
