@@ -16,7 +16,7 @@ import pytest
 
 from relaysync.constants import CHUNK_BYTES
 from relaysync.testing.cluster import Cluster, wait_until
-from tests.integration.conftest import Fleet, bytes_sent_to, start_fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, bytes_sent_to, start_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +44,20 @@ def _sent_for(fleet: Fleet, src: Path, dst: Path, name: str) -> int:
 
 
 def test_zstd_policy_compresses_on_the_wire(own_fleet: Fleet) -> None:
-    _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     (src / "warm").write_text("x")
     own_fleet.wait_converged(src, [dst])
     plain = _sent_for(own_fleet, src, dst, "a.txt")
     assert plain > 8 * 1024 * 1024  # same group, default policy: no compression
+    before = _links_started(own_fleet, mapping["id"])
     r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "zstd_level": 3})
     assert r.status_code == 200, r.text
+    # The link to t1 restarts with the new policy (the first assignment's line is in the log
+    # already: waiting for that one went on before the policy had reached the source).
     wait_until(
-        lambda: "running assignment" in (own_fleet.cluster.base / "agent-src.log").read_text(),
-        timeout_s=10,
-        what="new assignment",
+        lambda: _links_started(own_fleet, mapping["id"]) > before,
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="links restarted with the new policy",
     )
     (src / "probe").write_text("after the policy")
     own_fleet.wait_converged(src, [dst])
