@@ -264,7 +264,9 @@ def _put_transfer(fleet: Fleet, mapping: dict, transfer: str | None) -> None:
     )
     assert r.status_code == 200, r.text
     wait_until(
-        lambda: _links_started(fleet, mapping["id"]) > before, timeout_s=15, what="links restarted"
+        lambda: _links_started(fleet, mapping["id"]) > before,
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="links restarted",
     )
 
 
