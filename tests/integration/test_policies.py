@@ -198,6 +198,7 @@ def test_bandwidth_window_active_now_limits_the_link(own_fleet: Fleet) -> None:
     assert WINDOW_LIMIT_MBIT * 0.9 <= rate <= WINDOW_LIMIT_MBIT * 1.1, rate
 
 
+@pytest.mark.serial  # measures a rate: with 3 workers on 2 cores the unlimited link is slower
 def test_bandwidth_window_not_active_now_does_not_limit(own_fleet: Fleet) -> None:
     _, later = _windows_now("UTC")
     r = own_fleet.cluster.api.put("/api/policies", json={"scope": "same_group", "windows": [later]})
