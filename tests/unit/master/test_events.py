@@ -50,11 +50,9 @@ def test_wait_since_is_woken_by_publish_in_the_loop() -> None:
     async def main() -> list[int]:
         bus = EventBus()
         asyncio.get_running_loop().call_later(0.02, lambda: bus.publish(EventType.SERVER_DOWN))
-        return [e.id for e in await bus.wait_since(0, 5.0)]
+        return [e.id for e in await bus.wait_since(0, 60.0)]
 
-    started = time.monotonic()
-    assert asyncio.run(main()) == [1]
-    assert time.monotonic() - started < 1.0
+    assert asyncio.run(main()) == [1]  # woken: a wait that times out returns []
 
 
 def test_wait_since_is_woken_by_publish_in_another_thread() -> None:
@@ -63,13 +61,11 @@ def test_wait_since_is_woken_by_publish_in_another_thread() -> None:
         bus.publish(EventType.SERVER_UP)
         timer = threading.Timer(0.02, lambda: bus.publish(EventType.SERVER_DOWN))
         timer.start()
-        events = await bus.wait_since(1, 5.0)
+        events = await bus.wait_since(1, 60.0)
         timer.join()
         return [e.id for e in events]
 
-    started = time.monotonic()
-    assert asyncio.run(main()) == [2]
-    assert time.monotonic() - started < 1.0
+    assert asyncio.run(main()) == [2]  # woken: a wait that times out returns []
 
 
 def test_reader_from_before_a_restart_gets_everything() -> None:
