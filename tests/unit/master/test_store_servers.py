@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
 
 from relaysync.errors import ConfigError, NodeRemoved, NotFound
-from relaysync.master.store import Store
+from relaysync.master.store import Store, _tokens
 
 A, B = "a" * 64, "b" * 64
 
@@ -110,13 +111,16 @@ def test_join_tokens(store: Store) -> None:
     assert not store.check_join_token("")
 
 
-def test_join_token_expires(store: Store) -> None:
-    ttl_s = 0.3  # long enough for the first check even on a busy machine
+def test_join_token_expires(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The store's clock is ours: a busy machine can neither expire it before the first check
+    # nor need a sleep until it surely has.
+    now_s = [time.time()]
+    monkeypatch.setattr(_tokens, "time", SimpleNamespace(time=lambda: now_s[0]))
+    ttl_s = 0.3
     token = store.create_join_token(ttl_s=ttl_s)
-    created_by = time.time()  # the token's clock started no later than this
+    now_s[0] += ttl_s - 0.01
     assert store.check_join_token(token)
-    # the TTL passing is the scenario itself: wait until it surely has, by the store's clock
-    time.sleep(max(0.0, created_by + ttl_s - time.time()) + 0.01)
+    now_s[0] += 0.02
     assert not store.check_join_token(token)
     with pytest.raises(ConfigError):
         store.create_join_token(ttl_s=0)
