@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from relaysync.testing.cluster import wait_until
 from relaysync.transfer.versions import versions_dir_for
-from tests.integration.conftest import Fleet, start_fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +33,19 @@ def test_versions_kept_on_chosen_target_and_restored(own_fleet: Fleet) -> None:
         f"/api/mappings/{mapping['id']}/versions", json={"keep": 2, "targets": ["t1"]}
     )
     assert r.status_code == 200, r.text
+    # t1 keeps versions once the setting has reached it: a probe is rewritten until its previous
+    # version is kept ("running assignment" was in t1's log already, from the mapping's creation).
+    probes = itertools.count()
+
+    def probe_version_kept() -> bool:
+        (src / "probe").write_text(str(next(probes)))
+        own_fleet.wait_converged(src, [d1, d2])
+        kept = versions_dir_for(d1)
+        return kept.is_dir() and any(p.name.startswith("probe@") for p in kept.iterdir())
+
     wait_until(
-        lambda: "running assignment" in (own_fleet.cluster.base / "agent-t1.log").read_text(),
-        timeout_s=10,
-        what="assignment",
+        probe_version_kept, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.1, what="t1 keeping versions"
     )
-    (src / "probe").write_text("x")
-    own_fleet.wait_converged(src, [d1, d2])
     for v in range(4):
         (src / "page.html").write_text(f"version {v}")
         own_fleet.wait_converged(src, [d1, d2])
