@@ -26,7 +26,7 @@ from relaysync.transfer import ops
 from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.sender import TargetLink
 from relaysync.watch._fsevent import FsEvent
-from tests.integration.conftest import Fleet, start_fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +135,7 @@ def _set_tls(fleet: Fleet, *, tls: bool, wait_for: str = "src") -> None:
     assert r.status_code == 200, r.text
     wait_until(
         lambda: log.read_text().count("running assignment") > before,
-        timeout_s=20,
+        timeout_s=CONVERGE_TIMEOUT_S,
         what=f"{wait_for}'s new assignment",
     )
 
@@ -158,7 +158,7 @@ def test_tls_by_default_and_plain_only_where_turned_off(
     fleet.wait_converged(src, [dst])
     wait_until(
         lambda: any(marker in s for s in capture.to_port(port)[seen:]),
-        timeout_s=10,
+        timeout_s=CONVERGE_TIMEOUT_S,
         what="the file's bytes on the plain link",
     )
     plain = [s for s in capture.to_port(port)[seen:] if marker in s]
@@ -169,7 +169,9 @@ def test_tls_by_default_and_plain_only_where_turned_off(
     marker = _write_marked(src, "closed.txt")
     fleet.wait_converged(src, [dst])
     later = wait_until(
-        lambda: capture.to_port(port)[seen:], timeout_s=10, what="the new connection's bytes"
+        lambda: capture.to_port(port)[seen:],
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the new connection's bytes",
     )
     assert all(_is_tls(s) for s in later), [s[:8] for s in later]
     assert not any(marker in s for s in capture.to_port(port))
@@ -204,7 +206,7 @@ def test_a_plain_link_through_a_relay_authenticates_each_hop(
     # lag behind the link, so its view of the last file is waited for, bounded.
     relayed = wait_until(
         lambda: [s for s in capture.to_port(port) if marker in s],
-        timeout_s=10,
+        timeout_s=CONVERGE_TIMEOUT_S,
         what="the relayed file's bytes on the link to t2",
     )
     assert not _is_tls(relayed[-1]), "the relayed file did not reach t2 over a plain link"
