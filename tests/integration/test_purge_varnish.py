@@ -10,7 +10,7 @@ import pytest
 
 from relaysync.testing.caches import Cache, Origin, cache_base_dir, http_get
 from relaysync.testing.cluster import wait_until
-from tests.integration.conftest import Fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_write_on_source_is_served_by_varnish(fleet: Fleet, varnish_site) -> Non
     )
     wait_until(
         lambda: http_get(cache.port, "/page.txt", host=HOST)[1] == b"version 1",
-        timeout_s=10,
+        timeout_s=CONVERGE_TIMEOUT_S,
         what="varnish serves version 1",
     )
     assert http_get(cache.port, "/page.txt", host=HOST)[2].get("x-cache") == "HIT"
@@ -60,7 +60,7 @@ def test_write_on_source_is_served_by_varnish(fleet: Fleet, varnish_site) -> Non
     started = time.monotonic()
     wait_until(
         lambda: http_get(cache.port, "/page.txt", host=HOST)[1] == b"version 2 (longer)",
-        timeout_s=10,
+        timeout_s=CONVERGE_TIMEOUT_S,
         interval_s=0.005,
         what="varnish serves version 2",
     )
@@ -73,7 +73,7 @@ def test_write_on_source_is_served_by_varnish(fleet: Fleet, varnish_site) -> Non
         rows = fleet.cluster.api.get("/api/purges", params={"site": site["name"]}).json()
         return any(r["status"] in ("refreshed", "purged") and r["confirmed"] for r in rows)
 
-    wait_until(confirmed, timeout_s=10, what="a confirmed refresh in /api/purges")
+    wait_until(confirmed, timeout_s=CONVERGE_TIMEOUT_S, what="a confirmed refresh in /api/purges")
 
 
 def test_names_with_sub_delims_are_refreshed_as_browsers_send_them(  # type: ignore[no-untyped-def]
@@ -120,6 +120,6 @@ def test_names_with_sub_delims_are_refreshed_as_browsers_send_them(  # type: ign
                 lambda c=cache, t=target: (
                     http_get(c.port, prefix + t, host=HOST)[1] == b"version 2"
                 ),
-                timeout_s=10,
+                timeout_s=CONVERGE_TIMEOUT_S,
                 what=f"{cache.kind} serves version 2 of {name}",
             )
