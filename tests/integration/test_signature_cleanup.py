@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relaysync.testing.cluster import wait_until
-from tests.integration.conftest import start_fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, start_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,9 @@ def test_deleting_and_renaming_files_leaves_no_signatures_behind(tmp_path: Path)
         (src / "upload-4.bin").rename(src / "kept.bin")  # the signature moves to the new name
         fleet.wait_converged(src, [dst])
         wait_until(
-            lambda: len(list(sig_dir.iterdir())) == 1, timeout_s=10, what="one signature left"
+            lambda: len(list(sig_dir.iterdir())) == 1,
+            timeout_s=CONVERGE_TIMEOUT_S,
+            what="one signature left",
         )
         wait_until(
             lambda: wire_so_far() >= 15 * 1024 * 1024,
@@ -51,7 +53,9 @@ def test_deleting_and_renaming_files_leaves_no_signatures_behind(tmp_path: Path)
         wait_until(lambda: wire_so_far() > before, timeout_s=30, what="the change in the job log")
         assert wire_so_far() - before < 256 * 1024, "the renamed file's change went whole"
         wait_until(
-            lambda: len(list(sig_dir.iterdir())) == 1, timeout_s=10, what="still one signature"
+            lambda: len(list(sig_dir.iterdir())) == 1,
+            timeout_s=CONVERGE_TIMEOUT_S,
+            what="still one signature",
         )
     finally:
         fleet.cluster.stop()
