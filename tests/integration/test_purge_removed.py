@@ -95,7 +95,11 @@ def test_a_directory_removed_after_a_rename_into_it_is_not_served_from_any_cache
     prefix = _farm_site(fleet, cache_farm, mapping, dst)
     for rel in FILES:
         url = f"{prefix}old/{rel}"
-        wait_until(lambda u=url: _served(cache_farm, u, 200), timeout_s=10, what=f"{url} cached")
+        wait_until(
+            lambda u=url: _served(cache_farm, u, 200),
+            timeout_s=CONVERGE_TIMEOUT_S,
+            what=f"{url} cached",
+        )
     # Moved out of the tree: one delete of old (`rm -rf` is journaled one name at a time).
     (src / "old").rename(src.parent / "trash")
     fleet.wait_converged(src, [dst])
