@@ -312,8 +312,14 @@ def test_a_session_the_target_ends_closes_its_files(
     is cancelled. Its cleanup, which closes the half-received file and the staged ones, awaited
     a worker thread unshielded and so never ran: the files stayed open for the life of the
     process (found when a lock on partials stayed held for minutes)."""
+    opened: list[int] = []
     closed: list[int] = []
-    real_close = ReceiverSession.close
+    real_init, real_close = ReceiverSession.__init__, ReceiverSession.close
+    monkeypatch.setattr(
+        ReceiverSession,
+        "__init__",
+        lambda self, *args: (real_init(self, *args), opened.append(1))[0],
+    )
     monkeypatch.setattr(
         ReceiverSession, "close", lambda self: (closed.append(1), real_close(self))[1]
     )
@@ -326,8 +332,8 @@ def test_a_session_the_target_ends_closes_its_files(
             server = _server(folder)
             port = await tg.start(server.serve)
             tg.start_soon(_link(source, port).serve)
-            with anyio.fail_after(20):
-                while 1 not in server._active:
+            with anyio.fail_after(20):  # the session made: a restart before it has none to close
+                while 1 not in server._active or not opened:
                     await anyio.sleep(0.02)
             await server.restart_session(1)
             with anyio.fail_after(20):
