@@ -55,7 +55,13 @@ def test_write_on_source_is_served_by_varnish(fleet: Fleet, varnish_site) -> Non
         timeout_s=CONVERGE_TIMEOUT_S,
         what="varnish serves version 1",
     )
-    assert http_get(cache.port, "/page.txt", host=HOST)[2].get("x-cache") == "HIT"
+    # cached (so that version 2 showing up below is the purger's doing, not a pass): polled, as
+    # the purger's own refresh of version 1 may still be between its PURGE and its GET
+    wait_until(
+        lambda: http_get(cache.port, "/page.txt", host=HOST)[2].get("x-cache") == "HIT",
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="varnish serves version 1 from its cache",
+    )
     (src / "page.txt").write_bytes(b"version 2 (longer)")
     started = time.monotonic()
     wait_until(
