@@ -281,7 +281,8 @@ class Watcher(RootWatching):
                 # a full batch still reads on for its pending MOVED_FROMs' MOVED_TOs: cut between
                 # them, `mv d e` would reach the targets as a delete of d and a rescan of e
                 full = self._drain(pairing=True)
-            events = self._batch_events(root_changes, checked=await self._root_answers())
+            checked = self._batch_removes() and await self._root_answers()
+            events = self._batch_events(root_changes, checked=checked)
             if events:
                 await send.send(events)
 
@@ -324,6 +325,16 @@ class Watcher(RootWatching):
             self._drop_batch()
             return [FsEvent(kind="rescan", path="", is_dir=True)]
         return coalesce(self._finish_batch())
+
+    def _batch_removes(self) -> bool:
+        """Whether the batch holds a delete or a move, the changes that must not reach the
+        targets if the root's path shows another directory than the one they happened in (the
+        old release's `rm -rf` after a link switch). Writes, attributes and rescans are read
+        back from the root's path as it is, so a batch of those goes on without the root's
+        check, which costs a worker thread's round trip (0.12-0.15 ms) per batch."""
+        return any(
+            not isinstance(item, FsEvent) or item.kind in ("delete", "move") for item in self._batch
+        )
 
     def _drop_batch(self) -> None:
         self._batch = []
