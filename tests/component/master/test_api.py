@@ -304,10 +304,12 @@ def test_events_long_poll_wakes_on_publish(client: TestClient) -> None:
     timer = threading.Timer(0.1, lambda: events.publish(EventType.SERVER_UP))
     timer.start()
     started = time.monotonic()
-    got = client.get("/api/events", params={"since": last, "timeout_s": 10}).json()
+    got = client.get("/api/events", params={"since": last, "timeout_s": 30}).json()
     timer.join()
     assert [e["type"] for e in got] == ["server_up"]
-    assert time.monotonic() - started < 5
+    # woken, not timed out (a poll that timed out returns what came meanwhile too): a bound far
+    # from the 0.1 s it takes, far below the poll's timeout
+    assert time.monotonic() - started < 15
 
 
 def test_failing_on_change_does_not_fail_the_request(
