@@ -173,19 +173,14 @@ def test_removed_target_no_longer_counts(store: Store, mapping_id: int) -> None:
     assert (row.committed_targets, row.total_targets) == (1, 1)
 
 
-@pytest.mark.serial
 def test_ten_thousand_records_in_one_call(store: Store, store_url: str, mapping_id: int) -> None:
+    """Taken whole, and taken once when repeated. How fast: bench/joblog.py (timed assertions
+    belong to the benchmarks, not to a suite sharing its cores)."""
     records = tuple(rec(s) for s in range(1, 10_001))
-    started = time.perf_counter()
     store.record_commit_reports([report(mapping_id, T1, 10_000, *records)])
-    elapsed_s = time.perf_counter() - started
     store.record_commit_reports([report(mapping_id, T1, 10_000, *records)])
     assert count(store_url, "changes") == 10_000
     assert store.watermarks(mapping_id)[0].seq == 10_000
-    if store_url.startswith("sqlite"):
-        assert elapsed_s < 0.5, f"10,000 records took {elapsed_s:.3f} s on SQLite"
-    else:
-        assert elapsed_s < 3.0, f"10,000 records took {elapsed_s:.3f} s on PostgreSQL"
 
 
 def test_deleting_a_mapping_drops_its_job_log(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from pathlib import Path
 
 import anyio
@@ -128,15 +127,12 @@ def test_corruption_in_an_old_segment_raises_on_read(tmp_path: Path) -> None:
     j.close()
 
 
-@pytest.mark.serial
 def test_ten_thousand_appends_in_batches(tmp_path: Path) -> None:
+    """All numbered and read back. How fast: bench/bookkeeping.py (`journal_append`)."""
     j = Journal(tmp_path)
-    start = time.perf_counter()
     for b in range(100):
         j.append([w(f"dir/file{b}-{i}") for i in range(100)])
-    elapsed = time.perf_counter() - start
     assert j.last_seq == 10_000
-    assert elapsed < 1.0, elapsed
     assert len(j.read(0, limit=20_000)) == 10_000
     j.close()
 
