@@ -16,6 +16,10 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── UnknownPeer                a certificate the receiver does not expect
     │   │   └── RoutesStale            a sender that is not our parent in our routing table's epoch
     │   ├── NodeRemoved                a node the master does not know, or removed from the fleet
+    │   ├── CertificateExpired         a node certificate (ours or a peer's) past its not-after date
+    │   ├── CertificateNotYetValid     a node certificate before its not-before date (a clock behind)
+    │   ├── ForeignCertificate         a peer's certificate not signed by this fleet's CA
+    │   ├── CertificateRefused         a peer refused this node's certificate, and said why
     │   └── TLSHandshakeFailed
     ├── TransferError                  moving bytes between agents
     │   ├── HashMismatch               received bytes do not match the announced hash
@@ -119,6 +123,22 @@ class RoutesStale(UnknownPeer):
 
 class NodeRemoved(AuthError):
     """Node {} is not in the fleet ({}): it must join again with a new join token."""
+
+
+class CertificateExpired(AuthError):
+    """The certificate of {} expired on {}: {}."""
+
+
+class CertificateNotYetValid(AuthError):
+    """The certificate of {} is not valid before {}: check the clocks of this server and of the master (NTP)."""
+
+
+class ForeignCertificate(AuthError):
+    """{} presented a certificate not signed by this fleet's CA ({}): it belongs to another fleet, or was made by another master's CA. Join that node to this fleet with a join token from this master, or correct the address it was given."""
+
+
+class CertificateRefused(AuthError):
+    """{} refused this node's certificate: {}"""
 
 
 class TLSHandshakeFailed(AuthError):

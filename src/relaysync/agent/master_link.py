@@ -33,7 +33,15 @@ from relaysync.constants import (
     RECONNECT_MIN_S,
     REFUSED_RETRY_S,
 )
-from relaysync.errors import PeerRefused, ProtocolError, UnknownPeer
+from relaysync.errors import (
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateRefused,
+    ForeignCertificate,
+    PeerRefused,
+    ProtocolError,
+    UnknownPeer,
+)
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
@@ -161,41 +169,51 @@ class MasterLink:
             except Exception as exc:
                 if not is_link_error(exc):
                     raise
-                err = leaf_error(exc)
-                refused = isinstance(err, PeerRefused) and err.args[1:] == (
-                    ErrorCode.UNKNOWN_PEER.name,
-                )
-                if refused:
-                    logger.error(
-                        "the master refused this agent: %s. To join the fleet again, stop it, "
-                        "delete %s and start it with --token <a new join token>; asking "
-                        "again in %.0f s",
-                        err.args[0],
-                        self.identity_dir,
-                        REFUSED_RETRY_S,
-                    )
-                elif isinstance(err, UnknownPeer):
-                    logger.error(
-                        "control address %s answers with a certificate that is not the master's: "
-                        "%s; refused, will retry in %.1f s (if the master's control certificate "
-                        "was replaced, remove master_node_id from %s/master.json)",
-                        self.control_address,
-                        err,
-                        delay,
-                        self.identity_dir,
-                    )
-                else:
-                    logger.warning(
-                        "control link to master %s down, will retry in %.1f s: %s",
-                        self.control_address,
-                        delay,
-                        err or type(err).__name__,
-                    )
+                refused = self._log_failure(leaf_error(exc), delay)
             if self.connected:
                 delay = RECONNECT_MIN_S
             self.connected = False
             await anyio.sleep(REFUSED_RETRY_S if refused else delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def _log_failure(self, err: BaseException, delay: float) -> bool:
+        """Log why the session ended; True if the master refused this node (retry seldom)."""
+        if isinstance(err, PeerRefused) and err.args[1:] == (ErrorCode.UNKNOWN_PEER.name,):
+            logger.error(
+                "the master refused this agent: %s. To join the fleet again, stop it, "
+                "delete %s and start it with --token <a new join token>; asking "
+                "again in %.0f s",
+                err.args[0],
+                self.identity_dir,
+                REFUSED_RETRY_S,
+            )
+            return True
+        if isinstance(err, CertificateRefused):  # ours expired: the detail says when, what to do
+            logger.error("control link to master %s: %s", self.control_address, err)
+            return True
+        if isinstance(err, UnknownPeer):
+            logger.error(
+                "control address %s answers with a certificate that is not the master's: "
+                "%s; refused, will retry in %.1f s (if the master's control certificate "
+                "was replaced, remove master_node_id from %s/master.json)",
+                self.control_address,
+                err,
+                delay,
+                self.identity_dir,
+            )
+        elif isinstance(err, CertificateExpired | CertificateNotYetValid | ForeignCertificate):
+            logger.error(
+                "control link to master %s refused, retry in %.1f s: %s",
+                *(self.control_address, delay, err),
+            )
+        else:
+            logger.warning(
+                "control link to master %s down, will retry in %.1f s: %s",
+                self.control_address,
+                delay,
+                err or type(err).__name__,
+            )
+        return False
 
     async def _connect(self) -> FramedStream:
         """Connect to the master, and only to the master.

@@ -25,6 +25,7 @@ from relaysync._util.addresses import (
     join_address,
 )
 from relaysync._util.supervise import Serve, supervise
+from relaysync.auth.validity import check_current, rejoin_remedy, seconds_left, watch_expiry
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import (
@@ -88,6 +89,7 @@ class AgentService(SourceRole, TargetRole):
         self._tg: TaskGroup | None = None
         self._server: PeerServer | None = None
         self._assign_lock = anyio.Lock()
+        self._cert_pem = b""  # read at start: its expiry is a monitoring figure
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         capabilities = announced_capabilities(
@@ -138,6 +140,7 @@ class AgentService(SourceRole, TargetRole):
             )
             await self._apply_saved()
             tg.start_soon(self._supervised, self.link.serve, "control link to the master")
+            tg.start_soon(self._watch_certificate)
             await tg.start(self._supervised, self._serve_monitoring, "monitoring")
             logger.info(
                 "agent %s (node %s) serving peers on %s",
@@ -147,12 +150,33 @@ class AgentService(SourceRole, TargetRole):
             )
             task_status.started(peer_port)
 
+    async def _watch_certificate(self) -> None:
+        """A warning a month before this agent's certificate expires, daily (auth/validity.py)."""
+        await watch_expiry(
+            self.identity.cert_path,
+            f"this agent ({self.cfg.name})",
+            rejoin_remedy(self.identity.key_path.parent),
+        )
+
     def _ensure_identity(self) -> MasterPin:
+        """Join if this agent has no identity yet; refuse to start on an out-of-date one.
+
+        Raises:
+            CertificateExpired, CertificateNotYetValid: every peer and the master would refuse it.
+        """
         if self.identity.exists():
-            return read_master_file(self.identity)
-        if not self.cfg.token:
+            pin = read_master_file(self.identity)
+        elif not self.cfg.token:
             raise JoinRefused("this agent has no certificate yet and no --token was given")
-        return join(self.cfg, self.identity)
+        else:
+            pin = join(self.cfg, self.identity)
+        self._cert_pem = self.identity.cert_path.read_bytes()
+        check_current(
+            self._cert_pem,
+            f"this agent ({self.identity.cert_path})",
+            rejoin_remedy(self.identity.key_path.parent),
+        )
+        return pin
 
     @staticmethod
     async def _supervised(
@@ -318,6 +342,8 @@ class AgentService(SourceRole, TargetRole):
             sample("peer_bytes_sent", sum(link.bytes_sent for link in links)),
             sample("master_link_connected", bool(self.link and self.link.connected)),
         ]
+        if self._cert_pem:  # an operator's threshold (cert_expires_in_s < 2592000) alerts ahead
+            out.append(sample("cert_expires_in_s", seconds_left(self._cert_pem)))
         for name in self.refused_sources.values():  # its folder refused by agent/guard.py
             out.append(sample("source_failing", 1, mapping=name))
         for r in self.sources.values():

@@ -24,6 +24,7 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from relaysync.auth.ca import CertificateAuthority
+from relaysync.auth.validity import REPLACE_MASTER_CERT, seconds_left, watch_expiry
 from relaysync.config.load import split_address
 from relaysync.config.schema import MasterConfig
 from relaysync.constants import MASTER_NODE_NAME
@@ -76,6 +77,12 @@ def _default_join_token(path: Path, store: Store) -> str:
     return token
 
 
+async def _watch_control_certificate(cert_path: Path) -> None:
+    """A warning a month before the control certificate (which agents pin) expires, daily."""
+    remedy = REPLACE_MASTER_CERT.format(cert_path.parent)
+    await watch_expiry(cert_path, "the master's control server", remedy)
+
+
 class MasterService:
     def __init__(self, cfg: MasterConfig) -> None:
         self.cfg = cfg
@@ -122,7 +129,8 @@ class MasterService:
         saved_port = self.data_dir / "control-port"
         if cport == 0 and saved_port.exists():
             cport = int(saved_port.read_text())  # agents hold this address: keep it across restarts
-        monitor = self._monitor(store, events, joblog, lambda: set(control.links))
+        cert = identity.cert_path.read_bytes()
+        monitor = self._monitor(store, events, joblog, lambda: set(control.links), cert)
         router = Router(store, events, links_up=lambda: set(control.links))
         control = ControlServer(
             host=chost,
@@ -146,6 +154,7 @@ class MasterService:
                 control_port = await tg.start(control.serve)
                 await tg.start(Scheduler(store, events, control.notify_change).serve)
                 await tg.start(RetentionPruner(store).serve)  # job-log history past its retention
+                tg.start_soon(_watch_control_certificate, identity.cert_path)
                 self.control_address = f"{chost}:{control_port}"
                 saved_port.write_text(str(control_port))
                 app = create_app(
@@ -176,12 +185,18 @@ class MasterService:
             store.close()
 
     def _monitor(
-        self, store: Store, events: EventBus, joblog: JobLogWriter, links_up: Callable[[], set[str]]
+        self,
+        store: Store,
+        events: EventBus,
+        joblog: JobLogWriter,
+        links_up: Callable[[], set[str]],
+        cert_pem: bytes,
     ) -> MonitorService:
         watch = SelfWatch(
             store_ping=store.epoch,
             queue_length=lambda: len(joblog._queue),
             spooled_records=lambda: joblog.spooled_records,
+            cert_expires_in_s=lambda: seconds_left(cert_pem),
         )
         return MonitorService(
             store=store,

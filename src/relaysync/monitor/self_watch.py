@@ -1,4 +1,5 @@
-"""The master watching itself: its process (RSS, CPU), its store (reachable, latency), its queues."""
+"""The master watching itself: its process (RSS, CPU), its store (reachable, latency), its queues,
+and the expiry of its control certificate."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ class SelfWatch:
         store_ping: Callable[[], object],
         queue_length: Callable[[], int],
         spooled_records: Callable[[], int] = lambda: 0,
+        cert_expires_in_s: Callable[[], float] | None = None,
     ) -> None:
         self.store_ping = store_ping
         self.queue_length = queue_length
         self.spooled_records = spooled_records  # the job log's, on disk while the store is behind
+        self.cert_expires_in_s = cert_expires_in_s  # the control certificate's, agents pin it
         self.process = psutil.Process()
         self.process.cpu_percent(interval=None)  # prime: the next call measures from here
 
@@ -48,4 +51,6 @@ class SelfWatch:
             out.append(sample("store_latency_ms", (time.monotonic() - started) * 1000))
         out.append(sample("joblog_queue", self.queue_length()))
         out.append(sample("joblog_spooled_records", self.spooled_records()))
+        if self.cert_expires_in_s is not None:
+            out.append(sample("cert_expires_in_s", self.cert_expires_in_s()))
         return out

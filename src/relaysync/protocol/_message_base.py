@@ -70,6 +70,7 @@ class ErrorCode(enum.IntEnum):
     BASE_MISMATCH = 10  # a delta's base is not what the target holds: send the whole file
     ROUTES_STALE = 12  # sender and receiver run different routing epochs: retry, not a failed hop
     RESUME_LOST = 11  # the partial a resume refers to is gone: send the whole file
+    CERT_REFUSED = 13  # the sender's certificate is expired or not yet valid: the detail says when
     NOT_AUTHORIZED = 20  # purge listener: unknown site, bad HMAC, stale time or replayed nonce
     FOREIGN_URL = 21  # purge listener: the URL does not belong to the site
     PREFIX_NOT_EXPANDABLE = 22  # purge listener: a prefix no cache of the site can purge

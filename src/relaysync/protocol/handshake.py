@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
+import anyio
+
 from relaysync.constants import CAPABILITIES, PROTOCOL_VERSION
-from relaysync.errors import ConfigError, IncompatibleVersion, PeerRefused, ProtocolError
+from relaysync.errors import (
+    CertificateRefused,
+    ConfigError,
+    IncompatibleVersion,
+    LinkDown,
+    PeerRefused,
+    ProtocolError,
+)
 from relaysync.protocol.framing import FramedStream
-from relaysync.protocol.messages import Error, ErrorCode, Hello
+from relaysync.protocol.messages import AnyMessage, Error, ErrorCode, Hello
 
 
 def announced_capabilities(setting: str) -> tuple[str, ...]:
@@ -32,7 +41,10 @@ async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hell
     """Send our Hello and return the peer's (the caller bounds it with a timeout).
 
     Raises:
-        PeerRefused: the peer answered with an Error.
+        CertificateRefused: the peer refused our certificate (expired), and said why.
+        PeerRefused: the peer answered with another Error.
+        LinkDown: the peer closed a TLS connection before its Hello (it may refuse our
+            certificate: from another fleet's CA; TLS 1.3 gives us no alert then).
         IncompatibleVersion: the peer speaks another protocol version.
         ProtocolError: anything but a Hello came back.
     """
@@ -45,7 +57,10 @@ async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hell
             capabilities=CAPABILITIES,
         )
     )
-    hello = await framed.receive()
+    address = _address(framed)  # now: a closed transport no longer knows it
+    hello = await _first_answer(framed, address)
+    if isinstance(hello, Error) and hello.code == ErrorCode.CERT_REFUSED:
+        raise CertificateRefused(f"the node at {address}", hello.detail)
     if isinstance(hello, Error):
         raise PeerRefused(hello.detail, hello.code.name)
     if not isinstance(hello, Hello):
@@ -53,6 +68,24 @@ async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hell
     if hello.protocol_version != PROTOCOL_VERSION:
         raise IncompatibleVersion(hello.protocol_version, PROTOCOL_VERSION)
     return hello
+
+
+def _address(framed: FramedStream) -> str:
+    remote = framed.extra("peername")
+    return f"{remote[0]}:{remote[1]}" if isinstance(remote, tuple) else str(remote)
+
+
+async def _first_answer(framed: FramedStream, address: str) -> AnyMessage:
+    try:
+        return await framed.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        if framed.extra("ssl_object") is None:
+            raise
+        raise LinkDown(
+            address,
+            "it closed the connection after the TLS handshake, before its Hello: it may not "
+            "accept this node's certificate (one from another fleet's CA); its log says why",
+        ) from exc
 
 
 async def server_hello(

@@ -1,7 +1,8 @@
 """TLS 1.3 with mutual authentication between nodes; a node is its certificate's fingerprint.
 
 Certificates come from the master's CA. Peers are pinned by fingerprint (the node id), so
-host names are not checked. ssl errors are translated here, and only here.
+host names are not checked. Certificate dates are checked after the handshake (`check_dates`), so
+that a refusal names the date and reaches the client. ssl errors are translated here, and only here.
 """
 
 from __future__ import annotations
@@ -18,17 +19,33 @@ from pathlib import Path
 
 import anyio
 
+from relaysync.auth.validity import PEER_REMEDY, REJOIN_AGENT, check_current
 from relaysync.constants import (
+    CLOSE_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
     MAX_UNAUTHENTICATED,
     MAX_UNAUTHENTICATED_PER_ADDRESS,
     PREAUTH_MAX_MESSAGE_BYTES,
 )
-from relaysync.errors import LinkDown, RelaySyncError, TLSHandshakeFailed, UnknownPeer
+from relaysync.errors import (
+    CertificateExpired,
+    CertificateNotYetValid,
+    ForeignCertificate,
+    LinkDown,
+    RelaySyncError,
+    TLSHandshakeFailed,
+    UnknownPeer,
+)
 from relaysync.protocol.connection import first_byte, open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import Error, ErrorCode
 
 logger = logging.getLogger(__name__)
+
+NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME: dates are checked by check_dates instead
+# X509_V_ERR_* meaning the chain does not lead to our CA: no issuer certificate here (2, 20),
+# a bad signature (7: another fleet's CA has the same name as ours), self-signed (18, 19, 21)
+FOREIGN_CA_CODES = frozenset({2, 7, 18, 19, 20, 21})
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,11 @@ def _context(purpose: ssl.Purpose, identity: Identity) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False  # peers are pinned by certificate fingerprint instead
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # OpenSSL's own date check refuses an expired certificate with an alert that names no date
+    # and, in TLS 1.3, reaches a client only as a closed connection. The dates are checked right
+    # after the handshake instead (check_dates), before a frame is read, and the refusal says
+    # whose certificate, until when, and what to do.
+    ctx.verify_flags |= NO_CHECK_TIME
     ctx.load_cert_chain(str(identity.cert_path), str(identity.key_path))
     return ctx
 
@@ -79,18 +101,34 @@ def client_context(identity: Identity) -> ssl.SSLContext:
 
 
 @contextmanager
-def map_tls_errors(where: str) -> Iterator[None]:
-    """Translate ssl and socket errors of a handshake into relaysync errors."""
+def map_tls_errors(where: str, peer: str = "", *, accepting: bool = False) -> Iterator[None]:
+    """Translate ssl and socket errors of a handshake into relaysync errors.
+
+    Args:
+        peer: who the other end is, as ForeignCertificate names it ("the node at host:port").
+        accepting: the server side, where a client that refuses our certificate only resets.
+    """
     try:
         yield
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in FOREIGN_CA_CODES:
+            raise ForeignCertificate(peer or where, exc.verify_message) from exc
+        raise TLSHandshakeFailed(f"{where}: {exc.verify_message or exc.reason or exc}") from exc
     except ssl.SSLError as exc:
         raise TLSHandshakeFailed(f"{where}: {exc.reason or exc}") from exc
+    except ConnectionResetError as exc:
+        if not accepting:
+            raise LinkDown(where, exc or type(exc).__name__) from exc
+        raise LinkDown(
+            where,
+            "the client reset the connection during the TLS handshake: it may refuse this "
+            "node's certificate (expired, or from another fleet's CA); its log says why",
+        ) from exc
     except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
         raise LinkDown(where, exc or type(exc).__name__) from exc
 
 
-def peer_node_id(framed: FramedStream) -> str:
-    """Return the fingerprint of the peer's certificate on an established TLS connection."""
+def _peer_der(framed: FramedStream) -> bytes:
     ssl_object = framed.extra("ssl_object")
     der = (
         ssl_object.getpeercert(binary_form=True)
@@ -99,7 +137,33 @@ def peer_node_id(framed: FramedStream) -> str:
     )
     if not der:
         raise TLSHandshakeFailed("peer sent no certificate")
-    return fingerprint_der(der)
+    return der
+
+
+def peer_node_id(framed: FramedStream) -> str:
+    """Return the fingerprint of the peer's certificate on an established TLS connection."""
+    return fingerprint_der(_peer_der(framed))
+
+
+def check_dates(framed: FramedStream, whose: str, remedy: str) -> None:
+    """Refuse a peer certificate, or a CA certificate of ours, outside its validity period.
+
+    The contexts leave the dates to this check (NO_CHECK_TIME), so both ends of every TLS
+    connection call it right after the handshake.
+
+    Raises:
+        CertificateExpired, CertificateNotYetValid: the peer's certificate or our CA's.
+    """
+    check_current(_peer_der(framed), whose, remedy)
+    ssl_object = framed.extra("ssl_object")
+    context = ssl_object.context if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket) else None
+    for ca in context.get_ca_certs(binary_form=True) if context is not None else ():
+        check_current(
+            ca,
+            "this fleet's CA (ca.pem)",
+            "the fleet needs a new CA: move the master's ca/ directory away, restart it, and "
+            "join every agent again",
+        )
 
 
 def peer_common_name(framed: FramedStream) -> str:
@@ -149,14 +213,18 @@ async def connect(
 
     Raises:
         LinkDown: cannot connect in CONNECT_TIMEOUT_S.
-        TLSHandshakeFailed: the handshake failed (wrong CA, expired certificate, ...).
+        ForeignCertificate: the peer's certificate is not from this fleet's CA.
+        CertificateExpired, CertificateNotYetValid: the peer's certificate is out of date.
+        TLSHandshakeFailed: the handshake failed otherwise.
         UnknownPeer: the peer's fingerprint is not `expected_node_id`.
     """
     host, port = _split(address)
-    with map_tls_errors(f"connect {address}"):
+    with map_tls_errors(f"connect {address}", peer=f"the node at {address}"):
         framed = await open_framed(host, port, ssl_ctx=ctx, max_message_bytes=max_message_bytes)
     try:
         node = peer_node_id(framed)
+        who = f"node {peer_common_name(framed)!r} ({node[:16]}) at {address}"
+        check_dates(framed, who, PEER_REMEDY)
         if expected_node_id is not None and node != expected_node_id:
             raise UnknownPeer(node[:16])
     except BaseException:
@@ -192,8 +260,9 @@ async def serve_tls(
 
     With `plain_handler`, a client whose first byte is not a TLS handshake is handed to it
     instead (links an operator marked trusted; the handler must authenticate them itself).
-    A failed handshake (no certificate, one from another CA, an expired one, garbage) is
-    logged in one line and the connection closed; the server goes on. At most
+    A failed handshake (no certificate, one from another CA, garbage) is logged in one line
+    and the connection closed; the server goes on. A client certificate out of its dates is
+    logged the same way and the client told why in an Error(CERT_REFUSED) before the close. At most
     `max_unauthenticated` connections may be on their way to authenticating at once (so that
     connections that never do cannot take every file descriptor), and at most
     `max_unauthenticated_per_address` of them from one source address (so that one host cannot
@@ -235,7 +304,9 @@ async def serve_tls(
                 return
             use_tls = first == TLS_HANDSHAKE_BYTE
         try:
-            with map_tls_errors(f"accept from {remote}"):
+            with map_tls_errors(
+                f"accept from {remote}", f"a client connecting from {remote}", accepting=True
+            ):
                 # A plain client has proven nothing yet: small frames only until its handler
                 # authenticates it (a 5-byte header must not make us hold 4 MiB for it).
                 framed = await wrap_accepted(
@@ -247,7 +318,9 @@ async def serve_tls(
             logger.warning("refused connection: %s", exc)
             return
         if use_tls:
-            authenticated()  # mutual TLS: the peer holds a certificate of the fleet
+            if not await _client_dates_current(framed, remote):
+                return
+            authenticated()  # mutual TLS: the peer holds a current certificate of the fleet
         else:
             framed.on_authenticated = (
                 authenticated  # its handler says so (FramedStream.allow_messages)
@@ -258,6 +331,36 @@ async def serve_tls(
             framed.abort()  # the handler closed it gracefully already, or failed
 
     await serve_framed(host, port, accept, task_status=task_status)
+
+
+async def _client_dates_current(framed: FramedStream, remote: str) -> bool:
+    """Check an accepted client's certificate dates; refuse it (logged, told why) if out of them."""
+    try:
+        node = peer_node_id(framed)
+        who = f"node {peer_common_name(framed)!r} ({node[:16]}) connecting from {remote}"
+        check_dates(framed, who, REJOIN_AGENT)
+    except (CertificateExpired, CertificateNotYetValid) as exc:
+        logger.warning("refused connection: %s", exc)
+        await _refuse_certificate(framed, str(exc))
+        return False
+    return True
+
+
+async def _refuse_certificate(framed: FramedStream, detail: str) -> None:
+    """Tell a client why its certificate is refused, then close.
+
+    In TLS 1.3 a client's handshake ends before the server has checked its certificate, so a
+    TLS alert would reach it only as a closed connection; an Error frame says why, and when.
+    """
+    with anyio.move_on_after(CLOSE_TIMEOUT_S):
+        try:
+            await framed.send(Error(code=ErrorCode.CERT_REFUSED, detail=detail))
+            # its Hello: closing with it unread would reset the connection, and lose the Error
+            await framed.receive()
+            await framed.aclose()
+        except (RelaySyncError, OSError, anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+    framed.abort()
 
 
 class _Gate:
