@@ -78,11 +78,12 @@ def run(
     nodes = [f"{i:064x}" for i in range(n_targets + 1)]
     for i, node in enumerate(nodes):
         store.upsert_server(node_id=node, name=f"n{i}", region="r", group="g", address=f"n{i}:1")
-    mapping = store.create_mapping(
-        name=f"bench-{time.time_ns()}",
+    name = f"bench-{time.time_ns()}"
+    mapping = store.create_mapping(  # folders of its own: one server's targets must not nest
+        name=name,
         source="n0",
-        source_path="/srv/a",
-        targets=[(f"n{i}", "/srv/b") for i in range(1, n_targets + 1)],
+        source_path=f"/srv/{name}/a",
+        targets=[(f"n{i}", f"/srv/{name}/b") for i in range(1, n_targets + 1)],
     )
     times = []
     for r in range(rounds):
