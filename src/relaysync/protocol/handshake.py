@@ -28,8 +28,15 @@ def announced_capabilities(setting: str) -> tuple[str, ...]:
     return named
 
 
-async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hello:
-    """Send our Hello and return the peer's (the caller bounds it with a timeout).
+async def client_hello(
+    framed: FramedStream,
+    *,
+    node_id: str,
+    name: str,
+    capabilities: tuple[str, ...] = CAPABILITIES,
+) -> Hello:
+    """Send our Hello (announcing `capabilities`) and return the peer's (the caller bounds it
+    with a timeout).
 
     Raises:
         PeerRefused: the peer answered with an Error.
@@ -42,7 +49,7 @@ async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hell
             node_id=node_id,
             name=name,
             role="agent",
-            capabilities=CAPABILITIES,
+            capabilities=capabilities,
         )
     )
     hello = await framed.receive()
