@@ -83,13 +83,14 @@ async def _link(
 
 @asynccontextmanager
 async def _master(
-    fleet: Fleet, spool: Path, capabilities: tuple[str, ...] = CAPABILITIES
+    fleet: Fleet, spool: Path, capabilities: tuple[str, ...] = CAPABILITIES, in_memory: int = 2
 ) -> AsyncIterator[tuple[int, JobLogWriter]]:
-    """The real control server and a job-log writer holding 2 records in memory, the rest spooled."""
+    """The real control server and a job-log writer holding `in_memory` records in memory, the
+    rest spooled."""
     async with fleet.control_server() as (control, port):
         control.capabilities = capabilities
         control.joblog = writer = JobLogWriter(
-            fleet.store, fleet.events, spool_dir=spool, max_queued_records=2
+            fleet.store, fleet.events, spool_dir=spool, max_queued_records=in_memory
         )
         async with anyio.create_task_group() as tg:
             await tg.start(writer.serve)
@@ -152,5 +153,42 @@ def test_without_report_ack_on_either_side_nothing_is_acknowledged(
                 await framed.send(_report(m, src.node_id, web.node_id, 1))
                 await _until(lambda: writer.written_reports == 1)
                 assert not [x for x in await roundtrip(framed) if isinstance(x, ReportsTaken)]
+
+    anyio.run(main)
+
+
+def test_a_report_written_in_pieces_is_acknowledged_with_its_last_piece(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A record the store refuses is dropped alone; its report is taken (and acknowledged) once
+    the rest of it is written, and the next report after it."""
+    src, web = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet)
+    real = fleet.store.record_commit_reports
+
+    def record(reports: list[CommitReport]) -> None:
+        if any(rec.path == "poison.html" for r in reports for rec in r.records):
+            raise StoreError("record commit reports: value too long for type character varying")
+        real(reports)
+
+    monkeypatch.setattr(fleet.store, "record_commit_reports", record)
+    paths = ("f1.html", "poison.html", "f3.html")
+    records = tuple(CommitRecord(seq=i, op="write", path=p) for i, p in enumerate(paths, 1))
+    first = CommitReport(
+        mapping_id=m, source_node=src.node_id, target_node=web.node_id, watermark=3, records=records
+    )
+
+    async def main() -> None:
+        async with _master(fleet, tmp_path / "spool", in_memory=100) as (port, writer):
+            async with _link(port, web, CAPABILITIES) as framed:
+                await framed.send(first)
+                await framed.send(_report(m, src.node_id, web.node_id, 4))
+                with anyio.fail_after(TIMEOUT_S):
+                    while not (
+                        isinstance(x := await framed.receive(), ReportsTaken) and x.upto == 2
+                    ):
+                        pass
+            assert writer.dropped_records == 1 and writer.spooled_records == 0
+        assert sorted(r.seq for r in fleet.store.job_log(mapping_id=m)) == [1, 3, 4]
 
     anyio.run(main)
