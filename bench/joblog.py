@@ -5,6 +5,9 @@ per change, a watermark per target and the exceptions (DESIGN.md "Bookkeeping th
 This feeds one second's worth of that load (16 reports of 10,000 records, as the agents send
 them) straight into the store, in-process, and times it: the store keeps up if that takes
 under a second. Runs on SQLite, and on PostgreSQL too when RELAYSYNC_BENCH_PG_URL is set.
+Then, on SQLite, the same load through the master's job-log writer (master/joblog.py), in
+reports of MAX_REPORT_RECORDS as agents split them: the time of `add` (the control link's hot
+path) and of the flush, without and with a `taken` callback per report (report_ack links).
 
     python3 bench/joblog.py [--changes N] [--targets N]
 """
@@ -20,10 +23,48 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import anyio  # noqa: E402
 from _common import console, emit_json, goal, machine_info, median, print_machine  # noqa: E402
 
+from relaysync.master.events import EventBus  # noqa: E402
+from relaysync.master.joblog import JobLogWriter  # noqa: E402
 from relaysync.master.store import Store  # noqa: E402
-from relaysync.protocol.messages import CommitRecord, CommitReport  # noqa: E402
+from relaysync.protocol.messages import (  # noqa: E402
+    MAX_REPORT_RECORDS,
+    CommitRecord,
+    CommitReport,
+)
+
+
+def load(
+    mapping_id: int, source: str, targets: list[str], changes: int, first: int, per_report: int
+) -> list[CommitReport]:
+    """`changes` new changes committed on every target, in reports of `per_report` records."""
+    now = time.time()
+    return [
+        CommitReport(
+            mapping_id=mapping_id,
+            source_node=source,
+            target_node=t,
+            watermark=start + per_report - 1,
+            records=tuple(
+                CommitRecord(
+                    seq=q,
+                    op="write",
+                    path=f"site/d{q % 100}/f{q}.html",
+                    size=4096,
+                    wire_bytes=4200,
+                    duration_ms=1.0,
+                    committed_at=now,
+                    changed_at=now - 0.01,
+                )
+                for q in range(start, min(start + per_report, first + changes))
+            ),
+            route=("src",),
+        )
+        for start in range(first, first + changes, per_report)
+        for t in targets
+    ]
 
 
 def one_second(
@@ -37,30 +78,7 @@ def one_second(
     batched: bool,
 ) -> float:
     """Feed `changes` new changes committed on every target; return the seconds the store took."""
-    now = time.time()
-    reports = [
-        CommitReport(
-            mapping_id=mapping_id,
-            source_node=source,
-            target_node=t,
-            watermark=first + changes - 1,
-            records=tuple(
-                CommitRecord(
-                    seq=q,
-                    op="write",
-                    path=f"site/d{q % 100}/f{q}.html",
-                    size=4096,
-                    wire_bytes=4200,
-                    duration_ms=1.0,
-                    committed_at=now,
-                    changed_at=now - 0.01,
-                )
-                for q in range(first, first + changes)
-            ),
-            route=("src",),
-        )
-        for t in targets
-    ]
+    reports = load(mapping_id, source, targets, changes, first, changes)
     started = time.perf_counter()
     if batched:  # as master/joblog.py writes under load: everything queued since its last write
         store.record_commit_reports(reports)
@@ -70,24 +88,63 @@ def one_second(
     return time.perf_counter() - started
 
 
-def run(
-    url: str, label: str, changes: int, n_targets: int, rounds: int, *, batched: bool
-) -> list[float]:
+def through_writer(
+    url: str, changes: int, n_targets: int, rounds: int, *, acks: bool
+) -> tuple[float, float]:
+    """The load through JobLogWriter.add and a flush; returns the median ms of add, s of flush."""
+    store, mapping_id, nodes = _fleet(url, n_targets)
+    writer = JobLogWriter(store, EventBus())
+    taken = 0
+
+    def on_taken() -> None:
+        nonlocal taken
+        taken += 1
+
+    adds, flushes = [], []
+    for r in range(rounds):
+        reports = load(
+            mapping_id, nodes[0], nodes[1:], changes, 1 + r * changes, MAX_REPORT_RECORDS
+        )
+        started = time.perf_counter()
+        for report in reports:
+            writer.add(report, taken=on_taken if acks else None)
+        added = time.perf_counter()
+        anyio.run(writer.flush)
+        adds.append((added - started) * 1000)
+        flushes.append(time.perf_counter() - added)
+    assert taken == (len(reports) * rounds if acks else 0)
+    console.print(
+        f"  sqlite writer {'with' if acks else 'without'} acks: add {median(adds):.2f} ms, "
+        f"flush {median(flushes):.2f} s per second of load ({len(reports)} reports)"
+    )
+    store.close()
+    return median(adds), median(flushes)
+
+
+def _fleet(url: str, n_targets: int) -> tuple[Store, int, list[str]]:
     store = Store(url)
     store.migrate()
     nodes = [f"{i:064x}" for i in range(n_targets + 1)]
     for i, node in enumerate(nodes):
         store.upsert_server(node_id=node, name=f"n{i}", region="r", group="g", address=f"n{i}:1")
-    mapping = store.create_mapping(
-        name=f"bench-{time.time_ns()}",
+    name = f"bench-{time.time_ns()}"
+    mapping = store.create_mapping(  # folders of its own: one server's targets must not nest
+        name=name,
         source="n0",
-        source_path="/srv/a",
-        targets=[(f"n{i}", "/srv/b") for i in range(1, n_targets + 1)],
+        source_path=f"/srv/{name}/a",
+        targets=[(f"n{i}", f"/srv/{name}/b") for i in range(1, n_targets + 1)],
     )
+    return store, mapping.id, nodes
+
+
+def run(
+    url: str, label: str, changes: int, n_targets: int, rounds: int, *, batched: bool
+) -> list[float]:
+    store, mapping_id, nodes = _fleet(url, n_targets)
     times = []
     for r in range(rounds):
         seconds = one_second(
-            store, mapping.id, nodes[0], nodes[1:], changes, 1 + r * changes, batched=batched
+            store, mapping_id, nodes[0], nodes[1:], changes, 1 + r * changes, batched=batched
         )
         times.append(seconds)
         console.print(
@@ -132,6 +189,13 @@ def main() -> None:
                         seconds < 1.0,
                         f"{seconds:.2f} s",
                     )
+        for acks in (False, True):
+            add_ms, flush_s = through_writer(
+                f"sqlite:///{tmp}/master.db", args.changes, args.targets, args.rounds, acks=acks
+            )
+            key = "writer_acks" if acks else "writer"
+            results[f"add_ms_per_load_second_{key}"] = round(add_ms, 2)
+            results[f"flush_seconds_per_load_second_{key}"] = round(flush_s, 3)
     emit_json(results)
 
 

@@ -6,7 +6,10 @@ PROTOCOL_VERSION = 1
 # peer that announced it, so nodes of one protocol version but different releases interoperate.
 CAP_SMALL_FILE = "small_file"  # SmallFile: a file of at most SMALL_FILE_BYTES in one message
 CAP_RENAME_RESEND = "rename_resend"  # a sender that resends a rename's new path whole when the target lacks its source
-CAPABILITIES = (CAP_SMALL_FILE, CAP_RENAME_RESEND)
+# Control link: an agent that keeps its commit reports until the master says they are taken
+# (ReportsTaken), and a master that says so; either side without it sends and forgets.
+CAP_REPORT_ACK = "report_ack"
+CAPABILITIES = (CAP_SMALL_FILE, CAP_RENAME_RESEND, CAP_REPORT_ACK)
 MAX_CAPABILITIES = 64  # a Hello announcing more is hostile
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything larger is hostile

@@ -7,6 +7,10 @@ on (agent/enrollment.py). Any other fleet certificate is refused before anything
 
 Error handling: any failure drops the link and it reconnects with backoff; the agent keeps
 running on its last assignment meanwhile, and commit reports wait in a bounded queue. A master
+that announces CAP_REPORT_ACK says which reports it has taken durably (`ReportsTaken`); the
+others stay queued and go again, first and in order, on the next session, so a kill of the
+master loses none (master/report_acks.py). With an older master, reports are sent and forgotten.
+Past MAX_QUEUED_REPORTS the oldest report is dropped, with a warning. A master
 that refuses this node (removed from the fleet) is logged as an error and asked again only
 every REFUSED_RETRY_S: the node must join again with a new token.
 Resource handling: one connection at a time; a reader and a writer task per connection.
@@ -24,6 +28,8 @@ import msgspec
 
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
+    CAP_REPORT_ACK,
+    CAPABILITIES,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     MASTER_NODE_NAME,
@@ -60,6 +66,7 @@ from relaysync.protocol.messages import (
     Pong,
     Register,
     ReleaseReport,
+    ReportsTaken,
 )
 from relaysync.transfer import tls
 from relaysync.transfer.removal import removed_bytes
@@ -68,7 +75,9 @@ from .advertise import route_address
 
 logger = logging.getLogger(__name__)
 
-MAX_QUEUED_REPORTS = 100_000  # oldest reports are dropped past this (watermarks come again)
+# Reports kept, sent or not, until the master took them; the oldest are dropped past this
+# (watermarks come again with the next report, but the dropped records miss in the job log).
+MAX_QUEUED_REPORTS = 100_000
 
 
 class MasterLink:
@@ -88,6 +97,7 @@ class MasterLink:
         identity_dir: str = "the agent's identity directory",
         advertise_route_port: int | None = None,
         advertise_route_ipv4_only: bool = False,
+        capabilities: tuple[str, ...] = CAPABILITIES,
     ) -> None:
         """
         Args:
@@ -101,6 +111,7 @@ class MasterLink:
                 address changed by DHCP or a failover reaches the master at the next reconnect.
             advertise_route_ipv4_only: the peer server takes IPv4 only (0.0.0.0): a session
                 that goes out over IPv6 keeps the address registered before.
+            capabilities: announced in our Hello (fewer: act as an older release).
         """
         self.control_address = control_address
         self.ctx = ctx
@@ -114,9 +125,14 @@ class MasterLink:
         self.advertise_route_ipv4_only = advertise_route_ipv4_only
         self.on_assignment = on_assignment
         self.connected = False
-        self._reports: collections.deque[CommitReport] = collections.deque(
-            maxlen=MAX_QUEUED_REPORTS
-        )
+        self.capabilities = capabilities
+        self._reports: collections.deque[CommitReport] = collections.deque()  # not yet sent
+        # Sent on this session and not yet taken by the master (if it says so: `_acking`);
+        # `_acked` of this session's reports are taken or dropped, the first of these is next.
+        self._unacked: collections.deque[CommitReport] = collections.deque()
+        self._acked = 0
+        self._acking = False
+        self.dropped_reports = 0  # past MAX_QUEUED_REPORTS (logged)
         self._wake = anyio.Event()
         self._releases: dict[int, ReleaseReport] = {}
         self._notices: collections.deque[MassDeleteHeld | HopFailed] = collections.deque(
@@ -145,6 +161,8 @@ class MasterLink:
     def report(self, report: CommitReport) -> None:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES (call on the loop)."""
         for records in _runs(report.records):
+            if len(self._reports) + len(self._unacked) >= MAX_QUEUED_REPORTS:
+                self._drop_oldest()
             self._reports.append(
                 make_report(
                     report.mapping_id,
@@ -156,6 +174,29 @@ class MasterLink:
                 )
             )
         self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        if self._unacked:
+            self._unacked.popleft()
+            self._acked += 1  # the next one keeps its number in the session
+        else:
+            self._reports.popleft()
+        self.dropped_reports += 1
+        if self.dropped_reports == 1 or self.dropped_reports % 10_000 == 0:
+            logger.warning(
+                "commit reports for the master: over %s queued, dropped the oldest "
+                "(%s so far; their records miss in the job log)",
+                MAX_QUEUED_REPORTS,
+                self.dropped_reports,
+            )
+
+    def _taken(self, upto: int) -> None:
+        """The master took the first `upto` reports of this session: forget them."""
+        if upto > self._acked + len(self._unacked):
+            raise ProtocolError(f"reports_taken: {upto} reports, but fewer were sent")
+        while self._acked < upto:
+            self._unacked.popleft()
+            self._acked += 1
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -247,9 +288,13 @@ class MasterLink:
         framed = await self._connect()
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-                await client_hello(framed, node_id=self.node_id, name=self.name)
+                hello = await client_hello(
+                    framed, node_id=self.node_id, name=self.name, capabilities=self.capabilities
+                )
                 self._advertise_route(framed)
                 await framed.send(self.register)
+            ours, theirs = set(self.capabilities), set(hello.capabilities)
+            self._acking = CAP_REPORT_ACK in ours & theirs
             self.connected = True
             self._releases_unsent = bool(self._releases)
             logger.info("control link to master %s up", self.control_address)
@@ -257,6 +302,12 @@ class MasterLink:
                 tg.start_soon(self._read_loop, framed)
                 await self._write_loop(framed)
         finally:
+            # Not taken: sent again, first and in order, on the next session.
+            self._reports.extendleft(reversed(self._unacked))
+            self._unacked.clear()
+            self._acked, self._acking = 0, False
+            if self._reports:
+                self._wake.set()  # the next session's write loop sends them at once
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
 
@@ -292,6 +343,8 @@ class MasterLink:
                     await framed.send(Pong(nonce=message.nonce))
                 case Pong():
                     pass
+                case ReportsTaken() if self._acking:
+                    self._taken(message.upto)
                 case Error():
                     raise PeerRefused(message.detail, message.code.name)
                 case _:
@@ -318,10 +371,14 @@ class MasterLink:
             # send is in flight the reports of a burst gather in the queue for the next one.
             while self._reports:
                 batch = [self._reports.popleft() for _ in range(min(len(self._reports), 64))]
+                merged = _merge(batch)
+                if self._acking:  # kept until taken: whatever of them the master missed goes again
+                    self._unacked.extend(merged)
                 try:
-                    await framed.send_many(list(_merge(batch)))
+                    await framed.send_many(list(merged))
                 except BaseException:
-                    self._reports.extendleft(reversed(batch))
+                    if not self._acking:
+                        self._reports.extendleft(reversed(batch))
                     raise
 
 

@@ -137,6 +137,7 @@ class AgentService(SourceRole, TargetRole):
                 if follows_route(self.cfg.advertise_host, host)
                 else None,
                 advertise_route_ipv4_only=listens_ipv4_only(host),
+                capabilities=capabilities,
             )
             await self._apply_saved()
             tg.start_soon(self._supervised, self.link.serve, "control link to the master")

@@ -58,9 +58,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Peer names whose sessions this agent refuses, comma-separated: a firewall rule between
     # two servers, for drills and tests of the bypass routes. Empty in production.
     refuse_peers: str = ""
-    # Optional message kinds this agent's peer server announces (constants.CAPABILITIES),
-    # comma-separated; "*" = all this release has. Fewer makes it act as an older release, for
-    # drills and tests of a fleet upgraded one server at a time. "*" in production.
+    # Optional message kinds this agent's peer server and control link announce
+    # (constants.CAPABILITIES), comma-separated; "*" = all this release has. Fewer makes it act
+    # as an older release, for drills and tests of a fleet upgraded one server at a time. "*"
+    # in production.
     capabilities: str = "*"
     # Folders under which this agent accepts source and target folders, comma-separated
     # (e.g. "/srv,/var/www"); "" = anywhere but system folders and its own data directory

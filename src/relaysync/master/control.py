@@ -2,12 +2,13 @@
 
 A link is its certificate: the node id is the certificate's fingerprint, and the node must have
 joined (a row in the store) and not have been removed (revoked); its name is the one it joined
-with, whatever its Register says. What a link reports is believed only for the node itself:
-a CommitReport for its own target folders (target_node is the link's node, a target of the
-mapping, and the mapping's source is the report's source); ReleaseReport and MassDeleteHeld
-from the mapping's source; HopFailed from a source or target of the mapping about one of its
-targets. Anything else is dropped, counted in `refused` and logged (a report naming another
-target is also an `alarm` event: no agent sends one).
+with, whatever its Register says. What a link reports is believed only for the node itself: a
+CommitReport for its own target folders (target_node is the link's node, a target of the
+mapping, and the mapping's source is the report's source; acknowledged once the job log took
+it, master/report_acks.py); ReleaseReport and MassDeleteHeld from the mapping's source;
+HopFailed from a source or target of the mapping about one of its targets. Anything else is
+dropped, counted in `refused` and logged (a report naming another target is also an `alarm`
+event: no agent sends one).
 
 Error handling: a link that fails its handshake or sends a bad frame is closed; the agent
 reconnects. A node that is unknown or removed is told so (`Error(UNKNOWN_PEER)`) and closed.
@@ -20,6 +21,7 @@ Resource handling: one task per agent link; pushes to an agent go through its ow
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import ssl
 import time
@@ -34,6 +36,8 @@ from relaysync._util.addresses import address_problem
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.auth.ca import is_master_name
 from relaysync.constants import (
+    CAP_REPORT_ACK,
+    CAPABILITIES,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     MASTER_UNAUTHENTICATED_PER_ADDRESS,
@@ -42,6 +46,8 @@ from relaysync.constants import (
 from relaysync.errors import NodeRemoved, NotFound, ProtocolError, RelaySyncError
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
+from relaysync.master.mapping_members import MappingMembers
+from relaysync.master.report_acks import ReportAcks
 from relaysync.master.router import Router
 from relaysync.master.store.store import Store
 from relaysync.protocol.connection import ACCEPT_BACKLOG
@@ -66,7 +72,6 @@ from relaysync.transfer import tls
 logger = logging.getLogger(__name__)
 
 REMOVED_WAIT_S = 60.0  # the removal watcher's long poll on the event bus
-_Members = tuple[str, frozenset[str]]  # a mapping's source node and target nodes
 MAX_REFUSED_FIGURES_LOGGED = 100  # per link: a hostile agent cannot grow the log or the set
 
 
@@ -79,6 +84,7 @@ class _AgentLink:
     epoch_acked: int = -1
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     refused_figures: set[str] = field(default_factory=set)  # each is logged once per link
+    acks: ReportAcks | None = None  # the agent keeps its reports until told they are taken
 
 
 class ControlServer:
@@ -95,8 +101,10 @@ class ControlServer:
         joblog: JobLogWriter,
         on_metrics: Callable[[str, str, MetricsReport], None] | None = None,
         router: Router | None = None,
+        capabilities: tuple[str, ...] = CAPABILITIES,
     ) -> None:
         self.host, self.port = host, port
+        self.capabilities = capabilities  # announced in our Hello (fewer: act as an older release)
         self.ctx = ctx
         self.store = store
         self.events = events
@@ -106,15 +114,13 @@ class ControlServer:
         self.links: dict[str, _AgentLink] = {}
         self.refused: collections.Counter[str] = collections.Counter()  # dropped messages, by kind
         self._changed = anyio.Event()
-        # (config epoch, members by mapping id): whom a mapping's reports may come from
-        self._members: tuple[int, dict[int, _Members]] | None = None
+        self._members = MappingMembers(store)  # whom a mapping's reports may come from
 
     def notify_change(self) -> None:
         """Mappings or servers changed: push fresh assignments (callable from any thread).
 
-        The members cached for `_believed` go too: a positive answer is not checked against the
-        epoch, so a target removed from a mapping would otherwise still be believed."""
-        self._members = None
+        The members cached for `_believed` go too (MappingMembers.forget)."""
+        self._members.forget()
         try:
             anyio.from_thread.run_sync(self._changed.set)
         except RuntimeError:
@@ -206,8 +212,9 @@ class ControlServer:
         node_id = tls.peer_node_id(framed)
         link: _AgentLink | None = None
         try:
-            register = await self._handshake(framed, node_id)
+            register, acking = await self._handshake(framed, node_id)
             link = await self._admit(framed, node_id, register)
+            link.acks = ReportAcks() if acking else None
             await self._register(link, register)
             await self._read_loop(link)
         except NodeRemoved as removed:
@@ -237,19 +244,19 @@ class ControlServer:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
 
-    async def _handshake(self, framed: FramedStream, node_id: str) -> Register:
+    async def _handshake(self, framed: FramedStream, node_id: str) -> tuple[Register, bool]:
         with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-            await server_hello(framed, node_id="", name="master", role="master")
+            hello = await server_hello(
+                framed, node_id="", name="master", role="master", capabilities=self.capabilities
+            )
             register = await framed.receive()
         if not isinstance(register, Register):
             raise ProtocolError("expected Register")
-        return register
+        return register, CAP_REPORT_ACK in set(hello.capabilities) & set(self.capabilities)
 
     def _mark_down(self, node_id: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):  # removed meanwhile: nothing to mark
             self.store.set_server_state(node_id, "down", time.time())
-        except NotFound:  # removed meanwhile: nothing to mark
-            pass
 
     async def _admit(self, framed: FramedStream, node_id: str, register: Register) -> _AgentLink:
         """Note a joined node's registration in the store; refuse one that is unknown or removed.
@@ -314,22 +321,36 @@ class ControlServer:
         self._changed.set()  # its address may have changed: others get fresh peers
 
     async def _read_loop(self, link: _AgentLink) -> None:
+        async with anyio.create_task_group() as tg:
+            if link.acks is not None:
+                tg.start_soon(link.acks.serve, link.framed, link.lock)
+            await self._read_messages(link)
+
+    async def _read_messages(self, link: _AgentLink) -> None:
         last_seen = time.time()
         while True:
             with anyio.fail_after(RECEIVE_TIMEOUT_S):
                 message = await link.framed.receive()
             now = time.time()
-            if await self._believed(link, message):
+            if isinstance(message, CommitReport):
+                await self._take_report(link, message)
+            elif await self._believed(link, message):
                 await self._handle_message(link, message)
             if now - last_seen > 5.0:
                 last_seen = now
                 await anyio.to_thread.run_sync(self.store.set_server_state, link.node_id, "up", now)
 
+    async def _take_report(self, link: _AgentLink, report: CommitReport) -> None:
+        """Queue a report the link is believed for, acknowledged once the job log takes it."""
+        taken = link.acks.receive() if link.acks is not None else None
+        if await self._believed(link, report):
+            self.joblog.add(report, taken=taken)
+        elif taken is not None:
+            taken()  # dropped: it would be dropped again
+
     async def _handle_message(self, link: _AgentLink, message: object) -> None:
         """Act on one message the link is believed for."""
         match message:
-            case CommitReport():
-                self.joblog.add(message)
             case MetricsReport():
                 report, refused = message.usable()
                 for why in sorted(set(refused) - link.refused_figures):
@@ -408,7 +429,7 @@ class ControlServer:
                     )
                     return False
                 kind = "commit_report"
-                ok = await self._member(
+                ok = await self._members.allow(
                     message.mapping_id,
                     lambda m: m[0] == message.source_node and link.node_id in m[1],
                 )
@@ -416,10 +437,10 @@ class ControlServer:
                 kind = (
                     "release_report" if isinstance(message, ReleaseReport) else "mass_delete_held"
                 )
-                ok = await self._member(message.mapping_id, lambda m: m[0] == link.node_id)
+                ok = await self._members.allow(message.mapping_id, lambda m: m[0] == link.node_id)
             case HopFailed():
                 kind = "hop_failed"
-                ok = await self._member(
+                ok = await self._members.allow(
                     message.mapping_id,
                     lambda m: (
                         message.child in m[1] and (link.node_id == m[0] or link.node_id in m[1])
@@ -432,27 +453,6 @@ class ControlServer:
                 link, kind, message.mapping_id, f"a {type(message).__name__} it has no part in"
             )
         return ok
-
-    async def _member(self, mapping_id: int, allowed: Callable[[_Members], bool]) -> bool:
-        """Whether `allowed` holds for the mapping's members; on a miss, the members are read
-        again if the config epoch moved since (a mapping created or edited meanwhile)."""
-        cached = self._members
-        found = cached[1].get(mapping_id) if cached is not None else None
-        if found is not None and allowed(found):
-            return True
-        members = await anyio.to_thread.run_sync(self._read_members)
-        found = members.get(mapping_id)
-        return found is not None and allowed(found)
-
-    def _read_members(self) -> dict[int, _Members]:
-        """The mappings' members as of the store's config epoch (in a worker thread)."""
-        epoch = self.store.epoch()  # read first: members read after it are at least that new
-        cached = self._members
-        if cached is not None and cached[0] == epoch:
-            return cached[1]
-        members = self.store.mapping_members()
-        self._members = (epoch, members)
-        return members
 
     def _refuse(
         self, link: _AgentLink, kind: str, mapping_id: int, what: str, *, alarm: bool = False

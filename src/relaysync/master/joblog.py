@@ -29,16 +29,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import msgspec
 
 from relaysync.constants import JOB_LOG_FLUSH_INTERVAL_S
 from relaysync.errors import StoreError
+from relaysync.master._joblog_parts import Spooling, halves, log_failure, log_spool_failure
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog_spool import JobLogSpool
+from relaysync.master.report_acks import Receipts
 from relaysync.master.store import store_unavailable
 from relaysync.master.store.store import Store
 from relaysync.protocol.messages import CommitReport
@@ -84,13 +84,14 @@ class JobLogWriter:
         self._subscribers: list[Callable[[CommitReport], None]] = []
         self._spool = JobLogSpool(spool_dir) if spool_dir is not None else None
         self.max_queued_records = max_queued_records
-        self._spooling: _Spooling | None = None  # from the bound passed until the spool is drained
+        self._spooling: Spooling | None = None  # from the bound passed until the spool is drained
         self._tail: list[CommitReport] = []  # reports taken while spooling, not yet on disk
         self._tail_records = 0
         self._appending_records = 0  # the tail being appended to the spool
         self._spool_wake = anyio.Event()
         self._spool_lock = anyio.Lock()  # one spool call at a time (each in a worker thread)
         self._loaded = False  # the queue holds reports read back from the spool, not released
+        self._receipts = Receipts()  # what to call once a report is in the store or spool
 
     @property
     def spooled_records(self) -> int:
@@ -109,7 +110,12 @@ class JobLogWriter:
         it must not block: the purger needs commits within milliseconds, not per flush)."""
         self._subscribers.append(callback)
 
-    def add(self, report: CommitReport) -> None:
+    def add(self, report: CommitReport, *, taken: Callable[[], None] | None = None) -> None:
+        """Queue a report; `taken()` is called once it is in the store or the spool (it then
+        survives a kill of the master), on the loop's thread; never for one that is lost (a
+        failed write to the spool on stop) but for one the store refuses (dropped, logged)."""
+        if taken is not None:
+            self._receipts.hold(report, taken)
         key = (report.mapping_id, report.source_node, report.target_node)
         if report.watermark > self.watermarks.get(key, 0):
             self.watermarks[key] = report.watermark
@@ -151,7 +157,7 @@ class JobLogWriter:
 
     def _start_spooling(self, replayed: int = 0) -> None:
         assert self._spool is not None
-        self._spooling = _Spooling(started=time.monotonic(), replayed=replayed)
+        self._spooling = Spooling(started=time.monotonic(), replayed=replayed)
         if replayed:
             logger.warning(
                 "job log: %s records spooled to %s by the last run, writing them first",
@@ -187,7 +193,7 @@ class JobLogWriter:
         try:
             replayed = await anyio.to_thread.run_sync(self._spool.open)
         except Exception as exc:  # the job log goes on, in memory only; the files stay
-            _log_spool_failure(
+            log_spool_failure(
                 logging.ERROR,
                 exc,
                 "job log: cannot open the spool %s, queueing in memory only: %s",
@@ -235,7 +241,7 @@ class JobLogWriter:
         except Exception as exc:
             self._failures += 1
             if self._failures < MAX_BATCH_ATTEMPTS or store_unavailable(exc):
-                _log_failure(
+                log_failure(
                     exc, "job log write failed (%s in a row), will retry: %s", self._failures
                 )
                 self._requeue(batch)
@@ -273,6 +279,7 @@ class JobLogWriter:
                 return
             finally:
                 self._appending_records = 0
+            self._receipts.taken(tail)
         if self._spooling is not None:
             self._spooling.spooled += records
             if self._spooling.failing:
@@ -283,7 +290,7 @@ class JobLogWriter:
         assert self._spool is not None and self._spooling is not None
         if not self._spooling.failing:  # once per run of failures: they come every flush
             self._spooling.failing = True
-            _log_spool_failure(
+            log_spool_failure(
                 logging.ERROR,
                 exc,
                 "job log: cannot write to the spool %s, keeping its reports in memory "
@@ -321,7 +328,7 @@ class JobLogWriter:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self._spool.release)
             except Exception as exc:  # tried again after the next batch; a stop repeats them
-                _log_spool_failure(
+                log_spool_failure(
                     logging.WARNING,
                     exc,
                     "job log: releasing written reports from the spool failed, will retry: %s",
@@ -356,8 +363,9 @@ class JobLogWriter:
         for save, reports in ((spool.prepend, queue), (spool.append, self._tail)):
             try:
                 await anyio.to_thread.run_sync(save, reports)
+                self._receipts.taken(reports)
             except Exception as exc:
-                _log_spool_failure(
+                log_spool_failure(
                     logging.ERROR,
                     exc,
                     "job log: %s records lost: cannot write them to the spool %s: %s",
@@ -381,6 +389,7 @@ class JobLogWriter:
     async def _write(self, reports: list[CommitReport]) -> None:
         await anyio.to_thread.run_sync(self.store.record_commit_reports, reports)
         self.written_reports += len(reports)
+        self._receipts.taken(reports)
         if any(rec.conflict for report in reports for rec in report.records):
             await self._record_conflicts(reports)
 
@@ -404,7 +413,7 @@ class JobLogWriter:
                 await self._write(piece)
             except Exception as failure:
                 if store_unavailable(failure):
-                    _log_failure(failure, "job log write failed, will retry: %s")
+                    log_failure(failure, "job log write failed, will retry: %s")
                     return [r for p in (piece, *reversed(pending)) for r in p]
                 self._split_or_drop(piece, failure, pending)
             except BaseException:  # cancelled: what is left stays queued for the stop
@@ -415,15 +424,18 @@ class JobLogWriter:
     def _split_or_drop(
         self, piece: list[CommitReport], exc: Exception, pending: list[list[CommitReport]]
     ) -> None:
-        halves = _halves(piece)
-        if halves is None:
+        split = halves(piece)
+        if split is None:
             self._drop(piece[0], exc)
-        else:
-            pending.extend(reversed(halves))
+            return
+        if len(piece) == 1:  # a report's records in two: taken with its last half
+            self._receipts.move(piece[0], split[1][0])
+        pending.extend(reversed(split))
 
     def _drop(self, report: CommitReport, exc: Exception) -> None:
         """Give up on a report of at most one record: the store refuses what it holds."""
         self.dropped_records += len(report.records)
+        self._receipts.taken([report])  # sent again, it would be refused again
         rec = report.records[0] if report.records else None
         logger.error(
             "job log: dropped a commit record the store refuses: mapping %s, source %s, "
@@ -443,7 +455,7 @@ class JobLogWriter:
         try:
             conflicts = await anyio.to_thread.run_sync(self.store.nm_jobs.record_conflicts, batch)
         except Exception as exc:  # the change rows are written; only the conflict list misses these
-            _log_failure(exc, "conflict log write failed: %s")
+            log_failure(exc, "conflict log write failed: %s")
             return
         for c in conflicts:
             self.events.publish(
@@ -458,42 +470,3 @@ class JobLogWriter:
                 winner=c.winner_node,
                 loser=c.loser_node,
             )
-
-
-@dataclass
-class _Spooling:
-    """A run of the spool, from the bound passed (or a start with a spool left) to drained."""
-
-    started: float  # time.monotonic()
-    replayed: int = 0  # records left by the last run
-    spooled: int = 0  # records appended since
-    failing: bool = False  # the last append failed (logged once)
-
-
-def _log_failure(exc: Exception, message: str, *args: object) -> None:
-    """A store failure as a warning; anything else (a bug) with its traceback."""
-    expected = isinstance(exc, StoreError)
-    logger.warning(message, *args, exc if expected else repr(exc), exc_info=not expected)
-
-
-def _log_spool_failure(level: int, exc: Exception, message: str, *args: object) -> None:
-    """A disk failure (OSError) as it is; anything else (a bug) with its traceback."""
-    expected = isinstance(exc, OSError)
-    logger.log(level, message, *args, exc if expected else repr(exc), exc_info=not expected)
-
-
-def _halves(piece: list[CommitReport]) -> list[list[CommitReport]] | None:
-    """A piece split in two: its reports, or a lone report's records; None: a single record.
-
-    Each half of a report carries its watermark: writing it again changes nothing."""
-    if len(piece) > 1:
-        middle = len(piece) // 2
-        return [piece[:middle], piece[middle:]]
-    (report,) = piece
-    if len(report.records) <= 1:
-        return None
-    middle = len(report.records) // 2
-    return [
-        [msgspec.structs.replace(report, records=report.records[:middle])],
-        [msgspec.structs.replace(report, records=report.records[middle:])],
-    ]

@@ -221,6 +221,19 @@ class CommitReport(Message, frozen=True, tag="commit_report"):
         return len(self.records) + len(self.route) + sum(len(r.removed) for r in self.records)
 
 
+class ReportsTaken(Message, frozen=True, tag="reports_taken"):
+    """Master -> agent, to an agent that announced CAP_REPORT_ACK: the first `upto` commit
+    reports of this session are in the job log's store or spool (they survive a kill of the
+    master), so the agent may forget them. Reports are counted per session, from 1, in the
+    order they were sent; an agent resends the others on its next session."""
+
+    upto: UInt63
+
+    def validate(self) -> None:
+        if self.upto < 1:
+            raise ProtocolError("reports_taken: upto must be at least 1")
+
+
 class HopFailed(Message, frozen=True, tag="hop_failed"):
     """Agent -> master: this agent could not stream mapping `mapping_id` to `child` (connect or
     transfer error, or the child refused it). The master re-plans around the hop."""

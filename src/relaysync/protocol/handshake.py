@@ -37,8 +37,15 @@ def announced_capabilities(setting: str) -> tuple[str, ...]:
     return named
 
 
-async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hello:
-    """Send our Hello and return the peer's (the caller bounds it with a timeout).
+async def client_hello(
+    framed: FramedStream,
+    *,
+    node_id: str,
+    name: str,
+    capabilities: tuple[str, ...] = CAPABILITIES,
+) -> Hello:
+    """Send our Hello (announcing `capabilities`) and return the peer's (the caller bounds it
+    with a timeout).
 
     Raises:
         CertificateRefused: the peer refused our certificate (expired), and said why.
@@ -54,7 +61,7 @@ async def client_hello(framed: FramedStream, *, node_id: str, name: str) -> Hell
             node_id=node_id,
             name=name,
             role="agent",
-            capabilities=CAPABILITIES,
+            capabilities=capabilities,
         )
     )
     address = _address(framed)  # now: a closed transport no longer knows it

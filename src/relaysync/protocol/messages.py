@@ -36,6 +36,7 @@ from relaysync.protocol._control_messages import (
     PeerInfo,
     Register,
     ReleaseReport,
+    ReportsTaken,
     RouteHop,
     TargetSpec,
     nodes_below,
@@ -161,6 +162,7 @@ __all__ = [
     "PurgeNotice",
     "Register",
     "ReleaseReport",
+    "ReportsTaken",
     "Rename",
     "RouteHop",
     "SetAttr",
@@ -242,6 +244,7 @@ AnyMessage = (
     | ReleaseReport
     | MassDeleteHeld
     | CommitReport
+    | ReportsTaken
     | OpenMapping
     | MappingState
     | DigestRequest

@@ -1,0 +1,53 @@
+"""Parts of the job-log writer (master/joblog.py): a run of its spool, its failure logging, and
+the split of a piece of a batch the store keeps refusing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import msgspec
+
+from relaysync.errors import StoreError
+from relaysync.protocol.messages import CommitReport
+
+logger = logging.getLogger("relaysync.master.joblog")  # the writer's own messages
+
+
+@dataclass
+class Spooling:
+    """A run of the spool, from the bound passed (or a start with a spool left) to drained."""
+
+    started: float  # time.monotonic()
+    replayed: int = 0  # records left by the last run
+    spooled: int = 0  # records appended since
+    failing: bool = False  # the last append failed (logged once)
+
+
+def log_failure(exc: Exception, message: str, *args: object) -> None:
+    """A store failure as a warning; anything else (a bug) with its traceback."""
+    expected = isinstance(exc, StoreError)
+    logger.warning(message, *args, exc if expected else repr(exc), exc_info=not expected)
+
+
+def log_spool_failure(level: int, exc: Exception, message: str, *args: object) -> None:
+    """A disk failure (OSError) as it is; anything else (a bug) with its traceback."""
+    expected = isinstance(exc, OSError)
+    logger.log(level, message, *args, exc if expected else repr(exc), exc_info=not expected)
+
+
+def halves(piece: list[CommitReport]) -> list[list[CommitReport]] | None:
+    """A piece split in two: its reports, or a lone report's records; None: a single record.
+
+    Each half of a report carries its watermark: writing it again changes nothing."""
+    if len(piece) > 1:
+        middle = len(piece) // 2
+        return [piece[:middle], piece[middle:]]
+    (report,) = piece
+    if len(report.records) <= 1:
+        return None
+    middle = len(report.records) // 2
+    return [
+        [msgspec.structs.replace(report, records=report.records[:middle])],
+        [msgspec.structs.replace(report, records=report.records[middle:])],
+    ]

@@ -1,0 +1,191 @@
+"""An agent's commit reports outlive the master's sessions: the real MasterLink keeps each report
+until the master says it took it (ReportsTaken), sends the others again, first and in order, on
+its next session, and stays bounded. Against a master that does not announce report_ack, it
+sends and forgets, as before. The master here is a control server by hand, on loopback TLS."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from tests._fleet import Fleet
+
+from relaysync.agent import master_link
+from relaysync.agent.master_link import MasterLink
+from relaysync.constants import CAP_REPORT_ACK, CAPABILITIES
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.handshake import server_hello
+from relaysync.protocol.messages import (
+    Assignment,
+    CommitRecord,
+    CommitReport,
+    Ping,
+    Pong,
+    Register,
+    ReportsTaken,
+)
+from relaysync.transfer import tls
+
+TIMEOUT_S = 10
+SRC, TARGET = "a" * 64, "b" * 64
+
+
+def _report(n: int) -> CommitReport:
+    """Report n, of a mapping of its own (consecutive reports of one mapping would be merged)."""
+    record = CommitRecord(seq=n, op="write", path=f"f{n}")
+    return CommitReport(
+        mapping_id=n, source_node=SRC, target_node=TARGET, watermark=n, records=(record,)
+    )
+
+
+@dataclass
+class _Session:
+    """One control session as the master sees it."""
+
+    framed: FramedStream
+    messages: MemoryObjectReceiveStream[object]
+
+    async def reports(self, count: int) -> list[int]:
+        """The next `count` reports' numbers (mapping ids), skipping pings and metrics."""
+        got: list[int] = []
+        with anyio.fail_after(TIMEOUT_S):
+            while len(got) < count:
+                message = await self.messages.receive()
+                if isinstance(message, CommitReport):
+                    got.append(message.mapping_id)
+        return got
+
+    async def take(self, upto: int) -> None:
+        """Say the first `upto` reports are taken, and wait until the agent has read it."""
+        await self.framed.send(ReportsTaken(upto=upto))
+        await self.framed.send(Ping(nonce=upto))
+        with anyio.fail_after(TIMEOUT_S):
+            while not isinstance(await self.messages.receive(), Pong):
+                pass
+
+
+class _Master:
+    """A control server that hands each session to the test."""
+
+    def __init__(self, capabilities: tuple[str, ...]) -> None:
+        self.capabilities = capabilities
+        self._send: MemoryObjectSendStream[_Session]
+        self._send, self._sessions = anyio.create_memory_object_stream[_Session](4)
+
+    async def handle(self, framed: FramedStream) -> None:
+        await server_hello(
+            framed, node_id="", name="master", role="master", capabilities=self.capabilities
+        )
+        assert isinstance(await framed.receive(), Register)
+        await framed.send(Assignment(epoch=1, mappings=(), peers=()))
+        send, receive = anyio.create_memory_object_stream[object](1000)
+        await self._send.send(_Session(framed, receive))
+        try:
+            while True:
+                await send.send(await framed.receive())
+        except Exception:  # noqa: BLE001 - the test closed the session, or the agent went
+            return
+
+    async def session(self) -> _Session:
+        with anyio.fail_after(TIMEOUT_S):
+            return await self._sessions.receive()
+
+
+@asynccontextmanager
+async def _running(
+    fleet: Fleet, capabilities: tuple[str, ...]
+) -> AsyncIterator[tuple[MasterLink, _Master]]:
+    ident = fleet.join("web-1")
+    master = _Master(capabilities)
+
+    async def on_assignment(_: Assignment) -> None:
+        pass
+
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(
+            tls.serve_tls, "127.0.0.1", 0, tls.server_context(fleet.master), master.handle
+        )
+        link = MasterLink(
+            control_address=f"127.0.0.1:{port}",
+            ctx=tls.client_context(ident),
+            master_node_id=fleet.master.node_id,
+            node_id=ident.node_id,
+            name="web-1",
+            register=Register(name="web-1", region="", group="", peer_address="127.0.0.1:9"),
+            on_assignment=on_assignment,
+        )
+        await tg.start(link.serve)
+        try:
+            yield link, master
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def test_reports_not_taken_go_again_first_and_in_order_and_taken_ones_never(fleet: Fleet) -> None:
+    async def main() -> None:
+        async with _running(fleet, CAPABILITIES) as (link, master):
+            first = await master.session()
+            for n in range(1, 6):
+                link.report(_report(n))
+            assert await first.reports(5) == [1, 2, 3, 4, 5]
+            await first.take(2)
+            assert len(link._unacked) == 3  # 3, 4 and 5: sent, not taken
+            first.framed.abort()  # the master is killed: 3, 4 and 5 were in its memory
+            link.report(_report(6))  # while the link is down
+            second = await master.session()
+            assert await second.reports(4) == [3, 4, 5, 6]  # numbered 1..4 in this session
+            await second.take(4)
+            assert not link._unacked and not link._reports
+            link.report(_report(7))
+            assert await second.reports(1) == [7]
+            await second.take(5)
+            assert not link._unacked
+
+    anyio.run(main)
+
+
+def test_a_master_without_report_acks_gets_each_report_once(fleet: Fleet) -> None:
+    async def main() -> None:
+        older = tuple(c for c in CAPABILITIES if c != CAP_REPORT_ACK)
+        async with _running(fleet, older) as (link, master):
+            first = await master.session()
+            for n in range(1, 4):
+                link.report(_report(n))
+            assert await first.reports(3) == [1, 2, 3]
+            assert not link._unacked  # sent and forgotten, as before
+            first.framed.abort()
+            second = await master.session()
+            link.report(_report(4))
+            assert await second.reports(1) == [4]
+
+    anyio.run(main)
+
+
+def test_the_queue_stays_bounded_and_keeps_the_sessions_count(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past MAX_QUEUED_REPORTS the oldest report goes (with a warning), sent or not; the master's
+    count of the session's reports still names the same reports."""
+    monkeypatch.setattr(master_link, "MAX_QUEUED_REPORTS", 3)
+
+    async def main() -> None:
+        async with _running(fleet, CAPABILITIES) as (link, master):
+            first = await master.session()
+            for n in range(1, 4):
+                link.report(_report(n))
+            assert await first.reports(3) == [1, 2, 3]
+            link.report(_report(4))  # 1 is dropped: the master holds 1, 2, 3 and gets 4
+            assert await first.reports(1) == [4]
+            assert link.dropped_reports == 1
+            await first.take(2)  # 1 and 2 of the session
+            assert [r.mapping_id for r in link._unacked] == [3, 4]
+            first.framed.abort()
+            second = await master.session()
+            assert await second.reports(2) == [3, 4]
+
+    anyio.run(main)
+    assert "dropped the oldest" in caplog.text
