@@ -33,6 +33,7 @@ from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     MASTER_NODE_NAME,
+    MAX_MESSAGE_BYTES,
     PING_INTERVAL_S,
     RECEIVE_TIMEOUT_S,
     RECONNECT_MAX_S,
@@ -382,17 +383,37 @@ class MasterLink:
                     raise
 
 
+# A report's encoded size, estimated, stays within half a frame: a report over MAX_MESSAGE_BYTES
+# ends the control session at the master, and with acknowledgements it would be sent again at
+# every session (2,000 renames of 1 KB paths encode to 4.4 MB).
+MAX_REPORT_BYTES = MAX_MESSAGE_BYTES // 2
+RECORD_OVERHEAD_BYTES = 160  # a record's other fields, encoded (about 100)
+
+
+def _record_bytes(record: CommitRecord) -> int:
+    """A record's encoded size, a little over: its strings' bytes plus the other fields'."""
+    strings = (record.path, record.new_path, record.error, record.conflict_with)
+    return (
+        RECORD_OVERHEAD_BYTES
+        + removed_bytes(record)
+        + sum(len(s.encode("utf-8", "surrogatepass")) for s in strings)
+    )
+
+
 def _merge(reports: list[CommitReport]) -> list[CommitReport]:
     """Merge consecutive reports of the same (mapping, source, target, route) into fewer messages."""
     merged: list[CommitReport] = []
+    weight = (0, 0)  # the last merged report's removed and encoded bytes, kept as it grows
     for r in reports:
         last = merged[-1] if merged else None
+        added = (_removed(r), _bytes(r))
         if (
             last is not None
             and (last.mapping_id, last.source_node, last.target_node, last.route)
             == (r.mapping_id, r.source_node, r.target_node, r.route)
             and len(last.records) + len(r.records) <= MAX_REPORT_RECORDS
-            and _removed(last) + _removed(r) <= MAX_REMOVED_BYTES
+            and weight[0] + added[0] <= MAX_REMOVED_BYTES
+            and weight[1] + added[1] <= MAX_REPORT_BYTES
         ):
             merged[-1] = CommitReport(
                 mapping_id=r.mapping_id,
@@ -402,28 +423,40 @@ def _merge(reports: list[CommitReport]) -> list[CommitReport]:
                 records=last.records + r.records,
                 route=r.route,
             )
+            weight = (weight[0] + added[0], weight[1] + added[1])
         else:
             merged.append(r)
+            weight = added
     return merged
 
 
 def _runs(records: tuple[CommitRecord, ...]) -> list[tuple[CommitRecord, ...]]:
-    """The records in runs of one report each: at most MAX_REPORT_RECORDS records and
-    MAX_REMOVED_BYTES of removed paths (a record with that many goes alone); one run if none."""
+    """The records in runs of one report each: at most MAX_REPORT_RECORDS records,
+    MAX_REMOVED_BYTES of removed paths and MAX_REPORT_BYTES encoded (a record over either goes
+    alone); one run if none."""
     runs: list[tuple[CommitRecord, ...]] = []
-    start = weight = 0
+    start = removed = encoded = 0
     for i, record in enumerate(records):
-        size = removed_bytes(record)
-        if i > start and (i - start >= MAX_REPORT_RECORDS or weight + size > MAX_REMOVED_BYTES):
+        size, weight = removed_bytes(record), _record_bytes(record)
+        if i > start and (
+            i - start >= MAX_REPORT_RECORDS
+            or removed + size > MAX_REMOVED_BYTES
+            or encoded + weight > MAX_REPORT_BYTES
+        ):
             runs.append(records[start:i])
-            start, weight = i, 0
-        weight += size
+            start, removed, encoded = i, 0, 0
+        removed += size
+        encoded += weight
     runs.append(records[start:])
     return runs
 
 
 def _removed(report: CommitReport) -> int:
     return sum(removed_bytes(r) for r in report.records if r.removed)
+
+
+def _bytes(report: CommitReport) -> int:
+    return sum(_record_bytes(r) for r in report.records)
 
 
 def make_report(

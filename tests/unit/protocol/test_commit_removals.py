@@ -88,6 +88,28 @@ def test_reports_are_split_so_removed_paths_stay_under_the_frame_cap() -> None:
     assert _runs(()) == [()]  # a report of the watermark alone still goes
 
 
+def test_reports_of_long_paths_and_errors_are_split_under_the_frame_cap() -> None:
+    """2,000 renames of 1 KB paths encoded to 4.4 MB, over the frame cap: the master ended the
+    control session at that frame, and with acknowledgements the agent sent it again at every
+    session (review finding). The split weighs what a record encodes to, not only its removals."""
+    long = "d/" + "n" * 1000
+    renames = tuple(
+        CommitRecord(seq=i, op="rename", path=f"{long}{i}", new_path=f"{long}{i}.new")
+        for i in range(1, MAX_REPORT_RECORDS + 1)
+    )
+    failures = tuple(
+        CommitRecord(seq=i, op="write", path=f"f{i}", ok=False, error="e" * 1100)
+        for i in range(MAX_REPORT_RECORDS + 1, 2 * MAX_REPORT_RECORDS + 1)
+    )
+    assert len(encode_frame(_report(*renames))) > MAX_MESSAGE_BYTES  # the case unsplit
+    runs = _runs(renames + failures)
+    assert len(runs) > 2
+    merged = _merge([_report(*run) for run in runs])
+    for report in [_report(*run) for run in runs] + merged:
+        assert len(encode_frame(report)) < MAX_MESSAGE_BYTES
+    assert [r.seq for m in merged for r in m.records] == list(range(1, 2 * MAX_REPORT_RECORDS + 1))
+
+
 def test_merged_reports_keep_their_route_and_routes_never_mix() -> None:
     """The job log shows the route a change took: merging consecutive reports must keep it, and
     reports that came by different routes (a re-plan between them) stay apart."""
