@@ -389,9 +389,11 @@ class JobLogWriter:
     async def _write(self, reports: list[CommitReport]) -> None:
         await anyio.to_thread.run_sync(self.store.record_commit_reports, reports)
         self.written_reports += len(reports)
-        self._receipts.taken(reports)
         if any(rec.conflict for report in reports for rec in report.records):
-            await self._record_conflicts(reports)
+            await self._record_conflicts(reports)  # logs its own failures, never raises
+        # taken once the N:M conflict rows are written too: acknowledged before, a kill in
+        # between lost them for good (the agent had forgotten the report)
+        self._receipts.taken(reports)
 
     def _requeue(self, reports: Sequence[CommitReport]) -> None:
         self._queue.extendleft(reversed(reports))
