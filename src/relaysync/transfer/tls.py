@@ -28,6 +28,7 @@ from relaysync.constants import (
     PREAUTH_MAX_MESSAGE_BYTES,
 )
 from relaysync.errors import (
+    AuthError,
     CertificateExpired,
     CertificateNotYetValid,
     ForeignCertificate,
@@ -342,6 +343,10 @@ async def _client_dates_current(framed: FramedStream, remote: str) -> bool:
     except (CertificateExpired, CertificateNotYetValid) as exc:
         logger.warning("refused connection: %s", exc)
         await _refuse_certificate(framed, str(exc))
+        return False
+    except AuthError as exc:  # a certificate OpenSSL took but cryptography cannot read
+        logger.warning("refused connection from %s: unreadable certificate: %s", remote, exc)
+        framed.abort()
         return False
     return True
 
