@@ -281,7 +281,7 @@ class Watcher(RootWatching):
                 # a full batch still reads on for its pending MOVED_FROMs' MOVED_TOs: cut between
                 # them, `mv d e` would reach the targets as a delete of d and a rescan of e
                 full = self._drain(pairing=True)
-            checked = self._batch_removes() and await self._root_answers()
+            checked = (self._batch_removes() or self._presence.lost) and await self._root_answers()
             events = self._batch_events(root_changes, checked=checked)
             if events:
                 await send.send(events)
@@ -331,7 +331,10 @@ class Watcher(RootWatching):
         targets if the root's path shows another directory than the one they happened in (the
         old release's `rm -rf` after a link switch). Writes, attributes and rescans are read
         back from the root's path as it is, so a batch of those goes on without the root's
-        check, which costs a worker thread's round trip (0.12-0.15 ms) per batch."""
+        check, which costs a worker thread's round trip (0.12-0.15 ms) per batch. A batch in
+        which the root was lost is checked too (see `_read_loop`): the old release moved away
+        right after a switch leaves a lost root and a rescan, and the check finds the release
+        now current at the path instead of holding the rescan's deletes as a missing folder's."""
         return any(
             not isinstance(item, FsEvent) or item.kind in ("delete", "move") for item in self._batch
         )

@@ -240,6 +240,27 @@ async def test_what_the_old_release_does_after_a_switch_is_never_reported(
         assert not watcher.root_lost
 
 
+async def test_the_old_release_moved_away_right_after_a_switch_leaves_the_root_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy that switches `current`, then archives the old release (`mv releases/N
+    archive/`) before the next poll: the old root's watch sees MOVE_SELF and no child event, so
+    the batch holds no delete. Unchecked, the root stayed lost until the poll (review finding):
+    the source held the rescan's deletes as a missing folder's and raised MASS_DELETE_HELD for
+    a routine deploy. The poll is pushed out of reach here."""
+    monkeypatch.setattr(_root, "ROOT_POLL_S", 3600.0)
+    old, new, root = releases(tmp_path)
+    async with watching(root) as (watcher, seen):
+        switch(root, new)
+        old.rename(tmp_path / "archived")
+        await wait_for(lambda: _rescans_of_root(seen) >= 1)
+        await wait_for(lambda: not watcher.root_lost)
+        assert [e for e in seen if e.kind in ("delete", "move")] == []
+        (new / "sub" / "fresh.txt").write_text("the release now current")
+        await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
+        assert not watcher.root_lost
+
+
 async def test_a_move_out_of_the_old_release_read_as_the_root_is_switched_is_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
