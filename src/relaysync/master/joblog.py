@@ -389,11 +389,13 @@ class JobLogWriter:
     async def _write(self, reports: list[CommitReport]) -> None:
         await anyio.to_thread.run_sync(self.store.record_commit_reports, reports)
         self.written_reports += len(reports)
-        if any(rec.conflict for report in reports for rec in report.records):
-            await self._record_conflicts(reports)  # logs its own failures, never raises
-        # taken once the N:M conflict rows are written too: acknowledged before, a kill in
-        # between lost them for good (the agent had forgotten the report)
-        self._receipts.taken(reports)
+        # Shielded: written, the reports must be taken, or a stop landing here would have the
+        # agents send them again. Taken once the N:M conflict rows are written too: taken
+        # before, a kill in between lost those for good (the agent had forgotten the report).
+        with anyio.CancelScope(shield=True):
+            if any(rec.conflict for report in reports for rec in report.records):
+                await self._record_conflicts(reports)  # logs its own failures, never raises
+            self._receipts.taken(reports)
 
     def _requeue(self, reports: Sequence[CommitReport]) -> None:
         self._queue.extendleft(reversed(reports))
