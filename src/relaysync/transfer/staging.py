@@ -306,8 +306,8 @@ class CommitBatch:
 
     def commit(self) -> float:
         """Set each temp file's mode and mtime (and fsync it), rename each into place, fsync
-        each directory once. Return the unix time just before the last rename: no reader saw
-        any of the files before it, and each one has been visible since shortly after."""
+        each directory once. Return the unix time just before the last rename: about when the
+        last of the files became visible (the others a little earlier), never after it."""
         files, self._files = self._files, []
         visible_at = time.time()
         try:
