@@ -24,7 +24,8 @@ class Secret(str):
 class MasterConfig(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str
     listen: str = "127.0.0.1:8470"  # REST API and console, host:port (port 0 = any free port)
-    control_listen: str = "127.0.0.1:0"  # agents' control links (TLS), host:port
+    control_listen: str = "127.0.0.1:0"  # agents' control links (TLS), host:port (port 0: one
+    # picked below the ephemeral range at the first start, then kept: agents hold it)
     database_url: str = ""  # empty = SQLite file in data_dir; or postgresql+psycopg://...
     purge_listen: str = (
         ""  # host:port of the purge listener for origins outside the fleet; "" = off

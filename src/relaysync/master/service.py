@@ -23,6 +23,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 
+from relaysync._util.ports import stable_free_port
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.validity import REPLACE_MASTER_CERT, seconds_left, watch_expiry
 from relaysync.config.load import split_address
@@ -129,6 +130,8 @@ class MasterService:
         saved_port = self.data_dir / "control-port"
         if cport == 0 and saved_port.exists():
             cport = int(saved_port.read_text())  # agents hold this address: keep it across restarts
+        elif cport == 0:  # kept from now on: one an outgoing connection cannot take meanwhile
+            cport = stable_free_port(chost)
         cert = identity.cert_path.read_bytes()
         monitor = self._monitor(store, events, joblog, lambda: set(control.links), cert)
         router = Router(store, events, links_up=lambda: set(control.links))

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from relaysync._util.ports import stable_free_port
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import RelaySyncError
 
@@ -124,7 +123,6 @@ class Cluster:
     api_url: str = ""
     agents: dict[str, Agent] = field(default_factory=dict)
     _client: httpx.Client | None = None
-    _control_port: int = 0
 
     @property
     def master_dir(self) -> Path:
@@ -139,15 +137,11 @@ class Cluster:
         self.master_dir.mkdir(parents=True, exist_ok=True)
         state = self.master_dir / "master.json"
         state.unlink(missing_ok=True)
-        # Restarted, the master listens on the same ports (agents hold the control address; the
-        # tests hold the API's): ports below the ephemeral range, which no outgoing connection
-        # can take while it is down (one did, once, and the restart failed with EADDRINUSE).
-        api_port = _port_of(self.api_url) if self.api_url else _port_outside_ephemeral_range()
+        # Restarted, the master listens on the same API port (the tests hold its URL): one below
+        # the ephemeral range, which no outgoing connection can take while it is down (one did,
+        # once, and the restart failed with EADDRINUSE). The master keeps its control port so.
+        api_port = _port_of(self.api_url) if self.api_url else stable_free_port()
         args = ["master", "--data", str(self.master_dir), "--listen", f"127.0.0.1:{api_port}"]
-        if "--control-listen" not in extra_args:
-            if not self._control_port:
-                self._control_port = _port_outside_ephemeral_range()
-            args += ["--control-listen", f"127.0.0.1:{self._control_port}"]
         if database_url:
             args += ["--database-url", database_url]
         args += extra_args
@@ -264,22 +258,3 @@ class Cluster:
 
 def _port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
-
-
-def _port_outside_ephemeral_range(low: int = 10_000) -> int:
-    """A loopback port free now, from `low` up to the kernel's ephemeral range (which outgoing
-    connections take their ports from). Chosen at random: test workers pick at the same time."""
-    try:
-        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        first_ephemeral = 32768
-    pick = random.SystemRandom()
-    for _ in range(1000):
-        port = pick.randrange(low, max(first_ephemeral, low + 1))
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise ClusterError(f"no free port between {low} and {first_ephemeral}")
