@@ -99,3 +99,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield f
     finally:
         f.cluster.stop()
+
+
+@pytest.fixture
+def own_fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    """A fleet for one test alone (it stops, kills or reconfigures a process), with the agents
+    its module names in OWN_FLEET_AGENTS (default: src, t1, t2)."""
+    agents = getattr(request.module, "OWN_FLEET_AGENTS", ("src", "t1", "t2"))
+    f = start_fleet(tmp_path, agents=agents)
+    try:
+        yield f
+    finally:
+        f.cluster.stop()

@@ -18,15 +18,6 @@ from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = start_fleet(tmp_path)
-    try:
-        yield f
-    finally:
-        f.cluster.stop()
-
-
 def test_target_killed_then_200_changes_converges(own_fleet: Fleet) -> None:
     _, src, dsts = own_fleet.new_mapping()
     (src / "before").write_text("before")

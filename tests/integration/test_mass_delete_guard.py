@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from relaysync.testing.cluster import wait_until
 from tests._tmpfs import mount_tmpfs, remount_copy, umount, unmounted_at_exit
 from tests._trees import snapshot
-from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = start_fleet(tmp_path, agents=("src", "t1"))
-    try:
-        yield f
-    finally:
-        f.cluster.stop()
+OWN_FLEET_AGENTS = ("src", "t1")  # own_fleet (conftest.py): a fleet for each test
 
 
 def _held_events(fleet: Fleet) -> list[dict]:

@@ -7,26 +7,16 @@ until the master writes a server's state), which the job log waits on as on any 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relaysync.testing.cluster import wait_until
-from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 
 pytestmark = pytest.mark.integration
 
 FILES = 40
-
-
-@pytest.fixture
-def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = start_fleet(tmp_path)
-    try:
-        yield f
-    finally:
-        f.cluster.stop()
 
 
 def _write_lock(database: Path) -> sqlite3.Connection:

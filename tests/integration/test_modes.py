@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import struct
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,18 +13,12 @@ import pytest
 
 from relaysync.testing.cluster import wait_until
 from relaysync.watch.changes import JournalRecord
-from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, bytes_sent_to, start_fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, bytes_sent_to
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = start_fleet(tmp_path, agents=("src", "t1"))
-    try:
-        yield f
-    finally:
-        f.cluster.stop()
+OWN_FLEET_AGENTS = ("src", "t1")  # own_fleet (conftest.py): a fleet for each test
 
 
 def _stays_absent(path: Path, seconds: float) -> bool:

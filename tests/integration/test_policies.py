@@ -21,13 +21,7 @@ from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, bytes_sent_to,
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = start_fleet(tmp_path, agents=("src", "t1"))
-    try:
-        yield f
-    finally:
-        f.cluster.stop()
+OWN_FLEET_AGENTS = ("src", "t1")  # own_fleet (conftest.py): a fleet for each test
 
 
 def _write_text(path: Path, mib: int) -> None:

@@ -6,25 +6,14 @@ import itertools
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from relaysync.testing.cluster import wait_until
 from relaysync.transfer.versions import versions_dir_for
-from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = start_fleet(tmp_path, agents=("src", "t1", "t2"))
-    try:
-        yield f
-    finally:
-        f.cluster.stop()
 
 
 def test_versions_kept_on_chosen_target_and_restored(own_fleet: Fleet) -> None:
