@@ -11,7 +11,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.validity import format_time, validity
@@ -28,6 +27,7 @@ from relaysync.protocol.handshake import client_hello
 from relaysync.testing.cluster import Cluster, Process, wait_until
 from relaysync.transfer import tls
 from tests._certs import dated_identity, expired_identity, trusting
+from tests._metrics import metric_families
 from tests.integration.conftest import Fleet
 
 pytestmark = pytest.mark.integration
@@ -182,14 +182,6 @@ def test_an_agent_whose_certificate_expired_stops_at_start_saying_so(
     assert "Traceback" not in log
 
 
-def _families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
 def test_a_certificate_that_expires_soon_is_warned_about_and_shown_to_operators(
     tmp_path: Path,
 ) -> None:
@@ -216,7 +208,7 @@ def test_a_certificate_that_expires_soon_is_warned_about_and_shown_to_operators(
         _wait_logged(cluster.master, "control server", f"expires on {_expiry(control)}", "in 10.0")
 
         def figures() -> dict | None:
-            fams = _families(cluster.api.get("/metrics").text)
+            fams = metric_families(cluster.api.get("/metrics").text)
             mine = fams.get("relaysync_cert_expires_in_s", {}).get((("server", "a1"),))
             return fams if mine is not None else None
 

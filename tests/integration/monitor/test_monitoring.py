@@ -19,23 +19,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from relaysync.constants import SOURCE_RETRY_MAX_S
 from relaysync.testing.cluster import wait_until
+from tests._metrics import metric_families
 from tests.integration.monitor.conftest import ALERT_TIMEOUT_S, INTERVAL_S, MonitoredFleet
 
 pytestmark = pytest.mark.integration
 
 SPIN_MAX_S = 120  # the CPU burners stop themselves after this, whatever happens to the test
-
-
-def _families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
 
 
 def _hold_while_firing(fleet: MonitoredFleet, alert_id: int, ticks: int = 8) -> None:
@@ -59,7 +51,7 @@ def test_metrics_reach_the_master_and_prometheus(mfleet: MonitoredFleet) -> None
     api = mfleet.cluster.api
 
     def master_has_both() -> dict | None:
-        fams = _families(api.get("/metrics").text)
+        fams = metric_families(api.get("/metrics").text)
         cpu = fams.get("relaysync_cpu_percent", {})
         servers = {dict(k).get("server") for k in cpu}
         return fams if {"a1", "a2"} <= servers else None
@@ -84,7 +76,9 @@ def test_metrics_reach_the_master_and_prometheus(mfleet: MonitoredFleet) -> None
     assert fams["relaysync_master_link_connected"][(("server", "a1"),)] == 1.0
     assert fams["relaysync_master_process_rss_bytes"][(("server", "master"),)] > 1e6
     # The agent's own /metrics carries the same figures the master shows for it.
-    agent = _families(httpx.get(f"http://127.0.0.1:{mfleet.metrics_ports['a1']}/metrics").text)
+    agent = metric_families(
+        httpx.get(f"http://127.0.0.1:{mfleet.metrics_ports['a1']}/metrics").text
+    )
     agent_names = {n for n in agent if n.startswith("relaysync_")}
     master_names_for_a1 = {
         n for n, series in fams.items() if any(("server", "a1") in k for k in series)
@@ -366,9 +360,9 @@ def test_a_source_that_cannot_run_is_alerted_until_a_retry_starts_it(
     try:
         alert = mfleet.wait_alert(f"threshold:{rule['id']}:a1", "firing")
         _check_notified_once(mfleet, alert, "firing")
-        series = _families(api.get("/metrics").text)["relaysync_source_failing"]
+        series = metric_families(api.get("/metrics").text)["relaysync_source_failing"]
         assert series[(("mapping", "unreadable-source"), ("server", "a1"))] == 1.0
-        held = _families(api.get("/metrics").text).get("relaysync_deletes_held", {})
+        held = metric_families(api.get("/metrics").text).get("relaysync_deletes_held", {})
         assert (("mapping", "unreadable-source"), ("server", "a1")) not in held  # never ran
         blocker.unlink()  # the operator fixes it: the next retry (backoff from 1 s) starts it
         (blocker / "site").mkdir(parents=True)
@@ -382,7 +376,7 @@ def test_a_source_that_cannot_run_is_alerted_until_a_retry_starts_it(
             timeout_s=ALERT_TIMEOUT_S,
             what="the source replicating",
         )
-        series = _families(api.get("/metrics").text)
+        series = metric_families(api.get("/metrics").text)
         key = (("mapping", "unreadable-source"), ("server", "a1"))
         assert series["relaysync_source_failing"][key] == 0.0
         assert series["relaysync_deletes_held"][key] == 0.0
@@ -406,7 +400,9 @@ def test_a_source_folder_the_agent_refuses_counts_as_failing(
     try:
         wait_until(
             lambda: (
-                _families(api.get("/metrics").text).get("relaysync_source_failing", {}).get(key)
+                metric_families(api.get("/metrics").text)
+                .get("relaysync_source_failing", {})
+                .get(key)
                 == 1.0
             ),
             timeout_s=ALERT_TIMEOUT_S,
@@ -415,7 +411,9 @@ def test_a_source_folder_the_agent_refuses_counts_as_failing(
     finally:
         api.delete(f"/api/mappings/{mapping['id']}")
     wait_until(
-        lambda: key not in _families(api.get("/metrics").text).get("relaysync_source_failing", {}),
+        lambda: (
+            key not in metric_families(api.get("/metrics").text).get("relaysync_source_failing", {})
+        ),
         timeout_s=ALERT_TIMEOUT_S,
         what="the series gone with its mapping",
     )
