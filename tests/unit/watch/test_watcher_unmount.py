@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -220,24 +220,36 @@ def switch(root: Path, to: Path) -> None:
     (root.parent / "next").rename(root)
 
 
+async def _switch_then_retire_old(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    retire: Callable[[Path], object],
+    rescans_done: Callable[[int], bool],
+) -> None:
+    """Switch `current` to the new release, then `retire` the old one, with the poll pushed out
+    of reach (what the watcher reads tells the switch): nothing of the old release is reported
+    as removed or moved, the root stays watched and the new release's writes are reported."""
+    monkeypatch.setattr(_root, "ROOT_POLL_S", 3600.0)
+    old, new, root = releases(tmp_path)
+    async with watching(root) as (watcher, seen):
+        switch(root, new)
+        retire(old)
+        await wait_for(lambda: rescans_done(_rescans_of_root(seen)))
+        await wait_for(lambda: not watcher.root_lost)
+        assert [e for e in seen if e.kind in ("delete", "move")] == []
+        (new / "sub" / "fresh.txt").write_text("the release now current")
+        await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
+        assert not watcher.root_lost
+
+
 async def test_what_the_old_release_does_after_a_switch_is_never_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A rollback (Capistrano's `deploy:rollback`: switch `current` back, then `rm -rf` the
     release rolled back) removed the old release through watches still on it until the next
     poll, up to ROOT_POLL_S later: its DELETEs were reported as the root's, and the targets
-    deleted index.html and sub/app.js, which the release now current has. The poll is pushed out
-    of reach here: what the watcher reads tells the switch."""
-    monkeypatch.setattr(_root, "ROOT_POLL_S", 3600.0)
-    old, new, root = releases(tmp_path)
-    async with watching(root) as (watcher, seen):
-        switch(root, new)
-        shutil.rmtree(old)
-        await wait_for(lambda: _rescans_of_root(seen) == 1)
-        assert [e for e in seen if e.kind in ("delete", "move")] == []
-        (new / "sub" / "fresh.txt").write_text("the release now current")
-        await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
-        assert not watcher.root_lost
+    deleted index.html and sub/app.js, which the release now current has."""
+    await _switch_then_retire_old(tmp_path, monkeypatch, shutil.rmtree, lambda n: n == 1)
 
 
 async def test_the_old_release_moved_away_right_after_a_switch_leaves_the_root_watched(
@@ -247,18 +259,10 @@ async def test_the_old_release_moved_away_right_after_a_switch_leaves_the_root_w
     archive/`) before the next poll: the old root's watch sees MOVE_SELF and no child event, so
     the batch holds no delete. Unchecked, the root stayed lost until the poll (review finding):
     the source held the rescan's deletes as a missing folder's and raised MASS_DELETE_HELD for
-    a routine deploy. The poll is pushed out of reach here."""
-    monkeypatch.setattr(_root, "ROOT_POLL_S", 3600.0)
-    old, new, root = releases(tmp_path)
-    async with watching(root) as (watcher, seen):
-        switch(root, new)
-        old.rename(tmp_path / "archived")
-        await wait_for(lambda: _rescans_of_root(seen) >= 1)
-        await wait_for(lambda: not watcher.root_lost)
-        assert [e for e in seen if e.kind in ("delete", "move")] == []
-        (new / "sub" / "fresh.txt").write_text("the release now current")
-        await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
-        assert not watcher.root_lost
+    a routine deploy."""
+    await _switch_then_retire_old(
+        tmp_path, monkeypatch, lambda old: old.rename(tmp_path / "archived"), lambda n: n >= 1
+    )
 
 
 async def test_a_move_out_of_the_old_release_read_as_the_root_is_switched_is_dropped(
