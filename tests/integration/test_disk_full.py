@@ -14,7 +14,7 @@ import pytest
 from relaysync.constants import CHUNK_BYTES
 from relaysync.testing.cluster import wait_until
 from tests._trees import temp_files
-from tests.integration.conftest import Fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +36,16 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def twelve_mib_disk(tmp_path: Path) -> Iterator[Path]:
     yield from _mounted(tmp_path / "small12", "12m")
+
+
+def _settled(fleet: Fleet, src: Path, dst: Path) -> None:
+    """Wait until the new mapping's links have settled (a warm-up file arrived): a link that
+    restarts mid-transfer as the mapping's routes reach the agents leaves, for a while, the old
+    session's partial beside the new one's (the successor-resume race, in the notes), which on
+    these small disks is a full disk of its own (seen once in CI)."""
+    wait_until(dst.is_dir, timeout_s=CONVERGE_TIMEOUT_S, what="target folder")
+    (src / "warm.txt").write_text("routes settled")
+    fleet.wait_converged(src, [dst])
 
 
 def test_disk_full_on_target_is_retried_and_converges(fleet: Fleet, small_disk: Path) -> None:
@@ -70,7 +80,7 @@ def test_a_large_file_on_a_full_disk_keeps_what_fitted_and_resumes_once_space_is
     src.mkdir(parents=True)
     dst = twelve_mib_disk / "target"
     fleet.cluster.create_mapping(n, "src", src, [("t1", dst)])
-    wait_until(dst.is_dir, timeout_s=30, what="target folder")
+    _settled(fleet, src, dst)
     size = 24 * CHUNK_BYTES
     (src / "large.bin").write_bytes(os.urandom(size))
     log = fleet.cluster.base / "agent-t1.log"
@@ -105,7 +115,7 @@ def test_a_delta_on_a_full_disk_keeps_what_was_patched_and_resumes_once_space_is
     src.mkdir(parents=True)
     dst = twenty_mib_disk / "target"
     fleet.cluster.create_mapping(n, "src", src, [("t1", dst)])
-    wait_until(dst.is_dir, timeout_s=30, what="target folder")
+    _settled(fleet, src, dst)
     size = 12 * CHUNK_BYTES
     (src / "large.bin").write_bytes(os.urandom(size))
     fleet.wait_converged(src, [dst], timeout_s=60)
