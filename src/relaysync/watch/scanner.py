@@ -30,8 +30,11 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 _buffers = threading.local()
 
 
-def hash_file(path: Path | str) -> bytes:
+def hash_file(path: Path | str, size: int = -1) -> bytes:
     """Return the 16-byte xxh3-128 digest of a file's content, read in 1 MiB blocks.
+
+    `size`, the file's size as stat'ed, lets a small file be read with one call: asked for one
+    byte more, a short read is the end (a scan of 10,000 small files makes 10,000 calls fewer).
 
     Raises:
         OSError: the file cannot be opened or read.
@@ -43,6 +46,10 @@ def hash_file(path: Path | str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         filled = 0
+        if 0 <= size < len(buf):
+            filled = os.readv(fd, [view[: size + 1]])
+            if filled <= size:  # the end: a regular file reads short only there
+                return xxhash.xxh3_128_digest(view[:filled])
         while filled < len(buf) and (n := os.readv(fd, [view[filled:]])):
             filled += n
         if filled < len(buf):  # end of file within the buffer: the common case of a small file
@@ -88,7 +95,7 @@ def entry_from_stat(
             )
         if stat.S_ISREG(st.st_mode):
             # a string, not root / relpath: building a Path cost a fifth of a small file's scan
-            digest = hash_ if hash_ is not None else hash_file(f"{root}/{relpath}")
+            digest = hash_ if hash_ is not None else hash_file(f"{root}/{relpath}", st.st_size)
             return Entry(
                 path=relpath,
                 kind="f",

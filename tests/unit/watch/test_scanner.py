@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import xxhash
 
 from relaysync.constants import TEMP_PREFIX
@@ -32,6 +33,20 @@ def test_hash_file_streams_big_files(tmp_path: Path) -> None:
     p.write_bytes(data)
     assert hash_file(p) == xxhash.xxh3_128(data).digest()
     assert len(hash_file(p)) == 16
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 1024 * 1024 - 1, 1024 * 1024, 3 * 1024 * 1024])
+@pytest.mark.parametrize("stat_delta", [0, -1, 1, -4096])
+def test_hash_file_with_a_stale_size_still_hashes_the_whole_content(
+    tmp_path: Path, size: int, stat_delta: int
+) -> None:
+    """The size a scan stat'ed may be off by the time the file is read (it grew or shrank):
+    the one-call read of a small file must not stop at it."""
+    data = os.urandom(size)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    stated = max(0, size + stat_delta)
+    assert hash_file(p, stated) == xxhash.xxh3_128(data).digest()
 
 
 def test_first_scan_lists_parents_first(

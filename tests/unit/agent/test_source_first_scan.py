@@ -1,0 +1,110 @@
+"""SourceMapping: a first sync's closing rescan (a stat of every file) waits until the targets
+acknowledged the scan's records, so that it does not take CPU from the links' last batches; the
+watcher's changes are journaled meanwhile, and the rescan still runs, at the latest after
+FINAL_SCAN_WAIT_S."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from relaysync.agent import source as source_module
+from relaysync.agent.source import SourceMapping
+from relaysync.protocol.messages import MappingSpec, TargetSpec
+from relaysync.watch.watcher import FsEvent
+
+WAIT_S = 20.0
+
+
+def _mapping(tmp_path: Path) -> tuple[SourceMapping, Path]:
+    root = tmp_path / "src"
+    for top in ("a", "b", "c"):
+        (root / top).mkdir(parents=True)
+        for i in range(3):
+            path = root / top / f"f{i}"
+            path.write_text(f"{top}{i}")
+            past = time.time_ns() - 10 * 10**9  # not "hot": a scan journals it at once
+            os.utime(path, ns=(past, past))
+    spec = MappingSpec(
+        mapping_id=1,
+        name="m",
+        source_node="s",
+        source_path=str(root),
+        targets=(TargetSpec(node_id="t1", path="/t1"),),
+        durability="fast",
+    )
+    return SourceMapping(spec, tmp_path / "state"), root
+
+
+def _full_rescans(mapping: SourceMapping) -> list[int]:
+    """Patch `_record` to note the target's backlog at each whole-folder rescan."""
+    seen: list[int] = []
+    record = mapping._record
+
+    async def noting(events: Sequence[FsEvent], *, settle: bool = False) -> bool:
+        if any(e.kind == "rescan" and not e.path for e in events):
+            seen.append(mapping.backlog())
+        return await record(events, settle=settle)
+
+    mapping._record = noting  # type: ignore[method-assign]
+    return seen
+
+
+async def _journaled(mapping: SourceMapping, path: str) -> None:
+    with anyio.fail_after(WAIT_S):
+        while path not in {r.path for r in mapping.journal.read(0)}:
+            await anyio.sleep(0.01)
+
+
+def test_the_closing_rescan_waits_for_the_targets_while_the_watcher_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(source_module, "FINAL_SCAN_WAIT_S", 600.0)
+    mapping, root = _mapping(tmp_path)
+    rescans = _full_rescans(mapping)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(mapping.serve)
+            await _journaled(mapping, "c/f2")  # the last top-level entry's scan
+            (root / "marker").write_text("written after the scan")
+            await _journaled(mapping, "marker")  # the watcher's change, while t1 has not acked
+            assert rescans == []
+            mapping.on_ack("t1", mapping.journal.last_seq)
+            with anyio.fail_after(WAIT_S):
+                while not rescans:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        mapping.close()
+    assert rescans == [0]
+
+
+def test_the_closing_rescan_runs_after_its_bound_when_a_target_never_acks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(source_module, "FINAL_SCAN_WAIT_S", 0.2)
+    mapping, _ = _mapping(tmp_path)
+    rescans = _full_rescans(mapping)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(mapping.serve)
+            with anyio.fail_after(WAIT_S):
+                while not rescans:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        mapping.close()
+    assert len(rescans) == 1 and rescans[0] > 0  # t1 still owes every record
