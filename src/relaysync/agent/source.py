@@ -212,11 +212,8 @@ class SourceMapping(MassDeleteGuard):
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch, scan and journal until cancelled; started once the initial scan is journaled."""
-        if not self.root.is_dir():
-            logger.error(
-                "source folder %s does not exist; create it, then the agent picks it up", self.root
-            )
-            self.root.mkdir(parents=True, exist_ok=True)
+        # Off the event loop, as every look at the folder: it may be on a hung network mount.
+        await anyio.to_thread.run_sync(self._ensure_root, abandon_on_cancel=True)
         send, receive = anyio.create_memory_object_stream[list[FsEvent]](EVENT_QUEUE)
         self.watcher = watcher = Watcher(self.root, self.filter)
         async with anyio.create_task_group() as tg:
@@ -267,6 +264,13 @@ class SourceMapping(MassDeleteGuard):
             self.manifest.count(),
             self.journal.last_seq,
         )
+
+    def _ensure_root(self) -> None:
+        if not self.root.is_dir():
+            logger.error(
+                "source folder %s does not exist; create it, then the agent picks it up", self.root
+            )
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def _top_level_names(self) -> list[str]:
         """The source folder's entries, in the order a full scan visits them (less the names

@@ -23,6 +23,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 from asyncinotify import Event, Inotify, Mask, Watch
 
 from relaysync.constants import UNWATCHED_SCAN_INTERVAL_S
@@ -133,7 +134,11 @@ class Watcher(RootWatching):
         with Inotify(cache_size=INOTIFY_READ_EVENTS, sync_timeout=0) as ino:
             self._ino = ino
             try:
-                self._add_tree("")
+                # In a worker thread: a tree of many directories takes seconds to list and watch,
+                # and a root on a hung network mount never answers; the event loop, which every
+                # link and the control link share, must not wait on either. Nothing else touches
+                # the watch tables before the read loop starts below.
+                await anyio.to_thread.run_sync(self._add_tree, "", abandon_on_cancel=True)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._scan_unwatched, send)
                     tg.start_soon(self._report_quiet_modified, send)
@@ -150,7 +155,7 @@ class Watcher(RootWatching):
 
     def _add_tree(self, top: str) -> None:
         stack = [top]
-        while stack:
+        while stack and self._ino is not None:  # None: stopped (an abandoned first listing)
             rel = stack.pop()
             if self._add_watch(rel):
                 stack.extend(self._subdirs(rel))

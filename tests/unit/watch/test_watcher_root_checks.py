@@ -144,3 +144,36 @@ async def test_an_overflow_after_an_unnoticed_switch_drops_the_old_releases_watc
         (new / "sub" / "fresh.txt").write_text("the release now at the root's path")
         await wait_for(lambda: any(e.path == "sub/fresh.txt" for e in seen))
     assert not any(e.path == "sub/stale.txt" for e in seen)
+
+
+async def test_the_first_listing_of_the_tree_leaves_the_event_loop_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the watches of the whole tree were added on the event loop when watching started, so a
+    tree of many directories (seconds to list) or a root on a hung mount (never) stopped every
+    link and the control link of the agent meanwhile. Here the listing waits until a task on
+    the event loop has run; on the loop itself it would wait for its 10 s bound."""
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    listing, loop_ran = threading.Event(), threading.Event()
+    waited: list[bool] = []
+    subdirs = Watcher._subdirs
+
+    def slow_subdirs(self: Watcher, rel: str) -> list[str]:
+        if not rel:
+            listing.set()
+            waited.append(loop_ran.wait(10))
+        return subdirs(self, rel)
+
+    monkeypatch.setattr(Watcher, "_subdirs", slow_subdirs)
+
+    async def tick() -> None:
+        await wait_for(listing.is_set)
+        loop_ran.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        async with watching(root) as (_, seen):
+            (root / "a" / "b" / "x.txt").write_text("below the first listing")
+            await wait_for(lambda: any(e.path == "a/b/x.txt" for e in seen))
+    assert waited == [True]
