@@ -6,11 +6,12 @@ to the first one whose certificate is named MASTER_NODE_NAME, whose node id it p
 on (agent/enrollment.py). Any other fleet certificate is refused before anything is sent.
 
 Error handling: any failure drops the link and it reconnects with backoff; the agent keeps
-running on its last assignment meanwhile, and commit reports wait in a bounded queue. A master
+running on its last assignment meanwhile, and commit reports wait in a bounded queue, kept on
+disk (agent/report_queue.py, agent/outbox.py: a kill of the agent loses none). A master
 that announces CAP_REPORT_ACK says which reports it has taken durably (`ReportsTaken`); the
 others stay queued and go again, first and in order, on the next session, so a kill of the
 master loses none (master/report_acks.py). With an older master, reports are sent and forgotten.
-Past MAX_QUEUED_REPORTS the oldest report is dropped, with a warning. A master
+A master
 that refuses this node (removed from the fleet) is logged as an error and asked again only
 every REFUSED_RETRY_S: the node must join again with a new token.
 Resource handling: one connection at a time; a reader and a writer task per connection.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import msgspec
@@ -74,12 +75,10 @@ from relaysync.transfer import tls
 from relaysync.transfer.removal import removed_bytes
 
 from .advertise import route_address
+from .outbox import ReportOutbox
+from .report_queue import Queued, ReportQueue
 
 logger = logging.getLogger(__name__)
-
-# Reports kept, sent or not, until the master took them; the oldest are dropped past this
-# (watermarks come again with the next report, but the dropped records miss in the job log).
-MAX_QUEUED_REPORTS = 100_000
 
 
 class MasterLink:
@@ -100,6 +99,8 @@ class MasterLink:
         advertise_route_port: int | None = None,
         advertise_route_ipv4_only: bool = False,
         capabilities: tuple[str, ...] = CAPABILITIES,
+        outbox: ReportOutbox | None = None,
+        replayed: Sequence[CommitReport] = (),
     ) -> None:
         """
         Args:
@@ -114,6 +115,8 @@ class MasterLink:
             advertise_route_ipv4_only: the peer server takes IPv4 only (0.0.0.0): a session
                 that goes out over IPv6 keeps the address registered before.
             capabilities: announced in our Hello (fewer: act as an older release).
+            outbox: keeps commit reports on disk until the master took them; None: in memory.
+            replayed: the reports `outbox.open()` read back, sent before any new one.
         """
         self.control_address = control_address
         self.ctx = ctx
@@ -128,14 +131,12 @@ class MasterLink:
         self.on_assignment = on_assignment
         self.connected = False
         self.capabilities = capabilities
-        self._reports: collections.deque[CommitReport] = collections.deque()  # not yet sent
-        # Sent on this session and not yet taken by the master (if it says so: `_acking`);
-        # `_acked` of this session's reports are taken or dropped, the first of these is next.
-        self._unacked: collections.deque[CommitReport] = collections.deque()
-        self._acked = 0
+        # kept until the master takes them, if it says so (`_acking`)
+        self.reports = ReportQueue(outbox, replayed)
         self._acking = False
-        self.dropped_reports = 0  # past MAX_QUEUED_REPORTS (logged)
         self._wake = anyio.Event()
+        if self.reports.unsent:
+            self._wake.set()
         self._releases: dict[int, ReleaseReport] = {}
         self._notices: collections.deque[MassDeleteHeld | HopFailed] = collections.deque(
             maxlen=1000
@@ -160,12 +161,16 @@ class MasterLink:
         self._releases_unsent = True
         self._wake.set()
 
+    @property
+    def dropped_reports(self) -> int:
+        """Reports dropped past MAX_QUEUED_REPORTS (logged)."""
+        return self.reports.dropped
+
     def report(self, report: CommitReport) -> None:
-        """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES (call on the loop)."""
+        """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES, on disk before
+        this returns (call on the loop)."""
         for records in _runs(report.records):
-            if len(self._reports) + len(self._unacked) >= MAX_QUEUED_REPORTS:
-                self._drop_oldest()
-            self._reports.append(
+            self.reports.add(
                 make_report(
                     report.mapping_id,
                     report.source_node,
@@ -176,29 +181,6 @@ class MasterLink:
                 )
             )
         self._wake.set()
-
-    def _drop_oldest(self) -> None:
-        if self._unacked:
-            self._unacked.popleft()
-            self._acked += 1  # the next one keeps its number in the session
-        else:
-            self._reports.popleft()
-        self.dropped_reports += 1
-        if self.dropped_reports == 1 or self.dropped_reports % 10_000 == 0:
-            logger.warning(
-                "commit reports for the master: over %s queued, dropped the oldest "
-                "(%s so far; their records miss in the job log)",
-                MAX_QUEUED_REPORTS,
-                self.dropped_reports,
-            )
-
-    def _taken(self, upto: int) -> None:
-        """The master took the first `upto` reports of this session: forget them."""
-        if upto > self._acked + len(self._unacked):
-            raise ProtocolError(f"reports_taken: {upto} reports, but fewer were sent")
-        while self._acked < upto:
-            self._unacked.popleft()
-            self._acked += 1
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -305,10 +287,9 @@ class MasterLink:
                 await self._write_loop(framed)
         finally:
             # Not taken: sent again, first and in order, on the next session.
-            self._reports.extendleft(reversed(self._unacked))
-            self._unacked.clear()
-            self._acked, self._acking = 0, False
-            if self._reports:
+            self.reports.session_over()
+            self._acking = False
+            if self.reports.unsent:
                 self._wake.set()  # the next session's write loop sends them at once
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
@@ -346,7 +327,7 @@ class MasterLink:
                 case Pong():
                     pass
                 case ReportsTaken() if self._acking:
-                    self._taken(message.upto)
+                    self.reports.taken(message.upto)
                 case Error():
                     raise PeerRefused(message.detail, message.code.name)
                 case _:
@@ -362,7 +343,7 @@ class MasterLink:
             if self._releases_unsent:
                 self._releases_unsent = False
                 await framed.send_many(list(self._releases.values()))
-            if idle.cancelled_caught and not self._reports and self._metrics is None:
+            if idle.cancelled_caught and not self.reports.unsent and self._metrics is None:
                 await framed.send(Ping())
                 continue
             self._wake = anyio.Event()
@@ -371,17 +352,22 @@ class MasterLink:
                 await framed.send(metrics)
             # No waiting here: a lone report goes at once (the purge step waits on it), and while a
             # send is in flight the reports of a burst gather in the queue for the next one.
-            while self._reports:
-                batch = [self._reports.popleft() for _ in range(min(len(self._reports), 64))]
-                merged = _merge(batch)
-                if self._acking:  # kept until taken: whatever of them the master missed goes again
-                    self._unacked.extend(merged)
-                try:
-                    await framed.send_many(list(merged))
-                except BaseException:
-                    if not self._acking:
-                        self._reports.extendleft(reversed(batch))
-                    raise
+            while self.reports.unsent:
+                await self._send_reports(framed)
+
+    async def _send_reports(self, framed: FramedStream) -> None:
+        batch = self.reports.take_batch(64)
+        merged = _merge(batch)
+        if self._acking:  # kept until taken: whatever of them the master missed goes again
+            self.reports.unacked.extend(merged)
+        try:
+            await framed.send_many([item.report for item in merged])
+        except BaseException:
+            if not self._acking:
+                self.reports.unsend(batch)
+            raise
+        if not self._acking:
+            self.reports.forget(batch)
 
 
 # A report's encoded size stays within half a frame: a report over MAX_MESSAGE_BYTES ends the
@@ -396,12 +382,13 @@ def _record_bytes(record: CommitRecord) -> int:
     return len(ENCODER.encode(record))
 
 
-def _merge(reports: list[CommitReport]) -> list[CommitReport]:
-    """Merge consecutive reports of the same (mapping, source, target, route) into fewer messages."""
-    merged: list[CommitReport] = []
+def _merge(items: list[Queued]) -> list[Queued]:
+    """Merge consecutive reports of the same (mapping, source, target, route) into fewer messages
+    (each standing for the outbox frames of those it merged)."""
+    merged: list[Queued] = []
     weight = (0, 0)  # the last merged report's removed and encoded bytes, kept as it grows
-    for r in reports:
-        last = merged[-1] if merged else None
+    for r, frames in items:
+        last = merged[-1].report if merged else None
         added = (_removed(r), _bytes(r))
         if (
             last is not None
@@ -411,7 +398,7 @@ def _merge(reports: list[CommitReport]) -> list[CommitReport]:
             and weight[0] + added[0] <= MAX_REMOVED_BYTES
             and weight[1] + added[1] <= MAX_REPORT_BYTES
         ):
-            merged[-1] = CommitReport(
+            report = CommitReport(
                 mapping_id=r.mapping_id,
                 source_node=r.source_node,
                 target_node=r.target_node,
@@ -419,9 +406,10 @@ def _merge(reports: list[CommitReport]) -> list[CommitReport]:
                 records=last.records + r.records,
                 route=r.route,
             )
+            merged[-1] = Queued(report, merged[-1].frames + frames)
             weight = (weight[0] + added[0], weight[1] + added[1])
         else:
-            merged.append(r)
+            merged.append(Queued(r, frames))
             weight = added
     return merged
 

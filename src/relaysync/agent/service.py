@@ -39,6 +39,7 @@ from relaysync.protocol.handshake import announced_capabilities
 from relaysync.protocol.messages import (
     Assignment,
     CommitRecord,
+    CommitReport,
     HopFailed,
     MetricSample,
     PeerInfo,
@@ -60,6 +61,7 @@ from .guard import parse_roots
 from .link_options import LinkOptions
 from .links import LinkSet
 from .master_link import MasterLink, make_report
+from .outbox import ReportOutbox
 from .peer_server import PeerServer
 from .source import SourceMapping
 
@@ -113,43 +115,65 @@ class AgentService(SourceRole, TargetRole):
             capabilities=capabilities,
             refusals=self.refused.get,
         )
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            peer_port = await tg.start(server.serve)
-            control = reachable_control_address(pin.control_address, self.cfg.master_url)
-            advertise = await advertised_address(self.cfg.advertise_host, host, peer_port, control)
-            self.link = MasterLink(
-                control_address=control,
-                ctx=tls.client_context(self.identity),
-                master_node_id=pin.node_id,
-                on_master_pinned=partial(pin_master, self.identity),
-                identity_dir=str(self.identity.key_path.parent),
-                node_id=self.node_id,
-                name=self.cfg.name,
-                register=Register(
+        outbox, replayed = await self._open_outbox()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                peer_port = await tg.start(server.serve)
+                control = reachable_control_address(pin.control_address, self.cfg.master_url)
+                advertise = await advertised_address(
+                    self.cfg.advertise_host, host, peer_port, control
+                )
+                self.link = MasterLink(
+                    control_address=control,
+                    ctx=tls.client_context(self.identity),
+                    master_node_id=pin.node_id,
+                    on_master_pinned=partial(pin_master, self.identity),
+                    identity_dir=str(self.identity.key_path.parent),
+                    node_id=self.node_id,
                     name=self.cfg.name,
-                    region=self.cfg.region,
-                    group=self.cfg.group,
-                    peer_address=advertise,
-                ),
-                on_assignment=self.apply_assignment,
-                advertise_route_port=peer_port
-                if follows_route(self.cfg.advertise_host, host)
-                else None,
-                advertise_route_ipv4_only=listens_ipv4_only(host),
-                capabilities=capabilities,
+                    register=Register(
+                        name=self.cfg.name,
+                        region=self.cfg.region,
+                        group=self.cfg.group,
+                        peer_address=advertise,
+                    ),
+                    on_assignment=self.apply_assignment,
+                    advertise_route_port=peer_port
+                    if follows_route(self.cfg.advertise_host, host)
+                    else None,
+                    advertise_route_ipv4_only=listens_ipv4_only(host),
+                    capabilities=capabilities,
+                    outbox=outbox,
+                    replayed=replayed,
+                )
+                await self._apply_saved()
+                tg.start_soon(self._supervised, self.link.serve, "control link to the master")
+                tg.start_soon(self._watch_certificate)
+                await tg.start(self._supervised, self._serve_monitoring, "monitoring")
+                logger.info(
+                    "agent %s (node %s) serving peers on %s",
+                    self.cfg.name,
+                    self.node_id[:16],
+                    advertise,
+                )
+                task_status.started(peer_port)
+        finally:
+            if outbox is not None:
+                outbox.close()
+
+    async def _open_outbox(self) -> tuple[ReportOutbox | None, list[CommitReport]]:
+        """The commit reports' outbox and what a previous run left in it (None: memory only)."""
+        outbox = ReportOutbox(self.data_dir / "outbox", self.node_id)
+        try:
+            return outbox, await anyio.to_thread.run_sync(outbox.open)
+        except OSError as exc:
+            logger.error(
+                "report outbox %s: cannot open (%s); commit reports are kept in memory only",
+                outbox.directory,
+                exc,
             )
-            await self._apply_saved()
-            tg.start_soon(self._supervised, self.link.serve, "control link to the master")
-            tg.start_soon(self._watch_certificate)
-            await tg.start(self._supervised, self._serve_monitoring, "monitoring")
-            logger.info(
-                "agent %s (node %s) serving peers on %s",
-                self.cfg.name,
-                self.node_id[:16],
-                advertise,
-            )
-            task_status.started(peer_port)
+            return None, []
 
     async def _watch_certificate(self) -> None:
         """A warning a month before this agent's certificate expires, daily (auth/validity.py)."""

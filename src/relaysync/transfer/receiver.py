@@ -216,6 +216,12 @@ class ReceiverSession(FileReceiver, TreeOps):
     def _checkpoint(self, seq: int, obsolete: Sequence[PartialRef] = ()) -> Ack:
         self.flush()
         self._note(seq)
+        # Reported (the agent keeps the report on disk) before the watermark is saved: a kill
+        # between the two makes the source send these again and the master take them as
+        # repeats; the other way round, the master would never hear of them.
+        applied, self._applied = self._applied, []
+        if applied:
+            self.report(self._seen_seq, applied)
         if self._seen_seq > self.watermark:
             self.watermark = self._seen_seq
             self.folder.set_watermark(self.journal_id, self.watermark)
@@ -223,9 +229,6 @@ class ReceiverSession(FileReceiver, TreeOps):
             dropped = self.folder.drop_obsolete_partials(obsolete)
             if dropped:
                 logger.info("removed %s partials whose version the source no longer has", dropped)
-        applied, self._applied = self._applied, []
-        if applied:
-            self.report(self.watermark, applied)
         return Ack(mapping_id=self.folder.mapping_id, watermark=self.watermark)
 
     def _refuse(

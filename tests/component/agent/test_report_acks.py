@@ -8,14 +8,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tests._fleet import Fleet
 
-from relaysync.agent import master_link
+from relaysync.agent import report_queue
 from relaysync.agent.master_link import MasterLink
+from relaysync.agent.outbox import ReportOutbox
 from relaysync.constants import CAP_REPORT_ACK, CAPABILITIES
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
@@ -97,9 +99,15 @@ class _Master:
 
 @asynccontextmanager
 async def _running(
-    fleet: Fleet, capabilities: tuple[str, ...]
+    fleet: Fleet,
+    capabilities: tuple[str, ...],
+    ident: tls.Identity | None = None,
+    outbox_dir: Path | None = None,
 ) -> AsyncIterator[tuple[MasterLink, _Master]]:
-    ident = fleet.join("web-1")
+    """A link to a master by hand; with `outbox_dir`, its reports are kept there (its own
+    ReportOutbox each time: a new agent process on the same data directory)."""
+    ident = ident or fleet.join("web-1")
+    outbox = None if outbox_dir is None else ReportOutbox(outbox_dir, ident.node_id)
     master = _Master(capabilities)
 
     async def on_assignment(_: Assignment) -> None:
@@ -117,6 +125,8 @@ async def _running(
             name="web-1",
             register=Register(name="web-1", region="", group="", peer_address="127.0.0.1:9"),
             on_assignment=on_assignment,
+            outbox=outbox,
+            replayed=outbox.open() if outbox is not None else (),
         )
         await tg.start(link.serve)
         try:
@@ -133,17 +143,17 @@ def test_reports_not_taken_go_again_first_and_in_order_and_taken_ones_never(flee
                 link.report(_report(n))
             assert await first.reports(5) == [1, 2, 3, 4, 5]
             await first.take(2)
-            assert len(link._unacked) == 3  # 3, 4 and 5: sent, not taken
+            assert len(link.reports.unacked) == 3  # 3, 4 and 5: sent, not taken
             first.framed.abort()  # the master is killed: 3, 4 and 5 were in its memory
             link.report(_report(6))  # while the link is down
             second = await master.session()
             assert await second.reports(4) == [3, 4, 5, 6]  # numbered 1..4 in this session
             await second.take(4)
-            assert not link._unacked and not link._reports
+            assert not link.reports.unacked and not link.reports.unsent
             link.report(_report(7))
             assert await second.reports(1) == [7]
             await second.take(5)
-            assert not link._unacked
+            assert not link.reports.unacked
 
     anyio.run(main)
 
@@ -156,7 +166,7 @@ def test_a_master_without_report_acks_gets_each_report_once(fleet: Fleet) -> Non
             for n in range(1, 4):
                 link.report(_report(n))
             assert await first.reports(3) == [1, 2, 3]
-            assert not link._unacked  # sent and forgotten, as before
+            assert not link.reports.unacked  # sent and forgotten, as before
             first.framed.abort()
             second = await master.session()
             link.report(_report(4))
@@ -170,7 +180,7 @@ def test_the_queue_stays_bounded_and_keeps_the_sessions_count(
 ) -> None:
     """Past MAX_QUEUED_REPORTS the oldest report goes (with a warning), sent or not; the master's
     count of the session's reports still names the same reports."""
-    monkeypatch.setattr(master_link, "MAX_QUEUED_REPORTS", 3)
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 3)
 
     async def main() -> None:
         async with _running(fleet, CAPABILITIES) as (link, master):
@@ -182,10 +192,43 @@ def test_the_queue_stays_bounded_and_keeps_the_sessions_count(
             assert await first.reports(1) == [4]
             assert link.dropped_reports == 1
             await first.take(2)  # 1 and 2 of the session
-            assert [r.mapping_id for r in link._unacked] == [3, 4]
+            assert [q.report.mapping_id for q in link.reports.unacked] == [3, 4]
             first.framed.abort()
             second = await master.session()
             assert await second.reports(2) == [3, 4]
 
     anyio.run(main)
     assert "dropped the oldest" in caplog.text
+
+
+def test_reports_not_taken_outlive_a_kill_of_the_agent_and_go_first_in_order(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The agent is killed with reports sent and not taken (1, 2), and one not sent (3): the
+    next process on the same data directory sends them first, in order, then new ones; taken
+    ones never come back."""
+    ident = fleet.join("web-1")
+
+    async def main() -> None:
+        async with _running(fleet, CAPABILITIES, ident, tmp_path / "outbox") as (link, master):
+            first = await master.session()
+            for n in range(1, 3):
+                link.report(_report(n))
+            assert await first.reports(2) == [1, 2]
+            first.framed.abort()  # the session ends: 1 and 2 go back to the queue
+            link.report(_report(3))
+        # killed: nothing was closed or flushed (the task group just stops)
+        async with _running(fleet, CAPABILITIES, ident, tmp_path / "outbox") as (link, master):
+            second = await master.session()
+            link.report(_report(4))
+            assert await second.reports(4) == [1, 2, 3, 4]
+            await second.take(3)
+        async with _running(fleet, CAPABILITIES, ident, tmp_path / "outbox") as (link, master):
+            third = await master.session()
+            assert await third.reports(1) == [4]
+            await third.take(1)
+        async with _running(fleet, CAPABILITIES, ident, tmp_path / "outbox") as (link, master):
+            await master.session()
+            assert not link.reports.unsent and not link.reports.unacked
+
+    anyio.run(main)

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from relaysync.agent.master_link import _merge, _runs, make_report
+from relaysync.agent.report_queue import Queued
 from relaysync.constants import MAX_MESSAGE_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol.framing import decode_payload, encode_frame
@@ -42,6 +43,13 @@ class OldReport(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag
 
 def _report(*records: CommitRecord) -> CommitReport:
     return make_report(1, "s", "t", 5, records)
+
+
+def _merged(reports: list[CommitReport]) -> list[CommitReport]:
+    """The reports as the agent's link merges them for the wire (each one outbox frame)."""
+    merged = _merge([Queued(r, 1) for r in reports])
+    assert sum(q.frames for q in merged) == len(reports)  # every frame is someone's
+    return [q.report for q in merged]
 
 
 def test_an_older_agents_record_decodes_as_unknown_kind() -> None:
@@ -82,7 +90,7 @@ def test_reports_are_split_so_removed_paths_stay_under_the_frame_cap() -> None:
     assert [len(r) for r in runs] == [2, 1, MAX_REPORT_RECORDS, 2]
     for run in runs:
         assert len(encode_frame(_report(*run))) < MAX_MESSAGE_BYTES
-    merged = _merge([_report(*run) for run in runs])
+    merged = _merged([_report(*run) for run in runs])
     assert all(sum(removed_bytes(r) for r in m.records) <= MAX_REMOVED_BYTES for m in merged)
     assert [r.seq for m in merged for r in m.records] == [r.seq for run in runs for r in run]
     assert _runs(()) == [()]  # a report of the watermark alone still goes
@@ -104,7 +112,7 @@ def test_reports_of_long_paths_and_errors_are_split_under_the_frame_cap() -> Non
     assert len(encode_frame(_report(*renames))) > MAX_MESSAGE_BYTES  # the case unsplit
     runs = _runs(renames + failures)
     assert len(runs) > 2
-    merged = _merge([_report(*run) for run in runs])
+    merged = _merged([_report(*run) for run in runs])
     for report in [_report(*run) for run in runs] + merged:
         assert len(encode_frame(report)) < MAX_MESSAGE_BYTES
     assert [r.seq for m in merged for r in m.records] == list(range(1, 2 * MAX_REPORT_RECORDS + 1))
@@ -126,7 +134,7 @@ def test_merged_reports_keep_their_route_and_routes_never_mix() -> None:
         )
 
     via_r = ("s", "r", "t")
-    merged = _merge([report(1, via_r), report(2, via_r), report(3, ("s", "t")), report(4, via_r)])
+    merged = _merged([report(1, via_r), report(2, via_r), report(3, ("s", "t")), report(4, via_r)])
     assert [(m.route, [r.seq for r in m.records]) for m in merged] == [
         (via_r, [1, 2]),
         (("s", "t"), [3]),

@@ -83,8 +83,9 @@ def test_big_commit_reports_are_split_into_small_frames() -> None:
         link.report(make_report(1, "s" * 64, "t" * 64, 5, records))
 
     anyio.run(main)
-    frames = [encode_frame(r) for r in link._reports]
-    assert sum(len(r.records) for r in link._reports) == 40_000
+    queued = [q.report for q in link.reports.unsent]
+    frames = [encode_frame(r) for r in queued]
+    assert sum(len(r.records) for r in queued) == 40_000
     assert max(len(f) for f in frames) < MAX_MESSAGE_BYTES / 4
 
 

@@ -1,0 +1,164 @@
+"""The report outbox on real files: replay order across segments and restarts, compaction once
+taken, torn frames and counts, the bound, a failing disk, and a former identity's outbox.
+
+A "restart" opens a new ReportOutbox on the same directory without closing the old one: a kill
+of the agent closes nothing either."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from relaysync.agent import outbox as outbox_module
+from relaysync.agent import report_queue
+from relaysync.agent.outbox import ReportOutbox
+from relaysync.agent.report_queue import ReportQueue
+from relaysync.protocol.messages import CommitRecord, CommitReport
+
+SRC, TGT = "a" * 64, "b" * 64
+SEGMENT_BYTES = 1024  # a few reports each, so that every test crosses segments
+
+
+def _report(n: int) -> CommitReport:
+    record = CommitRecord(seq=n, op="write", path=f"dir/file-{n}.html", size=n)
+    return CommitReport(
+        mapping_id=1, source_node=SRC, target_node=TGT, watermark=n, records=(record,)
+    )
+
+
+def _outbox(base: Path, segment_bytes: int = SEGMENT_BYTES) -> ReportOutbox:
+    return ReportOutbox(base / "outbox", TGT, segment_bytes=segment_bytes)
+
+
+def _opened(base: Path, segment_bytes: int = SEGMENT_BYTES) -> tuple[ReportOutbox, list[int]]:
+    box = _outbox(base, segment_bytes)
+    return box, [r.watermark for r in box.open()]
+
+
+def _segments(base: Path) -> list[Path]:
+    return sorted((base / "outbox" / TGT[:16]).glob("*.outbox"))
+
+
+def test_reports_come_back_in_order_across_segments_and_restarts(tmp_path: Path) -> None:
+    box, replayed = _opened(tmp_path)
+    assert replayed == []
+    for n in range(30):
+        box.append(_report(n))
+    assert len(_segments(tmp_path)) > 3
+    box.consume(7)
+    again, replayed = _opened(tmp_path)  # killed: 7..29 were not taken
+    assert replayed == list(range(7, 30))
+    for n in range(30, 35):  # new reports go after them, in a segment of their own
+        again.append(_report(n))
+    again.consume(3)
+    assert _opened(tmp_path)[1] == list(range(10, 35))
+
+
+def test_taken_reports_are_removed_from_disk_and_never_come_back(tmp_path: Path) -> None:
+    box, _ = _opened(tmp_path)
+    for n in range(40):
+        box.append(_report(n))
+    many = len(_segments(tmp_path))
+    box.consume(35)
+    assert len(_segments(tmp_path)) < many / 3  # whole segments taken are deleted
+    assert box.pending == 5
+    box.consume(5)
+    assert box.pending == 0
+    assert _opened(tmp_path)[1] == []
+    assert len(_segments(tmp_path)) <= 1  # at most the one appends go to
+
+
+def test_a_torn_last_frame_is_ignored_and_what_precedes_it_replayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    box, _ = _opened(tmp_path)
+    for n in range(3):
+        box.append(_report(n))
+    last = _segments(tmp_path)[-1]
+    os.truncate(last, last.stat().st_size - 5)  # killed mid-append
+    again, replayed = _opened(tmp_path)
+    assert replayed == [0, 1]
+    assert "torn last frame" in caplog.text
+    again.append(_report(3))  # goes to a new segment, after the torn one
+    assert _opened(tmp_path)[1] == [0, 1, 3]
+    with last.open("ab") as f:  # a header alone, torn too
+        f.write(b"\0\0")
+    assert _opened(tmp_path)[1] == [0, 1, 3]
+
+
+def test_a_torn_count_of_taken_reports_replays_them_rather_than_losing_any(
+    tmp_path: Path,
+) -> None:
+    box, _ = _opened(tmp_path, segment_bytes=1 << 20)  # one segment
+    for n in range(3):
+        box.append(_report(n))
+    box.consume(2)
+    assert _opened(tmp_path)[1] == [2]
+    done = _segments(tmp_path)[0].with_suffix(".done")
+    done.write_bytes(done.read_bytes()[:-1] + b"\xff")  # its checksum no longer matches
+    assert _opened(tmp_path)[1] == [0, 1, 2]  # repeats, which the master takes as such
+
+
+def test_the_bound_drops_the_oldest_from_disk_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 3)
+    box, _ = _opened(tmp_path)
+    queue = ReportQueue(box)
+    for n in range(5):
+        queue.add(_report(n))
+    assert queue.dropped == 2
+    assert [q.report.watermark for q in queue.unsent] == [2, 3, 4]
+    again, replayed = _opened(tmp_path)
+    assert replayed == [2, 3, 4]
+    for n in range(5, 7):  # more on disk than the bound: the oldest go at start
+        again.append(_report(n))
+    fresh = _outbox(tmp_path)
+    restarted = ReportQueue(fresh, fresh.open())
+    assert [q.report.watermark for q in restarted.unsent] == [4, 5, 6]
+    assert restarted.dropped == 2
+    assert _opened(tmp_path)[1] == [4, 5, 6]
+
+
+def test_reports_merged_for_the_wire_are_taken_with_all_their_frames(tmp_path: Path) -> None:
+    box, _ = _opened(tmp_path)
+    queue = ReportQueue(box)
+    for n in range(5):
+        queue.add(_report(n))
+    batch = queue.take_batch(64)
+    queue.unacked.extend([batch[0], batch[1]._replace(frames=3), batch[4]])  # 1..3 merged
+    queue.taken(2)
+    assert _opened(tmp_path)[1] == [4]
+    queue.session_over()
+    assert [q.report.watermark for q in queue.unsent] == [4]
+
+
+def test_a_report_that_cannot_be_appended_is_kept_in_memory_and_takes_no_other_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    box, _ = _opened(tmp_path)
+    queue = ReportQueue(box)
+    queue.add(_report(0))
+
+    def full(*_: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outbox_module.os, "pwrite", full)
+    queue.add(_report(1))
+    monkeypatch.undo()
+    queue.add(_report(2))
+    assert [q.frames for q in queue.unsent] == [1, 0, 1]
+    assert "kept in memory only" in caplog.text and "appends work again" in caplog.text
+    queue.forget(queue.take_batch(2))  # 0 and 1 went to a master that does not acknowledge
+    assert _opened(tmp_path)[1] == [2]
+
+
+def test_a_former_identitys_outbox_is_removed(tmp_path: Path) -> None:
+    old = ReportOutbox(tmp_path / "outbox", "c" * 64)
+    old.open()
+    old.append(_report(0))
+    assert _opened(tmp_path)[1] == []
+    assert [p.name for p in (tmp_path / "outbox").iterdir()] == [TGT[:16]]
