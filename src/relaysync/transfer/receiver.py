@@ -221,7 +221,7 @@ class ReceiverSession(FileReceiver, TreeOps):
         # repeats; the other way round, the master would never hear of them.
         applied, self._applied = self._applied, []
         if applied:
-            self.report(self._seen_seq, applied)
+            self.report(max(self._seen_seq, self.watermark), applied)  # as saved just below
         if self._seen_seq > self.watermark:
             self.watermark = self._seen_seq
             self.folder.set_watermark(self.journal_id, self.watermark)
