@@ -47,6 +47,9 @@ METRICS_INTERVAL_S = 10.0
 
 RECONNECT_MIN_S = 0.2  # first retry after a lost link
 RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
+# A target that runs another routing epoch (ROUTES_STALE) gets the newer table within moments:
+# its refusals are retried at most this far apart, and are no failed hop (no HopFailed).
+ROUTES_STALE_RETRY_MAX_S = 2.0
 REFUSED_RETRY_S = (
     300.0  # an agent the master refused (removed from the fleet) asks again this seldom
 )
