@@ -53,6 +53,10 @@ ROUTES_STALE_RETRY_MAX_S = 2.0
 REFUSED_RETRY_S = (
     300.0  # an agent the master refused (removed from the fleet) asks again this seldom
 )
+# ... but a certificate the master refused that is not expired by the agent's own clock (not yet
+# valid, or current here) is a clock behind, the agent's or the master's: once NTP sets it right,
+# the agent is back within this.
+CERT_CLOCK_RETRY_S = 30.0
 SOURCE_RETRY_MIN_S = 1.0  # first restart of a source mapping that failed (its folder, its state)
 SOURCE_RETRY_MAX_S = 60.0  # backoff ceiling: each restart opens its state and rescans its folder
 # An agent task that failed unexpectedly (a bug, not a lost link: those reconnect by themselves) is

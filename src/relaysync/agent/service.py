@@ -138,6 +138,7 @@ class AgentService(SourceRole, TargetRole):
                 else None,
                 advertise_route_ipv4_only=listens_ipv4_only(host),
                 capabilities=capabilities,
+                certificate=self._cert_pem,
             )
             await self._apply_saved()
             tg.start_soon(self._supervised, self.link.serve, "control link to the master")
