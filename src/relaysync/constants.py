@@ -47,9 +47,16 @@ METRICS_INTERVAL_S = 10.0
 
 RECONNECT_MIN_S = 0.2  # first retry after a lost link
 RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
+# A target that runs another routing epoch (ROUTES_STALE) gets the newer table within moments:
+# its refusals are retried at most this far apart, and are no failed hop (no HopFailed).
+ROUTES_STALE_RETRY_MAX_S = 2.0
 REFUSED_RETRY_S = (
     300.0  # an agent the master refused (removed from the fleet) asks again this seldom
 )
+# ... but a certificate the master refused that is not expired by the agent's own clock (not yet
+# valid, or current here) is a clock behind, the agent's or the master's: once NTP sets it right,
+# the agent is back within this.
+CERT_CLOCK_RETRY_S = 30.0
 SOURCE_RETRY_MIN_S = 1.0  # first restart of a source mapping that failed (its folder, its state)
 SOURCE_RETRY_MAX_S = 60.0  # backoff ceiling: each restart opens its state and rescans its folder
 # An agent task that failed unexpectedly (a bug, not a lost link: those reconnect by themselves) is

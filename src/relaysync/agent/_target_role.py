@@ -73,14 +73,17 @@ class TargetRole(AgentRole):
             and existing.source_node == spec.source_node
         ):
             existing.durable = spec.durability == "safe"
+            existing.keep_versions = _versions_here(spec, self.node_id)
             secret = _own_target(spec, self.node_id).link_secret
-            if secret != existing.link_secret:
+            changed, existing.link_secret = secret != existing.link_secret, secret
+            # The secret and the parent it belongs to change together, before the restart
+            # awaits: the old parent reconnecting meanwhile met the new hop's secret under the
+            # old table's parents and epoch, and was logged as failing authentication.
+            self._set_routes(existing, spec)
+            if changed:
                 # A plain session is authenticated only when it opens: one opened under the
                 # old secret (or while the link was trusted at all) must not outlive it.
-                existing.link_secret = secret
                 await self._server.restart_session(mapping_id, "this link's secret changed")
-            existing.keep_versions = _versions_here(spec, self.node_id)
-            self._set_routes(existing, spec)
             await self._apply_relay(spec, existing)
             return
         if existing is not None:

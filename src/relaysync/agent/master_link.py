@@ -11,9 +11,10 @@ disk (agent/report_queue.py, agent/outbox.py: a kill of the agent loses none). A
 that announces CAP_REPORT_ACK says which reports it has taken durably (`ReportsTaken`); the
 others stay queued and go again, first and in order, on the next session, so a kill of the
 master loses none (master/report_acks.py). With an older master, reports are sent and forgotten.
-A master
-that refuses this node (removed from the fleet) is logged as an error and asked again only
-every REFUSED_RETRY_S: the node must join again with a new token.
+A master that refuses this node (removed from the fleet) is logged as an error and asked again
+only every REFUSED_RETRY_S: the node must join again with a new token. So is one that refuses this
+node's certificate as expired when our clock agrees; one refused while our clock holds it
+current or not yet valid is a clock behind, asked again every CERT_CLOCK_RETRY_S.
 Resource handling: one connection at a time; a reader and a writer task per connection.
 """
 
@@ -28,9 +29,11 @@ import anyio
 import msgspec
 
 from relaysync._util.aio import is_link_error, leaf_error
+from relaysync.auth.validity import seconds_left
 from relaysync.constants import (
     CAP_REPORT_ACK,
     CAPABILITIES,
+    CERT_CLOCK_RETRY_S,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     MASTER_NODE_NAME,
@@ -42,6 +45,7 @@ from relaysync.constants import (
     REFUSED_RETRY_S,
 )
 from relaysync.errors import (
+    AuthError,
     CertificateExpired,
     CertificateNotYetValid,
     CertificateRefused,
@@ -101,6 +105,7 @@ class MasterLink:
         capabilities: tuple[str, ...] = CAPABILITIES,
         outbox: ReportOutbox | None = None,
         replayed: Sequence[CommitReport] = (),
+        certificate: bytes = b"",
     ) -> None:
         """
         Args:
@@ -117,6 +122,8 @@ class MasterLink:
             capabilities: announced in our Hello (fewer: act as an older release).
             outbox: keeps commit reports on disk until the master took them; None: in memory.
             replayed: the reports `outbox.open()` read back, sent before any new one.
+            certificate: this agent's (PEM), to tell a refusal of it that only a new one
+                mends (expired by our clock too) from a clock behind, which NTP mends.
         """
         self.control_address = control_address
         self.ctx = ctx
@@ -131,6 +138,7 @@ class MasterLink:
         self.on_assignment = on_assignment
         self.connected = False
         self.capabilities = capabilities
+        self.certificate = certificate
         # kept until the master takes them, if it says so (`_acking`)
         self.reports = ReportQueue(outbox, replayed)
         self._acking = False
@@ -188,21 +196,22 @@ class MasterLink:
         task_status.started()
         delay = RECONNECT_MIN_S
         while True:
-            refused = False
+            refused_wait_s: float | None = None
             try:
                 await self._session()
             except Exception as exc:
                 if not is_link_error(exc):
                     raise
-                refused = self._log_failure(leaf_error(exc), delay)
+                refused_wait_s = self._log_failure(leaf_error(exc), delay)
             if self.connected:
                 delay = RECONNECT_MIN_S
             self.connected = False
-            await anyio.sleep(REFUSED_RETRY_S if refused else delay)
+            await anyio.sleep(delay if refused_wait_s is None else refused_wait_s)
             delay = min(delay * 2, RECONNECT_MAX_S)
 
-    def _log_failure(self, err: BaseException, delay: float) -> bool:
-        """Log why the session ended; True if the master refused this node (retry seldom)."""
+    def _log_failure(self, err: BaseException, delay: float) -> float | None:
+        """Log why the session ended; returns the wait before asking again if the master
+        refused this node (seldom), None for the ordinary backoff."""
         if isinstance(err, PeerRefused) and err.args[1:] == (ErrorCode.UNKNOWN_PEER.name,):
             logger.error(
                 "the master refused this agent: %s. To join the fleet again, stop it, "
@@ -212,10 +221,14 @@ class MasterLink:
                 self.identity_dir,
                 REFUSED_RETRY_S,
             )
-            return True
-        if isinstance(err, CertificateRefused):  # ours expired: the detail says when, what to do
-            logger.error("control link to master %s: %s", self.control_address, err)
-            return True
+            return REFUSED_RETRY_S
+        if isinstance(err, CertificateRefused):  # the detail says why and when, what to do
+            wait_s = self._certificate_retry_s()
+            logger.error(
+                "control link to master %s: %s; asking again in %.0f s",
+                *(self.control_address, err, wait_s),
+            )
+            return wait_s
         if isinstance(err, UnknownPeer):
             logger.error(
                 "control address %s answers with a certificate that is not the master's: "
@@ -239,6 +252,18 @@ class MasterLink:
                 err or type(err).__name__,
             )
         return False
+
+    def _certificate_retry_s(self) -> float:
+        """How soon to ask again once the master refused our certificate: seldom if our clock
+        too says it expired (only a new one helps); soon if our clock holds it current or not
+        yet valid: a clock is behind (ours or the master's), and NTP sets it right any moment."""
+        if not self.certificate:
+            return REFUSED_RETRY_S
+        try:
+            left_s = seconds_left(self.certificate)
+        except AuthError:  # unreadable: as before, seldom
+            return REFUSED_RETRY_S
+        return REFUSED_RETRY_S if left_s <= 0 else CERT_CLOCK_RETRY_S
 
     async def _connect(self) -> FramedStream:
         """Connect to the master, and only to the master.

@@ -142,6 +142,8 @@ class PeerServer:
             self.refused += isinstance(exc, ProtocolError | UnknownPeer)
             if isinstance(exc, anyio.EndOfStream):
                 logger.info("peer closed its session")
+            elif isinstance(exc, RoutesStale):  # a route change in flight: the peer retries
+                logger.info("peer session refused: %s", exc)
             else:
                 logger.warning("peer session ended: %s: %s", type(exc).__name__, exc)
             if isinstance(exc, RelaySyncError):
@@ -171,19 +173,8 @@ class PeerServer:
         if peer is None:
             folder = await self._authenticate_plain(framed, hello, opened, folder, address)
             framed.allow_messages(MAX_MESSAGE_BYTES)
-        elif (folder is None and opened.route_epoch) or (
-            folder is not None
-            and peer not in folder.parents
-            and peer in folder.members
-            and opened.route_epoch != folder.route_epoch
-        ):
-            ours = (
-                folder.route_epoch if folder is not None else "none (the mapping is not ours yet)"
-            )
-            raise RoutesStale(
-                opened.mapping_id,
-                f"{hello.name} runs routing epoch {opened.route_epoch}, we run {ours}",
-            )
+        elif (stale := _routes_stale(hello, opened, folder, peer)) is not None:
+            raise stale
         elif folder is None or peer not in folder.parents:
             raise UnknownPeer(
                 f"{hello.name} ({peer[:16]}) is not the parent of mapping {opened.mapping_id} "
@@ -216,8 +207,12 @@ class PeerServer:
         address: str,
     ) -> TargetFolder:
         """A plain link is allowed only where the policy turned TLS off, and only to the source
-        that proves it holds the link secret."""
+        that proves it holds the link secret. A sender of another routing epoch is refused as
+        RoutesStale, as on a TLS link; a wrong MAC under our epoch is an UnknownPeer."""
         claimed = hello.node_id
+        stale = _routes_stale(hello, opened, folder, claimed)
+        if stale is not None:  # refused before the challenge: a refusal needs no proof
+            raise stale
         if folder is None or claimed not in folder.parents:
             raise UnknownPeer(f"{claimed[:16]} for mapping {opened.mapping_id} from {address}")
         if not folder.link_secret:
@@ -229,11 +224,17 @@ class PeerServer:
             await framed.send(AuthChallenge(nonce=nonce))
             response = await framed.receive()
         expected = tls.link_mac(folder.link_secret, nonce, opened.mapping_id, claimed, self.node_id)
-        if not isinstance(response, AuthResponse) or not hmac.compare_digest(
-            response.mac, expected
-        ):
-            raise UnknownPeer(f"{claimed[:16]} failed plain-link authentication from {address}")
-        return folder
+        if isinstance(response, AuthResponse) and hmac.compare_digest(response.mac, expected):
+            return folder
+        if opened.route_epoch != folder.route_epoch:
+            # Our parent here, holding the secret of the hop its own (older or newer) table
+            # names: a route change in flight, refused all the same, but no failed hop.
+            raise RoutesStale(
+                opened.mapping_id,
+                f"{hello.name} runs routing epoch {opened.route_epoch} and its link secret is "
+                f"not this hop's in ours, {folder.route_epoch}",
+            )
+        raise UnknownPeer(f"{claimed[:16]} failed plain-link authentication from {address}")
 
     async def restart_session(
         self, mapping_id: int, reason: str = "this target's relay role changed"
@@ -420,6 +421,32 @@ class _ReadAhead:
     def raise_error(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def _routes_stale(
+    hello: Hello, opened: OpenMapping, folder: TargetFolder | None, sender: str
+) -> RoutesStale | None:
+    """The refusal of a sender that runs another routing epoch and is not our parent in ours
+    (the mapping is not ours yet, or the sender is a member our table does not name as the
+    parent): the newer table reaches both nodes shortly, so it retries quietly (no HopFailed).
+
+    `sender` is the TLS-proven node id, or on a plain link the id it claims: only a refusal
+    rests on it, never a session."""
+    if folder is None:
+        if not opened.route_epoch:
+            return None
+        ours = "none (the mapping is not ours yet)"
+    elif (
+        sender in folder.parents
+        or sender not in folder.members
+        or opened.route_epoch == folder.route_epoch
+    ):
+        return None
+    else:
+        ours = str(folder.route_epoch)
+    return RoutesStale(
+        opened.mapping_id, f"{hello.name} runs routing epoch {opened.route_epoch}, we run {ours}"
+    )
 
 
 async def _try_send_error(framed: FramedStream, exc: RelaySyncError) -> None:

@@ -146,6 +146,7 @@ class AgentService(SourceRole, TargetRole):
                     capabilities=capabilities,
                     outbox=outbox,
                     replayed=replayed,
+                    certificate=self._cert_pem,
                 )
                 await self._apply_saved()
                 tg.start_soon(self._supervised, self.link.serve, "control link to the master")

@@ -30,6 +30,7 @@ from relaysync.constants import (
     RECEIVE_TIMEOUT_S,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
+    ROUTES_STALE_RETRY_MAX_S,
 )
 from relaysync.errors import PeerRefused, ProtocolError, SpoolReset
 from relaysync.protocol.framing import FramedStream
@@ -121,27 +122,39 @@ class TargetLink:
             except Exception as exc:
                 if not is_link_error(exc):
                     raise
-                err = leaf_error(exc)
-                if (
-                    self.failures == 0
-                ):  # the session had made progress: a fresh failure, a short wait
-                    delay = RECONNECT_MIN_S
-                self.log.warning(
-                    "link to %s down, will retry in %.1f s: %s",
-                    self.target.name,
-                    delay,
-                    err or type(err).__name__,
-                )
-                self.failures += 1
-                if self.on_failure is not None and not any(
-                    map(_not_a_failed_hop, error_leaves(exc))
-                ):
-                    self.on_failure(
-                        self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures
+                if any(map(_not_a_failed_hop, error_leaves(exc))):
+                    delay = min(delay, ROUTES_STALE_RETRY_MAX_S)
+                    self.log.info(
+                        "link to %s waits for the routes to settle, will retry in %.1f s: %s",
+                        self.target.name,
+                        delay,
+                        leaf_error(exc),
                     )
+                else:
+                    delay = self._session_failed(exc, delay)
             self.connected = False
             await anyio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def _session_failed(self, exc: BaseException, delay: float) -> float:
+        """Log and count a failed session, report it to the master; returns the wait before the
+        next one. A refusal of a route change in flight (_not_a_failed_hop) is not counted: the
+        master re-plans around a hop at its second failure."""
+        err = leaf_error(exc)
+        if self.failures == 0:  # the session had made progress: a fresh failure, a short wait
+            delay = RECONNECT_MIN_S
+        self.log.warning(
+            "link to %s down, will retry in %.1f s: %s",
+            self.target.name,
+            delay,
+            err or type(err).__name__,
+        )
+        self.failures += 1
+        if self.on_failure is not None:
+            self.on_failure(
+                self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures
+            )
+        return delay
 
     @property
     def bytes_sent(self) -> int:
