@@ -216,6 +216,11 @@ def test_a_certificate_that_expires_soon_is_warned_about_and_shown_to_operators(
         master_left = fams["relaysync_master_cert_expires_in_s"][(("server", "master"),)]
         assert 9 * DAY_S < master_left <= 10 * DAY_S
         assert fams["relaysync_cert_expires_in_s"][(("server", "a1"),)] > 800 * DAY_S
+        # the fleet's certificates at a glance: what a1's control link showed the master
+        a1_cert = tls.Identity.in_directory(cluster.agents["a1"].data_dir / "identity").cert_path
+        a1 = cluster.api.get("/api/servers/a1").json()
+        assert a1["cert_not_after"] == validity(a1_cert.read_bytes())[1].timestamp()
+        assert 800 * DAY_S < a1["cert_expires_in_s"] <= 825 * DAY_S
         rule = cluster.api.post(
             "/api/thresholds",
             json={

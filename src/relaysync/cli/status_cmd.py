@@ -8,6 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from relaysync.auth.validity import EXPIRY_WARNING_S
 from relaysync.cli._client import (
     DataOption,
     JsonOption,
@@ -76,7 +77,7 @@ def fetch_status(client: MasterClient) -> dict[str, Any]:
 
 def servers_table(servers: list[dict[str, Any]]) -> Table:
     table = Table(title="Servers", title_justify="left")
-    for column in ("name", "region", "group", "state", "health", "last seen"):
+    for column in ("name", "region", "group", "state", "health", "last seen", "certificate"):
         table.add_column(column)
     for s in servers:
         state = {"up": "[green]up[/green]", "down": "[red]down[/red]"}.get(
@@ -90,8 +91,20 @@ def servers_table(servers: list[dict[str, Any]]) -> Table:
             state,
             health if health == "ok" else f"[yellow]{health}[/yellow]",
             format_time(s["last_seen"]),
+            _certificate_left(s.get("cert_expires_in_s")),
         )
     return table
+
+
+def _certificate_left(left_s: float | None) -> str:
+    """Days left on a server's certificate: yellow within a month (re-join it), red once expired."""
+    if left_s is None:
+        return "unknown"
+    days = left_s / 86400
+    if days < 0:
+        return f"[red]expired {-days:.0f} days ago[/red]"
+    text = f"{days:.0f} days left"
+    return f"[yellow]{text}[/yellow]" if left_s < EXPIRY_WARNING_S else text
 
 
 def mappings_table(mappings: list[dict[str, Any]]) -> Table:

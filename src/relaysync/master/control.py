@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
 import logging
 import ssl
 import time
@@ -35,6 +36,7 @@ from anyio.abc import TaskStatus
 from relaysync._util.addresses import address_problem
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.auth.ca import is_master_name
+from relaysync.auth.validity import EXPIRY_WARNING_S, REJOIN_AGENT, format_time
 from relaysync.constants import (
     CAP_REPORT_ACK,
     CAPABILITIES,
@@ -50,6 +52,7 @@ from relaysync.master.mapping_members import MappingMembers
 from relaysync.master.report_acks import ReportAcks
 from relaysync.master.router import Router
 from relaysync.master.store.store import Store
+from relaysync.master.store.types import ServerInfo
 from relaysync.protocol.connection import ACCEPT_BACKLOG
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
@@ -291,6 +294,7 @@ class ControlServer:
                     region=register.region,
                     group=register.group,
                     address=address,
+                    cert_not_after=tls.peer_not_after(framed),
                 )
             )
         except NodeRemoved as exc:
@@ -305,6 +309,7 @@ class ControlServer:
                 register.name,
                 info.name,
             )
+        _warn_if_expiring(info)
         return _AgentLink(node_id=node_id, name=info.name, framed=framed)
 
     async def _register(self, link: _AgentLink, register: Register) -> None:
@@ -477,3 +482,19 @@ class ControlServer:
                 mapping_id=mapping_id,
                 detail=what,
             )
+
+
+def _warn_if_expiring(info: ServerInfo) -> None:
+    """The master's own word, at each control link, on a node whose certificate expires within
+    EXPIRY_WARNING_S: one place for an operator to see it (the node's log says it too)."""
+    if info.cert_not_after is None:
+        return
+    left_s = info.cert_not_after - time.time()
+    if left_s < EXPIRY_WARNING_S:
+        logger.warning(
+            "server %s: its certificate expires %s (in %.0f days): %s",
+            info.name,
+            format_time(dt.datetime.fromtimestamp(info.cert_not_after, dt.UTC)),
+            left_s / 86400,
+            REJOIN_AGENT,
+        )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from relaysync.auth.validity import PEER_REMEDY, REJOIN_AGENT, check_current
+from relaysync.auth.validity import PEER_REMEDY, REJOIN_AGENT, check_current, validity
 from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
@@ -144,6 +144,11 @@ def _peer_der(framed: FramedStream) -> bytes:
 def peer_node_id(framed: FramedStream) -> str:
     """Return the fingerprint of the peer's certificate on an established TLS connection."""
     return fingerprint_der(_peer_der(framed))
+
+
+def peer_not_after(framed: FramedStream) -> float:
+    """When the peer's certificate expires (unix time), on an established TLS connection."""
+    return validity(_peer_der(framed))[1].timestamp()
 
 
 def check_dates(framed: FramedStream, whose: str, remedy: str) -> None:

@@ -60,10 +60,29 @@ def test_status_tables_show_state_lag_and_exceptions() -> None:
             "state": "down",
             "health": "unhealthy",
             "last_seen": None,
-        }
+        },
+        {
+            "name": "web2",
+            "region": "eu",
+            "group": "g",
+            "state": "up",
+            "health": "ok",
+            "last_seen": None,
+            "cert_expires_in_s": 10 * 86400,
+        },
+        {
+            "name": "web3",
+            "region": "eu",
+            "group": "g",
+            "state": "up",
+            "health": "ok",
+            "last_seen": None,
+            "cert_expires_in_s": -2 * 86400,
+        },
     ]
     out = render(servers_table(servers))
     assert "web1" in out and "down" in out and "unhealthy" in out and "never" in out
+    assert "unknown" in out and "10 days left" in out and "expired 2 days ago" in out
     mappings = [
         {
             "name": "www",

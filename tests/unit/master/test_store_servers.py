@@ -222,6 +222,15 @@ def test_register_updates_a_joined_server_and_keeps_its_name(store: Store) -> No
     assert (locked.region, locked.group) == ("us", "g2")
 
 
+def test_register_notes_the_certificates_expiry_and_keeps_it_when_unknown(store: Store) -> None:
+    store.upsert_server(node_id=A, name="web-1", region="", group="", address="")
+    assert store.get_server(A).cert_not_after is None  # joined, its control link not up yet
+    expires = time.time() + 825 * 86400
+    info = store.register_server(A, region="", group="", address="", cert_not_after=expires)
+    assert info.cert_not_after == store.get_server("web-1").cert_not_after == expires
+    assert store.register_server(A, region="", group="", address="").cert_not_after == expires
+
+
 def test_register_refuses_a_node_that_never_joined(store: Store) -> None:
     with pytest.raises(NodeRemoved, match="does not know it"):
         store.register_server(A, region="", group="", address="127.0.0.1:9")

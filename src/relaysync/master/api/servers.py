@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from relaysync.master.api._context import Context
 from relaysync.master.events import EventType
@@ -28,6 +29,15 @@ class ServerOut(BaseModel):
     topology_locked: bool = (
         False  # set by an operator's edit: the agent's registration no longer moves it
     )
+    # When its certificate expires (unix time), as its last control link showed; None before.
+    # The node id is the certificate's hash: a node re-joins (a new token) before this date.
+    cert_not_after: float | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cert_expires_in_s(self) -> float | None:
+        """Seconds left on its certificate (negative: expired), as of this answer."""
+        return None if self.cert_not_after is None else round(self.cert_not_after - time.time())
 
 
 def list_servers(context: Context) -> list[ServerOut]:

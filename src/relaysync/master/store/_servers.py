@@ -32,9 +32,11 @@ def register(
     address: str,
     now: float,
     bump_epoch: Callable[[Session], None],
+    cert_not_after: float | None = None,
 ) -> Server:
     """A known node's control link is up: note its address (and region and group, unless an
-    operator placed it), and mark it up.
+    operator placed it) and its certificate's expiry (None: unknown, the one noted stays), and
+    mark it up.
 
     Raises:
         NodeRemoved: the node was removed from the fleet, or never joined this master.
@@ -52,6 +54,8 @@ def register(
     if not row.topology_locked:  # the router re-plans on the registration that follows
         row.region, row.group_name = region, group
     row.state, row.last_seen = "up", now
+    if cert_not_after is not None:
+        row.cert_not_after = cert_not_after
     session.flush()
     return row
 

@@ -52,6 +52,8 @@ class Server(Base):
     # Set when an operator edits region/group/capacity (migration 0006_routing): from then on the
     # agent's Register no longer overwrites region and group.
     topology_locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When its certificate expires (unix time), as its last control link showed (0016).
+    cert_not_after: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class RevokedNode(Base):

@@ -68,6 +68,7 @@ def _server_info(row: Server) -> ServerInfo:
         created_at=row.created_at,
         health=row.health,  # type: ignore[arg-type]
         topology_locked=row.topology_locked,
+        cert_not_after=row.cert_not_after,
     )
 
 
@@ -189,9 +190,18 @@ class Store(SiteStore, TokenStore, JobLogStore):
             session.flush()
             return _server_info(row)
 
-    def register_server(self, node_id: str, *, region: str, group: str, address: str) -> ServerInfo:
+    def register_server(
+        self,
+        node_id: str,
+        *,
+        region: str,
+        group: str,
+        address: str,
+        cert_not_after: float | None = None,
+    ) -> ServerInfo:
         """A joined node's control link is up: record its address (and region and group, unless
-        an operator placed it) and mark it up. Its name is the one it joined with.
+        an operator placed it) and its certificate's expiry, and mark it up. Its name is the one
+        it joined with.
 
         Raises:
             NodeRemoved: the node was removed from the fleet, or never joined.
@@ -203,6 +213,7 @@ class Store(SiteStore, TokenStore, JobLogStore):
                 region=region,
                 group=group,
                 address=address,
+                cert_not_after=cert_not_after,
                 now=time.time(),
                 bump_epoch=_bump_epoch,
             )

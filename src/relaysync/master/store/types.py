@@ -27,6 +27,7 @@ class ServerInfo:
     topology_locked: bool = (
         False  # an operator set region/group: the agent's registration no longer does
     )
+    cert_not_after: float | None = None  # its certificate's expiry (unix time), once seen
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,31 @@
+"""servers.cert_not_after: when each node's certificate expires, as its last control link showed.
+
+A node's id is its certificate's hash, so a certificate cannot be renewed in place: operators need
+to see, fleet-wide, which servers must join again soon (GET /api/servers, `relaysync status`).
+NULL until the node's control link comes up with this release.
+
+Revision ID: 0016_server_cert_dates
+Revises: 0015_api_token_ids
+Create Date: 2026-12-05 11:20:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0016_server_cert_dates"
+down_revision: str | None = "0015_api_token_ids"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("servers", sa.Column("cert_not_after", sa.Float(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("servers") as batch:
+        batch.drop_column("cert_not_after")
