@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relaysync.testing.cluster import wait_until
-from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
+from tests.integration._job_log import job_log_stats, settle, wait_each_change_once
+from tests.integration.conftest import Fleet
 
 pytestmark = pytest.mark.integration
 
@@ -26,26 +26,13 @@ def _write_lock(database: Path) -> sqlite3.Connection:
     return conn
 
 
-def _stats(fleet: Fleet, by: str) -> dict[str, dict]:
-    rows = fleet.cluster.api.get("/api/stats", params={"by": by}).json()
-    return {r["key"]: r for r in rows}
-
-
 def test_master_killed_with_reports_in_memory_loses_none_and_counts_each_once(
     own_fleet: Fleet,
 ) -> None:
     cluster = own_fleet.cluster
     mapping, src, dsts = own_fleet.new_mapping()
     assert cluster.master is not None
-    # Settled first: a session restarted while the mapping's routes reach the agents (RoutesStale)
-    # may commit a file twice, a second commit the job log rightly counts (once seen: 43 for 40).
-    (src / "warm.html").write_text("routes settled\n")
-    own_fleet.wait_converged(src, dsts)
-    wait_until(
-        lambda: _stats(own_fleet, "mapping").get(mapping["name"], {}).get("files") == 2,
-        timeout_s=CONVERGE_TIMEOUT_S,
-        what="the warm-up file in the job log for both targets",
-    )
+    settle(own_fleet, mapping, src, dsts)
     lock = _write_lock(cluster.master_dir / "master.db")
     try:
         for i in range(FILES):
@@ -58,12 +45,6 @@ def test_master_killed_with_reports_in_memory_loses_none_and_counts_each_once(
         lock.close()
     cluster.start_master()
 
-    def all_once() -> bool:
-        by_mapping = _stats(own_fleet, "mapping").get(mapping["name"], {})
-        by_server = _stats(own_fleet, "server")
-        files = [by_server.get(t, {}).get("files") for t in ("t1", "t2")]
-        return by_mapping.get("changes") == FILES + 1 and files == [FILES + 1, FILES + 1]
-
-    wait_until(all_once, timeout_s=CONVERGE_TIMEOUT_S, what="every change in the job log once")
+    wait_each_change_once(own_fleet, mapping, FILES)
     # Nothing comes later to count twice: the targets have nothing left to send.
-    assert _stats(own_fleet, "mapping")[mapping["name"]]["files"] == 2 * (FILES + 1)
+    assert job_log_stats(own_fleet, "mapping")[mapping["name"]]["files"] == 2 * (FILES + 1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -55,10 +55,14 @@ def _full_rescans(mapping: SourceMapping) -> list[int]:
     return seen
 
 
-async def _journaled(mapping: SourceMapping, path: str) -> None:
+async def _until(condition: Callable[[], bool]) -> None:
     with anyio.fail_after(WAIT_S):
-        while path not in {r.path for r in mapping.journal.read(0)}:
+        while not condition():
             await anyio.sleep(0.01)
+
+
+async def _journaled(mapping: SourceMapping, path: str) -> None:
+    await _until(lambda: path in {r.path for r in mapping.journal.read(0)})
 
 
 def test_the_closing_rescan_waits_for_the_targets_while_the_watcher_goes_on(
@@ -76,9 +80,7 @@ def test_the_closing_rescan_waits_for_the_targets_while_the_watcher_goes_on(
             await _journaled(mapping, "marker")  # the watcher's change, while t1 has not acked
             assert rescans == []
             mapping.on_ack("t1", mapping.journal.last_seq)
-            with anyio.fail_after(WAIT_S):
-                while not rescans:
-                    await anyio.sleep(0.01)
+            await _until(lambda: bool(rescans))
             tg.cancel_scope.cancel()
 
     try:
@@ -98,9 +100,7 @@ def test_the_closing_rescan_runs_after_its_bound_when_a_target_never_acks(
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(mapping.serve)
-            with anyio.fail_after(WAIT_S):
-                while not rescans:
-                    await anyio.sleep(0.01)
+            await _until(lambda: bool(rescans))
             tg.cancel_scope.cancel()
 
     try:
