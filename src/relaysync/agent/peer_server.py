@@ -186,7 +186,7 @@ class PeerServer:
             if feed is not None and feed.on_route_change is not None:
                 feed.on_route_change()  # the children's sessions must carry the new route (job log)
         mapping_id = opened.mapping_id
-        await self._end_session(mapping_id)  # one session per mapping: the newer one wins
+        await self._take_over(mapping_id)  # one session per mapping: the newer one wins
         ended = anyio.Event()
         with anyio.CancelScope() as scope:
             self._active[mapping_id], self._ended[mapping_id] = scope, ended
@@ -248,14 +248,33 @@ class PeerServer:
             await _try_send_error(framed, RoutesStale(mapping_id, f"{reason}: reconnect"))
         await self._end_session(mapping_id)
 
-    async def _end_session(self, mapping_id: int) -> None:
-        """Cancel the mapping's current session, if any, and wait until it has let go."""
+    async def _take_over(self, mapping_id: int) -> None:
+        """End the mapping's sessions before this one, and wait until they have let go.
+
+        Again after each: two successors that waited for the same session both woke when it
+        ended, and the second replaced the first in `_active` without ending it, which went on
+        receiving beside it (its partials open) until its link timed out.
+        """
+        while mapping_id in self._active:
+            if not await self._end_session(mapping_id):
+                # Its thread is still busy: go ahead. Each partial's lock keeps the two apart.
+                logger.warning(
+                    "the session before did not end within %s s; mapping %s goes ahead",
+                    RECEIVE_TIMEOUT_S,
+                    mapping_id,
+                )
+                return
+
+    async def _end_session(self, mapping_id: int) -> bool:
+        """Cancel the mapping's current session, if any, and wait until it has let go (its files
+        closed: `_receive` closes them, shielded). False if it had not within RECEIVE_TIMEOUT_S."""
         scope, ended = self._active.get(mapping_id), self._ended.get(mapping_id)
         if scope is None or ended is None:
-            return
+            return True
         scope.cancel()
         with anyio.move_on_after(RECEIVE_TIMEOUT_S):
             await ended.wait()
+        return ended.is_set()
 
     async def retire(self, folder: TargetFolder) -> None:
         """Stop serving a folder (mapping removed or moved): end its session, remove its partials

@@ -103,7 +103,7 @@ class FileReceiver(SessionHooks):
                 offset=msg.offset,
             )
             try:
-                self.folder.add_partial(msg.path, msg.expected_hash)
+                self.folder.add_partial(msg.path, msg.expected_hash, made_dir=incoming.made_dir)
             except BaseException:
                 incoming.close()  # kept on disk, as a partial is; its fd is not
                 raise

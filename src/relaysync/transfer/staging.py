@@ -24,6 +24,7 @@ import xxhash
 
 from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import HashMismatch, TransferError
+from relaysync.transfer import _partial_lock
 from relaysync.watch.manifest import permission_bits
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,20 @@ def partial_name_for(final: Path, content_hash: bytes, owner: int) -> Path:
     )
 
 
-def make_parents(root: Path, final: Path) -> None:
-    """Create the real directories between root and final's parent (never through links)."""
+def make_parents(root: Path, final: Path) -> Path | None:
+    """Create the real directories between root and final's parent (never through links).
+
+    Returns the topmost directory it created (None if the parent was there already), so that
+    a partial's directories can go with it (`TargetFolder.add_partial`).
+    """
     parent = final.parent
     if parent == root or parent.is_dir():
-        return
+        return None
+    top = parent
+    while top.parent != root and not os.path.lexists(top.parent):
+        top = top.parent
     os.makedirs(parent, exist_ok=True)
+    return top
 
 
 def remove_any(path: Path) -> None:
@@ -124,6 +133,7 @@ class IncomingFile:
     fd: int
     received: int = 0
     hasher: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
+    made_dir: Path | None = None  # the topmost directory opening it created (make_parents)
 
     @property
     def final(self) -> Path:
@@ -168,19 +178,18 @@ class IncomingFile:
 
         The kept prefix is hashed again so the whole-file check at the end covers it too.
 
+        The partial is locked while it is open (`_partial_lock`): a session that finds it held
+        by the one before it (a link restarted mid-file) waits for that one to let go, then
+        resumes what it left, instead of writing a second copy beside it.
+
         Raises:
             FileNotFoundError: a resume (offset > 0) of a partial that is gone or shorter.
+            BlockingIOError: another session still holds the partial (PARTIAL_BUSY_WAIT_S).
         """
-        make_parents(root, final)
+        made = make_parents(root, final)
         temp = partial_name_for(final, content_hash, owner)
         flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if offset == 0 else 0)
-        try:
-            fd = os.open(temp, flags, 0o600)
-        except PermissionError:
-            # Left with its file's own mode (read-only) by a kill -9 between a commit's chmod and
-            # its rename: ours, so made writable again (an agent that is not root could not resume).
-            os.chmod(temp, 0o600, follow_symlinks=False)
-            fd = os.open(temp, flags, 0o600)
+        fd = _partial_lock.open_locked(temp, flags)
         if offset == 0:
             fd = _emptied(fd, temp, flags)
         incoming = cls(
@@ -190,6 +199,7 @@ class IncomingFile:
             mode=mode,
             mtime_ns=mtime_ns,
             fd=fd,
+            made_dir=made,
         )
         try:
             held = os.fstat(fd).st_size
@@ -244,11 +254,16 @@ class IncomingFile:
         self.close()
 
     def discard(self) -> None:
-        self.close()
+        # Removed before it is closed: a partial's lock goes with its descriptor, and a successor
+        # waiting for it must find the name gone, not take over a file about to be removed. A
+        # partial closed already is not ours any more: its name may be a successor's file.
         try:
-            os.unlink(self.temp_name)
+            if self.fd >= 0 or not self.temp_name.endswith(PARTIAL_SUFFIX):
+                os.unlink(self.temp_name)
         except FileNotFoundError:
             pass
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -273,7 +288,8 @@ def _emptied(fd: int, temp: Path, flags: int) -> int:
         os.close(fd)
         raise
     os.close(fd)
-    return os.open(temp, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    fresh = os.open(temp, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    return _partial_lock.lock_fresh(fresh, temp)
 
 
 class CommitBatch:
@@ -320,7 +336,6 @@ class CommitBatch:
             dirs: set[str] = set()
             for f in files:
                 _check_still_named(f)  # again: the fsyncs above may have taken a while
-                f.close()
                 if self.before_replace is not None:
                     self.before_replace(f.final)
                 visible_at = time.time()
@@ -336,6 +351,9 @@ class CommitBatch:
                         raise exc
                     shutil.rmtree(f.final_name)  # a directory becomes a file
                     os.replace(f.temp_name, f.final_name)
+                # Closed once renamed, not before: a partial's lock goes with its descriptor, and
+                # a successor must never take over (and write into) a file that becomes the final.
+                f.close()
                 if self.durable:
                     dirs.add(os.path.dirname(f.final_name))
             if self.durable:
@@ -360,9 +378,10 @@ class CommitBatch:
 def _check_still_named(f: IncomingFile) -> None:
     """Raise TransferError if a partial's name no longer leads to the file this session wrote.
 
-    A session that outlived its link (its successor started the same version afresh, which
-    puts a new file under the name) would otherwise rename the successor's half-written file
-    into place. Temp files of small files have names of their own; only partials are shared.
+    A session that outlived its link, should another file be put under the name meanwhile
+    (the partial's lock keeps successor sessions out; a writer that ignores it), would otherwise
+    rename that half-written file into place. Temp files of small files have names of their own;
+    only partials are shared.
     """
     if not f.temp_name.endswith(PARTIAL_SUFFIX):
         return

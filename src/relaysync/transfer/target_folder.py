@@ -15,7 +15,7 @@ from relaysync.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from relaysync.errors import UnsafePath
 from relaysync.protocol.messages import MAX_PARTIALS, Partial, PartialRef
 from relaysync.transfer import staging
-from relaysync.transfer.paths import SafeResolver, resolve_inside
+from relaysync.transfer.paths import SafeResolver, parent_of, resolve_inside
 from relaysync.transfer.versions import VersionKeeper
 from relaysync.watch.manifest import Manifest
 
@@ -96,13 +96,51 @@ class TargetFolder:
             self.root / path, bytes.fromhex(digest_hex), self.mapping_id
         )
 
-    def add_partial(self, path: str, content_hash: bytes) -> None:
+    def add_partial(self, path: str, content_hash: bytes, *, made_dir: Path | None = None) -> None:
+        """Record the partial of this version of `path` (an older version's goes); `made_dir`,
+        the topmost directory its opening created, goes with it when it is removed (if empty)."""
         partials = self._partials()
         older = partials.get(path)
         if older is not None and older != content_hash.hex():
             self._remove_partial_file(path, older)  # an older version's, never to be resumed
+        if made_dir is not None:
+            self._note_made_dir(path, made_dir)
         partials[path] = content_hash.hex()
         self.manifest.set_meta("partials", json.dumps(partials))
+
+    # Directories the receiver created for partials (path -> the topmost one, relative), removed
+    # with the partial when they are empty and not in the manifest (a MakeDir or a scan made
+    # them the tree's). Never a directory that was there before: an operator's, or the tree's.
+
+    def _made_dirs(self) -> dict[str, str]:
+        return dict(json.loads(self.manifest.get_meta("partial_dirs") or "{}"))
+
+    def _note_made_dir(self, path: str, made_dir: Path) -> None:
+        made = self._made_dirs()
+        top = made_dir.relative_to(self.root).as_posix()
+        if path not in made or len(top) < len(made[path]):  # both above path: the higher one
+            made[path] = top
+            self.manifest.set_meta("partial_dirs", json.dumps(made))
+
+    def _remove_made_dirs(self, paths: Iterable[str]) -> None:
+        made = self._made_dirs()
+        tops = [(path, made.pop(path)) for path in paths if path in made]
+        if not tops:
+            return
+        for path, top in tops:
+            self._remove_empty_dirs(parent_of(path), top)
+        self.manifest.set_meta("partial_dirs", json.dumps(made))
+
+    def _remove_empty_dirs(self, rel: str, top: str) -> None:
+        """Remove `rel` and its parents up to `top` while each is empty and not the tree's."""
+        while rel and (rel == top or rel.startswith(f"{top}/")):
+            if self.manifest.get(rel) is not None:
+                return  # a directory of the tree (a MakeDir made it so), however empty
+            try:
+                os.rmdir(resolve_inside(self.root, rel))  # never through a link
+            except (UnsafePath, OSError):
+                return  # not empty (a committed file, someone's), gone, or not a directory
+            rel = parent_of(rel)
 
     def drop_partial(self, path: str) -> None:
         """Forget the partial of `path` and remove its file (already gone after a commit)."""
@@ -141,6 +179,7 @@ class TargetFolder:
             self._remove_partial_file(path, digest)
             self._full_disk.pop(path, None)
         self.manifest.set_meta("partials", json.dumps(partials))
+        self._remove_made_dirs(path for path, _digest in doomed)
 
     def _remove_partial_file(self, path: str, digest_hex: str) -> None:
         try:

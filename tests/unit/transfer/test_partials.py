@@ -939,9 +939,10 @@ def test_received_data_reaches_the_file_in_small_writes(
 
 
 def test_a_session_whose_partial_was_taken_over_commits_nothing(tmp_path: Path) -> None:
-    """A session that outlived its link still holds its partial open when its successor starts
-    the same version afresh (a new file under the same name). Its commit must not rename the
-    successor's half-written file into place: it fails, and the successor's file stays."""
+    """A session that outlived its link still holds its partial open when a new file is put
+    under the same name (the partial's lock keeps a successor session out: this is a writer that
+    ignores it). Its commit must not rename that half-written file into place: it fails, and
+    the other file stays."""
     root = tmp_path / "root"
     root.mkdir()
     final = root / "big.bin"
@@ -950,15 +951,15 @@ def test_a_session_whose_partial_was_taken_over_commits_nothing(tmp_path: Path) 
     old = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
     old.append(b"o" * CHUNK_BYTES)
     old.finish(digest)
-    successor = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
-    successor.append(b"n" * 100)  # half-written
+    other = root / "other"
+    other.write_bytes(b"n" * 100)  # half-written
+    os.replace(other, old.temp_name)
     batch = staging.CommitBatch(durable=False)
     batch.add(old)
     with pytest.raises(staging.TransferError, match="another session"):
         batch.commit()
     assert not final.exists()
-    assert Path(successor.temp_name).read_bytes() == b"n" * 100
-    successor.discard()
+    assert Path(old.temp_name).read_bytes() == b"n" * 100
 
 
 def test_a_commit_whose_temp_file_is_gone_leaves_a_directory_at_its_name_alone(
@@ -1004,7 +1005,7 @@ def test_a_partial_whose_state_write_fails_is_not_left_open(
     folder = _folder(tmp_path)
     data = os.urandom(BIG)
 
-    def failing(*_: object) -> None:
+    def failing(*_: object, **__: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(folder, "add_partial", failing)
