@@ -251,7 +251,7 @@ class MasterLink:
                 delay,
                 err or type(err).__name__,
             )
-        return False
+        return None
 
     def _certificate_retry_s(self) -> float:
         """How soon to ask again once the master refused our certificate: seldom if our clock
