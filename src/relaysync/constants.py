@@ -50,6 +50,7 @@ RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
 # A target that runs another routing epoch (ROUTES_STALE) gets the newer table within moments:
 # its refusals are retried at most this far apart, and are no failed hop (no HopFailed).
 ROUTES_STALE_RETRY_MAX_S = 2.0
+ROUTES_STALE_LIMIT_S = 60.0  # refusals of a route change in flight for longer: a failed hop
 REFUSED_RETRY_S = (
     300.0  # an agent the master refused (removed from the fleet) asks again this seldom
 )

@@ -66,6 +66,10 @@ APPLY_BATCH_BYTES = 8 * 1024 * 1024  # apply what has arrived once this much dat
 APPLY_BATCH_MESSAGES = 1024
 RELAY_BATCH_BYTES = 1024 * 1024  # a relay spools (and so forwards) at least every chunk
 ACK_FOLD_S = 0.005  # a relay lets a burst of its children's acks fold into one Ack upstream
+# A plain-link MAC of another routing epoch is taken for a route change in flight (RoutesStale,
+# logged at info) this many times in a row at most; from then on it is an authentication failure.
+MAC_FAILURES_WARNED = 5
+MAC_FAILURE_KEYS = 1024  # (mapping, claimed sender) pairs counted at most
 
 FolderLookup = Callable[[int], TargetFolder | None]
 # A target folder this agent refused (agent/guard.py), and the parents that may be told why.
@@ -106,6 +110,7 @@ class PeerServer:
         self._streams: dict[int, FramedStream] = {}  # the mapping's current session's stream
         self._ended: dict[int, anyio.Event] = {}  # set when the mapping's current session is over
         self.refused = 0
+        self._mac_failures: dict[tuple[int, str], int] = {}  # plain-link MACs failed in a row
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; reports the bound port when ready."""
@@ -168,7 +173,8 @@ class PeerServer:
             raise UnknownPeer(f"{hello.name} is refused by this agent's configuration ({address})")
         folder = self.folders(opened.mapping_id)
         refusal = self.refusals(opened.mapping_id) if folder is None else None
-        if refusal is not None and peer is not None and peer in refusal[1]:
+        # On a plain link, by the id the sender claims: a refusal needs no proof (it opens nothing)
+        if refusal is not None and (peer or hello.node_id) in refusal[1]:
             raise refusal[0]  # the source reports it to the master (HopFailed), naming the rule
         if peer is None:
             folder = await self._authenticate_plain(framed, hello, opened, folder, address)
@@ -210,7 +216,7 @@ class PeerServer:
         that proves it holds the link secret. A sender of another routing epoch is refused as
         RoutesStale, as on a TLS link; a wrong MAC under our epoch is an UnknownPeer."""
         claimed = hello.node_id
-        stale = _routes_stale(hello, opened, folder, claimed)
+        stale = _routes_stale(hello, opened, folder, claimed, proven=False)
         if stale is not None:  # refused before the challenge: a refusal needs no proof
             raise stale
         if folder is None or claimed not in folder.parents:
@@ -224,17 +230,32 @@ class PeerServer:
             await framed.send(AuthChallenge(nonce=nonce))
             response = await framed.receive()
         expected = tls.link_mac(folder.link_secret, nonce, opened.mapping_id, claimed, self.node_id)
+        key = (opened.mapping_id, claimed)
         if isinstance(response, AuthResponse) and hmac.compare_digest(response.mac, expected):
+            self._mac_failures.pop(key, None)
             return folder
-        if opened.route_epoch != folder.route_epoch:
+        failures = self._note_mac_failure(key)
+        if opened.route_epoch != folder.route_epoch and failures < MAC_FAILURES_WARNED:
             # Our parent here, holding the secret of the hop its own (older or newer) table
-            # names: a route change in flight, refused all the same, but no failed hop.
+            # names: a route change in flight, refused all the same, but no failed hop. (Our
+            # epoch is not told: the sender has proven nothing.) Past a few in a row, it is no
+            # route change: an authentication failure, as any other.
             raise RoutesStale(
                 opened.mapping_id,
                 f"{hello.name} runs routing epoch {opened.route_epoch} and its link secret is "
-                f"not this hop's in ours, {folder.route_epoch}",
+                "not this hop's in ours",
             )
-        raise UnknownPeer(f"{claimed[:16]} failed plain-link authentication from {address}")
+        raise UnknownPeer(
+            f"{claimed[:16]} failed plain-link authentication from {address} "
+            f"({failures} times in a row)"
+        )
+
+    def _note_mac_failure(self, key: tuple[int, str]) -> int:
+        """Count a failed plain-link MAC of (mapping, claimed sender), bounded in entries."""
+        if key not in self._mac_failures and len(self._mac_failures) >= MAC_FAILURE_KEYS:
+            self._mac_failures.pop(next(iter(self._mac_failures)))
+        self._mac_failures[key] = self._mac_failures.get(key, 0) + 1
+        return self._mac_failures[key]
 
     async def restart_session(
         self, mapping_id: int, reason: str = "this target's relay role changed"
@@ -443,14 +464,19 @@ class _ReadAhead:
 
 
 def _routes_stale(
-    hello: Hello, opened: OpenMapping, folder: TargetFolder | None, sender: str
+    hello: Hello,
+    opened: OpenMapping,
+    folder: TargetFolder | None,
+    sender: str,
+    *,
+    proven: bool = True,
 ) -> RoutesStale | None:
     """The refusal of a sender that runs another routing epoch and is not our parent in ours
     (the mapping is not ours yet, or the sender is a member our table does not name as the
     parent): the newer table reaches both nodes shortly, so it retries quietly (no HopFailed).
 
-    `sender` is the TLS-proven node id, or on a plain link the id it claims: only a refusal
-    rests on it, never a session."""
+    `sender` is the TLS-proven node id, or on a plain link the id it claims (`proven` False):
+    only a refusal rests on it, never a session, and such a sender is not told our epoch."""
     if folder is None:
         if not opened.route_epoch:
             return None
@@ -463,6 +489,7 @@ def _routes_stale(
         return None
     else:
         ours = str(folder.route_epoch)
+    ours = ours if proven else "another"
     return RoutesStale(
         opened.mapping_id, f"{hello.name} runs routing epoch {opened.route_epoch}, we run {ours}"
     )

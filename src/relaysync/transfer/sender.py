@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import anyio
@@ -30,6 +31,7 @@ from relaysync.constants import (
     RECEIVE_TIMEOUT_S,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
+    ROUTES_STALE_LIMIT_S,
     ROUTES_STALE_RETRY_MAX_S,
 )
 from relaysync.errors import PeerRefused, ProtocolError, SpoolReset
@@ -106,6 +108,7 @@ class TargetLink:
         # and then fails (a target refusing the same change each time) counts too: only progress
         # (an ack that advances, or an idle session answering a ping) starts the count again.
         self.failures = 0
+        self._stale_since: float | None = None  # monotonic time of the first of such refusals
         self.log = logging.LoggerAdapter(
             logger, {"mapping": source.mapping_id, "target": target.name}
         )
@@ -122,7 +125,7 @@ class TargetLink:
             except Exception as exc:
                 if not is_link_error(exc):
                     raise
-                if any(map(_not_a_failed_hop, error_leaves(exc))):
+                if any(map(_not_a_failed_hop, error_leaves(exc))) and not self._stale_too_long():
                     delay = min(delay, ROUTES_STALE_RETRY_MAX_S)
                     self.log.info(
                         "link to %s waits for the routes to settle, will retry in %.1f s: %s",
@@ -132,9 +135,21 @@ class TargetLink:
                     )
                 else:
                     delay = self._session_failed(exc, delay)
+            if self.connected:
+                self._stale_since = None  # the target took a session: any wait is over
             self.connected = False
             await anyio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def _stale_too_long(self) -> bool:
+        """Whether refusals for a route change in flight have lasted past ROUTES_STALE_LIMIT_S:
+        the newer table reaches both nodes in seconds, so a target that still has no table
+        naming us (its assignment lost, the mapping refused there) is a failed hop after all,
+        reported to the master, which re-plans, instead of a quiet retry for ever."""
+        now = time.monotonic()
+        if self._stale_since is None:
+            self._stale_since = now
+        return now - self._stale_since > ROUTES_STALE_LIMIT_S
 
     def _session_failed(self, exc: BaseException, delay: float) -> float:
         """Log and count a failed session, report it to the master; returns the wait before the

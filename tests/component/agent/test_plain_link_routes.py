@@ -20,11 +20,12 @@ import pytest
 from tests.component.agent._pair import SECRET, SRC, TGT, source_mapping, target_folder
 
 from relaysync.agent._target_role import TargetRole
-from relaysync.agent.peer_server import PeerServer
+from relaysync.agent.peer_server import MAC_FAILURES_WARNED, PeerServer, RefusalLookup
 from relaysync.agent.source import SourceMapping
-from relaysync.errors import PeerRefused
+from relaysync.errors import FolderRefused, PeerRefused
 from relaysync.protocol.messages import ErrorCode, MappingSpec, RouteHop, TargetSpec
 from relaysync.transfer import ops
+from relaysync.transfer import sender as sender_module
 from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
@@ -53,7 +54,11 @@ def _route_src_t1_t2(folder: TargetFolder) -> TargetFolder:
     return folder
 
 
-def _server(folder: TargetFolder | None, cls: type[PeerServer] = PeerServer) -> PeerServer:
+def _server(
+    folder: TargetFolder | None,
+    cls: type[PeerServer] = PeerServer,
+    refusals: RefusalLookup | None = None,
+) -> PeerServer:
     return cls(
         host="127.0.0.1",
         port=0,
@@ -62,6 +67,7 @@ def _server(folder: TargetFolder | None, cls: type[PeerServer] = PeerServer) -> 
         name="t2",
         folders=lambda m: folder if m == 1 else None,
         reporter=lambda f: lambda w, recs: None,
+        refusals=refusals,
     )
 
 
@@ -87,16 +93,29 @@ async def _refusal(link: TargetLink) -> PeerRefused:
     return refused.value
 
 
-def _refused_once(folder: TargetFolder | None, tmp: Path, **link: Any) -> PeerRefused:
-    async def main() -> PeerRefused:
+def _refused(
+    folder: TargetFolder | None,
+    tmp: Path,
+    times: int = 1,
+    refusals: RefusalLookup | None = None,
+    **link: Any,
+) -> list[PeerRefused]:
+    """Open `times` sessions one after the other, each of which the target must refuse."""
+
+    async def main() -> list[PeerRefused]:
         async with anyio.create_task_group() as tg:
-            port = await tg.start(_server(folder).serve)
+            port = await tg.start(_server(folder, refusals=refusals).serve)
+            sender = _link(source_mapping(tmp), port, **link)
             with anyio.fail_after(WAIT_S):
-                refusal = await _refusal(_link(source_mapping(tmp), port, **link))
+                refused = [await _refusal(sender) for _ in range(times)]
             tg.cancel_scope.cancel()
-            return refusal
+            return refused
 
     return anyio.run(main)
+
+
+def _refused_once(folder: TargetFolder | None, tmp: Path, **link: Any) -> PeerRefused:
+    return _refused(folder, tmp, **link)[0]
 
 
 def _code(refusal: PeerRefused) -> str:
@@ -138,6 +157,74 @@ def test_a_parent_holding_the_secret_of_the_other_table_hears_routes_stale(
     refusal = _refused_once(folder, tmp_path, sender=SRC, secret=SECRET, epoch=OLD_EPOCH)
     assert _code(refusal) == ErrorCode.ROUTES_STALE.name, refusal
     assert AUTH_FAILED not in caplog.text
+
+
+def test_a_plain_link_to_a_target_that_refused_the_folder_hears_that_refusal(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the stale-route check came first on a plain link, so a target whose
+    guard refused the folder answered ROUTES_STALE, which the sender retries quietly: the master
+    never heard of the refused hop (on TLS links the refusal was checked first)."""
+    refusal = FolderRefused("target", "/t2", 1, "outside the allowed roots")
+    refused = _refused(
+        None,
+        tmp_path,
+        refusals=lambda m: (refusal, frozenset({RELAY})) if m == 1 else None,
+        sender=RELAY,
+        secret=RELAY_SECRET,
+        epoch=NEW_EPOCH,
+    )
+    assert _code(refused[0]) == ErrorCode.UNKNOWN_MAPPING.name, refused
+    assert "outside the allowed roots" in str(refused[0])
+
+
+def test_a_mac_of_another_table_failing_again_and_again_becomes_an_authentication_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: anyone claiming a parent's (public) node id with any other epoch got a
+    quiet ROUTES_STALE for every wrong MAC, naming our epoch. A route change settles in
+    seconds: past MAC_FAILURES_WARNED in a row it is an authentication failure, logged."""
+    folder = _route_src_to_t2(target_folder(tmp_path))
+    folder.link_secret, folder.route_epoch = RELAY_SECRET, NEW_EPOCH
+    refused = _refused(
+        folder, tmp_path, times=MAC_FAILURES_WARNED, sender=SRC, secret=b"x" * 32, epoch=OLD_EPOCH
+    )
+    codes = [_code(r) for r in refused]
+    assert codes == [ErrorCode.ROUTES_STALE.name] * (MAC_FAILURES_WARNED - 1) + [
+        ErrorCode.UNKNOWN_PEER.name
+    ]
+    assert all(str(NEW_EPOCH) not in str(r) for r in refused)  # ours is not told
+    assert AUTH_FAILED in caplog.text
+
+
+def test_refusals_of_a_route_change_that_never_settles_become_a_failed_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a target that never gets the mapping (its assignment lost) answered
+    ROUTES_STALE for ever and the sender retried quietly for ever; past ROUTES_STALE_LIMIT_S
+    the master hears of the failed hop and re-plans."""
+    monkeypatch.setattr(sender_module, "ROUTES_STALE_LIMIT_S", 0.5)
+    reported: list[str] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(_server(None).serve)
+            link = _link(
+                source_mapping(tmp_path),
+                port,
+                sender=RELAY,
+                secret=RELAY_SECRET,
+                epoch=NEW_EPOCH,
+                on_failure=lambda node, err, count: reported.append(err),
+            )
+            tg.start_soon(link.serve)
+            with anyio.fail_after(WAIT_S):
+                while not reported:
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert "ROUTES_STALE" in reported[0] or "routing epoch" in reported[0], reported
 
 
 def test_a_wrong_secret_under_the_same_table_is_still_an_authentication_failure(
