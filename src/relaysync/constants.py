@@ -40,6 +40,9 @@ RECEIVE_TIMEOUT_S = (
 )
 PING_INTERVAL_S = 10.0  # keep an idle link alive well inside the peer's RECEIVE_TIMEOUT_S
 CLOSE_TIMEOUT_S = 2.0  # shielded cleanup on cancellation
+# A graceful stop of the master (master/control.py ControlServer.stop): the job log's last flush
+# (a locked SQLite waits SQLITE_BUSY_TIMEOUT_MS, 10 s), then the last acknowledgements to agents.
+MASTER_STOP_TIMEOUT_S = 15.0
 HTTP_TIMEOUT_S = 10.0  # REST calls between agent/CLI and master
 # An agent sends its server figures this often (AgentConfig.metrics_interval_s's default); the
 # master raises "no data" for an agent silent for NO_DATA_AFTER_REPORTS times this or its own gap.

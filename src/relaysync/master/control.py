@@ -15,7 +15,9 @@ reconnects. A node that is unknown or removed is told so (`Error(UNKNOWN_PEER)`)
 A server whose link drops is marked down at once, and up again on reconnect; the router
 (master/router.py) re-plans around it, and around the hops agents report failed. A server
 removed by an operator (a `server_removed` event) has its link closed at once.
-Resource handling: one task per agent link; pushes to an agent go through its own lock.
+Resource handling: one task per agent link; pushes to an agent go through its own lock. A
+graceful stop (`stop`) ends the reading, has the job log take what was read, tells each agent
+how far its reports are taken, then lets the links end, within MASTER_STOP_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import datetime as dt
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -42,6 +44,7 @@ from relaysync.constants import (
     CAPABILITIES,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
+    MASTER_STOP_TIMEOUT_S,
     MASTER_UNAUTHENTICATED_PER_ADDRESS,
     RECEIVE_TIMEOUT_S,
 )
@@ -88,6 +91,7 @@ class _AgentLink:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     refused_figures: set[str] = field(default_factory=set)  # each is logged once per link
     acks: ReportAcks | None = None  # the agent keeps its reports until told they are taken
+    reading: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by stop
 
 
 class ControlServer:
@@ -118,6 +122,9 @@ class ControlServer:
         self.refused: collections.Counter[str] = collections.Counter()  # dropped messages, by kind
         self._changed = anyio.Event()
         self._members = MappingMembers(store)  # whom a mapping's reports may come from
+        self._stopping = False  # a graceful stop began: no new link, no more reading
+        self._writer_stopped = anyio.Event()  # the job log took every report read
+        self._link_ended = anyio.Event()  # set (and replaced) as each link ends
 
     def notify_change(self) -> None:
         """Mappings or servers changed: push fresh assignments (callable from any thread).
@@ -147,6 +154,32 @@ class ControlServer:
             )
             logger.info("control server listening on %s:%s", self.host, port)
             task_status.started(port)
+
+    async def stop(self, stop_writer: Callable[[], Awaitable[None]]) -> None:
+        """A graceful stop, before `serve` is cancelled: read no more messages (nor new links),
+        have `stop_writer` take every report read (the job log's stop: into the store or the
+        spool), tell each agent how far its reports are taken, and let the links end. Within
+        MASTER_STOP_TIMEOUT_S: an agent that is gone or a store that hangs cannot hold a stop
+        longer (the agents then send the reports not acknowledged again, counted as repeats).
+        Before, the links closed with the last flush unacknowledged, so every stop had the
+        agents send that flush's reports again: failure attempts, catch-up counters, purges
+        and events counted twice."""
+        self._stopping = True
+        for link in list(self.links.values()):
+            link.reading.cancel()
+        with anyio.move_on_after(MASTER_STOP_TIMEOUT_S) as bounded:
+            await stop_writer()
+            self._writer_stopped.set()
+            while self.links:
+                self._link_ended = anyio.Event()
+                await self._link_ended.wait()
+        if bounded.cancelled_caught:
+            logger.warning(
+                "control links: stopped after %.0f s with %s links not done (their agents "
+                "send the reports not acknowledged again)",
+                MASTER_STOP_TIMEOUT_S,
+                len(self.links),
+            )
 
     async def _push_loop(self) -> None:
         while True:
@@ -183,6 +216,7 @@ class ControlServer:
             return False
         logger.warning("closing the control link of %s: it was removed from the fleet", link.name)
         link.framed.abort()
+        self._link_ended.set()
         if self.router is not None:
             await self._router_call(self.router.node_down, node_id)
         return True
@@ -204,6 +238,8 @@ class ControlServer:
             logger.warning("router update failed, the next tick retries: %s", exc)
 
     async def _push(self, link: _AgentLink) -> None:
+        if self._stopping:  # links end one by one: no re-plan goes out meanwhile
+            return
         assignment = await anyio.to_thread.run_sync(self._assignment, link.node_id)
         if assignment.epoch == link.epoch_sent:
             return
@@ -214,6 +250,10 @@ class ControlServer:
     async def _handle(self, framed: FramedStream) -> None:
         node_id = tls.peer_node_id(framed)
         link: _AgentLink | None = None
+        if self._stopping:  # it sends its reports to the next run
+            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await framed.aclose()
+            return
         try:
             register, acking = await self._handshake(framed, node_id)
             link = await self._admit(framed, node_id, register)
@@ -244,6 +284,7 @@ class ControlServer:
                     if self.router is not None:
                         await self._router_call(self.router.node_down, node_id)
                 self.events.publish(EventType.SERVER_DOWN, node_id=node_id, name=link.name)
+            self._link_ended.set()
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
 
@@ -326,10 +367,19 @@ class ControlServer:
         self._changed.set()  # its address may have changed: others get fresh peers
 
     async def _read_loop(self, link: _AgentLink) -> None:
+        """Read the link's messages until it fails or a graceful stop (`stop`) ends the reading;
+        then it ends once the agent was told how far its reports are taken."""
         async with anyio.create_task_group() as tg:
             if link.acks is not None:
                 tg.start_soon(link.acks.serve, link.framed, link.lock)
-            await self._read_messages(link)
+            if self._stopping:  # the stop began while this link was admitted
+                link.reading.cancel()
+            with link.reading:
+                await self._read_messages(link)
+            await self._writer_stopped.wait()
+            if link.acks is not None:
+                await link.acks.told()
+            tg.cancel_scope.cancel()  # its acknowledgements are sent: serve waits idle
 
     async def _read_messages(self, link: _AgentLink) -> None:
         last_seen = time.time()

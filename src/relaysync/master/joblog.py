@@ -7,10 +7,13 @@ the API (lag figures) as reports arrive.
 
 Bounded memory: past `max_queued_records` in memory (the store down or behind), reports go to a
 spool on disk (master/joblog_spool.py), and every later one too until it is drained, so that
-they are written in the order they came: the queue, then the spool in batches of FLUSH_RECORDS.
-A task of its own moves them to disk, so memory stays bounded while a store write hangs too. A
-previous run's spool is written first; on stop, what is in memory goes to the spool (the queue
-in front), so nothing is lost. Watermarks, events and subscribers see every report at once.
+they are written in the order they came. The queue goes there first, and the batch in flight
+once its write fails (in front): so every report held is taken (acknowledged, see
+master/report_acks.py) while the store is down. The spool is written in batches of
+FLUSH_RECORDS. A task of its own moves reports to disk, so memory stays bounded while a store
+write hangs too. A previous run's spool is written first; on stop (`stop`, or a cancel), the
+queue is written unless the store is failing, and what is left in memory goes to the spool (the
+queue in front), so nothing is lost. Watermarks, events and subscribers see every report at once.
 
 Error handling: a batch that fails goes back in front of the queue and is retried with the next
 flush; after MAX_BATCH_ATTEMPTS failures in a row it is written in pieces (halves, down to single
@@ -92,6 +95,8 @@ class JobLogWriter:
         self._spool_lock = anyio.Lock()  # one spool call at a time (each in a worker thread)
         self._loaded = False  # the queue holds reports read back from the spool, not released
         self._receipts = Receipts()  # what to call once a report is in the store or spool
+        self._serving: anyio.CancelScope | None = None  # `serve`'s, once it runs
+        self._stopped = anyio.Event()  # `serve` ended: its last flush and the spool's are done
 
     @property
     def spooled_records(self) -> int:
@@ -170,21 +175,49 @@ class JobLogWriter:
             self._spool.directory,
             self._queued_records + self._writing_records,
         )
+        # The queue goes to the spool first, in order: taken there, it no longer holds back the
+        # acknowledgement of every report spooled after it until the store is back.
+        self._tail[:0] = self._queue
+        self._tail_records += self._queued_records
+        self._queue.clear()
+        self._queued_records = 0
+        self._spool_wake.set()
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         await self._open_spool()
-        task_status.started()
-        try:
-            async with anyio.create_task_group() as tg:
-                if self._spool is not None:
-                    tg.start_soon(self._spool_loop)
-                await self._flush_loop()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.flush()
-                await self._persist()
+        self._serving = anyio.CancelScope()
+        with self._serving:  # cancelled by `stop`, or with the caller
+            task_status.started()
+            try:
+                async with anyio.create_task_group() as tg:
+                    if self._spool is not None:
+                        tg.start_soon(self._spool_loop)
+                    await self._flush_loop()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._last_flush()
+                        await self._persist()
+                    finally:
+                        self._stopped.set()
+
+    async def stop(self) -> None:
+        """End `serve`: the last flush, then what is left in memory to the spool, so that every
+        report it holds is taken (or lost, logged); returns once that is done."""
+        if self._serving is None:
+            return
+        self._serving.cancel()
+        await self._stopped.wait()
+
+    async def _last_flush(self) -> None:
+        """On stop: write what is queued, unless the store is failing (then the spool takes it
+        at once: a stop must not wait on a store that is down)."""
+        if self._failures and self._spool is not None:
+            logger.warning("job log: the store is failing: what is queued goes to the spool")
+            return
+        await self.flush()
 
     async def _open_spool(self) -> None:
         """Take up a previous run's spool (before any report is queued: they come after it)."""
@@ -244,10 +277,10 @@ class JobLogWriter:
                 log_failure(
                     exc, "job log write failed (%s in a row), will retry: %s", self._failures
                 )
-                self._requeue(batch)
+                await self._hold_back(batch)
                 return
             self._failures = 0
-            self._requeue(await self._write_in_pieces(batch, exc))
+            await self._hold_back(await self._write_in_pieces(batch, exc))
             return
         except BaseException:  # cancelled (a stop): unless written, the stop's flush keeps it
             if self.written_reports == written:
@@ -286,6 +319,25 @@ class JobLogWriter:
                 self._spooling.failing = False
                 logger.warning("job log: writing to the spool %s again", self._spool.directory)
 
+    async def _hold_back(self, batch: list[CommitReport]) -> None:
+        """A batch the store did not take goes back in front of the queue; while spooling, in
+        front of the spool instead (it is older than all there), so that it is taken and the
+        reports spooled after it can be acknowledged. One read back from the spool stays there."""
+        spool, spooling = self._spool, self._spooling
+        if spool is None or spooling is None or self._loaded or not batch:
+            self._requeue(batch)
+            return
+        async with self._spool_lock:
+            try:
+                with anyio.CancelScope(shield=True):  # in the spool or back in memory
+                    await anyio.to_thread.run_sync(spool.prepend, batch)
+            except Exception as exc:  # a full disk (OSError) or a bug: in memory, tried again
+                self._requeue(batch)
+                self._spool_failed(exc)
+                return
+            self._receipts.taken(batch)
+        spooling.spooled += sum(len(r.records) for r in batch)
+
     def _spool_failed(self, exc: Exception) -> None:
         assert self._spool is not None and self._spooling is not None
         if not self._spooling.failing:  # once per run of failures: they come every flush
@@ -301,8 +353,10 @@ class JobLogWriter:
             )
 
     async def _load(self) -> None:
-        """Queue the next batch of the spool; once it is empty, what could not go to disk."""
+        """Queue the next batch of the spool (the tail goes there first: while spooling, memory
+        holds one batch of it); once it is empty, what could not go to disk."""
         assert self._spool is not None
+        await self._spool_tail()
         async with self._spool_lock:
             try:
                 with anyio.CancelScope(shield=True):

@@ -71,6 +71,7 @@ class ReportAcks:
         self._early: set[int] = set()  # taken before an older one (spooled ahead of the queue)
         self._sent = 0
         self._changed = anyio.Event()
+        self._told = anyio.Event()  # set after each ReportsTaken sent
 
     def receive(self) -> Callable[[], None]:
         """Number the next report of the session; returns what to call once it is taken."""
@@ -98,3 +99,10 @@ class ReportAcks:
                 async with lock:
                     await framed.send(ReportsTaken(upto=upto))
                 self._sent = upto
+                self._told.set()
+
+    async def told(self) -> None:
+        """Wait until the agent was told of every report taken so far (by `serve`)."""
+        while self._sent < self.upto:
+            self._told = anyio.Event()
+            await self._told.wait()

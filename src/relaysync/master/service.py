@@ -16,12 +16,13 @@ import secrets
 import socket
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import uvicorn
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync._util.ports import stable_free_port
 from relaysync.auth.ca import CertificateAuthority
@@ -84,6 +85,35 @@ async def _watch_control_certificate(cert_path: Path) -> None:
     await watch_expiry(cert_path, "the master's control server", remedy)
 
 
+@dataclass
+class _Parts:
+    events: EventBus
+    joblog: JobLogWriter
+    purging: PurgeService
+    monitor: MonitorService
+    router: Router
+    control: ControlServer
+
+
+async def serve_links_and_joblog(
+    joblog: JobLogWriter,
+    control: ControlServer,
+    stopping: anyio.Event,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The job log writer and the agents' control links, shielded from the master's cancel:
+    once `stopping` is set they stop in order (ControlServer.stop: no more reading, the last
+    flush, the last acknowledgements, then the links close), within MASTER_STOP_TIMEOUT_S."""
+    with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as tg:
+            await tg.start(joblog.serve)
+            task_status.started(await tg.start(control.serve))
+            await stopping.wait()
+            await control.stop(joblog.stop)
+            tg.cancel_scope.cancel()
+
+
 class MasterService:
     def __init__(self, cfg: MasterConfig) -> None:
         self.cfg = cfg
@@ -118,14 +148,26 @@ class MasterService:
         return store, ca, identity, admin, join
 
     async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled; reports the API URL once both servers listen."""
+        """Run until cancelled; reports the API URL once both servers listen. Cancelled, it
+        stops the agents' links and the job log in order (`serve_links_and_joblog`)."""
         store, ca, identity, admin_token, _join = await anyio.to_thread.run_sync(self._prepare)
+        parts = self._parts(store, identity)
+        stopping = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                try:
+                    await self._start(tg, parts, store, ca, identity, admin_token, stopping)
+                    task_status.started(self.api_url)
+                    await anyio.sleep_forever()
+                finally:
+                    stopping.set()
+        finally:
+            store.close()
+
+    def _parts(self, store: Store, identity: tls.Identity) -> _Parts:
         events = EventBus()
         # reports past the writer's memory bound wait here while the store is behind
         joblog = JobLogWriter(store, events, spool_dir=self.data_dir / "joblog-spool")
-        purging = PurgeService(
-            store=store, events=events, joblog=joblog, listen=self.cfg.purge_listen
-        )
         chost, cport = split_address(self.cfg.control_listen)
         saved_port = self.data_dir / "control-port"
         if cport == 0 and saved_port.exists():
@@ -146,46 +188,59 @@ class MasterService:
             router=router,
         )
         router.on_change = control.notify_change
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(joblog.serve)
-                self.purge_address = await tg.start(purging.serve)
-                await tg.start(monitor.serve)
-                await tg.start(
-                    router.serve
-                )  # failure state rebuilt from the store before agents connect
-                control_port = await tg.start(control.serve)
-                await tg.start(Scheduler(store, events, control.notify_change).serve)
-                await tg.start(RetentionPruner(store).serve)  # job-log history past its retention
-                tg.start_soon(_watch_control_certificate, identity.cert_path)
-                self.control_address = f"{chost}:{control_port}"
-                saved_port.write_text(str(control_port))
-                app = create_app(
-                    store=store,
-                    ca=ca,
-                    events=events,
-                    admin_token=admin_token,
-                    control_address=self.control_address,
-                    on_change=control.notify_change,
-                    router=router,
-                    master_node_id=identity.node_id,
-                )
-                app.state.joblog = joblog
-                app.state.purger = purging.purger
-                app.state.monitor = monitor
-                sock, self.api_url = self._bind_api()
-                server = _Uvicorn(
-                    uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-                )
-                tg.start_soon(server.serve, [sock])
-                with anyio.fail_after(30):
-                    while not server.started:  # noqa: ASYNC110 - uvicorn offers no readiness event
-                        await anyio.sleep(0.01)
-                self._write_state()
-                logger.info("master ready: api %s control %s", self.api_url, self.control_address)
-                task_status.started(self.api_url)
-        finally:
-            store.close()
+        purging = PurgeService(
+            store=store, events=events, joblog=joblog, listen=self.cfg.purge_listen
+        )
+        return _Parts(events, joblog, purging, monitor, router, control)
+
+    async def _start(
+        self,
+        tg: TaskGroup,
+        parts: _Parts,
+        store: Store,
+        ca: CertificateAuthority,
+        identity: tls.Identity,
+        admin_token: str,
+        stopping: anyio.Event,
+    ) -> None:
+        """Start every part in `tg`, the API server last; `stopping` ends the links and job log."""
+        control = parts.control
+        self.purge_address = await tg.start(parts.purging.serve)
+        await tg.start(parts.monitor.serve)
+        # failure state rebuilt from the store before agents connect
+        await tg.start(parts.router.serve)
+        control_port = await tg.start(serve_links_and_joblog, parts.joblog, control, stopping)
+        await tg.start(Scheduler(store, parts.events, control.notify_change).serve)
+        await tg.start(RetentionPruner(store).serve)  # job-log history past its retention
+        tg.start_soon(_watch_control_certificate, identity.cert_path)
+        self.control_address = f"{control.host}:{control_port}"
+        (self.data_dir / "control-port").write_text(str(control_port))
+        app = create_app(
+            store=store,
+            ca=ca,
+            events=parts.events,
+            admin_token=admin_token,
+            control_address=self.control_address,
+            on_change=control.notify_change,
+            router=parts.router,
+            master_node_id=identity.node_id,
+        )
+        app.state.joblog = parts.joblog
+        app.state.purger = parts.purging.purger
+        app.state.monitor = parts.monitor
+        await self._serve_api(tg, app)
+        self._write_state()
+        logger.info("master ready: api %s control %s", self.api_url, self.control_address)
+
+    async def _serve_api(self, tg: TaskGroup, app: Any) -> None:
+        sock, self.api_url = self._bind_api()
+        server = _Uvicorn(
+            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        )
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(30):
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no readiness event
+                await anyio.sleep(0.01)
 
     def _monitor(
         self,

@@ -4,8 +4,10 @@ the spool on disk, and every record reaches the store once, in order, even acros
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -146,8 +148,10 @@ def test_a_store_that_is_down_spools_past_the_bound_and_writes_every_record_once
             peak = max(peak, writer.queued_records)
             await anyio.sleep(0)  # a report per receive, as the control links hand them over
         await _until(lambda: _all_on_disk(writer))
+        # The queue went to the spool first, once the bound passed: all of it is on disk, and
+        # memory holds at most a batch read back from there (it counts in both).
         assert writer.queued_records <= CAP
-        assert writer.spooled_records == TOTAL - writer.queued_records
+        assert writer.spooled_records == TOTAL
         assert len(list(spool_dir.glob("*.spool"))) > 1
         outage.down = False
         await _until(lambda: writer.spooled_records == writer.queued_records == 0)
@@ -290,3 +294,45 @@ def test_a_full_disk_keeps_the_reports_in_memory_and_loses_none(
         assert "No space left on device" in errors[0].getMessage()
         _assert_written_once_in_order(store, mapping_id)
         assert list(spool_dir.iterdir()) == []
+
+
+def test_once_spooling_starts_every_report_held_is_taken_while_the_store_is_still_down(
+    store: Store, mapping_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the reports in memory when the bound passed (the queue, and the batch whose write
+    was hanging) were taken only once the store was back, so none spooled after them could be
+    acknowledged meanwhile and each agent's queue of unacknowledged reports grew toward its
+    bound. Now they go to the spool first, in order: all are taken while the store is down,
+    and written once, in order, when it is back."""
+    outage = Outage(store, monkeypatch)
+    outage.down = True
+    hanging = threading.Event()  # a write is in progress, as on a locked database
+    release = threading.Event()
+    down_write = store.record_commit_reports
+
+    def hang_then_fail(reports: list[CommitReport]) -> None:
+        if not release.is_set():
+            hanging.set()
+            release.wait(TIMEOUT_S)
+        down_write(reports)
+
+    monkeypatch.setattr(store, "record_commit_reports", hang_then_fail)
+    writer = JobLogWriter(store, EventBus(), spool_dir=tmp_path / "spool", max_queued_records=CAP)
+    reports = list(_reports(mapping_id))
+    taken: list[int] = []
+
+    async def body() -> None:
+        for i, report in enumerate(reports):
+            writer.add(report, taken=partial(taken.append, i))
+            if i == 0:  # the first flush takes it and hangs: it is the batch in flight
+                await _until(hanging.is_set)
+        await _until(lambda: writer._spooling is not None)
+        release.set()  # the hanging write fails: the store is down
+        await _until(lambda: len(taken) == len(reports))
+        assert outage.refused >= 1 and store.job_log(mapping_id=mapping_id) == []
+        assert sorted(taken) == list(range(len(reports)))  # the one in flight too, once
+        outage.down = False
+        await _until(lambda: writer.spooled_records == writer.queued_records == 0)
+
+    anyio.run(_with_writer, writer, body)
+    _assert_written_once_in_order(store, mapping_id)

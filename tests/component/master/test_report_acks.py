@@ -5,6 +5,7 @@ job-log write fails as a database that is down does (the seam of test_joblog_spo
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,8 +17,11 @@ from tests._fleet import TIMEOUT_S, Fleet, roundtrip
 
 from relaysync.constants import CAP_REPORT_ACK, CAPABILITIES
 from relaysync.errors import StoreError
+from relaysync.master import control as control_module
 from relaysync.master import joblog
+from relaysync.master.control import ControlServer
 from relaysync.master.joblog import JobLogWriter
+from relaysync.master.service import serve_links_and_joblog
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import CommitRecord, CommitReport, Register, ReportsTaken
@@ -112,6 +116,10 @@ def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_reports_are_acknowledged_once_taken_in_order_never_before(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """1 and 2 wait in memory while the store is down: not acknowledged. 3 passes the bound:
+    the queue goes to the spool first, then 3, so all three are acknowledged while the store is
+    still down (was: 3 was spooled, but nothing acknowledged until the store was back, and the
+    agent's unacknowledged reports grew meanwhile), and written once when it is back."""
     src, web = fleet.join("src"), fleet.join("web-a")
     m = _mapping(fleet)
     outage = _Outage(fleet, monkeypatch)
@@ -119,17 +127,19 @@ def test_reports_are_acknowledged_once_taken_in_order_never_before(
     async def main() -> None:
         async with _master(fleet, tmp_path / "spool") as (port, writer):
             async with _link(port, web, CAPABILITIES) as framed:
-                for seq in (1, 2, 3):  # 1 and 2 wait in memory, 3 goes to the spool
+                for seq in (1, 2):
                     await framed.send(_report(m, src.node_id, web.node_id, seq))
-                await _until(lambda: writer.spooled_records == 1 and outage.refused >= 2)
-                # 3 is on disk, but 1 and 2 are not: nothing is acknowledged yet
+                await _until(lambda: writer.queued_records == 2 and outage.refused >= 2)
                 assert not [x for x in await roundtrip(framed) if isinstance(x, ReportsTaken)]
-                outage.down = False
+                await framed.send(_report(m, src.node_id, web.node_id, 3))
                 with anyio.fail_after(TIMEOUT_S):
                     while not (
                         isinstance(x := await framed.receive(), ReportsTaken) and x.upto == 3
                     ):
                         pass
+                assert outage.down and fleet.store.job_log(mapping_id=m) == []
+                outage.down = False
+                await _until(lambda: writer.spooled_records == writer.queued_records == 0)
         rows = fleet.store.job_log(mapping_id=m)
         assert sorted(r.seq for r in rows) == [1, 2, 3]
 
@@ -190,5 +200,103 @@ def test_a_report_written_in_pieces_is_acknowledged_with_its_last_piece(
                         pass
             assert writer.dropped_records == 1 and writer.spooled_records == 0
         assert sorted(r.seq for r in fleet.store.job_log(mapping_id=m)) == [1, 3, 4]
+
+    anyio.run(main)
+
+
+async def _acks_until_closed(framed: FramedStream) -> list[int]:
+    """Every ReportsTaken the master sends until it closes the link."""
+    seen: list[int] = []
+    with anyio.fail_after(TIMEOUT_S):
+        try:
+            while True:
+                if isinstance(x := await framed.receive(), ReportsTaken):
+                    seen.append(x.upto)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return seen
+
+
+@pytest.mark.parametrize("store_down", [False, True], ids=["store-up", "store-down"])
+def test_a_graceful_stop_acknowledges_every_report_read_before_closing_the_link(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store_down: bool
+) -> None:
+    """The master's stop as it runs (service.serve_links_and_joblog): reading ends, the job log
+    takes what was read (into the store, or the spool when the store is down, without waiting
+    on it), the agent is told, and only then does the link close. Was: the link closed with the
+    last flush unacknowledged, and the agent sent it again to the next run."""
+    src, web = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet)
+    outage = _Outage(fleet, monkeypatch)
+    outage.down = store_down
+    hanging, release = threading.Event(), threading.Event()
+    if not store_down:  # the flush in flight when the stop comes, as on a busy database
+        write = fleet.store.record_commit_reports
+
+        def busy(reports: list[CommitReport]) -> None:
+            hanging.set()
+            release.wait(TIMEOUT_S)
+            write(reports)
+
+        monkeypatch.setattr(fleet.store, "record_commit_reports", busy)
+    writer = JobLogWriter(fleet.store, fleet.events, spool_dir=tmp_path / "spool")
+    control = ControlServer(
+        host="127.0.0.1",
+        port=0,
+        ctx=tls.server_context(fleet.master),
+        store=fleet.store,
+        events=fleet.events,
+        joblog=writer,
+    )
+    stopping = anyio.Event()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve_links_and_joblog, writer, control, stopping)
+            async with _link(port, web, CAPABILITIES) as framed:
+                for seq in (1, 2, 3):
+                    await framed.send(_report(m, src.node_id, web.node_id, seq))
+                await roundtrip(framed)  # all three read
+                await _until(lambda: outage.refused >= 1 or hanging.is_set())
+                stopping.set()
+                release.set()  # the store answers the write in flight (store-up)
+                assert (await _acks_until_closed(framed))[-1:] == [3]
+        where = writer.spooled_records if store_down else writer.written_reports
+        assert where == 3
+
+    anyio.run(main)
+
+
+def test_a_stop_closes_the_links_within_its_bound_when_the_job_log_hangs(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A store write that never ends (a database gone mid-write) holds the job log's stop, not
+    the links': they close after MASTER_STOP_TIMEOUT_S, unacknowledged, with a warning."""
+    monkeypatch.setattr(control_module, "MASTER_STOP_TIMEOUT_S", 0.5)
+    src, web = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet)
+    hanging, release = threading.Event(), threading.Event()
+    write = fleet.store.record_commit_reports
+
+    def hang(reports: list[CommitReport]) -> None:
+        hanging.set()
+        release.wait(TIMEOUT_S)
+        write(reports)
+
+    monkeypatch.setattr(fleet.store, "record_commit_reports", hang)
+    writer = JobLogWriter(fleet.store, fleet.events, spool_dir=tmp_path / "spool")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            control.joblog = writer
+            async with anyio.create_task_group() as tg:
+                await tg.start(writer.serve)
+                async with _link(port, web, CAPABILITIES) as framed:
+                    await framed.send(_report(m, src.node_id, web.node_id, 1))
+                    await _until(hanging.is_set)
+                    with anyio.fail_after(TIMEOUT_S):
+                        await control.stop(writer.stop)
+                    assert control.links  # not done: the serve's cancel closes it
+                release.set()
+                tg.cancel_scope.cancel()
 
     anyio.run(main)
