@@ -17,6 +17,7 @@ from relaysync.cli._client import (
     TokenOption,
     connect,
     console,
+    format_duration,
     format_time,
     print_json,
     run_command,
@@ -100,10 +101,9 @@ def _certificate_left(left_s: float | None) -> str:
     """Days left on a server's certificate: yellow within a month (re-join it), red once expired."""
     if left_s is None:
         return "unknown"
-    days = left_s / 86400
-    if days < 0:
-        return f"[red]expired {-days:.0f} days ago[/red]"
-    text = f"{days:.0f} days left"
+    if left_s <= 0:
+        return f"[red]expired {format_duration(-left_s)} ago[/red]"
+    text = f"{format_duration(left_s)} left"
     return f"[yellow]{text}[/yellow]" if left_s < EXPIRY_WARNING_S else text
 
 

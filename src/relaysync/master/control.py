@@ -542,9 +542,10 @@ def _warn_if_expiring(info: ServerInfo) -> None:
     left_s = info.cert_not_after - time.time()
     if left_s < EXPIRY_WARNING_S:
         logger.warning(
-            "server %s: its certificate expires %s (in %.0f days): %s",
+            "server %s: its certificate %s %s (%s): %s",
             info.name,
+            "expires" if left_s > 0 else "expired",
             format_time(dt.datetime.fromtimestamp(info.cert_not_after, dt.UTC)),
-            left_s / 86400,
+            f"in {left_s / 86400:.1f} days" if left_s > 0 else "past",
             REJOIN_AGENT,
         )

@@ -48,8 +48,8 @@ def hash_file(path: Path | str, size: int = -1) -> bytes:
         filled = 0
         if 0 <= size < len(buf):
             filled = os.readv(fd, [view[: size + 1]])
-            if filled <= size:  # the end: a regular file reads short only there
-                return xxhash.xxh3_128_digest(view[:filled])
+            if filled == size:  # the end (a file that shrank, or a short read of a network
+                return xxhash.xxh3_128_digest(view[:filled])  # file system, reads on below)
         while filled < len(buf) and (n := os.readv(fd, [view[filled:]])):
             filled += n
         if filled < len(buf):  # end of file within the buffer: the common case of a small file

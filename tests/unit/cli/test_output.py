@@ -82,7 +82,7 @@ def test_status_tables_show_state_lag_and_exceptions() -> None:
     ]
     out = render(servers_table(servers))
     assert "web1" in out and "down" in out and "unhealthy" in out and "never" in out
-    assert "unknown" in out and "10 days left" in out and "expired 2 days ago" in out
+    assert "unknown" in out and "10 d left" in out and "expired 2 d ago" in out
     mappings = [
         {
             "name": "www",

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from relaysync.errors import NodeRemoved
-from relaysync.master.store.models import Mapping, MappingTarget, RevokedNode, Server
+from relaysync.master.store.models import (
+    Mapping,
+    MappingTarget,
+    RevokedNode,
+    Server,
+    ServerCertificate,
+)
 
 
 def check_not_revoked(session: Session, node_id: str) -> None:
@@ -55,7 +61,7 @@ def register(
         row.region, row.group_name = region, group
     row.state, row.last_seen = "up", now
     if cert_not_after is not None:
-        row.cert_not_after = cert_not_after
+        session.merge(ServerCertificate(node_id=node_id, not_after=cert_not_after))
     session.flush()
     return row
 
@@ -63,7 +69,20 @@ def register(
 def revoke(session: Session, row: Server, now: float) -> None:
     """Forget a server and refuse its certificate from now on (its name may join again)."""
     session.merge(RevokedNode(node_id=row.node_id, name=row.name, revoked_at=now))
+    session.execute(delete(ServerCertificate).where(ServerCertificate.node_id == row.node_id))
     session.delete(row)
+
+
+def cert_not_after(session: Session, node_id: str) -> float | None:
+    """When the node's certificate expires (unix time); None until its control link showed it."""
+    cert = session.get(ServerCertificate, node_id)
+    return None if cert is None else cert.not_after
+
+
+def cert_expiries(session: Session) -> dict[str, float]:
+    """Every server's certificate expiry that a control link showed, by node id."""
+    rows = session.execute(select(ServerCertificate.node_id, ServerCertificate.not_after))
+    return {node_id: not_after for node_id, not_after in rows}
 
 
 def mapping_members(session: Session) -> dict[int, tuple[str, frozenset[str]]]:

@@ -52,8 +52,17 @@ class Server(Base):
     # Set when an operator edits region/group/capacity (migration 0006_routing): from then on the
     # agent's Register no longer overwrites region and group.
     topology_locked: Mapped[bool] = mapped_column(Boolean, default=False)
-    # When its certificate expires (unix time), as its last control link showed (0016).
-    cert_not_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ServerCertificate(Base):
+    """When a server's certificate expires (unix time), as its last control link showed (0016)."""
+
+    __tablename__ = "server_certificates"
+
+    node_id: Mapped[str] = mapped_column(
+        NODE_ID, ForeignKey("servers.node_id", ondelete="CASCADE"), primary_key=True
+    )
+    not_after: Mapped[float] = mapped_column(Float)
 
 
 class RevokedNode(Base):

@@ -55,7 +55,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SERVER_STATES = ("up", "down", "unknown")
 
 
-def _server_info(row: Server) -> ServerInfo:
+def _server_info(row: Server, cert_not_after: float | None = None) -> ServerInfo:
     return ServerInfo(
         node_id=row.node_id,
         name=row.name,
@@ -68,7 +68,7 @@ def _server_info(row: Server) -> ServerInfo:
         created_at=row.created_at,
         health=row.health,  # type: ignore[arg-type]
         topology_locked=row.topology_locked,
-        cert_not_after=row.cert_not_after,
+        cert_not_after=cert_not_after,
     )
 
 
@@ -217,7 +217,7 @@ class Store(SiteStore, TokenStore, JobLogStore):
                 now=time.time(),
                 bump_epoch=_bump_epoch,
             )
-            return _server_info(row)
+            return _server_info(row, _servers.cert_not_after(session, node_id))
 
     def is_revoked(self, node_id: str) -> bool:
         """Whether the node was removed from the fleet (DELETE /api/servers)."""
@@ -304,7 +304,11 @@ class Store(SiteStore, TokenStore, JobLogStore):
     def list_servers(self) -> list[ServerInfo]:
         """Return every server, by name."""
         with self._read("list servers") as session:
-            return [_server_info(r) for r in session.scalars(select(Server).order_by(Server.name))]
+            expiries = _servers.cert_expiries(session)
+            return [
+                _server_info(r, expiries.get(r.node_id))
+                for r in session.scalars(select(Server).order_by(Server.name))
+            ]
 
     def get_server(self, name_or_node_id: str) -> ServerInfo:
         """Return one server by name or node id.
@@ -313,7 +317,8 @@ class Store(SiteStore, TokenStore, JobLogStore):
             NotFound: no such server.
         """
         with self._read("get server") as session:
-            return _server_info(_mappings.resolve_server(session, name_or_node_id))
+            row = _mappings.resolve_server(session, name_or_node_id)
+            return _server_info(row, _servers.cert_not_after(session, row.node_id))
 
     def delete_server(self, name_or_node_id: str) -> None:
         """Forget a server and revoke its certificate (it may join again, with a new key, under

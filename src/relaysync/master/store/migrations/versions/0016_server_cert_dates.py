@@ -1,8 +1,9 @@
-"""servers.cert_not_after: when each node's certificate expires, as its last control link showed.
+"""server_certificates: when each node's certificate expires, as its last control link showed.
 
 A node's id is its certificate's hash, so a certificate cannot be renewed in place: operators need
 to see, fleet-wide, which servers must join again soon (GET /api/servers, `relaysync status`).
-NULL until the node's control link comes up with this release.
+No row until the node's control link comes up with this release. A table of its own, not a
+column of `servers`: a server's topology and its certificate change apart.
 
 Revision ID: 0016_server_cert_dates
 Revises: 0015_api_token_ids
@@ -23,9 +24,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("servers", sa.Column("cert_not_after", sa.Float(), nullable=True))
+    op.create_table(
+        "server_certificates",
+        sa.Column("node_id", sa.String(64), nullable=False),
+        sa.Column("not_after", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(["node_id"], ["servers.node_id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("node_id"),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("servers") as batch:
-        batch.drop_column("cert_not_after")
+    op.drop_table("server_certificates")
