@@ -381,18 +381,13 @@ class MasterLink:
                 await self._send_reports(framed)
 
     async def _send_reports(self, framed: FramedStream) -> None:
-        batch = self.reports.take_batch(64)
-        merged = _merge(batch)
-        if self._acking:  # kept until taken: whatever of them the master missed goes again
-            self.reports.unacked.extend(merged)
-        try:
-            await framed.send_many([item.report for item in merged])
-        except BaseException:
-            if not self._acking:
-                self.reports.unsend(batch)
-            raise
+        merged = _merge(self.reports.take_batch(64))
+        # Kept until taken: whatever of them the master missed goes again (session_over), and,
+        # held at the queue's head while they go, a drop past the bound forgets the oldest.
+        self.reports.unacked.extend(merged)
+        await framed.send_many([item.report for item in merged])
         if not self._acking:
-            self.reports.forget(batch)
+            self.reports.sent_to_unacknowledging()
 
 
 # A report's encoded size stays within half a frame: a report over MAX_MESSAGE_BYTES ends the

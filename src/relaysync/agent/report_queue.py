@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from relaysync.errors import ProtocolError
@@ -64,16 +64,15 @@ class ReportQueue:
         self._push(Queued(report, self._persist(report)))
 
     def take_batch(self, limit: int) -> list[Queued]:
-        """The next (at most `limit`) unsent reports, out of the queue."""
+        """The next (at most `limit`) unsent reports, out of the queue: the caller puts them in
+        `unacked` before it sends them, so that the oldest reports stay at the queue's head (a
+        drop past the bound forgets the oldest on disk too), or back with `session_over`."""
         return [self.unsent.popleft() for _ in range(min(len(self.unsent), limit))]
 
-    def unsend(self, batch: Sequence[Queued]) -> None:
-        """`batch` did not go: first again."""
-        self.unsent.extendleft(reversed(batch))
-
-    def forget(self, items: Iterable[Queued]) -> None:
-        """`items` went to a master that does not acknowledge: gone from the outbox too."""
-        self._consume(sum(item.frames for item in items))
+    def sent_to_unacknowledging(self) -> None:
+        """What was sent went to a master that does not acknowledge (an older release): it
+        takes what it reads, so it is forgotten here and in the outbox."""
+        self.taken(self.acked + len(self.unacked))
 
     def taken(self, upto: int) -> None:
         """The master took the first `upto` reports of this session: forget them."""

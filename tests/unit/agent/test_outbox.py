@@ -123,6 +123,26 @@ def test_the_bound_drops_the_oldest_from_disk_too(
     assert _opened(tmp_path)[1] == [4, 5, 6]
 
 
+def test_a_drop_while_a_batch_goes_keeps_memory_and_disk_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: to a master that does not acknowledge, a batch being sent was in neither
+    `unsent` nor `unacked`, so a drop past the bound meanwhile took a newer report out of memory
+    and the batch's first frame off the disk; the send failing, a kill lost that report. The
+    batch stays at the queue's head while it goes (master_link._send_reports)."""
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 3)
+    box, _ = _opened(tmp_path)
+    queue = ReportQueue(box)
+    for n in range(3):
+        queue.add(_report(n))
+    queue.unacked.extend(queue.take_batch(2))  # 0 and 1 go
+    queue.add(_report(3))  # over the bound meanwhile: the oldest, 0, is dropped
+    queue.session_over()  # the send failed
+    in_memory = [q.report.watermark for q in queue.unsent]
+    assert in_memory == [1, 2, 3]
+    assert _opened(tmp_path)[1] == in_memory  # what a kill now would replay
+
+
 def test_reports_merged_for_the_wire_are_taken_with_all_their_frames(tmp_path: Path) -> None:
     box, _ = _opened(tmp_path)
     queue = ReportQueue(box)
@@ -152,7 +172,8 @@ def test_a_report_that_cannot_be_appended_is_kept_in_memory_and_takes_no_other_f
     queue.add(_report(2))
     assert [q.frames for q in queue.unsent] == [1, 0, 1]
     assert "kept in memory only" in caplog.text and "appends work again" in caplog.text
-    queue.forget(queue.take_batch(2))  # 0 and 1 went to a master that does not acknowledge
+    queue.unacked.extend(queue.take_batch(2))
+    queue.sent_to_unacknowledging()  # 0 and 1 went to a master that does not acknowledge
     assert _opened(tmp_path)[1] == [2]
 
 
