@@ -172,10 +172,13 @@ class RootWatching:
     _root_hung = False
     _probe_pending = False  # a probe's thread has not returned yet (`_probe_root`)
     _probe_done: anyio.Event | None = None  # set once the probe a look waits for answered
+    _tables: anyio.Lock  # held while the watch tables are touched (the Watcher's)
 
     if TYPE_CHECKING:  # the Watcher's
 
-        def _add_tree(self, top: str) -> None: ...
+        def _queue_tree(self, top: str) -> None: ...
+
+        async def _watch_queued(self) -> None: ...
 
         def _forget_tree(self, top: str, *, remove: bool) -> None: ...
 
@@ -198,7 +201,7 @@ class RootWatching:
         if not base or self._presence.moved_off():
             self._lose_root(unmounted=True)
         else:
-            self._add_tree(base)
+            self._queue_tree(base)
             self._emit("rescan", base, is_dir=True)
 
     def _lose_root(self, *, unmounted: bool) -> None:
@@ -230,8 +233,9 @@ class RootWatching:
             self._forget_tree("", remove=True)
             # `_add_watch` records the directory (`RootPresence.watched`) before it adds the
             # watch, also where none can be added (no read permission, the watch limit, which
-            # `_scan_unwatched` retries): it is not "replaced" again at every look
-            self._add_tree("")
+            # `_scan_unwatched` retries): it is not "replaced" again at every look. The caller
+            # has the tree watched (`_watch_queued`) before the rescan goes out.
+            self._queue_tree("")
             return True
         return change in ("unmounted", "gone") and self._forget_root(
             unmounted=change == "unmounted"
@@ -291,5 +295,10 @@ class RootWatching:
         (`RootPresence.poll`). The read loop checks too, after each batch (`_check_root`)."""
         while True:
             await anyio.sleep(ROOT_POLL_S)
-            if await self._root_answers() and self._check_root():
+            if not await self._root_answers():
+                continue
+            async with self._tables:
+                changed = self._check_root()
+                await self._watch_queued()  # the tree back or replaced, in a worker thread
+            if changed:
                 await send.send([FsEvent(kind="rescan", path="", is_dir=True)])

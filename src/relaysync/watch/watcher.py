@@ -3,7 +3,8 @@
 A file is reported on CLOSE_WRITE only, never while it is being written. A new directory gets
 its watch first and is then reported as "rescan", so files created in it before the watch
 existed are found by the scan (a directory renamed before its CREATE was read is watched, and
-rescanned, under its new name when the move is read). MOVED_FROM/MOVED_TO with one cookie
+rescanned, under its new name when the move is read); its subtree is listed and watched in a
+worker thread, never on the event loop, before the next event is handled. MOVED_FROM/MOVED_TO with one cookie
 become one "move"; a MOVED_FROM left alone for MOVE_PAIR_S after it was read (whatever else
 arrives meanwhile) becomes "delete", a lone MOVED_TO becomes "rescan". A kernel queue overflow
 becomes "rescan" of the whole tree. A root deleted, moved away or unmounted is lost (`root_lost`,
@@ -13,7 +14,6 @@ switched) is watched again and rescanned (`_root.py`).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
@@ -23,14 +23,13 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import anyio.to_thread
-from asyncinotify import Event, Inotify, Mask, Watch
+from asyncinotify import Event, Inotify, Mask
 
 from relaysync.constants import UNWATCHED_SCAN_INTERVAL_S
-from relaysync.errors import WatchLimitReached
 from relaysync.watch._fsevent import EventKind, FsEvent
 from relaysync.watch._pending_move import PendingFrom
 from relaysync.watch._root import RootPresence, RootWatching
+from relaysync.watch._tree_watches import TreeWatches, under
 from relaysync.watch.buffer import coalesce
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.scanner import join
@@ -39,38 +38,29 @@ __all__ = ["FsEvent", "Watcher"]
 
 logger = logging.getLogger(__name__)
 
-MAX_VANISHED = 4096  # vanished directories remembered until their DELETE or MOVED_FROM is read
 MOVE_PAIR_S = 0.02  # a MOVED_TO follows its MOVED_FROM within microseconds; 20 ms is generous
 PAIR_BATCH_MAX_S = 0.1  # a batch waiting for MOVED_TOs goes out then, however busy the tree
 MODIFY_QUIET_S = 1.0  # a file modified without close-write (truncate) goes after this quiet
 INOTIFY_READ_EVENTS = 4096  # events read per read(2), so a burst is one batch
 BATCH_MAX_EVENTS = 4 * INOTIFY_READ_EVENTS  # read into one batch; the rest wait for the next
-_MASK = (
-    Mask.CLOSE_WRITE
-    | Mask.MODIFY
-    | Mask.CREATE
-    | Mask.DELETE
-    | Mask.DELETE_SELF
-    | Mask.MOVED_FROM
-    | Mask.MOVED_TO
-    | Mask.MOVE_SELF
-    | Mask.ATTRIB
-    | Mask.ONLYDIR
-    | Mask.DONT_FOLLOW
-)
-_ROOT_MASK = _MASK & ~Mask.DONT_FOLLOW
 _SIMPLE: dict[Mask, EventKind] = {
     Mask.CLOSE_WRITE: "write",
     Mask.DELETE: "delete",
     Mask.ATTRIB: "attr",
 }
+# Events whose handling needs no other directory's watch than their own (which exists: an event
+# comes from a watch added): a burst of `mkdir`s has its new directories watched at once.
+_PLAIN = Mask.CREATE | Mask.CLOSE_WRITE | Mask.MODIFY | Mask.ATTRIB | Mask.DELETE | Mask.ISDIR
 
 
-def _under(path: str, top: str) -> bool:
-    return not top or path == top or path.startswith(top + "/")
+def _reads_tables(mask: Mask) -> bool:
+    """Whether handling an event reads or changes the watch tables beyond its own watch's path:
+    a move, a directory deleted (its `_vanished`), the queue overflowed, a watch gone
+    (IGNORED, UNMOUNT, DELETE_SELF, MOVE_SELF)."""
+    return bool(mask & ~_PLAIN) or (Mask.DELETE | Mask.ISDIR) in mask
 
 
-class Watcher(RootWatching):
+class Watcher(RootWatching, TreeWatches):
     """Watches a tree with inotify and sends batches of FsEvents.
 
     Args:
@@ -90,6 +80,9 @@ class Watcher(RootWatching):
     below the root has its directory rescanned and watched again.
 
     Resource handling: the inotify descriptor lives as long as `serve()` and is closed on exit.
+    Subtrees are listed and watched in worker threads (`TreeWatches`), one at a time: a tree of
+    many directories, or one on a hung network mount, holds up this Watcher only, never the
+    event loop; a stop abandons the thread, which ends at its next directory.
     """
 
     def __init__(
@@ -99,18 +92,7 @@ class Watcher(RootWatching):
         *,
         unwatched_scan_interval_s: float = UNWATCHED_SCAN_INTERVAL_S,
     ) -> None:
-        self._root = root
-        self._filter = path_filter
-        self._interval_s = unwatched_scan_interval_s
-        self._ino: Inotify | None = None
-        self._paths: dict[int, str] = {}  # watch descriptor -> relative directory
-        self._wds: dict[str, int] = {}
-        self._watches: dict[int, Watch] = {}
-        self._unwatched: dict[str, None] = {}  # ordered set of directories beyond the watch limit
-        # Directories whose watch failed because they were gone (ENOENT): deleted, or renamed
-        # before their CREATE was read; the DELETE or MOVED_FROM that says which is still queued.
-        self._vanished: dict[str, None] = {}
-        self._limit_warned = False
+        TreeWatches.__init__(self, root, path_filter, unwatched_scan_interval_s)
         self._batch: list[FsEvent | PendingFrom] = []
         self._batch_read = 0  # inotify events read into the current batch
         self._cookies: dict[int, PendingFrom] = {}
@@ -134,11 +116,8 @@ class Watcher(RootWatching):
         with Inotify(cache_size=INOTIFY_READ_EVENTS, sync_timeout=0) as ino:
             self._ino = ino
             try:
-                # In a worker thread: a tree of many directories takes seconds to list and watch,
-                # and a root on a hung network mount never answers; the event loop, which every
-                # link and the control link share, must not wait on either. Nothing else touches
-                # the watch tables before the read loop starts below.
-                await anyio.to_thread.run_sync(self._add_tree, "", abandon_on_cancel=True)
+                self._queue_tree("")
+                await self._watch_queued()  # nothing else touches the tables before the tasks start
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._scan_unwatched, send)
                     tg.start_soon(self._report_quiet_modified, send)
@@ -151,109 +130,19 @@ class Watcher(RootWatching):
                 self._wds.clear()
                 self._watches.clear()
 
-    # --- watches ---
-
-    def _add_tree(self, top: str) -> None:
-        stack = [top]
-        while stack and self._ino is not None:  # None: stopped (an abandoned first listing)
-            rel = stack.pop()
-            if self._add_watch(rel):
-                stack.extend(self._subdirs(rel))
-
-    def _subdirs(self, rel: str) -> list[str]:
-        out = []
-        try:
-            with os.scandir(self._root / rel) as it:
-                for de in it:
-                    child = join(rel, de.name)
-                    if de.is_dir(follow_symlinks=False) and self._filter.accepts(
-                        child, is_dir=True
-                    ):
-                        out.append(child)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                self._note_vanished(rel)  # its subdirectories are unwatched, wherever it went
-            logger.debug("cannot list %s", rel)
-        return out
-
-    def _add_watch(self, rel: str) -> bool:
-        assert self._ino is not None
-        if not rel:  # first: a link switched after the watch is added is then seen switched
-            self._presence.watched()
-        try:
-            # The root itself may be a symlink (`current` -> a release): it is followed, as a
-            # scan follows it; links below it are entries, never watched through.
-            watch = self._ino.add_watch(self._root / rel, _MASK if rel else _ROOT_MASK)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                self._note_unwatched(rel)
-            elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                self._note_vanished(rel)
-            elif exc.errno != errno.ELOOP:
-                logger.warning("cannot watch %s: %s", rel, exc)
-            return False
-        old = self._paths.get(watch.wd)
-        if old is not None and old != rel:
-            self._wds.pop(old, None)
-        self._paths[watch.wd] = rel
-        self._wds[rel] = watch.wd
-        self._watches[watch.wd] = watch
-        self._unwatched.pop(rel, None)
-        return True
-
-    def _note_unwatched(self, rel: str) -> None:
-        if any(_under(rel, u) for u in self._unwatched):
-            return
-        self._unwatched[rel] = None
-        if not self._limit_warned:
-            self._limit_warned = True
-            logger.warning("%s", WatchLimitReached(rel or "/", len(self._wds), self._interval_s))
-
-    def _note_vanished(self, rel: str) -> None:
-        if rel:
-            self._vanished[rel] = None
-            if len(self._vanished) > MAX_VANISHED:
-                del self._vanished[next(iter(self._vanished))]
-
-    def _drop_vanished(self, top: str) -> None:
-        for rel in [p for p in self._vanished if _under(p, top)]:
-            del self._vanished[rel]
-
-    def _forget_tree(self, top: str, *, remove: bool) -> None:
-        self._drop_vanished(top)
-        for rel in [p for p in self._wds if _under(p, top)]:
-            wd = self._wds.pop(rel)
-            self._paths.pop(wd, None)
-            if remove and self._ino is not None:
-                watch = self._watches.pop(wd, None)
-                try:
-                    if watch is not None:
-                        self._ino.rm_watch(watch)
-                except OSError:
-                    logger.debug("watch of %s was already gone", rel)
-        for rel in [p for p in self._unwatched if _under(p, top)]:
-            del self._unwatched[rel]
-
-    def _move_tree(self, old: str, new: str) -> None:
-        for rel in [p for p in self._wds if _under(p, old)]:
-            wd = self._wds.pop(rel)
-            moved = new + rel[len(old) :]
-            self._wds[moved] = wd
-            self._paths[wd] = moved
-        for rel in [p for p in self._unwatched if _under(p, old)]:
-            del self._unwatched[rel]
-            self._unwatched[new + rel[len(old) :]] = None
-
     async def _scan_unwatched(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
         while True:
             await anyio.sleep(self._interval_s)
-            dirs = list(self._unwatched)
-            if not dirs:
+            if not self._unwatched:
                 continue
-            self._unwatched.clear()
-            for rel in dirs:
-                self._add_tree(rel)  # the limit may have been raised meanwhile
-            await send.send([FsEvent(kind="rescan", path=rel, is_dir=True) for rel in dirs])
+            async with self._tables:
+                dirs = list(self._unwatched)
+                self._unwatched.clear()
+                for rel in dirs:
+                    self._queue_tree(rel)  # the limit may have been raised meanwhile
+                await self._watch_queued()
+            if dirs:
+                await send.send([FsEvent(kind="rescan", path=rel, is_dir=True) for rel in dirs])
 
     async def _report_quiet_modified(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
         """Report files modified without a close-write once no MODIFY came for MODIFY_QUIET_S."""
@@ -276,20 +165,28 @@ class Watcher(RootWatching):
                 await anyio.lowlevel.checkpoint()
             else:
                 await anyio.wait_readable(self._ino.fd)
-            started = time.monotonic()
-            root_changes = self._presence.changes
-            full = self._drain()
-            while (wait_s := self._pairing_wait_s(started)) > 0:
-                if not full:
-                    with anyio.move_on_after(wait_s):
-                        await anyio.wait_readable(self._ino.fd)
-                # a full batch still reads on for its pending MOVED_FROMs' MOVED_TOs: cut between
-                # them, `mv d e` would reach the targets as a delete of d and a rescan of e
-                full = self._drain(pairing=True)
-            checked = (self._batch_removes() or self._presence.lost) and await self._root_answers()
-            events = self._batch_events(root_changes, checked=checked)
+            async with self._tables:
+                full, events = await self._read_batch()
             if events:
                 await send.send(events)
+
+    async def _read_batch(self) -> tuple[bool, list[FsEvent]]:
+        """Read one batch; return whether it stopped full, and its events."""
+        assert self._ino is not None
+        started = time.monotonic()
+        root_changes = self._presence.changes
+        full = await self._drain()
+        while (wait_s := self._pairing_wait_s(started)) > 0:
+            if not full:
+                with anyio.move_on_after(wait_s):
+                    await anyio.wait_readable(self._ino.fd)
+            # a full batch still reads on for its pending MOVED_FROMs' MOVED_TOs: cut between
+            # them, `mv d e` would reach the targets as a delete of d and a rescan of e
+            full = await self._drain(pairing=True)
+        checked = (self._batch_removes() or self._presence.lost) and await self._root_answers()
+        events = self._batch_events(root_changes, checked=checked)
+        await self._watch_queued()  # a root back or replaced is watched before its rescan goes
+        return full, events
 
     def _pairing_wait_s(self, started: float) -> float:
         """How much longer the batch waits for the MOVED_TOs of its pending MOVED_FROMs.
@@ -304,28 +201,33 @@ class Watcher(RootWatching):
         newest = max(pending.read_at for pending in self._cookies.values())
         return min(newest + MOVE_PAIR_S, started + PAIR_BATCH_MAX_S) - time.monotonic()
 
-    def _drain(self, *, pairing: bool = False) -> bool:
+    async def _drain(self, *, pairing: bool = False) -> bool:
         """Read the queued inotify events into the batch; return True if it stopped full (more
         may be queued), False once none is left.
 
         A batch is full at BATCH_MAX_EVENTS: writers faster than this loop must not keep one
         batch (and the event loop) to themselves for ever. With `pairing`, a full batch reads on
         while a MOVED_FROM of it waits for its MOVED_TO (bounded by the caller's pairing wait).
+        The subtrees events queued (`_queue_tree`) are watched, in one worker thread, before an
+        event that reads the tables is handled (`_reads_tables`), which then finds them there as
+        if they had been watched on the spot, and at the latest once the drain stops.
         """
         assert self._ino is not None
-        while (event := self._ino.sync_get()) is not None:
+        full = False
+        while not full and (event := self._ino.sync_get()) is not None:
+            if self._to_watch and _reads_tables(event.mask):
+                await self._watch_queued()
             self._batch_read += 1
             self._handle(event)
-            if self._batch_read >= BATCH_MAX_EVENTS and not (pairing and self._cookies):
-                return True
-        return False
+            full = self._batch_read >= BATCH_MAX_EVENTS and not (pairing and self._cookies)
+        await self._watch_queued()
+        return full
 
     def _batch_events(self, root_changes: int, *, checked: bool = True) -> list[FsEvent]:
         """The batch read, coalesced; none if the root's path showed another directory meanwhile
         (a switched `current` link: the batch may be the old release's `rm -rf`), only a
-        rescan of "" (the one the change is due, or once more if `_watch_root_return` or
-        `_overflow` acted on the change while the batch was read: a rescan costs a scan, a
-        batch lost would cost changes)."""
+        rescan of "" (the one the change is due, or once more if `_overflow` acted on the change
+        while the batch was read: a rescan costs a scan, a batch lost would cost changes)."""
         if (checked and self._check_root()) or self._presence.changes != root_changes:
             self._drop_batch()
             return [FsEvent(kind="rescan", path="", is_dir=True)]
@@ -401,7 +303,7 @@ class Watcher(RootWatching):
         # a root switched since the last look is watched anew (`_check_root`), or the old
         # release's watches would stay and the root's be added on the new one beside them
         if not self._check_root() and not self._presence.lost:
-            self._add_tree("")
+            self._queue_tree("")
         self._emit("rescan", "", is_dir=True)
 
     def _drop_watch(self, wd: int) -> None:
@@ -433,7 +335,7 @@ class Watcher(RootWatching):
 
     def _created(self, rel: str, is_dir: bool) -> None:
         if is_dir:
-            self._add_tree(rel)
+            self._queue_tree(rel)
             self._emit("rescan", rel, is_dir=True)
             return
         try:
@@ -479,19 +381,19 @@ class Watcher(RootWatching):
         watches that exist. Whatever was created in it before the new watch is found by the
         rescan, as for a new directory.
         """
-        lost = [p for p in self._vanished if _under(p, old)]
+        lost = [p for p in self._vanished if under(p, old)]
         for path in lost:
             del self._vanished[path]
         tops = [new + p[len(old) :] for p in lost]
         if new not in self._wds and new not in self._unwatched and new not in tops:
             tops.append(new)
         for top in tops:
-            self._add_tree(top)
+            self._queue_tree(top)
             self._emit("rescan", top, is_dir=True)
 
     def _arrived(self, rel: str, is_dir: bool, accepted: bool) -> None:
         if not accepted:
             return
         if is_dir:
-            self._add_tree(rel)
+            self._queue_tree(rel)
         self._emit("rescan", rel, is_dir=is_dir)

@@ -1,0 +1,195 @@
+"""The watches of a watched tree: which directory each inotify watch descriptor is on, the
+directories beyond the kernel's watch limit and those gone before their watch was added; the
+subtrees are listed and watched in a worker thread, never on the event loop."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+from asyncinotify import Inotify, Mask, Watch
+
+from relaysync.errors import WatchLimitReached
+from relaysync.watch._root import RootPresence
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.scanner import join
+
+__all__ = ["MAX_VANISHED", "TreeWatches", "under"]
+
+logger = logging.getLogger("relaysync.watch.watcher")  # the Watcher's part: its logger
+
+MAX_VANISHED = 4096  # vanished directories remembered until their DELETE or MOVED_FROM is read
+_MASK = (
+    Mask.CLOSE_WRITE
+    | Mask.MODIFY
+    | Mask.CREATE
+    | Mask.DELETE
+    | Mask.DELETE_SELF
+    | Mask.MOVED_FROM
+    | Mask.MOVED_TO
+    | Mask.MOVE_SELF
+    | Mask.ATTRIB
+    | Mask.ONLYDIR
+    | Mask.DONT_FOLLOW
+)
+_ROOT_MASK = _MASK & ~Mask.DONT_FOLLOW
+
+
+def under(path: str, top: str) -> bool:
+    """Whether `path` is `top` or below it ("" is the root, above every path)."""
+    return not top or path == top or path.startswith(top + "/")
+
+
+class TreeWatches:
+    """The Watcher's watch tables (a mixin: the Watcher reads them as it handles events).
+
+    A worker thread lists and watches subtrees (`_watch_queued`) while the event loop goes on:
+    the tables are touched only under `_tables`, which the thread's caller holds, and so does
+    every task of the Watcher that touches them meanwhile.
+    """
+
+    _presence: RootPresence  # the Watcher's: the root's directory is recorded as it is watched
+
+    def __init__(self, root: Path, path_filter: PathFilter, interval_s: float) -> None:
+        self._root = root
+        self._filter = path_filter
+        self._interval_s = interval_s
+        self._ino: Inotify | None = None
+        self._paths: dict[int, str] = {}  # watch descriptor -> relative directory
+        self._wds: dict[str, int] = {}
+        self._watches: dict[int, Watch] = {}
+        self._unwatched: dict[str, None] = {}  # ordered set of directories beyond the watch limit
+        # Directories whose watch failed because they were gone (ENOENT): deleted, or renamed
+        # before their CREATE was read; the DELETE or MOVED_FROM that says which is still queued.
+        self._vanished: dict[str, None] = {}
+        self._limit_warned = False
+        # Subtrees to list and watch (a new directory, an overflow's whole tree), in the order
+        # asked: `_watch_queued` does it in a worker thread, before an event that reads the
+        # tables is handled and before the batch goes out.
+        self._to_watch: dict[str, None] = {}
+        # Held while a worker thread lists and watches, and by whatever touches the tables
+        # (`_paths`, `_wds`, `_watches`, `_unwatched`, `_vanished`, the root's presence)
+        # meanwhile: the read loop for a whole batch, `_scan_unwatched`, `_watch_root_return`.
+        self._tables = anyio.Lock()
+
+    def _queue_tree(self, top: str) -> None:
+        """Have `top` and the directories below it watched before an event that reads the
+        tables is handled, and before the batch goes out (`_watch_queued`)."""
+        self._to_watch[top] = None
+
+    async def _watch_queued(self) -> None:
+        """List and watch the queued subtrees in a worker thread; the caller holds `_tables`.
+
+        A tree of many directories takes seconds to list and watch (an overflow's whole tree, a
+        big directory moved in), and a directory on a hung network mount never answers: the
+        event loop, which every link and the control link of the agent share, must not wait on
+        either. A stop abandons the thread, which ends at its next directory.
+        """
+        if not self._to_watch:
+            return
+        tops = list(self._to_watch)
+        self._to_watch.clear()
+        await anyio.to_thread.run_sync(self._add_trees, tops, abandon_on_cancel=True)
+
+    def _add_trees(self, tops: list[str]) -> None:
+        """Watch each of `tops` and what is below it (in a worker thread: see `_watch_queued`)."""
+        for top in tops:
+            self._add_tree(top)
+
+    def _add_tree(self, top: str) -> None:
+        stack = [top]
+        while stack and self._ino is not None:  # None: stopped (an abandoned listing)
+            rel = stack.pop()
+            # the watch first, then the listing: a child made in between is seen by either
+            if self._add_watch(rel):
+                stack.extend(self._subdirs(rel))
+
+    def _subdirs(self, rel: str) -> list[str]:
+        out = []
+        try:
+            with os.scandir(self._root / rel) as it:
+                for de in it:
+                    child = join(rel, de.name)
+                    if de.is_dir(follow_symlinks=False) and self._filter.accepts(
+                        child, is_dir=True
+                    ):
+                        out.append(child)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                self._note_vanished(rel)  # its subdirectories are unwatched, wherever it went
+            logger.debug("cannot list %s", rel)
+        return out
+
+    def _add_watch(self, rel: str) -> bool:
+        ino = self._ino
+        if ino is None:  # stopped while an abandoned listing went on
+            return False
+        if not rel:  # first: a link switched after the watch is added is then seen switched
+            self._presence.watched()
+        try:
+            # The root itself may be a symlink (`current` -> a release): it is followed, as a
+            # scan follows it; links below it are entries, never watched through.
+            watch = ino.add_watch(self._root / rel, _MASK if rel else _ROOT_MASK)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._note_unwatched(rel)
+            elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                self._note_vanished(rel)
+            elif exc.errno != errno.ELOOP:
+                logger.warning("cannot watch %s: %s", rel, exc)
+            return False
+        old = self._paths.get(watch.wd)
+        if old is not None and old != rel:
+            self._wds.pop(old, None)
+        self._paths[watch.wd] = rel
+        self._wds[rel] = watch.wd
+        self._watches[watch.wd] = watch
+        self._unwatched.pop(rel, None)
+        return True
+
+    def _note_unwatched(self, rel: str) -> None:
+        if any(under(rel, u) for u in self._unwatched):
+            return
+        self._unwatched[rel] = None
+        if not self._limit_warned:
+            self._limit_warned = True
+            logger.warning("%s", WatchLimitReached(rel or "/", len(self._wds), self._interval_s))
+
+    def _note_vanished(self, rel: str) -> None:
+        if rel:
+            self._vanished[rel] = None
+            if len(self._vanished) > MAX_VANISHED:
+                del self._vanished[next(iter(self._vanished))]
+
+    def _drop_vanished(self, top: str) -> None:
+        for rel in [p for p in self._vanished if under(p, top)]:
+            del self._vanished[rel]
+
+    def _forget_tree(self, top: str, *, remove: bool) -> None:
+        self._drop_vanished(top)
+        for rel in [p for p in self._wds if under(p, top)]:
+            wd = self._wds.pop(rel)
+            self._paths.pop(wd, None)
+            if remove and self._ino is not None:
+                watch = self._watches.pop(wd, None)
+                try:
+                    if watch is not None:
+                        self._ino.rm_watch(watch)
+                except OSError:
+                    logger.debug("watch of %s was already gone", rel)
+        for rel in [p for p in self._unwatched if under(p, top)]:
+            del self._unwatched[rel]
+
+    def _move_tree(self, old: str, new: str) -> None:
+        for rel in [p for p in self._wds if under(p, old)]:
+            wd = self._wds.pop(rel)
+            moved = new + rel[len(old) :]
+            self._wds[moved] = wd
+            self._paths[wd] = moved
+        for rel in [p for p in self._unwatched if under(p, old)]:
+            del self._unwatched[rel]
+            self._unwatched[new + rel[len(old) :]] = None
