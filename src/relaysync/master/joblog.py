@@ -293,14 +293,29 @@ class JobLogWriter:
     # --- The spool ---
 
     async def _spool_tail(self) -> None:
-        """Append the reports taken while spooling to the spool; on failure (a full disk) they
-        stay in memory, in order, and are tried again."""
+        """Append the reports taken while spooling to the spool, about FLUSH_RECORDS records
+        per append (the queue moved there when spooling starts holds up to the memory bound:
+        encoded at once it took another 96 MB); on failure (a full disk) they stay in memory,
+        in order, and are tried again."""
+        while self._tail and await self._spool_some():
+            pass
+        spooling = self._spooling
+        if not self._tail and spooling is not None and spooling.failing:
+            spooling.failing = False  # said once the whole tail made it: a full disk may take
+            logger.warning(  # a small append between failures
+                "job log: writing to the spool %s again",
+                self._spool.directory if self._spool is not None else "",
+            )
+
+    async def _spool_some(self) -> bool:
+        """Append the first reports of the tail; False if that failed."""
         assert self._spool is not None
         async with self._spool_lock:
             if not self._tail:
-                return
-            tail, records = self._tail, self._tail_records
-            self._tail, self._tail_records = [], 0
+                return True
+            tail, records = _first_records(self._tail, FLUSH_RECORDS)
+            del self._tail[: len(tail)]
+            self._tail_records -= records
             self._appending_records = records
             try:
                 with anyio.CancelScope(shield=True):  # on disk or back in memory, never neither
@@ -309,15 +324,13 @@ class JobLogWriter:
                 self._tail[:0] = tail
                 self._tail_records += records
                 self._spool_failed(exc)
-                return
+                return False
             finally:
                 self._appending_records = 0
             self._receipts.taken(tail)
         if self._spooling is not None:
             self._spooling.spooled += records
-            if self._spooling.failing:
-                self._spooling.failing = False
-                logger.warning("job log: writing to the spool %s again", self._spool.directory)
+        return True
 
     async def _hold_back(self, batch: list[CommitReport]) -> None:
         """A batch the store did not take goes back in front of the queue; while spooling, in
@@ -327,15 +340,17 @@ class JobLogWriter:
         if spool is None or spooling is None or self._loaded or not batch:
             self._requeue(batch)
             return
-        async with self._spool_lock:
-            try:
-                with anyio.CancelScope(shield=True):  # in the spool or back in memory
+        # Shielded from the lock on: the batch is nowhere else, and a stop's cancellation (the
+        # write failed under it) would otherwise take it at the lock, before either place.
+        with anyio.CancelScope(shield=True):
+            async with self._spool_lock:
+                try:
                     await anyio.to_thread.run_sync(spool.prepend, batch)
-            except Exception as exc:  # a full disk (OSError) or a bug: in memory, tried again
-                self._requeue(batch)
-                self._spool_failed(exc)
-                return
-            self._receipts.taken(batch)
+                except Exception as exc:  # a full disk (OSError) or a bug: in memory, tried again
+                    self._requeue(batch)
+                    self._spool_failed(exc)
+                    return
+                self._receipts.taken(batch)
         spooling.spooled += sum(len(r.records) for r in batch)
 
     def _spool_failed(self, exc: Exception) -> None:
@@ -528,3 +543,13 @@ class JobLogWriter:
                 winner=c.winner_node,
                 loser=c.loser_node,
             )
+
+
+def _first_records(reports: list[CommitReport], records: int) -> tuple[list[CommitReport], int]:
+    """The first reports of `reports` that hold about `records` records (at least one report),
+    and how many records they hold."""
+    taken = held = 0
+    while taken < len(reports) and (taken == 0 or held < records):
+        held += len(reports[taken].records)
+        taken += 1
+    return reports[:taken], held

@@ -284,7 +284,9 @@ def test_a_full_disk_keeps_the_reports_in_memory_and_loses_none(
                 await anyio.sleep(0)
             await _until(lambda: "cannot write to the spool" in caplog.text)
             assert writer._tail_records + writer._appending_records > 0  # in memory, not lost
-            assert writer.spooled_records + writer.queued_records == TOTAL
+            # (a batch read back from the spool to be written counts in both meanwhile)
+            held = writer.spooled_records + writer.queued_records
+            assert TOTAL <= held <= TOTAL + BATCH
             outage.down = False
             await _until(lambda: writer.spooled_records == writer.queued_records == 0)
 
@@ -335,4 +337,50 @@ def test_once_spooling_starts_every_report_held_is_taken_while_the_store_is_stil
         await _until(lambda: writer.spooled_records == writer.queued_records == 0)
 
     anyio.run(_with_writer, writer, body)
+    _assert_written_once_in_order(store, mapping_id)
+
+
+def test_a_stop_while_a_failed_write_goes_back_to_the_spool_loses_nothing(
+    store: Store, mapping_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a write hanging on a locked store failed after a stop had begun; its
+    batch, on its way back into the spool, waited for the spool's lock inside the stop's
+    cancelled scope, and the cancellation took it: the batch was in neither memory nor spool,
+    and the reports spooled after it were acknowledged (lost for good for an older agent)."""
+    outage = Outage(store, monkeypatch)
+    outage.down = True
+    hanging, release = threading.Event(), threading.Event()
+    down_write = store.record_commit_reports
+
+    def hang_then_fail(reports: list[CommitReport]) -> None:
+        if not release.is_set():
+            hanging.set()
+            release.wait(TIMEOUT_S)
+        down_write(reports)
+
+    monkeypatch.setattr(store, "record_commit_reports", hang_then_fail)
+    spool_dir = tmp_path / "spool"
+    first = JobLogWriter(store, EventBus(), spool_dir=spool_dir, max_queued_records=CAP)
+    reports = list(_reports(mapping_id))
+
+    async def stop_during_the_write() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(first.serve)
+            for i, report in enumerate(reports):
+                first.add(report)
+                if i == 0:  # the first flush takes it and hangs: the batch in flight
+                    await _until(hanging.is_set)
+            await _until(lambda: first._spooling is not None and _all_on_disk(first))
+            tg.start_soon(first.stop)  # SIGTERM
+            await _until(lambda: first._serving is not None and first._serving.cancel_called)
+            release.set()  # the hanging write fails now, under the stop
+
+    anyio.run(stop_during_the_write)
+    outage.down = False
+    second = JobLogWriter(store, EventBus(), spool_dir=spool_dir, max_queued_records=CAP)
+
+    async def drain() -> None:
+        await _until(lambda: second.spooled_records == second.queued_records == 0)
+
+    anyio.run(_with_writer, second, drain)
     _assert_written_once_in_order(store, mapping_id)
