@@ -265,10 +265,15 @@ class IncomingFile:
         finally:
             self.close()
 
+    @property
+    def is_partial(self) -> bool:
+        """A named, resumable partial (locked while open), not a temp file of one batch."""
+        return self.temp_name.endswith(PARTIAL_SUFFIX)
+
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1  # never closed twice, even if close fails (the number is reused)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _emptied(fd: int, temp: Path, flags: int) -> int:
@@ -336,6 +341,8 @@ class CommitBatch:
             dirs: set[str] = set()
             for f in files:
                 _check_still_named(f)  # again: the fsyncs above may have taken a while
+                if not f.is_partial:
+                    f.close()  # before its name appears (an NFS client writes back on close)
                 if self.before_replace is not None:
                     self.before_replace(f.final)
                 visible_at = time.time()
@@ -351,8 +358,9 @@ class CommitBatch:
                         raise exc
                     shutil.rmtree(f.final_name)  # a directory becomes a file
                     os.replace(f.temp_name, f.final_name)
-                # Closed once renamed, not before: a partial's lock goes with its descriptor, and
-                # a successor must never take over (and write into) a file that becomes the final.
+                # A partial is closed once renamed, not before: its lock goes with its descriptor,
+                # and a successor must never take over (and write into) a file that becomes the
+                # final. (Without a successor there is none: a session ends the one before it.)
                 f.close()
                 if self.durable:
                     dirs.add(os.path.dirname(f.final_name))

@@ -127,7 +127,9 @@ class TargetFolder:
         tops = [(path, made.pop(path)) for path in paths if path in made]
         if not tops:
             return
-        for path, top in tops:
+        # Not in an N:M member's root: the other members' manifests, not ours, say which of its
+        # directories are their trees' (a MakeDir of another source's may have made one so).
+        for path, top in tops if not self.conflict else ():
             self._remove_empty_dirs(parent_of(path), top)
         self.manifest.set_meta("partial_dirs", json.dumps(made))
 
@@ -140,6 +142,7 @@ class TargetFolder:
                 os.rmdir(resolve_inside(self.root, rel))  # never through a link
             except (UnsafePath, OSError):
                 return  # not empty (a committed file, someone's), gone, or not a directory
+            self.resolver.forget()  # it may hold the directory as proven real
             rel = parent_of(rel)
 
     def drop_partial(self, path: str) -> None:

@@ -21,15 +21,18 @@ from relaysync.protocol.messages import (
     AnyMessage,
     Checkpoint,
     Delete,
+    FileAbort,
     FileChunk,
     FileEnd,
     FileStart,
     MakeDir,
     PartialRef,
+    SmallFile,
 )
 from relaysync.transfer import _partial_lock, staging
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
+from relaysync.watch.manifest import Manifest
 
 SIZE = 12 * CHUNK_BYTES  # large enough for a named, resumable partial
 MTIME = 1_700_000_000_000_000_000
@@ -268,3 +271,54 @@ def test_a_directory_that_received_its_file_stays_when_the_file_goes(folder: Tar
     session.close()
     _obsolete(folder, ["got/big.bin"], data, 3)
     assert (folder.root / "got").is_dir() and not (folder.root / "got" / "big.bin").exists()
+
+
+def test_a_file_in_a_directory_a_partial_took_away_goes_in_afresh(folder: TargetFolder) -> None:
+    """Found in review: the partial's directory was removed, but the session's path cache still
+    held it as proven real, so every later file in it failed (ENOENT) until the link restarted."""
+    data = os.urandom(SIZE)
+    _partial_in(folder, "d/big", data)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    resumed = [_start("d/big", data, CHUNK_BYTES), FileAbort(seq=1, reason="changed while read")]
+    session.apply_batch(resumed)  # the resume proves "d"; the abort takes it away with the partial
+    assert not (folder.root / "d").exists()
+    body = b"<html></html>"
+    small = SmallFile(
+        seq=2,
+        path="d/index.html",
+        size=len(body),
+        mode=0o644,
+        mtime_ns=MTIME,
+        data=body,
+        hash=xxhash.xxh3_128_digest(body),
+    )
+    assert session.apply_batch([small, Checkpoint(seq=2)]) == [Ack(mapping_id=1, watermark=2)]
+    session.close()
+    assert (folder.root / "d" / "index.html").read_bytes() == body
+
+
+def test_an_n_to_m_member_leaves_the_shared_roots_directories_alone(tmp_path: Path) -> None:
+    """Found in review: a member's partial made `d`, another member's source then made `d` a
+    directory of its tree (MakeDir), and the first member's cleanup removed it: each member
+    knows its own manifest only, so in a shared root the partials' directories stay."""
+    root = tmp_path / "root"
+    root.mkdir()
+    members = [
+        TargetFolder(
+            mapping_id=n,
+            source_node=f"s{n}",
+            root=root,
+            manifest=Manifest(tmp_path / f"{n}.db"),
+            durable=False,
+            conflict="newest-mtime",
+        )
+        for n in (1, 2)
+    ]
+    members[1].lock, members[1].resolver = members[0].lock, members[0].resolver
+    data = os.urandom(SIZE)
+    _partial_in(members[0], "d/big", data)
+    other = ReceiverSession(members[1], "j2", lambda *_: None)
+    other.apply_batch([MakeDir(seq=1, path="d", mode=0o755), Checkpoint(seq=1)])
+    other.close()
+    _obsolete(members[0], ["d/big"], data, seq=2)
+    assert (root / "d").is_dir()
