@@ -18,7 +18,7 @@ import hmac
 import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import anyio
@@ -32,7 +32,6 @@ from relaysync.constants import (
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
-    PING_INTERVAL_S,
     RECEIVE_TIMEOUT_S,
 )
 from relaysync.errors import FolderRefused, ProtocolError, RelaySyncError, RoutesStale, UnknownPeer
@@ -59,6 +58,8 @@ from relaysync.transfer.conflicts import session_for
 from relaysync.transfer.receiver import ReportFn
 from relaysync.transfer.relay import RelayFeed
 from relaysync.transfer.target_folder import TargetFolder
+
+from ._read_ahead import ReadAhead, keep_sender_waiting
 
 logger = logging.getLogger(__name__)
 
@@ -331,13 +332,13 @@ class PeerServer:
                     partials=partials,
                 )
             )
-            batches = _ReadAhead(
+            batches = ReadAhead(
                 framed, self._read_batch, RELAY_BATCH_BYTES if feed else APPLY_BATCH_BYTES
             )
             async with anyio.create_task_group() as tg:
                 if feed is not None:
                     tg.start_soon(self._send_subtree_acks, framed, feed)
-                tg.start_soon(_keep_sender_waiting, framed)
+                tg.start_soon(keep_sender_waiting, framed)
                 tg.start_soon(batches.run)
                 async for batch in batches:
                     if feed is not None:
@@ -395,7 +396,7 @@ class PeerServer:
             if isinstance(message, Ping):
                 await framed.send(Pong(nonce=message.nonce))
                 continue
-            if isinstance(message, Pong):  # the sender answering _keep_sender_waiting
+            if isinstance(message, Pong):  # the sender answering keep_sender_waiting
                 continue
             if isinstance(message, SmallFile) and CAP_SMALL_FILE not in self.capabilities:
                 raise ProtocolError(
@@ -411,56 +412,6 @@ class PeerServer:
                 or not framed.pending()
             ):
                 return batch
-
-
-async def _keep_sender_waiting(framed: FramedStream) -> None:
-    """Ping the sender whenever we have sent it nothing for PING_INTERVAL_S.
-
-    A target answers a batch only at its Checkpoint; a batch that takes longer than the
-    sender's RECEIVE_TIMEOUT_S to arrive (a bandwidth limit, a slow link, a large file) must not
-    look like a dead target, or the sender would drop the session and send the batch again, for
-    ever. A sender of any release answers a Ping with a Pong.
-    """
-    last = framed.bytes_sent
-    while True:
-        await anyio.sleep(PING_INTERVAL_S)
-        if framed.bytes_sent == last:
-            await framed.send(Ping())
-        last = framed.bytes_sent
-
-
-class _ReadAhead:
-    """Reads the next batch off the connection while the previous one is applied.
-
-    Decoding (and TLS) on the event loop overlaps the disk writes in the worker thread; one
-    batch waits at most, so memory stays bounded by three batches. When the connection ends,
-    the batches already read are still applied before the error is raised.
-    """
-
-    def __init__(
-        self,
-        framed: FramedStream,
-        read_batch: Callable[[FramedStream, int], Awaitable[list[AnyMessage]]],
-        max_bytes: int,
-    ) -> None:
-        self._framed, self._read_batch, self._max_bytes = framed, read_batch, max_bytes
-        self._tx, self._rx = anyio.create_memory_object_stream[list[AnyMessage]](1)
-        self._error: BaseException | None = None
-
-    async def run(self) -> None:
-        async with self._tx:
-            try:
-                while True:
-                    await self._tx.send(await self._read_batch(self._framed, self._max_bytes))
-            except Exception as exc:  # noqa: BLE001 - raised by the consumer once it has drained
-                self._error = exc
-
-    def __aiter__(self) -> AsyncIterator[list[AnyMessage]]:
-        return self._rx.__aiter__()
-
-    def raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
 
 
 def _routes_stale(

@@ -51,3 +51,13 @@ def halves(piece: list[CommitReport]) -> list[list[CommitReport]] | None:
         [msgspec.structs.replace(report, records=report.records[:middle])],
         [msgspec.structs.replace(report, records=report.records[middle:])],
     ]
+
+
+def first_records(reports: list[CommitReport], records: int) -> tuple[list[CommitReport], int]:
+    """The first reports of `reports` that hold about `records` records (at least one report),
+    and how many records they hold."""
+    taken = held = 0
+    while taken < len(reports) and (taken == 0 or held < records):
+        held += len(reports[taken].records)
+        taken += 1
+    return reports[:taken], held

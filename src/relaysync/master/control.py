@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as dt
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
@@ -38,7 +36,6 @@ from anyio.abc import TaskStatus
 from relaysync._util.addresses import address_problem
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.auth.ca import is_master_name
-from relaysync.auth.validity import EXPIRY_WARNING_S, REJOIN_AGENT, format_time
 from relaysync.constants import (
     CAP_REPORT_ACK,
     CAPABILITIES,
@@ -55,7 +52,6 @@ from relaysync.master.mapping_members import MappingMembers
 from relaysync.master.report_acks import ReportAcks
 from relaysync.master.router import Router
 from relaysync.master.store.store import Store
-from relaysync.master.store.types import ServerInfo
 from relaysync.protocol.connection import ACCEPT_BACKLOG
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
@@ -75,26 +71,15 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import tls
 
+from ._control_trust import AgentLink, ControlTrust, warn_if_expiring
+
 logger = logging.getLogger(__name__)
 
 REMOVED_WAIT_S = 60.0  # the removal watcher's long poll on the event bus
 MAX_REFUSED_FIGURES_LOGGED = 100  # per link: a hostile agent cannot grow the log or the set
 
 
-@dataclass
-class _AgentLink:
-    node_id: str
-    name: str
-    framed: FramedStream
-    epoch_sent: int = -1
-    epoch_acked: int = -1
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
-    refused_figures: set[str] = field(default_factory=set)  # each is logged once per link
-    acks: ReportAcks | None = None  # the agent keeps its reports until told they are taken
-    reading: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by stop
-
-
-class ControlServer:
+class ControlServer(ControlTrust):
     """Accepts agents' control links and keeps their assignments current."""
 
     def __init__(
@@ -118,7 +103,7 @@ class ControlServer:
         self.joblog = joblog
         self.on_metrics = on_metrics  # (node_id, name, report), on the event loop's thread
         self.router = router  # fills in routes, drops failed targets; None: stars from the source
-        self.links: dict[str, _AgentLink] = {}
+        self.links: dict[str, AgentLink] = {}
         self.refused: collections.Counter[str] = collections.Counter()  # dropped messages, by kind
         self._changed = anyio.Event()
         self._members = MappingMembers(store)  # whom a mapping's reports may come from
@@ -237,7 +222,7 @@ class ControlServer:
         except RelaySyncError as exc:
             logger.warning("router update failed, the next tick retries: %s", exc)
 
-    async def _push(self, link: _AgentLink) -> None:
+    async def _push(self, link: AgentLink) -> None:
         if self._stopping:  # links end one by one: no re-plan goes out meanwhile
             return
         assignment = await anyio.to_thread.run_sync(self._assignment, link.node_id)
@@ -249,7 +234,7 @@ class ControlServer:
 
     async def _handle(self, framed: FramedStream) -> None:
         node_id = tls.peer_node_id(framed)
-        link: _AgentLink | None = None
+        link: AgentLink | None = None
         if self._stopping:  # it sends its reports to the next run
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
@@ -302,7 +287,7 @@ class ControlServer:
         with contextlib.suppress(NotFound):  # removed meanwhile: nothing to mark
             self.store.set_server_state(node_id, "down", time.time())
 
-    async def _admit(self, framed: FramedStream, node_id: str, register: Register) -> _AgentLink:
+    async def _admit(self, framed: FramedStream, node_id: str, register: Register) -> AgentLink:
         """Note a joined node's registration in the store; refuse one that is unknown or removed.
 
         Raises:
@@ -350,10 +335,10 @@ class ControlServer:
                 register.name,
                 info.name,
             )
-        _warn_if_expiring(info)
-        return _AgentLink(node_id=node_id, name=info.name, framed=framed)
+        warn_if_expiring(info)
+        return AgentLink(node_id=node_id, name=info.name, framed=framed)
 
-    async def _register(self, link: _AgentLink, register: Register) -> None:
+    async def _register(self, link: AgentLink, register: Register) -> None:
         old = self.links.get(link.node_id)
         self.links[link.node_id] = link
         if old is not None:
@@ -366,7 +351,7 @@ class ControlServer:
         await self._push(link)
         self._changed.set()  # its address may have changed: others get fresh peers
 
-    async def _read_loop(self, link: _AgentLink) -> None:
+    async def _read_loop(self, link: AgentLink) -> None:
         """Read the link's messages until it fails or a graceful stop (`stop`) ends the reading;
         then it ends once the agent was told how far its reports are taken."""
         async with anyio.create_task_group() as tg:
@@ -381,7 +366,7 @@ class ControlServer:
                 await link.acks.told()
             tg.cancel_scope.cancel()  # its acknowledgements are sent: serve waits idle
 
-    async def _read_messages(self, link: _AgentLink) -> None:
+    async def _read_messages(self, link: AgentLink) -> None:
         last_seen = time.time()
         while True:
             with anyio.fail_after(RECEIVE_TIMEOUT_S):
@@ -395,7 +380,7 @@ class ControlServer:
                 last_seen = now
                 await anyio.to_thread.run_sync(self.store.set_server_state, link.node_id, "up", now)
 
-    async def _take_report(self, link: _AgentLink, report: CommitReport) -> None:
+    async def _take_report(self, link: AgentLink, report: CommitReport) -> None:
         """Queue a report the link is believed for, acknowledged once the job log takes it."""
         taken = link.acks.receive() if link.acks is not None else None
         if await self._believed(link, report):
@@ -403,7 +388,7 @@ class ControlServer:
         elif taken is not None:
             taken()  # dropped: it would be dropped again
 
-    async def _handle_message(self, link: _AgentLink, message: object) -> None:
+    async def _handle_message(self, link: AgentLink, message: object) -> None:
         """Act on one message the link is believed for."""
         match message:
             case MetricsReport():
@@ -468,84 +453,3 @@ class ControlServer:
                 pass
             case _:
                 raise ProtocolError(f"unexpected {type(message).__name__} on the control link")
-
-    async def _believed(self, link: _AgentLink, message: object) -> bool:
-        """Whether the link's node may say this (a report on its own part in the mapping);
-        if not, the message is counted, logged and dropped."""
-        match message:
-            case CommitReport():
-                if message.target_node != link.node_id:  # agents report their own commits only
-                    self._refuse(
-                        link,
-                        "forged_commit_report",
-                        message.mapping_id,
-                        f"a commit report for target {message.target_node[:16]}",
-                        alarm=True,
-                    )
-                    return False
-                kind = "commit_report"
-                ok = await self._members.allow(
-                    message.mapping_id,
-                    lambda m: m[0] == message.source_node and link.node_id in m[1],
-                )
-            case ReleaseReport() | MassDeleteHeld():
-                kind = (
-                    "release_report" if isinstance(message, ReleaseReport) else "mass_delete_held"
-                )
-                ok = await self._members.allow(message.mapping_id, lambda m: m[0] == link.node_id)
-            case HopFailed():
-                kind = "hop_failed"
-                ok = await self._members.allow(
-                    message.mapping_id,
-                    lambda m: (
-                        message.child in m[1] and (link.node_id == m[0] or link.node_id in m[1])
-                    ),
-                )
-            case _:
-                return True
-        if not ok:
-            self._refuse(
-                link, kind, message.mapping_id, f"a {type(message).__name__} it has no part in"
-            )
-        return ok
-
-    def _refuse(
-        self, link: _AgentLink, kind: str, mapping_id: int, what: str, *, alarm: bool = False
-    ) -> None:
-        self.refused[kind] += 1
-        count = self.refused[kind]
-        if count == 1 or count % 1000 == 0 or alarm:
-            logger.warning(
-                "dropped %s from %s on mapping %s (%s %s dropped so far)",
-                what,
-                link.name,
-                mapping_id,
-                count,
-                kind,
-            )
-        if alarm:
-            self.events.publish(
-                EventType.ALARM,
-                reason="forged control message",
-                server=link.name,
-                node_id=link.node_id,
-                mapping_id=mapping_id,
-                detail=what,
-            )
-
-
-def _warn_if_expiring(info: ServerInfo) -> None:
-    """The master's own word, at each control link, on a node whose certificate expires within
-    EXPIRY_WARNING_S: one place for an operator to see it (the node's log says it too)."""
-    if info.cert_not_after is None:
-        return
-    left_s = info.cert_not_after - time.time()
-    if left_s < EXPIRY_WARNING_S:
-        logger.warning(
-            "server %s: its certificate %s %s (%s): %s",
-            info.name,
-            "expires" if left_s > 0 else "expired",
-            format_time(dt.datetime.fromtimestamp(info.cert_not_after, dt.UTC)),
-            f"in {left_s / 86400:.1f} days" if left_s > 0 else "past",
-            REJOIN_AGENT,
-        )

@@ -37,8 +37,8 @@ from pathlib import Path
 import anyio
 
 from relaysync.constants import JOB_LOG_FLUSH_INTERVAL_S
-from relaysync.errors import StoreError
-from relaysync.master._joblog_parts import Spooling, halves, log_failure, log_spool_failure
+from relaysync.master._joblog_parts import Spooling, first_records, log_failure, log_spool_failure
+from relaysync.master._joblog_pieces import WritingInPieces
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog_spool import JobLogSpool
 from relaysync.master.report_acks import Receipts
@@ -58,7 +58,7 @@ MAX_BATCH_ATTEMPTS = 3
 MAX_QUEUED_RECORDS = 200_000
 
 
-class JobLogWriter:
+class JobLogWriter(WritingInPieces):
     """Commit reports, queued at once and written in batches; see the module's docstring.
 
     Args:
@@ -313,7 +313,7 @@ class JobLogWriter:
         async with self._spool_lock:
             if not self._tail:
                 return True
-            tail, records = _first_records(self._tail, FLUSH_RECORDS)
+            tail, records = first_records(self._tail, FLUSH_RECORDS)
             del self._tail[: len(tail)]
             self._tail_records -= records
             self._appending_records = records
@@ -470,59 +470,6 @@ class JobLogWriter:
         self._queue.extendleft(reversed(reports))
         self._queued_records += sum(len(r.records) for r in reports)
 
-    async def _write_in_pieces(
-        self, batch: list[CommitReport], exc: Exception
-    ) -> list[CommitReport]:
-        """Write a batch that keeps failing (with `exc`) in ever smaller pieces, dropping each
-        record that fails alone; returns what is left when the store itself fails meanwhile."""
-        logger.warning(
-            "job log batch of %s reports keeps failing: writing it in pieces", len(batch)
-        )
-        pending: list[list[CommitReport]] = []  # a stack, the first piece on top: order is kept
-        self._split_or_drop(batch, exc, pending)
-        while pending:
-            piece = pending.pop()
-            try:
-                await self._write(piece)
-            except Exception as failure:
-                if store_unavailable(failure):
-                    log_failure(failure, "job log write failed, will retry: %s")
-                    return [r for p in (piece, *reversed(pending)) for r in p]
-                self._split_or_drop(piece, failure, pending)
-            except BaseException:  # cancelled: what is left stays queued for the stop
-                self._requeue([r for p in (piece, *reversed(pending)) for r in p])
-                raise
-        return []
-
-    def _split_or_drop(
-        self, piece: list[CommitReport], exc: Exception, pending: list[list[CommitReport]]
-    ) -> None:
-        split = halves(piece)
-        if split is None:
-            self._drop(piece[0], exc)
-            return
-        if len(piece) == 1:  # a report's records in two: taken with its last half
-            self._receipts.move(piece[0], split[1][0])
-        pending.extend(reversed(split))
-
-    def _drop(self, report: CommitReport, exc: Exception) -> None:
-        """Give up on a report of at most one record: the store refuses what it holds."""
-        self.dropped_records += len(report.records)
-        self._receipts.taken([report])  # sent again, it would be refused again
-        rec = report.records[0] if report.records else None
-        logger.error(
-            "job log: dropped a commit record the store refuses: mapping %s, source %s, "
-            "target %s, seq %s, path %r, watermark %s: %s",
-            report.mapping_id,
-            report.source_node[:16],
-            report.target_node[:16],
-            rec.seq if rec else "-",
-            rec.path if rec else "",
-            report.watermark,
-            exc if isinstance(exc, StoreError) else repr(exc),
-            exc_info=not isinstance(exc, StoreError),
-        )
-
     async def _record_conflicts(self, batch: list[CommitReport]) -> None:
         """Keep the N:M jobs' conflicts with their job and publish each (after the job log write)."""
         try:
@@ -543,13 +490,3 @@ class JobLogWriter:
                 winner=c.winner_node,
                 loser=c.loser_node,
             )
-
-
-def _first_records(reports: list[CommitReport], records: int) -> tuple[list[CommitReport], int]:
-    """The first reports of `reports` that hold about `records` records (at least one report),
-    and how many records they hold."""
-    taken = held = 0
-    while taken < len(reports) and (taken == 0 or held < records):
-        held += len(reports[taken].records)
-        taken += 1
-    return reports[:taken], held

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from relaysync.auth.validity import EXPIRY_WARNING_S
+from relaysync.master._control_trust import warn_if_expiring
 from relaysync.master.api.servers import ServerOut
-from relaysync.master.control import _warn_if_expiring
 from relaysync.master.store.types import ServerInfo
 
 DAY_S = 86400
@@ -40,7 +40,7 @@ def test_a_server_whose_certificate_expires_within_a_month_is_warned_about(
     caplog: pytest.LogCaptureFixture, left_s: float | None, warned: bool
 ) -> None:
     caplog.set_level(logging.WARNING, logger="relaysync.master.control")
-    _warn_if_expiring(_server(None if left_s is None else time.time() + left_s))
+    warn_if_expiring(_server(None if left_s is None else time.time() + left_s))
     assert ("server web-1: its certificate expire" in caplog.text) is warned
     if warned:
         assert "--token" in caplog.text  # the remedy: join again

@@ -25,7 +25,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from relaysync.errors import ConfigError, NodeRemoved, NotFound
-from relaysync.master.store import _mappings, _servers
+from relaysync.master.store import _assignments, _mappings, _servers
 from relaysync.master.store._engine import WRITE_OPTION, make_engine, map_db_errors
 from relaysync.master.store._joblog_store import JobLogStore
 from relaysync.master.store._modes import ModeStore
@@ -47,7 +47,7 @@ from relaysync.master.store.types import (
     MappingInfo,
     ServerInfo,
 )
-from relaysync.protocol.messages import Assignment, MappingSpec, PeerInfo
+from relaysync.protocol.messages import Assignment, MappingSpec
 
 logger = logging.getLogger(__name__)
 
@@ -461,53 +461,14 @@ class Store(SiteStore, TokenStore, JobLogStore):
             # The epoch is read first: a change committed meanwhile then arrives with a newer
             # epoch in the next push, never as stale mappings labelled with the newer epoch.
             epoch = _read_epoch(session)
-            as_target = select(MappingTarget.mapping_id).where(MappingTarget.node_id == node_id)
-            rows = list(
-                session.scalars(
-                    select(Mapping)
-                    .where(
-                        or_(
-                            Mapping.source_node == node_id,
-                            Mapping.id.in_(as_target),
-                            Mapping.id.in_(list(relay_for)),
-                        )
-                    )
-                    .order_by(Mapping.id)
-                )
-            )
-            infos = _mappings.infos(session, rows)
-            peer_ids = {i.source_node for i in infos} | {
-                t.node_id for i in infos for t in i.targets
-            }
-            peer_ids.discard(node_id)
-            peers = session.scalars(
-                select(Server).where(Server.node_id.in_(peer_ids)).order_by(Server.node_id)
-            )
+            infos = _mappings.infos(session, _assignments.mappings_of(session, node_id, relay_for))
+            specs = [route(i.to_spec()) if route else i.to_spec() for i in infos]
+            specs = list(self.policies.apply(session, specs))
+            specs = list(self.nm_jobs.apply(session, list(self.modes.apply(session, specs))))
             return Assignment(
                 epoch=epoch,
-                mappings=tuple(
-                    secrets_for(spec, node_id)
-                    for spec in self.nm_jobs.apply(
-                        session,
-                        list(
-                            self.modes.apply(
-                                session,
-                                list(
-                                    self.policies.apply(
-                                        session,
-                                        [
-                                            route(s) if route else s
-                                            for s in (i.to_spec() for i in infos)
-                                        ],
-                                    )
-                                ),
-                            )
-                        ),
-                    )
-                ),
-                peers=tuple(
-                    PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers
-                ),
+                mappings=tuple(secrets_for(spec, node_id) for spec in specs),
+                peers=_assignments.peers_of(session, infos, node_id),
             )
 
 

@@ -1,0 +1,126 @@
+"""What the master believes of an agent's control link (a mixin of ControlServer,
+master/control.py): a message about a mapping only from a node with its part in it (`_believed`;
+the rest counted in `refused`, logged, a forged report an `alarm` event), and a word in the log
+on a node whose certificate runs out soon (`warn_if_expiring`). `AgentLink` is one link's state."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+
+import anyio
+
+from relaysync.auth.validity import EXPIRY_WARNING_S, REJOIN_AGENT, format_time
+from relaysync.master.events import EventBus, EventType
+from relaysync.master.mapping_members import MappingMembers
+from relaysync.master.report_acks import ReportAcks
+from relaysync.master.store.types import ServerInfo
+from relaysync.protocol.framing import FramedStream
+from relaysync.protocol.messages import CommitReport, HopFailed, MassDeleteHeld, ReleaseReport
+
+logger = logging.getLogger("relaysync.master.control")  # one logger for the control server's words
+
+
+@dataclass
+class AgentLink:
+    node_id: str
+    name: str
+    framed: FramedStream
+    epoch_sent: int = -1
+    epoch_acked: int = -1
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    refused_figures: set[str] = field(default_factory=set)  # each is logged once per link
+    acks: ReportAcks | None = None  # the agent keeps its reports until told they are taken
+    reading: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by stop
+
+
+class ControlTrust:
+    """The checks of ControlServer on what a link may say; ControlServer sets the state."""
+
+    refused: collections.Counter[str]
+    events: EventBus
+    _members: MappingMembers
+
+    async def _believed(self, link: AgentLink, message: object) -> bool:
+        """Whether the link's node may say this (a report on its own part in the mapping);
+        if not, the message is counted, logged and dropped."""
+        match message:
+            case CommitReport():
+                if message.target_node != link.node_id:  # agents report their own commits only
+                    self._refuse(
+                        link,
+                        "forged_commit_report",
+                        message.mapping_id,
+                        f"a commit report for target {message.target_node[:16]}",
+                        alarm=True,
+                    )
+                    return False
+                kind = "commit_report"
+                ok = await self._members.allow(
+                    message.mapping_id,
+                    lambda m: m[0] == message.source_node and link.node_id in m[1],
+                )
+            case ReleaseReport() | MassDeleteHeld():
+                kind = (
+                    "release_report" if isinstance(message, ReleaseReport) else "mass_delete_held"
+                )
+                ok = await self._members.allow(message.mapping_id, lambda m: m[0] == link.node_id)
+            case HopFailed():
+                kind = "hop_failed"
+                ok = await self._members.allow(
+                    message.mapping_id,
+                    lambda m: (
+                        message.child in m[1] and (link.node_id == m[0] or link.node_id in m[1])
+                    ),
+                )
+            case _:
+                return True
+        if not ok:
+            self._refuse(
+                link, kind, message.mapping_id, f"a {type(message).__name__} it has no part in"
+            )
+        return ok
+
+    def _refuse(
+        self, link: AgentLink, kind: str, mapping_id: int, what: str, *, alarm: bool = False
+    ) -> None:
+        self.refused[kind] += 1
+        count = self.refused[kind]
+        if count == 1 or count % 1000 == 0 or alarm:
+            logger.warning(
+                "dropped %s from %s on mapping %s (%s %s dropped so far)",
+                what,
+                link.name,
+                mapping_id,
+                count,
+                kind,
+            )
+        if alarm:
+            self.events.publish(
+                EventType.ALARM,
+                reason="forged control message",
+                server=link.name,
+                node_id=link.node_id,
+                mapping_id=mapping_id,
+                detail=what,
+            )
+
+
+def warn_if_expiring(info: ServerInfo) -> None:
+    """The master's own word, at each control link, on a node whose certificate expires within
+    EXPIRY_WARNING_S: one place for an operator to see it (the node's log says it too)."""
+    if info.cert_not_after is None:
+        return
+    left_s = info.cert_not_after - time.time()
+    if left_s < EXPIRY_WARNING_S:
+        logger.warning(
+            "server %s: its certificate %s %s (%s): %s",
+            info.name,
+            "expires" if left_s > 0 else "expired",
+            format_time(dt.datetime.fromtimestamp(info.cert_not_after, dt.UTC)),
+            f"in {left_s / 86400:.1f} days" if left_s > 0 else "past",
+            REJOIN_AGENT,
+        )
