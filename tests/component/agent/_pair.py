@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
+from relaysync.agent.peer_server import PeerServer, RefusalLookup
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec, TargetSpec
 from relaysync.transfer.target_folder import TargetFolder
@@ -37,4 +39,24 @@ def target_folder(tmp: Path) -> TargetFolder:
         manifest=Manifest(tmp / "tgt.db"),
         durable=False,
         link_secret=SECRET,
+    )
+
+
+def peer_server(
+    folder: TargetFolder | None,
+    *,
+    name: str = "t",
+    cls: type[PeerServer] = PeerServer,
+    refusals: RefusalLookup | None = None,
+) -> PeerServer:
+    """The target's peer server on 127.0.0.1 (a free port), serving `folder` as mapping 1."""
+    return cls(
+        host="127.0.0.1",
+        port=0,
+        ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+        node_id=TGT,
+        name=name,
+        folders=lambda m: folder if m == 1 else None,
+        reporter=lambda f: lambda w, recs: None,
+        refusals=refusals,
     )

@@ -13,9 +13,8 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.component.agent._pair import SECRET, SRC, TGT, source_mapping, target_folder
+from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, source_mapping, target_folder
 
-from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
 from relaysync.constants import (
     MAX_UNAUTHENTICATED,
@@ -27,20 +26,7 @@ from relaysync.transfer import ops
 from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.sender import TargetLink
-from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch._fsevent import FsEvent
-
-
-def _server(folder: TargetFolder) -> PeerServer:
-    return PeerServer(
-        host="127.0.0.1",
-        port=0,
-        ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
-        node_id=TGT,
-        name="t",
-        folders=lambda m: folder if m == 1 else None,
-        reporter=lambda f: lambda w, recs: None,
-    )
 
 
 def _link(source: SourceMapping, port: int, **kw: Any) -> TargetLink:
@@ -79,7 +65,7 @@ def test_a_target_refusing_every_time_is_backed_off_from_and_reported_as_failing
         async def main() -> None:
             await source._record([FsEvent(kind="rescan", path="")])
             async with anyio.create_task_group() as tg:
-                port = await tg.start(_server(folder).serve)
+                port = await tg.start(peer_server(folder).serve)
                 link = _link(
                     source,
                     port,
@@ -148,7 +134,7 @@ def test_an_atomic_save_sent_late_reaches_the_target(tmp_path: Path) -> None:
     async def main() -> None:
         await source._record([FsEvent(kind="rescan", path="")])
         async with anyio.create_task_group() as tg:
-            port = await tg.start(_server(folder).serve)
+            port = await tg.start(peer_server(folder).serve)
             tg.start_soon(_link(source, port).serve)
             source.set_release(1)
             with anyio.fail_after(20):
@@ -183,7 +169,7 @@ def test_a_session_the_target_restarts_is_not_reported_as_a_failed_hop(tmp_path:
     async def main() -> None:
         await source._record([FsEvent(kind="rescan", path="")])
         async with anyio.create_task_group() as tg:
-            server = _server(folder)
+            server = peer_server(folder)
             port = await tg.start(server.serve)
             link = _link(source, port, on_failure=lambda node, err, count: reported.append(count))
             tg.start_soon(link.serve)
@@ -239,7 +225,7 @@ def test_one_address_holding_connections_open_does_not_lock_other_peers_out(tmp_
     async def main() -> None:
         await source._record([FsEvent(kind="rescan", path="")])
         async with anyio.create_task_group() as tg:
-            port = await tg.start(_server(folder).serve)
+            port = await tg.start(peer_server(folder).serve)
             held.extend(
                 await anyio.to_thread.run_sync(_silent_from, "127.0.0.2", port, MAX_UNAUTHENTICATED)
             )
@@ -281,7 +267,7 @@ def test_the_seqs_sent_whole_are_forgotten_once_acknowledged(tmp_path: Path) -> 
     async def main() -> None:
         await source._record([FsEvent(kind="rescan", path="")])
         async with anyio.create_task_group() as tg:
-            port = await tg.start(_server(folder).serve)
+            port = await tg.start(peer_server(folder).serve)
             link = _link(source, port)
             tg.start_soon(link.serve)
             for v in range(saves + 1):
@@ -329,7 +315,7 @@ def test_a_session_the_target_ends_closes_its_files(
     async def main() -> None:
         await source._record([FsEvent(kind="rescan", path="")])
         async with anyio.create_task_group() as tg:
-            server = _server(folder)
+            server = peer_server(folder)
             port = await tg.start(server.serve)
             tg.start_soon(_link(source, port).serve)
             with anyio.fail_after(20):  # the session made: a restart before it has none to close

@@ -14,9 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 import xxhash
-from tests.component.agent._pair import SECRET, SRC, TGT, source_mapping, target_folder
+from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, source_mapping, target_folder
 
-from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
 from relaysync.constants import CHUNK_BYTES, TEMP_PREFIX
 from relaysync.protocol.messages import (
@@ -96,15 +95,7 @@ def _sync_once(
 ) -> _ObservedLink:
     """Scan the source, connect its link to the target, and return once a comparison ended, the
     target's watermark caught up, and `settled()` holds (30 s bound for all)."""
-    server = PeerServer(
-        host="127.0.0.1",
-        port=0,
-        ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
-        node_id=TGT,
-        name="t",
-        folders=lambda m: folder if m == 1 else None,
-        reporter=lambda f: lambda w, recs: None,
-    )
+    server = peer_server(folder)
     links: list[_ObservedLink] = []
 
     _scan(source)

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.component.agent._pair import SECRET, SRC, TGT, source_mapping, target_folder
+from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, source_mapping, target_folder
 
 from relaysync.agent._target_role import TargetRole
 from relaysync.agent.peer_server import MAC_FAILURES_WARNED, PeerServer, RefusalLookup
@@ -59,16 +59,7 @@ def _server(
     cls: type[PeerServer] = PeerServer,
     refusals: RefusalLookup | None = None,
 ) -> PeerServer:
-    return cls(
-        host="127.0.0.1",
-        port=0,
-        ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
-        node_id=TGT,
-        name="t2",
-        folders=lambda m: folder if m == 1 else None,
-        reporter=lambda f: lambda w, recs: None,
-        refusals=refusals,
-    )
+    return peer_server(folder, name="t2", cls=cls, refusals=refusals)
 
 
 def _link(

@@ -4,7 +4,6 @@ before the newest one end and let go of the large file's partial, and the newest
 from __future__ import annotations
 
 import os
-import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 import xxhash
-from tests.component.agent._pair import SECRET, SRC, TGT, target_folder
+from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, target_folder
 
 from relaysync.agent.peer_server import PeerServer
 from relaysync.constants import CHUNK_BYTES, TEMP_PREFIX
@@ -33,23 +32,10 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import tls
 from relaysync.transfer.receiver import ReceiverSession
-from relaysync.transfer.target_folder import TargetFolder
 
 SIZE = 12 * CHUNK_BYTES
 MTIME = 1_700_000_000_000_000_000
 WAIT_S = 20.0  # generous bound for each condition the test polls
-
-
-def _server(folder: TargetFolder) -> PeerServer:
-    return PeerServer(
-        host="127.0.0.1",
-        port=0,
-        ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
-        node_id=TGT,
-        name="t",
-        folders=lambda m: folder if m == 1 else None,
-        reporter=lambda f: lambda w, recs: None,
-    )
 
 
 async def _open(port: int) -> tuple[FramedStream, MappingState]:
@@ -146,7 +132,7 @@ def test_two_successors_of_a_session_leave_one_receiving_and_it_resumes_the_part
     async def main() -> None:
         nonlocal port
         async with anyio.create_task_group() as tg:
-            server = _server(folder)
+            server = peer_server(folder)
             port = await tg.start(server.serve)
             first, _ = await _open(port)
             clients.append(first)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from tests.component.agent._pair import target_folder
-from tests.component.agent.test_link_lifecycle import _link, _server, _source_in
+from tests.component.agent._pair import peer_server, target_folder
+from tests.component.agent.test_link_lifecycle import _link, _source_in
 
 from relaysync.watch._fsevent import FsEvent
 
@@ -43,7 +43,7 @@ def test_a_symlink_gone_when_its_record_is_sent_does_not_break_the_link(
         if then != "removed":
             _old(ln)
         async with anyio.create_task_group() as tg:
-            port = await tg.start(_server(folder).serve)
+            port = await tg.start(peer_server(folder).serve)
             link = _link(source, port)
             tg.start_soon(link.serve)
             source.set_release(source.journal.last_seq)

@@ -298,18 +298,14 @@ def test_a_full_disk_keeps_the_reports_in_memory_and_loses_none(
         assert list(spool_dir.iterdir()) == []
 
 
-def test_once_spooling_starts_every_report_held_is_taken_while_the_store_is_still_down(
-    store: Store, mapping_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Was: the reports in memory when the bound passed (the queue, and the batch whose write
-    was hanging) were taken only once the store was back, so none spooled after them could be
-    acknowledged meanwhile and each agent's queue of unacknowledged reports grew toward its
-    bound. Now they go to the spool first, in order: all are taken while the store is down,
-    and written once, in order, when it is back."""
+def _down_after_a_hanging_write(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Outage, threading.Event, threading.Event]:
+    """The store down, its first write hanging (as on a locked database: `hanging` is set)
+    until `release` is set, then failing as every write does while the outage lasts."""
     outage = Outage(store, monkeypatch)
     outage.down = True
-    hanging = threading.Event()  # a write is in progress, as on a locked database
-    release = threading.Event()
+    hanging, release = threading.Event(), threading.Event()
     down_write = store.record_commit_reports
 
     def hang_then_fail(reports: list[CommitReport]) -> None:
@@ -319,6 +315,18 @@ def test_once_spooling_starts_every_report_held_is_taken_while_the_store_is_stil
         down_write(reports)
 
     monkeypatch.setattr(store, "record_commit_reports", hang_then_fail)
+    return outage, hanging, release
+
+
+def test_once_spooling_starts_every_report_held_is_taken_while_the_store_is_still_down(
+    store: Store, mapping_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the reports in memory when the bound passed (the queue, and the batch whose write
+    was hanging) were taken only once the store was back, so none spooled after them could be
+    acknowledged meanwhile and each agent's queue of unacknowledged reports grew toward its
+    bound. Now they go to the spool first, in order: all are taken while the store is down,
+    and written once, in order, when it is back."""
+    outage, hanging, release = _down_after_a_hanging_write(store, monkeypatch)
     writer = JobLogWriter(store, EventBus(), spool_dir=tmp_path / "spool", max_queued_records=CAP)
     reports = list(_reports(mapping_id))
     taken: list[int] = []
@@ -347,18 +355,7 @@ def test_a_stop_while_a_failed_write_goes_back_to_the_spool_loses_nothing(
     batch, on its way back into the spool, waited for the spool's lock inside the stop's
     cancelled scope, and the cancellation took it: the batch was in neither memory nor spool,
     and the reports spooled after it were acknowledged (lost for good for an older agent)."""
-    outage = Outage(store, monkeypatch)
-    outage.down = True
-    hanging, release = threading.Event(), threading.Event()
-    down_write = store.record_commit_reports
-
-    def hang_then_fail(reports: list[CommitReport]) -> None:
-        if not release.is_set():
-            hanging.set()
-            release.wait(TIMEOUT_S)
-        down_write(reports)
-
-    monkeypatch.setattr(store, "record_commit_reports", hang_then_fail)
+    outage, hanging, release = _down_after_a_hanging_write(store, monkeypatch)
     spool_dir = tmp_path / "spool"
     first = JobLogWriter(store, EventBus(), spool_dir=spool_dir, max_queued_records=CAP)
     reports = list(_reports(mapping_id))
