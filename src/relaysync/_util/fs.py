@@ -44,20 +44,50 @@ def open_regular_in(
     """
     head, _, name = relpath.rpartition("/")
     try:
-        parent = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        parent = _open_dir_in(root, head)
     except OSError:
         return None
     try:
-        for part in head.split("/") if head else ():
-            child = os.open(part, _DIR_FLAGS, dir_fd=parent)
-            os.close(parent)
-            parent = child
         fd = os.open(name, _READ_FLAGS, dir_fd=parent)
     except OSError:
         return None
     finally:
         os.close(parent)
     return _if_regular(fd)
+
+
+def rmdir_in(root: str | os.PathLike[str], relpath: str) -> None:
+    """Remove the empty directory `relpath` below `root`, no component of it followed if it is
+    a symlink (one swapped in after a check cannot lead the removal out of the folder).
+
+    Raises:
+        OSError: not empty, gone, not a directory, or a directory on its way is not real.
+    """
+    head, _, name = relpath.rpartition("/")
+    parent = _open_dir_in(root, head)
+    try:
+        os.rmdir(name, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _open_dir_in(root: str | os.PathLike[str], reldir: str) -> int:
+    """An O_PATH descriptor of `reldir` below `root` ("" is root), each directory opened
+    relative to the one above it, none followed if it is a symlink (`root` itself may be).
+
+    Raises:
+        OSError: a directory on the way is gone or is not a real directory.
+    """
+    parent = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+    try:
+        for part in reldir.split("/") if reldir else ():
+            child = os.open(part, _DIR_FLAGS, dir_fd=parent)
+            os.close(parent)
+            parent = child
+    except BaseException:
+        os.close(parent)
+        raise
+    return parent
 
 
 def _if_regular(fd: int) -> tuple[int, os.stat_result] | None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relaysync._util.fs import rmdir_in
 from relaysync.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from relaysync.errors import UnsafePath
 from relaysync.protocol.messages import MAX_PARTIALS, Partial, PartialRef
@@ -139,8 +140,8 @@ class TargetFolder:
             if self.manifest.get(rel) is not None:
                 return  # a directory of the tree (a MakeDir made it so), however empty
             try:
-                os.rmdir(resolve_inside(self.root, rel))  # never through a link
-            except (UnsafePath, OSError):
+                rmdir_in(self.root, rel)  # never through a link, even one swapped in just now
+            except OSError:
                 return  # not empty (a committed file, someone's), gone, or not a directory
             self.resolver.forget()  # it may hold the directory as proven real
             rel = parent_of(rel)
