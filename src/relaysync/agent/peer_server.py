@@ -277,15 +277,17 @@ class PeerServer:
         ended, and the second replaced the first in `_active` without ending it, which went on
         receiving beside it (its partials open) until its link timed out.
         """
-        while mapping_id in self._active:
+        stuck: list[anyio.CancelScope] = []  # sessions that did not end in time
+        while (scope := self._active.get(mapping_id)) is not None and scope not in stuck:
             if not await self._end_session(mapping_id):
-                # Its thread is still busy: go ahead. Each partial's lock keeps the two apart.
+                # Its thread is still busy: go ahead, each partial's lock keeps the two apart;
+                # but not beside another successor that went ahead meanwhile (ended in turn).
                 logger.warning(
                     "the session before did not end within %s s; mapping %s goes ahead",
                     RECEIVE_TIMEOUT_S,
                     mapping_id,
                 )
-                return
+                stuck.append(scope)
 
     async def _end_session(self, mapping_id: int) -> bool:
         """Cancel the mapping's current session, if any, and wait until it has let go (its files
