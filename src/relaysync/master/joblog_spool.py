@@ -11,9 +11,11 @@ of segment n's first report not yet in the store (a restart reads from there); a
 deleted once its last report is. A frame is a 12-byte header (payload bytes, records, CRC-32 of
 the payload; big-endian) and one CommitReport encoded as on the wire (protocol ENCODER).
 
-Error handling: appends are not fsynced (`close()` and `prepend()` are), so a kill of the master
-loses nothing the kernel holds, and a crash mid-append leaves at most a torn last frame: `open()`
-cuts it off with a warning. A frame that cannot be read before the end of its segment (a disk
+Error handling: every append is fdatasynced (and a new segment's directory entry fsynced), as
+are `close()` and `prepend()`: a report in the spool is acknowledged to its agent, which then
+forgets it, so it must outlive a power loss too, not only a kill (one fdatasync per append of
+about FLUSH_RECORDS records, and only while the store is down). A crash mid-append leaves at
+most a torn last frame: `open()` cuts it off with a warning. A frame that cannot be read before the end of its segment (a disk
 error) ends what is read of that segment; the file is kept as `<n>.spool.bad` for the operator
 instead of being deleted, with a warning, and reading goes on with the next segment. A frame
 whose report cannot be decoded is skipped the same way (counted in `lost_records`). A failed
@@ -117,6 +119,7 @@ class JobLogSpool:
         segment, fd = self._tail(len(data))
         try:
             _write_all(fd, data, segment.size)
+            os.fdatasync(fd)  # acknowledged once here: see the module's docstring
         except OSError:
             with contextlib.suppress(OSError):  # the disk is failing already: cut what we can
                 os.ftruncate(fd, segment.size)
@@ -258,6 +261,7 @@ class JobLogSpool:
         number = last.number + 1 if last is not None else FIRST_SEGMENT
         path = self._path(number)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        _fsync_directory(self.directory)  # the new segment's name outlives a power loss too
         segment = _Segment(number, path, 0, 0)
         self._segments.append(segment)
         return segment, self._fd

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from relaysync.master import joblog
+from relaysync.master import joblog, joblog_spool
 from relaysync.master.events import EventBus
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.joblog_spool import JobLogSpool
@@ -189,8 +189,6 @@ def test_a_failed_append_to_a_new_segment_leaves_no_file(
     """The disk full at a new segment's first write: the segment's empty file was left behind
     (found under load: the tail then went to the store straight from memory, nothing read from
     the spool was released, and the spool never forgot the empty segment)."""
-    from relaysync.master import joblog_spool
-
     spool = _spool(tmp_path / "spool")
 
     def full(fd: int, data: bytes, offset: int) -> None:
@@ -277,3 +275,26 @@ def test_older_spooled_reports_go_before_newer_ones_after_an_undecodable_frame(
     anyio.run(main)
     assert store.written == [2, 3, 4, 100]
     assert list(spool_dir.glob("*.spool")) == [] and writer.spooled_records == 0
+
+
+def test_every_append_is_on_disk_before_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report in the spool is acknowledged to its agent, which then forgets it: an append
+    must outlive a power loss, not only a kill (each is fdatasynced, a new segment's name too)."""
+    from relaysync.master import joblog_spool
+
+    synced: list[str] = []
+    datasync, dir_sync = joblog_spool.os.fdatasync, joblog_spool._fsync_directory
+    monkeypatch.setattr(
+        joblog_spool.os, "fdatasync", lambda fd: (synced.append("data"), datasync(fd))[1]
+    )
+    monkeypatch.setattr(
+        joblog_spool, "_fsync_directory", lambda d: (synced.append("dir"), dir_sync(d))[1]
+    )
+    spool = _spool(tmp_path / "spool")
+    spool.append([_report(1)])
+    assert synced == ["dir", "data"]  # a new segment: its name, then its frame
+    spool.append([_report(2)])
+    assert synced == ["dir", "data", "data"]
+    spool.close()
