@@ -297,8 +297,12 @@ class JobLogWriter(WritingInPieces):
         per append (the queue moved there when spooling starts holds up to the memory bound:
         encoded at once it took another 96 MB); on failure (a full disk) they stay in memory,
         in order, and are tried again."""
-        while self._tail and await self._spool_some():
-            pass
+        owed = self._tail_records  # no more: reports arriving meanwhile wait for the next call,
+        while owed > 0 and self._tail:  # or a steady stream would keep the flush from the store
+            appended = await self._spool_some()
+            if appended is None:
+                break
+            owed -= appended
         spooling = self._spooling
         if not self._tail and spooling is not None and spooling.failing:
             spooling.failing = False  # said once the whole tail made it: a full disk may take
@@ -307,12 +311,12 @@ class JobLogWriter(WritingInPieces):
                 self._spool.directory if self._spool is not None else "",
             )
 
-    async def _spool_some(self) -> bool:
-        """Append the first reports of the tail; False if that failed."""
+    async def _spool_some(self) -> int | None:
+        """Append the first reports of the tail; how many records went, None if that failed."""
         assert self._spool is not None
         async with self._spool_lock:
             if not self._tail:
-                return True
+                return 0
             tail, records = first_records(self._tail, FLUSH_RECORDS)
             del self._tail[: len(tail)]
             self._tail_records -= records
@@ -324,13 +328,13 @@ class JobLogWriter(WritingInPieces):
                 self._tail[:0] = tail
                 self._tail_records += records
                 self._spool_failed(exc)
-                return False
+                return None
             finally:
                 self._appending_records = 0
             self._receipts.taken(tail)
         if self._spooling is not None:
             self._spooling.spooled += records
-        return True
+        return records
 
     async def _hold_back(self, batch: list[CommitReport]) -> None:
         """A batch the store did not take goes back in front of the queue; while spooling, in

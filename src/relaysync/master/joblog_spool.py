@@ -260,11 +260,18 @@ class JobLogSpool:
         self._close_fd()
         number = last.number + 1 if last is not None else FIRST_SEGMENT
         path = self._path(number)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        _fsync_directory(self.directory)  # the new segment's name outlives a power loss too
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _fsync_directory(self.directory)  # the new segment's name outlives a power loss too
+        except BaseException:  # no segment, no file: the append fails whole (the caller's error)
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._fd = fd
         segment = _Segment(number, path, 0, 0)
         self._segments.append(segment)
-        return segment, self._fd
+        return segment, fd
 
     def _close_fd(self) -> None:
         if self._fd is not None:

@@ -282,8 +282,6 @@ def test_every_append_is_on_disk_before_it_returns(
 ) -> None:
     """A report in the spool is acknowledged to its agent, which then forgets it: an append
     must outlive a power loss, not only a kill (each is fdatasynced, a new segment's name too)."""
-    from relaysync.master import joblog_spool
-
     synced: list[str] = []
     datasync, dir_sync = joblog_spool.os.fdatasync, joblog_spool._fsync_directory
     monkeypatch.setattr(
@@ -298,3 +296,68 @@ def test_every_append_is_on_disk_before_it_returns(
     spool.append([_report(2)])
     assert synced == ["dir", "data", "data"]
     spool.close()
+
+
+def test_a_new_segment_whose_name_cannot_be_made_durable_leaves_nothing_half_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the directory's fsync failing (EIO, EMFILE) after the new segment's file
+    was opened left its descriptor as the one to append to while the segment was never listed:
+    the next appends went into the new file counted as the old segment's, and the reports
+    acknowledged from them were gone after a restart."""
+    where = tmp_path / "spool"
+    spool = _spool(where)
+    spool.append([_report(0)])
+    spool.close()
+    spool = _spool(where)  # a restart: the next append starts a new segment
+    real = joblog_spool._fsync_directory
+
+    def fail_once(directory: Path) -> None:
+        monkeypatch.setattr(joblog_spool, "_fsync_directory", real)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(joblog_spool, "_fsync_directory", fail_once)
+    with pytest.raises(OSError):
+        spool.append([_report(1)])
+    spool.append([_report(1)])  # the writer keeps it in memory and tries again
+    spool.append([_report(2)])
+    spool.close()
+    assert _drain(_spool(where)) == [0, 1, 2]
+
+
+def test_reports_arriving_while_the_tail_goes_to_disk_do_not_keep_the_store_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the flush appended the tail to the spool until it was empty, and each
+    append (an fdatasync: 20 ms on a slow disk) let new reports in, so under a steady stream the
+    flush never got to the store (0 reports written in 10 s). It appends what the tail held when
+    it began; the rest waits for the next flush. Here each append lets one more report in, for
+    at most ARRIVALS appends: the store must be written to before they run out."""
+    arrivals = 200
+    store = _ListStore()
+    writer = JobLogWriter(  # type: ignore[arg-type]
+        store, EventBus(), spool_dir=tmp_path / "spool", max_queued_records=10
+    )
+    append = JobLogSpool.append
+    left = [arrivals]
+
+    def append_while_reports_arrive(spool: JobLogSpool, reports: list[CommitReport]) -> None:
+        append(spool, reports)
+        if left[0] and not store.written:
+            left[0] -= 1
+            anyio.from_thread.run_sync(writer.add, _report(1000 + left[0]))
+
+    monkeypatch.setattr(JobLogSpool, "append", append_while_reports_arrive)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(writer.serve)
+            for n in range(20):  # past the bound: spooling
+                writer.add(_report(n))
+            with anyio.fail_after(30):
+                while not store.written:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert left[0] > 0, "the store was written only once the arrivals stopped"
