@@ -174,6 +174,12 @@ class MasterLink:
         """Reports dropped past MAX_QUEUED_REPORTS (logged)."""
         return self.reports.dropped
 
+    def outbox_sync_handles(self) -> list[tuple[int, bool]]:
+        """What to sync for the reports queued so far to outlive a power loss (agent/outbox.py
+        `sync_handles`); none without an outbox. Call on the loop."""
+        outbox = self.reports.outbox
+        return outbox.sync_handles() if outbox is not None else []
+
     def report(self, report: CommitReport) -> None:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES, on disk before
         this returns (call on the loop)."""

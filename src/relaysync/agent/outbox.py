@@ -14,9 +14,13 @@ segment, and to a new one past SEGMENT_BYTES or at each start. A frame is an 8-b
 `<n>.done` holds how many of segment n's first frames are taken (8 bytes, pwritten in place);
 a segment is deleted once all of its frames are.
 
-Durability: appends and `.done` writes are not fsynced. A kill of the agent (kill -9, a crash,
-the OOM killer) loses nothing the kernel holds; a power loss may lose the last appends (an
-fsync per report would cost about a millisecond on a disk, on every commit). A torn last frame
+Durability: appends and `.done` writes are not fsynced as they come. A kill of the agent (kill
+-9, a crash, the OOM killer) loses nothing the kernel holds. For a target in `safe` durability,
+whose files outlive a power loss, the reports must too (the master would never hear of those
+commits, nor purge their URLs): its receiver syncs the outbox once per checkpoint, before the
+watermark is saved and acknowledged, from its worker thread on descriptors `sync_handles`
+duplicates (the last segment's, and the directory's after a new segment). A `.done` count lost
+to a power loss only replays reports, which the master takes as repeats. A torn last frame
 ends its segment's reading (new appends go to a new segment), with a warning.
 
 Error handling: a failed append (a full disk) raises OSError and leaves no part of its frame
@@ -73,6 +77,7 @@ class ReportOutbox:
         self._done_fd: int | None = None  # the first segment's .done
         self._unsaved = False  # the first segment's count is ahead of its .done
         self._next = 0  # the next segment's number
+        self._dir_unsynced = False  # a segment was made since the last `sync_handles`
 
     @property
     def pending(self) -> int:
@@ -148,6 +153,23 @@ class ReportOutbox:
         if self._unsaved and segments:
             self._save_done(segments[0])
 
+    def sync_handles(self) -> list[tuple[int, bool]]:
+        """Descriptors to make what was appended durable, (fd, is the directory's): duplicates,
+        which the caller syncs (fdatasync, or fsync for the directory) and closes, off the event
+        loop; a segment that starts meanwhile leaves them valid."""
+        handles: list[tuple[int, bool]] = []
+        try:
+            if self._fd is not None:
+                handles.append((os.dup(self._fd), False))
+            if self._dir_unsynced:
+                handles.append((os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC), True))
+                self._dir_unsynced = False
+        except OSError:
+            for fd, _ in handles:
+                os.close(fd)
+            raise
+        return handles
+
     def close(self) -> None:
         """Close the files (nothing to flush: appends are written as they come)."""
         for fd in (self._fd, self._done_fd):
@@ -187,6 +209,7 @@ class ReportOutbox:
         number, self._next = self._next, self._next + 1
         path = self.directory / f"{number:016x}.outbox"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self._dir_unsynced = True
         segment = _Segment(number, path, 0, 0)
         self._segments.append(segment)
         return segment, self._fd
@@ -272,3 +295,18 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
 def _remove(segment: _Segment) -> None:
     segment.path.unlink(missing_ok=True)
     segment.path.with_suffix(".done").unlink(missing_ok=True)
+
+
+def sync_and_close(handles: list[tuple[int, bool]]) -> None:
+    """Make durable what `sync_handles` gave, closing each (in a worker thread: it waits on the
+    disk).
+
+    Raises:
+        OSError: a sync failed (the disk); every handle is closed all the same.
+    """
+    try:
+        for fd, is_dir in handles:
+            (os.fsync if is_dir else os.fdatasync)(fd)
+    finally:
+        for fd, _ in handles:
+            os.close(fd)

@@ -61,7 +61,7 @@ from .guard import parse_roots
 from .link_options import LinkOptions
 from .links import LinkSet
 from .master_link import MasterLink, make_report
-from .outbox import ReportOutbox
+from .outbox import ReportOutbox, sync_and_close
 from .peer_server import PeerServer
 from .source import SourceMapping
 
@@ -397,5 +397,13 @@ class AgentService(SourceRole, TargetRole):
                 folder.route,
             )
             anyio.from_thread.run_sync(partial(self.link.report, message))
+            if folder.durable:  # safe: the reports outlive a power loss, as the files do
+                try:
+                    sync_and_close(anyio.from_thread.run_sync(self.link.outbox_sync_handles))
+                except OSError as exc:  # the files are durable; only a power loss would lose these
+                    logger.warning(
+                        "report outbox: cannot sync (%s); a power loss may lose the last reports",
+                        exc,
+                    )
 
         return report

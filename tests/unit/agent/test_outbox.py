@@ -9,13 +9,17 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from relaysync.agent import outbox as outbox_module
 from relaysync.agent import report_queue
 from relaysync.agent.outbox import ReportOutbox
 from relaysync.agent.report_queue import ReportQueue
+from relaysync.agent.service import AgentService
 from relaysync.protocol.messages import CommitRecord, CommitReport
 
 SRC, TGT = "a" * 64, "b" * 64
@@ -183,3 +187,52 @@ def test_a_former_identitys_outbox_is_removed(tmp_path: Path) -> None:
     old.append(_report(0))
     assert _opened(tmp_path)[1] == []
     assert [p.name for p in (tmp_path / "outbox").iterdir()] == [TGT[:16]]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_sync_handles_cover_the_last_segment_and_a_new_segments_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A safe target syncs its outbox per checkpoint off the event loop, on duplicates: the
+    directory too once a segment started (its name), and every handle is closed after."""
+    box, _ = _opened(tmp_path)
+    synced: list[str] = []
+    monkeypatch.setattr(outbox_module.os, "fdatasync", lambda fd: synced.append("file"))
+    monkeypatch.setattr(outbox_module.os, "fsync", lambda fd: synced.append("dir"))
+    before = _open_fds()
+    box.append(_report(0))  # a new segment
+    outbox_module.sync_and_close(box.sync_handles())
+    assert synced == ["file", "dir"]
+    box.append(_report(1))  # the same segment
+    outbox_module.sync_and_close(box.sync_handles())
+    assert synced == ["file", "dir", "file"]
+    box.close()
+    assert _open_fds() == before  # the duplicates are closed, and the outbox's own files
+
+
+def test_a_safe_targets_reports_are_synced_before_the_checkpoint_goes_on(tmp_path: Path) -> None:
+    """The receiver's report callback (AgentService._reporter), in its worker thread: for a
+    target in safe durability the outbox is synced after the report is queued, before the
+    callback returns (and so before the watermark is saved and acknowledged); in fast, not."""
+    box, _ = _opened(tmp_path)
+    calls: list[str] = []
+    link = SimpleNamespace(
+        report=lambda message: (calls.append("report"), box.append(message)),
+        outbox_sync_handles=lambda: (calls.append("sync"), box.sync_handles())[1],
+    )
+    service = SimpleNamespace(link=link, node_id="n" * 64)
+    records = [CommitRecord(seq=1, op="write", path="f")]
+
+    async def main(durable: bool) -> None:
+        folder = SimpleNamespace(mapping_id=1, source_node="s" * 64, route=(), durable=durable)
+        report = AgentService._reporter(service, folder)  # type: ignore[arg-type]
+        await anyio.to_thread.run_sync(report, 1, records)
+
+    anyio.run(main, True)
+    assert calls == ["report", "sync"]
+    anyio.run(main, False)
+    assert calls == ["report", "sync", "report"]
+    box.close()
