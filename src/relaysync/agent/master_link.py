@@ -79,7 +79,7 @@ from relaysync.transfer import tls
 from relaysync.transfer.removal import removed_bytes
 
 from .advertise import route_address
-from .outbox import ReportOutbox
+from .outbox import OutboxSync, ReportOutbox
 from .report_queue import Queued, ReportQueue
 
 logger = logging.getLogger(__name__)
@@ -174,11 +174,16 @@ class MasterLink:
         """Reports dropped past MAX_QUEUED_REPORTS (logged)."""
         return self.reports.dropped
 
-    def outbox_sync_handles(self) -> list[tuple[int, bool]]:
+    def outbox_sync_handles(self) -> OutboxSync:
         """What to sync for the reports queued so far to outlive a power loss (agent/outbox.py
-        `sync_handles`); none without an outbox. Call on the loop."""
+        `sync_handles`); nothing without an outbox. Call on the loop."""
         outbox = self.reports.outbox
-        return outbox.sync_handles() if outbox is not None else []
+        return outbox.sync_handles() if outbox is not None else OutboxSync([], 0)
+
+    def outbox_dir_synced(self, made: int) -> None:
+        """The outbox's directory was fsynced after its `made`-th segment (call on the loop)."""
+        if self.reports.outbox is not None:
+            self.reports.outbox.dir_synced(made)
 
     def report(self, report: CommitReport) -> None:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES, on disk before

@@ -14,14 +14,15 @@ segment, and to a new one past SEGMENT_BYTES or at each start. A frame is an 8-b
 `<n>.done` holds how many of segment n's first frames are taken (8 bytes, pwritten in place);
 a segment is deleted once all of its frames are.
 
-Durability: appends and `.done` writes are not fsynced as they come. A kill of the agent (kill
--9, a crash, the OOM killer) loses nothing the kernel holds. For a target in `safe` durability,
-whose files outlive a power loss, the reports must too (the master would never hear of those
-commits, nor purge their URLs): its receiver syncs the outbox once per checkpoint, before the
-watermark is saved and acknowledged, from its worker thread on descriptors `sync_handles`
-duplicates (the last segment's, and the directory's after a new segment). A `.done` count lost
-to a power loss only replays reports, which the master takes as repeats. A torn last frame
-ends its segment's reading (new appends go to a new segment), with a warning.
+Durability: appends and `.done` writes are not fsynced as they come. A kill of the agent (kill -9,
+a crash, the OOM killer) loses nothing the kernel holds. For a target in `safe` durability, whose
+files outlive a power loss, the reports must too (the master would never hear of those commits, nor
+purge their URLs): its receiver syncs the outbox once per checkpoint, before the watermark is saved
+and acknowledged, from its worker thread on the descriptors `sync_handles` gives (the segments
+appends left since the last sync, kept open for it: a report may span segments; a duplicate of the
+last one's; the directory's until a sync of it is confirmed). A `.done` count lost to a power loss
+only replays reports, which the master takes as repeats. A torn last frame ends its segment's
+reading (new appends go to a new segment), with a warning.
 
 Error handling: a failed append (a full disk) raises OSError and leaves no part of its frame
 behind; the caller keeps that report in memory only. A `.done` write that fails is retried at the
@@ -33,6 +34,7 @@ count; `close()` closes both. Not thread-safe: the agent calls it on its event l
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -42,6 +44,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -51,10 +54,19 @@ from relaysync.protocol.messages import ENCODER, CommitReport
 logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 8 * 1024 * 1024  # a new segment past this: taken segments free their space
+MAX_RETIRED_FDS = 8  # segments left since the last sync whose descriptors are kept for it
 _HEADER = struct.Struct(">II")  # payload bytes, CRC-32 of the payload
 _DONE = struct.Struct(">QI")  # frames taken, CRC-32 of that count (a torn write reads as 0)
 _DECODER = msgspec.msgpack.Decoder(CommitReport)
 _NAME = re.compile(r"[0-9a-f]{16}\.outbox")
+
+
+class OutboxSync(NamedTuple):
+    """What `sync_handles` gives: (fd, is the directory's) to sync and close, and the count of
+    segments made to confirm with `dir_synced` once the directory's fsync succeeded."""
+
+    handles: list[tuple[int, bool]]
+    made: int
 
 
 @dataclass
@@ -77,7 +89,11 @@ class ReportOutbox:
         self._done_fd: int | None = None  # the first segment's .done
         self._unsaved = False  # the first segment's count is ahead of its .done
         self._next = 0  # the next segment's number
-        self._dir_unsynced = False  # a segment was made since the last `sync_handles`
+        # For `sync_handles`: the descriptors of segments appends left since the last sync (a
+        # report may span segments), and how many segments were made against how many of their
+        # names a directory fsync is known to cover (`dir_synced`).
+        self._retired: collections.deque[int] = collections.deque()
+        self._made = self._dir_synced = 0
 
     @property
     def pending(self) -> int:
@@ -153,29 +169,35 @@ class ReportOutbox:
         if self._unsaved and segments:
             self._save_done(segments[0])
 
-    def sync_handles(self) -> list[tuple[int, bool]]:
-        """Descriptors to make what was appended durable, (fd, is the directory's): duplicates,
-        which the caller syncs (fdatasync, or fsync for the directory) and closes, off the event
-        loop; a segment that starts meanwhile leaves them valid."""
-        handles: list[tuple[int, bool]] = []
+    def sync_handles(self) -> OutboxSync:
+        """Descriptors to make what was appended durable: the segments appends left since the
+        last call (handed over), a duplicate of the last one's, and the directory's while a new
+        segment's name is not known synced. The caller syncs and closes them off the event loop
+        (`sync_and_close`), then confirms the directory (`dir_synced(made)`)."""
+        handles: list[tuple[int, bool]] = [(fd, False) for fd in self._retired]
+        self._retired.clear()
         try:
             if self._fd is not None:
                 handles.append((os.dup(self._fd), False))
-            if self._dir_unsynced:
+            if self._made > self._dir_synced:
                 handles.append((os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC), True))
-                self._dir_unsynced = False
         except OSError:
             for fd, _ in handles:
                 os.close(fd)
             raise
-        return handles
+        return OutboxSync(handles, self._made)
+
+    def dir_synced(self, made: int) -> None:
+        """A directory fsync covered the names of the first `made` segments."""
+        self._dir_synced = max(self._dir_synced, made)
 
     def close(self) -> None:
         """Close the files (nothing to flush: appends are written as they come)."""
-        for fd in (self._fd, self._done_fd):
+        for fd in (self._fd, self._done_fd, *self._retired):
             if fd is not None:
                 os.close(fd)
         self._fd = self._done_fd = None
+        self._retired.clear()
 
     def _drop_head(self) -> None:
         """Delete the first segment: all of its reports are taken."""
@@ -203,13 +225,15 @@ class ReportOutbox:
         fits = last is not None and (last.size == 0 or last.size + size <= self.segment_bytes)
         if last is not None and self._fd is not None and fits:
             return last, self._fd
-        if self._fd is not None:
-            os.close(self._fd)
+        if self._fd is not None:  # kept for the next sync (a report may span segments)
+            self._retired.append(self._fd)
             self._fd = None
+            while len(self._retired) > MAX_RETIRED_FDS:  # no one syncs (fast): not for ever
+                os.close(self._retired.popleft())
         number, self._next = self._next, self._next + 1
         path = self.directory / f"{number:016x}.outbox"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self._dir_unsynced = True
+        self._made += 1
         segment = _Segment(number, path, 0, 0)
         self._segments.append(segment)
         return segment, self._fd
@@ -297,7 +321,7 @@ def _remove(segment: _Segment) -> None:
     segment.path.with_suffix(".done").unlink(missing_ok=True)
 
 
-def sync_and_close(handles: list[tuple[int, bool]]) -> None:
+def sync_and_close(sync: OutboxSync) -> None:
     """Make durable what `sync_handles` gave, closing each (in a worker thread: it waits on the
     disk).
 
@@ -305,8 +329,8 @@ def sync_and_close(handles: list[tuple[int, bool]]) -> None:
         OSError: a sync failed (the disk); every handle is closed all the same.
     """
     try:
-        for fd, is_dir in handles:
+        for fd, is_dir in sync.handles:
             (os.fsync if is_dir else os.fdatasync)(fd)
     finally:
-        for fd, _ in handles:
+        for fd, _ in sync.handles:
             os.close(fd)

@@ -399,7 +399,9 @@ class AgentService(SourceRole, TargetRole):
             anyio.from_thread.run_sync(partial(self.link.report, message))
             if folder.durable:  # safe: the reports outlive a power loss, as the files do
                 try:
-                    sync_and_close(anyio.from_thread.run_sync(self.link.outbox_sync_handles))
+                    sync = anyio.from_thread.run_sync(self.link.outbox_sync_handles)
+                    sync_and_close(sync)
+                    anyio.from_thread.run_sync(self.link.outbox_dir_synced, sync.made)
                 except OSError as exc:  # the files are durable; only a power loss would lose these
                     logger.warning(
                         "report outbox: cannot sync (%s); a power loss may lose the last reports",

@@ -11,17 +11,17 @@ of segment n's first report not yet in the store (a restart reads from there); a
 deleted once its last report is. A frame is a 12-byte header (payload bytes, records, CRC-32 of
 the payload; big-endian) and one CommitReport encoded as on the wire (protocol ENCODER).
 
-Error handling: every append is fdatasynced (and a new segment's directory entry fsynced), as
-are `close()` and `prepend()`: a report in the spool is acknowledged to its agent, which then
-forgets it, so it must outlive a power loss too, not only a kill (one fdatasync per append of
-about FLUSH_RECORDS records, and only while the store is down). A crash mid-append leaves at
-most a torn last frame: `open()` cuts it off with a warning. A frame that cannot be read before the end of its segment (a disk
-error) ends what is read of that segment; the file is kept as `<n>.spool.bad` for the operator
-instead of being deleted, with a warning, and reading goes on with the next segment. A frame
-whose report cannot be decoded is skipped the same way (counted in `lost_records`). A failed
+Error handling: every append is fdatasynced (and a new segment's directory entry fsynced), as are
+`close()` and `prepend()`: a report in the spool is acknowledged to its agent, which then forgets
+it, so it must outlive a power loss too, not only a kill (one fdatasync per append of about
+FLUSH_RECORDS records, and only while the store is down). A crash mid-append leaves at most a torn
+last frame: `open()` cuts it off with a warning. A frame that cannot be read before the end of its
+segment (a disk error) ends what is read of that segment; the file is kept as `<n>.spool.bad` for
+the operator instead of being deleted, with a warning, and reading goes on with the next segment. A
+frame whose report cannot be decoded is skipped the same way (counted in `lost_records`). A failed
 append (a full disk) raises OSError and leaves nothing of its batch on disk. A crash between a
-store write and `release()` reads at most that one batch again: the store takes a repeated
-report as a repeat (no second change row or advance; a failure or catch-up record counts again).
+store write and `release()` reads at most that one batch again: the store takes a repeated report
+as a repeat (no second change row or advance; a failure or catch-up record counts again).
 
 Resource handling: the last segment stays open for appends until a new one starts, it is
 drained, or `close()`. Not thread-safe: one call at a time (the writer holds a lock).

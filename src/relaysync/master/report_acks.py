@@ -1,10 +1,11 @@
 """Acknowledgement of commit reports: which of an agent's reports the job log has taken durably.
 
 A report is taken once the job-log writer (master/joblog.py) has written it to the store or
-appended it to its spool (master/joblog_spool.py: the kernel holds the appends, so they survive
-a kill of the master). An agent that announced CAP_REPORT_ACK keeps every report it sent until
-the master says so (`ReportsTaken(upto=n)`: the first n reports of this control session), and
-sends the others again on its next session, so that a kill of the master loses none of them.
+appended it to its spool (master/joblog_spool.py: the appends are fdatasynced, so they survive a
+kill of the master and a power loss). An agent that announced CAP_REPORT_ACK keeps every report it
+sent until the master says so (`ReportsTaken(upto=n)`: the first n reports of this control
+session), and sends the others again on its next session, so that a kill of the master loses none
+of them.
 
 `Receipts` is the writer's side: a callback per report, called once it is taken. `ReportAcks`
 is a control session's side: it numbers the session's reports as they arrive (from 1, as the

@@ -197,20 +197,44 @@ def test_sync_handles_cover_the_last_segment_and_a_new_segments_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A safe target syncs its outbox per checkpoint off the event loop, on duplicates: the
-    directory too once a segment started (its name), and every handle is closed after."""
-    box, _ = _opened(tmp_path)
+    directory too until a sync of it is confirmed (a new segment's name), and every handle is
+    closed after."""
+    box, _ = _opened(tmp_path, segment_bytes=1 << 20)  # one segment
     synced: list[str] = []
     monkeypatch.setattr(outbox_module.os, "fdatasync", lambda fd: synced.append("file"))
     monkeypatch.setattr(outbox_module.os, "fsync", lambda fd: synced.append("dir"))
     before = _open_fds()
     box.append(_report(0))  # a new segment
-    outbox_module.sync_and_close(box.sync_handles())
+    sync = box.sync_handles()
+    outbox_module.sync_and_close(sync)
     assert synced == ["file", "dir"]
-    box.append(_report(1))  # the same segment
+    box.append(_report(1))  # the same segment; the directory's sync not yet confirmed
     outbox_module.sync_and_close(box.sync_handles())
-    assert synced == ["file", "dir", "file"]
+    assert synced == ["file", "dir", "file", "dir"]
+    box.dir_synced(sync.made)
+    box.append(_report(2))
+    outbox_module.sync_and_close(box.sync_handles())
+    assert synced == ["file", "dir", "file", "dir", "file"]
     box.close()
     assert _open_fds() == before  # the duplicates are closed, and the outbox's own files
+
+
+def test_a_report_spanning_segments_is_synced_in_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a checkpoint's report split into frames over several segments (a catch-up
+    of 100,000 records: 50 frames over 3 segments) had only the last segment synced; the
+    segments appends left since the last sync are kept open for it and synced too."""
+    box, _ = _opened(tmp_path, segment_bytes=300)  # about two reports a segment
+    files: list[int] = []
+    monkeypatch.setattr(outbox_module.os, "fdatasync", lambda fd: files.append(os.fstat(fd).st_ino))
+    monkeypatch.setattr(outbox_module.os, "fsync", lambda fd: None)
+    for n in range(6):
+        box.append(_report(n))
+    outbox_module.sync_and_close(box.sync_handles())
+    assert sorted(set(files)) == sorted(p.stat().st_ino for p in _segments(tmp_path))
+    assert len(_segments(tmp_path)) >= 3
+    box.close()
 
 
 def test_a_safe_targets_reports_are_synced_before_the_checkpoint_goes_on(tmp_path: Path) -> None:
@@ -222,6 +246,7 @@ def test_a_safe_targets_reports_are_synced_before_the_checkpoint_goes_on(tmp_pat
     link = SimpleNamespace(
         report=lambda message: (calls.append("report"), box.append(message)),
         outbox_sync_handles=lambda: (calls.append("sync"), box.sync_handles())[1],
+        outbox_dir_synced=box.dir_synced,
     )
     service = SimpleNamespace(link=link, node_id="n" * 64)
     records = [CommitRecord(seq=1, op="write", path="f")]
