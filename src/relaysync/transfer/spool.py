@@ -85,6 +85,8 @@ class Spool:
         self.generation = 0
         self._segments: list[_Segment] = []
         self._checkpoint_end = 0  # global position just after the last checkpoint frame
+        # The parent asked for our listings (a manifest comparison runs) since the last checkpoint
+        self._comparing = False
         self._open_segments()
 
     # --- state ---
@@ -148,6 +150,7 @@ class Spool:
         spooled, and children behind it get a comparison with us instead.
         """
         with self._lock:
+            self._comparing = False
             if journal_id != self.journal_id or self.base is None or self.head < watermark:
                 self._reset_locked()
                 self.journal_id = journal_id
@@ -168,19 +171,27 @@ class Spool:
 
         Catch-up work of a manifest comparison (seq 0) is not spooled: it repaired this relay's
         tree, and the children may lack the same things, so it resets the spool; children
-        behind the checkpoint that closes the comparison get their own comparison with us.
+        behind the checkpoint that closes the comparison get their own comparison with us. So
+        does a comparison that found nothing to send but closes past what the spool saw: our
+        tree holds changes the spool never did (committed in a session before this relay role,
+        whose checkpoint never came), and a child must not take that checkpoint as covering
+        them (found under stress: a child acknowledged a file it never got).
         """
         with self._lock:
             frames: list[bytes] = []
             max_seq = 0
             for message in messages:
                 if isinstance(message, DigestRequest):
+                    self._comparing = True
                     continue
                 seq = _seq_of(message)
                 if isinstance(message, Checkpoint):
-                    if (
-                        self.base is None
-                    ):  # the checkpoint closing a comparison: we cover what follows
+                    comparing, self._comparing = self._comparing, False
+                    if self.base is not None and comparing and seq > self.head:
+                        self._write_locked(frames, max_seq)
+                        frames, max_seq = [], 0
+                        self._reset_locked()
+                    if self.base is None:  # the checkpoint closing a comparison: we cover after it
                         self.base = self.head = seq
                         self._checkpoint_end = self.end
                         self._save_state()

@@ -81,6 +81,22 @@ def test_a_comparison_that_found_nothing_keeps_the_spool(tmp_path: Path) -> None
     assert len(_read_all(spool)) == 5
 
 
+def test_a_comparison_closing_past_what_the_spool_saw_resets_it(tmp_path: Path) -> None:
+    """Found by a stress run (test_relay_routes, a manual route): a relay committed a file in a
+    session before it was a relay (its checkpoint never came), then its parent's comparison
+    found nothing to send and closed at seq 1; the spool kept that checkpoint as an ordinary
+    one, and its child, at 0, acknowledged seq 1 without the file. Such a checkpoint now marks
+    where the spool starts covering: children behind it get a comparison with the relay."""
+    spool = Spool(tmp_path)
+    spool.begin("j1", 0)
+    generation = spool.generation
+    spool.append([DigestRequest(mapping_id=1, dirs=("",)), Checkpoint(seq=1)])
+    assert not spool.covers(0) and spool.covers(1)
+    assert _read_all(spool) == []  # no checkpoint for a child to take as covering seq 1
+    with pytest.raises(SpoolReset):  # a child reading from before it starts again
+        spool.read(0, generation, 1 << 20)
+
+
 def test_a_broken_parent_session_cuts_the_unfinished_tail(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.begin("j1", 0)
