@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from relaysync._util import _openat2
 
 # O_NOFOLLOW: a path replaced by a symlink (out of the root, to /dev/zero) is not followed.
 # O_NONBLOCK: opening a FIFO does not wait for a writer (it has no effect on regular files).
@@ -27,6 +33,13 @@ def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result] | N
 
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# RESOLVE_NO_SYMLINKS: no component is followed (as O_NOFOLLOW on each step of the walk);
+# RESOLVE_BENEATH: "/" or ".." cannot lead out of the root.
+_RESOLVE = _openat2.RESOLVE_NO_SYMLINKS | _openat2.RESOLVE_NO_MAGICLINKS | _openat2.RESOLVE_BENEATH
+# The kernel (or a seccomp filter) does not offer openat2 as asked: walk instead.
+_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG})
+_openat2_usable = _openat2.available()
+_ROOT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # followed: the operator's own link
 
 
 def open_regular_in(
@@ -35,16 +48,87 @@ def open_regular_in(
     """`open_regular` of `relpath` below `root`, no component of it followed if it is a symlink.
 
     A directory replaced by a symlink (to outside the folder) between a write's journaling and
-    its send must not be read through: each directory is opened relative to the one above it
-    (O_PATH, O_NOFOLLOW), then the file. `root` itself is the operator's and may be a link.
+    its send must not be read through. The kernel resolves the whole path in one openat2 call
+    from `root`, refusing any symlink and anything not below it; where openat2 is missing or
+    forbidden, each directory is opened relative to the one above it (O_PATH, O_NOFOLLOW), then
+    the file. `root` itself is the operator's and may be a link (see `root_held`).
 
     Returns:
         (fd, its fstat), the caller closes fd; None if the file is gone, is not a regular file,
         or a directory on its way is not a real directory.
     """
+    held = _held_fd(root)
+    refused = False
+    if _openat2_usable and "\0" not in relpath:  # with a NUL, the walk raises as os.open does
+        try:
+            fd = _open_beneath(root, held, relpath)
+        except _OpenAt2Refused:
+            refused = True
+        else:
+            return None if fd is None else _if_regular(fd)
+    return _walk_and_open(root, held, relpath, openat2_refused=refused)
+
+
+@contextmanager
+def root_held(root: str | os.PathLike[str]) -> Iterator[None]:
+    """Within, this thread's `open_regular_in(root, ...)` start from one descriptor of `root`
+    opened on entry, not from `root` opened anew for each file (two system calls fewer each).
+
+    For a batch of files read at once: `root` (which may be a link) is resolved once for the
+    batch, as if the batch were read at that instant. Nothing is held if `root` cannot be opened
+    (each call then opens it and finds out for itself).
+    """
+    roots = _held_roots()
+    key = os.fspath(root)
+    if key in roots:  # held by an enclosing batch already
+        yield
+        return
+    try:
+        roots[key] = os.open(key, _ROOT_FLAGS)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.close(roots.pop(key))
+
+
+class _OpenAt2Refused(Exception):
+    """openat2 failed with one of _UNSUPPORTED: it says nothing about the path."""
+
+
+def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) -> int | None:
+    """openat2 of `relpath` from `root` (or its held fd): the new fd, or None if there is no
+    plain path there (gone, or a symlink or non-directory on the way, or out of `root`).
+
+    Raises:
+        _OpenAt2Refused: openat2 itself was refused.
+    """
+    try:
+        root_fd = held if held is not None else os.open(root, _ROOT_FLAGS)
+    except OSError:
+        return None
+    try:
+        return _openat2.openat2(root_fd, os.fsencode(relpath), _READ_FLAGS, _RESOLVE)
+    except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            raise _OpenAt2Refused from exc
+        return None  # ELOOP (a symlink), EXDEV (out of root), ENOENT, ENOTDIR...
+    finally:
+        if held is None:
+            os.close(root_fd)
+
+
+def _walk_and_open(
+    root: str | os.PathLike[str], held: int | None, relpath: str, *, openat2_refused: bool
+) -> tuple[int, os.stat_result] | None:
+    """open_regular_in by walking each directory; once the walk opens a file that openat2
+    refused, openat2 is refused here as such (seccomp, an old kernel) and is not tried again."""
+    global _openat2_usable
     head, _, name = relpath.rpartition("/")
     try:
-        parent = _open_dir_in(root, head)
+        parent = _open_dir_in(root, head, root_fd=held)
     except OSError:
         return None
     try:
@@ -53,7 +137,24 @@ def open_regular_in(
         return None
     finally:
         os.close(parent)
+    if openat2_refused:
+        _openat2_usable = False
     return _if_regular(fd)
+
+
+_held = threading.local()
+
+
+def _held_roots() -> dict[str, int]:
+    roots: dict[str, int] | None = getattr(_held, "roots", None)
+    if roots is None:
+        roots = _held.roots = {}
+    return roots
+
+
+def _held_fd(root: str | os.PathLike[str]) -> int | None:
+    roots: dict[str, int] | None = getattr(_held, "roots", None)
+    return roots.get(os.fspath(root)) if roots else None
 
 
 def rmdir_in(root: str | os.PathLike[str], relpath: str) -> None:
@@ -71,16 +172,20 @@ def rmdir_in(root: str | os.PathLike[str], relpath: str) -> None:
         os.close(parent)
 
 
-def _open_dir_in(root: str | os.PathLike[str], reldir: str) -> int:
+def _open_dir_in(root: str | os.PathLike[str], reldir: str, *, root_fd: int | None = None) -> int:
     """An O_PATH descriptor of `reldir` below `root` ("" is root), each directory opened
     relative to the one above it, none followed if it is a symlink (`root` itself may be).
+    `root_fd`, a held descriptor of `root`, is used instead of opening it (and is left open).
 
     Raises:
         OSError: a directory on the way is gone or is not a real directory.
     """
-    parent = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+    parts = reldir.split("/") if reldir else []
+    if ".." in parts:  # as openat2's RESOLVE_BENEATH: never out of `root`, not even and back in
+        raise OSError(errno.EXDEV, "a '..' in a path below the folder", reldir)
+    parent = os.open(root, _ROOT_FLAGS) if root_fd is None else os.dup(root_fd)
     try:
-        for part in reldir.split("/") if reldir else ():
+        for part in parts:
             child = os.open(part, _DIR_FLAGS, dir_fd=parent)
             os.close(parent)
             parent = child

@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from relaysync._util.aio import error_leaves, is_link_error, leaf_error
+from relaysync._util.fs import root_held
 from relaysync.constants import (
     CAP_SMALL_FILE,
     CLOSE_TIMEOUT_S,
@@ -428,6 +429,10 @@ class TargetLink:
         limit = self.options.bandwidth
 
         def next_batch(max_bytes: int, rate: float) -> list[AnyMessage]:
+            with root_held(self.source.root):  # the batch's files opened from one fd of it
+                return fill_batch(max_bytes, rate)
+
+        def fill_batch(max_bytes: int, rate: float) -> list[AnyMessage]:
             nonlocal done
             batch: list[AnyMessage] = []
             size = 0

@@ -12,7 +12,7 @@ from relaysync.constants import TEMP_PREFIX
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest
-from relaysync.watch.scanner import hash_file, make_entry, scan_tree
+from relaysync.watch.scanner import TreeScan, hash_file, make_entry, scan_tree
 
 
 def record(manifest: Manifest, changes: list[PendingChange]) -> None:
@@ -139,6 +139,40 @@ def test_symlinks_are_not_followed(
         hash=xxhash.xxh3_128(str(outside).encode()).digest(),
         link_target=str(outside),
     )
+
+
+def test_a_directory_swapped_for_a_link_after_its_listing_is_not_read_through(
+    tree: Path, tmp_path: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
+    """Its parent listed a directory; by the time it is walked, it is a link to outside the
+    folder: nothing outside is listed or read, and what the manifest knew inside is gone."""
+    (tree / "d").mkdir()
+    (tree / "d" / "f").write_text("inside")
+    record(manifest, scan_tree(tree, manifest, accept_all))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_text("secret")
+    (outside / "g").write_text("secret")
+    (tree / "d" / "f").unlink()
+    (tree / "d").rmdir()
+    (tree / "d").symlink_to(outside)
+    scan = TreeScan(tree, manifest, accept_all)
+    assert scan.walk_dir("d") == []  # as the walk does after the parent's listing
+    assert ops(scan.out) == [("delete", "d/f")]
+
+
+def test_the_scan_reads_files_by_name_in_their_directory_and_follows_a_root_link(
+    tree: Path, tmp_path: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
+    (tree / "d").mkdir()
+    (tree / "d" / "f").write_bytes(b"content")
+    os.symlink("../elsewhere", tree / "d" / "l")
+    (tmp_path / "root-link").symlink_to(tree)  # the operator's root may be a link
+    changes = scan_tree(tmp_path / "root-link", manifest, accept_all)
+    assert ops(changes) == [("mkdir", "d"), ("write", "d/f"), ("symlink", "d/l")]
+    assert changes[1].entry is not None and changes[2].entry is not None
+    assert changes[1].entry.hash == xxhash.xxh3_128(b"content").digest()
+    assert changes[2].entry.link_target == "../elsewhere"
 
 
 def test_subdir_scan_and_filter(tree: Path, manifest: Manifest) -> None:
