@@ -81,6 +81,9 @@ class SourceMapping(MassDeleteGuard):
         # Mass-delete guard: held batches, recent deletes, the operator's confirmations seen.
         self._init_guard(spec.delete_confirm)
         self.realtime = spec.mode == "realtime"
+        self.scanning = (
+            False  # a first scan runs (`serve`); links defer their comparison until then
+        )
 
     def _load_acks(self) -> dict[str, int]:
         try:
@@ -142,8 +145,11 @@ class SourceMapping(MassDeleteGuard):
         return self.applied_seq if self.realtime else min(self.send_upto, self.applied_seq)
 
     async def wait_for_records(self, after_seq: int, timeout_s: float) -> None:
+        """Return once records past `after_seq` may be sent, the first scan ended, or after
+        `timeout_s`."""
+        scanning = self.scanning
         with anyio.move_on_after(timeout_s):
-            while self.send_limit <= after_seq:
+            while self.send_limit <= after_seq and self.scanning == scanning:
                 await self._new_records.wait()
 
     def on_ack(self, target_node: str, watermark: int) -> None:
@@ -224,6 +230,7 @@ class SourceMapping(MassDeleteGuard):
             tg.start_soon(self._prune_deltas)
             first_sync = await anyio.to_thread.run_sync(self.manifest.count) == 0
             tops = await anyio.to_thread.run_sync(self._top_level_names) if first_sync else []
+            self.scanning = bool(tops)
             # A first scan is journaled one top-level entry at a time and the links start after
             # the first: they stream while the rest is scanned and hashed. A final rescan (stat
             # only, now that the manifest knows every file) catches what changed meanwhile.
@@ -258,6 +265,9 @@ class SourceMapping(MassDeleteGuard):
                 self._ack_seen = anyio.Event()
                 await self._ack_seen.wait()
         await self._record([FsEvent(kind="rescan", path="")])
+        self.scanning = False
+        event, self._new_records = self._new_records, anyio.Event()
+        event.set()  # links waiting to compare (`wait_for_records`) may now
         logger.info(
             "source %s scanned: %s entries, journal at seq %s",
             self.root,

@@ -20,6 +20,9 @@ class SourceFolder(Protocol):
     manifest: Manifest
     applied_seq: int  # journal records up to here are reflected in the manifest
     realtime: bool  # False: manual/reserved, only released records go, and no compare of its own
+    # True while a first scan is still journaling the folder: a link compares only once it ended
+    # (its records reach every target anyway; a comparison meanwhile hashes a partial manifest).
+    scanning: bool
 
     @property
     def send_limit(self) -> int: ...

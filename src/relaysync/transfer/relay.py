@@ -83,6 +83,7 @@ class RelayFeed:
     """
 
     realtime = True
+    scanning = False  # a relay forwards what its parent sends: it has no first scan of its own
 
     def __init__(self, folder: TargetFolder, spool: Spool) -> None:
         self.folder = folder
