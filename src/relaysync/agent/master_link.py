@@ -420,7 +420,7 @@ def _merge(items: list[Queued]) -> list[Queued]:
     weight = (0, 0)  # the last merged report's removed and encoded bytes, kept as it grows
     for r, frames in items:
         last = merged[-1].report if merged else None
-        added = (_removed(r), _bytes(r))
+        added = (_removed(r), _bytes(r.records))
         if (
             last is not None
             and (last.mapping_id, last.source_node, last.target_node, last.route)
@@ -449,6 +449,12 @@ def _runs(records: tuple[CommitRecord, ...]) -> list[tuple[CommitRecord, ...]]:
     """The records in runs of one report each: at most MAX_REPORT_RECORDS records,
     MAX_REMOVED_BYTES of removed paths and MAX_REPORT_BYTES encoded (a record over either goes
     alone); one run if none."""
+    if (  # the usual report (file writes): one run, measured in one encoding, not one a record
+        len(records) <= MAX_REPORT_RECORDS
+        and not any(r.removed for r in records)
+        and _bytes(records) <= MAX_REPORT_BYTES
+    ):
+        return [records]
     runs: list[tuple[CommitRecord, ...]] = []
     start = removed = encoded = 0
     for i, record in enumerate(records):
@@ -470,8 +476,10 @@ def _removed(report: CommitReport) -> int:
     return sum(removed_bytes(r) for r in report.records if r.removed)
 
 
-def _bytes(report: CommitReport) -> int:
-    return sum(_record_bytes(r) for r in report.records)
+def _bytes(records: tuple[CommitRecord, ...]) -> int:
+    """What `records` encode to together: their own bytes and at most 5 of the array's header
+    (one encoding for all of them: a sixth of the reporting time was one a record)."""
+    return len(ENCODER.encode(records))
 
 
 def make_report(

@@ -234,9 +234,11 @@ class FileReceiver(SessionHooks):
             raise _transient_os(msg.seq, msg.path, exc) from exc
         try:
             data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data, msg.size)
-            incoming = staging.IncomingFile.open(
+            incoming = staging.IncomingFile.whole(
                 self.folder.root,
                 final,
+                data,
+                msg.hash,
                 size=msg.size,
                 mode=msg.mode,
                 mtime_ns=msg.mtime_ns,
@@ -244,18 +246,11 @@ class FileReceiver(SessionHooks):
             )
         except ProtocolError as exc:
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc
-        except OSError as exc:
-            raise _transient_os(msg.seq, msg.path, exc) from exc
-        try:
-            incoming.append(data)
-            incoming.finish(msg.hash)
         except HashMismatch as exc:  # not the bytes the source hashed: corrupt on the wire
             raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
         except TransferError as exc:  # more bytes than the announced size
-            incoming.discard()
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, f"{msg.path}: {exc}") from exc
         except OSError as exc:
-            incoming.discard()
             raise _transient_os(msg.seq, msg.path, exc) from exc
         self._stage(incoming, msg, msg.hash, len(msg.data), started)
 

@@ -34,12 +34,13 @@ def check_relpath(path: str, *, allow_root: bool = False) -> str:
         raise UnsafePath(path, "contains NUL")
     if path.startswith("/"):
         raise UnsafePath(path, "absolute path")
-    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+    ascii = path.isascii()  # one byte a character: no encoding needed to count them
+    if (len(path) if ascii else len(path.encode("utf-8", "surrogateescape"))) > MAX_PATH_BYTES:
         raise UnsafePath(path, "path too long")
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise UnsafePath(path, f"component {part!r} not allowed")
-        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        if (len(part) if ascii else len(part.encode("utf-8", "surrogateescape"))) > MAX_NAME_BYTES:
             raise UnsafePath(path, "name too long")
         if part.startswith(TEMP_PREFIX):
             raise UnsafePath(path, "reserved temporary-file prefix")

@@ -64,10 +64,12 @@ def _short_name(name: str) -> str:
 
 
 def _temp_name(final: str) -> str:
-    folder, name = os.path.split(final)  # a relative final without a folder stays where it is
-    return os.path.join(
-        folder, f"{TEMP_PREFIX}{_short_name(name)}.{_TEMP_SALT}{next(_temp_counter):x}.tmp"
-    )
+    # rpartition, not os.path.split and join: a fifth of this function's time on 10,000 small
+    # files. A relative final without a folder stays where it is ("" and "" before the name).
+    folder, sep, name = final.rpartition("/")
+    if not (name.isascii() and len(name) <= _NAME_KEPT_BYTES):  # else one byte a character
+        name = _short_name(name)
+    return f"{folder}{sep}{TEMP_PREFIX}{name}.{_TEMP_SALT}{next(_temp_counter):x}.tmp"
 
 
 PARTIAL_SUFFIX = ".part"
@@ -162,6 +164,44 @@ class IncomingFile:
         return cls(final_name=final, temp_name=temp, size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
 
     @classmethod
+    def whole(
+        cls,
+        root: Path,
+        final: str,
+        data: bytes,
+        expected_hash: bytes,
+        *,
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        parent_exists: bool = False,
+    ) -> IncomingFile:
+        """A temp file holding `data`, the whole content of a small file, verified before it
+        is written: bytes that are not the announced ones never reach the disk.
+
+        Raises:
+            TransferError: more bytes than the announced `size`.
+            HashMismatch: not the bytes announced (nothing was written).
+            OSError: the temp file could not be made or written (it is removed again).
+        """
+        if len(data) > size:
+            raise TransferError(f"more data than the announced {size} bytes")
+        if len(data) != size or xxhash.xxh3_128_digest(data) != expected_hash:
+            raise HashMismatch(final)
+        incoming = cls.open(
+            root, final, size=size, mode=mode, mtime_ns=mtime_ns, parent_exists=parent_exists
+        )
+        try:
+            written = os.write(incoming.fd, data) if size <= WRITE_PIECE_BYTES else 0
+            if written < size:  # a short write, or more than one piece
+                _write_from(incoming.fd, memoryview(data)[written:])
+        except BaseException:
+            incoming.discard()
+            raise
+        incoming.received = size
+        return incoming
+
+    @classmethod
     def open_partial(
         cls,
         root: Path,
@@ -229,9 +269,7 @@ class IncomingFile:
         """Write the next bytes at the end (from a writer that knows no offsets, e.g. librsync)."""
         if self.received + len(data) > self.size:
             raise TransferError(f"more data than the announced {self.size} bytes")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view[:WRITE_PIECE_BYTES]) :]
+        _write_from(self.fd, memoryview(data))
         self.hasher.update(data)
         self.received += len(data)
 
@@ -274,6 +312,12 @@ class IncomingFile:
         fd, self.fd = self.fd, -1  # never closed twice, even if close fails (the number is reused)
         if fd >= 0:
             os.close(fd)
+
+
+def _write_from(fd: int, view: memoryview) -> None:
+    """Write all of `view` at the file position, in pieces of WRITE_PIECE_BYTES."""
+    while view:
+        view = view[os.write(fd, view[:WRITE_PIECE_BYTES]) :]
 
 
 def _emptied(fd: int, temp: Path, flags: int) -> int:
@@ -332,44 +376,50 @@ class CommitBatch:
         files, self._files = self._files, []
         visible_at = time.time()
         try:
-            for f in files:  # before the fsync, so that safe durability covers them too
-                _check_still_named(f)
-                os.fchmod(f.fd, permission_bits(f.mode))
-                os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
-                if self.durable:
-                    os.fsync(f.fd)
-            dirs: set[str] = set()
-            for f in files:
-                _check_still_named(f)  # again: the fsyncs above may have taken a while
-                if not f.is_partial:
-                    f.close()  # before its name appears (an NFS client writes back on close)
-                if self.before_replace is not None:
-                    self.before_replace(f.final)
-                visible_at = time.time()
-                try:
-                    os.replace(f.temp_name, f.final_name)
-                except (IsADirectoryError, OSError) as exc:
-                    # a directory in the way is removed, but only for a temp file still there
-                    if not (
-                        os.path.lexists(f.temp_name)
-                        and os.path.isdir(f.final_name)
-                        and not os.path.islink(f.final_name)
-                    ):
-                        raise exc
-                    shutil.rmtree(f.final_name)  # a directory becomes a file
-                    os.replace(f.temp_name, f.final_name)
-                # A partial is closed once renamed, not before: its lock goes with its descriptor,
-                # and a successor must never take over (and write into) a file that becomes the
-                # final. (Without a successor there is none: a session ends the one before it.)
-                f.close()
-                if self.durable:
-                    dirs.add(os.path.dirname(f.final_name))
-            if self.durable:
-                for d in dirs:
-                    fsync_dir(d)
+            self._set_attributes(files)
+            if files:
+                visible_at = self._rename_all(files)
         except BaseException:
             _discard_keeping_partials(files)
             raise
+        return visible_at
+
+    def _set_attributes(self, files: list[IncomingFile]) -> None:
+        """Mode and mtime of each temp file; its fsync in safe durability (which covers them)."""
+        durable = self.durable
+        for f in files:
+            if f.temp_name.endswith(PARTIAL_SUFFIX):
+                _check_still_named(f)
+            os.fchmod(f.fd, permission_bits(f.mode))
+            os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
+            if durable:
+                os.fsync(f.fd)
+
+    def _rename_all(self, files: list[IncomingFile]) -> float:
+        """Rename each file into place (then fsync the directories in safe durability); return
+        the time just before the last rename."""
+        dirs: set[str] = set()
+        last, visible_at = files[-1], 0.0
+        for f in files:
+            partial = f.temp_name.endswith(PARTIAL_SUFFIX)
+            if partial:
+                _check_still_named(f)  # again: the fsyncs before may have taken a while
+            else:
+                f.close()  # before its name appears (an NFS client writes back on close)
+            if self.before_replace is not None:
+                self.before_replace(f.final)
+            if f is last:
+                visible_at = time.time()
+            _replace(f)
+            # A partial is closed once renamed, not before: its lock goes with its descriptor,
+            # and a successor must never take over (and write into) a file that becomes the
+            # final. (Without a successor there is none: a session ends the one before it.)
+            if partial:
+                f.close()
+            if self.durable:
+                dirs.add(os.path.dirname(f.final_name))
+        for d in dirs:
+            fsync_dir(d)
         return visible_at
 
     def discard(self, *, keep_partials: bool = True) -> None:
@@ -381,6 +431,22 @@ class CommitBatch:
         else:
             for f in files:
                 f.discard()
+
+
+def _replace(f: IncomingFile) -> None:
+    """Rename `f`'s temp file to its final name; a directory in the way is removed, but only
+    for a temp file still there."""
+    try:
+        os.replace(f.temp_name, f.final_name)
+    except (IsADirectoryError, OSError) as exc:
+        if not (
+            os.path.lexists(f.temp_name)
+            and os.path.isdir(f.final_name)
+            and not os.path.islink(f.final_name)
+        ):
+            raise exc
+        shutil.rmtree(f.final_name)  # a directory becomes a file
+        os.replace(f.temp_name, f.final_name)
 
 
 def _check_still_named(f: IncomingFile) -> None:

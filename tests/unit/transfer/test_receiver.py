@@ -248,6 +248,41 @@ def test_a_corrupt_small_file_is_refused_and_never_committed(
     assert temp_files(folder.root) == [] and folder.watermark("j1") == 0
 
 
+@pytest.mark.parametrize("bad", [{"hash": b"\0" * 16}, {"size": 3}, {"size": 20}])
+def test_a_corrupt_small_file_never_reaches_the_disk(
+    folder: TargetFolder, bad: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its bytes are checked in memory before anything is written: no temp file is even made."""
+    created: list[str] = []
+    real_open = os.open
+
+    def recording_open(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_CREAT:
+            created.append(os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording_open)
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+    replies = s.apply_batch([_small(1, "d/f", b"new content", **bad), Checkpoint(seq=1)])
+    assert len(replies) == 1 and isinstance(replies[0], Error) and replies[0].seq == 1
+    assert replies[0].code in (ErrorCode.HASH_MISMATCH, ErrorCode.BAD_MESSAGE)
+    assert created == [] and not (folder.root / "d" / "f").exists()
+
+
+def test_a_small_file_written_in_short_writes_is_whole(
+    folder: TargetFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write(2) may take fewer bytes than given: the rest is written, not lost."""
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data)[:1000]))
+    data = os.urandom(40_000)  # over one WRITE_PIECE_BYTES as well
+    s = ReceiverSession(folder, "j1", lambda *_: None)
+    replies = s.apply_batch([_small(1, "f", data), _small(2, "g", b"x" * 1500), Checkpoint(seq=2)])
+    assert replies == [Ack(mapping_id=1, watermark=2)]
+    assert (folder.root / "f").read_bytes() == data
+    assert (folder.root / "g").read_bytes() == b"x" * 1500
+
+
 def test_a_small_file_at_an_unsafe_path_is_refused(folder: TargetFolder) -> None:
     reports: list[CommitRecord] = []
     s = ReceiverSession(folder, "j1", lambda wm, recs: reports.extend(recs))
