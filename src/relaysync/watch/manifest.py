@@ -212,11 +212,20 @@ class Manifest:
                 last_nondir[e.path] = i
         rows = []
         stale: set[str] = set()
+        # parent -> the directories above its children that a non-directory of this call
+        # replaces (usually none): ancestors looked up once a parent, not once an entry. A
+        # parent's ancestors are stale even if all its entries are skipped: they go with the
+        # replaced directory (`_delete_below`), and a dropped cached hash is only computed again.
+        replaced_above: dict[str, list[str]] = {}
         for i, e in enumerate(batch):
-            above = ancestors(e.path)
-            if any(last_nondir.get(a, -1) > i for a in above):
-                continue  # a later file of this call replaces a directory above it
             parent, name = split_path(e.path)
+            replaced = replaced_above.get(parent)
+            if replaced is None:
+                above = [parent, *ancestors(parent)] if parent else [""]
+                stale.update(above)
+                replaced = replaced_above[parent] = [a for a in above if a in last_nondir]
+            if replaced and any(last_nondir[a] > i for a in replaced):
+                continue  # a later file of this call replaces a directory above it
             rows.append(
                 (
                     e.path,
@@ -231,7 +240,6 @@ class Manifest:
                     e.ino,
                 )
             )
-            stale.update(above)
         stale.update(last_nondir)
         with self._txn() as db:
             self._delete_below(db, *last_nondir)  # what was below a path that is now a file
@@ -421,14 +429,21 @@ class Manifest:
         return [r[0] for r in rows]
 
     def _store_hash(self, path: str) -> None:
+        # The records of `_child_record`, made from the columns without an Entry a row (the
+        # `name` column is the path's last component): a target spent 20 ms on 10,000 files.
         hasher = xxhash.xxh3_128()
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM entries WHERE parent = ? ORDER BY name", (path,)
+            "SELECT name, kind, hash, size, mode, mtime_ns, path FROM entries "
+            "WHERE parent = ? ORDER BY name",
+            (path,),
         ).fetchall()
-        for row in rows:
-            entry = _row_to_entry(row)
-            sub = (self._cached_hash(entry.path) or b"") if entry.kind == "d" else b""
-            hasher.update(_child_record(entry, sub))
+        for name, kind, hash_, size, mode, mtime_ns, child in rows:
+            if kind == "d":
+                hasher.update(_encode((name, "d", self._cached_hash(child) or b"")))
+            elif kind == "l":
+                hasher.update(_encode((name, "l", hash_)))
+            else:
+                hasher.update(_encode((name, "f", hash_, size, mode, mtime_ns)))
         self._db.execute("INSERT OR REPLACE INTO dirhash VALUES (?, ?)", (path, hasher.digest()))
 
     def dir_listing(self, dir_path: str, *, after: str = "", limit: int = -1) -> DirListing:

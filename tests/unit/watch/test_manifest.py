@@ -7,8 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import xxhash
 
-from relaysync.watch.manifest import SCHEMA_VERSION, Entry, Manifest
+from relaysync.watch.manifest import SCHEMA_VERSION, Entry, Manifest, _child_record
 
 
 def f(path: str, content: bytes = b"x", *, mtime_ns: int = 1, mode: int = 0o644) -> Entry:
@@ -123,6 +124,23 @@ def test_dir_hash_independent_of_insertion_order(tmp_path: Path) -> None:
         hashes.append(m.root_hash())
         m.close()
     assert len(set(hashes)) == 1 and len(hashes[0]) == 16
+
+
+def test_dir_hash_is_the_hash_of_its_child_records(manifest: Manifest) -> None:
+    """The hash a directory is compared by: its children's records (`_child_record`) in name
+    order, whatever way they are read from the store; a moved subtree keeps its names."""
+    manifest.put_many([*sample(), f("a/é~ü", b"4", mtime_ns=2**62, mode=0o600)])
+    manifest.rename_tree("a/b", "a/c")
+
+    def expected(path: str) -> bytes:
+        hasher = xxhash.xxh3_128()
+        for child in manifest.children(path):
+            sub = expected(child.path) if child.kind == "d" else b""
+            hasher.update(_child_record(child, sub))
+        return hasher.digest()
+
+    assert manifest.root_hash() == expected("")
+    assert manifest.dir_hash("a") == expected("a") and manifest.dir_hash("a/c") == expected("a/c")
 
 
 def test_dir_hash_invalidated_up_the_chain(manifest: Manifest) -> None:
