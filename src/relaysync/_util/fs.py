@@ -40,6 +40,10 @@ _RESOLVE = _openat2.RESOLVE_NO_SYMLINKS | _openat2.RESOLVE_NO_MAGICLINKS | _open
 _UNSUPPORTED = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG})
 _openat2_usable = _openat2.available()
 _ROOT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # followed: the operator's own link
+# openat2 does not add O_LARGEFILE as glibc's open does: without it a 32-bit kernel refuses a file
+# over 2 GiB with EOVERFLOW, which would read as "no plain file there" (0 on 64-bit).
+_LARGE = getattr(os, "O_LARGEFILE", 0)
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def open_regular_in(
@@ -110,7 +114,7 @@ def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) 
     except OSError:
         return None
     try:
-        return _openat2.openat2(root_fd, os.fsencode(relpath), _READ_FLAGS, _RESOLVE)
+        return _openat2.openat2(root_fd, os.fsencode(relpath), _READ_FLAGS | _LARGE, _RESOLVE)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             raise _OpenAt2Refused from exc
@@ -155,6 +159,33 @@ def _held_roots() -> dict[str, int]:
 def _held_fd(root: str | os.PathLike[str]) -> int | None:
     roots: dict[str, int] | None = getattr(_held, "roots", None)
     return roots.get(os.fspath(root)) if roots else None
+
+
+def open_dir_in(root: str | os.PathLike[str], reldir: str) -> int:
+    """A descriptor of the directory `reldir` below `root` ("" is root) to list, no component of
+    `reldir` followed if it is a symlink (`root` itself may be one): a scan reads nothing outside.
+
+    Raises:
+        OSError: gone, not a directory, or a directory on the way is not a real directory
+            (ENOENT, ENOTDIR, ELOOP, EXDEV, ...).
+    """
+    if not reldir:
+        return os.open(root, _LIST_FLAGS)
+    if _openat2_usable:
+        root_fd = os.open(root, _ROOT_FLAGS)
+        try:
+            return _openat2.openat2(root_fd, os.fsencode(reldir), _LIST_FLAGS, _RESOLVE)
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED:
+                raise
+        finally:
+            os.close(root_fd)
+    head, _, name = reldir.rpartition("/")
+    parent = _open_dir_in(root, head)
+    try:
+        return os.open(name, _LIST_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    finally:
+        os.close(parent)
 
 
 def rmdir_in(root: str | os.PathLike[str], relpath: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import xxhash
 
+from relaysync._util.fs import open_dir_in
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits, same_version
@@ -260,17 +261,15 @@ class TreeScan:
                 os.close(dir_fd)
 
     def _open_dir(self, dir_rel: str) -> int | None:
-        """A descriptor of the directory to list (the root may be the operator's link, a
-        directory below it is not followed); None if it is gone or is no directory any more."""
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        """A descriptor of the directory to list (the root may be the operator's link, no
+        directory below it is followed, wherever on the way it was swapped for a link); None if
+        it is gone or is no real directory any more. The root's own failure raises."""
         try:
-            if not dir_rel:
-                return os.open(self.root, flags)
-            return os.open(f"{self.root}/{dir_rel}", flags | os.O_NOFOLLOW)
+            return open_dir_in(self.root, dir_rel)
         except _GONE:
             pass
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
+            if not dir_rel or exc.errno not in (errno.ELOOP, errno.EXDEV):
                 raise
         logger.debug("directory vanished while scanning: %s", dir_rel)
         return None

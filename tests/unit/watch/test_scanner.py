@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from relaysync._util import fs
 from relaysync.constants import TEMP_PREFIX
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
@@ -159,6 +160,45 @@ def test_a_directory_swapped_for_a_link_after_its_listing_is_not_read_through(
     scan = TreeScan(tree, manifest, accept_all)
     assert scan.walk_dir("d") == []  # as the walk does after the parent's listing
     assert ops(scan.out) == [("delete", "d/f")]
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
+def test_a_directory_above_one_being_walked_swapped_for_a_link_is_not_read_through(
+    tree: Path,
+    tmp_path: Path,
+    manifest: Manifest,
+    accept_all: PathFilter,
+    monkeypatch: pytest.MonkeyPatch,
+    openat2: bool,
+) -> None:
+    """`a` was walked and listed `a/b`; then `a` becomes a link to a tree that has a `b` of its
+    own: walking `a/b` reads nothing through the link (not only its last component is checked)."""
+    if not openat2:
+        monkeypatch.setattr(fs, "_openat2_usable", False)
+    elif not fs._openat2_usable:
+        pytest.skip("openat2 is not usable here")
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("inside")
+    record(manifest, scan_tree(tree, manifest, accept_all))
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    (outside / "b" / "secret.txt").write_text("secret")
+    scan = TreeScan(tree, manifest, accept_all)
+    assert scan.walk_dir("a") == ["a/b"]
+    (tree / "a").rename(tmp_path / "moved-away")
+    (tree / "a").symlink_to(outside)
+    assert scan.walk_dir("a/b") == []
+    assert ops(scan.out) == [("delete", "a/b/f")]
+
+
+def test_a_root_that_is_a_link_loop_is_an_error_not_an_empty_folder(
+    tmp_path: Path, manifest: Manifest, accept_all: PathFilter
+) -> None:
+    """An empty listing would journal a delete of every file the manifest knows."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(OSError):
+        TreeScan(loop, manifest, accept_all).walk_dir("")
 
 
 def test_the_scan_reads_files_by_name_in_their_directory_and_follows_a_root_link(
