@@ -152,6 +152,8 @@ async def test_a_root_that_is_a_symlink_is_watched_through_it_and_lost_with_it(
         await wait_for(lambda: _rescans_of_root(seen) == 1)
         root.symlink_to(release)
         await wait_for(lambda: not watcher.root_lost)
+        # watched again before this rescan goes out (a write before it is the rescan's to find)
+        await wait_for(lambda: _rescans_of_root(seen) == 2)
         (root / "sub" / "b.txt").write_text("b")
         await wait_for(lambda: any(e.path == "sub/b.txt" for e in seen))
 
@@ -306,6 +308,7 @@ async def test_a_root_below_a_bind_mount_that_goes_is_lost_not_replaced(tmp_path
             (root / "below-the-mount.txt").write_text("not the folder")
             bind_mount(disk, data)
             await wait_for(lambda: not watcher.root_lost)
+            await wait_for(lambda: _rescans_of_root(seen) == 2)  # watched again before it
             (root / "new.txt").write_text("new")
             await wait_for(lambda: any(e.path == "new.txt" for e in seen))
         assert not any(e.path == "below-the-mount.txt" for e in seen)
