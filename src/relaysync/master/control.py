@@ -170,19 +170,25 @@ class ControlServer(ControlTrust):
         while True:
             await self._changed.wait()
             self._changed = anyio.Event()
-            for link in list(self.links.values()):
-                try:
-                    await self._push(link)
-                except (
-                    RelaySyncError,
-                    OSError,
-                    anyio.BrokenResourceError,
-                    anyio.ClosedResourceError,
-                    anyio.EndOfStream,
-                ) as exc:  # the agent went away mid-push: it gets a fresh one on reconnect
-                    logger.warning("push to %s failed: %s", link.name, exc)
-                except Exception:  # a bug must cost one push, not the master and every agent's link
-                    logger.exception("push to %s failed unexpectedly", link.name)
+            # To every agent at once: a new mapping starts when its source and its targets all
+            # have it, and one agent's assignment (a store query) or slow link delays no other.
+            async with anyio.create_task_group() as tg:
+                for link in list(self.links.values()):
+                    tg.start_soon(self._push_guarded, link)
+
+    async def _push_guarded(self, link: AgentLink) -> None:
+        try:
+            await self._push(link)
+        except (
+            RelaySyncError,
+            OSError,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            anyio.EndOfStream,
+        ) as exc:  # the agent went away mid-push: it gets a fresh one on reconnect
+            logger.warning("push to %s failed: %s", link.name, exc)
+        except Exception:  # a bug must cost one push, not the master and every agent's link
+            logger.exception("push to %s failed unexpectedly", link.name)
 
     async def _removal_loop(self) -> None:
         """Close the link of every server an operator removes, as the event bus tells it."""
