@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, Executable, Float, create_engine, event
+from sqlalchemy import Connection, Dialect, Engine, Float, UpdateBase, create_engine, event
 from sqlalchemy.exc import (
     DisconnectionError,
     InterfaceError,
@@ -26,7 +26,7 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000  # writers queue behind each other rather than f
 WRITE_OPTION = "relaysync_write"  # execution option marking a transaction that will write
 # id(statement) -> (the statement, kept so that its id stays its own; its SQLite text, or None
 # where the driver cannot take its rows as they are)
-_DRIVER_SQL: dict[int, tuple[Executable, str | None]] = {}
+_DRIVER_SQL: dict[int, tuple[UpdateBase, str | None]] = {}
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -69,7 +69,7 @@ def make_engine(url: str) -> Engine:
 
 
 def execute_rows(
-    session: Session, stmt: Executable, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    session: Session, stmt: UpdateBase, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
     """Execute `stmt` (a module-level constant: its text is cached) once per row, in the
     session's transaction; each row holds the values of `columns`, in that order.
@@ -89,7 +89,7 @@ def execute_rows(
         session.connection().exec_driver_sql(sql, list(rows))
 
 
-def _driver_sql(session: Session, stmt: Executable, columns: Sequence[str]) -> str | None:
+def _driver_sql(session: Session, stmt: UpdateBase, columns: Sequence[str]) -> str | None:
     dialect = session.get_bind().dialect
     if dialect.name != "sqlite":
         return None
