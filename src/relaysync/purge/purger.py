@@ -110,6 +110,8 @@ class Purger(PurgePlanner):
     def reload_sites(self) -> None:
         """Re-read the sites from the store (any thread; call after every change to sites)."""
         sites = {s.id: s for s in self.store.list_sites()}
+        if sites and not self._sites:  # the state loop reads no states while there is no site
+            self._states = self.store.server_states()  # fresh before a report meets the sites
         by_mapping: dict[int, list[SiteSpec]] = {}
         for site in sites.values():
             if site.mapping_id is not None:
@@ -293,7 +295,8 @@ class Purger(PurgePlanner):
         while True:
             await anyio.sleep(STATE_INTERVAL_S)
             try:
-                self._states = await anyio.to_thread.run_sync(self.store.server_states)
+                if self._sites:  # else nothing reads them (reload_sites reads them for the first)
+                    self._states = await anyio.to_thread.run_sync(self.store.server_states)
                 if time.monotonic() - last_reload > SITES_RELOAD_S:
                     last_reload = time.monotonic()
                     await anyio.to_thread.run_sync(self.reload_sites)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy.orm import Session
 
 from relaysync.errors import ConfigError
 from relaysync.master.store import Store
@@ -81,3 +83,25 @@ def test_transfer_override_reaches_the_assignment_and_survives_other_settings(
     assert spec.transfer_override == ""
     with pytest.raises(ConfigError, match="'rsync' is not one of auto, delta, whole"):
         store.modes.set_transfer(mapping_id, "rsync")
+
+
+def test_a_tick_with_nothing_due_writes_nothing(mapped: tuple[Store, int]) -> None:
+    """The scheduler asks twice a second: with nothing due it only reads. Before, each tick was a
+    write transaction (on SQLite BEGIN IMMEDIATE: the write lock, against the job log's writes)."""
+    store, mapping_id = mapped
+    info = store.modes.set_mode(mapping_id, "reserved", "every:60")
+    assert info.next_run_at is not None
+    writes = 0
+    write = store.modes._write
+
+    def counted(operation: str) -> AbstractContextManager[Session]:
+        nonlocal writes
+        writes += 1
+        return write(operation)
+
+    store.modes._write = counted
+    assert store.modes.run_due(info.next_run_at - 1) == []
+    assert writes == 0
+    assert store.modes.run_due(info.next_run_at) == [mapping_id]  # due: released, in a write
+    assert writes == 1
+    assert store.modes.get(mapping_id).release == 1

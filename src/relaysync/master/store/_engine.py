@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Dialect, Engine, Float, UpdateBase, create_engine, event
 from sqlalchemy.exc import (
     DisconnectionError,
     InterfaceError,
@@ -15,6 +15,8 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
 from relaysync.errors import ConfigError, StoreError
 
@@ -22,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000  # writers queue behind each other rather than fail at once
 WRITE_OPTION = "relaysync_write"  # execution option marking a transaction that will write
+# id(statement) -> (the statement, kept so that its id stays its own; its SQLite text, or None
+# where the driver cannot take its rows as they are)
+_DRIVER_SQL: dict[int, tuple[UpdateBase, str | None]] = {}
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -61,6 +66,52 @@ def make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         raise ConfigError(f"store URL {url!r}: {exc}") from exc
+
+
+def execute_rows(
+    session: Session, stmt: UpdateBase, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Execute `stmt` (a module-level constant: its text is cached) once per row, in the
+    session's transaction; each row holds the values of `columns`, in that order.
+
+    On SQLite the rows go to the driver's executemany as they are when the statement's
+    parameters are exactly `columns` and none of their types converts a value: SQLAlchemy's
+    work per row (a dict, its parameters built from the compiled statement) cost about as much
+    as SQLite's own inserts (10,000 change rows: 40 of 85 ms). Elsewhere, or for any other
+    statement, they go through SQLAlchemy as dicts. Errors are SQLAlchemy's either way.
+    """
+    if not rows:
+        return
+    sql = _driver_sql(session, stmt, columns)
+    if sql is None:
+        session.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
+    else:
+        session.connection().exec_driver_sql(sql, list(rows))
+
+
+def _driver_sql(session: Session, stmt: UpdateBase, columns: Sequence[str]) -> str | None:
+    dialect = session.get_bind().dialect
+    if dialect.name != "sqlite":
+        return None
+    cached = _DRIVER_SQL.get(id(stmt))
+    if cached is not None and cached[0] is stmt:
+        return cached[1]
+    compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+    names = list(compiled.positiontup or ())
+    plain = names == list(columns) and all(
+        _as_is(compiled.binds[name].type, dialect) for name in names
+    )
+    sql = str(compiled) if plain and dialect.paramstyle == "qmark" else None
+    _DRIVER_SQL[id(stmt)] = (stmt, sql)
+    return sql
+
+
+def _as_is(type_: TypeEngine[Any], dialect: Dialect) -> bool:
+    """Whether SQLite takes a value of this type from the driver as SQLAlchemy would pass it:
+    no conversion, or a Float's float(), which the column's REAL affinity does for an int."""
+    return type_.bind_processor(dialect) is None or (
+        isinstance(type_, Float) and not type_.asdecimal
+    )
 
 
 @contextmanager

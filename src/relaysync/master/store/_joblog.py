@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Insert, Table, and_, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from relaysync.master.store._engine import execute_rows
 from relaysync.master.store.models import Base, Mapping, Server
-from relaysync.protocol.messages import CommitReport
+from relaysync.protocol.messages import CommitRecord, CommitReport
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +46,38 @@ def _insert(session: Session, table: Table) -> Any:
     return sqlite.insert(table)
 
 
+ChangeKey = tuple[int, str, int]  # (mapping id, source node, seq)
+OutcomeKey = tuple[int, str, str, int, str]  # (mapping id, source, target, seq, path)
+CHANGE_COLUMNS = (
+    "mapping_id",
+    "source_node",
+    "seq",
+    "op",
+    "path",
+    "size",
+    "reported_at",
+    "changed_at",
+)
+# The change rows' insert, per dialect; a constant, so that execute_rows keeps its SQLite text.
+_CHANGES_INSERT = {
+    name: dml.insert(CHANGES).on_conflict_do_nothing(
+        index_elements=["mapping_id", "source_node", "seq"]
+    )
+    for name, dml in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+
+
 @dataclass
 class _Batch:
     """Everything a batch of reports will write, keyed so that repeats collapse."""
 
     now: float
-    changes: dict[tuple[int, str, int], dict[str, Any]] = field(default_factory=dict)
-    outcomes: dict[tuple[int, str, str, int, str], dict[str, Any] | None] = field(
-        default_factory=dict
-    )
+    # (mapping, source, target) with exceptions open before the batch: only their commits can
+    # resolve one, so only theirs are noted in `outcomes` (and those of keys failed in the batch)
+    open_triples: set[Triple] = field(default_factory=set)
+    changes: dict[ChangeKey, tuple[Any, ...]] = field(default_factory=dict)  # CHANGE_COLUMNS
+    spans: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # lowest, highest
+    outcomes: dict[OutcomeKey, dict[str, Any] | None] = field(default_factory=dict)  # None: ok
     catchup: dict[Triple, list[int]] = field(default_factory=dict)
     watermarks: dict[Triple, int] = field(default_factory=dict)
     advances: list[dict[str, Any]] = field(default_factory=list)
@@ -61,21 +85,22 @@ class _Batch:
 
 
 @dataclass
-class _Latency:
-    """Source-to-target latency of the files of one report: committed_at - changed_at, summed.
+class _Figures:
+    """What one report's committed files add to its watermark advance.
 
-    Records without a change time (catch-up work, agents that predate it) are left out. The two
-    times come from different clocks when source and target are different machines: a negative
-    difference (a target clock behind the source's) counts as 0.
+    Latency (committed_at - changed_at, summed) leaves out records without a change time
+    (catch-up work, agents that predate it). The two times come from different clocks when
+    source and target are different machines: a negative difference (a target clock behind the
+    source's) counts as 0.
     """
 
-    total_ms: float = 0.0
     files: int = 0
-
-    def add(self, changed_at: float, committed_at: float) -> None:
-        if changed_at > 0 and committed_at > 0:
-            self.total_ms += max(0.0, committed_at - changed_at) * 1000.0
-            self.files += 1
+    wire_bytes: int = 0
+    duration_ms: float = 0.0
+    latency_ms: float = 0.0
+    latency_files: int = 0
+    catchup_files: int = 0  # seq 0: work outside the journal, counted per target
+    catchup_bytes: int = 0
 
 
 def record(session: Session, reports: Sequence[CommitReport], now: float) -> None:
@@ -90,6 +115,7 @@ def record(session: Session, reports: Sequence[CommitReport], now: float) -> Non
     batch = _Batch(now=now)
     batch.watermarks = _current_watermarks(session, reports)
     batch.names = _target_names(session, reports)
+    batch.open_triples = _open_triples(session, {r.mapping_id for r in reports})
     for report in reports:
         _fold(batch, report)
     _write_changes(session, batch)
@@ -140,47 +166,81 @@ def _route(batch: _Batch, report: CommitReport) -> str:
 
 def _fold(batch: _Batch, report: CommitReport) -> None:
     triple = (report.mapping_id, report.source_node, report.target_node)
-    files = wire_bytes = 0
-    duration_ms = 0.0
-    latency = _Latency()
-    for rec in report.records:
-        outcome_key = (*triple, rec.seq, rec.path)  # hashed only where it is written
-        if rec.seq > 0:
-            batch.changes.setdefault(
-                (report.mapping_id, report.source_node, rec.seq),
-                {
-                    "mapping_id": report.mapping_id,
-                    "source_node": report.source_node,
-                    "seq": rec.seq,
-                    "op": rec.op,
-                    "path": rec.path,
-                    "size": rec.size,
-                    "reported_at": batch.now,
-                    "changed_at": rec.changed_at,
-                },
-            )
+    records = report.records
+    _fold_changes(batch, report)
+    figures = _figures(records)
+    if figures.files < len(records) or batch.outcomes or triple in batch.open_triples:
+        _fold_outcomes(batch, triple, records)
+    if figures.catchup_files:
+        counters = batch.catchup.setdefault(triple, [0, 0])
+        counters[0] += figures.catchup_files
+        counters[1] += figures.catchup_bytes
+    _fold_watermark(batch, triple, report.watermark, figures, _route(batch, report))
+
+
+def _figures(records: Sequence[CommitRecord]) -> _Figures:
+    """The figures of the committed records (one pass, in locals: it runs per record)."""
+    files = wire_bytes = latency_files = catchup_files = catchup_bytes = 0
+    duration_ms = latency_ms = 0.0
+    for rec in records:
         if not rec.ok:
-            _fold_failure(batch, outcome_key, rec.path, rec.error)
             continue
-        batch.outcomes[outcome_key] = None
         files += 1
         wire_bytes += rec.wire_bytes
         duration_ms += rec.duration_ms
-        latency.add(rec.changed_at, rec.committed_at)
+        changed_at, committed_at = rec.changed_at, rec.committed_at
+        if changed_at > 0 and committed_at > 0:
+            latency_files += 1
+            latency = (committed_at - changed_at) * 1000.0
+            if latency > 0:
+                latency_ms += latency
         if rec.seq == 0:
-            counters = batch.catchup.setdefault(triple, [0, 0])
-            counters[0] += 1
-            counters[1] += rec.wire_bytes
-    _fold_watermark(
-        batch,
-        triple,
-        report.watermark,
-        files,
-        wire_bytes,
-        duration_ms,
-        _route(batch, report),
-        latency,
+            catchup_files += 1
+            catchup_bytes += rec.wire_bytes
+    return _Figures(
+        files, wire_bytes, duration_ms, latency_ms, latency_files, catchup_files, catchup_bytes
     )
+
+
+def _fold_outcomes(batch: _Batch, triple: Triple, records: Sequence[CommitRecord]) -> None:
+    """Failures, and the commits that may resolve one: of a triple with exceptions open, or of
+    a key that failed earlier in the batch (the last outcome of a key is the one written)."""
+    outcomes, note_ok = batch.outcomes, triple in batch.open_triples
+    for rec in records:
+        key = (*triple, rec.seq, rec.path)  # hashed only where it is written
+        if not rec.ok:
+            _fold_failure(batch, key, rec.path, rec.error)
+        elif note_ok or key in outcomes:
+            outcomes[key] = None
+
+
+def _fold_changes(batch: _Batch, report: CommitReport) -> None:
+    """One change row per seq, as first reported; and the span of seqs the report covers."""
+    mapping_id, source, now = report.mapping_id, report.source_node, batch.now
+    changes = batch.changes
+    low, high = batch.spans.get((mapping_id, source), (0, 0))
+    for rec in report.records:
+        seq = rec.seq
+        if seq <= 0:
+            continue
+        key = (mapping_id, source, seq)
+        if key not in changes:
+            changes[key] = (
+                mapping_id,
+                source,
+                seq,
+                rec.op,
+                rec.path,
+                rec.size,
+                now,
+                rec.changed_at,
+            )
+        if seq < low or not low:
+            low = seq
+        if seq > high:
+            high = seq
+    if high:
+        batch.spans[(mapping_id, source)] = (low, high)
 
 
 def _fold_failure(
@@ -203,14 +263,7 @@ def _fold_failure(
 
 
 def _fold_watermark(
-    batch: _Batch,
-    triple: Triple,
-    watermark: int,
-    files: int,
-    wire_bytes: int,
-    duration_ms: float,
-    route: str,
-    latency: _Latency,
+    batch: _Batch, triple: Triple, watermark: int, figures: _Figures, route: str
 ) -> None:
     current = batch.watermarks.get(triple)
     if current is not None and watermark <= current:
@@ -225,12 +278,12 @@ def _fold_watermark(
                 "from_seq": current or 0,
                 "to_seq": watermark,
                 "at": batch.now,
-                "files": files,
-                "wire_bytes": wire_bytes,
-                "duration_ms": duration_ms,
+                "files": figures.files,
+                "wire_bytes": figures.wire_bytes,
+                "duration_ms": figures.duration_ms,
                 "route": route,
-                "latency_ms": latency.total_ms,
-                "latency_files": latency.files,
+                "latency_ms": figures.latency_ms,
+                "latency_files": figures.latency_files,
             }
         )
 
@@ -239,23 +292,15 @@ def _write_changes(session: Session, batch: _Batch) -> None:
     """Insert the change rows not yet known. Every target reports every change, so most are
     known already: one range query per (mapping, source) drops them, instead of thousands of
     inserts that each hit the conflict (16 targets x 10,000 changes: 4.0 s -> about 1 s)."""
-    new = _unknown_changes(session, batch.changes)
+    new = _unknown_changes(session, batch)
     if new:
-        stmt: Insert = _insert(session, CHANGES).on_conflict_do_nothing(
-            index_elements=["mapping_id", "source_node", "seq"]
-        )
-        session.execute(stmt, [batch.changes[k] for k in new])
+        stmt = _CHANGES_INSERT[session.get_bind().dialect.name]
+        execute_rows(session, stmt, CHANGE_COLUMNS, [batch.changes[k] for k in new])
 
 
-def _unknown_changes(
-    session: Session, changes: dict[tuple[int, str, int], dict[str, Any]]
-) -> list[tuple[int, str, int]]:
-    spans: dict[tuple[int, str], tuple[int, int]] = {}
-    for mapping_id, source, seq in changes:
-        low, high = spans.get((mapping_id, source), (seq, seq))
-        spans[(mapping_id, source)] = (min(low, seq), max(high, seq))
-    known: set[tuple[int, str, int]] = set()
-    for (mapping_id, source), (low, high) in spans.items():
+def _unknown_changes(session: Session, batch: _Batch) -> list[ChangeKey]:
+    known: set[ChangeKey] = set()
+    for (mapping_id, source), (low, high) in batch.spans.items():
         rows = session.execute(
             select(CHANGES.c.seq).where(
                 CHANGES.c.mapping_id == mapping_id,
@@ -265,7 +310,9 @@ def _unknown_changes(
             )
         )
         known.update((mapping_id, source, seq) for (seq,) in rows)
-    return sorted(k for k in changes if k not in known)
+    if not known:
+        return sorted(batch.changes)
+    return sorted(k for k in batch.changes if k not in known)
 
 
 def _write_watermarks(session: Session, batch: _Batch) -> None:
@@ -276,22 +323,29 @@ def _write_watermarks(session: Session, batch: _Batch) -> None:
     ]
     if not rows:
         return
-    stmt = _insert(session, WATERMARKS)
-    stmt = stmt.on_conflict_do_update(
+    session.execute(_WATERMARKS_UPSERT[session.get_bind().dialect.name], rows)
+    if advanced:
+        session.execute(ADVANCES.insert(), batch.advances)
+
+
+def _watermarks_upsert(stmt: Any) -> Any:
+    return stmt.on_conflict_do_update(
         index_elements=["mapping_id", "source_node", "target_node"],
         set_={"seq": stmt.excluded.seq, "updated_at": stmt.excluded.updated_at},
         where=WATERMARKS.c.seq
         < stmt.excluded.seq,  # never decreases, even under concurrent batches
     )
-    session.execute(stmt, rows)
-    if advanced:
-        session.execute(ADVANCES.insert(), batch.advances)
+
+
+_WATERMARKS_UPSERT = {
+    name: _watermarks_upsert(dml.insert(WATERMARKS))
+    for name, dml in (("sqlite", sqlite), ("postgresql", postgresql))
+}
 
 
 def _write_outcomes(session: Session, batch: _Batch) -> None:
-    failures = [
-        row for _, row in sorted(batch.outcomes.items(), key=lambda kv: kv[0]) if row is not None
-    ]
+    failed = [(key, row) for key, row in batch.outcomes.items() if row is not None]
+    failures = [row for _, row in sorted(failed, key=lambda kv: kv[0])]
     if failures:
         stmt = _insert(session, EXCEPTIONS)
         stmt = stmt.on_conflict_do_update(
@@ -309,7 +363,7 @@ def _write_outcomes(session: Session, batch: _Batch) -> None:
 
 def _resolve(session: Session, batch: _Batch) -> None:
     """Close the open exceptions of changes that have now committed on their target."""
-    open_triples = _open_triples(session, {k[0] for k in batch.outcomes})
+    open_triples = batch.open_triples  # as before the batch: see _Batch
     params = [
         {"m": k[0], "s": k[1], "t": k[2], "q": k[3], "p": path_key(k[4]), "now": batch.now}
         for k, row in batch.outcomes.items()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from croniter import croniter
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, select
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, bindparam, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from relaysync.errors import ConfigError
@@ -53,6 +53,17 @@ class MappingModeRow(Base):
     transfer_override: Mapped[str] = mapped_column(String(8), default="")  # 0008_policy_windows
     next_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+# The reserved mappings whose next run is due at :now (constants: built once, their compiled
+# form cached; the scheduler asks twice a second).
+_DUE = (
+    MappingModeRow.mode == "reserved",
+    MappingModeRow.next_run_at.is_not(None),
+    MappingModeRow.next_run_at <= bindparam("now"),
+)
+_ANY_DUE = select(MappingModeRow.mapping_id).where(*_DUE).limit(1)
+_ALL_DUE = select(MappingModeRow).where(*_DUE)
 
 
 @dataclass(frozen=True)
@@ -204,16 +215,14 @@ class ModeStore:
         However many runs were missed (the master was down), each due mapping runs once, and
         its next run is computed from now.
         """
+        # Checked first in a read transaction: the scheduler asks twice a second, and a write
+        # transaction (BEGIN IMMEDIATE on SQLite) each time contended with the job log's writes
+        # for nothing. The write transaction selects again: what it releases is what is due then.
+        with self._read("due schedules") as session:
+            if session.scalar(_ANY_DUE, {"now": now}) is None:
+                return []
         with self._write("run due schedules") as session:
-            due = list(
-                session.scalars(
-                    select(MappingModeRow).where(
-                        MappingModeRow.mode == "reserved",
-                        MappingModeRow.next_run_at.is_not(None),
-                        MappingModeRow.next_run_at <= now,
-                    )
-                )
-            )
+            due = list(session.scalars(_ALL_DUE, {"now": now}))
             for row in due:
                 row.release += 1
                 row.last_run_at = now
