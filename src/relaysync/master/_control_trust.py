@@ -35,6 +35,7 @@ class AgentLink:
     refused_figures: set[str] = field(default_factory=set)  # each is logged once per link
     acks: ReportAcks | None = None  # the agent keeps its reports until told they are taken
     reading: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by stop
+    push_due: anyio.Event = field(default_factory=anyio.Event)  # the config changed: push anew
 
 
 class ControlTrust:

@@ -77,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 REMOVED_WAIT_S = 60.0  # the removal watcher's long poll on the event bus
 MAX_REFUSED_FIGURES_LOGGED = 100  # per link: a hostile agent cannot grow the log or the set
+ASSIGNMENTS_AT_ONCE = 4  # agents' assignments computed at once after a change
 
 
 class ControlServer(ControlTrust):
@@ -106,6 +107,9 @@ class ControlServer(ControlTrust):
         self.links: dict[str, AgentLink] = {}
         self.refused: collections.Counter[str] = collections.Counter()  # dropped messages, by kind
         self._changed = anyio.Event()
+        # Assignments computed at once (a store query each, in a worker thread): a change to
+        # hundreds of agents must leave threads and store connections to the job log.
+        self._assigning = anyio.CapacityLimiter(ASSIGNMENTS_AT_ONCE)
         self._members = MappingMembers(store)  # whom a mapping's reports may come from
         self._stopping = False  # a graceful stop began: no new link, no more reading
         self._writer_stopped = anyio.Event()  # the job log took every report read
@@ -170,11 +174,19 @@ class ControlServer(ControlTrust):
         while True:
             await self._changed.wait()
             self._changed = anyio.Event()
-            # To every agent at once: a new mapping starts when its source and its targets all
-            # have it, and one agent's assignment (a store query) or slow link delays no other.
-            async with anyio.create_task_group() as tg:
-                for link in list(self.links.values()):
-                    tg.start_soon(self._push_guarded, link)
+            for link in list(self.links.values()):
+                link.push_due.set()
+
+    async def _pusher(self, link: AgentLink) -> None:
+        """Send the link its newest assignment each time the config changed, on its own task: a
+        new mapping starts when its source and targets all have it, and an agent's slow or
+        stalled link (or its store query) delays no other agent's, this change or later ones.
+        One push at a time per link, so its epochs go out in order; changes made meanwhile are
+        one push."""
+        while True:
+            await link.push_due.wait()
+            link.push_due = anyio.Event()
+            await self._push_guarded(link)
 
     async def _push_guarded(self, link: AgentLink) -> None:
         try:
@@ -231,7 +243,9 @@ class ControlServer(ControlTrust):
     async def _push(self, link: AgentLink) -> None:
         if self._stopping:  # links end one by one: no re-plan goes out meanwhile
             return
-        assignment = await anyio.to_thread.run_sync(self._assignment, link.node_id)
+        assignment = await anyio.to_thread.run_sync(
+            self._assignment, link.node_id, limiter=self._assigning
+        )
         if assignment.epoch == link.epoch_sent:
             return
         async with link.lock:
@@ -361,6 +375,7 @@ class ControlServer(ControlTrust):
         """Read the link's messages until it fails or a graceful stop (`stop`) ends the reading;
         then it ends once the agent was told how far its reports are taken."""
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._pusher, link)
             if link.acks is not None:
                 tg.start_soon(link.acks.serve, link.framed, link.lock)
             if self._stopping:  # the stop began while this link was admitted

@@ -1,6 +1,7 @@
-"""ControlServer: a change goes to every connected agent at once. Pushed one agent after the
-other, a new mapping's source waited for its targets' assignments to be computed and sent (and
-behind an agent whose link had stalled, every agent after it waited as long)."""
+"""ControlServer: a change goes to every connected agent on its own. Pushed one agent after the
+other, a new mapping's source waited for its targets' assignments to be computed and sent, and
+behind an agent whose link had stalled every agent after it waited as long; pushed in rounds,
+the next change waited for the stalled link's round to end."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ WAIT_S = 20.0
 
 
 class _Store:
+    def __init__(self) -> None:
+        self.epoch = 7
+
     def assignment_for(self, node_id: str, *args: Any, **kwargs: Any) -> Assignment:
-        return Assignment(epoch=7, mappings=(), peers=())
+        return Assignment(epoch=self.epoch, mappings=(), peers=())
 
 
 class _Framed:
@@ -34,38 +38,47 @@ class _Framed:
         self.sent.append(message)
 
 
-def _control() -> ControlServer:
+def _control(store: _Store) -> ControlServer:
     return ControlServer(
         host="127.0.0.1",
         port=0,
         ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
-        store=_Store(),  # type: ignore[arg-type]
+        store=store,  # type: ignore[arg-type]
         events=None,  # type: ignore[arg-type]
         joblog=None,  # type: ignore[arg-type]
     )
 
 
-def test_an_agent_whose_link_stalls_delays_no_other_agents_assignment() -> None:
-    stalled: list[_Framed] = []
-    other = _Framed()
+async def _until(condition: Any) -> None:
+    with anyio.fail_after(WAIT_S):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def test_an_agent_whose_link_stalls_delays_no_other_agents_assignments() -> None:
+    """This change and the next: the other agent gets both while the stalled link holds the
+    first; once it flows, the stalled agent gets the newest, the epochs in order."""
+    flowing = anyio.Event()
+    stalled, other = _Framed(flowing), _Framed()
+    store = _Store()
 
     async def main() -> None:
-        control = _control()
-        flowing = anyio.Event()
-        stalled.append(_Framed(flowing))
-        for name, framed in (("stalled", stalled[0]), ("other", other)):  # the stalled one first
-            control.links[name] = AgentLink(node_id=name, name=name, framed=framed)  # type: ignore[arg-type]
+        control = _control(store)
         async with anyio.create_task_group() as tg:
             tg.start_soon(control._push_loop)
+            for name, framed in (("stalled", stalled), ("other", other)):  # the stalled one first
+                link = AgentLink(node_id=name, name=name, framed=framed)  # type: ignore[arg-type]
+                control.links[name] = link
+                tg.start_soon(control._pusher, link)  # as each link's `_read_loop` starts it
             control.notify_change()
-            with anyio.fail_after(WAIT_S):
-                while not other.sent:
-                    await anyio.sleep(0.01)
-                assert not stalled[0].sent
-                flowing.set()
-                while not stalled[0].sent:
-                    await anyio.sleep(0.01)
+            await _until(lambda: [a.epoch for a in other.sent] == [7])
+            store.epoch = 8
+            control.notify_change()
+            await _until(lambda: [a.epoch for a in other.sent] == [7, 8])
+            assert not stalled.sent
+            flowing.set()
+            await _until(lambda: stalled.sent and stalled.sent[-1].epoch == 8)
             tg.cancel_scope.cancel()
 
     anyio.run(main)
-    assert [a.epoch for a in stalled[0].sent + other.sent] == [7, 7]
+    assert [a.epoch for a in stalled.sent] in ([7, 8], [8])
