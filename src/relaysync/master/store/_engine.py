@@ -26,7 +26,7 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000  # writers queue behind each other rather than f
 WRITE_OPTION = "relaysync_write"  # execution option marking a transaction that will write
 # id(statement) -> (the statement, kept so that its id stays its own; its SQLite text, or None
 # where the driver cannot take its rows as they are)
-_DRIVER_SQL: dict[int, tuple[UpdateBase, str | None]] = {}
+_DRIVER_SQL: dict[tuple[int, tuple[str, ...]], tuple[UpdateBase, str | None]] = {}
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -93,7 +93,8 @@ def _driver_sql(session: Session, stmt: UpdateBase, columns: Sequence[str]) -> s
     dialect = session.get_bind().dialect
     if dialect.name != "sqlite":
         return None
-    cached = _DRIVER_SQL.get(id(stmt))
+    key = (id(stmt), tuple(columns))  # the same statement given its columns in another order
+    cached = _DRIVER_SQL.get(key)
     if cached is not None and cached[0] is stmt:
         return cached[1]
     compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
@@ -102,7 +103,7 @@ def _driver_sql(session: Session, stmt: UpdateBase, columns: Sequence[str]) -> s
         _as_is(compiled.binds[name].type, dialect) for name in names
     )
     sql = str(compiled) if plain and dialect.paramstyle == "qmark" else None
-    _DRIVER_SQL[id(stmt)] = (stmt, sql)
+    _DRIVER_SQL[key] = (stmt, sql)
     return sql
 
 
