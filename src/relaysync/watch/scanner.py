@@ -46,7 +46,7 @@ def hash_file(path: Path | str, size: int = -1, *, dir_fd: int | None = None) ->
     if buf is None:  # one per thread, reused: a fresh 1 MiB per small file costs more than the read
         buf = _buffers.buf = bytearray(HASH_BUFFER_BYTES)
     view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    fd = _open_regular(path, dir_fd)
     try:
         filled = 0
         if 0 <= size < len(buf):
@@ -63,6 +63,31 @@ def hash_file(path: Path | str, size: int = -1, *, dir_fd: int | None = None) ->
         return hasher.digest()
     finally:
         os.close(fd)
+
+
+# Not followed, not waited on: a file swapped for a link, a FIFO or a device between its lstat and
+# its hash is read as gone (its own event follows), never through the link, never blocking the scan
+# on a FIFO without a writer, never reading a device such as /dev/zero without end.
+_HASH_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def _open_regular(path: Path | str, dir_fd: int | None) -> int:
+    """Open a file to hash; FileNotFoundError if it is no longer a regular file."""
+    try:
+        fd = os.open(path, _HASH_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink now
+            raise FileNotFoundError(errno.ENOENT, "no longer a regular file", str(path)) from exc
+        raise
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, "no longer a regular file", str(path))
+    return fd
 
 
 def hash_link(target: str) -> bytes:

@@ -13,7 +13,7 @@ from relaysync.constants import TEMP_PREFIX
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest
-from relaysync.watch.scanner import TreeScan, hash_file, make_entry, scan_tree
+from relaysync.watch.scanner import TreeScan, entry_from_stat, hash_file, make_entry, scan_tree
 
 
 def record(manifest: Manifest, changes: list[PendingChange]) -> None:
@@ -284,3 +284,23 @@ def test_a_date_past_2262_is_clamped_to_what_the_manifest_and_the_wire_hold(
     assert isinstance(message, FileStart)
     message.validate()
     assert message.mtime_ns == INT64_MAX
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "dir"])
+def test_a_file_swapped_between_its_stat_and_its_hash_reads_as_gone_without_blocking(
+    tmp_path: Path, kind: str
+) -> None:
+    """A FIFO opened to hash it blocked the scan until a writer came (a device such as /dev/zero
+    read without end); a symlink was followed. Now each is "gone": its own event follows."""
+    (tmp_path / "outside").write_text("secret")
+    path = tmp_path / "f"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link":
+        path.symlink_to(tmp_path / "outside")
+    else:
+        path.mkdir()
+    with pytest.raises(FileNotFoundError):
+        hash_file(path, 6)
+    st = os.lstat(tmp_path / "outside")  # the stat of a regular file, taken before the swap
+    assert entry_from_stat(tmp_path, "f", st) is None
