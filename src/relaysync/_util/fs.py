@@ -120,15 +120,13 @@ def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) 
     try:
         root_fd = held if held is not None else os.open(root, _ROOT_FLAGS)
     except OSError as exc:
-        _raise_if_cannot_open(exc)
-        return None
+        return _not_there(exc)
     try:
         return _openat2.openat2(root_fd, os.fsencode(relpath), _READ_FLAGS | _LARGE, _RESOLVE)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             raise _OpenAt2Refused from exc
-        _raise_if_cannot_open(exc)
-        return None  # ELOOP (a symlink), EXDEV (out of root), ENOENT, ENOTDIR...
+        return _not_there(exc)  # ELOOP (a symlink), EXDEV (out of root), ENOENT, ENOTDIR...
     finally:
         if held is None:
             os.close(root_fd)
@@ -144,13 +142,11 @@ def _walk_and_open(
     try:
         parent = _open_dir_in(root, head, root_fd=held)
     except OSError as exc:
-        _raise_if_cannot_open(exc)
-        return None
+        return _not_there(exc)
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=parent)
     except OSError as exc:
-        _raise_if_cannot_open(exc)
-        return None
+        return _not_there(exc)
     finally:
         os.close(parent)
     if openat2_refused:
@@ -158,11 +154,12 @@ def _walk_and_open(
     return _if_regular(fd)
 
 
-def _raise_if_cannot_open(exc: OSError) -> None:
-    """Raise `exc` if the process could not open anything (`_CANNOT_OPEN`); else the open found
-    no plain file there (gone, a link, out of the root, no access) and the caller returns None."""
+def _not_there(exc: OSError) -> None:
+    """None for an open that found no plain file (gone, a link, out of the root, no access);
+    `exc` itself if the process could not open anything (`_CANNOT_OPEN`)."""
     if exc.errno in _CANNOT_OPEN:
         raise exc
+    return None
 
 
 _held = threading.local()
