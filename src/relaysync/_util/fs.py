@@ -38,10 +38,6 @@ _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _RESOLVE = _openat2.RESOLVE_NO_SYMLINKS | _openat2.RESOLVE_NO_MAGICLINKS | _openat2.RESOLVE_BENEATH
 # The kernel (or a seccomp filter) does not offer openat2 as asked: walk instead.
 _UNSUPPORTED = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG})
-# The process cannot open anything now (no descriptor left, no memory) or the disk failed: not a
-# sign that no plain file is there. Raised, so that the send fails and is retried; read as "gone"
-# it would be skipped, and nothing but the next periodic comparison would send it.
-_CANNOT_OPEN = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO})
 _openat2_usable = _openat2.available()
 _ROOT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # followed: the operator's own link
 # openat2 does not add O_LARGEFILE as glibc's open does: without it a 32-bit kernel refuses a file
@@ -64,10 +60,6 @@ def open_regular_in(
     Returns:
         (fd, its fstat), the caller closes fd; None if the file is gone, is not a regular file,
         or a directory on its way is not a real directory.
-
-    Raises:
-        OSError: the process cannot open a file now (EMFILE, ENFILE, ENOMEM) or the disk failed
-            (EIO): the caller's send fails and is retried rather than skipping the file.
     """
     held = _held_fd(root)
     refused = False
@@ -119,14 +111,14 @@ def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) 
     """
     try:
         root_fd = held if held is not None else os.open(root, _ROOT_FLAGS)
-    except OSError as exc:
-        return _not_there(exc)
+    except OSError:
+        return None
     try:
         return _openat2.openat2(root_fd, os.fsencode(relpath), _READ_FLAGS | _LARGE, _RESOLVE)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             raise _OpenAt2Refused from exc
-        return _not_there(exc)  # ELOOP (a symlink), EXDEV (out of root), ENOENT, ENOTDIR...
+        return None  # ELOOP (a symlink), EXDEV (out of root), ENOENT, ENOTDIR...
     finally:
         if held is None:
             os.close(root_fd)
@@ -141,25 +133,17 @@ def _walk_and_open(
     head, _, name = relpath.rpartition("/")
     try:
         parent = _open_dir_in(root, head, root_fd=held)
-    except OSError as exc:
-        return _not_there(exc)
+    except OSError:
+        return None
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=parent)
-    except OSError as exc:
-        return _not_there(exc)
+    except OSError:
+        return None
     finally:
         os.close(parent)
     if openat2_refused:
         _openat2_usable = False
     return _if_regular(fd)
-
-
-def _not_there(exc: OSError) -> None:
-    """None for an open that found no plain file (gone, a link, out of the root, no access);
-    `exc` itself if the process could not open anything (`_CANNOT_OPEN`)."""
-    if exc.errno in _CANNOT_OPEN:
-        raise exc
-    return None
 
 
 _held = threading.local()

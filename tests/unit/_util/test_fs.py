@@ -170,24 +170,3 @@ def test_an_empty_directory_is_removed_below_the_root_never_through_a_link(tree:
     with pytest.raises(OSError):
         rmdir_in(tree, "link")  # the link itself is no directory to remove
     assert (tree / "link").is_symlink()
-
-
-@pytest.mark.parametrize("err", [errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO])
-def test_a_process_that_cannot_open_anything_raises_rather_than_reading_the_file_as_gone(
-    tree: Path, way: str, monkeypatch: pytest.MonkeyPatch, err: int
-) -> None:
-    """Read as "gone", the file's record was skipped and nothing but the next periodic comparison
-    sent it; raised, the link's session fails and is retried."""
-
-    def cannot(*args: object, **kwargs: object) -> int:
-        raise OSError(err, os.strerror(err))
-
-    if way == "openat2":
-        monkeypatch.setattr(_openat2, "openat2", cannot)
-    else:
-        monkeypatch.setattr(fs, "_open_dir_in", cannot)
-    with pytest.raises(OSError) as raised:
-        open_regular_in(tree, "a/f")
-    assert raised.value.errno == err
-    monkeypatch.undo()
-    assert _read(open_regular_in(tree, "a/f")) == b"inside"
