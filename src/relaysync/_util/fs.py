@@ -114,7 +114,11 @@ def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) 
     except OSError:
         return None
     try:
-        return _openat2.openat2(root_fd, os.fsencode(relpath), _READ_FLAGS | _LARGE, _RESOLVE)
+        try:
+            return _openat2.openat2(root_fd, os.fsencode(relpath), _READ_FLAGS | _LARGE, _RESOLVE)
+        except BlockingIOError:  # a lease: wait for its break, as a plain open does
+            flags = (_READ_FLAGS | _LARGE) & ~os.O_NONBLOCK
+            return _openat2.openat2(root_fd, os.fsencode(relpath), flags, _RESOLVE)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             raise _OpenAt2Refused from exc
@@ -136,7 +140,7 @@ def _walk_and_open(
     except OSError:
         return None
     try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=parent)
+        fd = _open_leased(name, parent)
     except OSError:
         return None
     finally:
@@ -144,6 +148,16 @@ def _walk_and_open(
     if openat2_refused:
         _openat2_usable = False
     return _if_regular(fd)
+
+
+def _open_leased(name: str, parent: int) -> int:
+    """os.open of `name` in `parent` with _READ_FLAGS; a lease (Samba's oplocks) refuses a
+    non-blocking open with EAGAIN, where a plain one waits for its break: so does this (a FIFO
+    never refuses so)."""
+    try:
+        return os.open(name, _READ_FLAGS, dir_fd=parent)
+    except BlockingIOError:
+        return os.open(name, _READ_FLAGS & ~os.O_NONBLOCK, dir_fd=parent)
 
 
 _held = threading.local()
@@ -171,6 +185,8 @@ def open_dir_in(root: str | os.PathLike[str], reldir: str) -> int:
     """
     if not reldir:
         return os.open(root, _LIST_FLAGS)
+    global _openat2_usable
+    refused = False
     if _openat2_usable:
         root_fd = os.open(root, _ROOT_FLAGS)
         try:
@@ -178,14 +194,18 @@ def open_dir_in(root: str | os.PathLike[str], reldir: str) -> int:
         except OSError as exc:
             if exc.errno not in _UNSUPPORTED:
                 raise
+            refused = True
         finally:
             os.close(root_fd)
     head, _, name = reldir.rpartition("/")
     parent = _open_dir_in(root, head)
     try:
-        return os.open(name, _LIST_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+        fd = os.open(name, _LIST_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
     finally:
         os.close(parent)
+    if refused:  # the walk opened what openat2 refused: refused as such here, not tried again
+        _openat2_usable = False
+    return fd
 
 
 def rmdir_in(root: str | os.PathLike[str], relpath: str) -> None:

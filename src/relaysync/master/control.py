@@ -249,6 +249,8 @@ class ControlServer(ControlTrust):
         if assignment.epoch == link.epoch_sent:
             return
         async with link.lock:
+            if self._stopping:  # began while it waited for a slot or computed the assignment
+                return
             await link.framed.send(assignment)
         link.epoch_sent = assignment.epoch
 

@@ -75,8 +75,10 @@ def _open_regular(path: Path | str, dir_fd: int | None) -> int:
     """Open a file to hash; FileNotFoundError if it is no longer a regular file."""
     try:
         fd = os.open(path, _HASH_FLAGS, dir_fd=dir_fd)
+    except BlockingIOError:  # a lease (Samba's oplocks): wait for its break, as a plain open does
+        fd = os.open(path, _HASH_FLAGS & ~os.O_NONBLOCK, dir_fd=dir_fd)  # (a FIFO never says so)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symlink now
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink, a socket now
             raise FileNotFoundError(errno.ENOENT, "no longer a regular file", str(path)) from exc
         raise
     try:
@@ -288,7 +290,8 @@ class TreeScan:
     def _open_dir(self, dir_rel: str) -> int | None:
         """A descriptor of the directory to list (the root may be the operator's link, no
         directory below it is followed, wherever on the way it was swapped for a link); None if
-        it is gone or is no real directory any more. The root's own failure raises."""
+        it is gone or is no real directory any more (the root gone too: the mass-delete guard holds
+        what that rescan finds). A root that is a link loop, or any other failure, raises."""
         try:
             return open_dir_in(self.root, dir_rel)
         except _GONE:

@@ -170,3 +170,29 @@ def test_an_empty_directory_is_removed_below_the_root_never_through_a_link(tree:
     with pytest.raises(OSError):
         rmdir_in(tree, "link")  # the link itself is no directory to remove
     assert (tree / "link").is_symlink()
+
+
+def test_a_leased_file_is_opened_once_the_open_may_wait(
+    tree: Path, way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease (Samba's oplocks) refuses a non-blocking open with EAGAIN: read as "gone", the
+    file's write was skipped; the open now waits for the lease's break as a plain one does."""
+    if way == "openat2":
+        real = _openat2.openat2
+
+        def leased2(dir_fd: int, path: bytes, flags: int, resolve: int) -> int:
+            if flags & os.O_NONBLOCK:
+                raise BlockingIOError(errno.EAGAIN, "leased")
+            return real(dir_fd, path, flags, resolve)
+
+        monkeypatch.setattr(_openat2, "openat2", leased2)
+    else:
+        real_open = os.open
+
+        def leased(p: object, flags: int, *args: object, **kwargs: object) -> int:
+            if flags & os.O_NONBLOCK and not flags & os.O_PATH:
+                raise BlockingIOError(errno.EAGAIN, "leased")
+            return real_open(p, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "open", leased)
+    assert _read(open_regular_in(tree, "a/f")) == b"inside"

@@ -82,3 +82,24 @@ def test_an_agent_whose_link_stalls_delays_no_other_agents_assignments() -> None
 
     anyio.run(main)
     assert [a.epoch for a in stalled.sent] in ([7, 8], [8])
+
+
+def test_no_assignment_goes_out_once_a_graceful_stop_began_meanwhile() -> None:
+    """A stop that begins while a push computes its assignment (or waits for a slot to): links
+    end one by one, and a re-plan sent meanwhile would route around agents that only restart."""
+    store = _Store()
+    framed = _Framed()
+
+    async def main() -> None:
+        control = _control(store)
+        link = AgentLink(node_id="a", name="a", framed=framed)  # type: ignore[arg-type]
+
+        def assignment_then_stop(node_id: str, *args: Any, **kwargs: Any) -> Assignment:
+            control._stopping = True
+            return Assignment(epoch=9, mappings=(), peers=())
+
+        store.assignment_for = assignment_then_stop  # type: ignore[method-assign]
+        await control._push(link)
+
+    anyio.run(main)
+    assert framed.sent == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -286,7 +288,7 @@ def test_a_date_past_2262_is_clamped_to_what_the_manifest_and_the_wire_hold(
     assert message.mtime_ns == INT64_MAX
 
 
-@pytest.mark.parametrize("kind", ["fifo", "link", "dir"])
+@pytest.mark.parametrize("kind", ["fifo", "link", "dir", "socket"])
 def test_a_file_swapped_between_its_stat_and_its_hash_reads_as_gone_without_blocking(
     tmp_path: Path, kind: str
 ) -> None:
@@ -298,9 +300,31 @@ def test_a_file_swapped_between_its_stat_and_its_hash_reads_as_gone_without_bloc
         os.mkfifo(path)
     elif kind == "link":
         path.symlink_to(tmp_path / "outside")
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
     else:
         path.mkdir()
     with pytest.raises(FileNotFoundError):
         hash_file(path, 6)
     st = os.lstat(tmp_path / "outside")  # the stat of a regular file, taken before the swap
     assert entry_from_stat(tmp_path, "f", st) is None
+
+
+def test_a_file_under_a_lease_is_hashed_once_the_open_may_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease (Samba's oplocks) makes a non-blocking open fail with EAGAIN: that is no reason to
+    fail the scan; the open waits for the lease's break as a plain one does."""
+    path = tmp_path / "f"
+    path.write_bytes(b"leased")
+    real_open = os.open
+
+    def leased(p: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_NONBLOCK:
+            raise BlockingIOError(errno.EAGAIN, "leased")
+        return real_open(p, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", leased)
+    assert hash_file(path, 6) == xxhash.xxh3_128_digest(b"leased")
