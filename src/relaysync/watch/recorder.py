@@ -26,7 +26,14 @@ from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, ancestors, same_version
-from relaysync.watch.scanner import changes_for, entry_from_stat, make_entry, scan
+from relaysync.watch.scanner import (
+    changes_for,
+    entry_dir,
+    entry_from_stat,
+    lstat_in,
+    make_entry,
+    scan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,17 +123,19 @@ class ChangeRecorder:
         unless `follow_links` is False; they are restatted with `linked_to`, the stat of the
         name written, whose content hash `digest` they share while they are that file."""
         old = batch.get(path)  # first: raises _Stale before anything is added
-        try:
-            st = os.lstat(self._root / path)
-        except _GONE:
-            return
-        same_file = linked_to is not None and (
-            st.st_dev,
-            st.st_ino,
-            st.st_size,
-            st.st_mtime_ns,
-        ) == (linked_to.st_dev, linked_to.st_ino, linked_to.st_size, linked_to.st_mtime_ns)
-        entry = entry_from_stat(self._root, path, st, hash_=digest if same_file else None)
+        with entry_dir(self._root, path) as dir_fd:
+            st = lstat_in(self._root, path, dir_fd)
+            if st is None:
+                return
+            same_file = linked_to is not None and (
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+            ) == (linked_to.st_dev, linked_to.st_ino, linked_to.st_size, linked_to.st_mtime_ns)
+            entry = entry_from_stat(
+                self._root, path, st, hash_=digest if same_file else None, dir_fd=dir_fd
+            )
         if entry is None or not self._filter.accepts(path, is_dir=entry.kind == "d"):
             return
         others = []

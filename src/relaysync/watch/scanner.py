@@ -12,6 +12,8 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import xxhash
@@ -151,11 +153,47 @@ def entry_from_stat(
 
 def make_entry(root: Path, relpath: str) -> Entry | None:
     """Return the current Entry of `relpath` under `root` (lstat + hash), or None if it is gone."""
+    with entry_dir(root, relpath) as dir_fd:
+        st = lstat_in(root, relpath, dir_fd)
+        return None if st is None else entry_from_stat(root, relpath, st, dir_fd=dir_fd)
+
+
+@contextmanager
+def entry_dir(root: Path, relpath: str) -> Iterator[int | None]:
+    """The open directory that holds `relpath` below `root`, none of its components followed
+    (`open_dir_in`): an event's path whose directory was swapped for a link is read there, or
+    as gone, never through the link. None for the root itself (read by its path, which may be
+    the operator's link) and for a directory that is gone or no real directory any more."""
+    head, _, name = relpath.rpartition("/")
+    if not name:
+        yield None
+        return
     try:
-        st = os.lstat(root / relpath)
+        dir_fd: int | None = open_dir_in(root, head)
+    except _GONE:
+        dir_fd = -1
+    except OSError as exc:
+        if not head or exc.errno not in (errno.ELOOP, errno.EXDEV):
+            raise
+        dir_fd = -1
+    try:
+        yield dir_fd
+    finally:
+        if dir_fd is not None and dir_fd >= 0:
+            os.close(dir_fd)
+
+
+def lstat_in(root: Path, relpath: str, dir_fd: int | None) -> os.stat_result | None:
+    """lstat of `relpath` in `dir_fd` as `entry_dir` gave it (-1: its directory is gone), or of
+    root/relpath without one; None if it is gone."""
+    try:
+        if dir_fd is None:
+            return os.lstat(root / relpath)
+        if dir_fd < 0:
+            return None
+        return os.stat(relpath.rpartition("/")[2], dir_fd=dir_fd, follow_symlinks=False)
     except _GONE:
         return None
-    return entry_from_stat(root, relpath, st)
 
 
 def same_stat(old: Entry, kind: str, st: os.stat_result) -> bool:
@@ -338,15 +376,16 @@ def scan(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir: str
     if not path_filter.utf8_path(subdir):
         return result  # never in the manifest, and SQLite cannot even look it up
     old = manifest.get(subdir)
-    try:
-        st = os.lstat(root / subdir)
-    except _GONE:
-        st = None
-    accepted = st is not None and path_filter.accepts(subdir, is_dir=stat.S_ISDIR(st.st_mode))
-    if st is None or not accepted:
-        if old is not None:
-            result.out.append(PendingChange(op="delete", path=subdir, base_hash=old.hash))
-        return result
-    if result.visit(subdir, st, old):
+    with entry_dir(root, subdir) as dir_fd:
+        st = lstat_in(root, subdir, dir_fd)
+        accepted = st is not None and path_filter.accepts(subdir, is_dir=stat.S_ISDIR(st.st_mode))
+        if st is None or not accepted:
+            if old is not None:
+                result.out.append(PendingChange(op="delete", path=subdir, base_hash=old.hash))
+            return result
+        is_dir = result.visit(
+            subdir, st, old, dir_fd if dir_fd is not None and dir_fd >= 0 else None
+        )
+    if is_dir:
         result.walk(subdir)
     return result

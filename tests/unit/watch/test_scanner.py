@@ -12,9 +12,11 @@ import xxhash
 
 from relaysync._util import fs
 from relaysync.constants import TEMP_PREFIX
+from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest
+from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.scanner import TreeScan, entry_from_stat, hash_file, make_entry, scan_tree
 
 
@@ -328,3 +330,30 @@ def test_a_file_under_a_lease_is_hashed_once_the_open_may_wait(
 
     monkeypatch.setattr(os, "open", leased)
     assert hash_file(path, 6) == xxhash.xxh3_128_digest(b"leased")
+
+
+@pytest.mark.parametrize("via", ["write event", "subtree scan", "make_entry"])
+def test_an_event_below_a_directory_swapped_for_a_link_is_not_read_through(
+    tree: Path, tmp_path: Path, manifest: Manifest, accept_all: PathFilter, via: str
+) -> None:
+    """An event names a/b/f; meanwhile `a` became a link to a tree that has b/f of its own: the
+    outside file was lstat'ed and hashed (its size and hash journaled); now it reads as gone."""
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("inside")
+    record(manifest, scan_tree(tree, manifest, accept_all))
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    (outside / "b" / "f").write_text("outside secret")
+    (tree / "a").rename(tmp_path / "moved-away")
+    (tree / "a").symlink_to(outside)
+    if via == "write event":
+        changes = ChangeRecorder(tree, manifest, accept_all).detect(
+            [FsEvent(kind="write", path="a/b/f")]
+        )
+        found = [(c.op, c.path, c.entry.size if c.entry else None) for c in changes.changes]
+        assert ("write", "a/b/f", 14) not in found
+    elif via == "subtree scan":
+        assert ops(scan_tree(tree, manifest, accept_all, subdir="a/b/f")) == [("delete", "a/b/f")]
+    else:
+        assert make_entry(tree, "a/b/f") is None
+        assert make_entry(tree, "a") is not None  # the link itself, below the root: read
