@@ -115,7 +115,10 @@ class SourceMapping(MassDeleteGuard):
         """
         if release <= self.release:
             return False
-        self.release, self.send_upto = release, self.applied_seq
+        # Everything journaled when the operator sent: a change between its journaling and its
+        # apply (`_record`) goes with this release, not the next; `send_limit` still waits for
+        # the apply before it sends it.
+        self.release, self.send_upto = release, self.journal.last_seq
         tmp = self._release_path.with_suffix(".tmp")
         tmp.write_text(
             json.dumps(
