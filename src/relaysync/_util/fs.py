@@ -140,7 +140,7 @@ def _walk_and_open(
     except OSError:
         return None
     try:
-        fd = _open_leased(name, parent)
+        fd = open_for_read(name, dir_fd=parent)
     except OSError:
         return None
     finally:
@@ -150,14 +150,16 @@ def _walk_and_open(
     return _if_regular(fd)
 
 
-def _open_leased(name: str, parent: int) -> int:
-    """os.open of `name` in `parent` with _READ_FLAGS; a lease (Samba's oplocks) refuses a
-    non-blocking open with EAGAIN, where a plain one waits for its break: so does this (a FIFO
-    never refuses so)."""
+def open_for_read(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """os.open of `path` (relative to `dir_fd` if given) with _READ_FLAGS: not followed if it
+    is a symlink (ELOOP), not waiting for a FIFO's writer. A lease (Samba's oplocks) refuses a
+    non-blocking open with EAGAIN where a plain one waits for its break: so does this (a FIFO
+    never refuses so).
+    """
     try:
-        return os.open(name, _READ_FLAGS, dir_fd=parent)
+        return os.open(path, _READ_FLAGS, dir_fd=dir_fd)
     except BlockingIOError:
-        return os.open(name, _READ_FLAGS & ~os.O_NONBLOCK, dir_fd=parent)
+        return os.open(path, _READ_FLAGS & ~os.O_NONBLOCK, dir_fd=dir_fd)
 
 
 _held = threading.local()

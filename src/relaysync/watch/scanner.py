@@ -18,7 +18,7 @@ from pathlib import Path
 
 import xxhash
 
-from relaysync._util.fs import open_dir_in
+from relaysync._util.fs import open_dir_in, open_for_read
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits, same_version
@@ -67,18 +67,16 @@ def hash_file(path: Path | str, size: int = -1, *, dir_fd: int | None = None) ->
         os.close(fd)
 
 
-# Not followed, not waited on: a file swapped for a link, a FIFO or a device between its lstat and
-# its hash is read as gone (its own event follows), never through the link, never blocking the scan
-# on a FIFO without a writer, never reading a device such as /dev/zero without end.
-_HASH_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-
-
 def _open_regular(path: Path | str, dir_fd: int | None) -> int:
-    """Open a file to hash; FileNotFoundError if it is no longer a regular file."""
+    """Open a file to hash; FileNotFoundError if it is no longer a regular file.
+
+    Not followed, not waited on (`open_for_read`): a file swapped for a link, a FIFO, a socket or
+    a device between its lstat and its hash is read as gone (its own event follows), never
+    through the link, never blocking the scan on a FIFO without a writer, never reading a device
+    such as /dev/zero without end.
+    """
     try:
-        fd = os.open(path, _HASH_FLAGS, dir_fd=dir_fd)
-    except BlockingIOError:  # a lease (Samba's oplocks): wait for its break, as a plain open does
-        fd = os.open(path, _HASH_FLAGS & ~os.O_NONBLOCK, dir_fd=dir_fd)  # (a FIFO never says so)
+        fd = open_for_read(path, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink, a socket now
             raise FileNotFoundError(errno.ENOENT, "no longer a regular file", str(path)) from exc

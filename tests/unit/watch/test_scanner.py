@@ -166,6 +166,22 @@ def test_a_directory_swapped_for_a_link_after_its_listing_is_not_read_through(
     assert ops(scan.out) == [("delete", "d/f")]
 
 
+def _recorded_a_b_f_and_outside(
+    tree: Path, tmp_path: Path, manifest: Manifest, accept_all: PathFilter, outside_name: str
+) -> None:
+    """a/b/f in the folder, recorded; outside it, a tree with a file b/<outside_name> of 14 bytes."""
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("inside")
+    record(manifest, scan_tree(tree, manifest, accept_all))
+    (tmp_path / "outside" / "b").mkdir(parents=True)
+    (tmp_path / "outside" / "b" / outside_name).write_text("outside secret")
+
+
+def _swap_a_for_outside(tree: Path, tmp_path: Path) -> None:
+    (tree / "a").rename(tmp_path / "moved-away")
+    (tree / "a").symlink_to(tmp_path / "outside")
+
+
 @pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
 def test_a_directory_above_one_being_walked_swapped_for_a_link_is_not_read_through(
     tree: Path,
@@ -181,16 +197,10 @@ def test_a_directory_above_one_being_walked_swapped_for_a_link_is_not_read_throu
         monkeypatch.setattr(fs, "_openat2_usable", False)
     elif not fs._openat2_usable:
         pytest.skip("openat2 is not usable here")
-    (tree / "a" / "b").mkdir(parents=True)
-    (tree / "a" / "b" / "f").write_text("inside")
-    record(manifest, scan_tree(tree, manifest, accept_all))
-    outside = tmp_path / "outside"
-    (outside / "b").mkdir(parents=True)
-    (outside / "b" / "secret.txt").write_text("secret")
+    _recorded_a_b_f_and_outside(tree, tmp_path, manifest, accept_all, "secret.txt")
     scan = TreeScan(tree, manifest, accept_all)
     assert scan.walk_dir("a") == ["a/b"]
-    (tree / "a").rename(tmp_path / "moved-away")
-    (tree / "a").symlink_to(outside)
+    _swap_a_for_outside(tree, tmp_path)
     assert scan.walk_dir("a/b") == []
     assert ops(scan.out) == [("delete", "a/b/f")]
 
@@ -338,14 +348,8 @@ def test_an_event_below_a_directory_swapped_for_a_link_is_not_read_through(
 ) -> None:
     """An event names a/b/f; meanwhile `a` became a link to a tree that has b/f of its own: the
     outside file was lstat'ed and hashed (its size and hash journaled); now it reads as gone."""
-    (tree / "a" / "b").mkdir(parents=True)
-    (tree / "a" / "b" / "f").write_text("inside")
-    record(manifest, scan_tree(tree, manifest, accept_all))
-    outside = tmp_path / "outside"
-    (outside / "b").mkdir(parents=True)
-    (outside / "b" / "f").write_text("outside secret")
-    (tree / "a").rename(tmp_path / "moved-away")
-    (tree / "a").symlink_to(outside)
+    _recorded_a_b_f_and_outside(tree, tmp_path, manifest, accept_all, "f")
+    _swap_a_for_outside(tree, tmp_path)
     if via == "write event":
         changes = ChangeRecorder(tree, manifest, accept_all).detect(
             [FsEvent(kind="write", path="a/b/f")]
