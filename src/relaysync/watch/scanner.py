@@ -166,19 +166,30 @@ def entry_dir(root: Path, relpath: str) -> Iterator[int | None]:
     if not name:
         yield None
         return
-    try:
-        dir_fd: int | None = open_dir_in(root, head)
-    except _GONE:
-        dir_fd = -1
-    except OSError as exc:
-        if not head or exc.errno not in (errno.ELOOP, errno.EXDEV):
-            raise
-        dir_fd = -1
+    dir_fd = open_dir_below(root, head)
+    if dir_fd is None:
+        yield -1
+        return
     try:
         yield dir_fd
     finally:
-        if dir_fd is not None and dir_fd >= 0:
-            os.close(dir_fd)
+        os.close(dir_fd)
+
+
+def open_dir_below(root: Path, dir_rel: str) -> int | None:
+    """A descriptor of the directory `dir_rel` to list (the root may be the operator's link, no
+    directory below it is followed, wherever on the way it was swapped for a link); None if it
+    is gone or is no real directory any more (the root gone too: the mass-delete guard holds what
+    that rescan finds). A root that is a link loop, or any other failure, raises."""
+    try:
+        return open_dir_in(root, dir_rel)
+    except _GONE:
+        pass
+    except OSError as exc:
+        if not dir_rel or exc.errno not in (errno.ELOOP, errno.EXDEV):
+            raise
+    logger.debug("directory vanished while scanning: %s", dir_rel)
+    return None
 
 
 def lstat_in(root: Path, relpath: str, dir_fd: int | None) -> os.stat_result | None:
@@ -309,7 +320,7 @@ class TreeScan:
         read relative to it, which spares the kernel a walk of the whole path per file.
         """
         known = {e.path: e for e in self.manifest.children(dir_rel)}
-        dir_fd = self._open_dir(dir_rel)
+        dir_fd = open_dir_below(self.root, dir_rel)
         try:
             on_disk = self._list_dir(dir_rel, dir_fd) if dir_fd is not None else {}
             for path in sorted(set(known) - set(on_disk)):
@@ -322,21 +333,6 @@ class TreeScan:
         finally:
             if dir_fd is not None:
                 os.close(dir_fd)
-
-    def _open_dir(self, dir_rel: str) -> int | None:
-        """A descriptor of the directory to list (the root may be the operator's link, no
-        directory below it is followed, wherever on the way it was swapped for a link); None if
-        it is gone or is no real directory any more (the root gone too: the mass-delete guard holds
-        what that rescan finds). A root that is a link loop, or any other failure, raises."""
-        try:
-            return open_dir_in(self.root, dir_rel)
-        except _GONE:
-            pass
-        except OSError as exc:
-            if not dir_rel or exc.errno not in (errno.ELOOP, errno.EXDEV):
-                raise
-        logger.debug("directory vanished while scanning: %s", dir_rel)
-        return None
 
     def _list_dir(self, dir_rel: str, dir_fd: int) -> dict[str, os.stat_result]:
         found: dict[str, os.stat_result] = {}
