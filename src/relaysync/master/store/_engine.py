@@ -7,7 +7,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, Float, UpdateBase, create_engine, event
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    Float,
+    UpdateBase,
+    create_engine,
+    event,
+    make_url,
+)
 from sqlalchemy.exc import (
     DisconnectionError,
     InterfaceError,
@@ -23,6 +32,15 @@ from relaysync.errors import ConfigError, StoreError
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000  # writers queue behind each other rather than fail at once
+# PostgreSQL: no call on the store waits without end. A lock held elsewhere fails a statement
+# after as long as SQLite's busy timeout (the job log then spools; an API call answers 503); a
+# statement stuck for another reason is cancelled by the server; a server gone from the network
+# (no RST: a partition, a powered-off host) is given up by the kernel (unacknowledged data,
+# keepalives) instead of a read that never returns.
+PG_CONNECT_TIMEOUT_S = 10
+PG_LOCK_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS
+PG_STATEMENT_TIMEOUT_MS = 300_000  # a backstop: the longest statement (a migration) is far shorter
+PG_TCP_USER_TIMEOUT_MS = 30_000
 WRITE_OPTION = "relaysync_write"  # execution option marking a transaction that will write
 # id(statement) -> (the statement, kept so that its id stays its own; its SQLite text, or None
 # where the driver cannot take its rows as they are)
@@ -67,9 +85,27 @@ def make_engine(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, connect_args=_pg_connect_args(url))
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         raise ConfigError(f"store URL {url!r}: {exc}") from exc
+
+
+def _pg_connect_args(url: str) -> dict[str, Any]:
+    """libpq settings that bound every wait on PostgreSQL (see PG_*); one the operator set in
+    the URL's query (`?connect_timeout=3`, `?options=...`) is theirs and stays as it is."""
+    ours: dict[str, Any] = {
+        "connect_timeout": PG_CONNECT_TIMEOUT_S,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS,
+        "options": (
+            f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+        ),
+    }
+    given = make_url(url).query
+    return {key: value for key, value in ours.items() if key not in given}
 
 
 def execute_rows(

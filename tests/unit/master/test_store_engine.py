@@ -1,0 +1,103 @@
+"""Store engine settings: a committed write outlives a power loss, and no call waits without end.
+
+- Agents drop a commit report once the master says the job log took it, and an API call
+  answered "done" must stay done, so every SQLite connection commits with synchronous=FULL (the
+  WAL fsynced at each commit; NORMAL, SQLite's WAL default, may lose the last commits on a power
+  loss). A power loss cannot be staged here: the setting each connection commits with decides
+  it, read back from SQLite itself.
+- A write blocked by a lock held elsewhere fails with a StoreError the job log takes as "store
+  unavailable" (it spools), after the lock timeout: on PostgreSQL it waited for good.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from relaysync.errors import StoreError
+from relaysync.master.store import Store, _engine
+from relaysync.master.store._engine import store_unavailable
+
+FULL = 2  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
+LOCK_TIMEOUT_MS = 300
+GIVE_UP_S = 30.0  # far beyond the lock timeout: the old code's PostgreSQL write waited for good
+
+
+def test_every_sqlite_connection_commits_durably(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'master.db'}")
+    try:
+        store.migrate()
+        store.bump_epoch()  # a write transaction, on a write session's connection
+        with store._write("check") as session:
+            assert session.execute(sa.text("PRAGMA synchronous")).scalar() == FULL
+        with store._read("check") as session:
+            assert session.execute(sa.text("PRAGMA synchronous")).scalar() == FULL
+            assert session.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        store.close()
+
+
+def test_a_write_behind_a_lock_fails_in_bounded_time(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_engine, "SQLITE_BUSY_TIMEOUT_MS", LOCK_TIMEOUT_MS)
+    monkeypatch.setattr(_engine, "PG_LOCK_TIMEOUT_MS", LOCK_TIMEOUT_MS, raising=False)
+    store = Store(store_url)
+    outcome: list[BaseException | None] = []
+    worker = threading.Thread(target=lambda: _write(store, outcome), daemon=True)
+    try:
+        with _table_locked(store_url, "config_epoch"):
+            started = time.monotonic()
+            worker.start()
+            worker.join(GIVE_UP_S)
+            waited = time.monotonic() - started
+            assert not worker.is_alive(), f"a write behind a lock still waits after {waited:.0f} s"
+        assert len(outcome) == 1 and isinstance(outcome[0], StoreError), outcome
+        assert store_unavailable(outcome[0])  # the job log spools rather than drops
+        store.bump_epoch()  # the lock gone, the store works again
+    finally:
+        if worker.ident is not None:
+            worker.join(GIVE_UP_S)
+        store.close()
+
+
+def _write(store: Store, outcome: list[BaseException | None]) -> None:
+    try:
+        store.bump_epoch()
+        outcome.append(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+        outcome.append(exc)
+
+
+@contextmanager
+def _table_locked(url: str, table: str) -> Iterator[None]:
+    """Another connection holds `table` locked for writes (SQLite: the database's write lock)."""
+    if url.startswith("sqlite"):
+        lite = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        lite.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            lite.execute("ROLLBACK")
+            lite.close()
+        return
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as pg:
+        pg.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            pg.rollback()
+
+
+def test_the_urls_own_postgresql_settings_win() -> None:
+    args = _engine._pg_connect_args("postgresql+psycopg://u@h/db?connect_timeout=3")
+    assert "connect_timeout" not in args  # libpq takes the URL's 3
+    assert "lock_timeout=" in args["options"] and args["tcp_user_timeout"] > 0
