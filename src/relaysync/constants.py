@@ -66,6 +66,11 @@ SOURCE_RETRY_MAX_S = 60.0  # backoff ceiling: each restart opens its state and r
 # An agent task that failed unexpectedly (a bug, not a lost link: those reconnect by themselves) is
 # started again after this, doubling up to the ceiling; a run as long as the ceiling was healthy.
 TASK_RETRY_MIN_S = 1.0
+# A source file that is there but cannot be read (permissions, EIO, EMFILE) is read again after
+# this, doubling up to the ceiling: a fixed cause is picked up within a minute, and a file that
+# stays unreadable costs one warning (and one failed attempt in the job log) a minute.
+UNREADABLE_RETRY_MIN_S = 1.0
+UNREADABLE_RETRY_MAX_S = 60.0
 TASK_RETRY_MAX_S = 60.0  # a bug that recurs at once logs one traceback a minute, not a flood
 
 # The common name of the master's control certificate. No agent may join under it (auth/ca.py),

@@ -11,6 +11,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── IncompatibleVersion
     │   └── PeerRefused                the peer answered with an Error message
     ├── UnsafePath                     a path on the wire that is absolute, has .., NUL, or escapes the root
+    ├── SourceReadError                a source file that is there but cannot be read (EACCES, EIO, EMFILE...)
     ├── AuthError                      identity and certificates
     │   ├── JoinRefused                a bad or expired join token
     │   ├── UnknownPeer                a certificate the receiver does not expect
@@ -46,6 +47,7 @@ Each class's docstring is its message template, formatted with the positional ar
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -98,6 +100,35 @@ class UnsafePath(RelaySyncError):
     """Refused unsafe path {!r}: {}."""
 
     exit_code = 11
+
+
+class SourceReadError(RelaySyncError):
+    """Cannot read {!r} on the source: {}. {} relaysync retries it until it can.
+
+    Not "gone": the file is there (a gone file, or one that is no longer a regular file, has a
+    later record of its own). The change is kept and retried, never skipped as if deleted.
+    """
+
+    exit_code = 19
+
+    @classmethod
+    def of(cls, path: str, exc: OSError) -> SourceReadError:
+        """The error for `exc`, raised reading the source file `path`, with what to do about it."""
+        err = cls(path, exc.strerror or str(exc), _read_hint(exc.errno))
+        err.code = exc.errno
+        return err
+
+    code: int | None = None  # the errno
+
+
+def _read_hint(code: int | None) -> str:
+    if code in (errno.EACCES, errno.EPERM):
+        return "Fix its permissions: the agent's user must be able to read it."
+    if code in (errno.EMFILE, errno.ENFILE):
+        return "Raise the agent's open-file limit (LimitNOFILE, ulimit -n, fs.file-max)."
+    if code in (errno.ENOMEM, errno.ENOBUFS):
+        return "The source server is short of memory."
+    return "Check the source's disk and file system."
 
 
 class AuthError(RelaySyncError):

@@ -24,12 +24,30 @@ def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result] | N
 
     Returns:
         (fd, its fstat), the caller closes fd; None if `path` is gone or is not a regular file.
+
+    Raises:
+        OSError: something is there but cannot be opened (EACCES, EMFILE, EIO...): not "gone".
     """
     try:
         fd = os.open(path, _READ_FLAGS)
-    except OSError:
+    except OSError as exc:
+        _raise_unless_gone(exc)
         return None
     return _if_regular(fd)
+
+
+# The errors of an open that mean "no regular file there (any more)": gone, a symlink or a
+# non-directory on the way, out of the root, or a socket or device now. Any other (EACCES,
+# EMFILE, ENFILE, EIO, ENOMEM...) says nothing of the file: it is raised, never read as gone.
+GONE_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV, errno.ENXIO, errno.ENODEV}
+)
+
+
+def _raise_unless_gone(exc: OSError) -> None:
+    """Re-raise `exc` unless it means the file is gone (GONE_ERRNOS)."""
+    if exc.errno not in GONE_ERRNOS:
+        raise exc
 
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -60,6 +78,9 @@ def open_regular_in(
     Returns:
         (fd, its fstat), the caller closes fd; None if the file is gone, is not a regular file,
         or a directory on its way is not a real directory.
+
+    Raises:
+        OSError: something is there but cannot be opened (EACCES, EMFILE, EIO...): not "gone".
     """
     held = _held_fd(root)
     refused = False
@@ -108,10 +129,12 @@ def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) 
 
     Raises:
         _OpenAt2Refused: openat2 itself was refused.
+        OSError: something is there but cannot be opened (not GONE_ERRNOS).
     """
     try:
         root_fd = held if held is not None else os.open(root, _ROOT_FLAGS)
-    except OSError:
+    except OSError as exc:
+        _raise_unless_gone(exc)
         return None
     try:
         try:
@@ -122,7 +145,8 @@ def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) 
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             raise _OpenAt2Refused from exc
-        return None  # ELOOP (a symlink), EXDEV (out of root), ENOENT, ENOTDIR...
+        _raise_unless_gone(exc)  # ELOOP (a symlink), EXDEV (out of root), ENOENT, ENOTDIR
+        return None
     finally:
         if held is None:
             os.close(root_fd)
@@ -137,11 +161,13 @@ def _walk_and_open(
     head, _, name = relpath.rpartition("/")
     try:
         parent = _open_dir_in(root, head, root_fd=held)
-    except OSError:
+    except OSError as exc:
+        _raise_unless_gone(exc)
         return None
     try:
         fd = open_for_read(name, dir_fd=parent)
-    except OSError:
+    except OSError as exc:
+        _raise_unless_gone(exc)
         return None
     finally:
         os.close(parent)
@@ -249,12 +275,16 @@ def _open_dir_in(root: str | os.PathLike[str], reldir: str, *, root_fd: int | No
 
 
 def _if_regular(fd: int) -> tuple[int, os.stat_result] | None:
-    """(fd, its fstat) if `fd` is a regular file; else it is closed and None is returned."""
+    """(fd, its fstat) if `fd` is a regular file; else it is closed and None is returned.
+
+    Raises:
+        OSError: the fstat failed (EIO, EOVERFLOW): `fd` is closed.
+    """
     try:
         st = os.fstat(fd)
     except OSError:
         os.close(fd)
-        return None
+        raise
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         return None

@@ -30,6 +30,7 @@ from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
 from ._mass_delete_guard import MassDeleteGuard, Verdict
+from ._unreadable_recheck import UnreadableRecheck
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class SourceMapping(MassDeleteGuard):
         # Files a scan found still being written (no close-write seen): re-checked when cool.
         # The value counts re-checks that found the path gone (see _recheck_held).
         self._held: dict[str, int] = {}
+        self.unreadable = UnreadableRecheck(self.root)  # files there but not readable to hash
         self._record_lock = anyio.Lock()
         # Mass-delete guard: held batches, recent deletes, the operator's confirmations seen.
         self._init_guard(spec.delete_confirm)
@@ -228,6 +230,7 @@ class SourceMapping(MassDeleteGuard):
         async with anyio.create_task_group() as tg:
             await tg.start(watcher.serve, send)
             tg.start_soon(self._recheck_held)
+            tg.start_soon(self.unreadable.serve, self._record)
             tg.start_soon(self._recheck_guard)
             tg.start_soon(self._flush_acks)
             tg.start_soon(self._prune_deltas)
@@ -400,8 +403,10 @@ class SourceMapping(MassDeleteGuard):
             # detect() stops before an event that needs the manifest to hold what it found so
             # far (`mv d e; rm e/f`): that part is journaled and applied first. Most batches go
             # whole, in one journal write.
-            detected, rest = await anyio.to_thread.run_sync(self.recorder.detect, rest)
-            detected = [c for c in detected if self._encodes(c)]
+            detection = await anyio.to_thread.run_sync(self.recorder.detect, rest)
+            self.unreadable.failed(detection.unreadable)
+            rest = detection.rest
+            detected = [c for c in detection.changes if self._encodes(c)]
             verdict = await self._journal(detected, closed, settle)
             if verdict != "pass":  # held: the guard's rescans find the rest too
                 return verdict == "hold"

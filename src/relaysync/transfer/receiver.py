@@ -146,6 +146,8 @@ class ReceiverSession(FileReceiver, TreeOps):
                 self._end_file(message)
             case FileAbort():
                 self._abort_incoming()
+                if message.path:
+                    self._unreadable_on_source(message)
                 self._note(message.seq)
             case Checkpoint():
                 return self._checkpoint(message.seq, message.obsolete)
@@ -239,6 +241,19 @@ class ReceiverSession(FileReceiver, TreeOps):
             self._record(seq, op, path, started=started, error=detail, changed_at=changed_at)
         )
         self._note(seq)
+
+    def _unreadable_on_source(self, msg: FileAbort) -> None:
+        """The source could not read `msg.path`: a failed attempt for the job log (the master
+        shows it with the source's reason); the source retries it, and its commit resolves it."""
+        logger.warning(
+            "source could not read a file, it retries: seq=%s path=%r: %s",
+            msg.seq,
+            msg.path,
+            msg.reason,
+        )
+        self._applied.append(
+            self._record(msg.seq, "write", msg.path, started=time.monotonic(), error=msg.reason)
+        )
 
     def _digests(self, msg: DigestRequest) -> DigestReply:
         listings = []

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from relaysync.errors import SourceReadError
 from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter
@@ -41,10 +42,13 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 
 
 class Detection(NamedTuple):
-    """What one `detect()` call decided: `changes`, and the `rest` of the events, not looked at yet."""
+    """What one `detect()` call decided: `changes`, and the `rest` of the events, not looked at
+    yet; `unreadable`, the files that are there but could not be read to hash (no change is
+    recorded for them: look at them again later)."""
 
     changes: list[PendingChange]
     rest: list[FsEvent]
+    unreadable: tuple[SourceReadError, ...] = ()
 
 
 class _Stale(Exception):
@@ -99,7 +103,7 @@ class ChangeRecorder:
                 break
         if batch.inodes and self._hard_links:
             self._manifest.set_inodes(batch.inodes.items())
-        return Detection(batch.out, rest)
+        return Detection(batch.out, rest, tuple(batch.unreadable))
 
     def _on_write(self, batch: _Batch, event: FsEvent) -> None:
         self._restat(batch, event.path)
@@ -133,9 +137,13 @@ class ChangeRecorder:
                 st.st_size,
                 st.st_mtime_ns,
             ) == (linked_to.st_dev, linked_to.st_ino, linked_to.st_size, linked_to.st_mtime_ns)
-            entry = entry_from_stat(
-                self._root, path, st, hash_=digest if same_file else None, dir_fd=dir_fd
-            )
+            try:
+                entry = entry_from_stat(
+                    self._root, path, st, hash_=digest if same_file else None, dir_fd=dir_fd
+                )
+            except SourceReadError as err:
+                batch.unreadable.append(err)
+                return
         if entry is None or not self._filter.accepts(path, is_dir=entry.kind == "d"):
             return
         others = []
@@ -202,6 +210,7 @@ class ChangeRecorder:
         if path:
             self._ensure_parents(batch, path)
         batch.add_scanned(result.out)
+        batch.unreadable.extend(result.unreadable)
         batch.inodes.update(result.inodes)
         for other in (p for paths in others for p in paths):
             # A name below a directory this scan found deleted is gone from disk too.
@@ -222,7 +231,7 @@ class ChangeRecorder:
         out: list[PendingChange] = []
         rest = list(events)
         while rest:
-            changes, rest = self.detect(rest)
+            changes, rest, _ = self.detect(rest)
             self.apply(changes)
             out.extend(changes)
         return out
@@ -260,6 +269,7 @@ class _Batch:
         self._moved_sorted: list[str] = []  # the same, sorted (check_scan)
         self.out: list[PendingChange] = []
         self.inodes: dict[str, int] = {}  # inode fixes: path -> inode number (Manifest.set_inodes)
+        self.unreadable: list[SourceReadError] = []  # files there but not readable to hash
         self._by_ino: dict[int, set[str]] = {}
 
     def paths_with_inode(self, ino: int) -> set[str]:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import xxhash
 
-from relaysync._util.fs import open_dir_in, open_for_read
+from relaysync._util.fs import GONE_ERRNOS, open_dir_in, open_for_read
+from relaysync.errors import SourceReadError
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits, same_version
@@ -116,6 +117,10 @@ def entry_from_stat(
     read from (by name), instead of root/relpath.
 
     Returns None for unsupported kinds (devices, sockets, FIFOs) and for paths that vanished.
+
+    Raises:
+        SourceReadError: a regular file that is there but cannot be read (EACCES, EIO, EMFILE):
+            not gone, so never to be taken for a delete; the caller looks at it again later.
     """
     mode = permission_bits(st.st_mode)
     at = relpath.rpartition("/")[2] if dir_fd is not None else f"{root}/{relpath}"
@@ -134,7 +139,7 @@ def entry_from_stat(
             )
         if stat.S_ISREG(st.st_mode):
             # a string, not root / relpath: building a Path cost a fifth of a small file's scan
-            digest = hash_ if hash_ is not None else hash_file(at, st.st_size, dir_fd=dir_fd)
+            digest = hash_ if hash_ is not None else _hash(at, relpath, st.st_size, dir_fd)
             return Entry(
                 path=relpath,
                 kind="f",
@@ -147,6 +152,15 @@ def entry_from_stat(
     except _GONE:
         logger.debug("vanished while scanning: %s", relpath)
     return None
+
+
+def _hash(at: str, relpath: str, size: int, dir_fd: int | None) -> bytes:
+    try:
+        return hash_file(at, size, dir_fd=dir_fd)
+    except OSError as exc:
+        if isinstance(exc, _GONE) or exc.errno in GONE_ERRNOS:
+            raise
+        raise SourceReadError.of(relpath, exc) from exc
 
 
 def make_entry(root: Path, relpath: str) -> Entry | None:
@@ -266,7 +280,8 @@ class TreeScan:
     Besides the changes (`out`), it notes what the hard-link bookkeeping needs: `inodes`, the
     (path, inode number) of files that did not change but whose manifest entry has another
     inode number (an older manifest, or a file replaced by an equal one), and `linked`, the new
-    entries of changed files that have other hard links.
+    entries of changed files that have other hard links. `unreadable`: the files it could not
+    read to hash (SourceReadError), left as the manifest has them, for the caller to look at again.
     """
 
     def __init__(self, root: Path, manifest: Manifest, path_filter: PathFilter) -> None:
@@ -276,6 +291,7 @@ class TreeScan:
         self.out: list[PendingChange] = []
         self.inodes: list[tuple[str, int]] = []
         self.linked: list[Entry] = []
+        self.unreadable: list[SourceReadError] = []
 
     def visit(
         self, relpath: str, st: os.stat_result, old: Entry | None, dir_fd: int | None = None
@@ -291,7 +307,11 @@ class TreeScan:
             if kind == "f" and old.ino != st.st_ino:
                 self.inodes.append((relpath, st.st_ino))
             return kind == "d"
-        new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd)
+        try:
+            new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd)
+        except SourceReadError as err:
+            self.unreadable.append(err)
+            return False
         if new is None:
             return False
         if new.kind == "l" and not self.filter.utf8_link_target(relpath, new.link_target):

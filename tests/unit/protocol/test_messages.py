@@ -341,3 +341,10 @@ def _float_cases() -> Iterator[Any]:
 def test_a_float_no_sender_makes_is_a_malformed_message(payload: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_payload(payload)
+
+
+def test_a_file_abort_naming_an_oversize_path_is_refused() -> None:
+    """The path of a file the source could not read goes into the target's job-log record."""
+    FileAbort(seq=1, reason="cannot read", path="a/b.txt").validate()
+    with pytest.raises(ProtocolError, match="file_abort.path"):
+        FileAbort(seq=1, reason="cannot read", path="x" * 5000).validate()
