@@ -110,7 +110,9 @@ class DirHandles:
     in for a directory's name meanwhile, the write lands in that real directory, never through a
     link. A descriptor proves a directory for one batch only: `forget` (at the end of a batch,
     or after an op that may change the tree) makes the next use open it anew; the descriptors
-    that staged files still use stay open until `release`, when nothing is staged.
+    that staged files still use stay open until `close_retired` or `release`, when nothing is
+    staged any more. Within a batch each directory is opened once (not at each commit of 256
+    files): the 10k-file first sync opens each of its 100 directories once a batch.
 
     Resource handling: at most one descriptor per directory of a batch, and the root's.
     """
@@ -160,12 +162,16 @@ class DirHandles:
         self._retired.extend(self._fds.values())
         self._fds.clear()
 
+    def close_retired(self) -> None:
+        """Close the descriptors `forget` set aside: no staged file uses one any more."""
+        retired, self._retired = self._retired, []
+        for fd in retired:
+            os.close(fd)
+
     def release(self) -> None:
         """Close every descriptor: nothing staged uses one any more."""
         self.forget()
-        retired, self._retired = self._retired, []
         if self._root_fd >= 0:
-            retired.append(self._root_fd)
+            self._retired.append(self._root_fd)
             self._root_fd = -1
-        for fd in retired:
-            os.close(fd)
+        self.close_retired()

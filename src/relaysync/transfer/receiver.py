@@ -227,7 +227,8 @@ class ReceiverSession(FileReceiver, TreeOps):
             seq = pending.records[0].seq if pending.records else 0
             raise _transient_os(seq, "commit batch", exc) from exc
         finally:
-            self._settle_dirs()
+            if self._incoming is None:  # what the files of a tree op's batch held can go now
+                self._dirs.close_retired()
         self.folder.manifest.put_many(pending.entries)
         self.folder.drop_partials(
             entry.path for entry in pending.entries
