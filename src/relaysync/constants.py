@@ -32,6 +32,10 @@ CHUNK_BYTES = 1024 * 1024  # file data travels in frames of at most this many by
 SMALL_FILE_BYTES = 64 * 1024  # files up to this size travel whole in one frame (SmallFile)
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX; longer paths on the wire are refused
 MAX_NAME_BYTES = 255  # Linux NAME_MAX
+# Components of a path a target takes at most (check_relpath): far beyond any real tree, and every
+# walk, creation and removal of directories stays iterative anyway (a recursion in Python fails at
+# a depth of about 1,000).
+MAX_PATH_DEPTH = 255
 
 CONNECT_TIMEOUT_S = 10.0  # TCP connect plus TLS handshake to a peer or the master
 HANDSHAKE_TIMEOUT_S = 10.0  # the Hello exchange after TLS is up

@@ -151,7 +151,7 @@ class TargetRole(AgentRole):
             clean_stale_temps(root, keep=folder.partial_files())
         if spec.conflict:
             folder.lock = siblings[0].lock if siblings else folder.lock
-            folder.resolver = siblings[0].resolver if siblings else folder.resolver
+            folder.tree_changes = siblings[0].tree_changes if siblings else folder.tree_changes
             folder.owner_of = partial(self._owner_of, folder)
             forget_missing(folder)  # its manifest holds its own source's versions only: no rescan
             return folder

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from relaysync.constants import MAX_MESSAGE_BYTES
+from relaysync.constants import MAX_MESSAGE_BYTES, MAX_PATH_BYTES
 from relaysync.protocol.messages import (
     MAX_LISTING_ENTRIES,
     Ack,
@@ -48,11 +48,11 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer import staging
-from relaysync.transfer._failures import TransientFailure, _transient_os
+from relaysync.transfer._failures import TransientFailure, _transient_os, permanent_detail
 from relaysync.transfer._file_receiver import FileReceiver, _Pending
 from relaysync.transfer._tree_ops import TreeOps
 from relaysync.transfer.patching import StreamingPatch
-from relaysync.transfer.paths import check_relpath
+from relaysync.transfer.paths import DirHandles, check_relpath
 from relaysync.transfer.target_folder import TargetFolder
 
 logger = logging.getLogger(__name__)
@@ -84,10 +84,9 @@ class ReceiverSession(FileReceiver, TreeOps):
         self._pending = _Pending()
         self._applied: list[CommitRecord] = []
         self._seen_seq = self.watermark
-        self._paths = folder.resolver
+        self._dirs = DirHandles(folder.root, folder.tree_changes)  # of the files of a batch
         # The sender resends a rename's new path whole when asked (its Hello: CAP_RENAME_RESEND).
         self.sender_resends_renames = False
-        self._paths.forget()  # proven in an earlier session is not proven now
 
     # --- batch entry point (runs in a worker thread) ---
 
@@ -96,7 +95,11 @@ class ReceiverSession(FileReceiver, TreeOps):
         replies: list[AnyMessage] = []
         try:
             for message in messages:
-                reply = self._apply_one(message)
+                try:
+                    reply = self._apply_one(message)
+                except RecursionError:  # nothing recurses over a path; if something did: refused
+                    self._refuse_message(message, "too deep for this target to apply")
+                    reply = None
                 if reply is not None:
                     replies.append(reply)
         except TransientFailure as failure:
@@ -117,7 +120,24 @@ class ReceiverSession(FileReceiver, TreeOps):
                 failure.detail,
             )
             replies.append(Error(code=failure.code, detail=failure.detail, seq=failure.seq))
+        finally:
+            self._settle_dirs()  # the next batch proves its directories anew
         return replies
+
+    def _settle_dirs(self) -> None:
+        """Close the batch's directory descriptors if no staged or incoming file uses one; else
+        only have them opened anew at their next use."""
+        if not len(self._batch) and self._incoming is None:
+            self._dirs.release()
+        else:
+            self._dirs.forget()
+
+    def _refuse_message(self, message: AnyMessage, detail: str) -> None:
+        """Refuse whatever op `message` is (its chunks are skipped)."""
+        self._abort_incoming()
+        seq, path = getattr(message, "seq", 0), getattr(message, "path", "")
+        self._skip_seq = seq
+        self._refuse(seq, type(message).__name__.lower(), path, detail, time.monotonic())
 
     def close(self) -> None:
         """Discard whatever is half-received (the old files stay in place); keep partials."""
@@ -128,7 +148,10 @@ class ReceiverSession(FileReceiver, TreeOps):
         try:
             self._abort_incoming()
         finally:  # a failed state write must not leave the staged files open
-            self._batch.discard()
+            try:
+                self._batch.discard()
+            finally:
+                self._dirs.release()
 
     # --- dispatch ---
 
@@ -157,7 +180,7 @@ class ReceiverSession(FileReceiver, TreeOps):
             case Delete() | MakeDir() | Symlink() | Rename() | SetAttr() | Erase():
                 self.flush()
                 if not isinstance(message, SetAttr | MakeDir):
-                    self._paths.forget()  # it may turn a known directory into something else
+                    self.folder.tree_changes.forget()  # it may turn a directory into something else
                 self._apply_op(message)
             case _:
                 raise TransientFailure(
@@ -205,6 +228,9 @@ class ReceiverSession(FileReceiver, TreeOps):
         except OSError as exc:
             seq = pending.records[0].seq if pending.records else 0
             raise _transient_os(seq, "commit batch", exc) from exc
+        finally:
+            if self._incoming is None:  # what the files of a tree op's batch held can go now
+                self._dirs.close_retired()
         self.folder.manifest.put_many(pending.entries)
         self.folder.drop_partials(
             entry.path for entry in pending.entries
@@ -255,13 +281,24 @@ class ReceiverSession(FileReceiver, TreeOps):
             self._record(msg.seq, "write", msg.path, started=time.monotonic(), error=msg.reason)
         )
 
+    def _os_failed(
+        self, seq: int, op: str, path: str, exc: OSError, started: float, changed_at: float = 0.0
+    ) -> None:
+        """Refuse the op if no retry can fix `exc` (a path too long for this target...), else
+        raise the TransientFailure that stops the session for the source to retry."""
+        detail = permanent_detail(path, exc)
+        if detail is None:
+            raise _transient_os(seq, path, exc) from exc
+        self._skip_seq = seq  # a file's chunks follow
+        self._refuse(seq, op, path, detail, started, changed_at)
+
     def _digests(self, msg: DigestRequest) -> DigestReply:
         listings = []
         manifest = self.folder.manifest
         # per reply, so that it stays far below MAX_MESSAGE_BYTES and the sender's decode bounds
         budget, room = MAX_LISTING_ENTRIES, LISTING_REPLY_BYTES
         for d in msg.dirs:
-            check_relpath(d, allow_root=True)
+            check_relpath(d, allow_root=True, max_depth=MAX_PATH_BYTES)  # read only
             if msg.hashes_only:
                 listings.append(DirListing(path=d, entries=(), hash=manifest.dir_hash(d)))
                 continue

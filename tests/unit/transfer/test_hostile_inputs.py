@@ -225,7 +225,7 @@ def test_one_nm_members_rename_and_link_never_let_another_write_outside_the_root
         durable=False,
         conflict=NEWEST_MTIME,
         lock=a.lock,
-        resolver=a.resolver,
+        tree_changes=a.tree_changes,
     )
     session_a, session_b = (
         session_for(a, "ja", lambda *_: None),
