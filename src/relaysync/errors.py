@@ -36,7 +36,9 @@ Each class's docstring is its message template, formatted with the positional ar
     │   └── NotFound
     ├── PurgeError                     cache synchronization
     │   ├── ForeignUrl                 a URL that does not belong to the site it was sent for
-    │   ├── CacheRefused               a cache refused a purge (403/405): its configuration is wrong
+    │   ├── CacheMisconfigured         a cache's configuration (ours or its own) is wrong: kept, probed
+    │   │   └── CacheRefused           a cache refused a purge (403/405): its ACL is wrong
+    │   ├── CacheUnreachable           a cache did not connect or answer (its circuit breaker counts it)
     │   ├── NoticeRefused              a listener notice with bad credentials, time or nonce
     │   ├── StaleCopy                  a cache still serves other bytes than the origin after a purge
     │   └── PrefixNotExpandable        a prefix purge on caches without bans, with no paths known under it
@@ -240,8 +242,16 @@ class ForeignUrl(PurgeError):
     """URL {!r} does not belong to site {!r}: {}."""
 
 
-class CacheRefused(PurgeError):
-    """Cache {!r} refused {} with HTTP {}: allow purges from the master in its configuration."""
+class CacheMisconfigured(PurgeError):
+    """Cache {!r}: {}."""
+
+
+class CacheRefused(CacheMisconfigured):
+    """Cache {!r} refused {} with HTTP {}: {}."""
+
+
+class CacheUnreachable(PurgeError):
+    """Cache {!r}: {} got no answer: {}."""
 
 
 class NoticeRefused(PurgeError):

@@ -1,6 +1,10 @@
 """Refresh-and-confirm: run one purge item on one cache, then prove with a GET that the cache
 serves what an origin serves (status, and the body's SHA-256 for a 200).
 
+Bodies are hashed as they stream, never held: a file of any size costs a few chunks of memory.
+Where both answers say their length, ETag or Last-Modified and these differ, the copy is stale
+without reading either body (a big stale file is not read twice per look).
+
 A 200 from a purge proves nothing by itself (reference/caches/README.md); nor does an ETag
 from an origin whose ETag is mtime seconds and size, so the bodies are compared. Nor does a 200
 from a one-request refresh: Squid with `reload_into_ims` or `ignore-reload`, or a VCL that turns
@@ -11,15 +15,17 @@ from then on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 import anyio
 import httpx
 
-from relaysync.errors import StaleCopy
+from relaysync.errors import PurgeError, StaleCopy
 from relaysync.purge.drivers import Driver
+from relaysync.purge.drivers._base import read_body
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.urls import Url, parse_url
 
@@ -30,22 +36,85 @@ CONFIRM_PAUSE_S = 0.02  # between those GETs: a cache may still be storing the n
 STALE_REFRESHES_TO_SWITCH = 3  # one-request refreshes a cache ignored before it gets PURGE + GET
 
 
-def _fingerprint(status: int, body: bytes) -> tuple[int, str]:
-    return status, hashlib.sha256(body).hexdigest() if status == 200 else ""
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """What an answer's status line and headers say about its body, before reading it."""
+
+    status: int
+    length: int | None  # Content-Length of an unencoded body, else None
+    etag: str  # without W/: a cache that compresses weakens the origin's ETag
+    last_modified: str
+
+    @classmethod
+    def of(cls, r: httpx.Response) -> _Head:
+        length = r.headers.get("content-length", "")
+        plain = not r.headers.get("content-encoding") and length.isdigit()
+        return cls(
+            r.status_code,
+            int(length) if plain else None,
+            r.headers.get("etag", "").removeprefix("W/"),
+            r.headers.get("last-modified", ""),
+        )
+
+    def differs(self, other: _Head) -> str:
+        """Why the two bodies cannot be the same ("" if they may be): checked where both
+        sides say, so that a big stale copy is not read at all."""
+        if self.status != other.status:
+            return f"HTTP {self.status}"
+        if self.status != 200:  # only a 200's body is compared (an error page may differ)
+            return ""
+        for what, a, b in (
+            ("length", self.length, other.length),
+            ("ETag", self.etag, other.etag),
+            ("Last-Modified", self.last_modified, other.last_modified),
+        ):
+            if a not in (None, "") and b not in (None, "") and a != b:
+                return f"{what} {a}"
+        return ""
 
 
-async def fetch_origin(
-    client: httpx.AsyncClient, origins: Sequence[str], url: Url
-) -> tuple[int, str] | None:
-    """GET `url` straight from the first origin that answers; None if none does."""
+async def _fingerprint(r: httpx.Response) -> tuple[int, str]:
+    return r.status_code, (await read_body(r))[0] if r.status_code == 200 else ""
+
+
+async def _open_origin(
+    stack: AsyncExitStack, client: httpx.AsyncClient, origins: Sequence[str], url: Url
+) -> httpx.Response | None:
+    """Open a GET of `url` on the first origin that answers; None if none does."""
     for base in origins:
+        request = client.build_request("GET", base + url.target, headers={"Host": url.host})
         try:
-            r = await client.get(base + url.target, headers={"Host": url.host})
+            response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             logger.debug("origin %s did not answer: %s", base, exc)
             continue
-        return _fingerprint(r.status_code, r.content)
+        stack.push_async_callback(response.aclose)
+        return response
     return None
+
+
+async def _compare(
+    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], url: Url
+) -> tuple[str, str] | None:
+    """One look: ("", "") when the cache serves what an origin serves, else (got, want) as
+    text; None without an origin. Bodies are hashed as they stream, headers compared first."""
+    async with AsyncExitStack() as stack:
+        origin = await _open_origin(stack, client, origins, url)
+        if origin is None:
+            return None
+        cached = await stack.enter_async_context(driver.stream("GET", url))
+        want_head, got_head = _Head.of(origin), _Head.of(cached)
+        why = got_head.differs(want_head)
+        if why:
+            return why, want_head.differs(got_head)
+        try:
+            want = await _fingerprint(origin)
+        except httpx.HTTPError as exc:
+            raise PurgeError(f"origin {url}: {type(exc).__name__}: {exc}") from exc
+        got = await _fingerprint(cached)
+        if got == want:
+            return "", ""
+        return f"HTTP {got[0]} {got[1][:12]}", f"HTTP {want[0]} {want[1][:12]}"
 
 
 async def confirm(
@@ -59,25 +128,17 @@ async def confirm(
     """
     if not origins:
         return None
-    want: tuple[int, str] | None = None
-    got: tuple[int, str] = (0, "")
+    seen = ("", "")
     for attempt in range(CONFIRM_ATTEMPTS):
-        want = await fetch_origin(client, origins, url)
-        if want is None:
+        found = await _compare(driver, client, origins, url)
+        if found is None:
             return None
-        reply = await driver.get(url)
-        got = _fingerprint(reply.status, reply.body)
-        if got == want:
+        if found == ("", ""):
             return True
+        seen = found
         if attempt + 1 < CONFIRM_ATTEMPTS:
             await anyio.sleep(CONFIRM_PAUSE_S)
-    assert want is not None
-    raise StaleCopy(
-        driver.cache.name,
-        str(url),
-        f"HTTP {got[0]} {got[1][:12]}",
-        f"HTTP {want[0]} {want[1][:12]}",
-    )
+    raise StaleCopy(driver.cache.name, str(url), seen[0], seen[1])
 
 
 async def run_item(

@@ -18,7 +18,8 @@ class CacheSpec:
 
     name: str
     driver: DriverName
-    address: str  # host:port where the cache answers HTTP (and takes purges)
+    address: str  # [http(s)://]host:port where it answers HTTP and takes purges (addresses.py)
+    tls_verify: bool = True  # an https cache's certificate is checked (off: self-signed, say)
     refresh: bool = True  # use the driver's one-request refresh where it has one
     method: str = "PURGE"  # http driver: the purge request's method
     path_template: str = "{path}"  # http driver: {path} {host} {url} are filled in
@@ -51,6 +52,21 @@ class SiteSpec:
     # The web server lists directories without an index file (nginx `autoindex on;`, Apache
     # mod_autoindex): a change in a directory refreshes its listing page (purge/listings.py).
     listings: bool = False
+
+    def unconfirmed(self) -> bool:
+        """No origin has a URL: nothing to compare a cache's copy with, so nothing is confirmed."""
+        return not any(o.url for o in self.origins)
+
+    def warnings(self) -> list[str]:
+        """What the operator should fix in this site, as plain sentences (API, log)."""
+        if not self.unconfirmed():
+            return []
+        return [
+            "confirmation is off: no origin of this site has a URL, so the purger cannot check "
+            "that a cache serves the new bytes (a cache that ignores a refresh goes unnoticed); "
+            'set each origin\'s web server URL, e.g. "origins": [{"server": "<target>", '
+            '"url": "http://<its address>:<port>"}]'
+        ]
 
     def origin_nodes(self) -> frozenset[str]:
         """Node ids of the fleet servers among the origins."""

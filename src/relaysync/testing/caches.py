@@ -239,6 +239,7 @@ class Cache:
     origin_port: int
     port: int = 0
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    conf: str = ""  # a configuration template (@PORT@, @ORIGIN@, @DIR@) instead of the kind's
 
     @property
     def address(self) -> str:
@@ -271,7 +272,7 @@ class Cache:
         )
 
     def _prepare_varnish(self) -> list[str]:
-        (self.dir / "varnish.vcl").write_text(self._fill(VARNISH_VCL))
+        (self.dir / "varnish.vcl").write_text(self._fill(self.conf or VARNISH_VCL))
         work = self.dir / "wd"
         shutil.rmtree(work, ignore_errors=True)
         return [
@@ -295,7 +296,7 @@ class Cache:
         for sub in ("logs", "tmp", "cache"):
             (self.dir / sub).mkdir(exist_ok=True)
             os.chmod(self.dir / sub, 0o777)  # the worker runs as nobody when started as root
-        (self.dir / "nginx.conf").write_text(self._fill(NGINX_CONF))
+        (self.dir / "nginx.conf").write_text(self._fill(self.conf or NGINX_CONF))
         return [
             "nginx",
             "-p",
@@ -307,7 +308,7 @@ class Cache:
         ]
 
     def _prepare_squid(self) -> list[str]:
-        (self.dir / "squid.conf").write_text(self._fill(SQUID_CONF))
+        (self.dir / "squid.conf").write_text(self._fill(self.conf or SQUID_CONF))
         if os.geteuid() == 0:
             shutil.chown(self.dir, "proxy", "proxy")
         return ["squid", "-N", "-f", str(self.dir / "squid.conf")]
@@ -324,6 +325,15 @@ class Cache:
                 time.sleep(0.05)
         self.stop()
         raise CacheStartError(f"{self.kind} did not answer on port {self.port}: {self.log_tail()}")
+
+    def reload(self, conf: str) -> None:
+        """Rewrite an nginx's configuration from template `conf` and make it reload (SIGHUP to
+        its master: the workers change, the disk cache stays)."""
+        if self.kind != "nginx" or self.popen is None:
+            raise ValueError("only a running nginx reloads its configuration")
+        self.conf = conf
+        (self.dir / "nginx.conf").write_text(self._fill(conf))
+        os.kill(self.popen.pid, signal.SIGHUP)
 
     def log_tail(self) -> str:
         texts = []

@@ -33,6 +33,10 @@ def _fill(template: str, url: Url, escape: Callable[[str], str]) -> str:
 
 class GenericHttp(Driver):
     name: ClassVar[str] = "http"
+    refused_advice: ClassVar[str] = (
+        "its purge endpoint must accept the master ({ip}): check the cache's access rules and "
+        "this cache entry's method, path_template and headers (an API token?)"
+    )
 
     def _target(self, template: str, url: Url) -> str:
         path, sep, query = template.partition("?")
@@ -45,4 +49,4 @@ class GenericHttp(Driver):
             target = "/" + target
         headers = {k: _fill(v, url, _as_is) for k, v in self.cache.headers}
         reply = await self.request(method, url, target=target, headers=headers)
-        return self.check_purge_status(method, url, reply.status)
+        return self.check_purge_status(method, url, reply)

@@ -19,6 +19,10 @@ REFRESH_HEADER = "X-Refresh"
 
 class Nginx(Driver):
     name: ClassVar[str] = "nginx"
+    refused_advice: ClassVar[str] = (
+        "its purge location (proxy_cache_purge) must `allow {ip};` (the master), and its "
+        "proxy_cache_bypass must honour X-Refresh from that address"
+    )
 
     async def refresh_in_place(self, url: Url) -> Reply | None:
         reply = await self.request("GET", url, headers={REFRESH_HEADER: "1"})
