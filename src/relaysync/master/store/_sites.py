@@ -104,16 +104,18 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
         "\n" in f"{k}{v}" or "\r" in f"{k}{v}" for k, v in headers.items()
     ):
         raise ConfigError(f"cache {name!r}: headers must be a name -> value object, one line each")
-    return {
+    checked = {
         "name": name,
         "driver": driver,
         "address": str(raw["address"]),
         "refresh": bool(raw.get("refresh", True)),
-        "tls_verify": bool(raw.get("tls_verify", True)),
         "method": method,
         "path_template": str(raw.get("path_template") or "{path}"),
         "headers": {str(k): str(v) for k, v in headers.items()},
     }
+    if not raw.get("tls_verify", True):  # kept only when off: a row without it reads as on,
+        checked["tls_verify"] = False  # and rows saved before the setting stay as they were
+    return checked
 
 
 def _check_origin(session: Session, raw: dict[str, Any]) -> dict[str, str]:
