@@ -12,6 +12,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   └── PeerRefused                the peer answered with an Error message
     ├── UnsafePath                     a path on the wire that is absolute, has .., NUL, or escapes the root
     ├── SourceReadError                a source file that is there but cannot be read (EACCES, EIO, EMFILE...)
+    │   └── SourceListError            a source directory that is there but cannot be listed or entered
     ├── AuthError                      identity and certificates
     │   ├── JoinRefused                a bad or expired join token
     │   ├── UnknownPeer                a certificate the receiver does not expect
@@ -50,7 +51,7 @@ Each class's docstring is its message template, formatted with the positional ar
 from __future__ import annotations
 
 import errno
-from typing import Any
+from typing import Any, Self
 
 
 class RelaySyncError(Exception):
@@ -114,13 +115,33 @@ class SourceReadError(RelaySyncError):
     exit_code = 19
 
     @classmethod
-    def of(cls, path: str, exc: OSError) -> SourceReadError:
+    def of(cls, path: str, exc: OSError) -> Self:
         """The error for `exc`, raised reading the source file `path`, with what to do about it."""
-        err = cls(path, exc.strerror or str(exc), _read_hint(exc.errno))
+        err = cls(path or ".", exc.strerror or str(exc), cls._hint(exc.errno))
         err.code = exc.errno
+        err.path = path
         return err
 
     code: int | None = None  # the errno
+    path: str = ""  # relative to the source folder ("" is the folder itself), as `of` gave it
+
+    @staticmethod
+    def _hint(code: int | None) -> str:
+        return _read_hint(code)
+
+
+class SourceListError(SourceReadError):
+    """Cannot list directory {!r} on the source: {}. {} relaysync scans it again until it can.
+
+    Not "empty": nothing below it is taken for changed or deleted (the manifest and the targets
+    keep what they have) until it can be listed again; then what changed meanwhile is journaled.
+    """
+
+    @staticmethod
+    def _hint(code: int | None) -> str:
+        if code in (errno.EACCES, errno.EPERM):
+            return "Fix its permissions: the agent's user must be able to read and enter it (r-x)."
+        return _read_hint(code)
 
 
 def _read_hint(code: int | None) -> str:

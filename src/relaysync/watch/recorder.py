@@ -43,8 +43,9 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 
 class Detection(NamedTuple):
     """What one `detect()` call decided: `changes`, and the `rest` of the events, not looked at
-    yet; `unreadable`, the files that are there but could not be read to hash (no change is
-    recorded for them: look at them again later)."""
+    yet; `unreadable`, the files that are there but could not be read to hash and the
+    directories that could not be listed (SourceListError): no change is recorded for them nor
+    below them (never a delete): look at them again later."""
 
     changes: list[PendingChange]
     rest: list[FsEvent]
@@ -86,6 +87,8 @@ class ChangeRecorder:
         renamed (either name), a scan of a subtree holding one, or a write of a hard-linked
         file with another name below one. Those events come back as `rest`: apply the changes,
         then detect the rest. The first event is always taken, so every call makes progress.
+        An event whose path, or a directory on its way, cannot be read records no change (what
+        it decided before that stays) and is noted in `unreadable`.
 
         The manifest is written in one way only: inode numbers of files found unchanged but
         with another inode (`Manifest.set_inodes`), bookkeeping the journal does not carry.
@@ -101,6 +104,8 @@ class ChangeRecorder:
                     raise
                 rest = list(events[i:])
                 break
+            except SourceReadError as err:  # a directory on its way cannot be opened
+                batch.unreadable.append(err)
         if batch.inodes and self._hard_links:
             self._manifest.set_inodes(batch.inodes.items())
         return Detection(batch.out, rest, tuple(batch.unreadable))
@@ -154,7 +159,22 @@ class ChangeRecorder:
         batch.note_inode(old, entry)
         for other in others:
             if not batch.below_moved(other):  # else under a directory this very change replaced
-                self._restat(batch, other, follow_links=False, linked_to=st, digest=entry.hash)
+                self._restat_link(batch, other, linked_to=st, digest=entry.hash)
+
+    def _restat_link(
+        self,
+        batch: _Batch,
+        path: str,
+        *,
+        linked_to: os.stat_result | None = None,
+        digest: bytes = b"",
+    ) -> None:
+        """`_restat` of another name of a hard-linked file: one that cannot be read (its
+        directory not listable) is looked at again later, the other names go on."""
+        try:
+            self._restat(batch, path, follow_links=False, linked_to=linked_to, digest=digest)
+        except SourceReadError as err:
+            batch.unreadable.append(err)
 
     def _other_links(self, batch: _Batch, entry: Entry) -> list[str]:
         """The other names known for a file with several hard links: the manifest's, and those
@@ -215,7 +235,7 @@ class ChangeRecorder:
         for other in (p for paths in others for p in paths):
             # A name below a directory this scan found deleted is gone from disk too.
             if not batch.below_moved(other):
-                self._restat(batch, other, follow_links=False)
+                self._restat_link(batch, other)
 
     def _ensure_parents(self, batch: _Batch, path: str) -> None:
         """Emit mkdir for directories above `path` the manifest does not know yet, top first."""
