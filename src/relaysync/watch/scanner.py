@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
 import xxhash
 
 from relaysync._util.fs import open_dir_in, open_for_read
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits, same_version
+from relaysync.watch.target_policy import TargetPolicy, tighten_in
 
 logger = logging.getLogger(__name__)
 
@@ -205,18 +207,21 @@ def lstat_in(root: Path, relpath: str, dir_fd: int | None) -> os.stat_result | N
         return None
 
 
-def same_stat(old: Entry, kind: str, st: os.stat_result) -> bool:
-    """Return True if an lstat result matches the manifest entry without reading content."""
+def same_stat(
+    old: Entry, kind: str, st: os.stat_result, policy: TargetPolicy | None = None
+) -> bool:
+    """Return True if an lstat result matches the manifest entry without reading content.
+
+    `policy` (a target's): a mode on disk is the same as the manifest's when it is what the
+    policy made of it (the manifest records the mode the source asked for)."""
     if old.kind != kind:
         return False
+    on_disk = permission_bits(st.st_mode)
+    same_mode = old.mode == on_disk if policy is None else policy.same_mode(old.mode, on_disk)
     if kind == "d":
         # Directory mtimes move with every child change; only mode is replicated for them.
-        return old.mode == permission_bits(st.st_mode)
-    return (old.size, old.mtime_ns, old.mode) == (
-        st.st_size,
-        mtime_ns_of(st),
-        permission_bits(st.st_mode),
-    )
+        return same_mode
+    return same_mode and (old.size, old.mtime_ns) == (st.st_size, mtime_ns_of(st))
 
 
 def _kind_of(st: os.stat_result) -> str:
@@ -269,10 +274,17 @@ class TreeScan:
     entries of changed files that have other hard links.
     """
 
-    def __init__(self, root: Path, manifest: Manifest, path_filter: PathFilter) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        path_filter: PathFilter,
+        policy: TargetPolicy | None = None,
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self.filter = path_filter
+        self.policy = policy  # a target's (watch/target_policy.py): its disk read through it
         self.out: list[PendingChange] = []
         self.inodes: list[tuple[str, int]] = []
         self.linked: list[Entry] = []
@@ -287,13 +299,21 @@ class TreeScan:
             if old is not None:
                 self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
             return False
-        if old is not None and kind != "l" and same_stat(old, kind, st):
+        if self.policy is not None and kind != "l" and dir_fd is not None:
+            self._tighten(relpath, st, dir_fd)
+        if old is not None and kind != "l" and same_stat(old, kind, st, self.policy):
             if kind == "f" and old.ino != st.st_ino:
                 self.inodes.append((relpath, st.st_ino))
             return kind == "d"
         new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd)
         if new is None:
             return False
+        if (
+            old is not None
+            and self.policy is not None
+            and self.policy.same_mode(old.mode, new.mode)
+        ):
+            new = msgspec.structs.replace(new, mode=old.mode)  # the mode asked, as recorded
         if new.kind == "l" and not self.filter.utf8_link_target(relpath, new.link_target):
             if old is not None:  # not replicated any more: like a link that became a FIFO
                 self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
@@ -306,6 +326,15 @@ class TreeScan:
             elif changes and st.st_nlink > 1:
                 self.linked.append(new)
         return kind == "d"
+
+    def _tighten(self, relpath: str, st: os.stat_result, dir_fd: int) -> None:
+        """A target's: remove the bits its policy removes from what holds them (written before
+        the policy, or by someone else). The manifest goes on recording the mode asked."""
+        assert self.policy is not None
+        on_disk = permission_bits(st.st_mode)
+        wanted = self.policy.disk_mode(on_disk)
+        if wanted != on_disk:
+            tighten_in(dir_fd, relpath.rpartition("/")[2], wanted)
 
     def walk(self, top: str) -> None:
         stack = [top]
@@ -324,6 +353,10 @@ class TreeScan:
         try:
             on_disk = self._list_dir(dir_rel, dir_fd) if dir_fd is not None else {}
             for path in sorted(set(known) - set(on_disk)):
+                if self.policy is not None and self.policy.keeps_absent(
+                    known[path].kind, path, known[path].link_target
+                ):
+                    continue  # a link the policy refused: recorded, never on disk
                 self.out.append(PendingChange(op="delete", path=path, base_hash=known[path].hash))
             subdirs = []
             for path in sorted(on_disk):
@@ -361,9 +394,17 @@ def scan_tree(
     return scan(root, manifest, path_filter, subdir=subdir).out
 
 
-def scan(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir: str = "") -> TreeScan:
-    """Like scan_tree, but return the whole TreeScan: the changes and the hard-link notes."""
-    result = TreeScan(root, manifest, path_filter)
+def scan(
+    root: Path,
+    manifest: Manifest,
+    path_filter: PathFilter,
+    *,
+    subdir: str = "",
+    policy: TargetPolicy | None = None,
+) -> TreeScan:
+    """Like scan_tree, but return the whole TreeScan: the changes and the hard-link notes.
+    `policy`: a target's, for its start-up scan (`TreeScan`)."""
+    result = TreeScan(root, manifest, path_filter, policy)
     if not subdir:
         result.walk("")
         return result
