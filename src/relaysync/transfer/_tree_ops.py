@@ -101,10 +101,11 @@ class TreeOps(SessionHooks):
                 return self._rename(msg)
             case SetAttr():
                 path = resolve_inside(root, msg.path)
-                if not path.is_symlink():
-                    os.chmod(path, permission_bits(msg.mode))
-                os.utime(path, ns=(msg.mtime_ns, msg.mtime_ns), follow_symlinks=False)
                 entry = manifest.get(msg.path)
+                if not self._recorded_only(entry, path):
+                    if not path.is_symlink():
+                        os.chmod(path, self.folder.policy.disk_mode(msg.mode))
+                    os.utime(path, ns=(msg.mtime_ns, msg.mtime_ns), follow_symlinks=False)
                 if entry is not None:
                     manifest.put_many([_with_attrs(entry, msg.mode, msg.mtime_ns)])
             case Erase():
@@ -140,7 +141,7 @@ class TreeOps(SessionHooks):
         parent, name = self._dirs.get(parent_of(msg.path), create=True), msg.path.rpartition("/")[2]
         fd = _real_dir_at(parent, name)
         try:
-            _chmod_fd(fd, permission_bits(msg.mode) or 0o755)
+            _chmod_fd(fd, self.folder.policy.disk_mode(permission_bits(msg.mode) or 0o755))
         finally:
             os.close(fd)
         if self.folder.durable:
@@ -152,6 +153,10 @@ class TreeOps(SessionHooks):
     def _make_link(self, msg: Symlink) -> None:
         root = self.folder.root
         path = resolve_inside(root, msg.path)
+        refused = self.folder.policy.refuses_link(msg.path, msg.target)
+        if refused:
+            self._refuse_link(msg, path)
+            raise UnsafePath(msg.path, refused)
         staging.make_parents(root, path)
         temp = staging.temp_name_for(path)
         os.symlink(msg.target, temp)
@@ -171,6 +176,28 @@ class TreeOps(SessionHooks):
                     mtime_ns=mtime_ns_of(st),
                 )
             ]
+        )
+
+    def _refuse_link(self, msg: Symlink, path: Path) -> None:
+        """A link the policy refuses: what the path held goes (the source has no such version
+        any more), and the manifest records the link as asked, so that no comparison with the
+        source sees a difference and sends it again and again; the start-up scan keeps it."""
+        if self._keeper is not None:
+            self._keeper.save(path)
+        staging.remove_any(path)
+        self._sync_dir(self.folder.root, parent_of(msg.path))
+        self.folder.manifest.remove_tree(msg.path)
+        digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
+        self.folder.manifest.put_many(
+            [Entry(path=msg.path, kind="l", hash=digest, link_target=msg.target)]
+        )
+
+    def _recorded_only(self, entry: Entry | None, path: Path) -> bool:
+        """Whether `entry` is a link the policy refused: in the manifest, never on disk."""
+        return (
+            entry is not None
+            and self.folder.policy.keeps_absent(entry.kind, entry.path, entry.link_target)
+            and not os.path.lexists(path)
         )
 
     def _rename(self, msg: Rename) -> dict[str, Any]:
@@ -235,8 +262,18 @@ class TreeOps(SessionHooks):
             staging.remove_any(Path(child.path))
             self.folder.manifest.remove_tree(rel)
             self.folder.drop_partials_under(rel)
+        self._forget_absent(msg.path, keep)
         self._sync_dir(self.folder.root, msg.path)
         return survey.record_fields("d")
+
+    def _forget_absent(self, rel_dir: str, keep: set[str]) -> None:
+        """Drop the manifest's children of `rel_dir` not in `keep` that are not on disk (a link
+        the policy refused is recorded only): an Erase of them would otherwise come for ever."""
+        manifest = self.folder.manifest
+        for child in manifest.children(rel_dir):
+            name = child.path.rpartition("/")[2]
+            if name not in keep and not os.path.lexists(self.folder.root / child.path):
+                manifest.remove_tree(child.path)
 
 
 _OP_NAMES: dict[type, str] = {

@@ -24,6 +24,8 @@ import msgspec
 from relaysync.constants import MAX_MESSAGE_BYTES, MAX_PATH_BYTES
 from relaysync.protocol.messages import (
     MAX_LISTING_ENTRIES,
+    MAX_REMOVED_BYTES,
+    MAX_REPORT_RECORDS,
     Ack,
     AnyMessage,
     Checkpoint,
@@ -62,6 +64,12 @@ logger = logging.getLogger(__name__)
 LISTING_REPLY_BYTES = MAX_MESSAGE_BYTES // 2
 ENTRY_WIRE_BYTES = 48  # a DirEntry on the wire besides its name: kind, hash, size, mtime, mode
 ReportFn = Callable[[int, Sequence[CommitRecord]], None]  # (watermark, records)
+# The records of applied ops held until the next Checkpoint: past either bound they are reported
+# and the watermark saved up to the last op applied, as a Checkpoint would, so that a stream of
+# ops without one (a hostile or broken source) holds memory flat instead of ~330 bytes an op.
+APPLIED_RECORDS_MAX = MAX_REPORT_RECORDS  # one report's worth (agent/master_link.py)
+APPLIED_BYTES_MAX = 4 * MAX_REMOVED_BYTES  # of their paths, errors and removed paths
+RECORD_BYTES = 200  # a CommitRecord's own objects besides its strings
 
 
 class ReceiverSession(FileReceiver, TreeOps):
@@ -79,10 +87,14 @@ class ReceiverSession(FileReceiver, TreeOps):
         self._skip_seq = -1  # chunks of a file refused at FileStart are dropped
         self._keeper = folder.keeper()
         self._batch = staging.CommitBatch(
-            durable=folder.durable, before_replace=self._keeper.save if self._keeper else None
+            durable=folder.durable,
+            before_replace=self._keeper.save if self._keeper else None,
+            mode_mask=folder.policy.mode_mask,
         )
         self._pending = _Pending()
         self._applied: list[CommitRecord] = []
+        self._applied_counted = 0  # of _applied, those whose bytes _applied_bytes holds
+        self._applied_bytes = 0
         self._seen_seq = self.watermark
         self._dirs = DirHandles(folder.root, folder.tree_changes)  # of the files of a batch
         # The sender resends a rename's new path whole when asked (its Hello: CAP_RENAME_RESEND).
@@ -102,6 +114,8 @@ class ReceiverSession(FileReceiver, TreeOps):
                     reply = None
                 if reply is not None:
                     replies.append(reply)
+                elif self._applied_full():
+                    self._save_progress()
         except TransientFailure as failure:
             full = failure.code == ErrorCode.DISK_FULL
             if full:
@@ -244,20 +258,43 @@ class ReceiverSession(FileReceiver, TreeOps):
     def _checkpoint(self, seq: int, obsolete: Sequence[PartialRef] = ()) -> Ack:
         self.flush()
         self._note(seq)
-        # Reported (the agent keeps the report on disk) before the watermark is saved: a kill
-        # between the two makes the source send these again and the master take them as
-        # repeats; the other way round, the master would never hear of them.
-        applied, self._applied = self._applied, []
-        if applied:
-            self.report(max(self._seen_seq, self.watermark), applied)  # as saved just below
-        if self._seen_seq > self.watermark:
-            self.watermark = self._seen_seq
-            self.folder.set_watermark(self.journal_id, self.watermark)
+        self._report_and_save()
         if obsolete:  # after the watermark: no replay of the comparison's records brings them back
             dropped = self.folder.drop_obsolete_partials(obsolete)
             if dropped:
                 logger.info("removed %s partials whose version the source no longer has", dropped)
         return Ack(mapping_id=self.folder.mapping_id, watermark=self.watermark)
+
+    def _report_and_save(self) -> None:
+        """Report the records held and save the watermark up to the last op seen (all applied)."""
+        # Reported (the agent keeps the report on disk) before the watermark is saved: a kill
+        # between the two makes the source send these again and the master take them as
+        # repeats; the other way round, the master would never hear of them.
+        applied, self._applied = self._applied, []
+        self._applied_counted = self._applied_bytes = 0
+        if applied:
+            self.report(max(self._seen_seq, self.watermark), applied)  # as saved just below
+        if self._seen_seq > self.watermark:
+            self.watermark = self._seen_seq
+            self.folder.set_watermark(self.journal_id, self.watermark)
+
+    def _applied_full(self) -> bool:
+        """Whether the records held until the next Checkpoint reached a bound."""
+        for record in self._applied[self._applied_counted :]:
+            self._applied_bytes += RECORD_BYTES + _record_bytes(record)
+        self._applied_counted = len(self._applied)
+        return (
+            self._applied_counted >= APPLIED_RECORDS_MAX or self._applied_bytes >= APPLIED_BYTES_MAX
+        )
+
+    def _save_progress(self) -> None:
+        """A Checkpoint's work without one, between two ops: commit what is staged, report, and
+        save the watermark. Not while a file is being received: its seq is not applied yet (and
+        every op before it is, so the watermark is right whenever this runs)."""
+        if self._incoming is not None:
+            return
+        self.flush()
+        self._report_and_save()
 
     def _refuse(
         self, seq: int, op: str, path: str, detail: str, started: float, changed_at: float = 0.0
@@ -323,3 +360,8 @@ class ReceiverSession(FileReceiver, TreeOps):
                 )
             )
         return DigestReply(mapping_id=msg.mapping_id, listings=tuple(listings))
+
+
+def _record_bytes(record: CommitRecord) -> int:
+    strings = (record.path, record.error, record.new_path, *record.removed)
+    return sum(len(text) for text in strings)

@@ -362,9 +362,14 @@ class CommitBatch:
     """Verified temp files waiting to be made durable and renamed into place together."""
 
     def __init__(
-        self, *, durable: bool, before_replace: Callable[[Path], None] | None = None
+        self,
+        *,
+        durable: bool,
+        before_replace: Callable[[Path], None] | None = None,
+        mode_mask: int = 0,
     ) -> None:
         self.durable = durable
+        self.mode_mask = mode_mask  # bits the target's policy removes (watch/target_policy.py)
         self._files: list[IncomingFile] = []
         self.before_replace = before_replace  # keeps the old version (synchronization and backup)
 
@@ -407,7 +412,7 @@ class CommitBatch:
         for f in files:
             if f.temp_name.endswith(PARTIAL_SUFFIX):
                 _check_still_named(f)
-            os.fchmod(f.fd, permission_bits(f.mode))
+            os.fchmod(f.fd, permission_bits(f.mode) & ~self.mode_mask)
             os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
             if durable:
                 os.fsync(f.fd)

@@ -19,6 +19,7 @@ from relaysync.transfer import staging
 from relaysync.transfer.paths import TreeChanges, parent_of, resolve_inside
 from relaysync.transfer.versions import VersionKeeper
 from relaysync.watch.manifest import Manifest
+from relaysync.watch.target_policy import TargetPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class TargetFolder:
     durable: bool
     link_secret: bytes = b""  # non-empty: the policy allows this source on a plain (TLS-off) link
     keep_versions: int = 0  # > 0: previous versions of replaced/deleted files kept beside the tree
+    policy: TargetPolicy = TargetPolicy()  # which links and mode bits land here (safe, o-w)
     # Who may stream to us: our parent in the routing table (the source when there is none).
     parents: frozenset[str] = frozenset()
     route: tuple[str, ...] = ()  # the nodes the current session's stream came through (job log)

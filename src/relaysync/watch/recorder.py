@@ -35,6 +35,7 @@ from relaysync.watch.scanner import (
     make_entry,
     scan,
 )
+from relaysync.watch.target_policy import TargetPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +67,24 @@ class ChangeRecorder:
         hard_links: follow hard links (a source): a file written through one of its names
             changes its other names too, and the manifest's inode numbers find them. A target's
             start-up scan passes False: it never watches, and its rows carry no inode numbers.
+        policy: a target's start-up scan reads its disk through its policy (links refused,
+            mode bits removed: watch/target_policy.py); None for a source.
     """
 
     def __init__(
-        self, root: Path, manifest: Manifest, path_filter: PathFilter, *, hard_links: bool = True
+        self,
+        root: Path,
+        manifest: Manifest,
+        path_filter: PathFilter,
+        *,
+        hard_links: bool = True,
+        policy: TargetPolicy | None = None,
     ) -> None:
         self._root = root
         self._manifest = manifest
         self._filter = path_filter
         self._hard_links = hard_links
+        self._policy = policy
 
     # --- detect ---
 
@@ -224,7 +234,7 @@ class ChangeRecorder:
 
     def _rescan(self, batch: _Batch, path: str) -> None:
         batch.check_scan(path)  # the scan reads the manifest's subtree, not the batch
-        result = scan(self._root, self._manifest, self._filter, subdir=path)
+        result = scan(self._root, self._manifest, self._filter, subdir=path, policy=self._policy)
         linked = result.linked if self._hard_links else []
         others = [self._other_links(batch, entry) for entry in linked]  # before anything is added
         if path:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
 import xxhash
 
 from relaysync._util.fs import GONE_ERRNOS, open_dir_in, open_for_read
@@ -23,6 +24,7 @@ from relaysync.errors import SourceListError, SourceReadError
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits, same_version
+from relaysync.watch.target_policy import TargetPolicy, tighten_in
 
 logger = logging.getLogger(__name__)
 
@@ -244,18 +246,21 @@ def lstat_in(root: Path, relpath: str, dir_fd: int | None) -> os.stat_result | N
         raise SourceListError.of(relpath.rpartition("/")[0], exc) from exc
 
 
-def same_stat(old: Entry, kind: str, st: os.stat_result) -> bool:
-    """Return True if an lstat result matches the manifest entry without reading content."""
+def same_stat(
+    old: Entry, kind: str, st: os.stat_result, policy: TargetPolicy | None = None
+) -> bool:
+    """Return True if an lstat result matches the manifest entry without reading content.
+
+    `policy` (a target's): a mode on disk is the same as the manifest's when it is what the
+    policy made of it (the manifest records the mode the source asked for)."""
     if old.kind != kind:
         return False
+    on_disk = permission_bits(st.st_mode)
+    same_mode = old.mode == on_disk if policy is None else policy.same_mode(old.mode, on_disk)
     if kind == "d":
         # Directory mtimes move with every child change; only mode is replicated for them.
-        return old.mode == permission_bits(st.st_mode)
-    return (old.size, old.mtime_ns, old.mode) == (
-        st.st_size,
-        mtime_ns_of(st),
-        permission_bits(st.st_mode),
-    )
+        return same_mode
+    return same_mode and (old.size, old.mtime_ns) == (st.st_size, mtime_ns_of(st))
 
 
 def _kind_of(st: os.stat_result) -> str:
@@ -311,10 +316,17 @@ class TreeScan:
     for deleted), for the caller to look at again.
     """
 
-    def __init__(self, root: Path, manifest: Manifest, path_filter: PathFilter) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        path_filter: PathFilter,
+        policy: TargetPolicy | None = None,
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self.filter = path_filter
+        self.policy = policy  # a target's (watch/target_policy.py): its disk read through it
         self.out: list[PendingChange] = []
         self.inodes: list[tuple[str, int]] = []
         self.linked: list[Entry] = []
@@ -330,7 +342,9 @@ class TreeScan:
             if old is not None:
                 self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
             return False
-        if old is not None and kind != "l" and same_stat(old, kind, st):
+        if self.policy is not None and kind != "l" and dir_fd is not None:
+            self._tighten(relpath, st, dir_fd)
+        if old is not None and kind != "l" and same_stat(old, kind, st, self.policy):
             if kind == "f" and old.ino != st.st_ino:
                 self.inodes.append((relpath, st.st_ino))
             return kind == "d"
@@ -341,6 +355,12 @@ class TreeScan:
             return False
         if new is None:
             return False
+        if (
+            old is not None
+            and self.policy is not None
+            and self.policy.same_mode(old.mode, new.mode)
+        ):
+            new = msgspec.structs.replace(new, mode=old.mode)  # the mode asked, as recorded
         if new.kind == "l" and not self.filter.utf8_link_target(relpath, new.link_target):
             if old is not None:  # not replicated any more: like a link that became a FIFO
                 self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
@@ -353,6 +373,15 @@ class TreeScan:
             elif changes and st.st_nlink > 1:
                 self.linked.append(new)
         return kind == "d"
+
+    def _tighten(self, relpath: str, st: os.stat_result, dir_fd: int) -> None:
+        """A target's: remove the bits its policy removes from what holds them (written before
+        the policy, or by someone else). The manifest goes on recording the mode asked."""
+        assert self.policy is not None
+        on_disk = permission_bits(st.st_mode)
+        wanted = self.policy.disk_mode(on_disk)
+        if wanted != on_disk:
+            tighten_in(dir_fd, relpath.rpartition("/")[2], wanted)
 
     def walk(self, top: str) -> None:
         stack = [top]
@@ -379,6 +408,10 @@ class TreeScan:
                 self.unreadable.append(err)
                 return []
             for path in sorted(set(known) - set(on_disk)):
+                if self.policy is not None and self.policy.keeps_absent(
+                    known[path].kind, path, known[path].link_target
+                ):
+                    continue  # a link the policy refused: recorded, never on disk
                 self.out.append(PendingChange(op="delete", path=path, base_hash=known[path].hash))
             subdirs = []
             for path in sorted(on_disk):
@@ -428,9 +461,17 @@ def scan_tree(
     return scan(root, manifest, path_filter, subdir=subdir).out
 
 
-def scan(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir: str = "") -> TreeScan:
-    """Like scan_tree, but return the whole TreeScan: the changes and the hard-link notes."""
-    result = TreeScan(root, manifest, path_filter)
+def scan(
+    root: Path,
+    manifest: Manifest,
+    path_filter: PathFilter,
+    *,
+    subdir: str = "",
+    policy: TargetPolicy | None = None,
+) -> TreeScan:
+    """Like scan_tree, but return the whole TreeScan: the changes and the hard-link notes.
+    `policy`: a target's, for its start-up scan (`TreeScan`)."""
+    result = TreeScan(root, manifest, path_filter, policy)
     if not subdir:
         result.walk("")
         return result
