@@ -45,8 +45,8 @@ def test_a_link_out_of_the_folder_is_refused_until_the_operator_trusts_the_sourc
         os.symlink("releases/6", src / "current")  # the atomic deploy: within the folder
         os.symlink("/etc/passwd", src / "passwd")
         (src / "last.html").write_text("after the links\n")
-        wait_until(
-            lambda: (dst / "last.html").exists() and os.path.islink(dst / "current"),
+        wait_until(  # index.html, found by the scan of a new folder, waits HOT_FILE_S
+            lambda: (dst / "last.html").exists() and (dst / "current" / "index.html").exists(),
             timeout_s=CONVERGE_TIMEOUT_S,
             what="the changes on the target",
         )
