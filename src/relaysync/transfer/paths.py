@@ -85,6 +85,12 @@ def parent_of(path: str) -> str:
     return path.rpartition("/")[0]
 
 
+def _moved(reldir: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        errno.ENOENT, "directory renamed or removed since a file was staged in it", reldir or "."
+    )
+
+
 class TreeChanges:
     """A count of the ops that may have turned a directory below one root into something else
     (delete, rename, erase, symlink): shared by the sessions writing there (the members of an
@@ -124,6 +130,7 @@ class DirHandles:
         self._root_fd = -1
         self._fds: dict[str, int] = {}
         self._retired: list[int] = []
+        self._dir_of: dict[int, str] = {}  # each open descriptor's directory (retired included)
 
     def get(self, reldir: str, *, create: bool = False) -> int:
         """The descriptor of `reldir` ("" is root), its missing directories created if `create`.
@@ -154,7 +161,29 @@ class DirHandles:
                 ) from exc
             raise
         self._fds[reldir] = fd
+        self._dir_of[fd] = reldir
         return fd
+
+    def check_still_there(self, fd: int) -> None:
+        """Raise FileNotFoundError unless the directory `fd` (one of ours) is still the one at
+        its path: a file staged in it must not be renamed into a directory another member of an
+        N:M job or a local user renamed or removed meanwhile (it would appear elsewhere, or
+        nowhere, while the manifest records it at its path). One openat2 and two fstats.
+        """
+        reldir = self._dir_of.get(fd)
+        if reldir is None:
+            return  # not one of ours (a caller's own descriptor)
+        held = os.fstat(fd)
+        try:
+            now_fd = open_dir_at(self._root_fd, reldir)
+        except OSError as exc:
+            raise _moved(reldir) from exc
+        try:
+            now = os.fstat(now_fd)
+        finally:
+            os.close(now_fd)
+        if held.st_nlink == 0 or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise _moved(reldir)
 
     def forget(self) -> None:
         """Open each directory anew at its next use (a descriptor in use stays open)."""
@@ -166,6 +195,7 @@ class DirHandles:
         """Close the descriptors `forget` set aside: no staged file uses one any more."""
         retired, self._retired = self._retired, []
         for fd in retired:
+            self._dir_of.pop(fd, None)
             os.close(fd)
 
     def release(self) -> None:

@@ -86,17 +86,18 @@ class ReceiverSession(FileReceiver, TreeOps):
         self._incoming_wire = 0
         self._skip_seq = -1  # chunks of a file refused at FileStart are dropped
         self._keeper = folder.keeper()
+        self._dirs = DirHandles(folder.root, folder.tree_changes)  # of the files of a batch
         self._batch = staging.CommitBatch(
             durable=folder.durable,
             before_replace=self._keeper.save if self._keeper else None,
             mode_mask=folder.policy.mode_mask,
+            check_dir=self._dirs.check_still_there,
         )
         self._pending = _Pending()
         self._applied: list[CommitRecord] = []
         self._applied_counted = 0  # of _applied, those whose bytes _applied_bytes holds
         self._applied_bytes = 0
         self._seen_seq = self.watermark
-        self._dirs = DirHandles(folder.root, folder.tree_changes)  # of the files of a batch
         # The sender resends a rename's new path whole when asked (its Hello: CAP_RENAME_RESEND).
         self.sender_resends_renames = False
 

@@ -367,8 +367,12 @@ class CommitBatch:
         durable: bool,
         before_replace: Callable[[Path], None] | None = None,
         mode_mask: int = 0,
+        check_dir: Callable[[int], None] | None = None,
     ) -> None:
         self.durable = durable
+        # Raises OSError if a directory descriptor files were staged in no longer is the directory
+        # at its path (paths.DirHandles.check_still_there): checked once per directory a commit.
+        self.check_dir = check_dir
         self.mode_mask = mode_mask  # bits the target's policy removes (watch/target_policy.py)
         self._files: list[IncomingFile] = []
         self.before_replace = before_replace  # keeps the old version (synchronization and backup)
@@ -422,6 +426,9 @@ class CommitBatch:
         the time just before the last rename."""
         dirs: set[str | int] = set()
         last, visible_at = files[-1], 0.0
+        if self.check_dir is not None:
+            for fd in {f.dir_fd for f in files if f.dir_fd >= 0}:
+                self.check_dir(fd)
         for f in files:
             partial = f.temp_name.endswith(PARTIAL_SUFFIX)
             if partial:

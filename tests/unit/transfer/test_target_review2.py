@@ -1,0 +1,112 @@
+"""Defects a review of the fd-based target paths and the target policy found (2026-12-05): a file
+staged in a directory moved meanwhile, links moved out of the folder by a Rename, escaping links
+left on disk by the start-up scan, and a SetAttr racing a swap for a link."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import xxhash
+
+from relaysync.protocol.messages import (
+    Ack,
+    Checkpoint,
+    CommitRecord,
+    Error,
+    ErrorCode,
+    MakeDir,
+    Rename,
+    SmallFile,
+)
+from relaysync.transfer.conflicts import NEWEST_MTIME, session_for
+from relaysync.transfer.receiver import ReceiverSession
+from relaysync.transfer.target_folder import TargetFolder
+from relaysync.watch.manifest import Manifest
+
+T0 = 1_700_000_000_000_000_000
+Reports = list[tuple[int, Sequence[CommitRecord]]]
+
+
+def _small(seq: int, path: str, data: bytes, mode: int = 0o644) -> SmallFile:
+    digest = xxhash.xxh3_128(data).digest()
+    return SmallFile(
+        seq=seq, path=path, size=len(data), mode=mode, mtime_ns=T0, data=data, hash=digest
+    )
+
+
+def _members(tmp_path: Path) -> tuple[TargetFolder, TargetFolder]:
+    """Two members of an N:M job sharing a root, its lock and its count of tree changes."""
+    root = tmp_path / "root"
+    root.mkdir()
+    a = TargetFolder(
+        mapping_id=1,
+        source_node="A",
+        root=root,
+        manifest=Manifest(tmp_path / "a.db"),
+        durable=False,
+        conflict=NEWEST_MTIME,
+        lock=threading.RLock(),
+    )
+    b = TargetFolder(
+        mapping_id=2,
+        source_node="B",
+        root=root,
+        manifest=Manifest(tmp_path / "b.db"),
+        durable=False,
+        conflict=NEWEST_MTIME,
+        lock=a.lock,
+        tree_changes=a.tree_changes,
+    )
+    return a, b
+
+
+def test_a_file_staged_in_a_directory_another_member_renames_is_retried_not_lost(
+    tmp_path: Path,
+) -> None:
+    """The old commit renamed into the descriptor held since staging: the file appeared at e/x,
+    A's manifest recorded d/x and its watermark passed it, so it was never sent again."""
+    a, b = _members(tmp_path)
+    session_a = session_for(a, "ja", lambda *_: None)
+    session_b = session_for(b, "jb", lambda *_: None)
+    try:
+        made = [MakeDir(seq=1, path="d", mode=0o755), _small(2, "d/own", b"b"), Checkpoint(seq=2)]
+        assert session_b.apply_batch(made) == [Ack(mapping_id=2, watermark=2)]
+        assert session_a.apply_batch([_small(1, "d/x", b"from A")]) == []  # staged, no Checkpoint
+        moved = [Rename(seq=3, path="d", new_path="e"), Checkpoint(seq=3)]
+        assert session_b.apply_batch(moved) == [Ack(mapping_id=2, watermark=3)]
+        (reply,) = session_a.apply_batch([Checkpoint(seq=2)])
+    finally:
+        session_a.close()
+        session_b.close()
+    assert isinstance(reply, Error) and reply.code == ErrorCode.IO_ERROR and reply.seq == 1
+    assert "renamed or removed since a file was staged" in reply.detail
+    assert sorted(os.listdir(a.root / "e")) == ["own"]  # nothing committed into the moved one
+    assert a.manifest.get("d/x") is None and a.watermark("ja") == 0  # the source sends it again
+
+
+def test_a_file_staged_in_a_directory_moved_locally_is_retried_not_committed_there(
+    folder: TargetFolder,
+) -> None:
+    reports: Reports = []
+    session = ReceiverSession(folder, "j", lambda w, r: reports.append((w, list(r))))
+    try:
+        assert session.apply_batch(
+            [MakeDir(seq=1, path="d"), MakeDir(seq=2, path="d2"), Checkpoint(seq=2)]
+        ) == [Ack(mapping_id=1, watermark=2)]
+        staged = [_small(3, "d/x", b"x"), _small(4, "d2/y", b"y"), _small(5, "top", b"t")]
+        assert session.apply_batch(staged) == []
+        os.rename(folder.root / "d", folder.root / "moved")  # a local `mv` meanwhile
+        (reply,) = session.apply_batch([Checkpoint(seq=5)])
+        assert isinstance(reply, Error) and reply.seq == 3
+        assert os.listdir(folder.root / "moved") == []
+        assert not any(n.startswith(".relaysync") for n in os.listdir(folder.root / "d2"))
+        assert folder.watermark("j") == 2 and folder.manifest.get("d/x") is None
+        # the source's retry lands where it asked
+        assert session.apply_batch([*staged, Checkpoint(seq=5)]) == [Ack(mapping_id=1, watermark=5)]
+    finally:
+        session.close()
+    assert (folder.root / "d/x").read_bytes() == b"x"
+    assert (folder.root / "d2/y").read_bytes() == b"y"
