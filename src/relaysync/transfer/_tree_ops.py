@@ -238,7 +238,38 @@ class TreeOps(SessionHooks):
         self._sync_dir(root, parent_of(msg.path))
         self._sync_dir(root, parent_of(msg.new_path))
         self.folder.manifest.rename_tree(msg.path, msg.new_path)
+        self._refuse_moved_links(msg)
         return survey.record_fields(kind)
+
+    def _refuse_moved_links(self, msg: Rename) -> None:
+        """Check the links a rename moved (the renamed link, those below a renamed directory) at
+        their new paths: one that now points outside the folder (moved up) is refused as a
+        Symlink would be: removed from disk, recorded only in the manifest, a failed record."""
+        started, policy, manifest = time.monotonic(), self.folder.policy, self.folder.manifest
+        if policy.symlinks != "safe":
+            return
+        moved = manifest.get(msg.new_path)
+        if moved is None or moved.kind not in ("l", "d"):
+            return
+        links = [moved] if moved.kind == "l" else manifest.links_under(msg.new_path)
+        for link in links:
+            refused = policy.refuses_link(link.path, link.link_target)
+            if refused and self._unlink_link(link.path):
+                self._refuse(msg.seq, "symlink", link.path, refused, started)
+
+    def _unlink_link(self, path: str) -> bool:
+        """Remove the symlink at `path` in its parent held open; False if no link is there."""
+        try:
+            parent = self._dirs.get(parent_of(path))
+            name = path.rpartition("/")[2]
+            if not stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode):
+                return False
+            os.unlink(name, dir_fd=parent)
+        except (FileNotFoundError, UnsafePath):
+            return False
+        if self.folder.durable:
+            staging.fsync_dir(parent)
+        return True
 
     def _erase(self, msg: Erase) -> dict[str, Any]:
         """Remove the directory's children not in `keep`; return the files and links removed."""

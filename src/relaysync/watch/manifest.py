@@ -348,6 +348,17 @@ class Manifest:
                 return
             after, inclusive = rows[-1][0], False
 
+    def links_under(self, path: str) -> list[Entry]:
+        """Return the symlinks strictly below `path`, sorted by path."""
+        low, high = subtree_bounds(path)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE path >= ? AND path < ? AND kind = 'l' "
+                "ORDER BY path",
+                (low, high),
+            ).fetchall()
+        return [_row_to_entry(r) for r in rows]
+
     def count(self) -> int:
         """Return the number of entries."""
         with self._lock:

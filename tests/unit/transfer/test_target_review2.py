@@ -20,11 +20,16 @@ from relaysync.protocol.messages import (
     MakeDir,
     Rename,
     SmallFile,
+    Symlink,
 )
 from relaysync.transfer.conflicts import NEWEST_MTIME, session_for
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
+from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
+from relaysync.watch.recorder import ChangeRecorder
+from relaysync.watch.target_policy import TargetPolicy
+from relaysync.watch.watcher import FsEvent
 
 T0 = 1_700_000_000_000_000_000
 Reports = list[tuple[int, Sequence[CommitRecord]]]
@@ -110,3 +115,71 @@ def test_a_file_staged_in_a_directory_moved_locally_is_retried_not_committed_the
         session.close()
     assert (folder.root / "d/x").read_bytes() == b"x"
     assert (folder.root / "d2/y").read_bytes() == b"y"
+
+
+def _restart(folder: TargetFolder) -> None:
+    """The target agent's start-up scan of its folder (agent/_target_role.py _open_target)."""
+    recorder = ChangeRecorder(
+        folder.root,
+        folder.manifest,
+        PathFilter((), (), root=folder.root),
+        hard_links=False,
+        policy=folder.policy,
+    )
+    recorder.detect_and_apply([FsEvent(kind="rescan", path="")])
+
+
+DEEP = ["a", "a/b", "a/b/c", "a/b/c/d", "a/b/c/d/e", "a/b/c/d/e/f"]
+
+
+def test_links_a_rename_moves_up_out_of_the_folder_are_refused(folder: TargetFolder) -> None:
+    """Safe at depth 6, `../../../../../../etc/passwd` leads to /etc/passwd at the top: the old
+    rename left root/passwd and root/f/shadowdir pointing at /etc."""
+    reports: Reports = []
+    ops: list = [MakeDir(seq=i + 1, path=d) for i, d in enumerate(DEEP)]
+    ops += [
+        Symlink(seq=10, path="a/b/c/d/e/f/passwd", target="../../../../../../etc/passwd"),
+        Symlink(seq=11, path="a/b/c/d/e/f/shadowdir", target="../../../../../../etc"),
+        Symlink(seq=12, path="a/b/c/d/e/f/inside", target="../x"),  # a/b/c/d/e/x, then x: stays
+        Rename(seq=13, path="a/b/c/d/e/f/passwd", new_path="passwd"),
+        Rename(seq=14, path="a/b/c/d/e/f", new_path="f"),
+        Checkpoint(seq=14),
+    ]
+    session = ReceiverSession(folder, "j", lambda w, r: reports.append((w, list(r))))
+    try:
+        assert session.apply_batch(ops) == [Ack(mapping_id=1, watermark=14)]
+    finally:
+        session.close()
+    refused = {r.path: r for _, records in reports for r in records if not r.ok}
+    assert set(refused) == {"passwd", "f/shadowdir"}
+    for record in refused.values():
+        assert record.op == "symlink" and "points outside the folder" in record.error
+        assert 'set the mapping\'s symlink policy to "any"' in record.error
+    assert not os.path.lexists(folder.root / "passwd")
+    assert not os.path.lexists(folder.root / "f/shadowdir")
+    assert os.readlink(folder.root / "f/inside") == "../x"
+    recorded = {p: folder.manifest.get(p) for p in ("passwd", "f/shadowdir", "f/inside")}
+    assert {p: e.link_target for p, e in recorded.items() if e} == {
+        "passwd": "../../../../../../etc/passwd",
+        "f/shadowdir": "../../../../../../etc",
+        "f/inside": "../x",
+    }  # as the source has them: no comparison sends them again
+    _restart(folder)  # and the start-up scan keeps them recorded, absent
+    assert folder.manifest.get("passwd") is not None
+    assert folder.manifest.get("f/shadowdir") is not None
+
+
+def test_the_any_policy_keeps_links_a_rename_moves_up(folder: TargetFolder) -> None:
+    folder.policy = TargetPolicy(symlinks="any")
+    ops: list = [MakeDir(seq=1, path="a")]
+    ops += [
+        Symlink(seq=2, path="a/l", target="../x"),
+        Rename(seq=3, path="a/l", new_path="l"),
+        Checkpoint(seq=3),
+    ]
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    try:
+        assert session.apply_batch(ops) == [Ack(mapping_id=1, watermark=3)]
+    finally:
+        session.close()
+    assert os.readlink(folder.root / "l") == "../x"
