@@ -17,6 +17,7 @@ from relaysync.protocol.messages import (
     Checkpoint,
     CommitRecord,
     Delete,
+    Error,
     FileChunk,
     FileEnd,
     FileStart,
@@ -101,7 +102,9 @@ def test_a_directory_swapped_for_a_link_between_its_check_and_the_write_is_not_f
 ) -> None:
     """The swap lands after the directory was checked (here: its first file of the batch) and
     before the temp file is created and renamed: the file goes into the real directory it
-    checked, never through the link (the old code created it by its path, outside)."""
+    checked, never through the link (the old code created it by its path, outside); nor is it
+    committed there, a directory moved away since (the manifest would record it at u/b): the
+    batch is discarded and the source retries it."""
     outside = tmp_path / "outside"
     outside.mkdir()
     session, _records = _session(folder)
@@ -116,8 +119,10 @@ def test_a_directory_swapped_for_a_link_between_its_check_and_the_write_is_not_f
     monkeypatch.setattr(staging, "_temp_name", swapping_then_naming)
     replies = session.apply_batch([*_write(kind, 2, "u/b", b"inside"), Checkpoint(seq=2)])
     assert os.listdir(outside) == []
-    assert replies == [Ack(mapping_id=1, watermark=2)]
-    assert (folder.root / "u.old" / "b").read_bytes() == b"inside"  # the directory it checked
+    assert len(replies) == 1 and isinstance(replies[0], Error) and replies[0].seq == 1
+    assert "renamed or removed since a file was staged" in replies[0].detail
+    assert os.listdir(folder.root / "u.old") == []  # the directory it checked: nothing left there
+    assert folder.manifest.get("u/b") is None and folder.watermark("j") == 0
     session.close()
 
 
