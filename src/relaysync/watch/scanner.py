@@ -365,6 +365,8 @@ class TreeScan:
             if old is not None:  # not replicated any more: like a link that became a FIFO
                 self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
             return False
+        if new.kind == "l" and self.policy is not None and dir_fd is not None:
+            self._remove_refused_link(relpath, new.link_target, dir_fd)
         changes = changes_for(old, new)
         self.out.extend(changes)
         if kind == "f":
@@ -382,6 +384,25 @@ class TreeScan:
         wanted = self.policy.disk_mode(on_disk)
         if wanted != on_disk:
             tighten_in(dir_fd, relpath.rpartition("/")[2], wanted)
+
+    def _remove_refused_link(self, relpath: str, target: str, dir_fd: int) -> None:
+        """A target's: a link its policy refuses (made before the policy, or while it was "any")
+        goes from disk and stays recorded only, as a refused Symlink (transfer/_tree_ops.py
+        _refuse_link): no comparison with the source sends it again, nothing serves it."""
+        assert self.policy is not None
+        why = self.policy.refuses_link(relpath, target)
+        if not why:
+            return
+        name = relpath.rpartition("/")[2]
+        try:
+            if stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):  # not a file swapped in
+                os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            logger.warning("could not remove refused symlink %s: %s", relpath, exc)
+            return
+        logger.warning("removed symlink %s found on disk: %s", relpath, why)
 
     def walk(self, top: str) -> None:
         stack = [top]

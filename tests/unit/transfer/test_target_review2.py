@@ -183,3 +183,38 @@ def test_the_any_policy_keeps_links_a_rename_moves_up(folder: TargetFolder) -> N
     finally:
         session.close()
     assert os.readlink(folder.root / "l") == "../x"
+
+
+def test_the_start_up_scan_under_safe_removes_escaping_links_and_keeps_them_recorded(
+    folder: TargetFolder,
+) -> None:
+    """Links written while the policy was "any" (or before it existed) stayed on disk and in the
+    manifest after a restart under "safe", served for ever: nothing made the source send them."""
+    folder.policy = TargetPolicy(symlinks="any")
+    ops = [
+        MakeDir(seq=1, path="d"),
+        Symlink(seq=2, path="passwd", target="/etc/passwd"),
+        Symlink(seq=3, path="d/up", target="../../x"),
+        Symlink(seq=4, path="d/ok", target="../passwd"),
+        Checkpoint(seq=4),
+    ]
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    try:
+        assert session.apply_batch(ops) == [Ack(mapping_id=1, watermark=4)]
+    finally:
+        session.close()
+    os.symlink("/etc", folder.root / "d" / "local")  # made by a local user, never recorded
+    _restart(folder)  # still "any": everything stays
+    assert os.readlink(folder.root / "passwd") == "/etc/passwd"
+    folder.policy = TargetPolicy()
+    for _ in range(2):  # the next restart keeps them recorded, absent
+        _restart(folder)
+        for path in ("passwd", "d/up", "d/local"):
+            assert not os.path.lexists(folder.root / path), path
+        recorded = {p: folder.manifest.get(p) for p in ("passwd", "d/up", "d/local")}
+        assert {p: e.link_target for p, e in recorded.items() if e} == {
+            "passwd": "/etc/passwd",
+            "d/up": "../../x",
+            "d/local": "/etc",
+        }
+        assert os.readlink(folder.root / "d/ok") == "../passwd"
