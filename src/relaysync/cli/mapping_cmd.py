@@ -19,6 +19,7 @@ from relaysync.cli._client import (
     run_command,
 )
 from relaysync.errors import ConfigError
+from relaysync.watch.target_policy import mode_mask_problem
 
 app = typer.Typer(help="List, add, change and remove folder mappings.", no_args_is_help=True)
 
@@ -92,6 +93,8 @@ def add_mapping(
             durability=durability,
             enabled=not disabled,
         )
+        if mode_mask is not None:
+            parse_mode_mask(mode_mask)  # before the mapping is made without its policy
         with connect(master, token, data) as client:
             created = client.post("/api/mappings", request)
             if symlinks is not None or mode_mask is not None:
@@ -140,18 +143,31 @@ def set_target_policy(
     """PUT the mapping's target policy, the options not given as they are.
 
     Raises:
-        ConfigError: a mask that is not octal permission bits.
+        ConfigError: a mask that is not octal permission bits of group and others.
     """
     policy = client.get(f"/api/mappings/{mapping_id}/target-policy")
     if symlinks is not None:
         policy["symlinks"] = "" if symlinks == "default" else symlinks
     if mode_mask is not None:
-        try:
-            policy["mode_mask"] = int(mode_mask, 8)
-        except ValueError:
-            raise ConfigError(f"mode mask {mode_mask!r}: write it in octal, e.g. 002") from None
+        policy["mode_mask"] = parse_mode_mask(mode_mask)
     body = {"symlinks": policy["symlinks"], "mode_mask": policy["mode_mask"]}
     return client.put(f"/api/mappings/{mapping_id}/target-policy", body)
+
+
+def parse_mode_mask(text: str) -> int:
+    """The mode mask written in octal.
+
+    Raises:
+        ConfigError: not octal, or not permission bits of group and others only.
+    """
+    try:
+        mask = int(text, 8)
+    except ValueError:
+        raise ConfigError(f"mode mask {text!r}: write it in octal, e.g. 002") from None
+    problem = mode_mask_problem(mask)
+    if problem:
+        raise ConfigError(problem)
+    return mask
 
 
 @app.command("remove")

@@ -26,6 +26,21 @@ SYMLINK_POLICIES: tuple[SymlinkPolicy, ...] = ("safe", "any")
 DEFAULT_MODE_MASK = 0o002  # o-w for files and directories (rsync --chmod=Do-w,Fo-w)
 
 
+def mode_mask_problem(mask: int) -> str:
+    """Why `mask` is no mode mask a mapping may set ("" if it is one): permission bits of group
+    and others only. Without u+w or u+x on its directories, a target agent that is not root
+    could never write into them again (EACCES at every retry)."""
+    if not 0 <= mask <= 0o777:
+        return f"mode mask {mask:o} is not permission bits (0 to 777)"
+    if mask & 0o700:
+        return (
+            f"mode mask {mask:03o} removes the owner's bits ({mask & 0o700:03o}): the target"
+            " agents could not write into their own folders any more; mask group and other bits"
+            " only (000 to 077, e.g. 002 or 022)"
+        )
+    return ""
+
+
 def link_escapes(path: str, target: str) -> bool:
     """Whether the symlink at relative `path` may point outside the folder: an absolute target,
     one whose leading ".." climb above the folder's root from the link's own directory, or one

@@ -350,3 +350,6 @@ def test_a_mappings_target_policy_is_set_and_changed(client: TestClient, changes
     assert changes.calls == before + 1
     assert client.put(url, json={"symlinks": "all", "mode_mask": 0}).status_code == 422
     assert client.put(url, json={"symlinks": "", "mode_mask": 0o1000}).status_code == 422
+    refused = client.put(url, json={"symlinks": "", "mode_mask": 0o200})  # u-w: EACCES for ever
+    assert refused.status_code == 422 and "removes the owner's bits" in refused.text
+    assert client.get(url).json()["mode_mask"] == 0

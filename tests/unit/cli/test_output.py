@@ -13,7 +13,7 @@ from rich.table import Table
 
 from relaysync.cli._client import format_bytes, format_duration, format_time, print_json, to_csv
 from relaysync.cli.log_cmd import CHANGE_COLUMNS, changes_table, exceptions_table, label
-from relaysync.cli.mapping_cmd import mapping_body, mappings_table, split_location
+from relaysync.cli.mapping_cmd import mapping_body, mappings_table, parse_mode_mask, split_location
 from relaysync.cli.stats_cmd import stats_table
 from relaysync.cli.status_cmd import mappings_table as status_mappings_table
 from relaysync.cli.status_cmd import servers_table
@@ -242,3 +242,11 @@ def test_mapping_locations_and_body() -> None:
     ]
     out = render(mappings_table(listed))
     assert "o:/srv" in out and "w1:/a" in out and "+x" in out
+
+
+def test_a_mode_mask_is_octal_bits_of_group_and_others() -> None:
+    assert parse_mode_mask("022") == 0o022
+    with pytest.raises(ConfigError, match="removes the owner's bits"):
+        parse_mode_mask("200")
+    with pytest.raises(ConfigError, match="octal"):
+        parse_mode_mask("9")

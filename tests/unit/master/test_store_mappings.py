@@ -368,3 +368,14 @@ def test_the_target_policy_travels_in_the_assignment(fleet: Store) -> None:
         fleet.modes.set_target_policy(m.id, "all", 0)
     with pytest.raises(ConfigError, match="mode mask"):
         fleet.modes.set_target_policy(m.id, "safe", 0o1000)
+
+
+@pytest.mark.parametrize("mask", [0o200, 0o100, 0o400, 0o722, 0o777])
+def test_a_mode_mask_that_removes_owner_bits_is_refused(fleet: Store, mask: int) -> None:
+    """Directories without u+w or u+x: a target agent that is not root got EACCES for ever."""
+    m = fleet.create_mapping(name="m", source="src", source_path="/a", targets=[("t1", "/b")])
+    with pytest.raises(ConfigError, match="removes the owner's bits"):
+        fleet.modes.set_target_policy(m.id, "safe", mask)
+    assert fleet.modes.get_target_policy(m.id) == ("", 0o002)
+    fleet.modes.set_target_policy(m.id, "safe", 0o077)  # group and others: all of them may go
+    assert fleet.modes.get_target_policy(m.id) == ("safe", 0o077)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from relaysync.errors import ConfigError
 from relaysync.master.store.models import Base
 from relaysync.protocol.messages import MappingSpec
-from relaysync.watch.target_policy import DEFAULT_MODE_MASK, SYMLINK_POLICIES
+from relaysync.watch.target_policy import DEFAULT_MODE_MASK, SYMLINK_POLICIES, mode_mask_problem
 
 MODES = ("realtime", "manual", "reserved")
 TRANSFER_OVERRIDES = ("auto", "delta", "whole")
@@ -219,8 +219,9 @@ class ModeStore:
             raise ConfigError(
                 f"symlink policy {symlinks!r} is not one of safe, any or '' (the agents' default)"
             )
-        if not 0 <= mode_mask <= 0o777:
-            raise ConfigError(f"mode mask {mode_mask:o} is not permission bits (0 to 777)")
+        problem = mode_mask_problem(mode_mask)
+        if problem:
+            raise ConfigError(problem)
         with self._write("set mapping target policy") as session:
             row = self._row(session, mapping_id)
             row.symlinks, row.mode_mask = symlinks, mode_mask
