@@ -103,14 +103,25 @@ class TreeOps(SessionHooks):
                 path = resolve_inside(root, msg.path)
                 entry = manifest.get(msg.path)
                 if not self._recorded_only(entry, path):
-                    if not path.is_symlink():
-                        os.chmod(path, self.folder.policy.disk_mode(msg.mode))
-                    os.utime(path, ns=(msg.mtime_ns, msg.mtime_ns), follow_symlinks=False)
+                    self._set_attrs(msg)
                 if entry is not None:
                     manifest.put_many([_with_attrs(entry, msg.mode, msg.mtime_ns)])
             case Erase():
                 return self._erase(msg)
         return {}
+
+    def _set_attrs(self, msg: SetAttr) -> None:
+        """Mode (not of a link) and mtime of what is at the path, in its parent held open and
+        through a descriptor of it: a name swapped for a link meanwhile is never followed."""
+        parent, name = self._dirs.get(parent_of(msg.path)), msg.path.rpartition("/")[2]
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            if not stat.S_ISLNK(os.fstat(fd).st_mode):
+                _chmod_fd(fd, self.folder.policy.disk_mode(msg.mode))
+        finally:
+            os.close(fd)
+        ns = (msg.mtime_ns, msg.mtime_ns)
+        os.utime(name, ns=ns, dir_fd=parent, follow_symlinks=False)
 
     def _sync_dir(self, root: Path, rel_dir: str) -> None:
         if self.folder.durable:

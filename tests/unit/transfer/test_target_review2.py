@@ -5,10 +5,13 @@ left on disk by the start-up scan, and a SetAttr racing a swap for a link."""
 from __future__ import annotations
 
 import os
+import pathlib
+import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import xxhash
 
 from relaysync.protocol.messages import (
@@ -19,9 +22,11 @@ from relaysync.protocol.messages import (
     ErrorCode,
     MakeDir,
     Rename,
+    SetAttr,
     SmallFile,
     Symlink,
 )
+from relaysync.transfer import _tree_ops
 from relaysync.transfer.conflicts import NEWEST_MTIME, session_for
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
@@ -218,3 +223,44 @@ def test_the_start_up_scan_under_safe_removes_escaping_links_and_keeps_them_reco
             "d/local": "/etc",
         }
         assert os.readlink(folder.root / "d/ok") == "../passwd"
+
+
+def test_a_setattr_never_changes_the_mode_of_a_file_swapped_in_through_a_link(
+    folder: TargetFolder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old SetAttr checked is_symlink() and then chmod'ed the path, following a link a local
+    user swapped in between: an outside file went from 0600 to 0755."""
+    outside = tmp_path / "victim"
+    outside.write_text("x")
+    os.chmod(outside, 0o600)
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    assert session.apply_batch([_small(1, "a", b"1"), Checkpoint(seq=1)])
+    swapped: list[bool] = []
+
+    def swap() -> None:
+        if not swapped:
+            swapped.append(True)
+            os.rename(folder.root / "a", folder.root / "a.old")
+            os.symlink(outside, folder.root / "a")
+
+    is_symlink, chmod_fd = pathlib.Path.is_symlink, _tree_ops._chmod_fd
+
+    def checked_then_swapped(path: pathlib.Path) -> bool:  # the old code's check, then the swap
+        found = is_symlink(path)
+        if path.name == "a":
+            swap()
+        return found
+
+    def swapped_then_chmod(fd: int, mode: int) -> None:  # the new code: opened, then the swap
+        swap()
+        chmod_fd(fd, mode)
+
+    monkeypatch.setattr(pathlib.Path, "is_symlink", checked_then_swapped)
+    monkeypatch.setattr(_tree_ops, "_chmod_fd", swapped_then_chmod)
+    try:
+        session.apply_batch([SetAttr(seq=2, path="a", mode=0o755, mtime_ns=T0), Checkpoint(seq=2)])
+    finally:
+        session.close()
+    assert swapped
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o600
+    assert os.stat(outside).st_mtime_ns != T0
