@@ -20,6 +20,9 @@ class CacheSpec:
     driver: DriverName
     address: str  # host:port where the cache answers HTTP (and takes purges)
     refresh: bool = True  # use the driver's one-request refresh where it has one
+    # Accept-Encoding values ("" = no header) under which each URL is refreshed, purged and
+    # confirmed: one per variant the cache may hold. Empty: the driver's default (drivers/_base.py)
+    accept_encodings: tuple[str, ...] = ()
     method: str = "PURGE"  # http driver: the purge request's method
     path_template: str = "{path}"  # http driver: {path} {host} {url} are filled in
     headers: tuple[tuple[str, str], ...] = ()  # sent with every purge request; values as templates

@@ -1,6 +1,8 @@
 """Real HTTP caches on loopback for tests, the demo and benchmarks: Varnish, nginx with the
 cache-purge module and Squid (Debian's packages), each in a temp dir in front of an origin,
-plus a tiny origin web server that serves a folder.
+plus a tiny origin web server that serves a folder the way nginx does with `gzip on;
+gzip_vary on; gzip_min_length 1`: gzip to clients that accept it, `Vary: Accept-Encoding` on
+every file, and 403 for a file others may not read (nginx's worker runs unprivileged).
 
 Each cache allows PURGE (and its one-request refresh) from 127.0.0.1 only, and caches every
 answer, 404s included, for an hour, so that only a purge makes it serve new bytes.
@@ -10,12 +12,15 @@ Processes are started in their own session and stopped by pid only.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import functools
+import gzip
 import http.client
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -188,6 +193,43 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class _OriginHandler(_QuietHandler):
+    """Files as nginx with gzip_vary serves them: gzip when accepted, Vary always, 403 when
+    others may not read; directories (listings, index files) and the rest as http.server does."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = Path(self.translate_path(self.path))
+        try:
+            st = path.stat()
+        except OSError:
+            super().do_GET()
+            return
+        if not stat.S_ISREG(st.st_mode):
+            super().do_GET()
+            return
+        if not st.st_mode & stat.S_IROTH:
+            self.send_error(403)
+            return
+        self._send_file(path, st.st_mtime)
+
+    def _send_file(self, path: Path, mtime: float) -> None:
+        try:
+            body = path.read_bytes()
+        except OSError:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+        self.send_header("Vary", "Accept-Encoding")
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, mtime=0)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @dataclass
 class Origin:
     """A web server in this process that serves `root` on a loopback port (like a target's)."""
@@ -197,7 +239,7 @@ class Origin:
     _server: ThreadingHTTPServer | None = None
 
     def start(self) -> Origin:
-        handler = functools.partial(_QuietHandler, directory=str(self.root))
+        handler = functools.partial(_OriginHandler, directory=str(self.root))
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]

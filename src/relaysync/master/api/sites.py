@@ -28,6 +28,11 @@ class CacheIn(BaseModel):
     driver: Literal["varnish", "nginx", "squid", "http"]
     address: str = Field(description="host:port where the cache answers HTTP")
     refresh: bool = Field(True, description="one-request refresh where the driver has one")
+    accept_encodings: list[str] | None = Field(
+        None,
+        description='Accept-Encoding values ("" = none) each URL is refreshed, purged and '
+        "confirmed under, one per variant the cache keeps; null: the driver's default",
+    )
     method: str = Field("PURGE", description="http driver: method of the purge request")
     path_template: str = Field("{path}", description="http driver: {path} {host} {url}")
     headers: dict[str, str] = Field(
@@ -85,6 +90,7 @@ class CacheOut(BaseModel):
     driver: str
     address: str
     refresh: bool
+    accept_encodings: list[str]
     method: str
     path_template: str
     headers: dict[str, str]
@@ -150,6 +156,7 @@ def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
                 driver=c.driver,
                 address=c.address,
                 refresh=c.refresh,
+                accept_encodings=list(c.accept_encodings),
                 method=c.method,
                 path_template=c.path_template,
                 headers={k: MASK for k in dict(c.headers)},  # purge API tokens: never sent back

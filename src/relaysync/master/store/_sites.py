@@ -86,6 +86,25 @@ def _check_base_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
+MAX_ACCEPT_ENCODINGS = 16  # each is one more refresh, purge and confirm per URL on the cache
+
+
+def _check_encodings(name: str, raw: Any) -> list[str]:
+    """A cache's `accept_encodings`: distinct one-line header values, "" for no header."""
+    values = raw if raw is not None else []
+    if (
+        not isinstance(values, list)
+        or len(values) > MAX_ACCEPT_ENCODINGS
+        or any(not isinstance(v, str) or len(v) > 200 or "\n" in v or "\r" in v for v in values)
+        or len(set(values)) != len(values)
+    ):
+        raise ConfigError(
+            f"cache {name!r}: accept_encodings must be a list of at most "
+            f'{MAX_ACCEPT_ENCODINGS} distinct Accept-Encoding values ("" for none)'
+        )
+    return [v.strip() for v in values]
+
+
 def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
     name = _check_name(raw.get("name"), "cache name")
     driver = raw.get("driver")
@@ -102,11 +121,13 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
         "\n" in f"{k}{v}" or "\r" in f"{k}{v}" for k, v in headers.items()
     ):
         raise ConfigError(f"cache {name!r}: headers must be a name -> value object, one line each")
+    encodings = _check_encodings(name, raw.get("accept_encodings"))
     return {
         "name": name,
         "driver": driver,
         "address": str(raw["address"]),
         "refresh": bool(raw.get("refresh", True)),
+        **({"accept_encodings": encodings} if encodings else {}),  # none: the driver's default
         "method": method,
         "path_template": str(raw.get("path_template") or "{path}"),
         "headers": {str(k): str(v) for k, v in headers.items()},
@@ -212,6 +233,7 @@ def _spec(session: Session, row: Site, names: dict[str, str]) -> SiteSpec:
                 driver=c["driver"],
                 address=c["address"],
                 refresh=c["refresh"],
+                accept_encodings=tuple(c.get("accept_encodings") or ()),
                 method=c["method"],
                 path_template=c["path_template"],
                 headers=tuple(sorted(c["headers"].items())),

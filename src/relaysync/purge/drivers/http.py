@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-from relaysync.purge.drivers._base import Driver
+from relaysync.purge.drivers._base import BROWSER_ACCEPT_ENCODING, Driver
 from relaysync.purge.urls import Url
 
 QUERY_ESCAPES = str.maketrans({"&": "%26", "+": "%2B", "=": "%3D", ";": "%3B"})
@@ -33,16 +33,18 @@ def _fill(template: str, url: Url, escape: Callable[[str], str]) -> str:
 
 class GenericHttp(Driver):
     name: ClassVar[str] = "http"
+    # a purge API drops the URL whatever the variant: one request, confirmed as browsers see it
+    default_encodings: ClassVar[tuple[str, ...]] = (BROWSER_ACCEPT_ENCODING,)
 
     def _target(self, template: str, url: Url) -> str:
         path, sep, query = template.partition("?")
         return _fill(path, url, _as_is) + sep + _fill(query, url, _query_value)
 
-    async def purge(self, url: Url) -> str:
+    async def purge_variant(self, url: Url, encoding: str | None = None) -> str:
         method = self.cache.method or "PURGE"
         target = self._target(self.cache.path_template or "{path}", url)
         if not target.startswith("/"):
             target = "/" + target
         headers = {k: _fill(v, url, _as_is) for k, v in self.cache.headers}
-        reply = await self.request(method, url, target=target, headers=headers)
+        reply = await self.request(method, url, target=target, headers=headers, encoding=encoding)
         return self.check_purge_status(method, url, reply.status)

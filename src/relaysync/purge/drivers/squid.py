@@ -13,7 +13,10 @@ from relaysync.purge.urls import Url
 class Squid(Driver):
     name: ClassVar[str] = "squid"
 
-    async def refresh_in_place(self, url: Url) -> Reply | None:
+    async def refresh_in_place(self, url: Url, encoding: str | None = None) -> Reply | None:
         return await self.request(
-            "GET", url, headers={"Cache-Control": "no-cache", "Pragma": "no-cache"}
+            "GET",
+            url,
+            headers={"Cache-Control": "no-cache", "Pragma": "no-cache"},
+            encoding=encoding,
         )
