@@ -32,6 +32,10 @@ CHUNK_BYTES = 1024 * 1024  # file data travels in frames of at most this many by
 SMALL_FILE_BYTES = 64 * 1024  # files up to this size travel whole in one frame (SmallFile)
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX; longer paths on the wire are refused
 MAX_NAME_BYTES = 255  # Linux NAME_MAX
+# Components of a path a target takes at most (check_relpath): far beyond any real tree, and every
+# walk, creation and removal of directories stays iterative anyway (a recursion in Python fails at
+# a depth of about 1,000).
+MAX_PATH_DEPTH = 255
 
 CONNECT_TIMEOUT_S = 10.0  # TCP connect plus TLS handshake to a peer or the master
 HANDSHAKE_TIMEOUT_S = 10.0  # the Hello exchange after TLS is up
@@ -66,6 +70,11 @@ SOURCE_RETRY_MAX_S = 60.0  # backoff ceiling: each restart opens its state and r
 # An agent task that failed unexpectedly (a bug, not a lost link: those reconnect by themselves) is
 # started again after this, doubling up to the ceiling; a run as long as the ceiling was healthy.
 TASK_RETRY_MIN_S = 1.0
+# A source file that is there but cannot be read (permissions, EIO, EMFILE) is read again after
+# this, doubling up to the ceiling: a fixed cause is picked up within a minute, and a file that
+# stays unreadable costs one warning (and one failed attempt in the job log) a minute.
+UNREADABLE_RETRY_MIN_S = 1.0
+UNREADABLE_RETRY_MAX_S = 60.0
 TASK_RETRY_MAX_S = 60.0  # a bug that recurs at once logs one traceback a minute, not a flood
 
 # The common name of the master's control certificate. No agent may join under it (auth/ca.py),

@@ -11,6 +11,8 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── IncompatibleVersion
     │   └── PeerRefused                the peer answered with an Error message
     ├── UnsafePath                     a path on the wire that is absolute, has .., NUL, or escapes the root
+    ├── SourceReadError                a source file that is there but cannot be read (EACCES, EIO, EMFILE...)
+    │   └── SourceListError            a source directory that is there but cannot be listed or entered
     ├── AuthError                      identity and certificates
     │   ├── JoinRefused                a bad or expired join token
     │   ├── UnknownPeer                a certificate the receiver does not expect
@@ -35,7 +37,9 @@ Each class's docstring is its message template, formatted with the positional ar
     │   └── NotFound
     ├── PurgeError                     cache synchronization
     │   ├── ForeignUrl                 a URL that does not belong to the site it was sent for
-    │   ├── CacheRefused               a cache refused a purge (403/405): its configuration is wrong
+    │   ├── CacheMisconfigured         a cache's configuration (ours or its own) is wrong: kept, probed
+    │   │   └── CacheRefused           a cache refused a purge (403/405): its ACL is wrong
+    │   ├── CacheUnreachable           a cache did not connect or answer (its circuit breaker counts it)
     │   ├── NoticeRefused              a listener notice with bad credentials, time or nonce
     │   ├── StaleCopy                  a cache still serves other bytes than the origin after a purge
     │   └── PrefixNotExpandable        a prefix purge on caches without bans, with no paths known under it
@@ -46,7 +50,8 @@ Each class's docstring is its message template, formatted with the positional ar
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+from typing import Any, Self
 
 
 class RelaySyncError(Exception):
@@ -98,6 +103,55 @@ class UnsafePath(RelaySyncError):
     """Refused unsafe path {!r}: {}."""
 
     exit_code = 11
+
+
+class SourceReadError(RelaySyncError):
+    """Cannot read {!r} on the source: {}. {} relaysync retries it until it can.
+
+    Not "gone": the file is there (a gone file, or one that is no longer a regular file, has a
+    later record of its own). The change is kept and retried, never skipped as if deleted.
+    """
+
+    exit_code = 19
+
+    @classmethod
+    def of(cls, path: str, exc: OSError) -> Self:
+        """The error for `exc`, raised reading the source file `path`, with what to do about it."""
+        err = cls(path or ".", exc.strerror or str(exc), cls._hint(exc.errno))
+        err.code = exc.errno
+        err.path = path
+        return err
+
+    code: int | None = None  # the errno
+    path: str = ""  # relative to the source folder ("" is the folder itself), as `of` gave it
+
+    @staticmethod
+    def _hint(code: int | None) -> str:
+        return _read_hint(code)
+
+
+class SourceListError(SourceReadError):
+    """Cannot list directory {!r} on the source: {}. {} relaysync scans it again until it can.
+
+    Not "empty": nothing below it is taken for changed or deleted (the manifest and the targets
+    keep what they have) until it can be listed again; then what changed meanwhile is journaled.
+    """
+
+    @staticmethod
+    def _hint(code: int | None) -> str:
+        if code in (errno.EACCES, errno.EPERM):
+            return "Fix its permissions: the agent's user must be able to read and enter it (r-x)."
+        return _read_hint(code)
+
+
+def _read_hint(code: int | None) -> str:
+    if code in (errno.EACCES, errno.EPERM):
+        return "Fix its permissions: the agent's user must be able to read it."
+    if code in (errno.EMFILE, errno.ENFILE):
+        return "Raise the agent's open-file limit (LimitNOFILE, ulimit -n, fs.file-max)."
+    if code in (errno.ENOMEM, errno.ENOBUFS):
+        return "The source server is short of memory."
+    return "Check the source's disk and file system."
 
 
 class AuthError(RelaySyncError):
@@ -209,8 +263,16 @@ class ForeignUrl(PurgeError):
     """URL {!r} does not belong to site {!r}: {}."""
 
 
-class CacheRefused(PurgeError):
-    """Cache {!r} refused {} with HTTP {}: allow purges from the master in its configuration."""
+class CacheMisconfigured(PurgeError):
+    """Cache {!r}: {}."""
+
+
+class CacheRefused(CacheMisconfigured):
+    """Cache {!r} refused {} with HTTP {}: {}."""
+
+
+class CacheUnreachable(PurgeError):
+    """Cache {!r}: {} got no answer: {}."""
 
 
 class NoticeRefused(PurgeError):

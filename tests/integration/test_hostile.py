@@ -98,6 +98,11 @@ def test_traversal_absolute_and_link_escape_refused(fleet: Fleet, tmp_path: Path
 
 def test_symlink_parent_never_followed(fleet: Fleet, tmp_path: Path) -> None:
     mapping, src, dsts = fleet.new_mapping(targets=("t1",))
+    # the targets take a link out of the folder only if the operator trusts the source (the
+    # default "safe" policy refuses it): here the link must be there for the attack to try it
+    trust = {"symlinks": "any", "mode_mask": 2}
+    r = fleet.cluster.api.put(f"/api/mappings/{mapping['id']}/target-policy", json=trust)
+    assert r.status_code == 200, r.text
     outside = tmp_path / "outside"
     outside.mkdir()
     (src / "esc").symlink_to(outside)

@@ -26,7 +26,12 @@ def test_initial_sync_of_existing_tree(fleet: Fleet, tmp_path: Path) -> None:
 
 
 def test_every_op_replicates(fleet: Fleet) -> None:
-    _, src, dsts = fleet.new_mapping()
+    mapping, src, dsts = fleet.new_mapping()
+    # the absolute link below lands only where the operator trusts the source (a target's
+    # default refuses it: tests/integration/test_target_policy.py)
+    policy = {"symlinks": "any", "mode_mask": 0o002}
+    r = fleet.cluster.api.put(f"/api/mappings/{mapping['id']}/target-policy", json=policy)
+    assert r.status_code == 200, r.text
     steps = [
         lambda: (src / "new.txt").write_text("hello"),
         lambda: (src / "new.txt").write_text("overwritten, longer content"),

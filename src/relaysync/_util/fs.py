@@ -1,4 +1,5 @@
-"""File-system helpers: opening a source file for reading without following or blocking."""
+"""File-system helpers: opening, creating and removing below a root without following a symlink
+(a source reads, a target writes nothing outside its folder), or blocking."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from relaysync._util import _openat2
 
@@ -24,12 +25,30 @@ def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result] | N
 
     Returns:
         (fd, its fstat), the caller closes fd; None if `path` is gone or is not a regular file.
+
+    Raises:
+        OSError: something is there but cannot be opened (EACCES, EMFILE, EIO...): not "gone".
     """
     try:
         fd = os.open(path, _READ_FLAGS)
-    except OSError:
+    except OSError as exc:
+        _raise_unless_gone(exc)
         return None
     return _if_regular(fd)
+
+
+# The errors of an open that mean "no regular file there (any more)": gone, a symlink or a
+# non-directory on the way, out of the root, or a socket or device now. Any other (EACCES,
+# EMFILE, ENFILE, EIO, ENOMEM...) says nothing of the file: it is raised, never read as gone.
+GONE_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV, errno.ENXIO, errno.ENODEV}
+)
+
+
+def _raise_unless_gone(exc: OSError) -> None:
+    """Re-raise `exc` unless it means the file is gone (GONE_ERRNOS)."""
+    if exc.errno not in GONE_ERRNOS:
+        raise exc
 
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -60,6 +79,9 @@ def open_regular_in(
     Returns:
         (fd, its fstat), the caller closes fd; None if the file is gone, is not a regular file,
         or a directory on its way is not a real directory.
+
+    Raises:
+        OSError: something is there but cannot be opened (EACCES, EMFILE, EIO...): not "gone".
     """
     held = _held_fd(root)
     refused = False
@@ -108,10 +130,12 @@ def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) 
 
     Raises:
         _OpenAt2Refused: openat2 itself was refused.
+        OSError: something is there but cannot be opened (not GONE_ERRNOS).
     """
     try:
         root_fd = held if held is not None else os.open(root, _ROOT_FLAGS)
-    except OSError:
+    except OSError as exc:
+        _raise_unless_gone(exc)
         return None
     try:
         try:
@@ -122,7 +146,8 @@ def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) 
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             raise _OpenAt2Refused from exc
-        return None  # ELOOP (a symlink), EXDEV (out of root), ENOENT, ENOTDIR...
+        _raise_unless_gone(exc)  # ELOOP (a symlink), EXDEV (out of root), ENOENT, ENOTDIR
+        return None
     finally:
         if held is None:
             os.close(root_fd)
@@ -137,11 +162,13 @@ def _walk_and_open(
     head, _, name = relpath.rpartition("/")
     try:
         parent = _open_dir_in(root, head, root_fd=held)
-    except OSError:
+    except OSError as exc:
+        _raise_unless_gone(exc)
         return None
     try:
         fd = open_for_read(name, dir_fd=parent)
-    except OSError:
+    except OSError as exc:
+        _raise_unless_gone(exc)
         return None
     finally:
         os.close(parent)
@@ -187,22 +214,75 @@ def open_dir_in(root: str | os.PathLike[str], reldir: str) -> int:
     """
     if not reldir:
         return os.open(root, _LIST_FLAGS)
+    root_fd = os.open(root, _ROOT_FLAGS)
+    try:
+        return _open_below(root_fd, reldir, _LIST_FLAGS)
+    finally:
+        os.close(root_fd)
+
+
+def open_dir_at(root_fd: int, reldir: str) -> int:
+    """An O_PATH descriptor of the directory `reldir` below the directory `root_fd` ("" gives a
+    new descriptor of it), no component of `reldir` followed if it is a symlink: what is done
+    relative to it is done in that real directory, whatever is swapped in for its name later.
+
+    Raises:
+        OSError: as `open_dir_in`.
+    """
+    if not reldir:
+        return os.dup(root_fd)
+    return _open_below(root_fd, reldir, _DIR_FLAGS)
+
+
+def make_dirs_at(root_fd: int, reldir: str) -> tuple[int, str | None]:
+    """`open_dir_at`, creating the missing directories of `reldir` one after the other: never
+    through a symlink, and iterative (os.makedirs and pathlib recurse: a RecursionError at a
+    depth of about 1,000). Modes as os.makedirs (0o777 less the umask).
+
+    Returns:
+        (the O_PATH descriptor, the topmost directory created, relative to root_fd, or None).
+
+    Raises:
+        OSError: as `open_dir_at`, or a directory could not be created.
+    """
+    try:
+        return open_dir_at(root_fd, reldir), None
+    except FileNotFoundError:
+        pass
+    parent, made, parts = os.dup(root_fd), None, reldir.split("/")
+    try:
+        for i, part in enumerate(parts):
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                with suppress(FileExistsError):  # made meanwhile: opened as any other below
+                    os.mkdir(part, dir_fd=parent)
+                    made = made or "/".join(parts[: i + 1])
+                child = os.open(part, _DIR_FLAGS, dir_fd=parent)
+            os.close(parent)
+            parent = child
+    except BaseException:
+        os.close(parent)
+        raise
+    return parent, made
+
+
+def _open_below(root_fd: int, reldir: str, flags: int) -> int:
+    """os.open of the directory `reldir` below `root_fd` with `flags`, no component followed:
+    one openat2, or (where it is missing or forbidden) a walk of O_PATH opens."""
     global _openat2_usable
     refused = False
     if _openat2_usable:
-        root_fd = os.open(root, _ROOT_FLAGS)
         try:
-            return _openat2.openat2(root_fd, os.fsencode(reldir), _LIST_FLAGS, _RESOLVE)
+            return _openat2.openat2(root_fd, os.fsencode(reldir), flags, _RESOLVE)
         except OSError as exc:
             if exc.errno not in _UNSUPPORTED:
                 raise
             refused = True
-        finally:
-            os.close(root_fd)
     head, _, name = reldir.rpartition("/")
-    parent = _open_dir_in(root, head)
+    parent = _open_dir_in("", head, root_fd=root_fd)
     try:
-        fd = os.open(name, _LIST_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+        fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=parent)
     finally:
         os.close(parent)
     if refused:  # the walk opened what openat2 refused: refused as such here, not tried again
@@ -223,6 +303,99 @@ def rmdir_in(root: str | os.PathLike[str], relpath: str) -> None:
         os.rmdir(name, dir_fd=parent)
     finally:
         os.close(parent)
+
+
+def remove_tree_at(dir_fd: int, name: str) -> None:
+    """Remove `name` in the directory `dir_fd` and everything below it; a symlink is removed,
+    never followed; gone is removed. Iterative, with two descriptors open at any depth
+    (shutil.rmtree recurses, and holds one per level): it climbs back by "..", checked to be the
+    directory it came down from, so a subtree a local user moves away meanwhile stops it
+    (ESTALE) instead of leading it elsewhere.
+
+    Raises:
+        OSError: something could not be removed (what could, is).
+    """
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        pass
+    fd = os.open(name, _LIST_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+    levels: list[tuple[str, tuple[int, int], list[str]]] = []  # (name, parent's id, subdirs left)
+    try:
+        subdirs = _remove_files_in(fd)
+        while True:
+            if subdirs:
+                child = subdirs.pop()
+                try:
+                    child_fd = os.open(child, _LIST_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                levels.append((child, _dev_ino(fd), subdirs))
+                os.close(fd)
+                fd = child_fd
+                subdirs = _remove_files_in(fd)
+                continue
+            if not levels:
+                break
+            child, parent_id, subdirs = levels.pop()
+            up = os.open("..", _LIST_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            if _dev_ino(fd) != parent_id:
+                raise OSError(errno.ESTALE, "moved while it was being removed", name)
+            os.rmdir(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _dev_ino(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _remove_files_in(fd: int) -> list[str]:
+    """Unlink every entry of the directory `fd` but its subdirectories; return their names."""
+    subdirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                with suppress(FileNotFoundError):
+                    os.unlink(entry.name, dir_fd=fd)
+    return subdirs
+
+
+def walk_in(
+    root: str | os.PathLike[str], top: str = ""
+) -> Iterator[tuple[int, str, list[os.DirEntry[str]]]]:
+    """Each directory at and below `top` (below `root`, "" is root), as (a readable descriptor
+    of it, valid until the next step, its path below root, its entries), parents first. Each is
+    opened from root with no component followed (`open_dir_in`), and iteratively (os.walk
+    recurses: a RecursionError at a depth of about 1,000). One that cannot be opened or listed
+    (gone, swapped for a link, a path over PATH_MAX) is skipped with what is below it.
+    """
+    stack = [top]
+    while stack:
+        reldir = stack.pop()
+        try:
+            fd = open_dir_in(root, reldir)
+        except OSError:
+            continue
+        try:
+            with os.scandir(fd) as listing:
+                entries = list(listing)
+            below = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+            yield fd, reldir, entries
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        stack.extend(f"{reldir}/{name}" if reldir else name for name in below)
 
 
 def _open_dir_in(root: str | os.PathLike[str], reldir: str, *, root_fd: int | None = None) -> int:
@@ -249,12 +422,16 @@ def _open_dir_in(root: str | os.PathLike[str], reldir: str, *, root_fd: int | No
 
 
 def _if_regular(fd: int) -> tuple[int, os.stat_result] | None:
-    """(fd, its fstat) if `fd` is a regular file; else it is closed and None is returned."""
+    """(fd, its fstat) if `fd` is a regular file; else it is closed and None is returned.
+
+    Raises:
+        OSError: the fstat failed (EIO, EOVERFLOW): `fd` is closed.
+    """
     try:
         st = os.fstat(fd)
     except OSError:
         os.close(fd)
-        return None
+        raise
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         return None

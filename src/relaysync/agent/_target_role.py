@@ -24,6 +24,7 @@ from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
+from relaysync.watch.target_policy import SymlinkPolicy, TargetPolicy
 from relaysync.watch.watcher import FsEvent
 
 from ._role import AgentRole
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 class TargetRole(AgentRole):
     """The target folders, relays and refusals of AgentService (a mixin: AgentService sets its state)."""
 
+    target_symlinks: SymlinkPolicy = "safe"  # the agent's config: for a mapping's policy ""
     allowed_roots: tuple[str, ...]
     targets: dict[int, TargetFolder]
     relays: dict[int, tuple[RelayFeed, LinkSet]]
@@ -67,10 +69,14 @@ class TargetRole(AgentRole):
         assert self._server is not None
         existing = self.targets.get(mapping_id)
         path = _own_target(spec, self.node_id).path
+        # A new policy reopens the folder: its start-up scan reads the disk through it, so a
+        # mode another mask made is found and sent again (the sessions end, as they must: they
+        # hold the old one).
         if (
             existing is not None
             and existing.root == Path(path)
             and existing.source_node == spec.source_node
+            and existing.policy == self._policy(spec)
         ):
             existing.durable = spec.durability == "safe"
             existing.keep_versions = _versions_here(spec, self.node_id)
@@ -146,20 +152,31 @@ class TargetRole(AgentRole):
             link_secret=_own_target(spec, self.node_id).link_secret,
             keep_versions=_versions_here(spec, self.node_id),
             conflict=spec.conflict,
+            policy=self._policy(spec),
         )
         if not siblings:  # never another member's temp files while it receives
             clean_stale_temps(root, keep=folder.partial_files())
         if spec.conflict:
             folder.lock = siblings[0].lock if siblings else folder.lock
-            folder.resolver = siblings[0].resolver if siblings else folder.resolver
+            folder.tree_changes = siblings[0].tree_changes if siblings else folder.tree_changes
             folder.owner_of = partial(self._owner_of, folder)
             forget_missing(folder)  # its manifest holds its own source's versions only: no rescan
             return folder
         recorder = ChangeRecorder(
-            root, manifest, PathFilter(spec.include, spec.exclude, root=root), hard_links=False
+            root,
+            manifest,
+            PathFilter(spec.include, spec.exclude, root=root),
+            hard_links=False,
+            policy=folder.policy,
         )
         recorder.detect_and_apply([FsEvent(kind="rescan", path="")])
         return folder
+
+    def _policy(self, spec: MappingSpec) -> TargetPolicy:
+        """What the mapping lets land in its folder here; its symlink policy "" is this agent's."""
+        return TargetPolicy(
+            symlinks=spec.symlinks or self.target_symlinks, mode_mask=spec.mode_mask
+        )
 
     def _owner_of(self, folder: TargetFolder, path: str, size: int, mtime_ns: int) -> str:
         """The source of another member of folder's N:M job whose committed version is on disk."""

@@ -76,6 +76,7 @@ class AgentService(SourceRole, TargetRole):
         self.data_dir = Path(cfg.data_dir)
         self.identity = tls.Identity.in_directory(self.data_dir / "identity")
         self.allowed_roots = parse_roots(cfg.allowed_roots)  # a typo stops the agent at start
+        self.target_symlinks = cfg.target_symlinks
         self.node_id = ""
         self.sources: dict[int, _Running] = {}
         self.refused_sources: dict[int, str] = {}  # mapping id -> name: a source folder refused

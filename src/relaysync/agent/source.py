@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from relaysync.errors import SourceListError
 from relaysync.protocol.messages import MappingSpec, nodes_below
 from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
 from relaysync.watch.changes import JournalRecord, PendingChange
@@ -30,6 +31,7 @@ from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
 from ._mass_delete_guard import MassDeleteGuard, Verdict
+from ._unreadable_recheck import UnreadableRecheck
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class SourceMapping(MassDeleteGuard):
         # Files a scan found still being written (no close-write seen): re-checked when cool.
         # The value counts re-checks that found the path gone (see _recheck_held).
         self._held: dict[str, int] = {}
+        # Files there but not readable to hash, directories not listable: looked at again.
+        self.unreadable = UnreadableRecheck(self.root)
         self._record_lock = anyio.Lock()
         # Mass-delete guard: held batches, recent deletes, the operator's confirmations seen.
         self._init_guard(spec.delete_confirm)
@@ -228,6 +232,7 @@ class SourceMapping(MassDeleteGuard):
         async with anyio.create_task_group() as tg:
             await tg.start(watcher.serve, send)
             tg.start_soon(self._recheck_held)
+            tg.start_soon(self.unreadable.serve, self._record)
             tg.start_soon(self._recheck_guard)
             tg.start_soon(self._flush_acks)
             tg.start_soon(self._prune_deltas)
@@ -302,6 +307,7 @@ class SourceMapping(MassDeleteGuard):
                         events = events + receive.receive_nowait()
                     except anyio.WouldBlock:
                         break
+                events += self.unreadable.rescans_for(events)  # a chmod back: rescanned now
                 if not await self._record(events, settle=True):  # many deletes: more coming?
                     await self._record(await self._settle(events, receive))
 
@@ -396,16 +402,24 @@ class SourceMapping(MassDeleteGuard):
         events = [e for e in events if self._names_encode(e.path, e.new_path)]
         closed = {e.path for e in events if e.kind == "write"}
         rest = list(events)
+        # Every directory the scans met could be listed (else a whole-folder rescan did not see
+        # all of it, and cannot end a mass-delete hold).
+        listed = True
         while rest:
             # detect() stops before an event that needs the manifest to hold what it found so
             # far (`mv d e; rm e/f`): that part is journaled and applied first. Most batches go
             # whole, in one journal write.
-            detected, rest = await anyio.to_thread.run_sync(self.recorder.detect, rest)
-            detected = [c for c in detected if self._encodes(c)]
+            detection = await anyio.to_thread.run_sync(self.recorder.detect, rest)
+            self.unreadable.failed(detection.unreadable)
+            listed = listed and not any(
+                isinstance(e, SourceListError) for e in detection.unreadable
+            )
+            rest = detection.rest
+            detected = [c for c in detection.changes if self._encodes(c)]
             verdict = await self._journal(detected, closed, settle)
             if verdict != "pass":  # held: the guard's rescans find the rest too
                 return verdict == "hold"
-        if any(e.kind == "rescan" and not e.path for e in events):
+        if listed and any(e.kind == "rescan" and not e.path for e in events):
             self._guard_rescanned()  # the whole folder, and no mass delete in it: a hold ends
         return True
 

@@ -1,4 +1,4 @@
-"""`relaysync mapping list|add|remove`: folder mappings over /api/mappings, without curl."""
+"""`relaysync mapping list|add|set|remove`: folder mappings over /api/mappings, without curl."""
 
 from __future__ import annotations
 
@@ -20,7 +20,21 @@ from relaysync.cli._client import (
 )
 from relaysync.errors import ConfigError
 
-app = typer.Typer(help="List, add and remove folder mappings.", no_args_is_help=True)
+app = typer.Typer(help="List, add, change and remove folder mappings.", no_args_is_help=True)
+
+SymlinksOption = Annotated[
+    str | None,
+    typer.Option(
+        help='Symlinks the targets take: "safe" refuses one that points outside the folder, '
+        '"any" takes all (only if you trust the source); "default" = each target agent\'s.'
+    ),
+]
+ModeMaskOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Permission bits the targets remove, in octal: 002 (o-w, the default), 0 keeps all."
+    ),
+]
 
 
 @app.command("list")
@@ -58,6 +72,8 @@ def add_mapping(
     ] = None,
     durability: Annotated[str, typer.Option(help="safe (fsync before commit) or fast.")] = "safe",
     disabled: Annotated[bool, typer.Option("--disabled", help="Create it paused.")] = False,
+    symlinks: SymlinksOption = None,
+    mode_mask: ModeMaskOption = None,
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
@@ -78,12 +94,64 @@ def add_mapping(
         )
         with connect(master, token, data) as client:
             created = client.post("/api/mappings", request)
+            if symlinks is not None or mode_mask is not None:
+                set_target_policy(client, created["id"], symlinks, mode_mask)
         if json:
             print_json(created)
         else:
             console.print(f"mapping {created['name']!r} created (id {created['id']})", markup=False)
 
     run_command(body)
+
+
+@app.command("set")
+def set_mapping(
+    name: Annotated[str, typer.Argument(help="The mapping's name or id.")],
+    symlinks: SymlinksOption = None,
+    mode_mask: ModeMaskOption = None,
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Change what the mapping's targets let land: symlinks and permission bits."""
+
+    def body() -> None:
+        if symlinks is None and mode_mask is None:
+            raise ConfigError("nothing to change: give --symlinks or --mode-mask")
+        with connect(master, token, data) as client:
+            found = client.get(f"/api/mappings/{name}")
+            changed = set_target_policy(client, found["id"], symlinks, mode_mask)
+        if json:
+            print_json(changed)
+        else:
+            console.print(
+                f"mapping {found['name']!r}: symlinks {changed['symlinks'] or 'default'}, "
+                f"mode mask {changed['mode_mask']:03o}",
+                markup=False,
+            )
+
+    run_command(body)
+
+
+def set_target_policy(
+    client: Any, mapping_id: int, symlinks: str | None, mode_mask: str | None
+) -> Any:
+    """PUT the mapping's target policy, the options not given as they are.
+
+    Raises:
+        ConfigError: a mask that is not octal permission bits.
+    """
+    policy = client.get(f"/api/mappings/{mapping_id}/target-policy")
+    if symlinks is not None:
+        policy["symlinks"] = "" if symlinks == "default" else symlinks
+    if mode_mask is not None:
+        try:
+            policy["mode_mask"] = int(mode_mask, 8)
+        except ValueError:
+            raise ConfigError(f"mode mask {mode_mask!r}: write it in octal, e.g. 002") from None
+    body = {"symlinks": policy["symlinks"], "mode_mask": policy["mode_mask"]}
+    return client.put(f"/api/mappings/{mapping_id}/target-policy", body)
 
 
 @app.command("remove")

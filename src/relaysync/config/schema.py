@@ -68,6 +68,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     # (e.g. "/srv,/var/www"); "" = anywhere but system folders and its own data directory
     # (agent/guard.py). A folder outside them is refused, whatever the master assigns.
     allowed_roots: str = ""
+    # Symlinks this agent's target folders take when their mapping does not say (its symlink
+    # policy ""): "safe" refuses one that points outside the folder (rsync --safe-links),
+    # "any" takes them all (watch/target_policy.py).
+    target_symlinks: Literal["safe", "any"] = "safe"
 
 
 class CliConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -80,6 +80,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/mappings/{id_or_name}/versions", modes.put_versions, ("PUT",)),      # VersionsIn: backups
     Route("/api/mappings/{id_or_name}/transfer", modes.get_transfer, ("GET",)),
     Route("/api/mappings/{id_or_name}/transfer", modes.put_transfer, ("PUT",)),      # TransferIn: auto|delta|whole|null
+    Route("/api/mappings/{id_or_name}/target-policy", modes.get_target_policy, ("GET",)),
+    Route("/api/mappings/{id_or_name}/target-policy", modes.put_target_policy, ("PUT",)),  # TargetPolicyIn: symlinks, mode_mask
     Route("/api/mappings/{id_or_name}/routing", routing.get_routing, ("GET",)),
     Route("/api/mappings/{id_or_name}/routing", routing.put_routing, ("PUT",)),      # RoutingIn: fields left out keep their value
     Route("/api/mappings/{id_or_name}/routes", routing.get_routes, ("GET",)),        # the current plan and failures

@@ -40,6 +40,9 @@ class EventType(enum.StrEnum):
     TOKEN_CREATED = "token_created"
     TOKEN_REVOKED = "token_revoked"  # kind and id (a hash prefix or row id), never the token
     PURGE_REFUSED = "purge_refused"  # a cache refused a purge (403/405): fix its configuration
+    PURGE_FAILED = (
+        "purge_failed"  # a purge the cache answered but never did: given up after max attempts
+    )
     PURGER_FAILING = (
         "purger_failing"  # an unexpected error (a bug) in the purger: retried with backoff
     )

@@ -130,6 +130,11 @@ class MappingSpec(msgspec.Struct, frozen=True, kw_only=True):
     job_id: UInt63 = 0
     # Delta or dump copy forced for every link of this mapping, over the links' policies; "" = per policy.
     transfer_override: Literal["", "auto", "delta", "whole"] = ""
+    # What the targets let land (watch/target_policy.py): symlinks "safe" (none that points out
+    # of the folder), "any", or "" (each target agent's `target_symlinks`, "safe" by default);
+    # the permission bits removed from what they write (0o002: o-w; 0 keeps every bit).
+    symlinks: Literal["", "safe", "any"] = ""
+    mode_mask: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0o002
 
 
 class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -239,11 +239,22 @@ class SmallFile(Message, frozen=True, tag="small_file"):
         _check_hash(self.base_hash, "small_file.base_hash", optional=True)
 
 
-class FileAbort(Message, frozen=True, tag="file_abort"):
-    """The source gave up on this file (it changed while read); the target discards it."""
+class FileAbort(Message, frozen=True, tag="file_abort", omit_defaults=True):
+    """The source gave up on this file (it changed while read); the target discards it.
+
+    With a `path`, the source could not read the file at all (SourceReadError, `reason` says
+    why): the target records a failed attempt for the job log, and the source retries it.
+    """
 
     seq: UInt63
     reason: str
+    # "" = it changed while read (a newer version follows); left out on the wire then, so the
+    # message is the bytes an older release sends and reads (which ignores a path it gets)
+    path: str = ""
+
+    def validate(self) -> None:
+        if self.path:
+            _check_path(self.path, "file_abort.path")
 
 
 class Delete(Message, frozen=True, tag="delete"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -22,7 +23,7 @@ from typing import cast
 import anyio
 import msgspec
 
-from relaysync.constants import MAX_MESSAGE_BYTES
+from relaysync.constants import MAX_MESSAGE_BYTES, RECEIVE_TIMEOUT_S
 from relaysync.errors import FrameTooLarge, ProtocolError
 from relaysync.protocol.messages import DECODER, ENCODER, AnyMessage
 
@@ -38,6 +39,11 @@ MESSAGE_OVERHEAD_BYTES = 512
 ITEM_OVERHEAD_BYTES = 128
 RESUME_READING_BYTES = 4 * 1024 * 1024
 COALESCE_BYTES = 64 * 1024  # payloads below this are joined with their neighbours before a write
+# A peer that has taken none of our bytes for this long is gone (stopped, hung, or its disk is):
+# a send then fails as a lost connection, as a receive does after RECEIVE_TIMEOUT_S of silence.
+# Progress, however slow (a 64 kbit/s link draining a 1 MiB chunk), is no stall.
+SEND_STALL_TIMEOUT_S = RECEIVE_TIMEOUT_S
+_DRAIN_CHECK_S = 1.0  # how often a paused sender looks for progress
 
 
 def encode_frame(message: AnyMessage) -> bytes:
@@ -99,6 +105,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
+        self._resumed = 0  # resume_writing calls: each is progress of a paused sender
         self._read_paused = False
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -162,6 +169,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._resumed += 1
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
@@ -241,14 +249,32 @@ class FrameProtocol(asyncio.BufferedProtocol):
         return message, size
 
     async def drain(self) -> None:
-        """Wait while the transport's write buffer is over its high mark; any number of tasks may."""
-        if self.transport is None or self.transport.is_closing():
+        """Wait while the transport's write buffer is over its high mark; any number of tasks may.
+
+        Raises:
+            anyio.BrokenResourceError: the connection closed, or the peer took none of the
+                buffered bytes for SEND_STALL_TIMEOUT_S (the connection is then aborted).
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
             raise anyio.BrokenResourceError("connection closed")
+        left, resumed, since = transport.get_write_buffer_size(), self._resumed, time.monotonic()
         while self._write_paused:
             if self._drain_waiter is None or self._drain_waiter.done():
                 self._drain_waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._drain_waiter)  # shared: one waiter's cancellation is its own
-        if self.transport.is_closing() and self.closed.done():
+            with anyio.move_on_after(_DRAIN_CHECK_S):
+                await asyncio.shield(self._drain_waiter)  # shared: a waiter's timeout is its own
+            now_left = transport.get_write_buffer_size()
+            if now_left < left or self._resumed != resumed:  # the peer reads, however slowly
+                since = time.monotonic()
+            elif self._write_paused and time.monotonic() - since >= SEND_STALL_TIMEOUT_S:
+                transport.abort()
+                raise anyio.BrokenResourceError(
+                    f"the peer took none of {now_left:,} bytes sent to it for "
+                    f"{SEND_STALL_TIMEOUT_S:.0f} s: it is stopped or hung; the connection is dropped"
+                )
+            left, resumed = now_left, self._resumed
+        if transport.is_closing() and self.closed.done():
             raise anyio.BrokenResourceError("connection lost while sending")
 
 

@@ -1,28 +1,36 @@
 """Refresh-and-confirm: run one purge item on one cache, then prove with a GET that the cache
 serves what an origin serves (status, and the body's SHA-256 for a 200).
 
-A 200 from a purge proves nothing by itself (docs/caches.md); nor does an ETag
+Bodies are hashed as they stream, never held: a file of any size costs a few chunks of memory.
+Where both answers say their length, ETag or Last-Modified and these differ, the copy is stale
+without reading either body (a big stale file is not read twice per look).
+
+A 200 from a purge proves nothing by itself (reference/caches/README.md); nor does an ETag
 from an origin whose ETag is mtime seconds and size, so the bodies are compared. Nor does a 200
 from a one-request refresh: Squid with `reload_into_ims` or `ignore-reload`, or a VCL that turns
 REFRESH into a plain GET, answers from its old copy. When the confirm after a one-request
 refresh fails, the same attempt does PURGE + GET; if that confirms, the driver uses PURGE + GET
-from then on. Each Accept-Encoding variant the driver works on is confirmed (the origin and the
-cache asked with the same header, bodies compared decoded): a stale gzip copy is not hidden
-by a fresh identity one.
+from then on.
+
+Variants: the first look asks the origin and the cache with the driver's first Accept-Encoding;
+where either answer varies on Accept-Encoding (or after a purge on a cache worked under several
+encodings) each other encoding is confirmed too, the same way: a stale gzip copy is not hidden
+by a fresh identity one (bodies are compared decoded).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 import anyio
 import httpx
 
-from relaysync.errors import StaleCopy
+from relaysync.errors import PurgeError, StaleCopy
 from relaysync.purge.drivers import Driver
-from relaysync.purge.drivers._base import send
+from relaysync.purge.drivers._base import build_request, read_body, varies_on_encoding
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.urls import Url, parse_url
 
@@ -33,66 +41,153 @@ CONFIRM_PAUSE_S = 0.02  # between those GETs: a cache may still be storing the n
 STALE_REFRESHES_TO_SWITCH = 3  # one-request refreshes a cache ignored before it gets PURGE + GET
 
 
-def _fingerprint(status: int, body: bytes) -> tuple[int, str]:
-    return status, hashlib.sha256(body).hexdigest() if status == 200 else ""
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """What an answer's status line and headers say about its body, before reading it."""
+
+    status: int
+    length: int | None  # Content-Length of an unencoded body, else None
+    etag: str  # without W/: a cache that compresses weakens the origin's ETag
+    last_modified: str
+
+    @classmethod
+    def of(cls, r: httpx.Response) -> _Head:
+        length = r.headers.get("content-length", "")
+        plain = not r.headers.get("content-encoding") and length.isdigit()
+        return cls(
+            r.status_code,
+            int(length) if plain else None,
+            r.headers.get("etag", "").removeprefix("W/"),
+            r.headers.get("last-modified", ""),
+        )
+
+    def differs(self, other: _Head) -> str:
+        """Why the two bodies cannot be the same ("" if they may be): checked where both
+        sides say, so that a big stale copy is not read at all."""
+        if self.status != other.status:
+            return f"HTTP {self.status}"
+        if self.status != 200:  # only a 200's body is compared (an error page may differ)
+            return ""
+        for what, a, b in (
+            ("length", self.length, other.length),
+            ("ETag", self.etag, other.etag),
+            ("Last-Modified", self.last_modified, other.last_modified),
+        ):
+            if a not in (None, "") and b not in (None, "") and a != b:
+                return f"{what} {a}"
+        return ""
 
 
-async def fetch_origin(
-    client: httpx.AsyncClient, origins: Sequence[str], url: Url, encoding: str | None = None
-) -> tuple[int, str] | None:
-    """GET `url` (Accept-Encoding `encoding`) straight from the first origin that answers;
-    None if none does."""
+async def _fingerprint(r: httpx.Response) -> tuple[int, str]:
+    return r.status_code, (await read_body(r))[0] if r.status_code == 200 else ""
+
+
+async def _open_origin(
+    stack: AsyncExitStack,
+    client: httpx.AsyncClient,
+    origins: Sequence[str],
+    url: Url,
+    encoding: str | None = None,
+) -> httpx.Response | None:
+    """Open a GET of `url` (Accept-Encoding `encoding`) on the first origin that answers; None
+    if none does."""
     for base in origins:
+        request = build_request(client, "GET", base + url.target, {"Host": url.host}, encoding)
         try:
-            r = await send(client, "GET", base + url.target, {"Host": url.host}, encoding)
+            response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             logger.debug("origin %s did not answer: %s", base, exc)
             continue
-        return _fingerprint(r.status_code, r.content)
+        stack.push_async_callback(response.aclose)
+        return response
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Look:
+    got: str  # what the cache served, "" when it is what the origin served
+    want: str
+    varies: bool  # the origin's or the cache's answer varies on Accept-Encoding
+
+
+async def _compare(
+    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], url: Url, encoding: str
+) -> _Look | None:
+    """One look under Accept-Encoding `encoding`; None without an origin. Bodies are hashed as
+    they stream, headers compared first."""
+    async with AsyncExitStack() as stack:
+        origin = await _open_origin(stack, client, origins, url, encoding)
+        if origin is None:
+            return None
+        cached = await stack.enter_async_context(driver.stream("GET", url, encoding=encoding))
+        varies = (  # (an error page without Vary says nothing of the copies the cache holds)
+            origin.status_code != 200
+            or varies_on_encoding(origin.headers)
+            or varies_on_encoding(cached.headers)
+        )
+        want_head, got_head = _Head.of(origin), _Head.of(cached)
+        why = got_head.differs(want_head)
+        if why:
+            return _Look(why, want_head.differs(got_head), varies)
+        try:
+            want = await _fingerprint(origin)
+        except httpx.HTTPError as exc:
+            raise PurgeError(f"origin {url}: {type(exc).__name__}: {exc}") from exc
+        got = await _fingerprint(cached)
+        if got == want:
+            return _Look("", "", varies)
+        return _Look(f"HTTP {got[0]} {got[1][:12]}", f"HTTP {want[0]} {want[1][:12]}", varies)
+
+
 async def confirm(
-    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], url: Url
+    driver: Driver,
+    client: httpx.AsyncClient,
+    origins: Sequence[str],
+    url: Url,
+    *,
+    every: bool = False,
 ) -> bool | None:
-    """Return True once the cache serves what an origin serves under each of the driver's
-    encodings, None without an origin.
+    """Return True once the cache serves what an origin serves, None without an origin: under
+    the driver's first encoding, and under each other one where that look's answers vary on
+    Accept-Encoding (or `every`).
 
     Raises:
         StaleCopy: the cache still serves something else after CONFIRM_ATTEMPTS tries.
         PurgeError: the cache could not be reached.
     """
-    for encoding in driver.encodings:
-        if not await confirm_variant(driver, client, origins, url, encoding):
+    first, *rest = driver.encodings
+    look = await confirm_variant(driver, client, origins, url, first)
+    if look is None:
+        return None
+    if not (every or look.varies):
+        return True
+    for encoding in rest:
+        if await confirm_variant(driver, client, origins, url, encoding) is None:
             return None
     return True
 
 
 async def confirm_variant(
     driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], url: Url, encoding: str
-) -> bool | None:
-    """confirm() for one Accept-Encoding value."""
+) -> _Look | None:
+    """The look at which the cache serves what an origin serves under Accept-Encoding
+    `encoding`; None without an origin.
+
+    Raises:
+        as confirm().
+    """
     if not origins:
         return None
-    want: tuple[int, str] | None = None
-    got: tuple[int, str] = (0, "")
+    seen = _Look("", "", False)
     for attempt in range(CONFIRM_ATTEMPTS):
-        want = await fetch_origin(client, origins, url, encoding)
-        if want is None:
-            return None
-        reply = await driver.get(url, encoding)
-        got = _fingerprint(reply.status, reply.body)
-        if got == want:
-            return True
+        found = await _compare(driver, client, origins, url, encoding)
+        if found is None or (found.got, found.want) == ("", ""):
+            return found
+        seen = found
         if attempt + 1 < CONFIRM_ATTEMPTS:
             await anyio.sleep(CONFIRM_PAUSE_S)
-    assert want is not None
-    raise StaleCopy(
-        driver.cache.name,
-        f"{url} (Accept-Encoding: {encoding!r})",
-        f"HTTP {got[0]} {got[1][:12]}",
-        f"HTTP {want[0]} {want[1][:12]}",
-    )
+    where = str(url) if len(driver.encodings) == 1 else f"{url} (Accept-Encoding: {encoding!r})"
+    raise StaleCopy(driver.cache.name, where, seen.got, seen.want)
 
 
 async def run_item(
@@ -106,8 +201,8 @@ async def run_item(
     url = parse_url(item.url)
     if item.action == "ban":
         return await driver.ban(url), None
-    if item.action == "purge":
-        return await driver.purge(url), await confirm(driver, client, origins, url)
+    if item.action == "purge":  # a purge says nothing of variants: each is confirmed
+        return await driver.purge(url), await confirm(driver, client, origins, url, every=True)
     one_request = driver.one_request
     status = await driver.refresh(url)
     try:

@@ -3,14 +3,24 @@ through a durable queue with retries, and records each outcome.
 
 Flow: JobLogWriter.add -> on_commit_report (CommitTracker: wait for every origin that is up)
 -> intake (URLs per cache, planned by purge/planner.py, made durable in the store's purge
-queue) -> workers (driver refresh, confirm) -> purge log. A URL is worked on by one worker at a
+queue) -> workers (purge/worker.py: driver refresh, confirm) -> purge log. A URL is worked on by one worker at a
 time per cache; queued items of one URL with different actions (a refresh and a ban of /docs/)
 run one after the other, oldest first, each with its own outcome.
 
+Every cache has its own gate (purge/gates.py): at most `per_cache` of its items run at once,
+dispatched round-robin between caches under the overall `concurrency`, and a circuit breaker
+that, once the cache keeps failing, lets one probe item through now and then instead of its
+whole backlog. A hung or refusing cache so never holds up the purges of the others.
+
 Error handling:
-    A cache that refuses purges (403/405) is a configuration error: logged as an error, told
-    to `notify`, recorded as "refused" and not retried. Any other failure (cache down, not yet
-    serving the new bytes) is retried with exponential backoff, for as long as it takes.
+    A cache that refuses purges (403/405) or has an address httpx cannot use is a
+    configuration error: logged as an error and told to `notify` once per cache, recorded as
+    "refused" in the purge log, and kept queued: its gate probes it every `refused_probe_s`
+    (and at once after a change to its site), so that the URLs come up to date once fixed.
+    A cache that does not connect or answer is retried through its gate for as long as it
+    takes. Any other failure (5xx, not yet serving the new bytes, an item over its time
+    budget) is retried with exponential backoff up to `max_attempts` tries (each makes the
+    cache fetch the file again), then given up: "failed" in the purge log and `purge_failed`.
     A store error while planning (the paths under a deleted directory) leaves the change at
     the head of the intake and retries it with the same backoff. Anything unexpected in
     planning or in a worker is a bug: logged with its traceback, told to `notify` as
@@ -27,39 +37,51 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import anyio
 import httpx
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
-from relaysync.errors import CacheRefused, PrefixNotExpandable, PurgeError, StoreError
+from relaysync.errors import PrefixNotExpandable, StoreError
 from relaysync.protocol.messages import CommitReport
 from relaysync.purge import urls as urlmap
-from relaysync.purge.confirm import run_item
-from relaysync.purge.drivers import Driver, make_driver
+from relaysync.purge.drivers import Driver
+from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
 from relaysync.purge.listings import ListingRefreshes
 from relaysync.purge.ordering import HOLD_MAX_S, CommitTracker, Released
 from relaysync.purge.planner import PurgePlanner, PurgeStore, _can_ban, url_items
-from relaysync.purge.site import CacheSpec, SiteSpec
+from relaysync.purge.site import SiteSpec
+from relaysync.purge.worker import (
+    CONCURRENCY,
+    ITEM_TIMEOUT_S,
+    MAX_ATTEMPTS,
+    MIN_BYTES_PER_S,
+    PER_CACHE,
+    Notify,
+    PurgeWorker,
+    UrlKey,
+)
 
 logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 5.0  # one request to a cache or an origin
 CONNECT_TIMEOUT_S = 2.0  # a cache that does not accept within this is down: retry later
-ITEM_TIMEOUT_S = 15.0  # refresh plus confirm of one URL on one cache
 RETRY_MIN_S = 0.2  # first retry of a failed purge; doubles per attempt...
 RETRY_MAX_S = 10.0  # ...up to this, so a cache that returns is refreshed within it
 FLUSH_INTERVAL_S = 0.1  # outcomes and retries are written to the store this often
 STATE_INTERVAL_S = 0.25  # server states are re-read (origins going down release changes)
 SITES_RELOAD_S = 5.0  # sites are re-read this often besides on every API change
-CONCURRENCY = 64  # purge requests in flight at once, over every cache
-
-
-Notify = Callable[[str, dict[str, Any]], None]
-UrlKey = tuple[int, str, str]  # (site id, cache name, url)
-GroupKey = tuple[int, str, str, str]  # (site id, cache name, url, action)
+# worker.py's limits, named here too: ITEM_TIMEOUT_S, MIN_BYTES_PER_S, MAX_ATTEMPTS,
+# CONCURRENCY, PER_CACHE
+__all__ = [
+    "CONCURRENCY",
+    "ITEM_TIMEOUT_S",
+    "MAX_ATTEMPTS",
+    "MIN_BYTES_PER_S",
+    "PER_CACHE",
+    "Purger",
+]
 
 
 def _listing_items(planned: list[PurgeItem], listings: ListingRefreshes) -> list[PurgeItem]:
@@ -74,7 +96,7 @@ def _listing_items(planned: list[PurgeItem], listings: ListingRefreshes) -> list
     return out
 
 
-class Purger(PurgePlanner):
+class Purger(PurgeWorker, PurgePlanner):
     def __init__(
         self,
         store: PurgeStore,
@@ -84,6 +106,11 @@ class Purger(PurgePlanner):
         retry_min_s: float = RETRY_MIN_S,
         retry_max_s: float = RETRY_MAX_S,
         concurrency: int = CONCURRENCY,
+        per_cache: int | None = None,
+        probe_min_s: float = PROBE_MIN_S,
+        probe_max_s: float = PROBE_MAX_S,
+        refused_probe_s: float = REFUSED_PROBE_S,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self.store = store
         self.notify = notify
@@ -102,8 +129,17 @@ class Purger(PurgePlanner):
         self._retries: list[Retry] = []
         self._intake_wake = anyio.Event()
         self._work_wake = anyio.Event()
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._init_work(
+            concurrency=concurrency,
+            per_cache=per_cache,
+            probe_min_s=probe_min_s,
+            probe_max_s=probe_max_s,
+            refused_probe_s=refused_probe_s,
+            max_attempts=max_attempts,
+        )
+        self._warned_sites: set[tuple[int, str]] = set()
         self._client: httpx.AsyncClient | None = None
+        self._unverified: httpx.AsyncClient | None = None  # for https caches with tls_verify off
 
     # --- inputs ---
 
@@ -118,12 +154,22 @@ class Purger(PurgePlanner):
                 by_mapping.setdefault(site.mapping_id, []).append(site)
         for gone in set(self._sites) - set(sites):
             self.tracker.forget_site(gone)
+        self._reset_changed_gates(self._sites, sites)
+        self._warn_sites(sites)
         self._sites, self._by_mapping = sites, by_mapping
         self._drivers = {
             k: d
             for k, d in self._drivers.items()
             if k[0] in sites and d.cache in sites[k[0]].caches
         }
+
+    def _warn_sites(self, sites: dict[int, SiteSpec]) -> None:
+        """Log what a site should fix, once per site and warning."""
+        for site in sites.values():
+            for warning in site.warnings():
+                if (site.id, warning) not in self._warned_sites:
+                    self._warned_sites.add((site.id, warning))
+                    logger.warning("site %s: %s", site.name, warning)
 
     def on_commit_report(self, report: CommitReport) -> None:
         """JobLogWriter subscription: fold a target's commits (on the event loop's thread)."""
@@ -183,8 +229,13 @@ class Purger(PurgePlanner):
             self._queue[queued.id] = queued
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-            self._client = client
+        async with (
+            httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client,
+            httpx.AsyncClient(
+                timeout=timeout, limits=limits, trust_env=False, verify=False
+            ) as unverified,
+        ):
+            self._client, self._unverified = client, unverified
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._intake_loop)
@@ -200,9 +251,6 @@ class Purger(PurgePlanner):
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._flush()
-
-    def _backoff_s(self, failures: int) -> float:
-        return min(self.retry_max_s, self.retry_min_s * 2 ** max(0, failures - 1))
 
     async def _intake_loop(self) -> None:
         failures = 0
@@ -259,21 +307,6 @@ class Purger(PurgePlanner):
         if failure is not None:
             raise failure
 
-    def _failing(self, what: str, exc: Exception, failures: int) -> None:
-        """Report an unexpected exception (a bug): logged in full, and told to `notify`."""
-        logger.error(
-            "purger: unexpected error %s (attempt %d), will retry in %.1f s",
-            what,
-            failures,
-            self._backoff_s(failures),
-            exc_info=exc,
-        )
-        if self.notify is not None:
-            self.notify(
-                "purger_failing",
-                {"what": what, "error": f"{type(exc).__name__}: {exc}", "attempts": failures},
-            )
-
     async def _enqueue(self, items: list[PurgeItem]) -> None:
         if not items:
             return
@@ -323,132 +356,6 @@ class Purger(PurgePlanner):
         except StoreError as exc:
             logger.warning("purge log write failed, will retry: %s", exc)
             self._done[:0], self._results[:0], self._retries[:0] = done, results, retries
-
-    # --- working ---
-
-    def _driver(self, site: SiteSpec, cache: CacheSpec) -> Driver:
-        key = (site.id, cache.name)
-        driver = self._drivers.get(key)
-        if driver is None or driver.cache != cache:
-            driver = self._drivers[key] = make_driver(cache, self._client or httpx.AsyncClient())
-        return driver
-
-    def _origin_urls(self, site: SiteSpec) -> list[str]:
-        return [
-            o.url
-            for o in site.origins
-            if o.url and (not o.node_id or self._states.get(o.node_id) == "up")
-        ]
-
-    async def _work_loop(self, tg: TaskGroup) -> None:
-        while True:
-            now = time.time()
-            groups: dict[GroupKey, list[QueuedPurge]] = {}
-            next_at = now + 1.0
-            for q in self._queue.values():
-                if (q.item.site_id, q.item.cache, q.item.url) in self._busy:
-                    continue
-                if q.next_at <= now:
-                    key = (q.item.site_id, q.item.cache, q.item.url, q.item.action)
-                    groups.setdefault(key, []).append(q)
-                else:
-                    next_at = min(next_at, q.next_at)
-            for (site_id, cache, url, _action), group in groups.items():
-                url_key = (site_id, cache, url)
-                if url_key in self._busy:  # another action on this URL started first: wait for it
-                    continue
-                for q in group:
-                    del self._queue[q.id]
-                self._busy.add(url_key)
-                tg.start_soon(self._run, url_key, group)
-            with anyio.move_on_after(max(0.0, next_at - time.time())):
-                await self._work_wake.wait()
-            self._work_wake = anyio.Event()
-
-    async def _run(self, key: UrlKey, group: list[QueuedPurge]) -> None:
-        item = group[0].item
-        attempts = max(q.attempts for q in group) + 1
-        try:
-            async with self._limiter:
-                await self._run_item(item, group, attempts)
-        except Exception as exc:
-            self._failing(f"running {item.action} {item.url} on {item.cache}", exc, attempts)
-            self._retry(item, group, attempts, f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            self._busy.discard(key)
-            self._work_wake.set()
-
-    async def _run_item(self, item: PurgeItem, group: list[QueuedPurge], attempts: int) -> None:
-        site = self._sites.get(item.site_id)
-        cache = next((c for c in site.caches if c.name == item.cache), None) if site else None
-        if site is None or cache is None or self._client is None:
-            self._done += [q.id for q in group]  # the site or cache was removed meanwhile
-            return
-        started = time.perf_counter()
-        try:
-            with anyio.fail_after(ITEM_TIMEOUT_S):
-                status, confirmed = await run_item(
-                    self._driver(site, cache), self._client, self._origin_urls(site), item
-                )
-        except CacheRefused as exc:
-            logger.error("purge refused, giving up: %s", exc)
-            self._finish(item, group, attempts, started, "refused", None, str(exc))
-            if self.notify is not None:
-                self.notify(
-                    "purge_refused",
-                    {"site": site.name, "cache": cache.name, "url": item.url, "error": str(exc)},
-                )
-            return
-        except (PurgeError, TimeoutError) as exc:
-            self._retry(item, group, attempts, str(exc) or "timed out")
-            return
-        self._finish(item, group, attempts, started, status, confirmed, "")
-
-    def _finish(
-        self,
-        item: PurgeItem,
-        group: list[QueuedPurge],
-        attempts: int,
-        started: float,
-        status: str,
-        confirmed: bool | None,
-        detail: str,
-    ) -> None:
-        result = PurgeResult(
-            item=item,
-            status=status,
-            confirmed=confirmed,
-            attempts=attempts,
-            at=time.time(),
-            duration_ms=(time.perf_counter() - started) * 1000.0,
-            detail=detail,
-        )
-        self._done += [q.id for q in group]
-        self._results.append(result)
-        logger.debug("purge %s %s on %s: %s", item.action, item.url, item.cache, status)
-        for listener in self.listeners:
-            listener(result)
-
-    def _retry(self, item: PurgeItem, group: list[QueuedPurge], attempts: int, error: str) -> None:
-        delay = min(self.retry_max_s, self.retry_min_s * 2 ** (attempts - 1))
-        level = logging.INFO if attempts == 1 else logging.WARNING
-        logger.log(
-            level,
-            "purge %s %s on %s failed (attempt %d), retry in %.1f s: %s",
-            item.action,
-            item.url,
-            item.cache,
-            attempts,
-            delay,
-            error,
-        )
-        next_at = time.time() + delay
-        for q in group:
-            self._queue[q.id] = QueuedPurge(
-                id=q.id, item=q.item, attempts=attempts, next_at=next_at
-            )
-            self._retries.append(Retry(id=q.id, attempts=attempts, next_at=next_at, error=error))
-        self._work_wake.set()
 
     @property
     def queued(self) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import functools
-import gzip
 import http.client
 import os
 import shutil
@@ -25,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -213,21 +213,30 @@ class _OriginHandler(_QuietHandler):
         self._send_file(path, st.st_mtime)
 
     def _send_file(self, path: Path, mtime: float) -> None:
+        """Stream the file (gzipped as it is read, without a length, as nginx does): a big
+        file costs the test process a chunk of memory, not its size."""
         try:
-            body = path.read_bytes()
+            f = path.open("rb")
         except OSError:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", self.guess_type(str(path)))
-        self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
-        self.send_header("Vary", "Accept-Encoding")
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, mtime=0)
+        with f:
+            self.send_response(200)
+            self.send_header("Content-Type", self.guess_type(str(path)))
+            self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+            self.send_header("Vary", "Accept-Encoding")
+            if "gzip" not in self.headers.get("Accept-Encoding", ""):
+                self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+                self.end_headers()
+                shutil.copyfileobj(f, self.wfile)
+                return
             self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            self.end_headers()  # HTTP/1.0: the end of the connection ends the body
+            self.close_connection = True
+            packer = zlib.compressobj(wbits=31)  # the gzip format
+            while chunk := f.read(1 << 16):
+                self.wfile.write(packer.compress(chunk))
+            self.wfile.write(packer.flush())
 
 
 @dataclass
@@ -281,6 +290,7 @@ class Cache:
     origin_port: int
     port: int = 0
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    conf: str = ""  # a configuration template (@PORT@, @ORIGIN@, @DIR@) instead of the kind's
 
     @property
     def address(self) -> str:
@@ -313,7 +323,7 @@ class Cache:
         )
 
     def _prepare_varnish(self) -> list[str]:
-        (self.dir / "varnish.vcl").write_text(self._fill(VARNISH_VCL))
+        (self.dir / "varnish.vcl").write_text(self._fill(self.conf or VARNISH_VCL))
         work = self.dir / "wd"
         shutil.rmtree(work, ignore_errors=True)
         return [
@@ -337,7 +347,7 @@ class Cache:
         for sub in ("logs", "tmp", "cache"):
             (self.dir / sub).mkdir(exist_ok=True)
             os.chmod(self.dir / sub, 0o777)  # the worker runs as nobody when started as root
-        (self.dir / "nginx.conf").write_text(self._fill(NGINX_CONF))
+        (self.dir / "nginx.conf").write_text(self._fill(self.conf or NGINX_CONF))
         return [
             "nginx",
             "-p",
@@ -349,7 +359,7 @@ class Cache:
         ]
 
     def _prepare_squid(self) -> list[str]:
-        (self.dir / "squid.conf").write_text(self._fill(SQUID_CONF))
+        (self.dir / "squid.conf").write_text(self._fill(self.conf or SQUID_CONF))
         if os.geteuid() == 0:
             shutil.chown(self.dir, "proxy", "proxy")
         return ["squid", "-N", "-f", str(self.dir / "squid.conf")]
@@ -366,6 +376,15 @@ class Cache:
                 time.sleep(0.05)
         self.stop()
         raise CacheStartError(f"{self.kind} did not answer on port {self.port}: {self.log_tail()}")
+
+    def reload(self, conf: str) -> None:
+        """Rewrite an nginx's configuration from template `conf` and make it reload (SIGHUP to
+        its master: the workers change, the disk cache stays)."""
+        if self.kind != "nginx" or self.popen is None:
+            raise ValueError("only a running nginx reloads its configuration")
+        self.conf = conf
+        (self.dir / "nginx.conf").write_text(self._fill(conf))
+        os.kill(self.popen.pid, signal.SIGHUP)
 
     def log_tail(self) -> str:
         texts = []

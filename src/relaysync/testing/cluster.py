@@ -61,6 +61,8 @@ class Process:
     args: list[str]
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
+    # run through this command (which must exec it, e.g. `setpriv ...`): the pid is the process's
+    prefix: Sequence[str] = ()
 
     @property
     def pid(self) -> int:
@@ -70,7 +72,7 @@ class Process:
     def start(self, env: dict[str, str]) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "relaysync", *self.args],
+            [*self.prefix, sys.executable, "-m", "relaysync", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -185,6 +187,7 @@ class Cluster:
         extra_args: Sequence[str] = (),
         wait: bool = True,
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> Agent:
         agent = self.agents.get(name)
         if agent is None:
@@ -206,7 +209,8 @@ class Cluster:
                 group,
                 *extra_args,
             ]
-            agent = Agent(name, data, Process(name, args, self.base / f"agent-{name}.log"))
+            log = self.base / f"agent-{name}.log"
+            agent = Agent(name, data, Process(name, args, log, prefix=prefix))
             self.agents[name] = agent
         agent.process.start(self._env() | (env or {}))
         if wait:

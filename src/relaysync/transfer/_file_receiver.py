@@ -27,7 +27,7 @@ from relaysync.transfer import _librsync, codec, staging
 from relaysync.transfer._failures import TransientFailure, _transient_os
 from relaysync.transfer._session_hooks import SessionHooks
 from relaysync.transfer.patching import StreamingPatch
-from relaysync.transfer.paths import SafeResolver, resolve_inside
+from relaysync.transfer.paths import DirHandles, check_relpath, parent_of, resolve_inside
 from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
 from relaysync.watch.manifest import Entry, permission_bits
 
@@ -49,7 +49,7 @@ class FileReceiver(SessionHooks):
     folder: TargetFolder
     _batch: staging.CommitBatch
     _pending: _Pending
-    _paths: SafeResolver
+    _dirs: DirHandles
     _incoming: staging.IncomingFile | StreamingPatch | None
     _incoming_msg: FileStart | DeltaStart | None
     _incoming_started: float
@@ -61,8 +61,7 @@ class FileReceiver(SessionHooks):
         self._skip_seq = -1
         started = time.monotonic()
         try:
-            final, parent_exists = self._paths.resolve(msg.path)
-            self._incoming = self._open_incoming(msg, final, parent_exists)
+            self._incoming = self._open_incoming(msg)
         except UnsafePath as exc:
             self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
             self._skip_seq = msg.seq
@@ -75,19 +74,25 @@ class FileReceiver(SessionHooks):
                 ) from exc
             raise _transient_os(msg.seq, msg.path, exc) from exc
         except OSError as exc:
-            raise _transient_os(msg.seq, msg.path, exc) from exc
+            self._os_failed(msg.seq, "write", msg.path, exc, started, msg.changed_at)
+            return
         if msg.offset:
             logger.info("resuming %s at offset %s of %s bytes", msg.path, msg.offset, msg.size)
         self._incoming_msg = msg
         self._incoming_started = started
         self._incoming_wire = 0
 
-    def _open_incoming(
-        self, msg: FileStart, final: str, parent_exists: bool
-    ) -> staging.IncomingFile:
-        """A temp file for the new content: a named, resumable partial for large files."""
+    def _open_incoming(self, msg: FileStart) -> staging.IncomingFile:
+        """A temp file for the new content: a named, resumable partial for large files.
+
+        Raises:
+            UnsafePath: a directory on its way is a symlink or not a directory.
+            OSError: the temp file could not be made.
+        """
         root = self.folder.root
         if msg.expected_hash and msg.size >= RESUME_MIN_BYTES:
+            # A partial outlives the session, by its path: checked now (not held, see DirHandles).
+            final = str(resolve_inside(root, msg.path))
             if self._batch.holds_final(
                 final
             ):  # the same version twice in a batch: one partial each time
@@ -112,12 +117,21 @@ class FileReceiver(SessionHooks):
             raise FileNotFoundError(errno.ENOENT, "no partial kept for files this small", msg.path)
         return staging.IncomingFile.open(
             root,
-            final,
+            self._final_name(msg.path),
             size=msg.size,
             mode=msg.mode,
             mtime_ns=msg.mtime_ns,
-            parent_exists=parent_exists,
+            dir_fd=self._dirs.get(parent_of(msg.path), create=True),
         )
+
+    def _final_name(self, path: str) -> str:
+        """root/path as a string (the staged file's name in logs, the version keeper's path).
+
+        Raises:
+            UnsafePath: as check_relpath.
+        """
+        check_relpath(path)
+        return f"{self.folder.root}/{path}"
 
     def _start_delta(self, msg: DeltaStart) -> None:
         """Receive a delta against the version we hold into a temp file; patch at FileEnd."""
@@ -135,7 +149,8 @@ class FileReceiver(SessionHooks):
         except FileNotFoundError:
             entry, st = None, None
         except OSError as exc:  # the path could not be checked (EACCES, EIO...): as for FileStart
-            raise _transient_os(msg.seq, msg.path, exc) from exc
+            self._os_failed(msg.seq, "write", msg.path, exc, started, msg.changed_at)
+            return
         if (
             entry is None
             or st is None
@@ -226,12 +241,14 @@ class FileReceiver(SessionHooks):
         self._skip_seq = -1
         started = time.monotonic()
         try:
-            final, parent_exists = self._paths.resolve(msg.path)
+            final = self._final_name(msg.path)
+            dir_fd = self._dirs.get(parent_of(msg.path), create=True)
         except UnsafePath as exc:
             self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
             return
         except OSError as exc:  # the path could not be checked (EACCES, EIO...): as for FileStart
-            raise _transient_os(msg.seq, msg.path, exc) from exc
+            self._os_failed(msg.seq, "write", msg.path, exc, started, msg.changed_at)
+            return
         try:
             data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data, msg.size)
             incoming = staging.IncomingFile.whole(
@@ -242,7 +259,7 @@ class FileReceiver(SessionHooks):
                 size=msg.size,
                 mode=msg.mode,
                 mtime_ns=msg.mtime_ns,
-                parent_exists=parent_exists,
+                dir_fd=dir_fd,
             )
         except ProtocolError as exc:
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc
@@ -251,7 +268,8 @@ class FileReceiver(SessionHooks):
         except TransferError as exc:  # more bytes than the announced size
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, f"{msg.path}: {exc}") from exc
         except OSError as exc:
-            raise _transient_os(msg.seq, msg.path, exc) from exc
+            self._os_failed(msg.seq, "write", msg.path, exc, started, msg.changed_at)
+            return
         self._stage(incoming, msg, msg.hash, len(msg.data), started)
 
     def _stage(

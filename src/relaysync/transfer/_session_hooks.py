@@ -34,3 +34,13 @@ class SessionHooks:
         def _refuse(
             self, seq: int, op: str, path: str, detail: str, started: float, changed_at: float = 0.0
         ) -> None: ...
+
+        def _os_failed(
+            self,
+            seq: int,
+            op: str,
+            path: str,
+            exc: OSError,
+            started: float,
+            changed_at: float = 0.0,
+        ) -> None: ...

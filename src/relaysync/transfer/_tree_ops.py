@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -12,6 +13,7 @@ from typing import Any
 import msgspec
 import xxhash
 
+from relaysync._util.fs import remove_tree_at
 from relaysync.errors import UnsafePath
 from relaysync.protocol.messages import (
     CommitRecord,
@@ -24,9 +26,9 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer import staging
-from relaysync.transfer._failures import TransientFailure, _transient_os
+from relaysync.transfer._failures import TransientFailure
 from relaysync.transfer._session_hooks import SessionHooks
-from relaysync.transfer.paths import check_relpath, parent_of, resolve_inside
+from relaysync.transfer.paths import DirHandles, check_relpath, parent_of, resolve_inside
 from relaysync.transfer.removal import RemovalSurvey
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.transfer.versions import VersionKeeper
@@ -39,6 +41,7 @@ class TreeOps(SessionHooks):
     folder: TargetFolder
     _keeper: VersionKeeper | None
     _applied: list[CommitRecord]
+    _dirs: DirHandles
     sender_resends_renames: bool
 
     def _apply_op(self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase) -> None:
@@ -56,7 +59,8 @@ class TreeOps(SessionHooks):
             )
             return
         except OSError as exc:
-            raise _transient_os(msg.seq, msg.path, exc) from exc
+            self._os_failed(msg.seq, op, msg.path, exc, started, _changed_at(msg))
+            return
         except (OverflowError, ValueError) as exc:
             # A value the target cannot apply or store (an mtime past what utime or SQLite take):
             # the same op would fail again at every retry, so it is refused, not the session.
@@ -88,15 +92,7 @@ class TreeOps(SessionHooks):
         root, manifest = self.folder.root, self.folder.manifest
         match msg:
             case Delete():
-                doomed = resolve_inside(root, msg.path)
-                survey = RemovalSurvey(root=root)
-                kind = survey.tree(doomed, msg.path, itself=False)  # before the keeper takes it
-                if self._keeper is not None:
-                    self._keeper.save(doomed)
-                staging.remove_any(doomed)
-                self._sync_dir(root, parent_of(msg.path))
-                manifest.remove_tree(msg.path)
-                return survey.record_fields(kind)
+                return self._remove(msg)
             case MakeDir():
                 self._make_dir(msg)
             case Symlink():
@@ -105,10 +101,11 @@ class TreeOps(SessionHooks):
                 return self._rename(msg)
             case SetAttr():
                 path = resolve_inside(root, msg.path)
-                if not path.is_symlink():
-                    os.chmod(path, permission_bits(msg.mode))
-                os.utime(path, ns=(msg.mtime_ns, msg.mtime_ns), follow_symlinks=False)
                 entry = manifest.get(msg.path)
+                if not self._recorded_only(entry, path):
+                    if not path.is_symlink():
+                        os.chmod(path, self.folder.policy.disk_mode(msg.mode))
+                    os.utime(path, ns=(msg.mtime_ns, msg.mtime_ns), follow_symlinks=False)
                 if entry is not None:
                     manifest.put_many([_with_attrs(entry, msg.mode, msg.mtime_ns)])
             case Erase():
@@ -121,13 +118,34 @@ class TreeOps(SessionHooks):
             if directory.is_dir():
                 staging.fsync_dir(directory)
 
+    def _remove(self, msg: Delete) -> dict[str, Any]:
+        """Remove the path and what is under it, in its parent held open (never through a link)."""
+        doomed = resolve_inside(self.folder.root, msg.path)
+        survey = RemovalSurvey(root=self.folder.root)
+        kind = survey.tree(doomed, msg.path, itself=False)  # before the keeper takes it
+        if self._keeper is not None:
+            self._keeper.save(doomed)
+        try:
+            parent = self._dirs.get(parent_of(msg.path))
+        except FileNotFoundError:
+            parent = -1  # nothing there to remove
+        if parent >= 0:
+            remove_tree_at(parent, doomed.name)
+            if self.folder.durable:
+                staging.fsync_dir(parent)
+        self.folder.manifest.remove_tree(msg.path)
+        return survey.record_fields(kind)
+
     def _make_dir(self, msg: MakeDir) -> None:
-        path = resolve_inside(self.folder.root, msg.path)
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            staging.remove_any(path)
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, permission_bits(msg.mode) or 0o755)
-        self._sync_dir(self.folder.root, parent_of(msg.path))
+        check_relpath(msg.path)
+        parent, name = self._dirs.get(parent_of(msg.path), create=True), msg.path.rpartition("/")[2]
+        fd = _real_dir_at(parent, name)
+        try:
+            _chmod_fd(fd, self.folder.policy.disk_mode(permission_bits(msg.mode) or 0o755))
+        finally:
+            os.close(fd)
+        if self.folder.durable:
+            staging.fsync_dir(parent)
         self.folder.manifest.put_many(
             [Entry(path=msg.path, kind="d", mode=permission_bits(msg.mode))]
         )
@@ -137,6 +155,10 @@ class TreeOps(SessionHooks):
         target (a link to a directory stands for it: transfer/removal.py)."""
         root = self.folder.root
         path = resolve_inside(root, msg.path)
+        refused = self.folder.policy.refuses_link(msg.path, msg.target)
+        if refused:
+            self._refuse_link(msg, path)
+            raise UnsafePath(msg.path, refused)
         staging.make_parents(root, path)
         survey = RemovalSurvey(root=root)
         kind = survey.tree(path, msg.path, itself=False)
@@ -161,6 +183,28 @@ class TreeOps(SessionHooks):
             ]
         )
         return survey.record_fields("d" if "d" in (kind, new_kind) else kind or "l")
+
+    def _refuse_link(self, msg: Symlink, path: Path) -> None:
+        """A link the policy refuses: what the path held goes (the source has no such version
+        any more), and the manifest records the link as asked, so that no comparison with the
+        source sees a difference and sends it again and again; the start-up scan keeps it."""
+        if self._keeper is not None:
+            self._keeper.save(path)
+        staging.remove_any(path)
+        self._sync_dir(self.folder.root, parent_of(msg.path))
+        self.folder.manifest.remove_tree(msg.path)
+        digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
+        self.folder.manifest.put_many(
+            [Entry(path=msg.path, kind="l", hash=digest, link_target=msg.target)]
+        )
+
+    def _recorded_only(self, entry: Entry | None, path: Path) -> bool:
+        """Whether `entry` is a link the policy refused: in the manifest, never on disk."""
+        return (
+            entry is not None
+            and self.folder.policy.keeps_absent(entry.kind, entry.path, entry.link_target)
+            and not os.path.lexists(path)
+        )
 
     def _rename(self, msg: Rename) -> dict[str, Any]:
         """Move the path (and what is under it); return what moved away from its old name."""
@@ -226,8 +270,18 @@ class TreeOps(SessionHooks):
             staging.remove_any(Path(child.path))
             self.folder.manifest.remove_tree(rel)
             self.folder.drop_partials_under(rel)
+        self._forget_absent(msg.path, keep)
         self._sync_dir(self.folder.root, msg.path)
         return survey.record_fields("d")
+
+    def _forget_absent(self, rel_dir: str, keep: set[str]) -> None:
+        """Drop the manifest's children of `rel_dir` not in `keep` that are not on disk (a link
+        the policy refused is recorded only): an Erase of them would otherwise come for ever."""
+        manifest = self.folder.manifest
+        for child in manifest.children(rel_dir):
+            name = child.path.rpartition("/")[2]
+            if name not in keep and not os.path.lexists(self.folder.root / child.path):
+                manifest.remove_tree(child.path)
 
 
 _OP_NAMES: dict[type, str] = {
@@ -238,6 +292,33 @@ _OP_NAMES: dict[type, str] = {
     SetAttr: "attr",
     Erase: "erase",
 }
+
+
+def _real_dir_at(parent: int, name: str) -> int:
+    """A descriptor of the directory `name` in `parent`, made if missing; anything else there
+    (a file, a link) is replaced by it. Never followed if a link is swapped in meanwhile."""
+    try:
+        if not stat.S_ISDIR(os.lstat(name, dir_fd=parent).st_mode):
+            remove_tree_at(parent, name)
+    except FileNotFoundError:
+        pass
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, dir_fd=parent)
+    flags = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, os.O_RDONLY | flags, dir_fd=parent)
+    except PermissionError:  # not readable by this (non-root) agent: its mode is still ours to set
+        return os.open(name, os.O_PATH | flags, dir_fd=parent)
+
+
+def _chmod_fd(fd: int, mode: int) -> None:
+    """fchmod, also of an O_PATH descriptor (by its /proc link, as glibc's fchmodat does)."""
+    try:
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+        os.chmod(f"/proc/self/fd/{fd}", mode)
 
 
 def _replace_dir(source: Path, dest: Path) -> None:

@@ -223,7 +223,7 @@ class ConflictSession(ReceiverSession):
         try:
             with self._lock:
                 super()._apply_op(msg)
-                self._paths.forget()  # before any member resolves again: what it proved may be gone
+                self.folder.tree_changes.forget()  # every member opens its directories anew
         finally:
             self._contest = None
 

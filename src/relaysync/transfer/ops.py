@@ -3,6 +3,7 @@
 Runs in worker threads (it reads files). Small files are read whole; a file larger than
 CHUNK_BYTES is streamed by `iter_file_messages` so memory stays flat in the file size. A file
 that changes while it is read is sent as FileAbort: the newer version has its own journal record.
+One there but unreadable (EACCES, EMFILE, EIO) raises SourceReadError (transfer/unreadable.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import xxhash
 
 from relaysync._util.fs import open_regular_in
 from relaysync.constants import CHUNK_BYTES, SMALL_FILE_BYTES
+from relaysync.errors import SourceReadError
 from relaysync.protocol.messages import (
     AnyMessage,
     Delete,
@@ -93,6 +95,10 @@ def iter_file_messages(
     longer a regular file (a later record covers it): either way the file is opened once,
     without following a symlink or blocking on a FIFO, and only that open file is read.
     `changed_at` (when the source journaled the change) rides on the start message.
+
+    Raises:
+        SourceReadError: the file is there but cannot be opened or read; what was yielded of it
+            already (a FileStart, chunks) is to be ended with a FileAbort.
     """
     options = options or SendOptions()
     if (
@@ -150,7 +156,7 @@ def _delta_if_kept(
     False if the file must go whole instead (nothing was yielded), True if the record is dealt
     with (the delta went, or the path is not a regular file any more: nothing to send)."""
     assert options.signatures is not None
-    opened = open_regular_in(root, path)
+    opened = open_source(root, path)
     if opened is None:
         return True
     try:
@@ -273,7 +279,7 @@ def _whole_messages(
     options: SendOptions,
     changed_at: float = 0.0,
 ) -> Iterator[Outgoing]:
-    opened = open_regular_in(root, path)
+    opened = open_source(root, path)
     if opened is None:  # gone, or no longer a regular file: a later record covers it
         return
     fd, before = opened
@@ -310,7 +316,7 @@ def _whole_messages(
             # Each read ends on a multiple of its size (a power of two dividing CHUNK_BYTES), so a
             # resume point, a whole number of CHUNK_BYTES, is always a message boundary.
             step = options.bandwidth.chunk_bytes(CHUNK_BYTES)
-            data = os.pread(fd, min(step - offset % step, before.st_size - offset), offset)
+            data = _pread(fd, min(step - offset % step, before.st_size - offset), offset, path)
             if not data:
                 break
             hasher.update(data)  # the target's kept prefix is covered by the whole-file hash too
@@ -336,6 +342,21 @@ def _whole_messages(
             options.signatures.release(path, expected_hash)
 
 
+def open_source(root: Path, path: str) -> tuple[int, os.stat_result] | None:
+    """`open_regular_in`; SourceReadError if the file is there but cannot be opened."""
+    try:
+        return open_regular_in(root, path)
+    except OSError as exc:
+        raise SourceReadError.of(path, exc) from exc
+
+
+def _pread(fd: int, size: int, offset: int, path: str) -> bytes:
+    try:
+        return os.pread(fd, size, offset)
+    except OSError as exc:  # EIO on a bad sector: the file is there, it is retried
+        raise SourceReadError.of(path, exc) from exc
+
+
 def _small_file(
     root: Path,
     fd: int,
@@ -348,7 +369,7 @@ def _small_file(
     changed_at: float,
 ) -> SmallFile | FileAbort:
     """The whole file in one message (read with one pread), or FileAbort if it changed meanwhile."""
-    data = os.pread(fd, before.st_size + 1, 0)  # one byte more shows a file that grew
+    data = _pread(fd, before.st_size + 1, 0, path)  # one byte more shows a file that grew
     after = os.fstat(fd)
     if len(data) != before.st_size or (after.st_size, after.st_mtime_ns) != (
         before.st_size,

@@ -21,9 +21,11 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from relaysync.constants import MAX_MESSAGE_BYTES
+from relaysync.constants import MAX_MESSAGE_BYTES, MAX_PATH_BYTES
 from relaysync.protocol.messages import (
     MAX_LISTING_ENTRIES,
+    MAX_REMOVED_BYTES,
+    MAX_REPORT_RECORDS,
     Ack,
     AnyMessage,
     Checkpoint,
@@ -48,11 +50,11 @@ from relaysync.protocol.messages import (
     Symlink,
 )
 from relaysync.transfer import staging
-from relaysync.transfer._failures import TransientFailure, _transient_os
+from relaysync.transfer._failures import TransientFailure, _transient_os, permanent_detail
 from relaysync.transfer._file_receiver import FileReceiver, _Pending
 from relaysync.transfer._tree_ops import TreeOps
 from relaysync.transfer.patching import StreamingPatch
-from relaysync.transfer.paths import check_relpath
+from relaysync.transfer.paths import DirHandles, check_relpath
 from relaysync.transfer.target_folder import TargetFolder
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,12 @@ logger = logging.getLogger(__name__)
 LISTING_REPLY_BYTES = MAX_MESSAGE_BYTES // 2
 ENTRY_WIRE_BYTES = 48  # a DirEntry on the wire besides its name: kind, hash, size, mtime, mode
 ReportFn = Callable[[int, Sequence[CommitRecord]], None]  # (watermark, records)
+# The records of applied ops held until the next Checkpoint: past either bound they are reported
+# and the watermark saved up to the last op applied, as a Checkpoint would, so that a stream of
+# ops without one (a hostile or broken source) holds memory flat instead of ~330 bytes an op.
+APPLIED_RECORDS_MAX = MAX_REPORT_RECORDS  # one report's worth (agent/master_link.py)
+APPLIED_BYTES_MAX = 4 * MAX_REMOVED_BYTES  # of their paths, errors and removed paths
+RECORD_BYTES = 200  # a CommitRecord's own objects besides its strings
 
 
 class ReceiverSession(FileReceiver, TreeOps):
@@ -79,15 +87,18 @@ class ReceiverSession(FileReceiver, TreeOps):
         self._skip_seq = -1  # chunks of a file refused at FileStart are dropped
         self._keeper = folder.keeper()
         self._batch = staging.CommitBatch(
-            durable=folder.durable, before_replace=self._keeper.save if self._keeper else None
+            durable=folder.durable,
+            before_replace=self._keeper.save if self._keeper else None,
+            mode_mask=folder.policy.mode_mask,
         )
         self._pending = _Pending()
         self._applied: list[CommitRecord] = []
+        self._applied_counted = 0  # of _applied, those whose bytes _applied_bytes holds
+        self._applied_bytes = 0
         self._seen_seq = self.watermark
-        self._paths = folder.resolver
+        self._dirs = DirHandles(folder.root, folder.tree_changes)  # of the files of a batch
         # The sender resends a rename's new path whole when asked (its Hello: CAP_RENAME_RESEND).
         self.sender_resends_renames = False
-        self._paths.forget()  # proven in an earlier session is not proven now
 
     # --- batch entry point (runs in a worker thread) ---
 
@@ -96,9 +107,15 @@ class ReceiverSession(FileReceiver, TreeOps):
         replies: list[AnyMessage] = []
         try:
             for message in messages:
-                reply = self._apply_one(message)
+                try:
+                    reply = self._apply_one(message)
+                except RecursionError:  # nothing recurses over a path; if something did: refused
+                    self._refuse_message(message, "too deep for this target to apply")
+                    reply = None
                 if reply is not None:
                     replies.append(reply)
+                elif self._applied_full():
+                    self._save_progress()
         except TransientFailure as failure:
             full = failure.code == ErrorCode.DISK_FULL
             if full:
@@ -117,7 +134,24 @@ class ReceiverSession(FileReceiver, TreeOps):
                 failure.detail,
             )
             replies.append(Error(code=failure.code, detail=failure.detail, seq=failure.seq))
+        finally:
+            self._settle_dirs()  # the next batch proves its directories anew
         return replies
+
+    def _settle_dirs(self) -> None:
+        """Close the batch's directory descriptors if no staged or incoming file uses one; else
+        only have them opened anew at their next use."""
+        if not len(self._batch) and self._incoming is None:
+            self._dirs.release()
+        else:
+            self._dirs.forget()
+
+    def _refuse_message(self, message: AnyMessage, detail: str) -> None:
+        """Refuse whatever op `message` is (its chunks are skipped)."""
+        self._abort_incoming()
+        seq, path = getattr(message, "seq", 0), getattr(message, "path", "")
+        self._skip_seq = seq
+        self._refuse(seq, type(message).__name__.lower(), path, detail, time.monotonic())
 
     def close(self) -> None:
         """Discard whatever is half-received (the old files stay in place); keep partials."""
@@ -128,7 +162,10 @@ class ReceiverSession(FileReceiver, TreeOps):
         try:
             self._abort_incoming()
         finally:  # a failed state write must not leave the staged files open
-            self._batch.discard()
+            try:
+                self._batch.discard()
+            finally:
+                self._dirs.release()
 
     # --- dispatch ---
 
@@ -146,6 +183,8 @@ class ReceiverSession(FileReceiver, TreeOps):
                 self._end_file(message)
             case FileAbort():
                 self._abort_incoming()
+                if message.path:
+                    self._unreadable_on_source(message)
                 self._note(message.seq)
             case Checkpoint():
                 return self._checkpoint(message.seq, message.obsolete)
@@ -155,7 +194,7 @@ class ReceiverSession(FileReceiver, TreeOps):
             case Delete() | MakeDir() | Symlink() | Rename() | SetAttr() | Erase():
                 self.flush()
                 if not isinstance(message, SetAttr | MakeDir):
-                    self._paths.forget()  # it may turn a known directory into something else
+                    self.folder.tree_changes.forget()  # it may turn a directory into something else
                 self._apply_op(message)
             case _:
                 raise TransientFailure(
@@ -203,6 +242,9 @@ class ReceiverSession(FileReceiver, TreeOps):
         except OSError as exc:
             seq = pending.records[0].seq if pending.records else 0
             raise _transient_os(seq, "commit batch", exc) from exc
+        finally:
+            if self._incoming is None:  # what the files of a tree op's batch held can go now
+                self._dirs.close_retired()
         self.folder.manifest.put_many(pending.entries)
         self.folder.drop_partials(
             entry.path for entry in pending.entries
@@ -216,20 +258,43 @@ class ReceiverSession(FileReceiver, TreeOps):
     def _checkpoint(self, seq: int, obsolete: Sequence[PartialRef] = ()) -> Ack:
         self.flush()
         self._note(seq)
-        # Reported (the agent keeps the report on disk) before the watermark is saved: a kill
-        # between the two makes the source send these again and the master take them as
-        # repeats; the other way round, the master would never hear of them.
-        applied, self._applied = self._applied, []
-        if applied:
-            self.report(max(self._seen_seq, self.watermark), applied)  # as saved just below
-        if self._seen_seq > self.watermark:
-            self.watermark = self._seen_seq
-            self.folder.set_watermark(self.journal_id, self.watermark)
+        self._report_and_save()
         if obsolete:  # after the watermark: no replay of the comparison's records brings them back
             dropped = self.folder.drop_obsolete_partials(obsolete)
             if dropped:
                 logger.info("removed %s partials whose version the source no longer has", dropped)
         return Ack(mapping_id=self.folder.mapping_id, watermark=self.watermark)
+
+    def _report_and_save(self) -> None:
+        """Report the records held and save the watermark up to the last op seen (all applied)."""
+        # Reported (the agent keeps the report on disk) before the watermark is saved: a kill
+        # between the two makes the source send these again and the master take them as
+        # repeats; the other way round, the master would never hear of them.
+        applied, self._applied = self._applied, []
+        self._applied_counted = self._applied_bytes = 0
+        if applied:
+            self.report(max(self._seen_seq, self.watermark), applied)  # as saved just below
+        if self._seen_seq > self.watermark:
+            self.watermark = self._seen_seq
+            self.folder.set_watermark(self.journal_id, self.watermark)
+
+    def _applied_full(self) -> bool:
+        """Whether the records held until the next Checkpoint reached a bound."""
+        for record in self._applied[self._applied_counted :]:
+            self._applied_bytes += RECORD_BYTES + _record_bytes(record)
+        self._applied_counted = len(self._applied)
+        return (
+            self._applied_counted >= APPLIED_RECORDS_MAX or self._applied_bytes >= APPLIED_BYTES_MAX
+        )
+
+    def _save_progress(self) -> None:
+        """A Checkpoint's work without one, between two ops: commit what is staged, report, and
+        save the watermark. Not while a file is being received: its seq is not applied yet (and
+        every op before it is, so the watermark is right whenever this runs)."""
+        if self._incoming is not None:
+            return
+        self.flush()
+        self._report_and_save()
 
     def _refuse(
         self, seq: int, op: str, path: str, detail: str, started: float, changed_at: float = 0.0
@@ -240,13 +305,37 @@ class ReceiverSession(FileReceiver, TreeOps):
         )
         self._note(seq)
 
+    def _unreadable_on_source(self, msg: FileAbort) -> None:
+        """The source could not read `msg.path`: a failed attempt for the job log (the master
+        shows it with the source's reason); the source retries it, and its commit resolves it."""
+        logger.warning(
+            "source could not read a file, it retries: seq=%s path=%r: %s",
+            msg.seq,
+            msg.path,
+            msg.reason,
+        )
+        self._applied.append(
+            self._record(msg.seq, "write", msg.path, started=time.monotonic(), error=msg.reason)
+        )
+
+    def _os_failed(
+        self, seq: int, op: str, path: str, exc: OSError, started: float, changed_at: float = 0.0
+    ) -> None:
+        """Refuse the op if no retry can fix `exc` (a path too long for this target...), else
+        raise the TransientFailure that stops the session for the source to retry."""
+        detail = permanent_detail(path, exc)
+        if detail is None:
+            raise _transient_os(seq, path, exc) from exc
+        self._skip_seq = seq  # a file's chunks follow
+        self._refuse(seq, op, path, detail, started, changed_at)
+
     def _digests(self, msg: DigestRequest) -> DigestReply:
         listings = []
         manifest = self.folder.manifest
         # per reply, so that it stays far below MAX_MESSAGE_BYTES and the sender's decode bounds
         budget, room = MAX_LISTING_ENTRIES, LISTING_REPLY_BYTES
         for d in msg.dirs:
-            check_relpath(d, allow_root=True)
+            check_relpath(d, allow_root=True, max_depth=MAX_PATH_BYTES)  # read only
             if msg.hashes_only:
                 listings.append(DirListing(path=d, entries=(), hash=manifest.dir_hash(d)))
                 continue
@@ -271,3 +360,8 @@ class ReceiverSession(FileReceiver, TreeOps):
                 )
             )
         return DigestReply(mapping_id=msg.mapping_id, listings=tuple(listings))
+
+
+def _record_bytes(record: CommitRecord) -> int:
+    strings = (record.path, record.error, record.new_path, *record.removed)
+    return sum(len(text) for text in strings)

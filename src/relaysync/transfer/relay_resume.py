@@ -117,7 +117,10 @@ def open_prefix(folder: TargetFolder, start: FileStart) -> int | None:
 def _open_at_least(path: os.PathLike[str], size: int) -> int | None:
     """Our copy at `path` if it is a regular file of at least `size` bytes (never a link
     followed, never a FIFO waited on: this runs in a thread that cannot be cancelled)."""
-    opened = open_regular(path)
+    try:
+        opened = open_regular(path)
+    except OSError:  # our copy unreadable (EMFILE...): no resume from it, the child gets it whole
+        return None
     if opened is None:
         return None
     fd, st = opened

@@ -60,6 +60,7 @@ from relaysync.transfer.link_ends import FailureFn, SourceFolder, TargetAddress
 from relaysync.transfer.moves import MovedAway
 from relaysync.transfer.obsolete import closing_checkpoints, obsolete_partials
 from relaysync.transfer.pacing import send_paced
+from relaysync.transfer.unreadable import UnreadableFiles
 from relaysync.watch._coalesce_journal import coalesce_records
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry
@@ -113,6 +114,8 @@ class TargetLink:
         self.log = logging.LoggerAdapter(
             logger, {"mapping": source.mapping_id, "target": target.name}
         )
+        # Files found there but unreadable, read again with backoff (transfer/unreadable.py).
+        self.unreadable = UnreadableFiles(time.monotonic, self.log, self.options)
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -257,6 +260,8 @@ class TargetLink:
         )
         self.log.info("streaming to %s from seq %s", self.target.name, session.sent_upto)
         while True:
+            if self.unreadable.due(session.sent_upto):  # files it could not read, read again
+                await self._send_stream(session, self.unreadable.retries(self.source, session))
             if must_compare and self.source.send_limit > session.sent_upto:
                 # held (manual/reserved) until now: the first release catches up by comparing
                 await self._catch_up_by_compare(session)
@@ -290,6 +295,9 @@ class TargetLink:
             wait_s = min(PING_INTERVAL_S, compare_due - anyio.current_time())
             if self.source.scanning:  # not due until it ended (`wait_for_records` returns then)
                 wait_s = PING_INTERVAL_S
+            retry_at = self.unreadable.next_due(session.sent_upto)
+            if retry_at is not None:
+                wait_s = min(wait_s, max(0.0, retry_at - time.monotonic()))
             before = self.source.send_limit
             await self.source.wait_for_records(session.sent_upto, wait_s)
             if self.source.send_limit == before:
@@ -317,11 +325,14 @@ class TargetLink:
         root = self.source.root
         match record.op:
             case "write":
-                if not (yield from ops.whole_sent(ops.record_messages(root, record, self.options))):
+                messages = ops.record_messages(root, record, self.options)
+                sent = yield from self.unreadable.read_record(record, record.path, messages)
+                if sent is False:
                     moved.gone(root, record.path)
-                else:
+                elif sent:
                     moved.forget(record.path)  # there after all (a name used again)
             case "rename":
+                self.unreadable.forget(record.path)
                 followed = moved.follow(record.path, record.new_path)
                 if (
                     record.new_path in followed
@@ -333,9 +344,9 @@ class TargetLink:
                     followed.remove(record.new_path)
                     yield Delete(seq=record.seq, path=record.path, changed_at=record.time_ns / 1e9)
                     self.options.whole_file_seqs.add(record.seq)
-                    if not (
-                        yield from ops.whole_sent(ops.record_messages(root, record, self.options))
-                    ):
+                    messages = ops.record_messages(root, record, self.options)
+                    sent = yield from self.unreadable.read_record(record, record.new_path, messages)
+                    if sent is False:
                         moved.gone(root, record.new_path)
                 else:
                     yield from ops.record_messages(root, record, self.options)
@@ -343,6 +354,7 @@ class TargetLink:
                     yield from self._moved_file(moved, path)
             case "delete":
                 moved.forget(record.path)
+                self.unreadable.forget(record.path)
                 yield from ops.record_messages(root, record, self.options)
             case _:
                 yield from ops.record_messages(root, record, self.options)
@@ -354,13 +366,10 @@ class TargetLink:
         if entry is None or entry.kind != "f":
             moved.gone(root, path)  # moved on, or deleted: a later record covers it
             return
-        if not (
-            yield from ops.whole_sent(
-                ops.iter_file_messages(
-                    root, path, 0, expected_hash=entry.hash, options=self.options
-                )
-            )
-        ):
+        messages = ops.iter_file_messages(
+            root, path, 0, expected_hash=entry.hash, options=self.options
+        )
+        if (yield from self.unreadable.read(0, path, (entry.hash, 0.0), messages)) is False:
             moved.gone(root, path)
 
     async def _catch_up_by_compare(self, session: _Session) -> None:
@@ -371,10 +380,12 @@ class TargetLink:
         session.moved = MovedAway()  # the comparison sends every file where it is now
 
         def send_entry(entry: Entry) -> Iterator[ops.Outgoing]:
-            if (
-                not (yield from ops.whole_sent(ops.entry_messages(root, entry, self.options)))
-                and entry.kind == "f"
-            ):
+            messages = ops.entry_messages(root, entry, self.options)
+            if entry.kind != "f":
+                yield from messages
+            elif (
+                yield from self.unreadable.read(0, entry.path, (entry.hash, 0.0), messages)
+            ) is False:
                 session.moved.gone(
                     root, entry.path
                 )  # moved during the comparison: its rename follows

@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import secrets
-import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import xxhash
 
+from relaysync._util.fs import make_dirs_at, remove_tree_at, walk_in
 from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import HashMismatch, TransferError
 from relaysync.transfer import _partial_lock
@@ -73,6 +73,7 @@ def _temp_name(final: str) -> str:
 
 
 PARTIAL_SUFFIX = ".part"
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def partial_name_for(final: Path, content_hash: bytes, owner: int) -> Path:
@@ -90,29 +91,36 @@ def make_parents(root: Path, final: Path) -> Path | None:
     a partial's directories can go with it (`TargetFolder.add_partial`).
     """
     parent = final.parent
-    if parent == root or parent.is_dir():
+    if parent == root:
         return None
-    top = parent
-    while top.parent != root and not os.path.lexists(top.parent):
-        top = top.parent
-    os.makedirs(parent, exist_ok=True)
-    return top
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd, made = make_dirs_at(root_fd, parent.relative_to(root).as_posix())
+        os.close(fd)
+    finally:
+        os.close(root_fd)
+    return None if made is None else root / made
 
 
 def remove_any(path: Path) -> None:
-    """Remove a file, link or directory tree at path, never following links; missing is fine."""
+    """Remove a file, link or directory tree at path, never following links (a directory
+    above path is, as named); missing is fine. Any depth (`remove_tree_at`)."""
     try:
-        st = os.lstat(path)
+        parent = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
+    try:
+        remove_tree_at(parent, path.name)
+    finally:
+        os.close(parent)
+
+
+def fsync_dir(path: Path | str | int) -> None:
+    """fsync a directory, named or by a descriptor (an O_PATH one included) of it."""
+    if isinstance(path, int):
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=path)
     else:
-        os.unlink(path)
-
-
-def fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -136,6 +144,10 @@ class IncomingFile:
     received: int = 0
     hasher: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
     made_dir: Path | None = None  # the topmost directory opening it created (make_parents)
+    # The directory it is made and renamed in (not owned: the receiver's paths.DirHandles), where
+    # the names start (`cut`); -1: by its path (a partial, which outlives the session).
+    dir_fd: int = -1
+    cut: int = 0
 
     @property
     def final(self) -> Path:
@@ -154,14 +166,19 @@ class IncomingFile:
         size: int,
         mode: int,
         mtime_ns: int,
-        parent_exists: bool = False,
+        dir_fd: int = -1,
     ) -> IncomingFile:
+        """A new temp file beside `final`: in the directory `dir_fd` if given (never through a
+        symlink), else by its path, its missing parents created."""
         final = os.fspath(final)
-        if not parent_exists:
-            make_parents(root, Path(final))
         temp = _temp_name(final)
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        return cls(final_name=final, temp_name=temp, size=size, mode=mode, mtime_ns=mtime_ns, fd=fd)
+        if dir_fd < 0:
+            make_parents(root, Path(final))
+            fd = os.open(temp, _TEMP_FLAGS, 0o600)
+            return cls(final, temp, size, mode, mtime_ns, fd)
+        cut = final.rfind("/") + 1
+        fd = os.open(temp[cut:], _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
+        return cls(final, temp, size, mode, mtime_ns, fd, dir_fd=dir_fd, cut=cut)
 
     @classmethod
     def whole(
@@ -174,7 +191,7 @@ class IncomingFile:
         size: int,
         mode: int,
         mtime_ns: int,
-        parent_exists: bool = False,
+        dir_fd: int = -1,
     ) -> IncomingFile:
         """A temp file holding `data`, the whole content of a small file, verified before it
         is written: bytes that are not the announced ones never reach the disk.
@@ -188,9 +205,7 @@ class IncomingFile:
             raise TransferError(f"more data than the announced {size} bytes")
         if len(data) != size or xxhash.xxh3_128_digest(data) != expected_hash:
             raise HashMismatch(final)
-        incoming = cls.open(
-            root, final, size=size, mode=mode, mtime_ns=mtime_ns, parent_exists=parent_exists
-        )
+        incoming = cls.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns, dir_fd=dir_fd)
         try:
             written = os.write(incoming.fd, data) if size <= WRITE_PIECE_BYTES else 0
             if written < size:  # a short write, or more than one piece
@@ -296,7 +311,9 @@ class IncomingFile:
         # waiting for it must find the name gone, not take over a file about to be removed. A
         # partial closed already is not ours any more: its name may be a successor's file.
         try:
-            if self.fd >= 0 or not self.temp_name.endswith(PARTIAL_SUFFIX):
+            if self.dir_fd >= 0:
+                os.unlink(self.temp_name[self.cut :], dir_fd=self.dir_fd)
+            elif self.fd >= 0 or not self.temp_name.endswith(PARTIAL_SUFFIX):
                 os.unlink(self.temp_name)
         except FileNotFoundError:
             pass
@@ -345,9 +362,14 @@ class CommitBatch:
     """Verified temp files waiting to be made durable and renamed into place together."""
 
     def __init__(
-        self, *, durable: bool, before_replace: Callable[[Path], None] | None = None
+        self,
+        *,
+        durable: bool,
+        before_replace: Callable[[Path], None] | None = None,
+        mode_mask: int = 0,
     ) -> None:
         self.durable = durable
+        self.mode_mask = mode_mask  # bits the target's policy removes (watch/target_policy.py)
         self._files: list[IncomingFile] = []
         self.before_replace = before_replace  # keeps the old version (synchronization and backup)
 
@@ -390,7 +412,7 @@ class CommitBatch:
         for f in files:
             if f.temp_name.endswith(PARTIAL_SUFFIX):
                 _check_still_named(f)
-            os.fchmod(f.fd, permission_bits(f.mode))
+            os.fchmod(f.fd, permission_bits(f.mode) & ~self.mode_mask)
             os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
             if durable:
                 os.fsync(f.fd)
@@ -398,7 +420,7 @@ class CommitBatch:
     def _rename_all(self, files: list[IncomingFile]) -> float:
         """Rename each file into place (then fsync the directories in safe durability); return
         the time just before the last rename."""
-        dirs: set[str] = set()
+        dirs: set[str | int] = set()
         last, visible_at = files[-1], 0.0
         for f in files:
             partial = f.temp_name.endswith(PARTIAL_SUFFIX)
@@ -417,7 +439,7 @@ class CommitBatch:
             if partial:
                 f.close()
             if self.durable:
-                dirs.add(os.path.dirname(f.final_name))
+                dirs.add(f.dir_fd if f.dir_fd >= 0 else os.path.dirname(f.final_name))
         for d in dirs:
             fsync_dir(d)
         return visible_at
@@ -436,6 +458,9 @@ class CommitBatch:
 def _replace(f: IncomingFile) -> None:
     """Rename `f`'s temp file to its final name; a directory in the way is removed, but only
     for a temp file still there."""
+    if f.dir_fd >= 0:
+        _replace_at(f.dir_fd, f.temp_name[f.cut :], f.final_name[f.cut :])
+        return
     try:
         os.replace(f.temp_name, f.final_name)
     except (IsADirectoryError, OSError) as exc:
@@ -445,8 +470,24 @@ def _replace(f: IncomingFile) -> None:
             and not os.path.islink(f.final_name)
         ):
             raise exc
-        shutil.rmtree(f.final_name)  # a directory becomes a file
+        remove_any(f.final)  # a directory becomes a file
         os.replace(f.temp_name, f.final_name)
+
+
+def _replace_at(dir_fd: int, temp: str, final: str) -> None:
+    """_replace within the directory `dir_fd` (a name swapped for a link there is replaced)."""
+    try:
+        os.replace(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        try:
+            in_the_way = stat.S_ISDIR(os.lstat(final, dir_fd=dir_fd).st_mode)
+            os.lstat(temp, dir_fd=dir_fd)
+        except OSError:
+            raise exc from None
+        if not in_the_way:
+            raise
+        remove_tree_at(dir_fd, final)  # a directory becomes a file
+        os.replace(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def _check_still_named(f: IncomingFile) -> None:
@@ -506,16 +547,17 @@ def _writable_again(f: IncomingFile) -> bool:
 def clean_stale_temps(root: Path, keep: frozenset[Path] = frozenset()) -> int:
     """Remove temp files left by a crash under root, except the resumable partials in `keep`."""
     removed = 0
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            path = Path(dirpath) / name
+    for dir_fd, reldir, entries in walk_in(root):  # any depth, never through a link
+        for entry in entries:
+            name = entry.name
             if (
                 name.startswith(TEMP_PREFIX)
-                and path not in keep
                 and (name.endswith(".tmp") or name.endswith(PARTIAL_SUFFIX))
+                and not entry.is_dir(follow_symlinks=False)
+                and Path(root, reldir, name) not in keep
             ):
                 try:
-                    os.unlink(os.path.join(dirpath, name))
+                    os.unlink(name, dir_fd=dir_fd)
                     removed += 1
                 except FileNotFoundError:
                     pass

@@ -16,9 +16,10 @@ from relaysync.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from relaysync.errors import UnsafePath
 from relaysync.protocol.messages import MAX_PARTIALS, Partial, PartialRef
 from relaysync.transfer import staging
-from relaysync.transfer.paths import SafeResolver, parent_of, resolve_inside
+from relaysync.transfer.paths import TreeChanges, parent_of, resolve_inside
 from relaysync.transfer.versions import VersionKeeper
 from relaysync.watch.manifest import Manifest
+from relaysync.watch.target_policy import TargetPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class TargetFolder:
     durable: bool
     link_secret: bytes = b""  # non-empty: the policy allows this source on a plain (TLS-off) link
     keep_versions: int = 0  # > 0: previous versions of replaced/deleted files kept beside the tree
+    policy: TargetPolicy = TargetPolicy()  # which links and mode bits land here (safe, o-w)
     # Who may stream to us: our parent in the routing table (the source when there is none).
     parents: frozenset[str] = frozenset()
     route: tuple[str, ...] = ()  # the nodes the current session's stream came through (job log)
@@ -61,9 +63,10 @@ class TargetFolder:
     owner_of: Callable[[str, int, int], str] | None = (
         None  # (path, size, mtime_ns) -> other member source
     )
-    # Directories proven real under root: shared by the members on one root like `lock`, so that
-    # one member's rename or link there is never hidden from another member's cache.
-    resolver: SafeResolver = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    # Ops that may have turned a directory under root into something else: shared by the members
+    # on one root like `lock`, so that one member's rename or link there is never hidden from
+    # another member's directory descriptors (paths.DirHandles).
+    tree_changes: TreeChanges = field(default_factory=TreeChanges)
     # Partials a full disk stopped: path -> (bytes kept, since when (monotonic) they have not grown).
     _full_disk: dict[str, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)
     # (path, version hash) -> bytes of the delta that brought that large version, for a relay to
@@ -73,8 +76,6 @@ class TargetFolder:
     def __post_init__(self) -> None:
         if not self.parents:
             self.parents = frozenset({self.source_node})
-        if self.resolver is None:
-            self.resolver = SafeResolver(self.root)
 
     def keeper(self) -> VersionKeeper | None:
         return VersionKeeper(self.root, self.keep_versions) if self.keep_versions > 0 else None
@@ -143,7 +144,7 @@ class TargetFolder:
                 rmdir_in(self.root, rel)  # never through a link, even one swapped in just now
             except OSError:
                 return  # not empty (a committed file, someone's), gone, or not a directory
-            self.resolver.forget()  # it may hold the directory as proven real
+            self.tree_changes.forget()  # a session may hold the directory open
             rel = parent_of(rel)
 
     def drop_partial(self, path: str) -> None:

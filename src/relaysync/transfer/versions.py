@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from relaysync._util.fs import make_dirs_at, walk_in
 from relaysync.constants import MAX_NAME_BYTES, TEMP_PREFIX
 from relaysync.errors import NotFound
 from relaysync.transfer.paths import check_relpath
@@ -44,10 +45,13 @@ class VersionKeeper:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
-            for dirpath, _dirs, files in os.walk(final):
-                for name in files:
-                    if not name.startswith(TEMP_PREFIX):
-                        self._save_file(Path(dirpath) / name)
+            top = final.relative_to(self.root).as_posix()
+            for _fd, reldir, entries in walk_in(self.root, top):  # any depth, never through a link
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False) and not entry.name.startswith(
+                        TEMP_PREFIX
+                    ):
+                        self._save_file(self.root / reldir / entry.name)
         elif stat.S_ISREG(st.st_mode):
             self._save_file(final)
 
@@ -64,7 +68,12 @@ class VersionKeeper:
             )
             return
         dest = self.dir / rel.parent / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # any depth (pathlib's mkdir recurses)
+            os.close(make_dirs_at(dir_fd, rel.parent.as_posix() if rel.parent.parts else "")[0])
+        finally:
+            os.close(dir_fd)
         try:
             os.link(path, dest)
         except OSError:

@@ -1,6 +1,7 @@
 """The watches of a watched tree: which directory each inotify watch descriptor is on, the
-directories beyond the kernel's watch limit and those gone before their watch was added; the
-subtrees are listed and watched in a worker thread, never on the event loop."""
+directories beyond the kernel's watch limit, those the agent may not read (retried) and those
+gone before their watch was added; the subtrees are listed and watched in a worker thread,
+never on the event loop."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ import anyio
 import anyio.to_thread
 from asyncinotify import Inotify, Mask, Watch
 
+from relaysync._util.fs import GONE_ERRNOS
 from relaysync.errors import WatchLimitReached
 from relaysync.watch._root import RootPresence
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.scanner import join
 
-__all__ = ["MAX_VANISHED", "TreeWatches", "under"]
+__all__ = ["MAX_VANISHED", "TreeWatches", "WARN_UNREADABLE", "under"]
 
 logger = logging.getLogger("relaysync.watch.watcher")  # the Watcher's part: its logger
 
 MAX_VANISHED = 4096  # vanished directories remembered until their DELETE or MOVED_FROM is read
+WARN_UNREADABLE = 20  # directories that cannot be watched named one by one; then one line more
 _MASK = (
     Mask.CLOSE_WRITE
     | Mask.MODIFY
@@ -63,6 +66,10 @@ class TreeWatches:
         self._wds: dict[str, int] = {}
         self._watches: dict[int, Watch] = {}
         self._unwatched: dict[str, None] = {}  # ordered set of directories beyond the watch limit
+        # Directories that could not be watched or listed though they are there (EACCES: mode
+        # 000, or below one of mode 0600; EMFILE, EIO): tried again on their ATTRIB and every
+        # interval_s, and rescanned once watched (what changed in them meanwhile was not seen).
+        self._unreadable: dict[str, None] = {}
         # Directories whose watch failed because they were gone (ENOENT): deleted, or renamed
         # before their CREATE was read; the DELETE or MOVED_FROM that says which is still queued.
         self._vanished: dict[str, None] = {}
@@ -121,7 +128,12 @@ class TreeWatches:
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 self._note_vanished(rel)  # its subdirectories are unwatched, wherever it went
+                self._unreadable.pop(rel, None)
+            elif exc.errno not in GONE_ERRNOS:
+                self._note_unreadable(rel, exc)  # watched, but its subdirectories are not
             logger.debug("cannot list %s", rel)
+            return out
+        self._unreadable.pop(rel, None)  # watched and listed: readable now
         return out
 
     def _add_watch(self, rel: str) -> bool:
@@ -139,8 +151,9 @@ class TreeWatches:
                 self._note_unwatched(rel)
             elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 self._note_vanished(rel)
+                self._unreadable.pop(rel, None)
             elif exc.errno != errno.ELOOP:
-                logger.warning("cannot watch %s: %s", rel, exc)
+                self._note_unreadable(rel, exc)
             return False
         old = self._paths.get(watch.wd)
         if old is not None and old != rel:
@@ -158,6 +171,34 @@ class TreeWatches:
         if not self._limit_warned:
             self._limit_warned = True
             logger.warning("%s", WatchLimitReached(rel or "/", len(self._wds), self._interval_s))
+
+    def _note_unreadable(self, rel: str, exc: OSError) -> None:
+        """`rel` is there but could not be watched or listed: it is tried again (see
+        `_unreadable`). A warning each while no more than WARN_UNREADABLE are, not per retry."""
+        if rel in self._unreadable:
+            return
+        self._unreadable[rel] = None
+        if len(self._unreadable) <= WARN_UNREADABLE:
+            logger.warning(
+                "cannot watch directory %s in source %s (%s: %s): changes in it are found once "
+                "it can be read (fix its permissions: the agent's user must be able to read and "
+                "enter it); tried again every %.0f s",
+                rel or "/",
+                self._root,
+                errno.errorcode.get(exc.errno or 0, exc.errno),
+                exc.strerror or exc,
+                self._interval_s,
+            )
+        elif len(self._unreadable) == WARN_UNREADABLE + 1:
+            logger.warning("more directories in source %s cannot be watched", self._root)
+
+    def _retry_unreadable(self, top: str) -> list[str]:
+        """Have the unreadable directories at or below `top` watched again (`_watch_queued`);
+        return them."""
+        tops = [p for p in self._unreadable if under(p, top)]
+        for rel in tops:
+            self._queue_tree(rel)
+        return tops
 
     def _note_vanished(self, rel: str) -> None:
         if rel:
@@ -183,6 +224,8 @@ class TreeWatches:
                     logger.debug("watch of %s was already gone", rel)
         for rel in [p for p in self._unwatched if under(p, top)]:
             del self._unwatched[rel]
+        for rel in [p for p in self._unreadable if under(p, top)]:
+            del self._unreadable[rel]
 
     def _move_tree(self, old: str, new: str) -> None:
         for rel in [p for p in self._wds if under(p, old)]:
@@ -190,6 +233,7 @@ class TreeWatches:
             moved = new + rel[len(old) :]
             self._wds[moved] = wd
             self._paths[wd] = moved
-        for rel in [p for p in self._unwatched if under(p, old)]:
-            del self._unwatched[rel]
-            self._unwatched[new + rel[len(old) :]] = None
+        for table in (self._unwatched, self._unreadable):
+            for rel in [p for p in table if under(p, old)]:
+                del table[rel]
+                table[new + rel[len(old) :]] = None

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from relaysync.errors import SourceReadError
 from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter
@@ -34,6 +35,7 @@ from relaysync.watch.scanner import (
     make_entry,
     scan,
 )
+from relaysync.watch.target_policy import TargetPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +43,14 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 
 
 class Detection(NamedTuple):
-    """What one `detect()` call decided: `changes`, and the `rest` of the events, not looked at yet."""
+    """What one `detect()` call decided: `changes`, and the `rest` of the events, not looked at
+    yet; `unreadable`, the files that are there but could not be read to hash and the
+    directories that could not be listed (SourceListError): no change is recorded for them nor
+    below them (never a delete): look at them again later."""
 
     changes: list[PendingChange]
     rest: list[FsEvent]
+    unreadable: tuple[SourceReadError, ...] = ()
 
 
 class _Stale(Exception):
@@ -61,15 +67,24 @@ class ChangeRecorder:
         hard_links: follow hard links (a source): a file written through one of its names
             changes its other names too, and the manifest's inode numbers find them. A target's
             start-up scan passes False: it never watches, and its rows carry no inode numbers.
+        policy: a target's start-up scan reads its disk through its policy (links refused,
+            mode bits removed: watch/target_policy.py); None for a source.
     """
 
     def __init__(
-        self, root: Path, manifest: Manifest, path_filter: PathFilter, *, hard_links: bool = True
+        self,
+        root: Path,
+        manifest: Manifest,
+        path_filter: PathFilter,
+        *,
+        hard_links: bool = True,
+        policy: TargetPolicy | None = None,
     ) -> None:
         self._root = root
         self._manifest = manifest
         self._filter = path_filter
         self._hard_links = hard_links
+        self._policy = policy
 
     # --- detect ---
 
@@ -82,6 +97,8 @@ class ChangeRecorder:
         renamed (either name), a scan of a subtree holding one, or a write of a hard-linked
         file with another name below one. Those events come back as `rest`: apply the changes,
         then detect the rest. The first event is always taken, so every call makes progress.
+        An event whose path, or a directory on its way, cannot be read records no change (what
+        it decided before that stays) and is noted in `unreadable`.
 
         The manifest is written in one way only: inode numbers of files found unchanged but
         with another inode (`Manifest.set_inodes`), bookkeeping the journal does not carry.
@@ -97,9 +114,11 @@ class ChangeRecorder:
                     raise
                 rest = list(events[i:])
                 break
+            except SourceReadError as err:  # a directory on its way cannot be opened
+                batch.unreadable.append(err)
         if batch.inodes and self._hard_links:
             self._manifest.set_inodes(batch.inodes.items())
-        return Detection(batch.out, rest)
+        return Detection(batch.out, rest, tuple(batch.unreadable))
 
     def _on_write(self, batch: _Batch, event: FsEvent) -> None:
         self._restat(batch, event.path)
@@ -133,9 +152,13 @@ class ChangeRecorder:
                 st.st_size,
                 st.st_mtime_ns,
             ) == (linked_to.st_dev, linked_to.st_ino, linked_to.st_size, linked_to.st_mtime_ns)
-            entry = entry_from_stat(
-                self._root, path, st, hash_=digest if same_file else None, dir_fd=dir_fd
-            )
+            try:
+                entry = entry_from_stat(
+                    self._root, path, st, hash_=digest if same_file else None, dir_fd=dir_fd
+                )
+            except SourceReadError as err:
+                batch.unreadable.append(err)
+                return
         if entry is None or not self._filter.accepts(path, is_dir=entry.kind == "d"):
             return
         others = []
@@ -146,7 +169,22 @@ class ChangeRecorder:
         batch.note_inode(old, entry)
         for other in others:
             if not batch.below_moved(other):  # else under a directory this very change replaced
-                self._restat(batch, other, follow_links=False, linked_to=st, digest=entry.hash)
+                self._restat_link(batch, other, linked_to=st, digest=entry.hash)
+
+    def _restat_link(
+        self,
+        batch: _Batch,
+        path: str,
+        *,
+        linked_to: os.stat_result | None = None,
+        digest: bytes = b"",
+    ) -> None:
+        """`_restat` of another name of a hard-linked file: one that cannot be read (its
+        directory not listable) is looked at again later, the other names go on."""
+        try:
+            self._restat(batch, path, follow_links=False, linked_to=linked_to, digest=digest)
+        except SourceReadError as err:
+            batch.unreadable.append(err)
 
     def _other_links(self, batch: _Batch, entry: Entry) -> list[str]:
         """The other names known for a file with several hard links: the manifest's, and those
@@ -196,17 +234,18 @@ class ChangeRecorder:
 
     def _rescan(self, batch: _Batch, path: str) -> None:
         batch.check_scan(path)  # the scan reads the manifest's subtree, not the batch
-        result = scan(self._root, self._manifest, self._filter, subdir=path)
+        result = scan(self._root, self._manifest, self._filter, subdir=path, policy=self._policy)
         linked = result.linked if self._hard_links else []
         others = [self._other_links(batch, entry) for entry in linked]  # before anything is added
         if path:
             self._ensure_parents(batch, path)
         batch.add_scanned(result.out)
+        batch.unreadable.extend(result.unreadable)
         batch.inodes.update(result.inodes)
         for other in (p for paths in others for p in paths):
             # A name below a directory this scan found deleted is gone from disk too.
             if not batch.below_moved(other):
-                self._restat(batch, other, follow_links=False)
+                self._restat_link(batch, other)
 
     def _ensure_parents(self, batch: _Batch, path: str) -> None:
         """Emit mkdir for directories above `path` the manifest does not know yet, top first."""
@@ -222,7 +261,7 @@ class ChangeRecorder:
         out: list[PendingChange] = []
         rest = list(events)
         while rest:
-            changes, rest = self.detect(rest)
+            changes, rest, _ = self.detect(rest)
             self.apply(changes)
             out.extend(changes)
         return out
@@ -260,6 +299,7 @@ class _Batch:
         self._moved_sorted: list[str] = []  # the same, sorted (check_scan)
         self.out: list[PendingChange] = []
         self.inodes: dict[str, int] = {}  # inode fixes: path -> inode number (Manifest.set_inodes)
+        self.unreadable: list[SourceReadError] = []  # files there but not readable to hash
         self._by_ino: dict[int, set[str]] = {}
 
     def paths_with_inode(self, ino: int) -> set[str]:

@@ -16,12 +16,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
 import xxhash
 
-from relaysync._util.fs import open_dir_in, open_for_read
+from relaysync._util.fs import GONE_ERRNOS, open_dir_in, open_for_read
+from relaysync.errors import SourceListError, SourceReadError
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits, same_version
+from relaysync.watch.target_policy import TargetPolicy, tighten_in
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +119,10 @@ def entry_from_stat(
     read from (by name), instead of root/relpath.
 
     Returns None for unsupported kinds (devices, sockets, FIFOs) and for paths that vanished.
+
+    Raises:
+        SourceReadError: a regular file that is there but cannot be read (EACCES, EIO, EMFILE):
+            not gone, so never to be taken for a delete; the caller looks at it again later.
     """
     mode = permission_bits(st.st_mode)
     at = relpath.rpartition("/")[2] if dir_fd is not None else f"{root}/{relpath}"
@@ -134,7 +141,7 @@ def entry_from_stat(
             )
         if stat.S_ISREG(st.st_mode):
             # a string, not root / relpath: building a Path cost a fifth of a small file's scan
-            digest = hash_ if hash_ is not None else hash_file(at, st.st_size, dir_fd=dir_fd)
+            digest = hash_ if hash_ is not None else _hash(at, relpath, st.st_size, dir_fd)
             return Entry(
                 path=relpath,
                 kind="f",
@@ -149,8 +156,22 @@ def entry_from_stat(
     return None
 
 
+def _hash(at: str, relpath: str, size: int, dir_fd: int | None) -> bytes:
+    try:
+        return hash_file(at, size, dir_fd=dir_fd)
+    except OSError as exc:
+        if isinstance(exc, _GONE) or exc.errno in GONE_ERRNOS:
+            raise
+        raise SourceReadError.of(relpath, exc) from exc
+
+
 def make_entry(root: Path, relpath: str) -> Entry | None:
-    """Return the current Entry of `relpath` under `root` (lstat + hash), or None if it is gone."""
+    """Return the current Entry of `relpath` under `root` (lstat + hash), or None if it is gone.
+
+    Raises:
+        SourceReadError: it is there but cannot be read; SourceListError: its directory cannot
+            be opened or searched.
+    """
     with entry_dir(root, relpath) as dir_fd:
         st = lstat_in(root, relpath, dir_fd)
         return None if st is None else entry_from_stat(root, relpath, st, dir_fd=dir_fd)
@@ -161,7 +182,11 @@ def entry_dir(root: Path, relpath: str) -> Iterator[int | None]:
     """The open directory that holds `relpath` below `root`, none of its components followed
     (`open_dir_in`): an event's path whose directory was swapped for a link is read there, or
     as gone, never through the link. None for the root itself (read by its path, which may be
-    the operator's link) and for a directory that is gone or no real directory any more."""
+    the operator's link) and -1 for a directory that is gone or no real directory any more.
+
+    Raises:
+        SourceListError: that directory is there but cannot be opened (`open_dir_below`).
+    """
     head, _, name = relpath.rpartition("/")
     if not name:
         yield None
@@ -180,12 +205,19 @@ def open_dir_below(root: Path, dir_rel: str) -> int | None:
     """A descriptor of the directory `dir_rel` to list (the root may be the operator's link, no
     directory below it is followed, wherever on the way it was swapped for a link); None if it
     is gone or is no real directory any more (the root gone too: the mass-delete guard holds what
-    that rescan finds). A root that is a link loop, or any other failure, raises."""
+    that rescan finds). A root that is a link loop raises OSError.
+
+    Raises:
+        SourceListError: it (or a directory on its way) is there but cannot be opened (EACCES,
+            EMFILE, EIO...): not gone, so its entries must not be taken for deleted.
+    """
     try:
         return open_dir_in(root, dir_rel)
     except _GONE:
         pass
     except OSError as exc:
+        if exc.errno not in GONE_ERRNOS:
+            raise SourceListError.of(dir_rel, exc) from exc
         if not dir_rel or exc.errno not in (errno.ELOOP, errno.EXDEV):
             raise
     logger.debug("directory vanished while scanning: %s", dir_rel)
@@ -194,7 +226,12 @@ def open_dir_below(root: Path, dir_rel: str) -> int | None:
 
 def lstat_in(root: Path, relpath: str, dir_fd: int | None) -> os.stat_result | None:
     """lstat of `relpath` in `dir_fd` as `entry_dir` gave it (-1: its directory is gone), or of
-    root/relpath without one; None if it is gone."""
+    root/relpath without one; None if it is gone.
+
+    Raises:
+        SourceListError: the directory holding it cannot be searched (a directory of mode 0600:
+            EACCES), or another error that does not mean gone (EIO): it is looked at again.
+    """
     try:
         if dir_fd is None:
             return os.lstat(root / relpath)
@@ -203,20 +240,27 @@ def lstat_in(root: Path, relpath: str, dir_fd: int | None) -> os.stat_result | N
         return os.stat(relpath.rpartition("/")[2], dir_fd=dir_fd, follow_symlinks=False)
     except _GONE:
         return None
+    except OSError as exc:
+        if exc.errno in GONE_ERRNOS:
+            return None
+        raise SourceListError.of(relpath.rpartition("/")[0], exc) from exc
 
 
-def same_stat(old: Entry, kind: str, st: os.stat_result) -> bool:
-    """Return True if an lstat result matches the manifest entry without reading content."""
+def same_stat(
+    old: Entry, kind: str, st: os.stat_result, policy: TargetPolicy | None = None
+) -> bool:
+    """Return True if an lstat result matches the manifest entry without reading content.
+
+    `policy` (a target's): a mode on disk is the same as the manifest's when it is what the
+    policy made of it (the manifest records the mode the source asked for)."""
     if old.kind != kind:
         return False
+    on_disk = permission_bits(st.st_mode)
+    same_mode = old.mode == on_disk if policy is None else policy.same_mode(old.mode, on_disk)
     if kind == "d":
         # Directory mtimes move with every child change; only mode is replicated for them.
-        return old.mode == permission_bits(st.st_mode)
-    return (old.size, old.mtime_ns, old.mode) == (
-        st.st_size,
-        mtime_ns_of(st),
-        permission_bits(st.st_mode),
-    )
+        return same_mode
+    return same_mode and (old.size, old.mtime_ns) == (st.st_size, mtime_ns_of(st))
 
 
 def _kind_of(st: os.stat_result) -> str:
@@ -266,16 +310,27 @@ class TreeScan:
     Besides the changes (`out`), it notes what the hard-link bookkeeping needs: `inodes`, the
     (path, inode number) of files that did not change but whose manifest entry has another
     inode number (an older manifest, or a file replaced by an equal one), and `linked`, the new
-    entries of changed files that have other hard links.
+    entries of changed files that have other hard links. `unreadable`: the files it could not
+    read to hash (SourceReadError) and the directories it could not list (SourceListError),
+    left as the manifest has them (never read as empty: nothing below such a directory is taken
+    for deleted), for the caller to look at again.
     """
 
-    def __init__(self, root: Path, manifest: Manifest, path_filter: PathFilter) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        path_filter: PathFilter,
+        policy: TargetPolicy | None = None,
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self.filter = path_filter
+        self.policy = policy  # a target's (watch/target_policy.py): its disk read through it
         self.out: list[PendingChange] = []
         self.inodes: list[tuple[str, int]] = []
         self.linked: list[Entry] = []
+        self.unreadable: list[SourceReadError] = []
 
     def visit(
         self, relpath: str, st: os.stat_result, old: Entry | None, dir_fd: int | None = None
@@ -287,13 +342,25 @@ class TreeScan:
             if old is not None:
                 self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
             return False
-        if old is not None and kind != "l" and same_stat(old, kind, st):
+        if self.policy is not None and kind != "l" and dir_fd is not None:
+            self._tighten(relpath, st, dir_fd)
+        if old is not None and kind != "l" and same_stat(old, kind, st, self.policy):
             if kind == "f" and old.ino != st.st_ino:
                 self.inodes.append((relpath, st.st_ino))
             return kind == "d"
-        new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd)
+        try:
+            new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd)
+        except SourceReadError as err:
+            self.unreadable.append(err)
+            return False
         if new is None:
             return False
+        if (
+            old is not None
+            and self.policy is not None
+            and self.policy.same_mode(old.mode, new.mode)
+        ):
+            new = msgspec.structs.replace(new, mode=old.mode)  # the mode asked, as recorded
         if new.kind == "l" and not self.filter.utf8_link_target(relpath, new.link_target):
             if old is not None:  # not replicated any more: like a link that became a FIFO
                 self.out.append(PendingChange(op="delete", path=relpath, base_hash=old.hash))
@@ -306,6 +373,15 @@ class TreeScan:
             elif changes and st.st_nlink > 1:
                 self.linked.append(new)
         return kind == "d"
+
+    def _tighten(self, relpath: str, st: os.stat_result, dir_fd: int) -> None:
+        """A target's: remove the bits its policy removes from what holds them (written before
+        the policy, or by someone else). The manifest goes on recording the mode asked."""
+        assert self.policy is not None
+        on_disk = permission_bits(st.st_mode)
+        wanted = self.policy.disk_mode(on_disk)
+        if wanted != on_disk:
+            tighten_in(dir_fd, relpath.rpartition("/")[2], wanted)
 
     def walk(self, top: str) -> None:
         stack = [top]
@@ -320,10 +396,22 @@ class TreeScan:
         read relative to it, which spares the kernel a walk of the whole path per file.
         """
         known = {e.path: e for e in self.manifest.children(dir_rel)}
-        dir_fd = open_dir_below(self.root, dir_rel)
         try:
-            on_disk = self._list_dir(dir_rel, dir_fd) if dir_fd is not None else {}
+            dir_fd = open_dir_below(self.root, dir_rel)
+        except SourceListError as err:  # not empty: nothing below it is compared this time
+            self.unreadable.append(err)
+            return []
+        try:
+            try:
+                on_disk = self._list_dir(dir_rel, dir_fd) if dir_fd is not None else {}
+            except SourceListError as err:
+                self.unreadable.append(err)
+                return []
             for path in sorted(set(known) - set(on_disk)):
+                if self.policy is not None and self.policy.keeps_absent(
+                    known[path].kind, path, known[path].link_target
+                ):
+                    continue  # a link the policy refused: recorded, never on disk
                 self.out.append(PendingChange(op="delete", path=path, base_hash=known[path].hash))
             subdirs = []
             for path in sorted(on_disk):
@@ -335,16 +423,28 @@ class TreeScan:
                 os.close(dir_fd)
 
     def _list_dir(self, dir_rel: str, dir_fd: int) -> dict[str, os.stat_result]:
+        """The accepted children of the open directory `dir_rel`, with their lstat.
+
+        Raises:
+            SourceListError: the listing failed (EMFILE, EIO), or an entry could not be stat'ed
+                for another cause than gone (EACCES: a directory that can be read but not
+                searched, mode 0600): a partial listing would read the rest as deleted.
+        """
         found: dict[str, os.stat_result] = {}
-        with os.scandir(dir_fd) as it:
-            for de in it:
-                relpath = join(dir_rel, de.name)
-                try:
-                    st = de.stat(follow_symlinks=False)
-                except _GONE:
-                    continue
-                if self.filter.accepts(relpath, is_dir=stat.S_ISDIR(st.st_mode)):
-                    found[relpath] = st
+        try:
+            with os.scandir(dir_fd) as it:
+                for de in it:
+                    relpath = join(dir_rel, de.name)
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                    except _GONE:
+                        continue
+                    if self.filter.accepts(relpath, is_dir=stat.S_ISDIR(st.st_mode)):
+                        found[relpath] = st
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:
+                raise
+            raise SourceListError.of(dir_rel, exc) from exc
         return found
 
 
@@ -361,25 +461,44 @@ def scan_tree(
     return scan(root, manifest, path_filter, subdir=subdir).out
 
 
-def scan(root: Path, manifest: Manifest, path_filter: PathFilter, *, subdir: str = "") -> TreeScan:
-    """Like scan_tree, but return the whole TreeScan: the changes and the hard-link notes."""
-    result = TreeScan(root, manifest, path_filter)
+def scan(
+    root: Path,
+    manifest: Manifest,
+    path_filter: PathFilter,
+    *,
+    subdir: str = "",
+    policy: TargetPolicy | None = None,
+) -> TreeScan:
+    """Like scan_tree, but return the whole TreeScan: the changes and the hard-link notes.
+    `policy`: a target's, for its start-up scan (`TreeScan`)."""
+    result = TreeScan(root, manifest, path_filter, policy)
     if not subdir:
         result.walk("")
         return result
     if not path_filter.utf8_path(subdir):
         return result  # never in the manifest, and SQLite cannot even look it up
-    old = manifest.get(subdir)
-    with entry_dir(root, subdir) as dir_fd:
-        st = lstat_in(root, subdir, dir_fd)
-        accepted = st is not None and path_filter.accepts(subdir, is_dir=stat.S_ISDIR(st.st_mode))
-        if st is None or not accepted:
-            if old is not None:
-                result.out.append(PendingChange(op="delete", path=subdir, base_hash=old.hash))
-            return result
-        is_dir = result.visit(
-            subdir, st, old, dir_fd if dir_fd is not None and dir_fd >= 0 else None
-        )
+    try:
+        is_dir = _visit_top(result, subdir)
+    except SourceListError as err:  # its directory cannot be opened: nothing of it changes now
+        result.unreadable.append(err)
+        return result
     if is_dir:
         result.walk(subdir)
     return result
+
+
+def _visit_top(result: TreeScan, subdir: str) -> bool:
+    """Visit `subdir` itself, the top of a scan; return True if it is a directory to walk.
+
+    Raises:
+        SourceListError: the directory holding it cannot be opened or searched.
+    """
+    old = result.manifest.get(subdir)
+    with entry_dir(result.root, subdir) as dir_fd:
+        st = lstat_in(result.root, subdir, dir_fd)
+        accepted = st is not None and result.filter.accepts(subdir, is_dir=stat.S_ISDIR(st.st_mode))
+        if st is None or not accepted:
+            if old is not None:
+                result.out.append(PendingChange(op="delete", path=subdir, base_hash=old.hash))
+            return False
+        return result.visit(subdir, st, old, dir_fd if dir_fd is not None and dir_fd >= 0 else None)

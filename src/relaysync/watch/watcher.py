@@ -133,14 +133,18 @@ class Watcher(RootWatching, TreeWatches):
     async def _scan_unwatched(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
         while True:
             await anyio.sleep(self._interval_s)
-            if not self._unwatched:
+            if not self._unwatched and not self._unreadable:
                 continue
             async with self._tables:
                 dirs = list(self._unwatched)
                 self._unwatched.clear()
                 for rel in dirs:
                     self._queue_tree(rel)  # the limit may have been raised meanwhile
+                # made readable by what leaves no ATTRIB on them (a group, a parent's ACL)
+                retried = self._retry_unreadable("")
                 await self._watch_queued()
+                # rescanned once watched: what changed in them meanwhile was not seen
+                dirs += [r for r in retried if r in self._wds and r not in self._unreadable]
             if dirs:
                 await send.send([FsEvent(kind="rescan", path=rel, is_dir=True) for rel in dirs])
 
@@ -332,6 +336,9 @@ class Watcher(RootWatching, TreeWatches):
             for bit, kind in _SIMPLE.items():
                 if bit in mask:
                     self._emit(kind, rel, is_dir=is_dir)
+            if is_dir and Mask.ATTRIB in mask:  # a chmod may make it readable: watched, rescanned
+                for top in self._retry_unreadable(rel):
+                    self._emit("rescan", top, is_dir=True)
 
     def _created(self, rel: str, is_dir: bool) -> None:
         if is_dir:

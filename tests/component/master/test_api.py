@@ -328,3 +328,25 @@ def test_failing_on_change_does_not_fail_the_request(
     )
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
         assert client.post("/api/tokens/api", json={"name": "x"}).status_code == 201
+
+
+def test_a_mappings_target_policy_is_set_and_changed(client: TestClient, changes: Changes) -> None:
+    """Symlinks and the mode mask: "" (the agents' default) and o-w until the operator says."""
+    join(client, "src")
+    join(client, "dst")
+    body = {
+        "name": "www",
+        "source": "src",
+        "source_path": "/srv",
+        "targets": [{"server": "dst", "path": "/www"}],
+    }
+    created = client.post("/api/mappings", json=body).json()
+    url = f"/api/mappings/{created['id']}/target-policy"
+    assert client.get(url).json() == {"mapping_id": created["id"], "symlinks": "", "mode_mask": 2}
+    before = changes.calls
+    resp = client.put(url, json={"symlinks": "any", "mode_mask": 0})
+    assert resp.status_code == 200, resp.text
+    assert client.get("/api/mappings/www/target-policy").json()["symlinks"] == "any"
+    assert changes.calls == before + 1
+    assert client.put(url, json={"symlinks": "all", "mode_mask": 0}).status_code == 422
+    assert client.put(url, json={"symlinks": "", "mode_mask": 0o1000}).status_code == 422

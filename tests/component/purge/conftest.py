@@ -141,7 +141,15 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(cache_farm: CacheFarm, tmp_path: Path) -> AsyncIterator[Harness]:
+def purger_options() -> dict[str, Any]:
+    """Extra Purger arguments; a module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+async def harness(
+    cache_farm: CacheFarm, tmp_path: Path, purger_options: dict[str, Any]
+) -> AsyncIterator[Harness]:
     store = Store(f"sqlite:///{tmp_path / 'master.db'}")
     store.migrate()
     for node, name in ((SOURCE, "src"), (O1, "o1"), (O2, "o2")):
@@ -167,7 +175,8 @@ async def harness(cache_farm: CacheFarm, tmp_path: Path) -> AsyncIterator[Harnes
         ],
         origins=[{"server": "o1", "url": cache_farm.origin.url}, {"server": "o2"}],
     )
-    purger = Purger(store, retry_min_s=0.05, retry_max_s=0.5, hold_max_s=30.0)
+    options = {"retry_min_s": 0.05, "retry_max_s": 0.5, "hold_max_s": 30.0, **purger_options}
+    purger = Purger(store, **options)
     h = Harness(store, purger, cache_farm, site, cache_farm.docroot / root, mapping.id)
     purger.listeners.append(h.results.append)
     async with anyio.create_task_group() as tg:

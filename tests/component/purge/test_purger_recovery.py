@@ -57,11 +57,11 @@ async def test_a_store_error_while_planning_is_retried(
 async def test_an_unexpected_error_in_a_worker_is_retried_and_reported(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from relaysync.purge import purger as purger_module
+    from relaysync.purge import worker as worker_module
 
     notes: list[tuple[str, dict[str, object]]] = []
     harness.purger.notify = lambda kind, data: notes.append((kind, data))
-    real = purger_module.run_item
+    real = worker_module.run_item
     calls: list[str] = []
 
     async def buggy(*args: object, **kwargs: object) -> tuple[str, bool | None]:
@@ -70,7 +70,7 @@ async def test_an_unexpected_error_in_a_worker_is_retried_and_reported(
             raise KeyError("a bug")
         return await real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(purger_module, "run_item", buggy)
+    monkeypatch.setattr(worker_module, "run_item", buggy)
     harness.write("bug.txt", b"one")
     harness.warm("bug.txt")
     harness.write("bug.txt", b"two")

@@ -130,6 +130,11 @@ def test_listings_are_off_unless_set(client: TestClient, store: Store) -> None:
         {"secret": "short"},
         {"root": "../etc"},
         {"listings": "sometimes"},
+        {"caches": [{"name": "x", "driver": "varnish", "address": "::1:6081"}]},
+        {"caches": [{"name": "x", "driver": "varnish", "address": "cache:99999"}]},
+        {"caches": [{"name": "x", "driver": "varnish", "address": "ftp://cache:21"}]},
+        {"caches": [{"name": "x", "driver": "varnish", "address": "https://cache/purge"}]},
+        {"aliases": ["::1:8080"]},
     ],
 )
 def test_bad_sites_are_refused(client: TestClient, bad: dict) -> None:
@@ -161,3 +166,54 @@ def test_purge_log(client: TestClient, store: Store) -> None:
         ("http://example.com/static/a.txt", "v1", "refreshed", True)
     ]
     assert store.queued_purges() == 0
+
+
+def test_an_invalid_cache_address_says_how_to_write_it(client: TestClient) -> None:
+    bad = {**SITE, "caches": [{"name": "x", "driver": "varnish", "address": "::1:6081"}]}
+    r = client.post("/api/sites", json=bad)
+    assert r.status_code == 422, r.text
+    assert "cache 'x'" in r.text and "[::1]:6081" in r.text, r.text
+
+
+def test_ipv6_and_https_addresses_are_accepted(client: TestClient, store: Store) -> None:
+    site = {
+        **SITE,
+        "base_urls": ["http://[2001:db8::1]:8080"],
+        "aliases": ["[::1]:8080", "www.example.com"],
+        "caches": [
+            {"name": "v6", "driver": "varnish", "address": "[::1]:6081"},
+            {"name": "tls", "driver": "nginx", "address": "https://cache.example:8443"},
+            {
+                "name": "self-signed",
+                "driver": "squid",
+                "address": "https://10.0.0.5",
+                "tls_verify": False,
+            },
+        ],
+        "origins": [{"server": "t1", "url": "http://[fd00::7]:8000"}],
+    }
+    r = client.post("/api/sites", json=site)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["base_urls"] == ["http://[2001:db8::1]:8080"]
+    assert [(c["address"], c["tls_verify"]) for c in body["caches"]] == [
+        ("[::1]:6081", True),
+        ("https://cache.example:8443", True),
+        ("https://10.0.0.5", False),
+    ]
+    assert store.get_site("www").caches[2].tls_verify is False
+
+
+def test_a_site_without_origin_urls_warns_that_confirmation_is_off(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Origins defaulted from the mapping's targets have no URL: nothing is confirmed."""
+    r = client.post("/api/sites", json=SITE)
+    assert r.status_code == 201, r.text
+    warnings = r.json()["warnings"]
+    assert len(warnings) == 1 and "confirmation is off" in warnings[0], warnings
+    assert '"url"' in warnings[0]  # how to set it
+    assert "confirmation is off" in caplog.text
+    assert client.get("/api/sites/www").json()["warnings"] == warnings
+    r = client.patch("/api/sites/www", json={"origins": [{"server": "t1", "url": "http://t1:80"}]})
+    assert r.status_code == 200 and r.json()["warnings"] == [], r.text

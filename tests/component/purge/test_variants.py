@@ -16,8 +16,10 @@ from tests.component.purge.conftest import HOST, O1, O2, Harness
 
 from relaysync.errors import StaleCopy
 from relaysync.protocol.messages import CommitRecord, CommitReport
-from relaysync.purge.confirm import confirm
+from relaysync.purge.confirm import confirm, run_item
 from relaysync.purge.drivers import make_driver
+from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.site import DEFAULT_ACCEPT_ENCODINGS, CacheSpec
 from relaysync.purge.urls import parse_url
 from relaysync.testing.caches import http_get
 
@@ -219,3 +221,53 @@ async def test_a_default_port_in_a_base_url_purges_the_host_browsers_send(
     harness.write("port.txt", b"two")
     harness.commit("write", "port.txt")
     await harness.until_served("port.txt", (200, b"two"), timeout_s=BOUND_S)
+
+
+async def _requests_of_one_refresh(harness: Harness, kind: str, rel: str) -> tuple[int, int]:
+    """(requests to the cache, requests to the origin) of one refresh item of `rel`."""
+    cache = harness.farm.caches[kind]
+    sent = {"cache": 0, "origin": 0}
+
+    async def count(request: httpx.Request) -> None:
+        sent["cache" if request.url.port == cache.port else "origin"] += 1
+
+    spec = CacheSpec(name=kind, driver=kind, address=cache.address)  # type: ignore[arg-type]
+    url = f"http://{HOST}{harness.url_path(rel)}"
+    async with httpx.AsyncClient(timeout=15.0, event_hooks={"request": [count]}) as client:
+        done = await run_item(
+            make_driver(spec, client),
+            client,
+            [harness.farm.origin.url],
+            PurgeItem(site_id=1, cache=kind, url=url),
+        )
+    assert done[1] is True, done
+    return sent["cache"], sent["origin"]
+
+
+@pytest.mark.parametrize("kind", ["nginx", "squid"])
+async def test_variants_are_swept_only_where_the_answers_vary(harness: Harness, kind: str) -> None:
+    """Every URL got the whole sweep (21 requests to nginx, 14 to Squid, 7 to the origin),
+    even a page sent without Vary (a directory listing): one refresh and one confirm do."""
+    (harness.folder / "d").mkdir()
+    harness.write("d/a.txt", b"a")
+    for encoding in CLIENTS:
+        get_as(harness.farm.caches[kind].port, harness.url_path("d/"), encoding)
+    harness.write("d/b.txt", b"b")
+    assert await _requests_of_one_refresh(harness, kind, "d/") == (2, 1)  # as before variants
+    for encoding in CLIENTS:
+        assert (
+            b'href="b.txt"'
+            in get_as(harness.farm.caches[kind].port, harness.url_path("d/"), encoding)[1]
+        )
+    harness.write("w.txt", b"one " * 20)
+    warm_variants(harness, "w.txt")
+    harness.write("w.txt", b"two " * 20)
+    cache_requests, origin_requests = await _requests_of_one_refresh(harness, kind, "w.txt")
+    encodings = len(DEFAULT_ACCEPT_ENCODINGS[kind])
+    assert origin_requests == encodings  # a confirm under each
+    assert cache_requests > 2
+    for encoding in CLIENTS:  # the item was confirmed: no wait
+        assert get_as(harness.farm.caches[kind].port, harness.url_path("w.txt"), encoding) == (
+            200,
+            b"two " * 20,
+        ), encoding

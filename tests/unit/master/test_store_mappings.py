@@ -351,3 +351,20 @@ def test_a_mapping_stored_before_the_rules_can_still_be_changed_but_not_moved_on
     assert fleet.update_mapping("old", enabled=False).enabled is False  # it can be stopped
     with pytest.raises(ConfigError, match="system folder"):
         fleet.update_mapping("old", targets=[("t1", "/etc"), ("t2", "/usr")])
+
+
+def test_the_target_policy_travels_in_the_assignment(fleet: Store) -> None:
+    """What the targets let land (watch/target_policy.py) goes to every agent of the mapping."""
+    m = fleet.create_mapping(name="m", source="src", source_path="/a", targets=[("t1", "/b")])
+    assert fleet.modes.get_target_policy(m.id) == ("", 0o002)
+    (spec,) = fleet.assignment_for(B).mappings
+    assert (spec.symlinks, spec.mode_mask) == ("", 0o002)
+    fleet.modes.set_target_policy(m.id, "any", 0)
+    (spec,) = fleet.assignment_for(B).mappings
+    assert (spec.symlinks, spec.mode_mask) == ("any", 0)
+    (spec,) = fleet.assignment_for(A).mappings
+    assert (spec.symlinks, spec.mode_mask) == ("any", 0)
+    with pytest.raises(ConfigError, match="symlink policy"):
+        fleet.modes.set_target_policy(m.id, "all", 0)
+    with pytest.raises(ConfigError, match="mode mask"):
+        fleet.modes.set_target_policy(m.id, "safe", 0o1000)

@@ -5,12 +5,15 @@ import ssl
 import string
 import struct
 import sys
+import time
+from functools import partial
 
 import anyio
 import pytest
 
 from relaysync.constants import PREAUTH_MAX_MESSAGE_BYTES
 from relaysync.errors import FrameTooLarge, ProtocolError
+from relaysync.protocol import framing
 from relaysync.protocol.connection import open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import (
     COALESCE_BYTES,
@@ -99,6 +102,9 @@ class _Transport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
 
 def _feed(protocol: FrameProtocol, data: bytes, piece: int) -> None:
@@ -396,5 +402,72 @@ def test_every_sender_waiting_on_a_full_buffer_is_woken() -> None:
             assert woken == []
             protocol.resume_writing()
         assert sorted(woken) == [0, 1, 2]
+
+    anyio.run(main)
+
+
+def _tight_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair whose kernel buffers are small: a few KiB unread fill them."""
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return ours, peer
+
+
+def test_a_peer_that_reads_nothing_fails_the_send_instead_of_holding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stopped or hung peer (its process, or its disk) takes no bytes: the sender's drain
+    gives up after SEND_STALL_TIMEOUT_S and drops the connection, as a receive does after
+    RECEIVE_TIMEOUT_S of silence. Before, it waited for good."""
+    monkeypatch.setattr(framing, "SEND_STALL_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr(framing, "_DRAIN_CHECK_S", 0.05, raising=False)
+    chunk = FileChunk(seq=1, offset=0, data=b"x" * 256 * 1024)  # over the transport's high mark
+
+    async def main() -> None:
+        ours, peer = _tight_pair()
+        try:
+            framed = await wrap_accepted(ours)
+            with anyio.fail_after(30), pytest.raises(anyio.BrokenResourceError, match="took none"):
+                for _ in range(64):
+                    await framed.send(chunk)
+            assert framed.transport.is_closing()
+        finally:
+            peer.close()
+
+    anyio.run(main)
+
+
+def test_a_slow_peer_is_no_stalled_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that reads, however slowly, keeps the connection: only no progress at all for
+    SEND_STALL_TIMEOUT_S fails a send."""
+    monkeypatch.setattr(framing, "SEND_STALL_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr(framing, "_DRAIN_CHECK_S", 0.05, raising=False)
+    chunk = FileChunk(seq=1, offset=0, data=b"x" * 256 * 1024)
+    total = 4 * len(chunk.data)
+
+    async def main() -> None:
+        ours, peer = _tight_pair()
+        got = 0
+
+        def read_slowly() -> None:  # about 2 MB/s in 32 KiB reads: each step well inside 0.5 s
+            nonlocal got
+            while got < total:
+                data = peer.recv(32 * 1024)
+                if not data:
+                    return
+                got += len(data)
+                time.sleep(0.015)
+
+        framed = await wrap_accepted(ours)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(anyio.to_thread.run_sync, read_slowly, abandon_on_cancel=True))
+            with anyio.fail_after(60):
+                for _ in range(4):
+                    await framed.send(chunk)
+                while got < total:
+                    await anyio.sleep(0.01)
+        framed.abort()
+        peer.close()
 
     anyio.run(main)

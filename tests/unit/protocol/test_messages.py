@@ -159,9 +159,10 @@ SAMPLES: list[AnyMessage] = [
 PINNED = len(SAMPLES) - 1  # the samples the hash below covers
 # sha256 of the samples' encodings, joined, as the release before the integer bounds sent them,
 # except CommitReport: its records gained three optional fields since (`kind`, `removed`,
-# `removed_truncated`, which older masters ignore); every other sample's bytes are unchanged.
+# `removed_truncated`, which older masters ignore), and Assignment: its MappingSpec gained two
+# (`symlinks`, `mode_mask`, which older agents ignore); every other sample's bytes are unchanged.
 NAN, INF = float("nan"), float("inf")
-SAMPLES_SHA256 = "bd542cf18d05a0c00c3b2e635cd41506752b79cda77e04caeaf134b406aa45e8"
+SAMPLES_SHA256 = "23e9871344cb41e08772d041c70d8b7c0d2edbb0488490bf85e180138144a14a"
 # One of them in full: a map of type, seq (uint64 0x7fff...), path and changed_at (float64 0).
 DELETE_HEX = (
     "84a474797065a664656c657465a3736571cf7fffffffffffffffa470617468a161"
@@ -341,3 +342,10 @@ def _float_cases() -> Iterator[Any]:
 def test_a_float_no_sender_makes_is_a_malformed_message(payload: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_payload(payload)
+
+
+def test_a_file_abort_naming_an_oversize_path_is_refused() -> None:
+    """The path of a file the source could not read goes into the target's job-log record."""
+    FileAbort(seq=1, reason="cannot read", path="a/b.txt").validate()
+    with pytest.raises(ProtocolError, match="file_abort.path"):
+        FileAbort(seq=1, reason="cannot read", path="x" * 5000).validate()

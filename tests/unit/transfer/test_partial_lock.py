@@ -314,7 +314,7 @@ def test_an_n_to_m_member_leaves_the_shared_roots_directories_alone(tmp_path: Pa
         )
         for n in (1, 2)
     ]
-    members[1].lock, members[1].resolver = members[0].lock, members[0].resolver
+    members[1].lock, members[1].tree_changes = members[0].lock, members[0].tree_changes
     data = os.urandom(SIZE)
     _partial_in(members[0], "d/big", data)
     other = ReceiverSession(members[1], "j2", lambda *_: None)

@@ -323,10 +323,10 @@ def test_a_path_that_cannot_be_checked_is_a_per_file_io_error(
     IO_ERROR for that seq and retries; nothing is written."""
     s = ReceiverSession(folder, "j1", lambda *_: None)
 
-    def failing(path: str) -> tuple[str, bool]:
+    def failing(reldir: str, *, create: bool = False) -> int:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(s._paths, "resolve", failing)
+    monkeypatch.setattr(s._dirs, "get", failing)
     messages = [_small(1, "f", b"data")] if kind == "small" else _file(1, "f", b"data")
     replies = s.apply_batch([*messages, Checkpoint(seq=1)])
     assert len(replies) == 1 and isinstance(replies[0], Error)
@@ -334,13 +334,15 @@ def test_a_path_that_cannot_be_checked_is_a_per_file_io_error(
     assert not (folder.root / "f").exists() and temp_files(folder.root) == []
 
 
-@pytest.mark.parametrize("kind", ["small", "streamed", "delta"])
-def test_a_path_too_long_for_the_target_is_a_per_file_io_error_for_every_op(
+@pytest.mark.parametrize("kind", ["small", "streamed", "delta", "mkdir", "delete"])
+def test_a_path_too_long_for_the_target_is_written_or_refused_never_retried_for_ever(
     folder: TargetFolder, kind: str
 ) -> None:
-    """A relative path within MAX_PATH_BYTES that is over PATH_MAX below this target's root:
-    the OS refuses it (ENAMETOOLONG, for real). Every kind of write reports it for its own seq
-    (a delta's start let any OSError but FileNotFoundError escape apply_batch)."""
+    """A relative path within MAX_PATH_BYTES that is over PATH_MAX below this target's root.
+    Files and directories are made relative to their directory (no PATH_MAX from the root): they
+    arrive. An op that still goes by the whole path (a delta's base, a delete) meets
+    ENAMETOOLONG, for real, at every retry: refused with what to do, and the changes after it
+    flow (it was an IO_ERROR the source retried for ever, blocking the mapping)."""
     path = "/".join(["n" * 255] * 16)  # 4095 bytes: within the wire's limit, not below a root
     assert len(f"{folder.root}/{path}".encode()) > 4096
     delta = DeltaStart(
@@ -350,13 +352,21 @@ def test_a_path_too_long_for_the_target_is_a_per_file_io_error_for_every_op(
         "small": [_small(1, path, b"data")],
         "streamed": _file(1, path, b"data"),
         "delta": [delta, FileChunk(seq=1, offset=0, data=b"rs"), FileEnd(seq=1, hash=b"\2" * 16)],
+        "mkdir": [MakeDir(seq=1, path=path)],
+        "delete": [Delete(seq=1, path=path)],
     }[kind]
-    s = ReceiverSession(folder, "j1", lambda *_: None)
-    replies = s.apply_batch([*messages, Checkpoint(seq=1)])
-    assert len(replies) == 1 and isinstance(replies[0], Error), replies
-    assert (replies[0].seq, replies[0].code) == (1, ErrorCode.IO_ERROR)
-    assert "File name too long" in replies[0].detail
-    assert folder.watermark("j1") == 0 and temp_files(folder.root) == []
+    reports: list = []
+    s = ReceiverSession(folder, "j1", lambda w, r: reports.append(r))
+    replies = s.apply_batch([*messages, _small(2, "after", b"later"), Checkpoint(seq=2)])
+    assert replies == [Ack(mapping_id=1, watermark=2)], replies
+    records = {r.seq: r for batch in reports for r in batch}
+    if kind in ("delta", "delete"):
+        assert not records[1].ok and "path too long for this target" in records[1].error
+        assert len(records[1].error) < 400  # the path is cut short in it
+    else:
+        assert records[1].ok and (folder.manifest.get(path) is not None)
+    assert (folder.root / "after").read_bytes() == b"later"
+    assert not [n for n in os.listdir(folder.root) if n.startswith(".relaysync")]
 
 
 def test_a_small_file_converted_for_an_older_release_commits_the_same(folder: TargetFolder) -> None:

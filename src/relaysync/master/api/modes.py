@@ -103,3 +103,33 @@ def put_transfer(id_or_name: str, body: TransferIn, context: Context) -> Transfe
     context.store.modes.set_transfer(mapping.id, body.transfer)
     context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, transfer=body.transfer)
     return TransferOut(mapping_id=mapping.id, transfer=body.transfer)
+
+
+class TargetPolicyIn(BaseModel):
+    symlinks: Literal["", "safe", "any"] = Field(
+        description='"safe": the targets refuse a symlink that points outside the folder; "any": '
+        'they take every link (only if you trust the source); "": each target agent\'s default'
+    )
+    mode_mask: int = Field(
+        ge=0, le=0o777, description="permission bits the targets remove: 2 (o-w), 0 keeps all"
+    )
+
+
+class TargetPolicyOut(BaseModel):
+    mapping_id: int
+    symlinks: str
+    mode_mask: int
+
+
+def get_target_policy(id_or_name: str, context: Context) -> TargetPolicyOut:
+    mapping = context.store.get_mapping(id_or_name)
+    symlinks, mode_mask = context.store.modes.get_target_policy(mapping.id)
+    return TargetPolicyOut(mapping_id=mapping.id, symlinks=symlinks, mode_mask=mode_mask)
+
+
+def put_target_policy(id_or_name: str, body: TargetPolicyIn, context: Context) -> TargetPolicyOut:
+    """Which symlinks the mapping's targets take and which mode bits they remove."""
+    mapping = context.store.get_mapping(id_or_name)
+    context.store.modes.set_target_policy(mapping.id, body.symlinks, body.mode_mask)
+    context.changed(EventType.MAPPING_CHANGED, mapping_id=mapping.id, symlinks=body.symlinks)
+    return TargetPolicyOut(mapping_id=mapping.id, symlinks=body.symlinks, mode_mask=body.mode_mask)

@@ -26,13 +26,16 @@ HIDDEN = "**********"
 class CacheIn(BaseModel):
     name: str
     driver: Literal["varnish", "nginx", "squid", "http"]
-    address: str = Field(description="host:port where the cache answers HTTP")
+    address: str = Field(
+        description="where the cache answers HTTP: host:port, [IPv6]:port or https://host[:port]"
+    )
     refresh: bool = Field(True, description="one-request refresh where the driver has one")
     accept_encodings: list[str] | None = Field(
         None,
         description='Accept-Encoding values ("" = none) each URL is refreshed, purged and '
         "confirmed under, one per variant the cache keeps; null: the driver's default",
     )
+    tls_verify: bool = Field(True, description="https cache: check its certificate")
     method: str = Field("PURGE", description="http driver: method of the purge request")
     path_template: str = Field("{path}", description="http driver: {path} {host} {url}")
     headers: dict[str, str] = Field(
@@ -91,6 +94,7 @@ class CacheOut(BaseModel):
     address: str
     refresh: bool
     accept_encodings: list[str]
+    tls_verify: bool
     method: str
     path_template: str
     headers: dict[str, str]
@@ -116,6 +120,9 @@ class SiteOut(BaseModel):
     caches: list[CacheOut]
     origins: list[OriginOut]
     secret: str
+    warnings: list[str] = Field(
+        default_factory=list, description="what to fix, e.g. confirmation off: no origin URL"
+    )
 
 
 class ProviderOut(BaseModel):
@@ -156,7 +163,8 @@ def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
                 driver=c.driver,
                 address=c.address,
                 refresh=c.refresh,
-                accept_encodings=list(c.accept_encodings),
+                accept_encodings=list(c.encodings),
+                tls_verify=c.tls_verify,
                 method=c.method,
                 path_template=c.path_template,
                 headers={k: MASK for k in dict(c.headers)},  # purge API tokens: never sent back
@@ -165,6 +173,7 @@ def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
         ],
         origins=[OriginOut(node_id=o.node_id, name=o.name, url=o.url) for o in site.origins],
         secret=site.secret if show_secret else HIDDEN,
+        warnings=site.warnings(),
     )
 
 
@@ -181,8 +190,12 @@ def _keep_hidden_headers(caches: list[dict[str, Any]], current: SiteSpec) -> Non
         refuse_masked(headers, f"cache {cache.get('name', '')!r}'s headers")
 
 
-def _sites_changed(request: Request) -> None:
-    """Tell the purger (if the master runs one) to re-read the sites now."""
+def _sites_changed(request: Request, site: SiteSpec | None = None) -> None:
+    """Tell the purger (if the master runs one) to re-read the sites now; log what `site`
+    (created or changed) should fix."""
+    if site is not None:
+        for warning in site.warnings():
+            logger.warning("site %s: %s", site.name, warning)
     purger = getattr(request.app.state, "purger", None)
     if purger is not None:
         purger.reload_sites()
@@ -208,7 +221,7 @@ def create_site(body: SiteIn, context: Context, request: Request) -> SiteOut:
     fields = _fields(body, exclude_unset=False)
     refuse_masked([c.get("headers", {}) for c in fields.get("caches", [])], "a cache's headers")
     site = context.store.create_site(**fields)
-    _sites_changed(request)
+    _sites_changed(request, site)
     return _out(site, show_secret=True)
 
 
@@ -218,7 +231,7 @@ def update_site(id_or_name: str, body: SitePatch, context: Context, request: Req
     if "caches" in fields:
         _keep_hidden_headers(fields["caches"], context.store.get_site(id_or_name))
     site = context.store.update_site(id_or_name, **fields)
-    _sites_changed(request)
+    _sites_changed(request, site)
     return _out(site, show_secret=body.secret is not None)
 
 

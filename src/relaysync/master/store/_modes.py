@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from relaysync.errors import ConfigError
 from relaysync.master.store.models import Base
 from relaysync.protocol.messages import MappingSpec
+from relaysync.watch.target_policy import DEFAULT_MODE_MASK, SYMLINK_POLICIES
 
 MODES = ("realtime", "manual", "reserved")
 TRANSFER_OVERRIDES = ("auto", "delta", "whole")
@@ -51,6 +52,10 @@ class MappingModeRow(Base):
     keep_versions_on: Mapped[list[str]] = mapped_column(JSON, default=list)  # node ids; empty = all
     # auto | delta | whole forced on every link of the mapping over the link policies; "" = per policy
     transfer_override: Mapped[str] = mapped_column(String(8), default="")  # 0008_policy_windows
+    # What the targets let land (watch/target_policy.py; 0017_target_policy): symlinks "safe",
+    # "any" or "" (each target agent's default); the permission bits they remove (2: o-w).
+    symlinks: Mapped[str] = mapped_column(String(8), default="", server_default="")
+    mode_mask: Mapped[int] = mapped_column(Integer, default=0o002, server_default="2")
     next_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -135,6 +140,8 @@ class ModeStore:
                 keep_versions=0,
                 keep_versions_on=[],
                 transfer_override="",
+                symlinks="",
+                mode_mask=DEFAULT_MODE_MASK,
             )
             session.add(row)
         return row
@@ -200,6 +207,25 @@ class ModeStore:
             self._row(session, mapping_id).transfer_override = transfer or ""
             self._bump_epoch(session)
 
+    def get_target_policy(self, mapping_id: int) -> tuple[str, int]:
+        """(symlinks, mode_mask) the mapping's targets apply; symlinks "" = each agent's default."""
+        with self._read("mapping target policy") as session:
+            row = session.get(MappingModeRow, mapping_id)
+            return (row.symlinks, row.mode_mask) if row is not None else ("", DEFAULT_MODE_MASK)
+
+    def set_target_policy(self, mapping_id: int, symlinks: str, mode_mask: int) -> None:
+        """Set which symlinks the mapping's targets take and which mode bits they remove."""
+        if symlinks not in ("", *SYMLINK_POLICIES):
+            raise ConfigError(
+                f"symlink policy {symlinks!r} is not one of safe, any or '' (the agents' default)"
+            )
+        if not 0 <= mode_mask <= 0o777:
+            raise ConfigError(f"mode mask {mode_mask:o} is not permission bits (0 to 777)")
+        with self._write("set mapping target policy") as session:
+            row = self._row(session, mapping_id)
+            row.symlinks, row.mode_mask = symlinks, mode_mask
+            self._bump_epoch(session)
+
     def confirm_deletes(self, mapping_id: int) -> int:
         """The operator confirms the deletes a source held back (mass-delete guard)."""
         with self._write("confirm deletes") as session:
@@ -260,5 +286,7 @@ class ModeStore:
                 keep_versions=row.keep_versions,
                 keep_versions_on=tuple(row.keep_versions_on or ()),
                 transfer_override=row.transfer_override or "",
+                symlinks=row.symlinks or "",
+                mode_mask=row.mode_mask,
             )
             yield MappingSpec(**fields)

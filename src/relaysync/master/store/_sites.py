@@ -18,13 +18,19 @@ from urllib.parse import urlsplit
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from relaysync.config.load import split_address
 from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store import _mappings
 from relaysync.master.store._site_tables import Provider, PurgeLogRow, PurgeQueueRow, Site
 from relaysync.master.store.models import Change, MappingTarget, Server
+from relaysync.purge.addresses import parse_cache_address, valid_host_port
 from relaysync.purge.jobs import ACTIONS, PurgeItem, PurgeResult, QueuedPurge, Retry
-from relaysync.purge.site import DRIVER_NAMES, CacheSpec, OriginSpec, SiteSpec
+from relaysync.purge.site import (
+    DEFAULT_ACCEPT_ENCODINGS,
+    DRIVER_NAMES,
+    CacheSpec,
+    OriginSpec,
+    SiteSpec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +51,6 @@ SITE_FIELDS = frozenset(
     }
 )
 MIN_SECRET_CHARS = 16  # an HMAC key shorter than this is guessable
-_HOST = re.compile(r"^[A-Za-z0-9._-]+(:[0-9]{1,5})?$")
 _METHOD = re.compile(r"^[A-Z]{1,20}$")
 
 
@@ -79,7 +84,7 @@ def _check_name(name: Any, what: str) -> str:
 
 def _check_base_url(url: str) -> str:
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not _HOST.match(parts.netloc or "-/"):
+    if parts.scheme not in ("http", "https") or not valid_host_port(parts.netloc):
         raise ConfigError(f"base URL {url!r} must be http(s)://host[:port]")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(f"base URL {url!r} must not have a path: use path_prefix")
@@ -92,6 +97,8 @@ MAX_ACCEPT_ENCODINGS = 16  # each is one more refresh, purge and confirm per URL
 def _check_encodings(name: str, raw: Any) -> list[str]:
     """A cache's `accept_encodings`: distinct one-line header values, "" for no header."""
     values = raw if raw is not None else []
+    if isinstance(values, list) and all(isinstance(v, str) for v in values):
+        values = [v.strip() for v in values]
     if (
         not isinstance(values, list)
         or len(values) > MAX_ACCEPT_ENCODINGS
@@ -102,7 +109,7 @@ def _check_encodings(name: str, raw: Any) -> list[str]:
             f"cache {name!r}: accept_encodings must be a list of at most "
             f'{MAX_ACCEPT_ENCODINGS} distinct Accept-Encoding values ("" for none)'
         )
-    return [v.strip() for v in values]
+    return list(values)
 
 
 def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +119,10 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"cache {name!r}: driver {driver!r} must be one of {', '.join(DRIVER_NAMES)}"
         )
-    split_address(str(raw.get("address", "")))
+    try:
+        parse_cache_address(str(raw.get("address", "")))
+    except ConfigError as exc:
+        raise ConfigError(f"cache {name!r}: {exc.args[0]}") from None
     method = str(raw.get("method") or "PURGE").upper()
     if not _METHOD.match(method):
         raise ConfigError(f"cache {name!r}: method {method!r} is not an HTTP method")
@@ -122,16 +132,20 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
     ):
         raise ConfigError(f"cache {name!r}: headers must be a name -> value object, one line each")
     encodings = _check_encodings(name, raw.get("accept_encodings"))
-    return {
+    checked = {
         "name": name,
         "driver": driver,
         "address": str(raw["address"]),
         "refresh": bool(raw.get("refresh", True)),
-        **({"accept_encodings": encodings} if encodings else {}),  # none: the driver's default
         "method": method,
         "path_template": str(raw.get("path_template") or "{path}"),
         "headers": {str(k): str(v) for k, v in headers.items()},
     }
+    if not raw.get("tls_verify", True):  # kept only when off: a row without it reads as on,
+        checked["tls_verify"] = False  # and rows saved before the setting stay as they were
+    if encodings and tuple(encodings) != DEFAULT_ACCEPT_ENCODINGS[driver]:
+        checked["accept_encodings"] = encodings  # likewise kept only when not the default
+    return checked
 
 
 def _check_origin(session: Session, raw: dict[str, Any]) -> dict[str, str]:
@@ -160,7 +174,7 @@ def _validate(session: Session, fields: dict[str, Any], site_id: int | None) -> 
         raise ConfigError(f"site {v['name']!r} needs at least one base URL")
     v["base_urls"] = [_check_base_url(u) for u in fields["base_urls"]]
     for alias in fields.get("aliases") or ():
-        if not _HOST.match(alias):
+        if not valid_host_port(alias):
             raise ConfigError(f"host alias {alias!r} must be host[:port]")
     v["aliases"] = [a.lower() for a in fields.get("aliases") or ()]
     prefix = str(fields.get("path_prefix") or "/")
@@ -234,6 +248,7 @@ def _spec(session: Session, row: Site, names: dict[str, str]) -> SiteSpec:
                 address=c["address"],
                 refresh=c["refresh"],
                 accept_encodings=tuple(c.get("accept_encodings") or ()),
+                tls_verify=c.get("tls_verify", True),
                 method=c["method"],
                 path_template=c["path_template"],
                 headers=tuple(sorted(c["headers"].items())),

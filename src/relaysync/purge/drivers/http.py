@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-from relaysync.purge.drivers._base import BROWSER_ACCEPT_ENCODING, Driver
+from relaysync.purge.drivers._base import Driver
 from relaysync.purge.urls import Url
 
 QUERY_ESCAPES = str.maketrans({"&": "%26", "+": "%2B", "=": "%3D", ";": "%3B"})
@@ -33,8 +33,10 @@ def _fill(template: str, url: Url, escape: Callable[[str], str]) -> str:
 
 class GenericHttp(Driver):
     name: ClassVar[str] = "http"
-    # a purge API drops the URL whatever the variant: one request, confirmed as browsers see it
-    default_encodings: ClassVar[tuple[str, ...]] = (BROWSER_ACCEPT_ENCODING,)
+    refused_advice: ClassVar[str] = (
+        "its purge endpoint must accept the master ({ip}): check the cache's access rules and "
+        "this cache entry's method, path_template and headers (an API token?)"
+    )
 
     def _target(self, template: str, url: Url) -> str:
         path, sep, query = template.partition("?")
@@ -47,4 +49,4 @@ class GenericHttp(Driver):
             target = "/" + target
         headers = {k: _fill(v, url, _as_is) for k, v in self.cache.headers}
         reply = await self.request(method, url, target=target, headers=headers, encoding=encoding)
-        return self.check_purge_status(method, url, reply.status)
+        return self.check_purge_status(method, url, reply)

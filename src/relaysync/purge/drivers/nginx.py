@@ -2,8 +2,8 @@
 from the purger's address only, else PURGE (a separate purge location) and a warming GET.
 
 nginx's cache key here ignores the host, so every alias shares one object.
-With several Accept-Encoding variants the bypass refresh is not used: it rewrites only the
-file of the URL's main key, and the other variants' files stay (measured; docs/caches.md).
+The bypass refresh rewrites only the file of the URL's main key: where its answer varies on
+Accept-Encoding, the other variants get PURGE + GET each (measured; docs/caches.md).
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ REFRESH_HEADER = "X-Refresh"
 class Nginx(Driver):
     name: ClassVar[str] = "nginx"
     refreshes_each_variant: ClassVar[bool] = False
+    refused_advice: ClassVar[str] = (
+        "its purge location (proxy_cache_purge) must `allow {ip};` (the master), and its "
+        "proxy_cache_bypass must honour X-Refresh from that address"
+    )
 
     async def refresh_in_place(self, url: Url, encoding: str | None = None) -> Reply | None:
         reply = await self.request("GET", url, headers={REFRESH_HEADER: "1"}, encoding=encoding)

@@ -12,6 +12,10 @@ from relaysync.purge.urls import Url
 
 class Squid(Driver):
     name: ClassVar[str] = "squid"
+    refused_advice: ClassVar[str] = (
+        "squid.conf must allow PURGE from {ip} (the master): `acl purge method PURGE`, "
+        "`acl purgers src {ip}`, `http_access allow purge purgers` before any deny"
+    )
 
     async def refresh_in_place(self, url: Url, encoding: str | None = None) -> Reply | None:
         return await self.request(

@@ -2,28 +2,31 @@
 
 The VCL must map the REFRESH method to a GET with hash_always_miss and BAN to a ban on
 `obj.http.x-url` (testing/caches.py has such a VCL). A Varnish without REFRESH passes the
-method to the origin, which answers 501: the driver then falls back to PURGE + GET.
+method to the origin, which answers 501 (Python), 405 (nginx) or 403: the driver then tries
+PURGE, and uses PURGE + GET from then on if that is allowed.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from relaysync.purge.drivers._base import BROWSER_ACCEPT_ENCODING, Driver, Reply
+from relaysync.purge.drivers._base import Driver, Reply
 from relaysync.purge.urls import Url
 
 
 class Varnish(Driver):
     name: ClassVar[str] = "varnish"
     can_ban: ClassVar[bool] = True
-    # Varnish folds Accept-Encoding to gzip or none itself, and a PURGE or BAN drops every
-    # variant: one request does (a VCL that keeps more variants: set accept_encodings)
-    default_encodings: ClassVar[tuple[str, ...]] = (BROWSER_ACCEPT_ENCODING,)
+    refresh_method: ClassVar[str] = "REFRESH"
+    refused_advice: ClassVar[str] = (
+        "its VCL must let {ip} (the master) send PURGE, REFRESH and BAN: add it to the acl "
+        "that vcl_recv checks for those methods"
+    )
 
     async def refresh_in_place(self, url: Url, encoding: str | None = None) -> Reply | None:
         return await self.request("REFRESH", url, encoding=encoding)
 
     async def ban(self, prefix: Url) -> str:
         reply = await self.request("BAN", prefix)
-        self.check_purge_status("BAN", prefix, reply.status)
+        self.check_purge_status("BAN", prefix, reply)
         return "banned"

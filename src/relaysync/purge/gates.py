@@ -1,0 +1,71 @@
+"""Per-cache gates of the purger: each cache's share of the workers and its circuit breaker,
+so that one hung, down or refusing cache never delays the purges of the others.
+
+A gate lets at most `limit` items of its cache run at once. After `trip_after` failures in a
+row to reach the cache, or one refusal (a configuration error), the gate opens: the cache's
+backlog waits, and one probe item is let through every probe interval; the first success
+closes the gate and the backlog flows again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TRIP_AFTER = 3  # failures in a row to reach a cache before its gate opens
+PROBE_MIN_S = 1.0  # first probe of an open gate after this; doubles per failed probe...
+PROBE_MAX_S = 30.0  # ...up to this
+REFUSED_PROBE_S = 60.0  # a cache that refuses us (or a bad address) is probed this often
+
+
+@dataclass
+class Gate:
+    """One cache (by address): items in flight, and its breaker."""
+
+    limit: int
+    trip_after: int = TRIP_AFTER
+    probe_min_s: float = PROBE_MIN_S
+    probe_max_s: float = PROBE_MAX_S
+    refused_probe_s: float = REFUSED_PROBE_S
+    in_flight: int = 0
+    failures: int = 0  # to reach the cache, in a row
+    refused: str = ""  # the last refusal while the cache refuses us
+    probe_at: float = 0.0  # an open gate lets one item through from then
+
+    @property
+    def open(self) -> bool:
+        return bool(self.refused) or self.failures >= self.trip_after
+
+    def admit(self, now: float) -> bool:
+        """Take a slot for one more item of this cache if it may start now."""
+        if self.in_flight >= self.limit:
+            return False
+        if self.open:  # one probe at a time, none while a try from before is still out
+            if self.in_flight or now < self.probe_at:
+                return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    def succeeded(self) -> bool:
+        """The cache answered as asked; return whether this closed an open gate."""
+        was_open = self.open
+        self.failures, self.refused = 0, ""
+        return was_open
+
+    def unreachable(self, now: float) -> bool:
+        """The cache did not connect or answer; return whether this opened the gate."""
+        was_open = self.open
+        self.failures += 1
+        if self.open:
+            doublings = max(0, self.failures - self.trip_after)
+            self.probe_at = now + min(self.probe_max_s, self.probe_min_s * 2**doublings)
+        return self.open and not was_open
+
+    def refuse(self, now: float, why: str) -> bool:
+        """The cache refused us or cannot be addressed; return whether this is news."""
+        news = not self.refused
+        self.refused = why
+        self.probe_at = now + self.refused_probe_s
+        return news

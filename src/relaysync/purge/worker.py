@@ -1,0 +1,384 @@
+"""The purger's workers: due queue items dispatched round-robin between caches through each
+cache's gate (purge/gates.py), run under a time budget that grows with the bytes moved
+(purge/budget.py), and their outcomes: done, retried, kept for a refusing cache, or given up.
+
+Error handling:
+    CacheMisconfigured (a refusal, a bad address): logged and told to `notify` once per cache,
+    "refused" in the purge log, the item kept for the gate's next probe. CacheUnreachable: the
+    gate counts it and the item waits for the gate. Any other PurgeError or a spent budget:
+    retried with backoff, up to `max_attempts` such tries, then "failed" and `purge_failed`.
+    Anything else is a bug: logged with its traceback, `purger_failing`, retried.
+Resource handling:
+    A task per item in flight, no more than the overall concurrency; the gates' counts are
+    released in a finally.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+
+from relaysync.errors import CacheMisconfigured, CacheUnreachable, PurgeError
+from relaysync.purge.budget import budgeted
+from relaysync.purge.confirm import run_item
+from relaysync.purge.drivers import Driver, make_driver
+from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S, Gate
+from relaysync.purge.jobs import PurgeItem, PurgeResult, QueuedPurge, Retry
+from relaysync.purge.site import CacheSpec, SiteSpec
+
+logger = logging.getLogger("relaysync.purge.purger")  # one logger name for the purger's story
+
+ITEM_TIMEOUT_S = 15.0  # refresh plus confirm of one URL on one cache, besides its bytes...
+MIN_BYTES_PER_S = 1_000_000  # ...each of which may take 1/this more (a 300 MB file: 5 min)
+MAX_ATTEMPTS = 10  # tries of an item the cache answered but did not do, before giving up
+CONCURRENCY = 64  # purge items in flight at once, over every cache...
+PER_CACHE = 16  # ...and at most this many of one cache (half the concurrency if that is less)
+
+Notify = Callable[[str, dict[str, Any]], None]
+UrlKey = tuple[int, str, str]  # (site id, cache name, url)
+Due = tuple[UrlKey, list[QueuedPurge]]
+
+
+class PurgeWorker:
+    """The working half of the Purger (mixed into it); the Purger owns the state below."""
+
+    notify: Notify | None
+    listeners: list[Callable[[PurgeResult], None]]
+    retry_min_s: float
+    retry_max_s: float
+    _sites: dict[int, SiteSpec]
+    _states: dict[str, str]
+    _drivers: dict[tuple[int, str], Driver]
+    _queue: dict[int, QueuedPurge]
+    _busy: set[UrlKey]
+    _done: list[int]
+    _results: list[PurgeResult]
+    _retries: list[Retry]
+    _work_wake: anyio.Event
+    _client: httpx.AsyncClient | None
+    _unverified: httpx.AsyncClient | None  # for https caches with tls_verify off
+
+    def _init_work(
+        self,
+        *,
+        concurrency: int,
+        per_cache: int | None,
+        probe_min_s: float = PROBE_MIN_S,
+        probe_max_s: float = PROBE_MAX_S,
+        refused_probe_s: float = REFUSED_PROBE_S,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self._concurrency = concurrency
+        self._in_flight = 0
+        self._gates: dict[str, Gate] = {}
+        self._gate_args = {
+            "limit": per_cache or min(PER_CACHE, max(1, concurrency // 2)),
+            "probe_min_s": probe_min_s,
+            "probe_max_s": probe_max_s,
+            "refused_probe_s": refused_probe_s,
+        }
+        self.max_attempts = max_attempts
+        self._strikes: dict[int, int] = {}  # queue id -> tries the cache answered but failed
+
+    def _new_gate(self, in_flight: int = 0) -> Gate:
+        return Gate(**self._gate_args, in_flight=in_flight)  # type: ignore[arg-type]
+
+    def _reset_changed_gates(self, old: dict[int, SiteSpec], new: dict[int, SiteSpec]) -> None:
+        """A cache whose configuration changed is tried at once: its gate starts afresh (the
+        in-flight count carries over)."""
+        before = {c.address: c for s in old.values() for c in s.caches}
+        after = {c.address: c for s in new.values() for c in s.caches}
+        for address, gate in list(self._gates.items()):
+            if before.get(address) != after.get(address):
+                self._gates[address] = self._new_gate(gate.in_flight)
+        self._work_wake.set()
+
+    def _backoff_s(self, failures: int) -> float:
+        return min(self.retry_max_s, self.retry_min_s * 2 ** max(0, failures - 1))
+
+    def _failing(self, what: str, exc: Exception, failures: int) -> None:
+        """Report an unexpected exception (a bug): logged in full, and told to `notify`."""
+        logger.error(
+            "purger: unexpected error %s (attempt %d), will retry in %.1f s",
+            what,
+            failures,
+            self._backoff_s(failures),
+            exc_info=exc,
+        )
+        if self.notify is not None:
+            self.notify(
+                "purger_failing",
+                {"what": what, "error": f"{type(exc).__name__}: {exc}", "attempts": failures},
+            )
+
+    def _driver(self, site: SiteSpec, cache: CacheSpec) -> Driver:
+        key = (site.id, cache.name)
+        driver = self._drivers.get(key)
+        if driver is None or driver.cache != cache:
+            client = self._client if cache.tls_verify else self._unverified
+            driver = self._drivers[key] = make_driver(cache, client or httpx.AsyncClient())
+        return driver
+
+    def _gate_key(self, site_id: int, cache_name: str) -> str:
+        """Gates are per cache server (its address), whichever sites it serves."""
+        site = self._sites.get(site_id)
+        cache = next((c for c in site.caches if c.name == cache_name), None) if site else None
+        return cache.address if cache is not None else f"{site_id}/{cache_name}"
+
+    def _gate(self, key: str) -> Gate:
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = self._new_gate()
+        return gate
+
+    def _origin_urls(self, site: SiteSpec) -> list[str]:
+        return [
+            o.url
+            for o in site.origins
+            if o.url and (not o.node_id or self._states.get(o.node_id) == "up")
+        ]
+
+    async def _work_loop(self, tg: TaskGroup) -> None:
+        while True:
+            now = time.time()
+            due: dict[str, list[Due]] = {}
+            next_at = now + 1.0
+            for q in self._queue.values():
+                if (q.item.site_id, q.item.cache, q.item.url) in self._busy:
+                    continue
+                if q.next_at <= now:
+                    self._add_due(due, q)
+                else:
+                    next_at = min(next_at, q.next_at)
+            self._dispatch(tg, due, now)
+            for key in due:  # a gate open for a probe later
+                next_at = min(next_at, max(now, self._gate(key).probe_at))
+            with anyio.move_on_after(max(0.0, next_at - time.time())):
+                await self._work_wake.wait()
+            self._work_wake = anyio.Event()
+
+    def _add_due(self, due: dict[str, list[Due]], q: QueuedPurge) -> None:
+        """File `q` under its cache's gate, grouped by (site, cache, URL, action), in order."""
+        url_key = (q.item.site_id, q.item.cache, q.item.url)
+        pending = due.setdefault(self._gate_key(q.item.site_id, q.item.cache), [])
+        for key, group in pending:
+            if key == url_key and group[0].item.action == q.item.action:
+                group.append(q)
+                return
+        pending.append((url_key, [q]))
+
+    def _dispatch(self, tg: TaskGroup, due: dict[str, list[Due]], now: float) -> None:
+        """Start due groups round-robin between caches, each as its gate admits, while the
+        overall concurrency allows. A URL with another action in flight waits for it."""
+        queues = {key: iter(groups) for key, groups in due.items()}
+        while queues and self._in_flight < self._concurrency:
+            for key, groups in list(queues.items()):
+                if self._in_flight >= self._concurrency:
+                    return
+                gate = self._gate(key)
+                started = False
+                for url_key, group in groups:
+                    if url_key in self._busy:  # another action on this URL started first
+                        continue
+                    if not gate.admit(now):
+                        break
+                    for q in group:
+                        del self._queue[q.id]
+                    self._busy.add(url_key)
+                    self._in_flight += 1
+                    tg.start_soon(self._run, url_key, group, gate)
+                    started = True
+                    break
+                if not started:
+                    del queues[key]
+
+    async def _run(self, key: UrlKey, group: list[QueuedPurge], gate: Gate) -> None:
+        item = group[0].item
+        attempts = max(q.attempts for q in group) + 1
+        try:
+            await self._run_item(item, group, attempts, gate)
+        except Exception as exc:
+            self._failing(f"running {item.action} {item.url} on {item.cache}", exc, attempts)
+            self._retry(item, group, attempts, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            gate.release()
+            self._in_flight -= 1
+            self._busy.discard(key)
+            self._work_wake.set()
+
+    async def _run_item(
+        self, item: PurgeItem, group: list[QueuedPurge], attempts: int, gate: Gate
+    ) -> None:
+        site = self._sites.get(item.site_id)
+        cache = next((c for c in site.caches if c.name == item.cache), None) if site else None
+        if site is None or cache is None or self._client is None:
+            self._done += [q.id for q in group]  # the site or cache was removed meanwhile
+            self._strikes.pop(group[0].id, None)
+            return
+        started = time.perf_counter()
+        try:
+            with budgeted(ITEM_TIMEOUT_S, MIN_BYTES_PER_S):
+                status, confirmed = await run_item(
+                    self._driver(site, cache), self._client, self._origin_urls(site), item
+                )
+        except CacheMisconfigured as exc:
+            self._refused(site, item, group, attempts, started, gate, exc)
+            return
+        except CacheUnreachable as exc:
+            if gate.unreachable(time.time()):
+                logger.warning(
+                    "cache %s failed %d times in a row: one probe every %.0f s or more "
+                    "until it answers (its other purges wait): %s",
+                    item.cache,
+                    gate.failures,
+                    gate.probe_at - time.time(),
+                    exc,
+                )
+            self._retry(item, group, attempts, str(exc), delay=self._backoff_s(gate.failures))
+            return
+        except (PurgeError, TimeoutError) as exc:
+            gate.succeeded()  # it answered: the cache is up
+            self._failed(site, item, group, attempts, started, str(exc) or "timed out")
+            return
+        if gate.succeeded():
+            logger.info("cache %s answers again: its queued purges resume", item.cache)
+        self._finish(item, group, attempts, started, status, confirmed, "")
+
+    def _refused(
+        self,
+        site: SiteSpec,
+        item: PurgeItem,
+        group: list[QueuedPurge],
+        attempts: int,
+        started: float,
+        gate: Gate,
+        exc: CacheMisconfigured,
+    ) -> None:
+        """A configuration error: logged and told once per cache, logged as "refused" for
+        each probe, and the item kept for the probe after the operator's fix."""
+        if gate.refuse(time.time(), str(exc)):
+            logger.error(
+                "purges on cache %s stopped until its configuration is fixed (probed every "
+                "%.0f s; its purges are kept): %s",
+                item.cache,
+                gate.refused_probe_s,
+                exc,
+            )
+            if self.notify is not None:
+                self.notify(
+                    "purge_refused",
+                    {"site": site.name, "cache": item.cache, "url": item.url, "error": str(exc)},
+                )
+        self._record(item, attempts, started, "refused", None, str(exc))
+        self._retry(item, group, attempts, str(exc), delay=gate.refused_probe_s)
+
+    def _failed(
+        self,
+        site: SiteSpec,
+        item: PurgeItem,
+        group: list[QueuedPurge],
+        attempts: int,
+        started: float,
+        error: str,
+    ) -> None:
+        """The cache answered but the item did not succeed: retried up to max_attempts such
+        tries (counted in memory: tries at a cache that was down or refusing do not count)."""
+        strikes = self._strikes[group[0].id] = self._strikes.get(group[0].id, 0) + 1
+        if strikes < self.max_attempts:
+            self._retry(item, group, attempts, error)
+            return
+        logger.error(
+            "purge %s %s on %s gave up after %d attempts: %s",
+            item.action,
+            item.url,
+            item.cache,
+            attempts,
+            error,
+        )
+        self._finish(item, group, attempts, started, "failed", False, error)
+        if self.notify is not None:
+            self.notify(
+                "purge_failed",
+                {
+                    "site": site.name,
+                    "cache": item.cache,
+                    "url": item.url,
+                    "attempts": attempts,
+                    "error": error,
+                },
+            )
+
+    def _finish(
+        self,
+        item: PurgeItem,
+        group: list[QueuedPurge],
+        attempts: int,
+        started: float,
+        status: str,
+        confirmed: bool | None,
+        detail: str,
+    ) -> None:
+        self._done += [q.id for q in group]
+        self._strikes.pop(group[0].id, None)
+        self._record(item, attempts, started, status, confirmed, detail)
+
+    def _record(
+        self,
+        item: PurgeItem,
+        attempts: int,
+        started: float,
+        status: str,
+        confirmed: bool | None,
+        detail: str,
+    ) -> None:
+        """Log one try's outcome (the purge log, the listeners)."""
+        result = PurgeResult(
+            item=item,
+            status=status,
+            confirmed=confirmed,
+            attempts=attempts,
+            at=time.time(),
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+            detail=detail,
+        )
+        self._results.append(result)
+        logger.debug("purge %s %s on %s: %s", item.action, item.url, item.cache, status)
+        for listener in self.listeners:
+            listener(result)
+
+    def _retry(
+        self,
+        item: PurgeItem,
+        group: list[QueuedPurge],
+        attempts: int,
+        error: str,
+        *,
+        delay: float | None = None,
+    ) -> None:
+        """Put the group back, due after `delay` (default: backoff by `attempts`)."""
+        if delay is None:
+            delay = self._backoff_s(attempts)
+        level = logging.INFO if attempts == 1 else logging.WARNING
+        logger.log(
+            level,
+            "purge %s %s on %s failed (attempt %d), retry in %.1f s: %s",
+            item.action,
+            item.url,
+            item.cache,
+            attempts,
+            delay,
+            error,
+        )
+        next_at = time.time() + delay
+        for q in group:
+            self._queue[q.id] = QueuedPurge(
+                id=q.id, item=q.item, attempts=attempts, next_at=next_at
+            )
+            self._retries.append(Retry(id=q.id, attempts=attempts, next_at=next_at, error=error))
+        self._work_wake.set()

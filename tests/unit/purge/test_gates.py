@@ -1,0 +1,52 @@
+"""A cache's gate: its share of the workers, and the breaker that probes a failing cache."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from relaysync.purge.budget import Budget
+from relaysync.purge.gates import Gate
+
+
+def test_a_gate_admits_up_to_its_limit() -> None:
+    gate = Gate(limit=2)
+    assert gate.admit(0.0) and gate.admit(0.0)
+    assert not gate.admit(0.0)
+    gate.release()
+    assert gate.admit(0.0)
+
+
+def test_failures_in_a_row_open_it_to_one_probe_at_a_time() -> None:
+    gate = Gate(limit=4, trip_after=3, probe_min_s=1.0, probe_max_s=4.0)
+    assert not gate.unreachable(0.0) and not gate.unreachable(0.0)
+    assert gate.unreachable(0.0)  # the third opens it
+    assert not gate.admit(0.5)  # before the probe time
+    assert gate.admit(1.0)  # one probe...
+    assert not gate.admit(9.0)  # ...and nothing beside it
+    gate.release()
+    gate.unreachable(1.0)  # the probe failed: the next waits longer, up to probe_max_s
+    assert gate.probe_at == 3.0
+    for _ in range(5):
+        gate.unreachable(1.0)
+    assert gate.probe_at == 5.0
+    assert gate.admit(5.0)
+    gate.release()
+    assert gate.succeeded()  # it answered: closed, the backlog flows
+    assert gate.admit(5.0) and gate.admit(5.0)
+
+
+def test_a_refusal_opens_it_at_once_and_is_news_once() -> None:
+    gate = Gate(limit=4, refused_probe_s=60.0)
+    assert gate.refuse(0.0, "403") and not gate.refuse(0.0, "403 again")
+    assert not gate.admit(59.0) and gate.admit(60.0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_budget_grows_with_the_bytes_moved(anyio_backend: str) -> None:
+    budget = Budget(15.0, 1_000_000)
+    first = budget.scope.deadline
+    budget.moved(300_000_000)  # a 300 MB file may take 300 s more
+    assert budget.scope.deadline == pytest.approx(first + 300.0)
+    assert anyio.current_time() < budget.scope.deadline
