@@ -202,10 +202,12 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     changed_at: UnixTime = (
         0.0  # the op's changed_at (source clock); committed_at - changed_at = latency
     )
-    # A delete, rename or erase (transfer/removal.py): what `path` was on the target before the
-    # op ("f" file, "d" directory, "l" symlink; "" unknown: an older agent, or nothing there)
-    # and the files and links that were under it (a rename's: their old paths), at most
-    # MAX_REMOVED_PATHS; `removed_truncated` when there were more. The purger purges them.
+    # A delete, rename, erase or symlink (transfer/removal.py): what `path` was on the target
+    # before the op ("f" file, "d" directory, "l" symlink; "" unknown: an older agent, or
+    # nothing there) and the files and links that were under it (a rename's: their old paths,
+    # and what it replaced under its new path; a link to a directory: what is under its old
+    # and new target), at most MAX_REMOVED_PATHS; `removed_truncated` when there were more.
+    # The purger purges them.
     kind: Literal["", "f", "d", "l"] = ""
     removed: Annotated[tuple[str, ...], _upto(MAX_REMOVED_PATHS)] = ()
     removed_truncated: bool = False

@@ -11,6 +11,11 @@ from a one-request refresh: Squid with `reload_into_ims` or `ignore-reload`, or 
 REFRESH into a plain GET, answers from its old copy. When the confirm after a one-request
 refresh fails, the same attempt does PURGE + GET; if that confirms, the driver uses PURGE + GET
 from then on.
+
+Variants: the first look asks the origin and the cache with the driver's first Accept-Encoding;
+where either answer varies on Accept-Encoding (or after a purge on a cache worked under several
+encodings) each other encoding is confirmed too, the same way: a stale gzip copy is not hidden
+by a fresh identity one (bodies are compared decoded).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import httpx
 
 from relaysync.errors import PurgeError, StaleCopy
 from relaysync.purge.drivers import Driver
-from relaysync.purge.drivers._base import read_body
+from relaysync.purge.drivers._base import build_request, read_body, varies_on_encoding
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.urls import Url, parse_url
 
@@ -78,11 +83,16 @@ async def _fingerprint(r: httpx.Response) -> tuple[int, str]:
 
 
 async def _open_origin(
-    stack: AsyncExitStack, client: httpx.AsyncClient, origins: Sequence[str], url: Url
+    stack: AsyncExitStack,
+    client: httpx.AsyncClient,
+    origins: Sequence[str],
+    url: Url,
+    encoding: str | None = None,
 ) -> httpx.Response | None:
-    """Open a GET of `url` on the first origin that answers; None if none does."""
+    """Open a GET of `url` (Accept-Encoding `encoding`) on the first origin that answers; None
+    if none does."""
     for base in origins:
-        request = client.build_request("GET", base + url.target, headers={"Host": url.host})
+        request = build_request(client, "GET", base + url.target, {"Host": url.host}, encoding)
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -93,52 +103,91 @@ async def _open_origin(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Look:
+    got: str  # what the cache served, "" when it is what the origin served
+    want: str
+    varies: bool  # the origin's or the cache's answer varies on Accept-Encoding
+
+
 async def _compare(
-    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], url: Url
-) -> tuple[str, str] | None:
-    """One look: ("", "") when the cache serves what an origin serves, else (got, want) as
-    text; None without an origin. Bodies are hashed as they stream, headers compared first."""
+    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], url: Url, encoding: str
+) -> _Look | None:
+    """One look under Accept-Encoding `encoding`; None without an origin. Bodies are hashed as
+    they stream, headers compared first."""
     async with AsyncExitStack() as stack:
-        origin = await _open_origin(stack, client, origins, url)
+        origin = await _open_origin(stack, client, origins, url, encoding)
         if origin is None:
             return None
-        cached = await stack.enter_async_context(driver.stream("GET", url))
+        cached = await stack.enter_async_context(driver.stream("GET", url, encoding=encoding))
+        varies = (  # (an error page without Vary says nothing of the copies the cache holds)
+            origin.status_code != 200
+            or varies_on_encoding(origin.headers)
+            or varies_on_encoding(cached.headers)
+        )
         want_head, got_head = _Head.of(origin), _Head.of(cached)
         why = got_head.differs(want_head)
         if why:
-            return why, want_head.differs(got_head)
+            return _Look(why, want_head.differs(got_head), varies)
         try:
             want = await _fingerprint(origin)
         except httpx.HTTPError as exc:
             raise PurgeError(f"origin {url}: {type(exc).__name__}: {exc}") from exc
         got = await _fingerprint(cached)
         if got == want:
-            return "", ""
-        return f"HTTP {got[0]} {got[1][:12]}", f"HTTP {want[0]} {want[1][:12]}"
+            return _Look("", "", varies)
+        return _Look(f"HTTP {got[0]} {got[1][:12]}", f"HTTP {want[0]} {want[1][:12]}", varies)
 
 
 async def confirm(
-    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], url: Url
+    driver: Driver,
+    client: httpx.AsyncClient,
+    origins: Sequence[str],
+    url: Url,
+    *,
+    every: bool = False,
 ) -> bool | None:
-    """Return True once the cache serves what an origin serves, None without an origin.
+    """Return True once the cache serves what an origin serves, None without an origin: under
+    the driver's first encoding, and under each other one where that look's answers vary on
+    Accept-Encoding (or `every`).
 
     Raises:
         StaleCopy: the cache still serves something else after CONFIRM_ATTEMPTS tries.
         PurgeError: the cache could not be reached.
     """
+    first, *rest = driver.encodings
+    look = await confirm_variant(driver, client, origins, url, first)
+    if look is None:
+        return None
+    if not (every or look.varies):
+        return True
+    for encoding in rest:
+        if await confirm_variant(driver, client, origins, url, encoding) is None:
+            return None
+    return True
+
+
+async def confirm_variant(
+    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], url: Url, encoding: str
+) -> _Look | None:
+    """The look at which the cache serves what an origin serves under Accept-Encoding
+    `encoding`; None without an origin.
+
+    Raises:
+        as confirm().
+    """
     if not origins:
         return None
-    seen = ("", "")
+    seen = _Look("", "", False)
     for attempt in range(CONFIRM_ATTEMPTS):
-        found = await _compare(driver, client, origins, url)
-        if found is None:
-            return None
-        if found == ("", ""):
-            return True
+        found = await _compare(driver, client, origins, url, encoding)
+        if found is None or (found.got, found.want) == ("", ""):
+            return found
         seen = found
         if attempt + 1 < CONFIRM_ATTEMPTS:
             await anyio.sleep(CONFIRM_PAUSE_S)
-    raise StaleCopy(driver.cache.name, str(url), seen[0], seen[1])
+    where = str(url) if len(driver.encodings) == 1 else f"{url} (Accept-Encoding: {encoding!r})"
+    raise StaleCopy(driver.cache.name, where, seen.got, seen.want)
 
 
 async def run_item(
@@ -152,8 +201,8 @@ async def run_item(
     url = parse_url(item.url)
     if item.action == "ban":
         return await driver.ban(url), None
-    if item.action == "purge":
-        return await driver.purge(url), await confirm(driver, client, origins, url)
+    if item.action == "purge":  # a purge says nothing of variants: each is confirmed
+        return await driver.purge(url), await confirm(driver, client, origins, url, every=True)
     one_request = driver.one_request
     status = await driver.refresh(url)
     try:
@@ -167,8 +216,7 @@ async def run_item(
     # The cache served its old copy after a one-request refresh: PURGE + GET now. Only after
     # STALE_REFRESHES_TO_SWITCH such refreshes does the cache get PURGE + GET for good (one may
     # be a confirm racing the cache storing the new object).
-    status = await driver.purge(url)
-    await driver.get(url)
+    status = await driver.purge_and_get(url)
     confirmed = await confirm(driver, client, origins, url)
     if confirmed and driver.one_request:
         driver.stale_refreshes += 1

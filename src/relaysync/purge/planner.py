@@ -4,7 +4,13 @@ A write refreshes the path's URLs, a delete purges them and what lies under them
 both. Under a directory, a cache that takes bans bans a prefix; the others get a purge of every
 path the origins reported removed (`CommitRecord.removed`) and every path the job log knows
 under it (`PurgeStore.changed_paths_under`), however many: one left out would be served stale.
-A path the origins reported to be a file or a link has nothing under it: no prefix. An erase
+A path the origins reported to be a file or a link to one has nothing under it: no prefix. A
+symlink to a directory stands for it (the atomic deploy's `current` -> `releases/6`): the
+origins report it as "d", and creating, switching, deleting or renaming one is a directory
+change of its path, with what they found under its old and new target (transfer/removal.py)
+as the paths removed; a rename also purges what it replaced under its new path. A symlink
+change of unknown kind (an older agent) is planned as a directory change. An attr change (a chmod that
+unpublishes a file) refreshes the path's URLs like a write. An erase
 (catch-up) purges what the origins removed, and bans its directory only if a list was cut.
 On a site with `listings` (purge/listings.py), the listing pages of the directories a change
 took away are purged with the paths under them, with those of the directories the job log saw
@@ -54,8 +60,9 @@ def _can_ban(cache: CacheSpec) -> bool:
 
 
 def _maybe_dir(change: Released) -> bool:
-    """Whether a deleted or renamed path may have been a directory: the origins said so, or one
-    did not say (an older agent). A file or link needs no prefix purge."""
+    """Whether a deleted, renamed or linked path may be a directory change: the origins said so
+    (a symlink to a directory is one), or one did not say (an older agent). A file or a link
+    to one needs no prefix purge."""
     return change.kind not in ("f", "l")
 
 
@@ -110,8 +117,9 @@ class PurgePlanner:
         refresh: list[str] = []
         purge: list[str] = []
         prefixes: list[str] = []
-        if change.op in ("write", "symlink"):
+        if change.op in ("write", "symlink", "attr"):
             refresh += urlmap.urls_for_path(site, change.path)
+            prefixes += [change.path] if change.op == "symlink" and _maybe_dir(change) else []
         elif change.op == "delete":
             purge += urlmap.urls_for_path(site, change.path)
             prefixes += [change.path] if _maybe_dir(change) else []
@@ -164,11 +172,23 @@ class PurgePlanner:
         gone = {change.path: gone_listings(change.path, old, dirs_made=made)}
         if change.new_path:
             new = change.new_path
-            under[new] = [new + p[len(change.path) :] for p in old]
+            moved = {new + p[len(change.path) :] for p in old}
+            under[new] = sorted(moved.union(await self._replaced_under(site, change)))
             gone[new] = gone_listings(
                 new, under[new], dirs_made=[new + d[len(change.path) :] for d in made]
             )
         return under, (gone if site.listings else {})
+
+    async def _replaced_under(self, site: SiteSpec, change: Released) -> list[str]:
+        """What a rename replaced under its new path (a directory or a symlink to one there):
+        the paths the origins reported there and those the job log knows."""
+        new = change.new_path
+        known: list[str] = []
+        if site.mapping_id is not None:
+            known = await anyio.to_thread.run_sync(
+                self.store.changed_paths_under, site.mapping_id, new
+            )
+        return known + [p for p in change.removed if p.startswith(new + "/")]
 
     def _cache_items(
         self,

@@ -11,6 +11,27 @@ from typing import Literal
 DriverName = Literal["varnish", "nginx", "squid", "http"]
 DRIVER_NAMES: tuple[str, ...] = ("varnish", "nginx", "squid", "http")
 
+# Accept-Encoding values ("" = no header: curl, bots) nginx and Squid are refreshed, purged and
+# confirmed under by default when an answer varies on it: what browsers and common clients send
+BROWSER_ACCEPT_ENCODING = "gzip, deflate, br, zstd"
+VARIANT_ACCEPT_ENCODINGS: tuple[str, ...] = (
+    "",
+    "identity",
+    "gzip",
+    "gzip, deflate",
+    "gzip, deflate, br",
+    BROWSER_ACCEPT_ENCODING,
+    "deflate, gzip, br, zstd",
+)
+# Varnish folds Accept-Encoding itself and a PURGE or BAN drops every variant; a purge API
+# (http) drops the URL whatever the variant: one value each, as browsers send it
+DEFAULT_ACCEPT_ENCODINGS: dict[str, tuple[str, ...]] = {
+    "varnish": (BROWSER_ACCEPT_ENCODING,),
+    "nginx": VARIANT_ACCEPT_ENCODINGS,
+    "squid": VARIANT_ACCEPT_ENCODINGS,
+    "http": (BROWSER_ACCEPT_ENCODING,),
+}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CacheSpec:
@@ -21,9 +42,17 @@ class CacheSpec:
     address: str  # [http(s)://]host:port where it answers HTTP and takes purges (addresses.py)
     tls_verify: bool = True  # an https cache's certificate is checked (off: self-signed, say)
     refresh: bool = True  # use the driver's one-request refresh where it has one
+    # Accept-Encoding values ("" = no header) under which each URL is refreshed, purged and
+    # confirmed: one per variant the cache may hold. Empty: the driver's default (above)
+    accept_encodings: tuple[str, ...] = ()
     method: str = "PURGE"  # http driver: the purge request's method
     path_template: str = "{path}"  # http driver: {path} {host} {url} are filled in
     headers: tuple[tuple[str, str], ...] = ()  # sent with every purge request; values as templates
+
+    @property
+    def encodings(self) -> tuple[str, ...]:
+        """The Accept-Encoding values this cache is worked on under (the first one always)."""
+        return self.accept_encodings or DEFAULT_ACCEPT_ENCODINGS[self.driver]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

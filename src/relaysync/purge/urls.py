@@ -7,7 +7,9 @@ request target and browsers send them so. Where that differs from the strict RFC
 (only unreserved characters literal), the strict form is a second URL to purge: a client or
 CDN may have normalised to it. An index file is also reachable as its directory (`/dir/`).
 URLs that come from outside (the listener) are checked to belong to the site and normalised
-to the browser form.
+to the browser form. A base URL or alias written with its scheme's default port
+(`https://www.example.com:443`) is also purged under the Host browsers send, without the port:
+the caches key on the Host header, and a browser never sends a default port.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from relaysync.purge.site import SiteSpec
 BROWSER_SAFE_CHARS = "/!$&'()*+,;=:@[]^|"
 STRICT_SAFE_CHARS = "/"  # RFC 3986 unreserved characters (quote()'s own) and / only
 MAX_URL_BYTES = 8192  # longer URLs are refused (caches cap them near 8 KiB too)
+DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +76,24 @@ def other_forms(url: str) -> list[str]:
     return [f"{parts.scheme}://{parts.netloc}{strict}{query}"]
 
 
+def browser_host(scheme: str, host: str) -> str:
+    """`host` as browsers send it in the Host header: without its scheme's default port."""
+    name, sep, port = host.rpartition(":")
+    if sep and name and port == DEFAULT_PORTS.get(scheme.lower()):
+        return name
+    return host
+
+
 def site_hosts(site: SiteSpec) -> list[tuple[str, str]]:
-    """Return (scheme, host) for every base URL, and every alias under each base URL's scheme."""
+    """Return (scheme, host) for every base URL, and every alias under each base URL's scheme;
+    a host written with the default port comes in the browsers' form first, then as written."""
     out: list[tuple[str, str]] = []
     for base in site.base_urls:
         parts = urlsplit(base)
         for host in (parts.netloc, *site.aliases):
-            key = (parts.scheme, host.lower())
-            if key not in out:
-                out.append(key)
+            for form in (browser_host(parts.scheme, host.lower()), host.lower()):
+                if (parts.scheme, form) not in out:
+                    out.append((parts.scheme, form))
     return out
 
 

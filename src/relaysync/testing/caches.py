@@ -1,6 +1,8 @@
 """Real HTTP caches on loopback for tests, the demo and benchmarks: Varnish, nginx with the
 cache-purge module and Squid (Debian's packages), each in a temp dir in front of an origin,
-plus a tiny origin web server that serves a folder.
+plus a tiny origin web server that serves a folder the way nginx does with `gzip on;
+gzip_vary on; gzip_min_length 1`: gzip to clients that accept it, `Vary: Accept-Encoding` on
+every file, and 403 for a file others may not read (nginx's worker runs unprivileged).
 
 Each cache allows PURGE (and its one-request refresh) from 127.0.0.1 only, and caches every
 answer, 404s included, for an hour, so that only a purge makes it serve new bytes.
@@ -10,16 +12,19 @@ Processes are started in their own session and stopped by pid only.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import functools
 import http.client
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -188,6 +193,52 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class _OriginHandler(_QuietHandler):
+    """Files as nginx with gzip_vary serves them: gzip when accepted, Vary always, 403 when
+    others may not read; directories (listings, index files) and the rest as http.server does."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = Path(self.translate_path(self.path))
+        try:
+            st = path.stat()
+        except OSError:
+            super().do_GET()
+            return
+        if not stat.S_ISREG(st.st_mode):
+            super().do_GET()
+            return
+        if not st.st_mode & stat.S_IROTH:
+            self.send_error(403)
+            return
+        self._send_file(path, st.st_mtime)
+
+    def _send_file(self, path: Path, mtime: float) -> None:
+        """Stream the file (gzipped as it is read, without a length, as nginx does): a big
+        file costs the test process a chunk of memory, not its size."""
+        try:
+            f = path.open("rb")
+        except OSError:
+            self.send_error(404)
+            return
+        with f:
+            self.send_response(200)
+            self.send_header("Content-Type", self.guess_type(str(path)))
+            self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+            self.send_header("Vary", "Accept-Encoding")
+            if "gzip" not in self.headers.get("Accept-Encoding", ""):
+                self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+                self.end_headers()
+                shutil.copyfileobj(f, self.wfile)
+                return
+            self.send_header("Content-Encoding", "gzip")
+            self.end_headers()  # HTTP/1.0: the end of the connection ends the body
+            self.close_connection = True
+            packer = zlib.compressobj(wbits=31)  # the gzip format
+            while chunk := f.read(1 << 16):
+                self.wfile.write(packer.compress(chunk))
+            self.wfile.write(packer.flush())
+
+
 @dataclass
 class Origin:
     """A web server in this process that serves `root` on a loopback port (like a target's)."""
@@ -197,7 +248,7 @@ class Origin:
     _server: ThreadingHTTPServer | None = None
 
     def start(self) -> Origin:
-        handler = functools.partial(_QuietHandler, directory=str(self.root))
+        handler = functools.partial(_OriginHandler, directory=str(self.root))
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]

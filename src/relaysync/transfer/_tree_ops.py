@@ -96,7 +96,7 @@ class TreeOps(SessionHooks):
             case MakeDir():
                 self._make_dir(msg)
             case Symlink():
-                self._make_link(msg)
+                return self._make_link(msg)
             case Rename():
                 return self._rename(msg)
             case SetAttr():
@@ -132,7 +132,7 @@ class TreeOps(SessionHooks):
     def _remove(self, msg: Delete) -> dict[str, Any]:
         """Remove the path and what is under it, in its parent held open (never through a link)."""
         doomed = resolve_inside(self.folder.root, msg.path)
-        survey = RemovalSurvey()
+        survey = RemovalSurvey(root=self.folder.root)
         kind = survey.tree(doomed, msg.path, itself=False)  # before the keeper takes it
         if self._keeper is not None:
             self._keeper.save(doomed)
@@ -161,7 +161,9 @@ class TreeOps(SessionHooks):
             [Entry(path=msg.path, kind="d", mode=permission_bits(msg.mode))]
         )
 
-    def _make_link(self, msg: Symlink) -> None:
+    def _make_link(self, msg: Symlink) -> dict[str, Any]:
+        """Make the link; return what was at its path and what lies under its old and new
+        target (a link to a directory stands for it: transfer/removal.py)."""
         root = self.folder.root
         path = resolve_inside(root, msg.path)
         refused = self.folder.policy.refuses_link(msg.path, msg.target)
@@ -169,11 +171,14 @@ class TreeOps(SessionHooks):
             self._refuse_link(msg, path)
             raise UnsafePath(msg.path, refused)
         staging.make_parents(root, path)
+        survey = RemovalSurvey(root=root)
+        kind = survey.tree(path, msg.path, itself=False)
         temp = staging.temp_name_for(path)
         os.symlink(msg.target, temp)
         if path.is_dir() and not path.is_symlink():
             staging.remove_any(path)
         os.replace(temp, path)
+        new_kind = survey.tree(path, msg.path, itself=False)
         self._sync_dir(root, parent_of(msg.path))
         digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
         st = os.lstat(path)
@@ -188,6 +193,7 @@ class TreeOps(SessionHooks):
                 )
             ]
         )
+        return survey.record_fields("d" if "d" in (kind, new_kind) else kind or "l")
 
     def _refuse_link(self, msg: Symlink, path: Path) -> None:
         """A link the policy refuses: what the path held goes (the source has no such version
@@ -241,8 +247,10 @@ class TreeOps(SessionHooks):
         staging.make_parents(root, dest)
         if self._keeper is not None and os.path.lexists(dest):
             self._keeper.save(dest)  # a rename over a file replaces it
-        survey = RemovalSurvey()
+        survey = RemovalSurvey(root=root)
         kind = survey.tree(source, msg.path, itself=False)
+        if survey.tree(dest, msg.new_path, itself=False) == "d":  # what it replaces goes too
+            kind = "d"
         if dest.is_dir() and not dest.is_symlink() and not source.is_dir():
             staging.remove_any(dest)
         os.replace(source, dest) if not dest.is_dir() else _replace_dir(source, dest)

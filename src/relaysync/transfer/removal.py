@@ -4,6 +4,10 @@ The master's job log does not know every file a target holds (a rename's new pat
 catch-up work has no row, retention prunes rows), so the target, which sees its tree, reports
 the kind of the path it removed or moved and the files and links that were under it. A cache
 keeps serving any URL it is not told about; a file delete needs no prefix ban.
+A symlink to a directory inside the folder is, to a web server, that directory: what lies
+under its target is noted under the link's path (the atomic deploy's `current` ->
+`releases/6`), for a delete, a rename (also of what the rename replaced at its new path)
+and a symlink created or switched (under its old and its new target).
 """
 
 from __future__ import annotations
@@ -35,17 +39,24 @@ class RemovalSurvey:
     """
 
     def __init__(
-        self, *, max_paths: int = MAX_REMOVED_PATHS, max_bytes: int = MAX_REMOVED_BYTES
+        self,
+        *,
+        root: Path | None = None,
+        max_paths: int = MAX_REMOVED_PATHS,
+        max_bytes: int = MAX_REMOVED_BYTES,
     ) -> None:
+        self.root = root  # links to directories inside it are walked (once); None: never
         self.max_paths, self.max_bytes = max_paths, max_bytes
         self.paths: list[str] = []
+        self._seen: set[str] = set()  # a switched link's old and new targets share names
         self.truncated = False
         self._bytes = 0
 
     def tree(self, path: Path, rel: str, *, itself: bool = True) -> str:
-        """Note what lies at `path` (`rel` in the mapping): a directory's files and links, never
-        through a link, or a file or link itself (unless not `itself`: the record names it).
-        Return its kind, "" if nothing is there."""
+        """Note what lies at `path` (`rel` in the mapping): a directory's files and links (and
+        a link to a directory inside `root`'s, through that link only), or a file or link
+        itself (unless not `itself`: the record names it). Return its kind ("d" for a link to
+        a directory), "" if nothing is there."""
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:
@@ -55,7 +66,22 @@ class RemovalSurvey:
             return "d"
         if itself:
             self._add(rel)
-        return "l" if stat.S_ISLNK(mode) else "f"
+        if not stat.S_ISLNK(mode):
+            return "f"
+        return self._link(path, rel)
+
+    def _link(self, link: Path, rel: str) -> str:
+        """A link to a directory is one to the web server: "d", and what is under it when it
+        lies inside the folder (scandir follows the link itself, never one below it)."""
+        try:
+            real = Path(os.path.realpath(link))
+            if not stat.S_ISDIR(os.stat(real).st_mode):
+                return "l"
+        except (OSError, ValueError):
+            return "l"  # dangling, a loop, unreadable: a link to nothing
+        if self.root is not None and real.is_relative_to(os.path.realpath(self.root)):
+            self._walk(link, rel)
+        return "d"
 
     def record_fields(self, kind: str) -> dict[str, Any]:
         """The `CommitRecord` fields of an op that removed (or moved) a `kind` with these paths."""
@@ -79,10 +105,13 @@ class RemovalSurvey:
                 self.truncated = True  # unreadable: the master falls back to its job log
 
     def _add(self, rel: str) -> bool:
+        if rel in self._seen:
+            return True
         size = path_bytes(rel)
         if len(self.paths) >= self.max_paths or self._bytes + size > self.max_bytes:
             self.truncated = True
             return False
         self.paths.append(rel)
+        self._seen.add(rel)
         self._bytes += size
         return True

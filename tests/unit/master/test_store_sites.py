@@ -1,13 +1,17 @@
-"""Store: a site's `listings` setting (migration 0014_site_listings), on SQLite and PostgreSQL."""
+"""Store: a site's `listings` setting (migration 0014_site_listings) and its caches'
+`accept_encodings`, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from relaysync.errors import ConfigError
 from relaysync.master.store import Store
+from relaysync.master.store._engine import make_engine
 from relaysync.purge.jobs import PurgeItem
-from tests.unit.master.test_store_ids import _migrate_to, _old_site, _old_sites
+from relaysync.purge.site import DEFAULT_ACCEPT_ENCODINGS
+from tests.unit.master.test_store_ids import OLD_SITES, _migrate_to, _old_site, _old_sites
 
 BEFORE = "0013_sqlite_ids"
 
@@ -50,3 +54,57 @@ def test_the_migration_turns_listings_off_and_goes_back_keeping_rows(
         assert store.queued_purges() == 1
     finally:
         store.close()
+
+
+def _raw_caches(store_url: str) -> dict[str, dict[str, object]]:
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(OLD_SITES.c.caches)).all()
+    finally:
+        engine.dispose()
+    return {c["name"]: c for row in rows for c in row[0]}
+
+
+def test_a_caches_accept_encodings_is_kept_only_when_not_its_drivers_default(
+    store: Store, store_url: str
+) -> None:
+    """Rows saved before the setting (or with the default) stay byte for byte; the API and
+    the purger see the default either way."""
+    caches = [
+        {"name": "n1", "driver": "nginx", "address": "127.0.0.1:1"},
+        {"name": "n2", "driver": "nginx", "address": "127.0.0.1:2", "accept_encodings": None},
+        {
+            "name": "n3",
+            "driver": "nginx",
+            "address": "127.0.0.1:3",
+            "accept_encodings": list(DEFAULT_ACCEPT_ENCODINGS["nginx"]),
+        },
+        {
+            "name": "s1",
+            "driver": "squid",
+            "address": "127.0.0.1:4",
+            "accept_encodings": ["", "gzip"],
+        },
+        {
+            "name": "v1",  # nginx's default is not Varnish's: kept
+            "driver": "varnish",
+            "address": "127.0.0.1:5",
+            "accept_encodings": list(DEFAULT_ACCEPT_ENCODINGS["nginx"]),
+        },
+    ]
+    _create(store, caches=caches)
+    raw = _raw_caches(store_url)
+    assert [n for n, c in raw.items() if "accept_encodings" in c] == ["s1", "v1"]
+    assert raw["s1"]["accept_encodings"] == ["", "gzip"]
+    spec = {c.name: c.encodings for c in store.get_site("www").caches}
+    assert spec["n1"] == spec["n2"] == spec["n3"] == DEFAULT_ACCEPT_ENCODINGS["nginx"]
+    assert spec["s1"] == ("", "gzip")
+    assert spec["v1"] == DEFAULT_ACCEPT_ENCODINGS["nginx"]
+
+
+def test_accept_encodings_must_be_distinct_header_values(store: Store) -> None:
+    cache = {"name": "n1", "driver": "nginx", "address": "127.0.0.1:1"}
+    for bad in (["gzip", " gzip"], "gzip", ["gzip\r\nX: 1"], [1]):
+        with pytest.raises(ConfigError, match="accept_encodings"):
+            _create(store, caches=[{**cache, "accept_encodings": bad}])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from relaysync.protocol.messages import Checkpoint, CommitRecord, Delete, Erase, Rename
+from relaysync.protocol.messages import Checkpoint, CommitRecord, Delete, Erase, Rename, Symlink
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.removal import RemovalSurvey
 from relaysync.transfer.target_folder import TargetFolder
@@ -88,3 +88,52 @@ def test_the_list_is_cut_at_its_bounds_and_says_so(tmp_path: Path) -> None:
     whole = RemovalSurvey()
     whole.tree(tmp_path / "d", "d")
     assert (len(whole.paths), whole.truncated) == (10, False)
+
+
+def _releases(root: Path) -> None:
+    """An atomic deploy's tree: releases/5 and releases/6, `current` -> releases/5."""
+    for release, names in (("5", ("app.css", "old.js")), ("6", ("app.css", "new.js"))):
+        (root / "releases" / release).mkdir(parents=True)
+        for name in names:
+            (root / "releases" / release / name).write_text(release)
+    os.symlink("releases/5", root / "current")
+
+
+def test_a_switched_link_to_a_directory_reports_what_is_under_its_old_and_new_target(
+    folder: TargetFolder,
+) -> None:
+    """The atomic deploy: `current` -> releases/5 becomes -> releases/6. Every /current/ URL
+    changes; the purger was told only of `current` itself."""
+    _releases(folder.root)
+    (record,) = _apply(folder, Symlink(seq=1, path="current", target="releases/6"))
+    assert record.kind == "d"  # to the web server, a directory changed
+    assert sorted(record.removed) == ["current/app.css", "current/new.js", "current/old.js"]
+    assert os.readlink(folder.root / "current") == "releases/6"
+
+
+def test_a_new_link_to_a_file_is_a_link(folder: TargetFolder) -> None:
+    _fill(folder.root)
+    (record,) = _apply(folder, Symlink(seq=1, path="alias.html", target="d/a.html"))
+    assert (record.kind, record.removed) == ("l", ())
+
+
+def test_a_deleted_link_to_a_directory_reports_what_was_under_it(folder: TargetFolder) -> None:
+    _releases(folder.root)
+    (record,) = _apply(folder, Delete(seq=1, path="current"))
+    assert (record.kind, sorted(record.removed)) == ("d", ["current/app.css", "current/old.js"])
+    assert (folder.root / "releases" / "5" / "app.css").is_file()  # the target stays
+
+
+def test_a_link_renamed_over_another_reports_both_trees(folder: TargetFolder) -> None:
+    """`ln -s releases/6 current.tmp && mv -T current.tmp current`: what the new name showed
+    before (releases/5's old.js) goes too."""
+    _releases(folder.root)
+    os.symlink("releases/6", folder.root / "current.tmp")
+    (record,) = _apply(folder, Rename(seq=1, path="current.tmp", new_path="current"))
+    assert record.kind == "d"
+    assert sorted(record.removed) == [
+        "current.tmp/app.css",
+        "current.tmp/new.js",
+        "current/app.css",
+        "current/old.js",
+    ]

@@ -30,6 +30,11 @@ class CacheIn(BaseModel):
         description="where the cache answers HTTP: host:port, [IPv6]:port or https://host[:port]"
     )
     refresh: bool = Field(True, description="one-request refresh where the driver has one")
+    accept_encodings: list[str] | None = Field(
+        None,
+        description='Accept-Encoding values ("" = none) each URL is refreshed, purged and '
+        "confirmed under, one per variant the cache keeps; null: the driver's default",
+    )
     tls_verify: bool = Field(True, description="https cache: check its certificate")
     method: str = Field("PURGE", description="http driver: method of the purge request")
     path_template: str = Field("{path}", description="http driver: {path} {host} {url}")
@@ -88,6 +93,7 @@ class CacheOut(BaseModel):
     driver: str
     address: str
     refresh: bool
+    accept_encodings: list[str]
     tls_verify: bool
     method: str
     path_template: str
@@ -157,6 +163,7 @@ def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
                 driver=c.driver,
                 address=c.address,
                 refresh=c.refresh,
+                accept_encodings=list(c.encodings),
                 tls_verify=c.tls_verify,
                 method=c.method,
                 path_template=c.path_template,

@@ -24,7 +24,13 @@ from relaysync.master.store._site_tables import Provider, PurgeLogRow, PurgeQueu
 from relaysync.master.store.models import Change, MappingTarget, Server
 from relaysync.purge.addresses import parse_cache_address, valid_host_port
 from relaysync.purge.jobs import ACTIONS, PurgeItem, PurgeResult, QueuedPurge, Retry
-from relaysync.purge.site import DRIVER_NAMES, CacheSpec, OriginSpec, SiteSpec
+from relaysync.purge.site import (
+    DEFAULT_ACCEPT_ENCODINGS,
+    DRIVER_NAMES,
+    CacheSpec,
+    OriginSpec,
+    SiteSpec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +91,27 @@ def _check_base_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
+MAX_ACCEPT_ENCODINGS = 16  # each is one more refresh, purge and confirm per URL on the cache
+
+
+def _check_encodings(name: str, raw: Any) -> list[str]:
+    """A cache's `accept_encodings`: distinct one-line header values, "" for no header."""
+    values = raw if raw is not None else []
+    if isinstance(values, list) and all(isinstance(v, str) for v in values):
+        values = [v.strip() for v in values]
+    if (
+        not isinstance(values, list)
+        or len(values) > MAX_ACCEPT_ENCODINGS
+        or any(not isinstance(v, str) or len(v) > 200 or "\n" in v or "\r" in v for v in values)
+        or len(set(values)) != len(values)
+    ):
+        raise ConfigError(
+            f"cache {name!r}: accept_encodings must be a list of at most "
+            f'{MAX_ACCEPT_ENCODINGS} distinct Accept-Encoding values ("" for none)'
+        )
+    return list(values)
+
+
 def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
     name = _check_name(raw.get("name"), "cache name")
     driver = raw.get("driver")
@@ -104,6 +131,7 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
         "\n" in f"{k}{v}" or "\r" in f"{k}{v}" for k, v in headers.items()
     ):
         raise ConfigError(f"cache {name!r}: headers must be a name -> value object, one line each")
+    encodings = _check_encodings(name, raw.get("accept_encodings"))
     checked = {
         "name": name,
         "driver": driver,
@@ -115,6 +143,8 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
     }
     if not raw.get("tls_verify", True):  # kept only when off: a row without it reads as on,
         checked["tls_verify"] = False  # and rows saved before the setting stay as they were
+    if encodings and tuple(encodings) != DEFAULT_ACCEPT_ENCODINGS[driver]:
+        checked["accept_encodings"] = encodings  # likewise kept only when not the default
     return checked
 
 
@@ -217,6 +247,7 @@ def _spec(session: Session, row: Site, names: dict[str, str]) -> SiteSpec:
                 driver=c["driver"],
                 address=c["address"],
                 refresh=c["refresh"],
+                accept_encodings=tuple(c.get("accept_encodings") or ()),
                 tls_verify=c.get("tls_verify", True),
                 method=c["method"],
                 path_template=c["path_template"],

@@ -42,11 +42,11 @@ class GenericHttp(Driver):
         path, sep, query = template.partition("?")
         return _fill(path, url, _as_is) + sep + _fill(query, url, _query_value)
 
-    async def purge(self, url: Url) -> str:
+    async def purge_variant(self, url: Url, encoding: str | None = None) -> str:
         method = self.cache.method or "PURGE"
         target = self._target(self.cache.path_template or "{path}", url)
         if not target.startswith("/"):
             target = "/" + target
         headers = {k: _fill(v, url, _as_is) for k, v in self.cache.headers}
-        reply = await self.request(method, url, target=target, headers=headers)
+        reply = await self.request(method, url, target=target, headers=headers, encoding=encoding)
         return self.check_purge_status(method, url, reply)

@@ -17,7 +17,10 @@ class Squid(Driver):
         "`acl purgers src {ip}`, `http_access allow purge purgers` before any deny"
     )
 
-    async def refresh_in_place(self, url: Url) -> Reply | None:
+    async def refresh_in_place(self, url: Url, encoding: str | None = None) -> Reply | None:
         return await self.request(
-            "GET", url, headers={"Cache-Control": "no-cache", "Pragma": "no-cache"}
+            "GET",
+            url,
+            headers={"Cache-Control": "no-cache", "Pragma": "no-cache"},
+            encoding=encoding,
         )

@@ -23,8 +23,8 @@ class Varnish(Driver):
         "that vcl_recv checks for those methods"
     )
 
-    async def refresh_in_place(self, url: Url) -> Reply | None:
-        return await self.request("REFRESH", url)
+    async def refresh_in_place(self, url: Url, encoding: str | None = None) -> Reply | None:
+        return await self.request("REFRESH", url, encoding=encoding)
 
     async def ban(self, prefix: Url) -> str:
         reply = await self.request("BAN", prefix)
