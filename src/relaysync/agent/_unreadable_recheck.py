@@ -23,6 +23,7 @@ import anyio
 
 from relaysync.constants import UNREADABLE_RETRY_MAX_S, UNREADABLE_RETRY_MIN_S
 from relaysync.errors import SourceListError, SourceReadError
+from relaysync.transfer.compare import Unreadable
 from relaysync.watch.watcher import FsEvent
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,12 @@ class UnreadableRecheck:
 
     def __contains__(self, path: str) -> bool:
         return path in self._files
+
+    def snapshot(self) -> Unreadable:
+        """The paths unreadable now, for a comparison to keep on the targets (compare.py)."""
+        files = [p for p, (_, _, is_dir) in self._files.items() if not is_dir]
+        dirs = [p for p, (_, _, is_dir) in self._files.items() if is_dir]
+        return Unreadable(files=frozenset(files), dirs=frozenset(dirs))
 
     def failed(self, errors: Sequence[SourceReadError]) -> None:
         """These files could not be read to hash, these directories not listed: look at them

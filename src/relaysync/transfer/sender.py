@@ -403,7 +403,14 @@ class TargetLink:
 
             await self._send_stream(session, produce())
 
-        emitted = await compare_trees(manifest, session.request_listings, emit, erase=self.erase)
+        unreadable = self.source.unreadable_now()
+        if "" in unreadable.dirs:
+            self.log.warning(
+                "not comparing with %s: the source folder cannot be listed now", self.target.name
+            )
+        emitted = await compare_trees(
+            manifest, session.request_listings, emit, erase=self.erase, unreadable=unreadable
+        )
         obsolete = await anyio.to_thread.run_sync(self._obsolete_partials, session.partials, head)
         await session.framed.send_many(closing_checkpoints(head, obsolete))
         session.sent_upto = max(session.sent_upto, head)
