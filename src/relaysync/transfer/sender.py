@@ -331,8 +331,8 @@ class TargetLink:
                     moved.gone(root, record.path)
                 elif sent:
                     moved.forget(record.path)  # there after all (a name used again)
-            case "rename":
-                self.unreadable.forget(record.path)
+            case "rename":  # a file kept to read again is read at its new name
+                self.unreadable.moved(record.path, record.new_path, record.seq)
                 followed = moved.follow(record.path, record.new_path)
                 if (
                     record.new_path in followed

@@ -133,13 +133,24 @@ class UnreadableFiles:
         self._files.pop(path, None)
 
     def forget(self, path: str) -> None:
-        """A delete or rename of `path`: nothing at or below it is read again (what the rename
-        moved is read at its new name by that record's own resend, if the target lacks it)."""
-        self._files.pop(path, None)
-        if self._files:
-            prefix = path + "/"
-            for p in [p for p in self._files if p.startswith(prefix)]:
-                del self._files[p]
+        """A delete of `path`: nothing at or below it is read again."""
+        for p in self._at_or_below(path):
+            del self._files[p]
+
+    def moved(self, path: str, new_path: str, seq: int) -> None:
+        """A rename (journaled as `seq`) of `path` to `new_path`: what was kept at or below it is
+        read again at its new name, under `seq` (the target's copy there, which the rename
+        carries, is the old version); what was kept at or below `new_path` was replaced."""
+        moving = [self._files.pop(p) for p in self._at_or_below(path)]
+        self.forget(new_path)
+        for kept in moving:
+            kept.path = new_path + kept.path[len(path) :]
+            kept.seq = max(kept.seq, seq)
+            self._files[kept.path] = kept
+
+    def _at_or_below(self, path: str) -> list[str]:
+        prefix = path + "/"
+        return [p for p in self._files if p == path or p.startswith(prefix)] if self._files else []
 
     def due(self, upto: int) -> list[UnreadableFile]:
         """The files due to be read again now, oldest seq first, of those journaled at or below
