@@ -315,6 +315,7 @@ class TargetLink:
         def produce() -> Iterator[ops.Outgoing]:
             for record in records:
                 yield from self._record_messages(session.moved, record)
+            self.unreadable.flush_warnings()
             yield Checkpoint(seq=last)
 
         await self._send_stream(session, produce())
@@ -400,6 +401,7 @@ class TargetLink:
                     elif item.subtree is not None:
                         for entry in iter_subtree(manifest, item.subtree):
                             yield from send_entry(entry)
+                self.unreadable.flush_warnings()
 
             await self._send_stream(session, produce())
 
