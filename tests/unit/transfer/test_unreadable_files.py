@@ -15,7 +15,6 @@ from relaysync.protocol.messages import Checkpoint, FileAbort
 from relaysync.transfer import ops
 from relaysync.transfer.unreadable import WARN_FILES, UnreadableFiles
 
-
 NOW = [0.0]  # the link's clock: moved past every wait before `due`
 
 
