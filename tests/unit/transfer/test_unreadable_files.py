@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -79,3 +80,21 @@ def test_a_failure_is_reported_once_until_it_changes_and_warnings_are_capped(
     # a retry that sent part of the file before it failed still ends it with a FileAbort
     partial = list(files.read(1, "f5", (b"h", 0.0), _failing("f5", errno.EACCES, after=2)))
     assert isinstance(partial[-1], FileAbort) and len(partial) == 3
+
+
+def test_a_retry_of_a_compared_file_that_fails_again_sends_nothing_of_seq_0(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file first found unreadable by a comparison is kept under seq 0. Before the fix each
+    retry sent FileAbort(seq=0), which resets a relay's spool (spool.py: catch-up work): every
+    child session restarted and compared again once a minute while the file stayed unreadable."""
+    files = _files()
+    first = list(files.read(0, "p", (b"h", 0.0), _failing("p", errno.EACCES)))
+    assert [type(m) for m in first] == [FileAbort]
+    monkeypatch.setattr(
+        ops, "iter_file_messages", lambda root, path, *a, **k: _failing(path, errno.EACCES)
+    )
+    NOW[0] = 10_000.0
+    source = SimpleNamespace(root=None)
+    assert list(files.retries(source, SimpleNamespace(sent_upto=5))) == [Checkpoint(seq=5)]
+    assert "p" in files  # still kept, read again later
