@@ -125,6 +125,12 @@ class SourceReadError(RelaySyncError):
     code: int | None = None  # the errno
     path: str = ""  # relative to the source folder ("" is the folder itself), as `of` gave it
 
+    def bare(self) -> Self:
+        """This error without its traceback and the OSError behind it, to be held in numbers (a
+        scan of a million unreadable files): what it says is kept, ~5x less memory."""
+        self.__cause__ = self.__context__ = None
+        return self.with_traceback(None)
+
     @staticmethod
     def _hint(code: int | None) -> str:
         return _read_hint(code)

@@ -21,8 +21,10 @@ from typing import NoReturn
 
 import anyio
 
+from relaysync._util.path_index import PathIndex
 from relaysync.constants import UNREADABLE_RETRY_MAX_S, UNREADABLE_RETRY_MIN_S
 from relaysync.errors import SourceListError, SourceReadError
+from relaysync.transfer.compare import Unreadable
 from relaysync.watch.watcher import FsEvent
 
 logger = logging.getLogger(__name__)
@@ -39,9 +41,16 @@ class UnreadableRecheck:
         self._clock = clock
         # path -> (attempts, when due, a directory to rescan rather than a file to restat)
         self._files: dict[str, tuple[int, float, bool]] = {}
+        self._dirs = PathIndex()  # those of them that are directories, for `rescans_for`
 
     def __contains__(self, path: str) -> bool:
         return path in self._files
+
+    def snapshot(self) -> Unreadable:
+        """The paths unreadable now, for a comparison to keep on the targets (compare.py)."""
+        files = [p for p, (_, _, is_dir) in self._files.items() if not is_dir]
+        dirs = [p for p, (_, _, is_dir) in self._files.items() if is_dir]
+        return Unreadable(files=frozenset(files), dirs=frozenset(dirs))
 
     def failed(self, errors: Sequence[SourceReadError]) -> None:
         """These files could not be read to hash, these directories not listed: look at them
@@ -55,6 +64,8 @@ class UnreadableRecheck:
             attempts += 1
             wait_s = min(UNREADABLE_RETRY_MIN_S * 2 ** (attempts - 1), UNREADABLE_RETRY_MAX_S)
             self._files[err.path] = (attempts, self._clock() + wait_s, is_dir)
+            if is_dir:
+                self._dirs.add(err.path)
             if i == WARN_FILES:
                 logger.warning(
                     "cannot read %s more paths in source %s, will look again: %s",
@@ -80,14 +91,11 @@ class UnreadableRecheck:
     def rescans_for(self, events: Sequence[FsEvent]) -> list[FsEvent]:
         """Rescans, at once rather than at their turn, of the unlistable directories at or below
         a path whose attributes `events` say changed: a chmod may have made them listable."""
-        changed = [e.path for e in events if e.kind == "attr"] if self._files else []
-        if not changed:
-            return []
-        return [
-            FsEvent(kind="rescan", path=p, is_dir=True)
-            for p, (_, _, is_dir) in self._files.items()
-            if is_dir and any(not c or p == c or p.startswith(c + "/") for c in changed)
-        ]
+        changed = {e.path for e in events if e.kind == "attr"} if self._dirs else set()
+        found: dict[str, None] = {}  # in order, once each
+        for c in sorted(changed):
+            found.update(dict.fromkeys(self._dirs.at_or_below(c)))
+        return [FsEvent(kind="rescan", path=p, is_dir=True) for p in found]
 
     async def serve(self, record: RecordFn) -> NoReturn:
         """Look at the paths due again, through `record` (the source's detect and journal)."""
@@ -109,3 +117,4 @@ class UnreadableRecheck:
         for path in due:
             if self._files.get(path, (0, now + 1, False))[1] <= now:  # not failed again
                 del self._files[path]
+                self._dirs.discard(path)

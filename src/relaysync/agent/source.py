@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from relaysync.errors import SourceListError
 from relaysync.protocol.messages import MappingSpec, nodes_below
+from relaysync.transfer.compare import Unreadable
 from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter, encodes_utf8
@@ -185,6 +186,10 @@ class SourceMapping(MassDeleteGuard):
     def below(self, child: str) -> frozenset[str]:
         """The targets whose acks `child` relays: those below it in the routing table."""
         return nodes_below(self.spec.routes, child)
+
+    def unreadable_now(self) -> Unreadable:
+        """The files and directories there but not readable now: a comparison keeps them."""
+        return self.unreadable.snapshot()
 
     def backlog(self) -> int:
         """Return how many journal records the slowest target has not acknowledged yet."""

@@ -8,7 +8,7 @@ A target in sync costs one round trip with the root listing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -38,6 +38,34 @@ EmitFn = Callable[[Sequence["Work"]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """The source paths that are there but cannot be read now (agent/_unreadable_recheck.py):
+    `files` not readable to hash, `dirs` not listable. The source manifest does not hold what it
+    could not see of them, which is no reason to delete it on a target: a comparison keeps the
+    names of both on the target, and compares nothing at or below an unlistable directory
+    (nothing sent, nothing erased there). An unlistable root: no comparison at all."""
+
+    files: frozenset[str] = frozenset()
+    dirs: frozenset[str] = frozenset()
+    _names: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names: dict[str, set[str]] = {}
+        for path in self.files | self.dirs:
+            parent, _, name = path.rpartition("/")
+            if name:
+                names.setdefault(parent, set()).add(name)
+        object.__setattr__(self, "_names", {k: frozenset(v) for k, v in names.items()})
+
+    def names_in(self, directory: str) -> frozenset[str]:
+        """The names of unreadable files and unlistable directories directly in `directory`."""
+        return self._names.get(directory, frozenset())
+
+
+NOTHING_UNREADABLE = Unreadable()
+
+
+@dataclass(frozen=True)
 class Work:
     """One unit of catch-up: a ready message, an entry to create, or a subtree to send whole."""
 
@@ -57,7 +85,9 @@ class _DirDiff:
     `erase=False` (a member of an N:M job): names only the target has are left alone.
     """
 
-    def __init__(self, mine: DirListing, *, erase: bool) -> None:
+    def __init__(
+        self, mine: DirListing, *, erase: bool, unreadable: Unreadable = NOTHING_UNREADABLE
+    ) -> None:
         self.mine = mine
         self.descend: list[str] = []  # child directories whose hashes differ
         self.last = ""  # the target's last name so far: the next page starts after it
@@ -68,6 +98,8 @@ class _DirDiff:
         self._mine = {e.name: e for e in mine.entries}
         self._matched: set[str] = set()
         self._erase_all = False  # names only the target has, to go in one Erase at the end
+        # Names the source has but could not read or list now: never erased nor deleted.
+        self._kept = unreadable.names_in(mine.path)
 
     def page(self, theirs: DirListing) -> list[Work]:
         """Return the work for the names of one page of the target's listing.
@@ -102,9 +134,9 @@ class _DirDiff:
             if mine is not None:
                 self._matched.add(e.name)
                 work.extend(self._compare(mine, e))
-            elif not self._erase:
+            elif not self._erase or e.name in self._kept:
                 continue
-            elif len(self._mine) <= MAX_ERASE_KEEP:
+            elif len(self._mine) + len(self._kept) <= MAX_ERASE_KEEP:
                 self._erase_all = True
             else:  # our names would not fit one Erase: each of theirs goes on its own
                 work.append(Work(message=Delete(seq=0, path=_join(self.mine.path, e.name))))
@@ -116,7 +148,11 @@ class _DirDiff:
         work: list[Work] = []
         if self._erase_all:
             work.append(
-                Work(message=Erase(seq=0, path=self.mine.path, keep=tuple(sorted(self._mine))))
+                Work(
+                    message=Erase(
+                        seq=0, path=self.mine.path, keep=tuple(sorted(self._kept.union(self._mine)))
+                    )
+                )
             )
         for e in self.mine.entries:
             if e.name not in self._matched:
@@ -125,6 +161,8 @@ class _DirDiff:
 
     def _compare(self, e: DirEntry, other: DirEntry | None) -> list[Work]:
         path = _join(self.mine.path, e.name)
+        if e.name in self._kept:  # not known as it is now: nothing of it goes, nor goes away
+            return []
         work: list[Work] = []
         if other is not None and other.kind != e.kind:
             work.append(Work(message=Delete(seq=0, path=path)))
@@ -189,14 +227,20 @@ async def _ask(
 
 
 async def _compare_dirs(
-    manifest: Manifest, request: RequestFn, emit: EmitFn, dirs: Sequence[str], *, erase: bool
+    manifest: Manifest,
+    request: RequestFn,
+    emit: EmitFn,
+    dirs: Sequence[str],
+    *,
+    erase: bool,
+    unreadable: Unreadable,
 ) -> tuple[int, list[str]]:
     """Compare `dirs` (at most DIRS_PER_REQUEST), following listings the target cut short, and
     emit the work; return how many items were emitted and the directories to descend into."""
     mine = await anyio.to_thread.run_sync(_listings, manifest, dirs)
     emitted, descend = 0, []
     for m, page in zip(mine, await _ask(request, dirs, False, ""), strict=True):
-        diff = _DirDiff(m, erase=erase)
+        diff = _DirDiff(m, erase=erase, unreadable=unreadable)
         while True:
             work = diff.page(page)
             if work:
@@ -218,12 +262,20 @@ def _listings(manifest: Manifest, dirs: Sequence[str]) -> list[DirListing]:
 
 
 async def compare_trees(
-    manifest: Manifest, request: RequestFn, emit: EmitFn, *, erase: bool = True
+    manifest: Manifest,
+    request: RequestFn,
+    emit: EmitFn,
+    *,
+    erase: bool = True,
+    unreadable: Unreadable = NOTHING_UNREADABLE,
 ) -> int:
     """Compare top-down and emit the work, level by level; return how many items were emitted.
 
     The first round trip carries only the root hashes, so a target in sync costs ~100 bytes.
+    `unreadable`: the source paths there but not readable now, kept as they are on the target.
     """
+    if "" in unreadable.dirs:  # nothing of the source is known as it is now (the caller logs it)
+        return 0
     mine_root = await anyio.to_thread.run_sync(manifest.root_hash)
     (theirs_root,) = await _ask(request, [""], True, "")
     if theirs_root.hash == mine_root:
@@ -234,7 +286,12 @@ async def compare_trees(
         next_level: list[str] = []
         for start in range(0, len(level), DIRS_PER_REQUEST):
             count, descend = await _compare_dirs(
-                manifest, request, emit, level[start : start + DIRS_PER_REQUEST], erase=erase
+                manifest,
+                request,
+                emit,
+                level[start : start + DIRS_PER_REQUEST],
+                erase=erase,
+                unreadable=unreadable,
             )
             emitted += count
             next_level.extend(descend)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from relaysync.transfer.compare import Unreadable
 from relaysync.watch.journal import Journal
 from relaysync.watch.manifest import Manifest
 
@@ -34,6 +35,8 @@ class SourceFolder(Protocol):
     def on_open(self, target_node: str, watermark: int) -> None: ...
 
     def below(self, child: str) -> frozenset[str]: ...
+
+    def unreadable_now(self) -> Unreadable: ...
 
 
 FailureFn = Callable[[str, str, int], None]  # (child node id, error, consecutive failures)

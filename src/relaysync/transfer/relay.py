@@ -54,6 +54,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import ops, recoding
 from relaysync.transfer._link_session import _Session
+from relaysync.transfer.compare import NOTHING_UNREADABLE, Unreadable
 from relaysync.transfer.relay_resume import ResumeCut, open_prefix, prefix_messages
 from relaysync.transfer.sender import BATCH_BYTES, TargetLink
 from relaysync.transfer.spool import Spool
@@ -136,6 +137,11 @@ class RelayFeed:
 
     def below(self, child: str) -> frozenset[str]:
         return nodes_below(self.routes, child)
+
+    def unreadable_now(self) -> Unreadable:
+        """None known: the source's unreadable paths are not relayed, so a relay's comparison
+        with a child erases what the relay's tree lacks (a known gap: see docs/architecture.md)."""
+        return NOTHING_UNREADABLE
 
     def on_ack(self, target_node: str, watermark: int) -> None:
         # Forward only; `_Session._on_ack` passes only the child's own subtree (`below`).

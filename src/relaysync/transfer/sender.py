@@ -315,6 +315,7 @@ class TargetLink:
         def produce() -> Iterator[ops.Outgoing]:
             for record in records:
                 yield from self._record_messages(session.moved, record)
+            self.unreadable.flush_warnings()
             yield Checkpoint(seq=last)
 
         await self._send_stream(session, produce())
@@ -331,8 +332,8 @@ class TargetLink:
                     moved.gone(root, record.path)
                 elif sent:
                     moved.forget(record.path)  # there after all (a name used again)
-            case "rename":
-                self.unreadable.forget(record.path)
+            case "rename":  # a file kept to read again is read at its new name
+                self.unreadable.moved(record.path, record.new_path, record.seq)
                 followed = moved.follow(record.path, record.new_path)
                 if (
                     record.new_path in followed
@@ -400,10 +401,18 @@ class TargetLink:
                     elif item.subtree is not None:
                         for entry in iter_subtree(manifest, item.subtree):
                             yield from send_entry(entry)
+                self.unreadable.flush_warnings()
 
             await self._send_stream(session, produce())
 
-        emitted = await compare_trees(manifest, session.request_listings, emit, erase=self.erase)
+        unreadable = self.source.unreadable_now()
+        if "" in unreadable.dirs:
+            self.log.warning(
+                "not comparing with %s: the source folder cannot be listed now", self.target.name
+            )
+        emitted = await compare_trees(
+            manifest, session.request_listings, emit, erase=self.erase, unreadable=unreadable
+        )
         obsolete = await anyio.to_thread.run_sync(self._obsolete_partials, session.partials, head)
         await session.framed.send_many(closing_checkpoints(head, obsolete))
         session.sent_upto = max(session.sent_upto, head)

@@ -28,6 +28,14 @@ from relaysync.transfer import ops
 from relaysync.watch.changes import JournalRecord
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
+WARN_FILES = 20  # unreadable files named one by one per cycle of reads; the others are counted
+
+
+def _noting(messages: Iterator[ops.Outgoing], went: list[bool]) -> Iterator[ops.Outgoing]:
+    """`messages`, setting went[0] once one went."""
+    for message in messages:
+        went[0] = True
+        yield message
 
 
 class _Source(Protocol):
@@ -48,6 +56,7 @@ class UnreadableFile:
     changed_at: float
     attempts: int = 0
     due: float = 0.0  # on the link's clock
+    code: int | None = None  # the errno of the last failure (reported once until it changes)
 
 
 class UnreadableFiles:
@@ -58,6 +67,7 @@ class UnreadableFiles:
         self._clock = clock
         self._log = log
         self._options = options  # the link's
+        self._warned = 0  # failures reported in this cycle (`flush_warnings`)
 
     def read_record(
         self, record: JournalRecord, path: str, messages: Iterator[ops.Outgoing]
@@ -71,24 +81,50 @@ class UnreadableFiles:
     ) -> Generator[ops.Outgoing, None, bool | None]:
         """Yield a file's `messages`; return True if the file went whole, False if not (gone,
         or changed while read: a later record covers it), None if it is there but could not be
-        read: then a FileAbort naming it ends what went of it (the target records the failed
-        attempt) and it is kept, to be read again once due (`retries`). `about`: the version's
-        hash as journaled and when it changed (0: unknown)."""
+        read: it is kept, to be read again once due (`retries`). `about`: the version's hash as
+        journaled and when it changed (0: unknown).
+
+        A failure is reported once until its state changes (a new seq, another errno): then a
+        warning (at most WARN_FILES per cycle, see `flush_warnings`) and a FileAbort naming it
+        (the target records the failed attempt). A retry that fails the same way again sends a
+        FileAbort only to end what went of the file, so a million unreadable files do not make a
+        million job-log records a minute."""
+        went = [False]
         try:
-            sent = yield from ops.whole_sent(messages)
+            sent = yield from ops.whole_sent(_noting(messages, went))
         except SourceReadError as err:
-            wait_s = self.failed(path, seq, *about)
-            self._log.warning(
-                "cannot read %s on the source (%s), will retry in %.0f s: %s",
-                path,
-                errno.errorcode.get(err.code or 0, err.code),
-                wait_s,
-                err,
-            )
-            yield FileAbort(seq=seq, reason=str(err)[:500], path=path)
+            known = self._files.get(path)
+            new = known is None or known.code != err.code or known.seq < seq
+            wait_s = self.failed(path, seq, *about, code=err.code)
+            if new:
+                self._warn(path, err, wait_s)
+            if new or went[0]:
+                yield FileAbort(seq=seq, reason=str(err)[:500], path=path)
             return None
         self.sent(path)
         return sent
+
+    def _warn(self, path: str, err: SourceReadError, wait_s: float) -> None:
+        self._warned += 1
+        if self._warned > WARN_FILES:
+            return
+        self._log.warning(
+            "cannot read %s on the source (%s), will retry in %.0f s: %s",
+            path,
+            errno.errorcode.get(err.code or 0, err.code),
+            wait_s,
+            err,
+        )
+
+    def flush_warnings(self) -> None:
+        """End a cycle of reads (a batch of records, a round of retries): one line counts the
+        failures past the first WARN_FILES, not named one by one."""
+        if self._warned > WARN_FILES:
+            self._log.warning(
+                "cannot read %s more files on the source, will retry them",
+                self._warned - WARN_FILES,
+            )
+        self._warned = 0
 
     def retries(self, source: _Source, session: _Upto) -> Iterator[ops.Outgoing]:
         """The files due again (`due` of the session's sent_upto), each under the seq it was to
@@ -107,6 +143,7 @@ class UnreadableFiles:
             yield from self.read(
                 kept.seq, kept.path, (kept.expected_hash, kept.changed_at), messages
             )
+        self.flush_warnings()
         yield Checkpoint(seq=upto)
 
     def __len__(self) -> int:
@@ -115,16 +152,18 @@ class UnreadableFiles:
     def __contains__(self, path: str) -> bool:
         return path in self._files
 
-    def failed(self, path: str, seq: int, expected_hash: bytes, changed_at: float) -> float:
-        """`path` could not be read for `seq`: keep it (a newer seq of it replaces an older);
-        returns the wait before it is read again."""
+    def failed(
+        self, path: str, seq: int, expected_hash: bytes, changed_at: float, code: int | None = None
+    ) -> float:
+        """`path` could not be read for `seq` (errno `code`): keep it (a newer seq of it replaces
+        an older); returns the wait before it is read again."""
         known = self._files.get(path)
         attempts = known.attempts + 1 if known is not None else 1
         if known is not None and known.seq > seq:  # a retry of an older seq: keep the newer
             seq, expected_hash, changed_at = known.seq, known.expected_hash, known.changed_at
         wait_s = min(UNREADABLE_RETRY_MIN_S * 2 ** (attempts - 1), UNREADABLE_RETRY_MAX_S)
         self._files[path] = UnreadableFile(
-            path, seq, expected_hash, changed_at, attempts, self._clock() + wait_s
+            path, seq, expected_hash, changed_at, attempts, self._clock() + wait_s, code
         )
         return wait_s
 
@@ -133,13 +172,24 @@ class UnreadableFiles:
         self._files.pop(path, None)
 
     def forget(self, path: str) -> None:
-        """A delete or rename of `path`: nothing at or below it is read again (what the rename
-        moved is read at its new name by that record's own resend, if the target lacks it)."""
-        self._files.pop(path, None)
-        if self._files:
-            prefix = path + "/"
-            for p in [p for p in self._files if p.startswith(prefix)]:
-                del self._files[p]
+        """A delete of `path`: nothing at or below it is read again."""
+        for p in self._at_or_below(path):
+            del self._files[p]
+
+    def moved(self, path: str, new_path: str, seq: int) -> None:
+        """A rename (journaled as `seq`) of `path` to `new_path`: what was kept at or below it is
+        read again at its new name, under `seq` (the target's copy there, which the rename
+        carries, is the old version); what was kept at or below `new_path` was replaced."""
+        moving = [self._files.pop(p) for p in self._at_or_below(path)]
+        self.forget(new_path)
+        for kept in moving:
+            kept.path = new_path + kept.path[len(path) :]
+            kept.seq = max(kept.seq, seq)
+            self._files[kept.path] = kept
+
+    def _at_or_below(self, path: str) -> list[str]:
+        prefix = path + "/"
+        return [p for p in self._files if p == path or p.startswith(prefix)] if self._files else []
 
     def due(self, upto: int) -> list[UnreadableFile]:
         """The files due to be read again now, oldest seq first, of those journaled at or below

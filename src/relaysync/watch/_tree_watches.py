@@ -15,6 +15,7 @@ import anyio.to_thread
 from asyncinotify import Inotify, Mask, Watch
 
 from relaysync._util.fs import GONE_ERRNOS
+from relaysync._util.path_index import PathIndex
 from relaysync.errors import WatchLimitReached
 from relaysync.watch._root import RootPresence
 from relaysync.watch.filters import PathFilter
@@ -69,7 +70,7 @@ class TreeWatches:
         # Directories that could not be watched or listed though they are there (EACCES: mode
         # 000, or below one of mode 0600; EMFILE, EIO): tried again on their ATTRIB and every
         # interval_s, and rescanned once watched (what changed in them meanwhile was not seen).
-        self._unreadable: dict[str, None] = {}
+        self._unreadable = PathIndex()
         # Directories whose watch failed because they were gone (ENOENT): deleted, or renamed
         # before their CREATE was read; the DELETE or MOVED_FROM that says which is still queued.
         self._vanished: dict[str, None] = {}
@@ -128,12 +129,12 @@ class TreeWatches:
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 self._note_vanished(rel)  # its subdirectories are unwatched, wherever it went
-                self._unreadable.pop(rel, None)
+                self._unreadable.discard(rel)
             elif exc.errno not in GONE_ERRNOS:
                 self._note_unreadable(rel, exc)  # watched, but its subdirectories are not
             logger.debug("cannot list %s", rel)
             return out
-        self._unreadable.pop(rel, None)  # watched and listed: readable now
+        self._unreadable.discard(rel)  # watched and listed: readable now
         return out
 
     def _add_watch(self, rel: str) -> bool:
@@ -151,7 +152,7 @@ class TreeWatches:
                 self._note_unwatched(rel)
             elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 self._note_vanished(rel)
-                self._unreadable.pop(rel, None)
+                self._unreadable.discard(rel)
             elif exc.errno != errno.ELOOP:
                 self._note_unreadable(rel, exc)
             return False
@@ -177,7 +178,7 @@ class TreeWatches:
         `_unreadable`). A warning each while no more than WARN_UNREADABLE are, not per retry."""
         if rel in self._unreadable:
             return
-        self._unreadable[rel] = None
+        self._unreadable.add(rel)
         if len(self._unreadable) <= WARN_UNREADABLE:
             logger.warning(
                 "cannot watch directory %s in source %s (%s: %s): changes in it are found once "
@@ -195,7 +196,7 @@ class TreeWatches:
     def _retry_unreadable(self, top: str) -> list[str]:
         """Have the unreadable directories at or below `top` watched again (`_watch_queued`);
         return them."""
-        tops = [p for p in self._unreadable if under(p, top)]
+        tops = self._unreadable.at_or_below(top)
         for rel in tops:
             self._queue_tree(rel)
         return tops
@@ -224,8 +225,8 @@ class TreeWatches:
                     logger.debug("watch of %s was already gone", rel)
         for rel in [p for p in self._unwatched if under(p, top)]:
             del self._unwatched[rel]
-        for rel in [p for p in self._unreadable if under(p, top)]:
-            del self._unreadable[rel]
+        for rel in self._unreadable.at_or_below(top):
+            self._unreadable.discard(rel)
 
     def _move_tree(self, old: str, new: str) -> None:
         for rel in [p for p in self._wds if under(p, old)]:
@@ -233,7 +234,9 @@ class TreeWatches:
             moved = new + rel[len(old) :]
             self._wds[moved] = wd
             self._paths[wd] = moved
-        for table in (self._unwatched, self._unreadable):
-            for rel in [p for p in table if under(p, old)]:
-                del table[rel]
-                table[new + rel[len(old) :]] = None
+        for rel in [p for p in self._unwatched if under(p, old)]:
+            del self._unwatched[rel]
+            self._unwatched[new + rel[len(old) :]] = None
+        for rel in self._unreadable.at_or_below(old):
+            self._unreadable.discard(rel)
+            self._unreadable.add(new + rel[len(old) :])

@@ -115,7 +115,7 @@ class ChangeRecorder:
                 rest = list(events[i:])
                 break
             except SourceReadError as err:  # a directory on its way cannot be opened
-                batch.unreadable.append(err)
+                batch.unreadable.append(err.bare())
         if batch.inodes and self._hard_links:
             self._manifest.set_inodes(batch.inodes.items())
         return Detection(batch.out, rest, tuple(batch.unreadable))
@@ -157,7 +157,7 @@ class ChangeRecorder:
                     self._root, path, st, hash_=digest if same_file else None, dir_fd=dir_fd
                 )
             except SourceReadError as err:
-                batch.unreadable.append(err)
+                batch.unreadable.append(err.bare())
                 return
         if entry is None or not self._filter.accepts(path, is_dir=entry.kind == "d"):
             return
@@ -184,7 +184,7 @@ class ChangeRecorder:
         try:
             self._restat(batch, path, follow_links=False, linked_to=linked_to, digest=digest)
         except SourceReadError as err:
-            batch.unreadable.append(err)
+            batch.unreadable.append(err.bare())
 
     def _other_links(self, batch: _Batch, entry: Entry) -> list[str]:
         """The other names known for a file with several hard links: the manifest's, and those

@@ -351,7 +351,7 @@ class TreeScan:
         try:
             new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd)
         except SourceReadError as err:
-            self.unreadable.append(err)
+            self.unreadable.append(err.bare())
             return False
         if new is None:
             return False
@@ -420,13 +420,13 @@ class TreeScan:
         try:
             dir_fd = open_dir_below(self.root, dir_rel)
         except SourceListError as err:  # not empty: nothing below it is compared this time
-            self.unreadable.append(err)
+            self.unreadable.append(err.bare())
             return []
         try:
             try:
                 on_disk = self._list_dir(dir_rel, dir_fd) if dir_fd is not None else {}
             except SourceListError as err:
-                self.unreadable.append(err)
+                self.unreadable.append(err.bare())
                 return []
             for path in sorted(set(known) - set(on_disk)):
                 if self.policy is not None and self.policy.keeps_absent(
@@ -501,7 +501,7 @@ def scan(
     try:
         is_dir = _visit_top(result, subdir)
     except SourceListError as err:  # its directory cannot be opened: nothing of it changes now
-        result.unreadable.append(err)
+        result.unreadable.append(err.bare())
         return result
     if is_dir:
         result.walk(subdir)

@@ -148,3 +148,51 @@ def test_an_unreadable_file_is_retried_not_taken_for_gone_and_others_flow(
     assert "relaysync retries it" in first.error
     [ok] = [r for r in reports if r.path == "secret.txt" and r.ok]
     assert ok.seq == secret_seq  # the job log's failure for that change is resolved by it
+
+
+@pytest.mark.parametrize("moved", ["p", "dir"])
+def test_a_rename_of_a_file_kept_to_read_again_keeps_its_retry(tmp_path: Path, moved: str) -> None:
+    """The file (or a directory holding it) renamed while its new version could not be read:
+    before the fix the rename dropped the retry, the target's Rename carried the old version to
+    the new name, and it stayed there until the comparison 10 min on (/tmp/rev-src2/rename_repro.py)."""
+    source, folder = source_mapping(tmp_path), target_folder(tmp_path)
+    root, tgt = source.root, folder.root
+    (root / "dir").mkdir()
+    old, new = ("p", "q") if moved == "p" else ("dir/p", "moved/p")
+    locked: set[str] = set()
+    server = _server(folder, [])
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(server.serve)
+            link = TargetLink(
+                source,
+                TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
+                ssl.create_default_context(),
+                node_id=SRC,
+                name="s",
+                options=ops.SendOptions(tls=False, link_secret=SECRET),
+            )
+            tg.start_soon(link.serve)
+            (root / old).write_text("v1")
+            await _record(source, old)
+            await _until("v1", lambda: (tgt / old).exists())
+            locked.add(old)
+            (root / old).write_text("v2 new content")
+            await _record(source, old)
+            await _until("kept to read again", lambda: old in link.unreadable)
+            locked.clear()
+            os.rename(root / moved, root / ("q" if moved == "p" else "moved"))
+            await source._record(
+                [FsEvent(kind="move", path=moved, new_path="q" if moved == "p" else "moved")]
+            )
+            await _until(
+                "v2 at the new name",
+                lambda: (tgt / new).exists() and (tgt / new).read_text() == "v2 new content",
+            )
+            assert new not in link.unreadable
+            tg.cancel_scope.cancel()
+
+    with _locked(locked, errno.EACCES):
+        anyio.run(main)
+    assert not (tgt / old).exists()

@@ -202,3 +202,41 @@ def test_erase_keep_is_bounded_for_any_directory_the_source_holds(
     (erase,) = _messages(work)
     assert isinstance(erase, Erase) and len(erase.keep) == MAX_ERASE_KEEP
     decode_payload(encode_frame(erase)[4:])  # the target takes it
+
+
+def _compare_unreadable(
+    manifest: Manifest, request: RequestFn, unreadable: compare.Unreadable
+) -> list[Work]:
+    work: list[Work] = []
+
+    async def emit(items: Sequence[Work]) -> None:
+        work.extend(items)
+
+    async def main() -> None:
+        await compare_trees(manifest, request, emit, unreadable=unreadable)
+
+    anyio.run(main)
+    return work
+
+
+def test_unreadable_source_paths_are_neither_erased_nor_compared(
+    folder: TargetFolder, tmp_path: Path
+) -> None:
+    """A file the source could not hash (not in its manifest) and a directory it could not list
+    (its entries not in the manifest): before the fix, Erase('', keep=(d, gone.txt...)) and
+    Erase('d', keep=()) deleted them on the target."""
+    d = Entry(path="d", kind="d", mode=0o755)
+    folder.manifest.put_many(
+        [_file("a", 1), d, _file("d/f1", 2), _file("locked", 3), _file("old", 4)]
+    )
+    source = _source(tmp_path, [_file("a", 1), Entry(path="d", kind="d", mode=0o700)])
+    unreadable = compare.Unreadable(files=frozenset({"locked"}), dirs=frozenset({"d"}))
+    work = _compare_unreadable(source, _target(folder, []), unreadable)
+    assert _messages(work) == [Erase(seq=0, path="", keep=("a", "d", "locked"))]
+    assert [w for w in work if w.message is None] == []  # nothing sent of d, nor below it
+
+
+def test_an_unlistable_root_compares_nothing(folder: TargetFolder, tmp_path: Path) -> None:
+    folder.manifest.put_many([_file("a", 1), _file("b", 2)])
+    unreadable = compare.Unreadable(dirs=frozenset({""}))
+    assert _compare_unreadable(_source(tmp_path, []), _target(folder, []), unreadable) == []

@@ -202,3 +202,28 @@ class _FailingAfterOne:
         if self._given > 1:
             raise OSError(errno.EIO, "Input/output error")
         return next(self._it)
+
+
+def test_the_errors_a_scan_holds_keep_no_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan of many unreadable files (EMFILE) holds one error per file: before the fix each
+    kept its traceback and the OSError behind it (2.6 KB each, 2.6 GB for a million files)."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(50):
+        (root / f"f{i}").write_bytes(b"x")
+
+    def hash_file(at: str, size: int = -1, *, dir_fd: int | None = None) -> bytes:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), at)
+
+    monkeypatch.setattr(scanner, "hash_file", hash_file)
+    manifest = Manifest(tmp_path / "m.db")
+    try:
+        result = scanner.scan(root, manifest, PathFilter())
+    finally:
+        manifest.close()
+    assert len(result.unreadable) == 50
+    assert {(e.code, e.__traceback__, e.__cause__, e.__context__) for e in result.unreadable} == {
+        (errno.EMFILE, None, None, None)
+    }
