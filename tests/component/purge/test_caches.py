@@ -11,7 +11,7 @@ from tests.component.purge.conftest import ALIAS, HOST, O1, O2, Harness
 
 pytestmark = pytest.mark.anyio
 
-BOUND_S = 5.0  # every cache serves the new bytes within this after the origins commit
+BOUND_S = 15.0  # every cache serves the new bytes within this after the origins commit (an upper bound: quiet runs take well under 1 s)
 
 
 async def test_change_refreshes_every_cache(harness: Harness) -> None:

@@ -13,7 +13,7 @@ from relaysync.protocol.messages import CommitRecord, CommitReport
 
 pytestmark = pytest.mark.anyio
 
-BOUND_S = 5.0
+BOUND_S = 30.0  # an upper bound on eventual purges; quiet-host runs take 0.1-4 s (the variant sweep, under coverage and load: more)
 MANY = 7  # paths under the directory: over two store reads of the cap below, not a multiple
 
 
