@@ -224,3 +224,15 @@ def test_directories_made_on_the_way_to_a_file_honour_the_mode_mask(
         s.close()
     for rel in ("p", "p/q"):
         assert stat.S_IMODE(os.stat(root / rel).st_mode) == 0o700
+
+
+def test_a_rename_of_a_directory_over_a_file_replaces_it(
+    folder: TargetFolder, session: ReceiverSession
+) -> None:
+    """rename(2) refuses a directory over a non-directory (ENOTDIR, an I/O failure at every
+    retry): the file the source no longer has goes, as a directory in a file's way does."""
+    _applied(session, [MakeDir(seq=1, path="d", mode=0o755), _small(2, "d/x", b"x")], 2)
+    _applied(session, [_small(3, "f", b"old file")], 3)
+    _applied(session, [Rename(seq=4, path="d", new_path="f")], 4)
+    assert os.listdir(folder.root / "f") == ["x"] and not (folder.root / "d").exists()
+    assert folder.manifest.get("f/x") is not None
