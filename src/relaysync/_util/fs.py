@@ -234,10 +234,11 @@ def open_dir_at(root_fd: int, reldir: str) -> int:
     return _open_below(root_fd, reldir, _DIR_FLAGS)
 
 
-def make_dirs_at(root_fd: int, reldir: str) -> tuple[int, str | None]:
+def make_dirs_at(root_fd: int, reldir: str, mode: int = 0o755) -> tuple[int, str | None]:
     """`open_dir_at`, creating the missing directories of `reldir` one after the other: never
     through a symlink, and iterative (os.makedirs and pathlib recurse: a RecursionError at a
-    depth of about 1,000). Modes as os.makedirs (0o777 less the umask).
+    depth of about 1,000). Each is made with `mode` (less the umask): not os.makedirs' 0o777,
+    world-writable under the umask 0 of an agent started so, until a MakeDir sets its mode.
 
     Returns:
         (the O_PATH descriptor, the topmost directory created, relative to root_fd, or None).
@@ -256,7 +257,7 @@ def make_dirs_at(root_fd: int, reldir: str) -> tuple[int, str | None]:
                 child = os.open(part, _DIR_FLAGS, dir_fd=parent)
             except FileNotFoundError:
                 with suppress(FileExistsError):  # made meanwhile: opened as any other below
-                    os.mkdir(part, dir_fd=parent)
+                    os.mkdir(part, mode, dir_fd=parent)
                     made = made or "/".join(parts[: i + 1])
                 child = os.open(part, _DIR_FLAGS, dir_fd=parent)
             os.close(parent)
@@ -328,12 +329,12 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
         subdirs = _remove_files_in(fd)
         while True:
             if subdirs:
-                child = subdirs.pop()
+                child, parent_id = subdirs.pop(), _dev_ino(fd)  # before child_fd: never leaked
                 try:
                     child_fd = os.open(child, _LIST_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
                 except FileNotFoundError:
                     continue
-                levels.append((child, _dev_ino(fd), subdirs))
+                levels.append((child, parent_id, subdirs))
                 os.close(fd)
                 fd = child_fd
                 subdirs = _remove_files_in(fd)
@@ -368,6 +369,16 @@ def _remove_files_in(fd: int) -> list[str]:
                 with suppress(FileNotFoundError):
                     os.unlink(entry.name, dir_fd=fd)
     return subdirs
+
+
+def names_in(dir_fd: int) -> list[str]:
+    """The names in the directory `dir_fd` (an O_PATH descriptor will do): that directory's,
+    whatever is swapped in for its name since it was opened."""
+    fd = os.open(".", _LIST_FLAGS, dir_fd=dir_fd)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
 
 
 def walk_in(

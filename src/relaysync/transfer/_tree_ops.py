@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import xxhash
 
-from relaysync._util.fs import remove_tree_at
+from relaysync._util.fs import names_in, remove_tree_at
 from relaysync.errors import UnsafePath
 from relaysync.protocol.messages import (
     CommitRecord,
@@ -123,11 +123,48 @@ class TreeOps(SessionHooks):
         ns = (msg.mtime_ns, msg.mtime_ns)
         os.utime(name, ns=ns, dir_fd=parent, follow_symlinks=False)
 
-    def _sync_dir(self, root: Path, rel_dir: str) -> None:
+    def _at(self, path: str, *, create: bool = False) -> tuple[int, str]:
+        """`path`'s parent held open (`DirHandles`: its missing directories made if `create`) and
+        its name there: what is done with both is done in that real directory, whatever a local
+        user swaps in for a name on the way meanwhile.
+
+        Raises:
+            UnsafePath: a directory on the way is a symlink or not a directory.
+            FileNotFoundError: the parent is missing (and not `create`).
+        """
+        return self._dirs.get(parent_of(path), create=create), path.rpartition("/")[2]
+
+    def _lstat(self, path: str) -> os.stat_result | None:
+        """The lstat of `path` in its parent held open; None if nothing is there."""
+        try:
+            parent, name = self._at(path)
+            return os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            return None
+
+    def _fsync(self, *dir_fds: int) -> None:
         if self.folder.durable:
-            directory = resolve_inside(root, rel_dir, allow_root=True)
-            if directory.is_dir():
-                staging.fsync_dir(directory)
+            for fd in dict.fromkeys(dir_fds):
+                staging.fsync_dir(fd)
+
+    def _remove_at(self, path: str, *, sync: bool = True) -> None:
+        """Remove `path` and what is under it in its parent held open (never through a link);
+        its parent is synced after if the folder is durable and `sync`."""
+        try:
+            parent, name = self._at(path)
+        except FileNotFoundError:
+            return  # nothing there to remove
+        remove_tree_at(parent, name)
+        if sync:
+            self._fsync(parent)
+
+    def _rmdir_at(self, path: str) -> None:
+        """Remove the directory `path` in its parent held open if it is empty."""
+        try:
+            parent, name = self._at(path)
+            os.rmdir(name, dir_fd=parent)
+        except OSError:
+            pass  # not empty (another source's files), gone, or not a directory
 
     def _remove(self, msg: Delete) -> dict[str, Any]:
         """Remove the path and what is under it, in its parent held open (never through a link)."""
@@ -136,14 +173,7 @@ class TreeOps(SessionHooks):
         kind = survey.tree(doomed, msg.path, itself=False)  # before the keeper takes it
         if self._keeper is not None:
             self._keeper.save(doomed)
-        try:
-            parent = self._dirs.get(parent_of(msg.path))
-        except FileNotFoundError:
-            parent = -1  # nothing there to remove
-        if parent >= 0:
-            remove_tree_at(parent, doomed.name)
-            if self.folder.durable:
-                staging.fsync_dir(parent)
+        self._remove_at(msg.path)
         self.folder.manifest.remove_tree(msg.path)
         return survey.record_fields(kind)
 
@@ -170,18 +200,14 @@ class TreeOps(SessionHooks):
         if refused:
             self._refuse_link(msg, path)
             raise UnsafePath(msg.path, refused)
-        staging.make_parents(root, path)
+        parent, name = self._at(msg.path, create=True)
         survey = RemovalSurvey(root=root)
         kind = survey.tree(path, msg.path, itself=False)
-        temp = staging.temp_name_for(path)
-        os.symlink(msg.target, temp)
-        if path.is_dir() and not path.is_symlink():
-            staging.remove_any(path)
-        os.replace(temp, path)
+        _link_at(parent, name, msg.target)
         new_kind = survey.tree(path, msg.path, itself=False)
-        self._sync_dir(root, parent_of(msg.path))
+        self._fsync(parent)
         digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
-        st = os.lstat(path)
+        st = os.lstat(name, dir_fd=parent)
         self.folder.manifest.put_many(
             [
                 Entry(
@@ -201,8 +227,7 @@ class TreeOps(SessionHooks):
         source sees a difference and sends it again and again; the start-up scan keeps it."""
         if self._keeper is not None:
             self._keeper.save(path)
-        staging.remove_any(path)
-        self._sync_dir(self.folder.root, parent_of(msg.path))
+        self._remove_at(msg.path)
         self.folder.manifest.remove_tree(msg.path)
         digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
         self.folder.manifest.put_many(
@@ -227,38 +252,41 @@ class TreeOps(SessionHooks):
             raise UnsafePath(
                 msg.new_path, f"a rename of {msg.path!r} into itself or over its ancestor"
             )
-        if not os.path.lexists(source):
-            held = self.folder.manifest.get(msg.new_path)
-            if os.path.lexists(dest) and (
-                not msg.hash or (held is not None and held.hash == msg.hash)
-            ):
-                return {}  # applied before (a replay after a crash): nothing to do
-            if msg.hash and self.sender_resends_renames:
-                # Never got here (an atomic save's temp file was gone when the link read it; a
-                # compare ran meanwhile): the new path must come whole, or the old version stays.
-                raise TransientFailure(
-                    msg.seq,
-                    ErrorCode.BASE_MISMATCH,
-                    f"{msg.path} is not here to rename: send {msg.new_path} whole",
-                )
-            if os.path.lexists(dest):
-                return {}  # an older sender cannot resend it: the next comparison repairs it
-            raise FileNotFoundError(errno.ENOENT, "rename source missing", msg.path)
-        staging.make_parents(root, dest)
-        if self._keeper is not None and os.path.lexists(dest):
+        if self._lstat(msg.path) is None:
+            return self._rename_missing(msg)
+        # Both ends in their parents held open: a directory on either way swapped for a link
+        # after these opens moves nothing out of the folder, nor anything from outside in.
+        src_parent, src_name = self._at(msg.path)
+        dst_parent, dst_name = self._at(msg.new_path, create=True)
+        if self._keeper is not None and self._lstat(msg.new_path) is not None:
             self._keeper.save(dest)  # a rename over a file replaces it
         survey = RemovalSurvey(root=root)
         kind = survey.tree(source, msg.path, itself=False)
         if survey.tree(dest, msg.new_path, itself=False) == "d":  # what it replaces goes too
             kind = "d"
-        if dest.is_dir() and not dest.is_symlink() and not source.is_dir():
-            staging.remove_any(dest)
-        os.replace(source, dest) if not dest.is_dir() else _replace_dir(source, dest)
-        self._sync_dir(root, parent_of(msg.path))
-        self._sync_dir(root, parent_of(msg.new_path))
+        staging.replace_at(src_parent, src_name, dst_parent, dst_name)
+        self._fsync(src_parent, dst_parent)
         self.folder.manifest.rename_tree(msg.path, msg.new_path)
         self._refuse_moved_links(msg)
         return survey.record_fields(kind)
+
+    def _rename_missing(self, msg: Rename) -> dict[str, Any]:
+        """A rename whose source is not here: applied before, to be sent whole, or refused."""
+        held = self.folder.manifest.get(msg.new_path)
+        there = self._lstat(msg.new_path) is not None
+        if there and (not msg.hash or (held is not None and held.hash == msg.hash)):
+            return {}  # applied before (a replay after a crash): nothing to do
+        if msg.hash and self.sender_resends_renames:
+            # Never got here (an atomic save's temp file was gone when the link read it; a
+            # compare ran meanwhile): the new path must come whole, or the old version stays.
+            raise TransientFailure(
+                msg.seq,
+                ErrorCode.BASE_MISMATCH,
+                f"{msg.path} is not here to rename: send {msg.new_path} whole",
+            )
+        if there:
+            return {}  # an older sender cannot resend it: the next comparison repairs it
+        raise FileNotFoundError(errno.ENOENT, "rename source missing", msg.path)
 
     def _refuse_moved_links(self, msg: Rename) -> None:
         """Check the links a rename moved (the renamed link, those below a renamed directory) at
@@ -292,37 +320,41 @@ class TreeOps(SessionHooks):
 
     def _erase(self, msg: Erase) -> dict[str, Any]:
         """Remove the directory's children not in `keep`; return the files and links removed."""
-        directory = resolve_inside(self.folder.root, msg.path, allow_root=True)
+        root = self.folder.root
+        resolve_inside(root, msg.path, allow_root=True)
         keep = set(msg.keep)
-        try:
-            st = os.lstat(directory)
+        try:  # never through a symlink (it may point anywhere): UnsafePath
+            directory = self._dirs.get(msg.path)
         except FileNotFoundError:
             return {}
-        if not stat.S_ISDIR(st.st_mode):  # never through a symlink: it may point anywhere
-            raise UnsafePath(msg.path, "erase of something that is not a real directory")
         survey = RemovalSurvey()
-        for child in os.scandir(directory):
-            if child.name in keep or child.name.startswith(staging.TEMP_PREFIX):
+        for name in names_in(directory):  # listed, and each removed, in the directory held open
+            if name in keep or name.startswith(staging.TEMP_PREFIX):
                 continue
-            rel = f"{msg.path}/{child.name}" if msg.path else child.name
+            rel = f"{msg.path}/{name}" if msg.path else name
             check_relpath(rel)
-            survey.tree(Path(child.path), rel)
+            survey.tree(root / rel, rel)
             if self._keeper is not None:
-                self._keeper.save(Path(child.path))
-            staging.remove_any(Path(child.path))
+                self._keeper.save(root / rel)
+            remove_tree_at(directory, name)
             self.folder.manifest.remove_tree(rel)
             self.folder.drop_partials_under(rel)
-        self._forget_absent(msg.path, keep)
-        self._sync_dir(self.folder.root, msg.path)
+        self._forget_absent(msg.path, keep, directory)
+        self._fsync(directory)
         return survey.record_fields("d")
 
-    def _forget_absent(self, rel_dir: str, keep: set[str]) -> None:
-        """Drop the manifest's children of `rel_dir` not in `keep` that are not on disk (a link
-        the policy refused is recorded only): an Erase of them would otherwise come for ever."""
+    def _forget_absent(self, rel_dir: str, keep: set[str], dir_fd: int) -> None:
+        """Drop the manifest's children of `rel_dir` (held open as `dir_fd`) not in `keep` that
+        are not on disk (a link the policy refused is recorded only): an Erase of them would
+        otherwise come for ever."""
         manifest = self.folder.manifest
         for child in manifest.children(rel_dir):
             name = child.path.rpartition("/")[2]
-            if name not in keep and not os.path.lexists(self.folder.root / child.path):
+            if name in keep:
+                continue
+            try:
+                os.lstat(name, dir_fd=dir_fd)
+            except FileNotFoundError:
                 manifest.remove_tree(child.path)
 
 
@@ -363,11 +395,17 @@ def _chmod_fd(fd: int, mode: int) -> None:
         os.chmod(f"/proc/self/fd/{fd}", mode)
 
 
-def _replace_dir(source: Path, dest: Path) -> None:
-    """Rename a directory over an existing one (rename(2) needs the target empty)."""
-    if source.is_dir() and not source.is_symlink():
-        staging.remove_any(dest)
-    os.replace(source, dest)
+def _link_at(parent: int, name: str, target: str) -> None:
+    """Put a link to `target` at `name` in the directory `parent` (held open): made under a
+    temp name beside it, then renamed over what is there (a directory and its tree go)."""
+    temp = str(staging.temp_name_for(Path(name)))
+    os.symlink(target, temp, dir_fd=parent)
+    try:
+        staging.replace_at(parent, temp, parent, name)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=parent)
+        raise
 
 
 def _with_attrs(entry: Entry, mode: int, mtime_ns: int) -> Entry:

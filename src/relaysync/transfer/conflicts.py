@@ -18,6 +18,7 @@ Error handling: as in receiver.py; judging reads only lstat and, for a tie, the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -41,7 +42,6 @@ from relaysync.protocol.messages import (
     SmallFile,
     Symlink,
 )
-from relaysync.transfer import staging
 from relaysync.transfer._tree_ops import _with_attrs
 from relaysync.transfer.paths import parent_of, resolve_inside
 from relaysync.transfer.receiver import ReceiverSession, ReportFn
@@ -280,15 +280,16 @@ class ConflictSession(ReceiverSession):
         for e in sorted(mine, key=lambda e: e.path.count("/"), reverse=True):
             child = resolve_inside(root, e.path)
             if e.kind == "d":
-                _rmdir_if_empty(child)
+                self._rmdir_at(e.path)
             elif is_version(e, disk_version(child)):
                 if self._keeper is not None:
                     self._keeper.save(child)
-                staging.remove_any(child)
-        _rmdir_if_empty(target)
+                self._remove_at(e.path, sync=False)  # in its parent held open, as a Delete
+        self._rmdir_at(path)
         if os.path.lexists(target):
             self._contest = ("rewritten", "")  # other sources' files stay in the directory
-        self._sync_dir(root, parent_of(path))
+        with contextlib.suppress(FileNotFoundError):
+            self._fsync(self._dirs.get(parent_of(path)))
         manifest.remove_tree(path)
 
     def _rename_by_rule(self, msg: Rename) -> None:
@@ -353,13 +354,6 @@ def _in_the_way(msg: MakeDir | Symlink, disk: DiskVersion, mine: Entry | None) -
 
 def _contested(record: CommitRecord, reason: str, other: str) -> CommitRecord:
     return msgspec.structs.replace(record, conflict=reason, conflict_with=other)
-
-
-def _rmdir_if_empty(path: Path) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass  # not empty (another source's files), gone, or not a directory
 
 
 def forget_missing(folder: TargetFolder) -> int:

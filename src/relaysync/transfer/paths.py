@@ -123,8 +123,9 @@ class DirHandles:
     Resource handling: at most one descriptor per directory of a batch, and the root's.
     """
 
-    def __init__(self, root: Path, changes: TreeChanges) -> None:
+    def __init__(self, root: Path, changes: TreeChanges, *, dir_mode: int = 0o755) -> None:
         self.root = root
+        self._dir_mode = dir_mode  # of the directories `get(create=True)` makes
         self._changes = changes
         self._seen = changes.count
         self._root_fd = -1
@@ -150,7 +151,7 @@ class DirHandles:
             self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fd = (
-                make_dirs_at(self._root_fd, reldir)[0]
+                make_dirs_at(self._root_fd, reldir, self._dir_mode)[0]
                 if create
                 else open_dir_at(self._root_fd, reldir)
             )

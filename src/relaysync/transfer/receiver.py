@@ -86,7 +86,10 @@ class ReceiverSession(FileReceiver, TreeOps):
         self._incoming_wire = 0
         self._skip_seq = -1  # chunks of a file refused at FileStart are dropped
         self._keeper = folder.keeper()
-        self._dirs = DirHandles(folder.root, folder.tree_changes)  # of the files of a batch
+        # of the files of a batch; a directory made on the way gets what a MakeDir's 0o755 would
+        self._dirs = DirHandles(
+            folder.root, folder.tree_changes, dir_mode=folder.policy.disk_mode(0o755)
+        )
         self._batch = staging.CommitBatch(
             durable=folder.durable,
             before_replace=self._keeper.save if self._keeper else None,

@@ -9,6 +9,7 @@ directory is fsynced once after them; "fast" skips both (what rsync does by defa
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -466,7 +467,7 @@ def _replace(f: IncomingFile) -> None:
     """Rename `f`'s temp file to its final name; a directory in the way is removed, but only
     for a temp file still there."""
     if f.dir_fd >= 0:
-        _replace_at(f.dir_fd, f.temp_name[f.cut :], f.final_name[f.cut :])
+        replace_at(f.dir_fd, f.temp_name[f.cut :], f.dir_fd, f.final_name[f.cut :])
         return
     try:
         os.replace(f.temp_name, f.final_name)
@@ -481,20 +482,33 @@ def _replace(f: IncomingFile) -> None:
         os.replace(f.temp_name, f.final_name)
 
 
-def _replace_at(dir_fd: int, temp: str, final: str) -> None:
-    """_replace within the directory `dir_fd` (a name swapped for a link there is replaced)."""
+# What rename(2) says of a directory in the way, or of a directory renamed over a non-directory.
+_IN_THE_WAY = frozenset({errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR})
+
+
+def replace_at(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+    """os.replace of the name `src` in the directory `src_fd` to `dst` in `dst_fd`, each the
+    real directory held open (a name swapped for a link is moved or replaced, never followed).
+    What is in the way goes: a directory (and its tree) at `dst`, or anything at `dst` when
+    `src` is a directory (rename(2) replaces only an empty directory, or a non-directory by one).
+
+    Raises:
+        OSError: `src` is gone, or the rename failed otherwise (nothing was removed then).
+    """
     try:
-        os.replace(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.replace(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
     except OSError as exc:
+        if exc.errno not in _IN_THE_WAY:
+            raise
         try:
-            in_the_way = stat.S_ISDIR(os.lstat(final, dir_fd=dir_fd).st_mode)
-            os.lstat(temp, dir_fd=dir_fd)
+            moved = os.lstat(src, dir_fd=src_fd)
+            there = os.lstat(dst, dir_fd=dst_fd)
         except OSError:
             raise exc from None
-        if not in_the_way:
+        if not (stat.S_ISDIR(there.st_mode) or stat.S_ISDIR(moved.st_mode)):
             raise
-        remove_tree_at(dir_fd, final)  # a directory becomes a file
-        os.replace(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        remove_tree_at(dst_fd, dst)
+        os.replace(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
 
 def _check_still_named(f: IncomingFile) -> None:
