@@ -9,13 +9,11 @@ import resource
 import socket
 import stat
 import struct
-import threading
 from pathlib import Path
 
 import anyio
 import msgspec
 import pytest
-import xxhash
 import zstandard
 
 from relaysync.constants import MAX_MESSAGE_BYTES, PREAUTH_MAX_MESSAGE_BYTES
@@ -39,26 +37,14 @@ from relaysync.protocol.messages import (
     SmallFile,
     Symlink,
 )
-from relaysync.transfer.conflicts import NEWEST_MTIME, session_for
+from relaysync.transfer.conflicts import session_for
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest
 from relaysync.watch.scanner import scan_tree
-
-T0 = 1_700_000_000_000_000_000
-
-
-def _small(seq: int, path: str, data: bytes, mode: int = 0o644, mtime_ns: int = T0) -> SmallFile:
-    return SmallFile(
-        seq=seq,
-        path=path,
-        size=len(data),
-        mode=mode,
-        mtime_ns=mtime_ns,
-        data=data,
-        hash=xxhash.xxh3_128(data).digest(),
-    )
+from tests.unit.transfer._target_helpers import T0, nm_members
+from tests.unit.transfer._target_helpers import small_file as _small
 
 
 def test_setuid_setgid_and_sticky_never_land_on_a_target(folder: TargetFolder) -> None:
@@ -207,28 +193,9 @@ def test_one_nm_members_rename_and_link_never_let_another_write_outside_the_root
 ) -> None:
     """Members of an N:M job share the root, its lock and its cache of proven directories (as the
     agent opens them): B moves `d` away and links `d` outside; A's next write under `d` is refused."""
-    root, outside = tmp_path / "root", tmp_path / "outside"
-    root.mkdir()
+    outside = tmp_path / "outside"
     outside.mkdir()
-    a = TargetFolder(
-        mapping_id=1,
-        source_node="A",
-        root=root,
-        manifest=Manifest(tmp_path / "a.db"),
-        durable=False,
-        conflict=NEWEST_MTIME,
-        lock=threading.RLock(),
-    )
-    b = TargetFolder(
-        mapping_id=2,
-        source_node="B",
-        root=root,
-        manifest=Manifest(tmp_path / "b.db"),
-        durable=False,
-        conflict=NEWEST_MTIME,
-        lock=a.lock,
-        tree_changes=a.tree_changes,
-    )
+    a, b = nm_members(tmp_path)
     session_a, session_b = (
         session_for(a, "ja", lambda *_: None),
         session_for(b, "jb", lambda *_: None),

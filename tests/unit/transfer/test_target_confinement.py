@@ -22,14 +22,14 @@ from relaysync.protocol.messages import (
     FileEnd,
     FileStart,
     MakeDir,
-    SmallFile,
 )
 from relaysync.transfer import staging
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
+from tests.unit.transfer._target_helpers import T0
+from tests.unit.transfer._target_helpers import small_file as _small
 
-T0 = 1_700_000_000_000_000_000
 DEEPER_THAN_RECURSION = 1200  # Python's default recursion limit is 1000
 
 
@@ -43,13 +43,6 @@ def folder(tmp_path: Path) -> TargetFolder:
         root=root,
         manifest=Manifest(tmp_path / "m.db"),
         durable=True,
-    )
-
-
-def _small(seq: int, path: str, data: bytes) -> SmallFile:
-    digest = xxhash.xxh3_128(data).digest()
-    return SmallFile(
-        seq=seq, path=path, size=len(data), mode=0o644, mtime_ns=T0, data=data, hash=digest
     )
 
 

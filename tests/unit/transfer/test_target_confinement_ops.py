@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import xxhash
 
 from relaysync._util import fs
 from relaysync.protocol.messages import (
@@ -24,7 +23,6 @@ from relaysync.protocol.messages import (
     Erase,
     MakeDir,
     Rename,
-    SmallFile,
     Symlink,
 )
 from relaysync.transfer.receiver import ReceiverSession
@@ -32,15 +30,7 @@ from relaysync.transfer.removal import RemovalSurvey
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.target_policy import TargetPolicy
-
-T0 = 1_700_000_000_000_000_000
-
-
-def _small(seq: int, path: str, data: bytes) -> SmallFile:
-    digest = xxhash.xxh3_128(data).digest()
-    return SmallFile(
-        seq=seq, path=path, size=len(data), mode=0o644, mtime_ns=T0, data=data, hash=digest
-    )
+from tests.unit.transfer._target_helpers import small_file as _small
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from relaysync.protocol.messages import (
     FileStart,
     MakeDir,
     SetAttr,
-    SmallFile,
     Symlink,
 )
 from relaysync.transfer.compare import Work, compare_trees
@@ -41,16 +40,10 @@ from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.scanner import hash_link
 from relaysync.watch.target_policy import TargetPolicy, link_escapes
 from relaysync.watch.watcher import FsEvent
+from tests.unit.transfer._target_helpers import T0
+from tests.unit.transfer._target_helpers import small_file as _small
 
-T0 = 1_700_000_000_000_000_000
 Reports = list[tuple[int, Sequence[CommitRecord]]]
-
-
-def _small(seq: int, path: str, data: bytes, mode: int = 0o644) -> SmallFile:
-    digest = xxhash.xxh3_128(data).digest()
-    return SmallFile(
-        seq=seq, path=path, size=len(data), mode=mode, mtime_ns=T0, data=data, hash=digest
-    )
 
 
 def _apply(folder: TargetFolder, messages: list, reports: Reports | None = None) -> list:

@@ -7,12 +7,10 @@ from __future__ import annotations
 import os
 import pathlib
 import stat
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-import xxhash
 
 from relaysync.protocol.messages import (
     Ack,
@@ -23,54 +21,21 @@ from relaysync.protocol.messages import (
     MakeDir,
     Rename,
     SetAttr,
-    SmallFile,
     Symlink,
 )
 from relaysync.transfer import _tree_ops
-from relaysync.transfer.conflicts import NEWEST_MTIME, session_for
+from relaysync.transfer.conflicts import session_for
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.filters import PathFilter
-from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.target_policy import TargetPolicy
 from relaysync.watch.watcher import FsEvent
+from tests.unit.transfer._target_helpers import T0
+from tests.unit.transfer._target_helpers import nm_members as _members
+from tests.unit.transfer._target_helpers import small_file as _small
 
-T0 = 1_700_000_000_000_000_000
 Reports = list[tuple[int, Sequence[CommitRecord]]]
-
-
-def _small(seq: int, path: str, data: bytes, mode: int = 0o644) -> SmallFile:
-    digest = xxhash.xxh3_128(data).digest()
-    return SmallFile(
-        seq=seq, path=path, size=len(data), mode=mode, mtime_ns=T0, data=data, hash=digest
-    )
-
-
-def _members(tmp_path: Path) -> tuple[TargetFolder, TargetFolder]:
-    """Two members of an N:M job sharing a root, its lock and its count of tree changes."""
-    root = tmp_path / "root"
-    root.mkdir()
-    a = TargetFolder(
-        mapping_id=1,
-        source_node="A",
-        root=root,
-        manifest=Manifest(tmp_path / "a.db"),
-        durable=False,
-        conflict=NEWEST_MTIME,
-        lock=threading.RLock(),
-    )
-    b = TargetFolder(
-        mapping_id=2,
-        source_node="B",
-        root=root,
-        manifest=Manifest(tmp_path / "b.db"),
-        durable=False,
-        conflict=NEWEST_MTIME,
-        lock=a.lock,
-        tree_changes=a.tree_changes,
-    )
-    return a, b
 
 
 def test_a_file_staged_in_a_directory_another_member_renames_is_retried_not_lost(

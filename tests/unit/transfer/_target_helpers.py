@@ -1,0 +1,57 @@
+"""Messages and folders the target-side unit tests build alike."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import xxhash
+
+from relaysync.protocol.messages import SmallFile
+from relaysync.transfer.conflicts import NEWEST_MTIME
+from relaysync.transfer.target_folder import TargetFolder
+from relaysync.watch.manifest import Manifest
+
+T0 = 1_700_000_000_000_000_000  # an mtime in ns
+
+
+def small_file(
+    seq: int, path: str, data: bytes, mode: int = 0o644, mtime_ns: int = T0
+) -> SmallFile:
+    """A whole small file as a source sends it, with its true hash."""
+    return SmallFile(
+        seq=seq,
+        path=path,
+        size=len(data),
+        mode=mode,
+        mtime_ns=mtime_ns,
+        data=data,
+        hash=xxhash.xxh3_128(data).digest(),
+    )
+
+
+def nm_members(tmp_path: Path) -> tuple[TargetFolder, TargetFolder]:
+    """Two members of an N:M job sharing a root (tmp_path/root), its lock and its count of tree
+    changes, as the agent opens them."""
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    a = TargetFolder(
+        mapping_id=1,
+        source_node="A",
+        root=root,
+        manifest=Manifest(tmp_path / "a.db"),
+        durable=False,
+        conflict=NEWEST_MTIME,
+        lock=threading.RLock(),
+    )
+    b = TargetFolder(
+        mapping_id=2,
+        source_node="B",
+        root=root,
+        manifest=Manifest(tmp_path / "b.db"),
+        durable=False,
+        conflict=NEWEST_MTIME,
+        lock=a.lock,
+        tree_changes=a.tree_changes,
+    )
+    return a, b
