@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 from relaysync.agent.peer_server import PeerServer, RefusalLookup
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec, TargetSpec
+from relaysync.transfer import ops
+from relaysync.transfer.link_ends import TargetAddress
+from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
 
@@ -59,4 +63,19 @@ def peer_server(
         folders=lambda m: folder if m == 1 else None,
         reporter=lambda f: lambda w, recs: None,
         refusals=refusals,
+    )
+
+
+def plain_link(
+    source: SourceMapping, port: int, *, cls: type[TargetLink] = TargetLink, **kw: Any
+) -> TargetLink:
+    """The source's link to the peer server on 127.0.0.1:`port` (plain, HMAC with SECRET)."""
+    return cls(
+        source,
+        TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
+        ssl.create_default_context(),
+        node_id=SRC,
+        name="s",
+        options=ops.SendOptions(tls=False, link_secret=SECRET),
+        **kw,
     )

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
-from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, source_mapping, target_folder
+from tests.component.agent._pair import (
+    SRC,
+    TGT,
+    peer_server,
+    plain_link,
+    source_mapping,
+    target_folder,
+)
 
 from relaysync.agent.source import SourceMapping
 from relaysync.constants import (
@@ -22,24 +27,8 @@ from relaysync.constants import (
     RECONNECT_MIN_S,
 )
 from relaysync.protocol.messages import MappingSpec, TargetSpec
-from relaysync.transfer import ops
-from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.receiver import ReceiverSession
-from relaysync.transfer.sender import TargetLink
 from relaysync.watch._fsevent import FsEvent
-
-
-def _link(source: SourceMapping, port: int, **kw: Any) -> TargetLink:
-    options = ops.SendOptions(tls=False, link_secret=SECRET)
-    return TargetLink(
-        source,
-        TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
-        ssl.create_default_context(),
-        node_id=SRC,
-        name="s",
-        options=options,
-        **kw,
-    )
 
 
 def test_a_target_refusing_every_time_is_backed_off_from_and_reported_as_failing(
@@ -66,7 +55,7 @@ def test_a_target_refusing_every_time_is_backed_off_from_and_reported_as_failing
             await source._record([FsEvent(kind="rescan", path="")])
             async with anyio.create_task_group() as tg:
                 port = await tg.start(peer_server(folder).serve)
-                link = _link(
+                link = plain_link(
                     source,
                     port,
                     on_failure=lambda node, err, count: reported.append((time.monotonic(), count)),
@@ -135,7 +124,7 @@ def test_an_atomic_save_sent_late_reaches_the_target(tmp_path: Path) -> None:
         await source._record([FsEvent(kind="rescan", path="")])
         async with anyio.create_task_group() as tg:
             port = await tg.start(peer_server(folder).serve)
-            tg.start_soon(_link(source, port).serve)
+            tg.start_soon(plain_link(source, port).serve)
             source.set_release(1)
             with anyio.fail_after(20):
                 while not (folder.root / "index.html").exists():
@@ -171,7 +160,9 @@ def test_a_session_the_target_restarts_is_not_reported_as_a_failed_hop(tmp_path:
         async with anyio.create_task_group() as tg:
             server = peer_server(folder)
             port = await tg.start(server.serve)
-            link = _link(source, port, on_failure=lambda node, err, count: reported.append(count))
+            link = plain_link(
+                source, port, on_failure=lambda node, err, count: reported.append(count)
+            )
             tg.start_soon(link.serve)
             for _ in range(3):
                 with anyio.fail_after(20):
@@ -235,7 +226,7 @@ def test_one_address_holding_connections_open_does_not_lock_other_peers_out(tmp_
                     < MAX_UNAUTHENTICATED - MAX_UNAUTHENTICATED_PER_ADDRESS
                 ):
                     await anyio.sleep(0.02)
-            tg.start_soon(_link(source, port).serve)
+            tg.start_soon(plain_link(source, port).serve)
             with anyio.fail_after(5):  # well inside the silent ones' 10 s first-byte timeout
                 while not (folder.root / "index.html").exists():
                     await anyio.sleep(0.02)
@@ -268,7 +259,7 @@ def test_the_seqs_sent_whole_are_forgotten_once_acknowledged(tmp_path: Path) -> 
         await source._record([FsEvent(kind="rescan", path="")])
         async with anyio.create_task_group() as tg:
             port = await tg.start(peer_server(folder).serve)
-            link = _link(source, port)
+            link = plain_link(source, port)
             tg.start_soon(link.serve)
             for v in range(saves + 1):
                 if v:  # an editor's save, released once both records are journaled
@@ -317,7 +308,7 @@ def test_a_session_the_target_ends_closes_its_files(
         async with anyio.create_task_group() as tg:
             server = peer_server(folder)
             port = await tg.start(server.serve)
-            tg.start_soon(_link(source, port).serve)
+            tg.start_soon(plain_link(source, port).serve)
             with anyio.fail_after(20):  # the session made: a restart before it has none to close
                 while 1 not in server._active or not opened:
                     await anyio.sleep(0.02)

@@ -14,7 +14,14 @@ from pathlib import Path
 import anyio
 import pytest
 import xxhash
-from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, source_mapping, target_folder
+from tests.component.agent._pair import (
+    SRC,
+    TGT,
+    peer_server,
+    plain_link,
+    source_mapping,
+    target_folder,
+)
 
 from relaysync.agent.source import SourceMapping
 from relaysync.constants import CHUNK_BYTES, TEMP_PREFIX
@@ -24,7 +31,6 @@ from relaysync.protocol.messages import (
     FileStart,
     Partial,
 )
-from relaysync.transfer import ops
 from relaysync.transfer._link_session import _Session
 from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.receiver import ReceiverSession
@@ -103,14 +109,7 @@ def _sync_once(
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             port = await tg.start(server.serve)
-            link = _ObservedLink(
-                source,
-                TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
-                ssl.create_default_context(),
-                node_id=SRC,
-                name="s",
-                options=ops.SendOptions(tls=False, link_secret=SECRET),
-            )
+            link = plain_link(source, port, cls=_ObservedLink)
             links.append(link)
             tg.start_soon(link.serve)
             with anyio.fail_after(30):

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import errno
 import os
-import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
-from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, source_mapping, target_folder
+from tests.component.agent._pair import (
+    peer_server,
+    plain_link,
+    source_mapping,
+    target_folder,
+)
 
 from relaysync.agent.source import SourceMapping
-from relaysync.transfer import ops
-from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.sender import TargetLink, _Session
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch import scanner
@@ -87,14 +89,7 @@ async def _compare_then_write(source: SourceMapping, folder: TargetFolder, after
     sent is applied by then."""
     async with anyio.create_task_group() as tg:
         port = await tg.start(peer_server(folder).serve)
-        link = _CountingLink(
-            source,
-            TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
-            ssl.create_default_context(),
-            node_id=SRC,
-            name="s",
-            options=ops.SendOptions(tls=False, link_secret=SECRET),
-        )
+        link = plain_link(source, port, cls=_CountingLink)
         tg.start_soon(link.serve)
         await _until(lambda: link.compares >= 1)
         (source.root / after).write_text("written after the comparison")

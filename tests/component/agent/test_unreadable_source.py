@@ -21,15 +21,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-from tests.component.agent._pair import SECRET, SRC, TGT, source_mapping, target_folder
+from tests.component.agent._pair import TGT, plain_link, source_mapping, target_folder
 
 from relaysync._util import fs
 from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import CommitRecord
-from relaysync.transfer import ops
-from relaysync.transfer.link_ends import TargetAddress
-from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch._fsevent import FsEvent
 
@@ -111,14 +108,7 @@ def test_an_unreadable_file_is_retried_not_taken_for_gone_and_others_flow(
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             port = await tg.start(server.serve)
-            link = TargetLink(
-                source,
-                TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
-                ssl.create_default_context(),
-                node_id=SRC,
-                name="s",
-                options=ops.SendOptions(tls=False, link_secret=SECRET),
-            )
+            link = plain_link(source, port)
             tg.start_soon(link.serve)
             await _until("a.txt sent, the failure reported", lambda: bool(failed()))
             await _until("a.txt", lambda: (tgt / "a.txt").exists())
@@ -165,14 +155,7 @@ def test_a_rename_of_a_file_kept_to_read_again_keeps_its_retry(tmp_path: Path, m
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             port = await tg.start(server.serve)
-            link = TargetLink(
-                source,
-                TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
-                ssl.create_default_context(),
-                node_id=SRC,
-                name="s",
-                options=ops.SendOptions(tls=False, link_secret=SECRET),
-            )
+            link = plain_link(source, port)
             tg.start_soon(link.serve)
             (root / old).write_text("v1")
             await _record(source, old)

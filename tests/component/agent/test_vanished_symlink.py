@@ -9,8 +9,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from tests.component.agent._pair import peer_server, target_folder
-from tests.component.agent.test_link_lifecycle import _link, _source_in
+from tests.component.agent._pair import peer_server, plain_link, target_folder
+from tests.component.agent.test_link_lifecycle import _source_in
 
 from relaysync.watch._fsevent import FsEvent
 
@@ -44,7 +44,7 @@ def test_a_symlink_gone_when_its_record_is_sent_does_not_break_the_link(
             _old(ln)
         async with anyio.create_task_group() as tg:
             port = await tg.start(peer_server(folder).serve)
-            link = _link(source, port)
+            link = plain_link(source, port)
             tg.start_soon(link.serve)
             source.set_release(source.journal.last_seq)
             with anyio.fail_after(20):
