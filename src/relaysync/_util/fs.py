@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from relaysync._util import _openat2
@@ -204,14 +204,21 @@ def _held_fd(root: str | os.PathLike[str]) -> int | None:
     return roots.get(os.fspath(root)) if roots else None
 
 
-def open_dir_in(root: str | os.PathLike[str], reldir: str) -> int:
+def open_dir_in(root: str | os.PathLike[str] | int, reldir: str) -> int:
     """A descriptor of the directory `reldir` below `root` ("" is root) to list, no component of
     `reldir` followed if it is a symlink (`root` itself may be one): a scan reads nothing outside.
+    `root` may be a descriptor of a directory held open (an O_PATH one will do; left open).
 
     Raises:
         OSError: gone, not a directory, or a directory on the way is not a real directory
             (ENOENT, ENOTDIR, ELOOP, EXDEV, ...).
     """
+    if isinstance(root, int):
+        return (
+            _open_below(root, reldir, _LIST_FLAGS)
+            if reldir
+            else os.open(".", _LIST_FLAGS, dir_fd=root)
+        )
     if not reldir:
         return os.open(root, _LIST_FLAGS)
     root_fd = os.open(root, _ROOT_FLAGS)
@@ -291,6 +298,24 @@ def _open_below(root_fd: int, reldir: str, flags: int) -> int:
     return fd
 
 
+@contextmanager
+def parent_held(root: str | os.PathLike[str], relpath: str) -> Iterator[tuple[int, str]]:
+    """The directory of `relpath` below `root` held open (O_PATH, no component of the way
+    followed if it is a symlink) and `relpath`'s name in it, for the duration of the block:
+    what is done relative to both is done in that real directory, never out of the folder.
+
+    Raises:
+        OSError: a directory on the way is gone or is not a real directory (ENOENT, ENOTDIR,
+            ELOOP, EXDEV).
+    """
+    head, _, name = relpath.rpartition("/")
+    parent = _open_dir_in(root, head)
+    try:
+        yield parent, name
+    finally:
+        os.close(parent)
+
+
 def rmdir_in(root: str | os.PathLike[str], relpath: str) -> None:
     """Remove the empty directory `relpath` below `root`, no component of it followed if it is
     a symlink (one swapped in after a check cannot lead the removal out of the folder).
@@ -298,12 +323,8 @@ def rmdir_in(root: str | os.PathLike[str], relpath: str) -> None:
     Raises:
         OSError: not empty, gone, not a directory, or a directory on its way is not real.
     """
-    head, _, name = relpath.rpartition("/")
-    parent = _open_dir_in(root, head)
-    try:
+    with parent_held(root, relpath) as (parent, name):
         os.rmdir(name, dir_fd=parent)
-    finally:
-        os.close(parent)
 
 
 def remove_tree_at(dir_fd: int, name: str) -> None:
@@ -382,13 +403,17 @@ def names_in(dir_fd: int) -> list[str]:
 
 
 def walk_in(
-    root: str | os.PathLike[str], top: str = ""
+    root: str | os.PathLike[str] | int,
+    top: str = "",
+    *,
+    on_skip: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, str, list[os.DirEntry[str]]]]:
-    """Each directory at and below `top` (below `root`, "" is root), as (a readable descriptor
-    of it, valid until the next step, its path below root, its entries), parents first. Each is
-    opened from root with no component followed (`open_dir_in`), and iteratively (os.walk
-    recurses: a RecursionError at a depth of about 1,000). One that cannot be opened or listed
-    (gone, swapped for a link, a path over PATH_MAX) is skipped with what is below it.
+    """Each directory at and below `top` (below `root`, "" is root; a descriptor of a directory
+    held open will do), as (a readable descriptor of it, valid until the next step, its path
+    below root, its entries), parents first. Each is opened from root with no component
+    followed (`open_dir_in`), and iteratively (os.walk recurses: a RecursionError at a depth of
+    about 1,000). One that cannot be opened or listed (gone, swapped for a link, a path over
+    PATH_MAX) is skipped with what is below it, and given to `on_skip` if there is one.
     """
     stack = [top]
     while stack:
@@ -396,6 +421,8 @@ def walk_in(
         try:
             fd = open_dir_in(root, reldir)
         except OSError:
+            if on_skip is not None:
+                on_skip(reldir)
             continue
         try:
             with os.scandir(fd) as listing:
@@ -403,6 +430,8 @@ def walk_in(
             below = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
             yield fd, reldir, entries
         except OSError:
+            if on_skip is not None:
+                on_skip(reldir)
             continue
         finally:
             os.close(fd)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relaysync._util.fs import open_regular_in
 from relaysync.constants import CHUNK_BYTES
 from relaysync.errors import HashMismatch, ProtocolError, TransferError, UnsafePath
 from relaysync.protocol.messages import (
@@ -27,7 +27,7 @@ from relaysync.transfer import _librsync, codec, staging
 from relaysync.transfer._failures import TransientFailure, _transient_os
 from relaysync.transfer._session_hooks import SessionHooks
 from relaysync.transfer.patching import StreamingPatch
-from relaysync.transfer.paths import DirHandles, check_relpath, parent_of, resolve_inside
+from relaysync.transfer.paths import DirHandles, check_relpath, parent_of
 from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
 from relaysync.watch.manifest import Entry, permission_bits
 
@@ -89,23 +89,25 @@ class FileReceiver(SessionHooks):
             UnsafePath: a directory on its way is a symlink or not a directory.
             OSError: the temp file could not be made.
         """
-        root = self.folder.root
+        final = self._final_name(msg.path)
         if msg.expected_hash and msg.size >= RESUME_MIN_BYTES:
-            # A partial outlives the session, by its path: checked now (not held, see DirHandles).
-            final = str(resolve_inside(root, msg.path))
             if self._batch.holds_final(
                 final
             ):  # the same version twice in a batch: one partial each time
                 self.flush()
+            # Made, resumed and renamed in its directory held open, as a small file is: a
+            # directory on its way swapped for a link never leads it (or its lock) outside.
+            dir_fd, made = self._dirs.make(parent_of(msg.path))
             incoming = staging.IncomingFile.open_partial(
-                root,
-                Path(final),
+                final,
                 msg.expected_hash,
                 owner=self.folder.mapping_id,
                 size=msg.size,
                 mode=msg.mode,
                 mtime_ns=msg.mtime_ns,
                 offset=msg.offset,
+                dir_fd=dir_fd,
+                made_dir=None if made is None else self.folder.root / made,
             )
             try:
                 self.folder.add_partial(msg.path, msg.expected_hash, made_dir=incoming.made_dir)
@@ -116,8 +118,7 @@ class FileReceiver(SessionHooks):
         if msg.offset:
             raise FileNotFoundError(errno.ENOENT, "no partial kept for files this small", msg.path)
         return staging.IncomingFile.open(
-            root,
-            self._final_name(msg.path),
+            final,
             size=msg.size,
             mode=msg.mode,
             mtime_ns=msg.mtime_ns,
@@ -139,26 +140,23 @@ class FileReceiver(SessionHooks):
         self._skip_seq = -1
         started = time.monotonic()
         try:
-            final = resolve_inside(self.folder.root, msg.path)
-            entry = self.folder.manifest.get(msg.path)
-            st = os.lstat(final)
+            final = self._final_name(msg.path)
+            dir_fd = self._dirs.get(parent_of(msg.path))
+            # no link on its way followed: nothing outside the folder is read as the base
+            base = open_regular_in(self.folder.root, msg.path)
         except UnsafePath as exc:
             self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
             self._skip_seq = msg.seq
             return
         except FileNotFoundError:
-            entry, st = None, None
+            dir_fd, base = -1, None
         except OSError as exc:  # the path could not be checked (EACCES, EIO...): as for FileStart
             self._os_failed(msg.seq, "write", msg.path, exc, started, msg.changed_at)
             return
-        if (
-            entry is None
-            or st is None
-            or entry.hash != msg.base_hash
-            or not stat.S_ISREG(st.st_mode)
-            or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns)
-            or not _librsync.available()
-        ):
+        entry = self.folder.manifest.get(msg.path)
+        if base is None or not _is_base(entry, base[1], msg.base_hash):
+            if base is not None:
+                os.close(base[0])
             raise TransientFailure(
                 msg.seq,
                 ErrorCode.BASE_MISMATCH,
@@ -171,12 +169,13 @@ class FileReceiver(SessionHooks):
         resumable = (
             bool(msg.expected_hash)
             and msg.size >= RESUME_MIN_BYTES
-            and not self._batch.holds_final(str(final))
+            and not self._batch.holds_final(final)
         )
-        try:  # patched as the delta arrives (patching.py)
+        try:  # patched as the delta arrives (patching.py), from the base opened above
             self._incoming = StreamingPatch(
-                self.folder.root,
-                final,
+                Path(final),
+                base=base[0],
+                dir_fd=dir_fd,
                 size=msg.size,
                 mode=msg.mode,
                 mtime_ns=msg.mtime_ns,
@@ -252,7 +251,6 @@ class FileReceiver(SessionHooks):
         try:
             data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data, msg.size)
             incoming = staging.IncomingFile.whole(
-                self.folder.root,
                 final,
                 data,
                 msg.hash,
@@ -370,3 +368,14 @@ class FileReceiver(SessionHooks):
             if start is not None and (isinstance(start, FileStart) or patched_partial):
                 self.folder.drop_partial(start.path)
         self._incoming = self._incoming_msg = None
+
+
+def _is_base(entry: Entry | None, st: os.stat_result, base_hash: bytes) -> bool:
+    """Whether the file open with `st` is the version the manifest's `entry` says it is, with
+    the delta's base hash (and librsync is there to apply it)."""
+    return (
+        entry is not None
+        and entry.hash == base_hash
+        and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
+        and _librsync.available()
+    )

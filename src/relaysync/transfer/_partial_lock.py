@@ -16,7 +16,6 @@ import fcntl
 import logging
 import os
 import time
-from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +26,9 @@ PARTIAL_BUSY_WAIT_S = 30.0
 PARTIAL_POLL_S = 0.05  # how often a waiting successor tries the lock again
 
 
-def open_locked(path: Path, flags: int) -> int:
-    """Open the partial at `path` and take its exclusive lock, waiting while another holds it.
+def open_locked(dir_fd: int, name: str, flags: int) -> int:
+    """Open the partial `name` in the directory `dir_fd` (held open: never through a link swapped
+    in for a directory's name) and take its exclusive lock, waiting while another holds it.
 
     The lock is checked to be on the file the name still leads to: the holder may have removed
     the partial, or started it afresh under the same name, before it let go.
@@ -40,26 +40,26 @@ def open_locked(path: Path, flags: int) -> int:
     deadline = time.monotonic() + PARTIAL_BUSY_WAIT_S
     waited = False
     while True:
-        fd = _open(path, flags)
+        fd = _open(dir_fd, name, flags)
         try:
-            held = _try_lock(fd) and _still_named(fd, path)
+            held = _try_lock(fd) and _still_named(fd, dir_fd, name)
         except BaseException:
             os.close(fd)
             raise
         if held:
             if waited:
-                logger.info("took over partial %s from the session before", path)
+                logger.info("took over partial %s from the session before", name)
             return fd
         os.close(fd)
         if time.monotonic() >= deadline:
-            raise BlockingIOError(errno.EWOULDBLOCK, "partial held by another session", str(path))
+            raise BlockingIOError(errno.EWOULDBLOCK, "partial held by another session", name)
         if not waited:
-            logger.info("waiting for the session before to let go of partial %s", path)
+            logger.info("waiting for the session before to let go of partial %s", name)
             waited = True
         time.sleep(PARTIAL_POLL_S)
 
 
-def lock_fresh(fd: int, path: Path) -> int:
+def lock_fresh(fd: int, name: str) -> int:
     """Lock a partial this session has just created (O_EXCL); `fd`, or closed and an error if a
     writer that opened the new file meanwhile holds it.
 
@@ -73,17 +73,17 @@ def lock_fresh(fd: int, path: Path) -> int:
         os.close(fd)
         raise
     os.close(fd)
-    raise BlockingIOError(errno.EWOULDBLOCK, "partial held by another session", str(path))
+    raise BlockingIOError(errno.EWOULDBLOCK, "partial held by another session", name)
 
 
-def _open(path: Path, flags: int) -> int:
+def _open(dir_fd: int, name: str, flags: int) -> int:
     try:
-        return os.open(path, flags, 0o600)
+        return os.open(name, flags, 0o600, dir_fd=dir_fd)
     except PermissionError:
         # Left with its file's own mode (read-only) by a kill -9 between a commit's chmod and
         # its rename: ours, so made writable again (an agent that is not root could not resume).
-        os.chmod(path, 0o600, follow_symlinks=False)
-        return os.open(path, flags, 0o600)
+        os.chmod(name, 0o600, dir_fd=dir_fd, follow_symlinks=False)
+        return os.open(name, flags, 0o600, dir_fd=dir_fd)
 
 
 # A file system that cannot lock (some FUSE ones): partials there go unlocked, as before locks,
@@ -103,9 +103,9 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _still_named(fd: int, path: Path) -> bool:
+def _still_named(fd: int, dir_fd: int, name: str) -> bool:
     try:
-        named = os.lstat(path)
+        named = os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)

@@ -28,7 +28,7 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import staging
 from relaysync.transfer._failures import TransientFailure
 from relaysync.transfer._session_hooks import SessionHooks
-from relaysync.transfer.paths import DirHandles, check_relpath, parent_of, resolve_inside
+from relaysync.transfer.paths import DirHandles, check_relpath, parent_of
 from relaysync.transfer.removal import RemovalSurvey
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.transfer.versions import VersionKeeper
@@ -89,7 +89,7 @@ class TreeOps(SessionHooks):
         self, msg: Delete | MakeDir | Symlink | Rename | SetAttr | Erase
     ) -> dict[str, Any]:
         """Apply the op; return the fields its commit record gets besides the common ones."""
-        root, manifest = self.folder.root, self.folder.manifest
+        manifest = self.folder.manifest
         match msg:
             case Delete():
                 return self._remove(msg)
@@ -100,9 +100,9 @@ class TreeOps(SessionHooks):
             case Rename():
                 return self._rename(msg)
             case SetAttr():
-                path = resolve_inside(root, msg.path)
+                check_relpath(msg.path)
                 entry = manifest.get(msg.path)
-                if not self._recorded_only(entry, path):
+                if not self._recorded_only(entry, msg.path):
                     self._set_attrs(msg)
                 if entry is not None:
                     manifest.put_many([_with_attrs(entry, msg.mode, msg.mtime_ns)])
@@ -166,13 +166,32 @@ class TreeOps(SessionHooks):
         except OSError:
             pass  # not empty (another source's files), gone, or not a directory
 
+    def _survey(self, survey: RemovalSurvey, path: str) -> str:
+        """`survey.tree` of `path` in its parent held open (not as the record's own path); ""
+        if its parent is missing."""
+        try:
+            parent, name = self._at(path)
+        except FileNotFoundError:
+            return ""
+        return survey.tree(parent, name, path, itself=False)
+
+    def _keep_version(self, path: str) -> None:
+        """Keep what is at `path` (the version keeper, if the mapping keeps versions), read in
+        its parent held open: never a file outside the folder through a swapped directory."""
+        if self._keeper is None:
+            return
+        try:
+            parent, name = self._at(path)
+        except FileNotFoundError:
+            return
+        self._keeper.save(parent, name, path)
+
     def _remove(self, msg: Delete) -> dict[str, Any]:
         """Remove the path and what is under it, in its parent held open (never through a link)."""
-        doomed = resolve_inside(self.folder.root, msg.path)
+        check_relpath(msg.path)
         survey = RemovalSurvey(root=self.folder.root)
-        kind = survey.tree(doomed, msg.path, itself=False)  # before the keeper takes it
-        if self._keeper is not None:
-            self._keeper.save(doomed)
+        kind = self._survey(survey, msg.path)  # before the keeper takes it
+        self._keep_version(msg.path)
         self._remove_at(msg.path)
         self.folder.manifest.remove_tree(msg.path)
         return survey.record_fields(kind)
@@ -194,17 +213,16 @@ class TreeOps(SessionHooks):
     def _make_link(self, msg: Symlink) -> dict[str, Any]:
         """Make the link; return what was at its path and what lies under its old and new
         target (a link to a directory stands for it: transfer/removal.py)."""
-        root = self.folder.root
-        path = resolve_inside(root, msg.path)
+        check_relpath(msg.path)
         refused = self.folder.policy.refuses_link(msg.path, msg.target)
         if refused:
-            self._refuse_link(msg, path)
+            self._refuse_link(msg)
             raise UnsafePath(msg.path, refused)
         parent, name = self._at(msg.path, create=True)
-        survey = RemovalSurvey(root=root)
-        kind = survey.tree(path, msg.path, itself=False)
+        survey = RemovalSurvey(root=self.folder.root)
+        kind = survey.tree(parent, name, msg.path, itself=False)
         _link_at(parent, name, msg.target)
-        new_kind = survey.tree(path, msg.path, itself=False)
+        new_kind = survey.tree(parent, name, msg.path, itself=False)
         self._fsync(parent)
         digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
         st = os.lstat(name, dir_fd=parent)
@@ -221,12 +239,11 @@ class TreeOps(SessionHooks):
         )
         return survey.record_fields("d" if "d" in (kind, new_kind) else kind or "l")
 
-    def _refuse_link(self, msg: Symlink, path: Path) -> None:
+    def _refuse_link(self, msg: Symlink) -> None:
         """A link the policy refuses: what the path held goes (the source has no such version
         any more), and the manifest records the link as asked, so that no comparison with the
         source sees a difference and sends it again and again; the start-up scan keeps it."""
-        if self._keeper is not None:
-            self._keeper.save(path)
+        self._keep_version(msg.path)
         self._remove_at(msg.path)
         self.folder.manifest.remove_tree(msg.path)
         digest = xxhash.xxh3_128(msg.target.encode("utf-8", "surrogateescape")).digest()
@@ -234,19 +251,18 @@ class TreeOps(SessionHooks):
             [Entry(path=msg.path, kind="l", hash=digest, link_target=msg.target)]
         )
 
-    def _recorded_only(self, entry: Entry | None, path: Path) -> bool:
+    def _recorded_only(self, entry: Entry | None, path: str) -> bool:
         """Whether `entry` is a link the policy refused: in the manifest, never on disk."""
         return (
             entry is not None
             and self.folder.policy.keeps_absent(entry.kind, entry.path, entry.link_target)
-            and not os.path.lexists(path)
+            and self._lstat(path) is None
         )
 
     def _rename(self, msg: Rename) -> dict[str, Any]:
         """Move the path (and what is under it); return what moved away from its old name."""
-        root = self.folder.root
-        source = resolve_inside(root, msg.path)
-        dest = resolve_inside(root, msg.new_path)
+        check_relpath(msg.path)
+        check_relpath(msg.new_path)
         if msg.new_path.startswith(f"{msg.path}/") or msg.path.startswith(f"{msg.new_path}/"):
             # into itself (EINVAL for ever) or over its own ancestor (which would delete it first)
             raise UnsafePath(
@@ -258,11 +274,13 @@ class TreeOps(SessionHooks):
         # after these opens moves nothing out of the folder, nor anything from outside in.
         src_parent, src_name = self._at(msg.path)
         dst_parent, dst_name = self._at(msg.new_path, create=True)
-        if self._keeper is not None and self._lstat(msg.new_path) is not None:
-            self._keeper.save(dest)  # a rename over a file replaces it
-        survey = RemovalSurvey(root=root)
-        kind = survey.tree(source, msg.path, itself=False)
-        if survey.tree(dest, msg.new_path, itself=False) == "d":  # what it replaces goes too
+        if self._keeper is not None:  # a rename over a file replaces it
+            self._keeper.save(dst_parent, dst_name, msg.new_path)
+        survey = RemovalSurvey(root=self.folder.root)
+        kind = survey.tree(src_parent, src_name, msg.path, itself=False)
+        if (
+            survey.tree(dst_parent, dst_name, msg.new_path, itself=False) == "d"
+        ):  # replaced: goes too
             kind = "d"
         staging.replace_at(src_parent, src_name, dst_parent, dst_name)
         self._fsync(src_parent, dst_parent)
@@ -320,8 +338,7 @@ class TreeOps(SessionHooks):
 
     def _erase(self, msg: Erase) -> dict[str, Any]:
         """Remove the directory's children not in `keep`; return the files and links removed."""
-        root = self.folder.root
-        resolve_inside(root, msg.path, allow_root=True)
+        check_relpath(msg.path, allow_root=True)
         keep = set(msg.keep)
         try:  # never through a symlink (it may point anywhere): UnsafePath
             directory = self._dirs.get(msg.path)
@@ -333,9 +350,9 @@ class TreeOps(SessionHooks):
                 continue
             rel = f"{msg.path}/{name}" if msg.path else name
             check_relpath(rel)
-            survey.tree(root / rel, rel)
+            survey.tree(directory, name, rel)
             if self._keeper is not None:
-                self._keeper.save(root / rel)
+                self._keeper.save(directory, name, rel)
             remove_tree_at(directory, name)
             self.folder.manifest.remove_tree(rel)
             self.folder.drop_partials_under(rel)

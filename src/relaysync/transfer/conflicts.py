@@ -282,8 +282,7 @@ class ConflictSession(ReceiverSession):
             if e.kind == "d":
                 self._rmdir_at(e.path)
             elif is_version(e, disk_version(child)):
-                if self._keeper is not None:
-                    self._keeper.save(child)
+                self._keep_version(e.path)
                 self._remove_at(e.path, sync=False)  # in its parent held open, as a Delete
         self._rmdir_at(path)
         if os.path.lexists(target):

@@ -31,13 +31,15 @@ _F_SETPIPE_SZ = 1031
 
 
 class StreamingPatch:
-    """A delta being applied to the version at `final`, one chunk at a time."""
+    """A delta being applied to the version open as `base`, one chunk at a time, into a temp
+    file beside `final`."""
 
     def __init__(
         self,
-        root: Path,
         final: Path,
         *,
+        base: int,
+        dir_fd: int,
         size: int,
         mode: int,
         mtime_ns: int,
@@ -45,22 +47,18 @@ class StreamingPatch:
         partial_of: bytes = b"",
         owner: int = 0,
     ) -> None:
-        """With `partial_of` (the new version's hash), the output is that version's named partial
+        """`base` is a descriptor of the old version, taken over (closed when the patch ends);
+        the output is made in `final`'s directory held open as `dir_fd`: neither is reached by
+        a path, so a directory swapped for a link meanwhile is neither read nor written through.
+        With `partial_of` (the new version's hash), the output is that version's named partial
         for mapping `owner` (staging.partial_name_for), started afresh; else a random temp file."""
         self.final = final
-        if partial_of:
-            self.output = IncomingFile.open_partial(
-                root,
-                final,
-                partial_of,
-                owner=owner,
-                size=size,
-                mode=mode,
-                mtime_ns=mtime_ns,
-                offset=0,
-            )
-        else:
-            self.output = IncomingFile.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns)
+        self._base = base
+        try:
+            self.output = _open_output(final, dir_fd, size, mode, mtime_ns, partial_of, owner)
+        except BaseException:
+            self._close_base()
+            raise
         self.temp = self.output.temp
         self.parts = parts  # the delta comes in this many parts, applied one after the other
         self.part = 0
@@ -93,7 +91,10 @@ class StreamingPatch:
     def _run(self, read_fd: int) -> None:
         try:
             # Each part's output is appended and hashed as librsync writes it (no re-read at the end).
-            _librsync.patch(self.final, read_fd, self.output.append)  # closes read_fd
+            # The base is opened anew from our descriptor (its /proc link is the file itself, not
+            # a path through the tree): each part reads it from its start.
+            basis = Path(f"/proc/self/fd/{self._base}")
+            _librsync.patch(basis, read_fd, self.output.append)  # closes read_fd
         except BaseException as exc:  # noqa: BLE001 - reported by write() or finish()
             self._error = exc
 
@@ -137,6 +138,7 @@ class StreamingPatch:
             writing the new one failed.
         """
         self._end_part()
+        self._close_base()
         if self.part + 1 != self.parts:
             raise TransferError(
                 f"{self.final.name}: {self.part + 1} of {self.parts} delta parts arrived"
@@ -144,17 +146,28 @@ class StreamingPatch:
         return self.output
 
     def _end_part(self) -> None:
-        self.stop()
+        self._stop_part()
         if self._error is not None:
             raise self._error
 
     def stop(self) -> None:
-        """End the delta and wait for librsync: the output holds what it wrote, and no more comes."""
+        """End the delta and wait for librsync: the output holds what it wrote, and no more comes
+        (the base is closed)."""
+        self._stop_part()
+        self._close_base()
+
+    def _stop_part(self) -> None:
+        """End the current part's delta and wait for librsync to finish it."""
         if self._write_fd >= 0:
             os.close(self._write_fd)  # end of the delta: librsync sees EOF
             self._write_fd = -1
         if self._thread is not None:
             self._thread.join()
+
+    def _close_base(self) -> None:
+        base, self._base = self._base, -1
+        if base >= 0:
+            os.close(base)
 
     def discard(self) -> None:
         self.stop()
@@ -173,3 +186,22 @@ class StreamingPatch:
             self.output.close()
         else:
             self.output.discard()
+
+
+def _open_output(
+    final: Path, dir_fd: int, size: int, mode: int, mtime_ns: int, partial_of: bytes, owner: int
+) -> IncomingFile:
+    """The file a patch writes the new version into, in `dir_fd`: the version's named partial
+    with `partial_of`, else a temp file of its own."""
+    if partial_of:
+        return IncomingFile.open_partial(
+            final,
+            partial_of,
+            owner=owner,
+            size=size,
+            mode=mode,
+            mtime_ns=mtime_ns,
+            offset=0,
+            dir_fd=dir_fd,
+        )
+    return IncomingFile.open(final, size=size, mode=mode, mtime_ns=mtime_ns, dir_fd=dir_fd)

@@ -144,16 +144,28 @@ class DirHandles:
         if self._seen != self._changes.count:
             self.forget()
         fd = self._fds.get(reldir)
-        return fd if fd is not None else self._open(reldir, create)
+        return fd if fd is not None else self._open(reldir, create)[0]
 
-    def _open(self, reldir: str, create: bool) -> int:
+    def make(self, reldir: str) -> tuple[int, str | None]:
+        """`get(reldir, create=True)`, and the topmost directory it created (relative to root;
+        None if it made none): a partial's directories go with it (`TargetFolder.add_partial`).
+
+        Raises:
+            as `get`.
+        """
+        if self._seen != self._changes.count:
+            self.forget()
+        fd = self._fds.get(reldir)
+        return (fd, None) if fd is not None else self._open(reldir, True)
+
+    def _open(self, reldir: str, create: bool) -> tuple[int, str | None]:
         if self._root_fd < 0:  # the root itself is followed: the operator's own link
             self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fd = (
-                make_dirs_at(self._root_fd, reldir, self._dir_mode)[0]
+            fd, made = (
+                make_dirs_at(self._root_fd, reldir, self._dir_mode)
                 if create
-                else open_dir_at(self._root_fd, reldir)
+                else (open_dir_at(self._root_fd, reldir), None)
             )
         except OSError as exc:
             if exc.errno in _NOT_PLAIN:
@@ -163,7 +175,7 @@ class DirHandles:
             raise
         self._fds[reldir] = fd
         self._dir_of[fd] = reldir
-        return fd
+        return fd, made
 
     def check_still_there(self, fd: int) -> None:
         """Raise FileNotFoundError unless the directory `fd` (one of ours) is still the one at

@@ -92,7 +92,7 @@ class ReceiverSession(FileReceiver, TreeOps):
         )
         self._batch = staging.CommitBatch(
             durable=folder.durable,
-            before_replace=self._keeper.save if self._keeper else None,
+            before_replace=self._keep_replaced if self._keeper else None,
             mode_mask=folder.policy.mode_mask,
             check_dir=self._dirs.check_still_there,
         )
@@ -103,6 +103,12 @@ class ReceiverSession(FileReceiver, TreeOps):
         self._seen_seq = self.watermark
         # The sender resends a rename's new path whole when asked (its Hello: CAP_RENAME_RESEND).
         self.sender_resends_renames = False
+
+    def _keep_replaced(self, dir_fd: int, name: str, final: str) -> None:
+        """Keep the version a commit is about to replace at `name` in `dir_fd` (`final` is
+        root/path, as IncomingFile names it)."""
+        if self._keeper is not None:
+            self._keeper.save(dir_fd, name, final.removeprefix(f"{self.folder.root}/"))
 
     # --- batch entry point (runs in a worker thread) ---
 

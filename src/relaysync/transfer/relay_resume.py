@@ -19,17 +19,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
-from relaysync._util.fs import open_regular
+from relaysync._util.fs import open_regular_in
 from relaysync.constants import CHUNK_BYTES
 from relaysync.errors import TransferError, UnsafePath
 from relaysync.protocol.messages import AnyMessage, FileAbort, FileChunk, FileEnd, FileStart
-from relaysync.transfer import staging
 from relaysync.transfer.codec import encode_chunk
 from relaysync.transfer.ops import SendOptions
-from relaysync.transfer.paths import resolve_inside
+from relaysync.transfer.paths import check_relpath
 from relaysync.transfer.target_folder import TargetFolder
 
 
@@ -98,27 +98,29 @@ def open_prefix(folder: TargetFolder, start: FileStart) -> int | None:
 
     Our partial while we receive it (the receiver keeps what is below the offset it resumed at),
     else the committed file if our manifest says it is that version. Once open, a commit or a
-    newer version does not change what it reads. Returns None if we hold neither.
+    newer version does not change what it reads. Returns None if we hold neither. Each is opened
+    below the folder with no link on its way followed: a directory swapped for a link to
+    outside never gives a child bytes from outside the folder.
     """
     try:
-        final = resolve_inside(folder.root, start.path)
+        check_relpath(start.path)
     except UnsafePath:
         return None
-    fd = _open_at_least(
-        staging.partial_name_for(final, start.expected_hash, folder.mapping_id), start.offset
-    )
+    partial = folder.partial_relpath(start.path, start.expected_hash)
+    fd = _open_at_least(folder.root, partial, start.offset)
     if fd is None:
         entry = folder.manifest.get(start.path)
         if entry is not None and entry.hash == start.expected_hash:
-            fd = _open_at_least(final, start.offset)
+            fd = _open_at_least(folder.root, start.path, start.offset)
     return fd
 
 
-def _open_at_least(path: os.PathLike[str], size: int) -> int | None:
-    """Our copy at `path` if it is a regular file of at least `size` bytes (never a link
-    followed, never a FIFO waited on: this runs in a thread that cannot be cancelled)."""
+def _open_at_least(root: Path, relpath: str, size: int) -> int | None:
+    """Our copy at `relpath` below `root` if it is a regular file of at least `size` bytes
+    (no link on its way followed, never a FIFO waited on: this runs in a thread that cannot
+    be cancelled)."""
     try:
-        opened = open_regular(path)
+        opened = open_regular_in(root, relpath)
     except OSError:  # our copy unreadable (EMFILE...): no resume from it, the child gets it whole
         return None
     if opened is None:

@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from relaysync._util.fs import walk_in
 from relaysync.constants import TEMP_PREFIX
 from relaysync.protocol.messages import MAX_REMOVED_BYTES, MAX_REMOVED_PATHS, CommitRecord
 
@@ -52,57 +53,82 @@ class RemovalSurvey:
         self.truncated = False
         self._bytes = 0
 
-    def tree(self, path: Path, rel: str, *, itself: bool = True) -> str:
-        """Note what lies at `path` (`rel` in the mapping): a directory's files and links (and
-        a link to a directory inside `root`'s, through that link only), or a file or link
-        itself (unless not `itself`: the record names it). Return its kind ("d" for a link to
-        a directory), "" if nothing is there."""
+    def tree(self, dir_fd: int, name: str, rel: str, *, itself: bool = True) -> str:
+        """Note what lies at `name` in the directory `dir_fd` (held open; `rel` in the mapping): a
+        directory's files and links (and a link to a directory inside `root`'s, through that
+        link only), or a file or link itself (unless not `itself`: the record names it). Return
+        its kind ("d" for a link to a directory), "" if nothing is there. Every directory is
+        listed through descriptors, none reached through a link: a directory a local user swaps
+        for a link to outside the folder is skipped (`truncated`), never listed.
+        """
         try:
-            mode = os.lstat(path).st_mode
+            mode = os.lstat(name, dir_fd=dir_fd).st_mode
         except FileNotFoundError:
             return ""
         if stat.S_ISDIR(mode):
-            self._walk(path, rel)
+            self._walk_dir(dir_fd, name, rel)
             return "d"
         if itself:
             self._add(rel)
         if not stat.S_ISLNK(mode):
             return "f"
-        return self._link(path, rel)
+        return self._link(dir_fd, name, rel)
 
-    def _link(self, link: Path, rel: str) -> str:
+    def _link(self, dir_fd: int, name: str, rel: str) -> str:
         """A link to a directory is one to the web server: "d", and what is under it when it
-        lies inside the folder (scandir follows the link itself, never one below it)."""
-        try:
-            real = Path(os.path.realpath(link))
+        lies inside the folder (walked from root, no link on the way followed)."""
+        try:  # the link in the directory held open (its /proc entry), not by a path through the tree
+            real = Path(os.path.realpath(f"/proc/self/fd/{dir_fd}/{name}"))
             if not stat.S_ISDIR(os.stat(real).st_mode):
                 return "l"
         except (OSError, ValueError):
             return "l"  # dangling, a loop, unreadable: a link to nothing
-        if self.root is not None and real.is_relative_to(os.path.realpath(self.root)):
-            self._walk(link, rel)
+        if self.root is not None:
+            root = Path(os.path.realpath(self.root))
+            if real.is_relative_to(root):
+                top = "" if real == root else real.relative_to(root).as_posix()
+                self._walk(self.root, top, rel)
         return "d"
 
     def record_fields(self, kind: str) -> dict[str, Any]:
         """The `CommitRecord` fields of an op that removed (or moved) a `kind` with these paths."""
         return {"kind": kind, "removed": tuple(self.paths), "removed_truncated": self.truncated}
 
-    def _walk(self, top: Path, rel: str) -> None:
-        stack = [(str(top), rel)]
-        while stack and not self.truncated:
-            directory, prefix = stack.pop()
-            try:
-                with os.scandir(directory) as entries:
-                    for entry in entries:
-                        if entry.name.startswith(TEMP_PREFIX):
-                            continue
-                        child = f"{prefix}/{entry.name}" if prefix else entry.name
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append((entry.path, child))
-                        elif not self._add(child):
-                            return
-            except OSError:
-                self.truncated = True  # unreadable: the master falls back to its job log
+    def _walk_dir(self, dir_fd: int, name: str, rel: str) -> None:
+        """`_walk` of the directory `name` in `dir_fd`, opened there with no link followed."""
+        try:
+            top = os.open(
+                name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+        except OSError:
+            self.truncated = True  # swapped for a link or gone since: the master falls back
+            return
+        try:
+            self._walk(top, "", rel)
+        finally:
+            os.close(top)
+
+    def _walk(self, root: Path | int, top: str, rel: str) -> None:
+        """Note the files and links at and below `top` under `root` (a path or a descriptor) as
+        under `rel`; a directory that cannot be listed sets `truncated` (the master falls back
+        to its job log), one whose name has our temp prefix is passed over."""
+        skip = f"/{TEMP_PREFIX}"
+        start = len(top) + 1 if top else 0
+        for _fd, reldir, entries in walk_in(root, top, on_skip=self._unlisted):
+            below = reldir[start:]
+            if self.truncated:
+                return
+            if skip in f"/{below}":
+                continue
+            prefix = "/".join(p for p in (rel, below) if p)
+            for entry in entries:
+                if entry.name.startswith(TEMP_PREFIX) or entry.is_dir(follow_symlinks=False):
+                    continue
+                if not self._add(f"{prefix}/{entry.name}" if prefix else entry.name):
+                    return
+
+    def _unlisted(self, _reldir: str) -> None:
+        self.truncated = True
 
     def _add(self, rel: str) -> bool:
         if rel in self._seen:

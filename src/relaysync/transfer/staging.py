@@ -22,7 +22,7 @@ from pathlib import Path
 
 import xxhash
 
-from relaysync._util.fs import make_dirs_at, remove_tree_at, walk_in
+from relaysync._util.fs import remove_tree_at, walk_in
 from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import HashMismatch, TransferError
 from relaysync.transfer import _partial_lock
@@ -85,37 +85,6 @@ def partial_name_for(final: Path, content_hash: bytes, owner: int) -> Path:
     )
 
 
-def make_parents(root: Path, final: Path) -> Path | None:
-    """Create the real directories between root and final's parent (never through links).
-
-    Returns the topmost directory it created (None if the parent was there already), so that
-    a partial's directories can go with it (`TargetFolder.add_partial`).
-    """
-    parent = final.parent
-    if parent == root:
-        return None
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd, made = make_dirs_at(root_fd, parent.relative_to(root).as_posix())
-        os.close(fd)
-    finally:
-        os.close(root_fd)
-    return None if made is None else root / made
-
-
-def remove_any(path: Path) -> None:
-    """Remove a file, link or directory tree at path, never following links (a directory
-    above path is, as named); missing is fine. Any depth (`remove_tree_at`)."""
-    try:
-        parent = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        remove_tree_at(parent, path.name)
-    finally:
-        os.close(parent)
-
-
 def fsync_dir(path: Path | str | int) -> None:
     """fsync a directory, named or by a descriptor (an O_PATH one included) of it."""
     if isinstance(path, int):
@@ -144,9 +113,10 @@ class IncomingFile:
     fd: int
     received: int = 0
     hasher: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
-    made_dir: Path | None = None  # the topmost directory opening it created (make_parents)
-    # The directory it is made and renamed in (not owned: the receiver's paths.DirHandles), where
-    # the names start (`cut`); -1: by its path (a partial, which outlives the session).
+    made_dir: Path | None = None  # the topmost directory opening a partial created
+    # The directory it is made and renamed in (not owned: the receiver's paths.DirHandles, held
+    # open with no link followed), where the names start (`cut`). Every name of it (temp,
+    # partial, final) is used relative to this descriptor, never as a path.
     dir_fd: int = -1
     cut: int = 0
 
@@ -161,22 +131,17 @@ class IncomingFile:
     @classmethod
     def open(
         cls,
-        root: Path,
         final: Path | str,
         *,
         size: int,
         mode: int,
         mtime_ns: int,
-        dir_fd: int = -1,
+        dir_fd: int,
     ) -> IncomingFile:
-        """A new temp file beside `final`: in the directory `dir_fd` if given (never through a
-        symlink), else by its path, its missing parents created."""
+        """A new temp file beside `final`, in `final`'s directory held open as `dir_fd` (never
+        through a symlink)."""
         final = os.fspath(final)
         temp = _temp_name(final)
-        if dir_fd < 0:
-            make_parents(root, Path(final))
-            fd = os.open(temp, _TEMP_FLAGS, 0o600)
-            return cls(final, temp, size, mode, mtime_ns, fd)
         cut = final.rfind("/") + 1
         fd = os.open(temp[cut:], _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
         return cls(final, temp, size, mode, mtime_ns, fd, dir_fd=dir_fd, cut=cut)
@@ -184,7 +149,6 @@ class IncomingFile:
     @classmethod
     def whole(
         cls,
-        root: Path,
         final: str,
         data: bytes,
         expected_hash: bytes,
@@ -192,7 +156,7 @@ class IncomingFile:
         size: int,
         mode: int,
         mtime_ns: int,
-        dir_fd: int = -1,
+        dir_fd: int,
     ) -> IncomingFile:
         """A temp file holding `data`, the whole content of a small file, verified before it
         is written: bytes that are not the announced ones never reach the disk.
@@ -206,7 +170,7 @@ class IncomingFile:
             raise TransferError(f"more data than the announced {size} bytes")
         if len(data) != size or xxhash.xxh3_128_digest(data) != expected_hash:
             raise HashMismatch(final)
-        incoming = cls.open(root, final, size=size, mode=mode, mtime_ns=mtime_ns, dir_fd=dir_fd)
+        incoming = cls.open(final, size=size, mode=mode, mtime_ns=mtime_ns, dir_fd=dir_fd)
         try:
             written = os.write(incoming.fd, data) if size <= WRITE_PIECE_BYTES else 0
             if written < size:  # a short write, or more than one piece
@@ -220,8 +184,7 @@ class IncomingFile:
     @classmethod
     def open_partial(
         cls,
-        root: Path,
-        final: Path,
+        final: Path | str,
         content_hash: bytes,
         *,
         owner: int,
@@ -229,8 +192,14 @@ class IncomingFile:
         mode: int,
         mtime_ns: int,
         offset: int,
+        dir_fd: int,
+        made_dir: Path | None = None,
     ) -> IncomingFile:
         """Open the resumable partial of `final` for this content, keeping its first `offset` bytes.
+
+        The partial is made, locked and later renamed in `final`'s directory held open as
+        `dir_fd` (never through a symlink swapped in for a directory on its way); `made_dir`,
+        the topmost directory made to hold it, is kept for its caller.
 
         The kept prefix is hashed again so the whole-file check at the end covers it too.
 
@@ -242,20 +211,23 @@ class IncomingFile:
             FileNotFoundError: a resume (offset > 0) of a partial that is gone or shorter.
             BlockingIOError: another session still holds the partial (PARTIAL_BUSY_WAIT_S).
         """
-        made = make_parents(root, final)
-        temp = partial_name_for(final, content_hash, owner)
+        final = os.fspath(final)
+        cut = final.rfind("/") + 1
+        temp = str(partial_name_for(Path(final), content_hash, owner))
         flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if offset == 0 else 0)
-        fd = _partial_lock.open_locked(temp, flags)
+        fd = _partial_lock.open_locked(dir_fd, temp[cut:], flags)
         if offset == 0:
-            fd = _emptied(fd, temp, flags)
+            fd = _emptied(fd, dir_fd, temp[cut:], flags)
         incoming = cls(
-            final_name=str(final),
-            temp_name=str(temp),
+            final_name=final,
+            temp_name=temp,
             size=size,
             mode=mode,
             mtime_ns=mtime_ns,
             fd=fd,
-            made_dir=made,
+            made_dir=made_dir,
+            dir_fd=dir_fd,
+            cut=cut,
         )
         try:
             held = os.fstat(fd).st_size
@@ -312,10 +284,8 @@ class IncomingFile:
         # waiting for it must find the name gone, not take over a file about to be removed. A
         # partial closed already is not ours any more: its name may be a successor's file.
         try:
-            if self.dir_fd >= 0:
+            if self.fd >= 0 or not self.temp_name.endswith(PARTIAL_SUFFIX):
                 os.unlink(self.temp_name[self.cut :], dir_fd=self.dir_fd)
-            elif self.fd >= 0 or not self.temp_name.endswith(PARTIAL_SUFFIX):
-                os.unlink(self.temp_name)
         except FileNotFoundError:
             pass
         finally:
@@ -338,7 +308,7 @@ def _write_from(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view[:WRITE_PIECE_BYTES]) :]
 
 
-def _emptied(fd: int, temp: Path, flags: int) -> int:
+def _emptied(fd: int, dir_fd: int, name: str, flags: int) -> int:
     """`fd` if it is an empty regular file, else a descriptor of a new empty file in its place
     (anything else there, a FIFO planted under the partial's name included, is removed).
 
@@ -350,13 +320,13 @@ def _emptied(fd: int, temp: Path, flags: int) -> int:
         if stat.S_ISREG(st.st_mode) and not st.st_size:
             return fd
         with contextlib.suppress(FileNotFoundError):  # removed meanwhile: created anew below
-            os.unlink(temp)
+            os.unlink(name, dir_fd=dir_fd)
     except BaseException:
         os.close(fd)
         raise
     os.close(fd)
-    fresh = os.open(temp, flags | os.O_CREAT | os.O_EXCL, 0o600)
-    return _partial_lock.lock_fresh(fresh, temp)
+    fresh = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+    return _partial_lock.lock_fresh(fresh, name)
 
 
 class CommitBatch:
@@ -366,7 +336,7 @@ class CommitBatch:
         self,
         *,
         durable: bool,
-        before_replace: Callable[[Path], None] | None = None,
+        before_replace: Callable[[int, str, str], None] | None = None,
         mode_mask: int = 0,
         check_dir: Callable[[int], None] | None = None,
     ) -> None:
@@ -376,7 +346,9 @@ class CommitBatch:
         self.check_dir = check_dir
         self.mode_mask = mode_mask  # bits the target's policy removes (watch/target_policy.py)
         self._files: list[IncomingFile] = []
-        self.before_replace = before_replace  # keeps the old version (synchronization and backup)
+        # Keeps the old version (synchronization and backup): given the directory held open, the
+        # name in it and the final name (root/path).
+        self.before_replace = before_replace
 
     def __len__(self) -> int:
         return len(self._files)
@@ -425,10 +397,10 @@ class CommitBatch:
     def _rename_all(self, files: list[IncomingFile]) -> float:
         """Rename each file into place (then fsync the directories in safe durability); return
         the time just before the last rename."""
-        dirs: set[str | int] = set()
+        dirs: set[int] = set()
         last, visible_at = files[-1], 0.0
         if self.check_dir is not None:
-            for fd in {f.dir_fd for f in files if f.dir_fd >= 0}:
+            for fd in {f.dir_fd for f in files}:
                 self.check_dir(fd)
         for f in files:
             partial = f.temp_name.endswith(PARTIAL_SUFFIX)
@@ -437,7 +409,7 @@ class CommitBatch:
             else:
                 f.close()  # before its name appears (an NFS client writes back on close)
             if self.before_replace is not None:
-                self.before_replace(f.final)
+                self.before_replace(f.dir_fd, f.final_name[f.cut :], f.final_name)
             if f is last:
                 visible_at = time.time()
             _replace(f)
@@ -447,7 +419,7 @@ class CommitBatch:
             if partial:
                 f.close()
             if self.durable:
-                dirs.add(f.dir_fd if f.dir_fd >= 0 else os.path.dirname(f.final_name))
+                dirs.add(f.dir_fd)
         for d in dirs:
             fsync_dir(d)
         return visible_at
@@ -464,22 +436,9 @@ class CommitBatch:
 
 
 def _replace(f: IncomingFile) -> None:
-    """Rename `f`'s temp file to its final name; a directory in the way is removed, but only
-    for a temp file still there."""
-    if f.dir_fd >= 0:
-        replace_at(f.dir_fd, f.temp_name[f.cut :], f.dir_fd, f.final_name[f.cut :])
-        return
-    try:
-        os.replace(f.temp_name, f.final_name)
-    except (IsADirectoryError, OSError) as exc:
-        if not (
-            os.path.lexists(f.temp_name)
-            and os.path.isdir(f.final_name)
-            and not os.path.islink(f.final_name)
-        ):
-            raise exc
-        remove_any(f.final)  # a directory becomes a file
-        os.replace(f.temp_name, f.final_name)
+    """Rename `f`'s temp file to its final name in its directory held open; a directory in
+    the way is removed, but only for a temp file still there."""
+    replace_at(f.dir_fd, f.temp_name[f.cut :], f.dir_fd, f.final_name[f.cut :])
 
 
 # What rename(2) says of a directory in the way, or of a directory renamed over a non-directory.
@@ -523,7 +482,7 @@ def _check_still_named(f: IncomingFile) -> None:
         return
     mine = os.fstat(f.fd)
     try:
-        named = os.lstat(f.temp_name)
+        named = os.lstat(f.temp_name[f.cut :], dir_fd=f.dir_fd)
     except FileNotFoundError:
         return  # removed: the rename fails as it always did
     if (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
@@ -550,7 +509,10 @@ def _discard_keeping_partials(files: list[IncomingFile]) -> None:
 def _writable_again(f: IncomingFile) -> bool:
     """Give a staged file back the temp mode 0600 (False if that failed: not resumable as it is)."""
     try:
-        fd = f.fd if f.fd >= 0 else os.open(f.temp_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = f.fd
+        if fd < 0:
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(f.temp_name[f.cut :], flags, dir_fd=f.dir_fd)
     except FileNotFoundError:
         return True  # renamed into place already: nothing left to keep
     except OSError:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relaysync._util.fs import rmdir_in
+from relaysync._util.fs import GONE_ERRNOS, parent_held, rmdir_in
 from relaysync.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
-from relaysync.errors import UnsafePath
 from relaysync.protocol.messages import MAX_PARTIALS, Partial, PartialRef
 from relaysync.transfer import staging
-from relaysync.transfer.paths import TreeChanges, parent_of, resolve_inside
+from relaysync.transfer.paths import TreeChanges, parent_of
 from relaysync.transfer.versions import VersionKeeper
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.target_policy import TargetPolicy
@@ -94,9 +94,12 @@ class TargetFolder:
         return dict(json.loads(self.manifest.get_meta("partials") or "{}"))
 
     def _partial_file(self, path: str, digest_hex: str) -> Path:
-        return staging.partial_name_for(
-            self.root / path, bytes.fromhex(digest_hex), self.mapping_id
-        )
+        return self.root / self.partial_relpath(path, bytes.fromhex(digest_hex))
+
+    def partial_relpath(self, path: str, content_hash: bytes) -> str:
+        """The partial of this version of `path`, relative to root (only ever opened below it
+        with no link followed: `_util.fs.open_regular_in`, `parent_held`)."""
+        return staging.partial_name_for(Path(path), content_hash, self.mapping_id).as_posix()
 
     def add_partial(self, path: str, content_hash: bytes, *, made_dir: Path | None = None) -> None:
         """Record the partial of this version of `path` (an older version's goes); `made_dir`,
@@ -188,13 +191,17 @@ class TargetFolder:
 
     def _remove_partial_file(self, path: str, digest_hex: str) -> None:
         try:
-            resolve_inside(
-                self.root, path
-            )  # never through a symlink a local admin put where a directory was
-            os.unlink(self._partial_file(path, digest_hex))
-        except (UnsafePath, FileNotFoundError, NotADirectoryError):
-            pass
-        except OSError as exc:  # the space stays taken until the next start's clean-up
+            # In its directory held open: never through a symlink a local user put (or puts
+            # now) where a directory was.
+            with parent_held(self.root, self.partial_relpath(path, bytes.fromhex(digest_hex))) as (
+                parent,
+                name,
+            ):
+                os.unlink(name, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:  # gone, or its way is not plain directories: not ours
+                return
+            # the space stays taken until the next start's clean-up
             logger.warning("could not remove partial of %s: %s", path, exc)
 
     def keep_after_full_disk(self, path: str, kept: int) -> bool:
@@ -231,12 +238,23 @@ class TargetFolder:
         found: list[Partial] = []
         room = PARTIALS_BYTES  # more are not listed: they are sent whole (and their files go at commit)
         for path, digest in self._partials().items():
-            try:
-                size = self._partial_file(path, digest).stat().st_size // CHUNK_BYTES * CHUNK_BYTES
-            except OSError:
+            size = self._partial_size(self.partial_relpath(path, bytes.fromhex(digest)))
+            if size is None:
                 continue
             room -= len(path.encode("utf-8", "surrogateescape")) + 32
             if room < 0 or len(found) >= MAX_PARTIALS:
                 break
             found.append(Partial(path=path, hash=bytes.fromhex(digest), size=size))
         return tuple(found)
+
+    def _partial_size(self, relpath: str) -> int | None:
+        """The size of the partial at `relpath` cut to whole chunks, None unless a regular file
+        is there (looked at in its directory held open: nothing outside the folder is stat'ed)."""
+        try:
+            with parent_held(self.root, relpath) as (parent, name):
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return st.st_size // CHUNK_BYTES * CHUNK_BYTES

@@ -8,23 +8,25 @@ oldest beyond N are removed. `restore` puts one back atomically.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
-import shutil
 import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from relaysync._util.fs import make_dirs_at, walk_in
+from relaysync._util.fs import GONE_ERRNOS, make_dirs_at, names_in, open_for_read, walk_in
 from relaysync.constants import MAX_NAME_BYTES, TEMP_PREFIX
-from relaysync.errors import NotFound
+from relaysync.errors import NotFound, UnsafePath
 from relaysync.transfer.paths import check_relpath
-from relaysync.transfer.staging import temp_name_for
+from relaysync.transfer.staging import replace_at, temp_name_for
 
 logger = logging.getLogger(__name__)
 
 SEPARATOR = "@"
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def versions_dir_for(root: Path) -> Path:
@@ -38,28 +40,45 @@ class VersionKeeper:
         self.dir = versions_dir_for(root)
         self.keep = keep
 
-    def save(self, final: Path) -> None:
-        """Keep the file (or every file of the tree) at `final` before it is replaced or deleted."""
+    def save(self, dir_fd: int, name: str, rel: str) -> None:
+        """Keep the file (or every file of the tree) at `name` in the directory `dir_fd` (held
+        open; `rel` in the mapping) before it is replaced or deleted. Read through descriptors
+        only, no link followed: a directory swapped for a link to outside the folder is never
+        read into the versions (from where a restore would put it in the tree)."""
         try:
-            st = os.lstat(final)
+            st = os.lstat(name, dir_fd=dir_fd)
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(st.st_mode):
-            top = final.relative_to(self.root).as_posix()
-            for _fd, reldir, entries in walk_in(self.root, top):  # any depth, never through a link
+        if stat.S_ISREG(st.st_mode):
+            self._save_file(dir_fd, name, rel)
+        elif stat.S_ISDIR(st.st_mode):
+            self._save_tree(dir_fd, name, rel)
+
+    def _save_tree(self, dir_fd: int, name: str, rel: str) -> None:
+        """`save` of every file at and below the directory `name` in `dir_fd`."""
+        try:
+            top = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError:  # swapped for a link, or gone, since: nothing of it is ours to keep
+            return
+        try:
+            for fd, reldir, entries in walk_in(top):  # any depth, never through a link
                 for entry in entries:
                     if entry.is_file(follow_symlinks=False) and not entry.name.startswith(
                         TEMP_PREFIX
                     ):
-                        self._save_file(self.root / reldir / entry.name)
-        elif stat.S_ISREG(st.st_mode):
-            self._save_file(final)
+                        self._save_file(
+                            fd, entry.name, "/".join(filter(None, (rel, reldir, entry.name)))
+                        )
+        finally:
+            os.close(top)
 
-    def _save_file(self, path: Path) -> None:
-        rel = path.relative_to(self.root)
+    def _save_file(self, dir_fd: int, name: str, rel: str) -> None:
+        """Keep the regular file `name` in `dir_fd` as a version of `rel`: a hard link to it, or
+        a copy across file systems; not if it is no longer a regular file when opened."""
         stamp = datetime.fromtimestamp(time.time(), UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        name = f"{rel.name}{SEPARATOR}{stamp}"
-        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        base = rel.rpartition("/")[2]
+        kept = f"{base}{SEPARATOR}{stamp}"
+        if len(kept.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
             # Replication wins over history: failing here would block every change after this one.
             logger.warning(
                 "no version kept of %s: its name leaves no room for a timestamp (NAME_MAX %s)",
@@ -67,22 +86,42 @@ class VersionKeeper:
                 MAX_NAME_BYTES,
             )
             return
-        dest = self.dir / rel.parent / name
+        try:
+            src = open_for_read(name, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:
+                return  # gone, or swapped for a link meanwhile: not a version of ours
+            raise
+        try:
+            st = os.fstat(src)
+            if stat.S_ISREG(st.st_mode):
+                self._keep(src, st, rel.rpartition("/")[0], kept)
+        finally:
+            os.close(src)
+
+    def _keep(self, src: int, st: os.stat_result, parent: str, kept: str) -> None:
+        """Put the file open as `src` in the versions at `parent`/`kept`, then prune there."""
         self.dir.mkdir(parents=True, exist_ok=True)
         dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:  # any depth (pathlib's mkdir recurses)
-            os.close(make_dirs_at(dir_fd, rel.parent.as_posix() if rel.parent.parts else "")[0])
+            dest_fd = make_dirs_at(dir_fd, parent)[0]
         finally:
             os.close(dir_fd)
         try:
-            os.link(path, dest)
-        except OSError:
-            shutil.copy2(path, dest)  # another file system, or links not allowed
-        self._prune(dest.parent, rel.name)
+            try:  # the file open, by its /proc link: linkat(2)'s way to link a descriptor
+                os.link(f"/proc/self/fd/{src}", kept, dst_dir_fd=dest_fd, follow_symlinks=True)
+            except OSError:
+                copy_to(src, st, dest_fd, kept)  # another file system, or links not allowed
+            self._prune(dest_fd, kept.rpartition(SEPARATOR)[0])
+        finally:
+            os.close(dest_fd)
 
-    def _prune(self, folder: Path, name: str) -> None:
-        for old in self._list(folder, name)[: -self.keep or None]:
-            old.unlink(missing_ok=True)
+    def _prune(self, dest_fd: int, name: str) -> None:
+        prefix = name + SEPARATOR
+        kept = sorted(n for n in names_in(dest_fd) if n.startswith(prefix))
+        for old in kept[: -self.keep or None]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old, dir_fd=dest_fd)
 
     @staticmethod
     def _list(folder: Path, name: str) -> list[Path]:
@@ -111,11 +150,71 @@ class VersionKeeper:
         chosen = version or (kept[-1] if kept else None)
         if chosen is None or chosen not in kept:
             raise NotFound("version", f"{rel}{SEPARATOR}{version or 'latest'}")
-        source = self.dir / f"{rel}{SEPARATOR}{chosen}"
-        final = self.root / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temp = temp_name_for(final)
-        shutil.copy2(source, temp)
-        os.replace(temp, final)
+        src = open_for_read(self.dir / f"{rel}{SEPARATOR}{chosen}")
+        try:
+            self._put_back(src, rel)
+        finally:
+            os.close(src)
         logger.info("restored %s from version %s", rel, chosen)
         return chosen
+
+    def _put_back(self, src: int, rel: str) -> None:
+        """Copy the version open as `src` to `rel` in the tree: under a temp name in its
+        directory held open (made if missing, never through a link), then renamed over it.
+
+        Raises:
+            UnsafePath: a directory on the way is a symlink or not a directory.
+        """
+        parent, _, name = rel.rpartition("/")
+        root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            dir_fd = make_dirs_at(root_fd, parent)[0]
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                raise UnsafePath(
+                    rel, "a directory on its way is a symlink or not a directory"
+                ) from exc
+            raise
+        finally:
+            os.close(root_fd)
+        try:
+            temp = temp_name_for(Path(name)).name
+            copy_to(src, os.fstat(src), dir_fd, temp)
+            try:
+                replace_at(dir_fd, temp, dir_fd, name)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp, dir_fd=dir_fd)
+                raise
+        finally:
+            os.close(dir_fd)
+
+
+def copy_to(src: int, st: os.stat_result, dir_fd: int, name: str) -> None:
+    """Copy the file open as `src` (its fstat `st`) to a new file `name` in `dir_fd`, with its
+    mode and times (as shutil.copy2); the new file goes again if the copy fails.
+
+    Raises:
+        OSError: `name` exists, or reading or writing failed.
+    """
+    out = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=dir_fd,
+    )
+    try:
+        offset = 0
+        while sent := os.sendfile(out, src, offset, _COPY_BYTES):
+            offset += sent
+        os.fchmod(out, stat.S_IMODE(st.st_mode))
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except BaseException:
+        os.close(out)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        raise
+    os.close(out)
+
+
+_COPY_BYTES = 8 * 1024 * 1024

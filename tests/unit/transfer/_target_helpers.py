@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
 from relaysync.protocol.messages import SmallFile
+from relaysync.transfer import staging
 from relaysync.transfer.conflicts import NEWEST_MTIME
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
@@ -55,3 +59,33 @@ def nm_members(tmp_path: Path) -> tuple[TargetFolder, TargetFolder]:
         tree_changes=a.tree_changes,
     )
     return a, b
+
+
+_HELD: list[int] = []
+
+
+def held_dirs() -> Iterator[None]:
+    """For a fixture: the descriptors `open_partial` and `open_temp` held are closed after."""
+    yield
+    while _HELD:
+        os.close(_HELD.pop())
+
+
+def _held(directory: Path) -> int:
+    _HELD.append(os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    return _HELD[-1]
+
+
+def open_partial(
+    _root: Path, final: Path, content_hash: bytes, **kwargs: Any
+) -> staging.IncomingFile:
+    """`IncomingFile.open_partial` of `final` in its directory held open (as the receiver's
+    DirHandles holds it) until the test ends."""
+    return staging.IncomingFile.open_partial(
+        final, content_hash, dir_fd=_held(final.parent), **kwargs
+    )
+
+
+def open_temp(_root: Path, final: Path, **kwargs: Any) -> staging.IncomingFile:
+    """`IncomingFile.open` of `final` in its directory held open until the test ends."""
+    return staging.IncomingFile.open(final, dir_fd=_held(final.parent), **kwargs)

@@ -33,6 +33,9 @@ from relaysync.transfer import _partial_lock, staging
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
+from tests.unit.transfer._target_helpers import held_dirs, open_partial
+
+_held_dirs = pytest.fixture(autouse=True)(held_dirs)
 
 SIZE = 12 * CHUNK_BYTES  # large enough for a named, resumable partial
 MTIME = 1_700_000_000_000_000_000
@@ -95,20 +98,18 @@ def test_two_writers_cannot_hold_the_same_partial(tmp_path: Path, short_wait: No
     final = tmp_path / "big.bin"
     digest = b"\x07" * 16
     kw = {"owner": 1, "size": 4 * CHUNK_BYTES, "mode": 0o644, "mtime_ns": MTIME}
-    first = staging.IncomingFile.open_partial(tmp_path, final, digest, offset=0, **kw)
+    first = open_partial(tmp_path, final, digest, offset=0, **kw)
     first.append(b"a" * 2 * CHUNK_BYTES)
     for offset in (0, CHUNK_BYTES):  # neither afresh nor as a resume
         with pytest.raises(BlockingIOError):
-            staging.IncomingFile.open_partial(tmp_path, final, digest, offset=offset, **kw)
+            open_partial(tmp_path, final, digest, offset=offset, **kw)
     assert os.path.samestat(os.fstat(first.fd), os.lstat(first.temp_name))  # still its file
     assert os.fstat(first.fd).st_size == 2 * CHUNK_BYTES
     first.keep(2 * CHUNK_BYTES)  # lets go
-    second = staging.IncomingFile.open_partial(
-        tmp_path, final, digest, offset=2 * CHUNK_BYTES, **kw
-    )
+    second = open_partial(tmp_path, final, digest, offset=2 * CHUNK_BYTES, **kw)
     assert second.received == 2 * CHUNK_BYTES
     with pytest.raises(BlockingIOError):  # and now the second one holds it
-        staging.IncomingFile.open_partial(tmp_path, final, digest, offset=0, **kw)
+        open_partial(tmp_path, final, digest, offset=0, **kw)
     second.discard()
     assert _temps(tmp_path) == []
 
@@ -122,7 +123,7 @@ def test_a_file_system_that_cannot_lock_still_takes_partials(
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(_partial_lock.fcntl, "flock", no_locks)
-    incoming = staging.IncomingFile.open_partial(
+    incoming = open_partial(
         tmp_path,
         tmp_path / "big.bin",
         b"\x09" * 16,
@@ -144,13 +145,11 @@ def test_a_partial_removed_by_its_holder_is_started_afresh_not_taken_over(
     final = tmp_path / "big.bin"
     digest = b"\x08" * 16
     kw = {"owner": 1, "size": CHUNK_BYTES, "mode": 0o644, "mtime_ns": MTIME}
-    first = staging.IncomingFile.open_partial(tmp_path, final, digest, offset=0, **kw)
+    first = open_partial(tmp_path, final, digest, offset=0, **kw)
     first.append(b"a" * 100)
     got: list[staging.IncomingFile] = []
     waiter = threading.Thread(
-        target=lambda: got.append(
-            staging.IncomingFile.open_partial(tmp_path, final, digest, offset=0, **kw)
-        )
+        target=lambda: got.append(open_partial(tmp_path, final, digest, offset=0, **kw))
     )
     waiter.start()
     first.discard()

@@ -43,6 +43,9 @@ from relaysync.transfer.signatures import SignatureStore
 from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
 from relaysync.watch.changes import JournalRecord
 from relaysync.watch.manifest import Entry, Manifest
+from tests.unit.transfer._target_helpers import held_dirs, open_partial, open_temp
+
+_held_dirs = pytest.fixture(autouse=True)(held_dirs)
 
 BIG = RESUME_MIN_BYTES + CHUNK_BYTES  # gets a named, resumable partial
 MTIME = 1_700_000_000_000_000_000
@@ -384,7 +387,7 @@ def test_a_failed_commit_keeps_the_staged_partials_and_removes_the_other_temp_fi
     root = tmp_path / "root"
     root.mkdir()
     big, small = os.urandom(BIG), b"small"
-    partial = staging.IncomingFile.open_partial(
+    partial = open_partial(
         root,
         root / "big.bin",
         xxhash.xxh3_128(big).digest(),
@@ -394,14 +397,12 @@ def test_a_failed_commit_keeps_the_staged_partials_and_removes_the_other_temp_fi
         mtime_ns=MTIME,
         offset=0,
     )
-    temp = staging.IncomingFile.open(
-        root, root / "small.txt", size=len(small), mode=0o644, mtime_ns=MTIME
-    )
+    temp = open_temp(root, root / "small.txt", size=len(small), mode=0o644, mtime_ns=MTIME)
     for incoming, data in ((partial, big), (temp, small)):
         incoming.append(data)
         incoming.finish(xxhash.xxh3_128(data).digest())
 
-    def no_space(_final: Path) -> None:  # the version keeper could not save the old version
+    def no_space(*_args: object) -> None:  # the version keeper could not save the old version
         raise OSError(28, "No space left on device")
 
     batch = staging.CommitBatch(durable=False, before_replace=no_space)
@@ -618,7 +619,7 @@ def test_a_staged_read_only_file_stays_writable_for_its_owner_until_committed(
     an agent that is not root must still be able to reopen it to resume (0444 would mean an
     EACCES on every retry). The file's own mode is set at commit."""
     data = os.urandom(CHUNK_BYTES + 1)
-    incoming = staging.IncomingFile.open_partial(
+    incoming = open_partial(
         tmp_path,
         tmp_path / "ro.bin",
         xxhash.xxh3_128_digest(data),
@@ -871,12 +872,12 @@ def test_a_fresh_start_over_an_old_partial_is_a_new_file_not_a_truncate_to_zero(
     )
     kw = {"owner": 1, "size": 3 * CHUNK_BYTES, "mode": 0o644, "mtime_ns": MTIME}
 
-    fresh = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
+    fresh = open_partial(root, final, digest, offset=0, **kw)
     fresh.append(b"a" * CHUNK_BYTES + b"b" * 100)
     fresh.keep(CHUNK_BYTES + 100)  # a torn chunk's bytes past the whole chunk stay for now
     old = os.open(fresh.temp_name, os.O_RDONLY)  # held open: its inode number cannot be reused
     try:
-        again = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
+        again = open_partial(root, final, digest, offset=0, **kw)
         assert os.fstat(again.fd).st_size == 0 and again.received == 0
         assert os.fstat(again.fd).st_ino != os.fstat(old).st_ino
         assert os.pread(old, CHUNK_BYTES + 100, 0) == b"a" * CHUNK_BYTES + b"b" * 100
@@ -886,7 +887,7 @@ def test_a_fresh_start_over_an_old_partial_is_a_new_file_not_a_truncate_to_zero(
     again.append(b"c" * CHUNK_BYTES + b"d" * 100)
     again.keep(CHUNK_BYTES + 100)
 
-    resumed = staging.IncomingFile.open_partial(root, final, digest, offset=CHUNK_BYTES, **kw)
+    resumed = open_partial(root, final, digest, offset=CHUNK_BYTES, **kw)
     assert truncated[-1] == CHUNK_BYTES  # only the torn bytes go
     assert resumed.received == CHUNK_BYTES and os.fstat(resumed.fd).st_size == CHUNK_BYTES
     assert resumed.hasher.digest() == xxhash.xxh3_128_digest(b"c" * CHUNK_BYTES)
@@ -904,7 +905,7 @@ def test_a_fifo_planted_under_a_partials_name_is_replaced_not_written_into(
     final = root / "big.bin"
     digest = b"\x02" * 16
     os.mkfifo(staging.partial_name_for(final, digest, 1))
-    incoming = staging.IncomingFile.open_partial(
+    incoming = open_partial(
         root, final, digest, offset=0, owner=1, size=CHUNK_BYTES, mode=0o644, mtime_ns=MTIME
     )
     try:
@@ -926,9 +927,7 @@ def test_received_data_reaches_the_file_in_small_writes(
         staging.os, "write", lambda fd, b: (sizes.append(len(b)), real_write(fd, b))[1]
     )
     data = os.urandom(CHUNK_BYTES + 12345)
-    incoming = staging.IncomingFile.open(
-        tmp_path, tmp_path / "f.bin", size=len(data), mode=0o644, mtime_ns=MTIME
-    )
+    incoming = open_temp(tmp_path, tmp_path / "f.bin", size=len(data), mode=0o644, mtime_ns=MTIME)
     incoming.append(data[:CHUNK_BYTES])
     incoming.append(memoryview(data)[CHUNK_BYTES:])
     incoming.finish(xxhash.xxh3_128_digest(data))
@@ -948,7 +947,7 @@ def test_a_session_whose_partial_was_taken_over_commits_nothing(tmp_path: Path) 
     final = root / "big.bin"
     digest = xxhash.xxh3_128_digest(b"o" * CHUNK_BYTES)
     kw = {"owner": 1, "size": CHUNK_BYTES, "mode": 0o644, "mtime_ns": MTIME}
-    old = staging.IncomingFile.open_partial(root, final, digest, offset=0, **kw)
+    old = open_partial(root, final, digest, offset=0, **kw)
     old.append(b"o" * CHUNK_BYTES)
     old.finish(digest)
     other = root / "other"
@@ -972,7 +971,7 @@ def test_a_commit_whose_temp_file_is_gone_leaves_a_directory_at_its_name_alone(
     root.mkdir()
     final = root / "big.bin"
     digest = xxhash.xxh3_128_digest(b"o" * CHUNK_BYTES)
-    mine = staging.IncomingFile.open_partial(
+    mine = open_partial(
         root, final, digest, offset=0, owner=1, size=CHUNK_BYTES, mode=0o644, mtime_ns=MTIME
     )
     mine.append(b"o" * CHUNK_BYTES)

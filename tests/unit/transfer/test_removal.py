@@ -79,15 +79,19 @@ def test_the_list_is_cut_at_its_bounds_and_says_so(tmp_path: Path) -> None:
     for i in range(10):
         (tmp_path / "d" / f"s{i}").mkdir(parents=True)
         (tmp_path / "d" / f"s{i}" / "f.html").write_text("x")
-    by_count = RemovalSurvey(max_paths=4)
-    assert by_count.tree(tmp_path / "d", "d") == "d"
-    assert (len(by_count.paths), by_count.truncated) == (4, True)
-    by_bytes = RemovalSurvey(max_bytes=len("d/s0/f.html") * 3)
-    by_bytes.tree(tmp_path / "d", "d")
-    assert (len(by_bytes.paths), by_bytes.truncated) == (3, True)
-    whole = RemovalSurvey()
-    whole.tree(tmp_path / "d", "d")
-    assert (len(whole.paths), whole.truncated) == (10, False)
+    parent = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        by_count = RemovalSurvey(max_paths=4)
+        assert by_count.tree(parent, "d", "d") == "d"
+        assert (len(by_count.paths), by_count.truncated) == (4, True)
+        by_bytes = RemovalSurvey(max_bytes=len("d/s0/f.html") * 3)
+        by_bytes.tree(parent, "d", "d")
+        assert (len(by_bytes.paths), by_bytes.truncated) == (3, True)
+        whole = RemovalSurvey()
+        whole.tree(parent, "d", "d")
+        assert (len(whole.paths), whole.truncated) == (10, False)
+    finally:
+        os.close(parent)
 
 
 def _releases(root: Path) -> None:

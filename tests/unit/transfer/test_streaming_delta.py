@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
@@ -25,6 +27,22 @@ from relaysync.transfer.ops import Flush, SendOptions, iter_file_messages
 from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.signatures import SignatureStore
 from relaysync.transfer.signing import INLINE_SIGN_MAX_BYTES
+
+
+@pytest.fixture(autouse=True)
+def _dir_fds() -> Iterator[None]:
+    yield
+    while _DIR_FDS:
+        os.close(_DIR_FDS.pop())
+
+
+_DIR_FDS: list[int] = []
+
+
+def _patch(folder: Path, basis: Path, **kwargs: Any) -> StreamingPatch:
+    """A StreamingPatch of `basis` (open, taken over) into `folder` (held open until the test ends)."""
+    _DIR_FDS.append(os.open(folder, os.O_PATH | os.O_DIRECTORY))
+    return StreamingPatch(basis, base=os.open(basis, os.O_RDONLY), dir_fd=_DIR_FDS[-1], **kwargs)
 
 
 def _versions(tmp: Path, size: int = 3 * 1024 * 1024) -> tuple[Path, bytes, bytes, Path]:
@@ -49,7 +67,7 @@ def test_a_delta_fed_in_pieces_rebuilds_the_new_version(tmp_path: Path, piece: i
         rest = delta.read_bytes()[200_000:]
     else:
         rest = b""
-    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0)
+    patch = _patch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0)
     offset = 0
     for i in range(0, len(data), piece):
         patch.write(offset, data[i : i + piece])
@@ -71,7 +89,7 @@ def test_a_corrupt_delta_is_never_taken_for_the_new_version(
     delta, _, new, basis = _versions(tmp_path)
     data = bytearray(delta.read_bytes())
     data[len(data) // 2 if where == "middle" else int(where)] ^= 0xFF
-    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0)
+    patch = _patch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0)
     with pytest.raises((TransferError, HashMismatch)):
         for i in range(0, len(data), 65536):
             patch.write(i, bytes(data[i : i + 65536]))
@@ -82,7 +100,7 @@ def test_a_corrupt_delta_is_never_taken_for_the_new_version(
 
 def test_a_delta_abandoned_mid_stream_stops_its_thread(tmp_path: Path) -> None:
     delta, _, new, basis = _versions(tmp_path)
-    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0)
+    patch = _patch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0)
     patch.write(0, delta.read_bytes()[:100_000])
     before = threading.active_count()
     patch.discard()  # the session ended: EOF to librsync, thread joined, temp removed
@@ -227,7 +245,7 @@ def _parts(tmp: Path, count: int) -> tuple[list[bytes], bytes, bytes, Path]:
 
 def test_a_delta_in_parts_is_applied_part_after_part(tmp_path: Path) -> None:
     deltas, _, new, basis = _parts(tmp_path, 3)
-    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0, parts=3)
+    patch = _patch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0, parts=3)
     for data in deltas:  # each part's chunks start again at offset 0
         for i in range(0, len(data), 100_000):
             patch.write(i, data[i : i + 100_000])
@@ -240,7 +258,7 @@ def test_a_delta_in_parts_is_applied_part_after_part(tmp_path: Path) -> None:
 @pytest.mark.parametrize("announced", [1, 3])
 def test_a_part_count_other_than_announced_is_refused(tmp_path: Path, announced: int) -> None:
     deltas, _, new, basis = _parts(tmp_path, 2)
-    patch = StreamingPatch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0, parts=announced)
+    patch = _patch(tmp_path, basis, size=len(new), mode=0o644, mtime_ns=0, parts=announced)
     with pytest.raises(TransferError, match="parts"):
         for data in deltas:
             patch.write(0, data)
@@ -417,7 +435,7 @@ staging.IncomingFile.append = append
 (tmp / "base").write_bytes(b"b" * 1000)
 literal = os.urandom(4 << 20)
 delta = b"rs\\x026" + bytes([0x43]) + len(literal).to_bytes(4, "big") + literal + b"\\0"  # one literal
-patch = StreamingPatch(tmp, tmp / "base", size=len(literal), mode=0o644, mtime_ns=0)
+patch = StreamingPatch(tmp / "base", base=os.open(tmp / "base", os.O_RDONLY), dir_fd=os.open(tmp, os.O_PATH), size=len(literal), mode=0o644, mtime_ns=0)
 try:
     for off in range(0, len(delta), 1 << 20):
         patch.write(off, delta[off:off + (1 << 20)])
