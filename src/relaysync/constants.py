@@ -9,7 +9,9 @@ CAP_RENAME_RESEND = "rename_resend"  # a sender that resends a rename's new path
 # Control link: an agent that keeps its commit reports until the master says they are taken
 # (ReportsTaken), and a master that says so; either side without it sends and forgets.
 CAP_REPORT_ACK = "report_ack"
-CAPABILITIES = (CAP_SMALL_FILE, CAP_RENAME_RESEND, CAP_REPORT_ACK)
+# SourceUnreadable: the source's paths there but unreadable now, which a relay keeps on its children
+CAP_UNREADABLE = "unreadable_paths"
+CAPABILITIES = (CAP_SMALL_FILE, CAP_RENAME_RESEND, CAP_REPORT_ACK, CAP_UNREADABLE)
 MAX_CAPABILITIES = 64  # a Hello announcing more is hostile
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything larger is hostile

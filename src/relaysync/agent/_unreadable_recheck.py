@@ -42,12 +42,20 @@ class UnreadableRecheck:
         # path -> (attempts, when due, a directory to rescan rather than a file to restat)
         self._files: dict[str, tuple[int, float, bool]] = {}
         self._dirs = PathIndex()  # those of them that are directories, for `rescans_for`
+        # What `snapshot` made of them, until they change: the links ask for it at every batch
+        # (transfer/relay_unreadable.py), and the same object tells them nothing changed.
+        self._snapshot: Unreadable | None = None
 
     def __contains__(self, path: str) -> bool:
         return path in self._files
 
     def snapshot(self) -> Unreadable:
         """The paths unreadable now, for a comparison to keep on the targets (compare.py)."""
+        if self._snapshot is None:
+            self._snapshot = self._make_snapshot()
+        return self._snapshot
+
+    def _make_snapshot(self) -> Unreadable:
         files = [p for p, (_, _, is_dir) in self._files.items() if not is_dir]
         dirs = [p for p, (_, _, is_dir) in self._files.items() if is_dir]
         return Unreadable(files=frozenset(files), dirs=frozenset(dirs))
@@ -63,6 +71,8 @@ class UnreadableRecheck:
             is_dir = was_dir or isinstance(err, SourceListError)  # a rescan restats it too
             attempts += 1
             wait_s = min(UNREADABLE_RETRY_MIN_S * 2 ** (attempts - 1), UNREADABLE_RETRY_MAX_S)
+            if err.path not in self._files or was_dir != is_dir:
+                self._snapshot = None
             self._files[err.path] = (attempts, self._clock() + wait_s, is_dir)
             if is_dir:
                 self._dirs.add(err.path)
@@ -118,3 +128,4 @@ class UnreadableRecheck:
             if self._files.get(path, (0, now + 1, False))[1] <= now:  # not failed again
                 del self._files[path]
                 self._dirs.discard(path)
+                self._snapshot = None

@@ -28,6 +28,7 @@ from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.constants import (
     CAP_RENAME_RESEND,
     CAP_SMALL_FILE,
+    CAP_UNREADABLE,
     CAPABILITIES,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
@@ -52,10 +53,11 @@ from relaysync.protocol.messages import (
     Ping,
     Pong,
     SmallFile,
+    SourceUnreadable,
 )
 from relaysync.transfer import tls
 from relaysync.transfer.conflicts import session_for
-from relaysync.transfer.receiver import ReportFn
+from relaysync.transfer.receiver import ReceiverSession, ReportFn
 from relaysync.transfer.relay import RelayFeed
 from relaysync.transfer.target_folder import TargetFolder
 
@@ -324,6 +326,10 @@ class PeerServer:
             # its own copy (transfer/relay_resume.py).
             partials = await anyio.to_thread.run_sync(folder.list_partials)
             if feed is not None:
+                # It tells the source's unreadable paths first thing if we both take them.
+                feed.expect_unreadable(
+                    CAP_UNREADABLE in set(sender_capabilities) & set(self.capabilities)
+                )
                 await anyio.to_thread.run_sync(feed.spool.begin, journal_id, session.watermark)
                 feed.committed = session.watermark
             await framed.send(
@@ -343,15 +349,7 @@ class PeerServer:
                 tg.start_soon(keep_sender_waiting, framed)
                 tg.start_soon(batches.run)
                 async for batch in batches:
-                    if feed is not None:
-                        await anyio.to_thread.run_sync(feed.spool.append, batch)
-                        feed.appended()
-                    replies = await anyio.to_thread.run_sync(session.apply_batch, batch)
-                    if feed is not None:
-                        replies = [self._relay_ack(feed, r) for r in replies]
-                    if replies:
-                        await framed.send_many(replies)
-                    if any(isinstance(r, Error) for r in replies):
+                    if not await self._take_batch(framed, session, feed, batch):
                         tg.cancel_scope.cancel()
                         return
                 batches.raise_error()
@@ -363,7 +361,34 @@ class PeerServer:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(session.close)
                 if feed is not None:
+                    feed.expect_unreadable(False)  # what we kept stays in force
                     await anyio.to_thread.run_sync(feed.spool.cut_unfinished)
+
+    async def _take_batch(
+        self,
+        framed: FramedStream,
+        session: ReceiverSession,
+        feed: RelayFeed | None,
+        batch: list[AnyMessage],
+    ) -> bool:
+        """Spool (as a relay) and apply a batch, and answer it; False if it was refused."""
+        # A SourceUnreadable ends its batch: what came before it is spooled (and applied) first.
+        told = batch[-1] if isinstance(batch[-1], SourceUnreadable) else None
+        if told is not None:
+            batch.pop()
+        if feed is not None:
+            await anyio.to_thread.run_sync(feed.spool.append, batch)
+            feed.appended()
+        replies = await anyio.to_thread.run_sync(session.apply_batch, batch)
+        if feed is not None:
+            replies = [self._relay_ack(feed, r) for r in replies]
+        if replies:
+            await framed.send_many(replies)
+        if any(isinstance(r, Error) for r in replies):
+            return False
+        if told is not None and feed is not None:  # a relay keeps it; other targets need not
+            await feed.learn_unreadable(told)
+        return True
 
     @staticmethod
     def _relay_ack(feed: RelayFeed, reply: AnyMessage) -> AnyMessage:
@@ -405,10 +430,14 @@ class PeerServer:
                     f"SmallFile from a peer that was not told this agent takes it "
                     f"(announced: {', '.join(self.capabilities) or 'nothing'})"
                 )
+            if isinstance(message, SourceUnreadable) and CAP_UNREADABLE not in self.capabilities:
+                raise ProtocolError(
+                    "SourceUnreadable from a peer that was not told this agent takes it"
+                )
             batch.append(message)
             size += framed.last_frame_bytes  # every frame counts: a batch's memory stays bounded
             if (
-                isinstance(message, Checkpoint | DigestRequest)
+                isinstance(message, Checkpoint | DigestRequest | SourceUnreadable)
                 or size >= max_bytes
                 or len(batch) >= APPLY_BATCH_MESSAGES
                 or not framed.pending()

@@ -15,6 +15,8 @@ from relaysync.protocol._message_base import (
     MAX_PARTIALS,
     MAX_ROUTE_NODES,
     MAX_SUBTREE_NODES,
+    MAX_UNREADABLE_BYTES,
+    MAX_UNREADABLE_PATHS,
     Int64,
     Message,
     UInt63,
@@ -371,6 +373,36 @@ class Checkpoint(Message, frozen=True, tag="checkpoint"):
         for ref in self.obsolete:
             _check_path(ref.path, "checkpoint.obsolete.path")
             _check_hash(ref.hash, "checkpoint.obsolete.hash")
+
+
+class SourceUnreadable(Message, frozen=True, tag="unreadable"):
+    """Source (or relay) -> target: the source's paths there but unreadable now, in full.
+
+    A relay keeps them (transfer/relay_unreadable.py) so that its own comparisons with its
+    children keep those names as the source's do (transfer/compare.py Unreadable); any other
+    target ignores them. Sent only to a peer that announced CAP_UNREADABLE.
+    """
+
+    files: Annotated[tuple[str, ...], _upto(MAX_UNREADABLE_PATHS)] = ()
+    dirs: Annotated[tuple[str, ...], _upto(MAX_UNREADABLE_PATHS)] = ()  # "": the folder itself
+    complete: bool = True  # False: the source had more than fit, so a relay erases nothing
+    replace: bool = True  # these are all of them now; False: add these to what you keep
+
+    def validate(self) -> None:
+        if len(self.files) + len(self.dirs) > MAX_UNREADABLE_PATHS:
+            raise ProtocolError(f"unreadable: over {MAX_UNREADABLE_PATHS} paths")
+        size = 0
+        for path in self.files:
+            _check_path(path, "unreadable.files")
+            size += len(path.encode("utf-8", "surrogateescape"))
+        for path in self.dirs:
+            _check_path(path, "unreadable.dirs", allow_root=True)
+            size += len(path.encode("utf-8", "surrogateescape"))
+        if size > MAX_UNREADABLE_BYTES:
+            raise ProtocolError(f"unreadable: over {MAX_UNREADABLE_BYTES} bytes of paths")
+
+    def decoded_items(self) -> int:
+        return len(self.files) + len(self.dirs)
 
 
 class NodeMark(msgspec.Struct, frozen=True, kw_only=True, array_like=True):

@@ -48,6 +48,8 @@ MAX_REMOVED_PATHS = 10_000  # transfer/removal.py: files under a directory an op
 MAX_REMOVED_BYTES = 1024 * 1024  # ...and their bytes, per record and per report (master_link.py)
 MAX_SUBTREE_NODES = 65_536  # targets below a relay; a frame holds ~55,000 node ids anyway
 MAX_ROUTE_NODES = 64  # nodes a stream comes through (source, relays)
+MAX_UNREADABLE_PATHS = 4096  # transfer/relay_unreadable.py: a source with more says it is cut
+MAX_UNREADABLE_BYTES = 1024 * 1024  # ...and their bytes, so the message fits MAX_MESSAGE_BYTES
 
 
 def _upto(n: int) -> msgspec.Meta:

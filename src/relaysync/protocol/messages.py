@@ -66,6 +66,7 @@ from relaysync.protocol._link_messages import (
     Rename,
     SetAttr,
     SmallFile,
+    SourceUnreadable,
     Symlink,
 )
 from relaysync.protocol._message_base import (
@@ -81,6 +82,8 @@ from relaysync.protocol._message_base import (
     MAX_REPORT_RECORDS,
     MAX_ROUTE_NODES,
     MAX_SUBTREE_NODES,
+    MAX_UNREADABLE_BYTES,
+    MAX_UNREADABLE_PATHS,
     ErrorCode,
     Int64,
     Message,
@@ -143,6 +146,8 @@ __all__ = [
     "MAX_REPORT_RECORDS",
     "MAX_ROUTE_NODES",
     "MAX_SUBTREE_NODES",
+    "MAX_UNREADABLE_BYTES",
+    "MAX_UNREADABLE_PATHS",
     "MakeDir",
     "MappingSpec",
     "MappingState",
@@ -167,6 +172,7 @@ __all__ = [
     "RouteHop",
     "SetAttr",
     "SmallFile",
+    "SourceUnreadable",
     "Symlink",
     "TargetSpec",
     "UInt63",
@@ -262,6 +268,7 @@ AnyMessage = (
     | SetAttr
     | Erase
     | Checkpoint
+    | SourceUnreadable
     | Ack
     | HopFailed
     | PurgeNotice

@@ -23,6 +23,7 @@ from relaysync.protocol.messages import (
     Pong,
 )
 from relaysync.transfer.moves import MovedAway
+from relaysync.transfer.relay_unreadable import UnreadableTeller
 
 if TYPE_CHECKING:
     from relaysync.transfer.sender import TargetLink
@@ -38,6 +39,7 @@ class _Session:
         self.sent_upto = 0
         self.ack_changed = anyio.Event()
         self.moved = MovedAway()  # files found gone when sent, followed through later renames
+        self.unreadable = UnreadableTeller()  # what the target was told of unreadable paths
         self.partials: tuple[
             Partial, ...
         ] = ()  # the target's partials, as it listed them at the start

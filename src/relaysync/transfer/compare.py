@@ -43,10 +43,13 @@ class Unreadable:
     `files` not readable to hash, `dirs` not listable. The source manifest does not hold what it
     could not see of them, which is no reason to delete it on a target: a comparison keeps the
     names of both on the target, and compares nothing at or below an unlistable directory
-    (nothing sent, nothing erased there). An unlistable root: no comparison at all."""
+    (nothing sent, nothing erased there). An unlistable root: no comparison at all. `complete`
+    False: there are more than these (a relay told a set cut to the wire's bounds, see
+    transfer/relay_unreadable.py), so a comparison erases nothing at all."""
 
     files: frozenset[str] = frozenset()
     dirs: frozenset[str] = frozenset()
+    complete: bool = True
     _names: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

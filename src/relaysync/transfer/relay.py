@@ -50,12 +50,15 @@ from relaysync.protocol.messages import (
     Rename,
     RouteHop,
     SmallFile,
+    SourceUnreadable,
     nodes_below,
 )
 from relaysync.transfer import ops, recoding
 from relaysync.transfer._link_session import _Session
-from relaysync.transfer.compare import NOTHING_UNREADABLE, Unreadable
+from relaysync.transfer.compare import Unreadable
 from relaysync.transfer.relay_resume import ResumeCut, open_prefix, prefix_messages
+from relaysync.transfer.relay_retried import StreamHead
+from relaysync.transfer.relay_unreadable import KeptUnreadable
 from relaysync.transfer.sender import BATCH_BYTES, TargetLink
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.target_folder import TargetFolder
@@ -103,6 +106,10 @@ class RelayFeed:
         self.marks_changed = anyio.Event()  # the parent's session sends a fresh Ack on it
         # Our own route changed (a new parent): children's sessions name the old one, restart them.
         self.on_route_change: Callable[[], None] | None = None
+        # The source's unreadable paths, as our parent last told them (kept on disk), and whether
+        # our parent's session will tell them anew: a comparison with a child waits for that.
+        self.unreadable = KeptUnreadable(spool.directory)
+        self.unreadable_pending = False
 
     # --- the parent's side (peer server) ---
 
@@ -110,6 +117,18 @@ class RelayFeed:
         """New messages are in the spool: wake the children's links (event loop thread)."""
         event, self._appended = self._appended, anyio.Event()
         event.set()
+
+    async def learn_unreadable(self, message: SourceUnreadable) -> None:
+        """Our parent told us the source's unreadable paths, after what came before in its
+        stream, which we spooled first."""
+        await anyio.to_thread.run_sync(self.unreadable.learn, message)  # it saves them
+        self.expect_unreadable(False)
+
+    def expect_unreadable(self, pending: bool) -> None:
+        """Our parent's session begins and will tell them (True), or they were told, or it ended."""
+        self.unreadable_pending = pending
+        if not pending:
+            self.appended()  # a child's link waiting to compare may go on
 
     def set_committed(self, watermark: int) -> None:
         if watermark > self.committed:
@@ -139,9 +158,9 @@ class RelayFeed:
         return nodes_below(self.routes, child)
 
     def unreadable_now(self) -> Unreadable:
-        """None known: the source's unreadable paths are not relayed, so a relay's comparison
-        with a child erases what the relay's tree lacks (a known gap: see docs/architecture.md)."""
-        return NOTHING_UNREADABLE
+        """The source's paths there but unreadable, as our parent told us (relay_unreadable.py):
+        our tree lacks what the source could not read, and a comparison with a child keeps them."""
+        return self.unreadable.now
 
     def on_ack(self, target_node: str, watermark: int) -> None:
         # Forward only; `_Session._on_ack` passes only the child's own subtree (`below`).
@@ -194,18 +213,21 @@ class RelayLink(TargetLink):
         self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
         session.partials = state.partials
         self.connected = True
+        await self._tell_unreadable(session)
         await self._catch_up(session, state.watermark)
         compare_due = anyio.current_time() + self.compare_interval_s
         position, generation = spool.start, spool.generation
+        head = StreamHead(spool.base or 0)  # the seq the stream is at where we start reading
         refused = RefusedDelta()  # a refused delta's messages can span several spool reads
         cut = ResumeCut()  # so can those of a file cut to what the child lacks
         self.log.info("relaying to %s from seq %s", self.target.name, session.sent_upto)
         while True:
+            await self._tell_unreadable(session)
             messages, position = await anyio.to_thread.run_sync(
                 spool.read, position, generation, BATCH_BYTES
             )
             if messages:
-                await self._forward(session, messages, refused, cut)
+                await self._forward(session, messages, refused, cut, head)
                 continue
             # A comparison from here is only sound once our tree holds all we forwarded.
             if (
@@ -217,7 +239,10 @@ class RelayLink(TargetLink):
                 compare_due = anyio.current_time() + self.compare_interval_s
                 continue
             before = spool.end
-            await feed.wait_for_records(session.sent_upto, PING_INTERVAL_S)
+            # Until the comparison is due too (once due but not possible yet, a ping's while).
+            due_s = compare_due - anyio.current_time()
+            wait_s = min(PING_INTERVAL_S, due_s) if due_s > 0 else PING_INTERVAL_S
+            await feed.wait_for_records(session.sent_upto, wait_s)
             if spool.end == before:
                 await session.framed.send(Ping())
 
@@ -236,6 +261,14 @@ class RelayLink(TargetLink):
                 # The child is ahead of what we hold (it had another parent): wait for our parent.
                 await feed.wait_for_records(session.sent_upto, WAIT_RELAY_S)
                 await session.framed.send(Ping())
+
+    async def _catch_up_by_compare(self, session: _Session) -> None:
+        """Compare the child with our tree, once our parent told us what of the source's tree
+        cannot be read now (our tree lacks it, and the child must keep it)."""
+        while self.source.unreadable_pending:
+            await self.source.wait_for_records(0, WAIT_RELAY_S)
+            await session.framed.send(Ping())
+        await super()._catch_up_by_compare(session)
 
     def _obsolete_partials(self, partials: Sequence[Partial], head: int) -> list[PartialRef]:
         """The child's partials whose version will never come through us (in a worker thread).
@@ -259,7 +292,12 @@ class RelayLink(TargetLink):
         return obsolete
 
     async def _forward(
-        self, session: _Session, messages: list[AnyMessage], refused: RefusedDelta, cut: ResumeCut
+        self,
+        session: _Session,
+        messages: list[AnyMessage],
+        refused: RefusedDelta,
+        cut: ResumeCut,
+        head: StreamHead | None = None,
     ) -> None:
         """Send what of a spool read the child still needs; a refused delta goes as a whole file.
 
@@ -269,13 +307,15 @@ class RelayLink(TargetLink):
         A file the child holds in part goes from the first chunk it lacks (`cut`); one our parent
         resumed us on goes from what the child holds, the part below our offset from our copy.
         A Checkpoint is never dropped. `refused` and `cut` carry the file being dropped or cut
-        from one spool read to the next (a 100 MiB file spans many).
+        from one spool read to the next (a 100 MiB file spans many), and `head` where the stream
+        is: a file the source sent again under its old seq goes too (relay_retried.py).
         """
         after = session.sent_upto
+        head = head or StreamHead()
         out: list[AnyMessage] = []
         for message in messages:
             seq = int(getattr(message, "seq", 0))
-            if seq <= after:
+            if not head.sent_again(message, seq, after) and seq <= after:
                 continue
             if seq == refused.seq:
                 out = await self._drop_refused(session, message, out, refused)

@@ -25,6 +25,7 @@ from relaysync._util.aio import error_leaves, is_link_error, leaf_error
 from relaysync._util.fs import root_held
 from relaysync.constants import (
     CAP_SMALL_FILE,
+    CAP_UNREADABLE,
     CLOSE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     PERIODIC_COMPARE_S,
@@ -116,6 +117,8 @@ class TargetLink:
         )
         # Files found there but unreadable, read again with backoff (transfer/unreadable.py).
         self.unreadable = UnreadableFiles(time.monotonic, self.log, self.options)
+        # The target takes SourceUnreadable (its Hello said so): a relay keeps those paths.
+        self.tells_unreadable = False
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -197,6 +200,7 @@ class TargetLink:
                 self.options.small_files = (
                     CAP_SMALL_FILE in hello.capabilities
                 )  # an older release: no
+                self.tells_unreadable = CAP_UNREADABLE in hello.capabilities
                 await framed.send(
                     OpenMapping(
                         mapping_id=self.source.mapping_id,
@@ -251,6 +255,7 @@ class TargetLink:
         self.connected = True
         covered = journal.first_seq <= state.watermark + 1 <= journal.last_seq + 1
         must_compare = not covered  # the journal cannot replay what the target lacks
+        await self._tell_unreadable(session)  # before any comparison a relay runs with them
         if must_compare and (self.source.realtime or self.source.send_limit > state.watermark):
             await self._catch_up_by_compare(session)
             must_compare = False
@@ -260,6 +265,7 @@ class TargetLink:
         )
         self.log.info("streaming to %s from seq %s", self.target.name, session.sent_upto)
         while True:
+            await self._tell_unreadable(session)
             if self.unreadable.due(session.sent_upto):  # files it could not read, read again
                 await self._send_stream(session, self.unreadable.retries(self.source, session))
             if must_compare and self.source.send_limit > session.sent_upto:
@@ -302,6 +308,19 @@ class TargetLink:
             await self.source.wait_for_records(session.sent_upto, wait_s)
             if self.source.send_limit == before:
                 await session.framed.send(Ping())
+
+    async def _tell_unreadable(self, session: _Session) -> None:
+        """Tell the target what changed of the source's unreadable paths, if it takes them: a
+        shrink once it has been sent the records journaled before (relay_unreadable.py)."""
+        if not self.tells_unreadable:
+            return
+        now = self.source.unreadable_now()
+        # Our tree's records (a source's journal) or our parent's stream (a relay's spool) up to
+        # here hold what made a path readable again before `now` was taken.
+        at = max(self.source.applied_seq, self.source.send_limit)
+        message = session.unreadable.to_tell(now, at, session.sent_upto)
+        if message is not None:
+            await session.framed.send(message)
 
     async def _wait_window(self, session: _Session) -> None:
         while session.sent_upto - session.acked > WINDOW_RECORDS:
@@ -411,7 +430,11 @@ class TargetLink:
                 "not comparing with %s: the source folder cannot be listed now", self.target.name
             )
         emitted = await compare_trees(
-            manifest, session.request_listings, emit, erase=self.erase, unreadable=unreadable
+            manifest,
+            session.request_listings,
+            emit,
+            erase=self.erase and unreadable.complete,  # not all known: erase nothing
+            unreadable=unreadable,
         )
         obsolete = await anyio.to_thread.run_sync(self._obsolete_partials, session.partials, head)
         await session.framed.send_many(closing_checkpoints(head, obsolete))

@@ -1,0 +1,256 @@
+"""A relay and the source's paths there but unreadable (source -> relay -> child, real sockets,
+plain links, in-process agents' parts).
+
+1. The relay's comparison with its child keeps what the source cannot read now, as the source's
+   own comparison does: the relay learns those paths from its parent (SourceUnreadable), keeps
+   them on disk across a restart, and tells its own children.
+2. A file the source read again once readable (sent under the seq it was journaled with) is
+   forwarded to the child at once, not at the relay's next periodic comparison.
+
+The errno (EACCES) is injected at the scan's opens and at the link's open, as in
+test_unreadable_compare.py and test_unreadable_source.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, plain_link
+from tests.component.agent._pair import source_mapping as _source_mapping
+from tests.component.agent.test_unreadable_compare import _lock
+from tests.component.agent.test_unreadable_source import _locked, _record
+
+from relaysync.agent.peer_server import PeerServer
+from relaysync.agent.source import SourceMapping
+from relaysync.protocol.messages import RouteHop
+from relaysync.transfer import ops
+from relaysync.transfer.link_ends import TargetAddress
+from relaysync.transfer.relay import RelayFeed, RelayLink
+from relaysync.transfer.sender import _Session
+from relaysync.transfer.spool import Spool
+from relaysync.transfer.target_folder import TargetFolder
+from relaysync.watch._fsevent import FsEvent
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.manifest import Manifest
+from relaysync.watch.recorder import ChangeRecorder
+
+BOUND_S = 30.0  # every wait below polls for its condition under this bound
+CHILD = "c" * 64
+SEEDED = ("d/f1", "d/f2", "top.txt", "locked.txt", "other.txt")
+LOST_BY_OLD_CODE = ("d/f1", "d/f2", "locked.txt")
+
+
+class _CountingRelayLink(RelayLink):
+    compares = 0  # comparisons whose work the child has applied
+
+    async def _catch_up_by_compare(self, session: _Session) -> None:
+        await super()._catch_up_by_compare(session)
+        # The child answers a listing request after it applied all that came before it.
+        await session.request_listings([""], True, "")
+        self.compares += 1
+
+
+def _folder(tmp: Path, name: str, parent: str) -> TargetFolder:
+    (tmp / name).mkdir(exist_ok=True)
+    return TargetFolder(
+        mapping_id=1,
+        source_node=SRC,
+        root=tmp / name,
+        manifest=Manifest(tmp / f"{name}.db"),
+        durable=False,
+        link_secret=SECRET,
+        parents=frozenset({parent}),
+    )
+
+
+def _feed(tmp: Path, folder: TargetFolder) -> RelayFeed:
+    feed = RelayFeed(folder, Spool(tmp / "spool"))
+    feed.children = frozenset({CHILD})
+    feed.routes = (RouteHop(parent=SRC, child=TGT), RouteHop(parent=TGT, child=CHILD))
+    return feed
+
+
+def _relay_server(folder: TargetFolder, feed: RelayFeed) -> PeerServer:
+    return PeerServer(
+        host="127.0.0.1",
+        port=0,
+        ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+        node_id=TGT,
+        name="r",
+        folders=lambda m: folder if m == 1 else None,
+        reporter=lambda f: lambda w, recs: None,
+        relays=lambda m: feed if m == 1 else None,
+    )
+
+
+def _child_server(folder: TargetFolder) -> PeerServer:
+    server = peer_server(folder, name="c")
+    server.node_id = CHILD
+    return server
+
+
+def _relay_link(feed: RelayFeed, port: int, compare_interval_s: float) -> _CountingRelayLink:
+    return _CountingRelayLink(
+        feed,
+        TargetAddress(node_id=CHILD, name="c", resolve=lambda: f"127.0.0.1:{port}"),
+        ssl.create_default_context(),
+        node_id=TGT,
+        name="r",
+        compare_interval_s=compare_interval_s,
+        options=ops.SendOptions(tls=False, link_secret=SECRET),
+    )
+
+
+def _seed(tmp: Path) -> tuple[SourceMapping, TargetFolder]:
+    """The same files on the source and the child (its manifest holding them: pre-seeded)."""
+    source, child = _source_mapping(tmp), _folder(tmp, "child", TGT)
+    earlier = time.time_ns() - 60 * 10**9  # not held back as hot by the scan
+    for base in (source.root, child.root):
+        (base / "d").mkdir()
+        for rel in SEEDED:
+            (base / rel).write_text(f"same {rel}")
+            os.utime(base / rel, ns=(earlier, earlier))
+    recorder = ChangeRecorder(child.root, child.manifest, PathFilter(), hard_links=False)
+    recorder.detect_and_apply([FsEvent(kind="rescan", path="")])
+    return source, child
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    with anyio.fail_after(BOUND_S):
+        while not done():
+            await anyio.sleep(0.02)
+
+
+def _relay_compares(
+    source: SourceMapping | None, relay: TargetFolder, feed: RelayFeed, child: TargetFolder
+) -> None:
+    """Run the chain (no source: the relay alone, as after a restart with its parent down) until
+    the child applied a comparison of the relay's, its Erase included."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            if source is not None:
+                relay_port = await tg.start(_relay_server(relay, feed).serve)
+                tg.start_soon(plain_link(source, relay_port).serve)
+                await _until(lambda: (relay.root / "top.txt").exists())  # the relay is synced
+            child_port = await tg.start(_child_server(child).serve)
+            link = _relay_link(feed, child_port, compare_interval_s=0.2)
+            tg.start_soon(link.serve)
+            await _until(lambda: link.compares >= 1)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def test_a_relays_comparison_keeps_what_the_source_cannot_read_even_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the fix the relay knew nothing of the source's unreadable paths: its comparison
+    sent the child Erase('', keep=[other.txt, top.txt]), and d/f1, d/f2 and locked.txt, still on
+    the source, were deleted on the child."""
+    source, child = _seed(tmp_path)
+    relay = _folder(tmp_path, "relay", SRC)
+    _lock(monkeypatch, dirs={"d"}, files={"locked.txt"})
+    try:
+        anyio.run(source._record, [FsEvent(kind="rescan", path="")])
+        assert "d" in source.unreadable and "locked.txt" in source.unreadable
+        _relay_compares(source, relay, _feed(tmp_path, relay), child)
+    finally:
+        source.close()
+    assert not (relay.root / "locked.txt").exists()  # the relay was synced while it was locked
+    for rel in SEEDED:
+        assert (child.root / rel).read_text() == f"same {rel}", rel
+
+    # The relay restarts with its parent down: it keeps what it was told (on disk).
+    feed = _feed(tmp_path, relay)
+    assert feed.unreadable_now().files == {"locked.txt"} and feed.unreadable_now().dirs == {"d"}
+    (child.root / "extra.txt").write_text("only the child has it")  # the comparison sends
+    recorder = ChangeRecorder(child.root, child.manifest, PathFilter(), hard_links=False)
+    recorder.detect_and_apply([FsEvent(kind="rescan", path="")])
+    _relay_compares(None, relay, feed, child)
+    assert not (child.root / "extra.txt").exists()  # ...an Erase, which keeps the others
+    for rel in LOST_BY_OLD_CODE:
+        assert (child.root / rel).read_text() == f"same {rel}", rel
+
+
+def test_a_relay_forgets_a_path_once_the_source_can_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readable again (the lock lifted, the source's re-check journals the file): the source
+    tells the relay after it sent the file, the relay and the child hold it, and the relay keeps
+    nothing of it (so a delete of it later goes by comparison too)."""
+    source, child = _seed(tmp_path)
+    relay = _folder(tmp_path, "relay", SRC)
+    locked = {"locked.txt"}
+    _lock(monkeypatch, dirs=set(), files=locked)
+    feed = _feed(tmp_path, relay)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(source.unreadable.serve, source._record)
+            relay_port = await tg.start(_relay_server(relay, feed).serve)
+            tg.start_soon(plain_link(source, relay_port).serve)
+            child_port = await tg.start(_child_server(child).serve)
+            tg.start_soon(_relay_link(feed, child_port, compare_interval_s=0.2).serve)
+            await _until(lambda: "locked.txt" in feed.unreadable_now().files)
+            locked.clear()
+            await _until(
+                lambda: (relay.root / "locked.txt").exists() and not feed.unreadable_now().files
+            )
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(source._record, [FsEvent(kind="rescan", path="")])
+        anyio.run(main)
+    finally:
+        source.close()
+    assert (child.root / "locked.txt").read_text() == "same locked.txt"
+    assert not _feed(tmp_path, relay).unreadable_now().files  # on disk too
+
+
+def test_a_file_the_source_read_again_reaches_the_relays_child_at_once(tmp_path: Path) -> None:
+    """Before the fix the relay skipped it (its seq was below the child's watermark): the child
+    got it only at the relay's next comparison, 10 min on (600 s here too)."""
+    source = _source_mapping(tmp_path)
+    relay, child = _folder(tmp_path, "relay", SRC), _folder(tmp_path, "child", TGT)
+    feed = _feed(tmp_path, relay)
+    root = source.root
+    (root / "a.txt").write_text("first")
+    locked: set[str] = set()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            relay_port = await tg.start(_relay_server(relay, feed).serve)
+            link = plain_link(source, relay_port)
+            tg.start_soon(link.serve)
+            child_port = await tg.start(_child_server(child).serve)
+            tg.start_soon(_relay_link(feed, child_port, compare_interval_s=600).serve)
+            await _record(source, "a.txt")
+            await _until(lambda: (child.root / "a.txt").exists())
+            (root / "late.txt").write_text("journaled readable, sent once readable again")
+            locked.add("late.txt")
+            await _record(source, "late.txt")
+            await _until(lambda: "late.txt" in link.unreadable)
+            (root / "b.txt").write_text("after it")
+            await _record(source, "b.txt")
+            await _until(lambda: (child.root / "b.txt").exists())
+            assert not (child.root / "late.txt").exists()
+            locked.clear()  # the link reads it again after UNREADABLE_RETRY_MIN_S
+            await _until(lambda: (relay.root / "late.txt").exists())
+            await _until(lambda: (child.root / "late.txt").exists())
+            tg.cancel_scope.cancel()
+
+    try:
+        with _locked(locked, errno.EACCES):
+            anyio.run(main)
+    finally:
+        source.close()
+    text = "journaled readable, sent once readable again"
+    assert (child.root / "late.txt").read_text() == text
