@@ -20,10 +20,12 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from relaysync._util.fs import open_for_writing
 from relaysync.errors import SourceListError
 from relaysync.protocol.messages import MappingSpec, nodes_below
 from relaysync.transfer.compare import Unreadable
 from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
+from relaysync.watch.buffer import coalesce
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter, encodes_utf8
 from relaysync.watch.journal import Journal
@@ -352,33 +354,47 @@ class SourceMapping(MassDeleteGuard):
                         "could not prune old deltas of mapping %s: %s", self.mapping_id, exc
                     )
 
-    def _hold_hot(self, changes: list[PendingChange], closed: set[str]) -> list[PendingChange]:
-        """Keep back writes found by a scan of files modified in the last HOT_FILE_S.
+    async def _hold_hot(
+        self, changes: list[PendingChange], closed: set[str]
+    ) -> list[PendingChange]:
+        """Keep back writes found by a scan of files modified in the last HOT_FILE_S and maybe
+        still open for writing.
 
         A scan (initial, after an overflow, of a new directory) cannot tell a file that is
-        complete from one still being written; inotify's close-write can. A held file is
-        shipped on its close-write, or by the re-check once it has stayed untouched.
+        complete from one still being written; inotify's close-write can, and so can a read
+        lease (`open_for_writing`), which is what tells a file written into a new directory
+        before its watch was added (`mkdir d; echo x > d/f`: no close-write comes for it) from
+        one still being written there. A held file is shipped on its close-write, or by the
+        re-check once it is closed or has stayed untouched.
         """
+        hot = self._hot_writes(changes, closed)
+        if hot:
+            hot = await anyio.to_thread.run_sync(self._maybe_open, changes, hot)
+        for i in hot:
+            self._held[changes[i].path] = 0
+        return [change for i, change in enumerate(changes) if i not in hot]
+
+    def _hot_writes(self, changes: list[PendingChange], closed: set[str]) -> set[int]:
+        """The indexes of the writes of files not closed after writing, modified lately."""
         now_ns = time.time_ns()
         # The other hard links of a file closed after writing (the recorder restats them) are
         # that same file: closed too.
         closed_inodes = {c.entry.ino for c in changes if c.path in closed and c.entry is not None}
         closed_inodes.discard(0)
-        kept: list[PendingChange] = []
-        for change in changes:
-            entry = change.entry
-            # a future mtime (a copy from a host whose clock is ahead) is not "being written now"
-            if (
-                change.op == "write"
-                and change.path not in closed
-                and entry is not None
-                and entry.ino not in closed_inodes
-                and 0 <= now_ns - entry.mtime_ns < HOT_FILE_S * 1e9
-            ):
-                self._held[change.path] = 0
-            else:
-                kept.append(change)
-        return kept
+        # a future mtime (a copy from a host whose clock is ahead) is not "being written now"
+        return {
+            i
+            for i, change in enumerate(changes)
+            if change.op == "write"
+            and change.path not in closed
+            and change.entry is not None
+            and change.entry.ino not in closed_inodes
+            and 0 <= now_ns - change.entry.mtime_ns < HOT_FILE_S * 1e9
+        }
+
+    def _maybe_open(self, changes: list[PendingChange], hot: set[int]) -> set[int]:
+        """Those of `hot` whose file is open for writing, or may be (a worker thread's part)."""
+        return {i for i in hot if open_for_writing(self.root, changes[i].path) is not False}
 
     def _follow_held(self, changes: list[PendingChange]) -> None:
         """A held file moves with a rename of itself or of a directory above it (a deploy renames
@@ -406,7 +422,7 @@ class SourceMapping(MassDeleteGuard):
     async def _record_locked(self, events: Sequence[FsEvent], *, settle: bool = False) -> bool:
         events = [e for e in events if self._names_encode(e.path, e.new_path)]
         closed = {e.path for e in events if e.kind == "write"}
-        rest = list(events)
+        rest = coalesce(events)  # after `closed`: the watcher keeps the writes a rescan covers
         # Every directory the scans met could be listed (else a whole-folder rescan did not see
         # all of it, and cannot end a mass-delete hold).
         listed = True
@@ -432,7 +448,7 @@ class SourceMapping(MassDeleteGuard):
         self, detected: list[PendingChange], closed: set[str], settle: bool
     ) -> Verdict:
         """Journal and apply detected changes unless the mass-delete guard says otherwise."""
-        changes = self._hold_hot(detected, closed)
+        changes = await self._hold_hot(detected, closed)
         self._follow_held(detected)
         if not changes:
             return "pass"

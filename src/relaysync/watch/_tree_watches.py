@@ -8,13 +8,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 from asyncinotify import Inotify, Mask, Watch
 
-from relaysync._util.fs import GONE_ERRNOS
+from relaysync._util.fs import GONE_ERRNOS, parent_held
 from relaysync._util.path_index import PathIndex
 from relaysync.errors import WatchLimitReached
 from relaysync.watch._root import RootPresence
@@ -41,6 +44,13 @@ _MASK = (
     | Mask.DONT_FOLLOW
 )
 _ROOT_MASK = _MASK & ~Mask.DONT_FOLLOW
+_PROC_FD = "/proc/self/fd"
+_T = TypeVar("_T")
+
+
+def _subdir_names(path: Path) -> list[str]:
+    with os.scandir(path) as it:
+        return [de.name for de in it if de.is_dir(follow_symlinks=False)]
 
 
 def under(path: str, top: str) -> bool:
@@ -75,6 +85,7 @@ class TreeWatches:
         # before their CREATE was read; the DELETE or MOVED_FROM that says which is still queued.
         self._vanished: dict[str, None] = {}
         self._limit_warned = False
+        self._too_long_warned = False
         # Subtrees to list and watch (a new directory, an overflow's whole tree), in the order
         # asked: `_watch_queued` does it in a worker thread, before an event that reads the
         # tables is handled and before the batch goes out.
@@ -119,13 +130,10 @@ class TreeWatches:
     def _subdirs(self, rel: str) -> list[str]:
         out = []
         try:
-            with os.scandir(self._root / rel) as it:
-                for de in it:
-                    child = join(rel, de.name)
-                    if de.is_dir(follow_symlinks=False) and self._filter.accepts(
-                        child, is_dir=True
-                    ):
-                        out.append(child)
+            for name in self._at_short_path(rel, _subdir_names):
+                child = join(rel, name)
+                if self._filter.accepts(child, is_dir=True):
+                    out.append(child)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 self._note_vanished(rel)  # its subdirectories are unwatched, wherever it went
@@ -146,10 +154,13 @@ class TreeWatches:
         try:
             # The root itself may be a symlink (`current` -> a release): it is followed, as a
             # scan follows it; links below it are entries, never watched through.
-            watch = ino.add_watch(self._root / rel, _MASK if rel else _ROOT_MASK)
+            mask = _MASK if rel else _ROOT_MASK
+            watch = self._at_short_path(rel, lambda path: ino.add_watch(path, mask))
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 self._note_unwatched(rel)
+            elif exc.errno == errno.ENAMETOOLONG:
+                self._note_too_long(rel)
             elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 self._note_vanished(rel)
                 self._unreadable.discard(rel)
@@ -172,6 +183,47 @@ class TreeWatches:
         if not self._limit_warned:
             self._limit_warned = True
             logger.warning("%s", WatchLimitReached(rel or "/", len(self._wds), self._interval_s))
+
+    def _at_short_path(self, rel: str, call: Callable[[Path], _T]) -> _T:
+        """`call(root/rel)`; for a `rel` whose absolute path exceeds PATH_MAX (ENAMETOOLONG),
+        though `rel` itself does not (a deep tree under a long root), `call` of a short path to
+        it: /proc/self/fd/N/name, N a descriptor of its parent held open meanwhile.
+
+        Raises:
+            OSError: from `call`, or the parent cannot be opened (gone: ENOENT, ENOTDIR); the
+                first ENAMETOOLONG if there is no /proc to go through.
+        """
+        try:
+            return call(self._root / rel)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG or not rel or not os.path.isdir(_PROC_FD):
+                raise
+        with parent_held(self._root, rel) as (parent, name):
+            return call(Path(_PROC_FD, str(parent), name))
+
+    def _is_dir(self, rel: str) -> bool:
+        """Whether a directory (not a link to one) is at `rel` now."""
+        try:
+            return stat.S_ISDIR(self._at_short_path(rel, os.lstat).st_mode)
+        except OSError:
+            return False
+
+    def _note_too_long(self, rel: str) -> None:
+        """`rel`'s absolute path exceeds PATH_MAX and there is no /proc to watch it through
+        (`_at_short_path`): rescanned every interval, as a directory beyond the watch limit."""
+        if any(under(rel, u) for u in self._unwatched):
+            return
+        self._unwatched[rel] = None
+        if not self._too_long_warned:
+            self._too_long_warned = True
+            logger.warning(
+                "cannot watch directory %s in source %s: its absolute path is longer than "
+                "PATH_MAX and /proc is not mounted to reach it by a shorter one; it and the "
+                "directories below it are rescanned every %.0f s instead",
+                rel,
+                self._root,
+                self._interval_s,
+            )
 
     def _note_unreadable(self, rel: str, exc: OSError) -> None:
         """`rel` is there but could not be watched or listed: it is tried again (see

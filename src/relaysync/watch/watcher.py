@@ -235,7 +235,7 @@ class Watcher(RootWatching, TreeWatches):
         if (checked and self._check_root()) or self._presence.changes != root_changes:
             self._drop_batch()
             return [FsEvent(kind="rescan", path="", is_dir=True)]
-        return coalesce(self._finish_batch())
+        return coalesce(self._finish_batch(), keep_closed=True)  # closed: see `coalesce`
 
     def _batch_removes(self) -> bool:
         """Whether the batch holds a delete or a move, the changes that must not reach the
@@ -257,17 +257,32 @@ class Watcher(RootWatching, TreeWatches):
 
     def _finish_batch(self) -> list[FsEvent]:
         out: list[FsEvent] = []
+        replaced: list[str] = []
         for item in self._batch:
             if isinstance(item, FsEvent):
                 out.append(item)
             elif not item.paired:
-                self._moved_out(item, out)
+                self._moved_out(item, out, replaced)
         self._drop_batch()
+        # after the batch's own events: a `move staging d` of it comes before the rescan of d
+        out += [FsEvent(kind="rescan", path=rel, is_dir=True) for rel in replaced]
         return out
 
-    def _moved_out(self, item: PendingFrom, out: list[FsEvent]) -> None:
+    def _moved_out(self, item: PendingFrom, out: list[FsEvent], replaced: list[str]) -> None:
+        """A MOVED_FROM left unpaired: the directory went out of the tree, and its watches with
+        it (they would report what happens to it out there under its old path).
+
+        Its watches are forgotten by path, so those of a directory at that path again by now
+        (`mv d /archive; mkdir d`, `mv d /tmp/x; mv /tmp/x d`, `mv d /archive; mv staging d`,
+        all in this batch) go too: that one is watched again and rescanned (`replaced`), or
+        nothing written in it later would be seen. The rescan also finds what was written in
+        it between the watches.
+        """
         if item.is_dir:
             self._forget_tree(item.path, remove=True)
+            if item.accepted and self._is_dir(item.path):
+                self._queue_tree(item.path)
+                replaced.append(item.path)
         if item.accepted:
             out.append(FsEvent(kind="delete", path=item.path, is_dir=item.is_dir))
 
@@ -346,7 +361,7 @@ class Watcher(RootWatching, TreeWatches):
             self._emit("rescan", rel, is_dir=True)
             return
         try:
-            st = os.lstat(self._root / rel)
+            st = self._at_short_path(rel, os.lstat)
         except OSError:
             return
         if stat.S_ISLNK(st.st_mode):

@@ -65,8 +65,11 @@ async def _other_batch_first(mapping: SourceMapping, root: Path, kind: str) -> N
         os.utime(root / "new.txt", ns=(OLD_NS, OLD_NS))
         await mapping._record([FsEvent(kind="write", path="new.txt")])
         return
-    await mapping._record([FsEvent(kind="rescan", path="new.txt")])  # just written: held
-    assert "new.txt" in mapping._held
+    with open(root / "new.txt", "a") as writer:  # still open for writing: a scan holds it
+        writer.write(" and more")
+        writer.flush()
+        await mapping._record([FsEvent(kind="rescan", path="new.txt")])
+        assert "new.txt" in mapping._held
     os.utime(root / "new.txt", ns=(OLD_NS, OLD_NS))  # cooled down
     await mapping.recheck_held_once()
 

@@ -28,7 +28,9 @@ def test_a_held_file_whose_directory_moved_before_its_recheck_is_journaled_where
 ) -> None:
     mapping, root = _mapping(tmp_path)
     (root / "release.tmp").mkdir()
-    (root / "release.tmp" / "page.html").write_text("just written: a scan holds it")
+    writer = open(root / "release.tmp" / "page.html", "w")  # still being written: a scan holds it
+    writer.write("being written")
+    writer.flush()
 
     async def main() -> None:
         await mapping._record([FsEvent(kind="rescan", path="")])
@@ -40,6 +42,7 @@ def test_a_held_file_whose_directory_moved_before_its_recheck_is_journaled_where
         await mapping._record(
             [FsEvent(kind="move", path="release.tmp", new_path="release-1", is_dir=True)]
         )
+        writer.close()
         deadline = time.monotonic() + 10 * HOT_FILE_S
         while not _writes(mapping) and time.monotonic() < deadline:  # cools down, bounded
             await anyio.sleep(HOT_FILE_S / 4)
@@ -49,16 +52,20 @@ def test_a_held_file_whose_directory_moved_before_its_recheck_is_journaled_where
         anyio.run(main)
         assert _writes(mapping) == ["release-1/page.html"]
     finally:
+        writer.close()
         mapping.close()
 
 
 def test_a_held_file_that_is_really_gone_is_let_go_after_a_few_rechecks(tmp_path: Path) -> None:
     mapping, root = _mapping(tmp_path)
-    (root / "tmp.part").write_text("just written, then deleted")
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        (root / "tmp.part").unlink()
+        with open(root / "tmp.part", "w") as writer:  # still being written: a scan holds it
+            writer.write("being written, then deleted")
+            writer.flush()
+            await mapping._record([FsEvent(kind="rescan", path="")])
+            assert "tmp.part" in mapping._held
+            (root / "tmp.part").unlink()
         for _ in range(10):
             await mapping.recheck_held_once()
 
