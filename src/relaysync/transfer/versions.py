@@ -21,12 +21,14 @@ from relaysync._util.fs import GONE_ERRNOS, make_dirs_at, names_in, open_for_rea
 from relaysync.constants import MAX_NAME_BYTES, TEMP_PREFIX
 from relaysync.errors import NotFound, UnsafePath
 from relaysync.transfer.paths import check_relpath
-from relaysync.transfer.staging import replace_at, temp_name_for
+from relaysync.transfer.staging import temp_name_for
 
 logger = logging.getLogger(__name__)
 
 SEPARATOR = "@"
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# rename(2) of a file onto a directory: EISDIR (Linux); the others where a system says so
+_DIR_IN_THE_WAY = (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST)
 
 
 def versions_dir_for(root: Path) -> Path:
@@ -145,6 +147,8 @@ class VersionKeeper:
 
         Raises:
             NotFound: no such version kept.
+            UnsafePath: a directory stands at `rel` (left as it is), or one on its way is a
+            symlink or not a directory.
         """
         kept = self.versions(rel)
         chosen = version or (kept[-1] if kept else None)
@@ -163,7 +167,8 @@ class VersionKeeper:
         directory held open (made if missing, never through a link), then renamed over it.
 
         Raises:
-            UnsafePath: a directory on the way is a symlink or not a directory.
+            UnsafePath: a directory on the way is a symlink or not a directory, or a directory
+            stands at `rel` (never removed: what it holds may be no version of anything).
         """
         parent, _, name = rel.rpartition("/")
         root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -180,11 +185,15 @@ class VersionKeeper:
         try:
             temp = temp_name_for(Path(name)).name
             copy_to(src, os.fstat(src), dir_fd, temp)
-            try:
-                replace_at(dir_fd, temp, dir_fd, name)
-            except BaseException:
+            try:  # a plain rename: it replaces a file or link, never a directory (EISDIR)
+                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException as exc:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp, dir_fd=dir_fd)
+                if isinstance(exc, OSError) and exc.errno in _DIR_IN_THE_WAY:
+                    raise UnsafePath(
+                        rel, "a directory is there; restore replaces a file only, move it first"
+                    ) from exc
                 raise
         finally:
             os.close(dir_fd)
