@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import UnsafePath
 from relaysync.protocol.messages import (
     Ack,
@@ -33,7 +34,7 @@ from relaysync.transfer import _file_receiver, _librsync
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.removal import RemovalSurvey
 from relaysync.transfer.target_folder import TargetFolder
-from relaysync.transfer.versions import VersionKeeper
+from relaysync.transfer.versions import VersionKeeper, versions_dir_for
 from tests.unit.transfer._target_helpers import T0, delta_messages
 from tests.unit.transfer._target_helpers import small_file as _small
 
@@ -285,3 +286,50 @@ def _open_on(fd: int, st: os.stat_result) -> bool:
     except OSError:
         return False
     return (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino)
+
+
+# --- the version keeper ---
+
+
+def test_a_version_is_a_hard_link_without_proc(tmp_path: Path, no_proc: None) -> None:
+    """The keeper linked the open file through /proc/self/fd/N: without /proc every version was
+    a full copy. It now links by name, never following a link, and checks what it linked."""
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "b").write_bytes(b"old version")
+    keeper = VersionKeeper(root, keep=3)
+    a = _held_dir(root / "a")
+    try:
+        keeper.save(a, "b", "a/b")
+    finally:
+        os.close(a)
+    (kept,) = (versions_dir_for(root) / "a").iterdir()
+    assert kept.read_bytes() == b"old version"
+    assert kept.stat().st_ino == (root / "a" / "b").stat().st_ino
+
+
+def test_a_name_swapped_for_a_link_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save() found a regular file; by the time it is linked, a symlink to outside stands in
+    its place: linked as itself, it is taken back, and nothing outside is read."""
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "b").write_bytes(b"mine")
+    (tmp_path / "secret").write_bytes(b"secret")
+    keeper = VersionKeeper(root, keep=3)
+    real_link = os.link
+
+    def swapped_first(*args: object, **kwargs: object) -> None:
+        (root / "a" / "b").unlink()
+        os.symlink(tmp_path / "secret", root / "a" / "b")
+        real_link(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", swapped_first)
+    a = _held_dir(root / "a")
+    try:
+        keeper.save(a, "b", "a/b")
+    finally:
+        os.close(a)
+    assert list((versions_dir_for(root) / "a").iterdir()) == []
+    assert not [n for n in os.listdir(root / "a") if n.startswith(TEMP_PREFIX)]
