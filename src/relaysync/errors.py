@@ -27,7 +27,8 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── HashMismatch               received bytes do not match the announced hash
     │   ├── SourceChanged              the source file changed while it was being read
     │   ├── LinkDown                   a peer could not be reached or dropped the link
-    │   └── SpoolReset                 a relay's parent stream broke mid-file: its children start again
+    │   ├── SpoolReset                 a relay's parent stream broke mid-file: its children start again
+    │   └── DeltaBaseUnreadable        a target cannot open or read the version a delta applies to
     ├── WatchError                     content monitoring
     │   ├── WatchLimitReached          the kernel's inotify watch limit is too low
     │   ├── NameNotUtf8                a file or directory name that is not valid UTF-8
@@ -225,6 +226,10 @@ class LinkDown(TransferError):
 
 class SpoolReset(TransferError):
     """The relay's spool was cut back under a reader ({}); its session starts again."""
+
+
+class DeltaBaseUnreadable(TransferError):
+    """The delta's base {!r} cannot be opened or read on this target: {}; the whole file is sent instead."""
 
 
 class WatchError(RelaySyncError):

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from relaysync._util.fs import open_regular_in
 from relaysync.constants import CHUNK_BYTES
-from relaysync.errors import HashMismatch, ProtocolError, TransferError, UnsafePath
+from relaysync.errors import (
+    DeltaBaseUnreadable,
+    HashMismatch,
+    ProtocolError,
+    TransferError,
+    UnsafePath,
+)
 from relaysync.protocol.messages import (
     INT64_MAX,
     INT64_MIN,
@@ -142,26 +148,55 @@ class FileReceiver(SessionHooks):
         try:
             final = self._final_name(msg.path)
             dir_fd = self._dirs.get(parent_of(msg.path))
-            # no link on its way followed: nothing outside the folder is read as the base
-            base = open_regular_in(self.folder.root, msg.path)
         except UnsafePath as exc:
             self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
             self._skip_seq = msg.seq
             return
         except FileNotFoundError:
-            dir_fd, base = -1, None
+            dir_fd = -1  # no directory, no base: a whole file instead
         except OSError as exc:  # the path could not be checked (EACCES, EIO...): as for FileStart
             self._os_failed(msg.seq, "write", msg.path, exc, started, msg.changed_at)
             return
-        entry = self.folder.manifest.get(msg.path)
+        base = self._open_base(msg, dir_fd)
+        self._incoming, resumable = self._patch_from(msg, final, base, dir_fd)
+        if resumable:
+            self.folder.add_partial(msg.path, msg.expected_hash)
+        self._incoming_msg = msg
+        self._incoming_started = started
+        self._incoming_wire = 0
+
+    def _open_base(self, msg: DeltaStart, dir_fd: int) -> int:
+        """A descriptor of the version `msg` goes against (the caller closes it, or hands it on).
+
+        Raises:
+            TransientFailure: BASE_MISMATCH (the source sends the whole file then): it is not
+            there, not the version the manifest says, or cannot be opened (a retried delta
+            would fail the same way for ever).
+        """
+        entry = self.folder.manifest.get(msg.path)  # first: nothing is open yet if it raises
+        base = None
+        if dir_fd >= 0:
+            try:  # no link on its way followed: nothing outside the folder is read as the base
+                base = open_regular_in(self.folder.root, msg.path)
+            except OSError as exc:  # EACCES, EIO, EMFILE...: a whole file needs no base
+                logger.warning("cannot open the delta base %s: %s", msg.path, exc)
         if base is None or not _is_base(entry, base[1], msg.base_hash):
             if base is not None:
                 os.close(base[0])
-            raise TransientFailure(
-                msg.seq,
-                ErrorCode.BASE_MISMATCH,
-                f"{msg.path}: this target does not hold the delta's base version",
+            raise _base_mismatch(
+                msg.seq, f"{msg.path}: this target does not hold the delta's base version"
             )
+        return base[0]
+
+    def _patch_from(
+        self, msg: DeltaStart, final: str, base: int, dir_fd: int
+    ) -> tuple[StreamingPatch, bool]:
+        """The patch of `msg`'s delta onto `base` (taken over) into `dir_fd`, and whether its
+        output is the new version's named partial.
+
+        Raises:
+            TransientFailure: BASE_MISMATCH if the base cannot be read, else as the OSError.
+        """
         # A large new version whose hash the source sent goes to its named partial: what librsync
         # wrote when the link or this agent dies is a prefix of it, resumed as a whole file.
         # Not when this batch stages the path already: that file may be this very partial (the
@@ -171,10 +206,10 @@ class FileReceiver(SessionHooks):
             and msg.size >= RESUME_MIN_BYTES
             and not self._batch.holds_final(final)
         )
-        try:  # patched as the delta arrives (patching.py), from the base opened above
-            self._incoming = StreamingPatch(
+        try:  # patched as the delta arrives (patching.py)
+            patch = StreamingPatch(
                 Path(final),
-                base=base[0],
+                base=base,
                 dir_fd=dir_fd,
                 size=msg.size,
                 mode=msg.mode,
@@ -183,13 +218,11 @@ class FileReceiver(SessionHooks):
                 partial_of=msg.expected_hash if resumable else b"",
                 owner=self.folder.mapping_id,
             )
+        except DeltaBaseUnreadable as exc:
+            raise _base_mismatch(msg.seq, str(exc)) from exc
         except OSError as exc:
             raise _transient_os(msg.seq, msg.path, exc) from exc
-        if resumable:
-            self.folder.add_partial(msg.path, msg.expected_hash)
-        self._incoming_msg = msg
-        self._incoming_started = started
-        self._incoming_wire = 0
+        return patch, resumable
 
     def _write_chunk(self, msg: FileChunk) -> None:
         if msg.seq == self._skip_seq:
@@ -203,6 +236,8 @@ class FileReceiver(SessionHooks):
         try:
             data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data)
             self._incoming.write(msg.offset, data)
+        except DeltaBaseUnreadable as exc:
+            raise _base_mismatch(msg.seq, str(exc)) from exc
         except (TransferError, ProtocolError) as exc:
             # A delta librsync refused is corrupt on the wire, like a whole file whose hash is wrong.
             code = (
@@ -326,6 +361,8 @@ class FileReceiver(SessionHooks):
             return delta.finish()
         except OSError as exc:
             raise _transient_os(start.seq, start.path, exc) from exc
+        except DeltaBaseUnreadable as exc:
+            raise _base_mismatch(start.seq, str(exc)) from exc
         except TransferError as exc:  # librsync refused the delta: corrupt on the wire
             raise TransientFailure(
                 start.seq, ErrorCode.HASH_MISMATCH, f"{start.path}: {exc}"
@@ -368,6 +405,11 @@ class FileReceiver(SessionHooks):
             if start is not None and (isinstance(start, FileStart) or patched_partial):
                 self.folder.drop_partial(start.path)
         self._incoming = self._incoming_msg = None
+
+
+def _base_mismatch(seq: int, detail: str) -> TransientFailure:
+    """The failure that has the source send the whole file instead of a delta."""
+    return TransientFailure(seq, ErrorCode.BASE_MISMATCH, detail)
 
 
 def _is_base(entry: Entry | None, st: os.stat_result, base_hash: bytes) -> bool:

@@ -9,13 +9,14 @@ size, and ctypes releases the GIL while librsync runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from relaysync.errors import TransferError
+from relaysync.errors import DeltaBaseUnreadable, TransferError
 
 RS_DONE = 0
 
@@ -48,6 +49,8 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     libc.fopen.restype = ctypes.c_void_p
     libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
     libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.ferror.argtypes = [ctypes.c_void_p]
+    libc.feof.argtypes = [ctypes.c_void_p]
     libc.fdopen.restype = ctypes.c_void_p
     libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
     libc.fopencookie.restype = ctypes.c_void_p
@@ -160,23 +163,47 @@ class _SinkFile:
             libc.fclose(self.ptr)  # flushes the last buffer through the sink
 
 
-def patch(basis: Path, delta_file: Path | int, out: Path | Sink, *, append: bool = False) -> None:
-    """Apply `delta_file` (a path, or a readable fd such as a pipe, which this closes) to
-    `basis`, writing the new version to `out`: a path (after what it holds, with `append`), or
-    a callable that takes the new version's bytes in order. The delta is read strictly in order.
+def patch(
+    basis: Path | int, delta_file: Path | int, out: Path | Sink, *, append: bool = False
+) -> None:
+    """Apply `delta_file` (a path, or a readable fd such as a pipe) to `basis` (a path, or a
+    readable fd of a regular file), writing the new version to `out`: a path (after what it
+    holds, with `append`), or a callable that takes the new version's bytes in order. The delta
+    is read strictly in order; the basis at the offsets its COPY commands name (each seeks). A
+    descriptor given is taken over: closed on every path.
+
+    Raises:
+        DeltaBaseUnreadable: the basis could not be opened or read (the delta itself may be fine).
+        LibrsyncError: librsync refused the delta (corrupt); OSError: writing `out` failed.
     """
-    lib, _ = _libs()
-    # The delta first: an fd it is given is taken over (and closed) before anything else can fail.
-    with _File(delta_file, "rb") as f_delta, _File(basis, "rb") as f_basis:
-        if not callable(out):
-            with _File(out, "ab" if append else "wb") as f_out:
-                _check(lib.rs_patch_file(f_basis, f_delta, f_out, None), "rs_patch_file")
-            return
-        sink = _SinkFile(out)
+    with contextlib.ExitStack() as files:
+        try:  # the delta first: an fd it is given is taken over before anything else can fail
+            f_delta = files.enter_context(_File(delta_file, "rb"))
+        except BaseException:
+            if isinstance(basis, int):
+                os.close(basis)  # taken over too
+            raise
         try:
-            with sink as f_out:
-                result = lib.rs_patch_file(f_basis, f_delta, f_out, None)
-        finally:
-            if sink.error is not None:
-                raise sink.error
+            f_basis = files.enter_context(_File(basis, "rb"))
+        except OSError as exc:
+            raise DeltaBaseUnreadable(_name(basis), exc.strerror or str(exc)) from exc
+        lib, libc = _libs()
+        if not callable(out):
+            f_out = files.enter_context(_File(out, "ab" if append else "wb"))
+            result = lib.rs_patch_file(f_basis, f_delta, f_out, None)
+        else:
+            sink = _SinkFile(out)
+            try:
+                with sink as f_out:
+                    result = lib.rs_patch_file(f_basis, f_delta, f_out, None)
+            finally:
+                if sink.error is not None:
+                    raise sink.error
+        if result != RS_DONE and (libc.ferror(f_basis) or libc.feof(f_basis)):
+            # a read error, or shorter than the delta's copies (cut meanwhile): not the delta's fault
+            raise DeltaBaseUnreadable(_name(basis), f"read failed (librsync result {result})")
         _check(result, "rs_patch_file")
+
+
+def _name(path: Path | int) -> str:
+    return f"descriptor {path}" if isinstance(path, int) else str(path)

@@ -9,7 +9,8 @@ version in order, so what it holds is always a prefix of it, which the next sess
 whole file from its last whole chunk (the whole-file hash still covers that prefix).
 
 Error handling: a corrupt delta makes librsync stop; the next write then fails (the pipe is
-closed) or `finish()` raises, both as TransferError, and nothing is committed. Resource
+closed) or `finish()` raises, both as TransferError, and nothing is committed; a base that cannot
+be read (or is cut short meanwhile) raises DeltaBaseUnreadable, for a whole file instead. Resource
 handling: `discard()` closes the pipe, waits for the thread and removes the temp file; `close()`
 does the same but keeps a named partial on disk; after `stop()` the caller keeps or drops `output`
 itself (a full disk cuts a named partial to whole chunks).
@@ -22,7 +23,7 @@ import os
 import threading
 from pathlib import Path
 
-from relaysync.errors import TransferError
+from relaysync.errors import DeltaBaseUnreadable, TransferError
 from relaysync.transfer import _librsync
 from relaysync.transfer.staging import PARTIAL_SUFFIX, IncomingFile
 
@@ -73,28 +74,41 @@ class StreamingPatch:
             raise
 
     def _start_part(self) -> None:
-        read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        """Start librsync on the next part in a thread of its own. It reads the base through a
+        descriptor of its own (a dup of ours, which its FILE* closes; each COPY seeks), never by
+        a path: no /proc needed, nothing reached through the tree.
+
+        Raises:
+            DeltaBaseUnreadable: no descriptor of the base could be made (EMFILE...).
+        """
+        try:
+            basis = os.dup(self._base)
+        except OSError as exc:
+            raise DeltaBaseUnreadable(self.final.name, exc.strerror or str(exc)) from exc
+        try:
+            read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        except BaseException:
+            os.close(basis)
+            raise
         try:
             fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # over /proc/sys/fs/pipe-max-size: the default 64 KiB works, only slower
             pass
         thread = threading.Thread(
-            target=self._run, args=(read_fd,), name=f"patch {self.final.name}", daemon=True
+            target=self._run, args=(basis, read_fd), name=f"patch {self.final.name}", daemon=True
         )
         try:
             thread.start()
         except BaseException:
             os.close(read_fd)
+            os.close(basis)
             raise
         self._thread = thread
 
-    def _run(self, read_fd: int) -> None:
+    def _run(self, basis: int, read_fd: int) -> None:
         try:
             # Each part's output is appended and hashed as librsync writes it (no re-read at the end).
-            # The base is opened anew from our descriptor (its /proc link is the file itself, not
-            # a path through the tree): each part reads it from its start.
-            basis = Path(f"/proc/self/fd/{self._base}")
-            _librsync.patch(basis, read_fd, self.output.append)  # closes read_fd
+            _librsync.patch(basis, read_fd, self.output.append)  # closes basis and read_fd
         except BaseException as exc:  # noqa: BLE001 - reported by write() or finish()
             self._error = exc
 
@@ -104,7 +118,7 @@ class StreamingPatch:
 
         Raises:
             TransferError: out of order, more parts than announced, or librsync refused the
-            delta (corrupt).
+            delta (corrupt); DeltaBaseUnreadable: the base could not be read.
         """
         if offset == 0 and self.received:
             self._end_part()
@@ -123,7 +137,8 @@ class StreamingPatch:
                 view = view[os.write(self._write_fd, view) :]
         except BrokenPipeError:
             self.stop()  # waits for the patch thread: its error is set
-            if isinstance(self._error, OSError):  # writing the new version failed (a full disk...)
+            # writing the new version failed (a full disk...), or reading the base did
+            if isinstance(self._error, OSError | DeltaBaseUnreadable):
                 raise self._error from None
             raise TransferError(
                 f"{self.final.name}: librsync stopped reading the delta: {self._error}"
@@ -134,8 +149,8 @@ class StreamingPatch:
         """Wait for librsync to write the last byte; return the new version, hashed, unverified.
 
         Raises:
-            TransferError: librsync refused the delta; OSError: reading the old version or
-            writing the new one failed.
+            TransferError: librsync refused the delta; DeltaBaseUnreadable: reading the old
+            version failed; OSError: writing the new one failed.
         """
         self._end_part()
         self._close_base()

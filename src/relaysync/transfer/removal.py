@@ -20,6 +20,7 @@ from typing import Any
 from relaysync._util.fs import walk_in
 from relaysync.constants import TEMP_PREFIX
 from relaysync.protocol.messages import MAX_REMOVED_BYTES, MAX_REMOVED_PATHS, CommitRecord
+from relaysync.transfer.paths import parent_of
 
 
 def path_bytes(path: str) -> int:
@@ -77,16 +78,14 @@ class RemovalSurvey:
     def _link(self, dir_fd: int, name: str, rel: str) -> str:
         """A link to a directory is one to the web server: "d", and what is under it when it
         lies inside the folder (walked from root, no link on the way followed)."""
-        try:  # the link in the directory held open (its /proc entry), not by a path through the tree
-            real = Path(os.path.realpath(f"/proc/self/fd/{dir_fd}/{name}"))
-            if not stat.S_ISDIR(os.stat(real).st_mode):
+        try:  # followed from the directory held open (fstatat), not by a path through the tree
+            if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd).st_mode):
                 return "l"
         except (OSError, ValueError):
             return "l"  # dangling, a loop, unreadable: a link to nothing
         if self.root is not None:
-            root = Path(os.path.realpath(self.root))
-            if real.is_relative_to(root):
-                top = "" if real == root else real.relative_to(root).as_posix()
+            top = _below(self.root, dir_fd, name, rel)
+            if top is not None:
                 self._walk(self.root, top, rel)
         return "d"
 
@@ -141,3 +140,20 @@ class RemovalSurvey:
         self._seen.add(rel)
         self._bytes += size
         return True
+
+
+def _below(root: Path, dir_fd: int, name: str, rel: str) -> str | None:
+    """Where the link `name` in `dir_fd` (at `rel`) leads, relative to `root` ("" for root
+    itself); None if outside it or unreadable. Its target (readlink at the descriptor) is joined
+    to the link's directory below root and resolved (realpath: lstat and readlink only, nothing
+    opened or listed; no /proc needed): it only chooses what to list, and that listing starts
+    at root and follows no link."""
+    try:
+        target = os.readlink(name, dir_fd=dir_fd)
+        real_root = Path(os.path.realpath(root))
+        real = Path(os.path.realpath(os.path.join(root, parent_of(rel), target)))
+    except (OSError, ValueError):
+        return None
+    if not real.is_relative_to(real_root):
+        return None
+    return "" if real == real_root else real.relative_to(real_root).as_posix()

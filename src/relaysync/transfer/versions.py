@@ -21,12 +21,14 @@ from relaysync._util.fs import GONE_ERRNOS, make_dirs_at, names_in, open_for_rea
 from relaysync.constants import MAX_NAME_BYTES, TEMP_PREFIX
 from relaysync.errors import NotFound, UnsafePath
 from relaysync.transfer.paths import check_relpath
-from relaysync.transfer.staging import replace_at, temp_name_for
+from relaysync.transfer.staging import temp_name_for
 
 logger = logging.getLogger(__name__)
 
 SEPARATOR = "@"
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# rename(2) of a file onto a directory: EISDIR (Linux); the others where a system says so
+_DIR_IN_THE_WAY = (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST)
 
 
 def versions_dir_for(root: Path) -> Path:
@@ -74,9 +76,9 @@ class VersionKeeper:
 
     def _save_file(self, dir_fd: int, name: str, rel: str) -> None:
         """Keep the regular file `name` in `dir_fd` as a version of `rel`: a hard link to it, or
-        a copy across file systems; not if it is no longer a regular file when opened."""
+        a copy across file systems; not if it is no longer a regular file by then."""
         stamp = datetime.fromtimestamp(time.time(), UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        base = rel.rpartition("/")[2]
+        parent, _, base = rel.rpartition("/")
         kept = f"{base}{SEPARATOR}{stamp}"
         if len(kept.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
             # Replication wins over history: failing here would block every change after this one.
@@ -86,35 +88,22 @@ class VersionKeeper:
                 MAX_NAME_BYTES,
             )
             return
+        dest_fd = self._versions_at(parent)
         try:
-            src = open_for_read(name, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno in GONE_ERRNOS:
-                return  # gone, or swapped for a link meanwhile: not a version of ours
-            raise
-        try:
-            st = os.fstat(src)
-            if stat.S_ISREG(st.st_mode):
-                self._keep(src, st, rel.rpartition("/")[0], kept)
+            if not _link_regular(dir_fd, name, dest_fd, kept):
+                _copy_regular(dir_fd, name, dest_fd, kept)  # another file system, links refused
+            self._prune(dest_fd, base)
         finally:
-            os.close(src)
+            os.close(dest_fd)
 
-    def _keep(self, src: int, st: os.stat_result, parent: str, kept: str) -> None:
-        """Put the file open as `src` in the versions at `parent`/`kept`, then prune there."""
+    def _versions_at(self, parent: str) -> int:
+        """The versions' directory for the files of `parent` (made if missing), held open."""
         self.dir.mkdir(parents=True, exist_ok=True)
         dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:  # any depth (pathlib's mkdir recurses)
-            dest_fd = make_dirs_at(dir_fd, parent)[0]
+            return make_dirs_at(dir_fd, parent)[0]
         finally:
             os.close(dir_fd)
-        try:
-            try:  # the file open, by its /proc link: linkat(2)'s way to link a descriptor
-                os.link(f"/proc/self/fd/{src}", kept, dst_dir_fd=dest_fd, follow_symlinks=True)
-            except OSError:
-                copy_to(src, st, dest_fd, kept)  # another file system, or links not allowed
-            self._prune(dest_fd, kept.rpartition(SEPARATOR)[0])
-        finally:
-            os.close(dest_fd)
 
     def _prune(self, dest_fd: int, name: str) -> None:
         prefix = name + SEPARATOR
@@ -145,6 +134,8 @@ class VersionKeeper:
 
         Raises:
             NotFound: no such version kept.
+            UnsafePath: a directory stands at `rel` (left as it is), or one on its way is a
+            symlink or not a directory.
         """
         kept = self.versions(rel)
         chosen = version or (kept[-1] if kept else None)
@@ -163,7 +154,8 @@ class VersionKeeper:
         directory held open (made if missing, never through a link), then renamed over it.
 
         Raises:
-            UnsafePath: a directory on the way is a symlink or not a directory.
+            UnsafePath: a directory on the way is a symlink or not a directory, or a directory
+            stands at `rel` (never removed: what it holds may be no version of anything).
         """
         parent, _, name = rel.rpartition("/")
         root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -180,14 +172,50 @@ class VersionKeeper:
         try:
             temp = temp_name_for(Path(name)).name
             copy_to(src, os.fstat(src), dir_fd, temp)
-            try:
-                replace_at(dir_fd, temp, dir_fd, name)
-            except BaseException:
+            try:  # a plain rename: it replaces a file or link, never a directory (EISDIR)
+                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException as exc:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp, dir_fd=dir_fd)
+                if isinstance(exc, OSError) and exc.errno in _DIR_IN_THE_WAY:
+                    raise UnsafePath(
+                        rel, "a directory is there; restore replaces a file only, move it first"
+                    ) from exc
                 raise
         finally:
             os.close(dir_fd)
+
+
+def _link_regular(dir_fd: int, name: str, dest_fd: int, kept: str) -> bool:
+    """Hard-link `name` in `dir_fd` as `kept` in `dest_fd`, by name with no link followed (no
+    /proc, nothing opened): what is linked is what the name is at that instant, so it is
+    checked after, and taken back if it is not a regular file (a symlink swapped in is linked
+    as itself, never followed). True if done (kept, or nothing to keep), False if the file
+    system refused the link (another one, links not allowed): copy it then."""
+    try:
+        os.link(name, kept, src_dir_fd=dir_fd, dst_dir_fd=dest_fd, follow_symlinks=False)
+    except OSError as exc:  # EXDEV, EPERM, EMLINK...: a copy may do
+        return exc.errno in (errno.ENOENT, errno.ENOTDIR)  # gone meanwhile: not a version of ours
+    if not stat.S_ISREG(os.lstat(kept, dir_fd=dest_fd).st_mode):
+        os.unlink(kept, dir_fd=dest_fd)  # swapped for a link or else meanwhile: not ours to keep
+    return True
+
+
+def _copy_regular(dir_fd: int, name: str, dest_fd: int, kept: str) -> None:
+    """Copy `name` in `dir_fd` to `kept` in `dest_fd` if it is (still) a regular file, read
+    through a descriptor opened with no link followed."""
+    try:
+        src = open_for_read(name, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in GONE_ERRNOS:
+            return  # gone, or swapped for a link meanwhile: not a version of ours
+        raise
+    try:
+        st = os.fstat(src)
+        if stat.S_ISREG(st.st_mode):
+            copy_to(src, st, dest_fd, kept)
+    finally:
+        os.close(src)
 
 
 def copy_to(src: int, st: os.stat_result, dir_fd: int, name: str) -> None:

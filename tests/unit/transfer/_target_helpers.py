@@ -10,11 +10,13 @@ from typing import Any
 
 import xxhash
 
-from relaysync.protocol.messages import SmallFile
-from relaysync.transfer import staging
+from relaysync.protocol.messages import AnyMessage, DeltaStart, SmallFile
+from relaysync.transfer import ops, staging
 from relaysync.transfer.conflicts import NEWEST_MTIME
+from relaysync.transfer.signatures import SignatureStore
 from relaysync.transfer.target_folder import TargetFolder
-from relaysync.watch.manifest import Manifest
+from relaysync.watch.changes import JournalRecord
+from relaysync.watch.manifest import Entry, Manifest
 
 T0 = 1_700_000_000_000_000_000  # an mtime in ns
 
@@ -32,6 +34,29 @@ def small_file(
         data=data,
         hash=xxhash.xxh3_128(data).digest(),
     )
+
+
+def delta_messages(tmp_path: Path, old: bytes, new: bytes) -> list[AnyMessage]:
+    """The messages of a delta (seq 3) from `old` (held by the target at u/f) to `new`, as a
+    link sends them (its source and signatures under tmp_path/src and tmp_path/sigs)."""
+    src = tmp_path / "src"
+    (src / "u").mkdir(parents=True)
+    (src / "u" / "f").write_bytes(old)
+    base = xxhash.xxh3_128_digest(old)
+    sigs = SignatureStore(tmp_path / "sigs")
+    sigs.remember(src, "u/f", base)
+    (src / "u" / "f").write_bytes(new)
+    record = JournalRecord(
+        seq=3,
+        op="write",
+        path="u/f",
+        base_hash=base,
+        entry=Entry(path="u/f", kind="f", size=len(new), hash=xxhash.xxh3_128_digest(new)),
+    )
+    sent = ops.record_messages(src, record, ops.SendOptions(signatures=sigs))
+    messages = [m for m in sent if not isinstance(m, ops.Flush)]
+    assert isinstance(messages[0], DeltaStart)
+    return messages
 
 
 def nm_members(tmp_path: Path) -> tuple[TargetFolder, TargetFolder]:

@@ -23,7 +23,6 @@ from relaysync.protocol.messages import (
     Checkpoint,
     CommitRecord,
     Delete,
-    DeltaStart,
     Erase,
     Error,
     ErrorCode,
@@ -32,15 +31,13 @@ from relaysync.protocol.messages import (
     FileStart,
     MakeDir,
 )
-from relaysync.transfer import _librsync, _partial_lock, ops, relay_resume, staging
+from relaysync.transfer import _librsync, _partial_lock, relay_resume, staging
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.removal import RemovalSurvey
-from relaysync.transfer.signatures import SignatureStore
 from relaysync.transfer.target_folder import RESUME_MIN_BYTES, TargetFolder
 from relaysync.transfer.versions import versions_dir_for
-from relaysync.watch.changes import JournalRecord
-from relaysync.watch.manifest import Entry, Manifest
-from tests.unit.transfer._target_helpers import T0
+from relaysync.watch.manifest import Manifest
+from tests.unit.transfer._target_helpers import T0, delta_messages
 from tests.unit.transfer._target_helpers import small_file as _small
 
 BIG = RESUME_MIN_BYTES + CHUNK_BYTES  # a large file: it goes through a named partial
@@ -158,28 +155,6 @@ def test_a_relay_gives_a_child_no_bytes_from_outside_through_a_swapped_directory
 # --- the delta base ---
 
 
-def _delta_of(tmp_path: Path, folder: TargetFolder, old: bytes, new: bytes) -> list[AnyMessage]:
-    """The messages of a delta from `old` (held by the target at u/f) to `new`, as a link sends."""
-    src = tmp_path / "src"
-    (src / "u").mkdir(parents=True)
-    (src / "u" / "f").write_bytes(old)
-    base = xxhash.xxh3_128_digest(old)
-    sigs = SignatureStore(tmp_path / "sigs")
-    sigs.remember(src, "u/f", base)
-    (src / "u" / "f").write_bytes(new)
-    record = JournalRecord(
-        seq=3,
-        op="write",
-        path="u/f",
-        base_hash=base,
-        entry=Entry(path="u/f", kind="f", size=len(new), hash=xxhash.xxh3_128_digest(new)),
-    )
-    sent = ops.record_messages(src, record, ops.SendOptions(signatures=sigs))
-    messages = [m for m in sent if not isinstance(m, ops.Flush)]
-    assert isinstance(messages[0], DeltaStart)
-    return messages
-
-
 @pytest.mark.skipif(not _librsync.available(), reason="librsync2 is not installed")
 def test_a_delta_reads_its_base_in_the_real_directory_never_through_a_swapped_one(
     tmp_path: Path,
@@ -207,7 +182,7 @@ def test_a_delta_reads_its_base_in_the_real_directory_never_through_a_swapped_on
         real_patch(basis, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_librsync, "patch", patch)
-    (reply,) = session.apply_batch([*_delta_of(tmp_path, folder, old, new), Checkpoint(seq=3)])
+    (reply,) = session.apply_batch([*delta_messages(tmp_path, old, new), Checkpoint(seq=3)])
     assert read_as_base and outside_ino not in read_as_base
     assert (outside / "f").read_bytes() == b"s" * len(old)
     assert sorted(os.listdir(outside)) == ["f"]
