@@ -33,6 +33,7 @@ from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
+from ._closed import note_closed
 from ._mass_delete_guard import MassDeleteGuard, Verdict
 from ._unreadable_recheck import UnreadableRecheck
 
@@ -448,6 +449,7 @@ class SourceMapping(MassDeleteGuard):
         self, detected: list[PendingChange], closed: set[str], settle: bool
     ) -> Verdict:
         """Journal and apply detected changes unless the mass-delete guard says otherwise."""
+        note_closed(closed, detected)  # a file closed, then renamed: closed under its new name
         changes = await self._hold_hot(detected, closed)
         self._follow_held(detected)
         if not changes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
@@ -16,3 +17,14 @@ class FsEvent(msgspec.Struct, frozen=True, kw_only=True):
     path: str
     new_path: str = ""
     is_dir: bool = False
+
+
+# The name an O_TMPFILE file has until it is linked into a directory (linkat): "#" and its inode
+# number. Its close-write is reported under that name, which never exists on disk.
+_ANONYMOUS = re.compile(r"#([0-9]+)")
+
+
+def anonymous_inode(path: str) -> int | None:
+    """The inode number in `path`'s name if that is an O_TMPFILE file's anonymous name."""
+    match = _ANONYMOUS.fullmatch(path.rpartition("/")[2])
+    return int(match[1]) if match else None

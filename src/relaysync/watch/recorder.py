@@ -9,6 +9,14 @@ A batch that renames or deletes a directory and then touches what was below it (
 e/f`, `mv current old; mkdir current`) cannot be judged against the manifest, which still holds
 the old tree: `detect()` stops there and hands back the rest, to be detected once the changes
 before it are applied.
+
+A rename is journaled from the manifest's entry, yet what was renamed may have changed since (a
+write whose close-write is read in the batch of the rename, or before it but detected after it,
+finds its old name gone: `echo >> app.log && mv app.log app.log.1`, `cp -r build/. staging/ &&
+mv staging live`), and below a renamed directory the filter may judge the files otherwise
+(`include=["^public/"]`, `mv staging public`). So a renamed file is looked at again under its
+new name, and a renamed directory is rescanned once the rename is applied: a scan reads only the
+stat of files that did not change, and records nothing for them.
 """
 
 from __future__ import annotations
@@ -16,14 +24,15 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
 
-from relaysync.errors import SourceReadError
-from relaysync.watch._fsevent import FsEvent
+from relaysync.errors import SourceListError, SourceReadError
+from relaysync.watch._fsevent import FsEvent, anonymous_inode
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, ancestors, same_version
@@ -33,6 +42,8 @@ from relaysync.watch.scanner import (
     entry_from_stat,
     lstat_in,
     make_entry,
+    open_dir_below,
+    same_stat,
     scan,
 )
 from relaysync.watch.target_policy import TargetPolicy
@@ -97,6 +108,8 @@ class ChangeRecorder:
         renamed (either name), a scan of a subtree holding one, or a write of a hard-linked
         file with another name below one. Those events come back as `rest`: apply the changes,
         then detect the rest. The first event is always taken, so every call makes progress.
+        A directory renamed is rescanned under its new name in the rest, after the events that
+        are stale already (see the module docstring).
         An event whose path, or a directory on its way, cannot be read records no change (what
         it decided before that stays) and is noted in `unreadable`.
 
@@ -116,12 +129,26 @@ class ChangeRecorder:
                 break
             except SourceReadError as err:  # a directory on its way cannot be opened
                 batch.unreadable.append(err.bare())
+        if batch.follow:
+            rest = _then(rest, batch.follow)
         if batch.inodes and self._hard_links:
             self._manifest.set_inodes(batch.inodes.items())
         return Detection(batch.out, rest, tuple(batch.unreadable))
 
     def _on_write(self, batch: _Batch, event: FsEvent) -> None:
         self._restat(batch, event.path)
+        if "#" in event.path and (ino := anonymous_inode(event.path)) is not None:
+            self._on_anonymous(batch, event.path, ino)
+
+    def _on_anonymous(self, batch: _Batch, path: str, ino: int) -> None:
+        """A close-write under the name of an O_TMPFILE file, "#<inode>", never on disk: the file
+        is published with linkat(2), whose IN_CREATE the watcher cannot tell from an open(2)
+        still writing. Its names are found in its directory by that inode number."""
+        head = path.rpartition("/")[0]
+        for name in batch.inode_names(self._root, head).get(ino, ()):
+            other = f"{head}/{name}" if head else name
+            if other != path:
+                self._restat(batch, other)
 
     _on_attr = _on_write
     _on_symlink = _on_write
@@ -228,6 +255,22 @@ class ChangeRecorder:
                 base_hash=replaced.hash if replaced else b"",
             )
         )
+        if moved.kind == "d":  # below it: what changed unseen, what the filter judges otherwise
+            batch.follow.append(FsEvent(kind="rescan", path=moved.path, is_dir=True))
+        else:
+            self._recheck_moved(batch, moved)
+
+    def _recheck_moved(self, batch: _Batch, moved: Entry) -> None:
+        """Record a write of a renamed file whose disk state is not the one renamed (the write
+        before the rename found the old name gone). One lstat when it is the same."""
+        with entry_dir(self._root, moved.path) as dir_fd:
+            st = lstat_in(self._root, moved.path, dir_fd)
+        if st is None or (_kind(st) == moved.kind and same_stat(moved, moved.kind, st)):
+            return
+        try:
+            self._restat(batch, moved.path)
+        except _Stale:  # another hard link below a directory moved in this batch
+            batch.follow.append(FsEvent(kind="rescan", path=moved.path))
 
     def _on_rescan(self, batch: _Batch, event: FsEvent) -> None:
         self._rescan(batch, event.path)
@@ -284,6 +327,23 @@ class ChangeRecorder:
         self._manifest.put_many(puts)
 
 
+def _kind(st: os.stat_result) -> str:
+    return "f" if stat.S_ISREG(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode) else ""
+
+
+def _then(rest: list[FsEvent], follow: list[FsEvent]) -> list[FsEvent]:
+    """`rest`, then the rescans in `follow` that no rescan in it covers (the watcher's own of a
+    directory renamed before its watch existed, a path rescanned twice)."""
+    covered = {e.path for e in rest if e.kind == "rescan"}
+    out = list(rest)
+    for event in follow:
+        if event.path in covered or any(a in covered for a in ancestors(event.path)):
+            continue
+        covered.add(event.path)
+        out.append(event)
+    return out
+
+
 class _Batch:
     """The changes decided so far in one detect() call, and the state they lead to.
 
@@ -301,6 +361,30 @@ class _Batch:
         self.inodes: dict[str, int] = {}  # inode fixes: path -> inode number (Manifest.set_inodes)
         self.unreadable: list[SourceReadError] = []  # files there but not readable to hash
         self._by_ino: dict[int, set[str]] = {}
+        self.follow: list[FsEvent] = []  # rescans to detect once this batch is applied
+        self._listings: dict[str, dict[int, list[str]]] = {}  # dir -> inode -> names
+
+    def inode_names(self, root: Path, dir_rel: str) -> dict[int, list[str]]:
+        """The names in directory `dir_rel` by inode number, listed once per batch (no stat:
+        the inode numbers are the listing's).
+
+        Raises:
+            SourceListError: the directory is there but cannot be listed.
+        """
+        if dir_rel not in self._listings:
+            names: dict[int, list[str]] = {}
+            dir_fd = open_dir_below(root, dir_rel)
+            if dir_fd is not None:
+                try:
+                    with os.scandir(dir_fd) as it:
+                        for de in it:
+                            names.setdefault(de.inode(), []).append(de.name)
+                except OSError as exc:
+                    raise SourceListError.of(dir_rel, exc) from exc
+                finally:
+                    os.close(dir_fd)
+            self._listings[dir_rel] = names
+        return self._listings[dir_rel]
 
     def paths_with_inode(self, ino: int) -> set[str]:
         """The paths this batch recorded a file at with inode number `ino` (maybe changed since)."""

@@ -26,7 +26,7 @@ import anyio.lowlevel
 from asyncinotify import Event, Inotify, Mask
 
 from relaysync.constants import UNWATCHED_SCAN_INTERVAL_S
-from relaysync.watch._fsevent import EventKind, FsEvent
+from relaysync.watch._fsevent import EventKind, FsEvent, anonymous_inode
 from relaysync.watch._pending_move import PendingFrom
 from relaysync.watch._root import RootPresence, RootWatching
 from relaysync.watch._tree_watches import TreeWatches, under
@@ -65,7 +65,9 @@ class Watcher(RootWatching, TreeWatches):
 
     Args:
         root: the directory to watch.
-        path_filter: events for paths it rejects (and temporary names) are not reported.
+        path_filter: events for paths it rejects (and temporary names) are not reported, but
+            for the close-write of an O_TMPFILE's anonymous name ("#<inode>"), whose real names
+            the recorder finds and judges.
         unwatched_scan_interval_s: how often directories beyond the inotify watch limit are
             reported as "rescan".
 
@@ -338,7 +340,8 @@ class Watcher(RootWatching, TreeWatches):
         elif Mask.MOVED_TO in mask:
             self._moved_to(rel, is_dir, cookie)
         elif not self._filter.accepts(rel, is_dir=is_dir):
-            return
+            if "#" in rel and Mask.CLOSE_WRITE in mask and anonymous_inode(rel) is not None:
+                self._emit("write", rel)  # an O_TMPFILE: the recorder judges the names it has
         elif Mask.CREATE in mask:
             self._created(rel, is_dir)
         elif Mask.MODIFY in mask and not is_dir:
