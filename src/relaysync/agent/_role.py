@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from anyio.abc import TaskGroup
 
+from relaysync.config.schema import AgentConfig
 from relaysync.protocol.messages import TargetSpec
 from relaysync.transfer.link_ends import SourceFolder
 from relaysync.transfer.relay import RelayFeed
@@ -17,6 +18,7 @@ from relaysync.transfer.sender import TargetLink
 class AgentRole:
     """The state and the link factory both roles use (declared here, set by AgentService)."""
 
+    cfg: AgentConfig
     data_dir: Path
     node_id: str
     _tg: TaskGroup | None

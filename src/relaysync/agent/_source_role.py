@@ -132,7 +132,9 @@ class SourceRole(AgentRole):
 
     async def _run_source_inner(self, spec: MappingSpec, scope: anyio.CancelScope) -> None:
         source = await anyio.to_thread.run_sync(
-            SourceMapping, spec, self.data_dir / "sources" / str(spec.mapping_id)
+            partial(SourceMapping, rescan_interval_s=self.cfg.rescan_interval_s),
+            spec,
+            self.data_dir / "sources" / str(spec.mapping_id),
         )
         running = self._running_source(spec.mapping_id, scope)
         if running is not None:

@@ -46,6 +46,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:0"  # peer server, host:port (port 0 = any free port)
     advertise_host: str = ""  # address peers use to reach this agent; default: the listen host
     compare_interval_s: float = 600.0  # manifests are compared this often, for convergence
+    # A source folder is rescanned in full this often (0 = never), a safety net under inotify:
+    # what the watcher missed (a kernel queue lost, a rename race) is found and sent.
+    rescan_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
     # compression of file data on this agent's links (0 = off; zstd's levels go to 19); a policy wins
     zstd_level: Annotated[int, msgspec.Meta(ge=0, le=19)] = 0
     bandwidth_limit_mbit: Annotated[float, msgspec.Meta(ge=0)] = (

@@ -1,0 +1,118 @@
+"""SourceMapping: a full rescan every `rescan_interval_s` finds and journals what the watcher
+never reported (a lost inotify event), and says so in a warning; 0 turns it off."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from relaysync.agent import source as source_module
+from relaysync.agent.source import SourceMapping
+from relaysync.protocol.messages import MappingSpec, TargetSpec
+from relaysync.watch.watcher import Watcher
+
+WAIT_S = 20.0
+
+
+class BlindWatcher(Watcher):
+    """A watcher that starts, then reports nothing: every change is a lost event."""
+
+    async def _read_loop(self, send: object) -> None:
+        await anyio.sleep_forever()
+
+
+def _mapping(tmp_path: Path, interval_s: float) -> tuple[SourceMapping, Path]:
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "old.txt").write_text("there before the start")
+    spec = MappingSpec(
+        mapping_id=1,
+        name="m",
+        source_node="s",
+        source_path=str(root),
+        targets=(TargetSpec(node_id="t1", path="/t1"),),
+        durability="fast",
+    )
+    return SourceMapping(spec, tmp_path / "state", rescan_interval_s=interval_s), root
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(WAIT_S):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def _journaled(mapping: SourceMapping) -> dict[str, str]:
+    return {r.path: r.op for r in mapping.journal.read(0)}
+
+
+def _cool(path: Path) -> None:
+    past = os.stat(path).st_mtime_ns - 10 * 10**9  # not "hot": a scan journals it at once
+    os.utime(path, ns=(past, past))
+
+
+def test_a_change_the_watcher_never_reported_is_found_by_the_periodic_rescan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(source_module, "Watcher", BlindWatcher)
+    mapping, root = _mapping(tmp_path, interval_s=0.05)
+    caplog.set_level(logging.WARNING, logger="relaysync.agent.source")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(mapping.serve)
+            await _until(lambda: "old.txt" in _journaled(mapping))  # the first scan
+            (root / "missed.txt").write_text("the watcher never says")
+            _cool(root / "missed.txt")
+            (root / "old.txt").unlink()
+            await _until(lambda: _journaled(mapping).get("old.txt") == "delete")
+            await _until(lambda: "missed.txt" in _journaled(mapping))
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        mapping.close()
+    warned = [r.getMessage() for r in caplog.records if "periodic rescan found" in r.getMessage()]
+    assert warned and "did not report" in warned[0]
+
+
+def test_a_rescan_that_finds_nothing_journals_nothing_and_stays_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    mapping, _ = _mapping(tmp_path, interval_s=0.02)
+    caplog.set_level(logging.WARNING, logger="relaysync.agent.source")
+    rescans: list[int] = []
+    record = mapping._record_locked
+
+    async def counting(events: list, *, settle: bool = False) -> bool:  # type: ignore[type-arg]
+        if any(e.kind == "rescan" and not e.path for e in events):
+            rescans.append(mapping.journal.last_seq)
+        return await record(events, settle=settle)
+
+    monkeypatch.setattr(mapping, "_record_locked", counting)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(mapping.serve)
+            await _until(lambda: len(rescans) >= 4)  # the start-up scan and three periodic ones
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        mapping.close()
+    assert len(set(rescans)) == 1  # the journal did not grow: nothing was found again
+    assert not [r for r in caplog.records if "periodic rescan" in r.getMessage()]
+
+
+def test_the_rescan_interval_comes_from_the_agent_config() -> None:
+    from relaysync.config.schema import AgentConfig
+
+    cfg = AgentConfig(master_url="http://127.0.0.1:1", name="a", data_dir="/tmp/x")
+    assert cfg.rescan_interval_s == source_module.RESCAN_INTERVAL_S == 3600.0
