@@ -15,6 +15,7 @@ import time
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import PathInt
 from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def list_api_tokens(context: Context) -> list[ApiTokenListed]:
     return [ApiTokenListed.model_validate(t) for t in context.store.list_api_tokens()]
 
 
-def revoke_api_token(token_id: int, context: Context) -> None:
+def revoke_api_token(token_id: PathInt, context: Context) -> None:
     """Revoke an API token, even the one this request bears: it gets 401 from now on."""
     revoked = context.store.revoke_api_token(token_id)
     logger.info("API token revoked", extra={"token_id": revoked.id, "token_name": revoked.name})
