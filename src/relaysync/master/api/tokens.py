@@ -14,6 +14,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from relaysync.auth.tokens import join_string
 from relaysync.master.api._context import Context
 from relaysync.master.api._limits import PathInt
 from relaysync.master.events import EventType
@@ -29,6 +30,10 @@ class JoinTokenIn(BaseModel):
 
 class JoinTokenOut(BaseModel):
     token: str  # shown once: only its hash is kept
+    # what to give agents (`relaysync agent --token`): the token and the CA's fingerprint, so
+    # that an agent trusts no other master on its first join
+    join_string: str
+    ca_fingerprint: str  # SHA-256 of the fleet CA certificate's DER, hex
     id: str  # what the listing shows and DELETE /api/tokens/join/{id} takes
     expires_at: float | None  # unix time
 
@@ -68,6 +73,8 @@ def create_join_token(context: Context, body: JoinTokenIn | None = None) -> Join
     context.changed(EventType.TOKEN_CREATED, kind="join", id=token_id, ttl_s=ttl_s)
     return JoinTokenOut(
         token=token,
+        join_string=join_string(token, context.ca.ca_fingerprint),
+        ca_fingerprint=context.ca.ca_fingerprint,
         id=token_id,
         expires_at=None if ttl_s is None else time.time() + ttl_s,
     )
