@@ -50,6 +50,11 @@ CLOSE_TIMEOUT_S = 2.0  # shielded cleanup on cancellation
 # (a locked SQLite waits SQLITE_BUSY_TIMEOUT_MS, 10 s), then the last acknowledgements to agents.
 MASTER_STOP_TIMEOUT_S = 15.0
 HTTP_TIMEOUT_S = 10.0  # REST calls between agent/CLI and master
+# The master's REST API reads at most this much of a request body, before any token check or
+# parsing: anything larger is refused with 413 (the largest real bodies, sites with many caches
+# and mappings with many targets, are tens of KiB).
+API_MAX_BODY_BYTES = 2 * 1024 * 1024
+API_JOIN_MAX_BODY_BYTES = 8 * 1024  # POST /api/join: a token, a name and a CSR (under 2 KiB)
 # An agent sends its server figures this often (AgentConfig.metrics_interval_s's default); the
 # master raises "no data" for an agent silent for NO_DATA_AFTER_REPORTS times this or its own gap.
 METRICS_INTERVAL_S = 10.0
@@ -83,6 +88,10 @@ TASK_RETRY_MAX_S = 60.0  # a bug that recurs at once logs one traceback a minute
 # so an agent whose master.json predates the pinned `master_node_id` can tell the master from
 # another agent of the fleet on its first contact, and pins its fingerprint from then on.
 MASTER_NODE_NAME = "relaysync-master"
+# The server name the master's own figures go under in monitoring (thresholds, /metrics): no
+# agent may join under it either, or its figures would replace the master's and escape the
+# fleet-wide rules (auth/ca.py).
+MASTER_MONITOR_NAME = "master"
 
 JOB_LOG_FLUSH_INTERVAL_S = 0.5  # the master writes the job log in batches, off the change path
 FSYNC_BATCH_MAX_FILES = 256  # a receiver fsyncs and renames at most this many files per batch

@@ -15,6 +15,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   └── SourceListError            a source directory that is there but cannot be listed or entered
     ├── AuthError                      identity and certificates
     │   ├── JoinRefused                a bad or expired join token
+    │   ├── MasterNotTrusted           a first join answered with another CA than the join string names
     │   ├── UnknownPeer                a certificate the receiver does not expect
     │   │   └── RoutesStale            a sender that is not our parent in our routing table's epoch
     │   ├── NodeRemoved                a node the master does not know, or removed from the fleet
@@ -169,6 +170,10 @@ class AuthError(RelaySyncError):
 
 class JoinRefused(AuthError):
     """The master refused to let this agent join: {}. Ask the operator for a fresh join token."""
+
+
+class MasterNotTrusted(AuthError):
+    """The master at {} is not the one this agent was told to join: its CA's fingerprint is {}, the join string (or --ca-fingerprint) says {}. Nothing was saved. Check --master (someone else may be answering on the way), or ask the operator for a current join string (`relaysync token create-join`, or the master's data_dir/join-token)."""
 
 
 class UnknownPeer(AuthError):

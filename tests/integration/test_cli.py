@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from relaysync.auth.ca import make_key_and_csr
-from relaysync.auth.tokens import hash_token
+from relaysync.auth.ca import fingerprint, make_key_and_csr
+from relaysync.auth.tokens import hash_token, split_join_string
 from relaysync.testing.cluster import Cluster, wait_until
 from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 
@@ -186,21 +186,25 @@ def test_tokens_are_listed_and_revoked_and_the_default_join_token_stays_revoked(
     cluster = Cluster(tmp_path / "tokens")
     cluster.start_master()
     try:
-        default = cluster.join_token
+        default = cluster.join_token  # the file holds a join string: token.ca-fingerprint
         joiner = cli(cluster, "token", "create-join", "--ttl-s", "3600")
         assert joiner.returncode == 0, joiner.stderr
-        join_token = joiner.stdout.strip()  # the token alone on stdout, for scripts
+        join_token = joiner.stdout.strip()  # the join string alone on stdout, for scripts
         assert join_token.startswith("rsj_") and "shown only this once" in joiner.stderr
+        ca_pem = (cluster.master_dir / "ca" / "ca.pem").read_bytes()
+        default_token, default_ca = split_join_string(default)
+        new_token, new_ca = split_join_string(join_token)
+        assert default_ca == new_ca == fingerprint(ca_pem)
         api = cli_json(cluster, "token", "create-api", "departed colleague")
 
         listed = cli_json(cluster, "token", "list")
         join_ids = [t["id"] for t in listed["join"]]
-        assert join_ids == [hash_token(default)[:12], hash_token(join_token)[:12]]
+        assert join_ids == [hash_token(default_token)[:12], hash_token(new_token)[:12]]
         assert [(t["id"], t["name"]) for t in listed["api"]] == [(api["id"], "departed colleague")]
         table = cli(cluster, "token", "list", env={"COLUMNS": "200"})  # rows unwrapped
         assert table.returncode == 0 and all(i in table.stdout for i in join_ids)
         assert "departed colleague" in table.stdout and "admin-token" in table.stdout
-        for secret in (default, join_token, api["token"]):
+        for secret in (default_token, new_token, api["token"]):
             assert secret not in table.stdout + json.dumps(listed)
 
         assert join_status(cluster, join_token, "web-1") == 200

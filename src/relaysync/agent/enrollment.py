@@ -1,5 +1,10 @@
 """Enrollment: an agent joins the fleet with a token, and keeps where and who its master is.
 
+The first join is checked: the join string carries the SHA-256 fingerprint of the fleet's CA
+(or the operator gives it with --ca-fingerprint), and an answer with another CA is refused
+before anything is saved, so whoever answers at the master's URL in its place gets no say in
+whom the agent trusts. A bare token needs --insecure-first-join (trust whoever answers).
+
 The join reply gives the node's certificate, the fleet's CA, the master's control address and
 the fingerprint of the master's control certificate (`master_node_id`); all of it is kept beside
 the node's key, the master's part in `master.json`. The control link connects to that node id
@@ -13,13 +18,21 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from relaysync._util.addresses import is_unspecified, join_address
+from relaysync.auth.tokens import normalize_fingerprint, split_join_string
 from relaysync.config.load import split_address
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import HTTP_TIMEOUT_S
-from relaysync.errors import JoinRefused, MasterUnreachable
+from relaysync.errors import (
+    AuthError,
+    ConfigError,
+    JoinRefused,
+    MasterNotTrusted,
+    MasterUnreachable,
+)
 from relaysync.transfer import tls
 
 logger = logging.getLogger(__name__)
@@ -37,39 +50,54 @@ class MasterPin:
     )  # its certificate's fingerprint; None: not known yet (joined before pinning)
 
 
+def expected_ca_fingerprint(cfg: AgentConfig) -> tuple[str, str | None]:
+    """The join token to send, and the fingerprint the master's CA must have (None: any).
+
+    Raises:
+        ConfigError: the join string is malformed, it and --ca-fingerprint disagree, or
+            neither names the CA and --insecure-first-join was not given.
+    """
+    token, in_string = split_join_string(cfg.token)
+    given = normalize_fingerprint(cfg.ca_fingerprint) if cfg.ca_fingerprint else None
+    if in_string and given and in_string != given:
+        raise ConfigError(
+            "the join string and --ca-fingerprint name different CAs: give one of them, the "
+            "one from the master you mean to join"
+        )
+    expected = in_string or given
+    if expected is None and not cfg.insecure_first_join:
+        raise ConfigError(
+            "the join token names no CA, so this agent cannot tell the master from whoever "
+            "answers at --master: give the join string `relaysync token create-join` prints (or "
+            "the master's data_dir/join-token file), or add --ca-fingerprint with the SHA-256 of "
+            "the master's data_dir/ca/ca.pem (`openssl x509 -noout -fingerprint -sha256 -in "
+            "ca.pem`), or --insecure-first-join to trust whichever master answers"
+        )
+    return token, expected
+
+
 def join(cfg: AgentConfig, identity: tls.Identity) -> MasterPin:
     """Join the fleet with the token: get a certificate from the master's CA.
+
+    The master's CA must have the fingerprint the join string (or --ca-fingerprint) names;
+    nothing is saved otherwise. With --insecure-first-join and a bare token, any CA is taken.
 
     Returns:
         the master's control address and, from a master that tells it, its node id.
 
     Raises:
+        ConfigError: no CA fingerprint to check the master with (expected_ca_fingerprint).
         JoinRefused: the master refused the token or the request.
+        MasterNotTrusted: the master's CA is not the one the join string names.
         MasterUnreachable: the master did not answer.
     """
-    import httpx  # only at the first start: keeps the resident agent lighter
-
     from relaysync.auth.ca import make_key_and_csr
 
-    identity.key_path.parent.mkdir(parents=True, exist_ok=True)
+    token, expected = expected_ca_fingerprint(cfg)
     key_pem, csr_pem = make_key_and_csr(cfg.name)
-    url = cfg.master_url.rstrip("/") + "/api/join"
-    try:
-        response = httpx.post(
-            url,
-            json={"token": cfg.token, "name": cfg.name, "csr_pem": csr_pem.decode()},
-            timeout=HTTP_TIMEOUT_S,
-        )
-    except httpx.HTTPError as exc:
-        raise MasterUnreachable(cfg.master_url, exc) from exc
-    if response.status_code != 200:
-        detail = (
-            response.json().get("detail", response.text)
-            if response.content
-            else response.status_code
-        )
-        raise JoinRefused(detail)
-    body = response.json()
+    body = _post_join(cfg, token, expected, csr_pem)
+    _check_master(cfg.master_url, body, expected, key_pem)
+    identity.key_path.parent.mkdir(parents=True, exist_ok=True)
     identity.key_path.write_bytes(key_pem)
     identity.key_path.chmod(0o600)
     identity.ca_path.write_bytes(body["ca_pem"].encode())
@@ -87,6 +115,64 @@ def join(cfg: AgentConfig, identity: tls.Identity) -> MasterPin:
     )
     logger.info("joined the fleet as %s (node %s)", cfg.name, body["node_id"][:16])
     return pin
+
+
+def _post_join(
+    cfg: AgentConfig, token: str, expected: str | None, csr_pem: bytes
+) -> dict[str, Any]:
+    """POST /api/join; the CA we expect goes along, so that a master of another fleet refuses
+    before it takes our name (an older master ignores it: we check its answer anyway)."""
+    import httpx  # only at the first start: keeps the resident agent lighter
+
+    url = cfg.master_url.rstrip("/") + "/api/join"
+    sent = {"token": token, "name": cfg.name, "csr_pem": csr_pem.decode()}
+    try:
+        response = httpx.post(
+            url, json=sent | {"ca_fingerprint": expected or ""}, timeout=HTTP_TIMEOUT_S
+        )
+    except httpx.HTTPError as exc:
+        raise MasterUnreachable(cfg.master_url, exc) from exc
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text[:200] or response.status_code
+        raise JoinRefused(detail)
+    try:
+        return dict(response.json())
+    except ValueError as exc:
+        raise JoinRefused(f"the answer is not JSON: {response.text[:200]!r}") from exc
+
+
+def _check_master(
+    master_url: str, body: dict[str, Any], expected: str | None, key_pem: bytes
+) -> None:
+    """The answer's CA is the expected one, and its certificate is ours, signed by that CA.
+
+    Raises:
+        MasterNotTrusted: another CA.
+        JoinRefused: a certificate that is not ours, or not signed by the CA.
+    """
+    from relaysync.auth.ca import check_issued_to, fingerprint
+
+    try:
+        ca_pem, cert_pem = body["ca_pem"].encode(), body["cert_pem"].encode()
+        got = fingerprint(ca_pem)
+    except (KeyError, AttributeError, AuthError) as exc:
+        raise JoinRefused(f"the answer has no usable CA certificate ({exc})") from exc
+    if expected is not None and got != expected:
+        raise MasterNotTrusted(master_url, got, expected)
+    if expected is None:
+        logger.warning(
+            "joined without checking the master's CA (--insecure-first-join): trusting CA %s "
+            "from %s from now on",
+            got,
+            master_url,
+        )
+    try:
+        check_issued_to(cert_pem, ca_pem, key_pem)
+    except AuthError as exc:
+        raise JoinRefused(f"the certificate in the answer is not usable: {exc}") from exc
 
 
 def reachable_control_address(control_address: str, master_url: str) -> str:

@@ -3,7 +3,9 @@
 The master is pinned: the link talks only to the control server whose certificate has the
 master's node id (from the join reply), or, for an agent that joined before joins returned it,
 to the first one whose certificate is named MASTER_NODE_NAME, whose node id it pins from then
-on (agent/enrollment.py). Any other fleet certificate is refused before anything is sent.
+on (agent/enrollment.py). Either way the certificate must be named MASTER_NODE_NAME, which no
+node may join under: a join answer altered on the way cannot pin another node of the fleet.
+Any other fleet certificate is refused before anything is sent.
 
 Error handling: any failure drops the link and it reconnects with backoff; the agent keeps
 running on its last assignment meanwhile, and commit reports wait in a bounded queue, kept on
@@ -285,12 +287,14 @@ class MasterLink:
         framed = await tls.connect(
             self.control_address, self.ctx, expected_node_id=self.master_node_id
         )
-        if self.master_node_id is not None:
-            return framed
         node, name = tls.peer_node_id(framed), tls.peer_common_name(framed)
+        # even when pinned: the pin came from the join's answer, and only the master's
+        # certificate has this name (no node may join under it)
         if name != MASTER_NODE_NAME:
             framed.abort()
             raise UnknownPeer(f"{node[:16]} (named {name!r}, not the master)")
+        if self.master_node_id is not None:
+            return framed
         self.master_node_id = node
         logger.warning(
             "pinned the master's node id %s (master.json had none: joined with an older "

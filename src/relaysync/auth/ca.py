@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from relaysync.constants import MASTER_NODE_NAME
+from relaysync.constants import MASTER_MONITOR_NAME, MASTER_NODE_NAME
 from relaysync.errors import AuthError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ NODE_VALIDITY_DAYS = 825  # the longest validity TLS clients still accept for le
 CLOCK_SKEW_S = 300  # certificates are valid from a little before now, for clocks slightly behind
 KEY_FILE = "ca.key"
 CERT_FILE = "ca.pem"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# used with fullmatch: "^...$" with match() would take a name with a final newline
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -51,26 +52,30 @@ def _subject(name: str) -> x509.Name:
 
 
 def check_node_name(name: str) -> None:
-    """Refuse a node name that cannot be a certificate's DNS name, or that is the master's.
+    """Refuse a node name that cannot be a certificate's DNS name, or that the master goes by.
 
     Raises:
         ConfigError: the name is empty, too long, has characters other than A-Z a-z 0-9 . _ -,
-            or is MASTER_NODE_NAME (in any case): agents tell the master by that name.
+            or is reserved (in any case): MASTER_NODE_NAME, by which agents tell the master, or
+            MASTER_MONITOR_NAME, under which monitoring keeps the master's own figures.
     """
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ConfigError(
             f"node name {name!r} is not valid: use 1-63 characters from A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit"
         )
-    if is_master_name(name):
-        raise ConfigError(
-            f"node name {name!r} is reserved for the master's own certificate: choose another"
-        )
+    if is_reserved_name(name):
+        raise ConfigError(f"node name {name!r} is reserved for the master itself: choose another")
 
 
 def is_master_name(name: str) -> bool:
-    """True for the master's reserved name (DNS names are case-insensitive, so in any case)."""
+    """True for the master's certificate name (DNS names are case-insensitive, so in any case)."""
     return name.lower() == MASTER_NODE_NAME
+
+
+def is_reserved_name(name: str) -> bool:
+    """True for a name no node may have: the master's certificate name or its monitoring name."""
+    return name.lower() in (MASTER_NODE_NAME, MASTER_MONITOR_NAME)
 
 
 def _general_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
@@ -117,6 +122,22 @@ def fingerprint(cert: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def check_issued_to(cert_pem: bytes, ca_pem: bytes, key_pem: bytes) -> None:
+    """Check that a certificate is signed by the CA and carries the public key of `key_pem`.
+
+    Raises:
+        AuthError: it is not, or one of them cannot be read.
+    """
+    cert, ca = _load_cert(cert_pem), _load_cert(ca_pem)
+    try:
+        cert.verify_directly_issued_by(ca)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise AuthError(f"certificate not issued by the CA: {exc or type(exc).__name__}") from exc
+    if cert.public_key() != key.public_key():
+        raise AuthError("the certificate is for another key")
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` with mode 0600, atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -141,6 +162,8 @@ class CertificateAuthority:
         self._key = key
         self._cert = cert
         self.ca_pem: bytes = cert.public_bytes(serialization.Encoding.PEM)
+        # what join strings carry: agents refuse a master whose CA has another one
+        self.ca_fingerprint: str = fingerprint(self.ca_pem)
 
     @classmethod
     def load_or_create(cls, directory: Path, *, name: str = "relaysync CA") -> CertificateAuthority:

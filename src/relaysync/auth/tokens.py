@@ -7,6 +7,8 @@ import hmac
 import logging
 import secrets
 
+from relaysync.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32  # 256 bits of randomness; guessing one is hopeless
@@ -37,3 +39,47 @@ def hash_token(token: str) -> str:
 def tokens_equal(given: str, expected: str) -> bool:
     """Compare two tokens in constant time (for the admin token, which is not in the store)."""
     return hmac.compare_digest(hash_token(given), hash_token(expected))
+
+
+# --- Join strings: a join token and the fingerprint of the CA the agent must find ---
+#
+# `<join token>.<64 hex>`: the SHA-256 of the fleet CA certificate's DER (what `openssl x509
+# -noout -fingerprint -sha256 -in ca.pem` prints, without colons). The agent sends only the
+# token and refuses a master whose CA has another fingerprint (kubeadm's
+# --discovery-token-ca-cert-hash): whoever answers its first join cannot make it trust their CA.
+JOIN_STRING_SEPARATOR = "."  # never in a token: token_urlsafe uses A-Z a-z 0-9 - _
+_FINGERPRINT_HEX = 64
+
+
+def join_string(token: str, ca_fingerprint: str) -> str:
+    """Return what an agent is given to join: the token and the CA's fingerprint."""
+    return f"{token}{JOIN_STRING_SEPARATOR}{ca_fingerprint}"
+
+
+def split_join_string(value: str) -> tuple[str, str | None]:
+    """Split a join string into (token, CA fingerprint); a bare token gives (token, None).
+
+    Raises:
+        ConfigError: the part after the separator is not a SHA-256 fingerprint.
+    """
+    token, sep, fingerprint = value.strip().partition(JOIN_STRING_SEPARATOR)
+    if not sep:
+        return token, None
+    return token, normalize_fingerprint(fingerprint)
+
+
+def normalize_fingerprint(value: str) -> str:
+    """A SHA-256 fingerprint as lower-case hex: colons, spaces and a `sha256:` prefix are taken.
+
+    Raises:
+        ConfigError: it is not 64 hex digits.
+    """
+    hex_digits = value.strip().lower().removeprefix("sha256:").removeprefix("sha256=")
+    hex_digits = hex_digits.replace(":", "").replace(" ", "")
+    if len(hex_digits) != _FINGERPRINT_HEX or any(c not in "0123456789abcdef" for c in hex_digits):
+        raise ConfigError(
+            f"{value[:80]!r} is not a CA fingerprint: give the SHA-256 of the fleet's CA "
+            "certificate, 64 hex digits (colons allowed), as `relaysync token create-join` "
+            "prints it after the '.' of a join string"
+        )
+    return hex_digits

@@ -21,8 +21,28 @@ def agent(
         Path | None, typer.Option("--data", help="Data directory (identity, journals, manifests).")
     ] = None,
     token: Annotated[
-        str | None, typer.Option(help="Join token from the master (first start only).")
+        str | None,
+        typer.Option(
+            help="Join string from the master (first start only): `relaysync token "
+            "create-join` prints one, the master's data_dir/join-token holds one. It names the "
+            "fleet's CA: the agent refuses a master with another."
+        ),
     ] = None,
+    ca_fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            help="SHA-256 of the master's data_dir/ca/ca.pem, for a --token without it (an "
+            "older join token): `openssl x509 -noout -fingerprint -sha256 -in ca.pem`."
+        ),
+    ] = None,
+    insecure_first_join: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-first-join",
+            help="Join with a --token that names no CA, trusting whichever master answers at "
+            "--master. Only where nobody can answer in its place.",
+        ),
+    ] = False,
     region: Annotated[str | None, typer.Option(help="Region of this server.")] = None,
     group: Annotated[
         str | None, typer.Option(help="Group of this server within its region.")
@@ -53,6 +73,8 @@ def agent(
             "name": name,
             "data_dir": str(data) if data else None,
             "token": token,
+            "ca_fingerprint": ca_fingerprint,
+            "insecure_first_join": insecure_first_join or None,
             "region": region,
             "group": group,
             "listen": listen,

@@ -50,5 +50,6 @@ def master(
             f"relaysync master ready: api {api_url} control {service.control_address}"
         )
         err_console.print(f"join token: {data / 'join-token'}  admin token: {data / 'admin-token'}")
+        err_console.print(f"CA fingerprint (in every join string): {service.ca_fingerprint}")
 
     run_service(service.serve, started)

@@ -70,13 +70,19 @@ def create_join(
     data: DataOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Create a join token for agents (`relaysync agent --token`); it is printed only once."""
+    """Create a join token for agents; its join string is printed only once.
+
+    Give agents the join string (`relaysync agent --token JOIN_STRING`): the token, a '.', and
+    the SHA-256 fingerprint of the fleet's CA. An agent refuses to join a master whose CA has
+    another fingerprint, so nobody else answering its first join can make it trust them.
+    """
 
     def body() -> None:
         with connect(master, token, data) as client:
             created = client.post("/api/tokens/join", {"ttl_s": ttl_s})
         expires = format_time(created["expires_at"]) if created["expires_at"] else "never"
-        _print_created(created, f"join token {created['id']} (expires: {expires})", json=json)
+        what = f"join string of join token {created['id']} (expires: {expires})"
+        _print_created(created, what, json=json, field="join_string")
 
     run_command(body)
 
@@ -121,7 +127,7 @@ def revoke(
     run_command(body)
 
 
-def _print_created(created: dict[str, Any], what: str, *, json: bool) -> None:
+def _print_created(created: dict[str, Any], what: str, *, json: bool, field: str = "token") -> None:
     """The token alone on stdout (`TOKEN=$(relaysync token create-join)`), the rest on stderr."""
     if json:
         print_json(created)
@@ -129,7 +135,7 @@ def _print_created(created: dict[str, Any], what: str, *, json: bool) -> None:
     err_console.print(
         f"{what}; it is shown only this once:", markup=False, highlight=False, soft_wrap=True
     )
-    console.print(created["token"], markup=False, soft_wrap=True)
+    console.print(created[field], markup=False, soft_wrap=True)
 
 
 def tokens_table(join: list[dict[str, Any]], api: list[dict[str, Any]]) -> Table:

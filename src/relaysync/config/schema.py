@@ -40,7 +40,15 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     master_url: str  # http://host:port of the master's REST API
     name: str
     data_dir: str
-    token: str = ""  # join token; needed only until the agent holds a certificate
+    token: str = (
+        ""  # join string (token.ca-fingerprint); needed only until the agent holds a certificate
+    )
+    # SHA-256 of the fleet CA certificate, for a join token given without it (an older one);
+    # the first join refuses a master whose CA has another
+    ca_fingerprint: str = ""
+    # join with a token that names no CA, trusting whichever master answers the first join:
+    # only on a network where nobody can answer in the master's place
+    insecure_first_join: bool = False
     region: str = "default"
     group: str = "default"
     listen: str = "127.0.0.1:0"  # peer server, host:port (port 0 = any free port)

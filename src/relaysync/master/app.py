@@ -2,7 +2,9 @@
 
 Error handling:
     NotFound -> 404, ConfigError -> 422, AuthError (JoinRefused) -> 403, other StoreError -> 503,
-    always as {"detail": "..."}; a missing or unknown token -> 401.
+    always as {"detail": "..."}; a missing or unknown token -> 401. Before any of that a body
+    over API_MAX_BODY_BYTES (API_JOIN_MAX_BODY_BYTES for /api/join) -> 413, and a JSON body with
+    NaN, Infinity or an integer past 64 bits -> 422 (api/_limits.py).
 
 Resource handling:
     The app owns nothing: the store, CA and event bus are the caller's, and outlive it.
@@ -20,6 +22,7 @@ from fastapi.responses import JSONResponse
 import relaysync.master.api.sites as sites_api
 from relaysync import __version__
 from relaysync.auth.ca import CertificateAuthority
+from relaysync.constants import API_JOIN_MAX_BODY_BYTES, API_MAX_BODY_BYTES
 from relaysync.errors import AuthError, ConfigError, NotFound, RouteError, StoreError
 from relaysync.master.api import (
     alert_channels,
@@ -43,6 +46,7 @@ from relaysync.master.api import (
     topology,
 )
 from relaysync.master.api._context import ApiContext, call_on_event_loop, require_token
+from relaysync.master.api._limits import RequestLimits
 from relaysync.master.events import EventBus
 from relaysync.master.router import Router
 from relaysync.master.store import Store
@@ -201,4 +205,9 @@ def create_app(
         )
     for error_type, status_code in ERROR_STATUS:
         app.add_exception_handler(error_type, _error_handler(status_code))
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=API_MAX_BODY_BYTES,
+        per_path={"/api/join": API_JOIN_MAX_BODY_BYTES},
+    )
     return app

@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync._util.ports import stable_free_port
 from relaysync.auth.ca import CertificateAuthority
+from relaysync.auth.tokens import join_string, split_join_string
 from relaysync.auth.validity import REPLACE_MASTER_CERT, seconds_left, watch_expiry
 from relaysync.config.load import split_address
 from relaysync.config.schema import MasterConfig
@@ -57,18 +58,30 @@ def _secret_file(path: Path, make: Any) -> str:
     if path.exists():
         return path.read_text().strip()
     value = str(make())
-    path.write_text(value + "\n")
-    path.chmod(0o600)
+    _write_secret(path, value)
     return value
 
 
-def _default_join_token(path: Path, store: Store) -> str:
+def _write_secret(path: Path, value: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    tmp.replace(path)
+
+
+def _default_join_token(path: Path, store: Store, ca_fingerprint: str) -> str:
     """The join token in `path`, made (never expiring) only when the file is absent.
 
+    The file holds its join string (token.ca-fingerprint: what agents are given); a file with
+    the token alone (written by an older release) gets the fingerprint added, same token.
     A token the store refuses (revoked, or issued by another database) stays in the file and
     invalid, with a warning at every start: recreating it would undo the revocation.
     """
-    token = _secret_file(path, store.create_join_token)
+    token, _ = split_join_string(_secret_file(path, store.create_join_token))
+    full = join_string(token, ca_fingerprint)
+    if path.read_text().strip() != full:
+        _write_secret(path, full)
     if not store.check_join_token(token):
         logger.warning(
             "the default join token in %s is revoked (or unknown to this database): agents "
@@ -121,6 +134,7 @@ class MasterService:
         self.api_url = ""
         self.control_address = ""
         self.purge_address = ""  # the purge listener, if --purge-listen
+        self.ca_fingerprint = ""  # of the fleet CA: what join strings carry
 
     def _prepare(self) -> tuple[Store, CertificateAuthority, tls.Identity, str, str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +154,8 @@ class MasterService:
         store = Store(url)
         store.migrate()
         admin = _secret_file(self.data_dir / "admin-token", lambda: secrets.token_urlsafe(32))
-        join = _default_join_token(self.data_dir / "join-token", store)
+        join = _default_join_token(self.data_dir / "join-token", store, ca.ca_fingerprint)
+        self.ca_fingerprint = ca.ca_fingerprint
         # plain (TLS-off) links' secrets derive from this key; stable across restarts
         store.policies.link_key = bytes.fromhex(
             _secret_file(self.data_dir / "link-key", lambda: secrets.token_hex(32))
@@ -281,6 +296,7 @@ class MasterService:
             "control_address": self.control_address,
             "pid": os.getpid(),
             "purge_address": self.purge_address,
+            "ca_fingerprint": self.ca_fingerprint,
         }
         tmp = self.data_dir / "master.json.tmp"
         tmp.write_text(json.dumps(state))

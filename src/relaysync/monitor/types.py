@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from relaysync.constants import MASTER_MONITOR_NAME
+
 Scope = Literal["server", "group", "all"]
 Operator = Literal[">", ">=", "<", "<=", "==", "!="]
 ProbeKind = Literal["tcp", "ping"]
@@ -17,7 +19,7 @@ OPERATORS: tuple[Operator, ...] = (">", ">=", "<", "<=", "==", "!=")
 PROBE_KINDS: tuple[ProbeKind, ...] = ("tcp", "ping")
 CHANNEL_KINDS: tuple[ChannelKind, ...] = ("email", "webhook", "sms", "console")
 ALERT_STATES: tuple[AlertState, ...] = ("firing", "acknowledged", "resolved")
-MASTER_SERVER = "master"  # the server name the master's own figures go under
+MASTER_SERVER = MASTER_MONITOR_NAME  # the server name the master's own figures go under
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

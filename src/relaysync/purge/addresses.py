@@ -15,7 +15,7 @@ from relaysync.errors import ConfigError
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
 )
-_PORT = re.compile(r"^[0-9]{1,5}$")
+_PORT = re.compile(r"[0-9]{1,5}")  # fullmatch: "$" would let a final newline in
 DEFAULT_PORTS = {"http": 80, "https": 443}
 ADDRESS_FORMS = "host:port, [IPv6]:port, or http(s)://host[:port]"
 
@@ -63,7 +63,7 @@ def _split_port(netloc: str) -> tuple[str, str | None]:
 
 
 def _port_ok(port: str) -> bool:
-    return bool(_PORT.match(port)) and 0 < int(port) < 65536
+    return bool(_PORT.fullmatch(port)) and 0 < int(port) < 65536
 
 
 def parse_cache_address(address: str) -> CacheAddress:

@@ -170,6 +170,7 @@ class Cluster:
 
     @property
     def join_token(self) -> str:
+        """The default join string (token.ca-fingerprint) from the master's data dir."""
         return (self.master_dir / "join-token").read_text().strip()
 
     @property
@@ -188,7 +189,10 @@ class Cluster:
         wait: bool = True,
         env: dict[str, str] | None = None,
         prefix: Sequence[str] = (),
+        token: str | None = None,
     ) -> Agent:
+        """Start agent `name` (joined at its first start with `token`, by default the master's
+        join string); with `wait`, until the master lists it up."""
         agent = self.agents.get(name)
         if agent is None:
             data = self.base / "agents" / name
@@ -198,7 +202,7 @@ class Cluster:
                 "--master",
                 self.api_url,
                 "--token",
-                self.join_token,
+                self.join_token if token is None else token,
                 "--name",
                 name,
                 "--data",

@@ -88,6 +88,18 @@ def test_a_pinned_agent_refuses_a_control_server_that_is_another_agent(fleet: Fl
     assert isinstance(error, UnknownPeer)
 
 
+def test_a_pin_altered_on_the_way_to_another_agents_node_id_is_refused(fleet: Fleet) -> None:
+    """Whoever relays an agent's join can change master_node_id in the answer to a node of its
+    own (joined with the token it saw): the link still wants the master's reserved name."""
+    victim, rogue = fleet.join("web-1"), fleet.join("rogue")
+    assignments: list[Assignment] = []
+    got, error = anyio.run(
+        _against_rogue, rogue, lambda address: _link(address, victim, rogue.node_id, assignments)
+    )
+    assert got == [] and assignments == []
+    assert isinstance(error, UnknownPeer) and "not the master" in str(error)
+
+
 def test_an_agent_joined_before_pinning_takes_only_a_server_named_like_the_master(
     fleet: Fleet,
 ) -> None:

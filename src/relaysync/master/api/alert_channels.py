@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import PathInt
 from relaysync.master.api._secrets import mask, refuse_masked
 from relaysync.monitor.alerts import build_channel
 
@@ -55,6 +56,6 @@ def create_channel(body: ChannelIn, context: Context) -> ChannelOut:
     )
 
 
-def delete_channel(channel_id: int, context: Context) -> None:
+def delete_channel(channel_id: PathInt, context: Context) -> None:
     """Remove an alert channel."""
     context.store.monitoring.delete_channel(channel_id)

@@ -10,6 +10,7 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import PathInt
 from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def list_alerts(
     ]
 
 
-def acknowledge_alert(alert_id: int, context: Context, body: AckIn | None = None) -> AlertOut:
+def acknowledge_alert(alert_id: PathInt, context: Context, body: AckIn | None = None) -> AlertOut:
     """Acknowledge an open alert: it stays open (and its server unhealthy) until it resolves,
     but it is marked as seen."""
     by = body.by if body is not None else "api"

@@ -9,6 +9,7 @@ from fastapi import Query
 from pydantic import BaseModel
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import INT64_MAX
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class EventOut(BaseModel):
 
 async def list_events(
     context: Context,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     timeout_s: Annotated[float, Query(ge=0, le=MAX_POLL_S)] = 0.0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> list[EventOut]:

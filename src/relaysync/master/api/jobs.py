@@ -9,6 +9,7 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import QueryInt
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def list_jobs(
     context: Context,
     mapping: str | None = None,
     limit: Limit = 100,
-    before: int | None = None,
+    before: QueryInt = None,
 ) -> list[ChangeOut]:
     """Changes, newest seq first, with how many targets have committed each."""
     rows = context.store.job_log(mapping_id=mapping, limit=limit, before_seq=before)

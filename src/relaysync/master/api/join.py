@@ -8,6 +8,7 @@ from fastapi import HTTPException, status
 from pydantic import BaseModel, Field
 
 from relaysync.auth.ca import check_node_name, fingerprint
+from relaysync.auth.tokens import normalize_fingerprint, split_join_string
 from relaysync.errors import AuthError, ConfigError, JoinRefused, NotFound
 from relaysync.master.api._context import Context
 from relaysync.master.events import EventType
@@ -16,9 +17,19 @@ logger = logging.getLogger(__name__)
 
 
 class JoinIn(BaseModel):
-    token: str = Field(description="a join token from POST /api/tokens/join")
-    name: str = Field(description="the server's name: 1-63 of A-Z a-z 0-9 . _ -")
-    csr_pem: str = Field(description="PEM certificate signing request for the node's EC key")
+    token: str = Field(
+        max_length=256,
+        description="a join token from POST /api/tokens/join (or its join string: token.ca-fingerprint)",
+    )
+    name: str = Field(max_length=255, description="the server's name: 1-63 of A-Z a-z 0-9 . _ -")
+    csr_pem: str = Field(
+        max_length=6144, description="PEM certificate signing request for the node's EC key"
+    )
+    ca_fingerprint: str = Field(
+        default="",
+        max_length=128,
+        description="SHA-256 of the CA the agent expects; another one is refused before signing",
+    )
 
 
 class JoinOut(BaseModel):
@@ -32,22 +43,49 @@ class JoinOut(BaseModel):
 
 
 def _check_name_free(context: Context, name: str) -> None:
+    """Refuse a name a server has, in any case: names are DNS names, web1 and Web1 are one."""
     try:
         existing = context.store.get_server(name)
     except NotFound:
-        return
+        same = [s for s in context.store.list_servers() if s.name.lower() == name.lower()]
+        if not same:
+            return
+        existing = same[0]
     raise HTTPException(
         status_code=status.HTTP_409_CONFLICT,
         detail=(
-            f"server name {name!r} is already used by node {existing.node_id}; choose another "
-            f"name, or DELETE /api/servers/{name} first"
+            f"server name {name!r} is already used by node {existing.node_id} (as "
+            f"{existing.name!r}); choose another name, or DELETE /api/servers/{existing.name} first"
         ),
     )
 
 
+def _token_for_this_fleet(context: Context, body: JoinIn) -> str:
+    """The join token, if the CA the agent expects (in its join string: an older agent sends it
+    whole; or in `ca_fingerprint`) is this fleet's: otherwise the agent would refuse the answer
+    after its name was taken here.
+
+    Raises:
+        JoinRefused: the agent expects another CA, or the join string is malformed.
+    """
+    try:
+        token, in_string = split_join_string(body.token)
+        given = normalize_fingerprint(body.ca_fingerprint) if body.ca_fingerprint else None
+    except ConfigError as exc:
+        raise JoinRefused(str(exc)) from exc
+    ours = context.ca.ca_fingerprint
+    if any(f is not None and f != ours for f in (in_string, given)):
+        raise JoinRefused(
+            f"the agent expects the CA with fingerprint {in_string or given}, this master's is "
+            f"{ours}: its join string is for another fleet"
+        )
+    return token
+
+
 def join(body: JoinIn, context: Context) -> JoinOut:
     """Sign the agent's CSR if its join token is good; the server is listed from now on."""
-    if not context.store.check_join_token(body.token):
+    token = _token_for_this_fleet(context, body)
+    if not context.store.check_join_token(token):
         raise JoinRefused("the join token is unknown (never issued here, or revoked) or expired")
     try:
         check_node_name(body.name)

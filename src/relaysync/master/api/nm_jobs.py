@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, Field
 
 from relaysync.master.api._context import Context
@@ -134,7 +135,9 @@ def delete_nm_job(id_or_name: str, context: Context) -> None:
     )
 
 
-def list_conflicts(id_or_name: str, context: Context, limit: int = 100) -> list[ConflictOut]:
+def list_conflicts(
+    id_or_name: str, context: Context, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[ConflictOut]:
     """The job's conflicts, newest first: two sources wrote one path, and which one won."""
     limit = max(1, min(limit, 10_000))
     return [_conflict(c) for c in context.store.nm_jobs.conflicts(id_or_name, limit)]

@@ -15,6 +15,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import PathInt
 from relaysync.master.events import EventType
 from relaysync.master.store._policies import PolicyInfo
 
@@ -121,7 +122,7 @@ def put_policy(body: PolicyIn, context: Context) -> PolicyOut:
     return _out(info)
 
 
-def delete_policy(policy_id: int, context: Context) -> None:
+def delete_policy(policy_id: PathInt, context: Context) -> None:
     """Drop a policy row: its links fall back to the section (or section default)."""
     context.store.policies.delete_policy(policy_id)
     context.changed(EventType.MAPPING_CHANGED, policy=policy_id, deleted=True)

@@ -9,6 +9,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import PathInt
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,6 @@ def create_probe(body: ProbeIn, request: Request, context: Context) -> ProbeOut:
     return _with_result(request, context.store.monitoring.create_probe(**body.model_dump()))
 
 
-def delete_probe(probe_id: int, context: Context) -> None:
+def delete_probe(probe_id: PathInt, context: Context) -> None:
     """Remove a probe; its open alert resolves at the next tick."""
     context.store.monitoring.delete_probe(probe_id)

@@ -9,6 +9,7 @@ from fastapi import Path, Query
 from pydantic import BaseModel, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import INT64_MAX
 from relaysync.master.events import EventType
 from relaysync.master.store._recovery import RecoveryJob
 from relaysync.master.store._routing import (
@@ -253,7 +254,7 @@ def list_recoveries(
 
 
 def get_change(
-    id_or_name: str, seq: Annotated[int, Path(ge=1)], context: Context
+    id_or_name: str, seq: Annotated[int, Path(ge=1, le=INT64_MAX)], context: Context
 ) -> ChangeStateOut:
     """For one change (its source's seq): every target's state, committed, failed or pending."""
     mapping_id, states = context.store.routing.change_states(id_or_name, seq)

@@ -14,6 +14,7 @@ from fastapi import Query, Request
 from pydantic import BaseModel, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import QueryInt
 from relaysync.master.api._secrets import HIDDEN as MASK
 from relaysync.master.api._secrets import refuse_masked
 from relaysync.purge.site import SiteSpec
@@ -252,7 +253,7 @@ def list_purges(
     context: Context,
     site: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: int | None = None,
+    before: QueryInt = None,
 ) -> list[PurgeOut]:
     """Purge outcomes per URL per cache, newest first; page on with ?before=<id>."""
     rows = context.store.purge_log(site=site, limit=limit, before=before)

@@ -7,6 +7,7 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import PathInt
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,6 @@ def create_threshold(body: ThresholdIn, context: Context) -> ThresholdOut:
     )
 
 
-def delete_threshold(threshold_id: int, context: Context) -> None:
+def delete_threshold(threshold_id: PathInt, context: Context) -> None:
     """Remove a threshold; its open alerts resolve at the next tick."""
     context.store.monitoring.delete_threshold(threshold_id)

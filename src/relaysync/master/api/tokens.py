@@ -14,7 +14,9 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from relaysync.auth.tokens import join_string
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import PathInt
 from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,10 @@ class JoinTokenIn(BaseModel):
 
 class JoinTokenOut(BaseModel):
     token: str  # shown once: only its hash is kept
+    # what to give agents (`relaysync agent --token`): the token and the CA's fingerprint, so
+    # that an agent trusts no other master on its first join
+    join_string: str
+    ca_fingerprint: str  # SHA-256 of the fleet CA certificate's DER, hex
     id: str  # what the listing shows and DELETE /api/tokens/join/{id} takes
     expires_at: float | None  # unix time
 
@@ -67,6 +73,8 @@ def create_join_token(context: Context, body: JoinTokenIn | None = None) -> Join
     context.changed(EventType.TOKEN_CREATED, kind="join", id=token_id, ttl_s=ttl_s)
     return JoinTokenOut(
         token=token,
+        join_string=join_string(token, context.ca.ca_fingerprint),
+        ca_fingerprint=context.ca.ca_fingerprint,
         id=token_id,
         expires_at=None if ttl_s is None else time.time() + ttl_s,
     )
@@ -98,7 +106,7 @@ def list_api_tokens(context: Context) -> list[ApiTokenListed]:
     return [ApiTokenListed.model_validate(t) for t in context.store.list_api_tokens()]
 
 
-def revoke_api_token(token_id: int, context: Context) -> None:
+def revoke_api_token(token_id: PathInt, context: Context) -> None:
     """Revoke an API token, even the one this request bears: it gets 401 from now on."""
     revoked = context.store.revoke_api_token(token_id)
     logger.info("API token revoked", extra={"token_id": revoked.id, "token_name": revoked.name})

@@ -14,6 +14,7 @@ from relaysync._util.folders import normalise
 from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store import _folders
+from relaysync.master.store._refs import row_id
 from relaysync.master.store.models import Mapping, MappingTarget, Server
 from relaysync.master.store.types import MappingInfo, TargetInfo
 
@@ -166,8 +167,8 @@ def find_mapping(session: Session, id_or_name: int | str) -> Mapping:
         NotFound: no such mapping.
     """
     row: Mapping | None = None
-    if isinstance(id_or_name, int) or id_or_name.isdigit():
-        row = session.get(Mapping, int(id_or_name))
+    if (rid := row_id(id_or_name)) is not None:
+        row = session.get(Mapping, rid)
     if row is None and isinstance(id_or_name, str):
         row = session.scalars(select(Mapping).where(Mapping.name == id_or_name)).first()
     if row is None:

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store import _mappings
 from relaysync.master.store._joblog import _insert, path_key
+from relaysync.master.store._refs import row_id
 from relaysync.master.store.models import BIG_ID, NAME, NODE_ID, PATH, Base, Mapping, Server
 from relaysync.protocol.messages import CommitReport, MappingSpec
 
@@ -350,8 +351,8 @@ def _with_job(spec: MappingSpec, job_id: int) -> MappingSpec:
 
 def _find(session: Session, id_or_name: int | str) -> NmJobRow:
     row: NmJobRow | None = None
-    if isinstance(id_or_name, int) or id_or_name.isdigit():
-        row = session.get(NmJobRow, int(id_or_name))
+    if (rid := row_id(id_or_name)) is not None:
+        row = session.get(NmJobRow, rid)
     if row is None and isinstance(id_or_name, str):
         row = session.scalars(select(NmJobRow).where(NmJobRow.name == id_or_name)).first()
     if row is None:

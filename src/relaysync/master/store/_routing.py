@@ -46,7 +46,7 @@ RECOVERY_POLICIES = ("at_once", "reserved", "manual")
 MAX_FANOUT = 64  # a relay streaming to more children than this is a star again
 MIN_FAIL_AFTER_S = 1.0
 MAX_CAPACITY_WEIGHT = 1000
-_TOPOLOGY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_TOPOLOGY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # fullmatch, never "$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,7 @@ class TargetChangeState:
 
 def check_topology_name(value: str, what: str) -> str:
     """Return a region or group name once it is valid, like a node name."""
-    if not _TOPOLOGY_NAME_RE.match(value):
+    if not _TOPOLOGY_NAME_RE.fullmatch(value):
         raise ConfigError(
             f"{what} name {value!r} is not valid: use 1-63 characters from "
             "A-Z a-z 0-9 . _ -, starting with a letter or digit"

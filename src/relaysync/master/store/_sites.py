@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store import _mappings
+from relaysync.master.store._refs import row_id
 from relaysync.master.store._site_tables import Provider, PurgeLogRow, PurgeQueueRow, Site
 from relaysync.master.store.models import Change, MappingTarget, Server
 from relaysync.purge.addresses import parse_cache_address, valid_host_port
@@ -51,7 +52,7 @@ SITE_FIELDS = frozenset(
     }
 )
 MIN_SECRET_CHARS = 16  # an HMAC key shorter than this is guessable
-_METHOD = re.compile(r"^[A-Z]{1,20}$")
+_METHOD = re.compile(r"[A-Z]{1,20}")  # fullmatch: "$" would let a final newline in
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +125,7 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"cache {name!r}: {exc.args[0]}") from None
     method = str(raw.get("method") or "PURGE").upper()
-    if not _METHOD.match(method):
+    if not _METHOD.fullmatch(method):
         raise ConfigError(f"cache {name!r}: method {method!r} is not an HTTP method")
     headers = raw.get("headers") or {}
     if not isinstance(headers, dict) or any(
@@ -206,8 +207,8 @@ def _provider(session: Session, name: str) -> Provider:
 
 def find_site(session: Session, ref: int | str) -> Site:
     row: Site | None = None
-    if isinstance(ref, int) or ref.isdigit():
-        row = session.get(Site, int(ref))
+    if (rid := row_id(ref)) is not None:
+        row = session.get(Site, rid)
     if row is None and isinstance(ref, str):
         row = session.scalars(select(Site).where(Site.name == ref)).first()
     if row is None:

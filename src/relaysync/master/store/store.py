@@ -21,7 +21,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from relaysync.errors import ConfigError, NodeRemoved, NotFound
@@ -166,13 +166,15 @@ class Store(SiteStore, TokenStore, JobLogStore):
         an agent registers with no longer replace it.
 
         Raises:
-            ConfigError: another node already has this name.
+            ConfigError: another node already has this name (in any case).
             NodeRemoved: the node was removed from the fleet.
         """
         with self._write("upsert server") as session:
             _servers.check_not_revoked(session, node_id)
-            other = session.scalars(
-                select(Server).where(Server.name == name, Server.node_id != node_id)
+            other = session.scalars(  # DNS names: web1 and Web1 are one name
+                select(Server).where(
+                    func.lower(Server.name) == name.lower(), Server.node_id != node_id
+                )
             ).first()
             if other is not None:
                 raise ConfigError(f"server name {name!r} is already used by node {other.node_id}")
