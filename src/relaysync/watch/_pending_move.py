@@ -15,4 +15,8 @@ class PendingFrom:
         self.is_dir = is_dir
         self.accepted = accepted
         self.paired = False
+        # A directory's own watches, and those below it, as they were when its MOVED_FROM was
+        # read: the ones that went with it (by descriptor, not by path: a new directory may
+        # be at that path by the time the batch ends).
+        self.wds: set[int] = set()
         self.read_at = time.monotonic()  # pairing is timed from here, not from the last event

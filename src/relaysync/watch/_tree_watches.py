@@ -167,14 +167,41 @@ class TreeWatches:
             elif exc.errno != errno.ELOOP:
                 self._note_unreadable(rel, exc)
             return False
-        old = self._paths.get(watch.wd)
-        if old is not None and old != rel:
-            self._wds.pop(old, None)
-        self._paths[watch.wd] = rel
-        self._wds[rel] = watch.wd
         self._watches[watch.wd] = watch
+        self._label(rel, watch.wd)
         self._unwatched.pop(rel, None)
         return True
+
+    def _label(self, rel: str, wd: int) -> None:
+        """Record that watch `wd` is on the directory at `rel` now (the kernel said so: it
+        returned `wd` for that path, or a move took it there).
+
+        A watch labelled `rel` before is on a directory no longer there (moved out, replaced):
+        it is removed, or what happens to that directory elsewhere would be reported under
+        `rel` (an archived release's `rm -rf` as deletes of the live files). A label `wd` had
+        before is stale the same way. So `_paths` and `_wds` stay each other's inverse.
+        """
+        old = self._paths.get(wd)
+        if old is not None and old != rel and self._wds.get(old) == wd:
+            del self._wds[old]
+        displaced = self._wds.get(rel)
+        if displaced is not None and displaced != wd:
+            self._remove_watch(displaced)
+        self._paths[wd] = rel
+        self._wds[rel] = wd
+
+    def _remove_watch(self, wd: int) -> None:
+        """Forget watch `wd` and remove it from the kernel (its IN_IGNORED then finds nothing)."""
+        rel = self._paths.pop(wd, None)
+        if rel is not None and self._wds.get(rel) == wd:
+            del self._wds[rel]
+        watch = self._watches.pop(wd, None)
+        if watch is None or self._ino is None:
+            return
+        try:
+            self._ino.rm_watch(watch)
+        except OSError:
+            logger.debug("watch of %s was already gone", rel)
 
     def _note_unwatched(self, rel: str) -> None:
         if any(under(rel, u) for u in self._unwatched):
@@ -264,31 +291,86 @@ class TreeWatches:
             del self._vanished[rel]
 
     def _forget_tree(self, top: str, *, remove: bool) -> None:
+        """Forget every watch labelled at or below `top` (and remove it from the kernel)."""
+        for wd in [wd for wd, rel in self._paths.items() if under(rel, top)]:
+            if remove:
+                self._remove_watch(wd)
+            else:
+                self._drop_label(wd)
+        self._forget_paths(top)
+
+    def _drop_label(self, wd: int) -> None:
+        rel = self._paths.pop(wd, None)
+        if rel is not None and self._wds.get(rel) == wd:
+            del self._wds[rel]
+
+    def _forget_paths(self, top: str) -> None:
+        """Forget the directories at or below `top` that have no watch (vanished, beyond the
+        limit, unreadable)."""
         self._drop_vanished(top)
-        for rel in [p for p in self._wds if under(p, top)]:
-            wd = self._wds.pop(rel)
-            self._paths.pop(wd, None)
-            if remove and self._ino is not None:
-                watch = self._watches.pop(wd, None)
-                try:
-                    if watch is not None:
-                        self._ino.rm_watch(watch)
-                except OSError:
-                    logger.debug("watch of %s was already gone", rel)
         for rel in [p for p in self._unwatched if under(p, top)]:
             del self._unwatched[rel]
         for rel in self._unreadable.at_or_below(top):
             self._unreadable.discard(rel)
 
-    def _move_tree(self, old: str, new: str) -> None:
-        for rel in [p for p in self._wds if under(p, old)]:
-            wd = self._wds.pop(rel)
-            moved = new + rel[len(old) :]
-            self._wds[moved] = wd
-            self._paths[wd] = moved
+    def _tree_wds(self, top: str) -> set[int]:
+        """The watches labelled at or below `top` now."""
+        return {wd for wd, rel in self._paths.items() if under(rel, top)}
+
+    def _move_tree(self, old: str, new: str, wds: set[int]) -> None:
+        """Relabel from `old` to `new` the watches `wds` (those that were below `old` when its
+        MOVED_FROM was read) and the unwatched directories below `old`."""
+        moved = [(wd, rel) for wd in wds if (rel := self._paths.get(wd)) is not None]
+        moved = [(wd, new + rel[len(old) :]) for wd, rel in moved if under(rel, old)]
+        for wd, _ in moved:  # first all, so that none displaces another of the moved tree
+            self._drop_label(wd)
+        for wd, rel in moved:
+            self._label(rel, wd)
         for rel in [p for p in self._unwatched if under(p, old)]:
             del self._unwatched[rel]
             self._unwatched[new + rel[len(old) :]] = None
         for rel in self._unreadable.at_or_below(old):
             self._unreadable.discard(rel)
             self._unreadable.add(new + rel[len(old) :])
+
+    def _unwatch_moved_out(self, top: str, wds: set[int]) -> list[str]:
+        """Remove the watches `wds` that went out of the tree with the directory `top` (those
+        of it and below it when its MOVED_FROM was read); return the directories to rescan.
+
+        A directory at `top` again by now (`mv site /archive/x; mkdir site`, or moved back in)
+        is asked of the kernel, each of those labels: a watch it gives for the path now is kept
+        (the same directory moved back; one watched by path after the move, before its
+        MOVED_FROM was read). The new directories themselves were watched as their own events
+        came (CREATE, MOVED_TO), which displaced the old watches of the same labels (`_label`).
+        """
+        replaced = self._is_dir(top)
+        rescans: list[str] = []
+        for wd in wds:
+            rel = self._paths.get(wd)
+            if rel is None or not under(rel, top):  # gone, or the kernel put it elsewhere since
+                continue
+            if not (replaced and self._watched_at(rel, wd, rescans)):
+                self._remove_watch(wd)
+        if not replaced:
+            self._forget_paths(top)
+        else:
+            self._drop_vanished(top)
+        return rescans
+
+    def _watched_at(self, rel: str, wd: int, rescans: list[str]) -> bool:
+        """Whether the kernel gives watch `wd` for the directory at `rel` now. If it gives one
+        of another directory, unknown or known by another label, that directory is watched anew
+        and rescanned (`rescans`)."""
+        ino = self._ino
+        if ino is None:
+            return False
+        try:
+            watch = self._at_short_path(rel, lambda path: ino.add_watch(path, _MASK))
+        except OSError:
+            return False
+        if watch.wd == wd:
+            return True
+        if self._paths.get(watch.wd) != rel:
+            self._queue_tree(rel)
+            rescans.append(rel)
+        return False

@@ -98,6 +98,9 @@ class Watcher(RootWatching, TreeWatches):
         self._batch: list[FsEvent | PendingFrom] = []
         self._batch_read = 0  # inotify events read into the current batch
         self._cookies: dict[int, PendingFrom] = {}
+        # The watches of (and below) a directory moved from, while its MOVED_TO is awaited: what
+        # they report meanwhile is of a directory no longer at its label (`_handle`).
+        self._moving: set[int] = set()
         # MODIFY without a CLOSE_WRITE (truncate(2), writes through a long-open fd or mmap):
         # path -> monotonic time of its last MODIFY, reported as "write" once quiet.
         self._modified: dict[str, float] = {}
@@ -256,35 +259,34 @@ class Watcher(RootWatching, TreeWatches):
         self._batch = []
         self._batch_read = 0
         self._cookies.clear()
+        self._moving.clear()
 
     def _finish_batch(self) -> list[FsEvent]:
         out: list[FsEvent] = []
-        replaced: list[str] = []
+        rescans: list[str] = []
         for item in self._batch:
             if isinstance(item, FsEvent):
                 out.append(item)
             elif not item.paired:
-                self._moved_out(item, out, replaced)
+                self._moved_out(item, out, rescans)
         self._drop_batch()
         # after the batch's own events: a `move staging d` of it comes before the rescan of d
-        out += [FsEvent(kind="rescan", path=rel, is_dir=True) for rel in replaced]
+        out += [FsEvent(kind="rescan", path=rel, is_dir=True) for rel in rescans]
         return out
 
-    def _moved_out(self, item: PendingFrom, out: list[FsEvent], replaced: list[str]) -> None:
+    def _moved_out(self, item: PendingFrom, out: list[FsEvent], rescans: list[str]) -> None:
         """A MOVED_FROM left unpaired: the directory went out of the tree, and its watches with
-        it (they would report what happens to it out there under its old path).
+        it (they would report what happens to it out there under its old path: an archived
+        release's `rm -rf` as deletes of the live files).
 
-        Its watches are forgotten by path, so those of a directory at that path again by now
-        (`mv d /archive; mkdir d`, `mv d /tmp/x; mv /tmp/x d`, `mv d /archive; mv staging d`,
-        all in this batch) go too: that one is watched again and rescanned (`replaced`), or
-        nothing written in it later would be seen. The rescan also finds what was written in
-        it between the watches.
+        Exactly its own watches go, those it had when its MOVED_FROM was read, not those at its
+        path now: a directory there again by now (`mv d /archive; mkdir d`, `mv d /archive; mv
+        staging d`, all in this batch) was watched, and is rescanned, as its own event came.
+        A directory the kernel watches at that path by now but this Watcher did not is watched
+        and rescanned (`rescans`).
         """
         if item.is_dir:
-            self._forget_tree(item.path, remove=True)
-            if item.accepted and self._is_dir(item.path):
-                self._queue_tree(item.path)
-                replaced.append(item.path)
+            rescans += [r for r in self._unwatch_moved_out(item.path, item.wds) if item.accepted]
         if item.accepted:
             out.append(FsEvent(kind="delete", path=item.path, is_dir=item.is_dir))
 
@@ -309,7 +311,7 @@ class Watcher(RootWatching, TreeWatches):
             self._drop_watch(watch.wd)
             return
         base = self._paths.get(watch.wd)
-        if base is None:
+        if base is None or watch.wd in self._moving:  # not in the tree, or not known where
             return
         if Mask.UNMOUNT in mask:
             self._unmounted(base)
@@ -374,6 +376,9 @@ class Watcher(RootWatching, TreeWatches):
 
     def _moved_from(self, rel: str, is_dir: bool, cookie: int) -> None:
         pending = PendingFrom(rel, is_dir, self._filter.accepts(rel, is_dir=is_dir))
+        if is_dir:
+            pending.wds = self._tree_wds(rel)
+            self._moving |= pending.wds
         self._cookies[cookie] = pending
         self._batch.append(pending)
 
@@ -385,7 +390,8 @@ class Watcher(RootWatching, TreeWatches):
             return
         pending.paired = True
         if is_dir:
-            self._move_tree(pending.path, rel)
+            self._moving -= pending.wds
+            self._move_tree(pending.path, rel, pending.wds)
         if pending.accepted and accepted:
             self._emit("move", pending.path, new_path=rel, is_dir=is_dir)
             if is_dir:
