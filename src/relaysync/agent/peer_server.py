@@ -327,7 +327,7 @@ class PeerServer:
             partials = await anyio.to_thread.run_sync(folder.list_partials)
             if feed is not None:
                 # It tells the source's unreadable paths first thing if we both take them.
-                feed.expect_unreadable(
+                await feed.parent_opens(
                     CAP_UNREADABLE in set(sender_capabilities) & set(self.capabilities)
                 )
                 await anyio.to_thread.run_sync(feed.spool.begin, journal_id, session.watermark)

@@ -356,16 +356,23 @@ class PartialRef(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 MAX_OBSOLETE_PARTIALS = 1024  # per Checkpoint; a sender with more sends more Checkpoints
 
 
-class Checkpoint(Message, frozen=True, tag="checkpoint"):
+class Checkpoint(Message, frozen=True, tag="checkpoint", omit_defaults=True):
     """Source -> target: everything up to `seq` has been sent (after a catch-up); commit, then ack.
 
     The Checkpoint that closes a manifest comparison names the target's partials whose version
     will never be sent (deleted, or replaced by another version, on the source): the target
     removes each one it still holds of that very version. An older target ignores the field.
+
+    `again`: what follows, up to the next Checkpoint, is files the source read again and sends
+    under the seqs they were journaled with (transfer/unreadable.py `retries`); a relay forwards
+    those to children already past them (transfer/relay_retried.py), and nothing else below its
+    children's watermarks. It does not advance the stream; an older peer ignores the field
+    (defaults are not encoded: an unmarked Checkpoint goes as it did before the field).
     """
 
     seq: UInt63
     obsolete: tuple[PartialRef, ...] = ()
+    again: bool = False
 
     def validate(self) -> None:
         if len(self.obsolete) > MAX_OBSOLETE_PARTIALS:

@@ -108,7 +108,8 @@ class RelayFeed:
         self.on_route_change: Callable[[], None] | None = None
         # The source's unreadable paths, as our parent last told them (kept on disk), and whether
         # our parent's session will tell them anew: a comparison with a child waits for that.
-        self.unreadable = KeptUnreadable(spool.directory)
+        # A spool our parent streamed to holds a journal id: a missing word there is unknown.
+        self.unreadable = KeptUnreadable(spool.directory, streamed=bool(spool.journal_id))
         self.unreadable_pending = False
 
     # --- the parent's side (peer server) ---
@@ -123,6 +124,14 @@ class RelayFeed:
         stream, which we spooled first."""
         await anyio.to_thread.run_sync(self.unreadable.learn, message)  # it saves them
         self.expect_unreadable(False)
+
+    async def parent_opens(self, tells: bool) -> None:
+        """Our parent's session begins; it tells the source's unreadable paths first thing, or
+        (an older release) never: then nothing is kept, as relays did before (a word kept from
+        another parent would stay in force for ever)."""
+        if not tells:
+            await anyio.to_thread.run_sync(self.unreadable.forget)
+        self.expect_unreadable(tells)
 
     def expect_unreadable(self, pending: bool) -> None:
         """Our parent's session begins and will tell them (True), or they were told, or it ended."""

@@ -128,9 +128,11 @@ class UnreadableFiles:
 
     def retries(self, source: _Source, session: _Upto) -> Iterator[ops.Outgoing]:
         """The files due again (`due` of the session's sent_upto), each under the seq it was to
-        go with (its commit resolves the failed attempts in the job log), then a Checkpoint of
-        sent_upto. Each goes whole: the target's copy may be any older version by now."""
+        go with (its commit resolves the failed attempts in the job log), between a Checkpoint
+        of sent_upto marked `again` (a relay tells them from a replay by it) and one unmarked.
+        Each goes whole: the target's copy may be any older version by now."""
         root, upto = source.root, session.sent_upto
+        yield Checkpoint(seq=upto, again=True)
         for kept in self.due(upto):
             messages = ops.iter_file_messages(
                 root,

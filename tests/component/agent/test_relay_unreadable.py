@@ -19,6 +19,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -29,11 +30,13 @@ from tests.component.agent.test_unreadable_source import _locked, _record
 
 from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
-from relaysync.protocol.messages import RouteHop
-from relaysync.transfer import ops
+from relaysync.constants import CAP_UNREADABLE, CAPABILITIES
+from relaysync.protocol.messages import RouteHop, SourceUnreadable
+from relaysync.transfer import ops, sender
+from relaysync.transfer.compare import Unreadable
 from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.relay import RelayFeed, RelayLink
-from relaysync.transfer.sender import _Session
+from relaysync.transfer.sender import TargetLink, _Session
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch._fsevent import FsEvent
@@ -129,7 +132,11 @@ async def _until(done: Callable[[], bool]) -> None:
 
 
 def _relay_compares(
-    source: SourceMapping | None, relay: TargetFolder, feed: RelayFeed, child: TargetFolder
+    source: SourceMapping | None,
+    relay: TargetFolder,
+    feed: RelayFeed,
+    child: TargetFolder,
+    link_cls: type[TargetLink] = TargetLink,
 ) -> None:
     """Run the chain (no source: the relay alone, as after a restart with its parent down) until
     the child applied a comparison of the relay's, its Erase included."""
@@ -138,7 +145,7 @@ def _relay_compares(
         async with anyio.create_task_group() as tg:
             if source is not None:
                 relay_port = await tg.start(_relay_server(relay, feed).serve)
-                tg.start_soon(plain_link(source, relay_port).serve)
+                tg.start_soon(plain_link(source, relay_port, cls=link_cls).serve)
                 await _until(lambda: (relay.root / "top.txt").exists())  # the relay is synced
             child_port = await tg.start(_child_server(child).serve)
             link = _relay_link(feed, child_port, compare_interval_s=0.2)
@@ -254,3 +261,72 @@ def test_a_file_the_source_read_again_reaches_the_relays_child_at_once(tmp_path:
         source.close()
     text = "journaled readable, sent once readable again"
     assert (child.root / "late.txt").read_text() == text
+
+
+def _rescan(folder: TargetFolder) -> None:
+    recorder = ChangeRecorder(folder.root, folder.manifest, PathFilter(), hard_links=False)
+    recorder.detect_and_apply([FsEvent(kind="rescan", path="")])
+
+
+def test_a_failed_save_then_a_restart_erases_nothing_the_source_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the fix the older unreadable.json stayed (here: none, the first save failed) and
+    was read after the restart as all there is: d/f1, d/f2 and locked.txt, still on the
+    source, were erased on the child."""
+    source, child = _seed(tmp_path)
+    relay = _folder(tmp_path, "relay", SRC)
+    feed = _feed(tmp_path, relay)
+    (feed.spool.directory / "unreadable.tmp").mkdir()  # the save fails (ENOSPC, EIO ...)
+    _lock(monkeypatch, dirs={"d"}, files={"locked.txt"})
+    try:
+        anyio.run(source._record, [FsEvent(kind="rescan", path="")])
+        _relay_compares(source, relay, feed, child)
+    finally:
+        source.close()
+    assert feed.unreadable_now().files == {"locked.txt"}  # in memory: right
+    feed = _feed(tmp_path, relay)  # the relay restarts, its parent down
+    (child.root / "extra.txt").write_text("only the child has it")
+    _rescan(child)
+    _relay_compares(None, relay, feed, child)
+    for rel in SEEDED:
+        assert (child.root / rel).read_text() == f"same {rel}", rel
+    assert not feed.unreadable_now().complete  # unknown: it erased nothing (extra.txt too)
+    assert (child.root / "extra.txt").exists()
+
+
+class _OlderLink(TargetLink):
+    """A parent of the release before SourceUnreadable: it tells nothing."""
+
+    async def _tell_unreadable(self, session: _Session) -> None:
+        return
+
+
+def test_under_an_older_parent_a_relay_keeps_no_old_word(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the fix the word a parent of this release gave stayed in force for ever under an
+    older one: gone.txt, deleted on the source, stayed on the child."""
+    source, child = _seed(tmp_path)
+    relay = _folder(tmp_path, "relay", SRC)
+    feed = _feed(tmp_path, relay)
+    feed.unreadable.learn(SourceUnreadable(files=("gone.txt",)))  # told once, by a newer parent
+    (child.root / "gone.txt").write_text("deleted on the source since")
+    _rescan(child)
+    real_hello = sender.client_hello
+
+    async def older_hello(framed: Any, **kw: Any) -> Any:
+        kw["capabilities"] = tuple(c for c in CAPABILITIES if c != CAP_UNREADABLE)
+        return await real_hello(framed, **kw)
+
+    monkeypatch.setattr(sender, "client_hello", older_hello)
+    try:
+        anyio.run(source._record, [FsEvent(kind="rescan", path="")])
+        _relay_compares(source, relay, feed, child, _OlderLink)
+    finally:
+        source.close()
+    assert not (child.root / "gone.txt").exists()
+    for rel in SEEDED:
+        assert (child.root / rel).read_text() == f"same {rel}", rel
+    assert feed.unreadable_now() == Unreadable()  # on disk too
+    assert _feed(tmp_path, relay).unreadable_now() == Unreadable()

@@ -157,8 +157,9 @@ SAMPLES: list[AnyMessage] = [
     MetricsReport(at=1.0, samples=(MetricSample(name="cpu", value=1.0, labels=(("k", "v"),)),)),
     ReportsTaken(upto=INT64_MAX),  # new since the pinned ones (CAP_REPORT_ACK)
     SourceUnreadable(files=("a",), dirs=("", "d"), complete=False, replace=False),  # CAP_UNREADABLE
+    Checkpoint(seq=3, again=True),  # files sent again follow (an older peer ignores the field)
 ]
-PINNED = len(SAMPLES) - 2  # the samples the hash below covers
+PINNED = len(SAMPLES) - 3  # the samples the hash below covers
 # sha256 of the samples' encodings, joined, as the release before the integer bounds sent them,
 # except CommitReport: its records gained three optional fields since (`kind`, `removed`,
 # `removed_truncated`, which older masters ignore), and Assignment: its MappingSpec gained two

@@ -180,3 +180,25 @@ def test_reopening_a_released_spool_whose_last_file_was_cut_short(tmp_path: Path
     assert _read_all(reopened) == []
     reopened.append([*_file(3), Checkpoint(seq=3)])
     assert [m.seq for m in _read_all(reopened) if isinstance(m, FileStart)] == [3]
+
+
+def test_files_sent_again_cut_short_go_with_the_checkpoint_that_opened_them(
+    tmp_path: Path,
+) -> None:
+    """A Checkpoint marked `again` opens files the source sent again (relay_retried.py): a
+    stream broken before the one that closes them must not leave it in the spool, or a
+    child's link would take what our parent replays next for files sent again."""
+    spool = Spool(tmp_path)
+    spool.begin("j1", 5)
+    spool.append([*_file(6), Checkpoint(seq=6)])
+    spool.append([Checkpoint(seq=6, again=True)])
+    spool.append(_file(3)[:2])
+    assert not spool.settled
+    spool.cut_unfinished()
+    assert _read_all(spool)[-1] == Checkpoint(seq=6)
+    spool.append([Checkpoint(seq=6, again=True), *_file(3)])  # torn there, then reopened
+    assert _read_all(Spool(tmp_path))[-1] == Checkpoint(seq=6)
+    spool = Spool(tmp_path)
+    spool.append([Checkpoint(seq=6, again=True), *_file(3), Checkpoint(seq=6)])
+    assert spool.settled and spool.head == 6
+    assert _read_all(spool)[-6:-4] == [Checkpoint(seq=6), Checkpoint(seq=6, again=True)]

@@ -96,5 +96,8 @@ def test_a_retry_of_a_compared_file_that_fails_again_sends_nothing_of_seq_0(
     )
     NOW[0] = 10_000.0
     source = SimpleNamespace(root=None)
-    assert list(files.retries(source, SimpleNamespace(sent_upto=5))) == [Checkpoint(seq=5)]
+    assert list(files.retries(source, SimpleNamespace(sent_upto=5))) == [
+        Checkpoint(seq=5, again=True),
+        Checkpoint(seq=5),
+    ]
     assert "p" in files  # still kept, read again later
