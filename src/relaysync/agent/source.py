@@ -21,7 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from relaysync._util.fs import open_for_writing, root_held
+from relaysync._util.fs import open_for_writing
 from relaysync.errors import SourceListError
 from relaysync.protocol.messages import MappingSpec, nodes_below
 from relaysync.transfer.compare import Unreadable
@@ -447,10 +447,8 @@ class SourceMapping(MassDeleteGuard):
         }
 
     def _maybe_open(self, changes: list[PendingChange], hot: set[int]) -> set[int]:
-        """Those of `hot` whose file is open for writing, or may be (a worker thread's part).
-        The root is opened once for the batch (`root_held`), not once per file."""
-        with root_held(self.root):
-            return {i for i in hot if open_for_writing(self.root, changes[i].path) is not False}
+        """Those of `hot` whose file is open for writing, or may be (a worker thread's part)."""
+        return {i for i in hot if open_for_writing(self.root, changes[i].path) is not False}
 
     def _follow_held(self, changes: list[PendingChange]) -> None:
         """A held file moves with a rename of itself or of a directory above it (a deploy renames
