@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import signal
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -177,37 +175,6 @@ def _walk_and_open(
     if openat2_refused:
         _openat2_usable = False
     return _if_regular(fd)
-
-
-_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
-_F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
-
-
-def open_for_writing(root: str | os.PathLike[str], relpath: str) -> bool | None:
-    """Whether any process has the regular file `relpath` below `root` open for writing now;
-    None if that cannot be told: gone, not a regular file, not readable, or no lease may be
-    taken on it (the agent neither owns it nor has CAP_LEASE; a file system without leases).
-
-    Told by a read lease, which the kernel refuses (EAGAIN) while the file is open for writing
-    anywhere (mapped for writing too), and which goes with the descriptor at once. A writer
-    opening it in between waits for that (microseconds); the lease break signals SIGURG, which
-    is ignored, not SIGIO, whose default would end the agent.
-    """
-    try:
-        opened = open_regular_in(root, relpath)
-    except OSError:
-        return None
-    if opened is None:
-        return None
-    fd = opened[0]
-    try:
-        fcntl.fcntl(fd, _F_SETSIG, signal.SIGURG)
-        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as exc:
-        return True if exc.errno == errno.EAGAIN else None
-    finally:
-        os.close(fd)  # the lease goes with it
-    return False
 
 
 def open_for_read(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
