@@ -229,8 +229,23 @@ class ChangeRecorder:
 
     def _on_delete(self, batch: _Batch, event: FsEvent) -> None:
         old = batch.get(event.path)
-        if old is not None:
-            batch.add(PendingChange(op="delete", path=event.path, base_hash=old.hash))
+        if old is None:
+            return
+        if self._still_there(event.path):
+            # The disk decides, not the event: a name deleted and made again, or an event
+            # under a watch's label that is not where it happened (a watch left on a
+            # directory moved away): never a delete of what is there.
+            self._rescan(batch, event.path)
+            return
+        batch.add(PendingChange(op="delete", path=event.path, base_hash=old.hash))
+
+    def _still_there(self, path: str) -> bool:
+        """Whether something is at `path` now (or cannot be looked at: not taken for gone)."""
+        try:
+            with entry_dir(self._root, path) as dir_fd:
+                return lstat_in(self._root, path, dir_fd) is not None
+        except SourceListError:
+            return True
 
     def _on_move(self, batch: _Batch, event: FsEvent) -> None:
         src_ok = self._filter.accepts(event.path, is_dir=event.is_dir)

@@ -135,3 +135,26 @@ def test_apply_accepts_journal_records_and_is_idempotent(
     rec.apply(records)
     assert manifest.get("f") == make_entry(tree, "f")
     journal.close()
+
+
+def test_a_delete_event_for_a_path_that_is_there_deletes_nothing(
+    tree: Path, rec: ChangeRecorder, manifest: Manifest
+) -> None:
+    """An event's word against the disk's (a watch left labelled with a name it no longer
+    watches reported `rm` of a directory moved away): the disk decides."""
+    (tree / "d").mkdir()
+    (tree / "d" / "f").write_text("live")
+    settle(rec, [ev("rescan", "d")])
+    assert settle(rec, [ev("delete", "d/f"), ev("delete", "d")]) == []
+    assert manifest.get("d/f") is not None and manifest.get("d") is not None
+
+
+def test_a_name_deleted_and_made_again_is_written_not_deleted(
+    tree: Path, rec: ChangeRecorder, manifest: Manifest
+) -> None:
+    (tree / "f").write_text("old")
+    settle(rec, [ev("write", "f")])
+    (tree / "f").write_text("made again")  # `rm f; echo ... > f` seen as one late delete
+    assert ops(settle(rec, [ev("delete", "f")])) == [("write", "f", "")]
+    (tree / "f").unlink()
+    assert ops(settle(rec, [ev("delete", "f")])) == [("delete", "f", "")]
