@@ -16,6 +16,8 @@ Each class's docstring is its message template, formatted with the positional ar
     ├── AuthError                      identity and certificates
     │   ├── JoinRefused                a bad or expired join token
     │   ├── MasterNotTrusted           a first join answered with another CA than the join string names
+    │   ├── JoinAnswerRefused          a first join's answer that is malformed (several CAs, a field missing)
+    │   ├── IdentityUnusable           an agent's saved identity that is incomplete or trusts several CAs
     │   ├── UnknownPeer                a certificate the receiver does not expect
     │   │   └── RoutesStale            a sender that is not our parent in our routing table's epoch
     │   ├── NodeRemoved                a node the master does not know, or removed from the fleet
@@ -174,6 +176,14 @@ class JoinRefused(AuthError):
 
 class MasterNotTrusted(AuthError):
     """The master at {} is not the one this agent was told to join: its CA's fingerprint is {}, the join string (or --ca-fingerprint) says {}. Nothing was saved. Check --master (someone else may be answering on the way), or ask the operator for a current join string (`relaysync token create-join`, or the master's data_dir/join-token)."""
+
+
+class JoinAnswerRefused(AuthError):
+    """The join answer from {} cannot be used: {}. Nothing was saved. Check --master (someone on the way may be altering the answer) and that the master runs a current relaysync release."""
+
+
+class IdentityUnusable(AuthError):
+    """This agent's identity in {0} cannot be used: {1}. Stop the agent, delete {0} and start it again with --token <a join string> (`relaysync token create-join`, or the master's data_dir/join-token) to join the fleet anew."""
 
 
 class UnknownPeer(AuthError):

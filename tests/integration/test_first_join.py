@@ -7,10 +7,11 @@ it joins; one given a join string for another CA, or a bare token without --ca-f
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from relaysync.auth.ca import fingerprint
+from relaysync.auth.ca import CertificateAuthority, fingerprint
 from relaysync.auth.tokens import join_string, split_join_string
 from relaysync.testing.cluster import Cluster, wait_until
 
@@ -76,3 +77,36 @@ def test_an_older_join_token_file_gets_its_ca_fingerprint_at_the_next_start(
     cluster.start_master()
     assert cluster.join_token == full
     assert (cluster.master_dir / "join-token").stat().st_mode & 0o777 == 0o600
+
+
+def _restarted(cluster: Cluster, name: str) -> tuple[int, str]:
+    """Start stopped agent `name` again; its exit status and what it logged this time."""
+    before = cluster.agents[name].process.log_path.stat().st_size
+    agent = cluster.start_agent(name, wait=False)
+    wait_until(lambda: not agent.process.alive(), timeout_s=EXIT_TIMEOUT_S, what=f"{name} exits")
+    assert agent.process.popen is not None
+    log = agent.process.log_path.read_bytes()[before:].decode(errors="replace")
+    return agent.process.popen.returncode, " ".join(log.split())  # the console wraps lines
+
+
+def test_a_saved_identity_trusting_a_second_ca_or_without_master_json_stops_the_agent(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """An older release saved ca.pem as the join answer had it, and wrote master.json last: an
+    answer altered on the way left a second CA (trusted for every TLS link), a malformed one an
+    identity without master.json. The agent refuses both at start, saying what to do."""
+    agent = cluster.start_agent("web-6")
+    agent.process.stop()
+    identity = agent.data_dir / "identity"
+    ca_pem = (identity / "ca.pem").read_bytes()
+    other = CertificateAuthority.load_or_create(tmp_path / "other-ca")
+    (identity / "ca.pem").write_bytes(ca_pem + other.ca_pem)
+    status, log = _restarted(cluster, "web-6")
+    assert status == 12 and "ca.pem must hold exactly one certificate" in log, log
+    assert f"delete {identity}" in log and "Traceback" not in log
+
+    (identity / "ca.pem").write_bytes(ca_pem)
+    (identity / "master.json").unlink()
+    status, log = _restarted(cluster, "web-6")
+    assert status == 12 and "master.json is missing" in log, log
+    assert f"delete {identity}" in log and "Traceback" not in log

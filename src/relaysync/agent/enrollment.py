@@ -3,7 +3,10 @@
 The first join is checked: the join string carries the SHA-256 fingerprint of the fleet's CA
 (or the operator gives it with --ca-fingerprint), and an answer with another CA is refused
 before anything is saved, so whoever answers at the master's URL in its place gets no say in
-whom the agent trusts. A bare token needs --insecure-first-join (trust whoever answers).
+whom the agent trusts. A bare token needs --insecure-first-join (trust whoever answers). The
+answer's CA and certificate must each be one PEM certificate alone (the trust store would take
+a CA appended to the fleet's), every field is checked before anything is written, and the
+identity is renamed into place whole: an agent has a whole identity or none.
 
 The join reply gives the node's certificate, the fleet's CA, the master's control address and
 the fingerprint of the master's control certificate (`master_node_id`); all of it is kept beside
@@ -17,7 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +36,8 @@ from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import (
     AuthError,
     ConfigError,
+    IdentityUnusable,
+    JoinAnswerRefused,
     JoinRefused,
     MasterNotTrusted,
     MasterUnreachable,
@@ -38,6 +47,7 @@ from relaysync.transfer import tls
 logger = logging.getLogger(__name__)
 
 MASTER_FILE = "master.json"  # beside the identity: control_address, master_url, master_node_id
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # a node id: SHA-256 hex of a certificate's DER
 
 
 @dataclass(frozen=True)
@@ -81,40 +91,40 @@ def join(cfg: AgentConfig, identity: tls.Identity) -> MasterPin:
 
     The master's CA must have the fingerprint the join string (or --ca-fingerprint) names;
     nothing is saved otherwise. With --insecure-first-join and a bare token, any CA is taken.
+    Every field of the answer is checked before anything is written, and the identity is
+    written whole or not at all (`_save_identity`).
 
     Returns:
         the master's control address and, from a master that tells it, its node id.
 
     Raises:
         ConfigError: no CA fingerprint to check the master with (expected_ca_fingerprint).
+        IdentityUnusable: the identity directory holds what an interrupted join left.
         JoinRefused: the master refused the token or the request.
+        JoinAnswerRefused: an answer that is malformed, or whose certificate is not ours.
         MasterNotTrusted: the master's CA is not the one the join string names.
         MasterUnreachable: the master did not answer.
     """
     from relaysync.auth.ca import make_key_and_csr
 
     token, expected = expected_ca_fingerprint(cfg)
+    _refuse_leftovers(identity)
     key_pem, csr_pem = make_key_and_csr(cfg.name)
     body = _post_join(cfg, token, expected, csr_pem)
-    _check_master(cfg.master_url, body, expected, key_pem)
-    identity.key_path.parent.mkdir(parents=True, exist_ok=True)
-    identity.key_path.write_bytes(key_pem)
-    identity.key_path.chmod(0o600)
-    identity.ca_path.write_bytes(body["ca_pem"].encode())
-    identity.cert_path.write_bytes(body["cert_pem"].encode())
-    pin = MasterPin(
-        control_address=str(body["control_address"]), node_id=body.get("master_node_id") or None
-    )
-    _write_master_file(
-        identity,
-        {
-            "control_address": pin.control_address,
-            "master_url": cfg.master_url,
-            "master_node_id": pin.node_id,
-        },
-    )
-    logger.info("joined the fleet as %s (node %s)", cfg.name, body["node_id"][:16])
-    return pin
+    answer = _check_answer(cfg.master_url, body, expected, key_pem)
+    _save_identity(identity, key_pem, answer, cfg.master_url)
+    logger.info("joined the fleet as %s (node %s)", cfg.name, answer.node_id[:16])
+    return answer.pin
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A join answer, checked: the certificates as serialised again from what was checked."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    node_id: str
+    pin: MasterPin
 
 
 def _post_join(
@@ -139,27 +149,28 @@ def _post_join(
             detail = response.text[:200] or response.status_code
         raise JoinRefused(detail)
     try:
-        return dict(response.json())
+        answer = response.json()
     except ValueError as exc:
-        raise JoinRefused(f"the answer is not JSON: {response.text[:200]!r}") from exc
+        raise JoinAnswerRefused(cfg.master_url, f"not JSON: {response.text[:200]!r}") from exc
+    if not isinstance(answer, dict):
+        raise JoinAnswerRefused(cfg.master_url, "not a JSON object")
+    return answer
 
 
-def _check_master(
+def _check_answer(
     master_url: str, body: dict[str, Any], expected: str | None, key_pem: bytes
-) -> None:
-    """The answer's CA is the expected one, and its certificate is ours, signed by that CA.
+) -> _Answer:
+    """The answer's CA is the expected one, alone; its certificate is ours, signed by that CA,
+    alone; the other fields are what a master sends.
 
     Raises:
         MasterNotTrusted: another CA.
-        JoinRefused: a certificate that is not ours, or not signed by the CA.
+        JoinAnswerRefused: anything else wrong with the answer.
     """
     from relaysync.auth.ca import check_issued_to, fingerprint
 
-    try:
-        ca_pem, cert_pem = body["ca_pem"].encode(), body["cert_pem"].encode()
-        got = fingerprint(ca_pem)
-    except (KeyError, AttributeError, AuthError) as exc:
-        raise JoinRefused(f"the answer has no usable CA certificate ({exc})") from exc
+    ca_pem = _certificate_in(master_url, body, "ca_pem")
+    got = fingerprint(ca_pem)
     if expected is not None and got != expected:
         raise MasterNotTrusted(master_url, got, expected)
     if expected is None:
@@ -169,10 +180,54 @@ def _check_master(
             got,
             master_url,
         )
+    cert_pem = _certificate_in(master_url, body, "cert_pem")
     try:
         check_issued_to(cert_pem, ca_pem, key_pem)
     except AuthError as exc:
-        raise JoinRefused(f"the certificate in the answer is not usable: {exc}") from exc
+        why = exc.args[0] if exc.args else exc
+        raise JoinAnswerRefused(master_url, f"its certificate is not usable: {why}") from exc
+    node_id = fingerprint(cert_pem)
+    if body.get("node_id") != node_id:
+        raise JoinAnswerRefused(master_url, "its node_id is not its certificate's fingerprint")
+    return _Answer(ca_pem, cert_pem, node_id, _pin_in(master_url, body))
+
+
+def _certificate_in(master_url: str, body: dict[str, Any], field: str) -> bytes:
+    """The one certificate of a PEM field: a CA appended to the fleet's would be trusted too.
+
+    Raises:
+        JoinAnswerRefused: no such text field, or not exactly one PEM certificate.
+    """
+    from relaysync.auth.ca import one_certificate
+
+    text = body.get(field)
+    if not isinstance(text, str) or not text.isascii():
+        raise JoinAnswerRefused(master_url, f"its {field} is missing or not PEM text")
+    try:
+        return one_certificate(text.encode("ascii"))
+    except AuthError as exc:
+        why = exc.args[0] if exc.args else exc
+        raise JoinAnswerRefused(
+            master_url, f"its {field} must be exactly one PEM certificate ({why})"
+        ) from exc
+
+
+def _pin_in(master_url: str, body: dict[str, Any]) -> MasterPin:
+    """The master's control address (host:port) and node id (a fingerprint, or none given).
+
+    Raises:
+        JoinAnswerRefused: either is missing or malformed.
+    """
+    address, node_id = body.get("control_address"), body.get("master_node_id") or None
+    if not isinstance(address, str):
+        raise JoinAnswerRefused(master_url, "its control_address is missing or not text")
+    try:
+        split_address(address)
+    except ConfigError as exc:
+        raise JoinAnswerRefused(master_url, f"its control_address: {exc}") from exc
+    if node_id is not None and not (isinstance(node_id, str) and _FINGERPRINT.fullmatch(node_id)):
+        raise JoinAnswerRefused(master_url, "its master_node_id is not a SHA-256 fingerprint")
+    return MasterPin(control_address=address, node_id=node_id)
 
 
 def reachable_control_address(control_address: str, master_url: str) -> str:
@@ -186,6 +241,92 @@ def reachable_control_address(control_address: str, master_url: str) -> str:
     return control_address
 
 
+def _refuse_leftovers(identity: tls.Identity) -> None:
+    """Before a join: the identity directory is absent or empty, so that the new identity can
+    take its place whole (a key without its certificate is no use, but it is not deleted here).
+
+    Raises:
+        IdentityUnusable: it holds files, but not a whole identity.
+    """
+    directory = identity.key_path.parent
+    if directory.is_dir() and (left := sorted(p.name for p in directory.iterdir())):
+        raise IdentityUnusable(
+            directory, f"it holds {', '.join(left)} but no whole identity (an earlier join stopped)"
+        )
+
+
+def _save_identity(
+    identity: tls.Identity, key_pem: bytes, answer: _Answer, master_url: str
+) -> None:
+    """Write the key, both certificates and master.json into a new directory beside the
+    identity's, then rename it into place: an identity is whole or absent, never half-written
+    (a crash or a full disk leaves only the hidden staging directory, removed at the next join).
+    """
+    directory = identity.key_path.parent
+    staging = directory.with_name(f".{directory.name}.joining")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(mode=0o700)
+    saved = {"control_address": answer.pin.control_address, "master_url": master_url}
+    files = {
+        identity.key_path.name: key_pem,
+        identity.cert_path.name: answer.cert_pem,
+        identity.ca_path.name: answer.ca_pem,
+        MASTER_FILE: json.dumps(saved | _node_id_field(answer.pin)).encode(),
+    }
+    for name, data in files.items():
+        _write_synced(staging / name, data)
+    (staging / identity.key_path.name).chmod(0o600)
+    _fsync_directory(staging)
+    try:
+        os.rename(staging, directory)  # takes the place of an empty directory, not of files
+    except OSError as exc:
+        raise IdentityUnusable(
+            directory, f"the new identity cannot be put in place: {exc}"
+        ) from exc
+    _fsync_directory(directory.parent)
+
+
+def _node_id_field(pin: MasterPin) -> dict[str, str]:
+    return {"master_node_id": pin.node_id} if pin.node_id else {}
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_identity(identity: tls.Identity) -> MasterPin:
+    """The master pin of a saved identity, once it is known to be whole and to trust one CA.
+
+    Raises:
+        IdentityUnusable: ca.pem holds more than the fleet's CA certificate (the trust store
+            would take every one), or master.json is missing or unreadable.
+    """
+    from relaysync.auth.ca import one_certificate
+
+    try:
+        one_certificate(identity.ca_path.read_bytes())
+    except (OSError, AuthError) as exc:
+        why = exc.args[0] if isinstance(exc, AuthError) and exc.args else exc
+        raise IdentityUnusable(
+            identity.ca_path.parent,
+            f"{identity.ca_path.name} must hold exactly one certificate, the fleet's CA ({why})",
+        ) from exc
+    return read_master_file(identity)
+
+
 def _write_master_file(identity: tls.Identity, saved: dict[str, object]) -> None:
     path = identity.key_path.parent / MASTER_FILE
     tmp = path.with_name(f".{MASTER_FILE}.tmp")
@@ -194,10 +335,25 @@ def _write_master_file(identity: tls.Identity, saved: dict[str, object]) -> None
 
 
 def read_master_file(identity: tls.Identity) -> MasterPin:
-    saved = json.loads((identity.key_path.parent / MASTER_FILE).read_text())
-    return MasterPin(
-        control_address=str(saved["control_address"]), node_id=saved.get("master_node_id") or None
-    )
+    """Where and who the master is, as the join saved it.
+
+    Raises:
+        IdentityUnusable: master.json is missing (a join of an older release stopped after the
+            certificates) or unreadable.
+    """
+    path = identity.key_path.parent / MASTER_FILE
+    try:
+        saved = json.loads(path.read_text())
+        return MasterPin(
+            control_address=str(saved["control_address"]),
+            node_id=saved.get("master_node_id") or None,
+        )
+    except FileNotFoundError as exc:
+        raise IdentityUnusable(
+            path.parent, f"{MASTER_FILE} is missing (an earlier join stopped half-way)"
+        ) from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IdentityUnusable(path.parent, f"{MASTER_FILE} cannot be read ({exc!r})") from exc
 
 
 def pin_master(identity: tls.Identity, node_id: str) -> None:

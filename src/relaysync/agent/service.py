@@ -56,7 +56,7 @@ from relaysync.transfer.target_folder import TargetFolder
 from ._source_role import SourceRole, _Running
 from ._target_role import TargetRole
 from .advertise import advertised_address, check_advertised, follows_route, listens_ipv4_only
-from .enrollment import MasterPin, join, pin_master, reachable_control_address, read_master_file
+from .enrollment import MasterPin, join, pin_master, reachable_control_address, read_identity
 from .guard import parse_roots
 from .link_options import LinkOptions
 from .links import LinkSet
@@ -190,9 +190,10 @@ class AgentService(SourceRole, TargetRole):
 
         Raises:
             CertificateExpired, CertificateNotYetValid: every peer and the master would refuse it.
+            IdentityUnusable: a saved identity that is incomplete or trusts more than one CA.
         """
         if self.identity.exists():
-            pin = read_master_file(self.identity)
+            pin = read_identity(self.identity)
         elif not self.cfg.token:
             raise JoinRefused("this agent has no certificate yet and no --token was given")
         else:

@@ -33,6 +33,10 @@ KEY_FILE = "ca.key"
 CERT_FILE = "ca.pem"
 # used with fullmatch: "^...$" with match() would take a name with a final newline
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# one PEM certificate and nothing else but white space (used with fullmatch)
+_ONE_PEM_CERT_RE = re.compile(
+    rb"\s*-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\s*"
+)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -110,6 +114,28 @@ def _load_cert(cert: bytes) -> x509.Certificate:
         return x509.load_der_x509_certificate(cert)
     except ValueError as exc:
         raise AuthError(f"not a certificate: {exc}") from exc
+
+
+def one_certificate(pem: bytes) -> bytes:
+    """The one certificate a PEM text holds, serialised again: nothing else may be in the text.
+
+    A TLS trust store (`cafile`) trusts every certificate in its file while `fingerprint` reads
+    the first: whatever is checked and then saved must be that one certificate, no more.
+
+    Raises:
+        AuthError: more than one PEM block, another label than CERTIFICATE, other text around
+            it, or bytes that are not a certificate.
+    """
+    blocks = pem.count(b"-----BEGIN")
+    if blocks != 1:
+        raise AuthError(f"{blocks} PEM blocks where exactly one certificate belongs")
+    if not _ONE_PEM_CERT_RE.fullmatch(pem):
+        raise AuthError("not a PEM certificate alone: another label, or other text around it")
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise AuthError(f"not a certificate: {exc}") from exc
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def fingerprint(cert: bytes) -> str:

@@ -5,7 +5,8 @@ its own CA, as an attacker on the path would run it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import errno
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,19 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from relaysync.agent.enrollment import join
+from relaysync.agent import enrollment
+from relaysync.agent.enrollment import join, read_identity
 from relaysync.auth.ca import CertificateAuthority, fingerprint
 from relaysync.auth.tokens import join_string, split_join_string
 from relaysync.config.schema import AgentConfig
-from relaysync.errors import ConfigError, JoinRefused, MasterNotTrusted
+from relaysync.constants import MASTER_NODE_NAME
+from relaysync.errors import (
+    ConfigError,
+    IdentityUnusable,
+    JoinAnswerRefused,
+    JoinRefused,
+    MasterNotTrusted,
+)
 from relaysync.master.app import create_app
 from relaysync.master.events import EventBus
 from relaysync.master.store import Store
@@ -25,6 +34,7 @@ from relaysync.transfer import tls
 
 ADMIN = "admin-secret"
 MASTER_URL = "http://master.example:8470"
+MASTER_NODE_ID = "0123456789abcdef" * 4  # the control certificate's fingerprint
 
 
 def _app_client(store: Store, ca_dir: Path) -> TestClient:
@@ -35,7 +45,7 @@ def _app_client(store: Store, ca_dir: Path) -> TestClient:
         admin_token=ADMIN,
         control_address="127.0.0.1:7000",
         on_change=lambda: None,
-        master_node_id="m" * 64,
+        master_node_id=MASTER_NODE_ID,
     )
     return TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"})
 
@@ -47,10 +57,15 @@ def master(store: Store, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def _answered_by(
-    monkeypatch: pytest.MonkeyPatch, client: TestClient, *, impostor: bool = False
+    monkeypatch: pytest.MonkeyPatch,
+    client: TestClient,
+    *,
+    impostor: bool = False,
+    alter: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Send the agent's join to `client`'s app, whatever URL it posts to; the bodies it sent.
-    An impostor drops whatever CA fingerprint the agent sends (its own app would refuse)."""
+    An impostor drops whatever CA fingerprint the agent sends (its own app would refuse); one
+    on the path relays the join to the master and `alter`s its answer on the way back."""
     sent: list[dict[str, Any]] = []
 
     def post(url: str, *, json: dict[str, Any], timeout: float) -> httpx.Response:
@@ -61,6 +76,8 @@ def _answered_by(
             forwarded["token"] = split_join_string(json["token"])[0]
             forwarded.pop("ca_fingerprint", None)
         answer = TestClient(client.app).post("/api/join", json=forwarded)
+        if alter is not None and answer.status_code == 200:
+            return httpx.Response(200, json=alter(answer.json()))
         return httpx.Response(answer.status_code, content=answer.content)
 
     monkeypatch.setattr(httpx, "post", post)
@@ -94,7 +111,7 @@ def test_the_agent_joins_the_master_its_join_string_names(
     assert [(s["token"], s["ca_fingerprint"]) for s in sent] == [
         (created["token"], created["ca_fingerprint"])  # the token alone, the CA it expects apart
     ]
-    assert pin.node_id == "m" * 64
+    assert pin.node_id == MASTER_NODE_ID
     ca_pem = (tmp_path / "ca" / "ca.pem").read_bytes()
     assert _identity(tmp_path).ca_path.read_bytes() == ca_pem
     assert master.get("/api/servers/web-1").status_code == 200
@@ -178,3 +195,196 @@ def test_the_master_refuses_a_join_string_for_another_ca(master: TestClient) -> 
     assert "its join string is for another fleet" in answer.json()["detail"]
     assert master.get("/api/servers").json() == []  # its name is not taken
     assert status(created["join_string"], "web-1") == 200
+
+
+# --- The answer is checked whole, and saved whole or not at all ---
+
+
+@pytest.fixture
+def attacker_ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority.load_or_create(tmp_path / "attacker-ca")
+
+
+def _with_ca_appended(attacker: CertificateAuthority) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """On the path: the real master's answer (the right CA first, a genuine certificate), the
+    attacker's CA after it and its own 'relaysync-master' as the master's node id. A trust store
+    built from that ca.pem would take the attacker's control server as the master."""
+    master_key, master_cert = attacker.issue(MASTER_NODE_NAME, ["127.0.0.1"])
+
+    def alter(answer: dict[str, Any]) -> dict[str, Any]:
+        return answer | {
+            "ca_pem": answer["ca_pem"] + attacker.ca_pem.decode(),
+            "master_node_id": fingerprint(master_cert),
+        }
+
+    return alter
+
+
+def test_a_ca_appended_to_the_fleets_on_the_way_is_refused_and_nothing_is_saved(
+    master: TestClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    attacker_ca: CertificateAuthority,
+) -> None:
+    created = master.post("/api/tokens/join", json={}).json()
+    _answered_by(monkeypatch, master, alter=_with_ca_appended(attacker_ca))
+    with pytest.raises(JoinAnswerRefused, match="ca_pem must be exactly one PEM certificate"):
+        join(_cfg(tmp_path, created["join_string"]), _identity(tmp_path))
+    assert not (tmp_path / "agent").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("ca_pem", lambda pem, other: pem + "trailing text\n"),
+        ("ca_pem", lambda pem, other: other + pem),  # the attacker's first: another CA
+        ("ca_pem", lambda pem, other: pem.replace("CERTIFICATE", "TRUSTED CERTIFICATE")),
+        ("cert_pem", lambda pem, other: pem + other),
+        ("cert_pem", lambda pem, other: "x" + pem),
+    ],
+)
+def test_each_certificate_field_must_be_one_pem_certificate_alone(
+    master: TestClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    attacker_ca: CertificateAuthority,
+    field: str,
+    change: Callable[[str, str], str],
+) -> None:
+    created = master.post("/api/tokens/join", json={}).json()
+    other = attacker_ca.ca_pem.decode()
+    _answered_by(monkeypatch, master, alter=lambda a: a | {field: change(a[field], other)})
+    with pytest.raises((JoinAnswerRefused, MasterNotTrusted)):
+        join(_cfg(tmp_path, created["join_string"]), _identity(tmp_path))
+    assert not (tmp_path / "agent").exists()
+
+
+def test_what_is_saved_is_the_checked_certificates_serialised_again(
+    master: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """White space around a certificate and CRLF lines are PEM still: taken, saved as checked."""
+    created = master.post("/api/tokens/join", json={}).json()
+
+    def reformat(answer: dict[str, Any]) -> dict[str, Any]:
+        return answer | {k: "\n " + answer[k].replace("\n", "\r\n") for k in ("ca_pem", "cert_pem")}
+
+    _answered_by(monkeypatch, master, alter=reformat)
+    join(_cfg(tmp_path, created["join_string"]), _identity(tmp_path))
+    identity = _identity(tmp_path)
+    assert identity.ca_path.read_bytes() == (tmp_path / "ca" / "ca.pem").read_bytes()
+    assert identity.cert_path.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----\n")
+    assert b"\r" not in identity.cert_path.read_bytes()
+
+
+def _drop(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda answer: {k: v for k, v in answer.items() if k != key}
+
+
+def _set(key: str, value: object) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda answer: answer | {key: value}
+
+
+@pytest.mark.parametrize(
+    "alter",
+    [
+        _drop("control_address"),
+        _set("control_address", 7000),
+        _set("control_address", "no-port"),
+        _drop("node_id"),
+        _set("node_id", "ab" * 32),
+        _set("master_node_id", "not-a-fingerprint"),
+        _set("master_node_id", 12),
+        _drop("cert_pem"),
+        _set("ca_pem", ["a list"]),
+    ],
+    ids=[
+        "no-control-address",
+        "control-address-number",
+        "control-address-no-port",
+        "no-node-id",
+        "node-id-of-another-cert",
+        "master-node-id-malformed",
+        "master-node-id-number",
+        "no-cert",
+        "ca-not-text",
+    ],
+)
+def test_a_malformed_answer_saves_nothing(
+    master: TestClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    alter: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    """A key and certificates saved before a bad field was found made an identity without
+    master.json: every later start failed (FileNotFoundError) until someone deleted it."""
+    created = master.post("/api/tokens/join", json={}).json()
+    _answered_by(monkeypatch, master, alter=alter)
+    with pytest.raises(JoinAnswerRefused, match="Nothing was saved"):
+        join(_cfg(tmp_path, created["join_string"]), _identity(tmp_path))
+    assert not (tmp_path / "agent").exists()
+
+
+def test_a_join_interrupted_while_saving_leaves_no_identity(
+    master: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (or a crash) while writing: no identity at all, and the next join works."""
+    created = master.post("/api/tokens/join", json={}).json()
+    _answered_by(monkeypatch, master)
+    written: list[Path] = []
+    real_write = enrollment._write_synced
+
+    def write(path: Path, data: bytes) -> None:
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        real_write(path, data)
+
+    monkeypatch.setattr(enrollment, "_write_synced", write)
+    with pytest.raises(OSError, match="No space"):
+        join(_cfg(tmp_path, created["join_string"]), _identity(tmp_path))
+    identity = _identity(tmp_path)
+    assert not identity.key_path.parent.exists()
+    monkeypatch.setattr(enrollment, "_write_synced", real_write)
+    assert master.delete("/api/servers/web-1").status_code == 204  # its name, taken by then
+    join(_cfg(tmp_path, created["join_string"]), identity)
+    assert identity.exists() and read_identity(identity).node_id == MASTER_NODE_ID
+    assert sorted(p.name for p in identity.key_path.parent.parent.iterdir()) == ["identity"]
+
+
+def test_files_left_in_the_identity_directory_are_refused_before_joining(
+    master: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key an older release wrote before its join failed: neither overwritten nor mixed with
+    a new certificate; the agent says which directory to delete."""
+    created = master.post("/api/tokens/join", json={}).json()
+    sent = _answered_by(monkeypatch, master)
+    identity = _identity(tmp_path)
+    identity.key_path.parent.mkdir(parents=True)
+    identity.key_path.write_bytes(b"an older key")
+    with pytest.raises(IdentityUnusable, match="node.key") as refused:
+        join(_cfg(tmp_path, created["join_string"]), identity)
+    assert str(identity.key_path.parent) in str(refused.value) and "--token" in str(refused.value)
+    assert sent == [] and identity.key_path.read_bytes() == b"an older key"
+
+
+def test_a_saved_identity_must_trust_one_ca_and_have_its_master_file(
+    master: TestClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    attacker_ca: CertificateAuthority,
+) -> None:
+    """An identity an older release saved from an altered answer (two CAs), or without
+    master.json (its join stopped half-way), stops the agent with what to do."""
+    created = master.post("/api/tokens/join", json={}).json()
+    _answered_by(monkeypatch, master)
+    identity = _identity(tmp_path)
+    join(_cfg(tmp_path, created["join_string"]), identity)
+    ca_pem = identity.ca_path.read_bytes()
+    identity.ca_path.write_bytes(ca_pem + attacker_ca.ca_pem)
+    with pytest.raises(IdentityUnusable, match="ca.pem must hold exactly one certificate"):
+        read_identity(identity)
+    identity.ca_path.write_bytes(ca_pem)
+    (identity.key_path.parent / "master.json").unlink()
+    with pytest.raises(IdentityUnusable, match="master.json is missing") as refused:
+        read_identity(identity)
+    assert f"delete {identity.key_path.parent}" in str(refused.value)

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from relaysync.auth.ca import CertificateAuthority, make_key_and_csr
 from relaysync.constants import API_JOIN_MAX_BODY_BYTES, API_MAX_BODY_BYTES
@@ -188,3 +189,84 @@ def test_every_integer_in_a_path_or_query_is_bounded() -> None:
             if not any(le is not None and le <= INT64_MAX for le in limits):
                 unbounded.append(f"{route.path} {name}")
     assert unbounded == []
+
+
+# --- Numbers written as strings, nesting ---
+
+THRESHOLD = {"metric": "cpu_percent", "value": 90}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/thresholds", THRESHOLD | {"value": "NaN"}),  # 503 with SQL before
+        ("/api/thresholds", THRESHOLD | {"value": "Infinity"}),  # stored, listed as null
+        ("/api/thresholds", THRESHOLD | {"value": "1e400"}),
+        ("/api/thresholds", THRESHOLD | {"for_s": "inf"}),
+        ("/api/thresholds", THRESHOLD | {"hysteresis": "Infinity"}),
+        ("/api/tokens/join", {"ttl_s": "Infinity"}),
+        ("/api/probes", {"name": "p", "kind": "tcp", "host": "h", "port": 80, "timeout_s": "inf"}),
+    ],
+)
+def test_non_finite_numbers_given_as_strings_are_refused(
+    client: TestClient, path: str, body: dict[str, Any]
+) -> None:
+    """pydantic's lax mode turns the strings "NaN", "inf" and "1e400" into floats."""
+    answer = client.post(path, json=body)
+    assert answer.status_code == 422, answer.text
+    assert "finite" in answer.text
+    assert client.get(path).json() == []  # nothing was stored
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The pydantic models an annotation holds, at any depth (list[X], X | None, dict[str, X])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        for field in annotation.model_fields.values():
+            yield from _models_in(field.annotation)
+    for arg in typing.get_args(annotation):
+        yield from _models_in(arg)
+
+
+def test_every_request_model_refuses_non_finite_floats() -> None:
+    """A body model added later on plain BaseModel would let "NaN" in again."""
+    models = {
+        model
+        for route in ROUTES
+        for name, hint in typing.get_type_hints(route.endpoint).items()
+        if name != "return"
+        for model in _models_in(hint)
+    }
+    assert len(models) > 20  # the walk finds the nested ones (TargetIn, WindowIn, ...) too
+    assert (
+        sorted(m.__name__ for m in models if m.model_config.get("allow_inf_nan") is not False) == []
+    )
+
+
+def test_a_threshold_stored_before_the_check_is_still_listed(
+    client: TestClient, store: Store
+) -> None:
+    """The response models of thresholds, probes and channels derive from the request ones."""
+    store.monitoring.create_threshold(
+        scope="all", metric="cpu_percent", operator=">", value=float("inf")
+    )
+    answer = client.get("/api/thresholds")
+    assert answer.status_code == 200 and answer.json()[0]["value"] is None
+
+
+@pytest.mark.parametrize("path", ["/api/join", "/api/mappings"])
+@pytest.mark.parametrize("content_type", ["application/json", None])
+def test_a_deeply_nested_body_is_a_400_not_a_500(
+    client: TestClient, path: str, content_type: str | None
+) -> None:
+    """The JSON decoder recurses per level: 5,000 '[' (5 KiB, under the join's limit) was a
+    RecursionError out of the middleware, a 500 and a traceback per anonymous request."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = _anonymous(client).post(path, content=b"[" * 5000, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == "the JSON body is nested too deeply"
+
+
+@pytest.mark.parametrize("since", ["nan", "inf", "1e400"])
+def test_a_non_finite_time_in_a_query_is_a_422(client: TestClient, since: str) -> None:
+    assert client.get(f"/api/stats?since={since}").status_code == 422

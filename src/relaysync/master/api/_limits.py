@@ -6,6 +6,9 @@ reads at most the limit (a declared Content-Length above it is refused without r
 answers 413; a JSON body with NaN, Infinity, a float that overflows to infinity (1e400) or an
 integer outside what a 64-bit database column holds is answered 422: such numbers would
 otherwise reach the store (500) or the validation error response, which cannot serialise NaN.
+A body nested deeper than the JSON decoder recurses is answered 400. The same numbers written as
+strings ("NaN", "Infinity", "1e400"), which pydantic's lax mode turns into floats, are refused
+by the request models themselves: every request body model derives from InputModel.
 
 Error handling:
     Refusals are {"detail": "..."} like every other error of the API; the route never runs.
@@ -23,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import Path, Query
+from pydantic import BaseModel, ConfigDict
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,14 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class InputModel(BaseModel):
+    """The base of every request body model: a float field refuses NaN and +-Infinity, also
+    given as a string ("NaN", "inf", "1e400"), with a 422. A response model that derives from
+    one sets allow_inf_nan=True again: a row stored before this check must still be listed."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
 
 class BadNumber(ValueError):
@@ -71,8 +83,8 @@ class RequestLimits:
         if body is None:
             await _refuse(send, 413, _too_large(scope["path"], limit))
             return
-        if body and _is_json(scope) and (problem := non_finite_problem(body)):
-            await _refuse(send, 422, problem)
+        if body and _is_json(scope) and (problem := body_problem(body)):
+            await _refuse(send, *problem)
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -129,16 +141,23 @@ def _is_json(scope: Scope) -> bool:
     return True
 
 
-def non_finite_problem(body: bytes) -> str:
-    """Why a JSON body's numbers are refused, or "" (also for a body that is not JSON: the
-    route's own validation says what is wrong with it)."""
+def body_problem(body: bytes) -> tuple[int, str] | None:
+    """The status and reason a JSON body is refused with, or None (also for a body that is not
+    JSON: the route's own validation says what is wrong with it).
+
+    The decoder recurses once per nesting level: a body like `[[[[...` a few thousand deep
+    (a few KiB, anonymous on /api/join) raises RecursionError, answered 400 here rather than
+    a 500 with a traceback in the log. No request model nests more than a few levels.
+    """
     try:
         json.loads(body, parse_constant=_constant, parse_float=_float, parse_int=_int)
     except BadNumber as exc:
-        return str(exc)
+        return 422, str(exc)
+    except RecursionError:
+        return 400, "the JSON body is nested too deeply"
     except ValueError:  # not JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors)
-        return ""
-    return ""
+        return None
+    return None
 
 
 def _constant(name: str) -> float:

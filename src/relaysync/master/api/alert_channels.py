@@ -9,17 +9,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from relaysync.master.api._context import Context
-from relaysync.master.api._limits import PathInt
+from relaysync.master.api._limits import InputModel, PathInt
 from relaysync.master.api._secrets import mask, refuse_masked
 from relaysync.monitor.alerts import build_channel
 
 logger = logging.getLogger(__name__)
 
 
-class ChannelIn(BaseModel):
+class ChannelIn(InputModel):
     name: str
     kind: str  # email | webhook | sms | console
     config: dict[str, Any] = {}  # per kind: see relaysync.monitor.alerts.<kind>
@@ -27,7 +27,7 @@ class ChannelIn(BaseModel):
 
 
 class ChannelOut(ChannelIn):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, allow_inf_nan=True)
 
     id: int
     created_at: float

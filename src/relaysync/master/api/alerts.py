@@ -10,7 +10,7 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict
 
 from relaysync.master.api._context import Context
-from relaysync.master.api._limits import PathInt
+from relaysync.master.api._limits import InputModel, PathInt
 from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class AlertOut(BaseModel):
     resolved_at: float | None
 
 
-class AckIn(BaseModel):
+class AckIn(InputModel):
     by: str = "api"  # who acknowledges it
 
 

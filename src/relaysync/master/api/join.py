@@ -11,12 +11,13 @@ from relaysync.auth.ca import check_node_name, fingerprint
 from relaysync.auth.tokens import normalize_fingerprint, split_join_string
 from relaysync.errors import AuthError, ConfigError, JoinRefused, NotFound
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import InputModel
 from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
 
 
-class JoinIn(BaseModel):
+class JoinIn(InputModel):
     token: str = Field(
         max_length=256,
         description="a join token from POST /api/tokens/join (or its join string: token.ca-fingerprint)",

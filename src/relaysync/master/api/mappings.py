@@ -8,17 +8,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import InputModel
 from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
 
 
-class TargetIn(BaseModel):
+class TargetIn(InputModel):
     server: str = Field(description="server name or node id")
     path: str = Field(description="absolute folder on the target server")
 
 
-class MappingIn(BaseModel):
+class MappingIn(InputModel):
     name: str
     source: str = Field(description="server name or node id")
     source_path: str = Field(description="absolute folder on the source server")
@@ -29,7 +30,7 @@ class MappingIn(BaseModel):
     enabled: bool = True
 
 
-class MappingPatch(BaseModel):
+class MappingPatch(InputModel):
     name: str | None = None
     source: str | None = None
     source_path: str | None = None

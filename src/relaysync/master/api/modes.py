@@ -11,10 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import InputModel
 from relaysync.master.events import EventType
 
 
-class ModeIn(BaseModel):
+class ModeIn(InputModel):
     mode: Literal["realtime", "manual", "reserved"]
     schedule: str = Field(
         default="", description="reserved only: at:ISO-DATETIME, every:SECONDS or cron:EXPR"
@@ -65,7 +66,7 @@ def confirm_deletes(id_or_name: str, context: Context) -> ConfirmOut:
     return ConfirmOut(mapping_id=mapping.id, delete_confirm=count)
 
 
-class VersionsIn(BaseModel):
+class VersionsIn(InputModel):
     keep: int = Field(ge=0, le=1000, description="previous versions kept per file; 0 = off")
     targets: list[str] = Field(
         default_factory=list, description="target servers that keep them; empty = all"
@@ -81,7 +82,7 @@ def put_versions(id_or_name: str, body: VersionsIn, context: Context) -> dict[st
     return {"mapping_id": mapping.id, "keep": body.keep, "targets": nodes}
 
 
-class TransferIn(BaseModel):
+class TransferIn(InputModel):
     transfer: Literal["auto", "delta", "whole"] | None = Field(
         description="forced on every link of the mapping, over the link policies; null = each link's policy"
     )
@@ -105,7 +106,7 @@ def put_transfer(id_or_name: str, body: TransferIn, context: Context) -> Transfe
     return TransferOut(mapping_id=mapping.id, transfer=body.transfer)
 
 
-class TargetPolicyIn(BaseModel):
+class TargetPolicyIn(InputModel):
     symlinks: Literal["", "safe", "any"] = Field(
         description='"safe": the targets refuse a symlink that points outside the folder; "any": '
         'they take every link (only if you trust the source); "": each target agent\'s default'

@@ -8,16 +8,17 @@ from fastapi import Query
 from pydantic import BaseModel, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import InputModel
 from relaysync.master.events import EventType
 from relaysync.master.store._nmjobs import ConflictInfo, NmJobInfo
 
 
-class LocationIn(BaseModel):
+class LocationIn(InputModel):
     server: str = Field(description="server name or node id")
     path: str = Field(description="absolute folder on that server")
 
 
-class NmJobIn(BaseModel):
+class NmJobIn(InputModel):
     name: str = Field(description="the job's name; members are named <name>@<source server>")
     sources: list[LocationIn] = Field(min_length=1)
     targets: list[LocationIn] = Field(min_length=1)

@@ -15,14 +15,14 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaysync.master.api._context import Context
-from relaysync.master.api._limits import PathInt
+from relaysync.master.api._limits import InputModel, PathInt
 from relaysync.master.events import EventType
 from relaysync.master.store._policies import PolicyInfo
 
 INHERIT = " (left out or null: inherited from the section, or the section's default)"
 
 
-class WindowIn(BaseModel):
+class WindowIn(InputModel):
     model_config = ConfigDict(extra="forbid")
 
     days: str = Field(
@@ -47,7 +47,7 @@ class WindowOut(BaseModel):
     bandwidth_limit_mbit: float
 
 
-class PolicyIn(BaseModel):
+class PolicyIn(InputModel):
     """Fields left out (or null) are inherited: a pair's from its section, a section's from its default."""
 
     scope: Literal["same_group", "same_region", "inter_region", "pair"]

@@ -6,15 +6,15 @@ import logging
 from typing import Any
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from relaysync.master.api._context import Context
-from relaysync.master.api._limits import PathInt
+from relaysync.master.api._limits import InputModel, PathInt
 
 logger = logging.getLogger(__name__)
 
 
-class ProbeIn(BaseModel):
+class ProbeIn(InputModel):
     name: str
     kind: str  # tcp | ping
     host: str = Field(pattern=r"^[A-Za-z0-9_.:\[\]][A-Za-z0-9_.:\[\]-]*$")  # never an option
@@ -26,7 +26,7 @@ class ProbeIn(BaseModel):
 
 
 class ProbeOut(ProbeIn):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, allow_inf_nan=True)
 
     id: int
     created_at: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import InputModel
 from relaysync.master.store._retention import MAX_DAYS
 
 Days = Field(
@@ -12,7 +13,7 @@ Days = Field(
 )
 
 
-class RetentionIn(BaseModel):
+class RetentionIn(InputModel):
     """Fields left out keep their value."""
 
     model_config = ConfigDict(extra="forbid")

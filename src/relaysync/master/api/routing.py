@@ -9,7 +9,7 @@ from fastapi import Path, Query
 from pydantic import BaseModel, Field
 
 from relaysync.master.api._context import Context
-from relaysync.master.api._limits import INT64_MAX
+from relaysync.master.api._limits import INT64_MAX, InputModel
 from relaysync.master.events import EventType
 from relaysync.master.store._recovery import RecoveryJob
 from relaysync.master.store._routing import (
@@ -22,14 +22,14 @@ from relaysync.master.store._routing import (
 Policy = Literal["at_once", "reserved", "manual"]
 
 
-class TargetPolicyIO(BaseModel):
+class TargetPolicyIO(InputModel):
     policy: Policy
     schedule: str = Field(
         default="", description="reserved only: at:ISO-DATETIME, every:SECONDS or cron:EXPR"
     )
 
 
-class RoutingIn(BaseModel):
+class RoutingIn(InputModel):
     """Fields left out keep their value."""
 
     mode: Literal["auto", "manual"] | None = None
@@ -112,7 +112,7 @@ class RoutesOut(BaseModel):
     recoveries: list[RecoveryOut]  # running
 
 
-class RecoverIn(BaseModel):
+class RecoverIn(InputModel):
     target: str = Field(description="the failed target's server name or node id")
 
 

@@ -8,6 +8,7 @@ import time
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from relaysync.master.api._context import Context
+from relaysync.master.api._limits import InputModel
 from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def delete_server(name: str, context: Context) -> None:
     context.changed(EventType.SERVER_REMOVED, node_id=info.node_id, name=info.name)
 
 
-class TopologyPatch(BaseModel):
+class TopologyPatch(InputModel):
     region: str | None = Field(default=None, description="region name (A-Z a-z 0-9 . _ -)")
     group: str | None = Field(default=None, description="group name within the region")
     capacity_weight: int | None = Field(

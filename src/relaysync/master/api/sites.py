@@ -14,7 +14,7 @@ from fastapi import Query, Request
 from pydantic import BaseModel, Field
 
 from relaysync.master.api._context import Context
-from relaysync.master.api._limits import QueryInt
+from relaysync.master.api._limits import InputModel, QueryInt
 from relaysync.master.api._secrets import HIDDEN as MASK
 from relaysync.master.api._secrets import refuse_masked
 from relaysync.purge.site import SiteSpec
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 HIDDEN = "**********"
 
 
-class CacheIn(BaseModel):
+class CacheIn(InputModel):
     name: str
     driver: Literal["varnish", "nginx", "squid", "http"]
     address: str = Field(
@@ -44,14 +44,14 @@ class CacheIn(BaseModel):
     )
 
 
-class OriginIn(BaseModel):
+class OriginIn(InputModel):
     server: str | None = Field(None, description="fleet server name or node id")
     url: str | None = Field(
         None, description="http://host:port of its web server, to confirm against"
     )
 
 
-class SiteIn(BaseModel):
+class SiteIn(InputModel):
     name: str
     provider: str = Field(description="content provider; created if new")
     mapping: str | None = Field(None, description="mapping id or name; none for outside origins")
@@ -74,7 +74,7 @@ class SiteIn(BaseModel):
     )
 
 
-class SitePatch(BaseModel):
+class SitePatch(InputModel):
     name: str | None = None
     provider: str | None = None
     mapping: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -53,9 +54,13 @@ def parse_time(value: str | None) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # nan, inf, 1e400: no moment
+            raise ConfigError(f"time {value!r}: unix seconds must be a finite number")
+        return seconds
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:

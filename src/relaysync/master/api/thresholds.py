@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from relaysync.master.api._context import Context
-from relaysync.master.api._limits import PathInt
+from relaysync.master.api._limits import InputModel, PathInt
 
 logger = logging.getLogger(__name__)
 
 
-class ThresholdIn(BaseModel):
+class ThresholdIn(InputModel):
     scope: str = "all"  # server | group | all
     target: str = ""  # the server (or "master") or group name
     metric: str  # e.g. cpu_percent, memory_percent, disk_used_percent, journal_backlog
@@ -24,7 +24,7 @@ class ThresholdIn(BaseModel):
 
 
 class ThresholdOut(ThresholdIn):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, allow_inf_nan=True)
 
     id: int
     created_at: float

@@ -16,13 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relaysync.auth.tokens import join_string
 from relaysync.master.api._context import Context
-from relaysync.master.api._limits import PathInt
+from relaysync.master.api._limits import InputModel, PathInt
 from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
 
 
-class JoinTokenIn(BaseModel):
+class JoinTokenIn(InputModel):
     ttl_s: float | None = Field(
         default=None, gt=0, description="lifetime in seconds; none = forever"
     )
@@ -47,7 +47,7 @@ class JoinTokenListed(BaseModel):
     expired: bool  # kept, and refused, until revoked
 
 
-class ApiTokenIn(BaseModel):
+class ApiTokenIn(InputModel):
     name: str = Field(min_length=1, max_length=255, description="who or what uses it")
 
 
