@@ -281,3 +281,47 @@ def test_a_target_removed_from_a_mapping_is_no_longer_believed(fleet: Fleet) -> 
             assert control.refused["commit_report"] == 1
 
     anyio.run(main)
+
+
+def test_a_server_revoked_while_mappings_use_it_loses_its_link_at_once(fleet: Fleet) -> None:
+    """A stolen node key could not be revoked while a mapping used the node: DELETE answered
+    422 and its link kept being believed. POST /api/servers/{name}/revoke works regardless: the
+    link closes, a reconnect is refused, the node stays listed (down) as a failed target of its
+    mappings, and no other agent is told of it as a peer. DELETE keeps its meaning."""
+    src, web1 = fleet.join("src"), fleet.join("web-1")
+    fleet.join("web-2")
+    m = _mapping(fleet, "src", "web-1", "web-2")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, web1, "web-1") as framed:
+                await roundtrip(framed)
+                assert web1.node_id in control.links
+                assert fleet.client.delete("/api/servers/web-1").status_code == 422
+                r = fleet.client.post("/api/servers/web-1/revoke")
+                assert r.status_code == 200, r.text
+                assert r.json()["failed_in"] == [m] and r.json()["source_of"] == []
+                with anyio.fail_after(10):  # the link is closed by the master
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                        while True:
+                            await framed.receive()
+            assert web1.node_id not in control.links
+            async with agent_link(port, web1, "web-1") as framed:
+                error = await _refused(framed)
+            assert error.code is ErrorCode.UNKNOWN_PEER
+
+    anyio.run(main)
+    assert fleet.store.is_revoked(web1.node_id)
+    assert fleet.store.get_server("web-1").state == "down"
+    assert not fleet.store.set_server_state(web1.node_id, "up", 0.0)
+    failed = [(f.mapping_id, f.node_id, f.reason) for f in fleet.store.routing.failed()]
+    assert failed == [(m, web1.node_id, "server revoked by an operator")]
+    routes = fleet.client.get("/api/mappings/docs/routes").json()
+    assert [(f["target"], f["reason"]) for f in routes["failed"]] == [
+        ("web-1", "server revoked by an operator")
+    ]  # the operator sees it there
+    peers = {p.name for p in fleet.store.assignment_for(src.node_id).peers}
+    assert peers == {"web-2"}
+    assert [e.type for e in fleet.events.since(0)].count(EventType.SERVER_REVOKED) == 1
+    fleet.client.delete("/api/mappings/docs")
+    assert fleet.client.delete("/api/servers/web-1").status_code == 204  # now removable
