@@ -325,3 +325,57 @@ def test_a_server_revoked_while_mappings_use_it_loses_its_link_at_once(fleet: Fl
     assert [e.type for e in fleet.events.since(0)].count(EventType.SERVER_REVOKED) == 1
     fleet.client.delete("/api/mappings/docs")
     assert fleet.client.delete("/api/servers/web-1").status_code == 204  # now removable
+
+
+def test_change_rows_come_from_the_source_and_a_target_speaks_only_for_itself(
+    fleet: Fleet,
+) -> None:
+    """A target's report made the job log's change rows (the first to report a seq set its op,
+    path and size) and the highest seq every target's lag counts from: web-b reporting seq 1 as
+    a delete and seq 2**62 rewrote the log and gave web-a a lag of 2**62. Change rows come from
+    the source's own report of its journal now; one of those on any other link is refused."""
+    src, a, b = fleet.join("src"), fleet.join("web-a"), fleet.join("web-b")
+    m = _mapping(fleet, "src", "web-a", "web-b")
+    forged = CommitReport(
+        mapping_id=m,
+        source_node=src.node_id,
+        target_node=b.node_id,
+        watermark=2**62,
+        records=(
+            CommitRecord(seq=1, op="delete", path="index.html"),
+            CommitRecord(seq=2**62, op="write", path="nothing-here"),
+        ),
+    )
+
+    def journal(reporter: str) -> CommitReport:
+        return CommitReport(
+            mapping_id=m,
+            source_node=reporter,
+            target_node=reporter,
+            watermark=1,
+            records=(CommitRecord(seq=1, op="write", path="index.html", size=7),),
+            journaled=True,
+        )
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, b, "web-b") as framed:
+                await framed.send(forged)  # its own outcome: taken, but only as that
+                await framed.send(journal(b.node_id))  # not the mapping's source
+                await roundtrip(framed)
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(journal(src.node_id))
+                await roundtrip(framed)
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(_report(m, src.node_id, a.node_id, 1))
+                await roundtrip(framed)
+            await control.joblog.flush()
+            assert control.refused["commit_report"] == 1
+
+    anyio.run(main)
+    [row] = fleet.store.job_log(mapping_id=m)
+    assert (row.seq, row.op, row.path, row.size) == (1, "write", "index.html", 7)
+    status = {
+        s.target_name: (s.watermark, s.highest_seq, s.lag) for s in fleet.store.mapping_status(m)
+    }
+    assert status == {"web-a": (1, 1, 0), "web-b": (1, 1, 0)}
