@@ -69,6 +69,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/servers", servers.list_servers, ("GET",)),
     Route("/api/servers/{name}", servers.get_server, ("GET",)),                     # name or node id
     Route("/api/servers/{name}", servers.delete_server, ("DELETE",), status_code=204),  # unused by mappings
+    Route("/api/servers/{name}/revoke", servers.revoke_server, ("POST",)),          # even while mappings use it
     Route("/api/servers/{name}", servers.patch_server, ("PATCH",)),                 # TopologyPatch: region, group, capacity
     Route("/api/topology", topology.get_topology, ("GET",)),                        # regions > groups > servers
     Route("/api/mappings", mappings.list_mappings, ("GET",)),

@@ -203,21 +203,25 @@ class ControlServer(ControlTrust):
             logger.exception("push to %s failed unexpectedly", link.name)
 
     async def _removal_loop(self) -> None:
-        """Close the link of every server an operator removes, as the event bus tells it."""
+        """Close the link of every server an operator removes or revokes, as the event bus
+        tells it."""
         seen = self.events.last_id
         while True:
             events = await self.events.wait_since(seen, REMOVED_WAIT_S)
             for event in events:
                 seen = event.id
-                if event.type is EventType.SERVER_REMOVED:
+                if event.type in (EventType.SERVER_REMOVED, EventType.SERVER_REVOKED):
                     await self.drop_link(str(event.data.get("node_id", "")))
 
     async def drop_link(self, node_id: str) -> bool:
-        """Close a node's control link at once (it was removed from the fleet); False if it has none."""
+        """Close a node's control link at once (it was removed from the fleet or revoked);
+        False if it has none."""
         link = self.links.pop(node_id, None)
         if link is None:
             return False
-        logger.warning("closing the control link of %s: it was removed from the fleet", link.name)
+        logger.warning(
+            "closing the control link of %s: it was removed from the fleet or revoked", link.name
+        )
         link.framed.abort()
         self._link_ended.set()
         if self.router is not None:

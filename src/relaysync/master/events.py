@@ -31,6 +31,7 @@ class EventType(enum.StrEnum):
     SERVER_DOWN = "server_down"
     SERVER_CHANGED = "server_changed"
     SERVER_REMOVED = "server_removed"
+    SERVER_REVOKED = "server_revoked"  # its certificate refused; still named by mappings
     MAPPING_CREATED = "mapping_created"
     MAPPING_CHANGED = "mapping_changed"
     MAPPING_DELETED = "mapping_deleted"

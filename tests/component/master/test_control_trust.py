@@ -281,3 +281,101 @@ def test_a_target_removed_from_a_mapping_is_no_longer_believed(fleet: Fleet) -> 
             assert control.refused["commit_report"] == 1
 
     anyio.run(main)
+
+
+def test_a_server_revoked_while_mappings_use_it_loses_its_link_at_once(fleet: Fleet) -> None:
+    """A stolen node key could not be revoked while a mapping used the node: DELETE answered
+    422 and its link kept being believed. POST /api/servers/{name}/revoke works regardless: the
+    link closes, a reconnect is refused, the node stays listed (down) as a failed target of its
+    mappings, and no other agent is told of it as a peer. DELETE keeps its meaning."""
+    src, web1 = fleet.join("src"), fleet.join("web-1")
+    fleet.join("web-2")
+    m = _mapping(fleet, "src", "web-1", "web-2")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, web1, "web-1") as framed:
+                await roundtrip(framed)
+                assert web1.node_id in control.links
+                assert fleet.client.delete("/api/servers/web-1").status_code == 422
+                r = fleet.client.post("/api/servers/web-1/revoke")
+                assert r.status_code == 200, r.text
+                assert r.json()["failed_in"] == [m] and r.json()["source_of"] == []
+                with anyio.fail_after(10):  # the link is closed by the master
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                        while True:
+                            await framed.receive()
+            assert web1.node_id not in control.links
+            async with agent_link(port, web1, "web-1") as framed:
+                error = await _refused(framed)
+            assert error.code is ErrorCode.UNKNOWN_PEER
+
+    anyio.run(main)
+    assert fleet.store.is_revoked(web1.node_id)
+    assert fleet.store.get_server("web-1").state == "down"
+    assert not fleet.store.set_server_state(web1.node_id, "up", 0.0)
+    failed = [(f.mapping_id, f.node_id, f.reason) for f in fleet.store.routing.failed()]
+    assert failed == [(m, web1.node_id, "server revoked by an operator")]
+    routes = fleet.client.get("/api/mappings/docs/routes").json()
+    assert [(f["target"], f["reason"]) for f in routes["failed"]] == [
+        ("web-1", "server revoked by an operator")
+    ]  # the operator sees it there
+    peers = {p.name for p in fleet.store.assignment_for(src.node_id).peers}
+    assert peers == {"web-2"}
+    assert [e.type for e in fleet.events.since(0)].count(EventType.SERVER_REVOKED) == 1
+    fleet.client.delete("/api/mappings/docs")
+    assert fleet.client.delete("/api/servers/web-1").status_code == 204  # now removable
+
+
+def test_change_rows_come_from_the_source_and_a_target_speaks_only_for_itself(
+    fleet: Fleet,
+) -> None:
+    """A target's report made the job log's change rows (the first to report a seq set its op,
+    path and size) and the highest seq every target's lag counts from: web-b reporting seq 1 as
+    a delete and seq 2**62 rewrote the log and gave web-a a lag of 2**62. Change rows come from
+    the source's own report of its journal now; one of those on any other link is refused."""
+    src, a, b = fleet.join("src"), fleet.join("web-a"), fleet.join("web-b")
+    m = _mapping(fleet, "src", "web-a", "web-b")
+    forged = CommitReport(
+        mapping_id=m,
+        source_node=src.node_id,
+        target_node=b.node_id,
+        watermark=2**62,
+        records=(
+            CommitRecord(seq=1, op="delete", path="index.html"),
+            CommitRecord(seq=2**62, op="write", path="nothing-here"),
+        ),
+    )
+
+    def journal(reporter: str) -> CommitReport:
+        return CommitReport(
+            mapping_id=m,
+            source_node=reporter,
+            target_node=reporter,
+            watermark=1,
+            records=(CommitRecord(seq=1, op="write", path="index.html", size=7),),
+            journaled=True,
+        )
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, b, "web-b") as framed:
+                await framed.send(forged)  # its own outcome: taken, but only as that
+                await framed.send(journal(b.node_id))  # not the mapping's source
+                await roundtrip(framed)
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(journal(src.node_id))
+                await roundtrip(framed)
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(_report(m, src.node_id, a.node_id, 1))
+                await roundtrip(framed)
+            await control.joblog.flush()
+            assert control.refused["commit_report"] == 1
+
+    anyio.run(main)
+    [row] = fleet.store.job_log(mapping_id=m)
+    assert (row.seq, row.op, row.path, row.size) == (1, "write", "index.html", 7)
+    status = {
+        s.target_name: (s.watermark, s.highest_seq, s.lag) for s in fleet.store.mapping_status(m)
+    }
+    assert status == {"web-a": (1, 1, 0), "web-b": (1, 1, 0)}

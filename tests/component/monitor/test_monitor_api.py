@@ -59,6 +59,22 @@ def test_thresholds_crud_and_validation(client: tuple[TestClient, MonitorService
     assert c.delete(f"/api/thresholds/{r.json()['id']}").status_code == 404
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_threshold_that_is_no_number_is_a_422_without_sql(
+    client: tuple[TestClient, MonitorService], value: str
+) -> None:
+    """NaN reached the database (as NULL: a 503 whose detail held the INSERT and its
+    parameters); it is refused before the store now, as is an infinite value."""
+    c, _ = client
+    r = c.post(
+        "/api/thresholds",
+        content=f'{{"metric": "cpu_percent", "value": {value}}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 422 and "finite" in r.json()["detail"], r.text
+    assert "SQL" not in r.text and c.get("/api/thresholds").json() == []
+
+
 def test_probes_refuse_option_like_hosts(client: tuple[TestClient, MonitorService]) -> None:
     c, _ = client
     assert (
@@ -134,10 +150,44 @@ def test_channels_hide_every_credential(
     for body in (created.text, c.get("/api/alert-channels").text):
         assert "SECRET" not in body, body
     shown = created.json()["config"]
-    assert shown["url"].startswith("https://") and shown["url"].split("?")[0].endswith(
-        ("/alert", "/send", "/a")
-    )
+    assert shown["url"].startswith("https://") and shown["url"].split("?")[0].endswith("/********")
     assert all(v == "********" for v in shown.get("headers", {}).values())
+
+
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [
+        ("webhook", {"url": "https://hooks.slack.com/services/T0AAAA/B0BBBB/XyZ-SECRET-123"}),
+        (
+            "sms",
+            {
+                "url": "https://rest.nexmo.com/sms/json",
+                "content_type": "application/json",
+                "body_template": '{"api_key":"KEY-SECRET","api_secret":"SECRET456",'
+                '"to":"33600000000","text":"{message}"}',
+            },
+        ),
+        ("sms", {"url": "https://gw.example.com/send/APIKEY-SECRET-789/{server}"}),
+    ],
+)
+def test_channels_hide_credentials_in_url_paths_and_body_templates(
+    client: tuple[TestClient, MonitorService], kind: str, config: dict
+) -> None:
+    """A chat webhook keeps its token in the URL's path, an SMS gateway its key in the path or
+    in the JSON body template: these were listed in clear to every API token. Only the scheme
+    and host are shown now, and such a listing posted back is refused (it would store the mask)."""
+    c, _ = client
+    created = c.post("/api/alert-channels", json={"name": "c", "kind": kind, "config": config})
+    assert created.status_code == 201, created.text
+    for body in (created.text, c.get("/api/alert-channels").text):
+        assert "SECRET" not in body, body
+    shown = created.json()["config"]
+    host = config["url"].split("/")[2]
+    assert shown["url"] == f"https://{host}/********"
+    assert shown.get("body_template", "********") == "********"
+    again = c.post("/api/alert-channels", json={"name": "copy", "kind": kind, "config": shown})
+    assert again.status_code == 422 and "mask" in again.json()["detail"]
+    assert [ch["name"] for ch in c.get("/api/alert-channels").json()] == ["c"]
 
 
 def test_a_channel_posted_back_with_its_masks_is_refused(

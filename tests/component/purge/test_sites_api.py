@@ -87,17 +87,70 @@ def test_cache_headers_are_never_sent_back_and_a_listing_sent_back_keeps_them(
     assert client.post("/api/sites", json=SITE).status_code == 201
     listed = client.get("/api/sites/www").json()["caches"]
     assert listed[1]["headers"] == {"X-Key": "********"}
-    listed[1]["address"] = "127.0.0.1:9001"
+    listed[1]["refresh"] = False  # the cache still purges where it did
     r = client.patch("/api/sites/www", json={"caches": listed})
     assert r.status_code == 200, r.text
     cdn = store.get_site("www").caches[1]
-    assert dict(cdn.headers) == {"X-Key": "k"} and cdn.address == "127.0.0.1:9001"
+    assert dict(cdn.headers) == {"X-Key": "k"} and cdn.refresh is False
     listed[1]["headers"] = {"X-Key": "********", "X-Other": "********"}
     assert client.patch("/api/sites/www", json={"caches": listed}).status_code == 422
     other = {**SITE, "name": "www2", "base_urls": ["http://other.example.com"], "aliases": []}
     other["caches"] = [{**SITE["caches"][1], "headers": {"X-Key": "********"}}]
     assert client.post("/api/sites", json=other).status_code == 422
     assert dict(store.get_site("www").caches[1].headers) == {"X-Key": "k"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("address", "127.0.0.1:9001"),
+        ("address", "https://attacker.example:443"),
+        ("driver", "varnish"),
+        ("method", "POST"),
+        ("path_template", "/steal?u={url}"),
+    ],
+)
+def test_a_masked_header_is_not_sent_where_its_cache_did_not_purge(
+    client: TestClient, store: Store, field: str, value: str
+) -> None:
+    """A listing sent back with the cache moved (another address, driver, method or path)
+    kept the masked purge token and sent it there: any API token could collect it by pointing
+    the cache at itself. The token must now be given again, and nothing changes until it is."""
+    assert client.post("/api/sites", json=SITE).status_code == 201
+    listed = client.get("/api/sites/www").json()["caches"]
+    listed[1][field] = value
+    r = client.patch("/api/sites/www", json={"caches": listed})
+    assert r.status_code == 422, r.text
+    assert "X-Key" in r.json()["detail"] and field in r.json()["detail"]
+    cdn = store.get_site("www").caches[1]
+    assert cdn.address == "127.0.0.1:9000" and dict(cdn.headers) == {"X-Key": "k"}
+    listed[1]["headers"] = {"X-Key": "a new token for the new place"}
+    r = client.patch("/api/sites/www", json={"caches": listed})
+    assert r.status_code == 200, r.text
+    moved = store.get_site("www").caches[1]
+    assert dict(moved.headers) == {"X-Key": "a new token for the new place"}
+
+
+def test_an_empty_secret_neither_shows_nor_changes_the_site_secret(
+    client: TestClient, store: Store
+) -> None:
+    """PATCH {"secret": ""} left the secret as it was and answered with it in clear (the answer
+    shows the secret when one is set): any API token read the listener's HMAC key. An empty or
+    too long secret is refused now; only a new secret is shown, once."""
+    secret = client.post("/api/sites", json={**SITE, "secret": "s" * 40}).json()["secret"]
+    for bad in ("", "x" * 129):
+        r = client.patch("/api/sites/www", json={"secret": bad})
+        assert r.status_code == 422, r.text
+        assert secret not in r.text
+    assert store.get_site("www").secret == secret
+    r = client.patch("/api/sites/www", json={"aliases": []})
+    assert r.status_code == 200 and r.json()["secret"] == "**********"
+    r = client.patch("/api/sites/www", json={"secret": "n" * 128})
+    assert r.status_code == 200 and r.json()["secret"] == "n" * 128
+    assert client.get("/api/sites/www").json()["secret"] == "**********"
+    long = {**SITE, "name": "www2", "base_urls": ["http://o.example.com"], "secret": "l" * 129}
+    r = client.post("/api/sites", json={**long, "aliases": []})
+    assert r.status_code == 422 and "128" in r.json()["detail"], r.text
 
 
 def test_listings_are_off_unless_set(client: TestClient, store: Store) -> None:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -101,3 +102,21 @@ def test_the_urls_own_postgresql_settings_win() -> None:
     args = _engine._pg_connect_args("postgresql+psycopg://u@h/db?connect_timeout=3")
     assert "connect_timeout" not in args  # libpq takes the URL's 3
     assert "lock_timeout=" in args["options"] and args["tcp_user_timeout"] > 0
+
+
+def test_a_store_error_names_neither_the_sql_nor_its_parameters(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A StoreError (an API client's 503 detail, the master's error log) carried SQLAlchemy's
+    whole text: the statement and its parameters, a new site secret among them. It names the
+    operation now; the statement is logged once, here, with its parameters hidden."""
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StoreError) as err:
+        with store._write("check") as session:
+            session.execute(
+                sa.text("INSERT INTO no_such_table (secret) VALUES (:secret)"),
+                {"secret": "TOP-SECRET-VALUE"},
+            )
+    assert "check: " in str(err.value) and "INSERT" not in str(err.value)
+    assert "TOP-SECRET-VALUE" not in str(err.value)
+    assert "no_such_table" in caplog.text and "TOP-SECRET-VALUE" not in caplog.text

@@ -1,4 +1,5 @@
-"""Hiding secrets in what the API sends back: headers, secret-looking keys, URL credentials.
+"""Hiding secrets in what the API sends back: headers, secret-looking keys, request bodies,
+URL credentials and paths.
 
 Every API token may read these resources, so a value that grants access elsewhere (a webhook's
 Authorization header, an SMS gateway's key, a password, a token in a URL) is replaced by
@@ -15,8 +16,11 @@ from relaysync.errors import ConfigError
 from relaysync.monitor.alerts.base import hide_url
 
 HIDDEN = "********"
-# Keys whose values are credentials: password, passwd, secret, token, api_key, X-Api-Key, auth...
-SECRET_KEY = re.compile(r"pass|secret|token|key|auth|credential|signature", re.IGNORECASE)
+# Keys whose values are credentials: password, passwd, secret, token, api_key, X-Api-Key, auth...,
+# and request body templates (an SMS gateway's JSON body holds its api_key and api_secret).
+SECRET_KEY = re.compile(
+    r"pass|secret|token|key|auth|credential|signature|body|template", re.IGNORECASE
+)
 HEADER_KEYS = frozenset({"headers"})  # every header value is hidden, whatever its name
 
 
@@ -36,7 +40,7 @@ def mask(value: Any, key: str = "") -> Any:
 
 
 def mask_url(url: str) -> str:
-    """Hide a URL's userinfo (user:password@) and the value of each query parameter."""
+    """Hide a URL's userinfo (user:password@), its path and the value of each query parameter."""
     return hide_url(url, HIDDEN)
 
 

@@ -1,7 +1,7 @@
 """REST resource /api/alert-channels: where notifications go (email, webhook, sms, console).
 
-A channel's secrets (every header value, keys such as password, token or api_key, a URL's
-userinfo and query values) are never sent back: they read "********" (master/api/_secrets.py).
+A channel's secrets (every header value, keys such as password, token, api_key or
+body_template, a URL's userinfo, path and query values) are never sent back: they read "********" (master/api/_secrets.py).
 """
 
 from __future__ import annotations

@@ -58,6 +58,36 @@ def delete_server(name: str, context: Context) -> None:
     context.changed(EventType.SERVER_REMOVED, node_id=info.node_id, name=info.name)
 
 
+class RevocationOut(BaseModel):
+    node_id: str
+    name: str
+    revoked_at: float  # unix time
+    failed_in: list[int]  # ids of the mappings it is now a failed target of
+    source_of: list[str]  # names of the mappings whose source it is: their targets refuse it
+
+
+def revoke_server(name: str, context: Context) -> RevocationOut:
+    """Refuse a server's certificate at once, even while mappings use it (a stolen key): its
+    control link is closed, it stays listed (down) and is a failed target in its mappings, so
+    an operator sees it there; DELETE it once no mapping names it."""
+    revocation = context.store.revoke_server(name)
+    context.router.load()  # its failed targets and its state, from the store
+    context.router.refresh(f"{revocation.name} revoked", push=True)
+    context.changed(EventType.SERVER_REVOKED, node_id=revocation.node_id, name=revocation.name)
+    logger.warning(
+        "server %s revoked by an operator: its certificate is refused from now on",
+        revocation.name,
+        extra={"failed_in": revocation.target_of, "source_of": revocation.source_of},
+    )
+    return RevocationOut(
+        node_id=revocation.node_id,
+        name=revocation.name,
+        revoked_at=revocation.revoked_at,
+        failed_in=list(revocation.target_of),
+        source_of=list(revocation.source_of),
+    )
+
+
 class TopologyPatch(InputModel):
     region: str | None = Field(default=None, description="region name (A-Z a-z 0-9 . _ -)")
     group: str | None = Field(default=None, description="group name within the region")

@@ -13,11 +13,12 @@ from typing import Annotated, Any, Literal
 from fastapi import Query, Request
 from pydantic import BaseModel, Field
 
+from relaysync.errors import ConfigError
 from relaysync.master.api._context import Context
 from relaysync.master.api._limits import InputModel, QueryInt
 from relaysync.master.api._secrets import HIDDEN as MASK
 from relaysync.master.api._secrets import refuse_masked
-from relaysync.purge.site import SiteSpec
+from relaysync.purge.site import CacheSpec, SiteSpec
 
 logger = logging.getLogger(__name__)
 
@@ -178,17 +179,47 @@ def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
     )
 
 
+# A masked header keeps its stored value only for the cache as it was: sent anywhere else
+# (another address, driver, method or path), the purge API token would go to whoever is there.
+_WHERE_HEADERS_GO = ("address", "driver", "method", "path_template")
+
+
 def _keep_hidden_headers(caches: list[dict[str, Any]], current: SiteSpec) -> None:
     """A header sent back as the mask (a listing edited and sent back) keeps its stored value,
-    from the cache of the same name; the mask anywhere else is refused (it would replace it)."""
-    stored = {c.name: dict(c.headers) for c in current.caches}
+    from the cache of the same name, if that cache still sends its purges to the same place;
+    the mask anywhere else is refused (it would replace the value, or send it elsewhere).
+
+    Raises:
+        ConfigError: a masked header of a new cache, of a header it did not have, or of a
+            cache whose address, driver, method or path template changed.
+    """
+    stored = {c.name: c for c in current.caches}
     for cache in caches:
         headers = cache.get("headers") or {}
-        old = stored.get(cache.get("name", ""), {})
+        old = stored.get(cache.get("name", ""))
+        moved = old is not None and _moved(cache, old)
         for key, value in headers.items():
-            if value == MASK and key in old:
-                headers[key] = old[key]
+            if value != MASK or old is None or key not in dict(old.headers):
+                continue
+            if moved:
+                raise ConfigError(
+                    f"cache {old.name!r}: give header {key!r} again: the cache's "
+                    f"{', '.join(moved)} changed, and a hidden value is only kept where it went "
+                    "before"
+                )
+            headers[key] = dict(old.headers)[key]
         refuse_masked(headers, f"cache {cache.get('name', '')!r}'s headers")
+
+
+def _moved(cache: dict[str, Any], old: CacheSpec) -> list[str]:
+    """Which of the fields that say where purges go differ between `cache` (a PATCH's) and
+    `old` (stored); a field left out takes CacheIn's default, as the store will."""
+    defaults = CacheIn.model_fields
+    return [
+        name
+        for name in _WHERE_HEADERS_GO
+        if cache.get(name, defaults[name].default) != getattr(old, name)
+    ]
 
 
 def _sites_changed(request: Request, site: SiteSpec | None = None) -> None:
@@ -233,7 +264,7 @@ def update_site(id_or_name: str, body: SitePatch, context: Context, request: Req
         _keep_hidden_headers(fields["caches"], context.store.get_site(id_or_name))
     site = context.store.update_site(id_or_name, **fields)
     _sites_changed(request, site)
-    return _out(site, show_secret=body.secret is not None)
+    return _out(site, show_secret=bool(body.secret))  # a new secret only: "" is refused
 
 
 def delete_site(id_or_name: str, context: Context, request: Request) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from relaysync.master.store.models import Mapping, MappingTarget, Server
+from relaysync.master.store.models import Mapping, MappingTarget, RevokedNode, Server
 from relaysync.master.store.types import MappingInfo
 from relaysync.protocol.messages import PeerInfo
 
@@ -32,10 +32,16 @@ def mappings_of(session: Session, node_id: str, relay_for: Sequence[int]) -> lis
 
 
 def peers_of(session: Session, infos: Sequence[MappingInfo], node_id: str) -> tuple[PeerInfo, ...]:
-    """The other nodes of these mappings, with their addresses, by node id."""
+    """The other nodes of these mappings, with their addresses, by node id; a revoked one
+    (still named by a mapping) is left out, so that no agent talks to it any more."""
     peer_ids = {i.source_node for i in infos} | {t.node_id for i in infos for t in i.targets}
     peer_ids.discard(node_id)
     peers = session.scalars(
-        select(Server).where(Server.node_id.in_(peer_ids)).order_by(Server.node_id)
+        select(Server)
+        .where(
+            Server.node_id.in_(peer_ids),
+            Server.node_id.not_in(select(RevokedNode.node_id)),
+        )
+        .order_by(Server.node_id)
     )
     return tuple(PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers)

@@ -81,11 +81,13 @@ def make_engine(url: str) -> Engine:
         raise ConfigError(f"store URL {url!r}: use sqlite:///path.db or postgresql+psycopg://...")
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(url)
+            engine = create_engine(url, hide_parameters=True)
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
-        return create_engine(url, pool_pre_ping=True, connect_args=_pg_connect_args(url))
+        return create_engine(
+            url, hide_parameters=True, pool_pre_ping=True, connect_args=_pg_connect_args(url)
+        )
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         raise ConfigError(f"store URL {url!r}: {exc}") from exc
 
@@ -157,12 +159,24 @@ def _as_is(type_: TypeEngine[Any], dialect: Dialect) -> bool:
 
 @contextmanager
 def map_db_errors(operation: str) -> Iterator[None]:
-    """Translate database driver failures into StoreError, naming the operation."""
+    """Translate database driver failures into StoreError, naming the operation.
+
+    The driver's text (the SQL; its parameters are hidden by the engine's `hide_parameters`,
+    as they may hold secrets) is logged here, once; the StoreError, which API clients and the
+    callers' logs see, names only the operation and the kind of failure.
+    """
     try:
         yield
     except SQLAlchemyError as exc:
-        logger.warning("store operation failed", extra={"operation": operation})
-        raise StoreError(f"{operation}: {exc}") from exc
+        logger.warning(
+            "store operation failed: %s",
+            exc,
+            extra={"operation": operation, "error_type": type(exc).__name__},
+        )
+        raise StoreError(
+            f"{operation}: the database failed ({type(exc).__name__}); "
+            "the master's log has the details"
+        ) from exc
 
 
 def store_unavailable(exc: BaseException) -> bool:

@@ -7,6 +7,7 @@ Resource handling: every method runs one transaction from the Store's session fa
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -116,8 +117,16 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
 
 
 def _check_non_negative(value: float, what: str) -> None:
+    _check_finite(value, what)
     if not value >= 0:
         raise ConfigError(f"{what} {value} must be a number >= 0")
+
+
+def _check_finite(value: float, what: str) -> None:
+    """NaN would reach the database as NULL (a 503 naming the SQL), and no figure is ever
+    past infinity: both are refused here, with a 422."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number, not {value}")
 
 
 class MonitoringStore:
@@ -240,6 +249,7 @@ class MonitoringStore:
         """
         _check_choice(scope, SCOPES, "threshold scope")
         _check_choice(operator, OPERATORS, "threshold operator")
+        _check_finite(value, "threshold value")
         _check_non_negative(for_s, "threshold for_s")
         _check_non_negative(hysteresis, "threshold hysteresis")
         if not metric or len(metric) > 64:

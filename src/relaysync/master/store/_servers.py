@@ -2,12 +2,15 @@
 
 A node joins through POST /api/join (a row in `servers` from then on); its control link only
 updates that row. A server removed by an operator is recorded in `revoked_nodes`, so its
-certificate, still valid for years, is refused from then on.
+certificate, still valid for years, is refused from then on. A server revoked while mappings
+still use it (a stolen key: `revoke_in_use`) is recorded there too, but keeps its row, down,
+until an operator changes those mappings and removes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -71,6 +74,42 @@ def revoke(session: Session, row: Server, now: float) -> None:
     session.merge(RevokedNode(node_id=row.node_id, name=row.name, revoked_at=now))
     session.execute(delete(ServerCertificate).where(ServerCertificate.node_id == row.node_id))
     session.delete(row)
+
+
+REVOKED_REASON = "server revoked by an operator"  # a failed target's reason, as the API shows it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Revocation:
+    """A server revoked in place, and the mappings that still name it."""
+
+    node_id: str
+    name: str
+    revoked_at: float
+    target_of: tuple[int, ...]  # mapping ids: the router leaves it out of them (failed)
+    source_of: tuple[str, ...]  # mapping names: their targets no longer take its data
+
+
+def revoke_in_use(session: Session, row: Server, now: float) -> Revocation:
+    """Refuse a server's certificate from now on, whatever uses it: its row stays (mappings
+    name it), marked down; `peers_of` no longer names it to any agent."""
+    session.merge(RevokedNode(node_id=row.node_id, name=row.name, revoked_at=now))
+    row.state = "down"
+    target_of = session.scalars(
+        select(MappingTarget.mapping_id)
+        .where(MappingTarget.node_id == row.node_id)
+        .order_by(MappingTarget.mapping_id)
+    ).all()
+    source_of = session.scalars(
+        select(Mapping.name).where(Mapping.source_node == row.node_id).order_by(Mapping.name)
+    ).all()
+    return Revocation(
+        node_id=row.node_id,
+        name=row.name,
+        revoked_at=now,
+        target_of=tuple(target_of),
+        source_of=tuple(source_of),
+    )
 
 
 def cert_not_after(session: Session, node_id: str) -> float | None:

@@ -52,6 +52,7 @@ SITE_FIELDS = frozenset(
     }
 )
 MIN_SECRET_CHARS = 16  # an HMAC key shorter than this is guessable
+MAX_SECRET_CHARS = 128  # the column's size (_site_tables.py): checked here, not by the database
 _METHOD = re.compile(r"[A-Z]{1,20}")  # fullmatch: "$" would let a final newline in
 
 
@@ -276,6 +277,19 @@ def _specs(session: Session, rows: Sequence[Site]) -> list[SiteSpec]:
     return [_spec(session, r, names) for r in rows]
 
 
+def check_secret(secret: str) -> str:
+    """Return `secret` if it may be a site's HMAC key.
+
+    Raises:
+        ConfigError: shorter than MIN_SECRET_CHARS or longer than MAX_SECRET_CHARS.
+    """
+    if not MIN_SECRET_CHARS <= len(secret) <= MAX_SECRET_CHARS:
+        raise ConfigError(
+            f"a site secret needs {MIN_SECRET_CHARS} to {MAX_SECRET_CHARS} characters"
+        )
+    return secret
+
+
 class SiteStore:
     """Store methods for sites and purges (mixed into Store)."""
 
@@ -296,9 +310,7 @@ class SiteStore:
         unknown = set(fields) - SITE_FIELDS
         if unknown or "name" not in fields or "provider" not in fields:
             raise ConfigError(f"site fields {sorted(unknown)} unknown, or name/provider missing")
-        secret = fields.get("secret") or secrets.token_urlsafe(32)
-        if len(secret) < MIN_SECRET_CHARS:
-            raise ConfigError(f"a site secret needs at least {MIN_SECRET_CHARS} characters")
+        secret = check_secret(fields.get("secret") or secrets.token_urlsafe(32))
         with self._write("create site") as session:
             v = _validate(session, fields, None)
             now = time.time()
@@ -337,10 +349,8 @@ class SiteStore:
                 setattr(row, key, value)
             if "provider" in fields:
                 row.provider_id = _provider(session, fields["provider"]).id
-            if fields.get("secret"):
-                if len(fields["secret"]) < MIN_SECRET_CHARS:
-                    raise ConfigError(f"a site secret needs at least {MIN_SECRET_CHARS} characters")
-                row.secret = fields["secret"]
+            if "secret" in fields:  # "" too: refused, never "keep the old one"
+                row.secret = check_secret(fields["secret"])
             row.updated_at = time.time()
             session.flush()
             return _specs(session, [row])[0]

@@ -41,6 +41,7 @@ from relaysync.master.store.models import (
     ConfigEpoch,
     Mapping,
     MappingTarget,
+    RevokedNode,
     Server,
 )
 from relaysync.master.store.types import (
@@ -258,6 +259,8 @@ class Store(SiteStore, TokenStore, JobLogStore):
             row = session.get(Server, node_id, with_for_update=unless_seen_since is not None)
             if row is None:
                 raise NotFound("Server", node_id)
+            if state == "up" and session.get(RevokedNode, node_id) is not None:
+                return False  # revoked while its link was up: down for good
             if (
                 unless_seen_since is not None
                 and row.last_seen is not None
@@ -351,6 +354,24 @@ class Store(SiteStore, TokenStore, JobLogStore):
                     f"server {row.name!r} is still used by mappings {', '.join(used)}; change them first"
                 )
             _servers.revoke(session, row, time.time())
+
+    def revoke_server(self, name_or_node_id: str) -> _servers.Revocation:
+        """Refuse a server's certificate from now on, even while mappings use it (a stolen
+        key): it stays listed, down, and is marked failed as a target of its mappings (the
+        router plans around it); remove it (delete_server) once they no longer name it.
+
+        Raises:
+            NotFound: no such server.
+        """
+        with self._write("revoke server") as session:
+            row = _mappings.resolve_server(session, name_or_node_id)
+            revocation = _servers.revoke_in_use(session, row, time.time())
+            _bump_epoch(session)  # its peers no longer name it
+        for mapping_id in revocation.target_of:  # after: the certificate is refused first
+            self.routing.mark_failed(
+                mapping_id, revocation.node_id, revocation.revoked_at, _servers.REVOKED_REASON
+            )
+        return revocation
 
     # --- Mappings ---
 

@@ -94,8 +94,10 @@ def check_url(url: str, kind: str) -> str:
 
 
 def hide_url(url: str, mask: str = "********") -> str:
-    """Return `url` with its userinfo (user:password@) and each query value replaced by `mask`,
-    to name a channel in logs and answers without its credentials."""
+    """Return `url` with its userinfo (user:password@), its path and each query value replaced
+    by `mask`, to name a channel in logs and answers without its credentials: a chat webhook
+    (`/services/T0/B0/<token>`) or an SMS gateway (`/send/<api key>`) keeps its key in the path.
+    Scheme, host, port and the query's parameter names stay."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -103,13 +105,13 @@ def hide_url(url: str, mask: str = "********") -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{mask}@{netloc.rpartition('@')[2]}"
+    path = parts.path if parts.path in ("", "/") else f"/{mask}"
     query = "&".join(
         f"{item.partition('=')[0]}={mask}" if "=" in item else (mask if item else item)
         for item in parts.query.split("&")
     )
-    return urlunsplit(
-        (parts.scheme, netloc, parts.path, query if parts.query else "", parts.fragment)
-    )
+    fragment = mask if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, path, query if parts.query else "", fragment))
 
 
 class Channel:
