@@ -19,4 +19,7 @@ class PendingFrom:
         # read: the ones that went with it (by descriptor, not by path: a new directory may
         # be at that path by the time the batch ends).
         self.wds: set[int] = set()
+        # Those parked at its path by a move earlier in the batch (`TreeWatches._park`): its
+        # own if this is the second half of an exchange (`mv --exchange a b`).
+        self.parked: set[int] = set()
         self.read_at = time.monotonic()  # pairing is timed from here, not from the last event

@@ -84,6 +84,10 @@ class TreeWatches:
         # Directories whose watch failed because they were gone (ENOENT): deleted, or renamed
         # before their CREATE was read; the DELETE or MOVED_FROM that says which is still queued.
         self._vanished: dict[str, None] = {}
+        # Watches (-> their labels) of directories a paired move in this batch put another one
+        # in the place of: alive elsewhere if the move was half of an exchange (`mv --exchange
+        # a b`, whose second half, b's MOVED_FROM, takes them), removed at the batch's end if not.
+        self._parked: dict[int, str] = {}
         self._limit_warned = False
         self._too_long_warned = False
         # Subtrees to list and watch (a new directory, an overflow's whole tree), in the order
@@ -297,6 +301,7 @@ class TreeWatches:
                 self._remove_watch(wd)
             else:
                 self._drop_label(wd)
+        self._remove_parked(top)
         self._forget_paths(top)
 
     def _drop_label(self, wd: int) -> None:
@@ -319,9 +324,11 @@ class TreeWatches:
 
     def _move_tree(self, old: str, new: str, wds: set[int]) -> None:
         """Relabel from `old` to `new` the watches `wds` (those that were below `old` when its
-        MOVED_FROM was read) and the unwatched directories below `old`."""
-        moved = [(wd, rel) for wd in wds if (rel := self._paths.get(wd)) is not None]
+        MOVED_FROM was read, or parked: `_park`) and the unwatched directories below `old`."""
+        moved = [(wd, rel) for wd in wds if (rel := self._label_of(wd)) is not None]
         moved = [(wd, new + rel[len(old) :]) for wd, rel in moved if under(rel, old)]
+        if moved:
+            self._park(new, {wd for wd, _ in moved})
         for wd, _ in moved:  # first all, so that none displaces another of the moved tree
             self._drop_label(wd)
         for wd, rel in moved:
@@ -332,6 +339,28 @@ class TreeWatches:
         for rel in self._unreadable.at_or_below(old):
             self._unreadable.discard(rel)
             self._unreadable.add(new + rel[len(old) :])
+
+    def _label_of(self, wd: int) -> str | None:
+        """The label of watch `wd`, or the one it had when parked (then no longer parked)."""
+        rel = self._paths.get(wd)
+        return rel if rel is not None else self._parked.pop(wd, None)
+
+    def _park(self, top: str, keep: set[int]) -> None:
+        """Unlabel, but keep in the kernel, the watches at or below `top` but `keep`: a move put
+        another directory at `top`, and the one there before may be alive elsewhere (an
+        exchange) as well as gone (an empty directory renamed over: its IN_IGNORED follows)."""
+        for wd in [wd for wd, rel in self._paths.items() if under(rel, top) and wd not in keep]:
+            self._parked[wd] = self._paths[wd]
+            self._drop_label(wd)
+
+    def _parked_below(self, top: str) -> set[int]:
+        return {wd for wd, rel in self._parked.items() if under(rel, top)}
+
+    def _remove_parked(self, top: str = "") -> None:
+        """Remove the parked watches at or below `top` (all: at the batch's end)."""
+        for wd in self._parked_below(top):
+            del self._parked[wd]
+            self._remove_watch(wd)
 
     def _unwatch_moved_out(self, top: str, wds: set[int]) -> list[str]:
         """Remove the watches `wds` that went out of the tree with the directory `top` (those
@@ -361,16 +390,23 @@ class TreeWatches:
         """Whether the kernel gives watch `wd` for the directory at `rel` now. If it gives one
         of another directory, unknown or known by another label, that directory is watched anew
         and rescanned (`rescans`)."""
-        ino = self._ino
-        if ino is None:
+        kernel_wd = self._kernel_wd(rel)
+        if kernel_wd is None:
             return False
-        try:
-            watch = self._at_short_path(rel, lambda path: ino.add_watch(path, _MASK))
-        except OSError:
-            return False
-        if watch.wd == wd:
+        if kernel_wd == wd:
             return True
-        if self._paths.get(watch.wd) != rel:
+        if self._paths.get(kernel_wd) != rel:
             self._queue_tree(rel)
             rescans.append(rel)
         return False
+
+    def _kernel_wd(self, rel: str) -> int | None:
+        """The watch the kernel has (or adds) on the directory at `rel` now: inotify gives the
+        same descriptor for the same inode. None if no directory is there."""
+        ino = self._ino
+        if ino is None:
+            return None
+        try:
+            return self._at_short_path(rel, lambda path: ino.add_watch(path, _MASK)).wd
+        except OSError:
+            return None

@@ -134,6 +134,7 @@ class Watcher(RootWatching, TreeWatches):
                 self._paths.clear()
                 self._wds.clear()
                 self._watches.clear()
+                self._parked.clear()
 
     async def _scan_unwatched(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
         while True:
@@ -260,6 +261,7 @@ class Watcher(RootWatching, TreeWatches):
         self._batch_read = 0
         self._cookies.clear()
         self._moving.clear()
+        self._remove_parked()  # not taken by an exchange's second half: replaced, gone
 
     def _finish_batch(self) -> list[FsEvent]:
         out: list[FsEvent] = []
@@ -309,6 +311,7 @@ class Watcher(RootWatching, TreeWatches):
             if self._paths.get(watch.wd) == "":  # not removed by us: its file system went
                 self._lose_root(unmounted=True)
             self._drop_watch(watch.wd)
+            self._parked.pop(watch.wd, None)
             return
         base = self._paths.get(watch.wd)
         if base is None or watch.wd in self._moving:  # not in the tree, or not known where
@@ -378,6 +381,7 @@ class Watcher(RootWatching, TreeWatches):
         pending = PendingFrom(rel, is_dir, self._filter.accepts(rel, is_dir=is_dir))
         if is_dir:
             pending.wds = self._tree_wds(rel)
+            pending.parked = self._parked_below(rel)
             self._moving |= pending.wds
         self._cookies[cookie] = pending
         self._batch.append(pending)
@@ -391,7 +395,7 @@ class Watcher(RootWatching, TreeWatches):
         pending.paired = True
         if is_dir:
             self._moving -= pending.wds
-            self._move_tree(pending.path, rel, pending.wds)
+            self._move_tree(pending.path, rel, self._moved_wds(pending, rel, accepted))
         if pending.accepted and accepted:
             self._emit("move", pending.path, new_path=rel, is_dir=is_dir)
             if is_dir:
@@ -403,6 +407,21 @@ class Watcher(RootWatching, TreeWatches):
             self._emit("delete", pending.path, is_dir=is_dir)
         elif accepted:
             self._arrived(rel, is_dir, accepted)
+
+    def _moved_wds(self, pending: PendingFrom, new: str, accepted: bool) -> set[int]:
+        """The watches that went with the directory moved to `new`, as the kernel tells (the
+        watch it gives for `new`): those at its path when its MOVED_FROM was read, or those a
+        move earlier in the batch parked there (an exchange's second half: `mv --exchange a b`
+        is a->b, b->a), or none when neither is on it (`mkdir n; mv n m; mkdir n`: the CREATE's
+        walk watched the second n before the MOVED_FROM was read), and `_watch_moved` watches
+        it anew. If no directory is at `new` by now, those at its path when it moved went; a
+        rejected `new` is not asked (its watches go: `_forget_tree`), nor watched by asking."""
+        wd = self._kernel_wd(new) if accepted else None
+        if wd is None or wd in pending.wds:
+            return pending.wds
+        if wd in pending.parked:
+            return pending.parked
+        return set()
 
     def _watch_moved(self, old: str, new: str) -> None:
         """Watch what a directory move left unwatched (`mktemp -d; fill; mv tmp release`).
