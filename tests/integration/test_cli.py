@@ -230,3 +230,31 @@ def test_tokens_are_listed_and_revoked_and_the_default_join_token_stays_revoked(
         assert cli_json(cluster, "token", "list")["join"] == []
     finally:
         cluster.stop()
+
+
+def test_a_read_token_reads_but_cannot_mint_tokens(tmp_path: Path) -> None:
+    """`token create-api --scope read`: the token runs `status` and `token list`, but creating a
+    token with it is refused with the scope named; the listing shows scopes and creators."""
+    cluster = Cluster(tmp_path / "scopes")
+    cluster.start_master()
+    try:
+        read = cli_json(cluster, "token", "create-api", "grafana", "--scope", "read")
+        admin = cli_json(cluster, "token", "create-api", "ops")  # admin, as before scopes
+        assert (read["scope"], admin["scope"]) == ("read", "admin")
+        assert cli(cluster, "status", token=read["token"]).returncode == 0
+        assert cli(cluster, "token", "list", token=read["token"]).returncode == 0
+        for args in (("create-api", "spare"), ("create-join",), ("revoke", "api", "1")):
+            refused = cli(cluster, "token", *args, token=read["token"])
+            assert refused.returncode != 0 and "scope 'read'" in refused.stderr, refused.stderr
+        minted = cli(cluster, "token", "create-api", "ci", "--scope", "read", token=admin["token"])
+        assert minted.returncode == 0, minted.stderr
+        listed = cli_json(cluster, "token", "list")["api"]
+        assert [(t["name"], t["scope"], t["created_by"]) for t in listed] == [
+            ("grafana", "read", "admin"),
+            ("ops", "admin", "admin"),
+            ("ci", "read", f"api:{admin['id']}"),
+        ]
+        table = cli(cluster, "token", "list", env={"COLUMNS": "200"}).stdout
+        assert f"api:{admin['id']}" in table and "read" in table
+    finally:
+        cluster.stop()

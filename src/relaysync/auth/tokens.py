@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from enum import StrEnum
 
 from relaysync.errors import ConfigError
 
@@ -14,6 +15,19 @@ logger = logging.getLogger(__name__)
 TOKEN_BYTES = 32  # 256 bits of randomness; guessing one is hopeless
 JOIN_PREFIX = "rsj_"  # makes a leaked token recognisable (secret scanners, logs)
 API_PREFIX = "rsa_"
+ADMIN_CREATOR = "admin"  # created_by of a token the admin token created; "api:<id>" otherwise
+
+
+class TokenScope(StrEnum):
+    """What an API token may do; the admin token may do everything."""
+
+    READ = "read"  # GET and HEAD only: nothing it reads is secret (secrets are masked)
+    ADMIN = "admin"  # every method on every route, tokens included
+
+
+def api_creator(token_id: int) -> str:
+    """The created_by of a token that API token `token_id` created."""
+    return f"api:{token_id}"
 
 
 def new_token(prefix: str) -> str:

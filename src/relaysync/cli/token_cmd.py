@@ -34,6 +34,11 @@ ADMIN_NOTE = (
 )
 
 
+class Scope(StrEnum):  # auth.tokens.TokenScope, as typer shows the choices
+    READ = "read"
+    ADMIN = "admin"
+
+
 class Kind(StrEnum):
     JOIN = "join"  # upper case: a member named `join` would hide str.join
     API = "api"
@@ -90,6 +95,14 @@ def create_join(
 @app.command("create-api")
 def create_api(
     name: Annotated[str, typer.Argument(help="Who or what uses it, e.g. ci or alice.")],
+    scope: Annotated[
+        Scope,
+        typer.Option(
+            "--scope",
+            help="read: GET and HEAD only (dashboards, monitoring); admin: everything, "
+            "creating and revoking tokens included (the default, as before scopes).",
+        ),
+    ] = Scope.ADMIN,
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
@@ -99,8 +112,9 @@ def create_api(
 
     def body() -> None:
         with connect(master, token, data) as client:
-            created = client.post("/api/tokens/api", {"name": name})
-        _print_created(created, f"API token {created['id']} ({created['name']})", json=json)
+            created = client.post("/api/tokens/api", {"name": name, "scope": scope.value})
+        what = f"API token {created['id']} ({created['name']}, scope {created['scope']})"
+        _print_created(created, what, json=json)
 
     run_command(body)
 
@@ -140,19 +154,33 @@ def _print_created(created: dict[str, Any], what: str, *, json: bool, field: str
 
 def tokens_table(join: list[dict[str, Any]], api: list[dict[str, Any]]) -> Table:
     table = Table(title="Tokens", title_justify="left", caption=ADMIN_NOTE, caption_justify="left")
-    for column in ("kind", "id", "name", "created", "expires", "state"):
+    for column in ("kind", "id", "name", "scope", "created", "by", "expires", "state"):
         table.add_column(column)
     for t in join:
         table.add_row(
             "join",
             t["id"],
             "",
+            "",
             format_time(t["created_at"]),
+            _creator(t),
             format_time(t["expires_at"]) if t["expires_at"] is not None else "never",
             "[red]expired[/red]" if t["expired"] else "valid",
         )
     for t in api:
         table.add_row(
-            "api", str(t["id"]), escape(t["name"]), format_time(t["created_at"]), "never", "valid"
+            "api",
+            str(t["id"]),
+            escape(t["name"]),
+            t.get("scope", "?"),  # "?": a master from before scopes
+            format_time(t["created_at"]),
+            _creator(t),
+            "never",
+            "valid",
         )
     return table
+
+
+def _creator(listed: dict[str, Any]) -> str:
+    """Who created a token: "admin", "api:<id>", or "?" for one from before this was kept."""
+    return escape(listed.get("created_by") or "?")

@@ -98,8 +98,15 @@ def test_listings_show_no_secret(client: TestClient) -> None:
         "created_at",
         "expires_at",
         "expired",
+        "created_by",
     }
-    assert set(client.get("/api/tokens/api").json()[0]) == {"id", "name", "created_at"}
+    assert set(client.get("/api/tokens/api").json()[0]) == {
+        "id",
+        "name",
+        "created_at",
+        "scope",
+        "created_by",
+    }
 
 
 def test_unknown_or_malformed_ids(client: TestClient) -> None:
@@ -122,3 +129,82 @@ def test_unknown_or_malformed_ids(client: TestClient) -> None:
 )
 def test_token_routes_need_a_token(client: TestClient, method: str, path: str) -> None:
     assert TestClient(client.app).request(method, path).status_code == 401
+
+
+# --- Scopes: a read token reads; only the admin token and admin API tokens write ---
+
+WRITES = [
+    ("POST", "/api/mappings", {"name": "m", "source": "web-1", "path": "/srv"}),
+    ("PUT", "/api/retention", {}),
+    ("PATCH", "/api/sites/1", {}),
+    ("DELETE", "/api/servers/web-1", None),
+    ("POST", "/api/tokens/api", {"name": "spare"}),
+    ("POST", "/api/tokens/join", {}),
+    ("DELETE", "/api/tokens/join/000000000000", None),
+    ("DELETE", "/api/tokens/api/1", None),
+]
+
+
+def bearing(client: TestClient, token: str) -> TestClient:
+    return TestClient(client.app, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_a_read_token_reads_but_every_write_is_refused_with_403(client: TestClient) -> None:
+    """Refused before the route runs (unknown ids too), naming the scope and the way out."""
+    created = client.post("/api/tokens/api", json={"name": "grafana", "scope": "read"}).json()
+    assert created["scope"] == "read"
+    reader = bearing(client, created["token"])
+    for path in ("/api/servers", "/api/mappings", "/api/tokens/api", "/api/tokens/join"):
+        assert reader.get(path).status_code == 200, path
+    assert reader.head("/api/servers").status_code != 403
+    for method, path, body in WRITES:
+        resp = reader.request(method, path, json=body)
+        assert resp.status_code == 403, (method, path, resp.text)
+        detail = resp.json()["detail"]
+        assert "scope 'read'" in detail and method in detail and "--scope admin" in detail
+    assert [t["name"] for t in client.get("/api/tokens/api").json()] == ["grafana"]
+    assert client.get("/api/tokens/join").json() == []
+
+
+def test_a_read_token_cannot_mint_a_spare_that_survives_its_revocation(
+    client: TestClient,
+) -> None:
+    """The leak of review #5: after the operator revokes a leaked read token, nothing it did
+    can still reach the API."""
+    leaked = client.post("/api/tokens/api", json={"name": "grafana", "scope": "read"}).json()
+    reader = bearing(client, leaked["token"])
+    assert reader.post("/api/tokens/api", json={"name": "grafana"}).status_code == 403
+    assert reader.post("/api/tokens/api", json={"name": "x", "scope": "admin"}).status_code == 403
+    assert reader.post("/api/tokens/join", json={}).status_code == 403
+    assert client.delete(f"/api/tokens/api/{leaked['id']}").status_code == 204
+    assert reader.get("/api/servers").status_code == 401
+    assert client.get("/api/tokens/api").json() == []
+    assert client.get("/api/tokens/join").json() == []
+
+
+def test_an_admin_api_token_creates_and_revokes_tokens_and_is_recorded(
+    client: TestClient, events: EventBus
+) -> None:
+    ops = client.post("/api/tokens/api", json={"name": "ops", "scope": "admin"}).json()
+    admin_api = bearing(client, ops["token"])
+    made = admin_api.post("/api/tokens/api", json={"name": "ci", "scope": "read"})
+    assert made.status_code == 201 and made.json()["scope"] == "read"
+    join = admin_api.post("/api/tokens/join", json={"ttl_s": 60})
+    assert join.status_code == 201
+    by = {t["name"]: (t["scope"], t["created_by"]) for t in client.get("/api/tokens/api").json()}
+    assert by == {"ops": ("admin", "admin"), "ci": ("read", f"api:{ops['id']}")}
+    (listed_join,) = client.get("/api/tokens/join").json()
+    assert listed_join["created_by"] == f"api:{ops['id']}"
+    created = [e.data for e in events.since(0) if e.type is EventType.TOKEN_CREATED]
+    assert created[1]["created_by"] == f"api:{ops['id']}" and created[1]["scope"] == "read"
+    assert admin_api.delete(f"/api/tokens/api/{made.json()['id']}").status_code == 204
+    assert admin_api.delete(f"/api/tokens/join/{join.json()['id']}").status_code == 204
+    assert admin_api.put("/api/retention", json={}).status_code != 403
+
+
+def test_a_new_api_token_is_admin_unless_asked_otherwise(client: TestClient) -> None:
+    """As before scopes: scripts that create a token and then write with it keep working."""
+    created = client.post("/api/tokens/api", json={"name": "ci"}).json()
+    assert created["scope"] == "admin"
+    bad = client.post("/api/tokens/api", json={"name": "ci", "scope": "root"})
+    assert bad.status_code == 422

@@ -23,15 +23,26 @@ def render(*tables: object) -> str:
 def test_the_table_shows_both_kinds_expiry_and_the_admin_note() -> None:
     join = [
         {"id": "0123456789ab", "created_at": 1000.0, "expires_at": None, "expired": False},
-        {"id": "ba9876543210", "created_at": 1000.0, "expires_at": 2000.0, "expired": True},
+        {
+            "id": "ba9876543210",
+            "created_at": 1000.0,
+            "expires_at": 2000.0,
+            "expired": True,
+            "created_by": "api:7",
+        },
     ]
-    api = [{"id": 7, "name": "[bot] ci", "created_at": 1000.0}]
+    api = [
+        {"id": 7, "name": "[bot] ci", "created_at": 1000.0, "scope": "admin"},
+        {"id": 8, "name": "grafana", "created_at": 1000.0, "scope": "read", "created_by": "admin"},
+    ]
     text = render(tokens_table(join, api))
     rows = {line.split("│")[2].strip(): line for line in text.splitlines() if "│" in line}
     assert "never" in rows["0123456789ab"] and "valid" in rows["0123456789ab"]
     assert "expired" in rows["ba9876543210"]
     assert "[bot] ci" in rows["7"] and "api" in rows["7"]  # brackets are not a style tag
     assert "admin-token" in text
+    assert "?" in rows["7"] and "?" in rows["0123456789ab"]  # created before creators were kept
+    assert "read" in rows["8"] and "admin" in rows["8"] and "api:7" in rows["ba9876543210"]
 
 
 @pytest.mark.parametrize("token_id", ["1/../../servers/x", "a?b"])

@@ -7,7 +7,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from relaysync.auth.tokens import hash_token
+from relaysync.auth.tokens import TokenScope, hash_token
 from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store import Store
 from tests.unit.master.test_store_ids import _migrate_to
@@ -103,19 +103,86 @@ def test_a_revoked_api_tokens_id_is_never_given_again(store: Store) -> None:
 
 
 def test_the_api_token_ids_migration_keeps_tokens(empty_store_url: str) -> None:
-    """0015_api_token_ids rebuilds api_tokens on SQLite (AUTOINCREMENT): rows, ids and hashes kept."""
+    """0015_api_token_ids rebuilds api_tokens on SQLite (AUTOINCREMENT): rows, ids and hashes kept.
+
+    Rows are written and read as SQL: the models are those of the newest revision."""
     _migrate_to(empty_store_url, "0013_sqlite_ids")
+    _insert_old_tokens(empty_store_url, {"rsa_ci": "ci", "rsa_bob": "bob"})
     store = Store(empty_store_url)
     try:
-        tokens = [store.create_api_token(name) for name in ("ci", "bob")]
-        before = store.list_api_tokens()
         store.migrate()
-        assert store.list_api_tokens() == before
-        assert all(store.check_api_token(t) for t in tokens)
-        store.revoke_api_token(before[-1].id)
-        assert store.api_token_id(store.create_api_token("carol")) > before[-1].id
-        after = store.list_api_tokens()
+        before = [(t.id, t.name) for t in store.list_api_tokens()]
+        assert [name for _, name in before] == ["ci", "bob"]
+        assert all(store.check_api_token(t) for t in ("rsa_ci", "rsa_bob"))
+        store.revoke_api_token(before[-1][0])
+        assert store.api_token_id(store.create_api_token("carol")) > before[-1][0]
+        after = [(t.id, t.name) for t in store.list_api_tokens()]
         _migrate_to(empty_store_url, "0013_sqlite_ids", down=True)
-        assert store.list_api_tokens() == after
+        _assert_rows_and_autoincrement(empty_store_url, after, autoincrement=False)
     finally:
         store.close()
+
+
+API_TOKENS = sa.table(
+    "api_tokens",
+    sa.column("id"),
+    sa.column("name"),
+    sa.column("token_hash"),
+    sa.column("created_at"),
+)
+JOIN_TOKENS = sa.table("join_tokens", sa.column("token_hash"), sa.column("created_at"))
+
+
+def _insert_old_tokens(url: str, api: dict[str, str], join: tuple[str, ...] = ()) -> None:
+    """Store tokens as an older release did, with only the columns it had."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for token, name in api.items():
+                row = {"name": name, "token_hash": hash_token(token), "created_at": 1.0}
+                conn.execute(sa.insert(API_TOKENS).values(**row))
+            for token in join:
+                conn.execute(
+                    sa.insert(JOIN_TOKENS).values(token_hash=hash_token(token), created_at=1.0)
+                )
+    finally:
+        engine.dispose()
+
+
+def test_the_token_scopes_migration_keeps_stored_tokens_admin(empty_store_url: str) -> None:
+    """0018_token_scopes: tokens stored before scopes keep doing what they did (admin), with no
+    creator known; new ones get theirs; going back keeps the rows (and SQLite's AUTOINCREMENT)."""
+    _migrate_to(empty_store_url, "0017_target_policy")
+    _insert_old_tokens(empty_store_url, {"rsa_old": "ci"}, ("rsj_old",))
+    store = Store(empty_store_url)
+    try:
+        store.migrate()
+        found = store.find_api_token("rsa_old")
+        assert found is not None and found.scope == "admin" and found.created_by is None
+        assert [t.created_by for t in store.list_join_tokens()] == [None]
+        read = store.create_api_token("grafana", scope=TokenScope.READ, created_by="admin")
+        assert [(t.name, t.scope, t.created_by) for t in store.list_api_tokens()] == [
+            ("ci", "admin", None),
+            ("grafana", "read", "admin"),
+        ]
+        _migrate_to(empty_store_url, "0017_target_policy", down=True)
+        _assert_rows_and_autoincrement(empty_store_url, [(1, "ci"), (2, "grafana")])
+        store.migrate()
+        assert store.check_api_token(read) and store.check_api_token("rsa_old")
+    finally:
+        store.close()
+
+
+def _assert_rows_and_autoincrement(
+    url: str, rows: list[tuple[int, str]], *, autoincrement: bool = True
+) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(API_TOKENS.c.id, API_TOKENS.c.name).order_by(API_TOKENS.c.id)
+            assert [tuple(r) for r in conn.execute(query)] == rows
+            if engine.dialect.name == "sqlite":
+                ddl = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name='api_tokens'"))
+                assert ("AUTOINCREMENT" in ddl.scalar_one()) is autoincrement
+    finally:
+        engine.dispose()

@@ -12,12 +12,15 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from relaysync.auth.ca import CertificateAuthority
-from relaysync.auth.tokens import tokens_equal
+from relaysync.auth.tokens import ADMIN_CREATOR, TokenScope, api_creator, tokens_equal
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.router import Router
 from relaysync.master.store import Store
 
 logger = logging.getLogger(__name__)
+
+# what a read token may do: nothing a GET shows is secret (secrets are masked or never kept)
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 _bearer = HTTPBearer(auto_error=False, description="The admin token or an API token")
 
@@ -75,19 +78,52 @@ def get_context(request: Request) -> ApiContext:
 Context = Annotated[ApiContext, Depends(get_context)]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Caller:
+    """Who bears a request: the admin token or an API token, with what it may do."""
+
+    id: str  # "admin" or "api:<id>": what tokens it creates record as created_by
+    scope: TokenScope
+
+
 def require_token(
+    request: Request,
     context: Context,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """FastAPI dependency: refuse the request (401) unless it carries the admin or an API token."""
+) -> Caller:
+    """FastAPI dependency on every non-public route: who bears the request, if allowed.
+
+    Refuses it with 401 unless it carries the admin or an API token, and with 403 if a read
+    token asks for anything but GET or HEAD (creating and revoking tokens included).
+    """
+    caller = _identify(context, credentials)
+    if caller.scope is TokenScope.READ and request.method not in READ_METHODS:
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail=(
+                f"this API token ({caller.id}) has scope 'read': it may only GET and HEAD, "
+                f"not {request.method}; use the admin token or an API token created with "
+                "`relaysync token create-api NAME --scope admin`"
+            ),
+        )
+    return caller
+
+
+def _identify(context: ApiContext, credentials: HTTPAuthorizationCredentials | None) -> Caller:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         _unauthorized(
             "missing credentials: send the header Authorization: Bearer <admin or API token>"
         )
     token = credentials.credentials
-    if tokens_equal(token, context.admin_token) or context.store.check_api_token(token):
-        return
-    _unauthorized("invalid token: it is neither the admin token nor a known API token")
+    if tokens_equal(token, context.admin_token):
+        return Caller(id=ADMIN_CREATOR, scope=TokenScope.ADMIN)
+    found = context.store.find_api_token(token)
+    if found is None:
+        _unauthorized("invalid token: it is neither the admin token nor a known API token")
+    return Caller(id=api_creator(found.id), scope=TokenScope(found.scope))
+
+
+Bearer = Annotated[Caller, Depends(require_token)]
 
 
 def _unauthorized(detail: str) -> NoReturn:

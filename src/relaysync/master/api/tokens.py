@@ -5,6 +5,12 @@ of its SHA-256, an API token's its row number), since only hashes are kept. Revo
 token: it is refused from the next request on. An API token may revoke itself. The admin token
 (the master's data_dir/admin-token file) is not in the store, so it is neither listed nor
 revocable here and a revocation can never lock the operator out.
+
+An API token has a scope: "read" (GET and HEAD) or "admin" (everything). Creating and revoking
+tokens are writes, so only the admin token and admin-scoped API tokens may (enforced for every
+route in _context.require_token): a leaked read token cannot mint a spare that survives its
+revocation. Every token records who created it ("admin" or "api:<id>"), shown in listings.
+New API tokens are admin unless the body asks for "read", as before scopes existed.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relaysync.auth.tokens import join_string
-from relaysync.master.api._context import Context
+from relaysync.auth.tokens import TokenScope, join_string
+from relaysync.master.api._context import Bearer, Context
 from relaysync.master.api._limits import InputModel, PathInt
 from relaysync.master.events import EventType
 
@@ -45,16 +51,21 @@ class JoinTokenListed(BaseModel):
     created_at: float
     expires_at: float | None  # unix time; none = never
     expired: bool  # kept, and refused, until revoked
+    created_by: str | None  # "admin" or "api:<id>"; none: created before this was recorded
 
 
 class ApiTokenIn(InputModel):
     name: str = Field(min_length=1, max_length=255, description="who or what uses it")
+    scope: TokenScope = Field(
+        default=TokenScope.ADMIN, description="read: GET and HEAD only; admin: everything"
+    )
 
 
 class ApiTokenOut(BaseModel):
     token: str  # shown once: only its hash is kept
     id: int  # what the listing shows and DELETE /api/tokens/api/{id} takes
     name: str
+    scope: TokenScope
 
 
 class ApiTokenListed(BaseModel):
@@ -63,14 +74,20 @@ class ApiTokenListed(BaseModel):
     id: int
     name: str
     created_at: float
+    scope: TokenScope
+    created_by: str | None  # "admin" or "api:<id>"; none: created before this was recorded
 
 
-def create_join_token(context: Context, body: JoinTokenIn | None = None) -> JoinTokenOut:
+def create_join_token(
+    context: Context, caller: Bearer, body: JoinTokenIn | None = None
+) -> JoinTokenOut:
     """A join token, reusable by any number of agents until it expires or is revoked."""
     ttl_s = body.ttl_s if body is not None else None
-    token = context.store.create_join_token(ttl_s=ttl_s)
+    token = context.store.create_join_token(ttl_s=ttl_s, created_by=caller.id)
     token_id = context.store.join_token_id(token)
-    context.changed(EventType.TOKEN_CREATED, kind="join", id=token_id, ttl_s=ttl_s)
+    context.changed(
+        EventType.TOKEN_CREATED, kind="join", id=token_id, ttl_s=ttl_s, created_by=caller.id
+    )
     return JoinTokenOut(
         token=token,
         join_string=join_string(token, context.ca.ca_fingerprint),
@@ -93,12 +110,19 @@ def revoke_join_token(token_id: str, context: Context) -> None:
     context.events.publish(EventType.TOKEN_REVOKED, kind="join", id=revoked.id)
 
 
-def create_api_token(body: ApiTokenIn, context: Context) -> ApiTokenOut:
-    """An API token for a client of this API."""
-    token = context.store.create_api_token(body.name)
+def create_api_token(body: ApiTokenIn, context: Context, caller: Bearer) -> ApiTokenOut:
+    """An API token for a client of this API, with the scope the body asks for."""
+    token = context.store.create_api_token(body.name, scope=body.scope, created_by=caller.id)
     token_id = context.store.api_token_id(token)
-    context.changed(EventType.TOKEN_CREATED, kind="api", id=token_id, name=body.name)
-    return ApiTokenOut(token=token, id=token_id, name=body.name)
+    context.changed(
+        EventType.TOKEN_CREATED,
+        kind="api",
+        id=token_id,
+        name=body.name,
+        scope=body.scope.value,
+        created_by=caller.id,
+    )
+    return ApiTokenOut(token=token, id=token_id, name=body.name, scope=body.scope)
 
 
 def list_api_tokens(context: Context) -> list[ApiTokenListed]:

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relaysync.auth.tokens import hash_token, new_api_token, new_join_token
+from relaysync.auth.tokens import TokenScope, hash_token, new_api_token, new_join_token
 from relaysync.errors import ConfigError, NotFound
 from relaysync.master.store.models import ApiToken, JoinToken
 from relaysync.master.store.types import ApiTokenInfo, JoinTokenInfo
@@ -42,15 +42,26 @@ class TokenStore:
 
     # --- Join tokens ---
 
-    def create_join_token(self, *, ttl_s: float | None = None) -> str:
-        """Return a new join token, reusable by any number of agents until it expires."""
+    def create_join_token(
+        self, *, ttl_s: float | None = None, created_by: str | None = None
+    ) -> str:
+        """Return a new join token, reusable by any number of agents until it expires.
+
+        Args:
+            created_by: "admin" or "api:<id>", the token that asked for it (listed).
+        """
         if ttl_s is not None and ttl_s <= 0:
             raise ConfigError(f"join token ttl_s {ttl_s} must be positive")
         token, now = new_join_token(), time.time()
         expires_at = None if ttl_s is None else now + ttl_s
         with self._write("create join token") as session:
             session.add(
-                JoinToken(token_hash=hash_token(token), created_at=now, expires_at=expires_at)
+                JoinToken(
+                    token_hash=hash_token(token),
+                    created_at=now,
+                    expires_at=expires_at,
+                    created_by=created_by,
+                )
             )
         return token
 
@@ -120,22 +131,42 @@ class TokenStore:
 
     # --- API tokens ---
 
-    def create_api_token(self, name: str) -> str:
-        """Return a new API token labelled `name`; only its hash is kept."""
+    def create_api_token(
+        self,
+        name: str,
+        *,
+        scope: TokenScope = TokenScope.ADMIN,
+        created_by: str | None = None,
+    ) -> str:
+        """Return a new API token labelled `name`; only its hash is kept.
+
+        Args:
+            scope: what it may do (master/api/_context.py enforces it).
+            created_by: "admin" or "api:<id>", the token that asked for it (listed).
+        """
         if not name.strip():
             raise ConfigError("an API token needs a name")
         token = new_api_token()
+        row = ApiToken(
+            name=name,
+            token_hash=hash_token(token),
+            created_at=time.time(),
+            scope=TokenScope(scope).value,
+            created_by=created_by,
+        )
         with self._write("create API token") as session:
-            session.add(ApiToken(name=name, token_hash=hash_token(token), created_at=time.time()))
+            session.add(row)
         return token
 
     def check_api_token(self, token: str) -> bool:
         """Return whether `token` is a known API token (not revoked)."""
+        return self.find_api_token(token) is not None
+
+    def find_api_token(self, token: str) -> ApiTokenInfo | None:
+        """Return the API token `token` as listed, or None if unknown or revoked."""
         with self._read("check API token") as session:
-            found = session.scalar(
-                select(ApiToken.id).where(ApiToken.token_hash == hash_token(token))
-            )
-            return found is not None
+            row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+            return None if row is None else _api_info(row)
 
     def list_api_tokens(self) -> list[ApiTokenInfo]:
         """Every API token, by id."""
@@ -179,11 +210,18 @@ def _join_info(row: JoinToken, token_id: str, now: float) -> JoinTokenInfo:
         created_at=row.created_at,
         expires_at=row.expires_at,
         expired=row.expires_at is not None and row.expires_at <= now,
+        created_by=row.created_by,
     )
 
 
 def _api_info(row: ApiToken) -> ApiTokenInfo:
-    return ApiTokenInfo(id=row.id, name=row.name, created_at=row.created_at)
+    return ApiTokenInfo(
+        id=row.id,
+        name=row.name,
+        created_at=row.created_at,
+        scope=row.scope,
+        created_by=row.created_by,
+    )
 
 
 def _id_of(session: Session, token_hash: str) -> str:

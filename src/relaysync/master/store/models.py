@@ -109,6 +109,8 @@ class JoinToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # "admin" or "api:<id>" (0018_token_scopes); None: created before that was recorded
+    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class ApiToken(Base):
@@ -120,6 +122,9 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(NAME)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
+    # "read" or "admin" (auth.tokens.TokenScope); tokens from before 0018_token_scopes are admin
+    scope: Mapped[str] = mapped_column(String(8), server_default="admin")
+    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Change(Base):

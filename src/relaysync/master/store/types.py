@@ -145,6 +145,7 @@ class JoinTokenInfo:
     created_at: float
     expires_at: float | None  # unix time; None = never
     expired: bool  # kept and listed until revoked, but refused by check_join_token
+    created_by: str | None  # "admin" or "api:<id>"; None: created before this was recorded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,3 +153,5 @@ class ApiTokenInfo:
     id: int
     name: str  # who or what uses it
     created_at: float
+    scope: str  # auth.tokens.TokenScope: "read" or "admin"
+    created_by: str | None  # "admin" or "api:<id>"; None: created before this was recorded
