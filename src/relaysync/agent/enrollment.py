@@ -43,6 +43,7 @@ from relaysync.errors import (
     MasterUnreachable,
 )
 from relaysync.transfer import tls
+from relaysync.transfer.staging import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -277,14 +278,14 @@ def _save_identity(
     for name, data in files.items():
         _write_synced(staging / name, data)
     (staging / identity.key_path.name).chmod(0o600)
-    _fsync_directory(staging)
+    fsync_dir(staging)
     try:
         os.rename(staging, directory)  # takes the place of an empty directory, not of files
     except OSError as exc:
         raise IdentityUnusable(
             directory, f"the new identity cannot be put in place: {exc}"
         ) from exc
-    _fsync_directory(directory.parent)
+    fsync_dir(directory.parent)
 
 
 def _node_id_field(pin: MasterPin) -> dict[str, str]:
@@ -297,14 +298,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_identity(identity: tls.Identity) -> MasterPin:

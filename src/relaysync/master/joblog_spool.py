@@ -44,6 +44,7 @@ import msgspec
 
 from relaysync.constants import MAX_MESSAGE_BYTES
 from relaysync.protocol.messages import ENCODER, CommitReport
+from relaysync.transfer.staging import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class JobLogSpool:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        _fsync_directory(self.directory)
+        fsync_dir(self.directory)
         self._segments.insert(0, _Segment(number, path, len(data), records))
         self.records += records
 
@@ -248,7 +249,7 @@ class JobLogSpool:
         if self._fd is not None:
             os.fsync(self._fd)
             self._close_fd()
-            _fsync_directory(self.directory)
+            fsync_dir(self.directory)
 
     def _tail(self, size: int) -> tuple[_Segment, int]:
         """The segment to append `size` bytes to, and its descriptor: a new one when the last is
@@ -262,7 +263,7 @@ class JobLogSpool:
         path = self._path(number)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            _fsync_directory(self.directory)  # the new segment's name outlives a power loss too
+            fsync_dir(self.directory)  # the new segment's name outlives a power loss too
         except BaseException:  # no segment, no file: the append fails whole (the caller's error)
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -403,11 +404,3 @@ def _remove(segment: _Segment) -> None:
     else:
         segment.path.unlink(missing_ok=True)
     segment.offset_path.unlink(missing_ok=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -283,13 +283,11 @@ def test_every_append_is_on_disk_before_it_returns(
     """A report in the spool is acknowledged to its agent, which then forgets it: an append
     must outlive a power loss, not only a kill (each is fdatasynced, a new segment's name too)."""
     synced: list[str] = []
-    datasync, dir_sync = joblog_spool.os.fdatasync, joblog_spool._fsync_directory
+    datasync, dir_sync = joblog_spool.os.fdatasync, joblog_spool.fsync_dir
     monkeypatch.setattr(
         joblog_spool.os, "fdatasync", lambda fd: (synced.append("data"), datasync(fd))[1]
     )
-    monkeypatch.setattr(
-        joblog_spool, "_fsync_directory", lambda d: (synced.append("dir"), dir_sync(d))[1]
-    )
+    monkeypatch.setattr(joblog_spool, "fsync_dir", lambda d: (synced.append("dir"), dir_sync(d))[1])
     spool = _spool(tmp_path / "spool")
     spool.append([_report(1)])
     assert synced == ["dir", "data"]  # a new segment: its name, then its frame
@@ -310,13 +308,13 @@ def test_a_new_segment_whose_name_cannot_be_made_durable_leaves_nothing_half_kep
     spool.append([_report(0)])
     spool.close()
     spool = _spool(where)  # a restart: the next append starts a new segment
-    real = joblog_spool._fsync_directory
+    real = joblog_spool.fsync_dir
 
     def fail_once(directory: Path) -> None:
-        monkeypatch.setattr(joblog_spool, "_fsync_directory", real)
+        monkeypatch.setattr(joblog_spool, "fsync_dir", real)
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(joblog_spool, "_fsync_directory", fail_once)
+    monkeypatch.setattr(joblog_spool, "fsync_dir", fail_once)
     with pytest.raises(OSError):
         spool.append([_report(1)])
     spool.append([_report(1)])  # the writer keeps it in memory and tries again
