@@ -47,8 +47,7 @@ GUARD_PROBE_PATHS = 64  # held paths a recheck looks for: one back brings the fu
 GUARD_EPISODE_GAP_S = 2.0  # deletes that come closer together than this are one episode, judged
 # as a whole; deletes past GUARD_MIN_DELETES wait until none came for this long (an `rm -rf`
 # still running), and are then judged with all that came meanwhile
-GUARD_EPISODE_MAX_S = 30.0  # ... at most this long after the episode's first delete: the
-# source journals in order, so what came with and after the deletes waits too (real time first)
+GUARD_EPISODE_MAX_S = 600.0  # ... at most this long after the episode's first delete
 
 Verdict = Literal["pass", "hold", "settle"]  # go; held for an operator; wait for more, then judge
 _MAY_DELETE = frozenset({"delete", "move", "rescan"})  # event kinds a delete may come from
