@@ -1,21 +1,5 @@
 """The mass-delete guard: a source's batch that would delete most of its folder waits for an operator.
 
-Deletes are judged by EPISODE, not batch by batch: an `rm -rf` of a big tree, on a slow disk or
-a loaded machine, or a deploy tool deleting file by file, reaches the source in many batches over
-seconds or minutes, each a small part of what is left. An episode is the deletes that keep coming
-with gaps shorter than GUARD_EPISODE_GAP_S; it is judged cumulatively against the folder as it
-was when the episode began (the manifest's count plus the entries the episode already deleted):
-
-- while the episode has deleted fewer than GUARD_MIN_DELETES entries, its deletes go at once;
-- a batch that brings it to GUARD_FRACTION of the folder (and at least GUARD_MIN_DELETES) is
-  held for an operator, and so is every later delete of the same episode;
-- deletes between the two are not journaled while the episode runs: the source collects what
-  follows (`_settle`) until none that may delete came for GUARD_EPISODE_GAP_S, and judges it all
-  then. So fewer than GUARD_MIN_DELETES entries go before a mass delete is held, however long
-  the `rm -rf` takes;
-- the wait is bounded: past GUARD_EPISODE_MAX_S after its start, an episode that never paused is
-  judged and decided as it goes (its deletes still count together, and still trip the guard).
-
 SourceMapping (agent/source.py) inherits it and owns the state: the attributes declared below
 are set in its __init__.
 """
@@ -25,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -44,10 +29,10 @@ GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder
 GUARD_RECHECK_S = 5.0  # a hold looks this often whether some of its held paths are back
 GUARD_RECHECK_MAX_S = 300.0  # ... and rescans the whole folder at least this often (5 s doubling)
 GUARD_PROBE_PATHS = 64  # held paths a recheck looks for: one back brings the full rescan forward
-GUARD_EPISODE_GAP_S = 2.0  # deletes that come closer together than this are one episode, judged
-# as a whole; deletes past GUARD_MIN_DELETES wait until none came for this long (an `rm -rf`
-# still running), and are then judged with all that came meanwhile
-GUARD_EPISODE_MAX_S = 600.0  # ... at most this long after the episode's first delete
+GUARD_WINDOW_S = 10.0  # deletes journaled this recently count with a batch's own: `rm -rf` of a
+# big tree reaches the source in several batches, and each alone is a fraction of what is left
+GUARD_SETTLE_S = 0.5  # deletes past GUARD_MIN_DELETES wait until none came for this long (an
+# `rm -rf` still running), at most GUARD_WINDOW_S, and are then judged with the ones that came
 
 Verdict = Literal["pass", "hold", "settle"]  # go; held for an operator; wait for more, then judge
 _MAY_DELETE = frozenset({"delete", "move", "rescan"})  # event kinds a delete may come from
@@ -73,10 +58,7 @@ class MassDeleteGuard:
     _guard_due_s: float  # until the next full rescan
     _allow_mass_delete: bool
     _delete_confirm: int
-    _episode_start: float  # monotonic time of the current delete episode's first batch
-    _episode_last: float  # ... and of its latest (judged, or come while it settles)
-    _episode_deletes: int  # the entries its journaled batches deleted
-    _episode_held: bool  # it tripped the guard: the rest of its deletes are held too
+    _guard_recent: deque[tuple[float, int]]  # (monotonic time, entries) of deletes journaled
     watcher: Watcher | None  # the source's, which knows whether the folder was unmounted
 
     if TYPE_CHECKING:  # SourceMapping's, which journals what the rescan finds
@@ -91,9 +73,7 @@ class MassDeleteGuard:
         self._guard_backoff_s = self._guard_due_s = 0.0
         self._allow_mass_delete = False
         self._delete_confirm = delete_confirm  # those count as seen
-        self._episode_start = self._episode_last = float("-inf")  # none yet
-        self._episode_deletes = 0
-        self._episode_held = False
+        self._guard_recent = deque()
         self.on_guard = None
         self.watcher = None
 
@@ -116,70 +96,62 @@ class MassDeleteGuard:
             self.watcher is not None and self.watcher.root_lost
         )
         if not root_missing:
-            verdict = self._judge_episode(deletes, settle=settle)
+            verdict = self._judge_window(deletes, settle=settle)
             if verdict != "hold":
                 return verdict
         if self._allow_mass_delete:  # confirmed by an operator: this batch goes, once
             self._allow_mass_delete = False
             self._guard_held = False
-            self._new_episode(time.monotonic())  # what is left is the folder judged from now
+            self._guard_recent.clear()
             return "pass"
         self._guard_probe = deletes[:GUARD_PROBE_PATHS]
         if not self._guard_held:
-            self._episode_held = True  # the episode that tripped it (not a hold's rescans)
             # The exact figure, once per hold: counting went no further than the threshold,
             # and this full count costs less than the deletes would (one query per 500 paths,
             # as many rows as they remove). Counted before the hold is set: `deletes_held`,
             # read on the event loop meanwhile, never shows a hold with another hold's count.
-            total = self.manifest.count() + self._episode_deletes
+            total = self.manifest.count() + self._recent_deletes(time.monotonic())
             self._guard_held_deletes = self.manifest.count_trees(deletes)
             self._guard_held = True
             self._guard_backoff_s = self._guard_due_s = GUARD_RECHECK_S
             self._alarm(self._guard_held_deletes, total, root_missing)
         return "hold"
 
-    def _judge_episode(self, deletes: list[str], *, settle: bool) -> Verdict:
-        """Judge `deletes` with those the current episode journaled, against the folder as it
-        was before them (see the module's docstring). A deleted path removes itself and what is
-        below it; the few deletes of most batches are told apart without counting the whole
-        folder."""
+    def _judge_window(self, deletes: list[str], *, settle: bool) -> Verdict:
+        """Judge `deletes` with those journaled in the last GUARD_WINDOW_S, against the folder
+        as it was before them. A deleted path removes itself and what is below it; the few
+        deletes of most batches are told apart without counting the whole folder."""
         now = time.monotonic()
-        if now - self._episode_last >= GUARD_EPISODE_GAP_S:  # none came for a while
-            self._new_episode(now)
-        self._episode_last = now
-        if self._episode_held and not self._allow_mass_delete:  # (confirmed: on its own merits)
-            return "hold"
-        done = self._episode_deletes
-        room = GUARD_MIN_DELETES - done
+        recent = self._recent_deletes(now)
+        room = GUARD_MIN_DELETES - recent
         if room > 0 and (few := self.manifest.count_trees(deletes, limit=room)) < room:
-            self._episode_deletes += few
+            self._guard_recent.append((now, few))
             return "pass"
-        total = self.manifest.count() + done
+        total = self.manifest.count() + recent
         threshold = max(GUARD_MIN_DELETES, int(total * GUARD_FRACTION))
-        affected = self.manifest.count_trees(deletes, limit=max(1, threshold - done))
-        if done + affected >= threshold:
+        affected = self.manifest.count_trees(deletes, limit=max(1, threshold - recent))
+        if recent + affected >= threshold:
             return "hold"
-        if settle and now - self._episode_start < GUARD_EPISODE_MAX_S:
-            return "settle"  # the episode still runs: judged once it pauses
-        self._episode_deletes += affected
+        if settle:
+            return "settle"
+        self._guard_recent.append((now, affected))
         return "pass"
 
-    def _new_episode(self, now: float) -> None:
-        """Start a delete episode: nothing deleted, nothing held yet."""
-        self._episode_start = self._episode_last = now
-        self._episode_deletes = 0
-        self._episode_held = False
+    def _recent_deletes(self, now: float) -> int:
+        """The entries deleted by batches journaled in the last GUARD_WINDOW_S."""
+        while self._guard_recent and self._guard_recent[0][0] < now - GUARD_WINDOW_S:
+            self._guard_recent.popleft()
+        return sum(n for _, n in self._guard_recent)
 
     async def _settle(
         self, events: list[FsEvent], receive: MemoryObjectReceiveStream[list[FsEvent]]
     ) -> list[FsEvent]:
-        """`events` and the batches that follow them while their delete episode runs: until
-        none that may delete came for GUARD_EPISODE_GAP_S, at most until GUARD_EPISODE_MAX_S
-        after the episode began. An `rm -rf` still running is judged whole, not by its first
-        batches alone, however slowly it goes."""
+        """`events` and the batches that follow them until none that may delete came for
+        GUARD_SETTLE_S (at most GUARD_WINDOW_S): an `rm -rf` still running is judged whole,
+        not by its first batches alone."""
         events = list(events)
-        deadline = self._episode_start + GUARD_EPISODE_MAX_S
-        quiet_at = time.monotonic() + GUARD_EPISODE_GAP_S
+        deadline = time.monotonic() + GUARD_WINDOW_S
+        quiet_at = time.monotonic() + GUARD_SETTLE_S
         while (wait_s := min(quiet_at, deadline) - time.monotonic()) > 0:
             with anyio.move_on_after(wait_s):
                 try:
@@ -188,9 +160,7 @@ class MassDeleteGuard:
                     break
                 events += more
                 if any(e.kind in _MAY_DELETE for e in more):
-                    quiet_at = time.monotonic() + GUARD_EPISODE_GAP_S
-        # What came is judged next, with the episode it came in (not as the start of another).
-        self._episode_last = time.monotonic()
+                    quiet_at = time.monotonic() + GUARD_SETTLE_S
         return events
 
     def _alarm(self, affected: int, total: int, root_missing: bool) -> None:
@@ -240,7 +210,6 @@ class MassDeleteGuard:
             )
         self._guard_held = False
         self._allow_mass_delete = False
-        self._episode_held = False
 
     async def _recheck_guard(self) -> None:
         """While deletes are held, look now and then whether they still are."""
