@@ -91,7 +91,7 @@ def test_a_rescan_that_finds_nothing_journals_nothing_and_stays_quiet(
     record = mapping._record_locked
 
     async def counting(events: list, *, settle: bool = False) -> bool:  # type: ignore[type-arg]
-        if any(e.kind == "rescan" and e.path == "old.txt" for e in events):
+        if any(e.kind == "rescan" and not e.path for e in events):
             rescans.append(mapping.journal.last_seq)
         return await record(events, settle=settle)
 
@@ -100,15 +100,56 @@ def test_a_rescan_that_finds_nothing_journals_nothing_and_stays_quiet(
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(mapping.serve)
-            await _until(lambda: len(rescans) >= 4)  # the first scan's and three periodic ones
+            await _until(lambda: len(rescans) >= 4)  # the closing scan and three periodic ones
             tg.cancel_scope.cancel()
 
     try:
         anyio.run(main)
     finally:
         mapping.close()
-    assert len(set(rescans[1:])) == 1  # the journal did not grow: nothing was found again
+    assert len(set(rescans)) == 1  # the journal did not grow: nothing was found again
     assert not [r for r in caplog.records if "periodic rescan" in r.getMessage()]
+
+
+def test_no_periodic_rescan_while_a_mass_delete_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held mass delete is the guard's to look at: a periodic rescan judged afresh would
+    journal what the hold keeps back (found in review)."""
+    mapping, _ = _mapping(tmp_path, interval_s=0.02)
+    attempts: list[int] = []
+    full_scans: list[int] = []
+    rescan_all = mapping._rescan_all
+    record = mapping._record_locked
+
+    async def counting_attempts() -> int:
+        attempts.append(1)
+        return await rescan_all()
+
+    async def counting_scans(events: list, *, settle: bool = False) -> bool:  # type: ignore[type-arg]
+        if any(e.kind == "rescan" and not e.path for e in events):
+            full_scans.append(1)
+        return await record(events, settle=settle)
+
+    monkeypatch.setattr(mapping, "_rescan_all", counting_attempts)
+    monkeypatch.setattr(mapping, "_record_locked", counting_scans)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(mapping.serve)
+            await _until(lambda: len(full_scans) >= 1)  # the first sync's closing scan
+            mapping._guard_held = True
+            mark = len(attempts)
+            await _until(lambda: len(attempts) > mark)  # one began after the hold: none runs
+            seen = len(full_scans)
+            await _until(lambda: len(attempts) > mark + 2)
+            assert len(full_scans) == seen
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        mapping.close()
 
 
 def test_the_rescan_interval_comes_from_the_agent_config() -> None:
