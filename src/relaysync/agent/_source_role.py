@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
@@ -18,14 +17,7 @@ import msgspec
 
 from relaysync._util.aio import leaf_error
 from relaysync.constants import RECEIVE_TIMEOUT_S, SOURCE_RETRY_MAX_S, SOURCE_RETRY_MIN_S
-from relaysync.protocol.messages import (
-    CommitRecord,
-    CommitReport,
-    MappingSpec,
-    MassDeleteHeld,
-    ReleaseReport,
-)
-from relaysync.watch.changes import JournalRecord
+from relaysync.protocol.messages import MappingSpec, MassDeleteHeld, ReleaseReport
 
 from ._role import AgentRole
 from .links import LinkSet, children_of
@@ -148,7 +140,6 @@ class SourceRole(AgentRole):
         if running is not None:
             running.source = source
         source.on_guard = self._report_guard
-        source.on_journaled = partial(self._report_journal, spec.mapping_id)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(source.serve)
@@ -171,13 +162,6 @@ class SourceRole(AgentRole):
                 running.source = running.links = None
             source.close()
 
-    def _report_journal(self, mapping_id: int, records: Sequence[JournalRecord]) -> None:
-        """Tell the master what was journaled, kept on disk and resent like a commit report
-        (on the loop). The job log's change rows come from these only, never from a target."""
-        if self.link is None or not records:
-            return
-        self.link.report(journal_report(mapping_id, self.node_id, records))
-
     def _report_guard(self, held: MassDeleteHeld) -> None:
         if self.link is not None:
             self.link.notify(held)
@@ -190,30 +174,6 @@ class SourceRole(AgentRole):
                     mapping_id=source.mapping_id, release=release, upto_seq=source.send_upto
                 )
             )
-
-
-def journal_report(
-    mapping_id: int, source_node: str, records: Sequence[JournalRecord]
-) -> CommitReport:
-    """The source's own report of journaled records (CommitReport.journaled)."""
-    return CommitReport(
-        mapping_id=mapping_id,
-        source_node=source_node,
-        target_node=source_node,
-        watermark=records[-1].seq,
-        records=tuple(
-            CommitRecord(
-                seq=r.seq,
-                op=r.op,
-                path=r.path,
-                new_path=r.new_path,
-                size=r.entry.size if r.entry is not None else 0,
-                changed_at=r.time_ns / 1e9,
-            )
-            for r in records
-        ),
-        journaled=True,
-    )
 
 
 def _log_source_failure(mapping_id: int, exc: Exception, delay_s: float) -> None:

@@ -191,7 +191,16 @@ class MasterLink:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES, on disk before
         this returns (call on the loop)."""
         for records in _runs(report.records):
-            self.reports.add(msgspec.structs.replace(report, records=records))
+            self.reports.add(
+                make_report(
+                    report.mapping_id,
+                    report.source_node,
+                    report.target_node,
+                    report.watermark,
+                    records,
+                    report.route,
+                )
+            )
         self._wake.set()
 
     async def serve(
@@ -418,14 +427,19 @@ def _merge(items: list[Queued]) -> list[Queued]:
         added = (_removed(r), _bytes(r.records))
         if (
             last is not None
-            and (last.mapping_id, last.source_node, last.target_node, last.route, last.journaled)
-            == (r.mapping_id, r.source_node, r.target_node, r.route, r.journaled)
+            and (last.mapping_id, last.source_node, last.target_node, last.route)
+            == (r.mapping_id, r.source_node, r.target_node, r.route)
             and len(last.records) + len(r.records) <= MAX_REPORT_RECORDS
             and weight[0] + added[0] <= MAX_REMOVED_BYTES
             and weight[1] + added[1] <= MAX_REPORT_BYTES
         ):
-            report = msgspec.structs.replace(
-                r, watermark=max(last.watermark, r.watermark), records=last.records + r.records
+            report = CommitReport(
+                mapping_id=r.mapping_id,
+                source_node=r.source_node,
+                target_node=r.target_node,
+                watermark=max(last.watermark, r.watermark),
+                records=last.records + r.records,
+                route=r.route,
             )
             merged[-1] = Queued(report, merged[-1].frames + frames)
             weight = (weight[0] + added[0], weight[1] + added[1])

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -78,8 +78,6 @@ class SourceMapping(MassDeleteGuard):
             self.close()
             raise
         self.recorder = ChangeRecorder(self.root, self.manifest, self.filter)
-        # Told of every journaled slice (the master's job log takes its change rows from them)
-        self.on_journaled: Callable[[Sequence[JournalRecord]], None] | None = None
         self._new_records = anyio.Event()
         self._persisted_acks = dict(self._acks)  # what acks.json holds (written by _release)
         self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)
@@ -505,8 +503,6 @@ class SourceMapping(MassDeleteGuard):
         # streaming early and the journal records of one slice at a time are alive.
         for start in range(0, len(changes), JOURNAL_SLICE):
             records = await self.journal.append_async(changes[start : start + JOURNAL_SLICE])
-            if self.on_journaled is not None:  # before the links send them: the master hears
-                self.on_journaled(records)  # of a change before any target reports it
             await anyio.to_thread.run_sync(self._apply, records)
             self.applied_seq = records[-1].seq
             del records

@@ -60,15 +60,10 @@ class ControlTrust:
                     )
                     return False
                 kind = "commit_report"
-                if message.journaled:  # the source's own journal: the job log's change rows
-                    ok = await self._members.allow(
-                        message.mapping_id, lambda m: m[0] == message.source_node == link.node_id
-                    )
-                else:  # a target's outcome: never a change row (store/_joblog.py)
-                    ok = await self._members.allow(
-                        message.mapping_id,
-                        lambda m: m[0] == message.source_node and link.node_id in m[1],
-                    )
+                ok = await self._members.allow(
+                    message.mapping_id,
+                    lambda m: m[0] == message.source_node and link.node_id in m[1],
+                )
             case ReleaseReport() | MassDeleteHeld():
                 kind = (
                     "release_report" if isinstance(message, ReleaseReport) else "mass_delete_held"

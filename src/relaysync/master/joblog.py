@@ -121,9 +121,6 @@ class JobLogWriter(WritingInPieces):
         failed write to the spool on stop) but for one the store refuses (dropped, logged)."""
         if taken is not None:
             self._receipts.hold(report, taken)
-        if report.journaled:  # the source's changes: nothing committed, no watermark yet
-            self._enqueue(report)
-            return
         key = (report.mapping_id, report.source_node, report.target_node)
         if report.watermark > self.watermarks.get(key, 0):
             self.watermarks[key] = report.watermark

@@ -214,15 +214,7 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CommitReport(Message, frozen=True, tag="commit_report"):
-    """Target -> master, at once after commits: the watermark and what was applied.
-
-    With `journaled`, source -> master, at once after journaling: the changes themselves
-    (seq, op, path, size, changed_at), `watermark` the last seq journaled, and `target_node`
-    the source itself. The job log's change rows (what changed, and the highest seq every
-    target's lag is counted from) come from these only; a target's report speaks only for its
-    own outcome. It travels as a commit report so that it is kept on disk and resent until the
-    master took it, like the targets' reports.
-    """
+    """Target -> master, at once after commits: the watermark and what was applied."""
 
     mapping_id: UInt63
     source_node: NodeId
@@ -231,14 +223,9 @@ class CommitReport(Message, frozen=True, tag="commit_report"):
     records: Annotated[tuple[CommitRecord, ...], _upto(MAX_REPORT_RECORDS)]
     # names of the nodes the changes came through, source first
     route: Annotated[tuple[ServerName, ...], _upto(MAX_ROUTE_NODES)] = ()
-    journaled: bool = False
 
     def decoded_items(self) -> int:
         return len(self.records) + len(self.route) + sum(len(r.removed) for r in self.records)
-
-    def validate(self) -> None:
-        if self.journaled and self.target_node != self.source_node:
-            raise ProtocolError("commit_report: a journal report is the source's own")
 
 
 class ReportsTaken(Message, frozen=True, tag="reports_taken"):

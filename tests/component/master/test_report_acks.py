@@ -61,9 +61,7 @@ def _mapping(fleet: Fleet) -> int:
 
 
 def _report(m: int, source: str, target: str, seq: int) -> CommitReport:
-    # A failed record: the target's own row (an exception) shows each report written, and
-    # written once (`attempts`); change rows come from the source's reports only.
-    record = CommitRecord(seq=seq, op="write", path=f"f{seq}.html", ok=False, error="disk full")
+    record = CommitRecord(seq=seq, op="write", path=f"f{seq}.html")
     return CommitReport(
         mapping_id=m, source_node=source, target_node=target, watermark=seq, records=(record,)
     )
@@ -139,11 +137,11 @@ def test_reports_are_acknowledged_once_taken_in_order_never_before(
                         isinstance(x := await framed.receive(), ReportsTaken) and x.upto == 3
                     ):
                         pass
-                assert outage.down and fleet.store.exceptions(m) == []
+                assert outage.down and fleet.store.job_log(mapping_id=m) == []
                 outage.down = False
                 await _until(lambda: writer.spooled_records == writer.queued_records == 0)
-        rows = fleet.store.exceptions(m)
-        assert sorted((r.seq, r.attempts) for r in rows) == [(1, 1), (2, 1), (3, 1)]
+        rows = fleet.store.job_log(mapping_id=m)
+        assert sorted(r.seq for r in rows) == [1, 2, 3]
 
     anyio.run(main)
 
@@ -185,10 +183,7 @@ def test_a_report_written_in_pieces_is_acknowledged_with_its_last_piece(
 
     monkeypatch.setattr(fleet.store, "record_commit_reports", record)
     paths = ("f1.html", "poison.html", "f3.html")
-    records = tuple(
-        CommitRecord(seq=i, op="write", path=p, ok=False, error="disk full")
-        for i, p in enumerate(paths, 1)
-    )
+    records = tuple(CommitRecord(seq=i, op="write", path=p) for i, p in enumerate(paths, 1))
     first = CommitReport(
         mapping_id=m, source_node=src.node_id, target_node=web.node_id, watermark=3, records=records
     )
@@ -204,7 +199,7 @@ def test_a_report_written_in_pieces_is_acknowledged_with_its_last_piece(
                     ):
                         pass
             assert writer.dropped_records == 1 and writer.spooled_records == 0
-        assert sorted(r.seq for r in fleet.store.exceptions(m)) == [1, 3, 4]
+        assert sorted(r.seq for r in fleet.store.job_log(mapping_id=m)) == [1, 3, 4]
 
     anyio.run(main)
 

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
@@ -89,9 +88,8 @@ def test_the_prune_task_runs_and_records_what_it_deleted(store: Store) -> None:
             watermark=seq,
             records=(CommitRecord(seq=seq, op="write", path=f"f{seq}"),),
         )
-        journal = msgspec.structs.replace(report, target_node=SRC, journaled=True)
-        with store._write("old report") as session:  # the source's (the change row), its target's
-            _joblog.record(session, [journal, report], old)
+        with store._write("old report") as session:
+            _joblog.record(session, [report], old)
     store.retention.set({"advances": 30})
     pruner = RetentionPruner(store, first_after_s=0.0, interval_s=3600.0, batch_rows=1)
 

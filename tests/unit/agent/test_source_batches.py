@@ -8,9 +8,8 @@ from pathlib import Path
 
 import anyio
 
-from relaysync.agent._source_role import journal_report
 from relaysync.agent.source import SourceMapping
-from relaysync.protocol.messages import CommitReport, MappingSpec
+from relaysync.protocol.messages import MappingSpec
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.scanner import scan_tree
@@ -110,37 +109,3 @@ def test_write_through_a_hard_link_journals_every_name(tmp_path: Path) -> None:
         assert scan_tree(root, mapping.manifest, PathFilter()) == []
     finally:
         mapping.close()
-
-
-def test_every_journaled_change_is_told_to_the_master_as_the_sources_own_report(
-    tmp_path: Path,
-) -> None:
-    """The master's job log takes its change rows from the source's report of its journal only
-    (a target's report speaks for its own outcome): each journal write is reported, before it
-    is applied, with the seq, op, path, new path, size and change time of every record."""
-    mapping, root, _ = _mapping(tmp_path)
-    told: list[CommitReport] = []
-    mapping.on_journaled = lambda records: told.append(journal_report(1, "n", records))
-
-    async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        os.rename(root / "d", root / "e")
-        await mapping._record([FsEvent(kind="move", path="d", new_path="e", is_dir=True)])
-
-    try:
-        anyio.run(main)
-    finally:
-        mapping.close()
-    journaled = [r for report in told for r in report.records]
-    assert [(r.seq, r.op, r.path, r.new_path) for r in journaled] == [
-        (r.seq, r.op, r.path, r.new_path) for r in mapping.journal.read(0)
-    ]
-    assert {(r.path, r.size) for r in journaled if r.path.startswith("d/")} == {
-        ("d/f", 1),
-        ("d/g", 1),
-    }
-    assert all(r.changed_at > 0 for r in journaled)
-    for report in told:
-        assert report.journaled and report.source_node == report.target_node == "n"
-        assert report.watermark == report.records[-1].seq
-        report.validate()

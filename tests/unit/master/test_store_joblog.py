@@ -49,18 +49,6 @@ def report(mid: int, target: str, watermark: int, *records: CommitRecord) -> Com
     )
 
 
-def journal(mid: int, *records: CommitRecord) -> CommitReport:
-    """The source's own report of what it journaled: the job log's change rows."""
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=SRC,
-        watermark=max((r.seq for r in records), default=0),
-        records=records,
-        journaled=True,
-    )
-
-
 def count(store_url: str, table: str) -> int:
     engine = sa.create_engine(store_url)
     try:
@@ -73,11 +61,9 @@ def count(store_url: str, table: str) -> int:
 def test_one_change_row_per_change_however_reported(
     store: Store, store_url: str, mapping_id: int
 ) -> None:
-    source = journal(mapping_id, rec(1), rec(2), rec(3))
-    store.record_commit_reports([source])
-    store.record_commit_reports([source])  # the same report again, e.g. after a restart
     r1 = report(mapping_id, T1, 3, rec(1), rec(2), rec(3))
-    store.record_commit_reports([r1, r1])
+    store.record_commit_reports([r1])
+    store.record_commit_reports([r1])  # the same report again, e.g. after a restart
     store.record_commit_reports(
         [report(mapping_id, T2, 3, rec(1), rec(2), rec(3))]
     )  # another target
@@ -111,7 +97,6 @@ def test_batch_with_repeats_and_reordering(store: Store, mapping_id: int) -> Non
     store.record_commit_reports(
         [
             report(mapping_id, T1, 4, rec(3), rec(4)),
-            journal(mapping_id, rec(1), rec(2), rec(3), rec(4)),  # after a target's, in a batch
             report(mapping_id, T1, 2, rec(1), rec(2)),  # late, lower watermark in the same batch
             report(mapping_id, T2, 4, rec(1), rec(2), rec(3), rec(4)),
         ]
@@ -123,7 +108,6 @@ def test_batch_with_repeats_and_reordering(store: Store, mapping_id: int) -> Non
 def test_failure_is_an_exception_until_it_commits(store: Store, mapping_id: int) -> None:
     store.record_commit_reports(
         [
-            journal(mapping_id, rec(1), rec(2), rec(3)),
             report(mapping_id, T1, 3, rec(1), rec(2, ok=False), rec(3)),
             report(mapping_id, T2, 3, rec(1), rec(2), rec(3)),
         ]
@@ -168,7 +152,6 @@ def test_reports_of_deleted_mappings_are_dropped(store: Store, mapping_id: int) 
 def test_job_log_paging_and_status(store: Store, mapping_id: int) -> None:
     store.record_commit_reports(
         [
-            journal(mapping_id, *(rec(s) for s in range(1, 11))),
             report(mapping_id, T1, 10, *(rec(s) for s in range(1, 11))),
             report(mapping_id, T2, 4, *(rec(s) for s in range(1, 5))),
         ]
@@ -184,11 +167,7 @@ def test_job_log_paging_and_status(store: Store, mapping_id: int) -> None:
 
 def test_removed_target_no_longer_counts(store: Store, mapping_id: int) -> None:
     store.record_commit_reports(
-        [
-            journal(mapping_id, rec(1)),
-            report(mapping_id, T1, 1, rec(1)),
-            report(mapping_id, T2, 1, rec(1)),
-        ]
+        [report(mapping_id, T1, 1, rec(1)), report(mapping_id, T2, 1, rec(1))]
     )
     store.update_mapping(mapping_id, targets=[("t1", "/b")])
     [row] = store.job_log()
@@ -199,8 +178,6 @@ def test_ten_thousand_records_in_one_call(store: Store, store_url: str, mapping_
     """Taken whole, and taken once when repeated. How fast: bench/joblog.py (timed assertions
     belong to the benchmarks, not to a suite sharing its cores)."""
     records = tuple(rec(s) for s in range(1, 10_001))
-    store.record_commit_reports([journal(mapping_id, *records)])
-    store.record_commit_reports([journal(mapping_id, *records)])
     store.record_commit_reports([report(mapping_id, T1, 10_000, *records)])
     store.record_commit_reports([report(mapping_id, T1, 10_000, *records)])
     assert count(store_url, "changes") == 10_000
@@ -225,11 +202,8 @@ def test_concurrent_batches_from_threads(store: Store, store_url: str, mapping_i
         try:
             for start in range(1, 401, 50):
                 records = tuple(rec(s) for s in range(start, start + 50))
-                store.record_commit_reports(  # every thread journals too: the same rows
-                    [
-                        journal(mapping_id, *records),
-                        report(mapping_id, target, start + 49 + offset, *records),
-                    ]
+                store.record_commit_reports(
+                    [report(mapping_id, target, start + 49 + offset, *records)]
                 )
         except BaseException as exc:  # collected and re-raised by the test thread
             errors.append(exc)
@@ -286,41 +260,8 @@ def test_change_rows_skip_sqlalchemys_work_per_row_on_sqlite(
         return construct(self, *args, **kwargs)
 
     monkeypatch.setattr(SQLCompiler, "construct_params", counted)
-    store.record_commit_reports([journal(mapping_id, *(rec(s) for s in range(1, 1001)))])
+    store.record_commit_reports([report(mapping_id, T1, 1000, *(rec(s) for s in range(1, 1001)))])
     assert count(store_url, "changes") == 1000
     assert built < 50  # per statement, not per row
     [row] = store.job_log(mapping_id=mapping_id, limit=1)
     assert (row.seq, row.op, row.path, row.size) == (1000, "file", "f1000", 100)
-
-
-def test_a_target_writes_only_its_own_outcome(store: Store, mapping_id: int) -> None:
-    """A target's report made the change rows (op, path, size of a seq: the first to report
-    won) and set the highest seq every target's lag counts from: one buggy or compromised
-    target rewrote the mapping's job log and every other target's lag. Change rows come from
-    the source's report only now, and no target's seq past what the source journaled is shown."""
-    evil = CommitReport(  # seq 1 as a delete, before the source or the honest target report
-        mapping_id=mapping_id,
-        source_node=SRC,
-        target_node=T2,
-        watermark=2**62,
-        records=(
-            CommitRecord(seq=1, op="delete", path="index.html"),
-            CommitRecord(seq=2**62, op="write", path="nothing-here"),
-        ),
-    )
-    store.record_commit_reports([evil])
-    assert store.job_log(mapping_id=mapping_id) == []
-    store.record_commit_reports(
-        [
-            journal(mapping_id, CommitRecord(seq=1, op="write", path="index.html", size=7)),
-            report(mapping_id, T1, 1, rec(1, path="index.html")),
-        ]
-    )
-    [row] = store.job_log(mapping_id=mapping_id)
-    assert (row.seq, row.op, row.path, row.size) == (1, "write", "index.html", 7)
-    status = {s.target: s for s in store.mapping_status(mapping_id)}
-    assert (status[T1].watermark, status[T1].highest_seq, status[T1].lag) == (1, 1, 0)
-    assert (status[T2].watermark, status[T2].highest_seq, status[T2].lag) == (1, 1, 0)
-    store.record_commit_reports([journal(mapping_id, rec(2), rec(3))])
-    status = {s.target: s for s in store.mapping_status(mapping_id)}
-    assert (status[T1].lag, status[T2].watermark) == (2, 3)  # shown as the source goes on

@@ -119,15 +119,7 @@ def test_conflicts_are_recorded_once_with_winner_and_loser(fleet: Store) -> None
             records=(won,),
         ),
     ]
-    source = CommitReport(  # src1's journal: the job log's change rows
-        mapping_id=m1.mapping_id,
-        source_node=NODES["src1"],
-        target_node=NODES["src1"],
-        watermark=3,
-        records=(lost, CommitRecord(seq=2, op="write", path="plain")),
-        journaled=True,
-    )
-    fleet.record_commit_reports([source, *reports])
+    fleet.record_commit_reports(reports)
     out = fleet.nm_jobs.record_conflicts(reports)
     assert {(c.path, c.winner_node, c.loser_node) for c in out} == {
         ("x", NODES["src2"], NODES["src1"]),

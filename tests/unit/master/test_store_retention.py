@@ -31,13 +31,8 @@ def rec(seq: int, *, ok: bool = True) -> CommitRecord:
 def record_at(
     store: Store, at: float, mid: int, target: str, watermark: int, *records: CommitRecord
 ) -> None:
-    report = CommitReport(  # the source's own report (its journal) when `target` is SRC
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=watermark,
-        records=records,
-        journaled=target == SRC,
+    report = CommitReport(
+        mapping_id=mid, source_node=SRC, target_node=target, watermark=watermark, records=records
     )
     with store._write("test report") as session:
         _joblog.record(session, [report], at)
@@ -66,15 +61,12 @@ def history(store: Store) -> tuple[int, int, int]:
     two = store.create_mapping(
         name="two", source="src", source_path="/d", targets=[("t1", "/e")]
     ).id
-    record_at(store, BASE, one, SRC, 3, rec(1), rec(2), rec(3))  # the change rows
     record_at(store, BASE, one, T1, 3, rec(1), rec(2), rec(3))
     record_at(store, BASE, one, T2, 1, rec(1), rec(2, ok=False), rec(3, ok=False))  # two exceptions
     record_at(
         store, BASE + 10 * DAY_S, one, T2, 2, rec(2)
     )  # resolves the first, the other stays open
-    record_at(store, BASE + 50 * DAY_S, one, SRC, 4, rec(4))
     record_at(store, BASE + 50 * DAY_S, one, T1, 4, rec(4))
-    record_at(store, BASE, two, SRC, 1, rec(1))
     record_at(store, BASE, two, T1, 1, rec(1))  # mapping two's only change: never pruned
     done = store.routing.start_recovery(one, T2, "at_once", BASE)
     store.routing.finish_recovery(done.id, "done", BASE + DAY_S)

@@ -59,18 +59,6 @@ def report(mid: int, target: str, watermark: int, *records: CommitRecord) -> Com
     )
 
 
-def journal(mid: int, *records: CommitRecord) -> CommitReport:
-    """The source's own report of what it journaled: the job log's change rows."""
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=SRC,
-        watermark=max(r.seq for r in records),
-        records=tuple(records),
-        journaled=True,
-    )
-
-
 def by_key(store: Store, by: str, **kw: float) -> dict[str, dict[str, object]]:
     from dataclasses import asdict
 
@@ -82,8 +70,6 @@ def recorded(store: Store, mapping_ids: tuple[int, int]) -> tuple[int, int]:
     one, two = mapping_ids
     store.record_commit_reports(
         [
-            journal(one, rec(1, size=100), rec(2, size=200), rec(3, size=300)),
-            journal(two, rec(1, size=50)),
             report(
                 one,
                 T1,
@@ -196,7 +182,6 @@ def test_latency_is_commit_time_minus_change_time_and_kept_apart_from_transfer_t
 
     store.record_commit_reports(
         [
-            journal(one, timed(1, 0.5, 2.0), timed(2, 1.5, 4.0)),  # changed_at: the source's
             report(
                 one, T1, 2, timed(1, 0.5, 2.0), timed(2, 1.5, 4.0)
             ),  # mean 1000 ms over two files

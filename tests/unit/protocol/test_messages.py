@@ -162,12 +162,10 @@ SAMPLES: list[AnyMessage] = [
 PINNED = len(SAMPLES) - 3  # the samples the hash below covers
 # sha256 of the samples' encodings, joined, as the release before the integer bounds sent them,
 # except CommitReport: its records gained three optional fields since (`kind`, `removed`,
-# `removed_truncated`, which older masters ignore) and it gained `journaled` (a source's own
-# report, which an older master refuses as a report from a node that is no target), and
-# Assignment: its MappingSpec gained two (`symlinks`, `mode_mask`, which older agents ignore);
-# every other sample's bytes are unchanged.
+# `removed_truncated`, which older masters ignore), and Assignment: its MappingSpec gained two
+# (`symlinks`, `mode_mask`, which older agents ignore); every other sample's bytes are unchanged.
 NAN, INF = float("nan"), float("inf")
-SAMPLES_SHA256 = "4cbd4a93602e63d670a6d803d7b29e024682ceae237281aa6ae46b8b783639d6"
+SAMPLES_SHA256 = "23e9871344cb41e08772d041c70d8b7c0d2edbb0488490bf85e180138144a14a"
 # One of them in full: a map of type, seq (uint64 0x7fff...), path and changed_at (float64 0).
 DELETE_HEX = (
     "84a474797065a664656c657465a3736571cf7fffffffffffffffa470617468a161"

@@ -16,7 +16,7 @@ from relaysync.purge.listings import changed_listings, gone_listings, listing_ur
 from relaysync.purge.ordering import Released
 from relaysync.purge.purger import Purger
 from relaysync.purge.site import SiteSpec
-from tests.unit.purge.conftest import SOURCE
+from tests.unit.purge.conftest import O1, SOURCE
 
 pytestmark = pytest.mark.anyio
 URL = "http://www.example.com"
@@ -54,10 +54,9 @@ def _mapping_with(store: Store, records: Sequence[tuple[str, str]]) -> int:
     report = CommitReport(
         mapping_id=mapping.id,
         source_node=SOURCE,
-        target_node=SOURCE,  # the source's journal: the paths the job log knows
+        target_node=O1,
         watermark=len(rows),
         records=rows,
-        journaled=True,
     )
     store.record_commit_reports([report])
     return mapping.id

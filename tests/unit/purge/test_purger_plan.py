@@ -15,7 +15,7 @@ from relaysync.purge.ordering import Released
 from relaysync.purge.planner import url_items
 from relaysync.purge.purger import Purger
 from relaysync.purge.site import SiteSpec
-from tests.unit.purge.conftest import SOURCE
+from tests.unit.purge.conftest import O1, SOURCE
 
 pytestmark = pytest.mark.anyio
 
@@ -43,13 +43,12 @@ def mapping(store: Store) -> int:
             CommitReport(
                 mapping_id=mapping.id,
                 source_node=SOURCE,
-                target_node=SOURCE,  # the source's journal: the known paths
+                target_node=O1,
                 watermark=2,
                 records=(
                     CommitRecord(seq=1, op="write", path="a.html"),
                     CommitRecord(seq=2, op="write", path="sub/b.html"),
                 ),
-                journaled=True,
             )
         ]
     )
@@ -83,12 +82,11 @@ async def test_a_prefix_is_expanded_to_every_known_path_past_ten_thousand(
             CommitReport(
                 mapping_id=mapping.id,
                 source_node=SOURCE,
-                target_node=SOURCE,  # the source's journal: the known paths
+                target_node=O1,
                 watermark=0,
                 records=tuple(
                     CommitRecord(seq=i + 1, op="write", path=p) for i, p in enumerate(paths)
                 ),
-                journaled=True,
             )
         ]
     )

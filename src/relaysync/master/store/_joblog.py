@@ -1,10 +1,8 @@
 """The job log: commit reports folded into change rows, watermarks, advances, exceptions and counters.
 
-One change row per (mapping, source, seq), from the source's own report of what it journaled
-(`CommitReport.journaled`), and per (mapping, source, target) only a watermark, its advances
-and the few exceptions (DESIGN.md "Bookkeeping that scales"), from that target's reports. A
-target's report never writes a change row: one target (buggy or compromised) cannot rewrite
-what changed, nor raise the highest seq every other target's lag is counted from. A whole batch of reports is written in one transaction with a handful of
+One change row per (mapping, source, seq) however many targets report it, and per (mapping,
+source, target) only a watermark, its advances and the few exceptions (DESIGN.md "Bookkeeping
+that scales"). A whole batch of reports is written in one transaction with a handful of
 statements, so that 10,000 records cost milliseconds.
 """
 
@@ -167,13 +165,9 @@ def _route(batch: _Batch, report: CommitReport) -> str:
 
 
 def _fold(batch: _Batch, report: CommitReport) -> None:
-    if report.journaled:  # the source's own: the change rows, and nothing else
-        _fold_changes(batch, report)
-        return
-    # A target's report writes only its own outcome (watermark, exceptions, counters): what
-    # changed, and the highest seq every target's lag counts from, are the source's word.
     triple = (report.mapping_id, report.source_node, report.target_node)
     records = report.records
+    _fold_changes(batch, report)
     figures = _figures(records)
     if figures.files < len(records) or batch.outcomes or triple in batch.open_triples:
         _fold_outcomes(batch, triple, records)
@@ -221,8 +215,7 @@ def _fold_outcomes(batch: _Batch, triple: Triple, records: Sequence[CommitRecord
 
 
 def _fold_changes(batch: _Batch, report: CommitReport) -> None:
-    """One change row per seq, as the source journaled it (a repeat changes nothing); and the
-    span of seqs the report covers."""
+    """One change row per seq, as first reported; and the span of seqs the report covers."""
     mapping_id, source, now = report.mapping_id, report.source_node, batch.now
     changes = batch.changes
     low, high = batch.spans.get((mapping_id, source), (0, 0))

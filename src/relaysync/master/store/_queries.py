@@ -85,10 +85,7 @@ def _target_status(
     highest: int,
     open_counts: dict[str, int],
 ) -> TargetStatus:
-    # A target's watermark is its own word; past what the source journaled it is not shown
-    # (nor counted): it arrives first only when the source's report is late, and is then
-    # shown as soon as that report comes, since what is stored is what the target said.
-    watermark = min(mark.seq, highest) if mark is not None else 0
+    watermark = mark.seq if mark is not None else 0
     return TargetStatus(
         target=node_id,
         target_name=name,
