@@ -15,28 +15,20 @@ import anyio
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
+from tests.component.master._app import ADMIN, admin_app
 
-from relaysync.auth.ca import CertificateAuthority, make_key_and_csr
+from relaysync.auth.ca import make_key_and_csr
 from relaysync.constants import API_JOIN_MAX_BODY_BYTES, API_MAX_BODY_BYTES
 from relaysync.master.api._limits import INT64_MAX, RequestLimits
-from relaysync.master.app import ROUTES, create_app
-from relaysync.master.events import EventBus
+from relaysync.master.app import ROUTES
 from relaysync.master.store import Store
 
-ADMIN = "admin-secret"
 BIG = 10**20  # past 2^63-1: SQLite's driver overflows (500 before), PostgreSQL's too
 
 
 @pytest.fixture
 def client(store: Store, tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(
-        store=store,
-        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
-        events=EventBus(),
-        admin_token=ADMIN,
-        control_address="127.0.0.1:7000",
-        on_change=lambda: None,
-    )
+    app = admin_app(store, tmp_path)
     with TestClient(
         app, headers={"Authorization": f"Bearer {ADMIN}"}, raise_server_exceptions=False
     ) as c:

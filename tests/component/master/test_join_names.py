@@ -9,25 +9,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.component.master._app import ADMIN, admin_app
 
-from relaysync.auth.ca import CertificateAuthority, make_key_and_csr
-from relaysync.master.app import create_app
-from relaysync.master.events import EventBus
+from relaysync.auth.ca import make_key_and_csr
 from relaysync.master.store import Store
-
-ADMIN = "admin-secret"
 
 
 @pytest.fixture
 def client(store: Store, tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(
-        store=store,
-        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
-        events=EventBus(),
-        admin_token=ADMIN,
-        control_address="127.0.0.1:7000",
-        on_change=lambda: None,
-    )
+    app = admin_app(store, tmp_path)
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
         yield c
 

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.component.master._app import ADMIN, admin_app
 
-from relaysync.auth.ca import CertificateAuthority
-from relaysync.master.app import create_app
-from relaysync.master.events import EventBus
 from relaysync.master.store import Store
 from relaysync.protocol.messages import BandwidthWindow
 
-ADMIN = "admin-secret"
 WORKDAYS = {"days": "mon-fri", "start": "08:00", "end": "20:00", "bandwidth_limit_mbit": 50.0}
 
 
@@ -28,14 +25,7 @@ def client(store: Store, tmp_path: Path) -> Iterator[TestClient]:
     store.create_mapping(
         name="m", source="src", source_path="/a", targets=[("t1", "/b"), ("t2", "/c")]
     )
-    app = create_app(
-        store=store,
-        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
-        events=EventBus(),
-        admin_token=ADMIN,
-        control_address="127.0.0.1:7000",
-        on_change=lambda: None,
-    )
+    app = admin_app(store, tmp_path)
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
         yield c
 
