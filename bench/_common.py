@@ -200,6 +200,23 @@ def tree_summary(root: Path) -> tuple[int, int]:
     return count, size
 
 
+def last_change_ns(root: Path) -> int:
+    """The latest inode change (st_ctime_ns) of anything in the tree, root included: when the
+    kernel saw the copy's last write, rename or mkdir. Both tools are timed to it, so neither
+    pays for the way the bench notices the end (a process exit, or polling plus a summary)."""
+    latest = os.lstat(root).st_ctime_ns
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for de in it:
+                if de.name.startswith(TEMP_PREFIX):
+                    continue
+                latest = max(latest, de.stat(follow_symlinks=False).st_ctime_ns)
+                if de.is_dir(follow_symlinks=False):
+                    stack.append(de.path)
+    return latest
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """relpath -> blake2b of content for every regular file (the full check, never timed)."""
     out: dict[str, str] = {}
