@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 
 from relaysync._util.ports import stable_free_port
+from relaysync.auth.api_trust import fleet_api_context
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import RelaySyncError
 
@@ -158,7 +160,14 @@ class Cluster:
             base_url=self.api_url,
             timeout=HTTP_TIMEOUT_S,
             headers={"Authorization": f"Bearer {token}"},
+            verify=self.api_verify(),
         )
+
+    def api_verify(self) -> ssl.SSLContext | bool:
+        """What an https master's certificate is checked with: the fleet's CA (api_tls fleet)."""
+        if not self.api_url.startswith("https:"):
+            return True
+        return fleet_api_context((self.master_dir / "ca" / "ca.pem").read_bytes())
 
     def _read_state(self, path: Path) -> dict[str, Any] | None:
         if self.master is not None and not self.master.alive():
