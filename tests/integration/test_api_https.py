@@ -109,7 +109,11 @@ def test_a_join_string_for_another_ca_is_refused_before_the_token_is_sent(
     # the check above can see a join: one that does reach the master is logged
     r = cluster.api.post("/api/join", json={"token": "nope", "name": "web-y", "csr_pem": "x"})
     assert r.status_code == 403
-    wait_until(lambda: "join refused" in master_log.read_text(), timeout_s=10, what="log line")
+    wait_until(
+        lambda: "join refused" in master_log.read_text(),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the refused join logged",
+    )
 
 
 def test_the_cli_checks_the_master_against_the_fleet_ca(cluster: Cluster) -> None:
