@@ -4,7 +4,9 @@ The master's URL is, in order: `--master URL`, the `master.json` of `--data DIR`
 then the `master.json` of `RELAYSYNC_MASTER_DATA` (a master's data directory on this host). The
 token is `--token`, then `RELAYSYNC_TOKEN`, then that data directory's `admin-token`. An https
 master's certificate is checked against `--ca-file`, then `RELAYSYNC_CA_FILE`, then that data
-directory's fleet CA (for a master serving the fleet's certificate), else the system's CAs.
+directory's fleet CA (for a master serving the fleet's certificate), else what httpx trusts:
+SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's bundle (not the system's store). Whatever
+the CA file holds, a certificate from a fleet CA is taken only if it is the master's.
 
 Error handling:
     Every failure surfaces as a RelaySyncError: a master that does not answer, or a server that
@@ -23,19 +25,21 @@ import csv
 import io
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from relaysync.auth.api_trust import certificate_problem, file_api_context
+from relaysync.auth.api_trust import certificate_problem, default_api_context, file_api_context
 from relaysync.cli._run import err_console
 from relaysync.config.load import load
 from relaysync.config.schema import CliConfig
@@ -100,7 +104,7 @@ class Target:
 
     url: str
     token: str
-    ca_file: str = ""  # what an https master's certificate is checked with; "": the system's CAs
+    ca_file: str = ""  # what an https master's certificate is checked with; "": certifi's bundle
 
 
 def resolve_target(
@@ -141,8 +145,8 @@ def resolve_target(
 
 def _trust_for(url: str, ca_file: str, data_dir: Path | None) -> str:
     """The CA file to check an https master with: the one given, else the fleet CA of a local
-    master that serves the fleet's certificate, else "" (the system's CAs)."""
-    if not url.startswith("https:"):
+    master that serves the fleet's certificate, else "" (SSL_CERT_FILE, or certifi's bundle)."""
+    if urlsplit(url).scheme != "https":
         return ""
     if ca_file or data_dir is None:
         return ca_file
@@ -169,6 +173,11 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
 
 
+def _verify_for(target: Target) -> ssl.SSLContext:
+    """The TLS context an https master is checked with (an http one never uses it)."""
+    return file_api_context(Path(target.ca_file)) if target.ca_file else default_api_context()
+
+
 class MasterClient:
     """Synchronous calls to the master's REST API, with explicit timeouts."""
 
@@ -180,7 +189,7 @@ class MasterClient:
             headers=headers,
             transport=transport,
             timeout=httpx.Timeout(HTTP_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            verify=file_api_context(Path(target.ca_file)) if target.ca_file else True,
+            verify=_verify_for(target),
         )
 
     def __enter__(self) -> MasterClient:
@@ -250,16 +259,18 @@ class MasterClient:
         why = certificate_problem(exc)
         if why is not None:
             return ApiCertificateRefused(self.url, why, UNTRUSTED_REMEDY)
-        detail = f"{operation}: {exc or type(exc).__name__}"
-        if self.url.startswith("http:") and isinstance(exc, httpx.RemoteProtocolError):
+        detail = f"{operation}: {str(exc).rstrip('.') or type(exc).__name__}"
+        if urlsplit(self.url).scheme == "http" and isinstance(exc, httpx.RemoteProtocolError):
             detail += " (a master that serves HTTPS drops plain http: use https://)"
         return MasterUnreachable(self.url, detail)
 
 
 UNTRUSTED_REMEDY = (
-    "give --ca-file (or RELAYSYNC_CA_FILE) with the master's data_dir/ca/ca.pem, or run beside "
-    "the master with --data <its data dir>; the URL's host must be one of the certificate's "
-    "names (the master's listen host, its host name, api_names)"
+    "give --ca-file (or RELAYSYNC_CA_FILE) with the CA that issued the master's certificate: for "
+    "api_tls = fleet the master's data_dir/ca/ca.pem (or run beside the master with --data <its "
+    "data dir>), and the URL's host must be one of the certificate's names (the master's listen "
+    "host, its host name and addresses, api_names); for api_tls = files the CA of the "
+    "operator's certificate, unless certifi's bundle (or SSL_CERT_FILE) already trusts it"
 )
 
 

@@ -13,7 +13,12 @@ import httpx
 import pytest
 import trustme
 
-from relaysync.auth.api_trust import certificate_problem, file_api_context, fleet_api_context
+from relaysync.auth.api_trust import (
+    certificate_problem,
+    default_api_context,
+    file_api_context,
+    fleet_api_context,
+)
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.constants import MASTER_NODE_NAME
 
@@ -102,3 +107,48 @@ def test_a_ca_file_of_another_kind_is_trusted_as_it_is(tmp_path: Path) -> None:
                 ),
             )
     assert certificate_problem(refused.value) is not None
+
+
+def _other_ca_pem() -> bytes:
+    return trustme.CA().cert_pem.bytes()
+
+
+@pytest.mark.parametrize(
+    "variant", ["fleet CA + another CA", "another CA + fleet CA", "fleet CA + a comment line"]
+)
+def test_a_ca_file_holding_the_fleet_ca_among_others_still_refuses_a_node(
+    tmp_path: Path, variant: str
+) -> None:
+    """The name check follows the certificate presented, not the shape of the CA file: a bundle
+    (or a trailing comment) with the fleet CA must not let a node read the admin token."""
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    pem = {
+        "fleet CA + another CA": ca.ca_pem + _other_ca_pem(),
+        "another CA + fleet CA": _other_ca_pem() + ca.ca_pem,
+        "fleet CA + a comment line": ca.ca_pem + b"# the fleet CA of prod\n",
+    }[variant]
+    (tmp_path / "bundle.pem").write_bytes(pem)
+    cert, key = _write(tmp_path / "n", *ca.issue("web-1", ["127.0.0.1", "localhost"]))
+    verify = file_api_context(tmp_path / "bundle.pem")
+    with tls_server(cert, key) as (port, received), pytest.raises(httpx.ConnectError) as refused:
+        httpx.get(f"https://127.0.0.1:{port}/", headers={"Authorization": "x"}, verify=verify)
+    why = certificate_problem(refused.value)
+    assert why is not None and "'web-1', not to the master" in why
+    assert received == [b""]
+    master_cert, master_key = _write(tmp_path / "m", *ca.issue(MASTER_NODE_NAME, ["127.0.0.1"]))
+    with tls_server(master_cert, master_key) as (port, _):
+        assert httpx.get(f"https://127.0.0.1:{port}/", verify=verify).text == "ok"
+
+
+def test_the_default_trust_store_with_the_fleet_ca_added_still_refuses_a_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --ca-file: SSL_CERT_FILE (a system bundle the fleet CA was added to) is checked so too."""
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    (tmp_path / "system.pem").write_bytes(_other_ca_pem() + ca.ca_pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "system.pem"))
+    cert, key = _write(tmp_path / "n", *ca.issue("web-1", ["127.0.0.1"]))
+    with tls_server(cert, key) as (port, received), pytest.raises(httpx.ConnectError) as refused:
+        httpx.get(f"https://127.0.0.1:{port}/", verify=default_api_context())
+    assert "not to the master" in (certificate_problem(refused.value) or "")
+    assert received == [b""]

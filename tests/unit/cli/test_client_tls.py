@@ -34,3 +34,9 @@ def test_no_fleet_ca_for_plain_http_or_an_operators_own_certificate(tmp_path: Pa
     assert resolve_target(data=plain, environ={"RELAYSYNC_CA_FILE": "/x"}).ca_file == ""
     files = _master_dir(tmp_path / "f", "https://master.example:8470", "files")
     assert resolve_target(data=files, environ={}).ca_file == ""  # the system's CAs
+
+
+def test_the_scheme_is_read_in_any_case(tmp_path: Path) -> None:
+    """HTTPS:// is https: the --ca-file given must not be dropped."""
+    got = resolve_target(master="HTTPS://127.0.0.1:1", ca_file=Path("/opt/ca.pem"), environ={})
+    assert got.ca_file == "/opt/ca.pem"
