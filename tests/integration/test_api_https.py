@@ -131,13 +131,16 @@ def test_the_cli_checks_the_master_against_the_fleet_ca(cluster: Cluster) -> Non
 
 
 def test_the_api_serves_an_operators_own_certificate_with_files(tmp_path: Path) -> None:
+    """And agents join it with the join string: the operator's certificate checked with
+    --api-ca-file, the fleet's CA by the join string's fingerprint, before the token is sent."""
     authority = trustme.CA()
     leaf = authority.issue_cert("127.0.0.1", "localhost")
     cert, key = tmp_path / "api-cert.pem", tmp_path / "api-key.pem"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
-    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    c = Cluster(tmp_path / "fleet")
+    operator_ca = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(operator_ca))
+    c = Cluster(tmp_path / "fleet", api_ca_file=operator_ca)
     try:
         c.start_master(
             extra_args=[
@@ -151,11 +154,17 @@ def test_the_api_serves_an_operators_own_certificate_with_files(tmp_path: Path) 
         )
         r = httpx.get(
             f"{c.api_url}/api/health",
-            verify=ssl.create_default_context(cafile=tmp_path / "ca.pem"),
+            verify=ssl.create_default_context(cafile=operator_ca),
             timeout=10,
         )
         assert c.api_url.startswith("https://") and r.status_code == 200
         assert not (c.master_dir / "api").exists()  # no fleet certificate made
+        refused = c.start_agent("f0", wait=False)  # certifi's bundle does not know trustme's CA
+        wait_until(lambda: not refused.process.alive(), timeout_s=EXIT_TIMEOUT_S, what="exit")
+        log = " ".join(refused.process.log_path.read_text().split())
+        assert "not trusted here" in log and "--api-ca-file" in log and "Traceback" not in log
+        assert not (refused.data_dir / "identity").exists()
+        c.start_agent("f1", extra_args=["--api-ca-file", str(operator_ca)])  # joins, comes up
     finally:
         c.stop()
 
@@ -181,3 +190,22 @@ def test_plain_http_on_every_interface_is_refused_unless_insecure_http_is_set(
         assert "api_insecure_http" in master.log_path.read_text()
     finally:
         master.stop()
+
+
+def test_the_benchs_master_off_loopback_is_reached_over_https(tmp_path: Path) -> None:
+    """bench/_common.start_master_on (a netns address in the benches: https by default) must
+    give its client the fleet's CA; api_tls = fleet on 127.0.0.1 stands in for that address."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "_common.py"
+    spec = importlib.util.spec_from_file_location("bench_common_under_test", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    c = Cluster(tmp_path / "bench", extra_env={"RELAYSYNC_API_TLS": "fleet"})
+    try:
+        bench.start_master_on(c, "127.0.0.1")
+        assert c.api_url.startswith("https://")
+        assert c.api.get("/api/health").status_code == 200
+    finally:
+        c.stop()

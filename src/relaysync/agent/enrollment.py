@@ -140,7 +140,7 @@ def _post_join(
 
     from relaysync.agent._join_trust import join_error, join_verify
 
-    verify = join_verify(cfg.master_url, expected)  # over https: the CA checked before the token
+    verify = join_verify(cfg, expected)  # over https: the CA checked before the token
     url = cfg.master_url.rstrip("/") + "/api/join"
     sent = {"token": token, "name": cfg.name, "csr_pem": csr_pem.decode()}
     try:

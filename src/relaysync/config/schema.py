@@ -60,6 +60,12 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     # join with a token that names no CA, trusting whichever master answers the first join:
     # only on a network where nobody can answer in the master's place
     insecure_first_join: bool = False
+    # send the join token over plain http:// to a master on another host (in clear): only where
+    # nobody can read the traffic; without it such a join is refused (use https://)
+    allow_plain_http_join: bool = False
+    # CA certificate(s) that issued the master's own API certificate (its api_tls = "files"),
+    # for the first join; "" = certifi's bundle (or SSL_CERT_FILE). The fleet's CA needs none.
+    api_ca_file: str = ""
     region: str = "default"
     group: str = "default"
     listen: str = "127.0.0.1:0"  # peer server, host:port (port 0 = any free port)
@@ -104,7 +110,7 @@ class CliConfig(msgspec.Struct, frozen=True, kw_only=True):
     )
     token: str = ""  # admin or API token; "" = master_data's admin-token
     # CA certificate(s) to check an https master with; "" = master_data's fleet CA (for a
-    # master with api_tls = "fleet"), else the system's trust store
+    # master with api_tls = "fleet"), else SSL_CERT_FILE / SSL_CERT_DIR, else certifi's bundle
     ca_file: str = ""
     master_data: str = ""  # a master's data directory on this host (the local configuration)
 

@@ -126,6 +126,8 @@ class Cluster:
     master: Process | None = None
     api_url: str = ""
     agents: dict[str, Agent] = field(default_factory=dict)
+    # the CA of the master's own API certificate (api_tls = "files"); None: the fleet's CA
+    api_ca_file: Path | None = None
     _client: httpx.Client | None = None
 
     @property
@@ -164,9 +166,12 @@ class Cluster:
         )
 
     def api_verify(self) -> ssl.SSLContext | bool:
-        """What an https master's certificate is checked with: the fleet's CA (api_tls fleet)."""
+        """What an https master's certificate is checked with: the fleet's CA (api_tls fleet),
+        or api_ca_file (files)."""
         if not self.api_url.startswith("https:"):
             return True
+        if self.api_ca_file is not None:
+            return ssl.create_default_context(cafile=str(self.api_ca_file))
         return fleet_api_context((self.master_dir / "ca" / "ca.pem").read_bytes())
 
     def _read_state(self, path: Path) -> dict[str, Any] | None:
