@@ -167,7 +167,9 @@ def check_issued_to(cert_pem: bytes, ca_pem: bytes, key_pem: bytes) -> None:
 def write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` with mode 0600, atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a leftover keeps its own mode through O_CREAT
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import re
 import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
 from cryptography import x509
 
-from relaysync._util.addresses import is_loopback, is_unspecified
+from relaysync._util.addresses import MAX_HOSTNAME, is_loopback, is_unspecified
 from relaysync.auth.ca import CertificateAuthority, check_issued_to, write_private, write_public
 from relaysync.auth.validity import EXPIRY_WARNING_S, format_time, seconds_left, validity
 from relaysync.config.load import split_address
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["fleet", "files", "off"]
 CERT_FILE, KEY_FILE = "api.pem", "api.key"  # in data_dir/api, for api_tls = "fleet"
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,40 @@ def decide_mode(cfg: MasterConfig) -> Mode:
         )
     if mode == "files" and not (cfg.api_cert_file and cfg.api_key_file):
         raise ConfigError('api_tls = "files" needs both api_cert_file and api_key_file')
+    api_names(cfg.api_names)  # refused now, before anything is made
     return mode
+
+
+def api_names(value: str) -> list[str]:
+    """The comma-separated api_names, each an IP address or a DNS name (IDNA-encoded).
+
+    Raises:
+        ConfigError: naming an entry that is a URL, a host:port, a bracketed address, or no name.
+    """
+    return [_api_name(entry.strip()) for entry in value.split(",") if entry.strip()]
+
+
+def _api_name(entry: str) -> str:
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        pass
+    if "://" in entry or "/" in entry:
+        why = "a URL: give its host alone"
+    elif entry.startswith("["):
+        why = "a bracketed address: give the IP address alone, without brackets or port"
+    elif ":" in entry:
+        why = "a host:port: give the host alone (the certificate holds no port)"
+    else:
+        try:
+            name = entry.encode("idna").decode("ascii").lower().rstrip(".")
+        except UnicodeError as exc:
+            raise ConfigError(f"api_names entry {entry!r} is not a DNS name ({exc})") from exc
+        labels = name.split(".")
+        if name and len(name) <= MAX_HOSTNAME and all(_DNS_LABEL.fullmatch(x) for x in labels):
+            return name
+        why = "not a DNS name (letters, digits and hyphens in dot-separated labels)"
+    raise ConfigError(f"api_names entry {entry!r} is {why}")
 
 
 def prepare(cfg: MasterConfig, mode: Mode, ca: CertificateAuthority, data_dir: Path) -> ApiTls:
@@ -113,15 +150,33 @@ def _check_loadable(cert: Path, key: Path) -> None:
         raise ConfigError(f"api_cert_file {cert} with api_key_file {key}: {exc}") from exc
 
 
-def fleet_names(listen_host: str, api_names: str) -> list[str]:
-    """The names the fleet certificate is for: the listen host (or, on every interface, the
-    loopback ones the local tools use), this machine's host name, and api_names."""
-    names = [] if is_unspecified(listen_host) else [listen_host.strip("[]")]
-    names.append(socket.gethostname())
-    names += [n.strip() for n in api_names.split(",") if n.strip()]
-    if is_unspecified(listen_host):
-        names += ["localhost", "127.0.0.1", "::1"]
-    return [_normalised(n) for n in dict.fromkeys(names)]
+def fleet_names(listen_host: str, names: str) -> list[str]:
+    """The names the fleet certificate is for: the listen host (or, on every interface, this
+    machine's addresses, loopback ones included), its host name, and api_names."""
+    every = is_unspecified(listen_host)
+    found = [] if every else [listen_host.strip("[]")]
+    found.append(socket.gethostname())
+    found += api_names(names)
+    if every:
+        found += ["localhost", "127.0.0.1", "::1", *local_addresses()]
+    return [_normalised(n) for n in dict.fromkeys(found)]
+
+
+def local_addresses() -> list[str]:
+    """This machine's interface addresses, link-local ones left out (a URL cannot use them
+    without a zone): what agents may reach a master listening on every interface by."""
+    found: list[str] = []
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                ip = ipaddress.ip_address(addr.address.split("%")[0])
+            except ValueError:
+                continue
+            if not ip.is_link_local:
+                found.append(str(ip))
+    return sorted(set(found))
 
 
 def _normalised(name: str) -> str:
@@ -155,6 +210,8 @@ def ensure_fleet_certificate(
             ", ".join(names),
             extra={"cert_file": str(cert_path), "names": names},
         )
+    else:
+        os.chmod(key_path, 0o600)  # kept: whatever mode it was given since, only we read it
     return cert_path, key_path
 
 

@@ -14,7 +14,9 @@ from relaysync.auth.ca import CertificateAuthority, check_issued_to
 from relaysync.config.schema import MasterConfig
 from relaysync.constants import MASTER_NODE_NAME
 from relaysync.errors import ConfigError, PlainApiRefused
+from relaysync.master import api_tls
 from relaysync.master.api_tls import (
+    api_names,
     decide_mode,
     ensure_fleet_certificate,
     fleet_names,
@@ -115,3 +117,65 @@ def test_a_certificate_expiring_within_30_days_or_from_another_ca_is_issued_agai
     assert reissue_reason(other, cert, key, ["127.0.0.1"]).startswith("not usable")
     ensure_fleet_certificate(other, tmp_path / "api", ["127.0.0.1"])
     check_issued_to(cert.read_bytes(), other.ca_pem, key.read_bytes())
+
+
+class _Addr:
+    def __init__(self, family: int, address: str) -> None:
+        self.family, self.address = family, address
+
+
+def test_on_every_interface_the_machines_addresses_are_names_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Agents given --master https://<the master's IP> must find it in the certificate."""
+    fake = {
+        "lo": [_Addr(socket.AF_INET, "127.0.0.1")],
+        "eth0": [
+            _Addr(socket.AF_INET, "10.9.9.9"),
+            _Addr(socket.AF_INET6, "2001:db8::7"),
+            _Addr(socket.AF_INET6, "fe80::1%eth0"),  # link-local: no URL can use it bare
+            _Addr(socket.AF_PACKET, "00:11:22:33:44:55"),
+        ],
+    }
+    monkeypatch.setattr(api_tls.psutil, "net_if_addrs", lambda: fake)
+    names = fleet_names("0.0.0.0", "")
+    assert {"10.9.9.9", "2001:db8::7", "127.0.0.1", "::1", "localhost"} <= set(names)
+    assert "fe80::1" not in names and "00:11:22:33:44:55" not in names
+    assert "10.9.9.9" not in fleet_names("10.1.2.3", "")  # a given listen address only
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("10.0.0.5:8470", "host:port"),
+        ("[fe80::1]", "bracketed"),
+        ("https://master.example", "URL"),
+        ("bad_name!", "not a DNS name"),
+        ("-x.example", "not a DNS name"),
+    ],
+)
+def test_api_names_that_no_certificate_name_can_be_are_refused_at_once(
+    entry: str, why: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        decide_mode(_cfg("0.0.0.0:8470", api_names=f"ok.example, {entry}"))
+    assert repr(entry) in str(refused.value) and why in str(refused.value)
+
+
+def test_api_names_take_ip_addresses_and_idna_names() -> None:
+    names = api_names(" Bücher.Example , 10.0.0.5, 2001:DB8::1 ,")
+    assert names == ["xn--bcher-kva.example", "10.0.0.5", "2001:db8::1"]
+
+
+def test_the_key_is_0600_over_a_leftover_temp_file_and_at_every_start(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    directory = tmp_path / "api"
+    directory.mkdir()
+    leftover = directory / ".api.key.tmp"
+    leftover.write_bytes(b"")
+    leftover.chmod(0o644)
+    _, key = ensure_fleet_certificate(ca, directory, ["m.example"])
+    assert key.stat().st_mode & 0o777 == 0o600
+    key.chmod(0o644)
+    ensure_fleet_certificate(ca, directory, ["m.example"])  # nothing to reissue
+    assert key.stat().st_mode & 0o777 == 0o600
