@@ -814,6 +814,7 @@ def start_master_on(cluster: Any, host: str) -> None:
         base_url=cluster.api_url,
         timeout=HTTP_TIMEOUT_S,
         headers={"Authorization": f"Bearer {token}"},
+        verify=cluster.api_verify(),  # off loopback the API serves https (the fleet's CA)
     )
 
 

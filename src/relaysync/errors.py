@@ -5,7 +5,8 @@ Each class's docstring is its message template, formatted with the positional ar
 
     RelaySyncError
     ├── ConfigError                    bad configuration or command-line input
-    │   └── FolderRefused              an agent refuses a folder it was assigned (system, its data, not allowed)
+    │   ├── FolderRefused              an agent refuses a folder it was assigned (system, its data, not allowed)
+    │   └── PlainApiRefused            the master's API in plain HTTP on an address other hosts reach
     ├── ProtocolError                  a malformed, oversize or unexpected message
     │   ├── FrameTooLarge
     │   ├── IncompatibleVersion
@@ -25,6 +26,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── CertificateNotYetValid     a node certificate before its not-before date (a clock behind)
     │   ├── ForeignCertificate         a peer's certificate not signed by this fleet's CA
     │   ├── CertificateRefused         a peer refused this node's certificate, and said why
+    │   ├── ApiCertificateRefused      the master's HTTPS API presented a certificate this side does not trust
     │   └── TLSHandshakeFailed
     ├── TransferError                  moving bytes between agents
     │   ├── HashMismatch               received bytes do not match the announced hash
@@ -83,6 +85,12 @@ class ConfigError(RelaySyncError):
 
 class FolderRefused(ConfigError):
     """{} folder {} of mapping {} is refused by this agent: {}."""
+
+
+class PlainApiRefused(ConfigError):
+    """The master's REST API would listen on {} in plain HTTP, where admin and join tokens cross the network in clear: set api_tls = "auto" or "fleet" (HTTPS with a certificate from the fleet's CA), or "files" with api_cert_file and api_key_file (your own), or api_insecure_http = true if something in front of it gives TLS."""
+
+    exit_code = 20
 
 
 class ProtocolError(RelaySyncError):
@@ -215,6 +223,10 @@ class ForeignCertificate(AuthError):
 
 class CertificateRefused(AuthError):
     """{} refused this node's certificate: {}"""
+
+
+class ApiCertificateRefused(AuthError):
+    """The master's API at {} presented a certificate that is not trusted here ({}): {}"""
 
 
 class TLSHandshakeFailed(AuthError):

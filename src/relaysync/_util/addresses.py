@@ -31,6 +31,14 @@ def is_unspecified(host: str) -> bool:
     return not host or (ip is not None and ip.is_unspecified)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    ip = _ip(host.strip("[]"))
+    return ip is not None and ip.is_loopback
+
+
 def address_problem(address: str) -> str:
     """Why `address` is not a host:port other servers can connect to ("" if it is one)."""
     host, sep, port = address.rpartition(":")

@@ -8,6 +8,9 @@ answer's CA and certificate must each be one PEM certificate alone (the trust st
 a CA appended to the fleet's), every field is checked before anything is written, and the
 identity is renamed into place whole: an agent has a whole identity or none.
 
+Over https the fleet's CA is fetched and checked by its fingerprint before the token is sent,
+and the join request checks the master's certificate against that CA (_join_trust.py).
+
 The join reply gives the node's certificate, the fleet's CA, the master's control address and
 the fingerprint of the master's control certificate (`master_node_id`); all of it is kept beside
 the node's key, the master's part in `master.json`. The control link connects to that node id
@@ -40,7 +43,6 @@ from relaysync.errors import (
     JoinAnswerRefused,
     JoinRefused,
     MasterNotTrusted,
-    MasterUnreachable,
 )
 from relaysync.transfer import tls
 from relaysync.transfer.staging import fsync_dir
@@ -104,6 +106,7 @@ def join(cfg: AgentConfig, identity: tls.Identity) -> MasterPin:
         JoinRefused: the master refused the token or the request.
         JoinAnswerRefused: an answer that is malformed, or whose certificate is not ours.
         MasterNotTrusted: the master's CA is not the one the join string names.
+        ApiCertificateRefused: the master's https certificate is not the master's from that CA.
         MasterUnreachable: the master did not answer.
     """
     from relaysync.auth.ca import make_key_and_csr
@@ -135,14 +138,20 @@ def _post_join(
     before it takes our name (an older master ignores it: we check its answer anyway)."""
     import httpx  # only at the first start: keeps the resident agent lighter
 
+    from relaysync.agent._join_trust import join_error, join_verify
+
+    verify = join_verify(cfg, expected)  # over https: the CA checked before the token
     url = cfg.master_url.rstrip("/") + "/api/join"
     sent = {"token": token, "name": cfg.name, "csr_pem": csr_pem.decode()}
     try:
         response = httpx.post(
-            url, json=sent | {"ca_fingerprint": expected or ""}, timeout=HTTP_TIMEOUT_S
+            url,
+            json=sent | {"ca_fingerprint": expected or ""},
+            timeout=HTTP_TIMEOUT_S,
+            verify=verify,
         )
     except httpx.HTTPError as exc:
-        raise MasterUnreachable(cfg.master_url, exc) from exc
+        raise join_error(cfg.master_url, exc) from exc
     if response.status_code != 200:
         try:
             detail = response.json().get("detail", response.text)

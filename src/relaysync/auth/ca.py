@@ -164,10 +164,12 @@ def check_issued_to(cert_pem: bytes, ca_pem: bytes, key_pem: bytes) -> None:
         raise AuthError("the certificate is for another key")
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` with mode 0600, atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a leftover keeps its own mode through O_CREAT
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -175,7 +177,7 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _write_public(path: Path, data: bytes) -> None:
+def write_public(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -216,8 +218,8 @@ class CertificateAuthority:
             )
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         ca = cls._create(name)
-        _write_private(key_path, _key_pem(ca._key))
-        _write_public(cert_path, ca.ca_pem)
+        write_private(key_path, _key_pem(ca._key))
+        write_public(cert_path, ca.ca_pem)
         logger.info("created certificate authority", extra={"directory": str(directory)})
         return ca
 

@@ -2,11 +2,16 @@
 
 The master's URL is, in order: `--master URL`, the `master.json` of `--data DIR`, `RELAYSYNC_MASTER`,
 then the `master.json` of `RELAYSYNC_MASTER_DATA` (a master's data directory on this host). The
-token is `--token`, then `RELAYSYNC_TOKEN`, then that data directory's `admin-token`.
+token is `--token`, then `RELAYSYNC_TOKEN`, then that data directory's `admin-token`. An https
+master's certificate is checked against `--ca-file`, then `RELAYSYNC_CA_FILE`, then that data
+directory's fleet CA (for a master serving the fleet's certificate), else what httpx trusts:
+SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's bundle (not the system's store). Whatever
+the CA file holds, a certificate from a fleet CA is taken only if it is the master's.
 
 Error handling:
     Every failure surfaces as a RelaySyncError: a master that does not answer, or a server that
-    answers with something other than JSON (not the master's API), is MasterUnreachable; 401/403 AuthError; 404 NotFound; 422 ConfigError; other statuses
+    answers with something other than JSON (not the master's API), is MasterUnreachable; a
+    certificate not trusted here ApiCertificateRefused; 401/403 AuthError; 404 NotFound; 422 ConfigError; other statuses
     StoreError or RelaySyncError, with the master's `detail`. `run_command` prints the
     message and exits with the error's `exit_code`.
 
@@ -20,23 +25,27 @@ import csv
 import io
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from relaysync.auth.api_trust import certificate_problem, default_api_context, file_api_context
 from relaysync.cli._run import err_console
 from relaysync.config.load import load
 from relaysync.config.schema import CliConfig
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import (
+    ApiCertificateRefused,
     AuthError,
     ConfigError,
     MasterUnreachable,
@@ -72,6 +81,14 @@ DataOption = Annotated[
         "--data", help="A master's data directory on this host (default: RELAYSYNC_MASTER_DATA)."
     ),
 ]
+CaFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        help="CA certificate to check an https master with (default: RELAYSYNC_CA_FILE, then "
+        "the fleet CA of --data).",
+    ),
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="One JSON document on stdout, for scripts.")
 ]
@@ -87,6 +104,7 @@ class Target:
 
     url: str
     token: str
+    ca_file: str = ""  # what an https master's certificate is checked with; "": certifi's bundle
 
 
 def resolve_target(
@@ -94,6 +112,7 @@ def resolve_target(
     master: str | None = None,
     token: str | None = None,
     data: Path | None = None,
+    ca_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Target:
     """Resolve the master's URL and token from the options, the environment and a data dir.
@@ -120,7 +139,22 @@ def resolve_target(
             "the token holds a character no relaysync token has (not printable ASCII): "
             "check --token, RELAYSYNC_TOKEN or the admin-token file"
         )
-    return Target(url=url.rstrip("/"), token=secret)
+    trust = _trust_for(url, str(ca_file or "") or cfg.ca_file, data_dir)
+    return Target(url=url.rstrip("/"), token=secret, ca_file=trust)
+
+
+def _trust_for(url: str, ca_file: str, data_dir: Path | None) -> str:
+    """The CA file to check an https master with: the one given, else the fleet CA of a local
+    master that serves the fleet's certificate, else "" (SSL_CERT_FILE, or certifi's bundle)."""
+    if urlsplit(url).scheme != "https":
+        return ""
+    if ca_file or data_dir is None:
+        return ca_file
+    try:
+        mode = json.loads((data_dir / "master.json").read_text()).get("api_tls")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return str(data_dir / "ca" / "ca.pem") if mode == "fleet" else ""
 
 
 def _url_from(data_dir: Path) -> str:
@@ -139,6 +173,11 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
 
 
+def _verify_for(target: Target) -> ssl.SSLContext:
+    """The TLS context an https master is checked with (an http one never uses it)."""
+    return file_api_context(Path(target.ca_file)) if target.ca_file else default_api_context()
+
+
 class MasterClient:
     """Synchronous calls to the master's REST API, with explicit timeouts."""
 
@@ -150,6 +189,7 @@ class MasterClient:
             headers=headers,
             transport=transport,
             timeout=httpx.Timeout(HTTP_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            verify=_verify_for(target),
         )
 
     def __enter__(self) -> MasterClient:
@@ -209,12 +249,29 @@ class MasterClient:
         try:
             response = self._http.request(method, path, params=query, json=json)
         except httpx.TransportError as exc:
-            raise MasterUnreachable(
-                self.url, f"{method} {path}: {exc or type(exc).__name__}"
-            ) from exc
+            raise self._unreachable(exc, f"{method} {path}") from exc
         if response.is_success:
             return response
         raise error_for(response, f"{method} {path}")
+
+    def _unreachable(self, exc: httpx.TransportError, operation: str) -> RelaySyncError:
+        """A refused certificate (with what to do about it), or a master that does not answer."""
+        why = certificate_problem(exc)
+        if why is not None:
+            return ApiCertificateRefused(self.url, why, UNTRUSTED_REMEDY)
+        detail = f"{operation}: {str(exc).rstrip('.') or type(exc).__name__}"
+        if urlsplit(self.url).scheme == "http" and isinstance(exc, httpx.RemoteProtocolError):
+            detail += " (a master that serves HTTPS drops plain http: use https://)"
+        return MasterUnreachable(self.url, detail)
+
+
+UNTRUSTED_REMEDY = (
+    "give --ca-file (or RELAYSYNC_CA_FILE) with the CA that issued the master's certificate: for "
+    "api_tls = fleet the master's data_dir/ca/ca.pem (or run beside the master with --data <its "
+    "data dir>), and the URL's host must be one of the certificate's names (the master's listen "
+    "host, its host name and addresses, api_names); for api_tls = files the CA of the "
+    "operator's certificate, unless certifi's bundle (or SSL_CERT_FILE) already trusts it"
+)
 
 
 def error_for(response: httpx.Response, operation: str) -> RelaySyncError:
@@ -247,9 +304,12 @@ def _detail(response: httpx.Response) -> str:
 
 
 @contextmanager
-def connect(master: str | None, token: str | None, data: Path | None) -> Iterator[MasterClient]:
+def connect(
+    master: str | None, token: str | None, data: Path | None, ca_file: Path | None = None
+) -> Iterator[MasterClient]:
     """A MasterClient for the resolved target, closed afterwards."""
-    with MasterClient(resolve_target(master=master, token=token, data=data)) as client:
+    target = resolve_target(master=master, token=token, data=data, ca_file=ca_file)
+    with MasterClient(target) as client:
         yield client
 
 

@@ -43,6 +43,21 @@ def agent(
             "--master. Only where nobody can answer in its place.",
         ),
     ] = False,
+    allow_plain_http_join: Annotated[
+        bool,
+        typer.Option(
+            "--allow-plain-http-join",
+            help="Send the join token over plain http:// to a master on another host (in "
+            "clear). Only where nobody can read the traffic; use https:// otherwise.",
+        ),
+    ] = False,
+    api_ca_file: Annotated[
+        str | None,
+        typer.Option(
+            help="CA certificate(s) of the master's own API certificate (api_tls = files), "
+            "for the first join; default: certifi's bundle (or SSL_CERT_FILE)."
+        ),
+    ] = None,
     region: Annotated[str | None, typer.Option(help="Region of this server.")] = None,
     group: Annotated[
         str | None, typer.Option(help="Group of this server within its region.")
@@ -75,6 +90,8 @@ def agent(
             "token": token,
             "ca_fingerprint": ca_fingerprint,
             "insecure_first_join": insecure_first_join or None,
+            "allow_plain_http_join": allow_plain_http_join or None,
+            "api_ca_file": api_ca_file,
             "region": region,
             "group": group,
             "listen": listen,

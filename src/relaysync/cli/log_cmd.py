@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -64,6 +65,7 @@ def log(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
     csv: Annotated[
         bool, typer.Option("--csv", help="CSV with a header line, for spreadsheets.")
@@ -74,7 +76,7 @@ def log(
     def body() -> None:
         if json and csv:
             raise ConfigError("--json and --csv exclude each other")
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             names = {m["id"]: m["name"] for m in client.get("/api/mappings")}
             servers = {s["node_id"]: s["name"] for s in client.get("/api/servers")}
             if failed:

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -43,12 +44,13 @@ def list_mappings(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """List every mapping: source folder, target folders, filters."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             mappings = client.get("/api/mappings")
         if json:
             print_json(mappings)
@@ -78,6 +80,7 @@ def add_mapping(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Map a source folder to target folders; the agents start on it with the next push."""
@@ -95,7 +98,7 @@ def add_mapping(
         )
         if mode_mask is not None:
             parse_mode_mask(mode_mask)  # before the mapping is made without its policy
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             created = client.post("/api/mappings", request)
             if symlinks is not None or mode_mask is not None:
                 set_target_policy(client, created["id"], symlinks, mode_mask)
@@ -115,6 +118,7 @@ def set_mapping(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Change what the mapping's targets let land: symlinks and permission bits."""
@@ -122,7 +126,7 @@ def set_mapping(
     def body() -> None:
         if symlinks is None and mode_mask is None:
             raise ConfigError("nothing to change: give --symlinks or --mode-mask")
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             found = client.get(f"/api/mappings/{name}")
             changed = set_target_policy(client, found["id"], symlinks, mode_mask)
         if json:
@@ -176,12 +180,13 @@ def remove_mapping(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Delete a mapping and its job log; files already on the targets stay."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             found = client.get(f"/api/mappings/{name}")
             client.delete(f"/api/mappings/{found['id']}")
         if json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,13 @@ import typer
 from relaysync.cli._run import err_console, run_service, setup_logging
 from relaysync.config.load import load
 from relaysync.config.schema import MasterConfig
+
+
+class ApiTlsMode(StrEnum):  # MasterConfig.api_tls, as typer shows the choices
+    AUTO = "auto"
+    FLEET = "fleet"
+    FILES = "files"
+    OFF = "off"
 
 
 def master(
@@ -26,6 +34,21 @@ def master(
     purge_listen: Annotated[
         str | None, typer.Option(help="Purge listener host:port (origins outside the fleet).")
     ] = None,
+    api_tls: Annotated[
+        ApiTlsMode | None,
+        typer.Option(
+            help="HTTPS of the API: auto (default: off on loopback, else fleet), fleet (a "
+            "certificate from the fleet's CA), files (--api-cert-file, --api-key-file), off."
+        ),
+    ] = None,
+    api_cert_file: Annotated[
+        str | None, typer.Option(help="PEM certificate for --api-tls files.")
+    ] = None,
+    api_key_file: Annotated[str | None, typer.Option(help="Its PEM private key.")] = None,
+    api_names: Annotated[
+        str | None,
+        typer.Option(help="More DNS names or IPs for the fleet certificate, comma-separated."),
+    ] = None,
 ) -> None:
     """Run the master: REST API, control server for agents, store and job log."""
     from relaysync.master.service import MasterService
@@ -40,6 +63,10 @@ def master(
             "database_url": database_url,
             "log_json": log_json or None,
             "purge_listen": purge_listen,
+            "api_tls": api_tls.value if api_tls else None,
+            "api_cert_file": api_cert_file,
+            "api_key_file": api_key_file,
+            "api_names": api_names,
         },
     )
     setup_logging(json_logs=cfg.log_json)

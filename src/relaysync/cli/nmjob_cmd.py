@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -44,6 +45,7 @@ def create(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Create a job: every source's changes go to every target; newest mtime wins a conflict."""
@@ -57,7 +59,7 @@ def create(
             "sources": [_location(s) for s in source],
             "targets": [_location(t) for t in target],
         }
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             created = client.post("/api/nm-jobs", request)
         if json:
             print_json(created)
@@ -75,12 +77,13 @@ def list_jobs(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """List every N:M job: sources, targets, rule."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             jobs = client.get("/api/nm-jobs")
         if json:
             print_json(jobs)
@@ -97,12 +100,13 @@ def show(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Show one job: its member mappings and its latest conflicts."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             job = client.get(f"/api/nm-jobs/{name}")
             conflicts = client.get(f"/api/nm-jobs/{job['id']}/conflicts", limit=limit)
         if json:
@@ -120,12 +124,13 @@ def delete(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Delete a job and its member mappings; files already on the targets stay."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             job = client.get(f"/api/nm-jobs/{name}")
             client.delete(f"/api/nm-jobs/{job['id']}")
         if json:

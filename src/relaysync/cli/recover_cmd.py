@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -24,12 +25,13 @@ def recover(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Start the recovery of a failed target: it is planned back in and resynced by manifest comparison."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             job = client.post(f"/api/mappings/{mapping}/recover", {"target": target})
         if json:
             print_json(job)

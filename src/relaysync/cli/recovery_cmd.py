@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -44,13 +45,14 @@ def recovery(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Set the recovery policy of a mapping, or of one of its targets."""
 
     def body() -> None:
         request = recovery_request(policy.value, schedule, target)
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             settings = client.put(f"/api/mappings/{mapping}/routing", request)
         if json:
             print_json(settings)

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -43,6 +44,7 @@ def retention(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Show the job-log retention settings and the last prune; with options, change them first."""
@@ -54,7 +56,7 @@ def retention(
             exceptions=exceptions_days,
             recovery_jobs=recovery_jobs_days,
         )
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             settings = (
                 client.put("/api/retention", request) if request else client.get("/api/retention")
             )

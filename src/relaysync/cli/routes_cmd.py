@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -40,13 +41,14 @@ def routes(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Show the distribution tree of a mapping, what it cannot reach and what failed."""
 
     def body() -> None:
         request = routing_request(manual=manual, auto=auto, fanout=fanout)
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             if request:
                 client.put(f"/api/mappings/{mapping}/routing", request)
             document = client.get(f"/api/mappings/{mapping}/routes")

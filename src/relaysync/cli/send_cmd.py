@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterClient,
@@ -40,12 +41,13 @@ def send(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Send what a manual (or reserved) mapping's source has journaled so far."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             release = client.post(f"/api/mappings/{mapping}/send", None)
             result: dict[str, Any] = {"mapping": mapping, "release": release["release"]}
             if wait:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -38,13 +39,14 @@ def set_server(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Set a server's region, group or capacity; it wins over what its agent registers with."""
 
     def body() -> None:
         request = server_patch(region=region, group=group, capacity=capacity, unlock=unlock)
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             server = client.patch(f"/api/servers/{name}", request)
         if json:
             print_json(server)

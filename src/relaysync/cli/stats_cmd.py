@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -45,6 +46,7 @@ def stats(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
     csv: Annotated[
         bool, typer.Option("--csv", help="CSV with a header line, as the master exports it.")
@@ -56,7 +58,7 @@ def stats(
         if json and csv:
             raise ConfigError("--json and --csv exclude each other")
         params = {"by": by.value, "since": since, "until": until}
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             if csv:
                 typer.echo(client.get_text("/api/stats", format="csv", **params), nl=False)
                 return

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from relaysync.auth.validity import EXPIRY_WARNING_S
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterClient,
@@ -28,14 +29,22 @@ def status(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Show servers (up or down, health, last seen) and, per mapping and target, watermark and lag."""
-    run_command(lambda: _status(master, token, data, as_json=json))
+    run_command(lambda: _status(master, token, data, ca_file, as_json=json))
 
 
-def _status(master: str | None, token: str | None, data: Path | None, *, as_json: bool) -> None:
-    with connect(master, token, data) as client:
+def _status(
+    master: str | None,
+    token: str | None,
+    data: Path | None,
+    ca_file: Path | None,
+    *,
+    as_json: bool,
+) -> None:
+    with connect(master, token, data, ca_file) as client:
         document = fetch_status(client)
     if as_json:
         print_json(document)

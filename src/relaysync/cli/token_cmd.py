@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -49,12 +50,13 @@ def list_tokens(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """List join and API tokens by id; the tokens themselves are never shown again."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             listed = {"join": client.get("/api/tokens/join"), "api": client.get("/api/tokens/api")}
         if json:
             print_json(listed)
@@ -73,6 +75,7 @@ def create_join(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Create a join token for agents; its join string is printed only once.
@@ -83,7 +86,7 @@ def create_join(
     """
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             created = client.post("/api/tokens/join", {"ttl_s": ttl_s})
         expires = format_time(created["expires_at"]) if created["expires_at"] else "never"
         what = f"join string of join token {created['id']} (expires: {expires})"
@@ -106,12 +109,13 @@ def create_api(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Create an API token for a client of the master (`--token`); it is printed only once."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             created = client.post("/api/tokens/api", {"name": name, "scope": scope.value})
         what = f"API token {created['id']} ({created['name']}, scope {created['scope']})"
         _print_created(created, what, json=json)
@@ -126,12 +130,13 @@ def revoke(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Revoke a token at once: a join token joins no more agents, an API token gets 401."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             client.delete(f"/api/tokens/{kind.value}/{quote(token_id, safe='')}")
         if json:
             print_json({"revoked": {"kind": kind.value, "id": token_id}})

@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from relaysync.cli._client import (
+    CaFileOption,
     DataOption,
     JsonOption,
     MasterOption,
@@ -25,12 +26,13 @@ def topology(
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
+    ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
     """Show regions, their groups and servers (capacity weight, up or down); edit with `server set`."""
 
     def body() -> None:
-        with connect(master, token, data) as client:
+        with connect(master, token, data, ca_file) as client:
             document = client.get("/api/topology")
         if json:
             print_json(document)

@@ -24,6 +24,17 @@ class Secret(str):
 class MasterConfig(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str
     listen: str = "127.0.0.1:8470"  # REST API and console, host:port (port 0 = any free port)
+    # HTTPS of the REST API and console: "fleet" = a certificate from the fleet's CA (made and
+    # renewed by the master), "files" = api_cert_file + api_key_file (e.g. one browsers trust),
+    # "off" = plain HTTP, "auto" = "off" on a loopback listen address, else "fleet"
+    api_tls: Literal["auto", "fleet", "files", "off"] = "auto"
+    api_cert_file: str = ""  # PEM certificate (chain) for api_tls = "files"
+    api_key_file: str = ""  # its PEM private key
+    # more DNS names or IP addresses for the fleet certificate, comma-separated (besides the
+    # listen host and this machine's host name): the names clients reach the master by
+    api_names: str = ""
+    # plain HTTP on an address other hosts reach: refused unless set (a TLS proxy in front)
+    api_insecure_http: bool = False
     control_listen: str = "127.0.0.1:0"  # agents' control links (TLS), host:port (port 0: one
     # picked below the ephemeral range at the first start, then kept: agents hold it)
     database_url: str = ""  # empty = SQLite file in data_dir; or postgresql+psycopg://...
@@ -37,7 +48,7 @@ class MasterConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
-    master_url: str  # http://host:port of the master's REST API
+    master_url: str  # http(s)://host:port of the master's REST API
     name: str
     data_dir: str
     token: str = (
@@ -49,6 +60,12 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     # join with a token that names no CA, trusting whichever master answers the first join:
     # only on a network where nobody can answer in the master's place
     insecure_first_join: bool = False
+    # send the join token over plain http:// to a master on another host (in clear): only where
+    # nobody can read the traffic; without it such a join is refused (use https://)
+    allow_plain_http_join: bool = False
+    # CA certificate(s) that issued the master's own API certificate (its api_tls = "files"),
+    # for the first join; "" = certifi's bundle (or SSL_CERT_FILE). The fleet's CA needs none.
+    api_ca_file: str = ""
     region: str = "default"
     group: str = "default"
     listen: str = "127.0.0.1:0"  # peer server, host:port (port 0 = any free port)
@@ -89,9 +106,12 @@ class CliConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Where the operator commands find the master: RELAYSYNC_MASTER, _TOKEN, _MASTER_DATA."""
 
     master: str = (
-        ""  # http://host:port of the master's REST API; "" = read master_data's master.json
+        ""  # http(s)://host:port of the master's REST API; "" = read master_data's master.json
     )
     token: str = ""  # admin or API token; "" = master_data's admin-token
+    # CA certificate(s) to check an https master with; "" = master_data's fleet CA (for a
+    # master with api_tls = "fleet"), else SSL_CERT_FILE / SSL_CERT_DIR, else certifi's bundle
+    ca_file: str = ""
     master_data: str = ""  # a master's data directory on this host (the local configuration)
 
 

@@ -28,6 +28,7 @@ from relaysync.master.api import (
     alert_channels,
     alerts,
     events,
+    fleet_ca,
     health,
     jobs,
     join,
@@ -65,6 +66,7 @@ class Route(NamedTuple):
 # fmt: off
 ROUTES: tuple[Route, ...] = (
     Route("/api/health", health.get_health, ("GET",), public=True),
+    Route("/api/ca", fleet_ca.get_ca, ("GET",), public=True),                              # the fleet CA, fetched before a join
     Route("/api/join", join.join, ("POST",), public=True),                          # {token, name, csr_pem}
     Route("/api/servers", servers.list_servers, ("GET",)),
     Route("/api/servers/{name}", servers.get_server, ("GET",)),                     # name or node id

@@ -4,7 +4,8 @@ On first start it creates its data directory: the fleet CA, its own control-serv
 certificate, the SQLite store (unless a database URL is given), an admin API token and a join
 token, each in a file readable by root only and made only while its file is absent: a default
 join token an operator revoked stays in its file, refused, and every start warns about it.
-`master.json` there tells local tools where the API and control ports are.
+`master.json` there tells local tools where the API and control ports are, and whether the API
+is HTTPS (api_tls.py decides; plain HTTP on an address other hosts reach is refused).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskGroup, TaskStatus
 
+from relaysync._util.addresses import is_unspecified, join_address
 from relaysync._util.ports import stable_free_port
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.tokens import join_string, split_join_string
@@ -31,6 +34,7 @@ from relaysync.auth.validity import REPLACE_MASTER_CERT, seconds_left, watch_exp
 from relaysync.config.load import split_address
 from relaysync.config.schema import MasterConfig
 from relaysync.constants import MASTER_NODE_NAME
+from relaysync.master import api_tls
 from relaysync.master.app import create_app
 from relaysync.master.control import ControlServer
 from relaysync.master.events import EventBus, EventType
@@ -135,11 +139,14 @@ class MasterService:
         self.control_address = ""
         self.purge_address = ""  # the purge listener, if --purge-listen
         self.ca_fingerprint = ""  # of the fleet CA: what join strings carry
+        self.api_tls = api_tls.ApiTls("off")  # how the API is served: decided in _prepare
 
     def _prepare(self) -> tuple[Store, CertificateAuthority, tls.Identity, str, str]:
+        mode = api_tls.decide_mode(self.cfg)  # a refused plain-HTTP API stops us before anything
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         ca = CertificateAuthority.load_or_create(self.data_dir / "ca")
+        self.api_tls = api_tls.prepare(self.cfg, mode, ca, self.data_dir)
         identity = tls.Identity.in_directory(self.data_dir / "control")
         if not identity.exists():
             identity.key_path.parent.mkdir(exist_ok=True)
@@ -249,13 +256,27 @@ class MasterService:
 
     async def _serve_api(self, tg: TaskGroup, app: Any) -> None:
         sock, self.api_url = self._bind_api()
-        server = _Uvicorn(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            **self.api_tls.uvicorn_options(),
         )
+        config.load()
+        if config.ssl is not None:
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        server = _Uvicorn(config)
         tg.start_soon(server.serve, [sock])
         with anyio.fail_after(30):
             while not server.started:  # noqa: ASYNC110 - uvicorn offers no readiness event
                 await anyio.sleep(0.01)
+        logger.info(
+            "API on %s (%s)",
+            self.api_url,
+            self.api_tls.describe(),
+            extra={"api_url": self.api_url, "api_tls": self.api_tls.mode},
+        )
 
     def _monitor(
         self,
@@ -288,7 +309,9 @@ class MasterService:
         sock.bind((host, port))
         sock.listen(128)
         sock.set_inheritable(True)
-        return sock, f"http://{host}:{sock.getsockname()[1]}"
+        # on every interface, local tools (master.json) reach it on loopback
+        local = ("::1" if ":" in host else "127.0.0.1") if is_unspecified(host) else host
+        return sock, f"{self.api_tls.scheme}://{join_address(local, sock.getsockname()[1])}"
 
     def _write_state(self) -> None:
         state = {
@@ -297,6 +320,7 @@ class MasterService:
             "pid": os.getpid(),
             "purge_address": self.purge_address,
             "ca_fingerprint": self.ca_fingerprint,
+            "api_tls": self.api_tls.mode,  # "fleet": local tools check it with data_dir/ca/ca.pem
         }
         tmp = self.data_dir / "master.json.tmp"
         tmp.write_text(json.dumps(state))

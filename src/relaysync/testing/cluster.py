@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 
 from relaysync._util.ports import stable_free_port
+from relaysync.auth.api_trust import fleet_api_context
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import RelaySyncError
 
@@ -124,6 +126,8 @@ class Cluster:
     master: Process | None = None
     api_url: str = ""
     agents: dict[str, Agent] = field(default_factory=dict)
+    # the CA of the master's own API certificate (api_tls = "files"); None: the fleet's CA
+    api_ca_file: Path | None = None
     _client: httpx.Client | None = None
 
     @property
@@ -158,7 +162,17 @@ class Cluster:
             base_url=self.api_url,
             timeout=HTTP_TIMEOUT_S,
             headers={"Authorization": f"Bearer {token}"},
+            verify=self.api_verify(),
         )
+
+    def api_verify(self) -> ssl.SSLContext | bool:
+        """What an https master's certificate is checked with: the fleet's CA (api_tls fleet),
+        or api_ca_file (files)."""
+        if not self.api_url.startswith("https:"):
+            return True
+        if self.api_ca_file is not None:
+            return ssl.create_default_context(cafile=str(self.api_ca_file))
+        return fleet_api_context((self.master_dir / "ca" / "ca.pem").read_bytes())
 
     def _read_state(self, path: Path) -> dict[str, Any] | None:
         if self.master is not None and not self.master.alive():

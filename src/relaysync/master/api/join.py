@@ -83,11 +83,26 @@ def _token_for_this_fleet(context: Context, body: JoinIn) -> str:
     return token
 
 
+def _check_token(context: Context, body: JoinIn) -> None:
+    """Refuse a join token that is not good here, and log it: an operator sees the attempts.
+
+    Raises:
+        JoinRefused: another fleet's join string, or a token unknown, revoked or expired.
+    """
+    try:
+        token = _token_for_this_fleet(context, body)
+        if not context.store.check_join_token(token):
+            raise JoinRefused(
+                "the join token is unknown (never issued here, or revoked) or expired"
+            )
+    except JoinRefused as exc:
+        logger.warning("join refused for %r: %s", body.name, exc, extra={"node_name": body.name})
+        raise
+
+
 def join(body: JoinIn, context: Context) -> JoinOut:
     """Sign the agent's CSR if its join token is good; the server is listed from now on."""
-    token = _token_for_this_fleet(context, body)
-    if not context.store.check_join_token(token):
-        raise JoinRefused("the join token is unknown (never issued here, or revoked) or expired")
+    _check_token(context, body)
     try:
         check_node_name(body.name)
         _check_name_free(context, body.name)
