@@ -3,23 +3,29 @@
 Deletes are judged by delete RUN, not batch by batch: an `rm -rf` reaches the source in many
 watcher batches, over seconds or, for a big tree on a slow disk, minutes, each a small part of
 what is left. A run lasts while each delete comes within GUARD_WINDOW_S of the one before; it
-counts its NET deletes (entries deleted less entries created meanwhile, never below 0), so a
-folder with steady turnover (a log directory: one file made, one removed) never builds a count.
+counts its NET loss: entries deleted (journaled, deferred or held) less entries created
+(journaled) since the folder was at its largest in the run, against that size (the folder as the
+run began, or bigger if it grew since). A folder with steady turnover (a log directory: one file
+made, one removed) stays near 0, also while deletes are deferred, and so does a small cleanup.
 
-- While the run's net count stays under GUARD_MIN_DELETES, its deletes go at once.
+- While the run's net loss stays under GUARD_MIN_DELETES more than what a judgment let go, its
+  deletes go at once.
 - Past it, the watcher's deletes are DEFERRED: not journaled (the manifest keeps those entries,
   as a hold does), only their paths (at most GUARD_DEFER_PATHS, folded into their parents past
-  that) and counts kept; every other change of the same batches goes at once.
-- Deferred deletes that may make GUARD_FRACTION of the folder (as it was when the run began)
-  are CHECKED: a rescan of their paths counts them exactly; held for an operator if they do,
-  deferred again if not (at most every GUARD_SETTLE_S).
+  that) and counts kept; every other change goes at once, except one at, below or above a
+  deferred or held path (`rm -rf d; echo > d`, `rm -rf site; mv site.new site`, in this batch
+  or a later one): it waits, or is held, with them.
+- Deferred deletes that may bring the net loss to GUARD_FRACTION of the folder are CHECKED: a
+  rescan of their paths counts them exactly; held for an operator if they do, deferred again if
+  not (at most every GUARD_SETTLE_S, and at most GUARD_CHECK_DUTY of the time: a check of a
+  folded tree rescans it whole).
 - They are RELEASED when the run ends (GUARD_WINDOW_S without a delete), or GUARD_RUN_JUDGE_S
   after the first of them at the latest: a rescan of their paths finds them, judged with the
   run (never deferred again): journaled if the run stays under the threshold, else held. An
   `rm -rf` that reaches the threshold within GUARD_RUN_JUDGE_S sends at most GUARD_MIN_DELETES
   entries, however often it pauses (for less than the window); a slower one is judged every
   GUARD_RUN_JUDGE_S, its count adding up, and held once it reaches the threshold.
-- A held run's later deletes are held too; the other changes still go.
+- A held run's later deletes are held too (and counted in `deletes_held`); the other changes go.
 
 SourceMapping (agent/source.py) inherits it and owns the state: the attributes declared below
 are set in its __init__.
@@ -54,8 +60,10 @@ GUARD_SETTLE_S = 0.5  # deferred deletes are checked (counted exactly) at most t
 GUARD_RUN_JUDGE_S = 30.0  # deferred deletes are released (or held) this long after the first of
 # them at the latest, if their run has not ended before: how long a slow cleanup that is no mass
 # delete waits, and how long an `rm -rf` has to reach the threshold with nothing sent
-GUARD_DEFER_PATHS = 1000  # deferred paths kept (to rescan); more fold into their parents, so
+GUARD_DEFER_PATHS = 1000  # deferred (and held) paths kept; more fold into their parents, so
 # memory stays bounded however big the tree: the rescan of a parent finds what is below
+GUARD_CHECK_DUTY = 0.1  # checks take at most this share of the time (a check of deferred paths
+# folded into the root is a rescan of the whole folder, under the record lock)
 
 Verdict = Literal["pass", "defer", "hold"]  # go; wait for the run's judgment; held for an operator
 # How a batch's deletes are judged: "now" (a rescan: go or held), "defer" (the watcher's: may
@@ -82,6 +90,31 @@ def _at_or_below(path: str, tops: set[str]) -> bool:
     return path in tops or any(a in tops for a in ancestors(path))
 
 
+def _has_below(path: str, ordered: list[str]) -> bool:
+    """Whether one of `ordered` (sorted) is strictly below `path`."""
+    low, high = subtree_bounds(path)
+    i = bisect.bisect_left(ordered, low)
+    return i < len(ordered) and ordered[i] < high
+
+
+def _below(paths: Iterable[str], tops: set[str]) -> list[str]:
+    """Those of `tops` strictly below one of `paths` (outermost)."""
+    ordered = sorted(tops)
+    out = set()
+    for path in paths:
+        low, high = subtree_bounds(path)
+        i = bisect.bisect_left(ordered, low)
+        while i < len(ordered) and ordered[i] < high:
+            out.add(ordered[i])
+            i += 1
+    return _outermost(out)
+
+
+def _touches(c: PendingChange, tops: set[str], ordered: list[str]) -> bool:
+    """Whether `c` (its path or a rename's new path) is at, below or above one of `tops`."""
+    return any(_at_or_below(p, tops) or _has_below(p, ordered) for p in (c.path, c.new_path) if p)
+
+
 def _tied(
     changes: list[PendingChange], deletes: list[str]
 ) -> tuple[list[PendingChange], list[PendingChange]]:
@@ -92,17 +125,12 @@ def _tied(
     entry moves with it in the manifest). They wait, or are held, with the deletes."""
     gone, ordered = set(deletes), sorted(deletes)
 
-    def has_below(path: str) -> bool:
-        low, high = subtree_bounds(path)
-        i = bisect.bisect_left(ordered, low)
-        return i < len(ordered) and ordered[i] < high
-
     def tied(c: PendingChange) -> bool:
         paths = [p for p in (c.path, c.new_path) if p]
         return (
             c.op == "delete"
             or any(_at_or_below(p, gone) for p in paths)
-            or (c.op == "rename" and any(has_below(p) for p in paths))
+            or (c.op == "rename" and any(_has_below(p, ordered) for p in paths))
         )
 
     marks = [tied(c) for c in changes]
@@ -122,21 +150,29 @@ class MassDeleteGuard:
     manifest: Manifest
     on_guard: Callable[[MassDeleteHeld], None] | None
     _guard_held: bool
-    _guard_held_deletes: int  # the entries the hold keeps (as alarmed)
+    _guard_held_deletes: int  # the entries the hold keeps: the batch that tripped, and later ones
+    _guard_held_paths: set[str]  # the held paths (and the changes tied to them), folded
     _guard_probe: list[str]  # some of the held paths (of the last batch held)
     _guard_backoff_s: float  # the wait between full rescans of the hold, doubling
     _guard_due_s: float  # until the next full rescan
+    _guard_sent: int  # deletes journaled (ever): a rescan that ends a hold tells how many it sent
     _allow_mass_delete: bool
     _delete_confirm: int
     _run_last_s: float  # monotonic time of the current delete run's latest delete
-    _run_net: int  # entries its journaled deletes removed less entries created meanwhile, >= 0
+    # The run's net loss, signed: entries its journaled deletes removed less entries its
+    # journaled changes created. With `_deferred_entries`, what the run took (held deletes are
+    # counted by the rescans that find them again).
+    _run_net: int
+    _run_base: int  # the least of `_run_net + _deferred_entries` in the run (<= 0): the folder
+    # was at its largest then, `_run_total - _run_base` entries
+    _run_total: int  # the folder's entries when the run began (counted when first needed; 0: not)
+    _run_accepted: int  # the net loss a judgment let go: the next GUARD_MIN_DELETES go at once
     _run_held: bool  # it tripped the guard: the watcher's further deletes of it are held too
     _deferred: set[str]  # paths whose deletes (and the changes tied to them) await judgment
     _deferred_entries: int  # the entries they hold: exact after a check, maybe more after that
-    # (a directory reported after its files, which the manifest still holds, counts them again)
-    _deferred_total: int  # the folder the run is judged against, counted when deferring began
     _deferred_first_s: float  # monotonic time of the first deferral (0: none)
-    _checked_s: float  # ... and of the last check
+    _checked_s: float  # ... and of the end of the last check
+    _check_cost_s: float  # ... and how long it took
     _deferral: anyio.Event  # set once something is deferred: the judge (`_judge_deferred`) waits
     watcher: Watcher | None  # the source's, which knows whether the folder was unmounted
     _record_lock: anyio.Lock
@@ -152,7 +188,8 @@ class MassDeleteGuard:
     def _init_guard(self, delete_confirm: int) -> None:
         """The guard's state; `delete_confirm`: the confirmations made before we started."""
         self._guard_held = False
-        self._guard_held_deletes = 0
+        self._guard_held_deletes = self._guard_sent = 0
+        self._guard_held_paths = set()
         self._guard_probe = []
         self._guard_backoff_s = self._guard_due_s = 0.0
         self._allow_mass_delete = False
@@ -161,22 +198,32 @@ class MassDeleteGuard:
         self._new_run()
         self._deferral = anyio.Event()
         self._deferred = set()
+        self._check_cost_s = 0.0
         self._take_deferred()
         self.on_guard = None
         self.watcher = None
 
     def _new_run(self) -> None:
-        self._run_net = 0
+        self._run_net = self._run_base = self._run_total = self._run_accepted = 0
         self._run_held = False
+
+    def _run_loss(self) -> int:
+        """The run's net loss so far, from the folder's largest size in the run."""
+        return self._run_net + self._deferred_entries - self._run_base
+
+    def _run_size(self) -> int:
+        """The folder the run is judged against: at its largest in the run."""
+        if not self._run_total:  # the manifest still holds the deferred and held entries
+            self._run_total = self.manifest.count() + self._run_net
+        return self._run_total - self._run_base
 
     def _take_deferred(self, *, keep_clock: bool = False) -> list[str]:
         """The deferred paths (outermost), forgotten (on the event loop: a new `_deferral`);
-        with `keep_clock` (a check) the deferral keeps its start and its folder's size."""
+        with `keep_clock` (a check) the deferral keeps its start."""
         paths = _outermost(self._deferred)
         self._deferred = set()
         self._deferred_entries = 0
         if not keep_clock:
-            self._deferred_total = 0
             self._deferred_first_s = self._checked_s = 0.0
             if self._deferral.is_set():
                 self._deferral = anyio.Event()
@@ -192,13 +239,56 @@ class MassDeleteGuard:
         targets, nor an `rm -rf` however slowly it goes. Deletes held for an operator, or
         deferred until their run is judged (see the module's docstring), are not journaled (the
         manifest keeps the entries, so nothing is lost), nor are the changes tied to them
-        (`_tied`); every other change goes at once.
+        (`_tied`, and for the watcher's later batches `_wait_with_earlier`); every other change
+        goes at once.
 
         Returns:
             The changes to journal, and the paths of those that are not.
         """
         now = time.monotonic()
-        self._count_creates(changes, now)
+        waiting: list[str] = []
+        if mode == "defer":
+            changes, waiting = self._wait_with_earlier(changes)
+        go, skipped = self._split_deletes(changes, mode, now)
+        self._guard_sent += sum(1 for c in go if c.op == "delete")
+        if mode in ("now", "defer"):  # a judged rescan of deferred deletes moves no base
+            self._count_creates(go, now)
+            self._run_base = min(self._run_base, self._run_net + self._deferred_entries)
+        return go, waiting + skipped
+
+    def _wait_with_earlier(
+        self, changes: list[PendingChange]
+    ) -> tuple[list[PendingChange], list[str]]:
+        """`changes` less those at, below or above a path held or deferred by an earlier batch
+        (`rm -rf site`, then `mv site.new site`: journaled, the rename would replace the
+        targets' whole site/): they are held, or deferred, with it; return their paths too."""
+        if not (self._deferred or self._guard_held_paths):
+            return changes, []
+        held, deferred = self._guard_held_paths, self._deferred
+        held_sorted, deferred_sorted = sorted(held), sorted(deferred)
+        go, hold, wait = [], [], []
+        for c in changes:
+            if held and _touches(c, held, held_sorted):
+                hold.append(c)
+            elif deferred and _touches(c, deferred, deferred_sorted):
+                wait.append(c)
+            else:
+                go.append(c)
+        if hold:
+            self._guard_held_deletes += self._count_new_held(
+                [c.path for c in hold if c.op == "delete"]
+            )
+            self._add_held(_paths_of(hold))
+        if wait:
+            deletes = _outermost(c.path for c in wait if c.op == "delete")
+            self._deferred_entries += self._count_deferring(deletes, limit=-1)
+            self._add_deferred(_paths_of(wait))
+        return go, _paths_of(hold) + _paths_of(wait)
+
+    def _split_deletes(
+        self, changes: list[PendingChange], mode: Mode, now: float
+    ) -> tuple[list[PendingChange], list[str]]:
+        """`_guard_split` of the changes no earlier batch ties: judge their deletes."""
         deletes = _outermost(c.path for c in changes if c.op == "delete")
         if not deletes:
             return changes, []
@@ -217,43 +307,49 @@ class MassDeleteGuard:
             return self._defer(changes, deletes, now, counted)
         return self._hold(changes, deletes, root_missing)
 
-    def _count_creates(self, changes: list[PendingChange], now: float) -> None:
-        """Entries made while a run goes on take from its net count: turnover is no delete."""
-        if self._run_net <= 0 or now - self._run_last_s > GUARD_WINDOW_S:
+    def _count_creates(self, journaled: list[PendingChange], now: float) -> None:
+        """Entries made (journaled) while a run goes on take from its net loss: turnover is
+        no delete. Only journaled ones: a create that waits is counted when it goes."""
+        if now - self._run_last_s > GUARD_WINDOW_S:
             return
-        made = sorted({c.path for c in changes if c.op in _CREATE_OPS})
+        made = sorted({c.path for c in journaled if c.op in _CREATE_OPS})
         if made:
-            new = len(made) - self.manifest.count_present(made)
-            self._run_net = max(0, self._run_net - new)
+            self._run_net -= len(made) - self.manifest.count_present(made)
 
     def _judge_run(self, deletes: list[str], mode: Mode) -> tuple[Verdict, int]:
         """Judge `deletes` with their run; return the verdict and, to defer, their entries
         (exact for a check, else as far as judging needs). A deleted path removes itself and
         what is below it; the few deletes of most batches are told apart without counting the
-        whole folder."""
+        whole folder. The check, the release and the recheck of a hold judge the same figure:
+        the run's net loss with these deletes, against the folder at its largest in the run."""
         if self._run_held and mode == "defer":
             return "hold", 0
+        loss = self._run_loss()
         if mode != "check" and not self._deferred:
-            room = GUARD_MIN_DELETES - self._run_net
+            room = GUARD_MIN_DELETES - max(0, loss - self._run_accepted)
             if room > 0 and (few := self.manifest.count_trees(deletes, limit=room)) < room:
                 self._run_net += few
                 return "pass", 0
-        if mode in ("defer", "check"):  # the folder as it was when deferring began
-            if not self._deferred_total:
-                self._deferred_total = self.manifest.count() + self._run_net
-            threshold = _threshold(self._deferred_total)
-        else:
-            threshold = _threshold(self.manifest.count() + self._run_net)
+        threshold = _threshold(self._run_size())
         if mode == "defer":  # counted as far as a check needs (the check counts exactly)
-            room = threshold - self._run_net - self._deferred_entries
-            return "defer", self.manifest.count_trees(deletes, limit=max(1, room))
-        affected = self.manifest.count_trees(deletes, limit=max(1, threshold - self._run_net))
-        if self._run_net + affected >= threshold:
+            return "defer", self._count_deferring(deletes, limit=max(1, threshold - loss))
+        affected = self.manifest.count_trees(deletes, limit=max(1, threshold - loss))
+        if loss + affected >= threshold:
             return "hold", 0
         if mode == "check":
             return "defer", affected
         self._run_net += affected
+        self._run_accepted = self._run_loss()  # judged: the next deletes need not wait at once
         return "pass", 0
+
+    def _count_deferring(self, deletes: list[str], *, limit: int) -> int:
+        """The entries `deletes` hold, less those of paths deferred already below them (`rm -rf
+        d` reports d's files, then d, in a later batch): counted once, a check is not brought
+        forward by half."""
+        inner = _below(deletes, self._deferred)
+        known = self.manifest.count_trees(inner) if inner else 0
+        total = self.manifest.count_trees(deletes, limit=limit + known if limit >= 0 else -1)
+        return max(0, total - known)
 
     def _defer(
         self, changes: list[PendingChange], deletes: list[str], now: float, counted: int
@@ -263,6 +359,14 @@ class MassDeleteGuard:
         waiting, go = _tied(changes, deletes)
         if not self._deferred_first_s:
             self._deferred_first_s = now
+            logger.info(
+                "mass-delete guard: %s: deferring deletes (the run's net loss reached %s of %s "
+                "entries); judged when the run ends, in %.0f s at most",
+                self.root,
+                self._run_loss() + counted,
+                self._run_size(),
+                GUARD_RUN_JUDGE_S,
+            )
         skipped = _paths_of(waiting)
         self._add_deferred(skipped)
         self._deferred_entries += counted
@@ -272,6 +376,21 @@ class MassDeleteGuard:
         self._deferred.update(paths)
         if len(self._deferred) > GUARD_DEFER_PATHS:
             self._deferred = _fold(self._deferred, GUARD_DEFER_PATHS)
+
+    def _add_held(self, paths: Iterable[str]) -> None:
+        self._guard_held_paths.update(paths)
+        if len(self._guard_held_paths) > GUARD_DEFER_PATHS:
+            self._guard_held_paths = _fold(self._guard_held_paths, GUARD_DEFER_PATHS)
+
+    def _count_new_held(self, deletes: list[str]) -> int:
+        """The entries `deletes` hold that no held path covers already (a recheck finds the
+        held deletes again; `rm -rf d` reports d after its files)."""
+        fresh = _outermost(p for p in deletes if not _at_or_below(p, self._guard_held_paths))
+        if not fresh:
+            return 0
+        inner = _below(fresh, self._guard_held_paths)
+        known = self.manifest.count_trees(inner) if inner else 0
+        return max(0, self.manifest.count_trees(fresh) - known)
 
     def _hold(
         self, changes: list[PendingChange], deletes: list[str], root_missing: bool
@@ -283,20 +402,24 @@ class MassDeleteGuard:
         if self._allow_mass_delete:
             self._allow_mass_delete = False
             self._guard_held = False
+            self._guard_held_paths = set()
             self._new_run()
             return changes, []
         held, go = _tied(changes, deletes)
         self._guard_probe = deletes[:GUARD_PROBE_PATHS]
-        if not self._guard_held:
-            # The exact figure, once per hold: counting went no further than the threshold,
-            # and this full count costs less than the deletes would (one query per 500 paths,
-            # as many rows as they remove). Counted before the hold is set: `deletes_held`,
-            # read on the event loop meanwhile, never shows a hold with another hold's count.
-            total = self.manifest.count() + self._run_net
-            self._guard_held_deletes = self.manifest.count_trees(deletes)
+        # The exact figure: counting went no further than the threshold, and this count costs
+        # less than the deletes would (one query per 500 paths, as many rows as they remove).
+        # Counted before the hold is set: `deletes_held`, read on the event loop meanwhile,
+        # never shows a hold with another hold's count.
+        added = self._count_new_held(deletes)
+        self._add_held(_paths_of(held))
+        if self._guard_held:  # a later part of the run (or a recheck: counted already)
+            self._guard_held_deletes += added
+        else:
+            self._guard_held_deletes = added
             self._guard_held = True
             self._guard_backoff_s = self._guard_due_s = GUARD_RECHECK_S
-            self._alarm(self._guard_held_deletes, total, root_missing)
+            self._alarm(added, self._run_size(), root_missing)
         self._run_held = True
         return go, _paths_of(held)
 
@@ -310,7 +433,9 @@ class MassDeleteGuard:
         for event in events:
             paths = [p for p in (event.path, event.new_path) if p]
             if any(_at_or_below(p, skipped) for p in paths):
-                if self._deferred:
+                if any(_at_or_below(p, self._guard_held_paths) for p in paths):
+                    self._add_held(paths)
+                elif self._deferred:
                     self._add_deferred(paths)
             else:
                 out.append(event)
@@ -325,8 +450,9 @@ class MassDeleteGuard:
         if not self._deferred or now >= release_at:
             return "release", 0.0
         if (
-            self._run_net + self._deferred_entries >= _threshold(self._deferred_total)
-            and now - self._checked_s >= GUARD_SETTLE_S
+            self._run_total  # counted when the deletes were deferred (0: a new run since)
+            and self._run_loss() >= _threshold(self._run_total - self._run_base)
+            and now - self._checked_s >= max(GUARD_SETTLE_S, self._check_cost_s / GUARD_CHECK_DUTY)
         ):
             return "check", 0.0
         return None, min(release_at - now, GUARD_SETTLE_S)
@@ -345,33 +471,44 @@ class MassDeleteGuard:
     async def _judge_deferred_now(self, action: Literal["check", "release"] = "release") -> None:
         """Rescan the deferred paths: what is deleted there is judged with the run at once."""
         async with self._record_lock:
-            checked_s = time.monotonic()
+            started_s = time.monotonic()
+            entries, sent = self._deferred_entries, self._guard_sent
             paths = self._take_deferred(keep_clock=action == "check")
             if paths:
                 logger.log(
                     logging.DEBUG if action == "check" else logging.INFO,
-                    "mass-delete guard: %s: %s deferred deletes (%s paths)",
+                    "mass-delete guard: %s: %s deferred deletes (about %s entries, %s paths)",
                     self.root,
                     "checking" if action == "check" else "releasing",
+                    entries,
                     len(paths),
                 )
                 await self._record_locked(
                     [FsEvent(kind="rescan", path=p) for p in paths], mode=action
                 )
+            if action == "release" and paths:
+                logger.info(
+                    "mass-delete guard: %s: deferral ended, %s deletes journaled%s",
+                    self.root,
+                    self._guard_sent - sent,
+                    ", the rest held" if self._guard_held else "",
+                )
             if self._deferred:
-                self._checked_s = checked_s
+                self._checked_s = time.monotonic()
+                self._check_cost_s = self._checked_s - started_s
             else:  # held, or gone: nothing waits
                 self._take_deferred()
 
     def _alarm(self, affected: int, total: int, root_missing: bool) -> None:
         """Log the held batch and tell the master (once per hold), from a worker thread."""
         logger.error(
-            "mass-delete guard: %s would delete %s of %s entries%s; held until an operator "
-            "confirms",
+            "mass-delete guard: %s would delete %s of %s entries%s (net, in this delete run: "
+            "%s more went before); held until an operator confirms",
             self.root,
             affected,
             total,
             " (folder missing)" if root_missing else "",
+            max(0, self._run_net - self._run_base),
         )
         if self.on_guard is not None:
             anyio.from_thread.run_sync(
@@ -389,6 +526,12 @@ class MassDeleteGuard:
         """The entries whose deletes are held for an operator now; 0 when nothing is held."""
         return self._guard_held_deletes if self._guard_held else 0
 
+    @property
+    def deletes_deferred(self) -> int:
+        """The entries whose deletes wait for their run's judgment now (about: exact after a
+        check, maybe more since); 0 when none wait."""
+        return self._deferred_entries if self._deferred else 0
+
     def confirm_deletes(self, count: int) -> bool:
         """An operator confirmed (counter `count`): the next rescan may delete what was held."""
         if count <= self._delete_confirm:
@@ -398,17 +541,21 @@ class MassDeleteGuard:
             self._allow_mass_delete = True
         return True
 
-    def _guard_rescanned(self) -> None:
-        """A whole-folder rescan found no mass delete (under the record lock): the held deletes
-        are gone (the disk came back, the files were put back), and so is the hold, with any
-        confirmation no batch used: kept, it would let a later mass delete go unasked."""
+    def _guard_rescanned(self, sent: int) -> None:
+        """A whole-folder rescan found no mass delete (under the record lock), and journaled
+        `sent` deletes: the held deletes are gone (the disk came back, the files were put back,
+        or what is deleted no longer makes most of the folder, and went), and so is the hold,
+        with any confirmation no batch used: kept, it would let a later mass delete go unasked."""
         if self._guard_held:
             logger.warning(
-                "mass-delete guard: %s no longer would delete most of its entries (the folder "
-                "is back); hold ended, nothing deleted",
+                "mass-delete guard: %s no longer would delete most of its entries; hold ended, %s",
                 self.root,
+                f"{sent} deletes journaled (under the threshold now)"
+                if sent
+                else "nothing deleted (the folder is back)",
             )
         self._guard_held = self._run_held = False
+        self._guard_held_paths = set()
         self._allow_mass_delete = False
 
     async def _recheck_guard(self) -> None:

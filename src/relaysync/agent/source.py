@@ -473,6 +473,7 @@ class SourceMapping(MassDeleteGuard):
         # all of it, and cannot end a mass-delete hold).
         listed = True
         skipped: set[str] = set()  # paths the guard did not journal (held or deferred)
+        sent = self._guard_sent  # deletes journaled before
         while rest:
             # detect() stops before an event that needs the manifest to hold what it found so
             # far (`mv d e; rm e/f`): that part is journaled and applied first. Most batches go
@@ -486,7 +487,8 @@ class SourceMapping(MassDeleteGuard):
             skipped.update(await self._journal(detected, closed, mode))
             rest = self._guard_skip_rest(detection.rest, skipped)
         if listed and not skipped and any(e.kind == "rescan" and not e.path for e in events):
-            self._guard_rescanned()  # the whole folder, and no mass delete in it: a hold ends
+            # the whole folder, and no mass delete in it: a hold ends
+            self._guard_rescanned(self._guard_sent - sent)
 
     async def _journal(
         self, detected: list[PendingChange], closed: set[str], mode: Mode

@@ -265,3 +265,186 @@ def test_a_file_made_where_a_directory_was_deleted_waits_with_the_delete(
         assert alarms == []
     finally:
         mapping.close()
+
+
+def _make_new_dir(root: Path, name: str) -> None:
+    (root / name).mkdir()
+    for i in range(3):
+        path = root / name / f"{i}.html"
+        path.write_text("new")
+        os.utime(path, ns=(OLD_NS, OLD_NS))
+
+
+async def _flush(mapping: SourceMapping, root: Path, send: object, head: int, tag: str) -> None:
+    """Send a write of a fresh file and wait until it is journaled: every batch sent before
+    it was handled (the source handles them in order)."""
+    (root / "d9" / f"{tag}.txt").write_text(tag)
+    await send.send([FsEvent(kind="write", path=f"d9/{tag}.txt")])  # type: ignore[attr-defined]
+    await _wait(lambda: f"d9/{tag}.txt" in _ops(mapping, head, "write"), tag)
+
+
+def test_a_rename_onto_a_held_tree_in_a_later_batch_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: `rm -rf site && mv site.new site`, the mv in a later watcher batch,
+    was journaled while the deletes were held: a target applying it replaces its whole site/
+    with 3 files, and the manifest, having moved site.new over site, dropped the held entries
+    (the next recheck ended the hold: "nothing deleted"). The rename is held with them now,
+    the manifest keeps the old tree, and the hold stays."""
+    _scale(monkeypatch, window_s=WAIT_S, judge_s=WAIT_S)
+    mapping, root, alarms = _mapping(tmp_path)
+    _make_new_dir(root, "new")
+    send, receive = anyio.create_memory_object_stream[list[FsEvent]](64)
+    gone = [p for d in range(6) for p in [*_files(d), f"d{d}"]]  # 1,206 of 2,014 entries
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mapping._consume, receive)
+            for path in gone:
+                (root / path).rmdir() if "/" not in path else (root / path).unlink()
+            await send.send([FsEvent(kind="delete", path=p) for p in gone])
+            await _wait(lambda: alarms, "the alarm")
+            os.rename(root / "new", root / "d0")
+            await send.send([FsEvent(kind="move", path="new", new_path="d0", is_dir=True)])
+            await _flush(mapping, root, send, head, "after")
+            assert _ops(mapping, head, "rename") == []
+            assert len(list(mapping.manifest.iter_entries("d0"))) == FILES  # the old d0's
+            await mapping.rescan()  # the hold's recheck: still a mass delete
+            assert mapping.deletes_held >= len(gone)
+            assert _ops(mapping, head, "delete") == []
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+        assert len(alarms) == 1
+    finally:
+        mapping.close()
+
+
+def test_a_rename_onto_a_deferred_tree_in_a_later_batch_waits_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same while the deletes are deferred (no mass delete): the rename waits with them;
+    released, the old files are deleted and the new ones written, in that order."""
+    _scale(monkeypatch, window_s=WAIT_S, judge_s=WAIT_S)
+    mapping, root, alarms = _mapping(tmp_path)
+    _make_new_dir(root, "new")
+    send, receive = anyio.create_memory_object_stream[list[FsEvent]](64)
+    gone = [*_files(0), "d0"]
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mapping._consume, receive)
+            for path in gone:
+                (root / path).rmdir() if "/" not in path else (root / path).unlink()
+            await send.send([FsEvent(kind="delete", path=p) for p in gone])
+            await _wait(lambda: mapping._deferred, "the deletes deferred")
+            assert mapping.deletes_deferred == len(gone)
+            os.rename(root / "new", root / "d0")
+            await send.send([FsEvent(kind="move", path="new", new_path="d0", is_dir=True)])
+            await _flush(mapping, root, send, head, "after")
+            assert [r.op for r in mapping.journal.read(head, limit=10**6)] == ["write"]
+            send.close()  # the watcher stops: what waits is judged now
+        ops = [(r.op, r.path) for r in mapping.journal.read(head, limit=10**6)]
+        assert ("rename", "new") not in [(op, path) for op, path in ops]
+        last_delete = max(i for i, (op, p) in enumerate(ops) if op == "delete" and p != "new")
+        assert last_delete < ops.index(("write", "d0/0.html"))
+        assert sorted(e.path for e in mapping.manifest.iter_entries("d0")) == [
+            f"d0/{i}.html" for i in range(3)
+        ]
+        assert mapping.deletes_deferred == 0
+
+    try:
+        anyio.run(main)
+        assert alarms == []
+    finally:
+        mapping.close()
+
+
+def test_turnover_during_a_deferral_after_a_small_cleanup_is_no_mass_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a log folder (one file made, one removed, steadily) after a one-off
+    cleanup of 150 files (net -150 of 2,010) was alarmed ("would delete 1006 of 2866") and
+    then let go by itself: while deletes were deferred the net count stayed at 0 and the
+    deferred deletes were counted gross. The net loss stays at the cleanup's 150 now."""
+    _scale(monkeypatch, window_s=1.0, judge_s=WAIT_S)  # judged when the run ends
+    mapping, root, alarms = _mapping(tmp_path)
+    send, receive = anyio.create_memory_object_stream[list[FsEvent]](64)
+    old = [p for d in range(1, DIRS) for p in _files(d)]
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mapping._consume, receive)
+            for path in old[:150]:
+                (root / path).unlink()
+            await send.send([FsEvent(kind="delete", path=p) for p in old[:150]])
+            await _wait(lambda: mapping._deferred, "the cleanup deferred")
+            for k in range(150, 1350, 10):  # 1,200 made and removed: more than the threshold
+                events = []
+                for i in range(k, k + 10):
+                    (root / "d0" / f"new{i}.log").write_text("x")
+                    (root / old[i]).unlink()
+                    events += [FsEvent(kind="write", path=f"d0/new{i}.log")]
+                    events += [FsEvent(kind="delete", path=old[i])]
+                await send.send(events)
+                await anyio.sleep(0.01)
+            await _flush(mapping, root, send, head, "after")
+            assert alarms == []
+            send.close()  # the run is judged: no mass delete
+        assert len(_ops(mapping, head, "delete")) == 1350
+
+    try:
+        anyio.run(main)
+        assert alarms == []
+    finally:
+        mapping.close()
+
+
+def test_deletes_held_counts_the_later_held_deletes_of_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: `deletes_held` and the alarm counted only the batch that tripped the
+    guard, not the run's later deletes held with it. A hold whose deletes become fewer than
+    the threshold ends by journaling them, and says so (not "nothing deleted")."""
+    _scale(monkeypatch, window_s=WAIT_S, judge_s=WAIT_S)
+    mapping, root, alarms = _mapping(tmp_path)
+    send, receive = anyio.create_memory_object_stream[list[FsEvent]](64)
+    first = [p for d in range(6) for p in _files(d)]  # 1,200 of 2,010
+    later = _files(6)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        head = mapping.journal.last_seq
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mapping._consume, receive)
+            for path in first:
+                (root / path).unlink()
+            await send.send([FsEvent(kind="delete", path=p) for p in first])
+            await _wait(lambda: alarms, "the alarm")
+            assert mapping.deletes_held == len(first)
+            for path in later:
+                (root / path).unlink()
+            await send.send([FsEvent(kind="delete", path=p) for p in later])
+            await _flush(mapping, root, send, head, "after")
+            assert mapping.deletes_held == len(first) + len(later)
+            for path in first[:800]:  # put back: 600 deleted now, no mass delete
+                (root / path).write_text("back")
+                os.utime(root / path, ns=(OLD_NS, OLD_NS))
+            await mapping.rescan()
+            assert mapping.deletes_held == 0
+            tg.cancel_scope.cancel()
+        assert len(_ops(mapping, head, "delete")) == 600
+        assert "hold ended, 600 deletes journaled" in caplog.text
+
+    try:
+        anyio.run(main)
+        assert len(alarms) == 1
+    finally:
+        mapping.close()
