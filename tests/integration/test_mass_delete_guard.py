@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 
+from relaysync.agent._mass_delete_guard import GUARD_MIN_DELETES
 from relaysync.testing.cluster import wait_until
 from tests._tmpfs import mount_tmpfs, remount_copy, umount, unmounted_at_exit
 from tests._trees import snapshot
-from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +104,56 @@ def test_an_unmounted_source_disk_holds_its_deletes_and_replicates_again_once_ba
         assert snapshot(dst, with_mtime=False) == snapshot(backup, with_mtime=False) | {
             "d0/new.txt": snapshot(src, with_mtime=False)["d0/new.txt"]
         }
+
+
+# --- An `rm -rf` slower than the guard's window ---
+
+SCALED_WINDOW_S = 2.0  # GUARD_WINDOW_S (10 s in production), scaled down in this test's agents
+
+
+def _scaled_guard_env(tmp_path: Path) -> dict[str, str]:
+    """PYTHONPATH with a sitecustomize that scales the guard's window down in every process."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import relaysync.agent._mass_delete_guard as g\n"
+        f"g.GUARD_WINDOW_S = {SCALED_WINDOW_S}\n"
+        "g.GUARD_SETTLE_S = 0.2\n"
+        "g.GUARD_RUN_JUDGE_S = 120.0\n"  # the rm below takes far less: judged as one run
+    )
+    return {
+        "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    }
+
+
+def test_an_rm_rf_slower_than_the_window_is_held_and_goes_once_confirmed(tmp_path: Path) -> None:
+    """Found under load: an `rm -rf` slower than the guard's window went out a window at a time
+    (6,184 of 16,008 deletes sent before the hold). Real master and agents, the window scaled
+    to 2 s: 10 directories of 150 files removed one every 0.6 s (over three windows). The
+    target loses fewer than GUARD_MIN_DELETES entries, a file written meanwhile still reaches
+    it (the hold keeps only deletes), and the confirmation lets the rest go."""
+    fleet = start_fleet(tmp_path, agents=("src", "t1"), extra_env=_scaled_guard_env(tmp_path))
+    try:
+        mapping, src, (dst,) = fleet.new_mapping(targets=("t1",))
+        for d in range(10):
+            (src / f"d{d}").mkdir()
+            for i in range(150):
+                (src / f"d{d}" / f"{i}.txt").write_bytes(os.urandom(64))
+        fleet.wait_converged(src, [dst], timeout_s=60)
+        entries = len(snapshot(dst))
+        for d in range(10):
+            shutil.rmtree(src / f"d{d}")
+            time.sleep(0.6)  # the slow rm's pace (what is tested), not a wait for the fleet
+        wait_until(lambda: _held_events(fleet), timeout_s=60, what="the mass-delete alarm")
+        (src / "marker.txt").write_text("written while the deletes are held")
+        # journaled after every delete that went: once it is there, they are there too
+        wait_until((dst / "marker.txt").exists, timeout_s=CONVERGE_TIMEOUT_S, what="the write")
+        lost = entries - (len(snapshot(dst)) - 1)
+        assert lost < GUARD_MIN_DELETES, f"{lost} entries deleted on the target before the hold"
+        r = fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/confirm-deletes")
+        assert r.status_code == 200, r.text
+        fleet.wait_converged(src, [dst], timeout_s=60)
+        assert [p.name for p in dst.iterdir()] == ["marker.txt"]
+        assert len(_held_events(fleet)) == 1
+    finally:
+        fleet.cluster.stop()

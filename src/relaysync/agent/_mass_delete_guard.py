@@ -1,4 +1,31 @@
-"""The mass-delete guard: a source's batch that would delete most of its folder waits for an operator.
+"""The mass-delete guard: deletes that would remove most of a source's folder wait for an operator.
+
+Deletes are judged by delete RUN, not batch by batch: an `rm -rf` reaches the source in many
+watcher batches, over seconds or, for a big tree on a slow disk, minutes, each a small part of
+what is left. A run lasts while each delete comes within GUARD_WINDOW_S of the one before; it
+counts its NET loss: entries deleted (journaled, deferred or held) less entries created
+(journaled) since the folder was at its largest in the run, against that size (the folder as the
+run began, or bigger if it grew since). A folder with steady turnover (a log directory: one file
+made, one removed) stays near 0, also while deletes are deferred, and so does a small cleanup.
+
+- While the run's net loss stays under GUARD_MIN_DELETES more than what a judgment let go, its
+  deletes go at once.
+- Past it, the watcher's deletes are DEFERRED: not journaled (the manifest keeps those entries,
+  as a hold does), only their paths (at most GUARD_DEFER_PATHS, folded into their parents past
+  that) and counts kept; every other change goes at once, except one at, below or above a
+  deferred or held path (`rm -rf d; echo > d`, `rm -rf site; mv site.new site`, in this batch
+  or a later one): it waits, or is held, with them.
+- Deferred deletes that may bring the net loss to GUARD_FRACTION of the folder are CHECKED: a
+  rescan of their paths counts them exactly; held for an operator if they do, deferred again if
+  not (at most every GUARD_SETTLE_S, and at most GUARD_CHECK_DUTY of the time: a check of a
+  folded tree rescans it whole).
+- They are RELEASED when the run ends (GUARD_WINDOW_S without a delete), or GUARD_RUN_JUDGE_S
+  after the first of them at the latest: a rescan of their paths finds them, judged with the
+  run (never deferred again): journaled if the run stays under the threshold, else held. An
+  `rm -rf` that reaches the threshold within GUARD_RUN_JUDGE_S sends at most GUARD_MIN_DELETES
+  entries, however often it pauses (for less than the window); a slower one is judged every
+  GUARD_RUN_JUDGE_S, its count adding up, and held once it reaches the threshold.
+- A held run's later deletes are held too (and counted in `deletes_held`); the other changes go.
 
 SourceMapping (agent/source.py) inherits it and owns the state: the attributes declared below
 are set in its __init__.
@@ -6,20 +33,19 @@ are set in its __init__.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from relaysync.protocol.messages import MassDeleteHeld
 from relaysync.watch.changes import PendingChange
-from relaysync.watch.manifest import Manifest, ancestors
+from relaysync.watch.manifest import Manifest, ancestors, split_path, subtree_bounds
 from relaysync.watch.watcher import FsEvent, Watcher
 
 logger = logging.getLogger(__name__)
@@ -29,19 +55,91 @@ GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder
 GUARD_RECHECK_S = 5.0  # a hold looks this often whether some of its held paths are back
 GUARD_RECHECK_MAX_S = 300.0  # ... and rescans the whole folder at least this often (5 s doubling)
 GUARD_PROBE_PATHS = 64  # held paths a recheck looks for: one back brings the full rescan forward
-GUARD_WINDOW_S = 10.0  # deletes journaled this recently count with a batch's own: `rm -rf` of a
-# big tree reaches the source in several batches, and each alone is a fraction of what is left
-GUARD_SETTLE_S = 0.5  # deletes past GUARD_MIN_DELETES wait until none came for this long (an
-# `rm -rf` still running), at most GUARD_WINDOW_S, and are then judged with the ones that came
+GUARD_WINDOW_S = 10.0  # a delete run goes on while each delete comes this soon after the last
+GUARD_SETTLE_S = 0.5  # deferred deletes are checked (counted exactly) at most this often
+GUARD_RUN_JUDGE_S = 30.0  # deferred deletes are released (or held) this long after the first of
+# them at the latest, if their run has not ended before: how long a slow cleanup that is no mass
+# delete waits, and how long an `rm -rf` has to reach the threshold with nothing sent
+GUARD_DEFER_PATHS = 1000  # deferred (and held) paths kept; more fold into their parents, so
+# memory stays bounded however big the tree: the rescan of a parent finds what is below
+GUARD_CHECK_DUTY = 0.1  # checks take at most this share of the time (a check of deferred paths
+# folded into the root is a rescan of the whole folder, under the record lock)
 
-Verdict = Literal["pass", "hold", "settle"]  # go; held for an operator; wait for more, then judge
-_MAY_DELETE = frozenset({"delete", "move", "rescan"})  # event kinds a delete may come from
+Verdict = Literal["pass", "defer", "hold"]  # go; wait for the run's judgment; held for an operator
+# How a batch's deletes are judged: "now" (a rescan: go or held), "defer" (the watcher's: may
+# wait), "check" and "release" (the rescan of deferred ones: held, or deferred again or go).
+Mode = Literal["now", "defer", "check", "release"]
+_CREATE_OPS = frozenset({"write", "mkdir", "symlink"})  # ops that may make a new entry
 
 
 def _outermost(paths: Iterable[str]) -> list[str]:
     """The paths below none of the others, sorted: `rm -rf d` may report d/f and d, one tree."""
     given = set(paths)
     return sorted(p for p in given if not any(a in given for a in ancestors(p)))
+
+
+def _fold(paths: Iterable[str], limit: int) -> set[str]:
+    """`paths` folded into their parents until at most `limit` (>= 1) are left."""
+    out = set(_outermost(paths))
+    while len(out) > limit:
+        out = set(_outermost(split_path(p)[0] for p in out))
+    return out
+
+
+def _at_or_below(path: str, tops: set[str]) -> bool:
+    return path in tops or any(a in tops for a in ancestors(path))
+
+
+def _has_below(path: str, ordered: list[str]) -> bool:
+    """Whether one of `ordered` (sorted) is strictly below `path`."""
+    low, high = subtree_bounds(path)
+    i = bisect.bisect_left(ordered, low)
+    return i < len(ordered) and ordered[i] < high
+
+
+def _below(paths: Iterable[str], tops: set[str]) -> list[str]:
+    """Those of `tops` strictly below one of `paths` (outermost)."""
+    ordered = sorted(tops)
+    out = set()
+    for path in paths:
+        low, high = subtree_bounds(path)
+        i = bisect.bisect_left(ordered, low)
+        while i < len(ordered) and ordered[i] < high:
+            out.add(ordered[i])
+            i += 1
+    return _outermost(out)
+
+
+def _touches(c: PendingChange, tops: set[str], ordered: list[str]) -> bool:
+    """Whether `c` (its path or a rename's new path) is at, below or above one of `tops`."""
+    return any(_at_or_below(p, tops) or _has_below(p, ordered) for p in (c.path, c.new_path) if p)
+
+
+def _tied(
+    changes: list[PendingChange], deletes: list[str]
+) -> tuple[list[PendingChange], list[PendingChange]]:
+    """`changes` split into the deletes and the changes tied to them, and the others.
+
+    Tied: a change at or below a deleted path (`rm -rf d; mkdir d`: the mkdir must not reach
+    a target that still has the old d), and a rename of a directory above one (the deleted
+    entry moves with it in the manifest). They wait, or are held, with the deletes."""
+    gone, ordered = set(deletes), sorted(deletes)
+
+    def tied(c: PendingChange) -> bool:
+        paths = [p for p in (c.path, c.new_path) if p]
+        return (
+            c.op == "delete"
+            or any(_at_or_below(p, gone) for p in paths)
+            or (c.op == "rename" and any(_has_below(p, ordered) for p in paths))
+        )
+
+    marks = [tied(c) for c in changes]
+    held = [c for c, m in zip(changes, marks, strict=True) if m]
+    return held, [c for c, m in zip(changes, marks, strict=True) if not m]
+
+
+def _paths_of(changes: Iterable[PendingChange]) -> list[str]:
+    return [p for c in changes for p in (c.path, c.new_path) if p]
 
 
 class MassDeleteGuard:
@@ -52,126 +150,365 @@ class MassDeleteGuard:
     manifest: Manifest
     on_guard: Callable[[MassDeleteHeld], None] | None
     _guard_held: bool
-    _guard_held_deletes: int  # the entries the hold keeps (as alarmed)
+    _guard_held_deletes: int  # the entries the hold keeps: the batch that tripped, and later ones
+    _guard_held_paths: set[str]  # the held paths (and the changes tied to them), folded
     _guard_probe: list[str]  # some of the held paths (of the last batch held)
     _guard_backoff_s: float  # the wait between full rescans of the hold, doubling
     _guard_due_s: float  # until the next full rescan
+    _guard_sent: int  # deletes journaled (ever): a rescan that ends a hold tells how many it sent
     _allow_mass_delete: bool
     _delete_confirm: int
-    _guard_recent: deque[tuple[float, int]]  # (monotonic time, entries) of deletes journaled
+    _run_last_s: float  # monotonic time of the current delete run's latest delete
+    # The run's net loss, signed: entries its journaled deletes removed less entries its
+    # journaled changes created. With `_deferred_entries`, what the run took (held deletes are
+    # counted by the rescans that find them again).
+    _run_net: int
+    _run_base: int  # the least of `_run_net + _deferred_entries` in the run (<= 0): the folder
+    # was at its largest then, `_run_total - _run_base` entries
+    _run_total: int  # the folder's entries when the run began (counted when first needed; 0: not)
+    _run_accepted: int  # the net loss a judgment let go: the next GUARD_MIN_DELETES go at once
+    _run_held: bool  # it tripped the guard: the watcher's further deletes of it are held too
+    _deferred: set[str]  # paths whose deletes (and the changes tied to them) await judgment
+    _deferred_entries: int  # the entries they hold: exact after a check, maybe more after that
+    _deferred_first_s: float  # monotonic time of the first deferral (0: none)
+    _checked_s: float  # ... and of the end of the last check
+    _check_cost_s: float  # ... and how long it took
+    _deferral: anyio.Event  # set once something is deferred: the judge (`_judge_deferred`) waits
     watcher: Watcher | None  # the source's, which knows whether the folder was unmounted
+    _record_lock: anyio.Lock
 
     if TYPE_CHECKING:  # SourceMapping's, which journals what the rescan finds
 
-        async def _record(self, events: Sequence[FsEvent], *, settle: bool = False) -> bool: ...
+        async def _record(self, events: Sequence[FsEvent], *, mode: Mode = "now") -> None: ...
+
+        async def _record_locked(
+            self, events: Sequence[FsEvent], *, mode: Mode = "now"
+        ) -> None: ...
 
     def _init_guard(self, delete_confirm: int) -> None:
         """The guard's state; `delete_confirm`: the confirmations made before we started."""
         self._guard_held = False
-        self._guard_held_deletes = 0
+        self._guard_held_deletes = self._guard_sent = 0
+        self._guard_held_paths = set()
         self._guard_probe = []
         self._guard_backoff_s = self._guard_due_s = 0.0
         self._allow_mass_delete = False
         self._delete_confirm = delete_confirm  # those count as seen
-        self._guard_recent = deque()
+        self._run_last_s = float("-inf")  # no run yet
+        self._new_run()
+        self._deferral = anyio.Event()
+        self._deferred = set()
+        self._check_cost_s = 0.0
+        self._take_deferred()
         self.on_guard = None
         self.watcher = None
 
-    def _guard_verdict(self, changes: list[PendingChange], *, settle: bool) -> Verdict:
-        """The mass-delete guard: hold a batch that would delete most of the folder.
+    def _new_run(self) -> None:
+        self._run_net = self._run_base = self._run_total = self._run_accepted = 0
+        self._run_held = False
+
+    def _run_loss(self) -> int:
+        """The run's net loss so far, from the folder's largest size in the run."""
+        return self._run_net + self._deferred_entries - self._run_base
+
+    def _run_size(self) -> int:
+        """The folder the run is judged against: at its largest in the run."""
+        if not self._run_total:  # the manifest still holds the deferred and held entries
+            self._run_total = self.manifest.count() + self._run_net
+        return self._run_total - self._run_base
+
+    def _take_deferred(self, *, keep_clock: bool = False) -> list[str]:
+        """The deferred paths (outermost), forgotten (on the event loop: a new `_deferral`);
+        with `keep_clock` (a check) the deferral keeps its start."""
+        paths = _outermost(self._deferred)
+        self._deferred = set()
+        self._deferred_entries = 0
+        if not keep_clock:
+            self._deferred_first_s = self._checked_s = 0.0
+            if self._deferral.is_set():
+                self._deferral = anyio.Event()
+        return paths
+
+    def _guard_split(
+        self, changes: list[PendingChange], *, mode: Mode
+    ) -> tuple[list[PendingChange], list[str]]:
+        """The mass-delete guard: which of `changes` to journal now (in a worker thread, under
+        the record lock).
 
         A vanished or suddenly emptied source folder (an unmounted disk) must not wipe the
-        targets. The batch is not journaled (the manifest keeps the entries, so nothing is
-        lost); the master is told and raises an alarm; an operator's confirmation lets it go.
-        Only a batch that trips the guard uses the confirmation up: a write journaled between
-        the confirmation and its rescan must not, or the deletes are held (and alarmed) again.
-        With `settle`, deletes that are no mass delete yet, but many, are "settle": the caller
-        waits for what follows (`_settle`) and asks again without it.
+        targets, nor an `rm -rf` however slowly it goes. Deletes held for an operator, or
+        deferred until their run is judged (see the module's docstring), are not journaled (the
+        manifest keeps the entries, so nothing is lost), nor are the changes tied to them
+        (`_tied`, and for the watcher's later batches `_wait_with_earlier`); every other change
+        goes at once.
+
+        Returns:
+            The changes to journal, and the paths of those that are not.
         """
+        now = time.monotonic()
+        waiting: list[str] = []
+        if mode == "defer":
+            changes, waiting = self._wait_with_earlier(changes)
+        go, skipped = self._split_deletes(changes, mode, now)
+        self._guard_sent += sum(1 for c in go if c.op == "delete")
+        if mode in ("now", "defer"):  # a judged rescan of deferred deletes moves no base
+            self._count_creates(go, now)
+            self._run_base = min(self._run_base, self._run_net + self._deferred_entries)
+        return go, waiting + skipped
+
+    def _wait_with_earlier(
+        self, changes: list[PendingChange]
+    ) -> tuple[list[PendingChange], list[str]]:
+        """`changes` less those at, below or above a path held or deferred by an earlier batch
+        (`rm -rf site`, then `mv site.new site`: journaled, the rename would replace the
+        targets' whole site/): they are held, or deferred, with it; return their paths too."""
+        if not (self._deferred or self._guard_held_paths):
+            return changes, []
+        held, deferred = self._guard_held_paths, self._deferred
+        held_sorted, deferred_sorted = sorted(held), sorted(deferred)
+        go, hold, wait = [], [], []
+        for c in changes:
+            if held and _touches(c, held, held_sorted):
+                hold.append(c)
+            elif deferred and _touches(c, deferred, deferred_sorted):
+                wait.append(c)
+            else:
+                go.append(c)
+        if hold:
+            self._guard_held_deletes += self._count_new_held(
+                [c.path for c in hold if c.op == "delete"]
+            )
+            self._add_held(_paths_of(hold))
+        if wait:
+            deletes = _outermost(c.path for c in wait if c.op == "delete")
+            self._deferred_entries += self._count_deferring(deletes, limit=-1)
+            self._add_deferred(_paths_of(wait))
+        return go, _paths_of(hold) + _paths_of(wait)
+
+    def _split_deletes(
+        self, changes: list[PendingChange], mode: Mode, now: float
+    ) -> tuple[list[PendingChange], list[str]]:
+        """`_guard_split` of the changes no earlier batch ties: judge their deletes."""
         deletes = _outermost(c.path for c in changes if c.op == "delete")
         if not deletes:
-            return "pass"
+            return changes, []
+        if mode in ("now", "defer"):  # a rescan of deferred deletes is no new delete
+            if now - self._run_last_s > GUARD_WINDOW_S:
+                self._new_run()
+            self._run_last_s = now
         # Unmounted, the folder's path shows the mount point's own directory (empty, most often).
         root_missing = not self.root.is_dir() or (
             self.watcher is not None and self.watcher.root_lost
         )
-        if not root_missing:
-            verdict = self._judge_window(deletes, settle=settle)
-            if verdict != "hold":
-                return verdict
-        if self._allow_mass_delete:  # confirmed by an operator: this batch goes, once
+        verdict, counted = ("hold", 0) if root_missing else self._judge_run(deletes, mode)
+        if verdict == "pass":
+            return changes, []
+        if verdict == "defer":
+            return self._defer(changes, deletes, now, counted)
+        return self._hold(changes, deletes, root_missing)
+
+    def _count_creates(self, journaled: list[PendingChange], now: float) -> None:
+        """Entries made (journaled) while a run goes on take from its net loss: turnover is
+        no delete. Only journaled ones: a create that waits is counted when it goes."""
+        if now - self._run_last_s > GUARD_WINDOW_S:
+            return
+        made = sorted({c.path for c in journaled if c.op in _CREATE_OPS})
+        if made:
+            self._run_net -= len(made) - self.manifest.count_present(made)
+
+    def _judge_run(self, deletes: list[str], mode: Mode) -> tuple[Verdict, int]:
+        """Judge `deletes` with their run; return the verdict and, to defer, their entries
+        (exact for a check, else as far as judging needs). A deleted path removes itself and
+        what is below it; the few deletes of most batches are told apart without counting the
+        whole folder. The check, the release and the recheck of a hold judge the same figure:
+        the run's net loss with these deletes, against the folder at its largest in the run."""
+        if self._run_held and mode == "defer":
+            return "hold", 0
+        loss = self._run_loss()
+        if mode != "check" and not self._deferred:
+            room = GUARD_MIN_DELETES - max(0, loss - self._run_accepted)
+            if room > 0 and (few := self.manifest.count_trees(deletes, limit=room)) < room:
+                self._run_net += few
+                return "pass", 0
+        threshold = _threshold(self._run_size())
+        if mode == "defer":  # counted as far as a check needs (the check counts exactly)
+            return "defer", self._count_deferring(deletes, limit=max(1, threshold - loss))
+        affected = self.manifest.count_trees(deletes, limit=max(1, threshold - loss))
+        if loss + affected >= threshold:
+            return "hold", 0
+        if mode == "check":
+            return "defer", affected
+        self._run_net += affected
+        self._run_accepted = self._run_loss()  # judged: the next deletes need not wait at once
+        return "pass", 0
+
+    def _count_deferring(self, deletes: list[str], *, limit: int) -> int:
+        """The entries `deletes` hold, less those of paths deferred already below them (`rm -rf
+        d` reports d's files, then d, in a later batch): counted once, a check is not brought
+        forward by half."""
+        inner = _below(deletes, self._deferred)
+        known = self.manifest.count_trees(inner) if inner else 0
+        total = self.manifest.count_trees(deletes, limit=limit + known if limit >= 0 else -1)
+        return max(0, total - known)
+
+    def _defer(
+        self, changes: list[PendingChange], deletes: list[str], now: float, counted: int
+    ) -> tuple[list[PendingChange], list[str]]:
+        """Keep `deletes` (`counted` entries) and the changes tied to them for the run's
+        judgment; the others go."""
+        waiting, go = _tied(changes, deletes)
+        if not self._deferred_first_s:
+            self._deferred_first_s = now
+            logger.info(
+                "mass-delete guard: %s: deferring deletes (the run's net loss reached %s of %s "
+                "entries); judged when the run ends, in %.0f s at most",
+                self.root,
+                self._run_loss() + counted,
+                self._run_size(),
+                GUARD_RUN_JUDGE_S,
+            )
+        skipped = _paths_of(waiting)
+        self._add_deferred(skipped)
+        self._deferred_entries += counted
+        return go, skipped
+
+    def _add_deferred(self, paths: Iterable[str]) -> None:
+        self._deferred.update(paths)
+        if len(self._deferred) > GUARD_DEFER_PATHS:
+            self._deferred = _fold(self._deferred, GUARD_DEFER_PATHS)
+
+    def _add_held(self, paths: Iterable[str]) -> None:
+        self._guard_held_paths.update(paths)
+        if len(self._guard_held_paths) > GUARD_DEFER_PATHS:
+            self._guard_held_paths = _fold(self._guard_held_paths, GUARD_DEFER_PATHS)
+
+    def _count_new_held(self, deletes: list[str]) -> int:
+        """The entries `deletes` hold that no held path covers already (a recheck finds the
+        held deletes again; `rm -rf d` reports d after its files)."""
+        fresh = _outermost(p for p in deletes if not _at_or_below(p, self._guard_held_paths))
+        if not fresh:
+            return 0
+        inner = _below(fresh, self._guard_held_paths)
+        known = self.manifest.count_trees(inner) if inner else 0
+        return max(0, self.manifest.count_trees(fresh) - known)
+
+    def _hold(
+        self, changes: list[PendingChange], deletes: list[str], root_missing: bool
+    ) -> tuple[list[PendingChange], list[str]]:
+        """Hold `deletes` (and the changes tied to them) for an operator, unless one confirmed:
+        then this batch goes (what is deleted later is judged anew, against what is left). Only
+        a batch that trips the guard uses the confirmation up: a write journaled between the
+        confirmation and its rescan must not, or the deletes are held (and alarmed) again."""
+        if self._allow_mass_delete:
             self._allow_mass_delete = False
             self._guard_held = False
-            self._guard_recent.clear()
-            return "pass"
+            self._guard_held_paths = set()
+            self._new_run()
+            return changes, []
+        held, go = _tied(changes, deletes)
         self._guard_probe = deletes[:GUARD_PROBE_PATHS]
-        if not self._guard_held:
-            # The exact figure, once per hold: counting went no further than the threshold,
-            # and this full count costs less than the deletes would (one query per 500 paths,
-            # as many rows as they remove). Counted before the hold is set: `deletes_held`,
-            # read on the event loop meanwhile, never shows a hold with another hold's count.
-            total = self.manifest.count() + self._recent_deletes(time.monotonic())
-            self._guard_held_deletes = self.manifest.count_trees(deletes)
+        # The exact figure: counting went no further than the threshold, and this count costs
+        # less than the deletes would (one query per 500 paths, as many rows as they remove).
+        # Counted before the hold is set: `deletes_held`, read on the event loop meanwhile,
+        # never shows a hold with another hold's count.
+        added = self._count_new_held(deletes)
+        self._add_held(_paths_of(held))
+        if self._guard_held:  # a later part of the run (or a recheck: counted already)
+            self._guard_held_deletes += added
+        else:
+            self._guard_held_deletes = added
             self._guard_held = True
             self._guard_backoff_s = self._guard_due_s = GUARD_RECHECK_S
-            self._alarm(self._guard_held_deletes, total, root_missing)
-        return "hold"
+            self._alarm(added, self._run_size(), root_missing)
+        self._run_held = True
+        return go, _paths_of(held)
 
-    def _judge_window(self, deletes: list[str], *, settle: bool) -> Verdict:
-        """Judge `deletes` with those journaled in the last GUARD_WINDOW_S, against the folder
-        as it was before them. A deleted path removes itself and what is below it; the few
-        deletes of most batches are told apart without counting the whole folder."""
+    def _guard_skip_rest(self, events: list[FsEvent], skipped: set[str]) -> list[FsEvent]:
+        """`events` (left to detect after a part of a batch) less those on or below a path the
+        guard did not journal: they would be judged against the manifest's old state there. A
+        deferral's rescan looks at them (added to it), a hold's rescans do."""
+        if not skipped:
+            return events
+        out = []
+        for event in events:
+            paths = [p for p in (event.path, event.new_path) if p]
+            if any(_at_or_below(p, skipped) for p in paths):
+                if any(_at_or_below(p, self._guard_held_paths) for p in paths):
+                    self._add_held(paths)
+                elif self._deferred:
+                    self._add_deferred(paths)
+            else:
+                out.append(event)
+        return out
+
+    def _deferred_due(self) -> tuple[Literal["check", "release"] | None, float]:
+        """What to do with the deferred deletes now, or how long to wait before asking again."""
         now = time.monotonic()
-        recent = self._recent_deletes(now)
-        room = GUARD_MIN_DELETES - recent
-        if room > 0 and (few := self.manifest.count_trees(deletes, limit=room)) < room:
-            self._guard_recent.append((now, few))
-            return "pass"
-        total = self.manifest.count() + recent
-        threshold = max(GUARD_MIN_DELETES, int(total * GUARD_FRACTION))
-        affected = self.manifest.count_trees(deletes, limit=max(1, threshold - recent))
-        if recent + affected >= threshold:
-            return "hold"
-        if settle:
-            return "settle"
-        self._guard_recent.append((now, affected))
-        return "pass"
+        release_at = min(
+            self._run_last_s + GUARD_WINDOW_S, self._deferred_first_s + GUARD_RUN_JUDGE_S
+        )
+        if not self._deferred or now >= release_at:
+            return "release", 0.0
+        if (
+            self._run_total  # counted when the deletes were deferred (0: a new run since)
+            and self._run_loss() >= _threshold(self._run_total - self._run_base)
+            and now - self._checked_s >= max(GUARD_SETTLE_S, self._check_cost_s / GUARD_CHECK_DUTY)
+        ):
+            return "check", 0.0
+        return None, min(release_at - now, GUARD_SETTLE_S)
 
-    def _recent_deletes(self, now: float) -> int:
-        """The entries deleted by batches journaled in the last GUARD_WINDOW_S."""
-        while self._guard_recent and self._guard_recent[0][0] < now - GUARD_WINDOW_S:
-            self._guard_recent.popleft()
-        return sum(n for _, n in self._guard_recent)
-
-    async def _settle(
-        self, events: list[FsEvent], receive: MemoryObjectReceiveStream[list[FsEvent]]
-    ) -> list[FsEvent]:
-        """`events` and the batches that follow them until none that may delete came for
-        GUARD_SETTLE_S (at most GUARD_WINDOW_S): an `rm -rf` still running is judged whole,
-        not by its first batches alone."""
-        events = list(events)
-        deadline = time.monotonic() + GUARD_WINDOW_S
-        quiet_at = time.monotonic() + GUARD_SETTLE_S
-        while (wait_s := min(quiet_at, deadline) - time.monotonic()) > 0:
-            with anyio.move_on_after(wait_s):
-                try:
-                    more = await receive.receive()
-                except anyio.EndOfStream:
+    async def _judge_deferred(self) -> None:
+        """Check and release deferred deletes when due (`_deferred_due`), while the source runs."""
+        while True:
+            await self._deferral.wait()
+            while True:
+                action, wait_s = self._deferred_due()
+                if action is not None:
                     break
-                events += more
-                if any(e.kind in _MAY_DELETE for e in more):
-                    quiet_at = time.monotonic() + GUARD_SETTLE_S
-        return events
+                await anyio.sleep(wait_s)
+            await self._judge_deferred_now(action)
+
+    async def _judge_deferred_now(self, action: Literal["check", "release"] = "release") -> None:
+        """Rescan the deferred paths: what is deleted there is judged with the run at once."""
+        async with self._record_lock:
+            started_s = time.monotonic()
+            entries, sent = self._deferred_entries, self._guard_sent
+            paths = self._take_deferred(keep_clock=action == "check")
+            if paths:
+                logger.log(
+                    logging.DEBUG if action == "check" else logging.INFO,
+                    "mass-delete guard: %s: %s deferred deletes (about %s entries, %s paths)",
+                    self.root,
+                    "checking" if action == "check" else "releasing",
+                    entries,
+                    len(paths),
+                )
+                await self._record_locked(
+                    [FsEvent(kind="rescan", path=p) for p in paths], mode=action
+                )
+            if action == "release" and paths:
+                logger.info(
+                    "mass-delete guard: %s: deferral ended, %s deletes journaled%s",
+                    self.root,
+                    self._guard_sent - sent,
+                    ", the rest held" if self._guard_held else "",
+                )
+            if self._deferred:
+                self._checked_s = time.monotonic()
+                self._check_cost_s = self._checked_s - started_s
+            else:  # held, or gone: nothing waits
+                self._take_deferred()
 
     def _alarm(self, affected: int, total: int, root_missing: bool) -> None:
         """Log the held batch and tell the master (once per hold), from a worker thread."""
         logger.error(
-            "mass-delete guard: %s would delete %s of %s entries%s; held until an operator "
-            "confirms",
+            "mass-delete guard: %s would delete %s of %s entries%s (net, in this delete run: "
+            "%s more went before); held until an operator confirms",
             self.root,
             affected,
             total,
             " (folder missing)" if root_missing else "",
+            max(0, self._run_net - self._run_base),
         )
         if self.on_guard is not None:
             anyio.from_thread.run_sync(
@@ -189,6 +526,12 @@ class MassDeleteGuard:
         """The entries whose deletes are held for an operator now; 0 when nothing is held."""
         return self._guard_held_deletes if self._guard_held else 0
 
+    @property
+    def deletes_deferred(self) -> int:
+        """The entries whose deletes wait for their run's judgment now (about: exact after a
+        check, maybe more since); 0 when none wait."""
+        return self._deferred_entries if self._deferred else 0
+
     def confirm_deletes(self, count: int) -> bool:
         """An operator confirmed (counter `count`): the next rescan may delete what was held."""
         if count <= self._delete_confirm:
@@ -198,17 +541,21 @@ class MassDeleteGuard:
             self._allow_mass_delete = True
         return True
 
-    def _guard_rescanned(self) -> None:
-        """A whole-folder rescan found no mass delete (under the record lock): the held deletes
-        are gone (the disk came back, the files were put back), and so is the hold, with any
-        confirmation no batch used: kept, it would let a later mass delete go unasked."""
+    def _guard_rescanned(self, sent: int) -> None:
+        """A whole-folder rescan found no mass delete (under the record lock), and journaled
+        `sent` deletes: the held deletes are gone (the disk came back, the files were put back,
+        or what is deleted no longer makes most of the folder, and went), and so is the hold,
+        with any confirmation no batch used: kept, it would let a later mass delete go unasked."""
         if self._guard_held:
             logger.warning(
-                "mass-delete guard: %s no longer would delete most of its entries (the folder "
-                "is back); hold ended, nothing deleted",
+                "mass-delete guard: %s no longer would delete most of its entries; hold ended, %s",
                 self.root,
+                f"{sent} deletes journaled (under the threshold now)"
+                if sent
+                else "nothing deleted (the folder is back)",
             )
-        self._guard_held = False
+        self._guard_held = self._run_held = False
+        self._guard_held_paths = set()
         self._allow_mass_delete = False
 
     async def _recheck_guard(self) -> None:
@@ -233,3 +580,8 @@ class MassDeleteGuard:
     def _guard_probe_back(self) -> bool:
         """Whether one of the held paths looked for (GUARD_PROBE_PATHS of them) is back."""
         return self.root.is_dir() and any(os.path.lexists(self.root / p) for p in self._guard_probe)
+
+
+def _threshold(total: int) -> int:
+    """The deleted entries that make a mass delete of a folder of `total` entries."""
+    return max(GUARD_MIN_DELETES, int(total * GUARD_FRACTION))

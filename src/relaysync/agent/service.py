@@ -382,6 +382,10 @@ class AgentService(SourceRole, TargetRole):
                 out.append(sample("journal_backlog", r.source.backlog(), mapping=r.spec.name))
                 # the entries whose deletes the mass-delete guard holds for an operator (0: none)
                 out.append(sample("deletes_held", r.source.deletes_held, mapping=r.spec.name))
+                # ... and those it defers until their delete run is judged (30 s at most)
+                out.append(
+                    sample("deletes_deferred", r.source.deletes_deferred, mapping=r.spec.name)
+                )
         return out
 
     # --- reports ---

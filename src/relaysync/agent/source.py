@@ -34,7 +34,7 @@ from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
 from ._closed import note_closed
-from ._mass_delete_guard import MassDeleteGuard, Verdict
+from ._mass_delete_guard import MassDeleteGuard, Mode
 from ._unreadable_recheck import UnreadableRecheck
 
 logger = logging.getLogger(__name__)
@@ -355,16 +355,21 @@ class SourceMapping(MassDeleteGuard):
         return [n for n in names if encodes_utf8(n)]
 
     async def _consume(self, receive: MemoryObjectReceiveStream[list[FsEvent]]) -> None:
-        async with receive:
-            async for events in receive:
-                while True:  # drain what else is queued, so one journal write covers it all
-                    try:
-                        events = events + receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        break
-                events += self.unreadable.rescans_for(events)  # a chmod back: rescanned now
-                if not await self._record(events, settle=True):  # many deletes: more coming?
-                    await self._record(await self._settle(events, receive))
+        """Journal the watcher's batches; the mass-delete guard may defer their deletes (and
+        judges them meanwhile). Once the watcher stops, what waits is judged at once."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._judge_deferred)
+            async with receive:
+                async for events in receive:
+                    while True:  # drain what else is queued, so one journal write covers it all
+                        try:
+                            events = events + receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+                    events += self.unreadable.rescans_for(events)  # a chmod back: rescanned now
+                    await self._record(events, mode="defer")
+            tg.cancel_scope.cancel()
+        await self._judge_deferred_now()
 
     async def _recheck_held(self) -> None:
         while True:
@@ -453,20 +458,22 @@ class SourceMapping(MassDeleteGuard):
                 if change.op == "rename":
                     self._held[change.new_path + path[len(change.path) :]] = 0
 
-    async def _record(self, events: Sequence[FsEvent], *, settle: bool = False) -> bool:
-        """Detect and journal `events`; False if, with `settle`, the mass-delete guard wants to
-        see what follows before it judges their deletes (then nothing past them is journaled)."""
+    async def _record(self, events: Sequence[FsEvent], *, mode: Mode = "now") -> None:
+        """Detect and journal `events`; `mode`: how the mass-delete guard judges their deletes
+        ("defer" for the watcher's batches: they may wait until it judges their run)."""
         # One batch at a time: detect reads the manifest that the previous batch's apply wrote.
         async with self._record_lock:
-            return await self._record_locked(events, settle=settle)
+            await self._record_locked(events, mode=mode)
 
-    async def _record_locked(self, events: Sequence[FsEvent], *, settle: bool = False) -> bool:
+    async def _record_locked(self, events: Sequence[FsEvent], *, mode: Mode = "now") -> None:
         events = [e for e in events if self._names_encode(e.path, e.new_path)]
         closed = {e.path for e in events if e.kind == "write"}
         rest = coalesce(events)  # after `closed`: the watcher keeps the writes a rescan covers
         # Every directory the scans met could be listed (else a whole-folder rescan did not see
         # all of it, and cannot end a mass-delete hold).
         listed = True
+        skipped: set[str] = set()  # paths the guard did not journal (held or deferred)
+        sent = self._guard_sent  # deletes journaled before
         while rest:
             # detect() stops before an event that needs the manifest to hold what it found so
             # far (`mv d e; rm e/f`): that part is journaled and applied first. Most batches go
@@ -476,29 +483,28 @@ class SourceMapping(MassDeleteGuard):
             listed = listed and not any(
                 isinstance(e, SourceListError) for e in detection.unreadable
             )
-            rest = detection.rest
             detected = [c for c in detection.changes if self._encodes(c)]
-            verdict = await self._journal(detected, closed, settle)
-            if verdict != "pass":  # held: the guard's rescans find the rest too
-                return verdict == "hold"
-        if listed and any(e.kind == "rescan" and not e.path for e in events):
-            self._guard_rescanned()  # the whole folder, and no mass delete in it: a hold ends
-        return True
+            skipped.update(await self._journal(detected, closed, mode))
+            rest = self._guard_skip_rest(detection.rest, skipped)
+        if listed and not skipped and any(e.kind == "rescan" and not e.path for e in events):
+            # the whole folder, and no mass delete in it: a hold ends
+            self._guard_rescanned(self._guard_sent - sent)
 
     async def _journal(
-        self, detected: list[PendingChange], closed: set[str], settle: bool
-    ) -> Verdict:
-        """Journal and apply detected changes unless the mass-delete guard says otherwise."""
+        self, detected: list[PendingChange], closed: set[str], mode: Mode
+    ) -> list[str]:
+        """Journal and apply detected changes, less the deletes the mass-delete guard holds or
+        defers (and the changes tied to them); return the paths of those."""
         note_closed(closed, detected)  # a file closed, then renamed: closed under its new name
         changes = await self._hold_hot(detected, closed)
         self._follow_held(detected)
         if not changes:
-            return "pass"
-        verdict = await anyio.to_thread.run_sync(
-            functools.partial(self._guard_verdict, changes, settle=settle)
+            return []
+        changes, skipped = await anyio.to_thread.run_sync(
+            functools.partial(self._guard_split, changes, mode=mode)
         )
-        if verdict != "pass":
-            return verdict
+        if self._deferred:
+            self._deferral.set()  # the judge (`_judge_deferred`) wakes
         # A full scan can find 100,000 changes: journal them in slices, so the links start
         # streaming early and the journal records of one slice at a time are alive.
         for start in range(0, len(changes), JOURNAL_SLICE):
@@ -508,7 +514,7 @@ class SourceMapping(MassDeleteGuard):
             del records
             event, self._new_records = self._new_records, anyio.Event()
             event.set()
-        return "pass"
+        return skipped
 
     def _names_encode(self, *paths: str) -> bool:
         """False (and a warning, once per path) for a path the journal and manifest cannot hold.

@@ -364,6 +364,19 @@ class Manifest:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
 
+    def count_present(self, paths: Sequence[str]) -> int:
+        """Return how many of `paths` (distinct) the manifest holds, _COUNT_CHUNK per query."""
+        total = 0
+        for start in range(0, len(paths), _COUNT_CHUNK):
+            chunk = paths[start : start + _COUNT_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                row = self._db.execute(
+                    f"SELECT count(*) FROM entries WHERE path IN ({marks})", chunk
+                ).fetchone()
+            total += int(row[0])
+        return total
+
     def count_trees(self, paths: Sequence[str], *, limit: int = -1) -> int:
         """Return how many entries `paths` and everything below them hold (paths must not nest).
 

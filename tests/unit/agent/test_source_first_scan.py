@@ -46,10 +46,10 @@ def _full_rescans(mapping: SourceMapping) -> list[int]:
     seen: list[int] = []
     record = mapping._record
 
-    async def noting(events: Sequence[FsEvent], *, settle: bool = False) -> bool:
+    async def noting(events: Sequence[FsEvent], *, mode: str = "now") -> None:
         if any(e.kind == "rescan" and not e.path for e in events):
             seen.append(mapping.backlog())
-        return await record(events, settle=settle)
+        await record(events, mode=mode)
 
     mapping._record = noting  # type: ignore[method-assign]
     return seen

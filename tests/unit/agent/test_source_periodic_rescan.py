@@ -90,10 +90,10 @@ def test_a_rescan_that_finds_nothing_journals_nothing_and_stays_quiet(
     rescans: list[int] = []
     record = mapping._record_locked
 
-    async def counting(events: list, *, settle: bool = False) -> bool:  # type: ignore[type-arg]
+    async def counting(events: list, *, mode: str = "now") -> None:  # type: ignore[type-arg]
         if any(e.kind == "rescan" and not e.path for e in events):
             rescans.append(mapping.journal.last_seq)
-        return await record(events, settle=settle)
+        await record(events, mode=mode)
 
     monkeypatch.setattr(mapping, "_record_locked", counting)
 
@@ -126,10 +126,10 @@ def test_no_periodic_rescan_while_a_mass_delete_is_held(
         attempts.append(1)
         return await rescan_all()
 
-    async def counting_scans(events: list, *, settle: bool = False) -> bool:  # type: ignore[type-arg]
+    async def counting_scans(events: list, *, mode: str = "now") -> None:  # type: ignore[type-arg]
         if any(e.kind == "rescan" and not e.path for e in events):
             full_scans.append(1)
-        return await record(events, settle=settle)
+        await record(events, mode=mode)
 
     monkeypatch.setattr(mapping, "_rescan_all", counting_attempts)
     monkeypatch.setattr(mapping, "_record_locked", counting_scans)
