@@ -38,7 +38,8 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── WatchLimitReached          the kernel's inotify watch limit is too low
     │   ├── NameNotUtf8                a file or directory name that is not valid UTF-8
     │   ├── LinkTargetNotUtf8          a symlink whose target is not valid UTF-8
-    │   └── JournalCorrupt
+    │   ├── JournalCorrupt
+    │   └── JournalGap                 a read from below what the journal still holds (released)
     ├── StoreError                     the master's store
     │   └── NotFound
     ├── PurgeError                     cache synchronization
@@ -279,6 +280,11 @@ class LinkTargetNotUtf8(WatchError):
 
 class JournalCorrupt(WatchError):
     """Journal {} is corrupt at offset {}: {}"""
+
+
+class JournalGap(WatchError):
+    """Journal {}: records after seq {} are asked for, but it holds only those after seq {} (the
+    rest were released): a reader there must catch up some other way (a comparison)."""
 
 
 class StoreError(RelaySyncError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from relaysync.errors import JournalGap
 from relaysync.protocol.messages import (
     MAX_OBSOLETE_PARTIALS,
     AnyMessage,
@@ -51,18 +52,22 @@ def obsolete_partials(
 
 
 def _paths_journaled_after(journal: Journal, head: int) -> set[str] | None:
-    """Every path (old and new names) of the records after `head`; None if over MAX_RECORDS_AFTER_HEAD."""
+    """Every path (old and new names) of the records after `head`; None if over
+    MAX_RECORDS_AFTER_HEAD, or if some were released meanwhile (then they are not known)."""
     touched: set[str] = set()
     seen, after = 0, head
-    while records := journal.read(after, 4096):
-        seen += len(records)
-        if seen > MAX_RECORDS_AFTER_HEAD:
-            return None
-        for record in records:
-            touched.add(record.path)
-            if record.new_path:
-                touched.add(record.new_path)
-        after = records[-1].seq
+    try:
+        while records := journal.read(after, 4096):
+            seen += len(records)
+            if seen > MAX_RECORDS_AFTER_HEAD:
+                return None
+            for record in records:
+                touched.add(record.path)
+                if record.new_path:
+                    touched.add(record.new_path)
+            after = records[-1].seq
+    except JournalGap:
+        return None
     return touched
 
 

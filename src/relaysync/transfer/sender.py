@@ -1,9 +1,10 @@
 """The sending end of a mapping: one link per target, streaming the source's journal over TLS.
 
 A `TargetLink` connects to its target's peer server, learns the target's watermark for this
-source journal, catches it up (journal replay when the journal still covers the gap, otherwise
-a top-down manifest comparison), then streams new journal records as they arrive, each batch
-closed by a Checkpoint that the target acknowledges once the batch is committed.
+source journal, catches it up (journal replay when the journal still covers the gap, otherwise,
+or once it released the records meanwhile, a top-down manifest comparison; a held mapping's at a
+release), then streams new journal records as they arrive, each batch closed by a Checkpoint
+that the target acknowledges once the batch is committed.
 
 Error handling: any link, TLS or protocol failure, or a change the target could not commit, ends
 the session; the link reconnects with backoff and resumes from the target's watermark, so a
@@ -36,7 +37,7 @@ from relaysync.constants import (
     ROUTES_STALE_LIMIT_S,
     ROUTES_STALE_RETRY_MAX_S,
 )
-from relaysync.errors import PeerRefused, ProtocolError, SpoolReset
+from relaysync.errors import JournalGap, PeerRefused, ProtocolError, SpoolReset
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
@@ -253,32 +254,28 @@ class TargetLink:
         self.options.resume = {(p.path, p.hash): p.size for p in state.partials}
         session.partials = state.partials
         self.connected = True
-        covered = journal.first_seq <= state.watermark + 1 <= journal.last_seq + 1
-        must_compare = not covered  # the journal cannot replay what the target lacks
+        # The journal cannot replay what the target lacks: a comparison is owed (`_may_compare`).
+        owed = not journal.covers(state.watermark)
         await self._tell_unreadable(session)  # before any comparison a relay runs with them
-        if must_compare and (self.source.realtime or self.source.send_limit > state.watermark):
-            await self._catch_up_by_compare(session)
-            must_compare = False
         # Once replay has caught up, compare anyway: the target may have lost or gained files.
-        compare_due = (
-            anyio.current_time() if covered else anyio.current_time() + self.compare_interval_s
-        )
+        compare_due = anyio.current_time() + (self.compare_interval_s if owed else 0.0)
         self.log.info("streaming to %s from seq %s", self.target.name, session.sent_upto)
         while True:
             await self._tell_unreadable(session)
             if self.unreadable.due(session.sent_upto):  # files it could not read, read again
                 await self._send_stream(session, self.unreadable.retries(self.source, session))
-            if must_compare and self.source.send_limit > session.sent_upto:
-                # held (manual/reserved) until now: the first release catches up by comparing
+            if owed and self._may_compare(session):
                 await self._catch_up_by_compare(session)
-                must_compare = False
+                owed = False
                 continue
-            records = await anyio.to_thread.run_sync(journal.read, session.sent_upto, BATCH_RECORDS)
-            # Only what the manifest already reflects: a compare must never miss a record sent.
-            # A write that a later one in the batch supersedes is not sent: the file is read as
-            # it is now anyway, and the kept write's base is the version the target holds, so a
-            # large file written twice during a backlog goes once, as one delta.
-            records = coalesce_records([r for r in records if r.seq <= self.source.send_limit])
+            try:
+                records = [] if owed else await self._read_journal(session)
+            except JournalGap as gap:  # released meanwhile (a reopen racing a release)
+                self.log.warning(
+                    "cannot replay to %s, catching up by comparison: %s", self.target.name, gap
+                )
+                owed = True
+                continue
             if records:
                 await self._wait_window(session)
                 await self._send_records(session, records)
@@ -290,6 +287,8 @@ class TargetLink:
             # Not while a first scan journals the folder: its records reach the target anyway,
             # and a comparison would hash a manifest still being built (0.1 CPU-s per 10,000).
             due = anyio.current_time() >= compare_due and not self.source.scanning
+            if due and self.source.applied_seq > session.sent_upto:
+                continue  # journaled since the read: sent first, a comparison never jumps them
             if due and session.acked >= session.sent_upto:
                 await self._catch_up_by_compare(session)
                 compare_due = anyio.current_time() + self.compare_interval_s
@@ -305,9 +304,38 @@ class TargetLink:
             if retry_at is not None:
                 wait_s = min(wait_s, max(0.0, retry_at - time.monotonic()))
             before = self.source.send_limit
-            await self.source.wait_for_records(session.sent_upto, wait_s)
+            # Owed a comparison, a held mapping waits for its next release; nothing to replay.
+            after = max(session.sent_upto, before) if owed else session.sent_upto
+            await self.source.wait_for_records(after, wait_s)
             if self.source.send_limit == before:
                 await session.framed.send(Ping())
+
+    def _may_compare(self, session: _Session) -> bool:
+        """Whether a comparison owed may run now. Realtime: at once. A held (manual/reserved)
+        mapping compares against its manifest, which already holds the changes journaled after
+        the last release: only at a release (send_limit past what the target holds) and while
+        nothing newer is journaled, so that nothing unreleased goes; else at the next release."""
+        source = self.source
+        if source.realtime:
+            return True
+        return (
+            source.send_limit > session.sent_upto and source.journal.last_seq <= source.send_limit
+        )
+
+    async def _read_journal(self, session: _Session) -> list[JournalRecord]:
+        """The next records to send: only what the manifest already reflects (a compare must never
+        miss a record sent), and of what may go (a held mapping's release). A write that a later
+        one in the batch supersedes is not sent: the file is read as it is now anyway, and the
+        kept write's base is the version the target holds, so a large file written twice during
+        a backlog goes once, as one delta.
+
+        Raises:
+            JournalGap: the journal released records after `session.sent_upto`.
+        """
+        records = await anyio.to_thread.run_sync(
+            self.source.journal.read, session.sent_upto, BATCH_RECORDS
+        )
+        return coalesce_records([r for r in records if r.seq <= self.source.send_limit])
 
     async def _tell_unreadable(self, session: _Session) -> None:
         """Tell the target what changed of the source's unreadable paths, if it takes them: a

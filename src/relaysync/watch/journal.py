@@ -15,7 +15,8 @@ Error handling: on open, a torn tail of the last segment (a short frame, or a ba
 the last one) is truncated away and logged; a bad frame followed by a good one is corruption and
 raises JournalCorrupt, as does any bad frame met later by `read()` in an older segment. A
 `released` file that holds no seq (left torn by a crash) is read as 0 and logged: the retained
-records are sent again rather than skipped.
+records are sent again rather than skipped. A `read()` from below what is retained (records
+released meanwhile) raises JournalGap: the reader missed them and must catch up otherwise.
 
 A journal written without fsync ("fast" durability) may lose its tail when the machine itself
 crashes: the records come back with lower seqs than the targets have already acknowledged, and
@@ -48,7 +49,7 @@ from typing import BinaryIO
 
 import anyio
 
-from relaysync.errors import JournalCorrupt
+from relaysync.errors import JournalCorrupt, JournalGap
 from relaysync.watch._coalesce_journal import coalesce_records
 from relaysync.watch._journal_frame import _frame, _read_frame, _TornTail
 from relaysync.watch.changes import JournalRecord, PendingChange
@@ -273,7 +274,7 @@ class Journal:
     def first_seq(self) -> int:
         """The lowest retained seq; last_seq + 1 if nothing is retained."""
         with self._lock:
-            return min(max(self._segments[0], self._released + 1), self._last_seq + 1)
+            return self._retained_after() + 1
 
     # --- appending ---
 
@@ -378,14 +379,32 @@ class Journal:
 
     # --- reading ---
 
-    def read(self, after_seq: int, limit: int = 1000) -> list[JournalRecord]:
+    def covers(self, after_seq: int) -> bool:
+        """Whether every record after `after_seq` is retained (and `after_seq` was handed out)."""
+        with self._lock:
+            return self._retained_after() <= after_seq <= self._last_seq
+
+    def _retained_after(self) -> int:
+        """Every record after this seq is retained (hold the lock)."""
+        return min(max(self._released, self._segments[0] - 1), self._last_seq)
+
+    def read(
+        self, after_seq: int, limit: int = 1000, *, skip_released: bool = False
+    ) -> list[JournalRecord]:
         """Return up to `limit` retained records with seq > after_seq, ascending.
 
+        A reader below what is retained missed records released meanwhile (a target reopened
+        lower as the release ran) and hears of it. `skip_released`: from the first retained one.
+
         Raises:
+            JournalGap: records after `after_seq` were released (unless `skip_released`).
             JournalCorrupt: a damaged frame was met.
         """
         with self._lock:
-            after_seq = max(after_seq, self._released, self._segments[0] - 1)
+            retained_after = self._retained_after()
+            if after_seq < retained_after and not skip_released:
+                raise JournalGap(str(self._dir), after_seq, retained_after)
+            after_seq = max(after_seq, retained_after)
             out: list[JournalRecord] = []
             pos = max(bisect.bisect_right(self._segments, after_seq + 1) - 1, 0)
             for first in self._segments[pos:]:

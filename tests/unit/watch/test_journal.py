@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaysync.errors import JournalCorrupt
+from relaysync.errors import JournalCorrupt, JournalGap
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.journal import LEASE_SEQS, Journal
 from relaysync.watch.manifest import Entry
@@ -56,17 +56,37 @@ def test_segments_release_and_restart(tmp_path: Path) -> None:
     assert [r.seq for r in j.read(150, limit=10)] == list(range(151, 161))
     j.release(120)
     assert j.first_seq == 121
-    assert j.read(0, limit=1)[0].seq == 121
+    assert j.read(0, limit=1, skip_released=True)[0].seq == 121
     assert all(int(p.stem) > 100 for p in segments(tmp_path)[1:])
     j.close()
     j = Journal(tmp_path, segment_bytes=2000, fsync=False)
     assert (j.first_seq, j.last_seq) == (121, 200)
     j.release(200)
-    assert (j.first_seq, j.last_seq) == (201, 200) and j.read(0) == []
+    assert (j.first_seq, j.last_seq) == (201, 200) and j.read(200) == []
     j.close()
     j = Journal(tmp_path, fsync=False)
     assert (j.first_seq, j.last_seq) == (201, 200)
     assert j.append([w("next")])[0].seq == 201
+    j.close()
+
+
+def test_a_read_from_below_the_release_reports_the_gap(tmp_path: Path) -> None:
+    """A reader behind the release (a target that reopened at a lower watermark while the
+    release ran) is told, not handed the records after the release as if they came next."""
+    j = Journal(tmp_path, segment_bytes=2000, fsync=False)
+    j.append([w(f"f{i}", b"x" * 50) for i in range(100)])
+    assert j.covers(0) and j.covers(100) and not j.covers(101)  # 101: seqs never handed out
+    j.release(60)
+    assert (j.covers(59), j.covers(60)) == (False, True)
+    with pytest.raises(JournalGap) as gap:
+        j.read(59)
+    assert "after seq 59" in str(gap.value) and "after seq 60" in str(gap.value)
+    assert j.read(60, limit=1)[0].seq == 61
+    assert j.read(59, limit=1, skip_released=True)[0].seq == 61  # tools: from what is kept
+    j.release(100)  # all of it: still a gap below, none at the end
+    with pytest.raises(JournalGap):
+        j.read(99)
+    assert j.read(100) == [] and j.covers(100)
     j.close()
 
 
@@ -268,9 +288,9 @@ def test_fast_journal_left_open_across_a_reboot_starts_a_new_id(tmp_path: Path) 
     # a target acked seq 3 of the old id (the master's job log and purge ordering know the
     # change by it): the next change gets a seq never handed out before, and is read
     assert j.journal_id != old_id and j.previous_id == old_id
-    assert j.first_seq == j.last_seq + 1 and j.last_seq >= 3 and j.read(0) == []
+    assert j.first_seq == j.last_seq + 1 and j.last_seq >= 3 and j.read(0, skip_released=True) == []
     [d] = j.append([w("d")])
-    assert d.seq > 3 and [r.path for r in j.read(0)] == ["d"]
+    assert d.seq > 3 and [r.path for r in j.read(0, skip_released=True)] == ["d"]
     assert len(segments(tmp_path)) == 1
     j.close()
     again = Journal(tmp_path, fsync=False, boot_id="boot-3")  # closed cleanly: nothing to distrust
@@ -345,7 +365,7 @@ def test_a_torn_released_file_resends_rather_than_stopping_the_journal(
 
     j = Journal(tmp_path, segment_bytes=2000)
     assert j.first_seq == retained  # not past any record a target may lack
-    assert [r.seq for r in j.read(0, limit=1000)] == list(range(retained, 81))
+    assert [r.seq for r in j.read(0, limit=1000, skip_released=True)] == list(range(retained, 81))
     assert j.append([w("g")])[0].seq == 81
     assert "released" in caplog.text
     j.release(40)
