@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from relaysync._util.fs import open_for_writing, root_held
 from relaysync.errors import SourceListError
 from relaysync.protocol.messages import MappingSpec, nodes_below
 from relaysync.transfer.compare import Unreadable
@@ -405,16 +406,19 @@ class SourceMapping(MassDeleteGuard):
     async def _hold_hot(
         self, changes: list[PendingChange], closed: set[str]
     ) -> list[PendingChange]:
-        """Keep back writes found by a scan of files modified in the last HOT_FILE_S.
+        """Keep back writes found by a scan of files modified in the last HOT_FILE_S and maybe
+        still open for writing.
 
         A scan (initial, after an overflow, of a new directory) cannot tell a file that is
-        complete from one still being written; inotify's close-write can. A held file is
-        shipped on its close-write, or by the re-check once it has stayed untouched. (A read
-        lease cannot tell either: a file just created is visible, empty, before its creator's
-        descriptor counts as a writer, and a lease taken in that window took an empty file for
-        a complete one; measured with a burst of 3,000 new files.)
+        complete from one still being written; inotify's close-write can, and so can a read
+        lease (`open_for_writing`), which is what tells a file written into a new directory
+        before its watch was added (`mkdir d; echo x > d/f`: no close-write comes for it) from
+        one still being written there. A held file is shipped on its close-write, or by the
+        re-check once it is closed or has stayed untouched.
         """
         hot = self._hot_writes(changes, closed)
+        if hot:
+            hot = await anyio.to_thread.run_sync(self._maybe_open, changes, hot)
         for i in hot:
             self._held[changes[i].path] = 0
         return [change for i, change in enumerate(changes) if i not in hot]
@@ -436,6 +440,12 @@ class SourceMapping(MassDeleteGuard):
             and change.entry.ino not in closed_inodes
             and 0 <= now_ns - change.entry.mtime_ns < HOT_FILE_S * 1e9
         }
+
+    def _maybe_open(self, changes: list[PendingChange], hot: set[int]) -> set[int]:
+        """Those of `hot` whose file is open for writing, or may be (a worker thread's part).
+        The root is opened once for the batch (`root_held`), not once per file."""
+        with root_held(self.root):
+            return {i for i in hot if open_for_writing(self.root, changes[i].path) is not False}
 
     def _follow_held(self, changes: list[PendingChange]) -> None:
         """A held file moves with a rename of itself or of a directory above it (a deploy renames

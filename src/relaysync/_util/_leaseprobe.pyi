@@ -1,0 +1,3 @@
+# The compiled read-lease probe (_leaseprobe.c): see relaysync._util.fs.open_for_writing.
+
+def probe(dir_fd: int, path: bytes, resolve: int, /) -> int: ...
