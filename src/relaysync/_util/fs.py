@@ -4,20 +4,13 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import signal
 import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from relaysync._util import _openat2
-
-try:
-    from relaysync._util import _leaseprobe
-except ImportError:  # not built (setup.py build_ext): `open_for_writing` probes in Python
-    _leaseprobe = None  # type: ignore[assignment]
 
 # O_NOFOLLOW: a path replaced by a symlink (out of the root, to /dev/zero) is not followed.
 # O_NONBLOCK: opening a FIFO does not wait for a writer (it has no effect on regular files).
@@ -182,83 +175,6 @@ def _walk_and_open(
     if openat2_refused:
         _openat2_usable = False
     return _if_regular(fd)
-
-
-_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
-_F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
-_VERDICTS: dict[int, bool | None] = {0: False, 1: True, 2: None}  # as _leaseprobe.probe's
-
-
-def open_for_writing(root: str | os.PathLike[str], relpath: str) -> bool | None:
-    """Whether any process has the regular file `relpath` below `root` open for writing now;
-    None if that cannot be told: gone, not a regular file, not readable, or no lease may be
-    taken on it (the agent neither owns it nor has CAP_LEASE; a file system without leases).
-
-    Told by a read lease, which the kernel refuses (EAGAIN) while the file is open for writing
-    anywhere (mapped for writing too). The lease is taken and dropped in one C call with the GIL
-    released (`_leaseprobe`): a writer opening the file meanwhile waits microseconds, never for
-    another thread of the agent to give the GIL back. The file is opened as `open_regular_in`
-    opens it (no component followed), from `root`'s held descriptor within `root_held`. A lease
-    break signals SIGURG, which is ignored, not SIGIO, whose default would end the agent.
-    """
-    if "\0" in relpath:
-        return None
-    if _leaseprobe is None:  # not built: the probe in Python (the lease held until os.close)
-        return _probe_in_python(root, relpath)
-    held = _held_fd(root)
-    try:
-        root_fd = held if held is not None else os.open(root, _ROOT_FLAGS)
-    except OSError:
-        return None
-    try:
-        return _VERDICTS[_probe_below(root_fd, relpath)]
-    except OSError:
-        return None
-    finally:
-        if held is None:
-            os.close(root_fd)
-
-
-def _probe_below(root_fd: int, relpath: str) -> int:
-    """`_leaseprobe.probe` of `relpath` below `root_fd`: one openat2, or where it is missing or
-    forbidden, its directory opened by a walk and the file by name from it.
-
-    Raises:
-        OSError: the file or a directory on its way could not be opened.
-    """
-    assert _leaseprobe is not None
-    if _openat2_usable:
-        try:
-            return _leaseprobe.probe(root_fd, os.fsencode(relpath), _RESOLVE)
-        except OSError as exc:
-            if exc.errno not in _UNSUPPORTED:
-                raise
-    head, _, name = relpath.rpartition("/")
-    parent = _open_dir_in("", head, root_fd=root_fd)
-    try:
-        return _leaseprobe.probe(parent, os.fsencode(name), 0)
-    finally:
-        os.close(parent)
-
-
-def _probe_in_python(root: str | os.PathLike[str], relpath: str) -> bool | None:
-    """`open_for_writing` where `_leaseprobe` is not built: a writer opening the file while the
-    lease is held waits until this thread gets the GIL back for os.close."""
-    try:
-        opened = open_regular_in(root, relpath)
-    except OSError:
-        return None
-    if opened is None:
-        return None
-    fd = opened[0]
-    try:
-        fcntl.fcntl(fd, _F_SETSIG, signal.SIGURG)
-        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as exc:
-        return True if exc.errno == errno.EAGAIN else None
-    finally:
-        os.close(fd)  # the lease goes with it
-    return False
 
 
 def open_for_read(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:

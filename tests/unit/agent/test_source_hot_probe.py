@@ -1,4 +1,4 @@
-"""SourceMapping: the hot files of a scan are probed (`open_for_writing`) from one descriptor of
+"""SourceMapping: the hot files of a scan are probed (`closed_as_scanned`) from one descriptor of
 the root held for the batch, not from the root opened anew for each file (review watchfix2 #3:
 10,000 hot files cost 0.39 s of probes, 0.30 s so)."""
 
@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from relaysync._util import fs
+from relaysync._util.lease import ScannedFile
 from relaysync.agent import source
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec
@@ -26,13 +27,13 @@ def test_the_hot_files_of_a_scan_are_probed_from_the_held_root(
     spec = MappingSpec(mapping_id=1, name="m", source_node="n", source_path=str(root), targets=())
     mapping = SourceMapping(spec, tmp_path / "state")
     held_roots: list[int | None] = []
-    probe = fs.open_for_writing
+    probe = source.closed_as_scanned
 
-    def spy(probed_root: str, relpath: str) -> bool | None:
+    def spy(probed_root: str, relpath: str, scanned: ScannedFile) -> bool:
         held_roots.append(fs._held_fd(probed_root))
-        return probe(probed_root, relpath)
+        return probe(probed_root, relpath, scanned)
 
-    monkeypatch.setattr(source, "open_for_writing", spy)
+    monkeypatch.setattr(source, "closed_as_scanned", spy)
     try:
         anyio.run(mapping._record, [FsEvent(kind="rescan", path="")])
         writes = sorted(r.path for r in mapping.journal.read(0) if r.op == "write")
