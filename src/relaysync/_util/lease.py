@@ -3,24 +3,21 @@ what it is at an instant when none has it so (a source's hot files, agent/source
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import logging
 import os
-import signal
-import stat
 from typing import NamedTuple
 
-from relaysync._util import _openat2, fs
+from relaysync._util import fs
 
 try:
     from relaysync._util import _leaseprobe
-except ImportError:  # not built (setup.py build_ext): the probe in Python, `_probe_in_python`
+except ImportError:  # not built (setup.py build_ext): no probe, hot files held as before
     _leaseprobe = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LeaseProbe", "ScannedFile", "closed_as_scanned", "probe_lease"]
 
-_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
-_F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
 _VERDICTS: dict[int, bool | None] = {0: False, 1: True, 2: None}  # as _leaseprobe.probe's
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # the manifest's mtime_ns column (mtime_ns_of)
 RawProbe = tuple[int, int, int, int, int, int]  # _leaseprobe.probe's answer
@@ -48,6 +45,7 @@ class ScannedFile(NamedTuple):
 
 
 _UNKNOWN = LeaseProbe(writing=None)
+_told_unbuilt: list[bool] = []  # the missing C probe is logged once per process
 
 
 def closed_as_scanned(root: str | os.PathLike[str], relpath: str, scanned: ScannedFile) -> bool:
@@ -66,7 +64,7 @@ def closed_as_scanned(root: str | os.PathLike[str], relpath: str, scanned: Scann
 
     A file on another file system mounted below `root` (its st_dev differs) is never "closed".
     """
-    if scanned.size <= 0 or scanned.ino == 0 or "\0" in relpath:
+    if scanned.size <= 0 or scanned.ino == 0 or "\0" in relpath or not _built():
         return False
     probe, root_dev = _probe_from_root(root, relpath)
     return (
@@ -88,9 +86,23 @@ def probe_lease(root: str | os.PathLike[str], relpath: str) -> LeaseProbe:
     back. A lease break signals SIGURG, which is ignored, not SIGIO, whose default would end the
     agent.
     """
-    if "\0" in relpath:
+    if "\0" in relpath or not _built():
         return _UNKNOWN
     return _probe_from_root(root, relpath)[0]
+
+
+def _built() -> bool:
+    """Whether the C probe is there. A probe in Python would hold the lease until its thread got
+    the GIL back (a writer's open waited 1.4 s, measured): without it nothing is probed."""
+    if _leaseprobe is not None:
+        return True
+    if not _told_unbuilt:
+        _told_unbuilt.append(True)
+        logger.warning(
+            "relaysync._util._leaseprobe is not built (python setup.py build_ext --inplace, "
+            "or reinstall): files a scan finds in new directories are held hot_file_s as before"
+        )
+    return False
 
 
 def _probe_from_root(root: str | os.PathLike[str], relpath: str) -> tuple[LeaseProbe, int]:
@@ -123,7 +135,7 @@ def _probe_below(root_fd: int, relpath: str) -> RawProbe:
     Raises:
         OSError: the file or a directory on its way could not be opened.
     """
-    probe = _probe_in_python if _leaseprobe is None else _leaseprobe.probe
+    probe = _leaseprobe.probe
     if fs._openat2_usable:
         try:
             return probe(root_fd, os.fsencode(relpath), fs._RESOLVE)
@@ -136,26 +148,3 @@ def _probe_below(root_fd: int, relpath: str) -> RawProbe:
         return probe(parent, os.fsencode(name), 0)
     finally:
         os.close(parent)
-
-
-def _probe_in_python(dir_fd: int, path: bytes, resolve: int) -> RawProbe:
-    """`_leaseprobe.probe` where it is not built: a writer opening the file while the lease is
-    held waits until this thread gets the GIL back to drop it."""
-    flags = fs._READ_FLAGS | fs._LARGE
-    if resolve:
-        fd = _openat2.openat2(dir_fd, path, flags, resolve)
-    else:
-        fd = os.open(path, flags, dir_fd=dir_fd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return (2, 0, 0, 0, 0, 0)
-        fcntl.fcntl(fd, _F_SETSIG, signal.SIGURG)
-        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
-        held = os.fstat(fd)
-        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
-    except OSError as exc:
-        return (1 if exc.errno == errno.EAGAIN else 2, 0, 0, 0, 0, 0)
-    finally:
-        os.close(fd)  # the lease goes with it
-    sec, part = divmod(held.st_mtime_ns, 1_000_000_000)
-    return (0, held.st_dev, held.st_ino, held.st_size, sec, part)
