@@ -1,4 +1,5 @@
-"""The one compiled part: the delta's block search (see src/relaysync/transfer/_blocksearch.c).
+"""The compiled parts: the delta's block search (src/relaysync/transfer/_blocksearch.c) and the
+read-lease probe of hot files (src/relaysync/_util/_leaseprobe.c).
 
 Everything else is declared in pyproject.toml. Building needs gcc, python3-dev and
 libxxhash-dev (scripts/install installs them).
@@ -12,6 +13,11 @@ setup(
             "relaysync.transfer._blocksearch",
             ["src/relaysync/transfer/_blocksearch.c"],
             extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-        )
+        ),
+        Extension(
+            "relaysync._util._leaseprobe",
+            ["src/relaysync/_util/_leaseprobe.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
     ]
 )

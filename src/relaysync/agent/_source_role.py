@@ -132,7 +132,11 @@ class SourceRole(AgentRole):
 
     async def _run_source_inner(self, spec: MappingSpec, scope: anyio.CancelScope) -> None:
         source = await anyio.to_thread.run_sync(
-            partial(SourceMapping, rescan_interval_s=self.cfg.rescan_interval_s),
+            partial(
+                SourceMapping,
+                rescan_interval_s=self.cfg.rescan_interval_s,
+                hot_file_s=self.cfg.hot_file_s,
+            ),
             spec,
             self.data_dir / "sources" / str(spec.mapping_id),
         )

@@ -21,6 +21,8 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from relaysync._util.fs import root_held
+from relaysync._util.lease import ScannedFile, closed_as_scanned
 from relaysync.errors import SourceListError
 from relaysync.protocol.messages import MappingSpec, nodes_below
 from relaysync.transfer.compare import Unreadable
@@ -53,10 +55,18 @@ class SourceMapping(MassDeleteGuard):
     """The source side of one mapping on this agent."""
 
     def __init__(
-        self, spec: MappingSpec, state_dir: Path, *, rescan_interval_s: float = RESCAN_INTERVAL_S
+        self,
+        spec: MappingSpec,
+        state_dir: Path,
+        *,
+        rescan_interval_s: float = RESCAN_INTERVAL_S,
+        hot_file_s: float | None = None,
     ) -> None:
         self.spec = spec
         self.rescan_interval_s = rescan_interval_s  # 0: no periodic rescan (`_rescan_periodically`)
+        # A file a scan finds modified this recently, and cannot tell complete, is held (None:
+        # HOT_FILE_S as it is when the mapping starts).
+        self.hot_file_s = HOT_FILE_S if hot_file_s is None else hot_file_s
         self.mapping_id = spec.mapping_id
         self.root = Path(spec.source_path)
         self.state_dir = state_dir
@@ -373,7 +383,7 @@ class SourceMapping(MassDeleteGuard):
 
     async def _recheck_held(self) -> None:
         while True:
-            await anyio.sleep(HOT_FILE_S / 2)
+            await anyio.sleep(self.hot_file_s / 2)
             await self.recheck_held_once()
 
     async def recheck_held_once(self) -> None:
@@ -410,16 +420,19 @@ class SourceMapping(MassDeleteGuard):
     async def _hold_hot(
         self, changes: list[PendingChange], closed: set[str]
     ) -> list[PendingChange]:
-        """Keep back writes found by a scan of files modified in the last HOT_FILE_S.
+        """Keep back writes found by a scan of files modified in the last `hot_file_s` that may
+        still be being written.
 
         A scan (initial, after an overflow, of a new directory) cannot tell a file that is
-        complete from one still being written; inotify's close-write can. A held file is
-        shipped on its close-write, or by the re-check once it has stayed untouched. (A read
-        lease cannot tell either: a file just created is visible, empty, before its creator's
-        descriptor counts as a writer, and a lease taken in that window took an empty file for
-        a complete one; measured with a burst of 3,000 new files.)
+        complete from one still being written; inotify's close-write can, and for a file written
+        into a new directory before its watch was added (`mkdir d; cp f d/`: no close-write
+        comes for it) so can a read lease (`closed_as_scanned`: not empty, open for writing by no
+        process, still the file the scan saw). A held file is shipped on its close-write, or by
+        the re-check once it has stayed untouched.
         """
         hot = self._hot_writes(changes, closed)
+        if hot:
+            hot = await anyio.to_thread.run_sync(self._still_hot, changes, hot)
         for i in hot:
             self._held[changes[i].path] = 0
         return [change for i, change in enumerate(changes) if i not in hot]
@@ -439,8 +452,21 @@ class SourceMapping(MassDeleteGuard):
             and change.path not in closed
             and change.entry is not None
             and change.entry.ino not in closed_inodes
-            and 0 <= now_ns - change.entry.mtime_ns < HOT_FILE_S * 1e9
+            and 0 <= now_ns - change.entry.mtime_ns < self.hot_file_s * 1e9
         }
+
+    def _still_hot(self, changes: list[PendingChange], hot: set[int]) -> set[int]:
+        """Those of `hot` not told complete by `closed_as_scanned` (a worker thread's part).
+        The root is opened once for the batch (`root_held`), not once per file."""
+        with root_held(self.root):
+            return {i for i in hot if not self._complete(changes[i])}
+
+    def _complete(self, change: PendingChange) -> bool:
+        entry = change.entry
+        assert entry is not None  # `_hot_writes` takes only writes with an entry
+        return closed_as_scanned(
+            self.root, change.path, ScannedFile(entry.ino, entry.size, entry.mtime_ns)
+        )
 
     def _follow_held(self, changes: list[PendingChange]) -> None:
         """A held file moves with a rename of itself or of a directory above it (a deploy renames

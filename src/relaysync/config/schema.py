@@ -74,6 +74,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     # A source folder is rescanned in full this often (0 = never), a safety net under inotify:
     # what the watcher missed (a kernel queue lost, a rename race) is found and sent.
     rescan_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    # A file a scan of a source folder finds modified this recently, and cannot tell complete
+    # (still open for writing, empty, or no read lease may be taken on it), is held until its
+    # close-write or until it has stayed untouched this long.
+    hot_file_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
     # compression of file data on this agent's links (0 = off; zstd's levels go to 19); a policy wins
     zstd_level: Annotated[int, msgspec.Meta(ge=0, le=19)] = 0
     bandwidth_limit_mbit: Annotated[float, msgspec.Meta(ge=0)] = (

@@ -13,7 +13,15 @@ BASE = {"master_url": "http://127.0.0.1:8470", "name": "a1", "data_dir": "/tmp/a
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("zstd_level", 23), ("zstd_level", -1), ("bandwidth_limit_mbit", -5)]
+    ("field", "value"),
+    [
+        ("zstd_level", 23),
+        ("zstd_level", -1),
+        ("bandwidth_limit_mbit", -5),
+        ("hot_file_s", 1e-6),  # re-checked twice a second per microsecond: a busy loop
+        ("hot_file_s", float("inf")),  # held files never re-checked
+        ("hot_file_s", 7200),
+    ],
 )
 def test_out_of_range_link_settings_are_refused_by_name(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=field):

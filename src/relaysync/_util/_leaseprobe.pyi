@@ -1,0 +1,3 @@
+# The compiled read-lease probe (_leaseprobe.c): see relaysync._util.fs.probe_lease.
+
+def probe(dir_fd: int, path: bytes, resolve: int, /) -> tuple[int, int, int, int, int, int]: ...
