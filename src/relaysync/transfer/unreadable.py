@@ -122,14 +122,13 @@ class UnreadableFiles:
         path: str,
         about: tuple[bytes, float],
         messages: Iterator[ops.Outgoing],
-        *,
-        settle: bool = True,
     ) -> Generator[ops.Outgoing, None, bool | None]:
         """Yield a file's `messages`; return True if the file went whole, False if not (gone:
         a later record covers it), None if it is there but did not go: it could not be read, or
-        (if `settle`) it is not the version journaled (`unsettled`), and it is kept, to be read
-        again once due (`retries`). `about`: the version's hash as journaled (empty: unknown, any
-        version goes) and when it changed (0: unknown).
+        it is not the version journaled (`unsettled`; once read so UNSETTLED_READS times, any
+        version goes), and it is kept, to be read again once due (`retries`). `about`: the
+        version's hash as journaled (empty: unknown, any version goes) and when it changed (0:
+        unknown).
 
         A failure is reported once until its state changes (a new seq, another errno): then a
         warning (at most WARN_FILES per cycle, see `flush_warnings`) and a FileAbort naming it
@@ -137,8 +136,9 @@ class UnreadableFiles:
         FileAbort only to end what went of the file, so a million unreadable files do not make a
         million job-log records a minute."""
         went, outcome = [False], _Outcome()
+        as_is = self._settling_over(path)
         try:
-            yield from _settled(_noting(messages, went), about[0] if settle else b"", outcome)
+            yield from _settled(_noting(messages, went), b"" if as_is else about[0], outcome)
         except SourceReadError as err:
             known = self._files.get(path)
             new = known is None or known.code != err.code or known.seq < seq
@@ -151,16 +151,27 @@ class UnreadableFiles:
         if outcome.aborted:
             self._unsettled(path, seq, about)
             return None
+        if as_is and outcome.whole:
+            self._log.warning(
+                "%s was not the version journaled at %s reads on the source: sent as it is",
+                path,
+                UNSETTLED_READS,
+            )
         self.sent(path)
         return outcome.whole
 
+    def _settling_over(self, path: str) -> bool:
+        """Whether `path` was read UNSETTLED_READS times as another version than journaled: a
+        file written all the time (a busy log) must go some time, not only once it pauses."""
+        kept = self._files.get(path)
+        return kept is not None and kept.unsettled and kept.attempts >= UNSETTLED_READS
+
     def _unsettled(self, path: str, seq: int, about: tuple[bytes, float]) -> None:
         """`path` was read for `seq` but is not the version journaled: keep it to read again (a
-        newer seq of it replaces an older, and starts the count again), or give it up once read
-        UNSETTLED_READS times and once more as it is."""
+        newer seq of it replaces an older; the count of reads goes on), or give it up once read
+        UNSETTLED_READS times and once more as it is (it changed while read then too)."""
         known = self._files.get(path)
-        fresh = known is None or not known.unsettled or known.seq < seq
-        attempts = 1 if fresh or known is None else known.attempts + 1
+        attempts = known.attempts + 1 if known is not None and known.unsettled else 1
         if attempts > UNSETTLED_READS:
             self._files.pop(path, None)
             self._log.error(
@@ -177,7 +188,7 @@ class UnreadableFiles:
         self._files[path] = UnreadableFile(
             path, seq, expected_hash, changed_at, attempts, self._clock() + wait_s, None, True
         )
-        self._log.info(
+        self._log.debug(
             "%s is not the version journaled on the source (seq %s), read again in %.0f s",
             path,
             seq,
@@ -245,15 +256,8 @@ class UnreadableFiles:
             options=self._options,
             changed_at=kept.changed_at,
         )
-        last = kept.unsettled and kept.attempts >= UNSETTLED_READS  # then any version goes
         about = (kept.expected_hash, kept.changed_at)
-        sent = yield from self.read(kept.seq, kept.path, about, messages, settle=not last)
-        if last and sent:
-            self._log.warning(
-                "%s was not the version journaled at %s reads on the source: sent as it is",
-                kept.path,
-                kept.attempts,
-            )
+        sent = yield from self.read(kept.seq, kept.path, about, messages)
         self.note(moved, root, kept.path, sent)
 
     def __len__(self) -> int:

@@ -208,3 +208,19 @@ def test_a_file_that_never_settles_goes_as_it_is_then_is_given_up(
     with caplog.at_level(logging.ERROR, logger="test"):
         list(files.read(3, "f", (b"", 0.0), iter([FileAbort(seq=3, reason="changed")])))
     assert "gave up" in caplog.text and "f" not in files
+
+
+def test_a_file_written_all_the_time_still_goes_now_and_then(tmp_path: Path) -> None:
+    """Each record's read finds a version newer than journaled (a busy log): the count of reads
+    goes on across its seqs, so one goes as it is, not only once the writer pauses."""
+    files = _files(small_files=True)
+    log = tmp_path / "busy.log"
+    opts = ops.SendOptions(small_files=True)
+    for seq in range(1, UNSETTLED_READS + 1):
+        log.write_text(f"{seq} lines")
+        messages = ops.iter_file_messages(tmp_path, "busy.log", seq, options=opts)
+        assert list(files.read(seq, "busy.log", (b"h" * 16, 0.0), messages)) == []
+    messages = ops.iter_file_messages(tmp_path, "busy.log", 9, options=opts)
+    [sent] = list(files.read(9, "busy.log", (b"h" * 16, 0.0), messages))
+    assert isinstance(sent, SmallFile) and sent.data == f"{UNSETTLED_READS} lines".encode()
+    assert "busy.log" not in files
