@@ -82,6 +82,12 @@ TASK_RETRY_MIN_S = 1.0
 # stays unreadable costs one warning (and one failed attempt in the job log) a minute.
 UNREADABLE_RETRY_MIN_S = 1.0
 UNREADABLE_RETRY_MAX_S = 60.0
+# A file read to be sent that is not the version its record journaled (caught mid-rewrite, or
+# changed while read) is not committed: it is read again under the same seq (transfer/
+# unreadable.py), with the same backoff, until it is that version or a later record of it goes.
+# After this many such reads of the path (by its records or retries: about 30 s without a record)
+# the next goes as it is, with a warning: a file written all the time goes now and then.
+UNSETTLED_READS = 6
 TASK_RETRY_MAX_S = 60.0  # a bug that recurs at once logs one traceback a minute, not a flood
 
 # The common name of the master's control certificate. No agent may join under it (auth/ca.py),

@@ -11,6 +11,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── FrameTooLarge
     │   ├── IncompatibleVersion
     │   └── PeerRefused                the peer answered with an Error message
+    │       └── SendWhole              a target lacks the version a change builds on: sent whole next
     ├── UnsafePath                     a path on the wire that is absolute, has .., NUL, or escapes the root
     ├── SourceReadError                a source file that is there but cannot be read (EACCES, EIO, EMFILE...)
     │   └── SourceListError            a source directory that is there but cannot be listed or entered
@@ -110,6 +111,10 @@ class IncompatibleVersion(ProtocolError):
 
 class PeerRefused(ProtocolError):
     """Peer refused: {} ({})."""
+
+
+class SendWhole(PeerRefused):
+    """Peer refused: {} ({}); the change goes whole at once."""
 
 
 class UnsafePath(RelaySyncError):

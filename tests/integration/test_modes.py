@@ -316,6 +316,38 @@ def test_a_file_changed_then_renamed_while_held_leaves_no_old_name(own_fleet: Fl
     own_fleet.wait_converged(src, [dst])
 
 
+def test_a_log_rotated_while_held_keeps_its_last_lines_under_the_old_name(
+    own_fleet: Fleet,
+) -> None:
+    """logrotate's create mode while the mapping is held: the write of the log's last lines is
+    journaled, then app.log becomes app.log.1 and a new app.log is made. Before the fix the link
+    read the new log for that write and the Rename moved it: the target's app.log.1 held the new
+    log, for good (a held mapping never compares). /work/notes/s25/send-review.md, defect 1."""
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    (src / "app.log").write_text("line 1\n")
+    own_fleet.wait_converged(src, [dst])
+    journal = _manual(own_fleet, mapping)
+
+    def writes() -> int:
+        return _journaled(journal).count(("write", "app.log"))
+
+    before = writes()
+    with open(src / "app.log", "a") as log:
+        log.write("line 2\n")
+    wait_until(lambda: writes() > before, timeout_s=30, what="the last lines journaled")
+    (src / "app.log").rename(src / "app.log.1")
+    (src / "app.log").write_text("first line of the new log\n")
+    wait_until(
+        lambda: ("rename", "app.log") in _journaled(journal) and writes() > before + 1,
+        timeout_s=30,
+        what="the rotation journaled",
+    )
+    r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
+    assert r.status_code == 200, r.text
+    own_fleet.wait_converged(src, [dst])
+    assert (dst / "app.log.1").read_text() == "line 1\nline 2\n"
+
+
 def test_a_held_fast_mapping_after_a_reboot_sends_nothing_until_the_next_release(
     own_fleet: Fleet,
 ) -> None:

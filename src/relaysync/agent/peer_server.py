@@ -321,6 +321,7 @@ class PeerServer:
         )
         session.sender_resends_renames = CAP_RENAME_RESEND in sender_capabilities
         feed = self.relays(folder.mapping_id)
+        session.keeps_applied_before_refusal = feed is None
         try:
             # A relay resumes too: its links send children the part below the resume offset from
             # its own copy (transfer/relay_resume.py).

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 
 from relaysync.constants import RECEIVE_TIMEOUT_S
-from relaysync.errors import PeerRefused, ProtocolError
+from relaysync.errors import PeerRefused, ProtocolError, SendWhole
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     Ack,
@@ -59,16 +59,25 @@ class _Session:
                     case DigestReply():
                         await send_replies.send(message)
                     case Error():
-                        if message.code in (ErrorCode.BASE_MISMATCH, ErrorCode.HASH_MISMATCH):
-                            # the target lacks the base, or a delta did not rebuild the file: whole next time
-                            self.link.options.whole_file_seqs.add(message.seq)
-                        raise PeerRefused(message.detail, message.code.name)
+                        self._refused(message)
                     case Ping():
                         await self.framed.send(Pong(nonce=message.nonce))
                     case Pong():
                         self.link.failures = 0  # idle and answering: a healthy session
                     case _:
                         raise ProtocolError(f"unexpected {type(message).__name__} from target")
+
+    def _refused(self, message: Error) -> NoReturn:
+        """End the session at the target's Error. The target lacks a delta's base or a renamed
+        file's version, or a delta did not rebuild the file: that change goes whole next time,
+        and the first time (SendWhole) the link reconnects at once, not as a failed hop."""
+        if message.code in (ErrorCode.BASE_MISMATCH, ErrorCode.HASH_MISMATCH):
+            whole = self.link.options.whole_file_seqs
+            first = message.seq not in whole  # refused whole too: a failed hop after all
+            whole.add(message.seq)
+            if first:
+                raise SendWhole(message.detail, message.code.name)
+        raise PeerRefused(message.detail, message.code.name)
 
     def _on_ack(self, watermark: int, subtree: Sequence[NodeMark] = ()) -> None:
         # A relay's targets below it: the source keeps changes until they commit. A target speaks

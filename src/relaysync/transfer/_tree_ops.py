@@ -270,6 +270,7 @@ class TreeOps(SessionHooks):
             )
         if self._lstat(msg.path) is None:
             return self._rename_missing(msg)
+        self._check_renamed_version(msg)
         # Both ends in their parents held open: a directory on either way swapped for a link
         # after these opens moves nothing out of the folder, nor anything from outside in.
         src_parent, src_name = self._at(msg.path)
@@ -287,6 +288,26 @@ class TreeOps(SessionHooks):
         self.folder.manifest.rename_tree(msg.path, msg.new_path)
         self._refuse_moved_links(msg)
         return survey.record_fields(kind)
+
+    def _check_renamed_version(self, msg: Rename) -> None:
+        """Refuse a file's rename if what this target holds at its old name is not the version
+        renamed (`msg.hash`, by our manifest): the source read a newer file at that path for an
+        earlier write (a log rotated while the link was behind), or a replay renames again what
+        a later write put there. Moved, it would sit at the new name as that version, for good.
+
+        Raises:
+            TransientFailure: BASE_MISMATCH, if the sender resends the new path whole then.
+        """
+        if not msg.hash or not self.sender_resends_renames:
+            return
+        held = self.folder.manifest.get(msg.path)
+        if held is not None and held.kind == "f" and held.hash == msg.hash:
+            return
+        raise TransientFailure(
+            msg.seq,
+            ErrorCode.BASE_MISMATCH,
+            f"{msg.path} here is not the version renamed: send {msg.new_path} whole",
+        )
 
     def _rename_missing(self, msg: Rename) -> dict[str, Any]:
         """A rename whose source is not here: applied before, to be sent whole, or refused."""

@@ -5,7 +5,9 @@ the file was moved meanwhile (a deploy building `release.tmp/` and renaming it i
 editor's atomic save, a backlog while a target was down), the write sends nothing, and the later
 rename moves on the target only what the target has: an empty directory, or an old version. So
 the link remembers such paths for the session (`gone`), and when a rename record moves one of
-them, or a directory above one, it sends the file from its new place (`follow`).
+them, or a directory above one, it sends the file from its new place (`follow`). The same goes for
+a path whose file was there but was not the version its record journaled (`unsent`): a rename
+of what the target holds there would carry the wrong version to the new name.
 
 Bounded: past MAX_PATHS remembered paths, `overflowed` asks the link for a comparison instead.
 """
@@ -35,8 +37,12 @@ class MovedAway:
     def gone(self, root: Path, path: str) -> None:
         """`path` was to be sent and was not: remember it if nothing is there any more (a file
         that changed meanwhile is still there, and its newer version has its own record)."""
-        if os.path.lexists(f"{root}/{path}"):
-            return
+        if not os.path.lexists(f"{root}/{path}"):
+            self.unsent(path)
+
+    def unsent(self, path: str) -> None:
+        """The version journaled for `path` was not sent, though a file is there (another
+        version: transfer/unreadable.py): remember it, so that a rename of it goes whole."""
         if len(self._paths) >= self._max:
             self.overflowed = True
             return

@@ -484,15 +484,3 @@ def entry_messages(
 def message_bytes(message: Outgoing) -> int:
     """Approximate payload size, for batching by bytes."""
     return len(message.data) + 64 if isinstance(message, FileChunk | SmallFile) else 64
-
-
-def whole_sent(messages: Iterator[Outgoing]) -> Generator[Outgoing, None, bool]:
-    """Yield `messages`; return whether they ended with a whole file sent (FileEnd or SmallFile)."""
-    complete = False
-    for message in messages:
-        if isinstance(message, FileEnd | SmallFile):
-            complete = True
-        elif isinstance(message, FileAbort):
-            complete = False
-        yield message
-    return complete

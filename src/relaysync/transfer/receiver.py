@@ -103,6 +103,9 @@ class ReceiverSession(FileReceiver, TreeOps):
         self._seen_seq = self.watermark
         # The sender resends a rename's new path whole when asked (its Hello: CAP_RENAME_RESEND).
         self.sender_resends_renames = False
+        # What a batch applied before a change the source must send whole is kept (not as a relay:
+        # its spool keeps whole batches only, `_keep_applied_before`).
+        self.keeps_applied_before_refusal = False
 
     def _keep_replaced(self, dir_fd: int, name: str, final: str) -> None:
         """Keep the version a commit is about to replace at `name` in `dir_fd` (`final` is
@@ -135,8 +138,9 @@ class ReceiverSession(FileReceiver, TreeOps):
                 # and come again; only the file being received is kept (`FULL_DISK_HOLD_S`).
                 self.folder.drop_partials(entry.path for entry in self._pending.entries)
             self._abort_incoming()
-            self._batch.discard(keep_partials=not full)
-            self._pending = _Pending()
+            if not self._keep_applied_before(failure):
+                self._batch.discard(keep_partials=not full)
+                self._pending = _Pending()
             logger.warning(
                 "change failed on target, source will retry: seq=%s code=%s detail=%s",
                 failure.seq,
@@ -147,6 +151,29 @@ class ReceiverSession(FileReceiver, TreeOps):
         finally:
             self._settle_dirs()  # the next batch proves its directories anew
         return replies
+
+    def _keep_applied_before(self, failure: TransientFailure) -> bool:
+        """Keep what the batch applied before a change the source sends whole next (the target
+        lacks its base, or it did not rebuild: BASE_MISMATCH, HASH_MISMATCH): commit the files
+        staged, report, and save the watermark up to the seq before it, so the next session
+        starts at that change instead of sending the whole batch again (K such changes in one
+        batch would cost K resends of it). Every op before it was applied, in order. False (the
+        batch is discarded) for any other failure, as a relay, or if the commit fails."""
+        if not self.keeps_applied_before_refusal or failure.code not in (
+            ErrorCode.BASE_MISMATCH,
+            ErrorCode.HASH_MISMATCH,
+        ):
+            return False
+        try:
+            self.flush()
+        except TransientFailure:
+            return False
+        if failure.seq > 0:  # its own ops applied so far come again, and are reported then
+            self._applied = [r for r in self._applied if r.seq < failure.seq]
+            self._applied_counted = self._applied_bytes = 0
+        self._seen_seq = max(self.watermark, min(self._seen_seq, failure.seq - 1))
+        self._report_and_save()
+        return True
 
     def _settle_dirs(self) -> None:
         """Close the batch's directory descriptors if no staged or incoming file uses one; else

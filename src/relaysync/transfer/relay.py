@@ -37,6 +37,7 @@ from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     AnyMessage,
     Checkpoint,
+    Delete,
     DeltaStart,
     FileAbort,
     FileChunk,
@@ -348,9 +349,10 @@ class RelayLink(TargetLink):
                 )
                 continue
             if isinstance(message, Rename) and message.hash and seq in self.options.whole_file_seqs:
-                await self._send(
-                    session, out
-                )  # the child lacked the file to rename: the result whole
+                # The child lacked the version renamed: the old name goes (it may hold another
+                # version there), the result whole.
+                out.append(Delete(seq=seq, path=message.path, changed_at=message.changed_at))
+                await self._send(session, out)
                 out = []
                 await self._whole_from_tree(session, seq, message.new_path, message.changed_at)
                 continue

@@ -37,7 +37,7 @@ from relaysync.constants import (
     ROUTES_STALE_LIMIT_S,
     ROUTES_STALE_RETRY_MAX_S,
 )
-from relaysync.errors import JournalGap, PeerRefused, ProtocolError, SpoolReset
+from relaysync.errors import JournalGap, PeerRefused, ProtocolError, SendWhole, SpoolReset
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
@@ -128,12 +128,22 @@ class TargetLink:
         task_status.started()
         delay = RECONNECT_MIN_S
         while True:
+            at_once = False
             try:
                 await self._run_session()
             except Exception as exc:
                 if not is_link_error(exc):
                     raise
-                if any(map(_not_a_failed_hop, error_leaves(exc))) and not self._stale_too_long():
+                if any(isinstance(e, SendWhole) for e in error_leaves(exc)):
+                    # A routine answer (the target lacks a version a change builds on), not a
+                    # failed hop: the session after it sends that change whole, at once.
+                    at_once = True
+                    self.log.info(
+                        "%s asks for a change whole, reconnecting: %s",
+                        self.target.name,
+                        leaf_error(exc),
+                    )
+                elif any(map(_not_a_failed_hop, error_leaves(exc))) and not self._stale_too_long():
                     delay = min(delay, ROUTES_STALE_RETRY_MAX_S)
                     self.log.info(
                         "link to %s waits for the routes to settle, will retry in %.1f s: %s",
@@ -146,8 +156,9 @@ class TargetLink:
             if self.connected:
                 self._stale_since = None  # the target took a session: any wait is over
             self.connected = False
-            await anyio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_S)
+            await anyio.sleep(0 if at_once else delay)
+            if not at_once:
+                delay = min(delay * 2, RECONNECT_MAX_S)
 
     def _stale_too_long(self) -> bool:
         """Whether refusals for a route change in flight have lasted past ROUTES_STALE_LIMIT_S:
@@ -375,37 +386,37 @@ class TargetLink:
             case "write":
                 messages = ops.record_messages(root, record, self.options)
                 sent = yield from self.unreadable.read_record(record, record.path, messages)
-                if sent is False:
-                    moved.gone(root, record.path)
-                elif sent:
-                    moved.forget(record.path)  # there after all (a name used again)
-            case "rename":  # a file kept to read again is read at its new name
-                self.unreadable.moved(record.path, record.new_path, record.seq)
-                followed = moved.follow(record.path, record.new_path)
-                if (
-                    record.new_path in followed
-                    and record.entry is not None
-                    and record.entry.kind == "f"
-                ):
-                    # This version never reached the target: the result goes whole instead of the
-                    # rename, and the old name goes (the target may hold an older version there).
-                    followed.remove(record.new_path)
-                    yield Delete(seq=record.seq, path=record.path, changed_at=record.time_ns / 1e9)
-                    self.options.whole_file_seqs.add(record.seq)
-                    messages = ops.record_messages(root, record, self.options)
-                    sent = yield from self.unreadable.read_record(record, record.new_path, messages)
-                    if sent is False:
-                        moved.gone(root, record.new_path)
-                else:
-                    yield from ops.record_messages(root, record, self.options)
-                for path in followed:  # moved along with a directory above them
-                    yield from self._moved_file(moved, path)
+                self.unreadable.note(moved, root, record.path, sent)
+            case "rename":
+                yield from self._rename_messages(moved, record)
             case "delete":
                 moved.forget(record.path)
                 self.unreadable.forget(record.path)
                 yield from ops.record_messages(root, record, self.options)
             case _:
                 yield from ops.record_messages(root, record, self.options)
+
+    def _rename_messages(self, moved: MovedAway, record: JournalRecord) -> Iterator[ops.Outgoing]:
+        """A rename's messages: the Rename, or, if the target cannot hold the version renamed
+        (it was not sent: moves.py; or the target said so, whole_file_seqs), the old name's
+        Delete and the file whole at its new name; then the files it carried that were not sent."""
+        root = self.source.root
+        self.unreadable.moved(record.path, record.new_path, record.seq)  # read at the new name
+        followed = moved.follow(record.path, record.new_path)
+        is_file = record.entry is not None and record.entry.kind == "f"
+        if is_file and (record.new_path in followed or record.seq in self.options.whole_file_seqs):
+            # The old name goes too: the target may hold another version there.
+            if record.new_path in followed:
+                followed.remove(record.new_path)
+            yield Delete(seq=record.seq, path=record.path, changed_at=record.time_ns / 1e9)
+            self.options.whole_file_seqs.add(record.seq)
+            messages = ops.record_messages(root, record, self.options)
+            sent = yield from self.unreadable.read_record(record, record.new_path, messages)
+            self.unreadable.note(moved, root, record.new_path, sent)
+        else:
+            yield from ops.record_messages(root, record, self.options)
+        for path in followed:  # moved along with a directory above them
+            yield from self._moved_file(moved, path)
 
     def _moved_file(self, moved: MovedAway, path: str) -> Iterator[ops.Outgoing]:
         """A file a rename carried away before it was sent, whole from where it is now."""
@@ -417,8 +428,8 @@ class TargetLink:
         messages = ops.iter_file_messages(
             root, path, 0, expected_hash=entry.hash, options=self.options
         )
-        if (yield from self.unreadable.read(0, path, (entry.hash, 0.0), messages)) is False:
-            moved.gone(root, path)
+        sent = yield from self.unreadable.read(0, path, (entry.hash, 0.0), messages)
+        self.unreadable.note(moved, root, path, sent)
 
     async def _catch_up_by_compare(self, session: _Session) -> None:
         """Compare manifests top-down and send the difference; then checkpoint the journal head."""

@@ -19,7 +19,7 @@ SECRET = b"s" * 32
 SRC, TGT = "a" * 64, "b" * 64
 
 
-def source_mapping(tmp: Path) -> SourceMapping:
+def source_mapping(tmp: Path, *, mode: str = "realtime") -> SourceMapping:
     src = tmp / "src"
     src.mkdir(exist_ok=True)
     spec = MappingSpec(
@@ -29,6 +29,7 @@ def source_mapping(tmp: Path) -> SourceMapping:
         source_path=str(src),
         targets=(TargetSpec(node_id=TGT, path="/t"),),
         durability="fast",
+        mode=mode,
     )
     return SourceMapping(spec, tmp / "state")
 

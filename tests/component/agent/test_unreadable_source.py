@@ -179,3 +179,41 @@ def test_a_rename_of_a_file_kept_to_read_again_keeps_its_retry(tmp_path: Path, m
     with _locked(locked, errno.EACCES):
         anyio.run(main)
     assert not (tgt / old).exists()
+
+
+def test_a_retry_that_finds_its_file_renamed_sends_it_at_the_new_name(tmp_path: Path) -> None:
+    """The file kept to read again is renamed on the source, and its retry comes due before the
+    rename's record is sent (the loop runs due retries first). Before the fix the retry dropped
+    it unnoted and the Rename moved the target's version 1 to the new name, where it stayed
+    (/tmp/rev-send/repro_retry_then_rename.py)."""
+    source, folder = source_mapping(tmp_path), target_folder(tmp_path)
+    root, tgt = source.root, folder.root
+    locked: set[str] = set()
+    server = _server(folder, [])
+    v2 = "version 2 -- must reach the target"
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(server.serve)
+            link = plain_link(source, port, compare_interval_s=3600)
+            tg.start_soon(link.serve)
+            (root / "page.html").write_text("version 1")
+            await _record(source, "page.html")
+            await _until("v1", lambda: (tgt / "page.html").exists())
+            locked.add("page.html")
+            (root / "page.html").write_text(v2)
+            await _record(source, "page.html")
+            await _until("kept to read again", lambda: "page.html" in link.unreadable)
+            locked.clear()
+            os.rename(root / "page.html", root / "renamed.html")
+            await _until("the retry found it gone", lambda: "page.html" not in link.unreadable)
+            await source._record([FsEvent(kind="move", path="page.html", new_path="renamed.html")])
+            renamed = tgt / "renamed.html"
+            await _until(
+                "v2 at the new name", lambda: renamed.exists() and renamed.read_text() == v2
+            )
+            tg.cancel_scope.cancel()
+
+    with _locked(locked, errno.EIO):
+        anyio.run(main)
+    assert not (tgt / "page.html").exists()

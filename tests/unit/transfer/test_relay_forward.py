@@ -256,11 +256,12 @@ def test_a_version_sent_from_the_relays_tree_follows_the_childs_hello(
 
 def test_a_rename_whose_source_the_child_lacked_goes_as_the_renamed_file_from_our_tree() -> None:
     """The child answered BASE_MISMATCH to a Rename (it never got the file: an atomic save's temp
-    file was gone when the source read it): the relay sends the new path's version whole."""
+    file was gone when the source read it; or it holds another version there): the relay sends
+    the new path's version whole, after a Delete of the old name."""
     from relaysync.protocol.messages import Rename
 
     rename = Rename(seq=REFUSED, path="index.html.tmp", new_path="index.html", hash=H)
-    assert _forward([rename, Checkpoint(seq=REFUSED)]) == ["tree:5", "Checkpoint"]
+    assert _forward([rename, Checkpoint(seq=REFUSED)]) == ["Delete", "tree:5", "Checkpoint"]
 
 
 TEXT = b"relaysync compresses repetitive text like this line, over and over again.\n" * 800
