@@ -169,3 +169,9 @@ def test_with_api_ca_file_the_operators_ca_is_taken_and_the_fleet_still_checked(
         with pytest.raises(ApiCertificateRefused):
             join_trust.join_verify(without, fleet.ca_fingerprint)
     assert master.posted == []
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3:99999", "https://master.example:http"])
+def test_a_port_that_is_not_one_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="has no valid port"):
+        join_trust.join_verify(_cfg(url), "ab" * 32)
