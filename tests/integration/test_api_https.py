@@ -159,7 +159,7 @@ def test_the_api_serves_an_operators_own_certificate_with_files(tmp_path: Path) 
         )
         assert c.api_url.startswith("https://") and r.status_code == 200
         assert not (c.master_dir / "api").exists()  # no fleet certificate made
-        refused = c.start_agent("f0", wait=False)  # certifi's bundle does not know trustme's CA
+        refused = c.start_agent("f0", wait=False)  # no --api-ca-file: the fleet CA alone
         wait_until(lambda: not refused.process.alive(), timeout_s=EXIT_TIMEOUT_S, what="exit")
         log = " ".join(refused.process.log_path.read_text().split())
         assert "not trusted here" in log and "--api-ca-file" in log and "Traceback" not in log

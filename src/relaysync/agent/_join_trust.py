@@ -5,7 +5,9 @@ compares its SHA-256 with the fingerprint of the join string, and refuses anothe
 (MasterNotTrusted) before any token is sent. It then needs a channel it can check: a master
 with api_tls = "fleet" serves a certificate from that CA (taken only if it is the master's,
 auth/api_trust.py); one with api_tls = "files" serves the operator's own, checked against the
-agent's api_ca_file, else what httpx trusts (SSL_CERT_FILE, certifi's bundle). Over whichever
+agent's api_ca_file only when the operator gave one. Never against what httpx trusts by default
+(certifi's bundle, SSL_CERT_FILE): /api/ca is public, so an on-path host holding any publicly
+trusted certificate for the master's name could relay it and receive the token. Over whichever
 channel verifies, /api/ca is fetched again and must still have the join string's fingerprint;
 the join request goes over that channel. With --insecure-first-join and a bare token it joins
 over https unchecked, and says so. Over plain http nothing can be checked: allowed to a master
@@ -30,7 +32,6 @@ import httpx
 from relaysync._util.addresses import is_loopback
 from relaysync.auth.api_trust import (
     certificate_problem,
-    default_api_context,
     file_api_context,
     fleet_api_context,
 )
@@ -51,9 +52,9 @@ logger = logging.getLogger(__name__)
 JOIN_API_HINT = (
     "a master with api_tls = fleet must have the host name or address of --master among its "
     "certificate's names (add it to the master's api_names: the certificate is made again at "
-    "its next start); for a master with api_tls = files this agent must trust the operator's "
-    "certificate: give --api-ca-file (api_ca_file) with the CA that issued it, unless certifi's "
-    "bundle (or SSL_CERT_FILE) already does"
+    "its next start); for a master with api_tls = files give this agent --api-ca-file "
+    "(api_ca_file) with the CA that issued the operator's certificate (certifi's bundle and "
+    "SSL_CERT_FILE are not used for a join)"
 )
 HTTPS_HINT = "a master that serves https drops plain http: use https:// in --master"
 
@@ -62,13 +63,14 @@ def join_verify(cfg: AgentConfig, expected: str | None) -> ssl.SSLContext | bool
     """What the join request checks the master's certificate with (httpx's `verify`).
 
     Raises:
-        ConfigError: plain http to another host, not allowed.
+        ConfigError: plain http to another host, not allowed; a port that is not one.
         MasterNotTrusted: the master's CA is not the expected one; no token was sent.
         ApiCertificateRefused: no channel to the master could be checked; no token was sent.
         JoinAnswerRefused: /api/ca answered something that is not one certificate.
         MasterUnreachable: the master did not answer.
     """
     master_url = cfg.master_url
+    _check_port(master_url)
     if urlsplit(master_url).scheme != "https":
         check_plain_join(master_url, cfg.allow_plain_http_join or cfg.insecure_first_join)
         return True
@@ -86,18 +88,21 @@ def join_verify(cfg: AgentConfig, expected: str | None) -> ssl.SSLContext | bool
 def verified_channel(
     master_url: str, ca_pem: bytes, expected: str, api_ca_file: str
 ) -> ssl.SSLContext:
-    """The first context that verifies the master's API (the fleet's CA, then the operator's
-    trust), /api/ca fetched again over it and checked: the fleet is bound by its fingerprint,
-    the host by the certificate.
+    """The first context that verifies the master's API (the fleet's CA, then api_ca_file if
+    the operator gave one), /api/ca fetched again over it and checked: the fleet is bound by
+    its fingerprint, the host by the certificate. No implicit public trust (certifi).
 
     Raises:
-        ApiCertificateRefused: neither verifies; MasterNotTrusted: another CA over a checked one.
+        ApiCertificateRefused: none verifies; MasterNotTrusted: another CA over a checked one.
+        AuthError: api_ca_file cannot be read or holds no certificate.
     """
-    operator = f"api_ca_file {api_ca_file}" if api_ca_file else "certifi's bundle (SSL_CERT_FILE)"
     candidates: list[tuple[str, Callable[[], ssl.SSLContext]]] = [
         ("the fleet CA", lambda: fleet_api_context(ca_pem)),
-        (operator, lambda: _operator_context(api_ca_file)),
     ]
+    if api_ca_file:
+        candidates.append(
+            (f"api_ca_file {api_ca_file}", lambda: file_api_context(Path(api_ca_file)))
+        )
     problems: list[str] = []
     for label, make in candidates:
         ctx = make()
@@ -111,8 +116,12 @@ def verified_channel(
     raise ApiCertificateRefused(master_url, "; ".join(problems), JOIN_API_HINT)
 
 
-def _operator_context(api_ca_file: str) -> ssl.SSLContext:
-    return file_api_context(Path(api_ca_file)) if api_ca_file else default_api_context()
+def _check_port(master_url: str) -> None:
+    """Raises: ConfigError: the URL's port is not a number in 0-65535."""
+    try:
+        _ = urlsplit(master_url).port  # parsed on access
+    except ValueError as exc:
+        raise ConfigError(f"--master {master_url} has no valid port ({exc})") from exc
 
 
 def _check_fingerprint(master_url: str, ca_pem: bytes, expected: str) -> None:

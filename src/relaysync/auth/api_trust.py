@@ -28,11 +28,6 @@ from relaysync.constants import MASTER_NODE_NAME
 from relaysync.errors import AuthError
 
 FLEET_CA_NAME = "relaysync CA"  # the subject of every fleet CA (CertificateAuthority's default)
-FLEET_API_CA_HINT = (
-    "the master's API certificate must come from the fleet's CA and carry the host name or "
-    "address used to reach it: use one it has, or add it to the master's api_names (the "
-    "certificate is made again at the master's next start)"
-)
 
 
 def _subject_name(der: bytes) -> str:

@@ -55,7 +55,8 @@ def agent(
         str | None,
         typer.Option(
             help="CA certificate(s) of the master's own API certificate (api_tls = files), "
-            "for the first join; default: certifi's bundle (or SSL_CERT_FILE)."
+            "for the first join; required for such a master (certifi's bundle and "
+            "SSL_CERT_FILE are not used for a join)."
         ),
     ] = None,
     region: Annotated[str | None, typer.Option(help="Region of this server.")] = None,

@@ -64,7 +64,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     # nobody can read the traffic; without it such a join is refused (use https://)
     allow_plain_http_join: bool = False
     # CA certificate(s) that issued the master's own API certificate (its api_tls = "files"),
-    # for the first join; "" = certifi's bundle (or SSL_CERT_FILE). The fleet's CA needs none.
+    # for the first join; "" = none: the fleet's CA only (never certifi's or SSL_CERT_FILE).
     api_ca_file: str = ""
     region: str = "default"
     group: str = "default"

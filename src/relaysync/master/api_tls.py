@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["fleet", "files", "off"]
 CERT_FILE, KEY_FILE = "api.pem", "api.key"  # in data_dir/api, for api_tls = "fleet"
+SHOWN_NAMES = 12  # at most this many of the certificate's names in the start line
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
@@ -57,15 +58,20 @@ class ApiTls:
         return {"ssl_certfile": str(self.cert_file), "ssl_keyfile": str(self.key_file)}
 
     def describe(self) -> str:
-        """What the start log says of it: "fleet certificate, expires 2028-...", "plain HTTP"."""
+        """What the start log says of it: "fleet certificate, expires 2028-..., for
+        master.example, 10.0.0.5", "plain HTTP" (the names other hosts may use, loopback ones
+        left out)."""
         if self.cert_file is None:
             return "plain HTTP"
         kind = "fleet certificate" if self.mode == "fleet" else f"certificate {self.cert_file}"
         try:
-            expires = format_time(validity(self.cert_file.read_bytes())[1])
-        except (OSError, AuthError):
+            cert_pem = self.cert_file.read_bytes()
+            expires = format_time(validity(cert_pem)[1])
+            names = _remote_names(cert_pem)
+        except (OSError, ValueError, AuthError):
             return kind
-        return f"{kind}, expires {expires}"
+        covers = f", for {_listed(names)}" if names else ", for loopback names only"
+        return f"{kind}, expires {expires}{covers}"
 
 
 def decide_mode(cfg: MasterConfig) -> Mode:
@@ -104,9 +110,16 @@ def api_names(value: str) -> list[str]:
 
 def _api_name(entry: str) -> str:
     try:
-        return str(ipaddress.ip_address(entry))
+        ip = ipaddress.ip_address(entry)
     except ValueError:
         pass
+    else:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+            raise ConfigError(
+                f"api_names entry {entry!r} has a zone (%{ip.scope_id}), which a certificate "
+                f"cannot hold: give {_without_zone(entry)} alone"
+            )
+        return str(ip)
     if "://" in entry or "/" in entry:
         why = "a URL: give its host alone"
     elif entry.startswith("["):
@@ -180,10 +193,21 @@ def local_addresses() -> list[str]:
 
 
 def _normalised(name: str) -> str:
+    """An address as the certificate stores it (no zone: a listen host may have one), a name
+    in lower case."""
     try:
-        return str(ipaddress.ip_address(name))
+        return _without_zone(name)
     except ValueError:
         return name.lower()
+
+
+def _without_zone(address: str) -> str:
+    """The IP address `address` without its IPv6 zone (fe80::1%eth0 -> fe80::1).
+
+    Raises:
+        ValueError: not an IP address.
+    """
+    return str(ipaddress.ip_address(address.split("%", 1)[0]))
 
 
 def ensure_fleet_certificate(
@@ -238,10 +262,26 @@ def reissue_reason(
 
 
 def _names_in(cert_pem: bytes) -> set[str]:
+    return set(_san_list(cert_pem))
+
+
+def _san_list(cert_pem: bytes) -> list[str]:
+    """The certificate's DNS names (lower case) then IP addresses, in its order."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return set()
+        return []
     dns = [n.lower() for n in sans.get_values_for_type(x509.DNSName)]
-    return set(dns) | {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    return dns + [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+
+
+def _remote_names(cert_pem: bytes) -> list[str]:
+    """The certificate's names another host may reach the master by (not loopback, not the
+    master's node name)."""
+    return [n for n in _san_list(cert_pem) if n != MASTER_NODE_NAME.lower() and not is_loopback(n)]
+
+
+def _listed(names: list[str], most: int = SHOWN_NAMES) -> str:
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
@@ -33,7 +34,8 @@ from relaysync.master.store import Store
 from relaysync.transfer import tls
 
 ADMIN = "admin-secret"
-MASTER_URL = "http://master.example:8470"
+# loopback: plain http is taken there without a probe (no DNS, no connection from the test)
+MASTER_URL = "http://127.0.0.1:8470"
 MASTER_NODE_ID = "0123456789abcdef" * 4  # the control certificate's fingerprint
 
 
@@ -68,8 +70,9 @@ def _answered_by(
     on the path relays the join to the master and `alter`s its answer on the way back."""
     sent: list[dict[str, Any]] = []
 
-    def post(url: str, *, json: dict[str, Any], timeout: float) -> httpx.Response:
+    def post(url: str, *, json: dict[str, Any], timeout: float, verify: object) -> httpx.Response:
         assert url == MASTER_URL + "/api/join" and timeout > 0
+        assert verify is True  # plain http on loopback: nothing to check, nothing unchecked
         sent.append(json)
         forwarded = dict(json)
         if impostor:
@@ -115,6 +118,26 @@ def test_the_agent_joins_the_master_its_join_string_names(
     ca_pem = (tmp_path / "ca" / "ca.pem").read_bytes()
     assert _identity(tmp_path).ca_path.read_bytes() == ca_pem
     assert master.get("/api/servers/web-1").status_code == 200
+
+
+def test_plain_http_to_another_host_is_refused_before_anything_is_sent(
+    master: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join over http to a host that is not loopback stops at the config check: no token is
+    posted, nothing saved (the TLS probe that only words the error is stubbed: no DNS)."""
+    from relaysync.agent import _join_trust
+
+    created = master.post("/api/tokens/join", json={}).json()
+    sent = _answered_by(monkeypatch, master)
+    probed: list[tuple[str, int]] = []
+    monkeypatch.setattr(_join_trust, "answers_tls", lambda h, p: probed.append((h, p)) or False)
+    cfg = msgspec.structs.replace(
+        _cfg(tmp_path, created["join_string"]), master_url="http://master.example:8470"
+    )
+    with pytest.raises(ConfigError, match="use --master https://master.example:8470"):
+        join(cfg, _identity(tmp_path))
+    assert sent == [] and probed == [("master.example", 8470)]
+    assert not (tmp_path / "agent" / "identity").exists()
 
 
 def test_an_impostor_answering_the_join_is_refused_and_nothing_is_saved(

@@ -179,3 +179,35 @@ def test_the_key_is_0600_over_a_leftover_temp_file_and_at_every_start(tmp_path: 
     key.chmod(0o644)
     ensure_fleet_certificate(ca, directory, ["m.example"])  # nothing to reissue
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_api_name_with_an_ipv6_zone_is_refused_with_the_address_to_give() -> None:
+    with pytest.raises(ConfigError) as refused:
+        decide_mode(_cfg("0.0.0.0:8470", api_names="fe80::1%eth0"))
+    message = str(refused.value)
+    assert "'fe80::1%eth0'" in message and "zone" in message and "give fe80::1 alone" in message
+
+
+def test_a_listen_host_with_an_ipv6_zone_does_not_reissue_at_every_start(
+    tmp_path: Path,
+) -> None:
+    """The certificate holds fe80::1 (no zone): the names asked for must say the same."""
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    names = fleet_names("[fe80::1%eth0]", "2001:db8::1")
+    assert "fe80::1" in names and not any("%" in n for n in names)
+    cert, key = ensure_fleet_certificate(ca, tmp_path / "api", names)
+    assert reissue_reason(ca, cert, key, fleet_names("[fe80::1%eth0]", "2001:db8::1")) == ""
+
+
+def test_the_start_line_names_what_other_hosts_may_reach_the_master_by(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    names = ["master.example", "localhost", "127.0.0.1", "::1", "10.9.9.9"]
+    cert, key = ensure_fleet_certificate(ca, tmp_path / "api", names)
+    described = api_tls.ApiTls("fleet", cert, key).describe()
+    assert described.startswith("fleet certificate, expires ")
+    assert described.endswith(", for master.example, 10.9.9.9")
+    many = [f"10.0.0.{i}" for i in range(1, api_tls.SHOWN_NAMES + 4)]
+    cert, key = ensure_fleet_certificate(ca, tmp_path / "many", many)
+    assert api_tls.ApiTls("fleet", cert, key).describe().endswith(" and 3 more")
+    cert, key = ensure_fleet_certificate(ca, tmp_path / "lo", ["localhost", "127.0.0.1"])
+    assert api_tls.ApiTls("fleet", cert, key).describe().endswith("for loopback names only")
