@@ -12,6 +12,9 @@ as the paths removed; a rename also purges what it replaced under its new path. 
 change of unknown kind (an older agent) is planned as a directory change. An attr change (a chmod that
 unpublishes a file) refreshes the path's URLs like a write. An erase
 (catch-up) purges what the origins removed, and bans its directory only if a list was cut.
+On a cache that takes bans, a file's change is followed by a ban of its query-string variants
+(`/a.css?` reaches `/a.css?v=3`), unless the site turns `query_variants` off; caches without
+bans cannot reach URLs they do not list (docs/caches.md).
 On a site with `listings` (purge/listings.py), the listing pages of the directories a change
 took away are purged with the paths under them, with those of the directories the job log saw
 made under it (`PurgeStore.made_dirs_under`: an empty one is named by no path); those of the
@@ -94,6 +97,31 @@ def _log_paths_under(site: SiteSpec, change: Released, count: int) -> None:
         )
 
 
+def _variant_paths(change: Released) -> list[str]:
+    """The paths whose query-string variants (`/a.css?v=3`) a change makes stale: the file
+    written, deleted or renamed (both names: the new one's variants may be cached 404s), what
+    an erase removed. A directory's (or a link to one) have its prefix ban: none here."""
+    if change.kind == "d" and change.op != "erase":
+        return []
+    if change.op in ("write", "symlink", "attr", "delete"):
+        return [change.path]
+    if change.op == "rename":
+        return [change.path, change.new_path] if change.new_path else [change.path]
+    if change.op == "erase":
+        return _reported_under(change)
+    return []
+
+
+def variant_items(site_id: int, cache: str, urls: Sequence[str]) -> list[PurgeItem]:
+    """Return a ban of the query-string variants of each of `urls` (and of its other forms):
+    `http://h/a.css?`, which reaches `/a.css?v=3` but neither `/a.css` nor `/a.css.map`."""
+    return [
+        PurgeItem(site_id=site_id, cache=cache, url=prefix, action="ban")
+        for url in urls
+        for prefix in urlmap.query_variant_prefixes(url)
+    ]
+
+
 def url_items(site_id: int, cache: str, urls: Sequence[str], action: Action) -> list[PurgeItem]:
     """Return the items of `action` on `urls`, and a purge (or ban) of each URL's other forms."""
     other: Action = "ban" if action == "ban" else "purge"
@@ -141,9 +169,12 @@ class PurgePlanner:
         elif change.op == "prefix":
             prefixes.append(change.path)
         under, gone = await self._paths_under(site, change) if prefixes else ({}, {})
+        variants = [u for p in _variant_paths(change) for u in urlmap.urls_for_path(site, p)]
         items: list[PurgeItem] = []
         for cache in site.caches:
             items += self._cache_items(site, cache, refresh, purge, prefixes, under, gone)
+            if site.bans_query_variants(cache):  # after the path's own refresh or purge
+                items += variant_items(site.id, cache.name, variants)
         return items
 
     async def _made_dirs(self, site: SiteSpec, path: str) -> list[str]:

@@ -144,11 +144,12 @@ async def _planned(store: Store, mapping: int, driver: str, change: Released) ->
 
 
 @pytest.mark.parametrize("kind", ["f", "l"])
-async def test_a_file_or_link_delete_bans_nothing(store: Store, mapping: int, kind: str) -> None:
+async def test_a_file_or_link_delete_bans_no_prefix(store: Store, mapping: int, kind: str) -> None:
     """Each file delete was also a ban of /a.html/ (two with the strict form): Varnish's ban
-    list grew by the deletes, and nginx and Squid purged what the job log knew under a file."""
+    list grew by the deletes, and nginx and Squid purged what the job log knew under a file.
+    (Varnish bans the file's query-string variants `sub?`, not what lies under it.)"""
     change = Released(0, "delete", "sub", kind=kind)
-    assert await _planned(store, mapping, "varnish", change) == {("purge", "sub")}
+    assert await _planned(store, mapping, "varnish", change) == {("purge", "sub"), ("ban", "sub?")}
     assert await _planned(store, mapping, "nginx", change) == {("purge", "sub")}
 
 
@@ -169,7 +170,11 @@ async def test_a_delete_of_unknown_kind_is_planned_as_a_directory(
 ) -> None:
     """An older agent says nothing of what it removed: ban, and the job log's paths."""
     change = Released(0, "delete", "sub")
-    assert await _planned(store, mapping, "varnish", change) == {("purge", "sub"), ("ban", "sub/")}
+    assert await _planned(store, mapping, "varnish", change) == {
+        ("purge", "sub"),
+        ("ban", "sub/"),
+        ("ban", "sub?"),  # a file after all: its query-string variants
+    }
     assert await _planned(store, mapping, "squid", change) == {
         ("purge", "sub"),
         ("purge", "sub/b.html"),
@@ -192,6 +197,8 @@ async def test_a_directory_rename_purges_the_moved_files_under_both_names(
     assert await _planned(store, mapping, "varnish", file) == {
         ("purge", "a.html"),
         ("refresh", "b.html"),
+        ("ban", "a.html?"),
+        ("ban", "b.html?"),  # the new name's variants may be cached 404s
     }
 
 
@@ -200,12 +207,16 @@ async def test_an_erase_purges_what_was_removed_and_bans_only_a_cut_list(
 ) -> None:
     """An erase (catch-up) was not purged at all: what it removed stayed cached everywhere."""
     change = Released(0, "erase", "sub", kind="d", removed=("sub/stray.html",))
-    for driver in ("varnish", "nginx"):
-        assert await _planned(store, mapping, driver, change) == {("purge", "sub/stray.html")}
+    assert await _planned(store, mapping, "nginx", change) == {("purge", "sub/stray.html")}
+    assert await _planned(store, mapping, "varnish", change) == {
+        ("purge", "sub/stray.html"),
+        ("ban", "sub/stray.html?"),
+    }
     cut = dataclasses.replace(change, removed_truncated=True)
     caplog.set_level(logging.INFO, logger="relaysync.purge.planner")
     assert await _planned(store, mapping, "varnish", cut) == {
         ("purge", "sub/stray.html"),
+        ("ban", "sub/stray.html?"),
         ("ban", "sub/"),
     }
     assert ("purge", "sub/b.html") in await _planned(store, mapping, "squid", cut)

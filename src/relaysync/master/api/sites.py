@@ -66,6 +66,12 @@ class SiteIn(InputModel):
         description="the web server lists directories (autoindex): a change in a directory "
         "refreshes its listing page /dir/",
     )
+    query_variants: bool | None = Field(
+        None,
+        description="ban a changed file's query-string variants (/a.css?v=3) too, on the caches "
+        "that take bans (Varnish); null: the default, on where a cache can; true on a site with "
+        "caches that cannot (nginx, Squid, http) adds a warning; false: off",
+    )
     caches: list[CacheIn] = Field(default_factory=list)
     origins: list[OriginIn] = Field(
         default_factory=list, description="default: the mapping's targets"
@@ -85,6 +91,7 @@ class SitePatch(InputModel):
     path_prefix: str | None = None
     index_files: list[str] | None = None
     listings: bool | None = None
+    query_variants: bool | None = None  # null (sent) resets it to the default
     caches: list[CacheIn] | None = None
     origins: list[OriginIn] | None = None
     secret: str | None = None
@@ -119,6 +126,7 @@ class SiteOut(BaseModel):
     path_prefix: str
     index_files: list[str]
     listings: bool
+    query_variants: bool | None
     caches: list[CacheOut]
     origins: list[OriginOut]
     secret: str
@@ -159,6 +167,7 @@ def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
         path_prefix=site.path_prefix,
         index_files=list(site.index_files),
         listings=site.listings,
+        query_variants=site.query_variants,
         caches=[
             CacheOut(
                 name=c.name,
@@ -235,7 +244,8 @@ def _sites_changed(request: Request, site: SiteSpec | None = None) -> None:
 
 def _fields(body: BaseModel, *, exclude_unset: bool) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=exclude_unset)
-    return {k: v for k, v in fields.items() if v is not None or k == "mapping"}
+    # null means something for these: no mapping; query_variants back to its default
+    return {k: v for k, v in fields.items() if v is not None or k in ("mapping", "query_variants")}
 
 
 def list_sites(context: Context) -> list[SiteOut]:
