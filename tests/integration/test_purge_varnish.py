@@ -143,8 +143,11 @@ def _bans_of(fleet: Fleet, site: dict, suffix: str) -> int:
 def test_a_changed_files_query_variants_are_served_new(fleet: Fleet, varnish_site) -> None:  # type: ignore[no-untyped-def]
     """/a.css?v=1 and /a.css?x=2 (cache busters, tracking parameters) are separate objects in
     Varnish: after a write to a.css on the source they serve the new bytes too (a BAN of
-    `/a.css?`, in the purge log), and /a.css.map stays cached."""
+    `/a.css?`, in the purge log), and /a.css.map stays cached, once the site turns
+    query_variants on (it is off by default)."""
     src, dst, cache, site = varnish_site
+    r = fleet.cluster.api.patch(f"/api/sites/{site['name']}", json={"query_variants": True})
+    assert r.status_code == 200 and r.json()["query_variants"] is True, r.text
     (src / "a.css.map").write_bytes(b"map 1")
     (src / "a.css").write_bytes(b"css 1")
     wait_until(

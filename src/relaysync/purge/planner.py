@@ -13,8 +13,9 @@ change of unknown kind (an older agent) is planned as a directory change. An att
 unpublishes a file) refreshes the path's URLs like a write. An erase
 (catch-up) purges what the origins removed, and bans its directory only if a list was cut.
 On a cache that takes bans, a file's change is followed by a ban of its query-string variants
-(`/a.css?` reaches `/a.css?v=3`), unless the site turns `query_variants` off; caches without
-bans cannot reach URLs they do not list (docs/caches.md).
+(`/a.css?` reaches `/a.css?v=3`) when the site turns `query_variants` on (opt-in: each is an
+entry on Varnish's ban list); caches without bans cannot reach URLs they do not list
+(docs/caches.md).
 On a site with `listings` (purge/listings.py), the listing pages of the directories a change
 took away are purged with the paths under them, with those of the directories the job log saw
 made under it (`PurgeStore.made_dirs_under`: an empty one is named by no path); those of the

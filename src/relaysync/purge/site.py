@@ -87,8 +87,9 @@ class SiteSpec:
     # mod_autoindex): a change in a directory refreshes its listing page (purge/listings.py).
     listings: bool = False
     # Drop a changed file's query-string variants (`/a.css?v=3`, `/a.css?utm_source=x`) too:
-    # a BAN of `/a.css?` after its refresh or purge, on caches that take bans. None: the
-    # default, on where a cache can; True: asked for (a warning names the caches that cannot)
+    # a BAN of `/a.css?` after its refresh or purge, on caches that take bans. Opt-in (each
+    # is one more entry on Varnish's ban list, docs/caches.md): None (the default, and every
+    # site stored before) and False: off; True: on (a warning names the caches that cannot)
     query_variants: bool | None = None
 
     def unconfirmed(self) -> bool:
@@ -96,8 +97,9 @@ class SiteSpec:
         return not any(o.url for o in self.origins)
 
     def bans_query_variants(self, cache: CacheSpec) -> bool:
-        """Whether `cache` gets a BAN of each changed file's query-string variants."""
-        return self.query_variants is not False and cache.driver in BAN_DRIVERS
+        """Whether `cache` gets a BAN of each changed file's query-string variants: only when
+        the site asks for them (True; None is off) and the cache takes bans."""
+        return self.query_variants is True and cache.driver in BAN_DRIVERS
 
     def warnings(self) -> list[str]:
         """What the operator should fix in this site, as plain sentences (API, log)."""
@@ -114,8 +116,8 @@ class SiteSpec:
             "a changed file under a query string (/a.css?v=3) stay until they expire; only "
             "Varnish caches get them banned. Key those caches on the path without the query "
             "(nginx: proxy_cache_key $uri; with the same key in proxy_cache_purge, see "
-            'docs/caches.md), or set "query_variants": null (the default: on where a cache '
-            "can) to silence this"
+            'docs/caches.md), or set "query_variants" to false or null (off, the default) to '
+            "silence this"
         ]
 
     def _confirm_warnings(self) -> list[str]:

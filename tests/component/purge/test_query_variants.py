@@ -1,7 +1,7 @@
 """Query-string variants against real caches: after a change to /a.css, its copies cached as
 /a.css?v=1 and /a.css?x=2 are served new on Varnish (a BAN of `/a.css?`) and on an nginx keyed
 on the path alone (the configuration docs/caches.md gives for nginx), /a.css.map is left alone,
-and a site with query_variants off is planned as before."""
+and a site with query_variants off (null, the default, or false) is planned as before."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ async def uri_nginx(harness: Harness) -> AsyncIterator[Cache]:
         await anyio.to_thread.run_sync(cache.stop)
 
 
+def _variants_on(harness: Harness) -> None:
+    harness.site = harness.store.update_site(harness.site.id, query_variants=True)
+    harness.purger.reload_sites()
+
+
 def _ports(harness: Harness, extra: Cache | None = None) -> dict[str, int]:
     ports = {k: c.port for k, c in harness.farm.caches.items() if k in HIT_HEADERS}
     if extra is not None:
@@ -82,6 +87,7 @@ async def _until_served(
 async def test_every_variant_is_served_new_and_the_map_is_not_purged(
     harness: Harness, uri_nginx: Cache
 ) -> None:
+    _variants_on(harness)
     harness.write("a.css", b"body { color: red }")
     harness.write("a.css.map", b"map one")
     ports = _ports(harness, uri_nginx)
@@ -115,6 +121,7 @@ async def test_every_variant_is_served_new_and_the_map_is_not_purged(
 
 
 async def test_a_deleted_files_variants_answer_404(harness: Harness) -> None:
+    _variants_on(harness)
     harness.write("gone.css", b"here")
     port = harness.farm.caches["varnish"].port
     variants = ("gone.css", "gone.css?v=1", "gone.css?x=2")
@@ -125,9 +132,15 @@ async def test_a_deleted_files_variants_answer_404(harness: Harness) -> None:
         await _until_served(harness, port, rel, (404, None))
 
 
-async def test_with_query_variants_off_nothing_is_banned(harness: Harness) -> None:
-    harness.site = harness.store.update_site(harness.site.id, query_variants=False)
-    harness.purger.reload_sites()
+@pytest.mark.parametrize("value", [None, False])
+async def test_with_query_variants_off_nothing_is_banned(
+    harness: Harness, value: bool | None
+) -> None:
+    """Off by default (null: every site stored before 0019) and with false."""
+    if value is not None:
+        harness.site = harness.store.update_site(harness.site.id, query_variants=value)
+        harness.purger.reload_sites()
+    assert harness.site.query_variants is value
     harness.write("off.css", b"one")
     port = harness.farm.caches["varnish"].port
     await _cache_until_hit(harness, {"varnish": port}, ("off.css", "off.css?v=1"))

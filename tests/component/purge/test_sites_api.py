@@ -169,10 +169,11 @@ def test_listings_are_off_unless_set(client: TestClient, store: Store) -> None:
 def test_query_variants_default_to_null_and_asking_on_squid_warns(
     client: TestClient, store: Store
 ) -> None:
-    """null: on where a cache takes bans, no warning; true on a site with a cache that cannot
-    purge by prefix: a warning naming it, in the answer and on every read; null again: none."""
+    """null: off (opt-in), no warning; true on a site with a cache that cannot purge by
+    prefix: a warning naming it, in the answer and on every read; null again: none."""
     r = client.post("/api/sites", json=SITE)
     assert r.json()["query_variants"] is None
+    assert not store.get_site("www").bans_query_variants(store.get_site("www").caches[0])
     squid = {"name": "sq", "driver": "squid", "address": "127.0.0.1:3128"}
     r = client.patch("/api/sites/www", json={"caches": [*SITE["caches"], squid]})
     assert not [w for w in r.json()["warnings"] if "query_variants" in w]

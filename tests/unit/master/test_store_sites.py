@@ -112,7 +112,7 @@ def test_accept_encodings_must_be_distinct_header_values(store: Store) -> None:
 
 def test_query_variants_are_the_default_unless_set(store: Store) -> None:
     _create(store)
-    assert store.get_site("www").query_variants is None  # on where a cache can ban
+    assert store.get_site("www").query_variants is None  # off (opt-in)
     assert store.update_site("www", query_variants=False).query_variants is False
     assert store.update_site("www", aliases=["y.example"]).query_variants is False  # kept
     assert store.update_site("www", query_variants=None).query_variants is None
@@ -129,7 +129,7 @@ def test_the_query_variants_migration_keeps_rows_both_ways(empty_store_url: str)
         store.enqueue_purges([PurgeItem(site_id=site_id, cache="c1", url="http://x.example/a")])
         rows = _old_sites(empty_store_url)
         store.migrate()
-        assert store.get_site("old").query_variants is None  # the default
+        assert store.get_site("old").query_variants is None  # the default: off
         store.update_site("old", query_variants=True)
         _migrate_to(empty_store_url, before, down=True)
         assert [r[1:12] for r in _old_sites(empty_store_url)] == [r[1:12] for r in rows]

@@ -1,6 +1,6 @@
 """Query-string variants: a changed file's `/a.css?v=3` copies are banned on caches that take
-bans (`/a.css?`, never `/a.css.map`), unless the site turns `query_variants` off; a site that
-asks for them on caches that cannot purge by prefix is warned."""
+bans (`/a.css?`, never `/a.css.map`) when the site turns `query_variants` on (opt-in: null and
+false are off); a site that asks for them on caches that cannot purge by prefix is warned."""
 
 from __future__ import annotations
 
@@ -56,10 +56,23 @@ def test_ban_drivers_are_those_that_can_ban() -> None:
     assert {name for name, d in DRIVERS.items() if d.can_ban} == BAN_DRIVERS
 
 
+@pytest.mark.parametrize("op", ["write", "attr", "delete", "rename"])
+async def test_by_default_nothing_is_banned(store: Store, op: str) -> None:
+    """Opt-in: a site that never set query_variants (every site stored before 0019) is planned
+    as before, without a ban per changed file on its Varnish caches."""
+    site = _site(store)
+    assert site.query_variants is None and site.warnings() == []
+    new = "css/b.css" if op == "rename" else ""
+    change = Released(site.id, op, "css/a.css", new_path=new, kind="f")
+    assert await _bans(store, site, change) == {k: [] for k in KINDS}
+    purger = Purger(store)
+    await purger.submit(site, ["http://www.example.com/a.css"], variants=True)
+    assert not [q for q in store.pending_purges() if q.item.action == "ban"]
+
+
 @pytest.mark.parametrize("op", ["write", "attr", "delete"])
 async def test_a_file_change_bans_its_variants_on_varnish_only(store: Store, op: str) -> None:
-    site = _site(store)
-    assert site.query_variants is None and site.warnings() == []  # the default: no warning
+    site = _site(store, query_variants=True)
     change = Released(site.id, op, "css/a.css", kind="f")
     assert await _bans(store, site, change) == {
         "varnish": ["/css/a.css?"],
@@ -70,7 +83,7 @@ async def test_a_file_change_bans_its_variants_on_varnish_only(store: Store, op:
 
 
 async def test_the_ban_comes_after_the_files_own_refresh(store: Store) -> None:
-    site = _site(store, aliases=["cdn.example.com"])
+    site = _site(store, aliases=["cdn.example.com"], query_variants=True)
     items = await Purger(store)._plan(site, Released(site.id, "write", "a.css", kind="f"))
     varnish = [(i.action, i.url) for i in items if i.cache == "varnish"]
     assert varnish == [
@@ -82,7 +95,7 @@ async def test_the_ban_comes_after_the_files_own_refresh(store: Store) -> None:
 
 
 async def test_an_index_file_bans_the_variants_of_its_directory_url(store: Store) -> None:
-    site = _site(store)
+    site = _site(store, query_variants=True)
     bans = await _bans(store, site, Released(site.id, "write", "docs/index.html", kind="f"))
     assert bans["varnish"] == ["/docs/index.html?", "/docs/?"]
 
@@ -110,7 +123,7 @@ def site_cache(kind: str) -> dict[str, str]:
 
 
 async def test_a_path_notice_bans_variants_and_a_url_submit_does_not(store: Store) -> None:
-    site = _site(store)
+    site = _site(store, query_variants=True)
     purger = Purger(store)
     await purger.submit(site, ["http://www.example.com/a.css"], variants=True)
     await purger.submit(site, ["http://www.example.com/b.css"])

@@ -69,8 +69,9 @@ class SiteIn(InputModel):
     query_variants: bool | None = Field(
         None,
         description="ban a changed file's query-string variants (/a.css?v=3) too, on the caches "
-        "that take bans (Varnish); null: the default, on where a cache can; true on a site with "
-        "caches that cannot (nginx, Squid, http) adds a warning; false: off",
+        "that take bans (Varnish); opt-in: null (the default) and false are off; true turns it "
+        "on, and on a site with caches that cannot (nginx, Squid, http) adds a warning. Each "
+        "changed file then costs one BAN per URL form (docs/caches.md)",
     )
     caches: list[CacheIn] = Field(default_factory=list)
     origins: list[OriginIn] = Field(
@@ -91,7 +92,7 @@ class SitePatch(InputModel):
     path_prefix: str | None = None
     index_files: list[str] | None = None
     listings: bool | None = None
-    query_variants: bool | None = None  # null (sent) resets it to the default
+    query_variants: bool | None = None  # null (sent) resets it to the default: off
     caches: list[CacheIn] | None = None
     origins: list[OriginIn] | None = None
     secret: str | None = None
@@ -244,7 +245,7 @@ def _sites_changed(request: Request, site: SiteSpec | None = None) -> None:
 
 def _fields(body: BaseModel, *, exclude_unset: bool) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=exclude_unset)
-    # null means something for these: no mapping; query_variants back to its default
+    # null means something for these: no mapping; query_variants back to its default (off)
     return {k: v for k, v in fields.items() if v is not None or k in ("mapping", "query_variants")}
 
 

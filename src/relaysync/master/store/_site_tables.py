@@ -43,8 +43,8 @@ class Site(Base):
     index_files: Mapped[list[str]] = mapped_column(JSON, default=list)
     # The web server lists directories (autoindex): changes refresh `/dir/` (0014_site_listings)
     listings: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Ban a changed file's query-string variants (0019_site_query_variants); None: the default
-    # (on where a cache takes bans), as for every site stored before
+    # Ban a changed file's query-string variants (0019_site_query_variants): True on (caches
+    # that take bans); None (the default, every site stored before) and False off
     query_variants: Mapped[bool | None] = mapped_column(Boolean, nullable=True, default=None)
     caches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     origins: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)

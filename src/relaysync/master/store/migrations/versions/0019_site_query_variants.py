@@ -1,10 +1,10 @@
 """Query-string variants per site: `sites.query_variants`, whether a changed file's cached copies
 under a query string (`/a.css?v=3`, `/a.css?utm_source=x`) are banned too.
 
-NULL is the default, on for the caches that take bans (Varnish): every site stored before gets
-it, so its Varnish caches get a BAN of `<path>?` after each changed file's refresh or purge
-(docs/caches.md says what that costs). true asks for it (the site warns about its caches that
-cannot purge by prefix); false turns it off.
+It is opt-in: NULL (the default, which every site stored before gets) and false are off, so
+an upgrade changes nothing. true turns it on: the site's Varnish caches get a BAN of `<path>?`
+after each changed file's refresh or purge (docs/caches.md says what that costs), and the
+site warns about its caches that cannot purge by prefix.
 
 The downgrade drops the column in place, as 0014_site_listings does (a batch rebuild of `sites`
 on SQLite would cascade its DROP to the purge queue and log).
