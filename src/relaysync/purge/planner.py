@@ -123,6 +123,38 @@ def variant_items(site_id: int, cache: str, urls: Sequence[str]) -> list[PurgeIt
     ]
 
 
+def prune_bans(items: list[PurgeItem]) -> list[PurgeItem]:
+    """Return `items` without the bans that add nothing to a batch: a ban repeated (same site,
+    cache and URL), and a query-string variant ban (`http://h/d/a.css?`) that a prefix ban of
+    the batch covers (`http://h/d/` reaches `/d/a.css?v=1`). Each is an entry on Varnish's ban
+    list that every cached object is tested against (docs/caches.md)."""
+    prefixes = {
+        (i.site_id, i.cache, i.url) for i in items if i.action == "ban" and i.url.endswith("/")
+    }
+    seen: set[tuple[int, str, str]] = set()
+    out: list[PurgeItem] = []
+    for item in items:
+        if item.action == "ban":
+            key = (item.site_id, item.cache, item.url)
+            if key in seen or (item.url.endswith("?") and _covered(item, prefixes)):
+                continue
+            seen.add(key)
+        out.append(item)
+    return out
+
+
+def _covered(item: PurgeItem, prefixes: set[tuple[int, str, str]]) -> bool:
+    """Whether a prefix ban in `prefixes` (of the item's site and cache) is a directory of the
+    variant ban `item`'s URL (`http://h/`, `http://h/d/` for `http://h/d/a.css?`)."""
+    url = item.url
+    cut = url.find("/", url.find("//") + 2)
+    while cut != -1:
+        if (item.site_id, item.cache, url[: cut + 1]) in prefixes:
+            return True
+        cut = url.find("/", cut + 1)
+    return False
+
+
 def url_items(site_id: int, cache: str, urls: Sequence[str], action: Action) -> list[PurgeItem]:
     """Return the items of `action` on `urls`, and a purge (or ban) of each URL's other forms."""
     other: Action = "ban" if action == "ban" else "purge"
@@ -176,7 +208,7 @@ class PurgePlanner:
             items += self._cache_items(site, cache, refresh, purge, prefixes, under, gone)
             if site.bans_query_variants(cache):  # after the path's own refresh or purge
                 items += variant_items(site.id, cache.name, variants)
-        return items
+        return prune_bans(items)
 
     async def _made_dirs(self, site: SiteSpec, path: str) -> list[str]:
         """The directories the job log saw made under `path` (none on a site without listings)."""

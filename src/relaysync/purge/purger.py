@@ -54,6 +54,7 @@ from relaysync.purge.planner import (
     PurgePlanner,
     PurgeStore,
     _can_ban,
+    prune_bans,
     url_items,
     variant_items,
 )
@@ -320,7 +321,7 @@ class Purger(PurgeWorker, PurgePlanner):
                 break
             planned += 1
         items += _listing_items(items, listings)
-        await self._enqueue(items)
+        await self._enqueue(prune_bans(items))  # one ban per URL; no variant under a prefix
         for _ in range(planned):
             self._released.popleft()
         if failure is not None:

@@ -129,3 +129,42 @@ async def test_a_path_notice_bans_variants_and_a_url_submit_does_not(store: Stor
     await purger.submit(site, ["http://www.example.com/b.css"])
     bans = [(q.item.cache, q.item.url) for q in store.pending_purges() if q.item.action == "ban"]
     assert bans == [("varnish", "http://www.example.com/a.css?")]
+
+
+async def test_an_erase_cut_short_bans_its_directory_not_each_files_variants(
+    store: Store,
+) -> None:
+    """A truncated erase bans `/d/`, which reaches `/d/x.css?v=1`: no `/d/x.css?` besides."""
+    site = _site(store, query_variants=True)
+    change = Released(
+        site.id, "erase", "d", kind="d", removed=("d/x.css", "d/y.css"), removed_truncated=True
+    )
+    bans = await _bans(store, site, change)
+    assert bans["varnish"] == ["/d/"]
+
+
+async def test_a_batch_drops_variant_bans_under_its_prefix_bans_and_repeated_bans(
+    store: Store,
+) -> None:
+    """`rm -rf d` journaled one name at a time, and a file written twice, in one batch: the
+    directory's ban covers its files' variants, and each ban is queued once."""
+    site = _site(store, query_variants=True)
+    purger = Purger(store)
+    purger.reload_sites()
+    purger._released.extend(
+        [
+            Released(site.id, "delete", "d/x.css", kind="f"),
+            Released(site.id, "delete", "d/e/y.css", kind="f"),
+            Released(site.id, "delete", "d", kind="d"),
+            Released(site.id, "write", "a.css", kind="f"),
+            Released(site.id, "write", "a.css", kind="f"),
+            Released(site.id, "write", "dx.css", kind="f"),  # not under /d/
+        ]
+    )
+    await purger._intake()
+    bans = [
+        q.item.url.removeprefix("http://www.example.com")
+        for q in store.pending_purges()
+        if q.item.action == "ban"
+    ]
+    assert bans == ["/d/", "/a.css?", "/dx.css?"]
