@@ -187,6 +187,10 @@ def test_query_variants_default_to_null_and_asking_on_squid_warns(
     assert not [w for w in r.json()["warnings"] if "query_variants" in w]
     r = client.patch("/api/sites/www", json={"query_variants": False})
     assert store.get_site("www").query_variants is False
+    for bad in ("yes", 1, 0, "true", "false"):  # strict: true, false or null only
+        r = client.patch("/api/sites/www", json={"query_variants": bad})
+        assert r.status_code == 422, r.text
+        assert store.get_site("www").query_variants is False
 
 
 @pytest.mark.parametrize(
@@ -207,6 +211,9 @@ def test_query_variants_default_to_null_and_asking_on_squid_warns(
         {"root": "../etc"},
         {"listings": "sometimes"},
         {"query_variants": "sometimes"},
+        {"query_variants": "yes"},  # strict: pydantic's lax bool took "yes", 1 and "true"
+        {"query_variants": 1},
+        {"query_variants": "true"},
         {"caches": [{"name": "x", "driver": "varnish", "address": "::1:6081"}]},
         {"caches": [{"name": "x", "driver": "varnish", "address": "cache:99999"}]},
         {"caches": [{"name": "x", "driver": "varnish", "address": "ftp://cache:21"}]},

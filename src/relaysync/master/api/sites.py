@@ -11,7 +11,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from relaysync.errors import ConfigError
 from relaysync.master.api._context import Context
@@ -66,7 +66,7 @@ class SiteIn(InputModel):
         description="the web server lists directories (autoindex): a change in a directory "
         "refreshes its listing page /dir/",
     )
-    query_variants: bool | None = Field(
+    query_variants: StrictBool | None = Field(
         None,
         description="ban a changed file's query-string variants (/a.css?v=3) too, on the caches "
         "that take bans (Varnish); opt-in: null (the default) and false are off; true turns it "
@@ -92,7 +92,7 @@ class SitePatch(InputModel):
     path_prefix: str | None = None
     index_files: list[str] | None = None
     listings: bool | None = None
-    query_variants: bool | None = None  # null (sent) resets it to the default: off
+    query_variants: StrictBool | None = None  # null (sent) resets it to the default: off
     caches: list[CacheIn] | None = None
     origins: list[OriginIn] | None = None
     secret: str | None = None
