@@ -47,6 +47,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── ForeignUrl                 a URL that does not belong to the site it was sent for
     │   ├── CacheMisconfigured         a cache's configuration (ours or its own) is wrong: kept, probed
     │   │   └── CacheRefused           a cache refused a purge (403/405): its ACL is wrong
+    │   ├── VariantBanRefused          a cache refused a query-string variant's ban (a VCL without BAN)
     │   ├── CacheUnreachable           a cache did not connect or answer (its circuit breaker counts it)
     │   ├── NoticeRefused              a listener notice with bad credentials, time or nonce
     │   ├── StaleCopy                  a cache still serves other bytes than the origin after a purge
@@ -317,6 +318,10 @@ class CacheMisconfigured(PurgeError):
 
 
 class CacheRefused(CacheMisconfigured):
+    """Cache {!r} refused {} with HTTP {}: {}."""
+
+
+class VariantBanRefused(PurgeError):
     """Cache {!r} refused {} with HTTP {}: {}."""
 
 

@@ -1,11 +1,13 @@
 """End to end: what a directory delete removes from a target stops being served by every cache,
 whether or not the job log knows the files (a rename into the directory leaves no row under
-its name), and a file delete bans nothing on Varnish. A directory moved out of the source's tree
+its name), and a file delete bans nothing on Varnish (only its query-string variants, with
+query_variants on). A directory moved out of the source's tree
 is one delete of the directory; `rm -rf` is journaled one name at a time."""
 
 from __future__ import annotations
 
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,7 @@ def _bans_added(cache: Cache) -> int:
 
 
 def test_file_deletes_ban_nothing_on_varnish(fleet: Fleet, own_varnish: Any) -> None:
+    """By default (query_variants off, opt-in) a file delete bans nothing: only a directory."""
     _, src, dst, cache, site = own_varnish
     for i in range(FILE_DELETES):
         (src / f"f{i}.html").write_text(f"file {i}\n")
@@ -171,3 +174,57 @@ def test_file_deletes_ban_nothing_on_varnish(fleet: Fleet, own_varnish: Any) -> 
     bans = [r["url"] for r in _purge_rows(fleet, site) if r["action"] == "ban"]
     assert bans == [f"http://{HOST}/dir/"], bans  # 20 file deletes made 40 bans before
     assert _bans_added(cache) - before == 1
+
+
+def test_file_deletes_ban_only_their_query_variants_on_varnish(
+    fleet: Fleet, own_varnish: Any
+) -> None:
+    """Twenty file deletes made 40 bans (/f.html/, twice with the strict form); now each bans
+    only its query-string variants, `/f.html?` (docs/caches.md), and a directory its prefix,
+    once the site turns query_variants on."""
+    _, src, dst, cache, site = own_varnish
+    r = fleet.cluster.api.patch(f"/api/sites/{site}", json={"query_variants": True})
+    assert r.status_code == 200 and r.json()["query_variants"] is True, r.text
+    for i in range(FILE_DELETES):
+        (src / f"f{i}.html").write_text(f"file {i}\n")
+    (src / "dir").mkdir()
+    (src / "dir" / "x.html").write_text("x\n")
+    fleet.wait_converged(src, [dst])
+    variants = [f"http://{HOST}/f{i}.html?" for i in range(FILE_DELETES)]
+
+    def bans_of_each(n: int) -> bool:  # each file's variant ban done n times
+        bans = Counter(_ban_urls(fleet, site))
+        return all(bans[u] >= n for u in variants)
+
+    wait_until(lambda: bans_of_each(1), timeout_s=PURGED_S, what="the writes' variant bans")
+    x_variants = f"http://{HOST}/dir/x.html?"  # its write's ban too, before counting (a race)
+    wait_until(
+        lambda: x_variants in _ban_urls(fleet, site), timeout_s=PURGED_S, what="dir/x.html's ban"
+    )
+    before = _bans_added(cache)
+    for i in range(FILE_DELETES):
+        (src / f"f{i}.html").unlink()
+    fleet.wait_converged(src, [dst], timeout_s=CONVERGE_TIMEOUT_S)
+    wait_until(
+        lambda: (
+            {r["url"] for r in _purge_rows(fleet, site) if r["action"] == "purge"}
+            >= {f"http://{HOST}/f{i}.html" for i in range(FILE_DELETES)}
+        ),
+        timeout_s=PURGED_S,
+        what="a purge of every deleted file",
+    )
+    wait_until(lambda: bans_of_each(2), timeout_s=PURGED_S, what="the deletes' variant bans")
+    subprocess.run(["rm", "-rf", str(src / "dir")], check=True)  # a directory is still banned
+    prefix = f"http://{HOST}/dir/"
+    wait_until(
+        lambda: prefix in _ban_urls(fleet, site), timeout_s=PURGED_S, what="the directory's ban"
+    )
+    bans = _ban_urls(fleet, site)
+    assert [u for u in bans if not u.endswith("?")] == [prefix], bans  # no prefix of a file
+    # one per deleted file, and the directory's prefix (dir/x.html's variants: one more)
+    added = _bans_added(cache) - before
+    assert FILE_DELETES + 1 <= added <= FILE_DELETES + 2, (added, Counter(bans))
+
+
+def _ban_urls(fleet: Fleet, site: str) -> list[str]:
+    return [r["url"] for r in _purge_rows(fleet, site) if r["action"] == "ban"]

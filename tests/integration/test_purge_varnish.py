@@ -129,3 +129,56 @@ def test_names_with_sub_delims_are_refreshed_as_browsers_send_them(  # type: ign
                 timeout_s=CONVERGE_TIMEOUT_S,
                 what=f"{cache.kind} serves version 2 of {name}",
             )
+
+
+def _bans_of(fleet: Fleet, site: dict, suffix: str) -> int:
+    rows = fleet.cluster.api.get("/api/purges", params={"site": site["name"]}).json()
+    return sum(
+        1
+        for r in rows
+        if r["action"] == "ban" and r["status"] == "banned" and r["url"].endswith(suffix)
+    )
+
+
+def test_a_changed_files_query_variants_are_served_new(fleet: Fleet, varnish_site) -> None:  # type: ignore[no-untyped-def]
+    """/a.css?v=1 and /a.css?x=2 (cache busters, tracking parameters) are separate objects in
+    Varnish: after a write to a.css on the source they serve the new bytes too (a BAN of
+    `/a.css?`, in the purge log), and /a.css.map stays cached, once the site turns
+    query_variants on (it is off by default)."""
+    src, dst, cache, site = varnish_site
+    r = fleet.cluster.api.patch(f"/api/sites/{site['name']}", json={"query_variants": True})
+    assert r.status_code == 200 and r.json()["query_variants"] is True, r.text
+    (src / "a.css.map").write_bytes(b"map 1")
+    (src / "a.css").write_bytes(b"css 1")
+    wait_until(
+        lambda: (dst / "a.css").exists() and (dst / "a.css").read_bytes() == b"css 1",
+        timeout_s=30,
+        what="target commit",
+    )
+    # the purger's own work for version 1 (its ban too) is done before the caching below
+    wait_until(
+        lambda: _bans_of(fleet, site, "/a.css?") == 1,
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the ban of version 1's variants",
+    )
+    targets = ("/a.css", "/a.css?v=1", "/a.css?x=2", "/a.css.map")
+    for target in targets:
+        wait_until(
+            lambda t=target: http_get(cache.port, t, host=HOST)[2].get("x-cache") == "HIT",
+            timeout_s=CONVERGE_TIMEOUT_S,
+            what=f"varnish serves {target} from its cache",
+        )
+    (src / "a.css").write_bytes(b"css 2 (longer)")
+    for target in targets[:3]:
+        wait_until(
+            lambda t=target: http_get(cache.port, t, host=HOST)[1] == b"css 2 (longer)",
+            timeout_s=CONVERGE_TIMEOUT_S,
+            what=f"varnish serves version 2 of {target}",
+        )
+    wait_until(
+        lambda: _bans_of(fleet, site, "/a.css?") == 2,
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the ban of version 2's variants in /api/purges",
+    )
+    status, body, headers = http_get(cache.port, "/a.css.map", host=HOST)
+    assert (status, body, headers.get("x-cache")) == (200, b"map 1", "HIT")  # no over-purge

@@ -213,8 +213,8 @@ class PurgeListener:
         rel = urlmap.normalise_path(site, notice.url_or_path)
         if notice.kind == "prefix":
             return await self.purger.submit_prefix(site, rel)
-        return await self.purger.submit(
-            site, urlmap.urls_for_path(site, urlmap.mapping_path(site, rel))
+        return await self.purger.submit(  # a file: its query-string variants too
+            site, urlmap.urls_for_path(site, urlmap.mapping_path(site, rel)), variants=True
         )
 
 

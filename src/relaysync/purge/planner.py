@@ -12,6 +12,10 @@ as the paths removed; a rename also purges what it replaced under its new path. 
 change of unknown kind (an older agent) is planned as a directory change. An attr change (a chmod that
 unpublishes a file) refreshes the path's URLs like a write. An erase
 (catch-up) purges what the origins removed, and bans its directory only if a list was cut.
+On a cache that takes bans, a file's change is followed by a ban of its query-string variants
+(`/a.css?` reaches `/a.css?v=3`) when the site turns `query_variants` on (opt-in: each is an
+entry on Varnish's ban list); caches without bans cannot reach URLs they do not list
+(docs/caches.md).
 On a site with `listings` (purge/listings.py), the listing pages of the directories a change
 took away are purged with the paths under them, with those of the directories the job log saw
 made under it (`PurgeStore.made_dirs_under`: an empty one is named by no path); those of the
@@ -94,6 +98,63 @@ def _log_paths_under(site: SiteSpec, change: Released, count: int) -> None:
         )
 
 
+def _variant_paths(change: Released) -> list[str]:
+    """The paths whose query-string variants (`/a.css?v=3`) a change makes stale: the file
+    written, deleted or renamed (both names: the new one's variants may be cached 404s), what
+    an erase removed. A directory's (or a link to one) have its prefix ban: none here."""
+    if change.kind == "d" and change.op != "erase":
+        return []
+    if change.op in ("write", "symlink", "attr", "delete"):
+        return [change.path]
+    if change.op == "rename":
+        return [change.path, change.new_path] if change.new_path else [change.path]
+    if change.op == "erase":
+        return _reported_under(change)
+    return []
+
+
+def variant_items(site_id: int, cache: str, urls: Sequence[str]) -> list[PurgeItem]:
+    """Return a ban of the query-string variants of each of `urls` (and of its other forms):
+    `http://h/a.css?`, which reaches `/a.css?v=3` but neither `/a.css` nor `/a.css.map`."""
+    return [
+        PurgeItem(site_id=site_id, cache=cache, url=prefix, action="ban")
+        for url in urls
+        for prefix in urlmap.query_variant_prefixes(url)
+    ]
+
+
+def prune_bans(items: list[PurgeItem]) -> list[PurgeItem]:
+    """Return `items` without the bans that add nothing to a batch: a ban repeated (same site,
+    cache and URL), and a query-string variant ban (`http://h/d/a.css?`) that a prefix ban of
+    the batch covers (`http://h/d/` reaches `/d/a.css?v=1`). Each is an entry on Varnish's ban
+    list that every cached object is tested against (docs/caches.md)."""
+    prefixes = {
+        (i.site_id, i.cache, i.url) for i in items if i.action == "ban" and i.url.endswith("/")
+    }
+    seen: set[tuple[int, str, str]] = set()
+    out: list[PurgeItem] = []
+    for item in items:
+        if item.action == "ban":
+            key = (item.site_id, item.cache, item.url)
+            if key in seen or (item.url.endswith("?") and _covered(item, prefixes)):
+                continue
+            seen.add(key)
+        out.append(item)
+    return out
+
+
+def _covered(item: PurgeItem, prefixes: set[tuple[int, str, str]]) -> bool:
+    """Whether a prefix ban in `prefixes` (of the item's site and cache) is a directory of the
+    variant ban `item`'s URL (`http://h/`, `http://h/d/` for `http://h/d/a.css?`)."""
+    url = item.url
+    cut = url.find("/", url.find("//") + 2)
+    while cut != -1:
+        if (item.site_id, item.cache, url[: cut + 1]) in prefixes:
+            return True
+        cut = url.find("/", cut + 1)
+    return False
+
+
 def url_items(site_id: int, cache: str, urls: Sequence[str], action: Action) -> list[PurgeItem]:
     """Return the items of `action` on `urls`, and a purge (or ban) of each URL's other forms."""
     other: Action = "ban" if action == "ban" else "purge"
@@ -141,10 +202,13 @@ class PurgePlanner:
         elif change.op == "prefix":
             prefixes.append(change.path)
         under, gone = await self._paths_under(site, change) if prefixes else ({}, {})
+        variants = [u for p in _variant_paths(change) for u in urlmap.urls_for_path(site, p)]
         items: list[PurgeItem] = []
         for cache in site.caches:
             items += self._cache_items(site, cache, refresh, purge, prefixes, under, gone)
-        return items
+            if site.bans_query_variants(cache):  # after the path's own refresh or purge
+                items += variant_items(site.id, cache.name, variants)
+        return prune_bans(items)
 
     async def _made_dirs(self, site: SiteSpec, path: str) -> list[str]:
         """The directories the job log saw made under `path` (none on a site without listings)."""

@@ -50,7 +50,14 @@ from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
 from relaysync.purge.listings import ListingRefreshes
 from relaysync.purge.ordering import HOLD_MAX_S, CommitTracker, Released
-from relaysync.purge.planner import PurgePlanner, PurgeStore, _can_ban, url_items
+from relaysync.purge.planner import (
+    PurgePlanner,
+    PurgeStore,
+    _can_ban,
+    prune_bans,
+    url_items,
+    variant_items,
+)
 from relaysync.purge.site import SiteSpec
 from relaysync.purge.worker import (
     CONCURRENCY,
@@ -191,9 +198,22 @@ class Purger(PurgeWorker, PurgePlanner):
                 self._released.extend(released)
                 self._intake_wake.set()
 
-    async def submit(self, site: SiteSpec, urls: Sequence[str], action: Action = "refresh") -> int:
-        """Queue `urls` (normalised, of `site`) on every cache of the site; return how many items."""
-        items = [i for c in site.caches for i in url_items(site.id, c.name, urls, action)]
+    async def submit(
+        self,
+        site: SiteSpec,
+        urls: Sequence[str],
+        action: Action = "refresh",
+        *,
+        variants: bool = False,
+    ) -> int:
+        """Queue `urls` (normalised, of `site`) on every cache of the site; with `variants`
+        (the URLs of a file), a ban of their query-string variants follows on the caches
+        that take one (SiteSpec.bans_query_variants). Return how many items."""
+        items: list[PurgeItem] = []
+        for cache in site.caches:
+            items += url_items(site.id, cache.name, urls, action)
+            if variants and site.bans_query_variants(cache):
+                items += variant_items(site.id, cache.name, urls)
         await self._enqueue(items)
         return len(items)
 
@@ -301,7 +321,7 @@ class Purger(PurgeWorker, PurgePlanner):
                 break
             planned += 1
         items += _listing_items(items, listings)
-        await self._enqueue(items)
+        await self._enqueue(prune_bans(items))  # one ban per URL; no variant under a prefix
         for _ in range(planned):
             self._released.popleft()
         if failure is not None:

@@ -31,6 +31,11 @@ DEFAULT_ACCEPT_ENCODINGS: dict[str, tuple[str, ...]] = {
     "squid": VARIANT_ACCEPT_ENCODINGS,
     "http": (BROWSER_ACCEPT_ENCODING,),
 }
+# Drivers whose caches drop every URL under a prefix in one request (drivers' `can_ban`): the
+# only ones that can drop a changed file's query-string variants (`/a.css?v=3`), whose
+# URLs the purger cannot list. Debian's nginx cache-purge module (2.3) has no partial-key
+# purge (`PURGE /a.css?*` answers 404 and keeps them, measured), Squid none over HTTP.
+BAN_DRIVERS: frozenset[str] = frozenset({"varnish"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,13 +86,41 @@ class SiteSpec:
     # The web server lists directories without an index file (nginx `autoindex on;`, Apache
     # mod_autoindex): a change in a directory refreshes its listing page (purge/listings.py).
     listings: bool = False
+    # Drop a changed file's query-string variants (`/a.css?v=3`, `/a.css?utm_source=x`) too:
+    # a BAN of `/a.css?` after its refresh or purge, on caches that take bans. Opt-in (each
+    # is one more entry on Varnish's ban list, docs/caches.md): None (the default, and every
+    # site stored before) and False: off; True: on (a warning names the caches that cannot)
+    query_variants: bool | None = None
 
     def unconfirmed(self) -> bool:
         """No origin has a URL: nothing to compare a cache's copy with, so nothing is confirmed."""
         return not any(o.url for o in self.origins)
 
+    def bans_query_variants(self, cache: CacheSpec) -> bool:
+        """Whether `cache` gets a BAN of each changed file's query-string variants: only when
+        the site asks for them (True; None is off) and the cache takes bans."""
+        return self.query_variants is True and cache.driver in BAN_DRIVERS
+
     def warnings(self) -> list[str]:
         """What the operator should fix in this site, as plain sentences (API, log)."""
+        return self._confirm_warnings() + self._query_variant_warnings()
+
+    def _query_variant_warnings(self) -> list[str]:
+        """query_variants asked for (true) on caches that cannot purge by prefix."""
+        cannot = [c for c in self.caches if self.query_variants and c.driver not in BAN_DRIVERS]
+        if not cannot:
+            return []
+        names = ", ".join(f"{c.name} ({c.driver})" for c in cannot)
+        return [
+            f"query_variants is on, but caches {names} cannot purge by prefix: their copies of "
+            "a changed file under a query string (/a.css?v=3) stay until they expire; only "
+            "Varnish caches get them banned. Key those caches on the path without the query "
+            "(nginx: proxy_cache_key $uri; with the same key in proxy_cache_purge, see "
+            'docs/caches.md), or set "query_variants" to false or null (off, the default) to '
+            "silence this"
+        ]
+
+    def _confirm_warnings(self) -> list[str]:
         if not self.unconfirmed():
             return []
         return [

@@ -44,12 +44,21 @@ class Url:
 
 
 def parse_url(url: str) -> Url:
-    """Split a URL produced by this module (or already normalised)."""
+    """Split a URL produced by this module (or already normalised). An empty query's `?` is
+    kept: `/a.css?` is the prefix of the query variants of `/a.css` (query_variant_prefixes),
+    and without it a ban would reach `/a.css.map` too."""
     parts = urlsplit(url)
     target = parts.path or "/"
-    if parts.query:
+    if parts.query or (not parts.fragment and url.endswith("?")):
         target += "?" + parts.query
     return Url(parts.scheme, parts.netloc, target)
+
+
+def query_variant_prefixes(url: str) -> list[str]:
+    """Return the ban prefixes of the query-string variants of `url` (a URL without a query):
+    `url?` and the same for each of its other forms, so that `/a.css?v=3` is reached but
+    neither `/a.css` itself nor `/a.css.map`."""
+    return [u + "?" for u in (url, *other_forms(url))]
 
 
 def encode_path(path: str) -> str:

@@ -8,6 +8,9 @@ Error handling:
     gate counts it and the item waits for the gate. Any other PurgeError or a spent budget:
     retried with backoff, up to `max_attempts` such tries, then "failed" and `purge_failed`.
     Anything else is a bug: logged with its traceback, `purger_failing`, retried.
+    VariantBanRefused (a VCL without BAN refused a file's query-string variant ban): "failed"
+    once in the purge log, not retried, no notification, the gate left as it is (the ban is
+    best-effort on top of the file's own refresh); one warning per cache per refusal streak.
 Resource handling:
     A task per item in flight, no more than the overall concurrency; the gates' counts are
     released in a finally.
@@ -24,7 +27,7 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
-from relaysync.errors import CacheMisconfigured, CacheUnreachable, PurgeError
+from relaysync.errors import CacheMisconfigured, CacheUnreachable, PurgeError, VariantBanRefused
 from relaysync.purge.budget import budgeted
 from relaysync.purge.confirm import run_item
 from relaysync.purge.drivers import Driver, make_driver
@@ -85,6 +88,7 @@ class PurgeWorker:
         }
         self.max_attempts = max_attempts
         self._strikes: dict[int, int] = {}  # queue id -> tries the cache answered but failed
+        self._variant_bans_refused: set[str] = set()  # caches (addresses) refusing them now
 
     def _new_gate(self, in_flight: int = 0) -> Gate:
         return Gate(**self._gate_args, in_flight=in_flight)  # type: ignore[arg-type]
@@ -227,6 +231,9 @@ class PurgeWorker:
                 status, confirmed = await run_item(
                     self._driver(site, cache), self._client, self._origin_urls(site), item
                 )
+        except VariantBanRefused as exc:
+            self._variant_ban_refused(cache, item, group, attempts, started, gate, exc)
+            return
         except CacheMisconfigured as exc:
             self._refused(site, item, group, attempts, started, gate, exc)
             return
@@ -248,7 +255,35 @@ class PurgeWorker:
             return
         if gate.succeeded():
             logger.info("cache %s answers again: its queued purges resume", item.cache)
+        if item.action == "ban" and item.url.endswith("?"):  # a variant ban went through
+            self._variant_bans_refused.discard(cache.address)
         self._finish(item, group, attempts, started, status, confirmed, "")
+
+    def _variant_ban_refused(
+        self,
+        cache: CacheSpec,
+        item: PurgeItem,
+        group: list[QueuedPurge],
+        attempts: int,
+        started: float,
+        gate: Gate,
+        exc: VariantBanRefused,
+    ) -> None:
+        """A VCL without BAN refused a query-string variant ban: best-effort on top of the
+        file's own refresh, so it is "failed" once (the message names the fix), never retried
+        nor notified, and the cache's gate is not refused: its refreshes go on. The first
+        refusal of a streak (until a variant ban goes through) is logged as a warning."""
+        if not gate.refused:  # it answered; a refusal of its other purges stands
+            gate.succeeded()
+        if cache.address not in self._variant_bans_refused:
+            self._variant_bans_refused.add(cache.address)
+            logger.warning(
+                "cache %s refuses the bans of query-string variants (its other purges go on; "
+                "such bans are dropped, each recorded failed, until one goes through): %s",
+                item.cache,
+                exc,
+            )
+        self._finish(item, group, attempts, started, "failed", None, str(exc))
 
     def _refused(
         self,

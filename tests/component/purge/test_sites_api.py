@@ -166,6 +166,33 @@ def test_listings_are_off_unless_set(client: TestClient, store: Store) -> None:
     assert [s["listings"] for s in client.get("/api/sites").json()] == [True, True]
 
 
+def test_query_variants_default_to_null_and_asking_on_squid_warns(
+    client: TestClient, store: Store
+) -> None:
+    """null: off (opt-in), no warning; true on a site with a cache that cannot purge by
+    prefix: a warning naming it, in the answer and on every read; null again: none."""
+    r = client.post("/api/sites", json=SITE)
+    assert r.json()["query_variants"] is None
+    assert not store.get_site("www").bans_query_variants(store.get_site("www").caches[0])
+    squid = {"name": "sq", "driver": "squid", "address": "127.0.0.1:3128"}
+    r = client.patch("/api/sites/www", json={"caches": [*SITE["caches"], squid]})
+    assert not [w for w in r.json()["warnings"] if "query_variants" in w]
+    r = client.patch("/api/sites/www", json={"query_variants": True})
+    assert r.status_code == 200 and r.json()["query_variants"] is True, r.text
+    [warning] = [w for w in r.json()["warnings"] if "query_variants" in w]
+    assert "sq (squid)" in warning and "v1" not in warning
+    assert warning in client.get("/api/sites/www").json()["warnings"]
+    r = client.patch("/api/sites/www", json={"query_variants": None})
+    assert r.json()["query_variants"] is None and store.get_site("www").query_variants is None
+    assert not [w for w in r.json()["warnings"] if "query_variants" in w]
+    r = client.patch("/api/sites/www", json={"query_variants": False})
+    assert store.get_site("www").query_variants is False
+    for bad in ("yes", 1, 0, "true", "false"):  # strict: true, false or null only
+        r = client.patch("/api/sites/www", json={"query_variants": bad})
+        assert r.status_code == 422, r.text
+        assert store.get_site("www").query_variants is False
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -183,6 +210,10 @@ def test_listings_are_off_unless_set(client: TestClient, store: Store) -> None:
         {"secret": "short"},
         {"root": "../etc"},
         {"listings": "sometimes"},
+        {"query_variants": "sometimes"},
+        {"query_variants": "yes"},  # strict: pydantic's lax bool took "yes", 1 and "true"
+        {"query_variants": 1},
+        {"query_variants": "true"},
         {"caches": [{"name": "x", "driver": "varnish", "address": "::1:6081"}]},
         {"caches": [{"name": "x", "driver": "varnish", "address": "cache:99999"}]},
         {"caches": [{"name": "x", "driver": "varnish", "address": "ftp://cache:21"}]},

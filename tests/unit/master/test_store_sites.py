@@ -108,3 +108,31 @@ def test_accept_encodings_must_be_distinct_header_values(store: Store) -> None:
     for bad in (["gzip", " gzip"], "gzip", ["gzip\r\nX: 1"], [1]):
         with pytest.raises(ConfigError, match="accept_encodings"):
             _create(store, caches=[{**cache, "accept_encodings": bad}])
+
+
+def test_query_variants_are_the_default_unless_set(store: Store) -> None:
+    _create(store)
+    assert store.get_site("www").query_variants is None  # off (opt-in)
+    assert store.update_site("www", query_variants=False).query_variants is False
+    assert store.update_site("www", aliases=["y.example"]).query_variants is False  # kept
+    assert store.update_site("www", query_variants=None).query_variants is None
+    with pytest.raises(ConfigError, match="query_variants must be true, false or null"):
+        store.update_site("www", query_variants="yes")
+
+
+def test_the_query_variants_migration_keeps_rows_both_ways(empty_store_url: str) -> None:
+    before = "0018_token_scopes"
+    _migrate_to(empty_store_url, before)
+    site_id = _old_site(empty_store_url, "old")
+    store = Store(empty_store_url)
+    try:
+        store.enqueue_purges([PurgeItem(site_id=site_id, cache="c1", url="http://x.example/a")])
+        rows = _old_sites(empty_store_url)
+        store.migrate()
+        assert store.get_site("old").query_variants is None  # the default: off
+        store.update_site("old", query_variants=True)
+        _migrate_to(empty_store_url, before, down=True)
+        assert [r[1:12] for r in _old_sites(empty_store_url)] == [r[1:12] for r in rows]
+        assert store.queued_purges() == 1
+    finally:
+        store.close()

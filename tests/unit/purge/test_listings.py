@@ -40,6 +40,7 @@ def _site(
         base_urls=[URL],
         path_prefix=path_prefix,
         listings=listings,
+        query_variants=False,  # their bans on Varnish: tests/unit/purge/test_query_variants.py
         caches=[{"name": k, "driver": k, "address": "127.0.0.1:9"} for k in KINDS],
         origins=[{"server": "o1"}] if mapping is not None else [],
     )

@@ -129,7 +129,11 @@ URL = "http://www.example.com/"
 _names = itertools.count(1)
 
 
-async def _planned(store: Store, mapping: int, driver: str, change: Released) -> set[tuple]:
+async def _planned(
+    store: Store, mapping: int, driver: str, change: Released, *, variants: bool = False
+) -> set[tuple]:
+    """The items of `change` on a site with one cache of `driver`; with `variants`, the site
+    turns query_variants on (off by default)."""
     site = store.create_site(
         name=f"r{next(_names)}",
         provider="acme",
@@ -138,17 +142,24 @@ async def _planned(store: Store, mapping: int, driver: str, change: Released) ->
         base_urls=[URL.rstrip("/")],
         caches=[{"name": "c1", "driver": driver, "address": "127.0.0.1:9"}],
         origins=[{"server": "o1"}],
+        query_variants=True if variants else None,
     )
     items = await Purger(store)._plan(site, dataclasses.replace(change, site_id=site.id))
     return {(i.action, i.url.removeprefix(URL)) for i in items}
 
 
 @pytest.mark.parametrize("kind", ["f", "l"])
-async def test_a_file_or_link_delete_bans_nothing(store: Store, mapping: int, kind: str) -> None:
+async def test_a_file_or_link_delete_bans_no_prefix(store: Store, mapping: int, kind: str) -> None:
     """Each file delete was also a ban of /a.html/ (two with the strict form): Varnish's ban
-    list grew by the deletes, and nginx and Squid purged what the job log knew under a file."""
+    list grew by the deletes, and nginx and Squid purged what the job log knew under a file.
+    (With query_variants on, Varnish bans the file's query-string variants `sub?`, not what
+    lies under it.)"""
     change = Released(0, "delete", "sub", kind=kind)
     assert await _planned(store, mapping, "varnish", change) == {("purge", "sub")}
+    assert await _planned(store, mapping, "varnish", change, variants=True) == {
+        ("purge", "sub"),
+        ("ban", "sub?"),
+    }
     assert await _planned(store, mapping, "nginx", change) == {("purge", "sub")}
 
 
@@ -170,6 +181,11 @@ async def test_a_delete_of_unknown_kind_is_planned_as_a_directory(
     """An older agent says nothing of what it removed: ban, and the job log's paths."""
     change = Released(0, "delete", "sub")
     assert await _planned(store, mapping, "varnish", change) == {("purge", "sub"), ("ban", "sub/")}
+    assert await _planned(store, mapping, "varnish", change, variants=True) == {
+        ("purge", "sub"),
+        ("ban", "sub/"),
+        ("ban", "sub?"),  # a file after all: its query-string variants
+    }
     assert await _planned(store, mapping, "squid", change) == {
         ("purge", "sub"),
         ("purge", "sub/b.html"),
@@ -193,6 +209,12 @@ async def test_a_directory_rename_purges_the_moved_files_under_both_names(
         ("purge", "a.html"),
         ("refresh", "b.html"),
     }
+    assert await _planned(store, mapping, "varnish", file, variants=True) == {
+        ("purge", "a.html"),
+        ("refresh", "b.html"),
+        ("ban", "a.html?"),
+        ("ban", "b.html?"),  # the new name's variants may be cached 404s
+    }
 
 
 async def test_an_erase_purges_what_was_removed_and_bans_only_a_cut_list(
@@ -202,9 +224,18 @@ async def test_an_erase_purges_what_was_removed_and_bans_only_a_cut_list(
     change = Released(0, "erase", "sub", kind="d", removed=("sub/stray.html",))
     for driver in ("varnish", "nginx"):
         assert await _planned(store, mapping, driver, change) == {("purge", "sub/stray.html")}
+    assert await _planned(store, mapping, "varnish", change, variants=True) == {
+        ("purge", "sub/stray.html"),
+        ("ban", "sub/stray.html?"),
+    }
     cut = dataclasses.replace(change, removed_truncated=True)
     caplog.set_level(logging.INFO, logger="relaysync.purge.planner")
     assert await _planned(store, mapping, "varnish", cut) == {
+        ("purge", "sub/stray.html"),
+        ("ban", "sub/"),
+    }
+    # the prefix ban reaches sub/stray.html?v=1: no variant ban besides (planner.prune_bans)
+    assert await _planned(store, mapping, "varnish", cut, variants=True) == {
         ("purge", "sub/stray.html"),
         ("ban", "sub/"),
     }

@@ -11,7 +11,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from relaysync.errors import ConfigError
 from relaysync.master.api._context import Context
@@ -66,6 +66,13 @@ class SiteIn(InputModel):
         description="the web server lists directories (autoindex): a change in a directory "
         "refreshes its listing page /dir/",
     )
+    query_variants: StrictBool | None = Field(
+        None,
+        description="ban a changed file's query-string variants (/a.css?v=3) too, on the caches "
+        "that take bans (Varnish); opt-in: null (the default) and false are off; true turns it "
+        "on, and on a site with caches that cannot (nginx, Squid, http) adds a warning. Each "
+        "changed file then costs one BAN per URL form (docs/caches.md)",
+    )
     caches: list[CacheIn] = Field(default_factory=list)
     origins: list[OriginIn] = Field(
         default_factory=list, description="default: the mapping's targets"
@@ -85,6 +92,7 @@ class SitePatch(InputModel):
     path_prefix: str | None = None
     index_files: list[str] | None = None
     listings: bool | None = None
+    query_variants: StrictBool | None = None  # null (sent) resets it to the default: off
     caches: list[CacheIn] | None = None
     origins: list[OriginIn] | None = None
     secret: str | None = None
@@ -119,6 +127,7 @@ class SiteOut(BaseModel):
     path_prefix: str
     index_files: list[str]
     listings: bool
+    query_variants: bool | None
     caches: list[CacheOut]
     origins: list[OriginOut]
     secret: str
@@ -159,6 +168,7 @@ def _out(site: SiteSpec, *, show_secret: bool = False) -> SiteOut:
         path_prefix=site.path_prefix,
         index_files=list(site.index_files),
         listings=site.listings,
+        query_variants=site.query_variants,
         caches=[
             CacheOut(
                 name=c.name,
@@ -235,7 +245,8 @@ def _sites_changed(request: Request, site: SiteSpec | None = None) -> None:
 
 def _fields(body: BaseModel, *, exclude_unset: bool) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=exclude_unset)
-    return {k: v for k, v in fields.items() if v is not None or k == "mapping"}
+    # null means something for these: no mapping; query_variants back to its default (off)
+    return {k: v for k, v in fields.items() if v is not None or k in ("mapping", "query_variants")}
 
 
 def list_sites(context: Context) -> list[SiteOut]:

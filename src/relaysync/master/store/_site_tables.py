@@ -1,7 +1,7 @@
 """The store's tables for cache synchronization: providers, sites, the purge queue and purge log.
 
 They live beside models.py on the same declarative Base; migration 0002_sites creates them
-(0014_site_listings adds `sites.listings`).
+(0014_site_listings adds `sites.listings`, 0019_site_query_variants `sites.query_variants`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ class Site(Base):
     index_files: Mapped[list[str]] = mapped_column(JSON, default=list)
     # The web server lists directories (autoindex): changes refresh `/dir/` (0014_site_listings)
     listings: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Ban a changed file's query-string variants (0019_site_query_variants): True on (caches
+    # that take bans); None (the default, every site stored before) and False off
+    query_variants: Mapped[bool | None] = mapped_column(Boolean, nullable=True, default=None)
     caches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     origins: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     # The listener must verify HMACs with it, so the secret itself is kept (the API never shows it

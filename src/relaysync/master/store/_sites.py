@@ -46,6 +46,7 @@ SITE_FIELDS = frozenset(
         "path_prefix",
         "index_files",
         "listings",
+        "query_variants",
         "caches",
         "origins",
         "secret",
@@ -188,6 +189,12 @@ def _validate(session: Session, fields: dict[str, Any], site_id: int | None) -> 
     if not isinstance(listings, bool):
         raise ConfigError(f"site {v['name']!r}: listings must be true or false, not {listings!r}")
     v["listings"] = listings
+    variants = fields.get("query_variants")
+    if variants is not None and not isinstance(variants, bool):
+        raise ConfigError(
+            f"site {v['name']!r}: query_variants must be true, false or null, not {variants!r}"
+        )
+    v["query_variants"] = variants
     caches = [_check_cache(dict(c)) for c in fields.get("caches") or ()]
     if len({c["name"] for c in caches}) != len(caches):
         raise ConfigError(f"site {v['name']!r}: two caches have the same name")
@@ -243,6 +250,7 @@ def _spec(session: Session, row: Site, names: dict[str, str]) -> SiteSpec:
         path_prefix=row.path_prefix,
         index_files=tuple(row.index_files),
         listings=row.listings,
+        query_variants=row.query_variants,
         caches=tuple(
             CacheSpec(
                 name=c["name"],
@@ -341,6 +349,7 @@ class SiteStore:
                 "path_prefix": row.path_prefix,
                 "index_files": row.index_files,
                 "listings": row.listings,
+                "query_variants": row.query_variants,
                 "caches": row.caches,
                 "origins": [{"server": o.get("node_id"), "url": o.get("url")} for o in row.origins],
                 **fields,
