@@ -28,6 +28,7 @@ from tests.integration.test_modes import _journaled
 
 pytestmark = pytest.mark.integration
 
+ALERT_TIMEOUT_S = 60.0  # the master checks its own figures every few seconds
 XSS_NAME = '<img src=x onerror="window.__pwned=1">.html'
 
 
@@ -380,3 +381,48 @@ def test_job_log_pages_with_the_api_and_filters_by_path(
     click(browser, '#nav [data-view="purges"]', "the purge log tab")
     eventually(lambda: "0 rows (newest page)" in text_of(browser, "#purges-info"), "the purge log")
     assert not element(browser, "#banner").is_displayed()
+
+
+def _alert(fleet: Fleet, key: str, state: str) -> dict | None:
+    alerts = fleet.cluster.api.get("/api/alerts", params={"limit": 1000}).json()
+    return next((a for a in alerts if a["key"] == key and a["state"] == state), None)
+
+
+def test_acknowledge_an_alert(browser: webdriver.Chrome, fleet: Fleet) -> None:
+    # a rule on the master's own figures, which it always breaks: no agent becomes unhealthy
+    rule = fleet.cluster.api.post(
+        "/api/thresholds",
+        json={
+            "scope": "server",
+            "target": "master",
+            "metric": "process_threads",
+            "operator": ">",
+            "value": 0,
+        },
+    ).json()
+    key = f"threshold:{rule['id']}:master"
+    try:
+        alert = wait_until(
+            lambda: _alert(fleet, key, "firing"), timeout_s=ALERT_TIMEOUT_S, what="the alert firing"
+        )
+        row = f'#alerts [data-alert="{alert["id"]}"]'
+        _log_in(browser, fleet, _api_token(fleet, "console-read-2", "read")["token"])
+        _logged_in(browser)
+        assert not eventually(
+            lambda: element(browser, f"{row} button.ack"), "the button"
+        ).is_enabled()
+
+        _log_in(browser, fleet, _admin_token(fleet))
+        _logged_in(browser)
+        click(browser, f"{row} button.ack", "acknowledge")
+        acked = wait_until(
+            lambda: _alert(fleet, key, "acknowledged"),
+            timeout_s=CONVERGE_TIMEOUT_S,
+            what="acknowledged",
+        )
+        assert acked["acknowledged_by"] == "console"
+        eventually(
+            lambda: text_of(browser, f"{row} .state") == "acknowledged", "acknowledged on the page"
+        )
+    finally:
+        assert fleet.cluster.api.delete(f"/api/thresholds/{rule['id']}").status_code == 204
