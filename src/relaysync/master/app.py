@@ -45,12 +45,14 @@ from relaysync.master.api import (
     thresholds,
     tokens,
     topology,
+    whoami,
 )
 from relaysync.master.api._context import ApiContext, call_on_event_loop, require_token
 from relaysync.master.api._limits import RequestLimits
 from relaysync.master.events import EventBus
 from relaysync.master.router import Router
 from relaysync.master.store import Store
+from relaysync.ui import mount_console
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/tokens/api", tokens.create_api_token, ("POST",), status_code=201),  # {name}
     Route("/api/tokens/api/{token_id}", tokens.revoke_api_token, ("DELETE",), status_code=204),  # even its own
     Route("/api/events", events.list_events, ("GET",)),                             # [since] [timeout_s] [limit]
+    Route("/api/whoami", whoami.whoami, ("GET",)),                                  # the caller's token id and scope
     Route("/api/policies", policies.list_policies, ("GET",)),
     Route("/api/policies", policies.put_policy, ("PUT",)),                           # PolicyIn: upsert by scope/pair
     Route("/api/policies/{policy_id}", policies.delete_policy, ("DELETE",), status_code=204),
@@ -213,4 +216,5 @@ def create_app(
         max_body_bytes=API_MAX_BODY_BYTES,
         per_path={"/api/join": API_JOIN_MAX_BODY_BYTES},
     )
+    mount_console(app)  # `/` and `/ui/*`: the web console, a client of the routes above
     return app
