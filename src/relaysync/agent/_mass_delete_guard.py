@@ -14,14 +14,18 @@ made, one removed) stays near 0, also while deletes are deferred, and so does a 
   as a hold does), only their paths (at most GUARD_DEFER_PATHS, folded into their parents past
   that) and counts kept; every other change goes at once, except one at, below or above a
   deferred or held path (`rm -rf d; echo > d`, `rm -rf site; mv site.new site`, in this batch
-  or a later one): it waits, or is held, with them.
+  or a later one): it waits, or is held, with them (a delete that waits so keeps its run going;
+  below held paths folded past GUARD_HELD_PATHS, a change making a path the manifest never
+  held, in a directory it holds and the disk has, goes).
 - Deferred deletes that may bring the net loss to GUARD_FRACTION of the folder are CHECKED: a
   rescan of their paths counts them exactly; held for an operator if they do, deferred again if
   not (at most every GUARD_SETTLE_S, and at most GUARD_CHECK_DUTY of the time: a check of a
   folded tree rescans it whole).
 - They are RELEASED when the run ends (GUARD_WINDOW_S without a delete), or GUARD_RUN_JUDGE_S
   after the first of them at the latest: a rescan of their paths finds them, judged with the
-  run (never deferred again): journaled if the run stays under the threshold, else held. An
+  run (never deferred again), with the entries they find made (a rename tied to the deletes
+  comes back as deletes and writes: `rm -rf site; mv site.new site`, a deploy, loses little):
+  journaled if the run stays under the threshold, else held. An
   `rm -rf` that reaches the threshold within GUARD_RUN_JUDGE_S sends at most GUARD_MIN_DELETES
   entries, however often it pauses (for less than the window); a slower one is judged every
   GUARD_RUN_JUDGE_S, its count adding up, and held once it reaches the threshold.
@@ -62,6 +66,9 @@ GUARD_RUN_JUDGE_S = 30.0  # deferred deletes are released (or held) this long af
 # delete waits, and how long an `rm -rf` has to reach the threshold with nothing sent
 GUARD_DEFER_PATHS = 1000  # deferred (and held) paths kept; more fold into their parents, so
 # memory stays bounded however big the tree: the rescan of a parent finds what is below
+GUARD_HELD_PATHS = 20000  # held paths kept exactly (a hold lasts: a fold into a live parent
+# ties the changes there to the hold); more fold into their parents, and then a change of a path
+# the manifest never knew, in a directory it knows and the disk still has, goes all the same
 GUARD_CHECK_DUTY = 0.1  # checks take at most this share of the time (a check of deferred paths
 # folded into the root is a rescan of the whole folder, under the record lock)
 
@@ -152,6 +159,7 @@ class MassDeleteGuard:
     _guard_held: bool
     _guard_held_deletes: int  # the entries the hold keeps: the batch that tripped, and later ones
     _guard_held_paths: set[str]  # the held paths (and the changes tied to them), folded
+    _guard_held_folded: bool  # ... past GUARD_HELD_PATHS: they cover more than was held
     _guard_probe: list[str]  # some of the held paths (of the last batch held)
     _guard_backoff_s: float  # the wait between full rescans of the hold, doubling
     _guard_due_s: float  # until the next full rescan
@@ -189,7 +197,7 @@ class MassDeleteGuard:
         """The guard's state; `delete_confirm`: the confirmations made before we started."""
         self._guard_held = False
         self._guard_held_deletes = self._guard_sent = 0
-        self._guard_held_paths = set()
+        self._clear_held()
         self._guard_probe = []
         self._guard_backoff_s = self._guard_due_s = 0.0
         self._allow_mass_delete = False
@@ -247,17 +255,38 @@ class MassDeleteGuard:
         """
         now = time.monotonic()
         waiting: list[str] = []
+        made = 0
         if mode == "defer":
-            changes, waiting = self._wait_with_earlier(changes)
-        go, skipped = self._split_deletes(changes, mode, now)
+            changes, waiting = self._wait_with_earlier(changes, now)
+        elif mode in ("check", "release"):  # a rescan of deferred deletes: the pair with creates
+            made = self._made(changes)
+        go, skipped = self._split_deletes(changes, mode, now, made)
         self._guard_sent += sum(1 for c in go if c.op == "delete")
         if mode in ("now", "defer"):  # a judged rescan of deferred deletes moves no base
             self._count_creates(go, now)
             self._run_base = min(self._run_base, self._run_net + self._deferred_entries)
+        elif (
+            made
+        ):  # the run's own: journaled ones take from its loss, waiting ones from the deferred
+            made_go = self._made(go)
+            self._run_net -= made_go
+            if self._deferred:
+                self._deferred_entries = max(0, self._deferred_entries - (made - made_go))
         return go, waiting + skipped
 
+    def _made(self, changes: list[PendingChange]) -> int:
+        """The entries `changes` create (paths the manifest does not hold)."""
+        paths = sorted({c.path for c in changes if c.op in _CREATE_OPS})
+        return len(paths) - self.manifest.count_present(paths) if paths else 0
+
+    def _run_goes_on(self, now: float) -> None:
+        """A delete came (the watcher's): the run goes on, or a new one begins."""
+        if now - self._run_last_s > GUARD_WINDOW_S:
+            self._new_run()
+        self._run_last_s = now
+
     def _wait_with_earlier(
-        self, changes: list[PendingChange]
+        self, changes: list[PendingChange], now: float
     ) -> tuple[list[PendingChange], list[str]]:
         """`changes` less those at, below or above a path held or deferred by an earlier batch
         (`rm -rf site`, then `mv site.new site`: journaled, the rename would replace the
@@ -267,13 +296,16 @@ class MassDeleteGuard:
         held, deferred = self._guard_held_paths, self._deferred
         held_sorted, deferred_sorted = sorted(held), sorted(deferred)
         go, hold, wait = [], [], []
+        folded = self._guard_held_folded
         for c in changes:
-            if held and _touches(c, held, held_sorted):
+            if held and _touches(c, held, held_sorted) and not (folded and self._unseen(c)):
                 hold.append(c)
             elif deferred and _touches(c, deferred, deferred_sorted):
                 wait.append(c)
             else:
                 go.append(c)
+        if any(c.op == "delete" for c in (*hold, *wait)):  # they are the run's, timed as its
+            self._run_goes_on(now)
         if hold:
             self._guard_held_deletes += self._count_new_held(
                 [c.path for c in hold if c.op == "delete"]
@@ -286,21 +318,19 @@ class MassDeleteGuard:
         return go, _paths_of(hold) + _paths_of(wait)
 
     def _split_deletes(
-        self, changes: list[PendingChange], mode: Mode, now: float
+        self, changes: list[PendingChange], mode: Mode, now: float, made: int = 0
     ) -> tuple[list[PendingChange], list[str]]:
         """`_guard_split` of the changes no earlier batch ties: judge their deletes."""
         deletes = _outermost(c.path for c in changes if c.op == "delete")
         if not deletes:
             return changes, []
         if mode in ("now", "defer"):  # a rescan of deferred deletes is no new delete
-            if now - self._run_last_s > GUARD_WINDOW_S:
-                self._new_run()
-            self._run_last_s = now
+            self._run_goes_on(now)
         # Unmounted, the folder's path shows the mount point's own directory (empty, most often).
         root_missing = not self.root.is_dir() or (
             self.watcher is not None and self.watcher.root_lost
         )
-        verdict, counted = ("hold", 0) if root_missing else self._judge_run(deletes, mode)
+        verdict, counted = ("hold", 0) if root_missing else self._judge_run(deletes, mode, made)
         if verdict == "pass":
             return changes, []
         if verdict == "defer":
@@ -316,12 +346,15 @@ class MassDeleteGuard:
         if made:
             self._run_net -= len(made) - self.manifest.count_present(made)
 
-    def _judge_run(self, deletes: list[str], mode: Mode) -> tuple[Verdict, int]:
+    def _judge_run(self, deletes: list[str], mode: Mode, made: int = 0) -> tuple[Verdict, int]:
         """Judge `deletes` with their run; return the verdict and, to defer, their entries
         (exact for a check, else as far as judging needs). A deleted path removes itself and
         what is below it; the few deletes of most batches are told apart without counting the
         whole folder. The check, the release and the recheck of a hold judge the same figure:
-        the run's net loss with these deletes, against the folder at its largest in the run."""
+        the run's net loss with these deletes, against the folder at its largest in the run; the
+        check and the release count the batch's `made` entries with it (`rm -rf site; mv
+        site.new site`, tied, comes back as the deletes of both trees and the new site's writes:
+        a deploy, no loss)."""
         if self._run_held and mode == "defer":
             return "hold", 0
         loss = self._run_loss()
@@ -333,8 +366,8 @@ class MassDeleteGuard:
         threshold = _threshold(self._run_size())
         if mode == "defer":  # counted as far as a check needs (the check counts exactly)
             return "defer", self._count_deferring(deletes, limit=max(1, threshold - loss))
-        affected = self.manifest.count_trees(deletes, limit=max(1, threshold - loss))
-        if loss + affected >= threshold:
+        affected = self.manifest.count_trees(deletes, limit=max(1, threshold - loss + made))
+        if loss + affected - made >= threshold:
             return "hold", 0
         if mode == "check":
             return "defer", affected
@@ -379,8 +412,26 @@ class MassDeleteGuard:
 
     def _add_held(self, paths: Iterable[str]) -> None:
         self._guard_held_paths.update(paths)
-        if len(self._guard_held_paths) > GUARD_DEFER_PATHS:
-            self._guard_held_paths = _fold(self._guard_held_paths, GUARD_DEFER_PATHS)
+        if len(self._guard_held_paths) > GUARD_HELD_PATHS:
+            self._guard_held_paths = _fold(self._guard_held_paths, GUARD_HELD_PATHS)
+            self._guard_held_folded = True
+
+    def _clear_held(self) -> None:
+        self._guard_held_paths = set()
+        self._guard_held_folded = False
+
+    def _unseen(self, c: PendingChange) -> bool:
+        """Whether `c` makes a path the manifest never held, in a directory it holds (or the
+        root) that the disk still has: no held delete is at, below or above it, whatever a
+        folded held path covers. (A change of a known path below a folded one waits: the held
+        deletes may be above it.)"""
+        if c.op not in _CREATE_OPS or self.manifest.get(c.path) is not None:
+            return False
+        parent = split_path(c.path)[0]
+        if not parent:
+            return True
+        entry = self.manifest.get(parent)
+        return entry is not None and entry.kind == "d" and (self.root / parent).is_dir()
 
     def _count_new_held(self, deletes: list[str]) -> int:
         """The entries `deletes` hold that no held path covers already (a recheck finds the
@@ -402,7 +453,7 @@ class MassDeleteGuard:
         if self._allow_mass_delete:
             self._allow_mass_delete = False
             self._guard_held = False
-            self._guard_held_paths = set()
+            self._clear_held()
             self._new_run()
             return changes, []
         held, go = _tied(changes, deletes)
@@ -555,7 +606,7 @@ class MassDeleteGuard:
                 else "nothing deleted (the folder is back)",
             )
         self._guard_held = self._run_held = False
-        self._guard_held_paths = set()
+        self._clear_held()
         self._allow_mass_delete = False
 
     async def _recheck_guard(self) -> None:
