@@ -9,11 +9,14 @@ The constants are scaled down here (a window of 1 s); every wait is a poll under
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from relaysync.agent import _mass_delete_guard
 from relaysync.agent._mass_delete_guard import GUARD_MIN_DELETES
@@ -24,6 +27,8 @@ from relaysync.watch.watcher import FsEvent
 OLD_NS = 10**18  # long cooled down: a scan journals such a file at once
 WAIT_S = 60.0  # bound of every poll: the test machine is shared and loaded
 DIRS, FILES = 10, 200  # 2,010 entries: a mass delete is 1,005 of them
+Send = MemoryObjectSendStream[list[FsEvent]]
+Receive = MemoryObjectReceiveStream[list[FsEvent]]
 
 
 def _scale(monkeypatch: pytest.MonkeyPatch, *, window_s: float, judge_s: float) -> None:
@@ -62,6 +67,36 @@ def _files(d: int) -> list[str]:
     return [f"d{d}/{i}.txt" for i in range(FILES)]
 
 
+def _remove(root: Path, paths: list[str]) -> None:
+    """Delete `paths` from disk in order: a top-level name is a directory, emptied before."""
+    for path in paths:
+        (root / path).rmdir() if "/" not in path else (root / path).unlink()
+
+
+async def _delete(root: Path, send: Send, paths: list[str]) -> None:
+    """Remove `paths` and send their deletes in one batch, as the watcher reports them."""
+    _remove(root, paths)
+    await send.send([FsEvent(kind="delete", path=p) for p in paths])
+
+
+async def _first_scan(mapping: SourceMapping) -> int:
+    """Record the first scan (what serve() starts with); the journal's head after it."""
+    await mapping._record([FsEvent(kind="rescan", path="")])
+    return mapping.journal.last_seq
+
+
+@asynccontextmanager
+async def _consuming(
+    mapping: SourceMapping, receive: Receive
+) -> AsyncIterator[tuple[TaskGroup, int]]:
+    """After the first scan, the mapping consumes `receive` in a task group while the body
+    runs: yields the group and the journal's head after the scan."""
+    head = await _first_scan(mapping)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(mapping._consume, receive)
+        yield tg, head
+
+
 def test_an_rm_rf_slower_than_the_window_is_held_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -74,14 +109,12 @@ def test_an_rm_rf_slower_than_the_window_is_held_whole(
     mapping, root, alarms = _mapping(tmp_path)
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])  # what serve() starts with
-        head = mapping.journal.last_seq
+        head = await _first_scan(mapping)  # what serve() starts with
         async with anyio.create_task_group() as tg:
             await tg.start(mapping.serve)
             paths = [p for d in range(DIRS) for p in [*_files(d), f"d{d}"]]
             for start in range(0, len(paths), 100):
-                for path in paths[start : start + 100]:
-                    (root / path).rmdir() if "/" not in path else (root / path).unlink()
+                _remove(root, paths[start : start + 100])
                 await anyio.sleep(0.3)  # the rm's pause, shorter than the window
             await _wait(lambda: alarms, "the alarm")
             held = mapping.deletes_held
@@ -93,12 +126,10 @@ def test_an_rm_rf_slower_than_the_window_is_held_whole(
         assert sent < GUARD_MIN_DELETES, f"{sent} deletes went out before the hold"
         assert held > DIRS * (FILES + 1) // 2
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert len(alarms) == 1
         assert alarms[0].entries == DIRS * (FILES + 1)
-    finally:
-        mapping.close()
 
 
 def test_steady_turnover_is_never_deferred_nor_held(
@@ -114,10 +145,7 @@ def test_steady_turnover_is_never_deferred_nor_held(
     send, receive = anyio.create_memory_object_stream[list[FsEvent]](64)
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
+        async with _consuming(mapping, receive) as (tg, head):
             for i in range(600):
                 (logs / f"new{i}.log").write_text("x")
                 (logs / f"{i % FILES}.txt" if i < FILES else logs / f"new{i - FILES}.log").unlink()
@@ -136,11 +164,9 @@ def test_steady_turnover_is_never_deferred_nor_held(
             send.close()
         assert len(_ops(mapping, head, "write")) == 600
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert alarms == []
-    finally:
-        mapping.close()
 
 
 def test_a_slow_cleanup_is_released_within_the_judge_bound_while_it_runs(
@@ -155,29 +181,20 @@ def test_a_slow_cleanup_is_released_within_the_judge_bound_while_it_runs(
     order = [p for d in range(4) for p in _files(d)]  # at most 800 of 2,010: 40 %
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
+        async with _consuming(mapping, receive) as (tg, head):
             deleted = 0
             while len(_ops(mapping, head, "delete")) <= GUARD_MIN_DELETES:
                 assert deleted < len(order), "nothing released while the cleanup ran"
-                for path in order[deleted : deleted + 5]:
-                    (root / path).unlink()
-                await send.send(
-                    [FsEvent(kind="delete", path=p) for p in order[deleted : deleted + 5]]
-                )
+                await _delete(root, send, order[deleted : deleted + 5])
                 deleted += 5
                 await anyio.sleep(0.05)  # the cleanup's pace
             await _wait(lambda: len(_ops(mapping, head, "delete")) == deleted, "the rest released")
             send.close()
         assert sorted(_ops(mapping, head, "delete")) == sorted(order[:deleted])
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert alarms == []
-    finally:
-        mapping.close()
 
 
 def test_writes_during_a_deferral_are_journaled_at_once(
@@ -191,13 +208,8 @@ def test_writes_during_a_deferral_are_journaled_at_once(
     send, receive = anyio.create_memory_object_stream[list[FsEvent]](64)
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
-            for path in _files(0):
-                (root / path).unlink()
-            await send.send([FsEvent(kind="delete", path=p) for p in _files(0)])
+        async with _consuming(mapping, receive) as (tg, head):
+            await _delete(root, send, _files(0))
             await _wait(lambda: mapping._deferred, "the deletes deferred")
             (root / "d1" / "0.txt").write_text("changed")
             (root / "d1" / "fresh.txt").write_text("made")
@@ -214,11 +226,9 @@ def test_writes_during_a_deferral_are_journaled_at_once(
             send.close()  # the watcher stops: what waits is judged now
         assert len(_ops(mapping, head, "delete")) == FILES + 1
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert alarms == []
-    finally:
-        mapping.close()
 
 
 def test_a_file_made_where_a_directory_was_deleted_waits_with_the_delete(
@@ -232,17 +242,10 @@ def test_a_file_made_where_a_directory_was_deleted_waits_with_the_delete(
     send, receive = anyio.create_memory_object_stream[list[FsEvent]](64)
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
-            for path in _files(1):
-                (root / path).unlink()
-            await send.send([FsEvent(kind="delete", path=p) for p in _files(1)])
+        async with _consuming(mapping, receive) as (tg, head):
+            await _delete(root, send, _files(1))
             await _wait(lambda: mapping._deferred, "the deletes deferred")
-            for path in _files(0):
-                (root / path).unlink()
-            (root / "d0").rmdir()
+            _remove(root, [*_files(0), "d0"])
             (root / "d0").write_text("a file now")
             os.utime(root / "d0", ns=(OLD_NS, OLD_NS))  # the release's rescan takes it as done
             (root / "d2" / "new.txt").write_text("x")
@@ -260,11 +263,9 @@ def test_a_file_made_where_a_directory_was_deleted_waits_with_the_delete(
         assert entry is not None and entry.kind == "f"
         assert list(mapping.manifest.iter_entries("d0")) in ([], [entry])
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert alarms == []
-    finally:
-        mapping.close()
 
 
 def _make_new_dir(root: Path, name: str) -> None:
@@ -275,11 +276,11 @@ def _make_new_dir(root: Path, name: str) -> None:
         os.utime(path, ns=(OLD_NS, OLD_NS))
 
 
-async def _flush(mapping: SourceMapping, root: Path, send: object, head: int, tag: str) -> None:
+async def _flush(mapping: SourceMapping, root: Path, send: Send, head: int, tag: str) -> None:
     """Send a write of a fresh file and wait until it is journaled: every batch sent before
     it was handled (the source handles them in order)."""
     (root / "d9" / f"{tag}.txt").write_text(tag)
-    await send.send([FsEvent(kind="write", path=f"d9/{tag}.txt")])  # type: ignore[attr-defined]
+    await send.send([FsEvent(kind="write", path=f"d9/{tag}.txt")])
     await _wait(lambda: f"d9/{tag}.txt" in _ops(mapping, head, "write"), tag)
 
 
@@ -298,13 +299,8 @@ def test_a_rename_onto_a_held_tree_in_a_later_batch_is_held(
     gone = [p for d in range(6) for p in [*_files(d), f"d{d}"]]  # 1,206 of 2,014 entries
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
-            for path in gone:
-                (root / path).rmdir() if "/" not in path else (root / path).unlink()
-            await send.send([FsEvent(kind="delete", path=p) for p in gone])
+        async with _consuming(mapping, receive) as (tg, head):
+            await _delete(root, send, gone)
             await _wait(lambda: alarms, "the alarm")
             os.rename(root / "new", root / "d0")
             await send.send([FsEvent(kind="move", path="new", new_path="d0", is_dir=True)])
@@ -316,11 +312,9 @@ def test_a_rename_onto_a_held_tree_in_a_later_batch_is_held(
             assert _ops(mapping, head, "delete") == []
             tg.cancel_scope.cancel()
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert len(alarms) == 1
-    finally:
-        mapping.close()
 
 
 def test_a_rename_onto_a_deferred_tree_in_a_later_batch_waits_with_it(
@@ -335,13 +329,8 @@ def test_a_rename_onto_a_deferred_tree_in_a_later_batch_waits_with_it(
     gone = [*_files(0), "d0"]
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
-            for path in gone:
-                (root / path).rmdir() if "/" not in path else (root / path).unlink()
-            await send.send([FsEvent(kind="delete", path=p) for p in gone])
+        async with _consuming(mapping, receive) as (tg, head):
+            await _delete(root, send, gone)
             await _wait(lambda: mapping._deferred, "the deletes deferred")
             assert mapping.deletes_deferred == len(gone)
             os.rename(root / "new", root / "d0")
@@ -358,11 +347,9 @@ def test_a_rename_onto_a_deferred_tree_in_a_later_batch_waits_with_it(
         ]
         assert mapping.deletes_deferred == 0
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert alarms == []
-    finally:
-        mapping.close()
 
 
 def test_turnover_during_a_deferral_after_a_small_cleanup_is_no_mass_delete(
@@ -378,13 +365,8 @@ def test_turnover_during_a_deferral_after_a_small_cleanup_is_no_mass_delete(
     old = [p for d in range(1, DIRS) for p in _files(d)]
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
-            for path in old[:150]:
-                (root / path).unlink()
-            await send.send([FsEvent(kind="delete", path=p) for p in old[:150]])
+        async with _consuming(mapping, receive) as (tg, head):
+            await _delete(root, send, old[:150])
             await _wait(lambda: mapping._deferred, "the cleanup deferred")
             for k in range(150, 1350, 10):  # 1,200 made and removed: more than the threshold
                 events = []
@@ -400,11 +382,9 @@ def test_turnover_during_a_deferral_after_a_small_cleanup_is_no_mass_delete(
             send.close()  # the run is judged: no mass delete
         assert len(_ops(mapping, head, "delete")) == 1350
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert alarms == []
-    finally:
-        mapping.close()
 
 
 def test_deletes_held_counts_the_later_held_deletes_of_the_run(
@@ -420,18 +400,11 @@ def test_deletes_held_counts_the_later_held_deletes_of_the_run(
     later = _files(6)
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
-            for path in first:
-                (root / path).unlink()
-            await send.send([FsEvent(kind="delete", path=p) for p in first])
+        async with _consuming(mapping, receive) as (tg, head):
+            await _delete(root, send, first)
             await _wait(lambda: alarms, "the alarm")
             assert mapping.deletes_held == len(first)
-            for path in later:
-                (root / path).unlink()
-            await send.send([FsEvent(kind="delete", path=p) for p in later])
+            await _delete(root, send, later)
             await _flush(mapping, root, send, head, "after")
             assert mapping.deletes_held == len(first) + len(later)
             for path in first[:800]:  # put back: 600 deleted now, no mass delete
@@ -443,11 +416,9 @@ def test_deletes_held_counts_the_later_held_deletes_of_the_run(
         assert len(_ops(mapping, head, "delete")) == 600
         assert "hold ended, 600 deletes journaled" in caplog.text
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert len(alarms) == 1
-    finally:
-        mapping.close()
 
 
 def test_a_slow_rm_inside_a_folded_deferred_tree_stays_one_run(
@@ -469,26 +440,22 @@ def test_a_slow_rm_inside_a_folded_deferred_tree_stays_one_run(
         os.utime(root / path, ns=(OLD_NS, OLD_NS))
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
+        head = await _first_scan(mapping)
         async with anyio.create_task_group() as tg:
             await tg.start(mapping.serve)
             for start in range(0, len(flat), 100):
                 if alarms:
                     break
-                for path in flat[start : start + 100]:
-                    (root / path).unlink()
+                _remove(root, flat[start : start + 100])
                 await anyio.sleep(0.3)  # the rm's pause, shorter than the window
             await _wait(lambda: alarms, "the alarm")
             sent = len(_ops(mapping, head, "delete"))
             tg.cancel_scope.cancel()
         assert sent < GUARD_MIN_DELETES, f"{sent} deletes went out before the hold"
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert len(alarms) == 1
-    finally:
-        mapping.close()
 
 
 def test_a_deploy_replacing_a_deferred_tree_is_no_mass_delete(
@@ -513,13 +480,8 @@ def test_a_deploy_replacing_a_deferred_tree_is_no_mass_delete(
     gone = [p for d in range(4) for p in [*_files(d), f"d{d}"]]  # 804 of 2,815 entries
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
-            for path in gone:
-                (root / path).rmdir() if "/" not in path else (root / path).unlink()
-            await send.send([FsEvent(kind="delete", path=p) for p in gone])
+        async with _consuming(mapping, receive) as (tg, head):
+            await _delete(root, send, gone)
             await _wait(lambda: mapping._deferred, "the deletes deferred")
             os.rename(root / "new", root / "d0")
             await send.send([FsEvent(kind="move", path="new", new_path="d0", is_dir=True)])
@@ -532,11 +494,9 @@ def test_a_deploy_replacing_a_deferred_tree_is_no_mass_delete(
         assert list(mapping.manifest.iter_entries("new")) == []
         assert mapping.deletes_deferred == 0
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert alarms == []
-    finally:
-        mapping.close()
 
 
 def test_a_new_file_beside_held_paths_folded_into_the_root_goes_at_once(
@@ -557,13 +517,8 @@ def test_a_new_file_beside_held_paths_folded_into_the_root_goes_at_once(
     gone = [p for d in range(6) for p in [*_files(d), f"d{d}"]]  # 1,206 of 2,014 entries
 
     async def main() -> None:
-        await mapping._record([FsEvent(kind="rescan", path="")])
-        head = mapping.journal.last_seq
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(mapping._consume, receive)
-            for path in gone:
-                (root / path).rmdir() if "/" not in path else (root / path).unlink()
-            await send.send([FsEvent(kind="delete", path=p) for p in gone])
+        async with _consuming(mapping, receive) as (tg, head):
+            await _delete(root, send, gone)
             await _wait(lambda: alarms, "the alarm")
             await send.send([FsEvent(kind="delete", path="d5")])  # the fold reaches the root
             await _wait(lambda: mapping._guard_held_paths == {""}, "the fold")
@@ -578,8 +533,6 @@ def test_a_new_file_beside_held_paths_folded_into_the_root_goes_at_once(
             assert mapping.deletes_held >= len(gone)
             tg.cancel_scope.cancel()
 
-    try:
+    with closing(mapping):
         anyio.run(main)
         assert len(alarms) == 1
-    finally:
-        mapping.close()

@@ -22,21 +22,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
-from relaysync.watch.manifest import Manifest
 from tests.unit.transfer._target_helpers import delta_messages, small_file
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> TargetFolder:
-    root = tmp_path / "root"
-    root.mkdir()
-    return TargetFolder(
-        mapping_id=1,
-        source_node="src",
-        root=root,
-        manifest=Manifest(tmp_path / "m.db"),
-        durable=False,
-    )
 
 
 def _session(folder: TargetFolder, *, resends: bool = True) -> ReceiverSession:
