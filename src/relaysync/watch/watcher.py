@@ -375,7 +375,10 @@ class Watcher(RootWatching, TreeWatches):
         if stat.S_ISLNK(st.st_mode):
             self._emit("symlink", rel)
         elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            self._emit("write", rel)  # a new hard link: no CLOSE_WRITE will follow
+            # A new hard link: no CLOSE_WRITE follows here, and its content may still be written
+            # through its other name (outside this folder: no event here). As "attr", not a
+            # close-write: the source holds it while it is hot and open for writing elsewhere.
+            self._emit("attr", rel)
 
     def _moved_from(self, rel: str, is_dir: bool, cookie: int) -> None:
         pending = PendingFrom(rel, is_dir, self._filter.accepts(rel, is_dir=is_dir))
