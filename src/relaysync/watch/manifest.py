@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import xxhash
@@ -366,16 +366,19 @@ class Manifest:
 
     def count_present(self, paths: Sequence[str]) -> int:
         """Return how many of `paths` (distinct) the manifest holds, _COUNT_CHUNK per query."""
-        total = 0
+        return sum(int(rows[0][0]) for rows in self._in_chunks("count(*)", paths))
+
+    def _in_chunks(self, columns: str, paths: Sequence[str]) -> Iterator[list[Any]]:
+        """The rows of `SELECT columns FROM entries WHERE path IN (...)`, one list per
+        _COUNT_CHUNK of `paths` (SQLite bounds the parameters of one query)."""
         for start in range(0, len(paths), _COUNT_CHUNK):
             chunk = paths[start : start + _COUNT_CHUNK]
             marks = ",".join("?" * len(chunk))
             with self._lock:
-                row = self._db.execute(
-                    f"SELECT count(*) FROM entries WHERE path IN ({marks})", chunk
-                ).fetchone()
-            total += int(row[0])
-        return total
+                rows = self._db.execute(
+                    f"SELECT {columns} FROM entries WHERE path IN ({marks})", chunk
+                ).fetchall()
+            yield rows  # the lock is not held while the caller looks at them
 
     def count_trees(self, paths: Sequence[str], *, limit: int = -1) -> int:
         """Return how many entries `paths` and everything below them hold (paths must not nest).
@@ -384,13 +387,7 @@ class Manifest:
         query, and only a directory's subtree is counted, as a bounded walk of the primary key.
         """
         total = 0
-        for start in range(0, len(paths), _COUNT_CHUNK):
-            chunk = paths[start : start + _COUNT_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT path, kind FROM entries WHERE path IN ({marks})", chunk
-                ).fetchall()
+        for rows in self._in_chunks("path, kind", paths):
             total += len(rows)
             for path in (p for p, kind in rows if kind == "d"):
                 if 0 <= limit <= total:
