@@ -18,6 +18,7 @@ import msgspec
 from relaysync._util.aio import leaf_error
 from relaysync.constants import RECEIVE_TIMEOUT_S, SOURCE_RETRY_MAX_S, SOURCE_RETRY_MIN_S
 from relaysync.protocol.messages import MappingSpec, MassDeleteHeld, ReleaseReport
+from relaysync.watch.content_cache import ContentCache
 
 from ._role import AgentRole
 from .links import LinkSet, children_of
@@ -41,6 +42,7 @@ class SourceRole(AgentRole):
     """The source mappings of AgentService (a mixin: AgentService sets its state)."""
 
     sources: dict[int, _Running]
+    content_cache: ContentCache  # small files read to hash, for the links (one per agent)
     refused_sources: dict[int, str]  # mapping id -> name: a source folder refused
     link: MasterLink | None
 
@@ -136,6 +138,7 @@ class SourceRole(AgentRole):
                 SourceMapping,
                 rescan_interval_s=self.cfg.rescan_interval_s,
                 hot_file_s=self.cfg.hot_file_s,
+                content=self.content_cache,
             ),
             spec,
             self.data_dir / "sources" / str(spec.mapping_id),

@@ -52,6 +52,7 @@ from relaysync.transfer.receiver import ReportFn
 from relaysync.transfer.relay import RelayFeed
 from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
+from relaysync.watch.content_cache import ContentCache
 
 from ._source_role import SourceRole, _Running
 from ._target_role import TargetRole
@@ -79,6 +80,7 @@ class AgentService(SourceRole, TargetRole):
         self.target_symlinks = cfg.target_symlinks
         self.node_id = ""
         self.sources: dict[int, _Running] = {}
+        self.content_cache = ContentCache()  # small files read to hash, shared by the sources
         self.refused_sources: dict[int, str] = {}  # mapping id -> name: a source folder refused
         self.targets: dict[int, TargetFolder] = {}
         self.relays: dict[int, tuple[RelayFeed, LinkSet]] = {}  # mappings this agent relays on
@@ -290,11 +292,11 @@ class AgentService(SourceRole, TargetRole):
             self.sources.get(mapping_id) if signatures else None
         )  # relays forward as they got it
         override = running.spec.transfer_override if running is not None else ""
+        own = source if signatures and isinstance(source, SourceMapping) else None
         options = self._link_options.for_target(
-            target,
-            source.signatures if signatures and isinstance(source, SourceMapping) else None,
-            override,
+            target, own.signatures if own is not None else None, override
         )
+        options.content = own.content if own is not None else None
         return kind(
             source,  # type: ignore[arg-type]
             TargetAddress(target.node_id, label, address),

@@ -29,6 +29,7 @@ from relaysync.transfer.compare import Unreadable
 from relaysync.transfer.signatures import PRUNE_EVERY_S, SignatureStore
 from relaysync.watch.buffer import coalesce
 from relaysync.watch.changes import JournalRecord, PendingChange
+from relaysync.watch.content_cache import ContentCache, MappingContent
 from relaysync.watch.filters import PathFilter, encodes_utf8
 from relaysync.watch.journal import Journal
 from relaysync.watch.manifest import Manifest
@@ -38,6 +39,7 @@ from relaysync.watch.watcher import FsEvent, Watcher
 from ._closed import note_closed
 from ._mass_delete_guard import MassDeleteGuard, Mode
 from ._unreadable_recheck import UnreadableRecheck
+from .links import children_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class SourceMapping(MassDeleteGuard):
         *,
         rescan_interval_s: float = RESCAN_INTERVAL_S,
         hot_file_s: float | None = None,
+        content: ContentCache | None = None,
     ) -> None:
         self.spec = spec
         self.rescan_interval_s = rescan_interval_s  # 0: no periodic rescan (`_rescan_periodically`)
@@ -87,7 +90,13 @@ class SourceMapping(MassDeleteGuard):
         except BaseException:  # the agent retries a source that cannot start: nothing stays open
             self.close()
             raise
-        self.recorder = ChangeRecorder(self.root, self.manifest, self.filter)
+        # Small files' content read to hash, for the links: sent without a second read.
+        self.content = MappingContent(
+            content if content is not None else ContentCache(),
+            spec.mapping_id,
+            lambda: len(children_of(self.spec, self.spec.source_node)),
+        )
+        self.recorder = ChangeRecorder(self.root, self.manifest, self.filter, cache=self.content)
         self._new_records = anyio.Event()
         self._persisted_acks = dict(self._acks)  # what acks.json holds (written by _release)
         self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)

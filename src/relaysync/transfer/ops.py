@@ -38,6 +38,7 @@ from relaysync.transfer.builds import DeltaBuild, version_of
 from relaysync.transfer.codec import Codec, Plain, encode_chunk
 from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.changes import JournalRecord
+from relaysync.watch.content_cache import Kept, MappingContent
 from relaysync.watch.manifest import Entry, mtime_ns_of, permission_bits
 
 
@@ -56,6 +57,8 @@ class SendOptions:
         True  # False: a plain link the operator marked trusted, authenticated by link_secret
     )
     small_files: bool = False  # the peer takes SmallFile: set from its Hello (an older release: no)
+    # the source's small files as read to hash (watch/content_cache.py): sent without a read
+    content: MappingContent | None = None
     link_secret: bytes = b""
     # Test hook (RELAYSYNC_TEST_CORRUPT_DELTAS in the source agent's environment): flip one bit
     # in the first chunk of this many deltas, to show a corrupt delta is never committed.
@@ -279,6 +282,13 @@ def _whole_messages(
     options: SendOptions,
     changed_at: float = 0.0,
 ) -> Iterator[Outgoing]:
+    if options.small_files and expected_hash and options.content is not None:
+        kept = options.content.take(path, expected_hash)
+        if kept is not None:  # the journaled version itself, as read to hash it
+            yield _small_message(
+                root, path, seq, base_hash, expected_hash, kept, options, changed_at
+            )
+            return
     opened = open_source(root, path)
     if opened is None:  # gone, or no longer a regular file: a later record covers it
         return
@@ -376,13 +386,30 @@ def _small_file(
         before.st_mtime_ns,
     ):
         return FileAbort(seq=seq, reason="changed while read")
-    digest = xxhash.xxh3_128_digest(data)
+    kept = Kept(
+        xxhash.xxh3_128_digest(data), data, permission_bits(before.st_mode), mtime_ns_of(before)
+    )
+    return _small_message(root, path, seq, base_hash, expected_hash, kept, options, changed_at)
+
+
+def _small_message(
+    root: Path,
+    path: str,
+    seq: int,
+    base_hash: bytes,
+    expected_hash: bytes,
+    content: Kept,
+    options: SendOptions,
+    changed_at: float,
+) -> SmallFile:
+    """The SmallFile of `content`, signed for the next change's delta as it goes."""
+    data, digest, size = content.data, content.digest, len(content.data)
     if options.signatures is not None:
-        signer = options.signatures.signer_for(path, expected_hash, before.st_size)
+        signer = options.signatures.signer_for(path, expected_hash, size)
         try:
             if signer is not None:
                 signer.update(data)
-            options.signatures.sent_whole(root, path, digest, before.st_size, signer)
+            options.signatures.sent_whole(root, path, digest, size, signer)
         finally:
             if signer is not None:
                 options.signatures.release(path, expected_hash)
@@ -390,9 +417,9 @@ def _small_file(
     return SmallFile(
         seq=seq,
         path=path,
-        size=before.st_size,
-        mode=permission_bits(before.st_mode),
-        mtime_ns=mtime_ns_of(before),
+        size=size,
+        mode=content.mode,
+        mtime_ns=content.mtime_ns,
         data=payload,
         hash=digest,
         codec=codec_id,

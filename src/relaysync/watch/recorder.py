@@ -34,6 +34,7 @@ import msgspec
 from relaysync.errors import SourceListError, SourceReadError
 from relaysync.watch._fsevent import FsEvent, anonymous_inode
 from relaysync.watch.changes import JournalRecord, PendingChange
+from relaysync.watch.content_cache import MappingContent
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, ancestors, same_version
 from relaysync.watch.scanner import (
@@ -80,6 +81,8 @@ class ChangeRecorder:
             start-up scan passes False: it never watches, and its rows carry no inode numbers.
         policy: a target's start-up scan reads its disk through its policy (links refused,
             mode bits removed: watch/target_policy.py); None for a source.
+        cache: a source's: where small files' content read to hash is kept for its links
+            (watch/content_cache.py).
     """
 
     def __init__(
@@ -90,12 +93,14 @@ class ChangeRecorder:
         *,
         hard_links: bool = True,
         policy: TargetPolicy | None = None,
+        cache: MappingContent | None = None,
     ) -> None:
         self._root = root
         self._manifest = manifest
         self._filter = path_filter
         self._hard_links = hard_links
         self._policy = policy
+        self._cache = cache
 
     # --- detect ---
 
@@ -181,7 +186,12 @@ class ChangeRecorder:
             ) == (linked_to.st_dev, linked_to.st_ino, linked_to.st_size, linked_to.st_mtime_ns)
             try:
                 entry = entry_from_stat(
-                    self._root, path, st, hash_=digest if same_file else None, dir_fd=dir_fd
+                    self._root,
+                    path,
+                    st,
+                    hash_=digest if same_file else None,
+                    dir_fd=dir_fd,
+                    cache=self._cache,
                 )
             except SourceReadError as err:
                 batch.unreadable.append(err.bare())
@@ -292,7 +302,14 @@ class ChangeRecorder:
 
     def _rescan(self, batch: _Batch, path: str) -> None:
         batch.check_scan(path)  # the scan reads the manifest's subtree, not the batch
-        result = scan(self._root, self._manifest, self._filter, subdir=path, policy=self._policy)
+        result = scan(
+            self._root,
+            self._manifest,
+            self._filter,
+            subdir=path,
+            policy=self._policy,
+            cache=self._cache,
+        )
         linked = result.linked if self._hard_links else []
         others = [self._other_links(batch, entry) for entry in linked]  # before anything is added
         if path:

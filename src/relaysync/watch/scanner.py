@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import xxhash
 from relaysync._util.fs import GONE_ERRNOS, open_dir_in, open_for_read
 from relaysync.errors import SourceListError, SourceReadError
 from relaysync.watch.changes import PendingChange
+from relaysync.watch.content_cache import Kept, MappingContent
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits, same_version
 from relaysync.watch.target_policy import TargetPolicy, tighten_in
@@ -37,12 +38,20 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 _buffers = threading.local()
 
 
-def hash_file(path: Path | str, size: int = -1, *, dir_fd: int | None = None) -> bytes:
+def hash_file(
+    path: Path | str,
+    size: int = -1,
+    *,
+    dir_fd: int | None = None,
+    keep: Callable[[bytes, bytes], None] | None = None,
+) -> bytes:
     """Return the 16-byte xxh3-128 digest of a file's content, read in 1 MiB blocks.
 
     `size`, the file's size as stat'ed, lets a small file be read with one call: asked for one
     byte more, a short read is the end (a scan of 10,000 small files makes 10,000 calls fewer).
     With `dir_fd`, `path` is relative to that directory (no walk of the whole path per file).
+    `keep(digest, data)` is given the content of a file read whole in that one call, at the
+    size stat'ed (watch/content_cache.py).
 
     Raises:
         OSError: the file cannot be opened or read.
@@ -57,7 +66,10 @@ def hash_file(path: Path | str, size: int = -1, *, dir_fd: int | None = None) ->
         if 0 <= size < len(buf):
             filled = os.readv(fd, [view[: size + 1]])
             if filled == size:  # the end (a file that shrank, or a short read of a network
-                return xxhash.xxh3_128_digest(view[:filled])  # file system, reads on below)
+                digest = xxhash.xxh3_128_digest(view[:filled])  # file system, reads on below)
+                if keep is not None:
+                    keep(digest, bytes(view[:filled]))
+                return digest
         while filled < len(buf) and (n := os.readv(fd, [view[filled:]])):
             filled += n
         if filled < len(buf):  # end of file within the buffer: the common case of a small file
@@ -112,11 +124,13 @@ def entry_from_stat(
     *,
     hash_: bytes | None = None,
     dir_fd: int | None = None,
+    cache: MappingContent | None = None,
 ) -> Entry | None:
     """Build an Entry from an lstat result, hashing the content unless `hash_` is given.
 
     `dir_fd`, an open descriptor of the directory holding `relpath`, is where the content is
-    read from (by name), instead of root/relpath.
+    read from (by name), instead of root/relpath. `cache`: where a small file's content read
+    to hash is kept for the links (the source's).
 
     Returns None for unsupported kinds (devices, sockets, FIFOs) and for paths that vanished.
 
@@ -141,7 +155,10 @@ def entry_from_stat(
             )
         if stat.S_ISREG(st.st_mode):
             # a string, not root / relpath: building a Path cost a fifth of a small file's scan
-            digest = hash_ if hash_ is not None else _hash(at, relpath, st.st_size, dir_fd)
+            digest = hash_
+            if digest is None:
+                keep = _keeper(cache, relpath, st, mode) if cache is not None else None
+                digest = _hash(at, relpath, st.st_size, dir_fd, keep)
             return Entry(
                 path=relpath,
                 kind="f",
@@ -156,9 +173,24 @@ def entry_from_stat(
     return None
 
 
-def _hash(at: str, relpath: str, size: int, dir_fd: int | None) -> bytes:
+def _keeper(
+    cache: MappingContent, relpath: str, st: os.stat_result, mode: int
+) -> Callable[[bytes, bytes], None] | None:
+    if not cache.wants(st.st_size):
+        return None
+    mtime_ns = mtime_ns_of(st)
+    return lambda digest, data: cache.keep(relpath, Kept(digest, data, mode, mtime_ns))
+
+
+def _hash(
+    at: str,
+    relpath: str,
+    size: int,
+    dir_fd: int | None,
+    keep: Callable[[bytes, bytes], None] | None = None,
+) -> bytes:
     try:
-        return hash_file(at, size, dir_fd=dir_fd)
+        return hash_file(at, size, dir_fd=dir_fd, keep=keep)
     except OSError as exc:
         if isinstance(exc, _GONE) or exc.errno in GONE_ERRNOS:
             raise
@@ -322,11 +354,13 @@ class TreeScan:
         manifest: Manifest,
         path_filter: PathFilter,
         policy: TargetPolicy | None = None,
+        cache: MappingContent | None = None,
     ) -> None:
         self.root = root
         self.manifest = manifest
         self.filter = path_filter
         self.policy = policy  # a target's (watch/target_policy.py): its disk read through it
+        self.cache = cache  # a source's: small files' content read to hash, for its links
         self.out: list[PendingChange] = []
         self.inodes: list[tuple[str, int]] = []
         self.linked: list[Entry] = []
@@ -349,7 +383,7 @@ class TreeScan:
                 self.inodes.append((relpath, st.st_ino))
             return kind == "d"
         try:
-            new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd)
+            new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd, cache=self.cache)
         except SourceReadError as err:
             self.unreadable.append(err.bare())
             return False
@@ -489,10 +523,11 @@ def scan(
     *,
     subdir: str = "",
     policy: TargetPolicy | None = None,
+    cache: MappingContent | None = None,
 ) -> TreeScan:
     """Like scan_tree, but return the whole TreeScan: the changes and the hard-link notes.
-    `policy`: a target's, for its start-up scan (`TreeScan`)."""
-    result = TreeScan(root, manifest, path_filter, policy)
+    `policy`: a target's, for its start-up scan; `cache`: a source's (`TreeScan`)."""
+    result = TreeScan(root, manifest, path_filter, policy, cache)
     if not subdir:
         result.walk("")
         return result

@@ -214,7 +214,9 @@ def test_the_errors_a_scan_holds_keep_no_traceback(
     for i in range(50):
         (root / f"f{i}").write_bytes(b"x")
 
-    def hash_file(at: str, size: int = -1, *, dir_fd: int | None = None) -> bytes:
+    def hash_file(
+        at: str, size: int = -1, *, dir_fd: int | None = None, keep: object = None
+    ) -> bytes:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), at)
 
     monkeypatch.setattr(scanner, "hash_file", hash_file)
