@@ -36,7 +36,8 @@ from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
 from ._closed import note_closed
-from ._mass_delete_guard import MassDeleteGuard, Mode
+from ._delete_runs import Mode
+from ._mass_delete_guard import MassDeleteGuard
 from ._unreadable_recheck import UnreadableRecheck
 
 logger = logging.getLogger(__name__)
