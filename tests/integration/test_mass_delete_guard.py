@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relaysync.agent._mass_delete_guard import GUARD_MIN_DELETES
+from relaysync.agent._delete_runs import GUARD_MIN_DELETES
 from relaysync.testing.cluster import wait_until
 from tests._tmpfs import mount_tmpfs, remount_copy, umount, unmounted_at_exit
 from tests._trees import snapshot
@@ -116,7 +116,7 @@ def _scaled_guard_env(tmp_path: Path) -> dict[str, str]:
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import relaysync.agent._mass_delete_guard as g\n"
+        "import relaysync.agent._delete_runs as g\n"
         f"g.GUARD_WINDOW_S = {SCALED_WINDOW_S}\n"
         "g.GUARD_SETTLE_S = 0.2\n"
         "g.GUARD_RUN_JUDGE_S = 120.0\n"  # the rm below takes far less: judged as one run

@@ -37,7 +37,8 @@ from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
 from ._closed import note_closed
-from ._mass_delete_guard import MassDeleteGuard, Mode
+from ._delete_runs import Mode
+from ._mass_delete_guard import MassDeleteGuard
 from ._unreadable_recheck import UnreadableRecheck
 from .links import children_of
 

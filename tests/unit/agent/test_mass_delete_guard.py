@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from relaysync.agent import _mass_delete_guard
+from relaysync.agent import _delete_hold
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
 from relaysync.watch.watcher import FsEvent
@@ -272,8 +272,9 @@ def test_the_alarm_counts_every_file_of_a_flat_folder(tmp_path: Path) -> None:
 
 
 class _Clock:
-    """Stands in for `anyio` in the guard module: its sleep advances a clock of its own, as far
-    as the test lets it (`run_until`), so an hour of rechecks takes what their work takes."""
+    """Stands in for `anyio` in the guard's hold module: its sleep advances a clock of its own,
+    as far as the test lets it (`run_until`), so an hour of rechecks takes what their work
+    takes."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -325,7 +326,7 @@ def test_rechecks_of_a_hold_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyP
     5 minutes); between them a recheck only looks for a few of the held paths."""
     mapping, root, alarms = _mapping(tmp_path)
     clock = _Clock()
-    monkeypatch.setattr(_mass_delete_guard, "anyio", clock)
+    monkeypatch.setattr(_delete_hold, "anyio", clock)
 
     async def main() -> None:
         await mapping._record([FsEvent(kind="rescan", path="")])
@@ -358,7 +359,7 @@ def test_a_hold_ends_when_a_recheck_finds_the_folder_back(
     back finds the deletes gone and ends the hold; then the rechecks stop."""
     mapping, root, alarms = _mapping(tmp_path)
     clock = _Clock()
-    monkeypatch.setattr(_mass_delete_guard, "anyio", clock)
+    monkeypatch.setattr(_delete_hold, "anyio", clock)
     away = tmp_path / "unmounted"
 
     async def main() -> None:
@@ -372,7 +373,7 @@ def test_a_hold_ends_when_a_recheck_finds_the_folder_back(
             root.rmdir()
             away.rename(root)  # mounted again
             assert mapping.deletes_held == DIRS * (FILES + 1)
-            await clock.run_until(clock.now + 2 * _mass_delete_guard.GUARD_RECHECK_S)
+            await clock.run_until(clock.now + 2 * _delete_hold.GUARD_RECHECK_S)
             assert mapping.deletes_held == 0  # the hold ended by itself: so does the alert
             ended = len(scans)
             await clock.run_until(clock.now + 900.0)

@@ -18,8 +18,8 @@ import pytest
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from relaysync.agent import _mass_delete_guard
-from relaysync.agent._mass_delete_guard import GUARD_MIN_DELETES
+from relaysync.agent import _delete_hold, _delete_runs
+from relaysync.agent._delete_runs import GUARD_MIN_DELETES
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
 from relaysync.watch.watcher import FsEvent
@@ -32,9 +32,9 @@ Receive = MemoryObjectReceiveStream[list[FsEvent]]
 
 
 def _scale(monkeypatch: pytest.MonkeyPatch, *, window_s: float, judge_s: float) -> None:
-    monkeypatch.setattr(_mass_delete_guard, "GUARD_WINDOW_S", window_s)
-    monkeypatch.setattr(_mass_delete_guard, "GUARD_SETTLE_S", 0.2)
-    monkeypatch.setattr(_mass_delete_guard, "GUARD_RUN_JUDGE_S", judge_s)
+    monkeypatch.setattr(_delete_runs, "GUARD_WINDOW_S", window_s)
+    monkeypatch.setattr(_delete_runs, "GUARD_SETTLE_S", 0.2)
+    monkeypatch.setattr(_delete_runs, "GUARD_RUN_JUDGE_S", judge_s)
 
 
 def _mapping(tmp_path: Path) -> tuple[SourceMapping, Path, list[MassDeleteHeld]]:
@@ -431,7 +431,7 @@ def test_a_slow_rm_inside_a_folded_deferred_tree_stays_one_run(
     files goes 100 at a time with pauses shorter than the (scaled) window, the deferred paths
     folding at 50: one run, held before GUARD_MIN_DELETES deletes go out."""
     _scale(monkeypatch, window_s=1.0, judge_s=WAIT_S)
-    monkeypatch.setattr(_mass_delete_guard, "GUARD_DEFER_PATHS", 50)
+    monkeypatch.setattr(_delete_runs, "GUARD_DEFER_PATHS", 50)
     mapping, root, alarms = _mapping(tmp_path)
     (root / "big").mkdir()
     flat = [f"big/{i}.txt" for i in range(2500)]  # of 4,511 entries
@@ -507,10 +507,8 @@ def test_a_new_file_beside_held_paths_folded_into_the_root_goes_at_once(
     never held, in a directory it holds and the disk has, is tied to no held delete: it goes;
     a rename onto a held tree is still held."""
     _scale(monkeypatch, window_s=WAIT_S, judge_s=WAIT_S)
-    monkeypatch.setattr(_mass_delete_guard, "GUARD_HELD_PATHS", 5, raising=False)
-    monkeypatch.setattr(
-        _mass_delete_guard, "GUARD_DEFER_PATHS", 5
-    )  # the limit before GUARD_HELD_PATHS
+    monkeypatch.setattr(_delete_hold, "GUARD_HELD_PATHS", 5)
+    monkeypatch.setattr(_delete_runs, "GUARD_DEFER_PATHS", 5)  # the limit before GUARD_HELD_PATHS
     mapping, root, alarms = _mapping(tmp_path)
     _make_new_dir(root, "new")
     send, receive = anyio.create_memory_object_stream[list[FsEvent]](64)

@@ -14,8 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from relaysync.agent import _mass_delete_guard
-from relaysync.agent._mass_delete_guard import GUARD_MIN_DELETES
+from relaysync.agent import _delete_runs
+from relaysync.agent._delete_runs import GUARD_MIN_DELETES
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
 from relaysync.watch.watcher import FsEvent
@@ -102,7 +102,7 @@ def test_deletes_short_of_a_mass_delete_go_after_a_short_settle(
     (a deploy's old release directory) is deferred, waits for its run to end (no delete for
     GUARD_WINDOW_S), and goes unasked."""
     mapping, root, alarms = _mapping(tmp_path, dirs=8, files=60)
-    monkeypatch.setattr(_mass_delete_guard, "GUARD_WINDOW_S", 3600.0)  # a few never wait it
+    monkeypatch.setattr(_delete_runs, "GUARD_WINDOW_S", 3600.0)  # a few never wait it
     send, receive = anyio.create_memory_object_stream[list[FsEvent]](16)
 
     async def main() -> None:
@@ -114,7 +114,7 @@ def test_deletes_short_of_a_mass_delete_go_after_a_short_settle(
                 (root / "d0" / f"{i}.txt").unlink()
             await send.send(_rm_events(0, range(5), with_dir=False))
             await _wait(lambda: len(_deletes(mapping, head)) == 5, "the few deletes journaled")
-            monkeypatch.setattr(_mass_delete_guard, "GUARD_WINDOW_S", 0.5)
+            monkeypatch.setattr(_delete_runs, "GUARD_WINDOW_S", 0.5)
             subprocess.run(["rm", "-rf", str(root / "d1"), str(root / "d2")], check=True)
             await send.send(
                 _rm_events(1, range(60), with_dir=True) + _rm_events(2, range(60), with_dir=True)

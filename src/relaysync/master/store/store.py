@@ -32,6 +32,7 @@ from relaysync.master.store._modes import ModeStore
 from relaysync.master.store._monitoring import MonitoringStore
 from relaysync.master.store._nmjobs import NmJobStore
 from relaysync.master.store._policies import PolicyStore, secrets_for
+from relaysync.master.store._purge_queue import PurgeQueueStore
 from relaysync.master.store._retention import RetentionStore
 from relaysync.master.store._routing import RoutingStore, check_capacity, check_topology_name
 from relaysync.master.store._sites import SiteStore
@@ -95,7 +96,7 @@ def _read_epoch(session: Session) -> int:
     return int(session.scalar(select(ConfigEpoch.epoch).where(ConfigEpoch.id == 1)) or 0)
 
 
-class Store(SiteStore, TokenStore, JobLogStore):
+class Store(SiteStore, PurgeQueueStore, TokenStore, JobLogStore):
     """The master's database, by URL: `sqlite:///path.db` or `postgresql+psycopg://...`."""
 
     def __init__(self, url: str) -> None:
