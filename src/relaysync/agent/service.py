@@ -37,11 +37,14 @@ from relaysync.monitor.collectors import Collector, sample
 from relaysync.monitor.prometheus import serve_agent_metrics
 from relaysync.protocol.handshake import announced_capabilities
 from relaysync.protocol.messages import (
+    MAX_JOURNAL_HEADS,
     Assignment,
     CommitRecord,
     CommitReport,
     HopFailed,
+    JournalHead,
     MetricSample,
+    MetricsReport,
     PeerInfo,
     Register,
     TargetSpec,
@@ -352,11 +355,23 @@ class AgentService(SourceRole, TargetRole):
                     partial(serve_agent_metrics, collector, self.cfg.name, self.cfg.metrics_listen)
                 )
             await tg.start(
-                partial(
-                    collector.serve, self.link.send_metrics, interval_s=self.cfg.metrics_interval_s
-                )
+                partial(collector.serve, self._send_figures, interval_s=self.cfg.metrics_interval_s)
             )
             task_status.started()
+
+    def _send_figures(self, report: MetricsReport) -> None:
+        """Send the figures with the journal head of each mapping this agent is the source of:
+        the master's lag figures need it when no target reports (every target down)."""
+        assert self.link is not None
+        self.link.send_metrics(msgspec.structs.replace(report, journal_heads=self._journal_heads()))
+
+    def _journal_heads(self) -> tuple[JournalHead, ...]:
+        heads = [
+            JournalHead(mapping_id=mapping_id, seq=r.source.journal.last_seq)
+            for mapping_id, r in sorted(self.sources.items())
+            if r.source is not None
+        ]
+        return tuple(heads[:MAX_JOURNAL_HEADS])
 
     def _folders(self) -> list[str]:
         return [r.spec.source_path for r in self.sources.values()] + [

@@ -1,7 +1,8 @@
 """What the master believes of an agent's control link (a mixin of ControlServer,
 master/control.py): a message about a mapping only from a node with its part in it (`_believed`;
-the rest counted in `refused`, logged, a forged report an `alarm` event), and a word in the log
-on a node whose certificate runs out soon (`warn_if_expiring`). `AgentLink` is one link's state."""
+the rest counted in `refused`, logged, a forged report an `alarm` event), the journal heads a
+source reports with its figures (`_take_heads`), and a word in the log on a node whose
+certificate runs out soon (`warn_if_expiring`). `AgentLink` is one link's state."""
 
 from __future__ import annotations
 
@@ -9,17 +10,26 @@ import collections
 import datetime as dt
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
 
 from relaysync.auth.validity import EXPIRY_WARNING_S, REJOIN_AGENT, format_time
+from relaysync.errors import StoreError
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.mapping_members import MappingMembers
 from relaysync.master.report_acks import ReportAcks
+from relaysync.master.store.store import Store
 from relaysync.master.store.types import ServerInfo
 from relaysync.protocol.framing import FramedStream
-from relaysync.protocol.messages import CommitReport, HopFailed, MassDeleteHeld, ReleaseReport
+from relaysync.protocol.messages import (
+    CommitReport,
+    HopFailed,
+    JournalHead,
+    MassDeleteHeld,
+    ReleaseReport,
+)
 
 logger = logging.getLogger("relaysync.master.control")  # one logger for the control server's words
 
@@ -36,6 +46,7 @@ class AgentLink:
     acks: ReportAcks | None = None  # the agent keeps its reports until told they are taken
     reading: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by stop
     push_due: anyio.Event = field(default_factory=anyio.Event)  # the config changed: push anew
+    heads: dict[int, int] = field(default_factory=dict)  # journal heads noted, by mapping id
 
 
 class ControlTrust:
@@ -43,7 +54,32 @@ class ControlTrust:
 
     refused: collections.Counter[str]
     events: EventBus
+    store: Store
     _members: MappingMembers
+
+    async def _take_heads(self, link: AgentLink, heads: Sequence[JournalHead]) -> None:
+        """Note the journal heads a source sends with its figures (those changed since this
+        link noted them) for the lag figures; a head of a mapping the node is not the source
+        of is refused. A store failure costs these heads only: the next figures bring them."""
+        fresh = [h for h in heads if link.heads.get(h.mapping_id) != h.seq]
+        believed = [h for h in fresh if await self._is_source(link, h.mapping_id)]
+        if not believed:
+            return
+        pairs = [(h.mapping_id, h.seq) for h in believed]
+        try:
+            await anyio.to_thread.run_sync(self.store.record_source_heads, link.node_id, pairs)
+        except StoreError as exc:
+            logger.warning("journal heads of %s not noted, will retry: %s", link.name, exc)
+            return
+        link.heads.update(pairs)
+
+    async def _is_source(self, link: AgentLink, mapping_id: int) -> bool:
+        if await self._members.allow(mapping_id, lambda m: m[0] == link.node_id):
+            return True
+        self._refuse(
+            link, "journal_head", mapping_id, "a journal head of a mapping it is not the source of"
+        )
+        return False
 
     async def _believed(self, link: AgentLink, message: object) -> bool:
         """Whether the link's node may say this (a report on its own part in the mapping);

@@ -432,6 +432,7 @@ class ControlServer(ControlTrust):
                     )
                 if self.on_metrics is not None:
                     self.on_metrics(link.node_id, link.name, report)
+                await self._take_heads(link, report.journal_heads)
             case AssignmentAck():
                 link.epoch_acked = message.epoch
             case MassDeleteHeld():

@@ -254,6 +254,7 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
 # --- Monitoring ---
 
 MAX_METRIC_SAMPLES = 4096  # one report per agent tick; thousands of mappings is already extreme
+MAX_JOURNAL_HEADS = 4096  # per report; mappings past it keep the head their targets report
 MAX_METRIC_NAME = 64
 MAX_METRIC_LABELS = 8  # e.g. the disk path or the mapping of one figure
 # Prometheus's own name rules, in ASCII: its client rewrites other characters to "_", so two
@@ -270,18 +271,33 @@ class MetricSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     labels: Annotated[tuple[tuple[str, str], ...], _upto(MAX_METRIC_LABELS)] = ()
 
 
-class MetricsReport(Message, frozen=True, tag="metrics_report"):
-    """Agent -> master, every metrics_interval_s: the agent's server figures."""
+class JournalHead(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A source's journal head for one mapping: the highest seq it has journaled."""
+
+    mapping_id: UInt63
+    seq: UInt63
+
+
+class MetricsReport(Message, frozen=True, tag="metrics_report", omit_defaults=True):
+    """Agent -> master, every metrics_interval_s: the agent's server figures, and the journal
+    head of each mapping it is the source of (the lag figures need it when no target reports:
+    every target down). An older agent sends no heads; an older master ignores them. Without
+    heads (no source mapping) a report keeps the bytes it had before them (`omit_defaults`)."""
 
     at: UnixTime  # unix time on the agent when collected
     samples: Annotated[tuple[MetricSample, ...], _upto(MAX_METRIC_SAMPLES)]
+    journal_heads: Annotated[tuple[JournalHead, ...], _upto(MAX_JOURNAL_HEADS)] = ()
 
     def decoded_items(self) -> int:
-        return len(self.samples) + sum(len(s.labels) for s in self.samples)
+        return (
+            len(self.samples) + sum(len(s.labels) for s in self.samples) + len(self.journal_heads)
+        )
 
     def validate(self) -> None:
         if len(self.samples) > MAX_METRIC_SAMPLES:
             raise ProtocolError(f"metrics_report: over {MAX_METRIC_SAMPLES} samples")
+        if len(self.journal_heads) > MAX_JOURNAL_HEADS:
+            raise ProtocolError(f"metrics_report: over {MAX_JOURNAL_HEADS} journal heads")
         if any(len(s.labels) > MAX_METRIC_LABELS for s in self.samples):
             raise ProtocolError(f"metrics_report: a sample has over {MAX_METRIC_LABELS} labels")
 

@@ -19,6 +19,7 @@ import msgspec
 from relaysync.constants import MAX_CAPABILITIES, MAX_NAME_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol._control_messages import (
+    MAX_JOURNAL_HEADS,
     MAX_METRIC_LABELS,
     MAX_METRIC_NAME,
     MAX_METRIC_SAMPLES,
@@ -28,6 +29,7 @@ from relaysync.protocol._control_messages import (
     CommitRecord,
     CommitReport,
     HopFailed,
+    JournalHead,
     LinkPolicy,
     MappingSpec,
     MassDeleteHeld,
@@ -130,10 +132,12 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "Int64",
+    "JournalHead",
     "LinkPolicy",
     "MAX_DELTA_PARTS",
     "MAX_DIGEST_DIRS",
     "MAX_ERASE_KEEP",
+    "MAX_JOURNAL_HEADS",
     "MAX_LISTING_ENTRIES",
     "MAX_METRIC_LABELS",
     "MAX_METRIC_NAME",

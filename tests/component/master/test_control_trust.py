@@ -3,6 +3,8 @@ certificate proves, not for what its messages say."""
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import pytest
 from tests._fleet import Fleet, agent_link, roundtrip
@@ -15,7 +17,9 @@ from relaysync.protocol.messages import (
     Error,
     ErrorCode,
     HopFailed,
+    JournalHead,
     MassDeleteHeld,
+    MetricsReport,
     ReleaseReport,
 )
 
@@ -126,6 +130,54 @@ def test_reports_are_believed_only_for_the_nodes_part_in_the_mapping(fleet: Flee
     anyio.run(main)
     held = [e.data["server"] for e in fleet.events.since(0) if e.type is EventType.MASS_DELETE_HELD]
     assert held == ["src"]
+
+
+def _lags(fleet: Fleet, mapping_id: int) -> list[tuple[int, int]]:
+    resp = fleet.client.get(f"/api/mappings/{mapping_id}/status")
+    assert resp.status_code == 200, resp.text
+    return [(t["highest_seq"], t["lag"]) for t in resp.json()["targets"]]
+
+
+def test_journal_heads_are_believed_from_the_mappings_source_only(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's figures carry its journal head per mapping: the lag shows with no target
+    reporting. A target cannot set the head (nor lower it), an older agent's figures (no
+    heads) change nothing, and a head the link already noted is not written again."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    writes: list[object] = []
+    record = fleet.store.record_source_heads
+    monkeypatch.setattr(
+        fleet.store, "record_source_heads", lambda *args: writes.append(args) or record(*args)
+    )
+
+    def figures(*heads: tuple[int, int]) -> MetricsReport:
+        return MetricsReport(
+            at=time.time(),
+            samples=(),
+            journal_heads=tuple(JournalHead(mapping_id=i, seq=s) for i, s in heads),
+        )
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(figures((m, 900)))  # a target's word on the head
+                await roundtrip(framed)
+            assert _lags(fleet, m) == [(0, 0)]
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(figures())  # an older agent: no heads
+                await framed.send(figures((m, 40), (m + 100, 5)))  # one of no such mapping
+                await roundtrip(framed)
+                assert _lags(fleet, m) == [(40, 40)]
+                await framed.send(figures((m, 40)))  # unchanged: not written again
+                await framed.send(figures((m, 45)))
+                await roundtrip(framed)
+            assert _lags(fleet, m) == [(45, 45)]
+            assert dict(control.refused) == {"journal_head": 2}
+            assert writes == [(src.node_id, [(m, 40)]), (src.node_id, [(m, 45)])]
+
+    anyio.run(main)
 
 
 def test_a_mapping_created_after_the_link_came_up_is_believed(fleet: Fleet) -> None:

@@ -265,3 +265,51 @@ def test_change_rows_skip_sqlalchemys_work_per_row_on_sqlite(
     assert built < 50  # per statement, not per row
     [row] = store.job_log(mapping_id=mapping_id, limit=1)
     assert (row.seq, row.op, row.path, row.size) == (1000, "file", "f1000", 100)
+
+
+def _lags(store: Store, mapping_id: int) -> dict[str, tuple[int, int, int]]:
+    return {s.target: (s.watermark, s.highest_seq, s.lag) for s in store.mapping_status(mapping_id)}
+
+
+def test_lag_counts_from_the_source_head_when_no_target_reports(
+    store: Store, mapping_id: int
+) -> None:
+    """Every target down: nothing reports, yet the source says it journaled 50 changes."""
+    assert _lags(store, mapping_id) == {T1: (0, 0, 0), T2: (0, 0, 0)}
+    assert store.record_source_heads(SRC, [(mapping_id, 50)]) == 1
+    assert _lags(store, mapping_id) == {T1: (0, 50, 50), T2: (0, 50, 50)}
+
+
+def test_head_is_the_higher_of_the_source_and_the_targets_reports(
+    store: Store, mapping_id: int
+) -> None:
+    store.record_commit_reports(
+        [
+            report(mapping_id, T1, 10, *(rec(s) for s in range(1, 11))),
+            report(mapping_id, T2, 4, *(rec(s) for s in range(1, 5))),
+        ]
+    )
+    store.record_source_heads(SRC, [(mapping_id, 25)])  # 15 more journaled, T1 and T2 down
+    assert _lags(store, mapping_id) == {T1: (10, 25, 15), T2: (4, 25, 21)}
+    # a source head behind the targets' reports (an older figures report) lowers nothing
+    store.record_source_heads(SRC, [(mapping_id, 8)])
+    assert _lags(store, mapping_id) == {T1: (10, 10, 0), T2: (4, 10, 6)}
+    # a watermark past the head (the head not yet sent again) is a lag of 0, never negative
+    store.record_commit_reports([report(mapping_id, T2, 12, *(rec(s) for s in range(5, 13)))])
+    assert _lags(store, mapping_id)[T2] == (12, 12, 0)
+    assert _lags(store, mapping_id)[T1] == (10, 12, 2)
+
+
+def test_only_the_mappings_source_sets_its_head(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
+    """A target, or a mapping gone, sets no head: a head is the source's word only."""
+    assert store.record_source_heads(T1, [(mapping_id, 99)]) == 0
+    assert store.record_source_heads(SRC, [(mapping_id + 100, 99), (mapping_id, 7)]) == 1
+    assert {s.highest_seq for s in store.mapping_status(mapping_id)} == {7}
+    store.update_mapping(mapping_id, source="t2", targets=[("t1", "/b")])
+    # the old source's head is not the new source's
+    assert {s.highest_seq for s in store.mapping_status(mapping_id)} == {0}
+    assert count(store_url, "source_heads") == 1
+    store.delete_mapping(mapping_id)  # its heads go with it
+    assert count(store_url, "source_heads") == 0

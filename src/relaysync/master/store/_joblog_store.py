@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from sqlalchemy.orm import Session
 
 from relaysync.errors import ConfigError
-from relaysync.master.store import _joblog, _mappings, _queries
+from relaysync.master.store import _heads, _joblog, _mappings, _queries
 from relaysync.master.store.types import (
     AdvanceInfo,
     CatchupInfo,
@@ -48,6 +48,16 @@ class JobLogStore:
             return
         with self._write("record commit reports") as session:
             _joblog.record(session, reports, time.time())
+
+    def record_source_heads(self, source_node: str, heads: Sequence[tuple[int, int]]) -> int:
+        """Note the journal head a source reports per (mapping id, seq), for the lag figures;
+        return how many were noted (not those of mappings it is no longer the source of).
+
+        Raises:
+            StoreError: the store failed.
+        """
+        with self._write("record source heads") as session:
+            return _heads.record(session, source_node, heads, time.time())
 
     def watermarks(self, mapping_id: int | str) -> list[WatermarkInfo]:
         """Return the watermark of every (source, target) pair of a mapping.

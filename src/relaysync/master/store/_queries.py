@@ -7,10 +7,9 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from relaysync.master.store import _joblog
+from relaysync.master.store import _heads, _joblog
 from relaysync.master.store.models import (
     Catchup,
-    Change,
     CommitException,
     Mapping,
     Watermark,
@@ -47,12 +46,9 @@ def watermarks(session: Session, mapping_id: int) -> list[WatermarkInfo]:
 
 
 def mapping_status(session: Session, row: Mapping, info: MappingInfo) -> list[TargetStatus]:
-    """Per target of the mapping: watermark, the source's highest seq, lag, open exceptions."""
-    highest = session.scalar(
-        select(func.max(Change.seq)).where(
-            Change.mapping_id == row.id, Change.source_node == row.source_node
-        )
-    )
+    """Per target of the mapping: watermark, the source's highest seq (its own word or the
+    targets' reports, the higher), lag, open exceptions."""
+    highest = _heads.head_seq(session, row.id, row.source_node)
     marks = {
         w.target_node: w
         for w in session.scalars(
@@ -70,9 +66,7 @@ def mapping_status(session: Session, row: Mapping, info: MappingInfo) -> list[Ta
         )
     }
     return [
-        _target_status(
-            t.node_id, t.name, t.path, marks.get(t.node_id), int(highest or 0), open_counts
-        )
+        _target_status(t.node_id, t.name, t.path, marks.get(t.node_id), highest, open_counts)
         for t in info.targets
     ]
 

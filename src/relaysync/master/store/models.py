@@ -164,6 +164,22 @@ class Watermark(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class SourceHead(Base):
+    """Per (mapping, source): the highest seq the source says it has journaled (0020_source_heads).
+
+    The lag figures take the head from here as well as from the change rows the targets report:
+    with every target down, nothing reports, and only the source knows how far it is."""
+
+    __tablename__ = "source_heads"
+
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
+    source_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    reported_at: Mapped[float] = mapped_column(Float)
+
+
 class WatermarkAdvance(Base):
     """One row per report that moved a watermark: where per-target commit times come from."""
 
