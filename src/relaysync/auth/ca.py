@@ -265,7 +265,8 @@ class CertificateAuthority:
             the certificate PEM.
 
         Raises:
-            AuthError: the CSR is malformed, its signature is bad, or its key is not EC/RSA.
+            AuthError: the CSR is malformed, its signature is bad, or its key is not EC on a
+                curve TLS 1.3 signs with (CSR_CURVES).
             ConfigError: the name is not valid.
         """
         check_node_name(name)
@@ -325,6 +326,10 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
+# The curves TLS 1.3 signs with (RFC 8446 4.2.3): a node key on any other is refused.
+CSR_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+
+
 def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
@@ -336,4 +341,10 @@ def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         raise AuthError("certificate signing request has a bad signature")
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise AuthError("certificate signing request must carry an EC key")
+    if public_key.curve.name not in CSR_CURVES:
+        # a weak or binary curve would be signed, then fail every TLS handshake obscurely
+        raise AuthError(
+            f"certificate signing request uses the EC curve {public_key.curve.name}; use one of "
+            f"{', '.join(sorted(CSR_CURVES))} (a relaysync agent makes a secp256r1 key itself)"
+        )
     return csr
