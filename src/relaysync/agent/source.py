@@ -48,6 +48,7 @@ EVENT_QUEUE = 64  # event batches buffered between the watcher and the recorder
 JOURNAL_SLICE = 2_000  # changes journaled per write when a scan finds many
 HOT_FILE_S = 1.0  # a file a scan finds modified this recently may still be open for writing
 HELD_GONE_RECHECKS = 4  # a held file found gone is looked for this many re-checks more (moved?)
+CONTENT_EXPIRE_EVERY_S = 10.0  # how often kept contents past their time are dropped
 FINAL_SCAN_WAIT_S = 10.0  # a first sync's closing rescan waits this long at most for the links
 ACK_FLUSH_S = 0.2  # acks are persisted and the journal released at most this often, off the loop
 RESCAN_INTERVAL_S = 3600.0  # a full rescan this often finds what the watcher missed (0 = never)
@@ -93,10 +94,9 @@ class SourceMapping(MassDeleteGuard):
             raise
         # Small files' content read to hash, for the links: sent without a second read.
         self.content = MappingContent(
-            content if content is not None else ContentCache(),
-            spec.mapping_id,
-            lambda: len(children_of(self.spec, self.spec.source_node)),
+            content if content is not None else ContentCache(), spec.mapping_id, self._readers
         )
+        self._readers_of: tuple[MappingSpec, int] | None = None  # (spec, links that take content)
         self.recorder = ChangeRecorder(self.root, self.manifest, self.filter, cache=self.content)
         self._new_records = anyio.Event()
         self._persisted_acks = dict(self._acks)  # what acks.json holds (written by _release)
@@ -269,6 +269,7 @@ class SourceMapping(MassDeleteGuard):
             tg.start_soon(self._recheck_guard)
             tg.start_soon(self._flush_acks)
             tg.start_soon(self._prune_deltas)
+            tg.start_soon(self._expire_content)
             first_sync = await anyio.to_thread.run_sync(self.manifest.count) == 0
             tops = await anyio.to_thread.run_sync(self._top_level_names) if first_sync else []
             self.scanning = bool(tops)
@@ -413,6 +414,13 @@ class SourceMapping(MassDeleteGuard):
 
     def _gone(self, paths: list[str]) -> list[str]:
         return [p for p in paths if not os.path.lexists(self.root / p)]
+
+    async def _expire_content(self) -> None:
+        """Give back the memory of kept contents no link took in time, also while no change
+        comes (a target down, then a quiet folder)."""
+        while True:
+            await anyio.sleep(CONTENT_EXPIRE_EVERY_S)
+            self.content.expire()
 
     async def _prune_deltas(self) -> None:
         """Every PRUNE_EVERY_S, drop the deltas no link can use any more, in a worker thread:
@@ -599,7 +607,19 @@ class SourceMapping(MassDeleteGuard):
         """Rescan the whole folder now (after an operator's confirmation)."""
         await self._record([FsEvent(kind="rescan", path="")])
 
+    def _readers(self) -> int:
+        """The links that take a kept content (`MappingContent`), once per spec: one per child
+        of the source in a realtime mapping; none in manual or reserved mode, whose sends wait
+        for a release, long after an entry's time is up."""
+        spec, counted = self.spec, self._readers_of
+        if counted is None or counted[0] is not spec:
+            n = len(children_of(spec, spec.source_node)) if spec.mode == "realtime" else 0
+            counted = self._readers_of = (spec, n)
+        return counted[1]
+
     def close(self) -> None:
+        if hasattr(self, "content"):
+            self.content.forget()
         if hasattr(self, "journal"):  # not when its opening failed (__init__ closes the rest)
             self.journal.close()
         self.manifest.close()

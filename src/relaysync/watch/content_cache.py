@@ -7,10 +7,10 @@ hash, and a link sending that very version (the record's hash) takes them instea
 the file. The bytes are the journaled version by construction, so what is sent is exactly what
 was journaled; a newer version of the path has its own record, and its own read.
 
-Bounded: files up to `max_file_bytes`, `budget_bytes` in all (nothing more is kept while full);
-an entry goes once every link of the mapping took it (`readers`, asked when it is kept) or
-after `max_age_s` (a link that is down, a record skipped by a comparison), at the next keep or
-take.
+Bounded: files up to `max_file_bytes`, `budget_bytes` in all, each entry charged its content
+plus ENTRY_OVERHEAD_BYTES (nothing more is kept while full); an entry goes once every link of
+the mapping took it (`readers`, asked when it is kept), after `max_age_s` (a link that is down,
+a record skipped by a comparison, a read that journaled no write), or with its mapping.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from relaysync.constants import SMALL_FILE_BYTES
 
 CONTENT_CACHE_BYTES = 48 * 1024 * 1024  # kept in all, at most: 12,000 files of 4 KiB
 CONTENT_CACHE_AGE_S = 60.0  # an entry no link took by then goes (its link is down, say)
+ENTRY_OVERHEAD_BYTES = 512  # what an entry costs besides its content (objects, key, dict slot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class ContentCache:
 
     @property
     def size_bytes(self) -> int:
+        """What the entries are charged: their content plus ENTRY_OVERHEAD_BYTES each."""
         return self._bytes
 
     def wants(self, size: int) -> bool:
@@ -73,9 +75,9 @@ class ContentCache:
 
     def keep(self, key: Hashable, kept: Kept, readers: int) -> None:
         """Keep `kept` under `key` for `readers` takes, replacing what was kept there before."""
-        size = len(kept.data)
-        if readers <= 0 or size > self.max_file_bytes:
+        if readers <= 0 or len(kept.data) > self.max_file_bytes:
             return
+        size = len(kept.data) + ENTRY_OVERHEAD_BYTES
         with self._lock:
             self._drop(key)
             self._expire()
@@ -97,10 +99,21 @@ class ContentCache:
                 self._drop(key)
             return slot.kept
 
+    def expire(self) -> None:
+        """Drop the entries older than max_age_s (also done at each keep and take)."""
+        with self._lock:
+            self._expire()
+
+    def forget(self, mapping_id: int) -> None:
+        """Drop the entries of a mapping that stopped (keys are (mapping id, path))."""
+        with self._lock:
+            for key in [k for k in self._slots if isinstance(k, tuple) and k[0] == mapping_id]:
+                self._drop(key)
+
     def _drop(self, key: Hashable) -> None:
         slot = self._slots.pop(key, None)
         if slot is not None:
-            self._bytes -= len(slot.kept.data)
+            self._bytes -= len(slot.kept.data) + ENTRY_OVERHEAD_BYTES
 
     def _expire(self) -> None:
         """Drop the entries older than max_age_s (the oldest come first)."""
@@ -127,3 +140,9 @@ class MappingContent:
 
     def take(self, path: str, digest: bytes) -> Kept | None:
         return self._cache.take((self._id, path), digest)
+
+    def forget(self) -> None:
+        self._cache.forget(self._id)
+
+    def expire(self) -> None:
+        self._cache.expire()

@@ -38,20 +38,32 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 _buffers = threading.local()
 
 
+Keep = Callable[[bytes, bytes, os.stat_result], None]  # digest, content, fstat of the file read
+
+
+def _unchanged(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
+
+
 def hash_file(
     path: Path | str,
     size: int = -1,
     *,
     dir_fd: int | None = None,
-    keep: Callable[[bytes, bytes], None] | None = None,
+    keep: Keep | None = None,
 ) -> bytes:
     """Return the 16-byte xxh3-128 digest of a file's content, read in 1 MiB blocks.
 
     `size`, the file's size as stat'ed, lets a small file be read with one call: asked for one
     byte more, a short read is the end (a scan of 10,000 small files makes 10,000 calls fewer).
     With `dir_fd`, `path` is relative to that directory (no walk of the whole path per file).
-    `keep(digest, data)` is given the content of a file read whole in that one call, at the
-    size stat'ed (watch/content_cache.py).
+    `keep(digest, data, st)` is given the content of a file read whole in that one call, at the
+    size stat'ed, with the fstat of the file read, unless that fstat changed during the read
+    (size, mtime, ctime: a file rewritten meanwhile) (watch/content_cache.py).
 
     Raises:
         OSError: the file cannot be opened or read.
@@ -60,15 +72,15 @@ def hash_file(
     if buf is None:  # one per thread, reused: a fresh 1 MiB per small file costs more than the read
         buf = _buffers.buf = bytearray(HASH_BUFFER_BYTES)
     view = memoryview(buf)
-    fd = _open_regular(path, dir_fd)
+    fd, opened = _open_regular(path, dir_fd)
     try:
         filled = 0
         if 0 <= size < len(buf):
             filled = os.readv(fd, [view[: size + 1]])
             if filled == size:  # the end (a file that shrank, or a short read of a network
                 digest = xxhash.xxh3_128_digest(view[:filled])  # file system, reads on below)
-                if keep is not None:
-                    keep(digest, bytes(view[:filled]))
+                if keep is not None and _unchanged(opened, os.fstat(fd)):
+                    keep(digest, bytes(view[:filled]), opened)
                 return digest
         while filled < len(buf) and (n := os.readv(fd, [view[filled:]])):
             filled += n
@@ -82,8 +94,8 @@ def hash_file(
         os.close(fd)
 
 
-def _open_regular(path: Path | str, dir_fd: int | None) -> int:
-    """Open a file to hash; FileNotFoundError if it is no longer a regular file.
+def _open_regular(path: Path | str, dir_fd: int | None) -> tuple[int, os.stat_result]:
+    """Open a file to hash, and fstat it; FileNotFoundError if it is no longer a regular file.
 
     Not followed, not waited on (`open_for_read`): a file swapped for a link, a FIFO, a socket or
     a device between its lstat and its hash is read as gone (its own event follows), never
@@ -97,14 +109,14 @@ def _open_regular(path: Path | str, dir_fd: int | None) -> int:
             raise FileNotFoundError(errno.ENOENT, "no longer a regular file", str(path)) from exc
         raise
     try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        st = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
-    if not regular:
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise FileNotFoundError(errno.ENOENT, "no longer a regular file", str(path))
-    return fd
+    return fd, st
 
 
 def hash_link(target: str) -> bytes:
@@ -157,7 +169,7 @@ def entry_from_stat(
             # a string, not root / relpath: building a Path cost a fifth of a small file's scan
             digest = hash_
             if digest is None:
-                keep = _keeper(cache, relpath, st, mode) if cache is not None else None
+                keep = _keeper(cache, relpath, st) if cache is not None else None
                 digest = _hash(at, relpath, st.st_size, dir_fd, keep)
             return Entry(
                 path=relpath,
@@ -173,13 +185,24 @@ def entry_from_stat(
     return None
 
 
-def _keeper(
-    cache: MappingContent, relpath: str, st: os.stat_result, mode: int
-) -> Callable[[bytes, bytes], None] | None:
-    if not cache.wants(st.st_size):
+def _keeper(cache: MappingContent, relpath: str, listed: os.stat_result) -> Keep | None:
+    """What keeps `relpath`'s content read to hash in `cache`: only if the file read is the one
+    listed (a file replaced after its lstat, by a rename over it say, is not kept under the
+    listed one's stat), with the mode and mtime of the file read, as a send's fstat had them."""
+    if not cache.wants(listed.st_size):
         return None
-    mtime_ns = mtime_ns_of(st)
-    return lambda digest, data: cache.keep(relpath, Kept(digest, data, mode, mtime_ns))
+
+    def keep(digest: bytes, data: bytes, read: os.stat_result) -> None:
+        if _identity(read) == _identity(listed):
+            cache.keep(
+                relpath, Kept(digest, data, permission_bits(read.st_mode), mtime_ns_of(read))
+            )
+
+    return keep
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode
 
 
 def _hash(
@@ -187,7 +210,7 @@ def _hash(
     relpath: str,
     size: int,
     dir_fd: int | None,
-    keep: Callable[[bytes, bytes], None] | None = None,
+    keep: Keep | None = None,
 ) -> bytes:
     try:
         return hash_file(at, size, dir_fd=dir_fd, keep=keep)

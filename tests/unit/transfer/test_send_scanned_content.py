@@ -20,7 +20,7 @@ from relaysync.watch.content_cache import ContentCache, MappingContent
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
-from relaysync.watch.scanner import scan
+from relaysync.watch.scanner import entry_from_stat, scan
 
 
 @pytest.fixture
@@ -127,3 +127,24 @@ def test_a_written_file_the_recorder_hashed_is_kept_too(
     records = _records(list(detection.changes))
     assert [r.path for r in records] == ["b.bin"]
     assert _send(root, records, content) and opened == []
+
+
+def test_a_file_replaced_after_its_listing_is_not_kept_under_the_listed_stat(
+    tmp_path: Path, manifest: Manifest, opened: list[str]
+) -> None:
+    """A same-size file renamed over the listed one between its lstat and its read (a secret
+    rotated from 0644 to 0600): kept, its bytes went with the old file's mode and mtime."""
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "token").write_bytes(b"public-0")
+    listed = os.lstat(root / "token")
+    (root / "new").write_bytes(b"SECRET-1")
+    os.chmod(root / "new", 0o600)
+    os.rename(root / "new", root / "token")
+    content = MappingContent(ContentCache(), 1, lambda: 1)
+    entry = entry_from_stat(root, "token", listed, dir_fd=None, cache=content)
+    assert entry is not None
+    assert content.take("token", entry.hash) is None  # read from disk when sent, as it is
+    record = JournalRecord(seq=1, op="write", path="token", entry=entry)
+    (sent,) = _send(root, [record], content)
+    assert isinstance(sent, SmallFile) and sent.mode == 0o600 and opened == ["token"]
