@@ -3,18 +3,19 @@ knows under the directory is purged, however many there are."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pytest
 from tests.component.purge.conftest import O1, O2, Harness
 
-from relaysync.master.store import _sites
 from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.purge import planner
 
 pytestmark = pytest.mark.anyio
 
 BOUND_S = 30.0  # an upper bound on eventual purges; quiet-host runs take 0.1-4 s (the variant sweep, under coverage and load: more)
-MANY = 7  # paths under the directory: over two store reads of the cap below, not a multiple
+MANY = 7  # paths under the directory: over twice the threshold below, not a multiple
 
 
 def _record_writes(harness: Harness, paths: list[str]) -> None:
@@ -36,14 +37,28 @@ def _record_writes(harness: Harness, paths: list[str]) -> None:
 
 
 @pytest.fixture
-def small_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The store read at most MAX_PATHS_UNDER (10,000) paths under a prefix and the rest went
-    # unpurged; 3 keeps the test fast. It reads them all now (raising=False: the cap is gone).
-    monkeypatch.setattr(_sites, "MAX_PATHS_UNDER", 3, raising=False)
+def many_past_3(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> pytest.LogCaptureFixture:
+    """Lower the planner's MANY_PATHS_UNDER (10,000) to 3, to keep the test fast.
+
+    The store once cut the paths under a prefix at 10,000 (`MAX_PATHS_UNDER`, gone since) and
+    nginx and Squid kept serving the rest; what is left of that bound is the planner's: a prefix
+    with more known paths is logged, and must still be purged whole. The test asserts the log
+    line (`_went_past`): the directory did go past the bound (10,001 paths through the store:
+    unit/purge/test_purger_plan.py).
+    """
+    monkeypatch.setattr(planner, "MANY_PATHS_UNDER", 3)
+    caplog.set_level(logging.INFO, logger=planner.__name__)
+    return caplog
+
+
+def _went_past(caplog: pytest.LogCaptureFixture, directory: str) -> bool:
+    return f"{directory} has {MANY} known paths under it" in caplog.text
 
 
 async def test_a_deleted_directory_is_purged_whole_past_the_cap(
-    harness: Harness, small_cap: None
+    harness: Harness, many_past_3: pytest.LogCaptureFixture
 ) -> None:
     paths = [f"big/p{i}.html" for i in range(MANY)]
     for path in paths:
@@ -53,12 +68,13 @@ async def test_a_deleted_directory_is_purged_whole_past_the_cap(
         harness.warm(path)
     shutil.rmtree(harness.folder / "big")
     harness.commit("delete", "big")
-    for path in paths:  # the last ones (in path order) were cut: nginx and Squid kept them
+    for path in paths:  # the last ones (in path order) were once cut: nginx and Squid kept them
         await harness.until_served(path, (404, None), timeout_s=BOUND_S)
+    assert _went_past(many_past_3, "big")
 
 
 async def test_a_renamed_directory_is_purged_whole_past_the_cap(
-    harness: Harness, small_cap: None
+    harness: Harness, many_past_3: pytest.LogCaptureFixture
 ) -> None:
     paths = [f"old/p{i}.html" for i in range(MANY)]
     for path in paths:
@@ -74,6 +90,7 @@ async def test_a_renamed_directory_is_purged_whole_past_the_cap(
         await harness.until_served(
             path.replace("old/", "new/", 1), (200, path.encode()), timeout_s=BOUND_S
         )
+    assert _went_past(many_past_3, "old")
 
 
 def _commit_removal(harness: Harness, op: str, path: str, removed: list[str]) -> None:

@@ -50,7 +50,7 @@ def test_a_write_behind_a_lock_fails_in_bounded_time(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_engine, "SQLITE_BUSY_TIMEOUT_MS", LOCK_TIMEOUT_MS)
-    monkeypatch.setattr(_engine, "PG_LOCK_TIMEOUT_MS", LOCK_TIMEOUT_MS, raising=False)
+    monkeypatch.setattr(_engine, "PG_LOCK_TIMEOUT_MS", LOCK_TIMEOUT_MS)
     store = Store(store_url)
     outcome: list[BaseException | None] = []
     worker = threading.Thread(target=lambda: _write(store, outcome), daemon=True)

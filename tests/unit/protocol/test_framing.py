@@ -420,8 +420,8 @@ def test_a_peer_that_reads_nothing_fails_the_send_instead_of_holding_it(
     """A stopped or hung peer (its process, or its disk) takes no bytes: the sender's drain
     gives up after SEND_STALL_TIMEOUT_S and drops the connection, as a receive does after
     RECEIVE_TIMEOUT_S of silence. Before, it waited for good."""
-    monkeypatch.setattr(framing, "SEND_STALL_TIMEOUT_S", 0.5, raising=False)
-    monkeypatch.setattr(framing, "_DRAIN_CHECK_S", 0.05, raising=False)
+    monkeypatch.setattr(framing, "SEND_STALL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(framing, "_DRAIN_CHECK_S", 0.05)
     chunk = FileChunk(seq=1, offset=0, data=b"x" * 256 * 1024)  # over the transport's high mark
 
     async def main() -> None:
@@ -441,8 +441,8 @@ def test_a_peer_that_reads_nothing_fails_the_send_instead_of_holding_it(
 def test_a_slow_peer_is_no_stalled_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """A peer that reads, however slowly, keeps the connection: only no progress at all for
     SEND_STALL_TIMEOUT_S fails a send."""
-    monkeypatch.setattr(framing, "SEND_STALL_TIMEOUT_S", 0.5, raising=False)
-    monkeypatch.setattr(framing, "_DRAIN_CHECK_S", 0.05, raising=False)
+    monkeypatch.setattr(framing, "SEND_STALL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(framing, "_DRAIN_CHECK_S", 0.05)
     chunk = FileChunk(seq=1, offset=0, data=b"x" * 256 * 1024)
     total = 4 * len(chunk.data)
 

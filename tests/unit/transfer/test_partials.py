@@ -697,7 +697,7 @@ def test_two_mappings_filling_one_disk_do_not_both_stall_for_ever(
     tmp_path: Path, disk_40m: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # any hold has expired
-    monkeypatch.setattr(target_folder, "FULL_DISK_HOLD_S", 0.0, raising=False)
+    monkeypatch.setattr(target_folder, "FULL_DISK_HOLD_S", 0.0)
     maps = [_disk_mapping(tmp_path, disk_40m, mid) for mid in (1, 2)]
     # Both sessions run at once: each has its a.bin verified and staged, and 2 MiB of b.bin.
     sessions, rests = [], []

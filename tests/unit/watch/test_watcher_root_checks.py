@@ -30,7 +30,7 @@ async def test_a_root_that_does_not_answer_leaves_the_event_loop_free(
     hung mount that call never returns, and the whole agent stopped with it."""
     caplog.set_level(logging.WARNING, logger="relaysync.watch._root")
     monkeypatch.setattr(_root, "ROOT_POLL_S", 0.05)
-    monkeypatch.setattr(_root, "ROOT_STAT_TIMEOUT_S", 0.2, raising=False)
+    monkeypatch.setattr(_root, "ROOT_STAT_TIMEOUT_S", 0.2)
     hung, probes = threading.Event(), []
     hung.set()
     answer = threading.Event()
@@ -50,7 +50,7 @@ async def test_a_root_that_does_not_answer_leaves_the_event_loop_free(
     root = tmp_path / "root"
     root.mkdir()
     async with watching(root) as (watcher, seen):
-        monkeypatch.setattr(_root, "_probe", probe, raising=False)
+        monkeypatch.setattr(_root, "_probe", probe)
         monkeypatch.setattr(_root, "_identity", stat_of)
         began = time.monotonic()
         for _ in range(20):  # the loop is free: 20 ticks of 50 ms come in about 1 s
