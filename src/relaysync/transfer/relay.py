@@ -56,11 +56,12 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import ops, recoding
 from relaysync.transfer._link_session import _Session
+from relaysync.transfer._record_stream import BATCH_BYTES
 from relaysync.transfer.compare import Unreadable
 from relaysync.transfer.relay_resume import ResumeCut, open_prefix, prefix_messages
 from relaysync.transfer.relay_retried import StreamHead
 from relaysync.transfer.relay_unreadable import KeptUnreadable
-from relaysync.transfer.sender import BATCH_BYTES, TargetLink
+from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
