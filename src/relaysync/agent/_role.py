@@ -11,7 +11,7 @@ from anyio.abc import TaskGroup
 from relaysync.config.schema import AgentConfig
 from relaysync.protocol.messages import TargetSpec
 from relaysync.transfer.link_ends import SourceFolder
-from relaysync.transfer.relay import RelayFeed
+from relaysync.transfer.relay_feed import RelayFeed
 from relaysync.transfer.sender import TargetLink
 
 

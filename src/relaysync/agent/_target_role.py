@@ -16,7 +16,8 @@ import anyio
 from relaysync.errors import FolderRefused
 from relaysync.protocol.messages import MappingSpec, TargetSpec, nodes_below
 from relaysync.transfer.conflicts import forget_missing
-from relaysync.transfer.relay import RelayFeed, RelayLink
+from relaysync.transfer.relay import RelayLink
+from relaysync.transfer.relay_feed import RelayFeed
 from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.staging import clean_stale_temps

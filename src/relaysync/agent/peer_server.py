@@ -58,7 +58,7 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import tls
 from relaysync.transfer.conflicts import session_for
 from relaysync.transfer.receiver import ReceiverSession, ReportFn
-from relaysync.transfer.relay import RelayFeed
+from relaysync.transfer.relay_feed import RelayFeed
 from relaysync.transfer.target_folder import TargetFolder
 
 from ._read_ahead import ReadAhead, keep_sender_waiting

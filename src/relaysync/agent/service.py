@@ -52,7 +52,7 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import tls
 from relaysync.transfer.link_ends import SourceFolder, TargetAddress
 from relaysync.transfer.receiver import ReportFn
-from relaysync.transfer.relay import RelayFeed
+from relaysync.transfer.relay_feed import RelayFeed
 from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.content_cache import ContentCache

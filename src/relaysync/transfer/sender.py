@@ -4,7 +4,9 @@ A `TargetLink` connects to its target's peer server, learns the target's waterma
 source journal, catches it up (journal replay when the journal still covers the gap, otherwise,
 or once it released the records meanwhile, a top-down manifest comparison; a held mapping's at a
 release), then streams new journal records as they arrive, each batch closed by a Checkpoint
-that the target acknowledges once the batch is committed.
+that the target acknowledges once the batch is committed. This module holds the session's
+set-up, its loop and its failures; the streaming of records and batches is in
+transfer/_record_stream.py, the comparison in transfer/_compare_catch_up.py.
 
 Error handling: any link, TLS or protocol failure, or a change the target could not commit, ends
 the session; the link reconnects with backoff and resumes from the target's watermark, so a
@@ -17,13 +19,12 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskGroup
 
 from relaysync._util.aio import error_leaves, is_link_error, leaf_error
-from relaysync._util.fs import root_held
 from relaysync.constants import (
     CAP_SMALL_FILE,
     CAP_UNREADABLE,
@@ -31,7 +32,6 @@ from relaysync.constants import (
     HANDSHAKE_TIMEOUT_S,
     PERIODIC_COMPARE_S,
     PING_INTERVAL_S,
-    RECEIVE_TIMEOUT_S,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
     ROUTES_STALE_LIMIT_S,
@@ -41,40 +41,25 @@ from relaysync.errors import JournalGap, PeerRefused, ProtocolError, SendWhole, 
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
-    AnyMessage,
     AuthChallenge,
     AuthResponse,
-    Checkpoint,
-    Delete,
     Error,
     ErrorCode,
-    FileChunk,
     MappingState,
     OpenMapping,
-    Partial,
-    PartialRef,
     Ping,
 )
 from relaysync.transfer import ops, tls
+from relaysync.transfer._compare_catch_up import CompareCatchUp
 from relaysync.transfer._link_session import _Session
-from relaysync.transfer.compare import Work, compare_trees, iter_subtree
+from relaysync.transfer._record_stream import RecordStream
 from relaysync.transfer.link_ends import FailureFn, SourceFolder, TargetAddress
-from relaysync.transfer.moves import MovedAway
-from relaysync.transfer.obsolete import closing_checkpoints, obsolete_partials
-from relaysync.transfer.pacing import send_paced
 from relaysync.transfer.unreadable import UnreadableFiles
-from relaysync.watch._coalesce_journal import coalesce_records
-from relaysync.watch.changes import JournalRecord
-from relaysync.watch.manifest import Entry
 
 logger = logging.getLogger(__name__)
 
-BATCH_RECORDS = 256  # journal records per batch (one Checkpoint, one fsync batch on the target)
-BATCH_BYTES = 8 * 1024 * 1024  # payload per send_many; larger files stream chunk by chunk
-WINDOW_RECORDS = 8192  # records sent but not yet acknowledged before the sender waits
 
-
-class TargetLink:
+class TargetLink(RecordStream, CompareCatchUp):
     """Keeps one target of one mapping up to date, reconnecting as needed."""
 
     def __init__(
@@ -321,33 +306,6 @@ class TargetLink:
             if self.source.send_limit == before:
                 await session.framed.send(Ping())
 
-    def _may_compare(self, session: _Session) -> bool:
-        """Whether a comparison owed may run now. Realtime: at once. A held (manual/reserved)
-        mapping compares against its manifest, which already holds the changes journaled after
-        the last release: only at a release (send_limit past what the target holds) and while
-        nothing newer is journaled, so that nothing unreleased goes; else at the next release."""
-        source = self.source
-        if source.realtime:
-            return True
-        return (
-            source.send_limit > session.sent_upto and source.journal.last_seq <= source.send_limit
-        )
-
-    async def _read_journal(self, session: _Session) -> list[JournalRecord]:
-        """The next records to send: only what the manifest already reflects (a compare must never
-        miss a record sent), and of what may go (a held mapping's release). A write that a later
-        one in the batch supersedes is not sent: the file is read as it is now anyway, and the
-        kept write's base is the version the target holds, so a large file written twice during
-        a backlog goes once, as one delta.
-
-        Raises:
-            JournalGap: the journal released records after `session.sent_upto`.
-        """
-        records = await anyio.to_thread.run_sync(
-            self.source.journal.read, session.sent_upto, BATCH_RECORDS
-        )
-        return coalesce_records([r for r in records if r.seq <= self.source.send_limit])
-
     async def _tell_unreadable(self, session: _Session) -> None:
         """Tell the target what changed of the source's unreadable paths, if it takes them: a
         shrink once it has been sent the records journaled before (relay_unreadable.py)."""
@@ -360,205 +318,6 @@ class TargetLink:
         message = session.unreadable.to_tell(now, at, session.sent_upto)
         if message is not None:
             await session.framed.send(message)
-
-    async def _wait_window(self, session: _Session) -> None:
-        while session.sent_upto - session.acked > WINDOW_RECORDS:
-            event = session.ack_changed
-            with anyio.fail_after(RECEIVE_TIMEOUT_S):
-                await event.wait()
-
-    async def _send_records(self, session: _Session, records: list[JournalRecord]) -> None:
-        last = records[-1].seq
-
-        def produce() -> Iterator[ops.Outgoing]:
-            for record in records:
-                yield from self._record_messages(session.moved, record)
-            self.unreadable.flush_warnings()
-            yield Checkpoint(seq=last)
-
-        await self._send_stream(session, produce())
-        session.sent_upto = last
-
-    def _record_messages(self, moved: MovedAway, record: JournalRecord) -> Iterator[ops.Outgoing]:
-        """A record's messages, following files that moved before they could be sent (moves.py)."""
-        root = self.source.root
-        match record.op:
-            case "write":
-                messages = ops.record_messages(root, record, self.options)
-                sent = yield from self.unreadable.read_record(record, record.path, messages)
-                self.unreadable.note(moved, root, record.path, sent)
-            case "rename":
-                yield from self._rename_messages(moved, record)
-            case "delete":
-                moved.forget(record.path)
-                self.unreadable.forget(record.path)
-                yield from ops.record_messages(root, record, self.options)
-            case _:
-                yield from ops.record_messages(root, record, self.options)
-
-    def _rename_messages(self, moved: MovedAway, record: JournalRecord) -> Iterator[ops.Outgoing]:
-        """A rename's messages: the Rename, or, if the target cannot hold the version renamed
-        (it was not sent: moves.py; or the target said so, whole_file_seqs), the old name's
-        Delete and the file whole at its new name; then the files it carried that were not sent."""
-        root = self.source.root
-        self.unreadable.moved(record.path, record.new_path, record.seq)  # read at the new name
-        followed = moved.follow(record.path, record.new_path)
-        is_file = record.entry is not None and record.entry.kind == "f"
-        if is_file and (record.new_path in followed or record.seq in self.options.whole_file_seqs):
-            # The old name goes too: the target may hold another version there.
-            if record.new_path in followed:
-                followed.remove(record.new_path)
-            yield Delete(seq=record.seq, path=record.path, changed_at=record.time_ns / 1e9)
-            self.options.whole_file_seqs.add(record.seq)
-            messages = ops.record_messages(root, record, self.options)
-            sent = yield from self.unreadable.read_record(record, record.new_path, messages)
-            self.unreadable.note(moved, root, record.new_path, sent)
-        else:
-            yield from ops.record_messages(root, record, self.options)
-        for path in followed:  # moved along with a directory above them
-            yield from self._moved_file(moved, path)
-
-    def _moved_file(self, moved: MovedAway, path: str) -> Iterator[ops.Outgoing]:
-        """A file a rename carried away before it was sent, whole from where it is now."""
-        entry = self.source.manifest.get(path)
-        root = self.source.root
-        if entry is None or entry.kind != "f":
-            moved.gone(root, path)  # moved on, or deleted: a later record covers it
-            return
-        messages = ops.iter_file_messages(
-            root, path, 0, expected_hash=entry.hash, options=self.options
-        )
-        sent = yield from self.unreadable.read(0, path, (entry.hash, 0.0), messages)
-        self.unreadable.note(moved, root, path, sent)
-
-    async def _catch_up_by_compare(self, session: _Session) -> None:
-        """Compare manifests top-down and send the difference; then checkpoint the journal head."""
-        head = self.source.applied_seq
-        root, manifest = self.source.root, self.source.manifest
-
-        session.moved = MovedAway()  # the comparison sends every file where it is now
-
-        def send_entry(entry: Entry) -> Iterator[ops.Outgoing]:
-            messages = ops.entry_messages(root, entry, self.options)
-            if entry.kind != "f":
-                yield from messages
-            elif (
-                yield from self.unreadable.read(0, entry.path, (entry.hash, 0.0), messages)
-            ) is False:
-                session.moved.gone(
-                    root, entry.path
-                )  # moved during the comparison: its rename follows
-
-        async def emit(work: Sequence[Work]) -> None:
-            def produce() -> Iterator[ops.Outgoing]:
-                for item in work:
-                    if item.message is not None:
-                        yield item.message
-                    elif item.entry is not None:
-                        yield from send_entry(item.entry)
-                    elif item.subtree is not None:
-                        for entry in iter_subtree(manifest, item.subtree):
-                            yield from send_entry(entry)
-                self.unreadable.flush_warnings()
-
-            await self._send_stream(session, produce())
-
-        unreadable = self.source.unreadable_now()
-        if "" in unreadable.dirs:
-            self.log.warning(
-                "not comparing with %s: the source folder cannot be listed now", self.target.name
-            )
-        emitted = await compare_trees(
-            manifest,
-            session.request_listings,
-            emit,
-            erase=self.erase and unreadable.complete,  # not all known: erase nothing
-            unreadable=unreadable,
-        )
-        obsolete = await anyio.to_thread.run_sync(self._obsolete_partials, session.partials, head)
-        await session.framed.send_many(closing_checkpoints(head, obsolete))
-        session.sent_upto = max(session.sent_upto, head)
-        if obsolete:
-            gone = {(ref.path, ref.hash) for ref in obsolete}
-            session.partials = tuple(p for p in session.partials if (p.path, p.hash) not in gone)
-            for key in gone:
-                self.options.resume.pop(key, None)
-            self.log.info(
-                "%s holds %s partials of versions never to be sent: removing them",
-                self.target.name,
-                len(obsolete),
-            )
-        if emitted:
-            self.log.info(
-                "caught up %s by manifest comparison: %s items", self.target.name, emitted
-            )
-
-    def _obsolete_partials(self, partials: Sequence[Partial], head: int) -> list[PartialRef]:
-        """The target's partials whose version we will never send (runs in a worker thread).
-
-        The comparison just sent every version our manifest holds, and the target's watermark
-        will be `head`, so a version is still to come only if the manifest holds it or a record
-        journaled after `head` may send it: a partial at a path such a record writes, renames or
-        moves (a directory above it) stays, as does every one while too many records are to be
-        looked through. What is left was deleted here, or replaced by another version.
-        """
-        return obsolete_partials(self.source.journal, self.source.manifest, partials, head)
-
-    async def _send_stream(self, session: _Session, messages: Iterator[ops.Outgoing]) -> None:
-        """Pull messages from a file-reading iterator in a worker thread and send them in batches.
-
-        The next batch is read while the previous one is on the wire (one batch of read-ahead),
-        so file I/O and the network overlap; memory stays bounded by three batches. Under a
-        limit each message is paid for before it goes (transfer/pacing.py); unlimited, a batch
-        goes in one `send_many`.
-        """
-        done = False
-        limit = self.options.bandwidth
-
-        def next_batch(max_bytes: int, rate: float) -> list[AnyMessage]:
-            with root_held(self.source.root):  # the batch's files opened from one fd of it
-                return fill_batch(max_bytes, rate)
-
-        def fill_batch(max_bytes: int, rate: float) -> list[AnyMessage]:
-            nonlocal done
-            batch: list[AnyMessage] = []
-            size = 0
-            for message in messages:
-                if isinstance(message, ops.Flush):  # the next message is not ready: send these now
-                    if batch:
-                        return batch
-                    continue
-                batch.append(message)
-                size += ops.message_bytes(message)
-                if size >= max_bytes or (
-                    isinstance(message, FileChunk)
-                    and (size >= max_bytes // 2 or limit.rate != rate)
-                ):  # a window's edge: size anew
-                    return batch
-            done = True
-            return batch
-
-        ready_tx, ready_rx = anyio.create_memory_object_stream[list[AnyMessage]](1)
-
-        async def read_ahead() -> None:
-            async with ready_tx:
-                while not done:
-                    rate = limit.rate  # may change mid-file: a policy's time-of-day window
-                    batch_bytes = (
-                        min(BATCH_BYTES, max(65536, int(rate * 0.05))) if rate > 0 else BATCH_BYTES
-                    )
-                    batch = await anyio.to_thread.run_sync(next_batch, batch_bytes, rate)
-                    if batch:
-                        await ready_tx.send(batch)
-
-        limit.begin()  # what the bucket saved up while we had nothing to send is not for us
-        async with anyio.create_task_group() as tg, ready_rx:
-            tg.start_soon(read_ahead)
-            async for batch in ready_rx:
-                if limit.limited:
-                    await send_paced(session.framed, batch, limit, self.options.codec)
-                else:
-                    await session.framed.send_many(batch)
 
 
 def _not_a_failed_hop(err: BaseException | None) -> bool:

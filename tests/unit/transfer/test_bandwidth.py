@@ -17,6 +17,7 @@ from relaysync.constants import CHUNK_BYTES
 from relaysync.errors import ConfigError
 from relaysync.protocol.messages import BandwidthWindow, FileChunk
 from relaysync.transfer import ops, recoding
+from relaysync.transfer._record_stream import BATCH_BYTES
 from relaysync.transfer.bandwidth import (
     BURST_S,
     SLACK_S,
@@ -28,7 +29,6 @@ from relaysync.transfer.bandwidth import (
 )
 from relaysync.transfer.builds import DeltaBuild, DeltaPart
 from relaysync.transfer.codec import Codec, Plain, Zstd, decode_chunk, encode_chunk
-from relaysync.transfer.sender import BATCH_BYTES
 from tests.unit.transfer._pacing import FakeClock, FakeFramed, make_link, session
 
 # 2026-11-23 is a Monday.

@@ -27,10 +27,10 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import ops
 from relaysync.transfer._link_session import _Session as LinkSession
+from relaysync.transfer._record_stream import BATCH_BYTES
 from relaysync.transfer.codec import Zstd, codec_for_level, decode_chunk
 from relaysync.transfer.relay import RefusedDelta, RelayFeed, RelayLink
 from relaysync.transfer.relay_resume import ResumeCut
-from relaysync.transfer.sender import BATCH_BYTES
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
