@@ -99,6 +99,29 @@ def test_a_hold_is_shown_after_a_master_restart_and_ends_when_the_folder_is_back
     assert snapshot(dst) == before  # nothing was deleted
 
 
+def test_a_hold_ends_when_its_mapping_is_disabled(own_fleet: Fleet) -> None:
+    """The source stops the mapping (disabled: no longer its to source): its hold is over,
+    and the master is told so (the console drops the row)."""
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    for i in range(200):
+        (src / f"{i}.txt").write_bytes(os.urandom(100))
+    own_fleet.wait_converged(src, [dst])
+    src.rename(src.with_name("source.unmounted"))
+    src.mkdir()
+    wait_until(lambda: _hold_events(own_fleet, mapping), timeout_s=30, what="the alarm")
+    r = own_fleet.cluster.api.patch(f"/api/mappings/{mapping['id']}", json={"enabled": False})
+    assert r.status_code == 200, r.text
+    wait_until(
+        lambda: (
+            _hold_events(own_fleet, mapping)
+            == [("mass_delete_held", "src"), ("mass_delete_ended", "mapping removed")]
+        ),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the end of the hold",
+    )
+    assert len(list(dst.iterdir())) == 200  # nothing was deleted
+
+
 def test_small_deletes_pass_the_guard(own_fleet: Fleet) -> None:
     _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     for i in range(300):
