@@ -11,7 +11,10 @@ CAP_RENAME_RESEND = "rename_resend"  # a sender that resends a rename's new path
 CAP_REPORT_ACK = "report_ack"
 # SourceUnreadable: the source's paths there but unreadable now, which a relay keeps on its children
 CAP_UNREADABLE = "unreadable_paths"
-CAPABILITIES = (CAP_SMALL_FILE, CAP_RENAME_RESEND, CAP_REPORT_ACK, CAP_UNREADABLE)
+# Control link: a master that takes MassDeleteEnded and MassDeleteHeld.resent (the end of a hold,
+# and a hold told again at each session); an agent sends them only to such a master.
+CAP_HOLD_END = "hold_end"
+CAPABILITIES = (CAP_SMALL_FILE, CAP_RENAME_RESEND, CAP_REPORT_ACK, CAP_UNREADABLE, CAP_HOLD_END)
 MAX_CAPABILITIES = 64  # a Hello announcing more is hostile
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a chunk (1 MiB) plus headroom; anything larger is hostile

@@ -231,6 +231,41 @@ def test_held_mass_delete_confirmed_from_the_console(
     eventually(lambda: not browser.find_elements(By.CSS_SELECTOR, row), "the held row gone")
 
 
+def test_a_held_mass_delete_that_ends_by_itself_leaves_the_console(
+    browser: webdriver.Chrome, fleet: Fleet
+) -> None:
+    """Found in review: a hold that ended without a confirmation (the source folder back)
+    stayed on the console, also after a reload (its `mass_delete_held` event was the last word
+    in the ring). Now the row goes live, and a fresh page replaying the ring shows none."""
+    mapping, src, dst = _new_mapping(fleet, files=0)
+    for d in range(4):
+        (src / f"d{d}").mkdir()
+        for i in range(50):
+            (src / f"d{d}" / f"{i}.txt").write_text(f"{d}/{i}")
+    fleet.wait_converged(src, [dst])
+    away = src.with_name(src.name + ".unmounted")
+    src.rename(away)  # an unmount, simulated: an empty folder in its place
+    src.mkdir()
+    wait_until(
+        lambda: _held(fleet, mapping), timeout_s=CONVERGE_TIMEOUT_S, what="the mass-delete alarm"
+    )
+    row = f'#held [data-held="{mapping["name"]}"]'
+    _log_in(browser, fleet, _admin_token(fleet))
+    _logged_in(browser)
+    eventually(lambda: browser.find_elements(By.CSS_SELECTOR, row), "the held row")
+    script(browser, "window.__samePage = true")
+    src.rmdir()
+    away.rename(src)  # back: the guard's recheck finds the held paths and ends the hold
+    eventually(lambda: not browser.find_elements(By.CSS_SELECTOR, row), "the held row gone")
+    assert script(browser, "return window.__samePage") is True  # gone live, no reload
+    browser.refresh()  # a fresh page replays the whole ring
+    _logged_in(browser)
+    section = f'[data-mapping="{mapping["name"]}"]'
+    eventually(lambda: browser.find_elements(By.CSS_SELECTOR, section), "the overview rendered")
+    assert not browser.find_elements(By.CSS_SELECTOR, row)  # rendered with the ring replayed
+    assert (dst / "d0" / "0.txt").exists()  # nothing was deleted
+
+
 def _select(driver: webdriver.Chrome, css: str, value: str) -> bool:
     Select(element(driver, css)).select_by_value(value)
     return True

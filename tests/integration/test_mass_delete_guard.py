@@ -47,6 +47,81 @@ def test_replaced_source_folder_holds_deletes_until_confirmed(own_fleet: Fleet) 
     assert list(dst.iterdir()) == []
 
 
+def _hold_events(fleet: Fleet, mapping: dict) -> list[tuple[str, str]]:
+    """The mapping's hold events in the master's ring, in order: (type, server or reason)."""
+    events = fleet.cluster.api.get("/api/events", params={"since": 0, "limit": 1000}).json()
+    return [
+        (e["type"], e["data"].get("reason", e["data"]["server"]))
+        for e in events
+        if e["type"] in ("mass_delete_held", "mass_delete_ended")
+        and e["data"]["mapping_id"] == mapping["id"]
+    ]
+
+
+def test_a_hold_is_shown_after_a_master_restart_and_ends_when_the_folder_is_back(
+    own_fleet: Fleet,
+) -> None:
+    """Found in review: a hold that ended by itself (the folder back, nobody confirmed) left
+    its `mass_delete_held` event as the last word, so the console showed it held for ever; and
+    a master that restarted showed no hold at all while the agent still held it. Now the agent
+    tells its hold again when its control link comes up, and reports the hold's end."""
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    for d in range(4):
+        (src / f"d{d}").mkdir()
+        for i in range(60):
+            (src / f"d{d}" / f"{i}.txt").write_bytes(os.urandom(100))
+    own_fleet.wait_converged(src, [dst])
+    before = snapshot(dst)
+    away = src.with_name("source.unmounted")
+    src.rename(away)
+    src.mkdir()
+    wait_until(lambda: _hold_events(own_fleet, mapping), timeout_s=30, what="the alarm")
+    cluster = own_fleet.cluster
+    assert cluster.master is not None
+    cluster.master.stop()
+    cluster.start_master()
+    cluster.wait_agent_up("src")
+    wait_until(
+        lambda: _hold_events(own_fleet, mapping) == [("mass_delete_held", "src")],
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the hold shown again by the restarted master",
+    )
+    src.rmdir()
+    away.rename(src)  # the folder is back: the guard's recheck ends the hold
+    wait_until(
+        lambda: (
+            _hold_events(own_fleet, mapping)
+            == [("mass_delete_held", "src"), ("mass_delete_ended", "paths back")]
+        ),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the end of the hold",
+    )
+    assert snapshot(dst) == before  # nothing was deleted
+
+
+def test_a_hold_ends_when_its_mapping_is_disabled(own_fleet: Fleet) -> None:
+    """The source stops the mapping (disabled: no longer its to source): its hold is over,
+    and the master is told so (the console drops the row)."""
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    for i in range(200):
+        (src / f"{i}.txt").write_bytes(os.urandom(100))
+    own_fleet.wait_converged(src, [dst])
+    src.rename(src.with_name("source.unmounted"))
+    src.mkdir()
+    wait_until(lambda: _hold_events(own_fleet, mapping), timeout_s=30, what="the alarm")
+    r = own_fleet.cluster.api.patch(f"/api/mappings/{mapping['id']}", json={"enabled": False})
+    assert r.status_code == 200, r.text
+    wait_until(
+        lambda: (
+            _hold_events(own_fleet, mapping)
+            == [("mass_delete_held", "src"), ("mass_delete_ended", "mapping removed")]
+        ),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the end of the hold",
+    )
+    assert len(list(dst.iterdir())) == 200  # nothing was deleted
+
+
 def test_small_deletes_pass_the_guard(own_fleet: Fleet) -> None:
     _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     for i in range(300):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from relaysync.protocol.messages import MassDeleteHeld
+from relaysync.protocol.messages import MassDeleteEnded, MassDeleteHeld
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.manifest import split_path
 from relaysync.watch.watcher import FsEvent
@@ -32,12 +32,18 @@ GUARD_HELD_PATHS = 20000  # held paths kept exactly (a hold lasts: a fold into a
 # ties the changes there to the hold); more fold into their parents, and then a change of a path
 # the manifest never knew, in a directory it knows and the disk still has, goes all the same
 
+# Why a hold ended (MassDeleteEnded.reason), other than the source stopping (agent/_source_role.py)
+END_PATHS_BACK = "paths back"  # a whole-folder rescan found the held deletes gone: nothing deleted
+END_UNDER_THRESHOLD = "under threshold"  # ... found some, no longer most of the folder: journaled
+END_CONFIRMED = "confirmed"  # an operator confirmed: the held deletes went
+
 
 class DeleteHold(DeleteRuns):
     """The hold of the mass-delete guard (a mixin: `_init_hold` sets its state)."""
 
     mapping_id: int
     on_guard: Callable[[MassDeleteHeld], None] | None
+    on_hold_end: Callable[[MassDeleteEnded], None] | None  # a hold told by on_guard is over
     _guard_held: bool
     _guard_held_deletes: int  # the entries the hold keeps: the batch that tripped, and later ones
     _guard_held_paths: set[str]  # the held paths (and the changes tied to them), folded
@@ -62,6 +68,7 @@ class DeleteHold(DeleteRuns):
         self._allow_mass_delete = False
         self._delete_confirm = delete_confirm  # those count as seen
         self.on_guard = None
+        self.on_hold_end = None
 
     def _add_held(self, paths: Iterable[str]) -> None:
         self._guard_held_paths.update(paths)
@@ -105,6 +112,8 @@ class DeleteHold(DeleteRuns):
         confirmation and its rescan must not, or the deletes are held (and alarmed) again."""
         if self._allow_mass_delete:
             self._allow_mass_delete = False
+            if self._guard_held:
+                anyio.from_thread.run_sync(self._hold_ended, END_CONFIRMED)
             self._guard_held = False
             self._clear_held()
             self._new_run()
@@ -176,9 +185,22 @@ class DeleteHold(DeleteRuns):
                 if sent
                 else "nothing deleted (the folder is back)",
             )
+            self._hold_ended(END_UNDER_THRESHOLD if sent else END_PATHS_BACK)
         self._guard_held = self._run_held = False
         self._clear_held()
         self._allow_mass_delete = False
+
+    def _hold_ended(self, reason: str) -> None:
+        """Tell the master that the hold is over (on the event loop): the console drops it."""
+        if self.on_hold_end is not None:
+            self.on_hold_end(MassDeleteEnded(mapping_id=self.mapping_id, reason=reason))
+
+    def stop_hold(self, reason: str) -> None:
+        """The source stops (`reason`: its mapping removed, changed, or its run failed): a hold
+        in force ends with it (a source started again holds anew what its scan finds)."""
+        if self._guard_held:
+            self._guard_held = False
+            self._hold_ended(reason)
 
     async def _recheck_guard(self) -> None:
         """While deletes are held, look now and then whether they still are."""

@@ -17,7 +17,12 @@ import msgspec
 
 from relaysync._util.aio import leaf_error
 from relaysync.constants import RECEIVE_TIMEOUT_S, SOURCE_RETRY_MAX_S, SOURCE_RETRY_MIN_S
-from relaysync.protocol.messages import MappingSpec, MassDeleteHeld, ReleaseReport
+from relaysync.protocol.messages import (
+    MappingSpec,
+    MassDeleteEnded,
+    MassDeleteHeld,
+    ReleaseReport,
+)
 from relaysync.watch.content_cache import ContentCache
 
 from ._role import AgentRole
@@ -26,6 +31,11 @@ from .master_link import MasterLink
 from .source import SourceMapping
 
 logger = logging.getLogger(__name__)
+
+# Why a source's hold ended when the source stopped (MassDeleteEnded.reason)
+END_MAPPING_REMOVED = "mapping removed"  # no longer this agent's to source (deleted, moved, off)
+END_MAPPING_CHANGED = "mapping changed"  # restarted with a new spec: its scan holds anew
+END_SOURCE_FAILED = "source failed"  # restarted after a failure: likewise
 
 
 @dataclass
@@ -36,6 +46,7 @@ class _Running:
     source: SourceMapping | None = None
     ended: anyio.Event = field(default_factory=anyio.Event)  # its journal and manifest are closed
     failing: bool = False  # its last run failed or could not start: waiting for a retry
+    stopped: str = ""  # why `_apply_sources` stopped it (a hold it had ends so)
 
 
 class SourceRole(AgentRole):
@@ -60,6 +71,7 @@ class SourceRole(AgentRole):
                 and await self._change_source(running, spec)
             ):
                 continue
+            running.stopped = END_MAPPING_REMOVED if spec is None else END_MAPPING_CHANGED
             running.scope.cancel()  # gone, changed otherwise, or its change failed: restart
             stopping.append(running)
             del self.sources[mapping_id]
@@ -147,6 +159,7 @@ class SourceRole(AgentRole):
         if running is not None:
             running.source = source
         source.on_guard = self._report_guard
+        source.on_hold_end = self._report_guard
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(source.serve)
@@ -164,14 +177,21 @@ class SourceRole(AgentRole):
                 if running is not None:
                     running.links = links
                 links.reconcile(children_of(latest, self.node_id))
+        except Exception:
+            source.stop_hold(END_SOURCE_FAILED)
+            raise
         finally:
+            if running is not None and running.stopped:  # not when the agent stops
+                source.stop_hold(running.stopped)
             if running is not None:  # until a retry starts it again, nothing to change in place
                 running.source = running.links = None
             source.close()
 
-    def _report_guard(self, held: MassDeleteHeld) -> None:
+    def _report_guard(self, notice: MassDeleteHeld | MassDeleteEnded) -> None:
+        """Tell the master a hold began or ended (the link keeps the holds in force, to tell
+        them again to a master that restarted)."""
         if self.link is not None:
-            self.link.notify(held)
+            self.link.notify(notice)
 
     def _release(self, source: SourceMapping, release: int) -> None:
         """A manual send or a reserved run reached this source: let the journal go out."""

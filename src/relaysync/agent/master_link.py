@@ -22,7 +22,6 @@ Resource handling: one connection at a time; a reader and a writer task per conn
 
 from __future__ import annotations
 
-import collections
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +32,7 @@ import msgspec
 from relaysync._util.aio import is_link_error, leaf_error
 from relaysync.auth.validity import seconds_left
 from relaysync.constants import (
+    CAP_HOLD_END,
     CAP_REPORT_ACK,
     CAPABILITIES,
     CERT_CLOCK_RETRY_S,
@@ -68,8 +68,6 @@ from relaysync.protocol.messages import (
     CommitReport,
     Error,
     ErrorCode,
-    HopFailed,
-    MassDeleteHeld,
     MetricsReport,
     Ping,
     Pong,
@@ -81,6 +79,7 @@ from relaysync.transfer import tls
 from relaysync.transfer.removal import removed_bytes
 
 from .advertise import route_address
+from .notices import Notice, Notices
 from .outbox import OutboxSync, ReportOutbox
 from .report_queue import Queued, ReportQueue
 
@@ -148,9 +147,7 @@ class MasterLink:
         if self.reports.unsent:
             self._wake.set()
         self._releases: dict[int, ReleaseReport] = {}
-        self._notices: collections.deque[MassDeleteHeld | HopFailed] = collections.deque(
-            maxlen=1000
-        )
+        self.notices = Notices()
         self._releases_unsent = False
         self._metrics: MetricsReport | None = None  # only the newest waits; older ones are stale
 
@@ -160,9 +157,9 @@ class MasterLink:
             self._metrics = report
             self._wake.set()
 
-    def notify(self, message: MassDeleteHeld | HopFailed) -> None:
+    def notify(self, message: Notice) -> None:
         """Queue a one-off notice for the master (sent when the link is up)."""
-        self._notices.append(message)
+        self.notices.add(message)
         self._wake.set()
 
     def report_release(self, report: ReleaseReport) -> None:
@@ -319,6 +316,9 @@ class MasterLink:
                 await framed.send(self.register)
             ours, theirs = set(self.capabilities), set(hello.capabilities)
             self._acking = CAP_REPORT_ACK in ours & theirs
+            self.notices.session_began(hold_end=CAP_HOLD_END in ours & theirs)
+            if self.notices.first() is not None:
+                self._wake.set()  # the holds in force, told again
             self.connected = True
             self._releases_unsent = bool(self._releases)
             logger.info("control link to master %s up", self.control_address)
@@ -377,9 +377,9 @@ class MasterLink:
         while True:
             with anyio.move_on_after(PING_INTERVAL_S) as idle:
                 await self._wake.wait()
-            while self._notices:
-                await framed.send(self._notices[0])
-                self._notices.popleft()
+            while (notice := self.notices.first()) is not None:
+                await framed.send(notice)
+                self.notices.sent()
             if self._releases_unsent:
                 self._releases_unsent = False
                 await framed.send_many(list(self._releases.values()))

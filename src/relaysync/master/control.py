@@ -5,7 +5,8 @@ joined (a row in the store) and not have been removed (revoked); its name is the
 with, whatever its Register says. What a link reports is believed only for the node itself: a
 CommitReport for its own target folders (target_node is the link's node, a target of the
 mapping, and the mapping's source is the report's source; acknowledged once the job log took
-it, master/report_acks.py); ReleaseReport and MassDeleteHeld from the mapping's source;
+it, master/report_acks.py); ReleaseReport and MassDeleteHeld from the mapping's source
+(MassDeleteEnded also from the node that reported the hold, master/_control_holds.py);
 HopFailed from a source or target of the mapping about one of its targets. Anything else is
 dropped, counted in `refused` and logged (a report naming another target is also an `alarm`
 event: no agent sends one).
@@ -62,6 +63,7 @@ from relaysync.protocol.messages import (
     Error,
     ErrorCode,
     HopFailed,
+    MassDeleteEnded,
     MassDeleteHeld,
     MetricsReport,
     Ping,
@@ -71,7 +73,8 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import tls
 
-from ._control_trust import AgentLink, ControlTrust, warn_if_expiring
+from ._control_holds import ControlHolds
+from ._control_trust import AgentLink, warn_if_expiring
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ MAX_REFUSED_FIGURES_LOGGED = 100  # per link: a hostile agent cannot grow the lo
 ASSIGNMENTS_AT_ONCE = 4  # agents' assignments computed at once after a change
 
 
-class ControlServer(ControlTrust):
+class ControlServer(ControlHolds):
     """Accepts agents' control links and keeps their assignments current."""
 
     def __init__(
@@ -114,6 +117,7 @@ class ControlServer(ControlTrust):
         self._stopping = False  # a graceful stop began: no new link, no more reading
         self._writer_stopped = anyio.Event()  # the job log took every report read
         self._link_ended = anyio.Event()  # set (and replaced) as each link ends
+        self._holds = {}  # the mass-delete holds reported (master/_control_holds.py)
 
     def notify_change(self) -> None:
         """Mappings or servers changed: push fresh assignments (callable from any thread).
@@ -436,25 +440,9 @@ class ControlServer(ControlTrust):
             case AssignmentAck():
                 link.epoch_acked = message.epoch
             case MassDeleteHeld():
-                logger.error(
-                    "mapping %s: source %s held back %s deletes of %s entries%s; "
-                    "POST /api/mappings/%s/confirm-deletes to let them go",
-                    message.mapping_id,
-                    link.name,
-                    message.deletes,
-                    message.entries,
-                    " (its folder is missing)" if message.root_missing else "",
-                    message.mapping_id,
-                )
-                data = {
-                    "mapping_id": message.mapping_id,
-                    "server": link.name,
-                    "deletes": message.deletes,
-                    "entries": message.entries,
-                    "root_missing": message.root_missing,
-                }
-                self.events.publish(EventType.MASS_DELETE_HELD, **data)
-                self.events.publish(EventType.ALARM, reason="mass delete held", **data)
+                self._take_held(link, message)
+            case MassDeleteEnded():
+                await self._take_hold_end(link, message)
             case ReleaseReport():
                 await anyio.to_thread.run_sync(
                     self.store.modes.record_release,

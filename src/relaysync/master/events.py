@@ -56,6 +56,7 @@ class EventType(enum.StrEnum):
     MASS_DELETE_HELD = (
         "mass_delete_held"  # a source folder vanished or emptied: deletes held for the operator
     )
+    MASS_DELETE_ENDED = "mass_delete_ended"  # a hold is over (`reason`: paths back, mapping removed, confirmed, ...)
     # --- Relay routes (master/router.py) ---
     ROUTE_CHANGED = (
         "route_changed"  # a mapping's distribution tree was re-planned: which hops and why

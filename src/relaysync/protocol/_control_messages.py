@@ -169,13 +169,32 @@ class ReleaseReport(Message, frozen=True, tag="release_report"):
     upto_seq: UInt63
 
 
-class MassDeleteHeld(Message, frozen=True, tag="mass_delete_held"):
-    """Source agent -> master: a scan would delete most of a folder (an unmounted disk?): held."""
+class MassDeleteHeld(Message, frozen=True, tag="mass_delete_held", omit_defaults=True):
+    """Source agent -> master: a scan would delete most of a folder (an unmounted disk?): held.
+    Not `resent`, it keeps the bytes it had before that field (`omit_defaults`)."""
 
     mapping_id: UInt63
     deletes: UInt63  # entries the held changes would remove on every target
     entries: UInt63  # entries the source knew before
     root_missing: bool
+    # Sent again, as it was, when the control link comes up while the hold lasts (to a master
+    # that announced CAP_HOLD_END): a master that restarted shows it again, one that has it
+    # already publishes nothing.
+    resent: bool = False
+
+
+# Why a hold ended: "paths back", "under threshold", "confirmed", "mapping removed", "mapping
+# changed", "source failed"; a shape, not a list, so that a newer agent's reason never ends an
+# older master's link.
+HoldEndReason = Annotated[str, msgspec.Meta(pattern=r"^[a-z ]{1,32}\Z")]
+
+
+class MassDeleteEnded(Message, frozen=True, tag="mass_delete_ended"):
+    """Source agent -> master, to a master that announced CAP_HOLD_END: the hold MassDeleteHeld
+    reported is over (`reason`), whether or not an operator confirmed it."""
+
+    mapping_id: UInt63
+    reason: HoldEndReason
 
 
 class AssignmentAck(Message, frozen=True, tag="assignment_ack"):

@@ -32,6 +32,7 @@ from relaysync.protocol._control_messages import (
     JournalHead,
     LinkPolicy,
     MappingSpec,
+    MassDeleteEnded,
     MassDeleteHeld,
     MetricSample,
     MetricsReport,
@@ -155,6 +156,7 @@ __all__ = [
     "MakeDir",
     "MappingSpec",
     "MappingState",
+    "MassDeleteEnded",
     "MassDeleteHeld",
     "Message",
     "MetricSample",
@@ -253,6 +255,7 @@ AnyMessage = (
     | AssignmentAck
     | ReleaseReport
     | MassDeleteHeld
+    | MassDeleteEnded
     | CommitReport
     | ReportsTaken
     | OpenMapping

@@ -18,6 +18,7 @@ from relaysync.protocol.messages import (
     ErrorCode,
     HopFailed,
     JournalHead,
+    MassDeleteEnded,
     MassDeleteHeld,
     MetricsReport,
     ReleaseReport,
@@ -130,6 +131,58 @@ def test_reports_are_believed_only_for_the_nodes_part_in_the_mapping(fleet: Flee
     anyio.run(main)
     held = [e.data["server"] for e in fleet.events.since(0) if e.type is EventType.MASS_DELETE_HELD]
     assert held == ["src"]
+
+
+def _holds(fleet: Fleet, mapping_id: int) -> list[tuple[str, str]]:
+    """The mapping's hold events in order: (type, server or reason)."""
+    return [
+        (e.type.value, str(e.data.get("reason", e.data["server"])))
+        for e in fleet.events.since(0)
+        if e.type in (EventType.MASS_DELETE_HELD, EventType.MASS_DELETE_ENDED)
+        and e.data["mapping_id"] == mapping_id
+    ]
+
+
+def test_the_end_of_a_hold_is_published_and_a_hold_told_again_once(fleet: Fleet) -> None:
+    """Found in review: a hold that ended without a confirmation (the source's folder back)
+    published nothing, so the console kept its row; and a master that restarted forgot every
+    hold (its event ring is in memory). Now the source's MassDeleteEnded publishes
+    `mass_delete_ended` (from the mapping's source only), and a hold the source tells again
+    when its link comes back is published by a master that does not show it already."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    held = MassDeleteHeld(mapping_id=m, deletes=9, entries=10, root_missing=True)
+    again = MassDeleteHeld(mapping_id=m, deletes=9, entries=10, root_missing=True, resent=True)
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(held)
+                await roundtrip(framed)
+            async with agent_link(port, src, "src") as framed:  # the link came back
+                await framed.send(again)
+                await roundtrip(framed)
+            assert _holds(fleet, m) == [("mass_delete_held", "src")]
+            async with agent_link(port, a, "web-a") as framed:  # a target has no hold to end
+                await framed.send(MassDeleteEnded(mapping_id=m, reason="paths back"))
+                await roundtrip(framed)
+            assert control.refused["mass_delete_ended"] == 1
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(held)
+                await framed.send(MassDeleteEnded(mapping_id=m, reason="paths back"))
+                await roundtrip(framed)
+        async with fleet.control_server() as (control, port):  # the master restarted
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(again)
+                await roundtrip(framed)
+
+    anyio.run(main)
+    assert _holds(fleet, m) == [
+        ("mass_delete_held", "src"),
+        ("mass_delete_held", "src"),
+        ("mass_delete_ended", "paths back"),
+        ("mass_delete_held", "src"),
+    ]
 
 
 def _lags(fleet: Fleet, mapping_id: int) -> list[tuple[int, int]]:

@@ -13,7 +13,7 @@ import pytest
 
 from relaysync.agent import _delete_hold
 from relaysync.agent.source import SourceMapping
-from relaysync.protocol.messages import MappingSpec, MassDeleteHeld
+from relaysync.protocol.messages import MappingSpec, MassDeleteEnded, MassDeleteHeld
 from relaysync.watch.watcher import FsEvent
 
 OLD_NS = 10**18  # long cooled down: a scan journals such a file at once
@@ -387,5 +387,65 @@ def test_a_hold_ends_when_a_recheck_finds_the_folder_back(
     try:
         anyio.run(main)
         assert len(alarms) == 2, alarms
+    finally:
+        mapping.close()
+
+
+def _ends(mapping: SourceMapping) -> list[MassDeleteEnded]:
+    ends: list[MassDeleteEnded] = []
+    mapping.on_hold_end = ends.append
+    return ends
+
+
+def test_a_hold_that_ends_by_itself_is_reported(tmp_path: Path) -> None:
+    """Found in review: a hold that ended without a confirmation (the disk back, the files put
+    back) told the master nothing, so the console showed it held until the mapping went. Now
+    its end is reported, with why; and a hold the operator confirmed reports its end too."""
+    mapping, root, alarms = _mapping(tmp_path)
+    ends = _ends(mapping)
+    away = tmp_path / "unmounted"
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        await _unmount(mapping, root, away)
+        assert len(alarms) == 1 and ends == []
+        root.rmdir()
+        away.rename(root)  # mounted again
+        await mapping.rescan()
+        assert ends == [MassDeleteEnded(mapping_id=1, reason="paths back")]
+        await mapping.rescan()  # no hold: nothing more to tell
+        assert len(ends) == 1
+        _remove(root, range(5))
+        await mapping.rescan()
+        assert len(alarms) == 2
+        assert mapping.confirm_deletes(1)
+        await mapping.rescan()
+        assert ends[1:] == [MassDeleteEnded(mapping_id=1, reason="confirmed")]
+
+    try:
+        anyio.run(main)
+    finally:
+        mapping.close()
+
+
+def test_a_hold_ends_with_its_source(tmp_path: Path) -> None:
+    """The source stops (its mapping removed or changed): a hold it had is reported over once;
+    a source without a hold reports nothing."""
+    mapping, root, alarms = _mapping(tmp_path)
+    ends = _ends(mapping)
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        mapping.stop_hold("mapping removed")
+        assert ends == []
+        _remove(root, range(5))
+        await mapping.rescan()
+        assert len(alarms) == 1
+        mapping.stop_hold("mapping removed")
+        mapping.stop_hold("mapping removed")
+        assert ends == [MassDeleteEnded(mapping_id=1, reason="mapping removed")]
+
+    try:
+        anyio.run(main)
     finally:
         mapping.close()

@@ -46,6 +46,7 @@ from relaysync.protocol.messages import (
     MakeDir,
     MappingSpec,
     MappingState,
+    MassDeleteEnded,
     MassDeleteHeld,
     MetricSample,
     MetricsReport,
@@ -158,8 +159,10 @@ SAMPLES: list[AnyMessage] = [
     ReportsTaken(upto=INT64_MAX),  # new since the pinned ones (CAP_REPORT_ACK)
     SourceUnreadable(files=("a",), dirs=("", "d"), complete=False, replace=False),  # CAP_UNREADABLE
     Checkpoint(seq=3, again=True),  # files sent again follow (an older peer ignores the field)
+    MassDeleteHeld(mapping_id=3, deletes=10, entries=11, root_missing=False, resent=True),
+    MassDeleteEnded(mapping_id=3, reason="paths back"),
 ]
-PINNED = len(SAMPLES) - 3  # the samples the hash below covers
+PINNED = len(SAMPLES) - 5  # the samples the hash below covers
 # sha256 of the samples' encodings, joined, as the release before the integer bounds sent them,
 # except CommitReport: its records gained three optional fields since (`kind`, `removed`,
 # `removed_truncated`, which older masters ignore), and Assignment: its MappingSpec gained two

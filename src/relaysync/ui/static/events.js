@@ -14,7 +14,7 @@ export class EventFeed {
     this.onChange = onChange; // () => void: something changed, re-fetch
     this.onError = onError; // (message) => void
     this.cursor = 0;
-    this.held = new Map(); // mapping id -> the latest unconfirmed mass_delete_held event
+    this.held = new Map(); // mapping id -> the latest mass_delete_held event not ended since
     this.alarms = []; // the latest console alarms, newest first
     this.running = false;
   }
@@ -69,7 +69,9 @@ export class EventFeed {
       this.held.set(data.mapping_id, event);
     } else if (event.type === "mapping_changed" && data.delete_confirm !== undefined) {
       this.held.delete(data.mapping_id);
-    } else if (event.type === "mapping_deleted") {
+    } else if (event.type === "mapping_deleted" || event.type === "mass_delete_ended") {
+      // mass_delete_ended: the hold is over without a confirmation here (the paths came back,
+      // the mapping moved or changed); replayed from the ring, it follows the held event
       this.held.delete(data.mapping_id);
     } else if (event.type === "alarm" && data.reason !== "mass delete held") {
       this.alarms.unshift(event);
