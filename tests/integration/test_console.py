@@ -350,6 +350,13 @@ def test_send_a_manual_release_and_follow_it(browser: webdriver.Chrome, fleet: F
         lambda: text_of(browser, _target_cell(mapping, "progress")) == "no release yet",
         "no release",
     )
+    # held back by choice: pending (once the source's figures bring its journal head), not lag
+    eventually(
+        lambda: text_of(browser, _target_cell(mapping, "pending")) == "3",
+        "3 changes pending",
+        timeout_s=CONVERGE_TIMEOUT_S,
+    )
+    assert text_of(browser, _target_cell(mapping, "lag")) == "0"
     click(browser, f'[data-mapping="{mapping["name"]}"] button.send', "the send button")
     eventually(lambda: "Release #1" in text_of(browser, "#notice"), "the release requested")
     upto = wait_until(
@@ -363,6 +370,7 @@ def test_send_a_manual_release_and_follow_it(browser: webdriver.Chrome, fleet: F
     eventually(
         lambda: text_of(browser, _target_cell(mapping, "progress")) == "done", "the release done"
     )
+    eventually(lambda: text_of(browser, _target_cell(mapping, "pending")) == "0", "none pending")
     assert text_of(browser, _target_cell(mapping, "watermark")) == str(upto)
     fleet.wait_converged(src, [dst])
 

@@ -32,7 +32,8 @@ def status(
     ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Show servers (up or down, health, last seen) and, per mapping and target, watermark and lag."""
+    """Show servers (up or down, health, last seen) and, per mapping and target, watermark, lag
+    and the changes a manual or reserved mapping holds back until its next release (pending)."""
     run_command(lambda: _status(master, token, data, ca_file, as_json=json))
 
 
@@ -68,6 +69,7 @@ def fetch_status(client: MasterClient) -> dict[str, Any]:
                 "source_path": mapping["source_path"],
                 "enabled": mapping["enabled"],
                 "lag": sum(t["lag"] for t in targets),
+                "pending": sum(t.get("pending", 0) for t in targets),  # an older master: none
                 "open_exceptions": sum(t["open_exceptions"] for t in targets),
                 "targets": targets,
             }
@@ -80,6 +82,7 @@ def fetch_status(client: MasterClient) -> dict[str, Any]:
             "servers_up": sum(s["state"] == "up" for s in servers),
             "mappings": len(mappings),
             "lag": sum(m["lag"] for m in mappings),
+            "pending": sum(m["pending"] for m in mappings),
             "open_exceptions": sum(m["open_exceptions"] for m in mappings),
         },
     }
@@ -124,6 +127,7 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
         ("target", "left"),
         ("watermark", "right"),
         ("lag", "right"),
+        ("pending", "right"),
         ("open exceptions", "right"),
         ("updated", "left"),
     ):
@@ -141,6 +145,7 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
                 escape(f"{t['target_name']}:{t['path']}"),
                 str(t["watermark"]),
                 lag,
+                str(t.get("pending", 0)),  # held back by choice (manual, reserved): no colour
                 failed,
                 format_time(t["updated_at"]),
             )

@@ -46,7 +46,7 @@ class AgentLink:
     acks: ReportAcks | None = None  # the agent keeps its reports until told they are taken
     reading: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by stop
     push_due: anyio.Event = field(default_factory=anyio.Event)  # the config changed: push anew
-    heads: dict[int, int] = field(default_factory=dict)  # journal heads noted, by mapping id
+    heads: dict[int, int] = field(default_factory=dict)  # journal heads the store took, by mapping
 
 
 class ControlTrust:
@@ -55,31 +55,55 @@ class ControlTrust:
     refused: collections.Counter[str]
     events: EventBus
     store: Store
+    links: dict[str, AgentLink]
     _members: MappingMembers
+    _heads_slots: dict[str, tuple[AgentLink, dict[int, int]]]  # the newest heads, by node id
+    _heads_due: anyio.Event  # set when a slot is filled
 
-    async def _take_heads(self, link: AgentLink, heads: Sequence[JournalHead]) -> None:
-        """Note the journal heads a source sends with its figures (those changed since this
-        link noted them) for the lag figures; a head of a mapping the node is not the source
-        of is refused. A store failure costs these heads only: the next figures bring them."""
-        fresh = [h for h in heads if link.heads.get(h.mapping_id) != h.seq]
-        believed = [h for h in fresh if await self._is_source(link, h.mapping_id)]
-        if not believed:
-            return
-        pairs = [(h.mapping_id, h.seq) for h in believed]
+    def _take_heads(self, link: AgentLink, heads: Sequence[JournalHead]) -> None:
+        """Keep the journal heads a source sends with its figures, those changed since the
+        store took this link's last ones, in the link's slot for `_write_heads` (a newer
+        report's replace them): the link's reading never waits on the store."""
+        fresh = {h.mapping_id: h.seq for h in heads if link.heads.get(h.mapping_id) != h.seq}
+        if fresh:
+            self._heads_slots[link.node_id] = (link, fresh)
+            self._heads_due.set()
+
+    def _forget_heads(self) -> None:
+        """Mappings changed (a source moved, its old head deleted): each link's next heads are
+        written again, whatever it sent before."""
+        for link in list(self.links.values()):
+            link.heads = {}
+
+    async def _write_heads(self) -> None:
+        """Write the heads in the links' slots, all of them in one transaction, for as long as
+        the control server runs (its own task)."""
+        while True:
+            await self._heads_due.wait()
+            self._heads_due = anyio.Event()
+            slots, self._heads_slots = list(self._heads_slots.values()), {}
+            await self._write_slots(slots)
+
+    async def _write_slots(self, slots: Sequence[tuple[AgentLink, dict[int, int]]]) -> None:
+        """The store writes a head only from the mapping's source; the others are refused. A
+        store failure costs these heads only: the next figures bring them again."""
+        noted = [(link, link.heads, heads) for link, heads in slots]  # a forget replaces them
+        wanted = {link.node_id: sorted(heads.items()) for link, heads in slots}
         try:
-            await anyio.to_thread.run_sync(self.store.record_source_heads, link.node_id, pairs)
+            written = await anyio.to_thread.run_sync(self.store.record_source_heads, wanted)
         except StoreError as exc:
-            logger.warning("journal heads of %s not noted, will retry: %s", link.name, exc)
+            logger.warning("journal heads of %s links not noted, will retry: %s", len(slots), exc)
             return
-        link.heads.update(pairs)
-
-    async def _is_source(self, link: AgentLink, mapping_id: int) -> bool:
-        if await self._members.allow(mapping_id, lambda m: m[0] == link.node_id):
-            return True
-        self._refuse(
-            link, "journal_head", mapping_id, "a journal head of a mapping it is not the source of"
-        )
-        return False
+        for link, known, heads in noted:
+            taken = written.get(link.node_id, [])
+            known.update((m, heads[m]) for m in taken)
+            for mapping_id in sorted(heads.keys() - set(taken)):
+                self._refuse(
+                    link,
+                    "journal_head",
+                    mapping_id,
+                    "a journal head of a mapping it is not the source of",
+                )
 
     async def _believed(self, link: AgentLink, message: object) -> bool:
         """Whether the link's node may say this (a report on its own part in the mapping);

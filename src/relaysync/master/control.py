@@ -16,7 +16,10 @@ reconnects. A node that is unknown or removed is told so (`Error(UNKNOWN_PEER)`)
 A server whose link drops is marked down at once, and up again on reconnect; the router
 (master/router.py) re-plans around it, and around the hops agents report failed. A server
 removed by an operator (a `server_removed` event) has its link closed at once.
-Resource handling: one task per agent link; pushes to an agent go through its own lock. A
+Resource handling: one task per agent link; pushes to an agent go through its own lock. The
+journal heads sources send with their figures wait in a slot per link (the newest replace the
+older) for one task that writes them all in one transaction, so no link's reading waits on the
+store's write lock for them (nor on a report naming thousands of made-up mappings). A
 graceful stop (`stop`) ends the reading, has the job log take what was read, tells each agent
 how far its reports are taken, then lets the links end, within MASTER_STOP_TIMEOUT_S.
 """
@@ -118,21 +121,29 @@ class ControlServer(ControlHolds):
         self._writer_stopped = anyio.Event()  # the job log took every report read
         self._link_ended = anyio.Event()  # set (and replaced) as each link ends
         self._holds = {}  # the mass-delete holds reported (master/_control_holds.py)
+        self._heads_slots: dict[str, tuple[AgentLink, dict[int, int]]] = {}  # by node id
+        self._heads_due = anyio.Event()  # a slot was filled: `_write_heads` writes them
 
     def notify_change(self) -> None:
         """Mappings or servers changed: push fresh assignments (callable from any thread).
 
-        The members cached for `_believed` go too (MappingMembers.forget)."""
+        The members cached for `_believed` go too (MappingMembers.forget), and so do the
+        journal heads each link was last written with (a source moved: its old head deleted)."""
         self._members.forget()
         try:
-            anyio.from_thread.run_sync(self._changed.set)
+            anyio.from_thread.run_sync(self._config_changed)
         except RuntimeError:
-            self._changed.set()
+            self._config_changed()
+
+    def _config_changed(self) -> None:
+        self._forget_heads()
+        self._changed.set()
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._push_loop)
             tg.start_soon(self._removal_loop)
+            tg.start_soon(self._write_heads)
             port = await tg.start(
                 partial(
                     tls.serve_tls,
@@ -436,7 +447,7 @@ class ControlServer(ControlHolds):
                     )
                 if self.on_metrics is not None:
                     self.on_metrics(link.node_id, link.name, report)
-                await self._take_heads(link, report.journal_heads)
+                self._take_heads(link, report.journal_heads)
             case AssignmentAck():
                 link.epoch_acked = message.epoch
             case MassDeleteHeld():

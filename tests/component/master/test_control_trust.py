@@ -3,7 +3,10 @@ certificate proves, not for what its messages say."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -12,6 +15,7 @@ from tests._fleet import Fleet, agent_link, roundtrip
 from relaysync.errors import NotFound
 from relaysync.master.events import EventType
 from relaysync.protocol.messages import (
+    MAX_JOURNAL_HEADS,
     CommitRecord,
     CommitReport,
     Error,
@@ -23,6 +27,8 @@ from relaysync.protocol.messages import (
     MetricsReport,
     ReleaseReport,
 )
+
+WAIT_S = 30.0  # a generous bound on what the master does after the link read it
 
 
 def _mapping(fleet: Fleet, source: str, *targets: str) -> int:
@@ -191,44 +197,183 @@ def _lags(fleet: Fleet, mapping_id: int) -> list[tuple[int, int]]:
     return [(t["highest_seq"], t["lag"]) for t in resp.json()["targets"]]
 
 
+def _figures(*heads: tuple[int, int]) -> MetricsReport:
+    return MetricsReport(
+        at=time.time(),
+        samples=(),
+        journal_heads=tuple(JournalHead(mapping_id=i, seq=s) for i, s in heads),
+    )
+
+
+async def _until(condition: Callable[[], object]) -> None:
+    """Poll (the heads are written by a task of their own, after the link read them)."""
+    with anyio.fail_after(WAIT_S):
+        while not condition():
+            await anyio.sleep(0.02)
+
+
 def test_journal_heads_are_believed_from_the_mappings_source_only(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The source's figures carry its journal head per mapping: the lag shows with no target
     reporting. A target cannot set the head (nor lower it), an older agent's figures (no
-    heads) change nothing, and a head the link already noted is not written again."""
+    heads) change nothing, and a head the store took from the link is not written again."""
     src, a = fleet.join("src"), fleet.join("web-a")
     m = _mapping(fleet, "src", "web-a")
     writes: list[object] = []
     record = fleet.store.record_source_heads
     monkeypatch.setattr(
-        fleet.store, "record_source_heads", lambda *args: writes.append(args) or record(*args)
+        fleet.store, "record_source_heads", lambda heads: writes.append(heads) or record(heads)
     )
-
-    def figures(*heads: tuple[int, int]) -> MetricsReport:
-        return MetricsReport(
-            at=time.time(),
-            samples=(),
-            journal_heads=tuple(JournalHead(mapping_id=i, seq=s) for i, s in heads),
-        )
 
     async def main() -> None:
         async with fleet.control_server() as (control, port):
             async with agent_link(port, a, "web-a") as framed:
-                await framed.send(figures((m, 900)))  # a target's word on the head
+                await framed.send(_figures((m, 900)))  # a target's word on the head
                 await roundtrip(framed)
+                await _until(lambda: control.refused["journal_head"] == 1)
             assert _lags(fleet, m) == [(0, 0)]
             async with agent_link(port, src, "src") as framed:
-                await framed.send(figures())  # an older agent: no heads
-                await framed.send(figures((m, 40), (m + 100, 5)))  # one of no such mapping
+                await framed.send(_figures())  # an older agent: no heads
+                await framed.send(_figures((m, 40), (m + 100, 5)))  # one of no such mapping
                 await roundtrip(framed)
-                assert _lags(fleet, m) == [(40, 40)]
-                await framed.send(figures((m, 40)))  # unchanged: not written again
-                await framed.send(figures((m, 45)))
+                await _until(lambda: _lags(fleet, m) == [(40, 40)])
+                await _until(lambda: control.refused["journal_head"] == 2)
+                await framed.send(_figures((m, 40)))  # unchanged: not written again
+                await framed.send(_figures((m, 45)))
                 await roundtrip(framed)
-            assert _lags(fleet, m) == [(45, 45)]
+                await _until(lambda: _lags(fleet, m) == [(45, 45)])
             assert dict(control.refused) == {"journal_head": 2}
-            assert writes == [(src.node_id, [(m, 40)]), (src.node_id, [(m, 45)])]
+            assert writes == [
+                {a.node_id: [(m, 900)]},
+                {src.node_id: [(m, 40), (m + 100, 5)]},
+                {src.node_id: [(m, 45)]},
+            ]
+
+    anyio.run(main)
+
+
+def test_a_report_of_thousands_of_made_up_mappings_costs_one_write_and_no_read_each(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head per mapping the source names cost a store read each (the members check), inline
+    in the link's reading: 4096 made-up ids held the link ~10 s. The store's write checks the
+    source itself, all of a report's heads in one transaction."""
+    src, _ = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    epoch_reads, writes = [0], [0]
+    epoch, record = fleet.store.epoch, fleet.store.record_source_heads
+
+    def counted_epoch() -> int:
+        epoch_reads[0] += 1
+        return epoch()
+
+    def counted_record(*args: Any) -> Any:
+        writes[0] += 1
+        return record(*args)
+
+    made_up = [(m + 1 + i, 7) for i in range(MAX_JOURNAL_HEADS - 1)]
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, src, "src") as framed:
+                await roundtrip(framed)  # registered, its assignment pushed
+                monkeypatch.setattr(fleet.store, "epoch", counted_epoch)
+                monkeypatch.setattr(fleet.store, "record_source_heads", counted_record)
+                await framed.send(_figures((m, 10), *made_up))
+                await roundtrip(framed)
+                await _until(lambda: control.refused["journal_head"] == len(made_up))
+            assert _lags(fleet, m) == [(10, 10)]
+            assert writes == [1]
+            assert epoch_reads == [0]
+
+    anyio.run(main)
+
+
+def test_a_stalled_heads_write_does_not_hold_the_links_reading(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heads are written from a task of their own: while the store's write lock is held
+    (here: the write stalls), the link reads on (its commit reports feed purging)."""
+    src, _ = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    record = fleet.store.record_source_heads
+    entered, release = threading.Event(), threading.Event()
+
+    def stalled(*args: Any) -> Any:
+        entered.set()
+        release.wait(WAIT_S)
+        return record(*args)
+
+    monkeypatch.setattr(fleet.store, "record_source_heads", stalled)
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            try:
+                async with agent_link(port, src, "src") as framed:
+                    await framed.send(_figures((m, 10)))
+                    await _until(entered.is_set)
+                    await framed.send(_figures((m, 11)))
+                    await roundtrip(framed)  # answered while the write stalls
+                    assert _lags(fleet, m) == [(0, 0)]
+                    release.set()
+                    await _until(lambda: _lags(fleet, m) == [(11, 11)])  # the newest report's
+            finally:
+                release.set()
+
+    anyio.run(main)
+
+
+def test_a_head_the_store_refused_is_written_once_the_mapping_is_the_sources_again(
+    fleet: Fleet,
+) -> None:
+    """A head the store skipped (the mapping had another source by then, which the control
+    server had not heard yet) is not remembered as written: when the source comes back and
+    reports that head again, it is written."""
+    src, _, _ = fleet.join("src"), fleet.join("web-a"), fleet.join("other")
+    m = _mapping(fleet, "src", "web-a")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(_figures((m, 30)))
+                await roundtrip(framed)
+                await _until(lambda: _lags(fleet, m) == [(30, 30)])
+                # moved in the store only: nothing told the control server (no notify_change)
+                fleet.store.update_mapping(m, source="other")
+                await framed.send(_figures((m, 40)))
+                await roundtrip(framed)
+                await _until(lambda: control.refused["journal_head"] == 1)
+                assert _lags(fleet, m) == [(0, 0)]  # other's head: none yet
+                fleet.store.update_mapping(m, source="src")
+                await framed.send(_figures((m, 40)))  # the same head as the one refused
+                await roundtrip(framed)
+                await _until(lambda: _lags(fleet, m) == [(40, 40)])
+
+    anyio.run(main)
+
+
+def test_a_source_moved_away_and_back_has_its_unchanged_head_written_again(
+    fleet: Fleet,
+) -> None:
+    """A move deletes the former source's head; its link's memory of what the store took goes
+    with the change (notify_change), so the same head, reported again, is written."""
+    src, _, _ = fleet.join("src"), fleet.join("web-a"), fleet.join("other")
+    m = _mapping(fleet, "src", "web-a")
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(_figures((m, 30)))
+                await roundtrip(framed)
+                await _until(lambda: _lags(fleet, m) == [(30, 30)])
+                for source in ("other", "src"):
+                    fleet.store.update_mapping(m, source=source)
+                    control.notify_change()
+                assert _lags(fleet, m) == [(0, 0)]
+                await framed.send(_figures((m, 30)))
+                await roundtrip(framed)
+                await _until(lambda: _lags(fleet, m) == [(30, 30)])
 
     anyio.run(main)
 

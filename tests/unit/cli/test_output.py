@@ -15,8 +15,8 @@ from relaysync.cli._client import format_bytes, format_duration, format_time, pr
 from relaysync.cli.log_cmd import CHANGE_COLUMNS, changes_table, exceptions_table, label
 from relaysync.cli.mapping_cmd import mapping_body, mappings_table, parse_mode_mask, split_location
 from relaysync.cli.stats_cmd import stats_table
+from relaysync.cli.status_cmd import fetch_status, servers_table
 from relaysync.cli.status_cmd import mappings_table as status_mappings_table
-from relaysync.cli.status_cmd import servers_table
 from relaysync.errors import ConfigError
 from relaysync.master.api.stats import StatOut, parse_time, stats_csv
 
@@ -104,6 +104,33 @@ def test_status_tables_show_state_lag_and_exceptions() -> None:
     out = render(status_mappings_table(mappings))
     assert "origin:/srv (disabled)" in out and "web1:/var/www" in out
     assert " 7 " in out and " 3 " in out and " 2 " in out
+
+
+class _Master:
+    """The API answers `relaysync status` reads: one manual mapping with changes held back."""
+
+    def get(self, path: str) -> Any:
+        target = {"target_name": "web1", "path": "/var/www", "watermark": 10, "lag": 4}
+        target |= {"pending": 6, "open_exceptions": 0, "updated_at": None}
+        mapping = {"id": 1, "name": "www", "source_name": "origin", "source_path": "/srv"}
+        return {
+            "/api/servers": [],
+            "/api/mappings": [{**mapping, "enabled": True}],
+            "/api/mappings/1/status": {"targets": [target]},
+        }[path]
+
+
+def test_status_keeps_held_back_changes_apart_from_the_lag() -> None:
+    """A manual or reserved mapping's changes not yet released are `pending` (by choice), summed
+    and shown on their own, uncoloured: not lag."""
+    document = fetch_status(_Master())  # type: ignore[arg-type]
+    assert document["summary"]["lag"] == 4 and document["summary"]["pending"] == 6
+    assert document["mappings"][0]["pending"] == 6
+    table = status_mappings_table(document["mappings"])
+    columns = {str(c.header): list(c.cells) for c in table.columns}
+    assert columns["lag"] == ["[yellow]4[/yellow]"]
+    assert columns["pending"] == ["6"]  # by choice: no colour
+    assert " 6 " in render(table)
 
 
 def change(**over: Any) -> dict[str, Any]:

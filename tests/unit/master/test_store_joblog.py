@@ -276,7 +276,7 @@ def test_lag_counts_from_the_source_head_when_no_target_reports(
 ) -> None:
     """Every target down: nothing reports, yet the source says it journaled 50 changes."""
     assert _lags(store, mapping_id) == {T1: (0, 0, 0), T2: (0, 0, 0)}
-    assert store.record_source_heads(SRC, [(mapping_id, 50)]) == 1
+    assert store.record_source_heads({SRC: [(mapping_id, 50)]}) == {SRC: [mapping_id]}
     assert _lags(store, mapping_id) == {T1: (0, 50, 50), T2: (0, 50, 50)}
 
 
@@ -289,10 +289,10 @@ def test_head_is_the_higher_of_the_source_and_the_targets_reports(
             report(mapping_id, T2, 4, *(rec(s) for s in range(1, 5))),
         ]
     )
-    store.record_source_heads(SRC, [(mapping_id, 25)])  # 15 more journaled, T1 and T2 down
+    store.record_source_heads({SRC: [(mapping_id, 25)]})  # 15 more journaled, T1 and T2 down
     assert _lags(store, mapping_id) == {T1: (10, 25, 15), T2: (4, 25, 21)}
     # a source head behind the targets' reports (an older figures report) lowers nothing
-    store.record_source_heads(SRC, [(mapping_id, 8)])
+    store.record_source_heads({SRC: [(mapping_id, 8)]})
     assert _lags(store, mapping_id) == {T1: (10, 10, 0), T2: (4, 10, 6)}
     # a watermark past the head (the head not yet sent again) is a lag of 0, never negative
     store.record_commit_reports([report(mapping_id, T2, 12, *(rec(s) for s in range(5, 13)))])
@@ -303,13 +303,64 @@ def test_head_is_the_higher_of_the_source_and_the_targets_reports(
 def test_only_the_mappings_source_sets_its_head(
     store: Store, store_url: str, mapping_id: int
 ) -> None:
-    """A target, or a mapping gone, sets no head: a head is the source's word only."""
-    assert store.record_source_heads(T1, [(mapping_id, 99)]) == 0
-    assert store.record_source_heads(SRC, [(mapping_id + 100, 99), (mapping_id, 7)]) == 1
+    """A target, or a mapping gone, sets no head: a head is the source's word only. The store
+    says which it wrote (the control server remembers only those), in one call for every
+    source."""
+    written = store.record_source_heads(
+        {T1: [(mapping_id, 99)], SRC: [(mapping_id + 100, 99), (mapping_id, 7)]}
+    )
+    assert written == {T1: [], SRC: [mapping_id]}
     assert {s.highest_seq for s in store.mapping_status(mapping_id)} == {7}
+    store.update_mapping(mapping_id, name="renamed")  # the same source keeps its head
+    assert count(store_url, "source_heads") == 1
     store.update_mapping(mapping_id, source="t2", targets=[("t1", "/b")])
     # the old source's head is not the new source's
     assert {s.highest_seq for s in store.mapping_status(mapping_id)} == {0}
-    assert count(store_url, "source_heads") == 1
+    assert count(store_url, "source_heads") == 0  # deleted with the move, not left behind
+    assert store.record_source_heads({T2: [(mapping_id, 3)]}) == {T2: [mapping_id]}
     store.delete_mapping(mapping_id)  # its heads go with it
     assert count(store_url, "source_heads") == 0
+
+
+def test_a_source_back_after_a_move_shows_its_next_head_not_its_old_one(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
+    """Source A -> B -> A: A's head from before the move is gone; its next report sets it."""
+    store.record_source_heads({SRC: [(mapping_id, 40)]})
+    store.update_mapping(mapping_id, source="t2", targets=[("t1", "/b")])
+    store.update_mapping(mapping_id, source="src", targets=[("t1", "/b"), ("t2", "/c")])
+    assert {s.highest_seq for s in store.mapping_status(mapping_id)} == {0}
+    store.record_source_heads({SRC: [(mapping_id, 41)]})
+    assert {s.highest_seq for s in store.mapping_status(mapping_id)} == {41}
+
+
+def _split(store: Store, mapping_id: int) -> dict[str, tuple[int, int, int, int]]:
+    return {
+        s.target: (s.watermark, s.highest_seq, s.lag, s.pending)
+        for s in store.mapping_status(mapping_id)
+    }
+
+
+def test_a_manual_mappings_held_changes_are_pending_not_lag(store: Store, mapping_id: int) -> None:
+    """A manual (or reserved) mapping holds its changes until a release: those are `pending`,
+    by choice; only what a release covers and a target has not committed is lag."""
+    store.record_commit_reports(
+        [
+            report(mapping_id, T1, 10, *(rec(s) for s in range(1, 11))),
+            report(mapping_id, T2, 4, *(rec(s) for s in range(1, 5))),
+        ]
+    )
+    store.record_source_heads({SRC: [(mapping_id, 30)]})
+    assert _split(store, mapping_id) == {T1: (10, 30, 20, 0), T2: (4, 30, 26, 0)}  # real-time
+    store.modes.set_mode(mapping_id, "manual")
+    # no release yet: everything past each target's watermark is held back, none of it lag
+    assert _split(store, mapping_id) == {T1: (10, 30, 0, 20), T2: (4, 30, 0, 26)}
+    release = store.modes.release(mapping_id).release
+    store.modes.record_release(mapping_id, release, 20)  # the release covers seq 1..20
+    assert _split(store, mapping_id) == {T1: (10, 30, 10, 10), T2: (4, 30, 16, 10)}
+    store.record_commit_reports([report(mapping_id, T1, 20, *(rec(s) for s in range(11, 21)))])
+    assert _split(store, mapping_id)[T1] == (20, 30, 0, 10)
+    store.modes.set_mode(mapping_id, "reserved", "every:3600")
+    assert _split(store, mapping_id)[T1] == (20, 30, 0, 10)
+    store.modes.set_mode(mapping_id, "realtime")  # nothing held back: all of it is lag again
+    assert _split(store, mapping_id) == {T1: (20, 30, 10, 0), T2: (4, 30, 26, 0)}

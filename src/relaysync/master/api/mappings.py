@@ -74,7 +74,10 @@ class TargetStatusOut(BaseModel):
     path: str
     watermark: int  # every seq <= this is committed, except open exceptions
     highest_seq: int  # the source's highest seq known to the master
-    lag: int  # changes behind: highest_seq - watermark
+    # Changes sent and not committed: highest_seq - watermark; for a manual or reserved mapping
+    # only those its releases cover: min(highest_seq, released_upto) - watermark. Never negative.
+    lag: int
+    pending: int  # changes held back until the next release (manual or reserved); realtime: 0
     open_exceptions: int
     updated_at: float | None
 
@@ -128,7 +131,8 @@ def delete_mapping(id_or_name: str, context: Context) -> None:
 
 
 def get_mapping_status(id_or_name: str, context: Context) -> MappingStatusOut:
-    """Per target: watermark, the source's highest known seq, and the lag between them."""
+    """Per target: watermark, the source's highest known seq, the lag between them, and (manual
+    or reserved mappings) the changes held back until the next release."""
     info = context.store.get_mapping(id_or_name)
     targets = context.store.mapping_status(info.id)
     return MappingStatusOut(

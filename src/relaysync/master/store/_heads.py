@@ -7,16 +7,18 @@ head look lower than the source says it is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping as MappingOf
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from relaysync.master.store.models import Base, Change, Mapping, SourceHead
 
 HEADS: Table = Base.metadata.tables["source_heads"]
+SELECT_NODES = 500  # source nodes per SELECT: far below any bound on bound parameters
 
 
 def _heads_upsert(stmt: Any) -> Any:
@@ -32,23 +34,51 @@ _HEADS_UPSERT = {
 }
 
 
-def record(session: Session, source_node: str, heads: Sequence[tuple[int, int]], now: float) -> int:
-    """Set the journal head `source_node` reports for each (mapping id, seq) whose mapping it is
-    the source of now (one deleted or given another source meanwhile is skipped); return how
-    many were set. The source's word is taken as it is: its journal never goes back."""
-    wanted = dict(heads)
-    if not wanted:
-        return 0
-    current = session.scalars(
-        select(Mapping.id).where(Mapping.id.in_(wanted), Mapping.source_node == source_node)
-    ).all()
+def record(
+    session: Session, heads: MappingOf[str, Sequence[tuple[int, int]]], now: float
+) -> dict[str, list[int]]:
+    """Set the journal head each source node reports per (mapping id, seq), for the mappings
+    it is the source of now (one deleted, given another source meanwhile, or never its own is
+    skipped): one SELECT per SELECT_NODES sources and one upsert, whatever the ids say. Return,
+    per source node, the mapping ids set. The source's word is taken as it is: its journal
+    never goes back."""
+    wanted = {node: dict(pairs) for node, pairs in heads.items() if pairs}
+    written: dict[str, list[int]] = {node: [] for node in heads}
+    for mapping_id, node in _sourced(session, sorted(wanted)):
+        if mapping_id in wanted[node]:
+            written[node].append(mapping_id)
     rows = [
-        {"mapping_id": m, "source_node": source_node, "seq": wanted[m], "reported_at": now}
-        for m in sorted(current)
+        {"mapping_id": m, "source_node": node, "seq": wanted[node][m], "reported_at": now}
+        for node, ids in sorted(written.items())
+        for m in sorted(ids)
     ]
     if rows:
         session.execute(_HEADS_UPSERT[session.get_bind().dialect.name], rows)
-    return len(rows)
+    return {node: sorted(ids) for node, ids in written.items()}
+
+
+def _sourced(session: Session, nodes: Sequence[str]) -> list[tuple[int, str]]:
+    """(mapping id, source node) of every mapping one of `nodes` is the source of: bounded by
+    the mappings there are, not by the ids a report names."""
+    found: list[tuple[int, str]] = []
+    for i in range(0, len(nodes), SELECT_NODES):
+        query = select(Mapping.id, Mapping.source_node).where(
+            Mapping.source_node.in_(nodes[i : i + SELECT_NODES])
+        )
+        found.extend((int(m), str(n)) for m, n in session.execute(query))
+    return found
+
+
+def keep_only(session: Session, mapping_id: int, source_node: str) -> None:
+    """Delete the heads of a mapping's former sources: a source that comes back later starts
+    from its next report, not from the head it had then. (A head write that read the mapping
+    before this change committed may still leave the former source's row: it is never read
+    while that node is not the source, and its next report overwrites it if it is again.)"""
+    session.execute(
+        delete(SourceHead).where(
+            SourceHead.mapping_id == mapping_id, SourceHead.source_node != source_node
+        )
+    )
 
 
 def head_seq(session: Session, mapping_id: int, source_node: str) -> int:

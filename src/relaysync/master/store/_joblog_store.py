@@ -7,6 +7,7 @@ failures raise StoreError.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping as MappingOf
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
@@ -49,15 +50,18 @@ class JobLogStore:
         with self._write("record commit reports") as session:
             _joblog.record(session, reports, time.time())
 
-    def record_source_heads(self, source_node: str, heads: Sequence[tuple[int, int]]) -> int:
-        """Note the journal head a source reports per (mapping id, seq), for the lag figures;
-        return how many were noted (not those of mappings it is no longer the source of).
+    def record_source_heads(
+        self, heads: MappingOf[str, Sequence[tuple[int, int]]]
+    ) -> dict[str, list[int]]:
+        """Note the journal heads sources report, per source node (mapping id, seq), for the
+        lag figures, in one transaction; return per source node the mapping ids noted (not
+        those of mappings it is not the source of, or that do not exist).
 
         Raises:
             StoreError: the store failed.
         """
         with self._write("record source heads") as session:
-            return _heads.record(session, source_node, heads, time.time())
+            return _heads.record(session, heads, time.time())
 
     def watermarks(self, mapping_id: int | str) -> list[WatermarkInfo]:
         """Return the watermark of every (source, target) pair of a mapping.

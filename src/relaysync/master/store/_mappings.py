@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from relaysync._util.folders import normalise
 from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ConfigError, NotFound
-from relaysync.master.store import _folders
+from relaysync.master.store import _folders, _heads
 from relaysync.master.store._refs import row_id
 from relaysync.master.store.models import Mapping, MappingTarget, Server
 from relaysync.master.store.types import MappingInfo, TargetInfo
@@ -202,6 +202,7 @@ def apply(session: Session, row: Mapping, resolved: ResolvedMapping, now: float)
     row.enabled = resolved.enabled
     row.updated_at = now
     session.flush()
+    _heads.keep_only(session, row.id, resolved.source_node)  # the lag figures' head is its own
     for old in session.scalars(select(MappingTarget).where(MappingTarget.mapping_id == row.id)):
         session.delete(old)
     session.flush()

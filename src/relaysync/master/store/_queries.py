@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from relaysync.master.store import _heads, _joblog
+from relaysync.master.store._modes import MappingModeRow
 from relaysync.master.store.models import (
     Catchup,
     CommitException,
@@ -47,7 +48,7 @@ def watermarks(session: Session, mapping_id: int) -> list[WatermarkInfo]:
 
 def mapping_status(session: Session, row: Mapping, info: MappingInfo) -> list[TargetStatus]:
     """Per target of the mapping: watermark, the source's highest seq (its own word or the
-    targets' reports, the higher), lag, open exceptions."""
+    targets' reports, the higher), lag, changes held back (pending), open exceptions."""
     highest = _heads.head_seq(session, row.id, row.source_node)
     marks = {
         w.target_node: w
@@ -65,10 +66,33 @@ def mapping_status(session: Session, row: Mapping, info: MappingInfo) -> list[Ta
             .group_by(CommitException.target_node)
         )
     }
+    released = _released_upto(session, row.id)
     return [
-        _target_status(t.node_id, t.name, t.path, marks.get(t.node_id), highest, open_counts)
+        _target_status(
+            t.node_id, t.name, t.path, marks.get(t.node_id), (highest, released), open_counts
+        )
         for t in info.targets
     ]
+
+
+def _released_upto(session: Session, mapping_id: int) -> int | None:
+    """How far a manual or reserved mapping's releases cover its source's journal (0 before the
+    source reports its first); None for a real-time one, which holds nothing back."""
+    mode = session.get(MappingModeRow, mapping_id)
+    if mode is None or mode.mode == "realtime":
+        return None
+    return int(mode.released_upto)
+
+
+def split_lag(highest: int, released: int | None, watermark: int) -> tuple[int, int]:
+    """(lag, pending) of a target at `watermark`: lag is what was sent (released) and it has
+    not committed; pending what its mapping holds back until the next release (manual or
+    reserved; `released` None: real-time, nothing held back). Neither is negative, and they add
+    up to highest - watermark (a target past the release, from before the mode changed, has
+    only pending)."""
+    if released is None:
+        return max(0, highest - watermark), 0
+    return max(0, min(highest, released) - watermark), max(0, highest - max(released, watermark))
 
 
 def _target_status(
@@ -76,17 +100,20 @@ def _target_status(
     name: str,
     path: str,
     mark: Watermark | None,
-    highest: int,
+    head: tuple[int, int | None],
     open_counts: dict[str, int],
 ) -> TargetStatus:
     watermark = mark.seq if mark is not None else 0
+    highest, released = head
+    lag, pending = split_lag(highest, released, watermark)
     return TargetStatus(
         target=node_id,
         target_name=name,
         path=path,
         watermark=watermark,
         highest_seq=highest,
-        lag=max(0, highest - watermark),
+        lag=lag,
+        pending=pending,
         open_exceptions=open_counts.get(node_id, 0),
         updated_at=mark.updated_at if mark is not None else None,
     )

@@ -83,7 +83,10 @@ class TargetStatus:
     path: str
     watermark: int
     highest_seq: int  # the highest seq of the mapping's source known to the master
-    lag: int  # highest_seq - watermark, never negative
+    # Sent and not committed: highest_seq - watermark, never negative; for a manual or reserved
+    # mapping only up to what its releases cover (min(highest_seq, released_upto) - watermark).
+    lag: int
+    pending: int  # held back until the next release (manual, reserved); 0 for real-time ones
     open_exceptions: int
     updated_at: float | None
 

@@ -58,7 +58,10 @@ function mappingView(m, ctx) {
     SENDABLE_MODES.has(mode) ? sendButton(m, ctx) : null);
   const release = SENDABLE_MODES.has(mode) ? releaseLine(m.mode) : null;
   const rows = m.status.targets.map((t) => targetRow(t, m.mode, SENDABLE_MODES.has(mode)));
-  const headings = ["Target", "Path", "Watermark", "Source seq", "Lag", "Open exceptions", "Updated"];
+  const headings = ["Target", "Path", "Watermark", "Source seq", "Lag"];
+  // Held back until the next release: by choice, so apart from the lag and not coloured.
+  if (SENDABLE_MODES.has(mode)) headings.push("Pending");
+  headings.push("Open exceptions", "Updated");
   if (SENDABLE_MODES.has(mode)) headings.push("Release progress");
   return el("section", { className: "mapping", dataset: { mapping: m.name } },
     heading, release, table(headings, rows));
@@ -70,7 +73,9 @@ function targetRow(t, mode, withRelease) {
     cell(t.path),
     cell(String(t.watermark), "watermark"),
     cell(String(t.highest_seq), "highest"),
-    cell(String(t.lag), t.lag > 0 ? "lag behind" : "lag"),
+    cell(String(t.lag), t.lag > 0 ? "lag behind" : "lag"));
+  if (withRelease) row.append(cell(String(t.pending ?? 0), "pending"));
+  row.append(
     cell(String(t.open_exceptions), t.open_exceptions > 0 ? "exceptions warn" : "exceptions"),
     cell(ago(t.updated_at)));
   if (withRelease) row.append(progressCell(t.watermark, mode.released_upto));
