@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from relaysync.constants import SMALL_FILE_BYTES
@@ -26,6 +26,9 @@ from relaysync.constants import SMALL_FILE_BYTES
 CONTENT_CACHE_BYTES = 48 * 1024 * 1024  # kept in all, at most: 12,000 files of 4 KiB
 CONTENT_CACHE_AGE_S = 60.0  # an entry no link took by then goes (its link is down, say)
 ENTRY_OVERHEAD_BYTES = 512  # what an entry costs besides its content (objects, key, dict slot)
+
+
+Key = tuple[int, str]  # (mapping id, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,7 @@ class _Slot:
 class ContentCache:
     """The bytes of small files the source read to hash, for its links: one per agent, shared
     by its source mappings under one budget (thread-safe: kept by the scans' worker threads,
-    taken by the links' reader threads). Keys are (mapping id, path): see MappingContent."""
+    taken by the links' reader threads), by (mapping id, path): see MappingContent."""
 
     def __init__(
         self,
@@ -60,7 +63,11 @@ class ContentCache:
     ) -> None:
         self.budget_bytes, self.max_file_bytes = budget_bytes, max_file_bytes
         self._max_age_s, self._clock = max_age_s, clock
-        self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()  # oldest first
+        self._slots: OrderedDict[Key, _Slot] = OrderedDict()  # oldest first
+        # taken by some of their links, not all (the others are down, older, sending a delta):
+        # the first to go when the cache is full, oldest first-take first
+        self._partly_taken: OrderedDict[Key, None] = OrderedDict()
+        self._by_mapping: dict[int, set[Key]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -73,20 +80,25 @@ class ContentCache:
         """Whether a file of `size` bytes may be kept (the caller skips the copy otherwise)."""
         return size <= self.max_file_bytes
 
-    def keep(self, key: Hashable, kept: Kept, readers: int) -> None:
-        """Keep `kept` under `key` for `readers` takes, replacing what was kept there before."""
+    def keep(self, key: Key, kept: Kept, readers: int) -> None:
+        """Keep `kept` under `key` for `readers` takes, replacing what was kept there before.
+        While full, entries some link took go first; if none, the new one is not kept (the
+        ones kept before are still to be sent, in journal order, before it)."""
         if readers <= 0 or len(kept.data) > self.max_file_bytes:
             return
         size = len(kept.data) + ENTRY_OVERHEAD_BYTES
         with self._lock:
             self._drop(key)
             self._expire()
+            while self._bytes + size > self.budget_bytes and self._partly_taken:
+                self._drop(next(iter(self._partly_taken)))
             if self._bytes + size > self.budget_bytes:
                 return  # full: this one is read from disk when sent
             self._slots[key] = _Slot(kept, readers, self._clock())
+            self._by_mapping.setdefault(key[0], set()).add(key)
             self._bytes += size
 
-    def take(self, key: Hashable, digest: bytes) -> Kept | None:
+    def take(self, key: Key, digest: bytes) -> Kept | None:
         """The content kept under `key` if it is the version hashed `digest`, else None; the
         entry goes once taken by every reader."""
         with self._lock:
@@ -97,6 +109,8 @@ class ContentCache:
             slot.left -= 1
             if slot.left <= 0:
                 self._drop(key)
+            else:
+                self._partly_taken.setdefault(key)
             return slot.kept
 
     def expire(self) -> None:
@@ -105,15 +119,21 @@ class ContentCache:
             self._expire()
 
     def forget(self, mapping_id: int) -> None:
-        """Drop the entries of a mapping that stopped (keys are (mapping id, path))."""
+        """Drop the entries of a mapping that stopped."""
         with self._lock:
-            for key in [k for k in self._slots if isinstance(k, tuple) and k[0] == mapping_id]:
+            for key in list(self._by_mapping.get(mapping_id, ())):
                 self._drop(key)
 
-    def _drop(self, key: Hashable) -> None:
+    def _drop(self, key: Key) -> None:
         slot = self._slots.pop(key, None)
-        if slot is not None:
-            self._bytes -= len(slot.kept.data) + ENTRY_OVERHEAD_BYTES
+        if slot is None:
+            return
+        self._bytes -= len(slot.kept.data) + ENTRY_OVERHEAD_BYTES
+        self._partly_taken.pop(key, None)
+        keys = self._by_mapping[key[0]]
+        keys.discard(key)
+        if not keys:
+            del self._by_mapping[key[0]]
 
     def _expire(self) -> None:
         """Drop the entries older than max_age_s (the oldest come first)."""

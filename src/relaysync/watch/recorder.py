@@ -191,7 +191,8 @@ class ChangeRecorder:
                     st,
                     hash_=digest if same_file else None,
                     dir_fd=dir_fd,
-                    cache=self._cache,
+                    # an excluded path's content is never sent: not kept
+                    cache=self._cache if self._filter.accepts(path, is_dir=False) else None,
                 )
             except SourceReadError as err:
                 batch.unreadable.append(err.bare())

@@ -41,7 +41,13 @@ _buffers = threading.local()
 Keep = Callable[[bytes, bytes, os.stat_result], None]  # digest, content, fstat of the file read
 
 
-def _unchanged(before: os.stat_result, after: os.stat_result) -> bool:
+def _unchanged(before: os.stat_result, fd: int) -> bool:
+    """Whether the open file `fd` still has the size, mtime and ctime of `before` (False if
+    that cannot be told: only a keep is skipped, the hash stands)."""
+    try:
+        after = os.fstat(fd)
+    except OSError:
+        return False
     return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
         after.st_size,
         after.st_mtime_ns,
@@ -79,7 +85,7 @@ def hash_file(
             filled = os.readv(fd, [view[: size + 1]])
             if filled == size:  # the end (a file that shrank, or a short read of a network
                 digest = xxhash.xxh3_128_digest(view[:filled])  # file system, reads on below)
-                if keep is not None and _unchanged(opened, os.fstat(fd)):
+                if keep is not None and _unchanged(opened, fd):
                     keep(digest, bytes(view[:filled]), opened)
                 return digest
         while filled < len(buf) and (n := os.readv(fd, [view[filled:]])):

@@ -148,3 +148,15 @@ def test_a_file_replaced_after_its_listing_is_not_kept_under_the_listed_stat(
     record = JournalRecord(seq=1, op="write", path="token", entry=entry)
     (sent,) = _send(root, [record], content)
     assert isinstance(sent, SmallFile) and sent.mode == 0o600 and opened == ["token"]
+
+
+def test_an_excluded_files_content_is_not_kept(tmp_path: Path, manifest: Manifest) -> None:
+    """Never sent, it only held the budget (review)."""
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "x.tmp").write_bytes(b"t" * 4000)
+    cache = ContentCache()
+    content = MappingContent(cache, 1, lambda: 1)
+    recorder = ChangeRecorder(root, manifest, PathFilter(exclude=[r"\.tmp$"]), cache=content)
+    recorder.detect([FsEvent(kind="write", path="x.tmp")])
+    assert cache.size_bytes == 0

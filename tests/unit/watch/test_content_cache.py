@@ -100,3 +100,28 @@ def test_a_stopped_mappings_entries_and_old_ones_go_without_a_keep_or_take() -> 
     clock.now = 61
     two.expire()  # an idle agent gives the memory back (the source calls it periodically)
     assert cache.size_bytes == 0
+
+
+def test_while_full_entries_some_link_took_make_room_first() -> None:
+    """A link down (or an older peer, or a delta) never takes: the entries the other links took
+    held the cache full, and every new file went back to a disk read (review)."""
+    cache = ContentCache(budget_bytes=2 * (COST + 1))
+    cache.keep((1, "a"), kept(b"a"), readers=2)
+    cache.keep((1, "b"), kept(b"b"), readers=2)
+    cache.keep((1, "c"), kept(b"c"), readers=2)  # full, nothing taken: not kept
+    assert cache.take((1, "c"), b"h1") is None
+    assert cache.take((1, "a"), b"h1") is not None  # one link of two took it
+    cache.keep((1, "c"), kept(b"c"), readers=2)  # room made by "a", not by "b"
+    assert cache.take((1, "a"), b"h1") is None
+    assert cache.take((1, "b"), b"h1") is not None and cache.take((1, "c"), b"h1") is not None
+
+
+def test_forgetting_a_mapping_leaves_the_others() -> None:
+    cache = ContentCache()
+    for mapping in (1, 2):
+        for i in range(3):
+            cache.keep((mapping, f"f{i}"), kept(b"x"), readers=1)
+    cache.forget(1)
+    assert cache.size_bytes == 3 * (1 + COST)
+    assert [cache.take((2, f"f{i}"), b"h1") is not None for i in range(3)] == [True] * 3
+    assert cache.size_bytes == 0
