@@ -193,6 +193,7 @@ def draft_of(session: Session, row: Mapping) -> MappingDraft:
 
 def apply(session: Session, row: Mapping, resolved: ResolvedMapping, now: float) -> None:
     """Write a validated mapping into `row` and replace its target rows."""
+    moved = row.source_node is not None and row.source_node != resolved.source_node
     row.name = resolved.name
     row.source_node = resolved.source_node
     row.source_path = resolved.source_path
@@ -202,7 +203,8 @@ def apply(session: Session, row: Mapping, resolved: ResolvedMapping, now: float)
     row.enabled = resolved.enabled
     row.updated_at = now
     session.flush()
-    _heads.keep_only(session, row.id, resolved.source_node)  # the lag figures' head is its own
+    if moved:  # the lag figures' head is its own source's (a new mapping has none to drop)
+        _heads.keep_only(session, row.id, resolved.source_node)
     for old in session.scalars(select(MappingTarget).where(MappingTarget.mapping_id == row.id)):
         session.delete(old)
     session.flush()
