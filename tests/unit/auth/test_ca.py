@@ -145,31 +145,28 @@ def test_the_masters_name_is_reserved(ca: CertificateAuthority, name: str) -> No
     assert not is_master_name("relaysync-master-2")
 
 
-@pytest.mark.parametrize("curve", [ec.SECP192R1(), ec.SECP256K1(), ec.BrainpoolP256R1()])
-def test_csr_on_a_curve_tls_does_not_sign_with_is_refused(
-    ca: CertificateAuthority, curve: ec.EllipticCurve
-) -> None:
-    """Signed, such a certificate fails every handshake later with an obscure TLS error."""
+def _csr_on(curve: ec.EllipticCurve) -> bytes:
+    """A CSR for "n1" whose key is on `curve`."""
     key = ec.generate_private_key(curve)
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
         .sign(key, hashes.SHA256())
     )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP192R1(), ec.SECP256K1(), ec.BrainpoolP256R1()])
+def test_csr_on_a_curve_tls_does_not_sign_with_is_refused(
+    ca: CertificateAuthority, curve: ec.EllipticCurve
+) -> None:
+    """Signed, such a certificate fails every handshake later with an obscure TLS error."""
     with pytest.raises(AuthError, match=f"curve {curve.name}"):
-        ca.sign_csr(csr.public_bytes(serialization.Encoding.PEM), name="n1")
+        ca.sign_csr(_csr_on(curve), name="n1")
 
 
 @pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()])
 def test_csr_on_the_other_tls_curves_is_signed(
     ca: CertificateAuthority, curve: ec.EllipticCurve
 ) -> None:
-    key = ec.generate_private_key(curve)
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
-        .sign(key, hashes.SHA256())
-    )
-    assert b"BEGIN CERTIFICATE" in ca.sign_csr(
-        csr.public_bytes(serialization.Encoding.PEM), name="n1"
-    )
+    assert b"BEGIN CERTIFICATE" in ca.sign_csr(_csr_on(curve), name="n1")
