@@ -122,6 +122,38 @@ def test_a_hold_ends_when_its_mapping_is_disabled(own_fleet: Fleet) -> None:
     assert len(list(dst.iterdir())) == 200  # nothing was deleted
 
 
+def test_a_hold_ends_when_its_agent_restarts_with_the_folder_back(own_fleet: Fleet) -> None:
+    """Found in review: an agent stopped while holding (the holds are in its memory) and
+    started again with its folder back (a reboot remounted the disk) raised no hold and told
+    nothing, so the master's last word for the mapping stayed `mass_delete_held`: the console
+    showed it held for ever. Now the source's first full scan, finding nothing to hold, says
+    the hold is over ("source restarted")."""
+    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+    for i in range(200):
+        (src / f"{i}.txt").write_bytes(os.urandom(100))
+    own_fleet.wait_converged(src, [dst])
+    away = src.with_name("source.unmounted")
+    src.rename(away)
+    src.mkdir()
+    wait_until(lambda: _hold_events(own_fleet, mapping), timeout_s=30, what="the alarm")
+    cluster = own_fleet.cluster
+    cluster.agents["src"].process.stop()
+    src.rmdir()
+    away.rename(src)  # remounted while the agent was down (a reboot)
+    cluster.start_agent("src")
+    wait_until(
+        lambda: (
+            _hold_events(own_fleet, mapping)
+            == [("mass_delete_held", "src"), ("mass_delete_ended", "source restarted")]
+        ),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="the end of the hold",
+    )
+    (src / "marker.txt").write_text("x")  # the source is live again
+    wait_until(lambda: (dst / "marker.txt").exists(), timeout_s=CONVERGE_TIMEOUT_S, what="sync")
+    assert len(list(dst.iterdir())) == 201  # nothing was deleted
+
+
 def test_small_deletes_pass_the_guard(own_fleet: Fleet) -> None:
     _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     for i in range(300):

@@ -8,8 +8,10 @@ behaviour is told in agent/_mass_delete_guard.py.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,13 @@ GUARD_HELD_PATHS = 20000  # held paths kept exactly (a hold lasts: a fold into a
 END_PATHS_BACK = "paths back"  # a whole-folder rescan found the held deletes gone: nothing deleted
 END_UNDER_THRESHOLD = "under threshold"  # ... found some, no longer most of the folder: journaled
 END_CONFIRMED = "confirmed"  # an operator confirmed: the held deletes went
+# The source's first full scan since it started found nothing to hold: a hold it had before the
+# agent stopped (kept in memory only, and told nothing on a stop) is over, if there was one.
+END_SOURCE_RESTARTED = "source restarted"
+
+# Each hold's number (MassDeleteHeld.hold, MassDeleteEnded.hold), increasing in the agent and,
+# from the clock's microseconds, across its restarts: an end ends only the hold it names.
+_HOLD_NUMBERS = itertools.count(time.time_ns() // 1000)
 
 
 class DeleteHold(DeleteRuns):
@@ -45,6 +54,8 @@ class DeleteHold(DeleteRuns):
     on_guard: Callable[[MassDeleteHeld], None] | None
     on_hold_end: Callable[[MassDeleteEnded], None] | None  # a hold told by on_guard is over
     _guard_held: bool
+    _guard_hold: int  # the hold's number (0: none since the source started)
+    _guard_unjudged: bool  # no full scan since the source started found a hold, or none
     _guard_held_deletes: int  # the entries the hold keeps: the batch that tripped, and later ones
     _guard_held_paths: set[str]  # the held paths (and the changes tied to them), folded
     _guard_held_folded: bool  # ... past GUARD_HELD_PATHS: they cover more than was held
@@ -61,6 +72,8 @@ class DeleteHold(DeleteRuns):
     def _init_hold(self, delete_confirm: int) -> None:
         """The hold's state; `delete_confirm`: the confirmations made before we started."""
         self._guard_held = False
+        self._guard_hold = 0
+        self._guard_unjudged = True
         self._guard_held_deletes = 0
         self._clear_held()
         self._guard_probe = []
@@ -131,6 +144,8 @@ class DeleteHold(DeleteRuns):
         else:
             self._guard_held_deletes = added
             self._guard_held = True
+            self._guard_hold = next(_HOLD_NUMBERS)
+            self._guard_unjudged = False  # this hold replaces any the master shows
             self._guard_backoff_s = self._guard_due_s = GUARD_RECHECK_S
             self._alarm(added, self._run_size(), root_missing)
         self._run_held = True
@@ -155,6 +170,7 @@ class DeleteHold(DeleteRuns):
                     deletes=affected,
                     entries=total,
                     root_missing=root_missing,
+                    hold=self._guard_hold,
                 ),
             )
 
@@ -186,14 +202,21 @@ class DeleteHold(DeleteRuns):
                 else "nothing deleted (the folder is back)",
             )
             self._hold_ended(END_UNDER_THRESHOLD if sent else END_PATHS_BACK)
+        elif self._guard_unjudged:
+            self._hold_ended(END_SOURCE_RESTARTED, hold=0)  # which hold, this run cannot tell
+        self._guard_unjudged = False
         self._guard_held = self._run_held = False
         self._clear_held()
         self._allow_mass_delete = False
 
-    def _hold_ended(self, reason: str) -> None:
-        """Tell the master that the hold is over (on the event loop): the console drops it."""
+    def _hold_ended(self, reason: str, *, hold: int | None = None) -> None:
+        """Tell the master that the hold (`hold`, by default the one in force) is over (on the
+        event loop): the console drops it."""
         if self.on_hold_end is not None:
-            self.on_hold_end(MassDeleteEnded(mapping_id=self.mapping_id, reason=reason))
+            number = self._guard_hold if hold is None else hold
+            self.on_hold_end(
+                MassDeleteEnded(mapping_id=self.mapping_id, reason=reason, hold=number)
+            )
 
     def stop_hold(self, reason: str) -> None:
         """The source stops (`reason`: its mapping removed, changed, or its run failed): a hold

@@ -28,7 +28,9 @@ class Notices:
         if isinstance(notice, MassDeleteHeld):
             self._holds[notice.mapping_id] = notice
         elif isinstance(notice, MassDeleteEnded):
-            self._holds.pop(notice.mapping_id, None)
+            held = self._holds.get(notice.mapping_id)
+            if held is not None and _ends(notice, held):
+                del self._holds[notice.mapping_id]
         self._queue.append(notice)
 
     def session_began(self, *, hold_end: bool) -> None:
@@ -56,3 +58,10 @@ class Notices:
     def sent(self) -> None:
         """The notice `first` returned went out."""
         self._queue.popleft()
+
+
+def _ends(ended: MassDeleteEnded, held: MassDeleteHeld) -> bool:
+    """Whether `ended` ends `held`: it names that hold, or none (0: whichever is in force). A
+    late end of an older hold of the mapping (a source that stopped slowly, after its successor
+    held) leaves the newer one in force."""
+    return ended.hold == 0 or ended.hold == held.hold

@@ -218,13 +218,14 @@ class ControlServer(ControlHolds):
             logger.exception("push to %s failed unexpectedly", link.name)
 
     async def _removal_loop(self) -> None:
-        """Close the link of every server an operator removes or revokes, as the event bus
-        tells it."""
+        """Close the link of every server an operator removes or revokes, and forget the hold
+        of a mapping deleted or confirmed (`_forget_hold`), as the event bus tells it."""
         seen = self.events.last_id
         while True:
             events = await self.events.wait_since(seen, REMOVED_WAIT_S)
             for event in events:
                 seen = event.id
+                self._forget_hold(event)
                 if event.type in (EventType.SERVER_REMOVED, EventType.SERVER_REVOKED):
                     await self.drop_link(str(event.data.get("node_id", "")))
 

@@ -181,6 +181,9 @@ class MassDeleteHeld(Message, frozen=True, tag="mass_delete_held", omit_defaults
     # that announced CAP_HOLD_END): a master that restarted shows it again, one that has it
     # already publishes nothing.
     resent: bool = False
+    # The hold's number in its agent (increasing; 0: unknown, from an older agent), which its
+    # MassDeleteEnded names: a late end of an older hold never ends a newer one.
+    hold: UInt63 = 0
 
 
 # Why a hold ended: "paths back", "under threshold", "confirmed", "mapping removed", "mapping
@@ -189,12 +192,14 @@ class MassDeleteHeld(Message, frozen=True, tag="mass_delete_held", omit_defaults
 HoldEndReason = Annotated[str, msgspec.Meta(pattern=r"^[a-z ]{1,32}\Z")]
 
 
-class MassDeleteEnded(Message, frozen=True, tag="mass_delete_ended"):
+class MassDeleteEnded(Message, frozen=True, tag="mass_delete_ended", omit_defaults=True):
     """Source agent -> master, to a master that announced CAP_HOLD_END: the hold MassDeleteHeld
-    reported is over (`reason`), whether or not an operator confirmed it."""
+    reported is over (`reason`), whether or not an operator confirmed it. Without `hold`, it
+    keeps the bytes it had before that field (`omit_defaults`)."""
 
     mapping_id: UInt63
     reason: HoldEndReason
+    hold: UInt63 = 0  # MassDeleteHeld.hold of the hold that ended; 0: whichever is in force
 
 
 class AssignmentAck(Message, frozen=True, tag="assignment_ack"):

@@ -191,6 +191,58 @@ def test_the_end_of_a_hold_is_published_and_a_hold_told_again_once(fleet: Fleet)
     ]
 
 
+def test_only_the_hold_on_record_ends_and_it_goes_on_a_confirm_or_a_delete(fleet: Fleet) -> None:
+    """Found in review: a source that starts again tells the end of a hold it may have had
+    ("source restarted"): with none on record that is no refusal, nor an event, nor a log line;
+    an end naming another hold (a late end of an older one) ends nothing; and a hold on record
+    went only on an end, so the table grew with holds confirmed or of mappings deleted. Now
+    they go on those events too (the source's end then finds none)."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+
+    def held(hold: int) -> MassDeleteHeld:
+        return MassDeleteHeld(mapping_id=m, deletes=9, entries=10, root_missing=True, hold=hold)
+
+    def ended(reason: str, hold: int = 0) -> MassDeleteEnded:
+        return MassDeleteEnded(mapping_id=m, reason=reason, hold=hold)
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(ended("source restarted"))  # it held nothing before
+                await roundtrip(framed)
+                assert _holds(fleet, m) == []
+                await framed.send(held(5))
+                await framed.send(ended("mapping changed", hold=4))  # an older hold's
+                await roundtrip(framed)
+                assert _holds(fleet, m) == [("mass_delete_held", "src")]
+                await framed.send(ended("source restarted"))  # whichever is in force
+                await framed.send(held(6))
+                await roundtrip(framed)
+                r = fleet.client.post(f"/api/mappings/{m}/confirm-deletes")
+                assert r.status_code == 200, r.text
+                await _until(lambda: m not in control._holds)
+                await framed.send(ended("confirmed", hold=6))  # the console dropped it already
+                await framed.send(held(7))
+                await roundtrip(framed)
+                assert m in control._holds
+            async with agent_link(port, a, "web-a") as framed:  # no hold on record: quietly
+                r = fleet.client.delete(f"/api/mappings/{m}")
+                assert r.status_code == 204, r.text
+                await _until(lambda: not control._holds)
+                await framed.send(ended("paths back"))
+                await roundtrip(framed)
+            assert control.refused["mass_delete_ended"] == 0
+
+    anyio.run(main)
+    assert _holds(fleet, m) == [
+        ("mass_delete_held", "src"),
+        ("mass_delete_ended", "source restarted"),
+        ("mass_delete_held", "src"),
+        ("mass_delete_held", "src"),
+    ]
+
+
 def _lags(fleet: Fleet, mapping_id: int) -> list[tuple[int, int]]:
     resp = fleet.client.get(f"/api/mappings/{mapping_id}/status")
     assert resp.status_code == 200, resp.text

@@ -397,6 +397,11 @@ def _ends(mapping: SourceMapping) -> list[MassDeleteEnded]:
     return ends
 
 
+def _end(reason: str, held: MassDeleteHeld | None = None) -> MassDeleteEnded:
+    """The end of `held` (None: of whichever hold the master shows, after a restart)."""
+    return MassDeleteEnded(mapping_id=1, reason=reason, hold=held.hold if held else 0)
+
+
 def test_a_hold_that_ends_by_itself_is_reported(tmp_path: Path) -> None:
     """Found in review: a hold that ended without a confirmation (the disk back, the files put
     back) told the master nothing, so the console showed it held until the mapping went. Now
@@ -407,20 +412,21 @@ def test_a_hold_that_ends_by_itself_is_reported(tmp_path: Path) -> None:
 
     async def main() -> None:
         await mapping._record([FsEvent(kind="rescan", path="")])
+        assert ends == [_end("source restarted")]  # the first full scan: no hold
         await _unmount(mapping, root, away)
-        assert len(alarms) == 1 and ends == []
+        assert len(alarms) == 1 and alarms[0].hold > 0 and ends[1:] == []
         root.rmdir()
         away.rename(root)  # mounted again
         await mapping.rescan()
-        assert ends == [MassDeleteEnded(mapping_id=1, reason="paths back")]
+        assert ends[1:] == [_end("paths back", alarms[0])]
         await mapping.rescan()  # no hold: nothing more to tell
-        assert len(ends) == 1
+        assert len(ends) == 2
         _remove(root, range(5))
         await mapping.rescan()
-        assert len(alarms) == 2
+        assert len(alarms) == 2 and alarms[1].hold > alarms[0].hold  # a hold of its own
         assert mapping.confirm_deletes(1)
         await mapping.rescan()
-        assert ends[1:] == [MassDeleteEnded(mapping_id=1, reason="confirmed")]
+        assert ends[2:] == [_end("confirmed", alarms[1])]
 
     try:
         anyio.run(main)
@@ -436,6 +442,7 @@ def test_a_hold_ends_with_its_source(tmp_path: Path) -> None:
 
     async def main() -> None:
         await mapping._record([FsEvent(kind="rescan", path="")])
+        ends.clear()  # the first full scan's "source restarted"
         mapping.stop_hold("mapping removed")
         assert ends == []
         _remove(root, range(5))
@@ -443,9 +450,55 @@ def test_a_hold_ends_with_its_source(tmp_path: Path) -> None:
         assert len(alarms) == 1
         mapping.stop_hold("mapping removed")
         mapping.stop_hold("mapping removed")
-        assert ends == [MassDeleteEnded(mapping_id=1, reason="mapping removed")]
+        assert ends == [_end("mapping removed", alarms[0])]
 
     try:
         anyio.run(main)
     finally:
         mapping.close()
+
+
+def test_a_source_started_again_ends_a_hold_it_may_have_had(tmp_path: Path) -> None:
+    """Found in review: an agent stopped while holding (holds are in memory; a stop tells
+    nothing) and started again with the folder back raised no hold and told nothing: the
+    master showed the hold for ever. Now the first full scan of a source that started, finding
+    nothing to hold, ends whichever hold the master shows (hold 0), once; a first scan that
+    holds tells its hold instead (the master's record is replaced)."""
+    mapping, root, alarms = _mapping(tmp_path)
+    away = tmp_path / "unmounted"
+
+    async def main() -> None:
+        await mapping._record([FsEvent(kind="rescan", path="")])
+        await _unmount(mapping, root, away)
+        assert len(alarms) == 1
+
+    async def again() -> None:  # the agent started again, the folder back meanwhile
+        await restarted._record([FsEvent(kind="rescan", path="")])
+        await restarted.rescan()
+        assert ends2 == [_end("source restarted")]
+
+    async def held_again() -> None:  # started again, the folder still away: held anew
+        await third._record([FsEvent(kind="rescan", path="")])
+        assert ends3 == [] and len(alarms3) == 1
+
+    anyio.run(main)
+    mapping.close()
+    spec = mapping.spec
+    root.rmdir()
+    away.rename(root)
+    restarted = SourceMapping(spec, tmp_path / "state")
+    ends2 = _ends(restarted)
+    try:
+        anyio.run(again)
+    finally:
+        restarted.close()
+    root.rename(away)
+    root.mkdir()
+    third = SourceMapping(spec, tmp_path / "state")
+    ends3 = _ends(third)
+    alarms3: list[MassDeleteHeld] = []
+    third.on_guard = alarms3.append
+    try:
+        anyio.run(held_again)
+    finally:
+        third.close()

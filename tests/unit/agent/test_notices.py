@@ -7,9 +7,9 @@ from relaysync.agent.notices import Notices
 from relaysync.protocol.messages import HopFailed, MassDeleteEnded, MassDeleteHeld
 
 
-def _held(mapping_id: int, *, resent: bool = False) -> MassDeleteHeld:
+def _held(mapping_id: int, *, resent: bool = False, hold: int = 0) -> MassDeleteHeld:
     return MassDeleteHeld(
-        mapping_id=mapping_id, deletes=9, entries=10, root_missing=False, resent=resent
+        mapping_id=mapping_id, deletes=9, entries=10, root_missing=False, resent=resent, hold=hold
     )
 
 
@@ -50,3 +50,20 @@ def test_an_older_master_is_told_holds_only_as_before() -> None:
     assert _drain(notices) == [_held(1), hop, _held(2)]
     notices.session_began(hold_end=False)
     assert _drain(notices) == []
+
+
+def test_a_late_end_of_an_older_hold_leaves_the_newer_in_force() -> None:
+    """Found in review: holds were told apart by mapping only, so the late "mapping changed"
+    end of a source that stopped slowly, after its successor held, ended the new hold too:
+    never told again to a master that restarted. Now an end names its hold (0: whichever)."""
+    notices = Notices()
+    notices.session_began(hold_end=True)
+    notices.add(_held(1, hold=10))
+    notices.add(_held(1, hold=11))  # the mapping's new source held before the old one ended
+    notices.add(MassDeleteEnded(mapping_id=1, reason="mapping changed", hold=10))
+    assert len(_drain(notices)) == 3  # the master tells them apart too
+    notices.session_began(hold_end=True)
+    assert _drain(notices) == [_held(1, resent=True, hold=11)]
+    notices.add(MassDeleteEnded(mapping_id=1, reason="source restarted"))  # 0: whichever
+    notices.session_began(hold_end=True)
+    assert _drain(notices) == [MassDeleteEnded(mapping_id=1, reason="source restarted")]

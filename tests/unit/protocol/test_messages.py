@@ -161,8 +161,10 @@ SAMPLES: list[AnyMessage] = [
     Checkpoint(seq=3, again=True),  # files sent again follow (an older peer ignores the field)
     MassDeleteHeld(mapping_id=3, deletes=10, entries=11, root_missing=False, resent=True),
     MassDeleteEnded(mapping_id=3, reason="paths back"),
+    MassDeleteHeld(mapping_id=3, deletes=10, entries=11, root_missing=False, hold=INT64_MAX),
+    MassDeleteEnded(mapping_id=3, reason="paths back", hold=INT64_MAX),
 ]
-PINNED = len(SAMPLES) - 5  # the samples the hash below covers
+PINNED = len(SAMPLES) - 7  # the samples the hash below covers
 # sha256 of the samples' encodings, joined, as the release before the integer bounds sent them,
 # except CommitReport: its records gained three optional fields since (`kind`, `removed`,
 # `removed_truncated`, which older masters ignore), and Assignment: its MappingSpec gained two
@@ -355,3 +357,46 @@ def test_a_file_abort_naming_an_oversize_path_is_refused() -> None:
     FileAbort(seq=1, reason="cannot read", path="a/b.txt").validate()
     with pytest.raises(ProtocolError, match="file_abort.path"):
         FileAbort(seq=1, reason="cannot read", path="x" * 5000).validate()
+
+
+class _OlderHeld(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag_field="type",
+    tag="mass_delete_held",
+    omit_defaults=True,
+):
+    """MassDeleteHeld as a peer before the hold's number decodes it."""
+
+    mapping_id: int
+    deletes: int
+    entries: int
+    root_missing: bool
+    resent: bool = False
+
+
+class _OlderEnded(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="mass_delete_ended"
+):
+    """MassDeleteEnded as a peer before the hold's number decodes and encodes it."""
+
+    mapping_id: int
+    reason: str
+
+
+def test_a_holds_number_keeps_the_hold_messages_compatible_both_ways() -> None:
+    """A hold's number (`hold`) is optional: without it both messages keep their bytes, a peer
+    before it ignores it, and a message from such a peer decodes with 0 (unknown)."""
+    older = _OlderEnded(mapping_id=3, reason="paths back")
+    ended = MassDeleteEnded(mapping_id=3, reason="paths back")
+    assert ENCODER.encode(ended) == msgspec.msgpack.encode(older)
+    assert decode_payload(msgspec.msgpack.encode(older)) == ended
+    numbered = MassDeleteEnded(mapping_id=3, reason="paths back", hold=9)
+    assert msgspec.msgpack.decode(ENCODER.encode(numbered), type=_OlderEnded) == older
+    held = MassDeleteHeld(mapping_id=3, deletes=1, entries=2, root_missing=True, hold=9)
+    older_held = _OlderHeld(mapping_id=3, deletes=1, entries=2, root_missing=True)
+    assert msgspec.msgpack.decode(ENCODER.encode(held), type=_OlderHeld) == older_held
+    assert decode_payload(msgspec.msgpack.encode(older_held)) == msgspec.structs.replace(
+        held, hold=0
+    )
