@@ -12,8 +12,6 @@ import functools
 import json
 import logging
 import os
-import random
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,8 +19,6 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from relaysync._util.fs import root_held
-from relaysync._util.lease import ScannedFile, closed_as_scanned
 from relaysync.errors import SourceListError
 from relaysync.protocol.messages import MappingSpec, nodes_below
 from relaysync.transfer.compare import Unreadable
@@ -38,7 +34,9 @@ from relaysync.watch.watcher import FsEvent, Watcher
 
 from ._closed import note_closed
 from ._delete_runs import Mode
+from ._hot_files import HotFileHold
 from ._mass_delete_guard import MassDeleteGuard
+from ._periodic_rescan import PeriodicRescan
 from ._unreadable_recheck import UnreadableRecheck
 from .links import children_of
 
@@ -47,15 +45,13 @@ logger = logging.getLogger(__name__)
 EVENT_QUEUE = 64  # event batches buffered between the watcher and the recorder
 JOURNAL_SLICE = 2_000  # changes journaled per write when a scan finds many
 HOT_FILE_S = 1.0  # a file a scan finds modified this recently may still be open for writing
-HELD_GONE_RECHECKS = 4  # a held file found gone is looked for this many re-checks more (moved?)
 CONTENT_EXPIRE_EVERY_S = 10.0  # how often kept contents past their time are dropped
 FINAL_SCAN_WAIT_S = 10.0  # a first sync's closing rescan waits this long at most for the links
 ACK_FLUSH_S = 0.2  # acks are persisted and the journal released at most this often, off the loop
 RESCAN_INTERVAL_S = 3600.0  # a full rescan this often finds what the watcher missed (0 = never)
-RESCAN_JITTER = 0.1  # ... give or take this share, so that many mappings do not rescan at once
 
 
-class SourceMapping(MassDeleteGuard):
+class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
     """The source side of one mapping on this agent."""
 
     def __init__(
@@ -298,47 +294,6 @@ class SourceMapping(MassDeleteGuard):
             tg.start_soon(self._rescan_periodically)
             await self._consume(receive)
 
-    async def _rescan_periodically(self) -> None:
-        """Rescan the whole folder every `rescan_interval_s` (give or take RESCAN_JITTER).
-
-        A safety net under the watcher, as Syncthing's hourly scan: inotify loses events in ways
-        no code can see (a queue overflow is reported, but a rename racing a write, a file
-        system that does not report every change, a bug), and a change never journaled is sent
-        by nothing else, since the periodic comparison compares manifests, not the disk. The
-        rescan stats every entry (about 0.1 CPU-s per 10,000 files, the watcher's changes wait
-        meanwhile, as at start-up) and reads only what changed (`_rescan_all`);
-        what it finds goes through the same checks as any change (hot files held, the
-        mass-delete guard), and is logged as a warning: a watcher that misses changes is worth
-        knowing about.
-        """
-        if self.rescan_interval_s <= 0:
-            return
-        while True:
-            jitter = random.uniform(1 - RESCAN_JITTER, 1 + RESCAN_JITTER)
-            await anyio.sleep(self.rescan_interval_s * jitter)
-            found = await self._rescan_all()
-            if found:
-                logger.warning(
-                    "source %s: the periodic rescan found %s changes the watcher did not "
-                    "report; they are sent now (a lost inotify event: check the kernel log "
-                    "and fs.inotify limits if this repeats)",
-                    self.root,
-                    found,
-                )
-
-    async def _rescan_all(self) -> int:
-        """Rescan the whole folder in one detection; return the records it journaled. One, not
-        a top-level entry at a time: the mass-delete guard judges what it finds together (a
-        delete the watcher missed, found a directory at a time with slow scans between, was
-        judged a slice at a time and went out). Skipped while a mass delete is held: the
-        guard's own rescans look at the folder then."""
-        if self._guard_held:
-            return 0
-        async with self._record_lock:  # nothing else journals meanwhile: the count is ours
-            before = self.journal.last_seq
-            await self._record_locked([FsEvent(kind="rescan", path="")])
-            return self.journal.last_seq - before
-
     async def _final_scan(self) -> None:
         """The first sync's closing rescan, once every target acknowledged the scan's records
         (at most FINAL_SCAN_WAIT_S): its stat of every file (0.1 s per 10,000 on the benchmark
@@ -392,29 +347,6 @@ class SourceMapping(MassDeleteGuard):
             tg.cancel_scope.cancel()
         await self._judge_deferred_now()
 
-    async def _recheck_held(self) -> None:
-        while True:
-            await anyio.sleep(self.hot_file_s / 2)
-            await self.recheck_held_once()
-
-    async def recheck_held_once(self) -> None:
-        """Record the held files that cooled down (the others are held again)."""
-        if not self._held:
-            return
-        async with self._record_lock:
-            held, self._held = self._held, {}
-            await self._record_locked([FsEvent(kind="attr", path=p) for p in held])
-            # A path gone may have moved with its directory, whose rename event is still on
-            # its way (then `_follow_held` carries it): held for a few more re-checks.
-            gone = await anyio.to_thread.run_sync(
-                self._gone, [p for p, n in held.items() if n < HELD_GONE_RECHECKS]
-            )
-            for path in gone:
-                self._held.setdefault(path, held[path] + 1)
-
-    def _gone(self, paths: list[str]) -> list[str]:
-        return [p for p in paths if not os.path.lexists(self.root / p)]
-
     async def _expire_content(self) -> None:
         """Give back the memory of kept contents no link took in time, also while no change
         comes (a target down, then a quiet folder)."""
@@ -434,73 +366,6 @@ class SourceMapping(MassDeleteGuard):
                     logger.warning(
                         "could not prune old deltas of mapping %s: %s", self.mapping_id, exc
                     )
-
-    async def _hold_hot(
-        self, changes: list[PendingChange], closed: set[str]
-    ) -> list[PendingChange]:
-        """Keep back writes found by a scan of files modified in the last `hot_file_s` that may
-        still be being written.
-
-        A scan (initial, after an overflow, of a new directory) cannot tell a file that is
-        complete from one still being written; inotify's close-write can, and for a file written
-        into a new directory before its watch was added (`mkdir d; cp f d/`: no close-write
-        comes for it) so can a read lease (`closed_as_scanned`: not empty, open for writing by no
-        process, still the file the scan saw). A held file is shipped on its close-write, or by
-        the re-check once it has stayed untouched.
-        """
-        hot = self._hot_writes(changes, closed)
-        if hot:
-            hot = await anyio.to_thread.run_sync(self._still_hot, changes, hot)
-        for i in hot:
-            self._held[changes[i].path] = 0
-        return [change for i, change in enumerate(changes) if i not in hot]
-
-    def _hot_writes(self, changes: list[PendingChange], closed: set[str]) -> set[int]:
-        """The indexes of the writes of files not closed after writing, modified lately."""
-        now_ns = time.time_ns()
-        # The other hard links of a file closed after writing (the recorder restats them) are
-        # that same file: closed too.
-        closed_inodes = {c.entry.ino for c in changes if c.path in closed and c.entry is not None}
-        closed_inodes.discard(0)
-        # a future mtime (a copy from a host whose clock is ahead) is not "being written now"
-        return {
-            i
-            for i, change in enumerate(changes)
-            if change.op == "write"
-            and change.path not in closed
-            and change.entry is not None
-            and change.entry.ino not in closed_inodes
-            and 0 <= now_ns - change.entry.mtime_ns < self.hot_file_s * 1e9
-        }
-
-    def _still_hot(self, changes: list[PendingChange], hot: set[int]) -> set[int]:
-        """Those of `hot` not told complete by `closed_as_scanned` (a worker thread's part).
-        The root is opened once for the batch (`root_held`), not once per file."""
-        with root_held(self.root):
-            return {i for i in hot if not self._complete(changes[i])}
-
-    def _complete(self, change: PendingChange) -> bool:
-        entry = change.entry
-        assert entry is not None  # `_hot_writes` takes only writes with an entry
-        return closed_as_scanned(
-            self.root, change.path, ScannedFile(entry.ino, entry.size, entry.mtime_ns)
-        )
-
-    def _follow_held(self, changes: list[PendingChange]) -> None:
-        """A held file moves with a rename of itself or of a directory above it (a deploy renames
-        `release.tmp/` into place before its files cool down), and is let go with a delete: its
-        re-check must look where it is now, or the file is never journaled."""
-        for change in changes:
-            if not self._held:
-                return
-            if change.op not in ("rename", "delete"):
-                continue
-            prefix = change.path + "/"
-            under = [p for p in self._held if p == change.path or p.startswith(prefix)]
-            for path in under:
-                del self._held[path]
-                if change.op == "rename":
-                    self._held[change.new_path + path[len(change.path) :]] = 0
 
     async def _record(self, events: Sequence[FsEvent], *, mode: Mode = "now") -> None:
         """Detect and journal `events`; `mode`: how the mass-delete guard judges their deletes

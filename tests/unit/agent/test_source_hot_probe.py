@@ -11,7 +11,7 @@ import pytest
 
 from relaysync._util import fs
 from relaysync._util.lease import ScannedFile
-from relaysync.agent import source
+from relaysync.agent import _hot_files as hot_files
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec
 from relaysync.watch.watcher import FsEvent
@@ -27,13 +27,13 @@ def test_the_hot_files_of_a_scan_are_probed_from_the_held_root(
     spec = MappingSpec(mapping_id=1, name="m", source_node="n", source_path=str(root), targets=())
     mapping = SourceMapping(spec, tmp_path / "state")
     held_roots: list[int | None] = []
-    probe = source.closed_as_scanned
+    probe = hot_files.closed_as_scanned
 
     def spy(probed_root: str, relpath: str, scanned: ScannedFile) -> bool:
         held_roots.append(fs._held_fd(probed_root))
         return probe(probed_root, relpath, scanned)
 
-    monkeypatch.setattr(source, "closed_as_scanned", spy)
+    monkeypatch.setattr(hot_files, "closed_as_scanned", spy)
     try:
         anyio.run(mapping._record, [FsEvent(kind="rescan", path="")])
         writes = sorted(r.path for r in mapping.journal.read(0) if r.op == "write")

@@ -1,0 +1,132 @@
+"""The hot-file hold of SourceMapping: a write a scan finds in a file modified in the last
+`hot_file_s` may be of a file still open for writing. Unless told complete (its close-write, or a
+read lease: `_util/lease.py closed_as_scanned`), it is held, and journaled by a re-check once it
+has stayed untouched; a held file follows renames of itself or of a directory above it.
+
+SourceMapping (agent/source.py) inherits it and owns the state: `_held` (path -> re-checks that
+found it gone), `hot_file_s`, `root`, `_record_lock`, set in its __init__.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from relaysync._util.fs import root_held
+from relaysync._util.lease import ScannedFile, closed_as_scanned
+from relaysync.watch.changes import PendingChange
+from relaysync.watch.watcher import FsEvent
+
+from ._delete_runs import Mode
+
+HELD_GONE_RECHECKS = 4  # a held file found gone is looked for this many re-checks more (moved?)
+
+
+class HotFileHold:
+    """The hot-file hold of SourceMapping (a mixin: SourceMapping.__init__ sets its state)."""
+
+    root: Path
+    hot_file_s: float
+    _held: dict[str, int]
+    _record_lock: anyio.Lock
+
+    if TYPE_CHECKING:  # SourceMapping's
+
+        async def _record_locked(
+            self, events: Sequence[FsEvent], *, mode: Mode = "now"
+        ) -> None: ...
+
+    async def _recheck_held(self) -> None:
+        while True:
+            await anyio.sleep(self.hot_file_s / 2)
+            await self.recheck_held_once()
+
+    async def recheck_held_once(self) -> None:
+        """Record the held files that cooled down (the others are held again)."""
+        if not self._held:
+            return
+        async with self._record_lock:
+            held, self._held = self._held, {}
+            await self._record_locked([FsEvent(kind="attr", path=p) for p in held])
+            # A path gone may have moved with its directory, whose rename event is still on
+            # its way (then `_follow_held` carries it): held for a few more re-checks.
+            gone = await anyio.to_thread.run_sync(
+                self._gone, [p for p, n in held.items() if n < HELD_GONE_RECHECKS]
+            )
+            for path in gone:
+                self._held.setdefault(path, held[path] + 1)
+
+    def _gone(self, paths: list[str]) -> list[str]:
+        return [p for p in paths if not os.path.lexists(self.root / p)]
+
+    async def _hold_hot(
+        self, changes: list[PendingChange], closed: set[str]
+    ) -> list[PendingChange]:
+        """Keep back writes found by a scan of files modified in the last `hot_file_s` that may
+        still be being written.
+
+        A scan (initial, after an overflow, of a new directory) cannot tell a file that is
+        complete from one still being written; inotify's close-write can, and for a file written
+        into a new directory before its watch was added (`mkdir d; cp f d/`: no close-write
+        comes for it) so can a read lease (`closed_as_scanned`: not empty, open for writing by no
+        process, still the file the scan saw). A held file is shipped on its close-write, or by
+        the re-check once it has stayed untouched.
+        """
+        hot = self._hot_writes(changes, closed)
+        if hot:
+            hot = await anyio.to_thread.run_sync(self._still_hot, changes, hot)
+        for i in hot:
+            self._held[changes[i].path] = 0
+        return [change for i, change in enumerate(changes) if i not in hot]
+
+    def _hot_writes(self, changes: list[PendingChange], closed: set[str]) -> set[int]:
+        """The indexes of the writes of files not closed after writing, modified lately."""
+        now_ns = time.time_ns()
+        # The other hard links of a file closed after writing (the recorder restats them) are
+        # that same file: closed too.
+        closed_inodes = {c.entry.ino for c in changes if c.path in closed and c.entry is not None}
+        closed_inodes.discard(0)
+        # a future mtime (a copy from a host whose clock is ahead) is not "being written now"
+        return {
+            i
+            for i, change in enumerate(changes)
+            if change.op == "write"
+            and change.path not in closed
+            and change.entry is not None
+            and change.entry.ino not in closed_inodes
+            and 0 <= now_ns - change.entry.mtime_ns < self.hot_file_s * 1e9
+        }
+
+    def _still_hot(self, changes: list[PendingChange], hot: set[int]) -> set[int]:
+        """Those of `hot` not told complete by `closed_as_scanned` (a worker thread's part).
+        The root is opened once for the batch (`root_held`), not once per file."""
+        with root_held(self.root):
+            return {i for i in hot if not self._complete(changes[i])}
+
+    def _complete(self, change: PendingChange) -> bool:
+        entry = change.entry
+        assert entry is not None  # `_hot_writes` takes only writes with an entry
+        return closed_as_scanned(
+            self.root, change.path, ScannedFile(entry.ino, entry.size, entry.mtime_ns)
+        )
+
+    def _follow_held(self, changes: list[PendingChange]) -> None:
+        """A held file moves with a rename of itself or of a directory above it (a deploy renames
+        `release.tmp/` into place before its files cool down), and is let go with a delete: its
+        re-check must look where it is now, or the file is never journaled."""
+        for change in changes:
+            if not self._held:
+                return
+            if change.op not in ("rename", "delete"):
+                continue
+            prefix = change.path + "/"
+            under = [p for p in self._held if p == change.path or p.startswith(prefix)]
+            for path in under:
+                del self._held[path]
+                if change.op == "rename":
+                    self._held[change.new_path + path[len(change.path) :]] = 0
