@@ -24,6 +24,7 @@ from relaysync.master.store.store import Store
 from relaysync.master.store.types import ServerInfo
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
+    MAX_JOURNAL_HEADS,
     CommitReport,
     HopFailed,
     JournalHead,
@@ -32,6 +33,11 @@ from relaysync.protocol.messages import (
 )
 
 logger = logging.getLogger("relaysync.master.control")  # one logger for the control server's words
+
+# Per link: one report's worth. Past it a link's further refused ids are checked again at each
+# report, in a read transaction only: a hostile agent cannot grow the master's memory.
+MAX_REFUSED_HEADS_KEPT = MAX_JOURNAL_HEADS
+MAX_HEADS_ERRORS_LOGGED = 100  # distinct unexpected errors of the heads writer logged in full
 
 
 @dataclass
@@ -47,6 +53,9 @@ class AgentLink:
     reading: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by stop
     push_due: anyio.Event = field(default_factory=anyio.Event)  # the config changed: push anew
     heads: dict[int, int] = field(default_factory=dict)  # journal heads the store took, by mapping
+    # Mappings whose head the store refused (not this node's): not sent to the store again
+    # until the mappings change (`_forget_heads`), at most MAX_REFUSED_HEADS_KEPT of them.
+    refused_heads: set[int] = field(default_factory=set)
 
 
 class ControlTrust:
@@ -59,45 +68,74 @@ class ControlTrust:
     _members: MappingMembers
     _heads_slots: dict[str, tuple[AgentLink, dict[int, int]]]  # the newest heads, by node id
     _heads_due: anyio.Event  # set when a slot is filled
+    _heads_writer: anyio.CancelScope  # `_write_heads`' own: a stop cancels it
+    _heads_errors: set[str]  # the unexpected errors of `_write_heads` logged in full
 
     def _take_heads(self, link: AgentLink, heads: Sequence[JournalHead]) -> None:
         """Keep the journal heads a source sends with its figures, those changed since the
-        store took this link's last ones, in the link's slot for `_write_heads` (a newer
-        report's replace them): the link's reading never waits on the store."""
-        fresh = {h.mapping_id: h.seq for h in heads if link.heads.get(h.mapping_id) != h.seq}
+        store took this link's last ones (and not refused since the mappings last changed),
+        in the link's slot for `_write_heads` (a newer report's replace them): the link's
+        reading never waits on the store."""
+        known, refused = link.heads, link.refused_heads
+        fresh = {
+            h.mapping_id: h.seq
+            for h in heads
+            if known.get(h.mapping_id) != h.seq and h.mapping_id not in refused
+        }
         if fresh:
             self._heads_slots[link.node_id] = (link, fresh)
             self._heads_due.set()
 
     def _forget_heads(self) -> None:
-        """Mappings changed (a source moved, its old head deleted): each link's next heads are
-        written again, whatever it sent before."""
+        """Mappings changed (a source moved, its old head deleted; a node became a source):
+        each link's next heads are written again, or checked again, whatever it sent before."""
         for link in list(self.links.values()):
-            link.heads = {}
+            link.heads, link.refused_heads = {}, set()
 
     async def _write_heads(self) -> None:
         """Write the heads in the links' slots, all of them in one transaction, for as long as
-        the control server runs (its own task)."""
-        while True:
-            await self._heads_due.wait()
-            self._heads_due = anyio.Event()
-            slots, self._heads_slots = list(self._heads_slots.values()), {}
-            await self._write_slots(slots)
+        the control server runs (its own task) or until a stop. A bug costs the heads of one
+        pass, not the master and every agent's link: the next figures bring them again."""
+        with self._heads_writer:
+            while True:
+                await self._heads_due.wait()
+                self._heads_due = anyio.Event()
+                slots, self._heads_slots = list(self._heads_slots.values()), {}
+                try:
+                    await self._write_slots(slots)
+                except Exception as exc:  # cancellation is no Exception: it ends the loop
+                    self._heads_failed(exc)
+
+    def _heads_failed(self, exc: Exception) -> None:
+        """Log an unexpected error of the heads writer: in full once per distinct error (it
+        may repeat at every report), briefly after that."""
+        key = f"{type(exc).__name__}: {exc}"
+        if key in self._heads_errors or len(self._heads_errors) >= MAX_HEADS_ERRORS_LOGGED:
+            logger.warning("journal heads not noted, will retry: %s", key)
+            return
+        self._heads_errors.add(key)
+        logger.error("journal heads not noted: unexpected error, will retry", exc_info=exc)
 
     async def _write_slots(self, slots: Sequence[tuple[AgentLink, dict[int, int]]]) -> None:
         """The store writes a head only from the mapping's source; the others are refused. A
-        store failure costs these heads only: the next figures bring them again."""
-        noted = [(link, link.heads, heads) for link, heads in slots]  # a forget replaces them
+        store failure costs these heads only: the next figures bring them again. Abandoned
+        on a stop (the store's write may be stuck): the sources report their heads anew."""
+        # A forget replaces the link's dict and set: what this write learnt then goes with them.
+        noted = [(link, link.heads, link.refused_heads, heads) for link, heads in slots]
         wanted = {link.node_id: sorted(heads.items()) for link, heads in slots}
         try:
-            written = await anyio.to_thread.run_sync(self.store.record_source_heads, wanted)
+            written = await anyio.to_thread.run_sync(
+                self.store.record_source_heads, wanted, abandon_on_cancel=True
+            )
         except StoreError as exc:
             logger.warning("journal heads of %s links not noted, will retry: %s", len(slots), exc)
             return
-        for link, known, heads in noted:
+        for link, known, refused, heads in noted:
             taken = written.get(link.node_id, [])
             known.update((m, heads[m]) for m in taken)
-            for mapping_id in sorted(heads.keys() - set(taken)):
+            dropped = sorted(heads.keys() - set(taken))
+            refused.update(dropped[: max(0, MAX_REFUSED_HEADS_KEPT - len(refused))])
+            for mapping_id in dropped:
                 self._refuse(
                     link,
                     "journal_head",

@@ -15,13 +15,15 @@ Error handling: a link that fails its handshake or sends a bad frame is closed; 
 reconnects. A node that is unknown or removed is told so (`Error(UNKNOWN_PEER)`) and closed.
 A server whose link drops is marked down at once, and up again on reconnect; the router
 (master/router.py) re-plans around it, and around the hops agents report failed. A server
-removed by an operator (a `server_removed` event) has its link closed at once.
+removed by an operator (a `server_removed` event) has its link closed at once. The journal
+heads' writer survives any error of one pass (logged; the next figures bring the heads again).
 Resource handling: one task per agent link; pushes to an agent go through its own lock. The
 journal heads sources send with their figures wait in a slot per link (the newest replace the
 older) for one task that writes them all in one transaction, so no link's reading waits on the
 store's write lock for them (nor on a report naming thousands of made-up mappings). A
-graceful stop (`stop`) ends the reading, has the job log take what was read, tells each agent
-how far its reports are taken, then lets the links end, within MASTER_STOP_TIMEOUT_S.
+graceful stop (`stop`) ends that writer (a write stuck on the store is left behind), ends the
+reading, has the job log take what was read, tells each agent how far its reports are taken,
+then lets the links end, within MASTER_STOP_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ class ControlServer(ControlHolds):
         self._holds = {}  # the mass-delete holds reported (master/_control_holds.py)
         self._heads_slots: dict[str, tuple[AgentLink, dict[int, int]]] = {}  # by node id
         self._heads_due = anyio.Event()  # a slot was filled: `_write_heads` writes them
+        self._heads_writer = anyio.CancelScope()  # cancelled by `stop`
+        self._heads_errors: set[str] = set()
 
     def notify_change(self) -> None:
         """Mappings or servers changed: push fresh assignments (callable from any thread).
@@ -169,6 +173,9 @@ class ControlServer(ControlHolds):
         agents send that flush's reports again: failure attempts, catch-up counters, purges
         and events counted twice."""
         self._stopping = True
+        # The heads are the sources' word for the lag figures, reported anew after a restart:
+        # a head write stuck on the store must not hold the stop (nor the job log's last flush).
+        self._heads_writer.cancel()
         for link in list(self.links.values()):
             link.reading.cancel()
         with anyio.move_on_after(MASTER_STOP_TIMEOUT_S) as bounded:

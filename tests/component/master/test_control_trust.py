@@ -12,7 +12,7 @@ import anyio
 import pytest
 from tests._fleet import Fleet, agent_link, roundtrip
 
-from relaysync.errors import NotFound
+from relaysync.errors import NotFound, StoreError
 from relaysync.master.events import EventType
 from relaysync.protocol.messages import (
     MAX_JOURNAL_HEADS,
@@ -398,11 +398,134 @@ def test_a_head_the_store_refused_is_written_once_the_mapping_is_the_sources_aga
                 await _until(lambda: control.refused["journal_head"] == 1)
                 assert _lags(fleet, m) == [(0, 0)]  # other's head: none yet
                 fleet.store.update_mapping(m, source="src")
+                control.notify_change()  # as the API does after every change
                 await framed.send(_figures((m, 40)))  # the same head as the one refused
                 await roundtrip(framed)
                 await _until(lambda: _lags(fleet, m) == [(40, 40)])
 
     anyio.run(main)
+
+
+def test_a_bug_in_the_heads_write_costs_those_heads_not_the_control_server(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heads writer is a task of the control server: an error other than StoreError (a
+    bug) ended the server and every agent's link. Now a failed pass costs its heads only: the
+    link stays up and the next figures are written."""
+    src, _ = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    record = fleet.store.record_source_heads
+    failures: list[Exception] = [StoreError("the store is down"), ValueError("a bug")]
+    calls = [0]
+
+    def failing(*args: Any) -> Any:
+        calls[0] += 1
+        if failures:
+            raise failures.pop(0)
+        return record(*args)
+
+    monkeypatch.setattr(fleet.store, "record_source_heads", failing)
+
+    async def main() -> None:
+        async with fleet.control_server() as (_control, port):
+            async with agent_link(port, src, "src") as framed:
+                for seq, failed in ((10, 1), (11, 2)):  # StoreError, then the bug
+                    await framed.send(_figures((m, seq)))
+                    await roundtrip(framed)
+                    await _until(lambda n=failed: calls[0] == n)
+                await framed.send(_figures((m, 12)))
+                await roundtrip(framed)
+                await _until(lambda: _lags(fleet, m) == [(12, 12)])
+                await roundtrip(framed)  # the link is still answered
+
+    anyio.run(main)
+
+
+def test_heads_all_refused_open_no_write_transaction_nor_are_sent_again(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A former source's (or made-up) heads cost a write transaction (BEGIN IMMEDIATE on
+    SQLite) at every report. Now the store checks them in a read transaction and writes only
+    heads it takes, and the link remembers the ids refused until the mappings change."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    head_writes: list[str] = []
+    calls = [0]
+    write, record = fleet.store._write, fleet.store.record_source_heads
+
+    def spied_write(operation: str) -> Any:
+        if "head" in operation:
+            head_writes.append(operation)
+        return write(operation)
+
+    def counted_record(*args: Any) -> Any:
+        calls[0] += 1
+        return record(*args)
+
+    made_up = [(m + 1 + i, 7) for i in range(MAX_JOURNAL_HEADS - 1)]
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, a, "web-a") as framed:
+                await roundtrip(framed)
+                monkeypatch.setattr(fleet.store, "_write", spied_write)
+                monkeypatch.setattr(fleet.store, "record_source_heads", counted_record)
+                await framed.send(_figures((m, 900), *made_up))  # none of them its own
+                await roundtrip(framed)
+                await _until(lambda: control.refused["journal_head"] == MAX_JOURNAL_HEADS)
+                await framed.send(_figures((m, 901), *made_up))  # refused before: not sent
+                await roundtrip(framed)
+                assert calls == [1]
+                control.notify_change()  # the mappings changed: checked again
+                await framed.send(_figures((m, 902)))
+                await roundtrip(framed)
+                await _until(lambda: control.refused["journal_head"] == MAX_JOURNAL_HEADS + 1)
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(_figures((m, 40)))
+                await roundtrip(framed)
+                await _until(lambda: _lags(fleet, m) == [(40, 40)])
+            assert calls == [3]
+            assert head_writes == ["record source heads"]  # the source's head only
+            assert _lags(fleet, m) == [(40, 40)]
+
+    anyio.run(main)
+
+
+def test_a_stop_does_not_wait_for_a_stuck_heads_write(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heads are the sources' word for the lag figures, reported anew after a restart: a
+    heads write stuck on the store (up to its lock or statement timeout) held the control
+    server's end past the master's stop timeout. A stop now leaves it behind."""
+    src, _ = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    entered, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def stuck(*args: Any) -> Any:
+        entered.set()
+        release.wait(WAIT_S)
+        returned.set()
+        return {}
+
+    monkeypatch.setattr(fleet.store, "record_source_heads", stuck)
+
+    async def no_job_log() -> None:
+        pass
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(_figures((m, 10)))
+                await roundtrip(framed)
+                await _until(entered.is_set)
+            await control.stop(no_job_log)
+        assert not returned.is_set()  # the server ended while the write was still stuck
+
+    try:
+        anyio.run(main)
+    finally:
+        release.set()
+        returned.wait(WAIT_S)
 
 
 def test_a_source_moved_away_and_back_has_its_unchanged_head_written_again(

@@ -364,3 +364,51 @@ def test_a_manual_mappings_held_changes_are_pending_not_lag(store: Store, mappin
     assert _split(store, mapping_id)[T1] == (20, 30, 0, 10)
     store.modes.set_mode(mapping_id, "realtime")  # nothing held back: all of it is lag again
     assert _split(store, mapping_id) == {T1: (20, 30, 10, 0), T2: (4, 30, 26, 0)}
+
+
+def test_a_source_move_starts_the_new_source_with_nothing_released(
+    store: Store, mapping_id: int
+) -> None:
+    """`released_upto` is a seq of the source's journal: after a move it said nothing of the
+    new source's, yet it was kept (it only goes up), so the new source's held-back changes
+    showed as lag (source A released to 5000, B journals 200: lag 200 until B passed 5000).
+    The move resets it, and the new source's report of what the current release covers (any
+    seq above 0) is taken."""
+    store.modes.set_mode(mapping_id, "manual")
+    release = store.modes.release(mapping_id).release
+    store.record_source_heads({SRC: [(mapping_id, 5000)]})
+    store.modes.record_release(mapping_id, release, 5000)
+    store.update_mapping(mapping_id, targets=[("t1", "/b")])  # not a move: kept
+    assert store.modes.get(mapping_id).released_upto == 5000
+    store.update_mapping(mapping_id, source="t2", targets=[("t1", "/b")])
+    assert store.modes.get(mapping_id).released_upto == 0
+    store.record_source_heads({T2: [(mapping_id, 200)]})
+    assert _split(store, mapping_id) == {T1: (0, 200, 0, 200)}  # held back, not lag
+    store.modes.record_release(mapping_id, release, 3)  # the new source's first report
+    assert store.modes.get(mapping_id).released_upto == 3
+    assert _split(store, mapping_id) == {T1: (0, 200, 3, 197)}
+
+
+def test_heads_all_refused_are_checked_without_a_write_transaction(
+    store: Store, mapping_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report whose heads are all refused (a former source's, or made-up ids) costs a read
+    transaction only; one with a head to take, one write transaction."""
+    writes: list[str] = []
+    write = store._write
+
+    def spied(operation: str) -> Any:
+        writes.append(operation)
+        return write(operation)
+
+    monkeypatch.setattr(store, "_write", spied)
+    refused = {T1: [(mapping_id, 9), (mapping_id + 1, 9)], T2: []}
+    assert store.record_source_heads(refused) == {T1: [], T2: []}
+    assert writes == []
+    assert store.record_source_heads({**refused, SRC: [(mapping_id, 7)]}) == {
+        T1: [],
+        T2: [],
+        SRC: [mapping_id],
+    }
+    assert writes == ["record source heads"]
+    assert {s.highest_seq for s in store.mapping_status(mapping_id)} == {7}

@@ -34,27 +34,37 @@ _HEADS_UPSERT = {
 }
 
 
+def sourced(
+    session: Session, heads: MappingOf[str, Sequence[tuple[int, int]]]
+) -> dict[str, list[int]]:
+    """Per source node of `heads`, the mapping ids it names that it is the source of now (one
+    deleted, given another source meanwhile, or never its own is left out): one SELECT per
+    SELECT_NODES sources, whatever the ids say."""
+    wanted = {node: {m for m, _ in pairs} for node, pairs in heads.items() if pairs}
+    found: dict[str, list[int]] = {node: [] for node in heads}
+    for mapping_id, node in _sourced(session, sorted(wanted)):
+        if mapping_id in wanted[node]:
+            found[node].append(mapping_id)
+    return {node: sorted(ids) for node, ids in found.items()}
+
+
 def record(
     session: Session, heads: MappingOf[str, Sequence[tuple[int, int]]], now: float
 ) -> dict[str, list[int]]:
     """Set the journal head each source node reports per (mapping id, seq), for the mappings
-    it is the source of now (one deleted, given another source meanwhile, or never its own is
-    skipped): one SELECT per SELECT_NODES sources and one upsert, whatever the ids say. Return,
-    per source node, the mapping ids set. The source's word is taken as it is: its journal
-    never goes back."""
-    wanted = {node: dict(pairs) for node, pairs in heads.items() if pairs}
-    written: dict[str, list[int]] = {node: [] for node in heads}
-    for mapping_id, node in _sourced(session, sorted(wanted)):
-        if mapping_id in wanted[node]:
-            written[node].append(mapping_id)
+    it is the source of now (`sourced`), in one upsert. Return, per source node, the mapping
+    ids set. The source's word is taken as it is: its journal never goes back."""
+    written = sourced(session, heads)
+    taken = {node: set(ids) for node, ids in written.items()}
     rows = [
-        {"mapping_id": m, "source_node": node, "seq": wanted[node][m], "reported_at": now}
-        for node, ids in sorted(written.items())
-        for m in sorted(ids)
+        {"mapping_id": m, "source_node": node, "seq": seq, "reported_at": now}
+        for node in sorted(taken)
+        for m, seq in sorted(dict(heads[node]).items())
+        if m in taken[node]
     ]
     if rows:
         session.execute(_HEADS_UPSERT[session.get_bind().dialect.name], rows)
-    return {node: sorted(ids) for node, ids in written.items()}
+    return written
 
 
 def _sourced(session: Session, nodes: Sequence[str]) -> list[tuple[int, str]]:

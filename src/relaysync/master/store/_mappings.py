@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from relaysync._util.folders import normalise
 from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ConfigError, NotFound
-from relaysync.master.store import _folders, _heads
+from relaysync.master.store import _folders, _heads, _modes
 from relaysync.master.store._refs import row_id
 from relaysync.master.store.models import Mapping, MappingTarget, Server
 from relaysync.master.store.types import MappingInfo, TargetInfo
@@ -192,7 +192,8 @@ def draft_of(session: Session, row: Mapping) -> MappingDraft:
 
 
 def apply(session: Session, row: Mapping, resolved: ResolvedMapping, now: float) -> None:
-    """Write a validated mapping into `row` and replace its target rows."""
+    """Write a validated mapping into `row` and replace its target rows. A new source starts
+    with nothing released: the former source's release progress is of another journal."""
     moved = row.source_node is not None and row.source_node != resolved.source_node
     row.name = resolved.name
     row.source_node = resolved.source_node
@@ -205,6 +206,7 @@ def apply(session: Session, row: Mapping, resolved: ResolvedMapping, now: float)
     session.flush()
     if moved:  # the lag figures' head is its own source's (a new mapping has none to drop)
         _heads.keep_only(session, row.id, resolved.source_node)
+        _modes.forget_released(session, row.id)
     for old in session.scalars(select(MappingTarget).where(MappingTarget.mapping_id == row.id)):
         session.delete(old)
     session.flush()

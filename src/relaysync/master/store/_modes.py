@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from croniter import croniter
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, bindparam, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    bindparam,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from relaysync.errors import ConfigError
@@ -69,6 +79,18 @@ _DUE = (
 )
 _ANY_DUE = select(MappingModeRow.mapping_id).where(*_DUE).limit(1)
 _ALL_DUE = select(MappingModeRow).where(*_DUE)
+
+
+def forget_released(session: Session, mapping_id: int) -> None:
+    """The mapping's source changed: how far the releases covered the former source's journal
+    says nothing of the new one's (its seqs start anew), so none of it counts as released until
+    the new source reports what the current release covers (`record_release` takes any seq
+    above 0). Otherwise its changes showed as lag, not pending, until it passed the old seq."""
+    session.execute(
+        update(MappingModeRow)
+        .where(MappingModeRow.mapping_id == mapping_id)
+        .values(released_upto=0)
+    )
 
 
 @dataclass(frozen=True)
