@@ -25,7 +25,7 @@ from relaysync.watch.watcher import FsEvent
 from ._delete_runs import DeleteRuns, Mode
 from ._guard_paths import CREATE_OPS, at_or_below, below, fold, outermost, paths_of, tied
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("relaysync.agent._mass_delete_guard")  # as before the split
 
 GUARD_RECHECK_S = 5.0  # a hold looks this often whether some of its held paths are back
 GUARD_RECHECK_MAX_S = 300.0  # ... and rescans the whole folder at least this often (5 s doubling)

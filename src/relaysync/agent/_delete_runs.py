@@ -23,7 +23,7 @@ from relaysync.watch.watcher import FsEvent
 
 from ._guard_paths import CREATE_OPS, below, fold, outermost, paths_of, tied
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("relaysync.agent._mass_delete_guard")  # as before the split
 
 GUARD_MIN_DELETES = 100  # the mass-delete guard never trips for fewer deleted entries than this
 GUARD_FRACTION = 0.5  # ... nor for less than this share of the folder

@@ -21,7 +21,7 @@ from relaysync.watch.watcher import FsEvent
 
 from ._delete_runs import Mode
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("relaysync.agent.source")  # its warning, as before the split
 
 RESCAN_JITTER = 0.1  # ... give or take this share, so that many mappings do not rescan at once
 

@@ -326,7 +326,9 @@ def test_rechecks_of_a_hold_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyP
     5 minutes); between them a recheck only looks for a few of the held paths."""
     mapping, root, alarms = _mapping(tmp_path)
     clock = _Clock()
-    monkeypatch.setattr(_delete_hold, "anyio", clock)
+    monkeypatch.setattr(
+        _delete_hold, "anyio", clock
+    )  # the hold's rechecks (runs are not judged here)
 
     async def main() -> None:
         await mapping._record([FsEvent(kind="rescan", path="")])
@@ -359,7 +361,9 @@ def test_a_hold_ends_when_a_recheck_finds_the_folder_back(
     back finds the deletes gone and ends the hold; then the rechecks stop."""
     mapping, root, alarms = _mapping(tmp_path)
     clock = _Clock()
-    monkeypatch.setattr(_delete_hold, "anyio", clock)
+    monkeypatch.setattr(
+        _delete_hold, "anyio", clock
+    )  # the hold's rechecks (runs are not judged here)
     away = tmp_path / "unmounted"
 
     async def main() -> None:

@@ -61,7 +61,7 @@ def test_a_change_the_watcher_never_reported_is_found_by_the_periodic_rescan(
 ) -> None:
     monkeypatch.setattr(source_module, "Watcher", BlindWatcher)
     mapping, root = _mapping(tmp_path, interval_s=0.05)
-    caplog.set_level(logging.WARNING, logger="relaysync.agent")
+    caplog.set_level(logging.WARNING, logger="relaysync.agent.source")
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -92,7 +92,7 @@ def test_a_rescan_that_finds_nothing_journals_nothing_and_stays_quiet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     mapping, _ = _mapping(tmp_path, interval_s=0.02)
-    caplog.set_level(logging.WARNING, logger="relaysync.agent")
+    caplog.set_level(logging.WARNING, logger="relaysync.agent.source")
     rescans: list[int] = []
     record = mapping._record_locked
 
