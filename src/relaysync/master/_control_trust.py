@@ -38,6 +38,7 @@ logger = logging.getLogger("relaysync.master.control")  # one logger for the con
 # report, in a read transaction only: a hostile agent cannot grow the master's memory.
 MAX_REFUSED_HEADS_KEPT = MAX_JOURNAL_HEADS
 MAX_HEADS_ERRORS_LOGGED = 100  # distinct unexpected errors of the heads writer logged in full
+HEADS_FAILED_LOG_S = 60.0  # a heads write failing again is logged at most this often
 
 
 @dataclass
@@ -70,6 +71,7 @@ class ControlTrust:
     _heads_due: anyio.Event  # set when a slot is filled
     _heads_writer: anyio.CancelScope  # `_write_heads`' own: a stop cancels it
     _heads_errors: set[str]  # the unexpected errors of `_write_heads` logged in full
+    _heads_failures: list[float]  # [when a failed heads write was last logged, failures since]
 
     def _take_heads(self, link: AgentLink, heads: Sequence[JournalHead]) -> None:
         """Keep the journal heads a source sends with its figures, those changed since the
@@ -111,10 +113,25 @@ class ControlTrust:
         may repeat at every report), briefly after that."""
         key = f"{type(exc).__name__}: {exc}"
         if key in self._heads_errors or len(self._heads_errors) >= MAX_HEADS_ERRORS_LOGGED:
-            logger.warning("journal heads not noted, will retry: %s", key)
+            self._heads_failed_again(key)
             return
         self._heads_errors.add(key)
         logger.error("journal heads not noted: unexpected error, will retry", exc_info=exc)
+
+    def _heads_failed_again(self, what: str) -> None:
+        """Log a failed heads write at most every HEADS_FAILED_LOG_S, with how many failed
+        since: every report of every agent retries while the store fails (a flood, review)."""
+        failures = self._heads_failures
+        failures[1] += 1
+        now = time.monotonic()
+        if now - failures[0] < HEADS_FAILED_LOG_S:
+            return
+        logger.warning(
+            "journal heads not noted (%d failed writes since the last word), will retry: %s",
+            failures[1],
+            what,
+        )
+        failures[:] = [now, 0]
 
     async def _write_slots(self, slots: Sequence[tuple[AgentLink, dict[int, int]]]) -> None:
         """The store writes a head only from the mapping's source; the others are refused. A
@@ -128,7 +145,7 @@ class ControlTrust:
                 self.store.record_source_heads, wanted, abandon_on_cancel=True
             )
         except StoreError as exc:
-            logger.warning("journal heads of %s links not noted, will retry: %s", len(slots), exc)
+            self._heads_failed_again(str(exc))
             return
         for link, known, refused, heads in noted:
             taken = written.get(link.node_id, [])

@@ -127,6 +127,7 @@ class ControlServer(ControlHolds):
         self._heads_due = anyio.Event()  # a slot was filled: `_write_heads` writes them
         self._heads_writer = anyio.CancelScope()  # cancelled by `stop`
         self._heads_errors: set[str] = set()
+        self._heads_failures = [float("-inf"), 0]  # logged at, failures since (_control_trust)
 
     def notify_change(self) -> None:
         """Mappings or servers changed: push fresh assignments (callable from any thread).
@@ -468,6 +469,7 @@ class ControlServer(ControlHolds):
                     message.mapping_id,
                     message.release,
                     message.upto_seq,
+                    link.node_id,  # only the mapping's source, checked in the write
                 )
             case HopFailed():
                 if self.router is not None:

@@ -3,6 +3,7 @@ certificate proves, not for what its messages say."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -439,6 +440,35 @@ def test_a_bug_in_the_heads_write_costs_those_heads_not_the_control_server(
                 await roundtrip(framed)  # the link is still answered
 
     anyio.run(main)
+
+
+def test_a_heads_write_failing_again_is_logged_once_a_minute_not_per_report(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the store fails, every report of every agent retries: logged each time, 500
+    agents made 50 lines a second (review). Repeats are counted and logged once a minute."""
+    src, _ = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    calls = [0]
+
+    def failing(*args: Any) -> Any:
+        calls[0] += 1
+        raise StoreError("the store is down")
+
+    monkeypatch.setattr(fleet.store, "record_source_heads", failing)
+    caplog.set_level(logging.WARNING, logger="relaysync.master")
+
+    async def main() -> None:
+        async with fleet.control_server() as (_control, port):
+            async with agent_link(port, src, "src") as framed:
+                for seq in range(10, 30):
+                    await framed.send(_figures((m, seq)))
+                    await roundtrip(framed)
+                    await _until(lambda n=seq - 9: calls[0] == n)
+
+    anyio.run(main)
+    said = [r for r in caplog.records if "journal heads not noted" in r.getMessage()]
+    assert len(said) == 1 and calls[0] == 20
 
 
 def test_heads_all_refused_open_no_write_transaction_nor_are_sent_again(

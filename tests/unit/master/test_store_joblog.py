@@ -384,7 +384,9 @@ def test_a_source_move_starts_the_new_source_with_nothing_released(
     assert store.modes.get(mapping_id).released_upto == 0
     store.record_source_heads({T2: [(mapping_id, 200)]})
     assert _split(store, mapping_id) == {T1: (0, 200, 0, 200)}  # held back, not lag
-    store.modes.record_release(mapping_id, release, 3)  # the new source's first report
+    store.modes.record_release(mapping_id, release, 5001, SRC)  # the former source, late
+    assert store.modes.get(mapping_id).released_upto == 0  # cannot set it back (review)
+    store.modes.record_release(mapping_id, release, 3, T2)  # the new source's first report
     assert store.modes.get(mapping_id).released_upto == 3
     assert _split(store, mapping_id) == {T1: (0, 200, 3, 197)}
 

@@ -24,13 +24,14 @@ from sqlalchemy import (
     Integer,
     String,
     bindparam,
+    exists,
     select,
     update,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from relaysync.errors import ConfigError
-from relaysync.master.store.models import Base
+from relaysync.master.store.models import Base, Mapping
 from relaysync.protocol.messages import MappingSpec
 from relaysync.watch.target_policy import DEFAULT_MODE_MASK, SYMLINK_POLICIES, mode_mask_problem
 
@@ -280,11 +281,24 @@ class ModeStore:
                 self._bump_epoch(session)
             return [row.mapping_id for row in due]
 
-    def record_release(self, mapping_id: int, release: int, upto_seq: int) -> None:
+    def record_release(
+        self, mapping_id: int, release: int, upto_seq: int, source_node: str = ""
+    ) -> None:
+        """Note what the mapping's current release covers, as its source reported it: one
+        guarded update, so a report of a former source (`source_node` given and no longer the
+        mapping's) or of an older release, racing a source move that reset the progress, can
+        never set it back."""
+        guards = [
+            MappingModeRow.mapping_id == mapping_id,
+            MappingModeRow.release == release,
+            MappingModeRow.released_upto < upto_seq,
+        ]
+        if source_node:
+            guards.append(
+                exists().where(Mapping.id == mapping_id, Mapping.source_node == source_node)
+            )
         with self._write("record release") as session:
-            row = session.get(MappingModeRow, mapping_id)
-            if row is not None and release == row.release and upto_seq > row.released_upto:
-                row.released_upto = upto_seq
+            session.execute(update(MappingModeRow).where(*guards).values(released_upto=upto_seq))
 
     def apply(self, session: Session, specs: Sequence[MappingSpec]) -> Iterator[MappingSpec]:
         """Yield the specs with their mode and release counter filled in."""
