@@ -69,7 +69,8 @@ class ControlTrust:
     _members: MappingMembers
     _heads_slots: dict[str, tuple[AgentLink, dict[int, int]]]  # the newest heads, by node id
     _heads_due: anyio.Event  # set when a slot is filled
-    _heads_writer: anyio.CancelScope  # `_write_heads`' own: a stop cancels it
+    _heads_writer: anyio.CancelScope | None  # `_write_heads`' own while it runs: a stop cancels it
+    _stopping: bool
     _heads_errors: set[str]  # the unexpected errors of `_write_heads` logged in full
     _heads_failures: list[float]  # [when a failed heads write was last logged, failures since]
 
@@ -98,7 +99,9 @@ class ControlTrust:
         """Write the heads in the links' slots, all of them in one transaction, for as long as
         the control server runs (its own task) or until a stop. A bug costs the heads of one
         pass, not the master and every agent's link: the next figures bring them again."""
-        with self._heads_writer:
+        with anyio.CancelScope() as self._heads_writer:  # made here: an event loop runs
+            if self._stopping:
+                return
             while True:
                 await self._heads_due.wait()
                 self._heads_due = anyio.Event()

@@ -125,7 +125,7 @@ class ControlServer(ControlHolds):
         self._holds = {}  # the mass-delete holds reported (master/_control_holds.py)
         self._heads_slots: dict[str, tuple[AgentLink, dict[int, int]]] = {}  # by node id
         self._heads_due = anyio.Event()  # a slot was filled: `_write_heads` writes them
-        self._heads_writer = anyio.CancelScope()  # cancelled by `stop`
+        self._heads_writer: anyio.CancelScope | None = None  # `_write_heads`', cancelled by `stop`
         self._heads_errors: set[str] = set()
         self._heads_failures = [float("-inf"), 0]  # logged at, failures since (_control_trust)
 
@@ -176,7 +176,8 @@ class ControlServer(ControlHolds):
         self._stopping = True
         # The heads are the sources' word for the lag figures, reported anew after a restart:
         # a head write stuck on the store must not hold the stop (nor the job log's last flush).
-        self._heads_writer.cancel()
+        if self._heads_writer is not None:
+            self._heads_writer.cancel()
         for link in list(self.links.values()):
             link.reading.cancel()
         with anyio.move_on_after(MASTER_STOP_TIMEOUT_S) as bounded:
