@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 STALE_AFTER_TICKS = 30  # figures older than this many ticks (or 5 min) are not judged
 DOWNSAMPLE_EVERY_S = 60.0  # retention runs this often
+# A server not linked since the master started, or since it joined, has this long to link before
+# its heartbeat counts: agents reconnect with backoff (up to RECONNECT_MAX_S) after a master
+# restart, and a new one links after its join. Without it each restart notified every agent down.
+HEARTBEAT_GRACE_S = 30.0
 
 
 class ServerView(Protocol):
@@ -51,6 +55,8 @@ class ServerView(Protocol):
     def group(self) -> str: ...
     @property
     def health(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
 
 
 class MonitoringTables(Protocol):
@@ -110,6 +116,7 @@ class MonitorService:
         interval_s: float = 10.0,
         report_interval_s: float = METRICS_INTERVAL_S,
         notice_window_s: float = NOTICE_WINDOW_S,
+        heartbeat_grace_s: float = HEARTBEAT_GRACE_S,
         raw_retention_s: float = 86_400.0,
         minute_retention_s: float = 30 * 86_400.0,
     ) -> None:
@@ -134,6 +141,9 @@ class MonitorService:
         self._tg: TaskGroup | None = None
         self._last_downsample = 0.0
         self.ticks = 0
+        self.heartbeat_grace_s = heartbeat_grace_s
+        self._started_at = time.time()
+        self._linked: set[str] = set()  # node ids seen linked since the master started
 
     # --- input ---
 
@@ -181,7 +191,7 @@ class MonitorService:
         judged, live = self._thresholds(rules, servers, now)
         up = self.links_up()
         observations = (
-            self._heartbeats(servers, up) + self._silences(servers, up, now) + judged
+            self._heartbeats(servers, up, now) + self._silences(servers, up, now) + judged
         ) + self._probes(probes)
         await self._apply(observations, live, now)
         await anyio.to_thread.run_sync(self._update_health, servers)
@@ -223,12 +233,19 @@ class MonitorService:
 
     # --- observations ---
 
-    def _heartbeats(self, servers: Sequence[ServerView], up: set[str]) -> list[Observation]:
+    def _heartbeats(
+        self, servers: Sequence[ServerView], up: set[str], now: float
+    ) -> list[Observation]:
+        """A heartbeat observation per server: bad while its control link is down, except for a
+        server not linked yet within its grace (HEARTBEAT_GRACE_S), which holds the state."""
+        self._linked.update(s.node_id for s in servers if s.node_id in up)
+        waited_s = {s.node_id: now - max(self._started_at, s.created_at) for s in servers}
         return [
             Observation(
                 key=f"heartbeat:{s.name}",
                 for_s=self.interval_s,
-                bad=s.node_id not in up,
+                bad=s.node_id not in up
+                and (s.node_id in self._linked or waited_s[s.node_id] >= self.heartbeat_grace_s),
                 clear=s.node_id in up,
                 server=s.name,
                 kind="heartbeat",

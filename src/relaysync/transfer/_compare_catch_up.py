@@ -63,6 +63,8 @@ class CompareCatchUp:
             messages = ops.entry_messages(root, entry, self.options)
             if entry.kind != "f":
                 yield from messages
+            elif self.unreadable.defer(entry.path, entry.hash):
+                return  # its retry sends it, after the comparison, under its record's seq
             elif (
                 yield from self.unreadable.read(0, entry.path, (entry.hash, 0.0), messages)
             ) is False:

@@ -195,6 +195,17 @@ class UnreadableFiles:
             wait_s,
         )
 
+    def defer(self, path: str, expected_hash: bytes) -> bool:
+        """Whether a comparison leaves `path` (the version `expected_hash`) to its retry rather
+        than send it as catch-up work (seq 0): it is kept under a record's seq for that version,
+        and only a commit of that seq resolves the record's failed attempts in the job log. The
+        retry is made due at once (the comparison found the target lacks the version)."""
+        kept = self._files.get(path)
+        if kept is None or kept.seq == 0 or kept.expected_hash not in (b"", expected_hash):
+            return False
+        kept.due = min(kept.due, self._clock())
+        return True
+
     def unsettled(self, path: str) -> bool:
         """Whether `path` is kept because it was not the version journaled when read."""
         kept = self._files.get(path)

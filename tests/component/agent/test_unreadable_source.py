@@ -27,6 +27,7 @@ from relaysync._util import fs
 from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import CommitRecord
+from relaysync.transfer import unreadable
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch._fsevent import FsEvent
 
@@ -138,6 +139,43 @@ def test_an_unreadable_file_is_retried_not_taken_for_gone_and_others_flow(
     assert "relaysync retries it" in first.error
     [ok] = [r for r in reports if r.path == "secret.txt" and r.ok]
     assert ok.seq == secret_seq  # the job log's failure for that change is resolved by it
+
+
+def test_a_comparison_leaves_a_kept_file_to_its_retry_under_its_seq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A comparison comes while a file that could not be read is kept (and the retry is not due
+    yet). Before the fix the comparison sent it as catch-up work, seq 0: the file arrived, but
+    the job log's failure of its record (resolved by a commit of that seq only) stayed open for
+    good (the CI of e2a0ef3, where the periodic comparison won that race)."""
+    monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MIN_S", 3600.0)  # due only when the
+    monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MAX_S", 3600.0)  # comparison says so
+    source, folder = source_mapping(tmp_path), target_folder(tmp_path)
+    root, tgt = source.root, folder.root
+    (root / "secret.txt").write_text("content of secret.txt")
+    anyio.run(_record, source, "secret.txt")
+    [secret_seq] = [r.seq for r in source.journal.read(0, 10) if r.path == "secret.txt"]
+    reports: list[CommitRecord] = []
+    server = _server(folder, reports)
+    locked = {"secret.txt"}
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(server.serve)
+            link = plain_link(source, port, compare_interval_s=0.05)
+            tg.start_soon(link.serve)
+            await _until("the failure", lambda: any(not r.ok for r in reports))
+            locked.clear()
+            await _until("secret.txt", lambda: any(r.ok for r in reports))
+            tg.cancel_scope.cancel()
+
+    with _locked(locked, errno.EIO):
+        anyio.run(main)
+    assert (tgt / "secret.txt").read_text() == "content of secret.txt"
+    assert [(r.seq, r.ok) for r in reports if r.path == "secret.txt"] == [
+        (secret_seq, False),
+        (secret_seq, True),
+    ]
 
 
 @pytest.mark.parametrize("moved", ["p", "dir"])

@@ -51,6 +51,7 @@ def _monitor(store: Store, links_up: Callable[[], set[str]] = set) -> MonitorSer
         links_up=links_up,
         self_figures=list,
         interval_s=INTERVAL_S,
+        heartbeat_grace_s=0.0,  # the server in these tests never links
     )
 
 
@@ -166,3 +167,40 @@ def test_a_threshold_whose_series_is_gone_resolves_saying_so(store: Store) -> No
     (alert,) = _alerts(store, key)
     assert "series gone" in alert.message, alert.message
     assert [a.state for a in _alerts(store, "no_data:web1")] == []
+
+
+def test_a_server_not_linked_yet_has_its_grace_and_one_that_was_linked_has_none(
+    store: Store,
+) -> None:
+    """After a master restart the agents reconnect with backoff, and a new agent links after
+    its join. Before the fix each was alerted "control link down" once one tick had passed
+    (every restart notified every agent, and used up the key's pair of notices: an agent
+    stopped minutes later went unnotified for the rest of the window; the CI of e2a0ef3).
+    Now one not linked since the master started has HEARTBEAT_GRACE_S; one seen linked, none."""
+    other = "e" * 64
+    store.upsert_server(node_id=NODE, name="web1", region="r", group="g", address="127.0.0.1:1")
+    store.upsert_server(node_id=other, name="web2", region="r", group="g", address="127.0.0.1:2")
+    links = {NODE}
+    started, grace_s = time.monotonic(), 4.0
+    monitor = _monitor(store, links_up=lambda: set(links))
+    monitor.heartbeat_grace_s = grace_s
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.serve)
+            with anyio.fail_after(WAIT_S):
+                while monitor.ticks < 3:
+                    await anyio.sleep(0.02)
+            links.clear()  # web1 was linked: its heartbeat fires at once
+            with anyio.fail_after(WAIT_S):
+                while "heartbeat:web1" not in monitor.conditions.firing_keys():
+                    await anyio.sleep(0.02)
+            assert "heartbeat:web2" not in monitor.conditions.firing_keys()
+            assert time.monotonic() - started < grace_s, "too slow a machine to tell"
+            with anyio.fail_after(WAIT_S):  # web2 never linked: once its grace is over
+                while "heartbeat:web2" not in monitor.conditions.firing_keys():
+                    await anyio.sleep(0.02)
+            assert time.monotonic() - started >= grace_s
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from relaysync.constants import SOURCE_RETRY_MAX_S
-from relaysync.testing.cluster import wait_until
+from relaysync.testing.cluster import ClusterError, wait_until
 from tests._metrics import metric_families
 from tests.integration.monitor.conftest import ALERT_TIMEOUT_S, INTERVAL_S, MonitoredFleet
 
@@ -39,11 +39,15 @@ def _hold_while_firing(fleet: MonitoredFleet, alert_id: int, ticks: int = 8) -> 
 
 
 def _check_notified_once(fleet: MonitoredFleet, alert: dict, state: str) -> None:
-    wait_until(
-        lambda: state in fleet.webhook_notices(alert["id"]),
-        timeout_s=ALERT_TIMEOUT_S,
-        what=f"webhook {state} for alert {alert['id']}",
-    )
+    try:
+        wait_until(
+            lambda: state in fleet.webhook_notices(alert["id"]),
+            timeout_s=ALERT_TIMEOUT_S,
+            what=f"webhook {state} for alert {alert['id']}",
+        )
+    except ClusterError as exc:  # say which alerts came before: a key's notices are limited
+        log = [(a["id"], a["key"], a["state"]) for a in fleet.alerts(limit=1000)]
+        raise AssertionError(f"{exc}; the alert log, newest first: {log}") from exc
     assert fleet.webhook_notices(alert["id"]).count(state) == 1
 
 
@@ -205,20 +209,24 @@ def test_busy_cpu_fires_and_resolves(
 def test_stopped_agent_fires_heartbeat_and_is_unhealthy(mfleet: MonitoredFleet) -> None:
     cluster = mfleet.cluster
     cluster.agents["a2"].process.stop()
-    alert = mfleet.wait_alert("heartbeat:a2", "firing")
-    wait_until(
-        lambda: mfleet.health("a2") == "unhealthy", timeout_s=ALERT_TIMEOUT_S, what="a2 unhealthy"
-    )
-    _check_notified_once(mfleet, alert, "firing")
-    _hold_while_firing(mfleet, alert["id"])
-    wait_until(
-        lambda: any(
-            "heartbeat" in m["data"] and "a2" in m["data"] for m in mfleet.mailbox.messages
-        ),
-        timeout_s=ALERT_TIMEOUT_S,
-        what="e-mail about a2",
-    )
-    cluster.start_agent("a2", group="g1")
+    try:
+        alert = mfleet.wait_alert("heartbeat:a2", "firing")
+        wait_until(
+            lambda: mfleet.health("a2") == "unhealthy",
+            timeout_s=ALERT_TIMEOUT_S,
+            what="a2 unhealthy",
+        )
+        _check_notified_once(mfleet, alert, "firing")
+        _hold_while_firing(mfleet, alert["id"])
+        wait_until(
+            lambda: any(
+                "heartbeat" in m["data"] and "a2" in m["data"] for m in mfleet.mailbox.messages
+            ),
+            timeout_s=ALERT_TIMEOUT_S,
+            what="e-mail about a2",
+        )
+    finally:  # a failure here must not leave a2 stopped for the module's next tests
+        cluster.start_agent("a2", group="g1")
     mfleet.wait_alert("heartbeat:a2", "resolved")
     _check_notified_once(mfleet, alert, "resolved")
     wait_until(lambda: mfleet.health("a2") == "ok", timeout_s=ALERT_TIMEOUT_S, what="a2 ok")

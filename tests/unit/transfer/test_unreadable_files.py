@@ -224,3 +224,20 @@ def test_a_file_written_all_the_time_still_goes_now_and_then(tmp_path: Path) -> 
     [sent] = list(files.read(9, "busy.log", (b"h" * 16, 0.0), messages))
     assert isinstance(sent, SmallFile) and sent.data == f"{UNSETTLED_READS} lines".encode()
     assert "busy.log" not in files
+
+
+def test_a_comparison_defers_only_a_kept_record_of_the_version_it_would_send() -> None:
+    """`defer`: a path kept under a record's seq, for the version the comparison would send (or
+    any version), is left to its retry, made due at once; one kept by a comparison (seq 0), one
+    kept for another version, and one not kept are sent by the comparison."""
+    files = _files()
+    list(files.read(7, "rec", (b"h", 0.0), _failing("rec", errno.EIO)))
+    list(files.read(8, "any", (b"", 0.0), _failing("any", errno.EIO)))
+    list(files.read(0, "cmp", (b"h", 0.0), _failing("cmp", errno.EIO)))
+    assert files.due(100) == []  # each waits UNREADABLE_RETRY_MIN_S first
+    assert files.defer("rec", b"h") and files.defer("any", b"h")
+    assert not files.defer("rec2", b"h")  # not kept
+    assert not files.defer("cmp", b"h")  # kept by a comparison: seq 0 either way
+    list(files.read(9, "other", (b"old", 0.0), _failing("other", errno.EIO)))
+    assert not files.defer("other", b"new")  # the comparison sends a newer version
+    assert [(f.path, f.seq) for f in files.due(100)] == [("rec", 7), ("any", 8)]
