@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,26 +28,6 @@ def _held_events(fleet: Fleet) -> list[dict]:
     return [e for e in rows if e["type"] == "mass_delete_held"]
 
 
-def test_replaced_source_folder_holds_deletes_until_confirmed(own_fleet: Fleet) -> None:
-    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
-    for d in range(4):
-        (src / f"d{d}").mkdir()
-        for i in range(60):
-            (src / f"d{d}" / f"{i}.txt").write_bytes(os.urandom(100))
-    own_fleet.wait_converged(src, [dst])
-    before = snapshot(dst)
-    # an unmount, simulated: the folder is replaced by an empty one
-    src.rename(src.with_name("source.unmounted"))
-    src.mkdir()
-    wait_until(lambda: _held_events(own_fleet), timeout_s=30, what="the mass-delete alarm")
-    assert snapshot(dst) == before  # the targets were not wiped
-    # the operator confirms: now the deletes go out
-    r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/confirm-deletes")
-    assert r.status_code == 200, r.text
-    own_fleet.wait_converged(src, [dst])
-    assert list(dst.iterdir()) == []
-
-
 def _hold_events(fleet: Fleet, mapping: dict) -> list[tuple[str, str]]:
     """The mapping's hold events in the master's ring, in order: (type, server or reason)."""
     events = fleet.cluster.api.get("/api/events", params={"since": 0, "limit": 1000}).json()
@@ -58,6 +39,47 @@ def _hold_events(fleet: Fleet, mapping: dict) -> list[tuple[str, str]]:
     ]
 
 
+@dataclass
+class Held:
+    """A mapping src → t1 whose source folder was replaced by an empty one, its deletes held."""
+
+    mapping: dict
+    src: Path
+    dst: Path
+    away: Path  # where the source folder went
+    before: dict[str, tuple[object, ...]]  # snapshot() of the target before that
+
+
+def _held(fleet: Fleet, *, dirs: int) -> Held:
+    """Replicate 240 files in `dirs` folders (200 files, flat, for 0), then replace the source
+    folder by an empty one (an unmount, simulated) and wait for the hold's alarm."""
+    mapping, src, (dst,) = fleet.new_mapping(targets=("t1",))
+    for d in range(dirs):
+        (src / f"d{d}").mkdir()
+        for i in range(240 // dirs):
+            (src / f"d{d}" / f"{i}.txt").write_bytes(os.urandom(100))
+    for i in range(0 if dirs else 200):
+        (src / f"{i}.txt").write_bytes(os.urandom(100))
+    fleet.wait_converged(src, [dst])
+    before = snapshot(dst)
+    away = src.with_name("source.unmounted")
+    src.rename(away)
+    src.mkdir()
+    wait_until(lambda: _hold_events(fleet, mapping), timeout_s=30, what="the mass-delete alarm")
+    return Held(mapping, src, dst, away, before)
+
+
+def test_replaced_source_folder_holds_deletes_until_confirmed(own_fleet: Fleet) -> None:
+    held = _held(own_fleet, dirs=4)
+    mapping, src, dst = held.mapping, held.src, held.dst
+    assert snapshot(dst) == held.before  # the targets were not wiped
+    # the operator confirms: now the deletes go out
+    r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/confirm-deletes")
+    assert r.status_code == 200, r.text
+    own_fleet.wait_converged(src, [dst])
+    assert list(dst.iterdir()) == []
+
+
 def test_a_hold_is_shown_after_a_master_restart_and_ends_when_the_folder_is_back(
     own_fleet: Fleet,
 ) -> None:
@@ -65,17 +87,8 @@ def test_a_hold_is_shown_after_a_master_restart_and_ends_when_the_folder_is_back
     its `mass_delete_held` event as the last word, so the console showed it held for ever; and
     a master that restarted showed no hold at all while the agent still held it. Now the agent
     tells its hold again when its control link comes up, and reports the hold's end."""
-    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
-    for d in range(4):
-        (src / f"d{d}").mkdir()
-        for i in range(60):
-            (src / f"d{d}" / f"{i}.txt").write_bytes(os.urandom(100))
-    own_fleet.wait_converged(src, [dst])
-    before = snapshot(dst)
-    away = src.with_name("source.unmounted")
-    src.rename(away)
-    src.mkdir()
-    wait_until(lambda: _hold_events(own_fleet, mapping), timeout_s=30, what="the alarm")
+    held = _held(own_fleet, dirs=4)
+    mapping, src, dst, away = held.mapping, held.src, held.dst, held.away
     cluster = own_fleet.cluster
     assert cluster.master is not None
     cluster.master.stop()
@@ -96,19 +109,14 @@ def test_a_hold_is_shown_after_a_master_restart_and_ends_when_the_folder_is_back
         timeout_s=CONVERGE_TIMEOUT_S,
         what="the end of the hold",
     )
-    assert snapshot(dst) == before  # nothing was deleted
+    assert snapshot(dst) == held.before  # nothing was deleted
 
 
 def test_a_hold_ends_when_its_mapping_is_disabled(own_fleet: Fleet) -> None:
     """The source stops the mapping (disabled: no longer its to source): its hold is over,
     and the master is told so (the console drops the row)."""
-    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
-    for i in range(200):
-        (src / f"{i}.txt").write_bytes(os.urandom(100))
-    own_fleet.wait_converged(src, [dst])
-    src.rename(src.with_name("source.unmounted"))
-    src.mkdir()
-    wait_until(lambda: _hold_events(own_fleet, mapping), timeout_s=30, what="the alarm")
+    held = _held(own_fleet, dirs=0)
+    mapping, dst = held.mapping, held.dst
     r = own_fleet.cluster.api.patch(f"/api/mappings/{mapping['id']}", json={"enabled": False})
     assert r.status_code == 200, r.text
     wait_until(
@@ -128,14 +136,8 @@ def test_a_hold_ends_when_its_agent_restarts_with_the_folder_back(own_fleet: Fle
     nothing, so the master's last word for the mapping stayed `mass_delete_held`: the console
     showed it held for ever. Now the source's first full scan, finding nothing to hold, says
     the hold is over ("source restarted")."""
-    mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
-    for i in range(200):
-        (src / f"{i}.txt").write_bytes(os.urandom(100))
-    own_fleet.wait_converged(src, [dst])
-    away = src.with_name("source.unmounted")
-    src.rename(away)
-    src.mkdir()
-    wait_until(lambda: _hold_events(own_fleet, mapping), timeout_s=30, what="the alarm")
+    held = _held(own_fleet, dirs=0)
+    mapping, src, dst, away = held.mapping, held.src, held.dst, held.away
     cluster = own_fleet.cluster
     cluster.agents["src"].process.stop()
     src.rmdir()
@@ -168,16 +170,10 @@ def test_small_deletes_pass_the_guard(own_fleet: Fleet) -> None:
 def test_replaced_flat_source_folder_holds_its_file_deletes(own_fleet: Fleet) -> None:
     """Found in review: deleted plain files counted for nothing, so a flat folder that vanished
     (200 files, no directory) was wiped on the targets without an alarm."""
-    _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
-    for i in range(200):
-        (src / f"{i}.txt").write_bytes(os.urandom(100))
-    own_fleet.wait_converged(src, [dst])
-    before = snapshot(dst)
-    src.rename(src.with_name("source.unmounted"))
-    src.mkdir()
-    held = wait_until(lambda: _held_events(own_fleet), timeout_s=30, what="the mass-delete alarm")
-    assert [(e["data"]["deletes"], e["data"]["entries"]) for e in held] == [(200, 200)]
-    assert snapshot(dst) == before
+    held = _held(own_fleet, dirs=0)
+    alarms = _held_events(own_fleet)
+    assert [(e["data"]["deletes"], e["data"]["entries"]) for e in alarms] == [(200, 200)]
+    assert snapshot(held.dst) == held.before
 
 
 def test_an_unmounted_source_disk_holds_its_deletes_and_replicates_again_once_back(

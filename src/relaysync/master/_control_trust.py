@@ -59,6 +59,14 @@ class AgentLink:
     refused_heads: set[int] = field(default_factory=set)
 
 
+@dataclass
+class HeadsFailures:
+    """Failed heads writes not logged yet, and when the last word on them was logged."""
+
+    logged_at: float = float("-inf")  # time.monotonic()
+    since: int = 0
+
+
 class ControlTrust:
     """The checks of ControlServer on what a link may say; ControlServer sets the state."""
 
@@ -72,7 +80,7 @@ class ControlTrust:
     _heads_writer: anyio.CancelScope | None  # `_write_heads`' own while it runs: a stop cancels it
     _stopping: bool
     _heads_errors: set[str]  # the unexpected errors of `_write_heads` logged in full
-    _heads_failures: list[float]  # [when a failed heads write was last logged, failures since]
+    _heads_failures: HeadsFailures
 
     def _take_heads(self, link: AgentLink, heads: Sequence[JournalHead]) -> None:
         """Keep the journal heads a source sends with its figures, those changed since the
@@ -125,16 +133,16 @@ class ControlTrust:
         """Log a failed heads write at most every HEADS_FAILED_LOG_S, with how many failed
         since: every report of every agent retries while the store fails (a flood, review)."""
         failures = self._heads_failures
-        failures[1] += 1
+        failures.since += 1
         now = time.monotonic()
-        if now - failures[0] < HEADS_FAILED_LOG_S:
+        if now - failures.logged_at < HEADS_FAILED_LOG_S:
             return
         logger.warning(
             "journal heads not noted (%d failed writes since the last word), will retry: %s",
-            failures[1],
+            failures.since,
             what,
         )
-        failures[:] = [now, 0]
+        failures.logged_at, failures.since = now, 0
 
     async def _write_slots(self, slots: Sequence[tuple[AgentLink, dict[int, int]]]) -> None:
         """The store writes a head only from the mapping's source; the others are refused. A

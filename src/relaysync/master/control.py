@@ -79,7 +79,7 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import tls
 
 from ._control_holds import ControlHolds
-from ._control_trust import AgentLink, warn_if_expiring
+from ._control_trust import AgentLink, HeadsFailures, warn_if_expiring
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class ControlServer(ControlHolds):
         self._heads_due = anyio.Event()  # a slot was filled: `_write_heads` writes them
         self._heads_writer: anyio.CancelScope | None = None  # `_write_heads`', cancelled by `stop`
         self._heads_errors: set[str] = set()
-        self._heads_failures = [float("-inf"), 0]  # logged at, failures since (_control_trust)
+        self._heads_failures = HeadsFailures()
 
     def notify_change(self) -> None:
         """Mappings or servers changed: push fresh assignments (callable from any thread).

@@ -191,8 +191,13 @@ class ChangeRecorder:
                     st,
                     hash_=digest if same_file else None,
                     dir_fd=dir_fd,
-                    # an excluded path's content is never sent: not kept
-                    cache=self._cache if self._filter.accepts(path, is_dir=False) else None,
+                    # an excluded path's content is never sent: not kept (the filter is asked
+                    # only where there is a cache: a target's recorder keeps none)
+                    cache=(
+                        self._cache
+                        if self._cache is not None and self._filter.accepts(path, is_dir=False)
+                        else None
+                    ),
                 )
             except SourceReadError as err:
                 batch.unreadable.append(err.bare())

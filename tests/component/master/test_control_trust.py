@@ -306,6 +306,26 @@ def test_journal_heads_are_believed_from_the_mappings_source_only(
     anyio.run(main)
 
 
+def _count_calls(
+    monkeypatch: pytest.MonkeyPatch,
+    obj: object,
+    name: str,
+    *,
+    first: Callable[[], None] = lambda: None,
+) -> list[int]:
+    """Replace `obj.name` by a spy counting its calls (in the list returned) that runs `first`
+    (which may raise, as a failing store would) before the real method."""
+    real, calls = getattr(obj, name), [0]
+
+    def counted(*args: Any) -> Any:
+        calls[0] += 1
+        first()
+        return real(*args)
+
+    monkeypatch.setattr(obj, name, counted)
+    return calls
+
+
 def test_a_report_of_thousands_of_made_up_mappings_costs_one_write_and_no_read_each(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -314,25 +334,14 @@ def test_a_report_of_thousands_of_made_up_mappings_costs_one_write_and_no_read_e
     source itself, all of a report's heads in one transaction."""
     src, _ = fleet.join("src"), fleet.join("web-a")
     m = _mapping(fleet, "src", "web-a")
-    epoch_reads, writes = [0], [0]
-    epoch, record = fleet.store.epoch, fleet.store.record_source_heads
-
-    def counted_epoch() -> int:
-        epoch_reads[0] += 1
-        return epoch()
-
-    def counted_record(*args: Any) -> Any:
-        writes[0] += 1
-        return record(*args)
-
     made_up = [(m + 1 + i, 7) for i in range(MAX_JOURNAL_HEADS - 1)]
 
     async def main() -> None:
         async with fleet.control_server() as (control, port):
             async with agent_link(port, src, "src") as framed:
                 await roundtrip(framed)  # registered, its assignment pushed
-                monkeypatch.setattr(fleet.store, "epoch", counted_epoch)
-                monkeypatch.setattr(fleet.store, "record_source_heads", counted_record)
+                epoch_reads = _count_calls(monkeypatch, fleet.store, "epoch")
+                writes = _count_calls(monkeypatch, fleet.store, "record_source_heads")
                 await framed.send(_figures((m, 10), *made_up))
                 await roundtrip(framed)
                 await _until(lambda: control.refused["journal_head"] == len(made_up))
@@ -415,17 +424,13 @@ def test_a_bug_in_the_heads_write_costs_those_heads_not_the_control_server(
     link stays up and the next figures are written."""
     src, _ = fleet.join("src"), fleet.join("web-a")
     m = _mapping(fleet, "src", "web-a")
-    record = fleet.store.record_source_heads
     failures: list[Exception] = [StoreError("the store is down"), ValueError("a bug")]
-    calls = [0]
 
-    def failing(*args: Any) -> Any:
-        calls[0] += 1
+    def fail_twice() -> None:
         if failures:
             raise failures.pop(0)
-        return record(*args)
 
-    monkeypatch.setattr(fleet.store, "record_source_heads", failing)
+    calls = _count_calls(monkeypatch, fleet.store, "record_source_heads", first=fail_twice)
 
     async def main() -> None:
         async with fleet.control_server() as (_control, port):
@@ -449,13 +454,11 @@ def test_a_heads_write_failing_again_is_logged_once_a_minute_not_per_report(
     agents made 50 lines a second (review). Repeats are counted and logged once a minute."""
     src, _ = fleet.join("src"), fleet.join("web-a")
     m = _mapping(fleet, "src", "web-a")
-    calls = [0]
 
-    def failing(*args: Any) -> Any:
-        calls[0] += 1
+    def fail() -> None:
         raise StoreError("the store is down")
 
-    monkeypatch.setattr(fleet.store, "record_source_heads", failing)
+    calls = _count_calls(monkeypatch, fleet.store, "record_source_heads", first=fail)
     caplog.set_level(logging.WARNING, logger="relaysync.master")
 
     async def main() -> None:
@@ -480,17 +483,12 @@ def test_heads_all_refused_open_no_write_transaction_nor_are_sent_again(
     src, a = fleet.join("src"), fleet.join("web-a")
     m = _mapping(fleet, "src", "web-a")
     head_writes: list[str] = []
-    calls = [0]
-    write, record = fleet.store._write, fleet.store.record_source_heads
+    write = fleet.store._write
 
     def spied_write(operation: str) -> Any:
         if "head" in operation:
             head_writes.append(operation)
         return write(operation)
-
-    def counted_record(*args: Any) -> Any:
-        calls[0] += 1
-        return record(*args)
 
     made_up = [(m + 1 + i, 7) for i in range(MAX_JOURNAL_HEADS - 1)]
 
@@ -499,7 +497,7 @@ def test_heads_all_refused_open_no_write_transaction_nor_are_sent_again(
             async with agent_link(port, a, "web-a") as framed:
                 await roundtrip(framed)
                 monkeypatch.setattr(fleet.store, "_write", spied_write)
-                monkeypatch.setattr(fleet.store, "record_source_heads", counted_record)
+                calls = _count_calls(monkeypatch, fleet.store, "record_source_heads")
                 await framed.send(_figures((m, 900), *made_up))  # none of them its own
                 await roundtrip(framed)
                 await _until(lambda: control.refused["journal_head"] == MAX_JOURNAL_HEADS)

@@ -5,7 +5,6 @@ too large to keep, or a link that was not counted reads the disk as before."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.scanner import entry_from_stat, scan
-
-
-@pytest.fixture
-def manifest(tmp_path: Path) -> Iterator[Manifest]:
-    m = Manifest(tmp_path / "manifest.db")
-    yield m
-    m.close()
 
 
 @pytest.fixture

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relaysync.watch.filters import PathFilter
-from relaysync.watch.manifest import Manifest
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def manifest(tmp_path: Path) -> Iterator[Manifest]:
-    m = Manifest(tmp_path / "manifest.db")
-    yield m
-    m.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Request
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from relaysync.errors import ConfigError
 from relaysync.master.api._context import Context
@@ -143,6 +143,8 @@ class ProviderOut(BaseModel):
 
 
 class PurgeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     site_id: int
     cache: str
@@ -299,19 +301,4 @@ def list_purges(
 ) -> list[PurgeOut]:
     """Purge outcomes per URL per cache, newest first; page on with ?before=<id>."""
     rows = context.store.purge_log(site=site, limit=limit, before=before)
-    return [
-        PurgeOut(
-            id=r.id,
-            site_id=r.site_id,
-            cache=r.cache,
-            url=r.url,
-            action=r.action,
-            status=r.status,
-            confirmed=r.confirmed,
-            attempts=r.attempts,
-            at=r.at,
-            duration_ms=r.duration_ms,
-            detail=r.detail,
-        )
-        for r in rows
-    ]
+    return [PurgeOut.model_validate(r) for r in rows]
