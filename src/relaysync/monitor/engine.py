@@ -57,6 +57,8 @@ class ServerView(Protocol):
     def health(self) -> str: ...
     @property
     def created_at(self) -> float: ...
+    @property
+    def last_seen(self) -> float | None: ...
 
 
 class MonitoringTables(Protocol):
@@ -142,8 +144,8 @@ class MonitorService:
         self._last_downsample = 0.0
         self.ticks = 0
         self.heartbeat_grace_s = heartbeat_grace_s
-        self._started_at = time.time()
-        self._linked: set[str] = set()  # node ids seen linked since the master started
+        self._started_at = time.time()  # again when `serve` starts: the grace counts from there
+        self._linked: set[str] = set()  # node ids seen linked at a tick since then
 
     # --- input ---
 
@@ -166,6 +168,7 @@ class MonitorService:
         ):
             self.conditions.get(alert.key, 0.0, firing=True)  # no second notice after a restart
             self._key_server[alert.key] = alert.server
+        self._started_at = time.time()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             task_status.started()
@@ -237,8 +240,15 @@ class MonitorService:
         self, servers: Sequence[ServerView], up: set[str], now: float
     ) -> list[Observation]:
         """A heartbeat observation per server: bad while its control link is down, except for a
-        server not linked yet within its grace (HEARTBEAT_GRACE_S), which holds the state."""
+        server not linked since the monitor started within its grace (HEARTBEAT_GRACE_S), which
+        holds the state. Linked: seen so at a tick, or registered since (its last_seen: a link
+        up and down again between two ticks counts too)."""
         self._linked.update(s.node_id for s in servers if s.node_id in up)
+        self._linked.update(
+            s.node_id
+            for s in servers
+            if s.last_seen is not None and s.last_seen >= self._started_at
+        )
         waited_s = {s.node_id: now - max(self._started_at, s.created_at) for s in servers}
         return [
             Observation(

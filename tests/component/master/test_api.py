@@ -281,6 +281,10 @@ def test_status_jobs_and_exceptions(client: TestClient, store: Store) -> None:
     jobs = client.get("/api/jobs", params={"mapping": "m", "limit": 2}).json()
     assert [(j["seq"], j["committed_targets"]) for j in jobs] == [(3, 0), (2, 0)]
     assert [j["seq"] for j in client.get("/api/jobs", params={"before": 2}).json()] == [1]
+    cursor = f"2:{m['id']}:{src['node_id']}"  # the whole key of the row with seq 2
+    assert [j["seq"] for j in client.get("/api/jobs", params={"before": cursor}).json()] == [1]
+    for bad in ("2:x:y", "2:1", "99999999999999999999", f"2:{2**63}:{src['node_id']}"):
+        assert client.get("/api/jobs", params={"before": bad}).status_code == 422, bad
     [exc] = client.get("/api/exceptions").json()
     assert (exc["seq"], exc["error"]) == (2, "EIO")
     assert client.get("/api/jobs", params={"limit": 0}).status_code == 422

@@ -165,6 +165,40 @@ def test_job_log_paging_and_status(store: Store, mapping_id: int) -> None:
     assert (status[T2].watermark, status[T2].lag) == (4, 6)
 
 
+def test_job_log_pages_across_mappings_without_skipping_a_seq_shared(
+    store: Store, mapping_id: int
+) -> None:
+    """Every mapping journals from seq 1: the rows of one seq in several mappings sit side by
+    side. Before the fix a page ending inside such a group, paged on with its bare seq
+    (seq < before), skipped the group's other rows: paged 3 at a time, 4 of 12 never showed."""
+    other = store.create_mapping(
+        name="m2", source="src", source_path="/x", targets=[("t1", "/y")]
+    ).id
+    store.record_commit_reports(
+        [
+            report(mapping_id, T1, 6, *(rec(s) for s in range(1, 7))),
+            report(other, T1, 6, *(rec(s) for s in range(1, 7))),
+        ]
+    )
+    everything = [(r.seq, r.mapping_id) for r in store.job_log(limit=100)]
+    assert len(everything) == 12
+    paged: list[tuple[int, int]] = []
+    before: tuple[int, tuple[int, str]] | None = None
+    for _ in range(10):  # 4 pages of 3, then an empty one
+        page = store.job_log(
+            limit=3,
+            before_seq=before[0] if before else None,
+            after_tie=before[1] if before else None,
+        )
+        if not page:
+            break
+        paged += [(r.seq, r.mapping_id) for r in page]
+        before = (page[-1].seq, (page[-1].mapping_id, page[-1].source_node))
+    assert paged == everything
+    # a bare seq still means "below it" (what older clients send)
+    assert {r.seq for r in store.job_log(limit=100, before_seq=3)} == {1, 2}
+
+
 def test_removed_target_no_longer_counts(store: Store, mapping_id: int) -> None:
     store.record_commit_reports(
         [report(mapping_id, T1, 1, rec(1)), report(mapping_id, T2, 1, rec(1))]

@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict
 
+from relaysync.errors import ConfigError
 from relaysync.master.api._context import Context
-from relaysync.master.api._limits import QueryInt
+from relaysync.master.api._limits import INT64_MAX, INT64_MIN
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +47,39 @@ class ExceptionOut(BaseModel):
 
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+# The job log's cursor: the last row's "SEQ:MAPPING_ID:SOURCE_NODE" (or a bare SEQ: the rows of
+# lower seqs only, skipping the rest of that seq's rows in other mappings or of another source).
+Cursor = Annotated[
+    str | None, Query(max_length=120, pattern=r"^-?[0-9]{1,19}(:[0-9]{1,19}:[0-9a-f]{1,64})?$")
+]
+
+
+def _cursor(before: str | None) -> tuple[int | None, tuple[int, str] | None]:
+    """(seq, (mapping id, source node) or None) of a job-log cursor.
+
+    Raises:
+        ConfigError: a number out of the 64-bit range (no row has one).
+    """
+    if before is None:
+        return None, None
+    seq, _, rest = before.partition(":")
+    mapping, _, source = rest.partition(":")
+    numbers = [int(seq)] + ([int(mapping)] if rest else [])
+    if not all(INT64_MIN <= n <= INT64_MAX for n in numbers):
+        raise ConfigError(f"before: {before!r} is out of range")
+    return numbers[0], ((numbers[1], source) if rest else None)
 
 
 def list_jobs(
     context: Context,
     mapping: str | None = None,
     limit: Limit = 100,
-    before: QueryInt = None,
+    before: Cursor = None,
 ) -> list[ChangeOut]:
-    """Changes, newest seq first, with how many targets have committed each."""
-    rows = context.store.job_log(mapping_id=mapping, limit=limit, before_seq=before)
+    """Changes, newest seq first (then by mapping id and source), with how many targets have
+    committed each; page on with ?before=SEQ:MAPPING_ID:SOURCE_NODE of the last row."""
+    seq, tie = _cursor(before)
+    rows = context.store.job_log(mapping_id=mapping, limit=limit, before_seq=seq, after_tie=tie)
     return [ChangeOut.model_validate(r) for r in rows]
 
 

@@ -93,8 +93,11 @@ class JobLogStore:
         mapping_id: int | str | None = None,
         limit: int = 100,
         before_seq: int | None = None,
+        after_tie: tuple[int, str] | None = None,
     ) -> list[ChangeLogRow]:
-        """Return change rows, newest seq first, each with how many targets have committed it.
+        """Return change rows, newest seq first (then by mapping id and source node), each with
+        how many targets have committed it: those below `before_seq`, and with `after_tie` (the
+        mapping id and source node of the last row of the page before) the rest of that seq's.
 
         A target has committed seq s iff its watermark >= s and it has no open exception for s.
 
@@ -104,7 +107,11 @@ class JobLogStore:
         with self._read("job log") as session:
             mid = None if mapping_id is None else _mappings.find_mapping(session, mapping_id).id
             return _queries.job_log(
-                session, mapping_id=mid, limit=_limit(limit), before_seq=before_seq
+                session,
+                mapping_id=mid,
+                limit=_limit(limit),
+                before_seq=before_seq,
+                after_tie=after_tie,
             )
 
     def exceptions(

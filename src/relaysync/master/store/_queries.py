@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from relaysync.master.store import _heads, _joblog
@@ -120,9 +120,15 @@ def _target_status(
 
 
 def job_log(
-    session: Session, *, mapping_id: int | None, limit: int, before_seq: int | None
+    session: Session,
+    *,
+    mapping_id: int | None,
+    limit: int,
+    before_seq: int | None,
+    after_tie: tuple[int, str] | None = None,
 ) -> list[ChangeLogRow]:
-    """Change rows, newest seq first, each with how many targets have committed it."""
+    """Change rows, newest seq first, each with how many targets have committed it (keyset
+    paging on (seq desc, mapping id, source node): see `Store.job_log`)."""
     ch = _joblog.CHANGES.c
     query = select(
         ch.mapping_id,
@@ -137,7 +143,21 @@ def job_log(
     )
     if mapping_id is not None:
         query = query.where(ch.mapping_id == mapping_id)
-    if before_seq is not None:
+    if before_seq is not None and after_tie is not None:
+        tie_mapping, tie_source = after_tie
+        query = query.where(
+            or_(
+                ch.seq < before_seq,
+                and_(
+                    ch.seq == before_seq,
+                    or_(
+                        ch.mapping_id > tie_mapping,
+                        and_(ch.mapping_id == tie_mapping, ch.source_node > tie_source),
+                    ),
+                ),
+            )
+        )
+    elif before_seq is not None:
         query = query.where(ch.seq < before_seq)
     query = query.order_by(ch.seq.desc(), ch.mapping_id, ch.source_node).limit(limit)
     return [

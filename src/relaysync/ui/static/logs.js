@@ -51,7 +51,7 @@ class LogView {
   render() {
     const needle = this.ids("path").value;
     const rows = this.lastRows.filter((r) => !needle || this.spec.matches(r, needle));
-    const page = this.before === null ? "newest page" : `page before ${this.before}`;
+    const page = this.before === null ? "newest page" : `page before ${String(this.before).split(":")[0]}`;
     const filtered = needle ? `, ${rows.length} match` : "";
     setText(`${this.prefix}-info`, `${this.lastRows.length} rows (${page})${filtered}.`);
     this.ids("older").disabled = this.lastRows.length < Number(this.ids("limit").value);
@@ -79,7 +79,8 @@ export function jobLog(names) {
   return new LogView("jobs", {
     path: "/api/jobs",
     filterParam: "mapping",
-    cursorOf: (r) => r.seq,
+    // the whole row key: a bare seq would skip that seq's rows of other mappings
+    cursorOf: (r) => `${r.seq}:${r.mapping_id}:${r.source_node}`,
     matches: (r, needle) => r.path.includes(needle),
     headings: ["Mapping", "Seq", "Op", "Path", "Size", "Reported", "Committed"],
     row: (r) =>
