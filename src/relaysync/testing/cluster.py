@@ -1,11 +1,14 @@
 """A real relaysync fleet on loopback: a master and agents as `python -m relaysync` processes.
 
 Used by the demo and by the integration tests; everything is driven through the REST API.
-Processes are started with their own process group and stopped by pid only.
+Processes are started with their own process group and stopped by pid only; each is sent SIGTERM
+if the process that started it dies (a test run killed by a timeout, or kill -9, ran no teardown
+and left its fleet running for good).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -26,6 +29,21 @@ from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import RelaySyncError
 
 START_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGTERM when `parent` dies (strictly: the thread that
+    started it ends; a fleet is started from the thread that runs the tests or the demo)."""
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 class ClusterError(RelaySyncError):
@@ -79,6 +97,7 @@ class Process:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),  # takes no lock: safe after a fork
         )
         log.close()
 
