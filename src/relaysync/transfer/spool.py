@@ -8,7 +8,9 @@ relay needs no copy of the file in its tree to forward it.
 Layout: segment files `<n>.spool` of length-prefixed msgpack frames, in order. Positions are
 global byte offsets across segments (they only grow). The spool covers every change with a
 sequence number above `base`: a manifest comparison the parent ran with us (catch-up work with
-seq 0) is not spooled; it resets the spool, and `base` becomes the checkpoint that closes it.
+seq 0) is not spooled; it resets the spool, and `base` becomes the checkpoint that closes it: a
+child behind it, or at it (it may have got there before the comparison's work), gets a
+comparison with our tree (`covers`).
 
 Error handling: a torn tail (the relay was killed mid-write) is cut back to the last
 checkpoint when the spool is opened. When the parent's stream breaks mid-batch, the tail after
@@ -81,6 +83,8 @@ class Spool:
         self.base: int | None = (
             base if isinstance(base, int) else None
         )  # None: nothing until a checkpoint
+        # `base` closes a comparison whose work the spool does not hold (see `covers`)
+        self.repaired = state.get("repaired") is True
         self.head = 0  # the last checkpoint appended
         self.generation = 0
         self._segments: list[_Segment] = []
@@ -99,7 +103,8 @@ class Spool:
 
     def _save_state(self) -> None:
         tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"journal_id": self.journal_id, "base": self.base}))
+        state = {"journal_id": self.journal_id, "base": self.base, "repaired": self.repaired}
+        tmp.write_text(json.dumps(state))
         os.replace(tmp, self._state_path)
 
     def _open_segments(self) -> None:
@@ -155,6 +160,7 @@ class Spool:
                 self._reset_locked()
                 self.journal_id = journal_id
                 self.base = self.head = watermark
+                self.repaired = False
                 self._save_state()
 
     def _reset_locked(self) -> None:
@@ -199,6 +205,7 @@ class Spool:
                         self._reset_locked()
                     if self.base is None:  # the checkpoint closing a comparison: we cover after it
                         self.base = self.head = seq
+                        self.repaired = True
                         self._checkpoint_end = self.end
                         self._save_state()
                         continue
@@ -263,8 +270,13 @@ class Spool:
         return self._segments[0].start if self._segments else self._checkpoint_end
 
     def covers(self, watermark: int) -> bool:
-        """Can a child at `watermark` be served from the spool alone?"""
-        return self.base is not None and self.base <= watermark
+        """Can a child at `watermark` be served from the spool alone? At `base` or past it;
+        only past it where `base` closes a comparison our parent ran with us (`repaired`): our
+        tree got its work there without a seq, and a child caught up to that seq before it came
+        would never get it from the spool."""
+        if self.base is None:
+            return False
+        return self.base < watermark or (self.base == watermark and not self.repaired)
 
     def read(self, position: int, generation: int, max_bytes: int) -> tuple[list[AnyMessage], int]:
         """Return messages from `position` (at most about max_bytes) and the next position.
@@ -306,6 +318,7 @@ class Spool:
                 dropped = max(dropped, segment.max_seq)
             if dropped and self.base is not None and dropped > self.base:
                 self.base = dropped  # what was dropped is no longer covered: a new child compares
+                self.repaired = False  # every child is past the comparison's point by now
                 self._save_state()
 
     def stats(self) -> dict[str, int]:

@@ -6,6 +6,8 @@ plain links, in-process agents' parts).
    them on disk across a restart, and tells its own children.
 2. A file the source read again once readable (sent under the seq it was journaled with) is
    forwarded to the child at once, not at the relay's next periodic comparison.
+3. A file the source's comparison sends the relay as catch-up work reaches a child that was
+   caught up to the comparison's checkpoint already (the spool does not cover it there).
 
 The errno (EACCES) is injected at the scan's opens and at the link's open, as in
 test_unreadable_compare.py and test_unreadable_source.py.
@@ -32,7 +34,7 @@ from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
 from relaysync.constants import CAP_UNREADABLE, CAPABILITIES
 from relaysync.protocol.messages import RouteHop, SourceUnreadable
-from relaysync.transfer import ops, sender
+from relaysync.transfer import ops, sender, unreadable
 from relaysync.transfer.compare import Unreadable
 from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.relay import RelayFeed, RelayLink
@@ -330,3 +332,52 @@ def test_under_an_older_parent_a_relay_keeps_no_old_word(
         assert (child.root / rel).read_text() == f"same {rel}", rel
     assert feed.unreadable_now() == Unreadable()  # on disk too
     assert _feed(tmp_path, relay).unreadable_now() == Unreadable()
+
+
+def test_catch_up_work_reaches_a_relays_child_already_at_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's comparison sends the relay a file as catch-up work (seq 0: here one its link
+    forgot to read again, as an agent restart forgets). The relay's spool restarts at the
+    comparison's closing checkpoint, which the child had reached already. Before the fix the
+    child counted as covered by the spool and got no comparison: it lacked the file until the
+    relay's periodic one, 10 minutes on (found in review: still missing after 30 s)."""
+    monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MIN_S", 3600.0)  # no retry: only the
+    monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MAX_S", 3600.0)  # comparison sends it
+    source = _source_mapping(tmp_path)
+    relay, child = _folder(tmp_path, "relay", SRC), _folder(tmp_path, "child", TGT)
+    feed = _feed(tmp_path, relay)
+    root = source.root
+    (root / "a.txt").write_text("first")
+    locked: set[str] = set()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            relay_port = await tg.start(_relay_server(relay, feed).serve)
+            link = plain_link(source, relay_port, compare_interval_s=0.2)
+            tg.start_soon(link.serve)
+            child_port = await tg.start(_child_server(child).serve)
+            tg.start_soon(_relay_link(feed, child_port, compare_interval_s=600.0).serve)
+            await _record(source, "a.txt")
+            await _until(lambda: (child.root / "a.txt").exists())
+            (root / "late.txt").write_text("late content")
+            locked.add("late.txt")
+            await _record(source, "late.txt")
+            await _until(lambda: "late.txt" in link.unreadable)
+            (root / "b.txt").write_text("after it")
+            await _record(source, "b.txt")
+            await _until(lambda: (child.root / "b.txt").exists())  # the child is caught up
+            generation = feed.spool.generation
+            link.unreadable.forget("late.txt")
+            locked.clear()
+            await _until(lambda: (relay.root / "late.txt").exists())
+            assert feed.spool.generation > generation  # the catch-up work reset the spool
+            await _until(lambda: (child.root / "late.txt").exists())
+            tg.cancel_scope.cancel()
+
+    try:
+        with _locked(locked, errno.EACCES):
+            anyio.run(main)
+    finally:
+        source.close()
+    assert (child.root / "late.txt").read_text() == "late content"

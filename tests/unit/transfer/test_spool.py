@@ -67,9 +67,13 @@ def test_a_comparison_resets_the_spool_and_its_checkpoint_is_the_new_base(tmp_pa
         spool.read(spool.start, generation, 1 << 20)
     assert not spool.covers(1)
     spool.append([Checkpoint(seq=40)])
-    assert spool.base == 40 and spool.covers(40) and not spool.covers(39)
+    # past the base only: a child at 40 may have got there before the comparison's work came
+    assert spool.base == 40 and spool.covers(41) and not spool.covers(40)
     spool.append([*_file(41), Checkpoint(seq=41)])
     assert [m.seq for m in _read_all(spool) if isinstance(m, Checkpoint)] == [41]
+    assert not Spool(tmp_path).covers(40)  # kept across a restart of the relay
+    spool.begin("j1", 41)  # a new session from our parent, nothing cut: the same base
+    assert not spool.covers(40) and spool.covers(41)
 
 
 def test_a_comparison_that_found_nothing_keeps_the_spool(tmp_path: Path) -> None:
@@ -91,7 +95,7 @@ def test_a_comparison_closing_past_what_the_spool_saw_resets_it(tmp_path: Path) 
     spool.begin("j1", 0)
     generation = spool.generation
     spool.append([DigestRequest(mapping_id=1, dirs=("",)), Checkpoint(seq=1)])
-    assert not spool.covers(0) and spool.covers(1)
+    assert not spool.covers(0) and not spool.covers(1) and spool.covers(2)
     assert _read_all(spool) == []  # no checkpoint for a child to take as covering seq 1
     with pytest.raises(SpoolReset):  # a child reading from before it starts again
         spool.read(0, generation, 1 << 20)
