@@ -96,9 +96,13 @@ class RelayLink(TargetLink):
         session.partials = state.partials
         self.connected = True
         await self._tell_unreadable(session)
+        # Taken before the catch-up: a reset meanwhile (our parent's comparison, whose work a
+        # comparison of ours running then may have missed) ends the session at the first read,
+        # and the next one looks again (`Spool.covers`).
+        generation = spool.generation
         await self._catch_up(session, state.watermark)
         compare_due = anyio.current_time() + self.compare_interval_s
-        position, generation = spool.start, spool.generation
+        position = spool.start
         head = StreamHead(spool.base or 0)  # the seq the stream is at where we start reading
         refused = RefusedDelta()  # a refused delta's messages can span several spool reads
         cut = ResumeCut()  # so can those of a file cut to what the child lacks

@@ -157,10 +157,13 @@ class Spool:
         with self._lock:
             self._comparing = False
             if journal_id != self.journal_id or self.base is None or self.head < watermark:
+                # A comparison of the same journal cut before its closing checkpoint (a broken
+                # session, a restart) left no base: its work is in our tree, not in the spool.
+                cut_comparison = journal_id == self.journal_id and self.base is None
                 self._reset_locked()
                 self.journal_id = journal_id
+                self.repaired = cut_comparison
                 self.base = self.head = watermark
-                self.repaired = False
                 self._save_state()
 
     def _reset_locked(self) -> None:
@@ -204,8 +207,8 @@ class Spool:
                         frames, max_seq = [], 0
                         self._reset_locked()
                     if self.base is None:  # the checkpoint closing a comparison: we cover after it
+                        self.repaired = True  # first: `covers` reads base, then this
                         self.base = self.head = seq
-                        self.repaired = True
                         self._checkpoint_end = self.end
                         self._save_state()
                         continue
@@ -274,9 +277,13 @@ class Spool:
         only past it where `base` closes a comparison our parent ran with us (`repaired`): our
         tree got its work there without a seq, and a child caught up to that seq before it came
         would never get it from the spool."""
-        if self.base is None:
+        # No lock (the event loop must not wait for an append's writes): each is read once, base
+        # first; the writers set `repaired` before a base it belongs to, so a stale pair errs
+        # towards a comparison.
+        base = self.base
+        if base is None:
             return False
-        return self.base < watermark or (self.base == watermark and not self.repaired)
+        return base < watermark or (base == watermark and not self.repaired)
 
     def read(self, position: int, generation: int, max_bytes: int) -> tuple[list[AnyMessage], int]:
         """Return messages from `position` (at most about max_bytes) and the next position.
@@ -318,7 +325,8 @@ class Spool:
                 dropped = max(dropped, segment.max_seq)
             if dropped and self.base is not None and dropped > self.base:
                 self.base = dropped  # what was dropped is no longer covered: a new child compares
-                self.repaired = False  # every child is past the comparison's point by now
+                self.repaired = False  # every child is past the comparison's point by now (after
+                # the base: a stale pair errs towards a comparison, see `covers`)
                 self._save_state()
 
     def stats(self) -> dict[str, int]:

@@ -368,8 +368,8 @@ def test_catch_up_work_reaches_a_relays_child_already_at_its_checkpoint(
             await _record(source, "b.txt")
             await _until(lambda: (child.root / "b.txt").exists())  # the child is caught up
             generation = feed.spool.generation
+            locked.clear()  # first: a read between the two would keep it for an hour
             link.unreadable.forget("late.txt")
-            locked.clear()
             await _until(lambda: (relay.root / "late.txt").exists())
             assert feed.spool.generation > generation  # the catch-up work reset the spool
             await _until(lambda: (child.root / "late.txt").exists())
@@ -381,3 +381,63 @@ def test_catch_up_work_reaches_a_relays_child_already_at_its_checkpoint(
     finally:
         source.close()
     assert (child.root / "late.txt").read_text() == "late content"
+
+
+def test_catch_up_work_during_a_childs_first_comparison_reaches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a child's first comparison with the relay ran (its listing taken) and
+    the relay's parent then sent catch-up work, resetting the spool. The child's stream began
+    with the new spool's generation, so no reset was noticed: it lacked the file (and any
+    change between the two checkpoints) until the relay's periodic comparison, 10 min on."""
+    monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MIN_S", 3600.0)
+    monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MAX_S", 3600.0)
+    compared, reset_done = anyio.Event(), anyio.Event()
+    real_compare = RelayLink._catch_up_by_compare
+
+    async def compare_then_hold(link: RelayLink, session: _Session) -> None:
+        await real_compare(link, session)
+        if not compared.is_set():  # the first one: hold it until the reset came
+            compared.set()
+            await reset_done.wait()
+
+    monkeypatch.setattr(RelayLink, "_catch_up_by_compare", compare_then_hold)
+    source = _source_mapping(tmp_path)
+    relay, child = _folder(tmp_path, "relay", SRC), _folder(tmp_path, "child", TGT)
+    feed = _feed(tmp_path, relay)
+    root = source.root
+    locked: set[str] = set()
+
+    async def forgotten(link: TargetLink, name: str) -> None:
+        """`name` journaled while unreadable, then readable and forgotten: the source's next
+        comparison sends it as catch-up work, which resets the relay's spool."""
+        (root / name).write_text(f"content of {name}")
+        locked.add(name)
+        await _record(source, name)
+        await _until(lambda: name in link.unreadable)
+        generation = feed.spool.generation
+        locked.clear()
+        link.unreadable.forget(name)
+        await _until(lambda: feed.spool.generation > generation and feed.spool.base is not None)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            relay_port = await tg.start(_relay_server(relay, feed).serve)
+            link = plain_link(source, relay_port, compare_interval_s=0.2)
+            tg.start_soon(link.serve)
+            await forgotten(link, "first.txt")  # the child (at 0) is now behind the base
+            child_port = await tg.start(_child_server(child).serve)
+            tg.start_soon(_relay_link(feed, child_port, compare_interval_s=600.0).serve)
+            with anyio.fail_after(BOUND_S):
+                await compared.wait()
+            await forgotten(link, "second.txt")
+            reset_done.set()
+            await _until(lambda: (child.root / "second.txt").exists())
+            tg.cancel_scope.cancel()
+
+    try:
+        with _locked(locked, errno.EACCES):
+            anyio.run(main)
+    finally:
+        source.close()
+    assert (child.root / "first.txt").read_text() == "content of first.txt"

@@ -76,6 +76,26 @@ def test_a_comparison_resets_the_spool_and_its_checkpoint_is_the_new_base(tmp_pa
     assert not spool.covers(40) and spool.covers(41)
 
 
+def test_a_comparison_cut_before_its_checkpoint_leaves_its_point_uncovered(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a comparison's work arrived, then the session broke (or an agent
+    restarted) before its closing checkpoint; the next session's base at the same seq counted a
+    child there as covered, and the next comparison found nothing to send. A release past the
+    point, or a new journal, cover it again."""
+    spool = Spool(tmp_path)
+    spool.begin("j1", 0)
+    spool.append([*_file(1), Checkpoint(seq=1), *_file(2), Checkpoint(seq=2)])
+    assert spool.covers(2)
+    spool.append([DigestRequest(mapping_id=1, dirs=("",)), MakeDir(seq=0, path="d")])
+    spool.cut_unfinished()  # the session broke there
+    reopened = Spool(tmp_path)  # and the relay restarted
+    reopened.begin("j1", 2)
+    assert not reopened.covers(2) and reopened.covers(3)
+    reopened.begin("j2", 2)  # another source journal: a fresh start
+    assert reopened.covers(2)
+
+
 def test_a_comparison_that_found_nothing_keeps_the_spool(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.begin("j1", 0)
