@@ -30,6 +30,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from relaysync.constants import CHUNK_BYTES, PING_INTERVAL_S, RECEIVE_TIMEOUT_S
+from relaysync.errors import SpoolReset
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     AnyMessage,
@@ -96,13 +97,13 @@ class RelayLink(TargetLink):
         session.partials = state.partials
         self.connected = True
         await self._tell_unreadable(session)
-        # Taken before the catch-up: a reset meanwhile (our parent's comparison, whose work a
-        # comparison of ours running then may have missed) ends the session at the first read,
-        # and the next one looks again (`Spool.covers`).
-        generation = spool.generation
+        resets = spool.resets
         await self._catch_up(session, state.watermark)
         compare_due = anyio.current_time() + self.compare_interval_s
-        position = spool.start
+        position, generation = spool.start, spool.generation  # a reset from here: the first read
+        if spool.resets != resets:  # our parent's comparison during the catch-up: a comparison
+            # of ours may have missed its work; the next session looks again (`Spool.covers`)
+            raise SpoolReset("our parent's comparison restarted it during the child's catch-up")
         head = StreamHead(spool.base or 0)  # the seq the stream is at where we start reading
         refused = RefusedDelta()  # a refused delta's messages can span several spool reads
         cut = ResumeCut()  # so can those of a file cut to what the child lacks

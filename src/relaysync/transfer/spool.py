@@ -86,7 +86,8 @@ class Spool:
         # `base` closes a comparison whose work the spool does not hold (see `covers`)
         self.repaired = state.get("repaired") is True
         self.head = 0  # the last checkpoint appended
-        self.generation = 0
+        self.generation = 0  # changes when a reader must start again (a reset or a cut)
+        self.resets = 0  # changes when the spool restarts at a new base (a reader compares)
         self._segments: list[_Segment] = []
         self._checkpoint_end = 0  # global position just after the last checkpoint frame
         # The parent asked for our listings (a manifest comparison runs) since the last checkpoint
@@ -174,6 +175,7 @@ class Spool:
         self._checkpoint_end = end
         self.base = None
         self.generation += 1
+        self.resets += 1
 
     def append(self, messages: Sequence[AnyMessage]) -> None:
         """Spool a batch of the parent's stream.
@@ -207,8 +209,8 @@ class Spool:
                         frames, max_seq = [], 0
                         self._reset_locked()
                     if self.base is None:  # the checkpoint closing a comparison: we cover after it
-                        self.repaired = True  # first: `covers` reads base, then this
                         self.base = self.head = seq
+                        self.repaired = True
                         self._checkpoint_end = self.end
                         self._save_state()
                         continue
@@ -277,13 +279,9 @@ class Spool:
         only past it where `base` closes a comparison our parent ran with us (`repaired`): our
         tree got its work there without a seq, and a child caught up to that seq before it came
         would never get it from the spool."""
-        # No lock (the event loop must not wait for an append's writes): each is read once, base
-        # first; the writers set `repaired` before a base it belongs to, so a stale pair errs
-        # towards a comparison.
-        base = self.base
-        if base is None:
-            return False
-        return base < watermark or (base == watermark and not self.repaired)
+        with self._lock:  # `append` and `begin` set the pair in worker threads
+            base, repaired = self.base, self.repaired
+        return base is not None and (base < watermark or (base == watermark and not repaired))
 
     def read(self, position: int, generation: int, max_bytes: int) -> tuple[list[AnyMessage], int]:
         """Return messages from `position` (at most about max_bytes) and the next position.
@@ -325,8 +323,7 @@ class Spool:
                 dropped = max(dropped, segment.max_seq)
             if dropped and self.base is not None and dropped > self.base:
                 self.base = dropped  # what was dropped is no longer covered: a new child compares
-                self.repaired = False  # every child is past the comparison's point by now (after
-                # the base: a stale pair errs towards a comparison, see `covers`)
+                self.repaired = False  # every child is past the comparison's point by now
                 self._save_state()
 
     def stats(self) -> dict[str, int]:

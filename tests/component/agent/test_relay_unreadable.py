@@ -366,7 +366,8 @@ def test_catch_up_work_reaches_a_relays_child_already_at_its_checkpoint(
             await _until(lambda: "late.txt" in link.unreadable)
             (root / "b.txt").write_text("after it")
             await _record(source, "b.txt")
-            await _until(lambda: (child.root / "b.txt").exists())  # the child is caught up
+            b_seq = source.journal.last_seq
+            await _until(lambda: feed.marks.get(CHILD, -1) >= b_seq)  # the child is caught up
             generation = feed.spool.generation
             locked.clear()  # first: a read between the two would keep it for an hour
             link.unreadable.forget("late.txt")
