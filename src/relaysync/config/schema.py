@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from relaysync.constants import METRICS_INTERVAL_S
+from relaysync.constants import HEARTBEAT_GRACE_S, METRICS_INTERVAL_S
 
 
 class Secret(str):
@@ -43,6 +43,9 @@ class MasterConfig(msgspec.Struct, frozen=True, kw_only=True):
     )
     log_json: bool = False
     monitor_interval_s: float = 10.0  # probes, self-watch and threshold checks run this often
+    # an agent not linked since the master started (or joined) is not alerted "control link
+    # down" before this: after a restart the agents reconnect with backoff
+    heartbeat_grace_s: Annotated[float, msgspec.Meta(ge=0)] = HEARTBEAT_GRACE_S
     metrics_raw_retention_s: float = 86_400.0  # raw agent figures kept this long (a day)...
     metrics_minute_retention_s: float = 30 * 86_400.0  # ...then one-minute averages this long
 

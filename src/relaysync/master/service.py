@@ -298,6 +298,7 @@ class MasterService:
             links_up=links_up,
             self_figures=watch.collect,
             interval_s=self.cfg.monitor_interval_s,
+            heartbeat_grace_s=self.cfg.heartbeat_grace_s,
             raw_retention_s=self.cfg.metrics_raw_retention_s,
             minute_retention_s=self.cfg.metrics_minute_retention_s,
         )

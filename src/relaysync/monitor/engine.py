@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from relaysync.constants import METRICS_INTERVAL_S
+from relaysync.constants import HEARTBEAT_GRACE_S, METRICS_INTERVAL_S
 from relaysync.errors import StoreError
 from relaysync.monitor.alerts import Notice
 from relaysync.monitor.flapping import NOTICE_WINDOW_S, NOTICES_PER_WINDOW, NoticeLimiter
@@ -40,10 +40,6 @@ logger = logging.getLogger(__name__)
 
 STALE_AFTER_TICKS = 30  # figures older than this many ticks (or 5 min) are not judged
 DOWNSAMPLE_EVERY_S = 60.0  # retention runs this often
-# A server not linked since the master started, or since it joined, has this long to link before
-# its heartbeat counts: agents reconnect with backoff (up to RECONNECT_MAX_S) after a master
-# restart, and a new one links after its join. Without it each restart notified every agent down.
-HEARTBEAT_GRACE_S = 30.0
 
 
 class ServerView(Protocol):

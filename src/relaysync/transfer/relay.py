@@ -138,10 +138,11 @@ class RelayLink(TargetLink):
         feed, spool = self.source, self.source.spool
         with anyio.fail_after(RECEIVE_TIMEOUT_S * 10):
             while not spool.covers(session.sent_upto):
+                base = spool.base  # read once: a reset in a worker thread sets it to None
                 if (
                     feed.committed >= session.sent_upto
-                    and spool.base is not None
-                    and feed.committed >= spool.base
+                    and base is not None
+                    and feed.committed >= base
                 ):
                     await self._catch_up_by_compare(session)
                     return
