@@ -20,11 +20,13 @@ import os
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, plain_link
 from tests.component.agent._pair import source_mapping as _source_mapping
 from tests.component.agent.test_unreadable_compare import _lock
@@ -32,7 +34,7 @@ from tests.component.agent.test_unreadable_source import _locked, _record
 
 from relaysync.agent.peer_server import PeerServer
 from relaysync.agent.source import SourceMapping
-from relaysync.constants import CAP_UNREADABLE, CAPABILITIES
+from relaysync.constants import CAP_UNREADABLE, CAPABILITIES, PERIODIC_COMPARE_S
 from relaysync.protocol.messages import RouteHop, SourceUnreadable
 from relaysync.transfer import ops, sender, unreadable
 from relaysync.transfer.compare import Unreadable
@@ -224,31 +226,64 @@ def test_a_relay_forgets_a_path_once_the_source_can_read_it(
     assert not _feed(tmp_path, relay).unreadable_now().files  # on disk too
 
 
+@dataclass
+class _Chain:
+    """source -> relay -> child, in-process parts over real sockets."""
+
+    source: SourceMapping
+    relay: TargetFolder
+    child: TargetFolder
+    feed: RelayFeed
+
+
+def _chain(tmp: Path) -> _Chain:
+    relay = _folder(tmp, "relay", SRC)
+    return _Chain(_source_mapping(tmp), relay, _folder(tmp, "child", TGT), _feed(tmp, relay))
+
+
+async def _start_source(tg: TaskGroup, chain: _Chain, compare_s: float) -> TargetLink:
+    """The relay's peer server and the source's link to it (comparing every `compare_s`)."""
+    relay_port = await tg.start(_relay_server(chain.relay, chain.feed).serve)
+    link = plain_link(chain.source, relay_port, compare_interval_s=compare_s)
+    tg.start_soon(link.serve)
+    return link
+
+
+async def _start_child(tg: TaskGroup, chain: _Chain) -> None:
+    """The child's peer server and the relay's link to it (its periodic comparison 600 s on)."""
+    child_port = await tg.start(_child_server(chain.child).serve)
+    tg.start_soon(_relay_link(chain.feed, child_port, compare_interval_s=600.0).serve)
+
+
+async def _keep_late_then_b(chain: _Chain, link: TargetLink, locked: set[str], text: str) -> int:
+    """a.txt reaches the child; late.txt (`text`) is journaled while unreadable and kept to read
+    again; b.txt is journaled after it. Returns b.txt's seq."""
+    root = chain.source.root
+    (root / "a.txt").write_text("first")
+    await _record(chain.source, "a.txt")
+    await _until(lambda: (chain.child.root / "a.txt").exists())
+    (root / "late.txt").write_text(text)
+    locked.add("late.txt")
+    await _record(chain.source, "late.txt")
+    await _until(lambda: "late.txt" in link.unreadable)
+    (root / "b.txt").write_text("after it")
+    await _record(chain.source, "b.txt")
+    return chain.source.journal.last_seq
+
+
 def test_a_file_the_source_read_again_reaches_the_relays_child_at_once(tmp_path: Path) -> None:
     """Before the fix the relay skipped it (its seq was below the child's watermark): the child
     got it only at the relay's next comparison, 10 min on (600 s here too)."""
-    source = _source_mapping(tmp_path)
-    relay, child = _folder(tmp_path, "relay", SRC), _folder(tmp_path, "child", TGT)
-    feed = _feed(tmp_path, relay)
-    root = source.root
-    (root / "a.txt").write_text("first")
+    chain = _chain(tmp_path)
+    source, relay, child = chain.source, chain.relay, chain.child
     locked: set[str] = set()
+    text = "journaled readable, sent once readable again"
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            relay_port = await tg.start(_relay_server(relay, feed).serve)
-            link = plain_link(source, relay_port)
-            tg.start_soon(link.serve)
-            child_port = await tg.start(_child_server(child).serve)
-            tg.start_soon(_relay_link(feed, child_port, compare_interval_s=600).serve)
-            await _record(source, "a.txt")
-            await _until(lambda: (child.root / "a.txt").exists())
-            (root / "late.txt").write_text("journaled readable, sent once readable again")
-            locked.add("late.txt")
-            await _record(source, "late.txt")
-            await _until(lambda: "late.txt" in link.unreadable)
-            (root / "b.txt").write_text("after it")
-            await _record(source, "b.txt")
+            link = await _start_source(tg, chain, PERIODIC_COMPARE_S)
+            await _start_child(tg, chain)
+            await _keep_late_then_b(chain, link, locked, text)
             await _until(lambda: (child.root / "b.txt").exists())
             assert not (child.root / "late.txt").exists()
             locked.clear()  # the link reads it again after UNREADABLE_RETRY_MIN_S
@@ -261,7 +296,6 @@ def test_a_file_the_source_read_again_reaches_the_relays_child_at_once(tmp_path:
             anyio.run(main)
     finally:
         source.close()
-    text = "journaled readable, sent once readable again"
     assert (child.root / "late.txt").read_text() == text
 
 
@@ -344,29 +378,15 @@ def test_catch_up_work_reaches_a_relays_child_already_at_its_checkpoint(
     relay's periodic one, 10 minutes on (found in review: still missing after 30 s)."""
     monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MIN_S", 3600.0)  # no retry: only the
     monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MAX_S", 3600.0)  # comparison sends it
-    source = _source_mapping(tmp_path)
-    relay, child = _folder(tmp_path, "relay", SRC), _folder(tmp_path, "child", TGT)
-    feed = _feed(tmp_path, relay)
-    root = source.root
-    (root / "a.txt").write_text("first")
+    chain = _chain(tmp_path)
+    source, relay, child, feed = chain.source, chain.relay, chain.child, chain.feed
     locked: set[str] = set()
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            relay_port = await tg.start(_relay_server(relay, feed).serve)
-            link = plain_link(source, relay_port, compare_interval_s=0.2)
-            tg.start_soon(link.serve)
-            child_port = await tg.start(_child_server(child).serve)
-            tg.start_soon(_relay_link(feed, child_port, compare_interval_s=600.0).serve)
-            await _record(source, "a.txt")
-            await _until(lambda: (child.root / "a.txt").exists())
-            (root / "late.txt").write_text("late content")
-            locked.add("late.txt")
-            await _record(source, "late.txt")
-            await _until(lambda: "late.txt" in link.unreadable)
-            (root / "b.txt").write_text("after it")
-            await _record(source, "b.txt")
-            b_seq = source.journal.last_seq
+            link = await _start_source(tg, chain, 0.2)
+            await _start_child(tg, chain)
+            b_seq = await _keep_late_then_b(chain, link, locked, "late content")
             await _until(lambda: feed.marks.get(CHILD, -1) >= b_seq)  # the child is caught up
             generation = feed.spool.generation
             locked.clear()  # first: a read between the two would keep it for an hour
@@ -403,9 +423,8 @@ def test_catch_up_work_during_a_childs_first_comparison_reaches_it(
             await reset_done.wait()
 
     monkeypatch.setattr(RelayLink, "_catch_up_by_compare", compare_then_hold)
-    source = _source_mapping(tmp_path)
-    relay, child = _folder(tmp_path, "relay", SRC), _folder(tmp_path, "child", TGT)
-    feed = _feed(tmp_path, relay)
+    chain = _chain(tmp_path)
+    source, child, feed = chain.source, chain.child, chain.feed
     root = source.root
     locked: set[str] = set()
 
@@ -423,12 +442,9 @@ def test_catch_up_work_during_a_childs_first_comparison_reaches_it(
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            relay_port = await tg.start(_relay_server(relay, feed).serve)
-            link = plain_link(source, relay_port, compare_interval_s=0.2)
-            tg.start_soon(link.serve)
+            link = await _start_source(tg, chain, 0.2)
             await forgotten(link, "first.txt")  # the child (at 0) is now behind the base
-            child_port = await tg.start(_child_server(child).serve)
-            tg.start_soon(_relay_link(feed, child_port, compare_interval_s=600.0).serve)
+            await _start_child(tg, chain)
             with anyio.fail_after(BOUND_S):
                 await compared.wait()
             await forgotten(link, "second.txt")

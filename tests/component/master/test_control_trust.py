@@ -15,6 +15,7 @@ from tests._fleet import Fleet, agent_link, roundtrip
 
 from relaysync.errors import NotFound, StoreError
 from relaysync.master.events import EventType
+from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import (
     MAX_JOURNAL_HEADS,
     CommitRecord,
@@ -250,6 +251,13 @@ def _lags(fleet: Fleet, mapping_id: int) -> list[tuple[int, int]]:
     return [(t["highest_seq"], t["lag"]) for t in resp.json()["targets"]]
 
 
+async def _head_taken(fleet: Fleet, framed: FramedStream, m: int, seq: int) -> None:
+    """The source reports head `seq` of mapping `m` with its figures; wait until it is noted."""
+    await framed.send(_figures((m, seq)))
+    await roundtrip(framed)
+    await _until(lambda: _lags(fleet, m) == [(seq, seq)])
+
+
 def _figures(*heads: tuple[int, int]) -> MetricsReport:
     return MetricsReport(
         at=time.time(),
@@ -293,9 +301,7 @@ def test_journal_heads_are_believed_from_the_mappings_source_only(
                 await _until(lambda: _lags(fleet, m) == [(40, 40)])
                 await _until(lambda: control.refused["journal_head"] == 2)
                 await framed.send(_figures((m, 40)))  # unchanged: not written again
-                await framed.send(_figures((m, 45)))
-                await roundtrip(framed)
-                await _until(lambda: _lags(fleet, m) == [(45, 45)])
+                await _head_taken(fleet, framed, m, 45)
             assert dict(control.refused) == {"journal_head": 2}
             assert writes == [
                 {a.node_id: [(m, 900)]},
@@ -398,9 +404,7 @@ def test_a_head_the_store_refused_is_written_once_the_mapping_is_the_sources_aga
     async def main() -> None:
         async with fleet.control_server() as (control, port):
             async with agent_link(port, src, "src") as framed:
-                await framed.send(_figures((m, 30)))
-                await roundtrip(framed)
-                await _until(lambda: _lags(fleet, m) == [(30, 30)])
+                await _head_taken(fleet, framed, m, 30)
                 # moved in the store only: nothing told the control server (no notify_change)
                 fleet.store.update_mapping(m, source="other")
                 await framed.send(_figures((m, 40)))
@@ -409,9 +413,7 @@ def test_a_head_the_store_refused_is_written_once_the_mapping_is_the_sources_aga
                 assert _lags(fleet, m) == [(0, 0)]  # other's head: none yet
                 fleet.store.update_mapping(m, source="src")
                 control.notify_change()  # as the API does after every change
-                await framed.send(_figures((m, 40)))  # the same head as the one refused
-                await roundtrip(framed)
-                await _until(lambda: _lags(fleet, m) == [(40, 40)])
+                await _head_taken(fleet, framed, m, 40)  # the same head as the one refused
 
     anyio.run(main)
 
@@ -439,9 +441,7 @@ def test_a_bug_in_the_heads_write_costs_those_heads_not_the_control_server(
                     await framed.send(_figures((m, seq)))
                     await roundtrip(framed)
                     await _until(lambda n=failed: calls[0] == n)
-                await framed.send(_figures((m, 12)))
-                await roundtrip(framed)
-                await _until(lambda: _lags(fleet, m) == [(12, 12)])
+                await _head_taken(fleet, framed, m, 12)
                 await roundtrip(framed)  # the link is still answered
 
     anyio.run(main)
@@ -509,9 +509,7 @@ def test_heads_all_refused_open_no_write_transaction_nor_are_sent_again(
                 await roundtrip(framed)
                 await _until(lambda: control.refused["journal_head"] == MAX_JOURNAL_HEADS + 1)
             async with agent_link(port, src, "src") as framed:
-                await framed.send(_figures((m, 40)))
-                await roundtrip(framed)
-                await _until(lambda: _lags(fleet, m) == [(40, 40)])
+                await _head_taken(fleet, framed, m, 40)
             assert calls == [3]
             assert head_writes == ["record source heads"]  # the source's head only
             assert _lags(fleet, m) == [(40, 40)]
@@ -567,16 +565,12 @@ def test_a_source_moved_away_and_back_has_its_unchanged_head_written_again(
     async def main() -> None:
         async with fleet.control_server() as (control, port):
             async with agent_link(port, src, "src") as framed:
-                await framed.send(_figures((m, 30)))
-                await roundtrip(framed)
-                await _until(lambda: _lags(fleet, m) == [(30, 30)])
+                await _head_taken(fleet, framed, m, 30)
                 for source in ("other", "src"):
                     fleet.store.update_mapping(m, source=source)
                     control.notify_change()
                 assert _lags(fleet, m) == [(0, 0)]
-                await framed.send(_figures((m, 30)))
-                await roundtrip(framed)
-                await _until(lambda: _lags(fleet, m) == [(30, 30)])
+                await _head_taken(fleet, framed, m, 30)
 
     anyio.run(main)
 
