@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from relaysync.testing.caches import CacheFarm, http_get
-from relaysync.testing.cluster import wait_until
+from relaysync.testing.cluster import ClusterError, wait_until
 from tests.integration.conftest import Fleet
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,12 @@ def test_a_burst_of_new_files_refreshes_the_listing_a_few_times(
     before = _listing_refreshes(fleet, site, f"http://{HOST}{url}")
     for i in range(BURST):
         (src / "burst" / f"f{i:03}").write_text(f"{i}\n")
-    _until_listed(cache_farm, url, f"f{BURST - 1:03}")
+    try:
+        _until_listed(cache_farm, url, f"f{BURST - 1:03}")
+    except ClusterError:  # what the purger did with the listing, for the report
+        rows = fleet.cluster.api.get("/api/purges", params={"site": site, "limit": 1000}).json()
+        print(*(r for r in rows if r["url"].endswith(url)), sep="\n")
+        raise
     wait_until(
         lambda: all(_listed(cache_farm, url, f"f{i:03}") for i in range(0, BURST, 17)),
         timeout_s=REFRESHED_S,

@@ -27,13 +27,21 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
-from relaysync.errors import CacheMisconfigured, CacheUnreachable, PurgeError, VariantBanRefused
+from relaysync.errors import (
+    CacheMisconfigured,
+    CacheUnreachable,
+    PurgeError,
+    StaleCopy,
+    VariantBanRefused,
+)
 from relaysync.purge.budget import budgeted
-from relaysync.purge.confirm import run_item
+from relaysync.purge.confirm import confirm, run_item
 from relaysync.purge.drivers import Driver, make_driver
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S, Gate
 from relaysync.purge.jobs import PurgeItem, PurgeResult, QueuedPurge, Retry
+from relaysync.purge.recheck import RECHECK_AFTER_S, Recheck, Rechecks
 from relaysync.purge.site import CacheSpec, SiteSpec
+from relaysync.purge.urls import parse_url
 
 logger = logging.getLogger("relaysync.purge.purger")  # one logger name for the purger's story
 
@@ -76,8 +84,10 @@ class PurgeWorker:
         probe_max_s: float = PROBE_MAX_S,
         refused_probe_s: float = REFUSED_PROBE_S,
         max_attempts: int = MAX_ATTEMPTS,
+        recheck_after_s: tuple[float, ...] = RECHECK_AFTER_S,
     ) -> None:
         self._concurrency = concurrency
+        self.rechecks = Rechecks(recheck_after_s)
         self._in_flight = 0
         self._gates: dict[str, Gate] = {}
         self._gate_args = {
@@ -89,6 +99,9 @@ class PurgeWorker:
         self.max_attempts = max_attempts
         self._strikes: dict[int, int] = {}  # queue id -> tries the cache answered but failed
         self._variant_bans_refused: set[str] = set()  # caches (addresses) refusing them now
+
+    async def _enqueue(self, items: list[PurgeItem]) -> None:
+        raise NotImplementedError  # the Purger's: a durable queue write
 
     def _new_gate(self, in_flight: int = 0) -> Gate:
         return Gate(**self._gate_args, in_flight=in_flight)  # type: ignore[arg-type]
@@ -153,8 +166,11 @@ class PurgeWorker:
             now = time.time()
             due: dict[str, list[Due]] = {}
             next_at = now + 1.0
+            queued: set[UrlKey] = set()
             for q in self._queue.values():
-                if (q.item.site_id, q.item.cache, q.item.url) in self._busy:
+                url_key = (q.item.site_id, q.item.cache, q.item.url)
+                queued.add(url_key)
+                if url_key in self._busy:
                     continue
                 if q.next_at <= now:
                     self._add_due(due, q)
@@ -163,6 +179,8 @@ class PurgeWorker:
             self._dispatch(tg, due, now)
             for key in due:  # a gate open for a probe later
                 next_at = min(next_at, max(now, self._gate(key).probe_at))
+            later = self._dispatch_rechecks(tg, now, queued | self._busy)
+            next_at = min(next_at, later if later is not None else next_at)
             with anyio.move_on_after(max(0.0, next_at - time.time())):
                 await self._work_wake.wait()
             self._work_wake = anyio.Event()
@@ -201,6 +219,88 @@ class PurgeWorker:
                     break
                 if not started:
                     del queues[key]
+
+    def _dispatch_rechecks(self, tg: TaskGroup, now: float, skip: set[UrlKey]) -> float | None:
+        """Start the rechecks due, after the queue's items, each as its cache's gate admits and
+        the overall concurrency allows (a URL with an item queued or in flight is left to that
+        item); return when the next one falls due, or a gate opens for a probe. One held back
+        by a full gate or the concurrency waits for a try to end, which wakes the loop."""
+        held: list[Recheck] = []
+        due, later = self.rechecks.pop_due(now, skip)
+        for recheck in due:
+            item = recheck.item
+            gate = self._gate(self._gate_key(item.site_id, item.cache))
+            if self._in_flight >= self._concurrency or not gate.admit(now):
+                held.append(recheck)
+                if gate.open and gate.probe_at > now:
+                    later = min(later or gate.probe_at, gate.probe_at)
+                continue
+            self.rechecks.started(recheck)
+            url_key = (item.site_id, item.cache, item.url)
+            self._busy.add(url_key)
+            self._in_flight += 1
+            tg.start_soon(self._run_recheck, url_key, recheck, gate)
+        self.rechecks.put_back(held)
+        return later
+
+    async def _run_recheck(self, key: UrlKey, recheck: Recheck, gate: Gate) -> None:
+        try:
+            await self._recheck(recheck, gate)
+        except Exception as exc:
+            self._failing(f"rechecking {recheck.item.url} on {recheck.item.cache}", exc, 1)
+        finally:
+            gate.release()
+            self._in_flight -= 1
+            self._busy.discard(key)
+            self._work_wake.set()
+
+    async def _recheck(self, recheck: Recheck, gate: Gate) -> None:
+        """Look at the URL again; a stale copy (or no answer) gets its item queued again."""
+        item = recheck.item
+        site = self._sites.get(item.site_id)
+        cache = next((c for c in site.caches if c.name == item.cache), None) if site else None
+        if site is None or cache is None or self._client is None:
+            return  # the site or cache was removed meanwhile
+        started = time.perf_counter()
+        try:
+            with budgeted(ITEM_TIMEOUT_S, MIN_BYTES_PER_S):
+                await confirm(
+                    self._driver(site, cache),
+                    self._client,
+                    self._origin_urls(site),
+                    parse_url(item.url),
+                    every=item.action == "purge",  # as its confirm: each variant
+                )
+        except StaleCopy as exc:
+            gate.succeeded()
+            self.rechecks.stale += 1
+            after_s = time.time() - recheck.since
+            logger.warning(
+                "cache %s served another copy of %s %.1f s after its %s was confirmed (a fetch "
+                "that began before the change ended after it): %s again: %s",
+                item.cache,
+                item.url,
+                after_s,
+                item.action,
+                item.action,
+                exc,
+            )
+            detail = f"recheck {after_s:.1f} s after the confirm: {exc}; queued again"
+            self._record(item, 1, started, "stale", False, detail)
+            await self._enqueue([item])
+            return
+        except CacheUnreachable as exc:  # the queued item waits for the cache's gate
+            gate.unreachable(time.time())
+            logger.info("recheck of %s on %s: %s; queued again", item.url, item.cache, exc)
+            await self._enqueue([item])
+            return
+        except (PurgeError, TimeoutError) as exc:
+            gate.succeeded()
+            logger.info("recheck of %s on %s failed: %s; queued again", item.url, item.cache, exc)
+            await self._enqueue([item])
+            return
+        gate.succeeded()
+        self.rechecks.passed(recheck, time.time())
 
     async def _run(self, key: UrlKey, group: list[QueuedPurge], gate: Gate) -> None:
         item = group[0].item
@@ -258,6 +358,8 @@ class PurgeWorker:
         if item.action == "ban" and item.url.endswith("?"):  # a variant ban went through
             self._variant_bans_refused.discard(cache.address)
         self._finish(item, group, attempts, started, status, confirmed, "")
+        if confirmed:  # a fetch begun before the change may still land: look again later
+            self.rechecks.confirmed(item, time.time())
 
     def _variant_ban_refused(
         self,
