@@ -111,7 +111,12 @@ def test_a_burst_of_new_files_refreshes_the_listing_a_few_times(
         (src / "burst" / f"f{i:03}").write_text(f"{i}\n")
     try:
         _until_listed(cache_farm, url, f"f{BURST - 1:03}")
-    except ClusterError:  # what the purger did with the listing, for the report
+    except ClusterError:  # for the report: what the target holds, and what the purger did
+        held = cache_farm.docroot / prefix.strip("/") / "burst"
+        print("on the target:", len(list(held.iterdir())), "files")
+        for kind, cache in cache_farm.caches.items():
+            body = http_get(cache.port, url, host=HOST)[1]
+            print(kind, "lists", body.count(b"<li>"), "names")
         rows = fleet.cluster.api.get("/api/purges", params={"site": site, "limit": 1000}).json()
         print(*(r for r in rows if r["url"].endswith(url)), sep="\n")
         raise

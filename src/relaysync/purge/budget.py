@@ -13,6 +13,9 @@ from contextlib import contextmanager
 
 import anyio
 
+ITEM_TIMEOUT_S = 15.0  # refresh plus confirm of one URL on one cache, besides its bytes...
+MIN_BYTES_PER_S = 1_000_000  # ...each of which may take 1/this more (a 300 MB file: 5 min)
+
 CURRENT: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
     "purge_budget", default=None
 )

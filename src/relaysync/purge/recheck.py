@@ -14,7 +14,8 @@ before the change and lasts longer than the last round (a big file to a slow cli
 caught.
 
 One recheck per (site, cache, URL): a later refresh of the URL replaces the one waiting. At most
-`limit` wait (memory); past that the oldest is dropped and counted.
+`limit` wait (memory); past that the oldest is dropped and counted. `Rechecks` is the schedule;
+`RecheckWorker`, mixed into the purge workers (purge/worker.py), runs them.
 """
 
 from __future__ import annotations
@@ -22,10 +23,22 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Container, Iterable, Sequence
+import time
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+
+from relaysync.errors import CacheUnreachable, PurgeError, StaleCopy
+from relaysync.purge.budget import ITEM_TIMEOUT_S, MIN_BYTES_PER_S, budgeted
+from relaysync.purge.confirm import confirm
+from relaysync.purge.drivers import Driver
+from relaysync.purge.gates import Gate
 from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.site import CacheSpec, SiteSpec
+from relaysync.purge.urls import parse_url
 
 logger = logging.getLogger("relaysync.purge.purger")  # the purger's story, one logger name
 
@@ -129,3 +142,108 @@ class Rechecks:
 
 def _key(item: PurgeItem) -> UrlKey:
     return (item.site_id, item.cache, item.url)
+
+
+class RecheckWorker:
+    """The rechecks' part of the purge workers (mixed into PurgeWorker, whose state and
+    helpers it uses): they run through the caches' gates, under the overall concurrency, after
+    the queue's items."""
+
+    rechecks: Rechecks
+    _sites: dict[int, SiteSpec]
+    _busy: set[UrlKey]
+    _in_flight: int
+    _concurrency: int
+    _work_wake: anyio.Event
+    _client: httpx.AsyncClient | None
+    _gate: Callable[[str], Gate]
+    _gate_key: Callable[[int, str], str]
+    _driver: Callable[[SiteSpec, CacheSpec], Driver]
+    _origin_urls: Callable[[SiteSpec], list[str]]
+    _record: Callable[[PurgeItem, int, float, str, bool | None, str], None]
+    _failing: Callable[[str, Exception, int], None]
+
+    async def _enqueue(self, items: list[PurgeItem]) -> None:
+        raise NotImplementedError  # the Purger's: a durable queue write
+
+    def _dispatch_rechecks(self, tg: TaskGroup, now: float, skip: set[UrlKey]) -> float | None:
+        """Start the rechecks due, after the queue's items, each as its cache's gate admits and
+        the overall concurrency allows (a URL with an item queued or in flight is left to that
+        item); return when the next one falls due, or a gate opens for a probe. One held back
+        by a full gate or the concurrency waits for a try to end, which wakes the loop."""
+        held: list[Recheck] = []
+        due, later = self.rechecks.pop_due(now, skip)
+        for recheck in due:
+            item = recheck.item
+            gate = self._gate(self._gate_key(item.site_id, item.cache))
+            if self._in_flight >= self._concurrency or not gate.admit(now):
+                held.append(recheck)
+                if gate.open and gate.probe_at > now:
+                    later = min(later or gate.probe_at, gate.probe_at)
+                continue
+            self.rechecks.started(recheck)
+            url_key = (item.site_id, item.cache, item.url)
+            self._busy.add(url_key)
+            self._in_flight += 1
+            tg.start_soon(self._run_recheck, url_key, recheck, gate)
+        self.rechecks.put_back(held)
+        return later
+
+    async def _run_recheck(self, key: UrlKey, recheck: Recheck, gate: Gate) -> None:
+        try:
+            await self._recheck(recheck, gate)
+        except Exception as exc:
+            self._failing(f"rechecking {recheck.item.url} on {recheck.item.cache}", exc, 1)
+        finally:
+            gate.release()
+            self._in_flight -= 1
+            self._busy.discard(key)
+            self._work_wake.set()
+
+    async def _recheck(self, recheck: Recheck, gate: Gate) -> None:
+        """Look at the URL again; a stale copy (or no answer) gets its item queued again."""
+        item = recheck.item
+        site = self._sites.get(item.site_id)
+        cache = next((c for c in site.caches if c.name == item.cache), None) if site else None
+        if site is None or cache is None or self._client is None:
+            return  # the site or cache was removed meanwhile
+        started = time.perf_counter()
+        try:
+            with budgeted(ITEM_TIMEOUT_S, MIN_BYTES_PER_S):
+                await confirm(
+                    self._driver(site, cache),
+                    self._client,
+                    self._origin_urls(site),
+                    parse_url(item.url),
+                    every=item.action == "purge",  # as its confirm: each variant
+                )
+        except StaleCopy as exc:
+            gate.succeeded()
+            self.rechecks.stale += 1
+            after_s = time.time() - recheck.since
+            logger.warning(
+                "cache %s served another copy of %s %.1f s after its %s was confirmed (a fetch "
+                "that began before the change ended after it): %s again: %s",
+                item.cache,
+                item.url,
+                after_s,
+                item.action,
+                item.action,
+                exc,
+            )
+            detail = f"recheck {after_s:.1f} s after the confirm: {exc}; queued again"
+            self._record(item, 1, started, "stale", False, detail)
+            await self._enqueue([item])
+            return
+        except CacheUnreachable as exc:  # the queued item waits for the cache's gate
+            gate.unreachable(time.time())
+            logger.info("recheck of %s on %s: %s; queued again", item.url, item.cache, exc)
+            await self._enqueue([item])
+            return
+        except (PurgeError, TimeoutError) as exc:
+            gate.succeeded()
+            logger.info("recheck of %s on %s failed: %s; queued again", item.url, item.cache, exc)
+            await self._enqueue([item])
+            return
+        gate.succeeded()
+        self.rechecks.passed(recheck, time.time())

@@ -31,22 +31,18 @@ from relaysync.errors import (
     CacheMisconfigured,
     CacheUnreachable,
     PurgeError,
-    StaleCopy,
     VariantBanRefused,
 )
-from relaysync.purge.budget import budgeted
-from relaysync.purge.confirm import confirm, run_item
+from relaysync.purge.budget import ITEM_TIMEOUT_S, MIN_BYTES_PER_S, budgeted
+from relaysync.purge.confirm import run_item
 from relaysync.purge.drivers import Driver, make_driver
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S, Gate
 from relaysync.purge.jobs import PurgeItem, PurgeResult, QueuedPurge, Retry
-from relaysync.purge.recheck import RECHECK_AFTER_S, Recheck, Rechecks
+from relaysync.purge.recheck import RECHECK_AFTER_S, Rechecks, RecheckWorker
 from relaysync.purge.site import CacheSpec, SiteSpec
-from relaysync.purge.urls import parse_url
 
 logger = logging.getLogger("relaysync.purge.purger")  # one logger name for the purger's story
 
-ITEM_TIMEOUT_S = 15.0  # refresh plus confirm of one URL on one cache, besides its bytes...
-MIN_BYTES_PER_S = 1_000_000  # ...each of which may take 1/this more (a 300 MB file: 5 min)
 MAX_ATTEMPTS = 10  # tries of an item the cache answered but did not do, before giving up
 CONCURRENCY = 64  # purge items in flight at once, over every cache...
 PER_CACHE = 16  # ...and at most this many of one cache (half the concurrency if that is less)
@@ -56,7 +52,7 @@ UrlKey = tuple[int, str, str]  # (site id, cache name, url)
 Due = tuple[UrlKey, list[QueuedPurge]]
 
 
-class PurgeWorker:
+class PurgeWorker(RecheckWorker):
     """The working half of the Purger (mixed into it); the Purger owns the state below."""
 
     notify: Notify | None
@@ -99,9 +95,6 @@ class PurgeWorker:
         self.max_attempts = max_attempts
         self._strikes: dict[int, int] = {}  # queue id -> tries the cache answered but failed
         self._variant_bans_refused: set[str] = set()  # caches (addresses) refusing them now
-
-    async def _enqueue(self, items: list[PurgeItem]) -> None:
-        raise NotImplementedError  # the Purger's: a durable queue write
 
     def _new_gate(self, in_flight: int = 0) -> Gate:
         return Gate(**self._gate_args, in_flight=in_flight)  # type: ignore[arg-type]
@@ -220,91 +213,9 @@ class PurgeWorker:
                 if not started:
                     del queues[key]
 
-    def _dispatch_rechecks(self, tg: TaskGroup, now: float, skip: set[UrlKey]) -> float | None:
-        """Start the rechecks due, after the queue's items, each as its cache's gate admits and
-        the overall concurrency allows (a URL with an item queued or in flight is left to that
-        item); return when the next one falls due, or a gate opens for a probe. One held back
-        by a full gate or the concurrency waits for a try to end, which wakes the loop."""
-        held: list[Recheck] = []
-        due, later = self.rechecks.pop_due(now, skip)
-        for recheck in due:
-            item = recheck.item
-            gate = self._gate(self._gate_key(item.site_id, item.cache))
-            if self._in_flight >= self._concurrency or not gate.admit(now):
-                held.append(recheck)
-                if gate.open and gate.probe_at > now:
-                    later = min(later or gate.probe_at, gate.probe_at)
-                continue
-            self.rechecks.started(recheck)
-            url_key = (item.site_id, item.cache, item.url)
-            self._busy.add(url_key)
-            self._in_flight += 1
-            tg.start_soon(self._run_recheck, url_key, recheck, gate)
-        self.rechecks.put_back(held)
-        return later
-
-    async def _run_recheck(self, key: UrlKey, recheck: Recheck, gate: Gate) -> None:
-        try:
-            await self._recheck(recheck, gate)
-        except Exception as exc:
-            self._failing(f"rechecking {recheck.item.url} on {recheck.item.cache}", exc, 1)
-        finally:
-            gate.release()
-            self._in_flight -= 1
-            self._busy.discard(key)
-            self._work_wake.set()
-
-    async def _recheck(self, recheck: Recheck, gate: Gate) -> None:
-        """Look at the URL again; a stale copy (or no answer) gets its item queued again."""
-        item = recheck.item
-        site = self._sites.get(item.site_id)
-        cache = next((c for c in site.caches if c.name == item.cache), None) if site else None
-        if site is None or cache is None or self._client is None:
-            return  # the site or cache was removed meanwhile
-        started = time.perf_counter()
-        try:
-            with budgeted(ITEM_TIMEOUT_S, MIN_BYTES_PER_S):
-                await confirm(
-                    self._driver(site, cache),
-                    self._client,
-                    self._origin_urls(site),
-                    parse_url(item.url),
-                    every=item.action == "purge",  # as its confirm: each variant
-                )
-        except StaleCopy as exc:
-            gate.succeeded()
-            self.rechecks.stale += 1
-            after_s = time.time() - recheck.since
-            logger.warning(
-                "cache %s served another copy of %s %.1f s after its %s was confirmed (a fetch "
-                "that began before the change ended after it): %s again: %s",
-                item.cache,
-                item.url,
-                after_s,
-                item.action,
-                item.action,
-                exc,
-            )
-            detail = f"recheck {after_s:.1f} s after the confirm: {exc}; queued again"
-            self._record(item, 1, started, "stale", False, detail)
-            await self._enqueue([item])
-            return
-        except CacheUnreachable as exc:  # the queued item waits for the cache's gate
-            gate.unreachable(time.time())
-            logger.info("recheck of %s on %s: %s; queued again", item.url, item.cache, exc)
-            await self._enqueue([item])
-            return
-        except (PurgeError, TimeoutError) as exc:
-            gate.succeeded()
-            logger.info("recheck of %s on %s failed: %s; queued again", item.url, item.cache, exc)
-            await self._enqueue([item])
-            return
-        gate.succeeded()
-        self.rechecks.passed(recheck, time.time())
-
     async def _run(self, key: UrlKey, group: list[QueuedPurge], gate: Gate) -> None:
         item = group[0].item
-        attempts = max(q.attempts for q in group) + 1
+        attempts = _newest(group).attempts + 1  # the newest change's tries, not an older one's
         try:
             await self._run_item(item, group, attempts, gate)
         except Exception as exc:
@@ -323,7 +234,7 @@ class PurgeWorker:
         cache = next((c for c in site.caches if c.name == item.cache), None) if site else None
         if site is None or cache is None or self._client is None:
             self._done += [q.id for q in group]  # the site or cache was removed meanwhile
-            self._strikes.pop(group[0].id, None)
+            self._forget_strikes(group)
             return
         started = time.perf_counter()
         try:
@@ -415,6 +326,10 @@ class PurgeWorker:
         self._record(item, attempts, started, "refused", None, str(exc))
         self._retry(item, group, attempts, str(exc), delay=gate.refused_probe_s)
 
+    def _forget_strikes(self, group: list[QueuedPurge]) -> None:
+        for q in group:
+            self._strikes.pop(q.id, None)
+
     def _failed(
         self,
         site: SiteSpec,
@@ -425,8 +340,13 @@ class PurgeWorker:
         error: str,
     ) -> None:
         """The cache answered but the item did not succeed: retried up to max_attempts such
-        tries (counted in memory: tries at a cache that was down or refusing do not count)."""
-        strikes = self._strikes[group[0].id] = self._strikes.get(group[0].id, 0) + 1
+        tries (counted in memory: tries at a cache that was down or refusing do not count).
+        A group counts the tries of its newest item: a refresh queued for a later change is
+        not given up after one try because it ran with an older one that had used up its own."""
+        newest = _newest(group).id  # a change queued since gets its own tries
+        strikes = self._strikes.get(newest, 0) + 1
+        self._forget_strikes(group)
+        self._strikes[newest] = strikes
         if strikes < self.max_attempts:
             self._retry(item, group, attempts, error)
             return
@@ -462,7 +382,7 @@ class PurgeWorker:
         detail: str,
     ) -> None:
         self._done += [q.id for q in group]
-        self._strikes.pop(group[0].id, None)
+        self._forget_strikes(group)
         self._record(item, attempts, started, status, confirmed, detail)
 
     def _record(
@@ -519,3 +439,8 @@ class PurgeWorker:
             )
             self._retries.append(Retry(id=q.id, attempts=attempts, next_at=next_at, error=error))
         self._work_wake.set()
+
+
+def _newest(group: list[QueuedPurge]) -> QueuedPurge:
+    """The item of a group queued last (queue ids grow; a retried item keeps its id)."""
+    return max(group, key=lambda q: q.id)
