@@ -88,8 +88,10 @@ class Handler(SimpleHTTPRequestHandler):
         if max_age > 0:
             self.send_header("Cache-Control", f"max-age={max_age}")
         super().end_headers()
-server = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=root))
-server.daemon_threads = True
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # socketserver's 5 overflows under a burst: connects wait 1-7 s
+server = Server(("127.0.0.1", port), functools.partial(Handler, directory=root))
 server.serve_forever()
 """
 

@@ -49,7 +49,9 @@ PER_CACHE = 16  # ...and at most this many of one cache (half the concurrency if
 
 Notify = Callable[[str, dict[str, Any]], None]
 UrlKey = tuple[int, str, str]  # (site id, cache name, url)
-Due = tuple[UrlKey, list[QueuedPurge]]
+DueKey = tuple[UrlKey, str]  # (url key, action): the items of one group
+PASS_SHARE = 3.0  # after a pass over the queue, this many times its length passes before the
+MAX_PASS_GAP_S = 0.25  # next (at most this): passes take at most a quarter of the event loop
 
 
 class PurgeWorker(RecheckWorker):
@@ -155,9 +157,14 @@ class PurgeWorker(RecheckWorker):
         ]
 
     async def _work_loop(self, tg: TaskGroup) -> None:
+        """Each pass files the due items by cache and URL and starts what the gates admit. A
+        pass reads the whole queue, so passes are spaced (PASS_SHARE): with tens of thousands
+        of items queued, a pass on every finished item would take the event loop from the
+        requests in flight (they ran out of time on a loaded machine)."""
         while True:
+            started = time.perf_counter()
             now = time.time()
-            due: dict[str, list[Due]] = {}
+            due: dict[str, dict[DueKey, list[QueuedPurge]]] = {}
             next_at = now + 1.0
             queued: set[UrlKey] = set()
             for q in self._queue.values():
@@ -166,7 +173,7 @@ class PurgeWorker(RecheckWorker):
                 if url_key in self._busy:
                     continue
                 if q.next_at <= now:
-                    self._add_due(due, q)
+                    self._add_due(due, url_key, q)
                 else:
                     next_at = min(next_at, q.next_at)
             self._dispatch(tg, due, now)
@@ -174,31 +181,34 @@ class PurgeWorker(RecheckWorker):
                 next_at = min(next_at, max(now, self._gate(key).probe_at))
             later = self._dispatch_rechecks(tg, now, queued | self._busy)
             next_at = min(next_at, later if later is not None else next_at)
+            ended = time.perf_counter()
             with anyio.move_on_after(max(0.0, next_at - time.time())):
                 await self._work_wake.wait()
             self._work_wake = anyio.Event()
+            gap = min(MAX_PASS_GAP_S, PASS_SHARE * (ended - started))
+            if ended + gap > time.perf_counter():
+                await anyio.sleep(ended + gap - time.perf_counter())
 
-    def _add_due(self, due: dict[str, list[Due]], q: QueuedPurge) -> None:
+    def _add_due(
+        self, due: dict[str, dict[DueKey, list[QueuedPurge]]], url_key: UrlKey, q: QueuedPurge
+    ) -> None:
         """File `q` under its cache's gate, grouped by (site, cache, URL, action), in order."""
-        url_key = (q.item.site_id, q.item.cache, q.item.url)
-        pending = due.setdefault(self._gate_key(q.item.site_id, q.item.cache), [])
-        for key, group in pending:
-            if key == url_key and group[0].item.action == q.item.action:
-                group.append(q)
-                return
-        pending.append((url_key, [q]))
+        pending = due.setdefault(self._gate_key(q.item.site_id, q.item.cache), {})
+        pending.setdefault((url_key, q.item.action), []).append(q)
 
-    def _dispatch(self, tg: TaskGroup, due: dict[str, list[Due]], now: float) -> None:
+    def _dispatch(
+        self, tg: TaskGroup, due: dict[str, dict[DueKey, list[QueuedPurge]]], now: float
+    ) -> None:
         """Start due groups round-robin between caches, each as its gate admits, while the
         overall concurrency allows. A URL with another action in flight waits for it."""
-        queues = {key: iter(groups) for key, groups in due.items()}
+        queues = {key: iter(groups.items()) for key, groups in due.items()}
         while queues and self._in_flight < self._concurrency:
             for key, groups in list(queues.items()):
                 if self._in_flight >= self._concurrency:
                     return
                 gate = self._gate(key)
                 started = False
-                for url_key, group in groups:
+                for (url_key, _), group in groups:
                     if url_key in self._busy:  # another action on this URL started first
                         continue
                     if not gate.admit(now):

@@ -275,6 +275,15 @@ class _OriginHandler(_QuietHandler):
             self.wfile.write(packer.flush())
 
 
+class OriginServer(ThreadingHTTPServer):
+    """A threaded HTTP server with a listen backlog like nginx's (511), not socketserver's 5:
+    a burst of cache fetches and purge confirms overflowed 5 on a loaded machine, and each
+    connect dropped so waited 1-7 s for its SYN to be sent again (TcpExtListenOverflows)."""
+
+    daemon_threads = True
+    request_queue_size = 1024
+
+
 @dataclass
 class Origin:
     """A web server in this process that serves `root` on a loopback port (like a target's)."""
@@ -282,12 +291,11 @@ class Origin:
     root: Path
     port: int = 0
     late: LateAnswers = field(default_factory=LateAnswers)
-    _server: ThreadingHTTPServer | None = None
+    _server: OriginServer | None = None
 
     def start(self) -> Origin:
         handler = functools.partial(_OriginHandler, directory=str(self.root), late=self.late)
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        self._server.daemon_threads = True
+        self._server = OriginServer(("127.0.0.1", self.port), handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
