@@ -48,6 +48,10 @@ class Gate:
     def release(self) -> None:
         self.in_flight -= 1
 
+    def reset(self) -> None:
+        """The cache's configuration changed: close the breaker (the slots in use stay)."""
+        self.failures, self.refused, self.probe_at = 0, "", 0.0
+
     def succeeded(self) -> bool:
         """The cache answered as asked; return whether this closed an open gate."""
         was_open = self.open

@@ -3,8 +3,7 @@ through a durable queue with retries, and records each outcome.
 
 Flow: JobLogWriter.add -> on_commit_report (CommitTracker: wait for every origin that is up)
 -> intake (URLs per cache, planned by purge/planner.py, made durable in the store's purge
-queue) -> workers (purge/worker.py: driver refresh, confirm) -> purge log -> rechecks
-(purge/recheck.py: the cache looked at again later; a stale copy is queued again). A URL is worked on by one worker at a
+queue) -> workers (purge/worker.py: driver refresh, confirm) -> purge log. A URL is worked on by one worker at a
 time per cache; queued items of one URL with different actions (a refresh and a ban of /docs/)
 run one after the other, oldest first, each with its own outcome.
 
@@ -59,7 +58,6 @@ from relaysync.purge.planner import (
     url_items,
     variant_items,
 )
-from relaysync.purge.recheck import RECHECK_AFTER_S
 from relaysync.purge.site import SiteSpec
 from relaysync.purge.worker import (
     CONCURRENCY,
@@ -120,7 +118,6 @@ class Purger(PurgeWorker, PurgePlanner):
         probe_max_s: float = PROBE_MAX_S,
         refused_probe_s: float = REFUSED_PROBE_S,
         max_attempts: int = MAX_ATTEMPTS,
-        recheck_after_s: tuple[float, ...] = RECHECK_AFTER_S,
     ) -> None:
         self.store = store
         self.notify = notify
@@ -146,7 +143,6 @@ class Purger(PurgeWorker, PurgePlanner):
             probe_max_s=probe_max_s,
             refused_probe_s=refused_probe_s,
             max_attempts=max_attempts,
-            recheck_after_s=recheck_after_s,
         )
         self._warned_sites: set[tuple[int, str]] = set()
         self._client: httpx.AsyncClient | None = None

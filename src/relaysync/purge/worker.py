@@ -19,6 +19,7 @@ Resource handling:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,6 @@ from relaysync.purge.confirm import run_item
 from relaysync.purge.drivers import Driver, make_driver
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S, Gate
 from relaysync.purge.jobs import PurgeItem, PurgeResult, QueuedPurge, Retry
-from relaysync.purge.recheck import RECHECK_AFTER_S, Rechecks, RecheckWorker
 from relaysync.purge.site import CacheSpec, SiteSpec
 
 logger = logging.getLogger("relaysync.purge.purger")  # one logger name for the purger's story
@@ -54,7 +54,7 @@ PASS_SHARE = 3.0  # after a pass over the queue, this many times its length pass
 MAX_PASS_GAP_S = 0.25  # next (at most this): passes take at most a quarter of the event loop
 
 
-class PurgeWorker(RecheckWorker):
+class PurgeWorker:
     """The working half of the Purger (mixed into it); the Purger owns the state below."""
 
     notify: Notify | None
@@ -82,10 +82,8 @@ class PurgeWorker(RecheckWorker):
         probe_max_s: float = PROBE_MAX_S,
         refused_probe_s: float = REFUSED_PROBE_S,
         max_attempts: int = MAX_ATTEMPTS,
-        recheck_after_s: tuple[float, ...] = RECHECK_AFTER_S,
     ) -> None:
         self._concurrency = concurrency
-        self.rechecks = Rechecks(recheck_after_s)
         self._in_flight = 0
         self._gates: dict[str, Gate] = {}
         self._gate_args = {
@@ -98,17 +96,18 @@ class PurgeWorker(RecheckWorker):
         self._strikes: dict[int, int] = {}  # queue id -> tries the cache answered but failed
         self._variant_bans_refused: set[str] = set()  # caches (addresses) refusing them now
 
-    def _new_gate(self, in_flight: int = 0) -> Gate:
-        return Gate(**self._gate_args, in_flight=in_flight)  # type: ignore[arg-type]
+    def _new_gate(self) -> Gate:
+        return Gate(**self._gate_args)  # type: ignore[arg-type]
 
     def _reset_changed_gates(self, old: dict[int, SiteSpec], new: dict[int, SiteSpec]) -> None:
-        """A cache whose configuration changed is tried at once: its gate starts afresh (the
-        in-flight count carries over)."""
+        """A cache whose configuration changed is tried at once: its gate's breaker starts
+        afresh. The same Gate object: the tries in flight release the one they took (a new
+        object kept their count for good, and the cache never got a slot again)."""
         before = {c.address: c for s in old.values() for c in s.caches}
         after = {c.address: c for s in new.values() for c in s.caches}
-        for address, gate in list(self._gates.items()):
+        for address, gate in self._gates.items():
             if before.get(address) != after.get(address):
-                self._gates[address] = self._new_gate(gate.in_flight)
+                gate.reset()
         self._work_wake.set()
 
     def _backoff_s(self, failures: int) -> float:
@@ -166,10 +165,8 @@ class PurgeWorker(RecheckWorker):
             now = time.time()
             due: dict[str, dict[DueKey, list[QueuedPurge]]] = {}
             next_at = now + 1.0
-            queued: set[UrlKey] = set()
             for q in self._queue.values():
                 url_key = (q.item.site_id, q.item.cache, q.item.url)
-                queued.add(url_key)
                 if url_key in self._busy:
                     continue
                 if q.next_at <= now:
@@ -177,17 +174,23 @@ class PurgeWorker(RecheckWorker):
                 else:
                     next_at = min(next_at, q.next_at)
             self._dispatch(tg, due, now)
-            for key in due:  # a gate open for a probe later
-                next_at = min(next_at, max(now, self._gate(key).probe_at))
-            later = self._dispatch_rechecks(tg, now, queued | self._busy)
-            next_at = min(next_at, later if later is not None else next_at)
+            for key in due:
+                next_at = min(next_at, self._probe_due(key, now))
             ended = time.perf_counter()
             with anyio.move_on_after(max(0.0, next_at - time.time())):
                 await self._work_wake.wait()
             self._work_wake = anyio.Event()
             gap = min(MAX_PASS_GAP_S, PASS_SHARE * (ended - started))
-            if ended + gap > time.perf_counter():
-                await anyio.sleep(ended + gap - time.perf_counter())
+            rest = ended + gap - time.perf_counter()
+            if rest > 0:  # (anyio refuses a negative delay: the loop would end)
+                await anyio.sleep(rest)
+
+    def _probe_due(self, gate_key: str, now: float) -> float:
+        """When the gate of a cache with due items lets one through later: an open gate at its
+        probe time; a closed (full) one when a try ends, which wakes the loop (inf here: it
+        said now, and the loop went round without waiting while the gate was full)."""
+        gate = self._gate(gate_key)
+        return gate.probe_at if gate.open and gate.probe_at > now else math.inf
 
     def _add_due(
         self, due: dict[str, dict[DueKey, list[QueuedPurge]]], url_key: UrlKey, q: QueuedPurge
@@ -279,8 +282,6 @@ class PurgeWorker(RecheckWorker):
         if item.action == "ban" and item.url.endswith("?"):  # a variant ban went through
             self._variant_bans_refused.discard(cache.address)
         self._finish(item, group, attempts, started, status, confirmed, "")
-        if confirmed:  # a fetch begun before the change may still land: look again later
-            self.rechecks.confirmed(item, time.time())
 
     def _variant_ban_refused(
         self,

@@ -20,6 +20,7 @@ from tests.component.purge.conftest import HOST, Harness
 
 from relaysync.master.store._site_tables import Site
 from relaysync.purge import purger as purger_module
+from relaysync.purge.budget import budgeted
 from relaysync.purge.confirm import run_item
 from relaysync.purge.drivers import make_driver
 from relaysync.purge.jobs import PurgeItem
@@ -387,3 +388,23 @@ async def test_big_bodies_are_hashed_as_they_stream(harness: Harness) -> None:
                 tracemalloc.stop()
             assert confirmed is True, (kind, status)
             assert peak < PEAK_BOUND_BYTES, (kind, peak)
+
+
+async def test_each_request_of_an_item_is_granted_its_time(harness: Harness) -> None:
+    """The item's budget counts every request sent to the cache and to the origin: nginx and
+    Squid take one per Accept-Encoding value where the answer varies (docs/caches.md)."""
+    harness.write("v.txt", b"one")
+    harness.warm("v.txt")
+    harness.write("v.txt", b"two")
+    origins = [harness.farm.origin.url]
+    sent: dict[str, int] = {}
+    async with httpx.AsyncClient(timeout=60.0, trust_env=False) as client:
+        for kind, cache in harness.farm.caches.items():
+            spec = CacheSpec(name=kind, driver=kind, address=cache.address)  # type: ignore[arg-type]
+            item = PurgeItem(site_id=1, cache=kind, url=f"http://{HOST}{harness.url_path('v.txt')}")
+            with budgeted(15.0, 1_000_000) as budget:
+                _, confirmed = await run_item(make_driver(spec, client), client, origins, item)
+            assert confirmed is True, kind
+            sent[kind] = budget.requests
+    assert sent["varnish"] >= 3, sent  # REFRESH, then a GET of the origin and of the cache
+    assert sent["nginx"] >= 7 * 2 and sent["squid"] >= 7 * 2, sent  # each value: two at least

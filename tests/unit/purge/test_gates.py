@@ -50,3 +50,15 @@ async def test_a_budget_grows_with_the_bytes_moved(anyio_backend: str) -> None:
     budget.moved(300_000_000)  # a 300 MB file may take 300 s more
     assert budget.scope.deadline == pytest.approx(first + 300.0)
     assert anyio.current_time() < budget.scope.deadline
+
+
+@pytest.mark.anyio
+async def test_a_budget_grows_with_the_requests_sent(anyio_backend: str) -> None:
+    """nginx's and Squid's items send a request per Accept-Encoding variant (27 for nginx):
+    a fixed 15 s for the whole item ran out on a loaded machine, try after try."""
+    budget = Budget(15.0, 1_000_000, per_request_s=2.0)
+    first = budget.scope.deadline
+    for _ in range(27):
+        budget.requested()
+    budget.moved(1_000_000)
+    assert budget.scope.deadline == pytest.approx(first + 27 * 2.0 + 1.0)

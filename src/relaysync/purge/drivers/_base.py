@@ -78,7 +78,9 @@ def build_request(
     headers: dict[str, str],
     encoding: str | None,
 ) -> httpx.Request:
-    """A request with `encoding` as its Accept-Encoding ("" = none; None = the client's own)."""
+    """A request with `encoding` as its Accept-Encoding ("" = none; None = the client's own);
+    the item's time budget grants it its time (purge/budget.py)."""
+    budget.requested()
     request = client.build_request(method, url, headers=headers)
     if encoding is not None:
         request.headers.pop("accept-encoding", None)

@@ -1,0 +1,96 @@
+"""The purge workers' loop: due items filed by cache and by (URL, action) with one lookup each
+(each was compared with every group filed before it: 2.5 ms a pass at 600 queued items, 140 ms
+at 5,000, and a pass runs on every finished item); a gate whose cache changed keeps its slots'
+count right; a full gate does not make the loop go round without waiting."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from relaysync.purge.jobs import PurgeItem, QueuedPurge
+from relaysync.purge.purger import Purger
+from relaysync.purge.site import CacheSpec, SiteSpec
+
+pytestmark = pytest.mark.anyio
+
+N = 3_000
+
+
+class CountedUrl(str):
+    """A URL that counts how often it is compared."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountedUrl.compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+async def test_a_pass_files_each_due_item_with_one_lookup(store: object) -> None:
+    purger = Purger(store)  # type: ignore[arg-type]
+    queued = [
+        QueuedPurge(
+            id=i,
+            item=PurgeItem(site_id=1, cache="nginx", url=CountedUrl(f"http://h/d/f{i % (N // 2)}")),
+            attempts=0,
+            next_at=0.0,
+        )
+        for i in range(N)
+    ]
+    due: dict[str, dict[tuple[tuple[int, str, str], str], list[QueuedPurge]]] = {}
+    CountedUrl.compared = 0
+    for q in queued:
+        purger._add_due(due, (q.item.site_id, q.item.cache, q.item.url), q)
+    assert CountedUrl.compared <= 2 * N  # the old pass: N * N / 4 = 2,250,000 here
+    groups = due["1/nginx"]  # no such site: the gate is keyed by site and cache
+    assert len(groups) == N // 2  # each URL's two items in one group, in queue order
+    assert [q.id for q in groups[((1, "nginx", "http://h/d/f0"), "refresh")]] == [0, N // 2]
+
+
+def _site(cache: CacheSpec) -> SiteSpec:
+    return SiteSpec(
+        id=1,
+        name="s",
+        provider="p",
+        mapping_id=None,
+        root="",
+        base_urls=("http://h",),
+        aliases=(),
+        path_prefix="/",
+        index_files=(),
+        caches=(cache,),
+        origins=(),
+    )
+
+
+async def test_a_cache_changed_while_its_purges_run_gets_its_slots_back(store: object) -> None:
+    """The gate was replaced by a new one that kept the count of the tries in flight, which
+    released the old one: the cache had no slot again, for good."""
+    purger = Purger(store, per_cache=2)  # type: ignore[arg-type]
+    before = CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1")
+    after = dataclasses.replace(before, accept_encodings=("gzip",))
+    gate = purger._gate(before.address)
+    assert gate.admit(0.0) and gate.admit(0.0)  # two tries in flight
+    gate.unreachable(0.0)
+    purger._reset_changed_gates({1: _site(before)}, {1: _site(after)})
+    gate.release()  # the tries end, releasing the gate they took
+    gate.release()
+    now = purger._gate(before.address)
+    assert (now.in_flight, now.failures) == (0, 0) and now.admit(0.0)
+
+
+async def test_a_full_gate_does_not_make_the_loop_go_round_at_once(store: object) -> None:
+    """A closed gate at its limit said "now" as its next probe: the loop went round without
+    waiting for as long as its tries ran (about 23,000 passes a second)."""
+    purger = Purger(store, per_cache=1, probe_min_s=5.0)  # type: ignore[arg-type]
+    gate = purger._gate("127.0.0.1:1")
+    assert gate.admit(100.0)  # full
+    assert purger._probe_due("127.0.0.1:1", 100.0) == math.inf  # the try's end wakes it
+    for _ in range(3):
+        gate.unreachable(100.0)  # open: a probe at 105
+    assert purger._probe_due("127.0.0.1:1", 100.0) == pytest.approx(105.0, abs=1.0)
