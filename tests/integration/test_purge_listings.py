@@ -85,6 +85,18 @@ def _listing_refreshes(fleet: Fleet, site: str, url: str) -> dict[str, int]:
     return counts
 
 
+def _report(fleet: Fleet, farm: CacheFarm, site: str, url: str, held: Path) -> None:
+    """For a timed-out wait: what the target holds, each cache's listing, the purge rows."""
+    try:
+        print("on the target:", len(list(held.iterdir())), "files")
+        for kind, cache in farm.caches.items():
+            print(kind, "lists", http_get(cache.port, url, host=HOST)[1].count(b"<li>"), "names")
+        rows = fleet.cluster.api.get("/api/purges", params={"site": site, "limit": 1000}).json()
+        print(*(r for r in rows if r["url"].endswith(url)), sep="\n")
+    except Exception as exc:  # noqa: BLE001 - the wait's own error is the one to raise
+        print("report failed:", exc)
+
+
 def test_listings_follow_what_is_replicated_into_a_directory(
     fleet: Fleet, cache_farm: CacheFarm
 ) -> None:
@@ -119,14 +131,8 @@ def test_a_burst_of_new_files_refreshes_the_listing_a_few_times(
         (src / "burst" / f"f{i:03}").write_text(f"{i}\n")
     try:
         _until_listed(cache_farm, url, f"f{BURST - 1:03}")
-    except ClusterError:  # for the report: what the target holds, and what the purger did
-        held = cache_farm.docroot / prefix.strip("/") / "burst"
-        print("on the target:", len(list(held.iterdir())), "files")
-        for kind, cache in cache_farm.caches.items():
-            body = http_get(cache.port, url, host=HOST)[1]
-            print(kind, "lists", body.count(b"<li>"), "names")
-        rows = fleet.cluster.api.get("/api/purges", params={"site": site, "limit": 1000}).json()
-        print(*(r for r in rows if r["url"].endswith(url)), sep="\n")
+    except ClusterError:
+        _report(fleet, cache_farm, site, url, cache_farm.docroot / prefix.strip("/") / "burst")
         raise
     wait_until(
         lambda: all(_listed(cache_farm, url, f"f{i:03}") for i in range(0, BURST, 17)),

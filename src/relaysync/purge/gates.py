@@ -35,22 +35,44 @@ class Gate:
     def open(self) -> bool:
         return bool(self.refused) or self.failures >= self.trip_after
 
-    def admit(self, now: float) -> bool:
-        """Take a slot for one more item of this cache if it may start now."""
+    def can_admit(self, now: float) -> bool:
+        """Whether one more item of this cache may start now."""
         if self.in_flight >= self.limit:
             return False
-        if self.open:  # one probe at a time, none while a try from before is still out
-            if self.in_flight or now < self.probe_at:
-                return False
+        # open: one probe at a time, none while a try from before is still out
+        return not self.open or (not self.in_flight and now >= self.probe_at)
+
+    def admit(self, now: float) -> bool:
+        """Take a slot for one more item of this cache if it may start now."""
+        if not self.can_admit(now):
+            return False
         self.in_flight += 1
         return True
 
-    def release(self) -> None:
-        self.in_flight -= 1
+    successor: Gate | None = None  # the gate that replaced this one (the cache changed)
 
-    def reset(self) -> None:
-        """The cache's configuration changed: close the breaker (the slots in use stay)."""
-        self.failures, self.refused, self.probe_at = 0, "", 0.0
+    def release(self) -> None:
+        """A try ends: its slot is free again, here and in the gate that replaced this one."""
+        self.in_flight -= 1
+        if self.successor is not None:
+            self.successor.release()
+
+    def replaced(self) -> Gate:
+        """The cache's configuration changed: a fresh gate, breaker closed, that counts the
+        tries still in flight until they end. Their outcomes go to this gate, not to the new
+        one (a refusal or failure of the old configuration says nothing of the new), and
+        their ends free the new one's slots (a new gate that kept their count without that
+        stayed full for good: the cache never got a slot again)."""
+        fresh = Gate(
+            limit=self.limit,
+            trip_after=self.trip_after,
+            probe_min_s=self.probe_min_s,
+            probe_max_s=self.probe_max_s,
+            refused_probe_s=self.refused_probe_s,
+            in_flight=self.in_flight,
+        )
+        self.successor = fresh
+        return fresh
 
     def succeeded(self) -> bool:
         """The cache answered as asked; return whether this closed an open gate."""

@@ -100,14 +100,13 @@ class PurgeWorker:
         return Gate(**self._gate_args)  # type: ignore[arg-type]
 
     def _reset_changed_gates(self, old: dict[int, SiteSpec], new: dict[int, SiteSpec]) -> None:
-        """A cache whose configuration changed is tried at once: its gate's breaker starts
-        afresh. The same Gate object: the tries in flight release the one they took (a new
-        object kept their count for good, and the cache never got a slot again)."""
+        """A cache whose configuration changed is tried at once: a fresh gate (Gate.replaced).
+        Called from worker threads (reload_sites): the gates are read from a copy."""
         before = {c.address: c for s in old.values() for c in s.caches}
         after = {c.address: c for s in new.values() for c in s.caches}
-        for address, gate in self._gates.items():
+        for address, gate in list(self._gates.items()):
             if before.get(address) != after.get(address):
-                gate.reset()
+                self._gates[address] = gate.replaced()
         self._work_wake.set()
 
     def _backoff_s(self, failures: int) -> float:
@@ -156,23 +155,35 @@ class PurgeWorker:
         ]
 
     async def _work_loop(self, tg: TaskGroup) -> None:
-        """Each pass files the due items by cache and URL and starts what the gates admit. A
-        pass reads the whole queue, so passes are spaced (PASS_SHARE): with tens of thousands
-        of items queued, a pass on every finished item would take the event loop from the
-        requests in flight (they ran out of time on a loaded machine)."""
+        """Each pass files the due items by cache and URL and starts what the gates admit (the
+        items of a cache whose gate can take none now are not filed: a down cache's backlog
+        costs a lookup per item). A pass reads the whole queue, so passes are spaced
+        (PASS_SHARE): with tens of thousands of items queued, a pass on every finished try
+        would take the event loop from the requests in flight."""
         while True:
             started = time.perf_counter()
             now = time.time()
             due: dict[str, dict[DueKey, list[QueuedPurge]]] = {}
             next_at = now + 1.0
+            gate_keys: dict[tuple[int, str], str] = {}
+            shut: dict[str, bool] = {}  # gates that can take nothing now: not filed at all
             for q in self._queue.values():
                 url_key = (q.item.site_id, q.item.cache, q.item.url)
                 if url_key in self._busy:
                     continue
-                if q.next_at <= now:
-                    self._add_due(due, url_key, q)
-                else:
+                if q.next_at > now:
                     next_at = min(next_at, q.next_at)
+                    continue
+                cache_key = (q.item.site_id, q.item.cache)
+                gate_key = gate_keys.get(cache_key)
+                if gate_key is None:
+                    gate_key = gate_keys[cache_key] = self._gate_key(*cache_key)
+                if gate_key not in shut:
+                    shut[gate_key] = not self._gate(gate_key).can_admit(now)
+                    if shut[gate_key]:
+                        next_at = min(next_at, self._probe_due(gate_key, now))
+                if not shut[gate_key]:
+                    self._add_due(due, gate_key, url_key, q)
             self._dispatch(tg, due, now)
             for key in due:
                 next_at = min(next_at, self._probe_due(key, now))
@@ -192,12 +203,15 @@ class PurgeWorker:
         gate = self._gate(gate_key)
         return gate.probe_at if gate.open and gate.probe_at > now else math.inf
 
+    @staticmethod
     def _add_due(
-        self, due: dict[str, dict[DueKey, list[QueuedPurge]]], url_key: UrlKey, q: QueuedPurge
+        due: dict[str, dict[DueKey, list[QueuedPurge]]],
+        gate_key: str,
+        url_key: UrlKey,
+        q: QueuedPurge,
     ) -> None:
         """File `q` under its cache's gate, grouped by (site, cache, URL, action), in order."""
-        pending = due.setdefault(self._gate_key(q.item.site_id, q.item.cache), {})
-        pending.setdefault((url_key, q.item.action), []).append(q)
+        due.setdefault(gate_key, {}).setdefault((url_key, q.item.action), []).append(q)
 
     def _dispatch(
         self, tg: TaskGroup, due: dict[str, dict[DueKey, list[QueuedPurge]]], now: float
@@ -228,7 +242,7 @@ class PurgeWorker:
 
     async def _run(self, key: UrlKey, group: list[QueuedPurge], gate: Gate) -> None:
         item = group[0].item
-        attempts = _newest(group).attempts + 1  # the newest change's tries, not an older one's
+        attempts = max(q.attempts for q in group) + 1  # (strikes count the newest item's)
         try:
             await self._run_item(item, group, attempts, gate)
         except Exception as exc:

@@ -53,12 +53,16 @@ async def test_a_budget_grows_with_the_bytes_moved(anyio_backend: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_budget_grows_with_the_requests_sent(anyio_backend: str) -> None:
-    """nginx's and Squid's items send a request per Accept-Encoding variant (27 for nginx):
-    a fixed 15 s for the whole item ran out on a loaded machine, try after try."""
-    budget = Budget(15.0, 1_000_000, per_request_s=2.0)
+async def test_each_request_gets_its_time_and_unused_time_is_not_kept(anyio_backend: str) -> None:
+    """nginx's and Squid's items send a request per Accept-Encoding value (27 for nginx): a
+    fixed 15 s for the whole item ran out on a loaded machine, try after try. Each request now
+    has 5 s from when it is sent, but what one did not use is not banked for a slow drip."""
+    budget = Budget(15.0, 1_000_000, per_request_s=5.0)
     first = budget.scope.deadline
     for _ in range(27):
-        budget.requested()
+        budget.requested()  # all at once: still 15 s from the start
+    assert budget.scope.deadline == pytest.approx(first)
+    budget.started -= 100.0  # 100 s in: the base is spent
+    budget.requested()
     budget.moved(1_000_000)
-    assert budget.scope.deadline == pytest.approx(first + 27 * 2.0 + 1.0)
+    assert budget.scope.deadline == pytest.approx(anyio.current_time() + 5.0 + 1.0, abs=0.5)

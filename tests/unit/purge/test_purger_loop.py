@@ -45,9 +45,9 @@ async def test_a_pass_files_each_due_item_with_one_lookup(store: object) -> None
     due: dict[str, dict[tuple[tuple[int, str, str], str], list[QueuedPurge]]] = {}
     CountedUrl.compared = 0
     for q in queued:
-        purger._add_due(due, (q.item.site_id, q.item.cache, q.item.url), q)
+        purger._add_due(due, "1/nginx", (q.item.site_id, q.item.cache, q.item.url), q)
     assert CountedUrl.compared <= 2 * N  # the old pass: N * N / 4 = 2,250,000 here
-    groups = due["1/nginx"]  # no such site: the gate is keyed by site and cache
+    groups = due["1/nginx"]
     assert len(groups) == N // 2  # each URL's two items in one group, in queue order
     assert [q.id for q in groups[((1, "nginx", "http://h/d/f0"), "refresh")]] == [0, N // 2]
 
@@ -70,7 +70,8 @@ def _site(cache: CacheSpec) -> SiteSpec:
 
 async def test_a_cache_changed_while_its_purges_run_gets_its_slots_back(store: object) -> None:
     """The gate was replaced by a new one that kept the count of the tries in flight, which
-    released the old one: the cache had no slot again, for good."""
+    released the old one: the cache had no slot again, for good. Their outcomes stay with the
+    old gate: a refusal under the old settings does not close the new one."""
     purger = Purger(store, per_cache=2)  # type: ignore[arg-type]
     before = CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1")
     after = dataclasses.replace(before, accept_encodings=("gzip",))
@@ -78,10 +79,11 @@ async def test_a_cache_changed_while_its_purges_run_gets_its_slots_back(store: o
     assert gate.admit(0.0) and gate.admit(0.0)  # two tries in flight
     gate.unreachable(0.0)
     purger._reset_changed_gates({1: _site(before)}, {1: _site(after)})
+    gate.refuse(0.0, "403 under the old token")  # a try of the old settings ends refused
     gate.release()  # the tries end, releasing the gate they took
     gate.release()
     now = purger._gate(before.address)
-    assert (now.in_flight, now.failures) == (0, 0) and now.admit(0.0)
+    assert (now.in_flight, now.failures, now.refused) == (0, 0, "") and now.admit(0.0)
 
 
 async def test_a_full_gate_does_not_make_the_loop_go_round_at_once(store: object) -> None:
