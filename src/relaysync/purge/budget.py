@@ -14,7 +14,9 @@ from contextlib import contextmanager
 import anyio
 
 ITEM_TIMEOUT_S = 15.0  # refresh plus confirm of one URL on one cache, besides its bytes...
-PER_REQUEST_S = 5.0  # ...or this after its last request was sent, if later...
+PER_REQUEST_S = 8.0  # ...or this after its last request was built, if later (the purger's
+# httpx timeouts, 2 s to connect and 5 s per read, plus a margin: a slow answer that httpx takes
+# is not cut by the budget)...
 MIN_BYTES_PER_S = 1_000_000  # ...plus 1/this per byte read (a 300 MB file: 5 min more)
 
 CURRENT: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(

@@ -9,12 +9,20 @@ closes the gate and the backlog flows again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TRIP_AFTER = 3  # failures in a row to reach a cache before its gate opens
 PROBE_MIN_S = 1.0  # first probe of an open gate after this; doubles per failed probe...
 PROBE_MAX_S = 30.0  # ...up to this
 REFUSED_PROBE_S = 60.0  # a cache that refuses us (or a bad address) is probed this often
+
+
+@dataclass
+class Slots:
+    """The tries of one cache in flight, shared by its gate and the gates that replace it
+    (Gate.replaced): taken and freed on the event loop's thread only."""
+
+    in_flight: int = 0
 
 
 @dataclass
@@ -26,10 +34,14 @@ class Gate:
     probe_min_s: float = PROBE_MIN_S
     probe_max_s: float = PROBE_MAX_S
     refused_probe_s: float = REFUSED_PROBE_S
-    in_flight: int = 0
     failures: int = 0  # to reach the cache, in a row
     refused: str = ""  # the last refusal while the cache refuses us
     probe_at: float = 0.0  # an open gate lets one item through from then
+    slots: Slots = field(default_factory=Slots, repr=False, compare=False)
+
+    @property
+    def in_flight(self) -> int:
+        return self.slots.in_flight
 
     @property
     def open(self) -> bool:
@@ -40,39 +52,34 @@ class Gate:
         if self.in_flight >= self.limit:
             return False
         # open: one probe at a time, none while a try from before is still out
-        return not self.open or (not self.in_flight and now >= self.probe_at)
+        return not self.open or (self.in_flight <= 0 and now >= self.probe_at)
 
     def admit(self, now: float) -> bool:
         """Take a slot for one more item of this cache if it may start now."""
         if not self.can_admit(now):
             return False
-        self.in_flight += 1
+        self.slots.in_flight += 1
         return True
 
-    successor: Gate | None = None  # the gate that replaced this one (the cache changed)
-
     def release(self) -> None:
-        """A try ends: its slot is free again, here and in the gate that replaced this one."""
-        self.in_flight -= 1
-        if self.successor is not None:
-            self.successor.release()
+        """A try ends: its slot is free again (in every gate of the cache: they share it)."""
+        self.slots.in_flight -= 1
 
     def replaced(self) -> Gate:
-        """The cache's configuration changed: a fresh gate, breaker closed, that counts the
-        tries still in flight until they end. Their outcomes go to this gate, not to the new
-        one (a refusal or failure of the old configuration says nothing of the new), and
-        their ends free the new one's slots (a new gate that kept their count without that
-        stayed full for good: the cache never got a slot again)."""
-        fresh = Gate(
+        """The cache's configuration changed: a fresh gate, breaker closed, sharing the slots.
+        The tries in flight free them as they end (a new gate that copied their count stayed
+        full for good: the cache never got a slot again); their outcomes go to this gate, not
+        to the new one (a refusal or failure under the old configuration says nothing of the
+        new). Made in any thread: nothing is copied that the event loop may change meanwhile,
+        and two replacements at once both share the one count."""
+        return Gate(
             limit=self.limit,
             trip_after=self.trip_after,
             probe_min_s=self.probe_min_s,
             probe_max_s=self.probe_max_s,
             refused_probe_s=self.refused_probe_s,
-            in_flight=self.in_flight,
+            slots=self.slots,
         )
-        self.successor = fresh
-        return fresh
 
     def succeeded(self) -> bool:
         """The cache answered as asked; return whether this closed an open gate."""

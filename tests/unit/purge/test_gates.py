@@ -66,3 +66,20 @@ async def test_each_request_gets_its_time_and_unused_time_is_not_kept(anyio_back
     budget.requested()
     budget.moved(1_000_000)
     assert budget.scope.deadline == pytest.approx(anyio.current_time() + 5.0 + 1.0, abs=0.5)
+
+
+def test_gates_that_replace_one_share_its_slots_however_they_interleave() -> None:
+    """Two reloads at once replaced one gate twice, and the one kept missed the releases; an
+    admission on the old gate after its count was copied left the new one at -1, unable to
+    probe. The gates of one cache now share one count."""
+    old = Gate(limit=2)
+    assert old.admit(0.0) and old.admit(0.0)
+    first, second = old.replaced(), old.replaced()  # two reloads at once
+    old.release()
+    old.release()
+    assert (first.in_flight, second.in_flight) == (0, 0) and first.admit(0.0)
+    assert old.in_flight == 1  # an admission on any of them counts once, for all
+    old.release()
+    for _ in range(3):
+        second.unreachable(0.0)
+    assert second.open and second.can_admit(1e9)  # it probes again
