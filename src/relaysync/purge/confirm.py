@@ -42,7 +42,7 @@ STALE_REFRESHES_TO_SWITCH = 3  # one-request refreshes a cache ignored before it
 
 
 @dataclass(frozen=True, slots=True)
-class _Head:
+class Head:
     """What an answer's status line and headers say about its body, before reading it."""
 
     status: int
@@ -51,7 +51,7 @@ class _Head:
     last_modified: str
 
     @classmethod
-    def of(cls, r: httpx.Response) -> _Head:
+    def of(cls, r: httpx.Response) -> Head:
         length = r.headers.get("content-length", "")
         plain = not r.headers.get("content-encoding") and length.isdigit()
         return cls(
@@ -61,7 +61,7 @@ class _Head:
             r.headers.get("last-modified", ""),
         )
 
-    def differs(self, other: _Head) -> str:
+    def differs(self, other: Head) -> str:
         """Why the two bodies cannot be the same ("" if they may be): checked where both
         sides say, so that a big stale copy is not read at all."""
         if self.status != other.status:
@@ -82,7 +82,7 @@ async def _fingerprint(r: httpx.Response) -> tuple[int, str]:
     return r.status_code, (await read_body(r))[0] if r.status_code == 200 else ""
 
 
-async def _open_origin(
+async def open_origin(
     stack: AsyncExitStack,
     client: httpx.AsyncClient,
     origins: Sequence[str],
@@ -104,10 +104,22 @@ async def _open_origin(
 
 
 @dataclass(frozen=True, slots=True)
+class Served:
+    """What a confirm found a cache serving, the same as an origin, under one Accept-Encoding:
+    what a later look compares with (purge/recheck.py)."""
+
+    encoding: str
+    status: int
+    digest: str  # SHA-256 of the decoded body of a 200 ("" otherwise)
+    head: Head
+
+
+@dataclass(frozen=True, slots=True)
 class _Look:
     got: str  # what the cache served, "" when it is what the origin served
     want: str
     varies: bool  # the origin's or the cache's answer varies on Accept-Encoding
+    served: Served | None = None  # when the cache served what the origin served
 
 
 async def _compare(
@@ -116,7 +128,7 @@ async def _compare(
     """One look under Accept-Encoding `encoding`; None without an origin. Bodies are hashed as
     they stream, headers compared first."""
     async with AsyncExitStack() as stack:
-        origin = await _open_origin(stack, client, origins, url, encoding)
+        origin = await open_origin(stack, client, origins, url, encoding)
         if origin is None:
             return None
         cached = await stack.enter_async_context(driver.stream("GET", url, encoding=encoding))
@@ -125,7 +137,7 @@ async def _compare(
             or varies_on_encoding(origin.headers)
             or varies_on_encoding(cached.headers)
         )
-        want_head, got_head = _Head.of(origin), _Head.of(cached)
+        want_head, got_head = Head.of(origin), Head.of(cached)
         why = got_head.differs(want_head)
         if why:
             return _Look(why, want_head.differs(got_head), varies)
@@ -135,7 +147,7 @@ async def _compare(
             raise PurgeError(f"origin {url}: {type(exc).__name__}: {exc}") from exc
         got = await _fingerprint(cached)
         if got == want:
-            return _Look("", "", varies)
+            return _Look("", "", varies, Served(encoding, got[0], got[1], got_head))
         return _Look(f"HTTP {got[0]} {got[1][:12]}", f"HTTP {want[0]} {want[1][:12]}", varies)
 
 
@@ -146,10 +158,11 @@ async def confirm(
     url: Url,
     *,
     every: bool = False,
+    served: list[Served] | None = None,
 ) -> bool | None:
     """Return True once the cache serves what an origin serves, None without an origin: under
     the driver's first encoding, and under each other one where that look's answers vary on
-    Accept-Encoding (or `every`).
+    Accept-Encoding (or `every`). What each look found is added to `served` (if given).
 
     Raises:
         StaleCopy: the cache still serves something else after CONFIRM_ATTEMPTS tries.
@@ -159,12 +172,20 @@ async def confirm(
     look = await confirm_variant(driver, client, origins, url, first)
     if look is None:
         return None
+    _keep(served, look)
     if not (every or look.varies):
         return True
     for encoding in rest:
-        if await confirm_variant(driver, client, origins, url, encoding) is None:
+        look = await confirm_variant(driver, client, origins, url, encoding)
+        if look is None:
             return None
+        _keep(served, look)
     return True
+
+
+def _keep(served: list[Served] | None, look: _Look) -> None:
+    if served is not None and look.served is not None:
+        served.append(look.served)
 
 
 async def confirm_variant(
@@ -191,9 +212,14 @@ async def confirm_variant(
 
 
 async def run_item(
-    driver: Driver, client: httpx.AsyncClient, origins: Sequence[str], item: PurgeItem
+    driver: Driver,
+    client: httpx.AsyncClient,
+    origins: Sequence[str],
+    item: PurgeItem,
+    served: list[Served] | None = None,
 ) -> tuple[str, bool | None]:
-    """Do `item` on its cache and confirm it; return (status, confirmed).
+    """Do `item` on its cache and confirm it; return (status, confirmed). What the confirm
+    found the cache serving is added to `served` (if given; nothing for a ban).
 
     Raises:
         CacheRefused: a configuration error; PurgeError: a failure worth retrying.
@@ -202,11 +228,12 @@ async def run_item(
     if item.action == "ban":
         return await driver.ban(url), None
     if item.action == "purge":  # a purge says nothing of variants: each is confirmed
-        return await driver.purge(url), await confirm(driver, client, origins, url, every=True)
+        status = await driver.purge(url)
+        return status, await confirm(driver, client, origins, url, every=True, served=served)
     one_request = driver.one_request
     status = await driver.refresh(url)
     try:
-        confirmed = await confirm(driver, client, origins, url)
+        confirmed = await confirm(driver, client, origins, url, served=served)
     except StaleCopy as exc:
         if not (one_request and status == "refreshed"):  # (another item may have switched it since)
             raise
@@ -217,7 +244,9 @@ async def run_item(
     # STALE_REFRESHES_TO_SWITCH such refreshes does the cache get PURGE + GET for good (one may
     # be a confirm racing the cache storing the new object).
     status = await driver.purge_and_get(url)
-    confirmed = await confirm(driver, client, origins, url)
+    if served is not None:
+        served.clear()  # (a confirm that failed under a later encoding kept its earlier ones)
+    confirmed = await confirm(driver, client, origins, url, served=served)
     if confirmed and driver.one_request:
         driver.stale_refreshes += 1
         if driver.stale_refreshes >= STALE_REFRESHES_TO_SWITCH:

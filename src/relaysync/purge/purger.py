@@ -58,6 +58,7 @@ from relaysync.purge.planner import (
     url_items,
     variant_items,
 )
+from relaysync.purge.recheck import RECHECK_AFTER_S
 from relaysync.purge.site import SiteSpec
 from relaysync.purge.worker import (
     CONCURRENCY,
@@ -118,6 +119,7 @@ class Purger(PurgeWorker, PurgePlanner):
         probe_max_s: float = PROBE_MAX_S,
         refused_probe_s: float = REFUSED_PROBE_S,
         max_attempts: int = MAX_ATTEMPTS,
+        recheck_after_s: tuple[float, ...] = RECHECK_AFTER_S,
     ) -> None:
         self.store = store
         self.notify = notify
@@ -143,6 +145,7 @@ class Purger(PurgeWorker, PurgePlanner):
             probe_max_s=probe_max_s,
             refused_probe_s=refused_probe_s,
             max_attempts=max_attempts,
+            recheck_after_s=recheck_after_s,
         )
         self._warned_sites: set[tuple[int, str]] = set()
         self._client: httpx.AsyncClient | None = None

@@ -35,10 +35,11 @@ from relaysync.errors import (
     VariantBanRefused,
 )
 from relaysync.purge.budget import ITEM_TIMEOUT_S, MIN_BYTES_PER_S, budgeted
-from relaysync.purge.confirm import run_item
+from relaysync.purge.confirm import Served, run_item
 from relaysync.purge.drivers import Driver, make_driver
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S, Gate
 from relaysync.purge.jobs import PurgeItem, PurgeResult, QueuedPurge, Retry
+from relaysync.purge.recheck import RECHECK_AFTER_S, Rechecks, RecheckWorker
 from relaysync.purge.site import CacheSpec, SiteSpec
 
 logger = logging.getLogger("relaysync.purge.purger")  # one logger name for the purger's story
@@ -54,7 +55,7 @@ PASS_SHARE = 3.0  # after a pass over the queue, this many times its length pass
 MAX_PASS_GAP_S = 0.25  # next (at most this): passes take at most a quarter of the event loop
 
 
-class PurgeWorker:
+class PurgeWorker(RecheckWorker):
     """The working half of the Purger (mixed into it); the Purger owns the state below."""
 
     notify: Notify | None
@@ -82,8 +83,10 @@ class PurgeWorker:
         probe_max_s: float = PROBE_MAX_S,
         refused_probe_s: float = REFUSED_PROBE_S,
         max_attempts: int = MAX_ATTEMPTS,
+        recheck_after_s: tuple[float, ...] = RECHECK_AFTER_S,
     ) -> None:
         self._concurrency = concurrency
+        self.rechecks = Rechecks(recheck_after_s)
         self._in_flight = 0
         self._gates: dict[str, Gate] = {}
         self._gate_args = {
@@ -167,8 +170,10 @@ class PurgeWorker:
             next_at = now + 1.0
             gate_keys: dict[tuple[int, str], str] = {}
             shut: dict[str, bool] = {}  # gates that can take nothing now: not filed at all
+            pending: set[UrlKey] = set()  # URLs with an item queued (rechecks leave them be)
             for q in self._queue.values():
                 url_key = (q.item.site_id, q.item.cache, q.item.url)
+                pending.add(url_key)
                 if url_key in self._busy:
                     continue
                 if q.next_at > now:
@@ -187,6 +192,7 @@ class PurgeWorker:
             self._dispatch(tg, due, now)
             for key in due:
                 next_at = min(next_at, self._probe_due(key, now))
+            next_at = min(next_at, self._dispatch_rechecks(tg, now, pending))
             ended = time.perf_counter()
             with anyio.move_on_after(max(0.0, next_at - time.time())):
                 await self._work_wake.wait()
@@ -264,10 +270,12 @@ class PurgeWorker:
             self._forget_strikes(group)
             return
         started = time.perf_counter()
+        driver = self._driver(site, cache)
+        served: list[Served] = []
         try:
             with budgeted(ITEM_TIMEOUT_S, MIN_BYTES_PER_S):
                 status, confirmed = await run_item(
-                    self._driver(site, cache), self._client, self._origin_urls(site), item
+                    driver, self._client, self._origin_urls(site), item, served
                 )
         except VariantBanRefused as exc:
             self._variant_ban_refused(cache, item, group, attempts, started, gate, exc)
@@ -295,6 +303,8 @@ class PurgeWorker:
             logger.info("cache %s answers again: its queued purges resume", item.cache)
         if item.action == "ban" and item.url.endswith("?"):  # a variant ban went through
             self._variant_bans_refused.discard(cache.address)
+        if confirmed and driver.late_fills_win:  # (a confirm found what it served)
+            self.rechecks.confirmed(item, served, time.time())
         self._finish(item, group, attempts, started, status, confirmed, "")
 
     def _variant_ban_refused(

@@ -193,9 +193,44 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+DELAY_HEADER = "X-Origin-Delay"  # seconds the origin holds its answer, once it has read it
+MAX_DELAY_S = 30.0
+
+
+class LateAnswers:
+    """Answers the origin holds back on request (DELAY_HEADER): a slow origin, or a slow
+    client's fetch through a cache, that read a file or directory before a change and ends
+    after it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.read = 0  # held answers that have read what they serve
+
+    def hold(self, seconds: float) -> None:
+        with self._lock:
+            self.read += 1
+        time.sleep(min(MAX_DELAY_S, max(0.0, seconds)))
+
+
 class _OriginHandler(_QuietHandler):
     """Files as nginx with gzip_vary serves them: gzip when accepted, Vary always, 403 when
-    others may not read; directories (listings, index files) and the rest as http.server does."""
+    others may not read; directories (listings, index files) and the rest as http.server does.
+    A request with DELAY_HEADER is answered that many seconds after its file or listing is
+    read."""
+
+    def __init__(self, *args: Any, late: LateAnswers, **kwargs: Any) -> None:
+        self.late = late  # before the base class, which handles the request
+        super().__init__(*args, **kwargs)
+
+    def _hold(self) -> None:
+        delay = self.headers.get(DELAY_HEADER, "")
+        if delay:
+            self.late.hold(float(delay))
+
+    def list_directory(self, path: str | os.PathLike[str]) -> Any:
+        listing = super().list_directory(path)
+        self._hold()
+        return listing
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = Path(self.translate_path(self.path))
@@ -221,6 +256,7 @@ class _OriginHandler(_QuietHandler):
             self.send_error(404)
             return
         with f:
+            self._hold()
             self.send_response(200)
             self.send_header("Content-Type", self.guess_type(str(path)))
             self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
@@ -254,10 +290,11 @@ class Origin:
 
     root: Path
     port: int = 0
+    late: LateAnswers = field(default_factory=LateAnswers)
     _server: OriginServer | None = None
 
     def start(self) -> Origin:
-        handler = functools.partial(_OriginHandler, directory=str(self.root))
+        handler = functools.partial(_OriginHandler, directory=str(self.root), late=self.late)
         self._server = OriginServer(("127.0.0.1", self.port), handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

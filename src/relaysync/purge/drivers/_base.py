@@ -111,6 +111,19 @@ async def read_body(response: httpx.Response) -> tuple[str, int]:
     return digest.hexdigest(), length
 
 
+async def read_body_upto(response: httpx.Response, limit: int) -> str | None:
+    """The SHA-256 hex of an answer's (decoded) body, or None once it passes `limit` bytes
+    (the rest is not read)."""
+    digest, length = hashlib.sha256(), 0
+    async for chunk in _decoded(response):
+        length += len(chunk)
+        budget.moved(len(chunk))
+        if length > limit:
+            return None
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 async def _decoded(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body decoded a bounded chunk at a time: httpx decodes each chunk read whole, and a
     compressed chunk of a repetitive file (24 MB of one byte gzips to 24 kB) is its size.
@@ -170,6 +183,9 @@ class Driver:
     # What to fix when the cache refuses us; {ip} is the master's address as the cache saw it.
     refused_advice: ClassVar[str] = "allow purge requests from {ip} in the cache's configuration"
     refreshes_each_variant: ClassVar[bool] = True  # its one-request refresh takes one variant
+    # A fetch that began before a refresh and ends after it replaces the new copy: confirmed
+    # items are looked at again later (purge/recheck.py)
+    late_fills_win: ClassVar[bool] = False
 
     def __init__(self, cache: CacheSpec, client: httpx.AsyncClient) -> None:
         self.cache = cache

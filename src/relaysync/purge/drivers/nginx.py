@@ -22,6 +22,7 @@ REFRESH_HEADER = "X-Refresh"
 class Nginx(Driver):
     name: ClassVar[str] = "nginx"
     refreshes_each_variant: ClassVar[bool] = False
+    late_fills_win: ClassVar[bool] = True  # it keeps whichever fetch ends last (recheck.py)
     refused_advice: ClassVar[str] = (
         "its purge location (proxy_cache_purge) must `allow {ip};` (the master), and its "
         "proxy_cache_bypass must honour X-Refresh from that address"

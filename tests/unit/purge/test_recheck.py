@@ -1,0 +1,121 @@
+"""The schedule of the rechecks (purge/recheck.py): rounds, replacement by a newer confirm, the
+bound on what waits, and a cache that keeps going back to an older copy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from relaysync.purge.confirm import Head, Served
+from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.recheck import MAX_REGRESSIONS, Rechecks
+
+ITEM = PurgeItem(site_id=1, cache="nginx", url="http://h/pub/")
+OTHER = PurgeItem(site_id=1, cache="nginx", url="http://h/other/")
+
+
+def _served(digest: str = "d1") -> tuple[Served, ...]:
+    return (Served("identity", 200, digest, Head(200, 10, "", "")),)
+
+
+def test_each_round_comes_after_the_one_before() -> None:
+    r = Rechecks((2.0, 15.0))
+    r.confirmed(ITEM, _served(), 100.0)
+    assert r.pop_due(101.9) == ([], 102.0)
+    (first,), later = r.pop_due(102.0)
+    assert (first.round, later) == (0, math.inf)
+    r.started(first)
+    assert len(r) == 0
+    r.passed(first, 103.0)
+    assert r.pop_due(117.9) == ([], 118.0)
+    (second,), _ = r.pop_due(118.0)
+    r.started(second)
+    r.passed(second, 118.5)
+    assert len(r) == 0 and r.pop_due(1e9) == ([], math.inf)
+
+
+def test_a_newer_confirm_replaces_the_rounds_of_the_older() -> None:
+    r = Rechecks((2.0, 15.0))
+    r.confirmed(ITEM, _served("d1"), 100.0)
+    r.confirmed(ITEM, _served("d2"), 101.0)
+    assert r.pop_due(102.5) == ([], 103.0)  # the older one's entry is skipped
+    (only,), _ = r.pop_due(103.0)
+    assert only.served == _served("d2") and len(r) == 1
+
+
+def test_a_look_that_ends_after_a_newer_confirm_adds_no_round() -> None:
+    r = Rechecks((2.0, 15.0))
+    r.confirmed(ITEM, _served("d1"), 100.0)
+    (running,), _ = r.pop_due(102.0)
+    r.started(running)
+    r.confirmed(ITEM, _served("d2"), 102.5)  # while it ran
+    r.passed(running, 103.0)
+    due, later = r.pop_due(200.0)
+    assert [x.served for x in due] == [_served("d2")] and later == math.inf
+
+
+def test_nothing_waits_without_a_schedule_or_a_look() -> None:
+    r = Rechecks(())
+    r.confirmed(ITEM, _served(), 0.0)
+    assert len(r) == 0
+    r = Rechecks((1.0,))
+    r.confirmed(ITEM, (), 0.0)  # no origin: nothing was seen to compare with
+    assert len(r) == 0
+
+
+def test_past_the_limit_the_oldest_is_dropped_and_counted() -> None:
+    r = Rechecks((1.0,), limit=2)
+    for i in range(3):
+        r.confirmed(PurgeItem(site_id=1, cache="nginx", url=f"http://h/{i}"), _served(), 0.0)
+    due, _ = r.pop_due(1.0)
+    assert [x.item.url for x in due] == ["http://h/1", "http://h/2"] and r.dropped == 1
+
+
+def test_a_recheck_given_back_is_due_at_the_next_pass() -> None:
+    r = Rechecks((1.0,))
+    r.confirmed(ITEM, _served(), 0.0)
+    r.confirmed(OTHER, _served(), 0.5)
+    due, _ = r.pop_due(2.0)
+    r.started(due[1])
+    r.put_back(due)  # the started one is not waiting any more: not given back
+    again, _ = r.pop_due(2.0)
+    assert [x.item for x in again] == [ITEM]
+
+
+def test_a_cache_that_keeps_going_back_to_the_same_old_copy_is_left_after_a_few_times() -> None:
+    r = Rechecks((1.0,))
+    now = 0.0
+    for times in range(1, MAX_REGRESSIONS + 1):
+        r.confirmed(ITEM, _served("d1"), now)
+        (look,), _ = r.pop_due(now + 1.0)
+        r.started(look)
+        assert r.went_back(look) == times
+        now += 10.0
+    r.confirmed(ITEM, _served("d1"), now)  # the item's refresh, confirmed once more
+    assert len(r) == 0 and r.stale == MAX_REGRESSIONS
+    r.confirmed(ITEM, _served("d2"), now)  # a new version: looked at again
+    assert len(r) == 1
+
+
+def test_a_copy_that_holds_through_every_round_forgets_its_goings_back() -> None:
+    r = Rechecks((1.0,))
+    r.confirmed(ITEM, _served("d1"), 0.0)
+    (look,), _ = r.pop_due(1.0)
+    r.started(look)
+    assert r.went_back(look) == 1
+    r.confirmed(ITEM, _served("d1"), 2.0)
+    (look,), _ = r.pop_due(3.0)
+    r.started(look)
+    r.passed(look, 3.5)  # the last round held
+    r.confirmed(ITEM, _served("d1"), 10.0)
+    (look,), _ = r.pop_due(11.0)
+    r.started(look)
+    assert r.went_back(look) == 1
+
+
+def test_bad_schedules_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Rechecks((-1.0,))
+    with pytest.raises(ValueError):
+        Rechecks((1.0,), limit=0)
