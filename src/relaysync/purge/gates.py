@@ -9,7 +9,7 @@ closes the gate and the backlog flows again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 TRIP_AFTER = 3  # failures in a row to reach a cache before its gate opens
 PROBE_MIN_S = 1.0  # first probe of an open gate after this; doubles per failed probe...
@@ -70,16 +70,8 @@ class Gate:
         The tries in flight free them as they end (a new gate that copied their count stayed
         full for good: the cache never got a slot again); their outcomes go to this gate, not
         to the new one (a refusal or failure under the old configuration says nothing of the
-        new). Made in any thread: nothing is copied that the event loop may change meanwhile,
-        and two replacements at once both share the one count."""
-        return Gate(
-            limit=self.limit,
-            trip_after=self.trip_after,
-            probe_min_s=self.probe_min_s,
-            probe_max_s=self.probe_max_s,
-            refused_probe_s=self.refused_probe_s,
-            slots=self.slots,
-        )
+        new)."""
+        return replace(self, failures=0, refused="", probe_at=0.0)
 
     def succeeded(self) -> bool:
         """The cache answered as asked; return whether this closed an open gate."""

@@ -33,7 +33,9 @@ Resource handling:
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -41,6 +43,7 @@ from collections.abc import Callable, Sequence
 import anyio
 import httpx
 from anyio.abc import TaskStatus
+from anyio.lowlevel import EventLoopToken, current_token
 
 from relaysync.errors import PrefixNotExpandable, StoreError
 from relaysync.protocol.messages import CommitReport
@@ -148,16 +151,40 @@ class Purger(PurgeWorker, PurgePlanner):
             recheck_after_s=recheck_after_s,
         )
         self._warned_sites: set[tuple[int, str]] = set()
+        self._reloads = itertools.count()  # reload_sites' tickets, in the order they began
+        self._sites_ticket = -1  # of the reload whose sites are in use
+        # the event loop serving the purger and its thread (None, 0: not serving)
+        self._loop: tuple[EventLoopToken | None, int] = (None, 0)
         self._client: httpx.AsyncClient | None = None
         self._unverified: httpx.AsyncClient | None = None  # for https caches with tls_verify off
 
     # --- inputs ---
 
     def reload_sites(self) -> None:
-        """Re-read the sites from the store (any thread; call after every change to sites)."""
+        """Re-read the sites from the store (any thread; call after every change to sites).
+
+        The store is read in the calling thread; what was read is taken on the event loop's
+        thread while the purger serves (the loop's state is never changed from another thread,
+        and the work loop wakes at once). Of reloads that overlap, one that began earlier and
+        ends later is dropped: the later one read the store after every change before it."""
+        ticket = next(self._reloads)
         sites = {s.id: s for s in self.store.list_sites()}
-        if sites and not self._sites:  # the state loop reads no states while there is no site
-            self._states = self.store.server_states()  # fresh before a report meets the sites
+        # the state loop reads no states while there is no site: fresh before a report meets them
+        states = self.store.server_states() if sites and not self._sites else None
+        token, loop_thread = self._loop
+        if token is None or threading.get_ident() == loop_thread:
+            self._take_sites(ticket, sites, states)
+        else:
+            anyio.from_thread.run_sync(self._take_sites, ticket, sites, states, token=token)
+
+    def _take_sites(
+        self, ticket: int, sites: dict[int, SiteSpec], states: dict[str, str] | None
+    ) -> None:
+        if ticket < self._sites_ticket:  # a reload begun later was taken already
+            return
+        self._sites_ticket = ticket
+        if states is not None:
+            self._states = states
         by_mapping: dict[int, list[SiteSpec]] = {}
         for site in sites.values():
             if site.mapping_id is not None:
@@ -246,6 +273,13 @@ class Purger(PurgeWorker, PurgePlanner):
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the purger until cancelled."""
+        self._loop = (current_token(), threading.get_ident())
+        try:
+            await self._serve(task_status)
+        finally:
+            self._loop = (None, 0)
+
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
         await anyio.to_thread.run_sync(self.reload_sites)
         self._states = await anyio.to_thread.run_sync(self.store.server_states)
         for queued in await anyio.to_thread.run_sync(self.store.pending_purges):

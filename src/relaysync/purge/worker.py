@@ -103,8 +103,7 @@ class PurgeWorker(RecheckWorker):
         return Gate(**self._gate_args)  # type: ignore[arg-type]
 
     def _reset_changed_gates(self, old: dict[int, SiteSpec], new: dict[int, SiteSpec]) -> None:
-        """A cache whose configuration changed is tried at once: a fresh gate (Gate.replaced).
-        Called from worker threads (reload_sites): the gates are read from a copy."""
+        """A cache whose configuration changed is tried at once: a fresh gate (Gate.replaced)."""
         before = {c.address: c for s in old.values() for c in s.caches}
         after = {c.address: c for s in new.values() for c in s.caches}
         for address, gate in list(self._gates.items()):

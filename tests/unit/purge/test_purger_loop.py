@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 
+import anyio
 import pytest
 
+from relaysync.master.store import Store
 from relaysync.purge.jobs import PurgeItem, QueuedPurge
 from relaysync.purge.purger import Purger
 from relaysync.purge.site import CacheSpec, SiteSpec
@@ -96,3 +99,62 @@ async def test_a_full_gate_does_not_make_the_loop_go_round_at_once(store: object
     for _ in range(3):
         gate.unreachable(100.0)  # open: a probe at 105
     assert purger._probe_due("127.0.0.1:1", 100.0) == pytest.approx(105.0, abs=1.0)
+
+
+async def test_sites_read_in_a_worker_thread_are_taken_on_the_event_loop(store: Store) -> None:
+    """reload_sites ran whole in the API's and the state loop's worker threads: it replaced
+    gates and set the work loop's wake event there (asyncio noticed it at the loop's next 1 s
+    timeout at best)."""
+    purger = Purger(store)
+    cache = CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1")
+    threads: list[int] = []
+    take = purger._reset_changed_gates
+
+    def noted(old: dict[int, SiteSpec], new: dict[int, SiteSpec]) -> None:
+        threads.append(threading.get_ident())
+        take(old, new)
+
+    purger._reset_changed_gates = noted  # type: ignore[method-assign]
+    store.list_sites = lambda: [_site(cache)]  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        await tg.start(purger.serve)
+        threads.clear()
+        await anyio.to_thread.run_sync(purger.reload_sites)
+        assert threads == [threading.get_ident()] and set(purger._sites) == {1}
+        tg.cancel_scope.cancel()
+
+
+async def test_a_reload_that_began_first_and_ends_last_does_not_put_old_sites_back(
+    store: Store,
+) -> None:
+    """Two reloads at once (two API calls): the one that read the store first and finished
+    last put its older sites in place until the next periodic reload."""
+    purger = Purger(store)
+    old = _site(CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1"))
+    new = dataclasses.replace(old, base_urls=("http://new",))
+    read_old, let_go = threading.Event(), threading.Event()
+    answers: list[list[SiteSpec]] = []  # what the next reads find (empty: the old sites)
+
+    def list_sites() -> list[SiteSpec]:
+        if not answers:
+            return [old]
+        sites = answers.pop(0)
+        if sites == [old]:  # the first reload has read, and is slow to finish
+            read_old.set()
+            assert let_go.wait(30.0)
+        return sites
+
+    store.list_sites = list_sites  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        await tg.start(purger.serve)
+        answers += [[old], [new]]
+        first = threading.Thread(target=purger.reload_sites)  # as an API request's thread
+        first.start()
+        assert await anyio.to_thread.run_sync(read_old.wait, 30.0)
+        await anyio.to_thread.run_sync(purger.reload_sites)  # began later, read the new sites
+        assert purger._sites[1].base_urls == ("http://new",)
+        let_go.set()
+        await anyio.to_thread.run_sync(first.join, 30.0)
+        assert not first.is_alive()
+        assert purger._sites[1].base_urls == ("http://new",)
+        tg.cancel_scope.cancel()
