@@ -18,6 +18,7 @@ Resource handling:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -103,12 +104,25 @@ class PurgeWorker(RecheckWorker):
         return Gate(**self._gate_args)  # type: ignore[arg-type]
 
     def _reset_changed_gates(self, old: dict[int, SiteSpec], new: dict[int, SiteSpec]) -> None:
-        """A cache whose configuration changed is tried at once: a fresh gate (Gate.replaced)."""
+        """A cache whose configuration changed is tried at once: a fresh gate (Gate.replaced),
+        and its queued items that wait (a refusing cache's for REFUSED_PROBE_S) are due now.
+        The gate of an address no site has any more goes, once no try of it is out."""
         before = {c.address: c for s in old.values() for c in s.caches}
         after = {c.address: c for s in new.values() for c in s.caches}
         for address, gate in list(self._gates.items()):
-            if before.get(address) != after.get(address):
+            if address not in after and gate.in_flight <= 0:
+                del self._gates[address]
+            elif before.get(address) != after.get(address):
                 self._gates[address] = gate.replaced()
+        changed = {
+            (site.id, cache.name)
+            for site in new.values()
+            for cache in site.caches
+            if old.get(site.id) is None or cache not in old[site.id].caches
+        }
+        for key, q in list(self._queue.items()):
+            if q.next_at > 0 and (q.item.site_id, q.item.cache) in changed:
+                self._queue[key] = dataclasses.replace(q, next_at=0.0)
         self._work_wake.set()
 
     def _backoff_s(self, failures: int) -> float:

@@ -158,3 +158,36 @@ async def test_a_reload_that_began_first_and_ends_last_does_not_put_old_sites_ba
         assert not first.is_alive()
         assert purger._sites[1].base_urls == ("http://new",)
         tg.cancel_scope.cancel()
+
+
+async def test_a_cache_whose_settings_change_has_its_waiting_items_tried_at_once(
+    store: Store,
+) -> None:
+    """Items refused under the old settings kept their 60 s wait after the operator's fix (the
+    gate was fresh, the items were not); the other caches' items keep theirs."""
+    purger = Purger(store)
+    nginx = CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1")
+    squid = CacheSpec(name="squid", driver="squid", address="127.0.0.1:2")
+    old = dataclasses.replace(_site(nginx), caches=(nginx, squid))
+    fixed = dataclasses.replace(
+        old, caches=(dataclasses.replace(nginx, headers=(("Authorization", "Bearer new"),)), squid)
+    )
+    for i, cache in enumerate(("nginx", "squid")):
+        item = PurgeItem(site_id=1, cache=cache, url="http://h/a")
+        purger._queue[i] = QueuedPurge(id=i, item=item, attempts=1, next_at=1e12)
+    purger._reset_changed_gates({1: old}, {1: old})  # a periodic reload: nothing changed
+    assert [q.next_at for q in purger._queue.values()] == [1e12, 1e12]
+    purger._reset_changed_gates({1: old}, {1: fixed})
+    assert [q.next_at for q in purger._queue.values()] == [0.0, 1e12]
+
+
+async def test_the_gate_of_a_removed_cache_goes_once_its_tries_end(store: Store) -> None:
+    purger = Purger(store)
+    cache = CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1")
+    gate = purger._gate(cache.address)
+    assert gate.admit(0.0)
+    purger._reset_changed_gates({1: _site(cache)}, {})
+    assert cache.address in purger._gates  # a try is out
+    gate.release()
+    purger._reset_changed_gates({}, {})
+    assert purger._gates == {}
