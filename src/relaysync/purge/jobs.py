@@ -34,7 +34,7 @@ class PurgeResult:
     """What one try did: the row the purge log gets."""
 
     item: PurgeItem
-    status: str  # refreshed | purged | not_cached | banned | refused | failed
+    status: str  # refreshed | purged | not_cached | banned | refused | failed | stale (recheck.py)
     confirmed: bool | None  # None: no origin to compare with (or a ban)
     attempts: int
     at: float

@@ -8,25 +8,30 @@ TTL (1 h), after a refresh the purge log showed confirmed. Varnish and Squid kep
 the same test, so only the caches whose driver says `late_fills_win` are looked at again.
 
 Each confirmed refresh or purge on such a cache is looked at again RECHECK_AFTER_S after its
-confirm (each round after the one before): the cache's answer under each Accept-Encoding the
-confirm looked at, against what the confirm found it serving (`Served`):
+confirm, each look that long after the one before (2 s, then 15 s more): the cache's answer under
+each Accept-Encoding the confirm looked at, against what the confirm found it serving (`Served`):
 - the same: the next round, if any;
-- another copy: an origin is asked. If it still serves what was confirmed, the cache went back
-  to an older copy: the item is queued again (a "stale" row in the purge log, a warning), and
-  its confirm starts the rounds afresh. If the origin serves something else too, a newer change
-  is on its way: its own item refreshes the URL once every origin has committed it (a recheck
-  never refreshes what was not confirmed), and this URL's rounds end.
+- another copy: every origin that is up is asked. If each answers, and each still serves what
+  was confirmed, the cache went back to an older copy: the item is queued again (then a "stale"
+  row in the purge log, a warning), and its confirm starts the rounds afresh. If any origin
+  serves something else, a newer change is on its way (committed on some origins, perhaps not
+  all): its own item refreshes the URL once every origin has it, and this URL's rounds end. A
+  recheck never refreshes what was not confirmed.
+- what cannot be told (a 5xx from the cache, an origin not answering, a timeout, a body too
+  long to compare): the next round.
 
 Bounds: one recheck waits per (site, cache, URL) (a newer confirm replaces it, and an item
 queued or running for the URL ends it: it confirms again); at most MAX_RECHECKS wait (past that
-the oldest is dropped, counted, logged); a body longer than RECHECK_BODY_MAX is compared by its
-headers (status, length, ETag, Last-Modified) only, never read whole; a cache that goes back to
-an older copy MAX_REGRESSIONS times for the same confirmed copy is refreshed that last time but
-not looked at again for it (an error is logged: something else than a late fetch writes it).
-Rechecks take a slot of the cache's gate, under the overall concurrency, after the queue's items,
-and never change its breaker: a cache whose gate is open (down, refusing) is not looked at. A
-fetch that began before the change and lasts longer than the last round (a big file to a slow
-client) is not caught; a look that fails (timeout, connection) goes on to the next round.
+the oldest is dropped, counted, logged; about 2.7 KB each with nginx's seven encodings); bodies
+are read up to RECHECK_BODY_MAX bytes (past that only the headers are compared: status, length,
+ETag, Last-Modified; such a body counts as the same on the cache, as unknown on an origin); a
+cache that goes back from the same confirmed content MAX_REGRESSIONS times is refreshed that
+last time but not looked at again for it (an error is logged: something else than a late fetch
+writes it). Rechecks take a slot of the cache's gate only while it is at most half full, and at
+most half the overall concurrency, after the queue's items, RECHECKS_PER_PASS at most a pass;
+they never change a gate's breaker, and those of a cache whose gate is open (down, refusing)
+end. They live in memory: a master restart forgets them. A fetch that began before the change
+and lasts longer than the last round (a big file to a slow client) is not caught.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ logger = logging.getLogger("relaysync.purge.purger")  # the purger's story, one 
 RECHECK_AFTER_S = (2.0, 15.0)  # looks after a confirm, each after the one before
 MAX_RECHECKS = 20_000  # waiting at once (one per cache and URL); the oldest dropped past it
 RECHECK_BODY_MAX = 1024 * 1024  # longer bodies are compared by their headers only
-MAX_REGRESSIONS = 3  # goings back to an older copy of one confirmed copy before it is left
+MAX_REGRESSIONS = 3  # goings back from one confirmed content before it is left
+RECHECKS_PER_PASS = 256  # due rechecks taken from the heap in one pass of the work loop
 
 UrlKey = tuple[int, str, str]  # (site id, cache name, url)
 
@@ -78,15 +84,24 @@ class Recheck:
 
 @dataclass(frozen=True, slots=True)
 class Look:
-    """What a recheck found: the cache serves what was confirmed ("current"), the origin moved
-    on ("moved": a newer change), or the cache went back to another copy ("back")."""
+    """What a recheck found: the cache serves what was confirmed ("current"), an origin moved
+    on ("moved": a newer change), the cache went back to another copy ("back"), or it could
+    not tell ("unknown")."""
 
-    outcome: Literal["current", "moved", "back"]
+    outcome: Literal["current", "moved", "back", "unknown"]
     detail: str = ""
+
+
+Content = tuple[tuple[str, int, str], ...]  # (encoding, status, digest) of each look
 
 
 def key_of(item: PurgeItem) -> UrlKey:
     return (item.site_id, item.cache, item.url)
+
+
+def content_of(served: Sequence[Served]) -> Content:
+    """What a confirm found, without the headers (an origin may send a new ETag each time)."""
+    return tuple((s.encoding, s.status, s.digest) for s in served)
 
 
 class Rechecks:
@@ -101,8 +116,8 @@ class Rechecks:
         self._waiting: dict[UrlKey, Recheck] = {}
         self._heap: list[tuple[float, int, Recheck]] = []
         self._pushed = itertools.count()
-        # per URL: the confirmed copy the cache went back from, and how many times in a row
-        self._regressions: dict[UrlKey, tuple[tuple[Served, ...], int]] = {}
+        # per URL: the confirmed content the cache went back from, and how many times
+        self._regressions: dict[UrlKey, tuple[Content, int]] = {}
         self.dropped = 0  # rechecks dropped at the limit
         self.stale = 0  # rechecks that found the cache gone back to an older copy
         self.moved = 0  # rechecks that found the origin moved on (a newer change)
@@ -120,15 +135,15 @@ class Rechecks:
         if not (self.schedule and looks):
             return
         went_back = self._regressions.get(key)
-        if went_back is not None and went_back[0] != looks:
+        if went_back is not None and went_back[0] != content_of(looks):
             del self._regressions[key]
         elif went_back is not None and went_back[1] >= MAX_REGRESSIONS:
             return
         self._add(Recheck(item, looks, now + self.schedule[0], 0, now))
 
-    def passed(self, recheck: Recheck, now: float) -> None:
-        """`recheck` found the cache serving what was confirmed (or could not tell) at `now`:
-        the next round, if there is one and no newer confirm took its place meanwhile."""
+    def passed(self, recheck: Recheck, now: float, *, held: bool = True) -> None:
+        """`recheck` found the cache serving what was confirmed (`held`), or could not tell,
+        at `now`: the next round, if there is one and no newer confirm took its place."""
         key = key_of(recheck.item)
         n = recheck.round + 1
         if key in self._waiting:
@@ -137,16 +152,17 @@ class Rechecks:
             self._add(
                 Recheck(recheck.item, recheck.served, now + self.schedule[n], n, recheck.since)
             )
-        else:
+        elif held:
             self._regressions.pop(key, None)  # it held: a later going back counts from one
 
     def went_back(self, recheck: Recheck) -> int:
         """The cache went back from `recheck`'s confirmed copy: how many times in a row now."""
         key = key_of(recheck.item)
         self.stale += 1
+        content = content_of(recheck.served)
         before = self._regressions.pop(key, None)
-        count = before[1] + 1 if before is not None and before[0] == recheck.served else 1
-        self._regressions[key] = (recheck.served, count)
+        count = before[1] + 1 if before is not None and before[0] == content else 1
+        self._regressions[key] = (content, count)
         if len(self._regressions) > self.limit:
             del self._regressions[next(iter(self._regressions))]  # the oldest
         return count
@@ -174,12 +190,12 @@ class Rechecks:
     def _current(self, recheck: Recheck) -> bool:
         return self._waiting.get(key_of(recheck.item)) is recheck
 
-    def pop_due(self, now: float) -> tuple[list[Recheck], float]:
-        """Take the rechecks due at `now`, earliest first; each must be `started` or `ended`,
-        or given back (`put_back`). Also return when the earliest of the others falls due
-        (inf: none)."""
+    def pop_due(self, now: float, limit: int = RECHECKS_PER_PASS) -> tuple[list[Recheck], float]:
+        """Take (at most `limit` of) the rechecks due at `now`, earliest first; each must be
+        `started` or given back (`put_back`). Also return when the earliest of the others
+        falls due (inf: none)."""
         out: list[Recheck] = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and len(out) < limit:
             recheck = heapq.heappop(self._heap)[2]
             if self._current(recheck):
                 out.append(recheck)
@@ -207,41 +223,50 @@ async def look_again(
     served: Sequence[Served],
 ) -> Look:
     """Compare what the cache serves now with what its confirm found (`served`, each
-    encoding), and, where it differs, what an origin serves (see the module docstring).
+    encoding), and, where it differs, what every origin in `origins` serves (see the module
+    docstring).
 
     Raises:
         PurgeError: the cache could not be reached; httpx.HTTPError: a body could not be read.
     """
+    where = str(url)
     for seen in served:
-        async with driver.stream("GET", url, encoding=seen.encoding) as cached:
-            now = await _differs(cached, seen)
-        if not now:
-            continue
-        async with AsyncExitStack() as stack:
-            origin = await open_origin(stack, client, origins, url, seen.encoding)
-            if origin is None:  # no origin answers: nothing to tell a late fetch by
-                return Look("moved", "no origin answered")
-            moved = await _differs(origin, seen)
         where = f"{url} (Accept-Encoding: {seen.encoding!r})"
-        if moved:
-            return Look("moved", f"{where}: the origin serves {moved}")
+        async with driver.stream("GET", url, encoding=seen.encoding) as cached:
+            if cached.status_code >= 500:  # a gateway error is not a copy the cache holds
+                return Look("unknown", f"{where}: the cache answered HTTP {cached.status_code}")
+            now = await _differs(cached, seen)
+        if not now:  # the same ("", or None: too long to compare, and the headers agree)
+            continue
+        for base in origins:
+            async with AsyncExitStack() as stack:
+                origin = await open_origin(stack, client, [base], url, seen.encoding)
+                moved = await _differs(origin, seen) if origin is not None else None
+            if moved is None:
+                return Look("unknown", f"{where}: origin {base} did not answer, or too long")
+            if moved:
+                return Look("moved", f"{where}: origin {base} serves {moved}")
+        if not origins:
+            return Look("unknown", f"{where}: no origin is up")
         return Look(
             "back", f"{where}: serves {now}, confirmed HTTP {seen.status} {seen.digest[:12]}"
         )
     return Look("current")
 
 
-async def _differs(response: httpx.Response, seen: Served) -> str:
-    """How `response` differs from what was seen ("" if it is the same, as far as a body of
-    RECHECK_BODY_MAX bytes or less, or else the headers, tell)."""
+async def _differs(response: httpx.Response, seen: Served) -> str | None:
+    """How `response` differs from what was seen: "" the same, None past RECHECK_BODY_MAX
+    bytes with the same headers (not told)."""
     head = Head.of(response)
     why = head.differs(seen.head)
     if why or head.status != 200:
         return why
     if seen.head.length is not None and seen.head.length > RECHECK_BODY_MAX:
-        return ""
+        return None
     digest = await read_body_upto(response, RECHECK_BODY_MAX)
-    return "" if digest in (None, seen.digest) else f"HTTP 200 {digest[:12]}"
+    if digest is None:
+        return None
+    return "" if digest == seen.digest else f"HTTP 200 {digest[:12]}"
 
 
 class RecheckWorker:
@@ -260,16 +285,17 @@ class RecheckWorker:
     _driver: Callable[[SiteSpec, CacheSpec], Driver]
     _origin_urls: Callable[[SiteSpec], list[str]]
     _record: Callable[[PurgeItem, int, float, str, bool | None, str], None]
-    _failing: Callable[[str, Exception, int], None]
 
     async def _enqueue(self, items: list[PurgeItem]) -> None:
         raise NotImplementedError  # the Purger's: a durable queue write
 
     def _dispatch_rechecks(self, tg: TaskGroup, now: float, pending: set[UrlKey]) -> float:
-        """Start the rechecks due, each as its cache's gate admits and the overall concurrency
-        allows; return when the next one falls due. One whose URL has an item queued or running
-        is not needed (that item confirms again); one held back by a full gate or the
-        concurrency waits for a try to end, which wakes the loop."""
+        """Start the rechecks due, each while its cache's gate is at most half full and the
+        rechecks' share of the overall concurrency allows; return when the next one falls due.
+        One whose URL has an item queued or running is not needed (that item confirms again);
+        one held back waits for a try to end, which wakes the loop."""
+        if self._in_flight >= self._concurrency // 2:
+            return math.inf  # (a try's end wakes the loop)
         due, later = self.rechecks.pop_due(now)
         held: list[Recheck] = []
         for recheck in due:
@@ -279,7 +305,11 @@ class RecheckWorker:
             if key in pending or key in self._busy or gate.open:
                 self.rechecks.started(recheck)  # (an open gate: the cache cannot be looked at)
                 continue
-            if self._in_flight >= self._concurrency or not gate.admit(now):
+            if (
+                self._in_flight >= self._concurrency // 2
+                or gate.in_flight >= max(1, gate.limit // 2)
+                or not gate.admit(now)
+            ):
                 held.append(recheck)
                 continue
             self.rechecks.started(recheck)
@@ -287,26 +317,33 @@ class RecheckWorker:
             self._in_flight += 1
             tg.start_soon(self._run_recheck, key, recheck, gate)
         self.rechecks.put_back(held)
-        return later
+        return math.inf if held else later  # the held: when a try ends, which wakes the loop
 
     async def _run_recheck(self, key: UrlKey, recheck: Recheck, gate: Gate) -> None:
+        look = Look("unknown")
+        started = time.perf_counter()
         try:
-            await self._recheck(recheck)
-        except Exception as exc:
-            self._failing(f"rechecking {recheck.item.url} on {recheck.item.cache}", exc, 1)
+            look = await self._recheck(recheck)
+        except Exception:  # a bug: the look is lost, not the loop
+            logger.exception("purger: unexpected error rechecking %s", recheck.item.url)
         finally:
             gate.release()
             self._in_flight -= 1
             self._busy.discard(key)
             self._work_wake.set()
+        if look.outcome != "back":
+            return
+        try:  # with the slots free: the store may be slow or away
+            await self._went_back(recheck, look, started)
+        except Exception:
+            logger.exception("purger: could not queue %s again after its recheck", recheck.item.url)
 
-    async def _recheck(self, recheck: Recheck) -> None:
+    async def _recheck(self, recheck: Recheck) -> Look:
         item = recheck.item
         site = self._sites.get(item.site_id)
         cache = next((c for c in site.caches if c.name == item.cache), None) if site else None
         if site is None or cache is None or self._client is None:
-            return  # the site or cache was removed meanwhile
-        started = time.perf_counter()
+            return Look("moved", "the site or cache was removed")
         try:
             with budgeted(ITEM_TIMEOUT_S, MIN_BYTES_PER_S):
                 look = await look_again(
@@ -317,23 +354,21 @@ class RecheckWorker:
                     recheck.served,
                 )
         except (PurgeError, TimeoutError, httpx.HTTPError) as exc:
-            logger.info("recheck of %s on %s: %s; looked at again later", item.url, item.cache, exc)
-            self.rechecks.passed(recheck, time.time())
-            return
-        if look.outcome == "current":
-            self.rechecks.passed(recheck, time.time())
-            return
-        if look.outcome == "moved":
+            look = Look("unknown", f"{type(exc).__name__}: {exc}")
+        if look.outcome in ("current", "unknown"):
+            if look.detail:
+                logger.info("recheck of %s on %s: %s", item.url, item.cache, look.detail)
+            self.rechecks.passed(recheck, time.time(), held=look.outcome == "current")
+        elif look.outcome == "moved":
             self.rechecks.moved += 1
-            logger.debug(
-                "recheck of %s on %s: a newer change: %s", item.url, item.cache, look.detail
-            )
-            return
-        await self._went_back(recheck, look, started)
+            logger.debug("recheck of %s on %s: moved on: %s", item.url, item.cache, look.detail)
+        return look
 
     async def _went_back(self, recheck: Recheck, look: Look, started: float) -> None:
-        """The cache serves an older copy than it was confirmed serving: queue the item again."""
+        """The cache serves an older copy than it was confirmed serving: queue the item again
+        (then say so: a "stale" row in the purge log)."""
         item = recheck.item
+        await self._enqueue([item])
         times = self.rechecks.went_back(recheck)
         after_s = time.time() - recheck.since
         message = (
@@ -343,8 +378,8 @@ class RecheckWorker:
         args = (item.cache, item.url, after_s, item.action, item.action, look.detail)
         if times >= MAX_REGRESSIONS:
             logger.error(
-                message + " (%d times in a row: not looked at again for this copy; does "
-                "something else write the cache?)",
+                message + " (%d times: not looked at again for this content; does something "
+                "else write the cache?)",
                 *args,
                 times,
             )
@@ -352,4 +387,3 @@ class RecheckWorker:
             logger.warning(message, *args)
         detail = f"recheck {after_s:.1f} s after the confirm: {look.detail}; queued again"
         self._record(item, 1, started, "stale", False, detail)
-        await self._enqueue([item])

@@ -193,23 +193,38 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-DELAY_HEADER = "X-Origin-Delay"  # seconds the origin holds its answer, once it has read it
+DELAY_HEADER = "X-Origin-Delay"  # seconds the origin holds its answer, or a name to wait for
 MAX_DELAY_S = 30.0
 
 
 class LateAnswers:
     """Answers the origin holds back on request (DELAY_HEADER): a slow origin, or a slow
     client's fetch through a cache, that read a file or directory before a change and ends
-    after it."""
+    after it. The header holds seconds, or a name: the answer waits until `release(name)`
+    (at most MAX_DELAY_S)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._released: dict[str, threading.Event] = {}
         self.read = 0  # held answers that have read what they serve
 
-    def hold(self, seconds: float) -> None:
+    def _event(self, name: str) -> threading.Event:
+        with self._lock:
+            return self._released.setdefault(name, threading.Event())
+
+    def hold(self, value: str) -> None:
         with self._lock:
             self.read += 1
+        try:
+            seconds = float(value)
+        except ValueError:
+            self._event(value).wait(MAX_DELAY_S)
+            return
         time.sleep(min(MAX_DELAY_S, max(0.0, seconds)))
+
+    def release(self, name: str) -> None:
+        """Let the answers held under `name` go (now, and any asked later)."""
+        self._event(name).set()
 
 
 class _OriginHandler(_QuietHandler):
@@ -225,7 +240,7 @@ class _OriginHandler(_QuietHandler):
     def _hold(self) -> None:
         delay = self.headers.get(DELAY_HEADER, "")
         if delay:
-            self.late.hold(float(delay))
+            self.late.hold(delay)
 
     def list_directory(self, path: str | os.PathLike[str]) -> Any:
         listing = super().list_directory(path)

@@ -8,8 +8,11 @@ answers back."""
 from __future__ import annotations
 
 import threading
+import uuid
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 from tests.component.purge.conftest import HOST, Harness
 
@@ -17,8 +20,7 @@ from relaysync.testing.caches import DELAY_HEADER, http_get
 
 pytestmark = pytest.mark.anyio
 
-LATE_S = 2.0  # the slow fetches answer this long after they read the listing
-RECHECK_S = (LATE_S + 2.0, 8.0)  # the first look comes after they land (margin for load)
+RECHECK_S = (1.0, 8.0)  # looks after a confirm; an old copy landing later is seen at the second
 BOUND_S = 40.0  # generous: both rounds and a refresh again, on a loaded machine
 
 
@@ -36,39 +38,48 @@ def listings(harness: Harness) -> Harness:
     return harness
 
 
-async def _old_listing_lands_after_the_refresh(h: Harness) -> bytes:
-    """Each cache fetches `pub/` slowly: the fetch reads the listing with a.txt only, then
-    b.txt is written and committed, its listing refresh confirmed on every cache, and only
-    then the slow fetches end. Return the listing the origin serves after b.txt."""
+async def _old_listing_lands_after_the_refresh(
+    h: Harness, then: Callable[[], None] = lambda: None
+) -> bytes:
+    """Each cache fetches `pub/` slowly: the fetch reads the listing with a.txt only and is
+    held; then b.txt is written and committed, and once its listing refresh is confirmed on
+    every cache, `then` runs and the slow fetches end. Return the listing the origin served
+    after b.txt."""
     h.write("pub/a.txt", b"a")
     before = h.farm.origin.late.read
+    name = f"held-{uuid.uuid4().hex}"
     slow = [
         threading.Thread(
             target=http_get,
             args=(cache.port, h.url_path("pub/")),
-            kwargs={"host": HOST, "headers": {DELAY_HEADER: str(LATE_S)}},
+            kwargs={"host": HOST, "headers": {DELAY_HEADER: name}},
         )
         for cache in h.farm.caches.values()
     ]
     for thread in slow:
         thread.start()
-    await h.until(  # each cache's fetch has read the old listing and is held
-        lambda: h.farm.origin.late.read >= before + len(slow), what="the slow fetches' reads"
-    )
-    h.write("pub/b.txt", b"b")
-    h.commit("write", "pub/b.txt")
-    status, want, _ = http_get(h.farm.origin.port, h.url_path("pub/"), host=HOST)
-    assert status == 200 and b"b.txt" in want
-    listing = f"http://{HOST}{h.url_path('pub/')}"
-    await h.until(  # the listing's refresh, confirmed on every cache before the fetches end
-        lambda: (
-            {r.item.cache for r in h.results if r.item.url == listing and r.confirmed}
-            >= set(h.farm.caches)
-        ),
-        what="every cache's confirmed refresh of the listing",
-    )
-    for thread in slow:
-        thread.join(timeout=30.0)
+    try:
+        await h.until(  # each cache's fetch has read the old listing and is held
+            lambda: h.farm.origin.late.read >= before + len(slow), what="the slow fetches' reads"
+        )
+        h.write("pub/b.txt", b"b")
+        h.commit("write", "pub/b.txt")
+        status, want, _ = http_get(h.farm.origin.port, h.url_path("pub/"), host=HOST)
+        assert status == 200 and b"b.txt" in want
+        listing = f"http://{HOST}{h.url_path('pub/')}"
+        await h.until(  # the listing's refresh, confirmed on every cache while the fetches wait
+            lambda: (
+                {r.item.cache for r in h.results if r.item.url == listing and r.confirmed}
+                >= set(h.farm.caches)
+            ),
+            what="every cache's confirmed refresh of the listing",
+        )
+        then()
+    finally:
+        h.farm.origin.late.release(name)
+        for thread in slow:
+            await anyio.to_thread.run_sync(thread.join, 30.0)
+    assert not any(thread.is_alive() for thread in slow)
     return want
 
 
@@ -94,13 +105,13 @@ async def test_an_old_copy_that_lands_after_the_refresh_is_refreshed_again(
 
 
 async def test_a_change_not_yet_committed_is_left_to_its_own_item(listings: Harness) -> None:
-    """The old copy lands, then the origin changes again before the first look: the look sees
+    """The origin changes again (c.txt, not committed) before the old copy lands: a look sees
     the origin moved on and does not refresh (c.txt is not committed on every origin); the
     commit's own item does."""
     h = listings
     looked = h.purger.rechecks.moved
-    await _old_listing_lands_after_the_refresh(h)
-    h.write("pub/c.txt", b"c")  # on the origin, not committed: no purge may serve it yet
+    # c.txt on the origin before the old copy lands, not committed: no purge may serve it yet
+    await _old_listing_lands_after_the_refresh(h, lambda: h.write("pub/c.txt", b"c"))
     await h.until(lambda: h.purger.rechecks.moved > looked, what="nginx's look", timeout_s=30.0)
     assert _stale_rows(h) == []
     status, body = h.get("nginx", "pub/")

@@ -7,9 +7,13 @@ import math
 
 import pytest
 
+from relaysync.master.store import Store
 from relaysync.purge.confirm import Head, Served
 from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.purger import Purger
 from relaysync.purge.recheck import MAX_REGRESSIONS, Rechecks
+
+pytestmark = pytest.mark.anyio
 
 ITEM = PurgeItem(site_id=1, cache="nginx", url="http://h/pub/")
 OTHER = PurgeItem(site_id=1, cache="nginx", url="http://h/other/")
@@ -119,3 +123,52 @@ def test_bad_schedules_are_refused() -> None:
         Rechecks((-1.0,))
     with pytest.raises(ValueError):
         Rechecks((1.0,), limit=0)
+
+
+class _Started:
+    """A task group that only notes what it was asked to start."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def start_soon(self, _func: object, key: tuple[int, str, str], *_args: object) -> None:
+        self.started.append(key[2])
+
+
+def _purger_with(store: Store, *urls: str) -> Purger:
+    purger = Purger(store, concurrency=8, per_cache=4, recheck_after_s=(1.0,))
+    for url in urls:
+        purger.rechecks.confirmed(PurgeItem(site_id=1, cache="nginx", url=url), _served(), 0.0)
+    return purger
+
+
+async def test_rechecks_leave_a_url_with_an_item_to_that_item(store: Store) -> None:
+    purger = _purger_with(store, "http://h/queued", "http://h/running", "http://h/free")
+    purger._busy.add((1, "nginx", "http://h/running"))
+    tg = _Started()
+    purger._dispatch_rechecks(tg, 5.0, {(1, "nginx", "http://h/queued")})  # type: ignore[arg-type]
+    assert tg.started == ["http://h/free"] and len(purger.rechecks) == 0
+
+
+async def test_rechecks_take_at_most_half_of_a_gate_and_wait_for_a_try_to_end(
+    store: Store,
+) -> None:
+    purger = _purger_with(store, *(f"http://h/{i}" for i in range(5)))
+    tg = _Started()
+    assert purger._dispatch_rechecks(tg, 5.0, set()) == math.inf  # type: ignore[arg-type]
+    assert len(tg.started) == 2 and len(purger.rechecks) == 3  # half of 4 slots
+    gate = purger._gate("1/nginx")
+    gate.release()
+    purger._in_flight -= 1
+    purger._dispatch_rechecks(tg, 5.0, set())  # type: ignore[arg-type]
+    assert len(tg.started) == 3
+
+
+async def test_the_rechecks_of_a_cache_whose_gate_is_open_end(store: Store) -> None:
+    """A down or refusing cache cannot be looked at, and a recheck must not take its probe."""
+    purger = _purger_with(store, "http://h/a")
+    purger._gate("1/nginx").refuse(0.0, "403")
+    tg = _Started()
+    purger._dispatch_rechecks(tg, 5.0, set())  # type: ignore[arg-type]
+    assert tg.started == [] and len(purger.rechecks) == 0
+    assert purger._gate("1/nginx").refused == "403"  # its breaker as it was

@@ -84,7 +84,7 @@ class PurgeLogRow(Base):
     action: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(
         String(32)
-    )  # refreshed purged not_cached banned refused failed
+    )  # refreshed purged not_cached banned refused failed stale
     confirmed: Mapped[bool | None] = mapped_column(
         Boolean, nullable=True
     )  # None: no origin to compare
