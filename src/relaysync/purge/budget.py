@@ -26,11 +26,13 @@ CURRENT: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
 
 class Budget:
     """Until `base_s` after the start or `per_request_s` after the last request sent,
-    whichever is later, plus one second per `min_bytes_per_s` bytes read, to a cache or an
-    origin. A fixed budget for the whole item ran out on a loaded machine for nginx and Squid,
-    which send a request and make the cache fetch per Accept-Encoding value (27 requests where
-    Varnish sends 4): every try of every item of theirs timed out. Time a request did not use
-    is not kept for the next one: a slow-drip answer still ends."""
+    whichever is later, plus one second per `min_bytes_per_s` bytes read (to a cache or an
+    origin) since that request. A fixed budget for the whole item ran out on a loaded machine
+    for nginx and Squid, which send a request and make the cache fetch per Accept-Encoding value
+    (27 requests where Varnish sends 4): every try of every item of theirs timed out. Time a
+    request or a read did not use is not kept for the next request: a slow-drip answer still
+    ends, and a 300 MB body read in 3 s does not leave 5 minutes to a request that hangs after
+    it."""
 
     def __init__(
         self, base_s: float, min_bytes_per_s: float, per_request_s: float = PER_REQUEST_S
@@ -38,6 +40,7 @@ class Budget:
         self.base_s, self.min_bytes_per_s = base_s, min_bytes_per_s
         self.per_request_s = per_request_s
         self.bytes = 0
+        self.bytes_since_request = 0  # what the deadline grants time for
         self.requests = 0
         self.started = self.last_request = anyio.current_time()
         self.scope = anyio.CancelScope(deadline=self.started + base_s)
@@ -45,18 +48,20 @@ class Budget:
     def moved(self, n: int) -> None:
         """Grant the time `n` more bytes may take."""
         self.bytes += n
+        self.bytes_since_request += n
         self._extend()
 
     def requested(self) -> None:
         """A request is sent now: it has at least `per_request_s` (besides the bytes)."""
         self.requests += 1
         self.last_request = anyio.current_time()
+        self.bytes_since_request = 0
         self._extend()
 
     def _extend(self) -> None:
         self.scope.deadline = (
             max(self.started + self.base_s, self.last_request + self.per_request_s)
-            + self.bytes / self.min_bytes_per_s
+            + self.bytes_since_request / self.min_bytes_per_s
         )
 
 

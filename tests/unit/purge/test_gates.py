@@ -83,3 +83,18 @@ def test_gates_that_replace_one_share_its_slots_however_they_interleave() -> Non
     for _ in range(3):
         second.unreachable(0.0)
     assert second.open and second.can_admit(1e9)  # it probes again
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_big_read_leaves_no_time_to_a_request_that_hangs_after_it(
+    anyio_backend: str,
+) -> None:
+    """The bytes' time was kept for the whole item: a 300 MB body read in a few seconds left a
+    later request that hung 5 minutes and more."""
+    budget = Budget(15.0, 1_000_000, per_request_s=5.0)
+    first = budget.scope.deadline
+    budget.requested()
+    budget.moved(300_000_000)  # read fast
+    budget.requested()  # the next request hangs
+    assert budget.scope.deadline == pytest.approx(first, abs=0.5)
