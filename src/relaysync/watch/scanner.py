@@ -2,7 +2,9 @@
 
 A scan never follows symlinks and never re-hashes a file whose kind, size, mtime and mode match
 the manifest: that keeps a rescan of an unchanged 100,000-file tree close to the cost of
-`rsync --dry-run` (one lstat per entry and one indexed manifest read per directory).
+`rsync --dry-run` (one lstat per entry and one indexed manifest read per directory). A file's
+content is hashed by watch/_file_hash.py; the change an entry makes is told by
+watch/_entry_changes.py.
 """
 
 from __future__ import annotations
@@ -11,123 +13,27 @@ import errno
 import logging
 import os
 import stat
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
-import xxhash
 
-from relaysync._util.fs import GONE_ERRNOS, open_dir_in, open_for_read
+from relaysync._util.fs import GONE_ERRNOS, open_dir_in
 from relaysync.errors import SourceListError, SourceReadError
+from relaysync.watch._entry_changes import _kind_of, changes_for, same_stat
+from relaysync.watch._entry_changes import diff_entry as diff_entry
+from relaysync.watch._file_hash import HASH_BUFFER_BYTES as HASH_BUFFER_BYTES
+from relaysync.watch._file_hash import Keep, _keeper, hash_file, hash_link
 from relaysync.watch.changes import PendingChange
-from relaysync.watch.content_cache import Kept, MappingContent
+from relaysync.watch.content_cache import MappingContent
 from relaysync.watch.filters import PathFilter
-from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits, same_version
+from relaysync.watch.manifest import Entry, Manifest, mtime_ns_of, permission_bits
 from relaysync.watch.target_policy import TargetPolicy, tighten_in
 
 logger = logging.getLogger(__name__)
 
-HASH_BUFFER_BYTES = (
-    1024 * 1024
-)  # one read per MiB: large enough to amortise syscalls, small for RAM
 _GONE = (FileNotFoundError, NotADirectoryError)
-
-
-_buffers = threading.local()
-
-
-Keep = Callable[[bytes, bytes, os.stat_result], None]  # digest, content, fstat of the file read
-
-
-def _unchanged(before: os.stat_result, fd: int) -> bool:
-    """Whether the open file `fd` still has the size, mtime and ctime of `before` (False if
-    that cannot be told: only a keep is skipped, the hash stands)."""
-    try:
-        after = os.fstat(fd)
-    except OSError:
-        return False
-    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
-        after.st_size,
-        after.st_mtime_ns,
-        after.st_ctime_ns,
-    )
-
-
-def hash_file(
-    path: Path | str,
-    size: int = -1,
-    *,
-    dir_fd: int | None = None,
-    keep: Keep | None = None,
-) -> bytes:
-    """Return the 16-byte xxh3-128 digest of a file's content, read in 1 MiB blocks.
-
-    `size`, the file's size as stat'ed, lets a small file be read with one call: asked for one
-    byte more, a short read is the end (a scan of 10,000 small files makes 10,000 calls fewer).
-    With `dir_fd`, `path` is relative to that directory (no walk of the whole path per file).
-    `keep(digest, data, st)` is given the content of a file read whole in that one call, at the
-    size stat'ed, with the fstat of the file read, unless that fstat changed during the read
-    (size, mtime, ctime: a file rewritten meanwhile) (watch/content_cache.py).
-
-    Raises:
-        OSError: the file cannot be opened or read.
-    """
-    buf = getattr(_buffers, "buf", None)
-    if buf is None:  # one per thread, reused: a fresh 1 MiB per small file costs more than the read
-        buf = _buffers.buf = bytearray(HASH_BUFFER_BYTES)
-    view = memoryview(buf)
-    fd, opened = _open_regular(path, dir_fd)
-    try:
-        filled = 0
-        if 0 <= size < len(buf):
-            filled = os.readv(fd, [view[: size + 1]])
-            if filled == size:  # the end (a file that shrank, or a short read of a network
-                digest = xxhash.xxh3_128_digest(view[:filled])  # file system, reads on below)
-                if keep is not None and _unchanged(opened, fd):
-                    keep(digest, bytes(view[:filled]), opened)
-                return digest
-        while filled < len(buf) and (n := os.readv(fd, [view[filled:]])):
-            filled += n
-        if filled < len(buf):  # end of file within the buffer: the common case of a small file
-            return xxhash.xxh3_128_digest(view[:filled])
-        hasher = xxhash.xxh3_128(view)
-        while n := os.readv(fd, [buf]):
-            hasher.update(view[:n])
-        return hasher.digest()
-    finally:
-        os.close(fd)
-
-
-def _open_regular(path: Path | str, dir_fd: int | None) -> tuple[int, os.stat_result]:
-    """Open a file to hash, and fstat it; FileNotFoundError if it is no longer a regular file.
-
-    Not followed, not waited on (`open_for_read`): a file swapped for a link, a FIFO, a socket or
-    a device between its lstat and its hash is read as gone (its own event follows), never
-    through the link, never blocking the scan on a FIFO without a writer, never reading a device
-    such as /dev/zero without end.
-    """
-    try:
-        fd = open_for_read(path, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink, a socket now
-            raise FileNotFoundError(errno.ENOENT, "no longer a regular file", str(path)) from exc
-        raise
-    try:
-        st = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise FileNotFoundError(errno.ENOENT, "no longer a regular file", str(path))
-    return fd, st
-
-
-def hash_link(target: str) -> bytes:
-    """Return the hash of a symlink: the xxh3-128 of its target string."""
-    return xxhash.xxh3_128(os.fsencode(target)).digest()
 
 
 def join(parent: str, name: str) -> str:
@@ -189,26 +95,6 @@ def entry_from_stat(
     except _GONE:
         logger.debug("vanished while scanning: %s", relpath)
     return None
-
-
-def _keeper(cache: MappingContent, relpath: str, listed: os.stat_result) -> Keep | None:
-    """What keeps `relpath`'s content read to hash in `cache`: only if the file read is the one
-    listed (a file replaced after its lstat, by a rename over it say, is not kept under the
-    listed one's stat), with the mode and mtime of the file read, as a send's fstat had them."""
-    if not cache.wants(listed.st_size):
-        return None
-
-    def keep(digest: bytes, data: bytes, read: os.stat_result) -> None:
-        if _identity(read) == _identity(listed):
-            cache.keep(
-                relpath, Kept(digest, data, permission_bits(read.st_mode), mtime_ns_of(read))
-            )
-
-    return keep
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode
 
 
 def _hash(
@@ -305,64 +191,6 @@ def lstat_in(root: Path, relpath: str, dir_fd: int | None) -> os.stat_result | N
         if exc.errno in GONE_ERRNOS:
             return None
         raise SourceListError.of(relpath.rpartition("/")[0], exc) from exc
-
-
-def same_stat(
-    old: Entry, kind: str, st: os.stat_result, policy: TargetPolicy | None = None
-) -> bool:
-    """Return True if an lstat result matches the manifest entry without reading content.
-
-    `policy` (a target's): a mode on disk is the same as the manifest's when it is what the
-    policy made of it (the manifest records the mode the source asked for)."""
-    if old.kind != kind:
-        return False
-    on_disk = permission_bits(st.st_mode)
-    same_mode = old.mode == on_disk if policy is None else policy.same_mode(old.mode, on_disk)
-    if kind == "d":
-        # Directory mtimes move with every child change; only mode is replicated for them.
-        return same_mode
-    return same_mode and (old.size, old.mtime_ns) == (st.st_size, mtime_ns_of(st))
-
-
-def _kind_of(st: os.stat_result) -> str:
-    if stat.S_ISDIR(st.st_mode):
-        return "d"
-    if stat.S_ISLNK(st.st_mode):
-        return "l"
-    return "f" if stat.S_ISREG(st.st_mode) else ""
-
-
-def diff_entry(old: Entry | None, new: Entry) -> PendingChange | None:
-    """Return the change that turns manifest state `old` into `new`, or None if they are equal.
-
-    The inode number is not compared: a file replaced by an equal one is no change to replicate.
-    """
-    if same_version(old, new):
-        return None
-    base = old.hash if old is not None else b""
-    if new.kind == "d":
-        if old is not None and old.kind == "d":
-            return (
-                None if old.mode == new.mode else PendingChange(op="attr", path=new.path, entry=new)
-            )
-        return PendingChange(op="mkdir", path=new.path, entry=new)
-    if new.kind == "l":
-        return PendingChange(op="symlink", path=new.path, entry=new, base_hash=base)
-    if old is not None and old.kind == "f" and old.hash == new.hash:
-        return PendingChange(op="attr", path=new.path, entry=new, base_hash=base)
-    return PendingChange(op="write", path=new.path, entry=new, base_hash=base)
-
-
-def changes_for(old: Entry | None, new: Entry) -> list[PendingChange]:
-    """Like diff_entry, but first deletes `old` when the kind changed (a file became a dir...)."""
-    out = []
-    if old is not None and old.kind != new.kind:
-        out.append(PendingChange(op="delete", path=old.path, base_hash=old.hash))
-        old = None
-    change = diff_entry(old, new)
-    if change is not None:
-        out.append(change)
-    return out
 
 
 class TreeScan:

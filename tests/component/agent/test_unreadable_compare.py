@@ -4,8 +4,9 @@ it could not see, and the comparison must not take that for gone. Nothing at or 
 is erased or deleted on the target (and an unlistable root means no comparison at all).
 
 Over a real socket (plain link, in-process agents' parts). The errno (EACCES) is injected at the
-scan's opens (`scanner.open_dir_in`, `scanner.open_for_read`): the reviewer's repro got them for
-real from a process without CAP_DAC_OVERRIDE (/tmp/rev-src2/erase_repro.py, erase_root_repro.py).
+scan's opens (`scanner.open_dir_in`, `_file_hash.open_for_read`): the reviewer's repro got them
+for real from a process without CAP_DAC_OVERRIDE (/tmp/rev-src2/erase_repro.py,
+erase_root_repro.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tests.component.agent._pair import (
 from relaysync.agent.source import SourceMapping
 from relaysync.transfer.sender import TargetLink, _Session
 from relaysync.transfer.target_folder import TargetFolder
-from relaysync.watch import scanner
+from relaysync.watch import _file_hash, scanner
 from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.recorder import ChangeRecorder
@@ -47,7 +48,7 @@ class _CountingLink(TargetLink):
 
 def _lock(monkeypatch: pytest.MonkeyPatch, dirs: set[str], files: set[str]) -> None:
     """The scan's opens of `dirs` (to list) and `files` (to hash) fail with EACCES while named."""
-    real_dir, real_file = scanner.open_dir_in, scanner.open_for_read
+    real_dir, real_file = scanner.open_dir_in, _file_hash.open_for_read
 
     def open_dir_in(top: Path, reldir: str) -> int:
         if reldir in dirs:
@@ -60,7 +61,7 @@ def _lock(monkeypatch: pytest.MonkeyPatch, dirs: set[str], files: set[str]) -> N
         return real_file(path, dir_fd=dir_fd)
 
     monkeypatch.setattr(scanner, "open_dir_in", open_dir_in)
-    monkeypatch.setattr(scanner, "open_for_read", open_for_read)
+    monkeypatch.setattr(_file_hash, "open_for_read", open_for_read)
 
 
 def _seed(tmp_path: Path) -> tuple[SourceMapping, TargetFolder]:

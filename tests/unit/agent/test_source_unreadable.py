@@ -113,21 +113,21 @@ def test_an_unreadable_file_is_journaled_once_readable_with_no_new_write(
 ) -> None:
     """Made readable by a cause that leaves no inotify event on it (a group, an ACL on a parent,
     a disk back), the file is journaled by the re-check alone."""
-    from relaysync.watch import scanner
+    from relaysync.watch import _file_hash
 
     mapping, root = _mapping(tmp_path)
     (root / "secret.txt").write_text("the content")
     (root / "other.txt").write_text("readable")
     _backdate(root / "secret.txt", root / "other.txt")
     locked = True
-    real_open = scanner.open_for_read
+    real_open = _file_hash.open_for_read
 
     def open_for_read(path: str, *, dir_fd: int | None = None) -> int:
         if locked and os.path.basename(path) == "secret.txt":
             raise PermissionError(13, "Permission denied", path)
         return real_open(path, dir_fd=dir_fd)
 
-    monkeypatch.setattr(scanner, "open_for_read", open_for_read)
+    monkeypatch.setattr(_file_hash, "open_for_read", open_for_read)
 
     def journaled() -> list[tuple[str, str]]:
         return [(r.op, r.path) for r in mapping.journal.read(0)]
