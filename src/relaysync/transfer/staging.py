@@ -4,29 +4,32 @@ Nothing partial is ever visible: a file is written to `.relaysync.<name>.<rand>.
 its final place, its strong hash is checked, and only then renamed over the old version. In
 "safe" durability the temp files of a batch are fsynced before the renames and each touched
 directory is fsynced once after them; "fast" skips both (what rsync does by default).
+
+This module receives a file into its temp file (`IncomingFile`); the names of temp files and
+partials are transfer/_temp_names.py, the commit of a batch (`CommitBatch`) is
+transfer/_commit_batch.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import itertools
 import logging
 import os
-import secrets
 import stat
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
 
-from relaysync._util.fs import remove_tree_at, walk_in
+from relaysync._util.fs import walk_in
 from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import HashMismatch, TransferError
 from relaysync.transfer import _partial_lock
-from relaysync.watch.manifest import permission_bits
+from relaysync.transfer._commit_batch import CommitBatch as CommitBatch
+from relaysync.transfer._commit_batch import fsync_dir as fsync_dir
+from relaysync.transfer._commit_batch import replace_at as replace_at
+from relaysync.transfer._temp_names import PARTIAL_SUFFIX, _temp_name, partial_name_for
+from relaysync.transfer._temp_names import temp_name_for as temp_name_for
 
 logger = logging.getLogger(__name__)
 
@@ -38,63 +41,7 @@ logger = logging.getLogger(__name__)
 WRITE_PIECE_BYTES = 32 * 1024
 
 
-_TEMP_SALT = secrets.token_hex(
-    3
-)  # per process; with the counter, unique without a syscall per name
-_temp_counter = itertools.count()
-
-
-def temp_name_for(final: Path) -> Path:
-    return Path(_temp_name(str(final)))
-
-
-_NAME_KEPT_BYTES = 160  # of a file's name in its temp name; with prefix and suffix under NAME_MAX
-
-
-def _short_name(name: str) -> str:
-    """`name` if short enough to carry in a temp name, else a prefix and a hash of the whole name.
-
-    Bounded in bytes (a 255-byte name of 85 CJK characters plus our prefix and suffix would pass
-    NAME_MAX), and unique: two long names that share their beginning get different temp names.
-    """
-    raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) <= _NAME_KEPT_BYTES:
-        return name
-    head = raw[: _NAME_KEPT_BYTES - 17].decode("utf-8", "ignore")  # whole characters only
-    return f"{head}~{xxhash.xxh3_64_hexdigest(raw)}"
-
-
-def _temp_name(final: str) -> str:
-    # rpartition, not os.path.split and join: a fifth of this function's time on 10,000 small
-    # files. A relative final without a folder stays where it is ("" and "" before the name).
-    folder, sep, name = final.rpartition("/")
-    if not (name.isascii() and len(name) <= _NAME_KEPT_BYTES):  # else one byte a character
-        name = _short_name(name)
-    return f"{folder}{sep}{TEMP_PREFIX}{name}.{_TEMP_SALT}{next(_temp_counter):x}.tmp"
-
-
-PARTIAL_SUFFIX = ".part"
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def partial_name_for(final: Path, content_hash: bytes, owner: int) -> Path:
-    """The name of a resumable partial: stable for (mapping, file, content), so a restart finds
-    it, and the mapping's own (members of an N:M job share a folder and may receive the same file)."""
-    return final.with_name(
-        f"{TEMP_PREFIX}{_short_name(final.name)}.{owner}.{content_hash.hex()[:16]}{PARTIAL_SUFFIX}"
-    )
-
-
-def fsync_dir(path: Path | str | int) -> None:
-    """fsync a directory, named or by a descriptor (an O_PATH one included) of it."""
-    if isinstance(path, int):
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=path)
-    else:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -327,204 +274,6 @@ def _emptied(fd: int, dir_fd: int, name: str, flags: int) -> int:
     os.close(fd)
     fresh = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
     return _partial_lock.lock_fresh(fresh, name)
-
-
-class CommitBatch:
-    """Verified temp files waiting to be made durable and renamed into place together."""
-
-    def __init__(
-        self,
-        *,
-        durable: bool,
-        before_replace: Callable[[int, str, str], None] | None = None,
-        mode_mask: int = 0,
-        check_dir: Callable[[int], None] | None = None,
-    ) -> None:
-        self.durable = durable
-        # Raises OSError if a directory descriptor files were staged in no longer is the directory
-        # at its path (paths.DirHandles.check_still_there): checked once per directory a commit.
-        self.check_dir = check_dir
-        self.mode_mask = mode_mask  # bits the target's policy removes (watch/target_policy.py)
-        self._files: list[IncomingFile] = []
-        # Keeps the old version (synchronization and backup): given the directory held open, the
-        # name in it and the final name (root/path).
-        self.before_replace = before_replace
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def add(self, incoming: IncomingFile) -> None:
-        self._files.append(incoming)
-
-    def holds_final(self, final: str) -> bool:
-        """Whether a staged file is to be renamed to `final` (a string as IncomingFile keeps it)."""
-        return any(f.final_name == final for f in self._files)
-
-    def files(self) -> list[IncomingFile]:
-        """The staged files, in the order they were added."""
-        return list(self._files)
-
-    def replace_files(self, files: list[IncomingFile]) -> None:
-        """Keep only `files` (a conflict rule dropped the others, already discarded)."""
-        self._files = list(files)
-
-    def commit(self) -> float:
-        """Set each temp file's mode and mtime (and fsync it), rename each into place, fsync
-        each directory once. Return the unix time just before the last rename: about when the
-        last of the files became visible (the others a little earlier), never after it."""
-        files, self._files = self._files, []
-        visible_at = time.time()
-        try:
-            self._set_attributes(files)
-            if files:
-                visible_at = self._rename_all(files)
-        except BaseException:
-            _discard_keeping_partials(files)
-            raise
-        return visible_at
-
-    def _set_attributes(self, files: list[IncomingFile]) -> None:
-        """Mode and mtime of each temp file; its fsync in safe durability (which covers them)."""
-        durable = self.durable
-        for f in files:
-            if f.temp_name.endswith(PARTIAL_SUFFIX):
-                _check_still_named(f)
-            os.fchmod(f.fd, permission_bits(f.mode) & ~self.mode_mask)
-            os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
-            if durable:
-                os.fsync(f.fd)
-
-    def _rename_all(self, files: list[IncomingFile]) -> float:
-        """Rename each file into place (then fsync the directories in safe durability); return
-        the time just before the last rename."""
-        dirs: set[int] = set()
-        last, visible_at = files[-1], 0.0
-        if self.check_dir is not None:
-            for fd in {f.dir_fd for f in files}:
-                self.check_dir(fd)
-        for f in files:
-            partial = f.temp_name.endswith(PARTIAL_SUFFIX)
-            if partial:
-                _check_still_named(f)  # again: the fsyncs before may have taken a while
-            else:
-                f.close()  # before its name appears (an NFS client writes back on close)
-            if self.before_replace is not None:
-                self.before_replace(f.dir_fd, f.final_name[f.cut :], f.final_name)
-            if f is last:
-                visible_at = time.time()
-            _replace(f)
-            # A partial is closed once renamed, not before: its lock goes with its descriptor,
-            # and a successor must never take over (and write into) a file that becomes the
-            # final. (Without a successor there is none: a session ends the one before it.)
-            if partial:
-                f.close()
-            if self.durable:
-                dirs.add(f.dir_fd)
-        for d in dirs:
-            fsync_dir(d)
-        return visible_at
-
-    def discard(self, *, keep_partials: bool = True) -> None:
-        """Drop the staged files, keeping the named partials on disk (closed) to be resumed,
-        unless `keep_partials` is False (a full disk: they would hold their space)."""
-        files, self._files = self._files, []
-        if keep_partials:
-            _discard_keeping_partials(files)
-        else:
-            for f in files:
-                f.discard()
-
-
-def _replace(f: IncomingFile) -> None:
-    """Rename `f`'s temp file to its final name in its directory held open; a directory in
-    the way is removed, but only for a temp file still there."""
-    replace_at(f.dir_fd, f.temp_name[f.cut :], f.dir_fd, f.final_name[f.cut :])
-
-
-# What rename(2) says of a directory in the way, or of a directory renamed over a non-directory.
-_IN_THE_WAY = frozenset({errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR})
-
-
-def replace_at(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
-    """os.replace of the name `src` in the directory `src_fd` to `dst` in `dst_fd`, each the
-    real directory held open (a name swapped for a link is moved or replaced, never followed).
-    What is in the way goes: a directory (and its tree) at `dst`, or anything at `dst` when
-    `src` is a directory (rename(2) replaces only an empty directory, or a non-directory by one).
-
-    Raises:
-        OSError: `src` is gone, or the rename failed otherwise (nothing was removed then).
-    """
-    try:
-        os.replace(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-    except OSError as exc:
-        if exc.errno not in _IN_THE_WAY:
-            raise
-        try:
-            moved = os.lstat(src, dir_fd=src_fd)
-            there = os.lstat(dst, dir_fd=dst_fd)
-        except OSError:
-            raise exc from None
-        if not (stat.S_ISDIR(there.st_mode) or stat.S_ISDIR(moved.st_mode)):
-            raise
-        remove_tree_at(dst_fd, dst)
-        os.replace(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-
-
-def _check_still_named(f: IncomingFile) -> None:
-    """Raise TransferError if a partial's name no longer leads to the file this session wrote.
-
-    A session that outlived its link, should another file be put under the name meanwhile
-    (the partial's lock keeps successor sessions out; a writer that ignores it), would otherwise
-    rename that half-written file into place. Temp files of small files have names of their own;
-    only partials are shared.
-    """
-    if not f.temp_name.endswith(PARTIAL_SUFFIX):
-        return
-    mine = os.fstat(f.fd)
-    try:
-        named = os.lstat(f.temp_name[f.cut :], dir_fd=f.dir_fd)
-    except FileNotFoundError:
-        return  # removed: the rename fails as it always did
-    if (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
-        raise TransferError(
-            f"{f.final_name}: another session took over its partial; this one commits nothing"
-        )
-
-
-def _discard_keeping_partials(files: list[IncomingFile]) -> None:
-    """Remove the temp files of `files`, but close and keep the named partials among them.
-
-    A staged partial was received whole and verified: the next session's MappingState lists it
-    at its full size and the source sends none of it again. It goes by the usual rules (a commit,
-    a delete, a newer version...). Back to 0600: `finish` gave it the file's own mode, and a
-    read-only mode would keep the next session from opening it to resume.
-    """
-    for f in files:
-        if f.temp_name.endswith(PARTIAL_SUFFIX) and _writable_again(f):
-            f.close()
-        else:
-            f.discard()
-
-
-def _writable_again(f: IncomingFile) -> bool:
-    """Give a staged file back the temp mode 0600 (False if that failed: not resumable as it is)."""
-    try:
-        fd = f.fd
-        if fd < 0:
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(f.temp_name[f.cut :], flags, dir_fd=f.dir_fd)
-    except FileNotFoundError:
-        return True  # renamed into place already: nothing left to keep
-    except OSError:
-        return False
-    try:
-        os.fchmod(fd, 0o600)
-    except OSError:
-        return False
-    finally:
-        if fd != f.fd:
-            os.close(fd)
-    return True
 
 
 def clean_stale_temps(root: Path, keep: frozenset[Path] = frozenset()) -> int:
