@@ -4,6 +4,7 @@ Runs in worker threads (it reads files). Small files are read whole; a file larg
 CHUNK_BYTES is streamed by `iter_file_messages` so memory stays flat in the file size. A file
 that changes while it is read is sent as FileAbort: the newer version has its own journal record.
 One there but unreadable (EACCES, EMFILE, EIO) raises SourceReadError (transfer/unreadable.py).
+A small file goes in one message (transfer/_small_file_messages.py).
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from relaysync.protocol.messages import (
     SmallFile,
     Symlink,
 )
+from relaysync.transfer._small_file_messages import _pread, _small_file, _small_message
 from relaysync.transfer.bandwidth import TokenBucket
 from relaysync.transfer.builds import DeltaBuild, version_of
 from relaysync.transfer.codec import Codec, Plain, encode_chunk
 from relaysync.transfer.signatures import SignatureStore
 from relaysync.watch.changes import JournalRecord
-from relaysync.watch.content_cache import Kept, MappingContent
+from relaysync.watch.content_cache import MappingContent
 from relaysync.watch.manifest import Entry, mtime_ns_of, permission_bits
 
 
@@ -358,74 +360,6 @@ def open_source(root: Path, path: str) -> tuple[int, os.stat_result] | None:
         return open_regular_in(root, path)
     except OSError as exc:
         raise SourceReadError.of(path, exc) from exc
-
-
-def _pread(fd: int, size: int, offset: int, path: str) -> bytes:
-    try:
-        return os.pread(fd, size, offset)
-    except OSError as exc:  # EIO on a bad sector: the file is there, it is retried
-        raise SourceReadError.of(path, exc) from exc
-
-
-def _small_file(
-    root: Path,
-    fd: int,
-    before: os.stat_result,
-    path: str,
-    seq: int,
-    base_hash: bytes,
-    expected_hash: bytes,
-    options: SendOptions,
-    changed_at: float,
-) -> SmallFile | FileAbort:
-    """The whole file in one message (read with one pread), or FileAbort if it changed meanwhile."""
-    data = _pread(fd, before.st_size + 1, 0, path)  # one byte more shows a file that grew
-    after = os.fstat(fd)
-    if len(data) != before.st_size or (after.st_size, after.st_mtime_ns) != (
-        before.st_size,
-        before.st_mtime_ns,
-    ):
-        return FileAbort(seq=seq, reason="changed while read")
-    kept = Kept(
-        xxhash.xxh3_128_digest(data), data, permission_bits(before.st_mode), mtime_ns_of(before)
-    )
-    return _small_message(root, path, seq, base_hash, expected_hash, kept, options, changed_at)
-
-
-def _small_message(
-    root: Path,
-    path: str,
-    seq: int,
-    base_hash: bytes,
-    expected_hash: bytes,
-    content: Kept,
-    options: SendOptions,
-    changed_at: float,
-) -> SmallFile:
-    """The SmallFile of `content`, signed for the next change's delta as it goes."""
-    data, digest, size = content.data, content.digest, len(content.data)
-    if options.signatures is not None:
-        signer = options.signatures.signer_for(path, expected_hash, size)
-        try:
-            if signer is not None:
-                signer.update(data)
-            options.signatures.sent_whole(root, path, digest, size, signer)
-        finally:
-            if signer is not None:
-                options.signatures.release(path, expected_hash)
-    codec_id, payload = encode_chunk(data, options.codec)
-    return SmallFile(
-        seq=seq,
-        path=path,
-        size=size,
-        mode=content.mode,
-        mtime_ns=content.mtime_ns,
-        data=payload,
-        hash=digest,
-        codec=codec_id,
-        base_hash=base_hash,
-        changed_at=changed_at,
-    )
 
 
 def record_messages(
