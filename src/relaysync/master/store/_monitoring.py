@@ -1,15 +1,16 @@
 """The store's monitoring part: figures with retention and downsampling, rules, channels, alert log.
 
+Rows become the monitor's types in _monitoring_rows.py.
+
 Error handling: bad input raises ConfigError or NotFound and changes nothing.
 Resource handling: every method runs one transaction from the Store's session factories.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -17,6 +18,14 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from relaysync.errors import ConfigError, NotFound
+from relaysync.master.store._monitoring_rows import (
+    _alert,
+    _channel,
+    _labels_key,
+    _labels_of,
+    _probe,
+    _threshold,
+)
 from relaysync.master.store.models import (
     AlertChannelRow,
     AlertRow,
@@ -43,72 +52,6 @@ SessionFn = Callable[[str], AbstractContextManager[Session]]
 MINUTE_S = 60
 DOWNSAMPLE_BATCH = 50_000  # raw rows folded per transaction; the rest waits for the next call
 HEALTH_STATES = ("ok", "unhealthy")
-
-
-def _labels_key(labels: Iterable[tuple[str, str]]) -> str:
-    return json.dumps(sorted(labels), separators=(",", ":")) if labels else ""
-
-
-def _labels_of(key: str) -> tuple[tuple[str, str], ...]:
-    return tuple((str(k), str(v)) for k, v in json.loads(key)) if key else ()
-
-
-def _threshold(r: ThresholdRow) -> ThresholdRule:
-    return ThresholdRule(
-        id=r.id,
-        scope=r.scope,  # type: ignore[arg-type]
-        target=r.target,
-        metric=r.metric,  # type: ignore[arg-type]
-        operator=r.operator,  # type: ignore[arg-type]
-        value=r.value,
-        for_s=r.for_s,  # type: ignore[arg-type]
-        hysteresis=r.hysteresis,
-        enabled=r.enabled,
-        created_at=r.created_at,
-    )
-
-
-def _probe(r: ProbeRow) -> ProbeRule:
-    return ProbeRule(
-        id=r.id,
-        name=r.name,
-        kind=r.kind,  # type: ignore[arg-type]
-        host=r.host,
-        port=r.port,  # type: ignore[arg-type]
-        server=r.server,
-        for_s=r.for_s,
-        timeout_s=r.timeout_s,
-        enabled=r.enabled,
-        created_at=r.created_at,
-    )
-
-
-def _channel(r: AlertChannelRow) -> ChannelInfo:
-    return ChannelInfo(
-        id=r.id,
-        name=r.name,
-        kind=r.kind,  # type: ignore[arg-type]
-        config=dict(r.config),  # type: ignore[arg-type]
-        enabled=r.enabled,
-        created_at=r.created_at,
-    )
-
-
-def _alert(r: AlertRow) -> AlertInfo:
-    return AlertInfo(
-        id=r.id,
-        key=r.key,
-        server=r.server,
-        kind=r.kind,  # type: ignore[arg-type]
-        subject=r.subject,
-        value=r.value,
-        message=r.message,
-        state=r.state,  # type: ignore[arg-type]
-        fired_at=r.fired_at,  # type: ignore[arg-type]
-        acknowledged_at=r.acknowledged_at,
-        acknowledged_by=r.acknowledged_by,
-        resolved_at=r.resolved_at,
-    )
 
 
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
