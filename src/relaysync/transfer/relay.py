@@ -59,6 +59,7 @@ from relaysync.transfer.sender import TargetLink
 logger = logging.getLogger(__name__)
 
 WAIT_RELAY_S = 0.5  # how often a child that is ahead of this relay re-checks it
+CATCH_UP_STALL_S = RECEIVE_TIMEOUT_S * 10  # a child's wait for our parent, without progress
 
 
 @dataclass
@@ -134,21 +135,32 @@ class RelayLink(TargetLink):
                 await session.framed.send(Ping())
 
     async def _catch_up(self, session: _Session, watermark: int) -> None:
-        """Bring a child the spool does not cover up to our committed tree by comparison."""
+        """Bring a child the spool does not cover up to our committed tree by comparison.
+
+        Waiting for our parent ends in TimeoutError (a failed hop) only after CATCH_UP_STALL_S
+        without progress of ours (what we committed, what we spooled): a fixed 600 s for the
+        wait and the comparison together failed the hop of a child whose catch-up waited for a
+        parent's long comparison, or made one of ten minutes. The comparison itself is bounded
+        as every link's, by its messages' timeouts."""
         feed, spool = self.source, self.source.spool
-        with anyio.fail_after(RECEIVE_TIMEOUT_S * 10):
-            while not spool.covers(session.sent_upto):
-                base = spool.base  # read once: a reset in a worker thread sets it to None
-                if (
-                    feed.committed >= session.sent_upto
-                    and base is not None
-                    and feed.committed >= base
-                ):
-                    await self._catch_up_by_compare(session)
-                    return
-                # The child is ahead of what we hold (it had another parent): wait for our parent.
-                await feed.wait_for_records(session.sent_upto, WAIT_RELAY_S)
-                await session.framed.send(Ping())
+        seen = (feed.committed, spool.end)
+        stalled_at = anyio.current_time() + CATCH_UP_STALL_S
+        while not spool.covers(session.sent_upto):
+            base = spool.base  # read once: a reset in a worker thread sets it to None
+            if feed.committed >= session.sent_upto and base is not None and feed.committed >= base:
+                await self._catch_up_by_compare(session)
+                return
+            # The child is ahead of what we hold (it had another parent): wait for our parent.
+            if (feed.committed, spool.end) != seen:
+                seen = (feed.committed, spool.end)
+                stalled_at = anyio.current_time() + CATCH_UP_STALL_S
+            elif anyio.current_time() >= stalled_at:
+                raise TimeoutError(
+                    f"relay: no progress from our parent for {CATCH_UP_STALL_S:.0f} s while a "
+                    f"child waits for seq {session.sent_upto} (we committed {feed.committed})"
+                )
+            await feed.wait_for_records(session.sent_upto, WAIT_RELAY_S)
+            await session.framed.send(Ping())
 
     async def _catch_up_by_compare(self, session: _Session) -> None:
         """Compare the child with our tree, once our parent told us what of the source's tree
