@@ -58,12 +58,15 @@ class CompareCatchUp:
         root, manifest = self.source.root, self.source.manifest
 
         session.moved = MovedAway()  # the comparison sends every file where it is now
+        deferred = 0  # files left to their retry (unreadable when their change went)
 
         def send_entry(entry: Entry) -> Iterator[ops.Outgoing]:
+            nonlocal deferred
             messages = ops.entry_messages(root, entry, self.options)
             if entry.kind != "f":
                 yield from messages
             elif self.unreadable.defer(entry.path, entry.hash):
+                deferred += 1
                 return  # its retry sends it, after the comparison, under its record's seq
             elif (
                 yield from self.unreadable.read(0, entry.path, (entry.hash, 0.0), messages)
@@ -113,7 +116,10 @@ class CompareCatchUp:
             )
         if emitted:
             self.log.info(
-                "caught up %s by manifest comparison: %s items", self.target.name, emitted
+                "caught up %s by manifest comparison: %s items%s",
+                self.target.name,
+                emitted,
+                f" ({deferred} files of them left to their retry)" if deferred else "",
             )
 
     def _obsolete_partials(self, partials: Sequence[Partial], head: int) -> list[PartialRef]:
