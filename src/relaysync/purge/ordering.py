@@ -95,6 +95,10 @@ class CommitTracker:
     def pending(self) -> int:
         return len(self._pending)
 
+    def pending_sites(self) -> set[int]:
+        """The sites with a change some origin has committed and not every one yet."""
+        return {key[0] for key in self._pending}
+
     def observe(
         self,
         *,

@@ -153,6 +153,7 @@ class Purger(PurgeWorker, PurgePlanner):
         self._warned_sites: set[tuple[int, str]] = set()
         self._reloads = itertools.count()  # reload_sites' tickets, in the order they began
         self._sites_ticket = -1  # of the reload whose sites are in use
+        self._taking = threading.Lock()
         # the event loop serving the purger and its thread (None, 0: not serving)
         self._loop: tuple[EventLoopToken | None, int] = (None, 0)
         self._client: httpx.AsyncClient | None = None
@@ -172,17 +173,26 @@ class Purger(PurgeWorker, PurgePlanner):
         # the state loop reads no states while there is no site: fresh before a report meets them
         states = self.store.server_states() if sites and not self._sites else None
         token, loop_thread = self._loop
-        if token is None or threading.get_ident() == loop_thread:
-            self._take_sites(ticket, sites, states)
-        else:
-            anyio.from_thread.run_sync(self._take_sites, ticket, sites, states, token=token)
+        if token is not None and threading.get_ident() != loop_thread:
+            try:
+                anyio.from_thread.run_sync(self._take_sites, ticket, sites, states, token=token)
+                return
+            except RuntimeError:
+                if self._loop[0] is not None:
+                    raise
+                # the loop ended meanwhile: nothing else runs the purger now
+        self._take_sites(ticket, sites, states)
 
     def _take_sites(
         self, ticket: int, sites: dict[int, SiteSpec], states: dict[str, str] | None
     ) -> None:
-        if ticket < self._sites_ticket:  # a reload begun later was taken already
-            return
-        self._sites_ticket = ticket
+        with self._taking:  # (on the loop's thread while serving; API threads' at start or end)
+            if ticket < self._sites_ticket:  # a reload begun later was taken already
+                return
+            self._sites_ticket = ticket
+            self._take(sites, states)
+
+    def _take(self, sites: dict[int, SiteSpec], states: dict[str, str] | None) -> None:
         if states is not None:
             self._states = states
         by_mapping: dict[int, list[SiteSpec]] = {}

@@ -11,14 +11,17 @@ Each confirmed refresh or purge on such a cache is looked at again RECHECK_AFTER
 confirm, each look that long after the one before (2 s, then 15 s more): the cache's answer under
 each Accept-Encoding the confirm looked at, against what the confirm found it serving (`Served`):
 - the same: the next round, if any;
-- another copy: every origin that is up is asked. If each answers, and each still serves what
-  was confirmed, the cache went back to an older copy: the item is queued again (then a "stale"
-  row in the purge log, a warning), and its confirm starts the rounds afresh. If any origin
-  serves something else, a newer change is on its way (committed on some origins, perhaps not
-  all): its own item refreshes the URL once every origin has it, and this URL's rounds end. A
-  recheck never refreshes what was not confirmed.
-- what cannot be told (a 5xx from the cache, an origin not answering, a timeout, a body too
-  long to compare): the next round.
+- another copy: every origin that is up is asked (status and body; its ETag and Last-Modified
+  may be its own). If each answers, and each still serves what was confirmed, the cache went
+  back to an older copy: the item is queued again (then a "stale" row in the purge log, a
+  warning), and its confirm starts the rounds afresh. If any origin serves something else, a
+  newer change is on its way (committed on some origins, perhaps not all): its own item
+  refreshes the URL once every origin has it, and this URL's rounds end. A recheck never
+  refreshes what was not confirmed.
+- what cannot be told: the next round. A 5xx or 429 from the cache or an origin, an origin not
+  answering, a timeout, a body too long to compare; and, before anything is asked, a change of
+  the site that some origin has committed and not every one yet (the purger's CommitTracker:
+  any origin could then serve it, one without a URL to ask included).
 
 Bounds: one recheck waits per (site, cache, URL) (a newer confirm replaces it, and an item
 queued or running for the URL ends it: it confirms again); at most MAX_RECHECKS wait (past that
@@ -27,8 +30,9 @@ are read up to RECHECK_BODY_MAX bytes (past that only the headers are compared: 
 ETag, Last-Modified; such a body counts as the same on the cache, as unknown on an origin); a
 cache that goes back from the same confirmed content MAX_REGRESSIONS times is refreshed that
 last time but not looked at again for it (an error is logged: something else than a late fetch
-writes it). Rechecks take a slot of the cache's gate only while it is at most half full, and at
-most half the overall concurrency, after the queue's items, RECHECKS_PER_PASS at most a pass;
+writes it). Rechecks take a slot of the cache's gate only while it is below half full, and at
+most half the overall concurrency, after the queue's items, RECHECKS_PER_PASS at most a pass
+(one that cannot start is due again HELD_AGAIN_S later, behind the others);
 they never change a gate's breaker, and those of a cache whose gate is open (down, refusing)
 end. They live in memory: a master restart forgets them. A fetch that began before the change
 and lasts longer than the last round (a big file to a slow client) is not caught.
@@ -36,6 +40,7 @@ and lasts longer than the last round (a big file to a slow client) is not caught
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -57,6 +62,7 @@ from relaysync.purge.drivers import Driver
 from relaysync.purge.drivers._base import read_body_upto
 from relaysync.purge.gates import Gate
 from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.ordering import CommitTracker
 from relaysync.purge.site import CacheSpec, SiteSpec
 from relaysync.purge.urls import Url, parse_url
 
@@ -67,6 +73,7 @@ MAX_RECHECKS = 20_000  # waiting at once (one per cache and URL); the oldest dro
 RECHECK_BODY_MAX = 1024 * 1024  # longer bodies are compared by their headers only
 MAX_REGRESSIONS = 3  # goings back from one confirmed content before it is left
 RECHECKS_PER_PASS = 256  # due rechecks taken from the heap in one pass of the work loop
+HELD_AGAIN_S = 0.5  # a recheck that could not start is due again this much later
 
 UrlKey = tuple[int, str, str]  # (site id, cache name, url)
 
@@ -208,11 +215,20 @@ class Rechecks:
         if self._current(recheck):
             del self._waiting[key_of(recheck.item)]
 
-    def put_back(self, rechecks: Sequence[Recheck]) -> None:
-        """Rechecks taken by pop_due that could not start yet: due again at the next pass."""
+    def put_back(self, rechecks: Sequence[Recheck], at: float) -> None:
+        """Rechecks taken by pop_due that could not start yet: due again at `at` (behind the
+        others due now: a cache whose gate is full does not hold back the rechecks of others)."""
         for recheck in rechecks:
             if self._current(recheck):
-                self._push(recheck)
+                again = dataclasses.replace(recheck, at=at)
+                self._waiting[key_of(recheck.item)] = again
+                self._push(again)
+
+    def next_due(self) -> float:
+        """When the earliest recheck waiting falls due (inf: none)."""
+        while self._heap and not self._current(self._heap[0][2]):
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else math.inf
 
 
 async def look_again(
@@ -229,36 +245,43 @@ async def look_again(
     Raises:
         PurgeError: the cache could not be reached; httpx.HTTPError: a body could not be read.
     """
-    where = str(url)
     for seen in served:
         where = f"{url} (Accept-Encoding: {seen.encoding!r})"
         async with driver.stream("GET", url, encoding=seen.encoding) as cached:
-            if cached.status_code >= 500:  # a gateway error is not a copy the cache holds
+            if _no_copy(cached.status_code):  # a gateway error, a rate limit: not a copy
                 return Look("unknown", f"{where}: the cache answered HTTP {cached.status_code}")
-            now = await _differs(cached, seen)
+            now = await _differs(cached, seen, heads=True)
         if not now:  # the same ("", or None: too long to compare, and the headers agree)
             continue
         for base in origins:
             async with AsyncExitStack() as stack:
                 origin = await open_origin(stack, client, [base], url, seen.encoding)
-                moved = await _differs(origin, seen) if origin is not None else None
+                if origin is None or _no_copy(origin.status_code):
+                    return Look("unknown", f"{where}: origin {base} gave no answer to compare")
+                moved = await _differs(origin, seen, heads=False)
             if moved is None:
-                return Look("unknown", f"{where}: origin {base} did not answer, or too long")
+                return Look("unknown", f"{where}: origin {base}'s answer is too long to compare")
             if moved:
                 return Look("moved", f"{where}: origin {base} serves {moved}")
         if not origins:
-            return Look("unknown", f"{where}: no origin is up")
+            return Look("unknown", f"{where}: no origin to ask")
         return Look(
             "back", f"{where}: serves {now}, confirmed HTTP {seen.status} {seen.digest[:12]}"
         )
     return Look("current")
 
 
-async def _differs(response: httpx.Response, seen: Served) -> str | None:
-    """How `response` differs from what was seen: "" the same, None past RECHECK_BODY_MAX
-    bytes with the same headers (not told)."""
+def _no_copy(status: int) -> bool:
+    """An answer that says nothing of the copy held or served (a gateway error, a rate limit)."""
+    return status >= 500 or status == 429
+
+
+async def _differs(response: httpx.Response, seen: Served, *, heads: bool) -> str | None:
+    """How `response` differs from what was seen: "" the same, None not told (a body longer
+    than RECHECK_BODY_MAX whose headers agree). `heads`: compare ETag and Last-Modified too
+    (the cache's, whose headers the confirm saw; an origin's may be its own for the same bytes)."""
     head = Head.of(response)
-    why = head.differs(seen.head)
+    why = head.differs(seen.head if heads else Head(seen.head.status, seen.head.length, "", ""))
     if why or head.status != 200:
         return why
     if seen.head.length is not None and seen.head.length > RECHECK_BODY_MAX:
@@ -274,7 +297,9 @@ class RecheckWorker:
     it uses)."""
 
     rechecks: Rechecks
+    tracker: CommitTracker
     _sites: dict[int, SiteSpec]
+    _states: dict[str, str]
     _busy: set[UrlKey]
     _in_flight: int
     _concurrency: int
@@ -290,13 +315,14 @@ class RecheckWorker:
         raise NotImplementedError  # the Purger's: a durable queue write
 
     def _dispatch_rechecks(self, tg: TaskGroup, now: float, pending: set[UrlKey]) -> float:
-        """Start the rechecks due, each while its cache's gate is at most half full and the
+        """Start the rechecks due, each while its cache's gate is below half full and the
         rechecks' share of the overall concurrency allows; return when the next one falls due.
         One whose URL has an item queued or running is not needed (that item confirms again);
-        one held back waits for a try to end, which wakes the loop."""
-        if self._in_flight >= self._concurrency // 2:
+        one held back is due again HELD_AGAIN_S later, behind the others due now."""
+        share = max(1, self._concurrency // 2)
+        if self._in_flight >= share:
             return math.inf  # (a try's end wakes the loop)
-        due, later = self.rechecks.pop_due(now)
+        due, _ = self.rechecks.pop_due(now)
         held: list[Recheck] = []
         for recheck in due:
             item = recheck.item
@@ -306,7 +332,7 @@ class RecheckWorker:
                 self.rechecks.started(recheck)  # (an open gate: the cache cannot be looked at)
                 continue
             if (
-                self._in_flight >= self._concurrency // 2
+                self._in_flight >= share
                 or gate.in_flight >= max(1, gate.limit // 2)
                 or not gate.admit(now)
             ):
@@ -316,16 +342,17 @@ class RecheckWorker:
             self._busy.add(key)
             self._in_flight += 1
             tg.start_soon(self._run_recheck, key, recheck, gate)
-        self.rechecks.put_back(held)
-        return math.inf if held else later  # the held: when a try ends, which wakes the loop
+        self.rechecks.put_back(held, now + HELD_AGAIN_S)
+        return self.rechecks.next_due()
 
     async def _run_recheck(self, key: UrlKey, recheck: Recheck, gate: Gate) -> None:
         look = Look("unknown")
         started = time.perf_counter()
         try:
             look = await self._recheck(recheck)
-        except Exception:  # a bug: the look is lost, not the loop
+        except Exception:  # a bug: this look is lost, not the loop nor the next round
             logger.exception("purger: unexpected error rechecking %s", recheck.item.url)
+            self.rechecks.passed(recheck, time.time(), held=False)
         finally:
             gate.release()
             self._in_flight -= 1
@@ -344,17 +371,19 @@ class RecheckWorker:
         cache = next((c for c in site.caches if c.name == item.cache), None) if site else None
         if site is None or cache is None or self._client is None:
             return Look("moved", "the site or cache was removed")
-        try:
-            with budgeted(ITEM_TIMEOUT_S, MIN_BYTES_PER_S):
-                look = await look_again(
-                    self._driver(site, cache),
-                    self._client,
-                    self._origin_urls(site),
-                    parse_url(item.url),
-                    recheck.served,
-                )
-        except (PurgeError, TimeoutError, httpx.HTTPError) as exc:
-            look = Look("unknown", f"{type(exc).__name__}: {exc}")
+        look = self._not_now(site)
+        if look is None:
+            try:
+                with budgeted(ITEM_TIMEOUT_S, MIN_BYTES_PER_S):
+                    look = await look_again(
+                        self._driver(site, cache),
+                        self._client,
+                        self._origin_urls(site),
+                        parse_url(item.url),
+                        recheck.served,
+                    )
+            except (PurgeError, TimeoutError, httpx.HTTPError) as exc:
+                look = Look("unknown", f"{type(exc).__name__}: {exc}")
         if look.outcome in ("current", "unknown"):
             if look.detail:
                 logger.info("recheck of %s on %s: %s", item.url, item.cache, look.detail)
@@ -363,6 +392,14 @@ class RecheckWorker:
             self.rechecks.moved += 1
             logger.debug("recheck of %s on %s: moved on: %s", item.url, item.cache, look.detail)
         return look
+
+    def _not_now(self, site: SiteSpec) -> Look | None:
+        """Why the origins cannot tell now whether the cache went back: a change of the site
+        some origin has committed and not every one yet (any could serve it; origins without
+        a URL, which are not asked, included: every fleet origin's commits are tracked)."""
+        if site.id in self.tracker.pending_sites():
+            return Look("unknown", "a change of the site is not on every origin yet")
+        return None
 
     async def _went_back(self, recheck: Recheck, look: Look, started: float) -> None:
         """The cache serves an older copy than it was confirmed serving: queue the item again

@@ -107,8 +107,7 @@ class PurgeWorker(RecheckWorker):
         """A cache whose configuration changed is tried at once: a fresh gate (Gate.replaced),
         and its queued items that wait (a refusing cache's for REFUSED_PROBE_S) are due now.
         The gate of an address no site has any more goes, once no try of it is out."""
-        before = {c.address: c for s in old.values() for c in s.caches}
-        after = {c.address: c for s in new.values() for c in s.caches}
+        before, after = _specs_by_address(old), _specs_by_address(new)
         for address, gate in list(self._gates.items()):
             if address not in after and gate.in_flight <= 0:
                 del self._gates[address]
@@ -492,3 +491,12 @@ class PurgeWorker(RecheckWorker):
 def _newest(group: list[QueuedPurge]) -> QueuedPurge:
     """The item of a group queued last (queue ids grow; a retried item keeps its id)."""
     return max(group, key=lambda q: q.id)
+
+
+def _specs_by_address(sites: dict[int, SiteSpec]) -> dict[str, frozenset[CacheSpec]]:
+    """Each cache address and the settings every site gives it (sites may share a cache)."""
+    out: dict[str, set[CacheSpec]] = {}
+    for site in sites.values():
+        for cache in site.caches:
+            out.setdefault(cache.address, set()).add(cache)
+    return {address: frozenset(specs) for address, specs in out.items()}

@@ -43,7 +43,7 @@ async def _old_listing_lands_after_the_refresh(
 ) -> bytes:
     """Each cache fetches `pub/` slowly: the fetch reads the listing with a.txt only and is
     held; then b.txt is written and committed, and once its listing refresh is confirmed on
-    every cache, `then` runs and the slow fetches end. Return the listing the origin served
+    nginx, `then` runs and the slow fetches end. Return the listing the origin served
     after b.txt."""
     h.write("pub/a.txt", b"a")
     before = h.farm.origin.late.read
@@ -67,12 +67,12 @@ async def _old_listing_lands_after_the_refresh(
         status, want, _ = http_get(h.farm.origin.port, h.url_path("pub/"), host=HOST)
         assert status == 200 and b"b.txt" in want
         listing = f"http://{HOST}{h.url_path('pub/')}"
-        await h.until(  # the listing's refresh, confirmed on every cache while the fetches wait
-            lambda: (
-                {r.item.cache for r in h.results if r.item.url == listing and r.confirmed}
-                >= set(h.farm.caches)
+        await h.until(  # the listing's refresh confirmed on nginx while the fetches wait (on
+            # Varnish and Squid a late fetch landing first is refreshed over as usual)
+            lambda: any(
+                r.item.url == listing and r.item.cache == "nginx" and r.confirmed for r in h.results
             ),
-            what="every cache's confirmed refresh of the listing",
+            what="nginx's confirmed refresh of the listing",
         )
         then()
     finally:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import math
 
+import anyio
 import pytest
 
 from relaysync.master.store import Store
+from relaysync.protocol.messages import CommitRecord
 from relaysync.purge.confirm import Head, Served
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.purger import Purger
-from relaysync.purge.recheck import MAX_REGRESSIONS, Rechecks
+from relaysync.purge.recheck import HELD_AGAIN_S, MAX_REGRESSIONS, RECHECKS_PER_PASS, Look, Rechecks
+from relaysync.purge.site import CacheSpec, OriginSpec, SiteSpec
 
 pytestmark = pytest.mark.anyio
 
@@ -76,15 +79,24 @@ def test_past_the_limit_the_oldest_is_dropped_and_counted() -> None:
     assert [x.item.url for x in due] == ["http://h/1", "http://h/2"] and r.dropped == 1
 
 
-def test_a_recheck_given_back_is_due_at_the_next_pass() -> None:
+def test_a_recheck_given_back_is_due_again_when_asked() -> None:
     r = Rechecks((1.0,))
     r.confirmed(ITEM, _served(), 0.0)
     r.confirmed(OTHER, _served(), 0.5)
     due, _ = r.pop_due(2.0)
     r.started(due[1])
-    r.put_back(due)  # the started one is not waiting any more: not given back
-    again, _ = r.pop_due(2.0)
+    r.put_back(due, 2.5)  # the started one is not waiting any more: not given back
+    assert r.pop_due(2.4) == ([], 2.5) and r.next_due() == 2.5
+    again, _ = r.pop_due(2.5)
     assert [x.item for x in again] == [ITEM]
+
+
+def test_a_pass_takes_a_bounded_number_of_due_rechecks() -> None:
+    r = Rechecks((1.0,))
+    for i in range(5):
+        r.confirmed(PurgeItem(site_id=1, cache="nginx", url=f"http://h/{i}"), _served(), 0.0)
+    due, later = r.pop_due(1.0, limit=2)
+    assert len(due) == 2 and later == 1.0 and len(r) == 5
 
 
 def test_a_cache_that_keeps_going_back_to_the_same_old_copy_is_left_after_a_few_times() -> None:
@@ -155,13 +167,44 @@ async def test_rechecks_take_at_most_half_of_a_gate_and_wait_for_a_try_to_end(
 ) -> None:
     purger = _purger_with(store, *(f"http://h/{i}" for i in range(5)))
     tg = _Started()
-    assert purger._dispatch_rechecks(tg, 5.0, set()) == math.inf  # type: ignore[arg-type]
+    held_until = purger._dispatch_rechecks(tg, 5.0, set())  # type: ignore[arg-type]
     assert len(tg.started) == 2 and len(purger.rechecks) == 3  # half of 4 slots
+    assert held_until == 5.0 + HELD_AGAIN_S
     gate = purger._gate("1/nginx")
     gate.release()
     purger._in_flight -= 1
-    purger._dispatch_rechecks(tg, 5.0, set())  # type: ignore[arg-type]
+    purger._dispatch_rechecks(tg, 5.0 + HELD_AGAIN_S, set())  # type: ignore[arg-type]
     assert len(tg.started) == 3
+
+
+async def test_rechecks_take_at_most_half_of_the_concurrency(store: Store) -> None:
+    purger = _purger_with(store, "http://h/a")
+    purger._in_flight = 4  # of 8: the queue's items
+    tg = _Started()
+    assert purger._dispatch_rechecks(tg, 5.0, set()) == math.inf  # type: ignore[arg-type]
+    assert tg.started == [] and len(purger.rechecks) == 1
+    one = Purger(store, concurrency=1, recheck_after_s=(1.0,))  # still one recheck at a time
+    one.rechecks.confirmed(ITEM, _served(), 0.0)
+    one._dispatch_rechecks(tg, 5.0, set())  # type: ignore[arg-type]
+    assert tg.started == [ITEM.url]
+
+
+async def test_a_full_gate_does_not_hold_back_the_rechecks_of_another_cache(
+    store: Store,
+) -> None:
+    """More held rechecks of a busy cache than a pass takes kept an idle cache's waiting until
+    the busy one's backlog drained."""
+    purger = _purger_with(store, *(f"http://h/{i}" for i in range(RECHECKS_PER_PASS + 50)))
+    squid = PurgeItem(site_id=1, cache="squid", url="http://h/s")
+    purger.rechecks.confirmed(squid, _served(), 0.5)  # due after all of nginx's
+    gate = purger._gate("1/nginx")
+    assert gate.admit(0.0) and gate.admit(0.0)  # half full: nginx's rechecks are held
+    tg = _Started()
+    now = 5.0
+    for _ in range(3):
+        purger._dispatch_rechecks(tg, now, set())  # type: ignore[arg-type]
+        now += 0.01
+    assert tg.started == [squid.url]
 
 
 async def test_the_rechecks_of_a_cache_whose_gate_is_open_end(store: Store) -> None:
@@ -172,3 +215,72 @@ async def test_the_rechecks_of_a_cache_whose_gate_is_open_end(store: Store) -> N
     purger._dispatch_rechecks(tg, 5.0, set())  # type: ignore[arg-type]
     assert tg.started == [] and len(purger.rechecks) == 0
     assert purger._gate("1/nginx").refused == "403"  # its breaker as it was
+
+
+def _site_with(origins: tuple[OriginSpec, ...]) -> SiteSpec:
+    return SiteSpec(
+        id=1,
+        name="s",
+        provider="p",
+        mapping_id=None,
+        root="",
+        base_urls=("http://h",),
+        aliases=(),
+        path_prefix="/",
+        index_files=(),
+        caches=(CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1"),),
+        origins=origins,
+    )
+
+
+async def test_nothing_is_asked_while_a_change_is_not_on_every_origin(store: Store) -> None:
+    """An origin with a change the others lack (one without a URL, not asked, too) could serve
+    it to the cache's refresh: the look waits for the next round."""
+    purger = _purger_with(store)
+    site = _site_with((OriginSpec(node_id="o1", url="http://o1"), OriginSpec(node_id="o2")))
+    assert purger._not_now(site) is None
+    record = CommitRecord(seq=1, op="write", path="/t/a")
+    released = purger.tracker.observe(
+        site_id=1,
+        origins=frozenset({"o1", "o2"}),
+        source="src",
+        target="o2",
+        records=[record],
+        states={"o1": "up", "o2": "up"},
+        now=0.0,
+    )
+    assert released == []  # o1 has not committed it
+    look = purger._not_now(site)
+    assert look is not None and look.outcome == "unknown"
+
+
+async def test_the_slots_are_free_while_a_cache_that_went_back_is_queued_again(
+    store: Store,
+) -> None:
+    """Queuing the item again waits for the store (a failover: for as long as it lasts); the
+    look's slot of the cache, of the overall concurrency and its URL are free meanwhile."""
+    purger = _purger_with(store, ITEM.url)
+    (recheck,), _ = purger.rechecks.pop_due(5.0)
+    purger.rechecks.started(recheck)
+    gate = purger._gate("1/nginx")
+    assert gate.admit(5.0)
+    purger._in_flight, key = 1, (1, "nginx", ITEM.url)
+    purger._busy.add(key)
+    queued, store_back = anyio.Event(), anyio.Event()
+
+    async def look(_recheck: object) -> Look:
+        return Look("back", "old copy")
+
+    async def enqueue(_items: object) -> None:
+        queued.set()
+        await store_back.wait()
+
+    purger._recheck = look  # type: ignore[method-assign]
+    purger._enqueue = enqueue  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(purger._run_recheck, key, recheck, gate)
+        await queued.wait()
+        assert (gate.in_flight, purger._in_flight, key in purger._busy) == (0, 0, False)
+        assert purger.rechecks.stale == 0  # said once it is queued
+        store_back.set()
+    assert purger.rechecks.stale == 1

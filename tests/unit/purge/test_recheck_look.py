@@ -126,3 +126,41 @@ async def test_a_deleted_file_served_again_is_back(
     assert (await look_again(driver, client, bases, URL, gone)).outcome == "back"
     answers[CACHE] = (404, b"gone")
     assert (await look_again(driver, client, bases, URL, gone)).outcome == "current"
+
+
+@pytest.mark.parametrize("status", [429, 502, 503])
+async def test_a_busy_or_failing_origin_or_cache_tells_nothing(
+    client: httpx.AsyncClient, answers: dict[int, tuple[int, bytes]], status: int
+) -> None:
+    answers[CACHE] = (200, OLD)
+    answers[O2] = (status, b"busy")
+    assert await _look(client, [O1, O2]) == "unknown"
+    answers[O2] = (200, NEW)
+    answers[CACHE] = (status, b"busy")
+    assert await _look(client, [O1, O2]) == "unknown"
+
+
+async def test_an_origin_is_compared_by_its_body_not_its_own_etag(
+    answers: dict[int, tuple[int, bytes]],
+) -> None:
+    """Origins may give the same bytes another ETag or Last-Modified than the copy the confirm
+    saw in the cache: that is not a newer change."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        port = request.url.port or 80
+        status, body = answers[port]
+        headers = {
+            "ETag": f'"{port}"',
+            "Last-Modified": f"Sun, 06 Dec 2026 10:00:{port % 60:02} GMT",
+        }
+        return httpx.Response(status, content=body, headers=headers)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    answers[CACHE] = (200, OLD)
+    driver = make_driver(
+        CacheSpec(name="nginx", driver="nginx", address=f"127.0.0.1:{CACHE}"), client
+    )
+    digest = hashlib.sha256(NEW).hexdigest()
+    looks = (Served("identity", 200, digest, Head(200, len(NEW), '"cache"', "earlier")),)
+    bases = [f"http://127.0.0.1:{O1}", f"http://127.0.0.1:{O2}"]
+    assert (await look_again(driver, client, bases, URL, looks)).outcome == "back"
