@@ -448,3 +448,93 @@ def test_heads_all_refused_are_checked_without_a_write_transaction(
     }
     assert writes == ["record source heads"]
     assert {s.highest_seq for s in store.mapping_status(mapping_id)} == {7}
+
+
+def op_rec(seq: int, op: str, path: str = "p", *, ok: bool = True) -> CommitRecord:
+    return CommitRecord(seq=seq, op=op, path=path, ok=ok, error="" if ok else "EIO")
+
+
+def open_failures(store: Store, mapping_id: int) -> list[tuple[int, str, str]]:
+    return sorted(
+        (e.seq, e.path, e.target_node) for e in store.exceptions(mapping_id, open_only=True)
+    )
+
+
+def test_a_later_commit_of_the_path_makes_its_failure_moot(store: Store, mapping_id: int) -> None:
+    """A file whose write failed, written again later under another seq (or by a comparison,
+    seq 0), is right on the target: its failure stayed open for good."""
+    store.record_commit_reports([report(mapping_id, T1, 3, op_rec(3, "write"))])
+    store.record_commit_reports([report(mapping_id, T1, 4, op_rec(4, "write", ok=False))])
+    store.record_commit_reports([report(mapping_id, T1, 4, op_rec(4, "write", "other"))])
+    assert open_failures(store, mapping_id) == [(4, "p", T1)]  # another path
+    store.record_commit_reports([report(mapping_id, T2, 7, op_rec(7, "write"))])
+    assert open_failures(store, mapping_id) == [(4, "p", T1)]  # another target
+    store.record_commit_reports([report(mapping_id, T1, 7, op_rec(7, "write"))])
+    assert open_failures(store, mapping_id) == []
+    store.record_commit_reports([report(mapping_id, T1, 8, op_rec(8, "delete", ok=False))])
+    store.record_commit_reports([report(mapping_id, T1, 8, op_rec(0, "write"))])  # comparison
+    assert open_failures(store, mapping_id) == []
+
+
+@pytest.mark.parametrize(
+    ("failed", "later", "moot"),
+    [
+        ("write", "attr", False),  # the content is still not the source's
+        ("write", "rename", False),  # it moved what the path held
+        ("rename", "write", False),  # what its new path holds is another matter
+        ("attr", "attr", True),
+        ("attr", "write", True),
+        ("delete", "mkdir", True),
+        ("symlink", "delete", True),
+        ("mkdir", "erase", True),
+    ],
+)
+def test_which_commits_make_which_failures_moot(
+    store: Store, mapping_id: int, failed: str, later: str, moot: bool
+) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 2, op_rec(2, failed, ok=False))])
+    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(5, later))])
+    assert open_failures(store, mapping_id) == ([] if moot else [(2, "p", T1)])
+
+
+def test_an_older_commit_reported_later_leaves_the_failure_open(
+    store: Store, mapping_id: int
+) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 6, op_rec(6, "write", ok=False))])
+    store.record_commit_reports([report(mapping_id, T1, 6, op_rec(5, "write"))])  # a replay
+    assert open_failures(store, mapping_id) == [(6, "p", T1)]
+
+
+def test_in_one_batch_only_a_commit_after_the_failure_makes_it_moot(
+    store: Store, mapping_id: int
+) -> None:
+    store.record_commit_reports(
+        [
+            report(mapping_id, T1, 2, op_rec(0, "write")),  # a comparison's, before the failure
+            report(mapping_id, T1, 3, op_rec(3, "write", ok=False)),
+        ]
+    )
+    assert open_failures(store, mapping_id) == [(3, "p", T1)]
+    store.record_commit_reports(
+        [
+            report(mapping_id, T1, 3, op_rec(3, "write", "q", ok=False)),
+            report(mapping_id, T1, 4, op_rec(4, "write", "q")),
+        ]
+    )
+    assert open_failures(store, mapping_id) == [(3, "p", T1)]
+
+
+def test_failures_written_before_their_op_was_kept_stay_for_their_own_commit(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 2, op_rec(2, "write", ok=False))])
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("update exceptions set op = null"))
+    finally:
+        engine.dispose()
+    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(5, "write"))])
+    assert open_failures(store, mapping_id) == [(2, "p", T1)]
+    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(2, "write"))])
+    assert open_failures(store, mapping_id) == []

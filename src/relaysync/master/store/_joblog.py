@@ -8,7 +8,6 @@ statements, so that 10,000 records cost milliseconds.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from relaysync.master.store._engine import execute_rows
-from relaysync.master.store.models import Base, Mapping, Server
+from relaysync.master.store._joblog_supersede import Commits, resolve_moot
+from relaysync.master.store.models import Base, Mapping, Server, path_key
 from relaysync.protocol.messages import CommitRecord, CommitReport
 
 logger = logging.getLogger(__name__)
@@ -32,11 +32,6 @@ CATCHUP: Table = Base.metadata.tables["catchup"]
 TARGETS: Table = Base.metadata.tables["mapping_targets"]
 
 Triple = tuple[int, str, str]  # (mapping id, source node, target node)
-
-
-def path_key(path: str) -> str:
-    """Return the fixed-size key under which a path is indexed."""
-    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _insert(session: Session, table: Table) -> Any:
@@ -82,6 +77,8 @@ class _Batch:
     watermarks: dict[Triple, int] = field(default_factory=dict)
     advances: list[dict[str, Any]] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # target node id -> server name
+    commits: Commits = field(default_factory=Commits)  # what may make failures moot
+    failed_triples: set[Triple] = field(default_factory=set)  # with a failure in the batch
 
 
 @dataclass
@@ -204,13 +201,21 @@ def _figures(records: Sequence[CommitRecord]) -> _Figures:
 
 def _fold_outcomes(batch: _Batch, triple: Triple, records: Sequence[CommitRecord]) -> None:
     """Failures, and the commits that may resolve one: of a triple with exceptions open, or of
-    a key that failed earlier in the batch (the last outcome of a key is the one written)."""
-    outcomes, note_ok = batch.outcomes, triple in batch.open_triples
+    a key that failed earlier in the batch (the last outcome of a key is the one written), and
+    the commits that may make a failure of their path moot (_joblog_supersede.py)."""
+    outcomes, commits = batch.outcomes, batch.commits
     for rec in records:
         key = (*triple, rec.seq, rec.path)  # hashed only where it is written
+        order = commits.next_order()
         if not rec.ok:
-            _fold_failure(batch, key, rec.path, rec.error)
-        elif note_ok or key in outcomes:
+            _fold_failure(batch, key, rec)
+            commits.failed(triple, rec.seq, rec.path, order)
+            batch.failed_triples.add(triple)
+            continue
+        note_ok = triple in batch.open_triples or triple in batch.failed_triples
+        if note_ok:
+            commits.committed(triple, rec.path, rec.op, rec.seq, order)
+        if note_ok or key in outcomes:
             outcomes[key] = None
 
 
@@ -243,9 +248,7 @@ def _fold_changes(batch: _Batch, report: CommitReport) -> None:
         batch.spans[(mapping_id, source)] = (low, high)
 
 
-def _fold_failure(
-    batch: _Batch, key: tuple[int, str, str, int, str], path: str, error: str
-) -> None:
+def _fold_failure(batch: _Batch, key: tuple[int, str, str, int, str], rec: CommitRecord) -> None:
     previous = batch.outcomes.get(key)
     attempts = previous["attempts"] + 1 if previous else 1
     batch.outcomes[key] = {
@@ -253,12 +256,13 @@ def _fold_failure(
         "source_node": key[1],
         "target_node": key[2],
         "seq": key[3],
-        "path": path,
+        "path": rec.path,
         "path_key": path_key(key[4]),
-        "error": error or "failed",
+        "error": rec.error or "failed",
         "at": batch.now,
         "attempts": attempts,
         "resolved_at": None,
+        "op": rec.op,
     }
 
 
@@ -355,10 +359,12 @@ def _write_outcomes(session: Session, batch: _Batch) -> None:
                 "at": stmt.excluded.at,
                 "attempts": EXCEPTIONS.c.attempts + stmt.excluded.attempts,
                 "resolved_at": None,
+                "op": stmt.excluded.op,
             },
         )
         session.execute(stmt, failures)
     _resolve(session, batch)
+    resolve_moot(session, batch.commits, batch.now)
 
 
 def _resolve(session: Session, batch: _Batch) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -208,8 +210,14 @@ class WatermarkAdvance(Base):
     )
 
 
+def path_key(path: str) -> str:
+    """Return the fixed-size key under which a path is indexed (`CommitException.path_key`)."""
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 class CommitException(Base):
-    """A change that failed on a target; open until the same change commits there."""
+    """A change that failed on a target; open until the same change commits there, or a later
+    commit of its path makes it moot (store/_joblog_supersede.py)."""
 
     __tablename__ = "exceptions"
 
@@ -226,9 +234,12 @@ class CommitException(Base):
     at: Mapped[float] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the failed op (None: a row written before 0021, resolved by its own commit only)
+    op: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     __table_args__ = (
         Index("ix_exceptions_resolved_at", "resolved_at"),
+        Index("ix_exceptions_path", "mapping_id", "source_node", "target_node", "path_key"),
         Index(
             "ux_exceptions_key",
             "mapping_id",

@@ -1,0 +1,122 @@
+"""Failures a later commit of their path makes moot.
+
+A job-log exception is resolved by the commit of its own change, (seq, path). A file rewritten
+after a failed write, or whose retry an agent restart forgot, is sent again under another seq
+(or as a comparison's catch-up work, seq 0): the target then holds the path as the source has
+it, but the failure stayed open for good (the console, `/api/exceptions?open=true`,
+`relaysync log --failed`).
+
+So a failure of path P is resolved by a commit on the same target, of the same mapping and
+source, that sets P wholly (`WHOLE`: a write, a symlink, a mkdir, a delete or an erase of P) and
+comes after it: reported later, and of a later seq (or either of them catch-up work, seq 0,
+which has no order of its own). A failed attribute change (`attr`) is also resolved by a later
+`attr` of P. Not resolved so: a failed rename (what its new path holds is another matter), a
+failure of a path below a directory deleted since, a failure of another source node, and rows
+written before this rule (no op: migration 0021). A later `attr` never resolves a failed write
+(the content is still not the source's), nor does a rename away from P (it moves what P held).
+
+Cost: only the triples (mapping, source, target) with exceptions open before the batch, or
+failed in it, note their commits; their open exceptions are looked up by path
+(`ix_exceptions_path`), CHUNK paths a query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Table, select, update
+from sqlalchemy.orm import Session
+
+from .models import Base, path_key
+
+EXCEPTIONS: Table = Base.metadata.tables["exceptions"]
+
+WHOLE = frozenset({"write", "symlink", "mkdir", "delete", "erase"})  # ops that set a path wholly
+CHUNK = 500  # paths per lookup
+
+Triple = tuple[int, str, str]  # (mapping, source node, target node)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """A commit that may make failures of its path moot: its op, seq and place in the batch."""
+
+    op: str
+    seq: int
+    order: int
+
+
+def moots(failed_op: str | None, failed_seq: int, failed_order: int, commit: Commit) -> bool:
+    """Whether `commit` of the same path makes a failure of it moot. `failed_order` is the
+    failure's place in the batch (-1: an earlier batch)."""
+    if failed_op is None or commit.order <= failed_order:
+        return False
+    if not (commit.seq == 0 or failed_seq == 0 or commit.seq > failed_seq):
+        return False
+    if commit.op in WHOLE:
+        return failed_op in WHOLE or failed_op == "attr"
+    return commit.op == "attr" and failed_op == "attr"
+
+
+@dataclass
+class Commits:
+    """The commits of one batch that may make failures moot, and where its failures fell."""
+
+    by_path: dict[tuple[Triple, str], list[Commit]] = field(default_factory=dict)
+    failed_at: dict[tuple[Triple, int, str], int] = field(default_factory=dict)  # its last place
+    order: int = 0
+
+    def next_order(self) -> int:
+        self.order += 1
+        return self.order
+
+    def committed(self, triple: Triple, path: str, op: str, seq: int, order: int) -> None:
+        if op in WHOLE or op == "attr":
+            self.by_path.setdefault((triple, path), []).append(Commit(op, seq, order))
+
+    def failed(self, triple: Triple, seq: int, path: str, order: int) -> None:
+        self.failed_at[(triple, seq, path)] = order
+
+
+def resolve_moot(session: Session, commits: Commits, now: float) -> int:
+    """Resolve the open exceptions that the batch's commits make moot; return how many."""
+    paths: dict[Triple, dict[str, str]] = {}  # per triple: path key -> path
+    for triple, path in commits.by_path:
+        paths.setdefault(triple, {})[path_key(path)] = path
+    moot: list[int] = []
+    for triple, keyed in sorted(paths.items()):
+        for chunk in _chunks(sorted(keyed), CHUNK):
+            moot += _moot_ids(session, commits, triple, {k: keyed[k] for k in chunk})
+    for chunk in _chunks(sorted(moot), CHUNK):
+        session.execute(
+            update(EXCEPTIONS).where(EXCEPTIONS.c.id.in_(chunk)).values(resolved_at=now)
+        )
+    return len(moot)
+
+
+def _moot_ids(
+    session: Session, commits: Commits, triple: Triple, keyed: dict[str, str]
+) -> list[int]:
+    c = EXCEPTIONS.c
+    rows = session.execute(
+        select(c.id, c.seq, c.path_key, c.op).where(
+            c.mapping_id == triple[0],
+            c.source_node == triple[1],
+            c.target_node == triple[2],
+            c.path_key.in_(keyed),
+            c.resolved_at.is_(None),
+        )
+    )
+    out: list[int] = []
+    for row_id, seq, key, op in rows:
+        path = keyed[key]
+        failed_order = commits.failed_at.get((triple, seq, path), -1)
+        if any(moots(op, seq, failed_order, commit) for commit in commits.by_path[(triple, path)]):
+            out.append(row_id)
+    return out
+
+
+def _chunks(items: list[str] | list[int], size: int) -> Iterable[list]:  # type: ignore[type-arg]
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
