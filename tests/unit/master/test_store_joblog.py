@@ -481,12 +481,17 @@ def test_a_later_commit_of_the_path_makes_its_failure_moot(store: Store, mapping
     [
         ("write", "attr", False),  # the content is still not the source's
         ("write", "rename", False),  # it moved what the path held
+        ("write", "erase", False),  # an erase removes what is below the path, not the path
         ("rename", "write", False),  # what its new path holds is another matter
+        ("delete", "mkdir", False),  # a mkdir keeps what an existing directory holds
+        ("attr", "mkdir", False),  # it sets no mtime
         ("attr", "attr", True),
         ("attr", "write", True),
-        ("delete", "mkdir", True),
+        ("mkdir", "write", True),
         ("symlink", "delete", True),
-        ("mkdir", "erase", True),
+        ("write", "delete", True),
+        ("erase", "erase", True),
+        ("smallfile", "write", True),  # a refused message, under its message's name
     ],
 )
 def test_which_commits_make_which_failures_moot(
@@ -495,6 +500,14 @@ def test_which_commits_make_which_failures_moot(
     store.record_commit_reports([report(mapping_id, T1, 2, op_rec(2, failed, ok=False))])
     store.record_commit_reports([report(mapping_id, T1, 5, op_rec(5, later))])
     assert open_failures(store, mapping_id) == ([] if moot else [(2, "p", T1)])
+
+
+def test_a_comparisons_delete_does_not_make_a_failure_moot(store: Store, mapping_id: int) -> None:
+    """A comparison deletes a path of the wrong kind before it writes the source's: the delete
+    is half of a replace whose write may still fail (a file the source cannot read)."""
+    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(5, "write", ok=False))])
+    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(0, "delete"))])
+    assert open_failures(store, mapping_id) == [(5, "p", T1)]
 
 
 def test_an_older_commit_reported_later_leaves_the_failure_open(
@@ -508,20 +521,38 @@ def test_an_older_commit_reported_later_leaves_the_failure_open(
 def test_in_one_batch_only_a_commit_after_the_failure_makes_it_moot(
     store: Store, mapping_id: int
 ) -> None:
-    store.record_commit_reports(
+    store.record_commit_reports([report(mapping_id, T1, 1, op_rec(1, "write", "q", ok=False))])
+    store.record_commit_reports(  # T1 has a failure open: its commits are noted
         [
             report(mapping_id, T1, 2, op_rec(0, "write")),  # a comparison's, before the failure
             report(mapping_id, T1, 3, op_rec(3, "write", ok=False)),
         ]
     )
-    assert open_failures(store, mapping_id) == [(3, "p", T1)]
-    store.record_commit_reports(
+    assert open_failures(store, mapping_id) == [(1, "q", T1), (3, "p", T1)]
+    store.record_commit_reports(  # T2 has none open: a failure, then its commit, in one batch
         [
-            report(mapping_id, T1, 3, op_rec(3, "write", "q", ok=False)),
-            report(mapping_id, T1, 4, op_rec(4, "write", "q")),
+            report(mapping_id, T2, 3, op_rec(3, "write", "r", ok=False)),
+            report(mapping_id, T2, 4, op_rec(4, "write", "r")),
         ]
     )
-    assert open_failures(store, mapping_id) == [(3, "p", T1)]
+    assert open_failures(store, mapping_id) == [(1, "q", T1), (3, "p", T1)]
+
+
+def test_another_source_or_a_conflict_kept_version_makes_nothing_moot(
+    store: Store, mapping_id: int
+) -> None:
+    store.record_commit_reports([report(mapping_id, T1, 2, op_rec(2, "write", ok=False))])
+    moved = CommitReport(
+        mapping_id=mapping_id,
+        source_node="d" * 64,  # the mapping's source moved: another journal
+        target_node=T1,
+        watermark=9,
+        records=(op_rec(9, "write"),),
+    )
+    store.record_commit_reports([moved])
+    kept = CommitRecord(seq=9, op="write", path="p", conflict="older")  # N:M: not applied
+    store.record_commit_reports([report(mapping_id, T1, 9, kept)])
+    assert open_failures(store, mapping_id) == [(2, "p", T1)]
 
 
 def test_failures_written_before_their_op_was_kept_stay_for_their_own_commit(

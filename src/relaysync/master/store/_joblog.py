@@ -214,7 +214,7 @@ def _fold_outcomes(batch: _Batch, triple: Triple, records: Sequence[CommitRecord
             continue
         note_ok = triple in batch.open_triples or triple in batch.failed_triples
         if note_ok:
-            commits.committed(triple, rec.path, rec.op, rec.seq, order)
+            commits.committed(triple, rec.path, rec.op, rec.seq, order, rec.conflict)
         if note_ok or key in outcomes:
             outcomes[key] = None
 

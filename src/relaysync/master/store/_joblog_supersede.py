@@ -6,14 +6,24 @@ after a failed write, or whose retry an agent restart forgot, is sent again unde
 it, but the failure stayed open for good (the console, `/api/exceptions?open=true`,
 `relaysync log --failed`).
 
-So a failure of path P is resolved by a commit on the same target, of the same mapping and
-source, that sets P wholly (`WHOLE`: a write, a symlink, a mkdir, a delete or an erase of P) and
-comes after it: reported later, and of a later seq (or either of them catch-up work, seq 0,
-which has no order of its own). A failed attribute change (`attr`) is also resolved by a later
-`attr` of P. Not resolved so: a failed rename (what its new path holds is another matter), a
-failure of a path below a directory deleted since, a failure of another source node, and rows
-written before this rule (no op: migration 0021). A later `attr` never resolves a failed write
-(the content is still not the source's), nor does a rename away from P (it moves what P held).
+So a failure of path P is also resolved by a commit on the same target, of the same mapping and
+source, reported after it and of a later seq (or either of them seq 0, which has no order of
+its own), that leaves P as the source has it (`MOOTS`):
+- a write or a symlink of P: any failure of P (its content, kind, mode and mtime are set);
+- a journal delete of P (of a later seq; a comparison's delete, seq 0, is the first half of
+  replacing P by another kind, whose second half may still fail): any failure of P;
+- a mkdir of P: a failed write, symlink or mkdir (it keeps what an existing directory holds,
+  and sets no mtime: not a failed delete, erase or attr);
+- an erase of P (it removes what the source lacks below P, nothing of P itself): a failed erase;
+- an attr of P: a failed attr.
+Not resolved so: a failed rename (what its new path holds is another matter), a failure of a
+path below a directory deleted since, a failure of another source node, rows written before
+this rule (no op: migration 0021), and a commit an N:M job's conflict rule did not apply (its
+`conflict` says the target kept its own version). A resent report may close a failure that a
+later report of the same agent opens again (the upsert), until that one lands.
+
+A change whose failure was made moot counts as committed on that target in the job log
+(`committed_count`: no open exception), as the path is what the source has.
 
 Cost: only the triples (mapping, source, target) with exceptions open before the batch, or
 failed in it, note their commits; their open exceptions are looked up by path
@@ -32,7 +42,19 @@ from .models import Base, path_key
 
 EXCEPTIONS: Table = Base.metadata.tables["exceptions"]
 
-WHOLE = frozenset({"write", "symlink", "mkdir", "delete", "erase"})  # ops that set a path wholly
+_ANY = frozenset({"write", "symlink", "mkdir", "delete", "erase", "attr"})
+MOOTS: dict[str, frozenset[str]] = {  # a commit's op -> the failed ops of its path it moots
+    "write": _ANY,
+    "symlink": _ANY,
+    "delete": _ANY,  # of a later seq only (moots)
+    "mkdir": frozenset({"write", "symlink", "mkdir"}),
+    "erase": frozenset({"erase"}),
+    "attr": frozenset({"attr"}),
+}
+# a refused message is recorded under its message's name (receiver.py _refuse_message)
+_AS_OP = {"filestart": "write", "smallfile": "write", "deltastart": "write", "makedir": "mkdir"}
+_AS_OP |= {"setattr": "attr"}
+APPLIED = ("", "newer")  # N:M conflicts whose commit set the path as this source has it
 CHUNK = 500  # paths per lookup
 
 Triple = tuple[int, str, str]  # (mapping, source node, target node)
@@ -52,11 +74,11 @@ def moots(failed_op: str | None, failed_seq: int, failed_order: int, commit: Com
     failure's place in the batch (-1: an earlier batch)."""
     if failed_op is None or commit.order <= failed_order:
         return False
-    if not (commit.seq == 0 or failed_seq == 0 or commit.seq > failed_seq):
-        return False
-    if commit.op in WHOLE:
-        return failed_op in WHOLE or failed_op == "attr"
-    return commit.op == "attr" and failed_op == "attr"
+    if commit.op == "delete":  # a journal delete; a comparison's may be half of a replace
+        later = commit.seq > 0 and (failed_seq == 0 or commit.seq > failed_seq)
+    else:
+        later = commit.seq == 0 or failed_seq == 0 or commit.seq > failed_seq
+    return later and _AS_OP.get(failed_op, failed_op) in MOOTS.get(commit.op, frozenset())
 
 
 @dataclass
@@ -71,8 +93,10 @@ class Commits:
         self.order += 1
         return self.order
 
-    def committed(self, triple: Triple, path: str, op: str, seq: int, order: int) -> None:
-        if op in WHOLE or op == "attr":
+    def committed(
+        self, triple: Triple, path: str, op: str, seq: int, order: int, conflict: str = ""
+    ) -> None:
+        if op in MOOTS and conflict in APPLIED:
             self.by_path.setdefault((triple, path), []).append(Commit(op, seq, order))
 
     def failed(self, triple: Triple, seq: int, path: str, order: int) -> None:
@@ -90,7 +114,9 @@ def resolve_moot(session: Session, commits: Commits, now: float) -> int:
             moot += _moot_ids(session, commits, triple, {k: keyed[k] for k in chunk})
     for chunk in _chunks(sorted(moot), CHUNK):
         session.execute(
-            update(EXCEPTIONS).where(EXCEPTIONS.c.id.in_(chunk)).values(resolved_at=now)
+            update(EXCEPTIONS)
+            .where(EXCEPTIONS.c.id.in_(chunk), EXCEPTIONS.c.resolved_at.is_(None))
+            .values(resolved_at=now)
         )
     return len(moot)
 
