@@ -141,6 +141,8 @@ class MonitorService:
         self.ticks = 0
         self.heartbeat_grace_s = heartbeat_grace_s
         self._started_at = time.time()  # again when `serve` starts: the grace counts from there
+        self._started_mono = time.monotonic()  # the same: what the grace counts on (a clock
+        # stepped at boot by NTP moved the wall clock minutes and ended the grace at once)
         self._linked: set[str] = set()  # node ids seen linked at a tick since then
 
     # --- input ---
@@ -164,7 +166,7 @@ class MonitorService:
         ):
             self.conditions.get(alert.key, 0.0, firing=True)  # no second notice after a restart
             self._key_server[alert.key] = alert.server
-        self._started_at = time.time()
+        self._started_at, self._started_mono = time.time(), time.monotonic()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             task_status.started()
@@ -245,7 +247,8 @@ class MonitorService:
             for s in servers
             if s.last_seen is not None and s.last_seen >= self._started_at
         )
-        waited_s = {s.node_id: now - max(self._started_at, s.created_at) for s in servers}
+        since_start_s = time.monotonic() - self._started_mono  # not the wall clock: it may step
+        waited_s = {s.node_id: min(since_start_s, now - s.created_at) for s in servers}
         return [
             Observation(
                 key=f"heartbeat:{s.name}",

@@ -214,3 +214,20 @@ def test_a_server_not_linked_yet_has_its_grace_and_one_that_was_linked_has_none(
 
     if not anyio.run(main):
         pytest.skip("too slow a machine to tell a grace of 4 s from none")
+
+
+def test_a_wall_clock_stepped_forward_does_not_end_the_heartbeat_grace(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NTP steps the clock at boot, often just after the master started: the grace counted on
+    the wall clock, so an agent not linked yet was alerted at once."""
+    store.upsert_server(node_id="d" * 64, name="web1", region="r", group="g", address="w:1")
+    [server] = store.list_servers()
+    monitor = _monitor(store)
+    monitor.heartbeat_grace_s = 30.0
+    stepped = time.time() + 3600.0  # an hour ahead, a second after the start
+    [seen] = monitor._heartbeats([server], set(), stepped)
+    assert not seen.bad
+    monkeypatch.setattr(time, "monotonic", lambda: monitor._started_mono + 31.0)
+    [seen] = monitor._heartbeats([server], set(), stepped)
+    assert seen.bad  # its grace is over
