@@ -450,6 +450,18 @@ def test_heads_all_refused_are_checked_without_a_write_transaction(
     assert {s.highest_seq for s in store.mapping_status(mapping_id)} == {7}
 
 
+def sent(mid: int, target: str, watermark: int, *records: CommitRecord) -> CommitReport:
+    """A report of commits sent by the source itself (route: the source alone)."""
+    return CommitReport(
+        mapping_id=mid,
+        source_node=SRC,
+        target_node=target,
+        watermark=watermark,
+        records=tuple(records),
+        route=("src",),
+    )
+
+
 def op_rec(seq: int, op: str, path: str = "p", *, ok: bool = True) -> CommitRecord:
     return CommitRecord(seq=seq, op=op, path=path, ok=ok, error="" if ok else "EIO")
 
@@ -463,16 +475,16 @@ def open_failures(store: Store, mapping_id: int) -> list[tuple[int, str, str]]:
 def test_a_later_commit_of_the_path_makes_its_failure_moot(store: Store, mapping_id: int) -> None:
     """A file whose write failed, written again later under another seq (or by a comparison,
     seq 0), is right on the target: its failure stayed open for good."""
-    store.record_commit_reports([report(mapping_id, T1, 3, op_rec(3, "write"))])
-    store.record_commit_reports([report(mapping_id, T1, 4, op_rec(4, "write", ok=False))])
-    store.record_commit_reports([report(mapping_id, T1, 4, op_rec(4, "write", "other"))])
+    store.record_commit_reports([sent(mapping_id, T1, 3, op_rec(3, "write"))])
+    store.record_commit_reports([sent(mapping_id, T1, 4, op_rec(4, "write", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 4, op_rec(4, "write", "other"))])
     assert open_failures(store, mapping_id) == [(4, "p", T1)]  # another path
-    store.record_commit_reports([report(mapping_id, T2, 7, op_rec(7, "write"))])
+    store.record_commit_reports([sent(mapping_id, T2, 7, op_rec(7, "write"))])
     assert open_failures(store, mapping_id) == [(4, "p", T1)]  # another target
-    store.record_commit_reports([report(mapping_id, T1, 7, op_rec(7, "write"))])
+    store.record_commit_reports([sent(mapping_id, T1, 7, op_rec(7, "write"))])
     assert open_failures(store, mapping_id) == []
-    store.record_commit_reports([report(mapping_id, T1, 8, op_rec(8, "delete", ok=False))])
-    store.record_commit_reports([report(mapping_id, T1, 8, op_rec(0, "write"))])  # comparison
+    store.record_commit_reports([sent(mapping_id, T1, 8, op_rec(8, "delete", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 8, op_rec(0, "write"))])  # comparison
     assert open_failures(store, mapping_id) == []
 
 
@@ -497,42 +509,42 @@ def test_a_later_commit_of_the_path_makes_its_failure_moot(store: Store, mapping
 def test_which_commits_make_which_failures_moot(
     store: Store, mapping_id: int, failed: str, later: str, moot: bool
 ) -> None:
-    store.record_commit_reports([report(mapping_id, T1, 2, op_rec(2, failed, ok=False))])
-    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(5, later))])
+    store.record_commit_reports([sent(mapping_id, T1, 2, op_rec(2, failed, ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(5, later))])
     assert open_failures(store, mapping_id) == ([] if moot else [(2, "p", T1)])
 
 
 def test_a_comparisons_delete_does_not_make_a_failure_moot(store: Store, mapping_id: int) -> None:
     """A comparison deletes a path of the wrong kind before it writes the source's: the delete
     is half of a replace whose write may still fail (a file the source cannot read)."""
-    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(5, "write", ok=False))])
-    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(0, "delete"))])
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(5, "write", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(0, "delete"))])
     assert open_failures(store, mapping_id) == [(5, "p", T1)]
 
 
 def test_an_older_commit_reported_later_leaves_the_failure_open(
     store: Store, mapping_id: int
 ) -> None:
-    store.record_commit_reports([report(mapping_id, T1, 6, op_rec(6, "write", ok=False))])
-    store.record_commit_reports([report(mapping_id, T1, 6, op_rec(5, "write"))])  # a replay
+    store.record_commit_reports([sent(mapping_id, T1, 6, op_rec(6, "write", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 6, op_rec(5, "write"))])  # a replay
     assert open_failures(store, mapping_id) == [(6, "p", T1)]
 
 
 def test_in_one_batch_only_a_commit_after_the_failure_makes_it_moot(
     store: Store, mapping_id: int
 ) -> None:
-    store.record_commit_reports([report(mapping_id, T1, 1, op_rec(1, "write", "q", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 1, op_rec(1, "write", "q", ok=False))])
     store.record_commit_reports(  # T1 has a failure open: its commits are noted
         [
-            report(mapping_id, T1, 2, op_rec(0, "write")),  # a comparison's, before the failure
-            report(mapping_id, T1, 3, op_rec(3, "write", ok=False)),
+            sent(mapping_id, T1, 2, op_rec(0, "write")),  # a comparison's, before the failure
+            sent(mapping_id, T1, 3, op_rec(3, "write", ok=False)),
         ]
     )
     assert open_failures(store, mapping_id) == [(1, "q", T1), (3, "p", T1)]
     store.record_commit_reports(  # T2 has none open: a failure, then its commit, in one batch
         [
-            report(mapping_id, T2, 3, op_rec(3, "write", "r", ok=False)),
-            report(mapping_id, T2, 4, op_rec(4, "write", "r")),
+            sent(mapping_id, T2, 3, op_rec(3, "write", "r", ok=False)),
+            sent(mapping_id, T2, 4, op_rec(4, "write", "r")),
         ]
     )
     assert open_failures(store, mapping_id) == [(1, "q", T1), (3, "p", T1)]
@@ -541,7 +553,7 @@ def test_in_one_batch_only_a_commit_after_the_failure_makes_it_moot(
 def test_another_source_or_a_conflict_kept_version_makes_nothing_moot(
     store: Store, mapping_id: int
 ) -> None:
-    store.record_commit_reports([report(mapping_id, T1, 2, op_rec(2, "write", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 2, op_rec(2, "write", ok=False))])
     moved = CommitReport(
         mapping_id=mapping_id,
         source_node="d" * 64,  # the mapping's source moved: another journal
@@ -551,21 +563,57 @@ def test_another_source_or_a_conflict_kept_version_makes_nothing_moot(
     )
     store.record_commit_reports([moved])
     kept = CommitRecord(seq=9, op="write", path="p", conflict="older")  # N:M: not applied
-    store.record_commit_reports([report(mapping_id, T1, 9, kept)])
+    store.record_commit_reports([sent(mapping_id, T1, 9, kept)])
     assert open_failures(store, mapping_id) == [(2, "p", T1)]
 
 
 def test_failures_written_before_their_op_was_kept_stay_for_their_own_commit(
     store: Store, store_url: str, mapping_id: int
 ) -> None:
-    store.record_commit_reports([report(mapping_id, T1, 2, op_rec(2, "write", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 2, op_rec(2, "write", ok=False))])
     engine = sa.create_engine(store_url)
     try:
         with engine.begin() as conn:
             conn.execute(sa.text("update exceptions set op = null"))
     finally:
         engine.dispose()
-    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(5, "write"))])
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(5, "write"))])
     assert open_failures(store, mapping_id) == [(2, "p", T1)]
-    store.record_commit_reports([report(mapping_id, T1, 5, op_rec(2, "write"))])
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(2, "write"))])
     assert open_failures(store, mapping_id) == []
+
+
+def test_commits_through_a_relay_or_of_an_unknown_route_make_nothing_moot(
+    store: Store, mapping_id: int
+) -> None:
+    """A relay's comparison sends its own copy of a path, which may be a version it kept
+    because it could not apply the source's."""
+    store.record_commit_reports([sent(mapping_id, T1, 2, op_rec(2, "write", ok=False))])
+    relayed = CommitReport(
+        mapping_id=mapping_id,
+        source_node=SRC,
+        target_node=T1,
+        watermark=9,
+        records=(op_rec(0, "write"),),
+        route=("src", "relay1"),
+    )
+    store.record_commit_reports([relayed, report(mapping_id, T1, 9, op_rec(9, "write"))])
+    assert open_failures(store, mapping_id) == [(2, "p", T1)]
+
+
+def test_more_pairs_of_failure_and_commit(store: Store, mapping_id: int) -> None:
+    store.record_commit_reports([sent(mapping_id, T1, 0, op_rec(0, "write", "a", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 4, op_rec(4, "delete", "a"))])  # journal
+    store.record_commit_reports([sent(mapping_id, T1, 4, op_rec(3, "erase", "b", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(5, "mkdir", "b"))])
+    newer = CommitRecord(seq=6, op="write", path="c", conflict="newer")  # N:M: applied
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(5, "write", "c", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 6, newer)])
+    store.record_commit_reports(  # failed, committed, failed again: open
+        [
+            sent(mapping_id, T1, 7, op_rec(7, "write", "d", ok=False)),
+            sent(mapping_id, T1, 8, op_rec(8, "write", "d")),
+            sent(mapping_id, T1, 9, op_rec(9, "write", "d", ok=False)),
+        ]
+    )
+    assert open_failures(store, mapping_id) == [(3, "b", T1), (9, "d", T1)]

@@ -167,7 +167,7 @@ def _fold(batch: _Batch, report: CommitReport) -> None:
     _fold_changes(batch, report)
     figures = _figures(records)
     if figures.files < len(records) or batch.outcomes or triple in batch.open_triples:
-        _fold_outcomes(batch, triple, records)
+        _fold_outcomes(batch, triple, records, direct=len(report.route) == 1)
     if figures.catchup_files:
         counters = batch.catchup.setdefault(triple, [0, 0])
         counters[0] += figures.catchup_files
@@ -199,10 +199,14 @@ def _figures(records: Sequence[CommitRecord]) -> _Figures:
     )
 
 
-def _fold_outcomes(batch: _Batch, triple: Triple, records: Sequence[CommitRecord]) -> None:
+def _fold_outcomes(
+    batch: _Batch, triple: Triple, records: Sequence[CommitRecord], *, direct: bool
+) -> None:
     """Failures, and the commits that may resolve one: of a triple with exceptions open, or of
     a key that failed earlier in the batch (the last outcome of a key is the one written), and
-    the commits that may make a failure of their path moot (_joblog_supersede.py)."""
+    the commits that may make a failure of their path moot (_joblog_supersede.py): only those
+    sent by the source itself (`direct`), not through a relay, which may send its own version
+    of a path it could not apply (or by an agent that does not say its route)."""
     outcomes, commits = batch.outcomes, batch.commits
     for rec in records:
         key = (*triple, rec.seq, rec.path)  # hashed only where it is written
@@ -213,7 +217,7 @@ def _fold_outcomes(batch: _Batch, triple: Triple, records: Sequence[CommitRecord
             batch.failed_triples.add(triple)
             continue
         note_ok = triple in batch.open_triples or triple in batch.failed_triples
-        if note_ok:
+        if note_ok and direct:
             commits.committed(triple, rec.path, rec.op, rec.seq, order, rec.conflict)
         if note_ok or key in outcomes:
             outcomes[key] = None
@@ -364,7 +368,9 @@ def _write_outcomes(session: Session, batch: _Batch) -> None:
         )
         session.execute(stmt, failures)
     _resolve(session, batch)
-    resolve_moot(session, batch.commits, batch.now)
+    moot = resolve_moot(session, batch.commits, batch.now)
+    if moot:
+        logger.debug("job log: %d failures made moot by later commits of their paths", moot)
 
 
 def _resolve(session: Session, batch: _Batch) -> None:

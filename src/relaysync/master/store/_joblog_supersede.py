@@ -18,8 +18,10 @@ its own), that leaves P as the source has it (`MOOTS`):
 - an attr of P: a failed attr.
 Not resolved so: a failed rename (what its new path holds is another matter), a failure of a
 path below a directory deleted since, a failure of another source node, rows written before
-this rule (no op: migration 0021), and a commit an N:M job's conflict rule did not apply (its
-`conflict` says the target kept its own version). A resent report may close a failure that a
+this rule (no op: migration 0021), a commit an N:M job's conflict rule did not apply (its
+`conflict` says the target kept its own version), and a commit that came through a relay (or
+from an agent that does not say its route): a relay's comparison sends its own copy of a path,
+which is the source's only if the relay applied the path's last change. A resent report may close a failure that a
 later report of the same agent opens again (the upsert), until that one lands.
 
 A change whose failure was made moot counts as committed on that target in the job log
@@ -104,7 +106,8 @@ class Commits:
 
 
 def resolve_moot(session: Session, commits: Commits, now: float) -> int:
-    """Resolve the open exceptions that the batch's commits make moot; return how many."""
+    """Resolve the open exceptions that the batch's commits make moot; return how many (the
+    job log writer's debug log says it)."""
     paths: dict[Triple, dict[str, str]] = {}  # per triple: path key -> path
     for triple, path in commits.by_path:
         paths.setdefault(triple, {})[path_key(path)] = path
