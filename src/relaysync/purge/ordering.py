@@ -12,7 +12,7 @@ delete, rename or erase removed (the path's kind, the files under it) is merged 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -88,6 +88,7 @@ class CommitTracker:
         self.hold_max_s = hold_max_s
         self._remember = remember
         self._pending: dict[Key, _Pending] = {}
+        self._pending_per_site: Counter[int] = Counter()  # of `_pending`, kept with it
         self._released: OrderedDict[Key, set[str]] = OrderedDict()
         self._origins: dict[Key, frozenset[str]] = {}
 
@@ -95,9 +96,9 @@ class CommitTracker:
     def pending(self) -> int:
         return len(self._pending)
 
-    def pending_sites(self) -> set[int]:
-        """The sites with a change some origin has committed and not every one yet."""
-        return {key[0] for key in self._pending}
+    def has_pending(self, site_id: int) -> bool:
+        """Whether the site has a change some origin has committed and not every one yet."""
+        return self._pending_per_site[site_id] > 0
 
     def observe(
         self,
@@ -127,6 +128,7 @@ class CommitTracker:
                 continue
             pending = self._pending.get(key)
             if pending is None:
+                self._pending_per_site[site_id] += 1
                 pending = self._pending[key] = _Pending(
                     record.op, record.path, record.new_path, now
                 )
@@ -150,6 +152,7 @@ class CommitTracker:
         for key in [k for k in self._pending if k[0] == site_id]:
             del self._pending[key]
             self._origins.pop(key, None)
+        self._pending_per_site.pop(site_id, None)
 
     def _ready(self, key: Key, pending: _Pending, states: Mapping[str, str], now: float) -> bool:
         required = {o for o in self._origins.get(key, ()) if states.get(o) == "up"}
@@ -168,6 +171,7 @@ class CommitTracker:
 
     def _release(self, key: Key, pending: _Pending) -> Released:
         del self._pending[key]
+        self._pending_per_site[key[0]] -= 1
         self._origins.pop(key, None)
         self._released[key] = set(pending.committed)
         while len(self._released) > self._remember:

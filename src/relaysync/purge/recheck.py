@@ -397,7 +397,7 @@ class RecheckWorker:
         """Why the origins cannot tell now whether the cache went back: a change of the site
         some origin has committed and not every one yet (any could serve it; origins without
         a URL, which are not asked, included: every fleet origin's commits are tracked)."""
-        if site.id in self.tracker.pending_sites():
+        if self.tracker.has_pending(site.id):
             return Look("unknown", "a change of the site is not on every origin yet")
         return None
 

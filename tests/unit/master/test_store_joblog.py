@@ -39,13 +39,16 @@ def rec(
     )
 
 
-def report(mid: int, target: str, watermark: int, *records: CommitRecord) -> CommitReport:
+def report(
+    mid: int, target: str, watermark: int, *records: CommitRecord, route: tuple[str, ...] = ()
+) -> CommitReport:
     return CommitReport(
         mapping_id=mid,
         source_node=SRC,
         target_node=target,
         watermark=watermark,
         records=tuple(records),
+        route=route,
     )
 
 
@@ -452,14 +455,7 @@ def test_heads_all_refused_are_checked_without_a_write_transaction(
 
 def sent(mid: int, target: str, watermark: int, *records: CommitRecord) -> CommitReport:
     """A report of commits sent by the source itself (route: the source alone)."""
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=watermark,
-        records=tuple(records),
-        route=("src",),
-    )
+    return report(mid, target, watermark, *records, route=("src",))
 
 
 def op_rec(seq: int, op: str, path: str = "p", *, ok: bool = True) -> CommitRecord:
@@ -589,14 +585,7 @@ def test_commits_through_a_relay_or_of_an_unknown_route_make_nothing_moot(
     """A relay's comparison sends its own copy of a path, which may be a version it kept
     because it could not apply the source's."""
     store.record_commit_reports([sent(mapping_id, T1, 2, op_rec(2, "write", ok=False))])
-    relayed = CommitReport(
-        mapping_id=mapping_id,
-        source_node=SRC,
-        target_node=T1,
-        watermark=9,
-        records=(op_rec(0, "write"),),
-        route=("src", "relay1"),
-    )
+    relayed = report(mapping_id, T1, 9, op_rec(0, "write"), route=("src", "relay1"))
     store.record_commit_reports([relayed, report(mapping_id, T1, 9, op_rec(9, "write"))])
     assert open_failures(store, mapping_id) == [(2, "p", T1)]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from relaysync.master.store import Store
+from relaysync.purge.site import CacheSpec, OriginSpec, SiteSpec
 
 SOURCE, O1 = "a" * 64, "b" * 64  # the node ids of servers src and o1
 
@@ -29,3 +30,20 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+def one_site(*caches: CacheSpec, origins: tuple[OriginSpec, ...] = ()) -> SiteSpec:
+    """Site 1 with `caches` (and `origins`), for tests that build the purger's sites by hand."""
+    return SiteSpec(
+        id=1,
+        name="s",
+        provider="p",
+        mapping_id=None,
+        root="",
+        base_urls=("http://h",),
+        aliases=(),
+        path_prefix="/",
+        index_files=(),
+        caches=caches,
+        origins=origins,
+    )

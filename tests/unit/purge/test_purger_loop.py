@@ -16,6 +16,7 @@ from relaysync.master.store import Store
 from relaysync.purge.jobs import PurgeItem, QueuedPurge
 from relaysync.purge.purger import Purger
 from relaysync.purge.site import CacheSpec, SiteSpec
+from tests.unit.purge.conftest import one_site
 
 pytestmark = pytest.mark.anyio
 
@@ -56,19 +57,7 @@ async def test_a_pass_files_each_due_item_with_one_lookup(store: object) -> None
 
 
 def _site(cache: CacheSpec) -> SiteSpec:
-    return SiteSpec(
-        id=1,
-        name="s",
-        provider="p",
-        mapping_id=None,
-        root="",
-        base_urls=("http://h",),
-        aliases=(),
-        path_prefix="/",
-        index_files=(),
-        caches=(cache,),
-        origins=(),
-    )
+    return one_site(cache)
 
 
 async def test_a_cache_changed_while_its_purges_run_gets_its_slots_back(store: object) -> None:

@@ -14,7 +14,8 @@ from relaysync.purge.confirm import Head, Served
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.purger import Purger
 from relaysync.purge.recheck import HELD_AGAIN_S, MAX_REGRESSIONS, RECHECKS_PER_PASS, Look, Rechecks
-from relaysync.purge.site import CacheSpec, OriginSpec, SiteSpec
+from relaysync.purge.site import CacheSpec, OriginSpec
+from tests.unit.purge.conftest import one_site
 
 pytestmark = pytest.mark.anyio
 
@@ -217,27 +218,14 @@ async def test_the_rechecks_of_a_cache_whose_gate_is_open_end(store: Store) -> N
     assert purger._gate("1/nginx").refused == "403"  # its breaker as it was
 
 
-def _site_with(origins: tuple[OriginSpec, ...]) -> SiteSpec:
-    return SiteSpec(
-        id=1,
-        name="s",
-        provider="p",
-        mapping_id=None,
-        root="",
-        base_urls=("http://h",),
-        aliases=(),
-        path_prefix="/",
-        index_files=(),
-        caches=(CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1"),),
-        origins=origins,
-    )
-
-
 async def test_nothing_is_asked_while_a_change_is_not_on_every_origin(store: Store) -> None:
     """An origin with a change the others lack (one without a URL, not asked, too) could serve
     it to the cache's refresh: the look waits for the next round."""
     purger = _purger_with(store)
-    site = _site_with((OriginSpec(node_id="o1", url="http://o1"), OriginSpec(node_id="o2")))
+    site = one_site(
+        CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1"),
+        origins=(OriginSpec(node_id="o1", url="http://o1"), OriginSpec(node_id="o2")),
+    )
     assert purger._not_now(site) is None
     record = CommitRecord(seq=1, op="write", path="/t/a")
     released = purger.tracker.observe(
@@ -252,6 +240,16 @@ async def test_nothing_is_asked_while_a_change_is_not_on_every_origin(store: Sto
     assert released == []  # o1 has not committed it
     look = purger._not_now(site)
     assert look is not None and look.outcome == "unknown"
+    released = purger.tracker.observe(
+        site_id=1,
+        origins=frozenset({"o1", "o2"}),
+        source="src",
+        target="o1",
+        records=[record],
+        states={"o1": "up", "o2": "up"},
+        now=0.0,
+    )
+    assert len(released) == 1 and purger._not_now(site) is None  # on every origin now
 
 
 async def test_the_slots_are_free_while_a_cache_that_went_back_is_queued_again(
