@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
@@ -59,6 +60,7 @@ _AS_OP |= {"setattr": "attr"}
 APPLIED = ("", "newer")  # N:M conflicts whose commit set the path as this source has it
 CHUNK = 500  # paths per lookup
 
+T = TypeVar("T")
 Triple = tuple[int, str, str]  # (mapping, source node, target node)
 
 
@@ -113,12 +115,12 @@ def resolve_moot(session: Session, commits: Commits, now: float) -> int:
         paths.setdefault(triple, {})[path_key(path)] = path
     moot: list[int] = []
     for triple, keyed in sorted(paths.items()):
-        for chunk in _chunks(sorted(keyed), CHUNK):
-            moot += _moot_ids(session, commits, triple, {k: keyed[k] for k in chunk})
-    for chunk in _chunks(sorted(moot), CHUNK):
+        for keys in _chunks(sorted(keyed), CHUNK):
+            moot += _moot_ids(session, commits, triple, {k: keyed[k] for k in keys})
+    for ids in _chunks(sorted(moot), CHUNK):
         session.execute(
             update(EXCEPTIONS)
-            .where(EXCEPTIONS.c.id.in_(chunk), EXCEPTIONS.c.resolved_at.is_(None))
+            .where(EXCEPTIONS.c.id.in_(ids), EXCEPTIONS.c.resolved_at.is_(None))
             .values(resolved_at=now)
         )
     return len(moot)
@@ -146,6 +148,6 @@ def _moot_ids(
     return out
 
 
-def _chunks(items: list[str] | list[int], size: int) -> Iterable[list]:  # type: ignore[type-arg]
+def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
