@@ -129,6 +129,16 @@ def _seed(tmp: Path) -> tuple[SourceMapping, TargetFolder]:
     return source, child
 
 
+def _no_deferral(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Comparisons send a kept file as catch-up work (seq 0), as these tests need: one that met
+    it while it was kept would leave it to its retry and make that due at once
+    (`UnreadableFiles.defer`), whose read, racing the test's unlock, sent it under its record's
+    seq and reset no spool (a CI run waited 30 s for the reset)."""
+    monkeypatch.setattr(
+        unreadable.UnreadableFiles, "defer", lambda self, path, expected_hash: False
+    )
+
+
 async def _until(done: Callable[[], bool]) -> None:
     with anyio.fail_after(BOUND_S):
         while not done():
@@ -378,6 +388,7 @@ def test_catch_up_work_reaches_a_relays_child_already_at_its_checkpoint(
     relay's periodic one, 10 minutes on (found in review: still missing after 30 s)."""
     monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MIN_S", 3600.0)  # no retry: only the
     monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MAX_S", 3600.0)  # comparison sends it
+    _no_deferral(monkeypatch)
     chain = _chain(tmp_path)
     source, relay, child, feed = chain.source, chain.relay, chain.child, chain.feed
     locked: set[str] = set()
@@ -413,6 +424,7 @@ def test_catch_up_work_during_a_childs_first_comparison_reaches_it(
     change between the two checkpoints) until the relay's periodic comparison, 10 min on."""
     monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MIN_S", 3600.0)
     monkeypatch.setattr(unreadable, "UNREADABLE_RETRY_MAX_S", 3600.0)
+    _no_deferral(monkeypatch)
     compared, reset_done = anyio.Event(), anyio.Event()
     real_compare = RelayLink._catch_up_by_compare
 
