@@ -49,6 +49,7 @@ from relaysync.errors import PrefixNotExpandable, StoreError
 from relaysync.protocol.messages import CommitReport
 from relaysync.purge import urls as urlmap
 from relaysync.purge.drivers import Driver
+from relaysync.purge.due import UrlKey
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
 from relaysync.purge.listings import ListingRefreshes
@@ -71,7 +72,6 @@ from relaysync.purge.worker import (
     PER_CACHE,
     Notify,
     PurgeWorker,
-    UrlKey,
 )
 
 logger = logging.getLogger(__name__)

@@ -60,6 +60,7 @@ from relaysync.purge.budget import ITEM_TIMEOUT_S, MIN_BYTES_PER_S, budgeted
 from relaysync.purge.confirm import Head, Served, open_origin
 from relaysync.purge.drivers import Driver
 from relaysync.purge.drivers._base import read_body_upto
+from relaysync.purge.due import UrlKey
 from relaysync.purge.gates import Gate
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.ordering import CommitTracker
@@ -74,8 +75,6 @@ RECHECK_BODY_MAX = 1024 * 1024  # longer bodies are compared by their headers on
 MAX_REGRESSIONS = 3  # goings back from one confirmed content before it is left
 RECHECKS_PER_PASS = 256  # due rechecks taken from the heap in one pass of the work loop
 HELD_AGAIN_S = 0.5  # a recheck that could not start is due again this much later
-
-UrlKey = tuple[int, str, str]  # (site id, cache name, url)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +37,7 @@ from relaysync.errors import (
 from relaysync.purge.budget import ITEM_TIMEOUT_S, MIN_BYTES_PER_S, budgeted
 from relaysync.purge.confirm import Served, run_item
 from relaysync.purge.drivers import Driver, make_driver
+from relaysync.purge.due import Due, UrlKey, file_due, in_id_order, probe_due
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S, Gate
 from relaysync.purge.jobs import PurgeItem, PurgeResult, QueuedPurge, Retry
 from relaysync.purge.recheck import RECHECK_AFTER_S, Rechecks, RecheckWorker
@@ -50,8 +50,6 @@ CONCURRENCY = 64  # purge items in flight at once, over every cache...
 PER_CACHE = 16  # ...and at most this many of one cache (half the concurrency if that is less)
 
 Notify = Callable[[str, dict[str, Any]], None]
-UrlKey = tuple[int, str, str]  # (site id, cache name, url)
-DueKey = tuple[UrlKey, str]  # (url key, action): the items of one group
 PASS_SHARE = 3.0  # after a pass over the queue, this many times its length passes before the
 MAX_PASS_GAP_S = 0.25  # next (at most this): passes take at most a quarter of the event loop
 
@@ -98,6 +96,7 @@ class PurgeWorker(RecheckWorker):
         }
         self.max_attempts = max_attempts
         self._strikes: dict[int, int] = {}  # queue id -> tries the cache answered but failed
+        self._requeued = False  # an item was put back out of id order (`_retry`)
         self._variant_bans_refused: set[str] = set()  # caches (addresses) refusing them now
 
     def _new_gate(self) -> Gate:
@@ -170,41 +169,22 @@ class PurgeWorker(RecheckWorker):
         ]
 
     async def _work_loop(self, tg: TaskGroup) -> None:
-        """Each pass files the due items by cache and URL and starts what the gates admit (the
-        items of a cache whose gate can take none now are not filed: a down cache's backlog
-        costs a lookup per item). A pass reads the whole queue, so passes are spaced
+        """Each pass files the due items by cache and URL, oldest first (purge/due.py), and
+        starts what the gates admit. A pass reads the whole queue, so passes are spaced
         (PASS_SHARE): with tens of thousands of items queued, a pass on every finished try
         would take the event loop from the requests in flight."""
         while True:
             started = time.perf_counter()
             now = time.time()
-            due: dict[str, dict[DueKey, list[QueuedPurge]]] = {}
-            next_at = now + 1.0
-            gate_keys: dict[tuple[int, str], str] = {}
-            shut: dict[str, bool] = {}  # gates that can take nothing now: not filed at all
-            pending: set[UrlKey] = set()  # URLs with an item queued (rechecks leave them be)
-            for q in self._queue.values():
-                url_key = (q.item.site_id, q.item.cache, q.item.url)
-                pending.add(url_key)
-                if url_key in self._busy:
-                    continue
-                if q.next_at > now:
-                    next_at = min(next_at, q.next_at)
-                    continue
-                cache_key = (q.item.site_id, q.item.cache)
-                gate_key = gate_keys.get(cache_key)
-                if gate_key is None:
-                    gate_key = gate_keys[cache_key] = self._gate_key(*cache_key)
-                if gate_key not in shut:
-                    shut[gate_key] = not self._gate(gate_key).can_admit(now)
-                    if shut[gate_key]:
-                        next_at = min(next_at, self._probe_due(gate_key, now))
-                if not shut[gate_key]:
-                    self._add_due(due, gate_key, url_key, q)
-            self._dispatch(tg, due, now)
-            for key in due:
-                next_at = min(next_at, self._probe_due(key, now))
-            next_at = min(next_at, self._dispatch_rechecks(tg, now, pending))
+            if self._requeued:  # a retried item goes back to its place (its id), not last
+                in_id_order(self._queue)
+                self._requeued = False
+            found = file_due(self._queue, self._busy, now, self._gate_key, self._gate)
+            self._dispatch(tg, found.due, now)
+            next_at = found.next_at
+            for key in found.due:
+                next_at = min(next_at, probe_due(self._gate(key), now))
+            next_at = min(next_at, self._dispatch_rechecks(tg, now, found.pending))
             ended = time.perf_counter()
             with anyio.move_on_after(max(0.0, next_at - time.time())):
                 await self._work_wake.wait()
@@ -214,26 +194,7 @@ class PurgeWorker(RecheckWorker):
             if rest > 0:  # (anyio refuses a negative delay: the loop would end)
                 await anyio.sleep(rest)
 
-    def _probe_due(self, gate_key: str, now: float) -> float:
-        """When the gate of a cache with due items lets one through later: an open gate at its
-        probe time; a closed (full) one when a try ends, which wakes the loop (inf here: it
-        said now, and the loop went round without waiting while the gate was full)."""
-        gate = self._gate(gate_key)
-        return gate.probe_at if gate.open and gate.probe_at > now else math.inf
-
-    @staticmethod
-    def _add_due(
-        due: dict[str, dict[DueKey, list[QueuedPurge]]],
-        gate_key: str,
-        url_key: UrlKey,
-        q: QueuedPurge,
-    ) -> None:
-        """File `q` under its cache's gate, grouped by (site, cache, URL, action), in order."""
-        due.setdefault(gate_key, {}).setdefault((url_key, q.item.action), []).append(q)
-
-    def _dispatch(
-        self, tg: TaskGroup, due: dict[str, dict[DueKey, list[QueuedPurge]]], now: float
-    ) -> None:
+    def _dispatch(self, tg: TaskGroup, due: Due, now: float) -> None:
         """Start due groups round-robin between caches, each as its gate admits, while the
         overall concurrency allows. A URL with another action in flight waits for it."""
         queues = {key: iter(groups.items()) for key, groups in due.items()}
@@ -485,6 +446,7 @@ class PurgeWorker(RecheckWorker):
                 id=q.id, item=q.item, attempts=attempts, next_at=next_at
             )
             self._retries.append(Retry(id=q.id, attempts=attempts, next_at=next_at, error=error))
+        self._requeued = True
         self._work_wake.set()
 
 

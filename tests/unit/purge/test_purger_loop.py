@@ -13,6 +13,8 @@ import anyio
 import pytest
 
 from relaysync.master.store import Store
+from relaysync.purge.due import add_due, file_due, probe_due
+from relaysync.purge.gates import Gate
 from relaysync.purge.jobs import PurgeItem, QueuedPurge
 from relaysync.purge.purger import Purger
 from relaysync.purge.site import CacheSpec, SiteSpec
@@ -35,8 +37,7 @@ class CountedUrl(str):
     __hash__ = str.__hash__
 
 
-async def test_a_pass_files_each_due_item_with_one_lookup(store: object) -> None:
-    purger = Purger(store)  # type: ignore[arg-type]
+async def test_a_pass_files_each_due_item_with_one_lookup() -> None:
     queued = [
         QueuedPurge(
             id=i,
@@ -49,7 +50,7 @@ async def test_a_pass_files_each_due_item_with_one_lookup(store: object) -> None
     due: dict[str, dict[tuple[tuple[int, str, str], str], list[QueuedPurge]]] = {}
     CountedUrl.compared = 0
     for q in queued:
-        purger._add_due(due, "1/nginx", (q.item.site_id, q.item.cache, q.item.url), q)
+        add_due(due, "1/nginx", (q.item.site_id, q.item.cache, q.item.url), q)
     assert CountedUrl.compared <= 2 * N  # the old pass: N * N / 4 = 2,250,000 here
     groups = due["1/nginx"]
     assert len(groups) == N // 2  # each URL's two items in one group, in queue order
@@ -84,10 +85,10 @@ async def test_a_full_gate_does_not_make_the_loop_go_round_at_once(store: object
     purger = Purger(store, per_cache=1, probe_min_s=5.0)  # type: ignore[arg-type]
     gate = purger._gate("127.0.0.1:1")
     assert gate.admit(100.0)  # full
-    assert purger._probe_due("127.0.0.1:1", 100.0) == math.inf  # the try's end wakes it
+    assert probe_due(gate, 100.0) == math.inf  # the try's end wakes it
     for _ in range(3):
         gate.unreachable(100.0)  # open: a probe at 105
-    assert purger._probe_due("127.0.0.1:1", 100.0) == pytest.approx(105.0, abs=1.0)
+    assert probe_due(gate, 100.0) == pytest.approx(105.0, abs=1.0)
 
 
 async def test_sites_read_in_a_worker_thread_are_taken_on_the_event_loop(store: Store) -> None:
@@ -180,3 +181,64 @@ async def test_the_gate_of_a_removed_cache_goes_once_its_tries_end(store: Store)
     gate.release()
     purger._reset_changed_gates({}, {})
     assert purger._gates == {}
+
+
+async def test_a_retried_item_is_tried_again_before_the_items_queued_after_it(
+    store: Store,
+) -> None:
+    """A retried item went back to the end of the queue: during a deploy's backlog it waited
+    behind every item queued after it, the stalest URL served old the longest."""
+    purger = Purger(store, concurrency=1, per_cache=1)
+    purger._sites = {1: _site(CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1"))}
+    for i in range(6):
+        item = PurgeItem(site_id=1, cache="nginx", url=f"http://h/f{i}")
+        purger._queue[i] = QueuedPurge(id=i, item=item, attempts=0, next_at=0.0)
+    tried: list[int] = []
+
+    async def run(key: tuple[int, str, str], group: list[QueuedPurge], gate: object) -> None:
+        q = group[0]
+        tried.append(q.id)
+        try:
+            if q.id == 0 and q.attempts == 0:  # its first try fails; due again at once
+                purger._retry(q.item, group, 1, "503 from the cache", delay=0.0)
+            else:
+                purger._done.append(q.id)
+        finally:
+            gate.release()  # type: ignore[attr-defined]
+            purger._in_flight -= 1
+            purger._busy.discard(key)
+            purger._work_wake.set()
+
+    purger._run = run  # type: ignore[method-assign]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(purger._work_loop, tg)
+            while len(purger._done) < 6:
+                await anyio.sleep(0.005)
+            tg.cancel_scope.cancel()
+    assert tried == [0, 0, 1, 2, 3, 4, 5]  # the old loop: [0, 1, 2, 3, 4, 5, 0]
+
+
+async def test_a_pass_files_the_queue_in_its_order_and_says_when_the_next_item_is_due() -> None:
+    gates: dict[str, Gate] = {}
+
+    def gate(key: str) -> Gate:
+        return gates.setdefault(key, Gate(limit=1))
+
+    queue = {
+        i: QueuedPurge(
+            id=i,
+            item=PurgeItem(site_id=1, cache="nginx", url=f"http://h/f{i % 2}"),
+            attempts=0,
+            next_at=50.0 if i == 3 else 0.0,
+        )
+        for i in range(4)
+    }
+    busy = {(1, "nginx", "http://h/f0")}
+    found = file_due(queue, busy, 10.0, lambda site, cache: f"{site}/{cache}", gate)
+    assert found.next_at == 11.0  # the pass looks again within a second at the latest
+    assert list(found.due) == ["1/nginx"]
+    assert [[q.id for q in g] for g in found.due["1/nginx"].values()] == [[1]]  # f0 busy, 3 later
+    assert found.pending == {(1, "nginx", "http://h/f0"), (1, "nginx", "http://h/f1")}
+    gate("1/nginx").admit(10.0)  # full: nothing filed
+    assert file_due(queue, set(), 10.0, lambda s, c: f"{s}/{c}", gate).due == {}
