@@ -21,7 +21,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from relaysync.constants import HEARTBEAT_GRACE_S, METRICS_INTERVAL_S
 from relaysync.errors import StoreError
 from relaysync.monitor.alerts import Notice
-from relaysync.monitor.flapping import NOTICE_WINDOW_S, NOTICES_PER_WINDOW, NoticeLimiter
+from relaysync.monitor.flapping import (
+    NOTICE_SETTLE_S,
+    NOTICE_WINDOW_S,
+    NOTICES_PER_WINDOW,
+    NoticeLimiter,
+)
 from relaysync.monitor.notifier import Notifier
 from relaysync.monitor.observations import Observation, ReportClock
 from relaysync.monitor.probes import ProbeResult, run_probe
@@ -114,6 +119,7 @@ class MonitorService:
         interval_s: float = 10.0,
         report_interval_s: float = METRICS_INTERVAL_S,
         notice_window_s: float = NOTICE_WINDOW_S,
+        notice_settle_s: float = NOTICE_SETTLE_S,
         heartbeat_grace_s: float = HEARTBEAT_GRACE_S,
         raw_retention_s: float = 86_400.0,
         minute_retention_s: float = 30 * 86_400.0,
@@ -125,7 +131,7 @@ class MonitorService:
         self.interval_s = interval_s
         self.report_interval_s = report_interval_s  # how often agents send figures
         self.reports = ReportClock()
-        self.limiter = NoticeLimiter(notice_window_s)
+        self.limiter = NoticeLimiter(notice_window_s, notice_settle_s)  # `due` runs each tick
         self.raw_retention_s, self.minute_retention_s = raw_retention_s, minute_retention_s
         self.latest: dict[
             str, tuple[float, tuple[MetricSample, ...]]
@@ -425,11 +431,13 @@ class MonitorService:
         admitted = self.limiter.admit(key, notice, now, rule_since=rule_since)
         if admitted is None:
             logger.info(
-                "alert %s (%s) held back: flapping, %s notices per %g s at most",
+                "alert %s (%s) held back: flapping, %s notices per %g s at most; sent if"
+                " unchanged for %g s",
                 notice.alert_id,
                 notice.state,
                 NOTICES_PER_WINDOW,
                 self.limiter.window_s,
+                self.limiter.settle_s,
             )
             return
         assert self._tg is not None

@@ -1,5 +1,6 @@
 """A flapping alert over a real store and a real webhook receiver: its notices are rate limited
-per alert key, and the flaps held back are summarised in the next notice."""
+per alert key, a change held back goes out once settled, and the flaps held back are summarised
+in the next notice."""
 
 from __future__ import annotations
 
@@ -98,9 +99,11 @@ def test_the_flaps_held_back_are_summarised_once_the_window_ends(
     store: Store, receiver: tuple[list[Recorded], str]
 ) -> None:
     """Fire, resolve, fire again within the window: the second fire is held back, then sent
-    when the window ends (the alert is still firing), saying it is flapping."""
+    when the window ends (the alert is still firing), saying it is flapping. The settle time
+    is longer than what is left of the window once the fire is held (it is held two ticks at
+    least after the window began)."""
     log, url = receiver
-    monitor, key = _setup(store, url, notice_window_s=5.0)
+    monitor, key = _setup(store, url, notice_window_s=5.0, notice_settle_s=5.0 - INTERVAL_S)
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -119,3 +122,36 @@ def test_the_flaps_held_back_are_summarised_once_the_window_ends(
     assert [n["state"] for n in notices] == ["firing", "resolved", "firing"]
     assert "flapping" not in notices[1]["message"]
     assert "flapping: 1 change not notified" in notices[2]["message"], notices[2]["message"]
+
+
+def test_a_held_change_that_settles_is_sent_before_the_window_ends(
+    store: Store, receiver: tuple[list[Recorded], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blip (fire, resolve), then the threshold breached for good: the second fire is held
+    back, then sent once it has stayed so for the settle time, long before the window ends."""
+    log, url = receiver
+    settle_s = 1.0
+    monitor, key = _setup(store, url, notice_window_s=600.0, notice_settle_s=settle_s)
+    caplog.set_level(logging.INFO, logger="relaysync.monitor")
+
+    async def main() -> float:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.serve)
+            await _flap(monitor, store, key, ["firing", "resolved", "firing"])
+            held = time.monotonic()
+            with anyio.fail_after(WAIT_S):
+                while len(_notices(log)) < 3:
+                    monitor.on_metrics(  # still firing
+                        NODE, "web1", MetricsReport(at=time.time(), samples=(sample("load", 100),))
+                    )
+                    await anyio.sleep(INTERVAL_S)
+            tg.cancel_scope.cancel()
+        return time.monotonic() - held
+
+    waited_s = anyio.run(main)
+    notices = _notices(log)
+    assert [n["state"] for n in notices] == ["firing", "resolved", "firing"]
+    assert sum("held back" in r.getMessage() for r in caplog.records) == 1
+    assert "flapping: 1 change not notified" in notices[2]["message"], notices[2]["message"]
+    # held at the tick before `_flap` saw it, sent at a tick settle_s later at least
+    assert waited_s >= settle_s - 2 * INTERVAL_S, waited_s
