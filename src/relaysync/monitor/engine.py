@@ -119,7 +119,7 @@ class MonitorService:
         interval_s: float = 10.0,
         report_interval_s: float = METRICS_INTERVAL_S,
         notice_window_s: float = NOTICE_WINDOW_S,
-        notice_settle_s: float = NOTICE_SETTLE_S,
+        notice_settle_s: float | None = None,
         heartbeat_grace_s: float = HEARTBEAT_GRACE_S,
         raw_retention_s: float = 86_400.0,
         minute_retention_s: float = 30 * 86_400.0,
@@ -131,6 +131,8 @@ class MonitorService:
         self.interval_s = interval_s
         self.report_interval_s = report_interval_s  # how often agents send figures
         self.reports = ReportClock()
+        if notice_settle_s is None:  # the default, or a fifth of a window shorter than 10 min
+            notice_settle_s = min(NOTICE_SETTLE_S, notice_window_s / 5)
         self.limiter = NoticeLimiter(notice_window_s, notice_settle_s)  # `due` runs each tick
         self.raw_retention_s, self.minute_retention_s = raw_retention_s, minute_retention_s
         self.latest: dict[

@@ -4,8 +4,9 @@
 Oldest first: queue ids grow, and the queue (a dict) is kept in id order. A retried item keeps
 its id but was put back at the dict's end, behind everything queued while it ran: during a
 deploy's backlog of thousands it waited for all of them, its cache serving the old copy
-meanwhile, although it was the stalest URL. `in_id_order` puts it back in its place before the
-next pass (the dict is nearly sorted: one sort of it is close to one walk).
+meanwhile, although it was the stalest URL. `in_id_order` sorts the queue again before a pass
+when something was added out of order (a retry, or the ids of concurrent queue writes, which
+PostgreSQL may return out of order); the dict is nearly sorted, so that is close to one walk.
 
 Moved out of purge/worker.py, which dispatches what a pass files.
 """

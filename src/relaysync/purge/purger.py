@@ -386,8 +386,11 @@ class Purger(PurgeWorker, PurgePlanner):
                 failures += 1
                 logger.warning("purge queue write failed, will retry: %s", exc)
                 await anyio.sleep(self._backoff_s(failures))
-        for q in queued:
+        last = next(reversed(self._queue), -1)
+        for q in queued:  # concurrent writes (PostgreSQL) may return ids out of order
+            self._requeued = self._requeued or q.id < last
             self._queue[q.id] = q
+            last = max(last, q.id)
         self._work_wake.set()
 
     async def _state_loop(self) -> None:

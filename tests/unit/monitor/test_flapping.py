@@ -4,11 +4,13 @@ settled, the rest summarised."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
 from relaysync.monitor.alerts import Notice
-from relaysync.monitor.flapping import NOTICES_PER_WINDOW, NoticeLimiter
+from relaysync.monitor.engine import MonitorService
+from relaysync.monitor.flapping import NOTICE_SETTLE_S, NOTICES_PER_WINDOW, NoticeLimiter
 
 WINDOW_S = 600.0
 SETTLE_S = 120.0
@@ -151,3 +153,24 @@ def test_a_window_ended_by_a_held_notice_keeps_the_rule() -> None:
     assert due.state == "firing"
     assert limiter.admit("k", _notice("resolved"), WINDOW_S + 10, rule_since=100) is not None
     assert limiter.admit("k", _notice("firing"), WINDOW_S + 20, rule_since=100) is None
+
+
+def test_a_monitor_with_a_short_window_settles_in_a_fifth_of_it() -> None:
+    """A window of 2 min or less with no settle time given raised (the settle time must be
+    shorter than the window); the default is the smaller of 2 min and a fifth of the window."""
+    store = SimpleNamespace(monitoring=SimpleNamespace(list_channels=list))  # not read when built
+    short = MonitorService(
+        store=store,  # type: ignore[arg-type]
+        publish=lambda kind, data: None,
+        links_up=set,
+        self_figures=list,
+        notice_window_s=60.0,
+    )
+    assert short.limiter.settle_s == 12.0
+    default = MonitorService(
+        store=store,  # type: ignore[arg-type]
+        publish=lambda kind, data: None,
+        links_up=set,
+        self_figures=list,
+    )
+    assert default.limiter.settle_s == NOTICE_SETTLE_S

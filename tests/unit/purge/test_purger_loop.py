@@ -242,3 +242,43 @@ async def test_a_pass_files_the_queue_in_its_order_and_says_when_the_next_item_i
     assert found.pending == {(1, "nginx", "http://h/f0"), (1, "nginx", "http://h/f1")}
     gate("1/nginx").admit(10.0)  # full: nothing filed
     assert file_due(queue, set(), 10.0, lambda s, c: f"{s}/{c}", gate).due == {}
+
+
+async def test_items_queued_with_lower_ids_than_those_held_are_put_in_order(store: Store) -> None:
+    """Concurrent queue writes (PostgreSQL) may return their ids out of order: the next pass
+    sorts the queue again, as after a retry."""
+    purger = Purger(store)
+    item = PurgeItem(site_id=_stored_site(store, "s").id, cache="nginx", url="http://h/a")
+    await purger._enqueue([item, dataclasses.replace(item, url="http://h/b")])
+    assert len(purger._queue) == 2 and not purger._requeued  # ids in order: nothing to sort
+    purger._queue[10**9] = QueuedPurge(id=10**9, item=item, attempts=0, next_at=0.0)
+    await purger._enqueue([dataclasses.replace(item, url="http://h/c")])
+    assert purger._requeued  # the store's id is lower than one held
+
+
+async def test_items_of_a_site_deleted_before_they_are_queued_are_dropped(store: Store) -> None:
+    """Their rows broke the queue's reference to the site: the write failed, and the purger
+    retried it for ever, queueing nothing for any site after it."""
+    purger = Purger(store)
+    kept, gone = _stored_site(store, "s"), _stored_site(store, "t")
+    store.delete_site(gone.id)
+    items = [
+        PurgeItem(site_id=gone.id, cache="nginx", url="http://h/a"),
+        PurgeItem(site_id=kept.id, cache="nginx", url="http://h/b"),
+    ]
+    with anyio.fail_after(10):  # the old store: an IntegrityError at every try
+        await purger._enqueue(items)
+    assert [q.item.url for q in purger._queue.values()] == ["http://h/b"]
+    assert [q.item.url for q in store.pending_purges()] == ["http://h/b"]
+
+
+def _stored_site(store: Store, name: str) -> SiteSpec:
+    return store.create_site(
+        name=name,
+        provider="acme",
+        mapping=None,
+        root="",
+        base_urls=[f"http://{name}.example.com"],
+        path_prefix="/",
+        caches=[{"name": "nginx", "driver": "nginx", "address": "127.0.0.1:9"}],
+    )

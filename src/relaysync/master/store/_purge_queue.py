@@ -43,9 +43,14 @@ class PurgeQueueStore:
         raise NotImplementedError
 
     def enqueue_purges(self, items: Sequence[PurgeItem]) -> list[QueuedPurge]:
-        """Make purges durable; return them with their queue ids."""
+        """Make purges durable; return them with their queue ids. Items of a site deleted
+        meanwhile are left out (not returned): their rows would break the queue's reference to
+        the site, a failure the purger would retry for ever, queueing nothing else."""
         now = time.time()
         with self._write("enqueue purges") as session:
+            wanted = {i.site_id for i in items}
+            there = set(session.scalars(select(Site.id).where(Site.id.in_(wanted))))
+            items = [i for i in items if i.site_id in there]
             rows = [
                 PurgeQueueRow(
                     site_id=i.site_id,
