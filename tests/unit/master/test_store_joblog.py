@@ -606,3 +606,128 @@ def test_more_pairs_of_failure_and_commit(store: Store, mapping_id: int) -> None
         ]
     )
     assert open_failures(store, mapping_id) == [(3, "b", T1), (9, "d", T1)]
+
+
+def test_a_journal_delete_of_a_directory_makes_the_failures_below_it_moot(
+    store: Store, mapping_id: int
+) -> None:
+    """docs/a.html failed (disk full), then the source deleted docs/: the target holds what the
+    source has below docs/, nothing."""
+    failures = [
+        op_rec(2, "write", "docs/a.html", ok=False),
+        op_rec(3, "mkdir", "docs/sub", ok=False),
+        op_rec(3, "write", "docs/sub/deep/b.html", ok=False),
+        op_rec(0, "attr", "docs/c", ok=False),  # a comparison's
+        op_rec(4, "rename", "docs/r", ok=False),  # what its new path holds is another matter
+    ]
+    store.record_commit_reports([sent(mapping_id, T1, 4, *failures)])
+    store.record_commit_reports([sent(mapping_id, T2, 2, failures[0])])
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(5, "delete", "docs"))])
+    assert open_failures(store, mapping_id) == [(2, "docs/a.html", T2), (4, "docs/r", T1)]
+
+
+def test_a_path_that_only_starts_like_the_deleted_directory_is_not_below_it(
+    store: Store, mapping_id: int
+) -> None:
+    others = [op_rec(3, "write", p, ok=False) for p in ("docs2/x", "docs.old/x", "doc", "docsx")]
+    store.record_commit_reports(
+        [sent(mapping_id, T1, 3, op_rec(2, "write", "docs/x", ok=False), *others)]
+    )
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(5, "delete", "docs"))])
+    assert open_failures(store, mapping_id) == [
+        (3, "doc", T1),
+        (3, "docs.old/x", T1),
+        (3, "docs2/x", T1),
+        (3, "docsx", T1),
+    ]
+
+
+def test_a_failure_below_of_a_later_seq_than_the_delete_stays_open(
+    store: Store, mapping_id: int
+) -> None:
+    """docs/ deleted at seq 5, then created again: the failure of seq 8 is of the new tree."""
+    store.record_commit_reports(
+        [
+            sent(mapping_id, T1, 3, op_rec(3, "write", "docs/a", ok=False)),
+            sent(mapping_id, T1, 8, op_rec(8, "write", "docs/b", ok=False)),
+        ]
+    )
+    store.record_commit_reports([sent(mapping_id, T1, 8, op_rec(5, "delete", "docs"))])
+    assert open_failures(store, mapping_id) == [(8, "docs/b", T1)]
+
+
+def test_a_comparisons_delete_of_a_directory_leaves_the_failures_below_it_open(
+    store: Store, mapping_id: int
+) -> None:
+    """A comparison's delete may be the first half of replacing docs/ by a file."""
+    store.record_commit_reports([sent(mapping_id, T1, 3, op_rec(3, "write", "docs/a", ok=False))])
+    store.record_commit_reports([sent(mapping_id, T1, 3, op_rec(0, "delete", "docs"))])
+    assert open_failures(store, mapping_id) == [(3, "docs/a", T1)]
+    store.record_commit_reports([sent(mapping_id, T1, 5, op_rec(5, "delete", "docs"))])
+    assert open_failures(store, mapping_id) == []
+
+
+def test_in_one_batch_a_delete_moots_only_the_failures_below_reported_before_it(
+    store: Store, mapping_id: int
+) -> None:
+    store.record_commit_reports([sent(mapping_id, T1, 2, op_rec(2, "write", "docs/a", ok=False))])
+    store.record_commit_reports(
+        [
+            sent(mapping_id, T1, 5, op_rec(5, "delete", "docs")),
+            sent(mapping_id, T1, 5, op_rec(4, "write", "docs/b", ok=False)),  # a late report
+            sent(mapping_id, T1, 5, op_rec(0, "write", "docs/c", ok=False)),  # a comparison's
+        ]
+    )
+    assert open_failures(store, mapping_id) == [(0, "docs/c", T1), (4, "docs/b", T1)]
+    store.record_commit_reports(  # T2 has none open: a failure, then the delete, in one batch
+        [
+            sent(mapping_id, T2, 3, op_rec(3, "write", "docs/x", ok=False)),
+            sent(mapping_id, T2, 5, op_rec(5, "delete", "docs")),
+        ]
+    )
+    assert open_failures(store, mapping_id) == [(0, "docs/c", T1), (4, "docs/b", T1)]
+
+
+def test_a_delete_by_another_source_or_through_a_relay_leaves_the_failures_below_it_open(
+    store: Store, mapping_id: int
+) -> None:
+    store.record_commit_reports([sent(mapping_id, T1, 2, op_rec(2, "write", "docs/a", ok=False))])
+    moved = CommitReport(
+        mapping_id=mapping_id,
+        source_node="d" * 64,  # the mapping's source moved: another journal
+        target_node=T1,
+        watermark=9,
+        records=(op_rec(9, "delete", "docs"),),
+        route=("src",),
+    )
+    relayed = report(mapping_id, T1, 9, op_rec(9, "delete", "docs"), route=("src", "relay1"))
+    unknown = report(mapping_id, T1, 9, op_rec(9, "delete", "docs"))  # no route said
+    kept = CommitRecord(seq=9, op="delete", path="docs", conflict="older")  # N:M: not applied
+    store.record_commit_reports([moved, relayed, unknown, sent(mapping_id, T1, 9, kept)])
+    assert open_failures(store, mapping_id) == [(2, "docs/a", T1)]
+    store.record_commit_reports([sent(mapping_id, T1, 9, op_rec(9, "delete", "docs"))])
+    assert open_failures(store, mapping_id) == []
+
+
+def test_many_deleted_directories_in_one_batch(store: Store, mapping_id: int) -> None:
+    """More deleted directories than a lookup reads ranges of paths: paths between them in
+    order, but not below one, stay open."""
+    below = ["x03/f", "x11/sub/f", "x19/f"]
+    beside = ["x05a/f", "x1/f", "x110/f", "x19-old/f"]
+    failures = [op_rec(2, "write", p, ok=False) for p in below + beside]
+    store.record_commit_reports([sent(mapping_id, T1, 2, *failures)])
+    deletes = [op_rec(10 + n, "delete", f"x{n:02}") for n in range(20)]
+    store.record_commit_reports([sent(mapping_id, T1, 29, *deletes)])
+    assert open_failures(store, mapping_id) == sorted((2, p, T1) for p in beside)
+
+
+def test_a_directory_deleted_inside_a_directory_deleted_earlier(
+    store: Store, mapping_id: int
+) -> None:
+    """a/ deleted at seq 5, made again, a/b/ deleted at seq 10: a failure of seq 7 below a/b/
+    is moot, one below a/ but not a/b/ is of the new a/."""
+    failures = [op_rec(7, "write", "a/b/x", ok=False), op_rec(7, "write", "a/c", ok=False)]
+    store.record_commit_reports([sent(mapping_id, T1, 7, *failures)])
+    deletes = [op_rec(5, "delete", "a"), op_rec(10, "delete", "a/b")]
+    store.record_commit_reports([sent(mapping_id, T1, 10, *deletes)])
+    assert open_failures(store, mapping_id) == [(7, "a/c", T1)]

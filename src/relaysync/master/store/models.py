@@ -217,7 +217,8 @@ def path_key(path: str) -> str:
 
 class CommitException(Base):
     """A change that failed on a target; open until the same change commits there, or a later
-    commit of its path makes it moot (store/_joblog_supersede.py)."""
+    commit of its path (or a delete of a directory above it) makes it moot
+    (store/_joblog_supersede.py)."""
 
     __tablename__ = "exceptions"
 
