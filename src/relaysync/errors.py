@@ -80,6 +80,12 @@ class RelaySyncError(Exception):
             return f"{template} {self.args!r}"
 
 
+def error_text(exc: BaseException) -> str:
+    """What an exception says, or its type's name if it says nothing (a reset connection, an
+    EndOfStream): an exception object is always true, so `exc or name` printed "" instead."""
+    return str(exc) or type(exc).__name__
+
+
 class ConfigError(RelaySyncError):
     """Configuration error: {}"""
 

@@ -55,6 +55,7 @@ from relaysync.errors import (
     PeerRefused,
     ProtocolError,
     UnknownPeer,
+    error_text,
 )
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
@@ -256,7 +257,7 @@ class MasterLink:
                 "control link to master %s down, will retry in %.1f s: %s",
                 self.control_address,
                 delay,
-                err or type(err).__name__,
+                error_text(err),
             )
         return None
 

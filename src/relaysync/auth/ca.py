@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from relaysync.constants import MASTER_MONITOR_NAME, MASTER_NODE_NAME
-from relaysync.errors import AuthError, ConfigError
+from relaysync.errors import AuthError, ConfigError, error_text
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def check_issued_to(cert_pem: bytes, ca_pem: bytes, key_pem: bytes) -> None:
         cert.verify_directly_issued_by(ca)
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError, InvalidSignature) as exc:
-        raise AuthError(f"certificate not issued by the CA: {exc or type(exc).__name__}") from exc
+        raise AuthError(f"certificate not issued by the CA: {error_text(exc)}") from exc
     if cert.public_key() != key.public_key():
         raise AuthError("the certificate is for another key")
 

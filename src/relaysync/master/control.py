@@ -51,7 +51,7 @@ from relaysync.constants import (
     MASTER_UNAUTHENTICATED_PER_ADDRESS,
     RECEIVE_TIMEOUT_S,
 )
-from relaysync.errors import NodeRemoved, NotFound, ProtocolError, RelaySyncError
+from relaysync.errors import NodeRemoved, NotFound, ProtocolError, RelaySyncError, error_text
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.mapping_members import MappingMembers
@@ -310,7 +310,7 @@ class ControlServer(ControlHolds):
             logger.warning(
                 "control link of %s ended: %s",
                 link.name if link else node_id[:16],
-                exc or type(exc).__name__,
+                error_text(exc),
             )
         finally:
             if link is not None and self.links.get(node_id) is link:

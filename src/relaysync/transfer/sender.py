@@ -37,7 +37,14 @@ from relaysync.constants import (
     ROUTES_STALE_LIMIT_S,
     ROUTES_STALE_RETRY_MAX_S,
 )
-from relaysync.errors import JournalGap, PeerRefused, ProtocolError, SendWhole, SpoolReset
+from relaysync.errors import (
+    JournalGap,
+    PeerRefused,
+    ProtocolError,
+    SendWhole,
+    SpoolReset,
+    error_text,
+)
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import (
@@ -166,7 +173,7 @@ class TargetLink(RecordStream, CompareCatchUp):
             "link to %s down, will retry in %.1f s: %s",
             self.target.name,
             delay,
-            err or type(err).__name__,
+            error_text(err),
         )
         self.failures += 1
         if self.on_failure is not None:

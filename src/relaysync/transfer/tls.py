@@ -36,6 +36,7 @@ from relaysync.errors import (
     RelaySyncError,
     TLSHandshakeFailed,
     UnknownPeer,
+    error_text,
 )
 from relaysync.protocol.connection import first_byte, open_framed, serve_framed, wrap_accepted
 from relaysync.protocol.framing import FramedStream
@@ -119,14 +120,14 @@ def map_tls_errors(where: str, peer: str = "", *, accepting: bool = False) -> It
         raise TLSHandshakeFailed(f"{where}: {exc.reason or exc}") from exc
     except ConnectionResetError as exc:
         if not accepting:
-            raise LinkDown(where, exc or type(exc).__name__) from exc
+            raise LinkDown(where, error_text(exc)) from exc
         raise LinkDown(
             where,
             "the client reset the connection during the TLS handshake: it may refuse this "
             "node's certificate (expired, or from another fleet's CA); its log says why",
         ) from exc
     except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-        raise LinkDown(where, exc or type(exc).__name__) from exc
+        raise LinkDown(where, error_text(exc)) from exc
 
 
 def _peer_der(framed: FramedStream) -> bytes:
