@@ -118,6 +118,7 @@ def routes_view(document: dict[str, Any]) -> Group:
     for h in document["failed_hops"]:
         parts.append(
             f"[yellow]avoided hop[/yellow] {escape(h['parent'])}>{escape(h['child'])} until {format_time(h['until'])}"
+            + (f": {escape(h['error'])}" if h.get("error") else "")
         )
     for r in document["recoveries"]:
         parts.append(

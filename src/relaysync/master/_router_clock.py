@@ -47,6 +47,7 @@ class RouterClock:
     _settings: dict[int, RoutingSettings]
     _failed: dict[int, dict[str, FailedTarget]]
     _failed_hops: dict[HopKey, float]
+    _hop_errors: dict[HopKey, str]
     _unreachable_since: dict[TargetKey, float]
     _recoveries: dict[int, RecoveryJob]
 
@@ -81,6 +82,7 @@ class RouterClock:
             expired = [k for k, until in self._failed_hops.items() if until <= now]
             for key in expired:
                 del self._failed_hops[key]
+                self._hop_errors.pop(key, None)
             if expired:
                 self._version += 1
         if expired:

@@ -74,7 +74,7 @@ class RouteView:
     unreachable: tuple[str, ...]  # node ids the plan cannot reach (or down)
     unreachable_since: dict[str, float] = field(default_factory=dict)
     failed: tuple[FailedTarget, ...] = ()
-    failed_hops: tuple[tuple[str, str, float], ...] = ()  # (parent, child, until)
+    failed_hops: tuple[tuple[str, str, float, str], ...] = ()  # (parent, child, until, error)
     recoveries: tuple[RecoveryJob, ...] = ()  # running
 
 
@@ -111,6 +111,7 @@ class Router(RouterClock):
         self._settings: dict[int, RoutingSettings] = {}
         self._failed: dict[int, dict[str, FailedTarget]] = {}
         self._failed_hops: dict[HopKey, float] = {}
+        self._hop_errors: dict[HopKey, str] = {}  # why each avoided hop failed last
         self._unreachable_since: dict[TargetKey, float] = {}
         self._recoveries: dict[int, RecoveryJob] = {}
         self._plans: dict[int, _Cached] = {}
@@ -169,6 +170,7 @@ class Router(RouterClock):
             stale = [k for k in self._failed_hops if k[2] == node_id]
             for key in stale:
                 del self._failed_hops[key]
+                self._hop_errors.pop(key, None)
             if stale:
                 self._version += 1
         self.topology_changed(f"{self._name(node_id)} up")
@@ -208,6 +210,7 @@ class Router(RouterClock):
                 return  # the child is down, not the hop: it is planned around already
             known = (mapping_id, parent, child) in self._failed_hops
             self._failed_hops[(mapping_id, parent, child)] = self._clock() + HOP_FAILED_TTL_S
+            self._hop_errors[(mapping_id, parent, child)] = error
             if not known:
                 self._version += 1
         if not known:
@@ -432,7 +435,9 @@ class Router(RouterClock):
                 },
                 failed=tuple(self._failed.get(mapping_id, {}).values()),
                 failed_hops=tuple(
-                    (p, c, u) for (m, p, c), u in self._failed_hops.items() if m == mapping_id
+                    (p, c, u, self._hop_errors.get((m, p, c), ""))
+                    for (m, p, c), u in self._failed_hops.items()
+                    if m == mapping_id
                 ),
                 recoveries=tuple(
                     j for j in self._recoveries.values() if j.mapping_id == mapping_id

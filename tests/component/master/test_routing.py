@@ -311,6 +311,7 @@ def test_hop_failed_twice_is_avoided_until_the_ttl(env: Env) -> None:
     kinds = env.event_types()
     assert EventType.HOP_FAILED in kinds and EventType.ROUTE_CHANGED in kinds
     assert [(h["parent"], h["child"]) for h in env.routes()["failed_hops"]] == [(parent, name)]
+    assert env.routes()["failed_hops"][0]["error"] == "refused"  # why, not only that it failed
     env.tick(HOP_FAILED_TTL_S - 1)
     assert env.parent_of(name) != parent
     env.tick(2)

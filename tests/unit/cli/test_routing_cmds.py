@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from rich.console import Console
 
 from relaysync.cli.recovery_cmd import recovery_request
-from relaysync.cli.routes_cmd import parse_route, routing_request
+from relaysync.cli.routes_cmd import parse_route, routes_view, routing_request
 from relaysync.cli.server_cmd import server_patch
 from relaysync.errors import ConfigError
 
@@ -47,3 +48,30 @@ def test_server_patch() -> None:
     assert server_patch(region=None, group=None, capacity=None, unlock=True) == {"locked": False}
     with pytest.raises(ConfigError, match="nothing to set"):
         server_patch(region=None, group=None, capacity=None)
+
+
+def test_an_avoided_hop_says_why() -> None:
+    """`relaysync routes` said only "avoided hop origin>web-1 until ...": the reason (a target
+    folder the agent refuses, a missing source folder) was in the agents' logs only."""
+    document = {
+        "source": "origin",
+        "mode": "auto",
+        "route_epoch": 3,
+        "hops": [],
+        "unreachable": ["web-1"],
+        "failed": [],
+        "failed_hops": [
+            {
+                "parent": "origin",
+                "child": "web-1",
+                "until": 1e9,
+                "error": "target folder /srv/x is refused by this agent",
+            }
+        ],
+        "recoveries": [],
+    }
+    console = Console(width=200, record=True)
+    console.print(routes_view(document))
+    text = console.export_text()
+    assert "avoided hop origin>web-1 until" in text
+    assert ": target folder /srv/x is refused by this agent" in text

@@ -83,6 +83,7 @@ class FailedHopOut(BaseModel):
     parent: str
     child: str
     until: float
+    error: str = ""  # why its last attempt failed (the agent's words)
 
 
 class RecoveryOut(BaseModel):
@@ -229,7 +230,8 @@ def get_routes(id_or_name: str, context: Context) -> RoutesOut:
             for f in view.failed
         ],
         failed_hops=[
-            FailedHopOut(parent=name(p), child=name(c), until=u) for p, c, u in view.failed_hops
+            FailedHopOut(parent=name(p), child=name(c), until=u, error=e)
+            for p, c, u, e in view.failed_hops
         ],
         recoveries=[_recovery_out(j, names) for j in view.recoveries],
     )
