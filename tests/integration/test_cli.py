@@ -258,3 +258,27 @@ def test_a_read_token_reads_but_cannot_mint_tokens(tmp_path: Path) -> None:
         assert f"api:{admin['id']}" in table and "read" in table
     finally:
         cluster.stop()
+
+
+def test_servers_are_removed_so_their_name_can_join_again_and_revoked(tmp_path: Path) -> None:
+    """`relaysync server remove|revoke NAME`: a rebuilt machine's name was taken for good from
+    the CLI (the join refusal pointed at a raw DELETE /api/servers/NAME)."""
+    cluster = Cluster(tmp_path / "servers")
+    cluster.start_master()
+    try:
+        for name in ("web-1", "web-2"):
+            assert join_status(cluster, cluster.join_token, name) == 200
+        assert join_status(cluster, cluster.join_token, "web-1") == 409  # taken
+        removed = cli(cluster, "server", "remove", "web-1")
+        assert removed.returncode == 0 and "removed" in removed.stdout, removed.stderr
+        assert join_status(cluster, cluster.join_token, "web-1") == 200  # free again
+        revoked = cli(cluster, "server", "revoke", "web-2")
+        assert revoked.returncode == 0 and "revoked" in revoked.stdout, revoked.stderr
+        assert "relaysync server remove web-2" in " ".join(revoked.stdout.split())
+        assert join_status(cluster, cluster.join_token, "web-2") == 409  # listed until removed
+        assert cli(cluster, "server", "remove", "web-2").returncode == 0
+        assert join_status(cluster, cluster.join_token, "web-2") == 200
+        unknown = cli(cluster, "server", "remove", "no/such")  # one path segment, not a route
+        assert unknown.returncode == 15 and "not found" in unknown.stderr.lower()
+    finally:
+        cluster.stop()

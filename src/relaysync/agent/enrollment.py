@@ -154,10 +154,12 @@ def _post_join(
         raise join_error(cfg.master_url, exc) from exc
     if response.status_code != 200:
         try:
-            detail = response.json().get("detail", response.text)
+            detail = str(response.json().get("detail", response.text))
         except ValueError:
-            detail = response.text[:200] or response.status_code
-        raise JoinRefused(detail)
+            detail = response.text[:200] or str(response.status_code)
+        if response.status_code == 409:  # the name is taken: the token is good, the name is not
+            raise ConfigError(f"the master refused this agent's name {cfg.name!r}: {detail}")
+        raise JoinRefused(_refusal_reason(detail))
     try:
         answer = response.json()
     except ValueError as exc:
@@ -165,6 +167,14 @@ def _post_join(
     if not isinstance(answer, dict):
         raise JoinAnswerRefused(cfg.master_url, "not a JSON object")
     return answer
+
+
+def _refusal_reason(detail: str) -> str:
+    """The reason in a master's refusal, without the sentence JoinRefused wraps it in: the
+    master sends its own JoinRefused whole, which printed the wrapping twice."""
+    template = (JoinRefused.__doc__ or "{}").strip().splitlines()[0]
+    head, _, tail = template.partition("{}")
+    return detail.removeprefix(head.strip()).removesuffix(tail.strip()).strip(" :.") or detail
 
 
 def _check_answer(

@@ -1,8 +1,10 @@
-"""`relaysync server set NAME`: place a server in the topology (region, group, capacity weight)."""
+"""`relaysync server set|remove|revoke NAME`: a server's place in the topology (region, group, capacity
+weight); forgetting a server so its name can join again; refusing its certificate at once."""
 
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
@@ -19,7 +21,9 @@ from relaysync.cli._client import (
 )
 from relaysync.errors import ConfigError
 
-app = typer.Typer(help="Edit servers: their place in the topology.", no_args_is_help=True)
+app = typer.Typer(
+    help="Edit servers: their place in the topology; remove or revoke one.", no_args_is_help=True
+)
 
 
 @app.command("set")
@@ -47,7 +51,7 @@ def set_server(
     def body() -> None:
         request = server_patch(region=region, group=group, capacity=capacity, unlock=unlock)
         with connect(master, token, data, ca_file) as client:
-            server = client.patch(f"/api/servers/{name}", request)
+            server = client.patch(f"/api/servers/{quote(name, safe='')}", request)
         if json:
             print_json(server)
         else:
@@ -78,3 +82,53 @@ def server_patch(
     if not request:
         raise ConfigError("nothing to set: give --region, --group, --capacity or --unlock")
     return request
+
+
+@app.command("remove")
+def remove_server(
+    name: Annotated[str, typer.Argument(help="Server name or node id.")],
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    ca_file: CaFileOption = None,
+) -> None:
+    """Forget a server no mapping uses, so that its name can join again (a rebuilt machine)."""
+
+    def body() -> None:
+        with connect(master, token, data, ca_file) as client:
+            client.delete(f"/api/servers/{quote(name, safe='')}")
+        console.print(f"server {name!r} removed: an agent may join under its name", markup=False)
+
+    run_command(body)
+
+
+@app.command("revoke")
+def revoke_server(
+    name: Annotated[str, typer.Argument(help="Server name or node id.")],
+    master: MasterOption = None,
+    token: TokenOption = None,
+    data: DataOption = None,
+    ca_file: CaFileOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Refuse a server's certificate at once, even while mappings use it (a stolen key)."""
+
+    def body() -> None:
+        with connect(master, token, data, ca_file) as client:
+            revoked = client.post(f"/api/servers/{quote(name, safe='')}/revoke", {})
+        if json:
+            print_json(revoked)
+            return
+        console.print(
+            f"server {revoked['name']!r} revoked: its certificate is refused from now on; it is a "
+            f"failed target of {len(revoked['failed_in'])} mapping(s)"
+            + (
+                f" and the source of {', '.join(revoked['source_of'])}"
+                if revoked["source_of"]
+                else ""
+            )
+            + f". Remove it with `relaysync server remove {revoked['name']}` once no mapping names it.",
+            markup=False,
+        )
+
+    run_command(body)

@@ -411,3 +411,34 @@ def test_a_saved_identity_must_trust_one_ca_and_have_its_master_file(
     with pytest.raises(IdentityUnusable, match="master.json is missing") as refused:
         read_identity(identity)
     assert f"delete {identity.key_path.parent}" in str(refused.value)
+
+
+def test_a_refusal_says_its_reason_once(
+    master: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent wrapped the master's whole JoinRefused in its own: "The master refused to let
+    this agent join: The master refused to let this agent join: ... token.. Ask the operator
+    for a fresh join token." """
+    created = master.post("/api/tokens/join", json={}).json()
+    _answered_by(monkeypatch, master)
+    with pytest.raises(JoinRefused) as refused:
+        join(_cfg(tmp_path, created["token"], ca_fingerprint="ab" * 32), _identity(tmp_path))
+    said = str(refused.value)
+    assert said.count("refused to let this agent join") == 1 and "another fleet" in said
+    assert said.count("fresh join token") == 1 and ".." not in said
+
+
+def test_a_name_in_use_is_refused_as_the_name_not_the_token(
+    master: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 409 (the name is taken) said "Ask the operator for a fresh join token": the token was
+    good, and a fresh one fails the same way."""
+    first = master.post("/api/tokens/join", json={}).json()
+    _answered_by(monkeypatch, master)
+    join(_cfg(tmp_path / "one", first["join_string"]), _identity(tmp_path / "one"))
+    second = master.post("/api/tokens/join", json={}).json()
+    with pytest.raises(ConfigError) as refused:
+        join(_cfg(tmp_path / "two", second["join_string"]), _identity(tmp_path / "two"))
+    said = str(refused.value)
+    assert "name 'web-1'" in said and "relaysync server remove web-1" in said
+    assert "fresh join token" not in said and not isinstance(refused.value, JoinRefused)

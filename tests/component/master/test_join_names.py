@@ -48,5 +48,5 @@ def test_no_agent_joins_as_master(client: TestClient, name: str) -> None:
 def test_a_name_another_server_has_in_another_case_is_taken(client: TestClient) -> None:
     assert _join(client, "web1")[0] == 200
     status, detail = _join(client, "Web1")
-    assert status == 409 and "'web1'" in detail and "DELETE /api/servers/web1" in detail
+    assert status == 409 and "'web1'" in detail and "relaysync server remove web1" in detail
     assert [s["name"] for s in client.get("/api/servers").json()] == ["web1"]

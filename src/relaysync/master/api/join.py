@@ -56,7 +56,8 @@ def _check_name_free(context: Context, name: str) -> None:
         status_code=status.HTTP_409_CONFLICT,
         detail=(
             f"server name {name!r} is already used by node {existing.node_id} (as "
-            f"{existing.name!r}); choose another name, or DELETE /api/servers/{existing.name} first"
+            f"{existing.name!r}); choose another name, or remove that server first "
+            f"(`relaysync server remove {existing.name}`, if no mapping names it)"
         ),
     )
 
