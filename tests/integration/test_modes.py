@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import time
 from datetime import UTC, datetime
@@ -380,3 +381,63 @@ def test_a_held_fast_mapping_after_a_reboot_sends_nothing_until_the_next_release
     assert _stays_absent(dst / "held.txt", 3.0), "an unreleased change went out without a send"
     assert own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send").status_code == 200
     own_fleet.wait_converged(src, [dst])
+
+
+def test_send_says_which_source_agent_has_not_taken_the_release(own_fleet: Fleet) -> None:
+    """With the source agent stopped, `relaysync send` showed nothing for its 10 minutes and
+    then said `relaysync status` shows which targets lag, which showed none."""
+    import subprocess
+    import sys
+
+    mapping, _src, _ = own_fleet.new_mapping(targets=("t1",))
+    _manual(own_fleet, mapping)
+    own_fleet.cluster.agents["src"].process.stop()
+    token = (own_fleet.cluster.master_dir / "admin-token").read_text().strip()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relaysync",
+            "send",
+            str(mapping["id"]),
+            "--master",
+            own_fleet.cluster.api_url,
+            "--token",
+            token,
+            "--timeout",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 17, said
+    assert "waiting for the source agent src" in said  # after NOT_TAKEN_NOTE_S, while it waits
+    assert "The source agent src" in said and "did not take the release within 8" in said
+    assert "Traceback" not in said
+
+    out = own_fleet.base / "send-interrupted.txt"  # Ctrl-C while it waits: the release goes on
+    with out.open("w") as sink:
+        following = subprocess.Popen(
+            [sys.executable, "-m", "relaysync", "send", str(mapping["id"])]
+            + ["--master", own_fleet.cluster.api_url, "--token", token, "--timeout", "60"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            wait_until(
+                lambda: "waiting for the source agent" in out.read_text(),
+                timeout_s=30,
+                what="send waiting for the source",
+            )
+            following.send_signal(signal.SIGINT)
+            assert following.wait(30) == 130
+        finally:
+            if following.poll() is None:
+                following.kill()
+                following.wait(10)
+    said = " ".join(out.read_text().split())
+    assert "stopped following: release 2 of" in said and "goes on" in said, said
+    assert "Traceback" not in said

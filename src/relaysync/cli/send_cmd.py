@@ -24,12 +24,17 @@ from relaysync.cli._client import (
 from relaysync.errors import RelaySyncError
 
 POLL_S = 0.2  # progress is read from the master this often
+NOT_TAKEN_NOTE_S = 5.0  # a source that has not taken the release by then is said to be waited for
 
 
 class SendTimedOut(RelaySyncError):
     """Not every target of {} holds the release after {} s; `relaysync status` shows which lag."""
 
     exit_code = 17
+
+
+class SendNotTaken(SendTimedOut):
+    """The source agent {} of {} did not take the release within {} s: it is down, or the mapping cannot start there (a source folder missing or refused); `relaysync routes` and that agent's log say why."""
 
 
 def send(
@@ -63,20 +68,40 @@ def send(
 def _follow(
     client: MasterClient, mapping: str, release: int, timeout_s: float, *, quiet: bool
 ) -> dict[str, Any]:
-    """Show the release's progress: changes committed on every target, up to the seq it covers."""
-    deadline = time.monotonic() + timeout_s
+    """Show the release's progress: changes committed on every target, up to the seq it covers.
+    Stopped following (Ctrl-C), the release goes on: said so, then the interrupt goes on."""
+    try:
+        return _follow_release(client, mapping, release, timeout_s, quiet=quiet)
+    except KeyboardInterrupt:
+        console.print(
+            f"stopped following: release {release} of {mapping} goes on; `relaysync status` "
+            "shows its progress",
+            markup=False,
+            highlight=False,
+        )
+        raise
+
+
+def _follow_release(
+    client: MasterClient, mapping: str, release: int, timeout_s: float, *, quiet: bool
+) -> dict[str, Any]:
+    started = time.monotonic()
+    deadline = started + timeout_s
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+    source = ""  # the source agent's name, once it is waited for
+    upto, source_node = 0, ""
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
         task = progress.add_task(escape(f"sending {mapping}"), total=None)
         start: int | None = None
         while time.monotonic() < deadline:
             mode = client.get(f"/api/mappings/{mapping}/mode")
             status = client.get(f"/api/mappings/{mapping}/status")
+            source_node = str(status["source_node"])
             upto = int(mode["released_upto"]) if int(mode["release"]) == release else 0
             marks = [int(t["watermark"]) for t in status["targets"]]
             if upto and marks:
@@ -84,10 +109,32 @@ def _follow(
                 done = min(upto, min(marks))
                 progress.update(
                     task,
+                    description=escape(f"sending {mapping}"),
                     total=max(upto - start, 1) * len(marks),
                     completed=sum(min(m, upto) - min(start, m) for m in marks),
                 )
                 if done >= upto:
                     return {"upto_seq": upto, "targets": len(marks)}
+            elif not upto and not source and time.monotonic() - started >= NOT_TAKEN_NOTE_S:
+                source = _server_name(client, source_node)
+                waiting = f"waiting for the source agent {source} to take release {release}"
+                progress.update(task, description=escape(waiting))
+                if not quiet:
+                    progress.console.print(
+                        f"{waiting} (is it up? does its source folder exist?)",
+                        markup=False,
+                        highlight=False,
+                    )
             time.sleep(POLL_S)
+        if not upto and source_node:
+            raise SendNotTaken(source or _server_name(client, source_node), mapping, timeout_s)
     raise SendTimedOut(mapping, timeout_s)
+
+
+def _server_name(client: MasterClient, node_id: str) -> str:
+    """A server's name and state ("web-1 (down)"), or its node id's start if not listed."""
+    try:
+        server = client.get(f"/api/servers/{node_id}")
+    except RelaySyncError:
+        return node_id[:16]
+    return f"{server['name']} ({server['state']})"
