@@ -25,7 +25,9 @@ import csv
 import io
 import json
 import logging
+import os
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -324,7 +326,18 @@ def run_command(body: Callable[[], T]) -> T:
 
 # --- Output ---
 
-console = Console(highlight=False)
+PIPED_WIDTH = 1000  # columns of output that goes to a pipe or a file: tables whole, not cut
+
+
+def _output_width() -> int | None:
+    """None (the terminal's width, or COLUMNS) on a terminal; wide when piped: rich assumed 80
+    columns there and cut a 13-column table's headers and numbers to "ma… 381…" for scripts."""
+    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+        return None
+    return PIPED_WIDTH
+
+
+console = Console(highlight=False, width=_output_width())
 
 
 def print_json(document: Any) -> None:

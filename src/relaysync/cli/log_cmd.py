@@ -115,7 +115,7 @@ def changes_table(rows: list[dict[str, Any]]) -> Table:
         ("targets", "right"),
         ("reported", "left"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
         done = r["committed_targets"] >= r["total_targets"]
         targets = f"{r['committed_targets']}/{r['total_targets']}"
@@ -143,7 +143,7 @@ def exceptions_table(rows: list[dict[str, Any]]) -> Table:
         "last failure",
         "resolved",
     ):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for r in rows:
         resolved = format_time(r["resolved_at"]) if r["resolved_at"] else "[red]open[/red]"
         table.add_row(

@@ -225,7 +225,7 @@ def mapping_body(
 def mappings_table(mappings: list[dict[str, Any]]) -> Table:
     table = Table(title="Mappings", title_justify="left")
     for column in ("id", "name", "source", "targets", "filters", "durability", "enabled"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for m in mappings:
         filters = [f"+{p}" for p in m["include"]] + [f"-{p}" for p in m["exclude"]]
         table.add_row(

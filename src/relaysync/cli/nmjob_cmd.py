@@ -157,7 +157,7 @@ def _names(job: dict[str, Any]) -> dict[str, str]:
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(title="N:M jobs", title_justify="left")
     for column in ("id", "name", "sources (member mapping)", "targets", "rule", "durability"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for j in jobs:
         table.add_row(
             str(j["id"]),
@@ -175,7 +175,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
 def conflicts_table(conflicts: list[dict[str, Any]], names: dict[str, str]) -> Table:
     table = Table(title="Conflicts (newest first)", title_justify="left")
     for column in ("path", "op", "target", "winner", "loser", "reason"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for c in conflicts:
         table.add_row(
             c["path"],

@@ -77,9 +77,9 @@ def retention_table(settings: dict[str, Any]) -> Table:
     pruned_at = settings.get("last_pruned_at")
     title = f"Job-log retention (last prune {format_time(pruned_at)})"
     table = Table(title=title, title_justify="left")
-    table.add_column("history")
-    table.add_column("kept", justify="right")
-    table.add_column("last prune deleted", justify="right")
+    table.add_column("history", overflow="fold")
+    table.add_column("kept", justify="right", overflow="fold")
+    table.add_column("last prune deleted", justify="right", overflow="fold")
     last = settings.get("last_pruned") or {}
     for kind, label in KINDS:
         days = int(settings[f"{kind}_days"])

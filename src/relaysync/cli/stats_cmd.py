@@ -93,9 +93,9 @@ def stats_table(rows: list[dict[str, Any]], by: str) -> Table:
     ]
     if with_changes:
         columns[1:1] = ["changes", "change bytes"]
-    table.add_column(columns[0])
+    table.add_column(columns[0], overflow="fold")
     for column in columns[1:]:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", overflow="fold")
     for r in rows:
         cells = [
             escape(str(r["key"])) if r["key"] else "(none)",

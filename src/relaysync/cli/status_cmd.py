@@ -91,7 +91,7 @@ def fetch_status(client: MasterClient) -> dict[str, Any]:
 def servers_table(servers: list[dict[str, Any]]) -> Table:
     table = Table(title="Servers", title_justify="left")
     for column in ("name", "region", "group", "state", "health", "last seen", "certificate"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in servers:
         state = {"up": "[green]up[/green]", "down": "[red]down[/red]"}.get(
             s["state"], escape(s["state"])
@@ -131,7 +131,7 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
         ("open exceptions", "right"),
         ("updated", "left"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for m in mappings:
         source = escape(f"{m['source']}:{m['source_path']}") + (
             "" if m["enabled"] else " (disabled)"

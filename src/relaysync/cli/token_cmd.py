@@ -160,7 +160,7 @@ def _print_created(created: dict[str, Any], what: str, *, json: bool, field: str
 def tokens_table(join: list[dict[str, Any]], api: list[dict[str, Any]]) -> Table:
     table = Table(title="Tokens", title_justify="left", caption=ADMIN_NOTE, caption_justify="left")
     for column in ("kind", "id", "name", "scope", "created", "by", "expires", "state"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for t in join:
         table.add_row(
             "join",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -277,3 +280,44 @@ def test_a_mode_mask_is_octal_bits_of_group_and_others() -> None:
         parse_mode_mask("200")
     with pytest.raises(ConfigError, match="octal"):
         parse_mode_mask("9")
+
+
+def test_piped_tables_are_whole_and_narrow_ones_fold_instead_of_cutting() -> None:
+    """Piped, rich assumed 80 columns and cut the stats table to "ma… ch… 381…"; on an
+    80-column terminal a value is folded onto more lines, never cut."""
+    row = {
+        "key": "mapping-with-a-long-name",
+        "files": 38123456,
+        "wire_bytes": 862_000_000_000,
+        "failures": 3,
+        "open_failures": 1,
+        "file_ms_p50": 12.3,
+        "file_ms_p95": 120.5,
+        "file_ms_p99": 1234.5,
+        "latency_ms_p50": 55.5,
+        "latency_ms_p95": 555.5,
+        "latency_ms_p99": 5555.5,
+        "changes": 381234,
+        "change_bytes": 862_000_000,
+    }
+    script = subprocess.run(  # the CLI's own console, its output a pipe
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; from relaysync.cli._client import console; "
+            "from relaysync.cli.stats_cmd import stats_table; "
+            "console.print(stats_table([json.loads(sys.argv[1])], 'mapping'))",
+            json.dumps(row),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+    )
+    assert script.returncode == 0, script.stderr
+    assert "…" not in script.stdout
+    assert "mapping-with-a-long-name" in script.stdout and "latency p99 ms" in script.stdout
+    narrow = Console(file=io.StringIO(), width=80, color_system=None)
+    narrow.print(stats_table([row], "mapping"))
+    text = narrow.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text and "381" in text
