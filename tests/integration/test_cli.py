@@ -121,6 +121,10 @@ def test_status_log_and_stats_report_what_was_written(fleet: Fleet) -> None:
     }
     assert all(r["committed_targets"] == r["total_targets"] == 2 for r in writes.values())
     assert cli_json(fleet, "log", "--mapping", "cli", "--failed") == []
+    open_only = cli(fleet, "log", "--mapping", "cli", "--open")  # implies --failed (was ignored)
+    assert open_only.returncode == 0 and "Failures" in open_only.stdout, open_only.stdout
+    backwards = cli(fleet, "stats", "--since", "2030-01-01", "--until", "2020-01-01")
+    assert backwards.returncode == 2 and "is not before until" in backwards.stderr  # was: nothing
 
     by_server = {r["key"]: r for r in cli_json(fleet, "stats", "--by", "server")}
     assert by_server["t1"]["files"] >= expected_files and by_server["t2"]["files"] >= expected_files

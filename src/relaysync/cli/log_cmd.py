@@ -60,7 +60,7 @@ def log(
         bool, typer.Option("--failed", help="Failures (exceptions) instead of changes.")
     ] = False,
     open_only: Annotated[
-        bool, typer.Option("--open", help="With --failed: unresolved ones only.")
+        bool, typer.Option("--open", help="Unresolved failures only (implies --failed).")
     ] = False,
     master: MasterOption = None,
     token: TokenOption = None,
@@ -79,19 +79,20 @@ def log(
         with connect(master, token, data, ca_file) as client:
             names = {m["id"]: m["name"] for m in client.get("/api/mappings")}
             servers = {s["node_id"]: s["name"] for s in client.get("/api/servers")}
-            if failed:
+            if failed or open_only:
                 rows = client.get(
                     "/api/exceptions", mapping=mapping, limit=limit, open=open_only or None
                 )
             else:
                 rows = client.get("/api/jobs", mapping=mapping, limit=limit)
         rows = [label(r, names, servers) for r in rows]
+        failures = failed or open_only
         if json:
             print_json(rows)
         elif csv:
-            typer.echo(to_csv(rows, EXCEPTION_COLUMNS if failed else CHANGE_COLUMNS), nl=False)
+            typer.echo(to_csv(rows, EXCEPTION_COLUMNS if failures else CHANGE_COLUMNS), nl=False)
         else:
-            console.print(exceptions_table(rows) if failed else changes_table(rows))
+            console.print(exceptions_table(rows) if failures else changes_table(rows))
 
     run_command(body)
 

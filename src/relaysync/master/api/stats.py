@@ -94,7 +94,10 @@ def get_stats(
 
     JSON: a list of StatOut. CSV (`format=csv`): the same columns, with a header line.
     """
-    found = context.store.stats.stats(by=by, since=parse_time(since), until=parse_time(until))
+    start, end = parse_time(since), parse_time(until)
+    if start is not None and end is not None and start >= end:
+        raise ConfigError(f"since ({since}) is not before until ({until}): no time lies between")
+    found = context.store.stats.stats(by=by, since=start, until=end)
     rows = [StatOut.model_validate(r) for r in found]
     if format == "csv":
         return Response(
