@@ -309,6 +309,10 @@ class NotFound(StoreError):
     """{} {!r} not found."""
 
 
+class UnknownServer(NotFound):
+    """The {} server {!r} of the mapping is not known to the master (servers: {}); a server is known once its agent has joined under that --name."""
+
+
 class PurgeError(RelaySyncError):
     """Purge error: {}"""
 

@@ -24,6 +24,14 @@ from relaysync.cli._client import (
     run_command,
 )
 
+NO_SERVERS = (
+    "No server has joined yet: on each server run `relaysync agent --master URL --token JOIN_STRING "
+    "--name NAME --data DIR` (the join string is in the master's data directory, `join-token`)."
+)
+NO_MAPPINGS = (
+    "No mapping yet: `relaysync mapping add NAME --source SERVER:/path --target SERVER:/path`."
+)
+
 
 def status(
     master: MasterOption = None,
@@ -51,7 +59,11 @@ def _status(
         print_json(document)
         return
     console.print(servers_table(document["servers"]))
+    if not document["servers"]:
+        console.print(NO_SERVERS, markup=False)
     console.print(mappings_table(document["mappings"]))
+    if document["servers"] and not document["mappings"]:
+        console.print(NO_MAPPINGS, markup=False)
 
 
 def fetch_status(client: MasterClient) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli.status_cmd import NO_SERVERS
 
 STATE_STYLE = {"up": "green", "down": "red"}
 
@@ -45,6 +46,8 @@ def topology(
 def topology_tree(document: dict[str, Any]) -> Tree:
     """The GET /api/topology document as a rich tree."""
     root = Tree("[bold]topology[/bold]")
+    if not document["regions"]:
+        root.add(f"[dim]{escape(NO_SERVERS)}[/dim]")
     for region in document["regions"]:
         branch = root.add(f"region [bold]{escape(region['name']) or '(none)'}[/bold]")
         for group in region["groups"]:

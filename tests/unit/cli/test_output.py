@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 from rich.table import Table
+from typer.testing import CliRunner
 
 from relaysync.cli._client import format_bytes, format_duration, format_time, print_json, to_csv
+from relaysync.cli.app import app
 from relaysync.cli.log_cmd import CHANGE_COLUMNS, changes_table, exceptions_table, label
 from relaysync.cli.mapping_cmd import mapping_body, mappings_table, parse_mode_mask, split_location
 from relaysync.cli.stats_cmd import stats_table
@@ -22,6 +24,7 @@ from relaysync.cli.status_cmd import fetch_status, servers_table
 from relaysync.cli.status_cmd import mappings_table as status_mappings_table
 from relaysync.errors import ConfigError
 from relaysync.master.api.stats import StatOut, parse_time, stats_csv
+from tests.unit.cli.test_client import a_server
 
 
 def render(table: Table) -> str:
@@ -321,3 +324,15 @@ def test_piped_tables_are_whole_and_narrow_ones_fold_instead_of_cutting() -> Non
     narrow.print(stats_table([row], "mapping"))
     text = narrow.file.getvalue()  # type: ignore[attr-defined]
     assert "…" not in text and "381" in text
+
+
+def test_an_empty_fleet_says_how_to_add_servers() -> None:
+    """`status` and `topology` on a new master printed empty tables, or only "topology"."""
+    with a_server(200, b"[]", "application/json") as url:
+        status = CliRunner().invoke(app, ["status", "--master", url, "--token", "t"])
+    assert status.exit_code == 0, status.output
+    assert "No server has joined yet" in " ".join(status.output.split())
+    with a_server(200, b'{"regions": []}', "application/json") as url:
+        topology = CliRunner().invoke(app, ["topology", "--master", url, "--token", "t"])
+    assert topology.exit_code == 0, topology.output
+    assert "relaysync agent --master URL" in " ".join(topology.output.split())

@@ -55,8 +55,17 @@ def test_create_by_name_or_node_id(fleet: Store) -> None:
         ({"durability": "yolo"}, ConfigError, "durability"),
         ({"name": ""}, ConfigError, "mapping name"),
         ({"name": "42"}, ConfigError, "all digits"),
-        ({"source": "ghost"}, NotFound, "Server 'ghost' not found"),
-        ({"targets": [("ghost", "/x")]}, NotFound, "Server 'ghost' not found"),
+        # which role, and the servers there are: "Server 'ghost' not found" said neither
+        (
+            {"source": "ghost"},
+            NotFound,
+            r"source server 'ghost' .* \(servers: other, src, t1, t2\)",
+        ),
+        (
+            {"targets": [("ghost", "/x")]},
+            NotFound,
+            r"target server 'ghost' .* \(servers: other, src, t1, t2\)",
+        ),
     ],
 )
 def test_create_is_validated(fleet: Store, kwargs: dict, error: type[Exception], text: str) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from relaysync._util.folders import normalise
 from relaysync.constants import MAX_PATH_BYTES
-from relaysync.errors import ConfigError, NotFound
+from relaysync.errors import ConfigError, NotFound, UnknownServer
 from relaysync.master.store import _folders, _heads, _modes
 from relaysync.master.store._refs import row_id
 from relaysync.master.store.models import Mapping, MappingTarget, Server
@@ -69,6 +69,20 @@ def resolve_server(session: Session, ref: str) -> Server:
     return row
 
 
+def _mapped_server(session: Session, ref: str, role: str) -> Server:
+    """The source or target server `ref` of a mapping.
+
+    Raises:
+        UnknownServer: none has that name or node id (the message lists the names there are).
+    """
+    try:
+        return resolve_server(session, ref)
+    except NotFound:
+        names = sorted(session.scalars(select(Server.name)))
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        raise UnknownServer(role, ref, shown or "none yet") from None
+
+
 def check_path(path: str, what: str) -> str:
     """Return the normalised absolute folder path, or raise ConfigError saying what is wrong."""
     if not isinstance(path, str) or not path.startswith("/"):
@@ -113,7 +127,7 @@ def _resolve_targets(
 ) -> tuple[tuple[str, str], ...]:
     targets: dict[str, str] = {}
     for ref, path in draft.targets:
-        server = resolve_server(session, ref)
+        server = _mapped_server(session, ref, "target")
         target_path = check_path(path, f"target path on {server.name!r}")
         if server.node_id in targets:
             raise ConfigError(f"server {server.name!r} is a target of {draft.name!r} twice")
@@ -138,7 +152,7 @@ def validate(session: Session, draft: MappingDraft, *, mapping_id: int | None) -
     clash = session.scalars(select(Mapping.id).where(Mapping.name == draft.name)).first()
     if clash is not None and clash != mapping_id:
         raise ConfigError(f"mapping name {draft.name!r} is already used by mapping {clash}")
-    source = resolve_server(session, draft.source)
+    source = _mapped_server(session, draft.source, "source")
     source_path = check_path(draft.source_path, "source path")
     targets = _resolve_targets(session, draft, source.node_id, source_path)
     _folders.check(
