@@ -57,7 +57,8 @@ def _check_name_free(context: Context, name: str) -> None:
         detail=(
             f"server name {name!r} is already used by node {existing.node_id} (as "
             f"{existing.name!r}); choose another name, or remove that server first "
-            f"(`relaysync server remove {existing.name}`, if no mapping names it)"
+            f"(`relaysync server remove {existing.name}`, or DELETE /api/servers/{existing.name}; "
+            "only once no mapping names it)"
         ),
     )
 
