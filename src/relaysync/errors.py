@@ -6,7 +6,8 @@ Each class's docstring is its message template, formatted with the positional ar
     RelaySyncError
     ├── ConfigError                    bad configuration or command-line input
     │   ├── FolderRefused              an agent refuses a folder it was assigned (system, its data, not allowed)
-    │   └── PlainApiRefused            the master's API in plain HTTP on an address other hosts reach
+    │   ├── PlainApiRefused            the master's API in plain HTTP on an address other hosts reach
+    │   └── DataDirInUse               another master or agent process holds the data directory's lock
     ├── ProtocolError                  a malformed, oversize or unexpected message
     │   ├── FrameTooLarge
     │   ├── IncompatibleVersion
@@ -100,6 +101,16 @@ class PlainApiRefused(ConfigError):
     """The master's REST API would listen on {} in plain HTTP, where admin and join tokens cross the network in clear: set api_tls = "auto" or "fleet" (HTTPS with a certificate from the fleet's CA), or "files" with api_cert_file and api_key_file (your own), or api_insecure_http = true if something in front of it gives TLS."""
 
     exit_code = 20
+
+
+class DataDirInUse(ConfigError):
+    """another {} is using {}; stop it first, or give this {} its own --data
+
+    Two processes on one data directory would share its store or journals and overwrite each
+    other's files (master.json, control-port): the second one exits before it touches any.
+    """
+
+    exit_code = 21
 
 
 class ProtocolError(RelaySyncError):

@@ -24,6 +24,7 @@ from relaysync._util.addresses import (
     is_unspecified,
     join_address,
 )
+from relaysync._util.dir_lock import lock_data_dir
 from relaysync._util.supervise import Serve, supervise
 from relaysync.auth.validity import check_current, rejoin_remedy, seconds_left, watch_expiry
 from relaysync.config.load import split_address
@@ -105,6 +106,12 @@ class AgentService(SourceRole, TargetRole):
         )  # a typo stops us before joining
         if self.cfg.advertise_host and not is_unspecified(self.cfg.advertise_host):
             check_advertised(join_address(self.cfg.advertise_host, 1))  # before joining
+        # before the join or anything else writes into it: another agent there stops this one
+        lock = await anyio.to_thread.run_sync(lock_data_dir, self.data_dir, "agent")
+        with lock:
+            await self._serve(capabilities, task_status)
+
+    async def _serve(self, capabilities: tuple[str, ...], task_status: TaskStatus[int]) -> None:
         pin = await anyio.to_thread.run_sync(self._ensure_identity)
         self.node_id = self.identity.node_id
         host, port = split_address(self.cfg.listen)

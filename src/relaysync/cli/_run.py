@@ -13,6 +13,7 @@ import anyio
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from relaysync._util.memory import freeze_startup_heap, reuse_large_buffers
 from relaysync.errors import RelaySyncError
@@ -70,7 +71,10 @@ def run_service(
         error = _first_relaysync_error(exc)
         if error is None:
             raise
-        err_console.print(f"[red]error:[/red] {error}")
+        # one line whatever the width (logs, journald); a path's [brackets] are not markup
+        err_console.print(
+            f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(error.exit_code) from exc
 
 

@@ -27,6 +27,7 @@ import uvicorn
 from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync._util.addresses import is_unspecified, join_address
+from relaysync._util.dir_lock import DataDirLock, lock_data_dir
 from relaysync._util.ports import stable_free_port
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.tokens import join_string, split_join_string
@@ -140,10 +141,12 @@ class MasterService:
         self.purge_address = ""  # the purge listener, if --purge-listen
         self.ca_fingerprint = ""  # of the fleet CA: what join strings carry
         self.api_tls = api_tls.ApiTls("off")  # how the API is served: decided in _prepare
+        self._dir_lock: DataDirLock | None = None  # held from _prepare until serve ends
 
     def _prepare(self) -> tuple[Store, CertificateAuthority, tls.Identity, str, str]:
         mode = api_tls.decide_mode(self.cfg)  # a refused plain-HTTP API stops us before anything
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # before anything in it is read or written: another master there stops this one
+        self._dir_lock = lock_data_dir(self.data_dir, "master")
         os.chmod(self.data_dir, 0o700)
         ca = CertificateAuthority.load_or_create(self.data_dir / "ca")
         self.api_tls = api_tls.prepare(self.cfg, mode, ca, self.data_dir)
@@ -171,7 +174,18 @@ class MasterService:
 
     async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; reports the API URL once both servers listen. Cancelled, it
-        stops the agents' links and the job log in order (`serve_links_and_joblog`)."""
+        stops the agents' links and the job log in order (`serve_links_and_joblog`).
+
+        Raises:
+            DataDirInUse: another master (or an agent) runs on the data directory.
+        """
+        try:
+            await self._serve(task_status)
+        finally:
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+
+    async def _serve(self, task_status: TaskStatus[str]) -> None:
         store, ca, identity, admin_token, _join = await anyio.to_thread.run_sync(self._prepare)
         parts = self._parts(store, identity)
         stopping = anyio.Event()
