@@ -6,7 +6,8 @@ Each class's docstring is its message template, formatted with the positional ar
     RelaySyncError
     ├── ConfigError                    bad configuration or command-line input
     │   ├── FolderRefused              an agent refuses a folder it was assigned (system, its data, not allowed)
-    │   └── PlainApiRefused            the master's API in plain HTTP on an address other hosts reach
+    │   ├── PlainApiRefused            the master's API in plain HTTP on an address other hosts reach
+    │   └── CannotListen               a listen address that cannot be bound (in use, not this host's)
     ├── ProtocolError                  a malformed, oversize or unexpected message
     │   ├── FrameTooLarge
     │   ├── IncompatibleVersion
@@ -60,6 +61,7 @@ Each class's docstring is its message template, formatted with the positional ar
 from __future__ import annotations
 
 import errno
+import socket
 from typing import Any, Self
 
 
@@ -94,6 +96,27 @@ class PlainApiRefused(ConfigError):
     """The master's REST API would listen on {} in plain HTTP, where admin and join tokens cross the network in clear: set api_tls = "auto" or "fleet" (HTTPS with a certificate from the fleet's CA), or "files" with api_cert_file and api_key_file (your own), or api_insecure_http = true if something in front of it gives TLS."""
 
     exit_code = 20
+
+
+class CannotListen(ConfigError):
+    """Cannot listen on {}: {}; choose another with {}."""
+
+    @classmethod
+    def of(cls, address: str, exc: OSError, option: str) -> Self:
+        """The error for `exc`, raised binding `address` (host:port), which `option` sets."""
+        return cls(address, _bind_problem(exc), option)
+
+
+def _bind_problem(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another relaysync, or another program? see ss -ltnp)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available (not an address of this host)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host does not resolve ({exc.strerror or exc})"
+    return (exc.strerror or str(exc)).lower()
 
 
 class ProtocolError(RelaySyncError):
