@@ -7,7 +7,8 @@ Each class's docstring is its message template, formatted with the positional ar
     ├── ConfigError                    bad configuration or command-line input
     │   ├── FolderRefused              an agent refuses a folder it was assigned (system, its data, not allowed)
     │   ├── PlainApiRefused            the master's API in plain HTTP on an address other hosts reach
-    │   └── DataDirInUse               another master or agent process holds the data directory's lock
+    │   ├── DataDirInUse               another master or agent process holds the data directory's lock
+    │   └── CannotListen               a listen address that cannot be bound (in use, not this host's)
     ├── ProtocolError                  a malformed, oversize or unexpected message
     │   ├── FrameTooLarge
     │   ├── IncompatibleVersion
@@ -61,6 +62,7 @@ Each class's docstring is its message template, formatted with the positional ar
 from __future__ import annotations
 
 import errno
+import socket
 from typing import Any, Self
 
 
@@ -111,6 +113,27 @@ class DataDirInUse(ConfigError):
     """
 
     exit_code = 21
+
+
+class CannotListen(ConfigError):
+    """Cannot listen on {}: {}; choose another with {}."""
+
+    @classmethod
+    def of(cls, address: str, exc: OSError, option: str) -> Self:
+        """The error for `exc`, raised binding `address` (host:port), which `option` sets."""
+        return cls(address, _bind_problem(exc), option)
+
+
+def _bind_problem(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another relaysync, or another program? see ss -ltnp)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available (not an address of this host)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host does not resolve ({exc.strerror or exc})"
+    return (exc.strerror or str(exc)).lower()
 
 
 class ProtocolError(RelaySyncError):

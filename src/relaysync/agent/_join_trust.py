@@ -36,6 +36,7 @@ from relaysync.auth.api_trust import (
     fleet_api_context,
 )
 from relaysync.auth.ca import fingerprint, one_certificate
+from relaysync.config.load import check_master_url
 from relaysync.config.schema import AgentConfig
 from relaysync.constants import CONNECT_TIMEOUT_S, HTTP_TIMEOUT_S
 from relaysync.errors import (
@@ -63,14 +64,13 @@ def join_verify(cfg: AgentConfig, expected: str | None) -> ssl.SSLContext | bool
     """What the join request checks the master's certificate with (httpx's `verify`).
 
     Raises:
-        ConfigError: plain http to another host, not allowed; a port that is not one.
+        ConfigError: plain http to another host, not allowed; a URL that is not http(s)://host:port.
         MasterNotTrusted: the master's CA is not the expected one; no token was sent.
         ApiCertificateRefused: no channel to the master could be checked; no token was sent.
         JoinAnswerRefused: /api/ca answered something that is not one certificate.
         MasterUnreachable: the master did not answer.
     """
-    master_url = cfg.master_url
-    _check_port(master_url)
+    master_url = check_master_url(cfg.master_url)
     if urlsplit(master_url).scheme != "https":
         check_plain_join(master_url, cfg.allow_plain_http_join or cfg.insecure_first_join)
         return True
@@ -114,14 +114,6 @@ def verified_channel(
         _check_fingerprint(master_url, again, expected)
         return ctx
     raise ApiCertificateRefused(master_url, "; ".join(problems), JOIN_API_HINT)
-
-
-def _check_port(master_url: str) -> None:
-    """Raises: ConfigError: the URL's port is not a number in 0-65535."""
-    try:
-        _ = urlsplit(master_url).port  # parsed on access
-    except ValueError as exc:
-        raise ConfigError(f"--master {master_url} has no valid port ({exc})") from exc
 
 
 def _check_fingerprint(master_url: str, ca_pem: bytes, expected: str) -> None:

@@ -39,11 +39,10 @@ from urllib.parse import urlsplit
 import httpx
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from relaysync.auth.api_trust import certificate_problem, default_api_context, file_api_context
-from relaysync.cli._run import err_console
-from relaysync.config.load import load
+from relaysync.cli._run import errors_as_exit
+from relaysync.config.load import check_master_url, load
 from relaysync.config.schema import CliConfig
 from relaysync.constants import HTTP_TIMEOUT_S
 from relaysync.errors import (
@@ -125,14 +124,13 @@ def resolve_target(
     """
     cfg = load(CliConfig, environ=environ)
     data_dir = data or (Path(cfg.master_data) if cfg.master_data else None)
-    url = master or (_url_from(data) if data else "") or cfg.master
-    if not url and data_dir is not None:
-        url = _url_from(data_dir)
+    url, source = _master_url(master, data, cfg.master, data_dir)
     if not url:
         raise ConfigError(
             "no master: give --master URL, set RELAYSYNC_MASTER, or point --data "
             "(or RELAYSYNC_MASTER_DATA) at the master's data directory"
         )
+    url = check_master_url(url, source)
     secret = token or cfg.token
     if not secret and data_dir is not None:
         secret = _read_text(data_dir / "admin-token")
@@ -143,6 +141,21 @@ def resolve_target(
         )
     trust = _trust_for(url, str(ca_file or "") or cfg.ca_file, data_dir)
     return Target(url=url.rstrip("/"), token=secret, ca_file=trust)
+
+
+def _master_url(
+    master: str | None, data: Path | None, from_env: str, data_dir: Path | None
+) -> tuple[str, str]:
+    """The master's URL and where it was given (named if it is not a URL), "" if nowhere."""
+    if master:
+        return master, "--master"
+    if data is not None and (url := _url_from(data)):
+        return url, f"api_url in {data / 'master.json'}"
+    if from_env:
+        return from_env, "RELAYSYNC_MASTER"
+    if data_dir is not None:
+        return _url_from(data_dir), f"api_url in {data_dir / 'master.json'}"
+    return "", ""
 
 
 def _trust_for(url: str, ca_file: str, data_dir: Path | None) -> str:
@@ -185,14 +198,17 @@ class MasterClient:
 
     def __init__(self, target: Target, *, transport: httpx.BaseTransport | None = None) -> None:
         headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
-        self.url = target.url
-        self._http = httpx.Client(
-            base_url=target.url,
-            headers=headers,
-            transport=transport,
-            timeout=httpx.Timeout(HTTP_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            verify=_verify_for(target),
-        )
+        self.url = check_master_url(target.url)
+        try:
+            self._http = httpx.Client(
+                base_url=self.url,
+                headers=headers,
+                transport=transport,
+                timeout=httpx.Timeout(HTTP_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+                verify=_verify_for(target),
+            )
+        except httpx.InvalidURL as exc:  # what check_master_url let through, httpx did not
+            raise ConfigError(f"--master must be http(s)://host:port, got {self.url!r}") from exc
 
     def __enter__(self) -> MasterClient:
         return self
@@ -281,16 +297,25 @@ def error_for(response: httpx.Response, operation: str) -> RelaySyncError:
     detail = _detail(response)
     status = response.status_code
     if status == 401:
-        return AuthError(f"{operation}: {detail} (check --token or RELAYSYNC_TOKEN)")
+        return AuthError(
+            f"{operation}: {_unprefixed(detail, AuthError)} (check --token or RELAYSYNC_TOKEN)"
+        )
     if status == 403:
-        return AuthError(f"{operation}: {detail}")
+        return AuthError(f"{operation}: {_unprefixed(detail, AuthError)}")
     if status == 404:
         return MissingResource(operation, detail)
     if status in (400, 409, 422):
-        return ConfigError(f"{operation}: {detail}")
+        return ConfigError(f"{operation}: {_unprefixed(detail, ConfigError)}")
     if status == 503:
-        return StoreError(f"{operation}: {detail}")
+        return StoreError(f"{operation}: {_unprefixed(detail, StoreError)}")
     return RelaySyncError(f"{operation}: HTTP {status}: {detail}")
+
+
+def _unprefixed(detail: str, kind: type[RelaySyncError]) -> str:
+    """The master's `detail` without the prefix the client's error of `kind` adds again (it
+    says "Configuration error: ..." too): printed once, not twice."""
+    prefix = str(kind("")).strip()  # "Configuration error:"
+    return detail[len(prefix) :].lstrip() if detail.startswith(prefix) else detail
 
 
 def _detail(response: httpx.Response) -> str:
@@ -317,11 +342,8 @@ def connect(
 
 def run_command(body: Callable[[], T]) -> T:
     """Run an operator command; print a relaysync error and exit with its code."""
-    try:
+    with errors_as_exit():
         return body()
-    except RelaySyncError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(exc.exit_code) from exc
 
 
 # --- Output ---

@@ -6,8 +6,10 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
 
 import anyio
 import typer
@@ -16,7 +18,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from relaysync._util.memory import freeze_startup_heap, reuse_large_buffers
-from relaysync.errors import RelaySyncError
+from relaysync.errors import ConfigError, RelaySyncError
 
 err_console = Console(stderr=True)
 
@@ -71,11 +73,38 @@ def run_service(
         error = _first_relaysync_error(exc)
         if error is None:
             raise
-        # one line whatever the width (logs, journald); a path's [brackets] are not markup
-        err_console.print(
-            f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(error.exit_code) from exc
+        fail(error)
+
+
+def fail(error: RelaySyncError) -> NoReturn:
+    """Print `error` on one line of stderr (no traceback) and exit with its exit code."""
+    err_console.print(
+        f"[red]error:[/red] {escape(str(error))}", markup=True, highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(error.exit_code) from error
+
+
+@contextmanager
+def errors_as_exit() -> Iterator[None]:
+    """Around a service's start-up (its configuration): a relaysync error is `fail`ed."""
+    try:
+        yield
+    except RelaySyncError as exc:
+        fail(exc)
+
+
+def check_data_dir(path: Path, option: str = "--data") -> None:
+    """Refuse a data directory that is a file, or below one, before a service makes it.
+
+    Raises:
+        ConfigError: naming `option` and the file in the way.
+    """
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == path else f"is below {existing}, which is"
+        raise ConfigError(f"{option} {path} {where} not a directory")
 
 
 def _first_relaysync_error(exc: BaseException) -> RelaySyncError | None:

@@ -7,9 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from relaysync.cli._run import err_console, run_service, setup_logging
-from relaysync.config.load import load
+from relaysync.cli._run import (
+    check_data_dir,
+    err_console,
+    errors_as_exit,
+    run_service,
+    setup_logging,
+)
+from relaysync.config.load import check_master_url, load
 from relaysync.config.schema import AgentConfig
+
+# the command-line option of each required setting, named when it is missing
+OPTIONS = {"master_url": "--master", "name": "--name", "data_dir": "--data"}
 
 
 def agent(
@@ -81,28 +90,32 @@ def agent(
     """Run an agent: watch source folders, serve target folders, report to the master."""
     from relaysync.agent.service import AgentService
 
-    cfg = load(
-        AgentConfig,
-        path=config,
-        overrides={
-            "master_url": master,
-            "name": name,
-            "data_dir": str(data) if data else None,
-            "token": token,
-            "ca_fingerprint": ca_fingerprint,
-            "insecure_first_join": insecure_first_join or None,
-            "allow_plain_http_join": allow_plain_http_join or None,
-            "api_ca_file": api_ca_file,
-            "region": region,
-            "group": group,
-            "listen": listen,
-            "advertise_host": advertise_host,
-            "log_json": log_json or None,
-            "metrics_listen": metrics_listen,
-        },
-    )
-    setup_logging(json_logs=cfg.log_json)
-    service = AgentService(cfg)
+    with errors_as_exit():
+        cfg = load(
+            AgentConfig,
+            path=config,
+            options=OPTIONS,
+            overrides={
+                "master_url": master,
+                "name": name,
+                "data_dir": str(data) if data else None,
+                "token": token,
+                "ca_fingerprint": ca_fingerprint,
+                "insecure_first_join": insecure_first_join or None,
+                "allow_plain_http_join": allow_plain_http_join or None,
+                "api_ca_file": api_ca_file,
+                "region": region,
+                "group": group,
+                "listen": listen,
+                "advertise_host": advertise_host,
+                "log_json": log_json or None,
+                "metrics_listen": metrics_listen,
+            },
+        )
+        check_master_url(cfg.master_url)
+        check_data_dir(Path(cfg.data_dir))
+        setup_logging(json_logs=cfg.log_json)
+        service = AgentService(cfg)  # checks some settings too
 
     def started(port: Any) -> None:
         err_console.print(f"relaysync agent {cfg.name} ready: peer port {port}")

@@ -8,7 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
-from relaysync.cli._run import err_console, run_service, setup_logging
+from relaysync.cli._run import (
+    check_data_dir,
+    err_console,
+    errors_as_exit,
+    run_service,
+    setup_logging,
+)
 from relaysync.config.load import load
 from relaysync.config.schema import MasterConfig
 
@@ -53,24 +59,26 @@ def master(
     """Run the master: REST API, control server for agents, store and job log."""
     from relaysync.master.service import MasterService
 
-    cfg = load(
-        MasterConfig,
-        path=config,
-        overrides={
-            "data_dir": str(data),
-            "listen": listen,
-            "control_listen": control_listen,
-            "database_url": database_url,
-            "log_json": log_json or None,
-            "purge_listen": purge_listen,
-            "api_tls": api_tls.value if api_tls else None,
-            "api_cert_file": api_cert_file,
-            "api_key_file": api_key_file,
-            "api_names": api_names,
-        },
-    )
-    setup_logging(json_logs=cfg.log_json)
-    service = MasterService(cfg)
+    with errors_as_exit():
+        cfg = load(
+            MasterConfig,
+            path=config,
+            overrides={
+                "data_dir": str(data),
+                "listen": listen,
+                "control_listen": control_listen,
+                "database_url": database_url,
+                "log_json": log_json or None,
+                "purge_listen": purge_listen,
+                "api_tls": api_tls.value if api_tls else None,
+                "api_cert_file": api_cert_file,
+                "api_key_file": api_key_file,
+                "api_names": api_names,
+            },
+        )
+        check_data_dir(data)
+        setup_logging(json_logs=cfg.log_json)
+        service = MasterService(cfg)  # checks some settings too
 
     def started(api_url: Any) -> None:
         err_console.print(

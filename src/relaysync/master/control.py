@@ -159,6 +159,7 @@ class ControlServer(ControlHolds):
                     max_unauthenticated=ACCEPT_BACKLOG,  # a whole fleet reconnecting
                     # agents behind one NAT address reconnect at once too
                     max_unauthenticated_per_address=MASTER_UNAUTHENTICATED_PER_ADDRESS,
+                    option="--control-listen",
                 )
             )
             logger.info("control server listening on %s:%s", self.host, port)

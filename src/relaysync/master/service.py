@@ -35,6 +35,7 @@ from relaysync.auth.validity import REPLACE_MASTER_CERT, seconds_left, watch_exp
 from relaysync.config.load import split_address
 from relaysync.config.schema import MasterConfig
 from relaysync.constants import MASTER_NODE_NAME
+from relaysync.errors import CannotListen
 from relaysync.master import api_tls
 from relaysync.master.app import create_app
 from relaysync.master.control import ControlServer
@@ -321,7 +322,11 @@ class MasterService:
         host, port = split_address(self.cfg.listen)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise CannotListen.of(self.cfg.listen, exc, "--listen") from exc
         sock.listen(128)
         sock.set_inheritable(True)
         # on every interface, local tools (master.json) reach it on loopback

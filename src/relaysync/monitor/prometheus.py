@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from relaysync.config.load import split_address
+from relaysync.errors import CannotListen
 from relaysync.protocol.messages import MetricSample, MetricsReport
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,11 @@ async def serve_agent_metrics(
     *,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the agent's own latest figures at http://listen/metrics until cancelled."""
+    """Serve the agent's own latest figures at http://listen/metrics until cancelled.
+
+    Raises:
+        CannotListen: `listen` cannot be bound (in use, not an address of this host).
+    """
 
     def latest() -> dict[str, Sequence[MetricSample]]:
         report = collector.latest
@@ -129,7 +134,10 @@ async def serve_agent_metrics(
 
     host, port = split_address(listen)
     server = MetricsHttpServer(registry_of(SamplesCollector(latest)), host, port)
-    bound = await anyio.to_thread.run_sync(server.start)
+    try:
+        bound = await anyio.to_thread.run_sync(server.start)
+    except OSError as exc:
+        raise CannotListen.of(listen, exc, "--metrics-listen") from exc
     try:
         task_status.started(bound)
         await anyio.sleep_forever()

@@ -17,7 +17,9 @@ from typing import cast
 import anyio
 from anyio.abc import TaskStatus
 
+from relaysync._util.addresses import join_address
 from relaysync.constants import CONNECT_TIMEOUT_S, MAX_MESSAGE_BYTES
+from relaysync.errors import CannotListen
 from relaysync.protocol.framing import FramedStream, FrameProtocol
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ async def serve_framed(
     port: int,
     on_socket: Callable[[socket.socket, str], Awaitable[None]],
     *,
+    option: str = "--listen",
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port; run `on_socket(sock, "ip:port")` in its own task for each client.
@@ -102,14 +105,20 @@ async def serve_framed(
     only the transport closes it (uvloop closes the fd itself a moment later: closing the socket
     too would close whatever reused that fd number). An exception it raises is logged and costs
     only that connection; the listener goes on.
+
+    Raises:
+        CannotListen: host:port cannot be bound (in use...); it names `option`, which sets it.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # "::" is every interface, IPv4 too: an agent there advertises its IPv4 route to the master
     # as readily as an IPv6 one (create_server makes an IPv6 socket IPv6-only otherwise).
     dualstack = host == "::" and socket.has_dualstack_ipv6()
-    listener = socket.create_server(
-        (host, port), family=family, backlog=ACCEPT_BACKLOG, dualstack_ipv6=dualstack
-    )
+    try:
+        listener = socket.create_server(
+            (host, port), family=family, backlog=ACCEPT_BACKLOG, dualstack_ipv6=dualstack
+        )
+    except OSError as exc:
+        raise CannotListen.of(join_address(host, port), exc, option) from exc
     listener.setblocking(False)
     loop = asyncio.get_running_loop()
 

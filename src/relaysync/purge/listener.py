@@ -25,6 +25,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 
 import anyio
 from anyio.abc import TaskStatus
@@ -108,7 +109,9 @@ class PurgeListener:
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
-            port = await tg.start(serve_framed, self.host, self.port, self._accept)
+            port = await tg.start(
+                partial(serve_framed, self.host, self.port, self._accept, option="--purge-listen")
+            )
             logger.info("purge listener on %s:%s", self.host, port)
             task_status.started(port)
 

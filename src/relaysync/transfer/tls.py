@@ -261,6 +261,7 @@ async def serve_tls(
     plain_handler: Callable[[FramedStream], Awaitable[None]] | None = None,
     max_unauthenticated: int = MAX_UNAUTHENTICATED,
     max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS,
+    option: str = "--listen",
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port; run `handler` for each client that completes a mutual TLS handshake.
@@ -276,6 +277,9 @@ async def serve_tls(
     take them all and lock the other peers out): more are closed at accept. Each one's wait is
     bounded: CONNECT_TIMEOUT_S for its first byte and for the TLS handshake, and a plain link's
     handler authenticates it under its own timeouts.
+
+    Raises:
+        CannotListen: host:port cannot be bound; the message names `option`, which sets it.
     """
 
     gate = _Gate(max_unauthenticated, max_unauthenticated_per_address)
@@ -337,7 +341,7 @@ async def serve_tls(
         finally:
             framed.abort()  # the handler closed it gracefully already, or failed
 
-    await serve_framed(host, port, accept, task_status=task_status)
+    await serve_framed(host, port, accept, option=option, task_status=task_status)
 
 
 async def _client_dates_current(framed: FramedStream, remote: str) -> bool:

@@ -183,3 +183,30 @@ def test_a_token_with_characters_no_token_has_is_a_clear_error() -> None:
         result = CliRunner().invoke(app, ["status", "--master", url, "--token", token])
         assert isinstance(result.exception, SystemExit), result.exception
         assert result.exit_code == ConfigError.exit_code and "token" in result.output
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "expected"),
+    [
+        (
+            422,
+            "Configuration error: source path 'a/../b' must not contain '..'",
+            "error: Configuration error: POST /api/mappings: source path 'a/../b' must not "
+            "contain '..'",
+        ),
+        (403, "Authentication error: read-only token", "error: Authentication error: "),
+        (503, "Store error: database is locked", "error: Store error: "),
+    ],
+)
+def test_the_masters_error_prefix_is_not_printed_twice(
+    status: int, detail: str, expected: str
+) -> None:
+    """The master's detail says "Configuration error: ..." already; the client's error too."""
+    body = json.dumps({"detail": detail}).encode()
+    argv = ["mapping", "add", "m", "--source", "a:/x", "--target", "b:/y"]
+    with a_server(status, body, "application/json") as url:
+        result = CliRunner().invoke(app, [*argv, "--master", url, "--token", "t"])
+    assert isinstance(result.exception, SystemExit), result.exception
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith(expected), line
+    assert line.count("error:") == 2, line  # "error: X error: POST ...: <detail without X error:>"

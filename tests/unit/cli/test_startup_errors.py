@@ -1,0 +1,139 @@
+"""`relaysync master|agent` and the operator commands stop on a bad start-up with one line on
+stderr and the error's exit code: a bad --config, a missing --master, a --data that is a file, a
+--master that is not a URL, a port another process holds. No traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relaysync.errors import ConfigError
+
+CLI_TIMEOUT_S = 60.0  # a master that starts until its API bind fails takes ~2 s
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `python -m relaysync ARGS` (bounded) with no RELAYSYNC_* settings of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSYNC_")}
+    env["COLUMNS"] = "80"  # a narrow terminal: the message must not be wrapped anyway
+    return subprocess.run(
+        [sys.executable, "-m", "relaysync", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=CLI_TIMEOUT_S,
+    )
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one `error:` line of stderr, after asserting that there is no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert result.stderr.rstrip().endswith(lines[0]), result.stderr  # its last line, whole
+    return lines[0]
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port on 127.0.0.1 this test listens on, for the commands under test to find in use."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (None, "missing.toml: No such file or directory"),
+        ('listen = "127.0.0.1:18470\n', "bad.toml: Illegal character"),
+        ("listen = 18470\n", "listen: Expected `str`, got `int`"),
+        ('api_tls = "https"\n', "api_tls: Invalid enum value 'https'"),
+        ("heartbeat_grace_s = -1\n", "heartbeat_grace_s: Expected `float` >= 0.0"),
+        (
+            'listn = "127.0.0.1:18470"\n',
+            "bad.toml: unknown setting 'listn' (did you mean 'listen'?)",
+        ),
+    ],
+)
+def test_a_bad_master_config_is_one_line(tmp_path: Path, toml: str | None, expected: str) -> None:
+    name = "missing.toml"
+    if toml is not None:
+        name = "bad.toml"
+        (tmp_path / name).write_text(toml)
+    result = cli("master", "--data", "m", "--config", name, cwd=tmp_path)
+    assert result.returncode == ConfigError.exit_code, result.stderr
+    assert error_line(result).startswith(f"error: Configuration error: {expected}")
+    assert not (tmp_path / "m").exists()  # stopped before anything was made
+
+
+def test_an_unknown_agent_setting_names_the_nearest(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('master_url = "http://127.0.0.1:8470"\nrescan_interval = 5\n')
+    result = cli("agent", "--name", "b1", "--data", "a", "--config", "a.toml", cwd=tmp_path)
+    assert result.returncode == ConfigError.exit_code, result.stderr
+    assert error_line(result) == (
+        "error: Configuration error: a.toml: unknown setting 'rescan_interval' "
+        "(did you mean 'rescan_interval_s'?)"
+    )
+
+
+def test_an_agent_without_master_names_the_option(tmp_path: Path) -> None:
+    result = cli("agent", "--name", "b1", "--data", "a", cwd=tmp_path)
+    assert result.returncode == ConfigError.exit_code, result.stderr
+    assert error_line(result) == (
+        "error: Configuration error: no master_url given: set it with --master, master_url "
+        "in the --config file or RELAYSYNC_MASTER_URL"
+    )
+
+
+@pytest.mark.parametrize("command", ["master", "agent"])
+@pytest.mark.parametrize("below", [False, True])
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path, command: str, below: bool) -> None:
+    (tmp_path / "afile").write_text("x")
+    data = "afile/sub" if below else "afile"
+    args = ["--master", "http://127.0.0.1:8470", "--name", "b1"] if command == "agent" else []
+    result = cli(command, "--data", data, *args, cwd=tmp_path)
+    assert result.returncode == ConfigError.exit_code, result.stderr
+    why = "is below afile, which is" if below else "is"
+    assert error_line(result) == f"error: Configuration error: --data {data} {why} not a directory"
+
+
+BAD_URLS = [
+    ("http://256.1.1.1:8470", "'256.1.1.1' is not an IP address"),
+    ("http://127.0.0.1:84x0", "port could not be cast to integer value as '84x0'"),
+    ("http://[::1", "invalid IPv6 URL"),
+    ("127.0.0.1:8470", "no http:// or https:// in front"),
+    ("http://127.0.0.1:8470/api", "no path: the master's API paths are added to host:port"),
+]
+
+
+@pytest.mark.parametrize(("url", "why"), BAD_URLS)
+@pytest.mark.parametrize("argv", [["status"], ["agent", "--name", "b1", "--data", "a"]])
+def test_a_master_url_that_is_not_one_is_one_line(
+    tmp_path: Path, url: str, why: str, argv: list[str]
+) -> None:
+    result = cli(*argv, "--master", url, cwd=tmp_path)
+    assert result.returncode == ConfigError.exit_code, result.stderr
+    assert error_line(result) == (
+        f"error: Configuration error: --master must be http(s)://host:port, got '{url}' ({why})"
+    )
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("option", ["--listen", "--control-listen", "--purge-listen"])
+def test_a_master_port_in_use_is_one_line(tmp_path: Path, held_port: int, option: str) -> None:
+    args = {"--listen": "127.0.0.1:0"} | {option: f"127.0.0.1:{held_port}"}
+    result = cli("master", "--data", "m", *(x for kv in args.items() for x in kv), cwd=tmp_path)
+    assert result.returncode == ConfigError.exit_code  # CannotListen is one, result.stderr
+    assert error_line(result) == (
+        f"error: Cannot listen on 127.0.0.1:{held_port}: address already in use (another "
+        f"relaysync, or another program? see ss -ltnp); choose another with {option}."
+    )
