@@ -173,6 +173,13 @@ def _trust_for(url: str, ca_file: str, data_dir: Path | None) -> str:
 
 
 def _url_from(data_dir: Path) -> str:
+    if not (data_dir / "master.json").exists():
+        what = "no such directory" if not data_dir.exists() else "no master.json in it"
+        raise ConfigError(
+            f"{data_dir} is not a running master's data directory ({what}): give the --data "
+            "of `relaysync master` on this host (it writes master.json once it listens), or "
+            "--master URL"
+        )
     raw = _read_text(data_dir / "master.json")
     try:
         url = json.loads(raw)["api_url"]

@@ -58,8 +58,11 @@ def test_explicit_data_dir_wins_over_environment_master(tmp_path: Path) -> None:
 def test_no_master_anywhere_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--master URL"):
         resolve_target(environ={})
-    with pytest.raises(ConfigError, match="master.json"):
+    with pytest.raises(ConfigError, match=r"not a running master's data directory \(no such"):
         resolve_target(data=tmp_path / "missing", environ={})
+    (tmp_path / "empty").mkdir()  # said "master.json: No such file or directory", no more
+    with pytest.raises(ConfigError, match=r"\(no master.json in it\): give the --data of"):
+        resolve_target(data=tmp_path / "empty", environ={})
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "master.json").write_text("{}")
     with pytest.raises(ConfigError, match="api_url"):
