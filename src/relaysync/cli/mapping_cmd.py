@@ -96,8 +96,7 @@ def add_mapping(
             durability=durability,
             enabled=not disabled,
         )
-        if mode_mask is not None:
-            parse_mode_mask(mode_mask)  # before the mapping is made without its policy
+        check_policy_options(symlinks, mode_mask)  # before the mapping is made without it
         with connect(master, token, data, ca_file) as client:
             created = client.post("/api/mappings", request)
             if symlinks is not None or mode_mask is not None:
@@ -126,6 +125,7 @@ def set_mapping(
     def body() -> None:
         if symlinks is None and mode_mask is None:
             raise ConfigError("nothing to change: give --symlinks or --mode-mask")
+        check_policy_options(symlinks, mode_mask)
         with connect(master, token, data, ca_file) as client:
             found = client.get(f"/api/mappings/{name}")
             changed = set_target_policy(client, found["id"], symlinks, mode_mask)
@@ -139,6 +139,21 @@ def set_mapping(
             )
 
     run_command(body)
+
+
+SYMLINKS_CHOICES = ("default", "safe", "any")
+
+
+def check_policy_options(symlinks: str | None, mode_mask: str | None) -> None:
+    """Refuse a --symlinks or --mode-mask value before anything is sent.
+
+    Raises:
+        ConfigError: naming the option and what it takes.
+    """
+    if symlinks is not None and symlinks not in SYMLINKS_CHOICES:
+        raise ConfigError(f"--symlinks {symlinks!r}: give one of {', '.join(SYMLINKS_CHOICES)}")
+    if mode_mask is not None:
+        parse_mode_mask(mode_mask)
 
 
 def set_target_policy(

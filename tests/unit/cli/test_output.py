@@ -336,3 +336,15 @@ def test_an_empty_fleet_says_how_to_add_servers() -> None:
         topology = CliRunner().invoke(app, ["topology", "--master", url, "--token", "t"])
     assert topology.exit_code == 0, topology.output
     assert "relaysync agent --master URL" in " ".join(topology.output.split())
+
+
+@pytest.mark.parametrize("command", [["mapping", "set", "m"], ["mapping", "add", "m"]])
+def test_a_bad_symlinks_choice_is_refused_before_anything_is_sent(command: list[str]) -> None:
+    """`--symlinks maybe` reached the master, which listed the choices as '', 'safe' or 'any'
+    (the option calls the first "default"); with `mapping add`, after the mapping was made."""
+    extra = ["--source", "src:/a", "--target", "t1:/b"] if command[1] == "add" else []
+    result = CliRunner().invoke(
+        app, [*command, *extra, "--symlinks", "maybe", "--master", "http://127.0.0.1:1"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--symlinks 'maybe': give one of default, safe, any" in " ".join(result.output.split())
