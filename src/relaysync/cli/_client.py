@@ -361,9 +361,13 @@ PIPED_WIDTH = 1000  # columns of output that goes to a pipe or a file: tables wh
 def _output_width() -> int | None:
     """None (the terminal's width, or COLUMNS) on a terminal; wide when piped: rich assumed 80
     columns there and cut a 13-column table's headers and numbers to "ma… 381…" for scripts."""
-    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+    if os.environ.get("COLUMNS"):
         return None
-    return PIPED_WIDTH
+    try:  # no stdout at all (`>&-`): rich copes, and the width does not matter
+        terminal = sys.stdout is not None and sys.stdout.isatty()
+    except (AttributeError, ValueError, OSError):
+        terminal = False
+    return None if terminal else PIPED_WIDTH
 
 
 console = Console(highlight=False, width=_output_width())

@@ -21,6 +21,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._run import err_console
 from relaysync.errors import RelaySyncError
 
 POLL_S = 0.2  # progress is read from the master this often
@@ -72,8 +73,8 @@ def _follow(
     Stopped following (Ctrl-C), the release goes on: said so, then the interrupt goes on."""
     try:
         return _follow_release(client, mapping, release, timeout_s, quiet=quiet)
-    except KeyboardInterrupt:
-        console.print(
+    except KeyboardInterrupt:  # on stderr: stdout may be a --json document
+        err_console.print(
             f"stopped following: release {release} of {mapping} goes on; `relaysync status` "
             "shows its progress",
             markup=False,
@@ -94,7 +95,7 @@ def _follow_release(
         TimeElapsedColumn(),
     )
     source = ""  # the source agent's name, once it is waited for
-    upto, source_node = 0, ""
+    taken, source_node = False, ""
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
         task = progress.add_task(escape(f"sending {mapping}"), total=None)
         start: int | None = None
@@ -102,9 +103,11 @@ def _follow_release(
             mode = client.get(f"/api/mappings/{mapping}/mode")
             status = client.get(f"/api/mappings/{mapping}/status")
             source_node = str(status["source_node"])
-            upto = int(mode["released_upto"]) if int(mode["release"]) == release else 0
+            taken, upto = _taken(mode, release)
             marks = [int(t["watermark"]) for t in status["targets"]]
-            if upto and marks:
+            if taken and not upto:  # nothing journaled: nothing to send
+                return {"upto_seq": 0, "targets": len(marks)}
+            if taken and marks:
                 start = min(marks) if start is None else start
                 done = min(upto, min(marks))
                 progress.update(
@@ -115,7 +118,7 @@ def _follow_release(
                 )
                 if done >= upto:
                     return {"upto_seq": upto, "targets": len(marks)}
-            elif not upto and not source and time.monotonic() - started >= NOT_TAKEN_NOTE_S:
+            elif not taken and not source and time.monotonic() - started >= NOT_TAKEN_NOTE_S:
                 source = _server_name(client, source_node)
                 waiting = f"waiting for the source agent {source} to take release {release}"
                 progress.update(task, description=escape(waiting))
@@ -126,9 +129,20 @@ def _follow_release(
                         highlight=False,
                     )
             time.sleep(POLL_S)
-        if not upto and source_node:
+        if not taken and source_node:
             raise SendNotTaken(source or _server_name(client, source_node), mapping, timeout_s)
     raise SendTimedOut(mapping, timeout_s)
+
+
+def _taken(mode: dict[str, Any], release: int) -> tuple[bool, int]:
+    """Whether the source took `release` (or a later one, which covers it too), and the seq
+    that covers. `released_upto` is the seq of `released_release`: until the source reports the
+    new release it is the previous one's, which the targets may hold already (a master without
+    `released_release`: taken once it is above 0 under this release's number)."""
+    upto = int(mode["released_upto"])
+    if "released_release" in mode:
+        return int(mode["released_release"]) >= release, upto
+    return int(mode["release"]) == release and upto > 0, upto
 
 
 def _server_name(client: MasterClient, node_id: str) -> str:

@@ -351,7 +351,8 @@ class ControlServer(ControlHolds):
                 raise NodeRemoved(
                     node_id[:16],
                     "its certificate has the name reserved for the master: "
-                    "DELETE /api/servers/<its name> and join it again under another name",
+                    "remove it (`relaysync server remove <its name>`, or DELETE "
+                    "/api/servers/<its name>) and join it again under another name",
                 )
             address = register.peer_address
             if why := address_problem(address):

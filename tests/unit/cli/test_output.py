@@ -19,6 +19,7 @@ from relaysync.cli._client import format_bytes, format_duration, format_time, pr
 from relaysync.cli.app import app
 from relaysync.cli.log_cmd import CHANGE_COLUMNS, changes_table, exceptions_table, label
 from relaysync.cli.mapping_cmd import mapping_body, mappings_table, parse_mode_mask, split_location
+from relaysync.cli.send_cmd import SendNotTaken, _follow_release
 from relaysync.cli.stats_cmd import stats_table
 from relaysync.cli.status_cmd import fetch_status, servers_table
 from relaysync.cli.status_cmd import mappings_table as status_mappings_table
@@ -348,3 +349,55 @@ def test_a_bad_symlinks_choice_is_refused_before_anything_is_sent(command: list[
     )
     assert result.exit_code == 2, result.output
     assert "--symlinks 'maybe': give one of default, safe, any" in " ".join(result.output.split())
+
+
+class _FakeMaster:
+    """The mode and status documents `relaysync send` polls, as a master answers them."""
+
+    def __init__(self, mode: dict[str, Any], marks: list[int]) -> None:
+        self.mode, self.marks = mode, marks
+
+    def get(self, path: str, **_: Any) -> Any:
+        if path.endswith("/mode"):
+            return self.mode
+        if path.endswith("/status"):
+            return {"source_node": "n" * 64, "targets": [{"watermark": m} for m in self.marks]}
+        return {"name": "src", "state": "up"}  # /api/servers/{node}
+
+
+@pytest.mark.parametrize(
+    ("mode", "marks", "outcome"),
+    [
+        # the previous release's seq, held by every target, before the source took this one
+        ({"release": 2, "released_upto": 42, "released_release": 1}, [42], "not taken"),
+        # another send came after ours: the source took it, and it covers ours
+        ({"release": 3, "released_upto": 50, "released_release": 3}, [50, 50], 50),
+        # taken, nothing journaled since the source started: nothing to send
+        ({"release": 2, "released_upto": 0, "released_release": 2}, [0], 0),
+        # a master from before released_release: taken once its seq is under our number
+        ({"release": 2, "released_upto": 42}, [42], 42),
+    ],
+)
+def test_send_follows_the_release_the_source_took(
+    mode: dict[str, Any], marks: list[int], outcome: object
+) -> None:
+    client = _FakeMaster(mode, marks)
+    if outcome == "not taken":
+        with pytest.raises(SendNotTaken, match="src \\(up\\)"):
+            _follow_release(client, "m", 2, 0.3, quiet=True)  # type: ignore[arg-type]
+    else:
+        done = _follow_release(client, "m", 2, 5.0, quiet=True)  # type: ignore[arg-type]
+        assert done["upto_seq"] == outcome
+
+
+def test_the_cli_runs_with_its_stdout_closed() -> None:
+    """`relaysync ... >&-` (a service manager with no stdout): the piped-width check asked a
+    stdout of None whether it was a terminal, and every command died at import."""
+    result = subprocess.run(
+        [sys.executable, "-m", "relaysync", "master", "--help"],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert result.returncode == 0, result.stderr

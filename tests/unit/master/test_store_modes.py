@@ -43,6 +43,25 @@ def test_release_counter_reaches_the_assignment(mapped: tuple[Store, int]) -> No
     assert store.modes.get(mapping_id).released_upto == 42
 
 
+def test_a_release_is_known_taken_even_when_its_seq_did_not_move(
+    mapped: tuple[Store, int],
+) -> None:
+    """`released_upto` kept the previous release's seq until the source reported the new one,
+    and a report covering the same seq changed nothing: `relaysync send` took the old seq, held
+    by every target, for the new release done (with the source down, too)."""
+    store, mapping_id = mapped
+    store.modes.set_mode(mapping_id, "manual")
+    store.modes.release(mapping_id)
+    store.modes.record_release(mapping_id, 1, 42)
+    asked = store.modes.release(mapping_id)
+    assert (asked.release, asked.released_upto, asked.released_release) == (2, 42, 1)
+    store.modes.record_release(mapping_id, 2, 42)  # nothing new journaled since release 1
+    taken = store.modes.get(mapping_id)
+    assert (taken.released_upto, taken.released_release) == (42, 2)
+    store.modes.record_release(mapping_id, 1, 50)  # a late report of the release before
+    assert store.modes.get(mapping_id).released_release == 2
+
+
 def test_missed_runs_happen_once(mapped: tuple[Store, int]) -> None:
     store, mapping_id = mapped
     info = store.modes.set_mode(mapping_id, "reserved", "every:60")

@@ -28,6 +28,7 @@ class ModeOut(BaseModel):
     schedule: str
     release: int  # how many sends (manual or reserved runs) so far
     released_upto: int  # the source's journal seq the last send covers (0 until it reports)
+    released_release: int = 0  # the release `released_upto` belongs to (the source took it)
     next_run_at: float | None
     last_run_at: float | None
 

@@ -54,6 +54,8 @@ class MappingModeRow(Base):
     released_upto: Mapped[int] = mapped_column(
         BigInteger, default=0
     )  # the source's seq for `release`
+    # the release the source last reported taking (0022): `released_upto` is its seq
+    released_release: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     delete_confirm: Mapped[int] = mapped_column(
         Integer, default=0
     )  # operator confirmations of mass deletes
@@ -90,7 +92,7 @@ def forget_released(session: Session, mapping_id: int) -> None:
     session.execute(
         update(MappingModeRow)
         .where(MappingModeRow.mapping_id == mapping_id)
-        .values(released_upto=0)
+        .values(released_upto=0, released_release=0)
     )
 
 
@@ -101,6 +103,7 @@ class ModeInfo:
     schedule: str
     release: int
     released_upto: int
+    released_release: int  # the release `released_upto` belongs to (0: none taken yet)
     next_run_at: float | None
     last_run_at: float | None
 
@@ -112,6 +115,7 @@ def _info(row: MappingModeRow) -> ModeInfo:
         schedule=row.schedule,
         release=row.release,
         released_upto=row.released_upto,
+        released_release=row.released_release,
         next_run_at=row.next_run_at,
         last_run_at=row.last_run_at,
     )
@@ -159,6 +163,7 @@ class ModeStore:
                 schedule="",
                 release=0,
                 released_upto=0,
+                released_release=0,
                 delete_confirm=0,
                 keep_versions=0,
                 keep_versions_on=[],
@@ -175,7 +180,7 @@ class ModeStore:
             return (
                 _info(row)
                 if row is not None
-                else ModeInfo(mapping_id, "realtime", "", 0, 0, None, None)
+                else ModeInfo(mapping_id, "realtime", "", 0, 0, 0, None, None)
             )
 
     def set_mode(self, mapping_id: int, mode: str, schedule: str = "") -> ModeInfo:
@@ -288,17 +293,22 @@ class ModeStore:
         guarded update, so a report of a former source (`source_node` given and no longer the
         mapping's) or of an older release, racing a source move that reset the progress, can
         never set it back."""
-        guards = [
-            MappingModeRow.mapping_id == mapping_id,
-            MappingModeRow.release == release,
-            MappingModeRow.released_upto < upto_seq,
-        ]
+        guards = [MappingModeRow.mapping_id == mapping_id, MappingModeRow.release == release]
         if source_node:
             guards.append(
                 exists().where(Mapping.id == mapping_id, Mapping.source_node == source_node)
             )
         with self._write("record release") as session:
-            session.execute(update(MappingModeRow).where(*guards).values(released_upto=upto_seq))
+            session.execute(
+                update(MappingModeRow)
+                .where(*guards, MappingModeRow.released_upto < upto_seq)
+                .values(released_upto=upto_seq)
+            )
+            session.execute(  # taken, even if nothing new was journaled since the last one
+                update(MappingModeRow)
+                .where(*guards, MappingModeRow.released_release < release)
+                .values(released_release=release)
+            )
 
     def apply(self, session: Session, specs: Sequence[MappingSpec]) -> Iterator[MappingSpec]:
         """Yield the specs with their mode and release counter filled in."""
