@@ -85,8 +85,8 @@ def lock_data_dir(data_dir: Path, role: str) -> DataDirLock:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise DataDirInUse(holder, data_dir.resolve(), role) from exc
-        if exc.errno not in _UNSUPPORTED:
-            raise
+        if exc.errno not in _UNSUPPORTED:  # EIO, ENOLCK's cousins on a network file system...
+            raise ConfigError(f"data directory {data_dir}: cannot lock {path}: {exc}") from exc
         logger.warning(
             "data directory %s: its file system cannot lock %s (%s); nothing stops a second "
             "relaysync process from using it: run only one there",

@@ -115,12 +115,16 @@ def test_a_file_system_without_flock_warns_and_runs_unprotected(
     lock.release()
 
 
-def test_another_flock_error_is_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_another_flock_error_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line naming the lock file, not a traceback."""
+
     def bad_fd(fd: int, op: int) -> None:
-        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(dir_lock.fcntl, "flock", bad_fd)
-    with pytest.raises(OSError, match="Bad file descriptor"):
+    with pytest.raises(ConfigError, match=r"cannot lock .*lock: .*Input/output error"):
         lock_data_dir(tmp_path / "data", "master")
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -16,6 +17,8 @@ from sqlalchemy.orm import Session
 from relaysync.master.store._site_tables import PurgeLogRow, PurgeQueueRow, Site
 from relaysync.master.store._sites import find_site
 from relaysync.purge.jobs import ACTIONS, PurgeItem, PurgeResult, QueuedPurge, Retry
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +53,11 @@ class PurgeQueueStore:
         with self._write("enqueue purges") as session:
             wanted = {i.site_id for i in items}
             there = set(session.scalars(select(Site.id).where(Site.id.in_(wanted))))
+            if len(there) < len(wanted):
+                gone = len([i for i in items if i.site_id not in there])
+                logger.info(
+                    "%d purges of deleted sites %s not queued", gone, sorted(wanted - there)
+                )
             items = [i for i in items if i.site_id in there]
             rows = [
                 PurgeQueueRow(
