@@ -61,6 +61,9 @@ API_JOIN_MAX_BODY_BYTES = 8 * 1024  # POST /api/join: a token, a name and a CSR 
 # An agent sends its server figures this often (AgentConfig.metrics_interval_s's default); the
 # master raises "no data" for an agent silent for NO_DATA_AFTER_REPORTS times this or its own gap.
 METRICS_INTERVAL_S = 10.0
+# A source that begins or stops failing sends the figures at once, this long after the last at
+# the soonest (a source failing again and again cannot flood the master with reports).
+EARLY_REPORT_GAP_S = 1.0
 # A server not linked since the master started, or since it joined, has this long to link before
 # its heartbeat alert counts (MasterConfig.heartbeat_grace_s): agents reconnect with backoff after
 # a master restart, and a new one links after its join; each was alerted and used up its notices.

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 import msgspec
@@ -18,10 +18,13 @@ import msgspec
 from relaysync._util.aio import leaf_error
 from relaysync.constants import RECEIVE_TIMEOUT_S, SOURCE_RETRY_MAX_S, SOURCE_RETRY_MIN_S
 from relaysync.protocol.messages import (
+    MAX_SOURCE_ERROR,
+    MAX_SOURCE_FAILURES,
     MappingSpec,
     MassDeleteEnded,
     MassDeleteHeld,
     ReleaseReport,
+    SourceFailure,
 )
 from relaysync.watch.content_cache import ContentCache
 
@@ -45,8 +48,21 @@ class _Running:
     links: LinkSet | None = None
     source: SourceMapping | None = None
     ended: anyio.Event = field(default_factory=anyio.Event)  # its journal and manifest are closed
-    failing: bool = False  # its last run failed or could not start: waiting for a retry
+    # Its last run failed or could not start, why and since when: waiting for a retry. The
+    # master shows it (MetricsReport.source_failures) until a retry starts the source.
+    failure: SourceFailure | None = None
     stopped: str = ""  # why `_apply_sources` stopped it (a hold it had ends so)
+
+    @property
+    def failing(self) -> bool:
+        return self.failure is not None
+
+
+class _Refused(NamedTuple):
+    """A source folder agent/guard.py refuses: it never runs (until an assignment changes it)."""
+
+    name: str  # the mapping's
+    failure: SourceFailure
 
 
 class SourceRole(AgentRole):
@@ -54,12 +70,15 @@ class SourceRole(AgentRole):
 
     sources: dict[int, _Running]
     content_cache: ContentCache  # small files read to hash, for the links (one per agent)
-    refused_sources: dict[int, str]  # mapping id -> name: a source folder refused
+    refused_sources: dict[int, _Refused]  # by mapping id: a source folder refused
     link: MasterLink | None
+    _refusals_logged: dict[tuple[int, str], str]  # TargetRole's: (mapping, role) -> why
 
-    if TYPE_CHECKING:  # TargetRole's
+    if TYPE_CHECKING:
 
-        def _refuse(self, spec: MappingSpec, path: str, role: str) -> bool: ...
+        def _refuse(self, spec: MappingSpec, path: str, role: str) -> bool: ...  # TargetRole's
+
+        def _figures_soon(self) -> None: ...  # AgentService's: send the figures now
 
     async def _apply_sources(self, wanted: dict[int, MappingSpec]) -> None:
         stopping = []
@@ -79,17 +98,39 @@ class SourceRole(AgentRole):
             with anyio.move_on_after(RECEIVE_TIMEOUT_S):
                 await running.ended.wait()
         assert self._tg is not None
-        refused: dict[int, str] = {}
+        refused: dict[int, _Refused] = {}
         for mapping_id, spec in wanted.items():
             if mapping_id in self.sources:
                 continue
             if self._refuse(spec, spec.source_path, "source"):
-                refused[mapping_id] = spec.name  # never runs: source_failing says so
+                # never runs: source_failing and the master's status say so
+                refused[mapping_id] = self._refused_source(spec)
                 continue
             running = _Running(spec=spec, scope=anyio.CancelScope())
             self.sources[mapping_id] = running
             self._tg.start_soon(self._run_source, spec, running.scope, running.ended)
-        self.refused_sources = refused
+        before, self.refused_sources = self.refused_sources, refused
+        if {m: r.failure.error for m, r in before.items()} != {
+            m: r.failure.error for m, r in refused.items()
+        }:
+            self._figures_soon()
+
+    def _refused_source(self, spec: MappingSpec) -> _Refused:
+        """The refusal of the mapping's source folder, since it was first refused for this reason."""
+        why = self._refusals_logged.get((spec.mapping_id, "source"), "source folder refused")
+        before = self.refused_sources.get(spec.mapping_id)
+        if before is not None and before.failure.error == why[:MAX_SOURCE_ERROR]:
+            return before._replace(name=spec.name)
+        failure = SourceFailure(
+            mapping_id=spec.mapping_id, error=why[:MAX_SOURCE_ERROR], since=time.time()
+        )
+        return _Refused(spec.name, failure)
+
+    def source_failures(self) -> tuple[SourceFailure, ...]:
+        """Every source of this agent that cannot run, by mapping id (for the master)."""
+        failures = [r.failure for r in self.refused_sources.values()]
+        failures += [r.failure for r in self.sources.values() if r.failure is not None]
+        return tuple(sorted(failures, key=lambda f: f.mapping_id)[:MAX_SOURCE_FAILURES])
 
     async def _change_source(self, running: _Running, spec: MappingSpec) -> bool:
         """Change a running source in place (routes, targets, counters); False if that failed
@@ -131,13 +172,27 @@ class SourceRole(AgentRole):
                             delay_s = SOURCE_RETRY_MIN_S  # it ran a while: a new failure
                         _log_source_failure(spec.mapping_id, exc, delay_s)
                         if (failed := self._running_source(spec.mapping_id, scope)) is not None:
-                            failed.failing = True  # the master sees it in source_failing
+                            self._source_failed(failed, exc)  # the master sees it, and why
                     await anyio.sleep(delay_s)
                     delay_s = min(delay_s * 2, SOURCE_RETRY_MAX_S)
                     running = self._running_source(spec.mapping_id, scope)
                     spec = running.spec if running is not None else spec
         finally:
             ended.set()
+
+    def _source_failed(self, running: _Running, exc: Exception) -> None:
+        """Note why the source could not run; the master hears at once of a new reason."""
+        err = leaf_error(exc)
+        error = f"{type(err).__name__}: {err}"[:MAX_SOURCE_ERROR]
+        before = running.failure
+        running.failure = SourceFailure(
+            mapping_id=running.spec.mapping_id,
+            error=error,
+            since=before.since if before is not None else time.time(),
+            attempts=before.attempts + 1 if before is not None else 1,
+        )
+        if before is None or before.error != error:
+            self._figures_soon()
 
     def _running_source(self, mapping_id: int, scope: anyio.CancelScope) -> _Running | None:
         """The mapping's entry while `scope` is still the one running it."""
@@ -163,8 +218,9 @@ class SourceRole(AgentRole):
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(source.serve)
-                if running is not None:
-                    running.failing = False
+                if running is not None and running.failure is not None:
+                    running.failure = None
+                    self._figures_soon()  # the master clears it at once
                 if not source.realtime and running is not None:
                     self._release(source, running.spec.release)  # a send made while we were down
                 links = LinkSet(

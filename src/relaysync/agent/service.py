@@ -58,7 +58,7 @@ from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.content_cache import ContentCache
 
-from ._source_role import SourceRole, _Running
+from ._source_role import SourceRole, _Refused, _Running
 from ._target_role import TargetRole
 from .advertise import advertised_address, check_advertised, follows_route, listens_ipv4_only
 from .enrollment import MasterPin, join, pin_master, reachable_control_address, read_identity
@@ -85,7 +85,7 @@ class AgentService(SourceRole, TargetRole):
         self.node_id = ""
         self.sources: dict[int, _Running] = {}
         self.content_cache = ContentCache()  # small files read to hash, shared by the sources
-        self.refused_sources: dict[int, str] = {}  # mapping id -> name: a source folder refused
+        self.refused_sources: dict[int, _Refused] = {}  # by mapping id: a source folder refused
         self.targets: dict[int, TargetFolder] = {}
         self.relays: dict[int, tuple[RelayFeed, LinkSet]] = {}  # mappings this agent relays on
         # Folders agent/guard.py refused, with the parents that may hear why (peer_server.py).
@@ -99,6 +99,7 @@ class AgentService(SourceRole, TargetRole):
         self._server: PeerServer | None = None
         self._assign_lock = anyio.Lock()
         self._cert_pem = b""  # read at start: its expiry is a monitoring figure
+        self._collector: Collector | None = None  # set while the figures are sent
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         capabilities = announced_capabilities(
@@ -354,7 +355,7 @@ class AgentService(SourceRole, TargetRole):
     async def _serve_monitoring(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        collector = Collector(folders=self._folders, own=self._own_figures)
+        self._collector = collector = Collector(folders=self._folders, own=self._own_figures)
         assert self.link is not None
         async with anyio.create_task_group() as tg:
             if self.cfg.metrics_listen:
@@ -367,10 +368,22 @@ class AgentService(SourceRole, TargetRole):
             task_status.started()
 
     def _send_figures(self, report: MetricsReport) -> None:
-        """Send the figures with the journal head of each mapping this agent is the source of:
-        the master's lag figures need it when no target reports (every target down)."""
+        """Send the figures with the journal head of each mapping this agent is the source of
+        (the master's lag figures need it when no target reports: every target down) and its
+        sources that cannot run (the master's status shows why)."""
         assert self.link is not None
-        self.link.send_metrics(msgspec.structs.replace(report, journal_heads=self._journal_heads()))
+        self.link.send_metrics(
+            msgspec.structs.replace(
+                report,
+                journal_heads=self._journal_heads(),
+                source_failures=self.source_failures(),
+            )
+        )
+
+    def _figures_soon(self) -> None:
+        """A source began or stopped failing: send the figures now, not at the next interval."""
+        if self._collector is not None:
+            self._collector.report_soon()
 
     def _journal_heads(self) -> tuple[JournalHead, ...]:
         heads = [
@@ -396,8 +409,8 @@ class AgentService(SourceRole, TargetRole):
         ]
         if self._cert_pem:  # an operator's threshold (cert_expires_in_s < 2592000) alerts ahead
             out.append(sample("cert_expires_in_s", seconds_left(self._cert_pem)))
-        for name in self.refused_sources.values():  # its folder refused by agent/guard.py
-            out.append(sample("source_failing", 1, mapping=name))
+        for refused in self.refused_sources.values():  # its folder refused by agent/guard.py
+            out.append(sample("source_failing", 1, mapping=refused.name))
         for r in self.sources.values():
             # 1 while the mapping's source cannot run (its folder, its state): an operator's
             # threshold on it alerts, and resolves when a retry starts the source

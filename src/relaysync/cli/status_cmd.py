@@ -41,7 +41,8 @@ def status(
     json: JsonOption = False,
 ) -> None:
     """Show servers (up or down, health, last seen) and, per mapping and target, watermark, lag
-    and the changes a manual or reserved mapping holds back until its next release (pending)."""
+    and the changes a manual or reserved mapping holds back until its next release (pending);
+    a mapping whose source cannot run says why."""
     run_command(lambda: _status(master, token, data, ca_file, as_json=json))
 
 
@@ -83,6 +84,9 @@ def fetch_status(client: MasterClient) -> dict[str, Any]:
                 "lag": sum(t["lag"] for t in targets),
                 "pending": sum(t.get("pending", 0) for t in targets),  # an older master: none
                 "open_exceptions": sum(t["open_exceptions"] for t in targets),
+                # why its source cannot run ("" while it runs, or from an older master)
+                "source_error": found.get("source_error", ""),
+                "source_error_since": found.get("source_error_since"),
                 "targets": targets,
             }
         )
@@ -96,6 +100,7 @@ def fetch_status(client: MasterClient) -> dict[str, Any]:
             "lag": sum(m["lag"] for m in mappings),
             "pending": sum(m["pending"] for m in mappings),
             "open_exceptions": sum(m["open_exceptions"] for m in mappings),
+            "sources_failing": sum(bool(m["source_error"]) for m in mappings),
         },
     }
 
@@ -148,6 +153,9 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
         source = escape(f"{m['source']}:{m['source_path']}") + (
             "" if m["enabled"] else " (disabled)"
         )
+        if m.get("source_error"):
+            since = format_time(m["source_error_since"])
+            source += f"\n[red]source failing since {since}: {escape(m['source_error'])}[/red]"
         for i, t in enumerate(m["targets"]):
             lag = f"[yellow]{t['lag']}[/yellow]" if t["lag"] else "0"
             failed = f"[red]{t['open_exceptions']}[/red]" if t["open_exceptions"] else "0"

@@ -57,6 +57,8 @@ class AgentLink:
     # Mappings whose head the store refused (not this node's): not sent to the store again
     # until the mappings change (`_forget_heads`), at most MAX_REFUSED_HEADS_KEPT of them.
     refused_heads: set[int] = field(default_factory=set)
+    # Mappings whose source failures it sent are not its own: likewise (master/_control_sources.py).
+    refused_failures: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -101,7 +103,7 @@ class ControlTrust:
         """Mappings changed (a source moved, its old head deleted; a node became a source):
         each link's next heads are written again, or checked again, whatever it sent before."""
         for link in list(self.links.values()):
-            link.heads, link.refused_heads = {}, set()
+            link.heads, link.refused_heads, link.refused_failures = {}, set(), set()
 
     async def _write_heads(self) -> None:
         """Write the heads in the links' slots, all of them in one transaction, for as long as

@@ -51,6 +51,7 @@ from relaysync.master.api._context import ApiContext, call_on_event_loop, requir
 from relaysync.master.api._limits import RequestLimits
 from relaysync.master.events import EventBus
 from relaysync.master.router import Router
+from relaysync.master.source_failures import SourceFailures
 from relaysync.master.store import Store
 from relaysync.ui import mount_console
 
@@ -171,6 +172,7 @@ def create_app(
     on_change: Callable[[], None],
     router: Router | None = None,
     master_node_id: str = "",
+    source_failures: SourceFailures | None = None,
 ) -> FastAPI:
     """Build the REST API over the master's store, CA and event bus.
 
@@ -182,6 +184,8 @@ def create_app(
         router: the master's re-planner; a fresh one over `store` when not given (tests, tools).
         master_node_id: fingerprint of the control server's certificate, told to agents when they
             join so that they connect to no other; "" without a control server (tests, tools).
+        source_failures: the control server's sources that cannot run (the mapping status
+            shows them); none without a control server (tests, tools).
     """
     if not admin_token:
         raise ConfigError("the master needs a non-empty admin token")
@@ -195,6 +199,7 @@ def create_app(
         master_node_id=master_node_id,
         on_change=on_change,
         router=router or Router(store, events, on_change=lambda: call_on_event_loop(on_change)),
+        source_failures=source_failures or SourceFailures(),
     )
     for route in ROUTES:
         app.add_api_route(

@@ -6,7 +6,8 @@ with, whatever its Register says. What a link reports is believed only for the n
 CommitReport for its own target folders (target_node is the link's node, a target of the
 mapping, and the mapping's source is the report's source; acknowledged once the job log took
 it, master/report_acks.py); ReleaseReport and MassDeleteHeld from the mapping's source
-(MassDeleteEnded also from the node that reported the hold, master/_control_holds.py);
+(MassDeleteEnded also from the node that reported the hold, master/_control_holds.py), and
+the failures of sources that cannot run (master/_control_sources.py);
 HopFailed from a source or target of the mapping about one of its targets. Anything else is
 dropped, counted in `refused` and logged (a report naming another target is also an `alarm`
 event: no agent sends one).
@@ -57,6 +58,7 @@ from relaysync.master.joblog import JobLogWriter
 from relaysync.master.mapping_members import MappingMembers
 from relaysync.master.report_acks import ReportAcks
 from relaysync.master.router import Router
+from relaysync.master.source_failures import SourceFailures
 from relaysync.master.store.store import Store
 from relaysync.protocol.connection import ACCEPT_BACKLOG
 from relaysync.protocol.framing import FramedStream
@@ -78,7 +80,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import tls
 
-from ._control_holds import ControlHolds
+from ._control_sources import ControlSources
 from ._control_trust import AgentLink, HeadsFailures, warn_if_expiring
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ MAX_REFUSED_FIGURES_LOGGED = 100  # per link: a hostile agent cannot grow the lo
 ASSIGNMENTS_AT_ONCE = 4  # agents' assignments computed at once after a change
 
 
-class ControlServer(ControlHolds):
+class ControlServer(ControlSources):
     """Accepts agents' control links and keeps their assignments current."""
 
     def __init__(
@@ -123,6 +125,7 @@ class ControlServer(ControlHolds):
         self._writer_stopped = anyio.Event()  # the job log took every report read
         self._link_ended = anyio.Event()  # set (and replaced) as each link ends
         self._holds = {}  # the mass-delete holds reported (master/_control_holds.py)
+        self.source_failures = SourceFailures()  # the sources that cannot run, and why
         self._heads_slots: dict[str, tuple[AgentLink, dict[int, int]]] = {}  # by node id
         self._heads_due = anyio.Event()  # a slot was filled: `_write_heads` writes them
         self._heads_writer: anyio.CancelScope | None = None  # `_write_heads`', cancelled by `stop`
@@ -229,13 +232,15 @@ class ControlServer(ControlHolds):
 
     async def _removal_loop(self) -> None:
         """Close the link of every server an operator removes or revokes, and forget the hold
-        of a mapping deleted or confirmed (`_forget_hold`), as the event bus tells it."""
+        of a mapping deleted or confirmed (`_forget_hold`) and the source failures of a mapping
+        deleted or a server removed, as the event bus tells it."""
         seen = self.events.last_id
         while True:
             events = await self.events.wait_since(seen, REMOVED_WAIT_S)
             for event in events:
                 seen = event.id
                 self._forget_hold(event)
+                self._forget_source_failures(event)
                 if event.type in (EventType.SERVER_REMOVED, EventType.SERVER_REVOKED):
                     await self.drop_link(str(event.data.get("node_id", "")))
 
@@ -460,6 +465,7 @@ class ControlServer(ControlHolds):
                 if self.on_metrics is not None:
                     self.on_metrics(link.node_id, link.name, report)
                 self._take_heads(link, report.journal_heads)
+                await self._take_source_failures(link, report.source_failures)
             case AssignmentAck():
                 link.epoch_acked = message.epoch
             case MassDeleteHeld():

@@ -57,6 +57,10 @@ class EventType(enum.StrEnum):
         "mass_delete_held"  # a source folder vanished or emptied: deletes held for the operator
     )
     MASS_DELETE_ENDED = "mass_delete_ended"  # a hold is over (`reason`: paths back, mapping removed, confirmed, ...)
+    # A mapping's source cannot run (its folder missing, refused, unreadable...): `error`, `since`
+    # (master/source_failures.py); published again only when the reason changes.
+    SOURCE_FAILING = "source_failing"
+    SOURCE_FAILURE_ENDED = "source_failure_ended"  # it runs again (or is no longer that agent's)
     # --- Relay routes (master/router.py) ---
     ROUTE_CHANGED = (
         "route_changed"  # a mapping's distribution tree was re-planned: which hops and why

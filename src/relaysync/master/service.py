@@ -261,6 +261,7 @@ class MasterService:
             on_change=control.notify_change,
             router=parts.router,
             master_node_id=identity.node_id,
+            source_failures=control.source_failures,
         )
         app.state.joblog = parts.joblog
         app.state.purger = parts.purging.purger

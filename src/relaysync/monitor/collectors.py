@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import anyio
 import psutil
 
+from relaysync.constants import EARLY_REPORT_GAP_S
 from relaysync.protocol.messages import MetricSample, MetricsReport
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Collector:
         self.folders = folders
         self.own = own
         self.latest: MetricsReport | None = None
+        self._soon = anyio.Event()  # `report_soon` was called: the next report goes early
         psutil.cpu_percent(interval=None)  # prime: the next call measures from here
 
     async def collect(self) -> MetricsReport:
@@ -94,10 +96,13 @@ class Collector:
         interval_s: float,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Collect every `interval_s` and hand each report to `send`, until cancelled."""
+        """Collect every `interval_s` and hand each report to `send`, until cancelled; after a
+        `report_soon`, the next report goes at once (but never within EARLY_REPORT_GAP_S of
+        the last one) and the interval counts from it."""
         task_status.started()
         while True:
             started = anyio.current_time()
+            self._soon = anyio.Event()
             try:
                 report = await self.collect()
             except (OSError, psutil.Error) as exc:
@@ -108,4 +113,11 @@ class Collector:
                 result = send(report)
                 if result is not None:
                     await result
-            await anyio.sleep(max(0.0, interval_s - (anyio.current_time() - started)))
+            gap_s = min(interval_s, EARLY_REPORT_GAP_S)
+            await anyio.sleep(max(0.0, gap_s - (anyio.current_time() - started)))
+            with anyio.move_on_after(interval_s - (anyio.current_time() - started)):
+                await self._soon.wait()
+
+    def report_soon(self) -> None:
+        """Send the next report now (a state the master shows changed), not at the interval."""
+        self._soon.set()

@@ -279,6 +279,8 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
 
 MAX_METRIC_SAMPLES = 4096  # one report per agent tick; thousands of mappings is already extreme
 MAX_JOURNAL_HEADS = 4096  # per report; mappings past it keep the head their targets report
+MAX_SOURCE_FAILURES = 4096  # per report: at most one per mapping the agent is the source of
+MAX_SOURCE_ERROR = 500  # characters of a failing source's reason (the agent cuts longer ones)
 MAX_METRIC_NAME = 64
 MAX_METRIC_LABELS = 8  # e.g. the disk path or the mapping of one figure
 # Prometheus's own name rules, in ASCII: its client rewrites other characters to "_", so two
@@ -302,19 +304,36 @@ class JournalHead(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     seq: UInt63
 
 
+class SourceFailure(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A mapping's source that cannot run (its folder missing, refused by the agent's folder
+    guard, unreadable; its state; the inotify limit) while its agent retries it."""
+
+    mapping_id: UInt63
+    error: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_ERROR)]  # why, as the agent logs it
+    since: UnixTime  # unix time on the agent of the first failure since the source last ran
+    attempts: UInt63 = 1  # starts tried and failed since then
+
+
 class MetricsReport(Message, frozen=True, tag="metrics_report", omit_defaults=True):
-    """Agent -> master, every metrics_interval_s: the agent's server figures, and the journal
-    head of each mapping it is the source of (the lag figures need it when no target reports:
-    every target down). An older agent sends no heads; an older master ignores them. Without
-    heads (no source mapping) a report keeps the bytes it had before them (`omit_defaults`)."""
+    """Agent -> master, every metrics_interval_s (and at once when a source begins or stops
+    failing): the agent's server figures, the journal head of each mapping it is the source of
+    (the lag figures need it when no target reports: every target down), and the sources of its
+    that cannot run, with why. An older agent sends no heads or failures; an older master
+    ignores them (msgspec skips unknown fields). Without them (no source mapping, none failing)
+    a report keeps the bytes it had before them (`omit_defaults`)."""
 
     at: UnixTime  # unix time on the agent when collected
     samples: Annotated[tuple[MetricSample, ...], _upto(MAX_METRIC_SAMPLES)]
     journal_heads: Annotated[tuple[JournalHead, ...], _upto(MAX_JOURNAL_HEADS)] = ()
+    # every failing source of the agent; a report without one clears it on the master
+    source_failures: Annotated[tuple[SourceFailure, ...], _upto(MAX_SOURCE_FAILURES)] = ()
 
     def decoded_items(self) -> int:
         return (
-            len(self.samples) + sum(len(s.labels) for s in self.samples) + len(self.journal_heads)
+            len(self.samples)
+            + sum(len(s.labels) for s in self.samples)
+            + len(self.journal_heads)
+            + len(self.source_failures)
         )
 
     def validate(self) -> None:
@@ -322,6 +341,10 @@ class MetricsReport(Message, frozen=True, tag="metrics_report", omit_defaults=Tr
             raise ProtocolError(f"metrics_report: over {MAX_METRIC_SAMPLES} samples")
         if len(self.journal_heads) > MAX_JOURNAL_HEADS:
             raise ProtocolError(f"metrics_report: over {MAX_JOURNAL_HEADS} journal heads")
+        if len(self.source_failures) > MAX_SOURCE_FAILURES:
+            raise ProtocolError(f"metrics_report: over {MAX_SOURCE_FAILURES} source failures")
+        if len({f.mapping_id for f in self.source_failures}) < len(self.source_failures):
+            raise ProtocolError("metrics_report: a mapping's source failure twice")
         if any(len(s.labels) > MAX_METRIC_LABELS for s in self.samples):
             raise ProtocolError(f"metrics_report: a sample has over {MAX_METRIC_LABELS} labels")
 

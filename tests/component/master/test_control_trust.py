@@ -28,6 +28,7 @@ from relaysync.protocol.messages import (
     MassDeleteHeld,
     MetricsReport,
     ReleaseReport,
+    SourceFailure,
 )
 
 WAIT_S = 30.0  # a generous bound on what the master does after the link read it
@@ -772,3 +773,46 @@ def test_a_server_revoked_while_mappings_use_it_loses_its_link_at_once(fleet: Fl
     assert [e.type for e in fleet.events.since(0)].count(EventType.SERVER_REVOKED) == 1
     fleet.client.delete("/api/mappings/docs")
     assert fleet.client.delete("/api/servers/web-1").status_code == 204  # now removable
+
+
+def _failing(*mapping_ids: int) -> MetricsReport:
+    return MetricsReport(
+        at=time.time(),
+        samples=(),
+        source_failures=tuple(
+            SourceFailure(mapping_id=m, error="FileNotFoundError: /srv/site", since=1_700_000_000.0)
+            for m in mapping_ids
+        ),
+    )
+
+
+def test_source_failures_are_believed_from_the_mappings_source_only(fleet: Fleet) -> None:
+    """Why a source cannot run shows in the mapping status; a target cannot say it (refused,
+    once), the source's report without it ends it, each change is an event."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+
+    def kinds() -> list[EventType]:
+        wanted = (EventType.SOURCE_FAILING, EventType.SOURCE_FAILURE_ENDED)
+        return [e.type for e in fleet.events.since(0) if e.type in wanted]
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(_failing(m))
+                await framed.send(_failing(m))  # not counted again
+                await roundtrip(framed)
+                await _until(lambda: control.refused["source_failure"] == 1)
+            assert control.source_failures.get(m, a.node_id) is None and kinds() == []
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(_failing(m))
+                await framed.send(_failing(m))  # the same reason: one event
+                await roundtrip(framed)
+                await _until(lambda: control.source_failures.get(m, src.node_id) is not None)
+                await framed.send(_failing())
+                await roundtrip(framed)
+                await _until(lambda: control.source_failures.get(m, src.node_id) is None)
+            assert kinds() == [EventType.SOURCE_FAILING, EventType.SOURCE_FAILURE_ENDED]
+            assert dict(control.refused) == {"source_failure": 1}
+
+    anyio.run(main)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from relaysync.constants import EARLY_REPORT_GAP_S
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.protocol.messages import MetricSample, MetricsReport
 
@@ -41,3 +42,30 @@ async def test_a_report_that_fails_to_build_is_skipped_and_the_next_one_goes(tmp
             tg.cancel_scope.cancel()
     assert calls >= 2
     assert any(s.name == "links_total" for s in sent[0].samples)
+
+
+async def test_report_soon_sends_the_next_report_early_but_never_within_the_gap(tmp_path) -> None:
+    """A source that begins or stops failing is told at once, not at the next interval (10 s by
+    default); reports asked for again and again still go EARLY_REPORT_GAP_S apart at most."""
+    sent: list[float] = []
+    collector = Collector(folders=lambda: [str(tmp_path)], own=list)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                lambda task_status: collector.serve(
+                    lambda r: sent.append(anyio.current_time()),
+                    interval_s=3600,
+                    task_status=task_status,
+                )
+            )
+            while not sent:
+                await anyio.sleep(0.01)
+            for _ in range(20):  # a flapping source asks for one report after another
+                collector.report_soon()
+                await anyio.sleep(0.1)
+            while len(sent) < 3:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+    assert all(g >= EARLY_REPORT_GAP_S * 0.9 for g in gaps), gaps
+    assert len(sent) <= 4, gaps  # about 2 s of asking: not 20 reports

@@ -15,6 +15,7 @@ from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.tokens import ADMIN_CREATOR, TokenScope, api_creator, tokens_equal
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.router import Router
+from relaysync.master.source_failures import SourceFailures
 from relaysync.master.store import Store
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class ApiContext:
     master_node_id: str  # the control certificate's fingerprint, pinned by agents that join
     on_change: Callable[[], None]
     router: Router  # relay routes: re-planned on topology and routing edits
+    source_failures: SourceFailures  # the control server's: the sources that cannot run
 
     def changed(self, event_type: EventType, **data: Any) -> None:
         """Publish an event and tell the control server to push new assignments.

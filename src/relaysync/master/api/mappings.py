@@ -87,6 +87,12 @@ class MappingStatusOut(BaseModel):
     name: str
     source_node: str
     targets: list[TargetStatusOut]
+    # Why the source cannot run (its folder missing, refused, unreadable...), as its agent last
+    # reported it; "" while it runs. Kept while that agent's link is down (its server shows
+    # down), cleared by its next report without it.
+    source_error: str = ""
+    source_error_since: float | None = None  # unix time (the agent's) of its first failure
+    source_error_attempts: int = 0  # starts tried and failed since then
 
 
 def _targets(targets: list[TargetIn]) -> list[tuple[str, str]]:
@@ -132,12 +138,17 @@ def delete_mapping(id_or_name: str, context: Context) -> None:
 
 def get_mapping_status(id_or_name: str, context: Context) -> MappingStatusOut:
     """Per target: watermark, the source's highest known seq, the lag between them, and (manual
-    or reserved mappings) the changes held back until the next release."""
+    or reserved mappings) the changes held back until the next release; and why the source
+    cannot run, if it cannot."""
     info = context.store.get_mapping(id_or_name)
     targets = context.store.mapping_status(info.id)
+    failure = context.source_failures.get(info.id, info.source_node)
     return MappingStatusOut(
         mapping_id=info.id,
         name=info.name,
         source_node=info.source_node,
         targets=[TargetStatusOut.model_validate(t) for t in targets],
+        source_error=failure.error if failure is not None else "",
+        source_error_since=failure.since if failure is not None else None,
+        source_error_attempts=failure.attempts if failure is not None else 0,
     )

@@ -57,6 +57,11 @@ function mappingView(m, ctx) {
     m.enabled ? null : el("span", { className: "warn" }, " disabled"),
     SENDABLE_MODES.has(mode) ? sendButton(m, ctx) : null);
   const release = SENDABLE_MODES.has(mode) ? releaseLine(m.mode) : null;
+  // Its source cannot run (its folder missing, refused, unreadable...): why, since when.
+  const failing = m.status.source_error
+    ? el("p", { className: "warn source-error" },
+      `Source failing since ${when(m.status.source_error_since)}: ${m.status.source_error}`)
+    : null;
   const rows = m.status.targets.map((t) => targetRow(t, m.mode, SENDABLE_MODES.has(mode)));
   const headings = ["Target", "Path", "Watermark", "Source seq", "Lag"];
   // Held back until the next release: by choice, so apart from the lag and not coloured.
@@ -64,7 +69,7 @@ function mappingView(m, ctx) {
   headings.push("Open exceptions", "Updated");
   if (SENDABLE_MODES.has(mode)) headings.push("Release progress");
   return el("section", { className: "mapping", dataset: { mapping: m.name } },
-    heading, release, table(headings, rows));
+    heading, failing, release, table(headings, rows));
 }
 
 function targetRow(t, mode, withRelease) {

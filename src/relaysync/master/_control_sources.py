@@ -1,0 +1,66 @@
+"""The sources that cannot run, as their agents report them (a mixin of ControlServer,
+master/control.py): kept in `source_failures` (master/source_failures.py) for the mapping
+status API, and published as `source_failing` (new, or a new reason) and `source_failure_ended`
+(the source runs again, or is no longer that agent's) events. A failure is believed from the
+mapping's source only; one of another mapping is refused (counted and logged once, like a head)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from relaysync.master.events import Event, EventType
+from relaysync.protocol.messages import SourceFailure
+
+from ._control_holds import ControlHolds
+from ._control_trust import MAX_REFUSED_HEADS_KEPT, AgentLink, logger
+from .source_failures import SourceFailures
+
+
+class ControlSources(ControlHolds):
+    """ControlServer's source failures; ControlServer sets `source_failures` in its __init__."""
+
+    source_failures: SourceFailures
+
+    async def _take_source_failures(
+        self, link: AgentLink, failures: Sequence[SourceFailure]
+    ) -> None:
+        """Keep the failures of the link's report, those of mappings it is the source of."""
+        believed = []
+        for failure in failures:
+            if failure.mapping_id in link.refused_failures:
+                continue
+            if self.source_failures.known(link.node_id, failure.mapping_id) or (
+                await self._members.allow(failure.mapping_id, lambda m: m[0] == link.node_id)
+            ):
+                believed.append(failure)
+                continue
+            if len(link.refused_failures) < MAX_REFUSED_HEADS_KEPT:
+                link.refused_failures.add(failure.mapping_id)
+            self._refuse(
+                link, "source_failure", failure.mapping_id, "a failure of a source it is not"
+            )
+        changes = self.source_failures.take(link.node_id, link.name, believed)
+        for record in changes.failing:
+            logger.warning(
+                "mapping %s: its source on %s cannot run (since %.0f, %s attempts): %s",
+                record.mapping_id,
+                record.server,
+                record.since,
+                record.attempts,
+                record.error,
+            )
+            self.events.publish(EventType.SOURCE_FAILING, **record.to_event())
+        for record in changes.ended:
+            logger.info("mapping %s: its source on %s fails no more", record.mapping_id, link.name)
+            self.events.publish(
+                EventType.SOURCE_FAILURE_ENDED, mapping_id=record.mapping_id, server=link.name
+            )
+
+    def _forget_source_failures(self, event: Event) -> None:
+        """Forget the failures of a mapping deleted or a server removed: the table cannot grow."""
+        if event.type == EventType.MAPPING_DELETED:
+            mapping_id = event.data.get("mapping_id")
+            if isinstance(mapping_id, int):
+                self.source_failures.forget_mapping(mapping_id)
+        elif event.type in (EventType.SERVER_REMOVED, EventType.SERVER_REVOKED):
+            self.source_failures.forget_node(str(event.data.get("node_id", "")))
