@@ -355,9 +355,8 @@ class ControlServer(ControlSources):
             if is_master_name(tls.peer_common_name(framed)):
                 raise NodeRemoved(
                     node_id[:16],
-                    "its certificate has the name reserved for the master: "
-                    "remove it (`relaysync server remove <its name>`, or DELETE "
-                    "/api/servers/<its name>) and join it again under another name",
+                    "its certificate has the name reserved for the master: `relaysync server "
+                    "remove <its name>` and join it again under another name",
                 )
             address = register.peer_address
             if why := address_problem(address):
