@@ -425,6 +425,8 @@ def test_send_says_which_source_agent_has_not_taken_the_release(own_fleet: Fleet
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
+            # as from a terminal: a suite started in the background inherits SIGINT ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             wait_until(
