@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +49,18 @@ def _manual(fleet: Fleet, mapping: dict) -> Path:
         what="the source running in manual mode",
     )
     return fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"]) / "journal"
+
+
+def _send_argv(fleet: Fleet, mapping_id: int, *options: str) -> list[str]:
+    """`python -m relaysync send MAPPING` against the fleet's master, with the admin token."""
+    token = (fleet.cluster.master_dir / "admin-token").read_text().strip()
+    return [sys.executable, "-m", "relaysync", "send", str(mapping_id)] + [
+        "--master",
+        fleet.cluster.api_url,
+        "--token",
+        token,
+        *options,
+    ]
 
 
 def test_manual_mode_holds_changes_until_sent_even_across_restarts(own_fleet: Fleet) -> None:
@@ -151,8 +165,6 @@ def test_bad_schedule_is_refused(own_fleet: Fleet) -> None:
 
 def test_send_command_waits_until_every_target_has_the_release(own_fleet: Fleet) -> None:
     import json
-    import subprocess
-    import sys
 
     mapping, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
     journal = _manual(own_fleet, mapping)
@@ -164,22 +176,8 @@ def test_send_command_waits_until_every_target_has_the_release(own_fleet: Fleet)
         timeout_s=CONVERGE_TIMEOUT_S,
         what="the 20 files journaled",
     )
-    token = (own_fleet.cluster.master_dir / "admin-token").read_text().strip()
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "relaysync",
-            "send",
-            str(mapping["id"]),
-            "--master",
-            own_fleet.cluster.api_url,
-            "--token",
-            token,
-            "--json",
-            "--timeout",
-            "60",
-        ],
+        _send_argv(own_fleet, mapping["id"], "--json", "--timeout", "60"),
         capture_output=True,
         text=True,
         timeout=90,
@@ -386,27 +384,11 @@ def test_a_held_fast_mapping_after_a_reboot_sends_nothing_until_the_next_release
 def test_send_says_which_source_agent_has_not_taken_the_release(own_fleet: Fleet) -> None:
     """With the source agent stopped, `relaysync send` showed nothing for its 10 minutes and
     then said `relaysync status` shows which targets lag, which showed none."""
-    import subprocess
-    import sys
-
     mapping, _src, _ = own_fleet.new_mapping(targets=("t1",))
     _manual(own_fleet, mapping)
     own_fleet.cluster.agents["src"].process.stop()
-    token = (own_fleet.cluster.master_dir / "admin-token").read_text().strip()
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "relaysync",
-            "send",
-            str(mapping["id"]),
-            "--master",
-            own_fleet.cluster.api_url,
-            "--token",
-            token,
-            "--timeout",
-            "8",
-        ],
+        _send_argv(own_fleet, mapping["id"], "--timeout", "8"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -420,8 +402,7 @@ def test_send_says_which_source_agent_has_not_taken_the_release(own_fleet: Fleet
     out = own_fleet.base / "send-interrupted.txt"  # Ctrl-C while it waits: the release goes on
     with out.open("w") as sink:
         following = subprocess.Popen(
-            [sys.executable, "-m", "relaysync", "send", str(mapping["id"])]
-            + ["--master", own_fleet.cluster.api_url, "--token", token, "--timeout", "60"],
+            _send_argv(own_fleet, mapping["id"], "--timeout", "60"),
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,

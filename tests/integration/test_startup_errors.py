@@ -3,10 +3,8 @@ stops with one line naming the option, and the master's refusals are printed wit
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,8 @@ import pytest
 
 from relaysync.errors import ConfigError
 from relaysync.testing.cluster import Cluster
+from tests.unit.cli.test_startup_errors import cli as run_cli
+from tests.unit.cli.test_startup_errors import error_line
 
 pytestmark = pytest.mark.integration
 
@@ -41,21 +41,8 @@ def held_port() -> Iterator[int]:
 
 
 def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSYNC_")}
-    return subprocess.run(
-        [sys.executable, "-m", "relaysync", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=CLI_TIMEOUT_S,
-    )
-
-
-def error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and result.stderr.rstrip().endswith(lines[0]), result.stderr
-    return lines[0]
+    """The CLI as the unit tests run it, from the fleet's folder, with an agent's longer bound."""
+    return run_cli(*args, cwd=cluster.base, timeout_s=CLI_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("option", ["--listen", "--metrics-listen"])

@@ -18,7 +18,9 @@ from relaysync.errors import ConfigError
 CLI_TIMEOUT_S = 60.0  # a master that starts until its API bind fails takes ~2 s
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path, timeout_s: float = CLI_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m relaysync ARGS` (bounded) with no RELAYSYNC_* settings of the caller's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSYNC_")}
     env["COLUMNS"] = "80"  # a narrow terminal: the message must not be wrapped anyway
@@ -28,7 +30,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=cwd,
         env=env,
-        timeout=CLI_TIMEOUT_S,
+        timeout=timeout_s,
     )
 
 
