@@ -18,13 +18,13 @@ import msgspec
 from relaysync._util.aio import leaf_error
 from relaysync.constants import RECEIVE_TIMEOUT_S, SOURCE_RETRY_MAX_S, SOURCE_RETRY_MIN_S
 from relaysync.protocol.messages import (
-    MAX_SOURCE_ERROR,
     MAX_SOURCE_FAILURES,
     MappingSpec,
     MassDeleteEnded,
     MassDeleteHeld,
     ReleaseReport,
     SourceFailure,
+    failure_reason,
 )
 from relaysync.watch.content_cache import ContentCache
 
@@ -119,10 +119,10 @@ class SourceRole(AgentRole):
         """The refusal of the mapping's source folder, since it was first refused for this reason."""
         why = self._refusals_logged.get((spec.mapping_id, "source"), "source folder refused")
         before = self.refused_sources.get(spec.mapping_id)
-        if before is not None and before.failure.error == why[:MAX_SOURCE_ERROR]:
+        if before is not None and before.failure.error == failure_reason(why):
             return before._replace(name=spec.name)
         failure = SourceFailure(
-            mapping_id=spec.mapping_id, error=why[:MAX_SOURCE_ERROR], since=time.time()
+            mapping_id=spec.mapping_id, error=failure_reason(why), since=time.time()
         )
         return _Refused(spec.name, failure)
 
@@ -183,7 +183,7 @@ class SourceRole(AgentRole):
     def _source_failed(self, running: _Running, exc: Exception) -> None:
         """Note why the source could not run; the master hears at once of a new reason."""
         err = leaf_error(exc)
-        error = f"{type(err).__name__}: {err}"[:MAX_SOURCE_ERROR]
+        error = failure_reason(f"{type(err).__name__}: {err}")
         before = running.failure
         running.failure = SourceFailure(
             mapping_id=running.spec.mapping_id,

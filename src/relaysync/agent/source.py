@@ -315,11 +315,20 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
         )
 
     def _ensure_root(self) -> None:
-        if not self.root.is_dir():
-            logger.error(
-                "source folder %s does not exist; create it, then the agent picks it up", self.root
-            )
-            self.root.mkdir(parents=True, exist_ok=True)
+        """Create a missing source folder (empty: its targets then get nothing, not deletes).
+
+        Raises:
+            OSError: it cannot be made (a file in its path, no permission): the source's retry
+                says why, and the master shows it (`source_failures`).
+        """
+        if self.root.is_dir():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)  # a file there: FileExistsError
+        logger.warning(
+            "source folder %s did not exist: created it, empty (if it is a mount point, the "
+            "volume is not mounted)",
+            self.root,
+        )
 
     def _top_level_names(self) -> list[str]:
         """The source folder's entries, in the order a full scan visits them (less the names

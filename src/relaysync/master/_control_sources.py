@@ -29,9 +29,9 @@ class ControlSources(ControlHolds):
         for failure in failures:
             if failure.mapping_id in link.refused_failures:
                 continue
-            if self.source_failures.known(link.node_id, failure.mapping_id) or (
-                await self._members.allow(failure.mapping_id, lambda m: m[0] == link.node_id)
-            ):
+            # asked at each report (cached by the store's epoch): a former source, once the
+            # mapping moved, must not go on publishing failures of it
+            if await self._members.allow(failure.mapping_id, lambda m: m[0] == link.node_id):
                 believed.append(failure)
                 continue
             if len(link.refused_failures) < MAX_REFUSED_HEADS_KEPT:

@@ -81,11 +81,13 @@ class Collector:
         self._soon = anyio.Event()  # `report_soon` was called: the next report goes early
         psutil.cpu_percent(interval=None)  # prime: the next call measures from here
 
-    async def collect(self) -> MetricsReport:
-        """Return a fresh report (also kept as `latest`, for the agent's /metrics)."""
+    async def collect(self, *, early: bool = False) -> MetricsReport:
+        """Return a fresh report (also kept as `latest`, for the agent's /metrics); `early`: one
+        `report_soon` asked for, between the regular ones."""
         folders = list(self.folders())
         system = await anyio.to_thread.run_sync(collect_system, folders)
-        report = MetricsReport(at=time.time(), samples=tuple(system) + tuple(self.own()))
+        samples = tuple(system) + tuple(self.own())
+        report = MetricsReport(at=time.time(), samples=samples, early=early)
         self.latest = report
         return report
 
@@ -96,15 +98,19 @@ class Collector:
         interval_s: float,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Collect every `interval_s` and hand each report to `send`, until cancelled; after a
-        `report_soon`, the next report goes at once (but never within EARLY_REPORT_GAP_S of
-        the last one) and the interval counts from it."""
+        """Collect every `interval_s` and hand each report to `send`, until cancelled. After a
+        `report_soon` a report goes at once (but never within EARLY_REPORT_GAP_S of the last
+        one), marked early, and the regular ones keep their times: the master tells a silent
+        agent by the gap between regular reports, which an early one must not shorten."""
         task_status.started()
+        next_regular, early = 0.0, False
         while True:
             started = anyio.current_time()
             self._soon = anyio.Event()
+            if not early:  # a regular report: the next one an interval after it
+                next_regular = started + interval_s
             try:
-                report = await self.collect()
+                report = await self.collect(early=early)
             except (OSError, psutil.Error) as exc:
                 logger.warning("collecting figures failed, will retry: %s", exc)
             except Exception:  # a bug in one figure costs this report, not the agent
@@ -115,8 +121,9 @@ class Collector:
                     await result
             gap_s = min(interval_s, EARLY_REPORT_GAP_S)
             await anyio.sleep(max(0.0, gap_s - (anyio.current_time() - started)))
-            with anyio.move_on_after(interval_s - (anyio.current_time() - started)):
+            with anyio.move_on_after(next_regular - anyio.current_time()) as regular:
                 await self._soon.wait()
+            early = not regular.cancelled_caught and anyio.current_time() < next_regular
 
     def report_soon(self) -> None:
         """Send the next report now (a state the master shows changed), not at the interval."""

@@ -159,7 +159,7 @@ class MonitorService:
         """Keep an agent's newest figures (called on the event loop's thread)."""
         received = time.time()
         self.latest[name] = (received, report.samples)
-        self.reports.reported(name, received, (s.name for s in report.samples))
+        self.reports.reported(name, received, (s.name for s in report.samples), early=report.early)
         self._pending.append((name, report.at, report.samples))
 
     def figures(self) -> dict[str, tuple[MetricSample, ...]]:

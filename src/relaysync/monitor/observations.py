@@ -36,16 +36,23 @@ class ReportClock:
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
+        self._last_regular: dict[str, float] = {}  # the last report not sent early
         self._gap_s: dict[str, float] = {}
         self._up_since: dict[str, float] = {}
         self._first: dict[str, float] = {}
         self._seen: dict[str, dict[str, float]] = {}  # server -> metric -> last report with it
 
-    def reported(self, name: str, at: float, metrics: Iterable[str]) -> None:
-        """Note a report of `metrics` received at `at` (the master's clock)."""
-        last = self._last.get(name)
-        if last is not None:
-            self._gap_s[name] = at - last
+    def reported(
+        self, name: str, at: float, metrics: Iterable[str], *, early: bool = False
+    ) -> None:
+        """Note a report of `metrics` received at `at` (the master's clock). The gap is taken
+        between regular reports only: an `early` one (sent at once on a change) says nothing
+        of the agent's interval, and counted it shortened the silence allowed."""
+        last = self._last_regular.get(name)
+        if not early:
+            if last is not None:
+                self._gap_s[name] = at - last
+            self._last_regular[name] = at
         self._last[name] = at
         self._first.setdefault(name, at)
         seen = self._seen.setdefault(name, {})

@@ -304,6 +304,20 @@ class JournalHead(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     seq: UInt63
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def failure_reason(text: str) -> str:
+    """`text` fit for a SourceFailure: one line, no control characters (a terminal's escape
+    sequences), a path's undecodable bytes as \\xNN (a lone surrogate failed the whole report's
+    encoding, and the control link with it, at every report), MAX_SOURCE_ERROR characters."""
+    try:  # a path's bytes kept by surrogateescape: written as the bytes they were
+        safe = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no path decoding makes
+        safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL_CHARACTERS.sub(" ", safe)[:MAX_SOURCE_ERROR]
+
+
 class SourceFailure(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """A mapping's source that cannot run (its folder missing, refused by the agent's folder
     guard, unreadable; its state; the inotify limit) while its agent retries it."""
@@ -327,6 +341,9 @@ class MetricsReport(Message, frozen=True, tag="metrics_report", omit_defaults=Tr
     journal_heads: Annotated[tuple[JournalHead, ...], _upto(MAX_JOURNAL_HEADS)] = ()
     # every failing source of the agent; a report without one clears it on the master
     source_failures: Annotated[tuple[SourceFailure, ...], _upto(MAX_SOURCE_FAILURES)] = ()
+    # sent at once on a change, between the regular reports, whose gap tells the master how
+    # long the agent may stay silent (an early one counted shortened it: false "no data")
+    early: bool = False
 
     def decoded_items(self) -> int:
         return (
@@ -345,6 +362,8 @@ class MetricsReport(Message, frozen=True, tag="metrics_report", omit_defaults=Tr
             raise ProtocolError(f"metrics_report: over {MAX_SOURCE_FAILURES} source failures")
         if len({f.mapping_id for f in self.source_failures}) < len(self.source_failures):
             raise ProtocolError("metrics_report: a mapping's source failure twice")
+        if any(_CONTROL_CHARACTERS.search(f.error) for f in self.source_failures):
+            raise ProtocolError("metrics_report: a control character in a source failure")
         if any(len(s.labels) > MAX_METRIC_LABELS for s in self.samples):
             raise ProtocolError(f"metrics_report: a sample has over {MAX_METRIC_LABELS} labels")
 

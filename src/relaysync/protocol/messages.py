@@ -45,6 +45,7 @@ from relaysync.protocol._control_messages import (
     RouteHop,
     SourceFailure,
     TargetSpec,
+    failure_reason,
     nodes_below,
 )
 from relaysync.protocol._link_messages import (
@@ -184,6 +185,7 @@ __all__ = [
     "SetAttr",
     "SmallFile",
     "SourceFailure",
+    "failure_reason",
     "SourceUnreadable",
     "Symlink",
     "TargetSpec",

@@ -69,3 +69,31 @@ async def test_report_soon_sends_the_next_report_early_but_never_within_the_gap(
     gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
     assert all(g >= EARLY_REPORT_GAP_S * 0.9 for g in gaps), gaps
     assert len(sent) <= 4, gaps  # about 2 s of asking: not 20 reports
+
+
+async def test_an_early_report_is_marked_and_leaves_the_regular_ones_on_their_times(
+    tmp_path,
+) -> None:
+    """The regular reports' gap is what the master allows an agent's silence (3 of them): an
+    early report counted from moved the regular ones, and unmarked it shortened that gap."""
+    sent: list[tuple[float, bool]] = []
+    collector = Collector(folders=lambda: [str(tmp_path)], own=list)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                lambda task_status: collector.serve(
+                    lambda r: sent.append((anyio.current_time(), r.early)),
+                    interval_s=3.0,
+                    task_status=task_status,
+                )
+            )
+            while not sent:
+                await anyio.sleep(0.01)
+            await anyio.sleep(1.2)  # past the minimum gap: the early one goes at once
+            collector.report_soon()
+            while len(sent) < 3:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    (first, first_early), (_, second_early), (third, third_early) = sent[:3]
+    assert (first_early, second_early, third_early) == (False, True, False)
+    assert 2.7 <= third - first <= 3.6  # the regular one kept its time, not 3 s after the early

@@ -24,3 +24,17 @@ def test_an_agent_sending_ever_new_names_is_remembered_for_a_bounded_number() ->
     now = float(MAX_METRICS_PER_SERVER + 499)
     assert not clock.series_gone("web-1", "cpu", now=now, interval_s=10.0)  # kept: reported last
     assert clock.series_gone("web-1", "m0", now=now, interval_s=10.0)  # dropped: gone, as before
+
+
+def test_an_early_report_does_not_shorten_the_silence_an_agent_is_allowed() -> None:
+    """An agent reporting every 60 s sent one at once when a source began failing: taken as its
+    interval, the 1.5 s gap cut the no-data limit from 180 s to 30 s, and "no data" fired before
+    its next regular report (the review's reproduction: reports at 0, 60, 120, early at 121.5)."""
+    clock = ReportClock()
+    for at in (0.0, 60.0, 120.0):
+        clock.reported("web-1", at, ["cpu"])
+    clock.reported("web-1", 121.5, ["cpu"], early=True)
+    assert not clock.observe("web-1", up=True, now=160.0, interval_s=10.0).bad
+    assert clock.limit_s("web-1", 10.0) == 180.0
+    clock.reported("web-1", 180.0, ["cpu"])  # the regular one, on its time
+    assert clock.limit_s("web-1", 10.0) == 180.0

@@ -18,6 +18,7 @@ from relaysync.protocol.messages import (
     MetricSample,
     MetricsReport,
     SourceFailure,
+    failure_reason,
 )
 
 
@@ -80,3 +81,17 @@ def test_none_failing_keeps_the_bytes_of_before() -> None:
 def test_malformed_failures_are_refused_on_decode(failures: tuple[SourceFailure, ...]) -> None:
     with pytest.raises(ProtocolError):
         decode_payload(encode_frame(_figures(*failures))[4:])
+
+
+def test_a_reason_with_a_paths_undecodable_bytes_or_escapes_still_encodes() -> None:
+    """A folder refused by its real path, with a name of non-UTF-8 bytes: the lone surrogate
+    made the whole report unencodable, and the control link failed at every report."""
+    path = b"/srv/\xffsite".decode("utf-8", "surrogateescape")
+    reason = failure_reason(f"FolderRefused: {path} is outside allowed_roots\x1b[2J\nnext")
+    assert reason == "FolderRefused: /srv/\\xffsite is outside allowed_roots [2J next"
+    failure = SourceFailure(mapping_id=1, error=reason, since=time.time())
+    report = MetricsReport(at=time.time(), samples=(), source_failures=(failure,))
+    assert decode_payload(encode_frame(report)[4:]) == report
+    sneaky = msgspec.structs.replace(failure, error="ok\x1b]0;owned\x07")
+    with pytest.raises(ProtocolError, match="control character"):
+        msgspec.structs.replace(report, source_failures=(sneaky,)).validate()
