@@ -126,6 +126,8 @@ def check_master_url(url: str, source: str = "--master") -> str:
 
 
 def _url_problem(url: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in url):  # urlsplit drops some silently
+        return "a space or control character in it (a CRLF line end of an env file?)"
     try:
         parts = urlsplit(url)
         port = parts.port  # parsed on access

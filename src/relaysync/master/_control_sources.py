@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
+
 from relaysync.master.events import Event, EventType
-from relaysync.protocol.messages import SourceFailure
+from relaysync.protocol.messages import SourceFailure, failure_reason
 
 from ._control_holds import ControlHolds
 from ._control_trust import MAX_REFUSED_HEADS_KEPT, AgentLink, logger
@@ -26,7 +28,8 @@ class ControlSources(ControlHolds):
     ) -> None:
         """Keep the failures of the link's report, those of mappings it is the source of."""
         believed = []
-        for failure in failures:
+        for failure in failures:  # display text from any agent: one safe line, never a reason
+            failure = msgspec.structs.replace(failure, error=failure_reason(failure.error))
             if failure.mapping_id in link.refused_failures:
                 continue
             # asked at each report (cached by the store's epoch): a former source, once the

@@ -81,6 +81,7 @@ class ReportClock:
         limit_s = self.limit_s(name, interval_s)
         if not up:
             self._up_since.pop(name, None)
+            self._last_regular.pop(name, None)  # the outage is no gap of its reports
         since = self._up_since.setdefault(name, now) if up else now
         last = self._last.get(name, 0.0)
         return Observation(

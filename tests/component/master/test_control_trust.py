@@ -816,3 +816,31 @@ def test_source_failures_are_believed_from_the_mappings_source_only(fleet: Fleet
             assert dict(control.refused) == {"source_failure": 1}
 
     anyio.run(main)
+
+
+def test_a_failure_reason_with_control_characters_is_cleaned_and_keeps_the_link(
+    fleet: Fleet,
+) -> None:
+    """An agent's reason with a tab, a newline or a terminal escape (a path may hold them) is
+    display text: made one safe line on the master, never a reason to drop the agent's link
+    (which the next report, carrying it again, would drop again)."""
+    src, _ = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    raw = MetricsReport(
+        at=time.time(),
+        samples=(),
+        source_failures=(
+            SourceFailure(mapping_id=m, error="OSError: /srv/a\tb\n\x1b[2Jc", since=1.0),
+        ),
+    )
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with agent_link(port, src, "src") as framed:
+                await framed.send(raw)
+                await roundtrip(framed)  # the link still answers
+                await _until(lambda: control.source_failures.get(m, src.node_id) is not None)
+                record = control.source_failures.get(m, src.node_id)
+                assert record is not None and record.error == "OSError: /srv/a b  [2Jc"
+
+    anyio.run(main)

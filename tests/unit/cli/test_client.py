@@ -213,3 +213,11 @@ def test_the_masters_error_prefix_is_not_printed_twice(
     line = result.output.strip()
     assert "\n" not in line and line.startswith(expected), line
     assert line.count("error:") == 2, line  # "error: X error: POST ...: <detail without X error:>"
+
+
+@pytest.mark.parametrize("url", ["http://h:8470\r", " http://h:8470", "http://h:84\t70"])
+def test_a_master_url_with_a_space_or_control_character_is_refused(url: str) -> None:
+    """urlsplit drops some of them silently, and httpx then refused the URL with a traceback
+    (an env file with CRLF line ends gives `http://h:8470\\r`)."""
+    with pytest.raises(ConfigError, match="space or control character"):
+        resolve_target(master=url, environ={})

@@ -38,3 +38,14 @@ def test_an_early_report_does_not_shorten_the_silence_an_agent_is_allowed() -> N
     assert clock.limit_s("web-1", 10.0) == 180.0
     clock.reported("web-1", 180.0, ["cpu"])  # the regular one, on its time
     assert clock.limit_s("web-1", 10.0) == 180.0
+
+
+def test_an_outage_is_not_taken_for_the_gap_between_reports() -> None:
+    """The first regular report after a link outage measured its gap from the last one before
+    it: the silence allowed became three outages long."""
+    clock = ReportClock()
+    for at in (0.0, 10.0, 20.0):
+        clock.reported("web-1", at, ["cpu"])
+    clock.observe("web-1", up=False, now=500.0, interval_s=10.0)  # the link went down
+    clock.reported("web-1", 1000.0, ["cpu"])  # back, an hour of outage later
+    assert clock.limit_s("web-1", 10.0) == 30.0

@@ -92,6 +92,4 @@ def test_a_reason_with_a_paths_undecodable_bytes_or_escapes_still_encodes() -> N
     failure = SourceFailure(mapping_id=1, error=reason, since=time.time())
     report = MetricsReport(at=time.time(), samples=(), source_failures=(failure,))
     assert decode_payload(encode_frame(report)[4:]) == report
-    sneaky = msgspec.structs.replace(failure, error="ok\x1b]0;owned\x07")
-    with pytest.raises(ProtocolError, match="control character"):
-        msgspec.structs.replace(report, source_failures=(sneaky,)).validate()
+    assert failure_reason("a\u2028b\x85c\x9b[31m\td") == "a b c [31m d"  # C1, separators
