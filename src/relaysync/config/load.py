@@ -6,6 +6,7 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -149,12 +150,16 @@ def _host_problem(host: str) -> str:
         if ":" in host:
             ipaddress.IPv6Address(host)
         elif _NUMERIC.fullmatch(host):
-            ipaddress.IPv4Address(host)
-        elif len(host) > _MAX_HOSTNAME or not all(
-            _LABEL.fullmatch(label) for label in host.rstrip(".").split(".")
-        ):
-            return f"{host!r} is neither an IP address nor a host name"
-    except ValueError:
+            socket.inet_aton(host)  # as the resolver takes it: 127.1 too, not 256.1.1.1
+        else:
+            ascii_host = host.encode("idna").decode("ascii")  # bücher.example: xn--bcher-kva...
+            if len(ascii_host) > _MAX_HOSTNAME or not all(
+                _LABEL.fullmatch(label) for label in ascii_host.rstrip(".").split(".")
+            ):
+                return f"{host!r} is neither an IP address nor a host name"
+    except UnicodeError:
+        return f"{host!r} is neither an IP address nor a host name"
+    except (ValueError, OSError):
         return f"{host!r} is not an IP address"
     return ""
 

@@ -221,3 +221,11 @@ def test_a_master_url_with_a_space_or_control_character_is_refused(url: str) -> 
     (an env file with CRLF line ends gives `http://h:8470\\r`)."""
     with pytest.raises(ConfigError, match="space or control character"):
         resolve_target(master=url, environ={})
+
+
+@pytest.mark.parametrize(
+    "url", ["https://bücher.example:8470", "http://127.1:8470", "http://[::1]:8470", "https://h"]
+)
+def test_master_urls_the_resolver_and_httpx_take_are_taken(url: str) -> None:
+    """The first check refused an internationalised host name and the short IPv4 forms."""
+    assert resolve_target(master=url, environ={}).url == url
