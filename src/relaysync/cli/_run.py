@@ -100,9 +100,13 @@ def check_data_dir(path: Path, option: str = "--data") -> None:
         ConfigError: naming `option` and the file in the way.
     """
     existing = path
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
+    try:
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        usable = existing.is_dir()
+    except OSError as exc:  # a directory on the way this user cannot search (EACCES)
+        raise ConfigError(f"{option} {path} cannot be used: {exc.strerror or exc}") from exc
+    if not usable:
         where = "is" if existing == path else f"is below {existing}, which is"
         raise ConfigError(f"{option} {path} {where} not a directory")
 

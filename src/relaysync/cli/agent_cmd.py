@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from relaysync.cli._run import (
     run_service,
     setup_logging,
 )
-from relaysync.config.load import check_master_url, load
+from relaysync.config.load import ENV_PREFIX, check_master_url, load
 from relaysync.config.schema import AgentConfig
 
 # the command-line option of each required setting, named when it is missing
@@ -112,7 +113,7 @@ def agent(
                 "metrics_listen": metrics_listen,
             },
         )
-        check_master_url(cfg.master_url)
+        check_master_url(cfg.master_url, _given_as("master_url", master, config))
         check_data_dir(Path(cfg.data_dir))
         setup_logging(json_logs=cfg.log_json)
         service = AgentService(cfg)  # checks some settings too
@@ -121,3 +122,14 @@ def agent(
         err_console.print(f"relaysync agent {cfg.name} ready: peer port {port}")
 
     run_service(service.serve, started)
+
+
+def _given_as(field: str, option: str | None, config: Path | None) -> str:
+    """Where a setting came from, for its error, in the precedence `load` applies: the option,
+    the RELAYSYNC_ variable, the file."""
+    variable = f"{ENV_PREFIX}{field.upper()}"
+    if option is not None:
+        return OPTIONS.get(field, f"--{field}")
+    if variable in os.environ or config is None:
+        return variable
+    return f"{field} in {config}"

@@ -13,17 +13,19 @@ from pathlib import Path
 
 import pytest
 
+from relaysync.cli._run import check_data_dir
 from relaysync.errors import ConfigError
 
 CLI_TIMEOUT_S = 60.0  # a master that starts until its API bind fails takes ~2 s
 
 
 def cli(
-    *args: str, cwd: Path, timeout_s: float = CLI_TIMEOUT_S
+    *args: str, cwd: Path, timeout_s: float = CLI_TIMEOUT_S, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m relaysync ARGS` (bounded) with no RELAYSYNC_* settings of the caller's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSYNC_")}
-    env["COLUMNS"] = "80"  # a narrow terminal: the message must not be wrapped anyway
+    """Run `python -m relaysync ARGS` (bounded) with no RELAYSYNC_* settings of the caller's,
+    only those of `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSYNC_")}
+    env = base | {"COLUMNS": "80"} | (env or {})  # narrow: the message must not wrap anyway
     return subprocess.run(
         [sys.executable, "-m", "relaysync", *args],
         capture_output=True,
@@ -139,3 +141,33 @@ def test_a_master_port_in_use_is_one_line(tmp_path: Path, held_port: int, option
         f"error: Cannot listen on 127.0.0.1:{held_port}: address already in use (another "
         f"relaysync, or another program? see ss -ltnp); choose another with {option}."
     )
+
+
+def test_an_agents_bad_master_url_is_named_where_it_was_given(tmp_path: Path) -> None:
+    """A bad master_url from the file or RELAYSYNC_MASTER_URL was reported as "--master must
+    be ...": the operator looked for an option nobody gave."""
+    (tmp_path / "agent.toml").write_text('master_url = "127.0.0.1:8470"\n')
+    from_file = cli("agent", "--name", "b1", "--config", "agent.toml", "--data", "a", cwd=tmp_path)
+    assert error_line(from_file).startswith(
+        "error: Configuration error: master_url in agent.toml must be http(s)://host:port"
+    )
+    from_env = cli(
+        "agent", "--name", "b1", "--data", "a", cwd=tmp_path, env={"RELAYSYNC_MASTER_URL": "h:1"}
+    )
+    assert error_line(from_env).startswith(
+        "error: Configuration error: RELAYSYNC_MASTER_URL must be http(s)://host:port"
+    )
+
+
+def test_a_data_dir_that_cannot_be_searched_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--data /root/x` as another user: Path.exists raises PermissionError (Python 3.11),
+    which went out as a traceback (this suite runs as root: the error is made here)."""
+
+    def refused(self: Path, **_: object) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", refused)
+    with pytest.raises(ConfigError, match=r"--data .*x cannot be used: Permission denied"):
+        check_data_dir(tmp_path / "x")
