@@ -173,6 +173,10 @@ class MasterLink:
         self._releases_unsent = True
         self._wake.set()
 
+    def release_told(self, mapping_id: int) -> ReleaseReport | None:
+        """The last release report of `mapping_id` (sent again after reconnects), if any."""
+        return self._releases.get(mapping_id)
+
     @property
     def dropped_reports(self) -> int:
         """Reports dropped past MAX_QUEUED_REPORTS (logged)."""

@@ -2,16 +2,18 @@
 master/control.py): kept in `source_failures` (master/source_failures.py) for the mapping
 status API, and published as `source_failing` (new, or a new reason) and `source_failure_ended`
 (the source runs again, or is no longer that agent's) events. A failure is believed from the
-mapping's source only; one of another mapping is refused (counted and logged once, like a head)."""
+mapping's source only; one of another mapping is refused (counted and logged once, like a head).
+A source's ReleaseReport (what a manual send covers, in which journal) goes to the store."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import anyio
 import msgspec
 
 from relaysync.master.events import Event, EventType
-from relaysync.protocol.messages import SourceFailure, failure_reason
+from relaysync.protocol.messages import ReleaseReport, SourceFailure, failure_reason
 
 from ._control_holds import ControlHolds
 from ._control_trust import MAX_REFUSED_HEADS_KEPT, AgentLink, logger
@@ -58,6 +60,19 @@ class ControlSources(ControlHolds):
             self.events.publish(
                 EventType.SOURCE_FAILURE_ENDED, mapping_id=record.mapping_id, server=link.name
             )
+
+    async def _take_release(self, link: AgentLink, message: ReleaseReport) -> None:
+        """Note what a release of a manual or reserved mapping covers, in the journal its source
+        names: taken from the mapping's source only (the store checks `link.node_id` in the
+        same write)."""
+        await anyio.to_thread.run_sync(
+            self.store.modes.record_release,
+            message.mapping_id,
+            message.release,
+            message.upto_seq,
+            link.node_id,
+            message.journal_id,
+        )
 
     def _forget_source_failures(self, event: Event) -> None:
         """Forget the failures of a mapping deleted or a server removed: the table cannot grow."""

@@ -33,6 +33,7 @@ OpName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}\Z")]  # changes.op:
 ConflictReason = Annotated[str, msgspec.Meta(max_length=16)]  # nm_conflicts.reason: VARCHAR(16)
 NodeId = Annotated[str, msgspec.Meta(max_length=MAX_NODE_ID)]  # the tables' node id columns
 ServerName = Annotated[str, msgspec.Meta(max_length=MAX_NAME_BYTES)]  # servers' VARCHAR(255)
+JournalId = Annotated[str, msgspec.Meta(max_length=64)]  # mapping_modes.released_journal
 
 # --- Control link: agent <-> master ---
 
@@ -161,12 +162,16 @@ class Assignment(Message, frozen=True, tag="assignment"):
         )
 
 
-class ReleaseReport(Message, frozen=True, tag="release_report"):
+class ReleaseReport(Message, frozen=True, tag="release_report", omit_defaults=True):
     """Source agent -> master: release `release` of a manual/reserved mapping covers seqs up to `upto_seq`."""
 
     mapping_id: UInt63
     release: UInt63
     upto_seq: UInt63
+    # The source journal `upto_seq` counts in (Journal.journal_id; "": an older agent). Another
+    # one than before (the journal was recreated: seqs start again) voids what the master tied
+    # to the old one's seqs; an older master ignores the field.
+    journal_id: JournalId = ""
 
 
 class MassDeleteHeld(Message, frozen=True, tag="mass_delete_held", omit_defaults=True):
