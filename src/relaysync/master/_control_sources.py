@@ -17,7 +17,11 @@ from relaysync.protocol.messages import ReleaseReport, SourceFailure, failure_re
 
 from ._control_holds import ControlHolds
 from ._control_trust import MAX_REFUSED_HEADS_KEPT, AgentLink, logger
-from .source_failures import SourceFailures
+from .source_failures import Changes, SourceFailures
+
+# `source_failing` (and `source_failure_ended`) events one figures report may publish: a few
+# screens of the console's event list; the event ring keeps what else happened.
+MAX_FAILURE_EVENTS = 32
 
 
 class ControlSources(ControlHolds):
@@ -45,7 +49,14 @@ class ControlSources(ControlHolds):
                 link, "source_failure", failure.mapping_id, "a failure of a source it is not"
             )
         changes = self.source_failures.take(link.node_id, link.name, believed)
-        for record in changes.failing:
+        self._publish_failures(link, changes)
+
+    def _publish_failures(self, link: AgentLink, changes: Changes) -> None:
+        """Log and publish what began and ended, up to MAX_FAILURE_EVENTS of each per report:
+        one report may name thousands (a disk gone under every mapping of an agent), and the
+        event ring would lose everything else. The rest are kept all the same (the mapping
+        status shows them), counted in one warning."""
+        for record in changes.failing[:MAX_FAILURE_EVENTS]:
             logger.warning(
                 "mapping %s: its source on %s cannot run (since %.0f, %s attempts): %s",
                 record.mapping_id,
@@ -55,10 +66,19 @@ class ControlSources(ControlHolds):
                 record.error,
             )
             self.events.publish(EventType.SOURCE_FAILING, **record.to_event())
-        for record in changes.ended:
+        for record in changes.ended[:MAX_FAILURE_EVENTS]:
             logger.info("mapping %s: its source on %s fails no more", record.mapping_id, link.name)
             self.events.publish(
                 EventType.SOURCE_FAILURE_ENDED, mapping_id=record.mapping_id, server=link.name
+            )
+        more = (len(changes.failing[MAX_FAILURE_EVENTS:]), len(changes.ended[MAX_FAILURE_EVENTS:]))
+        if any(more):
+            logger.warning(
+                "agent %s: %s more sources failing and %s more running again than published "
+                "as events (at most %s of each per report; the mapping status shows them)",
+                link.name,
+                *more,
+                MAX_FAILURE_EVENTS,
             )
 
     async def _take_release(self, link: AgentLink, message: ReleaseReport) -> None:

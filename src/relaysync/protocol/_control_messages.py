@@ -285,7 +285,10 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
 MAX_METRIC_SAMPLES = 4096  # one report per agent tick; thousands of mappings is already extreme
 MAX_JOURNAL_HEADS = 4096  # per report; mappings past it keep the head their targets report
 MAX_SOURCE_FAILURES = 4096  # per report: at most one per mapping the agent is the source of
-MAX_SOURCE_ERROR = 500  # characters of a failing source's reason (the agent cuts longer ones)
+# Bytes (UTF-8) of a failing source's reason; the agent cuts longer ones at a character. In
+# characters it let 4,096 reasons of 3-byte characters past the frame (6 MB): every report
+# unencodable, the control link dropped at each. In bytes the failures stay within 2.2 MB.
+MAX_SOURCE_ERROR = 500
 MAX_METRIC_NAME = 64
 MAX_METRIC_LABELS = 8  # e.g. the disk path or the mapping of one figure
 # Prometheus's own name rules, in ASCII: its client rewrites other characters to "_", so two
@@ -316,12 +319,14 @@ _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def failure_reason(text: str) -> str:
     """`text` fit for a SourceFailure: one line, no control characters (a terminal's escape
     sequences), a path's undecodable bytes as \\xNN (a lone surrogate failed the whole report's
-    encoding, and the control link with it, at every report), MAX_SOURCE_ERROR characters."""
+    encoding, and the control link with it, at every report), at most MAX_SOURCE_ERROR bytes
+    in UTF-8, cut at a character."""
     try:  # a path's bytes kept by surrogateescape: written as the bytes they were
         safe = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no path decoding makes
         safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _CONTROL_CHARACTERS.sub(" ", safe)[:MAX_SOURCE_ERROR]
+    encoded = _CONTROL_CHARACTERS.sub(" ", safe).encode("utf-8")
+    return encoded[:MAX_SOURCE_ERROR].decode("utf-8", "ignore")  # "ignore": a cut character
 
 
 class SourceFailure(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -329,7 +334,9 @@ class SourceFailure(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     guard, unreadable; its state; the inotify limit) while its agent retries it."""
 
     mapping_id: UInt63
-    error: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_ERROR)]  # why, as the agent logs it
+    # why, as the agent logs it (cut to MAX_SOURCE_ERROR bytes; an older agent's to as many
+    # characters, taken here and cut by the master's failure_reason)
+    error: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_ERROR)]
     since: UnixTime  # unix time on the agent of the first failure since the source last ran
     attempts: UInt63 = 1  # starts tried and failed since then
 
