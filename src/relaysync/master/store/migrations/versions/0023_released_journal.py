@@ -11,7 +11,7 @@ downgrade drops the column.
 
 Revision ID: 0023_released_journal
 Revises: 0022_released_release
-Create Date: 2026-12-20 10:00:00
+Create Date: 2026-12-06 16:20:00
 """
 
 from __future__ import annotations
