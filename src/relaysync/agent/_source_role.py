@@ -251,10 +251,19 @@ class SourceRole(AgentRole):
 
     def _release(self, source: SourceMapping, release: int) -> None:
         """A manual send or a reserved run reached this source: let the journal go out."""
-        if source.set_release(release) and self.link is not None:
+        new = source.set_release(release)
+        if self.link is None:
+            return
+        told = self.link.release_told(source.mapping_id)
+        # also the release told before, if it counted in a journal replaced since (Journal.
+        # _start_afresh keeps the release): the master resets what it tied to the old one
+        if new or (told is not None and told.journal_id != source.journal.journal_id):
             self.link.report_release(
                 ReleaseReport(
-                    mapping_id=source.mapping_id, release=release, upto_seq=source.send_upto
+                    mapping_id=source.mapping_id,
+                    release=source.release,
+                    upto_seq=source.send_upto,
+                    journal_id=source.journal.journal_id,
                 )
             )
 

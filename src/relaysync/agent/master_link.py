@@ -150,8 +150,15 @@ class MasterLink:
         self._metrics: MetricsReport | None = None  # only the newest waits; older ones are stale
 
     def send_metrics(self, report: MetricsReport) -> None:
-        """Queue the newest figures for the master; dropped if the link is down (they go stale)."""
+        """Queue the newest figures for the master; dropped if the link is down (they go stale).
+
+        An early report that replaces a regular one still waiting goes as regular: it takes that
+        report's slot, and the master measures the silence it allows between regular reports
+        (marked early, that cycle had none: the gap measured, and the no-data limit, doubled)."""
         if self.connected:
+            waiting = self._metrics
+            if report.early and waiting is not None and not waiting.early:
+                report = msgspec.structs.replace(report, early=False)
             self._metrics = report
             self._wake.set()
 
@@ -165,6 +172,10 @@ class MasterLink:
         self._releases[report.mapping_id] = report
         self._releases_unsent = True
         self._wake.set()
+
+    def release_told(self, mapping_id: int) -> ReleaseReport | None:
+        """The last release report of `mapping_id` (sent again after reconnects), if any."""
+        return self._releases.get(mapping_id)
 
     @property
     def dropped_reports(self) -> int:

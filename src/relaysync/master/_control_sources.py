@@ -2,20 +2,26 @@
 master/control.py): kept in `source_failures` (master/source_failures.py) for the mapping
 status API, and published as `source_failing` (new, or a new reason) and `source_failure_ended`
 (the source runs again, or is no longer that agent's) events. A failure is believed from the
-mapping's source only; one of another mapping is refused (counted and logged once, like a head)."""
+mapping's source only; one of another mapping is refused (counted and logged once, like a head).
+A source's ReleaseReport (what a manual send covers, in which journal) goes to the store."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import anyio
 import msgspec
 
 from relaysync.master.events import Event, EventType
-from relaysync.protocol.messages import SourceFailure, failure_reason
+from relaysync.protocol.messages import ReleaseReport, SourceFailure, failure_reason
 
 from ._control_holds import ControlHolds
 from ._control_trust import MAX_REFUSED_HEADS_KEPT, AgentLink, logger
-from .source_failures import SourceFailures
+from .source_failures import Changes, SourceFailures
+
+# `source_failing` (and `source_failure_ended`) events one figures report may publish: a few
+# screens of the console's event list; the event ring keeps what else happened.
+MAX_FAILURE_EVENTS = 32
 
 
 class ControlSources(ControlHolds):
@@ -43,7 +49,14 @@ class ControlSources(ControlHolds):
                 link, "source_failure", failure.mapping_id, "a failure of a source it is not"
             )
         changes = self.source_failures.take(link.node_id, link.name, believed)
-        for record in changes.failing:
+        self._publish_failures(link, changes)
+
+    def _publish_failures(self, link: AgentLink, changes: Changes) -> None:
+        """Log and publish what began and ended, up to MAX_FAILURE_EVENTS of each per report:
+        one report may name thousands (a disk gone under every mapping of an agent), and the
+        event ring would lose everything else. The rest are kept all the same (the mapping
+        status shows them), counted in one warning."""
+        for record in changes.failing[:MAX_FAILURE_EVENTS]:
             logger.warning(
                 "mapping %s: its source on %s cannot run (since %.0f, %s attempts): %s",
                 record.mapping_id,
@@ -53,11 +66,33 @@ class ControlSources(ControlHolds):
                 record.error,
             )
             self.events.publish(EventType.SOURCE_FAILING, **record.to_event())
-        for record in changes.ended:
+        for record in changes.ended[:MAX_FAILURE_EVENTS]:
             logger.info("mapping %s: its source on %s fails no more", record.mapping_id, link.name)
             self.events.publish(
                 EventType.SOURCE_FAILURE_ENDED, mapping_id=record.mapping_id, server=link.name
             )
+        more = (len(changes.failing[MAX_FAILURE_EVENTS:]), len(changes.ended[MAX_FAILURE_EVENTS:]))
+        if any(more):
+            logger.warning(
+                "agent %s: %s more sources failing and %s more running again than published "
+                "as events (at most %s of each per report; the mapping status shows them)",
+                link.name,
+                *more,
+                MAX_FAILURE_EVENTS,
+            )
+
+    async def _take_release(self, link: AgentLink, message: ReleaseReport) -> None:
+        """Note what a release of a manual or reserved mapping covers, in the journal its source
+        names: taken from the mapping's source only (the store checks `link.node_id` in the
+        same write)."""
+        await anyio.to_thread.run_sync(
+            self.store.modes.record_release,
+            message.mapping_id,
+            message.release,
+            message.upto_seq,
+            link.node_id,
+            message.journal_id,
+        )
 
     def _forget_source_failures(self, event: Event) -> None:
         """Forget the failures of a mapping deleted or a server removed: the table cannot grow."""

@@ -472,13 +472,7 @@ class ControlServer(ControlSources):
             case MassDeleteEnded():
                 await self._take_hold_end(link, message)
             case ReleaseReport():
-                await anyio.to_thread.run_sync(
-                    self.store.modes.record_release,
-                    message.mapping_id,
-                    message.release,
-                    message.upto_seq,
-                    link.node_id,  # only the mapping's source, checked in the write
-                )
+                await self._take_release(link, message)
             case HopFailed():
                 if self.router is not None:
                     await self._router_call(

@@ -33,6 +33,7 @@ OpName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}\Z")]  # changes.op:
 ConflictReason = Annotated[str, msgspec.Meta(max_length=16)]  # nm_conflicts.reason: VARCHAR(16)
 NodeId = Annotated[str, msgspec.Meta(max_length=MAX_NODE_ID)]  # the tables' node id columns
 ServerName = Annotated[str, msgspec.Meta(max_length=MAX_NAME_BYTES)]  # servers' VARCHAR(255)
+JournalId = Annotated[str, msgspec.Meta(max_length=64)]  # mapping_modes.released_journal
 
 # --- Control link: agent <-> master ---
 
@@ -161,12 +162,16 @@ class Assignment(Message, frozen=True, tag="assignment"):
         )
 
 
-class ReleaseReport(Message, frozen=True, tag="release_report"):
+class ReleaseReport(Message, frozen=True, tag="release_report", omit_defaults=True):
     """Source agent -> master: release `release` of a manual/reserved mapping covers seqs up to `upto_seq`."""
 
     mapping_id: UInt63
     release: UInt63
     upto_seq: UInt63
+    # The source journal `upto_seq` counts in (Journal.journal_id; "": an older agent). Another
+    # one than before (the journal was recreated: seqs start again) voids what the master tied
+    # to the old one's seqs; an older master ignores the field.
+    journal_id: JournalId = ""
 
 
 class MassDeleteHeld(Message, frozen=True, tag="mass_delete_held", omit_defaults=True):
@@ -280,7 +285,10 @@ class HopFailed(Message, frozen=True, tag="hop_failed"):
 MAX_METRIC_SAMPLES = 4096  # one report per agent tick; thousands of mappings is already extreme
 MAX_JOURNAL_HEADS = 4096  # per report; mappings past it keep the head their targets report
 MAX_SOURCE_FAILURES = 4096  # per report: at most one per mapping the agent is the source of
-MAX_SOURCE_ERROR = 500  # characters of a failing source's reason (the agent cuts longer ones)
+# Bytes (UTF-8) of a failing source's reason; the agent cuts longer ones at a character. In
+# characters it let 4,096 reasons of 3-byte characters past the frame (6 MB): every report
+# unencodable, the control link dropped at each. In bytes the failures stay within 2.2 MB.
+MAX_SOURCE_ERROR = 500
 MAX_METRIC_NAME = 64
 MAX_METRIC_LABELS = 8  # e.g. the disk path or the mapping of one figure
 # Prometheus's own name rules, in ASCII: its client rewrites other characters to "_", so two
@@ -311,12 +319,14 @@ _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def failure_reason(text: str) -> str:
     """`text` fit for a SourceFailure: one line, no control characters (a terminal's escape
     sequences), a path's undecodable bytes as \\xNN (a lone surrogate failed the whole report's
-    encoding, and the control link with it, at every report), MAX_SOURCE_ERROR characters."""
+    encoding, and the control link with it, at every report), at most MAX_SOURCE_ERROR bytes
+    in UTF-8, cut at a character."""
     try:  # a path's bytes kept by surrogateescape: written as the bytes they were
         safe = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no path decoding makes
         safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _CONTROL_CHARACTERS.sub(" ", safe)[:MAX_SOURCE_ERROR]
+    encoded = _CONTROL_CHARACTERS.sub(" ", safe).encode("utf-8")
+    return encoded[:MAX_SOURCE_ERROR].decode("utf-8", "ignore")  # "ignore": a cut character
 
 
 class SourceFailure(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -324,7 +334,9 @@ class SourceFailure(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     guard, unreadable; its state; the inotify limit) while its agent retries it."""
 
     mapping_id: UInt63
-    error: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_ERROR)]  # why, as the agent logs it
+    # why, as the agent logs it (cut to MAX_SOURCE_ERROR bytes; an older agent's to as many
+    # characters, taken here and cut by the master's failure_reason)
+    error: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_ERROR)]
     since: UnixTime  # unix time on the agent of the first failure since the source last ran
     attempts: UInt63 = 1  # starts tried and failed since then
 

@@ -163,8 +163,11 @@ SAMPLES: list[AnyMessage] = [
     MassDeleteEnded(mapping_id=3, reason="paths back"),
     MassDeleteHeld(mapping_id=3, deletes=10, entries=11, root_missing=False, hold=INT64_MAX),
     MassDeleteEnded(mapping_id=3, reason="paths back", hold=INT64_MAX),
+    ReleaseReport(
+        mapping_id=3, release=2, upto_seq=4, journal_id="0" * 32
+    ),  # an older master ignores it
 ]
-PINNED = len(SAMPLES) - 7  # the samples the hash below covers
+PINNED = len(SAMPLES) - 8  # the samples the hash below covers
 # sha256 of the samples' encodings, joined, as the release before the integer bounds sent them,
 # except CommitReport: its records gained three optional fields since (`kind`, `removed`,
 # `removed_truncated`, which older masters ignore), and Assignment: its MappingSpec gained two

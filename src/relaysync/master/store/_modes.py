@@ -9,6 +9,7 @@ release covers, so progress can be shown against the targets' watermarks.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -31,9 +32,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from relaysync.errors import ConfigError
-from relaysync.master.store.models import Base, Mapping
+from relaysync.master.store.models import Base, Mapping, Watermark
 from relaysync.protocol.messages import MappingSpec
 from relaysync.watch.target_policy import DEFAULT_MODE_MASK, SYMLINK_POLICIES, mode_mask_problem
+
+logger = logging.getLogger(__name__)
 
 MODES = ("realtime", "manual", "reserved")
 TRANSFER_OVERRIDES = ("auto", "delta", "whole")
@@ -56,6 +59,8 @@ class MappingModeRow(Base):
     )  # the source's seq for `release`
     # the release the source last reported taking (0022): `released_upto` is its seq
     released_release: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the source journal `released_upto` counts in (0023; "": not reported yet, an older agent)
+    released_journal: Mapped[str] = mapped_column(String(64), default="", server_default="")
     delete_confirm: Mapped[int] = mapped_column(
         Integer, default=0
     )  # operator confirmations of mass deletes
@@ -92,8 +97,35 @@ def forget_released(session: Session, mapping_id: int) -> None:
     session.execute(
         update(MappingModeRow)
         .where(MappingModeRow.mapping_id == mapping_id)
-        .values(released_upto=0, released_release=0)
+        .values(released_upto=0, released_release=0, released_journal="")
     )
+
+
+def _new_journal(session: Session, mapping_id: int, source_node: str, journal_id: str) -> bool:
+    """Note `journal_id` as the journal the mapping's source counts in; if it replaces another
+    (recreated: its seqs start again at 1), forget what counted in the old one's seqs: what the
+    releases covered and how far the targets committed (the upsert of the job log never lowers
+    a watermark; the targets report the new journal's from 0). Return whether it did."""
+    row = session.get(MappingModeRow, mapping_id)
+    if row is None or not journal_id or row.released_journal == journal_id:
+        return False
+    known, row.released_journal = row.released_journal, journal_id
+    if not known:  # the first one heard of (a source that reported before 0023): nothing to void
+        return False
+    row.released_upto = row.released_release = 0
+    session.execute(
+        update(Watermark)
+        .where(Watermark.mapping_id == mapping_id, Watermark.source_node == source_node)
+        .values(seq=0, updated_at=time.time())
+    )
+    logger.warning(
+        "mapping %s: the source's journal is new (%s, was %s): its releases and the targets' "
+        "watermarks start again from 0",
+        mapping_id,
+        journal_id,
+        known,
+    )
+    return True
 
 
 @dataclass(frozen=True)
@@ -287,18 +319,29 @@ class ModeStore:
             return [row.mapping_id for row in due]
 
     def record_release(
-        self, mapping_id: int, release: int, upto_seq: int, source_node: str = ""
+        self,
+        mapping_id: int,
+        release: int,
+        upto_seq: int,
+        source_node: str = "",
+        journal_id: str = "",
     ) -> None:
         """Note what the mapping's current release covers, as its source reported it: one
         guarded update, so a report of a former source (`source_node` given and no longer the
         mapping's) or of an older release, racing a source move that reset the progress, can
-        never set it back."""
+        never set it back. A `journal_id` other than the one noted before (the source's journal
+        was recreated) first resets what counted in the old one's seqs (`_new_journal`): else
+        `released_upto` stayed at the old, higher seq, and `relaysync send` waited for it."""
         guards = [MappingModeRow.mapping_id == mapping_id, MappingModeRow.release == release]
-        if source_node:
-            guards.append(
-                exists().where(Mapping.id == mapping_id, Mapping.source_node == source_node)
-            )
         with self._write("record release") as session:
+            source = session.scalar(select(Mapping.source_node).where(Mapping.id == mapping_id))
+            if source is None or (source_node and source != source_node):
+                return  # deleted, or a former source's report
+            if source_node:  # checked again in the update: a move racing this write
+                guards.append(
+                    exists().where(Mapping.id == mapping_id, Mapping.source_node == source_node)
+                )
+            _new_journal(session, mapping_id, source, journal_id)
             session.execute(
                 update(MappingModeRow)
                 .where(*guards, MappingModeRow.released_upto < upto_seq)
