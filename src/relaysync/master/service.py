@@ -27,7 +27,7 @@ import uvicorn
 from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync._util.addresses import is_unspecified, join_address
-from relaysync._util.dir_lock import DataDirLock, lock_data_dir
+from relaysync._util.dir_lock import FileLock, lock_data_dir
 from relaysync._util.ports import stable_free_port
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.tokens import join_string, split_join_string
@@ -142,7 +142,7 @@ class MasterService:
         self.purge_address = ""  # the purge listener, if --purge-listen
         self.ca_fingerprint = ""  # of the fleet CA: what join strings carry
         self.api_tls = api_tls.ApiTls("off")  # how the API is served: decided in _prepare
-        self._dir_lock: DataDirLock | None = None  # held from _prepare until serve ends
+        self._dir_lock: FileLock | None = None  # held from _prepare until serve ends
 
     def _prepare(self) -> tuple[Store, CertificateAuthority, tls.Identity, str, str]:
         mode = api_tls.decide_mode(self.cfg)  # a refused plain-HTTP API stops us before anything
