@@ -8,6 +8,8 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── FolderRefused              an agent refuses a folder it was assigned (system, its data, not allowed)
     │   ├── PlainApiRefused            the master's API in plain HTTP on an address other hosts reach
     │   ├── DataDirInUse               another master or agent process holds the data directory's lock
+    │   ├── DatabaseInUse              another master holds the database's master lock (exit 21 too)
+    │   │   └── DatabaseTakenOver      another master took it while this one's lock connection was down
     │   └── CannotListen               a listen address that cannot be bound (in use, not this host's)
     ├── ProtocolError                  a malformed, oversize or unexpected message
     │   ├── FrameTooLarge
@@ -113,6 +115,21 @@ class DataDirInUse(ConfigError):
     """
 
     exit_code = 21
+
+
+class DatabaseInUse(ConfigError):
+    """another {} is using database {}; run one master per database: stop it first, or give this master its own database_url
+
+    Two masters on one store would both route, purge, prune and write the job log: double
+    purges, routing epochs fighting. Exit 21 as DataDirInUse: another process holds what this
+    one needs, and a restart does not help until it stops (systemd RestartPreventExitStatus=21).
+    """
+
+    exit_code = 21
+
+
+class DatabaseTakenOver(DatabaseInUse):
+    """another {} took database {} while this master's lock connection was down; this master stops: run one master per database"""
 
 
 class CannotListen(ConfigError):

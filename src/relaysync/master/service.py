@@ -27,7 +27,7 @@ import uvicorn
 from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync._util.addresses import is_unspecified, join_address
-from relaysync._util.dir_lock import DataDirLock, lock_data_dir
+from relaysync._util.dir_lock import FileLock, lock_data_dir
 from relaysync._util.ports import stable_free_port
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.tokens import join_string, split_join_string
@@ -39,6 +39,7 @@ from relaysync.errors import CannotListen
 from relaysync.master import api_tls
 from relaysync.master.app import create_app
 from relaysync.master.control import ControlServer
+from relaysync.master.db_lock import DatabaseLock, lock_database
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.purging import PurgeService
@@ -142,12 +143,16 @@ class MasterService:
         self.purge_address = ""  # the purge listener, if --purge-listen
         self.ca_fingerprint = ""  # of the fleet CA: what join strings carry
         self.api_tls = api_tls.ApiTls("off")  # how the API is served: decided in _prepare
-        self._dir_lock: DataDirLock | None = None  # held from _prepare until serve ends
+        self._dir_lock: FileLock | None = None  # held from _prepare until serve ends
+        self._db_lock: DatabaseLock | None = None  # likewise: one master per database
 
     def _prepare(self) -> tuple[Store, CertificateAuthority, tls.Identity, str, str]:
         mode = api_tls.decide_mode(self.cfg)  # a refused plain-HTTP API stops us before anything
         # before anything in it is read or written: another master there stops this one
         self._dir_lock = lock_data_dir(self.data_dir, "master")
+        url = self.cfg.database_url or f"sqlite:///{self.data_dir / 'master.db'}"
+        # before the CA, the migrations and the API: another master on the database stops us
+        self._db_lock = lock_database(url, self.data_dir)
         os.chmod(self.data_dir, 0o700)
         ca = CertificateAuthority.load_or_create(self.data_dir / "ca")
         self.api_tls = api_tls.prepare(self.cfg, mode, ca, self.data_dir)
@@ -161,7 +166,6 @@ class MasterService:
             identity.key_path.chmod(0o600)
             identity.cert_path.write_bytes(cert_pem)
             identity.ca_path.write_bytes(ca.ca_pem)
-        url = self.cfg.database_url or f"sqlite:///{self.data_dir / 'master.db'}"
         store = Store(url)
         store.migrate()
         admin = _secret_file(self.data_dir / "admin-token", lambda: secrets.token_urlsafe(32))
@@ -179,10 +183,14 @@ class MasterService:
 
         Raises:
             DataDirInUse: another master (or an agent) runs on the data directory.
+            DatabaseInUse: another master runs on the database (DatabaseTakenOver: it took
+                the database while this master's lock connection was down).
         """
         try:
             await self._serve(task_status)
         finally:
+            if self._db_lock is not None:
+                self._db_lock.release()
             if self._dir_lock is not None:
                 self._dir_lock.release()
 
@@ -250,6 +258,8 @@ class MasterService:
         await tg.start(Scheduler(store, parts.events, control.notify_change).serve)
         await tg.start(RetentionPruner(store).serve)  # job-log history past its retention
         tg.start_soon(_watch_control_certificate, identity.cert_path)
+        if self._db_lock is not None:  # a dropped lock connection is taken again, or we stop
+            tg.start_soon(self._db_lock.watch)
         self.control_address = f"{control.host}:{control_port}"
         (self.data_dir / "control-port").write_text(str(control_port))
         app = create_app(
