@@ -9,6 +9,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── PlainApiRefused            the master's API in plain HTTP on an address other hosts reach
     │   ├── DataDirInUse               another master or agent process holds the data directory's lock
     │   └── CannotListen               a listen address that cannot be bound (in use, not this host's)
+    │       └── ControlPortTaken       the control port remembered from the last run is in use
     ├── ProtocolError                  a malformed, oversize or unexpected message
     │   ├── FrameTooLarge
     │   ├── IncompatibleVersion
@@ -122,6 +123,10 @@ class CannotListen(ConfigError):
     def of(cls, address: str, exc: OSError, option: str) -> Self:
         """The error for `exc`, raised binding `address` (host:port), which `option` sets."""
         return cls(address, _bind_problem(exc), option)
+
+
+class ControlPortTaken(CannotListen):
+    """Cannot listen on {}: {}; this control port was remembered in {} from the last run, because every joined agent saved it at its join and connects there: free it and start the master again (--control-listen HOST:PORT takes another, but then each joined agent's DATA/identity/master.json must get it as its control_address)."""
 
 
 def _bind_problem(exc: OSError) -> str:

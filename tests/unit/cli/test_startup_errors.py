@@ -186,3 +186,21 @@ def test_a_misspelt_variable_is_a_warning_once_on_stderr(tmp_path: Path) -> None
         "RELAYSYNC_MASTER_URL?); ignored"
     ], result.stderr
     assert error_line(result).startswith("error: Configuration error: no master_url given")
+
+
+def test_a_remembered_control_port_in_use_names_its_file(tmp_path: Path, held_port: int) -> None:
+    """The control port read back from data_dir/control-port, held by another program: the
+    error said "choose another with --control-listen", an option the operator never gave, and
+    which would leave the joined agents knocking at the old port."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "control-port").write_text(f"{held_port}\n")
+    result = cli("master", "--data", "m", "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == ConfigError.exit_code, result.stderr
+    assert error_line(result) == (
+        f"error: Cannot listen on 127.0.0.1:{held_port}: address already in use (another "
+        "relaysync, or another program? see ss -ltnp); this control port was remembered in "
+        "m/control-port from the last run, because every joined agent saved it at its join and "
+        "connects there: free it and start the master again (--control-listen HOST:PORT takes "
+        "another, but then each joined agent's DATA/identity/master.json must get it as its "
+        "control_address)."
+    )
