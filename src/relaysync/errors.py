@@ -22,6 +22,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── JoinRefused                a bad or expired join token
     │   ├── MasterNotTrusted           a first join answered with another CA than the join string names
     │   ├── JoinAnswerRefused          a first join's answer that is malformed (several CAs, a field missing)
+    │   ├── CsrRefused                 the master cannot sign a joining agent's certificate request
     │   ├── IdentityUnusable           an agent's saved identity that is incomplete or trusts several CAs
     │   ├── UnknownPeer                a certificate the receiver does not expect
     │   │   └── RoutesStale            a sender that is not our parent in our routing table's epoch
@@ -240,6 +241,10 @@ class MasterNotTrusted(AuthError):
 
 class JoinAnswerRefused(AuthError):
     """The join answer from {} cannot be used: {}. Nothing was saved. Check --master (someone on the way may be altering the answer) and that the master runs a current relaysync release."""
+
+
+class CsrRefused(AuthError):
+    """The master at {} refused this agent's certificate request: {}. Its join token was good and nothing was saved: the agent and the master may run releases too far apart (upgrade the older one); otherwise report it as a bug."""
 
 
 class IdentityUnusable(AuthError):
