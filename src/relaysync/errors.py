@@ -11,6 +11,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── DatabaseInUse              another master holds the database's master lock (exit 21 too)
     │   │   └── DatabaseTakenOver      another master took it while this one's lock connection was down
     │   └── CannotListen               a listen address that cannot be bound (in use, not this host's)
+    │       └── ControlPortTaken       the control port remembered from the last run is in use
     ├── ProtocolError                  a malformed, oversize or unexpected message
     │   ├── FrameTooLarge
     │   ├── IncompatibleVersion
@@ -23,6 +24,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── JoinRefused                a bad or expired join token
     │   ├── MasterNotTrusted           a first join answered with another CA than the join string names
     │   ├── JoinAnswerRefused          a first join's answer that is malformed (several CAs, a field missing)
+    │   ├── CsrRefused                 the master cannot sign a joining agent's certificate request
     │   ├── IdentityUnusable           an agent's saved identity that is incomplete or trusts several CAs
     │   ├── UnknownPeer                a certificate the receiver does not expect
     │   │   └── RoutesStale            a sender that is not our parent in our routing table's epoch
@@ -141,6 +143,10 @@ class CannotListen(ConfigError):
         return cls(address, _bind_problem(exc), option)
 
 
+class ControlPortTaken(CannotListen):
+    """Cannot listen on {}: {}; this control port was remembered in {} from the last run, because every joined agent saved it at its join and connects there: free it and start the master again (--control-listen HOST:PORT takes another, but then each joined agent's DATA/identity/master.json must get it as its control_address)."""
+
+
 def _bind_problem(exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return "address already in use (another relaysync, or another program? see ss -ltnp)"
@@ -252,6 +258,10 @@ class MasterNotTrusted(AuthError):
 
 class JoinAnswerRefused(AuthError):
     """The join answer from {} cannot be used: {}. Nothing was saved. Check --master (someone on the way may be altering the answer) and that the master runs a current relaysync release."""
+
+
+class CsrRefused(AuthError):
+    """The master at {} refused this agent's certificate request: {}. Its join token was good and nothing was saved: the agent and the master may run releases too far apart (upgrade the older one); otherwise report it as a bug."""
 
 
 class IdentityUnusable(AuthError):

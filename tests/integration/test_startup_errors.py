@@ -3,6 +3,7 @@ stops with one line naming the option, and the master's refusals are printed wit
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -76,3 +77,20 @@ def test_the_masters_refusals_have_one_prefix(cluster: Cluster) -> None:
     assert line.startswith("error: Configuration error: POST /api/mappings: "), line
     assert "must not contain '..'" in line, line
     assert line.count("Configuration error") == 1, line
+
+
+def test_a_misspelt_variable_leaves_a_commands_output_whole(cluster: Cluster) -> None:
+    """The warning about RELAYSYNC_LISTN goes to stderr once: `status --json | jq` still reads
+    JSON alone on stdout."""
+    token = (cluster.master_dir / "admin-token").read_text().strip()
+    result = run_cli(
+        *("status", "--json", "--master", cluster.api_url, "--token", token),
+        cwd=cluster.base,
+        env={"RELAYSYNC_LISTN": "127.0.0.1:1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["summary"]["servers_up"] >= 1
+    assert result.stderr.splitlines() == [
+        "warning: RELAYSYNC_LISTN is not a relaysync setting (did you mean RELAYSYNC_LISTEN?); "
+        "ignored"
+    ]

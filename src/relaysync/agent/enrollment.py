@@ -41,7 +41,6 @@ from relaysync.errors import (
     ConfigError,
     IdentityUnusable,
     JoinAnswerRefused,
-    JoinRefused,
     MasterNotTrusted,
 )
 from relaysync.transfer import tls
@@ -103,8 +102,11 @@ def join(cfg: AgentConfig, identity: tls.Identity) -> MasterPin:
     Raises:
         ConfigError: no CA fingerprint to check the master with (expected_ca_fingerprint).
         IdentityUnusable: the identity directory holds what an interrupted join left.
-        JoinRefused: the master refused the token or the request.
-        JoinAnswerRefused: an answer that is malformed, or whose certificate is not ours.
+        JoinRefused: the master refused the token.
+        ConfigError: the master refused the name (taken, or not one it takes).
+        CsrRefused: the master refused the certificate request.
+        JoinAnswerRefused: an answer that is malformed, not the master's (a proxy's 409...),
+            or whose certificate is not ours.
         MasterNotTrusted: the master's CA is not the one the join string names.
         ApiCertificateRefused: the master's https certificate is not the master's from that CA.
         MasterUnreachable: the master did not answer.
@@ -138,6 +140,7 @@ def _post_join(
     before it takes our name (an older master ignores it: we check its answer anyway)."""
     import httpx  # only at the first start: keeps the resident agent lighter
 
+    from relaysync.agent._join_refusal import join_refusal
     from relaysync.agent._join_trust import join_error, join_verify
 
     verify = join_verify(cfg, expected)  # over https: the CA checked before the token
@@ -153,13 +156,7 @@ def _post_join(
     except httpx.HTTPError as exc:
         raise join_error(cfg.master_url, exc) from exc
     if response.status_code != 200:
-        try:
-            detail = str(response.json().get("detail", response.text))
-        except ValueError:
-            detail = response.text[:200] or str(response.status_code)
-        if response.status_code == 409:  # the name is taken: the token is good, the name is not
-            raise ConfigError(f"the master refused this agent's name {cfg.name!r}: {detail}")
-        raise JoinRefused(_refusal_reason(detail))
+        raise join_refusal(cfg.master_url, cfg.name, response.status_code, response.text)
     try:
         answer = response.json()
     except ValueError as exc:
@@ -167,14 +164,6 @@ def _post_join(
     if not isinstance(answer, dict):
         raise JoinAnswerRefused(cfg.master_url, "not a JSON object")
     return answer
-
-
-def _refusal_reason(detail: str) -> str:
-    """The reason in a master's refusal, without the sentence JoinRefused wraps it in: the
-    master sends its own JoinRefused whole, which printed the wrapping twice."""
-    template = (JoinRefused.__doc__ or "{}").strip().splitlines()[0]
-    head, _, tail = template.partition("{}")
-    return detail.removeprefix(head.strip()).removesuffix(tail.strip()).strip(" :.") or detail
 
 
 def _check_answer(

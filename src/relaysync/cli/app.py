@@ -23,6 +23,8 @@ from relaysync.cli import (
     token_cmd,
     topology_cmd,
 )
+from relaysync.cli._run import err_console
+from relaysync.config.env_names import unknown_variables
 
 app = typer.Typer(
     name="relaysync",
@@ -31,6 +33,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _warn_unknown_variables() -> None:
+    """Before any command, in this process only: a misspelt RELAYSYNC_* variable is named on
+    stderr (stdout stays the command's, for pipes), once; it would be ignored in silence."""
+    for line in unknown_variables():
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
 app.command("master")(master_cmd.master)
 app.command("agent")(agent_cmd.agent)
 app.command("demo")(demo_cmd.demo)

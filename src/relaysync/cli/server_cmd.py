@@ -51,7 +51,7 @@ def set_server(
     def body() -> None:
         request = server_patch(region=region, group=group, capacity=capacity, unlock=unlock)
         with connect(master, token, data, ca_file) as client:
-            server = client.patch(f"/api/servers/{quote(name, safe='')}", request)
+            server = client.patch(server_path(name), request)
         if json:
             print_json(server)
         else:
@@ -62,6 +62,22 @@ def set_server(
             )
 
     run_command(body)
+
+
+def server_path(name: str) -> str:
+    """/api/servers/NAME, NAME quoted.
+
+    Raises:
+        ConfigError: NAME has a "/", which no server name or node id has (names are checked at
+            join, auth/ca.py check_node_name); the API's router would decode its %2F before
+            routing, so it would not even be one path segment.
+    """
+    if "/" in name:
+        raise ConfigError(
+            f"no server is named {name!r}: server names are 1-63 of A-Z a-z 0-9 . _ - (no '/'), "
+            "node ids are hex; `relaysync status` lists them"
+        )
+    return f"/api/servers/{quote(name, safe='')}"
 
 
 def server_patch(
@@ -96,7 +112,7 @@ def remove_server(
 
     def body() -> None:
         with connect(master, token, data, ca_file) as client:
-            client.delete(f"/api/servers/{quote(name, safe='')}")
+            client.delete(server_path(name))
         console.print(f"server {name!r} removed: an agent may join under its name", markup=False)
 
     run_command(body)
@@ -115,7 +131,7 @@ def revoke_server(
 
     def body() -> None:
         with connect(master, token, data, ca_file) as client:
-            revoked = client.post(f"/api/servers/{quote(name, safe='')}/revoke", {})
+            revoked = client.post(server_path(name) + "/revoke", {})
         if json:
             print_json(revoked)
             return

@@ -1,8 +1,9 @@
 """The master's REST API application: the route table, token checks and error mapping.
 
 Error handling:
-    NotFound -> 404, ConfigError -> 422, AuthError (JoinRefused) -> 403, other StoreError -> 503,
-    always as {"detail": "..."}; a missing or unknown token -> 401. Before any of that a body
+    NotFound -> 404, ConfigError -> 422, AuthError -> 403, other StoreError -> 503, always as
+    {"detail": "..."}; a refused join as {"detail", "code"} with the code's status (403 token,
+    400 name or CSR, 409 name taken: auth/join_refusals.py); a missing or unknown token -> 401. Before any of that a body
     over API_MAX_BODY_BYTES (API_JOIN_MAX_BODY_BYTES for /api/join) -> 413, and a JSON body with
     NaN, Infinity or an integer past 64 bits -> 422 (api/_limits.py).
 
@@ -216,6 +217,7 @@ def create_app(
         )
     for error_type, status_code in ERROR_STATUS:
         app.add_exception_handler(error_type, _error_handler(status_code))
+    app.add_exception_handler(join.JoinDenied, join.denied)  # {detail, code}: auth/join_refusals.py
     app.add_middleware(
         RequestLimits,
         max_body_bytes=API_MAX_BODY_BYTES,

@@ -27,8 +27,8 @@ import uvicorn
 from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync._util.addresses import is_unspecified, join_address
+from relaysync._util.aio import leaf_error
 from relaysync._util.dir_lock import FileLock, lock_data_dir
-from relaysync._util.ports import stable_free_port
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.tokens import join_string, split_join_string
 from relaysync.auth.validity import REPLACE_MASTER_CERT, seconds_left, watch_expiry
@@ -36,7 +36,7 @@ from relaysync.config.load import split_address
 from relaysync.config.schema import MasterConfig
 from relaysync.constants import MASTER_NODE_NAME
 from relaysync.errors import CannotListen
-from relaysync.master import api_tls
+from relaysync.master import api_tls, control_port
 from relaysync.master.app import create_app
 from relaysync.master.control import ControlServer
 from relaysync.master.db_lock import DatabaseLock, lock_database
@@ -113,6 +113,7 @@ class _Parts:
     monitor: MonitorService
     router: Router
     control: ControlServer
+    control_port: control_port.ControlPort  # where it listens, and why there
 
 
 async def serve_links_and_joblog(
@@ -213,18 +214,13 @@ class MasterService:
         events = EventBus()
         # reports past the writer's memory bound wait here while the store is behind
         joblog = JobLogWriter(store, events, spool_dir=self.data_dir / "joblog-spool")
-        chost, cport = split_address(self.cfg.control_listen)
-        saved_port = self.data_dir / "control-port"
-        if cport == 0 and saved_port.exists():
-            cport = int(saved_port.read_text())  # agents hold this address: keep it across restarts
-        elif cport == 0:  # kept from now on: one an outgoing connection cannot take meanwhile
-            cport = stable_free_port(chost)
+        port = control_port.choose(self.cfg.control_listen, self.data_dir)
         cert = identity.cert_path.read_bytes()
         monitor = self._monitor(store, events, joblog, lambda: set(control.links), cert)
         router = Router(store, events, links_up=lambda: set(control.links))
         control = ControlServer(
-            host=chost,
-            port=cport,
+            host=port.host,
+            port=port.port,
             ctx=tls.server_context(identity),
             store=store,
             events=events,
@@ -236,7 +232,7 @@ class MasterService:
         purging = PurgeService(
             store=store, events=events, joblog=joblog, listen=self.cfg.purge_listen
         )
-        return _Parts(events, joblog, purging, monitor, router, control)
+        return _Parts(events, joblog, purging, monitor, router, control, port)
 
     async def _start(
         self,
@@ -254,14 +250,20 @@ class MasterService:
         await tg.start(parts.monitor.serve)
         # failure state rebuilt from the store before agents connect
         await tg.start(parts.router.serve)
-        control_port = await tg.start(serve_links_and_joblog, parts.joblog, control, stopping)
+        try:
+            port = await tg.start(serve_links_and_joblog, parts.joblog, control, stopping)
+        except* CannotListen as refused:  # a remembered port is not the operator's choice
+            taken = parts.control_port.taken(leaf_error(refused))
+            if taken is None:
+                raise
+            raise taken from leaf_error(refused)
         await tg.start(Scheduler(store, parts.events, control.notify_change).serve)
         await tg.start(RetentionPruner(store).serve)  # job-log history past its retention
         tg.start_soon(_watch_control_certificate, identity.cert_path)
         if self._db_lock is not None:  # a dropped lock connection is taken again, or we stop
             tg.start_soon(self._db_lock.watch)
-        self.control_address = f"{control.host}:{control_port}"
-        (self.data_dir / "control-port").write_text(str(control_port))
+        self.control_address = f"{control.host}:{port}"
+        control_port.remember(self.data_dir, port)
         app = create_app(
             store=store,
             ca=ca,

@@ -171,3 +171,36 @@ def test_a_data_dir_that_cannot_be_searched_is_a_config_error(
     monkeypatch.setattr(Path, "exists", refused)
     with pytest.raises(ConfigError, match=r"--data .*x cannot be used: Permission denied"):
         check_data_dir(tmp_path / "x")
+
+
+def test_a_misspelt_variable_is_a_warning_once_on_stderr(tmp_path: Path) -> None:
+    """RELAYSYNC_MASTER_ULR was ignored in silence: the agent said only that no master_url was
+    given. The warning comes once, on stderr, before the error; known variables are not named."""
+    env = {"RELAYSYNC_MASTER_ULR": "http://127.0.0.1:8470", "RELAYSYNC_TEST_WORKERS": "1"}
+    result = cli("agent", "--name", "b1", "--data", "a", cwd=tmp_path, env=env)
+    assert result.returncode == ConfigError.exit_code, result.stderr
+    assert result.stdout == ""
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: RELAYSYNC_MASTER_ULR is not a relaysync setting (did you mean "
+        "RELAYSYNC_MASTER_URL?); ignored"
+    ], result.stderr
+    assert error_line(result).startswith("error: Configuration error: no master_url given")
+
+
+def test_a_remembered_control_port_in_use_names_its_file(tmp_path: Path, held_port: int) -> None:
+    """The control port read back from data_dir/control-port, held by another program: the
+    error said "choose another with --control-listen", an option the operator never gave, and
+    which would leave the joined agents knocking at the old port."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "control-port").write_text(f"{held_port}\n")
+    result = cli("master", "--data", "m", "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == ConfigError.exit_code, result.stderr
+    assert error_line(result) == (
+        f"error: Cannot listen on 127.0.0.1:{held_port}: address already in use (another "
+        "relaysync, or another program? see ss -ltnp); this control port was remembered in "
+        "m/control-port from the last run, because every joined agent saved it at its join and "
+        "connects there: free it and start the master again (--control-listen HOST:PORT takes "
+        "another, but then each joined agent's DATA/identity/master.json must get it as its "
+        "control_address)."
+    )

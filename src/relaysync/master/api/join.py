@@ -1,13 +1,19 @@
-"""REST resource /api/join: an agent trades a join token and a CSR for its node certificate."""
+"""REST resource /api/join: an agent trades a join token and a CSR for its node certificate.
+
+A refusal is answered `{"detail": ..., "code": ...}` (auth/join_refusals.py): the agent words its
+error by the code, and takes a 409 or 400 without one for another server's answer (a proxy's).
+"""
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import HTTPException, status
+from fastapi import Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from relaysync.auth.ca import check_node_name, fingerprint
+from relaysync.auth.join_refusals import JoinRefusal
 from relaysync.auth.tokens import normalize_fingerprint, split_join_string
 from relaysync.errors import AuthError, ConfigError, JoinRefused, NotFound
 from relaysync.master.api._context import Context
@@ -15,6 +21,20 @@ from relaysync.master.api._limits import InputModel
 from relaysync.master.events import EventType
 
 logger = logging.getLogger(__name__)
+
+
+class JoinDenied(Exception):
+    """A refusal of a join: its code (and so its status) and what the operator reads."""
+
+    def __init__(self, code: JoinRefusal, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+async def denied(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to a JoinDenied (the app's handler for it)."""
+    assert isinstance(exc, JoinDenied)
+    return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.code.status)
 
 
 class JoinIn(InputModel):
@@ -52,14 +72,12 @@ def _check_name_free(context: Context, name: str) -> None:
         if not same:
             return
         existing = same[0]
-    raise HTTPException(
-        status_code=status.HTTP_409_CONFLICT,
-        detail=(
-            f"server name {name!r} is already used by node {existing.node_id} (as "
-            f"{existing.name!r}); choose another name, or remove that server first "
-            f"(`relaysync server remove {existing.name}`, or DELETE /api/servers/{existing.name}; "
-            "only once no mapping names it)"
-        ),
+    raise JoinDenied(
+        JoinRefusal.NAME_TAKEN,
+        f"server name {name!r} is already used by node {existing.node_id} (as "
+        f"{existing.name!r}); choose another name, or remove that server first "
+        f"(`relaysync server remove {existing.name}`, or DELETE /api/servers/{existing.name}; "
+        "only once no mapping names it)",
     )
 
 
@@ -89,7 +107,7 @@ def _check_token(context: Context, body: JoinIn) -> None:
     """Refuse a join token that is not good here, and log it: an operator sees the attempts.
 
     Raises:
-        JoinRefused: another fleet's join string, or a token unknown, revoked or expired.
+        JoinDenied: another fleet's join string, or a token unknown, revoked or expired.
     """
     try:
         token = _token_for_this_fleet(context, body)
@@ -99,7 +117,7 @@ def _check_token(context: Context, body: JoinIn) -> None:
             )
     except JoinRefused as exc:
         logger.warning("join refused for %r: %s", body.name, exc, extra={"node_name": body.name})
-        raise
+        raise JoinDenied(JoinRefusal.TOKEN, str(exc)) from exc
 
 
 def join(body: JoinIn, context: Context) -> JoinOut:
@@ -107,10 +125,13 @@ def join(body: JoinIn, context: Context) -> JoinOut:
     _check_token(context, body)
     try:
         check_node_name(body.name)
-        _check_name_free(context, body.name)
+    except ConfigError as exc:
+        raise JoinDenied(JoinRefusal.NAME_INVALID, str(exc)) from exc
+    _check_name_free(context, body.name)
+    try:
         cert_pem = context.ca.sign_csr(body.csr_pem.encode(), name=body.name)
     except (AuthError, ConfigError) as exc:
-        raise HTTPException(status_code=status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+        raise JoinDenied(JoinRefusal.CSR_REFUSED, str(exc)) from exc
     node_id = fingerprint(cert_pem)
     context.store.upsert_server(node_id=node_id, name=body.name, region="", group="", address="")
     logger.info("node joined", extra={"node_id": node_id, "node_name": body.name})

@@ -1,0 +1,69 @@
+"""A join's refusal as the agent reports it: worded by what the master answered.
+
+The master's own refusals carry a `code` (auth/join_refusals.py): a token to renew, a name to
+change, a certificate request it cannot sign. A 403 of an older master is known by its
+JoinRefused sentence. Anything else (a proxy's 409 or 502, a page from whatever answers at the
+URL) is an unexpected answer, shown with its status and the start of its body.
+"""
+
+from __future__ import annotations
+
+import json
+
+from relaysync.auth.join_refusals import JoinRefusal
+from relaysync.errors import (
+    AuthError,
+    ConfigError,
+    CsrRefused,
+    JoinAnswerRefused,
+    JoinRefused,
+    RelaySyncError,
+)
+
+BODY_SHOWN_CHARS = 200  # of an unexpected answer: enough to recognise a proxy's error page
+
+
+def join_refusal(master_url: str, name: str, status: int, text: str) -> RelaySyncError:
+    """The error for a join answered `status` (not 200) with body `text`."""
+    body = _json_object(text)
+    detail = body.get("detail")
+    code = body.get("code")
+    if isinstance(detail, str) and isinstance(code, str) and code in set(JoinRefusal):
+        refusal = JoinRefusal(code)
+        if refusal is JoinRefusal.TOKEN:
+            return JoinRefused(_reason(detail))
+        if refusal is JoinRefusal.CSR_REFUSED:
+            return CsrRefused(master_url, _unprefixed(detail, AuthError))
+        return ConfigError(f"the master refused this agent's name {name!r}: {detail}")
+    if status == 403 and isinstance(detail, str) and detail.startswith(_head()):
+        return JoinRefused(_reason(detail))  # an older master: no code
+    return JoinAnswerRefused(
+        master_url, f"HTTP {status}, not a relaysync master's refusal: {text[:BODY_SHOWN_CHARS]!r}"
+    )
+
+
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _head() -> str:
+    template = (JoinRefused.__doc__ or "{}").strip().splitlines()[0]
+    return template.partition("{}")[0].strip()
+
+
+def _reason(detail: str) -> str:
+    """The reason in a master's JoinRefused, without the sentence JoinRefused wraps it in: the
+    master sends its own JoinRefused whole, which printed the wrapping twice."""
+    template = (JoinRefused.__doc__ or "{}").strip().splitlines()[0]
+    head, _, tail = template.partition("{}")
+    return detail.removeprefix(head.strip()).removesuffix(tail.strip()).strip(" :.") or detail
+
+
+def _unprefixed(detail: str, kind: type[RelaySyncError]) -> str:
+    """`detail` without the "Authentication error: " of the master's own error."""
+    head = (kind.__doc__ or "{}").strip().splitlines()[0].partition("{}")[0]
+    return detail.removeprefix(head).strip().rstrip(".") or detail
