@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relaysync._util.fs import remove_tree_at
+from relaysync._util.fs import open_for_read, remove_tree_at
 from relaysync.errors import TransferError
 from relaysync.transfer._temp_names import PARTIAL_SUFFIX
+from relaysync.transfer.builds import hash_version
 from relaysync.watch.manifest import permission_bits
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ class CommitBatch:
                 _check_still_named(f)  # again: the fsyncs before may have taken a while
             else:
                 f.close()  # before its name appears (an NFS client writes back on close)
-            if self.before_replace is not None:
+            if self.before_replace is not None and not _holds_already(f):
                 self.before_replace(f.dir_fd, f.final_name[f.cut :], f.final_name)
             if f is last:
                 visible_at = time.time()
@@ -176,6 +177,34 @@ def replace_at(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
             raise
         remove_tree_at(dst_fd, dst)
         os.replace(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+
+
+def _holds_already(f: IncomingFile) -> bool:
+    """Whether the name `f` is renamed to holds `f`'s version already: a replay of a commit whose
+    renames were done (a kill -9 before the watermark was saved, a commit failing part-way, a
+    session ending after a flush and before its Checkpoint). Nothing is replaced then, and the
+    version keeper must not keep the current file as a previous version (it would prune a real
+    one). Read only when its size and mtime are the staged file's, as a commit leaves them: a
+    change that really replaces a file almost always changes either, and costs an lstat then."""
+    name = f.final_name[f.cut :]
+    try:
+        st = os.lstat(name, dir_fd=f.dir_fd)
+    except OSError:
+        return False
+    if (
+        not f.content_hash
+        or not stat.S_ISREG(st.st_mode)
+        or (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns)
+    ):
+        return False
+    try:
+        fd = open_for_read(name, dir_fd=f.dir_fd)
+    except OSError:
+        return False  # gone or swapped meanwhile: the keeper sees what is there
+    try:  # None unless the file read is the one stat'ed, unchanged while read
+        return hash_version(fd, st) == f.content_hash
+    finally:
+        os.close(fd)
 
 
 def _check_still_named(f: IncomingFile) -> None:

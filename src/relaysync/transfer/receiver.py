@@ -16,6 +16,7 @@ ends mid-delta leaves a prefix of the new version that the retry resumes as a wh
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 
@@ -52,6 +53,12 @@ from relaysync.protocol.messages import (
 from relaysync.transfer import staging
 from relaysync.transfer._failures import TransientFailure, _transient_os, permanent_detail
 from relaysync.transfer._file_receiver import FileReceiver, _Pending
+from relaysync.transfer._state_failures import (
+    is_state_io,
+    state_cleanup,
+    state_failure,
+    state_writes,
+)
 from relaysync.transfer._tree_ops import TreeOps
 from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.paths import DirHandles, check_relpath
@@ -119,28 +126,9 @@ class ReceiverSession(FileReceiver, TreeOps):
         """Apply messages in order; return the replies (Ack, Error, DigestReply)."""
         replies: list[AnyMessage] = []
         try:
-            for message in messages:
-                try:
-                    reply = self._apply_one(message)
-                except RecursionError:  # nothing recurses over a path; if something did: refused
-                    self._refuse_message(message, "too deep for this target to apply")
-                    reply = None
-                if reply is not None:
-                    replies.append(reply)
-                elif self._applied_full():
-                    self._save_progress()
+            self._apply_all(messages, replies)
         except TransientFailure as failure:
-            full = failure.code == ErrorCode.DISK_FULL
-            if full:
-                self._keep_received_chunks(failure.seq)
-                # The files verified in this batch would hold their space while the disk stays
-                # full (two mappings on one disk would wait for each other for ever): they go,
-                # and come again; only the file being received is kept (`FULL_DISK_HOLD_S`).
-                self.folder.drop_partials(entry.path for entry in self._pending.entries)
-            self._abort_incoming()
-            if not self._keep_applied_before(failure):
-                self._batch.discard(keep_partials=not full)
-                self._pending = _Pending()
+            self._stopped_at(failure)
             logger.warning(
                 "change failed on target, source will retry: seq=%s code=%s detail=%s",
                 failure.seq,
@@ -151,6 +139,51 @@ class ReceiverSession(FileReceiver, TreeOps):
         finally:
             self._settle_dirs()  # the next batch proves its directories anew
         return replies
+
+    def _apply_all(self, messages: Sequence[AnyMessage], replies: list[AnyMessage]) -> None:
+        """Apply `messages` in order, adding their replies to `replies`.
+
+        Raises:
+            TransientFailure: an op failed in a way a retry may fix, the target's state (its
+            manifest.db, maybe on another file system than the root) could not be written
+            included: DISK_FULL or IO_ERROR naming it (`_state_failures`).
+        """
+        seq = 0
+        try:
+            for message in messages:
+                seq = getattr(message, "seq", seq)
+                try:
+                    reply = self._apply_one(message)
+                except RecursionError:  # nothing recurses over a path; if something did: refused
+                    self._refuse_message(message, "too deep for this target to apply")
+                    reply = None
+                if reply is not None:
+                    replies.append(reply)
+                elif self._applied_full():
+                    self._save_progress()
+        except sqlite3.Error as exc:  # any other state write of an op (a partial's, a tree op's)
+            if not is_state_io(exc):
+                raise
+            raise state_failure(seq, self.folder.manifest.path, exc) from exc
+
+    def _stopped_at(self, failure: TransientFailure) -> None:
+        """Undo what the batch stopped by `failure` staged (or keep what it applied before a
+        change the source sends whole). A state write failing here is logged only: the failure
+        is what the source must hear, and what was not written is redone by the retry."""
+        full = failure.code == ErrorCode.DISK_FULL
+        db_path = self.folder.manifest.path
+        if full:
+            self._keep_received_chunks(failure.seq)
+            # The files verified in this batch would hold their space while the disk stays
+            # full (two mappings on one disk would wait for each other for ever): they go,
+            # and come again; only the file being received is kept (`FULL_DISK_HOLD_S`).
+            with state_cleanup(db_path, "dropping the partials of a failed batch"):
+                self.folder.drop_partials(entry.path for entry in self._pending.entries)
+        with state_cleanup(db_path, "dropping the partial of the file being received"):
+            self._abort_incoming()
+        if not self._keep_applied_before(failure):
+            self._batch.discard(keep_partials=not full)
+            self._pending = _Pending()
 
     def _keep_applied_before(self, failure: TransientFailure) -> bool:
         """Keep what the batch applied before a change the source sends whole next (the target
@@ -172,7 +205,10 @@ class ReceiverSession(FileReceiver, TreeOps):
             self._applied = [r for r in self._applied if r.seq < failure.seq]
             self._applied_counted = self._applied_bytes = 0
         self._seen_seq = max(self.watermark, min(self._seen_seq, failure.seq - 1))
-        self._report_and_save()
+        try:
+            self._report_and_save()
+        except TransientFailure as unsaved:  # the watermark stays: all of the batch comes again
+            logger.warning("could not save the watermark before a refused change: %s", unsaved)
         return True
 
     def _settle_dirs(self) -> None:
@@ -274,18 +310,20 @@ class ReceiverSession(FileReceiver, TreeOps):
         if not len(self._batch):
             return
         pending, self._pending = self._pending, _Pending()
+        seq = pending.records[0].seq if pending.records else 0
         try:
             visible_at = self._batch.commit()
         except OSError as exc:
-            seq = pending.records[0].seq if pending.records else 0
             raise _transient_os(seq, "commit batch", exc) from exc
         finally:
             if self._incoming is None:  # what the files of a tree op's batch held can go now
                 self._dirs.close_retired()
-        self.folder.manifest.put_many(pending.entries)
-        self.folder.drop_partials(
-            entry.path for entry in pending.entries
-        )  # any size: a stale one too
+        # The files are in place: if their state cannot be written, the source sends them again.
+        with state_writes(seq, self.folder.manifest.path):
+            self.folder.manifest.put_many(pending.entries)
+            self.folder.drop_partials(
+                entry.path for entry in pending.entries
+            )  # any size: a stale one too
         # the latency a reader sees ends at the rename, not after the manifest's write: that one
         # can take tens of milliseconds on a busy disk, and the file is served meanwhile
         self._applied.extend(
@@ -312,8 +350,9 @@ class ReceiverSession(FileReceiver, TreeOps):
         if applied:
             self.report(max(self._seen_seq, self.watermark), applied)  # as saved just below
         if self._seen_seq > self.watermark:
+            with state_writes(self._seen_seq, self.folder.manifest.path):
+                self.folder.set_watermark(self.journal_id, self._seen_seq)
             self.watermark = self._seen_seq
-            self.folder.set_watermark(self.journal_id, self.watermark)
 
     def _applied_full(self) -> bool:
         """Whether the records held until the next Checkpoint reached a bound."""

@@ -66,6 +66,9 @@ class IncomingFile:
     # partial, final) is used relative to this descriptor, never as a path.
     dir_fd: int = -1
     cut: int = 0
+    # The xxh3-128 of the content, once verified (`whole`, `finish`): what the commit compares
+    # with the file at the final name, to keep no version of a file a replay would not replace.
+    content_hash: bytes = b""
 
     @property
     def final(self) -> Path:
@@ -126,6 +129,7 @@ class IncomingFile:
             incoming.discard()
             raise
         incoming.received = size
+        incoming.content_hash = expected_hash
         return incoming
 
     @classmethod
@@ -219,6 +223,7 @@ class IncomingFile:
         if self.received != self.size or self.hasher.digest() != expected_hash:
             self.discard()
             raise HashMismatch(self.final_name)
+        self.content_hash = expected_hash
 
     def keep(self, length: int) -> None:
         """Cut the temp file to its first `length` bytes (at most those received) and close it,

@@ -20,6 +20,7 @@ from pathlib import Path
 from relaysync._util.fs import GONE_ERRNOS, make_dirs_at, names_in, open_for_read, walk_in
 from relaysync.constants import MAX_NAME_BYTES, TEMP_PREFIX
 from relaysync.errors import NotFound, UnsafePath
+from relaysync.transfer.builds import hash_version
 from relaysync.transfer.paths import check_relpath
 from relaysync.transfer.staging import temp_name_for
 
@@ -90,6 +91,9 @@ class VersionKeeper:
             return
         dest_fd = self._versions_at(parent)
         try:
+            if self._newest_is(dest_fd, base, dir_fd, name):
+                logger.debug("%s is kept as its newest version already", rel)
+                return
             if not _link_regular(dir_fd, name, dest_fd, kept):
                 _copy_regular(dir_fd, name, dest_fd, kept)  # another file system, links refused
             self._prune(dest_fd, base)
@@ -104,6 +108,28 @@ class VersionKeeper:
             return make_dirs_at(dir_fd, parent)[0]
         finally:
             os.close(dir_fd)
+
+    def _newest_is(self, dest_fd: int, base: str, dir_fd: int, name: str) -> bool:
+        """Whether the newest version of `base` kept in `dest_fd` is the file `name` in `dir_fd`:
+        its hard link, or a copy with its size, mtime and content. A replay of a delete, rename
+        or commit stopped between the keep and the replace (a kill -9, a failure) would keep it
+        a second time, and the prune drop a real previous version for it."""
+        prefix = base + SEPARATOR
+        kept = [n for n in names_in(dest_fd) if n.startswith(prefix)]
+        if not kept:
+            return False
+        last = max(kept)  # the time stamps sort as the names do
+        try:
+            newest = os.lstat(last, dir_fd=dest_fd)
+            there = os.lstat(name, dir_fd=dir_fd)
+        except OSError:
+            return False
+        if (newest.st_dev, newest.st_ino) == (there.st_dev, there.st_ino):
+            return True
+        if (newest.st_size, newest.st_mtime_ns) != (there.st_size, there.st_mtime_ns):
+            return False  # the common case: a real change, nothing read
+        mine = _content_of(dir_fd, name, there)
+        return mine is not None and mine == _content_of(dest_fd, last, newest)
 
     def _prune(self, dest_fd: int, name: str) -> None:
         prefix = name + SEPARATOR
@@ -184,6 +210,21 @@ class VersionKeeper:
                 raise
         finally:
             os.close(dir_fd)
+
+
+def _content_of(dir_fd: int, name: str, st: os.stat_result) -> bytes | None:
+    """The content hash of the regular file `name` in `dir_fd` if it is still the one `st`
+    describes (read with no link followed), else None."""
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        fd = open_for_read(name, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return hash_version(fd, st)
+    finally:
+        os.close(fd)
 
 
 def _link_regular(dir_fd: int, name: str, dest_fd: int, kept: str) -> bool:

@@ -110,16 +110,28 @@ class Manifest:
             db.execute(_INO_INDEX)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    @property
+    def path(self) -> Path:
+        """The SQLite file (what an operator is told to look at when it cannot be written)."""
+        return self._path
+
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A COMMIT that failed may leave the transaction open (SQLITE_BUSY, a deferred
+                # constraint) or have rolled it back itself (SQLITE_FULL, IOERR): open, every
+                # later BEGIN of this connection would fail.
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error as exc:  # the first failure is the one to report
+                        logger.warning("manifest %s: rollback failed: %s", self._path, exc)
                 raise
-            self._db.execute("COMMIT")
 
     # --- entries ---
 

@@ -274,8 +274,10 @@ def test_the_delta_base_is_not_left_open_when_the_manifest_fails(
     monkeypatch.setattr(folder.manifest, "get", locked)
     base_hash = xxhash.xxh3_128_digest(b"hello")
     start = DeltaStart(seq=2, path="f", size=6, mode=0o644, mtime_ns=T0, base_hash=base_hash)
-    with pytest.raises(sqlite3.OperationalError):
-        session.apply_batch([start])
+    # a state failure is the source's to retry (transfer/_state_failures.py), not a crash
+    [refused] = session.apply_batch([start])
+    assert isinstance(refused, Error) and refused.code == ErrorCode.IO_ERROR
+    assert refused.detail.startswith(f"target state {folder.manifest.path}: database is locked")
     assert not [fd for fd in opened if _open_on(fd, st)]  # now the manifest is read first
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -286,3 +287,21 @@ def test_set_inodes_changes_no_directory_hash(manifest: Manifest) -> None:
     manifest.set_inodes([("a/x", 11), ("gone", 12)])
     assert manifest.get("a/x").ino == 11  # type: ignore[union-attr]
     assert manifest.root_hash() == before and manifest.get("gone") is None
+
+
+def test_a_commit_that_fails_leaves_no_transaction_open(manifest: Manifest) -> None:
+    """A COMMIT that fails without rolling back (here a deferred constraint; SQLITE_BUSY does the
+    same) ran outside _txn's try in the old code: no ROLLBACK, the transaction stayed open, and
+    every later write of the manifest failed ("cannot start a transaction within a transaction")."""
+    db = manifest._db
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("CREATE TABLE owner (id INTEGER PRIMARY KEY)")
+    db.execute(
+        "CREATE TABLE owned (owner INTEGER REFERENCES owner (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(sqlite3.IntegrityError), manifest._txn() as txn:
+        txn.execute("INSERT INTO owned VALUES (7)")  # checked at COMMIT only
+    assert not db.in_transaction
+    manifest.put_many([f("after")])
+    assert manifest.get("after") == f("after")
+    assert db.execute("SELECT count(*) FROM owned").fetchone()[0] == 0  # rolled back
