@@ -12,8 +12,10 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import stat
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,9 +29,22 @@ from relaysync.transfer.staging import temp_name_for
 logger = logging.getLogger(__name__)
 
 SEPARATOR = "@"
+STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # a version's time in UTC; sorts as the names do
+_STAMP = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # rename(2) of a file onto a directory: EISDIR (Linux); the others where a system says so
 _DIR_IN_THE_WAY = (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST)
+
+
+def versions_of(name: str, names: Iterable[str]) -> list[str]:
+    """The versions of the file `name` among `names` (a versions directory's), oldest first:
+    `name@<stamp>` only. By prefix alone, `icon@2x@<stamp>` (a version of `icon@2x`) was one of
+    `icon`'s: listed, restorable as `icon`, and pruned with them, or `icon`'s own new version
+    pruned in its place."""
+    prefix = name + SEPARATOR
+    return sorted(
+        n for n in names if n.startswith(prefix) and _STAMP.fullmatch(n, len(prefix)) is not None
+    )
 
 
 def versions_dir_for(root: Path) -> Path:
@@ -78,7 +93,7 @@ class VersionKeeper:
     def _save_file(self, dir_fd: int, name: str, rel: str) -> None:
         """Keep the regular file `name` in `dir_fd` as a version of `rel`: a hard link to it, or
         a copy across file systems; not if it is no longer a regular file by then."""
-        stamp = datetime.fromtimestamp(time.time(), UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = datetime.fromtimestamp(time.time(), UTC).strftime(STAMP_FORMAT)
         parent, _, base = rel.rpartition("/")
         kept = f"{base}{SEPARATOR}{stamp}"
         if len(kept.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
@@ -114,8 +129,7 @@ class VersionKeeper:
         its hard link, or a copy with its size, mtime and content. A replay of a delete, rename
         or commit stopped between the keep and the replace (a kill -9, a failure) would keep it
         a second time, and the prune drop a real previous version for it."""
-        prefix = base + SEPARATOR
-        kept = [n for n in names_in(dest_fd) if n.startswith(prefix)]
+        kept = versions_of(base, names_in(dest_fd))
         if not kept:
             return False
         last = max(kept)  # the time stamps sort as the names do
@@ -132,17 +146,15 @@ class VersionKeeper:
         return mine is not None and mine == _content_of(dest_fd, last, newest)
 
     def _prune(self, dest_fd: int, name: str) -> None:
-        prefix = name + SEPARATOR
-        kept = sorted(n for n in names_in(dest_fd) if n.startswith(prefix))
+        kept = versions_of(name, names_in(dest_fd))
         for old in kept[: -self.keep or None]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(old, dir_fd=dest_fd)
 
     @staticmethod
     def _list(folder: Path, name: str) -> list[Path]:
-        prefix = name + SEPARATOR
         try:
-            return sorted(p for p in folder.iterdir() if p.name.startswith(prefix))
+            return [folder / n for n in versions_of(name, os.listdir(folder))]
         except FileNotFoundError:
             return []
 
