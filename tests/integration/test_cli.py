@@ -286,3 +286,24 @@ def test_servers_are_removed_so_their_name_can_join_again_and_revoked(tmp_path: 
         assert unknown.returncode == 15 and "not found" in unknown.stderr.lower()
     finally:
         cluster.stop()
+
+
+def test_names_with_url_characters_address_their_own_mapping(fleet: Fleet) -> None:
+    """`mapping remove 'blog#old'` asked for /api/mappings/blog (httpx reads "#old" as a
+    fragment) and removed the mapping `blog`; a "/" name read another mapping's sub-resource."""
+    names = ["blog", "blog#old", "blog?x=1", "blog/status", "blog old", "100%"]
+    base = fleet.base / "urlnames"
+    ids = {}
+    for i, name in enumerate(names):
+        src = base / f"s{i}"
+        src.mkdir(parents=True)
+        ids[name] = fleet.cluster.create_mapping(name, "src", src, [("t1", base / f"d{i}")])["id"]
+    for name in names[1:]:
+        assert cli_json(fleet, "routes", name)["mapping_id"] == ids[name]
+        removed = cli_json(fleet, "mapping", "remove", name)
+        assert removed["removed"]["name"] == name
+    left = [m["name"] for m in cli_json(fleet, "mapping", "list")]
+    assert "blog" in left and not set(names[1:]) & set(left)
+    missing = cli(fleet, "mapping", "remove", "blog/status")
+    assert missing.returncode == 15 and "'blog/status' not found" in missing.stderr
+    assert cli_json(fleet, "mapping", "remove", "blog")["removed"]["name"] == "blog"

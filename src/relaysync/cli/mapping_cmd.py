@@ -19,6 +19,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._named import find_named
 from relaysync.errors import ConfigError
 from relaysync.watch.target_policy import mode_mask_problem
 
@@ -127,7 +128,7 @@ def set_mapping(
             raise ConfigError("nothing to change: give --symlinks or --mode-mask")
         check_policy_options(symlinks, mode_mask)
         with connect(master, token, data, ca_file) as client:
-            found = client.get(f"/api/mappings/{name}")
+            found = find_named(client, "mappings", name)
             changed = set_target_policy(client, found["id"], symlinks, mode_mask)
         if json:
             print_json(changed)
@@ -202,7 +203,7 @@ def remove_mapping(
 
     def body() -> None:
         with connect(master, token, data, ca_file) as client:
-            found = client.get(f"/api/mappings/{name}")
+            found = find_named(client, "mappings", name)
             client.delete(f"/api/mappings/{found['id']}")
         if json:
             print_json({"removed": found})

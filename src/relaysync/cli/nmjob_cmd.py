@@ -18,6 +18,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._named import find_named
 from relaysync.cli.mapping_cmd import split_location
 
 app = typer.Typer(
@@ -107,7 +108,7 @@ def show(
 
     def body() -> None:
         with connect(master, token, data, ca_file) as client:
-            job = client.get(f"/api/nm-jobs/{name}")
+            job = find_named(client, "nm-jobs", name)
             conflicts = client.get(f"/api/nm-jobs/{job['id']}/conflicts", limit=limit)
         if json:
             print_json({**job, "conflicts": conflicts})
@@ -131,7 +132,7 @@ def delete(
 
     def body() -> None:
         with connect(master, token, data, ca_file) as client:
-            job = client.get(f"/api/nm-jobs/{name}")
+            job = find_named(client, "nm-jobs", name)
             client.delete(f"/api/nm-jobs/{job['id']}")
         if json:
             print_json({"removed": job})

@@ -17,6 +17,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._named import named_path
 
 
 def recover(
@@ -32,7 +33,8 @@ def recover(
 
     def body() -> None:
         with connect(master, token, data, ca_file) as client:
-            job = client.post(f"/api/mappings/{mapping}/recover", {"target": target})
+            path = named_path(client, "mappings", mapping)
+            job = client.post(f"{path}/recover", {"target": target})
         if json:
             print_json(job)
         else:

@@ -18,6 +18,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._named import named_path
 from relaysync.errors import ConfigError
 
 
@@ -53,7 +54,8 @@ def recovery(
     def body() -> None:
         request = recovery_request(policy.value, schedule, target)
         with connect(master, token, data, ca_file) as client:
-            settings = client.put(f"/api/mappings/{mapping}/routing", request)
+            path = named_path(client, "mappings", mapping)
+            settings = client.put(f"{path}/routing", request)
         if json:
             print_json(settings)
             return

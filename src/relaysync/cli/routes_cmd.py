@@ -21,6 +21,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._named import named_path
 from relaysync.errors import ConfigError
 
 
@@ -49,9 +50,10 @@ def routes(
     def body() -> None:
         request = routing_request(manual=manual, auto=auto, fanout=fanout)
         with connect(master, token, data, ca_file) as client:
+            path = named_path(client, "mappings", mapping)
             if request:
-                client.put(f"/api/mappings/{mapping}/routing", request)
-            document = client.get(f"/api/mappings/{mapping}/routes")
+                client.put(f"{path}/routing", request)
+            document = client.get(f"{path}/routes")
         if json:
             print_json(document)
         else:

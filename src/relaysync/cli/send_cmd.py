@@ -21,6 +21,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._named import named_path
 from relaysync.cli._run import err_console
 from relaysync.errors import RelaySyncError
 
@@ -54,7 +55,8 @@ def send(
 
     def body() -> None:
         with connect(master, token, data, ca_file) as client:
-            release = client.post(f"/api/mappings/{mapping}/send", None)
+            path = named_path(client, "mappings", mapping)
+            release = client.post(f"{path}/send", None)
             result: dict[str, Any] = {"mapping": mapping, "release": release["release"]}
             if wait:
                 result |= _follow(client, mapping, int(release["release"]), timeout_s, quiet=json)
@@ -99,9 +101,10 @@ def _follow_release(
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
         task = progress.add_task(escape(f"sending {mapping}"), total=None)
         start: int | None = None
+        path = named_path(client, "mappings", mapping)
         while time.monotonic() < deadline:
-            mode = client.get(f"/api/mappings/{mapping}/mode")
-            status = client.get(f"/api/mappings/{mapping}/status")
+            mode = client.get(f"{path}/mode")
+            status = client.get(f"{path}/status")
             source_node = str(status["source_node"])
             taken, upto = _taken(mode, release)
             marks = [int(t["watermark"]) for t in status["targets"]]
