@@ -87,6 +87,23 @@ def test_a_rescan_hashes_a_file_under_another_inode_number(
     assert result.inodes == [("version.txt", os.lstat(tree / "version.txt").st_ino)]
 
 
+def test_a_file_deleted_and_back_under_its_old_inode_number_is_hashed(
+    tree: Path, manifest: Manifest
+) -> None:
+    """`rm version.txt && mv staged version.txt` (ext4 gives a freed inode number out again): a
+    delete of a name that is there again has what is there hashed, not judged by its stat.
+
+    The rewrite below keeps the inode, size and mtime, as a reused inode number leaves them.
+    """
+    rec, target = _start(tree, manifest)
+    ino = os.lstat(tree / "version.txt").st_ino
+    _same_stat(tree / "version.txt", b"1.2.4\n")
+    assert os.lstat(tree / "version.txt").st_ino == ino
+    changes = settle(rec, target, [ev("delete", "version.txt"), ev("rescan", "version.txt")])
+    assert [(c.op, c.path) for c in changes] == [("write", "version.txt")]
+    assert_in_step(tree, manifest, target)
+
+
 def test_rows_without_an_inode_number_are_not_hashed_their_number_is_learned(
     tree: Path, manifest: Manifest, tmp_path: Path
 ) -> None:
