@@ -19,8 +19,15 @@ def same_stat(
     """Return True if an lstat result matches the manifest entry without reading content.
 
     `policy` (a target's): a mode on disk is the same as the manifest's when it is what the
-    policy made of it (the manifest records the mode the source asked for)."""
+    policy made of it (the manifest records the mode the source asked for).
+
+    A file under another inode number than the manifest's (0: not known, from an older release)
+    is not the same: it was replaced, by rename (`rsync --checksum`, `cp -p` + `mv`, a
+    reproducible build's fixed mtimes), and may keep size and mtime with new content; its hash
+    tells (an equal one is no change, just an inode fix)."""
     if old.kind != kind:
+        return False
+    if kind == "f" and old.ino and old.ino != st.st_ino:
         return False
     on_disk = permission_bits(st.st_mode)
     same_mode = old.mode == on_disk if policy is None else policy.same_mode(old.mode, on_disk)

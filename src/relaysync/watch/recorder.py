@@ -38,6 +38,7 @@ from relaysync.watch.content_cache import MappingContent
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest, ancestors, same_version
 from relaysync.watch.scanner import (
+    _kind_of,
     changes_for,
     entry_dir,
     entry_from_stat,
@@ -251,7 +252,7 @@ class ChangeRecorder:
             # The disk decides, not the event: a name deleted and made again, or an event
             # under a watch's label that is not where it happened (a watch left on a
             # directory moved away): never a delete of what is there.
-            self._rescan(batch, event.path)
+            self._replaced(batch, event.path)
             return
         batch.add(PendingChange(op="delete", path=event.path, base_hash=old.hash))
 
@@ -263,6 +264,16 @@ class ChangeRecorder:
         except SourceListError:
             return True
 
+    def _replaced(self, batch: _Batch, path: str) -> None:
+        """`path`, deleted or moved onto: a file there now is hashed, whatever its stat (`rm f &&
+        mv new f` may reuse f's inode number); else it is scanned (a directory, a delete...)."""
+        with entry_dir(self._root, path) as dir_fd:
+            st = lstat_in(self._root, path, dir_fd)
+        if st is not None and stat.S_ISREG(st.st_mode) and self._filter.accepts(path, is_dir=False):
+            self._restat(batch, path)
+        else:
+            self._rescan(batch, path)
+
     def _on_move(self, batch: _Batch, event: FsEvent) -> None:
         src_ok = self._filter.accepts(event.path, is_dir=event.is_dir)
         dst_ok = self._filter.accepts(event.new_path, is_dir=event.is_dir)
@@ -272,7 +283,7 @@ class ChangeRecorder:
                 batch.add(PendingChange(op="delete", path=event.path, base_hash=old.hash))
             return
         if old is None:
-            self._rescan(batch, event.new_path)
+            self._replaced(batch, event.new_path)
             return
         replaced = batch.get(event.new_path)
         self._ensure_parents(batch, event.new_path)
@@ -296,7 +307,7 @@ class ChangeRecorder:
         before the rename found the old name gone). One lstat when it is the same."""
         with entry_dir(self._root, moved.path) as dir_fd:
             st = lstat_in(self._root, moved.path, dir_fd)
-        if st is None or (_kind(st) == moved.kind and same_stat(moved, moved.kind, st)):
+        if st is None or (_kind_of(st) == moved.kind and same_stat(moved, moved.kind, st)):
             return
         try:
             self._restat(batch, moved.path)
@@ -363,10 +374,6 @@ class ChangeRecorder:
             if rec.entry is not None:
                 puts.append(rec.entry)
         self._manifest.put_many(puts)
-
-
-def _kind(st: os.stat_result) -> str:
-    return "f" if stat.S_ISREG(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode) else ""
 
 
 def _then(rest: list[FsEvent], follow: list[FsEvent]) -> list[FsEvent]:

@@ -1,7 +1,7 @@
 """The scanner: walks a tree, hashes what changed and diffs it against the manifest.
 
-A scan never follows symlinks and never re-hashes a file whose kind, size, mtime and mode match
-the manifest: that keeps a rescan of an unchanged 100,000-file tree close to the cost of
+A scan never follows symlinks and never re-hashes a file whose kind, size, mtime, mode and inode
+number match the manifest: that keeps a rescan of an unchanged 100,000-file tree close to the cost of
 `rsync --dry-run` (one lstat per entry and one indexed manifest read per directory). A file's
 content is hashed by watch/_file_hash.py; the change an entry makes is told by
 watch/_entry_changes.py.
