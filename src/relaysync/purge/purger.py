@@ -227,12 +227,14 @@ class Purger(PurgeWorker, PurgePlanner):
                 continue
             released = self.tracker.observe(
                 site_id=site.id,
+                mapping_id=report.mapping_id,
                 origins=origins,
                 source=report.source_node,
                 target=report.target_node,
                 records=report.records,
                 states=self._states,
                 now=now,
+                journal_id=report.journal_id,
             )
             if released:
                 self._released.extend(released)
