@@ -33,7 +33,7 @@ def _record_bytes(record: CommitRecord) -> int:
 
 
 def _merge(items: list[Queued]) -> list[Queued]:
-    """Merge consecutive reports of the same (mapping, source, target, route) into fewer messages
+    """Merge consecutive reports of the same (mapping, source, target, route, journal) into fewer messages
     (each standing for the outbox frames of those it merged)."""
     merged: list[Queued] = []
     weight = (0, 0)  # the last merged report's removed and encoded bytes, kept as it grows
@@ -42,8 +42,8 @@ def _merge(items: list[Queued]) -> list[Queued]:
         added = (_removed(r), _bytes(r.records))
         if (
             last is not None
-            and (last.mapping_id, last.source_node, last.target_node, last.route)
-            == (r.mapping_id, r.source_node, r.target_node, r.route)
+            and (last.mapping_id, last.source_node, last.target_node, last.route, last.journal_id)
+            == (r.mapping_id, r.source_node, r.target_node, r.route, r.journal_id)
             and len(last.records) + len(r.records) <= MAX_REPORT_RECORDS
             and weight[0] + added[0] <= MAX_REMOVED_BYTES
             and weight[1] + added[1] <= MAX_REPORT_BYTES
@@ -55,6 +55,7 @@ def _merge(items: list[Queued]) -> list[Queued]:
                 watermark=max(last.watermark, r.watermark),
                 records=last.records + r.records,
                 route=r.route,
+                journal_id=r.journal_id,
             )
             merged[-1] = Queued(report, merged[-1].frames + frames)
             weight = (weight[0] + added[0], weight[1] + added[1])
@@ -108,6 +109,7 @@ def make_report(
     watermark: int,
     records: tuple[CommitRecord, ...],
     route: tuple[str, ...] = (),
+    journal_id: str = "",
 ) -> CommitReport:
     return CommitReport(
         mapping_id=mapping_id,
@@ -116,4 +118,5 @@ def make_report(
         watermark=watermark,
         records=records,
         route=route,
+        journal_id=journal_id,
     )

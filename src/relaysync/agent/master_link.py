@@ -205,6 +205,7 @@ class MasterLink:
                     report.watermark,
                     records,
                     report.route,
+                    report.journal_id,
                 )
             )
         self._wake.set()

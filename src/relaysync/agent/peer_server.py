@@ -78,7 +78,7 @@ FolderLookup = Callable[[int], TargetFolder | None]
 # A target folder this agent refused (agent/guard.py), and the parents that may be told why.
 RefusalLookup = Callable[[int], tuple[FolderRefused, frozenset[str]] | None]
 RelayLookup = Callable[[int], RelayFeed | None]
-ReportFactory = Callable[[TargetFolder], ReportFn]
+ReportFactory = Callable[[TargetFolder, str], ReportFn]  # (folder, source journal id)
 
 
 class PeerServer:
@@ -317,7 +317,7 @@ class PeerServer:
         sender_capabilities: Sequence[str] = (),
     ) -> None:
         session = await anyio.to_thread.run_sync(
-            partial(session_for, folder, journal_id, self.reporter(folder))
+            partial(session_for, folder, journal_id, self.reporter(folder, journal_id))
         )
         session.sender_resends_renames = CAP_RENAME_RESEND in sender_capabilities
         feed = self.relays(folder.mapping_id)

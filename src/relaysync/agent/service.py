@@ -427,7 +427,9 @@ class AgentService(SourceRole, TargetRole):
 
     # --- reports ---
 
-    def _reporter(self, folder: TargetFolder) -> ReportFn:
+    def _reporter(self, folder: TargetFolder, journal_id: str = "") -> ReportFn:
+        """Report the commits of a session that receives the source's journal `journal_id`."""
+
         def report(watermark: int, records: Sequence[CommitRecord]) -> None:
             if self.link is None:
                 return
@@ -438,6 +440,7 @@ class AgentService(SourceRole, TargetRole):
                 watermark,
                 tuple(records),
                 folder.route,
+                journal_id,
             )
             anyio.from_thread.run_sync(partial(self.link.report, message))
             if folder.durable:  # safe: the reports outlive a power loss, as the files do

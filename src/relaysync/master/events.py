@@ -44,6 +44,10 @@ class EventType(enum.StrEnum):
     PURGE_FAILED = (
         "purge_failed"  # a purge the cache answered but never did: given up after max attempts
     )
+    # A cache did not connect or answer TRIP_AFTER times in a row (purge/gates.py): its purges
+    # wait and are probed now and then, the cache may serve old copies meanwhile
+    CACHE_UNREACHABLE = "cache_unreachable"
+    CACHE_REACHABLE = "cache_reachable"  # it answers again: its waiting purges go on
     PURGER_FAILING = (
         "purger_failing"  # an unexpected error (a bug) in the purger: retried with backoff
     )

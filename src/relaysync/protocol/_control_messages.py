@@ -242,8 +242,10 @@ class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     removed_truncated: bool = False
 
 
-class CommitReport(Message, frozen=True, tag="commit_report"):
-    """Target -> master, at once after commits: the watermark and what was applied."""
+class CommitReport(Message, frozen=True, tag="commit_report", omit_defaults=True):
+    """Target -> master, at once after commits: the watermark and what was applied. Fields at
+    their defaults are left out of the bytes (`omit_defaults`): a report without `journal_id`
+    decodes on an older master as before, which ignores the field when it is there."""
 
     mapping_id: UInt63
     source_node: NodeId
@@ -252,6 +254,10 @@ class CommitReport(Message, frozen=True, tag="commit_report"):
     records: Annotated[tuple[CommitRecord, ...], _upto(MAX_REPORT_RECORDS)]
     # names of the nodes the changes came through, source first
     route: Annotated[tuple[ServerName, ...], _upto(MAX_ROUTE_NODES)] = ()
+    # The source journal the seqs count in (Journal.journal_id; "": an older agent). A seq
+    # names a change only within its journal: a recreated journal counts from 1 again, and the
+    # purger must not take its changes for the old one's (purge/ordering.py).
+    journal_id: JournalId = ""
 
     def decoded_items(self) -> int:
         return len(self.records) + len(self.route) + sum(len(r.removed) for r in self.records)

@@ -1,11 +1,15 @@
 """Commit ordering: a change is released for purging once every origin of the site that is up
 has committed it (DESIGN.md: caches are refreshed only after the origins they fetch from commit).
 
-Per (site, source, seq) the tracker keeps which origins reported the change committed. An origin
+Per change, keyed by (site, mapping, source, source journal, seq), the tracker keeps which origins reported the change committed. An origin
 that is not up does not hold the others back; when it later reports a change that was released
 without it (journal replay after it returns), the change is released again, so that a cache
 that fetched from it meanwhile is refreshed once more. Catch-up work outside the journal
-(seq 0) is released at once: it is that origin becoming current. What the origins report a
+(seq 0) is released at once: it is that origin becoming current. A seq names a change only
+within its mapping and its source's journal: a site re-pointed to another mapping of the same
+source, or a source whose journal was recreated (seqs from 1 again), reuses seqs for other
+changes, which must not be taken for ones already released. (Reports of an older agent name no
+journal: theirs share the key "", as before.) What the origins report a
 delete, rename or erase removed (the path's kind, the files under it) is merged over them.
 """
 
@@ -23,7 +27,7 @@ logger = logging.getLogger(__name__)
 HOLD_MAX_S = 30.0  # an origin that is up but never commits (failing) holds a change this long
 REMEMBER_RELEASED = 100_000  # released changes remembered for origins that catch up later
 
-Key = tuple[int, str, int]  # (site id, source node, seq)
+Key = tuple[int, int, str, str, int]  # (site id, mapping id, source node, journal id, seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +108,18 @@ class CommitTracker:
         self,
         *,
         site_id: int,
+        mapping_id: int,
         origins: frozenset[str],
         source: str,
         target: str,
         records: Iterable[CommitRecord],
         states: Mapping[str, str],
         now: float,
+        journal_id: str = "",
     ) -> list[Released]:
-        """Fold commits reported by `target` (an origin of the site); return what is released."""
+        """Fold commits reported by `target` (an origin of the site) of changes `mapping_id`
+        carried from `source`, whose seqs count in its journal `journal_id` ("": not named);
+        return what is released."""
         out: list[Released] = []
         for record in records:
             if not record.ok:
@@ -119,7 +127,7 @@ class CommitTracker:
             if record.seq == 0:
                 out.append(_released(site_id, record, again=True))
                 continue
-            key = (site_id, source, record.seq)
+            key = (site_id, mapping_id, source, journal_id, record.seq)
             done = self._released.get(key)
             if done is not None:
                 if target not in done:
@@ -161,7 +169,7 @@ class CommitTracker:
         if now - pending.since >= self.hold_max_s:
             logger.warning(
                 "change %s of site %s released after %.0f s without origins %s",
-                key[2],
+                key[4],
                 key[0],
                 now - pending.since,
                 sorted(required - pending.committed),

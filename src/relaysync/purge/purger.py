@@ -18,7 +18,8 @@ Error handling:
     "refused" in the purge log, and kept queued: its gate probes it every `refused_probe_s`
     (and at once after a change to its site), so that the URLs come up to date once fixed.
     A cache that does not connect or answer is retried through its gate for as long as it
-    takes. Any other failure (5xx, not yet serving the new bytes, an item over its time
+    takes, told to `notify` as "cache_unreachable" when its gate opens and "cache_reachable"
+    when it answers again; meanwhile a change to a URL folds into its untried queued item. Any other failure (5xx, not yet serving the new bytes, an item over its time
     budget) is retried with exponential backoff up to `max_attempts` tries (each makes the
     cache fetch the file again), then given up: "failed" in the purge log and `purge_failed`.
     A store error while planning (the paths under a deleted directory) leaves the change at
@@ -50,6 +51,7 @@ from relaysync.protocol.messages import CommitReport
 from relaysync.purge import urls as urlmap
 from relaysync.purge.drivers import Driver
 from relaysync.purge.due import UrlKey
+from relaysync.purge.folds import fold, waiting
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
 from relaysync.purge.listings import ListingRefreshes
@@ -227,12 +229,14 @@ class Purger(PurgeWorker, PurgePlanner):
                 continue
             released = self.tracker.observe(
                 site_id=site.id,
+                mapping_id=report.mapping_id,
                 origins=origins,
                 source=report.source_node,
                 target=report.target_node,
                 records=report.records,
                 states=self._states,
                 now=now,
+                journal_id=report.journal_id,
             )
             if released:
                 self._released.extend(released)
@@ -375,6 +379,18 @@ class Purger(PurgeWorker, PurgePlanner):
             raise failure
 
     async def _enqueue(self, items: list[PurgeItem]) -> None:
+        """Queue `items`, folding each into a queued item of its (site, cache, URL, action) that
+        has not been tried yet (folds.py): while a cache is down, its queue does not grow a row
+        per change."""
+        while items:
+            fresh, folded = fold(items, self._queue)
+            await self._write_queue(fresh)
+            # what was folded into an item that started meanwhile (the write awaited) is
+            # queued after all: that try may have begun before the change was committed
+            still = waiting(self._queue)
+            items = [i for i in folded if i not in still]
+
+    async def _write_queue(self, items: list[PurgeItem]) -> None:
         if not items:
             return
         failures = 0

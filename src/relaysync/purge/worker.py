@@ -5,7 +5,9 @@ cache's gate (purge/gates.py), run under a time budget that grows with the bytes
 Error handling:
     CacheMisconfigured (a refusal, a bad address): logged and told to `notify` once per cache,
     "refused" in the purge log, the item kept for the gate's next probe. CacheUnreachable: the
-    gate counts it and the item waits for the gate. Any other PurgeError or a spent budget:
+    gate counts it and the item waits for the gate; when that opens the gate,
+    `cache_unreachable` is told to `notify`, and `cache_reachable` when the cache answers
+    again. Any other PurgeError or a spent budget:
     retried with backoff, up to `max_attempts` such tries, then "failed" and `purge_failed`.
     Anything else is a bug: logged with its traceback, `purger_failing`, retried.
     VariantBanRefused (a VCL without BAN refused a file's query-string variant ban): "failed"
@@ -251,13 +253,14 @@ class PurgeWorker(RecheckWorker):
                     driver, self._client, self._origin_urls(site), item, served
                 )
         except VariantBanRefused as exc:
-            self._variant_ban_refused(cache, item, group, attempts, started, gate, exc)
+            self._variant_ban_refused(site, cache, item, group, attempts, started, gate, exc)
             return
         except CacheMisconfigured as exc:
             self._refused(site, item, group, attempts, started, gate, exc)
             return
         except CacheUnreachable as exc:
             if gate.unreachable(time.time()):
+                self._tell("cache_unreachable", site, cache, error=str(exc))
                 logger.warning(
                     "cache %s failed %d times in a row: one probe every %.0f s or more "
                     "until it answers (its other purges wait): %s",
@@ -269,10 +272,10 @@ class PurgeWorker(RecheckWorker):
             self._retry(item, group, attempts, str(exc), delay=self._backoff_s(gate.failures))
             return
         except (PurgeError, TimeoutError) as exc:
-            gate.succeeded()  # it answered: the cache is up
+            self._answered(site, cache, gate)  # it answered: the cache is up
             self._failed(site, item, group, attempts, started, str(exc) or "timed out")
             return
-        if gate.succeeded():
+        if self._answered(site, cache, gate):
             logger.info("cache %s answers again: its queued purges resume", item.cache)
         if item.action == "ban" and item.url.endswith("?"):  # a variant ban went through
             self._variant_bans_refused.discard(cache.address)
@@ -280,8 +283,22 @@ class PurgeWorker(RecheckWorker):
             self.rechecks.confirmed(item, served, time.time())
         self._finish(item, group, attempts, started, status, confirmed, "")
 
+    def _answered(self, site: SiteSpec, cache: CacheSpec, gate: Gate) -> bool:
+        """The cache answered: close its gate; return whether that reopened it. One whose
+        breaker had tripped (not a refusal) is told to `notify` as reachable again."""
+        was_unreachable = gate.failures >= gate.trip_after
+        reopened = gate.succeeded()
+        if was_unreachable:
+            self._tell("cache_reachable", site, cache)
+        return reopened
+
+    def _tell(self, kind: str, site: SiteSpec, cache: CacheSpec, **data: Any) -> None:
+        if self.notify is not None:
+            self.notify(kind, {"site": site.name, "cache": cache.name, **data})
+
     def _variant_ban_refused(
         self,
+        site: SiteSpec,
         cache: CacheSpec,
         item: PurgeItem,
         group: list[QueuedPurge],
@@ -295,7 +312,7 @@ class PurgeWorker(RecheckWorker):
         nor notified, and the cache's gate is not refused: its refreshes go on. The first
         refusal of a streak (until a variant ban goes through) is logged as a warning."""
         if not gate.refused:  # it answered; a refusal of its other purges stands
-            gate.succeeded()
+            self._answered(site, cache, gate)
         if cache.address not in self._variant_bans_refused:
             self._variant_bans_refused.add(cache.address)
             logger.warning(

@@ -62,7 +62,7 @@ def peer_server(
         node_id=TGT,
         name=name,
         folders=lambda m: folder if m == 1 else None,
-        reporter=lambda f: lambda w, recs: None,
+        reporter=lambda f, j: lambda w, recs: None,
         refusals=refusals,
     )
 

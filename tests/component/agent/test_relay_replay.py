@@ -54,7 +54,9 @@ class _Refusing:
 
 
 def _child_server(child: TargetFolder, commits: list[tuple[int, str]]) -> PeerServer:
-    def reporter(_folder: TargetFolder) -> Callable[[int, Sequence[CommitRecord]], None]:
+    def reporter(
+        _folder: TargetFolder, _journal: str
+    ) -> Callable[[int, Sequence[CommitRecord]], None]:
         return lambda _watermark, records: commits.extend((r.seq, r.path) for r in records)
 
     return PeerServer(

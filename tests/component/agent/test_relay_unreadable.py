@@ -92,7 +92,7 @@ def _relay_server(folder: TargetFolder, feed: RelayFeed) -> PeerServer:
         node_id=TGT,
         name="r",
         folders=lambda m: folder if m == 1 else None,
-        reporter=lambda f: lambda w, recs: None,
+        reporter=lambda f, j: lambda w, recs: None,
         relays=lambda m: feed if m == 1 else None,
     )
 

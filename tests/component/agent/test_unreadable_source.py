@@ -66,7 +66,9 @@ async def _record(source: SourceMapping, *names: str) -> None:
 
 
 def _server(folder: TargetFolder, reports: list[CommitRecord]) -> PeerServer:
-    def reporter(_folder: TargetFolder) -> Callable[[int, Sequence[CommitRecord]], None]:
+    def reporter(
+        _folder: TargetFolder, _journal: str
+    ) -> Callable[[int, Sequence[CommitRecord]], None]:
         return lambda _watermark, records: reports.extend(records)
 
     return PeerServer(

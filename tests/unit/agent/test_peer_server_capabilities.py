@@ -35,7 +35,7 @@ def _read_one_batch(capabilities: tuple[str, ...]) -> Any:
         node_id="b" * 64,
         name="t1",  # type: ignore[arg-type]
         folders=lambda _m: None,
-        reporter=lambda _f: None,  # type: ignore[arg-type,return-value]
+        reporter=lambda _f, _j: None,  # type: ignore[arg-type,return-value]
         capabilities=capabilities,
     )
     outcome: list[Any] = []

@@ -27,7 +27,7 @@ def test_successors_of_a_stuck_session_end_each_other_but_the_last(
         node_id="t" * 64,
         name="t",
         folders=lambda m: None,
-        reporter=lambda f: lambda w, recs: None,
+        reporter=lambda f, j: lambda w, recs: None,
     )
     registered: list[str] = []
     ended: list[str] = []

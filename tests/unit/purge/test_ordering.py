@@ -15,6 +15,7 @@ def _observe(
 ):  # type: ignore[no-untyped-def]
     return t.observe(
         site_id=1,
+        mapping_id=1,
         origins=ORIGINS,
         source="s",
         target=target,
@@ -52,14 +53,30 @@ def test_sweep_releases_when_an_origin_goes_down_or_after_hold_max() -> None:
 def test_failed_records_are_not_commits() -> None:
     t = CommitTracker()
     bad = CommitRecord(seq=1, op="write", path="a.txt", ok=False, error="disk full")
-    t.observe(site_id=1, origins=ORIGINS, source="s", target=O1, records=[bad], states=UP, now=0)
+    t.observe(
+        site_id=1,
+        mapping_id=1,
+        origins=ORIGINS,
+        source="s",
+        target=O1,
+        records=[bad],
+        states=UP,
+        now=0,
+    )
     assert _observe(t, O2, 1) == []
 
 
 def _removal(t: CommitTracker, target: str, kind: str, removed: tuple[str, ...], **kw: object):  # type: ignore[no-untyped-def]
     record = CommitRecord(seq=1, op="delete", path="d", kind=kind, removed=removed, **kw)  # type: ignore[arg-type]
     return t.observe(
-        site_id=1, origins=ORIGINS, source="s", target=target, records=[record], states=UP, now=0
+        site_id=1,
+        mapping_id=1,
+        origins=ORIGINS,
+        source="s",
+        target=target,
+        records=[record],
+        states=UP,
+        now=0,
     )
 
 

@@ -230,6 +230,7 @@ async def test_nothing_is_asked_while_a_change_is_not_on_every_origin(store: Sto
     record = CommitRecord(seq=1, op="write", path="/t/a")
     released = purger.tracker.observe(
         site_id=1,
+        mapping_id=1,
         origins=frozenset({"o1", "o2"}),
         source="src",
         target="o2",
@@ -242,6 +243,7 @@ async def test_nothing_is_asked_while_a_change_is_not_on_every_origin(store: Sto
     assert look is not None and look.outcome == "unknown"
     released = purger.tracker.observe(
         site_id=1,
+        mapping_id=1,
         origins=frozenset({"o1", "o2"}),
         source="src",
         target="o1",

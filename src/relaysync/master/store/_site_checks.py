@@ -38,6 +38,13 @@ SITE_FIELDS = frozenset(
 MIN_SECRET_CHARS = 16  # an HMAC key shorter than this is guessable
 MAX_SECRET_CHARS = 128  # the column's size (_site_tables.py): checked here, not by the database
 _METHOD = re.compile(r"[A-Z]{1,20}")  # fullmatch: "$" would let a final newline in
+# What goes into a purge request as it is, checked here so that a bad setting is refused when
+# it is saved, not taken at purge time for an unreachable cache (h11 refuses to send it).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}")  # an RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4000}")  # visible ASCII, space and tab
+_TEMPLATE = re.compile(r"[\x21-\x7e]{1,2000}")  # visible ASCII: no space, no control
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+TEMPLATE_PLACEHOLDERS = ("{path}", "{host}", "{url}")  # what purge/drivers/http.py fills in
 
 
 def check_name(name: Any, what: str) -> str:
@@ -76,6 +83,43 @@ def _check_encodings(name: str, raw: Any) -> list[str]:
     return list(values)
 
 
+def _check_headers(name: str, headers: Any) -> dict[str, str]:
+    """A cache's purge `headers`: names RFC 9110 tokens, values visible ASCII, space and tab."""
+    if not isinstance(headers, dict):
+        raise ConfigError(f"cache {name!r}: headers must be a name -> value object")
+    checked = {str(k): str(v) for k, v in headers.items()}
+    for key, value in checked.items():
+        if not _HEADER_NAME.fullmatch(key):
+            raise ConfigError(
+                f"cache {name!r}: header name {key!r} must be 1-100 letters, digits or "
+                "!#$%&'*+-.^_`|~ (an HTTP token: no space, no colon)"
+            )
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ConfigError(
+                f"cache {name!r}: header {key!r}: the value must be at most 4000 visible ASCII "
+                "characters, spaces and tabs (no control characters)"
+            )
+    return checked
+
+
+def _check_path_template(name: str, raw: Any) -> str:
+    """A cache's `path_template`: visible ASCII without spaces, starting with "/" or one of
+    TEMPLATE_PLACEHOLDERS, and no other {placeholder}."""
+    template = raw if isinstance(raw, str) else ""
+    unknown = [p for p in _PLACEHOLDER.findall(template) if p not in TEMPLATE_PLACEHOLDERS]
+    if (
+        not _TEMPLATE.fullmatch(template)
+        or not template.startswith(("/", *TEMPLATE_PLACEHOLDERS))
+        or unknown
+    ):
+        raise ConfigError(
+            f"cache {name!r}: path_template {raw!r} must be 1-2000 visible ASCII characters "
+            f"(no space or control character) starting with / or a placeholder; placeholders "
+            f"are {', '.join(TEMPLATE_PLACEHOLDERS)}"
+        )
+    return template
+
+
 def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
     name = check_name(raw.get("name"), "cache name")
     driver = raw.get("driver")
@@ -90,11 +134,8 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
     method = str(raw.get("method") or "PURGE").upper()
     if not _METHOD.fullmatch(method):
         raise ConfigError(f"cache {name!r}: method {method!r} is not an HTTP method")
-    headers = raw.get("headers") or {}
-    if not isinstance(headers, dict) or any(
-        "\n" in f"{k}{v}" or "\r" in f"{k}{v}" for k, v in headers.items()
-    ):
-        raise ConfigError(f"cache {name!r}: headers must be a name -> value object, one line each")
+    headers = _check_headers(name, raw.get("headers") or {})
+    template = _check_path_template(name, raw.get("path_template") or "{path}")
     encodings = _check_encodings(name, raw.get("accept_encodings"))
     checked = {
         "name": name,
@@ -102,8 +143,8 @@ def _check_cache(raw: dict[str, Any]) -> dict[str, Any]:
         "address": str(raw["address"]),
         "refresh": bool(raw.get("refresh", True)),
         "method": method,
-        "path_template": str(raw.get("path_template") or "{path}"),
-        "headers": {str(k): str(v) for k, v in headers.items()},
+        "path_template": template,
+        "headers": headers,
     }
     if not raw.get("tls_verify", True):  # kept only when off: a row without it reads as on,
         checked["tls_verify"] = False  # and rows saved before the setting stay as they were

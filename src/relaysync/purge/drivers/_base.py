@@ -252,6 +252,12 @@ class Driver:
             raise CacheMisconfigured(
                 self.cache.name, f"address {self.cache.address!r} gives no usable URL: {exc}"
             ) from exc
+        except httpx.LocalProtocolError as exc:  # a TransportError, but no fault of the cache's
+            raise CacheMisconfigured(
+                self.cache.name,
+                f"{method} {url}: the request cannot be sent as configured (check the cache's "
+                f"path_template and headers): {exc}",
+            ) from exc
         except httpx.TransportError as exc:
             raise CacheUnreachable(
                 self.cache.name, f"{method} {url}", f"{type(exc).__name__}: {exc}"
