@@ -119,8 +119,9 @@ class Collector:
                 result = send(report)
                 if result is not None:
                     await result
-            gap_s = min(interval_s, EARLY_REPORT_GAP_S)
-            await anyio.sleep(max(0.0, gap_s - (anyio.current_time() - started)))
+            # the gap runs from when this report went, not from when its collection began: a
+            # slow collection (a busy host, a slow mount's statvfs) let the next go within it
+            await anyio.sleep(min(interval_s, EARLY_REPORT_GAP_S))
             with anyio.move_on_after(next_regular - anyio.current_time()) as regular:
                 await self._soon.wait()
             early = not regular.cancelled_caught and anyio.current_time() < next_regular

@@ -134,11 +134,10 @@ def test_a_held_change_that_settles_is_sent_before_the_window_ends(
     monitor, key = _setup(store, url, notice_window_s=600.0, notice_settle_s=settle_s)
     caplog.set_level(logging.INFO, logger="relaysync.monitor")
 
-    async def main() -> float:
+    async def main() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(monitor.serve)
             await _flap(monitor, store, key, ["firing", "resolved", "firing"])
-            held = time.monotonic()
             with anyio.fail_after(WAIT_S):
                 while len(_notices(log)) < 3:
                     monitor.on_metrics(  # still firing
@@ -146,12 +145,14 @@ def test_a_held_change_that_settles_is_sent_before_the_window_ends(
                     )
                     await anyio.sleep(INTERVAL_S)
             tg.cancel_scope.cancel()
-        return time.monotonic() - held
 
-    waited_s = anyio.run(main)
+    anyio.run(main)
     notices = _notices(log)
     assert [n["state"] for n in notices] == ["firing", "resolved", "firing"]
-    assert sum("held back" in r.getMessage() for r in caplog.records) == 1
+    held = [r for r in caplog.records if "held back" in r.getMessage()]
+    assert len(held) == 1
     assert "flapping: 1 change not notified" in notices[2]["message"], notices[2]["message"]
-    # held at the tick before `_flap` saw it, sent at a tick settle_s later at least
-    assert waited_s >= settle_s - 2 * INTERVAL_S, waited_s
+    # from the tick that held it to the third notice's arrival (not to when this test's loop,
+    # slowed by a busy host, saw the alert's state in the store)
+    arrived = [r.at for r in log if r.path == "/hook"][2]
+    assert arrived - held[0].created >= settle_s - 0.05, (arrived, held[0].created)

@@ -3,10 +3,13 @@ that report only; the agent's monitoring, and the agent with it, go on."""
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import pytest
 
 from relaysync.constants import EARLY_REPORT_GAP_S
+from relaysync.monitor import collectors
 from relaysync.monitor.collectors import Collector, sample
 from relaysync.protocol.messages import MetricSample, MetricsReport
 
@@ -69,6 +72,40 @@ async def test_report_soon_sends_the_next_report_early_but_never_within_the_gap(
     gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
     assert all(g >= EARLY_REPORT_GAP_S * 0.9 for g in gaps), gaps
     assert len(sent) <= 4, gaps  # about 2 s of asking: not 20 reports
+
+
+async def test_a_slow_collection_does_not_shorten_the_gap_to_the_next_report(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gap ran from when a report's collection began: one that took most of the gap (a busy
+    host) was followed by the next asked-for report a moment after it went."""
+    real = collectors.collect_system
+    calls = 0
+
+    def slow_first(folders: list[str]) -> list[MetricSample]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            time.sleep(EARLY_REPORT_GAP_S * 0.8)
+        return real(folders)
+
+    monkeypatch.setattr(collectors, "collect_system", slow_first)
+    sent: list[float] = []
+    collector = Collector(folders=lambda: [str(tmp_path)], own=list)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                lambda task_status: collector.serve(
+                    lambda r: sent.append(anyio.current_time()),
+                    interval_s=3600,
+                    task_status=task_status,
+                )
+            )
+            collector.report_soon()  # asked for while the first is being collected
+            while len(sent) < 2:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert sent[1] - sent[0] >= EARLY_REPORT_GAP_S * 0.99, sent
 
 
 async def test_an_early_report_is_marked_and_leaves_the_regular_ones_on_their_times(
