@@ -378,7 +378,10 @@ class PeerServer:
         if told is not None:
             batch.pop()
         if feed is not None:
-            await anyio.to_thread.run_sync(feed.spool.append, batch)
+            refused = await anyio.to_thread.run_sync(feed.spool_batch, batch)
+            if refused is not None:  # the spool's disk full, say: not applied, the parent retries
+                await framed.send(refused)
+                return False
             feed.appended()
         replies = await anyio.to_thread.run_sync(session.apply_batch, batch)
         if feed is not None:

@@ -18,6 +18,9 @@ the inputs changed (a version counter covers topology, up/down, failed hops, fai
 settings; the key adds the mapping's source and targets). After a change, `refresh` plans every
 mapping, logs and publishes each changed tree, and bumps the store's config epoch so that the
 ControlServer pushes new assignments (its epoch check stays meaningful for AssignmentAck).
+"Changed" is against the plan `refresh` last announced, not against the cache: `view` and
+`routes_for` may plan a new version first (between a version bump and its refresh), and that
+tree must still be pushed.
 `route_epoch` is a counter seeded from the wall clock in milliseconds, so it keeps growing
 across master restarts. Expiries, failures and recoveries (`tick`, `recover`) are in
 _router_clock.py, mixed into Router.
@@ -115,6 +118,7 @@ class Router(RouterClock):
         self._unreachable_since: dict[TargetKey, float] = {}
         self._recoveries: dict[int, RecoveryJob] = {}
         self._plans: dict[int, _Cached] = {}
+        self._announced: dict[int, _Cached] = {}  # per mapping, the plan refresh last pushed
         self._loaded = False
 
     # --- State from the store ---
@@ -230,7 +234,7 @@ class Router(RouterClock):
         """The spec with its routes and route_epoch filled in and its failed targets dropped."""
         with self._lock:
             self._ensure_loaded()
-            cached, _changed = self._plan(spec)
+            cached = self._plan(spec)
             failed = self._failed.get(spec.mapping_id, {})
             fields = {f: getattr(spec, f) for f in spec.__struct_fields__}
             fields.update(
@@ -272,14 +276,15 @@ class Router(RouterClock):
             peers=tuple(sorted(peers.values(), key=lambda p: p.node_id)),
         )
 
-    def _plan(self, spec: MappingSpec) -> tuple[_Cached, bool]:
-        """The cached plan of a spec, planned again if its inputs changed; (plan, routes changed)."""
+    def _plan(self, spec: MappingSpec) -> _Cached:
+        """The cached plan of a spec, planned again if its inputs changed (a new route epoch if
+        its routes changed)."""
         failed = self._failed.get(spec.mapping_id, {})
         targets = tuple(t.node_id for t in spec.targets if t.node_id not in failed)
         key = (spec.source_node, targets, self._version)
         cached = self._plans.get(spec.mapping_id)
         if cached is not None and cached.key == key:
-            return cached, False
+            return cached
         plan = self._compute(spec.mapping_id, spec.source_node, targets, frozenset(failed))
         routes = tuple(
             RouteHop(parent=h.parent, child=h.child, level=str(h.level)) for h in plan.hops
@@ -288,8 +293,10 @@ class Router(RouterClock):
         if changed:
             self._route_seq += 1
         epoch = self._route_seq if changed or cached is None else cached.route_epoch
-        self._plans[spec.mapping_id] = _Cached(key, plan, routes, epoch)
-        return self._plans[spec.mapping_id], changed and cached is not None
+        new = self._plans[spec.mapping_id] = _Cached(key, plan, routes, epoch)
+        if cached is None:  # a new mapping's first tree goes out with the mapping itself
+            self._announced.setdefault(spec.mapping_id, new)
+        return new
 
     def _compute(
         self, mapping_id: int, source: str, targets: tuple[str, ...], failed: frozenset[str]
@@ -347,15 +354,18 @@ class Router(RouterClock):
             now = self._clock()
             live: set[TargetKey] = set()
             for spec in specs:
-                before = self._plans.get(spec.mapping_id)
-                cached, did_change = self._plan(spec)
-                if did_change and before is not None:
+                cached = self._plan(spec)
+                before = self._announced.get(spec.mapping_id)
+                if before is not None and before.route_epoch != cached.route_epoch:
                     changed.append((spec, before.routes, cached))
+                self._announced[spec.mapping_id] = cached
                 live |= self._track_unreachable(spec, cached.plan, now)
             for key in self._unreachable_since.keys() - live:
                 del self._unreachable_since[key]
             for gone in self._plans.keys() - {s.mapping_id for s in specs}:
                 del self._plans[gone]
+            for gone in self._announced.keys() - {s.mapping_id for s in specs}:
+                del self._announced[gone]
         for spec, old_routes, cached in changed:
             self._announce(spec, old_routes, cached, reason)
         if changed or push:
@@ -422,7 +432,7 @@ class Router(RouterClock):
         spec = self.store.get_mapping(mapping_id).to_spec()
         with self._lock:
             self._ensure_loaded()
-            cached, _ = self._plan(spec)
+            cached = self._plan(spec)
             return RouteView(
                 mapping_id=mapping_id,
                 settings=self._settings.get(mapping_id) or RoutingSettings(mapping_id=mapping_id),

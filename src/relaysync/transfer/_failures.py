@@ -4,6 +4,7 @@ permanent one (the same op fails the same way at every retry) is refused and rec
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 from relaysync.protocol.messages import ErrorCode
 
@@ -19,6 +20,22 @@ class TransientFailure(Exception):
 def _transient_os(seq: int, path: str, exc: OSError) -> TransientFailure:
     code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ErrorCode.IO_ERROR
     return TransientFailure(seq, code, f"{path}: {exc.strerror or exc}")
+
+
+def spool_failure(seq: int, directory: Path, exc: OSError) -> TransientFailure:
+    """The failure that stops a relay's session when its spool in `directory` cannot be written."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransientFailure(
+            seq,
+            ErrorCode.DISK_FULL,
+            f"relay spool {directory}: disk full; free space on that file system",
+        )
+    return TransientFailure(
+        seq,
+        ErrorCode.IO_ERROR,
+        f"relay spool {directory}: {exc.strerror or exc}; check that file system and the "
+        "agent's access to it",
+    )
 
 
 def _short(path: str) -> str:

@@ -11,18 +11,29 @@ relay keeps its spool until its own children (and itself) have committed it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
-from relaysync.protocol.messages import NodeMark, RouteHop, SourceUnreadable, nodes_below
+from relaysync.protocol.messages import (
+    AnyMessage,
+    Error,
+    NodeMark,
+    RouteHop,
+    SourceUnreadable,
+    nodes_below,
+)
+from relaysync.transfer._failures import TransientFailure
 from relaysync.transfer.compare import Unreadable
 from relaysync.transfer.relay_unreadable import KeptUnreadable
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.manifest import Manifest
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +80,22 @@ class RelayFeed:
         self.unreadable_pending = False
 
     # --- the parent's side (peer server) ---
+
+    def spool_batch(self, batch: Sequence[AnyMessage]) -> Error | None:
+        """Spool a batch of the parent's stream (worker thread); None, or the Error to answer
+        the parent with if the spool could not take it (its disk full: DISK_FULL, as a target
+        answers), so that it retries instead of seeing the link drop."""
+        try:
+            self.spool.append(batch)
+        except TransientFailure as failure:
+            logger.warning(
+                "relay spool failed, parent will retry: seq=%s code=%s detail=%s",
+                failure.seq,
+                failure.code.name,
+                failure.detail,
+            )
+            return Error(code=failure.code, detail=failure.detail, seq=failure.seq)
+        return None
 
     def appended(self) -> None:
         """New messages are in the spool: wake the children's links (event loop thread)."""

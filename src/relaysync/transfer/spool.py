@@ -13,7 +13,9 @@ child behind it, or at it (it may have got there before the comparison's work), 
 comparison with our tree (`covers`).
 
 Error handling: a torn tail (the relay was killed mid-write) is cut back to the last
-checkpoint when the spool is opened. When the parent's stream breaks mid-batch, the tail after
+checkpoint when the spool is opened; a write that fails (the disk full) is cut back to the
+recorded end at once and raises TransientFailure (DISK_FULL or IO_ERROR), which the relay
+answers its parent with, as a target does. When the parent's stream breaks mid-batch, the tail after
 the last checkpoint is cut too and `generation` changes, so readers that had gone past it
 restart their session (their partial file is discarded; the parent resends it).
 Resource handling: one append handle; readers open segments per read.
@@ -33,6 +35,7 @@ from typing import BinaryIO
 from relaysync.errors import ProtocolError, SpoolReset
 from relaysync.protocol.framing import decode_payload, encode_frame
 from relaysync.protocol.messages import AnyMessage, Checkpoint, DigestRequest
+from relaysync.transfer._failures import spool_failure
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +190,10 @@ class Spool:
         tree holds changes the spool never did (committed in a session before this relay role,
         whose checkpoint never came), and a child must not take that checkpoint as covering
         them (found under stress: a child acknowledged a file it never got).
+
+        Raises:
+            TransientFailure: the spool could not be written (DISK_FULL or IO_ERROR); what the
+                batch wrote after the last checkpoint is left for `cut_unfinished`.
         """
         with self._lock:
             frames: list[bytes] = []
@@ -243,14 +250,33 @@ class Spool:
             segment = _Segment(path=self.directory / f"{start}.spool", start=start, size=0)
             self._segments.append(segment)
         data = b"".join(frames)
-        with open(segment.path, "ab") as f:
-            f.write(data)
+        try:
+            with open(segment.path, "ab") as f:
+                f.write(data)
+        except OSError as exc:
+            # Part of `data` may be on disk past the recorded end (ENOSPC mid-write): cut it, or
+            # the parent's resend lands after it and no child can decode the segment again.
+            self._cut_strays(segment)
+            raise spool_failure(max_seq, self.directory, exc) from exc
         segment.size += len(data)
         segment.max_seq = max(segment.max_seq, max_seq)
+
+    def _cut_strays(self, segment: _Segment) -> None:
+        """Truncate a segment's file to its recorded size (bytes of a failed write past it)."""
+        try:
+            with open(segment.path, "r+b") as f:
+                if f.seek(0, os.SEEK_END) > segment.size:
+                    f.truncate(segment.size)
+        except FileNotFoundError:
+            pass
+        except OSError:  # the next write, cut_unfinished or a reopen tries again
+            logger.warning("spool %s: cannot cut a failed write", segment.path, exc_info=True)
 
     def cut_unfinished(self) -> None:
         """The parent's session ended: drop the tail after the last checkpoint (it is resent)."""
         with self._lock:
+            if self._segments:
+                self._cut_strays(self._segments[-1])
             if self.end > self._checkpoint_end:
                 self._truncate(self._checkpoint_end)
                 self.generation += 1

@@ -227,3 +227,20 @@ def test_files_sent_again_cut_short_go_with_the_checkpoint_that_opened_them(
     spool.append([Checkpoint(seq=6, again=True), *_file(3), Checkpoint(seq=6)])
     assert spool.settled and spool.head == 6
     assert _read_all(spool)[-6:-4] == [Checkpoint(seq=6), Checkpoint(seq=6, again=True)]
+
+
+def test_cut_unfinished_drops_bytes_past_the_recorded_end(tmp_path: Path) -> None:
+    """Bytes a failed write left that the spool did not count (however they got there)."""
+    spool = Spool(tmp_path / "spool")
+    spool.begin("j", 0)
+    first = [*_file(1, 1000), Checkpoint(seq=1)]
+    spool.append(first)
+    (segment,) = spool.directory.glob("*.spool")
+    with open(segment, "ab") as f:
+        f.write(b"\x00\x00\x01\x00torn")
+    spool.cut_unfinished()
+    assert segment.stat().st_size == spool.end - spool.start
+    spool.begin("j", 1)
+    second = [*_file(2, 1000), Checkpoint(seq=2)]
+    spool.append(second)
+    assert _read_all(spool) == first + second
