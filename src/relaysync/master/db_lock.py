@@ -88,12 +88,25 @@ def describe_holder(
     return "relaysync master" + (f" ({', '.join(facts)})" if facts else "")
 
 
+def _parsed(url: str) -> URL:
+    """`url` parsed, or a one-line ConfigError that does not repeat it (it may hold a password):
+    the lock is taken before the store opens, so a bad database_url is met here first."""
+    if not url.startswith(("sqlite", "postgresql")):
+        raise ConfigError(
+            "database_url must be sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
+        )
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise ConfigError(
+            f"database_url cannot be parsed ({exc}); the form is sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST:PORT/DB"
+        ) from exc
+
+
 def shown_url(url: str) -> str:
     """`url` as a message may show it: no password, no query (libpq takes one there too)."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"database_url cannot be parsed: {exc}") from exc
+    parsed = _parsed(url)
     plain = URL.create(
         parsed.drivername,
         username=parsed.username,
@@ -164,9 +177,9 @@ def lock_database(url: str, data_dir: Path) -> DatabaseLock:
         ConfigError: the SQLite lock file cannot be made or locked, or the URL is bad.
     """
     record = holder_record(data_dir)
+    database = _parsed(url).database
     if url.startswith("postgresql"):
         return DatabaseLock(url, record, conn=_take_pg_lock(url, record))
-    database = make_url(url).database
     if not database or database == ":memory:":
         return DatabaseLock(url, record)  # a database of this process alone
     path = Path(database).resolve()

@@ -204,3 +204,19 @@ def test_a_remembered_control_port_in_use_names_its_file(tmp_path: Path, held_po
         "another, but then each joined agent's DATA/identity/master.json must get it as its "
         "control_address)."
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite//m.db",
+        "postgresql+psycopg://u:s3cret@127.0.0.1:notaport/db",
+        "mysql://u:s3cret@h/db",
+    ],
+)
+def test_a_bad_database_url_is_one_line_without_its_password(tmp_path: Path, url: str) -> None:
+    """The database lock parses the URL before the store does: a bad one was a traceback."""
+    result = cli("master", "--data", "m", "--database-url", url, cwd=tmp_path)
+    assert result.returncode == ConfigError.exit_code, result.stderr
+    line = error_line(result)
+    assert "database_url" in line and "s3cret" not in result.stderr, result.stderr

@@ -23,9 +23,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from relaysync.errors import StoreError
+from relaysync.errors import ConfigError, StoreError
 from relaysync.master.store import Store, _engine
-from relaysync.master.store._engine import store_unavailable
+from relaysync.master.store._engine import make_engine, store_unavailable
 
 FULL = 2  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
 LOCK_TIMEOUT_MS = 300
@@ -120,3 +120,10 @@ def test_a_store_error_names_neither_the_sql_nor_its_parameters(
     assert "check: " in str(err.value) and "INSERT" not in str(err.value)
     assert "TOP-SECRET-VALUE" not in str(err.value)
     assert "no_such_table" in caplog.text and "TOP-SECRET-VALUE" not in caplog.text
+
+
+@pytest.mark.parametrize("url", ["mysql://u:s3cret@h/db", "postgresql://u:s3cret@h:notaport/db"])
+def test_a_refused_store_url_is_not_echoed_with_its_password(url: str) -> None:
+    with pytest.raises(ConfigError, match="store URL") as refused:
+        make_engine(url)
+    assert "s3cret" not in str(refused.value)

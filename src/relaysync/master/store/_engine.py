@@ -78,7 +78,9 @@ def make_engine(url: str) -> Engine:
         ConfigError: the URL names another database or cannot be parsed.
     """
     if not url.startswith(("sqlite", "postgresql")):
-        raise ConfigError(f"store URL {url!r}: use sqlite:///path.db or postgresql+psycopg://...")
+        raise ConfigError(
+            f"store URL {_hidden(url)!r}: use sqlite:///path.db or postgresql+psycopg://..."
+        )
     try:
         if url.startswith("sqlite"):
             engine = create_engine(url, hide_parameters=True)
@@ -89,7 +91,15 @@ def make_engine(url: str) -> Engine:
             url, hide_parameters=True, pool_pre_ping=True, connect_args=_pg_connect_args(url)
         )
     except (SQLAlchemyError, ValueError, ImportError) as exc:
-        raise ConfigError(f"store URL {url!r}: {exc}") from exc
+        raise ConfigError(f"store URL {_hidden(url)!r}: {exc}") from exc
+
+
+def _hidden(url: str) -> str:
+    """`url` for a message: its password masked (an error message goes to logs and terminals)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "(unparsable)"
 
 
 def _pg_connect_args(url: str) -> dict[str, Any]:
