@@ -79,7 +79,8 @@ class ChangeRecorder:
         path_filter: the mapping's filter.
         hard_links: follow hard links (a source): a file written through one of its names
             changes its other names too, and the manifest's inode numbers find them. A target's
-            start-up scan passes False: it never watches, and its rows carry no inode numbers.
+            start-up scan passes False: it never watches; its receiver's rows carry no inode
+            numbers, its scan notes the ones it finds (a file under another one is hashed).
         policy: a target's start-up scan reads its disk through its policy (links refused,
             mode bits removed: watch/target_policy.py); None for a source.
         cache: a source's: where small files' content read to hash is kept for its links
@@ -137,7 +138,7 @@ class ChangeRecorder:
                 batch.unreadable.append(err.bare())
         if batch.follow:
             rest = _then(rest, batch.follow)
-        if batch.inodes and self._hard_links:
+        if batch.inodes:  # a target's too: else a file under a new number is hashed every start
             self._manifest.set_inodes(batch.inodes.items())
         return Detection(batch.out, rest, tuple(batch.unreadable))
 

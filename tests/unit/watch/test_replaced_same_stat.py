@@ -23,6 +23,7 @@ from tests.unit.watch._replay import (
     watching,
 )
 
+from relaysync.watch import scanner
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
@@ -116,3 +117,26 @@ def test_rows_without_an_inode_number_are_not_hashed_their_number_is_learned(
     result = scan(tree, manifest, PathFilter())
     assert result.out == []
     assert result.inodes == [("version.txt", os.lstat(tree / "version.txt").st_ino)]
+
+
+def test_a_targets_start_up_scan_keeps_the_inode_number_it_found(
+    tree: Path, manifest: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target's scan (no hard links followed) hashed a file under a new inode number (a
+    restored or migrated tree) and did not keep the number: every start hashed it again."""
+    _start(tree, manifest)
+    _same_stat(tmp_path / "restored", b"1.2.3\n")  # the same file, copied back: a new inode
+    os.replace(tmp_path / "restored", tree / "version.txt")
+    hashed: list[str] = []
+    real = scanner.hash_file
+
+    def counting(at: str, *args: object, **kwargs: object) -> object:
+        hashed.append(at)
+        return real(at, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scanner, "hash_file", counting)
+    target_scan = ChangeRecorder(tree, manifest, PathFilter(), hard_links=False)
+    for _ in range(2):  # two starts
+        assert target_scan.detect([ev("rescan", "")]).changes == []
+    assert len(hashed) == 1, hashed  # the first start only
+    assert manifest.get("version.txt").ino == os.lstat(tree / "version.txt").st_ino
