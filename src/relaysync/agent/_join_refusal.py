@@ -35,11 +35,33 @@ def join_refusal(master_url: str, name: str, status: int, text: str) -> RelaySyn
         if refusal is JoinRefusal.CSR_REFUSED:
             return CsrRefused(master_url, _unprefixed(detail, AuthError))
         return ConfigError(f"the master refused this agent's name {name!r}: {detail}")
-    if status == 403 and isinstance(detail, str) and detail.startswith(_head()):
-        return JoinRefused(_reason(detail))  # an older master: no code
+    if isinstance(detail, str) and code is None:
+        older = _older_masters(master_url, name, status, detail)
+        if older is not None:
+            return older
     return JoinAnswerRefused(
         master_url, f"HTTP {status}, not a relaysync master's refusal: {text[:BODY_SHOWN_CHARS]!r}"
     )
+
+
+def _older_masters(master_url: str, name: str, status: int, detail: str) -> RelaySyncError | None:
+    """An older master's own refusal (FastAPI's `{"detail": ...}`, no code yet): a 403 is the
+    token, a 409 the name taken, a 400 a name it refused or a certificate request it could not
+    sign, told apart by the error's prefix; None for another status."""
+    if status == 403 and detail.startswith(_head()):
+        return JoinRefused(_reason(detail))
+    if status == 409 or (status == 400 and _prefixed(detail, ConfigError)):
+        return ConfigError(
+            f"the master refused this agent's name {name!r}: {_unprefixed(detail, ConfigError)}"
+        )
+    if status == 400:
+        return CsrRefused(master_url, _unprefixed(detail, AuthError))
+    return None
+
+
+def _prefixed(detail: str, kind: type[RelaySyncError]) -> bool:
+    head = (kind.__doc__ or "{}").strip().splitlines()[0].partition("{}")[0]
+    return bool(head) and detail.startswith(head)
 
 
 def _json_object(text: str) -> dict[str, object]:
