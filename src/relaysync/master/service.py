@@ -116,6 +116,18 @@ class _Parts:
     control_port: control_port.ControlPort  # where it listens, and why there
 
 
+async def _start_links(tg: TaskGroup, parts: _Parts, stopping: anyio.Event) -> int:
+    """Start the control server and the job log in `tg`; the control port they listen on."""
+    try:
+        port: int = await tg.start(serve_links_and_joblog, parts.joblog, parts.control, stopping)
+    except* CannotListen as refused:  # a remembered port is not the operator's choice
+        taken = parts.control_port.taken(leaf_error(refused))
+        if taken is None:
+            raise
+        raise taken from leaf_error(refused)
+    return port
+
+
 async def serve_links_and_joblog(
     joblog: JobLogWriter,
     control: ControlServer,
@@ -250,13 +262,7 @@ class MasterService:
         await tg.start(parts.monitor.serve)
         # failure state rebuilt from the store before agents connect
         await tg.start(parts.router.serve)
-        try:
-            port = await tg.start(serve_links_and_joblog, parts.joblog, control, stopping)
-        except* CannotListen as refused:  # a remembered port is not the operator's choice
-            taken = parts.control_port.taken(leaf_error(refused))
-            if taken is None:
-                raise
-            raise taken from leaf_error(refused)
+        port = await _start_links(tg, parts, stopping)
         await tg.start(Scheduler(store, parts.events, control.notify_change).serve)
         await tg.start(RetentionPruner(store).serve)  # job-log history past its retention
         tg.start_soon(_watch_control_certificate, identity.cert_path)
