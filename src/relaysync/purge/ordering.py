@@ -1,16 +1,22 @@
 """Commit ordering: a change is released for purging once every origin of the site that is up
 has committed it (DESIGN.md: caches are refreshed only after the origins they fetch from commit).
 
-Per change, keyed by (site, mapping, source, source journal, seq), the tracker keeps which origins reported the change committed. An origin
-that is not up does not hold the others back; when it later reports a change that was released
-without it (journal replay after it returns), the change is released again, so that a cache
-that fetched from it meanwhile is refreshed once more. Catch-up work outside the journal
-(seq 0) is released at once: it is that origin becoming current. A seq names a change only
-within its mapping and its source's journal: a site re-pointed to another mapping of the same
-source, or a source whose journal was recreated (seqs from 1 again), reuses seqs for other
-changes, which must not be taken for ones already released. (Reports of an older agent name no
-journal: theirs share the key "", as before.) What the origins report a
-delete, rename or erase removed (the path's kind, the files under it) is merged over them.
+Per change, keyed by (site, mapping, source, seq), the tracker keeps which origins reported the
+change committed. An origin that is not up does not hold the others back; when it later reports
+a change that was released without it (journal replay after it returns), the change is released
+again, so that a cache that fetched from it meanwhile is refreshed once more. Catch-up work
+outside the journal (seq 0) is released at once: it is that origin becoming current.
+
+A seq names a change only within its mapping and its source's journal: a site re-pointed to
+another mapping of the same source meets that mapping's seqs (the mapping is in the key), and a
+source whose journal was recreated counts from 1 again. The journal is not in the key: an older
+agent names none (""), and during a rolling upgrade one origin of a site reports a change with
+its journal and another without (or an outbox written before the upgrade does), which must
+still meet under one key. So each entry keeps the journal it was reported in, "" matches any
+journal, and only two different named journals mean a different change at a reused seq: the
+earlier one is then forgotten (released at once if still waiting) and the new one tracked
+afresh. What the origins report a delete, rename or erase removed (the path's kind, the files
+under it) is merged over them.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ logger = logging.getLogger(__name__)
 HOLD_MAX_S = 30.0  # an origin that is up but never commits (failing) holds a change this long
 REMEMBER_RELEASED = 100_000  # released changes remembered for origins that catch up later
 
-Key = tuple[int, int, str, str, int]  # (site id, mapping id, source node, journal id, seq)
+Key = tuple[int, int, str, int]  # (site id, mapping id, source node, seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +58,8 @@ class _Pending:
     path: str
     new_path: str
     since: float
+    origins: frozenset[str]  # the site's origins when the change was first reported
+    journal: str  # the source journal its seq counts in ("": no report named it)
     committed: set[str] = field(default_factory=set)
     kind: str | None = None  # None: no origin reported yet
     removed: set[str] = field(default_factory=set)
@@ -61,6 +69,20 @@ class _Pending:
         self.kind = record.kind if self.kind is None else merge_kinds(self.kind, record.kind)
         self.removed.update(record.removed)
         self.removed_truncated |= record.removed_truncated
+
+
+@dataclass(slots=True)
+class _Done:
+    """A released change: its journal, and the origins that have committed it."""
+
+    journal: str
+    committed: set[str]
+
+
+def same_change(journal: str, other: str) -> bool:
+    """Whether reports of one seq in journals `journal` and `other` name the same change: ""
+    (an older agent's report, or one written before its upgrade) is taken for any journal."""
+    return not journal or not other or journal == other
 
 
 def merge_kinds(a: str, b: str) -> str:
@@ -93,8 +115,7 @@ class CommitTracker:
         self._remember = remember
         self._pending: dict[Key, _Pending] = {}
         self._pending_per_site: Counter[int] = Counter()  # of `_pending`, kept with it
-        self._released: OrderedDict[Key, set[str]] = OrderedDict()
-        self._origins: dict[Key, frozenset[str]] = {}
+        self._released: OrderedDict[Key, _Done] = OrderedDict()
 
     @property
     def pending(self) -> int:
@@ -127,26 +148,65 @@ class CommitTracker:
             if record.seq == 0:
                 out.append(_released(site_id, record, again=True))
                 continue
-            key = (site_id, mapping_id, source, journal_id, record.seq)
-            done = self._released.get(key)
-            if done is not None:
-                if target not in done:
-                    done.add(target)
-                    out.append(_released(site_id, record, again=True))
+            key = (site_id, mapping_id, source, record.seq)
+            if self._released_before(key, target, record, journal_id, out):
                 continue
-            pending = self._pending.get(key)
-            if pending is None:
-                self._pending_per_site[site_id] += 1
-                pending = self._pending[key] = _Pending(
-                    record.op, record.path, record.new_path, now
-                )
-                self._origins[key] = origins
+            pending = self._pending_for(key, origins, record, journal_id, now, out)
             if target not in pending.committed:
                 pending.add(record)
             pending.committed.add(target)
             if self._ready(key, pending, states, now):
                 out.append(self._release(key, pending))
         return out
+
+    def _released_before(
+        self, key: Key, target: str, record: CommitRecord, journal: str, out: list[Released]
+    ) -> bool:
+        """Whether `record` is of the change released under `key`: if `target` had not
+        committed it yet, it is released again. One of another journal is a different change:
+        the released one is forgotten."""
+        done = self._released.get(key)
+        if done is None:
+            return False
+        if not same_change(done.journal, journal):
+            del self._released[key]
+            return False
+        done.journal = done.journal or journal
+        if target not in done.committed:
+            done.committed.add(target)
+            out.append(_released(key[0], record, again=True))
+        return True
+
+    def _pending_for(
+        self,
+        key: Key,
+        origins: frozenset[str],
+        record: CommitRecord,
+        journal: str,
+        now: float,
+        out: list[Released],
+    ) -> _Pending:
+        """The waiting change `record` is of, new if none is. One of another journal waiting
+        under `key` is released at once (what its origins committed is refreshed) and
+        forgotten: reports of it from now on could not be told from the new change's."""
+        pending = self._pending.get(key)
+        if pending is not None and not same_change(pending.journal, journal):
+            logger.info(
+                "change %s of site %s: journal %s replaced by %s, released without waiting",
+                key[3],
+                key[0],
+                pending.journal,
+                journal,
+            )
+            out.append(self._release(key, pending, remember=False))
+            pending = None
+        if pending is None:
+            self._pending_per_site[key[0]] += 1
+            pending = self._pending[key] = _Pending(
+                record.op, record.path, record.new_path, now, origins, journal
+            )
+        pending.journal = pending.journal or journal
+        return pending
 
     def sweep(self, states: Mapping[str, str], now: float) -> list[Released]:
         """Release what no longer waits: origins went down, or held past hold_max_s."""
@@ -159,17 +219,16 @@ class CommitTracker:
     def forget_site(self, site_id: int) -> None:
         for key in [k for k in self._pending if k[0] == site_id]:
             del self._pending[key]
-            self._origins.pop(key, None)
         self._pending_per_site.pop(site_id, None)
 
     def _ready(self, key: Key, pending: _Pending, states: Mapping[str, str], now: float) -> bool:
-        required = {o for o in self._origins.get(key, ()) if states.get(o) == "up"}
+        required = {o for o in pending.origins if states.get(o) == "up"}
         if required <= pending.committed:
             return True
         if now - pending.since >= self.hold_max_s:
             logger.warning(
                 "change %s of site %s released after %.0f s without origins %s",
-                key[4],
+                key[3],
                 key[0],
                 now - pending.since,
                 sorted(required - pending.committed),
@@ -177,13 +236,13 @@ class CommitTracker:
             return True
         return False
 
-    def _release(self, key: Key, pending: _Pending) -> Released:
+    def _release(self, key: Key, pending: _Pending, *, remember: bool = True) -> Released:
         del self._pending[key]
         self._pending_per_site[key[0]] -= 1
-        self._origins.pop(key, None)
-        self._released[key] = set(pending.committed)
-        while len(self._released) > self._remember:
-            self._released.popitem(last=False)
+        if remember:
+            self._released[key] = _Done(pending.journal, set(pending.committed))
+            while len(self._released) > self._remember:
+                self._released.popitem(last=False)
         return Released(
             key[0],
             pending.op,

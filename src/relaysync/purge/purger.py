@@ -51,9 +51,9 @@ from relaysync.protocol.messages import CommitReport
 from relaysync.purge import urls as urlmap
 from relaysync.purge.drivers import Driver
 from relaysync.purge.due import UrlKey
-from relaysync.purge.folds import fold, waiting
+from relaysync.purge.folds import fold
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S
-from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
+from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, Retry
 from relaysync.purge.listings import ListingRefreshes
 from relaysync.purge.ordering import HOLD_MAX_S, CommitTracker, Released
 from relaysync.purge.planner import (
@@ -136,7 +136,6 @@ class Purger(PurgeWorker, PurgePlanner):
         self._drivers: dict[tuple[int, str], Driver] = {}
         self._states: dict[str, str] = {}
         self._released: deque[Released] = deque()
-        self._queue: dict[int, QueuedPurge] = {}
         self._busy: set[UrlKey] = set()
         self._done: list[int] = []
         self._results: list[PurgeResult] = []
@@ -296,8 +295,7 @@ class Purger(PurgeWorker, PurgePlanner):
     async def _serve(self, task_status: TaskStatus[None]) -> None:
         await anyio.to_thread.run_sync(self.reload_sites)
         self._states = await anyio.to_thread.run_sync(self.store.server_states)
-        for queued in await anyio.to_thread.run_sync(self.store.pending_purges):
-            self._queue[queued.id] = queued
+        await self._load_queue()
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         async with (
@@ -322,6 +320,11 @@ class Purger(PurgeWorker, PurgePlanner):
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._flush()
+
+    async def _load_queue(self) -> None:
+        """Take the queue the store holds (what was queued before a restart)."""
+        for queued in await anyio.to_thread.run_sync(self.store.pending_purges):
+            self._put(queued)
 
     async def _intake_loop(self) -> None:
         failures = 0
@@ -383,12 +386,11 @@ class Purger(PurgeWorker, PurgePlanner):
         has not been tried yet (folds.py): while a cache is down, its queue does not grow a row
         per change."""
         while items:
-            fresh, folded = fold(items, self._queue)
+            fresh, folded = fold(items, self._untried)
             await self._write_queue(fresh)
             # what was folded into an item that started meanwhile (the write awaited) is
             # queued after all: that try may have begun before the change was committed
-            still = waiting(self._queue)
-            items = [i for i in folded if i not in still]
+            items = [i for i in folded if i not in self._untried]
 
     async def _write_queue(self, items: list[PurgeItem]) -> None:
         if not items:
@@ -405,7 +407,7 @@ class Purger(PurgeWorker, PurgePlanner):
         last = next(reversed(self._queue), -1)
         for q in queued:  # concurrent writes (PostgreSQL) may return ids out of order
             self._requeued = self._requeued or q.id < last
-            self._queue[q.id] = q
+            self._put(q)
             last = max(last, q.id)
         self._work_wake.set()
 

@@ -40,6 +40,7 @@ from relaysync.purge.budget import ITEM_TIMEOUT_S, MIN_BYTES_PER_S, budgeted
 from relaysync.purge.confirm import Served, run_item
 from relaysync.purge.drivers import Driver, make_driver
 from relaysync.purge.due import Due, UrlKey, file_due, in_id_order, probe_due
+from relaysync.purge.folds import Untried
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S, Gate
 from relaysync.purge.jobs import PurgeItem, PurgeResult, QueuedPurge, Retry
 from relaysync.purge.recheck import RECHECK_AFTER_S, Rechecks, RecheckWorker
@@ -67,6 +68,7 @@ class PurgeWorker(RecheckWorker):
     _states: dict[str, str]
     _drivers: dict[tuple[int, str], Driver]
     _queue: dict[int, QueuedPurge]
+    _untried: Untried  # the items of `_queue` not tried yet: changed only with it
     _busy: set[UrlKey]
     _done: list[int]
     _results: list[PurgeResult]
@@ -87,6 +89,8 @@ class PurgeWorker(RecheckWorker):
         recheck_after_s: tuple[float, ...] = RECHECK_AFTER_S,
     ) -> None:
         self._concurrency = concurrency
+        self._queue = {}
+        self._untried = Untried()
         self.rechecks = Rechecks(recheck_after_s)
         self._in_flight = 0
         self._gates: dict[str, Gate] = {}
@@ -100,6 +104,18 @@ class PurgeWorker(RecheckWorker):
         self._strikes: dict[int, int] = {}  # queue id -> tries the cache answered but failed
         self._requeued = False  # an item was put back out of id order (`_retry`)
         self._variant_bans_refused: set[str] = set()  # caches (addresses) refusing them now
+
+    def _put(self, q: QueuedPurge) -> None:
+        """Put `q` in the queue (queued, put back for a retry, or changed in place)."""
+        old = self._queue.get(q.id)
+        if old is not None:
+            self._untried.discard(old)
+        self._queue[q.id] = q
+        self._untried.add(q)
+
+    def _unqueue(self, queue_id: int) -> None:
+        """Take an item out of the queue (for a try)."""
+        self._untried.discard(self._queue.pop(queue_id))
 
     def _new_gate(self) -> Gate:
         return Gate(**self._gate_args)  # type: ignore[arg-type]
@@ -120,9 +136,9 @@ class PurgeWorker(RecheckWorker):
             for cache in site.caches
             if old.get(site.id) is None or cache not in old[site.id].caches
         }
-        for key, q in list(self._queue.items()):
+        for q in list(self._queue.values()):
             if q.next_at > 0 and (q.item.site_id, q.item.cache) in changed:
-                self._queue[key] = dataclasses.replace(q, next_at=0.0)
+                self._put(dataclasses.replace(q, next_at=0.0))
         self._work_wake.set()
 
     def _backoff_s(self, failures: int) -> float:
@@ -212,7 +228,7 @@ class PurgeWorker(RecheckWorker):
                     if not gate.admit(now):
                         break
                     for q in group:
-                        del self._queue[q.id]
+                        self._unqueue(q.id)
                     self._busy.add(url_key)
                     self._in_flight += 1
                     tg.start_soon(self._run, url_key, group, gate)
@@ -459,9 +475,7 @@ class PurgeWorker(RecheckWorker):
         )
         next_at = time.time() + delay
         for q in group:
-            self._queue[q.id] = QueuedPurge(
-                id=q.id, item=q.item, attempts=attempts, next_at=next_at
-            )
+            self._put(QueuedPurge(id=q.id, item=q.item, attempts=attempts, next_at=next_at))
             self._retries.append(Retry(id=q.id, attempts=attempts, next_at=next_at, error=error))
         self._requeued = True
         self._work_wake.set()

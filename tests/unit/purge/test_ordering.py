@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from relaysync.protocol.messages import CommitRecord
 from relaysync.purge.ordering import CommitTracker
 
@@ -11,7 +15,13 @@ UP = {O1: "up", O2: "up"}
 
 
 def _observe(
-    t: CommitTracker, target: str, seq: int, states: dict[str, str] = UP, now: float = 0.0
+    t: CommitTracker,
+    target: str,
+    seq: int,
+    states: dict[str, str] = UP,
+    now: float = 0.0,
+    journal: str = "",
+    path: str = "a.txt",
 ):  # type: ignore[no-untyped-def]
     return t.observe(
         site_id=1,
@@ -19,9 +29,10 @@ def _observe(
         origins=ORIGINS,
         source="s",
         target=target,
-        records=[CommitRecord(seq=seq, op="write", path="a.txt")],
+        records=[CommitRecord(seq=seq, op="write", path=path)],
         states=states,
         now=now,
+        journal_id=journal,
     )
 
 
@@ -98,3 +109,43 @@ def test_a_file_on_every_origin_stays_a_file_and_one_silent_origin_makes_it_unkn
     t = CommitTracker()
     _removal(t, O1, "d", ("d/a",))
     assert _removal(t, O2, "", ())[0].kind == ""  # an older agent: planned as before
+
+
+def test_one_change_reported_with_and_without_its_journal_is_released_once_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A site whose origins run an upgraded agent (names the journal) and an older one (""):
+    keyed by journal too, the change waited under two keys, neither ever complete, and was
+    released twice after HOLD_MAX_S with a warning each that the other origin had not
+    committed. The same for an outbox report written before its agent's upgrade."""
+    caplog.set_level(logging.WARNING, logger="relaysync.purge.ordering")
+    for first, second in (("j1", ""), ("", "j1")):
+        t = CommitTracker()
+        assert _observe(t, O1, 7, journal=first) == []
+        released = _observe(t, O2, 7, journal=second)
+        assert [(r.path, r.again) for r in released] == [("a.txt", False)]
+        assert t.pending == 0 and t.sweep(UP, now=30.0) == []
+        assert _observe(t, O1, 7, journal="j1") == []  # replays change nothing
+        assert _observe(t, O2, 7) == []
+    assert caplog.records == []
+
+
+def test_an_older_agent_back_up_has_a_change_released_without_it_refreshed_again() -> None:
+    t = CommitTracker()
+    assert len(_observe(t, O1, 3, {O1: "up", O2: "down"}, journal="j1")) == 1
+    assert [r.again for r in _observe(t, O2, 3)] == [True]
+
+
+def test_another_named_journal_at_a_seq_is_another_change() -> None:
+    """A recreated journal counts from 1 again: its change at a released seq is tracked
+    afresh; one at a seq still waiting releases the waiting one at once (its commits are not
+    lost) and then waits for every origin itself."""
+    t = CommitTracker()
+    _observe(t, O1, 1, journal="j1")
+    assert len(_observe(t, O2, 1, journal="j1")) == 1
+    assert _observe(t, O1, 1, journal="j2", path="b.txt") == []
+    assert [r.path for r in _observe(t, O2, 1, journal="j2", path="b.txt")] == ["b.txt"]
+    _observe(t, O1, 2, journal="j2", path="c.txt")  # O2 has not committed it yet
+    assert [r.path for r in _observe(t, O1, 2, journal="j3", path="d.txt")] == ["c.txt"]
+    assert t.pending == 1
+    assert [r.path for r in _observe(t, O2, 2, journal="j3", path="d.txt")] == ["d.txt"]

@@ -31,8 +31,8 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -239,7 +239,7 @@ class Driver:
         if not self.base:
             raise CacheMisconfigured(self.cache.name, self.bad_address)
         sent = {"Host": url.host, **(headers or {})}
-        try:
+        with self._errors_mapped(method, url):
             request = build_request(
                 self.client, method, self.base + (target or url.target), sent, encoding
             )
@@ -248,6 +248,12 @@ class Driver:
                 yield response
             finally:
                 await response.aclose()
+
+    @contextmanager
+    def _errors_mapped(self, method: str, url: Url) -> Iterator[None]:
+        """httpx's errors of a request to the cache (and of streaming its answer) as ours."""
+        try:
+            yield
         except httpx.InvalidURL as exc:
             raise CacheMisconfigured(
                 self.cache.name, f"address {self.cache.address!r} gives no usable URL: {exc}"
