@@ -1,8 +1,9 @@
 """What the master believes of an agent's control link (a mixin of ControlServer,
-master/control.py): a message about a mapping only from a node with its part in it (`_believed`;
-the rest counted in `refused`, logged, a forged report an `alarm` event), the journal heads a
-source reports with its figures (`_take_heads`), and a word in the log on a node whose
-certificate runs out soon (`warn_if_expiring`). `AgentLink` is one link's state."""
+master/control.py): a message about a mapping only from a node with its part in it, and a commit
+report only with byte figures the job log can hold (`_believed`; the rest counted in `refused`,
+logged, a forged report an `alarm` event), the journal heads a source reports with its figures
+(`_take_heads`), and a word in the log on a node whose certificate runs out soon
+(`warn_if_expiring`). `AgentLink` is one link's state."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import anyio
 
 from relaysync.auth.validity import EXPIRY_WARNING_S, REJOIN_AGENT, format_time
 from relaysync.errors import StoreError
+from relaysync.master._report_bounds import out_of_bounds
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.mapping_members import MappingMembers
 from relaysync.master.report_acks import ReportAcks
@@ -186,6 +188,9 @@ class ControlTrust:
                         f"a commit report for target {message.target_node[:16]}",
                         alarm=True,
                     )
+                    return False
+                if (why := out_of_bounds(message)) is not None:
+                    self._refuse(link, "commit_report_bounds", message.mapping_id, why)
                     return False
                 kind = "commit_report"
                 ok = await self._members.allow(
