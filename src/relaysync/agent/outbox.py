@@ -22,7 +22,10 @@ and acknowledged, from its worker thread on the descriptors `sync_handles` gives
 appends left since the last sync, kept open for it: a report may span segments; a duplicate of the
 last one's; the directory's until a sync of it is confirmed). A `.done` count lost to a power loss
 only replays reports, which the master takes as repeats. A torn last frame ends its segment's
-reading (new appends go to a new segment), with a warning.
+reading (new appends go to a new segment), with a warning. A frame before the end of its segment
+whose payload fails its CRC (a flipped bit) or does not decode is skipped alone, with a warning
+that counts them: it still counts as one of the segment's frames (`.done` counts frames), taken
+along with the reports around it, and the segment is kept as `<n>.outbox.bad` once taken.
 
 Error handling: a failed append (a full disk) raises OSError and leaves no part of its frame
 behind; the caller keeps that report in memory only. A `.done` write that fails is retried at the
@@ -42,7 +45,7 @@ import re
 import shutil
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -73,9 +76,26 @@ class OutboxSync(NamedTuple):
 class _Segment:
     number: int
     path: Path
-    frames: int  # whole, readable frames
+    frames: int  # whole frames, lost ones (skipped as unreadable) too
     size: int  # the end of the last of them
     done: int = 0  # of its first frames, taken by the master (its .done file)
+    lost: set[int] = field(default_factory=set)  # frames past `done` skipped as unreadable
+    bad: bool = False  # a frame was unreadable: kept as .bad once taken, not deleted
+
+    def take(self, reports: int) -> int:
+        """Count up to `reports` more frames as taken, and the lost ones among and after them;
+        returns the reports counted."""
+        taken = 0
+        while taken < reports and self.done < self.frames:
+            taken += self.done not in self.lost
+            self.done += 1
+        while self.done in self.lost:  # no report to wait for: taken with what precedes it
+            self.done += 1
+        return taken
+
+    @property
+    def pending(self) -> int:
+        return self.frames - self.done - sum(1 for n in self.lost if n >= self.done)
 
 
 class ReportOutbox:
@@ -98,7 +118,7 @@ class ReportOutbox:
     @property
     def pending(self) -> int:
         """Reports appended and not consumed."""
-        return sum(s.frames - s.done for s in self._segments)
+        return sum(s.pending for s in self._segments)
 
     def open(self) -> list[CommitReport]:
         """Take up what a previous run left; returns its reports not taken yet, in order.
@@ -115,7 +135,7 @@ class ReportOutbox:
                 continue
             segment = _read(path, out)
             self._next = segment.number + 1
-            if segment.done < segment.frames:
+            if segment.pending:
                 self._segments.append(segment)
             else:
                 _remove(segment)
@@ -157,10 +177,9 @@ class ReportOutbox:
         segments = self._segments
         while frames > 0 and segments:
             head = segments[0]
-            step = min(frames, head.frames - head.done)
-            head.done += step
-            frames -= step
-            self._unsaved = self._unsaved or step > 0
+            before = head.done
+            frames -= head.take(frames)
+            self._unsaved = self._unsaved or head.done > before
             if head.done < head.frames:
                 break
             if len(segments) == 1 and head.size < self.segment_bytes:
@@ -261,7 +280,11 @@ def _read(path: Path, out: list[CommitReport]) -> _Segment:
     offset = 0
     while offset < len(data):
         report, end = _frame_at(data, offset)
-        if report is None:
+        if report is None and end < len(data):  # a bad frame, not the last: skip it alone
+            segment.bad = True
+            if segment.frames >= segment.done:
+                segment.lost.add(segment.frames)
+        elif report is None:
             logger.warning(
                 "report outbox: %s: unreadable frame at byte %s of %s (a torn last frame: the "
                 "agent stopped while writing it); the rest of this segment is ignored",
@@ -270,11 +293,19 @@ def _read(path: Path, out: list[CommitReport]) -> _Segment:
                 len(data),
             )
             break
-        if segment.frames >= segment.done:
+        elif segment.frames >= segment.done:
             out.append(report)
         segment.frames += 1
         offset = segment.size = end
     segment.done = min(segment.done, segment.frames)
+    segment.take(0)  # lost frames first: taken already
+    if segment.lost:
+        logger.warning(
+            "report outbox: %s: %s frames fail their CRC or cannot be decoded; their reports "
+            "are lost (skipped; the file is kept as .bad)",
+            path,
+            len(segment.lost),
+        )
     return segment
 
 
@@ -317,7 +348,10 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
 
 
 def _remove(segment: _Segment) -> None:
-    segment.path.unlink(missing_ok=True)
+    if segment.bad:  # kept for the operator, out of the way of `open()`
+        segment.path.replace(segment.path.with_name(segment.path.name + ".bad"))
+    else:
+        segment.path.unlink(missing_ok=True)
     segment.path.with_suffix(".done").unlink(missing_ok=True)
 
 

@@ -1,8 +1,10 @@
 """What the master believes of an agent's control link (a mixin of ControlServer,
-master/control.py): a message about a mapping only from a node with its part in it (`_believed`;
-the rest counted in `refused`, logged, a forged report an `alarm` event), the journal heads a
-source reports with its figures (`_take_heads`), and a word in the log on a node whose
-certificate runs out soon (`warn_if_expiring`). `AgentLink` is one link's state."""
+master/control.py): a message about a mapping only from a node with its part in it, and a commit
+report only with byte figures the job log can hold (`_believed`; the rest counted in `refused`,
+logged, a forged report an `alarm` event) and its route only if it names servers, the source
+first (`_route_believed`), the journal heads a source reports with its figures
+(`_take_heads`), and a word in the log on a node whose certificate runs out soon
+(`warn_if_expiring`). `AgentLink` is one link's state."""
 
 from __future__ import annotations
 
@@ -14,12 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
+import msgspec
 
 from relaysync.auth.validity import EXPIRY_WARNING_S, REJOIN_AGENT, format_time
 from relaysync.errors import StoreError
+from relaysync.master._report_bounds import out_of_bounds
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.mapping_members import MappingMembers
 from relaysync.master.report_acks import ReportAcks
+from relaysync.master.route_names import RouteNames
 from relaysync.master.store.store import Store
 from relaysync.master.store.types import ServerInfo
 from relaysync.protocol.framing import FramedStream
@@ -77,6 +82,7 @@ class ControlTrust:
     store: Store
     links: dict[str, AgentLink]
     _members: MappingMembers
+    _route_names: RouteNames
     _heads_slots: dict[str, tuple[AgentLink, dict[int, int]]]  # the newest heads, by node id
     _heads_due: anyio.Event  # set when a slot is filled
     _heads_writer: anyio.CancelScope | None  # `_write_heads`' own while it runs: a stop cancels it
@@ -187,6 +193,9 @@ class ControlTrust:
                         alarm=True,
                     )
                     return False
+                if (why := out_of_bounds(message)) is not None:
+                    self._refuse(link, "commit_report_bounds", message.mapping_id, why)
+                    return False
                 kind = "commit_report"
                 ok = await self._members.allow(
                     message.mapping_id,
@@ -212,6 +221,18 @@ class ControlTrust:
                 link, kind, message.mapping_id, f"a {type(message).__name__} it has no part in"
             )
         return ok
+
+    async def _route_believed(self, link: AgentLink, report: CommitReport) -> CommitReport:
+        """`report`, without its route (unknown, as from an agent that does not say: not
+        "direct") if that does not name servers, the mapping's source first; counted and
+        logged, not refused: a relay removed or renamed since the report was made (it waited
+        in the agent's outbox) must not cost an honest report its commits."""
+        why = await self._route_names.fault(report)
+        if why is None:
+            return report
+        what = f"the route of a commit report, {why} (the report is kept without it)"
+        self._refuse(link, "commit_report_route", report.mapping_id, what)
+        return msgspec.structs.replace(report, route=())
 
     def _refuse(
         self, link: AgentLink, kind: str, mapping_id: int, what: str, *, alarm: bool = False

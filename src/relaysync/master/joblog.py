@@ -15,12 +15,13 @@ write hangs too. A previous run's spool is written first; on stop (`stop`, or a 
 queue is written unless the store is failing, and what is left in memory goes to the spool (the
 queue in front), so nothing is lost. Watermarks, events and subscribers see every report at once.
 
-Error handling: a batch that fails goes back in front of the queue and is retried with the next
-flush; after MAX_BATCH_ATTEMPTS failures in a row it is written in pieces (halves, down to single
-reports, then single records), so that a record the store refuses for what it holds is dropped
-alone, with an error naming it, and every other agent's commits are written. The store itself
-failing (down, locked, disk full: `store_unavailable`) drops nothing: what is left is retried as
-it is. Any exception counts as a failure (a bug is logged with its traceback): the writer's task
+Error handling: a batch the store itself fails (down, locked, disk full: `store_unavailable`)
+goes back in front of the queue and is retried as it is with the next flush, dropping nothing.
+Any other failure is the data's (a value the store refuses) or a bug, which a retry of the same
+batch meets again: the batch is written in pieces at once (halves, down to single reports, then
+single records), so that a record the store refuses for what it holds is dropped alone, with an
+error naming it, and every other agent's commits are written without waiting (three flushes of
+retries held them all). Any exception counts (a bug is logged with its traceback): the writer's task
 never ends but by cancellation, which would end the master's task group with it. A spool that
 cannot be written (a full disk) is logged as an error and its reports stay in memory, over the
 bound, rather than be lost.
@@ -49,9 +50,6 @@ from relaysync.protocol.messages import CommitReport
 logger = logging.getLogger(__name__)
 
 FLUSH_RECORDS = 5_000  # flush early when this many records are waiting
-# Flushes in a row a batch may fail (JOB_LOG_FLUSH_INTERVAL_S apart) before it is written in
-# pieces: a lock or a restart of the database passes within them, a value it refuses does not.
-MAX_BATCH_ATTEMPTS = 3
 # Records in memory while the store is behind, the rest on disk. A decoded record is 0.5-0.9 KB
 # (tracemalloc: reports of 100 records, of 1), so 100-170 MB; 10 M records (a 10-minute outage,
 # 1,000 changes/s to 16 targets) were 5-9 GB. On disk a record takes 210-450 bytes.
@@ -272,8 +270,8 @@ class JobLogWriter(WritingInPieces):
         try:
             await self._write(batch)
         except Exception as exc:
-            self._failures += 1
-            if self._failures < MAX_BATCH_ATTEMPTS or store_unavailable(exc):
+            if store_unavailable(exc):  # the same batch will do once the database is back
+                self._failures += 1
                 log_failure(
                     exc, "job log write failed (%s in a row), will retry: %s", self._failures
                 )

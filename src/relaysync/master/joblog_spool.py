@@ -15,9 +15,11 @@ Error handling: every append is fdatasynced (and a new segment's directory entry
 `close()` and `prepend()`: a report in the spool is acknowledged to its agent, which then forgets
 it, so it must outlive a power loss too, not only a kill (one fdatasync per append of about
 FLUSH_RECORDS records, and only while the store is down). A crash mid-append leaves at most a torn
-last frame: `open()` cuts it off with a warning. A frame that cannot be read before the end of its
-segment (a disk error) ends what is read of that segment; the file is kept as `<n>.spool.bad` for
-the operator instead of being deleted, with a warning, and reading goes on with the next segment. A
+last frame: `open()` cuts it off with a warning. A frame before the end of its segment whose
+payload fails its CRC (a flipped bit) is skipped alone, its records counted in `lost_records` (one
+if its header's count is implausible), and reading goes on with the next frame; a frame whose
+header is unreadable (its length implausible) ends what is read of that segment. Either way the
+file is kept as `<n>.spool.bad` for the operator instead of being deleted, with a warning. A
 frame whose report cannot be decoded is skipped the same way (counted in `lost_records`). A failed
 append (a full disk) raises OSError and leaves nothing of its batch on disk. A crash between a
 store write and `release()` reads at most that one batch again: the store takes a repeated report
@@ -30,6 +32,7 @@ drained, or `close()`. Not thread-safe: one call at a time (the writer holds a l
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import re
@@ -201,25 +204,32 @@ class JobLogSpool:
         return records
 
     def _read_frame(self, f: BinaryIO, segment: _Segment, out: list[CommitReport]) -> int:
-        """Read the frame at `segment.read_to` into `out`; returns its records."""
-        length, count, _crc = _HEADER.unpack(f.read(_HEADER.size))
+        """Read the frame at `segment.read_to` into `out`; returns its records (0 if lost)."""
+        length, count, crc = _HEADER.unpack(f.read(_HEADER.size))
         payload = f.read(length)
+        end = segment.read_to + _HEADER.size + length
+        if zlib.crc32(payload) != crc:  # a bad bit may still decode, as another report
+            return self._lose(segment, end, _frame_records(count, length), "fails its CRC")
         try:
             out.append(_DECODER.decode(payload))
         except msgspec.DecodeError as exc:
-            logger.warning(
-                "job log spool: %s: a frame at byte %s cannot be decoded, its %s records are "
-                "lost (the file is kept as .bad): %s",
-                segment.path,
-                segment.read_to,
-                count,
-                exc,
-            )
-            segment.bad = True
-            self.lost_records += count
-            self._consume(segment, segment.read_to + _HEADER.size + length, count)
-            return 0
-        return self._consume(segment, segment.read_to + _HEADER.size + length, count)
+            return self._lose(segment, end, count, f"cannot be decoded: {exc}")
+        return self._consume(segment, end, count)
+
+    def _lose(self, segment: _Segment, end: int, records: int, why: str) -> int:
+        """Skip the frame at `segment.read_to`, up to `end`, as lost; returns 0."""
+        logger.warning(
+            "job log spool: %s: the frame at byte %s %s; its %s records are lost (skipped, "
+            "the file is kept as .bad)",
+            segment.path,
+            segment.read_to,
+            why,
+            records,
+        )
+        segment.bad = True
+        self.lost_records += records
+        self._consume(segment, end, records)
+        return 0
 
     def _consume(self, segment: _Segment, to: int, records: int) -> int:
         segment.read_to = to
@@ -331,19 +341,23 @@ def _save_offset(segment: _Segment) -> None:
 
 def _scan(path: Path, number: int, start: int) -> _Segment:
     """Segment `path`, to be read from `start`, up to the end of its last whole frame: a torn
-    last frame is cut off, a bad frame before the end ends it (the segment is marked bad)."""
+    last frame is cut off, a frame failing its CRC before the end is kept, to be skipped as
+    lost when read, and an unreadable header ends it (the segment is marked bad either way)."""
     size = path.stat().st_size
     offset = 0
     records = 0  # from `start` on
     boundaries = {0}
+    skipped = [0, 0]  # frames failing their CRC from `start` on, and their records
     with path.open("rb") as f:
         while offset < size:
-            end, count, whole = _frame_at(f, offset, size)
-            if not whole:
-                break
+            end, count, state = _frame_at(f, offset, size)
+            if state is not _Frame.WHOLE and (state is _Frame.BROKEN or end == size):
+                break  # only a torn last frame may fail its CRC: cut off below
             offset = end
             boundaries.add(end)
             records += count if end > start else 0
+            if state is _Frame.CRC_FAILED and end > start:
+                skipped = [skipped[0] + 1, skipped[1] + count]
         if start not in boundaries:  # never written so: read it all again rather than lose any
             logger.warning(
                 "job log spool: %s: saved offset %s is not a frame's, reading from the start",
@@ -352,31 +366,53 @@ def _scan(path: Path, number: int, start: int) -> _Segment:
             )
             return _scan(path, number, 0)
         segment = _Segment(number, path, offset, records, start=start, read_to=start)
+        if skipped[0]:
+            logger.warning(
+                "job log spool: %s: %s frames fail their CRC, their %s records will be "
+                "skipped as lost; the file is kept as .bad",
+                path,
+                *skipped,
+            )
+            segment.bad = True
         if offset < size:
             _cut_or_keep(f, segment, size)
     return segment
 
 
-def _frame_at(f: BinaryIO, offset: int, size: int) -> tuple[int, int, bool]:
-    """The frame at `offset`: its end and records as its header says, and whether it is whole
-    and intact."""
+class _Frame(enum.Enum):
+    WHOLE = "whole"
+    CRC_FAILED = "crc failed"  # its length plausible and all of it there: skippable
+    BROKEN = "broken"  # its header unreadable, or past the end: nothing after it can be found
+
+
+def _frame_at(f: BinaryIO, offset: int, size: int) -> tuple[int, int, _Frame]:
+    """The frame at `offset`: its end and records as its header says (as `_frame_records`
+    for one failing its CRC), and its state."""
     header = f.read(_HEADER.size)
     if len(header) < _HEADER.size:
-        return size, 0, False
+        return size, 0, _Frame.BROKEN
     length, records, crc = _HEADER.unpack(header)
     end = offset + _HEADER.size + length
     if not 0 < length <= MAX_FRAME_BYTES or end > size:
-        return end, records, False
-    return end, records, zlib.crc32(f.read(length)) == crc
+        return end, records, _Frame.BROKEN
+    if zlib.crc32(f.read(length)) != crc:
+        return end, _frame_records(records, length), _Frame.CRC_FAILED
+    return end, records, _Frame.WHOLE
+
+
+def _frame_records(records: int, length: int) -> int:
+    """The records of a frame failing its CRC: its header's count, or one if that is
+    implausible (the flipped bit may be in the count; a record encodes to more than a byte)."""
+    return records if 0 < records <= length else 1
 
 
 def _cut_or_keep(f: BinaryIO, segment: _Segment, size: int) -> None:
     """What follows `segment`'s last whole frame: a torn last frame (longer than what remains,
     or bad and last, or zeros to the end) is cut off; anything else marks the segment bad."""
     f.seek(segment.size)
-    end, _records, _whole = _frame_at(f, segment.size, size)
+    end, _records, _state = _frame_at(f, segment.size, size)
     f.seek(segment.size)
-    if end >= size or not f.read().strip(b"\0"):
+    if not segment.bad and (end >= size or not f.read().strip(b"\0")):
         logger.warning(
             "job log spool: %s: cut off a torn last frame at byte %s (%s bytes; the master "
             "stopped while writing it)",

@@ -93,6 +93,35 @@ def test_a_torn_last_frame_is_ignored_and_what_precedes_it_replayed(
     assert _opened(tmp_path)[1] == [0, 1, 3]
 
 
+def test_a_frame_failing_its_crc_is_skipped_alone_and_taken_with_its_neighbours(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flipped bit in two reports mid-segment: only those two are lost (the rest of the
+    segment was, with a warning blaming a torn last frame). `.done` counts frames, so a lost
+    frame is taken along with the reports around it and a restart replays exactly the rest."""
+    box, _ = _opened(tmp_path, segment_bytes=1 << 20)  # one segment
+    for n in range(6):
+        box.append(_report(n))
+    (segment,) = _segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    for n in (1, 3):  # a bit of the path in the 2nd and 4th reports ("e" -> "d")
+        data[data.index(f"dir/file-{n}.html".encode()) + 7] ^= 0x01
+    segment.write_bytes(bytes(data))
+    again, replayed = _opened(tmp_path)
+    assert replayed == [0, 2, 4, 5]
+    assert "2 frames fail their CRC" in caplog.text and "torn" not in caplog.text
+    assert again.pending == 4
+    again.consume(2)  # reports 0 and 2: frames 0 to 3
+    assert again.pending == 2
+    third, replayed = _opened(tmp_path)
+    assert replayed == [4, 5]
+    third.append(_report(6))  # a new segment: the old one can go once taken
+    third.consume(2)
+    assert third.pending == 1
+    assert _opened(tmp_path)[1] == [6]
+    assert (segment.parent / (segment.name + ".bad")).exists()
+
+
 def test_a_torn_count_of_taken_reports_replays_them_rather_than_losing_any(
     tmp_path: Path,
 ) -> None:

@@ -127,11 +127,14 @@ def test_a_zero_filled_tail_is_cut_off(tmp_path: Path, caplog: pytest.LogCapture
     assert _drain(again) == [0, 1]
 
 
-def test_a_bad_frame_in_the_middle_keeps_the_segment_as_bad_and_goes_on(
+def test_a_frame_failing_its_crc_is_skipped_alone_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A disk error inside a segment: what precedes it and every later segment are read, and
-    the segment is kept for the operator instead of being deleted."""
+    """A flipped bit in one acknowledged report: only that report is lost (counted, and said in
+    the warning); every later frame of its segment and every later segment is read, and the
+    segment is kept for the operator instead of being deleted. The bit is in a path, so the
+    payload still decodes: the CRC, not the decoder, must catch it. (The whole rest of the
+    segment was lost, uncounted.)"""
     spool = _spool(tmp_path / "spool")
     for n in range(12):
         spool.append([_report(n)])
@@ -139,12 +142,57 @@ def test_a_bad_frame_in_the_middle_keeps_the_segment_as_bad_and_goes_on(
     first = _segments(tmp_path / "spool")[0]
     frames = _frames(first)
     assert len(frames) >= 3
-    _rewrite(first, frames[1][0] + HEADER.size + 5, b"\xff")  # the 2nd report's payload
+    data = first.read_bytes()
+    at = data.index(b"file-1-2", frames[1][0])
+    _rewrite(first, at, b"fild")  # the 2nd report's payload, a bit flipped in a path
+    caplog.clear()
+    again = _spool(tmp_path / "spool")
+    assert "1 frames fail their CRC, their 3 records" in caplog.text
+    assert again.records == 12 * 3
+    assert _drain(again) == [0, *range(2, 12)]
+    assert again.lost_records == 3 and again.records == 0
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [first.name + ".bad"]
+
+
+def test_an_unreadable_header_in_the_middle_ends_its_segment_which_is_kept_as_bad(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame whose length cannot be believed: nothing after it can be found, so what precedes
+    it and every later segment are read, and the segment is kept, not cut as a torn tail."""
+    spool = _spool(tmp_path / "spool")
+    for n in range(12):
+        spool.append([_report(n)])
+    spool.close()
+    first = _segments(tmp_path / "spool")[0]
+    frames = _frames(first)
+    size = first.stat().st_size
+    _rewrite(first, frames[1][0], HEADER.pack(0, 3, 0))  # the 2nd report's length: zero
     caplog.clear()
     again = _spool(tmp_path / "spool")
     assert "unreadable frame" in caplog.text
     assert _drain(again) == [0, *range(len(frames), 12)]
     assert [p.name for p in (tmp_path / "spool").iterdir()] == [first.name + ".bad"]
+    assert (tmp_path / "spool" / (first.name + ".bad")).stat().st_size == size
+
+
+def test_a_torn_tail_after_a_skipped_frame_is_kept_not_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segment with a frame failing its CRC is evidence: a bad last frame after it is not
+    cut off (the .bad file keeps every byte), and the frames between are read."""
+    spool = _spool(tmp_path / "spool")
+    spool.append([_report(n) for n in range(4)])
+    spool.close()
+    (segment,) = _segments(tmp_path / "spool")
+    frames = _frames(segment)
+    size = segment.stat().st_size
+    _rewrite(segment, frames[1][0] + HEADER.size + 5, b"\xff")
+    _rewrite(segment, frames[3][0] + HEADER.size + 5, b"\xff")
+    again = _spool(tmp_path / "spool")
+    assert _drain(again) == [0, 2]
+    assert again.lost_records == 3
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [segment.name + ".bad"]
+    assert (tmp_path / "spool" / (segment.name + ".bad")).stat().st_size == size
 
 
 def test_an_undecodable_frame_is_skipped_alone_and_counted(
