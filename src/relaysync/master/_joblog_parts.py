@@ -1,14 +1,19 @@
-"""Parts of the job-log writer (master/joblog.py): a run of its spool, its failure logging, and
-the split of a piece of a batch the store keeps refusing."""
+"""Parts of the job-log writer (master/joblog.py): a run of its spool, its subscribers, its
+failure logging, the N:M conflicts of a batch, and the split of a piece of a batch the store
+keeps refusing."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import anyio
 import msgspec
 
 from relaysync.errors import StoreError
+from relaysync.master.events import EventBus, EventType
+from relaysync.master.store.store import Store
 from relaysync.protocol.messages import CommitReport
 
 logger = logging.getLogger("relaysync.master.joblog")  # the writer's own messages
@@ -24,6 +29,22 @@ class Spooling:
     failing: bool = False  # the last append failed (logged once)
 
 
+@dataclass
+class Subscribers:
+    """The callbacks told of every commit report: as it arrives, and again as it is read back
+    from the spool of a previous run (that run told its own subscribers, and what they made of
+    it, a purge not yet queued, died with it)."""
+
+    callbacks: list[Callable[[CommitReport], None]] = field(default_factory=list)
+
+    def tell(self, report: CommitReport) -> None:
+        for callback in self.callbacks:
+            try:
+                callback(report)
+            except Exception:  # a subscriber's bug must not lose the job log
+                logger.exception("commit report subscriber failed")
+
+
 def log_failure(exc: Exception, message: str, *args: object) -> None:
     """A store failure as a warning; anything else (a bug) with its traceback."""
     expected = isinstance(exc, StoreError)
@@ -34,6 +55,29 @@ def log_spool_failure(level: int, exc: Exception, message: str, *args: object) -
     """A disk failure (OSError) as it is; anything else (a bug) with its traceback."""
     expected = isinstance(exc, OSError)
     logger.log(level, message, *args, exc if expected else repr(exc), exc_info=not expected)
+
+
+async def record_conflicts(store: Store, events: EventBus, batch: list[CommitReport]) -> None:
+    """Keep the N:M jobs' conflicts with their job and publish each (after the job log write);
+    logs its own failures, never raises."""
+    try:
+        conflicts = await anyio.to_thread.run_sync(store.nm_jobs.record_conflicts, batch)
+    except Exception as exc:  # the change rows are written; only the conflict list misses these
+        log_failure(exc, "conflict log write failed: %s")
+        return
+    for c in conflicts:
+        events.publish(
+            EventType.CONFLICT,
+            job=c.job,
+            job_id=c.job_id,
+            mapping_id=c.mapping_id,
+            target=c.target_node,
+            path=c.path,
+            op=c.op,
+            reason=c.reason,
+            winner=c.winner_node,
+            loser=c.loser_node,
+        )
 
 
 def halves(piece: list[CommitReport]) -> list[list[CommitReport]] | None:

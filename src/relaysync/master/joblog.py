@@ -13,7 +13,9 @@ master/report_acks.py) while the store is down. The spool is written in batches 
 FLUSH_RECORDS. A task of its own moves reports to disk, so memory stays bounded while a store
 write hangs too. A previous run's spool is written first; on stop (`stop`, or a cancel), the
 queue is written unless the store is failing, and what is left in memory goes to the spool (the
-queue in front), so nothing is lost. Watermarks, events and subscribers see every report at once.
+queue in front), so nothing is lost. Watermarks, events and subscribers see every report at once;
+subscribers see a previous run's spooled reports again as they are read back (after the purger's
+start: master/service.py), since the purge that run released for them may not have been queued.
 
 Error handling: a batch the store itself fails (down, locked, disk full: `store_unavailable`)
 goes back in front of the queue and is retried as it is with the next flush, dropping nothing.
@@ -38,7 +40,14 @@ from pathlib import Path
 import anyio
 
 from relaysync.constants import JOB_LOG_FLUSH_INTERVAL_S
-from relaysync.master._joblog_parts import Spooling, first_records, log_failure, log_spool_failure
+from relaysync.master._joblog_parts import (
+    Spooling,
+    Subscribers,
+    first_records,
+    log_failure,
+    log_spool_failure,
+    record_conflicts,
+)
 from relaysync.master._joblog_pieces import WritingInPieces
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog_spool import JobLogSpool
@@ -82,7 +91,7 @@ class JobLogWriter(WritingInPieces):
         self.written_reports = 0
         self.dropped_records = 0  # refused by the store for what they hold (logged as errors)
         self._failures = 0  # flushes in a row the batch at the head of the queue failed
-        self._subscribers: list[Callable[[CommitReport], None]] = []
+        self._subscribers = Subscribers()
         self._spool = JobLogSpool(spool_dir) if spool_dir is not None else None
         self.max_queued_records = max_queued_records
         self._spooling: Spooling | None = None  # from the bound passed until the spool is drained
@@ -110,8 +119,9 @@ class JobLogWriter(WritingInPieces):
 
     def subscribe(self, callback: Callable[[CommitReport], None]) -> None:
         """Call `callback(report)` with every commit report as it arrives (on the loop's thread;
-        it must not block: the purger needs commits within milliseconds, not per flush)."""
-        self._subscribers.append(callback)
+        it must not block: the purger needs commits within milliseconds, not per flush), and
+        with those a previous run spooled, as they are read back from the spool."""
+        self._subscribers.callbacks.append(callback)
 
     def add(self, report: CommitReport, *, taken: Callable[[], None] | None = None) -> None:
         """Queue a report; `taken()` is called once it is in the store or the spool (it then
@@ -132,11 +142,7 @@ class JobLogWriter(WritingInPieces):
                     path=record.path,
                     error=record.error,
                 )
-        for callback in self._subscribers:
-            try:
-                callback(report)
-            except Exception:  # a subscriber's bug must not lose the job log
-                logger.exception("commit report subscriber failed")
+        self._subscribers.tell(report)
         self._enqueue(report)
 
     def _enqueue(self, report: CommitReport) -> None:
@@ -374,10 +380,11 @@ class JobLogWriter(WritingInPieces):
         holds one batch of it); once it is empty, what could not go to disk."""
         assert self._spool is not None
         await self._spool_tail()
+        earlier: list[CommitReport] = []  # spooled by a previous run: its subscribers' work died
         async with self._spool_lock:
             try:
                 with anyio.CancelScope(shield=True):
-                    batch = await anyio.to_thread.run_sync(self._spool.read, FLUSH_RECORDS)
+                    batch = await anyio.to_thread.run_sync(self._spool.read, FLUSH_RECORDS, earlier)
             except Exception as exc:  # read errors are the spool's to handle: a bug
                 logger.error(
                     "job log: reading the spool failed, will retry: %r", exc, exc_info=True
@@ -389,6 +396,8 @@ class JobLogWriter(WritingInPieces):
                 batch, self._tail, self._tail_records = self._tail, [], 0
             self._queue.extend(batch)
             self._queued_records += sum(len(r.records) for r in batch)
+        for report in earlier:
+            self._subscribers.tell(report)
         self._end_spooling_if_drained()
 
     async def _release(self) -> None:
@@ -465,30 +474,9 @@ class JobLogWriter(WritingInPieces):
         # before, a kill in between lost those for good (the agent had forgotten the report).
         with anyio.CancelScope(shield=True):
             if any(rec.conflict for report in reports for rec in report.records):
-                await self._record_conflicts(reports)  # logs its own failures, never raises
+                await record_conflicts(self.store, self.events, reports)  # never raises
             self._receipts.taken(reports)
 
     def _requeue(self, reports: Sequence[CommitReport]) -> None:
         self._queue.extendleft(reversed(reports))
         self._queued_records += sum(len(r.records) for r in reports)
-
-    async def _record_conflicts(self, batch: list[CommitReport]) -> None:
-        """Keep the N:M jobs' conflicts with their job and publish each (after the job log write)."""
-        try:
-            conflicts = await anyio.to_thread.run_sync(self.store.nm_jobs.record_conflicts, batch)
-        except Exception as exc:  # the change rows are written; only the conflict list misses these
-            log_failure(exc, "conflict log write failed: %s")
-            return
-        for c in conflicts:
-            self.events.publish(
-                EventType.CONFLICT,
-                job=c.job,
-                job_id=c.job_id,
-                mapping_id=c.mapping_id,
-                target=c.target_node,
-                path=c.path,
-                op=c.op,
-                reason=c.reason,
-                winner=c.winner_node,
-                loser=c.loser_node,
-            )

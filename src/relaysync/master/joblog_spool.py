@@ -69,6 +69,7 @@ class _Segment:
     start: int = 0  # the first byte not yet in the store (its .offset file)
     read_to: int = 0  # the first byte not yet read back: start <= read_to <= size
     bad: bool = False  # a frame could not be read: kept as .bad once read, not deleted
+    earlier: bool = False  # left by a previous run (open() found it)
 
     @property
     def offset_path(self) -> Path:
@@ -102,6 +103,7 @@ class JobLogSpool:
                 continue
             segment = _scan(path, int(path.stem, 16), _saved_offset(path))
             if segment.read_to < segment.size:
+                segment.earlier = True
                 self._segments.append(segment)
                 self.records += segment.records
             else:
@@ -165,16 +167,22 @@ class JobLogSpool:
         self._segments.insert(0, _Segment(number, path, len(data), records))
         self.records += records
 
-    def read(self, max_records: int) -> list[CommitReport]:
+    def read(
+        self, max_records: int, earlier: list[CommitReport] | None = None
+    ) -> list[CommitReport]:
         """The next reports after those read already: whole reports, at least one if any is
-        left, and no more once `max_records` records are reached. `release()` them once written."""
+        left, and no more once `max_records` records are reached. `release()` them once written.
+        Those a previous run spooled (found by `open()`) are appended to `earlier` too."""
         out: list[CommitReport] = []
         wanted = max_records
         for segment in self._segments:
             if wanted <= 0:
                 break
             if segment.read_to < segment.size:
+                first = len(out)
                 wanted -= self._read_segment(segment, wanted, out)
+                if segment.earlier and earlier is not None:
+                    earlier.extend(out[first:])
         if not out and self._read_records:  # only lost records were left: nothing to write
             self.release()
         return out

@@ -88,6 +88,21 @@ def test_appends_after_a_restart_go_after_what_was_left(tmp_path: Path) -> None:
     assert _drain(again) == list(range(9))
 
 
+def test_reads_name_the_reports_a_previous_run_spooled(tmp_path: Path) -> None:
+    """The writer tells its subscribers of those again: that run's purger lost what it made of
+    them. Reports this run appends or prepends are not named (its subscribers saw them)."""
+    spool = _spool(tmp_path / "spool")
+    spool.append([_report(n) for n in range(6)])
+    spool.read(6)  # 0, 1 read, then the master is killed before they are written
+    again = _spool(tmp_path / "spool")
+    again.append([_report(n) for n in range(6, 9)])
+    again.prepend([_report(n) for n in range(9, 11)])
+    earlier: list[CommitReport] = []
+    read = again.read(100, earlier)
+    assert [r.watermark // 3 - 1 for r in read] == [9, 10, *range(9)]
+    assert [r.watermark // 3 - 1 for r in earlier] == list(range(6))
+
+
 def test_prepend_goes_before_everything_spooled(tmp_path: Path) -> None:
     """A stopping writer's memory queue is older than its spool: it is read first, next run."""
     spool = _spool(tmp_path / "spool")
