@@ -282,8 +282,10 @@ def test_servers_are_removed_so_their_name_can_join_again_and_revoked(tmp_path: 
         assert join_status(cluster, cluster.join_token, "web-2") == 409  # listed until removed
         assert cli(cluster, "server", "remove", "web-2").returncode == 0
         assert join_status(cluster, cluster.join_token, "web-2") == 200
-        unknown = cli(cluster, "server", "remove", "no/such")  # one path segment, not a route
+        unknown = cli(cluster, "server", "remove", "no-such")
         assert unknown.returncode == 15 and "not found" in unknown.stderr.lower()
+        slash = cli(cluster, "server", "remove", "no/such")  # no server name has one: refused
+        assert slash.returncode == 2 and "(no '/')" in slash.stderr, slash.stderr
     finally:
         cluster.stop()
 
