@@ -90,8 +90,13 @@ class ReportQueue:
         self.unacked.clear()
         self.acked = 0
 
+    @property
+    def pending(self) -> int:
+        """Reports the master has not taken yet, sent or not."""
+        return len(self.unsent) + len(self.unacked)
+
     def _push(self, item: Queued) -> None:
-        if len(self.unsent) + len(self.unacked) >= MAX_QUEUED_REPORTS:
+        if self.pending >= MAX_QUEUED_REPORTS:
             self._drop_oldest()
         self.unsent.append(item)
 

@@ -407,6 +407,12 @@ class AgentService(SourceRole, TargetRole):
             sample("peer_bytes_sent", sum(link.bytes_sent for link in links)),
             sample("master_link_connected", bool(self.link and self.link.connected)),
         ]
+        if self.link is not None:
+            # commit reports the master has not taken (it is down: they wait, on disk), and
+            # those dropped past the queue's bound (their records miss in the job log and in
+            # the purges): were only in this agent's log
+            out.append(sample("commit_reports_pending", self.link.reports.pending))
+            out.append(sample("commit_reports_dropped", self.link.reports.dropped))
         if self._cert_pem:  # an operator's threshold (cert_expires_in_s < 2592000) alerts ahead
             out.append(sample("cert_expires_in_s", seconds_left(self._cert_pem)))
         for refused in self.refused_sources.values():  # its folder refused by agent/guard.py
