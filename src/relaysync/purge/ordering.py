@@ -1,7 +1,7 @@
 """Commit ordering: a change is released for purging once every origin of the site that is up
 has committed it (DESIGN.md: caches are refreshed only after the origins they fetch from commit).
 
-Per change, keyed by (site, mapping, source, seq), the tracker keeps which origins reported the
+Per change, keyed by (site, mapping, source, seq, path), the tracker keeps which origins reported the
 change committed. An origin that is not up does not hold the others back; when it later reports
 a change that was released without it (journal replay after it returns), the change is released
 again, so that a cache that fetched from it meanwhile is refreshed once more. Catch-up work
@@ -13,9 +13,11 @@ source whose journal was recreated counts from 1 again. The journal is not in th
 agent names none (""), and during a rolling upgrade one origin of a site reports a change with
 its journal and another without (or an outbox written before the upgrade does), which must
 still meet under one key. So each entry keeps the journal it was reported in, "" matches any
-journal, and only two different named journals mean a different change at a reused seq: the
-earlier one is then forgotten (released at once if still waiting) and the new one tracked
-afresh. What the origins report a delete, rename or erase removed (the path's kind, the files
+journal, and only two different named journals mean a different change at a reused seq and path:
+the earlier one is then forgotten (released at once if still waiting) and the new one tracked
+afresh. The path is in the key: a recreated journal's change at a seq still remembered from
+older agents' reports (journal "") is another file's, which is neither taken for the released
+one (never purged) nor releases a waiting one early (before its origins committed it). What the origins report a delete, rename or erase removed (the path's kind, the files
 under it) is merged over them.
 """
 
@@ -33,7 +35,10 @@ logger = logging.getLogger(__name__)
 HOLD_MAX_S = 30.0  # an origin that is up but never commits (failing) holds a change this long
 REMEMBER_RELEASED = 100_000  # released changes remembered for origins that catch up later
 
-Key = tuple[int, int, str, int]  # (site id, mapping id, source node, seq)
+# (site id, mapping id, source node, seq, path): the path too, since a seq names a change only
+# within its source's journal and an older agent's report does not name it ("" is taken for any
+# journal, `same_change`): a recreated journal's change at a remembered seq is another path's
+Key = tuple[int, int, str, int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +153,7 @@ class CommitTracker:
             if record.seq == 0:
                 out.append(_released(site_id, record, again=True))
                 continue
-            key = (site_id, mapping_id, source, record.seq)
+            key = (site_id, mapping_id, source, record.seq, record.path)
             if self._released_before(key, target, record, journal_id, out):
                 continue
             pending = self._pending_for(key, origins, record, journal_id, now, out)

@@ -138,7 +138,8 @@ def test_an_older_agent_back_up_has_a_change_released_without_it_refreshed_again
 
 def test_another_named_journal_at_a_seq_is_another_change() -> None:
     """A recreated journal counts from 1 again: its change at a released seq is tracked
-    afresh; one at a seq still waiting releases the waiting one at once (its commits are not
+    afresh; another file's at a seq still waiting waits beside it, each for its own origins;
+    the same file's at a waiting seq releases the waiting one at once (its commits are not
     lost) and then waits for every origin itself."""
     t = CommitTracker()
     _observe(t, O1, 1, journal="j1")
@@ -146,6 +147,79 @@ def test_another_named_journal_at_a_seq_is_another_change() -> None:
     assert _observe(t, O1, 1, journal="j2", path="b.txt") == []
     assert [r.path for r in _observe(t, O2, 1, journal="j2", path="b.txt")] == ["b.txt"]
     _observe(t, O1, 2, journal="j2", path="c.txt")  # O2 has not committed it yet
-    assert [r.path for r in _observe(t, O1, 2, journal="j3", path="d.txt")] == ["c.txt"]
-    assert t.pending == 1
+    assert _observe(t, O1, 2, journal="j3", path="d.txt") == []
+    assert t.pending == 2
     assert [r.path for r in _observe(t, O2, 2, journal="j3", path="d.txt")] == ["d.txt"]
+    assert [r.path for r in _observe(t, O2, 2, journal="j2", path="c.txt")] == ["c.txt"]
+    _observe(t, O1, 3, journal="j2", path="e.txt")
+    assert [r.path for r in _observe(t, O1, 3, journal="j3", path="e.txt")] == ["e.txt"]
+    assert t.pending == 1
+    assert [r.path for r in _observe(t, O2, 3, journal="j3", path="e.txt")] == ["e.txt"]
+
+
+def test_a_recreated_journals_change_at_a_seq_released_from_older_agents_is_purged() -> None:
+    """Older agents reported seq 5 (/old.html) without a journal; upgraded, with the source's
+    journal recreated, seq 5 is /new.html: it was taken for the released change, never purged."""
+    tracker = CommitTracker()
+    states = {"A": "up", "B": "up"}
+    origins = frozenset(states)
+    old = CommitRecord(seq=5, op="write", path="/old.html")
+    new = CommitRecord(seq=5, op="write", path="/new.html")
+    for target in ("A", "B"):
+        tracker.observe(
+            site_id=1,
+            mapping_id=7,
+            origins=origins,
+            source="S",
+            target=target,
+            records=[old],
+            states=states,
+            now=0.0,
+            journal_id="",
+        )
+    out = []
+    for target in ("A", "B"):
+        out += tracker.observe(
+            site_id=1,
+            mapping_id=7,
+            origins=origins,
+            source="S",
+            target=target,
+            records=[new],
+            states=states,
+            now=1.0,
+            journal_id="J2",
+        )
+    assert [(r.path, r.again) for r in out] == [("/new.html", False)]
+
+
+def test_two_journals_changes_at_one_seq_each_wait_for_their_own_origins() -> None:
+    """The journal recreated while origin B lags: A reports the new journal's /y.html at the seq
+    of the old one's /x.html that B has not committed; neither is released before both origins
+    committed it (each released the other at once)."""
+    tracker = CommitTracker()
+    states = {"A": "up", "B": "up"}
+    origins = frozenset(states)
+    x = CommitRecord(seq=5, op="write", path="/x.html")
+    y = CommitRecord(seq=5, op="write", path="/y.html")
+    released: list[tuple[float, str]] = []
+    for target, record, journal, now in [
+        ("A", x, "J1", 0.0),
+        ("A", y, "J2", 1.0),
+        ("B", x, "J1", 2.0),
+        ("B", y, "J2", 3.0),
+    ]:
+        out = tracker.observe(
+            site_id=1,
+            mapping_id=1,
+            origins=origins,
+            source="S",
+            target=target,
+            records=[record],
+            states=states,
+            now=now,
+            journal_id=journal,
+        )
+        released += [(now, r.path) for r in out]
+    assert released == [(2.0, "/x.html"), (3.0, "/y.html")]
+    assert tracker.sweep(states, 100.0) == []
