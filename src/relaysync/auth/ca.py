@@ -55,6 +55,11 @@ def _subject(name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
 
 
+def is_node_name(name: str) -> bool:
+    """Whether `name` has the form of a node name (not whether it is reserved)."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
 def check_node_name(name: str) -> None:
     """Refuse a node name that cannot be a certificate's DNS name, or that the master goes by.
 

@@ -24,7 +24,7 @@ from relaysync.master._report_bounds import out_of_bounds
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.mapping_members import MappingMembers
 from relaysync.master.report_acks import ReportAcks
-from relaysync.master.route_names import RouteNames
+from relaysync.master.route_names import route_fault
 from relaysync.master.store.store import Store
 from relaysync.master.store.types import ServerInfo
 from relaysync.protocol.framing import FramedStream
@@ -82,7 +82,6 @@ class ControlTrust:
     store: Store
     links: dict[str, AgentLink]
     _members: MappingMembers
-    _route_names: RouteNames
     _heads_slots: dict[str, tuple[AgentLink, dict[int, int]]]  # the newest heads, by node id
     _heads_due: anyio.Event  # set when a slot is filled
     _heads_writer: anyio.CancelScope | None  # `_write_heads`' own while it runs: a stop cancels it
@@ -224,10 +223,9 @@ class ControlTrust:
 
     async def _route_believed(self, link: AgentLink, report: CommitReport) -> CommitReport:
         """`report`, without its route (unknown, as from an agent that does not say: not
-        "direct") if that does not name servers, the mapping's source first; counted and
-        logged, not refused: a relay removed or renamed since the report was made (it waited
-        in the agent's outbox) must not cost an honest report its commits."""
-        why = await self._route_names.fault(report)
+        "direct") if that is not made of node names (master/route_names.py); counted and
+        logged, not refused: the commits are the target's own."""
+        why = route_fault(report)
         if why is None:
             return report
         what = f"the route of a commit report, {why} (the report is kept without it)"

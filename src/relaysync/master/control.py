@@ -57,7 +57,6 @@ from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog import JobLogWriter
 from relaysync.master.mapping_members import MappingMembers
 from relaysync.master.report_acks import ReportAcks
-from relaysync.master.route_names import RouteNames
 from relaysync.master.router import Router
 from relaysync.master.source_failures import SourceFailures
 from relaysync.master.store.store import Store
@@ -122,7 +121,6 @@ class ControlServer(ControlSources):
         # hundreds of agents must leave threads and store connections to the job log.
         self._assigning = anyio.CapacityLimiter(ASSIGNMENTS_AT_ONCE)
         self._members = MappingMembers(store)  # whom a mapping's reports may come from
-        self._route_names = RouteNames(store)  # the servers a report's route may name
         self._stopping = False  # a graceful stop began: no new link, no more reading
         self._writer_stopped = anyio.Event()  # the job log took every report read
         self._link_ended = anyio.Event()  # set (and replaced) as each link ends
@@ -140,7 +138,6 @@ class ControlServer(ControlSources):
         The members cached for `_believed` go too (MappingMembers.forget), and so do the
         journal heads each link was last written with (a source moved: its old head deleted)."""
         self._members.forget()
-        self._route_names.forget()
         try:
             anyio.from_thread.run_sync(self._config_changed)
         except RuntimeError:

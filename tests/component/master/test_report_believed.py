@@ -1,5 +1,5 @@
 """What the master's control server believes of a commit report beyond who sends it, over a real
-store, CA and TLS: byte figures the job log can hold, and a route of servers, the source first."""
+store, CA and TLS: byte figures the job log can hold, and a route of node names."""
 
 from __future__ import annotations
 
@@ -89,11 +89,12 @@ def test_a_report_over_what_the_job_log_holds_is_refused_and_counted(fleet: Flee
     assert [(r.seq, r.size) for r in fleet.store.job_log(mapping_id=m)] == [(3, MAX_FILE_BYTES)]
 
 
-def test_a_route_is_believed_only_naming_servers_the_source_first(fleet: Fleet) -> None:
-    """A route naming no server, or not starting at the source (one name alone would mark the
-    report "direct"), was stored as it came. Such a report is kept without its route (unknown)
-    and counted, not refused: a relay removed since the report was made (it waited in the
-    agent's outbox) must not cost the report its commits."""
+def test_a_route_is_kept_only_made_of_node_names(fleet: Fleet) -> None:
+    """A route with markup or separators in a name was stored as it came (the console shows
+    it). Such a report is kept without its route (unknown) and counted, not refused. A route of
+    well-formed names is kept whether or not they are servers now: a source running under
+    another name than it joined with, or a relay removed since the report was made (it waited
+    in the agent's outbox), must not lose it (a check against the servers dropped those)."""
     src, a = fleet.join("src"), fleet.join("web-a")
     fleet.join("relay")
     m = _mapping(fleet, "src", "web-a")
@@ -104,22 +105,21 @@ def test_a_route_is_believed_only_naming_servers_the_source_first(fleet: Fleet) 
             async with agent_link(port, a, "web-a") as framed:
                 await framed.send(_report(m, s, t, 1, route=("src", "relay")))
                 await framed.send(_report(m, s, t, 2, route=("src", "no-such><script>")))
-                await framed.send(_report(m, s, t, 3, route=("relay",)))
-                await framed.send(_report(m, s, t, 4, route=("src",)))
+                await framed.send(_report(m, s, t, 3, route=("src.example.com",)))
+                await framed.send(_report(m, s, t, 4, route=("src", "relay>web-b")))
                 await roundtrip(framed)
                 assert fleet.client.delete("/api/servers/relay").status_code == 204
-                control.notify_change()  # as the master's API does
                 await framed.send(_report(m, s, t, 5, route=("src", "relay")))
                 await roundtrip(framed)
-            assert control.refused["commit_report_route"] == 3
+            assert control.refused["commit_report_route"] == 2
             await control.joblog.flush()
 
     anyio.run(main)
     advances = fleet.store.advances(mapping_id=m)
     assert [(x.to_seq, x.route) for x in advances] == [
-        (5, ""),
-        (4, "src>web-a"),
-        (3, ""),
+        (5, "src>relay>web-a"),
+        (4, ""),
+        (3, "src.example.com>web-a"),
         (2, ""),
         (1, "src>relay>web-a"),
     ]
