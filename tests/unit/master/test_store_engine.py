@@ -127,3 +127,20 @@ def test_a_refused_store_url_is_not_echoed_with_its_password(url: str) -> None:
     with pytest.raises(ConfigError, match="store URL") as refused:
         make_engine(url)
     assert "s3cret" not in str(refused.value)
+
+
+def test_a_read_only_postgresql_is_the_databases_failure_not_the_datas(store: Store) -> None:
+    """A failed-over primary, a hot standby, a managed PostgreSQL gone read-only on a full disk:
+    psycopg raises InternalError (SQLSTATE 25006), which was taken for the data's fault, so the
+    job log split its batch and dropped every record instead of spooling it."""
+    if store._engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's read-only transactions")
+    with pytest.raises(StoreError) as err:
+        with store._write("check") as session:
+            session.execute(sa.text("SET TRANSACTION READ ONLY"))
+            session.execute(sa.text("UPDATE config_epoch SET epoch = epoch + 1"))
+    assert store_unavailable(err.value)
+    with pytest.raises(StoreError) as bad:  # the data's fault stays the data's
+        with store._write("check") as session:
+            session.execute(sa.text("SELECT 1 / 0"))
+    assert not store_unavailable(bad.value)

@@ -189,8 +189,19 @@ def map_db_errors(operation: str) -> Iterator[None]:
         ) from exc
 
 
+# SQLSTATE classes that are the database's state, not the data's: connection (08), transaction
+# state (25: 25006, a read-only primary after a fail-over or a standby), rollback (40:
+# serialization, deadlock), resources (53: disk full, out of memory, connections), object state
+# (55: a lock not available), operator intervention (57: shutdown, a statement timeout), system
+# (58: I/O). psycopg raises some of them as InternalError, not OperationalError.
+_DATABASE_STATES = frozenset({"08", "25", "40", "53", "55", "57", "58"})
+
+
 def store_unavailable(exc: BaseException) -> bool:
-    """Whether a failure is the database's (down, locked, disk full, a deadlock, the pool
-    exhausted) rather than the data's: the same write may succeed later, as it is."""
+    """Whether a failure is the database's (down, locked, read-only, disk full, a deadlock, the
+    pool exhausted) rather than the data's: the same write may succeed later, as it is."""
     cause = exc.__cause__ if isinstance(exc, StoreError) else exc
-    return isinstance(cause, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout))
+    if isinstance(cause, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)):
+        return True
+    sqlstate = getattr(getattr(cause, "orig", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in _DATABASE_STATES
