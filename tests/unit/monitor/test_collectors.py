@@ -109,10 +109,13 @@ async def test_a_slow_collection_does_not_shorten_the_gap_to_the_next_report(
 
 
 async def test_an_early_report_is_marked_and_leaves_the_regular_ones_on_their_times(
-    tmp_path,
+    tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The regular reports' gap is what the master allows an agent's silence (3 of them): an
-    early report counted from moved the regular ones, and unmarked it shortened that gap."""
+    early report counted from moved the regular ones, and unmarked it shortened that gap. (The
+    host's figures are not collected: on a busy host their time varied by a second, which the
+    bounds below cannot tell from a regular report moved by the early one.)"""
+    monkeypatch.setattr(collectors, "collect_system", lambda folders: [])
     sent: list[tuple[float, bool]] = []
     collector = Collector(folders=lambda: [str(tmp_path)], own=list)
     with anyio.fail_after(30):
