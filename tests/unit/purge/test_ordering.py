@@ -160,66 +160,26 @@ def test_another_named_journal_at_a_seq_is_another_change() -> None:
 def test_a_recreated_journals_change_at_a_seq_released_from_older_agents_is_purged() -> None:
     """Older agents reported seq 5 (/old.html) without a journal; upgraded, with the source's
     journal recreated, seq 5 is /new.html: it was taken for the released change, never purged."""
-    tracker = CommitTracker()
-    states = {"A": "up", "B": "up"}
-    origins = frozenset(states)
-    old = CommitRecord(seq=5, op="write", path="/old.html")
-    new = CommitRecord(seq=5, op="write", path="/new.html")
-    for target in ("A", "B"):
-        tracker.observe(
-            site_id=1,
-            mapping_id=7,
-            origins=origins,
-            source="S",
-            target=target,
-            records=[old],
-            states=states,
-            now=0.0,
-            journal_id="",
-        )
-    out = []
-    for target in ("A", "B"):
-        out += tracker.observe(
-            site_id=1,
-            mapping_id=7,
-            origins=origins,
-            source="S",
-            target=target,
-            records=[new],
-            states=states,
-            now=1.0,
-            journal_id="J2",
-        )
+    t = CommitTracker()
+    for target in (O1, O2):
+        _observe(t, target, 5, path="/old.html")
+    out = [r for o in (O1, O2) for r in _observe(t, o, 5, now=1.0, journal="J2", path="/new.html")]
     assert [(r.path, r.again) for r in out] == [("/new.html", False)]
 
 
 def test_two_journals_changes_at_one_seq_each_wait_for_their_own_origins() -> None:
-    """The journal recreated while origin B lags: A reports the new journal's /y.html at the seq
-    of the old one's /x.html that B has not committed; neither is released before both origins
-    committed it (each released the other at once)."""
-    tracker = CommitTracker()
-    states = {"A": "up", "B": "up"}
-    origins = frozenset(states)
-    x = CommitRecord(seq=5, op="write", path="/x.html")
-    y = CommitRecord(seq=5, op="write", path="/y.html")
+    """The journal recreated while origin O2 lags: O1 reports the new journal's /y.html at the
+    seq of the old one's /x.html that O2 has not committed; neither is released before both
+    origins committed it (each released the other at once)."""
+    t = CommitTracker()
     released: list[tuple[float, str]] = []
-    for target, record, journal, now in [
-        ("A", x, "J1", 0.0),
-        ("A", y, "J2", 1.0),
-        ("B", x, "J1", 2.0),
-        ("B", y, "J2", 3.0),
+    for target, path, journal, now in [
+        (O1, "/x.html", "J1", 0.0),
+        (O1, "/y.html", "J2", 1.0),
+        (O2, "/x.html", "J1", 2.0),
+        (O2, "/y.html", "J2", 3.0),
     ]:
-        out = tracker.observe(
-            site_id=1,
-            mapping_id=1,
-            origins=origins,
-            source="S",
-            target=target,
-            records=[record],
-            states=states,
-            now=now,
-            journal_id=journal,
-        )
+        out = _observe(t, target, 5, now=now, journal=journal, path=path)
         released += [(now, r.path) for r in out]
     assert released == [(2.0, "/x.html"), (3.0, "/y.html")]
-    assert tracker.sweep(states, 100.0) == []
+    assert t.sweep(UP, 100.0) == []
