@@ -51,6 +51,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from relaysync._util.kept_aside import keep_aside
 from relaysync.constants import MAX_MESSAGE_BYTES
 from relaysync.protocol.messages import ENCODER, CommitReport
 
@@ -349,7 +350,7 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
 
 def _remove(segment: _Segment) -> None:
     if segment.bad:  # kept for the operator, out of the way of `open()`
-        segment.path.replace(segment.path.with_name(segment.path.name + ".bad"))
+        keep_aside(segment.path)
     else:
         segment.path.unlink(missing_ok=True)
     segment.path.with_suffix(".done").unlink(missing_ok=True)

@@ -45,6 +45,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from relaysync._util.kept_aside import keep_aside
 from relaysync.constants import MAX_MESSAGE_BYTES
 from relaysync.protocol.messages import ENCODER, CommitReport
 from relaysync.transfer.staging import fsync_dir
@@ -444,7 +445,7 @@ def _remove(segment: _Segment) -> None:
     """Delete a used-up segment (a bad one is kept as .bad), then its offset."""
     if segment.bad:
         with contextlib.suppress(FileNotFoundError):  # moved already by a release that failed
-            segment.path.replace(segment.path.with_name(segment.path.name + ".bad"))
+            keep_aside(segment.path)
     else:
         segment.path.unlink(missing_ok=True)
     segment.offset_path.unlink(missing_ok=True)
