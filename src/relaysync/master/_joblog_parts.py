@@ -15,6 +15,7 @@ from relaysync.errors import StoreError
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.store.store import Store
 from relaysync.protocol.messages import CommitReport
+from relaysync.purge.holds import PurgeHold
 
 logger = logging.getLogger("relaysync.master.joblog")  # the writer's own messages
 
@@ -33,16 +34,22 @@ class Spooling:
 class Subscribers:
     """The callbacks told of every commit report: as it arrives, and again as it is read back
     from the spool of a previous run (that run told its own subscribers, and what they made of
-    it, a purge not yet queued, died with it)."""
+    it, a purge not yet queued, died with it). A subscriber may return a hold: the report is
+    acknowledged, once written to the store, only when the hold is done (purge/holds.py)."""
 
-    callbacks: list[Callable[[CommitReport], None]] = field(default_factory=list)
+    callbacks: list[Callable[[CommitReport], PurgeHold | None]] = field(default_factory=list)
 
-    def tell(self, report: CommitReport) -> None:
+    def tell(self, report: CommitReport) -> tuple[PurgeHold, ...]:
+        holds: list[PurgeHold] = []
         for callback in self.callbacks:
             try:
-                callback(report)
+                hold = callback(report)
             except Exception:  # a subscriber's bug must not lose the job log
                 logger.exception("commit report subscriber failed")
+                continue
+            if hold is not None:
+                holds.append(hold)
+        return tuple(holds)
 
 
 def log_failure(exc: Exception, message: str, *args: object) -> None:

@@ -55,6 +55,7 @@ from relaysync.master.report_acks import Receipts
 from relaysync.master.store import store_unavailable
 from relaysync.master.store.store import Store
 from relaysync.protocol.messages import CommitReport
+from relaysync.purge.holds import PurgeHold
 
 logger = logging.getLogger(__name__)
 
@@ -117,18 +118,19 @@ class JobLogWriter(WritingInPieces):
         in the store (a batch read back from the spool and not yet written counts in both)."""
         return self._queued_records + self._writing_records
 
-    def subscribe(self, callback: Callable[[CommitReport], None]) -> None:
+    def subscribe(self, callback: Callable[[CommitReport], PurgeHold | None]) -> None:
         """Call `callback(report)` with every commit report as it arrives (on the loop's thread;
         it must not block: the purger needs commits within milliseconds, not per flush), and
-        with those a previous run spooled, as they are read back from the spool."""
+        with those a previous run spooled, as they are read back from the spool. A hold it
+        returns defers the report's `taken` after a store write until the hold is done."""
         self._subscribers.callbacks.append(callback)
 
     def add(self, report: CommitReport, *, taken: Callable[[], None] | None = None) -> None:
-        """Queue a report; `taken()` is called once it is in the store or the spool (it then
-        survives a kill of the master), on the loop's thread; never for one that is lost (a
-        failed write to the spool on stop) but for one the store refuses (dropped, logged)."""
-        if taken is not None:
-            self._receipts.hold(report, taken)
+        """Queue a report; `taken()` is called once it is in the spool, or in the store and
+        the purges it released are queued (it then survives a kill of the master: the spool is
+        told to the purger again as it is read back, the store is not), on the loop's thread;
+        never for one that is lost (a failed write to the spool on stop) but for one the store
+        refuses (dropped, logged)."""
         key = (report.mapping_id, report.source_node, report.target_node)
         if report.watermark > self.watermarks.get(key, 0):
             self.watermarks[key] = report.watermark
@@ -142,7 +144,9 @@ class JobLogWriter(WritingInPieces):
                     path=record.path,
                     error=record.error,
                 )
-        self._subscribers.tell(report)
+        holds = self._subscribers.tell(report)
+        if taken is not None:
+            self._receipts.hold(report, taken, holds)
         self._enqueue(report)
 
     def _enqueue(self, report: CommitReport) -> None:
@@ -335,7 +339,7 @@ class JobLogWriter(WritingInPieces):
                 return None
             finally:
                 self._appending_records = 0
-            self._receipts.taken(tail)
+            self._receipts.taken(tail, spooled=True)
         if self._spooling is not None:
             self._spooling.spooled += records
         return records
@@ -358,7 +362,7 @@ class JobLogWriter(WritingInPieces):
                     self._requeue(batch)
                     self._spool_failed(exc)
                     return
-                self._receipts.taken(batch)
+                self._receipts.taken(batch, spooled=True)
         spooling.spooled += sum(len(r.records) for r in batch)
 
     def _spool_failed(self, exc: Exception) -> None:
@@ -443,7 +447,7 @@ class JobLogWriter(WritingInPieces):
         for save, reports in ((spool.prepend, queue), (spool.append, self._tail)):
             try:
                 await anyio.to_thread.run_sync(save, reports)
-                self._receipts.taken(reports)
+                self._receipts.taken(reports, spooled=True)
             except Exception as exc:
                 log_spool_failure(
                     logging.ERROR,

@@ -1,8 +1,10 @@
 """Acknowledgement of commit reports: which of an agent's reports the job log has taken durably.
 
-A report is taken once the job-log writer (master/joblog.py) has written it to the store or
-appended it to its spool (master/joblog_spool.py: the appends are fdatasynced, so they survive a
-kill of the master and a power loss). An agent that announced CAP_REPORT_ACK keeps every report it
+A report is taken once the job-log writer (master/joblog.py) has appended it to its spool
+(master/joblog_spool.py: the appends are fdatasynced, so they survive a kill of the master and a
+power loss; a run tells its purger of a previous run's spool again), or has written it to the
+store and the purger has queued the purges it released (purge/holds.py: the store keeps the
+report, not the purge the purger held in memory). An agent that announced CAP_REPORT_ACK keeps every report it
 sent until the master says so (`ReportsTaken(upto=n)`: the first n reports of this control
 session), and sends the others again on its next session, so that a kill of the master loses none
 of them.
@@ -15,7 +17,7 @@ agent does), keeps how far they are taken without a gap, and sends that to the a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import NoReturn
 
@@ -23,6 +25,7 @@ import anyio
 
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import CommitReport, ReportsTaken
+from relaysync.purge.holds import PurgeHold, when_queued
 
 logger = logging.getLogger(__name__)
 
@@ -35,30 +38,35 @@ class Receipts:
     """
 
     def __init__(self) -> None:
-        self._held: dict[int, tuple[CommitReport, Callable[[], None]]] = {}
+        self._held: dict[int, tuple[CommitReport, Callable[[], None], Sequence[PurgeHold]]] = {}
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def hold(self, report: CommitReport, taken: Callable[[], None]) -> None:
-        self._held[id(report)] = (report, taken)
+    def hold(
+        self, report: CommitReport, taken: Callable[[], None], purges: Sequence[PurgeHold] = ()
+    ) -> None:
+        """Call `taken` once `report` is taken; `purges`: the holds of what it released."""
+        self._held[id(report)] = (report, taken, purges)
 
     def move(self, report: CommitReport, to: CommitReport) -> None:
         """`report` was split: it is taken once `to`, its last piece, is."""
         entry = self._held.pop(id(report), None)
         if entry is not None:
-            self._held[id(to)] = (to, entry[1])
+            self._held[id(to)] = (to, *entry[1:])
 
-    def taken(self, reports: Iterable[CommitReport]) -> None:
-        """Call the callbacks of `reports` (in their order): they are in the store or spool."""
+    def taken(self, reports: Iterable[CommitReport], *, spooled: bool = False) -> None:
+        """`reports` are in the spool, or in the store (`spooled` False): call their callbacks
+        (in their order), those written to the store once their purges are queued."""
         if not self._held:
             return
         for report in reports:
             entry = self._held.pop(id(report), None)
             if entry is None:
                 continue
+            _report, callback, purges = entry
             try:
-                entry[1]()
+                when_queued(() if spooled else purges, callback)
             except Exception:  # an acknowledgement's bug must not stop the job log
                 logger.exception("commit report acknowledgement failed")
 

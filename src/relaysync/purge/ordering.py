@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from relaysync.protocol.messages import CommitRecord
+from relaysync.purge.holds import PurgeHold, Waiters
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class Released:
     kind: str = ""
     removed: tuple[str, ...] = ()
     removed_truncated: bool = False
+    # the reports whose acknowledgement waits for this change to be queued (purge/holds.py)
+    waiters: Waiters = field(default_factory=Waiters, compare=False, repr=False)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class _Pending:
     kind: str | None = None  # None: no origin reported yet
     removed: set[str] = field(default_factory=set)
     removed_truncated: bool = False
+    waiters: Waiters = field(default_factory=Waiters)
 
     def add(self, record: CommitRecord) -> None:
         self.kind = record.kind if self.kind is None else merge_kinds(self.kind, record.kind)
@@ -82,6 +86,7 @@ class _Done:
 
     journal: str
     committed: set[str]
+    waiters: Waiters  # its Released's: a report of it sent again waits until it is queued
 
 
 def same_change(journal: str, other: str) -> bool:
@@ -97,8 +102,10 @@ def merge_kinds(a: str, b: str) -> str:
     return "d" if "d" in (a, b) else a
 
 
-def _released(site_id: int, record: CommitRecord, *, again: bool) -> Released:
-    return Released(
+def _released(
+    site_id: int, record: CommitRecord, hold: PurgeHold | None, *, again: bool
+) -> Released:
+    released = Released(
         site_id,
         record.op,
         record.path,
@@ -108,6 +115,8 @@ def _released(site_id: int, record: CommitRecord, *, again: bool) -> Released:
         removed=record.removed,
         removed_truncated=record.removed_truncated,
     )
+    released.waiters.add(hold)
+    return released
 
 
 class CommitTracker:
@@ -142,34 +151,44 @@ class CommitTracker:
         states: Mapping[str, str],
         now: float,
         journal_id: str = "",
+        hold: PurgeHold | None = None,
     ) -> list[Released]:
         """Fold commits reported by `target` (an origin of the site) of changes `mapping_id`
         carried from `source`, whose seqs count in its journal `journal_id` ("": not named);
-        return what is released."""
+        return what is released. `hold` (the report's) waits for each change it names to be
+        queued, released now or later."""
         out: list[Released] = []
         for record in records:
             if not record.ok:
                 continue
             if record.seq == 0:
-                out.append(_released(site_id, record, again=True))
+                out.append(_released(site_id, record, hold, again=True))
                 continue
             key = (site_id, mapping_id, source, record.seq, record.path)
-            if self._released_before(key, target, record, journal_id, out):
+            if self._released_before(key, target, record, journal_id, out, hold):
                 continue
             pending = self._pending_for(key, origins, record, journal_id, now, out)
             if target not in pending.committed:
                 pending.add(record)
             pending.committed.add(target)
+            pending.waiters.add(hold)
             if self._ready(key, pending, states, now):
                 out.append(self._release(key, pending))
         return out
 
     def _released_before(
-        self, key: Key, target: str, record: CommitRecord, journal: str, out: list[Released]
+        self,
+        key: Key,
+        target: str,
+        record: CommitRecord,
+        journal: str,
+        out: list[Released],
+        hold: PurgeHold | None,
     ) -> bool:
         """Whether `record` is of the change released under `key`: if `target` had not
-        committed it yet, it is released again. One of another journal is a different change:
-        the released one is forgotten."""
+        committed it yet, it is released again; else `hold` waits for the release to be queued
+        (done at once if it is). One of another journal is a different change: the released
+        one is forgotten."""
         done = self._released.get(key)
         if done is None:
             return False
@@ -179,7 +198,9 @@ class CommitTracker:
         done.journal = done.journal or journal
         if target not in done.committed:
             done.committed.add(target)
-            out.append(_released(key[0], record, again=True))
+            out.append(_released(key[0], record, hold, again=True))
+        else:
+            done.waiters.add(hold)
         return True
 
     def _pending_for(
@@ -223,7 +244,7 @@ class CommitTracker:
 
     def forget_site(self, site_id: int) -> None:
         for key in [k for k in self._pending if k[0] == site_id]:
-            del self._pending[key]
+            self._pending.pop(key).waiters.mark_queued()  # nothing to purge: no report waits
         self._pending_per_site.pop(site_id, None)
 
     def _ready(self, key: Key, pending: _Pending, states: Mapping[str, str], now: float) -> bool:
@@ -245,7 +266,7 @@ class CommitTracker:
         del self._pending[key]
         self._pending_per_site[key[0]] -= 1
         if remember:
-            self._released[key] = _Done(pending.journal, set(pending.committed))
+            self._released[key] = _Done(pending.journal, set(pending.committed), pending.waiters)
             while len(self._released) > self._remember:
                 self._released.popitem(last=False)
         return Released(
@@ -256,4 +277,5 @@ class CommitTracker:
             kind=pending.kind or "",
             removed=tuple(sorted(pending.removed)),
             removed_truncated=pending.removed_truncated,
+            waiters=pending.waiters,
         )

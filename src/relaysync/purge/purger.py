@@ -3,7 +3,7 @@ through a durable queue with retries, and records each outcome.
 
 Flow: JobLogWriter.add -> on_commit_report (CommitTracker: wait for every origin that is up)
 -> intake (URLs per cache, planned by purge/planner.py, made durable in the store's purge
-queue) -> workers (purge/worker.py: driver refresh, confirm) -> purge log. A URL is worked on by one worker at a
+queue; the report is acknowledged to its agent only then: purge/holds.py) -> workers (purge/worker.py: driver refresh, confirm) -> purge log. A URL is worked on by one worker at a
 time per cache; queued items of one URL with different actions (a refresh and a ban of /docs/)
 run one after the other, oldest first, each with its own outcome.
 
@@ -53,6 +53,7 @@ from relaysync.purge.drivers import Driver
 from relaysync.purge.due import UrlKey
 from relaysync.purge.folds import fold
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S
+from relaysync.purge.holds import PurgeHold
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, Retry
 from relaysync.purge.listings import ListingRefreshes
 from relaysync.purge.ordering import HOLD_MAX_S, CommitTracker, Released
@@ -219,9 +220,12 @@ class Purger(PurgeWorker, PurgePlanner):
                     self._warned_sites.add((site.id, warning))
                     logger.warning("site %s: %s", site.name, warning)
 
-    def on_commit_report(self, report: CommitReport) -> None:
-        """JobLogWriter subscription: fold a target's commits (on the event loop's thread)."""
+    def on_commit_report(self, report: CommitReport) -> PurgeHold | None:
+        """JobLogWriter subscription: fold a target's commits (on the event loop's thread).
+        Returns the report's hold while a purge it released or waits on is not queued: the job
+        log acknowledges the report once it is done (purge/holds.py)."""
         now = time.time()
+        hold = PurgeHold()
         for site in self._by_mapping.get(report.mapping_id, ()):
             origins = site.origin_nodes()
             if report.target_node not in origins:
@@ -236,10 +240,13 @@ class Purger(PurgeWorker, PurgePlanner):
                 states=self._states,
                 now=now,
                 journal_id=report.journal_id,
+                hold=hold,
             )
             if released:
                 self._released.extend(released)
                 self._intake_wake.set()
+        hold.seal()
+        return None if hold.done else hold
 
     async def submit(
         self,
@@ -377,7 +384,7 @@ class Purger(PurgeWorker, PurgePlanner):
         items += _listing_items(items, listings)
         await self._enqueue(prune_bans(items))  # one ban per URL; no variant under a prefix
         for _ in range(planned):
-            self._released.popleft()
+            self._released.popleft().waiters.mark_queued()
         if failure is not None:
             raise failure
 

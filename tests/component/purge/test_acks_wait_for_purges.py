@@ -1,0 +1,155 @@
+"""A commit report written to the store is acknowledged only once the purges it released are in
+the purge queue (purge/holds.py): acknowledged at the write, a kill of the master before its
+purger queued them lost the purge for good (the agent had forgotten the report, the store does
+not hold the purger's memory), and the cache served the old bytes until the file changed again.
+
+The purge queue's writes fail here while the job log's succeed (the seam: the store's
+enqueue_purges), which holds a released change in the purger's memory as long as the test needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import anyio
+import pytest
+from sqlalchemy.exc import OperationalError
+from tests.component.purge.conftest import O1, O2, SOURCE, WAIT_S, Harness
+
+from relaysync.errors import StoreError
+from relaysync.master.events import EventBus
+from relaysync.master.joblog import JobLogWriter
+from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.purger import Purger
+
+pytestmark = pytest.mark.anyio
+
+
+class QueueRefused:
+    """The store's purge queue takes no writes while `down`; the job log's writes go on."""
+
+    def __init__(self, harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.down = True
+        self.refused = 0
+        real = harness.store.enqueue_purges
+
+        def enqueue(items: list[PurgeItem]) -> object:
+            if self.down:
+                self.refused += 1
+                cause = OperationalError("INSERT ...", {}, Exception("database is locked"))
+                raise StoreError(f"write: {cause}") from cause
+            return real(items)
+
+        monkeypatch.setattr(harness.store, "enqueue_purges", enqueue)
+
+
+@pytest.fixture
+def queue_refused(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[QueueRefused]:
+    refused = QueueRefused(harness, monkeypatch)
+    yield refused
+    refused.down = False
+
+
+def _report(harness: Harness, target: str, rel: str, seq: int = 1) -> CommitReport:
+    record = CommitRecord(seq=seq, op="write", path=f"{harness.site.root}/{rel}")
+    return CommitReport(
+        mapping_id=harness.mapping_id,
+        source_node=SOURCE,
+        target_node=target,
+        watermark=seq,
+        records=(record,),
+        journal_id="j1",
+    )
+
+
+def _acknowledge(harness: Harness, acked: dict[str, int], target: str) -> Callable[[], None]:
+    """The agent's side: the report of `target` is acknowledged, with how many purges the store
+    queued by then."""
+    return lambda: acked.setdefault(target, harness.store.queued_purges())
+
+
+async def test_a_report_is_acknowledged_once_its_purge_is_queued_not_at_its_write(
+    harness: Harness, queue_refused: QueueRefused
+) -> None:
+    writer = JobLogWriter(harness.store, EventBus())
+    writer.subscribe(harness.purger.on_commit_report)
+    acked: dict[str, int] = {}
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.serve)
+        for target in (O1, O2):
+            writer.add(
+                _report(harness, target, "a.html"), taken=_acknowledge(harness, acked, target)
+            )
+        await harness.until(
+            lambda: writer.written_reports == 2 and queue_refused.refused >= 2,
+            what="both reports written, the purge queue refusing their purge twice",
+        )
+        assert acked == {}  # in the store, but the purge lives in the purger's memory only
+        queue_refused.down = False
+        await harness.until(lambda: len(acked) == 2, what="both reports acknowledged")
+        assert min(acked.values()) >= 1  # the purge was queued before either was
+        tg.cancel_scope.cancel()
+
+
+async def test_a_report_not_yet_in_the_purge_queue_is_sent_again_and_purged_after_a_kill(
+    harness: Harness, queue_refused: QueueRefused
+) -> None:
+    harness.write("b.html", b"b-v1")
+    harness.warm("b.html")
+    harness.write("b.html", b"b-v2")
+    reports = {t: _report(harness, t, "b.html") for t in (O1, O2)}
+    # the run that dies: its purger (served: it tries to queue) holds the released change
+    first = Purger(harness.store, retry_min_s=0.05, retry_max_s=0.2)
+    writer = JobLogWriter(harness.store, EventBus())
+    writer.subscribe(first.on_commit_report)
+    acked: dict[str, int] = {}
+    async with anyio.create_task_group() as tg:
+        await tg.start(first.serve)
+        await tg.start(writer.serve)
+        for target, report in reports.items():
+            writer.add(report, taken=_acknowledge(harness, acked, target))
+        await harness.until(
+            lambda: writer.written_reports == 2 and queue_refused.refused >= 2,
+            what="both reports written, their purge not queued",
+        )
+        tg.cancel_scope.cancel()  # its memory is lost as a kill -9 loses it
+    assert acked == {} and harness.store.queued_purges() == 0
+    queue_refused.down = False
+    # the agents send again what was not acknowledged, to the next run (the running harness)
+    writer = JobLogWriter(harness.store, EventBus())
+    writer.subscribe(harness.purger.on_commit_report)
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.serve)
+        for target, report in reports.items():
+            if target not in acked:
+                writer.add(report, taken=_acknowledge(harness, acked, target))
+        await harness.until_served("b.html", (200, b"b-v2"), timeout_s=WAIT_S)
+        await harness.until(lambda: len(acked) == 2, what="both reports acknowledged")
+        tg.cancel_scope.cancel()
+
+
+async def test_a_report_sent_again_waits_for_the_queueing_of_the_change_it_names(
+    harness: Harness, queue_refused: QueueRefused
+) -> None:
+    """After a dropped link the agent sends its unacknowledged reports again to the same run:
+    the change they name is released already (nothing new to release), but not queued yet, so
+    the report sent again is not acknowledged before it is."""
+    writer = JobLogWriter(harness.store, EventBus())
+    writer.subscribe(harness.purger.on_commit_report)
+    acked: dict[str, int] = {}
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.serve)
+        for target in (O1, O2):
+            writer.add(_report(harness, target, "c.html"))  # the first session's, never acked
+        await harness.until(
+            lambda: writer.written_reports == 2 and queue_refused.refused >= 1,
+            what="both reports written, their purge not queued",
+        )
+        writer.add(_report(harness, O1, "c.html"), taken=_acknowledge(harness, acked, O1))
+        await harness.until(lambda: writer.written_reports == 3, what="the one sent again written")
+        assert acked == {}
+        queue_refused.down = False
+        await harness.until(lambda: O1 in acked, what="the report sent again acknowledged")
+        assert acked[O1] >= 1
+        tg.cancel_scope.cancel()
