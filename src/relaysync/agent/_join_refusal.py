@@ -60,7 +60,7 @@ def _older_masters(master_url: str, name: str, status: int, detail: str) -> Rela
 
 
 def _prefixed(detail: str, kind: type[RelaySyncError]) -> bool:
-    head = (kind.__doc__ or "{}").strip().splitlines()[0].partition("{}")[0]
+    head = _template_parts(kind)[0]
     return bool(head) and detail.startswith(head)
 
 
@@ -72,20 +72,25 @@ def _json_object(text: str) -> dict[str, object]:
     return body if isinstance(body, dict) else {}
 
 
+def _template_parts(kind: type[RelaySyncError]) -> tuple[str, str]:
+    """What `kind`'s message template (the first line of its docstring) puts before and after
+    its value."""
+    head, _, tail = (kind.__doc__ or "{}").strip().splitlines()[0].partition("{}")
+    return head, tail
+
+
 def _head() -> str:
-    template = (JoinRefused.__doc__ or "{}").strip().splitlines()[0]
-    return template.partition("{}")[0].strip()
+    return _template_parts(JoinRefused)[0].strip()
 
 
 def _reason(detail: str) -> str:
     """The reason in a master's JoinRefused, without the sentence JoinRefused wraps it in: the
     master sends its own JoinRefused whole, which printed the wrapping twice."""
-    template = (JoinRefused.__doc__ or "{}").strip().splitlines()[0]
-    head, _, tail = template.partition("{}")
+    head, tail = _template_parts(JoinRefused)
     return detail.removeprefix(head.strip()).removesuffix(tail.strip()).strip(" :.") or detail
 
 
 def _unprefixed(detail: str, kind: type[RelaySyncError]) -> str:
     """`detail` without the "Authentication error: " of the master's own error."""
-    head = (kind.__doc__ or "{}").strip().splitlines()[0].partition("{}")[0]
+    head = _template_parts(kind)[0]
     return detail.removeprefix(head).strip().rstrip(".") or detail

@@ -221,7 +221,7 @@ class ControlTrust:
             )
         return ok
 
-    async def _route_believed(self, link: AgentLink, report: CommitReport) -> CommitReport:
+    def _route_believed(self, link: AgentLink, report: CommitReport) -> CommitReport:
         """`report`, without its route (unknown, as from an agent that does not say: not
         "direct") if that is not made of node names (master/route_names.py); counted and
         logged, not refused: the commits are the target's own."""

@@ -5,23 +5,10 @@ from __future__ import annotations
 
 import anyio
 from tests._fleet import Fleet, agent_link, roundtrip
+from tests.component.master.test_control_trust import _mapping
 
 from relaysync.master._report_bounds import INT64_MAX, MAX_FILE_BYTES
 from relaysync.protocol.messages import CommitRecord, CommitReport
-
-
-def _mapping(fleet: Fleet, source: str, *targets: str) -> int:
-    resp = fleet.client.post(
-        "/api/mappings",
-        json={
-            "name": "docs",
-            "source": source,
-            "source_path": "/srv/docs",
-            "targets": [{"server": t, "path": "/srv/docs"} for t in targets],
-        },
-    )
-    assert resp.status_code == 201, resp.text
-    return int(resp.json()["id"])
 
 
 def _report(

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from relaysync.master.store import Store
+from relaysync.master.store._site_tables import Site
 from relaysync.protocol.messages import CommitRecord, CommitReport
 from relaysync.purge.jobs import PurgeResult
 from relaysync.purge.purger import Purger
@@ -138,6 +139,47 @@ class Harness:
             ),
             what=f"every cache's result for {rel}",
         )
+
+    async def submit_one(self, rel: str) -> list[tuple[str, dict[str, object]]]:
+        """Take the site's caches from the store again and submit one item for `rel`.
+
+        Returns:
+            the list the purger's notifications (kind, data) go to from now on.
+        """
+        self.purger.reload_sites()
+        notes: list[tuple[str, dict[str, object]]] = []
+        self.purger.notify = lambda kind, data: notes.append((kind, data))
+        site = self.purger.site_by_name(self.site.name)
+        assert site is not None
+        await self.purger.submit(site, [f"http://{HOST}/{site.root}/{rel}"])
+        return notes
+
+    async def refused_at_purge(self, cache: dict[str, Any]) -> str:
+        """Store `cache` as the site's only one the way a row saved before the checks at save
+        was (past them), and submit an item: the cache is probed a few times, the operator
+        told once (one purge_refused) and the item kept for the fix.
+
+        Returns:
+            the purge_refused notification's error, which says what to fix.
+        """
+        with self.store._write("test: a row saved before the checks at save") as session:
+            row = session.get(Site, self.site.id)
+            assert row is not None
+            defaults = {
+                "refresh": True,
+                "method": "PURGE",
+                "path_template": "{path}",
+                "headers": {},
+            }
+            row.caches = [{**defaults, **cache}]
+        notes = await self.submit_one("x.txt")
+        await self.until(
+            lambda: sum(r.status == "refused" for r in self.results) >= 3,
+            what="the misconfigured cache probed a few times",
+        )
+        assert [k for k, _ in notes] == ["purge_refused"], notes
+        assert self.purger.queued + len(self.purger._busy) >= 1  # kept for the fix
+        return str(notes[0][1]["error"])
 
 
 @pytest.fixture

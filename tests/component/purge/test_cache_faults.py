@@ -18,7 +18,6 @@ import httpx
 import pytest
 from tests.component.purge.conftest import HOST, Harness
 
-from relaysync.master.store._site_tables import Site
 from relaysync.purge import purger as purger_module
 from relaysync.purge.budget import budgeted
 from relaysync.purge.confirm import run_item
@@ -294,33 +293,10 @@ async def test_a_refused_purge_is_kept_until_the_acl_is_fixed(
 async def test_an_address_httpx_cannot_use_is_a_configuration_error(harness: Harness) -> None:
     """A cache stored before addresses were checked ("::1:6081"): no bug traceback, no retry
     storm; the item is kept and the operator told once."""
-    with harness.store._write("test: legacy address") as session:
-        row = session.get(Site, harness.site.id)
-        assert row is not None
-        row.caches = [
-            {
-                "name": "v6",
-                "driver": "varnish",
-                "address": "::1:6081",
-                "refresh": True,
-                "method": "PURGE",
-                "path_template": "{path}",
-                "headers": {},
-            }
-        ]
-    harness.purger.reload_sites()
-    notes: list[tuple[str, dict[str, object]]] = []
-    harness.purger.notify = lambda kind, data: notes.append((kind, data))
-    site = harness.purger.site_by_name(harness.site.name)
-    assert site is not None
-    await harness.purger.submit(site, [f"http://{HOST}/{site.root}/x.txt"])
-    await harness.until(
-        lambda: sum(r.status == "refused" for r in harness.results) >= 3,
-        what="the misconfigured cache probed a few times",
+    error = await harness.refused_at_purge(
+        {"name": "v6", "driver": "varnish", "address": "::1:6081"}
     )
-    assert [k for k, _ in notes] == ["purge_refused"], notes
-    assert "[::1]:6081" in str(notes[0][1]["error"])  # says how to write it
-    assert harness.purger.queued + len(harness.purger._busy) >= 1  # kept
+    assert "[::1]:6081" in error  # says how to write it
 
 
 class _DynamicOrigin(BaseHTTPRequestHandler):
@@ -350,12 +326,7 @@ async def test_an_item_that_never_confirms_is_given_up_with_an_event(harness: Ha
             caches=[{"name": "varnish", "driver": "varnish", "address": varnish.address}],
             origins=[{"url": f"http://127.0.0.1:{server.server_address[1]}"}],
         )
-        harness.purger.reload_sites()
-        notes: list[tuple[str, dict[str, object]]] = []
-        harness.purger.notify = lambda kind, data: notes.append((kind, data))
-        site = harness.purger.site_by_name(harness.site.name)
-        assert site is not None
-        await harness.purger.submit(site, [f"http://{HOST}/{site.root}/dynamic.txt"])
+        notes = await harness.submit_one("dynamic.txt")
         await harness.until(lambda: harness.results, what="the item's outcome")
         assert [(r.status, r.attempts) for r in harness.results] == [("failed", 3)]
         assert [k for k, _ in notes] == ["purge_failed"]
