@@ -5,6 +5,7 @@ keeps refusing."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +39,17 @@ class Subscribers:
     acknowledged, once written to the store, only when the hold is done (purge/holds.py)."""
 
     callbacks: list[Callable[[CommitReport], PurgeHold | None]] = field(default_factory=list)
+    # each a hold done once the subscriber is done with every report told so far
+    barriers: list[Callable[[], PurgeHold | None]] = field(default_factory=list)
+
+    def add(
+        self,
+        callback: Callable[[CommitReport], PurgeHold | None],
+        barrier: Callable[[], PurgeHold | None] | None,
+    ) -> None:
+        self.callbacks.append(callback)
+        if barrier is not None:
+            self.barriers.append(barrier)
 
     def tell(self, report: CommitReport) -> tuple[PurgeHold, ...]:
         holds: list[PurgeHold] = []
@@ -50,6 +62,55 @@ class Subscribers:
             if hold is not None:
                 holds.append(hold)
         return tuple(holds)
+
+    def barrier(self) -> list[PurgeHold]:
+        """Holds done once the subscribers are done with every report told so far."""
+        holds = []
+        for barrier in self.barriers:
+            try:
+                hold = barrier()
+            except Exception:  # a subscriber's bug must not lose the job log
+                logger.exception("commit report subscriber failed")
+                continue
+            if hold is not None:
+                holds.append(hold)
+        return holds
+
+
+@dataclass
+class ReadBackPurges:
+    """The purges of the reports read back from the spool, not all queued yet: the spool
+    keeps those reports (it is not released) until they are, or for at most `wait_s`.
+
+    Their agents were told they were taken once spooled; released from the spool before the
+    purger queued their purges, a kill of the master lost those (the next run has neither the
+    spool nor the purger's memory to re-tell)."""
+
+    wait_s: float
+    holds: list[PurgeHold] = field(default_factory=list)
+    since: float | None = None  # time.monotonic() of the first release held back
+
+    def queued(self) -> bool:
+        """Whether the spool may be released: every hold done, or held back past `wait_s`
+        (logged: a purger that does not queue must not keep the spool growing)."""
+        self.holds = [h for h in self.holds if not h.done]
+        if not self.holds:
+            self.since = None
+            return True
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            return False
+        if now - self.since < self.wait_s:
+            return False
+        logger.warning(
+            "job log: the purger has not queued the purges of reports read back from the spool "
+            "after %.0f s; releasing them from the spool (a kill of the master before it "
+            "queues them loses those purges)",
+            now - self.since,
+        )
+        self.holds, self.since = [], None
+        return True
 
 
 def log_failure(exc: Exception, message: str, *args: object) -> None:

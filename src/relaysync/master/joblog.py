@@ -15,7 +15,8 @@ write hangs too. A previous run's spool is written first; on stop (`stop`, or a 
 queue is written unless the store is failing, and what is left in memory goes to the spool (the
 queue in front), so nothing is lost. Watermarks, events and subscribers see every report at once;
 subscribers see a previous run's spooled reports again as they are read back (after the purger's
-start: master/service.py), since the purge that run released for them may not have been queued.
+start: master/service.py), since the purge that run released for them may not have been queued;
+reports read back stay in the spool until their purges are queued (purge/holds.py).
 
 Error handling: a batch the store itself fails (down, locked, disk full: `store_unavailable`)
 goes back in front of the queue and is retried as it is with the next flush, dropping nothing.
@@ -41,6 +42,7 @@ import anyio
 
 from relaysync.constants import JOB_LOG_FLUSH_INTERVAL_S
 from relaysync.master._joblog_parts import (
+    ReadBackPurges,
     Spooling,
     Subscribers,
     first_records,
@@ -64,6 +66,9 @@ FLUSH_RECORDS = 5_000  # flush early when this many records are waiting
 # (tracemalloc: reports of 100 records, of 1), so 100-170 MB; 10 M records (a 10-minute outage,
 # 1,000 changes/s to 16 targets) were 5-9 GB. On disk a record takes 210-450 bytes.
 MAX_QUEUED_RECORDS = 200_000
+# Reports read back from the spool stay there until the purger queued their purges, this long at
+# most: it retries a failed purge queue write every 10 s at most (purge/purger.py RETRY_MAX_S).
+SPOOL_PURGE_WAIT_S = 60.0
 
 
 class JobLogWriter(WritingInPieces):
@@ -103,6 +108,7 @@ class JobLogWriter(WritingInPieces):
         self._spool_lock = anyio.Lock()  # one spool call at a time (each in a worker thread)
         self._loaded = False  # the queue holds reports read back from the spool, not released
         self._receipts = Receipts()  # what to call once a report is in the store or spool
+        self._read_back = ReadBackPurges(SPOOL_PURGE_WAIT_S)  # purges of reports read back
         self._serving: anyio.CancelScope | None = None  # `serve`'s, once it runs
         self._stopped = anyio.Event()  # `serve` ended: its last flush and the spool's are done
 
@@ -118,12 +124,18 @@ class JobLogWriter(WritingInPieces):
         in the store (a batch read back from the spool and not yet written counts in both)."""
         return self._queued_records + self._writing_records
 
-    def subscribe(self, callback: Callable[[CommitReport], PurgeHold | None]) -> None:
+    def subscribe(
+        self,
+        callback: Callable[[CommitReport], PurgeHold | None],
+        *,
+        barrier: Callable[[], PurgeHold | None] | None = None,
+    ) -> None:
         """Call `callback(report)` with every commit report as it arrives (on the loop's thread;
         it must not block: the purger needs commits within milliseconds, not per flush), and
-        with those a previous run spooled, as they are read back from the spool. A hold it
-        returns defers the report's `taken` after a store write until the hold is done."""
-        self._subscribers.callbacks.append(callback)
+        with those a previous run spooled, as they are read back. A hold it returns defers the
+        `taken` of a report written to the store; one `barrier()` returns (done once every
+        report told so far is) keeps those read back in the spool till then (ReadBackPurges)."""
+        self._subscribers.add(callback, barrier)
 
     def add(self, report: CommitReport, *, taken: Callable[[], None] | None = None) -> None:
         """Queue a report; `taken()` is called once it is in the spool, or in the store and
@@ -264,10 +276,10 @@ class JobLogWriter(WritingInPieces):
     async def flush(self) -> None:
         """Write what is queued, or else the next batch of the spool; never raises but on
         cancellation (see the module's docstring)."""
-        if not self._queue and self._spooling is not None:
-            await self._load()
+        if not self._queue and self._spooling is not None and self._read_back.queued():
+            await self._load()  # (reading the spool again may release what it read before)
         await self._flush_queue()
-        if self._loaded and not self._queue:
+        if self._loaded and not self._queue and self._read_back.queued():
             await self._release()
 
     async def _flush_queue(self) -> None:
@@ -402,6 +414,8 @@ class JobLogWriter(WritingInPieces):
             self._queued_records += sum(len(r.records) for r in batch)
         for report in earlier:
             self._subscribers.tell(report)
+        if batch:
+            self._read_back.holds += self._subscribers.barrier()
         self._end_spooling_if_drained()
 
     async def _release(self) -> None:

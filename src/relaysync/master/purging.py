@@ -29,7 +29,7 @@ class PurgeService:
     ) -> None:
         self.events = events
         self.purger = Purger(store, notify=self._notify)
-        joblog.subscribe(self.purger.on_commit_report)
+        joblog.subscribe(self.purger.on_commit_report, barrier=self.purger.barrier)
         self.listener: PurgeListener | None = None
         if listen:
             host, port = split_address(listen)

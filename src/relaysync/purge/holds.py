@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
+_NONE: tuple[()] = ()  # the holds of a queued change
+
 
 class PurgeHold:
     """One commit report's released changes not yet queued; `then` callbacks run once none is
@@ -75,7 +77,7 @@ class Waiters:
     __slots__ = ("_holds", "queued")
 
     def __init__(self) -> None:
-        self._holds: list[PurgeHold] = []
+        self._holds: list[PurgeHold] | tuple[()] = []
         self.queued = False
 
     def add(self, hold: PurgeHold | None) -> None:
@@ -83,12 +85,13 @@ class Waiters:
         if hold is None or self.queued:
             return
         hold.wait_one()
+        assert isinstance(self._holds, list)
         self._holds.append(hold)
 
     def mark_queued(self) -> None:
         """The change is in the purge queue, or needs no purge (its site is gone)."""
         self.queued = True
-        holds, self._holds = self._holds, []
+        holds, self._holds = self._holds, _NONE  # the tracker remembers 100,000 of these
         for hold in holds:
             hold.one_queued()
 

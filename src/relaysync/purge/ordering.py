@@ -152,12 +152,14 @@ class CommitTracker:
         now: float,
         journal_id: str = "",
         hold: PurgeHold | None = None,
+        out: list[Released] | None = None,
     ) -> list[Released]:
         """Fold commits reported by `target` (an origin of the site) of changes `mapping_id`
         carried from `source`, whose seqs count in its journal `journal_id` ("": not named);
-        return what is released. `hold` (the report's) waits for each change it names to be
-        queued, released now or later."""
-        out: list[Released] = []
+        return what is released, appended to `out` if given (so that it is not lost if this
+        raises midway). `hold` (the report's) waits for each change it names to be queued,
+        released now or later."""
+        out = [] if out is None else out
         for record in records:
             if not record.ok:
                 continue
@@ -198,7 +200,9 @@ class CommitTracker:
         done.journal = done.journal or journal
         if target not in done.committed:
             done.committed.add(target)
-            out.append(_released(key[0], record, hold, again=True))
+            again = _released(key[0], record, hold, again=True)
+            done.waiters = again.waiters  # a report of it sent again waits for this one
+            out.append(again)
         else:
             done.waiters.add(hold)
         return True
@@ -242,10 +246,14 @@ class CommitTracker:
                 out.append(self._release(key, pending))
         return out
 
-    def forget_site(self, site_id: int) -> None:
-        for key in [k for k in self._pending if k[0] == site_id]:
-            self._pending.pop(key).waiters.mark_queued()  # nothing to purge: no report waits
+    def forget_site(self, site_id: int) -> list[Released]:
+        """Forget the site's waiting changes; returns them released, for the purger's intake
+        to let the reports that wait for them go (it plans nothing for a site it does not
+        have), on the event loop's thread."""
+        keys = [k for k in self._pending if k[0] == site_id]
+        released = [self._release(k, self._pending[k], remember=False) for k in keys]
         self._pending_per_site.pop(site_id, None)
+        return released
 
     def _ready(self, key: Key, pending: _Pending, states: Mapping[str, str], now: float) -> bool:
         required = {o for o in pending.origins if states.get(o) == "up"}

@@ -202,7 +202,8 @@ class Purger(PurgeWorker, PurgePlanner):
             if site.mapping_id is not None:
                 by_mapping.setdefault(site.mapping_id, []).append(site)
         for gone in set(self._sites) - set(sites):
-            self.tracker.forget_site(gone)
+            self._released.extend(self.tracker.forget_site(gone))  # the intake plans none
+            self._intake_wake.set()
         self._reset_changed_gates(self._sites, sites)
         self._warn_sites(sites)
         self._sites, self._by_mapping = sites, by_mapping
@@ -226,25 +227,44 @@ class Purger(PurgeWorker, PurgePlanner):
         log acknowledges the report once it is done (purge/holds.py)."""
         now = time.time()
         hold = PurgeHold()
+        try:
+            self._observe(report, now, hold)
+        finally:  # a bug midway: what was released is queued, the report's other changes not
+            hold.seal()
+        return None if hold.done else hold
+
+    def _observe(self, report: CommitReport, now: float, hold: PurgeHold) -> None:
         for site in self._by_mapping.get(report.mapping_id, ()):
             origins = site.origin_nodes()
             if report.target_node not in origins:
                 continue
-            released = self.tracker.observe(
-                site_id=site.id,
-                mapping_id=report.mapping_id,
-                origins=origins,
-                source=report.source_node,
-                target=report.target_node,
-                records=report.records,
-                states=self._states,
-                now=now,
-                journal_id=report.journal_id,
-                hold=hold,
-            )
-            if released:
-                self._released.extend(released)
-                self._intake_wake.set()
+            released: list[Released] = []
+            try:
+                self.tracker.observe(
+                    site_id=site.id,
+                    mapping_id=report.mapping_id,
+                    origins=origins,
+                    source=report.source_node,
+                    target=report.target_node,
+                    records=report.records,
+                    states=self._states,
+                    now=now,
+                    journal_id=report.journal_id,
+                    hold=hold,
+                    out=released,
+                )
+            finally:
+                if released:
+                    self._released.extend(released)
+                    self._intake_wake.set()
+
+    def barrier(self) -> PurgeHold | None:
+        """A hold done once every change released so far is queued (None: none waits): the job
+        log keeps the reports it read back from its spool there until then (master/joblog.py),
+        since their agents were told they were taken when they were spooled."""
+        hold = PurgeHold()
+        for change in self._released:
+            change.waiters.add(hold)
         hold.seal()
         return None if hold.done else hold
 
@@ -355,7 +375,9 @@ class Purger(PurgeWorker, PurgePlanner):
             except Exception as exc:
                 failures += 1
                 self._failing("planning a change", exc, failures)
-                if self._released:  # it stays queued, behind the others
+                if self._released:  # it stays queued, behind the others; its reports are
+                    # acknowledged (sent again, they would meet the same bug), as they were
+                    self._released[0].waiters.mark_queued()  # acknowledged before holds
                     self._released.rotate(-1)
             await anyio.sleep(self._backoff_s(failures))
 

@@ -10,6 +10,7 @@ enqueue_purges), which holds a released change in the purger's memory as long as
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -21,6 +22,7 @@ from relaysync.master.events import EventBus
 from relaysync.master.joblog import JobLogWriter
 from relaysync.protocol.messages import CommitRecord, CommitReport
 from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.ordering import Released
 from relaysync.purge.purger import Purger
 
 pytestmark = pytest.mark.anyio
@@ -152,4 +154,105 @@ async def test_a_report_sent_again_waits_for_the_queueing_of_the_change_it_names
         queue_refused.down = False
         await harness.until(lambda: O1 in acked, what="the report sent again acknowledged")
         assert acked[O1] >= 1
+        tg.cancel_scope.cancel()
+
+
+async def test_reports_read_back_from_the_spool_stay_there_until_their_purge_is_queued(
+    harness: Harness, queue_refused: QueueRefused, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Spooled while the store was down, the reports were acknowledged (the spool keeps them);
+    read back and written once it is up, the spool forgot them while their purge could still
+    wait in the purger's memory (its queue write failing, or its retry not yet due): killed
+    then, the next run had neither to tell its purger of."""
+    harness.write("d.html", b"d-v1")
+    harness.warm("d.html")
+    harness.write("d.html", b"d-v2")
+    store_down = [True]
+    real_record = harness.store.record_commit_reports
+
+    def record(reports: list[CommitReport]) -> None:
+        if store_down[0]:
+            cause = OperationalError("INSERT ...", {}, Exception("database or disk is full"))
+            raise StoreError(f"write: {cause}") from cause
+        real_record(reports)
+
+    monkeypatch.setattr(harness.store, "record_commit_reports", record)
+    first = Purger(harness.store, retry_min_s=0.05, retry_max_s=0.2)
+    first.reload_sites()
+    writer = JobLogWriter(
+        harness.store, EventBus(), spool_dir=tmp_path / "spool", max_queued_records=1
+    )
+    writer.subscribe(first.on_commit_report, barrier=first.barrier)
+    acked: dict[str, int] = {}
+    async with anyio.create_task_group() as tg:
+        await tg.start(first.serve)
+        await tg.start(writer.serve)
+        for target in (O1, O2):
+            writer.add(
+                _report(harness, target, "d.html"), taken=_acknowledge(harness, acked, target)
+            )
+        await harness.until(lambda: len(acked) == 2, what="both reports spooled and acknowledged")
+        store_down[0] = False  # the job log's writes go through; the purge queue's do not yet
+        await harness.until(lambda: writer.written_reports >= 2, what="both read back, written")
+        await harness.until(lambda: queue_refused.refused >= 3, what="the purge still not queued")
+        assert writer.spooled_records == 2  # kept: the purger has not queued their purge
+        tg.cancel_scope.cancel()  # its memory is lost as a kill -9 loses it
+    queue_refused.down = False
+    writer = JobLogWriter(harness.store, EventBus(), spool_dir=tmp_path / "spool")
+    writer.subscribe(harness.purger.on_commit_report, barrier=harness.purger.barrier)
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.serve)
+        await harness.until_served("d.html", (200, b"d-v2"), timeout_s=WAIT_S)
+        await harness.until(lambda: writer.spooled_records == 0, what="the spool released")
+        tg.cancel_scope.cancel()
+
+
+async def test_an_origins_report_waits_for_the_other_origins_and_goes_when_its_site_is_gone(
+    harness: Harness,
+) -> None:
+    """The change waits in the commit tracker for o2 (up, not committed yet): o1's report is
+    not acknowledged; once the site is deleted there is nothing to purge, and it is."""
+    writer = JobLogWriter(harness.store, EventBus())
+    writer.subscribe(harness.purger.on_commit_report)
+    acked: dict[str, int] = {}
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.serve)
+        writer.add(_report(harness, O1, "e.html"), taken=_acknowledge(harness, acked, O1))
+        await harness.until(lambda: writer.written_reports == 1, what="o1's report written")
+        assert acked == {} and harness.purger.tracker.pending == 1
+        harness.store.delete_site(harness.site.id)
+        await anyio.to_thread.run_sync(harness.purger.reload_sites)
+        await harness.until(lambda: O1 in acked, what="o1's report acknowledged")
+        assert harness.purger.tracker.pending == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_a_change_the_purger_fails_to_plan_does_not_hold_back_acknowledgements(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug planning one change (logged, retried behind the others) lets its reports go:
+    sent again they would meet the same bug, and the acknowledgements are cumulative, so
+    every later report of those agents would wait for ever."""
+    real_plan = harness.purger._plan
+
+    async def plan(site: object, change: Released) -> object:
+        if change.path.endswith("/poison.html"):
+            raise RuntimeError("a bug in planning")
+        return await real_plan(site, change)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(harness.purger, "_plan", plan)
+    writer = JobLogWriter(harness.store, EventBus())
+    writer.subscribe(harness.purger.on_commit_report)
+    acked: dict[str, int] = {}
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.serve)
+        for target in (O1, O2):
+            report = _report(harness, target, "poison.html")
+            writer.add(report, taken=_acknowledge(harness, acked, f"{target}-poison"))
+        await harness.until(lambda: len(acked) == 2, what="the poisoned change's reports acked")
+        for target in (O1, O2):
+            report = _report(harness, target, "fine.html", seq=2)
+            writer.add(report, taken=_acknowledge(harness, acked, f"{target}-fine"))
+        await harness.until(lambda: len(acked) == 4, what="the later reports acknowledged")
+        assert min(acked[f"{t}-fine"] for t in (O1, O2)) >= 1  # once their purge was queued
         tg.cancel_scope.cancel()
