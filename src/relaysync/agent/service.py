@@ -387,7 +387,11 @@ class AgentService(SourceRole, TargetRole):
 
     def _journal_heads(self) -> tuple[JournalHead, ...]:
         heads = [
-            JournalHead(mapping_id=mapping_id, seq=r.source.journal.last_seq)
+            JournalHead(
+                mapping_id=mapping_id,
+                seq=r.source.journal.last_seq,
+                journal_id=r.source.journal.journal_id,
+            )
             for mapping_id, r in sorted(self.sources.items())
             if r.source is not None
         ]

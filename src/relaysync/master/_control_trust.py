@@ -58,7 +58,8 @@ class AgentLink:
     acks: ReportAcks | None = None  # the agent keeps its reports until told they are taken
     reading: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by stop
     push_due: anyio.Event = field(default_factory=anyio.Event)  # the config changed: push anew
-    heads: dict[int, int] = field(default_factory=dict)  # journal heads the store took, by mapping
+    # journal heads the store took, by mapping: (seq, journal id)
+    heads: dict[int, tuple[int, str]] = field(default_factory=dict)
     # Mappings whose head the store refused (not this node's): not sent to the store again
     # until the mappings change (`_forget_heads`), at most MAX_REFUSED_HEADS_KEPT of them.
     refused_heads: set[int] = field(default_factory=set)
@@ -82,7 +83,7 @@ class ControlTrust:
     store: Store
     links: dict[str, AgentLink]
     _members: MappingMembers
-    _heads_slots: dict[str, tuple[AgentLink, dict[int, int]]]  # the newest heads, by node id
+    _heads_slots: dict[str, tuple[AgentLink, dict[int, tuple[int, str]]]]  # newest, by node id
     _heads_due: anyio.Event  # set when a slot is filled
     _heads_writer: anyio.CancelScope | None  # `_write_heads`' own while it runs: a stop cancels it
     _stopping: bool
@@ -93,12 +94,13 @@ class ControlTrust:
         """Keep the journal heads a source sends with its figures, those changed since the
         store took this link's last ones (and not refused since the mappings last changed),
         in the link's slot for `_write_heads` (a newer report's replace them): the link's
-        reading never waits on the store."""
+        reading never waits on the store. A head in another journal than the one taken is
+        fresh whatever its seq: the store voids what counted in the old journal."""
         known, refused = link.heads, link.refused_heads
         fresh = {
-            h.mapping_id: h.seq
+            h.mapping_id: (h.seq, h.journal_id)
             for h in heads
-            if known.get(h.mapping_id) != h.seq and h.mapping_id not in refused
+            if known.get(h.mapping_id) != (h.seq, h.journal_id) and h.mapping_id not in refused
         }
         if fresh:
             self._heads_slots[link.node_id] = (link, fresh)
@@ -151,13 +153,18 @@ class ControlTrust:
         )
         failures.logged_at, failures.since = now, 0
 
-    async def _write_slots(self, slots: Sequence[tuple[AgentLink, dict[int, int]]]) -> None:
+    async def _write_slots(
+        self, slots: Sequence[tuple[AgentLink, dict[int, tuple[int, str]]]]
+    ) -> None:
         """The store writes a head only from the mapping's source; the others are refused. A
         store failure costs these heads only: the next figures bring them again. Abandoned
         on a stop (the store's write may be stuck): the sources report their heads anew."""
         # A forget replaces the link's dict and set: what this write learnt then goes with them.
         noted = [(link, link.heads, link.refused_heads, heads) for link, heads in slots]
-        wanted = {link.node_id: sorted(heads.items()) for link, heads in slots}
+        wanted = {
+            link.node_id: [(m, seq, journal) for m, (seq, journal) in sorted(heads.items())]
+            for link, heads in slots
+        }
         try:
             written = await anyio.to_thread.run_sync(
                 self.store.record_source_heads, wanted, abandon_on_cancel=True

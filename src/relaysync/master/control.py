@@ -126,7 +126,7 @@ class ControlServer(ControlSources):
         self._link_ended = anyio.Event()  # set (and replaced) as each link ends
         self._holds = {}  # the mass-delete holds reported (master/_control_holds.py)
         self.source_failures = SourceFailures()  # the sources that cannot run, and why
-        self._heads_slots: dict[str, tuple[AgentLink, dict[int, int]]] = {}  # by node id
+        self._heads_slots: dict[str, tuple[AgentLink, dict[int, tuple[int, str]]]] = {}  # by node
         self._heads_due = anyio.Event()  # a slot was filled: `_write_heads` writes them
         self._heads_writer: anyio.CancelScope | None = None  # `_write_heads`', cancelled by `stop`
         self._heads_errors: set[str] = set()

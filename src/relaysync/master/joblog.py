@@ -55,6 +55,7 @@ from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog_spool import JobLogSpool
 from relaysync.master.report_acks import Receipts
 from relaysync.master.store import store_unavailable
+from relaysync.master.store._journals import other_journal
 from relaysync.master.store.store import Store
 from relaysync.protocol.messages import CommitReport
 from relaysync.purge.holds import PurgeHold
@@ -94,6 +95,7 @@ class JobLogWriter(WritingInPieces):
         self._writing_records = 0  # taken from the queue by the write in progress
         self._wake = anyio.Event()
         self.watermarks: dict[tuple[int, str, str], int] = {}
+        self._journals: dict[tuple[int, str, str], str] = {}  # the journal each counts in
         self.written_reports = 0
         self.dropped_records = 0  # refused by the store for what they hold (logged as errors)
         self._failures = 0  # flushes in a row the batch at the head of the queue failed
@@ -144,6 +146,9 @@ class JobLogWriter(WritingInPieces):
         never for one that is lost (a failed write to the spool on stop) but for one the store
         refuses (dropped, logged)."""
         key = (report.mapping_id, report.source_node, report.target_node)
+        if other_journal(report.journal_id, self._journals.get(key, "")):
+            self.watermarks.pop(key, None)  # the source's journal was recreated: from 0 in it
+        self._journals[key] = report.journal_id or self._journals.get(key, "")
         if report.watermark > self.watermarks.get(key, 0):
             self.watermarks[key] = report.watermark
         for record in report.records:

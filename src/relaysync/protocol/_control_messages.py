@@ -312,10 +312,16 @@ class MetricSample(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 
 
 class JournalHead(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
-    """A source's journal head for one mapping: the highest seq it has journaled."""
+    """A source's journal head for one mapping: the highest seq it has journaled. Fields are
+    added at the end with a default only: an older agent's shorter array decodes with the
+    default, and an older master ignores the elements past its own (msgspec's array_like)."""
 
     mapping_id: UInt63
     seq: UInt63
+    # The source journal `seq` counts in (Journal.journal_id; "": an older agent). Another one
+    # than before (the journal was recreated: seqs start again at 1) voids the targets'
+    # watermarks that counted in the old one's seqs (master/store/_journals.py).
+    journal_id: JournalId = ""
 
 
 # C0 and C1 controls (a terminal's escape sequences, 8-bit CSI included), line separators

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from tests._fleet import Fleet, agent_link, roundtrip
 
@@ -259,11 +260,14 @@ async def _head_taken(fleet: Fleet, framed: FramedStream, m: int, seq: int) -> N
     await _until(lambda: _lags(fleet, m) == [(seq, seq)])
 
 
-def _figures(*heads: tuple[int, int]) -> MetricsReport:
+def _figures(*heads: tuple[int, int] | tuple[int, int, str]) -> MetricsReport:
     return MetricsReport(
         at=time.time(),
         samples=(),
-        journal_heads=tuple(JournalHead(mapping_id=i, seq=s) for i, s in heads),
+        journal_heads=tuple(
+            JournalHead(mapping_id=h[0], seq=h[1], journal_id=h[2] if len(h) > 2 else "")
+            for h in heads
+        ),
     )
 
 
@@ -305,10 +309,47 @@ def test_journal_heads_are_believed_from_the_mappings_source_only(
                 await _head_taken(fleet, framed, m, 45)
             assert dict(control.refused) == {"journal_head": 2}
             assert writes == [
-                {a.node_id: [(m, 900)]},
-                {src.node_id: [(m, 40), (m + 100, 5)]},
-                {src.node_id: [(m, 45)]},
+                {a.node_id: [(m, 900, "")]},
+                {src.node_id: [(m, 40, ""), (m + 100, 5, "")]},
+                {src.node_id: [(m, 45, "")]},
             ]
+
+    anyio.run(main)
+
+
+def test_a_recreated_source_journal_starts_the_figures_again(fleet: Fleet) -> None:
+    """The source's journal was recreated (state lost, agent reinstalled): its seqs count from
+    1 again under a new journal id. Its head naming the new journal, even at the seq the old
+    one's had, voids the target's watermark of the old journal, and the target's first report
+    in the new one sets it lower. Before, the head was not even written again (same seq) and
+    the watermarks only ever rose: the API showed no lag for changes not on the target."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    old, new = "1" * 32, "2" * 32
+
+    def committed(seq: int, journal: str) -> CommitReport:
+        return msgspec.structs.replace(_report(m, src.node_id, a.node_id, seq), journal_id=journal)
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            async with (
+                agent_link(port, a, "web-a") as target,
+                agent_link(port, src, "src") as source,
+            ):
+                await target.send(committed(40, old))
+                await source.send(_figures((m, 40, old)))
+                await roundtrip(target)
+                await roundtrip(source)
+                await control.joblog.flush()  # the fleet runs no writer: written here
+                await _until(lambda: _lags(fleet, m) == [(40, 0)])
+                await source.send(_figures((m, 40, new)))  # recreated, journaled 40 already
+                await roundtrip(source)
+                await _until(lambda: _lags(fleet, m) == [(40, 40)])
+                await target.send(committed(3, new))
+                await roundtrip(target)
+                assert control.joblog.watermarks == {(m, src.node_id, a.node_id): 3}
+                await control.joblog.flush()
+                await _until(lambda: _lags(fleet, m) == [(40, 37)])
 
     anyio.run(main)
 

@@ -60,3 +60,38 @@ def test_more_heads_than_the_bound_or_a_negative_seq_are_refused_on_decode() -> 
         decode_payload(encode_frame(over)[4:])
     with pytest.raises(ProtocolError):
         decode_payload(encode_frame(_figures((3, -1)))[4:])
+
+
+class OldHead(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A JournalHead as releases before `journal_id` define it."""
+
+    mapping_id: int
+    seq: int
+
+
+class OldHeadFigures(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="metrics_report"
+):
+    at: float
+    samples: tuple[MetricSample, ...]
+    journal_heads: tuple[OldHead, ...] = ()
+
+
+def test_a_head_names_its_journal_and_stays_readable_both_ways() -> None:
+    """The journal a head counts in crosses the wire; an older master reads the longer head
+    (the element past its fields ignored), and an older agent's head has none named ("")."""
+    new = MetricsReport(
+        at=time.time(),
+        samples=(),
+        journal_heads=(JournalHead(mapping_id=3, seq=70, journal_id="ab" * 16),),
+    )
+    decoded = decode_payload(encode_frame(new)[4:])
+    assert isinstance(decoded, MetricsReport) and decoded.journal_heads == new.journal_heads
+    old = msgspec.msgpack.decode(encode_frame(new)[4:], type=OldHeadFigures)
+    assert old.journal_heads == (OldHead(mapping_id=3, seq=70),)
+    older = OldHeadFigures(
+        at=time.time(), samples=(), journal_heads=(OldHead(mapping_id=3, seq=70),)
+    )
+    report = decode_payload(msgspec.msgpack.encode(older))
+    assert isinstance(report, MetricsReport)
+    assert report.journal_heads == (JournalHead(mapping_id=3, seq=70, journal_id=""),)

@@ -3,10 +3,16 @@
 A mapping's head seq is the higher of this and the newest change row its targets reported, so
 that its lag shows while no target reports (every target down), and no target can make the
 head look lower than the source says it is.
+
+Each head names the source journal its seq counts in (0024): a recreated journal counts from 1
+again, so a head naming another journal than the one noted voids the targets' watermarks of
+the old one (store/_journals.py), and the change rows reported before it no longer raise the
+head (`journal_since`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping as MappingOf
 from collections.abc import Sequence
 from typing import Any
@@ -15,16 +21,24 @@ from sqlalchemy import Table, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from relaysync.master.store._journals import other_journal, void_watermarks
 from relaysync.master.store.models import Base, Change, Mapping, SourceHead
+
+logger = logging.getLogger(__name__)
 
 HEADS: Table = Base.metadata.tables["source_heads"]
 SELECT_NODES = 500  # source nodes per SELECT: far below any bound on bound parameters
+# (mapping id, seq) of an older caller, or (mapping id, seq, journal id): "" names no journal
+Head = tuple[int, int] | tuple[int, int, str]
 
 
 def _heads_upsert(stmt: Any) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=["mapping_id", "source_node"],
-        set_={"seq": stmt.excluded.seq, "reported_at": stmt.excluded.reported_at},
+        set_={
+            name: getattr(stmt.excluded, name)
+            for name in ("seq", "reported_at", "journal_id", "journal_since")
+        },
     )
 
 
@@ -34,13 +48,11 @@ _HEADS_UPSERT = {
 }
 
 
-def sourced(
-    session: Session, heads: MappingOf[str, Sequence[tuple[int, int]]]
-) -> dict[str, list[int]]:
+def sourced(session: Session, heads: MappingOf[str, Sequence[Head]]) -> dict[str, list[int]]:
     """Per source node of `heads`, the mapping ids it names that it is the source of now (one
     deleted, given another source meanwhile, or never its own is left out): one SELECT per
     SELECT_NODES sources, whatever the ids say."""
-    wanted = {node: {m for m, _ in pairs} for node, pairs in heads.items() if pairs}
+    wanted = {node: {h[0] for h in pairs} for node, pairs in heads.items() if pairs}
     found: dict[str, list[int]] = {node: [] for node in heads}
     for mapping_id, node in _sourced(session, sorted(wanted)):
         if mapping_id in wanted[node]:
@@ -49,22 +61,70 @@ def sourced(
 
 
 def record(
-    session: Session, heads: MappingOf[str, Sequence[tuple[int, int]]], now: float
+    session: Session, heads: MappingOf[str, Sequence[Head]], now: float
 ) -> dict[str, list[int]]:
-    """Set the journal head each source node reports per (mapping id, seq), for the mappings
-    it is the source of now (`sourced`), in one upsert. Return, per source node, the mapping
-    ids set. The source's word is taken as it is: its journal never goes back."""
+    """Set the journal head each source node reports per (mapping id, seq[, journal id]), for
+    the mappings it is the source of now (`sourced`), in one upsert. Return, per source node,
+    the mapping ids set. The source's word is taken as it is: its journal never goes back, and
+    one that does is another journal, which voids what counted in the old one (`_new_journal`)."""
     written = sourced(session, heads)
     taken = {node: set(ids) for node, ids in written.items()}
-    rows = [
-        {"mapping_id": m, "source_node": node, "seq": seq, "reported_at": now}
-        for node in sorted(taken)
-        for m, seq in sorted(dict(heads[node]).items())
-        if m in taken[node]
-    ]
+    noted = _noted(session, sorted(node for node, ids in taken.items() if ids))
+    rows = []
+    for node in sorted(taken):
+        for h in sorted({h[0]: h for h in heads[node]}.values()):
+            if h[0] in taken[node]:
+                journal = h[2] if len(h) > 2 else ""
+                rows.append(_new_journal(session, node, h[0], (h[1], journal), noted, now))
     if rows:
         session.execute(_HEADS_UPSERT[session.get_bind().dialect.name], rows)
     return written
+
+
+def _noted(session: Session, nodes: Sequence[str]) -> dict[tuple[int, str], tuple[str, float]]:
+    """(journal id, journal since) of the heads noted for `nodes`, by (mapping id, node)."""
+    noted: dict[tuple[int, str], tuple[str, float]] = {}
+    for i in range(0, len(nodes), SELECT_NODES):
+        query = select(
+            HEADS.c.mapping_id, HEADS.c.source_node, HEADS.c.journal_id, HEADS.c.journal_since
+        ).where(HEADS.c.source_node.in_(nodes[i : i + SELECT_NODES]))
+        noted.update(
+            ((int(m), str(n)), (str(j), float(t))) for m, n, j, t in session.execute(query)
+        )
+    return noted
+
+
+def _new_journal(
+    session: Session,
+    node: str,
+    mapping_id: int,
+    head: tuple[int, str],
+    noted: MappingOf[tuple[int, str], tuple[str, float]],
+    now: float,
+) -> dict[str, Any]:
+    """The row of head (seq, journal id); a journal other than the one noted (the source's was
+    recreated) first voids the targets' watermarks of the old one, and the change rows
+    reported until now no longer count for the head. "" keeps the journal noted."""
+    seq, journal = head
+    known, since = noted.get((mapping_id, node), ("", 0.0))
+    if other_journal(journal, known):
+        void_watermarks(session, mapping_id, node, journal, now)
+        since = now
+        logger.warning(
+            "mapping %s: the source's journal is new (%s, was %s): its head and the targets' "
+            "watermarks start again from 0",
+            mapping_id,
+            journal,
+            known,
+        )
+    return {
+        "mapping_id": mapping_id,
+        "source_node": node,
+        "seq": seq,
+        "reported_at": now,
+        "journal_id": journal or known,
+        "journal_since": since,
+    }
 
 
 def _sourced(session: Session, nodes: Sequence[str]) -> list[tuple[int, str]]:
@@ -92,15 +152,23 @@ def keep_only(session: Session, mapping_id: int, source_node: str) -> None:
 
 
 def head_seq(session: Session, mapping_id: int, source_node: str) -> int:
-    """The mapping's head seq: the higher of its source's word and its newest change row."""
-    reported = session.scalar(
-        select(SourceHead.seq).where(
+    """The mapping's head seq: the higher of its source's word and its newest change row (of
+    those reported since the source's journal was first heard: an older journal's seqs are
+    not the current one's)."""
+    reported = session.execute(
+        select(SourceHead.seq, SourceHead.journal_since).where(
             SourceHead.mapping_id == mapping_id, SourceHead.source_node == source_node
         )
-    )
-    newest = session.scalar(
-        select(func.max(Change.seq)).where(
-            Change.mapping_id == mapping_id, Change.source_node == source_node
+    ).first()
+    seq, since = (int(reported[0]), float(reported[1])) if reported is not None else (0, 0.0)
+    rows = (Change.mapping_id == mapping_id, Change.source_node == source_node)
+    if not since:  # max() alone: an index lookup
+        newest = session.scalar(select(func.max(Change.seq)).where(*rows))
+    else:  # from the top down: the new journal's rows past the old one's seqs come first
+        newest = session.scalar(
+            select(Change.seq)
+            .where(*rows, Change.reported_at >= since)
+            .order_by(Change.seq.desc())
+            .limit(1)
         )
-    )
-    return max(int(reported or 0), int(newest or 0))
+    return max(seq, int(newest or 0))

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from relaysync.master.store._engine import execute_rows
 from relaysync.master.store._joblog_supersede import Commits, resolve_moot
+from relaysync.master.store._journals import current_marks, other_journal
 from relaysync.master.store.models import Base, Mapping, Server, path_key
 from relaysync.protocol.messages import CommitRecord, CommitReport
 
@@ -75,6 +76,7 @@ class _Batch:
     outcomes: dict[OutcomeKey, dict[str, Any] | None] = field(default_factory=dict)  # None: ok
     catchup: dict[Triple, list[int]] = field(default_factory=dict)
     watermarks: dict[Triple, int] = field(default_factory=dict)
+    journals: dict[Triple, str] = field(default_factory=dict)  # the journal each counts in
     advances: list[dict[str, Any]] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # target node id -> server name
     commits: Commits = field(default_factory=Commits)  # what may make failures moot
@@ -110,7 +112,9 @@ def record(session: Session, reports: Sequence[CommitReport], now: float) -> Non
     if not reports:
         return
     batch = _Batch(now=now)
-    batch.watermarks = _current_watermarks(session, reports)
+    current = current_marks(session, reports)
+    batch.watermarks = {triple: seq for triple, (seq, _) in current.items()}
+    batch.journals = {triple: journal for triple, (_, journal) in current.items()}
     batch.names = _target_names(session, reports)
     batch.open_triples = _open_triples(session, {r.mapping_id for r in reports})
     for report in reports:
@@ -130,20 +134,6 @@ def _known(session: Session, reports: Sequence[CommitReport]) -> list[CommitRepo
             "dropped commit reports of deleted mappings", extra={"mappings": sorted(ids - known)}
         )
     return [r for r in reports if r.mapping_id in known]
-
-
-def _current_watermarks(session: Session, reports: Sequence[CommitReport]) -> dict[Triple, int]:
-    triples = {(r.mapping_id, r.source_node, r.target_node) for r in reports}
-    rows = session.execute(
-        select(
-            WATERMARKS.c.mapping_id,
-            WATERMARKS.c.source_node,
-            WATERMARKS.c.target_node,
-            WATERMARKS.c.seq,
-        ).where(WATERMARKS.c.mapping_id.in_({t[0] for t in triples}))
-    )
-    current = {(m, s, t): seq for m, s, t, seq in rows if (m, s, t) in triples}
-    return current
 
 
 def _target_names(session: Session, reports: Sequence[CommitReport]) -> dict[str, str]:
@@ -172,6 +162,10 @@ def _fold(batch: _Batch, report: CommitReport) -> None:
         counters = batch.catchup.setdefault(triple, [0, 0])
         counters[0] += figures.catchup_files
         counters[1] += figures.catchup_bytes
+    if other_journal(report.journal_id, batch.journals.get(triple, "")):
+        batch.watermarks.pop(triple, None)  # the source's new journal: from 0 in it (_journals)
+    if report.journal_id:
+        batch.journals[triple] = report.journal_id
     _fold_watermark(batch, triple, report.watermark, figures, _route(batch, report))
 
 
@@ -326,7 +320,14 @@ def _unknown_changes(session: Session, batch: _Batch) -> list[ChangeKey]:
 def _write_watermarks(session: Session, batch: _Batch) -> None:
     advanced = {(a["mapping_id"], a["source_node"], a["target_node"]) for a in batch.advances}
     rows = [
-        {"mapping_id": m, "source_node": s, "target_node": t, "seq": seq, "updated_at": batch.now}
+        {
+            "mapping_id": m,
+            "source_node": s,
+            "target_node": t,
+            "seq": seq,
+            "updated_at": batch.now,
+            "journal_id": batch.journals.get((m, s, t), ""),
+        }
         for (m, s, t), seq in sorted(batch.watermarks.items())
     ]
     if not rows:
@@ -339,9 +340,16 @@ def _write_watermarks(session: Session, batch: _Batch) -> None:
 def _watermarks_upsert(stmt: Any) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=["mapping_id", "source_node", "target_node"],
-        set_={"seq": stmt.excluded.seq, "updated_at": stmt.excluded.updated_at},
-        where=WATERMARKS.c.seq
-        < stmt.excluded.seq,  # never decreases, even under concurrent batches
+        set_={
+            "seq": stmt.excluded.seq,
+            "updated_at": stmt.excluded.updated_at,
+            "journal_id": stmt.excluded.journal_id,
+        },
+        # never decreases, even under concurrent batches, but in another journal (_journals)
+        where=or_(
+            WATERMARKS.c.seq < stmt.excluded.seq,
+            WATERMARKS.c.journal_id != stmt.excluded.journal_id,
+        ),
     )
 
 

@@ -51,11 +51,13 @@ class JobLogStore:
             _joblog.record(session, reports, time.time())
 
     def record_source_heads(
-        self, heads: MappingOf[str, Sequence[tuple[int, int]]]
+        self, heads: MappingOf[str, Sequence[_heads.Head]]
     ) -> dict[str, list[int]]:
-        """Note the journal heads sources report, per source node (mapping id, seq), for the
-        lag figures, in one transaction; return per source node the mapping ids noted (not
-        those of mappings it is not the source of, or that do not exist). Checked first in a
+        """Note the journal heads sources report, per source node (mapping id, seq[, journal
+        id]), for the lag figures, in one transaction (a journal other than the one noted voids
+        the targets' watermarks of the old one: store/_heads.py); return per source node the
+        mapping ids noted (not those of mappings it is not the source of, or that do not
+        exist). Checked first in a
         read transaction: heads that are all refused (a former source's, made-up ids) cost no
         write transaction (BEGIN IMMEDIATE on SQLite, contending with the job log's writes).
 

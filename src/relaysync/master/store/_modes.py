@@ -32,7 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from relaysync.errors import ConfigError
-from relaysync.master.store.models import Base, Mapping, Watermark
+from relaysync.master.store._journals import void_watermarks
+from relaysync.master.store.models import Base, Mapping
 from relaysync.protocol.messages import MappingSpec
 from relaysync.watch.target_policy import DEFAULT_MODE_MASK, SYMLINK_POLICIES, mode_mask_problem
 
@@ -105,7 +106,7 @@ def _new_journal(session: Session, mapping_id: int, source_node: str, journal_id
     """Note `journal_id` as the journal the mapping's source counts in; if it replaces another
     (recreated: its seqs start again at 1), forget what counted in the old one's seqs: what the
     releases covered and how far the targets committed (the upsert of the job log never lowers
-    a watermark; the targets report the new journal's from 0). Return whether it did."""
+    a watermark but in another journal: store/_journals.py). Return whether it did."""
     row = session.get(MappingModeRow, mapping_id)
     if row is None or not journal_id or row.released_journal == journal_id:
         return False
@@ -113,11 +114,8 @@ def _new_journal(session: Session, mapping_id: int, source_node: str, journal_id
     if not known:  # the first one heard of (a source that reported before 0023): nothing to void
         return False
     row.released_upto = row.released_release = 0
-    session.execute(
-        update(Watermark)
-        .where(Watermark.mapping_id == mapping_id, Watermark.source_node == source_node)
-        .values(seq=0, updated_at=time.time())
-    )
+    # those a target reported in the new journal already are kept (reported before this)
+    void_watermarks(session, mapping_id, source_node, journal_id, time.time())
     logger.warning(
         "mapping %s: the source's journal is new (%s, was %s): its releases and the targets' "
         "watermarks start again from 0",

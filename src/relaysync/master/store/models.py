@@ -164,6 +164,8 @@ class Watermark(Base):
     target_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[float] = mapped_column(Float)
+    # the source journal `seq` counts in (0024; "": not named, an older agent: matches any)
+    journal_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class SourceHead(Base):
@@ -180,6 +182,10 @@ class SourceHead(Base):
     source_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)
     reported_at: Mapped[float] = mapped_column(Float)
+    # the source journal `seq` counts in (0024; "": not named yet), and when it was first heard:
+    # change rows reported before then are an older journal's and raise the head no more
+    journal_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    journal_since: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class WatermarkAdvance(Base):

@@ -1,0 +1,91 @@
+"""Store: a source whose journal was recreated (its seqs count from 1 again under a new journal
+id) voids the watermarks and the head that counted in the old one's seqs, so the lag figures
+compare seqs of one journal only. An id of "" (an older agent) matches any journal."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from relaysync.master.store import Store
+from relaysync.protocol.messages import CommitRecord, CommitReport
+
+SRC, T1, T2 = "a" * 64, "b" * 64, "c" * 64
+OLD, NEW = "1" * 32, "2" * 32
+
+
+@pytest.fixture
+def mapping_id(store: Store) -> int:
+    for node, name in ((SRC, "src"), (T1, "t1"), (T2, "t2")):
+        store.upsert_server(node_id=node, name=name, region="", group="", address=f"{name}:1")
+    return store.create_mapping(
+        name="m", source="src", source_path="/a", targets=[("t1", "/b"), ("t2", "/c")]
+    ).id
+
+
+def committed(mid: int, target: str, upto: int, journal: str, first: int = 1) -> CommitReport:
+    records = tuple(
+        CommitRecord(seq=s, op="file", path=f"f{s}", committed_at=time.time())
+        for s in range(first, upto + 1)
+    )
+    return CommitReport(
+        mapping_id=mid,
+        source_node=SRC,
+        target_node=target,
+        watermark=upto,
+        records=records,
+        journal_id=journal,
+    )
+
+
+def lags(store: Store, mid: int) -> dict[str, tuple[int, int, int]]:
+    return {s.target: (s.watermark, s.highest_seq, s.lag) for s in store.mapping_status(mid)}
+
+
+def _old_journal_done(store: Store, mid: int) -> None:
+    """Both targets committed the old journal's 100 changes; T2 fell behind at 90 first."""
+    store.record_commit_reports([committed(mid, T1, 100, OLD), committed(mid, T2, 90, OLD)])
+    store.record_source_heads({SRC: [(mid, 100, OLD)]})
+    assert lags(store, mid) == {T1: (100, 100, 0), T2: (90, 100, 10)}
+
+
+def test_a_new_journal_reported_by_a_target_first_then_by_the_source(
+    store: Store, mapping_id: int
+) -> None:
+    """The usual order: the recreated source streams its new journal to the targets, which
+    commit and report it before the source's next figures name it. Before, every figure kept
+    the old journal's seqs: T1 showed watermark 100 and no lag while 3 of the new journal's 8
+    changes were not on it, and T2 (down) a lag of 10 for changes of a journal gone."""
+    _old_journal_done(store, mapping_id)
+    store.record_commit_reports([committed(mapping_id, T1, 5, NEW)])
+    store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
+    assert lags(store, mapping_id) == {T1: (5, 8, 3), T2: (0, 8, 8)}
+    assert {w.target: w.seq for w in store.watermarks(mapping_id)} == {T1: 5, T2: 0}
+    store.record_commit_reports([committed(mapping_id, T2, 8, NEW)])  # T2 back
+    store.record_commit_reports([committed(mapping_id, T1, 8, NEW, first=6)])
+    assert lags(store, mapping_id) == {T1: (8, 8, 0), T2: (8, 8, 0)}
+
+
+def test_a_new_journal_named_by_the_source_first(store: Store, mapping_id: int) -> None:
+    """The source's figures name the new journal before any target reports it: every target
+    has committed nothing of it; their next reports count from there."""
+    _old_journal_done(store, mapping_id)
+    store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
+    assert lags(store, mapping_id) == {T1: (0, 8, 8), T2: (0, 8, 8)}
+    store.record_commit_reports([committed(mapping_id, T1, 6, NEW)])
+    assert lags(store, mapping_id) == {T1: (6, 8, 2), T2: (0, 8, 8)}
+    store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})  # the same journal: nothing voided
+    assert lags(store, mapping_id)[T1] == (6, 8, 2)
+
+
+def test_an_unnamed_journal_matches_any(store: Store, mapping_id: int) -> None:
+    """An older agent names no journal (""): its head and reports void nothing and are taken
+    as before (a head as it is, a watermark only raised)."""
+    _old_journal_done(store, mapping_id)
+    store.record_source_heads({SRC: [(mapping_id, 120, "")]})
+    store.record_commit_reports([committed(mapping_id, T2, 80, "")])  # lowers nothing
+    assert lags(store, mapping_id) == {T1: (100, 120, 20), T2: (90, 120, 30)}
+    store.record_source_heads({SRC: [(mapping_id, 130)]})  # (mapping id, seq): no journal
+    store.record_commit_reports([committed(mapping_id, T1, 130, OLD, first=101)])
+    assert lags(store, mapping_id) == {T1: (130, 130, 0), T2: (90, 130, 40)}
