@@ -37,7 +37,7 @@ def _merge(items: list[Queued]) -> list[Queued]:
     (each standing for the outbox frames of those it merged)."""
     merged: list[Queued] = []
     weight = (0, 0)  # the last merged report's removed and encoded bytes, kept as it grows
-    for r, frames in items:
+    for r, frames, held in items:
         last = merged[-1].report if merged else None
         added = (_removed(r), _bytes(r.records))
         if (
@@ -57,10 +57,10 @@ def _merge(items: list[Queued]) -> list[Queued]:
                 route=r.route,
                 journal_id=r.journal_id,
             )
-            merged[-1] = Queued(report, merged[-1].frames + frames)
+            merged[-1] = Queued(report, merged[-1].frames + frames, merged[-1].held_bytes + held)
             weight = (weight[0] + added[0], weight[1] + added[1])
         else:
-            merged.append(Queued(r, frames))
+            merged.append(Queued(r, frames, held))
             weight = added
     return merged
 

@@ -9,7 +9,8 @@ Any other fleet certificate is refused before anything is sent.
 
 Error handling: any failure drops the link and it reconnects with backoff; the agent keeps
 running on its last assignment meanwhile, and commit reports wait in a bounded queue, kept on
-disk (agent/report_queue.py, agent/outbox.py: a kill of the agent loses none). A master
+disk (agent/report_queue.py, agent/outbox.py: a kill of the agent loses none; past the
+memory bound they wait on disk only, read back in order as the master takes them). A master
 that announces CAP_REPORT_ACK says which reports it has taken durably (`ReportsTaken`); the
 others stay queued and go again, first and in order, on the next session, so a kill of the
 master loses none (master/report_acks.py). With an older master, reports are sent and forgotten.
@@ -120,7 +121,8 @@ class MasterLink:
                 that goes out over IPv6 keeps the address registered before.
             capabilities: announced in our Hello (fewer: act as an older release).
             outbox: keeps commit reports on disk until the master took them; None: in memory.
-            replayed: the reports `outbox.open()` read back, sent before any new one.
+            replayed: the reports `outbox.open()` read back, sent before any new one (and
+                before those it left unread on disk).
             certificate: this agent's (PEM), to tell a refusal of it that only a new one
                 mends (expired by our clock too) from a clock behind, which NTP mends.
         """
@@ -179,7 +181,8 @@ class MasterLink:
 
     @property
     def dropped_reports(self) -> int:
-        """Reports dropped past MAX_QUEUED_REPORTS (logged)."""
+        """Reports dropped past MAX_QUEUED_REPORTS, or past the memory bound when the outbox
+        could not keep them (logged)."""
         return self.reports.dropped
 
     def outbox_sync_handles(self) -> OutboxSync:
@@ -378,6 +381,8 @@ class MasterLink:
                     pass
                 case ReportsTaken() if self._acking:
                     self.reports.taken(message.upto)
+                    if self.reports.unsent:  # read back from disk: the writer may be idle
+                        self._wake.set()
                 case Error():
                     raise PeerRefused(message.detail, message.code.name)
                 case _:

@@ -14,6 +14,11 @@ segment, and to a new one past SEGMENT_BYTES or at each start. A frame is an 8-b
 `<n>.done` holds how many of segment n's first frames are taken (8 bytes, pwritten in place);
 a segment is deleted once all of its frames are.
 
+Reading back: the queue holds in memory only what fits its bound in bytes (agent/report_queue.py);
+the reports past it are appended not `held`, and read back in order from a cursor on the first of
+them (`peek_unread`, `advance`), and `open(hold_bytes)` returns only what fits, leaving the rest
+`unread` the same way. A frame found unreadable there is skipped alone, as at `open`.
+
 Durability: appends and `.done` writes are not fsynced as they come. A kill of the agent (kill -9,
 a crash, the OOM killer) loses nothing the kernel holds. For a target in `safe` durability, whose
 files outlive a power loss, the reports must too (the master would never hear of those commits, nor
@@ -43,9 +48,7 @@ import logging
 import os
 import re
 import shutil
-import struct
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,13 +58,12 @@ from relaysync._util.kept_aside import keep_aside
 from relaysync.constants import MAX_MESSAGE_BYTES
 from relaysync.protocol.messages import ENCODER, CommitReport
 
+from ._outbox_segments import DECODER, DONE, HEADER, Cursor, Replay, Segment, read_segment
+
 logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 8 * 1024 * 1024  # a new segment past this: taken segments free their space
 MAX_RETIRED_FDS = 8  # segments left since the last sync whose descriptors are kept for it
-_HEADER = struct.Struct(">II")  # payload bytes, CRC-32 of the payload
-_DONE = struct.Struct(">QI")  # frames taken, CRC-32 of that count (a torn write reads as 0)
-_DECODER = msgspec.msgpack.Decoder(CommitReport)
 _NAME = re.compile(r"[0-9a-f]{16}\.outbox")
 
 
@@ -73,39 +75,13 @@ class OutboxSync(NamedTuple):
     made: int
 
 
-@dataclass
-class _Segment:
-    number: int
-    path: Path
-    frames: int  # whole frames, lost ones (skipped as unreadable) too
-    size: int  # the end of the last of them
-    done: int = 0  # of its first frames, taken by the master (its .done file)
-    lost: set[int] = field(default_factory=set)  # frames past `done` skipped as unreadable
-    bad: bool = False  # a frame was unreadable: kept as .bad once taken, not deleted
-
-    def take(self, reports: int) -> int:
-        """Count up to `reports` more frames as taken, and the lost ones among and after them;
-        returns the reports counted."""
-        taken = 0
-        while taken < reports and self.done < self.frames:
-            taken += self.done not in self.lost
-            self.done += 1
-        while self.done in self.lost:  # no report to wait for: taken with what precedes it
-            self.done += 1
-        return taken
-
-    @property
-    def pending(self) -> int:
-        return self.frames - self.done - sum(1 for n in self.lost if n >= self.done)
-
-
 class ReportOutbox:
     """Commit reports on disk, in order: `append` each, `consume` the first n once taken."""
 
     def __init__(self, directory: Path, node_id: str, *, segment_bytes: int | None = None) -> None:
         self.directory = directory / node_id[:16]
         self.segment_bytes = SEGMENT_BYTES if segment_bytes is None else segment_bytes
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._fd: int | None = None  # the last segment's, open for appends
         self._done_fd: int | None = None  # the first segment's .done
         self._unsaved = False  # the first segment's count is ahead of its .done
@@ -115,26 +91,35 @@ class ReportOutbox:
         # names a directory fsync is known to cover (`dir_synced`).
         self._retired: collections.deque[int] = collections.deque()
         self._made = self._dir_synced = 0
+        # Reports on disk only (`unread`), after every one the caller holds: read back in order
+        # from `_cursor` with `peek_unread` and `advance`, on `_reader` (segment number, fd).
+        self.unread = 0
+        self._cursor: Cursor | None = None
+        # the peeked frame's end (None: its header is unreadable) and whether it is lost
+        self._peeked: tuple[int | None, bool] = (None, True)
+        self._reader: tuple[int, int] | None = None
 
     @property
     def pending(self) -> int:
         """Reports appended and not consumed."""
         return sum(s.pending for s in self._segments)
 
-    def open(self) -> list[CommitReport]:
-        """Take up what a previous run left; returns its reports not taken yet, in order.
+    def open(self, hold_bytes: int | None = None) -> list[CommitReport]:
+        """Take up what a previous run left; returns its first reports not taken yet, in order,
+        as many as fit `hold_bytes` in memory (estimated; at least one; None: all of them). The
+        others stay on disk (`unread`), read back with `peek_unread`.
 
         Raises:
             OSError: the directory cannot be made or read.
         """
         _remove_other_identities(self.directory)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        out: list[CommitReport] = []
+        replay = Replay(hold_bytes)
         for path in sorted(self.directory.glob("*.outbox"), key=lambda p: p.name):
             if not _NAME.fullmatch(path.name):
                 logger.warning("report outbox: ignoring %s (not a segment name)", path)
                 continue
-            segment = _read(path, out)
+            segment = read_segment(path, replay)
             self._next = segment.number + 1
             if segment.pending:
                 self._segments.append(segment)
@@ -143,22 +128,33 @@ class ReportOutbox:
         for stale in self.directory.glob("*.done"):
             if not stale.with_suffix(".outbox").exists():
                 stale.unlink()
-        if out:
+        self.unread, self._cursor = replay.unread, replay.cursor
+        if replay.out:
             logger.warning(
                 "report outbox: %s commit reports of a previous run were not taken by the "
-                "master; sending them first",
-                len(out),
+                "master; sending them first (%s of them read back from disk as they go)",
+                len(replay.out) + replay.unread,
+                replay.unread,
             )
-        return out
+        return replay.out
 
     def append(self, report: CommitReport) -> None:
-        """Add `report` at the end.
+        """Add `report` at the end (held by the caller).
 
         Raises:
             OSError: the disk is full or failing; nothing of `report` is kept.
         """
-        payload = ENCODER.encode(report)
-        frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        self.append_encoded(ENCODER.encode(report))
+
+    def append_encoded(self, payload: bytes, *, held: bool = True) -> None:
+        """Add a report, encoded, at the end; not `held`: the caller does not keep it in memory,
+        it is read back with `peek_unread`, after the others not read yet (a held report must
+        come after all of them: the caller holds none while some are unread).
+
+        Raises:
+            OSError: the disk is full or failing; nothing of the report is kept.
+        """
+        frame = HEADER.pack(len(payload), zlib.crc32(payload)) + payload
         segment, fd = self._tail(len(frame))
         try:
             _write_all(fd, frame, segment.size)
@@ -166,8 +162,89 @@ class ReportOutbox:
             with contextlib.suppress(OSError):  # the disk is failing already: cut what we can
                 os.ftruncate(fd, segment.size)
             raise
+        if not held:
+            if not self.unread:
+                self._cursor = Cursor(segment.number, segment.size, segment.frames)
+            self.unread += 1
         segment.size += len(frame)
         segment.frames += 1
+
+    def peek_unread(self) -> tuple[CommitReport | None, int] | None:
+        """The first report not read back yet and its encoded bytes, still unread (`advance`
+        moves past it); None if there is none. The report is None when its frame cannot be read
+        (a flipped bit since it was written): lost, with a warning.
+
+        Raises:
+            OSError: its segment cannot be read.
+        """
+        if not self.unread or self._cursor is None:
+            return None
+        cursor, segment = self._settled(self._cursor)
+        fd = self._read_fd(segment)
+        header = os.pread(fd, HEADER.size, cursor.offset)
+        length, crc = HEADER.unpack(header) if len(header) == HEADER.size else (0, 0)
+        end = cursor.offset + HEADER.size + length
+        whole = 0 < length <= MAX_MESSAGE_BYTES and end <= segment.size
+        self._peeked = (end if whole else None, True)
+        payload = os.pread(fd, length, cursor.offset + HEADER.size) if whole else b""
+        if whole and zlib.crc32(payload) == crc:
+            with contextlib.suppress(msgspec.DecodeError):
+                report = DECODER.decode(payload)
+                self._peeked = (end, False)
+                return report, length
+        logger.warning(
+            "report outbox: %s: unreadable frame at byte %s, written by this run; its report "
+            "is lost (the file is kept as .bad)",
+            segment.path,
+            cursor.offset,
+        )
+        return None, length
+
+    def advance(self) -> int:
+        """Move past the report `peek_unread` gave; returns how many reports that passes: 1, or
+        the rest of its segment's when the frame's header was unreadable (they are lost)."""
+        assert self._cursor is not None, "advance() without peek_unread()"
+        cursor, segment = self._settled(self._cursor)
+        end, lost = self._peeked
+        frames = range(cursor.frame, cursor.frame + 1 if end is not None else segment.frames)
+        if lost:  # taken along with the reports around them, as if found by `open`
+            segment.lost.update(frames)
+            segment.bad = True
+        self.unread -= len(frames)
+        cursor.offset, cursor.frame = (segment.size if end is None else end), frames.stop
+        if not self.unread:
+            self._cursor = None
+        return len(frames)
+
+    def _settled(self, cursor: Cursor) -> tuple[Cursor, Segment]:
+        """`cursor` moved to the next frame to read (past segment ends and frames `open` found
+        lost), and its segment."""
+        while True:
+            segment = next(s for s in self._segments if s.number >= cursor.number)
+            if segment.number != cursor.number:
+                cursor.number, cursor.offset, cursor.frame = segment.number, 0, 0
+            if cursor.frame >= segment.frames or cursor.offset >= segment.size:
+                cursor.number, cursor.offset, cursor.frame = cursor.number + 1, 0, 0
+            elif cursor.frame in segment.lost:  # its header was whole: `_read` checked it
+                header = os.pread(self._read_fd(segment), HEADER.size, cursor.offset)
+                cursor.offset += HEADER.size + HEADER.unpack(header)[0]
+                cursor.frame += 1
+            else:
+                return cursor, segment
+
+    def _read_fd(self, segment: Segment) -> int:
+        """A descriptor to read `segment` by, kept while reading it."""
+        if self._reader is not None and self._reader[0] == segment.number:
+            return self._reader[1]
+        self._close_reader()
+        fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._reader = (segment.number, fd)
+        return fd
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            os.close(self._reader[1])
+            self._reader = None
 
     def consume(self, frames: int) -> None:
         """The first `frames` reports not consumed yet are taken (or dropped): forget them.
@@ -213,6 +290,7 @@ class ReportOutbox:
 
     def close(self) -> None:
         """Close the files (nothing to flush: appends are written as they come)."""
+        self._close_reader()
         for fd in (self._fd, self._done_fd, *self._retired):
             if fd is not None:
                 os.close(fd)
@@ -222,6 +300,8 @@ class ReportOutbox:
     def _drop_head(self) -> None:
         """Delete the first segment: all of its reports are taken."""
         head = self._segments.pop(0)
+        if self._reader is not None and self._reader[0] == head.number:
+            self._close_reader()
         if self._done_fd is not None:
             os.close(self._done_fd)
             self._done_fd = None
@@ -230,15 +310,15 @@ class ReportOutbox:
         _remove(head)
         self._unsaved = False
 
-    def _save_done(self, segment: _Segment) -> None:
+    def _save_done(self, segment: Segment) -> None:
         if self._done_fd is None:
             done_path = segment.path.with_suffix(".done")
             self._done_fd = os.open(done_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         count = segment.done
-        os.pwrite(self._done_fd, _DONE.pack(count, zlib.crc32(count.to_bytes(8, "big"))), 0)
+        os.pwrite(self._done_fd, DONE.pack(count, zlib.crc32(count.to_bytes(8, "big"))), 0)
         self._unsaved = False
 
-    def _tail(self, size: int) -> tuple[_Segment, int]:
+    def _tail(self, size: int) -> tuple[Segment, int]:
         """The segment to append `size` bytes to, and its descriptor: a new one when the last is
         full or was left by a previous run (its end may be torn)."""
         last = self._segments[-1] if self._segments else None
@@ -254,7 +334,7 @@ class ReportOutbox:
         path = self.directory / f"{number:016x}.outbox"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         self._made += 1
-        segment = _Segment(number, path, 0, 0)
+        segment = Segment(number, path, 0, 0)
         self._segments.append(segment)
         return segment, self._fd
 
@@ -274,72 +354,6 @@ def _remove_other_identities(directory: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
-def _read(path: Path, out: list[CommitReport]) -> _Segment:
-    """Segment `path` as a previous run left it; its reports not taken yet go to `out`."""
-    segment = _Segment(int(path.stem, 16), path, 0, 0, done=_saved_done(path))
-    data = path.read_bytes()
-    offset = 0
-    while offset < len(data):
-        report, end = _frame_at(data, offset)
-        if report is None and end < len(data):  # a bad frame, not the last: skip it alone
-            segment.bad = True
-            if segment.frames >= segment.done:
-                segment.lost.add(segment.frames)
-        elif report is None:
-            logger.warning(
-                "report outbox: %s: unreadable frame at byte %s of %s (a torn last frame: the "
-                "agent stopped while writing it); the rest of this segment is ignored",
-                path,
-                offset,
-                len(data),
-            )
-            break
-        elif segment.frames >= segment.done:
-            out.append(report)
-        segment.frames += 1
-        offset = segment.size = end
-    segment.done = min(segment.done, segment.frames)
-    segment.take(0)  # lost frames first: taken already
-    if segment.lost:
-        logger.warning(
-            "report outbox: %s: %s frames fail their CRC or cannot be decoded; their reports "
-            "are lost (skipped; the file is kept as .bad)",
-            path,
-            len(segment.lost),
-        )
-    return segment
-
-
-def _frame_at(data: bytes, offset: int) -> tuple[CommitReport | None, int]:
-    """The report in the frame at `offset` and the frame's end; None if torn or bad."""
-    start = offset + _HEADER.size
-    if start > len(data):
-        return None, len(data)
-    length, crc = _HEADER.unpack_from(data, offset)
-    end = start + length
-    if not 0 < length <= MAX_MESSAGE_BYTES or end > len(data):
-        return None, len(data)
-    payload = data[start:end]
-    if zlib.crc32(payload) != crc:
-        return None, end
-    try:
-        return _DECODER.decode(payload), end
-    except msgspec.DecodeError:  # written by another release: not ours to send
-        return None, end
-
-
-def _saved_done(path: Path) -> int:
-    """How many of segment `path`'s first frames were taken (0 if unknown: repeats, never loses)."""
-    try:
-        raw = path.with_suffix(".done").read_bytes()
-    except FileNotFoundError:
-        return 0
-    if len(raw) != _DONE.size:
-        return 0
-    count, crc = _DONE.unpack(raw)
-    return count if zlib.crc32(count.to_bytes(8, "big")) == crc else 0
-
-
 def _write_all(fd: int, data: bytes, offset: int) -> None:
     """Write `data` at `offset`, by position (a write cut short by a full disk is cut off)."""
     view = memoryview(data)
@@ -348,7 +362,7 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def _remove(segment: _Segment) -> None:
+def _remove(segment: Segment) -> None:
     if segment.bad:  # kept for the operator, out of the way of `open()`
         keep_aside(segment.path)
     else:

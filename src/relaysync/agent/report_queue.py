@@ -7,7 +7,13 @@ master has taken it (`taken`), the link sent it to a master that does not acknow
 first. Without an outbox (or while appends fail: a full disk, logged) reports are kept in
 memory only, as before.
 
-Past MAX_QUEUED_REPORTS the oldest report is dropped, sent or not, with a warning; the session's
+Two bounds. In memory, the reports held weigh at most `max_bytes` (MAX_QUEUED_REPORT_BYTES,
+estimated by agent/_report_memory.py; one report always fits): a report of many records with
+long paths holds MBs, and 100,000 of them, while the master is down, held GBs. Past it, reports
+on disk stay there only (`spilled`), and are read back in order as the master takes those held
+(`_refill`): none is lost. Only a report the outbox could not keep (no outbox, a full disk)
+makes the oldest held go, as past the count. On disk and in memory together, past
+MAX_QUEUED_REPORTS the oldest report is dropped, sent or not, with a warning; the session's
 count goes on, so the master's `ReportsTaken(upto)` still names the same reports.
 """
 
@@ -19,49 +25,94 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from relaysync.errors import ProtocolError
-from relaysync.protocol.messages import CommitReport
+from relaysync.protocol.messages import ENCODER, CommitReport
 
+from ._report_memory import held_bytes
 from .outbox import ReportOutbox
 
 logger = logging.getLogger(__name__)
 
 # Reports kept, sent or not, until the master took them; the oldest are dropped past this
 # (watermarks come again with the next report, but the dropped records miss in the job log).
+# It bounds the outbox on disk and the master's catch-up; memory has its own bound, below.
 MAX_QUEUED_REPORTS = 100_000
+# Reports held in memory, as agent/_report_memory.py estimates them (1,364 B a typical
+# one-record report, 4.5 MB the largest run of records): about as many typical reports as the
+# count bound (98,000), or 29 of the largest. The rest waits on disk; the link sends 64 at a
+# time and each batch is taken within a round trip, so this window keeps it busy.
+MAX_QUEUED_REPORT_BYTES = 128 * 1024 * 1024
 
 
 class Queued(NamedTuple):
-    """A report in the queue, and how many outbox frames it stands for (merged: several;
-    kept in memory only: none)."""
+    """A report in the queue, how many outbox frames it stands for (merged: several; kept in
+    memory only: none), and what it is estimated to hold in memory."""
 
     report: CommitReport
     frames: int
+    held_bytes: int = 0
 
 
 class ReportQueue:
-    """Reports not sent yet (`unsent`), then sent on this session and not taken (`unacked`)."""
+    """Reports not sent yet (`unsent`), then sent on this session and not taken (`unacked`),
+    held in memory; after them, those `spilled`: on disk only, or kept in memory only."""
 
     def __init__(
-        self, outbox: ReportOutbox | None = None, replayed: Sequence[CommitReport] = ()
+        self,
+        outbox: ReportOutbox | None = None,
+        replayed: Sequence[CommitReport] = (),
+        *,
+        max_bytes: int | None = None,
     ) -> None:
         """
         Args:
             outbox: where reports are kept until taken; None: memory only.
-            replayed: what `outbox.open()` returned, queued first.
+            replayed: what `outbox.open()` returned, queued first; the outbox's `unread`
+                reports follow them.
+            max_bytes: what the reports held in memory may weigh (MAX_QUEUED_REPORT_BYTES).
         """
         self.outbox = outbox
+        self.max_bytes = MAX_QUEUED_REPORT_BYTES if max_bytes is None else max_bytes
         self.unsent: collections.deque[Queued] = collections.deque()
         # `acked` of this session's reports are taken or dropped, the first of `unacked` is next
         self.unacked: collections.deque[Queued] = collections.deque()
+        # After those held, in order: a count of reports on disk only (the outbox's unread),
+        # or one kept in memory only (its append failed) while some were on disk only.
+        self.spilled: collections.deque[int | Queued] = collections.deque()
+        self.spilled_count = 0
+        self.held_bytes = 0  # of the reports in memory: unsent, unacked, spilled
         self.acked = 0
-        self.dropped = 0  # past MAX_QUEUED_REPORTS (logged)
+        self.dropped = 0  # past MAX_QUEUED_REPORTS, or past max_bytes in memory only (logged)
         self._append_failing = False
         for report in replayed:
-            self._push(Queued(report, 1))
+            self._push(Queued(report, 1, held_bytes(report, len(ENCODER.encode(report)))))
+        if outbox is not None and outbox.unread:
+            self._spill(outbox.unread)
+        while self.pending > MAX_QUEUED_REPORTS:
+            self._drop_oldest()
+        self._refill()
 
     def add(self, report: CommitReport) -> None:
-        """Keep `report` on disk, then queue it."""
-        self._push(Queued(report, self._persist(report)))
+        """Keep `report` on disk, then queue it (in memory too if it fits)."""
+        payload = ENCODER.encode(report)
+        cost = held_bytes(report, len(payload))
+        if self.pending >= MAX_QUEUED_REPORTS:
+            self._drop_oldest()
+        held = not self.spilled and (self._window == 0 or self.held_bytes + cost <= self.max_bytes)
+        frames = self._persist(payload, held)
+        if frames and not held:
+            self._spill(1)
+            return
+        if self.held_bytes + cost > self.max_bytes:
+            self._make_room(cost)
+        self.held_bytes += cost
+        item = Queued(report, frames, cost)
+        if self.spilled:
+            self.spilled.append(item)
+            self.spilled_count += 1
+        else:
+            self.unsent.append(item)
+        if self.spilled and not self._window:  # a read back that failed: tried again
+            self._refill()
 
     def take_batch(self, limit: int) -> list[Queued]:
         """The next (at most `limit`) unsent reports, out of the queue: the caller puts them in
@@ -75,53 +126,126 @@ class ReportQueue:
         self.taken(self.acked + len(self.unacked))
 
     def taken(self, upto: int) -> None:
-        """The master took the first `upto` reports of this session: forget them."""
+        """The master took the first `upto` reports of this session: forget them, and read back
+        those waiting on disk that now fit in memory."""
         if upto > self.acked + len(self.unacked):
             raise ProtocolError(f"reports_taken: {upto} reports, but fewer were sent")
         frames = 0
         while self.acked < upto:
-            frames += self.unacked.popleft().frames
+            item = self.unacked.popleft()
+            frames += item.frames
+            self.held_bytes -= item.held_bytes
             self.acked += 1
         self._consume(frames)
+        self._refill()
 
     def session_over(self) -> None:
         """Not taken: sent again, first and in order, on the next session (numbered from 1)."""
         self.unsent.extendleft(reversed(self.unacked))
         self.unacked.clear()
         self.acked = 0
+        self._refill()  # a read back that failed: tried again
 
     @property
     def pending(self) -> int:
-        """Reports the master has not taken yet, sent or not."""
+        """Reports the master has not taken yet, sent or not, in memory or on disk only."""
+        return self._window + self.spilled_count
+
+    @property
+    def _window(self) -> int:
         return len(self.unsent) + len(self.unacked)
 
     def _push(self, item: Queued) -> None:
         if self.pending >= MAX_QUEUED_REPORTS:
             self._drop_oldest()
         self.unsent.append(item)
+        self.held_bytes += item.held_bytes
 
-    def _drop_oldest(self) -> None:
+    def _spill(self, count: int) -> None:
+        """`count` more reports on disk only, after all others."""
+        if self.spilled and isinstance(self.spilled[-1], int):
+            self.spilled[-1] += count
+        else:
+            self.spilled.append(count)
+        self.spilled_count += count
+
+    def _refill(self) -> None:
+        """Move the spilled reports at the head into memory while they fit (one at least when
+        none is held), reading back those on disk only."""
+        while self.spilled:
+            head = self.spilled[0]
+            if isinstance(head, Queued):  # in memory already
+                self.spilled.popleft()
+                self.spilled_count -= 1
+                self.unsent.append(head)
+                continue
+            try:
+                peeked = self.outbox.peek_unread() if self.outbox is not None else None
+            except OSError as exc:  # tried again at the next take, session or report
+                logger.warning("report outbox: cannot read back commit reports (%s)", exc)
+                return
+            if peeked is None:  # the outbox lost them (not read back: see its warnings)
+                self._unspill(head)
+                continue
+            report, encoded = peeked
+            cost = 0 if report is None else held_bytes(report, encoded)
+            if self._window and self.held_bytes + cost > self.max_bytes:
+                return
+            assert self.outbox is not None
+            self._unspill(self.outbox.advance())
+            if report is not None:
+                self.unsent.append(Queued(report, 1, cost))
+                self.held_bytes += cost
+
+    def _unspill(self, count: int) -> None:
+        """`count` reports on disk only, at the head of `spilled`, are read back (or lost)."""
+        while count > 0 and self.spilled and isinstance(self.spilled[0], int):
+            n = min(count, self.spilled[0])
+            count -= n
+            self.spilled_count -= n
+            if self.spilled[0] == n:
+                self.spilled.popleft()
+            else:
+                self.spilled[0] -= n
+
+    def _make_room(self, cost: int) -> None:
+        """A report kept in memory only does not fit: the oldest held go (never those spilled:
+        they are newer)."""
+        while self.held_bytes + cost > self.max_bytes and self._drop_oldest(refill=False):
+            pass
+
+    def _drop_oldest(self, *, refill: bool = True) -> bool:
+        """Drop the oldest report; False if none could be (none held, none read back)."""
+        if not self._window:
+            self._refill()  # the oldest is spilled: read back first
         if self.unacked:
             item = self.unacked.popleft()
             self.acked += 1  # the next one keeps its number in the session
-        else:
+        elif self.unsent:
             item = self.unsent.popleft()
+        else:
+            return False
+        self.held_bytes -= item.held_bytes
         self._consume(item.frames)
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 10_000 == 0:
             logger.warning(
-                "commit reports for the master: over %s queued, dropped the oldest "
-                "(%s so far; their records miss in the job log)",
+                "commit reports for the master: over %s queued (or %s MiB in memory, not on "
+                "disk), dropped the oldest (%s so far; their records miss in the job log)",
                 MAX_QUEUED_REPORTS,
+                self.max_bytes >> 20,
                 self.dropped,
             )
+        if refill:
+            self._refill()
+        return True
 
-    def _persist(self, report: CommitReport) -> int:
-        """Append `report` to the outbox; the frames it takes there (0: memory only)."""
+    def _persist(self, payload: bytes, held: bool) -> int:
+        """Append a report to the outbox; the frames it takes there (0: memory only)."""
         if self.outbox is None:
             return 0
         try:
-            self.outbox.append(report)
+            self.outbox.append_encoded(payload, held=held)
         except OSError as exc:
             if not self._append_failing:
                 logger.error(

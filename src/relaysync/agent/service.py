@@ -68,6 +68,7 @@ from .links import LinkSet
 from .master_link import MasterLink, make_report
 from .outbox import ReportOutbox, sync_and_close
 from .peer_server import PeerServer
+from .report_queue import MAX_QUEUED_REPORT_BYTES
 from .source import SourceMapping
 
 logger = logging.getLogger(__name__)
@@ -181,7 +182,8 @@ class AgentService(SourceRole, TargetRole):
         """The commit reports' outbox and what a previous run left in it (None: memory only)."""
         outbox = ReportOutbox(self.data_dir / "outbox", self.node_id)
         try:
-            return outbox, await anyio.to_thread.run_sync(outbox.open)
+            opened = partial(outbox.open, MAX_QUEUED_REPORT_BYTES)  # the rest is read as it goes
+            return outbox, await anyio.to_thread.run_sync(opened)
         except OSError as exc:
             logger.error(
                 "report outbox %s: cannot open (%s); commit reports are kept in memory only",

@@ -126,7 +126,7 @@ async def _running(
             register=Register(name="web-1", region="", group="", peer_address="127.0.0.1:9"),
             on_assignment=on_assignment,
             outbox=outbox,
-            replayed=outbox.open() if outbox is not None else (),
+            replayed=outbox.open(report_queue.MAX_QUEUED_REPORT_BYTES) if outbox else (),
         )
         await tg.start(link.serve)
         try:
@@ -230,5 +230,52 @@ def test_reports_not_taken_outlive_a_kill_of_the_agent_and_go_first_in_order(
         async with _running(fleet, CAPABILITIES, ident, tmp_path / "outbox") as (link, master):
             await master.session()
             assert not link.reports.unsent and not link.reports.unacked
+
+    anyio.run(main)
+
+
+def _big(n: int) -> CommitReport:
+    """Report n of 200 records of 500-character paths (~230 KB held in memory)."""
+    records = tuple(
+        CommitRecord(seq=i, op="write", path=f"{n}/{i}/".ljust(500, "x")) for i in range(200)
+    )
+    return CommitReport(
+        mapping_id=n, source_node=SRC, target_node=TARGET, watermark=n, records=records
+    )
+
+
+def test_reports_past_the_memory_bound_go_from_disk_in_order_as_the_master_takes_them(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound in bytes, reports wait on disk only: the master gets those held, and the
+    others once it took them (the link's writer is woken by the read back), in order, none lost;
+    a killed agent's next process does the same from the outbox."""
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORT_BYTES", 1024 * 1024)
+    ident = fleet.join("web-1")
+
+    async def main() -> None:
+        async with _running(fleet, CAPABILITIES, ident, tmp_path / "outbox") as (link, master):
+            first = await master.session()
+            for n in range(1, 21):
+                link.report(_big(n))
+            held = len(link.reports.unsent) + len(link.reports.unacked)
+            assert 0 < held < 20 and link.reports.pending == 20
+            assert await first.reports(held) == list(range(1, held + 1))
+            await first.take(held)
+            assert await first.reports(3) == [held + 1, held + 2, held + 3]
+        # killed with 20 - held reports not taken: the next process reads them back as they go
+        async with _running(fleet, CAPABILITIES, ident, tmp_path / "outbox") as (link, master):
+            second = await master.session()
+            got: list[int] = []
+            with anyio.fail_after(TIMEOUT_S):
+                while len(got) < 20 - held:  # each taken as it comes (`take` skips reports)
+                    message = await second.messages.receive()
+                    if isinstance(message, CommitReport):
+                        got.append(message.mapping_id)
+                        await second.framed.send(ReportsTaken(upto=len(got)))
+                while link.reports.pending:  # the last ReportsTaken is on its way
+                    await anyio.sleep(0.01)
+            assert got == list(range(held + 1, 21))
+            assert link.reports.dropped == 0
 
     anyio.run(main)

@@ -1,0 +1,182 @@
+"""The report queue's memory is bounded in bytes: big reports (many records, long paths) past the
+bound wait in the outbox on disk only and are read back in order as the master takes the others,
+after a restart too; none is lost. Without the outbox only the oldest are dropped, counted.
+
+Before the bound, 100,000 reports were held whatever their size: reports of 2,000 records of
+long paths hold MBs each, so a master down for long took the agent's memory by GBs."""
+
+from __future__ import annotations
+
+import errno
+import tracemalloc
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from relaysync.agent import outbox as outbox_module
+from relaysync.agent import report_queue
+from relaysync.agent.outbox import ReportOutbox
+from relaysync.agent.report_queue import ReportQueue
+from relaysync.agent.service import AgentService
+from relaysync.protocol.messages import CommitRecord, CommitReport
+
+SRC, TGT = "a" * 64, "b" * 64
+BOUND = 1024 * 1024  # about four of the reports below, estimated held
+REPORTS = 40  # ~9 MiB of them held, were they all in memory
+SLACK = 64 * 1024  # the outbox's and the queue's own structures
+
+
+def _big(n: int) -> CommitReport:
+    """Report n: 200 records of 500-character paths (~110 KB encoded, ~230 KB held)."""
+    records = tuple(
+        CommitRecord(seq=n * 1000 + i, op="write", path=f"d/{n}/{i}/".ljust(500, "x"), size=i)
+        for i in range(200)
+    )
+    return CommitReport(
+        mapping_id=1, source_node=SRC, target_node=TGT, watermark=n, records=records
+    )
+
+
+def _outbox(base: Path) -> ReportOutbox:
+    return ReportOutbox(base / "outbox", TGT, segment_bytes=1024 * 1024)
+
+
+def _drain(queue: ReportQueue, lost: int = 0) -> list[int]:
+    """What a master that takes every batch gets, in order; the memory bound holds throughout."""
+    got: list[int] = []
+    while queue.unsent:
+        batch = queue.take_batch(64)
+        queue.unacked.extend(batch)
+        got += [item.report.watermark for item in batch]
+        queue.taken(queue.acked + len(queue.unacked))
+        assert queue.held_bytes <= BOUND
+        assert queue.pending == REPORTS - len(got) - queue.dropped - lost * (not queue.spilled)
+    return got
+
+
+def _fed(queue: ReportQueue) -> int:
+    """Feed the reports, as built one at a time by the receiver; returns the bytes traced."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(REPORTS):
+            queue.add(_big(n))
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_big_reports_past_the_byte_bound_wait_on_disk_and_none_is_lost(tmp_path: Path) -> None:
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box, max_bytes=BOUND)
+    held = _fed(queue)  # the master is down
+    assert held <= BOUND + SLACK
+    assert queue.held_bytes <= BOUND
+    assert queue.pending == REPORTS and queue.dropped == 0
+    assert 0 < len(queue.unsent) < REPORTS and box.unread == REPORTS - len(queue.unsent)
+    assert _drain(queue) == list(range(REPORTS))
+    assert queue.dropped == 0 and queue.pending == 0 and box.pending == 0
+
+
+def test_a_killed_agent_reads_a_long_queue_back_in_order_without_holding_it(
+    tmp_path: Path,
+) -> None:
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box, max_bytes=BOUND)
+    _fed(queue)
+    queue.unacked.extend(queue.take_batch(2))  # sent, not taken: the agent is killed
+    fresh = _outbox(tmp_path)  # the next process on the same data directory
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        restarted = ReportQueue(fresh, fresh.open(BOUND), max_bytes=BOUND)
+        assert tracemalloc.get_traced_memory()[0] - before <= BOUND + SLACK
+    finally:
+        tracemalloc.stop()
+    assert restarted.pending == REPORTS and fresh.unread > 0
+    assert _drain(restarted) == list(range(REPORTS))
+    assert _outbox(tmp_path).open() == []
+
+
+def test_a_report_the_disk_refuses_meanwhile_keeps_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reports wait on disk; the disk then refuses one (kept in memory only, in its place), then
+    works again: the master gets them in the order they came. Memory held, the one refused
+    makes the oldest held go (documented): only it misses."""
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box, max_bytes=BOUND)
+    for n in range(REPORTS // 2):
+        queue.add(_big(n))
+
+    def full(*_: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outbox_module.os, "pwrite", full)
+    queue.add(_big(REPORTS // 2))
+    monkeypatch.undo()
+    for n in range(REPORTS // 2 + 1, REPORTS):
+        queue.add(_big(n))
+    assert queue.held_bytes <= BOUND and queue.dropped == 1
+    assert _drain(queue) == list(range(1, REPORTS))
+
+
+def test_the_count_bound_still_drops_the_oldest_on_disk_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 10)
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box, max_bytes=BOUND)
+    for n in range(15):
+        queue.add(_big(n))
+    assert queue.pending == 10 and queue.dropped == 5
+    assert [r.watermark for r in _outbox(tmp_path).open()] == list(range(5, 15))
+    got = []
+    while queue.unsent:
+        batch = queue.take_batch(64)
+        queue.unacked.extend(batch)
+        got += [item.report.watermark for item in batch]
+        queue.taken(queue.acked + len(queue.unacked))
+    assert got == list(range(5, 15))
+
+
+def test_without_an_outbox_the_byte_bound_drops_the_oldest_and_the_figures_say_so() -> None:
+    queue = ReportQueue(max_bytes=BOUND)  # the outbox could not be opened: memory only
+    held = _fed(queue)
+    assert held <= BOUND + SLACK and queue.held_bytes <= BOUND
+    kept = [item.report.watermark for item in queue.unsent]
+    assert kept == list(range(REPORTS - len(kept), REPORTS))  # the newest, in order
+    assert queue.dropped == REPORTS - len(kept) > 0
+    service = SimpleNamespace(
+        sources={},
+        relays={},
+        refused_sources={},
+        _cert_pem=b"",
+        link=SimpleNamespace(connected=False, reports=queue),
+    )
+    figures = {s.name: s.value for s in AgentService._own_figures(service)}  # type: ignore[arg-type]
+    assert figures["commit_reports_pending"] == len(kept)
+    assert figures["commit_reports_dropped"] == REPORTS - len(kept)
+
+
+def test_a_frame_damaged_on_disk_while_it_waits_is_skipped_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box, max_bytes=BOUND)
+    _fed(queue)
+    last = sorted((tmp_path / "outbox" / TGT[:16]).glob("*.outbox"))[-1]
+    with last.open("r+b") as f:  # a bit flips in the last report's payload
+        f.seek(-10, 2)
+        f.write(b"\xff")
+    got = _drain(queue, lost=1)
+    assert got == list(range(REPORTS - 1))
+    assert "unreadable frame" in caplog.text
+    assert queue.pending == 0 and box.pending == 0
+    assert _outbox(tmp_path).open() == []
