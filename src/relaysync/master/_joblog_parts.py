@@ -14,6 +14,7 @@ import msgspec
 
 from relaysync.errors import StoreError
 from relaysync.master.events import EventBus, EventType
+from relaysync.master.store._journals import other_journal
 from relaysync.master.store.store import Store
 from relaysync.protocol.messages import CommitReport
 from relaysync.purge.holds import PurgeHold
@@ -29,6 +30,23 @@ class Spooling:
     replayed: int = 0  # records left by the last run
     spooled: int = 0  # records appended since
     failing: bool = False  # the last append failed (logged once)
+
+
+@dataclass
+class LiveWatermarks:
+    """Per (mapping, source, target): the highest watermark reported, in the source journal it
+    counts in (a report in another journal starts afresh: the journal was recreated)."""
+
+    seqs: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    journals: dict[tuple[int, str, str], str] = field(default_factory=dict)
+
+    def observe(self, report: CommitReport) -> None:
+        key = (report.mapping_id, report.source_node, report.target_node)
+        if other_journal(report.journal_id, self.journals.get(key, "")):
+            self.seqs.pop(key, None)  # from 0 in the new journal
+        self.journals[key] = report.journal_id or self.journals.get(key, "")
+        if report.watermark > self.seqs.get(key, 0):
+            self.seqs[key] = report.watermark
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 A burst of 10,000 changes never waits on the store: `add` only appends to a queue; a task
 flushes it every JOB_LOG_FLUSH_INTERVAL_S (or sooner when it grows) in one transaction, in a
-worker thread. Failed records also go to the event bus. Live watermarks are kept in memory for
-the API (lag figures) as reports arrive.
+worker thread. Failed records also go to the event bus. The watermarks reported are kept in
+memory as reports arrive (what was taken; the API's lag figures come from the store's).
 
 Bounded memory: past `max_queued_records` in memory (the store down or behind), reports go to a
 spool on disk (master/joblog_spool.py), and every later one too until it is drained, so that
@@ -42,6 +42,7 @@ import anyio
 
 from relaysync.constants import JOB_LOG_FLUSH_INTERVAL_S
 from relaysync.master._joblog_parts import (
+    LiveWatermarks,
     ReadBackPurges,
     Spooling,
     Subscribers,
@@ -55,7 +56,6 @@ from relaysync.master.events import EventBus, EventType
 from relaysync.master.joblog_spool import JobLogSpool
 from relaysync.master.report_acks import Receipts
 from relaysync.master.store import store_unavailable
-from relaysync.master.store._journals import other_journal
 from relaysync.master.store.store import Store
 from relaysync.protocol.messages import CommitReport
 from relaysync.purge.holds import PurgeHold
@@ -94,8 +94,8 @@ class JobLogWriter(WritingInPieces):
         self._queued_records = 0
         self._writing_records = 0  # taken from the queue by the write in progress
         self._wake = anyio.Event()
-        self.watermarks: dict[tuple[int, str, str], int] = {}
-        self._journals: dict[tuple[int, str, str], str] = {}  # the journal each counts in
+        self._live = LiveWatermarks()
+        self.watermarks = self._live.seqs  # the highest reported, per (mapping, source, target)
         self.written_reports = 0
         self.dropped_records = 0  # refused by the store for what they hold (logged as errors)
         self._failures = 0  # flushes in a row the batch at the head of the queue failed
@@ -145,12 +145,7 @@ class JobLogWriter(WritingInPieces):
         told to the purger again as it is read back, the store is not), on the loop's thread;
         never for one that is lost (a failed write to the spool on stop) but for one the store
         refuses (dropped, logged)."""
-        key = (report.mapping_id, report.source_node, report.target_node)
-        if other_journal(report.journal_id, self._journals.get(key, "")):
-            self.watermarks.pop(key, None)  # the source's journal was recreated: from 0 in it
-        self._journals[key] = report.journal_id or self._journals.get(key, "")
-        if report.watermark > self.watermarks.get(key, 0):
-            self.watermarks[key] = report.watermark
+        self._live.observe(report)
         for record in report.records:
             if not record.ok:
                 self.events.publish(
