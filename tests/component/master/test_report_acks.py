@@ -25,6 +25,8 @@ from relaysync.master.service import serve_links_and_joblog
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import client_hello
 from relaysync.protocol.messages import CommitRecord, CommitReport, Register, ReportsTaken
+from relaysync.purge.jobs import PurgeItem
+from relaysync.purge.purger import Purger
 from relaysync.transfer import tls
 
 OLDER = tuple(c for c in CAPABILITIES if c != CAP_REPORT_ACK)
@@ -297,6 +299,56 @@ def test_a_stop_closes_the_links_within_its_bound_when_the_job_log_hangs(
                         await control.stop(writer.stop)
                     assert control.links  # not done: the serve's cancel closes it
                 release.set()
+                tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def test_a_report_is_acknowledged_once_the_purge_it_released_is_queued(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Written to the store, a report's purge lives in the purger's memory until its queue
+    takes it (purge/holds.py): ReportsTaken waits for that, over the real link, so that a kill
+    of the master in between has the agent send the report again (was: acknowledged at the
+    write, and the purge was lost with the master)."""
+    src, web = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet)
+    fleet.store.create_site(
+        name="www",
+        provider="acme",
+        mapping=m,
+        base_urls=["http://www.example.com"],
+        caches=[{"name": "v1", "driver": "varnish", "address": "127.0.0.1:9"}],
+    )
+    refused = [0]
+    real_enqueue = fleet.store.enqueue_purges
+
+    def enqueue(items: list[PurgeItem]) -> object:
+        if refused[0] >= 0:
+            refused[0] += 1
+            cause = OperationalError("INSERT ...", {}, Exception("database is locked"))
+            raise StoreError(f"write: {cause}") from cause
+        return real_enqueue(items)
+
+    monkeypatch.setattr(fleet.store, "enqueue_purges", enqueue)
+
+    async def main() -> None:
+        async with _master(fleet, tmp_path / "spool", in_memory=1_000) as (port, writer):
+            purger = Purger(fleet.store, retry_min_s=0.05, retry_max_s=0.2)
+            writer.subscribe(purger.on_commit_report, barrier=purger.barrier)
+            async with anyio.create_task_group() as tg:
+                await tg.start(purger.serve)
+                async with _link(port, web, CAPABILITIES) as framed:
+                    await framed.send(_report(m, src.node_id, web.node_id, 1))
+                    await _until(lambda: writer.written_reports == 1 and refused[0] >= 2)
+                    assert not [x for x in await roundtrip(framed) if isinstance(x, ReportsTaken)]
+                    refused[0] = -1  # the purge queue takes writes again
+                    with anyio.fail_after(TIMEOUT_S):
+                        while not (
+                            isinstance(x := await framed.receive(), ReportsTaken) and x.upto == 1
+                        ):
+                            pass
+                    assert fleet.store.queued_purges() >= 1
                 tg.cancel_scope.cancel()
 
     anyio.run(main)
