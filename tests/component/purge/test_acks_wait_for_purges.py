@@ -74,6 +74,7 @@ def _acknowledge(harness: Harness, acked: dict[str, int], target: str) -> Callab
 async def test_a_report_is_acknowledged_once_its_purge_is_queued_not_at_its_write(
     harness: Harness, queue_refused: QueueRefused
 ) -> None:
+    harness.write("a.html", b"a")  # the caches fetch what they are told to refresh
     writer = JobLogWriter(harness.store, EventBus())
     writer.subscribe(harness.purger.on_commit_report)
     acked: dict[str, int] = {}
@@ -137,6 +138,7 @@ async def test_a_report_sent_again_waits_for_the_queueing_of_the_change_it_names
     """After a dropped link the agent sends its unacknowledged reports again to the same run:
     the change they name is released already (nothing new to release), but not queued yet, so
     the report sent again is not acknowledged before it is."""
+    harness.write("c.html", b"c")
     writer = JobLogWriter(harness.store, EventBus())
     writer.subscribe(harness.purger.on_commit_report)
     acked: dict[str, int] = {}
@@ -233,6 +235,7 @@ async def test_a_change_the_purger_fails_to_plan_does_not_hold_back_acknowledgem
     """A bug planning one change (logged, retried behind the others) lets its reports go:
     sent again they would meet the same bug, and the acknowledgements are cumulative, so
     every later report of those agents would wait for ever."""
+    harness.write("fine.html", b"fine")
     real_plan = harness.purger._plan
 
     async def plan(site: object, change: Released) -> object:
