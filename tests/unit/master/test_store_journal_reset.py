@@ -5,8 +5,10 @@ compare seqs of one journal only. An id of "" (an older agent) matches any journ
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from relaysync.master.store import Store
 from relaysync.protocol.messages import CommitRecord, CommitReport
@@ -89,3 +91,47 @@ def test_an_unnamed_journal_matches_any(store: Store, mapping_id: int) -> None:
     store.record_source_heads({SRC: [(mapping_id, 130)]})  # (mapping id, seq): no journal
     store.record_commit_reports([committed(mapping_id, T1, 130, OLD, first=101)])
     assert lags(store, mapping_id) == {T1: (130, 130, 0), T2: (90, 130, 40)}
+
+
+def test_a_late_report_of_the_old_journal_changes_nothing(store: Store, mapping_id: int) -> None:
+    """T1's report of the old journal, resent from its outbox after a reconnect or read back
+    from the job-log spool, comes after the source's head named the new journal. Before, it put
+    the old journal's seq back on T1's watermark ((100, 9, 0): no lag, none of the new journal
+    on it), and its change rows past the old journal's raised the head (T2 showed a lag of 104
+    for a journal of 9)."""
+    _old_journal_done(store, mapping_id)
+    store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
+    store.record_commit_reports([committed(mapping_id, T1, 104, OLD, first=95)])  # late, old
+    store.record_source_heads({SRC: [(mapping_id, 9, NEW)]})
+    assert lags(store, mapping_id) == {T1: (0, 9, 9), T2: (0, 9, 9)}
+    store.record_commit_reports([committed(mapping_id, T1, 9, NEW)])
+    assert lags(store, mapping_id) == {T1: (9, 9, 0), T2: (0, 9, 9)}
+
+
+def test_a_batch_does_not_write_back_a_journal_voided_while_it_ran(
+    store: Store, mapping_id: int
+) -> None:
+    """PostgreSQL (read committed): the source's head in a new journal commits while a batch
+    of T1's old-journal reports is being written, after the batch read T1's watermark. Before,
+    the batch's upsert wrote (101, old journal) over the voided row (0, new journal). SQLite
+    serializes writers: no head can land mid-batch there."""
+    if not store.url.startswith("postgresql"):
+        pytest.skip("SQLite serializes writers: no head write lands mid-batch")
+    _old_journal_done(store, mapping_id)
+    other = Store(store.url)
+    landed: list[bool] = []
+
+    def head_mid_batch(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO watermarks") and not landed:
+            landed.append(True)
+            other.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
+
+    engine = store._engine  # noqa: SLF001 - the hook must run inside the batch's transaction
+    event.listen(engine, "before_cursor_execute", head_mid_batch)
+    try:
+        store.record_commit_reports([committed(mapping_id, T1, 101, OLD, first=101)])
+    finally:
+        event.remove(engine, "before_cursor_execute", head_mid_batch)
+        other.close()
+    assert landed
+    assert lags(store, mapping_id) == {T1: (0, 8, 8), T2: (0, 8, 8)}

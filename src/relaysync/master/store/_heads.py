@@ -21,7 +21,7 @@ from sqlalchemy import Table, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from relaysync.master.store._journals import other_journal, void_watermarks
+from relaysync.master.store._journals import other_journal, retire, void_watermarks
 from relaysync.master.store.models import Base, Change, Mapping, SourceHead
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def _new_journal(
     known, since = noted.get((mapping_id, node), ("", 0.0))
     if other_journal(journal, known):
         void_watermarks(session, mapping_id, node, journal, now)
+        retire(session, mapping_id, node, known, now)
         since = now
         logger.warning(
             "mapping %s: the source's journal is new (%s, was %s): its head and the targets' "

@@ -13,13 +13,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from relaysync.master.store._engine import execute_rows
 from relaysync.master.store._joblog_supersede import Commits, resolve_moot
-from relaysync.master.store._journals import current_marks, other_journal
+from relaysync.master.store._journals import (
+    current_marks,
+    drop_retired,
+    may_replace,
+    other_journal,
+)
 from relaysync.master.store.models import Base, Mapping, Server, path_key
 from relaysync.protocol.messages import CommitRecord, CommitReport
 
@@ -108,7 +113,7 @@ def record(session: Session, reports: Sequence[CommitReport], now: float) -> Non
     Rows are written in key order, so that concurrent batches on PostgreSQL take their row
     locks in the same order and cannot deadlock.
     """
-    reports = _known(session, reports)
+    reports = drop_retired(session, _known(session, reports))
     if not reports:
         return
     batch = _Batch(now=now)
@@ -346,10 +351,7 @@ def _watermarks_upsert(stmt: Any) -> Any:
             "journal_id": stmt.excluded.journal_id,
         },
         # never decreases, even under concurrent batches, but in another journal (_journals)
-        where=or_(
-            WATERMARKS.c.seq < stmt.excluded.seq,
-            WATERMARKS.c.journal_id != stmt.excluded.journal_id,
-        ),
+        where=may_replace(stmt.excluded),
     )
 
 
