@@ -200,3 +200,23 @@ def test_the_head_after_a_reset_reads_no_old_change_rows(store: Store, mapping_i
     after = _rows_read(store, lambda: store.mapping_status(mapping_id))
     assert after <= max(2 * before, 50), (before, after)
     assert after < ROWS // 100, (before, after)
+
+
+def test_a_source_agent_naming_no_journal_takes_the_targets_word_for_it(
+    store: Store, mapping_id: int
+) -> None:
+    """A rolling upgrade: the source agent is older (its heads name no journal), the targets'
+    newer (their reports name the journal). The source's journal is recreated: T1's report in
+    the new journal is the first word of it and switches the head as a head naming it would.
+    Before, the head was never voided and the old journal's change rows kept raising it: T1
+    (8, 100, 92) with all of the new journal on it, T2 (90, 100, 10) for a journal gone."""
+    store.record_commit_reports([committed(mapping_id, T1, 100, OLD)])
+    store.record_commit_reports([committed(mapping_id, T2, 90, OLD)])
+    store.record_source_heads({SRC: [(mapping_id, 100)]})
+    store.record_commit_reports([committed(mapping_id, T1, 8, NEW)])
+    assert lags(store, mapping_id) == {T1: (8, 0, 0), T2: (0, 0, 0)}
+    store.record_source_heads({SRC: [(mapping_id, 8)]})  # still naming none: NEW kept
+    assert lags(store, mapping_id) == {T1: (8, 8, 0), T2: (0, 8, 8)}
+    store.record_commit_reports([committed(mapping_id, T2, 95, OLD, first=91)])  # late
+    store.record_commit_reports([committed(mapping_id, T2, 6, NEW)])
+    assert lags(store, mapping_id) == {T1: (8, 8, 0), T2: (6, 8, 2)}

@@ -16,6 +16,10 @@ journal's seq back on the target's watermark, and its change rows after the rese
 the head; it is dropped (`drop_retired`), and a watermark row is never written back in a
 retired journal, even by a batch that read the row before the head's write committed
 (`may_replace`, in the upsert's WHERE).
+
+A source agent older than the journal ids names none in its heads while its targets' newer
+agents name it in their reports (from the link's hello): a target's report in a new journal is
+then the first word of it, and switches the head too (`adopt_journals`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 WATERMARKS: Table = Base.metadata.tables["watermarks"]
 RETIRED: Table = Base.metadata.tables["retired_journals"]
+HEADS: Table = Base.metadata.tables["source_heads"]
 Triple = tuple[int, str, str]  # (mapping id, source node, target node)
 
 
@@ -136,3 +141,43 @@ def may_replace(excluded: Any) -> ColumnElement[bool]:
         and_(WATERMARKS.c.seq < excluded.seq, WATERMARKS.c.journal_id == excluded.journal_id),
         and_(WATERMARKS.c.journal_id != excluded.journal_id, excluded.journal_id != "", ~retired),
     )
+
+
+def adopt_journals(
+    session: Session, switched: dict[tuple[int, str], tuple[str, str]], now: float
+) -> None:
+    """Targets reported a new journal (old, new) of these (mapping, source): a head that names
+    no journal (an older source agent: it never will) or none yet takes the new one as its
+    own, as a head naming it would: the other targets' watermarks are voided, the old journal
+    retired, and the head starts again from 0 (its seq was the old journal's) with the change
+    rows reported until now no longer raising it. A head that names a journal switches itself."""
+    for (mapping_id, source_node), (old, new) in sorted(switched.items()):
+        head = HEADS.c
+        named = session.scalar(
+            select(head.journal_id).where(
+                head.mapping_id == mapping_id, head.source_node == source_node
+            )
+        )
+        if named:
+            continue
+        void_watermarks(session, mapping_id, source_node, new, now)
+        retire(session, mapping_id, source_node, old, now)
+        row = {"mapping_id": mapping_id, "source_node": source_node, "seq": 0}
+        values = {"reported_at": now, "journal_id": new, "journal_since": now}
+        dml = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        insert = dml.insert(HEADS).values(**row, **values)
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["mapping_id", "source_node"],
+                set_={"seq": 0, **values},
+                where=HEADS.c.journal_id == "",
+            )
+        )
+        logger.warning(
+            "mapping %s: a target reports a new source journal (%s, was %s) and the source "
+            "names none (an older agent): its head and the targets' watermarks start again "
+            "from 0",
+            mapping_id,
+            new,
+            old,
+        )
