@@ -220,3 +220,17 @@ def test_a_source_agent_naming_no_journal_takes_the_targets_word_for_it(
     store.record_commit_reports([committed(mapping_id, T2, 95, OLD, first=91)])  # late
     store.record_commit_reports([committed(mapping_id, T2, 6, NEW)])
     assert lags(store, mapping_id) == {T1: (8, 8, 0), T2: (6, 8, 2)}
+
+
+def test_a_running_recovery_aims_at_the_new_journal(store: Store, mapping_id: int) -> None:
+    """A recovery of T2 started before the reset aims at T1's watermark then, a seq of the old
+    journal; the router finishes it at a watermark >= its goal. Before, the goal stayed 100 and
+    T2, with all of the new journal (8), never finished its recovery."""
+    _old_journal_done(store, mapping_id)
+    job = store.routing.start_recovery(mapping_id, T2, "manual", time.time())
+    assert job.goal_seq == 100
+    store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
+    [rebased] = store.routing.running_recoveries()
+    assert (rebased.id, rebased.goal_seq) == (job.id, 8)
+    store.record_source_heads({SRC: [(mapping_id, 9, NEW)]})  # the same journal: as it was
+    assert [j.goal_seq for j in store.routing.running_recoveries()] == [8]

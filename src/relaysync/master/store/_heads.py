@@ -109,7 +109,7 @@ def _new_journal(
     seq, journal = head
     known, since = noted.get((mapping_id, node), ("", 0.0))
     if other_journal(journal, known):
-        void_watermarks(session, mapping_id, node, journal, now)
+        void_watermarks(session, mapping_id, node, journal, now, head=seq)
         retire(session, mapping_id, node, known, now)
         since = now
         logger.warning(

@@ -32,6 +32,7 @@ from sqlalchemy import ColumnElement, Table, and_, literal_column, or_, select, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from relaysync.master.store._routing_tables import RecoveryJobRow
 from relaysync.master.store.models import Base, Watermark
 from relaysync.protocol.messages import CommitReport
 
@@ -66,11 +67,18 @@ def current_marks(
 
 
 def void_watermarks(
-    session: Session, mapping_id: int, source_node: str, journal_id: str, now: float
+    session: Session,
+    mapping_id: int,
+    source_node: str,
+    journal_id: str,
+    now: float,
+    head: int | None = None,
 ) -> None:
     """The source of the mapping now counts in journal `journal_id`: the targets' watermarks
     in another (or in none named) are the old journal's, and start again from 0 in the new one;
-    those a target reported in the new journal already are kept."""
+    those a target reported in the new journal already are kept. With the new journal's `head`
+    seq, the mapping's running recoveries aim no higher: a goal of the old journal's seqs
+    (_router_clock.py `_finish_recoveries`: done at a watermark >= goal) was never reached."""
     session.execute(
         update(Watermark)
         .where(
@@ -80,6 +88,16 @@ def void_watermarks(
         )
         .values(seq=0, journal_id=journal_id, updated_at=now)
     )
+    if head is not None:
+        session.execute(
+            update(RecoveryJobRow)
+            .where(
+                RecoveryJobRow.mapping_id == mapping_id,
+                RecoveryJobRow.outcome == "running",
+                RecoveryJobRow.goal_seq > head,
+            )
+            .values(goal_seq=head)
+        )
 
 
 def retire(
@@ -160,7 +178,7 @@ def adopt_journals(
         )
         if named:
             continue
-        void_watermarks(session, mapping_id, source_node, new, now)
+        void_watermarks(session, mapping_id, source_node, new, now, head=0)
         retire(session, mapping_id, source_node, old, now)
         row = {"mapping_id": mapping_id, "source_node": source_node, "seq": 0}
         values = {"reported_at": now, "journal_id": new, "journal_since": now}
