@@ -252,6 +252,8 @@ class RouterClock:
     def _finish_recoveries(self, now: float) -> None:
         with self._lock:
             running = list(self._recoveries.values())
+        if running:  # their goals as stored now: a new source journal lowers them (_journals)
+            running = self.store.routing.running_recoveries()
         finished = False
         for job in running:
             marks = {

@@ -97,7 +97,12 @@ class Env:
         return {t.node_id for t in spec.targets}
 
     def report(
-        self, target: str, watermark: int, route: tuple[str, ...] = (), failed_seq: int = 0
+        self,
+        target: str,
+        watermark: int,
+        route: tuple[str, ...] = (),
+        failed_seq: int = 0,
+        journal: str = "",
     ) -> None:
         records = tuple(
             CommitRecord(
@@ -118,6 +123,7 @@ class Env:
                     watermark=watermark,
                     records=records,
                     route=route,
+                    journal_id=journal,
                 )
             ]
         )
@@ -382,6 +388,28 @@ def test_recovery_at_once(env: Env) -> None:
     assert env.routes()["recoveries"] == []
     [done] = env.client.get(f"/api/mappings/{env.mapping_id}/recoveries").json()
     assert (done["outcome"], done["finished_at"] is not None) == ("done", True)
+    assert EventType.TARGET_RECOVERED in env.event_types()
+
+
+def test_recovery_finishes_in_a_new_source_journal(env: Env) -> None:
+    """The source's journal is recreated while a1 recovers towards a2's watermark in the old
+    one (5): the new journal's head (3) is its goal now, and a1 at 3 in it has recovered.
+    Before, the job kept goal 5 of the old journal and ran until the new journal passed it."""
+    old, new = "1" * 32, "2" * 32
+    env.client.put(f"/api/mappings/{env.mapping_id}/routing", json={"fail_after_s": 10})
+    env.report("a2", 5, journal=old)
+    env.store.record_source_heads({nid("src"): [(env.mapping_id, 5, old)]})
+    _fail(env, "a1")
+    env.set_state("a1", "up")
+    env.tick(1)
+    [job] = env.routes()["recoveries"]
+    assert (job["target"], job["goal_seq"]) == ("a1", 5)
+    env.store.record_source_heads({nid("src"): [(env.mapping_id, 3, new)]})
+    env.report("a1", 3, journal=new)
+    env.tick(1)
+    assert env.routes()["recoveries"] == []
+    [done] = env.client.get(f"/api/mappings/{env.mapping_id}/recoveries").json()
+    assert (done["outcome"], done["goal_seq"], done["detail"]) == ("done", 3, "watermark 3")
     assert EventType.TARGET_RECOVERED in env.event_types()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from relaysync.cli.send_cmd import _taken
 from relaysync.master.store import Store
+from relaysync.protocol.messages import CommitReport
 from tests.unit.master.test_store_joblog import SRC, T1, T2, mapping_id, rec, report
 
 __all__ = ["mapping_id"]  # the fixture, used by name
@@ -62,3 +63,31 @@ def test_the_first_journal_named_and_an_older_agents_reports_void_nothing(
     assert {w.target: w.seq for w in store.watermarks(mid)}[T1] == 40
     store.modes.record_release(mid, release, 7, T1, NEW)  # not the source's: refused
     assert _send_sees(store, mid, release)[:2] == (True, 40)
+
+
+def test_a_late_report_of_the_journal_a_release_replaced_changes_nothing(
+    store: Store, mapping_id: int
+) -> None:
+    """The source's ReleaseReport names a new journal before its head does; T1's report of the
+    old journal then arrives late (its outbox after a reconnect). Before, it put T1's watermark
+    back at the old journal's 1000: the new release looked done on T1."""
+    mid = mapping_id
+    store.modes.set_mode(mid, "manual")
+    first = store.modes.release(mid).release
+    store.modes.record_release(mid, first, 1000, SRC, OLD)
+    store.record_commit_reports([_old(mid, 999)])
+    store.modes.record_release(mid, first, 5, SRC, NEW)
+    store.record_commit_reports([_old(mid, 1000)])  # late
+    assert {w.target: w.seq for w in store.watermarks(mid)} == {T1: 0}
+
+
+def _old(mid: int, seq: int) -> CommitReport:
+    """T1's report of `seq` in the old journal."""
+    return CommitReport(
+        mapping_id=mid,
+        source_node=SRC,
+        target_node=T1,
+        watermark=seq,
+        records=(rec(seq),),
+        journal_id=OLD,
+    )

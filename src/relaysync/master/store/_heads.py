@@ -7,7 +7,8 @@ head look lower than the source says it is.
 Each head names the source journal its seq counts in (0024): a recreated journal counts from 1
 again, so a head naming another journal than the one noted voids the targets' watermarks of
 the old one (store/_journals.py), and the change rows reported before it no longer raise the
-head (`journal_since`).
+head (`journal_since`: the newest row counts only if reported since, so that the head still
+reads one row, whatever the older journal left).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from collections.abc import Mapping as MappingOf
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from relaysync.master.store._journals import other_journal, void_watermarks
+from relaysync.master.store._journals import other_journal, retire, void_watermarks
 from relaysync.master.store.models import Base, Change, Mapping, SourceHead
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ def _new_journal(
     seq, journal = head
     known, since = noted.get((mapping_id, node), ("", 0.0))
     if other_journal(journal, known):
-        void_watermarks(session, mapping_id, node, journal, now)
+        void_watermarks(session, mapping_id, node, journal, now, head=seq)
+        retire(session, mapping_id, node, known, now)
         since = now
         logger.warning(
             "mapping %s: the source's journal is new (%s, was %s): its head and the targets' "
@@ -152,23 +154,23 @@ def keep_only(session: Session, mapping_id: int, source_node: str) -> None:
 
 
 def head_seq(session: Session, mapping_id: int, source_node: str) -> int:
-    """The mapping's head seq: the higher of its source's word and its newest change row (of
-    those reported since the source's journal was first heard: an older journal's seqs are
-    not the current one's)."""
+    """The mapping's head seq: the higher of its source's word and its newest change row, if
+    that was reported since the source's journal was first heard (one before is an older
+    journal's: its seqs are not the current one's). The newest row alone, found from the top of
+    the primary key: one row read, where a walk down to the newest reported since read every
+    row of the older journal (561 ms per status call on SQLite with a million)."""
     reported = session.execute(
         select(SourceHead.seq, SourceHead.journal_since).where(
             SourceHead.mapping_id == mapping_id, SourceHead.source_node == source_node
         )
     ).first()
     seq, since = (int(reported[0]), float(reported[1])) if reported is not None else (0, 0.0)
-    rows = (Change.mapping_id == mapping_id, Change.source_node == source_node)
-    if not since:  # max() alone: an index lookup
-        newest = session.scalar(select(func.max(Change.seq)).where(*rows))
-    else:  # from the top down: the new journal's rows past the old one's seqs come first
-        newest = session.scalar(
-            select(Change.seq)
-            .where(*rows, Change.reported_at >= since)
-            .order_by(Change.seq.desc())
-            .limit(1)
-        )
-    return max(seq, int(newest or 0))
+    newest = session.execute(
+        select(Change.seq, Change.reported_at)
+        .where(Change.mapping_id == mapping_id, Change.source_node == source_node)
+        .order_by(Change.seq.desc())
+        .limit(1)
+    ).first()
+    if newest is None or float(newest[1]) < since:
+        return seq
+    return max(seq, int(newest[0]))

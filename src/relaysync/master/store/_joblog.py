@@ -13,13 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from relaysync.master.store._engine import execute_rows
 from relaysync.master.store._joblog_supersede import Commits, resolve_moot
-from relaysync.master.store._journals import current_marks, other_journal
+from relaysync.master.store._journals import (
+    adopt_journals,
+    current_marks,
+    drop_retired,
+    may_replace,
+    other_journal,
+)
 from relaysync.master.store.models import Base, Mapping, Server, path_key
 from relaysync.protocol.messages import CommitRecord, CommitReport
 
@@ -77,6 +83,7 @@ class _Batch:
     catchup: dict[Triple, list[int]] = field(default_factory=dict)
     watermarks: dict[Triple, int] = field(default_factory=dict)
     journals: dict[Triple, str] = field(default_factory=dict)  # the journal each counts in
+    switched: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)  # old, new
     advances: list[dict[str, Any]] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # target node id -> server name
     commits: Commits = field(default_factory=Commits)  # what may make failures moot
@@ -106,9 +113,8 @@ def record(session: Session, reports: Sequence[CommitReport], now: float) -> Non
     """Write a batch of commit reports; repeats of a report change nothing.
 
     Rows are written in key order, so that concurrent batches on PostgreSQL take their row
-    locks in the same order and cannot deadlock.
-    """
-    reports = _known(session, reports)
+    locks in the same order and cannot deadlock."""
+    reports = drop_retired(session, _known(session, reports))
     if not reports:
         return
     batch = _Batch(now=now)
@@ -120,6 +126,7 @@ def record(session: Session, reports: Sequence[CommitReport], now: float) -> Non
     for report in reports:
         _fold(batch, report)
     _write_changes(session, batch)
+    adopt_journals(session, batch.switched, now)  # before the watermarks: it voids the others
     _write_watermarks(session, batch)
     _write_outcomes(session, batch)
     _write_catchup(session, batch)
@@ -162,8 +169,9 @@ def _fold(batch: _Batch, report: CommitReport) -> None:
         counters = batch.catchup.setdefault(triple, [0, 0])
         counters[0] += figures.catchup_files
         counters[1] += figures.catchup_bytes
-    if other_journal(report.journal_id, batch.journals.get(triple, "")):
+    if other_journal(report.journal_id, old := batch.journals.get(triple, "")):
         batch.watermarks.pop(triple, None)  # the source's new journal: from 0 in it (_journals)
+        batch.switched[triple[:2]] = (old, report.journal_id)
     if report.journal_id:
         batch.journals[triple] = report.journal_id
     _fold_watermark(batch, triple, report.watermark, figures, _route(batch, report))
@@ -346,10 +354,7 @@ def _watermarks_upsert(stmt: Any) -> Any:
             "journal_id": stmt.excluded.journal_id,
         },
         # never decreases, even under concurrent batches, but in another journal (_journals)
-        where=or_(
-            WATERMARKS.c.seq < stmt.excluded.seq,
-            WATERMARKS.c.journal_id != stmt.excluded.journal_id,
-        ),
+        where=may_replace(stmt.excluded),
     )
 
 

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from relaysync.errors import ConfigError
-from relaysync.master.store._journals import void_watermarks
+from relaysync.master.store._journals import retire, void_watermarks
 from relaysync.master.store.models import Base, Mapping
 from relaysync.protocol.messages import MappingSpec
 from relaysync.watch.target_policy import DEFAULT_MODE_MASK, SYMLINK_POLICIES, mode_mask_problem
@@ -115,7 +115,9 @@ def _new_journal(session: Session, mapping_id: int, source_node: str, journal_id
         return False
     row.released_upto = row.released_release = 0
     # those a target reported in the new journal already are kept (reported before this)
-    void_watermarks(session, mapping_id, source_node, journal_id, time.time())
+    now = time.time()
+    void_watermarks(session, mapping_id, source_node, journal_id, now)
+    retire(session, mapping_id, source_node, known, now)  # a late report of it: dropped
     logger.warning(
         "mapping %s: the source's journal is new (%s, was %s): its releases and the targets' "
         "watermarks start again from 0",

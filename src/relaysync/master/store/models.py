@@ -188,6 +188,23 @@ class SourceHead(Base):
     journal_since: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
+class RetiredJournal(Base):
+    """Per (mapping, source): a source journal that a new one replaced (0024_journal_ids).
+
+    A late report of it (resent from a target's outbox after a reconnect, read back from the
+    job-log spool) says nothing of the new journal: it adds neither watermark nor change rows.
+    Journal ids are random and never come back."""
+
+    __tablename__ = "retired_journals"
+
+    mapping_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("mappings.id", ondelete="CASCADE"), primary_key=True
+    )
+    source_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
+    journal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    retired_at: Mapped[float] = mapped_column(Float)
+
+
 class WatermarkAdvance(Base):
     """One row per report that moved a watermark: where per-target commit times come from."""
 

@@ -7,10 +7,12 @@ higher seqs (a watermark was only ever raised; the head took the change rows' hi
 so the lag figures compared seqs of two journals: a target showed no lag while the new
 journal's changes were not on it. A head or a report naming another journal now voids what
 counted in the old one; `journal_since` is when the head's journal was first heard (the change
-rows reported before it are the old journal's and no longer raise the head).
+rows reported before it are the old journal's and no longer raise the head). `retired_journals`
+keeps the journals a new one replaced: a late report of one (a target's outbox, the job-log
+spool) adds neither watermark nor change rows.
 
 Rows of an upgrade start at "" (not known: matches any journal, the first id heard is taken)
-and 0; the downgrade drops the columns.
+and 0, with no journal retired; the downgrade drops the columns and the table.
 
 Revision ID: 0024_journal_ids
 Revises: 0023_released_journal
@@ -31,6 +33,15 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "retired_journals",
+        sa.Column("mapping_id", sa.Integer(), nullable=False),
+        sa.Column("source_node", sa.String(length=64), nullable=False),
+        sa.Column("journal_id", sa.String(length=64), nullable=False),
+        sa.Column("retired_at", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(["mapping_id"], ["mappings.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("mapping_id", "source_node", "journal_id"),
+    )
     op.add_column(
         "source_heads",
         sa.Column("journal_id", sa.String(64), nullable=False, server_default=""),
@@ -46,6 +57,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("retired_journals")
     with op.batch_alter_table("watermarks") as batch:
         batch.drop_column("journal_id")
     with op.batch_alter_table("source_heads") as batch:
