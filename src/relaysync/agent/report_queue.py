@@ -3,7 +3,7 @@
 Each report is appended to the outbox (agent/outbox.py) before it is queued, so before the
 source hears of the commit (the receiver's Ack waits on it), and forgotten there once the
 master has taken it (`taken`), the link sent it to a master that does not acknowledge
-(`forget`), or the bound dropped it. A restarted agent queues what the outbox still holds
+(`sent_to_unacknowledging`), or the bound dropped it. A restarted agent queues what the outbox still holds
 first. Without an outbox (or while appends fail: a full disk, logged) reports are kept in
 memory only, as before.
 
@@ -11,19 +11,23 @@ Two bounds. In memory, the reports held weigh at most `max_bytes` (MAX_QUEUED_RE
 estimated by agent/_report_memory.py; one report always fits): a report of many records with
 long paths holds MBs, and 100,000 of them, while the master is down, held GBs. Past it, reports
 on disk stay there only (`spilled`), and are read back in order as the master takes those held
-(`_refill`): none is lost. Only a report the outbox could not keep (no outbox, a full disk)
-makes the oldest held go, as past the count. On disk and in memory together, past
-MAX_QUEUED_REPORTS the oldest report is dropped, sent or not, with a warning; the session's
-count goes on, so the master's `ReportsTaken(upto)` still names the same reports.
+(`_refill`): none is lost. A read back that fails (EMFILE, EIO) is tried again at the next ack,
+report or session and, while none is held (`stalled`), by the link every READ_BACK_RETRY_S.
+Only a report the outbox could not keep (no outbox, a full disk) makes the oldest held go, as
+past the count. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
+dropped, sent or not, with a warning; the session's count goes on, so the master's
+`ReportsTaken(upto)` still names the same reports.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from relaysync.constants import READ_BACK_RETRY_S
 from relaysync.errors import ProtocolError
 from relaysync.protocol.messages import ENCODER, CommitReport
 
@@ -41,6 +45,7 @@ MAX_QUEUED_REPORTS = 100_000
 # count bound (98,000), or 29 of the largest. The rest waits on disk; the link sends 64 at a
 # time and each batch is taken within a round trip, so this window keeps it busy.
 MAX_QUEUED_REPORT_BYTES = 128 * 1024 * 1024
+READ_BACK_WARN_S = 60.0  # a read back failing on and on is warned of this seldom
 
 
 class Queued(NamedTuple):
@@ -83,6 +88,8 @@ class ReportQueue:
         self.acked = 0
         self.dropped = 0  # past MAX_QUEUED_REPORTS, or past max_bytes in memory only (logged)
         self._append_failing = False
+        self._read_failures = 0  # read backs failed in a row (warned of, rate-limited)
+        self._read_warned_at = 0.0
         for report in replayed:
             self._push(Queued(report, 1, held_bytes(report, len(ENCODER.encode(report)))))
         if outbox is not None and outbox.unread:
@@ -101,6 +108,8 @@ class ReportQueue:
         frames = self._persist(payload, held)
         if frames and not held:
             self._spill(1)
+            if not self._window:  # a read back that failed: tried again (none held to send)
+                self._refill()
             return
         if self.held_bytes + cost > self.max_bytes:
             self._make_room(cost)
@@ -146,6 +155,18 @@ class ReportQueue:
         self.acked = 0
         self._refill()  # a read back that failed: tried again
 
+    def read_back(self) -> bool:
+        """Try again to read back the spilled reports at the head (call when `stalled`);
+        True if any is now unsent."""
+        self._refill()
+        return bool(self.unsent)
+
+    @property
+    def stalled(self) -> bool:
+        """Reports are spilled and none is held: a read back failed, and no ack will come to
+        try it again (the link retries it every READ_BACK_RETRY_S, `read_back`)."""
+        return bool(self.spilled) and not self._window
+
     @property
     def pending(self) -> int:
         """Reports the master has not taken yet, sent or not, in memory or on disk only."""
@@ -181,9 +202,15 @@ class ReportQueue:
                 continue
             try:
                 peeked = self.outbox.peek_unread() if self.outbox is not None else None
-            except OSError as exc:  # tried again at the next take, session or report
-                logger.warning("report outbox: cannot read back commit reports (%s)", exc)
+            except OSError as exc:  # tried again at the next take, session, report or retry
+                self._read_failed(exc)
                 return
+            if self._read_failures:
+                logger.warning(
+                    "report outbox: commit reports are read back again (after %s failures)",
+                    self._read_failures,
+                )
+                self._read_failures = 0
             if peeked is None:  # the outbox lost them (not read back: see its warnings)
                 self._unspill(head)
                 continue
@@ -196,6 +223,21 @@ class ReportQueue:
             if report is not None:
                 self.unsent.append(Queued(report, 1, cost))
                 self.held_bytes += cost
+
+    def _read_failed(self, exc: OSError) -> None:
+        """Warn of a failed read back: the first, then at most every READ_BACK_WARN_S."""
+        now = time.monotonic()
+        if not self._read_failures or now - self._read_warned_at >= READ_BACK_WARN_S:
+            logger.warning(
+                "report outbox %s: cannot read back commit reports waiting on disk (%s); "
+                "tried again every %s s, they are sent once it works (failed %s times)",
+                self.outbox.directory if self.outbox is not None else "-",
+                exc,
+                READ_BACK_RETRY_S,
+                self._read_failures + 1,
+            )
+            self._read_warned_at = now
+        self._read_failures += 1
 
     def _unspill(self, count: int) -> None:
         """`count` reports on disk only, at the head of `spilled`, are read back (or lost)."""

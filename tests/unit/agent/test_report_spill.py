@@ -180,3 +180,46 @@ def test_a_frame_damaged_on_disk_while_it_waits_is_skipped_alone(
     assert "unreadable frame" in caplog.text
     assert queue.pending == 0 and box.pending == 0
     assert _outbox(tmp_path).open() == []
+
+
+def _read_back_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next read of a segment fails (EMFILE), as a process out of descriptors sees it."""
+    real = outbox_module.os.pread
+
+    def emfile(*args: object) -> bytes:
+        monkeypatch.setattr(outbox_module.os, "pread", real)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(outbox_module.os, "pread", emfile)
+
+
+def test_a_failed_read_back_while_none_is_held_is_tried_again_at_the_next_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The master takes every report held, and reading the next back fails: none is held, so
+    no ack comes to try it again. The next report (which wakes the link's writer) must."""
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box, max_bytes=BOUND)
+    for n in range(10):
+        queue.add(_big(n))
+    queue.unacked.extend(queue.take_batch(64))
+    held = len(queue.unacked)
+    _read_back_fails_once(monkeypatch)
+    queue.taken(queue.acked + len(queue.unacked))
+    assert not queue.unsent and queue.spilled_count == 10 - held and queue.stalled
+    assert "cannot read back" in caplog.text
+    queue.add(_big(10))
+    assert [item.report.watermark for item in queue.unsent][:1] == [held]
+    assert not queue.stalled and "read back again" in caplog.text
+    assert _drain_all(queue) == list(range(held, 11))
+
+
+def _drain_all(queue: ReportQueue) -> list[int]:
+    got: list[int] = []
+    while queue.unsent:
+        batch = queue.take_batch(64)
+        queue.unacked.extend(batch)
+        got += [item.report.watermark for item in batch]
+        queue.taken(queue.acked + len(queue.unacked))
+    return got
