@@ -40,9 +40,9 @@ logger = logging.getLogger(__name__)
 # (watermarks come again with the next report, but the dropped records miss in the job log).
 # It bounds the outbox on disk and the master's catch-up; memory has its own bound, below.
 MAX_QUEUED_REPORTS = 100_000
-# Reports held in memory, as agent/_report_memory.py estimates them (1,364 B a typical
-# one-record report, 4.5 MB the largest run of records): about as many typical reports as the
-# count bound (98,000), or 29 of the largest. The rest waits on disk; the link sends 64 at a
+# Reports held in memory, as agent/_report_memory.py estimates them (1,250 B a typical
+# one-record report, 4.3 MB a run of records of MAX_REPORT_BYTES): about as many typical reports
+# as the count bound (107,000), or 31 of the largest. The rest waits on disk; the link sends 64 at a
 # time and each batch is taken within a round trip, so this window keeps it busy.
 MAX_QUEUED_REPORT_BYTES = 128 * 1024 * 1024
 READ_BACK_WARN_S = 60.0  # a read back failing on and on is warned of this seldom
