@@ -415,7 +415,9 @@ class MasterLink:
                 await framed.send(metrics)
             # No waiting here: a lone report goes at once (the purge step waits on it), and while a
             # send is in flight the reports of a burst gather in the queue for the next one.
-            while self.reports.unsent:
+            # Reports on disk are read back a step at a time between sends (not all at once on
+            # the ack that made room: that blocked the loop for 100s of ms).
+            while self.reports.unsent or self.reports.read_back():
                 await self._send_reports(framed)
 
     async def _send_reports(self, framed: FramedStream) -> None:

@@ -10,9 +10,10 @@ memory only, as before.
 Two bounds. In memory, the reports held weigh at most `max_bytes` (MAX_QUEUED_REPORT_BYTES,
 estimated by agent/_report_memory.py; one report always fits): a report of many records with
 long paths holds MBs, and 100,000 of them, while the master is down, held GBs. Past it, reports
-on disk stay there only (`spilled`), and are read back in order as the master takes those held
-(`_refill`): none is lost. A read back that fails (EMFILE, EIO) is tried again at the next ack,
-report or session and, while none is held (`stalled`), by the link every READ_BACK_RETRY_S.
+on disk stay there only (`spilled`), and are read back in order as the master takes those held,
+READ_BACK_STEP_BYTES at a time (`_refill`, `read_back`: this runs on the event loop): none is
+lost. A read back that fails (EMFILE, EIO) is tried again at the next ack, report or session
+and, while none is held (`stalled`), by the link every READ_BACK_RETRY_S.
 Only a report the outbox could not keep (no outbox, a full disk) makes the oldest held go, as
 past the count. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
 dropped, sent or not, with a warning; the session's count goes on, so the master's
@@ -45,6 +46,10 @@ MAX_QUEUED_REPORTS = 100_000
 # as the count bound (107,000), or 31 of the largest. The rest waits on disk; the link sends 64 at a
 # time and each batch is taken within a round trip, so this window keeps it busy.
 MAX_QUEUED_REPORT_BYTES = 128 * 1024 * 1024
+# Reports read back from disk at a time (pread, CRC and decode on the event loop, ~8 ms a MiB):
+# an ack that freed the memory of 64 large reports read ~37 MB back at once, blocking the loop
+# 70-330 ms; now the link's writer reads the rest a step at a time between its sends.
+READ_BACK_STEP_BYTES = 1024 * 1024
 READ_BACK_WARN_S = 60.0  # a read back failing on and on is warned of this seldom
 
 
@@ -156,8 +161,8 @@ class ReportQueue:
         self._refill()  # a read back that failed: tried again
 
     def read_back(self) -> bool:
-        """Try again to read back the spilled reports at the head (call when `stalled`);
-        True if any is now unsent."""
+        """Read back the next READ_BACK_STEP_BYTES of spilled reports that fit in memory (the
+        link's writer, once it sent all unsent, or when `stalled`); True if any is unsent."""
         self._refill()
         return bool(self.unsent)
 
@@ -192,8 +197,11 @@ class ReportQueue:
 
     def _refill(self) -> None:
         """Move the spilled reports at the head into memory while they fit (one at least when
-        none is held), reading back those on disk only."""
-        while self.spilled:
+        none is held), reading back those on disk only: READ_BACK_STEP_BYTES of them (one at
+        least), as this runs on the event loop; the link's writer reads the rest between sends
+        (`read_back`)."""
+        read = 0
+        while self.spilled and read < READ_BACK_STEP_BYTES:
             head = self.spilled[0]
             if isinstance(head, Queued):  # in memory already
                 self.spilled.popleft()
@@ -215,6 +223,7 @@ class ReportQueue:
                 self._unspill(head)
                 continue
             report, encoded = peeked
+            read += encoded
             cost = 0 if report is None else held_bytes(report, encoded)
             if self._window and self.held_bytes + cost > self.max_bytes:
                 return

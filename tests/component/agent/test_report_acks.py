@@ -310,3 +310,25 @@ def test_a_failed_read_back_is_tried_again_with_no_new_report(
             assert await first.reports(3) == [held + 1, held + 2, held + 3]
 
     anyio.run(main)
+
+
+def test_the_writer_reads_reports_back_between_its_sends(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack reads back one step of the reports on disk (on the event loop); the writer reads
+    the next steps between its sends, as long as they fit in memory, with no other ack."""
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORT_BYTES", 4 * 1024 * 1024)
+    monkeypatch.setattr(report_queue, "READ_BACK_STEP_BYTES", 1)  # one report a step
+
+    async def main() -> None:
+        async with _running(fleet, CAPABILITIES, None, tmp_path / "outbox") as (link, master):
+            first = await master.session()
+            for n in range(1, 31):
+                link.report(_big(n))
+            held = len(link.reports.unsent) + len(link.reports.unacked)
+            assert 5 < held < 25
+            assert await first.reports(held) == list(range(1, held + 1))
+            await first.take(held)
+            assert await first.reports(5) == list(range(held + 1, held + 6))
+
+    anyio.run(main)
