@@ -16,8 +16,9 @@ lost. A read back that fails (EMFILE, EIO) is tried again at the next ack, repor
 and, while none is held (`stalled`), by the link every READ_BACK_RETRY_S.
 Only a report the outbox could not keep (no outbox, a full disk) makes the oldest held go, as
 past the count. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
-dropped, sent or not, with a warning; the session's count goes on, so the master's
-`ReportsTaken(upto)` still names the same reports.
+dropped, sent or not, with a warning (a message the link merged from several: all of them; the
+count, `pending` and `dropped` are of reports, not messages); the session's count of messages
+goes on, so the master's `ReportsTaken(upto)` still names the same ones.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ READ_BACK_WARN_S = 60.0  # a read back failing on and on is warned of this seldo
 
 class Queued(NamedTuple):
     """A report in the queue, how many outbox frames it stands for (merged: several; kept in
-    memory only: none), and what it is estimated to hold in memory."""
+    memory only: none), what it is estimated to hold in memory, and how many reports it stands
+    for (merged: several; counted by `pending`, `dropped` and MAX_QUEUED_REPORTS)."""
 
     report: CommitReport
     frames: int
     held_bytes: int = 0
+    reports: int = 1
 
 
 class ReportQueue:
@@ -90,6 +93,7 @@ class ReportQueue:
         self.spilled: collections.deque[int | Queued] = collections.deque()
         self.spilled_count = 0
         self.held_bytes = 0  # of the reports in memory: unsent, unacked, spilled
+        self.held_reports = 0  # reports the items of unsent and unacked stand for
         self.acked = 0
         self.dropped = 0  # past MAX_QUEUED_REPORTS, or past max_bytes in memory only (logged)
         self._append_failing = False
@@ -125,6 +129,7 @@ class ReportQueue:
             self.spilled_count += 1
         else:
             self.unsent.append(item)
+            self.held_reports += 1
         if self.spilled and not self._window:  # a read back that failed: tried again
             self._refill()
 
@@ -149,6 +154,7 @@ class ReportQueue:
             item = self.unacked.popleft()
             frames += item.frames
             self.held_bytes -= item.held_bytes
+            self.held_reports -= item.reports
             self.acked += 1
         self._consume(frames)
         self._refill()
@@ -175,7 +181,7 @@ class ReportQueue:
     @property
     def pending(self) -> int:
         """Reports the master has not taken yet, sent or not, in memory or on disk only."""
-        return self._window + self.spilled_count
+        return self.held_reports + self.spilled_count
 
     @property
     def _window(self) -> int:
@@ -186,6 +192,7 @@ class ReportQueue:
             self._drop_oldest()
         self.unsent.append(item)
         self.held_bytes += item.held_bytes
+        self.held_reports += item.reports
 
     def _spill(self, count: int) -> None:
         """`count` more reports on disk only, after all others."""
@@ -207,6 +214,7 @@ class ReportQueue:
                 self.spilled.popleft()
                 self.spilled_count -= 1
                 self.unsent.append(head)
+                self.held_reports += head.reports
                 continue
             try:
                 peeked = self.outbox.peek_unread() if self.outbox is not None else None
@@ -232,6 +240,7 @@ class ReportQueue:
             if report is not None:
                 self.unsent.append(Queued(report, 1, cost))
                 self.held_bytes += cost
+                self.held_reports += 1
 
     def _read_failed(self, exc: OSError) -> None:
         """Warn of a failed read back: the first, then at most every READ_BACK_WARN_S."""
@@ -266,7 +275,8 @@ class ReportQueue:
             pass
 
     def _drop_oldest(self, *, refill: bool = True) -> bool:
-        """Drop the oldest report; False if none could be (none held, none read back)."""
+        """Drop the oldest report (a merged one: all it stands for); False if none could be
+        (none held, none read back)."""
         if not self._window:
             self._refill()  # the oldest is spilled: read back first
         if self.unacked:
@@ -277,9 +287,10 @@ class ReportQueue:
         else:
             return False
         self.held_bytes -= item.held_bytes
+        self.held_reports -= item.reports
         self._consume(item.frames)
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 10_000 == 0:
+        before, self.dropped = self.dropped, self.dropped + item.reports
+        if not before or before // 10_000 != self.dropped // 10_000:
             logger.warning(
                 "commit reports for the master: over %s queued (or %s MiB in memory, not on "
                 "disk), dropped the oldest (%s so far; their records miss in the job log)",
