@@ -82,6 +82,10 @@ REFUSED_RETRY_S = (
 # valid, or current here) is a clock behind, the agent's or the master's: once NTP sets it right,
 # the agent is back within this.
 CERT_CLOCK_RETRY_S = 30.0
+# An agent's commit reports waiting on disk (past the queue's memory bound) whose read back failed
+# (EMFILE, EIO) while none is held in memory: no acknowledgement comes to try it again, so the
+# control link's writer does, this often (agent/report_queue.py `stalled`).
+READ_BACK_RETRY_S = 5.0
 SOURCE_RETRY_MIN_S = 1.0  # first restart of a source mapping that failed (its folder, its state)
 SOURCE_RETRY_MAX_S = 60.0  # backoff ceiling: each restart opens its state and rescans its folder
 # An agent task that failed unexpectedly (a bug, not a lost link: those reconnect by themselves) is

@@ -34,10 +34,10 @@ def _record_bytes(record: CommitRecord) -> int:
 
 def _merge(items: list[Queued]) -> list[Queued]:
     """Merge consecutive reports of the same (mapping, source, target, route, journal) into fewer messages
-    (each standing for the outbox frames of those it merged)."""
+    (each standing for the outbox frames and the reports of those it merged)."""
     merged: list[Queued] = []
     weight = (0, 0)  # the last merged report's removed and encoded bytes, kept as it grows
-    for r, frames, held in items:
+    for r, frames, held, reports in items:
         last = merged[-1].report if merged else None
         added = (_removed(r), _bytes(r.records))
         if (
@@ -57,10 +57,16 @@ def _merge(items: list[Queued]) -> list[Queued]:
                 route=r.route,
                 journal_id=r.journal_id,
             )
-            merged[-1] = Queued(report, merged[-1].frames + frames, merged[-1].held_bytes + held)
+            last_item = merged[-1]
+            merged[-1] = Queued(
+                report,
+                last_item.frames + frames,
+                last_item.held_bytes + held,
+                last_item.reports + reports,
+            )
             weight = (weight[0] + added[0], weight[1] + added[1])
         else:
-            merged.append(Queued(r, frames, held))
+            merged.append(Queued(r, frames, held, reports))
             weight = added
     return merged
 

@@ -10,7 +10,8 @@ Any other fleet certificate is refused before anything is sent.
 Error handling: any failure drops the link and it reconnects with backoff; the agent keeps
 running on its last assignment meanwhile, and commit reports wait in a bounded queue, kept on
 disk (agent/report_queue.py, agent/outbox.py: a kill of the agent loses none; past the
-memory bound they wait on disk only, read back in order as the master takes them). A master
+memory bound they wait on disk only, read back in order as the master takes them; a read back
+that failed while none is held is tried again every READ_BACK_RETRY_S). A master
 that announces CAP_REPORT_ACK says which reports it has taken durably (`ReportsTaken`); the
 others stay queued and go again, first and in order, on the next session, so a kill of the
 master loses none (master/report_acks.py). With an older master, reports are sent and forgotten.
@@ -42,6 +43,7 @@ from relaysync.constants import (
     HANDSHAKE_TIMEOUT_S,
     MASTER_NODE_NAME,
     PING_INTERVAL_S,
+    READ_BACK_RETRY_S,
     RECEIVE_TIMEOUT_S,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
@@ -381,7 +383,9 @@ class MasterLink:
                     pass
                 case ReportsTaken() if self._acking:
                     self.reports.taken(message.upto)
-                    if self.reports.unsent:  # read back from disk: the writer may be idle
+                    # read back from disk: the writer may be idle; or that failed: the writer
+                    # tries again after READ_BACK_RETRY_S, not PING_INTERVAL_S
+                    if self.reports.unsent or self.reports.stalled:
                         self._wake.set()
                 case Error():
                     raise PeerRefused(message.detail, message.code.name)
@@ -390,8 +394,12 @@ class MasterLink:
 
     async def _write_loop(self, framed: FramedStream) -> None:
         while True:
-            with anyio.move_on_after(PING_INTERVAL_S) as idle:
+            # a failed read back of reports on disk, none held: no ack comes to try it again
+            stalled = self.reports.stalled
+            with anyio.move_on_after(READ_BACK_RETRY_S if stalled else PING_INTERVAL_S) as idle:
                 await self._wake.wait()
+            if stalled and idle.cancelled_caught and self.reports.stalled:
+                self.reports.read_back()
             while (notice := self.notices.first()) is not None:
                 await framed.send(notice)
                 self.notices.sent()
@@ -407,7 +415,9 @@ class MasterLink:
                 await framed.send(metrics)
             # No waiting here: a lone report goes at once (the purge step waits on it), and while a
             # send is in flight the reports of a burst gather in the queue for the next one.
-            while self.reports.unsent:
+            # Reports on disk are read back a step at a time between sends (not all at once on
+            # the ack that made room: that blocked the loop for 100s of ms).
+            while self.reports.unsent or self.reports.read_back():
                 await self._send_reports(framed)
 
     async def _send_reports(self, framed: FramedStream) -> None:

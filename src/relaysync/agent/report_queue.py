@@ -3,27 +3,33 @@
 Each report is appended to the outbox (agent/outbox.py) before it is queued, so before the
 source hears of the commit (the receiver's Ack waits on it), and forgotten there once the
 master has taken it (`taken`), the link sent it to a master that does not acknowledge
-(`forget`), or the bound dropped it. A restarted agent queues what the outbox still holds
+(`sent_to_unacknowledging`), or the bound dropped it. A restarted agent queues what the outbox still holds
 first. Without an outbox (or while appends fail: a full disk, logged) reports are kept in
 memory only, as before.
 
 Two bounds. In memory, the reports held weigh at most `max_bytes` (MAX_QUEUED_REPORT_BYTES,
 estimated by agent/_report_memory.py; one report always fits): a report of many records with
 long paths holds MBs, and 100,000 of them, while the master is down, held GBs. Past it, reports
-on disk stay there only (`spilled`), and are read back in order as the master takes those held
-(`_refill`): none is lost. Only a report the outbox could not keep (no outbox, a full disk)
-makes the oldest held go, as past the count. On disk and in memory together, past
-MAX_QUEUED_REPORTS the oldest report is dropped, sent or not, with a warning; the session's
-count goes on, so the master's `ReportsTaken(upto)` still names the same reports.
+on disk stay there only (`spilled`), and are read back in order as the master takes those held,
+READ_BACK_STEP_BYTES at a time (`_refill`, `read_back`: this runs on the event loop): none is
+lost. A read back that fails (EMFILE, EIO) is tried again at the next ack, report or session
+and, while none is held (`stalled`), by the link every READ_BACK_RETRY_S.
+Only a report the outbox could not keep (no outbox, a full disk) makes the oldest held go, as
+past the count. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
+dropped, sent or not, with a warning (a message the link merged from several: all of them; the
+count, `pending` and `dropped` are of reports, not messages); the session's count of messages
+goes on, so the master's `ReportsTaken(upto)` still names the same ones.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from relaysync.constants import READ_BACK_RETRY_S
 from relaysync.errors import ProtocolError
 from relaysync.protocol.messages import ENCODER, CommitReport
 
@@ -36,20 +42,27 @@ logger = logging.getLogger(__name__)
 # (watermarks come again with the next report, but the dropped records miss in the job log).
 # It bounds the outbox on disk and the master's catch-up; memory has its own bound, below.
 MAX_QUEUED_REPORTS = 100_000
-# Reports held in memory, as agent/_report_memory.py estimates them (1,364 B a typical
-# one-record report, 4.5 MB the largest run of records): about as many typical reports as the
-# count bound (98,000), or 29 of the largest. The rest waits on disk; the link sends 64 at a
+# Reports held in memory, as agent/_report_memory.py estimates them (1,250 B a typical
+# one-record report, 4.3 MB a run of records of MAX_REPORT_BYTES): about as many typical reports
+# as the count bound (107,000), or 31 of the largest. The rest waits on disk; the link sends 64 at a
 # time and each batch is taken within a round trip, so this window keeps it busy.
 MAX_QUEUED_REPORT_BYTES = 128 * 1024 * 1024
+# Reports read back from disk at a time (pread, CRC and decode on the event loop, ~8 ms a MiB):
+# an ack that freed the memory of 64 large reports read ~37 MB back at once, blocking the loop
+# 70-330 ms; now the link's writer reads the rest a step at a time between its sends.
+READ_BACK_STEP_BYTES = 1024 * 1024
+READ_BACK_WARN_S = 60.0  # a read back failing on and on is warned of this seldom
 
 
 class Queued(NamedTuple):
     """A report in the queue, how many outbox frames it stands for (merged: several; kept in
-    memory only: none), and what it is estimated to hold in memory."""
+    memory only: none), what it is estimated to hold in memory, and how many reports it stands
+    for (merged: several; counted by `pending`, `dropped` and MAX_QUEUED_REPORTS)."""
 
     report: CommitReport
     frames: int
     held_bytes: int = 0
+    reports: int = 1
 
 
 class ReportQueue:
@@ -80,9 +93,12 @@ class ReportQueue:
         self.spilled: collections.deque[int | Queued] = collections.deque()
         self.spilled_count = 0
         self.held_bytes = 0  # of the reports in memory: unsent, unacked, spilled
+        self.held_reports = 0  # reports the items of unsent and unacked stand for
         self.acked = 0
         self.dropped = 0  # past MAX_QUEUED_REPORTS, or past max_bytes in memory only (logged)
         self._append_failing = False
+        self._read_failures = 0  # read backs failed in a row (warned of, rate-limited)
+        self._read_warned_at = 0.0
         for report in replayed:
             self._push(Queued(report, 1, held_bytes(report, len(ENCODER.encode(report)))))
         if outbox is not None and outbox.unread:
@@ -101,6 +117,8 @@ class ReportQueue:
         frames = self._persist(payload, held)
         if frames and not held:
             self._spill(1)
+            if not self._window:  # a read back that failed: tried again (none held to send)
+                self._refill()
             return
         if self.held_bytes + cost > self.max_bytes:
             self._make_room(cost)
@@ -111,6 +129,7 @@ class ReportQueue:
             self.spilled_count += 1
         else:
             self.unsent.append(item)
+            self.held_reports += 1
         if self.spilled and not self._window:  # a read back that failed: tried again
             self._refill()
 
@@ -135,6 +154,7 @@ class ReportQueue:
             item = self.unacked.popleft()
             frames += item.frames
             self.held_bytes -= item.held_bytes
+            self.held_reports -= item.reports
             self.acked += 1
         self._consume(frames)
         self._refill()
@@ -146,10 +166,22 @@ class ReportQueue:
         self.acked = 0
         self._refill()  # a read back that failed: tried again
 
+    def read_back(self) -> bool:
+        """Read back the next READ_BACK_STEP_BYTES of spilled reports that fit in memory (the
+        link's writer, once it sent all unsent, or when `stalled`); True if any is unsent."""
+        self._refill()
+        return bool(self.unsent)
+
+    @property
+    def stalled(self) -> bool:
+        """Reports are spilled and none is held: a read back failed, and no ack will come to
+        try it again (the link retries it every READ_BACK_RETRY_S, `read_back`)."""
+        return bool(self.spilled) and not self._window
+
     @property
     def pending(self) -> int:
         """Reports the master has not taken yet, sent or not, in memory or on disk only."""
-        return self._window + self.spilled_count
+        return self.held_reports + self.spilled_count
 
     @property
     def _window(self) -> int:
@@ -160,6 +192,7 @@ class ReportQueue:
             self._drop_oldest()
         self.unsent.append(item)
         self.held_bytes += item.held_bytes
+        self.held_reports += item.reports
 
     def _spill(self, count: int) -> None:
         """`count` more reports on disk only, after all others."""
@@ -171,23 +204,34 @@ class ReportQueue:
 
     def _refill(self) -> None:
         """Move the spilled reports at the head into memory while they fit (one at least when
-        none is held), reading back those on disk only."""
-        while self.spilled:
+        none is held), reading back those on disk only: READ_BACK_STEP_BYTES of them (one at
+        least), as this runs on the event loop; the link's writer reads the rest between sends
+        (`read_back`)."""
+        read = 0
+        while self.spilled and read < READ_BACK_STEP_BYTES:
             head = self.spilled[0]
             if isinstance(head, Queued):  # in memory already
                 self.spilled.popleft()
                 self.spilled_count -= 1
                 self.unsent.append(head)
+                self.held_reports += head.reports
                 continue
             try:
                 peeked = self.outbox.peek_unread() if self.outbox is not None else None
-            except OSError as exc:  # tried again at the next take, session or report
-                logger.warning("report outbox: cannot read back commit reports (%s)", exc)
+            except OSError as exc:  # tried again at the next take, session, report or retry
+                self._read_failed(exc)
                 return
+            if self._read_failures:
+                logger.warning(
+                    "report outbox: commit reports are read back again (after %s failures)",
+                    self._read_failures,
+                )
+                self._read_failures = 0
             if peeked is None:  # the outbox lost them (not read back: see its warnings)
                 self._unspill(head)
                 continue
             report, encoded = peeked
+            read += encoded
             cost = 0 if report is None else held_bytes(report, encoded)
             if self._window and self.held_bytes + cost > self.max_bytes:
                 return
@@ -196,6 +240,22 @@ class ReportQueue:
             if report is not None:
                 self.unsent.append(Queued(report, 1, cost))
                 self.held_bytes += cost
+                self.held_reports += 1
+
+    def _read_failed(self, exc: OSError) -> None:
+        """Warn of a failed read back: the first, then at most every READ_BACK_WARN_S."""
+        now = time.monotonic()
+        if not self._read_failures or now - self._read_warned_at >= READ_BACK_WARN_S:
+            logger.warning(
+                "report outbox %s: cannot read back commit reports waiting on disk (%s); "
+                "tried again every %s s, they are sent once it works (failed %s times)",
+                self.outbox.directory if self.outbox is not None else "-",
+                exc,
+                READ_BACK_RETRY_S,
+                self._read_failures + 1,
+            )
+            self._read_warned_at = now
+        self._read_failures += 1
 
     def _unspill(self, count: int) -> None:
         """`count` reports on disk only, at the head of `spilled`, are read back (or lost)."""
@@ -215,7 +275,8 @@ class ReportQueue:
             pass
 
     def _drop_oldest(self, *, refill: bool = True) -> bool:
-        """Drop the oldest report; False if none could be (none held, none read back)."""
+        """Drop the oldest report (a merged one: all it stands for); False if none could be
+        (none held, none read back)."""
         if not self._window:
             self._refill()  # the oldest is spilled: read back first
         if self.unacked:
@@ -226,9 +287,10 @@ class ReportQueue:
         else:
             return False
         self.held_bytes -= item.held_bytes
+        self.held_reports -= item.reports
         self._consume(item.frames)
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 10_000 == 0:
+        before, self.dropped = self.dropped, self.dropped + item.reports
+        if not before or before // 10_000 != self.dropped // 10_000:
             logger.warning(
                 "commit reports for the master: over %s queued (or %s MiB in memory, not on "
                 "disk), dropped the oldest (%s so far; their records miss in the job log)",

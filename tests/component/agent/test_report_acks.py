@@ -5,6 +5,7 @@ sends and forgets, as before. The master here is a control server by hand, on lo
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from tests._fleet import Fleet
 
-from relaysync.agent import report_queue
+from relaysync.agent import master_link, report_queue
+from relaysync.agent import outbox as outbox_module
 from relaysync.agent.master_link import MasterLink
 from relaysync.agent.outbox import ReportOutbox
 from relaysync.constants import CAP_REPORT_ACK, CAPABILITIES
@@ -277,5 +279,56 @@ def test_reports_past_the_memory_bound_go_from_disk_in_order_as_the_master_takes
                     await anyio.sleep(0.01)
             assert got == list(range(held + 1, 21))
             assert link.reports.dropped == 0
+
+    anyio.run(main)
+
+
+def test_a_failed_read_back_is_tried_again_with_no_new_report(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master takes every report held and reading the next back from disk fails once
+    (EMFILE): no ack and no new report comes to try it again, so the writer does, after
+    READ_BACK_RETRY_S; the master gets the rest in order."""
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORT_BYTES", 1024 * 1024)
+    monkeypatch.setattr(master_link, "READ_BACK_RETRY_S", 0.05)
+    real = outbox_module.os.pread
+
+    def emfile(*args: object) -> bytes:
+        monkeypatch.setattr(outbox_module.os, "pread", real)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async def main() -> None:
+        async with _running(fleet, CAPABILITIES, None, tmp_path / "outbox") as (link, master):
+            first = await master.session()
+            for n in range(1, 11):
+                link.report(_big(n))
+            held = len(link.reports.unsent) + len(link.reports.unacked)
+            assert 0 < held < 10
+            assert await first.reports(held) == list(range(1, held + 1))
+            monkeypatch.setattr(outbox_module.os, "pread", emfile)
+            await first.take(held)
+            assert await first.reports(3) == [held + 1, held + 2, held + 3]
+
+    anyio.run(main)
+
+
+def test_the_writer_reads_reports_back_between_its_sends(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack reads back one step of the reports on disk (on the event loop); the writer reads
+    the next steps between its sends, as long as they fit in memory, with no other ack."""
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORT_BYTES", 4 * 1024 * 1024)
+    monkeypatch.setattr(report_queue, "READ_BACK_STEP_BYTES", 1)  # one report a step
+
+    async def main() -> None:
+        async with _running(fleet, CAPABILITIES, None, tmp_path / "outbox") as (link, master):
+            first = await master.session()
+            for n in range(1, 31):
+                link.report(_big(n))
+            held = len(link.reports.unsent) + len(link.reports.unacked)
+            assert 5 < held < 25
+            assert await first.reports(held) == list(range(1, held + 1))
+            await first.take(held)
+            assert await first.reports(5) == list(range(held + 1, held + 6))
 
     anyio.run(main)

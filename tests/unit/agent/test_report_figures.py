@@ -4,11 +4,14 @@ agent's own log."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from relaysync.agent import report_queue
+from relaysync.agent._report_runs import _merge
+from relaysync.agent.outbox import ReportOutbox
 from relaysync.agent.report_queue import ReportQueue
 from relaysync.agent.service import AgentService
 from relaysync.protocol.messages import CommitRecord, CommitReport
@@ -39,3 +42,31 @@ def test_the_figures_count_reports_waiting_and_dropped(monkeypatch: pytest.Monke
     figures = {s.name: s.value for s in AgentService._own_figures(service)}  # type: ignore[arg-type]
     assert figures["commit_reports_pending"] == 3
     assert figures["commit_reports_dropped"] == 2
+
+
+def _sent(queue: ReportQueue) -> None:
+    """What the link does: the next 64 reports, merged into fewer messages, sent."""
+    queue.unacked.extend(_merge(queue.take_batch(64)))
+
+
+def test_a_merged_message_counts_as_the_reports_it_stands_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 one-record reports of one mapping go as one message: sent and not taken, they are
+    still 64 pending (were: 1), and a drop past the bound of that message, which forgets its 64
+    on disk, counts 64 dropped (was: 1)."""
+    box = ReportOutbox(tmp_path / "outbox", "t" * 64)
+    box.open()
+    queue = ReportQueue(box)
+    for seq in range(64):
+        queue.add(_report(seq))
+    _sent(queue)
+    assert len(queue.unacked) == 1 and queue.pending == 64 == box.pending
+    queue.session_over()
+    assert queue.pending == 64
+    _sent(queue)
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 64)
+    queue.add(_report(64))  # past the bound: the oldest message goes, all of it
+    assert queue.dropped == 64 and queue.pending == 1 == box.pending
+    queue.taken(1)  # the master took the message dropped: the session's count goes on
+    assert queue.pending == 1 and [item.report.watermark for item in queue.unsent] == [64]

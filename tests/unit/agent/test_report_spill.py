@@ -19,12 +19,13 @@ from relaysync.agent import report_queue
 from relaysync.agent.outbox import ReportOutbox
 from relaysync.agent.report_queue import ReportQueue
 from relaysync.agent.service import AgentService
-from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.protocol.messages import ENCODER, CommitRecord, CommitReport
 
 SRC, TGT = "a" * 64, "b" * 64
 BOUND = 1024 * 1024  # about four of the reports below, estimated held
 REPORTS = 40  # ~9 MiB of them held, were they all in memory
 SLACK = 64 * 1024  # the outbox's and the queue's own structures
+MAX_STEP_BYTES = 2 * 1024 * 1024  # read back at a time on the event loop (~16 ms)
 
 
 def _big(n: int) -> CommitReport:
@@ -180,3 +181,83 @@ def test_a_frame_damaged_on_disk_while_it_waits_is_skipped_alone(
     assert "unreadable frame" in caplog.text
     assert queue.pending == 0 and box.pending == 0
     assert _outbox(tmp_path).open() == []
+
+
+def _read_back_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next read of a segment fails (EMFILE), as a process out of descriptors sees it."""
+    real = outbox_module.os.pread
+
+    def emfile(*args: object) -> bytes:
+        monkeypatch.setattr(outbox_module.os, "pread", real)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(outbox_module.os, "pread", emfile)
+
+
+def test_a_failed_read_back_while_none_is_held_is_tried_again_at_the_next_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The master takes every report held, and reading the next back fails: none is held, so
+    no ack comes to try it again. The next report (which wakes the link's writer) must."""
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box, max_bytes=BOUND)
+    for n in range(10):
+        queue.add(_big(n))
+    queue.unacked.extend(queue.take_batch(64))
+    held = len(queue.unacked)
+    _read_back_fails_once(monkeypatch)
+    queue.taken(queue.acked + len(queue.unacked))
+    assert not queue.unsent and queue.spilled_count == 10 - held and queue.stalled
+    assert "cannot read back" in caplog.text
+    queue.add(_big(10))
+    assert [item.report.watermark for item in queue.unsent][:1] == [held]
+    assert not queue.stalled and "read back again" in caplog.text
+    assert _drain_all(queue) == list(range(held, 11))
+
+
+def _drain_all(queue: ReportQueue) -> list[int]:
+    got: list[int] = []
+    while queue.unsent:
+        batch = queue.take_batch(64)
+        queue.unacked.extend(batch)
+        got += [item.report.watermark for item in batch]
+        queue.taken(queue.acked + len(queue.unacked))
+    return got
+
+
+def test_an_ack_reads_back_one_step_and_the_writer_the_rest_between_sends(
+    tmp_path: Path,
+) -> None:
+    """The reads back run on the event loop: an ack that frees room for many reports on disk
+    reads back READ_BACK_STEP_BYTES of them (one report over at most), not all that fit (37 MB
+    blocked the loop 70-330 ms); `read_back` reads the next step, up to the bound, in order."""
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box, max_bytes=16 * BOUND)  # ~56 of them
+    for n in range(150):
+        queue.add(_big(n))
+    queue.unacked.extend(queue.take_batch(64))
+    held = len(queue.unacked)
+    assert queue.spilled_count == 150 - held > held > 40
+    queue.taken(queue.acked + len(queue.unacked))
+
+    def read(items: list[int]) -> int:
+        return sum(len(ENCODER.encode(_big(n))) for n in items)
+
+    def sent() -> list[int]:  # as the writer does before it reads back again
+        batch = queue.take_batch(64)
+        queue.unacked.extend(batch)
+        return [item.report.watermark for item in batch]
+
+    step = sent()
+    largest = len(ENCODER.encode(_big(149)))
+    assert step and read(step) < MAX_STEP_BYTES
+    while queue.read_back():
+        got = sent()
+        assert read(got) < MAX_STEP_BYTES
+        step += got
+    assert queue.held_bytes <= 16 * BOUND < queue.held_bytes + 3 * largest
+    assert step == list(range(held, held + len(step))) and queue.spilled
+    queue.taken(queue.acked + len(queue.unacked))
+    assert step + _drain_all(queue) == list(range(held, 150))
