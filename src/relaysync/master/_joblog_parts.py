@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -17,7 +17,7 @@ from relaysync.master.events import EventBus, EventType
 from relaysync.master.store._journals import other_journal
 from relaysync.master.store.store import Store
 from relaysync.protocol.messages import CommitReport
-from relaysync.purge.holds import PurgeHold
+from relaysync.purge.holds import PurgeHold, when_queued
 
 logger = logging.getLogger("relaysync.master.joblog")  # the writer's own messages
 
@@ -107,13 +107,23 @@ class ReadBackPurges:
     wait_s: float
     holds: list[PurgeHold] = field(default_factory=list)
     since: float | None = None  # time.monotonic() of the first release held back
+    lapsed: bool = False  # the last wait ran out: none more until a hold is done again
+
+    def wait_for(self, holds: Sequence[PurgeHold], wake: Callable[[], None]) -> None:
+        """Hold the spool for `holds` too; `wake` the writer once they are done."""
+        self.holds += holds
+        when_queued(holds, wake)
 
     def queued(self) -> bool:
         """Whether the spool may be released: every hold done, or held back past `wait_s`
-        (logged: a purger that does not queue must not keep the spool growing)."""
+        (logged: a purger that does not queue must not keep the spool growing), or the last
+        wait ran out and no hold was done since (each batch waiting 60 s would drain the spool
+        slower than reports come)."""
+        done = [h for h in self.holds if h.done]
         self.holds = [h for h in self.holds if not h.done]
-        if not self.holds:
-            self.since = None
+        self.lapsed = self.lapsed and not done and bool(self.holds)
+        if not self.holds or self.lapsed:
+            self.holds, self.since = [], None
             return True
         now = time.monotonic()
         if self.since is None:
@@ -127,7 +137,7 @@ class ReadBackPurges:
             "queues them loses those purges)",
             now - self.since,
         )
-        self.holds, self.since = [], None
+        self.holds, self.since, self.lapsed = [], None, True
         return True
 
 

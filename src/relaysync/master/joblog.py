@@ -140,11 +140,9 @@ class JobLogWriter(WritingInPieces):
         self._subscribers.add(callback, barrier)
 
     def add(self, report: CommitReport, *, taken: Callable[[], None] | None = None) -> None:
-        """Queue a report; `taken()` is called once it is in the spool, or in the store and
-        the purges it released are queued (it then survives a kill of the master: the spool is
-        told to the purger again as it is read back, the store is not), on the loop's thread;
-        never for one that is lost (a failed write to the spool on stop) but for one the store
-        refuses (dropped, logged)."""
+        """Queue a report; `taken()` is called (on the loop's thread) once it is in the spool,
+        or in the store and the purges it released are queued, so that it survives a kill of
+        the master; never for one lost (a failed spool write on stop), but for one refused."""
         self._live.observe(report)
         for record in report.records:
             if not record.ok:
@@ -274,10 +272,12 @@ class JobLogWriter(WritingInPieces):
             await self._spool_tail()
 
     async def flush(self) -> None:
-        """Write what is queued, or else the next batch of the spool; never raises but on
-        cancellation (see the module's docstring)."""
-        if not self._queue and self._spooling is not None and self._read_back.queued():
-            await self._load()  # (reading the spool again may release what it read before)
+        """Write what is queued, or else the next batch of the spool (released once written and
+        its purges queued; only then the next); never raises but on cancellation."""
+        if self._loaded and not self._queue and self._read_back.queued():
+            await self._release()
+        if not self._queue and self._spooling is not None and not self._loaded:
+            await self._load()
         await self._flush_queue()
         if self._loaded and not self._queue and self._read_back.queued():
             await self._release()
@@ -415,7 +415,7 @@ class JobLogWriter(WritingInPieces):
         for report in earlier:
             self._subscribers.tell(report)
         if batch:
-            self._read_back.holds += self._subscribers.barrier()
+            self._read_back.wait_for(self._subscribers.barrier(), lambda: self._wake.set())
         self._end_spooling_if_drained()
 
     async def _release(self) -> None:

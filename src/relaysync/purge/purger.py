@@ -137,6 +137,7 @@ class Purger(PurgeWorker, PurgePlanner):
         self._drivers: dict[tuple[int, str], Driver] = {}
         self._states: dict[str, str] = {}
         self._released: deque[Released] = deque()
+        self._unplannable: Released | None = None  # the change whose planning last raised
         self._busy: set[UrlKey] = set()
         self._done: list[int] = []
         self._results: list[PurgeResult] = []
@@ -229,8 +230,9 @@ class Purger(PurgeWorker, PurgePlanner):
         hold = PurgeHold()
         try:
             self._observe(report, now, hold)
-        finally:  # a bug midway: what was released is queued, the report's other changes not
-            hold.seal()
+        except Exception:  # a bug midway: what was released is queued and waited for
+            logger.exception("purger: a commit report could not be taken in whole")
+        hold.seal()
         return None if hold.done else hold
 
     def _observe(self, report: CommitReport, now: float, hold: PurgeHold) -> None:
@@ -375,9 +377,11 @@ class Purger(PurgeWorker, PurgePlanner):
             except Exception as exc:
                 failures += 1
                 self._failing("planning a change", exc, failures)
-                if self._released:  # it stays queued, behind the others; its reports are
-                    # acknowledged (sent again, they would meet the same bug), as they were
-                    self._released[0].waiters.mark_queued()  # acknowledged before holds
+                change, self._unplannable = self._unplannable, None
+                if self._released and self._released[0] is change:  # it failed planning: it
+                    # stays queued, behind the others; its reports are acknowledged (sent
+                    # again, they would meet the same bug), as they were before holds
+                    change.waiters.mark_queued()
                     self._released.rotate(-1)
             await anyio.sleep(self._backoff_s(failures))
 
@@ -391,7 +395,7 @@ class Purger(PurgeWorker, PurgePlanner):
         """
         items: list[PurgeItem] = []
         listings = ListingRefreshes()
-        planned = 0
+        planned, self._unplannable = 0, None
         failure: Exception | None = None
         for change in list(self._released):
             site = self._sites.get(change.site_id)
@@ -401,6 +405,7 @@ class Purger(PurgeWorker, PurgePlanner):
                     listings.add(site, change)
             except Exception as exc:  # noqa: BLE001 - queue what was planned, then re-raise
                 failure = exc
+                self._unplannable = change
                 break
             planned += 1
         items += _listing_items(items, listings)

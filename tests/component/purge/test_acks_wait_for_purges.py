@@ -9,6 +9,7 @@ enqueue_purges), which holds a released change in the purger's memory as long as
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from relaysync.errors import StoreError
 from relaysync.master.events import EventBus
 from relaysync.master.joblog import JobLogWriter
 from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.purge import purger as purger_module
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.ordering import Released
 from relaysync.purge.purger import Purger
@@ -258,4 +260,78 @@ async def test_a_change_the_purger_fails_to_plan_does_not_hold_back_acknowledgem
             writer.add(report, taken=_acknowledge(harness, acked, f"{target}-fine"))
         await harness.until(lambda: len(acked) == 4, what="the later reports acknowledged")
         assert min(acked[f"{t}-fine"] for t in (O1, O2)) >= 1  # once their purge was queued
+        tg.cancel_scope.cancel()
+
+
+async def test_a_report_the_purger_fails_to_take_in_whole_still_waits_for_what_it_released(
+    harness: Harness, queue_refused: QueueRefused, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the tracker at the report's second change: the first, released, is queued
+    before the report is acknowledged (was: the subscriber raised, no hold came back, and the
+    report was acknowledged at its write)."""
+    real_ready, calls = harness.purger.tracker._ready, [0]
+
+    def ready(*args: object) -> bool:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("a bug in the tracker")
+        return real_ready(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(harness.purger.tracker, "_ready", ready)
+    harness.write("f1.html", b"f1")
+    records = tuple(
+        CommitRecord(seq=s, op="write", path=f"{harness.site.root}/f{s}.html") for s in (1, 2)
+    )
+    report = CommitReport(
+        mapping_id=harness.mapping_id,
+        source_node=SOURCE,
+        target_node=O1,
+        watermark=2,
+        records=records,
+        journal_id="j1",
+    )
+    harness.store.set_server_state(O2, "down", time.time())  # o1's commit releases alone
+    harness.purger._states = {O1: "up", O2: "down"}  # (as the purger's state loop reads it)
+    hold = harness.purger.on_commit_report(report)
+    assert hold is not None and not hold.done
+    await harness.until(lambda: queue_refused.refused >= 1, what="its purge refused once")
+    assert not hold.done
+    queue_refused.down = False  # the second change, left waiting by the bug, goes in a sweep
+    await harness.until(lambda: hold.done, what="its released changes queued")
+
+
+async def test_a_failure_queueing_what_was_planned_keeps_the_reports_waiting(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug after planning (here in pruning the bans) is no planning failure of the change at
+    the head: its reports wait until it is queued (was: the head's reports were acknowledged
+    and it was put behind the others, whatever failed)."""
+    harness.write("g.html", b"g")
+    failing, failures = [True], [0]
+    real_prune = purger_module.prune_bans
+
+    def prune(items: list[PurgeItem]) -> list[PurgeItem]:
+        if failing[0]:
+            failures[0] += 1
+            raise RuntimeError("a bug after planning")
+        return real_prune(items)
+
+    monkeypatch.setattr(purger_module, "prune_bans", prune)
+    writer = JobLogWriter(harness.store, EventBus())
+    writer.subscribe(harness.purger.on_commit_report)
+    acked: dict[str, int] = {}
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.serve)
+        for target in (O1, O2):
+            writer.add(
+                _report(harness, target, "g.html"), taken=_acknowledge(harness, acked, target)
+            )
+        await harness.until(
+            lambda: writer.written_reports == 2 and failures[0] >= 2,
+            what="both reports written, queueing their purge failing",
+        )
+        assert acked == {}
+        failing[0] = False
+        await harness.until(lambda: len(acked) == 2, what="both reports acknowledged")
+        assert min(acked.values()) >= 1  # once the purge was queued
         tg.cancel_scope.cancel()

@@ -151,3 +151,27 @@ def test_what_was_released_before_a_failure_midway_is_kept(monkeypatch: pytest.M
             out=out,
         )
     assert [r.path for r in out] == ["1.txt"]
+
+
+def _stuck() -> tuple[PurgeHold, Waiters]:
+    hold, waiters = PurgeHold(), Waiters()
+    waiters.add(hold)
+    hold.seal()
+    return hold, waiters
+
+
+def test_once_a_wait_ran_out_the_next_batches_do_not_wait_until_a_purge_is_queued_again() -> None:
+    """A purger that does not queue: the first batch waits out the bound, the next ones go at
+    once (60 s each would drain the spool slower than reports come); once one of their purges
+    is queued (the purger moves again), batches wait for theirs again."""
+    read_back = ReadBackPurges(wait_s=0.05, holds=[_stuck()[0]])
+    deadline = time.monotonic() + 10.0
+    while not read_back.queued():
+        assert time.monotonic() < deadline, "the bound never let the spool go"
+    assert read_back.lapsed
+    read_back.holds = [_stuck()[0]]
+    assert read_back.queued()  # at once: nothing was queued since
+    moving, waiters = _stuck()
+    waiters.mark_queued()
+    read_back.holds = [moving, _stuck()[0]]
+    assert not read_back.queued() and not read_back.lapsed  # waits again
