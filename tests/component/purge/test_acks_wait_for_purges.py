@@ -10,7 +10,8 @@ enqueue_purges), which holds a released change in the purger's memory as long as
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -73,15 +74,23 @@ def _acknowledge(harness: Harness, acked: dict[str, int], target: str) -> Callab
     return lambda: acked.setdefault(target, harness.store.queued_purges())
 
 
+@asynccontextmanager
+async def _job_log(harness: Harness) -> AsyncIterator[JobLogWriter]:
+    """A job-log writer serving, told to the harness's purger (no spool)."""
+    writer = JobLogWriter(harness.store, EventBus())
+    writer.subscribe(harness.purger.on_commit_report)
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.serve)
+        yield writer
+        tg.cancel_scope.cancel()
+
+
 async def test_a_report_is_acknowledged_once_its_purge_is_queued_not_at_its_write(
     harness: Harness, queue_refused: QueueRefused
 ) -> None:
     harness.write("a.html", b"a")  # the caches fetch what they are told to refresh
-    writer = JobLogWriter(harness.store, EventBus())
-    writer.subscribe(harness.purger.on_commit_report)
     acked: dict[str, int] = {}
-    async with anyio.create_task_group() as tg:
-        await tg.start(writer.serve)
+    async with _job_log(harness) as writer:
         for target in (O1, O2):
             writer.add(
                 _report(harness, target, "a.html"), taken=_acknowledge(harness, acked, target)
@@ -94,7 +103,6 @@ async def test_a_report_is_acknowledged_once_its_purge_is_queued_not_at_its_writ
         queue_refused.down = False
         await harness.until(lambda: len(acked) == 2, what="both reports acknowledged")
         assert min(acked.values()) >= 1  # the purge was queued before either was
-        tg.cancel_scope.cancel()
 
 
 async def test_a_report_not_yet_in_the_purge_queue_is_sent_again_and_purged_after_a_kill(
@@ -122,16 +130,12 @@ async def test_a_report_not_yet_in_the_purge_queue_is_sent_again_and_purged_afte
     assert acked == {} and harness.store.queued_purges() == 0
     queue_refused.down = False
     # the agents send again what was not acknowledged, to the next run (the running harness)
-    writer = JobLogWriter(harness.store, EventBus())
-    writer.subscribe(harness.purger.on_commit_report)
-    async with anyio.create_task_group() as tg:
-        await tg.start(writer.serve)
+    async with _job_log(harness) as writer:
         for target, report in reports.items():
             if target not in acked:
                 writer.add(report, taken=_acknowledge(harness, acked, target))
         await harness.until_served("b.html", (200, b"b-v2"), timeout_s=WAIT_S)
         await harness.until(lambda: len(acked) == 2, what="both reports acknowledged")
-        tg.cancel_scope.cancel()
 
 
 async def test_a_report_sent_again_waits_for_the_queueing_of_the_change_it_names(
@@ -141,11 +145,8 @@ async def test_a_report_sent_again_waits_for_the_queueing_of_the_change_it_names
     the change they name is released already (nothing new to release), but not queued yet, so
     the report sent again is not acknowledged before it is."""
     harness.write("c.html", b"c")
-    writer = JobLogWriter(harness.store, EventBus())
-    writer.subscribe(harness.purger.on_commit_report)
     acked: dict[str, int] = {}
-    async with anyio.create_task_group() as tg:
-        await tg.start(writer.serve)
+    async with _job_log(harness) as writer:
         for target in (O1, O2):
             writer.add(_report(harness, target, "c.html"))  # the first session's, never acked
         await harness.until(
@@ -158,7 +159,6 @@ async def test_a_report_sent_again_waits_for_the_queueing_of_the_change_it_names
         queue_refused.down = False
         await harness.until(lambda: O1 in acked, what="the report sent again acknowledged")
         assert acked[O1] >= 1
-        tg.cancel_scope.cancel()
 
 
 async def test_reports_read_back_from_the_spool_stay_there_until_their_purge_is_queued(
@@ -216,11 +216,8 @@ async def test_an_origins_report_waits_for_the_other_origins_and_goes_when_its_s
 ) -> None:
     """The change waits in the commit tracker for o2 (up, not committed yet): o1's report is
     not acknowledged; once the site is deleted there is nothing to purge, and it is."""
-    writer = JobLogWriter(harness.store, EventBus())
-    writer.subscribe(harness.purger.on_commit_report)
     acked: dict[str, int] = {}
-    async with anyio.create_task_group() as tg:
-        await tg.start(writer.serve)
+    async with _job_log(harness) as writer:
         writer.add(_report(harness, O1, "e.html"), taken=_acknowledge(harness, acked, O1))
         await harness.until(lambda: writer.written_reports == 1, what="o1's report written")
         assert acked == {} and harness.purger.tracker.pending == 1
@@ -228,7 +225,6 @@ async def test_an_origins_report_waits_for_the_other_origins_and_goes_when_its_s
         await anyio.to_thread.run_sync(harness.purger.reload_sites)
         await harness.until(lambda: O1 in acked, what="o1's report acknowledged")
         assert harness.purger.tracker.pending == 0
-        tg.cancel_scope.cancel()
 
 
 async def test_a_change_the_purger_fails_to_plan_does_not_hold_back_acknowledgements(
@@ -246,11 +242,8 @@ async def test_a_change_the_purger_fails_to_plan_does_not_hold_back_acknowledgem
         return await real_plan(site, change)  # type: ignore[arg-type]
 
     monkeypatch.setattr(harness.purger, "_plan", plan)
-    writer = JobLogWriter(harness.store, EventBus())
-    writer.subscribe(harness.purger.on_commit_report)
     acked: dict[str, int] = {}
-    async with anyio.create_task_group() as tg:
-        await tg.start(writer.serve)
+    async with _job_log(harness) as writer:
         for target in (O1, O2):
             report = _report(harness, target, "poison.html")
             writer.add(report, taken=_acknowledge(harness, acked, f"{target}-poison"))
@@ -260,7 +253,6 @@ async def test_a_change_the_purger_fails_to_plan_does_not_hold_back_acknowledgem
             writer.add(report, taken=_acknowledge(harness, acked, f"{target}-fine"))
         await harness.until(lambda: len(acked) == 4, what="the later reports acknowledged")
         assert min(acked[f"{t}-fine"] for t in (O1, O2)) >= 1  # once their purge was queued
-        tg.cancel_scope.cancel()
 
 
 async def test_a_report_the_purger_fails_to_take_in_whole_still_waits_for_what_it_released(
@@ -317,11 +309,8 @@ async def test_a_failure_queueing_what_was_planned_keeps_the_reports_waiting(
         return real_prune(items)
 
     monkeypatch.setattr(purger_module, "prune_bans", prune)
-    writer = JobLogWriter(harness.store, EventBus())
-    writer.subscribe(harness.purger.on_commit_report)
     acked: dict[str, int] = {}
-    async with anyio.create_task_group() as tg:
-        await tg.start(writer.serve)
+    async with _job_log(harness) as writer:
         for target in (O1, O2):
             writer.add(
                 _report(harness, target, "g.html"), taken=_acknowledge(harness, acked, target)
@@ -334,4 +323,3 @@ async def test_a_failure_queueing_what_was_planned_keeps_the_reports_waiting(
         failing[0] = False
         await harness.until(lambda: len(acked) == 2, what="both reports acknowledged")
         assert min(acked.values()) >= 1  # once the purge was queued
-        tg.cancel_scope.cancel()
