@@ -27,11 +27,8 @@ def _report(seq: int) -> CommitReport:
     )
 
 
-def test_the_figures_count_reports_waiting_and_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 3)
-    queue = ReportQueue()  # the master is down: nothing is taken
-    for seq in range(1, 6):
-        queue.add(_report(seq))
+def own_figures(queue: ReportQueue) -> dict[str, float]:
+    """The figures an agent whose master link holds `queue` (and nothing else) reports."""
     service = SimpleNamespace(
         sources={},
         relays={},
@@ -39,7 +36,15 @@ def test_the_figures_count_reports_waiting_and_dropped(monkeypatch: pytest.Monke
         _cert_pem=b"",
         link=SimpleNamespace(connected=False, reports=queue),
     )
-    figures = {s.name: s.value for s in AgentService._own_figures(service)}  # type: ignore[arg-type]
+    return {s.name: s.value for s in AgentService._own_figures(service)}  # type: ignore[arg-type]
+
+
+def test_the_figures_count_reports_waiting_and_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 3)
+    queue = ReportQueue()  # the master is down: nothing is taken
+    for seq in range(1, 6):
+        queue.add(_report(seq))
+    figures = own_figures(queue)
     assert figures["commit_reports_pending"] == 3
     assert figures["commit_reports_dropped"] == 2
 
