@@ -272,11 +272,12 @@ class JobLogWriter(WritingInPieces):
             await self._spool_tail()
 
     async def flush(self) -> None:
-        """Write what is queued, or else the next batch of the spool (released once written and
-        its purges queued; only then the next); never raises but on cancellation."""
+        """Write what is queued, or the spool's next batch (released once written and its
+        purges queued); never raises but on cancellation."""
         if self._loaded and not self._queue and self._read_back.queued():
             await self._release()
-        if not self._queue and self._spooling is not None and not self._loaded:
+        reading = not self._loaded or self._read_back.queued()  # (past a failed release)
+        if not self._queue and self._spooling is not None and reading:
             await self._load()
         await self._flush_queue()
         if self._loaded and not self._queue and self._read_back.queued():
@@ -487,9 +488,8 @@ class JobLogWriter(WritingInPieces):
     async def _write(self, reports: list[CommitReport]) -> None:
         await anyio.to_thread.run_sync(self.store.record_commit_reports, reports)
         self.written_reports += len(reports)
-        # Shielded: written, the reports must be taken, or a stop landing here would have the
-        # agents send them again. Taken once the N:M conflict rows are written too: taken
-        # before, a kill in between lost those for good (the agent had forgotten the report).
+        # Shielded: written, the reports must be taken (a stop here: sent again); taken once
+        # the N:M conflict rows are written too (a kill in between lost those for good).
         with anyio.CancelScope(shield=True):
             if any(rec.conflict for report in reports for rec in report.records):
                 await record_conflicts(self.store, self.events, reports)  # never raises
