@@ -74,10 +74,13 @@ class PeriodicRescan:
         a top-level entry at a time: the mass-delete guard judges what it finds together (a
         delete the watcher missed, found a directory at a time with slow scans between, was
         judged a slice at a time and went out). Skipped while a mass delete is held: the
-        guard's own rescans look at the folder then."""
+        guard's own rescans look at the folder then (asked again once the lock is ours: a hold
+        may begin while this waits for it)."""
         if self._guard_held:
             return 0
         async with self._record_lock:  # nothing else journals meanwhile: the count is ours
+            if self._guard_held:
+                return 0
             before = self.journal.last_seq
             await self._record_locked([FsEvent(kind="rescan", path="")])
             return self.journal.last_seq - before

@@ -277,6 +277,10 @@ class UnreadableFiles:
     def __contains__(self, path: str) -> bool:
         return path in self._files
 
+    def kept(self, path: str) -> UnreadableFile | None:
+        """What is kept of `path` to read again (its seq: 0 if a comparison found it), if any."""
+        return self._files.get(path)
+
     def failed(
         self, path: str, seq: int, expected_hash: bytes, changed_at: float, code: int | None = None
     ) -> float:

@@ -158,6 +158,34 @@ def test_no_periodic_rescan_while_a_mass_delete_is_held(
         mapping.close()
 
 
+def test_a_rescan_waiting_for_the_lock_when_a_hold_begins_does_not_run(tmp_path: Path) -> None:
+    """The hold began while a periodic rescan waited for the record lock (the watcher's batch
+    had it): the rescan ran anyway, judging afresh what the hold keeps back (a CI run's flaky
+    test_no_periodic_rescan_while_a_mass_delete_is_held)."""
+    mapping, root = _mapping(tmp_path, interval_s=3600.0)
+    (root / "new.txt").write_text("not to be journaled while the hold lasts")
+    _cool(root / "new.txt")
+    found: list[int] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            async with mapping._record_lock:  # the watcher's batch, say
+
+                async def rescan() -> None:
+                    found.append(await mapping._rescan_all())
+
+                tg.start_soon(rescan)
+                await anyio.wait_all_tasks_blocked()  # it waits for the lock
+                mapping._guard_held = True
+
+    try:
+        anyio.run(main)
+    finally:
+        mapping.close()
+    assert found == [0]
+    assert "new.txt" not in _journaled(mapping)
+
+
 def test_the_rescan_interval_comes_from_the_agent_config() -> None:
     from relaysync.config.schema import AgentConfig
 
