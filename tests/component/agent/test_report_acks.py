@@ -246,6 +246,18 @@ def _big(n: int) -> CommitReport:
     )
 
 
+async def _past_the_bound(link: MasterLink, master: _Master, count: int) -> tuple[_Session, int]:
+    """Report `count` big reports to a first session: those held in memory go at once, the
+    rest wait on disk. Returns the session and how many it got."""
+    first = await master.session()
+    for n in range(1, count + 1):
+        link.report(_big(n))
+    held = len(link.reports.unsent) + len(link.reports.unacked)
+    assert 0 < held < count and link.reports.pending == count
+    assert await first.reports(held) == list(range(1, held + 1))
+    return first, held
+
+
 def test_reports_past_the_memory_bound_go_from_disk_in_order_as_the_master_takes_them(
     fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -257,12 +269,7 @@ def test_reports_past_the_memory_bound_go_from_disk_in_order_as_the_master_takes
 
     async def main() -> None:
         async with _running(fleet, CAPABILITIES, ident, tmp_path / "outbox") as (link, master):
-            first = await master.session()
-            for n in range(1, 21):
-                link.report(_big(n))
-            held = len(link.reports.unsent) + len(link.reports.unacked)
-            assert 0 < held < 20 and link.reports.pending == 20
-            assert await first.reports(held) == list(range(1, held + 1))
+            first, held = await _past_the_bound(link, master, 20)
             await first.take(held)
             assert await first.reports(3) == [held + 1, held + 2, held + 3]
         # killed with 20 - held reports not taken: the next process reads them back as they go
@@ -299,12 +306,7 @@ def test_a_failed_read_back_is_tried_again_with_no_new_report(
 
     async def main() -> None:
         async with _running(fleet, CAPABILITIES, None, tmp_path / "outbox") as (link, master):
-            first = await master.session()
-            for n in range(1, 11):
-                link.report(_big(n))
-            held = len(link.reports.unsent) + len(link.reports.unacked)
-            assert 0 < held < 10
-            assert await first.reports(held) == list(range(1, held + 1))
+            first, held = await _past_the_bound(link, master, 10)
             monkeypatch.setattr(outbox_module.os, "pread", emfile)
             await first.take(held)
             assert await first.reports(3) == [held + 1, held + 2, held + 3]
@@ -322,12 +324,8 @@ def test_the_writer_reads_reports_back_between_its_sends(
 
     async def main() -> None:
         async with _running(fleet, CAPABILITIES, None, tmp_path / "outbox") as (link, master):
-            first = await master.session()
-            for n in range(1, 31):
-                link.report(_big(n))
-            held = len(link.reports.unsent) + len(link.reports.unacked)
+            first, held = await _past_the_bound(link, master, 30)
             assert 5 < held < 25
-            assert await first.reports(held) == list(range(1, held + 1))
             await first.take(held)
             assert await first.reports(5) == list(range(held + 1, held + 6))
 

@@ -13,18 +13,11 @@ from sqlalchemy import event
 
 from relaysync.master.store import Store
 from relaysync.protocol.messages import CommitRecord, CommitReport
+from tests.unit.master.test_store_joblog import SRC, T1, T2, mapping_id
 
-SRC, T1, T2 = "a" * 64, "b" * 64, "c" * 64
+__all__ = ["mapping_id"]  # the fixture, used by name
+
 OLD, NEW = "1" * 32, "2" * 32
-
-
-@pytest.fixture
-def mapping_id(store: Store) -> int:
-    for node, name in ((SRC, "src"), (T1, "t1"), (T2, "t2")):
-        store.upsert_server(node_id=node, name=name, region="", group="", address=f"{name}:1")
-    return store.create_mapping(
-        name="m", source="src", source_path="/a", targets=[("t1", "/b"), ("t2", "/c")]
-    ).id
 
 
 def committed(mid: int, target: str, upto: int, journal: str, first: int = 1) -> CommitReport:
