@@ -22,11 +22,12 @@ Error handling:
     when it answers again; meanwhile a change to a URL folds into its untried queued item. Any other failure (5xx, not yet serving the new bytes, an item over its time
     budget) is retried with exponential backoff up to `max_attempts` tries (each makes the
     cache fetch the file again), then given up: "failed" in the purge log and `purge_failed`.
-    A store error while planning (the paths under a deleted directory) leaves the change at
-    the head of the intake and retries it with the same backoff. Anything unexpected in
-    planning or in a worker is a bug: logged with its traceback, told to `notify` as
-    "purger_failing", and retried with backoff (a change that fails so goes to the back of the
-    intake, so that it does not hold up the others); it never ends serve().
+    A store error while planning (the paths under a deleted directory) retries the change
+    with the same backoff, first at the head of the intake, then set aside so that the others
+    go (purge/intake.py). Anything unexpected in planning or in a worker is a bug: logged with
+    its traceback, told to `notify` as "purger_failing", and retried with backoff (a change
+    that fails so goes to the back of the intake, so that it does not hold up the others); it
+    never ends serve().
 Resource handling:
     One httpx.AsyncClient (keep-alive to every cache) lives as long as serve(); the queue's
     rows are deleted only after the outcome is written.
@@ -54,14 +55,13 @@ from relaysync.purge.due import UrlKey
 from relaysync.purge.folds import fold
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S
 from relaysync.purge.holds import PurgeHold
+from relaysync.purge.intake import PurgeIntake
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, Retry
-from relaysync.purge.listings import ListingRefreshes
 from relaysync.purge.ordering import HOLD_MAX_S, CommitTracker, Released
 from relaysync.purge.planner import (
     PurgePlanner,
     PurgeStore,
     _can_ban,
-    prune_bans,
     url_items,
     variant_items,
 )
@@ -98,19 +98,7 @@ __all__ = [
 ]
 
 
-def _listing_items(planned: list[PurgeItem], listings: ListingRefreshes) -> list[PurgeItem]:
-    """The refreshes of a batch's listings, but for a URL whose last item planned in the batch
-    is a refresh already (`/dir/` of a written index file): it would be refreshed twice."""
-    last: dict[UrlKey, Action] = {(i.site_id, i.cache, i.url): i.action for i in planned}
-    out: list[PurgeItem] = []
-    for site, urls in listings.urls():
-        for cache in site.caches:
-            fresh = [u for u in urls if last.get((site.id, cache.name, u)) != "refresh"]
-            out += url_items(site.id, cache.name, fresh, "refresh")
-    return out
-
-
-class Purger(PurgeWorker, PurgePlanner):
+class Purger(PurgeIntake, PurgeWorker, PurgePlanner):
     def __init__(
         self,
         store: PurgeStore,
@@ -354,66 +342,6 @@ class Purger(PurgeWorker, PurgePlanner):
         """Take the queue the store holds (what was queued before a restart)."""
         for queued in await anyio.to_thread.run_sync(self.store.pending_purges):
             self._put(queued)
-
-    async def _intake_loop(self) -> None:
-        failures = 0
-        while True:
-            if not self._released:
-                await self._intake_wake.wait()
-            self._intake_wake = anyio.Event()
-            try:
-                await self._intake()
-                failures = 0
-                continue
-            except StoreError as exc:
-                failures += 1
-                logger.warning(
-                    "purge planning could not read the store (attempt %d), "
-                    "will retry in %.1f s: %s",
-                    failures,
-                    self._backoff_s(failures),
-                    exc,
-                )
-            except Exception as exc:
-                failures += 1
-                self._failing("planning a change", exc, failures)
-                change, self._unplannable = self._unplannable, None
-                if self._released and self._released[0] is change:  # it failed planning: it
-                    # stays queued, behind the others; its reports are acknowledged (sent
-                    # again, they would meet the same bug), as they were before holds
-                    change.waiters.mark_queued()
-                    self._released.rotate(-1)
-            await anyio.sleep(self._backoff_s(failures))
-
-    async def _intake(self) -> None:
-        """Plan and queue the released changes; one leaves `_released` only once it is queued.
-        The directory listings they alter are refreshed after them, each once.
-
-        Raises:
-            StoreError, or anything else: planning the change now at the head failed; the
-                changes planned before it are queued.
-        """
-        items: list[PurgeItem] = []
-        listings = ListingRefreshes()
-        planned, self._unplannable = 0, None
-        failure: Exception | None = None
-        for change in list(self._released):
-            site = self._sites.get(change.site_id)
-            try:
-                if site is not None:
-                    items += await self._plan(site, change)
-                    listings.add(site, change)
-            except Exception as exc:  # noqa: BLE001 - queue what was planned, then re-raise
-                failure = exc
-                self._unplannable = change
-                break
-            planned += 1
-        items += _listing_items(items, listings)
-        await self._enqueue(prune_bans(items))  # one ban per URL; no variant under a prefix
-        for _ in range(planned):
-            self._released.popleft().waiters.mark_queued()
-        if failure is not None:
-            raise failure
 
     async def _enqueue(self, items: list[PurgeItem]) -> None:
         """Queue `items`, folding each into a queued item of its (site, cache, URL, action) that

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 from sqlalchemy.exc import OperationalError
 from tests.component.purge.conftest import O1, O2, SOURCE, WAIT_S, Harness
@@ -23,7 +24,7 @@ from relaysync.errors import StoreError
 from relaysync.master.events import EventBus
 from relaysync.master.joblog import JobLogWriter
 from relaysync.protocol.messages import CommitRecord, CommitReport
-from relaysync.purge import purger as purger_module
+from relaysync.purge import intake as intake_module
 from relaysync.purge.jobs import PurgeItem
 from relaysync.purge.ordering import Released
 from relaysync.purge.purger import Purger
@@ -300,7 +301,7 @@ async def test_a_failure_queueing_what_was_planned_keeps_the_reports_waiting(
     and it was put behind the others, whatever failed)."""
     harness.write("g.html", b"g")
     failing, failures = [True], [0]
-    real_prune = purger_module.prune_bans
+    real_prune = intake_module.prune_bans
 
     def prune(items: list[PurgeItem]) -> list[PurgeItem]:
         if failing[0]:
@@ -308,7 +309,7 @@ async def test_a_failure_queueing_what_was_planned_keeps_the_reports_waiting(
             raise RuntimeError("a bug after planning")
         return real_prune(items)
 
-    monkeypatch.setattr(purger_module, "prune_bans", prune)
+    monkeypatch.setattr(intake_module, "prune_bans", prune)
     acked: dict[str, int] = {}
     async with _job_log(harness) as writer:
         for target in (O1, O2):
@@ -323,3 +324,44 @@ async def test_a_failure_queueing_what_was_planned_keeps_the_reports_waiting(
         failing[0] = False
         await harness.until(lambda: len(acked) == 2, what="both reports acknowledged")
         assert min(acked.values()) >= 1  # once the purge was queued
+
+
+async def test_a_change_whose_planning_keeps_failing_on_the_store_lets_the_others_go(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store error listing the paths under a deleted directory (for the cache without bans;
+    on PostgreSQL a statement timeout over millions of rows fails every time) kept the change
+    at the head of the intake for as long as it lasted: no later purge of any site queued, no
+    later report acknowledged. Now it is set aside after STORE_FAILURES_IN_ORDER tries, the
+    changes behind it go, and it goes (and its reports) once the store answers."""
+    harness.write("fine.html", b"fine")
+    real_under, tries, failing = harness.store.changed_paths_under, [0], [True]
+
+    def under(mapping_id: int, prefix: str) -> list[str]:
+        if failing[0] and prefix.endswith("/stuck"):
+            tries[0] += 1
+            cause = OperationalError("SELECT ...", {}, Exception("statement timeout"))
+            raise StoreError(f"read: {cause}") from cause
+        return real_under(mapping_id, prefix)
+
+    monkeypatch.setattr(harness.store, "changed_paths_under", under)
+    acked: dict[str, int] = {}
+    stuck = CommitRecord(seq=1, op="delete", path=f"{harness.site.root}/stuck")
+    async with _job_log(harness) as writer:
+        for target in (O1, O2):
+            report = _report(harness, target, "fine.html", seq=2)
+            writer.add(
+                msgspec.structs.replace(report, records=(stuck,), watermark=1),
+                taken=_acknowledge(harness, acked, f"{target}-stuck"),
+            )
+            writer.add(report, taken=_acknowledge(harness, acked, f"{target}-fine"))
+        await harness.until(
+            lambda: {f"{t}-fine" for t in (O1, O2)} <= acked.keys(),
+            what="the later change's reports acknowledged while the first one's planning fails",
+        )
+        assert min(acked[f"{t}-fine"] for t in (O1, O2)) >= 1  # once its purge was queued
+        assert not {f"{t}-stuck" for t in (O1, O2)} & acked.keys()
+        assert tries[0] >= intake_module.STORE_FAILURES_IN_ORDER
+        failing[0] = False
+        await harness.until(lambda: len(acked) == 4, what="the set-aside change queued in turn")
+    await harness.until_served("fine.html", (200, b"fine"))
