@@ -141,6 +141,30 @@ class ReadBackPurges:
         return True
 
 
+class OnceWhileFailing:
+    """A spool operation retried at every batch (a full disk fails each): its failure logged
+    once until it works again (a drain of 400 batches logged 756 warnings), then that."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0  # in a row
+
+    def failed(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            log_spool_failure(
+                logging.WARNING,
+                exc,
+                "job log: %s failed, will retry at each batch (logged once until it works): %s",
+                self.what,
+            )
+
+    def worked(self) -> None:
+        if self.failures:
+            logger.warning("job log: %s works again (%s failures)", self.what, self.failures)
+        self.failures = 0
+
+
 def log_failure(exc: Exception, message: str, *args: object) -> None:
     """A store failure as a warning; anything else (a bug) with its traceback."""
     expected = isinstance(exc, StoreError)

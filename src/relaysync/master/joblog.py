@@ -43,6 +43,7 @@ import anyio
 from relaysync.constants import JOB_LOG_FLUSH_INTERVAL_S
 from relaysync.master._joblog_parts import (
     LiveWatermarks,
+    OnceWhileFailing,
     ReadBackPurges,
     Spooling,
     Subscribers,
@@ -111,6 +112,7 @@ class JobLogWriter(WritingInPieces):
         self._loaded = False  # the queue holds reports read back from the spool, not released
         self._receipts = Receipts()  # what to call once a report is in the store or spool
         self._read_back = ReadBackPurges(SPOOL_PURGE_WAIT_S)  # purges of reports read back
+        self._release_failures = OnceWhileFailing("releasing written reports from the spool")
         self._serving: anyio.CancelScope | None = None  # `serve`'s, once it runs
         self._stopped = anyio.Event()  # `serve` ended: its last flush and the spool's are done
 
@@ -276,9 +278,9 @@ class JobLogWriter(WritingInPieces):
         purges queued); never raises but on cancellation."""
         if self._loaded and not self._queue and self._read_back.queued():
             await self._release()
-        reading = not self._loaded or self._read_back.queued()  # (past a failed release)
-        if not self._queue and self._spooling is not None and reading:
-            await self._load()
+        if not self._queue and self._spooling is not None:  # read on past a failed release;
+            if not self._loaded or self._read_back.queued():  # asked once the batch is written
+                await self._load()  # (`queued` runs the wait's clock: not while the store is down)
         await self._flush_queue()
         if self._loaded and not self._queue and self._read_back.queued():
             await self._release()
@@ -427,12 +429,9 @@ class JobLogWriter(WritingInPieces):
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self._spool.release)
             except Exception as exc:  # tried again after the next batch; a stop repeats them
-                log_spool_failure(
-                    logging.WARNING,
-                    exc,
-                    "job log: releasing written reports from the spool failed, will retry: %s",
-                )
+                self._release_failures.failed(exc)
                 return
+            self._release_failures.worked()
             self._loaded = False
         if self._spooling is not None:
             self._wake.set()  # more to write: no pause between batches

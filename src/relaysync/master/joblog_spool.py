@@ -22,8 +22,11 @@ header is unreadable (its length implausible) ends what is read of that segment.
 file is kept as `<n>.spool.bad` for the operator instead of being deleted, with a warning. A
 frame whose report cannot be decoded is skipped the same way (counted in `lost_records`). A failed
 append (a full disk) raises OSError and leaves nothing of its batch on disk. A crash between a
-store write and `release()` reads at most that one batch again: the store takes a repeated report
-as a repeat (no second change row or advance; a failure or catch-up record counts again).
+store write and `release()` reads that batch again, or, while releases fail (a full disk: the
+offset file cannot be written; the writer reads on once the batch's purges are queued), what was
+read of the segment since the last release that worked (up to a segment): the store takes a
+repeated report as a repeat (no second change row or advance; a failure or catch-up record counts
+again).
 
 Resource handling: the last segment stays open for appends until a new one starts, it is
 drained, or `close()`. Not thread-safe: one call at a time (the writer holds a lock).

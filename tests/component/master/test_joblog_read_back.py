@@ -85,3 +85,58 @@ def test_the_spool_is_released_batch_by_batch_as_their_purges_are_queued(
         assert sorted(r.seq for r in store.job_log(mapping_id=mapping_id)) == [1, 2, 3]
 
     anyio.run(main)
+
+
+def test_an_outage_longer_than_the_wait_keeps_the_batch_until_its_purges_are_queued(
+    store: Store, mapping_id: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Found in review: the wait for a batch's purges (SPOOL_PURGE_WAIT_S) was asked, and its
+    clock run, at every flush while the store refused the batch itself; an outage longer than
+    the wait ran it out, and once the store was back the batch left the spool at its write,
+    its purges still in the purger's memory only (a kill -9 then lost them). Its clock now
+    starts once the batch is written."""
+    monkeypatch.setattr(joblog, "FLUSH_RECORDS", 1)  # a batch read back is one report
+    monkeypatch.setattr(joblog, "JOB_LOG_FLUSH_INTERVAL_S", 0.05)
+    outage = Outage(store, monkeypatch)
+    outage.down = True
+    barriers: list[Waiters] = []
+
+    def barrier() -> PurgeHold:  # the purger's queue writes fail too while the store is down
+        hold, waiters = PurgeHold(), Waiters()
+        waiters.add(hold)
+        hold.seal()
+        barriers.append(waiters)
+        return hold
+
+    async def main() -> None:
+        writer = JobLogWriter(store, EventBus(), spool_dir=tmp_path / "spool", max_queued_records=1)
+        writer.subscribe(lambda _report: None, barrier=barrier)
+        writer._read_back.wait_s = 0.2
+        async with anyio.create_task_group() as tg:
+            await tg.start(writer.serve)
+            for seq in (1, 2, 3):
+                writer.add(_report(mapping_id, seq))
+            await _until(lambda: len(barriers) == 1, "the first batch read back")
+            read_at, refused = time.monotonic(), outage.refused
+            await _until(
+                lambda: time.monotonic() - read_at > 0.5 and outage.refused >= refused + 3,
+                "its write refused for longer than the wait",
+            )
+            writer._read_back.wait_s = 3600.0  # from here on, no wait may run out
+            outage.down = False
+            await _until(lambda: writer.written_reports == 1, "the batch written")
+            seen = [0]
+            real_flush = writer.flush
+
+            async def counted() -> None:
+                seen[0] += 1
+                await real_flush()
+
+            monkeypatch.setattr(writer, "flush", counted)
+            await _until(lambda: seen[0] >= 3, "three more flushes")
+            assert writer.spooled_records == 3  # kept: its purges are not queued
+            barriers[0].mark_queued()
+            await _until(lambda: writer.spooled_records == 2, "the batch released once queued")
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
