@@ -7,7 +7,7 @@ are set in its __init__ and serve().
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from relaysync.transfer.relay_feed import RelayFeed
 from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.spool import Spool
 from relaysync.transfer.staging import clean_stale_temps
-from relaysync.transfer.target_folder import TargetFolder
+from relaysync.transfer.target_folder import TargetFolder, listed_partial_files
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
@@ -60,13 +60,16 @@ class TargetRole(AgentRole):
         for mapping_id in list(self.targets):
             if mapping_id not in wanted:
                 await self._retire_target(mapping_id)
+        on_root = _mappings_by_root(wanted, self.node_id)
         for mapping_id, spec in wanted.items():
             try:
-                await self._apply_target(mapping_id, spec)
+                await self._apply_target(mapping_id, spec, on_root)
             except Exception as exc:  # cancellation is no Exception: it goes through
                 await self._target_failed(spec, exc)
 
-    async def _apply_target(self, mapping_id: int, spec: MappingSpec) -> None:
+    async def _apply_target(
+        self, mapping_id: int, spec: MappingSpec, on_root: dict[Path, list[int]]
+    ) -> None:
         assert self._server is not None
         existing = self.targets.get(mapping_id)
         path = _own_target(spec, self.node_id).path
@@ -98,7 +101,10 @@ class TargetRole(AgentRole):
         if self._refuse(spec, path, "target"):
             return
         siblings = [f for f in self.targets.values() if f.root == Path(path)]
-        folder = await anyio.to_thread.run_sync(self._open_target, spec, Path(path), siblings)
+        others = [m for m in on_root.get(Path(path), ()) if m != mapping_id]
+        folder = await anyio.to_thread.run_sync(
+            self._open_target, spec, Path(path), siblings, others
+        )
         self._set_routes(folder, spec)
         self.targets[mapping_id] = folder
         await self._apply_relay(spec, folder)
@@ -137,9 +143,14 @@ class TargetRole(AgentRole):
         folder.members = _members(spec)
 
     def _open_target(
-        self, spec: MappingSpec, root: Path, siblings: Sequence[TargetFolder] = ()
+        self,
+        spec: MappingSpec,
+        root: Path,
+        siblings: Sequence[TargetFolder] = (),
+        others: Collection[int] = (),
     ) -> TargetFolder:
-        """Open a target folder; members of an N:M job share the root with their siblings."""
+        """Open a target folder; members of an N:M job share the root with their siblings (those
+        open) and `others` (the mappings assigned the same root, open or not)."""
         root.mkdir(parents=True, exist_ok=True)
         state = self.data_dir / "targets" / str(spec.mapping_id)
         state.mkdir(parents=True, exist_ok=True)
@@ -156,7 +167,7 @@ class TargetRole(AgentRole):
             policy=self._policy(spec),
         )
         if not siblings:  # never another member's temp files while it receives
-            clean_stale_temps(root, keep=folder.partial_files())
+            _clean_stale_temps(self.data_dir, folder, others)
         if spec.conflict:
             folder.lock = siblings[0].lock if siblings else folder.lock
             folder.tree_changes = siblings[0].tree_changes if siblings else folder.tree_changes
@@ -293,6 +304,42 @@ def _members(spec: MappingSpec) -> frozenset[str]:
             *(n for h in spec.routes for n in (h.parent, h.child)),
         }
     )
+
+
+def _clean_stale_temps(data_dir: Path, folder: TargetFolder, others: Collection[int]) -> None:
+    """Remove what a crash left of temp files under the folder's root, but the partials kept
+    to be resumed: its own and those of the other mappings assigned that root (the members
+    of its N:M job, opened after it). A mapping no longer assigned there keeps none."""
+    keep = set(folder.partial_files())
+    for mapping_id in others:
+        db = data_dir / "targets" / str(mapping_id) / "manifest.db"
+        if not db.exists():
+            continue  # never opened here: it has no partials
+        try:
+            manifest = Manifest(db)
+            try:
+                keep |= listed_partial_files(folder.root, mapping_id, manifest)
+            finally:
+                manifest.close()
+        except Exception as exc:  # noqa: BLE001 - any of them may be its: remove none
+            logger.warning(
+                "target folder %s: cannot read which partials mapping %s keeps there (%s);"
+                " stale temporary files there are left until the agent starts again",
+                folder.root,
+                mapping_id,
+                exc,
+            )
+            return
+    clean_stale_temps(folder.root, keep=frozenset(keep))
+
+
+def _mappings_by_root(wanted: dict[int, MappingSpec], node_id: str) -> dict[Path, list[int]]:
+    """The mappings this agent is assigned as a target, by the folder they receive into (the
+    members of an N:M job may share one)."""
+    on_root: dict[Path, list[int]] = {}
+    for mapping_id, spec in wanted.items():
+        on_root.setdefault(Path(_own_target(spec, node_id).path), []).append(mapping_id)
+    return on_root
 
 
 def _versions_here(spec: MappingSpec, node_id: str) -> int:

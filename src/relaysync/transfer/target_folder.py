@@ -93,9 +93,6 @@ class TargetFolder:
     def _partials(self) -> dict[str, str]:
         return dict(json.loads(self.manifest.get_meta("partials") or "{}"))
 
-    def _partial_file(self, path: str, digest_hex: str) -> Path:
-        return self.root / self.partial_relpath(path, bytes.fromhex(digest_hex))
-
     def partial_relpath(self, path: str, content_hash: bytes) -> str:
         """The partial of this version of `path`, relative to root (only ever opened below it
         with no link followed: `_util.fs.open_regular_in`, `parent_held`)."""
@@ -231,7 +228,7 @@ class TargetFolder:
         return self._deltas.get((path, content_hash))
 
     def partial_files(self) -> frozenset[Path]:
-        return frozenset(self._partial_file(p, h) for p, h in self._partials().items())
+        return listed_partial_files(self.root, self.mapping_id, self.manifest)
 
     def list_partials(self) -> tuple[Partial, ...]:
         """The partials still on disk, each cut to whole chunks (a torn last chunk is resent)."""
@@ -258,3 +255,13 @@ class TargetFolder:
         if not stat.S_ISREG(st.st_mode):
             return None
         return st.st_size // CHUNK_BYTES * CHUNK_BYTES
+
+
+def listed_partial_files(root: Path, mapping_id: int, manifest: Manifest) -> frozenset[Path]:
+    """The files of the partials the manifest of mapping `mapping_id`, its folder at `root`, lists:
+    those a restart's clean-up of the temp files under root keeps (its folder need not be open)."""
+    partials = dict(json.loads(manifest.get_meta("partials") or "{}"))
+    return frozenset(
+        root / staging.partial_name_for(Path(path), bytes.fromhex(digest), mapping_id)
+        for path, digest in partials.items()
+    )
