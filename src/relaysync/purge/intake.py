@@ -5,14 +5,15 @@ waiting for it are then acknowledged (purge/holds.py). Planning some changes rea
 (the paths under a deleted directory on caches without bans, the directories made under it).
 
 Error handling:
-    A store error planning a change keeps it at the head and retries it with backoff, the
-    changes behind it waiting (a store that is down fails them all alike). After
-    STORE_FAILURES_IN_ORDER failures in a row the change is set aside: the changes behind it go
-    first, and it is tried again on its own backoff (up to the purger's retry_max_s) until its
-    planning succeeds, so that one change whose query keeps failing (a statement timeout on a
-    directory of millions of paths) does not hold up every purge and every acknowledgement of
-    the site for as long as it fails. Its own reports stay unacknowledged meanwhile: a kill
-    then sends them again, and the change is planned afresh.
+    A store error planning a change sets it aside: the changes behind it go on, and the
+    changes set aside are planned again in a task of their own, the oldest first, one query at
+    a time with backoff while it fails (a store that is down gets one query per backoff,
+    however many wait). So one change whose query keeps failing, or fails only after minutes
+    (a statement timeout over a directory of millions of paths), holds up no other purge. Its
+    own reports stay unacknowledged until it is queued (acknowledgements count up per
+    session: so do the later reports of its agents' sessions); a kill sends them again, and
+    the change is planned afresh. Purges of different changes commute (a refresh fetches what
+    the origins hold now, a purge drops a copy), so a change queued late is still right.
     Anything else raised planning a change is a bug: logged, told to `notify`, the change put
     behind the others and its reports acknowledged (sent again, they would meet the same bug).
 """
@@ -20,8 +21,6 @@ Error handling:
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -36,8 +35,6 @@ from relaysync.purge.planner import prune_bans, url_items
 from relaysync.purge.site import SiteSpec
 
 logger = logging.getLogger(__name__)
-
-STORE_FAILURES_IN_ORDER = 3  # store errors planning one change before those behind it go first
 
 
 def _listing_items(planned: list[PurgeItem], listings: ListingRefreshes) -> list[PurgeItem]:
@@ -56,6 +53,8 @@ class PurgeIntake:
     """Purger methods for the intake (mixed into Purger, which owns the state)."""
 
     _released: deque[Released]
+    _aside: deque[Released]  # set aside after a store error, planned again by `_aside_loop`
+    _aside_wake: anyio.Event
     _sites: dict[int, SiteSpec]
     _unplannable: Released | None
     _intake_wake: anyio.Event
@@ -73,7 +72,8 @@ class PurgeIntake:
     async def _intake_loop(self) -> None:
         failures = 0  # bugs in a row
         while True:
-            await self._until_due()
+            if not self._released:
+                await self._intake_wake.wait()
             self._intake_wake = anyio.Event()
             try:
                 await self._intake()
@@ -87,43 +87,10 @@ class PurgeIntake:
                     self._to_back(change)
             await anyio.sleep(self._backoff_s(failures))
 
-    def _to_back(self, change: Released) -> None:
-        """`change` failed planning (a bug): it stays in the intake, behind the others; its
-        reports are acknowledged (sent again, they would meet the same bug), as they were
-        before holds."""
-        if not any(c is change for c in self._released):
-            return
-        kept = [c for c in self._released if c is not change]
-        self._released.clear()
-        self._released.extend([*kept, change])
-        change.waiters.mark_queued()
-
-    async def _until_due(self) -> None:
-        """Wait until the intake has a change to plan now, or a change is released."""
-        while True:
-            now = time.monotonic()
-            due_at = self._next_due(now)
-            if due_at is not None and due_at <= now:
-                return
-            with anyio.move_on_after(math.inf if due_at is None else due_at - now):
-                await self._intake_wake.wait()
-                return
-
-    def _next_due(self, now: float) -> float | None:
-        """When the intake next has a change to plan (None: it holds none). A change retried
-        after a store error holds back those behind it until set aside."""
-        due_at: float | None = None
-        for change in self._released:
-            if change.retry.at <= now:
-                return now
-            due_at = change.retry.at if due_at is None else min(due_at, change.retry.at)
-            if change.retry.failures < STORE_FAILURES_IN_ORDER:
-                break
-        return due_at
-
     async def _intake(self) -> None:
-        """Plan and queue the released changes that are due; one leaves `_released` only once
-        it is queued. The directory listings they alter are refreshed after them, each once.
+        """Plan and queue the released changes; one leaves `_released` once it is queued, or
+        set aside after a store error. The directory listings they alter are refreshed after
+        them, each once.
 
         Raises:
             anything but StoreError: planning the change now at the head failed (a bug); the
@@ -132,21 +99,24 @@ class PurgeIntake:
         items: list[PurgeItem] = []
         listings = ListingRefreshes()
         planned: list[Released] = []
+        aside: list[Released] = []
         self._unplannable = None
         failure: Exception | None = None
         for change in list(self._released):
-            if change.retry.at > time.monotonic():
-                if change.retry.failures < STORE_FAILURES_IN_ORDER:
-                    break  # retried in order: nothing behind it goes first
-                continue  # set aside: tried again on its own time
             site = self._sites.get(change.site_id)
             try:
                 if site is not None:
                     items += await self._plan(site, change)
                     listings.add(site, change)
             except StoreError as exc:
-                if not self._store_failed(change, exc):
-                    break
+                logger.warning(
+                    "purge planning of %s %r could not read the store, planned again apart"
+                    " (the changes behind it go on): %s",
+                    change.op,
+                    change.path,
+                    exc,
+                )
+                aside.append(change)
                 continue
             except Exception as exc:  # noqa: BLE001 - queue what was planned, then re-raise
                 failure = exc
@@ -154,37 +124,80 @@ class PurgeIntake:
                 break
             planned.append(change)
         items += _listing_items(items, listings)
+        if aside:  # out before the await: a barrier taken meanwhile finds them there
+            self._take_out(aside, mark=False)
+            self._aside.extend(aside)
+            self._aside_wake.set()
         await self._enqueue(prune_bans(items))  # one ban per URL; no variant under a prefix
         self._take_out(planned)
         if failure is not None:
             raise failure
 
-    def _store_failed(self, change: Released, exc: StoreError) -> bool:
-        """Note a store error planning `change`: it is tried again after a backoff of its own.
-        Return whether it is set aside (the changes behind it may go first)."""
-        change.retry.failures += 1
-        wait_s = self._backoff_s(change.retry.failures)
-        change.retry.at = time.monotonic() + wait_s
-        aside = change.retry.failures >= STORE_FAILURES_IN_ORDER
-        logger.warning(
-            "purge planning of %s %r could not read the store (attempt %d), will retry in"
-            " %.1f s%s: %s",
-            change.op,
-            change.path,
-            change.retry.failures,
-            wait_s,
-            "; the changes behind it go first" if aside else "",
-            exc,
-        )
-        return aside
+    async def _aside_loop(self) -> None:
+        """Plan the changes set aside, the oldest first, each once the store answers for it."""
+        failures = 0  # store errors (or bugs) in a row
+        while True:
+            if not self._aside:
+                await self._aside_wake.wait()
+                self._aside_wake = anyio.Event()
+                continue
+            change = self._aside[0]
+            try:
+                await self._plan_aside(change)
+            except StoreError as exc:
+                failures += 1
+                logger.warning(
+                    "purge planning of %s %r (and %s more set aside) could not read the store"
+                    " (attempt %d), will retry in %.1f s: %s",
+                    change.op,
+                    change.path,
+                    len(self._aside) - 1,
+                    failures,
+                    self._backoff_s(failures),
+                    exc,
+                )
+            except Exception as exc:
+                failures += 1
+                self._failing("planning a change set aside", exc, failures)
+                self._aside.rotate(-1)  # behind the others; its reports go (see the module doc)
+                change.waiters.mark_queued()
+            else:
+                failures = 0
+                continue
+            await anyio.sleep(self._backoff_s(failures))
 
-    def _take_out(self, planned: list[Released]) -> None:
-        """`planned` are queued: out of the intake, their reports' holds told."""
-        if not planned:
+    async def _plan_aside(self, change: Released) -> None:
+        """Plan and queue one change set aside; it leaves `_aside` once queued."""
+        items: list[PurgeItem] = []
+        site = self._sites.get(change.site_id)
+        if site is not None:
+            listings = ListingRefreshes()
+            items += await self._plan(site, change)
+            listings.add(site, change)
+            items += _listing_items(items, listings)
+        await self._enqueue(prune_bans(items))
+        if self._aside and self._aside[0] is change:  # (only this task takes from the front)
+            self._aside.popleft()
+        change.waiters.mark_queued()
+
+    def _to_back(self, change: Released) -> None:
+        """`change` failed planning (a bug): it stays in the intake, behind the others; its
+        reports are acknowledged (sent again, they would meet the same bug), as they were
+        before holds."""
+        if not any(c is change for c in self._released):
             return
-        gone = {id(change) for change in planned}  # by identity: equal changes may differ
+        self._take_out([change], mark=False)
+        self._released.append(change)
+        change.waiters.mark_queued()
+
+    def _take_out(self, changes: list[Released], *, mark: bool = True) -> None:
+        """`changes` leave the intake (by identity: equal changes may differ); queued (`mark`),
+        their reports' holds are told."""
+        if not changes:
+            return
+        gone = {id(change) for change in changes}
         kept = [change for change in self._released if id(change) not in gone]
         self._released.clear()
         self._released.extend(kept)
-        for change in planned:
+        for change in changes if mark else ():
             change.waiters.mark_queued()

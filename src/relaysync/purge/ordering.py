@@ -42,14 +42,6 @@ REMEMBER_RELEASED = 100_000  # released changes remembered for origins that catc
 Key = tuple[int, int, str, int, str]
 
 
-@dataclass(slots=True)
-class PlanRetry:
-    """A released change's store errors in planning, and when it is tried again (monotonic)."""
-
-    failures: int = 0
-    at: float = 0.0
-
-
 @dataclass(frozen=True, slots=True)
 class Released:
     """A change whose URLs may now be refreshed on the site's caches."""
@@ -66,8 +58,6 @@ class Released:
     removed_truncated: bool = False
     # the reports whose acknowledgement waits for this change to be queued (purge/holds.py)
     waiters: Waiters = field(default_factory=Waiters, compare=False, repr=False)
-    # store errors planning it, and when it is tried again (purge/intake.py)
-    retry: PlanRetry = field(default_factory=PlanRetry, compare=False, repr=False)
 
 
 @dataclass

@@ -22,9 +22,8 @@ Error handling:
     when it answers again; meanwhile a change to a URL folds into its untried queued item. Any other failure (5xx, not yet serving the new bytes, an item over its time
     budget) is retried with exponential backoff up to `max_attempts` tries (each makes the
     cache fetch the file again), then given up: "failed" in the purge log and `purge_failed`.
-    A store error while planning (the paths under a deleted directory) retries the change
-    with the same backoff, first at the head of the intake, then set aside so that the others
-    go (purge/intake.py). Anything unexpected in planning or in a worker is a bug: logged with
+    A store error while planning (the paths under a deleted directory) sets the change
+    aside, planned again apart with the same backoff while the others go (purge/intake.py). Anything unexpected in planning or in a worker is a bug: logged with
     its traceback, told to `notify` as "purger_failing", and retried with backoff (a change
     that fails so goes to the back of the intake, so that it does not hold up the others); it
     never ends serve().
@@ -125,6 +124,8 @@ class Purger(PurgeIntake, PurgeWorker, PurgePlanner):
         self._drivers: dict[tuple[int, str], Driver] = {}
         self._states: dict[str, str] = {}
         self._released: deque[Released] = deque()
+        self._aside: deque[Released] = deque()  # set aside after a store error (intake.py)
+        self._aside_wake = anyio.Event()
         self._unplannable: Released | None = None  # the change whose planning last raised
         self._busy: set[UrlKey] = set()
         self._done: list[int] = []
@@ -253,7 +254,7 @@ class Purger(PurgeIntake, PurgeWorker, PurgePlanner):
         log keeps the reports it read back from its spool there until then (master/joblog.py),
         since their agents were told they were taken when they were spooled."""
         hold = PurgeHold()
-        for change in self._released:
+        for change in (*self._released, *self._aside):
             change.waiters.add(hold)
         hold.seal()
         return None if hold.done else hold
@@ -325,6 +326,7 @@ class Purger(PurgeIntake, PurgeWorker, PurgePlanner):
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._intake_loop)
+                    tg.start_soon(self._aside_loop)
                     tg.start_soon(self._state_loop)
                     tg.start_soon(self._flush_loop)
                     tg.start_soon(self._work_loop, tg)
