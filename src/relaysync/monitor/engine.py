@@ -123,8 +123,10 @@ class MonitorService:
         heartbeat_grace_s: float = HEARTBEAT_GRACE_S,
         raw_retention_s: float = 86_400.0,
         minute_retention_s: float = 30 * 86_400.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.clock = clock  # the time of figures received, ticks, alerts and notice limits
         self.publish = publish
         self.links_up = links_up
         self.self_figures = self_figures
@@ -157,7 +159,7 @@ class MonitorService:
 
     def on_metrics(self, node_id: str, name: str, report: MetricsReport) -> None:
         """Keep an agent's newest figures (called on the event loop's thread)."""
-        received = time.time()
+        received = self.clock()
         self.latest[name] = (received, report.samples)
         self.reports.reported(name, received, (s.name for s in report.samples), early=report.early)
         self._pending.append((name, report.at, report.samples))
@@ -188,7 +190,7 @@ class MonitorService:
 
     async def tick(self) -> None:
         """One round: store figures, self-watch, probes, thresholds, alerts, health."""
-        now = time.time()
+        now = self.clock()
         own = tuple(await anyio.to_thread.run_sync(self.self_figures))
         self.latest[MASTER_SERVER] = (now, own)
         self.reports.reported(MASTER_SERVER, now, (s.name for s in own))
