@@ -2,7 +2,8 @@
 master/control.py): a message about a mapping only from a node with its part in it, and a commit
 report only with byte figures the job log can hold (`_believed`; the rest counted in `refused`,
 logged, a forged report an `alarm` event) and its route only if it names servers, the source
-first (`_route_believed`), the journal heads a source reports with its figures
+first (`_route_believed`), its records only with paths inside the mapping's root
+(`_paths_believed`), the journal heads a source reports with its figures
 (`_take_heads`), and a word in the log on a node whose certificate runs out soon
 (`warn_if_expiring`). `AgentLink` is one link's state."""
 
@@ -24,6 +25,7 @@ from relaysync.master._report_bounds import out_of_bounds
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.mapping_members import MappingMembers
 from relaysync.master.report_acks import ReportAcks
+from relaysync.master.report_paths import with_safe_paths
 from relaysync.master.route_names import route_fault
 from relaysync.master.store.store import Store
 from relaysync.master.store.types import ServerInfo
@@ -227,6 +229,19 @@ class ControlTrust:
                 link, kind, message.mapping_id, f"a {type(message).__name__} it has no part in"
             )
         return ok
+
+    def _parts_believed(self, link: AgentLink, report: CommitReport) -> CommitReport:
+        """`report` with the paths (master/report_paths.py) and the route believed."""
+        return self._route_believed(link, self._paths_believed(link, report))
+
+    def _paths_believed(self, link: AgentLink, report: CommitReport) -> CommitReport:
+        """`report` without records or removed paths a target cannot have applied (a path out
+        of the mapping's root: master/report_paths.py); counted, logged, an alarm."""
+        kept, why = with_safe_paths(report)
+        if why is not None:
+            what = f"{why} in a commit report (the rest of the report is kept)"
+            self._refuse(link, "commit_report_path", report.mapping_id, what, alarm=True)
+        return kept
 
     def _route_believed(self, link: AgentLink, report: CommitReport) -> CommitReport:
         """`report`, without its route (unknown, as from an agent that does not say: not

@@ -442,7 +442,7 @@ class ControlServer(ControlSources):
         """Queue a report the link is believed for, acknowledged once the job log takes it."""
         taken = link.acks.receive() if link.acks is not None else None
         if await self._believed(link, report):
-            self.joblog.add(self._route_believed(link, report), taken=taken)
+            self.joblog.add(self._parts_believed(link, report), taken=taken)
         elif taken is not None:
             taken()  # dropped: it would be dropped again
 

@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ForeignUrl, UnsafePath
+from relaysync.protocol.path_shape import path_fault
 from relaysync.purge.site import SiteSpec
 
 # What browsers leave literal in a path: every printable ASCII character but the WHATWG "path
@@ -107,7 +108,11 @@ def site_hosts(site: SiteSpec) -> list[tuple[str, str]]:
 
 
 def relative_to_root(site: SiteSpec, path: str) -> str | None:
-    """Return `path` (relative to the mapping) relative to the site root, or None if outside it."""
+    """Return `path` (relative to the mapping) relative to the site root, or None if outside it
+    (as is a path with a NUL or a '.' or '..' component, which the master's control server
+    refuses first: master/report_paths.py; a cache would resolve `root/../x` to `/x`)."""
+    if path_fault(path, allow_root=True) is not None:
+        return None
     root = site.root.strip("/")
     if not root:
         return path

@@ -94,6 +94,52 @@ def test_an_agent_cannot_report_commits_for_another_target(fleet: Fleet) -> None
     assert [(d["reason"], d["server"]) for d in alarms] == [("forged control message", "web-a")]
 
 
+def test_a_reports_paths_outside_the_mappings_root_never_reach_the_job_log(fleet: Fleet) -> None:
+    """Found in review: a target's records went to the job log and the purger with any path:
+    `root/../other/page.html` made every cache of a site purge a URL outside it, `root/..` made
+    Varnish ban the whole host, NUL went into the job log. Those records (and removed paths of
+    that shape) are dropped, counted, and raise an alarm; the rest of the report, its
+    watermark included, is kept."""
+    src, a = fleet.join("src"), fleet.join("web-a")
+    m = _mapping(fleet, "src", "web-a")
+    seen: list[CommitReport] = []
+    hostile = ("docs/../../shop/secret.html", "/etc/passwd", "a\x00b", "docs/..", "docs//x", ".")
+    records = [CommitRecord(seq=0, op="write", path=p) for p in hostile]
+    records += [
+        CommitRecord(seq=1, op="rename", path="docs/a.html", new_path="../b.html"),
+        CommitRecord(seq=2, op="delete", path="docs/d", kind="d", removed=("docs/d/x", "../y")),
+        CommitRecord(seq=3, op="write", path="docs/page.html"),
+    ]
+    report = CommitReport(
+        mapping_id=m,
+        source_node=src.node_id,
+        target_node=a.node_id,
+        watermark=3,
+        records=tuple(records),
+    )
+
+    async def main() -> None:
+        async with fleet.control_server() as (control, port):
+            control.joblog.subscribe(seen.append)
+            async with agent_link(port, a, "web-a") as framed:
+                await framed.send(report)
+                await roundtrip(framed)
+            with anyio.fail_after(WAIT_S):
+                while not seen:
+                    await anyio.sleep(0.01)
+            assert control.joblog.watermarks == {(m, src.node_id, a.node_id): 3}
+            assert control.refused["commit_report_path"] == 1
+
+    anyio.run(main)
+    [kept] = seen
+    assert [(r.seq, r.path, r.removed, r.removed_truncated) for r in kept.records] == [
+        (2, "docs/d", ("docs/d/x",), True),  # the rest under it purged by prefix
+        (3, "docs/page.html", (), False),
+    ]
+    alarms = [e.data for e in fleet.events.since(0) if e.type is EventType.ALARM]
+    assert [(d["reason"], d["server"]) for d in alarms] == [("forged control message", "web-a")]
+
+
 def test_reports_are_believed_only_for_the_nodes_part_in_the_mapping(fleet: Fleet) -> None:
     """A commit report of a node that is not a target, or with another source than the
     mapping's; a release report or a held mass delete from a target: dropped."""
