@@ -88,11 +88,16 @@ class Manifest:
         self._path = db_path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # The journal is the durable record; a manifest that lost its last commits is repaired by a scan.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # The journal is the durable record; a manifest that lost its last commits is
+            # repaired by a scan.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+        except BaseException:  # a corrupt file: no connection left to the garbage collector
+            self._db.close()
+            raise
 
     def _migrate(self) -> None:
         """Bring a manifest written by an older release to SCHEMA_VERSION (PRAGMA user_version).

@@ -305,3 +305,25 @@ def test_a_commit_that_fails_leaves_no_transaction_open(manifest: Manifest) -> N
     manifest.put_many([f("after")])
     assert manifest.get("after") == f("after")
     assert db.execute("SELECT count(*) FROM owned").fetchone()[0] == 0  # rolled back
+
+
+def test_a_manifest_that_cannot_be_opened_closes_its_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corrupt file: the open raises and closes the connection it made (it was left to the
+    garbage collector, holding the file's descriptor)."""
+    db = tmp_path / "manifest.db"
+    db.write_bytes(b"not a database, " * 512)
+    made: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def recording(*args: object, **kwargs: object) -> sqlite3.Connection:
+        made.append(connect(*args, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", recording)
+    with pytest.raises(sqlite3.DatabaseError):
+        Manifest(db)
+    assert len(made) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        made[0].execute("SELECT 1")
