@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 
 from relaysync.errors import FolderRefused
-from relaysync.protocol.messages import MappingSpec, TargetSpec, nodes_below
+from relaysync.protocol.messages import MappingSpec, PeerInfo, TargetSpec, nodes_below
 from relaysync.transfer.conflicts import forget_missing
 from relaysync.transfer.relay import RelayLink
 from relaysync.transfer.relay_feed import RelayFeed
@@ -44,6 +44,7 @@ class TargetRole(AgentRole):
     targets: dict[int, TargetFolder]
     relays: dict[int, tuple[RelayFeed, LinkSet]]
     refused: dict[int, tuple[FolderRefused, frozenset[str]]]
+    peers: dict[str, PeerInfo]  # the latest assignment's: no other node may send to a folder
     _refusals_logged: dict[tuple[int, str], str]
     _server: PeerServer | None
 
@@ -90,6 +91,7 @@ class TargetRole(AgentRole):
             # awaits: the old parent reconnecting meanwhile met the new hop's secret under the
             # old table's parents and epoch, and was logged as failing authentication.
             self._set_routes(existing, spec)
+            await self._server.end_session_unless_from(mapping_id, self.peers)
             if changed:
                 # A plain session is authenticated only when it opens: one opened under the
                 # old secret (or while the link was trusted at all) must not outlive it.
@@ -137,10 +139,18 @@ class TargetRole(AgentRole):
         self._refused_target(spec, FolderRefused("target", path, spec.mapping_id, why))
 
     def _set_routes(self, folder: TargetFolder, spec: MappingSpec) -> None:
-        """Who may stream to the folder now: its parent in this routing epoch."""
-        folder.parents = parents_of(spec, self.node_id)
+        """Who may stream to the folder now: its parent in this routing epoch, if it is a peer.
+
+        The master names no revoked node as a peer: the source a spec still names, revoked,
+        feeds its targets no more (peers have no revocation list; this is the one they read).
+        """
+        folder.parents = self._parents(spec)
         folder.route_epoch = spec.route_epoch
-        folder.members = _members(spec)
+        # A member that is no peer (revoked) is refused as unknown, not told its table is stale.
+        folder.members = _members(spec).intersection(self.peers)
+
+    def _parents(self, spec: MappingSpec) -> frozenset[str]:
+        return parents_of(spec, self.node_id).intersection(self.peers)
 
     def _open_target(
         self,
@@ -240,7 +250,7 @@ class TargetRole(AgentRole):
     def _refused_target(self, spec: MappingSpec, exc: FolderRefused) -> None:
         """Log the refusal once; the target's parents hear why when they connect."""
         self._log_refusal(spec, "target", exc)
-        self.refused[spec.mapping_id] = (exc, frozenset(parents_of(spec, self.node_id)))
+        self.refused[spec.mapping_id] = (exc, self._parents(spec))
 
     # --- relaying ---
 

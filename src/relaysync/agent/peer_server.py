@@ -1,7 +1,9 @@
 """The agent's peer server: accepts sources over mutual TLS and feeds their ops to receivers.
 
 A session is accepted only from the node the routing table names as this folder's parent (the
-source itself when there is no table). Where this agent relays the mapping to children, the
+source itself when there is no table) that is also a peer of the agent's latest assignment (a
+revoked node is none: agent/_target_role.py); a session from a node that stops being a peer is
+ended (`end_session_unless_from`). Where this agent relays the mapping to children, the
 stream is spooled as it arrives (transfer/relay.py) and the Acks sent back up carry the
 watermarks of the targets below.
 
@@ -18,7 +20,7 @@ import hmac
 import logging
 import secrets
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 
 import anyio
@@ -46,7 +48,6 @@ from relaysync.protocol.messages import (
     Checkpoint,
     DigestRequest,
     Error,
-    ErrorCode,
     Hello,
     MappingState,
     OpenMapping,
@@ -61,6 +62,7 @@ from relaysync.transfer.receiver import ReceiverSession, ReportFn
 from relaysync.transfer.relay_feed import RelayFeed
 from relaysync.transfer.target_folder import TargetFolder
 
+from ._peer_refusals import routes_stale, try_send_error
 from ._read_ahead import ReadAhead, keep_sender_waiting
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class PeerServer:
         self._active: dict[int, anyio.CancelScope] = {}
         self._streams: dict[int, FramedStream] = {}  # the mapping's current session's stream
         self._ended: dict[int, anyio.Event] = {}  # set when the mapping's current session is over
+        self._senders: dict[int, str] = {}  # who sends the mapping's current session (its node id)
         self.refused = 0
         self._mac_failures: dict[tuple[int, str], int] = {}  # plain-link MACs failed in a row
 
@@ -155,7 +158,7 @@ class PeerServer:
             else:
                 logger.warning("peer session ended: %s: %s", type(exc).__name__, exc)
             if isinstance(exc, RelaySyncError):
-                await _try_send_error(framed, exc)
+                await try_send_error(framed, exc)
         finally:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await framed.aclose()
@@ -182,7 +185,7 @@ class PeerServer:
         if peer is None:
             folder = await self._authenticate_plain(framed, hello, opened, folder, address)
             framed.allow_messages(MAX_MESSAGE_BYTES)
-        elif (stale := _routes_stale(hello, opened, folder, peer)) is not None:
+        elif (stale := routes_stale(hello, opened, folder, peer)) is not None:
             raise stale
         elif folder is None or peer not in folder.parents:
             raise UnknownPeer(
@@ -200,11 +203,13 @@ class PeerServer:
         with anyio.CancelScope() as scope:
             self._active[mapping_id], self._ended[mapping_id] = scope, ended
             self._streams[mapping_id] = framed
+            self._senders[mapping_id] = peer or hello.node_id  # on a plain link, proven by its MAC
             try:
                 await self._receive(framed, folder, opened.journal_id, hello.capabilities)
             finally:
                 if self._active.get(mapping_id) is scope:
                     del self._active[mapping_id], self._ended[mapping_id], self._streams[mapping_id]
+                    del self._senders[mapping_id]
                 ended.set()
 
     async def _authenticate_plain(
@@ -219,7 +224,7 @@ class PeerServer:
         that proves it holds the link secret. A sender of another routing epoch is refused as
         RoutesStale, as on a TLS link; a wrong MAC under our epoch is an UnknownPeer."""
         claimed = hello.node_id
-        stale = _routes_stale(hello, opened, folder, claimed, proven=False)
+        stale = routes_stale(hello, opened, folder, claimed, proven=False)
         if stale is not None:  # refused before the challenge: a refusal needs no proof
             raise stale
         if folder is None or claimed not in folder.parents:
@@ -269,7 +274,23 @@ class PeerServer:
         made the master plan around a healthy hop."""
         framed = self._streams.get(mapping_id)
         if framed is not None:
-            await _try_send_error(framed, RoutesStale(mapping_id, f"{reason}: reconnect"))
+            await try_send_error(framed, RoutesStale(mapping_id, f"{reason}: reconnect"))
+        await self._end_session(mapping_id)
+
+    async def end_session_unless_from(self, mapping_id: int, senders: Collection[str]) -> None:
+        """End the mapping's session if its sender is none of `senders` (the agent's peers in its
+        latest assignment): a node revoked, or out of the mapping, must not go on writing on a
+        session opened before. It hears UNKNOWN_PEER, and is refused as such if it comes back."""
+        sender, framed = self._senders.get(mapping_id), self._streams.get(mapping_id)
+        if sender is None or framed is None or sender in senders:
+            return
+        logger.warning(
+            "mapping %s: ending the session of %s, no peer of this agent any more",
+            mapping_id,
+            sender[:16],
+        )
+        reason = f"{sender[:16]} is no peer of this agent any more (mapping {mapping_id})"
+        await try_send_error(framed, UnknownPeer(reason))
         await self._end_session(mapping_id)
 
     async def _take_over(self, mapping_id: int) -> None:
@@ -447,52 +468,3 @@ class PeerServer:
                 or not framed.pending()
             ):
                 return batch
-
-
-def _routes_stale(
-    hello: Hello,
-    opened: OpenMapping,
-    folder: TargetFolder | None,
-    sender: str,
-    *,
-    proven: bool = True,
-) -> RoutesStale | None:
-    """The refusal of a sender that runs another routing epoch and is not our parent in ours
-    (the mapping is not ours yet, or the sender is a member our table does not name as the
-    parent): the newer table reaches both nodes shortly, so it retries quietly (no HopFailed).
-
-    `sender` is the TLS-proven node id, or on a plain link the id it claims (`proven` False):
-    only a refusal rests on it, never a session, and such a sender is not told our epoch."""
-    if folder is None:
-        if not opened.route_epoch:
-            return None
-        ours = "none (the mapping is not ours yet)"
-    elif (
-        sender in folder.parents
-        or sender not in folder.members
-        or opened.route_epoch == folder.route_epoch
-    ):
-        return None
-    else:
-        ours = str(folder.route_epoch)
-    ours = ours if proven else "another"
-    return RoutesStale(
-        opened.mapping_id, f"{hello.name} runs routing epoch {opened.route_epoch}, we run {ours}"
-    )
-
-
-async def _try_send_error(framed: FramedStream, exc: RelaySyncError) -> None:
-    code = (
-        ErrorCode.ROUTES_STALE
-        if isinstance(exc, RoutesStale)
-        else ErrorCode.UNKNOWN_PEER
-        if isinstance(exc, UnknownPeer)
-        else ErrorCode.UNKNOWN_MAPPING
-        if isinstance(exc, FolderRefused)
-        else ErrorCode.BAD_MESSAGE
-    )
-    with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-        try:
-            await framed.send(Error(code=code, detail=str(exc)))
-        except Exception:  # noqa: BLE001 - the link may already be gone; the close follows
-            pass

@@ -23,7 +23,7 @@ from relaysync.agent._target_role import TargetRole
 from relaysync.agent.peer_server import MAC_FAILURES_WARNED, PeerServer, RefusalLookup
 from relaysync.agent.source import SourceMapping
 from relaysync.errors import FolderRefused, PeerRefused
-from relaysync.protocol.messages import ErrorCode, MappingSpec, RouteHop, TargetSpec
+from relaysync.protocol.messages import ErrorCode, MappingSpec, PeerInfo, RouteHop, TargetSpec
 from relaysync.transfer import ops
 from relaysync.transfer import sender as sender_module
 from relaysync.transfer.link_ends import TargetAddress
@@ -291,6 +291,7 @@ class _TargetRole(TargetRole):
         self.node_id = TGT
         self.targets = {folder.mapping_id: folder}
         self.relays, self.refused, self._refusals_logged = {}, {}, {}
+        self.peers = {n: PeerInfo(node_id=n, name=n[:1], address="") for n in (SRC, RELAY)}
         self._server = server
 
     async def _apply_relay(self, spec: MappingSpec, folder: TargetFolder) -> None:

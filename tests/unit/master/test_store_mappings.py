@@ -164,6 +164,28 @@ def test_assignment_for(fleet: Store) -> None:
     assert PeerInfo(node_id=B, name="t1", address="t1:9999") in again.peers
 
 
+def test_a_mapping_whose_source_is_revoked_goes_out_disabled_until_it_has_another(
+    fleet: Store,
+) -> None:
+    """POST /api/servers/src/revoke (a stolen key): t1 was still given m1 with source_node src,
+    and took src's data (its agent falls back to the source as parent). Now m1 goes out to every
+    node disabled (its targets retire the folder, keeping its files) and src is no peer; m2,
+    whose source is another, is untouched; a new source serves m1 again."""
+    m1 = fleet.create_mapping(name="m1", source="src", source_path="/a", targets=[("t1", "/b")])
+    m2 = fleet.create_mapping(name="m2", source="t2", source_path="/x", targets=[("t1", "/y")])
+    fleet.revoke_server("src")
+    t1 = fleet.assignment_for(B)
+    assert [(s.mapping_id, s.source_node, s.enabled) for s in t1.mappings] == [
+        (m1.id, A, False),
+        (m2.id, C, True),
+    ]
+    assert [p.node_id for p in t1.peers] == [C]
+    assert [s.enabled for s in fleet.assignment_for(A).mappings] == [False]
+    fleet.update_mapping(m1.id, source="other", source_path="/a")
+    (spec, _) = fleet.assignment_for(B).mappings
+    assert (spec.source_node, spec.enabled) == (D, True)
+
+
 def test_mapping_ids_are_never_reused(fleet: Store) -> None:
     """Agents keep journals and watermarks under the id: a new mapping must not inherit them."""
     first = fleet.create_mapping(

@@ -1,16 +1,24 @@
 """What the store reads for an agent's assignment (Store.assignment_for, master/store/store.py):
-the mappings a node is source, target or relay of, and the peers they name."""
+the mappings a node is source, target or relay of, and the peers they name.
+
+A revoked node (POST /api/servers/{name}/revoke: a stolen key) stays named by its mappings until
+an operator changes them, but no agent may take its data: it is no peer of anyone, and a
+mapping it is the source of goes out disabled, so that its targets (and the relays on its
+routes) stop serving it. They keep their files and their manifests; the mapping is served
+again once it names another source (the machine joined again under a new key, or a spare).
+Peers have no revocation list: without this, the certificate stayed good to them for years."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from relaysync.master.store.models import Mapping, MappingTarget, RevokedNode, Server
 from relaysync.master.store.types import MappingInfo
-from relaysync.protocol.messages import PeerInfo
+from relaysync.protocol.messages import MappingSpec, PeerInfo
 
 
 def mappings_of(session: Session, node_id: str, relay_for: Sequence[int]) -> list[Mapping]:
@@ -45,3 +53,15 @@ def peers_of(session: Session, infos: Sequence[MappingInfo], node_id: str) -> tu
         .order_by(Server.node_id)
     )
     return tuple(PeerInfo(node_id=p.node_id, name=p.name, address=p.address) for p in peers)
+
+
+def idle_revoked_sources(session: Session, specs: Sequence[MappingSpec]) -> list[MappingSpec]:
+    """The specs, those whose source is revoked disabled: every node stops serving them (a
+    target retires its folder and refuses the source; the source, were it still told, stops)."""
+    sources = {s.source_node for s in specs}
+    revoked = set(
+        session.scalars(select(RevokedNode.node_id).where(RevokedNode.node_id.in_(sources)))
+    )
+    return [
+        msgspec.structs.replace(s, enabled=False) if s.source_node in revoked else s for s in specs
+    ]

@@ -45,10 +45,7 @@ from relaysync.master.store.models import (
     RevokedNode,
     Server,
 )
-from relaysync.master.store.types import (
-    MappingInfo,
-    ServerInfo,
-)
+from relaysync.master.store.types import MappingInfo, ServerInfo
 from relaysync.protocol.messages import Assignment, MappingSpec
 
 logger = logging.getLogger(__name__)
@@ -479,6 +476,7 @@ class Store(SiteStore, PurgeQueueStore, TokenStore, JobLogStore):
         router (master/router.py) fills in routes and drops failed targets afterwards; given as
         `route`, it routes each spec first, so that each target's link policy is the one of the hop
         it is fed by (its parent's section or pair), not the source's.
+        A mapping whose source is revoked goes out disabled (_assignments.idle_revoked_sources).
         An unknown node gets an empty assignment at the current epoch.
         """
         with self._read("assignment") as session:
@@ -489,6 +487,7 @@ class Store(SiteStore, PurgeQueueStore, TokenStore, JobLogStore):
             specs = [route(i.to_spec()) if route else i.to_spec() for i in infos]
             specs = list(self.policies.apply(session, specs))
             specs = list(self.nm_jobs.apply(session, list(self.modes.apply(session, specs))))
+            specs = _assignments.idle_revoked_sources(session, specs)
             return Assignment(
                 epoch=epoch,
                 mappings=tuple(secrets_for(spec, node_id) for spec in specs),

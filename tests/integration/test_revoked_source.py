@@ -1,0 +1,118 @@
+"""A source revoked in use (POST /api/servers/{name}/revoke: a stolen key) writes to none of its
+mapping's targets, neither the real agent going on with its last assignment nor anyone holding
+its key at a target's peer port; the targets keep their files, and the mapping given another
+source is served again.
+
+Found in review: peers have no revocation list, and the targets still got the mapping naming the
+revoked source, fell back to it as their parent (no routing table while the source is down) and
+took its data: the running source's file, and a file planted with its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+import xxhash
+
+from relaysync.constants import PROTOCOL_VERSION
+from relaysync.protocol.messages import (
+    AnyMessage,
+    Checkpoint,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    Hello,
+    MappingState,
+    OpenMapping,
+)
+from relaysync.testing.cluster import wait_until
+from relaysync.transfer import tls
+from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
+
+pytestmark = pytest.mark.integration
+
+OWN_FLEET_AGENTS = ("src", "t1", "t2")
+REFUSED_TIMEOUT_S = 60.0  # the revoked source retries a refused session every 2 s at most
+PLANTED = b"planted by a revoked node\n"
+
+
+async def _open(identity: tls.Identity, address: str, mapping_id: int, *, plant: bool) -> object:
+    """Open a session for the mapping with the stolen key; with `plant`, write planted.html on
+    it if the target takes it. The target's answer to OpenMapping (or to the file)."""
+    framed = await tls.connect(address, tls.client_context(identity))
+    try:
+        hello = Hello(
+            protocol_version=PROTOCOL_VERSION, node_id=identity.node_id, name="evil", role="agent"
+        )
+        await framed.send(hello)
+        assert isinstance(await framed.receive(), Hello)
+        await framed.send(OpenMapping(mapping_id=mapping_id, journal_id="stolen"))
+        state = await framed.receive()
+        if not plant or not isinstance(state, MappingState):
+            return state
+        ops: list[AnyMessage] = [
+            FileStart(seq=1, path="planted.html", size=len(PLANTED), mode=0o644, mtime_ns=0),
+            FileChunk(seq=1, offset=0, data=PLANTED),
+            FileEnd(seq=1, hash=xxhash.xxh3_128(PLANTED).digest()),
+            Checkpoint(seq=1),
+        ]
+        await framed.send_many(ops)
+        return await framed.receive()
+    finally:
+        await framed.aclose()
+
+
+def _sessions_logged(fleet: Fleet, name: str) -> int:
+    """Peer sessions the agent refused or saw end, as its log says."""
+    log = fleet.cluster.agents[name].process.log_path.read_text(errors="replace")
+    return log.count("peer session")
+
+
+def test_a_revoked_source_writes_to_no_target_and_another_source_serves_them_again(
+    own_fleet: Fleet, tmp_path: Path
+) -> None:
+    fleet = own_fleet
+    mapping, src, dsts = fleet.new_mapping(targets=("t1",))
+    (src / "before.txt").write_text("before")
+    fleet.wait_converged(src, dsts)
+    identity = tls.Identity.in_directory(fleet.cluster.agents["src"].data_dir / "identity")
+    address = fleet.cluster.api.get("/api/servers/t1").json()["address"]
+
+    def opened(*, plant: bool = False) -> object:
+        return anyio.run(lambda: _open(identity, address, int(mapping["id"]), plant=plant))
+
+    assert isinstance(opened(), MappingState)  # src is the parent: its key is taken
+    revoked = fleet.cluster.api.post("/api/servers/src/revoke")
+    assert revoked.status_code == 200 and revoked.json()["source_of"] == [mapping["name"]]
+
+    # (b) Anyone holding src's key: refused once t1 runs the assignment made after the revoke.
+    wait_until(
+        lambda: not isinstance(opened(), MappingState),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="t1 refusing the revoked source's key",
+    )
+    assert not isinstance(opened(plant=True), MappingState)
+    assert not (dsts[0] / "planted.html").exists()
+
+    # (a) The real src agent goes on with its last assignment: what it writes reaches no one.
+    seen = _sessions_logged(fleet, "t1")
+    (src / "after-revoke.txt").write_text("written on the revoked source")
+    wait_until(
+        lambda: _sessions_logged(fleet, "t1") > seen or (dsts[0] / "after-revoke.txt").exists(),
+        timeout_s=REFUSED_TIMEOUT_S,
+        what="src trying t1 again after its write",
+    )
+    assert not (dsts[0] / "after-revoke.txt").exists()
+    assert (dsts[0] / "before.txt").read_text() == "before"  # t1 kept its files
+
+    # The operator gives the mapping another source: t1 serves it again.
+    spare = tmp_path / "spare-source"
+    spare.mkdir()
+    (spare / "before.txt").write_text("before")
+    (spare / "from-spare.txt").write_text("from the spare")
+    r = fleet.cluster.api.patch(
+        f"/api/mappings/{mapping['id']}", json={"source": "t2", "source_path": str(spare)}
+    )
+    assert r.status_code == 200, r.text
+    fleet.wait_converged(spare, dsts)
