@@ -69,8 +69,10 @@ class TargetRole(AgentRole):
                 await self._target_failed(spec, exc)
 
     async def _apply_target(
-        self, mapping_id: int, spec: MappingSpec, on_root: dict[Path, list[int]]
+        self, mapping_id: int, spec: MappingSpec, on_root: dict[Path, list[int]] | None = None
     ) -> None:
+        """Open, update or refuse the folder of one mapping; `on_root`: the mappings assigned
+        each folder (`_mappings_by_root`; None: this one only)."""
         assert self._server is not None
         existing = self.targets.get(mapping_id)
         path = _own_target(spec, self.node_id).path
@@ -103,7 +105,7 @@ class TargetRole(AgentRole):
         if self._refuse(spec, path, "target"):
             return
         siblings = [f for f in self.targets.values() if f.root == Path(path)]
-        others = [m for m in on_root.get(Path(path), ()) if m != mapping_id]
+        others = [m for m in (on_root or {}).get(Path(path), ()) if m != mapping_id]
         folder = await anyio.to_thread.run_sync(
             self._open_target, spec, Path(path), siblings, others
         )
