@@ -105,6 +105,8 @@ def test_a_revoked_source_writes_to_no_target_and_another_source_serves_them_aga
     )
     assert not (dsts[0] / "after-revoke.txt").exists()
     assert (dsts[0] / "before.txt").read_text() == "before"  # t1 kept its files
+    status = fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/status").json()
+    assert "'src' was revoked" in status["source_error"]  # the operator is told why, and how
 
     # The operator gives the mapping another source: t1 serves it again.
     spare = tmp_path / "spare-source"
@@ -116,3 +118,4 @@ def test_a_revoked_source_writes_to_no_target_and_another_source_serves_them_aga
     )
     assert r.status_code == 200, r.text
     fleet.wait_converged(spare, dsts)
+    assert not fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/status").json()["source_error"]

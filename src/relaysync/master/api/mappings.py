@@ -143,12 +143,19 @@ def get_mapping_status(id_or_name: str, context: Context) -> MappingStatusOut:
     info = context.store.get_mapping(id_or_name)
     targets = context.store.mapping_status(info.id)
     failure = context.source_failures.get(info.id, info.source_node)
+    error = failure.error if failure is not None else ""
+    if not error and context.store.is_revoked(info.source_node):
+        error = (
+            f"its source server {info.source_name!r} was revoked: its targets keep their files"
+            f" and take nothing more until the mapping names another source"
+            f" (PATCH /api/mappings/{info.id} with source and source_path)"
+        )
     return MappingStatusOut(
         mapping_id=info.id,
         name=info.name,
         source_node=info.source_node,
         targets=[TargetStatusOut.model_validate(t) for t in targets],
-        source_error=failure.error if failure is not None else "",
+        source_error=error,
         source_error_since=failure.since if failure is not None else None,
         source_error_attempts=failure.attempts if failure is not None else 0,
     )
