@@ -4,7 +4,8 @@ keeps the alert log, notifies channels once per state change, and sets servers' 
 Error handling: a failing probe is logged and retried next tick; a failed delivery is retried
 with backoff (monitor/notifier.py); a store failure skips the tick (the master's own store_up
 figure shows it).
-Resource handling: notifications run in the service's task group, each under a timeout.
+Resource handling: notifications run in the service's task group, each under a timeout; so does
+retention (downsampling), in a worker thread, stopped between its batches on cancellation.
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ class MonitoringTables(Protocol):
 
     def add_samples(self, batch: Sequence[tuple[str, float, Sequence[MetricSample]]]) -> int: ...
     def downsample(
-        self, *, now: float, raw_retention_s: float, minute_retention_s: float
+        self,
+        *,
+        now: float,
+        raw_retention_s: float,
+        minute_retention_s: float,
+        between: Callable[[], None] = ...,
     ) -> tuple[int, int]: ...
     def list_thresholds(self) -> list[ThresholdRule]: ...
     def list_probes(self) -> list[ProbeRule]: ...
@@ -146,6 +152,7 @@ class MonitorService:
         self._pending: list[tuple[str, float, Sequence[MetricSample]]] = []
         self._tg: TaskGroup | None = None
         self._last_downsample = 0.0
+        self._downsampling = False  # a retention run is going on in the background
         self.ticks = 0
         self.heartbeat_grace_s = heartbeat_grace_s
         self._started_at = time.time()  # again when `serve` starts: the grace counts from there
@@ -193,7 +200,8 @@ class MonitorService:
         self.latest[MASTER_SERVER] = (now, own)
         self.reports.reported(MASTER_SERVER, now, (s.name for s in own))
         pending, self._pending = self._pending, []
-        servers = await anyio.to_thread.run_sync(self._store_round, pending, now)
+        servers = await anyio.to_thread.run_sync(self._store_round, pending)
+        self._start_downsample(now)
         probes = await anyio.to_thread.run_sync(self.store.monitoring.list_probes)
         self._start_probes([p for p in probes if p.enabled])
         rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
@@ -210,18 +218,36 @@ class MonitorService:
         self.ticks += 1
 
     def _store_round(
-        self, pending: list[tuple[str, float, Sequence[MetricSample]]], now: float
+        self, pending: list[tuple[str, float, Sequence[MetricSample]]]
     ) -> Sequence[ServerView]:
         if pending:
             self.store.monitoring.add_samples(pending)
-        if now - self._last_downsample >= DOWNSAMPLE_EVERY_S:
-            self._last_downsample = now
-            self.store.monitoring.downsample(
-                now=now,
-                raw_retention_s=self.raw_retention_s,
-                minute_retention_s=self.minute_retention_s,
-            )
         return self.store.list_servers()
+
+    def _start_downsample(self, now: float) -> None:
+        """Start retention every DOWNSAMPLE_EVERY_S, one run at a time, in the background: a
+        backlog (the master was down) takes many short transactions, and the tick goes on."""
+        if self._downsampling or now - self._last_downsample < DOWNSAMPLE_EVERY_S:
+            return
+        assert self._tg is not None
+        self._last_downsample, self._downsampling = now, True
+        self._tg.start_soon(self._downsample, now)
+
+    async def _downsample(self, now: float) -> None:
+        try:
+            await anyio.to_thread.run_sync(
+                partial(
+                    self.store.monitoring.downsample,
+                    now=now,
+                    raw_retention_s=self.raw_retention_s,
+                    minute_retention_s=self.minute_retention_s,
+                    between=anyio.from_thread.check_cancelled,  # shutdown: stop between batches
+                )
+            )
+        except StoreError as exc:
+            logger.warning("downsampling figures failed, will retry: %s", exc)
+        finally:
+            self._downsampling = False
 
     def _start_probes(self, probes: list[ProbeRule]) -> None:
         """Start each probe that is not still running, in the background: a probe waits up to its
