@@ -11,6 +11,7 @@ retention (downsampling), in a worker thread, stopped between its batches on can
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -143,7 +144,7 @@ class MonitorService:
         self.raw_retention_s, self.minute_retention_s = raw_retention_s, minute_retention_s
         self.latest: dict[
             str, tuple[float, tuple[MetricSample, ...]]
-        ] = {}  # server -> (received, figures)
+        ] = {}  # server -> (received on time.monotonic(), figures)
         self.probe_results: dict[int, ProbeResult] = {}
         self._probing: set[int] = set()  # probes running now
         self.conditions = Conditions()
@@ -164,7 +165,7 @@ class MonitorService:
 
     def on_metrics(self, node_id: str, name: str, report: MetricsReport) -> None:
         """Keep an agent's newest figures (called on the event loop's thread)."""
-        received = time.time()
+        received = time.monotonic()  # how long ago, not when: the wall clock may step
         self.latest[name] = (received, report.samples)
         self.reports.reported(name, received, (s.name for s in report.samples), early=report.early)
         self._pending.append((name, report.at, report.samples))
@@ -195,22 +196,24 @@ class MonitorService:
 
     async def tick(self) -> None:
         """One round: store figures, self-watch, probes, thresholds, alerts, health."""
-        now = time.time()
+        # Wall time for what is stored or shown; monotonic time for how long something lasted
+        # (silences, for_s): a wall clock stepped forward (NTP) made every agent look silent.
+        now, mono = time.time(), time.monotonic()
         own = tuple(await anyio.to_thread.run_sync(self.self_figures))
-        self.latest[MASTER_SERVER] = (now, own)
-        self.reports.reported(MASTER_SERVER, now, (s.name for s in own))
+        self.latest[MASTER_SERVER] = (mono, own)
+        self.reports.reported(MASTER_SERVER, mono, (s.name for s in own))
         pending, self._pending = self._pending, []
         servers = await anyio.to_thread.run_sync(self._store_round, pending)
         self._start_downsample(now)
         probes = await anyio.to_thread.run_sync(self.store.monitoring.list_probes)
         self._start_probes([p for p in probes if p.enabled])
         rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
-        judged, live = self._thresholds(rules, servers, now)
+        judged, live = self._thresholds(rules, servers, mono)
         up = self.links_up()
         observations = (
-            self._heartbeats(servers, up, now) + self._silences(servers, up, now) + judged
+            self._heartbeats(servers, up, now) + self._silences(servers, up, mono) + judged
         ) + self._probes(probes)
-        await self._apply(observations, live, now)
+        await self._apply(observations, live, now, mono)
         await anyio.to_thread.run_sync(self._update_health, servers)
         for notice in self.limiter.due(now):
             assert self._tg is not None
@@ -300,18 +303,18 @@ class MonitorService:
         ]
 
     def _silences(
-        self, servers: Sequence[ServerView], up: set[str], now: float
+        self, servers: Sequence[ServerView], up: set[str], mono: float
     ) -> list[Observation]:
         """A "no data" observation per server: its link is up but its figures stopped."""
         return [
             self.reports.observe(
-                s.name, up=s.node_id in up, now=now, interval_s=self.report_interval_s
+                s.name, up=s.node_id in up, now=mono, interval_s=self.report_interval_s
             )
             for s in servers
         ]
 
     def _thresholds(
-        self, rules: list[ThresholdRule], servers: Sequence[ServerView], now: float
+        self, rules: list[ThresholdRule], servers: Sequence[ServerView], mono: float
     ) -> tuple[list[Observation], set[str]]:
         """Return observations of fresh figures, and every key the rules cover (judged or not)."""
         targets = [(s.name, s.group) for s in servers] + [(MASTER_SERVER, "")]
@@ -322,19 +325,19 @@ class MonitorService:
                 if not _covers(rule, name, group):
                     continue
                 live.add(f"threshold:{rule.id}:{name}")
-                observation = self._judge(rule, name, now)
+                observation = self._judge(rule, name, mono)
                 if observation is not None:
                     out.append(observation)
         return out, live
 
-    def _judge(self, rule: ThresholdRule, name: str, now: float) -> Observation | None:
+    def _judge(self, rule: ThresholdRule, name: str, mono: float) -> Observation | None:
         """Observe one rule on one server: its figure, its series gone, or None (stale figures)."""
-        received, samples = self.latest.get(name, (0.0, ()))
-        if now - received > max(300.0, STALE_AFTER_TICKS * self.interval_s):
+        received, samples = self.latest.get(name, (-math.inf, ()))
+        if mono - received > max(300.0, STALE_AFTER_TICKS * self.interval_s):
             return None
         value = value_for(rule, samples)
         if value is None and not self.reports.series_gone(
-            name, rule.metric, now=now, interval_s=self.report_interval_s
+            name, rule.metric, now=mono, interval_s=self.report_interval_s
         ):
             return None
         return Observation(
@@ -376,11 +379,13 @@ class MonitorService:
 
     # --- transitions ---
 
-    async def _apply(self, observations: list[Observation], live: set[str], now: float) -> None:
+    async def _apply(
+        self, observations: list[Observation], live: set[str], now: float, mono: float
+    ) -> None:
         for o in observations:
             self._key_server[o.key] = o.server
             transition = self.conditions.update(
-                o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=now
+                o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=mono
             )
             if transition is Transition.FIRE:
                 await self._fire(o, now)
