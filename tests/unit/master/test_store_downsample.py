@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from relaysync.master.store import Store
+from relaysync.master.store import Store, _engine
 from relaysync.master.store._downsample import DOWNSAMPLE_BATCH_ROWS, SAMPLES, downsample
 from relaysync.master.store._monitoring import MonitoringStore
 from relaysync.master.store._monitoring_rows import _labels_key
@@ -151,3 +153,32 @@ def test_a_downsample_stopped_between_batches_loses_no_figure(store: Store) -> N
     assert 0 < len(batch) * 3 - _raw_count(store) <= 50
     downsample(store._write, now=NOW, raw_retention_s=DAY_S, minute_retention_s=30 * DAY_S)
     assert _rows(store, 60) == _old_fold(batch, NOW - DAY_S)
+
+
+def test_a_writer_gets_the_store_while_a_long_downsample_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite, a busy timeout cut to 2 s: the control links' writes go on, one after another,
+    while a downsample of ~19,000 rows runs in another thread (before, they failed with
+    StoreError behind its one transaction, of 10 s for that many rows)."""
+    monkeypatch.setattr(_engine, "SQLITE_BUSY_TIMEOUT_MS", 2_000)
+    store = Store(f"sqlite:///{tmp_path / 'master.db'}")
+    try:
+        store.migrate()
+        store.upsert_server(node_id="a" * 64, name="web0", region="r", group="g", address="w:1")
+        store.monitoring.add_samples(_figures(servers=100, reports=63))
+        run = threading.Thread(
+            target=store.monitoring.downsample,
+            kwargs={"now": NOW, "raw_retention_s": DAY_S, "minute_retention_s": 30 * DAY_S},
+        )
+        run.start()
+        writes = 0
+        try:
+            while run.is_alive():
+                store.set_server_state("a" * 64, "up", NOW)  # StoreError if locked out for 2 s
+                writes += 1
+        finally:
+            run.join()
+        assert writes >= 2 and _raw_count(store) == 1
+    finally:
+        store.close()

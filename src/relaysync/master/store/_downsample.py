@@ -16,6 +16,7 @@ Resource handling: one transaction per batch, from the Store's write session fac
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -31,6 +32,9 @@ MINUTE_S = 60
 # Rows per transaction: 0.1-0.25 s on SQLite here (5,000 raw rows folded; 10,000 took up to
 # 0.4 s), far inside the 10 s busy timeout other writers wait.
 DOWNSAMPLE_BATCH_ROWS = 5_000
+# Between batches: a writer waiting on SQLite retries the lock after sleeps of at most 100 ms,
+# so a shorter gap would mostly be missed and it could wait through the whole run.
+DOWNSAMPLE_PAUSE_S = 0.15
 
 
 def downsample(
@@ -40,16 +44,19 @@ def downsample(
     raw_retention_s: float,
     minute_retention_s: float,
     batch_rows: int = DOWNSAMPLE_BATCH_ROWS,
+    pause_s: float = DOWNSAMPLE_PAUSE_S,
     between: Callable[[], None] = lambda: None,
 ) -> tuple[int, int]:
     """Fold every raw figure older than raw_retention_s into one-minute averages, then drop
     averages older than minute_retention_s, `batch_rows` rows per transaction at most (a minute
-    of one server's figures is never split). `between` runs before each batch and may raise to
-    stop (the monitor passes anyio's check_cancelled). Returns (raw rows folded, averages
-    dropped)."""
+    of one server's figures is never split), `pause_s` apart. `between` runs before each batch
+    and may raise to stop (the monitor passes anyio's check_cancelled). Returns (raw rows
+    folded, averages dropped)."""
     folded = dropped = 0
     while True:
         between()
+        if folded:
+            time.sleep(pause_s)  # a worker thread's: the other writers take the lock meanwhile
         with write("downsample") as session:
             n = _fold_batch(session, now - raw_retention_s, batch_rows)
         if n == 0:
@@ -57,6 +64,8 @@ def downsample(
         folded += n
     while True:
         between()
+        if dropped:
+            time.sleep(pause_s)
         with write("drop old averages") as session:
             n = _drop_batch(session, now - minute_retention_s, batch_rows)
         dropped += n
