@@ -4,12 +4,14 @@ keeps the alert log, notifies channels once per state change, and sets servers' 
 Error handling: a failing probe is logged and retried next tick; a failed delivery is retried
 with backoff (monitor/notifier.py); a store failure skips the tick (the master's own store_up
 figure shows it).
-Resource handling: notifications run in the service's task group, each under a timeout.
+Resource handling: notifications run in the service's task group, each under a timeout; so does
+retention (downsampling), in a worker thread, stopped between its batches on cancellation.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -67,7 +69,12 @@ class MonitoringTables(Protocol):
 
     def add_samples(self, batch: Sequence[tuple[str, float, Sequence[MetricSample]]]) -> int: ...
     def downsample(
-        self, *, now: float, raw_retention_s: float, minute_retention_s: float
+        self,
+        *,
+        now: float,
+        raw_retention_s: float,
+        minute_retention_s: float,
+        between: Callable[[], None] = ...,
     ) -> tuple[int, int]: ...
     def list_thresholds(self) -> list[ThresholdRule]: ...
     def list_probes(self) -> list[ProbeRule]: ...
@@ -124,9 +131,11 @@ class MonitorService:
         raw_retention_s: float = 86_400.0,
         minute_retention_s: float = 30 * 86_400.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.clock = clock  # the time of figures received, ticks, alerts and notice limits
+        self.clock = clock  # the time of ticks, alerts and notice limits (wall)
+        self.monotonic = monotonic  # how long ago figures came, for how long a rule held
         self.publish = publish
         self.links_up = links_up
         self.self_figures = self_figures
@@ -137,9 +146,8 @@ class MonitorService:
             notice_settle_s = min(NOTICE_SETTLE_S, notice_window_s / 5)
         self.limiter = NoticeLimiter(notice_window_s, notice_settle_s)  # `due` runs each tick
         self.raw_retention_s, self.minute_retention_s = raw_retention_s, minute_retention_s
-        self.latest: dict[
-            str, tuple[float, tuple[MetricSample, ...]]
-        ] = {}  # server -> (received, figures)
+        # server -> (received on self.monotonic(), figures)
+        self.latest: dict[str, tuple[float, tuple[MetricSample, ...]]] = {}
         self.probe_results: dict[int, ProbeResult] = {}
         self._probing: set[int] = set()  # probes running now
         self.conditions = Conditions()
@@ -147,19 +155,18 @@ class MonitorService:
         self._key_server: dict[str, str] = {}
         self._pending: list[tuple[str, float, Sequence[MetricSample]]] = []
         self._tg: TaskGroup | None = None
-        self._last_downsample = 0.0
+        self._last_downsample, self._downsampling = 0.0, False  # a run goes on in the background
         self.ticks = 0
         self.heartbeat_grace_s = heartbeat_grace_s
         self._started_at = time.time()  # again when `serve` starts: the grace counts from there
-        self._started_mono = time.monotonic()  # the same: what the grace counts on (a clock
-        # stepped at boot by NTP moved the wall clock minutes and ended the grace at once)
+        self._started_mono = time.monotonic()  # the same, what the grace counts on (NTP)
         self._linked: set[str] = set()  # node ids seen linked at a tick since then
 
     # --- input ---
 
     def on_metrics(self, node_id: str, name: str, report: MetricsReport) -> None:
         """Keep an agent's newest figures (called on the event loop's thread)."""
-        received = self.clock()
+        received = self.monotonic()  # how long ago, not when: the wall clock may step
         self.latest[name] = (received, report.samples)
         self.reports.reported(name, received, (s.name for s in report.samples), early=report.early)
         self._pending.append((name, report.at, report.samples))
@@ -190,21 +197,24 @@ class MonitorService:
 
     async def tick(self) -> None:
         """One round: store figures, self-watch, probes, thresholds, alerts, health."""
-        now = self.clock()
+        # Wall time for what is stored or shown; monotonic time for how long something lasted
+        # (silences, for_s): a wall clock stepped forward (NTP) made every agent look silent.
+        now, mono = self.clock(), self.monotonic()
         own = tuple(await anyio.to_thread.run_sync(self.self_figures))
-        self.latest[MASTER_SERVER] = (now, own)
-        self.reports.reported(MASTER_SERVER, now, (s.name for s in own))
+        self.latest[MASTER_SERVER] = (mono, own)
+        self.reports.reported(MASTER_SERVER, mono, (s.name for s in own))
         pending, self._pending = self._pending, []
-        servers = await anyio.to_thread.run_sync(self._store_round, pending, now)
+        servers = await anyio.to_thread.run_sync(self._store_round, pending)
+        self._start_downsample(now)
         probes = await anyio.to_thread.run_sync(self.store.monitoring.list_probes)
         self._start_probes([p for p in probes if p.enabled])
         rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
-        judged, live = self._thresholds(rules, servers, now)
+        judged, live = self._thresholds(rules, servers, mono)
         up = self.links_up()
         observations = (
-            self._heartbeats(servers, up, now) + self._silences(servers, up, now) + judged
+            self._heartbeats(servers, up, now) + self._silences(servers, up, mono) + judged
         ) + self._probes(probes)
-        await self._apply(observations, live, now)
+        await self._apply(observations, live, now, mono)
         await anyio.to_thread.run_sync(self._update_health, servers)
         for notice in self.limiter.due(now):
             assert self._tg is not None
@@ -212,18 +222,36 @@ class MonitorService:
         self.ticks += 1
 
     def _store_round(
-        self, pending: list[tuple[str, float, Sequence[MetricSample]]], now: float
+        self, pending: list[tuple[str, float, Sequence[MetricSample]]]
     ) -> Sequence[ServerView]:
         if pending:
             self.store.monitoring.add_samples(pending)
-        if now - self._last_downsample >= DOWNSAMPLE_EVERY_S:
-            self._last_downsample = now
-            self.store.monitoring.downsample(
-                now=now,
-                raw_retention_s=self.raw_retention_s,
-                minute_retention_s=self.minute_retention_s,
-            )
         return self.store.list_servers()
+
+    def _start_downsample(self, now: float) -> None:
+        """Start retention every DOWNSAMPLE_EVERY_S, one run at a time, in the background: a
+        backlog (the master was down) takes many short transactions, and the tick goes on."""
+        if self._downsampling or now - self._last_downsample < DOWNSAMPLE_EVERY_S:
+            return
+        assert self._tg is not None
+        self._last_downsample, self._downsampling = now, True
+        self._tg.start_soon(self._downsample, now)
+
+    async def _downsample(self, now: float) -> None:
+        try:
+            await anyio.to_thread.run_sync(
+                partial(
+                    self.store.monitoring.downsample,
+                    now=now,
+                    raw_retention_s=self.raw_retention_s,
+                    minute_retention_s=self.minute_retention_s,
+                    between=anyio.from_thread.check_cancelled,  # shutdown: stop between batches
+                )
+            )
+        except StoreError as exc:
+            logger.warning("downsampling figures failed, will retry: %s", exc)
+        finally:
+            self._downsampling = False
 
     def _start_probes(self, probes: list[ProbeRule]) -> None:
         """Start each probe that is not still running, in the background: a probe waits up to its
@@ -276,18 +304,18 @@ class MonitorService:
         ]
 
     def _silences(
-        self, servers: Sequence[ServerView], up: set[str], now: float
+        self, servers: Sequence[ServerView], up: set[str], mono: float
     ) -> list[Observation]:
         """A "no data" observation per server: its link is up but its figures stopped."""
         return [
             self.reports.observe(
-                s.name, up=s.node_id in up, now=now, interval_s=self.report_interval_s
+                s.name, up=s.node_id in up, now=mono, interval_s=self.report_interval_s
             )
             for s in servers
         ]
 
     def _thresholds(
-        self, rules: list[ThresholdRule], servers: Sequence[ServerView], now: float
+        self, rules: list[ThresholdRule], servers: Sequence[ServerView], mono: float
     ) -> tuple[list[Observation], set[str]]:
         """Return observations of fresh figures, and every key the rules cover (judged or not)."""
         targets = [(s.name, s.group) for s in servers] + [(MASTER_SERVER, "")]
@@ -298,19 +326,19 @@ class MonitorService:
                 if not _covers(rule, name, group):
                     continue
                 live.add(f"threshold:{rule.id}:{name}")
-                observation = self._judge(rule, name, now)
+                observation = self._judge(rule, name, mono)
                 if observation is not None:
                     out.append(observation)
         return out, live
 
-    def _judge(self, rule: ThresholdRule, name: str, now: float) -> Observation | None:
+    def _judge(self, rule: ThresholdRule, name: str, mono: float) -> Observation | None:
         """Observe one rule on one server: its figure, its series gone, or None (stale figures)."""
-        received, samples = self.latest.get(name, (0.0, ()))
-        if now - received > max(300.0, STALE_AFTER_TICKS * self.interval_s):
+        received, samples = self.latest.get(name, (-math.inf, ()))
+        if mono - received > max(300.0, STALE_AFTER_TICKS * self.interval_s):
             return None
         value = value_for(rule, samples)
         if value is None and not self.reports.series_gone(
-            name, rule.metric, now=now, interval_s=self.report_interval_s
+            name, rule.metric, now=mono, interval_s=self.report_interval_s
         ):
             return None
         return Observation(
@@ -352,11 +380,13 @@ class MonitorService:
 
     # --- transitions ---
 
-    async def _apply(self, observations: list[Observation], live: set[str], now: float) -> None:
+    async def _apply(
+        self, observations: list[Observation], live: set[str], now: float, mono: float
+    ) -> None:
         for o in observations:
             self._key_server[o.key] = o.server
             transition = self.conditions.update(
-                o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=now
+                o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=mono
             )
             if transition is Transition.FIRE:
                 await self._fire(o, now)

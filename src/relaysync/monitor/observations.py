@@ -32,7 +32,12 @@ class Observation:
 
 class ReportClock:
     """When each server last reported, how far apart its last two reports were, and since when
-    its link is up (a server that never reported counts from then)."""
+    its link is up (a server that never reported counts from then).
+
+    Every time given to it (`at`, `now`) is on the master's monotonic clock (time.monotonic()):
+    on the wall clock, a step forward (NTP) made every agent look silent for that long at once,
+    and "no data" fired and resolved for each.
+    """
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
@@ -45,7 +50,7 @@ class ReportClock:
     def reported(
         self, name: str, at: float, metrics: Iterable[str], *, early: bool = False
     ) -> None:
-        """Note a report of `metrics` received at `at` (the master's clock). The gap is taken
+        """Note a report of `metrics` received at `at` (monotonic). The gap is taken
         between regular reports only: an `early` one (sent at once on a change) says nothing
         of the agent's interval, and counted it shortened the silence allowed."""
         last = self._last_regular.get(name)

@@ -2,7 +2,9 @@
 
 A `Condition` is tracked per alert key (one threshold on one server, one probe, one heartbeat).
 It fires once when its bad state has lasted `for_s`, stays firing (no repeat) until its clear
-state is reached, then resolves once. Pure logic: the caller supplies the time.
+state is reached, then resolves once. Pure logic: the caller supplies the time, from a monotonic
+clock (the monitor passes time.monotonic()): `for_s` is a duration, and on the wall clock a step
+forward (NTP) fired every condition that had just turned bad.
 """
 
 from __future__ import annotations

@@ -231,3 +231,48 @@ def test_a_wall_clock_stepped_forward_does_not_end_the_heartbeat_grace(
     monkeypatch.setattr(time, "monotonic", lambda: monitor._started_mono + 31.0)
     [seen] = monitor._heartbeats([server], set(), stepped)
     assert seen.bad  # its grace is over
+
+
+def test_a_wall_clock_stepped_forward_makes_no_agent_look_silent(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NTP steps the master's clock forward while every agent reports: report arrivals and the
+    tick's `now` were wall times, so every server looked silent for the step at the next tick and
+    "no data" fired for each, then resolved at its next report (two emails per server: 74 for
+    40 servers). The same for a threshold's for_s, counted on the wall clock: it fired at once."""
+    nodes = {"d" * 64: "web1", "e" * 64: "web2"}
+    for node, name in nodes.items():
+        store.upsert_server(node_id=node, name=name, region="r", group="g", address=f"{name}:1")
+    store.monitoring.create_threshold(
+        scope="all", metric="cpu_percent", operator=">", value=50, for_s=30
+    )
+    monitor = _monitor(store, links_up=lambda: set(nodes))
+    monitor.report_interval_s = REPORT_S
+    monitor.interval_s = 3600.0  # serve ticks once; the test ticks by itself after that
+    real_time, step_s = time.time, 0.0
+    monkeypatch.setattr(time, "time", lambda: real_time() + step_s)  # monotonic: untouched
+
+    def report() -> None:
+        for node, name in nodes.items():
+            figures = (sample("cpu_percent", 90),)
+            monitor.on_metrics(node, name, MetricsReport(at=time.time(), samples=figures))
+
+    async def main() -> None:
+        nonlocal step_s
+        async with anyio.create_task_group() as tg:
+            report()
+            await tg.start(monitor.serve)
+            with anyio.fail_after(WAIT_S):
+                while monitor.ticks < 1:
+                    await anyio.sleep(0.01)
+            report()
+            await monitor.tick()  # cpu_percent has been over 50 since the first tick: not 30 s
+            step_s = 3600.0  # an hour ahead, between a report and the next tick
+            await monitor.tick()
+            report()
+            await monitor.tick()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert sorted(a.key for a in store.monitoring.list_alerts(limit=1000)) == []
+    assert monitor.conditions.firing_keys() == set()

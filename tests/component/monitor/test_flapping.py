@@ -61,6 +61,7 @@ def _setup(store: Store, url: str, clock: _Clock, **options: float) -> tuple[Mon
         self_figures=list,
         interval_s=INTERVAL_S,
         clock=clock,
+        monotonic=clock,
         **options,
     )
     return monitor, f"threshold:{rule.id}:web1"

@@ -3,7 +3,8 @@
 Rows become the monitor's types in _monitoring_rows.py.
 
 Error handling: bad input raises ConfigError or NotFound and changes nothing.
-Resource handling: every method runs one transaction from the Store's session factories.
+Resource handling: every method runs one transaction from the Store's session factories
+(downsample: one per batch).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relaysync.errors import ConfigError, NotFound
+from relaysync.master.store._downsample import downsample
 from relaysync.master.store._monitoring_rows import (
     _alert,
     _channel,
@@ -49,8 +51,6 @@ from relaysync.monitor.types import (
 from relaysync.protocol.messages import MetricSample
 
 SessionFn = Callable[[str], AbstractContextManager[Session]]
-MINUTE_S = 60
-DOWNSAMPLE_BATCH = 50_000  # raw rows folded per transaction; the rest waits for the next call
 HEALTH_STATES = ("ok", "unhealthy")
 
 
@@ -128,47 +128,25 @@ class MonitoringStore:
             ]
 
     def downsample(
-        self, *, now: float, raw_retention_s: float, minute_retention_s: float
+        self,
+        *,
+        now: float,
+        raw_retention_s: float,
+        minute_retention_s: float,
+        between: Callable[[], None] = lambda: None,
     ) -> tuple[int, int]:
         """Fold raw figures older than raw_retention_s into one-minute averages; drop averages
-        older than minute_retention_s. Returns (raw rows folded, averages dropped).
+        older than minute_retention_s. Many short transactions (master/store/_downsample.py);
+        `between` runs before each and may raise to stop. Returns (raw rows folded, averages
+        dropped).
         """
-        raw_cutoff = now - raw_retention_s
-        with self._write("downsample") as session:
-            raw = list(
-                session.scalars(
-                    select(MetricSampleRow)
-                    .where(MetricSampleRow.resolution_s == 0, MetricSampleRow.at < raw_cutoff)
-                    .order_by(MetricSampleRow.id)
-                    .limit(DOWNSAMPLE_BATCH)
-                )
-            )
-            groups: dict[tuple[str, str, str, int], list[float]] = {}
-            for r in raw:
-                minute = int(r.at // MINUTE_S) * MINUTE_S
-                groups.setdefault((r.server, r.name, r.labels, minute), []).append(r.value)
-            session.add_all(
-                MetricSampleRow(
-                    server=k[0],
-                    name=k[1],
-                    labels=k[2],
-                    at=float(k[3]),
-                    value=sum(v) / len(v),
-                    resolution_s=MINUTE_S,
-                )
-                for k, v in groups.items()
-            )
-            if raw:
-                session.execute(
-                    delete(MetricSampleRow).where(MetricSampleRow.id.in_([r.id for r in raw]))
-                )
-            dropped = session.execute(
-                delete(MetricSampleRow).where(
-                    MetricSampleRow.resolution_s == MINUTE_S,
-                    MetricSampleRow.at < now - minute_retention_s,
-                )
-            )
-            return len(raw), int(dropped.rowcount or 0)  # type: ignore[attr-defined]
+        return downsample(
+            self._write,
+            now=now,
+            raw_retention_s=raw_retention_s,
+            minute_retention_s=minute_retention_s,
+            between=between,
+        )
 
     # --- thresholds ---
 
