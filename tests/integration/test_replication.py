@@ -261,3 +261,24 @@ def test_a_source_folder_that_is_a_release_symlink_replicates_and_follows_each_d
     assert not (target / "only-in-v1.txt").exists()
     (current / "index.html").write_text("v2, hot-fixed")
     fleet.wait_converged(current, [target])
+
+
+def test_files_an_exclude_no_longer_hides_go_when_the_source_has_none(fleet: Fleet) -> None:
+    """Found in review: a target's leftovers under an excluded pattern (an old deploy's cache/)
+    are left alone while excluded; once the exclude is lifted the target must equal the source,
+    but its folder kept the manifest scanned under the old filter, so they stayed until its
+    agent restarted. New filters now reopen the folder: they are scanned, and removed."""
+    mapping, src, dsts = fleet.new_mapping(exclude=[r"^cache(/|$)", r"\.tmp$"], include=[])
+    (src / "a.txt").write_text("a")
+    for d in dsts:
+        (d / "cache").mkdir(exist_ok=True)
+        (d / "cache" / "b.bin").write_text("left over")
+        (d / "junk.tmp").write_text("left over")
+    for d in dsts:
+        from relaysync.testing.cluster import wait_until
+
+        wait_until(lambda d=d: (d / "a.txt").exists(), timeout_s=30, what="a.txt replicated")
+        assert (d / "junk.tmp").exists()  # excluded: left alone
+    r = fleet.cluster.api.patch(f"/api/mappings/{mapping['id']}", json={"exclude": []})
+    assert r.status_code == 200, r.text
+    fleet.wait_converged(src, dsts)

@@ -78,12 +78,15 @@ class TargetRole(AgentRole):
         path = _own_target(spec, self.node_id).path
         # A new policy reopens the folder: its start-up scan reads the disk through it, so a
         # mode another mask made is found and sent again (the sessions end, as they must: they
-        # hold the old one).
+        # hold the old one). So do new filters: a file it holds that they no longer exclude
+        # is scanned into its manifest, and the next comparison removes it if the source has
+        # none (kept, it stayed until the agent restarted).
         if (
             existing is not None
             and existing.root == Path(path)
             and existing.source_node == spec.source_node
             and existing.policy == self._policy(spec)
+            and existing.filters == _filters(spec)
         ):
             existing.durable = spec.durability == "safe"
             existing.keep_versions = _versions_here(spec, self.node_id)
@@ -177,6 +180,7 @@ class TargetRole(AgentRole):
             keep_versions=_versions_here(spec, self.node_id),
             conflict=spec.conflict,
             policy=self._policy(spec),
+            filters=_filters(spec),
         )
         if not siblings:  # never another member's temp files while it receives
             _clean_stale_temps(self.data_dir, folder, others)
@@ -343,6 +347,10 @@ def _clean_stale_temps(data_dir: Path, folder: TargetFolder, others: Collection[
             )
             return
     clean_stale_temps(folder.root, keep=frozenset(keep))
+
+
+def _filters(spec: MappingSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(spec.include), tuple(spec.exclude)
 
 
 def _mappings_by_root(wanted: dict[int, MappingSpec], node_id: str) -> dict[Path, list[int]]:

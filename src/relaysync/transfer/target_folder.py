@@ -48,6 +48,9 @@ class TargetFolder:
     link_secret: bytes = b""  # non-empty: the policy allows this source on a plain (TLS-off) link
     keep_versions: int = 0  # > 0: previous versions of replaced/deleted files kept beside the tree
     policy: TargetPolicy = TargetPolicy()  # which links and mode bits land here (safe, o-w)
+    # The include and exclude patterns its manifest was scanned with: what it holds outside them
+    # is not in it, so a change of them reopens the folder (agent/_target_role.py)
+    filters: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     # Who may stream to us: our parent in the routing table (the source when there is none).
     parents: frozenset[str] = frozenset()
     route: tuple[str, ...] = ()  # the nodes the current session's stream came through (job log)
