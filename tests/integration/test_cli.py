@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -309,3 +311,69 @@ def test_names_with_url_characters_address_their_own_mapping(fleet: Fleet) -> No
     missing = cli(fleet, "mapping", "remove", "blog/status")
     assert missing.returncode == 15 and "'blog/status' not found" in missing.stderr
     assert cli_json(fleet, "mapping", "remove", "blog")["removed"]["name"] == "blog"
+
+
+# File names a source may hold: terminal escape sequences (OSC 0 sets the window title, CSI 2J
+# clears the screen, OSC 8 links to another site), a right-to-left override, a newline, and
+# cells a spreadsheet runs as formulas
+HOSTILE_FILES = (
+    "osc\x1b]0;TITLE-PWNED\x1b\\clear\x1b[2J\x1b[31mRED\x1b]8;;http:evil.example\x1b\\link.txt",
+    "rtl\u202etxt.exe",
+    "new\nline.txt",
+    "=cmd|' -c calc'!A0.txt",
+    '=HYPERLINK("http:evil.example","open me")',
+)
+HOSTILE_MAPPING = "+evil\x1b]0;MAPPING-TITLE\x07\u202e"
+RAW_CONTROLS = ("\x1b", "\x07", "\u202e")
+
+
+def test_hostile_names_reach_the_operators_terminal_as_visible_escapes(fleet: Fleet) -> None:
+    """Was: `log`, `status`, `mapping list`, `stats` and `log --csv` wrote a file's or a
+    mapping's ESC sequences and bidirectional overrides to the operator's terminal as they came,
+    a newline broke the table's row, and `--csv` cells started formulas."""
+    base = fleet.base / "hostile"
+    src, dst = base / "source", base / "target-t1"
+    src.mkdir(parents=True)
+    mapping = fleet.cluster.create_mapping(HOSTILE_MAPPING, "src", src, [("t1", dst)])
+    mid = str(mapping["id"])
+    wait_until(dst.is_dir, timeout_s=CONVERGE_TIMEOUT_S, what="target opened")
+    for name in HOSTILE_FILES:
+        (src / name).write_text("x")
+
+    def logged() -> bool:
+        rows = cli_json(fleet, "log", "--mapping", mid, "--limit", "100")
+        done = {r["path"] for r in rows if r["committed_targets"] == r["total_targets"]}
+        return done >= set(HOSTILE_FILES)
+
+    wait_until(logged, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.3, what="hostile names logged")
+    for args in (
+        ("log", "--mapping", mid),
+        ("status",),
+        ("mapping", "list"),
+        ("stats", "--by", "mapping"),
+        ("log", "--mapping", mid, "--csv"),
+        ("stats", "--by", "mapping", "--csv"),
+    ):
+        result = cli(fleet, *args)
+        assert result.returncode == 0, result.stderr
+        for raw in RAW_CONTROLS:
+            assert raw not in result.stdout, f"{args}: {raw!r} reached the terminal"
+        assert "\\x1b]0;" in result.stdout, args  # shown, as an escape
+    table = cli(fleet, "log", "--mapping", mid).stdout
+    assert "rtl\\u202etxt.exe" in table and "new\\x0aline.txt" in table  # one row each
+
+    header, *rows = csv_rows(cli(fleet, "log", "--mapping", mid, "--csv").stdout)
+    paths = {r[header.index("path")] for r in rows}
+    assert {"'=cmd|' -c calc'!A0.txt", "new\\x0aline.txt"} <= paths
+    assert '\'=HYPERLINK("http:evil.example","open me")' in paths
+    assert {r[header.index("mapping")] for r in rows} == {"'+evil\\x1b]0;MAPPING-TITLE\\x07\\u202e"}
+    header, *rows = csv_rows(cli(fleet, "stats", "--by", "mapping", "--csv").stdout)
+    assert "'+evil\\x1b]0;MAPPING-TITLE\\x07\\u202e" in {r[0] for r in rows}
+
+    missing = cli(fleet, "log", "--mapping", "gone\x1b]0;ERROR-TITLE\x07")  # quoted in the error
+    assert missing.returncode == 15 and "\x1b" not in missing.stderr, missing.stderr
+    assert "gone\\x1b]0;ERROR-TITLE\\x07" in missing.stderr
+
+
+def csv_rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))

@@ -40,8 +40,10 @@ import httpx
 import typer
 from rich.console import Console
 
+from relaysync._util.untrusted_text import csv_cell
 from relaysync.auth.api_trust import certificate_problem, default_api_context, file_api_context
 from relaysync.cli._run import errors_as_exit
+from relaysync.cli._shown import shown
 from relaysync.config.load import check_master_url, load
 from relaysync.config.schema import CliConfig
 from relaysync.constants import HTTP_TIMEOUT_S
@@ -379,13 +381,33 @@ def print_json(document: Any) -> None:
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Render rows as CSV with a header line; missing values are empty cells."""
+    """Render rows as CSV with a header line; missing values are empty cells.
+
+    Text cells are `csv_text_cell`s: printed on a terminal (`cat`) and opened in a spreadsheet."""
     out = io.StringIO()
     writer = csv.DictWriter(
         out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
     )
     writer.writeheader()
-    writer.writerows({c: "" if r.get(c) is None else r.get(c) for c in columns} for r in rows)
+    writer.writerows({c: csv_text_cell(r.get(c)) for c in columns} for r in rows)
+    return out.getvalue()
+
+
+def csv_text_cell(value: Any) -> Any:
+    """A CSV cell the CLI prints: "" for None; text with its control characters visible (a file
+    name's ESC went to the terminal of whoever ran `cat` on the file; its newline broke the
+    line) and, when it starts like a formula, a leading `'`; numbers as they are."""
+    if value is None:
+        return ""
+    return csv_cell(shown(value)) if isinstance(value, str) else value
+
+
+def reprinted_csv(text: str) -> str:
+    """CSV from the master (its cells raw, formulas already neutralised) with its text cells
+    made `csv_text_cell`s, for the terminal."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerows([csv_text_cell(c) for c in row] for row in csv.reader(io.StringIO(text)))
     return out.getvalue()
 
 

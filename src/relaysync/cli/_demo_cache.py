@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from relaysync.cli._shown import cell
 from relaysync.testing.caches import Cache, Origin
 from relaysync.testing.cluster import Cluster
 
@@ -37,7 +38,8 @@ class DemoCache:
                 "banned": "banned",
             }.get(row["status"], row["status"])
             console.print(
-                f"{verb} {row['url']} in {row['cache']} ({how}, {row['duration_ms']:.0f} ms)",
+                f"{cell(verb)} {cell(row['url'])} in {cell(row['cache'])} "
+                f"({how}, {row['duration_ms']:.0f} ms)",
                 highlight=False,
             )
 

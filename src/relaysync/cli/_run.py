@@ -15,9 +15,9 @@ import anyio
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 
 from relaysync._util.memory import freeze_startup_heap, reuse_large_buffers
+from relaysync.cli._shown import cell_lines
 from relaysync.errors import ConfigError, RelaySyncError
 
 err_console = Console(stderr=True)
@@ -77,9 +77,10 @@ def run_service(
 
 
 def fail(error: RelaySyncError) -> NoReturn:
-    """Print `error` on one line of stderr (no traceback) and exit with its exit code."""
+    """Print `error` on one line of stderr (no traceback) and exit with its exit code. What it
+    quotes (a file name, the master's `detail`) is shown with its control characters visible."""
     err_console.print(
-        f"[red]error:[/red] {escape(str(error))}", markup=True, highlight=False, soft_wrap=True
+        f"[red]error:[/red] {cell_lines(str(error))}", markup=True, highlight=False, soft_wrap=True
     )
     raise typer.Exit(error.exit_code) from error
 

@@ -24,6 +24,7 @@ from relaysync.cli import (
     topology_cmd,
 )
 from relaysync.cli._run import err_console
+from relaysync.cli._shown import shown
 from relaysync.config.env_names import unknown_variables
 
 app = typer.Typer(
@@ -40,7 +41,7 @@ def _warn_unknown_variables() -> None:
     """Before any command, in this process only: a misspelt RELAYSYNC_* variable is named on
     stderr (stdout stays the command's, for pipes), once; it would be ignored in silence."""
     for line in unknown_variables():
-        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(shown(f"warning: {line}"), markup=False, highlight=False, soft_wrap=True)
 
 
 app.command("master")(master_cmd.master)

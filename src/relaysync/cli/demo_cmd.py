@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.tree import Tree
 
 from relaysync.cli._demo_cache import DemoCache, start_demo_cache
+from relaysync.cli._shown import cell
 from relaysync.errors import ConfigError
 from relaysync.testing.cluster import Cluster
 
@@ -269,7 +270,8 @@ def plan_tree(routes: dict[str, Any], members: dict[str, DemoTarget]) -> Tree:
     for hop in hops:
         children.setdefault(hop["parent"], []).append(hop)
     root = Tree(
-        f"[bold]{source}[/bold] (source, region {SOURCE_REGION}) · {routes.get('mode', '?')} routing, "
+        f"[bold]{cell(source)}[/bold] (source, region {SOURCE_REGION}) · "
+        f"{cell(routes.get('mode', '?'))} routing, "
         f"{len(hops)} hops"
     )
     stack: list[tuple[Tree, str, int]] = [(root, source, 0)]
@@ -284,11 +286,12 @@ def plan_tree(routes: dict[str, Any], members: dict[str, DemoTarget]) -> Tree:
             t = members.get(child)
             where = f"{t.region}/{t.group}" if t is not None else "?"
             node = branch.add(
-                f"{child} [dim]{where} · {hop.get('level', '?')} · level {depth + 1}[/dim]"
+                f"{cell(child)} [dim]{cell(where)} · {cell(hop.get('level', '?'))} · "
+                f"level {depth + 1}[/dim]"
             )
             stack.append((node, child, depth + 1))
     for name in routes.get("unreachable", []):
-        root.add(f"[red]{name} unreachable[/red]")
+        root.add(f"[red]{cell(name)} unreachable[/red]")
     return root
 
 
@@ -308,6 +311,7 @@ def _follow(cluster: Cluster, mapping_id: int, cache: DemoCache | None = None) -
                 continue
             shown[seq] = done
             console.print(
-                f"seq {seq:>6} {row['op']:<7} {row['path']}  committed on {done} target(s)",
+                f"seq {seq:>6} {cell(row['op']):<7} {cell(row['path'])}  "
+                f"committed on {done} target(s)",
                 highlight=False,
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
@@ -22,6 +21,7 @@ from relaysync.cli._client import (
     run_command,
     to_csv,
 )
+from relaysync.cli._shown import cell
 from relaysync.errors import ConfigError
 
 MAX_LIMIT = 1000  # the API's page size
@@ -121,10 +121,10 @@ def changes_table(rows: list[dict[str, Any]]) -> Table:
         done = r["committed_targets"] >= r["total_targets"]
         targets = f"{r['committed_targets']}/{r['total_targets']}"
         table.add_row(
-            escape(r["mapping"]),
+            cell(r["mapping"]),
             str(r["seq"]),
-            escape(r["op"]),
-            escape(r["path"]),
+            cell(r["op"]),
+            cell(r["path"]),
             format_bytes(r["size"]),
             targets if done else f"[yellow]{targets}[/yellow]",
             format_time(r["reported_at"]),
@@ -148,11 +148,11 @@ def exceptions_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         resolved = format_time(r["resolved_at"]) if r["resolved_at"] else "[red]open[/red]"
         table.add_row(
-            escape(r["mapping"]),
-            escape(r["target"]),
+            cell(r["mapping"]),
+            cell(r["target"]),
             str(r["seq"]),
-            escape(r["path"]),
-            escape(r["error"]),
+            cell(r["path"]),
+            cell(r["error"]),
             str(r["attempts"]),
             format_time(r["at"]),
             resolved,

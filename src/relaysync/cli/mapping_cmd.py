@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
@@ -20,6 +19,7 @@ from relaysync.cli._client import (
     run_command,
 )
 from relaysync.cli._named import find_named
+from relaysync.cli._shown import cell, shown
 from relaysync.errors import ConfigError
 from relaysync.watch.target_policy import mode_mask_problem
 
@@ -105,7 +105,10 @@ def add_mapping(
         if json:
             print_json(created)
         else:
-            console.print(f"mapping {created['name']!r} created (id {created['id']})", markup=False)
+            console.print(
+                f"mapping {shown(repr(created['name']))} created (id {created['id']})",
+                markup=False,
+            )
 
     run_command(body)
 
@@ -134,8 +137,10 @@ def set_mapping(
             print_json(changed)
         else:
             console.print(
-                f"mapping {found['name']!r}: symlinks {changed['symlinks'] or 'default'}, "
-                f"mode mask {changed['mode_mask']:03o}",
+                shown(
+                    f"mapping {found['name']!r}: symlinks {changed['symlinks'] or 'default'}, "
+                    f"mode mask {changed['mode_mask']:03o}"
+                ),
                 markup=False,
             )
 
@@ -208,7 +213,9 @@ def remove_mapping(
         if json:
             print_json({"removed": found})
         else:
-            console.print(f"mapping {found['name']!r} removed (id {found['id']})", markup=False)
+            console.print(
+                f"mapping {shown(repr(found['name']))} removed (id {found['id']})", markup=False
+            )
 
     run_command(body)
 
@@ -246,11 +253,11 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
         filters = [f"+{p}" for p in m["include"]] + [f"-{p}" for p in m["exclude"]]
         table.add_row(
             str(m["id"]),
-            escape(m["name"]),
-            escape(f"{m['source_name']}:{m['source_path']}"),
-            escape("\n".join(f"{t['name']}:{t['path']}" for t in m["targets"])),
-            escape(" ".join(filters)),
-            escape(m["durability"]),
+            cell(m["name"]),
+            cell(f"{m['source_name']}:{m['source_path']}"),
+            "\n".join(cell(f"{t['name']}:{t['path']}") for t in m["targets"]),
+            cell(" ".join(filters)),
+            cell(m["durability"]),
             "yes" if m["enabled"] else "[yellow]no[/yellow]",
         )
     return table

@@ -19,6 +19,7 @@ from relaysync.cli._client import (
     run_command,
 )
 from relaysync.cli._named import find_named
+from relaysync.cli._shown import cell
 from relaysync.cli.mapping_cmd import split_location
 
 app = typer.Typer(
@@ -66,7 +67,7 @@ def create(
             print_json(created)
         else:
             console.print(
-                f"N:M job {created['name']!r} created (id {created['id']}), "
+                f"N:M job {cell(repr(created['name']))} created (id {created['id']}), "
                 f"{len(created['members'])} member mappings"
             )
 
@@ -138,7 +139,8 @@ def delete(
             print_json({"removed": job})
         else:
             console.print(
-                f"N:M job {job['name']!r} removed with {len(job['members'])} member mappings"
+                f"N:M job {cell(repr(job['name']))} removed with {len(job['members'])} member "
+                "mappings"
             )
 
     run_command(body)
@@ -162,13 +164,14 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     for j in jobs:
         table.add_row(
             str(j["id"]),
-            j["name"],
+            cell(j["name"]),
             "\n".join(
-                f"{m['source_name']}:{m['source_path']} ({m['mapping_id']})" for m in j["members"]
+                cell(f"{m['source_name']}:{m['source_path']} ({m['mapping_id']})")
+                for m in j["members"]
             ),
-            "\n".join(f"{t['name']}:{t['path']}" for t in j["targets"]),
-            j["conflict"],
-            j["durability"],
+            "\n".join(cell(f"{t['name']}:{t['path']}") for t in j["targets"]),
+            cell(j["conflict"]),
+            cell(j["durability"]),
         )
     return table
 
@@ -179,11 +182,11 @@ def conflicts_table(conflicts: list[dict[str, Any]], names: dict[str, str]) -> T
         table.add_column(column, overflow="fold")
     for c in conflicts:
         table.add_row(
-            c["path"],
-            c["op"],
-            names.get(c["target_node"], c["target_node"][:12]),
-            names.get(c["winner_node"], c["winner_node"][:12] or "?"),
-            names.get(c["loser_node"], c["loser_node"][:12] or "?"),
-            c["reason"],
+            cell(c["path"]),
+            cell(c["op"]),
+            cell(names.get(c["target_node"], c["target_node"][:12])),
+            cell(names.get(c["winner_node"], c["winner_node"][:12] or "?")),
+            cell(names.get(c["loser_node"], c["loser_node"][:12] or "?")),
+            cell(c["reason"]),
         )
     return table

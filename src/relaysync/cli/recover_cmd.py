@@ -18,6 +18,7 @@ from relaysync.cli._client import (
     run_command,
 )
 from relaysync.cli._named import named_path
+from relaysync.cli._shown import shown
 
 
 def recover(
@@ -39,8 +40,10 @@ def recover(
             print_json(job)
         else:
             console.print(
-                f"recovery {job['id']} of {job['target']} started: from seq {job['from_seq']} "
-                f"to {job['goal_seq']}; `relaysync routes {mapping}` follows it",
+                shown(
+                    f"recovery {job['id']} of {job['target']} started: from seq {job['from_seq']} "
+                    f"to {job['goal_seq']}; `relaysync routes {mapping}` follows it"
+                ),
                 markup=False,
             )
 

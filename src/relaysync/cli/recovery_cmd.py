@@ -19,6 +19,7 @@ from relaysync.cli._client import (
     run_command,
 )
 from relaysync.cli._named import named_path
+from relaysync.cli._shown import shown
 from relaysync.errors import ConfigError
 
 
@@ -60,11 +61,14 @@ def recovery(
             print_json(settings)
             return
         console.print(
-            f"mapping {mapping}: recovery {settings['recovery_policy']} "
-            f"{settings['recovery_schedule']}".rstrip()
+            shown(
+                f"mapping {mapping}: recovery {settings['recovery_policy']} "
+                f"{settings['recovery_schedule']}".rstrip()
+            ),
+            markup=False,
         )
         for name, p in sorted(settings["targets"].items()):
-            console.print(f"  {name}: {p['policy']} {p['schedule']}".rstrip())
+            console.print(shown(f"  {name}: {p['policy']} {p['schedule']}".rstrip()), markup=False)
 
     run_command(body)
 

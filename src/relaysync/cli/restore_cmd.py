@@ -9,6 +9,7 @@ import msgspec
 import typer
 
 from relaysync.cli._client import console, print_json, run_command
+from relaysync.cli._shown import shown
 from relaysync.errors import ConfigError
 from relaysync.protocol.messages import Assignment
 from relaysync.transfer.versions import VersionKeeper
@@ -37,13 +38,13 @@ def restore(
                 print_json({"path": path, "versions": kept})
             else:
                 for v in kept:
-                    console.print(v, markup=False)
+                    console.print(shown(v), markup=False)
             return
         chosen = keeper.restore(path, version)
         if json:
             print_json({"path": path, "restored": chosen})
         else:
-            console.print(f"restored {path} from version {chosen}", markup=False)
+            console.print(shown(f"restored {path} from version {chosen}"), markup=False)
 
     run_command(body)
 

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Group
-from rich.markup import escape
 from rich.tree import Tree
 
 from relaysync.cli._client import (
@@ -22,6 +21,7 @@ from relaysync.cli._client import (
     run_command,
 )
 from relaysync.cli._named import named_path
+from relaysync.cli._shown import cell
 from relaysync.errors import ConfigError
 
 
@@ -98,33 +98,33 @@ def routing_request(*, manual: str | None, auto: bool, fanout: int | None) -> di
 def routes_view(document: dict[str, Any]) -> Group:
     """The GET /api/mappings/{id}/routes document as a tree plus its failures."""
     tree = Tree(
-        f"[bold]{escape(document['source'])}[/bold]  ({document['mode']}, route epoch {document['route_epoch']})"
+        f"[bold]{cell(document['source'])}[/bold]  ({cell(document['mode'])}, route epoch {document['route_epoch']})"
     )
     branches: dict[str, Tree] = {document["source"]: tree}
     for hop in document["hops"]:  # parents come before their children
         parent = branches.get(hop["parent"], tree)
         branches[hop["child"]] = parent.add(
-            f"{escape(hop['child'])}  [dim]{escape(str(hop['level']))}[/dim]"
+            f"{cell(hop['child'])}  [dim]{cell(str(hop['level']))}[/dim]"
         )
     parts: list[Any] = [tree]
     if not document["hops"]:
         parts.append("no relays: a star from the source")
     for name in document["unreachable"]:
-        parts.append(f"[yellow]unreachable[/yellow] {escape(name)}")
+        parts.append(f"[yellow]unreachable[/yellow] {cell(name)}")
     for f in document["failed"]:
         parts.append(
-            f"[red]failed[/red] {escape(f['target'])} since {format_time(f['failed_at'])}: "
-            f"{escape(f['reason'])} "
-            f"(recovery {f['policy']})"
+            f"[red]failed[/red] {cell(f['target'])} since {format_time(f['failed_at'])}: "
+            f"{cell(f['reason'])} "
+            f"(recovery {cell(f['policy'])})"
         )
     for h in document["failed_hops"]:
         parts.append(
-            f"[yellow]avoided hop[/yellow] {escape(h['parent'])}>{escape(h['child'])} until {format_time(h['until'])}"
-            + (f": {escape(h['error'])}" if h.get("error") else "")
+            f"[yellow]avoided hop[/yellow] {cell(h['parent'])}>{cell(h['child'])} until {format_time(h['until'])}"
+            + (f": {cell(h['error'])}" if h.get("error") else "")
         )
     for r in document["recoveries"]:
         parts.append(
-            f"[cyan]recovering[/cyan] {escape(r['target'])} ({escape(r['trigger'])}) from seq {r['from_seq']} "
+            f"[cyan]recovering[/cyan] {cell(r['target'])} ({cell(r['trigger'])}) from seq {r['from_seq']} "
             f"to {r['goal_seq']}"
         )
     return Group(*parts)

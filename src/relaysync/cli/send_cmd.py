@@ -6,7 +6,6 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from relaysync.cli._client import (
@@ -23,6 +22,7 @@ from relaysync.cli._client import (
 )
 from relaysync.cli._named import named_path
 from relaysync.cli._run import err_console
+from relaysync.cli._shown import cell, shown
 from relaysync.errors import RelaySyncError
 
 POLL_S = 0.2  # progress is read from the master this often
@@ -63,7 +63,9 @@ def send(
         if json:
             print_json(result)
         elif not wait:
-            console.print(f"release {result['release']} of {mapping} asked for", markup=False)
+            console.print(
+                shown(f"release {result['release']} of {mapping} asked for"), markup=False
+            )
 
     run_command(body)
 
@@ -77,8 +79,10 @@ def _follow(
         return _follow_release(client, mapping, release, timeout_s, quiet=quiet)
     except KeyboardInterrupt:  # on stderr: stdout may be a --json document
         err_console.print(
-            f"stopped following: release {release} of {mapping} goes on; `relaysync status` "
-            "shows its progress",
+            shown(
+                f"stopped following: release {release} of {mapping} goes on; `relaysync status` "
+                "shows its progress"
+            ),
             markup=False,
             highlight=False,
         )
@@ -99,7 +103,7 @@ def _follow_release(
     source = ""  # the source agent's name, once it is waited for
     taken, source_node = False, ""
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
-        task = progress.add_task(escape(f"sending {mapping}"), total=None)
+        task = progress.add_task(cell(f"sending {mapping}"), total=None)
         start: int | None = None
         path = named_path(client, "mappings", mapping)
         while time.monotonic() < deadline:
@@ -115,7 +119,7 @@ def _follow_release(
                 done = min(upto, min(marks))
                 progress.update(
                     task,
-                    description=escape(f"sending {mapping}"),
+                    description=cell(f"sending {mapping}"),
                     total=max(upto - start, 1) * len(marks),
                     completed=sum(min(m, upto) - min(start, m) for m in marks),
                 )
@@ -124,10 +128,10 @@ def _follow_release(
             elif not taken and not source and time.monotonic() - started >= NOT_TAKEN_NOTE_S:
                 source = _server_name(client, source_node)
                 waiting = f"waiting for the source agent {source} to take release {release}"
-                progress.update(task, description=escape(waiting))
+                progress.update(task, description=cell(waiting))
                 if not quiet:
                     progress.console.print(
-                        f"{waiting} (is it up? does its source folder exist?)",
+                        shown(f"{waiting} (is it up? does its source folder exist?)"),
                         markup=False,
                         highlight=False,
                     )

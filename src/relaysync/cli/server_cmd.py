@@ -19,6 +19,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._shown import shown
 from relaysync.errors import ConfigError
 
 app = typer.Typer(
@@ -56,8 +57,10 @@ def set_server(
             print_json(server)
         else:
             console.print(
-                f"server {server['name']!r}: region {server['region']!r}, group {server['group']!r}, "
-                f"capacity {server['capacity_weight']}",
+                shown(
+                    f"server {server['name']!r}: region {server['region']!r}, "
+                    f"group {server['group']!r}, capacity {server['capacity_weight']}"
+                ),
                 markup=False,
             )
 
@@ -113,7 +116,9 @@ def remove_server(
     def body() -> None:
         with connect(master, token, data, ca_file) as client:
             client.delete(server_path(name))
-        console.print(f"server {name!r} removed: an agent may join under its name", markup=False)
+        console.print(
+            shown(f"server {name!r} removed: an agent may join under its name"), markup=False
+        )
 
     run_command(body)
 
@@ -136,14 +141,17 @@ def revoke_server(
             print_json(revoked)
             return
         console.print(
-            f"server {revoked['name']!r} revoked: its certificate is refused from now on; it is a "
-            f"failed target of {len(revoked['failed_in'])} mapping(s)"
-            + (
-                f" and the source of {', '.join(revoked['source_of'])}"
-                if revoked["source_of"]
-                else ""
-            )
-            + f". Remove it with `relaysync server remove {revoked['name']}` once no mapping names it.",
+            shown(
+                f"server {revoked['name']!r} revoked: its certificate is refused from now on; it is "
+                f"a failed target of {len(revoked['failed_in'])} mapping(s)"
+                + (
+                    f" and the source of {', '.join(revoked['source_of'])}"
+                    if revoked["source_of"]
+                    else ""
+                )
+                + f". Remove it with `relaysync server remove {revoked['name']}` once no mapping "
+                "names it."
+            ),
             markup=False,
         )
 

@@ -6,7 +6,6 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
@@ -19,8 +18,10 @@ from relaysync.cli._client import (
     console,
     format_bytes,
     print_json,
+    reprinted_csv,
     run_command,
 )
+from relaysync.cli._shown import cell
 from relaysync.errors import ConfigError
 
 
@@ -60,7 +61,8 @@ def stats(
         params = {"by": by.value, "since": since, "until": until}
         with connect(master, token, data, ca_file) as client:
             if csv:
-                typer.echo(client.get_text("/api/stats", format="csv", **params), nl=False)
+                csv_text = client.get_text("/api/stats", format="csv", **params)
+                typer.echo(reprinted_csv(csv_text), nl=False)
                 return
             rows = client.get("/api/stats", **params)
         if json:
@@ -98,7 +100,7 @@ def stats_table(rows: list[dict[str, Any]], by: str) -> Table:
         table.add_column(column, justify="right", overflow="fold")
     for r in rows:
         cells = [
-            escape(str(r["key"])) if r["key"] else "(none)",
+            cell(str(r["key"])) if r["key"] else "(none)",
             str(r["files"]),
             format_bytes(r["wire_bytes"]),
             str(r["failures"]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 
 from relaysync.auth.validity import EXPIRY_WARNING_S
@@ -23,6 +22,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._shown import cell
 
 NO_SERVERS = (
     "No server has joined yet: on each server run `relaysync agent --master URL --token JOIN_STRING "
@@ -111,13 +111,13 @@ def servers_table(servers: list[dict[str, Any]]) -> Table:
         table.add_column(column, overflow="fold")
     for s in servers:
         state = {"up": "[green]up[/green]", "down": "[red]down[/red]"}.get(
-            s["state"], escape(s["state"])
+            s["state"], cell(s["state"])
         )
-        health = escape(s.get("health", "ok"))
+        health = cell(s.get("health", "ok"))
         table.add_row(
-            escape(s["name"]),
-            escape(s["region"]),
-            escape(s["group"]),
+            cell(s["name"]),
+            cell(s["region"]),
+            cell(s["group"]),
             state,
             health if health == "ok" else f"[yellow]{health}[/yellow]",
             format_time(s["last_seen"]),
@@ -150,19 +150,17 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
     ):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for m in mappings:
-        source = escape(f"{m['source']}:{m['source_path']}") + (
-            "" if m["enabled"] else " (disabled)"
-        )
+        source = cell(f"{m['source']}:{m['source_path']}") + ("" if m["enabled"] else " (disabled)")
         if m.get("source_error"):
             since = format_time(m["source_error_since"])
-            source += f"\n[red]source failing since {since}: {escape(m['source_error'])}[/red]"
+            source += f"\n[red]source failing since {since}: {cell(m['source_error'])}[/red]"
         for i, t in enumerate(m["targets"]):
             lag = f"[yellow]{t['lag']}[/yellow]" if t["lag"] else "0"
             failed = f"[red]{t['open_exceptions']}[/red]" if t["open_exceptions"] else "0"
             table.add_row(
-                escape(m["name"]) if i == 0 else "",
+                cell(m["name"]) if i == 0 else "",
                 source if i == 0 else "",
-                escape(f"{t['target_name']}:{t['path']}"),
+                cell(f"{t['target_name']}:{t['path']}"),
                 str(t["watermark"]),
                 lag,
                 str(t.get("pending", 0)),  # held back by choice (manual, reserved): no colour

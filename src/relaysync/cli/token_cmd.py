@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from relaysync.cli._client import (
@@ -23,6 +22,7 @@ from relaysync.cli._client import (
     run_command,
 )
 from relaysync.cli._run import err_console
+from relaysync.cli._shown import cell, shown
 
 app = typer.Typer(
     help="List, create and revoke join tokens (agents) and API tokens (clients).",
@@ -141,7 +141,7 @@ def revoke(
         if json:
             print_json({"revoked": {"kind": kind.value, "id": token_id}})
         else:
-            console.print(f"{kind.value} token {token_id} revoked", markup=False)
+            console.print(shown(f"{kind.value} token {token_id} revoked"), markup=False)
 
     run_command(body)
 
@@ -154,7 +154,7 @@ def _print_created(created: dict[str, Any], what: str, *, json: bool, field: str
     err_console.print(
         f"{what}; it is shown only this once:", markup=False, highlight=False, soft_wrap=True
     )
-    console.print(created[field], markup=False, soft_wrap=True)
+    console.print(shown(created[field]), markup=False, soft_wrap=True)
 
 
 def tokens_table(join: list[dict[str, Any]], api: list[dict[str, Any]]) -> Table:
@@ -164,7 +164,7 @@ def tokens_table(join: list[dict[str, Any]], api: list[dict[str, Any]]) -> Table
     for t in join:
         table.add_row(
             "join",
-            t["id"],
+            cell(t["id"]),
             "",
             "",
             format_time(t["created_at"]),
@@ -176,8 +176,8 @@ def tokens_table(join: list[dict[str, Any]], api: list[dict[str, Any]]) -> Table
         table.add_row(
             "api",
             str(t["id"]),
-            escape(t["name"]),
-            t.get("scope", "?"),  # "?": a master from before scopes
+            cell(t["name"]),
+            cell(t.get("scope", "?")),  # "?": a master from before scopes
             format_time(t["created_at"]),
             _creator(t),
             "never",
@@ -188,4 +188,4 @@ def tokens_table(join: list[dict[str, Any]], api: list[dict[str, Any]]) -> Table
 
 def _creator(listed: dict[str, Any]) -> str:
     """Who created a token: "admin", "api:<id>", or "?" for one from before this was kept."""
-    return escape(listed.get("created_by") or "?")
+    return cell(listed.get("created_by") or "?")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.tree import Tree
 
 from relaysync.cli._client import (
@@ -18,6 +17,7 @@ from relaysync.cli._client import (
     print_json,
     run_command,
 )
+from relaysync.cli._shown import cell
 from relaysync.cli.status_cmd import NO_SERVERS
 
 STATE_STYLE = {"up": "green", "down": "red"}
@@ -47,17 +47,17 @@ def topology_tree(document: dict[str, Any]) -> Tree:
     """The GET /api/topology document as a rich tree."""
     root = Tree("[bold]topology[/bold]")
     if not document["regions"]:
-        root.add(f"[dim]{escape(NO_SERVERS)}[/dim]")
+        root.add(f"[dim]{cell(NO_SERVERS)}[/dim]")
     for region in document["regions"]:
-        branch = root.add(f"region [bold]{escape(region['name']) or '(none)'}[/bold]")
+        branch = root.add(f"region [bold]{cell(region['name']) or '(none)'}[/bold]")
         for group in region["groups"]:
-            leaf = branch.add(f"group [bold]{escape(group['name']) or '(none)'}[/bold]")
+            leaf = branch.add(f"group [bold]{cell(group['name']) or '(none)'}[/bold]")
             for s in group["servers"]:
                 style = STATE_STYLE.get(s["state"], "yellow")
                 extra = " [dim](set by operator)[/dim]" if s["topology_locked"] else ""
                 unhealthy = " [yellow]unhealthy[/yellow]" if s["health"] != "ok" else ""
                 leaf.add(
-                    f"{escape(s['name'])}  capacity {s['capacity_weight']}  "
-                    f"[{style}]{s['state']}[/{style}]{unhealthy}{extra}"
+                    f"{cell(s['name'])}  capacity {s['capacity_weight']}  "
+                    f"[{style}]{cell(s['state'])}[/{style}]{unhealthy}{extra}"
                 )
     return root

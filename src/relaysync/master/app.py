@@ -190,7 +190,16 @@ def create_app(
     """
     if not admin_token:
         raise ConfigError("the master needs a non-empty admin token")
-    app = FastAPI(title="relaysync master", version=__version__, openapi_url="/openapi.json")
+    # No /docs or /redoc: FastAPI's pages load Swagger UI's and ReDoc's scripts from a CDN
+    # (unpinned, no integrity check) on the console's origin, where the console keeps its token
+    # in sessionStorage, readable by any script there. The spec stays at /openapi.json.
+    app = FastAPI(
+        title="relaysync master",
+        version=__version__,
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.context = ApiContext(
         store=store,
         ca=ca,

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from relaysync._util.untrusted_text import CONTROL_CHARACTERS
 from relaysync.constants import MAX_NAME_BYTES, MAX_PATH_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol._message_base import (
@@ -324,10 +325,6 @@ class JournalHead(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     journal_id: JournalId = ""
 
 
-# C0 and C1 controls (a terminal's escape sequences, 8-bit CSI included), line separators
-_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 def failure_reason(text: str) -> str:
     """`text` fit for a SourceFailure: one line, no control characters (a terminal's escape
     sequences), a path's undecodable bytes as \\xNN (a lone surrogate failed the whole report's
@@ -337,7 +334,7 @@ def failure_reason(text: str) -> str:
         safe = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no path decoding makes
         safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    encoded = _CONTROL_CHARACTERS.sub(" ", safe).encode("utf-8")
+    encoded = CONTROL_CHARACTERS.sub(" ", safe).encode("utf-8")
     return encoded[:MAX_SOURCE_ERROR].decode("utf-8", "ignore")  # "ignore": a cut character
 
 

@@ -42,15 +42,14 @@ CONSOLE_HEADERS: tuple[tuple[str, str], ...] = (
 
 
 def is_console_path(path: str) -> bool:
-    """Whether a request path is the console's (not the API's, /docs or /metrics)."""
+    """Whether a request path is the console's (not the API's, /openapi.json or /metrics)."""
     return path == "/" or path.startswith(CONSOLE_PREFIX)
 
 
 class ConsoleHeaders:
     """ASGI middleware: the console's responses get CONSOLE_HEADERS (replacing any of theirs).
 
-    Only console paths: FastAPI's /docs page runs inline scripts from a CDN, which the policy
-    would refuse.
+    Only console paths: the API's answers are JSON (or CSV, or /metrics' text), never run.
     """
 
     def __init__(self, app: ASGIApp) -> None:

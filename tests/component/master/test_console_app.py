@@ -45,12 +45,23 @@ def test_console_files_need_no_token_and_carry_the_headers(
         assert r.headers.get_list(name) == [value]
 
 
-def test_the_api_and_docs_keep_their_own_headers(anonymous: TestClient) -> None:
-    # /docs runs FastAPI's inline scripts: the console's policy would break it
-    for path in ("/docs", "/api/health"):
+def test_the_api_keeps_its_own_headers(anonymous: TestClient) -> None:
+    for path in ("/openapi.json", "/api/health"):
         r = anonymous.get(path)
         assert r.status_code == 200
         assert "content-security-policy" not in r.headers
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_no_swagger_or_redoc_page_shares_the_consoles_origin(
+    anonymous: TestClient, path: str
+) -> None:
+    """Was: FastAPI's /docs and /redoc pages, whose scripts came from cdn.jsdelivr.net
+    (swagger-ui-dist@5, unpinned, no integrity check), ran on the console's origin, where the
+    console keeps its token in sessionStorage: any script there could read it."""
+    r = anonymous.get(path)
+    assert r.status_code == 404
+    assert "cdn.jsdelivr.net" not in r.text
 
 
 def test_whoami_tells_the_scope(anonymous: TestClient) -> None:

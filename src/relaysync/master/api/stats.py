@@ -13,6 +13,7 @@ from fastapi import Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from relaysync._util.untrusted_text import csv_cell
 from relaysync.errors import ConfigError
 from relaysync.master.api._context import Context
 
@@ -73,12 +74,16 @@ def parse_time(value: str | None) -> float | None:
 
 
 def stats_csv(rows: list[StatOut]) -> str:
-    """The rows as CSV, one header line, columns in StatOut's order."""
+    """The rows as CSV, one header line, columns in StatOut's order.
+
+    A key (a server's, group's, region's or mapping's name) a spreadsheet would take for a
+    formula starts with `'`. Other characters stay as they are: this is a download for a
+    spreadsheet, where they are the name's, not a terminal's (the CLI makes them visible)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow("" if v is None else v for v in row.model_dump().values())
+        writer.writerow("" if v is None else csv_cell(v) for v in row.model_dump().values())
     return out.getvalue()
 
 
