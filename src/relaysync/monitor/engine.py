@@ -3,7 +3,8 @@ keeps the alert log, notifies channels once per state change, and sets servers' 
 
 Error handling: a failing probe is logged and retried next tick; a failed delivery is retried
 with backoff (monitor/notifier.py); a store failure skips the tick (the master's own store_up
-figure shows it).
+figure shows it), and an alert's firing or resolving that the store refused is made again at the
+next tick.
 Resource handling: notifications run in the service's task group, each under a timeout.
 """
 
@@ -143,6 +144,7 @@ class MonitorService:
         self.conditions = Conditions()
         self.notifier = Notifier(list_channels=store.monitoring.list_channels, alarm=self._alarm)
         self._key_server: dict[str, str] = {}
+        self._unchecked: set[str] = set()  # keys gone whose open alerts are not resolved yet
         self._pending: list[tuple[str, float, Sequence[MetricSample]]] = []
         self._tg: TaskGroup | None = None
         self._last_downsample = 0.0
@@ -198,6 +200,9 @@ class MonitorService:
         self._start_probes([p for p in probes if p.enabled])
         rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
         judged, live = self._thresholds(rules, servers, now)
+        # a probe is checked even before its first result (it runs in the background: after a
+        # restart its open alert must not resolve, then fire again, at the first ticks)
+        live.update(f"probe:{p.id}" for p in probes if p.enabled)
         up = self.links_up()
         observations = (
             self._heartbeats(servers, up, now) + self._silences(servers, up, now) + judged
@@ -228,6 +233,8 @@ class MonitorService:
         own timeout (60 s at most) and must not hold up the tick; its result is judged at the
         first tick after it ends."""
         assert self._tg is not None
+        for gone in self.probe_results.keys() - {rule.id for rule in probes}:
+            del self.probe_results[gone]  # re-enabled later, it is not judged on an old result
         for rule in probes:
             if rule.id not in self._probing:
                 self._probing.add(rule.id)
@@ -351,15 +358,23 @@ class MonitorService:
     # --- transitions ---
 
     async def _apply(self, observations: list[Observation], live: set[str], now: float) -> None:
+        """Feed each observation to its condition and write its change to the alert log. A write
+        the store refuses takes the change back and skips the rest of the tick: the next tick
+        makes it again (the condition already changed, it would never be written)."""
         for o in observations:
             self._key_server[o.key] = o.server
             transition = self.conditions.update(
                 o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=now
             )
-            if transition is Transition.FIRE:
-                await self._fire(o, now)
-            elif transition is Transition.RESOLVE:
-                await self._resolve(o, now)
+            try:
+                if transition is Transition.FIRE:
+                    await self._fire(o, now)
+                elif transition is Transition.RESOLVE:
+                    await self._resolve(o, now)
+            except StoreError:
+                # firing again, or not yet: a fire keeps its bad_since, so it is due at once
+                self.conditions.get(o.key, o.for_s).firing = transition is Transition.RESOLVE
+                raise
         await self._forget({o.key for o in observations} | live, now)
 
     async def _fire(self, o: Observation, now: float) -> None:
@@ -388,12 +403,14 @@ class MonitorService:
     async def _forget(self, keep: set[str], now: float) -> None:
         """Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
         keys whose figures are stale keep their state (heartbeat and no_data cover a silent
-        agent)."""
+        agent). A key whose resolve the store refused is resolved at a later tick."""
         self.limiter.retain(keep)
-        for key in self.conditions.prune(keep):
+        self._unchecked.update(self.conditions.prune(keep))
+        for key in sorted(self._unchecked):
             resolved = await anyio.to_thread.run_sync(
                 partial(self.store.monitoring.resolve_alert, key, now=now)
             )
+            self._unchecked.discard(key)
             if resolved is not None:
                 self.publish(
                     "alert_resolved",
