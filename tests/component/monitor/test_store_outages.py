@@ -5,9 +5,7 @@ server: an alert change the store refused is made once it can be, never lost."""
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -15,7 +13,14 @@ import anyio
 import psycopg
 import pytest
 import trustme
-from tests._monitor_receivers import SMTP_PASSWORD, SMTP_USER, Mailbox, free_port, smtp_server
+from tests._monitor_receivers import (
+    SMTP_PASSWORD,
+    SMTP_USER,
+    Mailbox,
+    free_port,
+    smtp_server,
+    tcp_service,
+)
 
 from relaysync.master.store import Store, _engine
 from relaysync.monitor.engine import MonitorService
@@ -56,29 +61,6 @@ def alerts_locked(url: str) -> Iterator[None]:
             yield
         finally:
             pg.rollback()
-
-
-@contextmanager
-def listener(port: int) -> Iterator[None]:
-    """A TCP service on `port` that is up: it accepts each connection and closes it."""
-    server = socket.create_server(("127.0.0.1", port))
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:  # closed: the service went down
-                return
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        thread.join(5)
 
 
 @contextmanager
@@ -184,7 +166,7 @@ def test_an_alert_the_store_refused_to_resolve_resolves_once_it_can(
         async def script() -> None:
             await until(lambda: states(box) == ["FIRING"], "FIRING mailed")
             with alerts_locked(store_url):
-                up.enter_context(listener(port))  # the target is back
+                up.enter_context(tcp_service(port))  # the target is back
                 await until(refused(caplog, "resolve alert"), "the store refused the resolve")
             await until(lambda: states(box) == ["FIRING", "RESOLVED"], "RESOLVED mailed")
             up.close()  # down again: a new incident
@@ -217,3 +199,48 @@ def test_a_deleted_probe_whose_resolve_the_store_refused_is_resolved_later(
         await until(lambda: open_alerts() == [], "the alert resolved")
 
     run(monitor, script)
+
+
+def rename_table(url: str, old: str, new: str) -> None:
+    """Rename a table from another connection: the store's queries of it fail (StoreError)."""
+    sql = f"ALTER TABLE {old} RENAME TO {new}"
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None) as lite:
+            lite.execute(sql)
+        lite.close()
+        return
+    with psycopg.connect(
+        url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+    ) as pg:
+        pg.execute(sql)
+
+
+def test_a_store_failure_reading_the_channels_delays_a_notice_not_the_monitor(
+    quick_store: Store, store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The old notifier read the channels in a task of the monitor's task group, outside the
+    tick's `except StoreError`: a failure ended the monitor, and with it the master. Now the
+    notice waits for the store (none read yet), or goes to the channels read last."""
+    caplog.set_level(logging.WARNING, logger="relaysync.monitor.notifier")
+    unread = "alert channels not read"
+    with mail_channel(quick_store) as box:
+        quick_store.monitoring.create_probe(
+            name="web1", kind="tcp", host="127.0.0.1", port=free_port()
+        )
+        rename_table(store_url, "alert_channels", "alert_channels_away")
+        monitor = _monitor(quick_store)
+
+        async def script() -> None:
+            await until(lambda: unread in caplog.text, "the channels could not be read")
+            rename_table(store_url, "alert_channels_away", "alert_channels")
+            await until(lambda: states(box) == ["FIRING"], "FIRING mailed once read")
+            rename_table(store_url, "alert_channels", "alert_channels_away")
+            caplog.clear()
+            quick_store.monitoring.create_probe(
+                name="web2", kind="tcp", host="127.0.0.1", port=free_port()
+            )
+            await until(lambda: states(box) == ["FIRING"] * 2, "FIRING mailed, as read last")
+            assert "sending to those read last" in caplog.text, caplog.text
+            rename_table(store_url, "alert_channels_away", "alert_channels")
+
+        run(monitor, script)
