@@ -128,3 +128,26 @@ def http_receiver() -> Iterator[tuple[list[Recorded], str]]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@contextmanager
+def tcp_service(port: int) -> Iterator[None]:
+    """A TCP service on `port` that is up: it accepts each connection and closes it."""
+    server = socket.create_server(("127.0.0.1", port))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the service went down
+                return
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(5)

@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,13 @@ from anyio.abc import TaskGroup, TaskStatus
 from relaysync._util.addresses import is_unspecified, join_address
 from relaysync._util.aio import leaf_error
 from relaysync._util.dir_lock import FileLock, lock_data_dir
+from relaysync._util.supervise import supervise
 from relaysync.auth.ca import CertificateAuthority
 from relaysync.auth.tokens import join_string, split_join_string
 from relaysync.auth.validity import REPLACE_MASTER_CERT, seconds_left, watch_expiry
 from relaysync.config.load import split_address
 from relaysync.config.schema import MasterConfig
-from relaysync.constants import MASTER_NODE_NAME
+from relaysync.constants import MASTER_NODE_NAME, TASK_RETRY_MAX_S, TASK_RETRY_MIN_S
 from relaysync.errors import CannotListen
 from relaysync.master import api_tls, control_port
 from relaysync.master.app import create_app
@@ -259,7 +261,16 @@ class MasterService:
         """Start every part in `tg`, the API server last; `stopping` ends the links and job log."""
         control = parts.control
         self.purge_address = await tg.start(parts.purging.serve)
-        await tg.start(parts.monitor.serve)
+        # a monitor failing after its start (a bug) is restarted with backoff, the master runs on
+        await tg.start(
+            partial(
+                supervise,
+                parts.monitor.serve,
+                name="monitor",
+                min_delay_s=TASK_RETRY_MIN_S,
+                max_delay_s=TASK_RETRY_MAX_S,
+            )
+        )
         # failure state rebuilt from the store before agents connect
         await tg.start(parts.router.serve)
         port = await _start_links(tg, parts, stopping)

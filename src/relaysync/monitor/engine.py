@@ -3,7 +3,8 @@ keeps the alert log, notifies channels once per state change, and sets servers' 
 
 Error handling: a failing probe is logged and retried next tick; a failed delivery is retried
 with backoff (monitor/notifier.py); a store failure skips the tick (the master's own store_up
-figure shows it).
+figure shows it), and an alert's firing or resolving that the store refused is made again at the
+next tick.
 Resource handling: notifications run in the service's task group, each under a timeout; so does
 retention (downsampling), in a worker thread, stopped between its batches on cancellation.
 """
@@ -22,11 +23,9 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from relaysync.constants import HEARTBEAT_GRACE_S, METRICS_INTERVAL_S
 from relaysync.errors import StoreError
-from relaysync.monitor.alerts import Notice
 from relaysync.monitor.flapping import (
     NOTICE_SETTLE_S,
     NOTICE_WINDOW_S,
-    NOTICES_PER_WINDOW,
     NoticeLimiter,
 )
 from relaysync.monitor.notifier import Notifier
@@ -34,12 +33,12 @@ from relaysync.monitor.observations import Observation, ReportClock
 from relaysync.monitor.probes import ProbeResult, run_probe
 from relaysync.monitor.thresholds import (
     Conditions,
-    Transition,
     applies_to,
     breached,
     cleared,
     value_for,
 )
+from relaysync.monitor.transitions import AlertTransitions
 from relaysync.monitor.types import MASTER_SERVER, AlertInfo, ChannelInfo, ProbeRule, ThresholdRule
 from relaysync.protocol.messages import MetricSample, MetricsReport
 
@@ -113,7 +112,7 @@ class FleetStore(Protocol):
 Publish = Callable[[str, dict[str, Any]], object]  # (event type value, data) onto the event bus
 
 
-class MonitorService:
+class MonitorService(AlertTransitions):
     """Runs until cancelled; `on_metrics` is fed by the control server."""
 
     def __init__(
@@ -153,6 +152,7 @@ class MonitorService:
         self.conditions = Conditions()
         self.notifier = Notifier(list_channels=store.monitoring.list_channels, alarm=self._alarm)
         self._key_server: dict[str, str] = {}
+        self._unchecked: set[str] = set()  # keys gone whose open alerts are not resolved yet
         self._pending: list[tuple[str, float, Sequence[MetricSample]]] = []
         self._tg: TaskGroup | None = None
         self._last_downsample, self._downsampling = 0.0, False  # a run goes on in the background
@@ -210,6 +210,9 @@ class MonitorService:
         self._start_probes([p for p in probes if p.enabled])
         rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
         judged, live = self._thresholds(rules, servers, mono)
+        # a probe is checked even before its first result (it runs in the background: after a
+        # restart its open alert must not resolve, then fire again, at the first ticks)
+        live.update(f"probe:{p.id}" for p in probes if p.enabled)
         up = self.links_up()
         observations = (
             self._heartbeats(servers, up, now) + self._silences(servers, up, mono) + judged
@@ -258,6 +261,8 @@ class MonitorService:
         own timeout (60 s at most) and must not hold up the tick; its result is judged at the
         first tick after it ends."""
         assert self._tg is not None
+        for gone in self.probe_results.keys() - {rule.id for rule in probes}:
+            del self.probe_results[gone]  # re-enabled later, it is not judged on an old result
         for rule in probes:
             if rule.id not in self._probing:
                 self._probing.add(rule.id)
@@ -377,108 +382,6 @@ class MonitorService:
                 )
             )
         return out
-
-    # --- transitions ---
-
-    async def _apply(
-        self, observations: list[Observation], live: set[str], now: float, mono: float
-    ) -> None:
-        for o in observations:
-            self._key_server[o.key] = o.server
-            transition = self.conditions.update(
-                o.key, for_s=o.for_s, bad=o.bad, clear=o.clear, now=mono
-            )
-            if transition is Transition.FIRE:
-                await self._fire(o, now)
-            elif transition is Transition.RESOLVE:
-                await self._resolve(o, now)
-        await self._forget({o.key for o in observations} | live, now)
-
-    async def _fire(self, o: Observation, now: float) -> None:
-        alert, new = await anyio.to_thread.run_sync(
-            partial(
-                self.store.monitoring.fire_alert,
-                key=o.key,
-                server=o.server,
-                kind=o.kind,
-                subject=o.subject,
-                value=o.value,
-                message=o.message,
-                now=now,
-            )
-        )
-        if new:
-            self._announce(alert, "firing", o, now)
-
-    async def _resolve(self, o: Observation, now: float) -> None:
-        resolved = await anyio.to_thread.run_sync(
-            partial(self.store.monitoring.resolve_alert, o.key, now=now, value=o.value, note=o.note)
-        )
-        if resolved is not None:
-            self._announce(resolved, "resolved", o, now)
-
-    async def _forget(self, keep: set[str], now: float) -> None:
-        """Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
-        keys whose figures are stale keep their state (heartbeat and no_data cover a silent
-        agent)."""
-        self.limiter.retain(keep)
-        for key in self.conditions.prune(keep):
-            resolved = await anyio.to_thread.run_sync(
-                partial(self.store.monitoring.resolve_alert, key, now=now)
-            )
-            if resolved is not None:
-                self.publish(
-                    "alert_resolved",
-                    {
-                        "alert_id": resolved.id,
-                        "server": resolved.server,
-                        "subject": resolved.subject,
-                        "reason": "no longer checked",
-                    },
-                )
-
-    def _announce(self, alert: AlertInfo, state: str, o: Observation, now: float) -> None:
-        notice = Notice(
-            alert_id=alert.id,
-            server=alert.server,
-            metric=alert.subject,
-            value=o.value,
-            state=state,
-            message=alert.message,
-            at=now,
-        )
-        self.publish(
-            "alert_" + state,
-            {
-                "alert_id": alert.id,
-                "server": alert.server,
-                "kind": alert.kind,
-                "subject": alert.subject,
-                "value": o.value,
-                "message": alert.message,
-            },
-        )
-        self._notify(alert.key, notice, o.rule_since, now)
-
-    def _notify(self, key: str, notice: Notice, rule_since: float, now: float) -> None:
-        """Send the notice unless its key used up its notices for now (flapping)."""
-        admitted = self.limiter.admit(key, notice, now, rule_since=rule_since)
-        if admitted is None:
-            logger.info(
-                "alert %s (%s) held back: flapping, %s notices per %g s at most; sent if"
-                " unchanged for %g s",
-                notice.alert_id,
-                notice.state,
-                NOTICES_PER_WINDOW,
-                self.limiter.window_s,
-                self.limiter.settle_s,
-            )
-            return
-        assert self._tg is not None
-        self.notifier.start(self._tg, admitted)
-
-    def _alarm(self, notice: Notice) -> None:
-        self.publish("alarm", notice.to_json())
 
     # --- health ---
 

@@ -90,6 +90,37 @@ def test_a_hanging_probe_does_not_hold_up_the_other_checks(
     assert len(started) == 1, [r.getMessage() for r in caplog.records]
 
 
+def test_a_restart_keeps_the_open_alert_of_a_probe_still_down(store: Store) -> None:
+    """The master restarts while a probe's target is down: its open alert stays open. The old
+    monitor had no result of the probe at its first tick (probes run in the background), took
+    its key for one no longer checked, resolved the alert, then fired a new one (a second
+    FIRING notice) once the result came."""
+    with blackhole() as port:
+        probe = store.monitoring.create_probe(
+            name="dropped", kind="tcp", host="127.0.0.1", port=port, timeout_s=1.0
+        )
+        assert _run_until(_monitor(store), lambda: bool(store.monitoring.list_alerts()))
+        events: list[str] = []
+        restarted = MonitorService(  # the target still down
+            store=store,
+            publish=lambda kind, data: events.append(kind),
+            links_up=set,
+            self_figures=list,
+            interval_s=INTERVAL_S,
+        )
+        judged_at: list[int] = []  # the tick at which the probe's first result was there
+
+        def judged_twice() -> bool:
+            if probe.id in restarted.probe_results and not judged_at:
+                judged_at.append(restarted.ticks)
+            return bool(judged_at) and restarted.ticks >= judged_at[0] + 2
+
+        assert _run_until(restarted, judged_twice)
+    alerts = store.monitoring.list_alerts()
+    assert [(a.key, a.state) for a in alerts] == [(f"probe:{probe.id}", "firing")], alerts
+    assert events == [], events
+
+
 REPORT_S = 0.5  # the agents' report interval the master expects, for these tests
 
 

@@ -19,9 +19,11 @@ from tests._monitor_receivers import (
     free_port,
     http_receiver,
     smtp_server,
+    tcp_service,
 )
 
 from relaysync.master.store import Store
+from relaysync.monitor import notifier
 from relaysync.monitor.engine import MonitorService
 
 INTERVAL_S = 0.1
@@ -157,3 +159,51 @@ def test_an_email_is_delivered_once_the_smtp_server_is_back(
             between=start_smtp,
         )
     assert "FIRING" in boxes[0].messages[0]["data"]
+
+
+def test_notices_of_an_alert_arrive_in_order_after_an_smtp_outage(
+    store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SMTP down while an alert fires and resolves: once it is back the FIRING arrives before
+    the RESOLVED. Each notice used to retry on its own backoff, so the RESOLVED (failed fewer
+    times, so retried sooner) arrived first and the mailbox ended on FIRING for an alert over."""
+    monkeypatch.setattr(notifier, "NOTIFY_RETRY_FIRST_S", 0.05)  # the backoff, 20 times faster
+    monkeypatch.setattr(notifier, "NOTIFY_RETRY_MAX_S", 3.0)
+    ca, smtp_port, target = trustme.CA(), free_port(), free_port()
+    store.monitoring.create_channel(
+        name="mail",
+        kind="email",
+        config={
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "username": SMTP_USER,
+            "password": SMTP_PASSWORD,
+            "sender": "relaysync@example.test",
+            "recipients": ["ops@example.test"],
+            "ca_pem": ca.cert_pem.bytes().decode(),
+        },
+    )
+    store.monitoring.create_probe(name="web", kind="tcp", host="127.0.0.1", port=target)
+    caplog.set_level(logging.WARNING, logger="relaysync.monitor.notifier")
+    boxes: list[Mailbox] = []
+    with ExitStack() as stack:
+
+        def failed_five_times() -> bool:  # the FIRING's next try is 1.6 s away
+            return sum("via mail failed" in r.getMessage() for r in caplog.records) >= 5
+
+        def resolved() -> bool:
+            return [a.state for a in store.monitoring.list_alerts()] == ["resolved"]
+
+        def smtp_back() -> bool:
+            if resolved() and not boxes:
+                boxes.append(stack.enter_context(smtp_server(ca, port=smtp_port))[0])
+            return bool(boxes) and len(boxes[0].messages) == 2
+
+        assert _run_until(
+            _monitor(store),
+            smtp_back,
+            first=failed_five_times,
+            between=lambda: stack.enter_context(tcp_service(target)),  # the target is back
+        )
+    got = [m["data"] for m in boxes[0].messages]
+    assert ["FIRING" in got[0], "RESOLVED" in got[1]] == [True, True], got
