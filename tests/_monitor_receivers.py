@@ -20,6 +20,21 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 SMTP_USER, SMTP_PASSWORD = "alerts", "s3cret-pass"
 
 
+def email_config(ca: trustme.CA, port: int, **extra: object) -> dict[str, object]:
+    """An e-mail channel's settings for `smtp_server(ca, port)` (STARTTLS, the test login)."""
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "starttls": True,
+        "username": SMTP_USER,
+        "password": SMTP_PASSWORD,
+        "sender": "relaysync@example.test",
+        "recipients": ["ops@example.test"],
+        "ca_pem": ca.cert_pem.bytes().decode(),
+        **extra,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

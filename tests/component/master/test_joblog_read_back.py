@@ -37,6 +37,22 @@ async def _until(condition: Callable[[], object], what: str) -> None:
             await anyio.sleep(0.01)
 
 
+def _spooling_writer(store: Store, tmp_path: Path, barriers: list[Waiters]) -> JobLogWriter:
+    """A job-log writer that spools past one queued record, told to a purger whose barrier
+    for each batch read back (added to `barriers`) is done once the test marks it queued."""
+
+    def barrier() -> PurgeHold:
+        hold, waiters = PurgeHold(), Waiters()
+        waiters.add(hold)
+        hold.seal()
+        barriers.append(waiters)
+        return hold
+
+    writer = JobLogWriter(store, EventBus(), spool_dir=tmp_path / "spool", max_queued_records=1)
+    writer.subscribe(lambda _report: None, barrier=barrier)
+    return writer
+
+
 def test_the_spool_is_released_batch_by_batch_as_their_purges_are_queued(
     store: Store, mapping_id: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -46,16 +62,8 @@ def test_the_spool_is_released_batch_by_batch_as_their_purges_are_queued(
     outage.down = True
     barriers: list[Waiters] = []  # one per batch read back: the purger's, not yet queued
 
-    def barrier() -> PurgeHold:
-        hold, waiters = PurgeHold(), Waiters()
-        waiters.add(hold)
-        hold.seal()
-        barriers.append(waiters)
-        return hold
-
     async def main() -> None:
-        writer = JobLogWriter(store, EventBus(), spool_dir=tmp_path / "spool", max_queued_records=1)
-        writer.subscribe(lambda _report: None, barrier=barrier)
+        writer = _spooling_writer(store, tmp_path, barriers)
         flushes = [0]
         real_flush_queue = writer._flush_queue
 
@@ -99,18 +107,10 @@ def test_an_outage_longer_than_the_wait_keeps_the_batch_until_its_purges_are_que
     monkeypatch.setattr(joblog, "JOB_LOG_FLUSH_INTERVAL_S", 0.05)
     outage = Outage(store, monkeypatch)
     outage.down = True
-    barriers: list[Waiters] = []
-
-    def barrier() -> PurgeHold:  # the purger's queue writes fail too while the store is down
-        hold, waiters = PurgeHold(), Waiters()
-        waiters.add(hold)
-        hold.seal()
-        barriers.append(waiters)
-        return hold
+    barriers: list[Waiters] = []  # the purger's queue writes fail too while the store is down
 
     async def main() -> None:
-        writer = JobLogWriter(store, EventBus(), spool_dir=tmp_path / "spool", max_queued_records=1)
-        writer.subscribe(lambda _report: None, barrier=barrier)
+        writer = _spooling_writer(store, tmp_path, barriers)
         writer._read_back.wait_s = 0.2
         async with anyio.create_task_group() as tg:
             await tg.start(writer.serve)

@@ -7,7 +7,12 @@ import json
 import anyio
 import pytest
 import trustme
-from tests._monitor_receivers import SMTP_PASSWORD, SMTP_USER, free_port, http_receiver, smtp_server
+from tests._monitor_receivers import (
+    email_config,
+    free_port,
+    http_receiver,
+    smtp_server,
+)
 
 from relaysync.errors import AlertDeliveryFailed, ConfigError
 from relaysync.monitor.alerts import Notice, build_channel
@@ -28,23 +33,9 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def _email_config(ca: trustme.CA, port: int, **extra: object) -> dict[str, object]:
-    return {
-        "host": "127.0.0.1",
-        "port": port,
-        "starttls": True,
-        "username": SMTP_USER,
-        "password": SMTP_PASSWORD,
-        "sender": "relaysync@example.test",
-        "recipients": ["ops@example.test"],
-        "ca_pem": ca.cert_pem.bytes().decode(),
-        **extra,
-    }
-
-
 def test_email_over_starttls_with_login(ca: trustme.CA) -> None:
     with smtp_server(ca) as (box, port):
-        channel = build_channel("email", _email_config(ca, port))
+        channel = build_channel("email", email_config(ca, port))
         anyio.run(channel.send, NOTICE)
     [message] = box.messages
     assert message["to"] == ["ops@example.test"]
@@ -56,7 +47,7 @@ def test_email_over_starttls_with_login(ca: trustme.CA) -> None:
 def test_email_refuses_an_untrusted_certificate(ca: trustme.CA) -> None:
     other = trustme.CA()
     with smtp_server(ca) as (box, port):
-        channel = build_channel("email", _email_config(other, port))
+        channel = build_channel("email", email_config(other, port))
         with pytest.raises(AlertDeliveryFailed, match="could not deliver"):
             anyio.run(channel.send, NOTICE)
     assert box.messages == []
@@ -64,7 +55,7 @@ def test_email_refuses_an_untrusted_certificate(ca: trustme.CA) -> None:
 
 def test_email_wrong_password_fails(ca: trustme.CA) -> None:
     with smtp_server(ca) as (box, port):
-        channel = build_channel("email", _email_config(ca, port, password="wrong"))
+        channel = build_channel("email", email_config(ca, port, password="wrong"))
         with pytest.raises(AlertDeliveryFailed):
             anyio.run(channel.send, NOTICE)
     assert box.messages == []

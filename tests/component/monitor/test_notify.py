@@ -12,10 +12,9 @@ import anyio
 import pytest
 import trustme
 from tests._monitor_receivers import (
-    SMTP_PASSWORD,
-    SMTP_USER,
     Mailbox,
     Recorded,
+    email_config,
     free_port,
     http_receiver,
     smtp_server,
@@ -30,13 +29,16 @@ INTERVAL_S = 0.1
 WAIT_S = 30.0  # generous: a notice is due within a few ticks, or retries, of the alert
 
 
-def _monitor(store: Store) -> MonitorService:
+def _monitor(store: Store, **options: float) -> MonitorService:
+    """A monitor of no agent (its probes and the master's own figures), ticking every
+    INTERVAL_S."""
     return MonitorService(
         store=store,
         publish=lambda kind, data: None,
         links_up=set,
         self_figures=list,
         interval_s=INTERVAL_S,
+        **options,
     )
 
 
@@ -130,15 +132,7 @@ def test_an_email_is_delivered_once_the_smtp_server_is_back(
     store.monitoring.create_channel(
         name="mail",
         kind="email",
-        config={
-            "host": "127.0.0.1",
-            "port": port,
-            "username": SMTP_USER,
-            "password": SMTP_PASSWORD,
-            "sender": "relaysync@example.test",
-            "recipients": ["ops@example.test"],
-            "ca_pem": ca.cert_pem.bytes().decode(),
-        },
+        config=email_config(ca, port),
     )
     _closed_port_probe(store)
     boxes: list[Mailbox] = []
@@ -173,15 +167,7 @@ def test_notices_of_an_alert_arrive_in_order_after_an_smtp_outage(
     store.monitoring.create_channel(
         name="mail",
         kind="email",
-        config={
-            "host": "127.0.0.1",
-            "port": smtp_port,
-            "username": SMTP_USER,
-            "password": SMTP_PASSWORD,
-            "sender": "relaysync@example.test",
-            "recipients": ["ops@example.test"],
-            "ca_pem": ca.cert_pem.bytes().decode(),
-        },
+        config=email_config(ca, smtp_port),
     )
     store.monitoring.create_probe(name="web", kind="tcp", host="127.0.0.1", port=target)
     caplog.set_level(logging.WARNING, logger="relaysync.monitor.notifier")

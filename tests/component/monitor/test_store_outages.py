@@ -14,18 +14,18 @@ import psycopg
 import pytest
 import trustme
 from tests._monitor_receivers import (
-    SMTP_PASSWORD,
-    SMTP_USER,
     Mailbox,
+    email_config,
     free_port,
     smtp_server,
     tcp_service,
 )
+from tests._store_locks import table_locked
+from tests.component.monitor.test_notify import _monitor as notify_monitor
 
 from relaysync.master.store import Store, _engine
 from relaysync.monitor.engine import MonitorService
 
-INTERVAL_S = 0.1
 LOCK_TIMEOUT_MS = 300  # a write behind the lock fails this soon (10 s in production)
 WAIT_S = 30.0  # generous: each step is due within a few ticks
 
@@ -43,27 +43,6 @@ def quick_store(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sto
 
 
 @contextmanager
-def alerts_locked(url: str) -> Iterator[None]:
-    """Another connection holds the alert log locked for writes (SQLite: the whole database),
-    as a long transaction elsewhere in the master would; reads go on."""
-    if url.startswith("sqlite"):
-        lite = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        lite.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            lite.execute("ROLLBACK")
-            lite.close()
-        return
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as pg:
-        pg.execute("LOCK TABLE alerts IN EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            pg.rollback()
-
-
-@contextmanager
 def mail_channel(store: Store) -> Iterator[Mailbox]:
     """A real SMTP server (STARTTLS, AUTH) and an e-mail channel sending to it."""
     ca = trustme.CA()
@@ -71,15 +50,7 @@ def mail_channel(store: Store) -> Iterator[Mailbox]:
         store.monitoring.create_channel(
             name="mail",
             kind="email",
-            config={
-                "host": "127.0.0.1",
-                "port": port,
-                "username": SMTP_USER,
-                "password": SMTP_PASSWORD,
-                "sender": "relaysync@example.test",
-                "recipients": ["ops@example.test"],
-                "ca_pem": ca.cert_pem.bytes().decode(),
-            },
+            config=email_config(ca, port),
         )
         yield box
 
@@ -119,14 +90,8 @@ def refused(caplog: pytest.LogCaptureFixture, operation: str) -> Callable[[], bo
 
 
 def _monitor(store: Store) -> MonitorService:
-    return MonitorService(
-        store=store,
-        publish=lambda kind, data: None,
-        links_up=set,
-        self_figures=list,
-        interval_s=INTERVAL_S,
-        notice_window_s=1.0,  # a third notice of a key within the window waits 0.2 s, not 2 min
-    )
+    # a third notice of a key within the window waits 0.2 s, not 2 min
+    return notify_monitor(store, notice_window_s=1.0)
 
 
 def test_an_alert_the_store_refused_to_fire_fires_once_it_can(
@@ -139,7 +104,7 @@ def test_an_alert_the_store_refused_to_fire_fires_once_it_can(
         probe = quick_store.monitoring.create_probe(
             name="web", kind="tcp", host="127.0.0.1", port=free_port()
         )
-        lock.enter_context(alerts_locked(store_url))
+        lock.enter_context(table_locked(store_url, "alerts"))
         monitor = _monitor(quick_store)
 
         async def script() -> None:
@@ -165,7 +130,7 @@ def test_an_alert_the_store_refused_to_resolve_resolves_once_it_can(
 
         async def script() -> None:
             await until(lambda: states(box) == ["FIRING"], "FIRING mailed")
-            with alerts_locked(store_url):
+            with table_locked(store_url, "alerts"):
                 up.enter_context(tcp_service(port))  # the target is back
                 await until(refused(caplog, "resolve alert"), "the store refused the resolve")
             await until(lambda: states(box) == ["FIRING", "RESOLVED"], "RESOLVED mailed")
@@ -194,7 +159,7 @@ def test_a_deleted_probe_whose_resolve_the_store_refused_is_resolved_later(
     async def script() -> None:
         await until(lambda: open_alerts() == [f"probe:{probe.id}"], "the probe's alert fired")
         quick_store.monitoring.delete_probe(probe.id)  # no await: no tick in between
-        with alerts_locked(store_url):
+        with table_locked(store_url, "alerts"):
             await until(refused(caplog, "resolve alert"), "the store refused the resolve")
         await until(lambda: open_alerts() == [], "the alert resolved")
 

@@ -14,10 +14,9 @@ import trustme
 
 from relaysync.testing.cluster import Cluster, wait_until
 from tests._monitor_receivers import (
-    SMTP_PASSWORD,
-    SMTP_USER,
     Mailbox,
     Recorded,
+    email_config,
     free_port,
     http_receiver,
     smtp_server,
@@ -107,16 +106,7 @@ def _channels(cluster: Cluster, url: str, smtp_port: int, ca: trustme.CA) -> Non
         {
             "name": "mail",
             "kind": "email",
-            "config": {
-                "host": "127.0.0.1",
-                "port": smtp_port,
-                "starttls": True,
-                "username": SMTP_USER,
-                "password": SMTP_PASSWORD,
-                "sender": "relaysync@example.test",
-                "recipients": ["ops@example.test"],
-                "ca_pem": ca.cert_pem.bytes().decode(),
-            },
+            "config": email_config(ca, smtp_port),
         },
         {"name": "console", "kind": "console", "config": {}},
     ]

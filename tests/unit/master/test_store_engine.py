@@ -12,20 +12,17 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
 from relaysync.errors import ConfigError, StoreError
 from relaysync.master.store import Store, _engine
 from relaysync.master.store._engine import make_engine, store_unavailable
+from tests._store_locks import table_locked
 
 FULL = 2  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
 LOCK_TIMEOUT_MS = 300
@@ -55,7 +52,7 @@ def test_a_write_behind_a_lock_fails_in_bounded_time(
     outcome: list[BaseException | None] = []
     worker = threading.Thread(target=lambda: _write(store, outcome), daemon=True)
     try:
-        with _table_locked(store_url, "config_epoch"):
+        with table_locked(store_url, "config_epoch"):
             started = time.monotonic()
             worker.start()
             worker.join(GIVE_UP_S)
@@ -76,26 +73,6 @@ def _write(store: Store, outcome: list[BaseException | None]) -> None:
         outcome.append(None)
     except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
         outcome.append(exc)
-
-
-@contextmanager
-def _table_locked(url: str, table: str) -> Iterator[None]:
-    """Another connection holds `table` locked for writes (SQLite: the database's write lock)."""
-    if url.startswith("sqlite"):
-        lite = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        lite.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            lite.execute("ROLLBACK")
-            lite.close()
-        return
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as pg:
-        pg.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            pg.rollback()
 
 
 def test_the_urls_own_postgresql_settings_win() -> None:

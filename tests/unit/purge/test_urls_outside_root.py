@@ -5,27 +5,17 @@ records first (master/report_paths.py); the URL map refuses them too."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from relaysync.master.report_paths import with_safe_paths
 from relaysync.protocol.messages import CommitRecord, CommitReport
 from relaysync.protocol.path_shape import path_fault
 from relaysync.purge import urls as urlmap
-from relaysync.purge.site import SiteSpec
+from tests.unit.purge.test_urls import SITE as URLS_SITE
 
-SITE = SiteSpec(
-    id=1,
-    name="s",
-    provider="p",
-    mapping_id=1,
-    root="docs",
-    base_urls=("http://h",),
-    aliases=(),
-    path_prefix="/",
-    index_files=("index.html",),
-    caches=(),
-    origins=(),
-)
+SITE = dataclasses.replace(URLS_SITE, root="docs", aliases=(), path_prefix="/")
 OUTSIDE = ("docs/../shop/x.html", "docs/..", "docs/./x", "docs//x", "docs/x/", "/docs/x", "d\x00x")
 
 
