@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from relaysync._util.memory import freeze_startup_heap, reuse_large_buffers
+from relaysync._util.untrusted_text import visible
 from relaysync.cli._shown import cell_lines
 from relaysync.errors import ConfigError, RelaySyncError
 
@@ -36,17 +37,27 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+class _VisibleFormatter(logging.Formatter):
+    """A log line whose message (file names, names and errors from the fleet) holds no control
+    character or bidirectional control as itself (`_util/untrusted_text.visible`): a file name
+    with ESC sequences rewrote the operator's terminal, one with a newline forged a log line.
+    A traceback below it keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return visible(super().formatMessage(record))
+
+
 def setup_logging(*, json_logs: bool, level: str = "INFO") -> None:
     handler: logging.Handler
-    if json_logs:
+    if json_logs:  # JSON escapes every control character itself
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_JsonFormatter())
     elif sys.stderr.isatty():
         handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_VisibleFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

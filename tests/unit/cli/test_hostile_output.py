@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -167,3 +169,25 @@ def test_the_masters_csv_is_reprinted_with_visible_escapes() -> None:
         [visible(HOSTILE), "-3.5"],  # a number stays one
         ["'=1", "2"],  # an older master's formula, neutralised here
     ]
+
+
+def test_a_service_logs_a_hostile_name_as_visible_escapes_and_keeps_its_traceback() -> None:
+    """`relaysync master|agent` log lines quote file names: one with ESC sequences reached the
+    operator's terminal (or journal) raw, one with a newline forged a log line."""
+    code = (
+        "import logging\n"
+        "from relaysync.cli._run import setup_logging\n"
+        "setup_logging(json_logs=False)\n"
+        "log = logging.getLogger('relaysync.test')\n"
+        "log.warning('cannot read %s', 'a\\x1b]0;PWNED\\x07\\nFAKE ERROR line\\u202e.txt')\n"
+        "try:\n"
+        "    raise ValueError('boom')\n"
+        "except ValueError:\n"
+        "    log.exception('failed')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=60)
+    err = done.stderr.decode()
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "a\\x1b]0;PWNED\\x07\\x0aFAKE ERROR line\\u202e.txt" in err
+    assert not any(line.startswith("FAKE") for line in err.splitlines())
+    assert "Traceback (most recent call last):\n" in err  # a traceback keeps its lines
