@@ -282,3 +282,27 @@ def test_files_an_exclude_no_longer_hides_go_when_the_source_has_none(fleet: Fle
     r = fleet.cluster.api.patch(f"/api/mappings/{mapping['id']}", json={"exclude": []})
     assert r.status_code == 200, r.text
     fleet.wait_converged(src, dsts)
+
+
+def test_a_deleted_mappings_state_is_marked_gone_on_its_agents(fleet: Fleet) -> None:
+    """Found in review: a deleted mapping's journal and manifests stayed on its agents for good
+    (ids are never reused). Marked gone at the assignment without it, the state is removed a
+    week on (agent/state_sweep.py); the target's files stay."""
+    from relaysync.agent.state_sweep import GONE_MARK
+    from relaysync.testing.cluster import wait_until
+
+    mapping, src, dsts = fleet.new_mapping()
+    (src / "kept.txt").write_text("kept")
+    fleet.wait_converged(src, dsts)
+    agents = fleet.cluster.agents
+    states = [agents["src"].data_dir / "sources" / str(mapping["id"])] + [
+        agents[t].data_dir / "targets" / str(mapping["id"]) for t in ("t1", "t2")
+    ]
+    assert all(s.is_dir() and not (s / GONE_MARK).exists() for s in states)
+    assert fleet.cluster.api.delete(f"/api/mappings/{mapping['id']}").status_code == 204
+    wait_until(
+        lambda: all((s / GONE_MARK).exists() for s in states),
+        timeout_s=30,
+        what="the deleted mapping's state marked gone on its three agents",
+    )
+    assert all((d / "kept.txt").read_text() == "kept" for d in dsts)

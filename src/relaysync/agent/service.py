@@ -12,6 +12,7 @@ agent resumes its work at once after a restart, even while the master is down.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -70,6 +71,7 @@ from .outbox import ReportOutbox, sync_and_close
 from .peer_server import PeerServer
 from .report_queue import MAX_QUEUED_REPORT_BYTES
 from .source import SourceMapping
+from .state_sweep import sweep_states
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +283,8 @@ class AgentService(SourceRole, TargetRole):
             }
             await self._apply_targets(wanted_targets)
             await self._apply_sources(wanted_sources)
+            assigned = {m.mapping_id for m in assignment.mappings}
+            await anyio.to_thread.run_sync(sweep_states, self.data_dir, assigned, time.time())
             self.epoch = assignment.epoch
             logger.info(
                 "running assignment epoch %s: %s source, %s target folders",
