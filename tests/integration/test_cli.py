@@ -327,6 +327,9 @@ HOSTILE_MAPPING = "+evil\x1b]0;MAPPING-TITLE\x07\u202e"
 RAW_CONTROLS = ("\x1b", "\x07", "\u202e")
 
 
+WIDE = {"COLUMNS": "400"}  # CI's piped width is 80: the status table cut the mapping's name
+
+
 def test_hostile_names_reach_the_operators_terminal_as_visible_escapes(fleet: Fleet) -> None:
     """Was: `log`, `status`, `mapping list`, `stats` and `log --csv` wrote a file's or a
     mapping's ESC sequences and bidirectional overrides to the operator's terminal as they came,
@@ -354,12 +357,12 @@ def test_hostile_names_reach_the_operators_terminal_as_visible_escapes(fleet: Fl
         ("log", "--mapping", mid, "--csv"),
         ("stats", "--by", "mapping", "--csv"),
     ):
-        result = cli(fleet, *args)
+        result = cli(fleet, *args, env=WIDE)  # no cell cut short: each name shows whole
         assert result.returncode == 0, result.stderr
         for raw in RAW_CONTROLS:
             assert raw not in result.stdout, f"{args}: {raw!r} reached the terminal"
         assert "\\x1b]0;" in result.stdout, args  # shown, as an escape
-    table = cli(fleet, "log", "--mapping", mid).stdout
+    table = cli(fleet, "log", "--mapping", mid, env=WIDE).stdout
     assert "rtl\\u202etxt.exe" in table and "new\\x0aline.txt" in table  # one row each
 
     header, *rows = csv_rows(cli(fleet, "log", "--mapping", mid, "--csv").stdout)
