@@ -71,7 +71,7 @@ from .outbox import ReportOutbox, sync_and_close
 from .peer_server import PeerServer
 from .report_queue import MAX_QUEUED_REPORT_BYTES
 from .source import SourceMapping
-from .state_sweep import sweep_states
+from .state_sweep import states_kept, sweep_states
 
 logger = logging.getLogger(__name__)
 
@@ -283,8 +283,9 @@ class AgentService(SourceRole, TargetRole):
             }
             await self._apply_targets(wanted_targets)
             await self._apply_sources(wanted_sources)
-            assigned = {m.mapping_id for m in assignment.mappings}
-            await anyio.to_thread.run_sync(sweep_states, self.data_dir, assigned, time.time())
+            await anyio.to_thread.run_sync(
+                sweep_states, self.data_dir, states_kept(assignment, self.node_id), time.time()
+            )
             self.epoch = assignment.epoch
             logger.info(
                 "running assignment epoch %s: %s source, %s target folders",

@@ -256,6 +256,7 @@ class Router(RouterClock):
     def apply(self, assignment: Assignment, node_id: str) -> Assignment:
         """Route every mapping of one node's assignment; drop those it no longer takes part in."""
         specs, peers = [], {p.node_id: p for p in assignment.peers}
+        parked: list[int] = []
         for spec in assignment.mappings:
             routed = self.routes_for(spec)
             hop_nodes = {n for h in routed.routes for n in (h.parent, h.child)}
@@ -264,7 +265,8 @@ class Router(RouterClock):
                 and node_id not in hop_nodes
                 and all(t.node_id != node_id for t in routed.targets)
             ):
-                continue  # a failed target: out of the mapping until it recovers
+                parked.append(spec.mapping_id)  # a failed target: out of it until it recovers
+                continue
             specs.append(routed)
             for n in hop_nodes - peers.keys() - {node_id}:
                 server = self._servers.get(n)
@@ -274,6 +276,7 @@ class Router(RouterClock):
             epoch=assignment.epoch,
             mappings=tuple(specs),
             peers=tuple(sorted(peers.values(), key=lambda p: p.node_id)),
+            parked=(*assignment.parked, *parked),
         )
 
     def _plan(self, spec: MappingSpec) -> _Cached:

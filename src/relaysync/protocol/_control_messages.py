@@ -151,11 +151,15 @@ class Assignment(Message, frozen=True, tag="assignment"):
     epoch: UInt63
     mappings: tuple[MappingSpec, ...]
     peers: tuple[PeerInfo, ...]
+    # Mappings this node is a failed target of (out of them until it recovers: master/router.py):
+    # the agent keeps their state (agent/state_sweep.py). An older master sends none.
+    parked: tuple[UInt63, ...] = ()
 
     def decoded_items(self) -> int:
         return (
             len(self.mappings)
             + len(self.peers)
+            + len(self.parked)
             + sum(
                 len(m.targets) + len(m.routes) + len(m.include) + len(m.exclude)
                 for m in self.mappings

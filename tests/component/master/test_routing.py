@@ -342,6 +342,7 @@ def test_node_down_is_routed_around_then_failed_and_dropped(env: Env) -> None:
     assert nid(relay) not in env.targets_sent()  # the source stops keeping its journal for it
     own: Assignment = env.router.apply(env.store.assignment_for(nid(relay)), nid(relay))
     assert own.mappings == ()
+    assert own.parked == (env.mapping_id,)  # its agent keeps the mapping's state for recovery
     # durable: a restarted master leaves it out too
     fresh = Router(env.store, EventBus(), clock=env.clock)
     spec = fresh.routes_for(env.store.get_mapping(env.mapping_id).to_spec())
