@@ -81,12 +81,17 @@ class TargetRole(AgentRole):
         # hold the old one). So do new filters: a file it holds that they no longer exclude
         # is scanned into its manifest, and the next comparison removes it if the source has
         # none (kept, it stayed until the agent restarted).
-        if (
+        same_place = (
             existing is not None
             and existing.root == Path(path)
             and existing.source_node == spec.source_node
             and existing.policy == self._policy(spec)
-            and existing.filters == _filters(spec)
+        )
+        # (an N:M member's manifest holds its own source's versions only: it is not rescanned)
+        if (
+            existing is not None
+            and same_place
+            and (existing.filters == _filters(spec) or spec.conflict)
         ):
             existing.durable = spec.durability == "safe"
             existing.keep_versions = _versions_here(spec, self.node_id)
@@ -103,8 +108,8 @@ class TargetRole(AgentRole):
                 await self._server.restart_session(mapping_id, "this link's secret changed")
             await self._apply_relay(spec, existing)
             return
-        if existing is not None:
-            await self._retire_target(mapping_id)
+        if existing is not None:  # new filters alone: the reopened folder resumes its partials
+            await self._retire_target(mapping_id, keep_partials=same_place)
         if self._refuse(spec, path, "target"):
             return
         siblings = [f for f in self.targets.values() if f.root == Path(path)]
@@ -116,16 +121,17 @@ class TargetRole(AgentRole):
         self.targets[mapping_id] = folder
         await self._apply_relay(spec, folder)
 
-    async def _retire_target(self, mapping_id: int) -> None:
-        """Stop the mapping's relay and stop serving its folder; a failure to let go of it (its
-        partials, its manifest) is logged: the folder is out of service either way."""
+    async def _retire_target(self, mapping_id: int, *, keep_partials: bool = False) -> None:
+        """Stop the mapping's relay and stop serving its folder (`keep_partials`: for the same
+        folder reopened); a failure to let go of it (its partials, its manifest) is logged: the
+        folder is out of service either way."""
         assert self._server is not None
         self._stop_relay(mapping_id)
         folder = self.targets.pop(mapping_id, None)
         if folder is None:
             return
         try:
-            await self._server.retire(folder)
+            await self._server.retire(folder, keep_partials=keep_partials)
         except Exception:  # cancellation is no Exception: it goes through
             logger.exception("target of mapping %s: retiring it failed", mapping_id)
 

@@ -323,11 +323,13 @@ class PeerServer:
             await ended.wait()
         return ended.is_set()
 
-    async def retire(self, folder: TargetFolder) -> None:
+    async def retire(self, folder: TargetFolder, *, keep_partials: bool = False) -> None:
         """Stop serving a folder (mapping removed or moved): end its session, remove its partials
-        (nothing will resume them), close its manifest."""
+        (nothing will resume them; `keep_partials`: the folder is reopened, and resumes them),
+        close its manifest."""
         await self._end_session(folder.mapping_id)
-        await anyio.to_thread.run_sync(folder.drop_partials_under, "")
+        if not keep_partials:
+            await anyio.to_thread.run_sync(folder.drop_partials_under, "")
         await anyio.to_thread.run_sync(folder.manifest.close)
 
     async def _receive(

@@ -146,3 +146,35 @@ def test_a_member_whose_manifest_cannot_be_read_keeps_every_temp_file(
     folder.manifest.close()
     assert _parts(root) == {two, crashed}
     assert "cannot read which partials mapping 2 keeps there" in caplog.text
+
+
+def test_new_filters_reopen_a_folder_and_keep_its_partials(fleet: Fleet) -> None:
+    """New include/exclude patterns reopen a target folder (what it holds that they no longer
+    exclude is scanned in); reopened, it threw away its resumable partials, as a removed
+    mapping's: every large transfer under way began again from byte 0."""
+    agent = _agent(fleet)
+    root = fleet.tmp / "filtered"
+    root.mkdir()
+    part = _receive_part_of(agent, 1, root, "big.bin")
+    node_id = fleet.joined["web-1"]["node_id"]
+    spec = msgspec.structs.replace(_member(1, node_id, root), conflict="", job_id=0)
+    saved = Assignment(epoch=7, mappings=(spec,), peers=())
+    agent._assignment_path().write_bytes(msgspec.msgpack.encode(saved))
+
+    async def run() -> tuple[bool, list[int]]:
+        async with anyio.create_task_group() as tg:
+            await tg.start(agent.serve)
+            with anyio.fail_after(TIMEOUT_S):
+                while agent.epoch != 7:
+                    await anyio.sleep(0.02)
+            before = agent.targets[1]
+            filtered = msgspec.structs.replace(spec, exclude=(r"\.tmp$",))
+            await agent.apply_assignment(Assignment(epoch=8, mappings=(filtered,), peers=()))
+            reopened = agent.targets[1] is not before
+            kept = [p.size for p in agent.targets[1].list_partials()]
+            tg.cancel_scope.cancel()
+        return reopened, kept
+
+    reopened, kept = anyio.run(run)
+    assert reopened and kept == [HELD]  # was []: dropped at the reopen
+    assert part in _parts(root)
