@@ -145,8 +145,9 @@ class PeerInfo(msgspec.Struct, frozen=True, kw_only=True):
     address: str  # host:port of its peer server
 
 
-class Assignment(Message, frozen=True, tag="assignment"):
-    """Master -> agent: every mapping it takes part in, and its peers. Versioned by epoch."""
+class Assignment(Message, frozen=True, tag="assignment", omit_defaults=True):
+    """Master -> agent: every mapping it takes part in, and its peers. Versioned by epoch.
+    `parked` is left out of the bytes when empty (an older agent ignores it when there)."""
 
     epoch: UInt63
     mappings: tuple[MappingSpec, ...]
