@@ -182,6 +182,9 @@ class Cluster:
             timeout=HTTP_TIMEOUT_S,
             headers={"Authorization": f"Bearer {token}"},
             verify=self.api_verify(),
+            # uvicorn closes a connection idle for 5 s: a request sent on one it was closing got
+            # "Server disconnected without sending a response" (a CI run's failure)
+            limits=httpx.Limits(keepalive_expiry=1.0),
         )
 
     def api_verify(self) -> ssl.SSLContext | bool:
