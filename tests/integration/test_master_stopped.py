@@ -17,14 +17,13 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from relaysync.testing.cluster import Cluster, wait_until
+from tests._store_locks import table_locked
 from tests._trees import snapshot
 from tests.conftest import _create_database
 from tests.integration.conftest import CONVERGE_TIMEOUT_S
@@ -34,17 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 JOB_LOG_TABLES = "changes, watermarks, watermark_advances, exceptions, catchup"
 FILES = 10
 STOPPED_S = 60.0  # generous: the stop takes the last flush and a round trip per agent
-
-
-@contextmanager
-def _job_log_locked(url: str) -> Iterator[None]:
-    """Every job-log write of the master waits until the block ends; reads do not."""
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-        conn.execute(f"LOCK TABLE {JOB_LOG_TABLES} IN EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            conn.rollback()
 
 
 def _catchup_files(url: str) -> dict[str, int]:
@@ -101,7 +89,7 @@ def test_a_master_stopped_with_reports_in_memory_acknowledges_them_before_the_li
                 (d / f"stale{i}.html").write_text("stale\n")
         assert cluster.master is not None
         control_port = int((cluster.master_dir / "control-port").read_text())
-        with _job_log_locked(url):
+        with table_locked(url, JOB_LOG_TABLES):  # job-log writes wait; reads do not
             cluster.create_mapping("m", "src", src, [("t1", dsts[0]), ("t2", dsts[1])])
             wait_until(
                 lambda: _converged(src, dsts),

@@ -6,9 +6,10 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from relaysync.agent._target_role import TargetRole
 from relaysync.agent.peer_server import PeerServer, RefusalLookup
 from relaysync.agent.source import SourceMapping
-from relaysync.protocol.messages import MappingSpec, TargetSpec
+from relaysync.protocol.messages import MappingSpec, PeerInfo, TargetSpec
 from relaysync.transfer import ops
 from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.sender import TargetLink
@@ -80,3 +81,18 @@ def plain_link(
         options=ops.SendOptions(tls=False, link_secret=SECRET),
         **kw,
     )
+
+
+class LoneTargetRole(TargetRole):
+    """The agent's target role, alone, holding the one folder (no relay below it); `peers` are
+    the node ids of its latest assignment's peers."""
+
+    def __init__(self, folder: TargetFolder, server: PeerServer, peers: tuple[str, ...]) -> None:
+        self.node_id = TGT
+        self.targets = {folder.mapping_id: folder}
+        self.relays, self.refused, self._refusals_logged = {}, {}, {}
+        self.peers = {n: PeerInfo(node_id=n, name=n[:1], address="") for n in peers}
+        self._server = server
+
+    async def _apply_relay(self, spec: MappingSpec, folder: TargetFolder) -> None:
+        pass

@@ -17,13 +17,20 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.component.agent._pair import SECRET, SRC, TGT, peer_server, source_mapping, target_folder
+from tests.component.agent._pair import (
+    SECRET,
+    SRC,
+    TGT,
+    LoneTargetRole,
+    peer_server,
+    source_mapping,
+    target_folder,
+)
 
-from relaysync.agent._target_role import TargetRole
 from relaysync.agent.peer_server import MAC_FAILURES_WARNED, PeerServer, RefusalLookup
 from relaysync.agent.source import SourceMapping
 from relaysync.errors import FolderRefused, PeerRefused
-from relaysync.protocol.messages import ErrorCode, MappingSpec, PeerInfo, RouteHop, TargetSpec
+from relaysync.protocol.messages import ErrorCode, MappingSpec, RouteHop, TargetSpec
 from relaysync.transfer import ops
 from relaysync.transfer import sender as sender_module
 from relaysync.transfer.link_ends import TargetAddress
@@ -284,20 +291,6 @@ class _RacingServer(PeerServer):
         await super().restart_session(mapping_id, reason)
 
 
-class _TargetRole(TargetRole):
-    """The agent's target role, alone, holding the one folder (no relay below it)."""
-
-    def __init__(self, folder: TargetFolder, server: PeerServer) -> None:
-        self.node_id = TGT
-        self.targets = {folder.mapping_id: folder}
-        self.relays, self.refused, self._refusals_logged = {}, {}, {}
-        self.peers = {n: PeerInfo(node_id=n, name=n[:1], address="") for n in (SRC, RELAY)}
-        self._server = server
-
-    async def _apply_relay(self, spec: MappingSpec, folder: TargetFolder) -> None:
-        pass
-
-
 def _new_table_spec(folder: TargetFolder) -> MappingSpec:
     return MappingSpec(
         mapping_id=1,
@@ -331,7 +324,9 @@ def test_the_old_parent_reconnecting_while_the_target_applies_the_new_table_hear
                 source_mapping(tmp_path), port, sender=SRC, secret=SECRET, epoch=OLD_EPOCH
             )
             with anyio.fail_after(WAIT_S):
-                await _TargetRole(folder, server)._apply_target(1, _new_table_spec(folder))
+                await LoneTargetRole(folder, server, (SRC, RELAY))._apply_target(
+                    1, _new_table_spec(folder)
+                )
             tg.cancel_scope.cancel()
         assert [_code(r) for r in server.raced] == [ErrorCode.ROUTES_STALE.name]
 

@@ -15,34 +15,18 @@ from tests.component.agent._pair import (
     SECRET,
     SRC,
     TGT,
+    LoneTargetRole,
     peer_server,
     plain_link,
     source_mapping,
     target_folder,
 )
 
-from relaysync.agent._target_role import TargetRole
-from relaysync.agent.peer_server import PeerServer
 from relaysync.errors import PeerRefused
-from relaysync.protocol.messages import ErrorCode, MappingSpec, PeerInfo, TargetSpec
+from relaysync.protocol.messages import ErrorCode, MappingSpec, TargetSpec
 from relaysync.transfer.target_folder import TargetFolder
 
 WAIT_S = 30.0  # loopback, but the machine is shared
-SOURCE_PEER = {SRC: PeerInfo(node_id=SRC, name="src", address="")}
-
-
-class _TargetRole(TargetRole):
-    """The agent's target role, alone, holding the one folder (no relay below it)."""
-
-    def __init__(self, folder: TargetFolder, server: PeerServer) -> None:
-        self.node_id = TGT
-        self.targets = {folder.mapping_id: folder}
-        self.relays, self.refused, self._refusals_logged = {}, {}, {}
-        self.peers = dict(SOURCE_PEER)
-        self._server = server
-
-    async def _apply_relay(self, spec: MappingSpec, folder: TargetFolder) -> None:
-        pass
 
 
 def _spec(folder: TargetFolder) -> MappingSpec:
@@ -59,7 +43,7 @@ def _spec(folder: TargetFolder) -> MappingSpec:
 
 def test_a_source_that_is_no_peer_is_no_parent(tmp_path: Path) -> None:
     folder = target_folder(tmp_path)
-    role = _TargetRole(folder, peer_server(folder))
+    role = LoneTargetRole(folder, peer_server(folder), (SRC,))
     role._set_routes(folder, _spec(folder))
     assert folder.parents == {SRC}
     role.peers = {}  # the master's next assignment: src revoked, so no peer
@@ -72,7 +56,7 @@ def test_the_live_session_of_a_source_revoked_ends_and_it_is_refused_after(
 ) -> None:
     folder = target_folder(tmp_path)
     server = peer_server(folder)
-    role = _TargetRole(folder, server)
+    role = LoneTargetRole(folder, server, (SRC,))
     role._set_routes(folder, _spec(folder))
     failures: list[str] = []
 
