@@ -41,10 +41,21 @@ class _VisibleFormatter(logging.Formatter):
     """A log line whose message (file names, names and errors from the fleet) holds no control
     character or bidirectional control as itself (`_util/untrusted_text.visible`): a file name
     with ESC sequences rewrote the operator's terminal, one with a newline forged a log line.
-    A traceback below it keeps its lines."""
+    A traceback below it keeps its lines; their text (an error's message names a file) is made
+    visible line by line."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         return visible(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return _visible_lines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return _visible_lines(super().formatStack(stack_info))
+
+
+def _visible_lines(text: str) -> str:
+    return "\n".join(visible(line) for line in text.split("\n"))
 
 
 def setup_logging(*, json_logs: bool, level: str = "INFO") -> None:

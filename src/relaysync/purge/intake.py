@@ -123,12 +123,11 @@ class PurgeIntake:
                 self._unplannable = change
                 break
             planned.append(change)
-        items += _listing_items(items, listings)
         if aside:  # out before the await: a barrier taken meanwhile finds them there
             self._take_out(aside, mark=False)
             self._aside.extend(aside)
             self._aside_wake.set()
-        await self._enqueue(prune_bans(items))  # one ban per URL; no variant under a prefix
+        await self._queue_planned(items, listings)
         self._take_out(planned)
         if failure is not None:
             raise failure
@@ -169,16 +168,20 @@ class PurgeIntake:
     async def _plan_aside(self, change: Released) -> None:
         """Plan and queue one change set aside; it leaves `_aside` once queued."""
         items: list[PurgeItem] = []
+        listings = ListingRefreshes()
         site = self._sites.get(change.site_id)
         if site is not None:
-            listings = ListingRefreshes()
             items += await self._plan(site, change)
             listings.add(site, change)
-            items += _listing_items(items, listings)
-        await self._enqueue(prune_bans(items))
+        await self._queue_planned(items, listings)
         if self._aside and self._aside[0] is change:  # (only this task takes from the front)
             self._aside.popleft()
         change.waiters.mark_queued()
+
+    async def _queue_planned(self, items: list[PurgeItem], listings: ListingRefreshes) -> None:
+        """Queue `items` and then the refreshes of the `listings` they alter: one ban per URL,
+        no variant under a prefix."""
+        await self._enqueue(prune_bans(items + _listing_items(items, listings)))
 
     def _to_back(self, change: Released) -> None:
         """`change` failed planning (a bug): it stays in the intake, behind the others; its

@@ -191,3 +191,22 @@ def test_a_service_logs_a_hostile_name_as_visible_escapes_and_keeps_its_tracebac
     assert "a\\x1b]0;PWNED\\x07\\x0aFAKE ERROR line\\u202e.txt" in err
     assert not any(line.startswith("FAKE") for line in err.splitlines())
     assert "Traceback (most recent call last):\n" in err  # a traceback keeps its lines
+
+
+def test_a_service_logs_a_hostile_name_in_an_exception_as_visible_escapes() -> None:
+    """An error's message names the file (relaysync's own errors put it in as it is): its text
+    below the log line went out raw, ESC sequences and all; its lines are kept."""
+    code = (
+        "import logging\n"
+        "from relaysync.cli._run import setup_logging\n"
+        "setup_logging(json_logs=False)\n"
+        "try:\n"
+        "    raise RuntimeError('cannot read a\\x1b]0;PWNED\\x07\\u202e.txt')\n"
+        "except RuntimeError:\n"
+        "    logging.getLogger('relaysync.test').exception('cannot read')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=60)
+    err = done.stderr.decode()
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "Traceback (most recent call last):\n" in err
+    assert "RuntimeError: cannot read a\\x1b]0;PWNED\\x07\\u202e.txt" in err
