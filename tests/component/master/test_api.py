@@ -64,12 +64,20 @@ def join(client: TestClient, name: str) -> dict:
     return resp.json()
 
 
-def test_health_and_openapi_need_no_token(client: TestClient) -> None:
+def test_health_needs_no_token_and_the_openapi_spec_a_read_token(client: TestClient) -> None:
+    """Was: /openapi.json answered anyone (FastAPI's own route), every route, parameter and
+    model of an API whose every other route but health, the CA and the join needs a token."""
     anonymous = TestClient(client.app)
     assert anonymous.get("/api/health").json()["status"] == "ok"
-    spec = anonymous.get("/openapi.json").json()
+    refused = anonymous.get("/openapi.json")
+    assert refused.status_code == 401 and "Authorization: Bearer" in refused.json()["detail"]
+    created = client.post("/api/tokens/api", json={"name": "reader", "scope": "read"})
+    assert created.status_code == 201, created.text
+    reader = TestClient(client.app, headers={"Authorization": f"Bearer {created.json()['token']}"})
+    spec = reader.get("/openapi.json").json()
     assert "/api/mappings/{id_or_name}/status" in spec["paths"]
     assert "/api/join" in spec["paths"]
+    assert "/openapi.json" not in spec["paths"]
 
 
 @pytest.mark.parametrize(
