@@ -107,6 +107,8 @@ def test_a_revoked_source_writes_to_no_target_and_another_source_serves_them_aga
     assert (dsts[0] / "before.txt").read_text() == "before"  # t1 kept its files
     status = fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/status").json()
     assert "'src' was revoked" in status["source_error"]  # the operator is told why, and how
+    listed = {m["id"]: m for m in fleet.cluster.api.get("/api/mappings").json()}[mapping["id"]]
+    assert listed["state"] == "source_revoked"  # sent disabled: not listed as enabled
 
     # The operator gives the mapping another source: t1 serves it again.
     spare = tmp_path / "spare-source"
@@ -119,3 +121,4 @@ def test_a_revoked_source_writes_to_no_target_and_another_source_serves_them_aga
     assert r.status_code == 200, r.text
     fleet.wait_converged(spare, dsts)
     assert not fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/status").json()["source_error"]
+    assert fleet.cluster.api.get(f"/api/mappings/{mapping['id']}").json()["state"] == "enabled"

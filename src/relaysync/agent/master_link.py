@@ -242,7 +242,7 @@ class MasterLink:
                 "the master refused this agent: %s. To join the fleet again, stop it, "
                 "delete %s and start it with --token <a new join token>; asking "
                 "again in %.0f s",
-                err.args[0],
+                str(err.args[0]).rstrip("."),  # the master's sentence ends with one
                 self.identity_dir,
                 REFUSED_RETRY_S,
             )

@@ -247,7 +247,7 @@ def mapping_body(
 
 def mappings_table(mappings: list[dict[str, Any]]) -> Table:
     table = Table(title="Mappings", title_justify="left")
-    for column in ("id", "name", "source", "targets", "filters", "durability", "enabled"):
+    for column in ("id", "name", "source", "targets", "filters", "durability", "state"):
         table.add_column(column, overflow="fold")
     for m in mappings:
         filters = [f"+{p}" for p in m["include"]] + [f"-{p}" for p in m["exclude"]]
@@ -258,6 +258,14 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
             "\n".join(cell(f"{t['name']}:{t['path']}") for t in m["targets"]),
             cell(" ".join(filters)),
             cell(m["durability"]),
-            "yes" if m["enabled"] else "[yellow]no[/yellow]",
+            _state(m),
         )
     return table
+
+
+def _state(mapping: dict[str, Any]) -> str:
+    """What its agents run; an older master sends no state: its `enabled` then."""
+    state = mapping.get("state") or ("enabled" if mapping["enabled"] else "disabled")
+    if state == "source_revoked":  # sent disabled although enabled: `relaysync status` says why
+        return "[red]idle: source revoked[/red]"
+    return "enabled" if state == "enabled" else f"[yellow]{cell(str(state))}[/yellow]"

@@ -81,6 +81,7 @@ def fetch_status(client: MasterClient) -> dict[str, Any]:
                 "source": mapping["source_name"],
                 "source_path": mapping["source_path"],
                 "enabled": mapping["enabled"],
+                "state": mapping.get("state", ""),  # an older master: none
                 "lag": sum(t["lag"] for t in targets),
                 "pending": sum(t.get("pending", 0) for t in targets),  # an older master: none
                 "open_exceptions": sum(t["open_exceptions"] for t in targets),
@@ -136,6 +137,13 @@ def _certificate_left(left_s: float | None) -> str:
     return f"[yellow]{text}[/yellow]" if left_s < EXPIRY_WARNING_S else text
 
 
+def _idle(mapping: dict[str, Any]) -> str:
+    """Why its agents do not run it, if they do not (an older master sends no state)."""
+    if mapping.get("state") == "source_revoked":
+        return " (idle: source revoked)"
+    return "" if mapping["enabled"] else " (disabled)"
+
+
 def mappings_table(mappings: list[dict[str, Any]]) -> Table:
     table = Table(title="Mappings", title_justify="left")
     for column, justify in (
@@ -150,10 +158,11 @@ def mappings_table(mappings: list[dict[str, Any]]) -> Table:
     ):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for m in mappings:
-        source = cell(f"{m['source']}:{m['source_path']}") + ("" if m["enabled"] else " (disabled)")
+        source = cell(f"{m['source']}:{m['source_path']}") + _idle(m)
         if m.get("source_error"):
-            since = format_time(m["source_error_since"])
-            source += f"\n[red]source failing since {since}: {cell(m['source_error'])}[/red]"
+            since = m["source_error_since"]  # None: no failure reported (a revoked source)
+            when = "" if since is None else f" since {format_time(since)}"
+            source += f"\n[red]source failing{when}: {cell(m['source_error'])}[/red]"
         for i, t in enumerate(m["targets"]):
             lag = f"[yellow]{t['lag']}[/yellow]" if t["lag"] else "0"
             failed = f"[red]{t['open_exceptions']}[/red]" if t["open_exceptions"] else "0"

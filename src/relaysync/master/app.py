@@ -163,6 +163,24 @@ def _error_handler(status_code: int) -> Callable[[Request, Exception], Any]:
     return handle
 
 
+def _add_openapi_route(app: FastAPI) -> None:
+    """Serve the OpenAPI spec at /openapi.json to a read or admin token (FastAPI's own route
+    needs none): the spec names every route, parameter and model, the map of what a stolen token
+    could do, and nothing needs it without one (the console and the CLI do not read it;
+    schemathesis and a Swagger UI elsewhere send the header like any client)."""
+
+    async def openapi_spec() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    app.add_api_route(
+        "/openapi.json",
+        openapi_spec,
+        methods=["GET"],
+        dependencies=[Depends(require_token)],
+        include_in_schema=False,
+    )
+
+
 def create_app(
     *,
     store: Store,
@@ -192,11 +210,12 @@ def create_app(
         raise ConfigError("the master needs a non-empty admin token")
     # No /docs or /redoc: FastAPI's pages load Swagger UI's and ReDoc's scripts from a CDN
     # (unpinned, no integrity check) on the console's origin, where the console keeps its token
-    # in sessionStorage, readable by any script there. The spec stays at /openapi.json.
+    # in sessionStorage, readable by any script there. The spec stays at /openapi.json, behind a
+    # token like every /api route (`_add_openapi_route`).
     app = FastAPI(
         title="relaysync master",
         version=__version__,
-        openapi_url="/openapi.json",
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
     )
@@ -224,6 +243,7 @@ def create_app(
                 else route.path.strip("/")
             ],
         )
+    _add_openapi_route(app)
     for error_type, status_code in ERROR_STATUS:
         app.add_exception_handler(error_type, _error_handler(status_code))
     app.add_exception_handler(join.JoinDenied, join.denied)  # {detail, code}: auth/join_refusals.py

@@ -64,12 +64,20 @@ def join(client: TestClient, name: str) -> dict:
     return resp.json()
 
 
-def test_health_and_openapi_need_no_token(client: TestClient) -> None:
+def test_health_needs_no_token_and_the_openapi_spec_a_read_token(client: TestClient) -> None:
+    """Was: /openapi.json answered anyone (FastAPI's own route), every route, parameter and
+    model of an API whose every other route but health, the CA and the join needs a token."""
     anonymous = TestClient(client.app)
     assert anonymous.get("/api/health").json()["status"] == "ok"
-    spec = anonymous.get("/openapi.json").json()
+    refused = anonymous.get("/openapi.json")
+    assert refused.status_code == 401 and "Authorization: Bearer" in refused.json()["detail"]
+    created = client.post("/api/tokens/api", json={"name": "reader", "scope": "read"})
+    assert created.status_code == 201, created.text
+    reader = TestClient(client.app, headers={"Authorization": f"Bearer {created.json()['token']}"})
+    spec = reader.get("/openapi.json").json()
     assert "/api/mappings/{id_or_name}/status" in spec["paths"]
     assert "/api/join" in spec["paths"]
+    assert "/openapi.json" not in spec["paths"]
 
 
 @pytest.mark.parametrize(
@@ -357,3 +365,42 @@ def test_a_mappings_target_policy_is_set_and_changed(client: TestClient, changes
     refused = client.put(url, json={"symlinks": "", "mode_mask": 0o200})  # u-w: EACCES for ever
     assert refused.status_code == 422 and "removes the owner's bits" in refused.text
     assert client.get(url).json()["mode_mask"] == 0
+
+
+def test_a_mapping_whose_source_is_revoked_is_listed_as_it_is_sent_idle(
+    client: TestClient, store: Store, tmp_path: Path
+) -> None:
+    """Was: GET /api/mappings (and `relaysync mapping list`) showed it enabled, although every
+    assignment sends it disabled (its targets serve it no more) and its status says why."""
+    web = join(client, "web")
+    join(client, "src"), join(client, "spare")
+    body = {
+        "name": "www",
+        "source": "src",
+        "source_path": "/srv",
+        "targets": [{"server": "web", "path": "/www"}],
+    }
+    mapping = client.post("/api/mappings", json=body).json()
+    assert (mapping["state"], mapping["source_revoked"]) == ("enabled", False)
+    assert client.post("/api/servers/src/revoke").status_code == 200
+
+    (listed,) = client.get("/api/mappings").json()
+    one = client.get(f"/api/mappings/{mapping['id']}").json()
+    for shown in (listed, one):
+        assert (shown["enabled"], shown["state"], shown["source_revoked"]) == (
+            True,  # as the operator set it: the mapping runs again once it names another source
+            "source_revoked",
+            True,
+        )
+    (sent,) = store.assignment_for(web["node_id"]).mappings
+    assert not sent.enabled  # what the target is told: the listing says the same
+    status = client.get(f"/api/mappings/{mapping['id']}/status").json()
+    assert "'src' was revoked" in status["source_error"]
+
+    # Disabled by an operator: that is what shows, revoked source or not.
+    client.patch(f"/api/mappings/{mapping['id']}", json={"enabled": False})
+    assert client.get("/api/mappings").json()[0]["state"] == "disabled"
+    # Another source: enabled again, as sent.
+    patch = {"enabled": True, "source": "spare", "source_path": "/srv"}
+    assert client.patch(f"/api/mappings/{mapping['id']}", json=patch).status_code == 200
+    assert client.get("/api/mappings").json()[0]["state"] == "enabled"

@@ -278,6 +278,39 @@ def test_mapping_locations_and_body() -> None:
     assert "o:/srv" in out and "w1:/a" in out and "+x" in out
 
 
+@pytest.mark.parametrize(
+    ("shown", "listed", "status"),
+    [
+        ({"enabled": True}, " enabled ", ""),  # an older master: no state
+        ({"enabled": False}, " disabled ", "(disabled)"),
+        ({"enabled": True, "state": "enabled"}, " enabled ", ""),
+        (
+            {"enabled": True, "state": "source_revoked"},
+            "idle: source revoked",
+            "(idle: source revoked)",
+        ),
+    ],
+)
+def test_mapping_tables_show_what_the_agents_run(shown: dict, listed: str, status: str) -> None:
+    """Was: a mapping whose source is revoked, sent disabled, was listed as enabled."""
+    mapping = {"id": 1, "name": "www", "source_name": "o", "source": "o", "source_path": "/srv"}
+    mapping |= {"include": [], "exclude": [], "durability": "safe", "targets": []} | shown
+    assert listed in render(mappings_table([mapping]))
+    out = render(status_mappings_table([mapping | {"targets": [_STATUS_TARGET]}]))
+    assert status in out
+    assert ("disabled" in out, "revoked" in out) == ("disabled" in status, "revoked" in status)
+
+
+_STATUS_TARGET = {
+    "target_name": "w1",
+    "path": "/a",
+    "watermark": 1,
+    "lag": 0,
+    "open_exceptions": 0,
+    "updated_at": None,
+}
+
+
 def test_a_mode_mask_is_octal_bits_of_group_and_others() -> None:
     assert parse_mode_mask("022") == 0o022
     with pytest.raises(ConfigError, match="removes the owner's bits"):

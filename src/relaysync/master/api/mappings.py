@@ -61,7 +61,12 @@ class MappingOut(BaseModel):
     include: list[str]
     exclude: list[str]
     durability: str
-    enabled: bool
+    enabled: bool  # as an operator set it (PATCH enabled)
+    # What its agents run: "enabled"; "disabled" (enabled false); "source_revoked": sent
+    # disabled although enabled, its source server being revoked (the status' source_error
+    # says so), until the mapping names another source.
+    state: Literal["enabled", "disabled", "source_revoked"]
+    source_revoked: bool
     created_at: float
     updated_at: float
 

@@ -15,7 +15,7 @@ from relaysync.constants import MAX_PATH_BYTES
 from relaysync.errors import ConfigError, NotFound, UnknownServer
 from relaysync.master.store import _folders, _heads, _modes
 from relaysync.master.store._refs import row_id
-from relaysync.master.store.models import Mapping, MappingTarget, Server
+from relaysync.master.store.models import Mapping, MappingTarget, RevokedNode, Server
 from relaysync.master.store.types import MappingInfo, TargetInfo
 
 logger = logging.getLogger(__name__)
@@ -247,10 +247,16 @@ def infos(session: Session, rows: Sequence[Mapping]) -> list[MappingInfo]:
             select(Server.node_id, Server.name).where(Server.node_id.in_(nodes))
         )
     }
-    return [_info(row, targets[row.id], names) for row in rows]
+    sources = {row.source_node for row in rows}
+    revoked = set(
+        session.scalars(select(RevokedNode.node_id).where(RevokedNode.node_id.in_(sources)))
+    )
+    return [_info(row, targets[row.id], names, revoked) for row in rows]
 
 
-def _info(row: Mapping, targets: list[MappingTarget], names: dict[str, str]) -> MappingInfo:
+def _info(
+    row: Mapping, targets: list[MappingTarget], names: dict[str, str], revoked: set[str]
+) -> MappingInfo:
     return MappingInfo(
         id=row.id,
         name=row.name,
@@ -267,4 +273,5 @@ def _info(row: Mapping, targets: list[MappingTarget], names: dict[str, str]) -> 
         enabled=row.enabled,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        source_revoked=row.source_node in revoked,
     )

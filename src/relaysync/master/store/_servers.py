@@ -26,10 +26,12 @@ from relaysync.master.store.models import (
 
 
 def check_not_revoked(session: Session, node_id: str) -> None:
-    """Raise NodeRemoved if `node_id` was removed from the fleet."""
+    """Raise NodeRemoved if `node_id` was removed from the fleet (or revoked in place: its row
+    stays while mappings name it, and its agent is told it was revoked, not removed)."""
     revoked = session.get(RevokedNode, node_id)
     if revoked is not None:
-        raise NodeRemoved(node_id[:16], f"server {revoked.name!r} was removed from the fleet")
+        how = "revoked by an operator" if session.get(Server, node_id) else "removed from the fleet"
+        raise NodeRemoved(node_id[:16], f"server {revoked.name!r} was {how}")
 
 
 def register(

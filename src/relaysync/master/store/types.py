@@ -10,6 +10,7 @@ from relaysync.protocol.messages import MappingSpec, TargetSpec
 ServerState = Literal["up", "down", "unknown"]
 ServerHealth = Literal["ok", "unhealthy"]
 Durability = Literal["safe", "fast"]
+MappingState = Literal["enabled", "disabled", "source_revoked"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,9 +49,20 @@ class MappingInfo:
     include: tuple[str, ...]
     exclude: tuple[str, ...]
     durability: Durability
-    enabled: bool
+    enabled: bool  # as an operator set it
     created_at: float
     updated_at: float
+    # Its source server is revoked: sent disabled whatever `enabled` says
+    # (_assignments.idle_revoked_sources), until the mapping names another source.
+    source_revoked: bool = False
+
+    @property
+    def state(self) -> MappingState:
+        """What its agents run: "enabled"; "disabled" by an operator; "source_revoked": sent
+        disabled although enabled, its source server being revoked."""
+        if not self.enabled:
+            return "disabled"
+        return "source_revoked" if self.source_revoked else "enabled"
 
     def to_spec(self) -> MappingSpec:
         """Return the mapping as the control link sends it to agents."""

@@ -48,19 +48,30 @@ function serversView(servers) {
   return table(["Server", "Region / group", "State", "Health", "Last seen", "Address"], rows);
 }
 
+// Why its agents do not run it, if they do not: disabled, or its source server revoked (sent
+// disabled although enabled; the status' source_error says what to do).
+function idleNote(m) {
+  if (m.state === "source_revoked") {
+    return el("span", { className: "warn idle" }, " idle: source revoked");
+  }
+  return m.enabled ? null : el("span", { className: "warn idle" }, " disabled");
+}
+
 function mappingView(m, ctx) {
   const mode = m.mode.mode;
   const heading = el("div", { className: "mapping-head" },
     el("h3", {}, m.name),
     el("span", { className: "mode" }, mode),
     el("span", { className: "muted" }, ` ${m.source_name}:${m.source_path}`),
-    m.enabled ? null : el("span", { className: "warn" }, " disabled"),
+    idleNote(m),
     SENDABLE_MODES.has(mode) ? sendButton(m, ctx) : null);
   const release = SENDABLE_MODES.has(mode) ? releaseLine(m.mode) : null;
   // Its source cannot run (its folder missing, refused, unreadable...): why, since when.
   const failing = m.status.source_error
     ? el("p", { className: "warn source-error" },
-      `Source failing since ${when(m.status.source_error_since)}: ${m.status.source_error}`)
+      m.status.source_error_since == null  // no failure reported: a revoked source
+        ? `Source failing: ${m.status.source_error}`
+        : `Source failing since ${when(m.status.source_error_since)}: ${m.status.source_error}`)
     : null;
   const rows = m.status.targets.map((t) => targetRow(t, m.mode, SENDABLE_MODES.has(mode)));
   const headings = ["Target", "Path", "Watermark", "Source seq", "Lag"];
