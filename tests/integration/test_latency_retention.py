@@ -65,11 +65,21 @@ def test_latency_percentiles_lie_between_transfer_time_and_wall_time(fleet: Flee
 
 def test_retention_command_shows_and_sets_the_days(fleet: Fleet) -> None:
     shown = cli_json(fleet, "retention")
-    assert (shown["changes_days"], shown["advances_days"]) == (30, 90)
-    changed = cli_json(fleet, "retention", "--changes-days", "14", "--recovery-jobs-days", "0")
-    assert (changed["changes_days"], changed["advances_days"], changed["recovery_jobs_days"]) == (
-        14,
-        90,
-        0,
+    assert (shown["changes_days"], shown["advances_days"], shown["alerts_days"]) == (30, 90, 90)
+    changed = cli_json(
+        fleet,
+        "retention",
+        "--changes-days",
+        "14",
+        "--recovery-jobs-days",
+        "0",
+        "--alerts-days",
+        "30",
     )
+    assert (
+        changed["changes_days"],
+        changed["advances_days"],
+        changed["recovery_jobs_days"],
+        changed["alerts_days"],
+    ) == (14, 90, 0, 30)
     assert cli_json(fleet, "retention")["changes_days"] == 14

@@ -1,4 +1,5 @@
-"""`relaysync retention`: show or set how many days of job-log history the master keeps."""
+"""`relaysync retention`: show or set how many days of job-log history and resolved alerts the
+master keeps."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ KINDS = (  # (API field prefix, what the table calls it)
     ("advances", "watermark advances"),
     ("exceptions", "resolved exceptions"),
     ("recovery_jobs", "finished recovery jobs"),
+    ("alerts", "resolved alerts"),
 )
 
 
@@ -41,13 +43,17 @@ def retention(
         int | None, _days_option("resolved exceptions (open ones are always kept)")
     ] = None,
     recovery_jobs_days: Annotated[int | None, _days_option("finished recovery jobs")] = None,
+    alerts_days: Annotated[
+        int | None, _days_option("resolved alerts (firing and acknowledged ones are always kept)")
+    ] = None,
     master: MasterOption = None,
     token: TokenOption = None,
     data: DataOption = None,
     ca_file: CaFileOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Show the job-log retention settings and the last prune; with options, change them first."""
+    """Show the retention settings (job-log history, resolved alerts) and the last prune; with
+    options, change them first."""
 
     def body() -> None:
         request = retention_request(
@@ -55,6 +61,7 @@ def retention(
             advances=advances_days,
             exceptions=exceptions_days,
             recovery_jobs=recovery_jobs_days,
+            alerts=alerts_days,
         )
         with connect(master, token, data, ca_file) as client:
             settings = (
@@ -75,7 +82,7 @@ def retention_request(**days: int | None) -> dict[str, int]:
 
 def retention_table(settings: dict[str, Any]) -> Table:
     pruned_at = settings.get("last_pruned_at")
-    title = f"Job-log retention (last prune {format_time(pruned_at)})"
+    title = f"Retention (last prune {format_time(pruned_at)})"
     table = Table(title=title, title_justify="left")
     table.add_column("history", overflow="fold")
     table.add_column("kept", justify="right", overflow="fold")

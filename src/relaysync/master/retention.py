@@ -1,4 +1,5 @@
-"""The master's retention task: prunes old job-log history by the store's retention settings.
+"""The master's retention task: prunes old job-log history and resolved alerts by the store's
+retention settings.
 
 Runs `first_after_s` after start and then every `interval_s`. Each kind is deleted in batches
 (one short transaction each, see store/_retention.py) with a pause between batches, so the job-log
@@ -70,10 +71,12 @@ class RetentionPruner:
         await anyio.to_thread.run_sync(self.store.retention.record_prune, now, deleted)
         self.runs += 1
         logger.info(
-            "retention prune: changes=%s advances=%s exceptions=%s recovery_jobs=%s rows deleted",
+            "retention prune: changes=%s advances=%s exceptions=%s recovery_jobs=%s alerts=%s"
+            " rows deleted",
             deleted["changes"],
             deleted["advances"],
             deleted["exceptions"],
             deleted["recovery_jobs"],
+            deleted["alerts"],
         )
         return deleted

@@ -133,8 +133,9 @@ class MonitorService(AlertTransitions):
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.clock = clock  # the time of ticks, alerts and notice limits (wall)
-        self.monotonic = monotonic  # how long ago figures came, for how long a rule held
+        self.clock = clock  # the time of ticks and alerts, as stored and shown (wall)
+        # how long ago figures came, for how long a rule held, notice limits, downsample runs
+        self.monotonic = monotonic
         self.publish = publish
         self.links_up = links_up
         self.self_figures = self_figures
@@ -155,12 +156,15 @@ class MonitorService(AlertTransitions):
         self._unchecked: set[str] = set()  # keys gone whose open alerts are not resolved yet
         self._pending: list[tuple[str, float, Sequence[MetricSample]]] = []
         self._tg: TaskGroup | None = None
-        self._last_downsample, self._downsampling = 0.0, False  # a run goes on in the background
+        # when the last downsample run started (self.monotonic()); whether one goes on
+        self._last_downsample: float | None = None
+        self._downsampling = False
         self.ticks = 0
         self.heartbeat_grace_s = heartbeat_grace_s
-        self._started_at = time.time()  # again when `serve` starts: the grace counts from there
-        self._started_mono = time.monotonic()  # the same, what the grace counts on (NTP)
+        self._started_at = clock()  # again when `serve` starts: the grace counts from there
         self._linked: set[str] = set()  # node ids seen linked at a tick since then
+        # node id -> when a tick first listed it (self.monotonic()): its grace counts from there
+        self._first_listed: dict[str, float] = {}
 
     # --- input ---
 
@@ -183,7 +187,7 @@ class MonitorService(AlertTransitions):
         ):
             self.conditions.get(alert.key, 0.0, firing=True)  # no second notice after a restart
             self._key_server[alert.key] = alert.server
-        self._started_at, self._started_mono = time.time(), time.monotonic()
+        self._started_at, self._first_listed = self.clock(), {}
         async with anyio.create_task_group() as tg:
             self._tg = tg
             task_status.started()
@@ -205,7 +209,7 @@ class MonitorService(AlertTransitions):
         self.reports.reported(MASTER_SERVER, mono, (s.name for s in own))
         pending, self._pending = self._pending, []
         servers = await anyio.to_thread.run_sync(self._store_round, pending)
-        self._start_downsample(now)
+        self._start_downsample(now, mono)
         probes = await anyio.to_thread.run_sync(self.store.monitoring.list_probes)
         self._start_probes([p for p in probes if p.enabled])
         rules = await anyio.to_thread.run_sync(self.store.monitoring.list_thresholds)
@@ -215,11 +219,11 @@ class MonitorService(AlertTransitions):
         live.update(f"probe:{p.id}" for p in probes if p.enabled)
         up = self.links_up()
         observations = (
-            self._heartbeats(servers, up, now) + self._silences(servers, up, mono) + judged
+            self._heartbeats(servers, up, mono) + self._silences(servers, up, mono) + judged
         ) + self._probes(probes)
         await self._apply(observations, live, now, mono)
         await anyio.to_thread.run_sync(self._update_health, servers)
-        for notice in self.limiter.due(now):
+        for notice in self.limiter.due(mono):
             assert self._tg is not None
             self.notifier.start(self._tg, notice)
         self.ticks += 1
@@ -231,13 +235,17 @@ class MonitorService(AlertTransitions):
             self.store.monitoring.add_samples(pending)
         return self.store.list_servers()
 
-    def _start_downsample(self, now: float) -> None:
+    def _start_downsample(self, now: float, mono: float) -> None:
         """Start retention every DOWNSAMPLE_EVERY_S, one run at a time, in the background: a
-        backlog (the master was down) takes many short transactions, and the tick goes on."""
-        if self._downsampling or now - self._last_downsample < DOWNSAMPLE_EVERY_S:
+        backlog (the master was down) takes many short transactions, and the tick goes on.
+        Scheduled on the monotonic clock (on the wall clock, one stepped back an hour stopped
+        the runs for that hour); each run folds the figures older than their retention by
+        `now`, the wall clock the figures are stamped with."""
+        last = self._last_downsample
+        if self._downsampling or (last is not None and mono - last < DOWNSAMPLE_EVERY_S):
             return
         assert self._tg is not None
-        self._last_downsample, self._downsampling = now, True
+        self._last_downsample, self._downsampling = mono, True
         self._tg.start_soon(self._downsample, now)
 
     async def _downsample(self, now: float) -> None:
@@ -278,20 +286,24 @@ class MonitorService(AlertTransitions):
     # --- observations ---
 
     def _heartbeats(
-        self, servers: Sequence[ServerView], up: set[str], now: float
+        self, servers: Sequence[ServerView], up: set[str], mono: float
     ) -> list[Observation]:
         """A heartbeat observation per server: bad while its control link is down, except for a
         server not linked since the monitor started within its grace (HEARTBEAT_GRACE_S), which
         holds the state. Linked: seen so at a tick, or registered since (its last_seen: a link
-        up and down again between two ticks counts too)."""
+        up and down again between two ticks counts too). The grace counts on the monotonic
+        clock from the first tick that listed the server (the monitor's start, or the server's
+        joining): on the wall clock, one stepped forward ended it at once, one stepped back
+        stretched it by the step."""
         self._linked.update(s.node_id for s in servers if s.node_id in up)
         self._linked.update(
             s.node_id
             for s in servers
             if s.last_seen is not None and s.last_seen >= self._started_at
         )
-        since_start_s = time.monotonic() - self._started_mono  # not the wall clock: it may step
-        waited_s = {s.node_id: min(since_start_s, now - s.created_at) for s in servers}
+        listed = {s.node_id: self._first_listed.get(s.node_id, mono) for s in servers}
+        self._first_listed = listed  # servers removed are forgotten
+        waited_s = {node_id: mono - since for node_id, since in listed.items()}
         return [
             Observation(
                 key=f"heartbeat:{s.name}",

@@ -11,9 +11,11 @@ change after the previous notice and `settle_s` of quiet after that change, so a
 `window_s` holds at most NOTICES_PER_WINDOW + ceil(window_s / settle_s) - 1 notices (6 with the
 defaults: the pair and 4 settled changes, each of them a state that held 2 min).
 
-Pure logic: the caller supplies the time, sends what `admit` and `due` return, calls `due` often
-(the monitor does each tick, every 10 s by default: a settled notice is up to a tick late), and
-still records every change in the alert log and on the event bus.
+Pure logic: the caller supplies the time, on a monotonic clock (windows and settle times are
+durations: on a wall clock stepped by NTP they end early or last until it catches up), sends what
+`admit` and `due` return, calls `due` often (the monitor does each tick, every 10 s by default:
+a settled notice is up to a tick late), and still records every change in the alert log and on
+the event bus.
 """
 
 from __future__ import annotations

@@ -51,16 +51,16 @@ class AlertTransitions:
             )
             try:
                 if transition is Transition.FIRE:
-                    await self._fire(o, now)
+                    await self._fire(o, now, mono)
                 elif transition is Transition.RESOLVE:
-                    await self._resolve(o, now)
+                    await self._resolve(o, now, mono)
             except StoreError:
                 # firing again, or not yet: a fire keeps its bad_since, so it is due at once
                 self.conditions.get(o.key, o.for_s).firing = transition is Transition.RESOLVE
                 raise
         await self._forget({o.key for o in observations} | live, now)
 
-    async def _fire(self, o: Observation, now: float) -> None:
+    async def _fire(self, o: Observation, now: float, mono: float) -> None:
         alert, new = await anyio.to_thread.run_sync(
             partial(
                 self.store.monitoring.fire_alert,
@@ -74,14 +74,14 @@ class AlertTransitions:
             )
         )
         if new:
-            self._announce(alert, "firing", o, now)
+            self._announce(alert, "firing", o, now, mono)
 
-    async def _resolve(self, o: Observation, now: float) -> None:
+    async def _resolve(self, o: Observation, now: float, mono: float) -> None:
         resolved = await anyio.to_thread.run_sync(
             partial(self.store.monitoring.resolve_alert, o.key, now=now, value=o.value, note=o.note)
         )
         if resolved is not None:
-            self._announce(resolved, "resolved", o, now)
+            self._announce(resolved, "resolved", o, now, mono)
 
     async def _forget(self, keep: set[str], now: float) -> None:
         """Rules, probes or servers that are gone: their open alerts resolve, quietly. Threshold
@@ -105,7 +105,11 @@ class AlertTransitions:
                     },
                 )
 
-    def _announce(self, alert: AlertInfo, state: str, o: Observation, now: float) -> None:
+    def _announce(
+        self, alert: AlertInfo, state: str, o: Observation, now: float, mono: float
+    ) -> None:
+        """Log, publish and notify a change: the notice says when on the wall clock (`now`);
+        its limits count on the monotonic one (`mono`)."""
         notice = Notice(
             alert_id=alert.id,
             server=alert.server,
@@ -126,11 +130,13 @@ class AlertTransitions:
                 "message": alert.message,
             },
         )
-        self._notify(alert.key, notice, o.rule_since, now)
+        self._notify(alert.key, notice, o.rule_since, mono)
 
-    def _notify(self, key: str, notice: Notice, rule_since: float, now: float) -> None:
-        """Send the notice unless its key used up its notices for now (flapping)."""
-        admitted = self.limiter.admit(key, notice, now, rule_since=rule_since)
+    def _notify(self, key: str, notice: Notice, rule_since: float, mono: float) -> None:
+        """Send the notice unless its key used up its notices for now (flapping). The limiter
+        counts on the monotonic clock: on the wall clock a step forward (NTP) ended windows and
+        sent held changes at once, a step back held them until the wall clock caught up."""
+        admitted = self.limiter.admit(key, notice, mono, rule_since=rule_since)
         if admitted is None:
             logger.info(
                 "alert %s (%s) held back: flapping, %s notices per %g s at most; sent if"

@@ -30,16 +30,31 @@ def test_get_put_round_trip(client: TestClient) -> None:
     got = client.get("/api/retention").json()
     assert {
         k: got[k]
-        for k in ("changes_days", "advances_days", "exceptions_days", "recovery_jobs_days")
-    } == {"changes_days": 30, "advances_days": 90, "exceptions_days": 90, "recovery_jobs_days": 90}
+        for k in (
+            "changes_days",
+            "advances_days",
+            "exceptions_days",
+            "recovery_jobs_days",
+            "alerts_days",
+        )
+    } == {
+        "changes_days": 30,
+        "advances_days": 90,
+        "exceptions_days": 90,
+        "recovery_jobs_days": 90,
+        "alerts_days": 90,
+    }
     assert got["updated_at"] is None and got["last_pruned_at"] is None
-    put = client.put("/api/retention", json={"changes_days": 7, "recovery_jobs_days": 0})
+    put = client.put(
+        "/api/retention", json={"changes_days": 7, "recovery_jobs_days": 0, "alerts_days": 14}
+    )
     assert put.status_code == 200, put.text
     assert (
         put.json()["changes_days"],
         put.json()["advances_days"],
         put.json()["recovery_jobs_days"],
-    ) == (7, 90, 0)
+        put.json()["alerts_days"],
+    ) == (7, 90, 0, 14)
     assert client.get("/api/retention").json() == put.json()
 
 
@@ -51,6 +66,7 @@ def test_get_put_round_trip(client: TestClient) -> None:
         {"changes_days": 1.5},
         {"changes_days": "soon"},
         {"metrics_days": 3},
+        {"alerts_days": -1},
     ],
 )
 def test_bad_values_are_422_and_change_nothing(client: TestClient, body: dict[str, object]) -> None:
@@ -94,7 +110,13 @@ def test_the_prune_task_runs_and_records_what_it_deleted(store: Store) -> None:
     anyio.run(main)
     got = store.retention.get()
     # change rows older than 30 days go except the newest; advances too, one row per batch
-    assert got.last_pruned == {"changes": 2, "advances": 3, "exceptions": 0, "recovery_jobs": 0}
+    assert got.last_pruned == {
+        "changes": 2,
+        "advances": 3,
+        "exceptions": 0,
+        "recovery_jobs": 0,
+        "alerts": 0,
+    }
     assert got.last_pruned_at is not None and got.last_pruned_at > old
     assert [w.seq for w in store.watermarks(mid)] == [3]
     assert store.advances(mapping_id=mid) == []

@@ -247,20 +247,30 @@ def test_a_server_not_linked_yet_has_its_grace_and_one_that_was_linked_has_none(
         pytest.skip("too slow a machine to tell a grace of 4 s from none")
 
 
-def test_a_wall_clock_stepped_forward_does_not_end_the_heartbeat_grace(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_wall_clock_stepped_forward_does_not_end_the_heartbeat_grace(store: Store) -> None:
     """NTP steps the clock at boot, often just after the master started: the grace counted on
-    the wall clock, so an agent not linked yet was alerted at once."""
+    the wall clock, so an agent not linked yet was alerted at once. (test_clock_steps.py runs
+    the monitor through such steps.)"""
     store.upsert_server(node_id="d" * 64, name="web1", region="r", group="g", address="w:1")
     [server] = store.list_servers()
-    monitor = _monitor(store)
-    monitor.heartbeat_grace_s = 30.0
-    stepped = time.time() + 3600.0  # an hour ahead, a second after the start
-    [seen] = monitor._heartbeats([server], set(), stepped)
+    wall, mono = time.time(), 100.0
+    monitor = MonitorService(
+        store=store,
+        publish=lambda kind, data: None,
+        links_up=set,
+        self_figures=list,
+        heartbeat_grace_s=30.0,
+        clock=lambda: wall,
+        monotonic=lambda: mono,
+    )
+    [seen] = monitor._heartbeats([server], set(), mono)  # first listed: its grace begins
     assert not seen.bad
-    monkeypatch.setattr(time, "monotonic", lambda: monitor._started_mono + 31.0)
-    [seen] = monitor._heartbeats([server], set(), stepped)
+    wall += 3600.0  # an hour ahead, a second after the start
+    mono += 1.0
+    [seen] = monitor._heartbeats([server], set(), mono)
+    assert not seen.bad
+    mono += 30.0
+    [seen] = monitor._heartbeats([server], set(), mono)
     assert seen.bad  # its grace is over
 
 

@@ -47,8 +47,11 @@ class _Clock:
         return self.now
 
 
-def _setup(store: Store, url: str, clock: _Clock, **options: float) -> tuple[MonitorService, str]:
-    """A server reporting `load`, a threshold with for_s=0 and no hysteresis on it, a webhook."""
+def _setup(
+    store: Store, url: str, clock: _Clock, monotonic: _Clock | None = None, **options: float
+) -> tuple[MonitorService, str]:
+    """A server reporting `load`, a threshold with for_s=0 and no hysteresis on it, a webhook;
+    the monitor's wall and monotonic clocks are both `clock` unless `monotonic` is given."""
     store.upsert_server(node_id=NODE, name="web1", region="r", group="g", address="127.0.0.1:1")
     rule = store.monitoring.create_threshold(
         scope="server", target="web1", metric="load", operator=">", value=50
@@ -61,7 +64,7 @@ def _setup(store: Store, url: str, clock: _Clock, **options: float) -> tuple[Mon
         self_figures=list,
         interval_s=INTERVAL_S,
         clock=clock,
-        monotonic=clock,
+        monotonic=clock if monotonic is None else monotonic,
         **options,
     )
     return monitor, f"threshold:{rule.id}:web1"
@@ -213,3 +216,70 @@ def test_a_held_change_that_settles_is_sent_before_the_window_ends(
     held = [r for r in caplog.records if "held back" in r.getMessage()]
     assert len(held) == 1
     assert "flapping: 1 change not notified" in notices[2]["message"], notices[2]["message"]
+
+
+def _report(monitor: MonitorService) -> None:
+    """The threshold still breached, reported now (on the monitor's clocks as the test left
+    them): a gap in the reports would fire a no-data alert, whose notice is not the test's."""
+    monitor.on_metrics(NODE, "web1", MetricsReport(at=time.time(), samples=(sample("load", 100),)))
+
+
+def test_a_wall_clock_step_forward_releases_no_held_notice(
+    store: Store, receiver: tuple[list[Recorded], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change held back stays held when the wall clock steps forward past the window's end
+    (NTP, a VM resumed): the window and the settle time count on the monotonic clock, which
+    stands. On the wall clock the step ended the window and sent the held change at once."""
+    log, url = receiver
+    wall, mono = _Clock(), _Clock()
+    monitor, key = _setup(store, url, wall, mono, notice_window_s=600.0, notice_settle_s=120.0)
+    started = _started(monitor, monkeypatch)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.serve)
+            await _flap(monitor, store, key, ["firing", "resolved", "firing"])  # the last held
+            wall.now = wall.start + 3600.0
+            await _full_tick(monitor)
+            await _full_tick(monitor)
+            assert [n.state for n in started] == ["firing", "resolved"]  # still held
+            mono.now = mono.start + 120.0
+            _report(monitor)
+            await _full_tick(monitor)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert [(n.metric, n.state) for n in started] == [
+        ("load", "firing"),
+        ("load", "resolved"),
+        ("load", "firing"),  # settled, on the monotonic clock
+    ]
+    assert started[2].at == wall.start  # when it fired, on the wall clock
+
+
+def test_a_wall_clock_step_back_holds_no_notice_past_its_settle_time(
+    store: Store, receiver: tuple[list[Recorded], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change held back goes out once settled even though the wall clock stepped back an
+    hour meanwhile: on the wall clock it stayed held until the wall clock caught up (an hour of
+    an outage nobody was told about)."""
+    log, url = receiver
+    wall, mono = _Clock(), _Clock()
+    monitor, key = _setup(store, url, wall, mono, notice_window_s=600.0, notice_settle_s=120.0)
+    started = _started(monitor, monkeypatch)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(monitor.serve)
+            await _flap(monitor, store, key, ["firing", "resolved", "firing"])  # the last held
+            wall.now, mono.now = wall.start - 3600.0 + 120.0, mono.start + 120.0
+            _report(monitor)
+            await _full_tick(monitor)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert [(n.metric, n.state) for n in started] == [
+        ("load", "firing"),
+        ("load", "resolved"),
+        ("load", "firing"),  # settled
+    ]

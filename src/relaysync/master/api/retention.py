@@ -1,4 +1,5 @@
-"""REST resource /api/retention: how many days of job-log history the master keeps."""
+"""REST resource /api/retention: how many days of job-log history and resolved alerts the master
+keeps."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class RetentionIn(InputModel):
     )
     exceptions_days: int | None = Days  # resolved exceptions; open ones are never pruned (90)
     recovery_jobs_days: int | None = Days  # finished recovery jobs (90)
+    alerts_days: int | None = Days  # resolved alerts; firing and acknowledged ones are kept (90)
 
 
 class RetentionOut(BaseModel):
@@ -33,13 +35,15 @@ class RetentionOut(BaseModel):
     advances_days: int
     exceptions_days: int
     recovery_jobs_days: int
+    alerts_days: int
     updated_at: float | None  # None: never set, the defaults apply
     last_pruned_at: float | None  # the master prunes hourly
     last_pruned: dict[str, int]  # kind -> rows the last prune deleted
 
 
 def get_retention(context: Context) -> RetentionOut:
-    """The days kept of each kind of job-log history, and what the last prune removed."""
+    """The days kept of each kind of job-log history and of resolved alerts, and what the last
+    prune removed."""
     return RetentionOut.model_validate(context.store.retention.get())
 
 

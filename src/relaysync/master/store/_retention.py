@@ -1,8 +1,9 @@
 """Job-log retention: how many days of each kind of history the master keeps, and the pruning.
 
-Four kinds of rows are pruned by age: change rows (`changes.reported_at`), watermark advances
-(`watermark_advances.at`), resolved exceptions (`exceptions.resolved_at`) and finished recovery
-jobs (`recovery_jobs.finished_at`). Never pruned: open exceptions, running recovery jobs,
+Five kinds of rows are pruned by age: change rows (`changes.reported_at`), watermark advances
+(`watermark_advances.at`), resolved exceptions (`exceptions.resolved_at`), finished recovery
+jobs (`recovery_jobs.finished_at`) and resolved alerts (`alerts.resolved_at`, the monitor's alert
+log). Never pruned: open exceptions, running recovery jobs, open (firing or acknowledged) alerts,
 watermarks (the current state, not history), and the newest change row of each (mapping,
 source), which is where a mapping's highest seq (its lag) comes from. Metric samples are not here:
 the monitor already folds raw figures into one-minute averages and drops old averages
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 from relaysync.errors import ConfigError
 from relaysync.master.store._joblog import ADVANCES, CHANGES, EXCEPTIONS
 from relaysync.master.store._routing_tables import RecoveryJobRow
-from relaysync.master.store.models import Base
+from relaysync.master.store.models import AlertRow, Base
 
 SessionFn = Callable[[str], AbstractContextManager[Session]]
 DAY_S = 86_400
@@ -41,9 +42,11 @@ DEFAULT_DAYS: dict[str, int] = {
     "advances": 90,
     "exceptions": 90,
     "recovery_jobs": 90,
+    "alerts": 90,  # resolved alerts: a quarter of incidents to look back on, as exceptions
 }
 KINDS = tuple(DEFAULT_DAYS)
 RECOVERY_JOBS: Table = RecoveryJobRow.__table__  # type: ignore[assignment]
+ALERTS: Table = AlertRow.__table__  # type: ignore[assignment]
 
 
 class RetentionRow(Base):
@@ -56,6 +59,7 @@ class RetentionRow(Base):
     advances_days: Mapped[int] = mapped_column(Integer, default=DEFAULT_DAYS["advances"])
     exceptions_days: Mapped[int] = mapped_column(Integer, default=DEFAULT_DAYS["exceptions"])
     recovery_jobs_days: Mapped[int] = mapped_column(Integer, default=DEFAULT_DAYS["recovery_jobs"])
+    alerts_days: Mapped[int] = mapped_column(Integer, default=DEFAULT_DAYS["alerts"])  # 0025
     updated_at: Mapped[float] = mapped_column(Float)
     last_pruned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_pruned: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # kind -> rows deleted
@@ -69,6 +73,7 @@ class RetentionSettings:
     advances_days: int
     exceptions_days: int  # resolved exceptions only; open ones are kept however old
     recovery_jobs_days: int  # finished recovery jobs only
+    alerts_days: int  # resolved alerts only; firing and acknowledged ones are kept however old
     updated_at: float | None
     last_pruned_at: float | None
     last_pruned: dict[str, int]
@@ -94,6 +99,7 @@ def _settings(row: RetentionRow | None) -> RetentionSettings:
         advances_days=row.advances_days,
         exceptions_days=row.exceptions_days,
         recovery_jobs_days=row.recovery_jobs_days,
+        alerts_days=row.alerts_days,
         updated_at=row.updated_at,
         last_pruned_at=row.last_pruned_at,
         last_pruned={str(k): int(v) for k, v in (row.last_pruned or {}).items()},
@@ -170,6 +176,11 @@ class RetentionStore:
                     RECOVERY_JOBS,
                     RECOVERY_JOBS.c.finished_at,
                     (RECOVERY_JOBS.c.finished_at.is_not(None),),
+                ),
+                "alerts": (  # an open alert has no resolved_at; the state says so twice
+                    ALERTS,
+                    ALERTS.c.resolved_at,
+                    (ALERTS.c.resolved_at.is_not(None), ALERTS.c.state == "resolved"),
                 ),
             }[kind]
             ids = list(

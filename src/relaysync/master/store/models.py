@@ -378,5 +378,6 @@ class AlertRow(Base):
     __table_args__ = (
         Index("ix_alerts_key_state", "key", "state"),
         Index("ix_alerts_fired", "fired_at"),
+        Index("ix_alerts_resolved_at", "resolved_at"),  # retention prunes by it (0025)
         {"sqlite_autoincrement": True},  # ids are never reused (0013_sqlite_ids)
     )

@@ -1,4 +1,11 @@
-"""What every alert channel shares: the notice it sends and the Channel interface."""
+"""What every alert channel shares: the notice it sends and the Channel interface.
+
+A notice's names and message come from the fleet and its operators (a probe's name, the error a
+probe met, a server's name): the text a channel writes (an e-mail's subject and body, an SMS
+template's fields) shows them on one line, control characters as escapes, cut to
+MAX_FIELD_CHARS. A newline in a probe's name forged lines in an SMS or an e-mail body, and in an
+e-mail subject or a gateway's header it failed every delivery of the alert.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from relaysync._util.untrusted_text import visible
 from relaysync.errors import ConfigError
+
+# A name or message as a channel's text shows it: longer is cut, marked "…". An SMS holds 160
+# characters; a message with a long probe name and its error still reads whole within this.
+MAX_FIELD_CHARS = 200
+
+
+def shown(text: str, max_chars: int = MAX_FIELD_CHARS) -> str:
+    """`text` fit for one line of a notification: control characters, line separators and
+    bidirectional controls as visible escapes (`\x0a`, `\u202e`), cut to `max_chars`."""
+    text = visible(text)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,24 +45,26 @@ class Notice:
     at: float  # unix time
 
     def fields(self) -> dict[str, str]:
-        """The placeholders a template may use, as text."""
+        """The placeholders a template may use, as text, each shown on one line (`shown`)."""
         value = "" if self.value is None else f"{self.value:g}"
         return {
             "alert_id": str(self.alert_id),
-            "server": self.server,
-            "metric": self.metric,
+            "server": shown(self.server),
+            "metric": shown(self.metric),
             "value": value,
-            "state": self.state,
-            "message": self.message,
+            "state": shown(self.state),
+            "message": shown(self.message),
         }
 
     def subject(self) -> str:
-        return f"[relaysync] {self.state.upper()}: {self.server} {self.metric}"
+        f = self.fields()
+        return f"[relaysync] {f['state'].upper()}: {f['server']} {f['metric']}"
 
     def text(self) -> str:
-        value = "" if self.value is None else f" (value {self.value:g})"
+        f = self.fields()
+        value = f" (value {f['value']})" if f["value"] else ""
         return (
-            f"{self.state}: {self.message}{value}\nserver: {self.server}\nalert: {self.alert_id}\n"
+            f"{f['state']}: {f['message']}{value}\nserver: {f['server']}\nalert: {f['alert_id']}\n"
         )
 
     def to_json(self) -> dict[str, Any]:

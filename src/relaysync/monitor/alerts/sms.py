@@ -1,14 +1,18 @@
 """SMS alerts through an HTTP gateway, with a configurable request template.
 
 The URL, the body and header values may hold {server} {metric} {value} {state} {message}
-{alert_id}; in the URL they are percent-encoded.
+{alert_id}, each on one line and bounded (base.py `shown`). In the URL they are
+percent-encoded; in a JSON body (its content type JSON, or none set and the template starting
+with `{` or `[`) escaped as the inside of a JSON string; in a form body form-encoded. Filled in
+as they were, a probe named `x", "to": "+1..."` added a recipient to a JSON body.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -59,7 +63,19 @@ class SmsChannel(Channel):
         """Return (method, url, headers, body) with the template filled in."""
         url = fill(self.url, notice, lambda v: quote(v, safe=""))
         headers = {k: fill(v, notice) for k, v in self.headers.items()}
-        return self.method, url, headers, fill(self.body_template, notice)
+        return self.method, url, headers, fill(self.body_template, notice, self._body_quote())
+
+    def _body_quote(self) -> Callable[[str], str]:
+        """How a value goes into the body: by its content type (none set: JSON if it looks so)."""
+        content_type = next((v for k, v in self.headers.items() if k.lower() == "content-type"), "")
+        media_type = content_type.partition(";")[0].strip().lower()
+        if media_type == "application/x-www-form-urlencoded":
+            return quote_plus
+        if media_type == "application/json" or media_type.endswith("+json"):
+            return _json_string
+        if not media_type and self.body_template.lstrip().startswith(("{", "[")):
+            return _json_string
+        return str
 
     async def send(self, notice: Notice) -> None:
         method, url, headers, body = self.request_of(notice)
@@ -74,3 +90,8 @@ class SmsChannel(Channel):
             raise AlertDeliveryFailed(
                 f"sms gateway {hide_url(self.url)}", f"HTTP {response.status_code}"
             )
+
+
+def _json_string(value: str) -> str:
+    """`value` escaped as the inside of a JSON string (the template holds its quotes)."""
+    return json.dumps(value, ensure_ascii=False)[1:-1]
