@@ -153,6 +153,7 @@ class ChangeRecorder:
                 self._restat(batch, other)
 
     _on_attr = _on_write
+    _on_modify = _on_write
     _on_symlink = _on_write
 
     def _on_mkdir(self, batch: _Batch, event: FsEvent) -> None:

@@ -60,16 +60,6 @@ def _reads_tables(mask: Mask) -> bool:
     return bool(mask & ~_PLAIN) or (Mask.DELETE | Mask.ISDIR) in mask
 
 
-def _take_quiet(since: dict[str, float]) -> list[str]:
-    """Remove from `since` (path -> monotonic time of its last event) and return the paths
-    quiet for MODIFY_QUIET_S."""
-    now = time.monotonic()
-    quiet = [p for p, t in since.items() if now - t >= MODIFY_QUIET_S]
-    for path in quiet:
-        del since[path]
-    return quiet
-
-
 class Watcher(RootWatching, TreeWatches):
     """Watches a tree with inotify and sends batches of FsEvents.
 
@@ -111,12 +101,10 @@ class Watcher(RootWatching, TreeWatches):
         # The watches of (and below) a directory moved from, while its MOVED_TO is awaited: what
         # they report meanwhile is of a directory no longer at its label (`_handle`).
         self._moving: set[int] = set()
-        # MODIFY without a CLOSE_WRITE (truncate(2), writes through a long-open fd or mmap):
-        # path -> monotonic time of its last MODIFY, reported as "write" once quiet.
+        # MODIFY without a CLOSE_WRITE (truncate(2), writes through a long-open fd or mmap, a
+        # writer that paused), and regular files created with neither since (`_created`):
+        # path -> monotonic time of its last MODIFY (or CREATE), reported as "modify" once quiet.
         self._modified: dict[str, float] = {}
-        # Regular files created (CREATE) with no MODIFY or CLOSE_WRITE since: path
-        # -> monotonic time of the CREATE, reported as "attr" once quiet.
-        self._unwritten: dict[str, float] = {}
         self._presence = RootPresence(root)
 
     @property
@@ -168,15 +156,17 @@ class Watcher(RootWatching, TreeWatches):
                 await send.send([FsEvent(kind="rescan", path=rel, is_dir=True) for rel in dirs])
 
     async def _report_quiet_modified(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
-        """Report files modified without a close-write once no MODIFY came for MODIFY_QUIET_S,
-        and files created without being written since (as "attr": nothing says they were
-        closed after writing, so the source's hot-file hold judges them)."""
+        """Report files modified (or created) without a close-write once no MODIFY came for
+        MODIFY_QUIET_S, as "modify", not as closed: the writer may only have paused, its file
+        still open (the source holds such a file while some process has it open for writing)."""
         while True:
             await anyio.sleep(MODIFY_QUIET_S / 2)
-            events = [FsEvent(kind="write", path=p) for p in _take_quiet(self._modified)]
-            events += [FsEvent(kind="attr", path=p) for p in _take_quiet(self._unwritten)]
-            if events:
-                await send.send(events)
+            now = time.monotonic()
+            quiet = [p for p, t in self._modified.items() if now - t >= MODIFY_QUIET_S]
+            for path in quiet:
+                del self._modified[path]
+            if quiet:
+                await send.send([FsEvent(kind="modify", path=p) for p in quiet])
 
     # --- reading ---
 
@@ -363,12 +353,10 @@ class Watcher(RootWatching, TreeWatches):
         elif Mask.CREATE in mask:
             self._created(rel, is_dir)
         elif Mask.MODIFY in mask and not is_dir:
-            self._unwritten.pop(rel, None)
             self._modified[rel] = time.monotonic()
         else:
             if mask & (Mask.CLOSE_WRITE | Mask.DELETE):
                 self._modified.pop(rel, None)
-                self._unwritten.pop(rel, None)
             if is_dir and Mask.DELETE in mask:
                 self._drop_vanished(rel)
             for bit, kind in _SIMPLE.items():
@@ -397,9 +385,9 @@ class Watcher(RootWatching, TreeWatches):
         elif stat.S_ISREG(st.st_mode):
             # Maybe opened for writing (its CLOSE_WRITE reports it, and drops it here), maybe
             # not: a link whose other name is gone by now (`ln tmp/x new/x; rm tmp/x`, maildir
-            # delivery), open(O_CREAT|O_RDONLY), mknod. Those get no other event: reported as
-            # "attr" once quiet, as a MODIFY without close-write is (`_report_quiet_modified`).
-            self._unwritten.setdefault(rel, time.monotonic())
+            # delivery), open(O_CREAT|O_RDONLY), mknod. Those get no other event: reported
+            # once quiet, as a MODIFY without close-write is (`_report_quiet_modified`).
+            self._modified.setdefault(rel, time.monotonic())
 
     def _moved_from(self, rel: str, is_dir: bool, cookie: int) -> None:
         pending = PendingFrom(rel, is_dir, self._filter.accepts(rel, is_dir=is_dir))
