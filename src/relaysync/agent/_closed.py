@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from relaysync.watch._fsevent import anonymous_inode
+from relaysync.watch._fsevent import FsEvent, anonymous_inode
 from relaysync.watch.changes import PendingChange
+
+
+def closed_paths(events: Sequence[FsEvent]) -> tuple[set[str], set[str]]:
+    """The paths of a batch's close-writes ("write"), and of its files changed or created with
+    no close-write ("modify": a writer may have paused, its file still open), less those."""
+    closed = {e.path for e in events if e.kind == "write"}
+    return closed, {e.path for e in events if e.kind == "modify"} - closed
 
 
 def note_closed(closed: set[str], changes: Sequence[PendingChange]) -> None:

@@ -18,13 +18,17 @@ from typing import TYPE_CHECKING
 import anyio
 
 from relaysync._util.fs import root_held
-from relaysync._util.lease import ScannedFile, closed_as_scanned
+from relaysync._util.lease import ScannedFile, closed_as_scanned, probe_lease
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.watcher import FsEvent
 
 from ._delete_runs import Mode
 
 HELD_GONE_RECHECKS = 4  # a held file found gone is looked for this many re-checks more (moved?)
+# A file changed with no close-write is held while a process has it open for writing (a writer
+# that paused mid-file), but no longer than this: a log written through a descriptor kept open
+# for ever goes then, as it is, as one that was never quiet goes once it cools (`_hot_writes`).
+OPEN_WRITER_HOLD_MAX_S = 30.0
 
 
 class HotFileHold:
@@ -33,6 +37,7 @@ class HotFileHold:
     root: Path
     hot_file_s: float
     _held: dict[str, int]
+    _held_open: dict[str, float]
     _record_lock: anyio.Lock
 
     if TYPE_CHECKING:  # SourceMapping's
@@ -52,7 +57,10 @@ class HotFileHold:
             return
         async with self._record_lock:
             held, self._held = self._held, {}
-            await self._record_locked([FsEvent(kind="attr", path=p) for p in held])
+            # one held open for writing is asked again whether it still is ("modify")
+            await self._record_locked(
+                [FsEvent(kind="modify" if p in self._held_open else "attr", path=p) for p in held]
+            )
             # A path gone may have moved with its directory, whose rename event is still on
             # its way (then `_follow_held` carries it): held for a few more re-checks.
             gone = await anyio.to_thread.run_sync(
@@ -65,7 +73,7 @@ class HotFileHold:
         return [p for p in paths if not os.path.lexists(self.root / p)]
 
     async def _hold_hot(
-        self, changes: list[PendingChange], closed: set[str]
+        self, changes: list[PendingChange], closed: set[str], unclosed: set[str]
     ) -> list[PendingChange]:
         """Keep back writes found by a scan of files modified in the last `hot_file_s` that may
         still be being written.
@@ -76,12 +84,29 @@ class HotFileHold:
         comes for it) so can a read lease (`closed_as_scanned`: not empty, open for writing by no
         process, still the file the scan saw). A held file is shipped on its close-write, or by
         the re-check once it has stayed untouched.
+
+        A write of a path in `unclosed` (changed with no close-write: the watcher's "modify",
+        sent once the file was quiet for a while) is held, however old its mtime, while a
+        process has it open for writing (`probe_lease`): a writer that paused mid-file, whose
+        half would otherwise be committed on the targets. For OPEN_WRITER_HOLD_MAX_S at most.
         """
+        now = time.monotonic()
+        unclosed = {
+            p for p in unclosed if now - self._held_open.get(p, now) < OPEN_WRITER_HOLD_MAX_S
+        }
         hot = self._hot_writes(changes, closed)
-        if hot:
-            hot = await anyio.to_thread.run_sync(self._still_hot, changes, hot)
+        writing = {
+            i
+            for i, change in enumerate(changes)
+            if change.op == "write" and change.path in unclosed and i not in hot
+        }
+        if hot or writing:
+            hot = await anyio.to_thread.run_sync(self._still_hot, changes, hot, writing)
         for i in hot:
             self._held[changes[i].path] = 0
+            if changes[i].path in unclosed:
+                self._held_open.setdefault(changes[i].path, now)
+        self._held_open = {p: t for p, t in self._held_open.items() if p in self._held}
         return [change for i, change in enumerate(changes) if i not in hot]
 
     def _hot_writes(self, changes: list[PendingChange], closed: set[str]) -> set[int]:
@@ -102,11 +127,15 @@ class HotFileHold:
             and 0 <= now_ns - change.entry.mtime_ns < self.hot_file_s * 1e9
         }
 
-    def _still_hot(self, changes: list[PendingChange], hot: set[int]) -> set[int]:
-        """Those of `hot` not told complete by `closed_as_scanned` (a worker thread's part).
-        The root is opened once for the batch (`root_held`), not once per file."""
+    def _still_hot(
+        self, changes: list[PendingChange], hot: set[int], writing: set[int]
+    ) -> set[int]:
+        """Those of `hot` not told complete by `closed_as_scanned`, and those of `writing` some
+        process has open for writing (a worker thread's part). The root is opened once for the
+        batch (`root_held`), not once per file."""
         with root_held(self.root):
-            return {i for i in hot if not self._complete(changes[i])}
+            held = {i for i in hot if not self._complete(changes[i])}
+            return held | {i for i in writing if probe_lease(self.root, changes[i].path).writing}
 
     def _complete(self, change: PendingChange) -> bool:
         entry = change.entry

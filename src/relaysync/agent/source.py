@@ -32,7 +32,7 @@ from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
 from relaysync.watch.watcher import FsEvent, Watcher
 
-from ._closed import note_closed
+from ._closed import closed_paths, note_closed
 from ._delete_runs import Mode
 from ._hot_files import HotFileHold
 from ._mass_delete_guard import MassDeleteGuard
@@ -104,6 +104,7 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
         # Files a scan found still being written (no close-write seen): re-checked when cool.
         # The value counts re-checks that found the path gone (see _recheck_held).
         self._held: dict[str, int] = {}
+        self._held_open: dict[str, float] = {}  # held open for writing, since (`_hold_hot`)
         # Files there but not readable to hash, directories not listable: looked at again.
         self.unreadable = UnreadableRecheck(self.root)
         self._record_lock = anyio.Lock()
@@ -385,7 +386,7 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
 
     async def _record_locked(self, events: Sequence[FsEvent], *, mode: Mode = "now") -> None:
         events = [e for e in events if self._names_encode(e.path, e.new_path)]
-        closed = {e.path for e in events if e.kind == "write"}
+        closed, unclosed = closed_paths(events)
         rest = coalesce(events)  # after `closed`: the watcher keeps the writes a rescan covers
         # Every directory the scans met could be listed (else a whole-folder rescan did not see
         # all of it, and cannot end a mass-delete hold).
@@ -402,19 +403,19 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
                 isinstance(e, SourceListError) for e in detection.unreadable
             )
             detected = [c for c in detection.changes if self._encodes(c)]
-            skipped.update(await self._journal(detected, closed, mode))
+            skipped.update(await self._journal(detected, closed, unclosed, mode))
             rest = self._guard_skip_rest(detection.rest, skipped)
         if listed and not skipped and any(e.kind == "rescan" and not e.path for e in events):
             # the whole folder, and no mass delete in it: a hold ends
             self._guard_rescanned(self._guard_sent - sent)
 
     async def _journal(
-        self, detected: list[PendingChange], closed: set[str], mode: Mode
+        self, detected: list[PendingChange], closed: set[str], unclosed: set[str], mode: Mode
     ) -> list[str]:
         """Journal and apply detected changes, less the deletes the mass-delete guard holds or
         defers (and the changes tied to them); return the paths of those."""
         note_closed(closed, detected)  # a file closed, then renamed: closed under its new name
-        changes = await self._hold_hot(detected, closed)
+        changes = await self._hold_hot(detected, closed, unclosed)
         self._follow_held(detected)
         if not changes:
             return []

@@ -7,7 +7,9 @@ from typing import Literal
 
 import msgspec
 
-EventKind = Literal["write", "delete", "move", "attr", "rescan", "symlink", "mkdir"]
+# "write": closed after writing (CLOSE_WRITE); "modify": changed or created with no close-write
+# (yet): a writer may still have it open.
+EventKind = Literal["write", "modify", "delete", "move", "attr", "rescan", "symlink", "mkdir"]
 
 
 class FsEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,7 +6,7 @@ from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.manifest import ancestors
 
 # Events that the recorder answers by re-reading the path's current state from disk.
-_RESTAT_KINDS = frozenset({"write", "attr", "symlink", "mkdir"})
+_RESTAT_KINDS = frozenset({"write", "modify", "attr", "symlink", "mkdir"})
 
 
 def coalesce(events: list[FsEvent], *, keep_closed: bool = False) -> list[FsEvent]:

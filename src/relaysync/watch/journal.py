@@ -72,6 +72,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _open_segment(path: Path) -> BinaryIO:
+    """A segment opened to append, unbuffered: each append is written by `Journal._write`
+    itself, and none of it waits in a buffer after a failure."""
+    return open(path, "ab", buffering=0)  # noqa: SIM115 - closed by the Journal
+
+
 def _write_atomic(path: Path, text: str, *, fsync: bool) -> None:
     """Replace `path` with `text` atomically; with `fsync`, durably: the data before the rename,
     and the directory after it (the rename is a write of the directory, lost in a power cut
@@ -134,7 +140,7 @@ class Journal(JournalReads):
             self._segment_path(self._segments[0]).touch()
             self._sync_dir()
         self._last_seq, self._size = self._recover(self._segments[-1])
-        self._file: BinaryIO = open(self._segment_path(self._segments[-1]), "ab")
+        self._file: BinaryIO = _open_segment(self._segment_path(self._segments[-1]))
         self._lease = self._load_lease()
         self._boot_id = (current_boot_id() if boot_id is None else boot_id) or "-"
         self.previous_id: str | None = None  # the id this open replaced, if the tail may be lost
@@ -163,7 +169,7 @@ class Journal(JournalReads):
             self._index.pop(first, None)
             self._segment_path(first).unlink(missing_ok=True)
         self._segments = [self._last_seq + 1]
-        self._file = open(self._segment_path(self._segments[0]), "ab")
+        self._file = _open_segment(self._segment_path(self._segments[0]))
         self._size = 0
         self._sync_dir(force=True)
         self.journal_id = uuid.uuid4().hex
@@ -309,14 +315,18 @@ class Journal(JournalReads):
 
     def _write(self, records: list[JournalRecord]) -> None:
         frames = [_frame(r) for r in records]
+        fd = self._file.fileno()
         try:
-            self._file.write(b"".join(frames))
-            self._file.flush()
+            data = memoryview(b"".join(frames))
+            while data:  # the segment is unbuffered (`_open_segment`): what is not written is not
+                data = data[os.write(fd, data) :]
             if self._fsync:
-                os.fsync(self._file.fileno())
+                os.fsync(fd)
         except BaseException:
-            # Leave no partial frame behind: the next append would follow garbage.
-            self._file.truncate(self._size)
+            # Leave no partial frame behind: the next append would follow garbage. (A buffered
+            # file's truncate flushed first, failed on the full disk, and kept the frames to
+            # write them with the next append: a seq twice, a journal that would not reopen.)
+            os.ftruncate(fd, self._size)
             raise
         self._add_index_points(records, frames)
         self._last_seq = records[-1].seq
@@ -335,7 +345,7 @@ class Journal(JournalReads):
         self._file.close()
         first = self._last_seq + 1
         self._segments.append(first)
-        self._file = open(self._segment_path(first), "ab")
+        self._file = _open_segment(self._segment_path(first))
         self._size = 0
         self._sync_dir()
 

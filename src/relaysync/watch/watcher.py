@@ -101,8 +101,9 @@ class Watcher(RootWatching, TreeWatches):
         # The watches of (and below) a directory moved from, while its MOVED_TO is awaited: what
         # they report meanwhile is of a directory no longer at its label (`_handle`).
         self._moving: set[int] = set()
-        # MODIFY without a CLOSE_WRITE (truncate(2), writes through a long-open fd or mmap):
-        # path -> monotonic time of its last MODIFY, reported as "write" once quiet.
+        # MODIFY without a CLOSE_WRITE (truncate(2), writes through a long-open fd or mmap, a
+        # writer that paused), and regular files created with neither since (`_created`):
+        # path -> monotonic time of its last MODIFY (or CREATE), reported as "modify" once quiet.
         self._modified: dict[str, float] = {}
         self._presence = RootPresence(root)
 
@@ -155,7 +156,9 @@ class Watcher(RootWatching, TreeWatches):
                 await send.send([FsEvent(kind="rescan", path=rel, is_dir=True) for rel in dirs])
 
     async def _report_quiet_modified(self, send: anyio.abc.ObjectSendStream[list[FsEvent]]) -> None:
-        """Report files modified without a close-write once no MODIFY came for MODIFY_QUIET_S."""
+        """Report files modified (or created) without a close-write once no MODIFY came for
+        MODIFY_QUIET_S, as "modify", not as closed: the writer may only have paused, its file
+        still open (the source holds such a file while some process has it open for writing)."""
         while True:
             await anyio.sleep(MODIFY_QUIET_S / 2)
             now = time.monotonic()
@@ -163,7 +166,7 @@ class Watcher(RootWatching, TreeWatches):
             for path in quiet:
                 del self._modified[path]
             if quiet:
-                await send.send([FsEvent(kind="write", path=p) for p in quiet])
+                await send.send([FsEvent(kind="modify", path=p) for p in quiet])
 
     # --- reading ---
 
@@ -379,6 +382,12 @@ class Watcher(RootWatching, TreeWatches):
             # through its other name (outside this folder: no event here). As "attr", not a
             # close-write: the source holds it while it is hot and open for writing elsewhere.
             self._emit("attr", rel)
+        elif stat.S_ISREG(st.st_mode):
+            # Maybe opened for writing (its CLOSE_WRITE reports it, and drops it here), maybe
+            # not: a link whose other name is gone by now (`ln tmp/x new/x; rm tmp/x`, maildir
+            # delivery), open(O_CREAT|O_RDONLY), mknod. Those get no other event: reported
+            # once quiet, as a MODIFY without close-write is (`_report_quiet_modified`).
+            self._modified.setdefault(rel, time.monotonic())
 
     def _moved_from(self, rel: str, is_dir: bool, cookie: int) -> None:
         pending = PendingFrom(rel, is_dir, self._filter.accepts(rel, is_dir=is_dir))

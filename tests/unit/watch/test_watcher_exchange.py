@@ -134,3 +134,29 @@ async def test_a_directory_renamed_away_from_a_name_made_again_stays_watched(
             (root / path).write_text("later")
             await wait_for(lambda p=path: _has(seen, "write", p))  # type: ignore[misc]
         assert _watched_as_on_disk(watcher, root)
+
+
+async def test_files_and_links_exchanged_both_stay_on_the_target(
+    tmp_path: Path, manifest: Manifest
+) -> None:
+    """`mv --exchange fa fb` and the atomic switch `mv --exchange current previous` of two
+    symlinks: each half is a rename onto a name whose old entry is not gone, but at the other
+    name. Found in review (notes/s34/watch_review.md #2): the recorder took the old name of each
+    rename for gone, and the targets (and the manifest) lost one of the two."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "fa").write_text("A")
+    (root / "fb").write_text("BBB")
+    os.symlink("releases/r1", root / "current")
+    os.symlink("releases/r2", root / "previous")
+    rec, target = ChangeRecorder(root, manifest, PathFilter()), ModelTarget()
+    settle(rec, target, [ev("rescan", "")])
+    async with watching(root) as batches:
+        _exchange(root / "fa", root / "fb")
+        _exchange(root / "current", root / "previous")
+        (root / "marker").write_text("after the exchanges")
+        await wait_for(lambda: any(e.path == "marker" for b in batches for e in b))
+    settle(rec, target, [e for b in batches for e in b])
+    assert (root / "fb").read_text() == "A"
+    assert set(target.state) == {"fa", "fb", "current", "previous", "marker"}
+    assert_in_step(root, manifest, target)
