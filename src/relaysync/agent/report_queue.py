@@ -16,9 +16,10 @@ lost. A read back that fails (EMFILE, EIO) is tried again at the next ack, repor
 and, while none is held (`stalled`), by the link every READ_BACK_RETRY_S.
 Only a report the outbox could not keep (no outbox, a full disk) makes the oldest held go, as
 past the count. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
-dropped, sent or not, with a warning (a message the link merged from several: all of them; the
-count, `pending` and `dropped` are of reports, not messages); the session's count of messages
-goes on, so the master's `ReportsTaken(upto)` still names the same ones.
+dropped, sent or not, with a warning (a message the link merged from several: its first report
+only, the message keeps the others and its number in the session; the count, `pending` and
+`dropped` are of reports, not messages); the session's count of messages goes on, so the
+master's `ReportsTaken(upto)` still names the same ones.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
+
+import msgspec
 
 from relaysync.constants import READ_BACK_RETRY_S
 from relaysync.errors import ProtocolError
@@ -56,13 +59,15 @@ READ_BACK_WARN_S = 60.0  # a read back failing on and on is warned of this seldo
 
 class Queued(NamedTuple):
     """A report in the queue, how many outbox frames it stands for (merged: several; kept in
-    memory only: none), what it is estimated to hold in memory, and how many reports it stands
-    for (merged: several; counted by `pending`, `dropped` and MAX_QUEUED_REPORTS)."""
+    memory only: none), what it is estimated to hold in memory, how many reports it stands
+    for (merged: several; counted by `pending`, `dropped` and MAX_QUEUED_REPORTS), and, merged,
+    the items it was merged from, in order (a drop takes the first alone: `_split_first`)."""
 
     report: CommitReport
     frames: int
     held_bytes: int = 0
     reports: int = 1
+    parts: tuple[Queued, ...] = ()
 
 
 class ReportQueue:
@@ -275,15 +280,21 @@ class ReportQueue:
             pass
 
     def _drop_oldest(self, *, refill: bool = True) -> bool:
-        """Drop the oldest report (a merged one: all it stands for); False if none could be
+        """Drop the oldest report (of a merged message: its first; the message dropped all it
+        stood for, up to 64 reports for one over the bound); False if none could be
         (none held, none read back)."""
         if not self._window:
             self._refill()  # the oldest is spilled: read back first
         if self.unacked:
-            item = self.unacked.popleft()
-            self.acked += 1  # the next one keeps its number in the session
+            item, rest = _split_first(self.unacked.popleft())
+            if rest is None:
+                self.acked += 1  # the next one keeps its number in the session
+            else:  # the message keeps its number: the others of it stay, and go again if need be
+                self.unacked.appendleft(rest)
         elif self.unsent:
-            item = self.unsent.popleft()
+            item, rest = _split_first(self.unsent.popleft())
+            if rest is not None:
+                self.unsent.appendleft(rest)
         else:
             return False
         self.held_bytes -= item.held_bytes
@@ -330,3 +341,26 @@ class ReportQueue:
             self.outbox.consume(frames)
         except OSError as exc:  # a restart would send them again: the master takes repeats
             logger.warning("report outbox %s: %s", self.outbox.directory, exc)
+
+
+def _split_first(item: Queued) -> tuple[Queued, Queued | None]:
+    """The oldest report of `item` and what is left of it (None: it was the only one): a
+    message merged from several loses only its first to a drop (it lost all of them)."""
+    if len(item.parts) < 2:
+        return item, None
+    first, rest = item.parts[0], item.parts[1:]
+    if len(rest) == 1:
+        return first, rest[0]
+    report = msgspec.structs.replace(
+        item.report,
+        records=item.report.records[len(first.report.records) :],
+        watermark=max(part.report.watermark for part in rest),
+    )
+    left = Queued(
+        report,
+        item.frames - first.frames,
+        item.held_bytes - first.held_bytes,
+        item.reports - first.reports,
+        rest,
+    )
+    return first, left
