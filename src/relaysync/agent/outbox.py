@@ -17,7 +17,8 @@ a segment is deleted once all of its frames are.
 Reading back: the queue holds in memory only what fits its bound in bytes (agent/report_queue.py);
 the reports past it are appended not `held`, and read back in order from a cursor on the first of
 them (`peek_unread`, `advance`), and `open(hold_bytes)` returns only what fits, leaving the rest
-`unread` the same way. A frame found unreadable there is skipped alone, as at `open`.
+`unread` the same way, found by their headers alone (decoding them all made a restart after a
+long outage slow: `read_segment`). A frame found unreadable there is skipped alone, as at `open`.
 
 Durability: appends and `.done` writes are not fsynced as they come. A kill of the agent (kill -9,
 a crash, the OOM killer) loses nothing the kernel holds. For a target in `safe` durability, whose
@@ -193,8 +194,8 @@ class ReportOutbox:
                 self._peeked = (end, False)
                 return report, length
         logger.warning(
-            "report outbox: %s: unreadable frame at byte %s, written by this run; its report "
-            "is lost (the file is kept as .bad)",
+            "report outbox: %s: unreadable frame at byte %s (damaged on disk since it was "
+            "written); its report is lost (the file is kept as .bad)",
             segment.path,
             cursor.offset,
         )
