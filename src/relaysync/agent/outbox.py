@@ -12,7 +12,9 @@ segment files `<n>.outbox` (16 hex digits) read in the order of n. Appends go to
 segment, and to a new one past SEGMENT_BYTES or at each start. A frame is an 8-byte header
 (payload bytes, CRC-32 of the payload; big-endian) and one CommitReport as on the wire.
 `<n>.done` holds how many of segment n's first frames are taken (8 bytes, pwritten in place);
-a segment is deleted once all of its frames are.
+a segment is deleted once all of its frames are. `size_bytes` is what the segments weigh, which
+the queue bounds (agent/report_queue.py `_fit_disk`: the oldest reports go, passed unread with
+`skip_unread` when on disk only).
 
 Reading back: the queue holds in memory only what fits its bound in bytes (agent/report_queue.py);
 the reports past it are appended not `held`, and read back in order from a cursor on the first of
@@ -99,6 +101,7 @@ class ReportOutbox:
         # the peeked frame's end (None: its header is unreadable) and whether it is lost
         self._peeked: tuple[int | None, bool] = (None, True)
         self._reader: tuple[int, int] | None = None
+        self.size_bytes = 0  # of the segments on disk: what the queue's bound in bytes counts
 
     @property
     def pending(self) -> int:
@@ -124,6 +127,7 @@ class ReportOutbox:
             self._next = segment.number + 1
             if segment.pending:
                 self._segments.append(segment)
+                self.size_bytes += segment.size
             else:
                 _remove(segment)
         for stale in self.directory.glob("*.done"):
@@ -169,6 +173,7 @@ class ReportOutbox:
             self.unread += 1
         segment.size += len(frame)
         segment.frames += 1
+        self.size_bytes += len(frame)
 
     def peek_unread(self) -> tuple[CommitReport | None, int] | None:
         """The first report not read back yet and its encoded bytes, still unread (`advance`
@@ -200,6 +205,23 @@ class ReportOutbox:
             cursor.offset,
         )
         return None, length
+
+    def skip_unread(self) -> tuple[int, bool]:
+        """Pass the first report not read back yet without reading it (dropped); returns the
+        frames passed, 1 or (its header unreadable: lost) the rest of its segment's, and
+        whether they were lost.
+
+        Raises:
+            OSError: its segment cannot be read.
+        """
+        assert self.unread and self._cursor is not None, "skip_unread() with none unread"
+        cursor, segment = self._settled(self._cursor)
+        header = os.pread(self._read_fd(segment), HEADER.size, cursor.offset)
+        length = HEADER.unpack(header)[0] if len(header) == HEADER.size else 0
+        end = cursor.offset + HEADER.size + length
+        whole = 0 < length <= MAX_MESSAGE_BYTES and end <= segment.size
+        self._peeked = (end, False) if whole else (None, True)
+        return self.advance(), not whole
 
     def advance(self) -> int:
         """Move past the report `peek_unread` gave; returns how many reports that passes: 1, or
@@ -301,6 +323,7 @@ class ReportOutbox:
     def _drop_head(self) -> None:
         """Delete the first segment: all of its reports are taken."""
         head = self._segments.pop(0)
+        self.size_bytes -= head.size
         if self._reader is not None and self._reader[0] == head.number:
             self._close_reader()
         if self._done_fd is not None:

@@ -7,7 +7,7 @@ master has taken it (`taken`), the link sent it to a master that does not acknow
 first. Without an outbox (or while appends fail: a full disk, logged) reports are kept in
 memory only, as before.
 
-Two bounds. In memory, the reports held weigh at most `max_bytes` (MAX_QUEUED_REPORT_BYTES,
+Three bounds. In memory, the reports held weigh at most `max_bytes` (MAX_QUEUED_REPORT_BYTES,
 estimated by agent/_report_memory.py; one report always fits): a report of many records with
 long paths holds MBs, and 100,000 of them, while the master is down, held GBs. Past it, reports
 on disk stay there only (`spilled`), and are read back in order as the master takes those held,
@@ -15,7 +15,10 @@ READ_BACK_STEP_BYTES at a time (`_refill`, `read_back`: this runs on the event l
 lost. A read back that fails (EMFILE, EIO) is tried again at the next ack, report or session
 and, while none is held (`stalled`), by the link every READ_BACK_RETRY_S.
 Only a report the outbox could not keep (no outbox, a full disk) makes the oldest held go, as
-past the count. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
+past the count. On disk, the outbox's segments weigh at most `max_disk_bytes` (MAX_OUTBOX_BYTES,
+the agent's `report_outbox_max_mb`): past it the oldest reports go until their segment is
+deleted (`_fit_disk`), as past the count, rather than fill the agent's disk while the master is
+down. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
 dropped, sent or not, with a warning (a message the link merged from several: its first report
 only, the message keeps the others and its number in the session; the count, `pending` and
 `dropped` are of reports, not messages); the session's count of messages goes on, so the
@@ -36,10 +39,13 @@ from relaysync.constants import READ_BACK_RETRY_S
 from relaysync.errors import ProtocolError
 from relaysync.protocol.messages import ENCODER, CommitReport
 
+from ._outbox_segments import HEADER
 from ._report_memory import held_bytes
 from .outbox import ReportOutbox
 
 logger = logging.getLogger(__name__)
+
+FRAME_HEADER_BYTES = HEADER.size  # before each report in the outbox
 
 # Reports kept, sent or not, until the master took them; the oldest are dropped past this
 # (watermarks come again with the next report, but the dropped records miss in the job log).
@@ -54,6 +60,11 @@ MAX_QUEUED_REPORT_BYTES = 128 * 1024 * 1024
 # an ack that freed the memory of 64 large reports read ~37 MB back at once, blocking the loop
 # 70-330 ms; now the link's writer reads the rest a step at a time between its sends.
 READ_BACK_STEP_BYTES = 1024 * 1024
+# The outbox on disk, by default (the agent's `report_outbox_max_mb`): the count bound alone let
+# it grow to 100,000 reports of up to 2 MiB (200 GiB) while the master was down, filling the
+# agent's disk. 4 GiB holds ~10 million typical reports (~430 B on disk each) or 2,000 of the
+# largest; past it the oldest reports go, a segment at a time (agent/outbox.py SEGMENT_BYTES).
+MAX_OUTBOX_BYTES = 4 * 1024 * 1024 * 1024
 READ_BACK_WARN_S = 60.0  # a read back failing on and on is warned of this seldom
 
 
@@ -80,6 +91,7 @@ class ReportQueue:
         replayed: Sequence[CommitReport] = (),
         *,
         max_bytes: int | None = None,
+        max_disk_bytes: int | None = None,
     ) -> None:
         """
         Args:
@@ -87,9 +99,13 @@ class ReportQueue:
             replayed: what `outbox.open()` returned, queued first; the outbox's `unread`
                 reports follow them.
             max_bytes: what the reports held in memory may weigh (MAX_QUEUED_REPORT_BYTES).
+            max_disk_bytes: what the outbox's segments may weigh on disk (MAX_OUTBOX_BYTES; at
+                least two segments: a drop frees a whole one, never the one appends go to).
         """
         self.outbox = outbox
         self.max_bytes = MAX_QUEUED_REPORT_BYTES if max_bytes is None else max_bytes
+        disk = MAX_OUTBOX_BYTES if max_disk_bytes is None else max_disk_bytes
+        self.max_disk_bytes = max(disk, 2 * outbox.segment_bytes) if outbox is not None else disk
         self.unsent: collections.deque[Queued] = collections.deque()
         # `acked` of this session's reports are taken or dropped, the first of `unacked` is next
         self.unacked: collections.deque[Queued] = collections.deque()
@@ -110,6 +126,7 @@ class ReportQueue:
             self._spill(outbox.unread)
         while self.pending > MAX_QUEUED_REPORTS:
             self._drop_oldest()
+        self._fit_disk(0)  # the bound was lowered since
         self._refill()
 
     def add(self, report: CommitReport) -> None:
@@ -118,6 +135,7 @@ class ReportQueue:
         cost = held_bytes(report, len(payload))
         if self.pending >= MAX_QUEUED_REPORTS:
             self._drop_oldest()
+        self._fit_disk(FRAME_HEADER_BYTES + len(payload))
         held = not self.spilled and (self._window == 0 or self.held_bytes + cost <= self.max_bytes)
         frames = self._persist(payload, held)
         if frames and not held:
@@ -273,6 +291,18 @@ class ReportQueue:
             else:
                 self.spilled[0] -= n
 
+    def _fit_disk(self, size: int) -> None:
+        """Make room in the outbox for `size` more bytes within `max_disk_bytes`: the oldest
+        reports go until their segment is deleted (a segment's worth of them, at most: there are
+        two segments at least past the bound), then those on disk are read back."""
+        outbox = self.outbox
+        if outbox is None or outbox.size_bytes + size <= self.max_disk_bytes:
+            return
+        while outbox.size_bytes + size > self.max_disk_bytes and self.pending:
+            if not self._drop_oldest(refill=False):
+                break
+        self._refill()
+
     def _make_room(self, cost: int) -> None:
         """A report kept in memory only does not fit: the oldest held go (never those spilled:
         they are newer)."""
@@ -283,6 +313,8 @@ class ReportQueue:
         """Drop the oldest report (of a merged message: its first; the message dropped all it
         stood for, up to 64 reports for one over the bound); False if none could be
         (none held, none read back)."""
+        if not self._window and self._drop_unread():
+            return True
         if not self._window:
             self._refill()  # the oldest is spilled: read back first
         if self.unacked:
@@ -300,18 +332,41 @@ class ReportQueue:
         self.held_bytes -= item.held_bytes
         self.held_reports -= item.reports
         self._consume(item.frames)
-        before, self.dropped = self.dropped, self.dropped + item.reports
-        if not before or before // 10_000 != self.dropped // 10_000:
-            logger.warning(
-                "commit reports for the master: over %s queued (or %s MiB in memory, not on "
-                "disk), dropped the oldest (%s so far; their records miss in the job log)",
-                MAX_QUEUED_REPORTS,
-                self.max_bytes >> 20,
-                self.dropped,
-            )
+        self._count_dropped(item.reports)
         if refill:
             self._refill()
         return True
+
+    def _drop_unread(self) -> bool:
+        """Drop the oldest report if it is on disk only, unread (a drop past the disk bound
+        passes a segment's worth: read back and decoded one by one, 8 MiB of small reports
+        blocked the event loop ~160 ms); False if it is not, or its segment cannot be read."""
+        if self.outbox is None or not self.spilled or not isinstance(self.spilled[0], int):
+            return False
+        try:
+            frames, lost = self.outbox.skip_unread()
+        except OSError as exc:
+            self._read_failed(exc)
+            return False
+        self._unspill(frames)
+        if not lost:  # lost frames are taken with the reports around them (Segment.take)
+            self._consume(1)
+            self._count_dropped(1)
+        return True
+
+    def _count_dropped(self, reports: int) -> None:
+        before, self.dropped = self.dropped, self.dropped + reports
+        if not before or before // 10_000 != self.dropped // 10_000:
+            logger.error(
+                "commit reports for the master: over %s queued, %s MiB on disk (or %s MiB in "
+                "memory, not on disk), dropped the oldest (%s so far; their records miss in the "
+                "job log and their URLs are not purged): bring the master back, or raise "
+                "report_outbox_max_mb",
+                MAX_QUEUED_REPORTS,
+                self.max_disk_bytes >> 20,
+                self.max_bytes >> 20,
+                self.dropped,
+            )
 
     def _persist(self, payload: bytes, held: bool) -> int:
         """Append a report to the outbox; the frames it takes there (0: memory only)."""
