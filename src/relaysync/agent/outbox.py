@@ -61,6 +61,7 @@ from relaysync._util.kept_aside import keep_aside
 from relaysync.constants import MAX_MESSAGE_BYTES
 from relaysync.protocol.messages import ENCODER, CommitReport
 
+from ._lost_reports import HEAD_DECODER, ReportHead
 from ._outbox_segments import DECODER, DONE, HEADER, Cursor, Replay, Segment, read_segment
 
 logger = logging.getLogger(__name__)
@@ -206,22 +207,27 @@ class ReportOutbox:
         )
         return None, length
 
-    def skip_unread(self) -> tuple[int, bool]:
-        """Pass the first report not read back yet without reading it (dropped); returns the
-        frames passed, 1 or (its header unreadable: lost) the rest of its segment's, and
-        whether they were lost.
+    def skip_unread(self) -> tuple[int, ReportHead | None]:
+        """Pass the first report not read back yet, decoding its head only (it is dropped);
+        returns the frames passed, 1 or (its header unreadable) the rest of its segment's, and
+        the head (None: the frames are lost, or the payload does not decode).
 
         Raises:
             OSError: its segment cannot be read.
         """
         assert self.unread and self._cursor is not None, "skip_unread() with none unread"
         cursor, segment = self._settled(self._cursor)
-        header = os.pread(self._read_fd(segment), HEADER.size, cursor.offset)
+        fd = self._read_fd(segment)
+        header = os.pread(fd, HEADER.size, cursor.offset)
         length = HEADER.unpack(header)[0] if len(header) == HEADER.size else 0
         end = cursor.offset + HEADER.size + length
         whole = 0 < length <= MAX_MESSAGE_BYTES and end <= segment.size
         self._peeked = (end, False) if whole else (None, True)
-        return self.advance(), not whole
+        head = None
+        if whole:
+            with contextlib.suppress(msgspec.DecodeError):
+                head = HEAD_DECODER.decode(os.pread(fd, length, cursor.offset + HEADER.size))
+        return self.advance(), head
 
     def advance(self) -> int:
         """Move past the report `peek_unread` gave; returns how many reports that passes: 1, or

@@ -19,10 +19,12 @@ past the count. On disk, the outbox's segments weigh at most `max_disk_bytes` (M
 the agent's `report_outbox_max_mb`): past it the oldest reports go until their segment is
 deleted (`_fit_disk`), as past the count, rather than fill the agent's disk while the master is
 down. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
-dropped, sent or not, with a warning (a message the link merged from several: its first report
+dropped, sent or not, with an error (a message the link merged from several: its first report
 only, the message keeps the others and its number in the session; the count, `pending` and
 `dropped` are of reports, not messages); the session's count of messages goes on, so the
-master's `ReportsTaken(upto)` still names the same ones.
+master's `ReportsTaken(upto)` still names the same ones. Every report dropped is noted
+(`lost`), and once the master takes reports again a marker per mapping follows the others, so
+that it purges the sites of what they named (agent/_lost_reports.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from relaysync.constants import READ_BACK_RETRY_S
 from relaysync.errors import ProtocolError
 from relaysync.protocol.messages import ENCODER, CommitReport
 
+from ._lost_reports import LostReports
 from ._outbox_segments import HEADER
 from ._report_memory import held_bytes
 from .outbox import ReportOutbox
@@ -120,6 +123,8 @@ class ReportQueue:
         self._append_failing = False
         self._read_failures = 0  # read backs failed in a row (warned of, rate-limited)
         self._read_warned_at = 0.0
+        # dropped reports, told to the master as markers once it takes reports again
+        self.lost = LostReports(outbox.directory / "lost" if outbox is not None else None)
         for report in replayed:
             self._push(Queued(report, 1, held_bytes(report, len(ENCODER.encode(report)))))
         if outbox is not None and outbox.unread:
@@ -128,14 +133,20 @@ class ReportQueue:
             self._drop_oldest()
         self._fit_disk(0)  # the bound was lowered since
         self._refill()
+        self.lost.save()
 
     def add(self, report: CommitReport) -> None:
         """Keep `report` on disk, then queue it (in memory too if it fits)."""
         payload = ENCODER.encode(report)
-        cost = held_bytes(report, len(payload))
         if self.pending >= MAX_QUEUED_REPORTS:
             self._drop_oldest()
         self._fit_disk(FRAME_HEADER_BYTES + len(payload))
+        self._queue(report, payload)
+        self.lost.save()
+
+    def _queue(self, report: CommitReport, payload: bytes) -> None:
+        """Keep `report` (encoded: `payload`) on disk, then queue it, within the memory bound."""
+        cost = held_bytes(report, len(payload))
         held = not self.spilled and (self._window == 0 or self.held_bytes + cost <= self.max_bytes)
         frames = self._persist(payload, held)
         if frames and not held:
@@ -181,6 +192,22 @@ class ReportQueue:
             self.acked += 1
         self._consume(frames)
         self._refill()
+        self._tell_lost()
+
+    def _tell_lost(self) -> None:
+        """The master takes reports: queue the markers of those dropped meanwhile, after the
+        others (agent/_lost_reports.py), and forget their notes."""
+        markers = self.lost.take()
+        for report in markers:
+            self._queue(report, ENCODER.encode(report))
+        if markers:
+            logger.error(
+                "commit reports for the master: %s dropped past the queue's bounds; told it "
+                "for %s mappings, whose sites it purges whole",
+                self.dropped,
+                len(markers),
+            )
+        self.lost.save()
 
     def session_over(self) -> None:
         """Not taken: sent again, first and in order, on the next session (numbered from 1)."""
@@ -333,6 +360,7 @@ class ReportQueue:
         self.held_reports -= item.reports
         self._consume(item.frames)
         self._count_dropped(item.reports)
+        self.lost.note(item.report)
         if refill:
             self._refill()
         return True
@@ -344,14 +372,16 @@ class ReportQueue:
         if self.outbox is None or not self.spilled or not isinstance(self.spilled[0], int):
             return False
         try:
-            frames, lost = self.outbox.skip_unread()
+            frames, head = self.outbox.skip_unread()
         except OSError as exc:
             self._read_failed(exc)
             return False
         self._unspill(frames)
-        if not lost:  # lost frames are taken with the reports around them (Segment.take)
+        if frames == 1:  # else lost: taken with the reports around them (Segment.take)
             self._consume(1)
             self._count_dropped(1)
+        if head is not None:
+            self.lost.note(head)
         return True
 
     def _count_dropped(self, reports: int) -> None:
@@ -360,8 +390,8 @@ class ReportQueue:
             logger.error(
                 "commit reports for the master: over %s queued, %s MiB on disk (or %s MiB in "
                 "memory, not on disk), dropped the oldest (%s so far; their records miss in the "
-                "job log and their URLs are not purged): bring the master back, or raise "
-                "report_outbox_max_mb",
+                "job log, and their mappings' sites are purged whole once the master takes "
+                "reports again): bring the master back, or raise report_outbox_max_mb",
                 MAX_QUEUED_REPORTS,
                 self.max_disk_bytes >> 20,
                 self.max_bytes >> 20,

@@ -4,7 +4,8 @@ the reports it stood for, on disk too, were lost though the bound needed one gon
 
 Checked on real outbox files, through sessions (sent, taken in part, sent again) and restarts:
 what the master takes comes in order, none twice, and nothing is missing but what the bound had
-to drop: one report for each report added at the bound."""
+to drop: one report for each report added at the bound; and the master is told of each mapping
+whose reports it missed (agent/_lost_reports.py), even across restarts."""
 
 from __future__ import annotations
 
@@ -41,19 +42,26 @@ class Master:
         self.sent: list[list[int]] = []  # this session's messages: the seqs of their records
         self.acked = 0
         self.taken: list[int] = []
+        self.markers: list[list[int]] = []  # this session's: the mappings lost reports are of
+        self.told: list[int] = []  # the mappings whose lost reports the master took a marker of
 
     def session(self) -> None:
-        self.sent, self.acked = [], 0
+        self.sent, self.markers, self.acked = [], [], 0
 
     def send(self, queue: ReportQueue, limit: int) -> None:
         """What the link does (master_link._send_reports): merged, kept until taken, sent."""
         merged = _merge(queue.take_batch(limit))
         queue.unacked.extend(merged)
-        self.sent += [[r.seq for r in item.report.records] for item in merged]
+        for item in merged:
+            records = item.report.records
+            self.sent.append([r.seq for r in records if r.op != "lost"])
+            self.markers.append([item.report.mapping_id for r in records if r.op == "lost"])
 
     def take(self, queue: ReportQueue, upto: int) -> None:
         for message in self.sent[self.acked : upto]:
             self.taken += message
+        for lost in self.markers[self.acked : upto]:
+            self.told += lost
         self.acked = upto
         queue.taken(upto)
 
@@ -77,7 +85,10 @@ def test_a_drop_takes_one_report_out_of_a_merged_message(
     master.send(queue, 64)
     assert master.sent == [list(range(1, 11))]
     master.take(queue, 1)
-    assert queue.pending == 0 == box.pending
+    assert queue.pending == 1 == box.pending  # the marker of the one dropped
+    master.send(queue, 64)
+    master.take(queue, 2)
+    assert master.told == [1] and queue.pending == 0 == box.pending
     again = _outbox(tmp_path)
     assert again.open() == []
 
@@ -94,13 +105,15 @@ def test_sessions_and_restarts_deliver_in_order_and_drop_only_what_the_bound_nee
     queue = ReportQueue(box, box.open(), max_bytes=max_bytes)
     master = Master()
     added: list[int] = []
+    mapping_of: dict[int, int] = {}
     must_drop = 0
     for _ in range(400):
         step = rng.random()
         if step < 0.55:
             n = len(added)
             must_drop += queue.pending >= bound
-            queue.add(_report(n, mapping_id=1 if rng.random() < 0.8 else 2))
+            mapping_of[n] = 1 if rng.random() < 0.8 else 2
+            queue.add(_report(n, mapping_of[n]))
             added.append(n)
         elif step < 0.75:
             master.send(queue, rng.randint(1, 64))
@@ -125,5 +138,33 @@ def test_sessions_and_restarts_deliver_in_order_and_drop_only_what_the_bound_nee
     taken = master.taken
     assert taken == sorted(set(taken)), "out of order or repeated"
     assert queue.dropped == must_drop
-    assert len(set(added) - set(taken)) <= must_drop
+    missing = set(added) - set(taken)
+    assert len(missing) <= must_drop
+    # the master was told of each mapping whose reports it missed (a marker, after restarts too)
+    assert {mapping_of[n] for n in missing} <= set(master.told)
     assert queue.pending == 0 == box.pending
+
+
+def test_the_notes_of_dropped_reports_outlive_a_kill_of_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reports are dropped while the master is down, the agent is killed: the next run tells
+    the master once it takes reports, one marker a mapping (its highest dropped watermark)."""
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 4)
+    box = _outbox(tmp_path)
+    queue = ReportQueue(box, box.open())
+    for n in range(8):
+        queue.add(_report(n, mapping_id=1 + n % 2))  # 0..3 dropped: two of each mapping
+    assert queue.dropped == 4 and queue.pending == 4
+    box = _outbox(tmp_path)  # killed: the next run
+    queue = ReportQueue(box, box.open())
+    master = Master()
+    master.send(queue, 64)
+    master.take(queue, len(master.sent))
+    assert master.taken == [4, 5, 6, 7] and master.told == []
+    markers = [(item.report.mapping_id, item.report.watermark) for item in queue.unsent]
+    assert markers == [(1, 2), (2, 3)]
+    master.send(queue, 64)
+    master.take(queue, len(master.sent))
+    assert sorted(master.told) == [1, 2] and queue.pending == 0 == box.pending
+    assert not (box.directory / "lost").exists()
