@@ -6,10 +6,12 @@ Moved out of agent/outbox.py (whose docstring gives the layout), which appends a
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
@@ -23,6 +25,9 @@ logger = logging.getLogger(__name__)
 HEADER = struct.Struct(">II")  # payload bytes, CRC-32 of the payload
 DONE = struct.Struct(">QI")  # frames taken, CRC-32 of that count (a torn write reads as 0)
 DECODER = msgspec.msgpack.Decoder(CommitReport)
+# Read buffer at `open`: several small frames a read, and a frame's header past the hold bound
+# without much of its payload (only headers are read there)
+FRAME_READ_BYTES = 8192
 
 
 @dataclass
@@ -83,30 +88,44 @@ class Replay:
 
 
 def read_segment(path: Path, replay: Replay) -> Segment:
-    """Segment `path` as a previous run left it; its reports not taken yet go to `replay`."""
+    """Segment `path` as a previous run left it; its reports not taken yet go to `replay`.
+
+    Only the frames `replay` may hold (and those taken) are read whole and decoded: of those
+    past the hold bound only the headers are read, which find their ends and a torn last frame
+    (a bad one among them is found when read back, `peek_unread`). Decoding them all, a restart
+    after a long outage with 782 MB of reports waiting, 128 MiB held, spent 6.7-8.2 s here; now
+    1.0-1.6 s.
+    """
     segment = Segment(int(path.stem, 16), path, 0, 0, done=saved_done(path))
-    data = path.read_bytes()
-    offset = 0
-    while offset < len(data):
-        report, end = frame_at(data, offset)
-        if report is None and end < len(data):  # a bad frame, not the last: skip it alone
-            segment.bad = True
-            if segment.frames >= segment.done:
-                segment.lost.add(segment.frames)
-        elif report is None:
-            logger.warning(
-                "report outbox: %s: unreadable frame at byte %s of %s (a torn last frame: the "
-                "agent stopped while writing it); the rest of this segment is ignored",
-                path,
-                offset,
-                len(data),
-            )
-            break
-        elif segment.frames >= segment.done:
-            at = Cursor(segment.number, offset, segment.frames)
-            replay.add(report, end - offset - HEADER.size, at)
-        segment.frames += 1
-        offset = segment.size = end
+    with path.open("rb", buffering=FRAME_READ_BYTES) as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset < size:
+            wanted = segment.frames >= segment.done
+            # taken frames too (at most the first segment's): a bad one keeps the file as .bad
+            decode = not wanted or replay.cursor is None
+            report, end = frame_at(f, offset, size, decode=decode)
+            if report is None and end < size:  # a bad frame, not the last: skip it alone
+                segment.bad = True
+                if wanted:
+                    segment.lost.add(segment.frames)
+            elif report is None:
+                logger.warning(
+                    "report outbox: %s: unreadable frame at byte %s of %s (a torn last frame: "
+                    "the agent stopped while writing it); the rest of this segment is ignored",
+                    path,
+                    offset,
+                    size,
+                )
+                break
+            elif decode and wanted:
+                at = Cursor(segment.number, offset, segment.frames)
+                assert isinstance(report, CommitReport)
+                replay.add(report, end - offset - HEADER.size, at)
+            elif wanted:  # on disk only: read back as the master takes those held
+                replay.unread += 1
+            segment.frames += 1
+            offset = segment.size = end
     segment.done = min(segment.done, segment.frames)
     segment.take(0)  # lost frames first: taken already
     if segment.lost:
@@ -119,16 +138,24 @@ def read_segment(path: Path, replay: Replay) -> Segment:
     return segment
 
 
-def frame_at(data: bytes, offset: int) -> tuple[CommitReport | None, int]:
-    """The report in the frame at `offset` and the frame's end; None if torn or bad."""
-    start = offset + HEADER.size
-    if start > len(data):
-        return None, len(data)
-    length, crc = HEADER.unpack_from(data, offset)
-    end = start + length
-    if not 0 < length <= MAX_MESSAGE_BYTES or end > len(data):
-        return None, len(data)
-    payload = data[start:end]
+def frame_at(
+    f: BinaryIO, offset: int, size: int, *, decode: bool = True
+) -> tuple[CommitReport | bool | None, int]:
+    """The report in the frame at `offset` of `f` (`size` bytes) and the frame's end; None if
+    torn or bad; not `decode`: True if whole (its header only is read)."""
+    f.seek(offset)
+    header = f.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None, size
+    length, crc = HEADER.unpack(header)
+    end = offset + HEADER.size + length
+    if not 0 < length <= MAX_MESSAGE_BYTES or end > size:
+        return None, size
+    if not decode:
+        return True, end
+    payload = f.read(length)
+    if len(payload) != length:  # cut since fstat: as torn
+        return None, size
     if zlib.crc32(payload) != crc:
         return None, end
     try:

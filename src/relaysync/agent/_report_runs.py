@@ -34,10 +34,11 @@ def _record_bytes(record: CommitRecord) -> int:
 
 def _merge(items: list[Queued]) -> list[Queued]:
     """Merge consecutive reports of the same (mapping, source, target, route, journal) into fewer messages
-    (each standing for the outbox frames and the reports of those it merged)."""
+    (each standing for the outbox frames and the reports of those it merged, kept as its parts)."""
     merged: list[Queued] = []
     weight = (0, 0)  # the last merged report's removed and encoded bytes, kept as it grows
-    for r, frames, held, reports in items:
+    for item in items:
+        r = item.report
         last = merged[-1].report if merged else None
         added = (_removed(r), _bytes(r.records))
         if (
@@ -60,13 +61,14 @@ def _merge(items: list[Queued]) -> list[Queued]:
             last_item = merged[-1]
             merged[-1] = Queued(
                 report,
-                last_item.frames + frames,
-                last_item.held_bytes + held,
-                last_item.reports + reports,
+                last_item.frames + item.frames,
+                last_item.held_bytes + item.held_bytes,
+                last_item.reports + item.reports,
+                (last_item.parts or (last_item,)) + (item.parts or (item,)),
             )
             weight = (weight[0] + added[0], weight[1] + added[1])
         else:
-            merged.append(Queued(r, frames, held, reports))
+            merged.append(item)
             weight = added
     return merged
 

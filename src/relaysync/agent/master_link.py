@@ -108,6 +108,7 @@ class MasterLink:
         outbox: ReportOutbox | None = None,
         replayed: Sequence[CommitReport] = (),
         certificate: bytes = b"",
+        outbox_max_bytes: int | None = None,
     ) -> None:
         """
         Args:
@@ -127,6 +128,7 @@ class MasterLink:
                 before those it left unread on disk).
             certificate: this agent's (PEM), to tell a refusal of it that only a new one
                 mends (expired by our clock too) from a clock behind, which NTP mends.
+            outbox_max_bytes: what the outbox may weigh on disk (report_queue.MAX_OUTBOX_BYTES).
         """
         self.control_address = control_address
         self.ctx = ctx
@@ -143,7 +145,7 @@ class MasterLink:
         self.capabilities = capabilities
         self.certificate = certificate
         # kept until the master takes them, if it says so (`_acking`)
-        self.reports = ReportQueue(outbox, replayed)
+        self.reports = ReportQueue(outbox, replayed, max_disk_bytes=outbox_max_bytes)
         self._acking = False
         self._wake = anyio.Event()
         if self.reports.unsent:

@@ -12,12 +12,15 @@ segment files `<n>.outbox` (16 hex digits) read in the order of n. Appends go to
 segment, and to a new one past SEGMENT_BYTES or at each start. A frame is an 8-byte header
 (payload bytes, CRC-32 of the payload; big-endian) and one CommitReport as on the wire.
 `<n>.done` holds how many of segment n's first frames are taken (8 bytes, pwritten in place);
-a segment is deleted once all of its frames are.
+a segment is deleted once all of its frames are. `size_bytes` is what the segments weigh, which
+the queue bounds (agent/report_queue.py `_fit_disk`: the oldest reports go, passed unread with
+`skip_unread` when on disk only).
 
 Reading back: the queue holds in memory only what fits its bound in bytes (agent/report_queue.py);
 the reports past it are appended not `held`, and read back in order from a cursor on the first of
 them (`peek_unread`, `advance`), and `open(hold_bytes)` returns only what fits, leaving the rest
-`unread` the same way. A frame found unreadable there is skipped alone, as at `open`.
+`unread` the same way, found by their headers alone (decoding them all made a restart after a
+long outage slow: `read_segment`). A frame found unreadable there is skipped alone, as at `open`.
 
 Durability: appends and `.done` writes are not fsynced as they come. A kill of the agent (kill -9,
 a crash, the OOM killer) loses nothing the kernel holds. For a target in `safe` durability, whose
@@ -58,6 +61,7 @@ from relaysync._util.kept_aside import keep_aside
 from relaysync.constants import MAX_MESSAGE_BYTES
 from relaysync.protocol.messages import ENCODER, CommitReport
 
+from ._lost_reports import HEAD_DECODER, ReportHead
 from ._outbox_segments import DECODER, DONE, HEADER, Cursor, Replay, Segment, read_segment
 
 logger = logging.getLogger(__name__)
@@ -98,6 +102,7 @@ class ReportOutbox:
         # the peeked frame's end (None: its header is unreadable) and whether it is lost
         self._peeked: tuple[int | None, bool] = (None, True)
         self._reader: tuple[int, int] | None = None
+        self.size_bytes = 0  # of the segments on disk: what the queue's bound in bytes counts
 
     @property
     def pending(self) -> int:
@@ -123,6 +128,7 @@ class ReportOutbox:
             self._next = segment.number + 1
             if segment.pending:
                 self._segments.append(segment)
+                self.size_bytes += segment.size
             else:
                 _remove(segment)
         for stale in self.directory.glob("*.done"):
@@ -168,6 +174,7 @@ class ReportOutbox:
             self.unread += 1
         segment.size += len(frame)
         segment.frames += 1
+        self.size_bytes += len(frame)
 
     def peek_unread(self) -> tuple[CommitReport | None, int] | None:
         """The first report not read back yet and its encoded bytes, still unread (`advance`
@@ -193,12 +200,34 @@ class ReportOutbox:
                 self._peeked = (end, False)
                 return report, length
         logger.warning(
-            "report outbox: %s: unreadable frame at byte %s, written by this run; its report "
-            "is lost (the file is kept as .bad)",
+            "report outbox: %s: unreadable frame at byte %s (damaged on disk since it was "
+            "written); its report is lost (the file is kept as .bad)",
             segment.path,
             cursor.offset,
         )
         return None, length
+
+    def skip_unread(self) -> tuple[int, ReportHead | None]:
+        """Pass the first report not read back yet, decoding its head only (it is dropped);
+        returns the frames passed, 1 or (its header unreadable) the rest of its segment's, and
+        the head (None: the frames are lost, or the payload does not decode).
+
+        Raises:
+            OSError: its segment cannot be read.
+        """
+        assert self.unread and self._cursor is not None, "skip_unread() with none unread"
+        cursor, segment = self._settled(self._cursor)
+        fd = self._read_fd(segment)
+        header = os.pread(fd, HEADER.size, cursor.offset)
+        length = HEADER.unpack(header)[0] if len(header) == HEADER.size else 0
+        end = cursor.offset + HEADER.size + length
+        whole = 0 < length <= MAX_MESSAGE_BYTES and end <= segment.size
+        self._peeked = (end, False) if whole else (None, True)
+        head = None
+        if whole:
+            with contextlib.suppress(msgspec.DecodeError):
+                head = HEAD_DECODER.decode(os.pread(fd, length, cursor.offset + HEADER.size))
+        return self.advance(), head
 
     def advance(self) -> int:
         """Move past the report `peek_unread` gave; returns how many reports that passes: 1, or
@@ -300,6 +329,7 @@ class ReportOutbox:
     def _drop_head(self) -> None:
         """Delete the first segment: all of its reports are taken."""
         head = self._segments.pop(0)
+        self.size_bytes -= head.size
         if self._reader is not None and self._reader[0] == head.number:
             self._close_reader()
         if self._done_fd is not None:

@@ -7,7 +7,7 @@ master has taken it (`taken`), the link sent it to a master that does not acknow
 first. Without an outbox (or while appends fail: a full disk, logged) reports are kept in
 memory only, as before.
 
-Two bounds. In memory, the reports held weigh at most `max_bytes` (MAX_QUEUED_REPORT_BYTES,
+Three bounds. In memory, the reports held weigh at most `max_bytes` (MAX_QUEUED_REPORT_BYTES,
 estimated by agent/_report_memory.py; one report always fits): a report of many records with
 long paths holds MBs, and 100,000 of them, while the master is down, held GBs. Past it, reports
 on disk stay there only (`spilled`), and are read back in order as the master takes those held,
@@ -15,10 +15,16 @@ READ_BACK_STEP_BYTES at a time (`_refill`, `read_back`: this runs on the event l
 lost. A read back that fails (EMFILE, EIO) is tried again at the next ack, report or session
 and, while none is held (`stalled`), by the link every READ_BACK_RETRY_S.
 Only a report the outbox could not keep (no outbox, a full disk) makes the oldest held go, as
-past the count. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
-dropped, sent or not, with a warning (a message the link merged from several: all of them; the
-count, `pending` and `dropped` are of reports, not messages); the session's count of messages
-goes on, so the master's `ReportsTaken(upto)` still names the same ones.
+past the count. On disk, the outbox's segments weigh at most `max_disk_bytes` (MAX_OUTBOX_BYTES,
+the agent's `report_outbox_max_mb`): past it the oldest reports go until their segment is
+deleted (`_fit_disk`), as past the count, rather than fill the agent's disk while the master is
+down. On disk and in memory together, past MAX_QUEUED_REPORTS the oldest report is
+dropped, sent or not, with an error (a message the link merged from several: its first report
+only, the message keeps the others and its number in the session; the count, `pending` and
+`dropped` are of reports, not messages); the session's count of messages goes on, so the
+master's `ReportsTaken(upto)` still names the same ones. Every report dropped is noted
+(`lost`), and once the master takes reports again a marker per mapping follows the others, so
+that it purges the sites of what they named (agent/_lost_reports.py).
 """
 
 from __future__ import annotations
@@ -29,14 +35,20 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import msgspec
+
 from relaysync.constants import READ_BACK_RETRY_S
 from relaysync.errors import ProtocolError
 from relaysync.protocol.messages import ENCODER, CommitReport
 
+from ._lost_reports import LostReports
+from ._outbox_segments import HEADER
 from ._report_memory import held_bytes
 from .outbox import ReportOutbox
 
 logger = logging.getLogger(__name__)
+
+FRAME_HEADER_BYTES = HEADER.size  # before each report in the outbox
 
 # Reports kept, sent or not, until the master took them; the oldest are dropped past this
 # (watermarks come again with the next report, but the dropped records miss in the job log).
@@ -51,18 +63,25 @@ MAX_QUEUED_REPORT_BYTES = 128 * 1024 * 1024
 # an ack that freed the memory of 64 large reports read ~37 MB back at once, blocking the loop
 # 70-330 ms; now the link's writer reads the rest a step at a time between its sends.
 READ_BACK_STEP_BYTES = 1024 * 1024
+# The outbox on disk, by default (the agent's `report_outbox_max_mb`): the count bound alone let
+# it grow to 100,000 reports of up to 2 MiB (200 GiB) while the master was down, filling the
+# agent's disk. 4 GiB holds ~10 million typical reports (~430 B on disk each) or 2,000 of the
+# largest; past it the oldest reports go, a segment at a time (agent/outbox.py SEGMENT_BYTES).
+MAX_OUTBOX_BYTES = 4 * 1024 * 1024 * 1024
 READ_BACK_WARN_S = 60.0  # a read back failing on and on is warned of this seldom
 
 
 class Queued(NamedTuple):
     """A report in the queue, how many outbox frames it stands for (merged: several; kept in
-    memory only: none), what it is estimated to hold in memory, and how many reports it stands
-    for (merged: several; counted by `pending`, `dropped` and MAX_QUEUED_REPORTS)."""
+    memory only: none), what it is estimated to hold in memory, how many reports it stands
+    for (merged: several; counted by `pending`, `dropped` and MAX_QUEUED_REPORTS), and, merged,
+    the items it was merged from, in order (a drop takes the first alone: `_split_first`)."""
 
     report: CommitReport
     frames: int
     held_bytes: int = 0
     reports: int = 1
+    parts: tuple[Queued, ...] = ()
 
 
 class ReportQueue:
@@ -75,6 +94,7 @@ class ReportQueue:
         replayed: Sequence[CommitReport] = (),
         *,
         max_bytes: int | None = None,
+        max_disk_bytes: int | None = None,
     ) -> None:
         """
         Args:
@@ -82,9 +102,13 @@ class ReportQueue:
             replayed: what `outbox.open()` returned, queued first; the outbox's `unread`
                 reports follow them.
             max_bytes: what the reports held in memory may weigh (MAX_QUEUED_REPORT_BYTES).
+            max_disk_bytes: what the outbox's segments may weigh on disk (MAX_OUTBOX_BYTES; at
+                least two segments: a drop frees a whole one, never the one appends go to).
         """
         self.outbox = outbox
         self.max_bytes = MAX_QUEUED_REPORT_BYTES if max_bytes is None else max_bytes
+        disk = MAX_OUTBOX_BYTES if max_disk_bytes is None else max_disk_bytes
+        self.max_disk_bytes = max(disk, 2 * outbox.segment_bytes) if outbox is not None else disk
         self.unsent: collections.deque[Queued] = collections.deque()
         # `acked` of this session's reports are taken or dropped, the first of `unacked` is next
         self.unacked: collections.deque[Queued] = collections.deque()
@@ -99,20 +123,30 @@ class ReportQueue:
         self._append_failing = False
         self._read_failures = 0  # read backs failed in a row (warned of, rate-limited)
         self._read_warned_at = 0.0
+        # dropped reports, told to the master as markers once it takes reports again
+        self.lost = LostReports(outbox.directory / "lost" if outbox is not None else None)
         for report in replayed:
             self._push(Queued(report, 1, held_bytes(report, len(ENCODER.encode(report)))))
         if outbox is not None and outbox.unread:
             self._spill(outbox.unread)
         while self.pending > MAX_QUEUED_REPORTS:
             self._drop_oldest()
+        self._fit_disk(0)  # the bound was lowered since
         self._refill()
+        self.lost.save()
 
     def add(self, report: CommitReport) -> None:
         """Keep `report` on disk, then queue it (in memory too if it fits)."""
         payload = ENCODER.encode(report)
-        cost = held_bytes(report, len(payload))
         if self.pending >= MAX_QUEUED_REPORTS:
             self._drop_oldest()
+        self._fit_disk(FRAME_HEADER_BYTES + len(payload))
+        self._queue(report, payload)
+        self.lost.save()
+
+    def _queue(self, report: CommitReport, payload: bytes) -> None:
+        """Keep `report` (encoded: `payload`) on disk, then queue it, within the memory bound."""
+        cost = held_bytes(report, len(payload))
         held = not self.spilled and (self._window == 0 or self.held_bytes + cost <= self.max_bytes)
         frames = self._persist(payload, held)
         if frames and not held:
@@ -158,6 +192,22 @@ class ReportQueue:
             self.acked += 1
         self._consume(frames)
         self._refill()
+        self._tell_lost()
+
+    def _tell_lost(self) -> None:
+        """The master takes reports: queue the markers of those dropped meanwhile, after the
+        others (agent/_lost_reports.py), and forget their notes."""
+        markers = self.lost.take()
+        for report in markers:
+            self._queue(report, ENCODER.encode(report))
+        if markers:
+            logger.error(
+                "commit reports for the master: %s dropped past the queue's bounds; told it "
+                "for %s mappings, whose sites it purges whole",
+                self.dropped,
+                len(markers),
+            )
+        self.lost.save()
 
     def session_over(self) -> None:
         """Not taken: sent again, first and in order, on the next session (numbered from 1)."""
@@ -268,6 +318,18 @@ class ReportQueue:
             else:
                 self.spilled[0] -= n
 
+    def _fit_disk(self, size: int) -> None:
+        """Make room in the outbox for `size` more bytes within `max_disk_bytes`: the oldest
+        reports go until their segment is deleted (a segment's worth of them, at most: there are
+        two segments at least past the bound), then those on disk are read back."""
+        outbox = self.outbox
+        if outbox is None or outbox.size_bytes + size <= self.max_disk_bytes:
+            return
+        while outbox.size_bytes + size > self.max_disk_bytes and self.pending:
+            if not self._drop_oldest(refill=False):
+                break
+        self._refill()
+
     def _make_room(self, cost: int) -> None:
         """A report kept in memory only does not fit: the oldest held go (never those spilled:
         they are newer)."""
@@ -275,32 +337,66 @@ class ReportQueue:
             pass
 
     def _drop_oldest(self, *, refill: bool = True) -> bool:
-        """Drop the oldest report (a merged one: all it stands for); False if none could be
+        """Drop the oldest report (of a merged message: its first; the message dropped all it
+        stood for, up to 64 reports for one over the bound); False if none could be
         (none held, none read back)."""
+        if not self._window and self._drop_unread():
+            return True
         if not self._window:
             self._refill()  # the oldest is spilled: read back first
         if self.unacked:
-            item = self.unacked.popleft()
-            self.acked += 1  # the next one keeps its number in the session
+            item, rest = _split_first(self.unacked.popleft())
+            if rest is None:
+                self.acked += 1  # the next one keeps its number in the session
+            else:  # the message keeps its number: the others of it stay, and go again if need be
+                self.unacked.appendleft(rest)
         elif self.unsent:
-            item = self.unsent.popleft()
+            item, rest = _split_first(self.unsent.popleft())
+            if rest is not None:
+                self.unsent.appendleft(rest)
         else:
             return False
         self.held_bytes -= item.held_bytes
         self.held_reports -= item.reports
         self._consume(item.frames)
-        before, self.dropped = self.dropped, self.dropped + item.reports
-        if not before or before // 10_000 != self.dropped // 10_000:
-            logger.warning(
-                "commit reports for the master: over %s queued (or %s MiB in memory, not on "
-                "disk), dropped the oldest (%s so far; their records miss in the job log)",
-                MAX_QUEUED_REPORTS,
-                self.max_bytes >> 20,
-                self.dropped,
-            )
+        self._count_dropped(item.reports)
+        self.lost.note(item.report)
         if refill:
             self._refill()
         return True
+
+    def _drop_unread(self) -> bool:
+        """Drop the oldest report if it is on disk only, unread (a drop past the disk bound
+        passes a segment's worth: read back and decoded one by one, 8 MiB of small reports
+        blocked the event loop ~160 ms); False if it is not, or its segment cannot be read."""
+        if self.outbox is None or not self.spilled or not isinstance(self.spilled[0], int):
+            return False
+        try:
+            frames, head = self.outbox.skip_unread()
+        except OSError as exc:
+            self._read_failed(exc)
+            return False
+        self._unspill(frames)
+        if frames == 1:  # else lost: taken with the reports around them (Segment.take)
+            self._consume(1)
+            self._count_dropped(1)
+        if head is not None:
+            self.lost.note(head)
+        return True
+
+    def _count_dropped(self, reports: int) -> None:
+        before, self.dropped = self.dropped, self.dropped + reports
+        if not before or before // 10_000 != self.dropped // 10_000:
+            logger.error(
+                "commit reports for the master: over %s queued, %s MiB on disk (or %s MiB in "
+                "memory, not on disk), dropped the oldest (%s so far; their records miss in the "
+                "job log, and their mappings' sites are purged whole once the master takes "
+                "reports again): bring the master back, or raise report_outbox_max_mb",
+                MAX_QUEUED_REPORTS,
+                self.max_disk_bytes >> 20,
+                self.max_bytes >> 20,
+                self.dropped,
+            )
 
     def _persist(self, payload: bytes, held: bool) -> int:
         """Append a report to the outbox; the frames it takes there (0: memory only)."""
@@ -330,3 +426,26 @@ class ReportQueue:
             self.outbox.consume(frames)
         except OSError as exc:  # a restart would send them again: the master takes repeats
             logger.warning("report outbox %s: %s", self.outbox.directory, exc)
+
+
+def _split_first(item: Queued) -> tuple[Queued, Queued | None]:
+    """The oldest report of `item` and what is left of it (None: it was the only one): a
+    message merged from several loses only its first to a drop (it lost all of them)."""
+    if len(item.parts) < 2:
+        return item, None
+    first, rest = item.parts[0], item.parts[1:]
+    if len(rest) == 1:
+        return first, rest[0]
+    report = msgspec.structs.replace(
+        item.report,
+        records=item.report.records[len(first.report.records) :],
+        watermark=max(part.report.watermark for part in rest),
+    )
+    left = Queued(
+        report,
+        item.frames - first.frames,
+        item.held_bytes - first.held_bytes,
+        item.reports - first.reports,
+        rest,
+    )
+    return first, left

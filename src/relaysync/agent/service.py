@@ -164,6 +164,7 @@ class AgentService(SourceRole, TargetRole):
                     outbox=outbox,
                     replayed=replayed,
                     certificate=self._cert_pem,
+                    outbox_max_bytes=self.cfg.report_outbox_max_mb * 1024 * 1024,
                 )
                 await self._apply_saved()
                 tg.start_soon(self._supervised, self.link.serve, "control link to the master")
@@ -424,6 +425,8 @@ class AgentService(SourceRole, TargetRole):
             # the purges): were only in this agent's log
             out.append(sample("commit_reports_pending", self.link.reports.pending))
             out.append(sample("commit_reports_dropped", self.link.reports.dropped))
+            if self.link.reports.outbox is not None:  # against report_outbox_max_mb
+                out.append(sample("commit_outbox_bytes", self.link.reports.outbox.size_bytes))
         if self._cert_pem:  # an operator's threshold (cert_expires_in_s < 2592000) alerts ahead
             out.append(sample("cert_expires_in_s", seconds_left(self._cert_pem)))
         for refused in self.refused_sources.values():  # its folder refused by agent/guard.py

@@ -107,6 +107,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     # policy ""): "safe" refuses one that points outside the folder (rsync --safe-links),
     # "any" takes them all (watch/target_policy.py).
     target_symlinks: Literal["safe", "any"] = "safe"
+    # What the commit reports the master has not taken may weigh on disk (agent/outbox.py), in
+    # MiB: past it, with the master down for long, the oldest are dropped (logged as errors,
+    # counted by commit_reports_dropped; their URLs are not purged) rather than fill the disk.
+    report_outbox_max_mb: Annotated[int, msgspec.Meta(ge=64)] = 4096
 
 
 class CliConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -217,6 +217,12 @@ class AssignmentAck(Message, frozen=True, tag="assignment_ack"):
     epoch: UInt63
 
 
+# CommitRecord.op of a target's marker for its commit reports dropped past its queue's bounds
+# (agent/_lost_reports.py): seq 0, path "" (the mapping's root); what changed is not known, so
+# the purger purges the mapping's sites whole (purge/planner.py)
+LOST_OP = "lost"
+
+
 class CommitRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One change as applied (or refused) on one target."""
 

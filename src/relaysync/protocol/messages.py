@@ -19,6 +19,7 @@ import msgspec
 from relaysync.constants import MAX_CAPABILITIES, MAX_NAME_BYTES
 from relaysync.errors import ProtocolError
 from relaysync.protocol._control_messages import (
+    LOST_OP,
     MAX_JOURNAL_HEADS,
     MAX_METRIC_LABELS,
     MAX_METRIC_NAME,
@@ -138,6 +139,7 @@ __all__ = [
     "INT64_MIN",
     "Int64",
     "JournalHead",
+    "LOST_OP",
     "LinkPolicy",
     "MAX_DELTA_PARTS",
     "MAX_DIGEST_DIRS",

@@ -33,6 +33,7 @@ from typing import Protocol
 
 import anyio
 
+from relaysync.protocol.messages import LOST_OP
 from relaysync.purge import urls as urlmap
 from relaysync.purge.drivers import DRIVERS, Driver
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, QueuedPurge, Retry
@@ -76,6 +77,16 @@ def _reported_under(change: Released) -> list[str]:
     if not change.path:
         return list(change.removed)
     return [p for p in change.removed if p.startswith(change.path + "/")]
+
+
+def _log_lost(site: SiteSpec) -> None:
+    """An origin of `site` dropped commit reports (its queue's bound, the master down for
+    long): its caches are purged whole."""
+    logger.error(
+        "site %s: an origin dropped commit reports past its queue's bound (the master was "
+        "away for long); what they named is not known, so the whole site is purged",
+        site.name,
+    )
 
 
 def _log_paths_under(site: SiteSpec, change: Released, count: int) -> None:
@@ -175,6 +186,9 @@ class PurgePlanner:
 
     async def _plan(self, site: SiteSpec, change: Released) -> list[PurgeItem]:
         """Return the purge items of one change on every cache of the site."""
+        if change.op == LOST_OP:  # an origin dropped reports: what changed is not known
+            _log_lost(site)
+            change = Released(change.site_id, "prefix", urlmap.mapping_path(site, ""))
         refresh: list[str] = []
         purge: list[str] = []
         prefixes: list[str] = []
@@ -201,6 +215,7 @@ class PurgePlanner:
             prefixes += [change.path] if change.removed_truncated else []
         elif change.op == "prefix":
             prefixes.append(change.path)
+
         under, gone = await self._paths_under(site, change) if prefixes else ({}, {})
         variants = [u for p in _variant_paths(change) for u in urlmap.urls_for_path(site, p)]
         items: list[PurgeItem] = []

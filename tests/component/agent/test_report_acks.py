@@ -24,6 +24,7 @@ from relaysync.constants import CAP_REPORT_ACK, CAPABILITIES
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.handshake import server_hello
 from relaysync.protocol.messages import (
+    LOST_OP,
     Assignment,
     CommitRecord,
     CommitReport,
@@ -194,7 +195,11 @@ def test_the_queue_stays_bounded_and_keeps_the_sessions_count(
             assert await first.reports(1) == [4]
             assert link.dropped_reports == 1
             await first.take(2)  # 1 and 2 of the session
-            assert [q.report.mapping_id for q in link.reports.unacked] == [3, 4]
+            # and the marker of report 1, dropped, once the master takes reports
+            # (agent/_lost_reports.py), sent or not yet
+            queued = [*link.reports.unacked, *link.reports.unsent]
+            assert [q.report.mapping_id for q in queued] == [3, 4, 1]
+            assert queued[2].report.records[0].op == LOST_OP
             first.framed.abort()
             second = await master.session()
             assert await second.reports(2) == [3, 4]

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from tests.component.purge.conftest import O1, O2, Harness
 
-from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.protocol.messages import LOST_OP, CommitRecord, CommitReport
 from relaysync.purge import planner
 
 pytestmark = pytest.mark.anyio
@@ -141,3 +141,33 @@ async def test_what_a_comparison_erased_is_purged(harness: Harness) -> None:
     _commit_removal(harness, "erase", "", ["stray/x.html"])
     await harness.until_served("stray/x.html", (404, None), timeout_s=BOUND_S)
     assert {harness.get(kind, "kept.html") for kind in harness.farm.caches} == {(200, b"kept")}
+
+
+async def test_a_marker_of_lost_reports_purges_the_whole_site_on_every_cache(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An origin dropped commit reports past its queue's bound while the master was away
+    (agent/_lost_reports.py): its marker (op "lost", seq 0, the mapping's root) purges the site
+    whole, a ban on Varnish and every known path on nginx and Squid (the site's root is a folder
+    of the mapping's). Before, the changes those reports named were never purged."""
+    paths = ["a.html", "sub/b.html"]
+    for path in paths:
+        harness.write(path, b"old")
+    _record_writes(harness, paths)
+    for path in paths:
+        harness.warm(path)
+    for path in paths:
+        harness.write(path, b"new")  # committed on the origins; the reports of it were dropped
+    marker = CommitRecord(seq=0, op=LOST_OP, path="")
+    harness.purger.on_commit_report(
+        CommitReport(
+            mapping_id=harness.mapping_id,
+            source_node="a" * 64,
+            target_node=O1,
+            watermark=0,
+            records=(marker,),
+        )
+    )
+    for path in paths:
+        await harness.until_served(path, (200, b"new"), timeout_s=BOUND_S)
+    assert "origin dropped commit reports" in caplog.text

@@ -58,8 +58,8 @@ def test_a_merged_message_counts_as_the_reports_it_stands_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """64 one-record reports of one mapping go as one message: sent and not taken, they are
-    still 64 pending (were: 1), and a drop past the bound of that message, which forgets its 64
-    on disk, counts 64 dropped (was: 1)."""
+    still 64 pending (were: 1), and a drop past the bound takes the first of them alone
+    (tests/unit/agent/test_report_drops.py), counted as 1."""
     box = ReportOutbox(tmp_path / "outbox", "t" * 64)
     box.open()
     queue = ReportQueue(box)
@@ -71,7 +71,8 @@ def test_a_merged_message_counts_as_the_reports_it_stands_for(
     assert queue.pending == 64
     _sent(queue)
     monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 64)
-    queue.add(_report(64))  # past the bound: the oldest message goes, all of it
-    assert queue.dropped == 64 and queue.pending == 1 == box.pending
-    queue.taken(1)  # the master took the message dropped: the session's count goes on
-    assert queue.pending == 1 and [item.report.watermark for item in queue.unsent] == [64]
+    queue.add(_report(64))  # past the bound: the oldest report goes, out of the message
+    assert queue.dropped == 1 and queue.pending == 64 == box.pending
+    queue.taken(1)  # the master took the message: the rest of it is taken
+    assert queue.pending == 2 == box.pending  # and the marker of the one dropped is queued
+    assert [item.report.watermark for item in queue.unsent] == [64, 0]

@@ -10,7 +10,7 @@ import pytest
 
 from relaysync.errors import PrefixNotExpandable
 from relaysync.master.store import Store
-from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.protocol.messages import LOST_OP, CommitRecord, CommitReport
 from relaysync.purge.ordering import Released
 from relaysync.purge.planner import url_items
 from relaysync.purge.purger import Purger
@@ -241,3 +241,18 @@ async def test_an_erase_purges_what_was_removed_and_bans_only_a_cut_list(
     }
     assert ("purge", "sub/b.html") in await _planned(store, mapping, "squid", cut)
     assert "listed only part of what it removed" in caplog.text
+
+
+async def test_a_marker_of_lost_reports_purges_the_whole_site(
+    store: Store, mapping: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An origin dropped reports past its queue's bound (agent/_lost_reports.py): what they
+    named is not known, so every cache of the site drops all of it (was: nothing purged, the
+    caches kept the old versions of whatever those reports named)."""
+    lost = Released(0, LOST_OP, "")
+    assert await _planned(store, mapping, "varnish", lost) == {("ban", "")}
+    assert await _planned(store, mapping, "squid", lost) >= {
+        ("purge", "a.html"),
+        ("purge", "sub/b.html"),
+    }
+    assert "origin dropped commit reports" in caplog.text

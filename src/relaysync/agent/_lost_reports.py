@@ -1,0 +1,125 @@
+"""Lost commit reports: what the report queue's bounds dropped, told to the master as markers.
+
+A report dropped past a bound (agent/report_queue.py) never reaches the master: its records miss
+in the job log, and the caches of the mapping's sites kept the old version of what they name
+(the purge step waits on the reports). So the queue notes each dropped report's (mapping,
+source, target, route, journal) and its watermark (`LostReports.note`), in a file beside the
+outbox's segments (`lost`: the notes outlive a kill of the agent), and once the master takes
+reports again it queues one marker for each (`marker`): a report of one record of op "lost" at
+the mapping's root, seq 0, which the master's purger takes for a change of anything in the
+mapping and purges each of its sites whole (purge/planner.py; an older master records it in the
+job log and purges nothing, as before). Notes are kept, not markers queued, while the master is
+away: a marker per drop would fill the queue with markers at its bound.
+
+Error handling: a `lost` file that cannot be written is logged (a kill then loses the notes of
+this run; the drops are counted all the same); an unreadable one is ignored, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import msgspec
+
+from relaysync.protocol.messages import LOST_OP, CommitRecord, CommitReport
+
+logger = logging.getLogger(__name__)
+
+LostKey = tuple[int, str, str, tuple[str, ...], str]  # mapping, source, target, route, journal
+
+
+class ReportHead(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="commit_report"):
+    """What a dropped report's marker needs of it, decoded without its records."""
+
+    mapping_id: int
+    source_node: str
+    target_node: str
+    watermark: int
+    route: tuple[str, ...] = ()
+    journal_id: str = ""
+
+
+HEAD_DECODER = msgspec.msgpack.Decoder(ReportHead)
+_NOTES = msgspec.msgpack.Decoder(list[tuple[int, str, str, tuple[str, ...], str, int]])
+
+
+def marker(key: LostKey, watermark: int) -> CommitReport:
+    """The report that tells the master reports of `key` up to `watermark` were dropped."""
+    mapping_id, source, target, route, journal_id = key
+    record = CommitRecord(seq=0, op=LOST_OP, path="", committed_at=time.time())
+    return CommitReport(
+        mapping_id=mapping_id,
+        source_node=source,
+        target_node=target,
+        watermark=watermark,
+        records=(record,),
+        route=route,
+        journal_id=journal_id,
+    )
+
+
+class LostReports:
+    """The notes of dropped reports not told to the master yet, kept in `path` (None: memory)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.notes: dict[LostKey, int] = {}
+        self._saved = True
+        if path is None:
+            return
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            logger.warning("report outbox: cannot read %s (%s); ignored", path, exc)
+            return
+        try:
+            self.notes = {(m, s, t, r, j): w for m, s, t, r, j, w in _NOTES.decode(raw)}
+        except msgspec.DecodeError:
+            logger.warning("report outbox: %s is unreadable; ignored", path)
+
+    def note(self, report: CommitReport | ReportHead) -> None:
+        """`report` was dropped."""
+        key = (
+            report.mapping_id,
+            report.source_node,
+            report.target_node,
+            tuple(report.route),
+            report.journal_id,
+        )
+        self.notes[key] = max(self.notes.get(key, 0), report.watermark)
+        self._saved = False
+
+    def take(self) -> list[CommitReport]:
+        """The markers of the notes, which are forgotten (the caller queues the markers)."""
+        out = [marker(key, watermark) for key, watermark in self.notes.items()]
+        if out:
+            self.notes.clear()
+            self._saved = False
+        return out
+
+    def save(self) -> None:
+        """Write the notes to `path` if they changed (atomically; removed when none)."""
+        if self._saved or self.path is None:
+            return
+        try:
+            if not self.notes:
+                self.path.unlink(missing_ok=True)
+            else:
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                rows = [(*key, watermark) for key, watermark in self.notes.items()]
+                tmp.write_bytes(msgspec.msgpack.encode(rows))
+                os.replace(tmp, self.path)
+        except OSError as exc:
+            logger.error(
+                "report outbox: cannot save the notes of dropped reports to %s (%s); a kill "
+                "of the agent now loses them (their mappings' caches are not purged whole)",
+                self.path,
+                exc,
+            )
+            return
+        self._saved = True

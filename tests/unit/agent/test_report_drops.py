@@ -1,0 +1,170 @@
+"""A drop past the queue's bound takes the oldest report alone, even out of a message the link
+merged from several: it took the whole message (up to 64 reports for one over the bound), and
+the reports it stood for, on disk too, were lost though the bound needed one gone.
+
+Checked on real outbox files, through sessions (sent, taken in part, sent again) and restarts:
+what the master takes comes in order, none twice, and nothing is missing but what the bound had
+to drop: one report for each report added at the bound; and the master is told of each mapping
+whose reports it missed (agent/_lost_reports.py), even across restarts."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from relaysync.agent import report_queue
+from relaysync.agent._report_runs import _merge
+from relaysync.agent.outbox import ReportOutbox
+from relaysync.agent.report_queue import ReportQueue
+from relaysync.protocol.messages import CommitRecord, CommitReport
+
+SRC, TGT = "a" * 64, "b" * 64
+
+
+def _report(n: int, mapping_id: int = 1) -> CommitReport:
+    record = CommitRecord(seq=n, op="write", path=f"dir/file-{n}.html", size=n)
+    return CommitReport(
+        mapping_id=mapping_id, source_node=SRC, target_node=TGT, watermark=n, records=(record,)
+    )
+
+
+def _outbox(base: Path) -> ReportOutbox:
+    return ReportOutbox(base / "outbox", TGT, segment_bytes=2048)
+
+
+class Master:
+    """A master's side of the sessions: the messages of the current one, and every report
+    taken, in the order taken."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[int]] = []  # this session's messages: the seqs of their records
+        self.acked = 0
+        self.taken: list[int] = []
+        self.markers: list[list[int]] = []  # this session's: the mappings lost reports are of
+        self.told: list[int] = []  # the mappings whose lost reports the master took a marker of
+
+    def session(self) -> None:
+        self.sent, self.markers, self.acked = [], [], 0
+
+    def send(self, queue: ReportQueue, limit: int) -> None:
+        """What the link does (master_link._send_reports): merged, kept until taken, sent."""
+        merged = _merge(queue.take_batch(limit))
+        queue.unacked.extend(merged)
+        for item in merged:
+            records = item.report.records
+            self.sent.append([r.seq for r in records if r.op != "lost"])
+            self.markers.append([item.report.mapping_id for r in records if r.op == "lost"])
+
+    def take(self, queue: ReportQueue, upto: int) -> None:
+        for message in self.sent[self.acked : upto]:
+            self.taken += message
+        for lost in self.markers[self.acked : upto]:
+            self.told += lost
+        self.acked = upto
+        queue.taken(upto)
+
+
+def test_a_drop_takes_one_report_out_of_a_merged_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box)
+    master = Master()
+    for n in range(10):
+        queue.add(_report(n))
+    master.send(queue, 64)  # one message of 10 reports
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 10)
+    queue.add(_report(10))
+    assert queue.dropped == 1  # was 10: the whole message
+    assert queue.pending == 10 == box.pending
+    queue.session_over()  # not taken: the message goes again, without its first report
+    master.session()
+    master.send(queue, 64)
+    assert master.sent == [list(range(1, 11))]
+    master.take(queue, 1)
+    assert queue.pending == 1 == box.pending  # the marker of the one dropped
+    master.send(queue, 64)
+    master.take(queue, 2)
+    assert master.told == [1] and queue.pending == 0 == box.pending
+    again = _outbox(tmp_path)
+    assert again.open() == []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_sessions_and_restarts_deliver_in_order_and_drop_only_what_the_bound_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    rng = random.Random(seed)
+    bound = rng.randint(3, 40)
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", bound)
+    max_bytes = rng.choice([None, 4096, 20_000])  # spilled to disk, read back, or all held
+    box = _outbox(tmp_path)
+    queue = ReportQueue(box, box.open(), max_bytes=max_bytes)
+    master = Master()
+    added: list[int] = []
+    mapping_of: dict[int, int] = {}
+    must_drop = 0
+    for _ in range(400):
+        step = rng.random()
+        if step < 0.55:
+            n = len(added)
+            must_drop += queue.pending >= bound
+            mapping_of[n] = 1 if rng.random() < 0.8 else 2
+            queue.add(_report(n, mapping_of[n]))
+            added.append(n)
+        elif step < 0.75:
+            master.send(queue, rng.randint(1, 64))
+        elif step < 0.88:
+            if master.acked < len(master.sent):
+                master.take(queue, rng.randint(master.acked + 1, len(master.sent)))
+        elif step < 0.96:
+            queue.session_over()
+            master.session()
+        else:  # a kill of the agent: the next run reads the outbox back
+            box = _outbox(tmp_path)
+            dropped = queue.dropped
+            queue = ReportQueue(box, box.open(), max_bytes=max_bytes)
+            queue.dropped = dropped
+            master.session()
+        assert queue.pending == box.pending
+    queue.session_over()
+    master.session()
+    while queue.unsent or queue.read_back():
+        master.send(queue, 64)
+        master.take(queue, len(master.sent))
+    taken = master.taken
+    assert taken == sorted(set(taken)), "out of order or repeated"
+    assert queue.dropped == must_drop
+    missing = set(added) - set(taken)
+    assert len(missing) <= must_drop
+    # the master was told of each mapping whose reports it missed (a marker, after restarts too)
+    assert {mapping_of[n] for n in missing} <= set(master.told)
+    assert queue.pending == 0 == box.pending
+
+
+def test_the_notes_of_dropped_reports_outlive_a_kill_of_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reports are dropped while the master is down, the agent is killed: the next run tells
+    the master once it takes reports, one marker a mapping (its highest dropped watermark)."""
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 4)
+    box = _outbox(tmp_path)
+    queue = ReportQueue(box, box.open())
+    for n in range(8):
+        queue.add(_report(n, mapping_id=1 + n % 2))  # 0..3 dropped: two of each mapping
+    assert queue.dropped == 4 and queue.pending == 4
+    box = _outbox(tmp_path)  # killed: the next run
+    queue = ReportQueue(box, box.open())
+    master = Master()
+    master.send(queue, 64)
+    master.take(queue, len(master.sent))
+    assert master.taken == [4, 5, 6, 7] and master.told == []
+    markers = [(item.report.mapping_id, item.report.watermark) for item in queue.unsent]
+    assert markers == [(1, 2), (2, 3)]
+    master.send(queue, 64)
+    master.take(queue, len(master.sent))
+    assert sorted(master.told) == [1, 2] and queue.pending == 0 == box.pending
+    assert not (box.directory / "lost").exists()
