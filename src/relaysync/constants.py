@@ -75,6 +75,11 @@ RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
 # its refusals are retried at most this far apart, and are no failed hop (no HopFailed).
 ROUTES_STALE_RETRY_MAX_S = 2.0
 ROUTES_STALE_LIMIT_S = 60.0  # refusals of a route change in flight for longer: a failed hop
+# ... after which the target is asked again ever more seldom, up to this (a target that never
+# settles, e.g. refusing a revoked source, is not asked every few seconds for ever), and the
+# refusals are logged once, then with their count at most this often.
+ROUTES_STALE_BACKOFF_MAX_S = 60.0
+ROUTES_STALE_LOG_INTERVAL_S = 600.0
 REFUSED_RETRY_S = (
     300.0  # an agent the master refused (removed from the fleet) asks again this seldom
 )

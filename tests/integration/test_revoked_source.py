@@ -1,15 +1,19 @@
 """A source revoked in use (POST /api/servers/{name}/revoke: a stolen key) writes to none of its
-mapping's targets, neither the real agent going on with its last assignment nor anyone holding
-its key at a target's peer port; the targets keep their files, and the mapping given another
-source is served again.
+mapping's targets, neither the real agent nor anyone holding its key at a target's peer port; the
+targets keep their files, and the mapping given another source is served again. The real agent,
+refused by its master, stands down: it stops its source and links (keeping its files and state)
+instead of retrying its refused sessions for ever.
 
 Found in review: peers have no revocation list, and the targets still got the mapping naming the
 revoked source, fell back to it as their parent (no routing table while the source is down) and
-took its data: the running source's file, and a file planted with its key."""
+took its data: the running source's file, and a file planted with its key. Then: the revoked
+agent went on with its last assignment and retried each target every 2 s (10 s after a minute)
+for ever, a log line each time on both sides."""
 
 from __future__ import annotations
 
-import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -34,7 +38,9 @@ from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
 pytestmark = pytest.mark.integration
 
 OWN_FLEET_AGENTS = ("src", "t1", "t2")
-REFUSED_TIMEOUT_S = 60.0  # the revoked source retries a refused session every 2 s at most
+STOOD_DOWN = "the master refused this agent (revoked or removed from the fleet): stopped"
+# Long enough for the old retries to show: refused sessions every 2 s in the first minute.
+QUIET_S = 10.0
 PLANTED = b"planted by a revoked node\n"
 
 
@@ -64,17 +70,29 @@ async def _open(identity: tls.Identity, address: str, mapping_id: int, *, plant:
         await framed.aclose()
 
 
+def _log(fleet: Fleet, name: str) -> str:
+    return fleet.cluster.agents[name].process.log_path.read_text(errors="replace")
+
+
 def _sessions_logged(fleet: Fleet, name: str) -> int:
     """Peer sessions the agent refused or saw end, as its log says."""
-    log = fleet.cluster.agents[name].process.log_path.read_text(errors="replace")
-    return log.count("peer session")
+    return _log(fleet, name).count("peer session")
 
 
-def _source_stopped(fleet: Fleet, name: str) -> bool:
-    """Whether the agent's latest assignment, as its log says, has it the source of nothing."""
-    log = fleet.cluster.agents[name].process.log_path.read_text(errors="replace")
-    running = re.findall(r"running assignment epoch \d+: (\d+) source", log)
-    return bool(running) and running[-1] == "0"
+def _attempts_logged(fleet: Fleet) -> int:
+    """The sessions src's link to t1 saw refused (or fail), as its log says."""
+    log = _log(fleet, "src")
+    return log.count("link to t1 waits") + log.count("link to t1 down")
+
+
+def _stays(condition: Callable[[], bool], seconds: float) -> bool:
+    """True if `condition` holds for `seconds` on end (a bounded negative check)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not condition():
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_a_revoked_source_writes_to_no_target_and_another_source_serves_them_again(
@@ -103,21 +121,27 @@ def test_a_revoked_source_writes_to_no_target_and_another_source_serves_them_aga
     assert not isinstance(opened(plant=True), MappingState)
     assert not (dsts[0] / "planted.html").exists()
 
-    # (a) The real src agent, whether it goes on with its last assignment or got the one made
-    # after the revoke (the mapping disabled) before its link closed: what it writes reaches
-    # no one.
-    seen = _sessions_logged(fleet, "t1")
-    (src / "after-revoke.txt").write_text("written on the revoked source")
+    # (a) The real src agent stands down (its master refuses it): its source and its links stop,
+    # so it tries t1 no more; it kept its files and its state.
     wait_until(
-        lambda: (
-            _sessions_logged(fleet, "t1") > seen
-            or _source_stopped(fleet, "src")
-            or (dsts[0] / "after-revoke.txt").exists()
-        ),
-        timeout_s=REFUSED_TIMEOUT_S,
-        what="src trying t1 again after its write, or its source stopped",
+        lambda: STOOD_DOWN in _log(fleet, "src"),
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="src standing down",
     )
+    assert _log(fleet, "src").count(STOOD_DOWN) == 1
+    attempts, refused = _attempts_logged(fleet), _sessions_logged(fleet, "t1")
+    (src / "after-revoke.txt").write_text("written on the revoked source")
+    assert _stays(
+        # t1 may still log an attempt that was in flight as src stood down
+        lambda: (
+            _attempts_logged(fleet) == attempts and _sessions_logged(fleet, "t1") <= refused + 1
+        ),
+        QUIET_S,
+    ), (_attempts_logged(fleet) - attempts, _sessions_logged(fleet, "t1") - refused)
     assert not (dsts[0] / "after-revoke.txt").exists()
+    state = fleet.cluster.agents["src"].data_dir / "sources" / str(mapping["id"])
+    assert state.is_dir() and any(state.iterdir())  # its journal and manifest kept
+    assert (src / "before.txt").read_text() == "before"
     assert (dsts[0] / "before.txt").read_text() == "before"  # t1 kept its files
     status = fleet.cluster.api.get(f"/api/mappings/{mapping['id']}/status").json()
     assert "'src' was revoked" in status["source_error"]  # the operator is told why, and how

@@ -8,15 +8,16 @@ node may join under: a join answer altered on the way cannot pin another node of
 Any other fleet certificate is refused before anything is sent.
 
 Error handling: any failure drops the link and it reconnects with backoff; the agent keeps
-running on its last assignment meanwhile, and commit reports wait in a bounded queue, kept on
+running on its last assignment meanwhile (unless the master refused it, below), and commit reports wait in a bounded queue, kept on
 disk (agent/report_queue.py, agent/outbox.py: a kill of the agent loses none; past the
 memory bound they wait on disk only, read back in order as the master takes them; a read back
 that failed while none is held is tried again every READ_BACK_RETRY_S). A master
 that announces CAP_REPORT_ACK says which reports it has taken durably (`ReportsTaken`); the
 others stay queued and go again, first and in order, on the next session, so a kill of the
 master loses none (master/report_acks.py). With an older master, reports are sent and forgotten.
-A master that refuses this node (removed from the fleet) is logged as an error and asked again
-only every REFUSED_RETRY_S: the node must join again with a new token. So is one that refuses this
+A master that refuses this node (revoked or removed from the fleet) is logged as an error and asked
+again only every REFUSED_RETRY_S: the node must join again with a new token; meanwhile the agent
+stops acting on its last assignment (`on_refused`, agent/_stand_down.py). So is one that refuses this
 node's certificate as expired when our clock agrees; one refused while our clock holds it
 current or not yet valid is a clock behind, asked again every CERT_CLOCK_RETRY_S.
 Reports are cut and merged to fit a frame by agent/_report_runs.py.
@@ -101,6 +102,7 @@ class MasterLink:
         register: Register,
         on_assignment: Callable[[Assignment], Awaitable[None]],
         on_master_pinned: Callable[[str], None] | None = None,
+        on_refused: Callable[[], Awaitable[None]] | None = None,
         identity_dir: str = "the agent's identity directory",
         advertise_route_port: int | None = None,
         advertise_route_ipv4_only: bool = False,
@@ -134,6 +136,7 @@ class MasterLink:
         self.ctx = ctx
         self.master_node_id = master_node_id
         self.on_master_pinned = on_master_pinned
+        self.on_refused = on_refused
         self.identity_dir = identity_dir
         self.node_id = node_id
         self.name = name
@@ -229,7 +232,10 @@ class MasterLink:
             except Exception as exc:
                 if not is_link_error(exc):
                     raise
-                refused_wait_s = self._log_failure(leaf_error(exc), delay)
+                err = leaf_error(exc)
+                refused_wait_s = self._log_failure(err, delay)
+                if _not_a_member(err) and self.on_refused is not None:
+                    await self.on_refused()
             if self.connected:
                 delay = RECONNECT_MIN_S
             self.connected = False
@@ -239,7 +245,7 @@ class MasterLink:
     def _log_failure(self, err: BaseException, delay: float) -> float | None:
         """Log why the session ended; returns the wait before asking again if the master
         refused this node (seldom), None for the ordinary backoff."""
-        if isinstance(err, PeerRefused) and err.args[1:] == (ErrorCode.UNKNOWN_PEER.name,):
+        if _not_a_member(err):
             logger.error(
                 "the master refused this agent: %s. To join the fleet again, stop it, "
                 "delete %s and start it with --token <a new join token>; asking "
@@ -430,3 +436,8 @@ class MasterLink:
         await framed.send_many([item.report for item in merged])
         if not self._acking:
             self.reports.sent_to_unacknowledging()
+
+
+def _not_a_member(err: BaseException) -> bool:
+    """Whether the master refused this node as none of the fleet's (revoked, removed, unknown)."""
+    return isinstance(err, PeerRefused) and err.args[1:] == (ErrorCode.UNKNOWN_PEER.name,)

@@ -6,7 +6,8 @@ one TargetLink per child in the table for each source folder, and a TargetFolder
 target folder, with a RelayFeed and one RelayLink per child where the table makes it a relay.
 A re-plan (new routes or targets) changes links in place; a mapping whose spec otherwise
 changed is restarted, one that disappeared is stopped. The last assignment is kept on disk so the
-agent resumes its work at once after a restart, even while the master is down.
+agent resumes its work at once after a restart, even while the master is down; a master that
+refuses this node (revoked) stops it (agent/_stand_down.py).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
 from relaysync.watch.content_cache import ContentCache
 
-from ._source_role import SourceRole, _Refused, _Running
-from ._target_role import TargetRole
+from ._source_role import _Refused, _Running
+from ._stand_down import StandDown
 from .advertise import advertised_address, check_advertised, follows_route, listens_ipv4_only
 from .enrollment import MasterPin, join, pin_master, reachable_control_address, read_identity
 from .guard import parse_roots
@@ -76,7 +77,7 @@ from .state_sweep import states_kept, sweep_states
 logger = logging.getLogger(__name__)
 
 
-class AgentService(SourceRole, TargetRole):
+class AgentService(StandDown):
     """Runs one agent until cancelled."""
 
     def __init__(self, cfg: AgentConfig) -> None:
@@ -146,6 +147,7 @@ class AgentService(SourceRole, TargetRole):
                     ctx=tls.client_context(self.identity),
                     master_node_id=pin.node_id,
                     on_master_pinned=partial(pin_master, self.identity),
+                    on_refused=self.stand_down,
                     identity_dir=str(self.identity.key_path.parent),
                     node_id=self.node_id,
                     name=self.cfg.name,
@@ -262,7 +264,8 @@ class AgentService(SourceRole, TargetRole):
 
     async def apply_assignment(self, assignment: Assignment, *, persist: bool = True) -> None:
         async with self._assign_lock:
-            if persist:
+            if persist:  # from the master: it takes this node (again)
+                self.taken_again()
                 tmp = self._assignment_path().with_suffix(".tmp")
                 tmp.write_bytes(msgspec.msgpack.encode(assignment))
                 tmp.replace(self._assignment_path())

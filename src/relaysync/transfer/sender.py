@@ -34,8 +34,6 @@ from relaysync.constants import (
     PING_INTERVAL_S,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
-    ROUTES_STALE_LIMIT_S,
-    ROUTES_STALE_RETRY_MAX_S,
 )
 from relaysync.errors import (
     JournalGap,
@@ -60,6 +58,7 @@ from relaysync.transfer import ops, tls
 from relaysync.transfer._compare_catch_up import CompareCatchUp
 from relaysync.transfer._link_session import _Session
 from relaysync.transfer._record_stream import RecordStream
+from relaysync.transfer._stale_routes import StaleRoutes
 from relaysync.transfer.link_ends import FailureFn, SourceFolder, TargetAddress
 from relaysync.transfer.unreadable import UnreadableFiles
 
@@ -104,10 +103,11 @@ class TargetLink(RecordStream, CompareCatchUp):
         # and then fails (a target refusing the same change each time) counts too: only progress
         # (an ack that advances, or an idle session answering a ping) starts the count again.
         self.failures = 0
-        self._stale_since: float | None = None  # monotonic time of the first of such refusals
         self.log = logging.LoggerAdapter(
             logger, {"mapping": source.mapping_id, "target": target.name}
         )
+        # Refusals in a row of a route change in flight (ROUTES_STALE), counted and logged apart.
+        self.stale = StaleRoutes(self.log, target.name)
         # Files found there but unreadable, read again with backoff (transfer/unreadable.py).
         self.unreadable = UnreadableFiles(time.monotonic, self.log, self.options)
         # The target takes SourceUnreadable (its Hello said so): a relay keeps those paths.
@@ -135,32 +135,32 @@ class TargetLink(RecordStream, CompareCatchUp):
                         self.target.name,
                         leaf_error(exc),
                     )
-                elif any(map(_not_a_failed_hop, error_leaves(exc))) and not self._stale_too_long():
-                    delay = min(delay, ROUTES_STALE_RETRY_MAX_S)
-                    self.log.info(
-                        "link to %s waits for the routes to settle, will retry in %.1f s: %s",
-                        self.target.name,
-                        delay,
-                        leaf_error(exc),
-                    )
+                elif any(map(_not_a_failed_hop, error_leaves(exc))):
+                    delay = self._routes_stale(exc)
                 else:
                     delay = self._session_failed(exc, delay)
             if self.connected:
-                self._stale_since = None  # the target took a session: any wait is over
+                self.stale.settled()  # the target took a session: any wait is over
             self.connected = False
             await anyio.sleep(0 if at_once else delay)
             if not at_once:
                 delay = min(delay * 2, RECONNECT_MAX_S)
 
-    def _stale_too_long(self) -> bool:
-        """Whether refusals for a route change in flight have lasted past ROUTES_STALE_LIMIT_S:
-        the newer table reaches both nodes in seconds, so a target that still has no table
-        naming us (its assignment lost, the mapping refused there) is a failed hop after all,
-        reported to the master, which re-plans, instead of a quiet retry for ever."""
-        now = time.monotonic()
-        if self._stale_since is None:
-            self._stale_since = now
-        return now - self._stale_since > ROUTES_STALE_LIMIT_S
+    def _routes_stale(self, exc: BaseException) -> float:
+        """A refusal of a route change in flight: retried soon and quietly at first; once such
+        refusals have lasted past ROUTES_STALE_LIMIT_S (the newer table reaches both nodes in
+        seconds: the target still has no table naming us, its assignment lost, the mapping
+        refused there) a failed hop, reported to the master, which re-plans, and retried ever
+        more seldom (transfer/_stale_routes.py). Returns the wait before the next session."""
+        err = leaf_error(exc)
+        delay = self.stale.refused(err, time.monotonic())
+        if self.stale.failed:
+            self.failures += 1
+            if self.on_failure is not None:
+                self.on_failure(
+                    self.target.node_id, f"{type(err).__name__}: {err}"[:500], self.failures
+                )
+        return delay
 
     def _session_failed(self, exc: BaseException, delay: float) -> float:
         """Log and count a failed session, report it to the master; returns the wait before the

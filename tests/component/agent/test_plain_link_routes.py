@@ -31,8 +31,7 @@ from relaysync.agent.peer_server import MAC_FAILURES_WARNED, PeerServer, Refusal
 from relaysync.agent.source import SourceMapping
 from relaysync.errors import FolderRefused, PeerRefused
 from relaysync.protocol.messages import ErrorCode, MappingSpec, RouteHop, TargetSpec
-from relaysync.transfer import ops
-from relaysync.transfer import sender as sender_module
+from relaysync.transfer import _stale_routes, ops
 from relaysync.transfer.link_ends import TargetAddress
 from relaysync.transfer.sender import TargetLink
 from relaysync.transfer.target_folder import TargetFolder
@@ -201,7 +200,7 @@ def test_refusals_of_a_route_change_that_never_settles_become_a_failed_hop(
     """Found in review: a target that never gets the mapping (its assignment lost) answered
     ROUTES_STALE for ever and the sender retried quietly for ever; past ROUTES_STALE_LIMIT_S
     the master hears of the failed hop and re-plans."""
-    monkeypatch.setattr(sender_module, "ROUTES_STALE_LIMIT_S", 0.5)
+    monkeypatch.setattr(_stale_routes, "ROUTES_STALE_LIMIT_S", 0.5)
     reported: list[str] = []
 
     async def main() -> None:
