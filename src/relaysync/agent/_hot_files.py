@@ -57,6 +57,7 @@ class HotFileHold:
             return
         async with self._record_lock:
             held, self._held = self._held, {}
+            held_open = dict(self._held_open)
             # one held open for writing is asked again whether it still is ("modify")
             await self._record_locked(
                 [FsEvent(kind="modify" if p in self._held_open else "attr", path=p) for p in held]
@@ -68,6 +69,8 @@ class HotFileHold:
             )
             for path in gone:
                 self._held.setdefault(path, held[path] + 1)
+                if path in held_open:  # still held open for writing, wherever it went
+                    self._held_open.setdefault(path, held_open[path])
 
     def _gone(self, paths: list[str]) -> list[str]:
         return [p for p in paths if not os.path.lexists(self.root / p)]
@@ -91,8 +94,12 @@ class HotFileHold:
         half would otherwise be committed on the targets. For OPEN_WRITER_HOLD_MAX_S at most.
         """
         now = time.monotonic()
+        # one held open for writing is asked again whatever found it (a rescan of the directory
+        # it was renamed with finds it with no "modify")
         unclosed = {
-            p for p in unclosed if now - self._held_open.get(p, now) < OPEN_WRITER_HOLD_MAX_S
+            p
+            for p in (unclosed | self._held_open.keys()) - closed
+            if now - self._held_open.get(p, now) < OPEN_WRITER_HOLD_MAX_S
         }
         hot = self._hot_writes(changes, closed)
         writing = {
@@ -147,7 +154,9 @@ class HotFileHold:
     def _follow_held(self, changes: list[PendingChange]) -> None:
         """A held file moves with a rename of itself or of a directory above it (a deploy renames
         `release.tmp/` into place before its files cool down), and is let go with a delete: its
-        re-check must look where it is now, or the file is never journaled."""
+        re-check must look where it is now, or the file is never journaled. One held while a
+        process has it open for writing stays so under its new name, since it was first held
+        (OPEN_WRITER_HOLD_MAX_S counts from then)."""
         for change in changes:
             if not self._held:
                 return
@@ -157,5 +166,9 @@ class HotFileHold:
             under = [p for p in self._held if p == change.path or p.startswith(prefix)]
             for path in under:
                 del self._held[path]
+                since = self._held_open.pop(path, None)
                 if change.op == "rename":
-                    self._held[change.new_path + path[len(change.path) :]] = 0
+                    moved = change.new_path + path[len(change.path) :]
+                    self._held[moved] = 0
+                    if since is not None:
+                        self._held_open[moved] = since

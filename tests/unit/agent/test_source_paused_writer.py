@@ -65,3 +65,45 @@ async def test_a_paused_writers_half_file_is_held_until_its_close(tmp_path: Path
         assert _written(mapping) == [200_000]
     finally:
         mapping.close()
+
+
+def _written_at(mapping: SourceMapping, path: str) -> list[int]:
+    return [
+        r.entry.size
+        for r in mapping.journal.read(0)
+        if r.op == "write" and r.path == path and r.entry is not None
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_paused_writers_file_stays_held_when_its_directory_is_renamed(
+    tmp_path: Path,
+) -> None:
+    """A deploy renames `release.tmp/` into place while a writer has a file in it open, paused.
+    Found in review: the hold moved to the new name but forgot that the file was open for
+    writing, so the next re-check let the half go by its mtime alone."""
+    root = tmp_path / "src"
+    root.mkdir()
+    spec = MappingSpec(mapping_id=1, name="m", source_node="n", source_path=str(root), targets=())
+    mapping = SourceMapping(spec, tmp_path / "state", hot_file_s=0.2)  # mtime says "cooled"
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(mapping.serve)
+            (root / "release.tmp").mkdir()  # watched once journaled: the file's events come
+            await _until(lambda: any(r.path == "release.tmp" for r in mapping.journal.read(0)))
+            with open(root / "release.tmp" / "big.bin", "wb") as writer:
+                writer.write(HALF)
+                writer.flush()
+                await _until(lambda: "release.tmp/big.bin" in mapping._held)
+                (root / "release.tmp").rename(root / "release")
+                await _until(lambda: "release/big.bin" in mapping._held)
+                await mapping.recheck_held_once()  # its mtime is over a second old by now
+                await mapping.recheck_held_once()
+                assert _written_at(mapping, "release/big.bin") == []
+                assert "release/big.bin" in mapping._held
+                writer.write(b"y" * 100_000)
+            await _until(lambda: _written_at(mapping, "release/big.bin"))  # its close-write
+            tg.cancel_scope.cancel()
+        assert _written_at(mapping, "release/big.bin") == [200_000]
+    finally:
+        mapping.close()
