@@ -23,8 +23,8 @@ from tests._browser import (
     severe_console_messages,
     text_of,
 )
+from tests.integration._modes import journaled_ops as _journaled
 from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
-from tests.integration.test_modes import _journaled
 
 pytestmark = pytest.mark.integration
 

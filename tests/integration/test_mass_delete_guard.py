@@ -19,18 +19,35 @@ from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet, start_fleet
 pytestmark = pytest.mark.integration
 
 
-OWN_FLEET_AGENTS = ("src", "t1")  # own_fleet (conftest.py): a fleet for each test
+# own_fleet (conftest.py): a fleet for each test that restarts a process; the others share the
+# module's `fleet`
+OWN_FLEET_AGENTS = ("src", "t1")
 
 
-def _held_events(fleet: Fleet) -> list[dict]:
-    events = fleet.cluster.api.get("/api/events", params={"since": 0, "limit": 1000}).json()
-    rows = events["events"] if isinstance(events, dict) else events
-    return [e for e in rows if e["type"] == "mass_delete_held"]
+def _events(fleet: Fleet) -> list[dict]:
+    """Every event in the master's ring, oldest first (read 1,000 at a time: the fleet is the
+    module's, and its earlier tests' events come first)."""
+    rows: list[dict] = []
+    while True:
+        since = rows[-1]["id"] if rows else 0
+        page = fleet.cluster.api.get("/api/events", params={"since": since, "limit": 1000}).json()
+        rows += page
+        if len(page) < 1000:
+            return rows
+
+
+def _held_events(fleet: Fleet, mapping: dict) -> list[dict]:
+    """The mapping's hold alarms (other mappings of the fleet raise theirs)."""
+    return [
+        e
+        for e in _events(fleet)
+        if e["type"] == "mass_delete_held" and e["data"]["mapping_id"] == mapping["id"]
+    ]
 
 
 def _hold_events(fleet: Fleet, mapping: dict) -> list[tuple[str, str]]:
     """The mapping's hold events in the master's ring, in order: (type, server or reason)."""
-    events = fleet.cluster.api.get("/api/events", params={"since": 0, "limit": 1000}).json()
+    events = _events(fleet)
     return [
         (e["type"], e["data"].get("reason", e["data"]["server"]))
         for e in events
@@ -69,14 +86,14 @@ def _held(fleet: Fleet, *, dirs: int) -> Held:
     return Held(mapping, src, dst, away, before)
 
 
-def test_replaced_source_folder_holds_deletes_until_confirmed(own_fleet: Fleet) -> None:
-    held = _held(own_fleet, dirs=4)
+def test_replaced_source_folder_holds_deletes_until_confirmed(fleet: Fleet) -> None:
+    held = _held(fleet, dirs=4)
     mapping, src, dst = held.mapping, held.src, held.dst
     assert snapshot(dst) == held.before  # the targets were not wiped
     # the operator confirms: now the deletes go out
-    r = own_fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/confirm-deletes")
+    r = fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/confirm-deletes")
     assert r.status_code == 200, r.text
-    own_fleet.wait_converged(src, [dst])
+    fleet.wait_converged(src, [dst])
     assert list(dst.iterdir()) == []
 
 
@@ -112,16 +129,16 @@ def test_a_hold_is_shown_after_a_master_restart_and_ends_when_the_folder_is_back
     assert snapshot(dst) == held.before  # nothing was deleted
 
 
-def test_a_hold_ends_when_its_mapping_is_disabled(own_fleet: Fleet) -> None:
+def test_a_hold_ends_when_its_mapping_is_disabled(fleet: Fleet) -> None:
     """The source stops the mapping (disabled: no longer its to source): its hold is over,
     and the master is told so (the console drops the row)."""
-    held = _held(own_fleet, dirs=0)
+    held = _held(fleet, dirs=0)
     mapping, dst = held.mapping, held.dst
-    r = own_fleet.cluster.api.patch(f"/api/mappings/{mapping['id']}", json={"enabled": False})
+    r = fleet.cluster.api.patch(f"/api/mappings/{mapping['id']}", json={"enabled": False})
     assert r.status_code == 200, r.text
     wait_until(
         lambda: (
-            _hold_events(own_fleet, mapping)
+            _hold_events(fleet, mapping)
             == [("mass_delete_held", "src"), ("mass_delete_ended", "mapping removed")]
         ),
         timeout_s=CONVERGE_TIMEOUT_S,
@@ -156,34 +173,34 @@ def test_a_hold_ends_when_its_agent_restarts_with_the_folder_back(own_fleet: Fle
     assert len(list(dst.iterdir())) == 201  # nothing was deleted
 
 
-def test_small_deletes_pass_the_guard(own_fleet: Fleet) -> None:
-    _, src, (dst,) = own_fleet.new_mapping(targets=("t1",))
+def test_small_deletes_pass_the_guard(fleet: Fleet) -> None:
+    _, src, (dst,) = fleet.new_mapping(targets=("t1",))
     for i in range(300):
         (src / f"{i}.txt").write_text(str(i))
-    own_fleet.wait_converged(src, [dst])
+    fleet.wait_converged(src, [dst])
     for i in range(50):
         (src / f"{i}.txt").unlink()
     shutil.rmtree(src / "missing", ignore_errors=True)
-    own_fleet.wait_converged(src, [dst])
+    fleet.wait_converged(src, [dst])
 
 
-def test_replaced_flat_source_folder_holds_its_file_deletes(own_fleet: Fleet) -> None:
+def test_replaced_flat_source_folder_holds_its_file_deletes(fleet: Fleet) -> None:
     """Found in review: deleted plain files counted for nothing, so a flat folder that vanished
     (200 files, no directory) was wiped on the targets without an alarm."""
-    held = _held(own_fleet, dirs=0)
-    alarms = _held_events(own_fleet)
+    held = _held(fleet, dirs=0)
+    alarms = _held_events(fleet, held.mapping)
     assert [(e["data"]["deletes"], e["data"]["entries"]) for e in alarms] == [(200, 200)]
     assert snapshot(held.dst) == held.before
 
 
 def test_an_unmounted_source_disk_holds_its_deletes_and_replicates_again_once_back(
-    own_fleet: Fleet,
+    fleet: Fleet,
 ) -> None:
     """Found in review: after `umount` of the source's disk (a real tmpfs) nothing happened, no
     rescan and no alarm, and after mounting it again a new file never replicated: every watch
     had been dropped silently. 42 entries, too few for the fraction rule: held as a missing
     folder."""
-    base = own_fleet.base / "unmounted"
+    base = fleet.base / "unmounted"
     base.mkdir()
     src, dst, staging, backup = (base / n for n in ("source", "target", "staging", "backup"))
     with unmounted_at_exit(src, staging):
@@ -193,17 +210,17 @@ def test_an_unmounted_source_disk_holds_its_deletes_and_replicates_again_once_ba
             for i in range(20):
                 (src / f"d{d}" / f"{i}.txt").write_bytes(os.urandom(100))
         shutil.copytree(src, backup)
-        own_fleet.cluster.create_mapping("unmounted", "src", src, [("t1", dst)])
+        mapping = fleet.cluster.create_mapping("unmounted", "src", src, [("t1", dst)])
         wait_until(dst.is_dir, timeout_s=CONVERGE_TIMEOUT_S, what="target opened")
-        own_fleet.wait_converged(src, [dst])
+        fleet.wait_converged(src, [dst])
         before = snapshot(dst)
         umount(src)
-        held = wait_until(lambda: _held_events(own_fleet), timeout_s=30, what="the alarm")
+        held = wait_until(lambda: _held_events(fleet, mapping), timeout_s=30, what="the alarm")
         assert [(e["data"]["deletes"], e["data"]["root_missing"]) for e in held] == [(42, True)]
         assert snapshot(dst) == before  # the targets were not wiped
         remount_copy(backup, src, staging)
         (src / "d0" / "new.txt").write_text("written after the remount")
-        own_fleet.wait_converged(src, [dst])
+        fleet.wait_converged(src, [dst])
         assert snapshot(dst, with_mtime=False) == snapshot(backup, with_mtime=False) | {
             "d0/new.txt": snapshot(src, with_mtime=False)["d0/new.txt"]
         }
@@ -247,7 +264,7 @@ def test_an_rm_rf_slower_than_the_window_is_held_and_goes_once_confirmed(tmp_pat
         for d in range(10):
             shutil.rmtree(src / f"d{d}")
             time.sleep(0.6)  # the slow rm's pace (what is tested), not a wait for the fleet
-        wait_until(lambda: _held_events(fleet), timeout_s=60, what="the mass-delete alarm")
+        wait_until(lambda: _held_events(fleet, mapping), timeout_s=60, what="the mass-delete alarm")
         (src / "marker.txt").write_text("written while the deletes are held")
         # journaled after every delete that went: once it is there, they are there too
         wait_until((dst / "marker.txt").exists, timeout_s=CONVERGE_TIMEOUT_S, what="the write")
@@ -257,6 +274,6 @@ def test_an_rm_rf_slower_than_the_window_is_held_and_goes_once_confirmed(tmp_pat
         assert r.status_code == 200, r.text
         fleet.wait_converged(src, [dst], timeout_s=60)
         assert [p.name for p in dst.iterdir()] == ["marker.txt"]
-        assert len(_held_events(fleet)) == 1
+        assert len(_held_events(fleet, mapping)) == 1
     finally:
         fleet.cluster.stop()

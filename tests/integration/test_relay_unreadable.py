@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from relaysync.testing.cluster import Cluster, wait_until
+from tests.integration._modes import journaled_ops as _journaled
 from tests.integration.conftest import CONVERGE_TIMEOUT_S
-from tests.integration.test_modes import _journaled
 from tests.integration.test_unreadable_source import NO_DAC, _write_unreadable
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from relaysync.testing.cluster import Cluster, wait_until
+from tests.integration._modes import journaled_ops as _journaled
 from tests.integration.conftest import CONVERGE_TIMEOUT_S, Fleet
-from tests.integration.test_modes import _journaled
 
 pytestmark = pytest.mark.integration
 

@@ -16,16 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.tree import Tree
 
-from relaysync.cli._demo_cache import DemoCache, start_demo_cache
 from relaysync.cli._shown import cell
 from relaysync.errors import ConfigError
-from relaysync.testing.cluster import Cluster
+
+if TYPE_CHECKING:  # imported by `demo` alone: every other command, agent and master starts without
+    from relaysync.cli._demo_cache import DemoCache
+    from relaysync.testing.cluster import Cluster
 
 console = Console()
 
@@ -159,6 +161,9 @@ def demo(
     # Each run starts a fresh fleet (master, agents, mapping); source/ and the targets' folders
     # stay, and the new mapping's first sync brings the targets in step with the source again.
     shutil.rmtree(state, ignore_errors=True)
+    from relaysync.cli._demo_cache import start_demo_cache
+    from relaysync.testing.cluster import Cluster
+
     cluster = Cluster(state)
     cache: DemoCache | None = None
     signal.signal(signal.SIGTERM, _raise_stop)

@@ -21,7 +21,6 @@ from relaysync.cli._client import (
 from relaysync.cli._named import find_named
 from relaysync.cli._shown import cell, shown
 from relaysync.errors import ConfigError
-from relaysync.watch.target_policy import mode_mask_problem
 
 app = typer.Typer(help="List, add, change and remove folder mappings.", no_args_is_help=True)
 
@@ -189,6 +188,10 @@ def parse_mode_mask(text: str) -> int:
         mask = int(text, 8)
     except ValueError:
         raise ConfigError(f"mode mask {text!r}: write it in octal, e.g. 002") from None
+    # here, not at the top: relaysync.watch imports the watcher, scanner and manifest, which
+    # every other CLI command (one process each) would load for nothing
+    from relaysync.watch.target_policy import mode_mask_problem
+
     problem = mode_mask_problem(mask)
     if problem:
         raise ConfigError(problem)

@@ -11,8 +11,6 @@ import typer
 from relaysync.cli._client import console, print_json, run_command
 from relaysync.cli._shown import shown
 from relaysync.errors import ConfigError
-from relaysync.protocol.messages import Assignment
-from relaysync.transfer.versions import VersionKeeper
 
 
 def restore(
@@ -28,6 +26,10 @@ def restore(
     json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Restore a previous version of a replaced or deleted file kept on this target."""
+
+    # here, not at the top: the transfer and watch packages would load in every other CLI
+    # command (one process each) for nothing
+    from relaysync.transfer.versions import VersionKeeper
 
     def body() -> None:
         root = _target_root(data, mapping)
@@ -51,6 +53,8 @@ def restore(
 
 def _target_root(data: Path, mapping: str) -> Path:
     """The folder this agent holds as a target of `mapping`, from its last assignment."""
+    from relaysync.protocol.messages import Assignment  # see restore()
+
     try:
         assignment = msgspec.msgpack.decode(
             (data / "assignment.msgpack").read_bytes(), type=Assignment
