@@ -35,6 +35,8 @@ CHANGE_COLUMNS = (
     "reported_at",
     "committed_targets",
     "total_targets",
+    "journal_id",
+    "replaced",
 )
 EXCEPTION_COLUMNS = (
     "id",
@@ -118,8 +120,11 @@ def changes_table(rows: list[dict[str, Any]]) -> Table:
     ):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
-        done = r["committed_targets"] >= r["total_targets"]
-        targets = f"{r['committed_targets']}/{r['total_targets']}"
+        done = r["committed_targets"] >= r["total_targets"] or r.get("replaced", False)
+        # a replaced journal's rows are history (the source's state was recreated): not pending
+        targets = (
+            "old journal" if r.get("replaced") else f"{r['committed_targets']}/{r['total_targets']}"
+        )
         table.add_row(
             cell(r["mapping"]),
             str(r["seq"]),

@@ -291,6 +291,10 @@ def test_status_jobs_and_exceptions(client: TestClient, store: Store) -> None:
     assert [j["seq"] for j in client.get("/api/jobs", params={"before": 2}).json()] == [1]
     cursor = f"2:{m['id']}:{src['node_id']}"  # the whole key of the row with seq 2
     assert [j["seq"] for j in client.get("/api/jobs", params={"before": cursor}).json()] == [1]
+    assert [(j["journal_id"], j["replaced"]) for j in jobs] == [("", False)] * 2
+    # with the row's journal id ("" here): the rest of seq 2's rows of other journals, then 1
+    named = client.get("/api/jobs", params={"before": cursor + ":"})
+    assert [j["seq"] for j in named.json()] == [1]
     for bad in ("2:x:y", "2:1", "99999999999999999999", f"2:{2**63}:{src['node_id']}"):
         assert client.get("/api/jobs", params={"before": bad}).status_code == 422, bad
     [exc] = client.get("/api/exceptions").json()

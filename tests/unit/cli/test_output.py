@@ -161,6 +161,11 @@ def test_log_rows_are_labelled_and_rendered() -> None:
     assert "a.txt" in render(changes_table(rows)) and "1/2" in render(changes_table(rows))
     text = to_csv(rows, CHANGE_COLUMNS)
     assert text.splitlines()[1].startswith("www,1,9,write,a.txt,2048,1000.0,1,2")
+    # a row of a journal replaced since (the source's state was recreated): history, not pending
+    old = [label(change(journal_id="1" * 32, replaced=True, committed_targets=0), {1: "www"}, {})]
+    shown = render(changes_table(old))
+    assert "old journal" in shown and "0/2" not in shown
+    assert to_csv(old, CHANGE_COLUMNS).splitlines()[1].endswith(f",0,2,{'1' * 32},True")
     failure = {
         "id": 1,
         "mapping_id": 2,

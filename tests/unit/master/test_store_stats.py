@@ -203,7 +203,7 @@ def test_latency_is_commit_time_minus_change_time_and_kept_apart_from_transfer_t
     with store._read("changed_at") as session:
         from sqlalchemy import select
 
-        from relaysync.master.store._joblog import CHANGES
+        from relaysync.master.store._joblog_changes import CHANGES
 
         times = dict(
             session.execute(

@@ -29,6 +29,8 @@ class ChangeOut(BaseModel):
     reported_at: float
     committed_targets: int
     total_targets: int
+    journal_id: str  # the source journal its seq counts in ("": not named)
+    replaced: bool  # its journal was replaced by a new one (the source's state was recreated)
 
 
 class ExceptionOut(BaseModel):
@@ -47,15 +49,22 @@ class ExceptionOut(BaseModel):
 
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
-# The job log's cursor: the last row's "SEQ:MAPPING_ID:SOURCE_NODE" (or a bare SEQ: the rows of
-# lower seqs only, skipping the rest of that seq's rows in other mappings or of another source).
+# The job log's cursor: the last row's "SEQ:MAPPING_ID:SOURCE_NODE:JOURNAL_ID" (a journal id of
+# "" ends in ":"; without it, the rest of that seq's rows of that source are skipped; a bare SEQ:
+# the rows of lower seqs only, skipping the rest of that seq's rows in other mappings or sources).
 Cursor = Annotated[
-    str | None, Query(max_length=120, pattern=r"^-?[0-9]{1,19}(:[0-9]{1,19}:[0-9a-f]{1,64})?$")
+    str | None,
+    Query(
+        max_length=200,
+        pattern=r"^-?[0-9]{1,19}(:[0-9]{1,19}:[0-9a-f]{1,64}(:.{0,64})?)?$",
+    ),
 ]
 
 
-def _cursor(before: str | None) -> tuple[int | None, tuple[int, str] | None]:
-    """(seq, (mapping id, source node) or None) of a job-log cursor.
+def _cursor(
+    before: str | None,
+) -> tuple[int | None, tuple[int, str] | tuple[int, str, str] | None]:
+    """(seq, (mapping id, source node[, journal id]) or None) of a job-log cursor.
 
     Raises:
         ConfigError: a number out of the 64-bit range (no row has one).
@@ -64,10 +73,13 @@ def _cursor(before: str | None) -> tuple[int | None, tuple[int, str] | None]:
         return None, None
     seq, _, rest = before.partition(":")
     mapping, _, source = rest.partition(":")
+    source, journal_named, journal = source.partition(":")
     numbers = [int(seq)] + ([int(mapping)] if rest else [])
     if not all(INT64_MIN <= n <= INT64_MAX for n in numbers):
         raise ConfigError(f"before: {before!r} is out of range")
-    return numbers[0], ((numbers[1], source) if rest else None)
+    if not rest:
+        return numbers[0], None
+    return numbers[0], ((numbers[1], source, journal) if journal_named else (numbers[1], source))
 
 
 def list_jobs(
@@ -77,7 +89,7 @@ def list_jobs(
     before: Cursor = None,
 ) -> list[ChangeOut]:
     """Changes, newest seq first (then by mapping id and source), with how many targets have
-    committed each; page on with ?before=SEQ:MAPPING_ID:SOURCE_NODE of the last row."""
+    committed each; page on with ?before=SEQ:MAPPING_ID:SOURCE_NODE:JOURNAL_ID of the last row."""
     seq, tie = _cursor(before)
     rows = context.store.job_log(mapping_id=mapping, limit=limit, before_seq=seq, after_tie=tie)
     return [ChangeOut.model_validate(r) for r in rows]

@@ -95,13 +95,16 @@ class JobLogStore:
         mapping_id: int | str | None = None,
         limit: int = 100,
         before_seq: int | None = None,
-        after_tie: tuple[int, str] | None = None,
+        after_tie: tuple[int, str] | tuple[int, str, str] | None = None,
     ) -> list[ChangeLogRow]:
-        """Return change rows, newest seq first (then by mapping id and source node), each with
-        how many targets have committed it: those below `before_seq`, and with `after_tie` (the
-        mapping id and source node of the last row of the page before) the rest of that seq's.
+        """Return change rows, newest seq first (then by mapping id, source node and journal
+        id), each with how many targets have committed it: those below `before_seq`, and with
+        `after_tie` (the mapping id, source node and journal id of the last row of the page
+        before) the rest of that seq's.
 
-        A target has committed seq s iff its watermark >= s and it has no open exception for s.
+        A target has committed seq s iff its watermark >= s in the row's journal ("" matches
+        any) and it has no open exception for s. The rows of a journal a new one replaced
+        (`replaced`) are the old journal's history: no watermark counts in it any more.
 
         Raises:
             NotFound: no such mapping.

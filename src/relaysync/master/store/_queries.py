@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from relaysync.master.store import _heads, _joblog
+from relaysync.master.store import _heads
+from relaysync.master.store._joblog_changes import CHANGES
+from relaysync.master.store._joblog_counts import committed_count, replaced, target_count
 from relaysync.master.store._modes import MappingModeRow
 from relaysync.master.store.models import (
     Catchup,
@@ -27,6 +29,9 @@ from relaysync.master.store.types import (
 )
 
 logger = logging.getLogger(__name__)
+
+# the job log's cursor past seq: (mapping id, source node) of an older client, or with the journal id
+JobLogTie = tuple[int, str] | tuple[int, str, str]
 
 
 def watermarks(session: Session, mapping_id: int) -> list[WatermarkInfo]:
@@ -125,55 +130,59 @@ def job_log(
     mapping_id: int | None,
     limit: int,
     before_seq: int | None,
-    after_tie: tuple[int, str] | None = None,
+    after_tie: JobLogTie | None = None,
 ) -> list[ChangeLogRow]:
     """Change rows, newest seq first, each with how many targets have committed it (keyset
-    paging on (seq desc, mapping id, source node): see `Store.job_log`)."""
-    ch = _joblog.CHANGES.c
+    paging on (seq desc, mapping id, source node, journal id): see `Store.job_log`)."""
+    ch = CHANGES.c
     query = select(
         ch.mapping_id,
         ch.source_node,
         ch.seq,
+        ch.journal_id,
         ch.op,
         ch.path,
         ch.size,
         ch.reported_at,
-        _joblog.committed_count(),
-        _joblog.target_count(),
+        committed_count(),
+        target_count(),
+        replaced(),
     )
     if mapping_id is not None:
         query = query.where(ch.mapping_id == mapping_id)
-    if before_seq is not None and after_tie is not None:
-        tie_mapping, tie_source = after_tie
-        query = query.where(
-            or_(
-                ch.seq < before_seq,
-                and_(
-                    ch.seq == before_seq,
-                    or_(
-                        ch.mapping_id > tie_mapping,
-                        and_(ch.mapping_id == tie_mapping, ch.source_node > tie_source),
-                    ),
-                ),
-            )
-        )
-    elif before_seq is not None:
-        query = query.where(ch.seq < before_seq)
-    query = query.order_by(ch.seq.desc(), ch.mapping_id, ch.source_node).limit(limit)
+    if before_seq is not None:
+        query = query.where(_after(before_seq, after_tie))
+    order = (ch.seq.desc(), ch.mapping_id, ch.source_node, ch.journal_id)
     return [
         ChangeLogRow(
             mapping_id=m,
             source_node=s,
             seq=q,
+            journal_id=j,
             op=o,
             path=p,
             size=z,
             reported_at=r,
             committed_targets=c,
             total_targets=t,
+            replaced=bool(x),
         )
-        for m, s, q, o, p, z, r, c, t in session.execute(query)
+        for m, s, q, j, o, p, z, r, c, t, x in session.execute(query.order_by(*order).limit(limit))
     ]
+
+
+def _after(before_seq: int, tie: JobLogTie | None) -> ColumnElement[bool]:
+    """The rows after the cursor (seq, tie) in the job log's order: below `before_seq`, and of
+    that seq those after the tie's (mapping id, source node[, journal id]); with no journal id,
+    the rest of that (mapping, source)'s rows at `before_seq` are skipped too (older cursors)."""
+    ch = CHANGES.c
+    if tie is None:
+        return ch.seq < before_seq
+    after = or_(ch.mapping_id > tie[0], and_(ch.mapping_id == tie[0], ch.source_node > tie[1]))
+    if len(tie) > 2:
+        same_source = and_(ch.mapping_id == tie[0], ch.source_node == tie[1])
+        after = or_(after, and_(same_source, ch.journal_id > tie[2]))
+    return or_(ch.seq < before_seq, and_(ch.seq == before_seq, after))
 
 
 def exceptions(

@@ -28,7 +28,8 @@ from sqlalchemy import JSON, Float, Integer, Table, delete, func, select, tuple_
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from relaysync.errors import ConfigError
-from relaysync.master.store._joblog import ADVANCES, CHANGES, EXCEPTIONS
+from relaysync.master.store._joblog import ADVANCES, EXCEPTIONS
+from relaysync.master.store._joblog_changes import CHANGES
 from relaysync.master.store._routing_tables import RecoveryJobRow
 from relaysync.master.store.models import AlertRow, Base
 
@@ -214,7 +215,9 @@ class RetentionStore:
 
 
 def _prune_changes(session: Session, cutoff: float, limit: int) -> int:
-    """Old change rows, except the newest of each (mapping, source): its seq is the mapping's head."""
+    """Old change rows, except the newest of each (mapping, source): its seq is the mapping's
+    head. Each row by its whole key: a new source journal's row at the seq of an old one's (a
+    recreated journal counts from 1 again) is another row, kept or deleted by its own age."""
     c = CHANGES.c
     newer = aliased(CHANGES)
     newest = (
@@ -225,12 +228,13 @@ def _prune_changes(session: Session, cutoff: float, limit: int) -> int:
     keys = [
         tuple(k)
         for k in session.execute(
-            select(c.mapping_id, c.source_node, c.seq)
+            select(c.mapping_id, c.source_node, c.seq, c.journal_id)
             .where(c.reported_at < cutoff, c.seq < newest)
             .order_by(c.reported_at)
             .limit(limit)
         )
     ]
     if keys:
-        session.execute(delete(CHANGES).where(tuple_(c.mapping_id, c.source_node, c.seq).in_(keys)))
+        key = tuple_(c.mapping_id, c.source_node, c.seq, c.journal_id)
+        session.execute(delete(CHANGES).where(key.in_(keys)))
     return len(keys)

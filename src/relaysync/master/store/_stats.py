@@ -23,7 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relaysync.errors import ConfigError
-from relaysync.master.store._joblog import ADVANCES, CHANGES, EXCEPTIONS
+from relaysync.master.store._joblog import ADVANCES, EXCEPTIONS
+from relaysync.master.store._joblog_changes import CHANGES
 from relaysync.master.store.models import Mapping, Server
 
 SessionFn = Callable[[str], AbstractContextManager[Session]]

@@ -130,7 +130,8 @@ class ApiToken(Base):
 
 
 class Change(Base):
-    """One row per change of a (mapping, source), however many targets report it."""
+    """One row per change of a (mapping, source), however many targets report it: per seq of
+    each source journal, as a recreated journal counts from seq 1 again (0026_change_journals)."""
 
     __tablename__ = "changes"
 
@@ -139,6 +140,11 @@ class Change(Base):
     )
     source_node: Mapped[str] = mapped_column(NODE_ID, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # the source journal `seq` counts in ("": not named, an older agent or a row from before
+    # 0026: matches any); after seq in the key, so that a source's newest row is the key's top
+    journal_id: Mapped[str] = mapped_column(
+        String(64), primary_key=True, default="", server_default=""
+    )
     op: Mapped[str] = mapped_column(String(32))
     path: Mapped[str] = mapped_column(PATH)
     size: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -114,6 +114,8 @@ class ChangeLogRow:
     reported_at: float  # when the master first heard of it
     committed_targets: int  # targets whose watermark covers it with no open exception for it
     total_targets: int
+    journal_id: str = ""  # the source journal its seq counts in ("": not named)
+    replaced: bool = False  # its journal was replaced by a new one: history, never committed more
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -79,15 +79,17 @@ export function jobLog(names) {
   return new LogView("jobs", {
     path: "/api/jobs",
     filterParam: "mapping",
-    // the whole row key: a bare seq would skip that seq's rows of other mappings
-    cursorOf: (r) => `${r.seq}:${r.mapping_id}:${r.source_node}`,
+    // the whole row key: a bare seq would skip that seq's rows of other mappings (or journals)
+    cursorOf: (r) => `${r.seq}:${r.mapping_id}:${r.source_node}:${r.journal_id}`,
     matches: (r, needle) => r.path.includes(needle),
     headings: ["Mapping", "Seq", "Op", "Path", "Size", "Reported", "Committed"],
     row: (r) =>
       el("tr", { dataset: { seq: String(r.seq) } },
         cell(names.mappings.get(r.mapping_id) || `#${r.mapping_id}`), cell(String(r.seq)), cell(r.op),
         cell(r.path, "path"), cell(String(r.size)), cell(when(r.reported_at)),
-        cell(`${r.committed_targets} / ${r.total_targets}`, r.committed_targets < r.total_targets ? "warn" : "")),
+        r.replaced
+          ? cell("old journal") // the source's journal was recreated since: history, not pending
+          : cell(`${r.committed_targets} / ${r.total_targets}`, r.committed_targets < r.total_targets ? "warn" : "")),
   });
 }
 

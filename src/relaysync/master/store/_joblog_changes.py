@@ -1,0 +1,150 @@
+"""Change rows of the job log: one per seq of each source journal, as first reported.
+
+A source whose journal was recreated counts from seq 1 again under a new journal id
+(store/_journals.py), so a row is keyed (mapping, source, seq, journal): the new journal's
+change at a seq the old one used is a row of its own, not a repeat of the old one's.
+
+A report naming no journal ("": an older target agent) matches any: its change is known if any
+row has its seq. One naming a journal takes a row of none named at its seq for its own if that
+row was reported since the head's journal, that journal, was first heard (`journal_since`):
+in a fleet of old and new agents, every change would otherwise have two rows, one per kind of
+target; a row of none named from before (the rows of an upgrade from 0025, an older target's
+rows of the old journal) is an older journal's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, and_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from relaysync.master.store._engine import execute_rows
+from relaysync.master.store.models import Base
+from relaysync.protocol.messages import CommitReport
+
+CHANGES: Table = Base.metadata.tables["changes"]
+HEADS: Table = Base.metadata.tables["source_heads"]
+
+Source = tuple[int, str]  # (mapping id, source node)
+ChangeKey = tuple[int, str, int, str]  # (mapping id, source node, seq, journal id)
+# in the table's order of columns, so that execute_rows passes rows to SQLite as they are
+CHANGE_COLUMNS = (
+    "mapping_id",
+    "source_node",
+    "seq",
+    "journal_id",
+    "op",
+    "path",
+    "size",
+    "reported_at",
+    "changed_at",
+)
+# The change rows' insert, per dialect; a constant, so that execute_rows keeps its SQLite text.
+_CHANGES_INSERT = {
+    name: dml.insert(CHANGES).on_conflict_do_nothing(
+        index_elements=["mapping_id", "source_node", "seq", "journal_id"]
+    )
+    for name, dml in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+
+
+@dataclass
+class ChangeRows:
+    """The change rows a batch of reports holds, per (mapping, source, journal) and seq."""
+
+    rows: dict[tuple[int, str, str], dict[int, tuple[Any, ...]]] = field(default_factory=dict)
+    spans: dict[Source, tuple[int, int]] = field(default_factory=dict)  # lowest, highest seq
+
+    def fold(self, report: CommitReport, now: float) -> None:
+        """One row per seq of the report's journal, as first reported; and the span of seqs."""
+        mapping_id, source, journal = report.mapping_id, report.source_node, report.journal_id
+        rows = self.rows.setdefault((mapping_id, source, journal), {})
+        low, high = self.spans.get((mapping_id, source), (0, 0))
+        for rec in report.records:
+            seq = rec.seq
+            if seq <= 0:
+                continue
+            if seq not in rows:
+                rows[seq] = (
+                    mapping_id,
+                    source,
+                    seq,
+                    journal,
+                    rec.op,
+                    rec.path,
+                    rec.size,
+                    now,
+                    rec.changed_at,
+                )
+            if seq < low or not low:
+                low = seq
+            if seq > high:
+                high = seq
+        if high:
+            self.spans[(mapping_id, source)] = (low, high)
+
+
+def write_changes(session: Session, changes: ChangeRows) -> None:
+    """Insert the change rows not yet known, in key order (PostgreSQL takes their locks in it).
+    Every target reports every change, so most are known already: one range query per
+    (mapping, source) drops them, instead of thousands of inserts that each hit the conflict
+    (16 targets x 10,000 changes: 4.0 s -> about 1 s)."""
+    new: list[tuple[Any, ...]] = []
+    for source, span in changes.spans.items():
+        new.extend(_unknown(session, changes, source, span))
+    if new:
+        new.sort(key=lambda row: (row[0], row[1], row[2], row[3]))
+        stmt = _CHANGES_INSERT[session.get_bind().dialect.name]
+        execute_rows(session, stmt, CHANGE_COLUMNS, new)
+
+
+def _unknown(
+    session: Session, changes: ChangeRows, source: Source, span: tuple[int, int]
+) -> list[tuple[Any, ...]]:
+    """The rows of `source` in the batch that no stored row, nor a named one of the batch,
+    stands for (see the module's docstring): one query of seqs per journal reported."""
+    groups = {j: rows for (m, s, j), rows in changes.rows.items() if (m, s) == source and rows}
+    new: list[tuple[Any, ...]] = []
+    for journal, rows in groups.items():
+        known = _stored(session, source, span, journal)
+        if not journal:  # a named report of the batch stands for it too
+            known.update(q for j, named in groups.items() if j for q in named)
+        new.extend(r for q, r in rows.items() if q not in known)
+    return new
+
+
+def _stored(session: Session, source: Source, span: tuple[int, int], journal: str) -> set[int]:
+    """The seqs in `span` with a stored row that stands for the change of `journal` there: any
+    row for none named; for one named, its own, or one of none named reported since it was
+    first heard (`_unnamed_since`)."""
+    c = CHANGES.c
+    query = select(c.seq).where(
+        c.mapping_id == source[0],
+        c.source_node == source[1],
+        c.seq >= span[0],
+        c.seq <= span[1],
+    )
+    if journal:
+        mine = c.journal_id == journal
+        since = _unnamed_since(session, source, journal)
+        if since is not None:
+            mine = or_(mine, and_(c.journal_id == "", c.reported_at >= since))
+        query = query.where(mine)
+    return set(session.scalars(query))
+
+
+def _unnamed_since(session: Session, source: Source, journal: str) -> float | None:
+    """Since when a row of no journal named is `journal`'s: since the head's journal was first
+    heard if that is `journal` (or the head names none: nothing to tell them apart); never
+    (None) if the head names another (the batch's reports are the first word of a new one)."""
+    head = session.execute(
+        select(HEADS.c.journal_id, HEADS.c.journal_since).where(
+            HEADS.c.mapping_id == source[0], HEADS.c.source_node == source[1]
+        )
+    ).first()
+    if head is None or not head[0]:
+        return float(head[1]) if head is not None else 0.0
+    return float(head[1]) if head[0] == journal else None
