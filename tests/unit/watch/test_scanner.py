@@ -18,7 +18,14 @@ from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest
 from relaysync.watch.recorder import ChangeRecorder
-from relaysync.watch.scanner import TreeScan, entry_from_stat, hash_file, make_entry, scan_tree
+from relaysync.watch.scanner import (
+    TreeScan,
+    entry_from_stat,
+    hash_file,
+    make_entry,
+    scan,
+    scan_tree,
+)
 
 
 def record(manifest: Manifest, changes: list[PendingChange]) -> None:
@@ -368,3 +375,32 @@ def test_an_event_below_a_directory_swapped_for_a_link_is_not_read_through(
     else:
         assert make_entry(tree, "a/b/f") is None
         assert make_entry(tree, "a") is not None  # the link itself, below the root: read
+
+
+def test_a_directory_as_deep_as_the_wire_allows_is_listed_and_deeper_paths_are_refused_once(
+    tree: Path, manifest: Manifest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory whose relative path is 4,096 bytes (MAX_PATH_BYTES: what the wire carries,
+    but openat2 refuses a path of PATH_MAX bytes) was never listed: a SourceListError, looked
+    at again at every scan. What is below it is longer than the wire carries: not replicated
+    (a target would refuse the message and the link with it), with one warning, not an error."""
+    name = "n" * 240
+    fd = os.open(tree, os.O_RDONLY)
+    for _ in range(17):  # 17 x 240 + 16 slashes = 4,096 bytes
+        os.mkdir(name, dir_fd=fd)
+        child = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.mkdir("below", dir_fd=fd)
+    os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    os.close(fd)
+    deepest = "/".join([name] * 17)
+    assert len(deepest) == 4096
+    flt = PathFilter(root=tree)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # the agent's filter lives as long as its mapping: once per path
+            result = scan(tree, manifest, flt)
+            assert result.unreadable == []
+            assert [c.path for c in result.out][-1] == deepest
+            assert all(len(c.path) <= 4096 for c in result.out)
+    assert sum("over 4096 bytes below its folder" in r.getMessage() for r in caplog.records) == 2
