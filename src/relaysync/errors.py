@@ -45,6 +45,7 @@ Each class's docstring is its message template, formatted with the positional ar
     │   ├── WatchLimitReached          the kernel's inotify watch limit is too low
     │   ├── NameNotUtf8                a file or directory name that is not valid UTF-8
     │   ├── LinkTargetNotUtf8          a symlink whose target is not valid UTF-8
+    │   ├── PathTooDeep                a path longer below its folder than the wire carries
     │   ├── JournalCorrupt
     │   └── JournalGap                 a read from below what the journal still holds (released)
     ├── StoreError                     the master's store
@@ -349,6 +350,10 @@ class NameNotUtf8(WatchError):
 
 class LinkTargetNotUtf8(WatchError):
     """The target of symlink {} is not valid UTF-8, so the link is not replicated. Point it at a UTF-8 name: relaysync replicates UTF-8 names only."""
+
+
+class PathTooDeep(WatchError):
+    """{} is over {} bytes below its folder, more than a path may have on the wire, so it is not replicated{}. Move it nearer the folder or shorten the names on its way."""
 
 
 class JournalCorrupt(WatchError):

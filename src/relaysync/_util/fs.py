@@ -63,6 +63,9 @@ _ROOT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # followed: the operato
 # over 2 GiB with EOVERFLOW, which would read as "no plain file there" (0 on 64-bit).
 _LARGE = getattr(os, "O_LARGEFILE", 0)
 _LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# openat2, as every call given a path, refuses one of PATH_MAX (4096) bytes or more with its NUL
+# (ENAMETOOLONG): a longer relative path is resolved in parts of fewer bytes than this.
+_PATH_PART_BYTES = 4000
 
 
 def open_regular_in(
@@ -139,10 +142,9 @@ def _open_beneath(root: str | os.PathLike[str], held: int | None, relpath: str) 
         return None
     try:
         try:
-            return _openat2.openat2(root_fd, os.fsencode(relpath), _READ_FLAGS | _LARGE, _RESOLVE)
+            return _openat2_beneath(root_fd, relpath, _READ_FLAGS | _LARGE)
         except BlockingIOError:  # a lease: wait for its break, as a plain open does
-            flags = (_READ_FLAGS | _LARGE) & ~os.O_NONBLOCK
-            return _openat2.openat2(root_fd, os.fsencode(relpath), flags, _RESOLVE)
+            return _openat2_beneath(root_fd, relpath, (_READ_FLAGS | _LARGE) & ~os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             raise _OpenAt2Refused from exc
@@ -282,7 +284,7 @@ def _open_below(root_fd: int, reldir: str, flags: int) -> int:
     refused = False
     if _openat2_usable:
         try:
-            return _openat2.openat2(root_fd, os.fsencode(reldir), flags, _RESOLVE)
+            return _openat2_beneath(root_fd, reldir, flags)
         except OSError as exc:
             if exc.errno not in _UNSUPPORTED:
                 raise
@@ -296,6 +298,46 @@ def _open_below(root_fd: int, reldir: str, flags: int) -> int:
     if refused:  # the walk opened what openat2 refused: refused as such here, not tried again
         _openat2_usable = False
     return fd
+
+
+def _openat2_beneath(dir_fd: int, relpath: str, flags: int) -> int:
+    """openat2 of `relpath` below `dir_fd` with `flags` and _RESOLVE (no symlink followed, not
+    out of `dir_fd`). A path too long for one call (a tree over 4,000 bytes deep) is resolved a
+    part at a time: each part's directory is opened (O_PATH) below the one before under the
+    same rules, so nothing is followed and nothing leads out of `dir_fd` either.
+
+    Raises:
+        OSError: as openat2 (see _util/_openat2.py).
+    """
+    raw = os.fsencode(relpath)
+    if len(raw) < _PATH_PART_BYTES:
+        return _openat2.openat2(dir_fd, raw, flags, _RESOLVE)
+    *dirs, last = _path_parts(raw)
+    held = dir_fd
+    try:
+        for part in dirs:
+            child = _openat2.openat2(held, part, _DIR_FLAGS, _RESOLVE)
+            if held != dir_fd:
+                os.close(held)
+            held = child
+        return _openat2.openat2(held, last, flags, _RESOLVE)
+    finally:
+        if held != dir_fd:
+            os.close(held)
+
+
+def _path_parts(raw: bytes) -> list[bytes]:
+    """`raw` cut at slashes into parts of fewer than _PATH_PART_BYTES bytes (a name holds 255
+    at most); one that cannot be cut so is left whole, for the kernel to refuse."""
+    parts = []
+    while len(raw) >= _PATH_PART_BYTES:
+        cut = raw.rfind(b"/", 0, _PATH_PART_BYTES)
+        if cut <= 0:
+            break
+        parts.append(raw[:cut])
+        raw = raw[cut + 1 :]
+    parts.append(raw)
+    return parts
 
 
 @contextmanager

@@ -48,7 +48,8 @@ class _Batch:
         self._moved: set[str] = set()  # deleted, renamed from or renamed to, in this batch
         self._moved_sorted: list[str] = []  # the same, sorted (check_scan)
         self.out: list[PendingChange] = []
-        self.inodes: dict[str, int] = {}  # inode fixes: path -> inode number (Manifest.set_inodes)
+        # path -> (inode number, ctime) of a file unchanged but for them (Manifest.set_stat_notes)
+        self.stat_notes: dict[str, tuple[int, int]] = {}
         self.unreadable: list[SourceReadError] = []  # files there but not readable to hash
         self._by_ino: dict[int, set[str]] = {}
         self.follow: list[FsEvent] = []  # rescans to detect once this batch is applied
@@ -114,7 +115,7 @@ class _Batch:
         target = change.new_path or change.path
         if change.entry is not None:
             self._state[target] = change.entry
-            self.inodes.pop(target, None)
+            self.stat_notes.pop(target, None)
             if change.entry.ino:
                 self._by_ino.setdefault(change.entry.ino, set()).add(target)
 
@@ -138,7 +139,12 @@ class _Batch:
                 change = msgspec.structs.replace(change, base_hash=prior.hash)
             self.add(change)
 
-    def note_inode(self, old: Entry | None, new: Entry) -> None:
-        """An unchanged file with another inode number than recorded gets an inode fix."""
-        if new.kind == "f" and old is not None and old.ino != new.ino and same_version(old, new):
-            self.inodes[new.path] = new.ino
+    def note_stat(self, old: Entry | None, new: Entry) -> None:
+        """An unchanged file with another inode number or ctime than recorded gets a stat note."""
+        if (
+            new.kind == "f"
+            and old is not None
+            and (old.ino, old.ctime_ns) != (new.ino, new.ctime_ns)
+            and same_version(old, new)
+        ):
+            self.stat_notes[new.path] = (new.ino, new.ctime_ns)

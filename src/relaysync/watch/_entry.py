@@ -20,7 +20,10 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     bits only (`permission_bits`: no setuid, setgid or sticky); `hash` is the xxh3-128 of the content (files), of the target string (links), or
     b"" (directories). `ino` is the file's inode number on this side (0: unknown, and always
     for directories and links): local bookkeeping that finds a file's other hard links, never
-    sent to a peer and no part of the version (`same_version`).
+    sent to a peer and no part of the version (`same_version`). `ctime_ns` is the file's
+    st_ctime_ns when it was hashed (0: unknown, and always for directories and links), the same
+    kind of bookkeeping: a scan hashes a file whose ctime moved although its size, mtime and
+    inode did not (an in-place rewrite that kept them: `cp -p`, `rsync --inplace -t`).
     """
 
     path: str
@@ -31,13 +34,15 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     hash: bytes = b""
     link_target: str = ""
     ino: int = 0
+    ctime_ns: int = 0
 
 
 def same_version(a: Entry | None, b: Entry | None) -> bool:
-    """Whether two entries describe the same replicated state: all but the inode number."""
+    """Whether two entries describe the same replicated state: all but the local bookkeeping
+    (inode number, ctime)."""
     if a is None or b is None:
         return a is b
-    return a == b or (a.ino != b.ino and msgspec.structs.replace(a, ino=b.ino) == b)
+    return a == b or msgspec.structs.replace(a, ino=b.ino, ctime_ns=b.ctime_ns) == b
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

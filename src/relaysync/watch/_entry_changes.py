@@ -14,7 +14,12 @@ from relaysync.watch.target_policy import TargetPolicy
 
 
 def same_stat(
-    old: Entry, kind: str, st: os.stat_result, policy: TargetPolicy | None = None
+    old: Entry,
+    kind: str,
+    st: os.stat_result,
+    policy: TargetPolicy | None = None,
+    *,
+    by_ctime: bool = True,
 ) -> bool:
     """Return True if an lstat result matches the manifest entry without reading content.
 
@@ -24,10 +29,18 @@ def same_stat(
     A file under another inode number than the manifest's (0: not known, from an older release)
     is not the same: it was replaced, by rename (`rsync --checksum`, `cp -p` + `mv`, a
     reproducible build's fixed mtimes), and may keep size and mtime with new content; its hash
-    tells (an equal one is no change, just an inode fix)."""
+    tells (an equal one is no change, just an inode fix).
+
+    A file whose ctime is not the manifest's (0: not known, from an older release or a
+    target's receiver) is not the same either: written in place with its size and mtime kept
+    (`cp -p` or `rsync --inplace -t` of a reproducible build while nothing watched), or only
+    chmod'ed, linked or chown'ed; its hash tells. `by_ctime=False` for a file just renamed,
+    which rename(2) gives a new ctime, and whose writes the watcher reports itself."""
     if old.kind != kind:
         return False
     if kind == "f" and old.ino and old.ino != st.st_ino:
+        return False
+    if kind == "f" and by_ctime and old.ctime_ns and old.ctime_ns != st.st_ctime_ns:
         return False
     on_disk = permission_bits(st.st_mode)
     same_mode = old.mode == on_disk if policy is None else policy.same_mode(old.mode, on_disk)

@@ -8,8 +8,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from relaysync.constants import TEMP_PREFIX
-from relaysync.errors import ConfigError, LinkTargetNotUtf8, NameNotUtf8
+from relaysync.constants import MAX_PATH_BYTES, TEMP_PREFIX
+from relaysync.errors import ConfigError, LinkTargetNotUtf8, NameNotUtf8, PathTooDeep
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ class PathFilter:
     non-empty include list a file must match one include, while a directory is accepted unless
     excluded, so that included files below it are still found. A path that is not valid UTF-8
     is never accepted either (the journal, the manifest and the wire hold UTF-8 only): it is
-    refused with a warning naming the file, once per path.
+    refused with a warning naming the file, once per path; so is one over MAX_PATH_BYTES (what
+    the wire carries: a target would refuse the message, and the link with it, for ever).
 
     Args:
         include: regexes a file must match (empty: every file).
@@ -91,6 +92,8 @@ class PathFilter:
             return False
         if not self.utf8_path(relpath, is_dir=is_dir):
             return False
+        if len(relpath) > MAX_PATH_BYTES // 4 and not self._short_enough(relpath, is_dir):
+            return False
         if any(p.search(relpath) for p in self._exclude):
             return False
         if is_dir or not self._include:
@@ -103,6 +106,14 @@ class PathFilter:
             return True
         below = " (nor anything below it)" if is_dir else ""
         self._warn_once(relpath, NameNotUtf8(self._full(relpath), below))
+        return False
+
+    def _short_enough(self, relpath: str, is_dir: bool) -> bool:
+        """Whether `relpath` fits on the wire (MAX_PATH_BYTES); warn once per path when not."""
+        if len(relpath.encode("utf-8")) <= MAX_PATH_BYTES:
+            return True
+        below = " (nor anything below it)" if is_dir else ""
+        self._warn_once(relpath, PathTooDeep(self._full(relpath), MAX_PATH_BYTES, below))
         return False
 
     def utf8_link_target(self, relpath: str, target: str) -> bool:
@@ -125,7 +136,8 @@ class PathFilter:
             logger.warning("%s", problem)
         if count == MAX_NAME_WARNINGS:
             logger.warning(
-                "%s names under %s are not valid UTF-8; further ones are logged at debug level",
+                "%s paths under %s are not replicated (not UTF-8, or too deep); further ones are "
+                "logged at debug level",
                 count,
                 printable(self._root or "."),
             )

@@ -35,7 +35,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     path TEXT PRIMARY KEY, parent TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
-    hash BLOB NOT NULL, link_target TEXT NOT NULL, ino INTEGER NOT NULL DEFAULT 0
+    hash BLOB NOT NULL, link_target TEXT NOT NULL, ino INTEGER NOT NULL DEFAULT 0,
+    ctime_ns INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent, name);
 CREATE TABLE IF NOT EXISTS dirhash (path TEXT PRIMARY KEY, hash BLOB NOT NULL) WITHOUT ROWID;
@@ -44,15 +45,16 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITH
 # Partial: rows without an inode number (directories, links, every row of a target's manifest)
 # cost the index nothing.
 _INO_INDEX = "CREATE INDEX IF NOT EXISTS entries_ino ON entries (ino) WHERE ino != 0"
-# PRAGMA user_version: 0 = no `ino` column (releases before hard links were followed), 1 = ino.
-SCHEMA_VERSION = 1
+# PRAGMA user_version: 0 = no `ino` column (releases before hard links were followed), 1 = ino,
+# 2 = ctime_ns (releases before scans looked at ctime).
+SCHEMA_VERSION = 2
 
-_COLUMNS = "path, kind, size, mtime_ns, mode, hash, link_target, ino"
+_COLUMNS = "path, kind, size, mtime_ns, mode, hash, link_target, ino, ctime_ns"
 _encode = msgspec.msgpack.Encoder().encode
 
 
 def _row_to_entry(row: tuple) -> Entry:  # type: ignore[type-arg]
-    path, kind, size, mtime_ns, mode, hash_, link_target, ino = row
+    path, kind, size, mtime_ns, mode, hash_, link_target, ino, ctime_ns = row
     return Entry(
         path=path,
         kind=kind,
@@ -62,6 +64,7 @@ def _row_to_entry(row: tuple) -> Entry:  # type: ignore[type-arg]
         hash=hash_,
         link_target=link_target,
         ino=ino,
+        ctime_ns=ctime_ns,
     )
 
 
@@ -102,16 +105,20 @@ class Manifest:
     def _migrate(self) -> None:
         """Bring a manifest written by an older release to SCHEMA_VERSION (PRAGMA user_version).
 
-        Version 0 lacks `ino`: the column is added with 0 (unknown) in every row, and the source's
-        start-up scan fills it in (`ChangeRecorder`, inode fixes) without journaling anything.
+        Version 0 lacks `ino`, version 1 `ctime_ns`: a missing column is added with 0 (unknown) in
+        every row, and the start-up scan fills it in (`ChangeRecorder`, stat notes) without
+        journaling anything: an unknown ctime is no reason to hash a file again.
         """
         with self._txn() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version >= SCHEMA_VERSION:
                 return
             columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
-            if "ino" not in columns:
-                db.execute("ALTER TABLE entries ADD COLUMN ino INTEGER NOT NULL DEFAULT 0")
+            for column in ("ino", "ctime_ns"):
+                if column not in columns:
+                    db.execute(
+                        f"ALTER TABLE entries ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+                    )
             db.execute(_INO_INDEX)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -191,6 +198,7 @@ class Manifest:
                     e.hash,
                     e.link_target,
                     e.ino,
+                    e.ctime_ns,
                 )
             )
         stale.update(last_nondir)
@@ -198,19 +206,24 @@ class Manifest:
             self._delete_below(db, *last_nondir)  # what was below a path that is now a file
             db.executemany(
                 "INSERT OR REPLACE INTO entries (path, parent, name, kind, size, mtime_ns, mode, hash, "
-                "link_target, ino) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "link_target, ino, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             db.executemany("DELETE FROM dirhash WHERE path = ?", ((p,) for p in stale))
 
-    def set_inodes(self, inodes: Iterable[tuple[str, int]]) -> None:
-        """Record the inode numbers of existing entries, as (path, ino); missing paths are skipped.
+    def set_stat_notes(self, notes: Iterable[tuple[str, int, int]]) -> None:
+        """Record the inode number and ctime of existing entries, as (path, ino, ctime_ns);
+        missing paths are skipped.
 
-        Only the bookkeeping column changes (no directory hash does): a file replaced by an equal
-        one, or a manifest of an older release, gets its inode number without a journal record.
+        Only the bookkeeping columns change (no directory hash does): a file replaced by an equal
+        one, rewritten with what it held, chmod'ed back, or of an older release's manifest gets
+        them without a journal record.
         """
         with self._txn() as db:
-            db.executemany("UPDATE entries SET ino = ? WHERE path = ?", ((i, p) for p, i in inodes))
+            db.executemany(
+                "UPDATE entries SET ino = ?, ctime_ns = ? WHERE path = ?",
+                ((i, c, p) for p, i, c in notes),
+            )
 
     def paths_with_inode(self, ino: int) -> list[str]:
         """Return the paths of the entries recorded with inode number `ino` (not 0), sorted."""

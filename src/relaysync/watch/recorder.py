@@ -2,8 +2,8 @@
 
 The agent calls `detect()` (reads disk and manifest), appends the result to the journal, then
 calls `apply()` with the journaled records. The manifest is therefore never ahead of the
-journal: after a crash, anything the manifest lacks is found again by a scan. (Inode numbers,
-local bookkeeping that is never replicated, are the exception: see `detect()`.)
+journal: after a crash, anything the manifest lacks is found again by a scan. (Inode numbers and
+ctimes, local bookkeeping that is never replicated, are the exception: see `detect()`.)
 
 A batch that renames or deletes a directory and then touches what was below it (`mv d e; rm
 e/f`, `mv current old; mkdir current`) cannot be judged against the manifest, which still holds
@@ -115,8 +115,8 @@ class ChangeRecorder:
         An event whose path, or a directory on its way, cannot be read records no change (what
         it decided before that stays) and is noted in `unreadable`.
 
-        The manifest is written in one way only: inode numbers of files found unchanged but
-        with another inode (`Manifest.set_inodes`), bookkeeping the journal does not carry.
+        The manifest is written in one way only: inode numbers and ctimes of files found
+        unchanged but for them (`Manifest.set_stat_notes`), bookkeeping no change carries.
         """
         batch = _Batch(self._manifest)
         rest: list[FsEvent] = []
@@ -133,8 +133,8 @@ class ChangeRecorder:
                 batch.unreadable.append(err.bare())
         if batch.follow:
             rest = _then(rest, batch.follow)
-        if batch.inodes:  # a target's too: else a file under a new number is hashed every start
-            self._manifest.set_inodes(batch.inodes.items())
+        if batch.stat_notes:  # a target's too: else such a file is hashed at every start
+            self._manifest.set_stat_notes((p, i, c) for p, (i, c) in batch.stat_notes.items())
         return Detection(batch.out, rest, tuple(batch.unreadable))
 
     def _on_write(self, batch: _Batch, event: FsEvent) -> None:
@@ -207,7 +207,7 @@ class ChangeRecorder:
             others = self._other_links(batch, entry)
         self._ensure_parents(batch, path)
         batch.add_all(changes_for(old, entry))
-        batch.note_inode(old, entry)
+        batch.note_stat(old, entry)
         for other in others:
             if not batch.below_moved(other):  # else under a directory this very change replaced
                 self._restat_link(batch, other, linked_to=st, digest=entry.hash)
@@ -302,10 +302,13 @@ class ChangeRecorder:
 
     def _recheck_moved(self, batch: _Batch, moved: Entry) -> None:
         """Record a write of a renamed file whose disk state is not the one renamed (the write
-        before the rename found the old name gone). One lstat when it is the same."""
+        before the rename found the old name gone). One lstat when it is the same; its ctime,
+        which the rename moved, is not looked at (a scan hashes it once, then notes it)."""
         with entry_dir(self._root, moved.path) as dir_fd:
             st = lstat_in(self._root, moved.path, dir_fd)
-        if st is None or (_kind_of(st) == moved.kind and same_stat(moved, moved.kind, st)):
+        if st is None or (
+            _kind_of(st) == moved.kind and same_stat(moved, moved.kind, st, by_ctime=False)
+        ):
             return
         try:
             self._restat(batch, moved.path)
@@ -349,7 +352,7 @@ class ChangeRecorder:
             self._ensure_parents(batch, path)
         batch.add_scanned(result.out)
         batch.unreadable.extend(result.unreadable)
-        batch.inodes.update(result.inodes)
+        batch.stat_notes.update((p, (i, c)) for p, i, c in result.stat_notes)
         for other in (p for paths in others for p in paths):
             # A name below a directory this scan found deleted is gone from disk too.
             if not batch.below_moved(other):

@@ -281,11 +281,11 @@ def test_manifest_of_an_older_release_is_migrated_once(tmp_path: Path) -> None:
     check.close()
 
 
-def test_set_inodes_changes_no_directory_hash(manifest: Manifest) -> None:
+def test_set_stat_notes_changes_no_directory_hash(manifest: Manifest) -> None:
     manifest.put_many(sample())
     before = manifest.root_hash()
-    manifest.set_inodes([("a/x", 11), ("gone", 12)])
-    assert manifest.get("a/x").ino == 11  # type: ignore[union-attr]
+    manifest.set_stat_notes([("a/x", 11, 5), ("gone", 12, 6)])
+    assert (manifest.get("a/x").ino, manifest.get("a/x").ctime_ns) == (11, 5)  # type: ignore[union-attr]
     assert manifest.root_hash() == before and manifest.get("gone") is None
 
 

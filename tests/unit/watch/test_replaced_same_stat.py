@@ -85,7 +85,8 @@ def test_a_rescan_hashes_a_file_under_another_inode_number(
     os.replace(tmp_path / "equal", tree / "version.txt")
     result = scan(tree, manifest, PathFilter())
     assert result.out == []
-    assert result.inodes == [("version.txt", os.lstat(tree / "version.txt").st_ino)]
+    st = os.lstat(tree / "version.txt")
+    assert result.stat_notes == [("version.txt", st.st_ino, st.st_ctime_ns)]
 
 
 def test_a_file_deleted_and_back_under_its_old_inode_number_is_hashed(
@@ -111,12 +112,13 @@ def test_rows_without_an_inode_number_are_not_hashed_their_number_is_learned(
     """A target's rows (written by its receiver) and an older release's carry inode number 0:
     a restart's scan takes their stat as before, hashing nothing, and notes the number."""
     _start(tree, manifest)
-    manifest.set_inodes([("version.txt", 0)])
+    manifest.set_stat_notes([("version.txt", 0, 0)])
     _same_stat(tmp_path / "other", b"1.2.4\n")  # a hash would tell it from the manifest's
     os.replace(tmp_path / "other", tree / "version.txt")
     result = scan(tree, manifest, PathFilter())
     assert result.out == []
-    assert result.inodes == [("version.txt", os.lstat(tree / "version.txt").st_ino)]
+    st = os.lstat(tree / "version.txt")
+    assert result.stat_notes == [("version.txt", st.st_ino, st.st_ctime_ns)]
 
 
 def test_a_targets_start_up_scan_keeps_the_inode_number_it_found(

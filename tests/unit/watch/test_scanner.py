@@ -12,12 +12,20 @@ import xxhash
 
 from relaysync._util import fs
 from relaysync.constants import TEMP_PREFIX
+from relaysync.watch import scanner
 from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Entry, Manifest
 from relaysync.watch.recorder import ChangeRecorder
-from relaysync.watch.scanner import TreeScan, entry_from_stat, hash_file, make_entry, scan_tree
+from relaysync.watch.scanner import (
+    TreeScan,
+    entry_from_stat,
+    hash_file,
+    make_entry,
+    scan,
+    scan_tree,
+)
 
 
 def record(manifest: Manifest, changes: list[PendingChange]) -> None:
@@ -76,18 +84,24 @@ def test_first_scan_lists_parents_first(
 
 
 def test_unchanged_files_are_not_rehashed(
-    tree: Path, manifest: Manifest, accept_all: PathFilter
+    tree: Path, manifest: Manifest, accept_all: PathFilter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = tree / "f"
     p.write_bytes(b"aaaa")
     record(manifest, scan_tree(tree, manifest, accept_all))
+    hashed: list[str] = []
+    real = scanner.hash_file
+    monkeypatch.setattr(
+        scanner, "hash_file", lambda at, *a, **k: hashed.append(at) or real(at, *a, **k)
+    )
+    assert scan_tree(tree, manifest, accept_all) == [] and hashed == []
     st = os.stat(p)
-    p.write_bytes(b"bbbb")  # same size; restore the mtime: only a re-hash could notice
+    # same size, mtime put back: the ctime tells (test_rewrite_in_place.py), the hash confirms
+    p.write_bytes(b"bbbb")
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert scan_tree(tree, manifest, accept_all) == []
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     [change] = scan_tree(tree, manifest, accept_all)
     assert change.op == "write" and change.base_hash == xxhash.xxh3_128(b"aaaa").digest()
+    assert len(hashed) == 1
 
 
 def test_mode_only_change_is_attr(tree: Path, manifest: Manifest, accept_all: PathFilter) -> None:
@@ -361,3 +375,32 @@ def test_an_event_below_a_directory_swapped_for_a_link_is_not_read_through(
     else:
         assert make_entry(tree, "a/b/f") is None
         assert make_entry(tree, "a") is not None  # the link itself, below the root: read
+
+
+def test_a_directory_as_deep_as_the_wire_allows_is_listed_and_deeper_paths_are_refused_once(
+    tree: Path, manifest: Manifest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory whose relative path is 4,096 bytes (MAX_PATH_BYTES: what the wire carries,
+    but openat2 refuses a path of PATH_MAX bytes) was never listed: a SourceListError, looked
+    at again at every scan. What is below it is longer than the wire carries: not replicated
+    (a target would refuse the message and the link with it), with one warning, not an error."""
+    name = "n" * 240
+    fd = os.open(tree, os.O_RDONLY)
+    for _ in range(17):  # 17 x 240 + 16 slashes = 4,096 bytes
+        os.mkdir(name, dir_fd=fd)
+        child = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.mkdir("below", dir_fd=fd)
+    os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    os.close(fd)
+    deepest = "/".join([name] * 17)
+    assert len(deepest) == 4096
+    flt = PathFilter(root=tree)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # the agent's filter lives as long as its mapping: once per path
+            result = scan(tree, manifest, flt)
+            assert result.unreadable == []
+            assert [c.path for c in result.out][-1] == deepest
+            assert all(len(c.path) <= 4096 for c in result.out)
+    assert sum("over 4096 bytes below its folder" in r.getMessage() for r in caplog.records) == 2
