@@ -1,5 +1,5 @@
 """The state of one `ChangeRecorder.detect()` call: the changes decided so far, and where the
-manifest's entries are stale until they are applied (`_Stale`)."""
+manifest's entries are stale until they are applied (`StaleManifest`)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from relaysync.watch.manifest import Entry, Manifest, ancestors, same_version
 from relaysync.watch.scanner import open_dir_below
 
 
-class _Stale(Exception):
+class StaleManifest(Exception):
     """An event needs state the manifest gets only once the changes detected so far are applied."""
 
 
-def _then(rest: list[FsEvent], follow: list[FsEvent]) -> list[FsEvent]:
+def then_rescans(rest: list[FsEvent], follow: list[FsEvent]) -> list[FsEvent]:
     """`rest`, then the rescans in `follow` that no rescan in it covers (the watcher's own of a
     directory renamed before its watch existed, a path rescanned twice)."""
     covered = {e.path for e in rest if e.kind == "rescan"}
@@ -34,12 +34,12 @@ def _then(rest: list[FsEvent], follow: list[FsEvent]) -> list[FsEvent]:
     return out
 
 
-class _Batch:
+class DetectBatch:
     """The changes decided so far in one detect() call, and the state they lead to.
 
     Per path, the state is this batch's latest change, else the manifest's entry. Below a path
     this batch deleted or renamed (either name) the manifest's entries are stale: `get` raises
-    `_Stale` there rather than answer, and so does `check_scan` for a scan that would read them.
+    `StaleManifest` there rather than answer, and so does `check_scan` for a scan that would read them.
     """
 
     def __init__(self, manifest: Manifest) -> None:
@@ -89,21 +89,21 @@ class _Batch:
         # Checked before the state: a state below a moved path predates the move (after it,
         # nothing below is looked up, so nothing below is added) and is stale too.
         if self.below_moved(path):
-            raise _Stale(path)
+            raise StaleManifest(path)
         if path in self._state:
             return self._state[path]
         return self._manifest.get(path)
 
     def check_scan(self, path: str) -> None:
-        """Raise _Stale if a scan of `path` would read manifest entries this batch moved."""
+        """Raise StaleManifest if a scan of `path` would read manifest entries this batch moved."""
         if not self._moved:
             return
         if path in self._moved or any(a in self._moved for a in ancestors(path)):
-            raise _Stale(path)
+            raise StaleManifest(path)
         prefix = f"{path}/" if path else ""
         i = bisect.bisect_left(self._moved_sorted, prefix)
         if i < len(self._moved_sorted) and self._moved_sorted[i].startswith(prefix):
-            raise _Stale(path)
+            raise StaleManifest(path)
 
     def add(self, change: PendingChange) -> None:
         self.out.append(change)

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import msgspec
 
 from relaysync.errors import SourceListError, SourceReadError
-from relaysync.watch._detect_batch import _Batch, _Stale, _then
+from relaysync.watch._detect_batch import DetectBatch, StaleManifest, then_rescans
 from relaysync.watch._fsevent import FsEvent, anonymous_inode
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.content_cache import MappingContent
@@ -118,13 +118,13 @@ class ChangeRecorder:
         The manifest is written in one way only: inode numbers and ctimes of files found
         unchanged but for them (`Manifest.set_stat_notes`), bookkeeping no change carries.
         """
-        batch = _Batch(self._manifest)
+        batch = DetectBatch(self._manifest)
         rest: list[FsEvent] = []
         for i, event in enumerate(events):
             handler = getattr(self, f"_on_{event.kind}")
             try:
                 handler(batch, event)
-            except _Stale:
+            except StaleManifest:
                 if i == 0:  # unreachable: an empty batch holds nothing stale
                     raise
                 rest = list(events[i:])
@@ -132,17 +132,17 @@ class ChangeRecorder:
             except SourceReadError as err:  # a directory on its way cannot be opened
                 batch.unreadable.append(err.bare())
         if batch.follow:
-            rest = _then(rest, batch.follow)
+            rest = then_rescans(rest, batch.follow)
         if batch.stat_notes:  # a target's too: else such a file is hashed at every start
             self._manifest.set_stat_notes((p, i, c) for p, (i, c) in batch.stat_notes.items())
         return Detection(batch.out, rest, tuple(batch.unreadable))
 
-    def _on_write(self, batch: _Batch, event: FsEvent) -> None:
+    def _on_write(self, batch: DetectBatch, event: FsEvent) -> None:
         self._restat(batch, event.path)
         if "#" in event.path and (ino := anonymous_inode(event.path)) is not None:
             self._on_anonymous(batch, event.path, ino)
 
-    def _on_anonymous(self, batch: _Batch, path: str, ino: int) -> None:
+    def _on_anonymous(self, batch: DetectBatch, path: str, ino: int) -> None:
         """A close-write under the name of an O_TMPFILE file, "#<inode>", never on disk: the file
         is published with linkat(2), whose IN_CREATE the watcher cannot tell from an open(2)
         still writing. Its names are found in its directory by that inode number."""
@@ -156,12 +156,12 @@ class ChangeRecorder:
     _on_modify = _on_write
     _on_symlink = _on_write
 
-    def _on_mkdir(self, batch: _Batch, event: FsEvent) -> None:
+    def _on_mkdir(self, batch: DetectBatch, event: FsEvent) -> None:
         self._on_rescan(batch, event)
 
     def _restat(
         self,
-        batch: _Batch,
+        batch: DetectBatch,
         path: str,
         *,
         follow_links: bool = True,
@@ -171,7 +171,7 @@ class ChangeRecorder:
         """Diff one path with the batch. A file with other hard links has them restatted too,
         unless `follow_links` is False; they are restatted with `linked_to`, the stat of the
         name written, whose content hash `digest` they share while they are that file."""
-        old = batch.get(path)  # first: raises _Stale before anything is added
+        old = batch.get(path)  # first: raises StaleManifest before anything is added
         with entry_dir(self._root, path) as dir_fd:
             st = lstat_in(self._root, path, dir_fd)
             if st is None:
@@ -214,7 +214,7 @@ class ChangeRecorder:
 
     def _restat_link(
         self,
-        batch: _Batch,
+        batch: DetectBatch,
         path: str,
         *,
         linked_to: os.stat_result | None = None,
@@ -227,21 +227,21 @@ class ChangeRecorder:
         except SourceReadError as err:
             batch.unreadable.append(err.bare())
 
-    def _other_links(self, batch: _Batch, entry: Entry) -> list[str]:
+    def _other_links(self, batch: DetectBatch, entry: Entry) -> list[str]:
         """The other names known for a file with several hard links: the manifest's, and those
         this batch recorded (a name renamed in the batch is known by its new path there).
 
         inotify reports a write or chmod for the name used only, yet every name shows it.
-        Raises _Stale if a name lies below a directory this batch deleted or renamed: where it
+        Raises StaleManifest if a name lies below a directory this batch deleted or renamed: where it
         is now, only the manifest knows once the batch is applied.
         """
         paths = set(self._manifest.paths_with_inode(entry.ino)) | batch.paths_with_inode(entry.ino)
         paths.discard(entry.path)
         if any(batch.below_moved(p) for p in paths):
-            raise _Stale(entry.path)
+            raise StaleManifest(entry.path)
         return sorted(paths)
 
-    def _on_delete(self, batch: _Batch, event: FsEvent) -> None:
+    def _on_delete(self, batch: DetectBatch, event: FsEvent) -> None:
         old = batch.get(event.path)
         if old is None:
             return
@@ -261,7 +261,7 @@ class ChangeRecorder:
         except SourceListError:
             return True
 
-    def _replaced(self, batch: _Batch, path: str) -> None:
+    def _replaced(self, batch: DetectBatch, path: str) -> None:
         """`path`, deleted or moved onto: a file there now is hashed, whatever its stat (`rm f &&
         mv new f` may reuse f's inode number); else it is scanned (a directory, a delete...)."""
         with entry_dir(self._root, path) as dir_fd:
@@ -271,7 +271,7 @@ class ChangeRecorder:
         else:
             self._rescan(batch, path)
 
-    def _on_move(self, batch: _Batch, event: FsEvent) -> None:
+    def _on_move(self, batch: DetectBatch, event: FsEvent) -> None:
         src_ok = self._filter.accepts(event.path, is_dir=event.is_dir)
         dst_ok = self._filter.accepts(event.new_path, is_dir=event.is_dir)
         old = batch.get(event.path) if src_ok else None
@@ -300,7 +300,7 @@ class ChangeRecorder:
             self._recheck_moved(batch, moved)
             self._recheck_old_name(batch, event.path)
 
-    def _recheck_moved(self, batch: _Batch, moved: Entry) -> None:
+    def _recheck_moved(self, batch: DetectBatch, moved: Entry) -> None:
         """Record a write of a renamed file whose disk state is not the one renamed (the write
         before the rename found the old name gone). One lstat when it is the same; its ctime,
         which the rename moved, is not looked at (a scan hashes it once, then notes it)."""
@@ -312,10 +312,10 @@ class ChangeRecorder:
             return
         try:
             self._restat(batch, moved.path)
-        except _Stale:  # another hard link below a directory moved in this batch
+        except StaleManifest:  # another hard link below a directory moved in this batch
             batch.follow.append(FsEvent(kind="rescan", path=moved.path))
 
-    def _recheck_old_name(self, batch: _Batch, path: str) -> None:
+    def _recheck_old_name(self, batch: DetectBatch, path: str) -> None:
         """Record what is at the old name of a renamed file or link now: an exchange (`mv
         --exchange a b`, renameat2(RENAME_EXCHANGE): the atomic switch of `current` and
         `previous`) is two renames, a->b and b->a, and each leaves the other's file at its old
@@ -330,13 +330,13 @@ class ChangeRecorder:
             return
         try:
             self._restat(batch, path)
-        except _Stale:  # another hard link below a directory moved in this batch
+        except StaleManifest:  # another hard link below a directory moved in this batch
             batch.follow.append(FsEvent(kind="rescan", path=path))
 
-    def _on_rescan(self, batch: _Batch, event: FsEvent) -> None:
+    def _on_rescan(self, batch: DetectBatch, event: FsEvent) -> None:
         self._rescan(batch, event.path)
 
-    def _rescan(self, batch: _Batch, path: str) -> None:
+    def _rescan(self, batch: DetectBatch, path: str) -> None:
         batch.check_scan(path)  # the scan reads the manifest's subtree, not the batch
         result = scan(
             self._root,
@@ -358,7 +358,7 @@ class ChangeRecorder:
             if not batch.below_moved(other):
                 self._restat_link(batch, other)
 
-    def _ensure_parents(self, batch: _Batch, path: str) -> None:
+    def _ensure_parents(self, batch: DetectBatch, path: str) -> None:
         """Emit mkdir for directories above `path` the manifest does not know yet, top first."""
         missing = [p for p in ancestors(path) if p and batch.get(p) is None]
         for parent in reversed(missing):
