@@ -6,8 +6,8 @@ in the job log, and the caches of the mapping's sites kept the old version of wh
 source, target, route, journal) and its watermark (`LostReports.note`), in a file beside the
 outbox's segments (`lost`: the notes outlive a kill of the agent), and once the master takes
 reports again it queues one marker for each (`marker`): a report of one record of op "lost" at
-the mapping's root, seq 0, which the master's purger takes for a change of anything in the
-mapping and purges each of its sites whole (purge/planner.py; an older master records it in the
+the mapping's root, seq 0 (of no journal, at watermark 0: it moves no watermark), which the
+master's purger takes for a change of anything in the mapping and purges each of its sites whole (purge/planner.py; an older master records it in the
 job log and purges nothing, as before). Notes are kept, not markers queued, while the master is
 away: a marker per drop would fill the queue with markers at its bound.
 
@@ -46,18 +46,22 @@ HEAD_DECODER = msgspec.msgpack.Decoder(ReportHead)
 _NOTES = msgspec.msgpack.Decoder(list[tuple[int, str, str, tuple[str, ...], str, int]])
 
 
-def marker(key: LostKey, watermark: int) -> CommitReport:
-    """The report that tells the master reports of `key` up to `watermark` were dropped."""
-    mapping_id, source, target, route, journal_id = key
+def marker(key: LostKey) -> CommitReport:
+    """The report that tells the master reports of `key` were dropped. It names no journal and
+    a watermark of 0: it comes after newer reports, maybe of a journal recreated since the drop,
+    and an old journal's id there was taken for a switch back to it (the target's watermark set
+    to the old journal's seq, until the source's head voided it to 0), or dropped as a retired
+    journal's in the job log; "" matches any journal and 0 raises no watermark
+    (master/store/_journals.py). The purger takes seq 0 at once, whatever the journal."""
+    mapping_id, source, target, route, _ = key
     record = CommitRecord(seq=0, op=LOST_OP, path="", committed_at=time.time())
     return CommitReport(
         mapping_id=mapping_id,
         source_node=source,
         target_node=target,
-        watermark=watermark,
+        watermark=0,
         records=(record,),
         route=route,
-        journal_id=journal_id,
     )
 
 
@@ -96,7 +100,9 @@ class LostReports:
 
     def take(self) -> list[CommitReport]:
         """The markers of the notes, which are forgotten (the caller queues the markers)."""
-        out = [marker(key, watermark) for key, watermark in self.notes.items()]
+        out = list(
+            {key[:4]: marker(key) for key in self.notes}.values()
+        )  # one per journal-less key
         if out:
             self.notes.clear()
             self._saved = False

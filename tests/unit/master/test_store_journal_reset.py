@@ -227,3 +227,25 @@ def test_a_running_recovery_aims_at_the_new_journal(store: Store, mapping_id: in
     assert (rebased.id, rebased.goal_seq) == (job.id, 8)
     store.record_source_heads({SRC: [(mapping_id, 9, NEW)]})  # the same journal: as it was
     assert [j.goal_seq for j in store.routing.running_recoveries()] == [8]
+
+
+def test_a_marker_of_reports_dropped_in_the_old_journal_moves_no_watermark(
+    store: Store, mapping_id: int
+) -> None:
+    """A target's queue dropped reports of the old journal; its marker (agent/_lost_reports.py)
+    comes after the new journal's reports, before the source's head names the new journal.
+    Before, it carried the old journal's id and highest dropped seq: taken for a switch back,
+    it set T1's watermark to (120, old), which the head then voided to 0 (T1 had 5 of the new
+    journal); and it counted as a catch-up file. Now it names no journal, at watermark 0."""
+    from relaysync.agent._lost_reports import LostReports
+
+    _old_journal_done(store, mapping_id)
+    store.record_commit_reports([committed(mapping_id, T1, 5, NEW)])
+    lost = LostReports(None)
+    lost.note(committed(mapping_id, T1, 120, OLD, first=101))  # dropped on T1's queue
+    [marker] = lost.take()
+    store.record_commit_reports([marker])
+    assert {w.target: w.seq for w in store.watermarks(mapping_id)}[T1] == 5
+    store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
+    assert lags(store, mapping_id) == {T1: (5, 8, 3), T2: (0, 8, 8)}
+    assert store.catchup(mapping_id) == []
