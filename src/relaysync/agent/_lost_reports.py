@@ -71,7 +71,7 @@ class LostReports:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.notes: dict[LostKey, int] = {}
-        self._saved = True
+        self._on_disk: set[LostKey] = set()  # the keys `path` holds (its watermarks may lag)
         if path is None:
             return
         try:
@@ -85,6 +85,7 @@ class LostReports:
             self.notes = {(m, s, t, r, j): w for m, s, t, r, j, w in _NOTES.decode(raw)}
         except msgspec.DecodeError:
             logger.warning("report outbox: %s is unreadable; ignored", path)
+        self._on_disk = set(self.notes)
 
     def note(self, report: CommitReport | ReportHead) -> None:
         """`report` was dropped."""
@@ -96,30 +97,30 @@ class LostReports:
             report.journal_id,
         )
         self.notes[key] = max(self.notes.get(key, 0), report.watermark)
-        self._saved = False
 
     def take(self) -> list[CommitReport]:
         """The markers of the notes, which are forgotten (the caller queues the markers)."""
         out = list(
             {key[:4]: marker(key) for key in self.notes}.values()
         )  # one per journal-less key
-        if out:
-            self.notes.clear()
-            self._saved = False
+        self.notes.clear()
         return out
 
     def save(self) -> None:
-        """Write the notes to `path` if they changed (atomically; removed when none)."""
-        if self._saved or self.path is None:
+        """Make the notes durable in `path` if their keys changed (a marker names no watermark:
+        a note of a key saved already needs no write), before the caller forgets the reports
+        on disk: written to `lost.tmp`, synced, renamed over `path`, and the directory synced,
+        so that no kill of the agent nor power loss keeps the drop and loses its note; removed
+        when none (a removal lost to a crash only tells the master again)."""
+        keys = set(self.notes)
+        if keys == self._on_disk or self.path is None:
             return
         try:
-            if not self.notes:
+            if not keys:
                 self.path.unlink(missing_ok=True)
             else:
-                tmp = self.path.with_name(self.path.name + ".tmp")
                 rows = [(*key, watermark) for key, watermark in self.notes.items()]
-                tmp.write_bytes(msgspec.msgpack.encode(rows))
-                os.replace(tmp, self.path)
+                _write_durably(self.path, msgspec.msgpack.encode(rows))
         except OSError as exc:
             logger.error(
                 "report outbox: cannot save the notes of dropped reports to %s (%s); a kill "
@@ -128,4 +129,24 @@ class LostReports:
                 exc,
             )
             return
-        self._saved = True
+        self._on_disk = keys
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Replace `path` by `data`: a synced temporary renamed over it, then the directory synced
+    (as the outbox syncs its segments and their names: agent/outbox.py `sync_handles`)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

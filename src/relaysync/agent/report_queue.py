@@ -23,7 +23,8 @@ dropped, sent or not, with an error (a message the link merged from several: its
 only, the message keeps the others and its number in the session; the count, `pending` and
 `dropped` are of reports, not messages); the session's count of messages goes on, so the
 master's `ReportsTaken(upto)` still names the same ones. Every report dropped is noted
-(`lost`), and once the master takes reports again a marker per mapping follows the others, so
+(`lost`), the note saved before the outbox forgets the report (`_consume_dropped`; a kill in
+between lost both: past the disk bound, once for a segment's worth of drops), and once the master takes reports again a marker per mapping follows the others, so
 that it purges the sites of what they named (agent/_lost_reports.py).
 """
 
@@ -123,6 +124,9 @@ class ReportQueue:
         self._append_failing = False
         self._read_failures = 0  # read backs failed in a row (warned of, rate-limited)
         self._read_warned_at = 0.0
+        # while `_fit_disk` drops: the outbox frames of the drops, forgotten once their notes
+        # are saved (once for a segment's worth of drops, not a sync each)
+        self._deferred: int | None = None
         # dropped reports, told to the master as markers once it takes reports again
         self.lost = LostReports(outbox.directory / "lost" if outbox is not None else None)
         for report in replayed:
@@ -325,9 +329,17 @@ class ReportQueue:
         outbox = self.outbox
         if outbox is None or outbox.size_bytes + size <= self.max_disk_bytes:
             return
-        while outbox.size_bytes + size > self.max_disk_bytes and self.pending:
-            if not self._drop_oldest(refill=False):
-                break
+        dropping = True
+        while dropping and outbox.size_bytes + size > self.max_disk_bytes and self.pending:
+            need = max(outbox.head_pending, 1)  # the reports whose drop deletes the first segment
+            self._deferred = 0
+            try:
+                while self._deferred < need and dropping:
+                    dropping = self._drop_oldest(refill=False)
+            finally:
+                frames, self._deferred = self._deferred, None
+            self.lost.save()  # the notes first: a kill after the consume keeps them
+            self._consume(frames)
         self._refill()
 
     def _make_room(self, cost: int) -> None:
@@ -358,9 +370,9 @@ class ReportQueue:
             return False
         self.held_bytes -= item.held_bytes
         self.held_reports -= item.reports
-        self._consume(item.frames)
         self._count_dropped(item.reports)
         self.lost.note(item.report)
+        self._consume_dropped(item.frames)
         if refill:
             self._refill()
         return True
@@ -377,12 +389,21 @@ class ReportQueue:
             self._read_failed(exc)
             return False
         self._unspill(frames)
-        if frames == 1:  # else lost: taken with the reports around them (Segment.take)
-            self._consume(1)
-            self._count_dropped(1)
         if head is not None:
             self.lost.note(head)
+        if frames == 1:  # else lost: taken with the reports around them (Segment.take)
+            self._count_dropped(1)
+            self._consume_dropped(1)
         return True
+
+    def _consume_dropped(self, frames: int) -> None:
+        """Forget dropped reports in the outbox once their notes are saved (a kill in between
+        would lose both); while `_fit_disk` drops, once it saved the notes of all."""
+        if self._deferred is not None:
+            self._deferred += frames
+            return
+        self.lost.save()
+        self._consume(frames)
 
     def _count_dropped(self, reports: int) -> None:
         before, self.dropped = self.dropped, self.dropped + reports

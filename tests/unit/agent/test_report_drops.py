@@ -9,7 +9,9 @@ whose reports it missed (agent/_lost_reports.py), even across restarts."""
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,55 @@ def test_the_notes_of_dropped_reports_outlive_a_kill_of_the_agent(
     master.take(queue, len(master.sent))
     assert sorted(master.told) == [1, 2] and queue.pending == 0 == box.pending
     assert not (box.directory / "lost").exists()
+
+
+class KilledOutbox(ReportOutbox):
+    """A real outbox that copies its directory after each consume: what a kill -9 right after
+    it leaves (a drop forgets its reports there)."""
+
+    def __init__(self, base: Path, snapshots: Path, added: list[int]) -> None:
+        super().__init__(base / "outbox", TGT, segment_bytes=2048)
+        self.snapshots, self.added, self.master = snapshots, added, Master()
+
+    def consume(self, frames: int) -> None:
+        super().consume(frames)
+        shot = self.snapshots / str(len(list(self.snapshots.iterdir())))
+        shutil.copytree(self.directory.parent, shot / "outbox")
+        (shot / "added").write_text(
+            json.dumps([self.added[:-1], self.master.taken, self.master.told])
+        )
+
+
+@pytest.mark.parametrize("bound", ["count", "disk"])
+def test_a_kill_right_after_a_drop_keeps_its_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str
+) -> None:
+    """Before, a drop forgot its report in the outbox (a `.done` written, a segment deleted)
+    and saved its note in `lost` only at the end of `add`: a kill in between lost the report
+    and its marker. Each report is of its own mapping, so each one missing needs its marker;
+    checked from a copy of the outbox taken after every consume, as a kill there leaves it."""
+    monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 6 if bound == "count" else 1000)
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    added: list[int] = []
+    box = KilledOutbox(tmp_path / "run", shots, added)
+    box.open()
+    queue = ReportQueue(box, max_disk_bytes=4096, max_bytes=2000)  # spilled, dropped unread
+    master = box.master
+    for n in range(60):
+        added.append(n)
+        queue.add(_report(n, mapping_id=n + 1))
+        if n % 7 == 3:  # some sent and taken: their consumes are copied too
+            master.send(queue, 2)
+            master.take(queue, len(master.sent))
+    assert queue.dropped and len(list(shots.iterdir())) > 10
+    for shot in sorted(shots.iterdir(), key=lambda p: int(p.name)):
+        before, taken, told = json.loads((shot / "added").read_text())
+        again = ReportOutbox(shot / "outbox", TGT, segment_bytes=2048)
+        queue = ReportQueue(again, again.open())
+        master = Master()
+        while queue.unsent or queue.read_back():
+            master.send(queue, 64)
+            master.take(queue, len(master.sent))
+        missing = set(before) - set(master.taken) - set(taken)
+        assert {n + 1 for n in missing} <= {*told, *master.told}, f"kill at consume {shot.name}"
