@@ -71,6 +71,10 @@ class LostReports:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.notes: dict[LostKey, int] = {}
+        # Dropped after they were sent, by the number of their message in the session: the
+        # master may take that message yet (`withdraw`), or the session ends first (`confirm`).
+        # Saved with the notes: a restart takes them for notes (a marker rather than a loss).
+        self.pending: dict[int, dict[LostKey, int]] = {}
         self._on_disk: set[LostKey] = set()  # the keys `path` holds (its watermarks may lag)
         if path is None:
             return
@@ -87,8 +91,9 @@ class LostReports:
             logger.warning("report outbox: %s is unreadable; ignored", path)
         self._on_disk = set(self.notes)
 
-    def note(self, report: CommitReport | ReportHead) -> None:
-        """`report` was dropped."""
+    def note(self, report: CommitReport | ReportHead, *, sent_in: int = 0) -> None:
+        """`report` was dropped; `sent_in`: after it was sent, in this session's message of that
+        number (a note only if the session ends before the master takes it)."""
         key = (
             report.mapping_id,
             report.source_node,
@@ -96,13 +101,26 @@ class LostReports:
             tuple(report.route),
             report.journal_id,
         )
-        self.notes[key] = max(self.notes.get(key, 0), report.watermark)
+        notes = self.pending.setdefault(sent_in, {}) if sent_in else self.notes
+        notes[key] = max(notes.get(key, 0), report.watermark)
+
+    def withdraw(self, upto: int) -> None:
+        """The master took this session's first `upto` messages: the reports dropped from them
+        after they were sent reached it."""
+        for number in [n for n in self.pending if n <= upto]:
+            del self.pending[number]
+
+    def confirm(self) -> None:
+        """The session ended: the reports dropped after they were sent, in messages the master
+        did not say it took, are noted (it may have taken them: a marker rather than a loss)."""
+        for notes in self.pending.values():
+            for key, watermark in notes.items():
+                self.notes[key] = max(self.notes.get(key, 0), watermark)
+        self.pending.clear()
 
     def take(self) -> list[CommitReport]:
         """The markers of the notes, which are forgotten (the caller queues the markers)."""
-        out = list(
-            {key[:4]: marker(key) for key in self.notes}.values()
-        )  # one per journal-less key
+        out = list({key[:4]: marker(key) for key in self.notes}.values())  # one a key[:4]
         self.notes.clear()
         return out
 
@@ -112,15 +130,18 @@ class LostReports:
         on disk: written to `lost.tmp`, synced, renamed over `path`, and the directory synced,
         so that no kill of the agent nor power loss keeps the drop and loses its note; removed
         when none (a removal lost to a crash only tells the master again)."""
-        keys = set(self.notes)
+        rows = dict(self.notes)
+        for notes in self.pending.values():
+            rows.update({key: max(rows.get(key, 0), w) for key, w in notes.items()})
+        keys = set(rows)
         if keys == self._on_disk or self.path is None:
             return
         try:
             if not keys:
                 self.path.unlink(missing_ok=True)
             else:
-                rows = [(*key, watermark) for key, watermark in self.notes.items()]
-                _write_durably(self.path, msgspec.msgpack.encode(rows))
+                encoded = msgspec.msgpack.encode([(*key, w) for key, w in rows.items()])
+                _write_durably(self.path, encoded)
         except OSError as exc:
             logger.error(
                 "report outbox: cannot save the notes of dropped reports to %s (%s); a kill "

@@ -24,7 +24,9 @@ only, the message keeps the others and its number in the session; the count, `pe
 `dropped` are of reports, not messages); the session's count of messages goes on, so the
 master's `ReportsTaken(upto)` still names the same ones. Every report dropped is noted
 (`lost`), the note saved before the outbox forgets the report (`_consume_dropped`; a kill in
-between lost both: past the disk bound, once for a segment's worth of drops), and once the master takes reports again a marker per mapping follows the others, so
+between lost both: past the disk bound, once for a segment's worth of drops); a report dropped
+after it was sent (of `unacked`) is noted only if the session ends before the master takes its
+message (`LostReports.pending`: it reached the master, or it may not have), and once the master takes reports again a marker per mapping follows the others, so
 that it purges the sites of what they named (agent/_lost_reports.py).
 """
 
@@ -194,6 +196,7 @@ class ReportQueue:
             self.held_bytes -= item.held_bytes
             self.held_reports -= item.reports
             self.acked += 1
+        self.lost.withdraw(upto)
         self._consume(frames)
         self._refill()
         self._tell_lost()
@@ -218,6 +221,7 @@ class ReportQueue:
         self.unsent.extendleft(reversed(self.unacked))
         self.unacked.clear()
         self.acked = 0
+        self.lost.confirm()  # what was dropped after it was sent, not said taken, is lost
         self._refill()  # a read back that failed: tried again
 
     def read_back(self) -> bool:
@@ -356,7 +360,9 @@ class ReportQueue:
             return True
         if not self._window:
             self._refill()  # the oldest is spilled: read back first
+        sent_in = 0  # the number of its message in the session, if sent
         if self.unacked:
+            sent_in = self.acked + 1
             item, rest = _split_first(self.unacked.popleft())
             if rest is None:
                 self.acked += 1  # the next one keeps its number in the session
@@ -371,7 +377,8 @@ class ReportQueue:
         self.held_bytes -= item.held_bytes
         self.held_reports -= item.reports
         self._count_dropped(item.reports)
-        self.lost.note(item.report)
+        # sent: the master may take it yet (`taken` withdraws the note), or not (`session_over`)
+        self.lost.note(item.report, sent_in=sent_in)
         self._consume_dropped(item.frames)
         if refill:
             self._refill()
