@@ -398,6 +398,14 @@ class ReportQueue:
         self._unspill(frames)
         if head is not None:
             self.lost.note(head)
+        else:  # damaged on disk since written: not dropped by the bound, and of no known mapping
+            logger.warning(
+                "report outbox %s: %s commit reports passed unread by a drop are damaged on "
+                "disk (the segment is kept as .bad); lost with no marker: their mappings are "
+                "not known, purge their sites by hand if their caches may be stale",
+                self.outbox.directory,
+                frames,
+            )
         if frames == 1:  # else lost: taken with the reports around them (Segment.take)
             self._count_dropped(1)
             self._consume_dropped(1)

@@ -260,3 +260,36 @@ def test_a_report_dropped_after_it_was_sent_gets_a_marker_only_if_not_taken(
         master.send(queue, 64)
         master.take(queue, len(master.sent))
     assert master.taken == [3, 4, 5, 6] and sorted(master.told) == [1, 2]
+
+
+def test_reports_damaged_on_disk_that_a_drop_passes_are_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A drop past the disk bound passes unread reports by their heads; one whose frame header
+    is damaged takes the rest of its segment with it, and those reports (mappings unknown: no
+    marker can be noted) went without a word. Now it is warned of, with how many."""
+    box = _outbox(tmp_path)
+    box.open()
+    queue = ReportQueue(box, max_bytes=1, max_disk_bytes=4096)  # one held, the rest unread
+    for n in range(4):
+        queue.add(_report(n))
+    first = sorted(box.directory.glob("*.outbox"))[0]
+    data = bytearray(first.read_bytes())
+    offset = 0
+    for _ in range(2):  # past frames 0 and 1: frame 2's header
+        offset += 8 + int.from_bytes(data[offset : offset + 4], "big")
+    data[offset : offset + 4] = (0xFFFFFFFF).to_bytes(4, "big")
+    first.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="relaysync.agent.report_queue"):
+        n = 4
+        while not _warned(caplog) and n < 200:
+            queue.add(_report(n))
+            n += 1
+    assert _warned(caplog)
+
+
+def _warned(caplog: pytest.LogCaptureFixture) -> bool:
+    return any(
+        r.name == report_queue.__name__ and "passed unread by a drop" in r.getMessage()
+        for r in caplog.records
+    )
