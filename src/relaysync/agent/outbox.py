@@ -109,6 +109,12 @@ class ReportOutbox:
         """Reports appended and not consumed."""
         return sum(s.pending for s in self._segments)
 
+    @property
+    def head_pending(self) -> int:
+        """Reports of the first segment not consumed: consuming as many deletes it (unless it
+        is the one appends go to)."""
+        return self._segments[0].pending if self._segments else 0
+
     def open(self, hold_bytes: int | None = None) -> list[CommitReport]:
         """Take up what a previous run left; returns its first reports not taken yet, in order,
         as many as fit `hold_bytes` in memory (estimated; at least one; None: all of them). The

@@ -23,7 +23,10 @@ dropped, sent or not, with an error (a message the link merged from several: its
 only, the message keeps the others and its number in the session; the count, `pending` and
 `dropped` are of reports, not messages); the session's count of messages goes on, so the
 master's `ReportsTaken(upto)` still names the same ones. Every report dropped is noted
-(`lost`), and once the master takes reports again a marker per mapping follows the others, so
+(`lost`), the note saved before the outbox forgets the report (`_consume_dropped`; a kill in
+between lost both: past the disk bound, once for a segment's worth of drops); a report dropped
+after it was sent (of `unacked`) is noted only if the session ends before the master takes its
+message (`LostReports.pending`: it reached the master, or it may not have), and once the master takes reports again a marker per mapping follows the others, so
 that it purges the sites of what they named (agent/_lost_reports.py).
 """
 
@@ -123,6 +126,9 @@ class ReportQueue:
         self._append_failing = False
         self._read_failures = 0  # read backs failed in a row (warned of, rate-limited)
         self._read_warned_at = 0.0
+        # while `_fit_disk` drops: the outbox frames of the drops, forgotten once their notes
+        # are saved (once for a segment's worth of drops, not a sync each)
+        self._deferred: int | None = None
         # dropped reports, told to the master as markers once it takes reports again
         self.lost = LostReports(outbox.directory / "lost" if outbox is not None else None)
         for report in replayed:
@@ -190,6 +196,7 @@ class ReportQueue:
             self.held_bytes -= item.held_bytes
             self.held_reports -= item.reports
             self.acked += 1
+        self.lost.withdraw(upto)
         self._consume(frames)
         self._refill()
         self._tell_lost()
@@ -214,6 +221,7 @@ class ReportQueue:
         self.unsent.extendleft(reversed(self.unacked))
         self.unacked.clear()
         self.acked = 0
+        self.lost.confirm()  # what was dropped after it was sent, not said taken, is lost
         self._refill()  # a read back that failed: tried again
 
     def read_back(self) -> bool:
@@ -325,9 +333,17 @@ class ReportQueue:
         outbox = self.outbox
         if outbox is None or outbox.size_bytes + size <= self.max_disk_bytes:
             return
-        while outbox.size_bytes + size > self.max_disk_bytes and self.pending:
-            if not self._drop_oldest(refill=False):
-                break
+        dropping = True
+        while dropping and outbox.size_bytes + size > self.max_disk_bytes and self.pending:
+            need = max(outbox.head_pending, 1)  # the reports whose drop deletes the first segment
+            self._deferred = 0
+            try:
+                while self._deferred < need and dropping:
+                    dropping = self._drop_oldest(refill=False)
+            finally:
+                frames, self._deferred = self._deferred, None
+            self.lost.save()  # the notes first: a kill after the consume keeps them
+            self._consume(frames)
         self._refill()
 
     def _make_room(self, cost: int) -> None:
@@ -344,7 +360,9 @@ class ReportQueue:
             return True
         if not self._window:
             self._refill()  # the oldest is spilled: read back first
+        sent_in = 0  # the number of its message in the session, if sent
         if self.unacked:
+            sent_in = self.acked + 1
             item, rest = _split_first(self.unacked.popleft())
             if rest is None:
                 self.acked += 1  # the next one keeps its number in the session
@@ -358,9 +376,10 @@ class ReportQueue:
             return False
         self.held_bytes -= item.held_bytes
         self.held_reports -= item.reports
-        self._consume(item.frames)
         self._count_dropped(item.reports)
-        self.lost.note(item.report)
+        # sent: the master may take it yet (`taken` withdraws the note), or not (`session_over`)
+        self.lost.note(item.report, sent_in=sent_in)
+        self._consume_dropped(item.frames)
         if refill:
             self._refill()
         return True
@@ -377,12 +396,29 @@ class ReportQueue:
             self._read_failed(exc)
             return False
         self._unspill(frames)
-        if frames == 1:  # else lost: taken with the reports around them (Segment.take)
-            self._consume(1)
-            self._count_dropped(1)
         if head is not None:
             self.lost.note(head)
+        else:  # damaged on disk since written: not dropped by the bound, and of no known mapping
+            logger.warning(
+                "report outbox %s: %s commit reports passed unread by a drop are damaged on "
+                "disk (the segment is kept as .bad); lost with no marker: their mappings are "
+                "not known, purge their sites by hand if their caches may be stale",
+                self.outbox.directory,
+                frames,
+            )
+        if frames == 1:  # else lost: taken with the reports around them (Segment.take)
+            self._count_dropped(1)
+            self._consume_dropped(1)
         return True
+
+    def _consume_dropped(self, frames: int) -> None:
+        """Forget dropped reports in the outbox once their notes are saved (a kill in between
+        would lose both); while `_fit_disk` drops, once it saved the notes of all."""
+        if self._deferred is not None:
+            self._deferred += frames
+            return
+        self.lost.save()
+        self._consume(frames)
 
     def _count_dropped(self, reports: int) -> None:
         before, self.dropped = self.dropped, self.dropped + reports

@@ -182,7 +182,8 @@ def test_the_queue_stays_bounded_and_keeps_the_sessions_count(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past MAX_QUEUED_REPORTS the oldest report goes (with a warning), sent or not; the master's
-    count of the session's reports still names the same reports."""
+    count of the session's reports still names the same reports. One dropped after it was sent
+    gets a marker only if the master does not take it in that session."""
     monkeypatch.setattr(report_queue, "MAX_QUEUED_REPORTS", 3)
 
     async def main() -> None:
@@ -194,15 +195,19 @@ def test_the_queue_stays_bounded_and_keeps_the_sessions_count(
             link.report(_report(4))  # 1 is dropped: the master holds 1, 2, 3 and gets 4
             assert await first.reports(1) == [4]
             assert link.dropped_reports == 1
-            await first.take(2)  # 1 and 2 of the session
-            # and the marker of report 1, dropped, once the master takes reports
-            # (agent/_lost_reports.py), sent or not yet
+            await first.take(1)  # report 1 of the session: so no marker for it
             queued = [*link.reports.unacked, *link.reports.unsent]
-            assert [q.report.mapping_id for q in queued] == [3, 4, 1]
-            assert queued[2].report.records[0].op == LOST_OP
+            assert [q.report.mapping_id for q in queued] == [2, 3, 4]
+            link.report(_report(5))  # 2 is dropped, sent and never taken (the session ends)
+            assert await first.reports(1) == [5]
             first.framed.abort()
             second = await master.session()
-            assert await second.reports(2) == [3, 4]
+            assert await second.reports(3) == [3, 4, 5]
+            await second.take(3)
+            # then the marker of report 2 (agent/_lost_reports.py: noted when the session
+            # ended without its take)
+            assert await second.reports(1) == [2]
+            assert [q.report.records[0].op for q in link.reports.unacked] == [LOST_OP]
 
     anyio.run(main)
     assert "dropped the oldest" in caplog.text

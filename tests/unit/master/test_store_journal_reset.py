@@ -261,3 +261,25 @@ def test_the_old_journals_open_failures_close_with_it(
     store.record_commit_reports([_failed(mapping_id, T2, 7, NEW, 6)])
     store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})  # the same journal: nothing closed
     assert [e.seq for e in store.exceptions(mapping_id, open_only=True)] == [7]
+
+
+def test_a_marker_of_reports_dropped_in_the_old_journal_moves_no_watermark(
+    store: Store, mapping_id: int
+) -> None:
+    """A target's queue dropped reports of the old journal; its marker (agent/_lost_reports.py)
+    comes after the new journal's reports, before the source's head names the new journal.
+    Before, it carried the old journal's id and highest dropped seq: taken for a switch back,
+    it set T1's watermark to (120, old), which the head then voided to 0 (T1 had 5 of the new
+    journal); and it counted as a catch-up file. Now it names no journal, at watermark 0."""
+    from relaysync.agent._lost_reports import LostReports
+
+    _old_journal_done(store, mapping_id)
+    store.record_commit_reports([committed(mapping_id, T1, 5, NEW)])
+    lost = LostReports(None)
+    lost.note(committed(mapping_id, T1, 120, OLD, first=101))  # dropped on T1's queue
+    [marker] = lost.take()
+    store.record_commit_reports([marker])
+    assert {w.target: w.seq for w in store.watermarks(mapping_id)}[T1] == 5
+    store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
+    assert lags(store, mapping_id) == {T1: (5, 8, 3), T2: (0, 8, 8)}
+    assert store.catchup(mapping_id) == []

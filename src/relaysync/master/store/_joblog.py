@@ -27,7 +27,7 @@ from relaysync.master.store._journals import (
     other_journal,
 )
 from relaysync.master.store.models import Base, Mapping, Server, path_key
-from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.protocol.messages import LOST_OP, CommitRecord, CommitReport
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _figures(records: Sequence[CommitRecord]) -> _Figures:
     files = wire_bytes = latency_files = catchup_files = catchup_bytes = 0
     duration_ms = latency_ms = 0.0
     for rec in records:
-        if not rec.ok:
+        if not rec.ok or rec.op == LOST_OP:  # an agent's marker of dropped reports: no file
             continue
         files += 1
         wire_bytes += rec.wire_bytes
