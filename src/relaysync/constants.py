@@ -80,6 +80,10 @@ ROUTES_STALE_LIMIT_S = 60.0  # refusals of a route change in flight for longer: 
 # refusals are logged once, then with their count at most this often.
 ROUTES_STALE_BACKOFF_MAX_S = 60.0
 ROUTES_STALE_LOG_INTERVAL_S = 600.0
+# A link's failed sessions in a row logged each as a warning; past them (a target down for long:
+# one every RECONNECT_MAX_S) at most one line this often, with their count.
+LINK_DOWN_WARNINGS = 6
+LINK_DOWN_LOG_INTERVAL_S = 600.0
 REFUSED_RETRY_S = (
     300.0  # an agent the master refused (removed from the fleet) asks again this seldom
 )
