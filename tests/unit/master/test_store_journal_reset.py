@@ -229,40 +229,6 @@ def test_a_running_recovery_aims_at_the_new_journal(store: Store, mapping_id: in
     assert [j.goal_seq for j in store.routing.running_recoveries()] == [8]
 
 
-def _failed(mid: int, target: str, seq: int, journal: str, watermark: int) -> CommitReport:
-    record = CommitRecord(seq=seq, op="file", path=f"f{seq}", ok=False, error="disk full")
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=watermark,
-        records=(record,),
-        journal_id=journal,
-    )
-
-
-@pytest.mark.parametrize("first_word", ["source", "target"])
-def test_the_old_journals_open_failures_close_with_it(
-    store: Store, mapping_id: int, first_word: str
-) -> None:
-    """A failure of the old journal (T2 could not write its seq 95) said nothing of the new one's
-    seq 95 after a reset: it stayed open for good, the new change of that seq counted as failed
-    on T2. It is closed when the journal is retired; one of the new journal stays open."""
-    _old_journal_done(store, mapping_id)
-    store.record_commit_reports([_failed(mapping_id, T2, 95, OLD, 90)])
-    assert [e.seq for e in store.exceptions(mapping_id, open_only=True)] == [95]
-    if first_word == "source":
-        store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
-    else:
-        store.record_commit_reports([committed(mapping_id, T1, 5, NEW)])
-        store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
-    assert store.exceptions(mapping_id, open_only=True) == []
-    assert [e.seq for e in store.exceptions(mapping_id)] == [95]  # kept, as history
-    store.record_commit_reports([_failed(mapping_id, T2, 7, NEW, 6)])
-    store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})  # the same journal: nothing closed
-    assert [e.seq for e in store.exceptions(mapping_id, open_only=True)] == [7]
-
-
 def test_a_marker_of_reports_dropped_in_the_old_journal_moves_no_watermark(
     store: Store, mapping_id: int
 ) -> None:

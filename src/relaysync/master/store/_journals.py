@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 WATERMARKS: Table = Base.metadata.tables["watermarks"]
 RETIRED: Table = Base.metadata.tables["retired_journals"]
-EXCEPTIONS: Table = Base.metadata.tables["exceptions"]
 HEADS: Table = Base.metadata.tables["source_heads"]
 Triple = tuple[int, str, str]  # (mapping id, source node, target node)
 
@@ -104,32 +103,12 @@ def void_watermarks(
 def retire(
     session: Session, mapping_id: int, source_node: str, journal_id: str, now: float
 ) -> None:
-    """Note that the source's journal `journal_id` was replaced by a new one. Its open failures
-    (exceptions, keyed by seq without a journal) say nothing of the new journal's changes of the
-    same seqs: they are closed (kept as history); those reported before `now` only, as a
-    batch's own failures are the new journal's."""
+    """Note that the source's journal `journal_id` was replaced by a new one."""
     if not journal_id:
         return
     dml = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     row = {"mapping_id": mapping_id, "source_node": source_node, "journal_id": journal_id}
     session.execute(dml.insert(RETIRED).values(**row, retired_at=now).on_conflict_do_nothing())
-    c = EXCEPTIONS.c
-    result = session.execute(
-        update(EXCEPTIONS)
-        .where(
-            c.mapping_id == mapping_id,
-            c.source_node == source_node,
-            c.resolved_at.is_(None),
-            c.at < now,
-        )
-        .values(resolved_at=now)
-    )
-    closed = int(result.rowcount or 0)  # type: ignore[attr-defined]
-    if closed:
-        logger.info(
-            "mapping %s: %d open failures of the source's replaced journal %s closed",
-            *(mapping_id, closed, journal_id),
-        )
 
 
 def drop_retired(session: Session, reports: Sequence[CommitReport]) -> list[CommitReport]:
