@@ -249,3 +249,29 @@ def test_a_marker_of_reports_dropped_in_the_old_journal_moves_no_watermark(
     store.record_source_heads({SRC: [(mapping_id, 8, NEW)]})
     assert lags(store, mapping_id) == {T1: (5, 8, 3), T2: (0, 8, 8)}
     assert store.catchup(mapping_id) == []
+
+
+def test_a_marker_of_dropped_reports_leaves_a_failed_root_erase_open(
+    store: Store, mapping_id: int
+) -> None:
+    """The marker is an ok record of seq 0 at the root (path ""), as a comparison's Erase of
+    the root is: found in review, it closed that erase's real failure."""
+    from relaysync.agent._lost_reports import LostReports
+
+    failed = CommitRecord(seq=0, op="erase", path="", ok=False, error="EACCES")
+    store.record_commit_reports(
+        [
+            CommitReport(
+                mapping_id=mapping_id,
+                source_node=SRC,
+                target_node=T1,
+                watermark=0,
+                records=(failed,),
+                journal_id=OLD,
+            )
+        ]
+    )
+    lost = LostReports(None)
+    lost.note(committed(mapping_id, T1, 3, OLD))
+    store.record_commit_reports(lost.take())
+    assert [(e.seq, e.path) for e in store.exceptions(mapping_id, open_only=True)] == [(0, "")]

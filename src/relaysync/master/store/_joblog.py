@@ -190,6 +190,8 @@ def _fold_outcomes(
     of a path it could not apply (or by an agent that does not say its route)."""
     outcomes, commits = batch.outcomes, batch.commits
     for rec in records:
+        if rec.op == LOST_OP:  # a marker of dropped reports (seq 0, the root): no outcome
+            continue
         key = (*triple, rec.seq, rec.path)  # hashed only where it is written
         order = commits.next_order()
         if not rec.ok:
