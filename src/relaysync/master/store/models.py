@@ -155,6 +155,8 @@ class Change(Base):
     __table_args__ = (
         Index("ix_changes_seq", "seq"),
         Index("ix_changes_reported_at", "reported_at"),
+        # the job log of one mapping, newest first (0027_seq_index_exc_journals)
+        Index("ix_changes_mapping_seq", "mapping_id", "seq"),
     )
 
 
