@@ -139,6 +139,25 @@ def test_older_and_newer_targets_report_one_row_per_change(
     }
 
 
+def test_a_new_journal_adopted_from_a_target_keeps_its_first_changes(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
+    """The source agent names no journal (older than the ids): T1's first report of a new
+    journal switches the head (`adopt_journals`). Before, that report's changes were taken for
+    the old journal's rows of none named at their seqs (11 rows, not 15), and a deleted
+    directory's purge named none of the new files under it."""
+    store.record_source_heads({SRC: [(mapping_id, 10)]})
+    store.record_commit_reports([committed(mapping_id, T1, "", OLD_CHANGES, 10)])
+    store.record_commit_reports([committed(mapping_id, T1, OLD, {11: ("file", "old/f11")}, 11)])
+    store.record_commit_reports([committed(mapping_id, T1, NEW, NEW_CHANGES, 4)])
+    assert count(store_url, "changes") == 15
+    assert store.changed_paths_under(mapping_id, "docs") == [
+        "docs/a.html",
+        "docs/sub",
+        "docs/sub/b.html",
+    ]
+
+
 def test_a_prune_deletes_the_old_journals_rows_and_keeps_the_new(
     store: Store, mapping_id: int
 ) -> None:

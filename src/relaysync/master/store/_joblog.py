@@ -104,8 +104,11 @@ def record(session: Session, reports: Sequence[CommitReport], now: float) -> Non
     batch.open_triples = _open_triples(session, {r.mapping_id for r in reports})
     for report in reports:
         _fold(batch, report)
+    # before the change rows: a head that names a new journal from now on, they are its rows
+    # (before, its first batch took the old journal's rows of no journal named for its own);
+    # before the watermarks: it voids the others
+    adopt_journals(session, batch.switched, now)
     write_changes(session, batch.changes)
-    adopt_journals(session, batch.switched, now)  # before the watermarks: it voids the others
     _write_watermarks(session, batch)
     _write_outcomes(session, batch)
     _write_catchup(session, batch)
