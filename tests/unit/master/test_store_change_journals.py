@@ -139,6 +139,26 @@ def test_older_and_newer_targets_report_one_row_per_change(
     }
 
 
+def test_an_older_target_reporting_the_new_journal_before_its_head_makes_no_second_row(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
+    """The head still names the old journal when T2 (older agent, none named) reports the new
+    journal's changes 1-12, then T1 names them: before, its changes 11 and 12 got two rows each,
+    one per kind of target (24 rows, and the statistics counted 24 changes)."""
+    store.record_source_heads({SRC: [(mapping_id, 10, OLD)]})
+    store.record_commit_reports([committed(mapping_id, T2, "", OLD_CHANGES, 10)])
+    store.record_commit_reports([committed(mapping_id, T1, OLD, OLD_CHANGES, 10)])
+    new = {**NEW_CHANGES, **{s: ("file", f"docs/n{s}.html") for s in range(5, 13)}}
+    store.record_commit_reports([committed(mapping_id, T2, "", new, 12)])
+    store.record_commit_reports([committed(mapping_id, T1, NEW, new, 12)])
+    store.record_source_heads({SRC: [(mapping_id, 12, NEW)]})
+    assert count(store_url, "changes") == 22
+    high = sorted((r.seq, r.path) for r in store.job_log(mapping_id=mapping_id) if r.seq > 10)
+    assert high == [(11, "docs/n11.html"), (12, "docs/n12.html")]
+    [row] = store.stats.stats(by="mapping")
+    assert row.changes == 22
+
+
 def test_a_new_journal_adopted_from_a_target_keeps_its_first_changes(
     store: Store, store_url: str, mapping_id: int
 ) -> None:

@@ -9,7 +9,10 @@ row has its seq. One naming a journal takes a row of none named at its seq for i
 row was reported since the head's journal, that journal, was first heard (`journal_since`):
 in a fleet of old and new agents, every change would otherwise have two rows, one per kind of
 target; a row of none named from before (the rows of an upgrade from 0025, an older target's
-rows of the old journal) is an older journal's.
+rows of the old journal) is an older journal's. While the head still names another journal (a
+new one's reports precede the source's next head), a row of none named at a seq is taken for
+the new journal's if it holds the same op and path as the new journal's change there: an older
+target reported that change first (`_same_changes`).
 """
 
 from __future__ import annotations
@@ -109,17 +112,24 @@ def _unknown(
     groups = {j: rows for (m, s, j), rows in changes.rows.items() if (m, s) == source and rows}
     new: list[tuple[Any, ...]] = []
     for journal, rows in groups.items():
-        known = _stored(session, source, span, journal)
+        known = _stored(session, source, span, journal, rows)
         if not journal:  # a named report of the batch stands for it too
             known.update(q for j, named in groups.items() if j for q in named)
         new.extend(r for q, r in rows.items() if q not in known)
     return new
 
 
-def _stored(session: Session, source: Source, span: tuple[int, int], journal: str) -> set[int]:
-    """The seqs in `span` with a stored row that stands for the change of `journal` there: any
-    row for none named; for one named, its own, or one of none named reported since it was
-    first heard (`_unnamed_since`)."""
+def _stored(
+    session: Session,
+    source: Source,
+    span: tuple[int, int],
+    journal: str,
+    rows: dict[int, tuple[Any, ...]],
+) -> set[int]:
+    """The seqs in `span` with a stored row that stands for the change of `journal` there (of
+    the batch's `rows` of it): any row for none named; for one named, its own, or one of none
+    named reported since it was first heard (`_unnamed_since`) or, before that, of its change
+    (`_same_changes`)."""
     c = CHANGES.c
     query = select(c.seq).where(
         c.mapping_id == source[0],
@@ -130,10 +140,21 @@ def _stored(session: Session, source: Source, span: tuple[int, int], journal: st
     if journal:
         mine = c.journal_id == journal
         since = _unnamed_since(session, source, journal)
-        if since is not None:
-            mine = or_(mine, and_(c.journal_id == "", c.reported_at >= since))
-        query = query.where(mine)
+        if since is None:
+            return set(session.scalars(query.where(mine))) | _same_changes(session, query, rows)
+        query = query.where(or_(mine, and_(c.journal_id == "", c.reported_at >= since)))
     return set(session.scalars(query))
+
+
+def _same_changes(session: Session, query: Any, rows: dict[int, tuple[Any, ...]]) -> set[int]:
+    """The seqs of `query` (the seqs of a span) with a row of none named holding the op and path
+    of the batch's row there: the head names another journal than the batch's, and an older
+    target (naming none) reported the new journal's change first; without this, the change
+    would get a second row. A change of the old journal at that seq with the same op and path
+    is told from it by nothing; it stays one row. Only while the head lags (a transition)."""
+    c = CHANGES.c
+    unnamed = session.execute(query.add_columns(c.op, c.path).where(c.journal_id == ""))
+    return {q for q, op, path in unnamed if q in rows and rows[q][4:6] == (op, path)}
 
 
 def _unnamed_since(session: Session, source: Source, journal: str) -> float | None:
