@@ -17,6 +17,7 @@ from relaysync.master.store import Store
 from relaysync.master.store._engine import make_engine
 from relaysync.master.store.types import ChangeLogRow
 from relaysync.protocol.messages import CommitRecord, CommitReport
+from relaysync.testing.cluster import wait_until
 from tests.unit.master.test_store_ids import _migrate_to
 from tests.unit.master.test_store_joblog import SRC, T1, T2, count, mapping_id
 
@@ -115,7 +116,7 @@ def test_older_and_newer_targets_report_one_row_per_change(
     """A rolling upgrade: T2's older agent names no journal, T1's names it. A row of none named
     reported in the head's journal is that journal's change, whichever reports first; one from
     before the head's journal (the old journal's, an upgrade's rows) is not. (A row of none
-    named keeps "": it matches any journal, and is never shown as a replaced one's.)"""
+    named keeps "": it matches any journal; see the next tests for when it is a replaced one's.)"""
     store.record_source_heads({SRC: [(mapping_id, 10, OLD)]})
     store.record_commit_reports([committed(mapping_id, T2, "", OLD_CHANGES, 10)])
     store.record_commit_reports([committed(mapping_id, T1, OLD, OLD_CHANGES, 10)])
@@ -137,6 +138,76 @@ def test_older_and_newer_targets_report_one_row_per_change(
         (s, "", f"old/f{s}.html")
         for s in range(1, 11)  # none named: the old journal's
     }
+
+
+def test_an_older_target_reporting_the_new_journal_before_its_head_makes_no_second_row(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
+    """The head still names the old journal when T2 (older agent, none named) reports the new
+    journal's changes 1-12, then T1 names them: before, its changes 11 and 12 got two rows each,
+    one per kind of target (24 rows, and the statistics counted 24 changes). The row moves to
+    the new journal: reported before the head named it, it would look like the old one's."""
+    store.record_source_heads({SRC: [(mapping_id, 10, OLD)]})
+    store.record_commit_reports([committed(mapping_id, T2, "", OLD_CHANGES, 10)])
+    store.record_commit_reports([committed(mapping_id, T1, OLD, OLD_CHANGES, 10)])
+    new = {**NEW_CHANGES, **{s: ("file", f"docs/n{s}.html") for s in range(5, 13)}}
+    store.record_commit_reports([committed(mapping_id, T2, "", new, 12)])
+    store.record_commit_reports([committed(mapping_id, T1, NEW, new, 12)])
+    store.record_source_heads({SRC: [(mapping_id, 12, NEW)]})
+    assert count(store_url, "changes") == 22
+    high = sorted(
+        (r.seq, r.journal_id, r.path, r.committed_targets, r.replaced)
+        for r in store.job_log(mapping_id=mapping_id)
+        if r.seq > 10
+    )
+    # T2's watermark of none named was voided at the switch: T1's counts
+    assert high == [(11, NEW, "docs/n11.html", 1, False), (12, NEW, "docs/n12.html", 1, False)]
+    [row] = store.stats.stats(by="mapping")
+    assert row.changes == 22
+
+
+def test_the_old_journals_rows_of_no_journal_named_show_as_replaced(
+    store: Store, mapping_id: int
+) -> None:
+    """Rows of none named (older targets, or an upgrade from 0025) reported before the head's
+    new journal was first heard are the replaced journal's: before, they matched the new
+    journal's watermarks, changes 1-4 showed as committed on both targets and 5-10 as pending
+    for good; rows of none named reported since are the new journal's."""
+    store.record_source_heads({SRC: [(mapping_id, 10, OLD)]})
+    store.record_commit_reports([committed(mapping_id, t, "", OLD_CHANGES, 10) for t in (T1, T2)])
+    old_at = time.time()  # the new journal is first heard later than the old rows
+    wait_until(lambda: time.time() > old_at, timeout_s=5, interval_s=0.001, what="clock")
+    store.record_source_heads({SRC: [(mapping_id, 4, NEW)]})
+    store.record_commit_reports([committed(mapping_id, t, NEW, NEW_CHANGES, 4) for t in (T1, T2)])
+    more = {11: ("file", "docs/c.html")}
+    store.record_commit_reports([committed(mapping_id, T2, "", more, 11)])  # older agent, new
+    rows = {
+        (r.seq, r.path): (r.committed_targets, r.replaced)
+        for r in store.job_log(mapping_id=mapping_id)
+    }
+    assert {k: v for k, v in rows.items() if k[1].startswith("old/")} == {
+        (s, f"old/f{s}.html"): (0, True) for s in range(1, 11)
+    }
+    assert rows[(11, "docs/c.html")] == (1, False)
+
+
+def test_a_new_journal_adopted_from_a_target_keeps_its_first_changes(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
+    """The source agent names no journal (older than the ids): T1's first report of a new
+    journal switches the head (`adopt_journals`). Before, that report's changes were taken for
+    the old journal's rows of none named at their seqs (11 rows, not 15), and a deleted
+    directory's purge named none of the new files under it."""
+    store.record_source_heads({SRC: [(mapping_id, 10)]})
+    store.record_commit_reports([committed(mapping_id, T1, "", OLD_CHANGES, 10)])
+    store.record_commit_reports([committed(mapping_id, T1, OLD, {11: ("file", "old/f11")}, 11)])
+    store.record_commit_reports([committed(mapping_id, T1, NEW, NEW_CHANGES, 4)])
+    assert count(store_url, "changes") == 15
+    assert store.changed_paths_under(mapping_id, "docs") == [
+        "docs/a.html",
+        "docs/sub",
+        "docs/sub/b.html",
+    ]
 
 
 def test_a_prune_deletes_the_old_journals_rows_and_keeps_the_new(

@@ -104,8 +104,11 @@ def record(session: Session, reports: Sequence[CommitReport], now: float) -> Non
     batch.open_triples = _open_triples(session, {r.mapping_id for r in reports})
     for report in reports:
         _fold(batch, report)
+    # before the change rows: a head that names a new journal from now on, they are its rows
+    # (before, its first batch took the old journal's rows of no journal named for its own);
+    # before the watermarks: it voids the others
+    adopt_journals(session, batch.switched, now)
     write_changes(session, batch.changes)
-    adopt_journals(session, batch.switched, now)  # before the watermarks: it voids the others
     _write_watermarks(session, batch)
     _write_outcomes(session, batch)
     _write_catchup(session, batch)
@@ -143,7 +146,8 @@ def _fold(batch: _Batch, report: CommitReport) -> None:
     batch.changes.fold(report, batch.now)
     figures = _figures(records)
     if figures.files < len(records) or batch.outcomes or triple in batch.open_triples:
-        _fold_outcomes(batch, triple, records, direct=len(report.route) == 1)
+        direct = len(report.route) == 1
+        _fold_outcomes(batch, triple, records, direct=direct, journal=report.journal_id)
     if figures.catchup_files:
         counters = batch.catchup.setdefault(triple, [0, 0])
         counters[0] += figures.catchup_files
@@ -181,13 +185,14 @@ def _figures(records: Sequence[CommitRecord]) -> _Figures:
 
 
 def _fold_outcomes(
-    batch: _Batch, triple: Triple, records: Sequence[CommitRecord], *, direct: bool
+    batch: _Batch, triple: Triple, records: Sequence[CommitRecord], *, direct: bool, journal: str
 ) -> None:
     """Failures, and the commits that may resolve one: of a triple with exceptions open, or of
     a key that failed earlier in the batch (the last outcome of a key is the one written), and
     the commits that may make a failure of their path moot (_joblog_supersede.py): only those
     sent by the source itself (`direct`), not through a relay, which may send its own version
-    of a path it could not apply (or by an agent that does not say its route)."""
+    of a path it could not apply (or by an agent that does not say its route). A failure notes
+    the source `journal` its seq counts in (_journals.py `retire` closes a replaced one's)."""
     outcomes, commits = batch.outcomes, batch.commits
     for rec in records:
         if rec.op == LOST_OP:  # a marker of dropped reports (seq 0, the root): no outcome
@@ -195,7 +200,7 @@ def _fold_outcomes(
         key = (*triple, rec.seq, rec.path)  # hashed only where it is written
         order = commits.next_order()
         if not rec.ok:
-            _fold_failure(batch, key, rec)
+            _fold_failure(batch, key, rec, journal)
             commits.failed(triple, rec.seq, rec.path, order)
             batch.failed_triples.add(triple)
             continue
@@ -206,7 +211,7 @@ def _fold_outcomes(
             outcomes[key] = None
 
 
-def _fold_failure(batch: _Batch, key: tuple[int, str, str, int, str], rec: CommitRecord) -> None:
+def _fold_failure(batch: _Batch, key: OutcomeKey, rec: CommitRecord, journal: str) -> None:
     previous = batch.outcomes.get(key)
     attempts = previous["attempts"] + 1 if previous else 1
     batch.outcomes[key] = {
@@ -221,6 +226,7 @@ def _fold_failure(batch: _Batch, key: tuple[int, str, str, int, str], rec: Commi
         "attempts": attempts,
         "resolved_at": None,
         "op": rec.op,
+        "journal_id": journal,
     }
 
 
@@ -302,6 +308,7 @@ def _write_outcomes(session: Session, batch: _Batch) -> None:
                 "attempts": EXCEPTIONS.c.attempts + stmt.excluded.attempts,
                 "resolved_at": None,
                 "op": stmt.excluded.op,
+                "journal_id": stmt.excluded.journal_id,  # a seq failing again in a new journal
             },
         )
         session.execute(stmt, failures)

@@ -6,14 +6,17 @@ in the one its target last reported (_journals.py): a watermark covers a row onl
 journal ("" matches any), or a watermark of the new journal at seq 8 would count as committed
 the old journal's change 8, another file. The rows of a journal a new one replaced stay in the
 log as history (`replaced`): their watermarks were voided, so no target counts them, and nothing
-more of them will commit.
+more of them will commit. A row of none named (an older target's, or from before 0026) counts as
+a replaced journal's if it was reported before the head's journal was first heard, that journal
+having replaced another (`_unnamed_replaced`): before, the old journal's rows of none named
+matched the new journal's watermarks, and showed as committed (or pending for good) beside it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, func, or_, select
+from sqlalchemy import Table, and_, func, or_, select
 
 from relaysync.master.store._joblog_changes import CHANGES
 from relaysync.master.store.models import Base
@@ -22,6 +25,7 @@ WATERMARKS: Table = Base.metadata.tables["watermarks"]
 EXCEPTIONS: Table = Base.metadata.tables["exceptions"]
 TARGETS: Table = Base.metadata.tables["mapping_targets"]
 RETIRED: Table = Base.metadata.tables["retired_journals"]
+HEADS: Table = Base.metadata.tables["source_heads"]
 
 
 def committed_count() -> Any:
@@ -55,6 +59,7 @@ def committed_count() -> Any:
             or_(wm.journal_id == ch.journal_id, wm.journal_id == "", ch.journal_id == ""),
             current_target,
             ~open_exception,
+            ~_unnamed_replaced(),
         )
         .correlate(CHANGES)
         .scalar_subquery()
@@ -74,10 +79,10 @@ def target_count() -> Any:
 
 
 def replaced() -> Any:
-    """Correlated EXISTS: the outer `changes` row's journal was replaced by a new one (one of
-    none named never is)."""
+    """Correlated: the outer `changes` row's journal was replaced by a new one (one of none
+    named: see `_unnamed_replaced`)."""
     r, ch = RETIRED.c, CHANGES.c
-    return (
+    named = (
         select(r.journal_id)
         .where(
             r.mapping_id == ch.mapping_id,
@@ -87,3 +92,34 @@ def replaced() -> Any:
         .correlate(CHANGES)
         .exists()
     )
+    return or_(named, _unnamed_replaced())
+
+
+def _unnamed_replaced() -> Any:
+    """Correlated: the outer `changes` row names no journal and was reported before the head's
+    journal, one that replaced another, was first heard (`journal_since`): an older journal's.
+    Rows of none named reported since are the head journal's (_joblog_changes.py)."""
+    h, r, ch = HEADS.c, RETIRED.c, CHANGES.c
+    replaced_another = (
+        select(r.journal_id)
+        .where(
+            r.mapping_id == ch.mapping_id,
+            r.source_node == ch.source_node,
+            r.journal_id != h.journal_id,
+        )
+        .correlate(CHANGES, HEADS)
+        .exists()
+    )
+    head_since_later = (
+        select(h.journal_id)
+        .where(
+            h.mapping_id == ch.mapping_id,
+            h.source_node == ch.source_node,
+            h.journal_id != "",
+            h.journal_since > ch.reported_at,
+            replaced_another,
+        )
+        .correlate(CHANGES)
+        .exists()
+    )
+    return and_(ch.journal_id == "", head_since_later)

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 WATERMARKS: Table = Base.metadata.tables["watermarks"]
 RETIRED: Table = Base.metadata.tables["retired_journals"]
+EXCEPTIONS: Table = Base.metadata.tables["exceptions"]
 HEADS: Table = Base.metadata.tables["source_heads"]
 Triple = tuple[int, str, str]  # (mapping id, source node, target node)
 
@@ -103,12 +104,33 @@ def void_watermarks(
 def retire(
     session: Session, mapping_id: int, source_node: str, journal_id: str, now: float
 ) -> None:
-    """Note that the source's journal `journal_id` was replaced by a new one."""
+    """Note that the source's journal `journal_id` was replaced by a new one, and close its open
+    failures (kept as history): one would stay open for good, and the new journal's change of
+    its seq count as failed on that target. Only that journal's: targets report the new journal
+    as soon as they reconnect, before the source's head names it, and their failures then are
+    the new journal's; those of no journal named ("", older agents, rows from before 0027) say
+    nothing of which, and stay as they are."""
     if not journal_id:
         return
     dml = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     row = {"mapping_id": mapping_id, "source_node": source_node, "journal_id": journal_id}
     session.execute(dml.insert(RETIRED).values(**row, retired_at=now).on_conflict_do_nothing())
+    c = EXCEPTIONS.c
+    closed = session.execute(
+        update(EXCEPTIONS)
+        .where(
+            c.mapping_id == mapping_id,
+            c.source_node == source_node,
+            c.journal_id == journal_id,
+            c.resolved_at.is_(None),
+        )
+        .values(resolved_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if closed:
+        logger.info(
+            "mapping %s: %d open failures of the source's replaced journal %s closed",
+            *(mapping_id, closed, journal_id),
+        )
 
 
 def drop_retired(session: Session, reports: Sequence[CommitReport]) -> list[CommitReport]:

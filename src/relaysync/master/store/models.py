@@ -155,6 +155,8 @@ class Change(Base):
     __table_args__ = (
         Index("ix_changes_seq", "seq"),
         Index("ix_changes_reported_at", "reported_at"),
+        # the job log of one mapping, newest first (0027_seq_index_exc_journals)
+        Index("ix_changes_mapping_seq", "mapping_id", "seq"),
     )
 
 
@@ -266,6 +268,9 @@ class CommitException(Base):
     resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # the failed op (None: a row written before 0021, resolved by its own commit only)
     op: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # the source journal `seq` counts in ("": not named, an older agent or a row from before
+    # 0027): a replaced journal's open failures are closed when it is retired (_journals.py)
+    journal_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
     __table_args__ = (
         Index("ix_exceptions_resolved_at", "resolved_at"),
