@@ -3,14 +3,19 @@ certificate, agents joined through the real POST /api/join, and the real Control
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import msgspec
 from fastapi.testclient import TestClient
 
+from relaysync.agent.enrollment import MASTER_FILE
+from relaysync.agent.service import AgentService
 from relaysync.auth.ca import CertificateAuthority, make_key_and_csr
+from relaysync.config.schema import AgentConfig
 from relaysync.constants import MASTER_NODE_NAME
 from relaysync.master.app import create_app
 from relaysync.master.control import ControlServer
@@ -78,6 +83,24 @@ class Fleet:
         """An identity from the fleet's CA that never joined (or joined before names were checked)."""
         key, cert = self.ca.issue(name, ["127.0.0.1"])
         return write_identity(self.tmp / "issued" / name, key, cert, self.ca.ca_pem)
+
+    def agent_service(self, name: str, control_port: int) -> AgentService:
+        """An in-process agent joined through the real /api/join, its identity where
+        `relaysync agent` keeps it, its master's control server on `control_port`."""
+        joined = self.join(name)
+        data = self.tmp / name
+        shutil.copytree(joined.key_path.parent, data / "identity")
+        (data / "identity" / MASTER_FILE).write_text(
+            msgspec.json.encode(
+                {
+                    "control_address": f"127.0.0.1:{control_port}",
+                    "master_node_id": self.master.node_id,
+                }
+            ).decode()
+        )
+        return AgentService(
+            AgentConfig(master_url="http://127.0.0.1:1", name=name, data_dir=str(data))
+        )
 
     def close(self) -> None:
         self.client.close()

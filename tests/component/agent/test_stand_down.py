@@ -9,37 +9,18 @@ sessions for ever."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import anyio
-import msgspec
 import pytest
 from sqlalchemy import delete
 from tests._fleet import Fleet
 
 from relaysync.agent import master_link
-from relaysync.agent.enrollment import MASTER_FILE
 from relaysync.agent.service import AgentService
-from relaysync.config.schema import AgentConfig
 from relaysync.master.store.models import RevokedNode
 
 TIMEOUT_S = 30
-
-
-def _agent(fleet: Fleet, port: int) -> AgentService:
-    """web-1, joined through the real /api/join, its identity where `relaysync agent` keeps it."""
-    joined = fleet.join("web-1")
-    data = fleet.tmp / "web-1"
-    shutil.copytree(joined.key_path.parent, data / "identity")
-    (data / "identity" / MASTER_FILE).write_text(
-        msgspec.json.encode(
-            {"control_address": f"127.0.0.1:{port}", "master_node_id": fleet.master.node_id}
-        ).decode()
-    )
-    return AgentService(
-        AgentConfig(master_url="http://127.0.0.1:1", name="web-1", data_dir=str(data))
-    )
 
 
 async def _until(what: str, condition: object) -> None:
@@ -63,7 +44,7 @@ def test_a_refused_agent_stands_down_and_resumes_when_taken_again(
 
     async def main() -> AgentService:
         async with fleet.control_server() as (_control, port):
-            agent = _agent(fleet, port)
+            agent = fleet.agent_service("web-1", port)
             async with anyio.create_task_group() as tg:
                 await tg.start(agent.serve)
                 body = {

@@ -4,7 +4,6 @@ a saved assignment that cannot be applied does not stop the agent from starting.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import anyio
@@ -12,27 +11,10 @@ import msgspec
 import pytest
 from tests._fleet import Fleet
 
-from relaysync.agent.enrollment import MASTER_FILE
 from relaysync.agent.service import AgentService
-from relaysync.config.schema import AgentConfig
 from relaysync.protocol.messages import Assignment
 
 TIMEOUT_S = 20
-
-
-def _agent(fleet: Fleet, port: int) -> AgentService:
-    """web-1, joined through the real /api/join, its identity where `relaysync agent` keeps it."""
-    joined = fleet.join("web-1")
-    data = fleet.tmp / "web-1"
-    shutil.copytree(joined.key_path.parent, data / "identity")
-    (data / "identity" / MASTER_FILE).write_text(
-        msgspec.json.encode(
-            {"control_address": f"127.0.0.1:{port}", "master_node_id": fleet.master.node_id}
-        ).decode()
-    )
-    return AgentService(
-        AgentConfig(master_url="http://127.0.0.1:1", name="web-1", data_dir=str(data))
-    )
 
 
 def _failing_first(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[Assignment]:
@@ -67,7 +49,7 @@ def test_a_bug_in_applying_an_assignment_restarts_the_control_link_only(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = _failing_first(monkeypatch, failures=1)
-    agent = anyio.run(_run_until_applied, fleet, lambda port: _agent(fleet, port))
+    agent = anyio.run(_run_until_applied, fleet, lambda port: fleet.agent_service("web-1", port))
     assert len(calls) == 2 and agent.epoch >= 0  # the link came back and got it again
 
 
@@ -77,7 +59,7 @@ def test_a_saved_assignment_that_cannot_be_applied_does_not_stop_the_start(
     calls = _failing_first(monkeypatch, failures=1)
 
     def agent_for(port: int) -> AgentService:
-        agent = _agent(fleet, port)
+        agent = fleet.agent_service("web-1", port)
         saved = Assignment(epoch=7, mappings=(), peers=())
         agent._assignment_path().write_bytes(msgspec.msgpack.encode(saved))
         return agent

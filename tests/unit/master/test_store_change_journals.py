@@ -18,6 +18,7 @@ from relaysync.master.store._engine import make_engine
 from relaysync.master.store.types import ChangeLogRow
 from relaysync.protocol.messages import CommitRecord, CommitReport
 from relaysync.testing.cluster import wait_until
+from tests.unit.master._old_rows import add_source_and_mapping
 from tests.unit.master.test_store_ids import _migrate_to
 from tests.unit.master.test_store_joblog import SRC, T1, T2, count, mapping_id
 
@@ -277,21 +278,7 @@ def test_the_upgrade_keeps_the_rows_as_of_no_journal_named(empty_store_url: str)
     engine = make_engine(empty_store_url)
     try:
         with engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO servers (node_id, name, region, group_name, address, state,"
-                    " capacity_weight, created_at) VALUES (:n, 'src', '', '', 'src:1', 'up', 1, 0)"
-                ),
-                {"n": SRC},
-            )
-            conn.execute(
-                sa.text(
-                    "INSERT INTO mappings (id, name, source_node, source_path, include, exclude,"
-                    " durability, enabled, created_at, updated_at)"
-                    " VALUES (1, 'm', :n, '/a', '[]', '[]', 'fsync', true, 0, 0)"
-                ),
-                {"n": SRC},
-            )
+            add_source_and_mapping(conn, SRC)
             conn.execute(
                 sa.text(
                     "INSERT INTO changes (mapping_id, source_node, seq, op, path, size,"

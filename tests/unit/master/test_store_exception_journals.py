@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from relaysync.master.store import Store
 from relaysync.master.store._engine import make_engine
 from relaysync.protocol.messages import CommitRecord, CommitReport
+from tests.unit.master._old_rows import add_source_and_mapping
 from tests.unit.master.test_store_ids import _migrate_to
 from tests.unit.master.test_store_joblog import SRC, T1, T2, mapping_id
 
@@ -88,21 +89,7 @@ def test_the_migration_adds_and_drops_the_exceptions_journal(empty_store_url: st
     engine = make_engine(empty_store_url)
     try:
         with engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO servers (node_id, name, region, group_name, address, state,"
-                    " capacity_weight, created_at) VALUES (:n, 'src', '', '', 'src:1', 'up', 1, 0)"
-                ),
-                {"n": SRC},
-            )
-            conn.execute(
-                sa.text(
-                    "INSERT INTO mappings (id, name, source_node, source_path, include, exclude,"
-                    " durability, enabled, created_at, updated_at)"
-                    " VALUES (1, 'm', :n, '/a', '[]', '[]', 'fsync', true, 0, 0)"
-                ),
-                {"n": SRC},
-            )
+            add_source_and_mapping(conn, SRC)
             conn.execute(
                 sa.text(
                     "INSERT INTO exceptions (mapping_id, source_node, target_node, seq, path,"
