@@ -70,20 +70,36 @@ def _report(harness: Harness, target: str, rel: str, seq: int = 1) -> CommitRepo
 
 
 def _acknowledge(harness: Harness, acked: dict[str, int], target: str) -> Callable[[], None]:
-    """The agent's side: the report of `target` is acknowledged, with how many purges the store
-    queued by then."""
-    return lambda: acked.setdefault(target, harness.store.queued_purges())
+    """The agent's side: the report of `target` is acknowledged, with how many purges the
+    purger had queued by then (`_job_log` counts them: the store's queue falls as the caches
+    take them, and a quick cache left it at 0 before an acknowledgement was noted)."""
+    return lambda: acked.setdefault(target, _QUEUED.get(id(harness.purger), 0))
+
+
+_QUEUED: dict[int, int] = {}  # purges queued so far, by id of the purger (`_job_log`)
 
 
 @asynccontextmanager
 async def _job_log(harness: Harness) -> AsyncIterator[JobLogWriter]:
-    """A job-log writer serving, told to the harness's purger (no spool)."""
+    """A job-log writer serving, told to the harness's purger (no spool); counts the purges
+    the purger queues."""
+    purger, real_enqueue = harness.purger, harness.purger._enqueue
+
+    async def enqueue(items: list[PurgeItem]) -> None:
+        await real_enqueue(items)
+        _QUEUED[id(purger)] = _QUEUED.get(id(purger), 0) + len(items)
+
+    purger._enqueue = enqueue  # type: ignore[method-assign]
     writer = JobLogWriter(harness.store, EventBus())
     writer.subscribe(harness.purger.on_commit_report)
     async with anyio.create_task_group() as tg:
         await tg.start(writer.serve)
-        yield writer
-        tg.cancel_scope.cancel()
+        try:
+            yield writer
+        finally:
+            tg.cancel_scope.cancel()
+            del purger._enqueue  # type: ignore[method-assign]
+            _QUEUED.pop(id(purger), None)
 
 
 async def test_a_report_is_acknowledged_once_its_purge_is_queued_not_at_its_write(
@@ -345,29 +361,16 @@ async def test_a_change_whose_planning_keeps_failing_on_the_store_lets_the_other
         return real_under(mapping_id, prefix)
 
     monkeypatch.setattr(harness.store, "changed_paths_under", under)
-    # purges queued so far (the store's queue count falls as the caches take them: a quick
-    # one left it at 0 before the acknowledgement was noted)
-    queued, real_enqueue = [0], harness.purger._enqueue
-
-    async def enqueue(items: list[PurgeItem]) -> None:
-        await real_enqueue(items)
-        queued[0] += len(items)
-
-    monkeypatch.setattr(harness.purger, "_enqueue", enqueue)
     acked: dict[str, int] = {}
-
-    def acknowledge(key: str) -> Callable[[], None]:
-        return lambda: acked.setdefault(key, queued[0])
-
     stuck = CommitRecord(seq=1, op="delete", path=f"{harness.site.root}/stuck")
     async with _job_log(harness) as writer:
         for target in (O1, O2):
             report = _report(harness, target, "fine.html", seq=2)
             writer.add(
                 msgspec.structs.replace(report, records=(stuck,), watermark=1),
-                taken=acknowledge(f"{target}-stuck"),
+                taken=_acknowledge(harness, acked, f"{target}-stuck"),
             )
-            writer.add(report, taken=acknowledge(f"{target}-fine"))
+            writer.add(report, taken=_acknowledge(harness, acked, f"{target}-fine"))
         await harness.until(
             lambda: {f"{t}-fine" for t in (O1, O2)} <= acked.keys(),
             what="the later change's reports acknowledged while the first one's planning fails",
