@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from relaysync._util.repeats import Repeats
 from relaysync.constants import (
     RECONNECT_MIN_S,
     ROUTES_STALE_BACKOFF_MAX_S,
@@ -38,8 +39,7 @@ class StaleRoutes:
         self.since: float | None = None  # monotonic time of the first refusal in a row
         self.failed = False  # they outlasted ROUTES_STALE_LIMIT_S: a failed hop
         self._delay_s = RECONNECT_MIN_S
-        self._unlogged = 0  # refusals since the last line logged
-        self._logged_at = 0.0
+        self._repeats = Repeats(ROUTES_STALE_LOG_INTERVAL_S)  # refusals since the last line
 
     def refused(self, err: BaseException, now: float) -> float:
         """Count and log (as due) a refusal at monotonic time `now`; the wait before the next
@@ -57,7 +57,7 @@ class StaleRoutes:
     def _log(
         self, err: BaseException, now: float, delay_s: float, *, first: bool, became_failed: bool
     ) -> None:
-        self._unlogged += 1
+        due = self._repeats.add(now)
         if first:
             self.log.info(
                 "link to %s waits for the routes to settle, retrying within %.0f s: %s",
@@ -70,13 +70,13 @@ class StaleRoutes:
                 *(self.target, now - (self.since or now), ROUTES_STALE_BACKOFF_MAX_S, delay_s),
                 error_text(err),
             )
-        elif self.failed and now - self._logged_at >= ROUTES_STALE_LOG_INTERVAL_S:
+        elif self.failed and due:
             self.log.warning(
                 "link to %s still refused: %s times in the last %.0f s, next in %.0f s: %s",
-                *(self.target, self._unlogged, now - self._logged_at, delay_s, error_text(err)),
+                *(self.target, self._repeats.count, now - self._repeats.logged_at),
+                *(delay_s, error_text(err)),
             )
         else:
             self.log.debug("link to %s refused again, retrying in %.1f s", self.target, delay_s)
             return
-        self._unlogged = 0
-        self._logged_at = now
+        self._repeats.reset(now)

@@ -25,6 +25,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from relaysync._util.aio import error_leaves, is_link_error, leaf_error
+from relaysync._util.repeats import Repeats
 from relaysync.constants import (
     CAP_SMALL_FILE,
     CAP_UNREADABLE,
@@ -105,7 +106,7 @@ class TargetLink(RecordStream, CompareCatchUp):
         # and then fails (a target refusing the same change each time) counts too: only progress
         # (an ack that advances, or an idle session answering a ping) starts the count again.
         self.failures = 0
-        self._down_unlogged, self._down_logged_at = 0, 0.0  # failures not logged, since when
+        self._down = Repeats(LINK_DOWN_LOG_INTERVAL_S)  # failed sessions since the last line
         self.log = logging.LoggerAdapter(
             logger, {"mapping": source.mapping_id, "target": target.name}
         )
@@ -172,7 +173,7 @@ class TargetLink(RecordStream, CompareCatchUp):
         err = leaf_error(exc)
         if self.failures == 0:  # the session had made progress: a fresh failure, a short wait
             delay = RECONNECT_MIN_S
-            self._down_unlogged, self._down_logged_at = 0, time.monotonic()
+            self._down.reset(time.monotonic())
         self._log_down(err, delay)
         self.failures += 1
         if self.on_failure is not None:
@@ -185,23 +186,23 @@ class TargetLink(RecordStream, CompareCatchUp):
         """The first LINK_DOWN_WARNINGS failures in a row each a warning; then (a target down
         for long) one line per LINK_DOWN_LOG_INTERVAL_S with their count, not one a retry."""
         now = time.monotonic()
+        due = self._down.add(now)
         if self.failures < LINK_DOWN_WARNINGS:
             self.log.warning(
                 "link to %s down, will retry in %.1f s: %s",
                 *(self.target.name, delay, error_text(err)),
             )
-        elif now - self._down_logged_at >= LINK_DOWN_LOG_INTERVAL_S:
+        elif due:
             self.log.warning(
                 "link to %s still down: %d failed sessions in a row, %d in the last %.0f s, "
                 "retrying every %.0f s: %s",
-                *(self.target.name, self.failures + 1, self._down_unlogged + 1),
-                *(now - self._down_logged_at, delay, error_text(err)),
+                *(self.target.name, self.failures + 1, self._down.count),
+                *(now - self._down.logged_at, delay, error_text(err)),
             )
         else:
-            self._down_unlogged += 1
             self.log.debug("link to %s down, will retry in %.1f s", self.target.name, delay)
             return
-        self._down_unlogged, self._down_logged_at = 0, now
+        self._down.reset(now)
 
     @property
     def bytes_sent(self) -> int:
