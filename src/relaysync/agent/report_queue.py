@@ -209,7 +209,8 @@ class ReportQueue:
             self._queue(report, ENCODER.encode(report))
         if markers:
             logger.error(
-                "commit reports for the master: %s dropped past the queue's bounds; told it "
+                "commit reports for the master were dropped past the queue's bounds (%s since "
+                "this agent started, the notes of earlier drops kept across restarts); told it "
                 "for %s mappings, whose sites it purges whole",
                 self.dropped,
                 len(markers),
