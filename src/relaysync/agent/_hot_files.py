@@ -174,7 +174,9 @@ class HotFileHold:
         entry = change.entry
         assert entry is not None  # `_hot_writes` takes only writes with an entry
         return closed_as_scanned(
-            self.root, change.path, ScannedFile(entry.ino, entry.size, entry.mtime_ns)
+            self.root,
+            change.path,
+            ScannedFile(entry.ino, entry.size, entry.mtime_ns, entry.ctime_ns),
         )
 
     def _follow_held(self, changes: list[PendingChange]) -> None:
