@@ -89,14 +89,16 @@ static PyObject *probe(PyObject *self, PyObject *args) {
         return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
     }
     if (verdict != CLOSED) memset(&held, 0, sizeof held);
-    return Py_BuildValue("(iKKLLl)", verdict, (unsigned long long)held.st_dev,
+    return Py_BuildValue("(iKKLLlLl)", verdict, (unsigned long long)held.st_dev,
                          (unsigned long long)held.st_ino, (long long)held.st_size,
-                         (long long)held.st_mtim.tv_sec, (long)held.st_mtim.tv_nsec);
+                         (long long)held.st_mtim.tv_sec, (long)held.st_mtim.tv_nsec,
+                         (long long)held.st_ctim.tv_sec, (long)held.st_ctim.tv_nsec);
 }
 
 static PyMethodDef methods[] = {
     {"probe", probe, METH_VARARGS,
-     "probe(dir_fd, path, resolve, /) -> (verdict, dev, ino, size, mtime_s, mtime_ns_part)\n\n"
+     "probe(dir_fd, path, resolve, /)\n"
+     "    -> (verdict, dev, ino, size, mtime_s, mtime_ns_part, ctime_s, ctime_ns_part)\n\n"
      "Open `path` below `dir_fd` (openat2 with `resolve` if it is not 0, else openat of one\n"
      "name; O_NOFOLLOW, O_NONBLOCK), take a read lease on it, fstat it, drop the lease and\n"
      "close, with the GIL released throughout. verdict 0: closed (no process had it open for\n"

@@ -20,7 +20,7 @@ __all__ = ["LeaseProbe", "ScannedFile", "closed_as_scanned", "probe_lease"]
 
 _VERDICTS: dict[int, bool | None] = {0: False, 1: True, 2: None}  # as _leaseprobe.probe's
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # the manifest's mtime_ns column (mtime_ns_of)
-RawProbe = tuple[int, int, int, int, int, int]  # _leaseprobe.probe's answer
+RawProbe = tuple[int, ...]  # _leaseprobe.probe's answer: 8 numbers (6 from a build before ctime)
 
 
 class LeaseProbe(NamedTuple):
@@ -34,14 +34,17 @@ class LeaseProbe(NamedTuple):
     ino: int = 0
     size: int = 0
     mtime_ns: int = 0  # clamped to a signed 64-bit number as the manifest's
+    ctime_ns: int = -1  # -1: not told (not closed, or a build of the probe before ctime)
 
 
 class ScannedFile(NamedTuple):
-    """A file as a scan saw it: its manifest entry's inode number, size and mtime_ns."""
+    """A file as a scan saw it: its manifest entry's inode number, size, mtime_ns and ctime_ns
+    (0: not known, and then it is never told complete)."""
 
     ino: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
 
 _UNKNOWN = LeaseProbe(writing=None)
@@ -51,8 +54,10 @@ _told_unbuilt: list[bool] = []  # the missing C probe is logged once per process
 def closed_as_scanned(root: str | os.PathLike[str], relpath: str, scanned: ScannedFile) -> bool:
     """Whether the file `relpath` below `root` is complete, as far as the kernel can tell: it is
     not empty, no process has it open for writing, and it is the very file a scan saw (same
-    inode on `root`'s file system, same size and mtime). False if any of that is not so or
-    cannot be told: the caller holds the file as maybe still being written.
+    inode on `root`'s file system, same size, mtime and ctime: a rewrite that kept the size and
+    set the mtime back, `cp -p` or `rsync --inplace -t` between the scan and the probe, moved
+    the ctime). False if any of that is not so or cannot be told: the caller holds the file as
+    maybe still being written.
 
     Not empty, because a file just created is visible, empty, before its creator's descriptor
     counts as a writer (inside open(O_CREAT)): a lease is granted in that window. Data, though,
@@ -64,14 +69,16 @@ def closed_as_scanned(root: str | os.PathLike[str], relpath: str, scanned: Scann
 
     A file on another file system mounted below `root` (its st_dev differs) is never "closed".
     """
-    if scanned.size <= 0 or scanned.ino == 0 or "\0" in relpath or not _built():
+    if scanned.size <= 0 or scanned.ino == 0 or scanned.ctime_ns <= 0:
+        return False
+    if "\0" in relpath or not _built():
         return False
     probe, root_dev = _probe_from_root(root, relpath)
     return (
         probe.writing is False
         and probe.size > 0
-        and (probe.dev, probe.ino, probe.size, probe.mtime_ns)
-        == (root_dev, scanned.ino, scanned.size, scanned.mtime_ns)
+        and (probe.dev, probe.ino, probe.size, probe.mtime_ns, probe.ctime_ns)
+        == (root_dev, scanned.ino, scanned.size, scanned.mtime_ns, scanned.ctime_ns)
     )
 
 
@@ -123,9 +130,10 @@ def _probe_from_root(root: str | os.PathLike[str], relpath: str) -> tuple[LeaseP
 
 
 def _from_raw(raw: RawProbe) -> LeaseProbe:
-    verdict, dev, ino, size, mtime_s, mtime_ns_part = raw
+    verdict, dev, ino, size, mtime_s, mtime_ns_part = raw[:6]
     mtime_ns = min(max(mtime_s * 1_000_000_000 + mtime_ns_part, _INT64_MIN), _INT64_MAX)
-    return LeaseProbe(_VERDICTS[verdict], dev, ino, size, mtime_ns)
+    ctime_ns = raw[6] * 1_000_000_000 + raw[7] if len(raw) >= 8 and verdict == 0 else -1
+    return LeaseProbe(_VERDICTS[verdict], dev, ino, size, mtime_ns, ctime_ns)
 
 
 def _probe_below(root_fd: int, relpath: str) -> RawProbe:

@@ -92,37 +92,36 @@ class HotFileHold:
         sent once the file was quiet for a while) is held, however old its mtime, while a
         process has it open for writing (`probe_lease`): a writer that paused mid-file, whose
         half would otherwise be committed on the targets. For OPEN_WRITER_HOLD_MAX_S at most.
+        So is a write found with no close-write whose mtime is within OPEN_WRITER_HOLD_MAX_S,
+        whatever found it (`_maybe_writing`): a rescan may find the paused writer's file before
+        its "modify" comes, or when none will.
         """
         now = time.monotonic()
         # one held open for writing is asked again whatever found it (a rescan of the directory
-        # it was renamed with finds it with no "modify")
-        unclosed = {
-            p
-            for p in (unclosed | self._held_open.keys()) - closed
-            if now - self._held_open.get(p, now) < OPEN_WRITER_HOLD_MAX_S
-        }
-        hot = self._hot_writes(changes, closed)
-        writing = {
-            i
-            for i, change in enumerate(changes)
-            if change.op == "write" and change.path in unclosed and i not in hot
-        }
-        if hot or writing:
-            hot = await anyio.to_thread.run_sync(self._still_hot, changes, hot, writing)
-        for i in hot:
-            self._held[changes[i].path] = 0
-            if changes[i].path in unclosed:
-                self._held_open.setdefault(changes[i].path, now)
-        self._held_open = {p: t for p, t in self._held_open.items() if p in self._held}
-        return [change for i, change in enumerate(changes) if i not in hot]
-
-    def _hot_writes(self, changes: list[PendingChange], closed: set[str]) -> set[int]:
-        """The indexes of the writes of files not closed after writing, modified lately."""
-        now_ns = time.time_ns()
+        # it was renamed with finds it with no "modify"), until it was held that long
+        expired = {p for p, t in self._held_open.items() if now - t >= OPEN_WRITER_HOLD_MAX_S}
+        unclosed = (unclosed | self._held_open.keys()) - closed - expired
         # The other hard links of a file closed after writing (the recorder restats them) are
         # that same file: closed too.
         closed_inodes = {c.entry.ino for c in changes if c.path in closed and c.entry is not None}
         closed_inodes.discard(0)
+        hot = self._hot_writes(changes, closed, closed_inodes)
+        writing = self._maybe_writing(changes, closed | expired, closed_inodes, unclosed) - hot
+        held: set[int] = set()
+        if hot or writing:
+            held = await anyio.to_thread.run_sync(self._still_hot, changes, hot, writing)
+        for i in held:
+            self._held[changes[i].path] = 0
+            if changes[i].path in unclosed or i in writing:
+                self._held_open.setdefault(changes[i].path, now)
+        self._held_open = {p: t for p, t in self._held_open.items() if p in self._held}
+        return [change for i, change in enumerate(changes) if i not in held]
+
+    def _hot_writes(
+        self, changes: list[PendingChange], closed: set[str], closed_inodes: set[int]
+    ) -> set[int]:
+        """The indexes of the writes of files not closed after writing, modified lately."""
+        now_ns = time.time_ns()
         # a future mtime (a copy from a host whose clock is ahead) is not "being written now"
         return {
             i
@@ -132,6 +131,33 @@ class HotFileHold:
             and change.entry is not None
             and change.entry.ino not in closed_inodes
             and 0 <= now_ns - change.entry.mtime_ns < self.hot_file_s * 1e9
+        }
+
+    @staticmethod
+    def _maybe_writing(
+        changes: list[PendingChange], closed: set[str], closed_inodes: set[int], unclosed: set[str]
+    ) -> set[int]:
+        """The indexes of the writes a process may still have open for writing, to be asked
+        (`probe_lease`): of a path in `unclosed`, and of a file not closed after writing whose
+        mtime is within OPEN_WRITER_HOLD_MAX_S. The latter are what a scan finds of a writer
+        paused longer than `hot_file_s` with no "modify" for it in the batch: not reported yet
+        (the watcher waits MODIFY_QUIET_S), lost to an overflow, or written before the agent
+        started; and a hot file held earlier, re-checked once it cooled. A burst of writes costs
+        nothing more: their close-writes put them in `closed`."""
+        now_ns = time.time_ns()
+        return {
+            i
+            for i, change in enumerate(changes)
+            if change.op == "write"
+            and change.path not in closed
+            and (
+                change.path in unclosed
+                or (
+                    change.entry is not None
+                    and change.entry.ino not in closed_inodes
+                    and 0 <= now_ns - change.entry.mtime_ns < OPEN_WRITER_HOLD_MAX_S * 1e9
+                )
+            )
         }
 
     def _still_hot(
@@ -148,7 +174,9 @@ class HotFileHold:
         entry = change.entry
         assert entry is not None  # `_hot_writes` takes only writes with an entry
         return closed_as_scanned(
-            self.root, change.path, ScannedFile(entry.ino, entry.size, entry.mtime_ns)
+            self.root,
+            change.path,
+            ScannedFile(entry.ino, entry.size, entry.mtime_ns, entry.ctime_ns),
         )
 
     def _follow_held(self, changes: list[PendingChange]) -> None:

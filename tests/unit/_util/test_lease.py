@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -33,7 +35,7 @@ def _leases_on(path: Path) -> list[str]:
 
 def _scanned(path: Path) -> ScannedFile:
     st = os.lstat(path)
-    return ScannedFile(st.st_ino, st.st_size, st.st_mtime_ns)
+    return ScannedFile(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @pytest.fixture
@@ -69,11 +71,11 @@ def test_the_verdicts_and_no_lease_is_left(tree: Path, way: str, held: bool) -> 
     with root_held(tree) if held else open(os.devnull):
         closed = probe_lease(tree, "d/f")
         st = os.stat(f)
-        assert closed == (False, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        assert closed == (False, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         assert _leases_on(f) == []
         writer = os.open(f, os.O_WRONLY)
         try:
-            assert probe_lease(tree, "d/f") == (True, 0, 0, 0, 0)
+            assert probe_lease(tree, "d/f") == (True, 0, 0, 0, 0, -1)
         finally:
             os.close(writer)
         assert probe_lease(tree, "d/f").writing is False
@@ -96,17 +98,47 @@ def test_only_a_non_empty_closed_file_as_scanned_is_complete(tree: Path, way: st
         assert closed_as_scanned(tree, "d/f", scanned._replace(size=1)) is False
         assert closed_as_scanned(tree, "d/f", scanned._replace(mtime_ns=1)) is False
         assert closed_as_scanned(tree, "d/f", scanned._replace(size=0)) is False
+        assert closed_as_scanned(tree, "d/f", scanned._replace(ctime_ns=0)) is False  # unknown
     # another file of the same size and mtime renamed over it: not the file the scan saw
     (tree / "d" / "g").write_text("CLOSED")
     os.utime(tree / "d" / "g", ns=(scanned.mtime_ns, scanned.mtime_ns))
     os.rename(tree / "d" / "g", f)
-    assert _scanned(f)._replace(ino=scanned.ino) == scanned
+    assert _scanned(f)._replace(ino=scanned.ino, ctime_ns=scanned.ctime_ns) == scanned
     assert closed_as_scanned(tree, "d/f", scanned) is False
     assert closed_as_scanned(tree, "d/f", _scanned(f)) is True
     # never through a symlink, out of the root, or into something not a regular file
     for path in ("link/f", "out/f", "d/flink", "../root/d/f", "d/fifo", "d/f\0x", "d/missing"):
         assert closed_as_scanned(tree, path, _scanned(f)) is False, path
     assert closed_as_scanned(tree, "out/f", _scanned(tree.parent / "outside" / "f")) is False
+
+
+def test_a_rewrite_that_kept_size_and_mtime_is_not_the_file_scanned(tree: Path, way: str) -> None:
+    """Rewritten in place between the scan and the probe, its size kept and its mtime set back
+    (`cp -p`, `rsync --inplace -t`): the same inode, size and mtime, another content. Found at
+    stop 34's close: the check did not compare the ctime, and told it complete."""
+    f = tree / "d" / "f"
+    scanned = _scanned(f)
+    deadline = time.monotonic() + 10.0
+    while os.stat(f).st_ctime_ns == scanned.ctime_ns:  # the ctime clock ticks coarsely
+        assert time.monotonic() < deadline, "the ctime never moved"
+        f.write_text("CLOSED")  # as long as "closed"
+        os.utime(f, ns=(scanned.mtime_ns, scanned.mtime_ns))
+    assert _scanned(f)._replace(ctime_ns=scanned.ctime_ns) == scanned
+    with root_held(tree):
+        assert closed_as_scanned(tree, "d/f", scanned) is False
+        assert closed_as_scanned(tree, "d/f", _scanned(f)) is True
+
+
+def test_a_probe_built_before_ctime_tells_no_file_complete(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older build of `_leaseprobe` answers six numbers, no ctime: a hot file is then held as
+    without the probe, never told complete on a check that could not see a rewrite."""
+    probe = _leaseprobe.probe
+    monkeypatch.setattr(lease, "_leaseprobe", SimpleNamespace(probe=lambda *a: probe(*a)[:6]))
+    f = tree / "d" / "f"
+    assert probe_lease(tree, "d/f").writing is False
+    assert closed_as_scanned(tree, "d/f", _scanned(f)) is False
 
 
 def test_a_file_on_another_file_system_below_the_root_is_never_complete(tree: Path) -> None:
@@ -163,11 +195,12 @@ def test_without_the_c_probe_nothing_is_probed(
 def test_the_c_probe_and_its_errors(tree: Path) -> None:
     fd = os.open(tree / "d", os.O_PATH | os.O_DIRECTORY)
     try:
-        verdict, dev, ino, size, sec, part = _leaseprobe.probe(fd, b"f", 0)
+        verdict, dev, ino, size, sec, part, c_sec, c_part = _leaseprobe.probe(fd, b"f", 0)
         st = os.stat(tree / "d" / "f")
         assert (verdict, dev, ino, size) == (0, st.st_dev, st.st_ino, st.st_size)
         assert sec * 1_000_000_000 + part == st.st_mtime_ns
-        assert _leaseprobe.probe(fd, b"fifo", 0) == (2, 0, 0, 0, 0, 0)  # never blocks
+        assert c_sec * 1_000_000_000 + c_part == st.st_ctime_ns
+        assert _leaseprobe.probe(fd, b"fifo", 0) == (2, 0, 0, 0, 0, 0, 0, 0)  # never blocks
         with pytest.raises(FileNotFoundError):
             _leaseprobe.probe(fd, b"missing", 0)
         with pytest.raises(OSError):
