@@ -65,6 +65,16 @@ def _journals(store_url: str) -> dict[tuple[str, int], tuple[str, bool]]:
         engine.dispose()
 
 
+def _committed(store: Store, mid: int, seq: int, journal: str) -> int:
+    [row] = [r for r in store.job_log(mapping_id=mid) if (r.seq, r.journal_id) == (seq, journal)]
+    return row.committed_targets
+
+
+def _state(store: Store, mid: int, seq: int, target: str) -> str:
+    _, states = store.routing.change_states(mid, seq)
+    return {s.node_id: s.state for s in states}[target]
+
+
 def test_a_repeat_failure_of_no_journal_named_keeps_the_rows_journal(
     store: Store, store_url: str, mapping_id: int
 ) -> None:
@@ -86,3 +96,25 @@ def test_a_repeat_failure_of_no_journal_named_keeps_the_rows_journal(
     # reports are dropped now), so no longer that journal's
     store.record_commit_reports([report(mapping_id, T1, "", 0, range(0), (5,))])
     assert _journals(store_url)[(T1, 5)] == ("", True)
+
+
+def test_a_failure_counts_against_its_own_journals_change_only(
+    store: Store, mapping_id: int
+) -> None:
+    """The head names OLD still. T1 failed OLD's seq 3, then reports NEW (the source was reset)
+    with 1..5 committed: NEW's change 3 (another path) is committed on T1. T2 failed NEW's seq
+    2 and a late report of OLD puts its watermark back there: OLD's change 2 is committed on T2."""
+    store.record_source_heads({SRC: [(mapping_id, 10, OLD)]})
+    store.record_commit_reports([report(mapping_id, t, OLD, 2, range(1, 3)) for t in (T1, T2)])
+    store.record_commit_reports([report(mapping_id, T1, OLD, 2, range(0), (3,))])
+    store.record_commit_reports([report(mapping_id, T1, NEW, 5, range(1, 6), under="new/")])
+    assert _committed(store, mapping_id, 3, NEW) == 1
+    store.record_commit_reports([report(mapping_id, T2, NEW, 1, range(1, 2), (2,), under="new/")])
+    store.record_commit_reports([report(mapping_id, T2, OLD, 2, range(1, 3))])  # resent
+    assert _committed(store, mapping_id, 2, OLD) == 1  # T2's (T1's watermark is NEW's)
+    assert _state(store, mapping_id, 2, T2) == "committed"  # the head's journal: OLD
+    assert _state(store, mapping_id, 3, T1) == "failed"  # OLD's own failure still counts
+    # a failure of no journal named counts against either journal's change
+    store.record_commit_reports([report(mapping_id, T2, "", 2, range(0), (1,), under="x/")])
+    assert _state(store, mapping_id, 1, T2) == "failed"
+    assert _committed(store, mapping_id, 1, OLD) == 0
