@@ -118,3 +118,12 @@ def test_a_failure_counts_against_its_own_journals_change_only(
     store.record_commit_reports([report(mapping_id, T2, "", 2, range(0), (1,), under="x/")])
     assert _state(store, mapping_id, 1, T2) == "failed"
     assert _committed(store, mapping_id, 1, OLD) == 0
+
+
+def test_exceptions_show_their_journal(store: Store, mapping_id: int) -> None:
+    store.record_commit_reports([report(mapping_id, T1, OLD, 0, range(0), (1,))])
+    store.record_commit_reports([report(mapping_id, T2, "", 0, range(0), (1,))])
+    assert {(e.target_node, e.journal_id) for e in store.exceptions(mapping_id)} == {
+        (T1, OLD),
+        (T2, ""),
+    }
