@@ -50,6 +50,7 @@ EXCEPTION_COLUMNS = (
     "at",
     "attempts",
     "resolved_at",
+    "journal_id",
 )
 
 

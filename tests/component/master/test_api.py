@@ -298,7 +298,7 @@ def test_status_jobs_and_exceptions(client: TestClient, store: Store) -> None:
     for bad in ("2:x:y", "2:1", "99999999999999999999", f"2:{2**63}:{src['node_id']}"):
         assert client.get("/api/jobs", params={"before": bad}).status_code == 422, bad
     [exc] = client.get("/api/exceptions").json()
-    assert (exc["seq"], exc["error"]) == (2, "EIO")
+    assert (exc["seq"], exc["error"], exc["journal_id"]) == (2, "EIO", "")  # none named
     assert client.get("/api/jobs", params={"limit": 0}).status_code == 422
 
 

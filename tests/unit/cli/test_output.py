@@ -17,7 +17,13 @@ from typer.testing import CliRunner
 
 from relaysync.cli._client import format_bytes, format_duration, format_time, print_json, to_csv
 from relaysync.cli.app import app
-from relaysync.cli.log_cmd import CHANGE_COLUMNS, changes_table, exceptions_table, label
+from relaysync.cli.log_cmd import (
+    CHANGE_COLUMNS,
+    EXCEPTION_COLUMNS,
+    changes_table,
+    exceptions_table,
+    label,
+)
 from relaysync.cli.mapping_cmd import mapping_body, mappings_table, parse_mode_mask, split_location
 from relaysync.cli.send_cmd import SendNotTaken, _follow_release
 from relaysync.cli.stats_cmd import stats_table
@@ -177,8 +183,10 @@ def test_log_rows_are_labelled_and_rendered() -> None:
         "at": 1.0,
         "attempts": 2,
         "resolved_at": None,
+        "journal_id": "1" * 32,
     }
     named = label(failure, {}, {"t" * 64: "web2"})
+    assert to_csv([named], EXCEPTION_COLUMNS).splitlines()[1].endswith(f",2,,{'1' * 32}")
     assert (named["mapping"], named["target"]) == ("#2", "web2")
     assert "disk full" in render(exceptions_table([named])) and "open" in render(
         exceptions_table([named])

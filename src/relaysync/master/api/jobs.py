@@ -46,6 +46,7 @@ class ExceptionOut(BaseModel):
     at: float
     attempts: int
     resolved_at: float | None
+    journal_id: str  # the source journal its seq counts in ("": not named)
 
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]

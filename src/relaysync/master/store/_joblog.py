@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, select, update
+from sqlalchemy import Table, and_, bindparam, case, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,7 @@ WATERMARKS: Table = Base.metadata.tables["watermarks"]
 ADVANCES: Table = Base.metadata.tables["watermark_advances"]
 EXCEPTIONS: Table = Base.metadata.tables["exceptions"]
 CATCHUP: Table = Base.metadata.tables["catchup"]
+RETIRED: Table = Base.metadata.tables["retired_journals"]
 
 Triple = tuple[int, str, str]  # (mapping id, source node, target node)
 
@@ -214,6 +215,8 @@ def _fold_outcomes(
 def _fold_failure(batch: _Batch, key: OutcomeKey, rec: CommitRecord, journal: str) -> None:
     previous = batch.outcomes.get(key)
     attempts = previous["attempts"] + 1 if previous else 1
+    if not journal and previous:  # "": not known, not none (`_kept_journal`)
+        journal = previous["journal_id"]
     batch.outcomes[key] = {
         "mapping_id": key[0],
         "source_node": key[1],
@@ -308,7 +311,7 @@ def _write_outcomes(session: Session, batch: _Batch) -> None:
                 "attempts": EXCEPTIONS.c.attempts + stmt.excluded.attempts,
                 "resolved_at": None,
                 "op": stmt.excluded.op,
-                "journal_id": stmt.excluded.journal_id,  # a seq failing again in a new journal
+                "journal_id": _kept_journal(stmt.excluded),
             },
         )
         session.execute(stmt, failures)
@@ -316,6 +319,26 @@ def _write_outcomes(session: Session, batch: _Batch) -> None:
     moot = resolve_moot(session, batch.commits, batch.now)
     if moot:
         logger.debug("job log: %d failures made moot by later commits of their paths", moot)
+
+
+def _kept_journal(excluded: Any) -> Any:
+    """The journal of a failure upserted on a stored row: the one reported (a seq failing again
+    in a new journal), but a report of none named (an older agent on the way: "" is not known,
+    not none) keeps the row's, unless that journal was replaced since (`retire` closed the row,
+    and a report of it would be dropped): the failure is then of no journal known."""
+    r = RETIRED.c
+    # by name: SQLAlchemy does not correlate a subquery with an INSERT's table, it would join its own
+    retired = (
+        select(r.journal_id)
+        .where(
+            r.mapping_id == literal_column("exceptions.mapping_id"),
+            r.source_node == literal_column("exceptions.source_node"),
+            r.journal_id == literal_column("exceptions.journal_id"),
+        )
+        .exists()
+    )
+    kept = EXCEPTIONS.c.journal_id
+    return case((and_(excluded.journal_id == "", ~retired), kept), else_=excluded.journal_id)
 
 
 def _resolve(session: Session, batch: _Batch) -> None:

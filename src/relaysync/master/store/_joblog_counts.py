@@ -4,7 +4,9 @@ was replaced.
 A change row counts in the source journal it was reported in (_joblog_changes.py), a watermark
 in the one its target last reported (_journals.py): a watermark covers a row only in the same
 journal ("" matches any), or a watermark of the new journal at seq 8 would count as committed
-the old journal's change 8, another file. The rows of a journal a new one replaced stay in the
+the old journal's change 8, another file; and an open failure holds back only a row of its own
+journal (the same match), or the old journal's failure of seq 8 would count against the new
+journal's change 8 until the head switches (`retire` then closes it), and the other way round. The rows of a journal a new one replaced stay in the
 log as history (`replaced`): their watermarks were voided, so no target counts them, and nothing
 more of them will commit. A row of none named (an older target's, or from before 0026) counts as
 a replaced journal's if it was reported before the head's journal was first heard, that journal
@@ -39,6 +41,8 @@ def committed_count() -> Any:
             exc.target_node == wm.target_node,
             exc.seq == ch.seq,
             exc.resolved_at.is_(None),
+            # another journal's failure of that seq is not this change's ("" matches any)
+            or_(exc.journal_id == ch.journal_id, exc.journal_id == "", ch.journal_id == ""),
         )
         .correlate(CHANGES, WATERMARKS)
         .exists()

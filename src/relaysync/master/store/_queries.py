@@ -210,6 +210,7 @@ def _exception_info(row: CommitException) -> ExceptionInfo:
         at=row.at,
         attempts=row.attempts,
         resolved_at=row.resolved_at,
+        journal_id=row.journal_id,
     )
 
 

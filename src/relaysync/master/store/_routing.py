@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from relaysync.errors import ConfigError
@@ -33,6 +33,7 @@ from relaysync.master.store.models import (
     CommitException,
     MappingTarget,
     Server,
+    SourceHead,
     Watermark,
 )
 from relaysync.master.store.models import (
@@ -304,7 +305,7 @@ class RoutingStore(RecoveryStore):
         """Every target's state for one change of a mapping's source: committed, failed or pending.
 
         Committed: the target's watermark covers `seq` and no open exception names it. Failed: the
-        target is failed, or an open exception names `seq`. Pending otherwise.
+        target is failed, or an open exception names `seq` (`_open_failures`). Pending otherwise.
 
         Returns:
             (mapping id, one state per target, by name)
@@ -318,15 +319,7 @@ class RoutingStore(RecoveryStore):
                     Watermark.mapping_id == mapping.id, Watermark.source_node == mapping.source_node
                 ),
             )
-            errors: dict[str, str] = _pairs(
-                session,
-                select(CommitException.target_node, CommitException.error).where(
-                    CommitException.mapping_id == mapping.id,
-                    CommitException.source_node == mapping.source_node,
-                    CommitException.seq == seq,
-                    CommitException.resolved_at.is_(None),
-                ),
-            )
+            errors = _open_failures(session, mapping, seq)
             failed = {
                 r.node_id: r.reason
                 for r in session.scalars(
@@ -352,3 +345,26 @@ class RoutingStore(RecoveryStore):
                     )
                 )
             return mapping.id, states
+
+
+def _open_failures(session: Session, mapping: MappingRow, seq: int) -> dict[str, str]:
+    """The error of each target's open failure of `seq` in the journal the source's head names:
+    another journal's failure of that seq is another change ("" on either side matches any: not
+    known). Until the head names a new journal, targets that already report it fail its seqs,
+    which are not the head's; once it does, the old journal's open failures are closed
+    (_journals.py `retire`)."""
+    exc = CommitException
+    journal = session.scalar(
+        select(SourceHead.journal_id).where(
+            SourceHead.mapping_id == mapping.id, SourceHead.source_node == mapping.source_node
+        )
+    )
+    query = select(exc.target_node, exc.error).where(
+        exc.mapping_id == mapping.id,
+        exc.source_node == mapping.source_node,
+        exc.seq == seq,
+        exc.resolved_at.is_(None),
+    )
+    if journal:
+        query = query.where(or_(exc.journal_id == journal, exc.journal_id == ""))
+    return _pairs(session, query)

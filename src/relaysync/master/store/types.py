@@ -130,6 +130,7 @@ class ExceptionInfo:
     at: float  # last failure
     attempts: int
     resolved_at: float | None
+    journal_id: str = ""  # the source journal its seq counts in ("": not named)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
