@@ -6,9 +6,9 @@ in the one its target last reported (_journals.py): a watermark covers a row onl
 journal ("" matches any), or a watermark of the new journal at seq 8 would count as committed
 the old journal's change 8, another file; and an open failure holds back only a row of its own
 journal (the same match), or the old journal's failure of seq 8 would count against the new
-journal's change 8 until the head switches (`retire` then closes it), and the other way round. The rows of a journal a new one replaced stay in the
-log as history (`replaced`): their watermarks were voided, so no target counts them, and nothing
-more of them will commit. A row of none named (an older target's, or from before 0026) counts as
+journal's change 8 until the head switches (`retire` then closes it), and the other way round.
+The rows of a journal a new one replaced stay in the log as history (`replaced`): their
+watermarks were voided, so no target counts them, and nothing more of them will commit. A row of none named (an older target's, or from before 0026) counts as
 a replaced journal's if it was reported before the head's journal was first heard, that journal
 having replaced another (`_unnamed_replaced`): before, the old journal's rows of none named
 matched the new journal's watermarks, and showed as committed (or pending for good) beside it.
