@@ -14,11 +14,10 @@ import sqlalchemy as sa
 
 from relaysync.master.api.jobs import _cursor
 from relaysync.master.store import Store
-from relaysync.master.store._engine import make_engine
 from relaysync.master.store.types import ChangeLogRow
 from relaysync.protocol.messages import CommitRecord, CommitReport
 from relaysync.testing.cluster import wait_until
-from tests.unit.master._old_rows import add_source_and_mapping
+from tests.unit.master._old_rows import job_log_at
 from tests.unit.master.test_store_ids import _migrate_to
 from tests.unit.master.test_store_joblog import SRC, T1, T2, count, mapping_id
 
@@ -274,11 +273,8 @@ def test_the_upgrade_keeps_the_rows_as_of_no_journal_named(empty_store_url: str)
     """0026 on a job log of 0025: its rows get journal "" (matches any); a new journal's row at
     one of their seqs is then a row of its own. The downgrade keeps one row per seq, the one
     reported last."""
-    _migrate_to(empty_store_url, "0025_alert_retention")
-    engine = make_engine(empty_store_url)
-    try:
+    with job_log_at(empty_store_url, "0025_alert_retention", SRC) as engine:
         with engine.begin() as conn:
-            add_source_and_mapping(conn, SRC)
             conn.execute(
                 sa.text(
                     "INSERT INTO changes (mapping_id, source_node, seq, op, path, size,"
@@ -302,5 +298,3 @@ def test_the_upgrade_keeps_the_rows_as_of_no_journal_named(empty_store_url: str)
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT seq, path FROM changes ORDER BY 1"))
             assert rows.all() == [(1, "new"), (2, "old/f2.html")]
-    finally:
-        engine.dispose()
