@@ -18,8 +18,9 @@ from relaysync.master.store.types import ChangeLogRow
 from relaysync.protocol.messages import CommitRecord, CommitReport
 from relaysync.testing.cluster import wait_until
 from tests.unit.master._old_rows import job_log_at
+from tests.unit.master._reports import SRC, T1, T2, report
 from tests.unit.master.test_store_ids import _migrate_to
-from tests.unit.master.test_store_joblog import SRC, T1, T2, count, mapping_id
+from tests.unit.master.test_store_joblog import count, mapping_id
 
 __all__ = ["mapping_id"]  # the fixture, used by name
 
@@ -30,18 +31,11 @@ def committed(
     mid: int, target: str, journal: str, changes: dict[int, tuple[str, str]], watermark: int
 ) -> CommitReport:
     """`target` committed `changes` (seq -> (op, path)) of `journal`, up to `watermark`."""
-    records = tuple(
+    records = (
         CommitRecord(seq=s, op=op, path=path, size=10, committed_at=time.time())
         for s, (op, path) in sorted(changes.items())
     )
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=watermark,
-        records=records,
-        journal_id=journal,
-    )
+    return report(mid, target, watermark, *records, journal=journal)
 
 
 OLD_CHANGES = {s: ("file", f"old/f{s}.html") for s in range(1, 11)}

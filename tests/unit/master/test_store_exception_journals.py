@@ -13,9 +13,11 @@ import sqlalchemy as sa
 
 from relaysync.master.store import Store
 from relaysync.protocol.messages import CommitRecord, CommitReport
+from tests.unit.master import _reports
 from tests.unit.master._old_rows import job_log_at
+from tests.unit.master._reports import SRC, T1, T2
 from tests.unit.master.test_store_ids import _migrate_to
-from tests.unit.master.test_store_joblog import SRC, T1, T2, mapping_id
+from tests.unit.master.test_store_joblog import mapping_id
 
 __all__ = ["mapping_id"]  # the fixture, used by name
 
@@ -33,14 +35,7 @@ def report(
         CommitRecord(seq=s, op="file", path=f"{journal}/f{s}", ok=False, error="disk full")
         for s in failed
     ]
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=watermark,
-        records=tuple(records),
-        journal_id=journal,
-    )
+    return _reports.report(mid, target, watermark, *records, journal=journal)
 
 
 def _open(store: Store, mid: int) -> set[tuple[str, int, str]]:
