@@ -301,18 +301,9 @@ def test_recovery_manual_only_on_request(env: Env) -> None:
 
 
 def test_manual_route_bypasses_a_failed_relay(env: Env) -> None:
-    route = [
-        ["src", "a1"],
-        ["a1", "a2"],
-        ["a1", "a3"],
-        ["src", "b1"],
-        ["b1", "b2"],
-        ["src", "c1"],
-        ["c1", "c2"],
-    ]
     env.client.put(
         f"/api/mappings/{env.mapping_id}/routing",
-        json={"mode": "manual", "hops": route, "fail_after_s": 10},
+        json={"mode": "manual", "hops": MANUAL_ROUTE, "fail_after_s": 10},
     )
     _fail(env, "a1")
     hops = {h["child"]: h for h in env.routes()["hops"]}
