@@ -97,6 +97,27 @@ def test_a_large_file_saved_three_times_while_held_goes_once_as_a_small_delta(
     assert bytes_sent_to(port) - sent < 1024 * 1024
 
 
+def _rename_and_send(
+    fleet: Fleet, mapping: dict, journal: Path, written: list[str], old: str, new: str
+) -> None:
+    """Once the held mapping's source journaled the writes of `written`, rename `old` to `new`
+    in its folder; once it journaled the rename, release the mapping (POST send)."""
+    src = Path(mapping["source_path"])
+    wait_until(
+        lambda: {("write", f) for f in written} <= set(journaled_ops(journal)),
+        timeout_s=30,
+        what=f"the writes of {written} journaled",
+    )
+    (src / old).rename(src / new)
+    wait_until(
+        lambda: ("rename", old) in journaled_ops(journal),
+        timeout_s=30,
+        what=f"the rename of {old} journaled",
+    )
+    r = fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
+    assert r.status_code == 200, r.text
+
+
 def test_a_directory_built_then_renamed_while_held_arrives_with_its_files(fleet: Fleet) -> None:
     """A deploy builds `release.tmp/` and renames it into place while the mapping is held: when
     the link sends the writes, their files are gone (moved), and the rename alone would move an
@@ -110,19 +131,7 @@ def test_a_directory_built_then_renamed_while_held_arrives_with_its_files(fleet:
     for name in files[:3]:
         (src / name).write_text(name)
     (src / files[3]).write_bytes(os.urandom(300_000))  # streamed, not a small file
-    wait_until(
-        lambda: {("write", f) for f in files} <= set(journaled_ops(journal)),
-        timeout_s=30,
-        what="the build journaled",
-    )
-    (src / "release.tmp").rename(src / "release-42")
-    wait_until(
-        lambda: ("rename", "release.tmp") in journaled_ops(journal),
-        timeout_s=30,
-        what="the rename journaled",
-    )
-    r = fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
-    assert r.status_code == 200, r.text
+    _rename_and_send(fleet, mapping, journal, files, "release.tmp", "release-42")
     fleet.wait_converged(src, [dst])
 
 
@@ -158,19 +167,7 @@ def test_a_file_changed_then_renamed_while_held_leaves_no_old_name(fleet: Fleet)
     fleet.wait_converged(src, [dst])
     journal = hold(fleet, mapping)
     (src / "a.html").write_text("version 2")
-    wait_until(
-        lambda: ("write", "a.html") in journaled_ops(journal),
-        timeout_s=30,
-        what="the write journaled",
-    )
-    (src / "a.html").rename(src / "b.html")
-    wait_until(
-        lambda: ("rename", "a.html") in journaled_ops(journal),
-        timeout_s=30,
-        what="the rename journaled",
-    )
-    r = fleet.cluster.api.post(f"/api/mappings/{mapping['id']}/send")
-    assert r.status_code == 200, r.text
+    _rename_and_send(fleet, mapping, journal, ["a.html"], "a.html", "b.html")
     fleet.wait_converged(src, [dst])
 
 

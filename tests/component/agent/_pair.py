@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from relaysync.agent._target_role import TargetRole
 from relaysync.agent.peer_server import PeerServer, RefusalLookup
@@ -81,6 +84,28 @@ def plain_link(
         options=ops.SendOptions(tls=False, link_secret=SECRET),
         **kw,
     )
+
+
+def serve_link_until(
+    link: Callable[[int], TargetLink],
+    done: Callable[[], bool],
+    *,
+    to: int | PeerServer,
+    timeout_s: float,
+) -> None:
+    """Serve `link(port)` until `done()` holds (polled), then stop it; TimeoutError past
+    `timeout_s`. `to` is the port, or a peer server started first whose port is taken."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = to if isinstance(to, int) else await tg.start(to.serve)
+            tg.start_soon(link(port).serve)
+            with anyio.fail_after(timeout_s):
+                while not done():
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
 
 
 class LoneTargetRole(TargetRole):

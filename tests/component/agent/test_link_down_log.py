@@ -11,9 +11,8 @@ import logging
 import socket
 from pathlib import Path
 
-import anyio
 import pytest
-from tests.component.agent._pair import plain_link, source_mapping
+from tests.component.agent._pair import plain_link, serve_link_until, source_mapping
 
 from relaysync.transfer import sender
 
@@ -39,21 +38,16 @@ def test_a_target_down_for_long_is_logged_with_a_count_not_at_every_retry(
     monkeypatch.setattr(sender, "RECONNECT_MAX_S", RETRY_S)
     caplog.set_level(logging.DEBUG, logger="relaysync")
     failed: list[int] = []
-
-    async def main() -> None:
-        async with anyio.create_task_group() as tg:
-            link = plain_link(
-                source_mapping(tmp_path),
-                _closed_port(),
-                on_failure=lambda node, err, count: failed.append(count),
-            )
-            tg.start_soon(link.serve)
-            with anyio.fail_after(WAIT_S):
-                while len(failed) < FAILURES:
-                    await anyio.sleep(0.01)
-            tg.cancel_scope.cancel()
-
-    anyio.run(main)
+    serve_link_until(
+        lambda port: plain_link(
+            source_mapping(tmp_path),
+            port,
+            on_failure=lambda node, err, count: failed.append(count),
+        ),
+        lambda: len(failed) >= FAILURES,
+        to=_closed_port(),
+        timeout_s=WAIT_S,
+    )
     warnings = [
         r.getMessage()
         for r in caplog.records

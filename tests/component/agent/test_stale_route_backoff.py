@@ -14,9 +14,8 @@ import logging
 import time
 from pathlib import Path
 
-import anyio
 import pytest
-from tests.component.agent._pair import peer_server, plain_link, source_mapping
+from tests.component.agent._pair import peer_server, plain_link, serve_link_until, source_mapping
 
 from relaysync.constants import ROUTES_STALE_RETRY_MAX_S
 from relaysync.protocol.framing import FramedStream
@@ -45,25 +44,18 @@ def _refusals(tmp: Path, *, reports: int) -> tuple[list[float], list[float]]:
     refused_at: list[float] = []
     reported_at: list[float] = []
     _Timed.opened_at = refused_at
-
-    async def main() -> None:
-        async with anyio.create_task_group() as tg:
-            server = peer_server(None)
-            port = await tg.start(server.serve)
-            link = plain_link(
-                source_mapping(tmp),
-                port,
-                cls=_Timed,
-                route_epoch=lambda: 2_000,  # the target runs none: "not ours yet"
-                on_failure=lambda node, err, count: reported_at.append(time.monotonic()),
-            )
-            tg.start_soon(link.serve)
-            with anyio.fail_after(WAIT_S):
-                while len(reported_at) < reports:
-                    await anyio.sleep(0.01)
-            tg.cancel_scope.cancel()
-
-    anyio.run(main)
+    serve_link_until(
+        lambda port: plain_link(
+            source_mapping(tmp),
+            port,
+            cls=_Timed,
+            route_epoch=lambda: 2_000,  # the target runs none: "not ours yet"
+            on_failure=lambda node, err, count: reported_at.append(time.monotonic()),
+        ),
+        lambda: len(reported_at) >= reports,
+        to=peer_server(None),
+        timeout_s=WAIT_S,
+    )
     return refused_at, reported_at
 
 

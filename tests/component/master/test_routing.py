@@ -7,157 +7,22 @@ Store on SQLite and PostgreSQL; the REST API through FastAPI's TestClient; no ag
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
+from tests.component.master._routing_env import FLEET, MANUAL_ROUTE, Env, nid, routing_env
 
-from relaysync.auth.ca import CertificateAuthority
 from relaysync.constants import RECEIVE_TIMEOUT_S
 from relaysync.master._router_clock import HOP_FAILED_TTL_S, LINK_GRACE_S
-from relaysync.master.app import create_app
 from relaysync.master.events import EventBus, EventType
 from relaysync.master.router import Router
 from relaysync.master.store import Store
-from relaysync.protocol.messages import Assignment, CommitRecord, CommitReport
-
-ADMIN = "admin-secret"
-T0 = 1_000_000.0
-
-# name -> (region, group): the source's group, a second group in its region, another region
-FLEET = {
-    "src": ("r1", "g1"),
-    "a1": ("r1", "g1"),
-    "a2": ("r1", "g1"),
-    "a3": ("r1", "g1"),
-    "b1": ("r1", "g2"),
-    "b2": ("r1", "g2"),
-    "c1": ("r2", "g3"),
-    "c2": ("r2", "g3"),
-}
-
-
-def nid(name: str) -> str:
-    return (name * 64)[:64]
-
-
-@dataclass
-class Clock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Pushes:
-    calls: int = 0
-
-    def __call__(self) -> None:
-        self.calls += 1
-
-
-@dataclass
-class Env:
-    store: Store
-    router: Router
-    client: TestClient
-    events: EventBus
-    clock: Clock
-    pushes: Pushes
-    mapping_id: int
-    seen: set[int] = field(default_factory=set)
-
-    def event_types(self) -> list[EventType]:
-        """The events since the last call."""
-        new = [e for e in self.events.since(0) if e.id not in self.seen]
-        self.seen |= {e.id for e in new}
-        return [e.type for e in new]
-
-    def routes(self) -> dict:
-        resp = self.client.get(f"/api/mappings/{self.mapping_id}/routes")
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def parent_of(self, child: str) -> str | None:
-        return next((h["parent"] for h in self.routes()["hops"] if h["child"] == child), None)
-
-    def set_state(self, name: str, state: str) -> None:
-        self.store.set_server_state(nid(name), state, self.clock.now)
-        (self.router.node_up if state == "up" else self.router.node_down)(nid(name))
-
-    def tick(self, seconds: float) -> None:
-        self.clock.now += seconds
-        self.router.tick()
-
-    def targets_sent(self, node: str = "src") -> set[str]:
-        assignment = self.router.apply(self.store.assignment_for(nid(node)), nid(node))
-        (spec,) = assignment.mappings
-        return {t.node_id for t in spec.targets}
-
-    def report(
-        self,
-        target: str,
-        watermark: int,
-        route: tuple[str, ...] = (),
-        failed_seq: int = 0,
-        journal: str = "",
-    ) -> None:
-        records = tuple(
-            CommitRecord(
-                seq=s,
-                op="file",
-                path=f"f{s}",
-                ok=s != failed_seq,
-                error="EIO" if s == failed_seq else "",
-            )
-            for s in range(1, watermark + 2)
-        )
-        self.store.record_commit_reports(
-            [
-                CommitReport(
-                    mapping_id=self.mapping_id,
-                    source_node=nid("src"),
-                    target_node=nid(target),
-                    watermark=watermark,
-                    records=records,
-                    route=route,
-                    journal_id=journal,
-                )
-            ]
-        )
+from relaysync.protocol.messages import Assignment
 
 
 @pytest.fixture
 def env(store: Store, tmp_path: Path) -> Iterator[Env]:
-    for name, (region, group) in FLEET.items():
-        store.upsert_server(
-            node_id=nid(name), name=name, region=region, group=group, address=f"{name}:1"
-        )
-        store.set_server_state(nid(name), "up", T0)
-    mapping = store.create_mapping(
-        name="www",
-        source="src",
-        source_path="/srv",
-        targets=[(n, "/www") for n in FLEET if n != "src"],
-    )
-    events, clock, pushes = EventBus(), Clock(), Pushes()
-    router = Router(store, events, clock=clock, on_change=pushes)
-    app = create_app(
-        store=store,
-        ca=CertificateAuthority.load_or_create(tmp_path / "ca"),
-        events=events,
-        admin_token=ADMIN,
-        control_address="127.0.0.1:7000",
-        on_change=lambda: None,
-        router=router,
-    )
-    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
-        e = Env(store, router, client, events, clock, pushes, mapping.id)
-        router.load()
-        router.refresh("start")
-        e.event_types()
+    with routing_env(store, tmp_path) as e:
         yield e
 
 
@@ -204,19 +69,7 @@ def test_topology_edit_errors(env: Env) -> None:
     [
         ([["src", "a1"], ["a1", "a2"], ["a2", "a1"]], "a1"),  # a loop / reached twice
         ([["src", "ghost"]], "ghost"),  # unknown server
-        (
-            [
-                ["src", "a1"],
-                ["a1", "a2"],
-                ["a1", "a3"],
-                ["src", "b1"],
-                ["b1", "b2"],
-                ["src", "c1"],
-                ["c1", "c2"],
-                ["b1", "a1"],
-            ],
-            "a1",
-        ),  # a target reached twice
+        ([*MANUAL_ROUTE, ["b1", "a1"]], "a1"),  # a target reached twice
     ],
 )
 def test_manual_route_refused_with_the_planners_message(env: Env, hops: list, words: str) -> None:
@@ -230,15 +83,7 @@ def test_manual_route_refused_with_the_planners_message(env: Env, hops: list, wo
 
 
 def test_manual_route_and_settings(env: Env) -> None:
-    route = [
-        ["src", "a1"],
-        ["a1", "a2"],
-        ["a1", "a3"],
-        ["src", "b1"],
-        ["b1", "b2"],
-        ["src", "c1"],
-        ["c1", "c2"],
-    ]
+    route = MANUAL_ROUTE
     resp = env.client.put(
         f"/api/mappings/{env.mapping_id}/routing",
         json={"mode": "manual", "hops": route, "fanout": 2, "fail_after_s": 30},
@@ -456,18 +301,9 @@ def test_recovery_manual_only_on_request(env: Env) -> None:
 
 
 def test_manual_route_bypasses_a_failed_relay(env: Env) -> None:
-    route = [
-        ["src", "a1"],
-        ["a1", "a2"],
-        ["a1", "a3"],
-        ["src", "b1"],
-        ["b1", "b2"],
-        ["src", "c1"],
-        ["c1", "c2"],
-    ]
     env.client.put(
         f"/api/mappings/{env.mapping_id}/routing",
-        json={"mode": "manual", "hops": route, "fail_after_s": 10},
+        json={"mode": "manual", "hops": MANUAL_ROUTE, "fail_after_s": 10},
     )
     _fail(env, "a1")
     hops = {h["child"]: h for h in env.routes()["hops"]}

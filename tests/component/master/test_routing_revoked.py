@@ -4,21 +4,19 @@ target. Pinned after a review suspected Router.apply named it as a relay; it did
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
-from tests.component.master import test_routing
-from tests.component.master.test_routing import FLEET, Env, nid
+from tests.component.master._routing_env import FLEET, MANUAL_ROUTE, Env, nid, routing_env
 
-env = test_routing.env  # the same fleet of eight servers and mapping, a router with a fake clock
+from relaysync.master.store import Store
 
-MANUAL_ROUTE = [
-    ["src", "a1"],
-    ["a1", "a2"],
-    ["a1", "a3"],
-    ["src", "b1"],
-    ["b1", "b2"],
-    ["src", "c1"],
-    ["c1", "c2"],
-]
+
+@pytest.fixture
+def env(store: Store, tmp_path: Path) -> Iterator[Env]:
+    with routing_env(store, tmp_path) as e:
+        yield e
 
 
 @pytest.mark.parametrize("mode", ["auto", "manual"])

@@ -69,25 +69,27 @@ def _report(harness: Harness, target: str, rel: str, seq: int = 1) -> CommitRepo
     )
 
 
-def _acknowledge(harness: Harness, acked: dict[str, int], target: str) -> Callable[[], None]:
-    """The agent's side: the report of `target` is acknowledged, with how many purges the
-    purger had queued by then (`_job_log` counts them: the store's queue falls as the caches
-    take them, and a quick cache left it at 0 before an acknowledgement was noted)."""
-    return lambda: acked.setdefault(target, _QUEUED.get(id(harness.purger), 0))
+class _Acks(dict[str, int]):
+    """The agent's side: the reports acknowledged, by target, each with how many purges the
+    purger had queued by then (`queued`, counted by `_job_log`: the store's queue falls as the
+    caches take them, and a quick cache left it at 0 before an acknowledgement was noted)."""
 
+    queued = 0
 
-_QUEUED: dict[int, int] = {}  # purges queued so far, by id of the purger (`_job_log`)
+    def taken(self, target: str) -> Callable[[], None]:
+        """The callback noting that the report of `target` was acknowledged."""
+        return lambda: self.setdefault(target, self.queued)
 
 
 @asynccontextmanager
-async def _job_log(harness: Harness) -> AsyncIterator[JobLogWriter]:
-    """A job-log writer serving, told to the harness's purger (no spool); counts the purges
-    the purger queues."""
+async def _job_log(harness: Harness, acks: _Acks) -> AsyncIterator[JobLogWriter]:
+    """A job-log writer serving, told to the harness's purger (no spool); the purges the purger
+    queues are counted in `acks.queued`."""
     purger, real_enqueue = harness.purger, harness.purger._enqueue
 
     async def enqueue(items: list[PurgeItem]) -> None:
         await real_enqueue(items)
-        _QUEUED[id(purger)] = _QUEUED.get(id(purger), 0) + len(items)
+        acks.queued += len(items)
 
     purger._enqueue = enqueue  # type: ignore[method-assign]
     writer = JobLogWriter(harness.store, EventBus())
@@ -99,19 +101,16 @@ async def _job_log(harness: Harness) -> AsyncIterator[JobLogWriter]:
         finally:
             tg.cancel_scope.cancel()
             del purger._enqueue  # type: ignore[method-assign]
-            _QUEUED.pop(id(purger), None)
 
 
 async def test_a_report_is_acknowledged_once_its_purge_is_queued_not_at_its_write(
     harness: Harness, queue_refused: QueueRefused
 ) -> None:
     harness.write("a.html", b"a")  # the caches fetch what they are told to refresh
-    acked: dict[str, int] = {}
-    async with _job_log(harness) as writer:
+    acked = _Acks()
+    async with _job_log(harness, acked) as writer:
         for target in (O1, O2):
-            writer.add(
-                _report(harness, target, "a.html"), taken=_acknowledge(harness, acked, target)
-            )
+            writer.add(_report(harness, target, "a.html"), taken=acked.taken(target))
         await harness.until(
             lambda: writer.written_reports == 2 and queue_refused.refused >= 2,
             what="both reports written, the purge queue refusing their purge twice",
@@ -133,12 +132,12 @@ async def test_a_report_not_yet_in_the_purge_queue_is_sent_again_and_purged_afte
     first = Purger(harness.store, retry_min_s=0.05, retry_max_s=0.2)
     writer = JobLogWriter(harness.store, EventBus())
     writer.subscribe(first.on_commit_report)
-    acked: dict[str, int] = {}
+    acked = _Acks()
     async with anyio.create_task_group() as tg:
         await tg.start(first.serve)
         await tg.start(writer.serve)
         for target, report in reports.items():
-            writer.add(report, taken=_acknowledge(harness, acked, target))
+            writer.add(report, taken=acked.taken(target))
         await harness.until(
             lambda: writer.written_reports == 2 and queue_refused.refused >= 2,
             what="both reports written, their purge not queued",
@@ -147,10 +146,10 @@ async def test_a_report_not_yet_in_the_purge_queue_is_sent_again_and_purged_afte
     assert acked == {} and harness.store.queued_purges() == 0
     queue_refused.down = False
     # the agents send again what was not acknowledged, to the next run (the running harness)
-    async with _job_log(harness) as writer:
+    async with _job_log(harness, acked) as writer:
         for target, report in reports.items():
             if target not in acked:
-                writer.add(report, taken=_acknowledge(harness, acked, target))
+                writer.add(report, taken=acked.taken(target))
         await harness.until_served("b.html", (200, b"b-v2"), timeout_s=WAIT_S)
         await harness.until(lambda: len(acked) == 2, what="both reports acknowledged")
 
@@ -162,15 +161,15 @@ async def test_a_report_sent_again_waits_for_the_queueing_of_the_change_it_names
     the change they name is released already (nothing new to release), but not queued yet, so
     the report sent again is not acknowledged before it is."""
     harness.write("c.html", b"c")
-    acked: dict[str, int] = {}
-    async with _job_log(harness) as writer:
+    acked = _Acks()
+    async with _job_log(harness, acked) as writer:
         for target in (O1, O2):
             writer.add(_report(harness, target, "c.html"))  # the first session's, never acked
         await harness.until(
             lambda: writer.written_reports == 2 and queue_refused.refused >= 1,
             what="both reports written, their purge not queued",
         )
-        writer.add(_report(harness, O1, "c.html"), taken=_acknowledge(harness, acked, O1))
+        writer.add(_report(harness, O1, "c.html"), taken=acked.taken(O1))
         await harness.until(lambda: writer.written_reports == 3, what="the one sent again written")
         assert acked == {}
         queue_refused.down = False
@@ -204,14 +203,12 @@ async def test_reports_read_back_from_the_spool_stay_there_until_their_purge_is_
         harness.store, EventBus(), spool_dir=tmp_path / "spool", max_queued_records=1
     )
     writer.subscribe(first.on_commit_report, barrier=first.barrier)
-    acked: dict[str, int] = {}
+    acked = _Acks()
     async with anyio.create_task_group() as tg:
         await tg.start(first.serve)
         await tg.start(writer.serve)
         for target in (O1, O2):
-            writer.add(
-                _report(harness, target, "d.html"), taken=_acknowledge(harness, acked, target)
-            )
+            writer.add(_report(harness, target, "d.html"), taken=acked.taken(target))
         await harness.until(lambda: len(acked) == 2, what="both reports spooled and acknowledged")
         store_down[0] = False  # the job log's writes go through; the purge queue's do not yet
         await harness.until(lambda: writer.written_reports >= 2, what="both read back, written")
@@ -233,9 +230,9 @@ async def test_an_origins_report_waits_for_the_other_origins_and_goes_when_its_s
 ) -> None:
     """The change waits in the commit tracker for o2 (up, not committed yet): o1's report is
     not acknowledged; once the site is deleted there is nothing to purge, and it is."""
-    acked: dict[str, int] = {}
-    async with _job_log(harness) as writer:
-        writer.add(_report(harness, O1, "e.html"), taken=_acknowledge(harness, acked, O1))
+    acked = _Acks()
+    async with _job_log(harness, acked) as writer:
+        writer.add(_report(harness, O1, "e.html"), taken=acked.taken(O1))
         await harness.until(lambda: writer.written_reports == 1, what="o1's report written")
         assert acked == {} and harness.purger.tracker.pending == 1
         harness.store.delete_site(harness.site.id)
@@ -259,15 +256,15 @@ async def test_a_change_the_purger_fails_to_plan_does_not_hold_back_acknowledgem
         return await real_plan(site, change)  # type: ignore[arg-type]
 
     monkeypatch.setattr(harness.purger, "_plan", plan)
-    acked: dict[str, int] = {}
-    async with _job_log(harness) as writer:
+    acked = _Acks()
+    async with _job_log(harness, acked) as writer:
         for target in (O1, O2):
             report = _report(harness, target, "poison.html")
-            writer.add(report, taken=_acknowledge(harness, acked, f"{target}-poison"))
+            writer.add(report, taken=acked.taken(f"{target}-poison"))
         await harness.until(lambda: len(acked) == 2, what="the poisoned change's reports acked")
         for target in (O1, O2):
             report = _report(harness, target, "fine.html", seq=2)
-            writer.add(report, taken=_acknowledge(harness, acked, f"{target}-fine"))
+            writer.add(report, taken=acked.taken(f"{target}-fine"))
         await harness.until(lambda: len(acked) == 4, what="the later reports acknowledged")
         assert min(acked[f"{t}-fine"] for t in (O1, O2)) >= 1  # once their purge was queued
 
@@ -326,12 +323,10 @@ async def test_a_failure_queueing_what_was_planned_keeps_the_reports_waiting(
         return real_prune(items)
 
     monkeypatch.setattr(intake_module, "prune_bans", prune)
-    acked: dict[str, int] = {}
-    async with _job_log(harness) as writer:
+    acked = _Acks()
+    async with _job_log(harness, acked) as writer:
         for target in (O1, O2):
-            writer.add(
-                _report(harness, target, "g.html"), taken=_acknowledge(harness, acked, target)
-            )
+            writer.add(_report(harness, target, "g.html"), taken=acked.taken(target))
         await harness.until(
             lambda: writer.written_reports == 2 and failures[0] >= 2,
             what="both reports written, queueing their purge failing",
@@ -361,16 +356,16 @@ async def test_a_change_whose_planning_keeps_failing_on_the_store_lets_the_other
         return real_under(mapping_id, prefix)
 
     monkeypatch.setattr(harness.store, "changed_paths_under", under)
-    acked: dict[str, int] = {}
+    acked = _Acks()
     stuck = CommitRecord(seq=1, op="delete", path=f"{harness.site.root}/stuck")
-    async with _job_log(harness) as writer:
+    async with _job_log(harness, acked) as writer:
         for target in (O1, O2):
             report = _report(harness, target, "fine.html", seq=2)
             writer.add(
                 msgspec.structs.replace(report, records=(stuck,), watermark=1),
-                taken=_acknowledge(harness, acked, f"{target}-stuck"),
+                taken=acked.taken(f"{target}-stuck"),
             )
-            writer.add(report, taken=_acknowledge(harness, acked, f"{target}-fine"))
+            writer.add(report, taken=acked.taken(f"{target}-fine"))
         await harness.until(
             lambda: {f"{t}-fine" for t in (O1, O2)} <= acked.keys(),
             what="the later change's reports acknowledged while the first one's planning fails",

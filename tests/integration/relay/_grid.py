@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +108,41 @@ def _mapping(
         r = fleet.cluster.api.put(f"/api/mappings/{mapping_id}/routing", json=routing)
         assert r.status_code == 200, r.text
     return mapping_id, src, dsts
+
+
+@dataclass(frozen=True)
+class _RelayPair:
+    """A mapping to a1 and a2, one of which relays to the other."""
+
+    mapping_id: int
+    src: Path
+    dsts: list[Path]  # a1's folder, then a2's
+    relay: str
+    child: str
+
+    def dst(self, name: str) -> Path:
+        return self.dsts[("a1", "a2").index(name)]
+
+
+@contextmanager
+def _slow_relay_pair(fleet: Fleet) -> Iterator[_RelayPair]:
+    """A mapping to a1 and a2 once planned, the link from the source to the relay capped at
+    40 Mbit/s (a pair policy, removed on exit) and in force (a first file converged): a large
+    file takes seconds to reach the relay."""
+    mapping_id, src, dsts = _mapping(fleet, targets=("a1", "a2"))
+    parents = _parents(_wait_plan(fleet, mapping_id, lambda p: len(p) == 2, "a plan"))
+    relay, child = ("a1", "a2") if parents["a2"][0] == "a1" else ("a2", "a1")
+    r = fleet.cluster.api.put(
+        "/api/policies",
+        json={"scope": "pair", "source": "src", "target": relay, "bandwidth_limit_mbit": 40},
+    )
+    assert r.status_code in (200, 201), r.text
+    try:
+        (src / "warm.txt").write_text("policy in force")
+        fleet.wait_converged(src, dsts)
+        yield _RelayPair(mapping_id, src, dsts, relay, child)
+    finally:
+        fleet.cluster.api.delete(f"/api/policies/{r.json()['id']}")
 
 
 class _NoPartials:

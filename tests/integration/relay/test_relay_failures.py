@@ -28,6 +28,7 @@ from tests.integration.relay._grid import (
     _parents,
     _restart,
     _routes,
+    _slow_relay_pair,
     _wait_plan,
 )
 
@@ -194,37 +195,26 @@ def test_master_killed_mid_burst_nothing_committed_twice(grid: Fleet) -> None:
 def test_source_killed_while_a_relay_streams_on(grid: Fleet) -> None:
     """kill -9 of the source while its relay is forwarding a large file to its child: no partial
     file is ever visible, and once the source is back every target converges."""
-    mapping_id, src, dsts = _mapping(grid, targets=("a1", "a2"))
-    parents = _parents(_wait_plan(grid, mapping_id, lambda p: len(p) == 2, "a plan"))
-    relay, child = ("a1", "a2") if parents["a2"][0] == "a1" else ("a2", "a1")
-    r = grid.cluster.api.put(
-        "/api/policies",
-        json={"scope": "pair", "source": "src", "target": relay, "bandwidth_limit_mbit": 40},
-    )
-    assert r.status_code in (200, 201), r.text
-    policy_id = r.json()["id"]
     size = 24 * 1024 * 1024
-    try:
-        (src / "warm.txt").write_text("policy in force")
-        grid.wait_converged(src, dsts)
-        child_dir = dsts[("a1", "a2").index(child)]
-        with _NoPartials(dsts, "large.bin", size) as watch:
-            (src / "large.bin").write_bytes(os.urandom(size))
-            wait_until(
-                lambda: any(
-                    (child_dir / t).exists() and (child_dir / t).stat().st_size > 0
-                    for t in temp_files(child_dir)
-                ),
-                timeout_s=CONVERGE_TIMEOUT_S,
-                interval_s=0.01,
-                what="the child receiving through the relay",
-            )
-            grid.cluster.agents["src"].process.kill()
-            _restart(grid, "src")
-            grid.wait_converged(src, dsts, timeout_s=90)
-        assert watch.bad == []
-        assert all(temp_files(d) == [] for d in dsts)
-    finally:
-        grid.cluster.api.delete(f"/api/policies/{policy_id}")
-        if not grid.cluster.agents["src"].process.alive():
-            _restart(grid, "src")
+    with _slow_relay_pair(grid) as pair:
+        src, dsts, child_dir = pair.src, pair.dsts, pair.dst(pair.child)
+        try:
+            with _NoPartials(dsts, "large.bin", size) as watch:
+                (src / "large.bin").write_bytes(os.urandom(size))
+                wait_until(
+                    lambda: any(
+                        (child_dir / t).exists() and (child_dir / t).stat().st_size > 0
+                        for t in temp_files(child_dir)
+                    ),
+                    timeout_s=CONVERGE_TIMEOUT_S,
+                    interval_s=0.01,
+                    what="the child receiving through the relay",
+                )
+                grid.cluster.agents["src"].process.kill()
+                _restart(grid, "src")
+                grid.wait_converged(src, dsts, timeout_s=90)
+            assert watch.bad == []
+            assert all(temp_files(d) == [] for d in dsts)
+        finally:
+            if not grid.cluster.agents["src"].process.alive():
+                _restart(grid, "src")

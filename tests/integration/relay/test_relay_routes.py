@@ -23,6 +23,7 @@ from tests.integration.relay._grid import (
     _parents,
     _restart,
     _routes,
+    _slow_relay_pair,
     _wait_plan,
     _wait_route,
 )
@@ -103,19 +104,9 @@ def test_bypass_order(grid: Fleet, refusing: tuple[str, ...], refused: str, leve
 
 
 def test_streaming_relay_forwards_before_it_has_the_whole_file(grid: Fleet) -> None:
-    mapping_id, src, dsts = _mapping(grid, targets=("a1", "a2"))
-    parents = _parents(_wait_plan(grid, mapping_id, lambda p: len(p) == 2, "a plan"))
-    relay, child = ("a1", "a2") if parents["a2"][0] == "a1" else ("a2", "a1")
-    r = grid.cluster.api.put(
-        "/api/policies",
-        json={"scope": "pair", "source": "src", "target": relay, "bandwidth_limit_mbit": 40},
-    )
-    assert r.status_code in (200, 201), r.text
-    policy_id = r.json()["id"]
-    try:
-        relay_dir, child_dir = dsts[("a1", "a2").index(relay)], dsts[("a1", "a2").index(child)]
-        (src / "warm.txt").write_text("policy in force")
-        grid.wait_converged(src, dsts)
+    with _slow_relay_pair(grid) as pair:
+        src, dsts = pair.src, pair.dsts
+        relay_dir, child_dir = pair.dst(pair.relay), pair.dst(pair.child)
         size = 24 * 1024 * 1024  # about 5 s at 40 Mbit/s
         (src / "large.bin").write_bytes(os.urandom(size))
         seen: list[tuple[int, bool]] = []
@@ -141,8 +132,6 @@ def test_streaming_relay_forwards_before_it_has_the_whole_file(grid: Fleet) -> N
             what="the child receiving while the relay still receives",
         )
         grid.wait_converged(src, dsts, timeout_s=60)
-    finally:
-        grid.cluster.api.delete(f"/api/policies/{policy_id}")
 
 
 @pytest.mark.parametrize(

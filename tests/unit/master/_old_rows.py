@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import sqlalchemy as sa
+
+from relaysync.master.store._engine import make_engine
+from tests.unit.master.test_store_ids import _migrate_to
+
+
+@contextmanager
+def job_log_at(store_url: str, revision: str, node: str) -> Iterator[sa.Engine]:
+    """The database at `store_url` migrated to `revision`, holding server `node` and its mapping 1
+    (add_source_and_mapping); an engine on it, disposed on exit."""
+    _migrate_to(store_url, revision)
+    engine = make_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            add_source_and_mapping(conn, node)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def add_source_and_mapping(conn: sa.Connection, node: str) -> None:

@@ -14,13 +14,13 @@ import sqlalchemy as sa
 
 from relaysync.master.api.jobs import _cursor
 from relaysync.master.store import Store
-from relaysync.master.store._engine import make_engine
 from relaysync.master.store.types import ChangeLogRow
 from relaysync.protocol.messages import CommitRecord, CommitReport
 from relaysync.testing.cluster import wait_until
-from tests.unit.master._old_rows import add_source_and_mapping
+from tests.unit.master._old_rows import job_log_at
+from tests.unit.master._reports import SRC, T1, T2, report
 from tests.unit.master.test_store_ids import _migrate_to
-from tests.unit.master.test_store_joblog import SRC, T1, T2, count, mapping_id
+from tests.unit.master.test_store_joblog import count, mapping_id
 
 __all__ = ["mapping_id"]  # the fixture, used by name
 
@@ -31,18 +31,11 @@ def committed(
     mid: int, target: str, journal: str, changes: dict[int, tuple[str, str]], watermark: int
 ) -> CommitReport:
     """`target` committed `changes` (seq -> (op, path)) of `journal`, up to `watermark`."""
-    records = tuple(
+    records = (
         CommitRecord(seq=s, op=op, path=path, size=10, committed_at=time.time())
         for s, (op, path) in sorted(changes.items())
     )
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=watermark,
-        records=records,
-        journal_id=journal,
-    )
+    return report(mid, target, watermark, *records, journal=journal)
 
 
 OLD_CHANGES = {s: ("file", f"old/f{s}.html") for s in range(1, 11)}
@@ -274,11 +267,8 @@ def test_the_upgrade_keeps_the_rows_as_of_no_journal_named(empty_store_url: str)
     """0026 on a job log of 0025: its rows get journal "" (matches any); a new journal's row at
     one of their seqs is then a row of its own. The downgrade keeps one row per seq, the one
     reported last."""
-    _migrate_to(empty_store_url, "0025_alert_retention")
-    engine = make_engine(empty_store_url)
-    try:
+    with job_log_at(empty_store_url, "0025_alert_retention", SRC) as engine:
         with engine.begin() as conn:
-            add_source_and_mapping(conn, SRC)
             conn.execute(
                 sa.text(
                     "INSERT INTO changes (mapping_id, source_node, seq, op, path, size,"
@@ -302,5 +292,3 @@ def test_the_upgrade_keeps_the_rows_as_of_no_journal_named(empty_store_url: str)
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT seq, path FROM changes ORDER BY 1"))
             assert rows.all() == [(1, "new"), (2, "old/f2.html")]
-    finally:
-        engine.dispose()

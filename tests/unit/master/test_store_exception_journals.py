@@ -12,11 +12,12 @@ import time
 import sqlalchemy as sa
 
 from relaysync.master.store import Store
-from relaysync.master.store._engine import make_engine
 from relaysync.protocol.messages import CommitRecord, CommitReport
-from tests.unit.master._old_rows import add_source_and_mapping
+from tests.unit.master import _reports
+from tests.unit.master._old_rows import job_log_at
+from tests.unit.master._reports import SRC, T1, T2
 from tests.unit.master.test_store_ids import _migrate_to
-from tests.unit.master.test_store_joblog import SRC, T1, T2, mapping_id
+from tests.unit.master.test_store_joblog import mapping_id
 
 __all__ = ["mapping_id"]  # the fixture, used by name
 
@@ -34,14 +35,7 @@ def report(
         CommitRecord(seq=s, op="file", path=f"{journal}/f{s}", ok=False, error="disk full")
         for s in failed
     ]
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=watermark,
-        records=tuple(records),
-        journal_id=journal,
-    )
+    return _reports.report(mid, target, watermark, *records, journal=journal)
 
 
 def _open(store: Store, mid: int) -> set[tuple[str, int, str]]:
@@ -85,11 +79,8 @@ def test_a_new_journal_adopted_from_a_target_closes_the_old_ones_failures(
 def test_the_migration_adds_and_drops_the_exceptions_journal(empty_store_url: str) -> None:
     """0027 on a job log of 0026: its failures get journal "" (not known: never closed by a
     retire); the downgrade drops the column and the changes index."""
-    _migrate_to(empty_store_url, "0026_change_journals")
-    engine = make_engine(empty_store_url)
-    try:
+    with job_log_at(empty_store_url, "0026_change_journals", SRC) as engine:
         with engine.begin() as conn:
-            add_source_and_mapping(conn, SRC)
             conn.execute(
                 sa.text(
                     "INSERT INTO exceptions (mapping_id, source_node, target_node, seq, path,"
@@ -111,5 +102,3 @@ def test_the_migration_adds_and_drops_the_exceptions_journal(empty_store_url: st
                 i["name"] for i in inspector.get_indexes("changes")
             }
             assert conn.execute(sa.text("SELECT seq FROM exceptions")).all() == [(5,)]
-    finally:
-        engine.dispose()

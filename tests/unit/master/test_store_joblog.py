@@ -10,8 +10,7 @@ import sqlalchemy as sa
 
 from relaysync.master.store import Store
 from relaysync.protocol.messages import CommitRecord, CommitReport
-
-SRC, T1, T2 = "a" * 64, "b" * 64, "c" * 64
+from tests.unit.master._reports import SRC, T1, T2, report
 
 
 @pytest.fixture
@@ -36,19 +35,6 @@ def rec(
         error="" if ok else "disk full",
         duration_ms=1.5,
         committed_at=time.time(),
-    )
-
-
-def report(
-    mid: int, target: str, watermark: int, *records: CommitRecord, route: tuple[str, ...] = ()
-) -> CommitReport:
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=watermark,
-        records=tuple(records),
-        route=route,
     )
 
 

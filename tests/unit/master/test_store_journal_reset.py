@@ -13,7 +13,8 @@ from sqlalchemy import event
 
 from relaysync.master.store import Store
 from relaysync.protocol.messages import CommitRecord, CommitReport
-from tests.unit.master.test_store_joblog import SRC, T1, T2, mapping_id
+from tests.unit.master._reports import SRC, T1, T2, report
+from tests.unit.master.test_store_joblog import mapping_id
 
 __all__ = ["mapping_id"]  # the fixture, used by name
 
@@ -21,18 +22,11 @@ OLD, NEW = "1" * 32, "2" * 32
 
 
 def committed(mid: int, target: str, upto: int, journal: str, first: int = 1) -> CommitReport:
-    records = tuple(
+    records = (
         CommitRecord(seq=s, op="file", path=f"f{s}", committed_at=time.time())
         for s in range(first, upto + 1)
     )
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=upto,
-        records=records,
-        journal_id=journal,
-    )
+    return report(mid, target, upto, *records, journal=journal)
 
 
 def lags(store: Store, mid: int) -> dict[str, tuple[int, int, int]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from relaysync.cli.send_cmd import _taken
 from relaysync.master.store import Store
 from relaysync.protocol.messages import CommitReport
-from tests.unit.master.test_store_joblog import SRC, T1, T2, mapping_id, rec, report
+from tests.unit.master._reports import SRC, T1, T2, report
+from tests.unit.master.test_store_joblog import mapping_id, rec
 
 __all__ = ["mapping_id"]  # the fixture, used by name
 
@@ -83,11 +84,4 @@ def test_a_late_report_of_the_journal_a_release_replaced_changes_nothing(
 
 def _old(mid: int, seq: int) -> CommitReport:
     """T1's report of `seq` in the old journal."""
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=T1,
-        watermark=seq,
-        records=(rec(seq),),
-        journal_id=OLD,
-    )
+    return report(mid, T1, seq, rec(seq), journal=OLD)

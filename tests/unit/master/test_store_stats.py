@@ -9,9 +9,8 @@ import pytest
 from relaysync.errors import ConfigError
 from relaysync.master.store import Store
 from relaysync.master.store._stats import day_of, weighted_percentile
-from relaysync.protocol.messages import CommitRecord, CommitReport
-
-SRC, T1, T2 = "a" * 64, "b" * 64, "c" * 64
+from relaysync.protocol.messages import CommitRecord
+from tests.unit.master._reports import SRC, T1, T2, report
 
 
 @pytest.fixture
@@ -46,16 +45,6 @@ def rec(
         error="" if ok else "disk full",
         duration_ms=ms,
         committed_at=time.time(),
-    )
-
-
-def report(mid: int, target: str, watermark: int, *records: CommitRecord) -> CommitReport:
-    return CommitReport(
-        mapping_id=mid,
-        source_node=SRC,
-        target_node=target,
-        watermark=watermark,
-        records=tuple(records),
     )
 
 
