@@ -17,7 +17,7 @@ import pytest
 from relaysync.master.store import Store
 from relaysync.testing.caches import CacheFarm, start_cache_farm
 
-pytest_plugins = ["tests._coverage_save", "tests._thread_leaks"]
+pytest_plugins = ["tests._thread_leaks", "tests._worker_exit"]
 
 PG_START_TIMEOUT_S = 60  # initdb takes ~0.7 s and start ~0.1 s here; slow CI boxes get headroom
 _db_numbers = itertools.count(1)
