@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +22,8 @@ import pytest
 # how long the session's end waits for threads that are about to finish (idle pool workers)
 SETTLE_S = 15.0
 
-_first_seen: dict[int, tuple[threading.Thread, str]] = {}
+# by the thread itself: a finished thread's ident is soon reused by a new one
+_first_seen: weakref.WeakKeyDictionary[threading.Thread, str] = weakref.WeakKeyDictionary()
 
 
 def _idle_pool_worker(t: threading.Thread) -> bool:
@@ -54,8 +56,7 @@ def _held_at_exit() -> list[threading.Thread]:
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     yield
     for t in _held_at_exit():
-        if t.ident is not None and t.ident not in _first_seen:
-            _first_seen[t.ident] = (t, item.nodeid)
+        _first_seen.setdefault(t, item.nodeid)
 
 
 def _stack(t: threading.Thread) -> str:
@@ -74,7 +75,7 @@ def _report() -> str:
         return ""
     lines = [f"{len(left)} thread(s) left running would keep a test process from exiting:"]
     for t in left:
-        _, nodeid = _first_seen.get(t.ident or -1, (t, "(not seen after any test)"))
+        nodeid = _first_seen.get(t, "(not seen after any test)")
         lines.append(f"- {t.name!r}, first seen after {nodeid}; its stack:\n{_stack(t)}")
     return "\n".join(lines)
 

@@ -49,6 +49,7 @@ class ScannedFile(NamedTuple):
 
 _UNKNOWN = LeaseProbe(writing=None)
 _told_unbuilt: list[bool] = []  # the missing C probe is logged once per process
+_told_old_build: list[bool] = []  # and a build before ctime
 
 
 def closed_as_scanned(root: str | os.PathLike[str], relpath: str, scanned: ScannedFile) -> bool:
@@ -130,6 +131,13 @@ def _probe_from_root(root: str | os.PathLike[str], relpath: str) -> tuple[LeaseP
 
 
 def _from_raw(raw: RawProbe) -> LeaseProbe:
+    if len(raw) < 8 and not _told_old_build:
+        _told_old_build.append(True)
+        logger.warning(
+            "relaysync._util._leaseprobe is a build from before the ctime check (a checkout "
+            "updated without rebuilding it): rebuild it (python setup.py build_ext --inplace, "
+            "or reinstall); until then files a scan finds being written are held hot_file_s"
+        )
     verdict, dev, ino, size, mtime_s, mtime_ns_part = raw[:6]
     mtime_ns = min(max(mtime_s * 1_000_000_000 + mtime_ns_part, _INT64_MIN), _INT64_MAX)
     ctime_ns = raw[6] * 1_000_000_000 + raw[7] if len(raw) >= 8 and verdict == 0 else -1

@@ -130,15 +130,19 @@ def test_a_rewrite_that_kept_size_and_mtime_is_not_the_file_scanned(tree: Path, 
 
 
 def test_a_probe_built_before_ctime_tells_no_file_complete(
-    tree: Path, monkeypatch: pytest.MonkeyPatch
+    tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An older build of `_leaseprobe` answers six numbers, no ctime: a hot file is then held as
-    without the probe, never told complete on a check that could not see a rewrite."""
+    without the probe, never told complete on a check that could not see a rewrite; and the
+    stale build (a checkout updated without rebuilding) is said once, with what to do."""
     probe = _leaseprobe.probe
     monkeypatch.setattr(lease, "_leaseprobe", SimpleNamespace(probe=lambda *a: probe(*a)[:6]))
+    monkeypatch.setattr(lease, "_told_old_build", [])
     f = tree / "d" / "f"
     assert probe_lease(tree, "d/f").writing is False
     assert closed_as_scanned(tree, "d/f", _scanned(f)) is False
+    told = [r for r in caplog.records if "before the ctime check" in r.getMessage()]
+    assert len(told) == 1 and "rebuild it" in told[0].getMessage()
 
 
 def test_a_file_on_another_file_system_below_the_root_is_never_complete(tree: Path) -> None:
