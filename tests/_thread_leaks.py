@@ -92,9 +92,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if report:
         config.stash.setdefault(_LEAKS, []).append(report)
-    for text in config.stash.get(_LEAKS, []):
-        sys.stderr.write(text + "\n")
+    if config.stash.get(_LEAKS, []):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The leaks in a section of the summary, and why the run failed though every test passed."""
+    leaks = terminalreporter.config.stash.get(_LEAKS, [])
+    if not leaks:
+        return
+    terminalreporter.section("threads left running", sep="=", red=True)
+    for text in leaks:
+        terminalreporter.write_line(text)
+    terminalreporter.write_line("the run fails: a test left a thread that holds the exit", red=True)
 
 
 @pytest.hookimpl(optionalhook=True)
