@@ -12,6 +12,7 @@ import functools
 import os
 import shutil
 import stat
+import sys
 import threading
 import time
 import zlib
@@ -130,6 +131,13 @@ class OriginServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 1024
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer (a cache dropping a fetch a purge made moot) is
+        normal here; anything else is printed with its traceback as before."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 @dataclass
