@@ -2,7 +2,8 @@
 
 `JournalReads` is mixed into `Journal` (watch/journal.py), which opens, appends, indexes and
 releases; every read takes the journal's lock. A segment is sought from its nearest (seq, offset)
-index point; a bad frame met in it raises JournalCorrupt. Moved out of watch/journal.py.
+index point; a bad frame met in it raises JournalCorrupt. Records still in the journal's
+in-memory tail (the last appended) are returned from it, not read back. Moved out of watch/journal.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class JournalReads:
     _last_seq: int  # the highest seq appended
     _segments: list[int]  # the first seq of each segment, ascending
     _index: dict[int, tuple[list[int], list[int]]]  # segment -> (seqs, offsets) to seek from
+    _tail: list[JournalRecord]  # the last records appended, as written (Journal._keep_tail)
 
     if TYPE_CHECKING:  # the Journal's
 
@@ -61,6 +63,10 @@ class JournalReads:
             if after_seq < retained_after and not skip_released:
                 raise JournalGap(str(self._dir), after_seq, retained_after)
             after_seq = max(after_seq, retained_after)
+            tail = self._tail
+            if tail and after_seq >= tail[0].seq - 1:  # at the head: the records as written
+                start = after_seq + 1 - tail[0].seq
+                return tail[start : start + limit]
             out: list[JournalRecord] = []
             pos = max(bisect.bisect_right(self._segments, after_seq + 1) - 1, 0)
             for first in self._segments[pos:]:
