@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, case, literal_column, select, update
+from sqlalchemy import Table, and_, bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -23,6 +23,7 @@ from relaysync.master.store._journals import (
     adopt_journals,
     current_marks,
     drop_retired,
+    journal_retired,
     may_replace,
     other_journal,
 )
@@ -35,7 +36,6 @@ WATERMARKS: Table = Base.metadata.tables["watermarks"]
 ADVANCES: Table = Base.metadata.tables["watermark_advances"]
 EXCEPTIONS: Table = Base.metadata.tables["exceptions"]
 CATCHUP: Table = Base.metadata.tables["catchup"]
-RETIRED: Table = Base.metadata.tables["retired_journals"]
 
 Triple = tuple[int, str, str]  # (mapping id, source node, target node)
 
@@ -326,17 +326,7 @@ def _kept_journal(excluded: Any) -> Any:
     in a new journal), but a report of none named (an older agent on the way: "" is not known,
     not none) keeps the row's, unless that journal was replaced since (`retire` closed the row,
     and a report of it would be dropped): the failure is then of no journal known."""
-    r = RETIRED.c
-    # by name: SQLAlchemy does not correlate a subquery with an INSERT's table, it would join its own
-    retired = (
-        select(r.journal_id)
-        .where(
-            r.mapping_id == literal_column("exceptions.mapping_id"),
-            r.source_node == literal_column("exceptions.source_node"),
-            r.journal_id == literal_column("exceptions.journal_id"),
-        )
-        .exists()
-    )
+    retired = journal_retired(EXCEPTIONS.name)
     kept = EXCEPTIONS.c.journal_id
     return case((and_(excluded.journal_id == "", ~retired), kept), else_=excluded.journal_id)
 

@@ -161,22 +161,28 @@ def drop_retired(session: Session, reports: Sequence[CommitReport]) -> list[Comm
     return kept
 
 
+def journal_retired(row: str) -> ColumnElement[bool]:
+    """Whether the journal of the row named `row` in an upsert ("excluded", or the table's own
+    name for the stored row) is retired. By name: SQLAlchemy does not correlate a subquery with
+    `excluded` or with an INSERT's own table, it would join its own."""
+    c = RETIRED.c
+    return (
+        select(c.journal_id)
+        .where(
+            c.mapping_id == literal_column(f"{row}.mapping_id"),
+            c.source_node == literal_column(f"{row}.source_node"),
+            c.journal_id == literal_column(f"{row}.journal_id"),
+        )
+        .exists()
+    )
+
+
 def may_replace(excluded: Any) -> ColumnElement[bool]:
     """The WHERE of the watermark upsert (`excluded`: the row the batch writes): a watermark
     rises in its journal, and another journal replaces it, lower or not, unless that journal is
     retired: a batch that read the row before a new journal's head voided it must not write the
     old journal back. A row of no named journal ("") replaces none named."""
-    c = RETIRED.c
-    # by name: SQLAlchemy does not correlate a subquery with `excluded`, it would join its own
-    retired = (
-        select(c.journal_id)
-        .where(
-            c.mapping_id == literal_column("excluded.mapping_id"),
-            c.source_node == literal_column("excluded.source_node"),
-            c.journal_id == literal_column("excluded.journal_id"),
-        )
-        .exists()
-    )
+    retired = journal_retired("excluded")
     return or_(
         and_(WATERMARKS.c.seq < excluded.seq, WATERMARKS.c.journal_id == excluded.journal_id),
         and_(WATERMARKS.c.journal_id != excluded.journal_id, excluded.journal_id != "", ~retired),
