@@ -51,9 +51,9 @@ static int probe_open(int dir_fd, const char *path, uint64_t resolve) {
     return openat(dir_fd, path, PROBE_FLAGS);
 }
 
-/* The verdict on the open file `fd` (left open; its lease is dropped); with CLOSED, `*held` is
- * its fstat taken while the lease was held. */
-static int lease_verdict(int fd, struct stat *held) {
+/* The verdict on the open file `fd`, which is closed (and its lease with it) on return; with
+ * CLOSED, `*held` is its fstat taken while the lease was held. */
+static int probe_fd(int fd, struct stat *held) {
     struct stat st;
     int verdict = UNKNOWN;
     /* SIGURG (ignored by default), not SIGIO (whose default ends the process), tells of a
@@ -66,15 +66,8 @@ static int lease_verdict(int fd, struct stat *held) {
             verdict = OPEN_FOR_WRITING;
         }
     }
+    close(fd);
     return verdict;
-}
-
-static PyObject *answer(int verdict, struct stat *held) {
-    if (verdict != CLOSED) memset(held, 0, sizeof *held);
-    return Py_BuildValue("(iKKLLlLl)", verdict, (unsigned long long)held->st_dev,
-                         (unsigned long long)held->st_ino, (long long)held->st_size,
-                         (long long)held->st_mtim.tv_sec, (long)held->st_mtim.tv_nsec,
-                         (long long)held->st_ctim.tv_sec, (long)held->st_ctim.tv_nsec);
 }
 
 static PyObject *probe(PyObject *self, PyObject *args) {
@@ -88,28 +81,18 @@ static PyObject *probe(PyObject *self, PyObject *args) {
     fd = probe_open(dir_fd, path, (uint64_t)resolve);
     if (fd < 0)
         err = errno;
-    else {
-        verdict = lease_verdict(fd, &held);
-        close(fd);
-    }
+    else
+        verdict = probe_fd(fd, &held);
     Py_END_ALLOW_THREADS
     if (fd < 0) {
         errno = err;
         return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
     }
-    return answer(verdict, &held);
-}
-
-/* The probe of a file the caller has open (read-only: a scan reading it to hash), left open. */
-static PyObject *probe_fd(PyObject *self, PyObject *args) {
-    int fd, verdict;
-    struct stat held;
-    memset(&held, 0, sizeof held);
-    if (!PyArg_ParseTuple(args, "i:probe_open", &fd)) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    verdict = lease_verdict(fd, &held);
-    Py_END_ALLOW_THREADS
-    return answer(verdict, &held);
+    if (verdict != CLOSED) memset(&held, 0, sizeof held);
+    return Py_BuildValue("(iKKLLlLl)", verdict, (unsigned long long)held.st_dev,
+                         (unsigned long long)held.st_ino, (long long)held.st_size,
+                         (long long)held.st_mtim.tv_sec, (long)held.st_mtim.tv_nsec,
+                         (long long)held.st_ctim.tv_sec, (long)held.st_ctim.tv_nsec);
 }
 
 static PyMethodDef methods[] = {
@@ -122,11 +105,6 @@ static PyMethodDef methods[] = {
      "writing), and the rest is its fstat taken under the lease; 1: open for writing; 2: not a\n"
      "regular file, or no lease may be taken (not the owner and no CAP_LEASE, a file system\n"
      "without leases). With 1 or 2 the rest is 0. Raises OSError if the open fails."},
-    {"probe_open", probe_fd, METH_VARARGS,
-     "probe_open(fd, /) -> as probe's\n\n"
-     "The probe of a file already open read-only as `fd` (a scan reading it to hash): the\n"
-     "lease taken, the fstat under it and the lease dropped with the GIL released; `fd` is\n"
-     "left open. Two system calls more than the read, where `probe` opens and closes."},
     {NULL, NULL, 0, NULL},
 };
 

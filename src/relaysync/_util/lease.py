@@ -16,7 +16,7 @@ except ImportError:  # not built (setup.py build_ext): no probe, hot files held 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LeaseProbe", "ScannedFile", "closed_as_scanned", "probe_lease", "probe_open_file"]
+__all__ = ["LeaseProbe", "ScannedFile", "closed_as_scanned", "probe_lease"]
 
 _VERDICTS: dict[int, bool | None] = {0: False, 1: True, 2: None}  # as _leaseprobe.probe's
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # the manifest's mtime_ns column (mtime_ns_of)
@@ -97,16 +97,6 @@ def probe_lease(root: str | os.PathLike[str], relpath: str) -> LeaseProbe:
     if "\0" in relpath or not _built():
         return _UNKNOWN
     return _probe_from_root(root, relpath)[0]
-
-
-def probe_open_file(fd: int) -> LeaseProbe | None:
-    """The read-lease probe of the regular file the caller holds open read-only as `fd` (a scan
-    reading it to hash: two system calls, where `probe_lease` opens and closes the file too);
-    `fd` stays open. None if the probe cannot be made here (not built, or a build without it):
-    then ask `probe_lease` later, as before."""
-    if _leaseprobe is None or not hasattr(_leaseprobe, "probe_open"):
-        return None
-    return _from_raw(_leaseprobe.probe_open(fd))
 
 
 def _built() -> bool:

@@ -76,11 +76,7 @@ class HotFileHold:
         return [p for p in paths if not os.path.lexists(self.root / p)]
 
     async def _hold_hot(
-        self,
-        changes: list[PendingChange],
-        closed: set[str],
-        unclosed: set[str],
-        scanned: dict[str, tuple[int, bool | None]] | None = None,
+        self, changes: list[PendingChange], closed: set[str], unclosed: set[str]
     ) -> list[PendingChange]:
         """Keep back writes found by a scan of files modified in the last `hot_file_s` that may
         still be being written.
@@ -98,9 +94,7 @@ class HotFileHold:
         half would otherwise be committed on the targets. For OPEN_WRITER_HOLD_MAX_S at most.
         So is a write found with no close-write whose mtime is within OPEN_WRITER_HOLD_MAX_S,
         whatever found it (`_maybe_writing`): a rescan may find the paused writer's file before
-        its "modify" comes, or when none will. Such a file a scan hashed is not opened again to
-        ask: `scanned` holds what the lease the scan took on it as it read it told
-        (`Detection.writers`, path -> (inode number, open for writing)).
+        its "modify" comes, or when none will.
         """
         now = time.monotonic()
         # one held open for writing is asked again whatever found it (a rescan of the directory
@@ -115,9 +109,7 @@ class HotFileHold:
         writing = self._maybe_writing(changes, closed | expired, closed_inodes, unclosed) - hot
         held: set[int] = set()
         if hot or writing:
-            held = await anyio.to_thread.run_sync(
-                self._still_hot, changes, hot, writing, scanned or {}
-            )
+            held = await anyio.to_thread.run_sync(self._still_hot, changes, hot, writing)
         for i in held:
             self._held[changes[i].path] = 0
             if changes[i].path in unclosed or i in writing:
@@ -169,25 +161,14 @@ class HotFileHold:
         }
 
     def _still_hot(
-        self,
-        changes: list[PendingChange],
-        hot: set[int],
-        writing: set[int],
-        scanned: dict[str, tuple[int, bool | None]],
+        self, changes: list[PendingChange], hot: set[int], writing: set[int]
     ) -> set[int]:
         """Those of `hot` not told complete by `closed_as_scanned`, and those of `writing` some
-        process has open for writing: as the scan's probe of that very file (same inode) told,
-        else asked now (a worker thread's part). The root is opened once for the batch
-        (`root_held`), not once per file."""
+        process has open for writing (a worker thread's part). The root is opened once for the
+        batch (`root_held`), not once per file."""
         with root_held(self.root):
             held = {i for i in hot if not self._complete(changes[i])}
-            return held | {i for i in writing if self._writing(changes[i], scanned)}
-
-    def _writing(self, change: PendingChange, scanned: dict[str, tuple[int, bool | None]]) -> bool:
-        told = scanned.get(change.path)
-        if told is not None and change.entry is not None and told[0] == change.entry.ino:
-            return bool(told[1])
-        return bool(probe_lease(self.root, change.path).writing)
+            return held | {i for i in writing if probe_lease(self.root, changes[i].path).writing}
 
     def _complete(self, change: PendingChange) -> bool:
         entry = change.entry

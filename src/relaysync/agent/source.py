@@ -34,7 +34,7 @@ from relaysync.watch.watcher import FsEvent, Watcher
 
 from ._closed import closed_paths, note_closed
 from ._delete_runs import Mode
-from ._hot_files import OPEN_WRITER_HOLD_MAX_S, HotFileHold
+from ._hot_files import HotFileHold
 from ._mass_delete_guard import MassDeleteGuard
 from ._periodic_rescan import PeriodicRescan
 from ._unreadable_recheck import UnreadableRecheck
@@ -93,13 +93,7 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
             content if content is not None else ContentCache(), spec.mapping_id, self._readers
         )
         self._readers_of: tuple[MappingSpec, int] | None = None  # (spec, links that take content)
-        self.recorder = ChangeRecorder(
-            self.root,
-            self.manifest,
-            self.filter,
-            cache=self.content,
-            probe_writers_s=OPEN_WRITER_HOLD_MAX_S,
-        )
+        self.recorder = ChangeRecorder(self.root, self.manifest, self.filter, cache=self.content)
         self._new_records = anyio.Event()
         self._persisted_acks = dict(self._acks)  # what acks.json holds (written by _release)
         self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)
@@ -409,25 +403,19 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
                 isinstance(e, SourceListError) for e in detection.unreadable
             )
             detected = [c for c in detection.changes if self._encodes(c)]
-            skipped.update(await self._journal(detected, closed, unclosed, mode, detection.writers))
+            skipped.update(await self._journal(detected, closed, unclosed, mode))
             rest = self._guard_skip_rest(detection.rest, skipped)
         if listed and not skipped and any(e.kind == "rescan" and not e.path for e in events):
             # the whole folder, and no mass delete in it: a hold ends
             self._guard_rescanned(self._guard_sent - sent)
 
     async def _journal(
-        self,
-        detected: list[PendingChange],
-        closed: set[str],
-        unclosed: set[str],
-        mode: Mode,
-        writers: dict[str, tuple[int, bool | None]],
+        self, detected: list[PendingChange], closed: set[str], unclosed: set[str], mode: Mode
     ) -> list[str]:
         """Journal and apply detected changes, less the deletes the mass-delete guard holds or
-        defers (and the changes tied to them); return the paths of those. `writers`: what the
-        scans' lease probes told (`Detection.writers`)."""
+        defers (and the changes tied to them); return the paths of those."""
         note_closed(closed, detected)  # a file closed, then renamed: closed under its new name
-        changes = await self._hold_hot(detected, closed, unclosed, writers)
+        changes = await self._hold_hot(detected, closed, unclosed)
         self._follow_held(detected)
         if not changes:
             return []

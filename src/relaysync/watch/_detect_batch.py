@@ -51,8 +51,6 @@ class DetectBatch:
         # path -> (inode number, ctime) of a file unchanged but for them (Manifest.set_stat_notes)
         self.stat_notes: dict[str, tuple[int, int]] = {}
         self.unreadable: list[SourceReadError] = []  # files there but not readable to hash
-        # what the scans' lease probes told of the files they hashed (scanner.TreeScan.writers)
-        self.writers: dict[str, tuple[int, bool | None]] = {}
         self._by_ino: dict[int, set[str]] = {}
         self.follow: list[FsEvent] = []  # rescans to detect once this batch is applied
         self._listings: dict[str, dict[int, list[str]]] = {}  # dir -> inode -> names

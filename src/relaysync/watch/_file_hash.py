@@ -50,7 +50,6 @@ def hash_file(
     *,
     dir_fd: int | None = None,
     keep: Keep | None = None,
-    opened: Callable[[int], None] | None = None,
 ) -> bytes:
     """Return the 16-byte xxh3-128 digest of a file's content, read in 1 MiB blocks.
 
@@ -59,8 +58,7 @@ def hash_file(
     With `dir_fd`, `path` is relative to that directory (no walk of the whole path per file).
     `keep(digest, data, st)` is given the content of a file read whole in that one call, at the
     size stat'ed, with the fstat of the file read, unless that fstat changed during the read
-    (size, mtime, ctime: a file rewritten meanwhile) (watch/content_cache.py). `opened(fd)` is
-    called with the file open, before it is read (the scan's lease probe, watch/scanner.py).
+    (size, mtime, ctime: a file rewritten meanwhile) (watch/content_cache.py).
 
     Raises:
         OSError: the file cannot be opened or read.
@@ -69,17 +67,15 @@ def hash_file(
     if buf is None:  # one per thread, reused: a fresh 1 MiB per small file costs more than the read
         buf = _buffers.buf = bytearray(HASH_BUFFER_BYTES)
     view = memoryview(buf)
-    fd, at_open = _open_regular(path, dir_fd)
+    fd, opened = _open_regular(path, dir_fd)
     try:
-        if opened is not None:
-            opened(fd)
         filled = 0
         if 0 <= size < len(buf):
             filled = os.readv(fd, [view[: size + 1]])
             if filled == size:  # the end (a file that shrank, or a short read of a network
                 digest = xxhash.xxh3_128_digest(view[:filled])  # file system, reads on below)
-                if keep is not None and _unchanged(at_open, fd):
-                    keep(digest, bytes(view[:filled]), at_open)
+                if keep is not None and _unchanged(opened, fd):
+                    keep(digest, bytes(view[:filled]), opened)
                 return digest
         while filled < len(buf) and (n := os.readv(fd, [view[filled:]])):
             filled += n

@@ -58,14 +58,11 @@ class Detection(NamedTuple):
     """What one `detect()` call decided: `changes`, and the `rest` of the events, not looked at
     yet; `unreadable`, the files that are there but could not be read to hash and the
     directories that could not be listed (SourceListError): no change is recorded for them nor
-    below them (never a delete): look at them again later. `writers`: what the scans' lease
-    probes told of the recent files they hashed (path -> (inode number, open for writing)),
-    with `probe_writers_s`."""
+    below them (never a delete): look at them again later."""
 
     changes: list[PendingChange]
     rest: list[FsEvent]
     unreadable: tuple[SourceReadError, ...] = ()
-    writers: dict[str, tuple[int, bool | None]] = {}  # noqa: RUF012 - never changed
 
 
 class ChangeRecorder:
@@ -83,8 +80,6 @@ class ChangeRecorder:
             mode bits removed: watch/target_policy.py); None for a source.
         cache: a source's: where small files' content read to hash is kept for its links
             (watch/content_cache.py).
-        probe_writers_s: a source's: a scan asks, of each file modified in the last this many
-            seconds that it hashes, whether a process has it open for writing (`Detection`).
     """
 
     def __init__(
@@ -96,10 +91,8 @@ class ChangeRecorder:
         hard_links: bool = True,
         policy: TargetPolicy | None = None,
         cache: MappingContent | None = None,
-        probe_writers_s: float = 0.0,
     ) -> None:
         self._root = root
-        self._probe_writers_s = probe_writers_s
         self._manifest = manifest
         self._filter = path_filter
         self._hard_links = hard_links
@@ -142,7 +135,7 @@ class ChangeRecorder:
             rest = then_rescans(rest, batch.follow)
         if batch.stat_notes:  # a target's too: else such a file is hashed at every start
             self._manifest.set_stat_notes((p, i, c) for p, (i, c) in batch.stat_notes.items())
-        return Detection(batch.out, rest, tuple(batch.unreadable), batch.writers)
+        return Detection(batch.out, rest, tuple(batch.unreadable))
 
     def _on_write(self, batch: DetectBatch, event: FsEvent) -> None:
         self._restat(batch, event.path)
@@ -352,9 +345,7 @@ class ChangeRecorder:
             subdir=path,
             policy=self._policy,
             cache=self._cache,
-            probe_writers_s=self._probe_writers_s,
         )
-        batch.writers.update(result.writers)
         linked = result.linked if self._hard_links else []
         others = [self._other_links(batch, entry) for entry in linked]  # before anything is added
         if path:
@@ -381,7 +372,7 @@ class ChangeRecorder:
         out: list[PendingChange] = []
         rest = list(events)
         while rest:
-            changes, rest, *_ = self.detect(rest)
+            changes, rest, _ = self.detect(rest)
             self.apply(changes)
             out.extend(changes)
         return out

@@ -13,15 +13,13 @@ import errno
 import logging
 import os
 import stat
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
 
 from relaysync._util.fs import GONE_ERRNOS, open_dir_in
-from relaysync._util.lease import probe_open_file
 from relaysync.errors import SourceListError, SourceReadError
 from relaysync.watch._entry_changes import _kind_of, changes_for, same_stat
 from relaysync.watch._entry_changes import diff_entry as diff_entry
@@ -51,14 +49,12 @@ def entry_from_stat(
     hash_: bytes | None = None,
     dir_fd: int | None = None,
     cache: MappingContent | None = None,
-    opened: Callable[[int], None] | None = None,
 ) -> Entry | None:
     """Build an Entry from an lstat result, hashing the content unless `hash_` is given.
 
     `dir_fd`, an open descriptor of the directory holding `relpath`, is where the content is
     read from (by name), instead of root/relpath. `cache`: where a small file's content read
-    to hash is kept for the links (the source's). `opened(fd)`: called with a regular file
-    open to hash, before it is read (`TreeScan`'s lease probe).
+    to hash is kept for the links (the source's).
 
     Returns None for unsupported kinds (devices, sockets, FIFOs) and for paths that vanished.
 
@@ -86,7 +82,7 @@ def entry_from_stat(
             digest = hash_
             if digest is None:
                 keep = _keeper(cache, relpath, st) if cache is not None else None
-                digest = _hash(at, relpath, st.st_size, dir_fd, keep, opened)
+                digest = _hash(at, relpath, st.st_size, dir_fd, keep)
             return Entry(
                 path=relpath,
                 kind="f",
@@ -108,10 +104,9 @@ def _hash(
     size: int,
     dir_fd: int | None,
     keep: Keep | None = None,
-    opened: Callable[[int], None] | None = None,
 ) -> bytes:
     try:
-        return hash_file(at, size, dir_fd=dir_fd, keep=keep, opened=opened)
+        return hash_file(at, size, dir_fd=dir_fd, keep=keep)
     except OSError as exc:
         if isinstance(exc, _GONE) or exc.errno in GONE_ERRNOS:
             raise
@@ -209,12 +204,7 @@ class TreeScan:
     entries of changed files that have other hard links. `unreadable`: the files it could not
     read to hash (SourceReadError) and the directories it could not list (SourceListError),
     left as the manifest has them (never read as empty: nothing below such a directory is taken
-    for deleted), for the caller to look at again. `writers`: with `probe_writers_s`, the files
-    it hashed that were modified in the last `probe_writers_s` seconds, with their inode number
-    and whether a process had them open for writing as they were opened to be read (a read
-    lease taken on the descriptor the hash reads: `probe_open_file`; None where that cannot be
-    told), for the source's hold of files still being written (agent/_hot_files.py), which
-    would otherwise open each again to ask.
+    for deleted), for the caller to look at again.
     """
 
     def __init__(
@@ -224,7 +214,6 @@ class TreeScan:
         path_filter: PathFilter,
         policy: TargetPolicy | None = None,
         cache: MappingContent | None = None,
-        probe_writers_s: float = 0.0,
     ) -> None:
         self.root = root
         self.manifest = manifest
@@ -235,24 +224,6 @@ class TreeScan:
         self.stat_notes: list[tuple[str, int, int]] = []
         self.linked: list[Entry] = []
         self.unreadable: list[SourceReadError] = []
-        self.writers: dict[str, tuple[int, bool | None]] = {}
-        self._probe_window_ns = int(probe_writers_s * 1e9)
-        self._now_ns = time.time_ns()
-
-    def _lease_note(self, relpath: str, st: os.stat_result) -> Callable[[int], None] | None:
-        """What notes in `writers` whether the file the hash opens has a writer, if it was
-        modified within the probe window (a future mtime is not "being written now")."""
-        if not (
-            self._probe_window_ns and 0 <= self._now_ns - st.st_mtime_ns < self._probe_window_ns
-        ):
-            return None
-
-        def note(fd: int) -> None:
-            probe = probe_open_file(fd)
-            if probe is not None:
-                self.writers[relpath] = (st.st_ino, probe.writing)
-
-        return note
 
     def visit(
         self, relpath: str, st: os.stat_result, old: Entry | None, dir_fd: int | None = None
@@ -271,10 +242,7 @@ class TreeScan:
                 self.stat_notes.append((relpath, st.st_ino, st.st_ctime_ns))
             return kind == "d"
         try:
-            opened = self._lease_note(relpath, st) if kind == "f" else None
-            new = entry_from_stat(
-                self.root, relpath, st, dir_fd=dir_fd, cache=self.cache, opened=opened
-            )
+            new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd, cache=self.cache)
         except SourceReadError as err:
             self.unreadable.append(err.bare())
             return False
@@ -419,12 +387,10 @@ def scan(
     subdir: str = "",
     policy: TargetPolicy | None = None,
     cache: MappingContent | None = None,
-    probe_writers_s: float = 0.0,
 ) -> TreeScan:
     """Like scan_tree, but return the whole TreeScan: the changes and the hard-link notes.
-    `policy`: a target's, for its start-up scan; `cache` and `probe_writers_s`: a source's
-    (`TreeScan`)."""
-    result = TreeScan(root, manifest, path_filter, policy, cache, probe_writers_s)
+    `policy`: a target's, for its start-up scan; `cache`: a source's (`TreeScan`)."""
+    result = TreeScan(root, manifest, path_filter, policy, cache)
     if not subdir:
         result.walk("")
         return result
