@@ -127,3 +127,25 @@ def test_exceptions_show_their_journal(store: Store, mapping_id: int) -> None:
         (T1, OLD),
         (T2, ""),
     }
+
+
+def _open(store_url: str) -> set[tuple[str, int]]:
+    return {key for key, (_, still_open) in _journals(store_url).items() if still_open}
+
+
+def test_a_commit_resolves_a_failure_of_its_own_journal_only(
+    store: Store, store_url: str, mapping_id: int
+) -> None:
+    """T1 failed OLD's seq 3 (f3); the source was reset and T1 committed NEW's seq 3, which is
+    another change of the same path: OLD's failure stays open (before: closed by it) until OLD's
+    own seq 3 commits. A commit naming no journal (an older agent) closes either's."""
+    store.record_source_heads({SRC: [(mapping_id, 10, OLD)]})
+    store.record_commit_reports(
+        [report(mapping_id, t, OLD, 2, range(1, 3), (3,)) for t in (T1, T2)]
+    )
+    assert _open(store_url) == {(T1, 3), (T2, 3)}
+    store.record_commit_reports([report(mapping_id, T1, NEW, 3, range(1, 4))])
+    assert _open(store_url) == {(T1, 3), (T2, 3)}  # the bug: {(T2, 3)}
+    store.record_commit_reports([report(mapping_id, T1, OLD, 3, range(3, 4))])
+    store.record_commit_reports([report(mapping_id, T2, "", 3, range(3, 4))])
+    assert _open(store_url) == set()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, case, select, update
+from sqlalchemy import BindParameter, Table, and_, bindparam, case, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -59,7 +59,8 @@ class _Batch:
     # resolve one, so only theirs are noted in `outcomes` (and those of keys failed in the batch)
     open_triples: set[Triple] = field(default_factory=set)
     changes: ChangeRows = field(default_factory=ChangeRows)
-    outcomes: dict[OutcomeKey, dict[str, Any] | None] = field(default_factory=dict)  # None: ok
+    # a failure's row, or (a str) a commit, of that source journal ("": not named)
+    outcomes: dict[OutcomeKey, dict[str, Any] | str] = field(default_factory=dict)
     catchup: dict[Triple, list[int]] = field(default_factory=dict)
     watermarks: dict[Triple, int] = field(default_factory=dict)
     journals: dict[Triple, str] = field(default_factory=dict)  # the journal each counts in
@@ -209,11 +210,13 @@ def _fold_outcomes(
         if note_ok and direct:
             commits.committed(triple, rec.path, rec.op, rec.seq, order, rec.conflict)
         if note_ok or key in outcomes:
-            outcomes[key] = None
+            outcomes[key] = journal
 
 
 def _fold_failure(batch: _Batch, key: OutcomeKey, rec: CommitRecord, journal: str) -> None:
     previous = batch.outcomes.get(key)
+    if not isinstance(previous, dict):  # none, or a commit earlier in the batch
+        previous = None
     attempts = previous["attempts"] + 1 if previous else 1
     if not journal and previous:  # "": not known, not none (`_kept_journal`)
         journal = previous["journal_id"]
@@ -299,7 +302,7 @@ _WATERMARKS_UPSERT = {
 
 
 def _write_outcomes(session: Session, batch: _Batch) -> None:
-    failed = [(key, row) for key, row in batch.outcomes.items() if row is not None]
+    failed = [(key, row) for key, row in batch.outcomes.items() if isinstance(row, dict)]
     failures = [row for _, row in sorted(failed, key=lambda kv: kv[0])]
     if failures:
         stmt = _insert(session, EXCEPTIONS)
@@ -332,16 +335,20 @@ def _kept_journal(excluded: Any) -> Any:
 
 
 def _resolve(session: Session, batch: _Batch) -> None:
-    """Close the open exceptions of changes that have now committed on their target."""
+    """Close the open exceptions of changes that have now committed on their target: a failure
+    of the same seq and path in the same source journal ("" on either side matches, as for
+    watermarks: an older agent names none). Another journal's change at that seq is another
+    change: its commit leaves the failure open (`retire` closes it with its journal)."""
     open_triples = batch.open_triples  # as before the batch: see _Batch
     params = [
-        {"m": k[0], "s": k[1], "t": k[2], "q": k[3], "p": path_key(k[4]), "now": batch.now}
+        {"m": k[0], "s": k[1], "t": k[2], "q": k[3], "p": path_key(k[4]), "j": row}
         for k, row in batch.outcomes.items()
-        if row is None and k[:3] in open_triples
+        if isinstance(row, str) and k[:3] in open_triples
     ]
     if not params:
         return
     c = EXCEPTIONS.c
+    journal: BindParameter[str] = bindparam("j")
     stmt = (
         update(EXCEPTIONS)
         .where(
@@ -352,9 +359,10 @@ def _resolve(session: Session, batch: _Batch) -> None:
                 c.seq == bindparam("q"),
                 c.path_key == bindparam("p"),
                 c.resolved_at.is_(None),
+                or_(c.journal_id == journal, c.journal_id == "", journal == ""),
             )
         )
-        .values(resolved_at=bindparam("now"))
+        .values(resolved_at=batch.now)
     )
     session.connection().execute(stmt, params)
 
