@@ -149,3 +149,16 @@ def test_a_commit_resolves_a_failure_of_its_own_journal_only(
     store.record_commit_reports([report(mapping_id, T1, OLD, 3, range(3, 4))])
     store.record_commit_reports([report(mapping_id, T2, "", 3, range(3, 4))])
     assert _open(store_url) == set()
+
+
+def test_a_watermark_of_another_journal_does_not_commit_the_heads_change(
+    store: Store, mapping_id: int
+) -> None:
+    """The head names OLD; T1 already reports NEW (the source was reset) up to 5: OLD's change
+    3 is not committed on T1 (before: 'committed', its NEW watermark 5 >= 3); T2, at OLD's 5,
+    has it."""
+    store.record_source_heads({SRC: [(mapping_id, 10, OLD)]})
+    store.record_commit_reports([report(mapping_id, T1, NEW, 5, range(1, 6))])
+    store.record_commit_reports([report(mapping_id, T2, OLD, 5, range(1, 6))])
+    assert _state(store, mapping_id, 3, T1) == "pending"  # the bug: "committed"
+    assert _state(store, mapping_id, 3, T2) == "committed"

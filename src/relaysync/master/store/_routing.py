@@ -304,8 +304,9 @@ class RoutingStore(RecoveryStore):
     def change_states(self, mapping_id: int | str, seq: int) -> tuple[int, list[TargetChangeState]]:
         """Every target's state for one change of a mapping's source: committed, failed or pending.
 
-        Committed: the target's watermark covers `seq` and no open exception names it. Failed: the
-        target is failed, or an open exception names `seq` (`_open_failures`). Pending otherwise.
+        Committed: the target's watermark covers `seq` in the journal the source's head names
+        ("" on either side matches) and no open exception names it. Failed: the target is
+        failed, or an open exception names `seq` (`_open_failures`). Pending otherwise.
 
         Returns:
             (mapping id, one state per target, by name)
@@ -313,13 +314,20 @@ class RoutingStore(RecoveryStore):
         with self._read("change states") as session:
             mapping = _mappings.find_mapping(session, mapping_id)
             info = _mappings.infos(session, [mapping])[0]
-            marks: dict[str, int] = _pairs(
-                session,
-                select(Watermark.target_node, Watermark.seq).where(
-                    Watermark.mapping_id == mapping.id, Watermark.source_node == mapping.source_node
-                ),
-            )
-            errors = _open_failures(session, mapping, seq)
+            journal = _head_journal(session, mapping)
+            marks = {
+                target: mark
+                for target, mark, of in session.execute(
+                    select(Watermark.target_node, Watermark.seq, Watermark.journal_id).where(
+                        Watermark.mapping_id == mapping.id,
+                        Watermark.source_node == mapping.source_node,
+                    )
+                )
+                # a watermark of another journal (a target that reports a reset source's new
+                # journal before the head names it) says nothing of this journal's seqs
+                if not journal or not of or of == journal
+            }
+            errors = _open_failures(session, mapping, seq, journal)
             failed = {
                 r.node_id: r.reason
                 for r in session.scalars(
@@ -347,18 +355,23 @@ class RoutingStore(RecoveryStore):
             return mapping.id, states
 
 
-def _open_failures(session: Session, mapping: MappingRow, seq: int) -> dict[str, str]:
+def _head_journal(session: Session, mapping: MappingRow) -> str:
+    """The journal the source's head names ("": none, or no head yet)."""
+    journal = session.scalar(
+        select(SourceHead.journal_id).where(
+            SourceHead.mapping_id == mapping.id, SourceHead.source_node == mapping.source_node
+        )
+    )
+    return journal or ""
+
+
+def _open_failures(session: Session, mapping: MappingRow, seq: int, journal: str) -> dict[str, str]:
     """The error of each target's open failure of `seq` in the journal the source's head names:
     another journal's failure of that seq is another change ("" on either side matches any: not
     known). Until the head names a new journal, targets that already report it fail its seqs,
     which are not the head's; once it does, the old journal's open failures are closed
     (_journals.py `retire`)."""
     exc = CommitException
-    journal = session.scalar(
-        select(SourceHead.journal_id).where(
-            SourceHead.mapping_id == mapping.id, SourceHead.source_node == mapping.source_node
-        )
-    )
     query = select(exc.target_node, exc.error).where(
         exc.mapping_id == mapping.id,
         exc.source_node == mapping.source_node,
