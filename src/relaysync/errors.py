@@ -404,6 +404,10 @@ class VariantBanRefused(PurgeError):
 class CacheUnreachable(PurgeError):
     """Cache {!r}: {} got no answer: {}."""
 
+    def __init__(self, *args: Any, timeout_s: float | None = None) -> None:
+        super().__init__(*args)
+        self.timeout_s = timeout_s  # the timeout that expired; None: refused, reset, ...
+
 
 class NoticeRefused(PurgeError):
     """Purge notice refused: {}."""

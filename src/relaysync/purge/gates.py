@@ -4,7 +4,9 @@ so that one hung, down or refusing cache never delays the purges of the others.
 A gate lets at most `limit` items of its cache run at once. After `trip_after` failures in a
 row to reach the cache, or one refusal (a configuration error), the gate opens: the cache's
 backlog waits, and one probe item is let through every probe interval; the first success
-closes the gate and the backlog flows again.
+closes the gate and the backlog flows again. Only a failed probe doubles the interval: the tries
+that were already out when the gate opened fail with it (one outage, or one stall of ours, times
+out all of them at once) and say nothing new of the cache.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Gate:
     failures: int = 0  # to reach the cache, in a row
     refused: str = ""  # the last refusal while the cache refuses us
     probe_at: float = 0.0  # an open gate lets one item through from then
+    probes_failed: int = 0  # since the gate opened (each doubles the probe interval)
+    probing: bool = False  # the last try admitted was a probe (the gate was open)
     slots: Slots = field(default_factory=Slots, repr=False, compare=False)
 
     @property
@@ -58,6 +62,7 @@ class Gate:
         """Take a slot for one more item of this cache if it may start now."""
         if not self.can_admit(now):
             return False
+        self.probing = self.open  # (an open gate admits a probe only when no try is out)
         self.slots.in_flight += 1
         return True
 
@@ -71,21 +76,31 @@ class Gate:
         full for good: the cache never got a slot again); their outcomes go to this gate, not
         to the new one (a refusal or failure under the old configuration says nothing of the
         new)."""
-        return replace(self, failures=0, refused="", probe_at=0.0)
+        return replace(self, failures=0, refused="", probe_at=0.0, probes_failed=0, probing=False)
 
     def succeeded(self) -> bool:
         """The cache answered as asked; return whether this closed an open gate."""
         was_open = self.open
-        self.failures, self.refused = 0, ""
+        self.failures, self.refused, self.probes_failed = 0, "", 0
         return was_open
 
     def unreachable(self, now: float) -> bool:
-        """The cache did not connect or answer; return whether this opened the gate."""
+        """The cache did not connect or answer; return whether this opened the gate.
+
+        The failure that opens the gate sets the first probe probe_min_s later; a failed probe
+        doubles that, up to probe_max_s. The failures of tries admitted before the gate opened
+        leave it as it is: 16 tries out when one stall timed them all out once pushed the first
+        probe to probe_max_s, as if 13 probes had failed."""
         was_open = self.open
         self.failures += 1
-        if self.open:
-            doublings = max(0, self.failures - self.trip_after)
-            self.probe_at = now + min(self.probe_max_s, self.probe_min_s * 2**doublings)
+        if not was_open and self.open:
+            self.probes_failed, self.probing = 0, False
+            self.probe_at = now + self.probe_min_s
+        elif was_open and self.probing:
+            self.probing = False
+            self.probes_failed += 1
+            doubled = self.probe_min_s * 2**self.probes_failed
+            self.probe_at = now + min(self.probe_max_s, doubled)
         return self.open and not was_open
 
     def refuse(self, now: float, why: str) -> bool:

@@ -56,6 +56,7 @@ from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S
 from relaysync.purge.holds import PurgeHold
 from relaysync.purge.intake import PurgeIntake
 from relaysync.purge.jobs import Action, PurgeItem, PurgeResult, Retry
+from relaysync.purge.loop_lag import LoopLag
 from relaysync.purge.ordering import HOLD_MAX_S, CommitTracker, Released
 from relaysync.purge.planner import (
     PurgePlanner,
@@ -150,6 +151,7 @@ class Purger(PurgeIntake, PurgeWorker, PurgePlanner):
         self._loop: tuple[EventLoopToken | None, int] = (None, 0)
         self._client: httpx.AsyncClient | None = None
         self._unverified: httpx.AsyncClient | None = None  # for https caches with tls_verify off
+        self._lag = LoopLag()
 
     # --- inputs ---
 
@@ -325,6 +327,7 @@ class Purger(PurgeIntake, PurgeWorker, PurgePlanner):
             self._client, self._unverified = client, unverified
             try:
                 async with anyio.create_task_group() as tg:
+                    await tg.start(self._lag.serve)
                     tg.start_soon(self._intake_loop)
                     tg.start_soon(self._aside_loop)
                     tg.start_soon(self._state_loop)

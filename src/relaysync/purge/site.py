@@ -133,3 +133,12 @@ class SiteSpec:
     def origin_nodes(self) -> frozenset[str]:
         """Node ids of the fleet servers among the origins."""
         return frozenset(o.node_id for o in self.origins if o.node_id)
+
+
+def specs_by_address(sites: dict[int, SiteSpec]) -> dict[str, frozenset[CacheSpec]]:
+    """Each cache address and the settings every site gives it (sites may share a cache)."""
+    out: dict[str, set[CacheSpec]] = {}
+    for site in sites.values():
+        for cache in site.caches:
+            out.setdefault(cache.address, set()).add(cache)
+    return {address: frozenset(specs) for address, specs in out.items()}

@@ -5,9 +5,9 @@ cache's gate (purge/gates.py), run under a time budget that grows with the bytes
 Error handling:
     CacheMisconfigured (a refusal, a bad address): logged and told to `notify` once per cache,
     "refused" in the purge log, the item kept for the gate's next probe. CacheUnreachable: the
-    gate counts it and the item waits for the gate; when that opens the gate,
-    `cache_unreachable` is told to `notify`, and `cache_reachable` when the cache answers
-    again. Any other PurgeError or a spent budget:
+    gate counts it (not a timeout our own loop's hold-up spent: purge/loop_lag.py), the item
+    waits for the gate; when that opens the gate, `cache_unreachable` is told to `notify`, and
+    `cache_reachable` when the cache answers again. Any other PurgeError or a spent budget:
     retried with backoff, up to `max_attempts` such tries, then "failed" and `purge_failed`.
     Anything else is a bug: logged with its traceback, `purger_failing`, retried.
     VariantBanRefused (a VCL without BAN refused a file's query-string variant ban): "failed"
@@ -43,8 +43,9 @@ from relaysync.purge.due import Due, UrlKey, file_due, in_id_order, probe_due
 from relaysync.purge.folds import Untried
 from relaysync.purge.gates import PROBE_MAX_S, PROBE_MIN_S, REFUSED_PROBE_S, Gate
 from relaysync.purge.jobs import PurgeItem, PurgeResult, QueuedPurge, Retry
+from relaysync.purge.loop_lag import LoopLag
 from relaysync.purge.recheck import RECHECK_AFTER_S, Rechecks, RecheckWorker
-from relaysync.purge.site import CacheSpec, SiteSpec
+from relaysync.purge.site import CacheSpec, SiteSpec, specs_by_address
 
 logger = logging.getLogger("relaysync.purge.purger")  # one logger name for the purger's story
 
@@ -76,6 +77,7 @@ class PurgeWorker(RecheckWorker):
     _work_wake: anyio.Event
     _client: httpx.AsyncClient | None
     _unverified: httpx.AsyncClient | None  # for https caches with tls_verify off
+    _lag: LoopLag  # whether a timeout measured the cache or our own loop's hold-up
 
     def _init_work(
         self,
@@ -124,7 +126,7 @@ class PurgeWorker(RecheckWorker):
         """A cache whose configuration changed is tried at once: a fresh gate (Gate.replaced),
         and its queued items that wait (a refusing cache's for REFUSED_PROBE_S) are due now.
         The gate of an address no site has any more goes, once no try of it is out."""
-        before, after = _specs_by_address(old), _specs_by_address(new)
+        before, after = specs_by_address(old), specs_by_address(new)
         for address, gate in list(self._gates.items()):
             if address not in after and gate.in_flight <= 0:
                 del self._gates[address]
@@ -275,6 +277,11 @@ class PurgeWorker(RecheckWorker):
             self._refused(site, item, group, attempts, started, gate, exc)
             return
         except CacheUnreachable as exc:
+            held_s = self._lag.held_up_s(exc.timeout_s)
+            if held_s:  # our loop was held up, not the cache: its gate does not count it
+                why = f"{exc} (our event loop was held up {held_s:.1f} s of it: not counted)"
+                self._retry(item, group, attempts, why, delay=self._backoff_s(gate.failures))
+                return
             if gate.unreachable(time.time()):
                 self._tell("cache_unreachable", site, cache, error=str(exc))
                 logger.warning(
@@ -484,12 +491,3 @@ class PurgeWorker(RecheckWorker):
 def _newest(group: list[QueuedPurge]) -> QueuedPurge:
     """The item of a group queued last (queue ids grow; a retried item keeps its id)."""
     return max(group, key=lambda q: q.id)
-
-
-def _specs_by_address(sites: dict[int, SiteSpec]) -> dict[str, frozenset[CacheSpec]]:
-    """Each cache address and the settings every site gives it (sites may share a cache)."""
-    out: dict[str, set[CacheSpec]] = {}
-    for site in sites.values():
-        for cache in site.caches:
-            out.setdefault(cache.address, set()).add(cache)
-    return {address: frozenset(specs) for address, specs in out.items()}

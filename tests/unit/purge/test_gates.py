@@ -28,12 +28,32 @@ def test_failures_in_a_row_open_it_to_one_probe_at_a_time() -> None:
     gate.unreachable(1.0)  # the probe failed: the next waits longer, up to probe_max_s
     assert gate.probe_at == 3.0
     for _ in range(5):
+        assert gate.admit(gate.probe_at)
+        gate.release()
         gate.unreachable(1.0)
     assert gate.probe_at == 5.0
     assert gate.admit(5.0)
     gate.release()
     assert gate.succeeded()  # it answered: closed, the backlog flows
     assert gate.admit(5.0) and gate.admit(5.0)
+
+
+def test_the_tries_out_when_it_opens_do_not_push_the_first_probe_back() -> None:
+    """One stall of the purger's event loop timed out the 16 tries out on each cache at once:
+    the third opened the gate, and each of the 13 after it doubled the probe interval as if a
+    probe had failed, to probe_max_s (30 s), past every bound of a test. Only a failed probe
+    doubles it now."""
+    gate = Gate(limit=16, trip_after=3, probe_min_s=1.0, probe_max_s=30.0)
+    for _ in range(16):
+        assert gate.admit(0.0)
+    for _ in range(16):  # all out before it opened, all failing with it
+        gate.unreachable(2.0)
+        gate.release()
+    assert gate.open and gate.probe_at == 3.0
+    assert gate.admit(3.0)  # the probe fails: now it doubles
+    gate.unreachable(3.5)
+    gate.release()
+    assert gate.probe_at == 5.5
 
 
 def test_a_refusal_opens_it_at_once_and_is_news_once() -> None:

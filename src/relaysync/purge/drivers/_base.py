@@ -266,7 +266,10 @@ class Driver:
             ) from exc
         except httpx.TransportError as exc:
             raise CacheUnreachable(
-                self.cache.name, f"{method} {url}", f"{type(exc).__name__}: {exc}"
+                self.cache.name,
+                f"{method} {url}",
+                f"{type(exc).__name__}: {exc}",
+                timeout_s=expired_timeout_s(exc),
             ) from exc
         except httpx.HTTPError as exc:
             raise PurgeError(f"{self.cache.name}: {method} {url}: {exc}") from exc
@@ -389,6 +392,26 @@ class Driver:
     async def ban(self, prefix: Url) -> str:
         """Drop every object whose URL starts with `prefix` (only where can_ban)."""
         raise PurgeError(f"{self.cache.name}: {self.name} caches take no prefix purges")
+
+
+_TIMEOUT_KEYS = (
+    (httpx.ConnectTimeout, "connect"),
+    (httpx.ReadTimeout, "read"),
+    (httpx.WriteTimeout, "write"),
+    (httpx.PoolTimeout, "pool"),
+)
+
+
+def expired_timeout_s(exc: httpx.TransportError) -> float | None:
+    """The length of the request's timeout that `exc` says expired; None if it is no timeout
+    (or its request does not say)."""
+    key = next((k for cls, k in _TIMEOUT_KEYS if isinstance(exc, cls)), None)
+    try:
+        timeouts = exc.request.extensions.get("timeout", {}) if key else {}
+    except RuntimeError:  # raised without its request
+        return None
+    value = timeouts.get(key) if key else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def elapsed_ms(started: float) -> float:
