@@ -41,6 +41,9 @@ class Gate:
     probe_at: float = 0.0  # an open gate lets one item through from then
     probes_failed: int = 0  # since the gate opened (each doubles the probe interval)
     probing: bool = False  # the last try admitted was a probe (the gate was open)
+    # the hold-ups of our loop (when each began) whose timeouts were not counted since the cache
+    # last answered (purge/loop_lag.py)
+    excused: frozenset[float] = frozenset()
     slots: Slots = field(default_factory=Slots, repr=False, compare=False)
 
     @property
@@ -76,13 +79,35 @@ class Gate:
         full for good: the cache never got a slot again); their outcomes go to this gate, not
         to the new one (a refusal or failure under the old configuration says nothing of the
         new)."""
-        return replace(self, failures=0, refused="", probe_at=0.0, probes_failed=0, probing=False)
+        return replace(
+            self,
+            failures=0,
+            refused="",
+            probe_at=0.0,
+            probes_failed=0,
+            probing=False,
+            excused=frozenset(),
+        )
 
     def succeeded(self) -> bool:
         """The cache answered as asked; return whether this closed an open gate."""
         was_open = self.open
         self.failures, self.refused, self.probes_failed = 0, "", 0
+        self.excused = frozenset()
         return was_open
+
+    def excuse(self, hold_up: float) -> bool:
+        """A timeout our own loop's hold-up spent (`hold_up`: when that began): whether it may
+        go uncounted (True). Every timeout one hold-up spent is (16 tries out at once time out
+        together); past `trip_after` hold-ups excused since the cache last answered, the next
+        ones' count as `unreachable`: a cache really down while the loop keeps stalling still
+        opens its gate."""
+        if hold_up in self.excused:
+            return True
+        if len(self.excused) >= self.trip_after:
+            return False
+        self.excused = self.excused | {hold_up}
+        return True
 
     def unreachable(self, now: float) -> bool:
         """The cache did not connect or answer; return whether this opened the gate.

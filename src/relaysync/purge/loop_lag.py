@@ -8,8 +8,11 @@ taken the answer: a connect to a cache that accepted within a millisecond ends i
 ConnectTimeout. Reproduced: the loop blocked 2.5 s while the first purges of a change were out
 timed out every one of them on Varnish, nginx and Squid at once, which opened their gates.
 
-A timer that should fire every TICK_S notes how late it woke; a timeout that expired while the
-loop lost at least HELD_SHARE of its length measured us, not the cache.
+A timer that should fire every TICK_S notes how late it woke; a timeout that expires as the loop
+comes out of a hold-up of at least HELD_SHARE of its length measured us, not the cache. A hold-up
+earlier in the timeout's window does not count (the cache would have been heard after it), and
+a gate counts the timeout anyway after `trip_after` excused in a row (purge/worker.py): a cache
+really down while the loop keeps stalling still opens its gate.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ LATE_MIN_S = 0.01  # a tick later than this is a hold-up, kept...
 KEEP_S = 120.0  # ...this long: longer than any request timeout
 HELD_SHARE = 0.5  # a timeout whose time the loop lost this share of is ours
 WARN_S = 1.0  # a hold-up this long is logged (something blocks the loop or starves the process)
+RECENT_TICKS = 2  # a hold-up that ended this many ticks ago is the one a timeout comes out of
 
 
 class LoopLag:
@@ -62,7 +66,8 @@ class LoopLag:
             if late >= WARN_S:
                 logger.warning(
                     "purger event loop held up %.2f s (a blocking call on it, or the process "
-                    "starved of CPU): timeouts meanwhile are not counted against the caches",
+                    "starved of CPU): a cache timeout that expired in it is not counted against "
+                    "the cache",
                     late,
                 )
         while self._late and self._late[0][0] < now - KEEP_S:
@@ -82,11 +87,30 @@ class LoopLag:
             lost += max(0.0, now - self._last - self.tick_s)
         return min(lost, window_s)
 
-    def held_up_s(self, timeout_s: float | None) -> float:
-        """The seconds of a timeout of `timeout_s` that just expired that the loop lost, when
-        that is enough for the timeout to be ours (HELD_SHARE of it), else 0.0. None (not a
-        timeout: refused, reset) is never ours."""
+    def held_up_s(self, timeout_s: float | None, now: float | None = None) -> float:
+        """How long the loop was held up just before a timeout of `timeout_s` that has just
+        expired, when that is enough for the timeout to be ours (HELD_SHARE of it), else 0.0
+        (`hold_up`)."""
+        found = self.hold_up(timeout_s, now)
+        return found[1] if found is not None else 0.0
+
+    def hold_up(
+        self, timeout_s: float | None, now: float | None = None
+    ) -> tuple[float, float] | None:
+        """The hold-up a timeout of `timeout_s` that has just expired comes out of, as (when it
+        began, to the ms: the same for every timeout it spent; how long it lasted), if it lasted
+        HELD_SHARE of the timeout or more; else None. Only the hold-up the loop is coming out of
+        counts: one earlier in the timeout's window ended while the timeout still ran, and a
+        cache that answered would have been heard once it was over. A timeout of None (refused,
+        reset) is never ours."""
         if not timeout_s or timeout_s <= 0:
-            return 0.0
-        lost = self.lost_s(timeout_s)
-        return lost if lost >= HELD_SHARE * timeout_s else 0.0
+            return None
+        now = time.monotonic() if now is None else now
+        unticked = max(0.0, now - self._last - self.tick_s) if self._last else 0.0
+        held, began = unticked, self._last + self.tick_s
+        if self._late and self._late[-1][0] >= now - RECENT_TICKS * self.tick_s:
+            end, late = self._late[-1]  # ended just now (its tick ran before this timeout's task)
+            held, began = held + late, end - late
+        if min(held, timeout_s) < HELD_SHARE * timeout_s:
+            return None
+        return round(began, 3), min(held, timeout_s)

@@ -277,10 +277,10 @@ class PurgeWorker(RecheckWorker):
             self._refused(site, item, group, attempts, started, gate, exc)
             return
         except CacheUnreachable as exc:
-            held_s = self._lag.held_up_s(exc.timeout_s)
-            if held_s:  # our loop was held up, not the cache: its gate does not count it
-                why = f"{exc} (our event loop was held up {held_s:.1f} s of it: not counted)"
-                self._retry(item, group, attempts, why, delay=self._backoff_s(gate.failures))
+            held = self._lag.hold_up(exc.timeout_s)
+            if held is not None and gate.excuse(held[0]):  # our loop was held up: not counted
+                why = f"{exc} (our event loop was held up {held[1]:.1f} s of it: not counted)"
+                self._retry(item, group, attempts, why, delay=self._backoff_s(attempts))
                 return
             if gate.unreachable(time.time()):
                 self._tell("cache_unreachable", site, cache, error=str(exc))

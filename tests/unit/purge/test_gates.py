@@ -118,3 +118,16 @@ async def test_a_big_read_leaves_no_time_to_a_request_that_hangs_after_it(
     budget.moved(300_000_000)  # read fast
     budget.requested()  # the next request hangs
     assert budget.scope.deadline == pytest.approx(first, abs=0.5)
+
+
+def test_timeouts_excused_for_our_loop_stop_being_excused_past_trip_after() -> None:
+    """A cache really down while our loop keeps stalling still opens its gate: past
+    `trip_after` hold-ups excused (since it last answered) the next ones' timeouts count;
+    every timeout of one hold-up is excused alike (many tries out at once)."""
+    gate = Gate(limit=16, trip_after=3)
+    assert all(gate.excuse(10.0) for _ in range(16))  # one stall, 16 tries out
+    assert [gate.excuse(t) for t in (20.0, 30.0, 40.0, 50.0)] == [True, True, False, False]
+    assert gate.excuse(30.0)  # a stall excused already
+    assert not any(gate.unreachable(0.0) for _ in range(2)) and gate.unreachable(0.0)
+    gate.succeeded()
+    assert gate.excuse(60.0)

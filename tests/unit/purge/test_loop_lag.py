@@ -34,8 +34,9 @@ async def test_a_hold_up_is_counted_before_and_after_the_ticker_sees_it() -> Non
         while not lag._late or lag._late[-1][1] < 0.9 * HOLD_S:
             assert time.monotonic() < deadline, "the ticker never saw the hold-up"
             await anyio.sleep(0.01)
-        assert lag.held_up_s(HOLD_S) >= 0.9 * HOLD_S  # ticked: counted from what it noted
-        assert lag.held_up_s(10 * HOLD_S) == 0.0  # a tenth of a long timeout: the peer's
+        ended = lag._late[-1][0]  # ticked: counted from what it noted, as it comes out of it
+        assert lag.held_up_s(HOLD_S, now=ended) >= 0.9 * HOLD_S
+        assert lag.held_up_s(10 * HOLD_S, now=ended) == 0.0  # a tenth of a long one: the peer's
         assert lag.held_up_s(None) == 0.0  # not a timeout (refused, reset): never ours
         tg.cancel_scope.cancel()
 
@@ -47,3 +48,19 @@ def test_the_timeout_that_expired_is_read_from_the_request() -> None:
     assert expired_timeout_s(httpx.ReadTimeout("", request=request)) == 5.0
     assert expired_timeout_s(httpx.ConnectError("", request=request)) is None
     assert expired_timeout_s(httpx.ConnectTimeout("")) is None  # no request: unknown
+
+
+def test_only_the_hold_up_a_timeout_comes_out_of_is_ours() -> None:
+    """A hold-up early in a timeout's window ended while it still ran: a cache that answered
+    would have been heard after it, so the timeout is the cache's (from the review: a cache
+    really down, with a 1.2 s stall early in each 2 s connect, was never counted against)."""
+    lag = LoopLag(tick_s=0.05)
+    lag._last = 100.0  # the ticker ran at 100.0, on time
+    lag._late.append((99.3, 1.2))  # and came out of a 1.2 s hold-up at 99.3
+    assert lag.lost_s(2.0, now=100.02) >= 1.0  # more than half of the window was lost...
+    assert lag.held_up_s(2.0, now=100.02) == 0.0  # ...but 0.7 s before the timeout expired
+    lag._late.append((100.0, 1.2))  # one it comes out of now
+    assert lag.held_up_s(2.0, now=100.02) == pytest.approx(1.2)
+    lag._last = 98.0  # a hold-up the ticker has not seen the end of yet
+    lag._late.clear()
+    assert lag.held_up_s(2.0, now=99.55) == pytest.approx(1.5)
