@@ -64,3 +64,20 @@ def test_only_the_hold_up_a_timeout_comes_out_of_is_ours() -> None:
     lag._last = 98.0  # a hold-up the ticker has not seen the end of yet
     lag._late.clear()
     assert lag.held_up_s(2.0, now=99.55) == pytest.approx(1.5)
+
+
+async def test_a_timeout_without_a_message_is_named_by_its_kind() -> None:
+    """httpx's timeouts often carry no text: the error said "got no answer: ConnectTimeout: ."."""
+    from relaysync.errors import CacheUnreachable
+    from relaysync.purge.drivers.nginx import Nginx
+    from relaysync.purge.site import CacheSpec
+    from relaysync.purge.urls import parse_url
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("", request=request)
+
+    cache = CacheSpec(name="nginx", driver="nginx", address="127.0.0.1:1")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
+        with pytest.raises(CacheUnreachable) as raised:
+            await Nginx(cache, client).purge_variant(parse_url("http://h/a.html"), "gzip")
+    assert str(raised.value).endswith("got no answer: ConnectTimeout.")

@@ -268,7 +268,7 @@ class Driver:
             raise CacheUnreachable(
                 self.cache.name,
                 f"{method} {url}",
-                f"{type(exc).__name__}: {exc}",
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                 timeout_s=expired_timeout_s(exc),
             ) from exc
         except httpx.HTTPError as exc:
