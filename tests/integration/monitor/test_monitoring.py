@@ -375,7 +375,8 @@ def test_a_source_that_cannot_run_is_alerted_until_a_retry_starts_it(
         held = metric_families(api.get("/metrics").text).get("relaysync_deletes_held", {})
         assert (("mapping", "unreadable-source"), ("server", "a1")) not in held  # never ran
         blocker.unlink()  # the operator fixes it: the next retry (backoff from 1 s) starts it
-        (blocker / "site").mkdir(parents=True)
+        # (that retry may make the folder itself first: a source makes its missing root)
+        (blocker / "site").mkdir(parents=True, exist_ok=True)
         (blocker / "site" / "index.html").write_text("up")
         mfleet.wait_alert(
             f"threshold:{rule['id']}:a1", "resolved", timeout_s=SOURCE_RETRY_MAX_S + ALERT_TIMEOUT_S
