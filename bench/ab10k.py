@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -125,6 +127,18 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir")
     ap.add_argument("--timeline", action="store_true", help="print each copy's busy slices")
     ap.add_argument("--timeout", type=float, default=600.0, help="bound for each copy, s")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write py-spy's collapsed stacks of each process, per copy, into this directory",
+    )
+    ap.add_argument(
+        "--perf",
+        type=Path,
+        default=None,
+        help="write a `perf record -g` of the three processes, per copy, into this directory",
+    )
     args = ap.parse_args()
     sides: list[Path | None] = [p.resolve() for p in args.src] or [None]
     for side in sides:
@@ -223,6 +237,8 @@ def copy_once(
         "master": cluster.master.pid,
     }
     os.sync()
+    tag = f"{cluster.base.name}-{round_no}"
+    spies = start_profilers(args.profile, pids, tag) + start_perf(args.perf, pids, tag)
     before = {k: cpu_s(p) for k, p in pids.items()}
     with Sampler(pids) as sampler:
         t0_wall = time.time()
@@ -232,6 +248,7 @@ def copy_once(
         )
         end = wait_tree_equal(summary, dst, dst / last_name, last_count, args.timeout)
     after = {k: cpu_s(p) for k, p in pids.items()}
+    stop_profilers(spies)
     ok, detail = trees_equal(src, dst)
     if not ok:
         raise BenchError(f"target {dst} differs from the source: {detail}")
@@ -247,6 +264,46 @@ def copy_once(
     if reply.status_code not in (200, 204):
         raise BenchError(f"delete mapping: {reply.status_code} {reply.text}")
     return {"s": end - t0, "cpu_s": {k: after[k] - before[k] for k in PROCESSES}}
+
+
+def start_profilers(
+    out: Path | None, pids: dict[str, int], tag: str
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each process (250 Hz, without pausing it), collapsed stacks into `out`."""
+    if out is None:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for name, pid in pids.items():
+        cmd = ["py-spy", "record", "--nonblocking", "--threads", "-r", "250", "-f", "raw"]
+        cmd += ["-o", str(out / f"{tag}-{name}.txt"), "--pid", str(pid)]
+        spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(0.5)  # py-spy attaches before the copy starts; not a sync wait
+    return spies
+
+
+def start_perf(out: Path | None, pids: dict[str, int], tag: str) -> list[subprocess.Popen[bytes]]:
+    """`perf record -g` (999 Hz) of the three processes into `out`/`tag`.data."""
+    if out is None:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ["perf", "record", "-g", "-F", "999", "-o", str(out / f"{tag}.data")]
+    cmd += ["-p", ",".join(str(p) for p in pids.values())]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # perf attaches before the copy starts; not a sync wait
+    return [spy]
+
+
+def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the profilers (SIGINT makes py-spy write its file), each bounded to 10 s."""
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        try:
+            spy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait(timeout=5)
 
 
 if __name__ == "__main__":
