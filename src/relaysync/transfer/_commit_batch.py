@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 from relaysync._util.fs import open_for_read, remove_tree_at
 from relaysync.errors import TransferError
-from relaysync.transfer._temp_names import PARTIAL_SUFFIX
 from relaysync.transfer.builds import hash_version
 from relaysync.watch.manifest import permission_bits
 
 if TYPE_CHECKING:
+    from relaysync.transfer._new_dirs import NewDir
     from relaysync.transfer.staging import IncomingFile
 
 
@@ -55,15 +55,26 @@ class CommitBatch:
         self.check_dir = check_dir
         self.mode_mask = mode_mask  # bits the target's policy removes (watch/target_policy.py)
         self._files: list[IncomingFile] = []
+        self._new_dirs: list[NewDir] = []  # made by the batch, their files in them (_new_dirs.py)
         # Keeps the old version (synchronization and backup): given the directory held open, the
         # name in it and the final name (root/path).
         self.before_replace = before_replace
 
     def __len__(self) -> int:
-        return len(self._files)
+        """The files and new directories waiting for the commit."""
+        return len(self._files) + len(self._new_dirs)
 
     def add(self, incoming: IncomingFile) -> None:
         self._files.append(incoming)
+
+    def add_dir(self, new_dir: NewDir) -> None:
+        """A directory the batch makes, renamed into place after its files are ready."""
+        self._new_dirs.append(new_dir)
+
+    @property
+    def new_dir(self) -> NewDir | None:
+        """The last directory the batch makes, if it makes one (its files may go in it)."""
+        return self._new_dirs[-1] if self._new_dirs else None
 
     def holds_final(self, final: str) -> bool:
         """Whether a staged file is to be renamed to `final` (a string as IncomingFile keeps it)."""
@@ -82,13 +93,16 @@ class CommitBatch:
         each directory once. Return the unix time just before the last rename: about when the
         last of the files became visible (the others a little earlier), never after it."""
         files, self._files = self._files, []
+        new_dirs, self._new_dirs = self._new_dirs, []
         visible_at = time.time()
         try:
             self._set_attributes(files)
             if files:
                 visible_at = self._rename_all(files)
+            if new_dirs:
+                visible_at = self._commit_dirs(new_dirs)
         except BaseException:
-            _discard_keeping_partials(files)
+            _drop(files, new_dirs, keep_partials=True)
             raise
         return visible_at
 
@@ -96,7 +110,7 @@ class CommitBatch:
         """Mode and mtime of each temp file; its fsync in safe durability (which covers them)."""
         durable = self.durable
         for f in files:
-            if f.temp_name.endswith(PARTIAL_SUFFIX):
+            if f.is_partial:
                 _check_still_named(f)
             os.fchmod(f.fd, permission_bits(f.mode) & ~self.mode_mask)
             os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
@@ -112,7 +126,10 @@ class CommitBatch:
             for fd in {f.dir_fd for f in files}:
                 self.check_dir(fd)
         for f in files:
-            partial = f.temp_name.endswith(PARTIAL_SUFFIX)
+            if f.in_new_dir:  # at its name already: its directory's rename shows it
+                f.close()
+                continue
+            partial = f.is_partial
             if partial:
                 _check_still_named(f)  # again: the fsyncs before may have taken a while
             else:
@@ -133,15 +150,28 @@ class CommitBatch:
             fsync_dir(d)
         return visible_at
 
+    def _commit_dirs(self, new_dirs: list[NewDir]) -> float:
+        """Rename each new directory into place (its files closed already); return the time just
+        before the last rename."""
+        parents = {d.parent_fd for d in new_dirs}
+        if self.check_dir is not None:
+            for fd in parents:
+                self.check_dir(fd)
+        visible_at = 0.0
+        for new_dir in new_dirs:
+            visible_at = time.time()
+            new_dir.commit(durable=self.durable)
+        if self.durable:
+            for fd in parents:
+                fsync_dir(fd)
+        return visible_at
+
     def discard(self, *, keep_partials: bool = True) -> None:
         """Drop the staged files, keeping the named partials on disk (closed) to be resumed,
         unless `keep_partials` is False (a full disk: they would hold their space)."""
         files, self._files = self._files, []
-        if keep_partials:
-            _discard_keeping_partials(files)
-        else:
-            for f in files:
-                f.discard()
+        new_dirs, self._new_dirs = self._new_dirs, []
+        _drop(files, new_dirs, keep_partials=keep_partials)
 
 
 def _replace(f: IncomingFile) -> None:
@@ -215,7 +245,7 @@ def _check_still_named(f: IncomingFile) -> None:
     rename that half-written file into place. Temp files of small files have names of their own;
     only partials are shared.
     """
-    if not f.temp_name.endswith(PARTIAL_SUFFIX):
+    if not f.is_partial:
         return
     mine = os.fstat(f.fd)
     try:
@@ -228,6 +258,26 @@ def _check_still_named(f: IncomingFile) -> None:
         )
 
 
+def _drop(files: list[IncomingFile], new_dirs: list[NewDir], *, keep_partials: bool) -> None:
+    """Drop what a batch staged: the temp files (but the named partials, if `keep_partials`) and
+    the new directories not renamed into place, with the files in them (closed, never removed
+    one by one: a committed directory's descriptor is closed, its number maybe reused)."""
+    others = []
+    for f in files:
+        if f.in_new_dir:
+            f.close()
+        else:
+            others.append(f)
+    if keep_partials:
+        _discard_keeping_partials(others)
+    else:
+        for f in others:
+            f.discard()
+    for new_dir in new_dirs:
+        if new_dir.fd >= 0:  # committed ones are closed, and stay
+            new_dir.discard()
+
+
 def _discard_keeping_partials(files: list[IncomingFile]) -> None:
     """Remove the temp files of `files`, but close and keep the named partials among them.
 
@@ -237,7 +287,7 @@ def _discard_keeping_partials(files: list[IncomingFile]) -> None:
     read-only mode would keep the next session from opening it to resume.
     """
     for f in files:
-        if f.temp_name.endswith(PARTIAL_SUFFIX) and _writable_again(f):
+        if f.is_partial and _writable_again(f):
             f.close()
         else:
             f.discard()

@@ -27,10 +27,12 @@ from relaysync.protocol.messages import (
     FileChunk,
     FileEnd,
     FileStart,
+    MakeDir,
     SmallFile,
 )
 from relaysync.transfer import _librsync, codec, staging
 from relaysync.transfer._failures import TransientFailure, _transient_os
+from relaysync.transfer._new_dirs import NewDir
 from relaysync.transfer._session_hooks import SessionHooks
 from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.paths import DirHandles, check_relpath, parent_of
@@ -61,9 +63,44 @@ class FileReceiver(SessionHooks):
     _incoming_started: float
     _incoming_wire: int
     _skip_seq: int
+    # Whether a MakeDir of a missing directory builds it under a temp name, for its files to be
+    # written in it at their own names (transfer/_new_dirs.py). Not for an N:M job's member: it
+    # judges each staged file against the disk at the commit (transfer/conflicts.py).
+    stages_new_dirs = True
+
+    def _make_new_dir(self, msg: MakeDir) -> bool:
+        """Stage the directory `msg` makes, if nothing is at its path, with its mode and job
+        record, visible at the next commit; False if not staged (its parent missing, unsafe,
+        anything at the path, an error): the usual MakeDir applies it, or refuses it, then."""
+        if not self.stages_new_dirs:
+            return False
+        started = time.monotonic()
+        mode = permission_bits(msg.mode)
+        try:
+            check_relpath(msg.path)
+            parent = self._dirs.get(parent_of(msg.path))
+            new_dir = NewDir.make(parent, msg.path, self.folder.policy.disk_mode(mode or 0o755))
+        except (UnsafePath, OSError):
+            return False
+        if new_dir is None:
+            return False
+        self._batch.add_dir(new_dir)
+        self.folder.drop_partial(msg.path)  # of a file once at its path: never resumed now
+        self._pending.entries.append(Entry(path=msg.path, kind="d", mode=mode))
+        self._pending.records.append(
+            self._record(msg.seq, "mkdir", msg.path, started=started, changed_at=msg.changed_at)
+        )
+        self._note(msg.seq)
+        return True
+
+    def _commit_new_dir(self) -> None:
+        """Commit the batch if it makes a directory: what comes next is not one of its files."""
+        if self._batch.new_dir is not None:
+            self.flush()
 
     def _start_file(self, msg: FileStart) -> None:
         self._abort_incoming()
+        self._commit_new_dir()
         self._skip_seq = -1
         started = time.monotonic()
         try:
@@ -143,6 +180,7 @@ class FileReceiver(SessionHooks):
     def _start_delta(self, msg: DeltaStart) -> None:
         """Receive a delta against the version we hold into a temp file; patch at FileEnd."""
         self._abort_incoming()
+        self._commit_new_dir()
         self._skip_seq = -1
         started = time.monotonic()
         try:
@@ -274,9 +312,17 @@ class FileReceiver(SessionHooks):
         self._abort_incoming()
         self._skip_seq = -1
         started = time.monotonic()
+        new_dir = self._batch.new_dir
+        if new_dir is not None and parent_of(msg.path) != new_dir.path:
+            self.flush()
+            new_dir = None
         try:
             final = self._final_name(msg.path)
-            dir_fd = self._dirs.get(parent_of(msg.path), create=True)
+            dir_fd = (
+                new_dir.fd
+                if new_dir is not None
+                else self._dirs.get(parent_of(msg.path), create=True)
+            )
         except UnsafePath as exc:
             self._refuse(msg.seq, "write", msg.path, str(exc), started, msg.changed_at)
             return
@@ -293,6 +339,7 @@ class FileReceiver(SessionHooks):
                 mode=msg.mode,
                 mtime_ns=msg.mtime_ns,
                 dir_fd=dir_fd,
+                new_dir=new_dir,
             )
         except ProtocolError as exc:
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc
@@ -301,6 +348,10 @@ class FileReceiver(SessionHooks):
         except TransferError as exc:  # more bytes than the announced size
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, f"{msg.path}: {exc}") from exc
         except OSError as exc:
+            if new_dir is not None and isinstance(exc, FileExistsError):
+                self.flush()  # the same name twice in the batch: the second goes the usual way
+                self._small_file(msg)
+                return
             self._os_failed(msg.seq, "write", msg.path, exc, started, msg.changed_at)
             return
         self._stage(incoming, msg, msg.hash, len(msg.data), started)

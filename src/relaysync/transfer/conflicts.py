@@ -141,6 +141,8 @@ class ConflictSession(ReceiverSession):
     other members on the same root, so judging and renaming into place are one step for them.
     """
 
+    stages_new_dirs = False  # each staged file is judged against the disk at its final name
+
     def __init__(self, folder: TargetFolder, journal_id: str, report: ReportFn) -> None:
         super().__init__(folder, journal_id, report)
         self._lock: threading.RLock = folder.lock

@@ -268,7 +268,8 @@ class ReceiverSession(FileReceiver, TreeOps):
                 self.flush()
                 if not isinstance(message, SetAttr | MakeDir):
                     self.folder.tree_changes.forget()  # it may turn a directory into something else
-                self._apply_op(message)
+                if not (isinstance(message, MakeDir) and self._make_new_dir(message)):
+                    self._apply_op(message)
             case _:
                 raise TransientFailure(
                     0, ErrorCode.NOT_EXPECTED, f"unexpected {type(message).__name__}"

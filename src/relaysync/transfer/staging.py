@@ -21,13 +21,14 @@ from pathlib import Path
 
 import xxhash
 
-from relaysync._util.fs import walk_in
+from relaysync._util.fs import remove_tree_at, walk_in
 from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import HashMismatch, TransferError
 from relaysync.transfer import _partial_lock
 from relaysync.transfer._commit_batch import CommitBatch as CommitBatch
 from relaysync.transfer._commit_batch import fsync_dir as fsync_dir
 from relaysync.transfer._commit_batch import replace_at as replace_at
+from relaysync.transfer._new_dirs import NewDir, is_new_dir_name
 from relaysync.transfer._temp_names import PARTIAL_SUFFIX, _temp_name, partial_name_for
 from relaysync.transfer._temp_names import temp_name_for as temp_name_for
 
@@ -69,6 +70,9 @@ class IncomingFile:
     # The xxh3-128 of the content, once verified (`whole`, `finish`): what the commit compares
     # with the file at the final name, to keep no version of a file a replay would not replace.
     content_hash: bytes = b""
+    # Written at its own name in a directory the batch makes (transfer/_new_dirs.py): nothing to
+    # rename, its directory's rename makes it visible.
+    in_new_dir: bool = False
 
     @property
     def final(self) -> Path:
@@ -87,12 +91,25 @@ class IncomingFile:
         mode: int,
         mtime_ns: int,
         dir_fd: int,
+        new_dir: NewDir | None = None,
     ) -> IncomingFile:
         """A new temp file beside `final`, in `final`'s directory held open as `dir_fd` (never
-        through a symlink)."""
+        through a symlink); or, given the `new_dir` it goes in, the file at its own name there.
+
+        Raises:
+            FileExistsError: `new_dir` holds that name already (the same file twice in a batch).
+            OSError: it could not be made.
+        """
         final = os.fspath(final)
-        temp = _temp_name(final)
         cut = final.rfind("/") + 1
+        if new_dir is not None:
+            temp = f"{final[: cut - len(new_dir.name) - 1]}{new_dir.temp}/{final[cut:]}"
+            cut = len(temp) - len(final) + cut
+            fd = os.open(temp[cut:], _TEMP_FLAGS, 0o600, dir_fd=new_dir.fd)
+            return cls(
+                final, temp, size, mode, mtime_ns, fd, dir_fd=new_dir.fd, cut=cut, in_new_dir=True
+            )
+        temp = _temp_name(final)
         fd = os.open(temp[cut:], _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
         return cls(final, temp, size, mode, mtime_ns, fd, dir_fd=dir_fd, cut=cut)
 
@@ -107,9 +124,11 @@ class IncomingFile:
         mode: int,
         mtime_ns: int,
         dir_fd: int,
+        new_dir: NewDir | None = None,
     ) -> IncomingFile:
         """A temp file holding `data`, the whole content of a small file, verified before it
-        is written: bytes that are not the announced ones never reach the disk.
+        is written: bytes that are not the announced ones never reach the disk. In `new_dir`,
+        if given, at its own name (`open`).
 
         Raises:
             TransferError: more bytes than the announced `size`.
@@ -120,7 +139,9 @@ class IncomingFile:
             raise TransferError(f"more data than the announced {size} bytes")
         if len(data) != size or xxhash.xxh3_128_digest(data) != expected_hash:
             raise HashMismatch(final)
-        incoming = cls.open(final, size=size, mode=mode, mtime_ns=mtime_ns, dir_fd=dir_fd)
+        incoming = cls.open(
+            final, size=size, mode=mode, mtime_ns=mtime_ns, dir_fd=dir_fd, new_dir=new_dir
+        )
         try:
             written = os.write(incoming.fd, data) if size <= WRITE_PIECE_BYTES else 0
             if written < size:  # a short write, or more than one piece
@@ -236,7 +257,7 @@ class IncomingFile:
         # waiting for it must find the name gone, not take over a file about to be removed. A
         # partial closed already is not ours any more: its name may be a successor's file.
         try:
-            if self.fd >= 0 or not self.temp_name.endswith(PARTIAL_SUFFIX):
+            if self.fd >= 0 or not self.is_partial:
                 os.unlink(self.temp_name[self.cut :], dir_fd=self.dir_fd)
         except FileNotFoundError:
             pass
@@ -246,7 +267,7 @@ class IncomingFile:
     @property
     def is_partial(self) -> bool:
         """A named, resumable partial (locked while open), not a temp file of one batch."""
-        return self.temp_name.endswith(PARTIAL_SUFFIX)
+        return not self.in_new_dir and self.temp_name.endswith(PARTIAL_SUFFIX)
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1  # never closed twice, even if close fails (the number is reused)
@@ -282,11 +303,19 @@ def _emptied(fd: int, dir_fd: int, name: str, flags: int) -> int:
 
 
 def clean_stale_temps(root: Path, keep: frozenset[Path] = frozenset()) -> int:
-    """Remove temp files left by a crash under root, except the resumable partials in `keep`."""
+    """Remove temp files left by a crash under root, except the resumable partials in `keep`,
+    and the directories a batch was making (transfer/_new_dirs.py) with what is in them."""
     removed = 0
     for dir_fd, reldir, entries in walk_in(root):  # any depth, never through a link
         for entry in entries:
             name = entry.name
+            if is_new_dir_name(name) and entry.is_dir(follow_symlinks=False):
+                try:  # a directory a batch was making: what is in it was never committed
+                    remove_tree_at(dir_fd, name)
+                    removed += 1
+                except OSError as exc:
+                    logger.warning("could not remove the uncommitted directory %s: %s", name, exc)
+                continue
             if (
                 name.startswith(TEMP_PREFIX)
                 and (name.endswith(".tmp") or name.endswith(PARTIAL_SUFFIX))

@@ -178,6 +178,7 @@ def test_a_recursion_error_of_an_op_is_a_refused_op(
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr(session, "_make_dir", too_deep)
+    session.stages_new_dirs = False  # the usual MakeDir, not one built under a temp name
     replies = session.apply_batch(
         [MakeDir(seq=1, path="d"), _small(2, "f", b"x"), Checkpoint(seq=2)]
     )

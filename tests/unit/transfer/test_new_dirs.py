@@ -1,0 +1,336 @@
+"""A directory a batch makes is built under a temp name, its files written in it at their own
+names, and renamed into place at the commit (transfer/_new_dirs.py): the files appear together,
+never half-written, nothing that appeared at the path meanwhile is replaced, and what a failure
+or a kill -9 leaves goes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgspec
+import pytest
+import xxhash
+
+from relaysync.protocol.messages import (
+    Ack,
+    AnyMessage,
+    Checkpoint,
+    CommitRecord,
+    Error,
+    ErrorCode,
+    FileChunk,
+    FileEnd,
+    FileStart,
+    MakeDir,
+)
+from relaysync.transfer import _new_dirs, staging
+from relaysync.transfer.conflicts import NEWEST_MTIME, ConflictSession
+from relaysync.transfer.receiver import ReceiverSession
+from relaysync.transfer.target_folder import TargetFolder
+from relaysync.watch.manifest import Manifest
+from tests.unit.transfer._target_helpers import T0
+from tests.unit.transfer._target_helpers import small_file as _small
+
+
+def _folder(tmp_path: Path, *, durable: bool = False, conflict: str = "") -> TargetFolder:
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    return TargetFolder(
+        mapping_id=1,
+        source_node="src",
+        root=root,
+        manifest=Manifest(tmp_path / "m.db"),
+        durable=durable,
+        conflict=conflict,
+    )
+
+
+def _session(folder: TargetFolder) -> tuple[ReceiverSession, list[CommitRecord]]:
+    records: list[CommitRecord] = []
+    return ReceiverSession(folder, "j", lambda _w, batch: records.extend(batch)), records
+
+
+def _new_dir_names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if _new_dirs.is_new_dir_name(p.name))
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path below root: a file's bytes, None for a directory."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = None
+        for name in filenames:
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = Path(
+                dirpath, name
+            ).read_bytes()
+    return out
+
+
+def _dir_batch(n: int = 3, *, path: str = "d", mode: int = 0o750) -> list[AnyMessage]:
+    return [MakeDir(seq=1, path=path, mode=mode)] + [
+        _small(2 + i, f"{path}/f{i}", f"file {i}".encode(), mode=0o640, mtime_ns=T0 + i)
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["fast", "safe"])
+def test_a_new_directory_appears_with_all_its_files_at_the_commit(
+    tmp_path: Path, durable: bool
+) -> None:
+    folder = _folder(tmp_path, durable=durable)
+    session, records = _session(folder)
+    root = folder.root
+    assert session.apply_batch(_dir_batch()) == []
+    # Staged: nothing at the path yet, the directory under its temp name holds the files.
+    assert not (root / "d").exists()
+    [staged] = _new_dir_names(root)
+    assert sorted(os.listdir(root / staged)) == ["f0", "f1", "f2"]
+    assert records == []
+    replies = session.apply_batch([Checkpoint(seq=4)])
+    assert replies == [Ack(mapping_id=1, watermark=4)]
+    assert _tree(root) == {"d": None, **{f"d/f{i}": f"file {i}".encode() for i in range(3)}}
+    assert stat.S_IMODE((root / "d").stat().st_mode) == 0o750
+    for i in range(3):
+        st = (root / "d" / f"f{i}").stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, T0 + i)
+    assert [(r.seq, r.op, r.path, r.ok) for r in records] == [
+        (1, "mkdir", "d", True),
+        *[(2 + i, "write", f"d/f{i}", True) for i in range(3)],
+    ]
+    entry = folder.manifest.get("d")
+    assert entry is not None and (entry.kind, entry.mode) == ("d", 0o750)
+    f0 = folder.manifest.get("d/f0")
+    assert f0 is not None and f0.hash == xxhash.xxh3_128_digest(b"file 0")
+    session.close()
+
+
+def test_something_made_at_the_path_meanwhile_is_never_replaced_and_the_resend_merges(
+    tmp_path: Path,
+) -> None:
+    """A local user (or another writer) makes the directory between the MakeDir and the commit:
+    the commit fails (the source resends), what they made stays, and nothing of ours is left."""
+    folder = _folder(tmp_path)
+    session, records = _session(folder)
+    root = folder.root
+    session.apply_batch(_dir_batch())
+    (root / "d").mkdir()
+    (root / "d" / "theirs").write_bytes(b"local")
+    (root / "d" / "f0").write_bytes(b"local f0")
+    replies = session.apply_batch([Checkpoint(seq=4)])
+    assert len(replies) == 1 and isinstance(replies[0], Error)
+    assert replies[0].code == ErrorCode.IO_ERROR and "d" in replies[0].detail
+    assert _tree(root) == {"d": None, "d/theirs": b"local", "d/f0": b"local f0"}
+    assert records == []
+    session.close()
+    # The source's resend finds the directory there: its files go in the usual way.
+    again, records = _session(folder)
+    assert again.apply_batch([*_dir_batch(), Checkpoint(seq=4)]) == [Ack(mapping_id=1, watermark=4)]
+    assert _tree(root) == {
+        "d": None,
+        "d/theirs": b"local",
+        **{f"d/f{i}": f"file {i}".encode() for i in range(3)},
+    }
+    assert [r.ok for r in records] == [True] * 4
+
+
+def test_a_link_that_drops_before_the_commit_leaves_nothing(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    session, records = _session(folder)
+    session.apply_batch(_dir_batch())
+    session.close()
+    assert _tree(folder.root) == {}
+    assert records == [] and folder.manifest.get("d") is None
+
+
+def test_a_failure_later_in_the_batch_removes_the_directory_and_keeps_the_watermark(
+    tmp_path: Path,
+) -> None:
+    folder = _folder(tmp_path)
+    session, records = _session(folder)
+    corrupt = msgspec.structs.replace(_small(5, "d/bad", b"payload"), hash=b"\0" * 16)
+    replies = session.apply_batch([*_dir_batch(), corrupt, Checkpoint(seq=5)])
+    assert [(type(r), getattr(r, "code", None), getattr(r, "seq", None)) for r in replies] == [
+        (Error, ErrorCode.HASH_MISMATCH, 5)
+    ]
+    assert _tree(folder.root) == {}
+    assert records == [] and session.watermark == 0
+    session.close()
+
+
+def test_the_same_file_twice_in_the_batch_ends_as_the_second(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    session, records = _session(folder)
+    replies = session.apply_batch(
+        [
+            MakeDir(seq=1, path="d", mode=0o755),
+            _small(2, "d/f", b"first"),
+            _small(3, "d/f", b"second"),
+            Checkpoint(seq=3),
+        ]
+    )
+    assert replies == [Ack(mapping_id=1, watermark=3)]
+    assert _tree(folder.root) == {"d": None, "d/f": b"second"}
+    assert [(r.seq, r.ok) for r in records] == [(1, True), (2, True), (3, True)]
+    assert not any(p.startswith(".relaysync.") for p in os.listdir(folder.root / "d"))
+
+
+def test_what_is_not_one_of_its_files_commits_the_directory_first(tmp_path: Path) -> None:
+    """Only small files of the directory go in it while it is staged: a file elsewhere, a large
+    file in it, or a subdirectory see it committed first (they would otherwise make the real
+    path beside it)."""
+    folder = _folder(tmp_path)
+    session, _ = _session(folder)
+    root = folder.root
+    big = os.urandom(staging.WRITE_PIECE_BYTES * 3)
+    session.apply_batch(
+        [
+            MakeDir(seq=1, path="a", mode=0o755),
+            _small(2, "a/x", b"x"),
+            _small(3, "elsewhere/y", b"y"),  # its parent is made on the way
+        ]
+    )
+    assert (root / "a" / "x").read_bytes() == b"x" and _new_dir_names(root) == []
+    session.apply_batch(
+        [
+            MakeDir(seq=4, path="b", mode=0o755),
+            FileStart(seq=5, path="b/big", size=len(big), mode=0o644, mtime_ns=T0),
+        ]
+    )
+    assert (root / "b").is_dir() and _new_dir_names(root) == []
+    replies = session.apply_batch(
+        [
+            FileChunk(seq=5, offset=0, data=big),
+            FileEnd(seq=5, hash=xxhash.xxh3_128_digest(big)),
+            MakeDir(seq=6, path="c", mode=0o755),
+            MakeDir(seq=7, path="c/sub", mode=0o755),
+            _small(8, "c/sub/z", b"z"),
+            Checkpoint(seq=8),
+        ]
+    )
+    assert replies == [Ack(mapping_id=1, watermark=8)]
+    assert _tree(root) == {
+        "a": None,
+        "a/x": b"x",
+        "elsewhere": None,
+        "elsewhere/y": b"y",
+        "b": None,
+        "b/big": big,
+        "c": None,
+        "c/sub": None,
+        "c/sub/z": b"z",
+    }
+    session.close()
+
+
+def test_an_existing_directory_is_used_as_it_is(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    (folder.root / "d").mkdir(mode=0o700)
+    (folder.root / "d" / "old").write_bytes(b"old")
+    session, _ = _session(folder)
+    session.apply_batch(_dir_batch(1, mode=0o755))
+    assert _new_dir_names(folder.root) == []
+    session.apply_batch([Checkpoint(seq=2)])
+    assert _tree(folder.root) == {"d": None, "d/old": b"old", "d/f0": b"file 0"}
+    assert stat.S_IMODE((folder.root / "d").stat().st_mode) == 0o755
+
+
+def test_an_n_m_member_makes_its_directories_the_usual_way(tmp_path: Path) -> None:
+    """A member of an N:M job judges each staged file against the disk at its final name."""
+    folder = _folder(tmp_path, conflict=NEWEST_MTIME)
+    records: list[CommitRecord] = []
+    session = ConflictSession(folder, "j", lambda _w, batch: records.extend(batch))
+    session.apply_batch(_dir_batch(2))
+    assert (folder.root / "d").is_dir() and _new_dir_names(folder.root) == []
+    assert session.apply_batch([Checkpoint(seq=3)]) == [Ack(mapping_id=1, watermark=3)]
+    assert _tree(folder.root) == {"d": None, "d/f0": b"file 0", "d/f1": b"file 1"}
+    session.close()
+
+
+_KILLED_MID_BATCH = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from relaysync.transfer.receiver import ReceiverSession
+    from relaysync.transfer.target_folder import TargetFolder
+    from relaysync.watch.manifest import Manifest
+    from tests.unit.transfer.test_new_dirs import _dir_batch
+
+    base = Path(sys.argv[1])
+    folder = TargetFolder(mapping_id=1, source_node="src", root=base / "root",
+                          manifest=Manifest(base / "m.db"), durable=False)
+    session = ReceiverSession(folder, "j", lambda _w, _b: None)
+    assert session.apply_batch(_dir_batch(50)) == []
+    print("staged", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_kill_9_mid_batch_leaves_nothing_visible_and_the_restart_removes_it(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "root").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_BATCH, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "staged"  # bounded by the child's own sleep
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    root = tmp_path / "root"
+    [staged] = _new_dir_names(root)
+    assert not (root / "d").exists() and len(os.listdir(root / staged)) == 50
+    assert staging.clean_stale_temps(root) == 1  # what an agent's start does
+    assert _tree(root) == {}
+    folder = _folder(tmp_path)
+    session, records = _session(folder)
+    assert session.apply_batch([*_dir_batch(50), Checkpoint(seq=51)]) == [
+        Ack(mapping_id=1, watermark=51)
+    ]
+    assert len(_tree(root)) == 51 and all(r.ok for r in records)
+
+
+def test_rename_noreplace_without_renameat2_still_replaces_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where libc has no renameat2 (or the file system refuses the flag), a plain rename after
+    finding nothing at the name."""
+    monkeypatch.setattr(_new_dirs, "_renameat2", None)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_bytes(b"x")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            _new_dirs.rename_noreplace(fd, "a", fd, "taken")
+        _new_dirs.rename_noreplace(fd, "a", fd, "b")
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == ["b", "taken"]
+    assert os.listdir(tmp_path / "taken") == ["x"]
+
+
+def test_rename_noreplace_refuses_an_empty_directory_in_the_way(tmp_path: Path) -> None:
+    """rename(2) would replace an empty directory; the commit must not (a local user's)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            _new_dirs.rename_noreplace(fd, "a", fd, "b")
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
