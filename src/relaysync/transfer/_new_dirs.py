@@ -121,26 +121,37 @@ class NewDir:
             OSError: otherwise; the directory stays under its temp name for `discard`.
         """
         os.fchmod(self.fd, self.mode)
-        if durable:
-            os.fsync(self.fd)
         try:
+            if durable:
+                os.fsync(self.fd)
             rename_noreplace(self.parent_fd, self.temp, self.parent_fd, self.name)
         except FileExistsError as exc:
+            self._writable()
             raise FileExistsError(
                 errno.EEXIST,
                 f"{self.path} was made on this target while the batch wrote it; nothing of it is"
                 " replaced, its files come again",
                 self.path,
             ) from exc
+        except BaseException:
+            self._writable()
+            raise
         self._close()
 
     def discard(self) -> None:
         """Remove the directory and what was written in it (an uncommitted batch)."""
+        self._writable()
         self._close()
         try:
             remove_tree_at(self.parent_fd, self.temp)
         except OSError as exc:  # left for clean_stale_temps at the next start
             logger.warning("could not remove the uncommitted directory %s: %s", self.path, exc)
+
+    def _writable(self) -> None:
+        """Back to the owner's 0700 (a read-only mode would keep an agent that is not root from
+        removing the files in it); a failure is left to `discard`'s warning."""
+        with contextlib.suppress(OSError):
+            os.fchmod(self.fd, 0o700)
 
     def _close(self) -> None:
         fd, self.fd = self.fd, -1
@@ -151,3 +162,21 @@ class NewDir:
 def is_new_dir_name(name: str) -> bool:
     """Whether `name` is a temp name `NewDir` gives (what a crash may leave)."""
     return name.startswith(TEMP_PREFIX) and name.endswith(NEW_DIR_SUFFIX)
+
+
+def remove_left_new_dir(dir_fd: int, name: str) -> None:
+    """Remove a directory `NewDir` left under its temp `name` in `dir_fd` (a crash between its
+    mode and its rename may have left it read-only), never through a link swapped in for it.
+
+    Raises:
+        OSError: it could not be removed.
+    """
+    try:
+        fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    try:  # an O_PATH descriptor takes no fchmod: by its /proc link, as glibc's fchmodat does
+        os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    finally:
+        os.close(fd)
+    remove_tree_at(dir_fd, name)

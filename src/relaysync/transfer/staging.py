@@ -21,14 +21,14 @@ from pathlib import Path
 
 import xxhash
 
-from relaysync._util.fs import remove_tree_at, walk_in
+from relaysync._util.fs import walk_in
 from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import HashMismatch, TransferError
 from relaysync.transfer import _partial_lock
 from relaysync.transfer._commit_batch import CommitBatch as CommitBatch
 from relaysync.transfer._commit_batch import fsync_dir as fsync_dir
 from relaysync.transfer._commit_batch import replace_at as replace_at
-from relaysync.transfer._new_dirs import NewDir, is_new_dir_name
+from relaysync.transfer._new_dirs import NewDir, is_new_dir_name, remove_left_new_dir
 from relaysync.transfer._temp_names import PARTIAL_SUFFIX, _temp_name, partial_name_for
 from relaysync.transfer._temp_names import temp_name_for as temp_name_for
 
@@ -311,7 +311,7 @@ def clean_stale_temps(root: Path, keep: frozenset[Path] = frozenset()) -> int:
             name = entry.name
             if is_new_dir_name(name) and entry.is_dir(follow_symlinks=False):
                 try:  # a directory a batch was making: what is in it was never committed
-                    remove_tree_at(dir_fd, name)
+                    remove_left_new_dir(dir_fd, name)
                     removed += 1
                 except OSError as exc:
                     logger.warning("could not remove the uncommitted directory %s: %s", name, exc)

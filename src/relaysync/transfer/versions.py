@@ -80,6 +80,8 @@ class VersionKeeper:
             return
         try:
             for fd, reldir, entries in walk_in(top):  # any depth, never through a link
+                if any(part.startswith(TEMP_PREFIX) for part in reldir.split("/")):
+                    continue  # what a batch was making (transfer/_new_dirs.py): never committed
                 for entry in entries:
                     if entry.is_file(follow_symlinks=False) and not entry.name.startswith(
                         TEMP_PREFIX

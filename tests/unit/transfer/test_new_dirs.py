@@ -334,3 +334,58 @@ def test_rename_noreplace_refuses_an_empty_directory_in_the_way(tmp_path: Path) 
     finally:
         os.close(fd)
     assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+_READ_ONLY_DIR = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from relaysync.protocol.messages import Checkpoint, Error, MakeDir
+    from relaysync.transfer import _new_dirs, staging
+    from relaysync.transfer.receiver import ReceiverSession
+    from relaysync.transfer.target_folder import TargetFolder
+    from relaysync.watch.manifest import Manifest
+    from tests.unit.transfer._target_helpers import small_file
+
+    base = Path(sys.argv[1])
+    root = base / "root"
+    folder = TargetFolder(mapping_id=1, source_node="src", root=root,
+                          manifest=Manifest(base / "m.db"), durable=False)
+    session = ReceiverSession(folder, "j", lambda _w, _b: None)
+    session.apply_batch([MakeDir(seq=1, path="d", mode=0o555), small_file(2, "d/a", b"a")])
+    (root / "d").mkdir()  # made meanwhile: the commit fails after the mode was set
+    [reply] = session.apply_batch([Checkpoint(seq=2)])
+    assert isinstance(reply, Error), reply
+    session.close()
+    left = [n for n in os.listdir(root) if _new_dirs.is_new_dir_name(n)]
+    # what a crash between the mode and the rename leaves, for the start-up's clean-up
+    crashed = root / ".relaysync.e.abc1230.newdir"
+    crashed.mkdir()
+    (crashed / "f").write_bytes(b"f")
+    crashed.chmod(0o555)
+    removed = staging.clean_stale_temps(root)
+    print(left, removed, sorted(os.listdir(root)))
+    """
+)
+
+
+def test_a_read_only_directory_that_fails_to_commit_is_removed_by_an_agent_that_is_not_root(
+    tmp_path: Path,
+) -> None:
+    """The mode comes before the rename: a 0555 directory left by a failed commit or a crash
+    must still be removable without root's override of permissions (the review's repro: it
+    stayed for ever, and blocked its parent's delete)."""
+    (tmp_path / "root").mkdir()
+    cmd = [sys.executable, "-c", _READ_ONLY_DIR, str(tmp_path)]
+    if os.geteuid() == 0:  # as an owner that is not root: no override of permission bits
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", *cmd]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[3],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[] 1 ['d']"
