@@ -29,6 +29,18 @@ BATCH_BYTES = 8 * 1024 * 1024  # payload per send_many; larger files stream chun
 WINDOW_RECORDS = 8192  # records sent but not yet acknowledged before the sender waits
 
 
+def whole_dirs(records: list[JournalRecord]) -> list[JournalRecord]:
+    """A full batch of `records` cut before the last directory it makes, if half a batch stays:
+    that directory's files then go in the next batch with it, whole, and the target writes them
+    in the new directory at their own names (transfer/_new_dirs.py) instead of one temp file and
+    one rename each (a first copy of 100 files a folder: 20 % of them were cut off their folder
+    by a Checkpoint). The rest is read again for the next batch."""
+    for i in range(len(records) - 1, BATCH_RECORDS // 2 - 1, -1):
+        if records[i].op == "mkdir":
+            return records[:i]
+    return records
+
+
 class RecordStream:
     """The record streaming of a `TargetLink` (a mixin: the link holds the state it uses)."""
 
@@ -49,7 +61,9 @@ class RecordStream:
         records = await anyio.to_thread.run_sync(
             self.source.journal.read, session.sent_upto, BATCH_RECORDS
         )
-        return coalesce_records([r for r in records if r.seq <= self.source.send_limit])
+        full = len(records) == BATCH_RECORDS
+        records = [r for r in records if r.seq <= self.source.send_limit]
+        return coalesce_records(whole_dirs(records) if full else records)
 
     async def _wait_window(self, session: _Session) -> None:
         while session.sent_upto - session.acked > WINDOW_RECORDS:
