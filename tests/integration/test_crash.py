@@ -48,6 +48,36 @@ def test_target_killed_mid_transfer_leaves_old_or_new(own_fleet: Fleet) -> None:
     assert temp_files(dsts[0]) == []
 
 
+def _new_dirs_in(root: Path) -> list[str]:
+    try:
+        return [
+            n for n in os.listdir(root) if n.startswith(".relaysync.") and n.endswith(".newdir")
+        ]
+    except FileNotFoundError:
+        return []
+
+
+def test_target_killed_while_it_builds_new_folders_converges(own_fleet: Fleet) -> None:
+    """kill -9 of a target while a folder it makes is still under its temp name (its files
+    written in it, transfer/_new_dirs.py): nothing of that folder is visible, the restart
+    removes it, and the source's resend completes the copy."""
+    _, src, dsts = own_fleet.new_mapping(targets=("t1",))
+    for d in range(60):
+        folder = src / f"d{d:02d}"
+        folder.mkdir()
+        for i in range(60):
+            (folder / f"f{i}").write_bytes(os.urandom(2048))
+    wait_until(
+        lambda: _new_dirs_in(dsts[0]), timeout_s=30, interval_s=0.0005, what="a folder staged"
+    )
+    own_fleet.cluster.agents["t1"].process.kill()
+    for name in _new_dirs_in(dsts[0]):  # ".relaysync.d07.<salt><n>.newdir": d07 not there yet
+        assert not (dsts[0] / name.split(".")[2]).exists()
+    own_fleet.cluster.start_agent("t1")
+    own_fleet.wait_converged(src, dsts)
+    assert temp_files(dsts[0]) == []
+
+
 def test_source_killed_mid_burst_converges(own_fleet: Fleet) -> None:
     _, src, dsts = own_fleet.new_mapping()
     for i in range(300):
