@@ -112,7 +112,8 @@ class CommitBatch:
         for f in files:
             if f.is_partial:
                 _check_still_named(f)
-            os.fchmod(f.fd, permission_bits(f.mode) & ~self.mode_mask)
+            if not f.mode_set:
+                os.fchmod(f.fd, permission_bits(f.mode) & ~self.mode_mask)
             os.utime(f.fd, ns=(f.mtime_ns, f.mtime_ns))
             if durable:
                 os.fsync(f.fd)

@@ -32,7 +32,7 @@ from relaysync.protocol.messages import (
 )
 from relaysync.transfer import _librsync, codec, staging
 from relaysync.transfer._failures import TransientFailure, _transient_os
-from relaysync.transfer._new_dirs import NewDir
+from relaysync.transfer._new_dirs import NewDir, made_with
 from relaysync.transfer._session_hooks import SessionHooks
 from relaysync.transfer.patching import StreamingPatch
 from relaysync.transfer.paths import DirHandles, check_relpath, parent_of
@@ -331,6 +331,7 @@ class FileReceiver(SessionHooks):
             return
         try:
             data = msg.data if msg.codec == 0 else codec.decode_chunk(msg.codec, msg.data, msg.size)
+            disk_mode = permission_bits(msg.mode) & ~self._batch.mode_mask
             incoming = staging.IncomingFile.whole(
                 final,
                 data,
@@ -340,6 +341,7 @@ class FileReceiver(SessionHooks):
                 mtime_ns=msg.mtime_ns,
                 dir_fd=dir_fd,
                 new_dir=new_dir,
+                final_mode=disk_mode if new_dir is not None and made_with(disk_mode) else None,
             )
         except ProtocolError as exc:
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc

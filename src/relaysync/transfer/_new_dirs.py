@@ -31,6 +31,31 @@ from relaysync.transfer._temp_names import _temp_name
 logger = logging.getLogger(__name__)
 
 NEW_DIR_SUFFIX = ".newdir"
+
+
+def _process_umask() -> int:
+    """This process's umask, read without changing it (os.umask sets one for every thread
+    meanwhile); 0o777 where /proc does not say (then no file is made with its final mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777
+
+
+_UMASK = _process_umask()  # read once: nothing in the agent changes it
+
+
+def made_with(mode: int) -> bool:
+    """Whether a file created with permission bits `mode` gets exactly them (the umask takes
+    none away): a file in a new directory is then made with its final mode, and the commit
+    spares its fchmod (nobody sees it before the directory's rename: the directory is 0700)."""
+    return not mode & (_UMASK | ~0o777)
+
+
 _RENAME_NOREPLACE = 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

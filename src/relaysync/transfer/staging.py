@@ -71,8 +71,9 @@ class IncomingFile:
     # with the file at the final name, to keep no version of a file a replay would not replace.
     content_hash: bytes = b""
     # Written at its own name in a directory the batch makes (transfer/_new_dirs.py): nothing to
-    # rename, its directory's rename makes it visible.
+    # rename, its directory's rename makes it visible; `mode_set`: made with its final mode.
     in_new_dir: bool = False
+    mode_set: bool = False
 
     @property
     def final(self) -> Path:
@@ -92,9 +93,11 @@ class IncomingFile:
         mtime_ns: int,
         dir_fd: int,
         new_dir: NewDir | None = None,
+        final_mode: int | None = None,
     ) -> IncomingFile:
         """A new temp file beside `final`, in `final`'s directory held open as `dir_fd` (never
-        through a symlink); or, given the `new_dir` it goes in, the file at its own name there.
+        through a symlink); or, given the `new_dir` it goes in, the file at its own name there,
+        made with `final_mode` if given (permission bits the umask keeps whole: _new_dirs.py).
 
         Raises:
             FileExistsError: `new_dir` holds that name already (the same file twice in a batch).
@@ -105,10 +108,11 @@ class IncomingFile:
         if new_dir is not None:
             temp = f"{final[: cut - len(new_dir.name) - 1]}{new_dir.temp}/{final[cut:]}"
             cut = len(temp) - len(final) + cut
-            fd = os.open(temp[cut:], _TEMP_FLAGS, 0o600, dir_fd=new_dir.fd)
-            return cls(
-                final, temp, size, mode, mtime_ns, fd, dir_fd=new_dir.fd, cut=cut, in_new_dir=True
-            )
+            made = 0o600 if final_mode is None else final_mode
+            fd = os.open(temp[cut:], _TEMP_FLAGS, made, dir_fd=new_dir.fd)
+            incoming = cls(final, temp, size, mode, mtime_ns, fd, dir_fd=new_dir.fd, cut=cut)
+            incoming.in_new_dir, incoming.mode_set = True, final_mode is not None
+            return incoming
         temp = _temp_name(final)
         fd = os.open(temp[cut:], _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
         return cls(final, temp, size, mode, mtime_ns, fd, dir_fd=dir_fd, cut=cut)
@@ -125,10 +129,11 @@ class IncomingFile:
         mtime_ns: int,
         dir_fd: int,
         new_dir: NewDir | None = None,
+        final_mode: int | None = None,
     ) -> IncomingFile:
         """A temp file holding `data`, the whole content of a small file, verified before it
         is written: bytes that are not the announced ones never reach the disk. In `new_dir`,
-        if given, at its own name (`open`).
+        if given, at its own name, with `final_mode` if given (`open`).
 
         Raises:
             TransferError: more bytes than the announced `size`.
@@ -140,7 +145,13 @@ class IncomingFile:
         if len(data) != size or xxhash.xxh3_128_digest(data) != expected_hash:
             raise HashMismatch(final)
         incoming = cls.open(
-            final, size=size, mode=mode, mtime_ns=mtime_ns, dir_fd=dir_fd, new_dir=new_dir
+            final,
+            size=size,
+            mode=mode,
+            mtime_ns=mtime_ns,
+            dir_fd=dir_fd,
+            new_dir=new_dir,
+            final_mode=final_mode,
         )
         try:
             written = os.write(incoming.fd, data) if size <= WRITE_PIECE_BYTES else 0

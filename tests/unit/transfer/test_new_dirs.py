@@ -5,6 +5,7 @@ or a kill -9 leaves goes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import stat
@@ -389,3 +390,29 @@ def test_a_read_only_directory_that_fails_to_commit_is_removed_by_an_agent_that_
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[] 1 ['d']"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_files_in_a_new_directory_get_their_modes_with_or_without_an_fchmod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int
+) -> None:
+    """A file the umask would not cut is made with its final mode (no fchmod at the commit);
+    any other is made 0600 and chmod'ed as before. Either way the mode on disk is the source's,
+    less the target policy's mask."""
+    modes = [0o644, 0o640, 0o755, 0o600, 0o444, 0o000, 0o666]
+    folder = _folder(tmp_path)
+    folder.policy = dataclasses.replace(folder.policy, mode_mask=0o002)
+    saved = os.umask(umask)
+    monkeypatch.setattr(_new_dirs, "_UMASK", umask)
+    try:
+        session, _ = _session(folder)
+        messages: list[AnyMessage] = [MakeDir(seq=1, path="d", mode=0o755)]
+        messages += [_small(2 + i, f"d/m{m:o}", b"x", mode=m) for i, m in enumerate(modes)]
+        assert session.apply_batch([*messages, Checkpoint(seq=len(modes) + 1)]) == [
+            Ack(mapping_id=1, watermark=len(modes) + 1)
+        ]
+    finally:
+        os.umask(saved)
+    got = {m: stat.S_IMODE((folder.root / "d" / f"m{m:o}").stat().st_mode) for m in modes}
+    assert got == {m: m & ~0o002 for m in modes}
+    assert _new_dirs.made_with(0o644) == (not 0o644 & umask)
