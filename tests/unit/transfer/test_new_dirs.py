@@ -34,22 +34,8 @@ from relaysync.transfer import _new_dirs, staging
 from relaysync.transfer.conflicts import NEWEST_MTIME, ConflictSession
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
-from relaysync.watch.manifest import Manifest
 from tests.unit.transfer._target_helpers import T0
 from tests.unit.transfer._target_helpers import small_file as _small
-
-
-def _folder(tmp_path: Path, *, durable: bool = False, conflict: str = "") -> TargetFolder:
-    root = tmp_path / "root"
-    root.mkdir(exist_ok=True)
-    return TargetFolder(
-        mapping_id=1,
-        source_node="src",
-        root=root,
-        manifest=Manifest(tmp_path / "m.db"),
-        durable=durable,
-        conflict=conflict,
-    )
 
 
 def _session(folder: TargetFolder) -> tuple[ReceiverSession, list[CommitRecord]]:
@@ -83,9 +69,9 @@ def _dir_batch(n: int = 3, *, path: str = "d", mode: int = 0o750) -> list[AnyMes
 
 @pytest.mark.parametrize("durable", [False, True], ids=["fast", "safe"])
 def test_a_new_directory_appears_with_all_its_files_at_the_commit(
-    tmp_path: Path, durable: bool
+    folder: TargetFolder, durable: bool
 ) -> None:
-    folder = _folder(tmp_path, durable=durable)
+    folder.durable = durable
     session, records = _session(folder)
     root = folder.root
     assert session.apply_batch(_dir_batch()) == []
@@ -113,11 +99,10 @@ def test_a_new_directory_appears_with_all_its_files_at_the_commit(
 
 
 def test_something_made_at_the_path_meanwhile_is_never_replaced_and_the_resend_merges(
-    tmp_path: Path,
+    folder: TargetFolder,
 ) -> None:
     """A local user (or another writer) makes the directory between the MakeDir and the commit:
     the commit fails (the source resends), what they made stays, and nothing of ours is left."""
-    folder = _folder(tmp_path)
     session, records = _session(folder)
     root = folder.root
     session.apply_batch(_dir_batch())
@@ -141,8 +126,7 @@ def test_something_made_at_the_path_meanwhile_is_never_replaced_and_the_resend_m
     assert [r.ok for r in records] == [True] * 4
 
 
-def test_a_link_that_drops_before_the_commit_leaves_nothing(tmp_path: Path) -> None:
-    folder = _folder(tmp_path)
+def test_a_link_that_drops_before_the_commit_leaves_nothing(folder: TargetFolder) -> None:
     session, records = _session(folder)
     session.apply_batch(_dir_batch())
     session.close()
@@ -151,9 +135,8 @@ def test_a_link_that_drops_before_the_commit_leaves_nothing(tmp_path: Path) -> N
 
 
 def test_a_failure_later_in_the_batch_removes_the_directory_and_keeps_the_watermark(
-    tmp_path: Path,
+    folder: TargetFolder,
 ) -> None:
-    folder = _folder(tmp_path)
     session, records = _session(folder)
     corrupt = msgspec.structs.replace(_small(5, "d/bad", b"payload"), hash=b"\0" * 16)
     replies = session.apply_batch([*_dir_batch(), corrupt, Checkpoint(seq=5)])
@@ -165,8 +148,7 @@ def test_a_failure_later_in_the_batch_removes_the_directory_and_keeps_the_waterm
     session.close()
 
 
-def test_the_same_file_twice_in_the_batch_ends_as_the_second(tmp_path: Path) -> None:
-    folder = _folder(tmp_path)
+def test_the_same_file_twice_in_the_batch_ends_as_the_second(folder: TargetFolder) -> None:
     session, records = _session(folder)
     replies = session.apply_batch(
         [
@@ -182,11 +164,10 @@ def test_the_same_file_twice_in_the_batch_ends_as_the_second(tmp_path: Path) -> 
     assert not any(p.startswith(".relaysync.") for p in os.listdir(folder.root / "d"))
 
 
-def test_what_is_not_one_of_its_files_commits_the_directory_first(tmp_path: Path) -> None:
+def test_what_is_not_one_of_its_files_commits_the_directory_first(folder: TargetFolder) -> None:
     """Only small files of the directory go in it while it is staged: a file elsewhere, a large
     file in it, or a subdirectory see it committed first (they would otherwise make the real
     path beside it)."""
-    folder = _folder(tmp_path)
     session, _ = _session(folder)
     root = folder.root
     big = os.urandom(staging.WRITE_PIECE_BYTES * 3)
@@ -230,8 +211,7 @@ def test_what_is_not_one_of_its_files_commits_the_directory_first(tmp_path: Path
     session.close()
 
 
-def test_an_existing_directory_is_used_as_it_is(tmp_path: Path) -> None:
-    folder = _folder(tmp_path)
+def test_an_existing_directory_is_used_as_it_is(folder: TargetFolder) -> None:
     (folder.root / "d").mkdir(mode=0o700)
     (folder.root / "d" / "old").write_bytes(b"old")
     session, _ = _session(folder)
@@ -242,9 +222,9 @@ def test_an_existing_directory_is_used_as_it_is(tmp_path: Path) -> None:
     assert stat.S_IMODE((folder.root / "d").stat().st_mode) == 0o755
 
 
-def test_an_n_m_member_makes_its_directories_the_usual_way(tmp_path: Path) -> None:
+def test_an_n_m_member_makes_its_directories_the_usual_way(folder: TargetFolder) -> None:
     """A member of an N:M job judges each staged file against the disk at its final name."""
-    folder = _folder(tmp_path, conflict=NEWEST_MTIME)
+    folder.conflict = NEWEST_MTIME
     records: list[CommitRecord] = []
     session = ConflictSession(folder, "j", lambda _w, batch: records.extend(batch))
     session.apply_batch(_dir_batch(2))
@@ -275,9 +255,8 @@ _KILLED_MID_BATCH = textwrap.dedent(
 
 
 def test_a_kill_9_mid_batch_leaves_nothing_visible_and_the_restart_removes_it(
-    tmp_path: Path,
+    folder: TargetFolder, tmp_path: Path
 ) -> None:
-    (tmp_path / "root").mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILLED_MID_BATCH, str(tmp_path)],
         stdout=subprocess.PIPE,
@@ -291,12 +270,11 @@ def test_a_kill_9_mid_batch_leaves_nothing_visible_and_the_restart_removes_it(
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    root = tmp_path / "root"
+    root = folder.root
     [staged] = _new_dir_names(root)
     assert not (root / "d").exists() and len(os.listdir(root / staged)) == 50
     assert staging.clean_stale_temps(root) == 1  # what an agent's start does
     assert _tree(root) == {}
-    folder = _folder(tmp_path)
     session, records = _session(folder)
     assert session.apply_batch([*_dir_batch(50), Checkpoint(seq=51)]) == [
         Ack(mapping_id=1, watermark=51)
@@ -394,13 +372,12 @@ def test_a_read_only_directory_that_fails_to_commit_is_removed_by_an_agent_that_
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
 def test_files_in_a_new_directory_get_their_modes_with_or_without_an_fchmod(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int
+    folder: TargetFolder, monkeypatch: pytest.MonkeyPatch, umask: int
 ) -> None:
     """A file the umask would not cut is made with its final mode (no fchmod at the commit);
     any other is made 0600 and chmod'ed as before. Either way the mode on disk is the source's,
     less the target policy's mask."""
     modes = [0o644, 0o640, 0o755, 0o600, 0o444, 0o000, 0o666]
-    folder = _folder(tmp_path)
     folder.policy = dataclasses.replace(folder.policy, mode_mask=0o002)
     saved = os.umask(umask)
     monkeypatch.setattr(_new_dirs, "_UMASK", umask)
