@@ -50,9 +50,10 @@ _UMASK = _process_umask()  # read once: nothing in the agent changes it
 
 
 def made_with(mode: int) -> bool:
-    """Whether a file created with permission bits `mode` gets exactly them (the umask takes
-    none away): a file in a new directory is then made with its final mode, and the commit
-    spares its fchmod (nobody sees it before the directory's rename: the directory is 0700)."""
+    """Whether a file created with permission bits `mode` should get exactly them (the umask
+    takes none away): a file in a new directory is then made with its final mode, and the
+    commit spares its fchmod if the file has it (staging.py checks: a default ACL of the parent
+    cuts the mode instead of the umask). Nobody sees it before the directory's rename: 0700."""
     return not mode & (_UMASK | ~0o777)
 
 

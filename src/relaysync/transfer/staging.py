@@ -111,7 +111,10 @@ class IncomingFile:
             made = 0o600 if final_mode is None else final_mode
             fd = os.open(temp[cut:], _TEMP_FLAGS, made, dir_fd=new_dir.fd)
             incoming = cls(final, temp, size, mode, mtime_ns, fd, dir_fd=new_dir.fd, cut=cut)
-            incoming.in_new_dir, incoming.mode_set = True, final_mode is not None
+            incoming.in_new_dir = True
+            # Only if the kernel gave it that mode: a default ACL of the parent cuts it instead of
+            # the umask (and the umask might have changed): the commit's fchmod puts it right.
+            incoming.mode_set = final_mode is not None and _has_mode(fd, final_mode)
             return incoming
         temp = _temp_name(final)
         fd = os.open(temp[cut:], _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
@@ -284,6 +287,14 @@ class IncomingFile:
         fd, self.fd = self.fd, -1  # never closed twice, even if close fails (the number is reused)
         if fd >= 0:
             os.close(fd)
+
+
+def _has_mode(fd: int, mode: int) -> bool:
+    """Whether the open file `fd` has exactly the permission bits `mode` (False if unknown)."""
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode) == mode
+    except OSError:
+        return False
 
 
 def _write_from(fd: int, view: memoryview) -> None:
