@@ -87,13 +87,6 @@ class LoopLag:
             lost += max(0.0, now - self._last - self.tick_s)
         return min(lost, window_s)
 
-    def held_up_s(self, timeout_s: float | None, now: float | None = None) -> float:
-        """How long the loop was held up just before a timeout of `timeout_s` that has just
-        expired, when that is enough for the timeout to be ours (HELD_SHARE of it), else 0.0
-        (`hold_up`)."""
-        found = self.hold_up(timeout_s, now)
-        return found[1] if found is not None else 0.0
-
     def hold_up(
         self, timeout_s: float | None, now: float | None = None
     ) -> tuple[float, float] | None:
