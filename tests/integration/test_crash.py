@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -199,13 +203,22 @@ def _settled(read: Callable[[], int]) -> int:
     return last
 
 
-def _relay_fleet(tmp_path: Path, source_env: dict[str, str]) -> Iterator[Fleet]:
+# The child takes no session from the source (a firewall between them): with its relay down it
+# waits for it. Without this the master routes around a dead relay at once (`fail_after_s` only
+# marks a target failed, it does not hold the route) and the source resumes the child itself.
+CHILD_ENV = {**RESUME_LIMIT, "RELAYSYNC_REFUSE_PEERS": "src"}
+
+
+def _relay_fleet(
+    tmp_path: Path, source_env: dict[str, str], child_env: dict[str, str] = RESUME_LIMIT
+) -> Iterator[Fleet]:
+    """src, and a1 and a2 in one group (a2 started with `child_env`)."""
     cluster = Cluster(tmp_path / "fleet")
     cluster.start_master()
     try:
         cluster.start_agent("src", region="origin", group="origin", env=source_env, wait=False)
-        for name in ("a1", "a2"):
-            cluster.start_agent(name, region="r1", group="r1g1", env=RESUME_LIMIT, wait=False)
+        for name, env in (("a1", RESUME_LIMIT), ("a2", child_env)):
+            cluster.start_agent(name, region="r1", group="r1g1", env=env, wait=False)
         for name in ("src", "a1", "a2"):
             cluster.wait_agent_up(name)
         yield Fleet(cluster, tmp_path)
@@ -215,8 +228,8 @@ def _relay_fleet(tmp_path: Path, source_env: dict[str, str]) -> Iterator[Fleet]:
 
 @pytest.fixture
 def relay_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    """src -> relay -> child: a1 and a2 share a group, so one relays to the other."""
-    yield from _relay_fleet(tmp_path, RESUME_LIMIT)
+    """src -> a1 -> a2, a2 reachable only through a1 (CHILD_ENV)."""
+    yield from _relay_fleet(tmp_path, RESUME_LIMIT, CHILD_ENV)
 
 
 @pytest.fixture
@@ -226,14 +239,17 @@ def fast_source_relay_fleet(tmp_path: Path) -> Iterator[Fleet]:
     yield from _relay_fleet(tmp_path, {})
 
 
-def _relayed_mapping(relay_fleet: Fleet) -> tuple[Path, list[Path], str, str]:
-    """A mapping to a1 and a2 routed src -> relay -> child: its source, targets, relay and child."""
+def _relayed_mapping(
+    relay_fleet: Fleet, want_relay: str | None = None
+) -> tuple[Path, list[Path], str, str]:
+    """A mapping to a1 and a2 routed src -> relay -> child (`want_relay` the relay if given, once
+    the master has planned around a refused hop): its source, targets, relay and child."""
     cluster = relay_fleet.cluster
     mapping, src, dsts = relay_fleet.new_mapping(targets=("a1", "a2"))
     mapping_id = int(mapping["id"])
     r = cluster.api.put(
         f"/api/mappings/{mapping_id}/routing", json={"fail_after_s": 300}
-    )  # no re-plan
+    )  # a target down is not marked failed (dropped from the targets); routes still change
     assert r.status_code == 200, r.text
 
     def parents() -> dict[str, str]:
@@ -241,27 +257,78 @@ def _relayed_mapping(relay_fleet: Fleet) -> tuple[Path, list[Path], str, str]:
         return {h["child"]: h["parent"] for h in hops}
 
     plan = wait_until(
-        lambda: (p := parents()) and len(p) == 2 and p, timeout_s=60, interval_s=0.1, what="a plan"
+        lambda: (
+            (p := parents())
+            and len(p) == 2
+            and (want_relay is None or p.get(want_relay) == "src")
+            and p
+        ),
+        timeout_s=60,
+        interval_s=0.1,
+        what="a plan",
     )
     relay = next(c for c, p in plan.items() if p == "src")
     child = next(c for c, p in plan.items() if p == relay)
     return src, dsts, relay, child
 
 
-@pytest.mark.parametrize("killed", ["child", "relay", "source"])
+def _peer_address(cluster: Cluster, name: str) -> str:
+    """Where agent `name` served peers: it restarts there, as a server with its configured address
+    does. On a new port its parent's link would retry the old one after the master saw it up, and
+    the master would avoid that hop for HOP_FAILED_TTL_S: 60 s without a route to a child that
+    takes nothing from the source (CHILD_ENV)."""
+    log = (cluster.base / f"agent-{name}.log").read_text()
+    return re.findall(r"peer server listening on (\S+)", log)[-1]
+
+
+@contextmanager
+def _stopped_once(pid: int, when: Callable[[], bool], stop_s: float) -> Iterator[None]:
+    """SIGSTOP process `pid` for `stop_s` the first time `when()` holds while the block runs: a
+    process starved of CPU (CI's load), deterministically."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if when():
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    done.wait(stop_s)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+@pytest.mark.parametrize("killed", ["child", "relay", "source", "relay, under load"])
 def test_resume_through_a_relay_hop(relay_fleet: Fleet, killed: str) -> None:
     """kill -9 the relay, its child or the source mid-file: what each target below had received is
     not sent to it again (at most one chunk of it). With the source killed the route stays: its
-    parent resumes the relay, and the child gets what it lacks from the relay's spool and copy."""
+    parent resumes the relay, and the child gets what it lacks from the relay's spool and copy.
+    With the relay killed the child, which takes nothing from the source (CHILD_ENV), keeps what
+    it holds until the relay is back, which then resumes it from its spool and copy.
+
+    "under load" stalls the source 1 s once the child holds 3 chunks more than at the kill, and
+    the relay takes 3 s to restart, as on a loaded CI machine: had the source resumed the child
+    itself (the master routes around a dead relay at once), the child's size would be read in
+    that stall mid-stream, and its last resume be the source's, below it (a CI failure)."""
     cluster = relay_fleet.cluster
-    src, dsts, relay, child = _relayed_mapping(relay_fleet)
+    src, dsts, relay, child = _relayed_mapping(relay_fleet, want_relay="a1")
     dir_of = dict(zip(("a1", "a2"), dsts, strict=True))
     (src / "warm").write_text("x")
     relay_fleet.wait_converged(src, dsts)
-    victim = {"child": child, "relay": relay, "source": "src"}[killed]
+    role = killed.split(",")[0]
+    victim = {"child": child, "relay": relay, "source": "src"}[role]
     size = 64 * CHUNK_BYTES
     _write_random(src / "big.bin", size)
-    watched = child if killed == "child" else relay
+    watched = child if role == "child" else relay
     wait_until(
         lambda: _partial_size(dir_of[watched], "big.bin") > 24 * CHUNK_BYTES,
         timeout_s=60,
@@ -269,13 +336,25 @@ def test_resume_through_a_relay_hop(relay_fleet: Fleet, killed: str) -> None:
         what=f"{watched} holds 24 MiB",
     )
     cluster.agents[victim].process.kill()
-    held = {
-        t: _settled(lambda t=t: _partial_size(dir_of[t], "big.bin"))
-        for t in ((child,) if killed == "child" else (relay, child))
-    }
-    region, group = ("origin", "origin") if victim == "src" else ("r1", "r1g1")
-    cluster.start_agent(victim, region=region, group=group, env=RESUME_LIMIT)
-    relay_fleet.wait_converged(src, dsts, timeout_s=90)
+    at_kill = _partial_size(dir_of[child], "big.bin")
+    stall: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if killed == "relay, under load":
+        cluster.agents[victim].process.prefix = ("sh", "-c", 'sleep 3; exec "$@"', "sh")
+        stall = _stopped_once(
+            cluster.agents["src"].process.pid,
+            lambda: _partial_size(dir_of[child], "big.bin") >= at_kill + 3 * CHUNK_BYTES,
+            stop_s=1.0,
+        )
+    with stall:
+        held = {
+            t: _settled(lambda t=t: _partial_size(dir_of[t], "big.bin"))
+            for t in ((child,) if role == "child" else (relay, child))
+        }
+        region, group = ("origin", "origin") if victim == "src" else ("r1", "r1g1")
+        env = CHILD_ENV if victim == child else RESUME_LIMIT
+        env = {**env, "RELAYSYNC_LISTEN": _peer_address(cluster, victim)}
+        cluster.start_agent(victim, region=region, group=group, env=env)
+        relay_fleet.wait_converged(src, dsts, timeout_s=90)
     for target, had in held.items():
         offsets = _resume_offsets(cluster.base / f"agent-{target}.log", "big.bin")
         sent_again = size - (offsets[-1] if offsets else 0)
