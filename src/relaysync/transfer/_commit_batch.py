@@ -55,26 +55,34 @@ class CommitBatch:
         self.check_dir = check_dir
         self.mode_mask = mode_mask  # bits the target's policy removes (watch/target_policy.py)
         self._files: list[IncomingFile] = []
-        self._new_dirs: list[NewDir] = []  # made by the batch, their files in them (_new_dirs.py)
+        # The directory the batch makes, its files in it (_new_dirs.py): at most one, as anything
+        # but a small file of it commits the batch first (transfer/_file_receiver.py).
+        self._new_dir: NewDir | None = None
         # Keeps the old version (synchronization and backup): given the directory held open, the
         # name in it and the final name (root/path).
         self.before_replace = before_replace
 
     def __len__(self) -> int:
         """The files and new directories waiting for the commit."""
-        return len(self._files) + len(self._new_dirs)
+        return len(self._files) + (self._new_dir is not None)
 
     def add(self, incoming: IncomingFile) -> None:
         self._files.append(incoming)
 
     def add_dir(self, new_dir: NewDir) -> None:
-        """A directory the batch makes, renamed into place after its files are ready."""
-        self._new_dirs.append(new_dir)
+        """The directory the batch makes, renamed into place after its files are ready.
+
+        Raises:
+            ValueError: the batch makes one already (commit it first).
+        """
+        if self._new_dir is not None:
+            raise ValueError(f"the batch makes {self._new_dir.path} already")
+        self._new_dir = new_dir
 
     @property
     def new_dir(self) -> NewDir | None:
-        """The last directory the batch makes, if it makes one (its files may go in it)."""
-        return self._new_dirs[-1] if self._new_dirs else None
+        """The directory the batch makes, if it makes one (its files go in it)."""
+        return self._new_dir
 
     def holds_final(self, final: str) -> bool:
         """Whether a staged file is to be renamed to `final` (a string as IncomingFile keeps it)."""
@@ -93,16 +101,16 @@ class CommitBatch:
         each directory once. Return the unix time just before the last rename: about when the
         last of the files became visible (the others a little earlier), never after it."""
         files, self._files = self._files, []
-        new_dirs, self._new_dirs = self._new_dirs, []
+        new_dir, self._new_dir = self._new_dir, None
         visible_at = time.time()
         try:
             self._set_attributes(files)
             if files:
                 visible_at = self._rename_all(files)
-            if new_dirs:
-                visible_at = self._commit_dirs(new_dirs)
+            if new_dir is not None:
+                visible_at = self._commit_dir(new_dir)
         except BaseException:
-            _drop(files, new_dirs, keep_partials=True)
+            _drop(files, new_dir, keep_partials=True)
             raise
         return visible_at
 
@@ -151,28 +159,23 @@ class CommitBatch:
             fsync_dir(d)
         return visible_at
 
-    def _commit_dirs(self, new_dirs: list[NewDir]) -> float:
-        """Rename each new directory into place (its files closed already); return the time just
-        before the last rename."""
-        parents = {d.parent_fd for d in new_dirs}
+    def _commit_dir(self, new_dir: NewDir) -> float:
+        """Rename the new directory into place (its files closed already); return the time just
+        before the rename."""
         if self.check_dir is not None:
-            for fd in parents:
-                self.check_dir(fd)
-        visible_at = 0.0
-        for new_dir in new_dirs:
-            visible_at = time.time()
-            new_dir.commit(durable=self.durable)
+            self.check_dir(new_dir.parent_fd)
+        visible_at = time.time()
+        new_dir.commit(durable=self.durable)
         if self.durable:
-            for fd in parents:
-                fsync_dir(fd)
+            fsync_dir(new_dir.parent_fd)
         return visible_at
 
     def discard(self, *, keep_partials: bool = True) -> None:
         """Drop the staged files, keeping the named partials on disk (closed) to be resumed,
         unless `keep_partials` is False (a full disk: they would hold their space)."""
         files, self._files = self._files, []
-        new_dirs, self._new_dirs = self._new_dirs, []
-        _drop(files, new_dirs, keep_partials=keep_partials)
+        new_dir, self._new_dir = self._new_dir, None
+        _drop(files, new_dir, keep_partials=keep_partials)
 
 
 def _replace(f: IncomingFile) -> None:
@@ -259,10 +262,10 @@ def _check_still_named(f: IncomingFile) -> None:
         )
 
 
-def _drop(files: list[IncomingFile], new_dirs: list[NewDir], *, keep_partials: bool) -> None:
+def _drop(files: list[IncomingFile], new_dir: NewDir | None, *, keep_partials: bool) -> None:
     """Drop what a batch staged: the temp files (but the named partials, if `keep_partials`) and
-    the new directories not renamed into place, with the files in them (closed, never removed
-    one by one: a committed directory's descriptor is closed, its number maybe reused)."""
+    the new directory if not renamed into place, with the files in it (closed, never removed one
+    by one: a committed directory's descriptor is closed, its number maybe reused)."""
     others = []
     for f in files:
         if f.in_new_dir:
@@ -274,9 +277,8 @@ def _drop(files: list[IncomingFile], new_dirs: list[NewDir], *, keep_partials: b
     else:
         for f in others:
             f.discard()
-    for new_dir in new_dirs:
-        if new_dir.fd >= 0:  # committed ones are closed, and stay
-            new_dir.discard()
+    if new_dir is not None and new_dir.fd >= 0:  # a committed one is closed, and stays
+        new_dir.discard()
 
 
 def _discard_keeping_partials(files: list[IncomingFile]) -> None:
