@@ -319,15 +319,16 @@ class AgentService(StandDown):
             target, own.signatures if own is not None else None, override
         )
         options.content = own.content if own is not None else None
+        dial = TargetAddress(target.node_id, label, address)
         return kind(
             source,  # type: ignore[arg-type]
-            TargetAddress(target.node_id, label, address),
+            dial,
             tls.client_context(self.identity),
             node_id=self.node_id,
             name=self.cfg.name,
             compare_interval_s=self.cfg.compare_interval_s,
             options=options,
-            on_failure=partial(self._hop_failed, mapping_id),
+            on_failure=partial(self._hop_failed, mapping_id, dial),
             route_epoch=partial(self._route_epoch, mapping_id),
             erase=not self._in_job(mapping_id),
         )
@@ -348,11 +349,20 @@ class AgentService(StandDown):
         folder = self.targets.get(mapping_id)
         return folder.route_epoch if folder is not None else 0
 
-    def _hop_failed(self, mapping_id: int, child: str, error: str, attempts: int) -> None:
-        """Tell the master a hop of ours failed; it re-plans around it after repeated failures."""
+    def _hop_failed(
+        self, mapping_id: int, dial: TargetAddress, child: str, error: str, attempts: int
+    ) -> None:
+        """Tell the master a hop of ours failed; it re-plans around it after repeated failures
+        (not if the address dialled is one the child has left)."""
         if self.link is not None:
             self.link.notify(
-                HopFailed(mapping_id=mapping_id, child=child, error=error, attempts=attempts)
+                HopFailed(
+                    mapping_id=mapping_id,
+                    child=child,
+                    error=error,
+                    attempts=attempts,
+                    address=dial.dialled,
+                )
             )
 
     def _peer_address(self, node_id: str) -> str:

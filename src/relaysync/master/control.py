@@ -483,6 +483,7 @@ class ControlServer(ControlSources):
                             message.child,
                             attempts=message.attempts,
                             error=message.error,
+                            address=message.address,
                         )
                     )
             case Ping():

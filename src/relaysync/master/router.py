@@ -195,9 +195,19 @@ class Router(RouterClock):
     # --- Reports from agents ---
 
     def hop_failed(
-        self, mapping_id: int, parent: str, child: str, *, attempts: int, error: str
+        self,
+        mapping_id: int,
+        parent: str,
+        child: str,
+        *,
+        attempts: int,
+        error: str,
+        address: str = "",
     ) -> None:
-        """`parent` could not stream mapping `mapping_id` to `child`; from the 2nd attempt, avoid the hop."""
+        """`parent` could not stream mapping `mapping_id` to `child`; from the 2nd attempt, avoid
+        the hop. Not when `address` (the one the parent dialled) is not the child's latest: the
+        child came back elsewhere (a new port) and the parent gets that with its next assignment;
+        avoiding the hop would leave the child unrouted for HOP_FAILED_TTL_S."""
         logger.warning(
             "mapping %s: hop %s > %s failed (attempt %s): %s",
             mapping_id,
@@ -212,6 +222,14 @@ class Router(RouterClock):
             self._ensure_loaded()
             if child in self._down:
                 return  # the child is down, not the hop: it is planned around already
+            server = self._servers.get(child)
+            if address and server is not None and server.address not in ("", address):
+                logger.info(
+                    "mapping %s: hop %s > %s not avoided: %s dialled %s, %s is at %s now",
+                    *(mapping_id, self._name(parent), self._name(child), self._name(parent)),
+                    *(address, self._name(child), server.address),
+                )
+                return
             known = (mapping_id, parent, child) in self._failed_hops
             self._failed_hops[(mapping_id, parent, child)] = self._clock() + HOP_FAILED_TTL_S
             self._hop_errors[(mapping_id, parent, child)] = error

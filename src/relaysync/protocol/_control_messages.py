@@ -290,12 +290,15 @@ class ReportsTaken(Message, frozen=True, tag="reports_taken"):
 
 class HopFailed(Message, frozen=True, tag="hop_failed"):
     """Agent -> master: this agent could not stream mapping `mapping_id` to `child` (connect or
-    transfer error, or the child refused it). The master re-plans around the hop."""
+    transfer error, or the child refused it). The master re-plans around the hop, unless the
+    address dialled is not the child's latest: the child came back elsewhere (a new port) and the
+    agent gets that address with its next assignment."""
 
     mapping_id: UInt63
     child: NodeId
     error: str
     attempts: UInt63 = 1  # consecutive failures so far
+    address: ServerName = ""  # the child's address the failed session dialled ("" = not known)
 
 
 # --- Monitoring ---

@@ -42,8 +42,14 @@ class SourceFolder(Protocol):
 FailureFn = Callable[[str, str, int], None]  # (child node id, error, consecutive failures)
 
 
-@dataclass(frozen=True)
+@dataclass
 class TargetAddress:
     node_id: str
     name: str
     resolve: Callable[[], str]  # the target's current peer address (it may move on restart)
+    dialled: str = ""  # the address the last session dialled (a failed hop is reported with it)
+
+    def dial(self) -> str:
+        """The target's current address, remembered as the one dialled."""
+        self.dialled = self.resolve()
+        return self.dialled

@@ -216,10 +216,10 @@ class TargetLink(RecordStream, CompareCatchUp):
     async def _open(self) -> tuple[FramedStream, MappingState]:
         if self.options.tls:
             framed = await tls.connect(
-                self.target.resolve(), self.ctx, expected_node_id=self.target.node_id
+                self.target.dial(), self.ctx, expected_node_id=self.target.node_id
             )
         else:
-            framed = await tls.connect_plain(self.target.resolve())
+            framed = await tls.connect_plain(self.target.dial())
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
                 hello = await client_hello(framed, node_id=self.node_id, name=self.name)

@@ -179,6 +179,40 @@ def test_a_session_the_target_restarts_is_not_reported_as_a_failed_hop(tmp_path:
     assert reported == []
 
 
+def test_a_failed_session_is_reported_with_the_address_it_dialled(tmp_path: Path) -> None:
+    """The master ignores a failed hop whose address the child has left (it came back on a new
+    port): each failure is reported with the address that session dialled, and a target that
+    moves is dialled at its new address."""
+    source = source_mapping(tmp_path)
+    folder = target_folder(tmp_path)
+    with socket.socket() as s:  # a port nobody listens on: refused
+        s.bind(("127.0.0.1", 0))
+        gone = f"127.0.0.1:{s.getsockname()[1]}"
+    at = [gone]
+    dialled: list[str] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(peer_server(folder).serve)
+            link = plain_link(
+                source, port, on_failure=lambda node, err, n: dialled.append(link.target.dialled)
+            )
+            link.target.resolve = lambda: at[0]
+            tg.start_soon(link.serve)
+            with anyio.fail_after(20):
+                while not dialled:
+                    await anyio.sleep(0.01)
+            at[0] = f"127.0.0.1:{port}"  # the master told the new address
+            with anyio.fail_after(20):
+                while not link.connected:
+                    await anyio.sleep(0.01)
+            assert link.target.dialled == at[0]
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert dialled and set(dialled) == {gone}
+
+
 def _silent_from(address: str, port: int, count: int) -> list[socket.socket]:
     """`count` connections from source `address` that never say a word (a slowloris)."""
     out = []

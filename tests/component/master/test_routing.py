@@ -368,6 +368,32 @@ def test_hops_into_a_restarted_server_are_tried_again(env: Env) -> None:
     assert env.parent_of(name) == parent
 
 
+def test_a_failure_at_an_address_the_child_has_left_is_not_held_against_the_hop(env: Env) -> None:
+    """A relay restarted on a new port is up at once, while its parent still dials the old port
+    until its next assignment: those refusals were held against the hop for HOP_FAILED_TTL_S,
+    the child fed from elsewhere (or not at all) for a minute. They are ignored now; a failure
+    at the child's current address still counts."""
+    child = next(h for h in env.routes()["hops"] if h["parent"] != "src")
+    parent, name = child["parent"], child["child"]
+    server = env.store.get_server(name)
+    env.set_state(name, "down")
+    env.store.upsert_server(
+        node_id=nid(name), name=name, region=server.region, group=server.group, address=f"{name}:2"
+    )
+    env.set_state(name, "up")
+    old, new = f"{name}:1", f"{name}:2"
+    for attempts in (2, 3):
+        env.router.hop_failed(
+            env.mapping_id, nid(parent), nid(name), attempts=attempts, error="refused", address=old
+        )
+    assert env.parent_of(name) == parent and env.routes()["failed_hops"] == []
+    env.router.hop_failed(
+        env.mapping_id, nid(parent), nid(name), attempts=4, error="refused", address=new
+    )
+    assert env.parent_of(name) != parent
+    assert [(h["parent"], h["child"]) for h in env.routes()["failed_hops"]] == [(parent, name)]
+
+
 def test_after_a_restart_only_servers_not_seen_since_are_taken_down(env: Env) -> None:
     """A server stored up by the master before, whose agent is not back after the grace, goes
     down; one that registered with this master while its link was not listed yet stays up, as

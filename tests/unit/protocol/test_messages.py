@@ -171,9 +171,10 @@ PINNED = len(SAMPLES) - 8  # the samples the hash below covers
 # sha256 of the samples' encodings, joined, as the release before the integer bounds sent them,
 # except CommitReport: its records gained three optional fields since (`kind`, `removed`,
 # `removed_truncated`, which older masters ignore), and Assignment: its MappingSpec gained two
-# (`symlinks`, `mode_mask`, which older agents ignore); every other sample's bytes are unchanged.
+# (`symlinks`, `mode_mask`, which older agents ignore), and HopFailed gained `address` (which
+# older masters ignore); every other sample's bytes are unchanged.
 NAN, INF = float("nan"), float("inf")
-SAMPLES_SHA256 = "23e9871344cb41e08772d041c70d8b7c0d2edbb0488490bf85e180138144a14a"
+SAMPLES_SHA256 = "469e65c3278b7a9cb4a902c1e48af558a6e0a7f1bbb20e684c8896046120915f"
 # One of them in full: a map of type, seq (uint64 0x7fff...), path and changed_at (float64 0).
 DELETE_HEX = (
     "84a474797065a664656c657465a3736571cf7fffffffffffffffa470617468a161"
