@@ -369,6 +369,16 @@ def rmdir_in(root: str | os.PathLike[str], relpath: str) -> None:
         os.rmdir(name, dir_fd=parent)
 
 
+def chmod_fd(fd: int, mode: int) -> None:
+    """fchmod, also of an O_PATH descriptor (by its /proc link, as glibc's fchmodat does)."""
+    try:
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+
+
 def remove_tree_at(dir_fd: int, name: str) -> None:
     """Remove `name` in the directory `dir_fd` and everything below it; a symlink is removed,
     never followed; gone is removed. Iterative, with two descriptors open at any depth

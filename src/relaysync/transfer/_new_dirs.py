@@ -24,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from relaysync._util.fs import remove_tree_at
+from relaysync._util.fs import chmod_fd, remove_tree_at
 from relaysync.constants import TEMP_PREFIX
 from relaysync.transfer._temp_names import _temp_name
 
@@ -201,8 +201,8 @@ def remove_left_new_dir(dir_fd: int, name: str) -> None:
         fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return
-    try:  # an O_PATH descriptor takes no fchmod: by its /proc link, as glibc's fchmodat does
-        os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    try:
+        chmod_fd(fd, 0o700)
     finally:
         os.close(fd)
     remove_tree_at(dir_fd, name)

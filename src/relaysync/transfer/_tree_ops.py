@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import xxhash
 
-from relaysync._util.fs import names_in, remove_tree_at
+from relaysync._util.fs import chmod_fd, names_in, remove_tree_at
 from relaysync.errors import UnsafePath
 from relaysync.protocol.messages import (
     CommitRecord,
@@ -117,7 +117,7 @@ class TreeOps(SessionHooks):
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         try:
             if not stat.S_ISLNK(os.fstat(fd).st_mode):
-                _chmod_fd(fd, self.folder.policy.disk_mode(msg.mode))
+                chmod_fd(fd, self.folder.policy.disk_mode(msg.mode))
         finally:
             os.close(fd)
         ns = (msg.mtime_ns, msg.mtime_ns)
@@ -201,7 +201,7 @@ class TreeOps(SessionHooks):
         parent, name = self._dirs.get(parent_of(msg.path), create=True), msg.path.rpartition("/")[2]
         fd = _real_dir_at(parent, name)
         try:
-            _chmod_fd(fd, self.folder.policy.disk_mode(permission_bits(msg.mode) or 0o755))
+            chmod_fd(fd, self.folder.policy.disk_mode(permission_bits(msg.mode) or 0o755))
         finally:
             os.close(fd)
         if self.folder.durable:
@@ -421,16 +421,6 @@ def _real_dir_at(parent: int, name: str) -> int:
         return os.open(name, os.O_RDONLY | flags, dir_fd=parent)
     except PermissionError:  # not readable by this (non-root) agent: its mode is still ours to set
         return os.open(name, os.O_PATH | flags, dir_fd=parent)
-
-
-def _chmod_fd(fd: int, mode: int) -> None:
-    """fchmod, also of an O_PATH descriptor (by its /proc link, as glibc's fchmodat does)."""
-    try:
-        os.fchmod(fd, mode)
-    except OSError as exc:
-        if exc.errno != errno.EBADF:
-            raise
-        os.chmod(f"/proc/self/fd/{fd}", mode)
 
 
 def _link_at(parent: int, name: str, target: str) -> None:

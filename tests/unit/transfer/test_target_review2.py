@@ -208,7 +208,7 @@ def test_a_setattr_never_changes_the_mode_of_a_file_swapped_in_through_a_link(
             os.rename(folder.root / "a", folder.root / "a.old")
             os.symlink(outside, folder.root / "a")
 
-    is_symlink, chmod_fd = pathlib.Path.is_symlink, _tree_ops._chmod_fd
+    is_symlink, chmod_fd = pathlib.Path.is_symlink, _tree_ops.chmod_fd
 
     def checked_then_swapped(path: pathlib.Path) -> bool:  # the old code's check, then the swap
         found = is_symlink(path)
@@ -221,7 +221,7 @@ def test_a_setattr_never_changes_the_mode_of_a_file_swapped_in_through_a_link(
         chmod_fd(fd, mode)
 
     monkeypatch.setattr(pathlib.Path, "is_symlink", checked_then_swapped)
-    monkeypatch.setattr(_tree_ops, "_chmod_fd", swapped_then_chmod)
+    monkeypatch.setattr(_tree_ops, "chmod_fd", swapped_then_chmod)
     try:
         session.apply_batch([SetAttr(seq=2, path="a", mode=0o755, mtime_ns=T0), Checkpoint(seq=2)])
     finally:
