@@ -217,6 +217,23 @@ def last_change_ns(root: Path) -> int:
     return latest
 
 
+def first_change_ns(root: Path) -> int:
+    """The earliest inode change (st_ctime_ns) of anything below `root` (not root itself): when
+    the first file or folder of a copy landed (0: nothing there)."""
+    first = 0
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for de in it:
+                if de.name.startswith(TEMP_PREFIX):
+                    continue
+                at = de.stat(follow_symlinks=False).st_ctime_ns
+                first = at if first == 0 else min(first, at)
+                if de.is_dir(follow_symlinks=False):
+                    stack.append(de.path)
+    return first
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """relpath -> blake2b of content for every regular file (the full check, never timed)."""
     out: dict[str, str] = {}

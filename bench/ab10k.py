@@ -41,6 +41,7 @@ from _common import (  # noqa: E402
     BenchError,
     console,
     emit_json,
+    first_change_ns,
     machine_info,
     median,
     print_machine,
@@ -190,7 +191,8 @@ def main() -> int:
                 )
                 run = ours[i][-1]
                 console.print(
-                    f"  {names[i]}: {run['s']:.3f} s ({run['s'] / rsync_s[-1]:.2f}x), CPU-s "
+                    f"  {names[i]}: {run['s']:.3f} s ({run['s'] / rsync_s[-1]:.2f}x), first "
+                    f"change at {run['first_s']:.3f} s, CPU-s "
                     + ", ".join(f"{k} {run['cpu_s'][k]:.2f}" for k in PROCESSES)
                 )
         results["rsync_s"] = round(median(rsync_s), 3)
@@ -200,11 +202,12 @@ def main() -> int:
             results[f"{key}_s"] = round(median(r["s"] for r in runs), 3)
             results[f"{key}_s_runs"] = [round(r["s"], 3) for r in runs]
             results[f"{key}_ratio"] = round(results[f"{key}_s"] / results["rsync_s"], 3)
+            results[f"{key}_first_s"] = round(median(r["first_s"] for r in runs), 3)
             for k in PROCESSES:
                 results[f"{key}_cpu_s_{k}"] = round(median(r["cpu_s"][k] for r in runs), 3)
             console.print(
                 f"{names[i]}: median {results[f'{key}_s']} s vs rsync {results['rsync_s']} s = "
-                f"{results[f'{key}_ratio']}x; CPU-s "
+                f"{results[f'{key}_ratio']}x; first change at {results[f'{key}_first_s']} s; CPU-s "
                 + ", ".join(f"{k} {results[f'{key}_cpu_s_{k}']}" for k in PROCESSES)
             )
     except BenchError as exc:
@@ -263,7 +266,11 @@ def copy_once(
     reply = cluster.api.delete(f"/api/mappings/{mapping['id']}")
     if reply.status_code not in (200, 204):
         raise BenchError(f"delete mapping: {reply.status_code} {reply.text}")
-    return {"s": end - t0, "cpu_s": {k: after[k] - before[k] for k in PROCESSES}}
+    return {
+        "s": end - t0,
+        "first_s": first_change_ns(dst) / 1e9 - t0_wall,
+        "cpu_s": {k: after[k] - before[k] for k in PROCESSES},
+    }
 
 
 def start_profilers(

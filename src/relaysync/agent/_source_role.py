@@ -217,10 +217,8 @@ class SourceRole(AgentRole):
         source.on_hold_end = self._report_guard
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(source.serve)
-                if running is not None and running.failure is not None:
-                    running.failure = None
-                    self._figures_soon()  # the master clears it at once
+                tg.start_soon(source.serve)
+                await source.links_may_start.wait()  # a first sync's: as its scan begins
                 if not source.realtime and running is not None:
                     self._release(source, running.spec.release)  # a send made while we were down
                 links = LinkSet(
@@ -233,6 +231,10 @@ class SourceRole(AgentRole):
                 if running is not None:
                     running.links = links
                 links.reconcile(children_of(latest, self.node_id))
+                await source.ready.wait()  # the source runs: its initial scan is journaled
+                if running is not None and running.failure is not None:
+                    running.failure = None
+                    self._figures_soon()  # the master clears it at once
         except Exception:
             source.stop_hold(END_SOURCE_FAILED)
             raise

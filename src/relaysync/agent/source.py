@@ -99,6 +99,7 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
         self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)
         self._ack_seen = anyio.Event()  # set by every ack; `_final_scan` waits on a fresh one
         self.ready = anyio.Event()
+        self.links_may_start = anyio.Event()  # `serve`: set at `ready`, or before for a first sync
         # The highest seq whose effect is in the manifest: a manifest comparison covers up to it.
         self.applied_seq = self.journal.last_seq
         # Files a scan found still being written (no close-write seen): re-checked when cool.
@@ -254,7 +255,10 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
     # --- pipeline ---
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Watch, scan and journal until cancelled; started once the initial scan is journaled."""
+        """Watch, scan and journal until cancelled; started once the initial scan (of a first
+        sync: its first top-level entry) is journaled, when `ready` is set too. Links may start
+        earlier, at `links_may_start`: a first sync's as it begins (they connect while its first
+        entry is scanned, and wait for its records; `scanning` keeps them from comparing)."""
         # Off the event loop, as every look at the folder: it may be on a hung network mount.
         await anyio.to_thread.run_sync(self._ensure_root, abandon_on_cancel=True)
         send, receive = anyio.create_memory_object_stream[list[FsEvent]](EVENT_QUEUE)
@@ -270,10 +274,14 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
             first_sync = await anyio.to_thread.run_sync(self.manifest.count) == 0
             tops = await anyio.to_thread.run_sync(self._top_level_names) if first_sync else []
             self.scanning = bool(tops)
-            # A first scan is journaled one top-level entry at a time and the links start after
-            # the first: they stream while the rest is scanned and hashed. A final rescan (stat
-            # only, now that the manifest knows every file) catches what changed meanwhile.
-            # (`_final_scan`: once the links have the rest, not competing with their tail).
+            # A first scan is journaled one top-level entry at a time and the links start as it
+            # begins: they connect while the first is scanned, and stream while the rest is
+            # scanned and hashed. A final rescan (stat only, now that the manifest knows every
+            # file) catches what changed meanwhile (`_final_scan`: once the links have the
+            # rest, not competing with their tail). Any other start scans first: links compare
+            # against the manifest that scan brings up to date.
+            if tops:
+                self.links_may_start.set()
             await self._record([FsEvent(kind="rescan", path=tops[0] if tops else "")])
             logger.info(
                 "source %s ready (%s mode): %s entries, journal at seq %s%s",
@@ -284,6 +292,7 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
                 f"; scanning {len(tops) - 1} more top-level entries" if tops else "",
             )
             self.ready.set()
+            self.links_may_start.set()
             task_status.started()
             if tops:
                 for name in tops[1:]:

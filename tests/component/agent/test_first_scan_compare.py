@@ -78,3 +78,52 @@ def test_a_link_compares_only_once_the_first_scan_ended(tmp_path: Path) -> None:
 
     anyio.run(main)
     assert (folder.root / "b" / "3.txt").read_text() == "b/3.txt"
+
+
+def test_links_start_as_a_first_sync_begins_and_wait_for_its_records(tmp_path: Path) -> None:
+    """A first sync's links start before its first top-level entry is scanned (`links_may_start`):
+    they connect meanwhile (TLS, the target's state: 10-30 ms of a 10k copy's start) and wait
+    for its records, with no comparison until the scan ended."""
+    source = source_mapping(tmp_path)
+    _files(source, ["a/1.txt", "b/2.txt"])
+    folder = target_folder(tmp_path)
+    gate = anyio.Event()
+    record = source._record
+
+    async def held(events: list[FsEvent]) -> None:
+        await gate.wait()
+        await record(events)
+
+    source._record = held  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(peer_server(folder).serve)
+            tg.start_soon(source.serve)
+            with anyio.fail_after(20):
+                await source.links_may_start.wait()
+            assert source.scanning and not source.ready.is_set()
+            link = _CountingLink(
+                source,
+                TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
+                ssl.create_default_context(),
+                node_id="a" * 64,
+                name="s",
+                options=ops.SendOptions(tls=False, link_secret=SECRET),
+            )
+            tg.start_soon(link.serve)
+            with anyio.fail_after(20):
+                while not link.connected:
+                    await anyio.sleep(0.01)
+            assert source.journal.last_seq == 0 and link.compares == 0
+            gate.set()
+            with anyio.fail_after(20):
+                await source.ready.wait()
+                while source.scanning or link.compares == 0:  # compared once the scan ended
+                    assert link.compares == 0 or not source.scanning
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert (folder.root / "a" / "1.txt").read_text() == "a/1.txt"
+    assert (folder.root / "b" / "2.txt").read_text() == "b/2.txt"
