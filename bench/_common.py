@@ -204,34 +204,28 @@ def last_change_ns(root: Path) -> int:
     """The latest inode change (st_ctime_ns) of anything in the tree, root included: when the
     kernel saw the copy's last write, rename or mkdir. Both tools are timed to it, so neither
     pays for the way the bench notices the end (a process exit, or polling plus a summary)."""
-    latest = os.lstat(root).st_ctime_ns
-    stack = [str(root)]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for de in it:
-                if de.name.startswith(TEMP_PREFIX):
-                    continue
-                latest = max(latest, de.stat(follow_symlinks=False).st_ctime_ns)
-                if de.is_dir(follow_symlinks=False):
-                    stack.append(de.path)
-    return latest
+    return max(os.lstat(root).st_ctime_ns, *_ctimes_below(root))
 
 
 def first_change_ns(root: Path) -> int:
     """The earliest inode change (st_ctime_ns) of anything below `root` (not root itself): when
     the first file or folder of a copy landed (0: nothing there)."""
-    first = 0
+    return min(_ctimes_below(root), default=0)
+
+
+def _ctimes_below(root: Path) -> list[int]:
+    """st_ctime_ns of everything below `root`, relaysync's staging names left out."""
+    out: list[int] = []
     stack = [str(root)]
     while stack:
         with os.scandir(stack.pop()) as it:
             for de in it:
                 if de.name.startswith(TEMP_PREFIX):
                     continue
-                at = de.stat(follow_symlinks=False).st_ctime_ns
-                first = at if first == 0 else min(first, at)
+                out.append(de.stat(follow_symlinks=False).st_ctime_ns)
                 if de.is_dir(follow_symlinks=False):
                     stack.append(de.path)
-    return first
+    return out
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -27,6 +27,18 @@ class _CountingLink(TargetLink):
         await super()._catch_up_by_compare(session)  # type: ignore[arg-type]
 
 
+def _counting_link(source: SourceMapping, port: int) -> _CountingLink:
+    """The source's plain link to the peer server on 127.0.0.1:`port`, counting comparisons."""
+    return _CountingLink(
+        source,
+        TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
+        ssl.create_default_context(),
+        node_id="a" * 64,
+        name="s",
+        options=ops.SendOptions(tls=False, link_secret=SECRET),
+    )
+
+
 def _files(source: SourceMapping, names: list[str]) -> None:
     earlier = time.time_ns() - 10 * 10**9  # not files being written
     for name in names:
@@ -54,14 +66,7 @@ def test_a_link_compares_only_once_the_first_scan_ended(tmp_path: Path) -> None:
         await source._record([FsEvent(kind="rescan", path="a")])  # the first top-level entry
         async with anyio.create_task_group() as tg:
             port = await tg.start(peer_server(folder).serve)
-            link = _CountingLink(
-                source,
-                TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
-                ssl.create_default_context(),
-                node_id="a" * 64,
-                name="s",
-                options=ops.SendOptions(tls=False, link_secret=SECRET),
-            )
+            link = _counting_link(source, port)
             tg.start_soon(link.serve)
             last = source.journal.last_seq
             with anyio.fail_after(20):  # acknowledged, and the link idle at the journal's end
@@ -103,14 +108,7 @@ def test_links_start_as_a_first_sync_begins_and_wait_for_its_records(tmp_path: P
             with anyio.fail_after(20):
                 await source.links_may_start.wait()
             assert source.scanning and not source.ready.is_set()
-            link = _CountingLink(
-                source,
-                TargetAddress(node_id=TGT, name="t", resolve=lambda: f"127.0.0.1:{port}"),
-                ssl.create_default_context(),
-                node_id="a" * 64,
-                name="s",
-                options=ops.SendOptions(tls=False, link_secret=SECRET),
-            )
+            link = _counting_link(source, port)
             tg.start_soon(link.serve)
             with anyio.fail_after(20):
                 while not link.connected:
