@@ -99,7 +99,7 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
         self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)
         self._ack_seen = anyio.Event()  # set by every ack; `_final_scan` waits on a fresh one
         self.ready = anyio.Event()
-        self.links_may_start = anyio.Event()  # `serve`: set at `ready`, or before for a first sync
+        self.links_may_start = anyio.Event()  # `serve`: at `ready`, or before (a first sync)
         # The highest seq whose effect is in the manifest: a manifest comparison covers up to it.
         self.applied_seq = self.journal.last_seq
         # Files a scan found still being written (no close-write seen): re-checked when cool.
@@ -257,8 +257,9 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch, scan and journal until cancelled; started once the initial scan (of a first
         sync: its first top-level entry) is journaled, when `ready` is set too. Links may start
-        earlier, at `links_may_start`: a first sync's as it begins (they connect while its first
-        entry is scanned, and wait for its records; `scanning` keeps them from comparing)."""
+        earlier, at `links_may_start`: a realtime first sync's as it begins (they connect while
+        its first entry is scanned, and wait for its records; `scanning` keeps them from
+        comparing)."""
         # Off the event loop, as every look at the folder: it may be on a hung network mount.
         await anyio.to_thread.run_sync(self._ensure_root, abandon_on_cancel=True)
         send, receive = anyio.create_memory_object_stream[list[FsEvent]](EVENT_QUEUE)
@@ -279,8 +280,10 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
             # scanned and hashed. A final rescan (stat only, now that the manifest knows every
             # file) catches what changed meanwhile (`_final_scan`: once the links have the
             # rest, not competing with their tail). Any other start scans first: links compare
-            # against the manifest that scan brings up to date.
-            if tops:
+            # against the manifest that scan brings up to date. A held (manual/reserved) mapping
+            # too: a release made while it was down covers what its scan journaled
+            # (`SourceRole._release`, before its links start).
+            if tops and self.realtime:
                 self.links_may_start.set()
             await self._record([FsEvent(kind="rescan", path=tops[0] if tops else "")])
             logger.info(

@@ -50,6 +50,7 @@ class TargetAddress:
     dialled: str = ""  # the address the last session dialled (a failed hop is reported with it)
 
     def dial(self) -> str:
-        """The target's current address, remembered as the one dialled."""
+        """The target's current address, remembered as the one dialled ("" if it has none)."""
+        self.dialled = ""
         self.dialled = self.resolve()
         return self.dialled

@@ -289,7 +289,9 @@ class TargetLink(RecordStream, CompareCatchUp):
             await self._tell_unreadable(session)
             if self.unreadable.due(session.sent_upto):  # files it could not read, read again
                 await self._send_stream(session, self.unreadable.retries(self.source, session))
-            if owed and self._may_compare(session):
+            # Not while a first scan journals the folder (`scanning`): its manifest does not
+            # hold the folder yet, and a comparison would erase what the target holds of it.
+            if owed and not self.source.scanning and self._may_compare(session):
                 await self._catch_up_by_compare(session)
                 owed = False
                 continue

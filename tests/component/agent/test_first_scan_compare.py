@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 from tests.component.agent._pair import SECRET, TGT, peer_server, source_mapping, target_folder
 
+from relaysync.agent import source as source_module
 from relaysync.agent.source import SourceMapping
 from relaysync.transfer import ops
 from relaysync.transfer.link_ends import TargetAddress
@@ -120,6 +122,99 @@ def test_links_start_as_a_first_sync_begins_and_wait_for_its_records(tmp_path: P
                 while source.scanning or link.compares == 0:  # compared once the scan ended
                     assert link.compares == 0 or not source.scanning
                     await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert (folder.root / "a" / "1.txt").read_text() == "a/1.txt"
+    assert (folder.root / "b" / "2.txt").read_text() == "b/2.txt"
+
+
+def test_a_held_first_sync_starts_its_links_only_once_its_first_part_is_journaled(
+    tmp_path: Path,
+) -> None:
+    """A manual/reserved mapping's links start at `ready`, as before: the agent applies a release
+    made while the source was down before they start, and it must cover what the scan journaled
+    (with the links started earlier it covered nothing: send_upto 0, the first sync held)."""
+    source = source_mapping(tmp_path, mode="manual")
+    _files(source, ["a/1.txt", "b/2.txt"])
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(source.serve)
+            with anyio.fail_after(20):
+                await source.links_may_start.wait()
+            assert source.ready.is_set() and source.journal.last_seq > 0
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def test_an_owed_comparison_waits_for_the_first_scan_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first sync (empty manifest) whose journal cannot replay what the target holds (fast
+    durability, the machine crashed: the journal starts afresh) owes the target a comparison.
+    It waited for nothing: run against a manifest not yet holding the folder, it erased the
+    target's copy, then sent it again. It now waits for the scan's end, as a periodic one does
+    (the closing rescan waits FINAL_SCAN_WAIT_S for acks this link does not send: 1 s here)."""
+    monkeypatch.setattr(source_module, "FINAL_SCAN_WAIT_S", 1.0)
+    first = source_mapping(tmp_path)
+    _files(first, ["a/1.txt", "b/2.txt"])
+    folder = target_folder(tmp_path)
+
+    async def copy() -> None:
+        await first._record([FsEvent(kind="rescan", path="")])
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(peer_server(folder).serve)
+            tg.start_soon(_counting_link(first, port).serve)
+            with anyio.fail_after(20):
+                while first._acks.get(TGT, -1) < first.journal.last_seq:
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+
+    anyio.run(copy)
+    first.close()
+    folder.manifest.close()
+    for db in (tmp_path / "state").glob("manifest.db*"):
+        db.unlink()  # the manifest lost with the crash: a first sync again
+    (tmp_path / "state" / "journal" / "boot").write_text("deadbeef open fast\n")  # another boot
+    folder = target_folder(tmp_path)
+    source = source_mapping(tmp_path)
+    assert not source.journal.covers(source.journal.last_seq - 1)  # the target is owed
+    gate = anyio.Event()
+    record = source._record
+
+    async def held(events: list[FsEvent]) -> None:
+        await gate.wait()
+        await record(events)
+
+    source._record = held  # type: ignore[method-assign]
+    waits: list[int] = []  # each wait of the link for records: it decided not to compare first
+    wait_for_records = source.wait_for_records
+
+    async def watched_wait(after_seq: int, timeout_s: float) -> None:
+        waits.append(after_seq)
+        await wait_for_records(after_seq, timeout_s)
+
+    source.wait_for_records = watched_wait  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(peer_server(folder).serve)
+            tg.start_soon(source.serve)
+            with anyio.fail_after(20):
+                await source.links_may_start.wait()
+            link = _counting_link(source, port)
+            tg.start_soon(link.serve)
+            with anyio.fail_after(20):
+                while not waits:
+                    await anyio.sleep(0.01)
+            assert link.connected and link.compares == 0
+            assert sorted(p.name for p in folder.root.rglob("*.txt")) == ["1.txt", "2.txt"]
+            gate.set()
+            with anyio.fail_after(20):
+                while link.compares == 0:
+                    await anyio.sleep(0.02)
             tg.cancel_scope.cancel()
 
     anyio.run(main)
