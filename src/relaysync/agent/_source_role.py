@@ -218,7 +218,7 @@ class SourceRole(AgentRole):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(source.serve)
-                await source.links_may_start.wait()  # a realtime first sync's: as it scans
+                await source.links_may_start.wait()  # a first sync's: see SourceMapping.serve
                 if not source.realtime and running is not None:
                     self._release(source, running.spec.release)  # a send made while we were down
                 links = LinkSet(

@@ -99,7 +99,7 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
         self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)
         self._ack_seen = anyio.Event()  # set by every ack; `_final_scan` waits on a fresh one
         self.ready = anyio.Event()
-        self.links_may_start = anyio.Event()  # `serve`: at `ready`, or before (a first sync)
+        self.links_may_start = anyio.Event()  # `serve`: at `ready`; a first sync's at its own
         # The highest seq whose effect is in the manifest: a manifest comparison covers up to it.
         self.applied_seq = self.journal.last_seq
         # Files a scan found still being written (no close-write seen): re-checked when cool.
@@ -256,10 +256,10 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch, scan and journal until cancelled; started once the initial scan (of a first
-        sync: its first top-level entry) is journaled, when `ready` is set too. Links may start
-        earlier, at `links_may_start`: a realtime first sync's as it begins (they connect while
-        its first entry is scanned, and wait for its records; `scanning` keeps them from
-        comparing)."""
+        sync: its first top-level entry) is journaled, when `ready` is set too. Links start at
+        `links_may_start`: then too, but a realtime first sync's as it begins (they connect
+        while its first entry is scanned, and wait for its records; `scanning` keeps them from
+        comparing) and a held one's once its whole scan is journaled."""
         # Off the event loop, as every look at the folder: it may be on a hung network mount.
         await anyio.to_thread.run_sync(self._ensure_root, abandon_on_cancel=True)
         send, receive = anyio.create_memory_object_stream[list[FsEvent]](EVENT_QUEUE)
@@ -280,9 +280,9 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
             # scanned and hashed. A final rescan (stat only, now that the manifest knows every
             # file) catches what changed meanwhile (`_final_scan`: once the links have the
             # rest, not competing with their tail). Any other start scans first: links compare
-            # against the manifest that scan brings up to date. A held (manual/reserved) mapping
-            # too: a release made while it was down covers what its scan journaled
-            # (`SourceRole._release`, before its links start).
+            # against the manifest that scan brings up to date. A held (manual/reserved) first
+            # sync's links wait for its whole scan: a release made while it was down is applied
+            # as they start (`SourceRole._release`) and must cover the folder, not its first part.
             if tops and self.realtime:
                 self.links_may_start.set()
             await self._record([FsEvent(kind="rescan", path=tops[0] if tops else "")])
@@ -295,11 +295,13 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
                 f"; scanning {len(tops) - 1} more top-level entries" if tops else "",
             )
             self.ready.set()
-            self.links_may_start.set()
+            if not tops:
+                self.links_may_start.set()
             task_status.started()
             if tops:
                 for name in tops[1:]:
                     await self._record([FsEvent(kind="rescan", path=name)])
+                self.links_may_start.set()
                 if self.backlog():
                     tg.start_soon(self._final_scan)
                 else:  # no target waits for the scan's records: nothing to compete with

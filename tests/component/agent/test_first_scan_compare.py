@@ -129,21 +129,24 @@ def test_links_start_as_a_first_sync_begins_and_wait_for_its_records(tmp_path: P
     assert (folder.root / "b" / "2.txt").read_text() == "b/2.txt"
 
 
-def test_a_held_first_sync_starts_its_links_only_once_its_first_part_is_journaled(
+def test_a_held_first_sync_starts_its_links_once_its_whole_scan_is_journaled(
     tmp_path: Path,
 ) -> None:
-    """A manual/reserved mapping's links start at `ready`, as before: the agent applies a release
-    made while the source was down before they start, and it must cover what the scan journaled
-    (with the links started earlier it covered nothing: send_upto 0, the first sync held)."""
+    """A manual/reserved first sync's links start once its whole scan is journaled: the agent
+    applies a release made while the source was down as they start, and it must cover the folder
+    (with links started at the first top-level entry it covered that entry only, the rest held
+    until the next send; started before the scan, nothing at all)."""
     source = source_mapping(tmp_path, mode="manual")
-    _files(source, ["a/1.txt", "b/2.txt"])
+    _files(source, ["a/1.txt", "b/2.txt", "c/3.txt"])
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(source.serve)
             with anyio.fail_after(20):
                 await source.links_may_start.wait()
-            assert source.ready.is_set() and source.journal.last_seq > 0
+            assert source.ready.is_set()
+            assert source.set_release(1)  # as SourceRole._release does then
+            assert source.send_upto == source.journal.last_seq == 6  # a, b, c and their files
             tg.cancel_scope.cancel()
 
     anyio.run(main)
