@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from relaysync.agent import _delete_hold as delete_hold
 from relaysync.agent import source as source_module
 from relaysync.agent.source import SourceMapping
 from relaysync.protocol.messages import MappingSpec, TargetSpec
@@ -121,35 +122,52 @@ def test_no_periodic_rescan_while_a_mass_delete_is_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A held mass delete is the guard's to look at: a periodic rescan judged afresh would
-    journal what the hold keeps back (found in review)."""
+    journal what the hold keeps back (found in review). The hold is set as a real one is (its
+    recheck backoff not due), while no rescan is in flight: the guard's own recheck (every
+    GUARD_RECHECK_S, 0.05 s here) rescanned the folder of a hold set with its backoff at 0 and
+    ended it, and a CI run slower than 5 s then saw periodic rescans again (a flake)."""
+    monkeypatch.setattr(delete_hold, "GUARD_RECHECK_S", 0.05)
     mapping, _ = _mapping(tmp_path, interval_s=0.02)
     attempts: list[int] = []
+    in_flight = [0]
     full_scans: list[int] = []
     rescan_all = mapping._rescan_all
     record = mapping._record_locked
 
     async def counting_attempts() -> int:
         attempts.append(1)
-        return await rescan_all()
+        in_flight[0] += 1
+        try:
+            return await rescan_all()
+        finally:
+            in_flight[0] -= 1
 
     async def counting_scans(events: list, *, mode: str = "now") -> None:  # type: ignore[type-arg]
         if any(e.kind == "rescan" and not e.path for e in events):
             full_scans.append(1)
         await record(events, mode=mode)
 
+    rechecks: list[int] = []
+    recheck_hold = mapping._recheck_hold
+
+    async def counting_rechecks() -> None:
+        rechecks.append(1)
+        await recheck_hold()
+
     monkeypatch.setattr(mapping, "_rescan_all", counting_attempts)
     monkeypatch.setattr(mapping, "_record_locked", counting_scans)
+    monkeypatch.setattr(mapping, "_recheck_hold", counting_rechecks)
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(mapping.serve)
-            await _until(lambda: len(full_scans) >= 1)  # the first sync's closing scan
+            # the first sync's closing scan ended, and no periodic one is under way
+            await _until(lambda: full_scans and not mapping.scanning and not in_flight[0])
             mapping._guard_held = True
-            mark = len(attempts)
-            await _until(lambda: len(attempts) > mark)  # one began after the hold: none runs
-            seen = len(full_scans)
-            await _until(lambda: len(attempts) > mark + 2)
-            assert len(full_scans) == seen
+            mapping._guard_backoff_s = mapping._guard_due_s = 3600.0  # as a hold that began
+            seen, mark = len(full_scans), len(attempts)
+            await _until(lambda: len(attempts) > mark + 2 and len(rechecks) > 2)
+            assert len(full_scans) == seen and mapping._guard_held
             tg.cancel_scope.cancel()
 
     try:
