@@ -41,6 +41,32 @@ def _counting_link(source: SourceMapping, port: int) -> _CountingLink:
     )
 
 
+def _held_records(source: SourceMapping) -> anyio.Event:
+    """Hold the source's journaling (its scan's records) until the event returned is set."""
+    gate = anyio.Event()
+    record = source._record
+
+    async def held(events: list[FsEvent]) -> None:
+        await gate.wait()
+        await record(events)
+
+    source._record = held  # type: ignore[method-assign]
+    return gate
+
+
+def _watched_waits(source: SourceMapping) -> list[int]:
+    """The after_seq of each wait of a link for new records, as they come."""
+    waits: list[int] = []
+    wait_for_records = source.wait_for_records
+
+    async def watched_wait(after_seq: int, timeout_s: float) -> None:
+        waits.append(after_seq)
+        await wait_for_records(after_seq, timeout_s)
+
+    source.wait_for_records = watched_wait  # type: ignore[method-assign]
+    return waits
+
+
 def _files(source: SourceMapping, names: list[str]) -> None:
     earlier = time.time_ns() - 10 * 10**9  # not files being written
     for name in names:
@@ -54,14 +80,7 @@ def test_a_link_compares_only_once_the_first_scan_ended(tmp_path: Path) -> None:
     source = source_mapping(tmp_path)
     _files(source, ["a/1.txt", "a/2.txt", "b/3.txt"])
     folder = target_folder(tmp_path)
-    waits: list[int] = []  # after_seq of each wait of the link for new records
-    wait_for_records = source.wait_for_records
-
-    async def watched_wait(after_seq: int, timeout_s: float) -> None:
-        waits.append(after_seq)
-        await wait_for_records(after_seq, timeout_s)
-
-    source.wait_for_records = watched_wait  # type: ignore[method-assign]
+    waits = _watched_waits(source)  # after_seq of each wait of the link for new records
 
     async def main() -> None:
         source.scanning = True  # as `SourceMapping.serve` sets it for a first scan
@@ -94,14 +113,7 @@ def test_links_start_as_a_first_sync_begins_and_wait_for_its_records(tmp_path: P
     source = source_mapping(tmp_path)
     _files(source, ["a/1.txt", "b/2.txt"])
     folder = target_folder(tmp_path)
-    gate = anyio.Event()
-    record = source._record
-
-    async def held(events: list[FsEvent]) -> None:
-        await gate.wait()
-        await record(events)
-
-    source._record = held  # type: ignore[method-assign]
+    gate = _held_records(source)
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -184,22 +196,8 @@ def test_an_owed_comparison_waits_for_the_first_scan_to_end(
     folder = target_folder(tmp_path)
     source = source_mapping(tmp_path)
     assert not source.journal.covers(source.journal.last_seq - 1)  # the target is owed
-    gate = anyio.Event()
-    record = source._record
-
-    async def held(events: list[FsEvent]) -> None:
-        await gate.wait()
-        await record(events)
-
-    source._record = held  # type: ignore[method-assign]
-    waits: list[int] = []  # each wait of the link for records: it decided not to compare first
-    wait_for_records = source.wait_for_records
-
-    async def watched_wait(after_seq: int, timeout_s: float) -> None:
-        waits.append(after_seq)
-        await wait_for_records(after_seq, timeout_s)
-
-    source.wait_for_records = watched_wait  # type: ignore[method-assign]
+    gate = _held_records(source)
+    waits = _watched_waits(source)  # each wait for records: it decided not to compare first
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
