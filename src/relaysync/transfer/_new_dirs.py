@@ -22,7 +22,7 @@ import ctypes
 import errno
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from relaysync._util.fs import chmod_fd, remove_tree_at
 from relaysync.constants import TEMP_PREFIX
@@ -114,6 +114,9 @@ class NewDir:
     temp: str  # its name in the parent until then
     fd: int
     mode: int  # set at the commit: a mode without the owner's write bit would refuse its files
+    # per permission bits a file was made with in it: whether the kernel gave them whole (the
+    # umask, read once, and this directory's default ACL, if any, decide it alike for each file)
+    modes_given: dict[int, bool] = field(default_factory=dict)
 
     @classmethod
     def make(cls, parent_fd: int, path: str, mode: int) -> NewDir | None:

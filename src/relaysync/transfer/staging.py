@@ -113,8 +113,13 @@ class IncomingFile:
             incoming = cls(final, temp, size, mode, mtime_ns, fd, dir_fd=new_dir.fd, cut=cut)
             incoming.in_new_dir = True
             # Only if the kernel gave it that mode: a default ACL of the parent cuts it instead of
-            # the umask (and the umask might have changed): the commit's fchmod puts it right.
-            incoming.mode_set = final_mode is not None and _has_mode(fd, final_mode)
+            # the umask: the commit's fchmod puts it right. Looked at for the directory's first
+            # file of that mode (an fstat a file cost 4 % of a 10,000-file first copy's apply).
+            if final_mode is not None:
+                given = new_dir.modes_given.get(final_mode)
+                if given is None:
+                    given = new_dir.modes_given[final_mode] = _has_mode(fd, final_mode)
+                incoming.mode_set = given
             return incoming
         temp = _temp_name(final)
         fd = os.open(temp[cut:], _TEMP_FLAGS, 0o600, dir_fd=dir_fd)

@@ -423,8 +423,12 @@ def test_a_default_acl_that_cuts_the_mode_is_corrected_at_the_commit(folder: Tar
         [
             MakeDir(seq=1, path="d", mode=0o755),
             _small(2, "d/f", b"x", mode=0o644),
-            Checkpoint(seq=2),
+            _small(3, "d/g", b"x", mode=0o644),  # the directory's answer for 0644, remembered
+            _small(4, "d/h", b"x", mode=0o640),  # which the ACL leaves whole
+            _small(5, "d/i", b"x", mode=0o644),
+            Checkpoint(seq=5),
         ]
     )
-    assert replies == [Ack(mapping_id=1, watermark=2)]
-    assert stat.S_IMODE((folder.root / "d" / "f").stat().st_mode) == 0o644
+    assert replies == [Ack(mapping_id=1, watermark=5)]
+    modes = {n: stat.S_IMODE((folder.root / "d" / n).stat().st_mode) for n in "fghi"}
+    assert modes == {"f": 0o644, "g": 0o644, "h": 0o640, "i": 0o644}

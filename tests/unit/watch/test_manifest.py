@@ -183,6 +183,27 @@ def test_file_replacing_dir_drops_subtree(manifest: Manifest) -> None:
     assert manifest.get("a/x") is None and manifest.count() == 3
 
 
+def test_files_replacing_dirs_drop_only_what_is_below_them(manifest: Manifest) -> None:
+    """Several directories replaced in one call: each one's subtree goes, with its cached
+    hashes; names that sort right beside "a/" ("a.b", "a-", "a0", "ab") and the same names in
+    other scripts stay."""
+    names = ["a", "a.b", "a-", "a0", "ab", "é", "é0", "日本", "日本語"]
+    tree = [e for n in names for e in (d(n), f(f"{n}/x"), d(f"{n}/s"), f(f"{n}/s/y"))]
+    manifest.put_many(tree)
+    before = {n: manifest.dir_hash(n) for n in names}
+    manifest.put_many([f("a", b"file"), f("é", b"file"), f("日本", b"file")])
+    kept = sorted(e.path for e in manifest.iter_entries())
+    assert kept == sorted(
+        ["a", "é", "日本"]
+        + [e.path for e in tree if e.path.split("/")[0] not in ("a", "é", "日本")]
+    )
+    for n in ("a.b", "a-", "a0", "ab", "é0", "日本語"):
+        assert manifest.dir_hash(n) == before[n]
+    assert manifest._db.execute(
+        "SELECT count(*) FROM dirhash WHERE path IN ('a', 'a/s', 'é/s', '日本/s')"
+    ).fetchone() == (0,)
+
+
 def test_one_call_keeps_the_order_of_its_entries(manifest: Manifest) -> None:
     """Within one put_many, a later file over a directory drops what came before below it, and
     what comes after it stays (the same result as putting the entries one at a time)."""
