@@ -74,6 +74,9 @@ RECONNECT_MAX_S = 10.0  # backoff ceiling for lost links
 # A target that runs another routing epoch (ROUTES_STALE) gets the newer table within moments:
 # its refusals are retried at most this far apart, and are no failed hop (no HopFailed).
 ROUTES_STALE_RETRY_MAX_S = 2.0
+# The first retry of such a refusal: a new mapping's source may dial a target whose assignment is
+# a few ms behind its own; the wait then doubles (20, 40, 80 ms ...) up to the cap above.
+ROUTES_STALE_FIRST_RETRY_S = 0.02
 ROUTES_STALE_LIMIT_S = 60.0  # refusals of a route change in flight for longer: a failed hop
 # ... after which the target is asked again ever more seldom, up to this (a target that never
 # settles, e.g. refusing a revoked source, is not asked every few seconds for ever), and the

@@ -17,8 +17,8 @@ from typing import Any
 
 from relaysync._util.repeats import Repeats
 from relaysync.constants import (
-    RECONNECT_MIN_S,
     ROUTES_STALE_BACKOFF_MAX_S,
+    ROUTES_STALE_FIRST_RETRY_S,
     ROUTES_STALE_LIMIT_S,
     ROUTES_STALE_LOG_INTERVAL_S,
     ROUTES_STALE_RETRY_MAX_S,
@@ -38,7 +38,7 @@ class StaleRoutes:
         """The target took a session: any wait is over."""
         self.since: float | None = None  # monotonic time of the first refusal in a row
         self.failed = False  # they outlasted ROUTES_STALE_LIMIT_S: a failed hop
-        self._delay_s = RECONNECT_MIN_S
+        self._delay_s = ROUTES_STALE_FIRST_RETRY_S
         self._repeats = Repeats(ROUTES_STALE_LOG_INTERVAL_S)  # refusals since the last line
 
     def refused(self, err: BaseException, now: float) -> float:

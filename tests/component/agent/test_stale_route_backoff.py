@@ -100,3 +100,19 @@ def test_refusals_that_go_on_are_logged_again_with_their_count(
     assert min(counts) >= 2, again  # the refusals between two lines are counted, not logged
     elapsed_s = reported_at[-1] - reported_at[0]
     assert len(again) <= 1 + elapsed_s / (2.5 * CAP_S), (again, elapsed_s)
+
+
+def test_the_first_retries_of_a_mapping_not_ours_yet_are_quick_then_double() -> None:
+    """A new mapping's source may dial a target whose assignment is a few ms behind its own:
+    the first retry is 20 ms away (not a lost link's 0.2 s), the next ones double up to
+    ROUTES_STALE_RETRY_MAX_S while the change may settle (the backoff's cap, if lower), and a
+    taken session starts afresh."""
+    stale = _stale_routes.StaleRoutes(
+        logging.LoggerAdapter(logging.getLogger("relaysync.test"), {}), "t1"
+    )
+    err = RuntimeError("not ours yet")
+    delays = [stale.refused(err, now=float(i) / 100) for i in range(9)]
+    # (the autouse fixture scales the backoff's cap down to CAP_S, below the 2 s of settling)
+    assert delays == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.64, CAP_S, CAP_S, CAP_S])
+    stale.settled()
+    assert stale.refused(err, now=1.0) == 0.02
