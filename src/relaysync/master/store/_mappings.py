@@ -233,14 +233,16 @@ def apply(session: Session, row: Mapping, resolved: ResolvedMapping, now: float)
 def infos(session: Session, rows: Sequence[Mapping]) -> list[MappingInfo]:
     """Convert mapping rows to MappingInfo, loading their targets and server names in bulk."""
     ids = [row.id for row in rows]
-    targets: dict[int, list[MappingTarget]] = {i: [] for i in ids}
-    for t in session.scalars(
-        select(MappingTarget)
+    # As plain rows, not ORM objects: every agent's assignment loads every target of its
+    # mappings (50 mappings to 49 targets each: 2,450 rows per agent, for each of 50 agents).
+    targets: dict[int, list[tuple[str, str]]] = {i: [] for i in ids}
+    for mapping_id, node_id, path in session.execute(
+        select(MappingTarget.mapping_id, MappingTarget.node_id, MappingTarget.path)
         .where(MappingTarget.mapping_id.in_(ids))
         .order_by(MappingTarget.node_id)
     ):
-        targets[t.mapping_id].append(t)
-    nodes = {row.source_node for row in rows} | {t.node_id for ts in targets.values() for t in ts}
+        targets[mapping_id].append((node_id, path))
+    nodes = {row.source_node for row in rows} | {n for ts in targets.values() for n, _ in ts}
     names: dict[str, str] = {
         node_id: name
         for node_id, name in session.execute(
@@ -255,7 +257,7 @@ def infos(session: Session, rows: Sequence[Mapping]) -> list[MappingInfo]:
 
 
 def _info(
-    row: Mapping, targets: list[MappingTarget], names: dict[str, str], revoked: set[str]
+    row: Mapping, targets: list[tuple[str, str]], names: dict[str, str], revoked: set[str]
 ) -> MappingInfo:
     return MappingInfo(
         id=row.id,
@@ -264,8 +266,8 @@ def _info(
         source_name=names.get(row.source_node, ""),
         source_path=row.source_path,
         targets=tuple(
-            TargetInfo(node_id=t.node_id, name=names.get(t.node_id, ""), path=t.path)
-            for t in targets
+            TargetInfo(node_id=node_id, name=names.get(node_id, ""), path=path)
+            for node_id, path in targets
         ),
         include=tuple(row.include),
         exclude=tuple(row.exclude),

@@ -315,12 +315,21 @@ class PolicyStore:
             (r.scope, r.source_node, r.target_node): r
             for r in session.scalars(select(LinkPolicyRow))
         }
-        servers: dict[str, Server | None] = {}
+        nodes = {n for spec in specs for n in _link_ends(spec)}
+        servers = {
+            s.node_id: s for s in session.scalars(select(Server).where(Server.node_id.in_(nodes)))
+        }
+        # per (sender, target): mappings share their links' pairs (an agent's assignment names
+        # each of 50 mappings' 49 targets: 2,450 combinations of 49 pairs)
+        policies: dict[tuple[str, str], LinkPolicy] = {}
 
-        def server(node: str) -> Server | None:
-            if node not in servers:
-                servers[node] = session.get(Server, node)
-            return servers[node]
+        def policy_of(sender: str, target: str) -> LinkPolicy:
+            policy = policies.get((sender, target))
+            if policy is None:
+                policy = policies[(sender, target)] = _effective(
+                    rows, servers.get(sender), servers.get(target), sender, target
+                )
+            return policy
 
         for spec in specs:
             # A routed target's link is the hop from its parent: the policy of that section or pair.
@@ -328,7 +337,7 @@ class PolicyStore:
             targets = []
             for t in spec.targets:
                 sender = parent_of.get(t.node_id, spec.source_node)
-                policy = _effective(rows, server(sender), server(t.node_id), sender, t.node_id)
+                policy = policy_of(sender, t.node_id)
                 secret = b"" if policy.tls else self.link_secret(spec.mapping_id, sender, t.node_id)
                 targets.append(
                     TargetSpec(node_id=t.node_id, path=t.path, policy=policy, link_secret=secret)
@@ -346,6 +355,15 @@ class PolicyStore:
         return hmac.new(
             self.link_key, f"{mapping_id}:{sender}:{target}".encode(), hashlib.sha256
         ).digest()
+
+
+def _link_ends(spec: MappingSpec) -> Iterator[str]:
+    """The nodes at either end of `spec`'s links: its source, every target, every relay."""
+    yield spec.source_node
+    for t in spec.targets:
+        yield t.node_id
+    for hop in spec.routes:
+        yield hop.parent
 
 
 def secrets_for(spec: MappingSpec, node_id: str) -> MappingSpec:
