@@ -73,7 +73,9 @@ RELAY_BATCH_BYTES = 1024 * 1024  # a relay spools (and so forwards) at least eve
 ACK_FOLD_S = 0.005  # a relay lets a burst of its children's acks fold into one Ack upstream
 # A plain-link MAC of another routing epoch is taken for a route change in flight (RoutesStale,
 # logged at info) this many times in a row at most; from then on it is an authentication failure.
-MAC_FAILURES_WARNED = 5
+# At the senders' retries of such refusals (20 ms, doubling to 2 s: _stale_routes.py) the 9th
+# comes about 4.5 s after the first: a route change settles well within that.
+MAC_FAILURES_WARNED = 9
 MAC_FAILURE_KEYS = 1024  # (mapping, claimed sender) pairs counted at most
 
 FolderLookup = Callable[[int], TargetFolder | None]

@@ -174,6 +174,8 @@ class TargetLink(RecordStream, CompareCatchUp):
         if self.failures == 0:  # the session had made progress: a fresh failure, a short wait
             delay = RECONNECT_MIN_S
             self._down.reset(time.monotonic())
+        # never below a lost link's first wait, after a route change's quicker retries
+        delay = max(delay, RECONNECT_MIN_S)
         self._log_down(err, delay)
         self.failures += 1
         if self.on_failure is not None:

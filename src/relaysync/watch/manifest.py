@@ -58,6 +58,7 @@ _DELETE_BELOW = {
     for table in ("entries", "dirhash")
 }
 _DELETE_DIRHASHES = "DELETE FROM dirhash WHERE path IN (SELECT value FROM json_each(?))"
+JSON_PATHS = 1_000  # paths per such statement (4 KiB each at most, 6 bytes a character escaped)
 
 _COLUMNS = "path, kind, size, mtime_ns, mode, hash, link_target, ino, ctime_ns"
 _encode = msgspec.msgpack.Encoder().encode
@@ -297,10 +298,10 @@ class Manifest:
         if "" in paths:
             for table in ("entries", "dirhash"):
                 db.execute(f"DELETE FROM {table}")
-        elif paths:
-            below = _json_paths(paths)
-            for table in ("entries", "dirhash"):
-                db.execute(_DELETE_BELOW[table], (below,))
+        else:
+            for below in _json_chunks(paths):
+                for table in ("entries", "dirhash"):
+                    db.execute(_DELETE_BELOW[table], (below,))
 
     def children(self, dir_path: str) -> list[Entry]:
         """Return the direct children of `dir_path` ("" = root), sorted by name."""
@@ -494,12 +495,17 @@ class Manifest:
             self._db.close()
 
 
-def _json_paths(paths: Iterable[str]) -> str:
-    """`paths` as one JSON array, the parameter of a json_each statement (manifest paths are
-    valid UTF-8: the filter keeps other names out)."""
-    return json.dumps(list(paths), ensure_ascii=False)
+def _json_chunks(paths: Iterable[str]) -> Iterator[str]:
+    """`paths` as JSON arrays of at most JSON_PATHS each, the parameters of json_each statements
+    (manifest paths are valid UTF-8: the filter keeps other names out). Bounded, so that a
+    parameter stays far below SQLite's length limit (1e9 bytes) whatever a call puts: a target's
+    start-up scan of millions of new files is one call."""
+    batch = list(paths)
+    for start in range(0, len(batch), JSON_PATHS):
+        yield json.dumps(batch[start : start + JSON_PATHS], ensure_ascii=False)
 
 
 def _delete_dirhashes(db: sqlite3.Connection, paths: Iterable[str]) -> None:
     """Drop the cached hashes of the directories `paths` (those that have one)."""
-    db.execute(_DELETE_DIRHASHES, (_json_paths(paths),))
+    for chunk in _json_chunks(paths):
+        db.execute(_DELETE_DIRHASHES, (chunk,))

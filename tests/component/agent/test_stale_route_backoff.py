@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from tests.component.agent._pair import peer_server, plain_link, serve_link_until, source_mapping
 
-from relaysync.constants import ROUTES_STALE_RETRY_MAX_S
+from relaysync.constants import RECONNECT_MIN_S, ROUTES_STALE_RETRY_MAX_S
+from relaysync.errors import RoutesStale
 from relaysync.protocol.framing import FramedStream
 from relaysync.protocol.messages import MappingState
 from relaysync.transfer import _stale_routes
@@ -116,3 +117,15 @@ def test_the_first_retries_of_a_mapping_not_ours_yet_are_quick_then_double() -> 
     assert delays == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.64, CAP_S, CAP_S, CAP_S])
     stale.settled()
     assert stale.refused(err, now=1.0) == 0.02
+
+
+def test_a_lost_link_after_quick_route_retries_still_waits_a_lost_links_first_wait(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a real failure that follows route-change refusals, while earlier
+    failures are not yet cleared, took the refusals' 20-40 ms wait as its own."""
+    link = plain_link(source_mapping(tmp_path), 1)
+    link.failures = 2  # earlier real failures, not cleared by a session that made progress
+    delay = link._routes_stale(RoutesStale(1, "not ours yet"))
+    assert delay == pytest.approx(0.02)
+    assert link._session_failed(ConnectionRefusedError(111, "refused"), delay) == RECONNECT_MIN_S

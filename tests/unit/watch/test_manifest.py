@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from relaysync.watch import manifest as manifest_module
 from relaysync.watch.manifest import SCHEMA_VERSION, Entry, Manifest, _child_record
 
 
@@ -183,10 +184,15 @@ def test_file_replacing_dir_drops_subtree(manifest: Manifest) -> None:
     assert manifest.get("a/x") is None and manifest.count() == 3
 
 
-def test_files_replacing_dirs_drop_only_what_is_below_them(manifest: Manifest) -> None:
+@pytest.mark.parametrize("per_statement", [1_000, 2], ids=["one statement", "in chunks"])
+def test_files_replacing_dirs_drop_only_what_is_below_them(
+    manifest: Manifest, monkeypatch: pytest.MonkeyPatch, per_statement: int
+) -> None:
     """Several directories replaced in one call: each one's subtree goes, with its cached
     hashes; names that sort right beside "a/" ("a.b", "a-", "a0", "ab") and the same names in
-    other scripts stay."""
+    other scripts stay. The paths go to SQLite in bounded chunks (review: one parameter could
+    pass SQLite's length limit on a start-up scan of millions of files)."""
+    monkeypatch.setattr(manifest_module, "JSON_PATHS", per_statement)
     names = ["a", "a.b", "a-", "a0", "ab", "é", "é0", "日本", "日本語"]
     tree = [e for n in names for e in (d(n), f(f"{n}/x"), d(f"{n}/s"), f(f"{n}/s/y"))]
     manifest.put_many(tree)
