@@ -30,7 +30,9 @@ def _compile(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
 
 def is_temp_path(relpath: str) -> bool:
     """Return True if any component of `relpath` is one of our temporary names."""
-    return any(part.startswith(TEMP_PREFIX) for part in relpath.split("/"))
+    if TEMP_PREFIX not in relpath:  # the common case, one search in C (a scan asks per file)
+        return False
+    return relpath.startswith(TEMP_PREFIX) or f"/{TEMP_PREFIX}" in relpath
 
 
 def encodes_utf8(text: str) -> bool:
@@ -94,7 +96,7 @@ class PathFilter:
             return False
         if len(relpath) > MAX_PATH_BYTES // 4 and not self._short_enough(relpath, is_dir):
             return False
-        if any(p.search(relpath) for p in self._exclude):
+        if self._exclude and any(p.search(relpath) for p in self._exclude):
             return False
         if is_dir or not self._include:
             return True

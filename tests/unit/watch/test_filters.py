@@ -6,10 +6,12 @@ import logging
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import ConfigError
-from relaysync.watch.filters import PathFilter
+from relaysync.watch.filters import PathFilter, is_temp_path
 
 
 def test_accepts_everything_by_default() -> None:
@@ -71,3 +73,13 @@ def test_symlink_targets_that_are_not_utf8_are_refused(caplog: pytest.LogCapture
     assert f.utf8_link_target("link", "café")
     assert not f.utf8_link_target("link", os.fsdecode(b"caf\xe9"))
     assert "symlink link is not valid UTF-8" in caplog.text
+
+
+_PIECES = st.sampled_from(["a", ".", "/", "relaysync", TEMP_PREFIX, "x.relaysync", "é"])
+
+
+@given(st.lists(_PIECES, max_size=8).map("".join))
+def test_a_temp_path_is_one_with_a_component_starting_with_the_prefix(relpath: str) -> None:
+    """The quick test (the prefix anywhere, then at a component's start) says what the
+    definition says: some component starts with TEMP_PREFIX."""
+    assert is_temp_path(relpath) == any(p.startswith(TEMP_PREFIX) for p in relpath.split("/"))
