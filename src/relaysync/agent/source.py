@@ -98,6 +98,8 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
         self._persisted_acks = dict(self._acks)  # what acks.json holds (written by _release)
         self._acks_changed = anyio.Event()  # set by an ack; the flusher persists it (_flush_acks)
         self._ack_seen = anyio.Event()  # set by every ack; `_final_scan` waits on a fresh one
+        # link children owed a comparison: they take no records until it ran (`on_owed`)
+        self._owed: set[str] = set()
         self.ready = anyio.Event()
         self.links_may_start = anyio.Event()  # `serve`: at `ready`; a first sync's at its own
         # The highest seq whose effect is in the manifest: a manifest comparison covers up to it.
@@ -209,6 +211,15 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
             self._acks_changed.set()
             self._ack_seen.set()
 
+    def on_owed(self, target_node: str, owed: bool) -> None:
+        """A link's child is owed a comparison (it takes no records until a first scan ended and
+        the comparison ran), or no longer: the closing rescan does not wait for its acks."""
+        if owed:
+            self._owed.add(target_node)
+        else:
+            self._owed.discard(target_node)
+        self._ack_seen.set()
+
     def below(self, child: str) -> frozenset[str]:
         """The targets whose acks `child` relays: those below it in the routing table."""
         return nodes_below(self.spec.routes, child)
@@ -217,9 +228,14 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
         """The files and directories there but not readable now: a comparison keeps them."""
         return self.unreadable.snapshot()
 
-    def backlog(self) -> int:
-        """Return how many journal records the slowest target has not acknowledged yet."""
-        acked = [self._acks.get(t.node_id, 0) for t in self.spec.targets]
+    def backlog(self, *, streaming: bool = False) -> int:
+        """Return how many journal records the slowest target has not acknowledged yet; with
+        `streaming`, of the targets taking records: not those owed a comparison (`on_owed`) or
+        below such a child (a relay), which acknowledge none until it ran."""
+        waiting = set(self._owed).union(*map(self.below, self._owed)) if streaming else set()
+        acked = [
+            self._acks.get(t.node_id, 0) for t in self.spec.targets if t.node_id not in waiting
+        ]
         return max(0, self.journal.last_seq - min(acked)) if acked else 0
 
     async def _flush_acks(self) -> None:
@@ -315,7 +331,7 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
         host) would otherwise take CPU from the links' last batches. Deferring it misses nothing:
         the watcher ran since before the scan, and what it saw meanwhile is journaled as usual."""
         with anyio.move_on_after(FINAL_SCAN_WAIT_S):
-            while self.backlog() > 0:
+            while self.backlog(streaming=True) > 0:
                 self._ack_seen = anyio.Event()
                 await self._ack_seen.wait()
         await self._record([FsEvent(kind="rescan", path="")])

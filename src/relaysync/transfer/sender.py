@@ -283,6 +283,7 @@ class TargetLink(RecordStream, CompareCatchUp):
         self.connected = True
         # The journal cannot replay what the target lacks: a comparison is owed (`_may_compare`).
         owed = not journal.covers(state.watermark)
+        self.source.on_owed(self.target.node_id, owed)
         await self._tell_unreadable(session)  # before any comparison a relay runs with them
         # Once replay has caught up, compare anyway: the target may have lost or gained files.
         compare_due = anyio.current_time() + (self.compare_interval_s if owed else 0.0)
@@ -296,6 +297,7 @@ class TargetLink(RecordStream, CompareCatchUp):
             if owed and not self.source.scanning and self._may_compare(session):
                 await self._catch_up_by_compare(session)
                 owed = False
+                self.source.on_owed(self.target.node_id, False)
                 continue
             try:
                 records = [] if owed else await self._read_journal(session)
@@ -304,6 +306,7 @@ class TargetLink(RecordStream, CompareCatchUp):
                     "cannot replay to %s, catching up by comparison: %s", self.target.name, gap
                 )
                 owed = True
+                self.source.on_owed(self.target.node_id, True)
                 continue
             if records:
                 await self._wait_window(session)

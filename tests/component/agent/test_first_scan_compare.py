@@ -170,9 +170,10 @@ def test_an_owed_comparison_waits_for_the_first_scan_to_end(
     """A first sync (empty manifest) whose journal cannot replay what the target holds (fast
     durability, the machine crashed: the journal starts afresh) owes the target a comparison.
     It waited for nothing: run against a manifest not yet holding the folder, it erased the
-    target's copy, then sent it again. It now waits for the scan's end, as a periodic one does
-    (the closing rescan waits FINAL_SCAN_WAIT_S for acks this link does not send: 1 s here)."""
-    monkeypatch.setattr(source_module, "FINAL_SCAN_WAIT_S", 1.0)
+    target's copy, then sent it again. It now waits for the scan's end, as a periodic one does;
+    and the closing rescan does not wait for acks of a link owed a comparison, which sends none
+    until it ran (it waited FINAL_SCAN_WAIT_S, 10 s: 600 s here, past the test's bound)."""
+    monkeypatch.setattr(source_module, "FINAL_SCAN_WAIT_S", 600.0)
     first = source_mapping(tmp_path)
     _files(first, ["a/1.txt", "b/2.txt"])
     folder = target_folder(tmp_path)
