@@ -21,11 +21,13 @@ from relaysync.watch.watcher import FsEvent
 WAIT_S = 20.0
 
 
-def _mapping(tmp_path: Path) -> tuple[SourceMapping, Path]:
+def _mapping(
+    tmp_path: Path, tops: Sequence[str] = ("a", "b", "c"), files: int = 3
+) -> tuple[SourceMapping, Path]:
     root = tmp_path / "src"
-    for top in ("a", "b", "c"):
+    for top in tops:
         (root / top).mkdir(parents=True)
-        for i in range(3):
+        for i in range(files):
             path = root / top / f"f{i}"
             path.write_text(f"{top}{i}")
             past = time.time_ns() - 10 * 10**9  # not "hot": a scan journals it at once
@@ -108,3 +110,47 @@ def test_the_closing_rescan_runs_after_its_bound_when_a_target_never_acks(
     finally:
         mapping.close()
     assert len(rescans) == 1 and rescans[0] > 0  # t1 still owes every record
+
+
+@pytest.mark.parametrize(
+    ("files", "groups"),
+    [(4, [1, 6, 6, 6, 1]), (40, [1] * 20)],
+    ids=["small top-level entries, grouped", "large ones, one at a time"],
+)
+def test_a_first_scan_journals_its_top_level_entries_in_groups_of_about_so_many_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int, groups: list[int]
+) -> None:
+    """After the first top-level entry (alone: the links wait for its records), as many as hold
+    about FIRST_SCAN_GROUP_ENTRIES entries at the sizes seen (here 30: a folder of 4 files is 5
+    entries, 6 a group; one of 40 files is 41: one at a time). Each group is one detection and
+    one journal write; every entry is journaled once, in order."""
+    monkeypatch.setattr(source_module, "FIRST_SCAN_GROUP_ENTRIES", 30)
+    monkeypatch.setattr(source_module, "FINAL_SCAN_WAIT_S", 0.0)
+    tops = [f"d{i:02d}" for i in range(20)]
+    mapping, _ = _mapping(tmp_path, tops, files)
+    calls: list[list[str]] = []
+    record = mapping._record
+
+    async def noting(events: Sequence[FsEvent], *, mode: str = "now") -> None:
+        if all(e.kind == "rescan" and e.path for e in events):
+            calls.append([e.path for e in events])
+        await record(events, mode=mode)
+
+    mapping._record = noting  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(mapping.serve)
+            await _until(lambda: not mapping.scanning)
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+        records = mapping.journal.read(0, 10_000)
+    finally:
+        mapping.close()
+    assert [len(c) for c in calls] == groups
+    assert [p for c in calls for p in c] == tops
+    paths = [r.path for r in records]
+    assert len(paths) == len(set(paths)) == 20 * (files + 1)
+    assert paths == sorted(paths)
