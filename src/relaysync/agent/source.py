@@ -296,8 +296,9 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
             first_sync = await anyio.to_thread.run_sync(self.manifest.count) == 0
             tops = await anyio.to_thread.run_sync(self._top_level_names) if first_sync else []
             self.scanning = bool(tops)
-            # A first scan is journaled one top-level entry at a time and the links start as it
-            # begins: they connect while the first is scanned, and stream while the rest is
+            # A first scan is journaled by top-level entries, the first alone, the rest in groups
+            # (`_scan_rest`), and the links start as it begins: they connect while the first is
+            # scanned, and stream while the rest is
             # scanned and hashed. A final rescan (stat only, now that the manifest knows every
             # file) catches what changed meanwhile (`_final_scan`: once the links have the
             # rest, not competing with their tail). Any other start scans first: links compare
