@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 EVENT_QUEUE = 64  # event batches buffered between the watcher and the recorder
 JOURNAL_SLICE = 2_000  # changes journaled per write when a scan finds many
-# A first scan journals its top-level entries in groups of about this many entries below them (at
-# most FIRST_SCAN_GROUP_TOPS top-level entries a group): one detection, journal write and
+# A first scan journals its top-level entries FIRST_SCAN_GROUP_TOPS at a time, in parts of about
+# FIRST_SCAN_GROUP_ENTRIES changes (one entry's more at most): one detection, journal write and
 # manifest transaction each (`SourceMapping._scan_rest`).
 FIRST_SCAN_GROUP_ENTRIES = 1_000
 FIRST_SCAN_GROUP_TOPS = 16
@@ -307,7 +307,6 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
             # as they start (`SourceRole._release`) and must cover the folder, not its first part.
             if tops and self.realtime:
                 self.links_may_start.set()
-            since = self.journal.last_seq
             await self._record([FsEvent(kind="rescan", path=tops[0] if tops else "")])
             logger.info(
                 "source %s ready (%s mode): %s entries, journal at seq %s%s",
@@ -322,7 +321,7 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
                 self.links_may_start.set()
             task_status.started()
             if tops:
-                await self._scan_rest(tops[1:], since=since, scanned=1)
+                await self._scan_rest(tops[1:])
                 self.links_may_start.set()
                 if self.backlog():
                     tg.start_soon(self._final_scan)
@@ -331,19 +330,19 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
             tg.start_soon(self._rescan_periodically)
             await self._consume(receive)
 
-    async def _scan_rest(self, names: list[str], *, since: int, scanned: int) -> None:
-        """Journal the first scan of the top-level entries `names`, a few at a time: as many as
-        hold about FIRST_SCAN_GROUP_ENTRIES entries at the size of the `scanned` ones before
-        them (journaled after seq `since`), one at a time while they are large. Each group is
-        one detection, one journal write and one manifest transaction: 100 entries of 100 files
-        each made 100 of each (the manifest's commits were a fifth of its CPU)."""
-        done = 0
-        while done < len(names):
-            per_name = max(1, self.journal.last_seq - since) / (scanned + done)
-            size = max(1, min(FIRST_SCAN_GROUP_TOPS, int(FIRST_SCAN_GROUP_ENTRIES / per_name)))
-            group = names[done : done + size]
-            await self._record([FsEvent(kind="rescan", path=name) for name in group])
-            done += len(group)
+    async def _scan_rest(self, names: list[str]) -> None:
+        """Journal the first scan of the top-level entries `names` in groups of
+        FIRST_SCAN_GROUP_TOPS, each detected in parts that stop once they hold
+        FIRST_SCAN_GROUP_ENTRIES changes (one entry's more at most: a large entry goes alone):
+        each part is one detection, one journal write and one manifest transaction, where each
+        top-level entry was (100 entries of 100 files: 99 of each; the manifest's commits were a
+        fifth of its CPU)."""
+        for start in range(0, len(names), FIRST_SCAN_GROUP_TOPS):
+            group = names[start : start + FIRST_SCAN_GROUP_TOPS]
+            await self._record(
+                [FsEvent(kind="rescan", path=name) for name in group],
+                stop_after=FIRST_SCAN_GROUP_ENTRIES,
+            )
 
     async def _final_scan(self) -> None:
         """The first sync's closing rescan, once every target acknowledged the scan's records
@@ -427,14 +426,19 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
                         "could not prune old deltas of mapping %s: %s", self.mapping_id, exc
                     )
 
-    async def _record(self, events: Sequence[FsEvent], *, mode: Mode = "now") -> None:
+    async def _record(
+        self, events: Sequence[FsEvent], *, mode: Mode = "now", stop_after: int = 0
+    ) -> None:
         """Detect and journal `events`; `mode`: how the mass-delete guard judges their deletes
-        ("defer" for the watcher's batches: they may wait until it judges their run)."""
+        ("defer" for the watcher's batches: they may wait until it judges their run);
+        `stop_after`: journal in parts of about that many changes (ChangeRecorder.detect)."""
         # One batch at a time: detect reads the manifest that the previous batch's apply wrote.
         async with self._record_lock:
-            await self._record_locked(events, mode=mode)
+            await self._record_locked(events, mode=mode, stop_after=stop_after)
 
-    async def _record_locked(self, events: Sequence[FsEvent], *, mode: Mode = "now") -> None:
+    async def _record_locked(
+        self, events: Sequence[FsEvent], *, mode: Mode = "now", stop_after: int = 0
+    ) -> None:
         events = [e for e in events if self._names_encode(e.path, e.new_path)]
         closed, unclosed = closed_paths(events)
         rest = coalesce(events)  # after `closed`: the watcher keeps the writes a rescan covers
@@ -447,7 +451,9 @@ class SourceMapping(MassDeleteGuard, HotFileHold, PeriodicRescan):
             # detect() stops before an event that needs the manifest to hold what it found so
             # far (`mv d e; rm e/f`): that part is journaled and applied first. Most batches go
             # whole, in one journal write.
-            detection = await anyio.to_thread.run_sync(self.recorder.detect, rest)
+            detection = await anyio.to_thread.run_sync(
+                functools.partial(self.recorder.detect, rest, stop_after=stop_after)
+            )
             self.unreadable.failed(detection.unreadable)
             listed = listed and not any(
                 isinstance(e, SourceListError) for e in detection.unreadable

@@ -101,7 +101,7 @@ class ChangeRecorder:
 
     # --- detect ---
 
-    def detect(self, events: Sequence[FsEvent]) -> Detection:
+    def detect(self, events: Sequence[FsEvent], *, stop_after: int = 0) -> Detection:
         """Return the changes the leading events stand for, in an order that replays correctly.
 
         Reads the disk and the manifest. Within one call, the changes already decided are taken
@@ -113,7 +113,9 @@ class ChangeRecorder:
         A directory renamed is rescanned under its new name in the rest, after the events that
         are stale already (see the module docstring).
         An event whose path, or a directory on its way, cannot be read records no change (what
-        it decided before that stays) and is noted in `unreadable`.
+        it decided before that stays) and is noted in `unreadable`. With `stop_after`, the call
+        also stops after the event that brought its changes to that many (the rest come back as
+        `rest`): a first scan's groups of top-level entries hold one entry's changes more at most.
 
         The manifest is written in one way only: inode numbers and ctimes of files found
         unchanged but for them (`Manifest.set_stat_notes`), bookkeeping no change carries.
@@ -131,6 +133,9 @@ class ChangeRecorder:
                 break
             except SourceReadError as err:  # a directory on its way cannot be opened
                 batch.unreadable.append(err.bare())
+            if stop_after and len(batch.out) >= stop_after and i + 1 < len(events):
+                rest = list(events[i + 1 :])
+                break
         if batch.follow:
             rest = then_rescans(rest, batch.follow)
         if batch.stat_notes:  # a target's too: else such a file is hashed at every start

@@ -8,6 +8,7 @@ import os
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -46,9 +47,9 @@ def _held_records(source: SourceMapping) -> anyio.Event:
     gate = anyio.Event()
     record = source._record
 
-    async def held(events: list[FsEvent]) -> None:
+    async def held(events: list[FsEvent], **kwargs: Any) -> None:
         await gate.wait()
-        await record(events)
+        await record(events, **kwargs)
 
     source._record = held  # type: ignore[method-assign]
     return gate

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -48,10 +49,10 @@ def _full_rescans(mapping: SourceMapping) -> list[int]:
     seen: list[int] = []
     record = mapping._record
 
-    async def noting(events: Sequence[FsEvent], *, mode: str = "now") -> None:
+    async def noting(events: Sequence[FsEvent], **kwargs: Any) -> None:
         if any(e.kind == "rescan" and not e.path for e in events):
             seen.append(mapping.backlog())
-        await record(events, mode=mode)
+        await record(events, **kwargs)
 
     mapping._record = noting  # type: ignore[method-assign]
     return seen
@@ -113,30 +114,40 @@ def test_the_closing_rescan_runs_after_its_bound_when_a_target_never_acks(
 
 
 @pytest.mark.parametrize(
-    ("files", "groups"),
-    [(4, [1, 6, 6, 6, 1]), (40, [1] * 20)],
-    ids=["small top-level entries, grouped", "large ones, one at a time"],
+    ("sizes", "parts"),
+    [([4] * 20, [1, 6, 6, 4, 3]), ([0, *[40] * 16], [1] * 17)],
+    ids=["small top-level entries, together", "a small one, then large ones, one at a time"],
 )
-def test_a_first_scan_journals_its_top_level_entries_in_groups_of_about_so_many_entries(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int, groups: list[int]
+def test_a_first_scan_journals_its_top_level_entries_in_parts_of_about_so_many_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sizes: list[int], parts: list[int]
 ) -> None:
-    """After the first top-level entry (alone: the links wait for its records), as many as hold
-    about FIRST_SCAN_GROUP_ENTRIES entries at the sizes seen (here 30: a folder of 4 files is 5
-    entries, 6 a group; one of 40 files is 41: one at a time). Each group is one detection and
-    one journal write; every entry is journaled once, in order."""
+    """After the first top-level entry (alone: the links wait for its records), the others are
+    detected and journaled 16 at a time, in parts that end once they hold
+    FIRST_SCAN_GROUP_ENTRIES changes (30
+    here: a folder of 4 files is 5 changes, one of 40 is 41). No part holds more than that plus
+    one entry's changes (review: a group sized from a small first entry held 16 large ones in
+    memory at once); every entry is journaled once, in order."""
     monkeypatch.setattr(source_module, "FIRST_SCAN_GROUP_ENTRIES", 30)
     monkeypatch.setattr(source_module, "FINAL_SCAN_WAIT_S", 0.0)
-    tops = [f"d{i:02d}" for i in range(20)]
-    mapping, _ = _mapping(tmp_path, tops, files)
-    calls: list[list[str]] = []
-    record = mapping._record
+    tops = [f"d{i:02d}" for i in range(len(sizes))]
+    root = tmp_path / "src"
+    for top, files in zip(tops, sizes, strict=True):
+        (root / top).mkdir(parents=True)
+        for i in range(files):
+            (root / top / f"f{i}").write_text(f"{top}{i}")
+            past = time.time_ns() - 10 * 10**9  # not "hot": a scan journals it at once
+            os.utime(root / top / f"f{i}", ns=(past, past))
+    mapping, _ = _mapping(tmp_path, tops=(), files=0)
+    detections: list[tuple[int, int]] = []  # (top-level entries asked, changes found)
+    detect = mapping.recorder.detect
 
-    async def noting(events: Sequence[FsEvent], *, mode: str = "now") -> None:
-        if all(e.kind == "rescan" and e.path for e in events):
-            calls.append([e.path for e in events])
-        await record(events, mode=mode)
+    def noting(events: Sequence[FsEvent], **kwargs: Any) -> Any:
+        found = detect(events, **kwargs)
+        if events and all(e.kind == "rescan" and e.path for e in events):
+            detections.append((len(events) - len(found.rest), len(found.changes)))
+        return found
 
-    mapping._record = noting  # type: ignore[method-assign]
+    mapping.recorder.detect = noting  # type: ignore[method-assign]
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -149,8 +160,8 @@ def test_a_first_scan_journals_its_top_level_entries_in_groups_of_about_so_many_
         records = mapping.journal.read(0, 10_000)
     finally:
         mapping.close()
-    assert [len(c) for c in calls] == groups
-    assert [p for c in calls for p in c] == tops
+    assert [n for n, _ in detections] == parts
+    assert max(c for _, c in detections) <= 30 + max(sizes) + 1
     paths = [r.path for r in records]
-    assert len(paths) == len(set(paths)) == 20 * (files + 1)
+    assert len(paths) == len(set(paths)) == sum(s + 1 for s in sizes)
     assert paths == sorted(paths)
