@@ -304,9 +304,9 @@ def _count_full_rescans(mapping: SourceMapping, monkeypatch: pytest.MonkeyPatch)
     scans: list[float] = []
     detect = mapping.recorder.detect
 
-    def counting(events: Sequence[FsEvent]) -> Any:
+    def counting(events: Sequence[FsEvent], **kwargs: Any) -> Any:
         scans.extend(1.0 for e in events if e.kind == "rescan" and not e.path)
-        return detect(events)
+        return detect(events, **kwargs)
 
     monkeypatch.setattr(mapping.recorder, "detect", counting)
     return scans

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -97,10 +98,10 @@ def test_a_rescan_that_finds_nothing_journals_nothing_and_stays_quiet(
     rescans: list[int] = []
     record = mapping._record_locked
 
-    async def counting(events: list, *, mode: str = "now") -> None:  # type: ignore[type-arg]
+    async def counting(events: list, **kwargs: Any) -> None:  # type: ignore[type-arg]
         if any(e.kind == "rescan" and not e.path for e in events):
             rescans.append(mapping.journal.last_seq)
-        await record(events, mode=mode)
+        await record(events, **kwargs)
 
     monkeypatch.setattr(mapping, "_record_locked", counting)
 
@@ -142,10 +143,10 @@ def test_no_periodic_rescan_while_a_mass_delete_is_held(
         finally:
             in_flight[0] -= 1
 
-    async def counting_scans(events: list, *, mode: str = "now") -> None:  # type: ignore[type-arg]
+    async def counting_scans(events: list, **kwargs: Any) -> None:  # type: ignore[type-arg]
         if any(e.kind == "rescan" and not e.path for e in events):
             full_scans.append(1)
-        await record(events, mode=mode)
+        await record(events, **kwargs)
 
     rechecks: list[int] = []
     recheck_hold = mapping._recheck_hold
