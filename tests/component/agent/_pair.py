@@ -121,3 +121,16 @@ class LoneTargetRole(TargetRole):
 
     async def _apply_relay(self, spec: MappingSpec, folder: TargetFolder) -> None:
         pass
+
+
+def watched_waits(source: SourceMapping) -> list[int]:
+    """The after_seq of each wait of a link for new records, as they come."""
+    waits: list[int] = []
+    wait_for_records = source.wait_for_records
+
+    async def watched_wait(after_seq: int, timeout_s: float) -> None:
+        waits.append(after_seq)
+        await wait_for_records(after_seq, timeout_s)
+
+    source.wait_for_records = watched_wait  # type: ignore[method-assign]
+    return waits

@@ -19,6 +19,7 @@ from tests.component.agent._pair import (
     plain_link,
     source_mapping,
     target_folder,
+    watched_waits,
 )
 from tests.component.agent.test_link_lifecycle import _source_in
 
@@ -89,14 +90,7 @@ def test_a_held_mapping_compares_with_a_new_target_only_at_a_release(tmp_path: P
             port = await tg.start(peer_server(fresh).serve)  # the target lost its data
             link = plain_link(source, port)
             compares = _count_compares(link)
-            waits: list[int] = []
-            wait = source.wait_for_records
-
-            async def waiting(after_seq: int, timeout_s: float) -> None:
-                waits.append(after_seq)
-                await wait(after_seq, timeout_s)
-
-            source.wait_for_records = waiting  # type: ignore[method-assign]
+            waits = watched_waits(source)
             tg.start_soon(link.serve)
             await _until(lambda: link.connected and bool(waits), "the link idles")
             assert not compares, "a held mapping compared before its next release"

@@ -12,7 +12,14 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.component.agent._pair import SECRET, TGT, peer_server, source_mapping, target_folder
+from tests.component.agent._pair import (
+    SECRET,
+    TGT,
+    peer_server,
+    source_mapping,
+    target_folder,
+    watched_waits,
+)
 
 from relaysync.agent import source as source_module
 from relaysync.agent.source import SourceMapping
@@ -55,19 +62,6 @@ def _held_records(source: SourceMapping) -> anyio.Event:
     return gate
 
 
-def _watched_waits(source: SourceMapping) -> list[int]:
-    """The after_seq of each wait of a link for new records, as they come."""
-    waits: list[int] = []
-    wait_for_records = source.wait_for_records
-
-    async def watched_wait(after_seq: int, timeout_s: float) -> None:
-        waits.append(after_seq)
-        await wait_for_records(after_seq, timeout_s)
-
-    source.wait_for_records = watched_wait  # type: ignore[method-assign]
-    return waits
-
-
 def _files(source: SourceMapping, names: list[str]) -> None:
     earlier = time.time_ns() - 10 * 10**9  # not files being written
     for name in names:
@@ -81,7 +75,7 @@ def test_a_link_compares_only_once_the_first_scan_ended(tmp_path: Path) -> None:
     source = source_mapping(tmp_path)
     _files(source, ["a/1.txt", "a/2.txt", "b/3.txt"])
     folder = target_folder(tmp_path)
-    waits = _watched_waits(source)  # after_seq of each wait of the link for new records
+    waits = watched_waits(source)  # after_seq of each wait of the link for new records
 
     async def main() -> None:
         source.scanning = True  # as `SourceMapping.serve` sets it for a first scan
@@ -199,7 +193,7 @@ def test_an_owed_comparison_waits_for_the_first_scan_to_end(
     source = source_mapping(tmp_path)
     assert not source.journal.covers(source.journal.last_seq - 1)  # the target is owed
     gate = _held_records(source)
-    waits = _watched_waits(source)  # each wait for records: it decided not to compare first
+    waits = watched_waits(source)  # each wait for records: it decided not to compare first
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
