@@ -1,5 +1,6 @@
-"""The compiled parts: the delta's block search (src/relaysync/transfer/_blocksearch.c) and the
-read-lease probe of hot files (src/relaysync/_util/_leaseprobe.c).
+"""The compiled parts: the delta's block search (src/relaysync/transfer/_blocksearch.c), the
+read-lease probe of hot files (src/relaysync/_util/_leaseprobe.c) and the scan's read of a small
+file (src/relaysync/watch/_smallread.c).
 
 Everything else is declared in pyproject.toml. Building needs gcc, python3-dev and
 libxxhash-dev (scripts/install installs them).
@@ -17,6 +18,11 @@ setup(
         Extension(
             "relaysync._util._leaseprobe",
             ["src/relaysync/_util/_leaseprobe.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
+        Extension(
+            "relaysync.watch._smallread",
+            ["src/relaysync/watch/_smallread.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         ),
     ]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from relaysync.watch import _file_hash
 from relaysync.watch.manifest import Manifest
 
 
@@ -16,3 +17,14 @@ def manifest(tmp_path: Path) -> Iterator[Manifest]:
     m = Manifest(tmp_path / "manifest.db")
     yield m
     m.close()
+
+
+@pytest.fixture(params=["compiled", "python"])
+def small_read(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How `hash_file` reads a small file whole: in one compiled call (watch/_smallread.c), or
+    in Python (a checkout without its extensions built; also every file it cannot take)."""
+    if request.param == "python":
+        monkeypatch.setattr(_file_hash, "_smallread", None)
+    elif _file_hash._smallread is None:
+        pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
+    return str(request.param)

@@ -20,11 +20,21 @@ from pathlib import Path
 import msgspec
 
 from relaysync._util.fs import GONE_ERRNOS, open_dir_in
+from relaysync.constants import SMALL_FILE_BYTES
 from relaysync.errors import SourceListError, SourceReadError
 from relaysync.watch._entry_changes import _kind_of, changes_for, same_stat
 from relaysync.watch._entry_changes import diff_entry as diff_entry
 from relaysync.watch._file_hash import HASH_BUFFER_BYTES as HASH_BUFFER_BYTES
-from relaysync.watch._file_hash import Keep, _keeper, hash_file, hash_link
+from relaysync.watch._file_hash import (
+    READ_AHEAD_BYTES,
+    READ_AHEAD_FILES,
+    Keep,
+    SmallRead,
+    _keeper,
+    hash_file,
+    hash_link,
+    read_ahead,
+)
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.content_cache import MappingContent
 from relaysync.watch.filters import PathFilter
@@ -49,12 +59,13 @@ def entry_from_stat(
     hash_: bytes | None = None,
     dir_fd: int | None = None,
     cache: MappingContent | None = None,
+    read: SmallRead | None = None,
 ) -> Entry | None:
     """Build an Entry from an lstat result, hashing the content unless `hash_` is given.
 
     `dir_fd`, an open descriptor of the directory holding `relpath`, is where the content is
     read from (by name), instead of root/relpath. `cache`: where a small file's content read
-    to hash is kept for the links (the source's).
+    to hash is kept for the links (the source's). `read`: its content read ahead (`read_ahead`).
 
     Returns None for unsupported kinds (devices, sockets, FIFOs) and for paths that vanished.
 
@@ -82,7 +93,7 @@ def entry_from_stat(
             digest = hash_
             if digest is None:
                 keep = _keeper(cache, relpath, st) if cache is not None else None
-                digest = _hash(at, relpath, st.st_size, dir_fd, keep)
+                digest = _hash(at, relpath, st.st_size, dir_fd, keep, read)
             return Entry(
                 path=relpath,
                 kind="f",
@@ -104,9 +115,10 @@ def _hash(
     size: int,
     dir_fd: int | None,
     keep: Keep | None = None,
+    read: SmallRead | None = None,
 ) -> bytes:
     try:
-        return hash_file(at, size, dir_fd=dir_fd, keep=keep)
+        return hash_file(at, size, dir_fd=dir_fd, keep=keep, read=read)
     except OSError as exc:
         if isinstance(exc, _GONE) or exc.errno in GONE_ERRNOS:
             raise
@@ -226,10 +238,16 @@ class TreeScan:
         self.unreadable: list[SourceReadError] = []
 
     def visit(
-        self, relpath: str, st: os.stat_result, old: Entry | None, dir_fd: int | None = None
+        self,
+        relpath: str,
+        st: os.stat_result,
+        old: Entry | None,
+        dir_fd: int | None = None,
+        read: SmallRead | None = None,
     ) -> bool:
         """Compare one disk entry with the manifest; return True if it is a directory to walk.
-        `dir_fd`: an open descriptor of the directory that holds it, if the caller has one."""
+        `dir_fd`: an open descriptor of the directory that holds it, if the caller has one;
+        `read`: its content read ahead (`_read_ahead`)."""
         kind = _kind_of(st)
         if not kind:
             if old is not None:
@@ -242,7 +260,9 @@ class TreeScan:
                 self.stat_notes.append((relpath, st.st_ino, st.st_ctime_ns))
             return kind == "d"
         try:
-            new = entry_from_stat(self.root, relpath, st, dir_fd=dir_fd, cache=self.cache)
+            new = entry_from_stat(
+                self.root, relpath, st, dir_fd=dir_fd, cache=self.cache, read=read
+            )
         except SourceReadError as err:
             self.unreadable.append(err.bare())
             return False
@@ -331,14 +351,50 @@ class TreeScan:
                 ):
                     continue  # a link the policy refused: recorded, never on disk
                 self.out.append(PendingChange(op="delete", path=path, base_hash=known[path].hash))
-            subdirs = []
-            for path in sorted(on_disk):
-                if self.visit(path, on_disk[path], known.get(path), dir_fd):
+            subdirs: list[str] = []
+            if dir_fd is None:  # nothing was listed
+                return subdirs
+            for path, read in self._read_ahead(sorted(on_disk), on_disk, known, dir_fd):
+                if self.visit(path, on_disk[path], known.get(path), dir_fd, read):
                     subdirs.append(path)
             return subdirs
         finally:
             if dir_fd is not None:
                 os.close(dir_fd)
+
+    def _read_ahead(
+        self,
+        paths: list[str],
+        on_disk: dict[str, os.stat_result],
+        known: dict[str, Entry],
+        dir_fd: int,
+    ) -> Iterator[tuple[str, SmallRead | None]]:
+        """`paths` (children of `dir_fd`) in order, each with its content read ahead if it is a
+        small file `visit` will hash (new, or not the manifest's stat): READ_AHEAD_FILES paths
+        or about READ_AHEAD_BYTES at a time, read in one call (`read_ahead`) before they are
+        visited. A first scan of 10,000 files of 4 KiB gave up the GIL 50,000 times for them."""
+        start = 0
+        while start < len(paths):
+            end, nbytes, wanted = start, 0, []
+            while end < len(paths) and end - start < READ_AHEAD_FILES and nbytes < READ_AHEAD_BYTES:
+                path, st = paths[end], on_disk[paths[end]]
+                end += 1
+                if self._will_hash(st, known.get(path)):
+                    wanted.append((path.rpartition("/")[2], st.st_size))
+                    nbytes += st.st_size
+            reads = read_ahead(dir_fd, wanted) if wanted else {}
+            for path in paths[start:end]:
+                yield path, reads.get(path.rpartition("/")[2])
+            start = end
+
+    def _will_hash(self, st: os.stat_result, old: Entry | None) -> bool:
+        """Whether `visit` reads this disk entry to hash it, and it is small enough to read
+        ahead (as visit tells a kept file by its stat)."""
+        return (
+            stat.S_ISREG(st.st_mode)
+            and st.st_size <= SMALL_FILE_BYTES
+            and (old is None or not same_stat(old, "f", st, self.policy))
+        )
 
     def _list_dir(self, dir_rel: str, dir_fd: int) -> dict[str, os.stat_result]:
         """The accepted children of the open directory `dir_rel`, with their lstat.

@@ -62,6 +62,9 @@ def _lock(monkeypatch: pytest.MonkeyPatch, dirs: set[str], files: set[str]) -> N
 
     monkeypatch.setattr(scanner, "open_dir_in", open_dir_in)
     monkeypatch.setattr(_file_hash, "open_for_read", open_for_read)
+    # the compiled read opens in C, past this seam (tests/integration/test_unreadable_source.py
+    # has a real EACCES go through it)
+    monkeypatch.setattr(_file_hash, "_smallread", None)
 
 
 def _seed(tmp_path: Path) -> tuple[SourceMapping, TargetFolder]:

@@ -59,7 +59,7 @@ def _tree(tmp_path: Path) -> Path:
 
 
 def test_a_scanned_small_file_is_sent_as_read_to_hash_without_opening_it(
-    tmp_path: Path, manifest: Manifest, opened: list[str]
+    small_read: str, tmp_path: Path, manifest: Manifest, opened: list[str]
 ) -> None:
     root = _tree(tmp_path)
     content = MappingContent(ContentCache(), 1, lambda: 1)
@@ -122,7 +122,7 @@ def test_a_written_file_the_recorder_hashed_is_kept_too(
 
 
 def test_a_file_replaced_after_its_listing_is_not_kept_under_the_listed_stat(
-    tmp_path: Path, manifest: Manifest, opened: list[str]
+    tmp_path: Path, manifest: Manifest, opened: list[str], small_read: str
 ) -> None:
     """A same-size file renamed over the listed one between its lstat and its read (a secret
     rotated from 0644 to 0600): kept, its bytes went with the old file's mode and mtime."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,8 @@ import xxhash
 
 from relaysync._util import fs
 from relaysync.constants import TEMP_PREFIX
-from relaysync.watch import scanner
+from relaysync.testing.cluster import wait_until
+from relaysync.watch import _file_hash, scanner
 from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.changes import PendingChange
 from relaysync.watch.filters import PathFilter
@@ -51,7 +55,7 @@ def test_hash_file_streams_big_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("size", [0, 1, 4096, 1024 * 1024 - 1, 1024 * 1024, 3 * 1024 * 1024])
 @pytest.mark.parametrize("stat_delta", [0, -1, 1, -4096])
 def test_hash_file_with_a_stale_size_still_hashes_the_whole_content(
-    tmp_path: Path, size: int, stat_delta: int
+    tmp_path: Path, size: int, stat_delta: int, small_read: str
 ) -> None:
     """The size a scan stat'ed may be off by the time the file is read (it grew or shrank):
     the one-call read of a small file must not stop at it."""
@@ -291,7 +295,7 @@ def test_a_link_whose_target_stops_being_utf8_is_deleted(
 
 
 def test_a_date_past_2262_is_clamped_to_what_the_manifest_and_the_wire_hold(
-    tree: Path, manifest: Manifest, accept_all: PathFilter
+    tree: Path, manifest: Manifest, accept_all: PathFilter, small_read: str
 ) -> None:
     """`touch -d 2300-01-01`: st_mtime_ns is past 2**63 - 1, which SQLite's integer column and the
     wire's check refuse (the manifest write raised OverflowError and stopped the mapping)."""
@@ -316,7 +320,7 @@ def test_a_date_past_2262_is_clamped_to_what_the_manifest_and_the_wire_hold(
 
 @pytest.mark.parametrize("kind", ["fifo", "link", "dir", "socket"])
 def test_a_file_swapped_between_its_stat_and_its_hash_reads_as_gone_without_blocking(
-    tmp_path: Path, kind: str
+    tmp_path: Path, kind: str, small_read: str
 ) -> None:
     """A FIFO opened to hash it blocked the scan until a writer came (a device such as /dev/zero
     read without end); a symlink was followed. Now each is "gone": its own event follows."""
@@ -353,7 +357,36 @@ def test_a_file_under_a_lease_is_hashed_once_the_open_may_wait(
         return real_open(p, flags, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "open", leased)
+    monkeypatch.setattr(_file_hash, "_smallread", None)  # the Python read: os.open
     assert hash_file(path, 6) == xxhash.xxh3_128_digest(b"leased")
+
+
+def test_a_file_under_a_real_lease_is_read_once_its_holder_lets_go(tmp_path: Path) -> None:
+    """The compiled read (which os.open above does not reach) under a real write lease, as
+    Samba takes for an oplock: the non-blocking open is refused, the blocking one waits for the
+    lease's break (shown in /proc/locks), and the file is read once the holder lets go."""
+    if _file_hash._smallread is None:
+        pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
+    path = tmp_path / "f"
+    path.write_bytes(b"leased")
+    holder = os.open(path, os.O_RDONLY)
+    hashed: list[bytes] = []
+    reader = threading.Thread(target=lambda: hashed.append(hash_file(path, 6)))
+    try:
+        fcntl.fcntl(holder, fcntl.F_SETSIG, signal.SIGURG)  # the break's signal: ignored by default
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        reader.start()
+        wait_until(
+            lambda: "BREAKING" in Path("/proc/locks").read_text(),
+            timeout_s=10,
+            what="the read's open to break the lease",
+        )
+        assert hashed == [] and reader.is_alive()  # waiting for the holder, not refused
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    finally:
+        os.close(holder)
+        reader.join(timeout=10)
+    assert hashed == [xxhash.xxh3_128_digest(b"leased")]
 
 
 @pytest.mark.parametrize("via", ["write event", "subtree scan", "make_entry"])

@@ -215,7 +215,12 @@ def test_the_errors_a_scan_holds_keep_no_traceback(
         (root / f"f{i}").write_bytes(b"x")
 
     def hash_file(
-        at: str, size: int = -1, *, dir_fd: int | None = None, keep: object = None
+        at: str,
+        size: int = -1,
+        *,
+        dir_fd: int | None = None,
+        keep: object = None,
+        read: object = None,
     ) -> bytes:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), at)
 

@@ -1,0 +1,135 @@
+"""A scan reads a directory's small files ahead, many in one compiled call (watch/_smallread.c,
+`TreeScan._read_ahead`): the same entries and kept contents as one read per file, in bounded
+parts, only the files it hashes, and what changed between the listing and the read is read as
+a one-file read would."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from relaysync.constants import SMALL_FILE_BYTES
+from relaysync.watch import _file_hash, scanner
+from relaysync.watch.content_cache import ContentCache, MappingContent
+from relaysync.watch.filters import PathFilter
+from relaysync.watch.manifest import Manifest
+from relaysync.watch.scanner import scan
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """The compiled calls a scan makes: ("many", files) or ("one", 1)."""
+    if _file_hash._smallread is None:
+        pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
+    real = _file_hash._smallread
+    made: list[tuple[str, int]] = []
+
+    class Counting:
+        @staticmethod
+        def read_many(dir_fd: int, names: list[str], sizes: list[int]) -> list[object]:
+            made.append(("many", len(names)))
+            return real.read_many(dir_fd, names, sizes)
+
+        @staticmethod
+        def read_small(dir_fd: int, name: str, size: int) -> object:
+            made.append(("one", 1))
+            return real.read_small(dir_fd, name, size)
+
+    monkeypatch.setattr(_file_hash, "_smallread", Counting)
+    return made
+
+
+def _entries(root: Path, manifest: Manifest) -> dict[str, tuple[str, int, bytes]]:
+    return {
+        c.path: (c.entry.kind, c.entry.size, c.entry.hash)
+        for c in scan(root, manifest, PathFilter()).out
+        if c.entry is not None
+    }
+
+
+def test_a_directory_is_read_in_parts_of_bounded_files_and_bytes(
+    tmp_path: Path, manifest: Manifest, calls: list[tuple[str, int]]
+) -> None:
+    root = tmp_path / "src"
+    (root / "many").mkdir(parents=True)
+    (root / "wide").mkdir()
+    contents = {}
+    for i in range(600):  # 600 files: parts of READ_AHEAD_FILES (256)
+        contents[f"many/f{i:03}"] = os.urandom(100 + i)
+    for i in range(40):  # 40 x 60 KiB = 2.4 MiB: parts of about READ_AHEAD_BYTES (1 MiB)
+        contents[f"wide/w{i:02}"] = os.urandom(60 * 1024)
+    contents["big"] = os.urandom(SMALL_FILE_BYTES + 1)  # above the small-file limit
+    contents["empty"] = b""
+    for path, data in contents.items():
+        (root / path).write_bytes(data)
+    (root / "link").symlink_to("big")
+
+    found = _entries(root, manifest)
+    assert {p: found[p][2] for p in contents} == {
+        p: xxhash.xxh3_128_digest(d) for p, d in contents.items()
+    }
+    assert found["link"][0] == "l" and found["many"][0] == "d"
+    # root: `empty` (`big` is read in blocks, the link not at all); many: 256 + 256 + 88; wide:
+    # 18 files pass 1 MiB (18 x 60 KiB), then 18 and 4
+    assert sorted(calls) == sorted(
+        [("many", 1), ("many", 256), ("many", 256), ("many", 88)]
+        + [("many", 18), ("many", 18), ("many", 4)]
+    )
+
+
+def test_only_the_files_a_scan_hashes_are_read_ahead(
+    tmp_path: Path, manifest: Manifest, calls: list[tuple[str, int]]
+) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(5):
+        (root / f"f{i}").write_bytes(b"x" * i)
+    manifest.put_many([c.entry for c in scan(root, manifest, PathFilter()).out if c.entry])
+    calls.clear()
+    assert scan(root, manifest, PathFilter()).out == []
+    assert calls == []  # nothing changed: nothing read
+    (root / "f3").write_bytes(b"changed")
+    assert [c.path for c in scan(root, manifest, PathFilter()).out] == ["f3"]
+    assert calls == [("many", 1)]
+
+
+@pytest.mark.parametrize("becomes", ["gone", "fifo", "larger"])
+def test_a_file_changed_between_the_listing_and_the_read_ahead_is_read_as_one_read_would(
+    tmp_path: Path, manifest: Manifest, calls: list[tuple[str, int]], becomes: str
+) -> None:
+    """Gone (the part's read fails for it alone), a FIFO (not read, not waited on: gone), or
+    larger than listed (read again in blocks, whole): the rest of the part is read as usual."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ("a", "b", "c"):
+        (root / name).write_bytes(name.encode() * 100)
+    real_list = scanner.TreeScan._list_dir
+
+    def listed_then_changed(self: scanner.TreeScan, dir_rel: str, dir_fd: int) -> object:
+        on_disk = real_list(self, dir_rel, dir_fd)
+        (root / "b").unlink()
+        if becomes == "fifo":
+            os.mkfifo(root / "b")
+        elif becomes == "larger":
+            (root / "b").write_bytes(b"B" * 5000)
+        return on_disk
+
+    cache = MappingContent(ContentCache(), 1, lambda: 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scanner.TreeScan, "_list_dir", listed_then_changed)
+        out = scan(root, manifest, PathFilter(), cache=cache).out
+    found = {c.path: c.entry for c in out if c.entry is not None}
+    assert set(found) == ({"a", "c"} if becomes != "larger" else {"a", "b", "c"})
+    for name in ("a", "c"):
+        entry = found[name]
+        assert entry.hash == xxhash.xxh3_128_digest(name.encode() * 100)
+        kept = cache.take(name, entry.hash)
+        assert kept is not None and kept.data == name.encode() * 100
+    if becomes == "larger":
+        assert found["b"].hash == xxhash.xxh3_128_digest(b"B" * 5000)
+        # listed at 100 bytes: not kept under the listed stat, read from disk when sent
+        assert cache.take("b", found["b"].hash) is None
+    assert calls[0] == ("many", 3)
