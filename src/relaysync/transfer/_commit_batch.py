@@ -118,6 +118,8 @@ class CommitBatch:
         """Mode and mtime of each temp file; its fsync in safe durability (which covers them)."""
         durable = self.durable
         for f in files:
+            if f.finished:  # done as it was written (IncomingFile.whole)
+                continue
             if f.is_partial:
                 _check_still_named(f)
             if not f.mode_set:

@@ -342,6 +342,7 @@ class FileReceiver(SessionHooks):
                 dir_fd=dir_fd,
                 new_dir=new_dir,
                 final_mode=disk_mode if new_dir is not None and made_with(disk_mode) else None,
+                finish=not self._batch.durable,
             )
         except ProtocolError as exc:
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, str(exc)) from exc

@@ -32,6 +32,11 @@ from relaysync.transfer._new_dirs import NewDir, is_new_dir_name, remove_left_ne
 from relaysync.transfer._temp_names import PARTIAL_SUFFIX, _temp_name, partial_name_for
 from relaysync.transfer._temp_names import temp_name_for as temp_name_for
 
+try:
+    from relaysync.transfer import _newfiles
+except ImportError:  # not built (a checkout without `build_ext`): os.open, os.write... instead
+    _newfiles = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
 
 # Received data goes to the page cache in writes of this size, not in the 1 MiB of a message.
@@ -74,6 +79,9 @@ class IncomingFile:
     # rename, its directory's rename makes it visible; `mode_set`: made with its final mode.
     in_new_dir: bool = False
     mode_set: bool = False
+    # Written, given its mode and mtime and closed at once (`whole` in a new directory, fast
+    # durability): the commit has nothing to do for it but its directory's rename.
+    finished: bool = False
 
     @property
     def final(self) -> Path:
@@ -106,8 +114,7 @@ class IncomingFile:
         final = os.fspath(final)
         cut = final.rfind("/") + 1
         if new_dir is not None:
-            temp = f"{final[: cut - len(new_dir.name) - 1]}{new_dir.temp}/{final[cut:]}"
-            cut = len(temp) - len(final) + cut
+            temp, cut = _in_new_dir(final, cut, new_dir)
             made = 0o600 if final_mode is None else final_mode
             fd = os.open(temp[cut:], _TEMP_FLAGS, made, dir_fd=new_dir.fd)
             incoming = cls(final, temp, size, mode, mtime_ns, fd, dir_fd=new_dir.fd, cut=cut)
@@ -138,10 +145,13 @@ class IncomingFile:
         dir_fd: int,
         new_dir: NewDir | None = None,
         final_mode: int | None = None,
+        finish: bool = False,
     ) -> IncomingFile:
         """A temp file holding `data`, the whole content of a small file, verified before it
         is written: bytes that are not the announced ones never reach the disk. In `new_dir`,
-        if given, at its own name, with `final_mode` if given (`open`).
+        if given, at its own name, with `final_mode` if given (`open`). `finish` (nothing to
+        fsync at the commit): a file in `new_dir` made with its final mode gets its mtime and
+        is closed at once, all in one compiled call (`_newfiles`, if built).
 
         Raises:
             TransferError: more bytes than the announced `size`.
@@ -152,6 +162,16 @@ class IncomingFile:
             raise TransferError(f"more data than the announced {size} bytes")
         if len(data) != size or xxhash.xxh3_128_digest(data) != expected_hash:
             raise HashMismatch(final)
+        if (
+            finish
+            and new_dir is not None
+            and final_mode is not None
+            and new_dir.modes_given.get(final_mode)  # seen given in this directory (`open`)
+            and _newfiles is not None
+        ):
+            return cls._finished(
+                final, data, expected_hash, size, mode, mtime_ns, new_dir, final_mode
+            )
         incoming = cls.open(
             final,
             size=size,
@@ -170,6 +190,33 @@ class IncomingFile:
             raise
         incoming.received = size
         incoming.content_hash = expected_hash
+        return incoming
+
+    @classmethod
+    def _finished(
+        cls,
+        final: str,
+        data: bytes,
+        content_hash: bytes,
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        new_dir: NewDir,
+        final_mode: int,
+    ) -> IncomingFile:
+        """`whole`'s file in `new_dir`, written with its mode and mtime and closed: one call
+        instead of four, each giving the GIL up (a fifth of a 10,000-file first copy's apply).
+
+        Raises:
+            FileExistsError: `new_dir` holds that name already (the same file twice in a batch).
+            OSError: it could not be made or written (nothing is left of it).
+        """
+        temp, cut = _in_new_dir(final, final.rfind("/") + 1, new_dir)
+        _newfiles.write_whole(new_dir.fd, temp[cut:], final_mode, data, mtime_ns)
+        incoming = cls(final, temp, size, mode, mtime_ns, -1, dir_fd=new_dir.fd, cut=cut)
+        incoming.in_new_dir = incoming.mode_set = incoming.finished = True
+        incoming.received = size
+        incoming.content_hash = content_hash
         return incoming
 
     @classmethod
@@ -292,6 +339,13 @@ class IncomingFile:
         fd, self.fd = self.fd, -1  # never closed twice, even if close fails (the number is reused)
         if fd >= 0:
             os.close(fd)
+
+
+def _in_new_dir(final: str, cut: int, new_dir: NewDir) -> tuple[str, int]:
+    """The name a file bound for `final` (its name from `cut` on) has in `new_dir`, the
+    directory the batch makes under its temp name, and where its name starts there."""
+    temp = f"{final[: cut - len(new_dir.name) - 1]}{new_dir.temp}/{final[cut:]}"
+    return temp, len(temp) - len(final) + cut
 
 
 def _has_mode(fd: int, mode: int) -> bool:

@@ -432,3 +432,89 @@ def test_a_default_acl_that_cuts_the_mode_is_corrected_at_the_commit(folder: Tar
     assert replies == [Ack(mapping_id=1, watermark=5)]
     modes = {n: stat.S_IMODE((folder.root / "d" / n).stat().st_mode) for n in "fghi"}
     assert modes == {"f": 0o644, "g": 0o644, "h": 0o640, "i": 0o644}
+
+
+@pytest.fixture(params=["compiled", "python"])
+def new_file_write(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """How a small file goes into a new directory in fast durability: one compiled call
+    (transfer/_newfiles.c) or os.open, os.write, os.utime, os.close; the names the compiled
+    call wrote."""
+    written: list[str] = []
+    if request.param == "python":
+        monkeypatch.setattr(staging, "_newfiles", None)
+        return written
+    real = staging._newfiles
+    if real is None:
+        pytest.fail("relaysync.transfer._newfiles is not built: run `bash scripts/install`")
+
+    class Counting:
+        @staticmethod
+        def write_whole(dir_fd: int, name: str, mode: int, data: bytes, mtime_ns: int) -> None:
+            written.append(name)
+            real.write_whole(dir_fd, name, mode, data, mtime_ns)
+
+    monkeypatch.setattr(staging, "_newfiles", Counting)
+    return written
+
+
+def test_files_written_whole_into_a_new_directory_get_content_mode_and_mtime(
+    folder: TargetFolder, new_file_write: list[str]
+) -> None:
+    """Dates before 1970 and to the nanosecond, empty files, several modes: what the commit's
+    fchmod and utime gave them before. The first file of each mode is made the usual way (its
+    mode is looked at: `modes_given`), the others in one call each."""
+    mtimes = [T0, T0 + 1, -1, -(10**9) - 1, -(10**18) + 7, 0, 10**18 + 999_999_999]
+    files = {f"d/f{i}": (os.urandom(i * 1000), m) for i, m in enumerate(mtimes)}
+    files["d/ro"] = (b"read only", T0)
+    files["d/ro2"] = (b"read only too", T0)
+    modes = {p: 0o444 if p.startswith("d/ro") else 0o640 for p in files}
+    session, records = _session(folder)
+    messages: list[AnyMessage] = [MakeDir(seq=1, path="d", mode=0o755)]
+    for i, (path, (data, mtime)) in enumerate(files.items()):
+        messages.append(_small(2 + i, path, data, mode=modes[path], mtime_ns=mtime))
+    last = len(messages)
+    assert session.apply_batch([*messages, Checkpoint(seq=last)]) == [
+        Ack(mapping_id=1, watermark=last)
+    ]
+    for path, (data, mtime) in files.items():
+        st = (folder.root / path).stat()
+        assert (folder.root / path).read_bytes() == data
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_atime_ns) == (
+            modes[path],
+            mtime,
+            mtime,
+        ), path
+    assert all(r.ok for r in records) and len(records) == last
+    if staging._newfiles is not None:  # compiled: all but the first file of each mode
+        assert sorted(new_file_write) == sorted(
+            p.rpartition("/")[2] for p in files if p not in ("d/f0", "d/ro")
+        )
+    session.close()
+
+
+def test_a_compiled_write_that_fails_leaves_nothing_and_never_touches_a_file_there(
+    tmp_path: Path,
+) -> None:
+    """A full disk (a 1 MiB tmpfs) midway: the file it made is removed, the error is the
+    disk's; a name taken already: FileExistsError, that file untouched."""
+    from tests._tmpfs import mount_tmpfs, umount
+
+    if staging._newfiles is None:
+        pytest.fail("relaysync.transfer._newfiles is not built: run `bash scripts/install`")
+    small = tmp_path / "small"
+    mount_tmpfs(small, "1m")
+    try:
+        fd = os.open(small, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(OSError) as full:
+                staging._newfiles.write_whole(fd, "big", 0o644, b"x" * (2 << 20), T0)
+            assert full.value.errno == errno.ENOSPC
+            assert os.listdir(small) == []
+            (small / "there").write_bytes(b"keep me")
+            with pytest.raises(FileExistsError):
+                staging._newfiles.write_whole(fd, "there", 0o644, b"other", T0)
+            assert (small / "there").read_bytes() == b"keep me"
+        finally:
+            os.close(fd)
+    finally:
+        umount(small)
