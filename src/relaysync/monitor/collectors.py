@@ -45,11 +45,31 @@ def _disk_samples(paths: Iterable[str]) -> list[MetricSample]:
     return out
 
 
-def _tcp_connections() -> int | None:
+def _tcp_connections(proc_net: str = "/proc/net") -> int | None:
+    """The TCP sockets of this network namespace, IPv4 and IPv6, in any state (listening and
+    TIME_WAIT too), from the kernel's counters (/proc/net/sockstat, sockstat6). What
+    psutil.net_connections counts, but that reads /proc/net/tcp and tcp6 and every process's
+    descriptors: 10 ms a report on the benchmark host, taken from a copy in flight."""
+    counts: dict[str, int] = {}
     try:
-        return len(psutil.net_connections(kind="tcp"))
-    except (psutil.AccessDenied, OSError):
+        for name in ("sockstat", "sockstat6"):
+            try:
+                with open(f"{proc_net}/{name}", encoding="ascii") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                if name == "sockstat6":  # a kernel without IPv6
+                    continue
+                raise
+            for line in text.splitlines():
+                proto, _, rest = line.partition(":")
+                fields = rest.split()
+                for key, value in zip(fields[::2], fields[1::2], strict=False):
+                    counts[f"{proto}.{key}"] = int(value)
+    except (OSError, ValueError):
         return None
+    if "TCP.inuse" not in counts:
+        return None
+    return counts["TCP.inuse"] + counts.get("TCP6.inuse", 0) + counts.get("TCP.tw", 0)
 
 
 def collect_system(paths: Iterable[str]) -> list[MetricSample]:
