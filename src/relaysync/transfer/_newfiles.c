@@ -53,17 +53,19 @@ static PyObject *py_write_whole(PyObject *self, PyObject *args) {
     int dir_fd, err;
     unsigned int mode;
     long long mtime_ns;
-    PyObject *name_obj;
+    PyObject *name, *name_obj;
     Py_buffer data;
     struct timespec mtime;
 
-    if (!PyArg_ParseTuple(args, "iO&Iy*L:write_whole", &dir_fd, PyUnicode_FSConverter, &name_obj,
-                          &mode, &data, &mtime_ns))
+    if (!PyArg_ParseTuple(args, "iOIy*L:write_whole", &dir_fd, &name, &mode, &data, &mtime_ns))
         return NULL;
     if (mode > 07777) {
         PyBuffer_Release(&data);
-        Py_DECREF(name_obj);
         return PyErr_Format(PyExc_ValueError, "mode %o is no permission bits", mode);
+    }
+    if (!PyUnicode_FSConverter(name, &name_obj)) {
+        PyBuffer_Release(&data);
+        return NULL;
     }
     /* as os.utime(ns=) splits it: seconds rounded down, nanoseconds 0..999999999 */
     mtime.tv_sec = (time_t)(mtime_ns / NS_PER_S);
@@ -72,14 +74,14 @@ static PyObject *py_write_whole(PyObject *self, PyObject *args) {
         mtime.tv_sec -= 1;
         mtime.tv_nsec += NS_PER_S;
     }
-    const char *name = PyBytes_AS_STRING(name_obj);
+    const char *path = PyBytes_AS_STRING(name_obj);
     Py_BEGIN_ALLOW_THREADS
-    err = write_whole(dir_fd, name, (mode_t)mode, (const char *)data.buf, (size_t)data.len, &mtime);
+    err = write_whole(dir_fd, path, (mode_t)mode, (const char *)data.buf, (size_t)data.len, &mtime);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     if (err) {
         errno = err;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name_obj);
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
         Py_DECREF(name_obj);
         return NULL;
     }

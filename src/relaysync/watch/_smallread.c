@@ -112,32 +112,33 @@ static PyObject *result_of(struct small_read *r, PyObject *data, Py_ssize_t size
 
 static PyObject *read_small(PyObject *self, PyObject *args) {
     int dir_fd;
-    PyObject *name_obj, *data, *result = NULL;
+    PyObject *name, *name_obj, *data, *result = NULL;
     Py_ssize_t size;
     struct small_read r;
 
-    if (!PyArg_ParseTuple(args, "iO&n:read_small", &dir_fd, PyUnicode_FSConverter, &name_obj,
-                          &size))
-        return NULL;
-    if (size < 0 || size > MAX_SIZE) {
-        Py_DECREF(name_obj);
+    if (!PyArg_ParseTuple(args, "iOn:read_small", &dir_fd, &name, &size)) return NULL;
+    if (size < 0 || size > MAX_SIZE)
         return PyErr_Format(PyExc_ValueError, "size %zd outside 0..%d", size, MAX_SIZE);
-    }
+    if (!PyUnicode_FSConverter(name, &name_obj)) return NULL;
     /* one byte more than the size stat'ed: a read that fills it tells of a file that grew */
     data = PyBytes_FromStringAndSize(NULL, size + 1);
     if (data == NULL) {
         Py_DECREF(name_obj);
         return NULL;
     }
-    const char *name = PyBytes_AS_STRING(name_obj);
-    char *buf = PyBytes_AS_STRING(data);
-    Py_BEGIN_ALLOW_THREADS
-    read_one(dir_fd, name, buf, size, &r);
-    Py_END_ALLOW_THREADS
-    if (r.err) {
+    /* An open waiting for a lease's break that a signal interrupts is made again once the
+     * signal's handlers ran (as os.open does, PEP 475), unless one of them raised. */
+    do {
+        Py_BEGIN_ALLOW_THREADS
+        read_one(dir_fd, PyBytes_AS_STRING(name_obj), PyBytes_AS_STRING(data), size, &r);
+        Py_END_ALLOW_THREADS
+    } while (r.err == EINTR && PyErr_CheckSignals() == 0);
+    if (PyErr_Occurred()) {
+        Py_DECREF(data);
+    } else if (r.err) {
         Py_DECREF(data);
         errno = r.err;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name_obj);
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
     } else {
         result = result_of(&r, data, size);
     }
@@ -155,8 +156,19 @@ static PyObject *read_many(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iO!O!:read_many", &dir_fd, &PyList_Type, &names, &PyList_Type,
                           &sizes))
         return NULL;
-    n = PyList_GET_SIZE(names);
-    if (PyList_GET_SIZE(sizes) != n) return PyErr_Format(PyExc_ValueError, "names and sizes differ");
+    /* snapshots: a name's __fspath__ may change the lists while they are read */
+    names = PyList_AsTuple(names);
+    if (names == NULL) return NULL;
+    sizes = PyList_AsTuple(sizes);
+    if (sizes == NULL) {
+        Py_DECREF(names);
+        return NULL;
+    }
+    n = PyTuple_GET_SIZE(names);
+    if (PyTuple_GET_SIZE(sizes) != n) {
+        PyErr_Format(PyExc_ValueError, "names and sizes differ");
+        goto done;
+    }
     encoded = PyMem_Calloc((size_t)n + 1, sizeof *encoded);
     datas = PyMem_Calloc((size_t)n + 1, sizeof *datas);
     each = PyMem_Calloc((size_t)n + 1, sizeof *each);
@@ -166,13 +178,13 @@ static PyObject *read_many(PyObject *self, PyObject *args) {
         goto done;
     }
     for (i = 0; i < n; i++) {
-        each[i] = PyLong_AsSsize_t(PyList_GET_ITEM(sizes, i));
+        each[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(sizes, i));
         if (each[i] == -1 && PyErr_Occurred()) goto done;
         if (each[i] < 0 || each[i] > MAX_SIZE || (total += each[i] + 1) > MAX_SIZE) {
             PyErr_Format(PyExc_ValueError, "sizes outside 0..%d in all", MAX_SIZE);
             goto done;
         }
-        if (!PyUnicode_FSConverter(PyList_GET_ITEM(names, i), &encoded[i])) goto done;
+        if (!PyUnicode_FSConverter(PyTuple_GET_ITEM(names, i), &encoded[i])) goto done;
         datas[i] = PyBytes_FromStringAndSize(NULL, each[i] + 1);
         if (datas[i] == NULL) goto done;
     }
@@ -185,7 +197,9 @@ static PyObject *read_many(PyObject *self, PyObject *args) {
     if (result == NULL) goto done;
     for (i = 0; i < n; i++) {
         PyObject *item;
-        if (reads[i].err) { /* the caller reads it again its usual way, which tells why */
+        /* the caller reads it again its usual way, which tells why (or opens it again after an
+         * interrupted wait for a lease's break) */
+        if (reads[i].err) {
             item = Py_NewRef(Py_None);
             Py_CLEAR(datas[i]);
         } else {
@@ -207,6 +221,8 @@ done:
     PyMem_Free(datas);
     PyMem_Free(each);
     PyMem_Free(reads);
+    Py_DECREF(names);
+    Py_DECREF(sizes);
     return result;
 }
 

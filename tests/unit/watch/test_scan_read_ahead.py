@@ -5,6 +5,7 @@ a one-file read would."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -96,12 +97,14 @@ def test_only_the_files_a_scan_hashes_are_read_ahead(
     assert calls == [("many", 1)]
 
 
-@pytest.mark.parametrize("becomes", ["gone", "fifo", "larger"])
+@pytest.mark.parametrize("becomes", ["gone", "fifo", "larger", "replaced"])
 def test_a_file_changed_between_the_listing_and_the_read_ahead_is_read_as_one_read_would(
     tmp_path: Path, manifest: Manifest, calls: list[tuple[str, int]], becomes: str
 ) -> None:
-    """Gone (the part's read fails for it alone), a FIFO (not read, not waited on: gone), or
-    larger than listed (read again in blocks, whole): the rest of the part is read as usual."""
+    """Gone (the part's read fails for it alone), a FIFO (not read, not waited on: gone),
+    larger than listed (read again in blocks, whole), or another file of the same size renamed
+    over it (hashed, but not kept under the listed one's stat): the rest of the part is read as
+    usual."""
     root = tmp_path / "src"
     root.mkdir()
     for name in ("a", "b", "c"):
@@ -115,6 +118,10 @@ def test_a_file_changed_between_the_listing_and_the_read_ahead_is_read_as_one_re
             os.mkfifo(root / "b")
         elif becomes == "larger":
             (root / "b").write_bytes(b"B" * 5000)
+        elif becomes == "replaced":
+            (root / "b.new").write_bytes(b"S" * 100)
+            os.chmod(root / "b.new", 0o600)
+            os.rename(root / "b.new", root / "b")
         return on_disk
 
     cache = MappingContent(ContentCache(), 1, lambda: 1)
@@ -122,14 +129,76 @@ def test_a_file_changed_between_the_listing_and_the_read_ahead_is_read_as_one_re
         mp.setattr(scanner.TreeScan, "_list_dir", listed_then_changed)
         out = scan(root, manifest, PathFilter(), cache=cache).out
     found = {c.path: c.entry for c in out if c.entry is not None}
-    assert set(found) == ({"a", "c"} if becomes != "larger" else {"a", "b", "c"})
+    assert set(found) == ({"a", "c"} if becomes in ("gone", "fifo") else {"a", "b", "c"})
     for name in ("a", "c"):
         entry = found[name]
         assert entry.hash == xxhash.xxh3_128_digest(name.encode() * 100)
         kept = cache.take(name, entry.hash)
         assert kept is not None and kept.data == name.encode() * 100
-    if becomes == "larger":
-        assert found["b"].hash == xxhash.xxh3_128_digest(b"B" * 5000)
-        # listed at 100 bytes: not kept under the listed stat, read from disk when sent
+    if becomes in ("larger", "replaced"):
+        content = b"B" * 5000 if becomes == "larger" else b"S" * 100
+        assert found["b"].hash == xxhash.xxh3_128_digest(content)
+        # not the file listed: not kept under its stat, read from disk when sent
         assert cache.take("b", found["b"].hash) is None
     assert calls[0] == ("many", 3)
+
+
+class _Faked:
+    """A compiled read that answers as the real one, but for what a test changes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        if _file_hash._smallread is None:
+            pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
+        self.real = _file_hash._smallread
+        self.failing: dict[str, int] = {}  # name: the errno its reads fail with
+        self.torn: set[str] = set()  # names whose file changed while read ahead
+        monkeypatch.setattr(_file_hash, "_smallread", self)
+
+    def read_many(self, dir_fd: int, names: list[str], sizes: list[int]) -> list[object]:
+        got = self.real.read_many(dir_fd, names, sizes)
+        for i, name in enumerate(names):
+            if name in self.failing:
+                got[i] = None
+            elif name in self.torn and got[i] is not None:
+                got[i] = (*got[i][:8], False)  # `unchanged`: False
+        return got
+
+    def read_small(self, dir_fd: int, name: str, size: int) -> object:
+        if name in self.failing:
+            raise OSError(self.failing[name], os.strerror(self.failing[name]), name)
+        return self.real.read_small(dir_fd, name, size)
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EIO, errno.EMFILE])
+def test_a_file_the_read_ahead_cannot_read_is_unreadable_not_gone(
+    tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """Its read fails in the part (None), again alone: a SourceReadError with its errno, looked
+    at again later, never taken for a delete; the rest of the part is read."""
+    faked = _Faked(monkeypatch)
+    faked.failing["b"] = code
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ("a", "b", "c"):
+        (root / name).write_bytes(name.encode())
+    result = scan(root, manifest, PathFilter())
+    assert [c.path for c in result.out] == ["a", "c"]
+    assert [(e.path, e.code) for e in result.unreadable] == [("b", code)]
+
+
+def test_a_file_that_changed_while_it_was_read_ahead_is_hashed_but_not_kept(
+    tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its second fstat differed (a write in the middle of the read): the bytes may be torn,
+    so the link reads the file again when it sends it."""
+    faked = _Faked(monkeypatch)
+    faked.torn.add("b")
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ("a", "b"):
+        (root / name).write_bytes(name.encode() * 10)
+    cache = MappingContent(ContentCache(), 1, lambda: 1)
+    found = {c.path: c.entry for c in scan(root, manifest, PathFilter(), cache=cache).out}
+    assert all(e is not None for e in found.values())
+    assert cache.take("a", found["a"].hash) is not None  # type: ignore[union-attr]
+    assert cache.take("b", found["b"].hash) is None  # type: ignore[union-attr]

@@ -361,32 +361,87 @@ def test_a_file_under_a_lease_is_hashed_once_the_open_may_wait(
     assert hash_file(path, 6) == xxhash.xxh3_128_digest(b"leased")
 
 
+class _WriteLease:
+    """A write lease on a file, as Samba takes for an oplock, until `release`."""
+
+    def __init__(self, path: Path) -> None:
+        self._holder = os.open(path, os.O_RDONLY)
+        self._ino = os.fstat(self._holder).st_ino
+        try:
+            fcntl.fcntl(self._holder, fcntl.F_SETSIG, signal.SIGURG)  # ignored by default
+            fcntl.fcntl(self._holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:
+            self.release()
+            pytest.skip(f"no leases on this file system: {exc}")
+
+    def breaking(self) -> bool:
+        """Whether an open waits for the lease's break (this file's line of /proc/locks)."""
+        return any(
+            "BREAKING" in line and f":{self._ino} " in line
+            for line in Path("/proc/locks").read_text().splitlines()
+        )
+
+    def release(self) -> None:
+        holder, self._holder = self._holder, -1
+        if holder >= 0:
+            os.close(holder)  # the lease goes with it
+
+
 def test_a_file_under_a_real_lease_is_read_once_its_holder_lets_go(tmp_path: Path) -> None:
-    """The compiled read (which os.open above does not reach) under a real write lease, as
-    Samba takes for an oplock: the non-blocking open is refused, the blocking one waits for the
-    lease's break (shown in /proc/locks), and the file is read once the holder lets go."""
+    """The compiled read (which os.open above does not reach) under a real write lease: the
+    non-blocking open is refused, the blocking one waits for the lease's break, and the file is
+    read once the holder lets go."""
     if _file_hash._smallread is None:
         pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
     path = tmp_path / "f"
     path.write_bytes(b"leased")
-    holder = os.open(path, os.O_RDONLY)
     hashed: list[bytes] = []
     reader = threading.Thread(target=lambda: hashed.append(hash_file(path, 6)))
+    lease = _WriteLease(path)
     try:
-        fcntl.fcntl(holder, fcntl.F_SETSIG, signal.SIGURG)  # the break's signal: ignored by default
-        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
         reader.start()
-        wait_until(
-            lambda: "BREAKING" in Path("/proc/locks").read_text(),
-            timeout_s=10,
-            what="the read's open to break the lease",
-        )
+        wait_until(lease.breaking, timeout_s=10, what="the read's open to break the lease")
         assert hashed == [] and reader.is_alive()  # waiting for the holder, not refused
-        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_UNLCK)
     finally:
-        os.close(holder)
+        lease.release()
         reader.join(timeout=10)
     assert hashed == [xxhash.xxh3_128_digest(b"leased")]
+
+
+def test_a_wait_for_a_lease_that_signals_interrupt_goes_on_after_their_handlers(
+    tmp_path: Path,
+) -> None:
+    """A handler installed without SA_RESTART (signal.signal) interrupts the open waiting for
+    the break (EINTR): the compiled read runs the handlers and opens again, as os.open does
+    (review: it failed with InterruptedError, a 'cannot read' on the source)."""
+    if _file_hash._smallread is None:
+        pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
+    path = tmp_path / "f"
+    path.write_bytes(b"leased")
+    alarms: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: alarms.append(signum))
+    lease = _WriteLease(path)
+
+    def release_once_interrupted() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])  # the reader's to take
+        try:
+            wait_until(lease.breaking, timeout_s=10, what="the read's open to break the lease")
+            wait_until(lambda: len(alarms) >= 3, timeout_s=10, what="three handled alarms")
+        finally:
+            lease.release()
+
+    helper = threading.Thread(target=release_once_interrupted)
+    signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+    try:
+        helper.start()
+        digest = hash_file(path, 6)  # in this thread, the one signals interrupt
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        helper.join(timeout=20)
+        lease.release()
+    assert len(alarms) >= 3
+    assert digest == xxhash.xxh3_128_digest(b"leased")
 
 
 @pytest.mark.parametrize("via", ["write event", "subtree scan", "make_entry"])
