@@ -350,6 +350,8 @@ class FileReceiver(SessionHooks):
             raise TransientFailure(msg.seq, ErrorCode.HASH_MISMATCH, str(exc)) from exc
         except TransferError as exc:  # more bytes than the announced size
             raise TransientFailure(msg.seq, ErrorCode.BAD_MESSAGE, f"{msg.path}: {exc}") from exc
+        except staging.LateStepFailed as exc:  # the commit's steps, taken early: as it fails
+            raise _transient_os(msg.seq, "commit batch", exc.error) from exc.error
         except OSError as exc:
             if new_dir is not None and isinstance(exc, FileExistsError):
                 self.flush()  # the same name twice in the batch: the second goes the usual way

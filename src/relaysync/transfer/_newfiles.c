@@ -21,10 +21,15 @@
 
 /* Creates `name` below `dir_fd` with `mode`, writes `len` bytes of `data`, sets its atime and
  * mtime to `mtime` and closes it. Returns 0, or an errno with nothing left behind: a file it made
- * is removed again (never one that was there: O_EXCL). */
+ * is removed again (never one that was there: O_EXCL). `*late`: the failure came after the
+ * content was written (setting the mtime, or the close), a step the commit takes otherwise. */
 static int write_whole(int dir_fd, const char *name, mode_t mode, const char *data, size_t len,
-                       const struct timespec *mtime) {
-    int fd = openat(dir_fd, name, CREATE_FLAGS, mode), err = 0;
+                       const struct timespec *mtime, int *late) {
+    int fd, err = 0;
+    *late = 0;
+    do {
+        fd = openat(dir_fd, name, CREATE_FLAGS, mode);
+    } while (fd < 0 && errno == EINTR);
     if (fd < 0) return errno;
     while (len > 0) {
         ssize_t n = write(fd, data, len);
@@ -42,26 +47,35 @@ static int write_whole(int dir_fd, const char *name, mode_t mode, const char *da
     }
     if (!err) {
         struct timespec times[2] = {*mtime, *mtime};
-        if (futimens(fd, times) != 0) err = errno;
+        int done;
+        do {
+            done = futimens(fd, times);
+        } while (done != 0 && errno == EINTR);
+        if (done != 0) {
+            err = errno;
+            *late = 1;
+        }
     }
-    if (close(fd) != 0 && !err && errno != EINTR) err = errno;
+    if (close(fd) != 0 && !err && errno != EINTR) { /* EINTR: closed all the same (Linux) */
+        err = errno;
+        *late = 1;
+    }
     if (err) (void)unlinkat(dir_fd, name, 0);
     return err;
 }
 
 static PyObject *py_write_whole(PyObject *self, PyObject *args) {
-    int dir_fd, err;
-    unsigned int mode;
+    int dir_fd, err, late, mode;
     long long mtime_ns;
     PyObject *name, *name_obj;
     Py_buffer data;
     struct timespec mtime;
 
-    if (!PyArg_ParseTuple(args, "iOIy*L:write_whole", &dir_fd, &name, &mode, &data, &mtime_ns))
+    if (!PyArg_ParseTuple(args, "iOiy*L:write_whole", &dir_fd, &name, &mode, &data, &mtime_ns))
         return NULL;
-    if (mode > 07777) {
+    if (mode < 0 || mode > 07777) {
         PyBuffer_Release(&data);
-        return PyErr_Format(PyExc_ValueError, "mode %o is no permission bits", mode);
+        return PyErr_Format(PyExc_ValueError, "mode %d is no permission bits", mode);
     }
     if (!PyUnicode_FSConverter(name, &name_obj)) {
         PyBuffer_Release(&data);
@@ -76,9 +90,14 @@ static PyObject *py_write_whole(PyObject *self, PyObject *args) {
     }
     const char *path = PyBytes_AS_STRING(name_obj);
     Py_BEGIN_ALLOW_THREADS
-    err = write_whole(dir_fd, path, (mode_t)mode, (const char *)data.buf, (size_t)data.len, &mtime);
+    err = write_whole(dir_fd, path, (mode_t)mode, (const char *)data.buf, (size_t)data.len, &mtime,
+                      &late);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
+    if (err && late) {
+        Py_DECREF(name_obj);
+        return PyLong_FromLong(err);
+    }
     if (err) {
         errno = err;
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
@@ -86,15 +105,17 @@ static PyObject *py_write_whole(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_DECREF(name_obj);
-    Py_RETURN_NONE;
+    return PyLong_FromLong(0);
 }
 
 static PyMethodDef methods[] = {
     {"write_whole", py_write_whole, METH_VARARGS,
-     "write_whole(dir_fd, name, mode, data, mtime_ns, /)\n\n"
+     "write_whole(dir_fd, name, mode, data, mtime_ns, /) -> int\n\n"
      "Create `name` below `dir_fd` (O_CREAT | O_EXCL | O_NOFOLLOW) with `mode`, write all of\n"
      "`data`, set its atime and mtime to `mtime_ns` and close it, with the GIL released.\n"
-     "Raises OSError (FileExistsError if the name is taken); a file it made is removed then."},
+     "Returns 0, or the errno of setting the mtime or of the close (the commit's steps, the\n"
+     "file removed again). Raises OSError if the create or a write fails (FileExistsError if\n"
+     "the name is taken); a file it made is removed then."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,6 +4,7 @@ import os
 
 def write_whole(
     dir_fd: int, name: str | bytes | os.PathLike[str], mode: int, data: bytes, mtime_ns: int, /
-) -> None:
+) -> int:
     """Create `name` below `dir_fd` with `mode`, write `data`, set its mtime, close it; a file
-    it made is removed again if any step fails (OSError)."""
+    it made is removed again if any step fails. 0, or the errno of the mtime's setting or the
+    close; OSError if the create or a write failed."""

@@ -24,6 +24,7 @@ import xxhash
 from relaysync._util.fs import walk_in
 from relaysync.constants import TEMP_PREFIX
 from relaysync.errors import HashMismatch, TransferError
+from relaysync.protocol.messages import INT64_MAX, INT64_MIN
 from relaysync.transfer import _partial_lock
 from relaysync.transfer._commit_batch import CommitBatch as CommitBatch
 from relaysync.transfer._commit_batch import fsync_dir as fsync_dir
@@ -48,6 +49,16 @@ WRITE_PIECE_BYTES = 32 * 1024
 
 
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class LateStepFailed(Exception):
+    """Setting the mtime of a file written whole, or its close, failed (`IncomingFile.whole`'s
+    one call takes these steps of the commit early): a failure of the batch, as the commit's
+    would be, never a refusal of the file. Nothing of the file is left."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -168,6 +179,7 @@ class IncomingFile:
             and final_mode is not None
             and new_dir.modes_given.get(final_mode)  # seen given in this directory (`open`)
             and _newfiles is not None
+            and INT64_MIN <= mtime_ns <= INT64_MAX  # else refused by the caller (`_stage`)
         ):
             return cls._finished(
                 final, data, expected_hash, size, mode, mtime_ns, new_dir, final_mode
@@ -210,9 +222,12 @@ class IncomingFile:
         Raises:
             FileExistsError: `new_dir` holds that name already (the same file twice in a batch).
             OSError: it could not be made or written (nothing is left of it).
+            LateStepFailed: its mtime could not be set, or its close failed.
         """
         temp, cut = _in_new_dir(final, final.rfind("/") + 1, new_dir)
-        _newfiles.write_whole(new_dir.fd, temp[cut:], final_mode, data, mtime_ns)
+        late = _newfiles.write_whole(new_dir.fd, temp[cut:], final_mode, data, mtime_ns)
+        if late:
+            raise LateStepFailed(OSError(late, os.strerror(late), temp))
         incoming = cls(final, temp, size, mode, mtime_ns, -1, dir_fd=new_dir.fd, cut=cut)
         incoming.in_new_dir = incoming.mode_set = incoming.finished = True
         incoming.received = size

@@ -170,6 +170,24 @@ def test_an_unstorable_mtime_that_got_past_the_wire_is_refused_not_half_committe
     assert folder.manifest.get("ok").mtime_ns == T0  # type: ignore[union-attr]
 
 
+def test_an_unstorable_mtime_in_a_new_directory_is_refused_too(folder: TargetFolder) -> None:
+    """The second file of a mode there goes in one compiled call, which took the mtime before
+    the refusal (review: OverflowError, no Ack and no Error, the directory left staged)."""
+    session = ReceiverSession(folder, "j", lambda *_: None)
+    replies = session.apply_batch(
+        [
+            MakeDir(seq=1, path="d", mode=0o755),
+            _small(2, "d/ok", b"ok"),
+            _small(3, "d/poison", b"p", mtime_ns=TOO_LATE_NS),
+            _small(4, "d/poison-early", b"p", mtime_ns=-TOO_LATE_NS - 1),
+            Checkpoint(seq=4),
+        ]
+    )
+    assert replies == [Ack(mapping_id=1, watermark=4)]
+    assert sorted(os.listdir(folder.root)) == ["d"] and os.listdir(folder.root / "d") == ["ok"]
+    assert folder.manifest.get("d/ok") is not None and folder.manifest.get("d/poison") is None
+
+
 @pytest.mark.parametrize(("path", "new_path"), [("d", "d/sub"), ("d/sub", "d")])
 def test_a_rename_into_itself_or_over_its_ancestor_is_refused_not_retried(
     folder: TargetFolder, path: str, new_path: str

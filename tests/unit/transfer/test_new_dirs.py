@@ -386,14 +386,19 @@ def test_files_in_a_new_directory_get_their_modes_with_or_without_an_fchmod(
     try:
         session, _ = _session(folder)
         messages: list[AnyMessage] = [MakeDir(seq=1, path="d", mode=0o755)]
-        messages += [_small(2 + i, f"d/m{m:o}", b"x", mode=m) for i, m in enumerate(modes)]
-        assert session.apply_batch([*messages, Checkpoint(seq=len(modes) + 1)]) == [
-            Ack(mapping_id=1, watermark=len(modes) + 1)
+        # each mode twice: the second file of a mode the directory gave goes in one compiled call
+        names = [f"d/{twice}m{m:o}" for twice in ("", "again-") for m in modes]
+        messages += [
+            _small(2 + i, name, b"x", mode=int(name.rpartition("m")[2], 8))
+            for i, name in enumerate(names)
+        ]
+        assert session.apply_batch([*messages, Checkpoint(seq=len(names) + 1)]) == [
+            Ack(mapping_id=1, watermark=len(names) + 1)
         ]
     finally:
         os.umask(saved)
-    got = {m: stat.S_IMODE((folder.root / "d" / f"m{m:o}").stat().st_mode) for m in modes}
-    assert got == {m: m & ~0o002 for m in modes}
+    got = {n: stat.S_IMODE((folder.root / n).stat().st_mode) for n in names}
+    assert got == {n: int(n.rpartition("m")[2], 8) & ~0o002 for n in names}
     assert _new_dirs.made_with(0o644) == (not 0o644 & umask)
 
 
@@ -426,12 +431,13 @@ def test_a_default_acl_that_cuts_the_mode_is_corrected_at_the_commit(folder: Tar
             _small(3, "d/g", b"x", mode=0o644),  # the directory's answer for 0644, remembered
             _small(4, "d/h", b"x", mode=0o640),  # which the ACL leaves whole
             _small(5, "d/i", b"x", mode=0o644),
-            Checkpoint(seq=5),
+            _small(6, "d/j", b"x", mode=0o640),  # given: made in one compiled call
+            Checkpoint(seq=6),
         ]
     )
-    assert replies == [Ack(mapping_id=1, watermark=5)]
-    modes = {n: stat.S_IMODE((folder.root / "d" / n).stat().st_mode) for n in "fghi"}
-    assert modes == {"f": 0o644, "g": 0o644, "h": 0o640, "i": 0o644}
+    assert replies == [Ack(mapping_id=1, watermark=6)]
+    modes = {n: stat.S_IMODE((folder.root / "d" / n).stat().st_mode) for n in "fghij"}
+    assert modes == {"f": 0o644, "g": 0o644, "h": 0o640, "i": 0o644, "j": 0o640}
 
 
 @pytest.fixture(params=["compiled", "python"])
@@ -518,3 +524,49 @@ def test_a_compiled_write_that_fails_leaves_nothing_and_never_touches_a_file_the
             os.close(fd)
     finally:
         umount(small)
+
+
+def test_safe_durability_never_writes_in_one_call_it_fsyncs_at_the_commit(
+    folder: TargetFolder, new_file_write: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one call does not fsync: a safe batch's files are made, fsynced and closed the
+    usual way."""
+    folder.durable = True
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    session, _ = _session(folder)
+    assert session.apply_batch([*_dir_batch(4), Checkpoint(seq=5)]) == [
+        Ack(mapping_id=1, watermark=5)
+    ]
+    assert new_file_write == []
+    assert len(synced) >= 4  # each file's, then the directories'
+    session.close()
+
+
+def test_a_failed_mtime_or_close_in_the_one_call_fails_the_batch_as_the_commit_would(
+    folder: TargetFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EINVAL from futimens (a file system that refuses a date) is the commit's failure, for the
+    source to send again: never a refusal of the file as a name the target cannot take
+    (review: it was refused, the watermark past it)."""
+    if staging._newfiles is None:
+        pytest.fail("relaysync.transfer._newfiles is not built: run `bash scripts/install`")
+    real = staging._newfiles
+
+    class DateRefused:
+        @staticmethod
+        def write_whole(dir_fd: int, name: str, mode: int, data: bytes, mtime_ns: int) -> int:
+            assert real.write_whole(dir_fd, name, mode, data, mtime_ns) == 0
+            os.unlink(name, dir_fd=dir_fd)  # as the C call leaves it after a late failure
+            return errno.EINVAL
+
+    monkeypatch.setattr(staging, "_newfiles", DateRefused)
+    session, records = _session(folder)
+    replies = session.apply_batch([*_dir_batch(3), Checkpoint(seq=4)])
+    assert [type(r).__name__ for r in replies] == ["Error"]
+    (error,) = replies
+    assert isinstance(error, Error) and error.code == ErrorCode.IO_ERROR
+    assert "commit batch" in error.detail and "Invalid argument" in error.detail
+    assert not (folder.root / "d").exists() and records == []
+    session.close()
