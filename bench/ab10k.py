@@ -11,9 +11,10 @@ was in 50 ms slices (printed with `--timeline`), which shows whether the source 
 holds the copy up. Nothing is deleted before the end (ext4 skips recently freed inodes: a copy
 right after a deletion of 10,000 files pays for it).
 
-The tree is aged `--age` seconds first (default 31: past the hold of files a scan finds written in
-the last 30 s without a close-write, which would ask each file with a read lease; bulk.py's later
-rounds start past it too). Each checkout's `src` must have its compiled extensions built
+The tree is aged `--age` seconds first (default 31: past the hot-file hold, where a scan asks
+each file written in the last `hot_file_s` without a close-write with a read lease; that is 1 s
+by default, and 31 s clears an agent configured up to 30 s; bulk.py's runs start past the
+default). Each checkout's `src` must have its compiled extensions built
 (`python setup.py build_ext --inplace` in it).
 
     python3 bench/ab10k.py --src /path/a/src --src /path/b/src [--rounds 4] [--workdir DIR]
