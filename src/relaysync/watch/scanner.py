@@ -244,10 +244,12 @@ class TreeScan:
         old: Entry | None,
         dir_fd: int | None = None,
         read: SmallRead | None = None,
+        same: bool | None = None,
     ) -> bool:
         """Compare one disk entry with the manifest; return True if it is a directory to walk.
         `dir_fd`: an open descriptor of the directory that holds it, if the caller has one;
-        `read`: its content read ahead (`_read_ahead`)."""
+        `read`: its content read ahead, and `same`: whether it has the manifest's stat, if
+        `_read_ahead` told already."""
         kind = _kind_of(st)
         if not kind:
             if old is not None:
@@ -255,7 +257,11 @@ class TreeScan:
             return False
         if self.policy is not None and kind != "l" and dir_fd is not None:
             self._tighten(relpath, st, dir_fd)
-        if old is not None and kind != "l" and same_stat(old, kind, st, self.policy):
+        if (
+            old is not None
+            and kind != "l"
+            and (same_stat(old, kind, st, self.policy) if same is None else same)
+        ):
             if kind == "f" and (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns):
                 self.stat_notes.append((relpath, st.st_ino, st.st_ctime_ns))
             return kind == "d"
@@ -354,8 +360,8 @@ class TreeScan:
             subdirs: list[str] = []
             if dir_fd is None:  # nothing was listed
                 return subdirs
-            for path, read in self._read_ahead(sorted(on_disk), on_disk, known, dir_fd):
-                if self.visit(path, on_disk[path], known.get(path), dir_fd, read):
+            for path, same, read in self._read_ahead(sorted(on_disk), on_disk, known, dir_fd):
+                if self.visit(path, on_disk[path], known.get(path), dir_fd, read, same):
                     subdirs.append(path)
             return subdirs
         finally:
@@ -368,33 +374,30 @@ class TreeScan:
         on_disk: dict[str, os.stat_result],
         known: dict[str, Entry],
         dir_fd: int,
-    ) -> Iterator[tuple[str, SmallRead | None]]:
-        """`paths` (children of `dir_fd`) in order, each with its content read ahead if it is a
-        small file `visit` will hash (new, or not the manifest's stat): READ_AHEAD_FILES paths
-        or about READ_AHEAD_BYTES at a time, read in one call (`read_ahead`) before they are
-        visited. A first scan of 10,000 files of 4 KiB gave up the GIL 50,000 times for them."""
+    ) -> Iterator[tuple[str, bool | None, SmallRead | None]]:
+        """`paths` (children of `dir_fd`) in order, each with, for a small file, whether it has
+        the manifest's stat (`visit` asks no more) and, if not (`visit` hashes it), its content
+        read ahead: READ_AHEAD_FILES paths or about READ_AHEAD_BYTES at a time, read in one call
+        (`read_ahead`) before they are visited. A first scan of 10,000 files of 4 KiB gave up
+        the GIL 50,000 times for them."""
         start = 0
         while start < len(paths):
-            end, nbytes, wanted = start, 0, []
+            end, nbytes, wanted, verdicts = start, 0, [], []
             while end < len(paths) and end - start < READ_AHEAD_FILES and nbytes < READ_AHEAD_BYTES:
                 path, st = paths[end], on_disk[paths[end]]
                 end += 1
-                if self._will_hash(st, known.get(path)):
-                    wanted.append((path.rpartition("/")[2], st.st_size))
-                    nbytes += st.st_size
-            reads = read_ahead(dir_fd, wanted) if wanted else {}
-            for path in paths[start:end]:
-                yield path, reads.get(path.rpartition("/")[2])
+                same = None
+                if stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE_BYTES:
+                    old = known.get(path)
+                    same = old is not None and same_stat(old, "f", st, self.policy)
+                    if not same:
+                        wanted.append((path.rpartition("/")[2], st.st_size))
+                        nbytes += st.st_size
+                verdicts.append(same)
+            reads = read_ahead(dir_fd, wanted)
+            for path, same in zip(paths[start:end], verdicts, strict=True):
+                yield path, same, reads.get(path.rpartition("/")[2])
             start = end
-
-    def _will_hash(self, st: os.stat_result, old: Entry | None) -> bool:
-        """Whether `visit` reads this disk entry to hash it, and it is small enough to read
-        ahead (as visit tells a kept file by its stat)."""
-        return (
-            stat.S_ISREG(st.st_mode)
-            and st.st_size <= SMALL_FILE_BYTES
-            and (old is None or not same_stat(old, "f", st, self.policy))
-        )
 
     def _list_dir(self, dir_rel: str, dir_fd: int) -> dict[str, os.stat_result]:
         """The accepted children of the open directory `dir_rel`, with their lstat.

@@ -36,6 +36,7 @@ from relaysync.transfer import _new_dirs, staging
 from relaysync.transfer.conflicts import NEWEST_MTIME, ConflictSession
 from relaysync.transfer.receiver import ReceiverSession
 from relaysync.transfer.target_folder import TargetFolder
+from tests._compiled import built
 from tests.unit.transfer._target_helpers import T0
 from tests.unit.transfer._target_helpers import small_file as _small
 
@@ -449,15 +450,13 @@ def new_file_write(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     if request.param == "python":
         monkeypatch.setattr(staging, "_newfiles", None)
         return written
-    real = staging._newfiles
-    if real is None:
-        pytest.fail("relaysync.transfer._newfiles is not built: run `bash scripts/install`")
+    real = built(staging._newfiles, "relaysync.transfer._newfiles")
 
     class Counting:
         @staticmethod
-        def write_whole(dir_fd: int, name: str, mode: int, data: bytes, mtime_ns: int) -> None:
+        def write_whole(dir_fd: int, name: str, mode: int, data: bytes, mtime_ns: int) -> int:
             written.append(name)
-            real.write_whole(dir_fd, name, mode, data, mtime_ns)
+            return real.write_whole(dir_fd, name, mode, data, mtime_ns)
 
     monkeypatch.setattr(staging, "_newfiles", Counting)
     return written
@@ -505,20 +504,19 @@ def test_a_compiled_write_that_fails_leaves_nothing_and_never_touches_a_file_the
     disk's; a name taken already: FileExistsError, that file untouched."""
     from tests._tmpfs import mount_tmpfs, umount
 
-    if staging._newfiles is None:
-        pytest.fail("relaysync.transfer._newfiles is not built: run `bash scripts/install`")
+    newfiles = built(staging._newfiles, "relaysync.transfer._newfiles")
     small = tmp_path / "small"
     mount_tmpfs(small, "1m")
     try:
         fd = os.open(small, os.O_RDONLY | os.O_DIRECTORY)
         try:
             with pytest.raises(OSError) as full:
-                staging._newfiles.write_whole(fd, "big", 0o644, b"x" * (2 << 20), T0)
+                newfiles.write_whole(fd, "big", 0o644, b"x" * (2 << 20), T0)
             assert full.value.errno == errno.ENOSPC
             assert os.listdir(small) == []
             (small / "there").write_bytes(b"keep me")
             with pytest.raises(FileExistsError):
-                staging._newfiles.write_whole(fd, "there", 0o644, b"other", T0)
+                newfiles.write_whole(fd, "there", 0o644, b"other", T0)
             assert (small / "there").read_bytes() == b"keep me"
         finally:
             os.close(fd)
@@ -550,9 +548,7 @@ def test_a_failed_mtime_or_close_in_the_one_call_fails_the_batch_as_the_commit_w
     """EINVAL from futimens (a file system that refuses a date) is the commit's failure, for the
     source to send again: never a refusal of the file as a name the target cannot take
     (review: it was refused, the watermark past it)."""
-    if staging._newfiles is None:
-        pytest.fail("relaysync.transfer._newfiles is not built: run `bash scripts/install`")
-    real = staging._newfiles
+    real = built(staging._newfiles, "relaysync.transfer._newfiles")
 
     class DateRefused:
         @staticmethod

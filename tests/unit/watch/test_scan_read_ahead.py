@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from tests._compiled import built
 
 from relaysync.constants import SMALL_FILE_BYTES
 from relaysync.watch import _file_hash, scanner
@@ -23,9 +24,7 @@ from relaysync.watch.scanner import scan
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """The compiled calls a scan makes: ("many", files) or ("one", 1)."""
-    if _file_hash._smallread is None:
-        pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
-    real = _file_hash._smallread
+    real = built(_file_hash._smallread, "relaysync.watch._smallread")
     made: list[tuple[str, int]] = []
 
     class Counting:
@@ -147,9 +146,7 @@ class _Faked:
     """A compiled read that answers as the real one, but for what a test changes."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        if _file_hash._smallread is None:
-            pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
-        self.real = _file_hash._smallread
+        self.real = built(_file_hash._smallread, "relaysync.watch._smallread")
         self.failing: dict[str, int] = {}  # name: the errno its reads fail with
         self.torn: set[str] = set()  # names whose file changed while read ahead
         monkeypatch.setattr(_file_hash, "_smallread", self)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from tests._compiled import built
 
 from relaysync._util import fs
 from relaysync.constants import TEMP_PREFIX
@@ -391,8 +392,7 @@ def test_a_file_under_a_real_lease_is_read_once_its_holder_lets_go(tmp_path: Pat
     """The compiled read (which os.open above does not reach) under a real write lease: the
     non-blocking open is refused, the blocking one waits for the lease's break, and the file is
     read once the holder lets go."""
-    if _file_hash._smallread is None:
-        pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
+    built(_file_hash._smallread, "relaysync.watch._smallread")
     path = tmp_path / "f"
     path.write_bytes(b"leased")
     hashed: list[bytes] = []
@@ -414,8 +414,7 @@ def test_a_wait_for_a_lease_that_signals_interrupt_goes_on_after_their_handlers(
     """A handler installed without SA_RESTART (signal.signal) interrupts the open waiting for
     the break (EINTR): the compiled read runs the handlers and opens again, as os.open does
     (review: it failed with InterruptedError, a 'cannot read' on the source)."""
-    if _file_hash._smallread is None:
-        pytest.fail("relaysync.watch._smallread is not built: run `bash scripts/install`")
+    built(_file_hash._smallread, "relaysync.watch._smallread")
     path = tmp_path / "f"
     path.write_bytes(b"leased")
     alarms: list[int] = []
