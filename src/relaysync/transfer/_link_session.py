@@ -48,24 +48,26 @@ class _Session:
         ] = anyio.create_memory_object_stream[DigestReply](4)
 
     async def read_loop(self) -> None:
-        send_replies = self.replies[0]
-        async with send_replies:
-            while True:
-                with anyio.fail_after(RECEIVE_TIMEOUT_S):
-                    message = await self.framed.receive()
-                match message:
-                    case Ack():
-                        self._on_ack(message.watermark, message.subtree)
-                    case DigestReply():
-                        await send_replies.send(message)
-                    case Error():
-                        self._refused(message)
-                    case Ping():
-                        await self.framed.send(Pong(nonce=message.nonce))
-                    case Pong():
-                        self.link.failures = 0  # idle and answering: a healthy session
-                    case _:
-                        raise ProtocolError(f"unexpected {type(message).__name__} from target")
+        """Read until the session fails. The replies' stream is never closed here: a compare
+        waiting for a reply is cancelled with the session's task group, and the session ends
+        with the read's own error (a target's refusal, say), not with an EndOfStream of the
+        replies that was only its consequence, reported instead of it half the time."""
+        while True:
+            with anyio.fail_after(RECEIVE_TIMEOUT_S):
+                message = await self.framed.receive()
+            match message:
+                case Ack():
+                    self._on_ack(message.watermark, message.subtree)
+                case DigestReply():
+                    await self.replies[0].send(message)
+                case Error():
+                    self._refused(message)
+                case Ping():
+                    await self.framed.send(Pong(nonce=message.nonce))
+                case Pong():
+                    self.link.failures = 0  # idle and answering: a healthy session
+                case _:
+                    raise ProtocolError(f"unexpected {type(message).__name__} from target")
 
     def _refused(self, message: Error) -> NoReturn:
         """End the session at the target's Error. The target lacks a delta's base or a renamed

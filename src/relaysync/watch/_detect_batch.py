@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import msgspec
@@ -127,6 +127,10 @@ class DetectBatch:
     def add_all(self, changes: Sequence[PendingChange]) -> None:
         for change in changes:
             self.add(change)
+
+    def changed_paths(self) -> Collection[str]:
+        """The paths this batch decided a change of (their state is no longer the manifest's)."""
+        return self._state.keys()
 
     def add_scanned(self, changes: Sequence[PendingChange]) -> None:
         """Add a scan's changes. A scan diffs with the manifest, so a path this batch changed

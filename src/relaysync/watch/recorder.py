@@ -33,6 +33,7 @@ import msgspec
 from relaysync.errors import SourceListError, SourceReadError
 from relaysync.watch._detect_batch import DetectBatch, StaleManifest, then_rescans
 from relaysync.watch._fsevent import FsEvent, anonymous_inode
+from relaysync.watch._scan_renames import pair_renames
 from relaysync.watch.changes import JournalRecord, PendingChange
 from relaysync.watch.content_cache import MappingContent
 from relaysync.watch.filters import PathFilter
@@ -355,7 +356,8 @@ class ChangeRecorder:
         others = [self._other_links(batch, entry) for entry in linked]  # before anything is added
         if path:
             self._ensure_parents(batch, path)
-        batch.add_scanned(result.out)
+        # the watcher's events of a rename that a scan saw first find nothing left to do
+        batch.add_scanned(pair_renames(result.out, self._manifest.get, batch.changed_paths()))
         batch.unreadable.extend(result.unreadable)
         batch.stat_notes.update((p, (i, c)) for p, i, c in result.stat_notes)
         for other in (p for paths in others for p in paths):
