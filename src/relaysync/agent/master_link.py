@@ -26,6 +26,7 @@ Resource handling: one connection at a time; a reader and a writer task per conn
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -153,6 +154,7 @@ class MasterLink:
         self._wake = anyio.Event()
         if self.reports.unsent:
             self._wake.set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # serve's: other threads wake it
         self._releases: dict[int, ReleaseReport] = {}
         self.notices = Notices()
         self._releases_unsent = False
@@ -194,35 +196,56 @@ class MasterLink:
 
     def outbox_sync_handles(self) -> OutboxSync:
         """What to sync for the reports queued so far to outlive a power loss (agent/outbox.py
-        `sync_handles`); nothing without an outbox. Call on the loop."""
-        outbox = self.reports.outbox
-        return outbox.sync_handles() if outbox is not None else OutboxSync([], 0)
+        `sync_handles`); nothing without an outbox. Call from any thread."""
+        with self.reports.lock:
+            outbox = self.reports.outbox
+            return outbox.sync_handles() if outbox is not None else OutboxSync([], 0)
 
     def outbox_dir_synced(self, made: int) -> None:
-        """The outbox's directory was fsynced after its `made`-th segment (call on the loop)."""
-        if self.reports.outbox is not None:
-            self.reports.outbox.dir_synced(made)
+        """The outbox's directory was fsynced after its `made`-th segment (any thread)."""
+        with self.reports.lock:
+            if self.reports.outbox is not None:
+                self.reports.outbox.dir_synced(made)
 
     def report(self, report: CommitReport) -> None:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES, on disk before
-        this returns (call on the loop)."""
-        for records in _runs(report.records):
-            self.reports.add(
-                make_report(
-                    report.mapping_id,
-                    report.source_node,
-                    report.target_node,
-                    report.watermark,
-                    records,
-                    report.route,
-                    report.journal_id,
+        this returns. Call from any thread: a target's apply thread does, at each checkpoint,
+        without waiting for the loop (agent/report_queue.py)."""
+        with self.reports.lock:
+            for records in _runs(report.records):
+                self.reports.add(
+                    make_report(
+                        report.mapping_id,
+                        report.source_node,
+                        report.target_node,
+                        report.watermark,
+                        records,
+                        report.route,
+                        report.journal_id,
+                    )
                 )
-            )
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """Have the write loop look at the queue: at once on the loop, soon from another thread
+        (the event is the loop's). Before `serve` knows its loop, its session's start does."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # another thread
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._set_wake)
+            return
         self._wake.set()
+
+    def _set_wake(self) -> None:
+        self._wake.set()  # the one current when it runs: the write loop makes new ones
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.reports.unsent:
+            self._wake.set()  # reported from another thread before the loop was known
         task_status.started()
         delay = RECONNECT_MIN_S
         while True:
@@ -429,10 +452,9 @@ class MasterLink:
                 await self._send_reports(framed)
 
     async def _send_reports(self, framed: FramedStream) -> None:
-        merged = _merge(self.reports.take_batch(64))
         # Kept until taken: whatever of them the master missed goes again (session_over), and,
         # held at the queue's head while they go, a drop past the bound forgets the oldest.
-        self.reports.unacked.extend(merged)
+        merged = self.reports.hold_next(64, _merge)
         await framed.send_many([item.report for item in merged])
         if not self._acking:
             self.reports.sent_to_unacknowledging()

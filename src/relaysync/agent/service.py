@@ -475,12 +475,14 @@ class AgentService(StandDown):
                 folder.route,
                 journal_id,
             )
-            anyio.from_thread.run_sync(partial(self.link.report, message))
+            # on disk before this returns (and the caller saves its watermark), with no wait
+            # for the event loop: the link's queue takes reports from any thread
+            self.link.report(message)
             if folder.durable:  # safe: the reports outlive a power loss, as the files do
                 try:
-                    sync = anyio.from_thread.run_sync(self.link.outbox_sync_handles)
+                    sync = self.link.outbox_sync_handles()
                     sync_and_close(sync)
-                    anyio.from_thread.run_sync(self.link.outbox_dir_synced, sync.made)
+                    self.link.outbox_dir_synced(sync.made)
                 except OSError as exc:  # the files are durable; only a power loss would lose these
                     logger.warning(
                         "report outbox: cannot sync (%s); a power loss may lose the last reports",

@@ -52,8 +52,7 @@ class Master:
 
     def send(self, queue: ReportQueue, limit: int) -> None:
         """What the link does (master_link._send_reports): merged, kept until taken, sent."""
-        merged = _merge(queue.take_batch(limit))
-        queue.unacked.extend(merged)
+        merged = queue.hold_next(limit, _merge)
         for item in merged:
             records = item.report.records
             self.sent.append([r.seq for r in records if r.op != "lost"])
