@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
@@ -83,7 +84,7 @@ from ._report_runs import MAX_REPORT_BYTES as MAX_REPORT_BYTES
 from ._report_runs import _merge, _runs, make_report
 from .advertise import route_address
 from .notices import Notice, Notices
-from .outbox import OutboxSync, ReportOutbox
+from .outbox import ReportOutbox, sync_and_close
 from .report_queue import ReportQueue
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ class MasterLink:
         if self.reports.unsent:
             self._wake.set()
         self._loop: asyncio.AbstractEventLoop | None = None  # serve's: other threads wake it
+        self._sync_lock = threading.Lock()  # one `sync_reports` at a time
         self._releases: dict[int, ReleaseReport] = {}
         self.notices = Notices()
         self._releases_unsent = False
@@ -194,36 +196,45 @@ class MasterLink:
         could not keep them (logged)."""
         return self.reports.dropped
 
-    def outbox_sync_handles(self) -> OutboxSync:
-        """What to sync for the reports queued so far to outlive a power loss (agent/outbox.py
-        `sync_handles`); nothing without an outbox. Call from any thread."""
-        with self.reports.lock:
-            outbox = self.reports.outbox
-            return outbox.sync_handles() if outbox is not None else OutboxSync([], 0)
+    def sync_reports(self) -> None:
+        """Make the reports queued so far outlive a power loss (a `safe` target's, before it
+        saves the watermark they cover); in a worker thread: it waits on the disk. One caller
+        at a time: the outbox hands a segment that appends have left to the first caller only,
+        and another caller whose report is in it must not go on (and acknowledge) before that
+        one's sync is done. The queue stays free meanwhile: the sync is outside its lock.
 
-    def outbox_dir_synced(self, made: int) -> None:
-        """The outbox's directory was fsynced after its `made`-th segment (any thread)."""
-        with self.reports.lock:
-            if self.reports.outbox is not None:
-                self.reports.outbox.dir_synced(made)
+        Raises:
+            OSError: a sync failed (the disk).
+        """
+        with self._sync_lock:
+            with self.reports.lock:
+                outbox = self.reports.outbox
+                if outbox is None:
+                    return
+                sync = outbox.sync_handles()
+            sync_and_close(sync)
+            with self.reports.lock:
+                outbox.dir_synced(sync.made)
 
     def report(self, report: CommitReport) -> None:
         """Queue a commit report, split so that no frame nears MAX_MESSAGE_BYTES, on disk before
         this returns. Call from any thread: a target's apply thread does, at each checkpoint,
         without waiting for the loop (agent/report_queue.py)."""
-        with self.reports.lock:
-            for records in _runs(report.records):
-                self.reports.add(
-                    make_report(
-                        report.mapping_id,
-                        report.source_node,
-                        report.target_node,
-                        report.watermark,
-                        records,
-                        report.route,
-                        report.journal_id,
-                    )
-                )
+        parts = [
+            make_report(
+                report.mapping_id,
+                report.source_node,
+                report.target_node,
+                report.watermark,
+                records,
+                report.route,
+                report.journal_id,
+            )
+            for records in _runs(report.records)
+        ]
+        with self.reports.lock:  # a report's parts go in a row
+            for part in parts:
+                self.reports.add(part)
         self._wake_writer()
 
     def _wake_writer(self) -> None:

@@ -68,7 +68,7 @@ from .guard import parse_roots
 from .link_options import LinkOptions
 from .links import LinkSet
 from .master_link import MasterLink, make_report
-from .outbox import ReportOutbox, sync_and_close
+from .outbox import ReportOutbox
 from .peer_server import PeerServer
 from .report_queue import MAX_QUEUED_REPORT_BYTES
 from .source import SourceMapping
@@ -480,9 +480,7 @@ class AgentService(StandDown):
             self.link.report(message)
             if folder.durable:  # safe: the reports outlive a power loss, as the files do
                 try:
-                    sync = self.link.outbox_sync_handles()
-                    sync_and_close(sync)
-                    self.link.outbox_dir_synced(sync.made)
+                    self.link.sync_reports()
                 except OSError as exc:  # the files are durable; only a power loss would lose these
                     logger.warning(
                         "report outbox: cannot sync (%s); a power loss may lose the last reports",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from relaysync.constants import RECEIVE_TIMEOUT_S
 from relaysync.errors import PeerRefused, ProtocolError, SendWhole
@@ -44,7 +45,7 @@ class _Session:
             Partial, ...
         ] = ()  # the target's partials, as it listed them at the start
         self.replies: tuple[
-            anyio.abc.ObjectSendStream[DigestReply], anyio.abc.ObjectReceiveStream[DigestReply]
+            MemoryObjectSendStream[DigestReply], MemoryObjectReceiveStream[DigestReply]
         ] = anyio.create_memory_object_stream[DigestReply](4)
 
     async def read_loop(self) -> None:
@@ -68,6 +69,11 @@ class _Session:
                     self.link.failures = 0  # idle and answering: a healthy session
                 case _:
                     raise ProtocolError(f"unexpected {type(message).__name__} from target")
+
+    def close(self) -> None:
+        """Close the replies' stream, both ends, once the session's tasks are over."""
+        for end in self.replies:
+            end.close()
 
     def _refused(self, message: Error) -> NoReturn:
         """End the session at the target's Error. The target lacks a delta's base or a renamed

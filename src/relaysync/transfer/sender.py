@@ -267,6 +267,7 @@ class TargetLink(RecordStream, CompareCatchUp):
                 tg.start_soon(session.read_loop)
                 await self._stream(session, state, tg)
         finally:
+            session.close()
             self._bytes_closed += framed.bytes_sent
             self._framed = None
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):

@@ -274,8 +274,10 @@ def test_a_safe_targets_reports_are_synced_before_the_checkpoint_goes_on(tmp_pat
     calls: list[str] = []
     link = SimpleNamespace(
         report=lambda message: (calls.append("report"), box.append(message)),
-        outbox_sync_handles=lambda: (calls.append("sync"), box.sync_handles())[1],
-        outbox_dir_synced=box.dir_synced,
+        sync_reports=lambda: (
+            calls.append("sync"),
+            outbox_module.sync_and_close(box.sync_handles()),
+        ),
     )
     service = SimpleNamespace(link=link, node_id="n" * 64)
     records = [CommitRecord(seq=1, op="write", path="f")]

@@ -6,6 +6,7 @@ wakes the link's writer, which waits on an event of the loop."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -13,7 +14,9 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
+from relaysync.agent import outbox as outbox_module
 from relaysync.agent._report_runs import _merge
 from relaysync.agent.master_link import MasterLink
 from relaysync.agent.outbox import ReportOutbox
@@ -75,18 +78,7 @@ def test_reports_added_from_threads_while_the_loop_sends_arrive_once_in_order(
 
 
 def test_a_report_from_another_thread_wakes_the_writer() -> None:
-    async def on_assignment(_message: object) -> None:
-        return None
-
-    link = MasterLink(
-        control_address=f"127.0.0.1:{_closed_port()}",  # no master: the wake alone is looked at
-        ctx=ssl.create_default_context(),
-        master_node_id="m" * 64,
-        node_id="n" * 64,
-        name="a",
-        register=Register(name="a", region="", group="", peer_address="127.0.0.1:1"),
-        on_assignment=on_assignment,
-    )
+    link = _link()
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -106,3 +98,56 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_safe_report_is_synced_before_its_thread_goes_on_whoever_took_its_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `safe` targets' apply threads: A's report is in a segment that B's report closed, and
+    the outbox hands a closed segment to the first sync that asks: B's. A's own sync must not
+    return (A would save its watermark and acknowledge) before B's sync of that segment is done."""
+    box = ReportOutbox(tmp_path / "outbox", TGT, segment_bytes=9000)  # one report a segment
+    box.open()
+    link = _link(box)
+    synced: list[int] = []  # the inode numbers of the segments synced, in order
+    b_syncing, b_may_go = threading.Event(), threading.Event()
+
+    def fdatasync(fd: int) -> None:
+        if threading.current_thread().name == "B" and not b_syncing.is_set():
+            b_syncing.set()
+            b_may_go.wait(WAIT_S)  # B's disk is slow
+        synced.append(os.fstat(fd).st_ino)
+
+    monkeypatch.setattr(outbox_module.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(outbox_module.os, "fsync", lambda fd: None)
+    link.report(_report(0, 1))  # A's, in the first segment
+    first = os.stat(next((tmp_path / "outbox").rglob("*.outbox"))).st_ino
+
+    def b() -> None:
+        link.report(_report(1, 1))  # starts the second segment: the first is handed over
+        link.sync_reports()
+
+    b_thread = threading.Thread(target=b, name="B")
+    b_thread.start()
+    assert b_syncing.wait(WAIT_S)
+    threading.Timer(0.2, b_may_go.set).start()  # A asks meanwhile
+    link.sync_reports()  # A's
+    assert first in synced, "A went on before its report's segment was synced"
+    b_thread.join(WAIT_S)
+    box.close()
+
+
+def _link(outbox: ReportOutbox | None = None) -> MasterLink:
+    async def on_assignment(_message: object) -> None:
+        return None
+
+    return MasterLink(
+        control_address=f"127.0.0.1:{_closed_port()}",  # no master: the queue alone is looked at
+        ctx=ssl.create_default_context(),
+        master_node_id="m" * 64,
+        node_id="n" * 64,
+        name="a",
+        register=Register(name="a", region="", group="", peer_address="127.0.0.1:1"),
+        on_assignment=on_assignment,
+        outbox=outbox,
+    )
