@@ -113,6 +113,11 @@ class ContentCache:
                 self._partly_taken.setdefault(key)
             return slot.kept
 
+    def drop(self, key: Key) -> None:
+        """Drop what is kept under `key`, if anything: no link will take it."""
+        with self._lock:
+            self._drop(key)
+
     def expire(self) -> None:
         """Drop the entries older than max_age_s (also done at each keep and take)."""
         with self._lock:
@@ -160,6 +165,10 @@ class MappingContent:
 
     def take(self, path: str, digest: bytes) -> Kept | None:
         return self._cache.take((self._id, path), digest)
+
+    def drop(self, path: str) -> None:
+        """What a scan kept for a write that went as a rename (no link reads the file)."""
+        self._cache.drop((self._id, path))
 
     def forget(self) -> None:
         self._cache.forget(self._id)

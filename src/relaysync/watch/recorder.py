@@ -357,7 +357,12 @@ class ChangeRecorder:
         if path:
             self._ensure_parents(batch, path)
         # the watcher's events of a rename that a scan saw first find nothing left to do
-        batch.add_scanned(pair_renames(result.out, self._manifest.get, batch.changed_paths()))
+        changes = pair_renames(result.out, self._manifest.get, batch.changed_paths())
+        if self._cache is not None and len(changes) < len(result.out):
+            for change in changes:
+                if change.op == "rename":  # read for a write that is not sent
+                    self._cache.drop(change.new_path)
+        batch.add_scanned(changes)
         batch.unreadable.extend(result.unreadable)
         batch.stat_notes.update((p, (i, c)) for p, i, c in result.stat_notes)
         for other in (p for paths in others for p in paths):

@@ -11,6 +11,7 @@ import pytest
 from tests.unit.watch._replay import ModelTarget, assert_in_step, disk_state, ev, settle
 
 from relaysync.watch.changes import PendingChange
+from relaysync.watch.content_cache import ContentCache, MappingContent
 from relaysync.watch.filters import PathFilter
 from relaysync.watch.manifest import Manifest
 from relaysync.watch.recorder import ChangeRecorder
@@ -127,3 +128,21 @@ def test_a_path_the_batch_changed_already_is_not_paired(
     changes = settle(rec, target, [ev("write", "c.bin"), ev("rescan", "")])
     assert sorted(_ops(changes)) == [("delete", "b.bin", ""), ("write", "c.bin", "")]
     assert target.state == disk_state(tree)
+
+
+def test_what_the_scan_read_for_a_paired_rename_is_not_kept_for_the_links(
+    tree: Path, manifest: Manifest
+) -> None:
+    (tree / "a.bin").write_bytes(os.urandom(5000))
+    content = MappingContent(ContentCache(), 1, lambda: 1)
+    rec = ChangeRecorder(tree, manifest, PathFilter(), cache=content)
+    target = ModelTarget()
+    settle(rec, target, [ev("rescan", "")])
+    os.rename(tree / "a.bin", tree / "c.bin")
+    (tree / "new.bin").write_bytes(os.urandom(5000))
+    changes = settle(rec, target, [ev("rescan", "")])
+    assert sorted(_ops(changes)) == [("rename", "a.bin", "c.bin"), ("write", "new.bin", "")]
+    moved, new = manifest.get("c.bin"), manifest.get("new.bin")
+    assert moved is not None and new is not None
+    assert content.take("c.bin", moved.hash) is None  # no link reads it: it took the budget
+    assert content.take("new.bin", new.hash) is not None  # sent: kept as before
