@@ -289,7 +289,12 @@ class ChangeRecorder:
             self._replaced(batch, event.new_path)
             return
         replaced = batch.get(event.new_path)
-        self._ensure_parents(batch, event.new_path)
+        if not self._ensure_parents(batch, event.new_path):
+            # Moved into a directory gone since (`mv f d/x; rm -r d`, read after the fact): a
+            # rename there would leave the targets, and the manifest, a file under no directory.
+            # The old name is judged as a delete (the disk decides: `mv d t; mkdir d`).
+            self._on_delete(batch, FsEvent(kind="delete", path=event.path, is_dir=event.is_dir))
+            return
         moved = msgspec.structs.replace(old, path=event.new_path)
         batch.add(
             PendingChange(
@@ -315,6 +320,9 @@ class ChangeRecorder:
         if st is None or (
             _kind_of(st) == moved.kind and same_stat(moved, moved.kind, st, by_ctime=False)
         ):
+            return
+        if stat.S_ISDIR(st.st_mode):  # a directory there since: scanned, what it holds too
+            batch.follow.append(FsEvent(kind="rescan", path=moved.path, is_dir=True))
             return
         try:
             self._restat(batch, moved.path)
@@ -370,13 +378,16 @@ class ChangeRecorder:
             if not batch.below_moved(other):
                 self._restat_link(batch, other)
 
-    def _ensure_parents(self, batch: DetectBatch, path: str) -> None:
-        """Emit mkdir for directories above `path` the manifest does not know yet, top first."""
+    def _ensure_parents(self, batch: DetectBatch, path: str) -> bool:
+        """Emit mkdir for directories above `path` the manifest does not know yet, top first;
+        False if one of them is not a directory on disk (any more)."""
         missing = [p for p in ancestors(path) if p and batch.get(p) is None]
         for parent in reversed(missing):
             entry = make_entry(self._root, parent)
-            if entry is not None and entry.kind == "d":
-                batch.add(PendingChange(op="mkdir", path=parent, entry=entry))
+            if entry is None or entry.kind != "d":
+                return False
+            batch.add(PendingChange(op="mkdir", path=parent, entry=entry))
+        return True
 
     def detect_and_apply(self, events: Sequence[FsEvent]) -> list[PendingChange]:
         """Detect all of `events` and apply the changes, without a journal (a target's start-up

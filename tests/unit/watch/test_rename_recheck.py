@@ -193,3 +193,37 @@ def test_the_watchers_rescan_of_a_renamed_directory_is_not_doubled(
     os.rename(tree / "d", tree / "e")
     events = [ev("move", "d", "e", is_dir=True), ev("rescan", "e", is_dir=True)]
     assert rec.detect(events).rest == events[1:]
+
+
+def test_a_file_moved_into_a_directory_removed_since_is_a_delete(
+    tree: Path, manifest: Manifest
+) -> None:
+    """`mkdir d; mv f d/x; rm -r d`, detected after the fact, with d gone before its watch was
+    added (so no event of d/x): the rename went into a directory the disk no longer has, nothing
+    made d, and the targets and the manifest kept d/x for ever under no directory (a review's
+    fuzzing of events read after the fact)."""
+    (tree / "f").write_text("f")
+    rec, target = _start(tree, manifest, PathFilter())
+    (tree / "d").mkdir()
+    os.rename(tree / "f", tree / "d" / "x")
+    shutil.rmtree(tree / "d")
+    settle(rec, target, [ev("rescan", "d", is_dir=True), ev("move", "f", "d/x")])
+    settle(rec, target, [ev("delete", "d", is_dir=True)])
+    assert_in_step(tree, manifest, target)
+    assert manifest.get("d/x") is None
+
+
+async def test_a_file_renamed_onto_a_name_that_is_a_directory_since_brings_what_it_holds(
+    tree: Path, manifest: Manifest
+) -> None:
+    """`mv a b` (a file), then b a directory holding e: the rename's recheck found a directory at
+    b and recorded it, not what it holds (a review's fuzzing: b/e never reached the targets)."""
+    (tree / "a").write_text("a")
+    rec, target = _start(tree, manifest, PathFilter())
+    os.rename(tree / "a", tree / "b")
+    os.unlink(tree / "b")
+    (tree / "b").mkdir()
+    (tree / "b" / "e").write_text("e")
+    changes = settle(rec, target, [ev("move", "a", "b")])
+    assert ("write", "b/e") in [(c.op, c.path) for c in changes]
+    assert_in_step(tree, manifest, target)
