@@ -12,7 +12,7 @@ the old name is the version renamed, and asks for the file whole if not.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import msgspec
 
@@ -24,12 +24,16 @@ def pair_renames(
     changes: Sequence[PendingChange],
     known: Callable[[str], Entry | None],
     settled: Collection[str] = (),
+    with_inode: Callable[[int], Iterable[str]] | None = None,
 ) -> list[PendingChange]:
     """`changes` (a scan's) with each (delete of a file, write of a new file) pair that is one
     file renamed made one rename, at the write's place (after the directories it needs).
 
     `known(path)`: the entry a deleted path had (the manifest's); `settled`: paths the caller
-    changed already, before the scan (neither name of a pair). A delete whose path comes again in
+    changed already, before the scan (neither name of a pair); `with_inode(ino)`: the paths the
+    manifest has with that inode number, asked instead of `known` for each delete when the new
+    files are fewer than the deletes (a mass delete and a few new files: a lookup per new file,
+    not one per delete). A delete whose path comes again in
     `changes` (a file replaced by a directory) is never paired, nor is an inode number that
     more than one new file has (hard links made in the meantime: no telling which is the move).
     """
@@ -41,11 +45,18 @@ def pair_renames(
     if not arrived:
         return list(changes)
     again = {c.path for c in changes if c.op != "delete"}
+    deletes = [
+        i
+        for i, c in enumerate(changes)
+        if c.op == "delete" and c.path not in again and c.path not in settled
+    ]
+    if with_inode is not None and len(deletes) > len(arrived):
+        could = {path for ino in arrived for path in with_inode(ino)}
+        deletes = [i for i in deletes if changes[i].path in could]
     renames: dict[int, PendingChange] = {}  # index of the write -> the rename in its place
     paired: set[int] = set()  # indexes of the deletes folded into a rename
-    for i, change in enumerate(changes):
-        if change.op != "delete" or change.path in again or change.path in settled:
-            continue
+    for i in deletes:
+        change = changes[i]
         old = known(change.path)
         if old is None or old.kind != "f" or not old.ino:
             continue

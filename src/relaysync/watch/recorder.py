@@ -365,7 +365,12 @@ class ChangeRecorder:
         if path:
             self._ensure_parents(batch, path)
         # the watcher's events of a rename that a scan saw first find nothing left to do
-        changes = pair_renames(result.out, self._manifest.get, batch.changed_paths())
+        changes = pair_renames(
+            result.out,
+            self._manifest.get,
+            batch.changed_paths(),
+            self._manifest.paths_with_inode,
+        )
         if self._cache is not None and len(changes) < len(result.out):
             for change in changes:
                 if change.op == "rename":  # read for a write that is not sent

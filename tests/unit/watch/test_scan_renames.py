@@ -146,3 +146,24 @@ def test_what_the_scan_read_for_a_paired_rename_is_not_kept_for_the_links(
     assert moved is not None and new is not None
     assert content.take("c.bin", moved.hash) is None  # no link reads it: it took the budget
     assert content.take("new.bin", new.hash) is not None  # sent: kept as before
+
+
+def test_a_mass_delete_with_a_rename_asks_the_manifest_per_new_file_not_per_delete(
+    tree: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(40):
+        (tree / f"f{i}").write_bytes(os.urandom(100))
+    rec = ChangeRecorder(tree, manifest, PathFilter())
+    target = ModelTarget()
+    settle(rec, target, [ev("rescan", "")])
+    for i in range(39):
+        os.unlink(tree / f"f{i}")
+    os.rename(tree / "f39", tree / "kept")
+    asked: list[str] = []
+    get = manifest.get
+    monkeypatch.setattr(manifest, "get", lambda path: (asked.append(path), get(path))[1])
+    changes = settle(rec, target, [ev("rescan", "")])
+    assert ("rename", "f39", "kept") in _ops(changes)
+    assert len([c for c in changes if c.op == "delete"]) == 39
+    assert len(asked) < 5, asked  # 40 before: one a delete
+    assert_in_step(tree, manifest, target)
