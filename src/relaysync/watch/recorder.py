@@ -321,11 +321,10 @@ class ChangeRecorder:
             _kind_of(st) == moved.kind and same_stat(moved, moved.kind, st, by_ctime=False)
         ):
             return
-        if stat.S_ISDIR(st.st_mode):  # a directory there since: scanned, what it holds too
+        if stat.S_ISDIR(st.st_mode):  # a directory there since: what it holds is scanned too
             batch.follow.append(FsEvent(kind="rescan", path=moved.path, is_dir=True))
-            return
         try:
-            self._restat(batch, moved.path)
+            self._restat(batch, moved.path)  # now: a later event of this batch may be below it
         except StaleManifest:  # another hard link below a directory moved in this batch
             batch.follow.append(FsEvent(kind="rescan", path=moved.path))
 
@@ -384,14 +383,16 @@ class ChangeRecorder:
                 self._restat_link(batch, other)
 
     def _ensure_parents(self, batch: DetectBatch, path: str) -> bool:
-        """Emit mkdir for directories above `path` the manifest does not know yet, top first;
-        False if one of them is not a directory on disk (any more)."""
-        missing = [p for p in ancestors(path) if p and batch.get(p) is None]
+        """Emit mkdir for directories above `path` that the batch or manifest does not hold as
+        directories, top first (a file held there is deleted first: `mv d/f x; rm -r d; mv f2
+        d` then `mkdir d`); False if one of them is not a directory on disk (any more)."""
+        held = {p: batch.get(p) for p in ancestors(path) if p}
+        missing = [p for p, entry in held.items() if entry is None or entry.kind != "d"]
         for parent in reversed(missing):
             entry = make_entry(self._root, parent)
             if entry is None or entry.kind != "d":
                 return False
-            batch.add(PendingChange(op="mkdir", path=parent, entry=entry))
+            batch.add_all(changes_for(held[parent], entry))
         return True
 
     def detect_and_apply(self, events: Sequence[FsEvent]) -> list[PendingChange]:

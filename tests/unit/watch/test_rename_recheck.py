@@ -227,3 +227,47 @@ async def test_a_file_renamed_onto_a_name_that_is_a_directory_since_brings_what_
     changes = settle(rec, target, [ev("move", "a", "b")])
     assert ("write", "b/e") in [(c.op, c.path) for c in changes]
     assert_in_step(tree, manifest, target)
+
+
+def test_a_renamed_file_s_new_name_that_is_a_directory_is_one_before_what_follows_below_it(
+    tree: Path, manifest: Manifest
+) -> None:
+    """`mv a b; rm b; mkdir -p b/c; echo > b/c/e`: the move's recheck must record the directory
+    b at once, not only queue its rescan, or the next event's `mkdir b/c` goes under the file b
+    the batch still holds (a target refuses it: not a directory)."""
+    (tree / "a").write_text("a")
+    rec, target = _start(tree, manifest, PathFilter())
+    os.rename(tree / "a", tree / "b")
+    os.unlink(tree / "b")
+    (tree / "b" / "c").mkdir(parents=True)
+    (tree / "b" / "c" / "e").write_text("e")
+    changes = settle(rec, target, [ev("move", "a", "b"), ev("rescan", "b/c", is_dir=True)])
+    ops = [(c.op, c.path) for c in changes]
+    assert ops.index(("delete", "b")) < ops.index(("mkdir", "b")) < ops.index(("mkdir", "b/c"))
+    assert_in_step(tree, manifest, target)
+
+
+def test_a_move_under_a_name_the_batch_holds_as_a_file_is_not_a_rename_under_a_file(
+    tree: Path, manifest: Manifest
+) -> None:
+    """`mv e .tmp; mkdir e; mv .tmp e/a; rm -r e; echo 22 > e`, the new file e seen first (a
+    rescan's): the move into e/a went as a rename under the file e (a target refuses it; the
+    manifest kept e/a below a file)."""
+    (tree / "e").write_text("1")
+    rec, target = _start(tree, manifest, PathFilter())
+    os.rename(tree / "e", tree / ".tmp")
+    (tree / "e").mkdir()
+    os.rename(tree / ".tmp", tree / "e" / "a")
+    shutil.rmtree(tree / "e")
+    (tree / "e").write_text("22")
+    events = [
+        ev("write", "e"),
+        ev("move", "e", ".tmp"),
+        ev("rescan", "e", is_dir=True),
+        ev("move", ".tmp", "e/a"),
+        ev("delete", "e", is_dir=True),
+        ev("write", "e"),
+    ]
+    changes = settle(rec, target, events)
+    assert not any(c.op == "rename" and c.new_path == "e/a" for c in changes)
+    assert_in_step(tree, manifest, target)
