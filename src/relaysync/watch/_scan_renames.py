@@ -33,9 +33,9 @@ def pair_renames(
     changed already, before the scan (neither name of a pair); `with_inode(ino)`: the paths the
     manifest has with that inode number: when the new files are fewer than the deletes, only the
     deletes among those of the new files' inode numbers are asked `known` (a mass delete and a
-    few new files: a lookup or two per new file, not one per delete). A delete whose path comes again in
-    `changes` (a file replaced by a directory) is never paired, nor is an inode number that
-    more than one new file has (hard links made in the meantime: no telling which is the move).
+    few new files: a lookup or two per new file, not one per delete). A delete whose path comes
+    again in `changes` (a file replaced by a directory) is never paired, nor is an inode number
+    that more than one new file has (hard links made meantime: no telling which is the move).
     """
     arrived: dict[int, list[int]] = {}  # inode number -> indexes of writes of files
     for i, change in enumerate(changes):

@@ -4,25 +4,16 @@ False as the wait, and `anyio.sleep(False)` waited 0 s: 16,240 attempts in 2 s).
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 
 import anyio
 import pytest
 
 from relaysync.agent import master_link
-from relaysync.agent.master_link import MasterLink
 from relaysync.constants import RECONNECT_MIN_S
-from relaysync.protocol.messages import Register
+from tests.unit.agent._offline_link import offline_link
 
 ATTEMPTS = 4
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_attempts_to_a_master_that_is_down_are_spaced_by_a_growing_backoff(
@@ -37,18 +28,7 @@ def test_attempts_to_a_master_that_is_down_are_spaced_by_a_growing_backoff(
 
     monkeypatch.setattr(master_link.tls, "connect", counting)
 
-    async def on_assignment(_: object) -> None:
-        pass
-
-    link = MasterLink(
-        control_address=f"127.0.0.1:{_closed_port()}",
-        ctx=ssl.create_default_context(),
-        master_node_id="m" * 64,
-        node_id="n" * 64,
-        name="a",
-        register=Register(name="a", region="", group="", peer_address="127.0.0.1:1"),
-        on_assignment=on_assignment,
-    )
+    link = offline_link()
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:

@@ -7,8 +7,6 @@ wakes the link's writer, which waits on an event of the loop."""
 from __future__ import annotations
 
 import os
-import socket
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -18,10 +16,10 @@ import pytest
 
 from relaysync.agent import outbox as outbox_module
 from relaysync.agent._report_runs import _merge
-from relaysync.agent.master_link import MasterLink
 from relaysync.agent.outbox import ReportOutbox
 from relaysync.agent.report_queue import ReportQueue
-from relaysync.protocol.messages import CommitRecord, CommitReport, Register
+from relaysync.protocol.messages import CommitRecord, CommitReport
+from tests.unit.agent._offline_link import offline_link
 
 SRC, TGT = "a" * 64, "b" * 64
 THREADS, EACH = 4, 300
@@ -78,7 +76,7 @@ def test_reports_added_from_threads_while_the_loop_sends_arrive_once_in_order(
 
 
 def test_a_report_from_another_thread_wakes_the_writer() -> None:
-    link = _link()
+    link = offline_link()
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -94,12 +92,6 @@ def test_a_report_from_another_thread_wakes_the_writer() -> None:
     anyio.run(main)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_safe_report_is_synced_before_its_thread_goes_on_whoever_took_its_segment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -108,7 +100,7 @@ def test_a_safe_report_is_synced_before_its_thread_goes_on_whoever_took_its_segm
     return (A would save its watermark and acknowledge) before B's sync of that segment is done."""
     box = ReportOutbox(tmp_path / "outbox", TGT, segment_bytes=9000)  # one report a segment
     box.open()
-    link = _link(box)
+    link = offline_link(box)
     synced: list[int] = []  # the inode numbers of the segments synced, in order
     b_syncing, b_may_go = threading.Event(), threading.Event()
 
@@ -135,19 +127,3 @@ def test_a_safe_report_is_synced_before_its_thread_goes_on_whoever_took_its_segm
     assert first in synced, "A went on before its report's segment was synced"
     b_thread.join(WAIT_S)
     box.close()
-
-
-def _link(outbox: ReportOutbox | None = None) -> MasterLink:
-    async def on_assignment(_message: object) -> None:
-        return None
-
-    return MasterLink(
-        control_address=f"127.0.0.1:{_closed_port()}",  # no master: the queue alone is looked at
-        ctx=ssl.create_default_context(),
-        master_node_id="m" * 64,
-        node_id="n" * 64,
-        name="a",
-        register=Register(name="a", region="", group="", peer_address="127.0.0.1:1"),
-        on_assignment=on_assignment,
-        outbox=outbox,
-    )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.unit.watch._replay import disk_state, ev
+from tests.unit.watch._replay import ModelTarget, disk_state, ev
 
 from relaysync.watch._fsevent import FsEvent
 from relaysync.watch.changes import PendingChange
@@ -26,19 +26,14 @@ from relaysync.watch.scanner import scan_tree
 NAMES = ("a", "b", "c", "d", "e")
 
 
-class StrictTarget:
+class StrictTarget(ModelTarget):
     """A model target that notes what a real one would refuse or make up: a rename of a file
     it holds at another version (or not at all), a change into a missing parent."""
 
     def __init__(self, state: dict[str, tuple[str, bytes]]) -> None:
+        super().__init__()
         self.state = dict(state)
         self.problems: list[str] = []
-
-    def _take(self, path: str) -> dict[str, tuple[str, bytes]]:
-        taken = {p: v for p, v in self.state.items() if p == path or p.startswith(path + "/")}
-        for p in taken:
-            del self.state[p]
-        return taken
 
     def _parent(self, path: str, op: str) -> None:
         parent = path.rpartition("/")[0]
@@ -46,27 +41,22 @@ class StrictTarget:
             self.problems.append(f"{op} {path}: no directory {parent}")
 
     def apply(self, changes: Sequence[PendingChange]) -> None:
+        """Replay as the model target does, each change checked first."""
         for c in changes:
-            if c.op == "delete":
-                self._take(c.path)
-            elif c.op == "rename":
+            if c.op == "rename":
                 assert c.entry is not None
                 held = self.state.get(c.path)
                 if c.entry.kind == "f" and held != ("f", c.entry.hash):
                     self.problems.append(f"rename {c.path} -> {c.new_path}: held {held}")
                 self._parent(c.new_path, "rename")
-                moved = self._take(c.path)
-                self._take(c.new_path)
-                for p, v in moved.items():
-                    self.state[c.new_path + p[len(c.path) :]] = v
-            else:
+            elif c.op != "delete":
                 assert c.entry is not None
                 self._parent(c.path, c.op)
                 held = self.state.get(c.path)
                 if held is not None and held[0] != c.entry.kind:
                     self.problems.append(f"{c.op} {c.path} over a {held[0]} not deleted")
                     self._take(c.path)
-                self.state[c.path] = (c.entry.kind, c.entry.hash)
+            super().apply([c])
 
 
 def _tree(root: Path) -> tuple[list[str], list[str]]:
